@@ -1,0 +1,320 @@
+"""Dataset layouts, labels, manifests and image decoding, on tiny datasets built in tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vpltool import presets
+from vpltool.data import Dataset, Item, load_image, open_dataset, write_manifest
+from vpltool.errors import ContractError, VplError
+
+
+# --------------------------------------------------------------------------------------------- builders
+def _jpg(path: Path, size=(12, 8), color=(200, 30, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, quality=95)
+    return path
+
+
+def _mask(path: Path, value: int = 1, size=(12, 8)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size[::-1], value, np.uint8), mode="L").save(path)
+    return path
+
+
+def _xml(path: Path, names: list[str], difficult: tuple[str, ...] = ()) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    objs = "".join(f"<object><name>{n}</name><difficult>{int(n in difficult)}</difficult>"
+                   "<part><name>head</name></part></object>" for n in names)  # fmt: skip
+    path.write_text(f"<annotation><filename>{path.stem}.jpg</filename>{objs}</annotation>")
+
+
+VOC_OBJECTS = {"2007_000032": ["person", "aeroplane", "person"], "2007_000033": ["tvmonitor"], "2008_000001": ["cat"]}
+
+
+@pytest.fixture
+def voc(tmp_path) -> Path:
+    """VOCdevkit/VOC2012 with 3 images; GT in SegmentationClassAug for two, SegmentationClass for one."""
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for image_id, names in VOC_OBJECTS.items():
+        _jpg(root / "JPEGImages" / f"{image_id}.jpg")
+        _xml(root / "Annotations" / f"{image_id}.xml", names, difficult=("aeroplane",))
+    _mask(root / "SegmentationClassAug" / "2007_000032.png")
+    _mask(root / "SegmentationClassAug" / "2007_000033.png")
+    _mask(root / "SegmentationClass" / "2007_000032.png")
+    _mask(root / "SegmentationClass" / "2008_000001.png")
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2007_000032\n2007_000033\n\n")
+    (sets / "val.txt").write_text("2008_000001\n")
+    (sets / "train_aug.txt").write_text("".join(f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png\n"
+                                                for i in VOC_OBJECTS))  # fmt: skip
+    return root
+
+
+def _coco(tmp_path: Path, convention: str) -> Path:
+    """A COCO WSSS root in CLIP-ES naming (COCO_train2014_ prefix, flat masks, coco14/) or WeCLIP naming."""
+    root = tmp_path / "coco"
+    nums = [9, 25, 30]
+    for n in nums:
+        if convention == "clip-es":
+            _jpg(root / "JPEGImages" / f"COCO_train2014_{n:012d}.jpg")
+            _mask(root / "SegmentationClass" / f"COCO_train2014_{n:012d}.png")
+        else:
+            _jpg(root / "train2014" / f"{n:012d}.jpg")
+            _mask(root / "SegmentationClass" / "train" / f"{n:012d}.png")
+    _jpg(root / ("JPEGImages" if convention == "clip-es" else "val2014") / f"COCO_val2014_{42:012d}.jpg")
+    lists = root / "coco14" if convention == "clip-es" else root
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "train.txt").write_text("COCO_train2014_000000000009 45 49 50 45\n"
+                                     "COCO_train2014_000000000025 23\nCOCO_train2014_000000000030 0 58\n")  # fmt: skip
+    (lists / "val.txt").write_text("COCO_val2014_000000000042 79\n")
+    return root
+
+
+def _folder(tmp_path: Path, labels: str = "csv") -> Path:
+    root = tmp_path / "pets"
+    _jpg(root / "images" / "a.jpg")
+    _jpg(root / "images" / "b.png")
+    _jpg(root / "images" / "c.webp")
+    _mask(root / "masks" / "a.png")
+    if labels == "csv":
+        (root / "labels.csv").write_text("id,labels\na,dog;cat\nb,cat\nc,dog cat\n")
+    else:
+        (root / "labels.json").write_text(json.dumps({"a": ["dog", "cat"], "b": ["cat"], "c": ["dog", "cat"]}))
+    return root
+
+
+# --------------------------------------------------------------------------------------------- VOC
+@pytest.mark.parametrize("where", ["VOCdevkit/VOC2012", "VOCdevkit", "."])
+def test_voc_detected_from_root_or_parents(voc, tmp_path, where):
+    ds = open_dataset(tmp_path / where)
+    assert ds.kind == "voc" and ds.root == voc and ds.split == "train" and ds.preset == "voc"
+    assert ds.classes == ("background", *presets.VOC_CLASSES) and len(ds.classes) == 21
+    assert [it.id for it in ds.items] == ["2007_000032", "2007_000033"]
+
+
+def test_voc_labels_in_order_of_first_appearance_including_difficult(voc):
+    items = open_dataset(voc, "train_aug").by_id()
+    person, aeroplane, tv = (presets.VOC_CLASSES.index(n) + 1 for n in ("person", "aeroplane", "tvmonitor"))
+    assert items["2007_000032"].labels == (person, aeroplane)  # part <name>head</name> is not an object
+    assert items["2007_000033"].labels == (tv,)
+
+
+def test_voc_gt_prefers_aug_masks_then_segmentation_class(voc):
+    items = open_dataset(voc, "train_aug").by_id()
+    assert items["2007_000032"].gt == voc / "SegmentationClassAug" / "2007_000032.png"
+    assert items["2008_000001"].gt == voc / "SegmentationClass" / "2008_000001.png"
+
+
+def test_voc_old_train_aug_line_format(voc):
+    assert [it.id for it in open_dataset(voc, "train_aug").items] == list(VOC_OBJECTS)
+
+
+def test_voc_unknown_split_lists_available(voc):
+    with pytest.raises(VplError, match="train_aug"):
+        open_dataset(voc, "trainval")
+
+
+def test_voc_unknown_class_names_the_xml(voc):
+    _xml(voc / "Annotations" / "2007_000033.xml", ["spaceship"])
+    with pytest.raises(VplError, match=r"2007_000033\.xml.*spaceship"):
+        open_dataset(voc)
+
+
+def test_voc_missing_image_names_the_id(voc):
+    (voc / "JPEGImages" / "2007_000033.jpg").unlink()
+    with pytest.raises(VplError, match=r"train\.txt.*'2007_000033'"):
+        open_dataset(voc)
+
+
+@pytest.mark.parametrize("int_keys", [False, True])
+def test_cls_labels_npy_needs_allow_pickle(voc, tmp_path, int_keys):
+    hot = np.zeros(20, np.float32)
+    hot[[2, 7]] = 1  # bird, cat
+    table = {(int(i.replace("_", "")) if int_keys else i): hot for i in VOC_OBJECTS}
+    npy = tmp_path / "cls_labels.npy"
+    np.save(npy, table, allow_pickle=True)
+    with pytest.raises(VplError, match="--allow-pickle"):
+        open_dataset(voc, labels_file=npy)
+    with pytest.warns(UserWarning, match="pickle"):
+        ds = open_dataset(voc, labels_file=npy, allow_pickle=True)
+    assert all(it.labels == (3, 8) for it in ds.items)
+
+
+# --------------------------------------------------------------------------------------------- COCO
+@pytest.mark.parametrize("convention", ["clip-es", "weclip"])
+def test_coco_both_naming_conventions(tmp_path, convention):
+    root = _coco(tmp_path, convention)
+    ds = open_dataset(root)
+    assert ds.kind == "coco" and ds.preset == "coco" and len(ds.classes) == 81 and ds.split == "train"
+    assert [it.labels for it in ds.items] == [(46, 50, 51), (24,), (1, 59)]  # 0-based ids + 1, repeats dropped
+    assert ds.classes[1] == "person" and ds.classes[59] == "potted plant"
+    assert all(it.image.is_file() and it.gt is not None and it.gt.is_file() for it in ds.items)
+    assert [it.id for it in ds.items] == [it.image.stem for it in ds.items]
+    val = open_dataset(root, "val")
+    assert [it.labels for it in val.items] == [(80,)] and val.items[0].gt is None
+
+
+def test_coco_missing_image_names_the_id(tmp_path):
+    root = _coco(tmp_path, "clip-es")
+    (root / "JPEGImages" / "COCO_train2014_000000000025.jpg").unlink()
+    with pytest.raises(VplError, match="COCO_train2014_000000000025"):
+        open_dataset(root)
+
+
+# --------------------------------------------------------------------------------------------- generic folder
+@pytest.mark.parametrize("labels", ["csv", "json"])
+def test_folder_without_classes_txt_uses_sorted_label_names(tmp_path, labels):
+    ds = open_dataset(_folder(tmp_path, labels))
+    assert ds.kind == "folder" and ds.preset is None and ds.split is None
+    assert ds.classes == ("background", "cat", "dog")
+    assert [(it.id, it.labels) for it in ds.items] == [("a", (2, 1)), ("b", (1,)), ("c", (2, 1))]
+    assert ds.items[0].gt == ds.root / "masks" / "a.png" and ds.items[1].gt is None
+
+
+def test_folder_classes_txt_and_splits(tmp_path):
+    root = _folder(tmp_path)
+    (root / "classes.txt").write_text("dog\ncat\nbird\n")
+    (root / "splits").mkdir()
+    (root / "splits" / "val.txt").write_text("c\nb\n")
+    ds = open_dataset(root, "val")
+    assert ds.classes == ("background", "dog", "cat", "bird")
+    assert [(it.id, it.labels) for it in ds.items] == [("c", (1, 2)), ("b", (2,))]
+    with pytest.raises(VplError, match="val"):
+        open_dataset(root, "test")
+
+
+def test_folder_voc_class_list_gets_the_voc_preset(tmp_path):
+    root = _folder(tmp_path)
+    (root / "classes.txt").write_text("background\n" + "\n".join(presets.VOC_CLASSES) + "\n")
+    assert open_dataset(root).preset == "voc"
+
+
+def test_folder_errors(tmp_path):
+    root = _folder(tmp_path)
+    (root / "classes.txt").write_text("dog\n")
+    with pytest.raises(VplError, match=r"labels\.csv.*'cat'"):
+        open_dataset(root)
+    (root / "classes.txt").unlink()
+    (root / "images" / "b.png").unlink()
+    with pytest.raises(VplError, match=r"labels\.csv.*'b'"):
+        open_dataset(root)
+    _jpg(root / "images" / "b.jpg")
+    _jpg(root / "images" / "b.bmp")
+    with pytest.raises(VplError, match="unique"):
+        open_dataset(root)
+
+
+def test_empty_dataset_and_unknown_layout(tmp_path):
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("id,labels\n")
+    with pytest.raises(VplError, match="empty"):
+        open_dataset(root)
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(VplError, match=r"junk: unknown dataset layout.*VOC.*COCO.*labels\.csv"):
+        open_dataset(tmp_path / "junk")
+
+
+# --------------------------------------------------------------------------------------------- manifest, shard
+def test_manifest_round_trip(voc, tmp_path):
+    ds = open_dataset(voc, "train_aug")
+    path = write_manifest(ds, tmp_path / "out" / "manifest.json")
+    raw = json.loads(path.read_text())
+    assert raw["format"] == "vpltool.manifest/1" and not Path(raw["items"][0]["image"]).is_absolute()
+    back = open_dataset(path)
+    assert back.kind == "manifest" and back.preset == "voc" and back.split == "train_aug"
+    assert back.classes == ds.classes
+    assert [(a.id, a.image.resolve(), a.labels, a.gt and a.gt.resolve()) for a in back.items] == \
+        [(a.id, a.image.resolve(), a.labels, a.gt and a.gt.resolve()) for a in ds.items]
+
+
+def test_manifest_rejects_bad_labels(tmp_path):
+    _jpg(tmp_path / "x.jpg")
+    bad = {"format": "vpltool.manifest/1", "classes": ["background", "a"], "items": [
+        {"id": "x", "image": "x.jpg", "labels": [2]}]}  # fmt: skip
+    (tmp_path / "m.json").write_text(json.dumps(bad))
+    with pytest.raises(ContractError, match="outside"):
+        open_dataset(tmp_path / "m.json")
+
+
+def test_shard_and_identity(tmp_path):
+    items = [Item(f"i{k}", tmp_path / f"i{k}.jpg", (1,), None) for k in range(7)]
+    ds = Dataset("folder", tmp_path, None, ("background", "a"), items, None)
+    shards = [ds.shard(i, 3) for i in range(3)]
+    assert sorted(it.id for s in shards for it in s.items) == sorted(it.id for it in items)
+    assert [len(s.items) for s in shards] == [3, 2, 2] and ds.shard(1, 3).items[0].id == "i1"
+    assert set(ds.identity()) == {"kind", "root", "split", "n_items", "classes_sha"}
+    assert ds.identity()["n_items"] == 7 and len(ds.items) == 7
+    with pytest.raises(VplError):
+        ds.shard(3, 3)
+
+
+# --------------------------------------------------------------------------------------------- images
+def _check_rgb(arr: np.ndarray, shape=(8, 12)) -> None:
+    assert arr.shape == (*shape, 3) and arr.dtype == np.uint8 and arr.flags.c_contiguous
+
+
+def test_load_image_converts_modes(tmp_path):
+    Image.new("L", (12, 8), 77).save(tmp_path / "gray.png")
+    Image.new("RGBA", (12, 8), (200, 100, 50, 0)).save(tmp_path / "rgba.png")
+    Image.new("LA", (12, 8), (90, 255)).save(tmp_path / "la.png")
+    pal = Image.new("P", (12, 8), 3)
+    pal.putpalette([0, 0, 0, 10, 20, 30, 40, 50, 60, 70, 80, 90] + [0] * 756)
+    pal.save(tmp_path / "pal.png")
+    Image.fromarray(np.full((8, 12), 65535, np.uint16)).save(tmp_path / "deep.png")
+    Image.new("CMYK", (12, 8), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
+
+    gray = load_image(tmp_path / "gray.png")
+    _check_rgb(gray)
+    assert (gray == 77).all()
+    rgba = load_image(tmp_path / "rgba.png")
+    _check_rgb(rgba)
+    assert (rgba == 0).all()  # fully transparent -> black
+    assert (load_image(tmp_path / "la.png") == 90).all()
+    assert (load_image(tmp_path / "pal.png") == [70, 80, 90]).all()
+    deep = load_image(tmp_path / "deep.png")
+    _check_rgb(deep)
+    assert (deep == 255).all()
+    cmyk = load_image(tmp_path / "cmyk.jpg")
+    _check_rgb(cmyk)
+    assert cmyk.min() > 240  # no ink = white
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    img = Image.new("RGB", (12, 8), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    _check_rgb(load_image(tmp_path / "rot.jpg"), shape=(12, 8))
+
+
+def test_truncated_jpeg_is_a_contract_error_naming_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "broken.jpg"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(ContractError, match=r"broken\.jpg: unreadable image"):
+        load_image(path)
+    path.write_bytes(b"not an image at all")
+    with pytest.raises(ContractError, match="broken.jpg"):
+        load_image(path)
+
+
+# --------------------------------------------------------------------------------------------- presets
+def test_presets():
+    assert len(presets.VOC_CLIP_ES_NAMES) == 20 and len(presets.VOC_BACKGROUND) == 25
+    assert len(presets.COCO_CLIP_ES_NAMES) == 80 and len(presets.COCO_BACKGROUND) == 23
+    assert len(set(presets.IMAGENET_TEMPLATES)) == 80 and all("{}" in t for t in presets.IMAGENET_TEMPLATES)
+    assert presets.preset_for(("background", *presets.COCO_CLASSES)) == "coco"
+    assert presets.preset_for(presets.VOC_CLASSES[:-1]) is None
+    assert presets.prompt_names(("background", *presets.VOC_CLASSES), "voc")[2] == "bird avian"
+    assert presets.prompt_names(("background", "potted_plant"), None) == ["potted plant"]
+    assert "sign" not in presets.background_words(None, ["background", "sign"])
+    with pytest.raises(VplError):
+        presets.prompt_names(("background", "cat"), "voc")

@@ -1,0 +1,261 @@
+"""The `vpltool` command line: a thin typer layer over the library, one command per stage.
+
+Heavy imports (torch, open_clip) happen inside the commands, so ``vpltool --help`` stays fast. User mistakes
+(:class:`vpltool.errors.VplError`) print one red line on stderr and exit with code 2; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .config import (
+    DEFAULT_MODEL, DEFAULT_PRETRAINED, CamConfig, CrfConfig, EvalConfig, ExtractConfig, LearnPrototypesConfig,
+    RuntimeConfig, TextPrototypesConfig,
+)
+from .errors import VplError
+
+app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_show_locals=False, add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + VPL). One stage per command; stages "
+    "exchange safetensors and palette PNGs on disk, so any stage can be swapped or re-run alone.",
+)
+err = Console(stderr=True)
+log = logging.getLogger("vpltool")
+
+RUNTIME, MODEL = "Runtime", "Model"
+
+# ---- option aliases, spelled the same on every stage
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; finished items are skipped).")]
+OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file (written atomically).")]
+Device = Annotated[str, typer.Option(envvar="VPLTOOL_DEVICE", help="auto | cpu | cuda | cuda:N",
+                                     rich_help_panel=RUNTIME)]
+Precision = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16",
+                                        rich_help_panel=RUNTIME)]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per batch (equal input sizes are batched).",
+                                        rich_help_panel=RUNTIME)]
+Workers = Annotated[int, typer.Option(min=1, help="Parallel image decoders / CRF processes.", rich_help_panel=RUNTIME)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
+                                         rich_help_panel=RUNTIME)]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.", rich_help_panel=RUNTIME)]
+Split = Annotated[Optional[str], typer.Option("--split", "-s", help="Dataset split (VOC: train, train_aug, val; "
+                                              "generic: splits/<name>.txt). Default: the layout's default.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="open_clip architecture, or local-dir:/path.",
+                                       rich_help_panel=MODEL)]
+PretrainedOpt = Annotated[str, typer.Option("--pretrained", help="open_clip tag (openai), a local weights file, "
+                                            "or none (random).", rich_help_panel=MODEL)]
+ModelConfigDir = Annotated[Optional[Path], typer.Option("--model-config-dir", envvar="VPLTOOL_MODEL_CONFIGS",
+                                                        hidden=True, help="Extra open_clip JSON model configs.")]
+
+_R = RuntimeConfig()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vpltool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version.")] = False,
+) -> None:
+    """Weakly-supervised semantic segmentation with CLIP: one stage per command, files in between."""
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn a VplError into one red line + exit 2; keep tracebacks for real bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        try:
+            return fn(*args, **kwargs)
+        except VplError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: finished items are kept; re-run the same command to resume")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+@contextmanager
+def progress(description: str) -> Iterator[Callable]:
+    """A rich progress bar on stderr; yields ``(on_start(total), on_item(n))`` for the library hooks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=False, disable=not err.is_terminal) as bar:
+        task = bar.add_task(description, total=None)
+        yield (lambda total: bar.update(task, total=total)), (lambda n=1: bar.advance(task, n))
+
+
+def _runtime(device: str, precision: str, batch_size: int, workers: int, overwrite: bool) -> RuntimeConfig:
+    return RuntimeConfig(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         overwrite=overwrite)
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise VplError(f"--shard {value!r}: use i/n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise VplError(f"--shard {value}: need 0 <= i < n")
+    return index, count
+
+
+def _model_spec(model: str, pretrained: str, config_dir: Path | None):
+    from .backbone import ModelSpec
+
+    return ModelSpec(model=model, pretrained=pretrained, config_dir=str(config_dir) if config_dir else None)
+
+
+def _features_context(features: Path):
+    """(record, model spec, classes, dataset identity) of a finished extract folder."""
+    from . import io
+    from .backbone import ModelSpec
+
+    record = io.read_stage_record(features, "extract")
+    return record, ModelSpec.from_identity(record["params"]["model"]), record["classes"], record["inputs"]["dataset"]
+
+
+# ============================================================================================= extract
+@app.command("extract")
+@friendly_errors
+def extract_cmd(
+    data: Annotated[Path, typer.Argument(help="Dataset: a VOC root, a COCO root, a generic folder or manifest.json.")],
+    out: OutDir,
+    split: Split = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    image_size: Annotated[Optional[int], typer.Option(help="Fixed square input side; default: each side rounded "
+                                                      "up to a multiple of the patch size (CLIP-ES).")] = None,
+    max_side: Annotated[Optional[int], typer.Option(help="Shrink longer sides above this first.")] = None,
+    attention_blocks: Annotated[int, typer.Option(min=1, help="Last blocks whose attention CAA averages.")] =
+        ExtractConfig.attention_blocks,
+    tokens: Annotated[bool, typer.Option("--tokens/--no-tokens", help="Store the last block's input + attention "
+                                         "(needed by `cam`; ~2x the disk).")] = ExtractConfig.store_tokens,
+    shard: Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset.")] = "0/1",
+    allow_pickle: Annotated[bool, typer.Option(help="Allow an IRN-style cls_labels.npy (a pickle).")] = False,
+    labels_file: Annotated[Optional[Path], typer.Option(help="Image-label file overriding the layout's own.")] = None,
+    device: Device = _R.device,
+    precision: Precision = _R.precision,
+    batch_size: BatchSize = _R.batch_size,
+    workers: Workers = _R.workers,
+    overwrite: Overwrite = False,
+    model_config_dir: ModelConfigDir = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run the frozen CLIP image encoder once per image and cache what later stages need.
+
+    [dim]Example: vpltool extract data/VOC2012 --split train -o runs/voc/features --model ViT-B-16 --pretrained openai[/]
+    """
+    from .data import open_dataset
+    from .extract import run_extract
+
+    dataset = open_dataset(data, split, labels_file=labels_file, allow_pickle=allow_pickle)
+    cfg = ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
+                        store_tokens=tokens)
+    with progress("extract") as (on_start, on_item):
+        summary = run_extract(dataset, out, _model_spec(model, pretrained, model_config_dir), cfg,
+                              _runtime(device, precision, batch_size, workers, overwrite), shard=_shard(shard),
+                              on_item=on_item, on_start=on_start)
+    state = "complete" if summary.complete else "this shard done; other shards pending"
+    err.print(f"[green]✓[/] extract: {summary.done} images ({summary.images_per_s:.1f} img/s), "
+              f"{summary.skipped} already done → {out} ({state})")
+
+
+# ============================================================================================= text-prototypes
+@app.command("text-prototypes")
+@friendly_errors
+def text_prototypes_cmd(
+    features: Annotated[Optional[Path], typer.Argument(help="An `extract` folder: classes and CLIP model come from "
+                                                       "it. Omit to give --classes and --model instead.")] = None,
+    out: OutFile = Path("text_prototypes.safetensors"),
+    templates: Annotated[str, typer.Option(help="clip-es ('a clean origami {}.') | imagenet (80-prompt ensemble) | "
+                                           "a template with {} | a file, one template per line.")] =
+        TextPrototypesConfig.templates,
+    background: Annotated[str, typer.Option(help="Background words: auto | voc | coco | none | a file | "
+                                            "'w1,w2,...'.")] = TextPrototypesConfig.background,
+    synonyms: Annotated[bool, typer.Option("--synonyms/--no-synonyms", help="CLIP-ES synonym names for VOC/COCO.")] =
+        TextPrototypesConfig.synonyms,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names (without background), "
+                                                   "instead of an extract folder.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: Device = _R.device,
+    model_config_dir: ModelConfigDir = None,
+    verbose: Verbose = False,
+) -> None:
+    """Encode class names and background words into a prototypes file (text prototypes).
+
+    [dim]Example: vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet[/]
+    """
+    from .text_prototypes import run_text_prototypes
+
+    if features is not None:
+        _, spec, class_list, _ = _features_context(features)
+    elif classes:
+        spec = _model_spec(model, pretrained, model_config_dir)
+        class_list = ["background"] + [c.strip() for c in classes.split(",") if c.strip()]
+    else:
+        raise VplError("give an extract folder, or --classes 'a,b,c' with --model/--pretrained")
+    cfg = TextPrototypesConfig(templates=templates, background=background, synonyms=synonyms)
+    protos = run_text_prototypes(class_list, out, spec, cfg, device=device)
+    n_bg = int((protos.row_class == 0).sum())
+    err.print(f"[green]✓[/] text-prototypes: {len(class_list) - 1} classes + {n_bg} background words, "
+              f"{protos.dim}-d, {protos.params['n_templates']} template(s) → {out}")
+
+
+# ============================================================================================= eval
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    predictions: Annotated[Path, typer.Argument(help="A folder of mask PNGs (crf/predict) or CAM files (cam).")],
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Dataset with ground truth; default: the one "
+                                                 "recorded by the stage that made the predictions.")] = None,
+    split: Split = None,
+    bg_exponents: Annotated[str, typer.Option(help="CAM folders: background = (1-max)^a, best a of these.")] =
+        ",".join(f"{a:g}" for a in EvalConfig.bg_exponents),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Score predicted masks or CAMs against ground truth: per-class IoU and mIoU (VOC/COCO convention).
+
+    [dim]Example: vpltool eval runs/voc/cams --split train --json runs/voc/cam_metrics.json[/]
+    """
+    from rich.console import Console
+
+    from .metrics import format_table, run_eval
+
+    exps = tuple(float(a) for a in bg_exponents.split(","))
+    result, classes = run_eval(predictions, data=data, split=split, cfg=EvalConfig(bg_exponents=exps),
+                               json_out=json_out)
+    Console().print(format_table(result, classes))
+    extra = f" (bg exponent {result['bg_exponent']:g})" if "bg_exponent" in result else ""
+    err.print(f"[green]✓[/] eval: mIoU {100 * result['miou']:.2f} over {result['n_images']} images{extra}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Every default of every stage, defined once.
+
+Torch-free so that ``vpltool --help`` stays fast: the CLI reads its option defaults from these frozen
+dataclasses, and the library functions take the same objects. Field comments say *why* a value is what it is;
+the research notes in ``docs/pipeline.md`` cite where each number comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+IGNORE_INDEX = 255  # VOC convention: boundary / unknown pixels in masks
+DEFAULT_MODEL = "ViT-B-16"
+DEFAULT_PRETRAINED = "openai"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Options spelled the same on every stage."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU (CPU half matmuls are slow, see research §9)
+    batch_size: int = 8
+    workers: int = 2  # image decoding threads / CRF processes
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """`vpltool extract`: one frozen CLIP pass per image, cached for every later stage."""
+
+    image_size: int | None = None  # None = CLIP-ES: each side rounded *up* to a multiple of the patch size
+    max_side: int | None = None  # optional cap on the longer side before rounding (keeps huge photos in memory)
+    attention_blocks: int = 8  # CAA averages the head-mean attention of the last 8 blocks (CLIP-ES)
+    store_tokens: bool = True  # keep the last block's input + attention so `cam` never re-runs frozen blocks
+
+
+@dataclass(frozen=True)
+class TextPrototypesConfig:
+    """`vpltool text-prototypes`: class names x templates + background words -> one prototypes file."""
+
+    templates: str = "clip-es"  # clip-es (single 'a clean origami {}.') | imagenet (80-template ensemble) | FILE
+    background: str = "auto"  # auto = the preset that matches the classes | voc | coco | none | FILE | "w1,w2"
+    synonyms: bool = True  # CLIP-ES fuses synonyms inside one prompt ('bird avian')
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """`vpltool cam`: softmax-GradCAM + class-aware attention affinity (CLIP-ES)."""
+
+    refine: str = "caa"  # caa | caa+sgc | none
+    box_threshold: float = 0.4  # CLIP-ES: 0.4 for VOC, 0.7 for COCO
+    attention_blocks: int = 8  # must not exceed what `extract` stored
+    temperature: float | None = None  # None = the prototypes file's own (1/logit_scale for text, tau_I for vision)
+    parity: str = "none"  # none | clip-es (reproduce CLIP-ES quirks: exclusive box ends, fp16 pos-emb)
+    sgc_segments: int = 64  # SLIC superpixels per image for --refine caa+sgc
+    sgc_compactness: float = 10.0
+    max_classes_per_pass: int = 32  # bounds memory of the batched backward on images with many labels
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`vpltool eval`: confusion matrix and mIoU (VOC/COCO convention: mean over classes present in GT)."""
+
+    bg_exponents: tuple[float, ...] = (1.0, 2.0)  # CAM folders: bg = (1 - max cam)^a, best a reported (CLIP-ES)
+
+
+@dataclass(frozen=True)
+class LearnPrototypesConfig:
+    """`vpltool learn-prototypes`: VPL phase 1 (projected gradient descent on the vision prototypes)."""
+
+    tau_i: float = 0.03
+    lr: float = 10.0
+    iters: int = 3000
+    targets: str = "hard"  # hard (paper: Phi-thresholded seeds) | soft (CAM scores as a distribution)
+    threshold: float = 0.4  # Phi: CAM score above which a pixel is a seed of its class
+    regularization: str = "instance"  # instance (per pixel, paper default) | class (Theorem 2)
+    bg_exponent: float = 1.0
+    max_memory_gb: float = 4.0  # above this the features are streamed from disk in chunks
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CrfConfig:
+    """`vpltool crf`: dense CRF pseudo masks; defaults are CLIP-ES's `eval_cam_with_crf.py`."""
+
+    iterations: int = 10
+    gaussian_sxy: float = 1.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 67.0
+    bilateral_srgb: float = 3.0
+    bilateral_compat: float = 4.0
+    confidence: float = 0.95  # CRF max probability below this -> 255 ignore
+    bg_exponent: float = 1.0
+    parity: str = "none"  # none | clip-es (feed the wrapped mean-subtracted BGR image like CLIP-ES)
+    no_crf: bool = False  # thresholded argmax instead of the CRF (paper ablation)
+
+
+def to_params(cfg: Any) -> dict[str, Any]:
+    """A config as a JSON-able dict, for file metadata and stage records."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def override(cfg: Any, **changes: Any) -> Any:
+    """Copy of ``cfg`` with the given fields changed; ``None`` values keep the default (SAM's CLI pattern)."""
+    names = {f.name for f in fields(cfg)}
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None and k in names})
+
+
+__all__ = [
+    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "RuntimeConfig", "ExtractConfig", "TextPrototypesConfig",
+    "CamConfig", "EvalConfig", "LearnPrototypesConfig", "CrfConfig", "to_params", "override", "field",
+]

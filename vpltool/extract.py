@@ -1,0 +1,168 @@
+"""`vpltool extract`: one frozen CLIP pass per image, cached so no later stage re-runs the frozen blocks.
+
+Per image ``<out>/<id>.safetensors`` (kind ``features``):
+
+* ``dense``            ``[h, w, D]`` float16 — patch tokens after the last block, ``ln_post`` then ``proj``
+  (the joint image-text space; *not* normalised: their mean is CLIP-ES's image embedding).
+* ``last_block_input`` ``[1 + h*w, width]`` float16 — tokens entering the last block (token 0 = CLS); `cam`
+  re-runs only that block with autograd for GradCAM.            (unless ``--no-tokens``)
+* ``attention``        ``[h*w, h*w]`` float16 — mean over the ``attention_blocks - 1`` blocks before the last
+  of the head-averaged attention with the CLS row/column removed; `cam` adds the last block's own map to get
+  CLIP-ES's mean over the last ``attention_blocks``.           (unless ``--no-tokens``)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import io
+from .io import FEATURES_KIND as KIND
+from .io import Features, feature_path, read_features  # noqa: F401  (re-exported)
+from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .config import ExtractConfig, RuntimeConfig, to_params
+from .data import Dataset, Item, load_image
+from .device import autocast, resolve_device, resolve_precision
+from .errors import ContractError, VplError
+
+STAGE = "extract"
+
+
+@dataclass
+class ExtractSummary:
+    done: int
+    skipped: int
+    seconds: float
+    complete: bool
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, np.ndarray]]:
+    """Images decoded ahead by a thread pool (PIL releases the GIL while decoding), in order."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        yield from zip(items, pool.map(lambda it: load_image(it.image), items))
+
+
+def _batches(decoded: Iterable[tuple[Item, np.ndarray]], size_of: Callable, batch_size: int):
+    """Group images of equal network input size into batches of at most ``batch_size``."""
+    buckets: dict[tuple[int, int], list] = {}
+    for item, image in decoded:
+        size = size_of(image)
+        bucket = buckets.setdefault(size, [])
+        bucket.append((item, image))
+        if len(bucket) >= batch_size:
+            yield size, buckets.pop(size)
+    for size, bucket in buckets.items():
+        yield size, bucket
+
+
+@torch.no_grad()
+def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dtype: torch.dtype,
+                 fp16_pos: bool = False) -> dict[str, torch.Tensor]:
+    """Frozen forward of ``[B, 3, H, W]`` pixels.
+
+    Returns:
+        ``dense`` [B, h, w, D], and with ``cfg.store_tokens`` also ``last_block_input`` [B, 1+hw, width] and
+        ``attention`` [B, hw, hw] (see module docstring); all float32 on the model's device.
+    """
+    p = bb.patch_size
+    grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+    n_attn = min(cfg.attention_blocks, bb.n_blocks) - 1  # blocks before the last whose maps CAA averages
+    with autocast(bb.device, dtype):
+        x = bb.embed(pixels.to(bb.device), fp16_pos=fp16_pos)
+        x, attns = bb.run_blocks(x, grid, 0, bb.n_blocks - 1,
+                                 attention_from=bb.n_blocks - 1 - n_attn if cfg.store_tokens else None)
+        last_in = x
+        x, _, _ = bb.block(bb.n_blocks - 1, x, grid)
+        dense = bb.dense(x)
+    out = {"dense": dense.float().reshape(len(pixels), grid[0], grid[1], -1)}
+    if cfg.store_tokens:
+        out["last_block_input"] = last_in.float()
+        if attns:
+            out["attention"] = torch.stack([a.float()[:, 1:, 1:] for a in attns]).mean(0)
+        else:  # a one-block model: CAA uses the last block's map alone
+            hw = grid[0] * grid[1]
+            out["attention"] = torch.zeros(len(pixels), hw, hw, device=dense.device)
+    return out
+
+
+def extract_metadata(bb: ClipBackbone, cfg: ExtractConfig, n_attn: int) -> dict[str, Any]:
+    return {"model": bb.spec.identity(), "patch_size": bb.patch_size, "width": bb.width,
+            "embed_dim": bb.embed_dim, "logit_scale": bb.logit_scale, "attention_blocks": n_attn}
+
+
+def run_extract(
+    dataset: Dataset,
+    out: str | Path,
+    spec: ModelSpec,
+    cfg: ExtractConfig = ExtractConfig(),
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    shard: tuple[int, int] = (0, 1),
+    on_item: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> ExtractSummary:
+    """Extract features for every item of ``dataset`` (or of one shard of it) into ``out``.
+
+    Finished items are skipped unless ``runtime.overwrite``; ``_stage.json`` is written once every item of the
+    whole dataset is present (by whichever shard finishes last).
+    """
+    out = Path(out)
+    index, count = shard
+    if not (0 <= index < count):
+        raise VplError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
+    device = resolve_device(runtime.device)
+    dtype = resolve_precision(runtime.precision, device)
+    params = {**to_params(cfg), "model": spec.identity()}
+    io.prepare_stage_dir(out, STAGE, params, runtime.overwrite and index == 0)
+    part = dataset.shard(index, count)
+    todo = [it for it in part.items if not io.item_done(feature_path(out, it.id), runtime.overwrite)]
+    if on_start:
+        on_start(len(todo))
+    start = time.perf_counter()
+    lock_name = io.LOCK_FILE if count == 1 else f"{io.LOCK_FILE}.{index}-of-{count}"
+    with io.output_lock(out, lock_name):
+        if todo:
+            bb = load_backbone(spec, device)
+            n_attn = min(cfg.attention_blocks, bb.n_blocks) - 1
+            meta = extract_metadata(bb, cfg, n_attn)
+
+            def size_of(image: np.ndarray) -> tuple[int, int]:
+                return bb.input_size(image.shape[0], image.shape[1], cfg.image_size, cfg.max_side)
+
+            for size, batch in _batches(_decoded(todo, runtime.workers), size_of, runtime.batch_size):
+                pixels = torch.stack([bb.preprocess(img, size) for _, img in batch])
+                result = encode_batch(bb, pixels, cfg, dtype)
+                for b, (item, image) in enumerate(batch):
+                    _save_item(out, dataset, item, image, size, {k: v[b] for k, v in result.items()}, params, meta)
+                    if on_item:
+                        on_item(1)
+        seconds = time.perf_counter() - start
+        complete = all(feature_path(out, it.id).is_file() for it in dataset.items)
+        if complete:
+            io.write_stage_record(out, STAGE, params=params, inputs={"dataset": dataset.identity()},
+                                  count=len(dataset.items), classes=list(dataset.classes))
+    return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
+
+
+def _save_item(out: Path, dataset: Dataset, item: Item, image: np.ndarray, size: tuple[int, int],
+               tensors: dict[str, torch.Tensor], params: dict, meta: dict) -> None:
+    path = feature_path(out, item.id)
+    if not bool(torch.isfinite(tensors["dense"]).all()):
+        raise ContractError(f"{item.image}: CLIP features contain NaN/inf (broken weights or fp16 overflow); "
+                            "try --precision fp32")
+    io.write_tensors(
+        path, {k: v.to(torch.float16) for k, v in tensors.items()}, kind=KIND, classes=dataset.classes,
+        params=params, id=item.id, image_size=list(image.shape[:2]), input_size=list(size),
+        grid=list(tensors["dense"].shape[:2]), labels=list(item.labels), **meta,
+    )

@@ -1,0 +1,86 @@
+"""`vpltool text-prototypes`: class names (+ synonyms) x templates + background words -> one prototypes file.
+
+A class prototype is ``normalize(mean_t normalize(E_text(template_t.format(name))))``; with one template this is
+the normalised embedding of one prompt (CLIP-ES). Synonyms are fused the CLIP-ES way, several names inside one
+prompt ('bird avian'). Background words go through the same templates and become rows with class 0.
+The file has the same kind and layout that `learn-prototypes` writes, so every consumer accepts either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from . import io, presets
+from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .config import TextPrototypesConfig, to_params
+from .device import resolve_device
+from .errors import VplError
+
+
+def resolve_templates(spec: str) -> list[str]:
+    """'clip-es' | 'imagenet' | a literal template containing '{}' | a file with one template per line."""
+    if spec == "clip-es":
+        return [presets.CLIP_ES_TEMPLATE]
+    if spec == "imagenet":
+        return list(presets.IMAGENET_TEMPLATES)
+    if "{}" in spec and not Path(spec).is_file():
+        return [spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise VplError(f"--templates {spec!r}: not clip-es, imagenet, a template with '{{}}', or a file")
+    templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise VplError(f"{path}: every line must be a template containing '{{}}' (bad: {bad[:2]})")
+    return templates
+
+
+def resolve_background(spec: str, preset: str | None) -> list[str]:
+    """'auto' (the dataset preset's words, VOC's otherwise) | voc | coco | none | a file | 'w1,w2,...'."""
+    if spec == "auto":
+        return list(presets.background_words(preset or "voc"))
+    if spec in ("voc", "coco"):
+        return list(presets.background_words(spec))
+    if spec == "none":
+        return []
+    path = Path(spec)
+    if path.is_file():
+        return [w.strip() for w in path.read_text().splitlines() if w.strip()]
+    return [w.strip() for w in spec.split(",") if w.strip()]
+
+
+def encode_names(bb: ClipBackbone, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """``[len(names), D]`` float32 unit rows: per name, the mean of its normalised prompt embeddings."""
+    if not names:
+        return torch.zeros(0, bb.embed_dim)
+    prompts = [t.format(n) for n in names for t in templates]
+    emb = bb.encode_text(prompts).view(len(names), len(templates), -1)
+    return torch.nn.functional.normalize(emb.mean(1), dim=-1).cpu()
+
+
+def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
+                          cfg: TextPrototypesConfig = TextPrototypesConfig()) -> io.Prototypes:
+    """Text prototypes for ``classes`` (index 0 = background): C class rows, then the background-word rows."""
+    preset = presets.preset_for(classes)
+    names = presets.prompt_names(classes, preset if cfg.synonyms else None)
+    templates = resolve_templates(cfg.templates)
+    background = resolve_background(cfg.background, preset)
+    vectors = torch.cat([encode_names(bb, names, templates), encode_names(bb, background, templates)])
+    row_class = torch.cat([torch.arange(1, len(names) + 1), torch.zeros(len(background), dtype=torch.long)])
+    params = {**to_params(cfg), "n_templates": len(templates), "background_words": background}
+    return io.Prototypes(vectors, row_class, list(names) + background, classes=classes,
+                         temperature=1.0 / bb.logit_scale, source="text", model=bb.spec.identity(), params=params)
+
+
+def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec,
+                        cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto") -> io.Prototypes:
+    """Encode and write the prototypes file; returns what was written."""
+    if len(classes) < 2 or classes[0] != "background":
+        raise VplError("classes must start with 'background' and name at least one class")
+    bb = load_backbone(spec, resolve_device(device))
+    protos = build_text_prototypes(bb, classes, cfg)
+    io.write_prototypes(out, protos)
+    return protos
