@@ -40,6 +40,8 @@ from .errors import VplError
 
 EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
 _HUB_HOST = "huggingface.co"
+TOY_MODEL = "vpltool-toy"  # alias of the demo world's toy CLIP shipped inside the package
+TOY_DIR = Path(__file__).parent / "assets" / "toy-clip"
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,9 @@ class ModelSpec:
     """Which CLIP to load.
 
     Args:
-        model: an open_clip architecture name (``ViT-B-16``) or ``local-dir:/path`` (open_clip's folder format:
-            ``open_clip_config.json`` + ``open_clip_model.safetensors``).
+        model: an open_clip architecture name (``ViT-B-16``), ``local-dir:/path`` (open_clip's folder format:
+            ``open_clip_config.json`` + ``open_clip_model.safetensors``), or ``vpltool-toy`` (the demo world's
+            toy CLIP shipped with the package).
         pretrained: an open_clip tag (``openai``), a local weights file (``.safetensors``, ``.pt``, ``.bin``,
             an OpenAI JIT archive), or ``none`` for random weights. Ignored for ``local-dir:`` models.
         config_dir: a folder of extra open_clip JSON model configs (tiny test architectures).
@@ -122,6 +125,8 @@ def _create_model(spec: ModelSpec):
     import open_clip
 
     _register_config_dir(spec.config_dir)
+    if spec.model == TOY_MODEL:
+        spec = ModelSpec(model=f"local-dir:{TOY_DIR}", pretrained="none")
     if spec.model.startswith("local-dir:"):
         folder = Path(spec.model[len("local-dir:") :])
         if not (folder / "open_clip_config.json").is_file():
@@ -131,7 +136,10 @@ def _create_model(spec: ModelSpec):
         raise VplError(f"--model {spec.model!r} unknown to open_clip; e.g. ViT-B-16, ViT-L-14, or local-dir:/path")
     pretrained = spec.pretrained
     if pretrained in (None, "", "none"):
-        return open_clip.create_model(spec.model, pretrained=None), None
+        # random weights must be the same in every process: `cam` rebuilds the model `extract` used
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return open_clip.create_model(spec.model, pretrained=None), None
     path = Path(pretrained).expanduser()
     if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
         if not path.is_file():
@@ -231,7 +239,7 @@ class ClipBackbone:
         h, w = size
         if image.shape[:2] != (h, w):
             image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std
@@ -379,5 +387,5 @@ def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu") -> ClipBa
     """Build the frozen backbone; a one-line VplError for every way the weights can be missing or wrong."""
     device = torch.device(device)
     model, folder = _create_model(spec)
-    extra = load_extra_config(folder if spec.model.startswith("local-dir:") else None)
+    extra = load_extra_config(folder if spec.model.startswith("local-dir:") or spec.model == TOY_MODEL else None)
     return ClipBackbone(model, spec, device, extra)

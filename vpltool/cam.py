@@ -218,7 +218,8 @@ def run_cam(
     todo = [i for i in ids if not io.item_done(io.cam_path(out, i), runtime.overwrite)]
     if on_start:
         on_start(len(todo))
-    need_images = cfg.refine == "caa+sgc" or overlays is not None
+    has_tokens = record["params"].get("store_tokens", True)
+    need_images = cfg.refine == "caa+sgc" or overlays is not None or not has_tokens
     start = time.perf_counter()
     with io.output_lock(out):
         if todo:
@@ -266,7 +267,9 @@ def _recompute_tokens(bb, feats, items, item_id, extract_cfg):
     pixels = bb.preprocess(load_image(items[item_id].image), feats.input_size)[None]
     cfg = ExtractConfig(**{**to_params(extract_cfg), "store_tokens": True})
     enc = encode_batch(bb, pixels, cfg, torch.float32)
-    feats.last_block_input, feats.attention = enc["last_block_input"][0].cpu(), enc["attention"][0].cpu()
+    # rounded like the cache, so a cam run with and without cached tokens gives the same maps
+    feats.last_block_input = enc["last_block_input"][0].cpu().half().float()
+    feats.attention = enc["attention"][0].cpu().half().float()
     return feats
 
 

@@ -224,6 +224,41 @@ def text_prototypes_cmd(
               f"{protos.dim}-d, {protos.params['n_templates']} template(s) → {out}")
 
 
+# ============================================================================================= cam
+@app.command("cam")
+@friendly_errors
+def cam_cmd(
+    features: Annotated[Path, typer.Argument(help="An `extract` folder (labels, tokens and model come from it).")],
+    prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="A prototypes file: `text-prototypes` or "
+                                             "`learn-prototypes` output.")],
+    out: OutDir,
+    refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (+ SLIC superpixel smoothing) | none.")] =
+        CamConfig.refine,
+    box_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="CAA box threshold x max (VOC 0.4, "
+                                                 "COCO 0.7).")] = CamConfig.box_threshold,
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature; default: the prototypes "
+                                                         "file's (1/logit_scale for text, tau_I for vision).")] = None,
+    parity: Annotated[str, typer.Option(help="none | clip-es (exclusive box ends clipped at the border, as "
+                                        "CLIP-ES).")] = CamConfig.parity,
+    save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
+    device: Device = _R.device,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Softmax-GradCAM at the last block + class-aware attention affinity, for each image's labelled classes.
+
+    [dim]Example: vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text[/]
+    """
+    from .cam import run_cam
+
+    cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity)
+    runtime = RuntimeConfig(device=device, overwrite=overwrite)
+    with progress("cam") as (on_start, on_item):
+        s = run_cam(features, prototypes, out, cfg, runtime, overlays=save_overlays, on_item=on_item,
+                    on_start=on_start)
+    err.print(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
+
+
 # ============================================================================================= eval
 @app.command("eval")
 @friendly_errors
@@ -251,6 +286,51 @@ def eval_cmd(
     Console().print(format_table(result, classes))
     extra = f" (bg exponent {result['bg_exponent']:g})" if "bg_exponent" in result else ""
     err.print(f"[green]✓[/] eval: mIoU {100 * result['miou']:.2f} over {result['n_images']} images{extra}")
+
+
+# ============================================================================================= demo world
+DEMO = "Demo world"
+
+
+@app.command("make-world", rich_help_panel=DEMO)
+@friendly_errors
+def make_world_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
+    train: Annotated[int, typer.Option(min=1, help="Training scenes.")] = 500,
+    val: Annotated[int, typer.Option(min=1, help="Validation scenes (rendered from another seed).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives byte-identical files.")] = 0,
+    size: Annotated[int, typer.Option(min=32, help="Scene side in pixels.")] = 96,
+    layout: Annotated[str, typer.Option(help="folder (generic layout) | voc (PASCAL VOC layout).")] = "folder",
+    distractors: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of a same-colour, "
+                                               "other-shape distractor per scene.")] = 0.0,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Render the synthetic demo world: shapes on textured backgrounds, exact masks, captions, labels.
+
+    [dim]Example: vpltool make-world runs/demo/world --train 500 --val 200 --layout voc[/]
+    """
+    from .demo.scenes import SceneConfig, write_dataset
+
+    cfg = SceneConfig(size=size, distractors=distractors)
+    write_dataset(out, n_train=train, n_val=val, seed=seed, cfg=cfg, layout=layout, overwrite=overwrite)
+    err.print(f"[green]✓[/] make-world: {train} train + {val} val scenes ({layout} layout) → {out}")
+
+
+@app.command("demo-report", rich_help_panel=DEMO)
+@friendly_errors
+def demo_report_cmd(
+    run: Annotated[Path, typer.Argument(help="A demo run folder (the Makefile's RUN).")] = Path("runs/demo"),
+    verbose: Verbose = False,
+) -> None:
+    """Table of mIoU per stage next to chance; writes RUN/metrics.json and RUN/contact_sheet.png."""
+    from rich.console import Console
+
+    from .demo.report import format_report, run_demo_report
+
+    report = run_demo_report(run)
+    Console().print(format_report(report))
+    err.print(f"[green]✓[/] demo-report → {run / 'metrics.json'}, {report['contact_sheet']}")
 
 
 def main() -> None:

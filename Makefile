@@ -1,0 +1,114 @@
+# vpltool — one file target per stage, so re-running `make` only redoes stale stages.
+# Make variables are the experiment config; each stage also records its params in its output's metadata.
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+VPL := $(VENV)/bin/vpltool
+export HF_HUB_OFFLINE ?= 1
+
+# ---- the experiment (defaults = the offline demo world with the shipped toy CLIP)
+RUN ?= runs/demo
+DATA ?= $(RUN)/world
+TRAIN_SPLIT ?= train
+VAL_SPLIT ?= val
+MODEL ?= vpltool-toy
+PRETRAINED ?= none
+DEVICE ?= auto
+TEMPLATES ?= a photo of a {}.
+BACKGROUND ?= grass,sky,wall,water
+BOX_THR ?= 0.4
+TAU_I ?= 0.03
+ITERS ?= 3000
+LR ?= 10
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+WORLD_TRAIN ?= 500
+WORLD_VAL ?= 200
+SEED ?= 0
+# what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
+DATA_DEP ?= $(RUN)/world/_stage.json
+
+.PHONY: help setup test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
+        pseudo report bench clean-demo
+
+## Create .venv and install vpltool with its CRF and test extras (idempotent)
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	# torch and torchvision pinned together in one command: installing open_clip later would upgrade torch
+	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[crf,test]'
+	touch $@
+
+## Run the test suite (CPU, offline; includes the slow demo-world quality check)
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+## Run the test suite without the slow demo-world check
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+## The whole pipeline on the offline demo world, then a table of mIoU per stage next to chance
+demo: setup report
+
+## Render the demo world (synthetic scenes with exact masks)
+world: $(RUN)/world/_stage.json
+$(RUN)/world/_stage.json: | setup
+	$(VPL) make-world $(@D) --train $(WORLD_TRAIN) --val $(WORLD_VAL) --seed $(SEED)
+
+## Dense CLIP features + last-block cache for the training split
+features: $(RUN)/features/_stage.json
+$(RUN)/features/_stage.json: $(DATA_DEP)
+	$(VPL) extract $(DATA) --split $(TRAIN_SPLIT) -o $(@D) --model $(MODEL) --pretrained $(PRETRAINED) --device $(DEVICE)
+
+## Text prototypes (class names x templates + background words)
+text-prototypes: $(RUN)/text_prototypes.safetensors
+$(RUN)/text_prototypes.safetensors: $(RUN)/features/_stage.json
+	$(VPL) text-prototypes $(<D) -o $@ --templates "$(TEMPLATES)" --background "$(BACKGROUND)" --device $(DEVICE)
+
+## CAMs from the text prototypes, and their mIoU (seeds)
+cams-text: $(RUN)/metrics/cams_text.json
+$(RUN)/cams_text/_stage.json: $(RUN)/features/_stage.json $(RUN)/text_prototypes.safetensors
+	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --device $(DEVICE) --overwrite
+$(RUN)/metrics/cams_text.json: $(RUN)/cams_text/_stage.json
+	$(VPL) eval $(<D) --json $@
+
+## VPL phase 1: vision prototypes learned from the text-prototype CAMs
+learn-prototypes: $(RUN)/vision_prototypes.safetensors
+$(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_prototypes.safetensors
+	$(VPL) learn-prototypes $(RUN)/features --cams $(<D) --text $(RUN)/text_prototypes.safetensors -o $@ \
+	  --tau-i $(TAU_I) --iters $(ITERS) --lr $(LR) --device $(DEVICE)
+
+## CAMs from the vision prototypes, and their mIoU
+cams-vision: $(RUN)/metrics/cams_vision.json
+$(RUN)/cams_vision/_stage.json: $(RUN)/features/_stage.json $(RUN)/vision_prototypes.safetensors
+	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --device $(DEVICE) --overwrite
+$(RUN)/metrics/cams_vision.json: $(RUN)/cams_vision/_stage.json
+	$(VPL) eval $(<D) --json $@
+
+## Dense-CRF pseudo masks from the vision-prototype CAMs, and their mIoU
+pseudo: $(RUN)/metrics/pseudo.json
+$(RUN)/pseudo/_stage.json: $(RUN)/cams_vision/_stage.json
+	$(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
+$(RUN)/metrics/pseudo.json: $(RUN)/pseudo/_stage.json
+	$(VPL) eval $(<D) --json $@
+
+## Print the per-stage mIoU table (with chance), write metrics.json and a contact sheet
+report: $(RUN)/metrics.json
+$(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.json $(RUN)/metrics/pseudo.json
+	$(VPL) demo-report $(RUN)
+
+## Benchmarks (each prints one JSON object)
+bench: setup
+	$(VENV)/bin/python benchmarks/bench_cam.py
+	$(VENV)/bin/python benchmarks/bench_learn_prototypes.py --iters 30
+	$(VENV)/bin/python benchmarks/bench_crf.py
+
+## Remove the demo run folder
+clean-demo:
+	rm -rf $(RUN)
+
+## List targets
+help:
+	@awk '/^## /{d=substr($$0,4)} /^[a-z-]+:/{if(d){sub(/:.*/,"");printf "  %-18s %s\n",$$0,d;d=""}}' $(MAKEFILE_LIST)

@@ -1,0 +1,146 @@
+"""CAM stage: CLIP-ES property tests (research notes §1.12) and stage behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vpltool import io
+from vpltool.backbone import load_backbone
+from vpltool.cam import affinity, box_mask, cams_for_image, gradcam, minmax, refine, run_cam
+from vpltool.config import CamConfig, ExtractConfig
+from vpltool.errors import ContractError
+from vpltool.extract import run_extract
+
+
+def _stochastic(n: int, seed: int = 0) -> torch.Tensor:
+    a = torch.rand(n, n, generator=torch.Generator().manual_seed(seed))
+    return a / a.sum(1, keepdim=True)
+
+
+def test_affinity_is_symmetric_and_non_negative():
+    t = affinity(_stochastic(12))
+    assert torch.allclose(t, t.T, atol=1e-6)
+    assert (t >= 0).all()
+
+
+def test_masked_columns_do_not_propagate():
+    cams = torch.zeros(1, 3, 4)
+    cams[0, 0, 0] = 1.0  # the only box is the top-left patch
+    trans = affinity(_stochastic(12, seed=1))
+    out = refine(cams, trans, threshold=0.4)
+    expected = trans[:, 0] / trans[:, 0].max()  # only column 0 survives the box mask, then min-max
+    expected = (expected - expected.min()) / (expected.max() - expected.min() + 1e-7)
+    assert torch.allclose(out.flatten(), expected.float(), atol=1e-5)
+
+
+def test_minmax_range():
+    m = minmax(torch.randn(3, 5, 6))
+    assert m.min() >= 0 and torch.allclose(m.flatten(1).amax(1), torch.ones(3), atol=1e-5)
+    assert minmax(torch.zeros(1, 2, 2)).abs().max() == 0  # all-zero map stays zero, no NaN
+
+
+@pytest.mark.parametrize(
+    "cam, threshold, parity, expected",
+    [
+        # strict '>' against int(thr * max(uint8)): 0.4*255 -> 102, a pixel at exactly 102/255 is out
+        (np.array([[0, 102 / 255], [1, 0]]), 0.4, False, np.array([[0, 0], [1, 0]])),
+        # two separate blobs -> two boxes (all contours, not only the largest)
+        (np.array([[1, 0, 0, 1], [0, 0, 0, 0]]), 0.4, False, np.array([[1, 0, 0, 1], [0, 0, 0, 0]])),
+        # a box touching the right/bottom border: CLIP-ES drops the last row/column, the default keeps it
+        (np.array([[0, 0, 0], [0, 1, 1], [0, 1, 1]]), 0.4, True, np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]])),
+        (np.array([[0, 0, 0], [0, 1, 1], [0, 1, 1]]), 0.4, False, np.array([[0, 0, 0], [0, 1, 1], [0, 1, 1]])),
+        # nothing above the threshold of an all-zero map -> empty mask
+        (np.zeros((3, 3)), 0.4, False, np.zeros((3, 3))),
+    ],
+)
+def test_box_mask_goldens(cam, threshold, parity, expected):
+    assert np.array_equal(box_mask(cam.astype(np.float32), threshold, parity), expected.astype(np.float32))
+
+
+def test_batched_gradcam_equals_per_class(tiny_spec, features_dir, text_protos):
+    bb = load_backbone(tiny_spec)
+    path = next(p for p in sorted(features_dir.glob("*.safetensors")) if len(io.read_features(p).labels) >= 2)
+    feats = io.read_features(path)
+    protos = io.read_prototypes(text_protos)
+    rows = torch.cat([protos.vectors[protos.class_rows()[[c - 1 for c in feats.labels]]],
+                      protos.vectors[protos.background_rows()]])
+    k = len(feats.labels)
+    batched, attn, probs = gradcam(bb, feats.last_block_input, feats.grid, rows, k, 0.01)
+    assert torch.allclose(probs.sum(), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(attn.sum(-1), torch.ones(attn.shape[0]), atol=1e-4)
+    for j in range(k):  # one class at a time: put class j first and ask for a single map
+        order = [j] + [i for i in range(len(rows)) if i != j]
+        single, _, _ = gradcam(bb, feats.last_block_input, feats.grid, rows[order], 1, 0.01)
+        # the softmax is over the same rows, so class j's probability and its gradient are identical
+        assert torch.allclose(single[0], batched[j], atol=1e-5)
+
+
+def test_cam_stage_outputs(features_dir, text_protos, tmp_path, world):
+    out = tmp_path / "cams"
+    summary = run_cam(features_dir, text_protos, out, overlays=tmp_path / "ov")
+    assert summary.done == len(list(features_dir.glob("*.safetensors")))
+    assert io.read_stage_record(out, "cam")["count"] == summary.done
+    for path in sorted(out.glob("*.safetensors")):
+        cams, labels, f = io.read_cam(path)
+        feats = io.read_features(features_dir / path.name)
+        assert tuple(labels.tolist()) == feats.labels
+        assert cams.shape == (len(labels), *feats.image_size)
+        # min-max happens at patch resolution, then the bilinear resize (CLIP-ES order): in [0, 1], max may be < 1
+        assert len(labels) == 0 or (cams.min() >= 0 and cams.max() <= 1)
+    assert any((tmp_path / "ov").glob("*.png"))
+    again = run_cam(features_dir, text_protos, out)
+    assert again.done == 0 and again.skipped == summary.done
+
+
+def test_cache_and_no_cache_give_the_same_cams(world, tiny_spec, features_dir, text_protos, tmp_path):
+    from vpltool.data import open_dataset
+
+    no_tokens = tmp_path / "features_no_tokens"
+    run_extract(open_dataset(world, "train"), no_tokens, tiny_spec, ExtractConfig(store_tokens=False))
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_cam(features_dir, text_protos, a)
+    run_cam(no_tokens, text_protos, b)
+    for path in sorted(a.glob("*.safetensors")):
+        ca, _, _ = io.read_cam(path)
+        cb, _, _ = io.read_cam(b / path.name)
+        assert torch.allclose(ca, cb, atol=2e-3)
+
+
+def test_vision_prototypes_are_accepted_and_change_the_maps(features_dir, text_protos, tmp_path):
+    text = io.read_prototypes(text_protos)
+    gen = torch.Generator().manual_seed(0)
+    vectors = torch.nn.functional.normalize(text.vectors + 0.5 * torch.randn(text.vectors.shape, generator=gen), dim=1)
+    vision = io.Prototypes(vectors, text.row_class, text.row_names, classes=text.classes, temperature=0.03,
+                           source="vision", model=text.model)
+    io.write_prototypes(tmp_path / "vision.safetensors", vision)
+    run_cam(features_dir, text_protos, tmp_path / "t")
+    run_cam(features_dir, tmp_path / "vision.safetensors", tmp_path / "v")
+    assert io.read_stage_record(tmp_path / "v", "cam")["params"]["temperature"] == pytest.approx(0.03)
+    diffs = [(io.read_cam(p)[0] - io.read_cam(tmp_path / "v" / p.name)[0]).abs().max()
+             for p in sorted((tmp_path / "t").glob("*.safetensors")) if len(io.read_cam(p)[1])]
+    assert max(diffs) > 1e-3
+
+
+def test_wrong_dimension_prototypes_are_refused(features_dir, text_protos, tmp_path):
+    text = io.read_prototypes(text_protos)
+    wide = torch.nn.functional.normalize(torch.randn(len(text.vectors), text.dim + 4), dim=1)
+    bad = io.Prototypes(wide, text.row_class, text.row_names, classes=text.classes, temperature=0.01,
+                        source="text", model=text.model)
+    io.write_prototypes(tmp_path / "wide.safetensors", bad)
+    with pytest.raises(ContractError, match="wide.safetensors"):
+        run_cam(features_dir, tmp_path / "wide.safetensors", tmp_path / "cams")
+    assert not any((tmp_path / "cams").glob("*.safetensors"))
+
+
+def test_caa_sgc_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, world):
+    from vpltool.data import load_image, open_dataset
+
+    bb = load_backbone(tiny_spec)
+    items = open_dataset(world, "train").by_id()
+    path = next(p for p in sorted(features_dir.glob("*.safetensors")) if io.read_features(p).labels)
+    feats = io.read_features(path)
+    res = cams_for_image(bb, feats, io.read_prototypes(text_protos), CamConfig(refine="caa+sgc"), 0.01,
+                         load_image(items[feats.id].image))
+    assert res.cams.shape[1:] == feats.image_size and res.cams.min() >= 0 and res.cams.max() <= 1

@@ -1,0 +1,131 @@
+"""The command line: help, version, one-line errors with exit code 2, and the stage chain end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vpltool import io
+from vpltool.cli import app
+from vpltool.demo.scenes import write_dataset
+
+TINY = ["--model", "vpl-test-vit", "--pretrained", "none"]
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_help_lists_the_stages():
+    r = _invoke("--help")
+    assert r.exit_code == 0
+    for command in ("extract", "text-prototypes", "cam", "eval"):
+        assert command in r.output
+
+
+def test_version():
+    from vpltool import __version__
+
+    r = _invoke("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"vpltool {__version__}"
+
+
+def test_python_dash_m_runs_the_cli():
+    r = subprocess.run([sys.executable, "-m", "vpltool", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "text-prototypes" in r.stdout
+
+
+def test_corrupt_image_is_one_error_line_naming_the_file(tmp_path):
+    root = write_dataset(tmp_path / "data", n_train=2, n_val=1, seed=0)
+    bad = root / "images" / "train_000001.png"
+    bad.write_bytes(b"not a png")
+    r = _invoke("extract", root, "--split", "train", "-o", tmp_path / "out", *TINY, "--device", "cpu")
+    assert r.exit_code == 2, r.output
+    errors = _error_lines(r.output)
+    assert len(errors) == 1 and str(bad) in errors[0]
+    assert "Traceback" not in r.output
+
+
+def test_cuda_request_without_cuda(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    r = _invoke("extract", world, "--split", "train", "-o", out, *TINY, "--device", "cuda")
+    assert r.exit_code == 2 and "CUDA is not available" in r.output
+    assert len(_error_lines(r.output)) == 1 and not out.exists()  # refused before anything is written
+
+
+def test_bad_shard_spec(world, tmp_path):
+    r = _invoke("extract", world, "-o", tmp_path / "out", *TINY, "--shard", "2/2")
+    assert r.exit_code == 2 and "--shard" in _error_lines(r.output)[0]
+
+
+def test_text_prototypes_wants_an_extract_folder(features_dir, world, tmp_path):
+    feature_file = next(features_dir.glob("*.safetensors"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "p.safetensors"
+    for wrong, message in ((feature_file, "folder not found"), (empty, "did not finish"),
+                           (world, "holds `make-world` output")):
+        r = _invoke("text-prototypes", wrong, "-o", out)
+        assert r.exit_code == 2, r.output
+        assert message in _error_lines(r.output)[0] and str(wrong) in r.output
+    assert _invoke("text-prototypes", "-o", out).exit_code == 2  # neither a folder nor --classes
+    assert not out.exists()
+
+
+def test_text_prototypes_from_a_class_list(tmp_path):
+    out = tmp_path / "p.safetensors"
+    r = _invoke("text-prototypes", "--classes", "cat, dog", *TINY, "--background", "sky", "--templates", "{}",
+                "-o", out)
+    assert r.exit_code == 0, r.output
+    p = io.read_prototypes(out, classes=["background", "cat", "dog"])
+    assert p.row_names == ["cat", "dog", "sky"]
+
+
+def test_eval_of_ground_truth_is_perfect(world, tmp_path):
+    masks = tmp_path / "masks"
+    shutil.copytree(world / "masks", masks)
+    report = tmp_path / "metrics.json"
+    r = _invoke("eval", masks, "--data", world, "--split", "train", "--json", report)
+    assert r.exit_code == 0, r.output
+    result = json.loads(report.read_text())
+    assert result["miou"] == pytest.approx(1.0) and result["n_images"] == 6 and result["kind"] == "mask"
+
+
+def test_eval_without_a_dataset_is_one_line(tmp_path):
+    r = _invoke("eval", tmp_path)
+    assert r.exit_code == 2 and "--data" in _error_lines(r.output)[0]
+
+
+def test_stage_chain_end_to_end(world, tmp_path):
+    feats, protos, cams = tmp_path / "features", tmp_path / "text.safetensors", tmp_path / "cams"
+    steps = [
+        ("extract", world, "--split", "train", "-o", feats, *TINY, "--device", "cpu", "--workers", "1"),
+        ("text-prototypes", feats, "-o", protos, "--templates", "a photo of a {}.", "--background",
+         "grass,sky,wall,water", "--device", "cpu"),
+        ("cam", feats, "-p", protos, "-o", cams, "--device", "cpu"),
+        ("eval", cams, "--json", tmp_path / "metrics.json"),
+    ]
+    for step in steps:
+        r = _invoke(*step)
+        assert r.exit_code == 0, (step[0], r.output)
+    assert io.read_stage_record(feats, "extract")["count"] == 6
+    assert io.read_stage_record(cams, "cam")["count"] == 6
+    assert sorted(p.stem for p in cams.glob("*.safetensors")) == sorted(p.stem for p in feats.glob("*.safetensors"))
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["kind"] == "cam" and result["n_images"] == 6 and 0.0 <= result["miou"] <= 1.0
+    # a file of the wrong kind where prototypes belong is refused in one line
+    r = _invoke("cam", feats, "-p", next(feats.glob("*.safetensors")), "-o", tmp_path / "cams2", "--device", "cpu")
+    assert r.exit_code == 2 and "expected a 'prototypes' file" in _error_lines(r.output)[0]
+    assert not Path(tmp_path / "cams2").exists()

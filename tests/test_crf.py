@@ -1,0 +1,226 @@
+"""`crf`: CLIP-ES's dense-CRF pseudo masks, the parity image, --no-crf, workers, the file contract, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from vpltool import io
+from vpltool.config import CrfConfig, RuntimeConfig
+from vpltool.crf import (
+    clip_es_image,
+    crf_probabilities,
+    dense_crf,
+    mask_path,
+    pseudo_labels,
+    refine_image,
+    run_crf,
+)
+from vpltool.errors import ContractError, MissingDependencyError, VplError
+from vpltool.metrics import cams_to_labels
+
+needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
+                               reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
+
+ONE = RuntimeConfig(workers=1)
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+def _gt_cams(gt: np.ndarray, labels: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """[K, H, W] float32 CAM-like maps: blurred GT blobs that spill over object edges, plus a little noise."""
+    h, w = gt.shape
+    maps = []
+    for c in labels:
+        blob = cv2.GaussianBlur((gt == c).astype(np.float32), (0, 0), sigmaX=4.0)
+        blob = np.clip(blob * 1.5 + rng.uniform(0, 0.1, (h, w)).astype(np.float32), 0, None)
+        maps.append(blob / max(float(blob.max()), 1e-6))
+    return np.stack(maps) if maps else np.zeros((0, h, w), np.float32)
+
+
+def _write_cam_folder(folder: Path, dataset, size_override: dict[str, tuple[int, int]] | None = None) -> Path:
+    """A finished `cam`-like folder over ``dataset``: one CAM file per item + a `_stage.json` naming the dataset."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    for item in dataset.items:
+        cams = _gt_cams(io.read_mask(item.gt), item.labels, rng)
+        if size_override and item.id in size_override:
+            cams = np.zeros((len(item.labels), *size_override[item.id]), np.float32)
+        io.write_cam(io.cam_path(folder, item.id), torch.from_numpy(cams), item.labels, classes=dataset.classes,
+                     params={}, id=item.id, image_size=list(cams.shape[1:]))
+    io.write_stage_record(folder, "cam", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from vpltool.data import open_dataset
+    from vpltool.demo.scenes import write_dataset
+
+    root = write_dataset(tmp_path_factory.mktemp("crf_world"), n_train=4, n_val=2, seed=0)
+    return open_dataset(root, "train")
+
+
+@pytest.fixture(scope="module")
+def cams_dir(dataset, tmp_path_factory) -> Path:
+    return _write_cam_folder(tmp_path_factory.mktemp("cams"), dataset)
+
+
+@pytest.fixture(scope="module")
+def pseudo_dir(cams_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pseudo")
+    run_crf(cams_dir, out, runtime=ONE)
+    return out
+
+
+def _blocks_image() -> tuple[np.ndarray, np.ndarray]:
+    """A 24x32 image of three colour blocks and its [24, 32] label map (0, 1, 2)."""
+    labels = np.zeros((24, 32), np.int64)
+    labels[:, 12:22], labels[:, 22:] = 1, 2
+    colours = np.array([[40, 120, 40], [220, 30, 30], [30, 30, 220]], np.uint8)
+    return colours[labels], labels
+
+
+# --------------------------------------------------------------------------------------------- kernels
+def test_probabilities_stack_background_first():
+    cams = np.array([[[0.2, 1.0]], [[0.5, 0.0]]], np.float16)  # [K=2, 1, 2]
+    probs = crf_probabilities(cams, bg_exponent=2.0)
+    assert probs.shape == (3, 1, 2) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs[0], [[0.5**2, 0.0]])
+    np.testing.assert_allclose(probs[1:], cams.astype(np.float32))
+    assert crf_probabilities(np.zeros((0, 2, 3)), 1.0).tolist() == np.ones((1, 2, 3)).tolist()  # no label: all bg
+
+
+@needs_crf
+def test_confident_unaries_keep_their_argmax():
+    image, truth = _blocks_image()
+    cams = np.stack([(truth == 1), (truth == 2)]).astype(np.float32)  # one-hot: unary gap -log(1e-5) = 11.5
+    q = dense_crf(image, crf_probabilities(cams, 1.0))
+    assert q.shape == (3, 24, 32) and q.dtype == np.float32
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(q.argmax(0), truth)
+    mask = refine_image(image, cams, (7, 3))
+    np.testing.assert_array_equal(mask, np.array([0, 7, 3], np.uint8)[truth])  # rows map to the dataset ids
+
+
+@needs_crf
+def test_low_confidence_pixels_become_ignore():
+    image, _ = _blocks_image()
+    cams = np.full((2, 24, 32), 0.5, np.float32)  # bg = cam1 = cam2 = 0.5: Q stays uniform at 1/3 < 0.95
+    mask = refine_image(image, cams, (1, 2))
+    assert (mask == 255).all()
+    assert (refine_image(image, cams, (1, 2), CrfConfig(confidence=0.0)) != 255).all()  # 0 = never ignore
+
+
+def test_pseudo_labels_threshold_and_ties():
+    scores = np.array([[[0.5, 0.2]], [[0.5, 0.97]]], np.float32)  # pixel 0: a tie, pixel 1: confident class
+    np.testing.assert_array_equal(pseudo_labels(scores, (4,), None), [[0, 4]])  # ties go to background
+    np.testing.assert_array_equal(pseudo_labels(scores, (4,), 0.95), [[255, 4]])
+
+
+def test_no_crf_is_the_cam_argmax_eval_scores(dataset):
+    rng = np.random.default_rng(1)
+    cams = rng.uniform(0, 1, (2, 8, 9)).astype(np.float32)
+    image = np.zeros((8, 9, 3), np.uint8)
+    for a in (1.0, 2.0):
+        mask = refine_image(image, cams, (2, 5), CrfConfig(no_crf=True, bg_exponent=a))
+        np.testing.assert_array_equal(mask, cams_to_labels(cams, (2, 5), a))
+
+
+def test_clip_es_image_wraps_mean_subtracted_bgr():
+    rgb = np.array([[[0, 0, 0], [255, 255, 255], [0, 0, 103], [0, 0, 105]]], np.uint8)
+    # B - 104.008 etc., truncated toward zero, then modulo 256: -104.008 -> 152, -1.008 -> 255, 0.992 -> 0
+    expected = [[[152, 140, 134], [150, 138, 132], [255, 140, 134], [0, 140, 134]]]
+    out = clip_es_image(rgb)
+    assert out.dtype == np.uint8 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_missing_pydensecrf_is_one_line(monkeypatch, cams_dir, tmp_path):
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # None in sys.modules makes the import raise ImportError
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'vpltool\[crf\]'") as info:
+        run_crf(cams_dir, tmp_path / "out", runtime=ONE)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()  # failed before touching the output
+    run_crf(cams_dir, tmp_path / "plain", CrfConfig(no_crf=True), ONE)  # --no-crf does not need it
+
+
+# --------------------------------------------------------------------------------------------- the stage
+@needs_crf
+def test_stage_writes_palette_pngs_and_a_record(pseudo_dir, cams_dir, dataset):
+    record = io.read_stage_record(pseudo_dir, "crf")
+    assert record["count"] == len(dataset.items)
+    assert record["inputs"] == {"cams": io.sha256_file(io.stage_record_path(cams_dir)), "dataset": dataset.identity()}
+    for item in dataset.items:
+        with Image.open(mask_path(pseudo_dir, item.id)) as img:
+            assert img.mode == "P" and img.getpalette()[:9] == io.voc_palette()[:9]
+        mask = io.read_mask(mask_path(pseudo_dir, item.id))
+        assert mask.dtype == np.uint8 and mask.shape == io.read_mask(item.gt).shape
+        assert set(np.unique(mask)) <= {0, 255, *item.labels}
+
+
+@needs_crf
+def test_palette_png_round_trips_the_labels(pseudo_dir, cams_dir, dataset):
+    from vpltool.crf import read_cam_array
+    from vpltool.data import load_image
+
+    item = next(it for it in dataset.items if it.labels)
+    cams, labels = read_cam_array(io.cam_path(cams_dir, item.id), dataset.classes)
+    expected = refine_image(load_image(item.image), cams, labels)
+    np.testing.assert_array_equal(io.read_mask(mask_path(pseudo_dir, item.id)), expected)
+
+
+@needs_crf
+def test_workers_give_identical_pngs(pseudo_dir, cams_dir, tmp_path):
+    summary = run_crf(cams_dir, tmp_path / "two", runtime=RuntimeConfig(workers=2))
+    assert summary.workers == 2 and summary.done == len(list(pseudo_dir.glob("*.png")))
+    for png in pseudo_dir.glob("*.png"):
+        assert (tmp_path / "two" / png.name).read_bytes() == png.read_bytes()
+
+
+@needs_crf
+def test_finished_items_are_skipped_and_params_guarded(pseudo_dir, cams_dir, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(pseudo_dir, out)
+    (out / io.STAGE_RECORD).unlink()
+    next(out.glob("*.png")).unlink()  # an interrupted run: one mask and the record missing
+    summary = run_crf(cams_dir, out, runtime=ONE)
+    assert (summary.done, summary.skipped) == (1, len(list(out.glob("*.png"))) - 1)
+    with pytest.raises(VplError, match="other parameters"):
+        run_crf(cams_dir, out, CrfConfig(iterations=3), ONE)
+
+
+@needs_crf
+def test_eval_scores_the_pseudo_masks(pseudo_dir):
+    from vpltool.metrics import run_eval
+
+    result, _ = run_eval(pseudo_dir)
+    assert result["kind"] == "mask" and result["n_images"] == 4 and result["miou"] > 0.5
+
+
+@needs_crf
+def test_image_and_cam_size_mismatch_names_the_file(dataset, tmp_path):
+    bad = next(it.id for it in dataset.items if it.labels)
+    cams = _write_cam_folder(tmp_path / "cams", dataset, size_override={bad: (50, 40)})
+    with pytest.raises(ContractError) as info:
+        run_crf(cams, tmp_path / "out", runtime=ONE)
+    message = str(info.value)
+    assert f"{bad}.safetensors" in message and "50x40" in message and "\n" not in message
+
+
+@needs_crf
+def test_bad_options_and_inputs_are_one_line(cams_dir, tmp_path):
+    with pytest.raises(VplError, match="--parity"):
+        run_crf(cams_dir, tmp_path / "a", CrfConfig(parity="caffe"), ONE)
+    with pytest.raises(VplError, match="--confidence"):
+        run_crf(cams_dir, tmp_path / "b", CrfConfig(confidence=1.5), ONE)
+    with pytest.raises(VplError, match="run `vpltool cam` first"):
+        run_crf(tmp_path / "nothing", tmp_path / "c", runtime=ONE)

@@ -1,0 +1,101 @@
+"""Toy CLIP of the demo world: the shipped checkpoint, its attention window, the trainer and its loss."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vpltool.backbone import EXTRA_CONFIG, ModelSpec, WordTokenizer, load_backbone  # noqa: E402
+from vpltool.demo import toyclip  # noqa: E402
+from vpltool.demo.scenes import generate_scenes  # noqa: E402
+from vpltool.errors import VplError  # noqa: E402
+
+SHIPPED = Path(toyclip.__file__).resolve().parents[1] / "assets" / "toy-clip"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_backbone(ModelSpec(model=f"local-dir:{SHIPPED}"))
+
+
+@pytest.fixture(scope="module")
+def scene_pixels(shipped) -> torch.Tensor:
+    images = np.stack([s.image for s in generate_scenes(2, seed=3)])
+    return toyclip.to_pixels(images, shipped.mean, shipped.std)  # [2, 3, 96, 96]
+
+
+def test_shipped_checkpoint_loads_with_word_tokenizer_and_window(shipped):
+    assert isinstance(shipped.tokenizer, WordTokenizer)
+    assert (shipped.window_size, shipped.window_blocks) == (3, frozenset({0, 1, 2}))
+    assert (shipped.patch_size, shipped.embed_dim, shipped.n_blocks) == (8, 64, 4)
+    text = shipped.encode_text(["a photo of a star.", "a photo of a grass."])
+    assert text.shape == (2, 64) and torch.allclose(text.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert (SHIPPED / "open_clip_model.safetensors").stat().st_size < 10_000_000
+    training = json.loads((SHIPPED / EXTRA_CONFIG).read_text())["training"]
+    assert training["caption_accuracy"] > 0.3  # a trained model, not a random one
+
+
+def test_window_blocks_see_only_the_3x3_neighbourhood(shipped, scene_pixels):
+    grid = (12, 12)
+    x = shipped.embed(scene_pixels)
+    _, attn, _ = shipped.block(0, x, grid, need_weights=True)  # [2, 145, 145]
+    rows, cols = np.divmod(np.arange(144), 12)
+    near = (np.abs(rows[:, None] - rows[None, :]) <= 1) & (np.abs(cols[:, None] - cols[None, :]) <= 1)
+    patch_rows = attn[:, 1:]  # [2, 144, 145]
+    assert torch.all(patch_rows[:, :, 0] == 0)  # patches do not see the CLS token
+    assert torch.all(patch_rows[:, :, 1:][:, torch.from_numpy(~near)] == 0)
+    assert torch.all(patch_rows[:, :, 1:][:, torch.from_numpy(near)] > 0)
+    _, last, _ = shipped.block(3, x, grid, need_weights=True)  # the last block stays global
+    assert torch.all(last[:, 1:, 1:][:, torch.from_numpy(~near)] > 0)
+
+
+def test_training_path_matches_inference_path(shipped, scene_pixels):
+    assert torch.equal(toyclip._embed(shipped, scene_pixels), shipped.embed(scene_pixels))
+    window = shipped.window_blocks
+    try:  # without the window the training forward is open_clip's own avg-pooled encode_image
+        shipped.window_blocks = frozenset()
+        ours = toyclip.encode_images(shipped, scene_pixels)
+    finally:
+        shipped.window_blocks = window
+    theirs = torch.nn.functional.normalize(shipped.model.encode_image(scene_pixels), dim=-1)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_unknown_prompt_word_is_a_one_line_error(shipped):
+    with pytest.raises(VplError, match="zebra"):
+        shipped.encode_text(["a photo of a zebra."])
+
+
+def test_caption_key_ignores_wording_and_loss_counts_duplicates_as_positives():
+    assert toyclip.caption_key("a photo of a star on the grass.") == toyclip.caption_key("grass with a star.")
+    emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=1)
+    keys = [frozenset({"star"}), frozenset({"star"}), frozenset({"ring"})]
+    scale = torch.tensor(np.log(100.0))
+    # rows 0 and 1 are identical: one-hot targets would be penalised, multi-positive targets are met
+    assert toyclip.multi_positive_clip_loss(emb, emb, keys, scale) < 0.5 * np.log(2)
+
+
+def test_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
+    losses: list[tuple[int, float]] = []
+    out = tmp_path / "toy"
+    metrics = toyclip.train_toy_clip(out, steps=3, batch_size=8, n_scenes=16, eval_scenes=8, cam_scenes=2,
+                                     on_step=lambda step, loss: losses.append((step, loss)))
+    assert [s for s, _ in losses] == [1, 2, 3] and all(np.isfinite(v) for _, v in losses)
+    assert {"final_loss", "caption_accuracy", "gradcam_miou", "seconds"} <= metrics.keys()
+    bb = load_backbone(ModelSpec(model=f"local-dir:{out}"))
+    assert bb.window_blocks == frozenset({0, 1, 2})
+    assert json.loads((out / EXTRA_CONFIG).read_text())["training"]["steps"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_training_refuses_to_replace_a_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(VplError, match="not a model folder"):
+        toyclip.train_toy_clip(tmp_path, steps=1, batch_size=2)

@@ -1,0 +1,132 @@
+"""`vpltool demo-report`: one table of mIoU per pipeline stage next to chance, ``metrics.json`` and a contact sheet.
+
+Chance baselines, computed on the same images and labels as the stages (never tuned on val):
+
+* ``all background``: every pixel predicted background.
+* ``random CAMs``: for each labelled class a smooth random map (bilinear-upsampled 4x4 uniform noise), scored with
+  the same background-exponent rule and exponent search as real CAMs. It knows the image-level labels, as every
+  stage does, so it is the floor a localisation method must beat.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import io
+from ..config import EvalConfig
+from ..metrics import MiouAccumulator, cams_to_labels
+
+# (metrics file under RUN/metrics, display name, folder holding the stage output) in pipeline order
+STAGES = (
+    ("cams_text.json", "CAM, text prototypes (train)", "cams_text"),
+    ("cams_vision.json", "CAM, vision prototypes (train)", "cams_vision"),
+    ("pseudo.json", "CRF pseudo masks (train)", "pseudo"),
+    ("pred_val.json", "decoder prediction (val)", "pred_val"),
+)
+
+
+def chance_baselines(dataset, seed: int = 0, exponents=EvalConfig.bg_exponents) -> dict[str, float]:
+    """mIoU of the all-background and random-CAM baselines over ``dataset`` items with GT."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(dataset.classes)
+    rng = np.random.default_rng(seed)
+    background = MiouAccumulator(n)
+    randoms = {a: MiouAccumulator(n) for a in exponents}
+    for item in dataset.items:
+        if item.gt is None:
+            continue
+        gt = io.read_mask(item.gt)
+        background.add(gt, np.zeros_like(gt))
+        noise = torch.from_numpy(rng.random((len(item.labels), 4, 4), dtype=np.float32))
+        cams = F.interpolate(noise[None], size=gt.shape, mode="bilinear", align_corners=False)[0].numpy()
+        for a, acc in randoms.items():
+            acc.add(gt, cams_to_labels(cams, item.labels, a))
+    return {"all background": background.result()["miou"],
+            "random CAMs": max(acc.result()["miou"] for acc in randoms.values())}
+
+
+def collect(run: Path) -> list[dict[str, Any]]:
+    """One row per stage: its mIoU from ``RUN/metrics/*.json``, or a note why it is missing."""
+    rows = []
+    for file, name, folder in STAGES:
+        path = run / "metrics" / file
+        if path.is_file():
+            result = io.read_json(path)
+            rows.append({"stage": name, "miou": result["miou"], "n_images": result["n_images"],
+                         "bg_exponent": result.get("bg_exponent")})
+        else:
+            note = "not run" if (run / folder).exists() else "skipped: stage not built yet"
+            rows.append({"stage": name, "miou": None, "note": note})
+    return rows
+
+
+def write_contact_sheet(run: Path, dataset, path: Path, n: int = 8) -> Path | None:
+    """image | ground truth | text CAM | vision CAM | pseudo mask | prediction, for the first ``n`` items."""
+    from ..data import load_image
+    from ..metrics import cams_to_labels as to_labels
+    from .scenes import contact_sheet
+
+    columns = ["image", "ground truth", "text CAM", "vision CAM", "pseudo mask", "prediction"]
+    rows = []
+    for item in [it for it in dataset.items if it.gt is not None][:n]:
+        image, gt = load_image(item.image), io.read_mask(item.gt)
+        row = [image, gt]
+        for folder in ("cams_text", "cams_vision"):
+            cam_file = io.cam_path(run / folder, item.id)
+            if cam_file.is_file():
+                cams, labels, _ = io.read_cam(cam_file)
+                row.append(to_labels(cams.numpy(), labels.tolist(), 1.0))
+            else:
+                row.append(np.zeros_like(gt))
+        for folder in ("pseudo", "pred_train"):
+            png = run / folder / f"{item.id}.png"
+            row.append(io.read_mask(png) if png.is_file() else np.zeros_like(gt))
+        rows.append(row)
+    if not rows:
+        return None
+    return contact_sheet(rows, columns, path, scale=2)
+
+
+def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Gather the stage metrics of a demo run folder, add chance baselines, write ``metrics.json`` + sheet."""
+    from ..data import open_dataset
+
+    run = Path(run)
+    record = io.read_stage_record(run / "features", "extract")
+    ident = record["inputs"]["dataset"]
+    train = open_dataset(ident["root"], ident.get("split"))
+    report = {
+        "run": str(run),
+        "stages": collect(run),
+        "chance": chance_baselines(train, seed),
+        "contact_sheet": None,
+    }
+    sheet = write_contact_sheet(run, train, run / "contact_sheet.png")
+    report["contact_sheet"] = str(sheet) if sheet else None
+    io.write_json(run / "metrics.json", report)
+    return report
+
+
+def format_report(report: dict[str, Any]):
+    """A rich table: stage | mIoU % | chance (random CAMs) | all background."""
+    from rich.table import Table
+
+    chance = report["chance"]
+    table = Table(title="vpltool demo: mIoU per stage", title_justify="left")
+    table.add_column("stage")
+    table.add_column("mIoU %", justify="right")
+    table.add_column("chance %", justify="right")
+    table.add_column("note")
+    for row in report["stages"]:
+        value = "—" if row["miou"] is None else f"{100 * row['miou']:.1f}"
+        note = row.get("note") or (f"{row['n_images']} images" + (f", bg a={row['bg_exponent']:g}"
+                                                                  if row.get("bg_exponent") else ""))
+        table.add_row(row["stage"], value, f"{100 * chance['random CAMs']:.1f}", note)
+    table.caption = (f"chance = random smooth CAMs with the true image labels; all-background = "
+                     f"{100 * chance['all background']:.1f}")
+    return table

@@ -1,0 +1,439 @@
+"""A toy CLIP for the demo world: 1.3 M parameters, trained on scene captions in ~10 minutes on 2 CPU cores.
+
+The model is an ordinary open_clip ViT (patch 8 on 96 px -> 12x12 tokens, width 128, 4 blocks; word-level text
+tower, context 16) saved as an open_clip ``local-dir:`` folder, plus our ``vpltool.json`` (vocabulary and
+attention window) that :func:`vpltool.backbone.load_backbone` reads. Two choices make its CAMs localise:
+
+* **Windowed attention.** In blocks 0..2 a patch attends only to its 3x3 patch neighbourhood (``TOY_WINDOW``); only
+  the last block is global. A plain global ViT learns the captions just as well, but mixes every token with every
+  other so early that its GradCAM maps are at chance (feasibility study).
+* **Train through the inference path.** The image embedding is the mean of the projected patch tokens, exactly
+  CLIP-ES's surgery (``bb.dense(tokens).mean(1)``), and the blocks run through ``ClipBackbone.block`` with its
+  window mask. What GradCAM differentiates at inference is then what the contrastive loss shaped.
+
+Training scenes are rendered on the fly from a seed derived from ``seed`` by :func:`scene_seed` (purpose
+``"train"``); held-out scenes for the reported accuracy use purpose ``"heldout"``. Both are 64-bit
+``SeedSequence`` draws like :func:`vpltool.demo.scenes.split_seed`, so they never coincide with the demo's own
+train/val splits: the toy CLIP has never seen a scene the pipeline is scored on.
+
+A batch of 128 holds duplicate captions (only 372 distinct label-set x background combinations exist), so the
+loss is a **multi-positive** InfoNCE: every caption naming the same classes and background is a positive, with
+the target spread evenly over them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backbone import EXTRA_CONFIG, ClipBackbone, ModelSpec
+from ..errors import VplError
+from .scenes import BACKGROUNDS, CLASSES, SceneConfig, caption_vocabulary, generate_scenes, make_caption
+from .scenes import tokenize_caption
+
+TOY_WINDOW: dict[str, Any] = {"size": 3, "blocks": [0, 1, 2]}  # every block but the last (4 blocks)
+PROMPT_TEMPLATE = "a photo of a {}."  # the demo's prompt; its words must be in the vocabulary
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation, so the toy looks like the real thing
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_SIZE = 96
+CONTEXT_LENGTH = 16  # SOT + the 14 words of the longest caption + EOT
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
+_KEY_WORDS = frozenset(CLASSES[1:]) | frozenset(BACKGROUNDS)
+
+
+# --------------------------------------------------------------------------------------------- model
+def toy_model_cfg(vocab_size: int) -> dict[str, Any]:
+    """open_clip ``model_cfg`` of the toy CLIP (~1.26 M parameters).
+
+    ``pool_type 'avg'`` makes open_clip's own ``encode_image`` pool the patch tokens like the CLIP-ES surgery.
+    """
+    return {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32,
+                       "pool_type": "avg"},
+        "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": vocab_size, "width": 128, "heads": 4,
+                     "layers": 2},
+    }
+
+
+def toy_vocabulary() -> list[str]:
+    """Sorted words: every caption word plus what the prompts need (template, class names, background words)."""
+    extra = {*tokenize_caption(PROMPT_TEMPLATE.format("")), *CLASSES[1:], *BACKGROUNDS}
+    return sorted(set(caption_vocabulary()) | extra)
+
+
+def preprocess_cfg() -> dict[str, Any]:
+    """open_clip ``preprocess_cfg`` stored beside the weights: the normalisation the model was trained with."""
+    return {"size": IMAGE_SIZE, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic",
+            "resize_mode": "shortest"}
+
+
+def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu") -> ClipBackbone:
+    """A randomly initialised toy CLIP wrapped like a loaded one (word tokenizer + window); frozen, eval mode."""
+    import open_clip
+
+    vocab = toy_vocabulary()
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**toy_model_cfg(len(vocab) + 3))  # + padding, SOT, EOT (WordTokenizer)
+    model.visual.preprocess_cfg = preprocess_cfg()
+    extra = {"vocabulary": vocab, "attention_window": TOY_WINDOW}
+    return ClipBackbone(model, ModelSpec(model="toy-clip", pretrained="none"), torch.device(device), extra)
+
+
+def _embed(bb: ClipBackbone, pixels: torch.Tensor) -> torch.Tensor:
+    """``bb.embed`` at the native grid, but with gradients into the positional embedding.
+
+    ``ClipBackbone.positional_embedding`` caches a detached copy (right for a frozen model), so training uses this
+    twin; at 96 px both give the same tokens.
+
+    Args:
+        pixels: ``[B, 3, 96, 96]`` float32, CLIP-normalised.
+
+    Returns:
+        ``[B, 1 + 144, width]`` tokens entering block 0.
+    """
+    v = bb.visual
+    x = v.conv1(pixels).flatten(2).transpose(1, 2)  # [B, hw, width]
+    cls = v.class_embedding.view(1, 1, -1).expand(len(x), 1, -1)
+    return v.ln_pre(torch.cat([cls, x], dim=1) + v.positional_embedding)
+
+
+def encode_images(bb: ClipBackbone, pixels: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` normalised pixels -> ``[B, D]`` unit image embeddings, differentiable.
+
+    The inference path of the CLIP-ES surgery: every block through ``bb.block`` (window mask included), then the
+    mean of the projected patch tokens.
+    """
+    grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
+    x = _embed(bb, pixels)
+    for i in range(bb.n_blocks):
+        x = bb.block(i, x, grid)[0]
+    return F.normalize(bb.dense(x).mean(1), dim=-1)
+
+
+def encode_captions(bb: ClipBackbone, captions: Sequence[str]) -> torch.Tensor:
+    """Captions -> ``[N, D]`` unit text embeddings, differentiable (``bb.encode_text`` runs under no_grad)."""
+    tokens = bb.tokenizer(list(captions)).to(bb.device)
+    return F.normalize(bb._encode_tokens(tokens, bb._text_parts()), dim=-1)
+
+
+def to_pixels(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """``[B, H, W, 3]`` uint8 RGB -> ``[B, 3, H, W]`` float32, normalised (no resize: scenes are already 96 px)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------- data
+def scene_seed(seed: int, purpose: str) -> int:
+    """The scene seed of the toy CLIP's ``"train"`` or ``"heldout"`` scenes, disjoint from the demo's splits."""
+    index = ("train", "heldout").index(purpose)
+    return int(np.random.SeedSequence([seed, 0x70C11B, index]).generate_state(1, np.uint64)[0])
+
+
+def caption_key(caption: str) -> frozenset[str]:
+    """What a caption asserts: its class names and background word (template wording and order ignored)."""
+    return frozenset(w for w in tokenize_caption(caption) if w in _KEY_WORDS)
+
+
+Batch = tuple[np.ndarray, list[str]]  # [B, 96, 96, 3] uint8 images, B captions
+
+
+def _streamed_batches(n_batches: int, batch_size: int, seed: int, cfg: SceneConfig) -> Iterator[Batch]:
+    """Fresh scenes for every step: no scene is seen twice."""
+    scenes = generate_scenes(n_batches * batch_size, seed, cfg)
+    for _ in range(n_batches):
+        chunk = [next(scenes) for _ in range(batch_size)]
+        yield np.stack([s.image for s in chunk]), [s.caption for s in chunk]
+
+
+def _pool_batches(images: np.ndarray, captions: list[str], n_batches: int, batch_size: int,
+                  gen: torch.Generator) -> Iterator[Batch]:
+    """Random batches (without replacement inside a batch) from a fixed in-memory pool."""
+    for _ in range(n_batches):
+        idx = torch.randperm(len(captions), generator=gen)[:batch_size].numpy()
+        yield images[idx], [captions[i] for i in idx]
+
+
+def _world_pool(data_dir: str | Path) -> tuple[np.ndarray, list[str]]:
+    """The train split of a `make-world` folder (``folder`` or ``voc`` layout) with its ``captions.json``."""
+    from ..data import load_image, open_dataset
+    from ..io import read_json
+
+    data_dir = Path(data_dir)
+    if not (data_dir / "captions.json").is_file():
+        raise VplError(f"{data_dir}: no captions.json; pass a folder written by the demo world (make-world)")
+    captions = read_json(data_dir / "captions.json")
+    items = open_dataset(data_dir, "train").items
+    missing = [it.id for it in items if it.id not in captions]
+    if missing:
+        raise VplError(f"{data_dir}/captions.json: no caption for {len(missing)} train images, e.g. {missing[0]}")
+    images = np.stack([load_image(it.image) for it in items])
+    if images.shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise VplError(f"{data_dir}: images are {images.shape[1:3]}, the toy CLIP needs {IMAGE_SIZE}x{IMAGE_SIZE}")
+    return images, [captions[it.id] for it in items]
+
+
+def _augment(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip per image: captions say nothing about left and right."""
+    flip = torch.rand(len(pixels), generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+
+
+# --------------------------------------------------------------------------------------------- loss
+def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, keys: Sequence[frozenset[str]],
+                             logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where every pair with the same caption key is a positive.
+
+    Args:
+        img, txt: ``[B, D]`` unit embeddings; row i of both comes from scene i.
+        keys: B caption keys (:func:`caption_key`).
+        logit_scale: scalar log of the inverse temperature.
+
+    Returns:
+        Scalar: mean of the image->text and text->image cross-entropies against the normalised positive mask.
+    """
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    key_ids = torch.tensor([ids[k] for k in keys], device=img.device)
+    same = (key_ids[:, None] == key_ids[None, :]).float()  # [B, B], symmetric, diagonal 1
+    target = same / same.sum(1, keepdim=True)
+    logits = logit_scale.exp() * img @ txt.T  # [B, B]
+    i2t = -(target * logits.log_softmax(1)).sum(1).mean()
+    t2i = -(target * logits.log_softmax(0)).sum(0).mean()  # target's columns = its rows (symmetric mask)
+    return (i2t + t2i) / 2
+
+
+# --------------------------------------------------------------------------------------------- training
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only: gains, biases, the class token and the logit scale are left alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)  # CLIP's betas and eps
+
+
+def _schedule(steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warmup over the first ~5 % of steps, then cosine to 0."""
+    warmup = max(1, min(25, steps // 20))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return factor
+
+
+def _batches(steps: int, batch_size: int, seed: int, data_dir: str | Path | None, n_scenes: int | None,
+             cfg: SceneConfig, gen: torch.Generator) -> tuple[Iterator[Batch], str]:
+    """The training batches and a one-line description of where they come from (recorded in vpltool.json)."""
+    if data_dir is not None:
+        images, captions = _world_pool(data_dir)
+        return _pool_batches(images, captions, steps, batch_size, gen), f"world folder {Path(data_dir).resolve()}"
+    train_seed = scene_seed(seed, "train")
+    if n_scenes is None:
+        return _streamed_batches(steps, batch_size, train_seed, cfg), f"{steps * batch_size} fresh scenes"
+    pool = list(generate_scenes(n_scenes, train_seed, cfg))
+    images = np.stack([s.image for s in pool])
+    return _pool_batches(images, [s.caption for s in pool], steps, batch_size, gen), f"pool of {n_scenes} scenes"
+
+
+def _train_step(bb: ClipBackbone, opt: torch.optim.Optimizer, sched, batch: Batch, gen: torch.Generator,
+                clip_norm: float = 1.0) -> float:
+    """One optimisation step on one batch; returns the loss before the step."""
+    images, captions = batch
+    model = bb.model
+    pixels = _augment(to_pixels(images), gen).to(bb.device)
+    loss = multi_positive_clip_loss(encode_images(bb, pixels), encode_captions(bb, captions),
+                                    [caption_key(c) for c in captions], model.logit_scale)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    opt.step()
+    sched.step()
+    with torch.no_grad():  # CLIP clamps the inverse temperature at 100 so logits cannot blow up
+        model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    return loss.item()
+
+
+def train_toy_clip(
+    out_dir: str | Path, *, data_dir: str | Path | None = None, steps: int = 400, batch_size: int = 128,
+    lr: float = 1e-3, seed: int = 0, n_scenes: int | None = None, scene_cfg: SceneConfig = SceneConfig(),
+    eval_scenes: int = 500, cam_scenes: int = 100, device: str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train the toy CLIP on demo-world captions and save it as a ``local-dir:`` model folder.
+
+    Args:
+        out_dir: the model folder (``open_clip_config.json``, ``open_clip_model.safetensors`` in fp16,
+            ``vpltool.json``); written beside it first and swapped in at the end, so it is never half-written.
+        data_dir: a `make-world` folder whose train split (images + ``captions.json``) is the training pool.
+            None (default): render scenes on the fly from :func:`scene_seed` ``(seed, "train")``.
+        steps: optimiser steps of ``batch_size`` images; ~1.2 s a step at 128 on 2 CPU cores.
+        lr: AdamW peak learning rate (cosine schedule, short warmup, weight decay 0.1 on matrices).
+        seed: seeds the initial weights, the augmentation and the training/held-out scenes.
+        n_scenes: with no ``data_dir``, train on a fixed pool of this many scenes instead of fresh ones each step.
+        scene_cfg: how scenes are drawn (the demo world's default).
+        eval_scenes: held-out scenes for the caption retrieval accuracy.
+        cam_scenes: held-out scenes for the GradCAM mIoU (0 skips it).
+        device: 'cpu' (default, reproducible), 'cuda', or 'auto'.
+        on_step: called as ``on_step(step, loss)`` after every step (1-based).
+
+    Returns:
+        ``final_loss`` (mean of the last 10 steps), ``caption_accuracy`` (top-1 over every label-set x background
+        caption, exact match), ``label_set_accuracy`` (the same, background ignored), ``gradcam_miou``,
+        ``seconds`` (training only), ``steps``, ``path``; all but the path are also in ``vpltool.json``.
+    """
+    from ..device import resolve_device
+
+    if steps < 1 or batch_size < 2:
+        raise VplError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
+    _check_out_dir(Path(out_dir))
+    dev = resolve_device(device)
+    bb = build_toy_backbone(seed, dev)
+    bb.model.requires_grad_(True).train()  # ClipBackbone froze it; we are the one stage that trains
+    opt = _optimizer(bb.model, lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
+    gen = torch.Generator().manual_seed(seed)
+    batches, source = _batches(steps, batch_size, seed, data_dir, n_scenes, scene_cfg, gen)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step, batch in enumerate(batches, 1):
+        losses.append(_train_step(bb, opt, sched, batch, gen))
+        if on_step is not None:
+            on_step(step, losses[-1])
+    seconds = time.perf_counter() - start
+    bb.model.eval().requires_grad_(False)
+    training = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": source,
+                "scene_cfg": asdict(scene_cfg), "final_loss": float(np.mean(losses[-10:])),
+                "seconds": round(seconds, 1), "device": str(dev)}
+    return _save_and_score(Path(out_dir), bb.model, training, seed, scene_cfg, eval_scenes, cam_scenes)
+
+
+# --------------------------------------------------------------------------------------------- checkpoint
+def _write_checkpoint(folder: Path, model: torch.nn.Module, extra: dict[str, Any]) -> None:
+    """The three files of a ``local-dir:`` toy CLIP; weights in fp16 (open_clip casts them back on load)."""
+    from safetensors.torch import save_file
+
+    vocab = extra["vocabulary"]
+    config = {"model_cfg": toy_model_cfg(len(vocab) + 3), "preprocess_cfg": preprocess_cfg()}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, folder / "open_clip_model.safetensors", metadata={"format": "pt"})
+    (folder / EXTRA_CONFIG).write_text(json.dumps(extra, indent=2) + "\n")
+    for path in folder.iterdir():
+        path.chmod(0o644)  # safetensors writes owner-only files; the package ships these
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse to replace anything but a model folder (or an empty folder): checked before training starts too."""
+    if out.exists() and not (out.is_dir() and ((out / "open_clip_config.json").is_file() or not any(out.iterdir()))):
+        raise VplError(f"{out}: exists and is not a model folder; choose another output folder")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the finished folder ``tmp``; an old model folder is removed only once the new one is in."""
+    old = None
+    if out.exists():
+        _check_out_dir(out)
+        old = out.with_name(f".{out.name}.old-{tmp.name}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any], seed: int, cfg: SceneConfig,
+                    eval_scenes: int, cam_scenes: int) -> dict[str, Any]:
+    """Write the checkpoint beside ``out``, score the weights *as saved* (fp16), record the scores, swap it in."""
+    from ..backbone import load_backbone
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the folder ships inside the package
+    try:
+        extra = {"vocabulary": toy_vocabulary(), "attention_window": TOY_WINDOW, "training": training}
+        _write_checkpoint(tmp, model, extra)
+        bb = load_backbone(ModelSpec(model=f"local-dir:{tmp}"))
+        heldout = scene_seed(seed, "heldout")
+        scores = caption_accuracy(bb, generate_scenes(eval_scenes, heldout, cfg), cfg) if eval_scenes else {}
+        if cam_scenes:
+            scores["gradcam_miou"] = localization_miou(bb, generate_scenes(cam_scenes, heldout, cfg))
+        extra["training"] = {**training, **scores, "eval_scenes": eval_scenes, "cam_scenes": cam_scenes}
+        (tmp / EXTRA_CONFIG).write_text(json.dumps(extra, indent=2) + "\n")
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**extra["training"], "path": str(out)}
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def candidate_captions(cfg: SceneConfig = SceneConfig()) -> tuple[list[str], list[frozenset[str]]]:
+    """One caption per (label set, background) a scene can have, and its key; 372 for the default world."""
+    rng = np.random.default_rng(0)  # fixed wording: the candidates are the same for every model
+    names = CLASSES[1 : cfg.n_classes + 1]
+    sets = [c for k in range(min(cfg.max_objects, cfg.n_classes) + 1) for c in combinations(names, k)]
+    captions = [make_caption(rng, list(s), bg) for s in sets for bg in BACKGROUNDS]
+    return captions, [caption_key(c) for c in captions]
+
+
+@torch.no_grad()
+def caption_accuracy(bb: ClipBackbone, scenes, cfg: SceneConfig = SceneConfig(), chunk: int = 128) -> dict[str, float]:
+    """Top-1 retrieval of each scene's label set (+ background) among :func:`candidate_captions`.
+
+    Returns:
+        ``caption_accuracy`` (classes and background both right) and ``label_set_accuracy`` (classes right),
+        fractions in [0, 1].
+    """
+    captions, keys = candidate_captions(cfg)
+    text = bb.encode_text(captions)  # [C, D]
+    exact = classes_only = total = 0
+    scenes = iter(scenes)
+    while batch := [s for _, s in zip(range(chunk), scenes)]:
+        img = encode_images(bb, to_pixels(np.stack([s.image for s in batch]), bb.mean, bb.std).to(bb.device))
+        best = (img @ text.T).argmax(1).tolist()
+        for scene, j in zip(batch, best):
+            truth = caption_key(scene.caption)
+            exact += keys[j] == truth
+            classes_only += keys[j] - _BACKGROUND_WORDS == truth - _BACKGROUND_WORDS
+            total += 1
+    return {"caption_accuracy": exact / max(total, 1), "label_set_accuracy": classes_only / max(total, 1)}
+
+
+_BACKGROUND_WORDS = frozenset(BACKGROUNDS)
+
+
+def localization_miou(bb: ClipBackbone, scenes, template: str = PROMPT_TEMPLATE, bg_exponent: float = 1.0) -> float:
+    """mIoU of raw softmax-GradCAM (CLIP-ES, no CAA) against the exact scene masks.
+
+    Per scene: rows = text prototypes of the present classes + the 4 background words from ``template``;
+    temperature ``1 / logit_scale``; maps upsampled to the image and labelled with ``bg = (1 - max)^a``, argmax.
+    """
+    from ..cam import gradcam, upsample
+    from ..metrics import MiouAccumulator, cams_to_labels
+
+    class_rows = bb.encode_text([template.format(c) for c in CLASSES[1:]])  # [8, D]
+    bg_rows = bb.encode_text([template.format(b) for b in BACKGROUNDS])  # [4, D]
+    acc = MiouAccumulator(len(CLASSES))
+    for scene in scenes:
+        pixels = to_pixels(scene.image[None], bb.mean, bb.std).to(bb.device)
+        grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
+        with torch.no_grad():
+            x, _ = bb.run_blocks(bb.embed(pixels), grid, 0, bb.n_blocks - 1)
+        labels = list(scene.labels)
+        rows = torch.cat([class_rows[[c - 1 for c in labels]], bg_rows])
+        cams, _, _ = gradcam(bb, x[0], grid, rows, len(labels), 1.0 / bb.logit_scale)
+        full = upsample(cams.cpu(), scene.mask.shape)
+        acc.add(scene.mask, cams_to_labels(full.numpy(), labels, bg_exponent))
+    return float(acc.result()["miou"])
