@@ -21,7 +21,6 @@ CPU = RuntimeConfig(device="cpu", workers=1)
 
 
 def _run(data, out, spec, cfg=ExtractConfig(), runtime=CPU, **kw):
-    torch.manual_seed(0)  # `--pretrained none` draws the random CLIP from torch's global RNG
     return run_extract(data, out, spec, cfg, runtime, **kw)
 
 

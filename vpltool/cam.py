@@ -200,8 +200,12 @@ def run_cam(
     overlays: str | Path | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    backbone: ClipBackbone | None = None,
 ) -> CamSummary:
-    """CAMs for every image of an `extract` folder, with the classes of its image-level labels."""
+    """CAMs for every image of an `extract` folder, with the classes of its image-level labels.
+
+    ``backbone`` reuses an already loaded model; it must be the one recorded by `extract`.
+    """
     from .data import open_dataset
 
     features, out = Path(features), Path(out)
@@ -225,7 +229,7 @@ def run_cam(
         if todo:
             device = resolve_device(runtime.device)
             spec = ModelSpec.from_identity(record["params"]["model"])
-            bb = load_backbone(spec, device)
+            bb = backbone or load_backbone(spec, device)
             if bb.embed_dim != protos.dim:
                 raise ContractError(f"{prototypes}: prototypes are {protos.dim}-d but the model's features are "
                                     f"{bb.embed_dim}-d; make prototypes with the same CLIP model")

@@ -111,11 +111,13 @@ def run_extract(
     shard: tuple[int, int] = (0, 1),
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    backbone: ClipBackbone | None = None,
 ) -> ExtractSummary:
     """Extract features for every item of ``dataset`` (or of one shard of it) into ``out``.
 
     Finished items are skipped unless ``runtime.overwrite``; ``_stage.json`` is written once every item of the
-    whole dataset is present (by whichever shard finishes last).
+    whole dataset is present (by whichever shard finishes last). ``backbone`` reuses an already loaded model
+    (it must match ``spec``).
     """
     out = Path(out)
     index, count = shard
@@ -133,7 +135,7 @@ def run_extract(
     lock_name = io.LOCK_FILE if count == 1 else f"{io.LOCK_FILE}.{index}-of-{count}"
     with io.output_lock(out, lock_name):
         if todo:
-            bb = load_backbone(spec, device)
+            bb = backbone or load_backbone(spec, device)
             n_attn = min(cfg.attention_blocks, bb.n_blocks) - 1
             meta = extract_metadata(bb, cfg, n_attn)
 
