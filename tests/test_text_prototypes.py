@@ -106,8 +106,6 @@ def test_background_specs(tmp_path):
     assert resolve_background(str(words), None) == ["road", "river"]
 
 
-@pytest.mark.xfail(strict=True, reason="text_prototypes.resolve_background('auto') calls presets.background_words "
-                   "without the classes, so a class named like a background word ('grass') gets a background row too")
 def test_auto_background_drops_words_that_are_classes(bb):
     p = build_text_prototypes(bb, ("background", "grass", "cat"), TextPrototypesConfig())
     assert p.row_names.count("grass") == 1

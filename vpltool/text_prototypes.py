@@ -38,12 +38,16 @@ def resolve_templates(spec: str) -> list[str]:
     return templates
 
 
-def resolve_background(spec: str, preset: str | None) -> list[str]:
-    """'auto' (the dataset preset's words, VOC's otherwise) | voc | coco | none | a file | 'w1,w2,...'."""
+def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = ()) -> list[str]:
+    """'auto' (the dataset preset's words, VOC's otherwise) | voc | coco | none | a file | 'w1,w2,...'.
+
+    Preset word lists drop words that are class names (why CLIP-ES's COCO set lacks 'keyboard' and 'sign'):
+    a word that is both a class and background would steal the class's pixels.
+    """
     if spec == "auto":
-        return list(presets.background_words(preset or "voc"))
+        return list(presets.background_words(preset, classes))
     if spec in ("voc", "coco"):
-        return list(presets.background_words(spec))
+        return list(presets.background_words(spec, classes))
     if spec == "none":
         return []
     path = Path(spec)
@@ -67,7 +71,7 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
     preset = presets.preset_for(classes)
     names = presets.prompt_names(classes, preset if cfg.synonyms else None)
     templates = resolve_templates(cfg.templates)
-    background = resolve_background(cfg.background, preset)
+    background = resolve_background(cfg.background, preset, classes)
     vectors = torch.cat([encode_names(bb, names, templates), encode_names(bb, background, templates)])
     row_class = torch.cat([torch.arange(1, len(names) + 1), torch.zeros(len(background), dtype=torch.long)])
     params = {**to_params(cfg), "n_templates": len(templates), "background_words": background}
