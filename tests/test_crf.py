@@ -180,8 +180,11 @@ def test_palette_png_round_trips_the_labels(pseudo_dir, cams_dir, dataset):
 
 @needs_crf
 def test_workers_give_identical_pngs(pseudo_dir, cams_dir, tmp_path):
-    summary = run_crf(cams_dir, tmp_path / "two", runtime=RuntimeConfig(workers=2))
-    assert summary.workers == 2 and summary.done == len(list(pseudo_dir.glob("*.png")))
+    ticks, starts = [], []
+    summary = run_crf(cams_dir, tmp_path / "two", runtime=RuntimeConfig(workers=2), on_item=ticks.append,
+                      on_start=starts.append)
+    n = len(list(pseudo_dir.glob("*.png")))
+    assert summary.workers == 2 and summary.done == n and starts == [n] and sum(ticks) == n
     for png in pseudo_dir.glob("*.png"):
         assert (tmp_path / "two" / png.name).read_bytes() == png.read_bytes()
 

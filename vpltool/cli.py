@@ -259,6 +259,48 @@ def cam_cmd(
     err.print(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
 
 
+# ============================================================================================= crf
+_C = CrfConfig()
+
+
+@app.command("crf")
+@friendly_errors
+def crf_cmd(
+    cams: Annotated[Path, typer.Argument(help="A `cam` folder (text- or vision-prototype CAMs).")],
+    out: OutDir,
+    iterations: Annotated[int, typer.Option(min=1, help="Mean-field iterations.")] = _C.iterations,
+    gaussian_sxy: Annotated[float, typer.Option(help="Gaussian kernel spatial std.")] = _C.gaussian_sxy,
+    gaussian_compat: Annotated[float, typer.Option(help="Gaussian kernel weight.")] = _C.gaussian_compat,
+    bilateral_sxy: Annotated[float, typer.Option(help="Bilateral kernel spatial std.")] = _C.bilateral_sxy,
+    bilateral_srgb: Annotated[float, typer.Option(help="Bilateral kernel colour std.")] = _C.bilateral_srgb,
+    bilateral_compat: Annotated[float, typer.Option(help="Bilateral kernel weight.")] = _C.bilateral_compat,
+    confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Pixels whose CRF probability is below this "
+                                              "become 255 (ignore); 0 keeps every pixel.")] = _C.confidence,
+    bg_exponent: Annotated[float, typer.Option(help="Background score (1 - max CAM)^a.")] = _C.bg_exponent,
+    parity: Annotated[str, typer.Option(help="none (RGB photo) | clip-es (wrapped mean-subtracted BGR, as "
+                                        "CLIP-ES feeds its CRF).")] = _C.parity,
+    no_crf: Annotated[bool, typer.Option("--no-crf", help="Thresholded argmax instead of the CRF (paper "
+                                         "ablation).")] = False,
+    workers: Annotated[int, typer.Option(help="CRF processes (0 = one per core); results do not depend on it.",
+                                         rich_help_panel=RUNTIME)] = 0,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Dense-CRF pseudo masks (palette PNGs, 255 = low confidence) from CAMs and their images.
+
+    [dim]Example: vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8[/]
+    """
+    from .crf import run_crf
+
+    cfg = CrfConfig(iterations=iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
+                    bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat,
+                    confidence=confidence, bg_exponent=bg_exponent, parity=parity, no_crf=no_crf)
+    with progress("crf") as (on_start, on_item):
+        s = run_crf(cams, out, cfg, RuntimeConfig(workers=workers, overwrite=overwrite), on_item=on_item,
+                    on_start=on_start)
+    err.print(f"[green]✓[/] crf: {s.done} masks, {s.skipped} already done → {out}")
+
+
 # ============================================================================================= eval
 @app.command("eval")
 @friendly_errors

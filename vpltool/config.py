@@ -113,3 +113,85 @@ __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "RuntimeConfig", "ExtractConfig", "TextPrototypesConfig",
     "CamConfig", "EvalConfig", "LearnPrototypesConfig", "CrfConfig", "to_params", "override", "field",
 ]
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """`vpltool train-decoder`: VPL phase 2, a light decoder on the frozen CLIP supervised by pseudo masks.
+
+    Defaults are the paper's schedule (SGD, momentum 0.9, wd 1e-4, batch 6, 30k iterations) on WeCLIP's decoder;
+    ``decoder_recipe("weclip")`` gives WeCLIP's AdamW recipe. docs/decoder.md explains every choice.
+    """
+
+    # architecture (WeCLIP: per-block MLPs 768->256->256, 1x1 fuse, Dropout2d 0.1, 3 transformer layers, 8 heads)
+    dim: int = 256
+    layers: int = 3
+    heads: int = 8
+    dropout: float = 0.1
+    include_last_block: bool = False  # WeCLIP reads blocks 1..L-1; the last block's output is not an input
+    background: str = "logsumexp"  # logsumexp | max: how the background rows of W make one background score
+    temperature: float | None = None  # cosine / temperature scores; None = the prototypes file's own temperature
+    learn_temperature: bool = False  # learn the logit scale (initialised from ``temperature``)
+    train_prototypes: bool = False  # fine-tune W; frozen by default so the prototypes anchor the embedding space
+    # losses (Eq. 14)
+    loss: str = "ce"  # ce | balanced (WeCLIP/AFA: mean of background-pixel CE and foreground-pixel CE)
+    lambda_ce: float = 1.0
+    lambda_rsc: float = 1.0  # 0 = the paper's ablation without regional semantic contrast
+    rsc_temperature: float = 0.07  # tau of Eq. 13; the paper gives none, 0.07 as RCA (the module VPL's RSC follows)
+    # optimisation
+    recipe: str = "vpl"  # vpl | weclip: which preset the other fields came from (recorded, not read)
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01  # the paper gives none: the DeepLab/mmseg SGD lr of a freshly initialised head
+    momentum: float = 0.9  # SGD momentum; AdamW uses betas (0.9, 0.999)
+    weight_decay: float = 1e-4
+    warmup_iters: int = 50  # linear warm-up (WeCLIP's 50) before the poly decay: transformer layers from scratch
+    poly_power: float = 0.9  # lr x (1 - t/T)^power
+    batch_size: int = 6  # per process; the global batch is batch_size x world size
+    iters: int = 30000
+    # augmentation (WeCLIP): random rescale, horizontal flip, random crop padded with ignore
+    crop_size: int = 320  # must be a multiple of the CLIP patch size
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip: bool = True
+    cache_features: bool = False  # frozen features of a fixed-size view (+ its flip): no rescale / crop
+    # bookkeeping
+    checkpoint_every: int = 1000
+    val_every: int = 2000  # with a validation split; WeCLIP validates every 2000 iterations
+    log_every: int = 20
+    seed: int = 0
+
+
+DECODER_RECIPES: dict[str, dict[str, Any]] = {
+    "vpl": {},
+    # WeCLIP (dist_clip_voc.py): AdamW wd 0.01, decoder lr 2e-3 (base 2e-4 x 10), poly power 1, batch 4, balanced CE
+    "weclip": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "poly_power": 1.0, "batch_size": 4,
+               "loss": "balanced"},
+}
+
+
+def decoder_recipe(name: str = "vpl", **changes: Any) -> DecoderConfig:
+    """A :class:`DecoderConfig` preset (``vpl`` | ``weclip``) with ``changes`` applied (``None`` keeps the preset)."""
+    if name not in DECODER_RECIPES:
+        from .errors import VplError
+
+        raise VplError(f"--recipe {name!r}: choose {' or '.join(DECODER_RECIPES)}")
+    return override(DecoderConfig(recipe=name, **DECODER_RECIPES[name]), **changes)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """`vpltool predict`: WeCLIP's test protocol (multi-scale + flip averaged logits, optional dense CRF)."""
+
+    scales: tuple[float, ...] = (1.0, 0.75)
+    flip: bool = True
+    long_side: int | None = None  # input long side; None = 1.6 x the decoder's crop (WeCLIP: crop 320, test 512)
+    crf: bool = False  # test-time dense CRF on the softmaxed logits (needs the crf extra)
+    crf_iterations: int = 10  # WeCLIP test_msc_flip_voc.py:crf_proc, on the plain RGB image
+    crf_gaussian_sxy: float = 3.0
+    crf_gaussian_compat: float = 3.0
+    crf_bilateral_sxy: float = 64.0
+    crf_bilateral_srgb: float = 5.0
+    crf_bilateral_compat: float = 4.0
+
+
+__all__ += ["DecoderConfig", "DECODER_RECIPES", "decoder_recipe", "PredictConfig"]

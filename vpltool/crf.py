@@ -93,9 +93,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CrfConfig = CrfConfig()
     crf = dcrf.DenseCRF2D(w, h, c)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
-    # pydensecrf takes a writable C-contiguous buffer; PIL-decoded arrays are read-only
-    crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=np.require(image, requirements="CW"),
-                             compat=cfg.bilateral_compat)
+    rgbim = np.require(image, requirements="CW")  # pydensecrf wants a writable buffer; PIL's arrays are read-only
+    crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=rgbim, compat=cfg.bilateral_compat)
     return np.asarray(crf.inference(cfg.iterations), dtype=np.float32).reshape(c, h, w)
 
 
@@ -139,7 +138,9 @@ def pseudo_labels(scores: np.ndarray, labels: Sequence[int], confidence: float |
     return out
 
 
-def refine_image(image: np.ndarray, cams: np.ndarray, labels: Sequence[int], cfg: CrfConfig = CrfConfig()) -> np.ndarray:
+def refine_image(
+    image: np.ndarray, cams: np.ndarray, labels: Sequence[int], cfg: CrfConfig = CrfConfig()
+) -> np.ndarray:
     """One pseudo mask: steps 1-3 of the module docstring (or the ``no_crf`` argmax).
 
     Args:
@@ -240,15 +241,20 @@ def _chunks(items: list[tuple[str, str]], workers: int, **common: Any) -> list[_
     return [_Chunk(items=tuple(items[i:i + size]), **common) for i in range(0, len(items), size)]
 
 
-def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], None] | None) -> None:
-    """Run the chunks in this process (1 worker) or in a spawned pool; the first error stops the run."""
+def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], None] | None) -> int:
+    """Run the chunks in this process (1 worker) or in a spawned pool; the first error stops the run.
+
+    Returns:
+        The number of processes that ran them.
+    """
     tick = on_item or (lambda n: None)
     if workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:
             tick(_run_chunk(chunk))
-        return
+        return 1
+    workers = min(workers, len(chunks))
     # spawn, not fork: the parent may hold torch's thread pools, and forking after they start can deadlock
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_run_chunk, chunk) for chunk in chunks]
         try:
             for future in as_completed(futures):
@@ -257,6 +263,7 @@ def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], Non
             for future in futures:
                 future.cancel()
             raise
+    return workers
 
 
 # --------------------------------------------------------------------------------------------- the stage
@@ -265,7 +272,7 @@ class CrfSummary:
     done: int
     skipped: int
     seconds: float
-    workers: int
+    workers: int  # processes that ran (1 = in this process)
 
     @property
     def images_per_s(self) -> float:
@@ -334,13 +341,13 @@ def run_crf(
         raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
                        f"{ident['root']} (split {ident.get('split')}); was the dataset changed after `cam`?")
     todo = [(i, images[i]) for i in ids if not io.item_done(mask_path(out, i), runtime.overwrite)]
-    workers = resolve_workers(runtime.workers)
     if on_start:
         on_start(len(todo))
     start = time.perf_counter()
     with io.output_lock(out):
+        workers = resolve_workers(runtime.workers)
         chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes), cfg=cfg)
-        _run_chunks(chunks, workers, on_item)
+        workers = _run_chunks(chunks, workers, on_item)
         io.write_stage_record(out, STAGE, params=params, count=len(ids),
                               inputs={"cams": io.sha256_file(io.stage_record_path(cams_dir)), "dataset": ident})
     return CrfSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start,

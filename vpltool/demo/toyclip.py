@@ -28,7 +28,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
@@ -40,8 +40,9 @@ import torch.nn.functional as F
 
 from ..backbone import EXTRA_CONFIG, ClipBackbone, ModelSpec
 from ..errors import VplError
-from .scenes import BACKGROUNDS, CLASSES, SceneConfig, caption_vocabulary, generate_scenes, make_caption
-from .scenes import tokenize_caption
+from .scenes import (
+    BACKGROUNDS, CLASSES, Scene, SceneConfig, caption_vocabulary, generate_scenes, make_caption, tokenize_caption,
+)
 
 TOY_WINDOW: dict[str, Any] = {"size": 3, "blocks": [0, 1, 2]}  # every block but the last (4 blocks)
 PROMPT_TEMPLATE = "a photo of a {}."  # the demo's prompt; its words must be in the vocabulary
@@ -50,7 +51,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SIZE = 96
 CONTEXT_LENGTH = 16  # SOT + the 14 words of the longest caption + EOT
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
-_KEY_WORDS = frozenset(CLASSES[1:]) | frozenset(BACKGROUNDS)
+_BACKGROUND_WORDS = frozenset(BACKGROUNDS)
+_KEY_WORDS = frozenset(CLASSES[1:]) | _BACKGROUND_WORDS
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -389,7 +391,8 @@ def candidate_captions(cfg: SceneConfig = SceneConfig()) -> tuple[list[str], lis
 
 
 @torch.no_grad()
-def caption_accuracy(bb: ClipBackbone, scenes, cfg: SceneConfig = SceneConfig(), chunk: int = 128) -> dict[str, float]:
+def caption_accuracy(bb: ClipBackbone, scenes: Iterable[Scene], cfg: SceneConfig = SceneConfig(),
+                     chunk: int = 128) -> dict[str, float]:
     """Top-1 retrieval of each scene's label set (+ background) among :func:`candidate_captions`.
 
     Returns:
@@ -411,10 +414,8 @@ def caption_accuracy(bb: ClipBackbone, scenes, cfg: SceneConfig = SceneConfig(),
     return {"caption_accuracy": exact / max(total, 1), "label_set_accuracy": classes_only / max(total, 1)}
 
 
-_BACKGROUND_WORDS = frozenset(BACKGROUNDS)
-
-
-def localization_miou(bb: ClipBackbone, scenes, template: str = PROMPT_TEMPLATE, bg_exponent: float = 1.0) -> float:
+def localization_miou(bb: ClipBackbone, scenes: Iterable[Scene], template: str = PROMPT_TEMPLATE,
+                      bg_exponent: float = 1.0) -> float:
     """mIoU of raw softmax-GradCAM (CLIP-ES, no CAA) against the exact scene masks.
 
     Per scene: rows = text prototypes of the present classes + the 4 background words from ``template``;

@@ -1,0 +1,308 @@
+"""The segmentation decoder of VPL phase 2: frozen CLIP block outputs -> dense embeddings V -> scores against W.
+
+Architecture (WeCLIP's ``SegFormerHead`` + ``DecoderTransformer``, with the classifier replaced by prototypes):
+
+1. Inputs: the patch tokens of L frozen blocks ``[B, L, h, w, width]`` (by default every block but the last).
+2. Per block a LayerNorm and an MLP ``width -> dim -> dim`` (ReLU); the L results are concatenated and fused by
+   a linear ``L*dim -> dim`` (WeCLIP's 1x1 conv), then ``Dropout2d``.
+3. ``layers`` pre-LN transformer layers (``heads`` heads, MLP 4x, GELU) over the ``h*w`` tokens, a LayerNorm and a
+   linear ``dim -> D``: ``V [B, D, h, w]``, L2-normalised per pixel.
+4. Row scores ``cos(V, w_n) / T`` for every prototype row; the class score is the row of the class, the background
+   score the log-sum-exp (or max) over the background rows: ``A [B, C + 1, h, w]``.
+
+The LayerNorm on each input is ours (WeCLIP feeds the raw residual stream): it makes the input scale independent
+of depth so that one SGD learning rate suits every block. Losses: :func:`ce_loss`, :func:`balanced_ce_loss`,
+:func:`rsc_loss` (Eq. 13, the reading of docs/decoder.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import io
+from .config import IGNORE_INDEX, DecoderConfig
+from .errors import ContractError, VplError
+
+DECODER_KIND = "decoder"
+BACKGROUNDS = ("logsumexp", "max")
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of its learned logit scale; a learned temperature never goes below 0.01
+
+
+# --------------------------------------------------------------------------------------------- frozen features
+def feature_blocks(n_blocks: int, include_last: bool) -> list[int]:
+    """Indices of the CLIP blocks whose outputs feed the decoder (WeCLIP: all but the last)."""
+    return list(range(n_blocks if include_last or n_blocks == 1 else n_blocks - 1))
+
+
+@torch.no_grad()
+def block_features(bb, pixels: Tensor, blocks: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+    """Frozen forward collecting the patch tokens of ``blocks``.
+
+    Args:
+        bb: a :class:`~vpltool.backbone.ClipBackbone`.
+        pixels: ``[B, 3, H, W]`` CLIP-normalised, ``H`` and ``W`` multiples of the patch size.
+        blocks: increasing block indices.
+        dtype: autocast dtype on CUDA (bf16 / fp16); ignored on CPU.
+
+    Returns:
+        ``[B, L, h, w, width]`` (L = len(blocks)) on the backbone's device, in the autocast dtype (fp32 on CPU).
+    """
+    from .device import autocast
+
+    p = bb.patch_size
+    grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+    outs = []
+    with autocast(bb.device, dtype):
+        x = bb.embed(pixels.to(bb.device))
+        for i in range(max(blocks) + 1):
+            x, _, _ = bb.block(i, x, grid)
+            if i in blocks:
+                outs.append(x[:, 1:])  # patch tokens; the CLS token carries no position
+    return torch.stack(outs, 1).unflatten(2, grid)
+
+
+# --------------------------------------------------------------------------------------------- the module
+class SegDecoder(nn.Module):
+    """Frozen-CLIP features -> unit pixel embeddings V and class scores A (see module docstring).
+
+    Args:
+        cfg: the architecture fields are read (dim, layers, heads, dropout, background, temperature, ...).
+        in_width: CLIP transformer width (768 for ViT-B/16).
+        n_inputs: number of block outputs L.
+        prototypes: ``[N, D]`` rows of a prototypes file (normalised again here).
+        row_class: ``[N]`` int64 class of each row, 0 = background; one row per class 1..C, >= 1 background row.
+        temperature: the score temperature when ``cfg.temperature`` is None (the prototypes file's).
+    """
+
+    def __init__(self, cfg: DecoderConfig, *, in_width: int, n_inputs: int, prototypes: Tensor, row_class: Tensor,
+                 temperature: float):
+        super().__init__()
+        if cfg.background not in BACKGROUNDS:
+            raise VplError(f"--background {cfg.background!r}: choose {' or '.join(BACKGROUNDS)}")
+        if cfg.dim % cfg.heads:
+            raise VplError(f"--dim {cfg.dim} is not divisible by --heads {cfg.heads}")
+        rows_bg = (row_class == 0).nonzero().flatten()
+        if len(rows_bg) == 0:
+            raise VplError("the prototypes have no background row; make them with background words (--background)")
+        self.cfg, self.in_width, self.n_inputs = cfg, int(in_width), int(n_inputs)
+        dim = cfg.dim
+        self.norms = nn.ModuleList(nn.LayerNorm(in_width) for _ in range(n_inputs))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(in_width, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)) for _ in range(n_inputs)
+        )
+        self.fuse = nn.Linear(n_inputs * dim, dim)
+        self.drop = nn.Dropout2d(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, cfg.heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True)
+            for _ in range(cfg.layers)
+        )
+        self.ln_out = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, prototypes.shape[1])
+        self.prototypes = nn.Parameter(F.normalize(prototypes.detach().float(), dim=-1).clone(),
+                                       requires_grad=cfg.train_prototypes)
+        self.register_buffer("row_class", row_class.detach().long().clone())
+        temp = cfg.temperature or temperature
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temp)), requires_grad=cfg.learn_temperature)
+        class_rows = torch.full((int(row_class.max()),), -1, dtype=torch.long)
+        fg = (row_class > 0).nonzero().flatten()
+        class_rows[row_class[fg] - 1] = fg
+        if (class_rows < 0).any():
+            raise ContractError("prototypes need exactly one row per class 1..C")
+        self.register_buffer("class_rows", class_rows, persistent=False)  # derived from row_class
+        self.register_buffer("bg_rows", rows_bg, persistent=False)
+
+    @property
+    def n_classes(self) -> int:
+        """C + 1 (background included)."""
+        return len(self.class_rows) + 1
+
+    def unit_prototypes(self) -> Tensor:
+        """``[N, D]`` float32 unit rows of W (re-normalised: fine-tuning may move them off the sphere)."""
+        return F.normalize(self.prototypes.float(), dim=-1)
+
+    def embed(self, feats: Tensor) -> Tensor:
+        """``[B, L, h, w, width]`` (any float dtype) -> ``V [B, D, h, w]`` float32, unit norm per pixel."""
+        b, n, h, w, _ = feats.shape
+        if n != self.n_inputs:
+            raise ContractError(f"the decoder reads {self.n_inputs} CLIP blocks, got features of {n}")
+        # fp16 cache / bf16 frozen features -> fp32 into the LayerNorms; autocast (CUDA) lowers the linears again
+        parts = [mlp(norm(feats[:, i].float())) for i, (norm, mlp) in enumerate(zip(self.norms, self.mlps))]
+        x = self.fuse(torch.cat(parts, dim=-1))  # [B, h, w, dim]
+        x = self.drop(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)  # Dropout2d drops whole channels
+        for blk in self.blocks:
+            x = blk(x)  # [B, hw, dim]
+        v = self.head(self.ln_out(x)).float()  # [B, hw, D]
+        return F.normalize(v, dim=-1).transpose(1, 2).unflatten(2, (h, w))
+
+    def score(self, v: Tensor, protos: Tensor | None = None) -> Tensor:
+        """Class scores ``A [B, C + 1, h, w]`` float32 from ``V [B, D, h, w]``: cosine x learned/fixed scale.
+
+        Channel 0 = background (log-sum-exp or max of the background rows), channel c = the row of class c.
+        """
+        protos = self.unit_prototypes() if protos is None else protos
+        scale = self.log_scale.float().clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+        with torch.autocast(v.device.type, enabled=False):  # bf16 cosines x 100 would lose the logits' 2nd digit
+            rows = torch.einsum("bdhw,nd->bnhw", v.float(), protos.float()) * scale  # [B, N, h, w]
+        bg = rows[:, self.bg_rows]
+        bg = bg.logsumexp(1, keepdim=True) if self.cfg.background == "logsumexp" else bg.amax(1, keepdim=True)
+        return torch.cat([bg, rows[:, self.class_rows]], dim=1)
+
+    def forward(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``feats [B, L, h, w, width]`` -> (V ``[B, D, h, w]``, A ``[B, C + 1, h, w]``, W ``[N, D]``), float32.
+
+        Everything the losses need comes out of ``forward`` so that DistributedDataParallel sees every use of a
+        parameter (W included, when it is fine-tuned).
+        """
+        protos = self.unit_prototypes()
+        v = self.embed(feats)
+        return v, self.score(v, protos), protos
+
+
+# --------------------------------------------------------------------------------------------- losses
+def ce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Pixel cross-entropy, 255 ignored; 0 (not NaN) when every pixel is ignored.
+
+    Args:
+        logits: ``[B, C + 1, H, W]`` float.
+        target: ``[B, H, W]`` int64 in 0..C or 255.
+    """
+    loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss / (target != IGNORE_INDEX).sum().clamp_min(1)
+
+
+def balanced_ce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """WeCLIP/AFA's ``0.5 * (CE over background pixels + CE over foreground pixels)``, 255 ignored.
+
+    Background-heavy pseudo masks otherwise teach the decoder to say background; a part without pixels adds 0.
+    """
+    bg = target.masked_fill(target != 0, IGNORE_INDEX)
+    fg = target.masked_fill(target == 0, IGNORE_INDEX)
+    return 0.5 * (ce_loss(logits, bg) + ce_loss(logits, fg))
+
+
+def present_classes(target: Tensor, n_classes: int) -> Tensor:
+    """``[B, H, W]`` int64 masks -> ``[B, n_classes]`` bool: which classes have a pixel (255 ignored)."""
+    valid = target.masked_fill(target == IGNORE_INDEX, n_classes).flatten(1)  # 255 -> a spare bin
+    counts = torch.zeros(len(target), n_classes + 1, dtype=torch.long, device=target.device)
+    counts.scatter_add_(1, valid, torch.ones_like(valid))
+    return counts[:, :n_classes] > 0
+
+
+def region_embeddings(v: Tensor, probs: Tensor, present: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Masked average pooling (Eq. 12) of the foreground classes present in each image.
+
+    Args:
+        v: ``[B, D, h, w]`` pixel embeddings.
+        probs: ``[B, C + 1, h, w]`` soft masks in [0, 1] (softmax of A), channel 0 = background.
+        present: ``[B, C + 1]`` bool, the classes of each image's pseudo mask; background is never a region.
+
+    Returns:
+        ``P [R, D]`` float32 unit region embeddings and ``[R]`` int64 their classes (1..C), R = regions in the batch.
+    """
+    present = present.clone()
+    present[:, 0] = False
+    b_idx, c_idx = present.nonzero(as_tuple=True)
+    masks = probs[b_idx, c_idx]  # [R, h, w]
+    pooled = torch.einsum("rhw,rdhw->rd", masks, v[b_idx]) / masks.sum((1, 2)).clamp_min(eps)[:, None]
+    return F.normalize(pooled.float(), dim=-1), c_idx
+
+
+def rsc_loss(regions: Tensor, region_class: Tensor, protos: Tensor, row_class: Tensor, tau: float) -> Tensor:
+    """Regional semantic contrast (Eq. 13), symmetric InfoNCE between regions and their class prototypes.
+
+    With ``s_r = cos(P_r, w_{c_r})``, row r of the first term contrasts region r against *every* prototype row
+    (the other classes and all background rows are negatives); the second contrasts the prototype of region r
+    against the regions of the batch, where the negatives are the regions of *other* classes (a region of the
+    same class in another image is not a negative and is left out):
+
+        L = 1/(2R) sum_r [ -log e^{s_r/tau} / sum_n e^{cos(P_r, w_n)/tau}
+                           -log e^{s_r/tau} / sum_{q: q = r or c_q != c_r} e^{cos(P_q, w_{c_r})/tau} ]
+
+    Args:
+        regions: ``[R, D]`` unit region embeddings; region_class: ``[R]`` int64 in 1..C.
+        protos: ``[N, D]`` unit prototype rows; row_class: ``[N]`` int64 (0 = background row).
+        tau: temperature.
+
+    Returns:
+        Scalar float32; 0 (still attached to ``regions``) when the batch has no region.
+    """
+    if len(regions) == 0:
+        return regions.sum() * 0.0
+    own = (row_class[None, :] == region_class[:, None]).float().argmax(1)  # [R] the row of each region's class
+    sim = regions @ protos.T / tau  # [R, N]
+    to_protos = F.cross_entropy(sim, own)
+    sim_t = protos[own] @ regions.T / tau  # [R, R]: prototype of region r vs region q
+    same = region_class[:, None] == region_class[None, :]
+    same.fill_diagonal_(False)
+    to_regions = F.cross_entropy(sim_t.masked_fill(same, float("-inf")), torch.arange(len(regions), device=sim.device))
+    return 0.5 * (to_protos + to_regions)
+
+
+# --------------------------------------------------------------------------------------------- the file
+def decoder_arch(model: SegDecoder, blocks: Sequence[int]) -> dict[str, Any]:
+    """What, besides the config, rebuilds the module: CLIP width, blocks read, embedding dim, prototype rows."""
+    return {"in_width": model.in_width, "blocks": list(blocks), "embed_dim": int(model.prototypes.shape[1]),
+            "n_rows": int(model.prototypes.shape[0])}
+
+
+def save_decoder(path: str | Path, model: SegDecoder, cfg: DecoderConfig, *, classes: Sequence[str],
+                 model_identity: dict[str, str], blocks: Sequence[int], **extra: Any) -> Path:
+    """Write ``decoder.safetensors`` (kind ``decoder``): the state dict (W included) + everything to rebuild it.
+
+    Metadata: ``decoder_config`` (the full :class:`DecoderConfig`), ``decoder_arch`` (:func:`decoder_arch`),
+    ``model`` (the frozen CLIP's identity), ``classes``, and ``extra`` (dataset, prototypes source, ...).
+    """
+    model = getattr(model, "module", model)  # a DDP wrapper saves its inner module
+    return io.write_tensors(path, model.state_dict(), kind=DECODER_KIND, classes=classes, params=asdict(cfg),
+                            decoder_config=asdict(cfg), decoder_arch=decoder_arch(model, blocks),
+                            model=model_identity, **extra)
+
+
+def build_decoder(state: dict[str, Tensor], cfg: DecoderConfig, arch: dict[str, Any]) -> SegDecoder:
+    """A :class:`SegDecoder` from a state dict and its recorded config/arch (strict load: no silent partial)."""
+    model = SegDecoder(cfg, in_width=arch["in_width"], n_inputs=len(arch["blocks"]), prototypes=state["prototypes"],
+                       row_class=state["row_class"], temperature=math.exp(-float(state["log_scale"])))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def config_from_json(obj: dict[str, Any]) -> DecoderConfig:
+    """A :class:`DecoderConfig` from its JSON form; unknown keys (a newer vpltool) are refused."""
+    known = DecoderConfig.__dataclass_fields__
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise ContractError(f"decoder config has unknown fields {unknown}; made by a newer vpltool?")
+    return DecoderConfig(**obj)
+
+
+def load_decoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegDecoder, io.TensorFile]:
+    """Rebuild a decoder from its file alone; returns ``(model in eval mode on device, file)``.
+
+    ``file.meta("model")`` is the frozen CLIP to load, ``file.classes`` the class names, ``file.meta("blocks")``
+    (inside ``decoder_arch``) the CLIP blocks to read.
+    """
+    f = io.read_tensors(path, kind=DECODER_KIND)
+    for name, tensor in f.tensors.items():
+        io.check_finite(f.path, name, tensor)
+    try:
+        model = build_decoder(f.tensors, config_from_json(f.meta("decoder_config")), f.meta("decoder_arch"))
+    except (KeyError, RuntimeError) as e:
+        raise ContractError(f"{path}: decoder weights do not match its recorded config ({str(e)[:160]})") from None
+    return model.to(device).eval(), f
+
+
+def decoder_summary(f: io.TensorFile) -> str:
+    """One line describing a decoder file (for logs)."""
+    cfg = f.meta("decoder_config")
+    return (f"decoder {f.path.name}: {len(f.classes) - 1} classes, dim {cfg['dim']}, {cfg['layers']} layers, "
+            f"CLIP {json.dumps(f.meta('model'))}")
