@@ -31,7 +31,7 @@ SEED ?= 0
 DATA_DEP ?= $(RUN)/world/_stage.json
 
 .PHONY: help setup test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo report bench clean-demo
+        pseudo report bench docs clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -104,6 +104,10 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_cam.py
 	$(VENV)/bin/python benchmarks/bench_learn_prototypes.py --iters 30
 	$(VENV)/bin/python benchmarks/bench_crf.py
+
+## Regenerate docs/cli.md from the commands' --help
+docs: setup
+	$(VENV)/bin/typer vpltool.cli utils docs --name vpltool --output docs/cli.md
 
 ## Remove the demo run folder
 clean-demo:

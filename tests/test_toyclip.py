@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vpltool.backbone import EXTRA_CONFIG, ModelSpec, WordTokenizer, load_backbone  # noqa: E402
 from vpltool.demo import toyclip  # noqa: E402
-from vpltool.demo.scenes import generate_scenes  # noqa: E402
+from vpltool.demo.scenes import Placement, SceneConfig, compose, generate_scenes  # noqa: E402
 from vpltool.errors import VplError  # noqa: E402
 
 SHIPPED = Path(toyclip.__file__).resolve().parents[1] / "assets" / "toy-clip"
@@ -83,11 +83,25 @@ def test_caption_key_ignores_wording_and_loss_counts_duplicates_as_positives():
     assert toyclip.multi_positive_clip_loss(emb, emb, keys, scale).item() == pytest.approx(floor, abs=1e-4)
 
 
+def test_crops_are_recaptioned_with_what_they_show():
+    rng = np.random.default_rng(0)
+    objects = [Placement(1, 20, 20, 20), Placement(2, 76, 76, 20)]  # a circle top-left, a star bottom-right
+    scene = compose(rng, SceneConfig(), "grass", objects)
+    words = {box: toyclip.caption_key(toyclip.crop_scene(scene, box, rng)[1])
+             for box in [(0, 0, 48), (48, 48, 48), (0, 48, 48), (0, 0, 96)]}
+    assert words == {(0, 0, 48): {"circle", "grass"}, (48, 48, 48): {"star", "grass"}, (0, 48, 48): {"grass"},
+                     (0, 0, 96): {"circle", "star", "grass"}}
+    image, caption = toyclip.crop_scene(scene, (14, 0, 12), rng)  # 19 px of the circle: the crop is refused
+    assert image is scene.image and caption == scene.caption
+    image, _ = toyclip.crop_and_recaption(scene, rng)
+    assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+
+
 def test_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
     losses: list[tuple[int, float]] = []
     out = tmp_path / "toy"
-    metrics = toyclip.train_toy_clip(out, steps=3, batch_size=8, n_scenes=16, eval_scenes=8, cam_scenes=2,
-                                     on_step=lambda step, loss: losses.append((step, loss)))
+    metrics = toyclip.train_toy_clip(out, steps=3, batch_size=8, n_scenes=16, crop_prob=0.5, eval_scenes=8,
+                                     cam_scenes=2, on_step=lambda step, loss: losses.append((step, loss)))
     assert [s for s, _ in losses] == [1, 2, 3] and all(np.isfinite(v) for _, v in losses)
     assert {"final_loss", "caption_accuracy", "gradcam_miou", "seconds"} <= metrics.keys()
     bb = load_backbone(ModelSpec(model=f"local-dir:{out}"))

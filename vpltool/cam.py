@@ -160,11 +160,15 @@ def cams_for_image(bb: ClipBackbone, feats: io.Features, protos: io.Prototypes, 
     cams = raw
     if cfg.refine != "none" and len(labels):
         n_prev = int(feats.file.meta("attention_blocks", 0))
-        n_use = min(cfg.attention_blocks, n_prev + 1)
-        if n_use != n_prev + 1:
-            raise ContractError(f"{feats.file.path}: extract stored {n_prev + 1} attention blocks, cam asks for "
-                                f"{cfg.attention_blocks}; re-run extract with --attention-blocks")
-        att = (feats.attention.to(attn_last) * n_prev + attn_last[1:, 1:]) / (n_prev + 1)
+        wanted = min(cfg.attention_blocks, bb.n_blocks)
+        if wanted == 1:  # the last block's own map alone: no cache needed
+            n_prev = 0
+        elif wanted != n_prev + 1:
+            raise ContractError(f"{feats.file.path}: extract averaged {n_prev + 1} attention blocks, cam asks for "
+                                f"{wanted}; re-run extract with --attention-blocks {wanted} (or use 1: the last "
+                                "block alone)")
+        att = attn_last[1:, 1:] if n_prev == 0 else (feats.attention.to(attn_last) * n_prev + attn_last[1:, 1:]) / (
+            n_prev + 1)
         cams = refine(raw, affinity(att), cfg.box_threshold, parity=cfg.parity == "clip-es")
     full = upsample(cams.cpu(), feats.image_size)
     if cfg.refine == "caa+sgc" and len(labels):

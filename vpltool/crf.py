@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,9 @@ def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], Non
         try:
             for future in as_completed(futures):
                 tick(future.result())
+        except BrokenProcessPool:
+            raise VplError(f"a CRF worker process died (out of memory?); retry with fewer --workers than {workers}; "
+                           "finished masks are kept") from None
         except BaseException:
             for future in futures:
                 future.cancel()

@@ -17,7 +17,6 @@ of depth so that one SGD learning rate suits every block. Losses: :func:`ce_loss
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -71,6 +70,17 @@ def block_features(bb, pixels: Tensor, blocks: Sequence[int], dtype: torch.dtype
 
 
 # --------------------------------------------------------------------------------------------- the module
+def _class_rows(row_class: Tensor) -> Tensor:
+    """``[C]`` int64: the row of each class 1..C; ContractError unless every class has exactly one row."""
+    fg = (row_class > 0).nonzero().flatten()
+    n = int(row_class.max())
+    rows = torch.full((n,), -1, dtype=torch.long)
+    rows[row_class[fg] - 1] = fg
+    if (rows < 0).any() or len(fg) != n:
+        raise ContractError("prototypes need exactly one row per class 1..C")
+    return rows
+
+
 class SegDecoder(nn.Module):
     """Frozen-CLIP features -> unit pixel embeddings V and class scores A (see module docstring).
 
@@ -113,12 +123,7 @@ class SegDecoder(nn.Module):
         self.register_buffer("row_class", row_class.detach().long().clone())
         temp = cfg.temperature or temperature
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temp)), requires_grad=cfg.learn_temperature)
-        class_rows = torch.full((int(row_class.max()),), -1, dtype=torch.long)
-        fg = (row_class > 0).nonzero().flatten()
-        class_rows[row_class[fg] - 1] = fg
-        if (class_rows < 0).any():
-            raise ContractError("prototypes need exactly one row per class 1..C")
-        self.register_buffer("class_rows", class_rows, persistent=False)  # derived from row_class
+        self.register_buffer("class_rows", _class_rows(row_class), persistent=False)  # derived from row_class
         self.register_buffer("bg_rows", rows_bg, persistent=False)
 
     @property
@@ -196,6 +201,25 @@ def present_classes(target: Tensor, n_classes: int) -> Tensor:
     counts = torch.zeros(len(target), n_classes + 1, dtype=torch.long, device=target.device)
     counts.scatter_add_(1, valid, torch.ones_like(valid))
     return counts[:, :n_classes] > 0
+
+
+def region_masks(logits: Tensor, present: Tensor) -> Tensor:
+    """Soft region masks from the scores A (Eq. 12): softmax over background + the classes of the image.
+
+    Restricting the softmax to the image's classes (as CAMs use image-level labels) stops an absent class from
+    claiming pixels. The masks are not detached: as in Eq. 12, RSC's gradient reaches V through the pooled
+    values and through A (on the demo world detaching scored lower; docs/decoder.md).
+
+    Args:
+        logits: ``[B, C + 1, h, w]``; present: ``[B, C + 1]`` bool (background is always kept).
+
+    Returns:
+        ``[B, C + 1, h, w]`` float32 in [0, 1], zero for absent classes.
+    """
+    keep = present.clone()
+    keep[:, 0] = True
+    masked = logits.float().masked_fill(~keep[:, :, None, None], float("-inf"))
+    return masked.softmax(1)
 
 
 def region_embeddings(v: Tensor, probs: Tensor, present: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
@@ -300,9 +324,3 @@ def load_decoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         raise ContractError(f"{path}: decoder weights do not match its recorded config ({str(e)[:160]})") from None
     return model.to(device).eval(), f
 
-
-def decoder_summary(f: io.TensorFile) -> str:
-    """One line describing a decoder file (for logs)."""
-    cfg = f.meta("decoder_config")
-    return (f"decoder {f.path.name}: {len(f.classes) - 1} classes, dim {cfg['dim']}, {cfg['layers']} layers, "
-            f"CLIP {json.dumps(f.meta('model'))}")

@@ -8,8 +8,9 @@ then M background words), initialised at ``Z`` and trained by projected gradient
 * targets ``T`` (the paper's P') = the text-prototype CAMs pooled to the patch grid, over the image's own rows
   ``[present classes; all M background rows]`` (the softmax `cam` uses); the background mass of a pixel is split
   over the background rows in proportion to ``softmax(x . z_m / tau_T)`` among background words;
-* ``L(W) = tau_I * sum_p v_p CE(T_p, softmax(x_p W_rows^T / tau_I)) / sum_p v_p`` (instance level: v = 1; class
-  level: every pixel replaced by its class anchor, Theorem 2), so ``grad = mean_p v_p (P_p - T_p) x_p``;
+* ``L(W) = tau_I**2 * sum_p v_p CE(T_p, softmax(x_p W_rows^T / tau_I)) / sum_p v_p`` (instance level: v = 1;
+  class level: every pixel replaced by its class anchor, Theorem 2), so ``grad = tau_I mean_p v_p (P_p - T_p) x_p``
+  and ``lr`` is a step in logit units, independent of tau_I (see :func:`loss_and_grad`);
 * ``W <- rownorm(W - lr * grad)`` (projection onto the unit sphere), ``iters`` times, full batch.
 
 Chunks of pixels (images sorted by label set, so a chunk mostly shares one row set) are the unit of work. They
@@ -194,7 +195,7 @@ def chunk_loss_grad(ch: Chunk, w: torch.Tensor, tau: float) -> tuple[torch.Tenso
 
     Returns:
         ``sum_p v_p CE_p`` (float64 scalar, nats) and ``sum_p v_p (P_p - T_p) x_p`` ``[R, D]`` float32, the
-        gradient of ``tau * sum_p v_p CE_p``: the 1/tau of the logits cancels against the loss scale.
+        gradient of ``tau * sum_p v_p CE_p`` (cosine units: the 1/tau of the logits cancels the scale).
     """
     wr = w[ch.rows]  # [R, D]
     bf16 = ch.x.dtype == torch.bfloat16
@@ -219,14 +220,23 @@ def chunk_loss_grad(ch: Chunk, w: torch.Tensor, tau: float) -> tuple[torch.Tenso
 
 def loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float,
                   total_weight: float) -> tuple[float, torch.Tensor]:
-    """Full-batch mean cross-entropy (nats) and the gradient of ``tau * mean CE`` w.r.t. ``w`` ``[N, D]``."""
+    """Full-batch mean cross-entropy (nats) and the gradient of the objective ``tau**2 * mean CE``.
+
+    The tau**2 scale makes ``lr`` a step in logit units whatever tau_I is: a step ``dw`` moves the logits by
+    ``x . dw / tau`` and ``dw = -lr * tau * mean (P - T) x``, so the logit change is ``lr`` times an O(1) term.
+    With ``tau * mean CE`` (cosine units) the paper's lr 10 oscillates or diverges on CLIP-like data
+    (docs/learn-prototypes.md); ``tau**2`` makes lr 10 at tau_I 0.03 equal to a cosine-unit lr of 0.3.
+
+    Returns:
+        ``mean_p v_p CE_p`` and ``tau * mean_p v_p (P_p - T_p) x_p`` ``[N, D]`` float32.
+    """
     loss = torch.zeros((), dtype=torch.float64, device=w.device)
     grad = torch.zeros_like(w)
     for ch in chunks:
         part, g = chunk_loss_grad(ch, w, tau)
         loss += part
         grad.index_add_(0, ch.rows, g)
-    return float(loss) / total_weight, grad / total_weight
+    return float(loss) / total_weight, grad * (tau / total_weight)
 
 
 def project_rows(w: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from torch import Tensor
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import IGNORE_INDEX, DecoderConfig, PredictConfig, RuntimeConfig
-from .decoder import (SegDecoder, balanced_ce_loss, block_features, ce_loss, config_from_json, feature_blocks,
+from .decoder import (SegDecoder, balanced_ce_loss, block_features, ce_loss, feature_blocks, region_masks,
                       present_classes, region_embeddings, rsc_loss, save_decoder)
 from .device import autocast, resolve_device, resolve_precision, seed_everything
 from .errors import ContractError, VplError
@@ -219,9 +219,8 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig) -> 
     ce = balanced_ce_loss(up, target) if cfg.loss == "balanced" else ce_loss(up, target)
     out = {"ce": ce, "loss": cfg.lambda_ce * ce}
     if cfg.lambda_rsc > 0:
-        # region masks are A's softmax, detached: RSC moves the embeddings, CE owns the boundaries
-        probs = logits.float().softmax(1).detach()
-        regions, region_class = region_embeddings(v, probs, present_classes(target, logits.shape[1]))
+        present = present_classes(target, logits.shape[1])
+        regions, region_class = region_embeddings(v, region_masks(logits, present), present)
         row_class = getattr(model, "module", model).row_class
         out["rsc"] = rsc_loss(regions, region_class, protos, row_class, cfg.rsc_temperature)
         out["loss"] = out["loss"] + cfg.lambda_rsc * out["rsc"]
@@ -369,11 +368,12 @@ def _mean_across(values: dict[str, float], world: int, device: torch.device) -> 
 class TrainSummary:
     iterations: int  # completed iterations (== cfg.iters when finished)
     start: int  # iteration this run started from (> 0 after --resume)
-    seconds: float  # the training loop (the frozen-feature cache, when built, is inside it)
+    seconds: float  # the training loop (validation included; model loading and the feature cache excluded)
     loss: float | None  # last logged training loss (mean over processes)
     val_miou: float | None  # last validation mIoU
     decoder: Path | None  # the final file (rank 0 only)
     world_size: int
+    cache_seconds: float = 0.0  # building the --cache-features cache
 
     @property
     def iters_per_s(self) -> float:
@@ -386,7 +386,8 @@ def _check_config(cfg: DecoderConfig) -> None:
         (cfg.optimizer not in ("sgd", "adamw"), f"--optimizer {cfg.optimizer!r}: choose sgd or adamw"),
         (cfg.loss not in ("ce", "balanced"), f"--loss {cfg.loss!r}: choose ce or balanced"),
         (cfg.iters < 1 or cfg.batch_size < 1, "--iters and --batch-size must be >= 1"),
-        (not 0 < cfg.scale_min <= cfg.scale_max, f"--scale-min/max {cfg.scale_min}/{cfg.scale_max}: need 0 < min <= max"),
+        (not 0 < cfg.scale_min <= cfg.scale_max, f"--scale-min {cfg.scale_min} --scale-max {cfg.scale_max}: "
+                                                  "need 0 < min <= max"),
         (cfg.lambda_ce < 0 or cfg.lambda_rsc < 0, "--lambda-ce and --lambda-rsc must be >= 0"),
         (cfg.rsc_temperature <= 0 or (cfg.temperature is not None and cfg.temperature <= 0),
          "temperatures must be > 0"),
@@ -451,7 +452,12 @@ class _Run:
         fp16 = device.type == "cuda" and self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.log_path, self.last_loss, self.val_miou = out_dir / "log.jsonl", None, None
-        self.seconds = 0.0  # training loop only: model loading and feature caching excluded
+        self.seconds, self.cache_seconds = 0.0, 0.0  # training loop; building the feature cache
+
+    @property
+    def inner(self) -> SegDecoder:
+        """The decoder itself, also when wrapped in DistributedDataParallel."""
+        return getattr(self.model, "module", self.model)
 
     def meta(self) -> dict[str, Any]:
         return {"decoder_config": asdict(self.cfg), "inputs": self.inputs, "model": self.protos.model}
@@ -470,20 +476,21 @@ class _Run:
         return start
 
     def batches(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(frozen features [B, L, h, w, width], masks [B, S, S])`` on the device, one per iteration."""
+        """``(frozen features [B, L, h, w, width], masks [B, S, S])`` on the device, one per iteration.
+
+        With ``cache_features`` the cache is built here, before the first batch (``self.cache_seconds``).
+        """
         cfg = self.cfg
         plan = BatchPlan(len(self.pairs), cfg.batch_size, self.world, self.rank, cfg.seed, start, cfg.iters)
         if cfg.cache_features:
+            t0 = time.perf_counter()
             cache = FeatureCache.build(self.bb, self.pairs, self.blocks, cfg.crop_size, self.dtype)
-            for keys in plan:
-                feats, target = cache.batch(keys, cfg)
-                yield feats.to(self.device), target.to(self.device)
-            return
+            self.cache_seconds = time.perf_counter() - t0
+            return (tuple(t.to(self.device) for t in cache.batch(keys, cfg)) for keys in plan)
         data = PseudoMaskSet(self.pairs, cfg, self.bb.mean, self.bb.std)
         loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=self.runtime.workers,
                                              pin_memory=self.device.type == "cuda")
-        for pixels, target in loader:
-            yield block_features(self.bb, pixels, self.blocks, self.dtype), target.to(self.device)
+        return ((block_features(self.bb, p, self.blocks, self.dtype), m.to(self.device)) for p, m in loader)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
@@ -492,14 +499,14 @@ class _Run:
 
     def validate(self, items, n: int) -> None:
         """Single-scale mIoU on the validation items (rank 0), logged and drawn."""
-        model = self.model.module if self.world > 1 else self.model
-        self.val_miou = evaluate(self.bb, model.eval(), self.blocks, items, self.cfg.crop_size, self.dtype)
+        self.val_miou = evaluate(self.bb, self.inner.eval(), self.blocks, items, self.cfg.crop_size, self.dtype)
         self.log({"iter": n, "val_miou": self.val_miou})
         draw_curve(read_log(self.log_path), self.out_dir / "curve.png")
 
     def loop(self, start: int, val_items, on_iter) -> None:
-        cfg, t0 = self.cfg, time.perf_counter()
-        for it, (feats, target) in zip(range(start, cfg.iters), self.batches(start)):
+        cfg, batches = self.cfg, self.batches(start)
+        t0 = time.perf_counter()
+        for it, (feats, target) in zip(range(start, cfg.iters), batches):
             torch.manual_seed(_iteration_seed(cfg.seed, it, self.rank))  # dropout: same stream after --resume
             lr = lr_at(cfg, it)
             losses = train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler)
@@ -513,8 +520,7 @@ class _Run:
             if val_items and self.rank == 0 and (n % cfg.val_every == 0 or n == cfg.iters):
                 self.validate(val_items, n)
             if self.rank == 0 and (n % cfg.checkpoint_every == 0 or n == cfg.iters):
-                inner = self.model.module if self.world > 1 else self.model
-                save_checkpoint(self.out_dir / "checkpoints" / "last.safetensors", inner, self.optimizer, n,
+                save_checkpoint(self.out_dir / "checkpoints" / "last.safetensors", self.inner, self.optimizer, n,
                                 self.protos.classes, self.meta())
             self.seconds = time.perf_counter() - t0
             if on_iter and self.rank == 0:
@@ -523,8 +529,7 @@ class _Run:
     def finish(self) -> Path | None:
         if self.rank != 0:
             return None
-        inner = self.model.module if self.world > 1 else self.model
-        path = save_decoder(self.out_dir / "decoder.safetensors", inner, self.cfg, classes=self.protos.classes,
+        path = save_decoder(self.out_dir / "decoder.safetensors", self.inner, self.cfg, classes=self.protos.classes,
                             model_identity=self.protos.model, blocks=self.blocks, dataset=self.inputs["dataset"],
                             inputs=self.inputs, prototypes_source=self.protos.source, iterations=self.cfg.iters,
                             val_miou=self.val_miou)
@@ -601,4 +606,5 @@ def run_train_decoder(
             run.loop(start, val_items, on_iter)
             path = run.finish()
     return TrainSummary(iterations=cfg.iters, start=start, seconds=run.seconds, loss=run.last_loss,
-                        val_miou=run.val_miou, decoder=path, world_size=world)
+                        val_miou=run.val_miou, decoder=path, world_size=world,
+                        cache_seconds=run.cache_seconds)

@@ -149,45 +149,81 @@ def caption_key(caption: str) -> frozenset[str]:
     return frozenset(w for w in tokenize_caption(caption) if w in _KEY_WORDS)
 
 
-Batch = tuple[np.ndarray, list[str]]  # [B, 96, 96, 3] uint8 images, B captions
-
-
-def _streamed_batches(n_batches: int, batch_size: int, seed: int, cfg: SceneConfig) -> Iterator[Batch]:
+def _streamed_batches(n_batches: int, batch_size: int, seed: int, cfg: SceneConfig) -> Iterator[list[Scene]]:
     """Fresh scenes for every step: no scene is seen twice."""
     scenes = generate_scenes(n_batches * batch_size, seed, cfg)
     for _ in range(n_batches):
-        chunk = [next(scenes) for _ in range(batch_size)]
-        yield np.stack([s.image for s in chunk]), [s.caption for s in chunk]
+        yield [next(scenes) for _ in range(batch_size)]
 
 
-def _pool_batches(images: np.ndarray, captions: list[str], n_batches: int, batch_size: int,
-                  gen: torch.Generator) -> Iterator[Batch]:
+def _pool_batches(pool: Sequence[Scene], n_batches: int, batch_size: int,
+                  gen: torch.Generator) -> Iterator[list[Scene]]:
     """Random batches (without replacement inside a batch) from a fixed in-memory pool."""
     for _ in range(n_batches):
-        idx = torch.randperm(len(captions), generator=gen)[:batch_size].numpy()
-        yield images[idx], [captions[i] for i in idx]
+        yield [pool[i] for i in torch.randperm(len(pool), generator=gen)[:batch_size].tolist()]
 
 
-def _world_pool(data_dir: str | Path) -> tuple[np.ndarray, list[str]]:
+def _world_pool(data_dir: str | Path) -> list[Scene]:
     """The train split of a `make-world` folder (``folder`` or ``voc`` layout) with its ``captions.json``."""
     from ..data import load_image, open_dataset
-    from ..io import read_json
+    from ..io import read_json, read_mask
 
     data_dir = Path(data_dir)
     if not (data_dir / "captions.json").is_file():
         raise VplError(f"{data_dir}: no captions.json; pass a folder written by the demo world (make-world)")
     captions = read_json(data_dir / "captions.json")
-    items = open_dataset(data_dir, "train").items
-    missing = [it.id for it in items if it.id not in captions]
-    if missing:
-        raise VplError(f"{data_dir}/captions.json: no caption for {len(missing)} train images, e.g. {missing[0]}")
-    images = np.stack([load_image(it.image) for it in items])
-    if images.shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise VplError(f"{data_dir}: images are {images.shape[1:3]}, the toy CLIP needs {IMAGE_SIZE}x{IMAGE_SIZE}")
-    return images, [captions[it.id] for it in items]
+    pool = []
+    for item in open_dataset(data_dir, "train").items:
+        if item.id not in captions or item.gt is None:
+            raise VplError(f"{data_dir}: train image {item.id} has no caption or no mask; re-run make-world")
+        image = load_image(item.image)
+        if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise VplError(f"{item.image}: {image.shape[:2]} px, the toy CLIP needs {IMAGE_SIZE}x{IMAGE_SIZE}")
+        background = next(iter(caption_key(captions[item.id]) & _BACKGROUND_WORDS), BACKGROUNDS[0])
+        pool.append(Scene(image, read_mask(item.gt), item.labels, background, captions[item.id]))
+    return pool
 
 
-def _augment(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def crop_and_recaption(scene: Scene, rng: np.random.Generator, min_side: int = 48) -> tuple[np.ndarray, str]:
+    """A random square crop of ``scene`` (side ``min_side``..full), re-captioned by :func:`crop_scene`."""
+    size = scene.image.shape[0]
+    side = int(rng.integers(min_side, size + 1))
+    y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    return crop_scene(scene, (y0, x0, side), rng)
+
+
+def crop_scene(scene: Scene, box: tuple[int, int, int], rng: np.random.Generator,
+               min_pixels: int = 24) -> tuple[np.ndarray, str]:
+    """The square ``box = (top, left, side)`` of ``scene``, resized back to full size, with a caption of what it shows.
+
+    A crop is a new image: its caption names the classes left in the crop and the scene's background. Crops show
+    single objects and parts of scenes, so the model learns that a region matches the words for what lies in it,
+    which is what GradCAM asks of it later. A crop that leaves a class only a sliver (1 to ``min_pixels - 1``
+    pixels: named or not, the caption would be doubtful) is not taken; the whole scene is returned instead.
+
+    Returns:
+        ``[H, W, 3]`` uint8 image (``scene.image`` itself when the crop is refused) and its caption.
+    """
+    from PIL import Image
+
+    top, left, side = box
+    window = (slice(top, top + side), slice(left, left + side))
+    counts = np.bincount(scene.mask[window].ravel(), minlength=256)
+    if any(0 < counts[c] < min_pixels for c in scene.labels):
+        return scene.image, scene.caption
+    names = [CLASSES[c] for c in scene.labels if counts[c]]
+    size = scene.image.shape[1], scene.image.shape[0]
+    image = np.asarray(Image.fromarray(scene.image[window]).resize(size, Image.BICUBIC))
+    return image, make_caption(rng, names, scene.background)
+
+
+def _views(batch: Sequence[Scene], rng: np.random.Generator, crop_prob: float) -> tuple[np.ndarray, list[str]]:
+    """``[B, 96, 96, 3]`` uint8 images and B captions: each scene whole, or cropped with probability ``crop_prob``."""
+    views = [crop_and_recaption(s, rng) if rng.random() < crop_prob else (s.image, s.caption) for s in batch]
+    return np.stack([v[0] for v in views]), [v[1] for v in views]
+
+
+def _flip(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip per image: captions say nothing about left and right."""
     flip = torch.rand(len(pixels), generator=gen) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
@@ -238,25 +274,23 @@ def _schedule(steps: int) -> Callable[[int], float]:
 
 
 def _batches(steps: int, batch_size: int, seed: int, data_dir: str | Path | None, n_scenes: int | None,
-             cfg: SceneConfig, gen: torch.Generator) -> tuple[Iterator[Batch], str]:
+             cfg: SceneConfig, gen: torch.Generator) -> tuple[Iterator[list[Scene]], str]:
     """The training batches and a one-line description of where they come from (recorded in vpltool.json)."""
     if data_dir is not None:
-        images, captions = _world_pool(data_dir)
-        return _pool_batches(images, captions, steps, batch_size, gen), f"world folder {Path(data_dir).resolve()}"
+        pool = _world_pool(data_dir)
+        return _pool_batches(pool, steps, batch_size, gen), f"world folder {Path(data_dir).resolve()}"
     train_seed = scene_seed(seed, "train")
     if n_scenes is None:
         return _streamed_batches(steps, batch_size, train_seed, cfg), f"{steps * batch_size} fresh scenes"
     pool = list(generate_scenes(n_scenes, train_seed, cfg))
-    images = np.stack([s.image for s in pool])
-    return _pool_batches(images, [s.caption for s in pool], steps, batch_size, gen), f"pool of {n_scenes} scenes"
+    return _pool_batches(pool, steps, batch_size, gen), f"pool of {n_scenes} scenes"
 
 
-def _train_step(bb: ClipBackbone, opt: torch.optim.Optimizer, sched, batch: Batch, gen: torch.Generator,
-                clip_norm: float = 1.0) -> float:
-    """One optimisation step on one batch; returns the loss before the step."""
-    images, captions = batch
+def _train_step(bb: ClipBackbone, opt: torch.optim.Optimizer, sched, images: np.ndarray, captions: list[str],
+                gen: torch.Generator, clip_norm: float = 1.0) -> float:
+    """One optimisation step on ``[B, 96, 96, 3]`` uint8 images and their captions; returns the loss."""
     model = bb.model
-    pixels = _augment(to_pixels(images), gen).to(bb.device)
+    pixels = _flip(to_pixels(images), gen).to(bb.device)
     loss = multi_positive_clip_loss(encode_images(bb, pixels), encode_captions(bb, captions),
                                     [caption_key(c) for c in captions], model.logit_scale)
     opt.zero_grad(set_to_none=True)
@@ -272,7 +306,7 @@ def _train_step(bb: ClipBackbone, opt: torch.optim.Optimizer, sched, batch: Batc
 def train_toy_clip(
     out_dir: str | Path, *, data_dir: str | Path | None = None, steps: int = 400, batch_size: int = 128,
     lr: float = 1e-3, seed: int = 0, n_scenes: int | None = None, scene_cfg: SceneConfig = SceneConfig(),
-    eval_scenes: int = 500, cam_scenes: int = 100, device: str = "cpu",
+    crop_prob: float = 0.0, eval_scenes: int = 500, cam_scenes: int = 100, device: str = "cpu",
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train the toy CLIP on demo-world captions and save it as a ``local-dir:`` model folder.
@@ -287,6 +321,7 @@ def train_toy_clip(
         seed: seeds the initial weights, the augmentation and the training/held-out scenes.
         n_scenes: with no ``data_dir``, train on a fixed pool of this many scenes instead of fresh ones each step.
         scene_cfg: how scenes are drawn (the demo world's default).
+        crop_prob: probability that an image is replaced by a re-captioned random crop (:func:`crop_and_recaption`).
         eval_scenes: held-out scenes for the caption retrieval accuracy.
         cam_scenes: held-out scenes for the GradCAM mIoU (0 skips it).
         device: 'cpu' (default, reproducible), 'cuda', or 'auto'.
@@ -308,17 +343,18 @@ def train_toy_clip(
     opt = _optimizer(bb.model, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
     gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng([seed, 0xC409])  # crops and their captions
     batches, source = _batches(steps, batch_size, seed, data_dir, n_scenes, scene_cfg, gen)
     losses: list[float] = []
     start = time.perf_counter()
     for step, batch in enumerate(batches, 1):
-        losses.append(_train_step(bb, opt, sched, batch, gen))
+        losses.append(_train_step(bb, opt, sched, *_views(batch, rng, crop_prob), gen))
         if on_step is not None:
             on_step(step, losses[-1])
     seconds = time.perf_counter() - start
     bb.model.eval().requires_grad_(False)
     training = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": source,
-                "scene_cfg": asdict(scene_cfg), "final_loss": float(np.mean(losses[-10:])),
+                "crop_prob": crop_prob, "scene_cfg": asdict(scene_cfg), "final_loss": float(np.mean(losses[-10:])),
                 "seconds": round(seconds, 1), "device": str(dev)}
     return _save_and_score(Path(out_dir), bb.model, training, seed, scene_cfg, eval_scenes, cam_scenes)
 
