@@ -99,11 +99,13 @@ report: $(RUN)/metrics.json
 $(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.json $(RUN)/metrics/pseudo.json
 	$(VPL) demo-report $(RUN)
 
-## Benchmarks (each prints one JSON object)
+## Benchmarks: each script prints one JSON object into benchmarks/results/, then docs/performance.md is rebuilt
 bench: setup
-	$(VENV)/bin/python benchmarks/bench_cam.py
-	$(VENV)/bin/python benchmarks/bench_learn_prototypes.py --iters 30
-	$(VENV)/bin/python benchmarks/bench_crf.py
+	mkdir -p benchmarks/results
+	$(VENV)/bin/python benchmarks/bench_cam.py > benchmarks/results/cam.json
+	$(VENV)/bin/python benchmarks/bench_learn_prototypes.py --iters 30 > benchmarks/results/learn_prototypes.json
+	$(VENV)/bin/python benchmarks/bench_crf.py > benchmarks/results/crf.json
+	$(VENV)/bin/python benchmarks/make_table.py
 
 ## Regenerate docs/cli.md from the commands' --help
 docs: setup

@@ -148,6 +148,7 @@ def bench_throughput(tmp: Path, n_images: int, workers: int) -> dict:
         # scaling if every worker had a core to itself (differs from "scaling" only when other processes compete)
         "cpu_bound_scaling": round(workers * cpu_ratio, 3),
         "load_average_1min": round(load, 2),  # > cpu_count: other processes shared the cores
+        "nice": os.nice(0),  # workers inherit it; at 19 any busy neighbour starves them
     }
 
 

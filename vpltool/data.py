@@ -58,7 +58,9 @@ class Dataset:
     def identity(self) -> dict[str, Any]:
         """What stage records store to tell datasets apart, without listing every item."""
         classes_sha = hashlib.sha256(json.dumps(list(self.classes)).encode()).hexdigest()
-        return {"kind": self.kind, "root": str(self.root), "split": self.split, "n_items": len(self.items),
+        # absolute root so later stages reopen it from any working directory; a manifest is reopened as a whole
+        return {"kind": self.kind, "root": str(Path(self.root).resolve()),
+                "split": None if self.kind == "manifest" else self.split, "n_items": len(self.items),
                 "classes_sha": "sha256:" + classes_sha}  # fmt: skip
 
     def shard(self, index: int, count: int) -> Dataset:
@@ -397,7 +399,7 @@ def _open_manifest(path: Path) -> Dataset:
             not all(isinstance(c, str) for c in classes):
         raise ContractError(f"{path}: 'classes' must list 'background' first, then the classes")
     items = [_manifest_item(path, raw, len(classes)) for raw in data.get("items", [])]
-    return Dataset("manifest", path.parent, data.get("split"), tuple(classes), items, preset_for(classes))
+    return Dataset("manifest", path, data.get("split"), tuple(classes), items, preset_for(classes))
 
 
 def _manifest_item(path: Path, raw: Any, n_classes: int) -> Item:
