@@ -20,6 +20,7 @@ DEVICE ?= auto
 TEMPLATES ?= a photo of a {}.
 BACKGROUND ?= grass,sky,wall,water
 BOX_THR ?= 0.4
+REFINE ?= caa
 TAU_I ?= 0.03
 ITERS ?= 3000
 LR ?= 10
@@ -70,7 +71,7 @@ $(RUN)/text_prototypes.safetensors: $(RUN)/features/_stage.json
 ## CAMs from the text prototypes, and their mIoU (seeds)
 cams-text: $(RUN)/metrics/cams_text.json
 $(RUN)/cams_text/_stage.json: $(RUN)/features/_stage.json $(RUN)/text_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --device $(DEVICE) --overwrite
+	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --refine $(REFINE) --device $(DEVICE) --overwrite
 $(RUN)/metrics/cams_text.json: $(RUN)/cams_text/_stage.json
 	$(VPL) eval $(<D) --json $@
 
@@ -83,7 +84,7 @@ $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_p
 ## CAMs from the vision prototypes, and their mIoU
 cams-vision: $(RUN)/metrics/cams_vision.json
 $(RUN)/cams_vision/_stage.json: $(RUN)/features/_stage.json $(RUN)/vision_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --device $(DEVICE) --overwrite
+	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --refine $(REFINE) --device $(DEVICE) --overwrite
 $(RUN)/metrics/cams_vision.json: $(RUN)/cams_vision/_stage.json
 	$(VPL) eval $(<D) --json $@
 

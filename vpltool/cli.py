@@ -259,6 +259,63 @@ def cam_cmd(
     err.print(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
 
 
+# ============================================================================================= learn-prototypes
+_L = LearnPrototypesConfig()
+
+
+@app.command("learn-prototypes")
+@friendly_errors
+def learn_prototypes_cmd(
+    features: Annotated[Path, typer.Argument(help="An `extract` folder (the pixel features x).")],
+    cams: Annotated[Path, typer.Option("--cams", "-c", help="A `cam` folder made with the text prototypes "
+                                       "(the targets P').")],
+    text: Annotated[Path, typer.Option("--text", "-t", help="The text prototypes file (initialisation Z).")],
+    out: OutFile = Path("vision_prototypes.safetensors"),
+    tau_i: Annotated[float, typer.Option("--tau-i", min=1e-4, help="Temperature tau_I of softmax(x.W/tau_I).")] =
+        _L.tau_i,
+    lr: Annotated[float, typer.Option(min=0.0, help="Step size (see docs/learn-prototypes.md for the loss "
+                                      "normalisation it refers to).")] = _L.lr,
+    iters: Annotated[int, typer.Option(min=0, help="Projected gradient-descent iterations T_w.")] = _L.iters,
+    targets: Annotated[str, typer.Option(help="hard (Phi-thresholded seeds, the paper) | soft (CAM scores).")] =
+        _L.targets,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Phi: CAM score that makes a seed.")] =
+        _L.threshold,
+    regularization: Annotated[str, typer.Option(help="instance (per pixel) | class (class-level, Theorem 2).")] =
+        _L.regularization,
+    bg_exponent: Annotated[float, typer.Option(help="Soft targets: background (1 - max CAM)^a.")] = _L.bg_exponent,
+    max_memory_gb: Annotated[Optional[float], typer.Option(help="Resident feature budget; above it features "
+                                                           "stream from disk. Default: 60% of free memory.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Loss-curve PNG (default: OUT stem + .loss.png).")] = None,
+    device: Device = _R.device,
+    verbose: Verbose = False,
+) -> None:
+    """VPL phase 1: learn vision prototypes W from text-prototype CAMs by projected gradient descent.
+
+    Minimises KL(P' || softmax(x.W / tau_I)) over every pixel feature x of the training set, W initialised from
+    the text prototypes, rows projected onto the unit sphere after each step. Reports the modality gap.
+
+    [dim]Example: vpltool learn-prototypes runs/voc/features -c runs/voc/cams_text -t runs/voc/text.safetensors
+    -o runs/voc/vision.safetensors --tau-i 0.03 --iters 3000[/]
+    """
+    from .prototypes import run_learn_prototypes
+
+    cfg = LearnPrototypesConfig(tau_i=tau_i, lr=lr, iters=iters, targets=targets, threshold=threshold,
+                                regularization=regularization, bg_exponent=bg_exponent, max_memory_gb=max_memory_gb)
+    with progress("learn-prototypes") as (on_start, on_item):
+        on_start(iters + 1)
+        s = run_learn_prototypes(features, cams, text, out, cfg, RuntimeConfig(device=device),
+                                 on_iter=lambda i, loss: on_item(1), plot=plot)
+    gap_b, gap_a = s["gap_before"], s["gap_after"]
+    err.print(f"[green]✓[/] learn-prototypes: {s['n_pixels']} pixels, loss {s['loss_curve'][0][1]:.4f} → "
+              f"{s['final_loss']:.4f}, gap {_gap(gap_b)} → {_gap(gap_a)}, {s['seconds']:.1f}s → {out}")
+
+
+def _gap(gap) -> str:
+    if isinstance(gap, dict):
+        return ", ".join(f"{k} {v:.3f}" for k, v in gap.items() if isinstance(v, (int, float)))
+    return f"{gap:.3f}"
+
+
 # ============================================================================================= crf
 _C = CrfConfig()
 

@@ -20,6 +20,8 @@ safetensors shards that are streamed from disk every iteration. See docs/learn-p
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import math
@@ -41,7 +43,6 @@ from .config import LearnPrototypesConfig, RuntimeConfig, to_params
 from .device import resolve_device, resolve_precision, seed_everything
 from .errors import ContractError, VplError
 
-STAGE = "learn-prototypes"
 _log = logging.getLogger(__name__)
 CURVE_POINTS = 101  # loss-curve samples kept in the file metadata (the PNG draws every iteration)
 
@@ -218,8 +219,22 @@ def chunk_loss_grad(ch: Chunk, w: torch.Tensor, tau: float) -> tuple[torch.Tenso
     return ce.sum(dtype=torch.float64), grad
 
 
-def loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float,
-                  total_weight: float) -> tuple[float, torch.Tensor]:
+def _evaluated(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, pool: ThreadPoolExecutor | None, workers: int
+               ) -> Iterator[tuple[Chunk, torch.Tensor, torch.Tensor]]:
+    """``(chunk, loss, grad)`` in chunk order; with a pool, ``workers`` chunks at a time (streaming stays lazy)."""
+    window: list[Chunk] = []
+    for ch in itertools.chain(chunks, [None]):
+        if ch is not None:
+            window.append(ch)
+        if window and (ch is None or pool is None or len(window) == workers):
+            results = pool.map(lambda c: chunk_loss_grad(c, w, tau), window) if pool else [
+                chunk_loss_grad(c, w, tau) for c in window]
+            yield from ((c, part, g) for c, (part, g) in zip(window, results))
+            window = []
+
+
+def loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, total_weight: float,
+                  pool: ThreadPoolExecutor | None = None, workers: int = 1) -> tuple[float, torch.Tensor]:
     """Full-batch mean cross-entropy (nats) and the gradient of the objective ``tau**2 * mean CE``.
 
     The tau**2 scale makes ``lr`` a step in logit units whatever tau_I is: a step ``dw`` moves the logits by
@@ -232,8 +247,7 @@ def loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float,
     """
     loss = torch.zeros((), dtype=torch.float64, device=w.device)
     grad = torch.zeros_like(w)
-    for ch in chunks:
-        part, g = chunk_loss_grad(ch, w, tau)
+    for ch, part, g in _evaluated(chunks, w, tau, pool, workers):  # chunk order: same sums with or without a pool
         loss += part
         grad.index_add_(0, ch.rows, g)
     return float(loss) / total_weight, grad * (tau / total_weight)
@@ -257,16 +271,42 @@ def descend(chunks: Callable[[], Iterable[Chunk]], z: torch.Tensor, *, tau: floa
         ``W`` ``[N, D]`` float32 unit rows and the losses ``L(W_0) .. L(W_iters)`` (mean CE, nats).
     """
     w, curve = project_rows(z.float()), []
-    for it in range(iters):
-        loss, grad = loss_and_grad(chunks(), w, tau, total_weight)
-        if not math.isfinite(loss):
-            raise VplError(f"loss became {loss} at iteration {it}; lower --lr or raise --tau-i")
-        curve.append(loss)
-        if on_iter:
-            on_iter(it, loss)
-        w = project_rows(w - lr * grad)
-    curve.append(loss_and_grad(chunks(), w, tau, total_weight)[0])
+    with _cpu_workers(z.device) as (pool, workers):
+        for it in range(iters):
+            loss, grad = loss_and_grad(chunks(), w, tau, total_weight, pool, workers)
+            if not math.isfinite(loss):
+                raise VplError(f"loss became {loss} at iteration {it}; lower --lr or raise --tau-i")
+            curve.append(loss)
+            if on_iter:
+                on_iter(it, loss)
+            w = project_rows(w - lr * grad)
+        curve.append(loss_and_grad(chunks(), w, tau, total_weight, pool, workers)[0])
     return w, curve
+
+
+@contextlib.contextmanager
+def _cpu_workers(device: torch.device) -> Iterator[tuple[ThreadPoolExecutor | None, int]]:
+    """On CPU: one chunk per core in Python threads, each single-threaded, and denormals flushed to zero.
+
+    Why: the matmuls are skinny (``[n, 512] x [512, ~26]``); OpenMP's barriers between cores cost more than they
+    give, and on a busy 2-core host 2 OpenMP threads ran 7x slower than 1. exp() of very negative logits makes
+    fp32 denormals (10-100x slower on x86); flushing values below 1e-38 changes nothing. FTZ is per thread, so
+    every worker sets it. torch has no getter for it: the default (off) is restored.
+    """
+    if device.type != "cpu":
+        yield None, 1
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    pool = ThreadPoolExecutor(threads, initializer=torch.set_flush_denormal, initargs=(True,)) if threads > 1 else None
+    try:
+        yield pool, threads
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
 
 
 def modality_gap(w: torch.Tensor, z: torch.Tensor, class_rows: torch.Tensor, centroids: torch.Tensor,
@@ -394,15 +434,15 @@ def check_inputs(features_dir: str | Path, cams_dir: str | Path, text_prototypes
     ids = sorted(p.stem for p in features_dir.glob("*.safetensors"))
     if not ids:
         raise VplError(f"{features_dir}: no features files; re-run `vpltool extract`")
-    items, dim = [], None
-    for item_id in ids:
-        path = io.feature_path(features_dir, item_id)
+    dim = io.read_features(io.feature_path(features_dir, ids[0]), classes=classes, dense_only=True).dense.shape[-1]
+    items = []
+    for item_id in ids:  # headers only: labels to sort by, grids for the memory estimate
+        path, cam = io.feature_path(features_dir, item_id), io.cam_path(cams_dir, item_id)
         head = io.read_header(path)
-        dim = dim or int(head.get("vpltool.embed_dim", 0))
-        if int(head.get("vpltool.embed_dim", 0)) != dim:
-            raise ContractError(f"{path}: {head.get('vpltool.embed_dim')}-d features among {dim}-d ones; re-extract")
-        if not io.cam_path(cams_dir, item_id).is_file():
-            raise ContractError(f"{io.cam_path(cams_dir, item_id)}: missing; the cam folder does not cover the features")
+        if not cam.is_file():
+            raise ContractError(f"{cam}: missing; the cam folder does not cover the features of {features_dir}")
+        if "vpltool.grid" not in head:
+            raise ContractError(f"{path}: no 'vpltool.grid' metadata; re-run `vpltool extract`")
         labels = tuple(sorted(int(c) for c in json.loads(head.get("vpltool.labels", "[]"))))
         items.append((item_id, labels, tuple(json.loads(head["vpltool.grid"]))))
     text = io.read_prototypes(text_prototypes, classes=classes, dim=dim)
@@ -618,7 +658,14 @@ def run_learn_prototypes(
     else:
         source = MemorySource(device)
     try:
-        sink = ChunkBuilder(class_rows, bg_rows, CHUNK_PX[device.type], storage, source.add) if instance else None
+        n_chunks = 0
+
+        def count(ch: Chunk) -> None:
+            nonlocal n_chunks
+            n_chunks += 1
+            source.add(ch)
+
+        sink = ChunkBuilder(class_rows, bg_rows, CHUNK_PX[device.type], storage, count) if instance else None
         st = scan(inp, cfg, sink)
         source.close()
         if instance:
@@ -658,4 +705,5 @@ def run_learn_prototypes(
     return {**meta, "out": str(out), "plot": None if plot_path is None else str(plot_path),
             "mode": "stream" if streaming else "memory", "device": str(device), "precision": str(compute),
             "resident_bytes_estimate": need, "budget_bytes": budget, "seconds": time.perf_counter() - start,
+            "chunks": n_chunks, "shards": len(source.paths) if streaming else 0,
             "s_per_iter": descent_s / max(cfg.iters + 1, 1)}

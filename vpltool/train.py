@@ -204,8 +204,9 @@ def make_optimizer(model: SegDecoder, cfg: DecoderConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
 
 
-def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig) -> dict[str, Tensor]:
-    """Eq. 14 on one batch.
+def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
+                   dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """Eq. 14 on one batch: the decoder under autocast (``dtype``, CUDA only), the losses in fp32.
 
     Args:
         model: a :class:`SegDecoder` (or its DDP wrapper).
@@ -214,7 +215,8 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig) -> 
     Returns:
         ``loss``, ``ce`` and (when ``lambda_rsc > 0``) ``rsc``, float32 scalars with gradients.
     """
-    v, logits, protos = model(feats)
+    with autocast(feats.device, dtype):
+        v, logits, protos = model(feats)
     up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False).float()
     ce = balanced_ce_loss(up, target) if cfg.loss == "balanced" else ce_loss(up, target)
     out = {"ce": ce, "loss": cfg.lambda_ce * ce}
@@ -233,8 +235,7 @@ def train_step(model, optimizer: torch.optim.Optimizer, feats: Tensor, target: T
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
-    with autocast(feats.device, dtype):
-        losses = compute_losses(model, feats, target, cfg)
+    losses = compute_losses(model, feats, target, cfg, dtype)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:  # fp16 only: bf16 has fp32's range and needs no loss scaling
         scaler.scale(losses["loss"]).backward()

@@ -1,0 +1,181 @@
+"""`learn-prototypes` descent speed on VOC-like synthetic pixels; prints ONE JSON object.
+
+Default: 1M unit pixel features x 512-d in images of 1024 pixels with 1-3 of 20 classes and 25 background rows
+(45 rows, VOC's layout), hard targets, resident in memory, ``--iters`` full-batch iterations of the stage's own
+kernels (:func:`vpltool.prototypes.descend`). With fewer iterations than ``--target-iters`` (3000, the paper's
+T_w) the time is extrapolated linearly and marked ``"extrapolated": true``. Setup (data generation, chunking) is
+timed separately and not counted.
+
+``gflop_per_iter`` counts the two matmuls (logits and gradient) over the rows in play: each pixel is scored only
+against its image's classes and the background rows, as `cam` does, not against all 45 rows.
+
+``--study-lr``: instead, the loss normalisation study of docs/learn-prototypes.md on a CLIP-like synthetic problem
+(image features in one cone, text prototypes in another): losses along the descent for several learning rates,
+under the stage's ``tau**2 * mean CE`` and the two alternatives (``tau * mean``, plain mean).
+
+    python benchmarks/bench_learn_prototypes.py [--n 1000000] [--dim 512] [--iters 3000] [--device cpu]
+    python benchmarks/bench_learn_prototypes.py --study-lr [--iters 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vpltool.config import LearnPrototypesConfig
+from vpltool.device import resolve_device, resolve_precision
+from vpltool.prototypes import CHUNK_PX, ChunkBuilder, MemorySource, descend, make_targets, project_rows
+
+VOC_LABEL_COUNTS = (0.62, 0.28, 0.10)  # share of VOC train_aug images with 1, 2, 3 labels (approximately)
+
+
+def voc_like(n: int, dim: int, classes: int, bg: int, px: int, seed: int, sink: ChunkBuilder) -> torch.Tensor:
+    """Feed ``sink`` with ``n`` random unit pixels in images of ``px`` pixels; returns the text prototypes ``z``."""
+    g = torch.Generator().manual_seed(seed)
+    z = project_rows(torch.randn(classes + bg, dim, generator=g))
+    images = []
+    for _ in range((n + px - 1) // px):
+        k = int(torch.multinomial(torch.tensor(VOC_LABEL_COUNTS), 1, generator=g)) + 1
+        images.append(tuple(sorted((torch.randperm(classes, generator=g)[:k] + 1).tolist())))
+    done = 0
+    for labels in sorted(images, key=lambda lab: (len(lab), lab)):  # the stage sorts images by label set
+        m = min(px, n - done)
+        x = F.normalize(torch.randn(m, dim, generator=g), dim=1)
+        cams = torch.rand(len(labels), m, generator=g)
+        sink.add(x, make_targets(cams, x, z[classes:], 0.01, "hard", 0.4), labels)
+        done += m
+    sink.flush()
+    return z
+
+
+def bench_speed(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    compute = resolve_precision(args.precision, device)
+    storage = torch.bfloat16 if compute == torch.bfloat16 else (torch.float32 if args.fp32_storage else torch.float16)
+    chunk_px = args.chunk_px or CHUNK_PX[device.type]
+    source = MemorySource(device)
+    start = time.perf_counter()
+    builder = ChunkBuilder(torch.arange(args.classes), torch.arange(args.classes, args.classes + args.bg), chunk_px,
+                           storage, source.add)
+    z = voc_like(args.n, args.dim, args.classes, args.bg, args.px_per_image, 0, builder).to(device)
+    setup_s = time.perf_counter() - start
+    in_play = sum(len(ch.x) * len(ch.rows) for ch in source.chunks) / args.n
+    cfg = LearnPrototypesConfig()
+    descend(source, z, tau=cfg.tau_i, lr=cfg.lr, iters=1, total_weight=args.n)  # warm-up: allocator, threads
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    _, curve = descend(source, z, tau=cfg.tau_i, lr=cfg.lr, iters=args.iters, total_weight=args.n)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    per_iter = seconds / (args.iters + 1)  # descend evaluates the final loss once more
+    gflop = 2 * 2 * args.n * args.dim * in_play / 1e9
+    result = {
+        "n_features": args.n, "dim": args.dim, "rows": args.classes + args.bg, "rows_in_play_mean": round(in_play, 2),
+        "iters": args.iters, "seconds": round(seconds, 3), "s_per_iter": round(per_iter, 5),
+        "extrapolated": args.iters < args.target_iters,
+        f"seconds_for_{args.target_iters}_iters": round(per_iter * (args.target_iters + 1), 1),
+        "device": str(device), "precision": str(compute).replace("torch.", ""),
+        "storage": str(storage).replace("torch.", ""), "chunk_px": chunk_px, "chunks": len(source.chunks),
+        "threads": torch.get_num_threads(), "gflop_per_iter": round(gflop, 2),
+        "gflop_per_s": round(gflop / per_iter, 1), "setup_seconds": round(setup_s, 1),
+        "loss_first_last": [round(curve[0], 5), round(curve[-1], 5)],
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- lr study
+def clip_like(n_images: int, hw: int, dim: int, classes: int, bg: int, seed: int = 0, overlap: float = 0.3,
+              semantic: float = 0.35, text: tuple[float, float] = (0.8, 0.6)):
+    """Pixels ``normalize(0.8 u_img + semantic * s_owner + noise)``, text ``normalize(a u_txt + b s_row)``.
+
+    ``u_txt`` leans on ``u_img`` by ``overlap``: image-image cosines ~0.6, text-image ~0.1-0.25 (CLIP's gap).
+    CAMs: the text-prototype softmax over the image's rows at CLIP's tau_T = 0.01, max-normalised.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = classes + bg
+    basis = torch.linalg.qr(torch.randn(dim, n + 2, generator=g))[0].T
+    u_img, sem = basis[0], basis[2:]
+    u_txt = F.normalize(overlap * u_img + basis[1], dim=0)
+    z = F.normalize(text[0] * u_txt + text[1] * sem + 0.05 * torch.randn(n, dim, generator=g), dim=1)
+    images = []
+    for _ in range(n_images):
+        k = int(torch.multinomial(torch.tensor(VOC_LABEL_COUNTS), 1, generator=g)) + 1
+        labels = sorted((torch.randperm(classes, generator=g)[:k] + 1).tolist())
+        owner = (torch.randperm(bg, generator=g)[:3] + classes)[torch.randint(0, 3, (hw,), generator=g)]
+        fg = torch.randperm(hw, generator=g)[: int(0.35 * hw)]
+        owner[fg] = torch.tensor(labels)[torch.arange(len(fg)) * k // len(fg)] - 1
+        x = F.normalize(0.8 * u_img + semantic * sem[owner] + 0.5 / dim**0.5 * torch.randn(hw, dim, generator=g), 1)
+        rows = torch.cat([torch.tensor(labels) - 1, torch.arange(classes, n)])
+        probs = (x @ z[rows].T / 0.01).softmax(1)[:, :k].T
+        images.append((x, probs / probs.amax(1, keepdim=True).clamp_min(1e-6), labels))
+    return z, images
+
+
+def study_lr(args: argparse.Namespace) -> dict:
+    """Final / peak losses and the number of rises along the descent, per normalisation and lr."""
+    torch.set_num_threads(args.threads or 1)
+    classes, bg, tau = 20, 25, 0.03
+    problems = {"A (overlap 0.3, semantic 0.35)": {}, "B (text 0.9/0.45)": {"text": (0.9, 0.45)},
+                "C (overlap 0.5, semantic 0.25, text 0.9/0.45)": {"overlap": 0.5, "semantic": 0.25,
+                                                                   "text": (0.9, 0.45)}}
+    # lr multipliers that turn each normalisation into the stage's tau**2 units (grad of tau**2 mean CE)
+    norms = {"tau^2*mean (vpltool)": 1.0, "tau*mean": 1 / tau, "mean": 1 / tau**2}
+    out = {"iters": args.iters, "tau_i": tau, "results": []}
+    for name, kw in problems.items():
+        z, images = clip_like(args.images, 256, 512, classes, bg, **kw)
+        source = MemorySource(torch.device("cpu"))
+        builder = ChunkBuilder(torch.arange(classes), torch.arange(classes, classes + bg), 4096, torch.float16,
+                               source.add)
+        for x, cams, labels in sorted(images, key=lambda it: (len(it[2]), it[2])):
+            builder.add(x, make_targets(cams, x, z[classes:], 0.01, "hard", 0.4), labels)
+        builder.flush()
+        n = sum(len(x) for x, _, _ in images)
+        for norm, scale in norms.items():
+            for lr in (1.0, 10.0, 100.0):
+                _, curve = descend(source, z, tau=tau, lr=lr * scale, iters=args.iters, total_weight=n)
+                rises = [b - a for a, b in zip(curve, curve[1:]) if b > a + 1e-9]
+                out["results"].append({"problem": name, "loss": norm, "lr": lr, "first": round(curve[0], 4),
+                                       "peak": round(max(curve), 4), "final": round(curve[-1], 4),
+                                       "rises": len(rises), "largest_rise": round(max(rises, default=0.0), 4)})
+                print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1_000_000, help="pixel features")
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--iters", type=int, default=3000, help="iterations actually run")
+    p.add_argument("--target-iters", type=int, default=3000, help="what the time is extrapolated to")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    p.add_argument("--fp32-storage", action="store_true", help="keep fp32 features instead of fp16 (CPU, fp32)")
+    p.add_argument("--chunk-px", type=int, default=None, help="pixels per chunk (default: the stage's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--classes", type=int, default=20)
+    p.add_argument("--bg", type=int, default=25, help="background rows")
+    p.add_argument("--px-per-image", type=int, default=1024)
+    p.add_argument("--study-lr", action="store_true", help="run the loss-normalisation study instead")
+    p.add_argument("--images", type=int, default=60, help="--study-lr: images of 256 pixels")
+    args = p.parse_args(argv)
+    print(json.dumps(study_lr(args) if args.study_lr else bench_speed(args)))
+
+
+if __name__ == "__main__":
+    main()
