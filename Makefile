@@ -28,11 +28,16 @@ WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 WORLD_TRAIN ?= 500
 WORLD_VAL ?= 200
 SEED ?= 0
+# decoder for the demo world: small (the toy CLIP is tiny), short schedule; the paper's is --iters 30000 at 320 px
+DEC_ITERS ?= 1500
+DEC_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
+# what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
+MODEL_DEP ?= vpltool/assets/toy-clip/open_clip_model.safetensors
 
 .PHONY: help setup test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo report bench docs clean-demo
+        pseudo decoder predict report bench docs clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -60,8 +65,9 @@ $(RUN)/world/_stage.json: | setup
 
 ## Dense CLIP features + last-block cache for the training split
 features: $(RUN)/features/_stage.json
-$(RUN)/features/_stage.json: $(DATA_DEP)
-	$(VPL) extract $(DATA) --split $(TRAIN_SPLIT) -o $(@D) --model $(MODEL) --pretrained $(PRETRAINED) --device $(DEVICE)
+$(RUN)/features/_stage.json: $(DATA_DEP) $(MODEL_DEP)
+	$(VPL) extract $(DATA) --split $(TRAIN_SPLIT) -o $(@D) --model $(MODEL) --pretrained $(PRETRAINED) --device $(DEVICE) \
+	  --overwrite
 
 ## Text prototypes (class names x templates + background words)
 text-prototypes: $(RUN)/text_prototypes.safetensors
@@ -95,9 +101,23 @@ $(RUN)/pseudo/_stage.json: $(RUN)/cams_vision/_stage.json
 $(RUN)/metrics/pseudo.json: $(RUN)/pseudo/_stage.json
 	$(VPL) eval $(<D) --json $@
 
+## VPL phase 2: decoder on the frozen CLIP, trained on the pseudo masks with CE + RSC
+decoder: $(RUN)/decoder/decoder.safetensors
+$(RUN)/decoder/decoder.safetensors: $(RUN)/pseudo/_stage.json $(RUN)/vision_prototypes.safetensors
+	$(VPL) train-decoder $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --iters $(DEC_ITERS) $(DEC_ARGS) \
+	  --device $(DEVICE) --overwrite
+
+## Decoder masks for the validation split, and their mIoU
+predict: $(RUN)/metrics/pred_val.json
+$(RUN)/pred_val/_stage.json: $(RUN)/decoder/decoder.safetensors
+	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) --device $(DEVICE) --overwrite
+$(RUN)/metrics/pred_val.json: $(RUN)/pred_val/_stage.json
+	$(VPL) eval $(<D) --json $@
+
 ## Print the per-stage mIoU table (with chance), write metrics.json and a contact sheet
 report: $(RUN)/metrics.json
-$(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.json $(RUN)/metrics/pseudo.json
+$(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.json $(RUN)/metrics/pseudo.json \
+                    $(RUN)/metrics/pred_val.json
 	$(VPL) demo-report $(RUN)
 
 ## Benchmarks: each script prints one JSON object into benchmarks/results/, then docs/performance.md is rebuilt

@@ -120,7 +120,7 @@ def clip_like(n_images: int, hw: int, dim: int, classes: int, bg: int, seed: int
         owner = (torch.randperm(bg, generator=g)[:3] + classes)[torch.randint(0, 3, (hw,), generator=g)]
         fg = torch.randperm(hw, generator=g)[: int(0.35 * hw)]
         owner[fg] = torch.tensor(labels)[torch.arange(len(fg)) * k // len(fg)] - 1
-        x = F.normalize(0.8 * u_img + semantic * sem[owner] + 0.5 / dim**0.5 * torch.randn(hw, dim, generator=g), 1)
+        x = F.normalize(0.8 * u_img + semantic * sem[owner] + 0.5 / dim**0.5 * torch.randn(hw, dim, generator=g), dim=1)
         rows = torch.cat([torch.tensor(labels) - 1, torch.arange(classes, n)])
         probs = (x @ z[rows].T / 0.01).softmax(1)[:, :k].T
         images.append((x, probs / probs.amax(1, keepdim=True).clamp_min(1e-6), labels))

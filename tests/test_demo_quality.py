@@ -53,3 +53,7 @@ def test_vision_prototypes_beat_text_prototypes(demo_metrics):
 
 def test_crf_pseudo_masks_at_least_as_good_as_vision_cams(demo_metrics):
     assert _miou(demo_metrics, "CRF") >= _miou(demo_metrics, "CAM, vision")
+
+
+def test_decoder_prediction_on_val(demo_metrics):
+    assert _miou(demo_metrics, "decoder") >= 0.60

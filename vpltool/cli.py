@@ -358,6 +358,98 @@ def crf_cmd(
     err.print(f"[green]✓[/] crf: {s.done} masks, {s.skipped} already done → {out}")
 
 
+# ============================================================================================= train-decoder / predict
+@app.command("train-decoder")
+@friendly_errors
+def train_decoder_cmd(
+    pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored).")],
+    prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="Vision (or text) prototypes W; also "
+                                             "names the frozen CLIP.")],
+    out: OutDir,
+    recipe: Annotated[str, typer.Option(help="vpl (paper: SGD 0.9, wd 1e-4, batch 6) | weclip (AdamW, balanced "
+                                        "CE).")] = "vpl",
+    iters: Annotated[Optional[int], typer.Option(min=1, help="Iterations [default: 30000].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per process [default: recipe's].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate [default: recipe's].")] = None,
+    lambda_rsc: Annotated[Optional[float], typer.Option(help="RSC loss weight; 0 = ablation without RSC "
+                                                        "[default: 1].")] = None,
+    rsc_temperature: Annotated[Optional[float], typer.Option(help="tau of the RSC InfoNCE [default: 0.07].")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="ce | balanced [default: recipe's].")] = None,
+    dim: Annotated[Optional[int], typer.Option(help="Decoder width [default: 256].")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Decoder transformer layers [default: 3].")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Attention heads [default: 8].")] = None,
+    crop_size: Annotated[Optional[int], typer.Option(help="Training crop, a patch multiple [default: 320].")] = None,
+    train_prototypes: Annotated[Optional[bool], typer.Option("--train-prototypes/--freeze-prototypes",
+                                                             help="Fine-tune W [default: frozen].")] = None,
+    cache_features: Annotated[Optional[bool], typer.Option("--cache-features/--no-cache-features",
+                                                           help="Precompute frozen features of a fixed view "
+                                                           "(no rescale/crop; flip kept).")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint period [default: 1000].")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Seed [default: 0].")] = None,
+    device: Device = _R.device,
+    precision: Precision = _R.precision,
+    workers: Workers = _R.workers,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """VPL phase 2: a decoder on the frozen CLIP trained with CE on pseudo masks + regional semantic contrast.
+
+    Multi-GPU: [bold]torchrun --nproc-per-node 4 -m vpltool train-decoder ...[/] (DDP; the batch is per process).
+
+    [dim]Example: vpltool train-decoder runs/voc/pseudo -p runs/voc/vision.safetensors -o runs/voc/decoder[/]
+    """
+    from .config import decoder_recipe
+    from .train import run_train_decoder
+
+    cfg = decoder_recipe(recipe, iters=iters, batch_size=batch_size, lr=lr, lambda_rsc=lambda_rsc,
+                         rsc_temperature=rsc_temperature, loss=loss, dim=dim, layers=layers, heads=heads,
+                         crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
+                         checkpoint_every=checkpoint_every, seed=seed)
+    runtime = RuntimeConfig(device=device, precision=precision, workers=workers, overwrite=overwrite)
+    with progress("train-decoder") as (on_start, on_item):
+        on_start(cfg.iters)
+        s = run_train_decoder(pseudo, prototypes, out, cfg, runtime, resume=resume, val_split=val_split,
+                              on_iter=lambda i, rec: on_item(1))
+    val = f", val mIoU {100 * s.val_miou:.1f}" if s.val_miou is not None else ""
+    err.print(f"[green]✓[/] train-decoder: {s.iterations} iterations ({s.iters_per_s:.2f} it/s), loss "
+              f"{s.loss:.4f}{val} → {s.decoder}")
+
+
+@app.command("predict")
+@friendly_errors
+def predict_cmd(
+    decoder: Annotated[Path, typer.Argument(help="A decoder file from `train-decoder`.")],
+    out: OutDir,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Dataset root; default: the one the decoder "
+                                                 "was trained on.")] = None,
+    split: Split = None,
+    scales: Annotated[str, typer.Option(help="Comma-separated test scales (averaged logits).")] = "1.0,0.75",
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Average with the mirrored image.")] = True,
+    long_side: Annotated[Optional[int], typer.Option(help="Input long side [default: 1.6 x training crop].")] = None,
+    crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters).")] = False,
+    save_overlays: Annotated[Optional[Path], typer.Option(help="Also write mask-over-image PNGs here.")] = None,
+    device: Device = _R.device,
+    precision: Precision = _R.precision,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Segment a dataset split with a trained decoder: multi-scale + flip averaging, optional CRF.
+
+    [dim]Example: vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val[/]
+    """
+    from .config import PredictConfig
+    from .predict import run_predict
+
+    cfg = PredictConfig(scales=tuple(float(v) for v in scales.split(",")), flip=flip, long_side=long_side, crf=crf)
+    runtime = RuntimeConfig(device=device, precision=precision, overwrite=overwrite)
+    with progress("predict") as (on_start, on_item):
+        s = run_predict(decoder, data, split, out, cfg, runtime, overlays=save_overlays, on_item=on_item,
+                        on_start=on_start)
+    err.print(f"[green]✓[/] predict: {s.done} masks, {s.skipped} already done → {out}")
+
+
 # ============================================================================================= eval
 @app.command("eval")
 @friendly_errors

@@ -73,7 +73,7 @@ def make_targets(cams: torch.Tensor, x: torch.Tensor, bg_prototypes: torch.Tenso
     hw, k = x.shape[0], cams.shape[0]
     peak, arg = cams.max(0) if k else (torch.zeros(hw), torch.zeros(hw, dtype=torch.long))
     if mode == "hard":
-        fg = peak >= threshold
+        fg = peak >= threshold if k else torch.zeros(hw, dtype=torch.bool)
         cls = torch.zeros(hw, k)
         cls[fg.nonzero().flatten(), arg[fg]] = 1.0
         bg = (~fg).float()
@@ -284,6 +284,11 @@ def descend(chunks: Callable[[], Iterable[Chunk]], z: torch.Tensor, *, tau: floa
     return w, curve
 
 
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+
+
 @contextlib.contextmanager
 def _cpu_workers(device: torch.device) -> Iterator[tuple[ThreadPoolExecutor | None, int]]:
     """On CPU: one chunk per core in Python threads, each single-threaded, and denormals flushed to zero.
@@ -299,7 +304,7 @@ def _cpu_workers(device: torch.device) -> Iterator[tuple[ThreadPoolExecutor | No
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    pool = ThreadPoolExecutor(threads, initializer=torch.set_flush_denormal, initargs=(True,)) if threads > 1 else None
+    pool = ThreadPoolExecutor(threads, initializer=_init_worker) if threads > 1 else None
     try:
         yield pool, threads
     finally:

@@ -42,8 +42,9 @@ def chance_baselines(dataset, seed: int = 0, exponents=EvalConfig.bg_exponents) 
             continue
         gt = io.read_mask(item.gt)
         background.add(gt, np.zeros_like(gt))
-        noise = torch.from_numpy(rng.random((len(item.labels), 4, 4), dtype=np.float32))
-        cams = F.interpolate(noise[None], size=gt.shape, mode="bilinear", align_corners=False)[0].numpy()
+        noise = torch.from_numpy(rng.random((max(len(item.labels), 1), 4, 4), dtype=np.float32))
+        cams = F.interpolate(noise[None], size=gt.shape, mode="bilinear", align_corners=False)[0, : len(item.labels)]
+        cams = cams.numpy()
         for a, acc in randoms.items():
             acc.add(gt, cams_to_labels(cams, item.labels, a))
     return {"all background": background.result()["miou"],
@@ -66,12 +67,14 @@ def collect(run: Path) -> list[dict[str, Any]]:
 
 
 def write_contact_sheet(run: Path, dataset, path: Path, n: int = 8) -> Path | None:
-    """image | ground truth | text CAM | vision CAM | pseudo mask | prediction, for the first ``n`` items."""
+    """image | ground truth | text CAM | vision CAM | pseudo mask for the first ``n`` training items with GT.
+
+    CAM columns show the CLIP-ES labelling (bg = 1 - max, argmax); a stage that has not run shows black.
+    """
     from ..data import load_image
-    from ..metrics import cams_to_labels as to_labels
     from .scenes import contact_sheet
 
-    columns = ["image", "ground truth", "text CAM", "vision CAM", "pseudo mask", "prediction"]
+    columns = ["image", "ground truth", "text CAM", "vision CAM", "pseudo mask"]
     rows = []
     for item in [it for it in dataset.items if it.gt is not None][:n]:
         image, gt = load_image(item.image), io.read_mask(item.gt)
@@ -80,16 +83,29 @@ def write_contact_sheet(run: Path, dataset, path: Path, n: int = 8) -> Path | No
             cam_file = io.cam_path(run / folder, item.id)
             if cam_file.is_file():
                 cams, labels, _ = io.read_cam(cam_file)
-                row.append(to_labels(cams.numpy(), labels.tolist(), 1.0))
+                row.append(cams_to_labels(cams.numpy(), labels.tolist(), 1.0))
             else:
                 row.append(np.zeros_like(gt))
-        for folder in ("pseudo", "pred_train"):
-            png = run / folder / f"{item.id}.png"
-            row.append(io.read_mask(png) if png.is_file() else np.zeros_like(gt))
+        png = run / "pseudo" / f"{item.id}.png"
+        row.append(io.read_mask(png) if png.is_file() else np.zeros_like(gt))
         rows.append(row)
     if not rows:
         return None
     return contact_sheet(rows, columns, path, scale=2)
+
+
+def write_prediction_sheet(run: Path, path: Path, n: int = 8) -> Path | None:
+    """image | ground truth | decoder prediction for the first ``n`` validation items that were predicted."""
+    from ..data import load_image, open_dataset
+    from .scenes import contact_sheet
+
+    folder = run / "pred_val"
+    if not io.stage_record_path(folder).is_file():
+        return None
+    ident = io.read_stage_record(folder, "predict")["inputs"]["dataset"]
+    items = [it for it in open_dataset(ident["root"], ident.get("split")).items if it.gt is not None][:n]
+    rows = [[load_image(it.image), io.read_mask(it.gt), io.read_mask(folder / f"{it.id}.png")] for it in items]
+    return contact_sheet(rows, ["image", "ground truth", "prediction"], path, scale=2) if rows else None
 
 
 def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
@@ -108,6 +124,8 @@ def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
     }
     sheet = write_contact_sheet(run, train, run / "contact_sheet.png")
     report["contact_sheet"] = str(sheet) if sheet else None
+    pred_sheet = write_prediction_sheet(run, run / "contact_sheet_val.png")
+    report["prediction_sheet"] = str(pred_sheet) if pred_sheet else None
     io.write_json(run / "metrics.json", report)
     return report
 
