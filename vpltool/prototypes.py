@@ -340,10 +340,17 @@ class MemorySource:
     def __init__(self, device: torch.device):
         self.device, self.chunks = device, []
 
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunks)
+
     def add(self, ch: Chunk) -> None:
         self.chunks.append(ch.to(self.device))
 
     def close(self) -> None:
+        return None
+
+    def cleanup(self) -> None:
         return None
 
     def __call__(self) -> Iterable[Chunk]:
@@ -360,11 +367,13 @@ class ShardSource:
     def __init__(self, folder: Path, device: torch.device, shard_bytes: int):
         self.folder, self.device, self.shard_bytes = folder, device, shard_bytes
         self.paths: list[Path] = []
+        self.n_chunks = 0
         self._buffer: list[Chunk] = []
         self._bytes = 0
         self._pool = ThreadPoolExecutor(1)
 
     def add(self, ch: Chunk) -> None:
+        self.n_chunks += 1
         self._buffer.append(ch)
         self._bytes += ch.nbytes
         if self._bytes >= self.shard_bytes:
@@ -410,7 +419,7 @@ class ShardSource:
 
 
 # --------------------------------------------------------------------------------------------- the stage
-CHUNK_PX = {"cpu": 4096, "cuda": 1 << 17}  # CPU: an fp32 block stays in L2; CUDA: few launches per iteration
+CHUNK_PX = {"cpu": 4096, "cuda": 1 << 17}  # CPU: an 8 MB fp32 block stays in L3; CUDA: few launches per iteration
 
 
 @dataclass
@@ -618,6 +627,40 @@ def check_config(cfg: LearnPrototypesConfig) -> None:
         raise VplError(f"--regularization {cfg.regularization!r}: choose instance or class")
 
 
+@dataclass
+class Learned:
+    """What one descent produced, before it is written."""
+
+    w: torch.Tensor  # [N, D] unit rows
+    curve: list[float]  # mean CE at W_0 .. W_iters
+    kl: float  # final mean KL (CE minus the mean target entropy)
+    gap_before: dict[str, float]
+    gap_after: dict[str, float]
+    n_pixels: int
+    descent_s: float
+
+
+def learn(inp: Inputs, cfg: LearnPrototypesConfig, source: MemorySource | ShardSource, device: torch.device,
+          storage: torch.dtype, on_iter: Callable[[int, float], None] | None = None) -> Learned:
+    """Scan the data into ``source`` (instance level) or the class-level pseudo-pixels, then descend from Z."""
+    class_rows, bg_rows = inp.text.class_rows(), inp.text.background_rows()
+    instance = cfg.regularization == "instance"
+    sink = ChunkBuilder(class_rows, bg_rows, CHUNK_PX[device.type], storage, source.add) if instance else None
+    st = scan(inp, cfg, sink)
+    source.close()
+    if instance:
+        chunks, entropy = source, st.entropy
+    else:
+        pseudo = class_level_chunk(st, class_rows, bg_rows).to(device)
+        chunks, entropy = (lambda: [pseudo]), target_entropy(pseudo)
+    z = inp.text.vectors.to(device)
+    centroids, counts = F.normalize(st.centroid_sum.float(), dim=1).to(device), st.counts.to(device)
+    start = time.perf_counter()
+    w, curve = descend(chunks, z, tau=cfg.tau_i, lr=cfg.lr, iters=cfg.iters, total_weight=st.n_px, on_iter=on_iter)
+    return Learned(w.cpu(), curve, curve[-1] - entropy / st.n_px, modality_gap(z, z, class_rows, centroids, counts),
+                   modality_gap(w, z, class_rows, centroids, counts), st.n_px, time.perf_counter() - start)
+
+
 def run_learn_prototypes(
     features_dir: str | Path,
     cams_dir: str | Path,
@@ -646,69 +689,49 @@ def run_learn_prototypes(
         A summary: the metadata written to the file plus ``out``, ``plot``, ``mode``, ``device`` and timings.
     """
     check_config(cfg)
-    start = time.perf_counter()
-    out = Path(out)
+    start, out = time.perf_counter(), Path(out)
     inp = check_inputs(features_dir, cams_dir, text_prototypes)
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
     compute = resolve_precision(runtime.precision, device)
     storage = torch.bfloat16 if compute == torch.bfloat16 else torch.float16  # fp16 keeps 3 more mantissa bits
-    class_rows, bg_rows = inp.text.class_rows(), inp.text.background_rows()
-    instance = cfg.regularization == "instance"
     budget, need = memory_budget(cfg, device), estimate_bytes(inp, storage)
-    streaming = instance and (need > budget if stream is None else stream)
+    streaming = cfg.regularization == "instance" and (need > budget if stream is None else stream)
     if streaming:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.shards-", dir=cache_dir or out.parent))
-        source: MemorySource | ShardSource = ShardSource(scratch, device, max(1, budget // 4))
+        folder = Path(cache_dir or out.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        source: MemorySource | ShardSource = ShardSource(
+            Path(tempfile.mkdtemp(prefix=f".{out.name}.shards-", dir=folder)), device, max(1, budget // 4))
     else:
         source = MemorySource(device)
     try:
-        n_chunks = 0
-
-        def count(ch: Chunk) -> None:
-            nonlocal n_chunks
-            n_chunks += 1
-            source.add(ch)
-
-        sink = ChunkBuilder(class_rows, bg_rows, CHUNK_PX[device.type], storage, count) if instance else None
-        st = scan(inp, cfg, sink)
-        source.close()
-        if instance:
-            chunks, entropy = source, st.entropy
-        else:
-            pseudo = class_level_chunk(st, class_rows, bg_rows).to(device)
-            chunks, entropy = (lambda: [pseudo]), target_entropy(pseudo)
-        z = inp.text.vectors.to(device)
-        centroids = F.normalize(st.centroid_sum.float(), dim=1).to(device)
-        counts = st.counts.to(device)
-        gap_before = modality_gap(z, z, class_rows, centroids, counts)
-        t0 = time.perf_counter()
-        w, curve = descend(chunks, z, tau=cfg.tau_i, lr=cfg.lr, iters=cfg.iters, total_weight=st.n_px,
-                           on_iter=on_iter)
-        descent_s = time.perf_counter() - t0
-        gap_after = modality_gap(w, z, class_rows, centroids, counts)
+        got = learn(inp, cfg, source, device, storage, on_iter)
     finally:
-        if isinstance(source, ShardSource):
-            source.cleanup()
+        source.cleanup()
+    meta = write_result(out, inp, cfg, got)
+    plot_path = None
+    if plot is not False:
+        plot_path = plot_curve(got.curve, out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot,
+                               f"learn-prototypes: tau_I={cfg.tau_i} lr={cfg.lr} {cfg.targets}/{cfg.regularization}")
+    return {**meta, "out": str(out), "plot": None if plot_path is None else str(plot_path),
+            "mode": "stream" if streaming else "memory", "device": str(device), "precision": str(compute),
+            "resident_bytes_estimate": need, "budget_bytes": budget, "chunks": source.n_chunks,
+            "shards": len(getattr(source, "paths", [])), "seconds": time.perf_counter() - start,
+            "s_per_iter": got.descent_s / (cfg.iters + 1)}
+
+
+def write_result(out: Path, inp: Inputs, cfg: LearnPrototypesConfig, got: Learned) -> dict[str, Any]:
+    """Write the prototypes file (rows, names and model of the text prototypes); returns its extra metadata."""
     meta = {
         "text_prototypes": {"path": str(inp.text.path), "sha256": io.sha256_file(inp.text.path),
                             "source": inp.text.source},
         "tau_i": cfg.tau_i, "iterations": cfg.iters, "lr": cfg.lr, "targets": cfg.targets,
         "threshold": cfg.threshold, "regularization": cfg.regularization,
-        "final_loss": curve[-1], "final_kl": curve[-1] - entropy / st.n_px,
-        "gap_before": gap_before, "gap_after": gap_after, "loss_curve": subsample(curve),
-        "n_pixels": st.n_px, "n_images": len(inp.items),
+        "final_loss": got.curve[-1], "final_kl": got.kl, "gap_before": got.gap_before, "gap_after": got.gap_after,
+        "loss_curve": subsample(got.curve), "n_pixels": got.n_pixels, "n_images": len(inp.items),
     }
     params = {**to_params(cfg), "inputs": inp.records, "text_prototypes": meta["text_prototypes"]}
-    protos = io.Prototypes(w.cpu(), inp.text.row_class, inp.text.row_names, classes=inp.classes,
+    protos = io.Prototypes(got.w, inp.text.row_class, inp.text.row_names, classes=inp.classes,
                            temperature=cfg.tau_i, source="vision", model=inp.text.model, params=params)
     io.write_prototypes(out, protos, **meta)
-    plot_path = None
-    if plot is not False:
-        plot_path = plot_curve(curve, out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot,
-                               f"learn-prototypes: tau_I={cfg.tau_i} lr={cfg.lr} {cfg.targets}/{cfg.regularization}")
-    return {**meta, "out": str(out), "plot": None if plot_path is None else str(plot_path),
-            "mode": "stream" if streaming else "memory", "device": str(device), "precision": str(compute),
-            "resident_bytes_estimate": need, "budget_bytes": budget, "seconds": time.perf_counter() - start,
-            "chunks": n_chunks, "shards": len(source.paths) if streaming else 0,
-            "s_per_iter": descent_s / max(cfg.iters + 1, 1)}
+    return meta
