@@ -345,9 +345,7 @@ class ClipBackbone:
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Prompts -> ``[N, D]`` float32 L2-normalised text embeddings."""
         parts = self._text_parts()
-        if parts["pool"] != "argmax" or parts["cls_emb"] is not None:
-            import open_clip  # unusual text towers: no truncation trick, use open_clip's own path
-
+        if parts["pool"] != "argmax" or parts["cls_emb"] is not None:  # unusual towers: open_clip's own path
             tokens = self.tokenizer(list(texts)).to(self.device)
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
         out = []

@@ -179,15 +179,8 @@ def cams_for_image(bb: ClipBackbone, feats: io.Features, protos: io.Prototypes, 
 
 
 # --------------------------------------------------------------------------------------------- the stage
-@dataclass
-class CamSummary:
-    done: int
-    skipped: int
-    seconds: float
+CamSummary = io.StageSummary
 
-    @property
-    def images_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
 
 
 def prototypes_identity(protos: io.Prototypes) -> dict:

@@ -272,15 +272,10 @@ def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], Non
 
 # --------------------------------------------------------------------------------------------- the stage
 @dataclass
-class CrfSummary:
-    done: int
-    skipped: int
-    seconds: float
-    workers: int  # processes that ran (1 = in this process)
+class CrfSummary(io.StageSummary):
+    workers: int = 1  # processes that ran (1 = in this process)
 
-    @property
-    def images_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
+
 
 
 def check_config(cfg: CrfConfig) -> None:

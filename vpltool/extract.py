@@ -25,7 +25,7 @@ import torch
 
 from . import io
 from .io import FEATURES_KIND as KIND
-from .io import Features, feature_path, read_features  # noqa: F401  (re-exported)
+from .io import feature_path
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import ExtractConfig, RuntimeConfig, to_params
 from .data import Dataset, Item, load_image
@@ -36,15 +36,10 @@ STAGE = "extract"
 
 
 @dataclass
-class ExtractSummary:
-    done: int
-    skipped: int
-    seconds: float
-    complete: bool
+class ExtractSummary(io.StageSummary):
+    complete: bool = False  # every item of the whole dataset (all shards) is present
 
-    @property
-    def images_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
+
 
 
 def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, np.ndarray]]:

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +260,19 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- stage folders
+@dataclass
+class StageSummary:
+    """What a per-image stage did in one run: items written, items skipped as already done, wall seconds."""
+
+    done: int
+    skipped: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
 def stage_record_path(folder: str | os.PathLike) -> Path:
     return Path(folder) / STAGE_RECORD
 

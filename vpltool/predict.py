@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -132,15 +131,8 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------------------------- the stage
-@dataclass
-class PredictSummary:
-    done: int
-    skipped: int
-    seconds: float
+PredictSummary = io.StageSummary
 
-    @property
-    def images_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
 
 
 def _check(cfg: PredictConfig) -> None:
