@@ -39,7 +39,7 @@ DATA_DEP ?= $(RUN)/world/_stage.json
 MODEL_DEP ?= vpltool/assets/toy-clip/open_clip_model.safetensors
 
 .PHONY: help setup test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder predict report bench docs clean-demo
+        pseudo decoder predict report bench docs toy-clip clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -133,6 +133,10 @@ bench: setup
 ## Regenerate docs/cli.md from the commands' --help
 docs: setup
 	$(VENV)/bin/typer vpltool.cli utils docs --name vpltool --output docs/cli.md
+
+## Retrain the shipped toy CLIP from its seed (not part of CI; ~15-35 min on 2 cores)
+toy-clip: setup
+	$(VPL) train-toy-clip vpltool/assets/toy-clip
 
 ## Remove the demo run folder
 clean-demo:
