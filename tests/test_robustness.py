@@ -1,25 +1,65 @@
-"""Crash safety: a stage killed with SIGKILL mid-run leaves only complete files and resumes to the same result."""
+"""Fault tolerance and bad input, through the real CLI.
+
+* Crash safety: a stage killed with SIGKILL mid-run leaves only complete files, never looks finished, and the same
+  command resumes it to exactly the uninterrupted run's result (extract, cam, crf, train-decoder).
+* A second run on a locked output folder, a full disk or a denied write: one error line, exit 2, nothing half
+  written, the folder left as it was.
+* Determinism: seeded stages repeat byte for byte on CPU.
+* Every bad input of ``robustness_cases.py``: exit 2, one ``error:`` line, and docs/robustness.md is current.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import robustness_cases as rc  # tests/ is on sys.path: pytest imports test modules from their own folder
 import torch
+from PIL import Image
 
 from vpltool import io
+from vpltool.train import read_log
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "robustness.md"
+N_IMAGES = 41  # big_world: 40 train + 1 val scenes, all in the folder layout's default split
+DECODER_ITERS, CHECKPOINT_EVERY = 8, 2
 
 
-def _extract_cmd(world: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "vpltool", "extract", str(world), "-o", str(out), "--model", "vpl-test-vit",
-            "--pretrained", "none", "--batch-size", "1", "--workers", "1", "--device", "cpu"]
+# --------------------------------------------------------------------------------------------- the commands
+def _extract_args(world: Path, out: Path) -> list[object]:
+    return ["extract", world, "-o", out, *rc.TINY, "--batch-size", "1", "--workers", "1", *rc.CPU]
 
 
+def _cam_args(features: Path, text: Path, out: Path) -> list[object]:
+    return ["cam", features, "-p", text, "-o", out, *rc.CPU]
+
+
+def _crf_args(cams: Path, out: Path) -> list[object]:
+    return ["crf", cams, "-o", out, "--workers", "1"]
+
+
+def _decoder_args(pseudo: Path, text: Path, out: Path, resume: bool = True) -> list[object]:
+    """A tiny decoder; ``--resume`` from the start, as a preemptible job passes it (a fresh start without a
+    checkpoint), so that re-running the very same command continues a killed run."""
+    return ["train-decoder", pseudo, "-p", text, "-o", out, "--iters", DECODER_ITERS, "--checkpoint-every",
+            CHECKPOINT_EVERY, "--batch-size", "2", "--dim", "16", "--layers", "1", "--heads", "2", "--crop-size", "64",
+            "--workers", "1", *rc.CPU, *(["--resume"] if resume else [])]
+
+
+def _predict_args(decoder: Path, out: Path) -> list[object]:
+    return ["predict", decoder / "decoder.safetensors", "-o", out, *rc.CPU]
+
+
+# --------------------------------------------------------------------------------------------- shared inputs
 @pytest.fixture(scope="module")
 def big_world(tmp_path_factory) -> Path:
     from vpltool.demo.scenes import write_dataset
@@ -27,30 +67,304 @@ def big_world(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("big"), n_train=40, n_val=1, seed=1)
 
 
-def test_extract_killed_mid_run_resumes_to_the_same_features(big_world, tmp_path):
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(_extract_cmd(big_world, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(killed.glob("*.safetensors"))) < 3 and proc.poll() is None:
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        pytest.skip("extract finished before it could be killed")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+# Each finished folder below is also the uninterrupted run that a killed-and-resumed run must reproduce.
+@pytest.fixture(scope="module")
+def features(big_world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("features")
+    rc.cli_ok(*_extract_args(big_world, out))
+    return out
 
-    assert not (killed / io.STAGE_RECORD).exists()  # an interrupted stage never looks finished
-    done = sorted(killed.glob("*.safetensors"))
-    assert 3 <= len(done) < 41
-    for path in done:  # every file that exists is complete and valid: temp names never look like outputs
-        io.read_features(path)
 
-    subprocess.run(_extract_cmd(big_world, killed), check=True, capture_output=True)
-    subprocess.run(_extract_cmd(big_world, clean), check=True, capture_output=True)
-    assert io.read_stage_record(killed, "extract")["count"] == 41
-    for path in sorted(clean.glob("*.safetensors")):
-        a, b = io.read_features(path), io.read_features(killed / path.name)
+@pytest.fixture(scope="module")
+def text(features, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("text") / "text.safetensors"
+    rc.cli_ok("text-prototypes", features, "-o", out, *rc.TEXT_ARGS, *rc.CPU)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cams(features, text, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cams")
+    rc.cli_ok(*_cam_args(features, text, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pseudo(cams, tmp_path_factory) -> Path:
+    pytest.importorskip("pydensecrf.densecrf")
+    out = tmp_path_factory.mktemp("pseudo")
+    rc.cli_ok(*_crf_args(cams, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def decoder(pseudo, text, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("decoder")
+    rc.cli_ok(*_decoder_args(pseudo, text, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def predictions(decoder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("predictions")
+    rc.cli_ok(*_predict_args(decoder, out))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- helpers
+PACE_S = 0.2
+# The CLI with every atomic write paused between its finished temporary file and the rename: without the pause
+# a cam or decoder run on this tiny model is over before the poll below can see it start, and with it the kill
+# lands mid-run every time (mostly inside such a pause, where a non-atomic writer would leave a half file).
+PACED_CLI = f"""
+import contextlib, sys, time
+from vpltool import io
+from vpltool.cli import app
+
+real_atomic_path = io.atomic_path
+
+@contextlib.contextmanager
+def paced_atomic_path(path):
+    with real_atomic_path(path) as tmp:
+        yield tmp
+        time.sleep({PACE_S})
+
+io.atomic_path = paced_atomic_path
+app(sys.argv[1:], prog_name="vpltool")
+"""
+
+
+def _kill_mid_run(args: list[object], started: Callable[[], bool], timeout: float = 120) -> None:
+    """Run ``vpltool ARGS`` in its own process group; SIGKILL the whole group (data-loader workers included)
+    as soon as ``started()`` holds."""
+    proc = subprocess.Popen([sys.executable, "-c", PACED_CLI, *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not started():
+            if proc.poll() is not None:
+                pytest.fail(f"{args[0]} ended (exit {proc.returncode}) before it could be killed: "
+                            f"{proc.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{args[0]} wrote nothing within {timeout} s")
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _visible(folder: Path) -> list[str]:
+    """Relative paths of the files a user or a later stage sees: temporary and lock files are hidden (".name")."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in _visible(folder)}
+
+
+def _assert_reads_back(folder: Path) -> None:
+    """Every visible file is complete: it parses as what its name says."""
+    for name in _visible(folder):
+        path = folder / name
+        if path.suffix == ".safetensors":
+            io.read_header(path)
+        elif path.suffix == ".png":  # masks, or the decoder's RGB loss curve
+            with Image.open(path) as img:
+                img.load()
+        elif path.suffix == ".json":
+            io.read_json(path)
+        elif path.suffix == ".jsonl":
+            read_log(path)
+
+
+def _assert_interrupted(folder: Path, pattern: str, read: Callable[[Path], object]) -> int:
+    """The killed folder never looks finished and holds only complete items; returns how many."""
+    assert not (folder / io.STAGE_RECORD).exists()
+    done = sorted(folder.glob(pattern))
+    assert 3 <= len(done) < N_IMAGES
+    for path in done:
+        read(path)
+    _assert_reads_back(folder)
+    return len(done)
+
+
+def _resume(args: list[object], skipped: int) -> None:
+    """Re-run the same command; it must skip exactly the items the killed run finished."""
+    r = rc.invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert f", {skipped} already done" in r.output
+
+
+def _one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = rc.error_lines(output)
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in output, output
+    return errors[0]
+
+
+# --------------------------------------------------------------------------------------------- kill -9
+def test_extract_killed_mid_run_resumes_to_the_same_features(big_world, features, tmp_path):
+    out = tmp_path / "features"
+    args = _extract_args(big_world, out)
+    _kill_mid_run(args, lambda: len(list(out.glob("*.safetensors"))) >= 3)
+    n = _assert_interrupted(out, "*.safetensors", io.read_features)
+    _resume(args, skipped=n)
+    assert io.read_stage_record(out, "extract")["count"] == N_IMAGES
+    assert _visible(out) == _visible(features)  # a temp file the kill left is hidden: never taken for an output
+    for path in sorted(features.glob("*.safetensors")):
+        a, b = io.read_features(path), io.read_features(out / path.name)
         assert torch.equal(a.dense, b.dense) and torch.equal(a.last_block_input, b.last_block_input)
-    # a temp file the kill may leave behind is hidden (".<name>.<random>.tmp"): the visible files are exactly the
-    # uninterrupted run's
-    visible = lambda folder: sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))  # noqa: E731
-    assert visible(killed) == visible(clean)
+
+
+def test_cam_killed_mid_run_resumes_to_the_same_cams(features, text, cams, tmp_path):
+    out = tmp_path / "cams"
+    args = _cam_args(features, text, out)
+    _kill_mid_run(args, lambda: len(list(out.glob("*.safetensors"))) >= 3)
+    n = _assert_interrupted(out, "*.safetensors", io.read_cam)
+    _resume(args, skipped=n)
+    assert _visible(out) == _visible(cams)
+    assert io.read_json(out / io.STAGE_RECORD) == io.read_json(cams / io.STAGE_RECORD)
+    for path in sorted(cams.glob("*.safetensors")):
+        (a, a_labels, a_file), (b, b_labels, b_file) = io.read_cam(path), io.read_cam(out / path.name)
+        assert torch.equal(a, b) and torch.equal(a_labels, b_labels) and a_file.raw_meta == b_file.raw_meta
+
+
+def test_crf_killed_mid_run_resumes_to_byte_identical_masks(cams, pseudo, tmp_path):
+    out = tmp_path / "pseudo"
+    args = _crf_args(cams, out)
+    _kill_mid_run(args, lambda: len(list(out.glob("*.png"))) >= 3)
+    n = _assert_interrupted(out, "*.png", io.read_mask)
+    _resume(args, skipped=n)
+    assert _snapshot(out) == _snapshot(pseudo)  # every mask and the record, byte for byte
+
+
+def test_train_decoder_killed_mid_run_resumes_to_the_same_weights(pseudo, text, decoder, tmp_path):
+    out = tmp_path / "decoder"
+    args = _decoder_args(pseudo, text, out)
+    checkpoint = out / "checkpoints" / "last.safetensors"
+    _kill_mid_run(args, checkpoint.is_file)
+    assert not (out / "decoder.safetensors").exists()  # never looks finished
+    reached = io.read_tensors(checkpoint, kind="decoder-checkpoint", keys=()).meta("iteration")
+    assert CHECKPOINT_EVERY <= reached < DECODER_ITERS and reached % CHECKPOINT_EVERY == 0
+    _assert_reads_back(out)
+    with open(out / "log.jsonl", "a") as fh:  # a log line cut short, as a full disk or a power cut leaves it
+        fh.write('{"iter": 9, "lo')
+
+    r = rc.invoke(*args)
+    assert r.exit_code == 0, r.output
+    final = io.read_tensors(out / "decoder.safetensors", kind="decoder").tensors
+    reference = io.read_tensors(decoder / "decoder.safetensors", kind="decoder").tensors
+    assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
+
+    def losses(folder: Path) -> list[dict]:
+        return [{k: v for k, v in rec.items() if k != "sec"} for rec in read_log(folder / "log.jsonl")]
+
+    assert losses(out) == losses(decoder) and losses(out)[-1]["iter"] == DECODER_ITERS
+
+
+# --------------------------------------------------------------------------------------------- locked, full, denied
+def _stage_command(stage: str, request, out: Path) -> list[object]:
+    """``stage``'s command writing ``out``, its inputs taken from the module fixtures."""
+    get = request.getfixturevalue
+    return {
+        "extract": lambda: _extract_args(get("big_world"), out),
+        "cam": lambda: _cam_args(get("features"), get("text"), out),
+        "crf": lambda: _crf_args(get("cams"), out),
+        "train-decoder": lambda: _decoder_args(get("pseudo"), get("text"), out, resume=False),
+        "predict": lambda: _predict_args(get("decoder"), out),
+    }[stage]()
+
+
+FINISHED = {"extract": "features", "cam": "cams", "crf": "pseudo", "train-decoder": "decoder",
+            "predict": "predictions"}
+
+
+@pytest.mark.parametrize("stage", list(FINISHED))
+def test_a_locked_output_folder_is_refused_and_left_untouched(stage, request, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(request.getfixturevalue(FINISHED[stage]), out)
+    before = _snapshot(out)
+    # --overwrite: were the run let in, it would reset the folder first (remove its record / decoder)
+    args = [*_stage_command(stage, request, out), "--overwrite"]
+    with io.output_lock(out):
+        r = rc.invoke(*args)
+    assert r.exit_code == 2
+    line = _one_error_line(r.output)
+    assert line == f"error: {out}: another vpltool run is writing here; wait for it or choose another --out"
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("stage, code, message", [
+    ("cam", errno.ENOSPC, "no space left on device writing {path}: free space or choose another --out"),
+    ("crf", errno.EACCES, "permission denied writing {path}: fix the folder's permissions or choose another --out"),
+    ("train-decoder", errno.ENOSPC, "no space left on device writing {path}: free space or choose another --out"),
+    ("predict", errno.EROFS, "read-only file system writing {path}: choose another --out"),
+], ids=["cam-ENOSPC", "crf-EACCES", "train-decoder-ENOSPC", "predict-EROFS"])
+def test_a_failing_disk_is_one_line_and_leaves_only_complete_files(stage, code, message, request, tmp_path):
+    out = tmp_path / "out"
+    args = _stage_command(stage, request, out)
+    with rc.failing_writes(code, after=2):  # two files make it to disk, the third fails half-way
+        r = rc.invoke(*args)
+    assert r.exit_code == 2
+    line = _one_error_line(r.output)
+    path = re.fullmatch(r"error: \S+ .*? writing (\S+): .*", line).group(1)
+    assert line == "error: " + message.format(path=path)
+    assert Path(path).parent in (out, out / "checkpoints")  # the file asked for, not its temporary name
+    assert not list(out.rglob("*.tmp"))  # the half-written temporary was removed
+    assert not (out / io.STAGE_RECORD).exists() and not (out / "decoder.safetensors").exists()
+    assert len(_visible(out)) == 2  # what was written before the disk failed is kept, and complete
+    _assert_reads_back(out)
+    # a write that would have replaced a file (the decoder's second checkpoint) keeps the previous one
+    assert Path(path).exists() == (stage == "train-decoder")
+    if stage == "train-decoder":
+        assert io.read_tensors(path, kind="decoder-checkpoint", keys=()).meta("iteration") == CHECKPOINT_EVERY
+
+
+# --------------------------------------------------------------------------------------------- determinism
+# crf: two runs are byte-identical in tests/test_crf.py (1 vs 2 worker processes) and in the kill test above.
+def test_predict_twice_gives_byte_identical_masks(decoder, predictions, tmp_path):
+    again = tmp_path / "again"
+    rc.cli_ok(*_predict_args(decoder, again))
+    assert len(list(again.glob("*.png"))) == N_IMAGES
+    assert _snapshot(again) == _snapshot(predictions)
+
+
+def test_learn_prototypes_twice_gives_identical_prototypes(features, cams, text, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.safetensors"
+        rc.cli_ok("learn-prototypes", features, "-c", cams, "-t", text, "-o", out, "--iters", "20", *rc.CPU)
+        runs.append(io.read_prototypes(out).vectors)
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[0], io.read_prototypes(text).vectors)  # they did move away from the text
+
+
+# --------------------------------------------------------------------------------------------- bad input table
+@pytest.fixture(scope="module")
+def case_rows(tmp_path_factory):
+    return rc.run_all(rc.Workspace(tmp_path_factory.mktemp("cases")))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@pytest.mark.parametrize("index", range(len(rc.CASES)), ids=[_slug(c.name) for c in rc.CASES])
+def test_bad_input_is_one_error_line_and_exit_2(case_rows, index):
+    case, command, outcome = case_rows[index]
+    assert outcome.exit_code == 2 and not outcome.traceback, (command, outcome)
+    assert len(outcome.error_lines) == 1 and outcome.last_line == outcome.error_lines[0], (command, outcome)
+
+
+def test_messages_are_printed_verbatim(case_rows):
+    """Square brackets in a message are text, not rich markup (which would print "pip install 'vpltool'")."""
+    [(_, _, outcome)] = [row for row in case_rows if row[0].name.startswith("CRF extra")]
+    assert "pip install 'vpltool[crf]'" in outcome.error_lines[0]
+
+
+def test_docs_robustness_md_is_generated_from_the_cases(case_rows):
+    assert DOC.read_text() == rc.render(case_rows), (
+        "docs/robustness.md is out of date: run .venv/bin/python benchmarks/robustness_table.py")

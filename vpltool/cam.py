@@ -213,16 +213,16 @@ def run_cam(
         raise VplError(f"--refine {cfg.refine!r}: choose caa, caa+sgc or none")
     temperature = cfg.temperature or protos.temperature
     params = {**to_params(cfg), "temperature": temperature, "prototypes": prototypes_identity(protos)}
-    io.prepare_stage_dir(out, STAGE, params, runtime.overwrite)
     ident = record["inputs"]["dataset"]
     ids = sorted(p.stem for p in features.glob("*.safetensors"))
-    todo = [i for i in ids if not io.item_done(io.cam_path(out, i), runtime.overwrite)]
-    if on_start:
-        on_start(len(todo))
     has_tokens = record["params"].get("store_tokens", True)
     need_images = cfg.refine == "caa+sgc" or overlays is not None or not has_tokens
     start = time.perf_counter()
-    with io.output_lock(out):
+    with io.output_lock(out):  # before prepare_stage_dir: a refused run must not touch the folder
+        io.prepare_stage_dir(out, STAGE, params, runtime.overwrite)
+        todo = [i for i in ids if not io.item_done(io.cam_path(out, i), runtime.overwrite)]
+        if on_start:
+            on_start(len(todo))
         if todo:
             device = resolve_device(runtime.device)
             spec = ModelSpec.from_identity(record["params"]["model"])

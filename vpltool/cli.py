@@ -1,8 +1,8 @@
 """The `vpltool` command line: a thin typer layer over the library, one command per stage.
 
 Heavy imports (torch, open_clip) happen inside the commands, so ``vpltool --help`` stays fast. User mistakes
-(:class:`vpltool.errors.VplError`) print one red line on stderr and exit with code 2; anything else is a bug
-and keeps its traceback.
+(:class:`vpltool.errors.VplError`, and writes that fail for lack of space or permission) print one red line on
+stderr and exit with code 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ from .config import (
     DEFAULT_MODEL, DEFAULT_PRETRAINED, CamConfig, CrfConfig, EvalConfig, ExtractConfig, LearnPrototypesConfig,
     RuntimeConfig, TextPrototypesConfig,
 )
-from .errors import VplError
+from .errors import VplError, write_error
 
 app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_show_locals=False, add_completion=False,
@@ -76,7 +76,8 @@ def root(
 
 
 def friendly_errors(fn: Callable) -> Callable:
-    """Turn a VplError into one red line + exit 2; keep tracebacks for real bugs."""
+    """Turn a VplError, or a write that failed for lack of space or permission, into one red line + exit 2; keep
+    tracebacks for real bugs."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -86,13 +87,25 @@ def friendly_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except VplError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            _error_line(e)
+        except OSError as e:  # one that escaped the library's own handling (its writes name their files)
+            user_error = write_error(e.filename, e, action="accessing")  # it may have been a read
+            if user_error is None:
+                raise
+            _error_line(user_error)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished items are kept; re-run the same command to resume")
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def _error_line(e: VplError) -> NoReturn:
+    from rich.markup import escape
+
+    # escaped: rich would take "[crf]" in "pip install 'vpltool[crf]'" for a style tag and drop it
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2) from None
 
 
 @contextmanager

@@ -332,18 +332,18 @@ def run_crf(
         raise ContractError(f"{io.stage_record_path(cams_dir)}: names no dataset; re-run `vpltool cam`")
     dataset = open_dataset(ident["root"], ident.get("split"))
     params = to_params(cfg)
-    io.prepare_stage_dir(out, STAGE, params, runtime.overwrite)
     ids = sorted(p.stem for p in cams_dir.glob("*.safetensors"))
     images = {item.id: str(item.image) for item in dataset.items}
     unknown = [i for i in ids if i not in images]
     if unknown:
         raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
                        f"{ident['root']} (split {ident.get('split')}); was the dataset changed after `cam`?")
-    todo = [(i, images[i]) for i in ids if not io.item_done(mask_path(out, i), runtime.overwrite)]
-    if on_start:
-        on_start(len(todo))
     start = time.perf_counter()
-    with io.output_lock(out):
+    with io.output_lock(out):  # before prepare_stage_dir: a refused run must not touch the folder
+        io.prepare_stage_dir(out, STAGE, params, runtime.overwrite)
+        todo = [(i, images[i]) for i in ids if not io.item_done(mask_path(out, i), runtime.overwrite)]
+        if on_start:
+            on_start(len(todo))
         workers = resolve_workers(runtime.workers)
         chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes), cfg=cfg)
         workers = _run_chunks(chunks, workers, on_item)

@@ -1,9 +1,13 @@
 """Exceptions the CLI turns into one red line and exit code 2.
 
-Anything that is *not* a :class:`VplError` is a bug and keeps its traceback.
+Anything that is *not* a :class:`VplError` is a bug and keeps its traceback, except a write that fails for lack of
+space or permission (:func:`write_error`), which the user fixes, not the code.
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 
 class VplError(Exception):
@@ -16,3 +20,29 @@ class ContractError(VplError):
 
 class MissingDependencyError(VplError):
     """An optional dependency (e.g. the CRF extra) is not installed."""
+
+
+# errno -> (what happened, what to do). Disk full and missing permissions are the user's to fix, not bugs.
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("no space left on device", "free space or choose another --out"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or choose another --out"),
+    errno.EACCES: ("permission denied", "fix the folder's permissions or choose another --out"),
+    errno.EPERM: ("operation not permitted", "fix the folder's permissions or choose another --out"),
+    errno.EROFS: ("read-only file system", "choose another --out"),
+}
+
+
+def write_error(path: str | os.PathLike | None, e: OSError, action: str = "writing") -> VplError | None:
+    """The one-line error for a failed write the user can fix (disk full, no permission, read-only), else None.
+
+    ``path`` is the file the user asked for (not a temporary name); the message reads
+    ``no space left on device writing PATH: free space or choose another --out``. ``action`` replaces "writing"
+    for a permission error that may have come from a read.
+    """
+    what = _WRITE_ERRORS.get(e.errno)
+    if what is None:
+        return None
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only ever a write
+        action = "writing"
+    where = f" {action} {path}" if path else ""
+    return VplError(f"{what[0]}{where}: {what[1]}")

@@ -121,14 +121,14 @@ def run_extract(
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     params = {**to_params(cfg), "model": spec.identity()}
-    io.prepare_stage_dir(out, STAGE, params, runtime.overwrite and index == 0)
     part = dataset.shard(index, count)
-    todo = [it for it in part.items if not io.item_done(feature_path(out, it.id), runtime.overwrite)]
-    if on_start:
-        on_start(len(todo))
     start = time.perf_counter()
     lock_name = io.LOCK_FILE if count == 1 else f"{io.LOCK_FILE}.{index}-of-{count}"
-    with io.output_lock(out, lock_name):
+    with io.output_lock(out, lock_name):  # before prepare_stage_dir: a refused run must not touch the folder
+        io.prepare_stage_dir(out, STAGE, params, runtime.overwrite and index == 0)
+        todo = [it for it in part.items if not io.item_done(feature_path(out, it.id), runtime.overwrite)]
+        if on_start:
+            on_start(len(todo))
         if todo:
             bb = backbone or load_backbone(spec, device)
             n_attn = min(cfg.attention_blocks, bb.n_blocks) - 1

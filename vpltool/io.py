@@ -13,7 +13,6 @@ See docs/file-formats.md for the per-kind keys, shapes and dtypes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -22,13 +21,13 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
 
 from . import __version__
-from .errors import ContractError, VplError
+from .errors import ContractError, VplError, write_error
 
 FORMAT_VERSION = "1"
 STAGE_RECORD = "_stage.json"
@@ -45,17 +44,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as e:
-        raise VplError(f"{path.parent}: cannot write here ({e.strerror}); choose another --out") from None
+        raise write_error(path, e) or VplError(f"{path.parent}: cannot write here ({e.strerror}); "
+                                               "choose another --out") from None
     tmp = Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise VplError(f"{path}: write failed ({e.strerror}); free space or choose another --out") from None
-        raise
+        _raise_write_error(path, e)
     finally:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # a failed write leaves neither a half file nor its temporary
+
+
+def _raise_write_error(path: str | os.PathLike, e: OSError) -> NoReturn:
+    """Re-raise ``e`` as the one-line error naming ``path`` when the user can fix it; unchanged otherwise."""
+    error = write_error(path, e)
+    if error is None:
+        raise e
+    raise error from None
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` + newline to a log file; a full disk or a missing permission is a one-line error."""
+    try:
+        with open(path, "a") as fh:
+            fh.write(line + "\n")
+    except OSError as e:
+        _raise_write_error(path, e)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -309,12 +324,9 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
     the record is removed first so that an interrupted re-run can never look complete.
     """
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VplError(f"{folder}: cannot create output folder ({e.strerror})") from None
+    _make_output_folder(folder)
     if not os.access(folder, os.W_OK):
-        raise VplError(f"{folder}: permission denied; choose another --out")
+        raise VplError(f"permission denied writing {folder}: fix the folder's permissions or choose another --out")
     record = stage_record_path(folder)
     if record.is_file():
         old = read_json(record)
@@ -327,6 +339,13 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
     return folder
 
 
+def _make_output_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(folder, e) or VplError(f"{folder}: cannot create output folder ({e.strerror})") from None
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str, sort_keys=True))
 
@@ -335,11 +354,16 @@ def _jsonable(obj: Any) -> Any:
 def output_lock(folder: str | os.PathLike, name: str = LOCK_FILE) -> Iterator[None]:
     """Hold an exclusive lock on an output folder; a second writer is refused at once, not interleaved.
 
-    ``name`` lets shards of one run (``--shard i/n``) hold separate locks on the same folder.
+    Take it before anything in the folder changes (:func:`prepare_stage_dir` included: ``--overwrite`` removes
+    the record), so that a refused run leaves the folder as it found it. ``name`` lets shards of one run
+    (``--shard i/n``) hold separate locks on the same folder.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fh = open(folder / name, "a+")
+    _make_output_folder(folder)
+    try:
+        fh = open(folder / name, "a+")
+    except OSError as e:
+        _raise_write_error(folder / name, e)
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

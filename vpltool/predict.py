@@ -187,12 +187,12 @@ def run_predict(
     dataset = _open_split(f, data, split)
     decoder_id = {"path": str(f.path), "sha256": io.sha256_file(f.path)}
     params = {**to_params(cfg), "decoder": decoder_id}
-    io.prepare_stage_dir(out, STAGE, params, runtime.overwrite)
-    todo = [it for it in dataset.items if not io.item_done(out / f"{it.id}.png", runtime.overwrite)]
-    if on_start:
-        on_start(len(todo))
     start = time.perf_counter()
-    with io.output_lock(out):
+    with io.output_lock(out):  # before prepare_stage_dir: a refused run must not touch the folder
+        io.prepare_stage_dir(out, STAGE, params, runtime.overwrite)
+        todo = [it for it in dataset.items if not io.item_done(out / f"{it.id}.png", runtime.overwrite)]
+        if on_start:
+            on_start(len(todo))
         if todo:
             bb = backbone or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
             arch = f.meta("decoder_arch")

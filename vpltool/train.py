@@ -289,10 +289,15 @@ def _plain(v: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------- log + curve
 def read_log(path: Path, upto: int | None = None) -> list[dict[str, Any]]:
-    """The records of ``log.jsonl`` (those of iterations <= ``upto`` when given)."""
+    """The records of ``log.jsonl`` (those of iterations <= ``upto`` when given).
+
+    A last line without its newline is dropped: a write cut short (disk full, power loss) must not stop
+    ``--resume``, and that iteration is past the checkpoint anyway.
+    """
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # the piece after the last newline is empty or torn
+    records = [json.loads(line) for line in lines if line.strip()]
     return [r for r in records if upto is None or r["iter"] <= upto]
 
 
@@ -495,8 +500,7 @@ class _Run:
 
     def log(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
-            with open(self.log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            io.append_line(self.log_path, json.dumps(record))
 
     def validate(self, items, n: int) -> None:
         """Single-scale mIoU on the validation items (rank 0), logged and drawn."""

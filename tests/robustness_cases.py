@@ -1,0 +1,441 @@
+"""Every bad input we try, defined once: `test_robustness.py` checks them, `benchmarks/robustness_table.py`
+writes docs/robustness.md from them, so the page and the behaviour cannot drift apart.
+
+A case builds its bad input in a :class:`Workspace` (a tiny demo world and the finished stage folders of the
+random test CLIP ``vpl-test-vit``), then runs the real CLI in-process. In-process because some faults can only be
+injected there: we run as root (chmod denies nothing), a full disk cannot be made on demand, and the lock must be
+held by "another run". Every case must end with exit code 2 and one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+ASSETS = Path(__file__).parent / "assets"
+TINY = ["--model", "vpl-test-vit", "--pretrained", "none"]
+CPU = ["--device", "cpu"]
+TEXT_ARGS = ["--templates", "a photo of a {}.", "--background", "grass,sky,wall,water"]
+DECODER_ARGS = ["--iters", "2", "--batch-size", "2", "--dim", "16", "--layers", "1", "--heads", "2",
+                "--crop-size", "64", "--checkpoint-every", "1", "--workers", "1", *CPU]
+
+
+def configure_environment() -> None:
+    """Offline, CPU-only, one thread, the test model configs visible: the same world as the test suite's.
+
+    Call before torch or huggingface_hub is imported (they read these at import).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["VPLTOOL_MODEL_CONFIGS"] = str(ASSETS / "model_configs")
+
+
+# --------------------------------------------------------------------------------------------- running the CLI
+@dataclass
+class Outcome:
+    """What a user sees: the exit code and the ``error:`` lines, with the workspace prefix dropped from paths."""
+
+    exit_code: int
+    error_lines: list[str]
+    last_line: str
+    traceback: bool
+
+
+def invoke(*args: object):
+    """The CLI in this process (typer's CliRunner: stdout and stderr together in ``result.output``)."""
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def cli_ok(*args: object) -> None:
+    """Run a stage that must succeed (workspace set-up); its output in the error if it does not."""
+    r = invoke(*args)
+    if r.exit_code != 0:
+        raise RuntimeError(f"vpltool {' '.join(map(str, args))} failed ({r.exit_code}): {r.output[-2000:]}")
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+# --------------------------------------------------------------------------------------------- workspace
+class Workspace:
+    """A scratch folder holding a 4 + 2 scene world and every stage's finished output (built in ~3 s)."""
+
+    def __init__(self, root: Path):
+        from vpltool.demo.scenes import write_dataset
+
+        self.root = root
+        self.world = write_dataset(root / "world", n_train=4, n_val=2, seed=0)
+        self.features, self.text, self.cams = root / "features", root / "text.safetensors", root / "cams"
+        self.pseudo, self.decoder = root / "pseudo", root / "decoder"
+        cli_ok("extract", self.world, "--split", "train", "-o", self.features, *TINY, *CPU, "--workers", "1")
+        cli_ok("text-prototypes", self.features, "-o", self.text, *TEXT_ARGS, *CPU)
+        cli_ok("cam", self.features, "-p", self.text, "-o", self.cams, *CPU)
+        cli_ok("crf", self.cams, "-o", self.pseudo, "--workers", "1")
+        cli_ok("train-decoder", self.pseudo, "-p", self.text, "-o", self.decoder, *DECODER_ARGS)
+
+    def copy(self, source: Path, name: str) -> Path:
+        """A private copy of a workspace folder for a case to damage."""
+        target = self.root / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        return target
+
+    def out(self, name: str) -> Path:
+        """A fresh output path (removed if an earlier run left it)."""
+        path = self.root / name
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    def first_feature_file(self, folder: Path | None = None) -> Path:
+        return sorted((folder or self.features).glob("*.safetensors"))[0]
+
+    def relative(self, text: str) -> str:
+        """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``."""
+        return text.replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
+
+
+# --------------------------------------------------------------------------------------------- the cases
+@dataclass(frozen=True)
+class Case:
+    """One bad input: ``build(ws)`` is a context manager that makes it and yields the CLI arguments (and keeps
+    any in-process fault, such as a held lock or a full disk, active while the CLI runs)."""
+
+    name: str
+    build: Callable[[Workspace], contextlib.AbstractContextManager[list[object]]]
+
+    def run(self, ws: Workspace) -> tuple[list[object], Outcome]:
+        with self.build(ws) as args:
+            r = invoke(*args)
+        lines = [ws.relative(line) for line in r.output.splitlines() if line.strip()]
+        return args, Outcome(exit_code=r.exit_code, error_lines=[ln for ln in lines if ln.startswith("error:")],
+                             last_line=lines[-1] if lines else "",
+                             traceback="Traceback" in r.output or (r.exception is not None
+                                                                   and not isinstance(r.exception, SystemExit)))
+
+    def command(self, ws: Workspace, args: list[object]) -> str:
+        return ws.relative(shlex.join(["vpltool", *map(str, args)]))
+
+
+CASES: list[Case] = []
+
+
+def case(name: str):
+    """Register a generator function as a :class:`Case` (in the order of this file: the order of the table)."""
+
+    def register(fn):
+        CASES.append(Case(name, contextlib.contextmanager(fn)))
+        return fn
+
+    return register
+
+
+def _tensors_and_meta(path: Path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+# ---- datasets
+@case("corrupt image")
+def _corrupt_image(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_corrupt")
+    (world / "images" / "train_000001.png").write_bytes(b"not a png")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("missing image-label file (labels.csv)")
+def _missing_labels(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_no_labels")
+    (world / "labels.csv").unlink()
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("image listed in labels.csv but missing")
+def _missing_image(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_missing_image")
+    (world / "images" / "train_000002.png").unlink()
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("unknown split")
+def _unknown_split(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "--split", "test", "-o", ws.out("out"), *TINY, *CPU]
+
+
+# ---- wrong folder or file given to a stage
+@case("dataset folder where an extract folder belongs")
+def _dataset_for_features(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.world, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("another stage's folder (extract folder given to crf)")
+def _features_for_cams(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.features, "-o", ws.out("out"), "--workers", "1"]
+
+
+@case("interrupted stage folder (no _stage.json)")
+def _interrupted_cams(ws: Workspace) -> Iterator[list[object]]:
+    cams = ws.copy(ws.cams, "cams_interrupted")
+    (cams / "_stage.json").unlink()
+    yield ["crf", cams, "-o", ws.out("out"), "--workers", "1"]
+
+
+@case("CAM folder where pseudo masks belong (train-decoder)")
+def _cams_for_pseudo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.cams, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS]
+
+
+@case("features file where prototypes belong")
+def _features_for_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.first_feature_file(), "-o", ws.out("out"), *CPU]
+
+
+@case("prototypes file where a decoder belongs (predict)")
+def _prototypes_for_decoder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.text, "--split", "val", "-o", ws.out("out"), *CPU]
+
+
+# ---- files that do not match each other
+@case("prototypes of another dimension (another CLIP)")
+def _wide_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+
+    from vpltool import io
+
+    text = io.read_prototypes(ws.text)
+    wide = torch.nn.functional.normalize(torch.randn(len(text.vectors), text.dim + 4), dim=1)
+    path = ws.root / "wide.safetensors"
+    io.write_prototypes(path, io.Prototypes(wide, text.row_class, text.row_names, classes=text.classes,
+                                            temperature=0.01, source="text", model=text.model))
+    yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
+
+
+@case("prototypes made for other classes")
+def _other_classes(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "cat_dog.safetensors"
+    cli_ok("text-prototypes", "--classes", "cat,dog", *TINY, "--background", "sky", "--templates", "{}", "-o", path,
+           *CPU)
+    yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
+
+
+@case("CAM folder made from other features (learn-prototypes)")
+def _cams_of_other_features(ws: Workspace) -> Iterator[list[object]]:
+    cams = ws.copy(ws.cams, "cams_other")
+    record = json.loads((cams / "_stage.json").read_text())
+    record["inputs"]["features"] = "sha256:" + "0" * 64  # what a cam run on another extract folder records
+    (cams / "_stage.json").write_text(json.dumps(record))
+    yield ["learn-prototypes", ws.features, "-c", cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--iters", "2", *CPU]
+
+
+@case("interrupted decoder run re-run without --resume")
+def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.copy(ws.decoder, "decoder_interrupted")
+    (out / "decoder.safetensors").unlink()  # the checkpoint stays: what a killed run leaves
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", out, *DECODER_ARGS]
+
+
+# ---- damaged files
+@case("NaN in a features file")
+def _nan_features(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    features = ws.copy(ws.features, "features_nan")
+    path = ws.first_feature_file(features)
+    tensors, meta = _tensors_and_meta(path)
+    tensors["dense"][0, 0, 0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("truncated safetensors file")
+def _truncated_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_truncated")
+    path = ws.first_feature_file(features)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("RGB colour masks instead of class-index PNGs (eval)")
+def _rgb_masks(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    masks = ws.out("masks_rgb")
+    masks.mkdir()
+    for png in sorted((ws.world / "masks").glob("train_*.png")):
+        Image.open(png).convert("RGB").save(masks / png.name)
+    yield ["eval", masks, "--data", ws.world, "--split", "train"]
+
+
+# ---- the output folder
+@case("output folder locked by another run")
+def _locked(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    out = ws.out("cams_locked")
+    with io.output_lock(out):
+        yield ["cam", ws.features, "-p", ws.text, "-o", out, *CPU]
+
+
+@contextlib.contextmanager
+def failing_writes(code: int, after: int = 1) -> Iterator[None]:
+    """Atomic writes fail with ``OSError(code)`` once ``after`` of them succeeded, half-way through the file.
+
+    The real :func:`vpltool.io.atomic_path` runs around the fault, so its clean-up and its message are what is
+    tested; only the disk is fake.
+    """
+    from vpltool import io
+
+    real = io.atomic_path
+    done = [0]
+
+    @contextlib.contextmanager
+    def atomic_path(path):
+        with real(path) as tmp:
+            yield tmp
+            if done[0] >= after:
+                os.truncate(tmp, tmp.stat().st_size // 2)  # the disk filled up mid-file
+                raise OSError(code, os.strerror(code), str(tmp))
+            done[0] += 1
+
+    with mock.patch.object(io, "atomic_path", atomic_path):
+        yield
+
+
+@case("disk full while writing (simulated ENOSPC)")
+def _disk_full(ws: Workspace) -> Iterator[list[object]]:
+    with failing_writes(errno.ENOSPC):
+        yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_full"), *CPU]
+
+
+@case("permission denied on the output (simulated EACCES)")
+def _permission_denied(ws: Workspace) -> Iterator[list[object]]:
+    with failing_writes(errno.EACCES):
+        yield ["crf", ws.cams, "-o", ws.out("pseudo_denied"), "--workers", "1"]
+
+
+@case("read-only file system (simulated EROFS)")
+def _read_only(ws: Workspace) -> Iterator[list[object]]:
+    with failing_writes(errno.EROFS, after=0):
+        yield ["text-prototypes", ws.features, "-o", ws.out("text_ro.safetensors"), *TEXT_ARGS, *CPU]
+
+
+@case("disk full while appending to the training log (simulated ENOSPC)")
+def _log_full(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    def append_line(path, line):  # an OSError no library code converted: the CLI's last line of defence
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with mock.patch.object(io, "append_line", append_line):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_full"), *DECODER_ARGS]
+
+
+# ---- environment
+@case("--device cuda without CUDA")
+def _no_cuda(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+
+    with mock.patch.object(torch.cuda, "is_available", lambda: False):
+        yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), *TINY, "--device", "cuda"]
+
+
+@case("unknown model name")
+def _unknown_model(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "ViT-Nope-99",
+           "--pretrained", "none", *CPU]
+
+
+@case("pretrained tag offline, weights not cached")
+def _offline_tag(ws: Workspace) -> Iterator[list[object]]:
+    import huggingface_hub.constants as hf_constants
+
+    hub = ws.out("empty_hf_cache")
+    with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hub)}), \
+            mock.patch.object(hf_constants, "HF_HUB_CACHE", str(hub / "hub")):  # read at import: patch it too
+        yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "ViT-B-16",
+               "--pretrained", "openai", *CPU]
+
+
+@case("weights file not found")
+def _missing_weights(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "vpl-test-vit",
+           "--pretrained", ws.root / "missing.safetensors", *CPU]
+
+
+@case("CRF extra (pydensecrf2) not installed")
+def _no_pydensecrf(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.dict(sys.modules, {"pydensecrf": None, "pydensecrf.densecrf": None}):  # import fails
+        yield ["crf", ws.cams, "-o", ws.out("out"), "--workers", "1"]
+
+
+# ---- options
+@case("bad option value")
+def _bad_option(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.out("out"), "--parity", "caffe"]
+
+
+@case("bad --shard")
+def _bad_shard(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "-o", ws.out("out"), *TINY, "--shard", "2/2"]
+
+
+@case("eval of a bare mask folder without --data")
+def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
+    masks = ws.copy(ws.world / "masks", "bare_masks")
+    yield ["eval", masks]
+
+
+# --------------------------------------------------------------------------------------------- the page
+HEADER = """# Bad input: what the user sees
+
+Generated by `python benchmarks/robustness_table.py` from the cases in `tests/robustness_cases.py`; the test
+`tests/test_robustness.py` runs the same cases, checks that each ends with exit code 2 and one `error:` line, and
+fails when this page is out of date. Each case runs the real CLI on a 4-image demo world and the tiny random test
+CLIP `vpl-test-vit`; paths are relative to that scratch folder. Faults marked *simulated* are injected in-process
+(the tests run as root, where `chmod` denies nothing, and a disk cannot be filled on demand); the file-system
+error itself is real Python `OSError`, and the vpltool code that handles it is the shipped one.
+
+A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; finished items
+are kept, and re-running the same command resumes.
+"""
+
+
+def _cell(text: str) -> str:
+    """``text`` verbatim as a code span in a table cell (double backticks when it holds backticks)."""
+    text = text.replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def render(rows: list[tuple[Case, str, Outcome]]) -> str:
+    """The markdown page: one row per case, in the order of :data:`CASES`."""
+    lines = [HEADER, "| case | command | exit code | what the user sees |", "|---|---|---|---|"]
+    for c, command, outcome in rows:
+        seen = " / ".join(outcome.error_lines) or outcome.last_line
+        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_all(ws: Workspace) -> list[tuple[Case, str, Outcome]]:
+    rows = []
+    for c in CASES:
+        args, outcome = c.run(ws)
+        rows.append((c, c.command(ws, args), outcome))
+    return rows
