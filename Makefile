@@ -13,6 +13,9 @@ export HF_HUB_OFFLINE ?= 1
 RUN ?= runs/demo
 DATA ?= $(RUN)/world
 TRAIN_SPLIT ?= train
+# split the train-side stages (text CAMs, vision CAMs, pseudo masks) are scored on; empty = the split they ran on.
+# VOC convention: they run on train_aug (10,582) and are reported on train (1,464), its subset with official masks
+EVAL_SPLIT ?=
 VAL_SPLIT ?= val
 MODEL ?= vpltool-toy
 PRETRAINED ?= none
@@ -33,13 +36,42 @@ SEED ?= 0
 # decoder for the demo world: small (the toy CLIP is tiny), short schedule; the paper's is --iters 30000 at 320 px
 DEC_ITERS ?= 600
 DEC_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16 --cache-features
+# extra `vpltool predict` options (the paper recipe adds --crf: test-time CRF, Table 3's last row)
+PRED_ARGS ?=
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
 MODEL_DEP ?= vpltool/assets/toy-clip/open_clip_model.safetensors
+EVAL_SPLIT_ARG = $(if $(EVAL_SPLIT),--split $(EVAL_SPLIT))
+
+# ---- the paper's recipes (make voc / make coco): each setting can still be overridden on the command line
+# $(call pick,VAR,default): VAR's command-line value if one was given, else the recipe's default
+pick = $(if $(filter command line,$(origin $(1))),$($(1)),$(2))
+# settings shared by both datasets: VPL phase 1 (tau_I 0.03, lr 10, 3000 iterations) and phase 2 (SGD recipe,
+# batch 6, 30,000 iterations, crop 320 = DecoderConfig's defaults), CLIP-ES CAMs with CAA and its single prompt
+PAPER_ARGS = DATA_DEP= MODEL_DEP= MODEL=$(call pick,MODEL,ViT-B-16) PRETRAINED=$(call pick,PRETRAINED,openai) \
+  TEMPLATES='$(call pick,TEMPLATES,clip-es)' REFINE=$(call pick,REFINE,caa) TAU_I=$(call pick,TAU_I,0.03) \
+  ITERS=$(call pick,ITERS,3000) LR=$(call pick,LR,10) DEC_ITERS=$(call pick,DEC_ITERS,30000) \
+  DEC_ARGS='$(call pick,DEC_ARGS,--recipe vpl)' PRED_ARGS='$(call pick,PRED_ARGS,--crf)' \
+  VAL_SPLIT=$(call pick,VAL_SPLIT,val)
+VOC_ARGS = RUN=$(call pick,RUN,runs/voc) DATA=$(VOC_ROOT) TRAIN_SPLIT=$(call pick,TRAIN_SPLIT,train_aug) \
+  EVAL_SPLIT=$(call pick,EVAL_SPLIT,train) BACKGROUND=$(call pick,BACKGROUND,voc) BOX_THR=$(call pick,BOX_THR,0.4)
+COCO_ARGS = RUN=$(call pick,RUN,runs/coco) DATA=$(COCO_ROOT) TRAIN_SPLIT=$(call pick,TRAIN_SPLIT,train) \
+  EVAL_SPLIT=$(call pick,EVAL_SPLIT,) BACKGROUND=$(call pick,BACKGROUND,coco) BOX_THR=$(call pick,BOX_THR,0.7)
+# refuse at once (before setup runs) when the dataset root is missing: one line, exit 2
+ifneq ($(filter voc,$(MAKECMDGOALS)),)
+ifeq ($(strip $(VOC_ROOT)),)
+$(error make voc needs VOC_ROOT=/path/to/VOC2012 (a PASCAL VOC 2012 root with SegmentationClassAug and train_aug.txt; see docs/reproduce.md))
+endif
+endif
+ifneq ($(filter coco,$(MAKECMDGOALS)),)
+ifeq ($(strip $(COCO_ROOT)),)
+$(error make coco needs COCO_ROOT=/path/to/coco (a COCO 2014 WSSS root with SegmentationClass and train.txt/val.txt; see docs/reproduce.md))
+endif
+endif
 
 .PHONY: help setup test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder predict report bench docs toy-clip clean-demo
+        pseudo decoder predict report voc coco bench docs toy-clip clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -81,7 +113,7 @@ cams-text: $(RUN)/metrics/cams_text.json
 $(RUN)/cams_text/_stage.json: $(RUN)/features/_stage.json $(RUN)/text_prototypes.safetensors
 	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --refine $(REFINE) --device $(DEVICE) --overwrite
 $(RUN)/metrics/cams_text.json: $(RUN)/cams_text/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
 
 ## VPL phase 1: vision prototypes learned from the text-prototype CAMs
 learn-prototypes: $(RUN)/vision_prototypes.safetensors
@@ -94,14 +126,14 @@ cams-vision: $(RUN)/metrics/cams_vision.json
 $(RUN)/cams_vision/_stage.json: $(RUN)/features/_stage.json $(RUN)/vision_prototypes.safetensors
 	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --refine $(REFINE) --device $(DEVICE) --overwrite
 $(RUN)/metrics/cams_vision.json: $(RUN)/cams_vision/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
 
 ## Dense-CRF pseudo masks from the vision-prototype CAMs, and their mIoU
 pseudo: $(RUN)/metrics/pseudo.json
 $(RUN)/pseudo/_stage.json: $(RUN)/cams_vision/_stage.json
 	$(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 $(RUN)/metrics/pseudo.json: $(RUN)/pseudo/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
 
 ## VPL phase 2: decoder on the frozen CLIP, trained on the pseudo masks with CE + RSC
 decoder: $(RUN)/decoder/decoder.safetensors
@@ -112,7 +144,7 @@ $(RUN)/decoder/decoder.safetensors: $(RUN)/pseudo/_stage.json $(RUN)/vision_prot
 ## Decoder masks for the validation split, and their mIoU
 predict: $(RUN)/metrics/pred_val.json
 $(RUN)/pred_val/_stage.json: $(RUN)/decoder/decoder.safetensors
-	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) --device $(DEVICE) --overwrite
+	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
 $(RUN)/metrics/pred_val.json: $(RUN)/pred_val/_stage.json
 	$(VPL) eval $(<D) --json $@
 
@@ -122,19 +154,41 @@ $(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.js
                     $(RUN)/metrics/pred_val.json
 	$(VPL) demo-report $(RUN)
 
-## Benchmarks: each script prints one JSON object into benchmarks/results/, then docs/performance.md is rebuilt
-bench: setup
-	mkdir -p benchmarks/results
-	$(VENV)/bin/python benchmarks/bench_cam.py > benchmarks/results/cam.json
-	$(VENV)/bin/python benchmarks/bench_learn_prototypes.py --iters 30 > benchmarks/results/learn_prototypes.json
-	$(VENV)/bin/python benchmarks/bench_crf.py > benchmarks/results/crf.json
-	$(VENV)/bin/python benchmarks/make_table.py
+## The paper's whole pipeline on PASCAL VOC (VOC_ROOT=...), then the mIoU per stage; see docs/reproduce.md
+voc: setup
+	$(MAKE) report $(PAPER_ARGS) $(VOC_ARGS)
 
-## Regenerate docs/cli.md from the commands' --help
+## The paper's whole pipeline on COCO 2014 (COCO_ROOT=...), then the mIoU per stage; see docs/reproduce.md
+coco: setup
+	$(MAKE) report $(PAPER_ARGS) $(COCO_ARGS)
+
+## Benchmarks: each script prints one JSON object into benchmarks/results/, then docs/performance.md is rebuilt
+# BENCH_DEVICE=cuda runs them on the GPU (the CRF is CPU-only and records that); BENCH_ARGS=--quick smoke-tests them
+BENCH_DEVICE ?= cpu
+BENCH_ARGS ?=
+BENCH_OUT ?= benchmarks/results
+BENCH = $(VENV)/bin/python benchmarks
+# results written elsewhere (e.g. a --quick smoke test) render next to them, never over the docs
+BENCH_DOCS = $(if $(filter benchmarks/results,$(BENCH_OUT)),,--out $(BENCH_OUT)/performance.md --reproduce /dev/null)
+# $(call run_bench,SCRIPT,ARGS,RESULT): a failed run leaves the previous result in place, not a truncated file
+run_bench = $(BENCH)/$(1) --device $(BENCH_DEVICE) $(2) $(BENCH_ARGS) > $(BENCH_OUT)/$(3).tmp \
+	&& mv $(BENCH_OUT)/$(3).tmp $(BENCH_OUT)/$(3)
+bench: setup
+	mkdir -p $(BENCH_OUT)
+	$(call run_bench,bench_cam.py,,cam.json)
+	$(call run_bench,bench_learn_prototypes.py,--iters 30,learn_prototypes.json)
+	$(call run_bench,bench_crf.py,,crf.json)
+	$(call run_bench,bench_decoder.py,,decoder.json)
+	$(call run_bench,stage_costs.py,,stage_costs.json)
+	$(call run_bench,bench_demo.py,,demo.json)
+	$(BENCH)/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)
+
+## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup
 	$(VENV)/bin/typer vpltool.cli utils docs --name vpltool --output docs/cli.md
+	$(VENV)/bin/python benchmarks/robustness_table.py
 
-## Retrain the shipped toy CLIP from its seed (not part of CI; ~15-35 min on 2 cores)
+## Retrain the shipped toy CLIP from its seed (not part of CI; about 10 min on 2 cores, bit-identical)
 toy-clip: setup
 	$(VPL) train-toy-clip vpltool/assets/toy-clip
 

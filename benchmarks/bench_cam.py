@@ -6,9 +6,10 @@ VOC classes + 25 background words). The CLIP-ES formulation is rebuilt from the 
 present class one forward of the last block + one backward + CAA.
 
 Prints one JSON object: images/s of the CLIP-ES formulation, of vpltool's first full pass (extract + cam), of a
-second cam pass from the cache with other prototypes, the speed-ups, and the peak resident memory.
+second cam pass from the cache with other prototypes, the speed-ups, the machine, and the peak memory of each of
+the three (host RSS; on CUDA also the allocator's peak).
 
-    python benchmarks/bench_cam.py [--images 20] [--device cpu] [--model ViT-B-16]
+    python benchmarks/bench_cam.py [--images 20] [--device cpu|cuda] [--model ViT-B-16] [--quick]
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "model_configs"  # the tiny vpl-test-vit
+QUICK = {"images": 3, "model": "vpl-test-vit"}  # --quick: a smoke test of the script, not a measurement
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -36,6 +37,8 @@ from vpltool.config import CamConfig, ExtractConfig, RuntimeConfig  # noqa: E402
 from vpltool.data import load_image, open_dataset  # noqa: E402
 from vpltool.extract import run_extract  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
+
+from benchlib import PeakMemory, machine, synchronize  # noqa: E402
 
 
 def make_images(root: Path, n: int, seed: int = 0) -> Path:
@@ -77,19 +80,30 @@ def clip_es_formulation(bb, dataset, protos, cfg: CamConfig) -> float:
             if trans is None:  # CLIP-ES builds the affinity once per image, at the first class
                 trans = affinity((prev * (cfg.attention_blocks - 1) + attn_last[1:, 1:]) / cfg.attention_blocks)
             upsample(refine(cam, trans, cfg.box_threshold), image.shape[:2])
+    synchronize(str(bb.device))
     return time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=20)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--model", default="ViT-B-16")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke test: {QUICK['images']} images, the tiny random {QUICK['model']} (seconds)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+        torch.set_num_threads(1)  # tiny ops on a busy host: OpenMP barriers cost more than they save
+    return args
 
-    spec = ModelSpec(args.model, "none")
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    spec = ModelSpec(args.model, "none", config_dir=str(ASSETS))
     runtime = RuntimeConfig(device=args.device, batch_size=8)
     cfg = CamConfig()
+    peaks = PeakMemory(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dataset = open_dataset(make_images(tmp / "data", args.images))
@@ -101,36 +115,37 @@ def main() -> None:
                               model=text.model)
         io.write_prototypes(tmp / "other.safetensors", other)
 
-        baseline_s = clip_es_formulation(bb, dataset, text, cfg)
-        t0 = time.perf_counter()
-        run_extract(dataset, tmp / "features", spec, ExtractConfig(), runtime, backbone=bb)
-        t1 = time.perf_counter()
-        run_cam(tmp / "features", tmp / "text.safetensors", tmp / "cams_a", cfg, runtime, backbone=bb)
-        t2 = time.perf_counter()
-        run_cam(tmp / "features", tmp / "other.safetensors", tmp / "cams_b", cfg, runtime, backbone=bb)
-        t3 = time.perf_counter()
+        with peaks.stage("clip_es_formulation") as base:
+            clip_es_formulation(bb, dataset, text, cfg)
+        with peaks.stage("vpltool_first_pass (extract + cam)") as first:
+            t0 = time.perf_counter()
+            run_extract(dataset, tmp / "features", spec, ExtractConfig(), runtime, backbone=bb)
+            synchronize(args.device)
+            extract_s = time.perf_counter() - t0
+            run_cam(tmp / "features", tmp / "text.safetensors", tmp / "cams_a", cfg, runtime, backbone=bb)
+        with peaks.stage("vpltool_second_pass (cam from the cache)") as second:
+            run_cam(tmp / "features", tmp / "other.safetensors", tmp / "cams_b", cfg, runtime, backbone=bb)
 
     n = args.images
-    first = t2 - t0
     result = {
         "benchmark": "cam",
+        "quick": args.quick,
         "model": args.model,
         "weights": "random",
         "device": args.device,
+        "machine": machine(args.device),
         "note": "model loading excluded from every figure (the same loaded backbone is reused)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "torch_threads": torch.get_num_threads(),
         "images": n,
         "labels_per_image": round(float(np.mean([len(it.labels) for it in dataset.items])), 2),
-        "clip_es_formulation_images_per_s": round(n / baseline_s, 3),
-        "vpltool_first_pass_images_per_s": round(n / first, 3),
-        "vpltool_extract_s": round(t1 - t0, 2),
-        "vpltool_cam_s": round(t2 - t1, 2),
-        "vpltool_second_pass_images_per_s": round(n / (t3 - t2), 3),
-        "first_pass_speedup": round(baseline_s / first, 2),
-        "second_pass_speedup_vs_first": round(first / (t3 - t2), 2),
-        "second_pass_speedup_vs_clip_es": round(baseline_s / (t3 - t2), 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "clip_es_formulation_images_per_s": round(n / base.seconds, 3),
+        "vpltool_first_pass_images_per_s": round(n / first.seconds, 3),
+        "vpltool_extract_s": round(extract_s, 2),
+        "vpltool_cam_s": round(first.seconds - extract_s, 2),
+        "vpltool_second_pass_images_per_s": round(n / second.seconds, 3),
+        "first_pass_speedup": round(base.seconds / first.seconds, 2),
+        "second_pass_speedup_vs_first": round(first.seconds / second.seconds, 2),
+        "second_pass_speedup_vs_clip_es": round(base.seconds / second.seconds, 2),
+        "peak_memory": peaks.as_list(),
     }
     json.dump(result, sys.stdout)
     print()

@@ -13,7 +13,10 @@ scaling had every worker a core to itself: N x (CPU s/image with 1 worker) / (CP
 ``--quality``: instead, mIoU on the demo world with CAM-like maps made from its GT (blurred objects that spill over
 their edges plus smooth noise), for --no-crf, the CRF on the RGB photo and ``--parity clip-es``.
 
-    python benchmarks/bench_crf.py [--workers 2] [--images 16]
+The result records the machine and the peak resident memory of each run (the in-process run, the parallel run's
+parent, its largest worker).
+
+    python benchmarks/bench_crf.py [--workers 2] [--images 16] [--quick]
     python benchmarks/bench_crf.py --quality [--scenes 60]
 """
 
@@ -31,7 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchlib import Peak, PeakMemory, machine
+
 VOC_SIZE = (375, 500)  # H, W of a typical VOC photo
+# --quick: a smoke test of the script, not a measurement (quarter-area images)
+QUICK = {"images": 2, "workers": 2, "scenes": 4, "size": (188, 250)}
 
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, int], channels: int, cells: int = 6) -> np.ndarray:
@@ -45,8 +52,9 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], channels: int
     return up / np.maximum(up.max(axis=(1, 2), keepdims=True), 1e-6)
 
 
-def write_voc_like(root: Path, n: int, seed: int = 0):
-    """A folder dataset of ``n`` 500x375 PNGs labelled with 2 of the 20 VOC classes; returns the opened Dataset."""
+def write_voc_like(root: Path, n: int, seed: int = 0, size: tuple[int, int] = VOC_SIZE):
+    """A folder dataset of ``n`` PNGs (``size`` = H, W; VOC's 500x375 by default) labelled with 2 of the 20 VOC
+    classes; returns the opened Dataset."""
     from PIL import Image
 
     from vpltool.data import open_dataset
@@ -56,7 +64,7 @@ def write_voc_like(root: Path, n: int, seed: int = 0):
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows = ["id,labels"]
     for i in range(n):
-        image = smooth_field(rng, VOC_SIZE, 3) * 230 + rng.normal(0, 8, (3, *VOC_SIZE))
+        image = smooth_field(rng, size, 3) * 230 + rng.normal(0, 8, (3, *size))
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8).transpose(1, 2, 0)).save(root / f"images/{i:04d}.png")
         rows.append(f"{i:04d}," + ";".join(VOC_CLASSES[c] for c in rng.choice(20, 2, replace=False)))
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
@@ -107,11 +115,12 @@ class ChildPeakRss:
                     continue  # the process ended while being read
 
 
-def timed_run(cams: Path, out: Path, workers: int) -> dict:
+def timed_run(cams: Path, out: Path, workers: int, peaks: PeakMemory) -> dict:
     from vpltool.config import CrfConfig, RuntimeConfig
     from vpltool.crf import run_crf
 
-    with ChildPeakRss() as rss:
+    name = "crf, 1 worker (in process)" if workers == 1 else f"crf, {workers} workers: the parent process"
+    with ChildPeakRss() as rss, peaks.stage(name):
         start, cpu = time.perf_counter(), cpu_seconds()
         summary = run_crf(cams, out, CrfConfig(), RuntimeConfig(workers=workers))
         seconds = time.perf_counter() - start  # wall time including the pool's start-up, as a user sees it
@@ -121,6 +130,9 @@ def timed_run(cams: Path, out: Path, workers: int) -> dict:
               "cpu_seconds_per_image": round(cpu / max(summary.done, 1), 3), "cores_used": round(cpu / seconds, 2)}
     if workers > 1:
         result["peak_rss_mib_per_worker"] = round(rss.peak_kib / 1024, 1) if rss.peak_kib else None
+        # a worker's VmHWM is its own lifetime peak: the pool is fresh for this run, so it is this stage's
+        peaks.records.append(Peak(f"crf, {workers} workers: largest worker", rss_mib=result["peak_rss_mib_per_worker"],
+                                  scope="stage" if rss.peak_kib else "unmeasured (worker ended before a poll)"))
     return result
 
 
@@ -130,25 +142,29 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def bench_throughput(tmp: Path, n_images: int, workers: int) -> dict:
-    load = os.getloadavg()[0]  # before our own work raises it
+def bench_throughput(tmp: Path, n_images: int, workers: int, quick: bool = False, size=VOC_SIZE) -> dict:
+    host = machine("cpu")  # before our own work raises the load average
+    load = host["load_average_1min"]
     rng = np.random.default_rng(1)
-    dataset = write_voc_like(tmp / "data", n_images)
-    cams = write_cam_folder(tmp / "cams", dataset, lambda item: smooth_field(rng, VOC_SIZE, len(item.labels)))
-    one = timed_run(cams, tmp / "pseudo1", 1)
-    many = timed_run(cams, tmp / f"pseudo{workers}", workers)
+    dataset = write_voc_like(tmp / "data", n_images, size=size)
+    cams = write_cam_folder(tmp / "cams", dataset, lambda item: smooth_field(rng, size, len(item.labels)))
+    peaks = PeakMemory("cpu")
+    one = timed_run(cams, tmp / "pseudo1", 1, peaks)
+    many = timed_run(cams, tmp / f"pseudo{workers}", workers, peaks)
     identical = all((tmp / f"pseudo{workers}" / p.name).read_bytes() == p.read_bytes()
                     for p in (tmp / "pseudo1").glob("*.png"))
     ratio = many["images_per_s"] / one["images_per_s"]
     cpu_ratio = one["cpu_seconds_per_image"] / many["cpu_seconds_per_image"]
     return {
-        "benchmark": "crf", "images": n_images, "size": f"{VOC_SIZE[1]}x{VOC_SIZE[0]}", "classes": 21, "k": 2,
+        "benchmark": "crf", "quick": quick, "device": "cpu", "machine": host, "images": n_images,
+        "size": f"{size[1]}x{size[0]}", "classes": 21, "k": 2,
         "cpu_count": os.cpu_count(), "single": one, "parallel": many, "scaling": round(ratio, 3),
         "target": round(0.8 * workers, 2), "meets_target": ratio >= 0.8 * workers, "identical_pngs": identical,
         # scaling if every worker had a core to itself (differs from "scaling" only when other processes compete)
         "cpu_bound_scaling": round(workers * cpu_ratio, 3),
         "load_average_1min": round(load, 2),  # > cpu_count: other processes shared the cores
         "nice": os.nice(0),  # workers inherit it; at 19 any busy neighbour starves them
+        "peak_memory": peaks.as_list(),
     }
 
 
@@ -205,7 +221,7 @@ def bench_quality(tmp: Path, n_scenes: int, workers: int, cams_dir: Path | None)
     variants = {"no_crf": CrfConfig(no_crf=True), "crf_rgb": CrfConfig(), "crf_clip_es": CrfConfig(parity="clip-es"),
                 "crf_rgb_no_ignore": CrfConfig(confidence=0.0), "crf_clip_es_no_ignore": CrfConfig(parity="clip-es",
                                                                                               confidence=0.0)}
-    out = {"benchmark": "crf-quality", "cams": str(cams_dir), "images": len(dataset.items)}
+    out = {"benchmark": "crf-quality", "machine": machine("cpu"), "cams": str(cams_dir), "images": len(dataset.items)}
     for name, cfg in variants.items():
         run_crf(cams_dir, tmp / name, cfg, RuntimeConfig(workers=workers))
         out[name] = score(tmp / name, dataset)
@@ -231,15 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="processes of the parallel run (default 2)")
     parser.add_argument("--images", type=int, default=16, help="VOC-sized images (default 16)")
+    parser.set_defaults(size=VOC_SIZE)
     parser.add_argument("--quality", action="store_true", help="mIoU of --no-crf / CRF RGB / CRF clip-es instead")
     parser.add_argument("--scenes", type=int, default=60, help="--quality: demo-world scenes (192 px)")
     parser.add_argument("--cams", type=Path, help="--quality: score this `cam` folder instead of GT-made CAMs")
+    # the dense CRF (pydensecrf) runs on the CPU only; the option exists so every benchmark takes the same flags
+    parser.add_argument("--device", default="cpu", help="accepted for a uniform interface; the CRF is CPU-only")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: {QUICK['images']} images, {QUICK['workers']} workers (seconds)")
     args = parser.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
     with tempfile.TemporaryDirectory(prefix="bench_crf_") as tmp:
         if args.quality:
             result = bench_quality(Path(tmp), args.scenes, args.workers, args.cams)
         else:
-            result = bench_throughput(Path(tmp), args.images, args.workers)
+            result = bench_throughput(Path(tmp), args.images, args.workers, args.quick, args.size)
     print(json.dumps(result))
     return 0
 

@@ -1,11 +1,12 @@
-"""Decoder training throughput on CPU: frozen CLIP on the fly vs ``--cache-features``.
+"""Decoder training throughput: frozen CLIP on the fly vs ``--cache-features``.
 
 Builds a small demo world, uses its GT masks as pseudo masks and text prototypes of the model, then times the
 same number of iterations twice (one process, no validation). Model loading is excluded; the cache's one-off
-build time is reported on its own. Prints one JSON object.
+build time is reported on its own. Prints one JSON object, with the machine and the peak memory of each of the two
+runs (host RSS; on CUDA also the allocator's peak; the cached run's includes its cache).
 
     python benchmarks/bench_decoder.py [--model vpltool-toy|vpl-test-vit|ViT-B-16] [--iters 60] [--images 24]
-                                       [--crop-size 96] [--dim 64 --layers 1 --heads 4]
+                                       [--crop-size 96] [--dim 64 --layers 1 --heads 4] [--device cpu|cuda] [--quick]
 
 The speed-up is (CLIP forward + image decoding + decoder step) / decoder step, so it depends on the ratio of
 backbone to decoder: docs/decoder.md lists runs with the toy CLIP and with a (random) ViT-B/16.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -35,6 +35,11 @@ from vpltool.data import open_dataset  # noqa: E402
 from vpltool.demo.scenes import BACKGROUNDS, write_dataset  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
 from vpltool.train import run_train_decoder  # noqa: E402
+
+from benchlib import PeakMemory, machine  # noqa: E402
+
+# --quick: a smoke test of the script, not a measurement
+QUICK = {"model": "vpl-test-vit", "images": 4, "iters": 3, "batch_size": 2}
 
 
 def default_model() -> str:
@@ -56,7 +61,7 @@ def make_inputs(tmp: Path, n: int, spec: ModelSpec, bb) -> tuple[Path, Path]:
     return pseudo, tmp / "protos.safetensors"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=default_model())
     ap.add_argument("--images", type=int, default=24)
@@ -68,25 +73,38 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--workers", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke test: {QUICK['images']} images, {QUICK['iters']} iterations, batch "
+                         f"{QUICK['batch_size']}, the tiny random {QUICK['model']} (seconds)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+        torch.set_num_threads(1)  # tiny ops on a busy host: OpenMP barriers cost more than they save
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     spec = ModelSpec(args.model, "none", config_dir=str(ASSETS))
-    bb = load_backbone(spec, "cpu")
+    bb = load_backbone(spec, args.device)
     crop = args.crop_size or bb.input_size(96, 96)[0]  # the demo world's 96 px, rounded up to the patch size
     cfg = DecoderConfig(dim=args.dim, layers=args.layers, heads=args.heads, crop_size=crop, batch_size=args.batch_size,
                         iters=args.iters, log_every=args.iters, checkpoint_every=args.iters)
-    runtime = RuntimeConfig(device="cpu", workers=args.workers)
-    result = {"benchmark": "decoder", "model": args.model, "weights": "random" if args.model != TOY_MODEL else "toy",
-              "device": "cpu", "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or "unknown",
-              "images": args.images, "config": {k: asdict(cfg)[k] for k in ("dim", "layers", "heads", "crop_size",
-                                                                           "batch_size", "iters")}}
+    runtime = RuntimeConfig(device=args.device, workers=args.workers)
+    result = {"benchmark": "decoder", "quick": args.quick, "model": args.model,
+              "weights": "random" if args.model != TOY_MODEL else "toy", "device": args.device,
+              "machine": machine(args.device), "images": args.images,
+              "config": {k: asdict(cfg)[k] for k in ("dim", "layers", "heads", "crop_size", "batch_size", "iters")}}
+    peaks = PeakMemory(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pseudo, protos = make_inputs(tmp, args.images, spec, bb)
         runs = {}
         for name, cache in (("on_the_fly", False), ("cached", True)):
             cfg_run = DecoderConfig(**{**asdict(cfg), "cache_features": cache})
-            runs[name] = run_train_decoder(pseudo, protos, tmp / name, cfg_run, runtime, backbone=bb)
+            with peaks.stage(f"train-decoder, {name.replace('_', ' ')}"):
+                runs[name] = run_train_decoder(pseudo, protos, tmp / name, cfg_run, runtime, backbone=bb)
     fly, cached = runs["on_the_fly"], runs["cached"]
     result.update({
         "on_the_fly_iters_per_s": round(fly.iters_per_s, 2),
@@ -94,6 +112,7 @@ def main() -> None:
         "speedup": round(cached.iters_per_s / fly.iters_per_s, 2),
         "cache_build_s": round(cached.cache_seconds, 2),
         "note": "iterations/s of the training loop only; cache_build_s is paid once per run",
+        "peak_memory": peaks.as_list(),
     })
     print(json.dumps(result))
 

@@ -13,7 +13,10 @@ against its image's classes and the background rows, as `cam` does, not against 
 (image features in one cone, text prototypes in another): losses along the descent for several learning rates,
 under the stage's ``tau**2 * mean CE`` and the two alternatives (``tau * mean``, plain mean).
 
-    python benchmarks/bench_learn_prototypes.py [--n 1000000] [--dim 512] [--iters 3000] [--device cpu]
+The result records the machine and the peak memory of the setup and of the descent (host RSS; on CUDA also the
+allocator's peak).
+
+    python benchmarks/bench_learn_prototypes.py [--n 1000000] [--dim 512] [--iters 3000] [--device cpu|cuda] [--quick]
     python benchmarks/bench_learn_prototypes.py --study-lr [--iters 3000]
 """
 
@@ -21,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from vpltool.config import LearnPrototypesConfig
 from vpltool.device import resolve_device, resolve_precision
 from vpltool.prototypes import CHUNK_PX, ChunkBuilder, MemorySource, descend, make_targets, project_rows
 
+from benchlib import PeakMemory, machine
+
+QUICK = {"n": 20_000, "iters": 3, "images": 4}  # --quick: a smoke test of the script, not a measurement
 VOC_LABEL_COUNTS = (0.62, 0.28, 0.10)  # share of VOC train_aug images with 1, 2, 3 labels (approximately)
 
 
@@ -62,25 +65,22 @@ def bench_speed(args: argparse.Namespace) -> dict:
     compute = resolve_precision(args.precision, device)
     storage = torch.bfloat16 if compute == torch.bfloat16 else (torch.float32 if args.fp32_storage else torch.float16)
     chunk_px = args.chunk_px or CHUNK_PX[device.type]
+    peaks = PeakMemory(str(device))
     source = MemorySource(device)
-    start = time.perf_counter()
-    builder = ChunkBuilder(torch.arange(args.classes), torch.arange(args.classes, args.classes + args.bg), chunk_px,
-                           storage, source.add)
-    z = voc_like(args.n, args.dim, args.classes, args.bg, args.px_per_image, 0, builder).to(device)
-    setup_s = time.perf_counter() - start
+    with peaks.stage("setup (features made resident)") as setup:
+        builder = ChunkBuilder(torch.arange(args.classes), torch.arange(args.classes, args.classes + args.bg),
+                               chunk_px, storage, source.add)
+        z = voc_like(args.n, args.dim, args.classes, args.bg, args.px_per_image, 0, builder).to(device)
     in_play = sum(len(ch.x) * len(ch.rows) for ch in source.chunks) / args.n
     cfg = LearnPrototypesConfig()
     descend(source, z, tau=cfg.tau_i, lr=cfg.lr, iters=1, total_weight=args.n)  # warm-up: allocator, threads
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    _, curve = descend(source, z, tau=cfg.tau_i, lr=cfg.lr, iters=args.iters, total_weight=args.n)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    with peaks.stage(f"descend ({args.iters} iterations)") as run:
+        _, curve = descend(source, z, tau=cfg.tau_i, lr=cfg.lr, iters=args.iters, total_weight=args.n)
+    seconds = run.seconds
     per_iter = seconds / (args.iters + 1)  # descend evaluates the final loss once more
     gflop = 2 * 2 * args.n * args.dim * in_play / 1e9
     result = {
+        "benchmark": "learn-prototypes", "quick": args.quick, "machine": machine(str(device)),
         "n_features": args.n, "dim": args.dim, "rows": args.classes + args.bg, "rows_in_play_mean": round(in_play, 2),
         "iters": args.iters, "seconds": round(seconds, 3), "s_per_iter": round(per_iter, 5),
         "extrapolated": args.iters < args.target_iters,
@@ -88,14 +88,10 @@ def bench_speed(args: argparse.Namespace) -> dict:
         "device": str(device), "precision": str(compute).replace("torch.", ""),
         "storage": str(storage).replace("torch.", ""), "chunk_px": chunk_px, "chunks": len(source.chunks),
         "threads": torch.get_num_threads(), "gflop_per_iter": round(gflop, 2),
-        "gflop_per_s": round(gflop / per_iter, 1), "setup_seconds": round(setup_s, 1),
+        "gflop_per_s": round(gflop / per_iter, 1), "setup_seconds": round(setup.seconds, 1),
         "loss_first_last": [round(curve[0], 5), round(curve[-1], 5)],
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "peak_memory": peaks.as_list(),
     }
-    if device.type == "cuda":
-        result["gpu"] = torch.cuda.get_device_name(device)
-        result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
     return result
 
 
@@ -136,7 +132,8 @@ def study_lr(args: argparse.Namespace) -> dict:
                                                                    "text": (0.9, 0.45)}}
     # lr multipliers that turn each normalisation into the stage's tau**2 units (grad of tau**2 mean CE)
     norms = {"tau^2*mean (vpltool)": 1.0, "tau*mean": 1 / tau, "mean": 1 / tau**2}
-    out = {"iters": args.iters, "tau_i": tau, "results": []}
+    out = {"benchmark": "learn-prototypes-lr-study", "quick": args.quick, "machine": machine("cpu"),
+           "iters": args.iters, "tau_i": tau, "results": []}
     for name, kw in problems.items():
         z, images = clip_like(args.images, 256, 512, classes, bg, **kw)
         source = MemorySource(torch.device("cpu"))
@@ -173,7 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--px-per-image", type=int, default=1024)
     p.add_argument("--study-lr", action="store_true", help="run the loss-normalisation study instead")
     p.add_argument("--images", type=int, default=60, help="--study-lr: images of 256 pixels")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: {QUICK['n']:,} pixels, {QUICK['iters']} iterations (seconds; --study-lr: "
+                        f"{QUICK['images']} images)")
     args = p.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+        args.threads = args.threads or 1  # tiny ops on a busy host: OpenMP barriers cost more than they save
     print(json.dumps(study_lr(args) if args.study_lr else bench_speed(args)))
 
 

@@ -534,7 +534,7 @@ def train_toy_clip_cmd(
     seed: Annotated[int, typer.Option(help="Seed; the defaults reproduce the shipped checkpoint.")] = 0,
     verbose: Verbose = False,
 ) -> None:
-    """Train the demo world's toy CLIP from scratch on rendered scenes and their captions (CPU, ~15-35 min).
+    """Train the demo world's toy CLIP from scratch on rendered scenes and captions (CPU, about 10 min on 2 cores).
 
     [dim]Example: vpltool train-toy-clip /tmp/toy-clip && vpltool extract WORLD -o F --model local-dir:/tmp/toy-clip[/]
     """

@@ -1,0 +1,114 @@
+"""The benchmark scripts run (``--quick``), print one JSON object with the machine and per-stage peak memory, and
+make_table.py renders their results; ``make bench`` runs every script.
+
+The scripts are started together as subprocesses (one torch thread each), so the whole module takes about as long as
+the slowest script (~10-20 s on two cores), not their sum.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+# script -> (benchmark name, keys its result must have besides the common ones)
+SCRIPTS = {
+    "bench_cam.py": ("cam", {"clip_es_formulation_images_per_s", "vpltool_first_pass_images_per_s",
+                             "vpltool_second_pass_images_per_s", "first_pass_speedup",
+                             "second_pass_speedup_vs_clip_es"}),
+    "bench_learn_prototypes.py": ("learn-prototypes", {"seconds_for_3000_iters", "s_per_iter", "extrapolated",
+                                                       "gflop_per_iter"}),
+    "bench_crf.py": ("crf", {"single", "parallel", "scaling", "identical_pngs"}),
+    "bench_decoder.py": ("decoder", {"on_the_fly_iters_per_s", "cached_iters_per_s", "speedup"}),
+    "stage_costs.py": ("stage-costs", {"measured", "voc", "coco", "assumptions"}),
+}
+COMMON = {"benchmark", "quick", "machine", "peak_memory"}
+MACHINE = {"cpu", "cores", "torch", "device", "gpu"}
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> Path:
+    """Every script's ``--quick`` stdout in ``<tmp>/<script stem>.json``; all started at once, then waited for."""
+    out = tmp_path_factory.mktemp("bench_results")
+    procs = {name: subprocess.Popen([sys.executable, str(BENCH / name), "--quick"], cwd=ROOT, env=_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in SCRIPTS}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name} --quick failed:\n{stderr[-3000:]}"
+        (out / f"{Path(name).stem}.json").write_text(stdout)
+    return out
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_quick_run_prints_one_json_object_with_machine_and_peak_memory(quick_results, script):
+    text = (quick_results / f"{Path(script).stem}.json").read_text()
+    assert len(text.strip().splitlines()) == 1, "a benchmark prints exactly one JSON object on stdout"
+    data = json.loads(text)
+    name, keys = SCRIPTS[script]
+    assert data["benchmark"] == name and data["quick"] is True
+    assert COMMON | keys <= data.keys(), f"missing {sorted(COMMON | keys - data.keys())}"
+    assert MACHINE <= data["machine"].keys() and data["machine"]["device"] == "cpu"
+    assert data["peak_memory"], "at least one measured stage"
+    for peak in data["peak_memory"]:
+        assert peak["stage"] and peak["rss_mib"] > 0 and peak["cuda_mib"] is None
+
+
+def test_make_table_renders_headline_tables_and_the_reproduce_block(quick_results, tmp_path):
+    doc = tmp_path / "reproduce.md"
+    doc.write_text("# Reproduce\n\nbefore\n\n<!-- stage-costs:begin -->\nSTALE-BLOCK\n<!-- stage-costs:end -->\n"
+                   "\nafter\n")
+    out = tmp_path / "performance.md"
+    subprocess.run([sys.executable, str(BENCH / "make_table.py"), "--results", str(quick_results), "--out", str(out),
+                    "--reproduce", str(doc)], cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=60)
+    page = out.read_text()
+    for heading in ("## cam:", "## learn-prototypes:", "## crf:", "## train-decoder:", "## Disk and compute"):
+        assert heading in page
+    assert page.index("## cam:") < page.index("## learn-prototypes:") < page.index("## crf:")  # pipeline order
+    for headline in ("| images/s | speed-up vs CLIP-ES |", "3000 iterations |", "| workers | wall s |",
+                     "| iterations/s | speed-up |", "GPU time ESTIMATE"):
+        assert headline in page
+    assert page.count("Peak memory (MiB):") == 5 and page.count("machine: ") >= 5
+    assert "smoke-test result" in page  # quick results say they are not measurements
+    repro = doc.read_text()
+    assert "STALE-BLOCK" not in repro and "before" in repro and "after" in repro
+    assert "| stage | items | disk |" in repro and repro.count("<!-- stage-costs:begin -->") == 1
+
+
+def test_make_table_reads_an_older_result_without_peak_memory_list(tmp_path):
+    (tmp_path / "results").mkdir()
+    old = {"benchmark": "cam", "machine": "x86_64, 2 cores, torch 2.14.1", "images": 20,
+           "clip_es_formulation_images_per_s": 0.655, "vpltool_first_pass_images_per_s": 0.551,
+           "vpltool_second_pass_images_per_s": 3.159, "first_pass_speedup": 0.84,
+           "second_pass_speedup_vs_clip_es": 4.82, "peak_rss_mb": 2106.7}
+    (tmp_path / "results" / "cam.json").write_text(json.dumps(old))
+    out = tmp_path / "performance.md"
+    subprocess.run([sys.executable, str(BENCH / "make_table.py"), "--results", str(tmp_path / "results"),
+                    "--out", str(out), "--reproduce", str(tmp_path / "none.md")], cwd=ROOT, env=_env(), check=True,
+                   capture_output=True, timeout=60)
+    page = out.read_text()
+    assert "| CLIP-ES formulation (per class, batch 1) | 0.655 | 1.00 |" in page
+    assert "machine: x86_64, 2 cores" in page and "2107 MiB" in page
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_bench_runs_every_benchmark_script():
+    dry = subprocess.run(["make", "-n", "bench", "BENCH_DEVICE=cuda"], cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    for name in SCRIPTS:
+        assert f"benchmarks/{name} --device cuda" in dry
+    assert "benchmarks/make_table.py" in dry

@@ -1,0 +1,99 @@
+"""`make voc` / `make coco` (docs/reproduce.md): the paper's pipeline with the paper's settings, checked by dry run.
+
+``make -n`` still runs the recursive ``$(MAKE) report ...`` line (with -n passed on), so the printed commands are
+exactly the ones a real run would execute, in order. Nothing is computed; each test takes well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    """``make ARGS`` in the repository root, outside any calling make (its MAKEFLAGS would leak in)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def commands(dry: str) -> list[str]:
+    """The vpltool command lines of a dry run, continuation lines joined, in execution order."""
+    joined = re.sub(r"\\\n\s*", "", dry)
+    return [line.strip() for line in joined.splitlines() if "bin/vpltool " in line]
+
+
+def stage(cmds: list[str], name: str, *, nth: int = 0) -> str:
+    found = [c for c in cmds if c.split("bin/vpltool ")[1].startswith(name + " ")]
+    assert len(found) > nth, f"no `{name}` command (#{nth}) in:\n" + "\n".join(cmds)
+    return found[nth]
+
+
+def test_make_voc_runs_every_stage_with_the_paper_settings():
+    result = make("-n", "voc", "VOC_ROOT=/data/VOC2012")
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    order = [c.split("bin/vpltool ")[1].split()[0] for c in cmds]
+    assert order == ["extract", "text-prototypes", "cam", "eval", "learn-prototypes", "cam", "eval", "crf", "eval",
+                     "train-decoder", "predict", "eval", "demo-report"]
+    assert "extract /data/VOC2012 --split train_aug -o runs/voc/features --model ViT-B-16 --pretrained openai" in \
+        stage(cmds, "extract")
+    assert '--templates "clip-es" --background "voc"' in stage(cmds, "text-prototypes")
+    for nth in (0, 1):
+        assert "--box-threshold 0.4 --refine caa" in stage(cmds, "cam", nth=nth)
+    assert "--tau-i 0.03 --iters 3000 --lr 10" in stage(cmds, "learn-prototypes")
+    # seeds and masks are reported on VOC train (1,464), a subset of train_aug (research notes §4.4)
+    for nth, folder in enumerate(("cams_text", "cams_vision", "pseudo")):
+        assert f"eval runs/voc/{folder} --split train --json" in stage(cmds, "eval", nth=nth)
+    assert "--iters 30000 --recipe vpl" in stage(cmds, "train-decoder")
+    assert "--split val -o runs/voc/pred_val --crf" in stage(cmds, "predict")
+    assert "--split" not in stage(cmds, "eval", nth=3)  # the val predictions are scored on their own split
+    assert stage(cmds, "demo-report").endswith("demo-report runs/voc")
+
+
+def test_make_coco_uses_coco_background_and_box_threshold():
+    result = make("-n", "coco", "COCO_ROOT=/data/coco")
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    assert "extract /data/coco --split train -o runs/coco/features" in stage(cmds, "extract")
+    assert '--background "coco"' in stage(cmds, "text-prototypes")
+    assert "--box-threshold 0.7" in stage(cmds, "cam")
+    assert "--split" not in stage(cmds, "eval")
+    assert "--iters 30000 --recipe vpl" in stage(cmds, "train-decoder")
+    assert "--split val -o runs/coco/pred_val --crf" in stage(cmds, "predict")
+
+
+def test_command_line_settings_override_the_recipe():
+    result = make("-n", "voc", "VOC_ROOT=/v", "RUN=runs/x", "ITERS=1000", "TEMPLATES=imagenet", "PRED_ARGS=")
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    assert "--iters 1000" in stage(cmds, "learn-prototypes") and "-o runs/x/features" in stage(cmds, "extract")
+    assert '--templates "imagenet"' in stage(cmds, "text-prototypes")
+    assert "--crf" not in stage(cmds, "predict")
+
+
+@pytest.mark.parametrize(("target", "var"), [("voc", "VOC_ROOT"), ("coco", "COCO_ROOT")])
+def test_missing_dataset_root_is_refused_in_one_line(target, var):
+    result = make(target)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"make {target} needs {var}=" in lines[0] and "docs/reproduce.md" in lines[0]
+
+
+def test_report_chance_floor_reads_at_most_its_image_limit(world):
+    """`demo-report` on a full VOC/COCO run computes its chance floor on the first images only."""
+    from vpltool.data import open_dataset
+    from vpltool.demo.report import CHANCE_IMAGES, chance_baselines
+
+    train = open_dataset(world, "train")
+    assert chance_baselines(train, limit=4)["images"] == 4
+    full = chance_baselines(train)
+    assert full["images"] == len(train.items) <= CHANCE_IMAGES  # the demo world is below the limit: all of it
+    assert 0 <= full["random CAMs"] <= 1 and 0 <= full["all background"] <= 1
