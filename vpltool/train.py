@@ -356,6 +356,8 @@ def distributed(device: str) -> Iterator[tuple[int, int, torch.device]]:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
     try:
         yield rank, world, dev
+        if created:  # leave together: a rank tearing gloo down while rank 0 still writes could abort the run
+            dist.barrier()
     finally:
         if created:
             dist.destroy_process_group()
