@@ -36,6 +36,8 @@ SEED ?= 0
 # decoder for the demo world: small (the toy CLIP is tiny), short schedule; the paper's is --iters 30000 at 320 px
 DEC_ITERS ?= 600
 DEC_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16 --cache-features
+# extra `vpltool learn-prototypes` options (e.g. --pixel-fraction 0.25 for COCO-scale data, docs/reproduce.md)
+LEARN_ARGS ?=
 # extra `vpltool predict` options (the paper recipe adds --crf: test-time CRF, Table 3's last row)
 PRED_ARGS ?=
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
@@ -119,7 +121,7 @@ $(RUN)/metrics/cams_text.json: $(RUN)/cams_text/_stage.json
 learn-prototypes: $(RUN)/vision_prototypes.safetensors
 $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_prototypes.safetensors
 	$(VPL) learn-prototypes $(RUN)/features --cams $(<D) --text $(RUN)/text_prototypes.safetensors -o $@ \
-	  --tau-i $(TAU_I) --iters $(ITERS) --lr $(LR) --device $(DEVICE)
+	  --tau-i $(TAU_I) --iters $(ITERS) --lr $(LR) $(LEARN_ARGS) --device $(DEVICE)
 
 ## CAMs from the vision prototypes, and their mIoU
 cams-vision: $(RUN)/metrics/cams_vision.json
@@ -180,7 +182,7 @@ bench: setup
 	$(call run_bench,bench_crf.py,,crf.json)
 	$(call run_bench,bench_decoder.py,,decoder.json)
 	$(call run_bench,stage_costs.py,,stage_costs.json)
-	$(call run_bench,bench_demo.py,,demo.json)
+	$(call run_bench,bench_demo.py,--toy-clip,demo.json)
 	$(BENCH)/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases

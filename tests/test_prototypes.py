@@ -247,6 +247,25 @@ def test_tau_threshold_and_targets_options_change_the_result(problem, tmp_path):
         assert not torch.allclose(learned(**change), base, atol=1e-4), change
 
 
+def test_pixel_fraction_samples_the_same_pixels_every_run(problem, tmp_path):
+    half = _learn(problem, tmp_path / "a.safetensors", plot=False, pixel_fraction=0.5)
+    again = _learn(problem, tmp_path / "b.safetensors", plot=False, pixel_fraction=0.5)
+    full = _learn(problem, tmp_path / "c.safetensors", plot=False)
+    assert half["n_pixels"] == 6 * 8 and full["n_pixels"] == 6 * 16  # 6 images of 16 patches
+    vectors = [io.read_prototypes(tmp_path / f"{n}.safetensors").vectors for n in "abc"]
+    assert torch.equal(vectors[0], vectors[1])  # seeded: reproducible
+    assert not torch.allclose(vectors[0], vectors[2], atol=1e-4)  # and really a subset
+    with pytest.raises(VplError, match="pixel-fraction"):
+        _learn(problem, tmp_path / "d.safetensors", plot=False, pixel_fraction=0.0)
+
+
+def test_sample_pixels_keeps_rows_aligned_and_in_order():
+    x, hard = torch.arange(10.0)[:, None].repeat(1, 3), torch.arange(10)
+    sx, sh = prototypes.sample_pixels((x, hard), 0.3, seed=0, index=4)
+    assert len(sx) == 3 and torch.equal(sx[:, 0].long(), sh) and torch.equal(sh, sh.sort().values)
+    assert len(prototypes.sample_pixels((x,), 0.01, seed=0, index=4)[0]) == 1  # never an empty image
+
+
 def test_streaming_from_shards_matches_the_in_memory_path(problem, tmp_path, monkeypatch):
     monkeypatch.setitem(prototypes.CHUNK_PX, "cpu", 20)  # several chunks from 96 pixels
     memory = _learn(problem, tmp_path / "m.safetensors", stream=False, plot=False)

@@ -296,6 +296,9 @@ def learn_prototypes_cmd(
     regularization: Annotated[str, typer.Option(help="instance (per pixel) | class (class-level, Theorem 2).")] =
         _L.regularization,
     bg_exponent: Annotated[float, typer.Option(help="Soft targets: background (1 - max CAM)^a.")] = _L.bg_exponent,
+    pixel_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of each image's patches used "
+                                                  "(seeded sample); below 1 for COCO-scale data, e.g. 0.25.")] =
+        _L.pixel_fraction,
     max_memory_gb: Annotated[Optional[float], typer.Option(help="Resident feature budget; above it features "
                                                            "stream from disk. Default: 60% of free memory.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Loss-curve PNG (default: OUT stem + .loss.png).")] = None,
@@ -313,7 +316,8 @@ def learn_prototypes_cmd(
     from .prototypes import run_learn_prototypes
 
     cfg = LearnPrototypesConfig(tau_i=tau_i, lr=lr, iters=iters, targets=targets, threshold=threshold,
-                                regularization=regularization, bg_exponent=bg_exponent, max_memory_gb=max_memory_gb)
+                                regularization=regularization, bg_exponent=bg_exponent,
+                                pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb)
     with progress("learn-prototypes") as (on_start, on_item):
         on_start(iters + 1)
         s = run_learn_prototypes(features, cams, text, out, cfg, RuntimeConfig(device=device),

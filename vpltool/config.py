@@ -77,6 +77,9 @@ class LearnPrototypesConfig:
     threshold: float = 0.4  # Phi: CAM score above which a pixel is a seed of its class
     regularization: str = "instance"  # instance (per pixel, paper default) | class (Theorem 2)
     bg_exponent: float = 1.0
+    # share of each image's patches used, drawn per image from ``seed`` (1 = all, the paper). The loss is a mean
+    # over pixels, so a uniform sample estimates it without bias; 0.25 keeps COCO's ~100 GB of features on one GPU
+    pixel_fraction: float = 1.0
     max_memory_gb: float | None = None  # resident pixel budget; above it they stream from scratch shards on disk.
     # None = 60% of free GPU memory (CUDA) or available RAM (CPU): full VOC (~8 GB bf16) stays on one GPU
     seed: int = 0

@@ -488,6 +488,20 @@ def load_item(inp: Inputs, item_id: str, labels: tuple[int, ...], cfg: LearnProt
     return x, targets, hard_labels(cams, labels, cfg.threshold)
 
 
+def sample_pixels(tensors: tuple[torch.Tensor, ...], fraction: float, seed: int, index: int
+                  ) -> tuple[torch.Tensor, ...]:
+    """The same ``round(fraction * n)`` rows (at least one, in order) of each ``[n, ...]`` tensor.
+
+    Drawn from ``(seed, index)`` alone, so a run is reproducible and an image's sample does not depend on which
+    other images are in the set.
+    """
+    n = len(tensors[0])
+    keep = max(1, round(fraction * n))
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    rows = torch.randperm(n, generator=gen)[:keep].sort().values
+    return tuple(tensor[rows] for tensor in tensors)
+
+
 @dataclass
 class Scan:
     """Statistics of one pass over the data (features never kept here)."""
@@ -508,8 +522,10 @@ def scan(inp: Inputs, cfg: LearnPrototypesConfig, sink: ChunkBuilder | None,
     level = cfg.regularization == "class"
     st = Scan(0, 0.0, torch.zeros(c, inp.dim, dtype=torch.float64), torch.zeros(c, dtype=torch.long),
               torch.zeros(n_rows, inp.dim, dtype=torch.float64) if level else None, {} if level else None)
-    for item_id, labels, _ in inp.items:
+    for index, (item_id, labels, _) in enumerate(inp.items):
         x, t, hard = load_item(inp, item_id, labels, cfg)
+        if cfg.pixel_fraction < 1.0:
+            x, t, hard = sample_pixels((x, t, hard), cfg.pixel_fraction, cfg.seed, index)
         st.n_px += len(x)
         st.entropy += float(-(t * t.clamp_min(1e-30).log()).sum())
         fg = hard > 0
@@ -574,11 +590,12 @@ def memory_budget(cfg: LearnPrototypesConfig, device: torch.device) -> int:
     return int(0.6 * free)
 
 
-def estimate_bytes(inp: Inputs, storage: torch.dtype) -> int:
+def estimate_bytes(inp: Inputs, storage: torch.dtype, pixel_fraction: float = 1.0) -> int:
     """Resident size of all chunks: features in ``storage``, fp32 targets and a bool mask per row in play."""
     m = len(inp.text.background_rows())
     itemsize = torch.empty((), dtype=storage).element_size()
-    return int(sum(h * w * (inp.dim * itemsize + 5 * (len(labels) + m)) for _, labels, (h, w) in inp.items))
+    return int(sum(max(1, round(pixel_fraction * h * w)) * (inp.dim * itemsize + 5 * (len(labels) + m))
+                   for _, labels, (h, w) in inp.items))
 
 
 def plot_curve(curve: Sequence[float], path: str | Path, title: str) -> Path:
@@ -625,6 +642,8 @@ def check_config(cfg: LearnPrototypesConfig) -> None:
         raise VplError(f"--targets {cfg.targets!r}: choose hard or soft")
     if cfg.regularization not in ("instance", "class"):
         raise VplError(f"--regularization {cfg.regularization!r}: choose instance or class")
+    if not 0.0 < cfg.pixel_fraction <= 1.0:
+        raise VplError(f"--pixel-fraction {cfg.pixel_fraction}: must be in (0, 1]")
 
 
 @dataclass
@@ -695,7 +714,7 @@ def run_learn_prototypes(
     device = resolve_device(runtime.device)
     compute = resolve_precision(runtime.precision, device)
     storage = torch.bfloat16 if compute == torch.bfloat16 else torch.float16  # fp16 keeps 3 more mantissa bits
-    budget, need = memory_budget(cfg, device), estimate_bytes(inp, storage)
+    budget, need = memory_budget(cfg, device), estimate_bytes(inp, storage, cfg.pixel_fraction)
     streaming = cfg.regularization == "instance" and (need > budget if stream is None else stream)
     if streaming:
         folder = Path(cache_dir or out.parent)
