@@ -38,6 +38,7 @@ from vpltool.data import load_image, open_dataset  # noqa: E402
 from vpltool.extract import run_extract  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
 
+import benchlib  # noqa: E402
 from benchlib import PeakMemory, machine, synchronize  # noqa: E402
 
 
@@ -87,15 +88,9 @@ def clip_es_formulation(bb, dataset, protos, cfg: CamConfig) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=20)
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--model", default="ViT-B-16")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"smoke test: {QUICK['images']} images, the tiny random {QUICK['model']} (seconds)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-        torch.set_num_threads(1)  # tiny ops on a busy host: OpenMP barriers cost more than they save
-    return args
+    benchlib.add_common_args(ap, f"{QUICK['images']} images, the tiny random {QUICK['model']} (seconds)")
+    return benchlib.apply_quick(ap.parse_args(argv), QUICK)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+import benchlib
 from benchlib import Peak, PeakMemory, machine
 
 VOC_SIZE = (375, 500)  # H, W of a typical VOC photo
@@ -252,12 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=60, help="--quality: demo-world scenes (192 px)")
     parser.add_argument("--cams", type=Path, help="--quality: score this `cam` folder instead of GT-made CAMs")
     # the dense CRF (pydensecrf) runs on the CPU only; the option exists so every benchmark takes the same flags
-    parser.add_argument("--device", default="cpu", help="accepted for a uniform interface; the CRF is CPU-only")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK['images']} images, {QUICK['workers']} workers (seconds)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
+    benchlib.add_common_args(parser, f"{QUICK['images']} images, {QUICK['workers']} workers (seconds)",
+                             device_help="accepted for a uniform interface; the CRF is CPU-only")
+    args = benchlib.apply_quick(parser.parse_args(argv), QUICK, single_thread=False)
     with tempfile.TemporaryDirectory(prefix="bench_crf_") as tmp:
         if args.quality:
             result = bench_quality(Path(tmp), args.scenes, args.workers, args.cams)

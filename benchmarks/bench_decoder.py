@@ -26,8 +26,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "model_configs"
 os.environ.setdefault("VPLTOOL_MODEL_CONFIGS", str(ASSETS))
 
-import torch  # noqa: E402
-
 from vpltool import io  # noqa: E402
 from vpltool.backbone import TOY_DIR, TOY_MODEL, ModelSpec, load_backbone  # noqa: E402
 from vpltool.config import DecoderConfig, RuntimeConfig, TextPrototypesConfig  # noqa: E402
@@ -36,6 +34,7 @@ from vpltool.demo.scenes import BACKGROUNDS, write_dataset  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
 from vpltool.train import run_train_decoder  # noqa: E402
 
+import benchlib  # noqa: E402
 from benchlib import PeakMemory, machine  # noqa: E402
 
 # --quick: a smoke test of the script, not a measurement
@@ -73,15 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"smoke test: {QUICK['images']} images, {QUICK['iters']} iterations, batch "
-                         f"{QUICK['batch_size']}, the tiny random {QUICK['model']} (seconds)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-        torch.set_num_threads(1)  # tiny ops on a busy host: OpenMP barriers cost more than they save
-    return args
+    benchlib.add_common_args(ap, f"{QUICK['images']} images, {QUICK['iters']} iterations, batch "
+                                 f"{QUICK['batch_size']}, the tiny random {QUICK['model']} (seconds)")
+    return benchlib.apply_quick(ap.parse_args(argv), QUICK)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,23 @@ from dataclasses import dataclass
 from typing import Iterator
 
 
+def add_common_args(parser, quick_help: str, device_help: str = "cpu | cuda | cuda:N") -> None:
+    """The options every benchmark takes: ``--device`` (default cpu) and ``--quick`` (a smoke test)."""
+    parser.add_argument("--device", default="cpu", help=device_help)
+    parser.add_argument("--quick", action="store_true", help=f"smoke test: {quick_help}")
+
+
+def apply_quick(args, quick: dict, single_thread: bool = True):
+    """With ``--quick``, override ``args`` with the tiny sizes of ``quick``; returns ``args``."""
+    if args.quick:
+        vars(args).update(quick)
+        if single_thread:
+            import torch
+
+            torch.set_num_threads(1)  # tiny ops on a busy host: OpenMP barriers cost more than they save
+    return args
+
+
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     try:

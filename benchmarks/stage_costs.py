@@ -63,6 +63,7 @@ from vpltool.prototypes import run_learn_prototypes  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
 from vpltool.train import run_train_decoder  # noqa: E402
 
+import benchlib  # noqa: E402
 from benchlib import PeakMemory, machine, synchronize  # noqa: E402
 
 # Dataset figures the measurements are scaled to. Image counts: research notes §4.2-4.3 (CLIP-ES split lists).
@@ -322,14 +323,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--gpu-bandwidth-gbs", type=float, default=1000.0, help="ASSUMED GPU memory bandwidth, GB/s")
     ap.add_argument("--gpu-memory-gb", type=float, default=80.0, help="ASSUMED GPU memory, GB")
     ap.add_argument("--disk-gbs", type=float, default=1.0, help="ASSUMED disk read/write bandwidth, GB/s")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda (FLOPs and sizes do not depend on it)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: tiny random ViT, half-size images (seconds)")
+    benchlib.add_common_args(ap, "tiny random ViT, half-size images (seconds)",
+                             device_help="cpu | cuda (FLOPs and sizes do not depend on it)")
     args = ap.parse_args(argv)
     args.scale, args.decoder = 1.0, {}
-    if args.quick:
-        vars(args).update(QUICK)
-        torch.set_num_threads(1)  # tiny ops on a busy host: OpenMP barriers cost more than they save
-    return args
+    return benchlib.apply_quick(args, QUICK)
 
 
 def main(argv: list[str] | None = None) -> None:
