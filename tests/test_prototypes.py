@@ -249,7 +249,7 @@ def test_tau_threshold_and_targets_options_change_the_result(problem, tmp_path):
 
 def test_pixel_fraction_samples_the_same_pixels_every_run(problem, tmp_path):
     half = _learn(problem, tmp_path / "a.safetensors", plot=False, pixel_fraction=0.5)
-    again = _learn(problem, tmp_path / "b.safetensors", plot=False, pixel_fraction=0.5)
+    _learn(problem, tmp_path / "b.safetensors", plot=False, pixel_fraction=0.5)
     full = _learn(problem, tmp_path / "c.safetensors", plot=False)
     assert half["n_pixels"] == 6 * 8 and full["n_pixels"] == 6 * 16  # 6 images of 16 patches
     vectors = [io.read_prototypes(tmp_path / f"{n}.safetensors").vectors for n in "abc"]
