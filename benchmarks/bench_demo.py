@@ -42,6 +42,7 @@ def make(target: str, run: Path, venv: Path, extra: tuple[str, ...] = ()) -> flo
 
 def time_toy_clip(venv: Path) -> dict:
     """Retrain the toy CLIP into a temp folder with the shipped defaults; seconds and whether weights match."""
+    import torch
     from safetensors.torch import load_file
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +52,7 @@ def time_toy_clip(venv: Path) -> dict:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         seconds = round(time.perf_counter() - start, 1)
         new, old = (load_file(str(d / "open_clip_model.safetensors")) for d in (out, SHIPPED))
-        same = new.keys() == old.keys() and all(bool((new[k] == old[k]).all()) for k in new)
+        same = new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
     return {"seconds": seconds, "target_s": 900, "identical_to_shipped": same}
 
 

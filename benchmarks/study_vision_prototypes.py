@@ -40,12 +40,6 @@ from vpltool.metrics import MiouAccumulator, cams_to_labels  # noqa: E402
 from vpltool.prototypes import run_learn_prototypes  # noqa: E402
 
 
-def present_rows(protos: io.Prototypes, labels: list[int]) -> torch.Tensor:
-    """``[K + M, D]``: the rows of the present classes, then every background row (what `cam` compares)."""
-    return torch.cat([protos.vectors[protos.class_rows()[[c - 1 for c in labels]]],
-                      protos.vectors[protos.background_rows()]])
-
-
 def score(bb, items, protos: io.Prototypes, n_classes: int) -> dict:
     """mIoU (%) of the GradCAM maps and of the direct pixel maps, and the mean image-row cosine."""
     exponents = EvalConfig().bg_exponents
@@ -55,7 +49,7 @@ def score(bb, items, protos: io.Prototypes, n_classes: int) -> dict:
         labels = list(feats.labels)
         if not labels:
             continue
-        rows = present_rows(protos, labels)
+        rows = protos.image_rows(labels)
         raw, _, _ = gradcam(bb, feats.last_block_input, feats.grid, rows, len(labels), protos.temperature)
         x = F.normalize(feats.dense.flatten(0, 1), dim=-1)
         pixel = (x @ rows.T / protos.temperature).softmax(-1)[:, :len(labels)].T.reshape(len(labels), *feats.grid)

@@ -153,8 +153,7 @@ def cams_for_image(bb: ClipBackbone, feats: io.Features, protos: io.Prototypes, 
                    temperature: float, image: np.ndarray | None = None) -> CamResult:
     """Everything of steps 1-4 for one image whose features (with tokens) are cached."""
     labels = tuple(int(c) for c in feats.labels)
-    class_rows = protos.class_rows()
-    rows = torch.cat([protos.vectors[class_rows[[c - 1 for c in labels]]], protos.vectors[protos.background_rows()]])
+    rows = protos.image_rows(labels)
     grid = feats.grid
     raw, attn_last, probs = gradcam(bb, feats.last_block_input, grid, rows, len(labels), temperature)
     cams = raw

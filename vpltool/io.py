@@ -466,6 +466,14 @@ class Prototypes:
     def background_rows(self) -> Any:
         return (self.row_class == 0).nonzero().flatten()
 
+    def image_rows(self, labels: Sequence[int]) -> Any:
+        """``[K + M, D]``: the rows of an image's K classes (in ``labels`` order), then every background row; the
+        rows a CAM softmax runs over."""
+        import torch
+
+        return torch.cat([self.vectors[self.class_rows()[[c - 1 for c in labels]]],
+                          self.vectors[self.background_rows()]])
+
 
 def write_prototypes(path: str | os.PathLike, p: Prototypes, **extra: Any) -> Path:
     return write_tensors(

@@ -488,6 +488,11 @@ def load_item(inp: Inputs, item_id: str, labels: tuple[int, ...], cfg: LearnProt
     return x, targets, hard_labels(cams, labels, cfg.threshold)
 
 
+def sampled_count(n: int, fraction: float) -> int:
+    """Pixels an image of ``n`` keeps under ``--pixel-fraction``: ``round(fraction * n)``, at least one."""
+    return max(1, round(fraction * n))
+
+
 def sample_pixels(tensors: tuple[torch.Tensor, ...], fraction: float, seed: int, index: int
                   ) -> tuple[torch.Tensor, ...]:
     """The same ``round(fraction * n)`` rows (at least one, in order) of each ``[n, ...]`` tensor.
@@ -496,7 +501,7 @@ def sample_pixels(tensors: tuple[torch.Tensor, ...], fraction: float, seed: int,
     other images are in the set.
     """
     n = len(tensors[0])
-    keep = max(1, round(fraction * n))
+    keep = sampled_count(n, fraction)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
     rows = torch.randperm(n, generator=gen)[:keep].sort().values
     return tuple(tensor[rows] for tensor in tensors)
@@ -594,7 +599,7 @@ def estimate_bytes(inp: Inputs, storage: torch.dtype, pixel_fraction: float = 1.
     """Resident size of all chunks: features in ``storage``, fp32 targets and a bool mask per row in play."""
     m = len(inp.text.background_rows())
     itemsize = torch.empty((), dtype=storage).element_size()
-    return int(sum(max(1, round(pixel_fraction * h * w)) * (inp.dim * itemsize + 5 * (len(labels) + m))
+    return int(sum(sampled_count(h * w, pixel_fraction) * (inp.dim * itemsize + 5 * (len(labels) + m))
                    for _, labels, (h, w) in inp.items))
 
 
