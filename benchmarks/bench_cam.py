@@ -80,7 +80,7 @@ def clip_es_formulation(bb, dataset, protos, cfg: CamConfig) -> float:
             cam, attn_last, _ = gradcam(bb, x[0], grid, rows, 1, protos.temperature)
             if trans is None:  # CLIP-ES builds the affinity once per image, at the first class
                 trans = affinity((prev * (cfg.attention_blocks - 1) + attn_last[1:, 1:]) / cfg.attention_blocks)
-            upsample(refine(cam, trans, cfg.box_threshold), image.shape[:2])
+            upsample(refine(cam, trans, cfg.box_threshold).maps, image.shape[:2])
     synchronize(str(bb.device))
     return time.perf_counter() - start
 

@@ -29,7 +29,7 @@ def test_masked_columns_do_not_propagate():
     cams = torch.zeros(1, 3, 4)
     cams[0, 0, 0] = 1.0  # the only box is the top-left patch
     trans = affinity(_stochastic(12, seed=1))
-    out = refine(cams, trans, threshold=0.4)
+    out = refine(cams, trans, threshold=0.4).maps
     expected = trans[:, 0] / trans[:, 0].max()  # only column 0 survives the box mask, then min-max
     expected = (expected - expected.min()) / (expected.max() - expected.min() + 1e-7)
     assert torch.allclose(out.flatten(), expected.float(), atol=1e-5)
@@ -144,3 +144,29 @@ def test_caa_sgc_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, w
     res = cams_for_image(bb, feats, io.read_prototypes(text_protos), CamConfig(refine="caa+sgc"), 0.01,
                          load_image(items[feats.id].image))
     assert res.cams.shape[1:] == feats.image_size and res.cams.min() >= 0 and res.cams.max() <= 1
+
+
+def test_save_debug_writes_every_step(features_dir, text_protos, tmp_path):
+    from vpltool.cam import upsample
+
+    run_cam(features_dir, text_protos, tmp_path / "cams", debug=tmp_path / "debug")
+    protos = io.read_prototypes(text_protos)
+    n_bg = len(protos.background_rows())
+    checked = 0
+    for path in sorted((tmp_path / "cams").glob("*.safetensors")):
+        cams, labels, _ = io.read_cam(path)
+        d = io.read_cam_debug(tmp_path / "debug" / path.name)
+        k, (h, w) = len(labels), io.read_features(features_dir / path.name).grid
+        assert d["raw"].shape == (k, h, w) and d["probs"].shape == (k + n_bg,)
+        assert torch.equal(d["labels"], labels) and len(d.meta("row_names")) == k + n_bg
+        assert torch.allclose(d["probs"].sum(), torch.tensor(1.0), atol=1e-5)
+        if k == 0:
+            continue
+        checked += 1
+        assert d["raw"].min() >= 0 and d["raw"].max() <= 1
+        boxes = d["boxes"]
+        assert boxes.shape[1] == 5 and set(boxes[:, 0].tolist()) <= set(range(k))
+        assert (boxes[:, 1] < boxes[:, 3]).all() and (boxes[:, 3] <= w).all() and (boxes[:, 4] <= h).all()
+        # the stored CAM is the min-max of the debug's pre-min-max map, resized to the image
+        assert torch.allclose(upsample(minmax(d["refined_before_minmax"]), cams.shape[1:]), cams, atol=2e-3)
+    assert checked

@@ -133,3 +133,20 @@ def test_odd_image_modes_go_through(tiny_spec, tmp_path):
     assert sizes["gray"].input_size == (48, 64) and sizes["gray"].image_size == (40, 50)
     assert sizes["rgba"].input_size == (48, 32) and sizes["deep"].input_size == (32, 32)
     assert sizes["deep"].labels == (1, 2)
+
+
+def test_bf16_on_the_cpu_really_runs_in_bf16(train, tiny_spec, tmp_path):
+    _run(train, tmp_path / "fp32", tiny_spec)
+    _run(train, tmp_path / "bf16", tiny_spec, runtime=RuntimeConfig(device="cpu", workers=1, precision="bf16"))
+    item = train.items[0].id
+    a = io.read_features(io.feature_path(tmp_path / "fp32", item)).dense.flatten(0, 1)
+    b = io.read_features(io.feature_path(tmp_path / "bf16", item)).dense.flatten(0, 1)
+    assert (a - b).abs().max() > 1e-3  # a different computation, not fp32 under another name
+    assert torch.nn.functional.cosine_similarity(a, b, dim=1).min() > 0.99  # but the same features
+
+
+def test_fp16_on_the_cpu_is_refused(train, tiny_spec, tmp_path):
+    from vpltool.errors import VplError
+
+    with pytest.raises(VplError, match="--precision fp16"):
+        _run(train, tmp_path / "out", tiny_spec, runtime=RuntimeConfig(device="cpu", precision="fp16"))

@@ -46,7 +46,7 @@ def gradcam(bb: ClipBackbone, last_block_input: torch.Tensor, grid: tuple[int, i
         n_classes: K.
 
     Returns:
-        cams ``[K, h, w]`` float32 in [0, 1] (min-max per map), the last block's head-mean attention
+        cams ``[K, h, w]`` float32 in [0, 1] (min-max per map, twice as CLIP-ES), the last block's head-mean attention
         ``[1 + hw, 1 + hw]``, and the probabilities ``[K + M]``.
     """
     x = last_block_input.to(bb.device, torch.float32)[None].requires_grad_(True)
@@ -61,7 +61,7 @@ def gradcam(bb: ClipBackbone, last_block_input: torch.Tensor, grid: tuple[int, i
     act, grads = act[0, 1:].detach(), grads[:, 0, 1:]  # patch tokens only
     weights = grads.mean(1)  # [K, width]: GradCAM channel weights
     cams = torch.relu(weights @ act.T).view(n_classes, *grid)  # [K, h, w]
-    return minmax(cams), attn[0].detach(), probs.detach()
+    return gradcam_scale(cams), attn[0].detach(), probs.detach()
 
 
 def minmax(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -70,6 +70,16 @@ def minmax(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     lo = flat.min(-1, keepdim=True).values
     flat = flat - lo
     return (flat / (flat.max(-1, keepdim=True).values + eps)).view_as(maps)
+
+
+def gradcam_scale(maps: torch.Tensor) -> torch.Tensor:
+    """CLIP-ES's GradCAM scaling: :func:`minmax` twice.
+
+    pytorch_grad_cam (``base_cam.py``) scales once per target layer and again after the mean over layers. With one
+    layer the second pass only matters when the raw maximum is tiny: at a raw range of 1.4e-6 the first pass's
+    1e-7 leaves the maximum at 0.93, the second brings it to 1.
+    """
+    return minmax(minmax(maps))
 
 
 def affinity(attention: torch.Tensor) -> torch.Tensor:
@@ -85,36 +95,61 @@ def affinity(attention: torch.Tensor) -> torch.Tensor:
     return (t @ t).float()
 
 
-def box_mask(cam: np.ndarray, threshold: float, parity: bool = False) -> np.ndarray:
-    """Union of the bounding boxes of all contours of ``uint8(cam*255) > int(threshold * max)``.
+def box_coords(cam: np.ndarray, threshold: float, parity: bool = False) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes ``(x0, y0, x1, y1)`` (exclusive ends, patch grid) of all contours of
+    ``uint8(cam*255) > int(threshold * max)`` (CLIP-ES ``utils.py:scoremap2bbox`` with ``multi_contour_eval``).
 
     Args:
         cam: ``[h, w]`` float in [0, 1].
-        parity: CLIP-ES's ``scoremap2bbox`` clips the exclusive box end to ``W-1``/``H-1``, so a box touching the
-            right/bottom border loses its last column/row; the default keeps it.
+        parity: CLIP-ES clips the exclusive end to ``W-1``/``H-1``, so a box touching the right/bottom border loses
+            its last column/row; the default keeps it.
 
     Returns:
-        ``[h, w]`` float32 in {0, 1}; empty when nothing exceeds the threshold.
+        One box per contour; none when nothing exceeds the threshold.
     """
     h, w = cam.shape
     u8 = (cam * 255).astype(np.uint8)
     binary = (u8 > int(threshold * u8.max())).astype(np.uint8)
     contours, _ = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
-    mask = np.zeros((h, w), np.float32)
+    boxes = []
     for contour in contours:
         x, y, bw, bh = cv2.boundingRect(contour)
         x1, y1 = (min(x + bw, w - 1), min(y + bh, h - 1)) if parity else (x + bw, y + bh)
-        mask[y:y1, x:x1] = 1
+        boxes.append((x, y, x1, y1))
+    return boxes
+
+
+def box_mask(cam: np.ndarray, threshold: float, parity: bool = False) -> np.ndarray:
+    """Union of :func:`box_coords`: ``[h, w]`` float32 in {0, 1}; empty when nothing exceeds the threshold."""
+    mask = np.zeros(cam.shape, np.float32)
+    for x0, y0, x1, y1 in box_coords(cam, threshold, parity):
+        mask[y0:y1, x0:x1] = 1
     return mask
 
 
-def refine(cams: torch.Tensor, trans: torch.Tensor, threshold: float, parity: bool = False) -> torch.Tensor:
-    """CAA: ``minmax((T * box_k[None, :]) @ cam_k)`` for each of ``cams`` ``[K, h, w]``; returns ``[K, h, w]``."""
-    out = []
+@dataclass
+class Refined:
+    """What CAA made of ``[K, h, w]`` GradCAM maps."""
+
+    maps: torch.Tensor  # [K, h, w] float32 in [0, 1]: min-maxed, what is stored
+    before_minmax: torch.Tensor  # [K, h, w] float32 >= 0: (T * box[None, :]) @ cam
+    boxes: list[list[tuple[int, int, int, int]]]  # per class, (x0, y0, x1, y1) on the patch grid, exclusive ends
+
+
+def refine(cams: torch.Tensor, trans: torch.Tensor, threshold: float, parity: bool = False) -> Refined:
+    """CAA: ``minmax((T * box_k[None, :]) @ cam_k)`` for each of ``cams`` ``[K, h, w]``."""
+    before, boxes = [], []
     for cam in cams:
-        mask = torch.from_numpy(box_mask(cam.cpu().numpy(), threshold, parity)).flatten().to(trans)
-        out.append(((trans * mask[None, :]) @ cam.flatten().to(trans)).view_as(cam))
-    return minmax(torch.stack(out)) if out else cams
+        found = box_coords(cam.cpu().numpy(), threshold, parity)
+        mask = torch.zeros(cam.shape)
+        for x0, y0, x1, y1 in found:
+            mask[y0:y1, x0:x1] = 1
+        before.append(((trans * mask.flatten().to(trans)[None, :]) @ cam.flatten().to(trans)).view_as(cam))
+        boxes.append(found)
+    if not before:
+        return Refined(cams, cams, [])
+    before = torch.stack(before)
+    return Refined(minmax(before), before, boxes)
 
 
 def superpixel_smooth(cams: torch.Tensor, image: np.ndarray, n_segments: int, compactness: float) -> torch.Tensor:
@@ -145,8 +180,9 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class CamResult:
     cams: torch.Tensor  # [K, H0, W0] float32 in [0, 1]
     labels: tuple[int, ...]
-    raw: torch.Tensor  # [K, h, w] unrefined GradCAM
-    probs: torch.Tensor  # [K + M]
+    raw: torch.Tensor  # [K, h, w] unrefined GradCAM in [0, 1]
+    probs: torch.Tensor  # [K + M] softmax over the image's rows
+    refined: Refined | None = None  # CAA's intermediate maps and boxes (None with --refine none)
 
 
 def cams_for_image(bb: ClipBackbone, feats: io.Features, protos: io.Prototypes, cfg: CamConfig,
@@ -156,7 +192,7 @@ def cams_for_image(bb: ClipBackbone, feats: io.Features, protos: io.Prototypes, 
     rows = protos.image_rows(labels)
     grid = feats.grid
     raw, attn_last, probs = gradcam(bb, feats.last_block_input, grid, rows, len(labels), temperature)
-    cams = raw
+    cams, refined = raw, None
     if cfg.refine != "none" and len(labels):
         n_prev = int(feats.file.meta("attention_blocks", 0))
         wanted = min(cfg.attention_blocks, bb.n_blocks)
@@ -168,13 +204,14 @@ def cams_for_image(bb: ClipBackbone, feats: io.Features, protos: io.Prototypes, 
                                 "block alone)")
         att = attn_last[1:, 1:] if n_prev == 0 else (feats.attention.to(attn_last) * n_prev + attn_last[1:, 1:]) / (
             n_prev + 1)
-        cams = refine(raw, affinity(att), cfg.box_threshold, parity=cfg.parity == "clip-es")
+        refined = refine(raw, affinity(att), cfg.box_threshold, parity=cfg.parity == "clip-es")
+        cams = refined.maps
     full = upsample(cams.cpu(), feats.image_size)
     if cfg.refine == "caa+sgc" and len(labels):
         if image is None:
             raise VplError("--refine caa+sgc needs the images; the dataset recorded by extract must be readable")
         full = minmax(superpixel_smooth(full, image, cfg.sgc_segments, cfg.sgc_compactness))
-    return CamResult(full, labels, raw.cpu(), probs.cpu())
+    return CamResult(full, labels, raw.cpu(), probs.cpu(), refined)
 
 
 # --------------------------------------------------------------------------------------------- the stage
@@ -194,13 +231,16 @@ def run_cam(
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
     overlays: str | Path | None = None,
+    debug: str | Path | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
 ) -> CamSummary:
     """CAMs for every image of an `extract` folder, with the classes of its image-level labels.
 
-    ``backbone`` reuses an already loaded model; it must be the one recorded by `extract`.
+    ``overlays``: a folder for heat-map PNGs. ``debug``: a folder for each image's intermediate maps (kind
+    ``cam-debug``, docs/file-formats.md). ``backbone`` reuses an already loaded model; it must be the one recorded
+    by `extract`.
     """
     from .data import open_dataset
 
@@ -210,6 +250,9 @@ def run_cam(
     protos = io.read_prototypes(prototypes, classes=classes)
     if cfg.refine not in ("caa", "caa+sgc", "none"):
         raise VplError(f"--refine {cfg.refine!r}: choose caa, caa+sgc or none")
+    if cfg.parity == "clip-es" and record["params"].get("parity", "none") != "clip-es":
+        raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
+                       "CLIP-ES; re-run extract with --parity clip-es")
     temperature = cfg.temperature or protos.temperature
     params = {**to_params(cfg), "temperature": temperature, "prototypes": prototypes_identity(protos)}
     ident = record["inputs"]["dataset"]
@@ -232,8 +275,8 @@ def run_cam(
             items = open_dataset(ident["root"], ident.get("split")).by_id() if need_images else {}
             extract_cfg = ExtractConfig(**{k: v for k, v in record["params"].items() if k != "model"})
             for item_id in todo:
-                _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params, overlays,
-                         extract_cfg)
+                _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params,
+                         extract_cfg, overlays, debug)
                 if on_item:
                     on_item(1)
         io.write_stage_record(out, STAGE, params=params, count=len(ids),
@@ -241,7 +284,8 @@ def run_cam(
     return CamSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start)
 
 
-def _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params, overlays, extract_cfg):
+def _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params, extract_cfg, overlays,
+             debug):
     from .data import load_image
 
     feats = io.read_features(io.feature_path(features, item_id), classes=classes)
@@ -255,11 +299,22 @@ def _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classe
                  image_size=list(feats.image_size))
     if overlays is not None and image is not None:
         write_overlay(Path(overlays) / f"{item_id}.png", image, result.cams, result.labels, classes)
+    if debug is not None:
+        io.write_cam_debug(io.cam_path(debug, item_id), result.raw, result.probs, result.labels,
+                           None if result.refined is None else result.refined.before_minmax,
+                           None if result.refined is None else result.refined.boxes,
+                           classes=classes, params=params, id=item_id, row_names=_row_names(protos, result.labels))
+
+
+def _row_names(protos: io.Prototypes, labels) -> list[str]:
+    """Display names of an image's softmax rows, in :meth:`io.Prototypes.image_rows` order."""
+    rows = [int(protos.class_rows()[c - 1]) for c in labels] + protos.background_rows().tolist()
+    return [protos.row_names[r] for r in rows]
 
 
 def _recompute_tokens(bb, feats, items, item_id, extract_cfg):
     from .data import load_image
-    from .extract import encode_batch
+    from .extract import cache_dtype, encode_batch
 
     if item_id not in items:
         raise VplError(f"{feats.file.path}: no cached tokens and image '{item_id}' not found; re-run extract "
@@ -267,9 +322,10 @@ def _recompute_tokens(bb, feats, items, item_id, extract_cfg):
     pixels = bb.preprocess(load_image(items[item_id].image), feats.input_size)[None]
     cfg = ExtractConfig(**{**to_params(extract_cfg), "store_tokens": True})
     enc = encode_batch(bb, pixels, cfg, torch.float32)
+    params = to_params(cfg)
     # rounded like the cache, so a cam run with and without cached tokens gives the same maps
-    feats.last_block_input = enc["last_block_input"][0].cpu().half().float()
-    feats.attention = enc["attention"][0].cpu().half().float()
+    for name in ("last_block_input", "attention"):
+        setattr(feats, name, enc[name][0].cpu().to(cache_dtype(params, name)).float())
     return feats
 
 

@@ -165,6 +165,8 @@ def extract_cmd(
         ExtractConfig.attention_blocks,
     tokens: Annotated[bool, typer.Option("--tokens/--no-tokens", help="Store the last block's input + attention "
                                          "(needed by `cam`; ~2x the disk).")] = ExtractConfig.store_tokens,
+    parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's fp16-rounded positional embedding, tokens "
+                                        "cached in fp32: for `cam --parity clip-es`).")] = ExtractConfig.parity,
     shard: Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset.")] = "0/1",
     allow_pickle: Annotated[bool, typer.Option(help="Allow an IRN-style cls_labels.npy (a pickle).")] = False,
     labels_file: Annotated[Optional[Path], typer.Option(help="Image-label file overriding the layout's own.")] = None,
@@ -185,7 +187,7 @@ def extract_cmd(
 
     dataset = open_dataset(data, split, labels_file=labels_file, allow_pickle=allow_pickle)
     cfg = ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
-                        store_tokens=tokens)
+                        store_tokens=tokens, parity=parity)
     with progress("extract") as (on_start, on_item):
         summary = run_extract(dataset, out, _model_spec(model, pretrained, model_config_dir), cfg,
                               _runtime(device, precision, batch_size, workers, overwrite), shard=_shard(shard),
@@ -251,9 +253,12 @@ def cam_cmd(
                                                  "COCO 0.7).")] = CamConfig.box_threshold,
     temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature; default: the prototypes "
                                                          "file's (1/logit_scale for text, tau_I for vision).")] = None,
-    parity: Annotated[str, typer.Option(help="none | clip-es (exclusive box ends clipped at the border, as "
-                                        "CLIP-ES).")] = CamConfig.parity,
+    parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's box ends; the extract folder must be made "
+                                        "with --parity clip-es too).")] = CamConfig.parity,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
+    save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
+                                                       "probabilities, CAA boxes and pre-min-max refined maps here "
+                                                       "(docs/file-formats.md).")] = None,
     device: Device = _R.device,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
@@ -267,8 +272,8 @@ def cam_cmd(
     cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity)
     runtime = RuntimeConfig(device=device, overwrite=overwrite)
     with progress("cam") as (on_start, on_item):
-        s = run_cam(features, prototypes, out, cfg, runtime, overlays=save_overlays, on_item=on_item,
-                    on_start=on_start)
+        s = run_cam(features, prototypes, out, cfg, runtime, overlays=save_overlays, debug=save_debug,
+                    on_item=on_item, on_start=on_start)
     err.print(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
 
 
@@ -477,6 +482,8 @@ def eval_cmd(
     split: Split = None,
     bg_exponents: Annotated[str, typer.Option(help="CAM folders: background = (1-max)^a, best a of these.")] =
         ",".join(f"{a:g}" for a in EvalConfig.bg_exponents),
+    parity: Annotated[Optional[str], typer.Option(help="CAM folders: none | clip-es (CLIP-ES's float16 background "
+                                                  "score) [default: the CAM folder's --parity].")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")] = None,
     verbose: Verbose = False,
 ) -> None:
@@ -489,7 +496,7 @@ def eval_cmd(
     from .metrics import format_table, run_eval
 
     exps = tuple(float(a) for a in bg_exponents.split(","))
-    result, classes = run_eval(predictions, data=data, split=split, cfg=EvalConfig(bg_exponents=exps),
+    result, classes = run_eval(predictions, data=data, split=split, cfg=EvalConfig(bg_exponents=exps, parity=parity),
                                json_out=json_out)
     Console().print(format_table(result, classes))
     extra = f" (bg exponent {result['bg_exponent']:g})" if "bg_exponent" in result else ""

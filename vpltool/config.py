@@ -34,6 +34,9 @@ class ExtractConfig:
     max_side: int | None = None  # optional cap on the longer side before rounding (keeps huge photos in memory)
     attention_blocks: int = 8  # CAA averages the head-mean attention of the last 8 blocks (CLIP-ES)
     store_tokens: bool = True  # keep the last block's input + attention so `cam` never re-runs frozen blocks
+    # none | clip-es: CLIP-ES's fp16-rounded positional embedding, and the tokens cached in fp32 (not fp16), so that
+    # `cam --parity clip-es` reproduces CLIP-ES's fp32 run
+    parity: str = "none"
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class CamConfig:
     box_threshold: float = 0.4  # CLIP-ES: 0.4 for VOC, 0.7 for COCO
     attention_blocks: int = 8  # must not exceed what `extract` stored
     temperature: float | None = None  # None = the prototypes file's own (1/logit_scale for text, tau_I for vision)
-    parity: str = "none"  # none | clip-es (reproduce CLIP-ES quirks: exclusive box ends, fp16 pos-emb)
+    parity: str = "none"  # none | clip-es (CLIP-ES's box ends; needs an extract folder made with --parity clip-es)
     sgc_segments: int = 64  # SLIC superpixels per image for --refine caa+sgc
     sgc_compactness: float = 10.0
     max_classes_per_pass: int = 32  # bounds memory of the batched backward on images with many labels
@@ -64,6 +67,8 @@ class EvalConfig:
     """`vpltool eval`: confusion matrix and mIoU (VOC/COCO convention: mean over classes present in GT)."""
 
     bg_exponents: tuple[float, ...] = (1.0, 2.0)  # CAM folders: bg = (1 - max cam)^a, best a reported (CLIP-ES)
+    # none | clip-es (CLIP-ES's fp16 arithmetic for the background score); None = the CAM folder's own --parity
+    parity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class CrfConfig:
     bilateral_compat: float = 4.0
     confidence: float = 0.95  # CRF max probability below this -> 255 ignore
     bg_exponent: float = 1.0
-    parity: str = "none"  # none | clip-es (feed the wrapped mean-subtracted BGR image like CLIP-ES)
+    parity: str = "none"  # none | clip-es (CLIP-ES's wrapped mean-subtracted BGR image and fp16 unary)
     no_crf: bool = False  # thresholded argmax instead of the CRF (paper ablation)
 
 

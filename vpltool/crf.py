@@ -8,7 +8,8 @@ Per image (research notes §1.9, §4.1; K image-level labels, C = K + 1 rows wit
 3. ``label = [0, labels...][argmax Q]``; pixels with ``max Q < 0.95`` -> 255 (ignored by the decoder's loss).
 
 ``--parity clip-es`` gives the bilateral term CLIP-ES's image: the BGR photo minus the Caffe means, cast to uint8
-so negative values wrap around (see :func:`clip_es_image`); the default gives it the RGB photo.
+so negative values wrap around (see :func:`clip_es_image`), and builds step 1 and the unary in float16 like CLIP-ES
+(its CAM files are float16); the default gives it the RGB photo and computes in float32.
 ``--no-crf`` skips steps 2-3: ``label = [0, labels...][argmax P]`` with no ignore pixel, i.e. exactly the
 masks ``vpltool eval`` scores for the CAM folder at the same exponent (the paper's rows without CRF).
 
@@ -55,16 +56,24 @@ def _densecrf() -> Any:
     return dcrf
 
 
-def crf_probabilities(cams: np.ndarray, bg_exponent: float = CrfConfig.bg_exponent) -> np.ndarray:
+def crf_probabilities(cams: np.ndarray, bg_exponent: float = CrfConfig.bg_exponent, fp16: bool = False
+                      ) -> np.ndarray:
     """CLIP-ES's class scores: a background row ``(1 - max_k cams)^a`` stacked on the CAMs.
 
     Args:
         cams: ``[K, H, W]`` float in [0, 1], one map per image-level label (K may be 0).
         bg_exponent: ``a`` > 0; larger values shrink the background score.
+        fp16: compute in float16 as CLIP-ES does on its fp16 CAM files (``--parity clip-es``); the default computes
+            in float32, so the background row is not rounded to 11 bits.
 
     Returns:
-        ``[K + 1, H, W]`` float32 in [0, 1], row 0 = background; rows are *not* normalised to sum to 1.
+        ``[K + 1, H, W]`` in [0, 1] (float32, or float16 with ``fp16``), row 0 = background; rows are *not*
+        normalised to sum to 1.
     """
+    if fp16:
+        cams = np.asarray(cams, dtype=np.float16)
+        fg = cams.max(0) if len(cams) else np.zeros(cams.shape[1:], np.float16)
+        return np.concatenate([np.power(1 - fg, bg_exponent)[None], cams])  # CLIP-ES: eval_cam_with_crf.py:crf
     cams = np.asarray(cams, dtype=np.float32)  # float16 files: no half arithmetic in the power below
     if cams.ndim != 3:
         raise ValueError(f"cams must be [K, H, W], got shape {cams.shape}")
@@ -73,12 +82,23 @@ def crf_probabilities(cams: np.ndarray, bg_exponent: float = CrfConfig.bg_expone
     return np.concatenate([bg[None], cams]).astype(np.float32, copy=False)
 
 
+def unary(probs: np.ndarray) -> np.ndarray:
+    """``-log(clip(p, 1e-5, 1))`` ``[C, H*W]`` float32 C-contiguous, computed in the dtype of ``probs``.
+
+    As ``pydensecrf.utils.unary_from_softmax``: float16 probs (CLIP-ES's, from its float16 CAM files) give a float16
+    logarithm, which flips a few pixels against a float32 one.
+    """
+    flat = probs.reshape(len(probs), -1)
+    kind = flat.dtype.type
+    return np.ascontiguousarray(-np.log(np.clip(flat, kind(UNARY_FLOOR), kind(1.0))), dtype=np.float32)
+
+
 def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CrfConfig = CrfConfig()) -> np.ndarray:
     """Mean-field inference of a fully connected CRF (Krähenbühl & Koltun 2011) with CLIP-ES's kernels.
 
     Args:
         image: ``[H, W, 3]`` uint8, what the bilateral term compares (RGB photo or :func:`clip_es_image`).
-        probs: ``[C, H, W]`` float scores in [0, 1] (e.g. :func:`crf_probabilities`); unary = ``-log(probs)``.
+        probs: ``[C, H, W]`` float scores in [0, 1] (e.g. :func:`crf_probabilities`); unary = :func:`unary`.
         cfg: iterations and the Gaussian / bilateral kernel parameters.
 
     Returns:
@@ -90,9 +110,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CrfConfig = CrfConfig()
     if c == 1:  # a single label has nothing to decide; pydensecrf would only spend time on it
         return np.ones((1, h, w), np.float32)
     dcrf = _densecrf()
-    unary = -np.log(np.clip(probs.reshape(c, -1), UNARY_FLOOR, 1.0))  # [C, H*W]
     crf = dcrf.DenseCRF2D(w, h, c)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.setUnaryEnergy(unary(probs))
     crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
     rgbim = np.require(image, requirements="CW")  # pydensecrf wants a writable buffer; PIL's arrays are read-only
     crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=rgbim, compat=cfg.bilateral_compat)
@@ -152,10 +171,11 @@ def refine_image(
     Returns:
         ``[H, W]`` uint8 mask (0 background, class ids, 255 ignore).
     """
-    probs = crf_probabilities(cams, cfg.bg_exponent)
+    parity = cfg.parity == "clip-es"
+    probs = crf_probabilities(cams, cfg.bg_exponent, fp16=parity)
     if cfg.no_crf:
         return pseudo_labels(probs, labels, None)
-    seen = clip_es_image(image) if cfg.parity == "clip-es" else image
+    seen = clip_es_image(image) if parity else image
     return pseudo_labels(dense_crf(seen, probs, cfg), labels, cfg.confidence)
 
 
@@ -354,6 +374,6 @@ def run_crf(
 
 
 __all__ = [
-    "STAGE", "PARITIES", "crf_probabilities", "dense_crf", "clip_es_image", "pseudo_labels", "refine_image",
+    "STAGE", "PARITIES", "crf_probabilities", "unary", "dense_crf", "clip_es_image", "pseudo_labels", "refine_image",
     "read_cam_array", "mask_path", "CrfSummary", "check_config", "run_crf",
 ]

@@ -62,9 +62,9 @@ def _batches(decoded: Iterable[tuple[Item, np.ndarray]], size_of: Callable, batc
 
 
 @torch.no_grad()
-def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dtype: torch.dtype,
-                 fp16_pos: bool = False) -> dict[str, torch.Tensor]:
-    """Frozen forward of ``[B, 3, H, W]`` pixels.
+def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dtype: torch.dtype
+                 ) -> dict[str, torch.Tensor]:
+    """Frozen forward of ``[B, 3, H, W]`` pixels (``cfg.parity == 'clip-es'``: positional embedding rounded to fp16).
 
     Returns:
         ``dense`` [B, h, w, D], and with ``cfg.store_tokens`` also ``last_block_input`` [B, 1+hw, width] and
@@ -74,7 +74,7 @@ def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dty
     grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
     n_attn = min(cfg.attention_blocks, bb.n_blocks) - 1  # blocks before the last whose maps CAA averages
     with autocast(bb.device, dtype):
-        x = bb.embed(pixels.to(bb.device), fp16_pos=fp16_pos)
+        x = bb.embed(pixels.to(bb.device), fp16_pos=cfg.parity == "clip-es")
         x, attns = bb.run_blocks(x, grid, 0, bb.n_blocks - 1,
                                  attention_from=bb.n_blocks - 1 - n_attn if cfg.store_tokens else None)
         last_in = x
@@ -89,6 +89,13 @@ def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dty
             hw = grid[0] * grid[1]
             out["attention"] = torch.zeros(len(pixels), hw, hw, device=dense.device)
     return out
+
+
+def cache_dtype(params: dict, name: str) -> torch.dtype:
+    """fp16 on disk, except the last block's input and attention in parity mode: `cam` must see CLIP-ES's fp32
+    values (fp16 tokens alone leave the raw CAM 8e-4 off)."""
+    exact = params.get("parity") == "clip-es" and name in ("last_block_input", "attention")
+    return torch.float32 if exact else torch.float16
 
 
 def extract_metadata(bb: ClipBackbone, cfg: ExtractConfig, n_attn: int) -> dict[str, Any]:
@@ -159,7 +166,7 @@ def _save_item(out: Path, dataset: Dataset, item: Item, image: np.ndarray, size:
         raise ContractError(f"{item.image}: CLIP features contain NaN/inf (broken weights or fp16 overflow); "
                             "try --precision fp32")
     io.write_tensors(
-        path, {k: v.to(torch.float16) for k, v in tensors.items()}, kind=KIND, classes=dataset.classes,
+        path, {k: v.to(cache_dtype(params, k)) for k, v in tensors.items()}, kind=KIND, classes=dataset.classes,
         params=params, id=item.id, image_size=list(image.shape[:2]), input_size=list(size),
         grid=list(tensors["dense"].shape[:2]), labels=list(item.labels), **meta,
     )

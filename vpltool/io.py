@@ -523,3 +523,36 @@ def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None) -> t
     if cams.ndim != 3 or len(labels) != cams.shape[0]:
         raise ContractError(f"{path}: cams must be [K, H, W] with K labels")
     return cams, labels, f
+
+
+CAM_DEBUG_KIND = "cam-debug"
+
+
+def write_cam_debug(path: str | os.PathLike, raw, probs, labels: Sequence[int], before_minmax=None, boxes=None, *,
+                    classes: Sequence[str], params: Mapping[str, Any], row_names: Sequence[str],
+                    **extra: Any) -> Path:
+    """One image's `cam --save-debug` file: what each step of `cam` produced, in float32 at patch resolution.
+
+    Args:
+        raw: ``[K, h, w]`` GradCAM in [0, 1], before CAA (CLIP-ES's ``grayscale_cam``).
+        probs: ``[K + M]`` softmax over the image's rows (``row_names``: K classes, then M background rows).
+        labels: ``[K]`` class ids of the maps.
+        before_minmax: ``[K, h, w]`` CAA's ``(T * box[None, :]) @ cam`` before its min-max; None with --refine none.
+        boxes: per class, the ``(x0, y0, x1, y1)`` boxes on the patch grid (exclusive ends), stored as
+            ``[n, 5]`` int32 rows ``(k, x0, y0, x1, y1)`` with ``k`` the map index; None with --refine none.
+    """
+    import torch
+
+    tensors = {"raw": raw.float(), "probs": probs.float(), "labels": torch.as_tensor(list(labels), dtype=torch.int64)}
+    if before_minmax is not None:
+        tensors["refined_before_minmax"] = before_minmax.float()
+    if boxes is not None:
+        rows = [(k, *box) for k, found in enumerate(boxes) for box in found]
+        tensors["boxes"] = torch.tensor(rows, dtype=torch.int32).reshape(-1, 5)
+    return write_tensors(path, tensors, kind=CAM_DEBUG_KIND, classes=classes, params=params,
+                         row_names=list(row_names), **extra)
+
+
+def read_cam_debug(path: str | os.PathLike, classes: Sequence[str] | None = None) -> TensorFile:
+    """A ``cam-debug`` file (see :func:`write_cam_debug`); tensors as stored."""
+    return read_tensors(path, kind=CAM_DEBUG_KIND, classes=classes)

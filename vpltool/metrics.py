@@ -88,23 +88,25 @@ def scores(hist: np.ndarray) -> dict[str, Any]:
     }
 
 
-def cams_to_labels(cams: np.ndarray, labels: Sequence[int], bg_exponent: float) -> np.ndarray:
+def cams_to_labels(cams: np.ndarray, labels: Sequence[int], bg_exponent: float, fp16: bool = False) -> np.ndarray:
     """Label map from CAMs with the CLIP-ES background score ``(1 - max_k cams)^a``.
 
     Args:
         cams: [K, H, W] float in [0, 1], one map per image-level label.
         labels: K class ids (1..C) of the maps, in the order of ``cams``.
         bg_exponent: ``a``; larger values shrink the background score and so grow the foreground.
+        fp16: CLIP-ES's ``eval_cam.py`` arithmetic (float16, as its CAM files); default float32.
 
     Returns:
         [H, W] uint8, 0 = background else a value of ``labels``; ties go to background (CLIP-ES argmax order).
     """
-    fg_score, fg_label = _best_foreground(np.asarray(cams), labels)
+    fg_score, fg_label = _best_foreground(np.asarray(cams), labels, fp16)
     return _with_background(fg_score, fg_label, bg_exponent)
 
 
-def _best_foreground(cams: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """[H, W] float32 max CAM score and [H, W] uint8 class id of that max; computed once per image for all ``a``."""
+def _best_foreground(cams: np.ndarray, labels: Sequence[int], fp16: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """[H, W] max CAM score (float32, or float16 with ``fp16``) and [H, W] uint8 class id of that max; computed
+    once per image for all ``a``."""
     if cams.ndim != 3 or cams.shape[0] != len(labels):
         raise ContractError(f"CAMs must be [K, H, W] with K = {len(labels)} labels, got {tuple(cams.shape)}")
     if cams.shape[0] == 0:  # no image-level label: everything is background
@@ -112,13 +114,20 @@ def _best_foreground(cams: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarra
     ids = np.asarray(labels, dtype=np.int64)
     if ids.min() < 1 or ids.max() > 254:  # 0 is background, 255 ignore, and the result is uint8
         raise ContractError(f"CAM labels must be class ids in 1..254, got {ids.tolist()}")
-    cams = cams.astype(np.float32, copy=False)  # float16 CAMs: avoid half arithmetic in the power below
+    # float16 CAMs are upcast (no half arithmetic in the power below), unless CLIP-ES's own fp16 arithmetic is asked for
+    cams = cams.astype(np.float16 if fp16 else np.float32, copy=False)
     ids = ids.astype(np.uint8)
     return cams.max(0), ids[cams.argmax(0)]
 
 
 def _with_background(fg_score: np.ndarray, fg_label: np.ndarray, bg_exponent: float) -> np.ndarray:
-    """Argmax over ``[bg, cams]`` reduced to one comparison: foreground wins only if strictly above background."""
+    """Argmax over ``[bg, cams]`` reduced to one comparison: foreground wins only if strictly above background.
+
+    A float16 ``fg_score`` is CLIP-ES's ``eval_cam.py`` arithmetic: ``np.power(1 - max, a)`` in float16.
+    """
+    if fg_score.dtype == np.float16:
+        bg = np.power(1 - fg_score, bg_exponent)
+        return np.where(fg_score > bg, fg_label, 0).astype(np.uint8)
     bg = np.clip(1.0 - fg_score, 0.0, 1.0) ** bg_exponent  # clip: fp16 rounding above 1 would give NaN for a < 1
     return np.where(fg_score > bg, fg_label, 0).astype(np.uint8)
 
@@ -177,6 +186,7 @@ def evaluate_cams(
     classes: Sequence[str],
     ids: Iterable[str],
     bg_exponents: Sequence[float] = EvalConfig.bg_exponents,
+    parity: str = "none",
 ) -> dict[str, Any]:
     """mIoU of a CAM folder (``<cam_dir>/<id>.safetensors``) for each background exponent, best one reported.
 
@@ -188,6 +198,8 @@ def evaluate_cams(
         classes: class names, index 0 = background; must match the files' ``vpltool.classes``.
         ids: the images to score.
         bg_exponents: values of ``a`` in ``bg = (1 - max cam)^a`` (CLIP-ES searches {1, 2}).
+        parity: 'clip-es' computes the background score in float16 like CLIP-ES's ``eval_cam.py``; 'none' in
+            float32.
 
     Returns:
         The :func:`evaluate_masks` keys for the best exponent, plus ``bg_exponent`` (the best ``a``; the first of
@@ -200,7 +212,8 @@ def evaluate_cams(
     accs = {float(a): MiouAccumulator(len(classes)) for a in bg_exponents}
     for item in ids:
         gt = read_mask(gt_by_id[item])
-        fg_score, fg_label = _read_cam(cam_dir / f"{item}.safetensors", classes, item, gt.shape)
+        fg_score, fg_label = _read_cam(cam_dir / f"{item}.safetensors", classes, item, gt.shape,
+                                       fp16=parity == "clip-es")
         for a, acc in accs.items():
             acc.add(gt, _with_background(fg_score, fg_label, a), item=item)
     results = {a: acc.result() for a, acc in accs.items()}
@@ -210,11 +223,11 @@ def evaluate_cams(
 
 
 def _read_cam(
-    path: Path, classes: Sequence[str], item: str, gt_shape: tuple[int, ...]
+    path: Path, classes: Sequence[str], item: str, gt_shape: tuple[int, ...], fp16: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validated best foreground score/label of one CAM file (see :func:`_best_foreground`)."""
     f = read_tensors(path, kind="cam", classes=classes, keys=("cams", "labels"))
-    cams = f["cams"].float().numpy()  # [K, H, W]
+    cams = f["cams"].numpy()  # [K, H, W] as stored (float16)
     labels = [int(v) for v in f["labels"].reshape(-1).tolist()]
     if cams.ndim != 3 or cams.shape[0] != len(labels):
         raise ContractError(f"{path}: 'cams' {tuple(cams.shape)} does not match {len(labels)} labels; re-run `cam`")
@@ -225,7 +238,7 @@ def _read_cam(
             f"{path}: CAMs of image '{item}' are {cams.shape[1]}x{cams.shape[2]} but its GT is "
             f"{gt_shape[0]}x{gt_shape[1]}; CAMs must be saved at image resolution"
         )
-    return _best_foreground(cams, labels)
+    return _best_foreground(cams, labels, fp16)
 
 
 def _check_inputs(folder: Path, suffix: str, gt_by_id: Mapping[str, Path], ids: Iterable[str]) -> list[str]:
@@ -323,10 +336,12 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     if not with_gt:
         raise VplError(f"{data}: no ground-truth masks in split {split!r}; eval needs masks")
     ids = list(ids) if ids is not None else [it.id for it in dataset.items if it.gt is not None]
-    record = stage_record_path(folder)
-    is_cam = record.is_file() and read_json(record).get("stage") == "cam"
+    record = read_json(stage_record_path(folder)) if stage_record_path(folder).is_file() else {}
+    is_cam = record.get("stage") == "cam"
     if is_cam:
-        result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents)
+        parity = cfg.parity or record.get("params", {}).get("parity", "none")
+        result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity)
+        result["parity"] = parity
     else:
         result = evaluate_masks(folder, with_gt, dataset.classes, ids)
     result["kind"] = "cam" if is_cam else "mask"
