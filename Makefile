@@ -72,7 +72,7 @@ $(error make coco needs COCO_ROOT=/path/to/coco (a COCO 2014 WSSS root with Segm
 endif
 endif
 
-.PHONY: help setup test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
+.PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
         pseudo decoder predict report voc coco bench docs toy-clip clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -83,12 +83,16 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[crf,test]'
 	touch $@
 
-## Run the test suite (CPU, offline; includes the slow demo-world quality check)
-test: setup
+## Lint (ruff, pinned in the test extra): style, unused names, import order
+lint: setup
+	$(VENV)/bin/ruff check vpltool tests benchmarks
+
+## Lint, then run the test suite (CPU, offline; includes the slow demo-world quality check)
+test: lint
 	$(VENV)/bin/python -m pytest -q
 
 ## Run the test suite without the slow demo-world check
-test-fast: setup
+test-fast: lint
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 ## The whole pipeline on the offline demo world, then a table of mIoU per stage next to chance

@@ -32,10 +32,12 @@ from PIL import Image  # noqa: E402
 
 from vpltool import io, presets  # noqa: E402
 from vpltool.backbone import ModelSpec, load_backbone  # noqa: E402
-from vpltool.cam import affinity, gradcam, refine, run_cam, upsample  # noqa: E402
+from vpltool.cam import affinity, refine, run_cam  # noqa: E402
 from vpltool.config import CamConfig, ExtractConfig, RuntimeConfig  # noqa: E402
-from vpltool.data import load_image, open_dataset  # noqa: E402
+from vpltool.data import open_dataset  # noqa: E402
 from vpltool.extract import run_extract  # noqa: E402
+from vpltool.io import load_image  # noqa: E402
+from vpltool.kernels import upsample  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
 
 import benchlib  # noqa: E402
@@ -68,16 +70,17 @@ def clip_es_formulation(bb, dataset, protos, cfg: CamConfig) -> float:
         image = load_image(item.image)
         size = bb.input_size(*image.shape[:2])
         grid = (size[0] // bb.patch_size, size[1] // bb.patch_size)
-        with torch.no_grad():
-            x = bb.embed(bb.preprocess(image, size)[None].to(bb.device))
-            x, attns = bb.run_blocks(x, grid, 0, bb.n_blocks - 1, attention_from=0)  # CLIP-ES keeps all maps
+        with torch.no_grad():  # CLIP-ES keeps all maps
+            enc = bb.encode(bb.preprocess(image, size)[None], stop=bb.n_blocks - 1, attention_from=0)
+        x, attns = enc.tokens, enc.attentions
         prev = torch.stack([a[0, 1:, 1:] for a in attns[-(cfg.attention_blocks - 1):]]).mean(0)
         labels = list(item.labels)
         trans = None
         for j, c in enumerate(labels):
             order = [c] + [o for o in labels if o != c]  # class j first, then the other present classes
             rows = torch.cat([protos.vectors[rows_of[[o - 1 for o in order]]], bg])
-            cam, attn_last, _ = gradcam(bb, x[0], grid, rows, 1, protos.temperature)
+            out = bb.gradcam(x[0], grid, rows, 1, protos.temperature)
+            cam, attn_last = out.maps, out.attention
             if trans is None:  # CLIP-ES builds the affinity once per image, at the first class
                 trans = affinity((prev * (cfg.attention_blocks - 1) + attn_last[1:, 1:]) / cfg.attention_blocks)
             upsample(refine(cam, trans, cfg.box_threshold).maps, image.shape[:2])

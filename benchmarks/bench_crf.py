@@ -189,7 +189,8 @@ def gt_like_cams(item, rng: np.random.Generator) -> np.ndarray:
 def score(folder: Path, dataset) -> dict:
     """mIoU (255 counted wrong, as `vpltool eval`), labelled fraction, and mIoU restricted to labelled pixels."""
     from vpltool import io
-    from vpltool.metrics import MiouAccumulator, run_eval
+    from vpltool.eval import run_eval
+    from vpltool.kernels import MiouAccumulator
 
     result, _ = run_eval(folder)
     n = len(dataset.classes)
@@ -233,10 +234,11 @@ def bench_quality(tmp: Path, n_scenes: int, workers: int, cams_dir: Path | None)
 def score_normalised_rule(cams_dir: Path, dataset, folder: Path) -> dict:
     """The rejected --no-crf rule: 255 where ``max(P / sum P) < 0.95``; scored like the stage outputs."""
     from vpltool import io
-    from vpltool.crf import crf_probabilities, pseudo_labels, read_cam_array
+    from vpltool.kernels import crf_probabilities, pseudo_labels
 
     for item in dataset.items:
-        cams, labels = read_cam_array(io.cam_path(cams_dir, item.id), dataset.classes)
+        maps = io.read_cam(io.cam_path(cams_dir, item.id), dataset.classes)
+        cams, labels = maps.cams, maps.labels
         probs = crf_probabilities(cams, 1.0)
         probs /= np.maximum(probs.sum(0, keepdims=True), 1e-6)
         io.write_mask(folder / f"{item.id}.png", pseudo_labels(probs, labels, 0.95))

@@ -27,12 +27,13 @@ ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "model_confi
 os.environ.setdefault("VPLTOOL_MODEL_CONFIGS", str(ASSETS))
 
 from vpltool import io  # noqa: E402
-from vpltool.backbone import TOY_DIR, TOY_MODEL, ModelSpec, load_backbone  # noqa: E402
+from vpltool.backbone import ModelSpec, load_backbone  # noqa: E402
 from vpltool.config import DecoderConfig, RuntimeConfig, TextPrototypesConfig  # noqa: E402
 from vpltool.data import open_dataset  # noqa: E402
+from vpltool.demo import TOY_DIR, TOY_MODEL  # noqa: E402
 from vpltool.demo.scenes import BACKGROUNDS, write_dataset  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
-from vpltool.train import run_train_decoder  # noqa: E402
+from vpltool.train_decoder import run_train_decoder  # noqa: E402
 
 import benchlib  # noqa: E402
 from benchlib import PeakMemory, machine  # noqa: E402

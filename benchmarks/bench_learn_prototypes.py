@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vpltool.config import LearnPrototypesConfig
 from vpltool.device import resolve_device, resolve_precision
-from vpltool.prototypes import CHUNK_PX, ChunkBuilder, MemorySource, descend, make_targets, project_rows
+from vpltool.learn_prototypes import CHUNK_PX, ChunkBuilder, MemorySource, descend, make_targets, project_rows
 
 from benchlib import PeakMemory, machine
 

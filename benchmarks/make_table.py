@@ -170,8 +170,8 @@ def stage_costs_tables(d: dict) -> list[str]:
         if not ds:
             continue
         rows = [[r["stage"], num(r["count"]), size(r["disk_gb"]), num(r["tflop"]),
-                 duration(r["gpu_seconds_estimate"]), r["bound"] or "—", duration(r["measured_rate_seconds"]), r["note"]]
-                for r in ds["stages"]]
+                 duration(r["gpu_seconds_estimate"]), r["bound"] or "—", duration(r["measured_rate_seconds"]),
+                 r["note"]] for r in ds["stages"]]
         lines += [f"**{title}**: {ds['train_split']} ({num(ds['train_images'])} images) and val "
                   f"({num(ds['val_images'])} images); total written {size(ds['total_disk_gb'])}.", "",
                   *table(["stage", "items", "disk", "TFLOP", "GPU time ESTIMATE", "bound", f"{rate} (measured rate)",
@@ -181,7 +181,8 @@ def stage_costs_tables(d: dict) -> list[str]:
                       if isinstance(v, dict) and "image_size" in v)
     lines += [*measured_table(measured), "",
               f"Measured with `benchmarks/stage_costs.py` on synthetic images ({sizes}), {d.get('model')} with "
-              f"{d.get('weights')} weights (sizes and FLOPs depend on shapes only); machine: {machine_of(d)}. GPU time is an **ESTIMATE, not a measurement**: the "
+              f"{d.get('weights')} weights (sizes and FLOPs depend on shapes only); machine: {machine_of(d)}. "
+              "GPU time is an **ESTIMATE, not a measurement**: the "
               f"larger of FLOPs / {num(a.get('gpu_tflops'))} TFLOP/s and bytes read + written / "
               f"{num(a.get('disk_gbs'))} GB/s (learn-prototypes: features read per iteration at "
               f"{num(a.get('gpu_bandwidth_gbs'))} GB/s from a {num(a.get('gpu_memory_gb'))} GB GPU, or from disk when "

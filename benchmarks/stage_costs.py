@@ -58,15 +58,16 @@ from vpltool.config import (  # noqa: E402
 from vpltool.crf import run_crf  # noqa: E402
 from vpltool.data import open_dataset  # noqa: E402
 from vpltool.extract import run_extract  # noqa: E402
+from vpltool.learn_prototypes import run_learn_prototypes  # noqa: E402
 from vpltool.predict import run_predict  # noqa: E402
-from vpltool.prototypes import run_learn_prototypes  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
-from vpltool.train import run_train_decoder  # noqa: E402
+from vpltool.train_decoder import run_train_decoder  # noqa: E402
 
 import benchlib  # noqa: E402
 from benchlib import PeakMemory, machine, synchronize  # noqa: E402
 
-# Dataset figures the measurements are scaled to. Image counts: research notes §4.2-4.3 (CLIP-ES split lists).
+# Dataset figures the measurements are scaled to. Image counts: CLIP-ES's split lists (linyq2117/CLIP-ES
+# voc12/*.txt, coco14/*.txt).
 # Labels per image are ASSUMPTIONS (they set the size of the CAM folders): VOC from the label-count shares used by
 # bench_learn_prototypes.py (62 % / 28 % / 10 % of images with 1 / 2 / 3 classes), COCO the COCO paper's
 # "3.5 categories per image" (Lin et al. 2014). Override them with --voc-labels / --coco-labels.

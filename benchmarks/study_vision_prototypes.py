@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-import benchlib  # noqa: E402
-
 from vpltool import io  # noqa: E402
 from vpltool.backbone import ModelSpec, load_backbone  # noqa: E402
-from vpltool.cam import gradcam, minmax, upsample  # noqa: E402
 from vpltool.config import EvalConfig, LearnPrototypesConfig, RuntimeConfig  # noqa: E402
-from vpltool.metrics import MiouAccumulator, cams_to_labels  # noqa: E402
-from vpltool.prototypes import run_learn_prototypes  # noqa: E402
+from vpltool.kernels import MiouAccumulator, cams_to_labels, minmax, upsample  # noqa: E402  # noqa: E402
+from vpltool.learn_prototypes import run_learn_prototypes  # noqa: E402
+
+import benchlib  # noqa: E402
 
 
 def score(bb, items, protos: io.Prototypes, n_classes: int) -> dict:
@@ -50,7 +49,7 @@ def score(bb, items, protos: io.Prototypes, n_classes: int) -> dict:
         if not labels:
             continue
         rows = protos.image_rows(labels)
-        raw, _, _ = gradcam(bb, feats.last_block_input, feats.grid, rows, len(labels), protos.temperature)
+        raw = bb.gradcam(feats.last_block_input, feats.grid, rows, len(labels), protos.temperature).maps
         x = F.normalize(feats.dense.flatten(0, 1), dim=-1)
         pixel = (x @ rows.T / protos.temperature).softmax(-1)[:, :len(labels)].T.reshape(len(labels), *feats.grid)
         cosines.append(float((F.normalize(feats.dense.flatten(0, 1).mean(0), dim=-1) @ rows[:len(labels)].T).mean()))
@@ -71,7 +70,8 @@ def feature_stats(items) -> dict:
         x = F.normalize(d, dim=-1)
         to_image.append(float((x @ F.normalize(d.mean(0), dim=-1)).mean()))
         pairwise.append(float((x @ x.T).mean()))
-    return {"cos_pixel_image": round(float(np.mean(to_image)), 3), "cos_pixel_pixel": round(float(np.mean(pairwise)), 3)}
+    return {"cos_pixel_image": round(float(np.mean(to_image)), 3),
+            "cos_pixel_pixel": round(float(np.mean(pairwise)), 3)}
 
 
 def main() -> None:

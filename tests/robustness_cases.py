@@ -301,9 +301,9 @@ def failing_writes(code: int, after: int = 1) -> Iterator[None]:
     The real :func:`vpltool.io.atomic_path` runs around the fault, so its clean-up and its message are what is
     tested; only the disk is fake.
     """
-    from vpltool import io
+    from vpltool.io import files
 
-    real = io.atomic_path
+    real = files.atomic_path
     done = [0]
 
     @contextlib.contextmanager
@@ -315,7 +315,7 @@ def failing_writes(code: int, after: int = 1) -> Iterator[None]:
                 raise OSError(code, os.strerror(code), str(tmp))
             done[0] += 1
 
-    with mock.patch.object(io, "atomic_path", atomic_path):
+    with mock.patch.object(files, "atomic_path", atomic_path):  # the one place every write goes through
         yield
 
 
@@ -339,12 +339,12 @@ def _read_only(ws: Workspace) -> Iterator[list[object]]:
 
 @case("disk full while appending to the training log (simulated ENOSPC)")
 def _log_full(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool import io
+    from vpltool.io import files
 
     def append_line(path, line):  # an OSError no library code converted: the CLI's last line of defence
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    with mock.patch.object(io, "append_line", append_line):
+    with mock.patch.object(files, "append_line", append_line):
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_full"), *DECODER_ARGS]
 
 

@@ -1,4 +1,5 @@
-"""The CLIP-ES surgery on a tiny random CLIP (research notes §1.12), and every way the weights can be missing."""
+"""The CLIP-ES surgery on a tiny random CLIP (the properties of CLIP-ES clip/model.py), and every way the weights
+can be missing."""
 
 from __future__ import annotations
 
@@ -26,9 +27,7 @@ def _pixels(n: int, h: int, w: int) -> torch.Tensor:
 
 
 def _dense(model: ClipBackbone, pixels: torch.Tensor) -> torch.Tensor:
-    grid = (pixels.shape[-2] // model.patch_size, pixels.shape[-1] // model.patch_size)
-    x, _ = model.run_blocks(model.embed(pixels), grid, 0, model.n_blocks)
-    return model.dense(x)
+    return model.dense(model.encode(pixels).tokens)
 
 
 def test_geometry_of_the_tiny_model(bb):
@@ -53,12 +52,13 @@ def test_positional_embedding_resized_keeps_cls(bb):
 
 
 def test_head_averaged_attention_is_row_stochastic(bb):
-    grid = (3, 5)
-    x = bb.embed(_pixels(2, 48, 80))
+    pixels = _pixels(2, 48, 80)
+    x = bb.embed(pixels)
     assert x.shape == (2, 1 + 15, bb.width)
-    out, attns = bb.run_blocks(x, grid, 0, bb.n_blocks, attention_from=1)
-    assert len(attns) == bb.n_blocks - 1 and out.shape == x.shape
-    for a in attns:
+    enc = bb.encode(pixels, attention_from=1, collect=(0, 2))
+    assert len(enc.attentions) == bb.n_blocks - 1 and enc.tokens.shape == x.shape and enc.grid == (3, 5)
+    assert len(enc.blocks) == 2 and torch.equal(enc.blocks[1], enc.tokens[:, 1:])  # block 2 is the last
+    for a in enc.attentions:
         assert a.shape == (2, 16, 16) and (a >= 0).all()
         assert torch.allclose(a.sum(-1), torch.ones(2, 16), atol=1e-5)
 
@@ -70,7 +70,7 @@ def test_embed_refuses_sizes_off_the_patch_grid(bb):
 
 def test_forward_at_native_size_reproduces_encode_image(bb):
     pixels = _pixels(2, 64, 64)
-    x, _ = bb.run_blocks(bb.embed(pixels), bb.native_grid, 0, bb.n_blocks)
+    x = bb.encode(pixels).tokens
     ours = bb.visual.ln_post(x[:, 0]) @ bb.visual.proj  # 'tok' pooling: the class token
     theirs = bb.model.encode_image(pixels)
     assert bb.visual.pool_type == "tok"
@@ -82,10 +82,9 @@ def test_forward_at_native_size_reproduces_encode_image(bb):
 
 def test_block_by_block_equals_the_run(bb):
     """extract runs blocks 0..n-2 then the last alone; cam relies on that split being exact."""
-    grid = (2, 3)
-    x = bb.embed(_pixels(1, 32, 48))
-    full, _ = bb.run_blocks(x, grid, 0, bb.n_blocks)
-    head, _ = bb.run_blocks(x, grid, 0, bb.n_blocks - 1)
+    grid, pixels = (2, 3), _pixels(1, 32, 48)
+    full = bb.encode(pixels).tokens
+    head = bb.encode(pixels, stop=bb.n_blocks - 1).tokens
     last, attn, ln1 = bb.block(bb.n_blocks - 1, head, grid, need_weights=True, keep_ln1=True)
     assert torch.allclose(last, full, atol=1e-6)
     assert attn.shape == (1, 7, 7) and ln1.shape == head.shape

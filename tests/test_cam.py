@@ -1,4 +1,4 @@
-"""CAM stage: CLIP-ES property tests (research notes §1.12) and stage behaviour."""
+"""CAM stage: CLIP-ES property tests (CLIP-ES generate_cams_voc12.py, utils.py) and stage behaviour."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import torch
 
 from vpltool import io
 from vpltool.backbone import load_backbone
-from vpltool.cam import affinity, box_mask, cams_for_image, gradcam, minmax, refine, run_cam
+from vpltool.cam import affinity, box_mask, cams_for_image, refine, run_cam
 from vpltool.config import CamConfig, ExtractConfig
 from vpltool.errors import ContractError
 from vpltool.extract import run_extract
+from vpltool.kernels import minmax
 
 
 def _stochastic(n: int, seed: int = 0) -> torch.Tensor:
@@ -67,12 +68,13 @@ def test_batched_gradcam_equals_per_class(tiny_spec, features_dir, text_protos):
     rows = torch.cat([protos.vectors[protos.class_rows()[[c - 1 for c in feats.labels]]],
                       protos.vectors[protos.background_rows()]])
     k = len(feats.labels)
-    batched, attn, probs = gradcam(bb, feats.last_block_input, feats.grid, rows, k, 0.01)
+    out = bb.gradcam(feats.last_block_input, feats.grid, rows, k, 0.01)
+    batched, attn, probs = out.maps, out.attention, out.probs
     assert torch.allclose(probs.sum(), torch.tensor(1.0), atol=1e-5)
     assert torch.allclose(attn.sum(-1), torch.ones(attn.shape[0]), atol=1e-4)
     for j in range(k):  # one class at a time: put class j first and ask for a single map
         order = [j] + [i for i in range(len(rows)) if i != j]
-        single, _, _ = gradcam(bb, feats.last_block_input, feats.grid, rows[order], 1, 0.01)
+        single = bb.gradcam(feats.last_block_input, feats.grid, rows[order], 1, 0.01).maps
         # the softmax is over the same rows, so class j's probability and its gradient are identical
         assert torch.allclose(single[0], batched[j], atol=1e-5)
 
@@ -83,9 +85,12 @@ def test_cam_stage_outputs(features_dir, text_protos, tmp_path, world):
     assert summary.done == len(list(features_dir.glob("*.safetensors")))
     assert io.read_stage_record(out, "cam")["count"] == summary.done
     for path in sorted(out.glob("*.safetensors")):
-        cams, labels, f = io.read_cam(path)
+        maps = io.read_cam(path)
+        cams, labels = maps.cams, maps.labels
         feats = io.read_features(features_dir / path.name)
-        assert tuple(labels.tolist()) == feats.labels
+        assert labels == feats.labels
+        # stored on the patch grid, read back at image size
+        assert maps.file["cams"].shape == (len(labels), *feats.grid)
         assert cams.shape == (len(labels), *feats.image_size)
         # min-max happens at patch resolution, then the bilinear resize (CLIP-ES order): in [0, 1], max may be < 1
         assert len(labels) == 0 or (cams.min() >= 0 and cams.max() <= 1)
@@ -103,9 +108,8 @@ def test_cache_and_no_cache_give_the_same_cams(world, tiny_spec, features_dir, t
     run_cam(features_dir, text_protos, a)
     run_cam(no_tokens, text_protos, b)
     for path in sorted(a.glob("*.safetensors")):
-        ca, _, _ = io.read_cam(path)
-        cb, _, _ = io.read_cam(b / path.name)
-        assert torch.allclose(ca, cb, atol=2e-3)
+        ca, cb = io.read_cam(path).cams, io.read_cam(b / path.name).cams
+        assert np.allclose(ca.astype(np.float32), cb.astype(np.float32), atol=2e-3)
 
 
 def test_vision_prototypes_are_accepted_and_change_the_maps(features_dir, text_protos, tmp_path):
@@ -118,8 +122,8 @@ def test_vision_prototypes_are_accepted_and_change_the_maps(features_dir, text_p
     run_cam(features_dir, text_protos, tmp_path / "t")
     run_cam(features_dir, tmp_path / "vision.safetensors", tmp_path / "v")
     assert io.read_stage_record(tmp_path / "v", "cam")["params"]["temperature"] == pytest.approx(0.03)
-    diffs = [(io.read_cam(p)[0] - io.read_cam(tmp_path / "v" / p.name)[0]).abs().max()
-             for p in sorted((tmp_path / "t").glob("*.safetensors")) if len(io.read_cam(p)[1])]
+    diffs = [np.abs(io.read_cam(p).cams.astype(np.float32) - io.read_cam(tmp_path / "v" / p.name).cams).max()
+             for p in sorted((tmp_path / "t").glob("*.safetensors")) if len(io.read_cam(p).labels)]
     assert max(diffs) > 1e-3
 
 
@@ -135,7 +139,8 @@ def test_wrong_dimension_prototypes_are_refused(features_dir, text_protos, tmp_p
 
 
 def test_caa_sgc_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, world):
-    from vpltool.data import load_image, open_dataset
+    from vpltool.data import open_dataset
+    from vpltool.io import load_image
 
     bb = load_backbone(tiny_spec)
     items = open_dataset(world, "train").by_id()
@@ -143,18 +148,19 @@ def test_caa_sgc_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, w
     feats = io.read_features(path)
     res = cams_for_image(bb, feats, io.read_prototypes(text_protos), CamConfig(refine="caa+sgc"), 0.01,
                          load_image(items[feats.id].image))
-    assert res.cams.shape[1:] == feats.image_size and res.cams.min() >= 0 and res.cams.max() <= 1
+    assert res.maps.shape[1:] == feats.image_size and res.maps.min() >= 0 and res.maps.max() <= 1
 
 
 def test_save_debug_writes_every_step(features_dir, text_protos, tmp_path):
-    from vpltool.cam import upsample
+    from vpltool.kernels import upsample
 
     run_cam(features_dir, text_protos, tmp_path / "cams", debug=tmp_path / "debug")
     protos = io.read_prototypes(text_protos)
     n_bg = len(protos.background_rows())
     checked = 0
     for path in sorted((tmp_path / "cams").glob("*.safetensors")):
-        cams, labels, _ = io.read_cam(path)
+        maps = io.read_cam(path)
+        cams, labels = torch.from_numpy(maps.cams.astype(np.float32)), torch.tensor(maps.labels, dtype=torch.int64)
         d = io.read_cam_debug(tmp_path / "debug" / path.name)
         k, (h, w) = len(labels), io.read_features(features_dir / path.name).grid
         assert d["raw"].shape == (k, h, w) and d["probs"].shape == (k + n_bg,)

@@ -14,17 +14,10 @@ from PIL import Image
 
 from vpltool import io
 from vpltool.config import CrfConfig, RuntimeConfig
-from vpltool.crf import (
-    clip_es_image,
-    crf_probabilities,
-    dense_crf,
-    mask_path,
-    pseudo_labels,
-    refine_image,
-    run_crf,
-)
+from vpltool.crf import refine_image, run_crf
 from vpltool.errors import ContractError, MissingDependencyError, VplError
-from vpltool.metrics import cams_to_labels
+from vpltool.io import mask_path
+from vpltool.kernels import cams_to_labels, clip_es_image, crf_probabilities, dense_crf, pseudo_labels
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
                                reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
@@ -169,11 +162,11 @@ def test_stage_writes_palette_pngs_and_a_record(pseudo_dir, cams_dir, dataset):
 
 @needs_crf
 def test_palette_png_round_trips_the_labels(pseudo_dir, cams_dir, dataset):
-    from vpltool.crf import read_cam_array
-    from vpltool.data import load_image
+    from vpltool.io import load_image
 
     item = next(it for it in dataset.items if it.labels)
-    cams, labels = read_cam_array(io.cam_path(cams_dir, item.id), dataset.classes)
+    maps = io.read_cam(io.cam_path(cams_dir, item.id), dataset.classes)
+    cams, labels = maps.cams, maps.labels
     expected = refine_image(load_image(item.image), cams, labels)
     np.testing.assert_array_equal(io.read_mask(mask_path(pseudo_dir, item.id)), expected)
 
@@ -203,7 +196,7 @@ def test_finished_items_are_skipped_and_params_guarded(pseudo_dir, cams_dir, tmp
 
 @needs_crf
 def test_eval_scores_the_pseudo_masks(pseudo_dir):
-    from vpltool.metrics import run_eval
+    from vpltool.eval import run_eval
 
     result, _ = run_eval(pseudo_dir)
     assert result["kind"] == "mask" and result["n_images"] == 4 and result["miou"] > 0.5

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from vpltool import presets
-from vpltool.data import Dataset, Item, load_image, open_dataset, write_manifest
+from vpltool.data import Dataset, Item, open_dataset, write_manifest
 from vpltool.errors import ContractError, VplError
+from vpltool.io import load_image
 
 
 # --------------------------------------------------------------------------------------------- builders

@@ -15,11 +15,22 @@ import torch.nn.functional as F
 
 from vpltool import io
 from vpltool.config import DecoderConfig, PredictConfig, RuntimeConfig, decoder_recipe
-from vpltool.decoder import (SegDecoder, balanced_ce_loss, block_features, ce_loss, feature_blocks, load_decoder,
-                             region_embeddings, rsc_loss, save_decoder)
+from vpltool.decoder import (
+    SegDecoder,
+    balanced_ce_loss,
+    block_features,
+    ce_loss,
+    feature_blocks,
+    load_decoder,
+    multiscale_logits,
+    region_embeddings,
+    rsc_loss,
+    save_decoder,
+    view_logits,
+)
 from vpltool.errors import ContractError, VplError
-from vpltool.predict import multiscale_logits, run_predict, view_logits
-from vpltool.train import BatchPlan, compute_losses, lr_at, make_optimizer, run_train_decoder, train_step
+from vpltool.predict import run_predict
+from vpltool.train_decoder import BatchPlan, compute_losses, lr_at, make_optimizer, run_train_decoder, train_step
 
 TINY = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=4, checkpoint_every=2,
                      log_every=1, warmup_iters=2, lr=0.05)
@@ -238,7 +249,7 @@ def test_flip_averaging_unflips():
 
 
 def test_predict_writes_masks_that_eval_reads(trained, tmp_path):
-    from vpltool.metrics import run_eval
+    from vpltool.eval import run_eval
 
     out = tmp_path / "pred"
     summary = run_predict(trained / "decoder.safetensors", None, "val", out, PredictConfig(), CPU,

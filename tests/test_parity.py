@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from vpltool import io
-from vpltool.cam import gradcam_scale, minmax, run_cam
+from vpltool.cam import run_cam
 from vpltool.config import CamConfig, ExtractConfig, RuntimeConfig
-from vpltool.crf import crf_probabilities, unary
 from vpltool.data import open_dataset
 from vpltool.errors import VplError
 from vpltool.extract import run_extract
-from vpltool.metrics import cams_to_labels
+from vpltool.kernels import cams_to_labels, crf_probabilities, gradcam_scale, minmax, unary
 
 
 def _scale_cam_image(cam: np.ndarray) -> np.ndarray:

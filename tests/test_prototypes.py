@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool import io, prototypes
+from vpltool import io
+from vpltool import learn_prototypes as prototypes
 from vpltool.config import LearnPrototypesConfig, RuntimeConfig
 from vpltool.errors import ContractError, VplError
-from vpltool.prototypes import (
+from vpltool.learn_prototypes import (
     Chunk,
     ChunkBuilder,
     MemorySource,
@@ -157,7 +158,7 @@ def test_class_level_equals_instance_level_when_classes_are_compact():
         pairs[labels] = pairs.get(labels, 0) + (t.T @ t).double()
         anchor_sum.index_add_(0, rows, (t.T @ x).double())
     builder.flush()
-    from vpltool.prototypes import Scan
+    from vpltool.learn_prototypes import Scan
 
     scan = Scan(100, 0.0, torch.zeros(3, 6), torch.zeros(3), anchor_sum, pairs)
     pseudo = class_level_chunk(scan, torch.arange(3), torch.tensor([3]))

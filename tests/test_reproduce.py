@@ -49,7 +49,7 @@ def test_make_voc_runs_every_stage_with_the_paper_settings():
     for nth in (0, 1):
         assert "--box-threshold 0.4 --refine caa" in stage(cmds, "cam", nth=nth)
     assert "--tau-i 0.03 --iters 3000 --lr 10" in stage(cmds, "learn-prototypes")
-    # seeds and masks are reported on VOC train (1,464), a subset of train_aug (research notes §4.4)
+    # seeds and masks are reported on VOC train (1,464), a subset of train_aug (CLIP-ES issue #30, the VOC convention)
     for nth, folder in enumerate(("cams_text", "cams_vision", "pseudo")):
         assert f"eval runs/voc/{folder} --split train --json" in stage(cmds, "eval", nth=nth)
     assert "--iters 30000 --recipe vpl" in stage(cmds, "train-decoder")

@@ -12,8 +12,17 @@ from PIL import Image
 from vpltool import io
 from vpltool.demo import scenes
 from vpltool.demo.scenes import (
-    BACKGROUNDS, CLASSES, Placement, SceneConfig, caption_vocabulary, compose, contact_sheet, generate_scenes,
-    render_scene, tokenize_caption, write_dataset,
+    BACKGROUNDS,
+    CLASSES,
+    Placement,
+    SceneConfig,
+    caption_vocabulary,
+    compose,
+    contact_sheet,
+    generate_scenes,
+    render_scene,
+    tokenize_caption,
+    write_dataset,
 )
 from vpltool.errors import VplError
 

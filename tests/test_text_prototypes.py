@@ -11,7 +11,11 @@ from vpltool.backbone import load_backbone
 from vpltool.config import TextPrototypesConfig
 from vpltool.errors import VplError
 from vpltool.text_prototypes import (
-    build_text_prototypes, encode_names, resolve_background, resolve_templates, run_text_prototypes,
+    build_text_prototypes,
+    encode_names,
+    resolve_background,
+    resolve_templates,
+    run_text_prototypes,
 )
 
 WORLD_CLASSES = ("background", "circle", "star", "square", "triangle", "ring", "cross", "hexagon", "diamond")

@@ -1,17 +1,20 @@
 """`vpltool cam`: CLIP-ES softmax-GradCAM + class-aware attention affinity (CAA), from any prototypes file.
 
-Per image (research notes §1.5-1.6; ``h x w`` patch grid, K present classes, M background rows):
+Per image (CLIP-ES ``generate_cams_voc12.py:perform``; ``h x w`` patch grid, K present classes, M background rows):
 
 1. Re-run only the last block from the cached ``last_block_input`` with autograd; image embedding = mean of the
    projected patch tokens; ``p = softmax(cos(img, [W_present; W_background]) / temperature)`` over K + M rows.
-2. GradCAM at the last block's ``ln_1`` output A ``[hw, width]``: ``w_k = mean_patches dp_k/dA``,
-   ``cam_k = minmax(ReLU(A @ w_k))``. **All K classes in one batched backward** (``is_grads_batched``), in fp32
-   (fp16 gradients underflow, research §8).
+2. GradCAM (:meth:`vpltool.backbone.ClipBackbone.gradcam`) at the last block's ``ln_1`` output A ``[hw, width]``
+   (``--layer input``, CLIP-ES and VPL; ``--layer output``: the block's output tokens): ``w_k = mean_patches
+   dp_k/dA``, ``cam_k = ReLU(A @ w_k)``, min-max twice as pytorch_grad_cam. **All K classes in one batched
+   backward**, in fp32 (fp16 gradients underflow).
 3. CAA: ``Att`` = mean of the head-averaged attention of the last ``attention_blocks`` blocks without CLS (the
    cached mean of the earlier ones + the last block's own map); three column/row normalisations, symmetrise,
-   square: ``T``. Box mask ``B_k`` from ``cam_k`` (all contours of ``cam > thr * max``);
-   ``refined_k = minmax((T * B_k[None, :]) @ cam_k)``, bilinearly resized to the image.
-4. Optional ``caa+sgc``: the refined map is averaged inside SLIC superpixels of the image (see docs/pipeline.md).
+   square: ``T``. Box mask ``B_k`` from ``cam_k`` (all contours of ``cam > thr * max``, ``utils.py:
+   scoremap2bbox``); ``refined_k = minmax((T * B_k[None, :]) @ cam_k)``.
+4. The maps are stored on the patch grid (float32, ~100x smaller than at image size); readers resize them to the
+   image (:func:`vpltool.io.read_cam`, bilinear as CLIP-ES's ``cv2.resize``). Optional ``caa+sgc``: the resized
+   map is averaged inside SLIC superpixels of the image and stored at image size.
 """
 
 from __future__ import annotations
@@ -24,73 +27,30 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import io
-from .backbone import ClipBackbone, ModelSpec, load_backbone
-from .config import CamConfig, ExtractConfig, RuntimeConfig, to_params
+from .backbone import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_backbone
+from .config import CamConfig, ExtractConfig, RuntimeConfig, from_params, to_params
+from .data import open_recorded
 from .device import resolve_device
 from .errors import ContractError, VplError
+from .kernels import minmax, upsample
 
 STAGE = "cam"
 
 
-# --------------------------------------------------------------------------------------------- kernels
-def gradcam(bb: ClipBackbone, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor,
-            n_classes: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax-GradCAM for the first ``n_classes`` of ``rows`` in one batched backward.
-
-    Args:
-        last_block_input: ``[1 + hw, width]`` tokens entering the last block.
-        rows: ``[K + M, D]`` unit prototypes: the K present classes first, then every background row.
-        n_classes: K.
-
-    Returns:
-        cams ``[K, h, w]`` float32 in [0, 1] (min-max per map, twice as CLIP-ES), the last block's head-mean attention
-        ``[1 + hw, 1 + hw]``, and the probabilities ``[K + M]``.
-    """
-    x = last_block_input.to(bb.device, torch.float32)[None].requires_grad_(True)
-    with torch.enable_grad():
-        out, attn, act = bb.block(bb.n_blocks - 1, x, grid, need_weights=True, keep_ln1=True)
-        img = F.normalize(bb.dense(out).mean(1), dim=-1)  # [1, D]: CLIP-ES's patch-mean image embedding
-        probs = (img @ rows.to(img).T / temperature).softmax(-1)[0]  # [K + M]
-        if n_classes == 0:
-            return torch.zeros(0, *grid), attn[0].detach(), probs.detach()
-        grads = torch.autograd.grad(probs[:n_classes], act, grad_outputs=torch.eye(n_classes, device=x.device),
-                                    is_grads_batched=True)[0]  # [K, 1, 1+hw, width]
-    act, grads = act[0, 1:].detach(), grads[:, 0, 1:]  # patch tokens only
-    weights = grads.mean(1)  # [K, width]: GradCAM channel weights
-    cams = torch.relu(weights @ act.T).view(n_classes, *grid)  # [K, h, w]
-    return gradcam_scale(cams), attn[0].detach(), probs.detach()
-
-
-def minmax(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Per-map ``(m - min) / (max - min + eps)`` over the last two dims (CLIP-ES ``scale_cam_image``)."""
-    flat = maps.flatten(-2)
-    lo = flat.min(-1, keepdim=True).values
-    flat = flat - lo
-    return (flat / (flat.max(-1, keepdim=True).values + eps)).view_as(maps)
-
-
-def gradcam_scale(maps: torch.Tensor) -> torch.Tensor:
-    """CLIP-ES's GradCAM scaling: :func:`minmax` twice.
-
-    pytorch_grad_cam (``base_cam.py``) scales once per target layer and again after the mean over layers. With one
-    layer the second pass only matters when the raw maximum is tiny: at a raw range of 1.4e-6 the first pass's
-    1e-7 leaves the maximum at 0.93, the second brings it to 1.
-    """
-    return minmax(minmax(maps))
-
-
-def affinity(attention: torch.Tensor) -> torch.Tensor:
+# --------------------------------------------------------------------------------------------- CAA
+def affinity(attention: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """CAA transition matrix from a mean attention map ``[hw, hw]`` (CLS removed): symmetric, non-negative.
 
-    Column then row normalisation three times (Sinkhorn-style), ``(T + T^T) / 2``, then one squaring.
+    Column then row normalisation three times (Sinkhorn-style), ``(T + T^T) / 2``, then one squaring. By default in
+    float64 with a floor on the sums; ``exact`` repeats CLIP-ES's float32 arithmetic (``--parity clip-es``).
     """
-    t = attention.double()
+    t = attention.float() if exact else attention.double()
+    floor = 0.0 if exact else 1e-12
     for _ in range(3):
-        t = t / t.sum(0, keepdim=True).clamp_min(1e-12)
-        t = t / t.sum(1, keepdim=True).clamp_min(1e-12)
+        t = t / t.sum(0, keepdim=True).clamp_min(floor)
+        t = t / t.sum(1, keepdim=True).clamp_min(floor)
     t = (t + t.T) / 2
     return (t @ t).float()
 
@@ -169,60 +129,51 @@ def superpixel_smooth(cams: torch.Tensor, image: np.ndarray, n_segments: int, co
     return (sums / counts)[:, seg].view_as(cams)
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[K, h, w]`` -> ``[K, H, W]`` bilinear (half-pixel centres, like cv2.resize), clamped to [0, 1]."""
-    if len(maps) == 0:
-        return torch.zeros(0, *size)
-    return F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1)
-
-
 @dataclass
 class CamResult:
-    cams: torch.Tensor  # [K, H0, W0] float32 in [0, 1]
+    maps: torch.Tensor  # [K, h, w] float32 in [0, 1] on the patch grid ([K, H0, W0] with caa+sgc): what is stored
     labels: tuple[int, ...]
     raw: torch.Tensor  # [K, h, w] unrefined GradCAM in [0, 1]
     probs: torch.Tensor  # [K + M] softmax over the image's rows
     refined: Refined | None = None  # CAA's intermediate maps and boxes (None with --refine none)
 
 
+def caa_attention(feats: io.Features, attn_last: torch.Tensor, wanted: int, n_blocks: int) -> torch.Tensor:
+    """``[hw, hw]``: the mean over the last ``wanted`` blocks of the head-mean attention without CLS (cached mean
+    of the earlier blocks + the last block's own ``attn_last`` ``[1+hw, 1+hw]``)."""
+    n_prev = int(feats.file.meta("attention_blocks", 0))
+    wanted = min(wanted, n_blocks)
+    if wanted == 1:  # the last block's own map alone: no cache needed
+        return attn_last[1:, 1:]
+    if wanted != n_prev + 1:
+        raise ContractError(f"{feats.file.path}: extract averaged {n_prev + 1} attention blocks, cam asks for "
+                            f"{wanted}; re-run extract with --attention-blocks {wanted} (or use 1: the last block "
+                            "alone)")
+    return (feats.attention.to(attn_last) * n_prev + attn_last[1:, 1:]) / (n_prev + 1)
+
+
 def cams_for_image(bb: ClipBackbone, feats: io.Features, protos: io.Prototypes, cfg: CamConfig,
                    temperature: float, image: np.ndarray | None = None) -> CamResult:
-    """Everything of steps 1-4 for one image whose features (with tokens) are cached."""
+    """Everything of steps 1-4 for one image whose tokens are known (``feats.last_block_input``)."""
     labels = tuple(int(c) for c in feats.labels)
-    rows = protos.image_rows(labels)
-    grid = feats.grid
-    raw, attn_last, probs = gradcam(bb, feats.last_block_input, grid, rows, len(labels), temperature)
-    cams, refined = raw, None
+    cam = bb.gradcam(feats.last_block_input, feats.grid, protos.image_rows(labels), len(labels), temperature,
+                     layer=cfg.layer)
+    maps, refined = cam.maps, None
     if cfg.refine != "none" and len(labels):
-        n_prev = int(feats.file.meta("attention_blocks", 0))
-        wanted = min(cfg.attention_blocks, bb.n_blocks)
-        if wanted == 1:  # the last block's own map alone: no cache needed
-            n_prev = 0
-        elif wanted != n_prev + 1:
-            raise ContractError(f"{feats.file.path}: extract averaged {n_prev + 1} attention blocks, cam asks for "
-                                f"{wanted}; re-run extract with --attention-blocks {wanted} (or use 1: the last "
-                                "block alone)")
-        att = attn_last[1:, 1:] if n_prev == 0 else (feats.attention.to(attn_last) * n_prev + attn_last[1:, 1:]) / (
-            n_prev + 1)
-        refined = refine(raw, affinity(att), cfg.box_threshold, parity=cfg.parity == "clip-es")
-        cams = refined.maps
-    full = upsample(cams.cpu(), feats.image_size)
+        parity = cfg.parity == "clip-es"
+        trans = affinity(caa_attention(feats, cam.attention, cfg.attention_blocks, bb.n_blocks), exact=parity)
+        refined = refine(cam.maps, trans, cfg.box_threshold, parity=parity)
+        maps = refined.maps
+    maps = maps.cpu()
     if cfg.refine == "caa+sgc" and len(labels):
         if image is None:
             raise VplError("--refine caa+sgc needs the images; the dataset recorded by extract must be readable")
-        full = minmax(superpixel_smooth(full, image, cfg.sgc_segments, cfg.sgc_compactness))
-    return CamResult(full, labels, raw.cpu(), probs.cpu(), refined)
+        maps = minmax(superpixel_smooth(upsample(maps, feats.image_size), image, cfg.sgc_segments,
+                                        cfg.sgc_compactness))
+    return CamResult(maps, labels, cam.maps.cpu(), cam.probs.cpu(), refined)
 
 
 # --------------------------------------------------------------------------------------------- the stage
-CamSummary = io.StageSummary
-
-
-
-def prototypes_identity(protos: io.Prototypes) -> dict:
-    return {"path": str(protos.path), "sha256": io.sha256_file(protos.path), "source": protos.source}
-
-
 def run_cam(
     features: str | Path,
     prototypes: str | Path,
@@ -235,70 +186,67 @@ def run_cam(
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
-) -> CamSummary:
+) -> io.StageSummary:
     """CAMs for every image of an `extract` folder, with the classes of its image-level labels.
 
     ``overlays``: a folder for heat-map PNGs. ``debug``: a folder for each image's intermediate maps (kind
     ``cam-debug``, docs/file-formats.md). ``backbone`` reuses an already loaded model; it must be the one recorded
     by `extract`.
     """
-    from .data import open_dataset
-
     features, out = Path(features), Path(out)
     record = io.read_stage_record(features, "extract")
     classes = record["classes"]
-    protos = io.read_prototypes(prototypes, classes=classes)
-    if cfg.refine not in ("caa", "caa+sgc", "none"):
-        raise VplError(f"--refine {cfg.refine!r}: choose caa, caa+sgc or none")
-    if cfg.parity == "clip-es" and record["params"].get("parity", "none") != "clip-es":
+    protos = io.read_prototypes(prototypes, classes=classes, model=record["params"]["model"])
+    extract_cfg = from_params(ExtractConfig, record["params"])
+    if cfg.parity == "clip-es" and extract_cfg.parity != "clip-es":
         raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
                        "CLIP-ES; re-run extract with --parity clip-es")
+    if cfg.layer not in GRADCAM_LAYERS:
+        raise VplError(f"--layer {cfg.layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
     temperature = cfg.temperature or protos.temperature
-    params = {**to_params(cfg), "temperature": temperature, "prototypes": prototypes_identity(protos)}
-    ident = record["inputs"]["dataset"]
-    ids = sorted(p.stem for p in features.glob("*.safetensors"))
-    has_tokens = record["params"].get("store_tokens", True)
-    need_images = cfg.refine == "caa+sgc" or overlays is not None or not has_tokens
+    params = {**to_params(cfg), "temperature": temperature, "prototypes": io.file_identity(protos.path,
+                                                                                          source=protos.source)}
+    ids = io.item_ids(features)
+    need_images = cfg.refine == "caa+sgc" or overlays is not None or not extract_cfg.store_tokens
+    items = open_recorded(features).by_id() if need_images else {}
     start = time.perf_counter()
-    with io.output_lock(out):  # before prepare_stage_dir: a refused run must not touch the folder
-        io.prepare_stage_dir(out, STAGE, params, runtime.overwrite)
-        todo = [i for i in ids if not io.item_done(io.cam_path(out, i), runtime.overwrite)]
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite) as folder:
+        todo = folder.todo(ids, io.cam_path)
         if on_start:
             on_start(len(todo))
         if todo:
-            device = resolve_device(runtime.device)
-            spec = ModelSpec.from_identity(record["params"]["model"])
-            bb = backbone or load_backbone(spec, device)
+            bb = backbone or load_backbone(ModelSpec.from_identity(record["params"]["model"]),
+                                           resolve_device(runtime.device))
             if bb.embed_dim != protos.dim:
                 raise ContractError(f"{prototypes}: prototypes are {protos.dim}-d but the model's features are "
                                     f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
-            items = open_dataset(ident["root"], ident.get("split")).by_id() if need_images else {}
-            extract_cfg = ExtractConfig(**{k: v for k, v in record["params"].items() if k != "model"})
             for item_id in todo:
                 _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params,
                          extract_cfg, overlays, debug)
                 if on_item:
                     on_item(1)
-        io.write_stage_record(out, STAGE, params=params, count=len(ids),
-                              inputs={"features": io.sha256_file(io.stage_record_path(features)), "dataset": ident})
-    return CamSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start)
+        folder.complete(count=len(ids), inputs={"features": io.sha256_file(io.stage_record_path(features)),
+                                                "dataset": record["inputs"]["dataset"]})
+    return io.StageSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start)
 
 
 def _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params, extract_cfg, overlays,
              debug):
-    from .data import load_image
-
     feats = io.read_features(io.feature_path(features, item_id), classes=classes)
-    image = load_image(items[item_id].image) if items else None
-    if feats.last_block_input is None:  # extracted with --no-tokens: run the frozen blocks here
-        feats = _recompute_tokens(bb, feats, items, item_id, extract_cfg)
+    image = io.load_image(items[item_id].image) if items else None
+    if feats.last_block_input is None:  # a light cache: run the frozen blocks here
+        if image is None:
+            raise VplError(f"{feats.file.path}: no cached tokens and image '{item_id}' not found; restore the "
+                           "dataset or re-run extract --tokens")
+        _recompute_tokens(bb, feats, image, extract_cfg)
     if feats.attention is not None and feats.attention.shape[0] != feats.grid[0] * feats.grid[1]:
         raise ContractError(f"{feats.file.path}: attention does not match the patch grid; re-run extract")
     result = cams_for_image(bb, feats, protos, cfg, temperature, image)
-    io.write_cam(io.cam_path(out, item_id), result.cams, result.labels, classes=classes, params=params, id=item_id,
-                 image_size=list(feats.image_size))
+    io.write_cam(io.cam_path(out, item_id), result.maps, result.labels, image_size=feats.image_size,
+                 classes=classes, params=params, id=item_id)
     if overlays is not None and image is not None:
-        write_overlay(Path(overlays) / f"{item_id}.png", image, result.cams, result.labels, classes)
+        io.write_png(io.mask_path(overlays, item_id), overlay(image, io.read_cam(io.cam_path(out, item_id)).cams,
+                                                             result.labels, classes))
     if debug is not None:
         io.write_cam_debug(io.cam_path(debug, item_id), result.raw, result.probs, result.labels,
                            None if result.refined is None else result.refined.before_minmax,
@@ -312,34 +260,32 @@ def _row_names(protos: io.Prototypes, labels) -> list[str]:
     return [protos.row_names[r] for r in rows]
 
 
-def _recompute_tokens(bb, feats, items, item_id, extract_cfg):
-    from .data import load_image
-    from .extract import cache_dtype, encode_batch
-
-    if item_id not in items:
-        raise VplError(f"{feats.file.path}: no cached tokens and image '{item_id}' not found; re-run extract "
-                       "with --tokens")
-    pixels = bb.preprocess(load_image(items[item_id].image), feats.input_size)[None]
-    cfg = ExtractConfig(**{**to_params(extract_cfg), "store_tokens": True})
-    enc = encode_batch(bb, pixels, cfg, torch.float32)
-    params = to_params(cfg)
-    # rounded like the cache, so a cam run with and without cached tokens gives the same maps
-    for name in ("last_block_input", "attention"):
-        setattr(feats, name, enc[name][0].cpu().to(cache_dtype(params, name)).float())
-    return feats
+@torch.no_grad()
+def _recompute_tokens(bb: ClipBackbone, feats: io.Features, image: np.ndarray, extract_cfg: ExtractConfig) -> None:
+    """Fill ``feats``' tokens and attention from the image, rounded like `extract`'s cache would have stored them
+    (:func:`vpltool.io.token_dtype`), so a run with and without cached tokens gives the same maps."""
+    pixels = bb.preprocess(image, feats.input_size)[None]
+    tokens, attention, _ = bb.frozen_pass(pixels, extract_cfg.attention_blocks,
+                                          fp16_pos=extract_cfg.parity == "clip-es")
+    dtype = io.token_dtype(extract_cfg.parity)
+    feats.last_block_input = tokens[0].cpu().to(dtype).float()
+    feats.attention = attention[0].cpu().to(dtype).float()
 
 
-def write_overlay(path: Path, image: np.ndarray, cams: torch.Tensor, labels, classes) -> None:
-    """One PNG: the image, then a JET heat map over the image per class, side by side."""
+def overlay(image: np.ndarray, cams: np.ndarray, labels, classes) -> np.ndarray:
+    """``[H, (K + 1) W, 3]`` uint8: the image, then a JET heat map over the image per class, each named."""
     from PIL import Image, ImageDraw
 
     panels = [image]
     for cam in cams:
-        heat = cv2.applyColorMap((cam.numpy() * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        heat = cv2.applyColorMap((cam.astype(np.float32) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
         panels.append((0.5 * image + 0.5 * heat).astype(np.uint8))
     sheet = Image.fromarray(np.concatenate(panels, axis=1))
     draw = ImageDraw.Draw(sheet)
     for i, c in enumerate(labels):
         draw.text(((i + 1) * image.shape[1] + 3, 2), classes[c], fill=(255, 255, 255))
-    with io.atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
+    return np.asarray(sheet)
+
+
+__all__ = ["STAGE", "affinity", "box_coords", "box_mask", "Refined", "refine", "superpixel_smooth", "CamResult",
+           "cams_for_image", "run_cam", "overlay"]

@@ -1,29 +1,70 @@
-"""Every default of every stage, defined once.
+"""Every default of every stage, defined once, and the rules a value must follow.
 
-Torch-free so that ``vpltool --help`` stays fast: the CLI reads its option defaults from these frozen
-dataclasses, and the library functions take the same objects. Field comments say *why* a value is what it is;
-the research notes in ``docs/pipeline.md`` cite where each number comes from.
+Torch-free so that ``vpltool --help`` stays fast: the CLI reads its option defaults from these frozen dataclasses,
+and the library functions take the same objects. Each dataclass checks itself when built (``__post_init__``), so a
+library caller gets the same one-line :class:`~vpltool.errors.VplError` as a CLI user; messages name the CLI option.
+Field comments say *why* a value is what it is; docs/pipeline.md cites where each number comes from.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+import math
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+from .errors import VplError
 
 IGNORE_INDEX = 255  # VOC convention: boundary / unknown pixels in masks
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
+PARITIES = ("none", "clip-es")
+MIN_SIDE = 32  # smallest --image-size / --max-side / --long-side accepted (a few patches of any ViT)
 
 
+# --------------------------------------------------------------------------------------------- checks
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise VplError(message)
+
+
+def _choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+    listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+    _require(value in choices, f"{option} {value!r}: choose {listed}")
+
+
+def _positive(option: str, value: float | None, *, allow_none: bool = False, upper: float = math.inf) -> None:
+    if value is None and allow_none:
+        return
+    ok = value is not None and math.isfinite(value) and 0 < value <= upper
+    bound = f" and at most {upper:g}" if math.isfinite(upper) else ""
+    _require(ok, f"{option} {value}: must be a number above 0{bound}")
+
+
+def _at_least(option: str, value: int | None, low: int, *, allow_none: bool = False, why: str = "") -> None:
+    if value is None and allow_none:
+        return
+    _require(value is not None and value >= low, f"{option} {value}: must be >= {low}{why}")
+
+
+def _fraction(option: str, value: float) -> None:
+    _require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
+
+
+# --------------------------------------------------------------------------------------------- stages
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Options spelled the same on every stage."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU (CPU half matmuls are slow, see research §9)
+    precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with AMX, else fp32 (device.resolve_precision)
     batch_size: int = 8
-    workers: int = 2  # image decoding threads / CRF processes
+    workers: int = 2  # image decoding threads / CRF processes; 0 = one per CPU core
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _at_least("--batch-size", self.batch_size, 1)
+        _at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
 
 
 @dataclass(frozen=True)
@@ -38,6 +79,12 @@ class ExtractConfig:
     # `cam --parity clip-es` reproduces CLIP-ES's fp32 run
     parity: str = "none"
 
+    def __post_init__(self) -> None:
+        _at_least("--image-size", self.image_size, MIN_SIDE, allow_none=True, why=" pixels")
+        _at_least("--max-side", self.max_side, MIN_SIDE, allow_none=True, why=" pixels")
+        _at_least("--attention-blocks", self.attention_blocks, 1)
+        _choice("--parity", self.parity, PARITIES)
+
 
 @dataclass(frozen=True)
 class TextPrototypesConfig:
@@ -46,6 +93,12 @@ class TextPrototypesConfig:
     templates: str = "clip-es"  # clip-es (single 'a clean origami {}.') | imagenet (80-template ensemble) | FILE
     background: str = "auto"  # auto = the preset that matches the classes | voc | coco | none | FILE | "w1,w2"
     synonyms: bool = True  # CLIP-ES fuses synonyms inside one prompt ('bird avian')
+
+    def __post_init__(self) -> None:
+        _require(bool(self.templates.strip()), "--templates is empty: give clip-es, imagenet, a template or a file")
+
+
+REFINES = ("caa", "caa+sgc", "none")
 
 
 @dataclass(frozen=True)
@@ -60,6 +113,19 @@ class CamConfig:
     sgc_segments: int = 64  # SLIC superpixels per image for --refine caa+sgc
     sgc_compactness: float = 10.0
     max_classes_per_pass: int = 32  # bounds memory of the batched backward on images with many labels
+    # input (the last block's ln_1 output: CLIP-ES's target layer, what VPL uses) | output (its output tokens)
+    layer: str = "input"
+
+    def __post_init__(self) -> None:
+        _choice("--refine", self.refine, REFINES)
+        _choice("--layer", self.layer, ("input", "output"))
+        _fraction("--box-threshold", self.box_threshold)
+        _at_least("--attention-blocks", self.attention_blocks, 1)
+        _positive("--temperature", self.temperature, allow_none=True)
+        _choice("--parity", self.parity, PARITIES)
+        _at_least("--sgc-segments", self.sgc_segments, 1)
+        _positive("--sgc-compactness", self.sgc_compactness)
+        _at_least("--max-classes-per-pass", self.max_classes_per_pass, 1)
 
 
 @dataclass(frozen=True)
@@ -69,6 +135,18 @@ class EvalConfig:
     bg_exponents: tuple[float, ...] = (1.0, 2.0)  # CAM folders: bg = (1 - max cam)^a, best a reported (CLIP-ES)
     # none | clip-es (CLIP-ES's fp16 arithmetic for the background score); None = the CAM folder's own --parity
     parity: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(len(self.bg_exponents) > 0, "--bg-exponents is empty: give at least one value, e.g. 1,2")
+        for a in self.bg_exponents:
+            _positive("--bg-exponents", a)
+        if self.parity is not None:
+            _choice("--parity", self.parity, PARITIES)
+
+
+TARGETS = ("hard", "soft")
+REGULARIZATIONS = ("instance", "class")
+MAX_LR = 1000.0  # a step in logit units: anything above diverges at once
 
 
 @dataclass(frozen=True)
@@ -89,6 +167,17 @@ class LearnPrototypesConfig:
     # None = 60% of free GPU memory (CUDA) or available RAM (CPU): full VOC (~8 GB bf16) stays on one GPU
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _positive("--tau-i", self.tau_i)
+        _positive("--lr", self.lr, upper=MAX_LR)
+        _at_least("--iters", self.iters, 0)
+        _choice("--targets", self.targets, TARGETS)
+        _fraction("--threshold", self.threshold)
+        _choice("--regularization", self.regularization, REGULARIZATIONS)
+        _positive("--bg-exponent", self.bg_exponent)
+        _positive("--pixel-fraction", self.pixel_fraction, upper=1.0)
+        _positive("--max-memory-gb", self.max_memory_gb, allow_none=True)
+
 
 @dataclass(frozen=True)
 class CrfConfig:
@@ -100,27 +189,27 @@ class CrfConfig:
     bilateral_sxy: float = 67.0
     bilateral_srgb: float = 3.0
     bilateral_compat: float = 4.0
-    confidence: float = 0.95  # CRF max probability below this -> 255 ignore
+    confidence: float = 0.95  # CRF max probability below this -> 255 ignore; 0 = never (CLIP-ES's --eval_only)
     bg_exponent: float = 1.0
     parity: str = "none"  # none | clip-es (CLIP-ES's wrapped mean-subtracted BGR image and fp16 unary)
     no_crf: bool = False  # thresholded argmax instead of the CRF (paper ablation)
 
+    def __post_init__(self) -> None:
+        _at_least("--iterations", self.iterations, 1)
+        for option, value in (("--gaussian-sxy", self.gaussian_sxy), ("--bilateral-sxy", self.bilateral_sxy),
+                              ("--bilateral-srgb", self.bilateral_srgb), ("--bg-exponent", self.bg_exponent)):
+            _positive(option, value)
+        for option, value in (("--gaussian-compat", self.gaussian_compat),
+                              ("--bilateral-compat", self.bilateral_compat)):
+            _require(math.isfinite(value) and value >= 0, f"{option} {value}: must be >= 0")
+        _fraction("--confidence", self.confidence)
+        _choice("--parity", self.parity, PARITIES)
 
-def to_params(cfg: Any) -> dict[str, Any]:
-    """A config as a JSON-able dict, for file metadata and stage records."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
-
-def override(cfg: Any, **changes: Any) -> Any:
-    """Copy of ``cfg`` with the given fields changed; ``None`` values keep the default (SAM's CLI pattern)."""
-    names = {f.name for f in fields(cfg)}
-    return replace(cfg, **{k: v for k, v in changes.items() if v is not None and k in names})
-
-
-__all__ = [
-    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "RuntimeConfig", "ExtractConfig", "TextPrototypesConfig",
-    "CamConfig", "EvalConfig", "LearnPrototypesConfig", "CrfConfig", "to_params", "override", "field",
-]
+# --------------------------------------------------------------------------------------------- decoder
+OPTIMIZERS = ("sgd", "adamw")
+LOSSES = ("ce", "balanced")
+BACKGROUNDS = ("logsumexp", "max")
 
 
 @dataclass(frozen=True)
@@ -128,7 +217,8 @@ class DecoderConfig:
     """`vpltool train-decoder`: VPL phase 2, a light decoder on the frozen CLIP supervised by pseudo masks.
 
     Defaults are the paper's schedule (SGD, momentum 0.9, wd 1e-4, batch 6, 30k iterations) on WeCLIP's decoder;
-    ``decoder_recipe("weclip")`` gives WeCLIP's AdamW recipe. docs/decoder.md explains every choice.
+    ``decoder_recipe("weclip")`` gives WeCLIP's AdamW recipe, ``decoder_recipe("cpu")`` a schedule a CPU finishes
+    in minutes. docs/decoder.md explains every choice.
     """
 
     # architecture (WeCLIP: per-block MLPs 768->256->256, 1x1 fuse, Dropout2d 0.1, 3 transformer layers, 8 heads)
@@ -147,7 +237,7 @@ class DecoderConfig:
     lambda_rsc: float = 1.0  # 0 = the paper's ablation without regional semantic contrast
     rsc_temperature: float = 0.07  # tau of Eq. 13; the paper gives none, 0.07 as RCA (the module VPL's RSC follows)
     # optimisation
-    recipe: str = "vpl"  # vpl | weclip: which preset the other fields came from (recorded, not read)
+    recipe: str = "vpl"  # vpl | weclip | cpu: which preset the other fields came from (recorded, not read)
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01  # the paper gives none: the DeepLab/mmseg SGD lr of a freshly initialised head
     momentum: float = 0.9  # SGD momentum; AdamW uses betas (0.9, 0.999)
@@ -168,21 +258,43 @@ class DecoderConfig:
     log_every: int = 20
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _choice("--recipe", self.recipe, tuple(DECODER_RECIPES))
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--loss", self.loss, LOSSES)
+        _choice("--background", self.background, BACKGROUNDS)
+        for option, value in (("--dim", self.dim), ("--layers", self.layers), ("--heads", self.heads),
+                              ("--iters", self.iters), ("--batch-size", self.batch_size),
+                              ("--checkpoint-every", self.checkpoint_every), ("--val-every", self.val_every),
+                              ("--log-every", self.log_every)):
+            _at_least(option, value, 1)
+        _require(self.dim % self.heads == 0, f"--dim {self.dim} must be a multiple of --heads {self.heads}")
+        _at_least("--crop-size", self.crop_size, MIN_SIDE, why=" pixels")
+        _positive("--lr", self.lr, upper=MAX_LR)
+        _positive("--rsc-temperature", self.rsc_temperature)
+        _positive("--temperature", self.temperature, allow_none=True)
+        _require(0 < self.scale_min <= self.scale_max,
+                 f"--scale-min {self.scale_min} --scale-max {self.scale_max}: need 0 < min <= max")
+        _require(self.lambda_ce >= 0 and self.lambda_rsc >= 0, "--lambda-ce and --lambda-rsc must be >= 0")
+        _fraction("--dropout", self.dropout)
+
 
 DECODER_RECIPES: dict[str, dict[str, Any]] = {
     "vpl": {},
     # WeCLIP (dist_clip_voc.py): AdamW wd 0.01, decoder lr 2e-3 (base 2e-4 x 10), poly power 1, batch 4, balanced CE
     "weclip": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "poly_power": 1.0, "batch_size": 4,
                "loss": "balanced"},
+    # a CPU finishes in minutes: features cached once (no CLIP forward per iteration), small crops and decoder,
+    # AdamW (converges in hundreds of steps); for trying the pipeline on a laptop, not for the paper's numbers
+    "cpu": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "iters": 600, "batch_size": 8, "crop_size": 224,
+            "dim": 128, "layers": 1, "heads": 4, "cache_features": True, "checkpoint_every": 100, "val_every": 200},
 }
 
 
 def decoder_recipe(name: str = "vpl", **changes: Any) -> DecoderConfig:
-    """A :class:`DecoderConfig` preset (``vpl`` | ``weclip``) with ``changes`` applied (``None`` keeps the preset)."""
-    if name not in DECODER_RECIPES:
-        from .errors import VplError
-
-        raise VplError(f"--recipe {name!r}: choose {' or '.join(DECODER_RECIPES)}")
+    """A :class:`DecoderConfig` preset (``vpl`` | ``weclip`` | ``cpu``) with ``changes`` applied (``None`` keeps the
+    preset's value)."""
+    _choice("--recipe", name, tuple(DECODER_RECIPES))
     return override(DecoderConfig(recipe=name, **DECODER_RECIPES[name]), **changes)
 
 
@@ -201,5 +313,34 @@ class PredictConfig:
     crf_bilateral_srgb: float = 5.0
     crf_bilateral_compat: float = 4.0
 
+    def __post_init__(self) -> None:
+        _require(len(self.scales) > 0, "--scales is empty: give at least one scale, e.g. 1.0,0.75")
+        for s in self.scales:
+            _positive("--scales", s, upper=4.0)
+        _at_least("--long-side", self.long_side, MIN_SIDE, allow_none=True, why=" pixels")
 
-__all__ += ["DecoderConfig", "DECODER_RECIPES", "decoder_recipe", "PredictConfig"]
+
+# --------------------------------------------------------------------------------------------- helpers
+def to_params(cfg: Any) -> dict[str, Any]:
+    """A config as a JSON-able dict, for file metadata and stage records."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def override(cfg: Any, **changes: Any) -> Any:
+    """Copy of ``cfg`` with the given fields changed; ``None`` values keep the default (SAM's CLI pattern)."""
+    names = {f.name for f in fields(cfg)}
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None and k in names})
+
+
+def from_params(cls: type, params: dict[str, Any]) -> Any:
+    """A config rebuilt from a recorded dict (a stage record's params): unknown keys ignored, lists as tuples."""
+    names = {f.name: f for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names})
+
+
+__all__ = [
+    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "RuntimeConfig", "ExtractConfig",
+    "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
+    "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
+    "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
+]  # fmt: skip

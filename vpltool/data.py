@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from .config import IGNORE_INDEX
 from .errors import ContractError, VplError
-from .io import atomic_path, read_json
+from .io import files, read_json, recorded_dataset_identity, stage_record_path
 from .presets import BACKGROUND, COCO_CLASSES, VOC_CLASSES, preset_for
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
@@ -73,7 +72,7 @@ class Dataset:
         return {item.id: item for item in self.items}
 
 
-# --------------------------------------------------------------------------------------------- entry point
+# --------------------------------------------------------------------------------------------- entry points
 def open_dataset(
     path: str | os.PathLike, split: str | None = None, *, labels_file: str | os.PathLike | None = None,
     allow_pickle: bool = False,
@@ -108,6 +107,28 @@ def open_dataset(
         raise VplError(f"{path}: unknown dataset layout; expected a manifest .json, " + "; ".join(LAYOUTS))
     _check_items(dataset)
     return dataset
+
+
+def open_recorded(folder: str | os.PathLike, split: str | None = None) -> Dataset:
+    """The dataset a stage folder was made from (``inputs.dataset`` of its ``_stage.json``).
+
+    Args:
+        folder: a finished stage folder.
+        split: another split of the same dataset (e.g. ``val`` next to the recorded ``train``); None = recorded.
+
+    Raises:
+        VplError: no record, or the recorded dataset is gone (moved or deleted): one line saying which.
+    """
+    ident = recorded_dataset_identity(folder)
+    record = stage_record_path(folder)
+    if ident is None:
+        if record.is_file():
+            raise ContractError(f"{record}: names no dataset; re-run the stage that wrote {folder}")
+        raise VplError(f"{folder}: no {record.name} naming its dataset; finish the stage that writes this folder")
+    if not Path(ident["root"]).exists():
+        raise VplError(f"{record}: its dataset {ident['root']} is gone (moved or deleted); put it back there, or "
+                       "re-run the pipeline from `extract` on its new place")
+    return open_dataset(ident["root"], split or ident.get("split"))
 
 
 def _check_items(dataset: Dataset) -> None:
@@ -432,59 +453,9 @@ def write_manifest(dataset: Dataset, path: str | os.PathLike) -> Path:
             for it in dataset.items]  # fmt: skip
     items = ",\n".join("    " + json.dumps(row) for row in rows)
     text = json.dumps(head, indent=2)[:-2] + f',\n  "items": [\n{items}\n  ]\n}}\n'
-    with atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
 
 
-# --------------------------------------------------------------------------------------------- images
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode any common image as ``[H, W, 3]`` uint8 RGB, EXIF orientation applied.
-
-    Grayscale, palette, CMYK, alpha (composited on black) and 16-bit images are converted, so no stage ever sees
-    another shape or dtype.
-
-    Raises:
-        ContractError: the file is corrupt or truncated.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, inside the try, not later in a worker
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
-    except FileNotFoundError:
-        raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ContractError(f"{path}: unreadable image ({e}); re-download or remove it from the split") from None
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ContractError(f"{path}: decoded to {rgb.dtype} {rgb.shape}, not HxWx3 uint8; convert it to RGB")
-    return rgb
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """``[H, W, 3]`` uint8 from a PIL image of any mode."""
-    if img.mode.startswith("I") or img.mode == "F":
-        gray = _to_uint8(np.asarray(img), img.mode)  # [H, W]
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)  # [H, W, 4]
-        # composite on black: colour * alpha, so hidden pixels (alpha 0) are black, not their stored colour
-        return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
-    """Scale a 16/32-bit integer or float image to uint8.
-
-    'I;16*' maps 0..65535 -> 0..255. 'I' (some Pillow versions' mode for 16-bit PNGs) only if a value exceeds 255,
-    so an 'I' image holding 8-bit values stays as is. 'F' is read as 0..1 if its maximum is <= 1, else as 0..255.
-    """
-    arr = arr.astype(np.float64)
-    if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
-        arr = arr / 257.0
-    elif mode == "F" and arr.max(initial=0) <= 1.0:
-        arr = arr * 255.0
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-
-
-__all__ = ["MANIFEST_FORMAT", "IMAGE_EXTS", "Item", "Dataset", "open_dataset", "load_image", "write_manifest"]
+__all__ = ["MANIFEST_FORMAT", "IMAGE_EXTS", "Item", "Dataset", "open_dataset", "open_recorded", "write_manifest"]

@@ -18,7 +18,7 @@ of depth so that one SGD learning rate suits every block. Losses: :func:`ce_loss
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import io
-from .config import IGNORE_INDEX, DecoderConfig
+from .config import BACKGROUNDS, IGNORE_INDEX, DecoderConfig
+from .device import autocast
 from .errors import ContractError, VplError
 
-DECODER_KIND = "decoder"
-BACKGROUNDS = ("logsumexp", "max")
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of its learned logit scale; a learned temperature never goes below 0.01
 
 
@@ -50,23 +49,14 @@ def block_features(bb, pixels: Tensor, blocks: Sequence[int], dtype: torch.dtype
         bb: a :class:`~vpltool.backbone.ClipBackbone`.
         pixels: ``[B, 3, H, W]`` CLIP-normalised, ``H`` and ``W`` multiples of the patch size.
         blocks: increasing block indices.
-        dtype: autocast dtype on CUDA (bf16 / fp16); ignored on CPU.
+        dtype: autocast dtype of the frozen blocks (bf16 / fp16; fp32 = none).
 
     Returns:
-        ``[B, L, h, w, width]`` (L = len(blocks)) on the backbone's device, in the autocast dtype (fp32 on CPU).
+        ``[B, L, h, w, width]`` (L = len(blocks)) on the backbone's device, in the autocast dtype.
     """
-    from .device import autocast
-
-    p = bb.patch_size
-    grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
-    outs = []
     with autocast(bb.device, dtype):
-        x = bb.embed(pixels.to(bb.device))
-        for i in range(max(blocks) + 1):
-            x, _, _ = bb.block(i, x, grid)
-            if i in blocks:
-                outs.append(x[:, 1:])  # patch tokens; the CLS token carries no position
-    return torch.stack(outs, 1).unflatten(2, grid)
+        enc = bb.encode(pixels, stop=max(blocks) + 1, collect=blocks)
+    return torch.stack(enc.blocks, 1).unflatten(2, enc.grid)
 
 
 # --------------------------------------------------------------------------------------------- the module
@@ -281,15 +271,11 @@ def decoder_arch(model: SegDecoder, blocks: Sequence[int]) -> dict[str, Any]:
 
 def save_decoder(path: str | Path, model: SegDecoder, cfg: DecoderConfig, *, classes: Sequence[str],
                  model_identity: dict[str, str], blocks: Sequence[int], **extra: Any) -> Path:
-    """Write ``decoder.safetensors`` (kind ``decoder``): the state dict (W included) + everything to rebuild it.
-
-    Metadata: ``decoder_config`` (the full :class:`DecoderConfig`), ``decoder_arch`` (:func:`decoder_arch`),
-    ``model`` (the frozen CLIP's identity), ``classes``, and ``extra`` (dataset, prototypes source, ...).
-    """
+    """Write ``decoder.safetensors`` (:func:`vpltool.io.write_decoder`): the state dict (W included), the full
+    :class:`DecoderConfig`, :func:`decoder_arch`, the frozen CLIP's identity and ``extra``."""
     model = getattr(model, "module", model)  # a DDP wrapper saves its inner module
-    return io.write_tensors(path, model.state_dict(), kind=DECODER_KIND, classes=classes, params=asdict(cfg),
-                            decoder_config=asdict(cfg), decoder_arch=decoder_arch(model, blocks),
-                            model=model_identity, **extra)
+    return io.write_decoder(path, model.state_dict(), classes=classes, config=asdict(cfg),
+                            arch=decoder_arch(model, blocks), model=model_identity, **extra)
 
 
 def build_decoder(state: dict[str, Tensor], cfg: DecoderConfig, arch: dict[str, Any]) -> SegDecoder:
@@ -306,7 +292,7 @@ def config_from_json(obj: dict[str, Any]) -> DecoderConfig:
     unknown = sorted(set(obj) - set(known))
     if unknown:
         raise ContractError(f"decoder config has unknown fields {unknown}; made by a newer vpltool?")
-    return DecoderConfig(**obj)
+    return DecoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()})
 
 
 def load_decoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegDecoder, io.TensorFile]:
@@ -315,12 +301,79 @@ def load_decoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     ``file.meta("model")`` is the frozen CLIP to load, ``file.classes`` the class names, ``file.meta("blocks")``
     (inside ``decoder_arch``) the CLIP blocks to read.
     """
-    f = io.read_tensors(path, kind=DECODER_KIND)
-    for name, tensor in f.tensors.items():
-        io.check_finite(f.path, name, tensor)
+    f = io.read_decoder(path)
     try:
         model = build_decoder(f.tensors, config_from_json(f.meta("decoder_config")), f.meta("decoder_arch"))
     except (KeyError, RuntimeError) as e:
         raise ContractError(f"{path}: decoder weights do not match its recorded config ({str(e)[:160]})") from None
     return model.to(device).eval(), f
 
+
+# --------------------------------------------------------------------------------------------- inference
+LONG_SIDE_RATIO = 1.6  # WeCLIP: 320 px training crops, 512 px long side at test
+
+
+def input_long_side(long_side: int | None, crop_size: int) -> int:
+    """The test input's long side: ``long_side`` or 1.6 x the training crop."""
+    return int(long_side or round(LONG_SIDE_RATIO * crop_size))
+
+
+def view_size(bb, height: int, width: int, long_side: int, scale: float) -> tuple[int, int]:
+    """``(H, W)`` of one test view: long side ``long_side * scale``, sides rounded up to the patch size."""
+    ratio = long_side * scale / max(height, width)
+    return bb.input_size(max(1, round(height * ratio)), max(1, round(width * ratio)))
+
+
+def view_logits(forward: Callable[[Tensor], Tensor], pixels: Tensor, flip: bool) -> Tensor:
+    """Scores of one view, averaged with those of its mirror image flipped back.
+
+    Args:
+        forward: ``[B, 3, H, W]`` -> ``[B, N, h, w]``.
+        pixels: ``[3, H, W]`` normalised pixels.
+
+    Returns:
+        ``[N, h, w]`` float32.
+    """
+    batch = torch.stack([pixels, pixels.flip(-1)]) if flip else pixels[None]
+    out = forward(batch).float()
+    return (out[0] + out[1].flip(-1)) / 2 if flip else out[0]
+
+
+def multiscale_logits(forward: Callable[[Tensor], Tensor], views: Sequence[Tensor], flip: bool) -> Tensor:
+    """Mean of :func:`view_logits` over views; every view's scores are resized to the first view's grid.
+
+    Returns:
+        ``[N, h0, w0]`` float32 on the first view's patch grid.
+    """
+    total, grid = None, None
+    for pixels in views:
+        out = view_logits(forward, pixels, flip)
+        if grid is None:
+            grid = out.shape[-2:]
+        elif out.shape[-2:] != grid:
+            out = F.interpolate(out[None], size=grid, mode="bilinear", align_corners=False)[0]
+        total = out if total is None else total + out
+    return total / len(views)
+
+
+def predict_logits(bb, model: SegDecoder, blocks: Sequence[int], image, scales: Sequence[float], flip: bool,
+                   long_side: int, dtype: torch.dtype) -> Tensor:
+    """Multi-scale (+ flip) class scores of one image at its own resolution (WeCLIP's test protocol).
+
+    Args:
+        bb: the frozen :class:`~vpltool.backbone.ClipBackbone` the decoder was trained on.
+        image: ``[H0, W0, 3]`` uint8 RGB.
+
+    Returns:
+        ``[C + 1, H0, W0]`` float32 scores (channel 0 = background), on the CPU.
+    """
+    h0, w0 = image.shape[:2]
+    views = [bb.preprocess(image, view_size(bb, h0, w0, long_side, s)) for s in scales]
+
+    def forward(batch: Tensor) -> Tensor:
+        feats = block_features(bb, batch, blocks, dtype)
+        with torch.no_grad(), autocast(bb.device, dtype):
+            return model(feats)[1]
+
+    logits = multiscale_logits(forward, views, flip)
+    return F.interpolate(logits[None], size=(h0, w0), mode="bilinear", align_corners=False)[0].cpu()

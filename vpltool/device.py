@@ -82,3 +82,27 @@ def configure_threads() -> None:
     """Respect OMP_NUM_THREADS if set; otherwise let torch use every core (its default)."""
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+
+
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes free for new tensors: free GPU memory on CUDA, else the kernel's MemAvailable (8 GB if unknown).
+
+    The one memory probe: learn-prototypes sizes its resident pixels with it, train-decoder its feature cache.
+    """
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 10**9
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -24,11 +24,9 @@ import numpy as np
 import torch
 
 from . import io
-from .io import FEATURES_KIND as KIND
-from .io import feature_path
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import ExtractConfig, RuntimeConfig, to_params
-from .data import Dataset, Item, load_image
+from .data import Dataset, Item
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
 
@@ -40,12 +38,10 @@ class ExtractSummary(io.StageSummary):
     complete: bool = False  # every item of the whole dataset (all shards) is present
 
 
-
-
 def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, np.ndarray]]:
     """Images decoded ahead by a thread pool (PIL releases the GIL while decoding), in order."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        yield from zip(items, pool.map(lambda it: load_image(it.image), items))
+        yield from zip(items, pool.map(lambda it: io.load_image(it.image), items))
 
 
 def _batches(decoded: Iterable[tuple[Item, np.ndarray]], size_of: Callable, batch_size: int):
@@ -70,32 +66,14 @@ def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dty
         ``dense`` [B, h, w, D], and with ``cfg.store_tokens`` also ``last_block_input`` [B, 1+hw, width] and
         ``attention`` [B, hw, hw] (see module docstring); all float32 on the model's device.
     """
-    p = bb.patch_size
-    grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
-    n_attn = min(cfg.attention_blocks, bb.n_blocks) - 1  # blocks before the last whose maps CAA averages
     with autocast(bb.device, dtype):
-        x = bb.embed(pixels.to(bb.device), fp16_pos=cfg.parity == "clip-es")
-        x, attns = bb.run_blocks(x, grid, 0, bb.n_blocks - 1,
-                                 attention_from=bb.n_blocks - 1 - n_attn if cfg.store_tokens else None)
-        last_in = x
-        x, _, _ = bb.block(bb.n_blocks - 1, x, grid)
-        dense = bb.dense(x)
-    out = {"dense": dense.float().reshape(len(pixels), grid[0], grid[1], -1)}
+        tokens, attention, grid = bb.frozen_pass(pixels, cfg.attention_blocks if cfg.store_tokens else 1,
+                                                 fp16_pos=cfg.parity == "clip-es")
+        dense = bb.dense(bb.block(bb.n_blocks - 1, tokens, grid)[0])
+    out = {"dense": dense.float().reshape(len(pixels), *grid, -1)}
     if cfg.store_tokens:
-        out["last_block_input"] = last_in.float()
-        if attns:
-            out["attention"] = torch.stack([a.float()[:, 1:, 1:] for a in attns]).mean(0)
-        else:  # a one-block model: CAA uses the last block's map alone
-            hw = grid[0] * grid[1]
-            out["attention"] = torch.zeros(len(pixels), hw, hw, device=dense.device)
+        out["last_block_input"], out["attention"] = tokens.float(), attention
     return out
-
-
-def cache_dtype(params: dict, name: str) -> torch.dtype:
-    """fp16 on disk, except the last block's input and attention in parity mode: `cam` must see CLIP-ES's fp32
-    values (fp16 tokens alone leave the raw CAM 8e-4 off)."""
-    exact = params.get("parity") == "clip-es" and name in ("last_block_input", "attention")
-    return torch.float32 if exact else torch.float16
 
 
 def extract_metadata(bb: ClipBackbone, cfg: ExtractConfig, n_attn: int) -> dict[str, Any]:
@@ -130,16 +108,15 @@ def run_extract(
     params = {**to_params(cfg), "model": spec.identity()}
     part = dataset.shard(index, count)
     start = time.perf_counter()
-    lock_name = io.LOCK_FILE if count == 1 else f"{io.LOCK_FILE}.{index}-of-{count}"
-    with io.output_lock(out, lock_name):  # before prepare_stage_dir: a refused run must not touch the folder
-        io.prepare_stage_dir(out, STAGE, params, runtime.overwrite and index == 0)
-        todo = [it for it in part.items if not io.item_done(feature_path(out, it.id), runtime.overwrite)]
+    lock = io.LOCK_FILE if count == 1 else f"{io.LOCK_FILE}.{index}-of-{count}"
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=lock, reset=index == 0) as folder:
+        todo_ids = set(folder.todo([it.id for it in part.items], io.feature_path))
+        todo = [it for it in part.items if it.id in todo_ids]
         if on_start:
             on_start(len(todo))
         if todo:
             bb = backbone or load_backbone(spec, device)
-            n_attn = min(cfg.attention_blocks, bb.n_blocks) - 1
-            meta = extract_metadata(bb, cfg, n_attn)
+            meta = extract_metadata(bb, cfg, min(cfg.attention_blocks, bb.n_blocks) - 1)
 
             def size_of(image: np.ndarray) -> tuple[int, int]:
                 return bb.input_size(image.shape[0], image.shape[1], cfg.image_size, cfg.max_side)
@@ -152,21 +129,19 @@ def run_extract(
                     if on_item:
                         on_item(1)
         seconds = time.perf_counter() - start
-        complete = all(feature_path(out, it.id).is_file() for it in dataset.items)
+        complete = all(io.feature_path(out, it.id).is_file() for it in dataset.items)
         if complete:
-            io.write_stage_record(out, STAGE, params=params, inputs={"dataset": dataset.identity()},
-                                  count=len(dataset.items), classes=list(dataset.classes))
+            folder.complete(inputs={"dataset": dataset.identity()}, count=len(dataset.items),
+                            classes=list(dataset.classes))
     return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
 
 
 def _save_item(out: Path, dataset: Dataset, item: Item, image: np.ndarray, size: tuple[int, int],
                tensors: dict[str, torch.Tensor], params: dict, meta: dict) -> None:
-    path = feature_path(out, item.id)
-    if not bool(torch.isfinite(tensors["dense"]).all()):
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
         raise ContractError(f"{item.image}: CLIP features contain NaN/inf (broken weights or fp16 overflow); "
                             "try --precision fp32")
-    io.write_tensors(
-        path, {k: v.to(cache_dtype(params, k)) for k, v in tensors.items()}, kind=KIND, classes=dataset.classes,
-        params=params, id=item.id, image_size=list(image.shape[:2]), input_size=list(size),
-        grid=list(tensors["dense"].shape[:2]), labels=list(item.labels), **meta,
-    )
+    dtypes = {"dense": torch.float16} | {k: io.token_dtype(params["parity"]) for k in tensors if k != "dense"}
+    io.write_features(io.feature_path(out, item.id), tensors, dtypes=dtypes,
+                      classes=dataset.classes, params=params, id=item.id, image_size=list(image.shape[:2]),
+                      input_size=list(size), grid=list(tensors["dense"].shape[:2]), labels=list(item.labels), **meta)

@@ -1,1 +1,27 @@
-"""The demo world: procedurally rendered scenes with exact masks and captions, for end-to-end checks of vpltool."""
+"""The demo world: rendered scenes with exact masks (:mod:`.scenes`), a toy CLIP trained on their captions
+(:mod:`.toyclip`) and the per-stage report (:mod:`.report`).
+
+It plugs into the core through the backbone's registration point (the ``vpltool.plugins`` entry point calls
+:func:`register`): ``--model vpltool-toy`` and the toy's word-level tokenizer. The core names neither.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOY_MODEL = "vpltool-toy"  # --model alias of the toy CLIP shipped inside the package
+TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy-clip"
+
+
+def _word_tokenizer(extra: dict, context_length: int):
+    from .tokenizer import WordTokenizer
+
+    return WordTokenizer(extra["vocabulary"], context_length)
+
+
+def register() -> None:
+    """Register the toy CLIP alias and its tokenizer with :mod:`vpltool.backbone` (cheap: nothing is loaded)."""
+    from ..backbone import register_model, register_tokenizer
+
+    register_model(TOY_MODEL, lambda: TOY_DIR)
+    register_tokenizer("word", _word_tokenizer)

@@ -20,7 +20,8 @@ import numpy as np
 
 from .. import io
 from ..config import EvalConfig
-from ..metrics import MiouAccumulator, cams_to_labels
+from ..data import open_recorded
+from ..kernels import MiouAccumulator, cams_to_labels
 
 CHANCE_IMAGES = 500  # a floor needs no more; the demo world's default train split has exactly 500
 
@@ -75,22 +76,21 @@ def write_contact_sheet(run: Path, dataset, path: Path, n: int = 8) -> Path | No
 
     CAM columns show the CLIP-ES labelling (bg = 1 - max, argmax); a stage that has not run shows black.
     """
-    from ..data import load_image
     from .scenes import contact_sheet
 
     columns = ["image", "ground truth", "text CAM", "vision CAM", "pseudo mask"]
     rows = []
     for item in [it for it in dataset.items if it.gt is not None][:n]:
-        image, gt = load_image(item.image), io.read_mask(item.gt)
+        image, gt = io.load_image(item.image), io.read_mask(item.gt)
         row = [image, gt]
         for folder in ("cams_text", "cams_vision"):
             cam_file = io.cam_path(run / folder, item.id)
             if cam_file.is_file():
-                cams, labels, _ = io.read_cam(cam_file)
-                row.append(cams_to_labels(cams.numpy(), labels.tolist(), 1.0))
+                maps = io.read_cam(cam_file)
+                row.append(cams_to_labels(maps.cams, maps.labels, 1.0))
             else:
                 row.append(np.zeros_like(gt))
-        png = run / "pseudo" / f"{item.id}.png"
+        png = io.mask_path(run / "pseudo", item.id)
         row.append(io.read_mask(png) if png.is_file() else np.zeros_like(gt))
         rows.append(row)
     if not rows:
@@ -100,26 +100,21 @@ def write_contact_sheet(run: Path, dataset, path: Path, n: int = 8) -> Path | No
 
 def write_prediction_sheet(run: Path, path: Path, n: int = 8) -> Path | None:
     """image | ground truth | decoder prediction for the first ``n`` validation items that were predicted."""
-    from ..data import load_image, open_dataset
     from .scenes import contact_sheet
 
     folder = run / "pred_val"
     if not io.stage_record_path(folder).is_file():
         return None
-    ident = io.read_stage_record(folder, "predict")["inputs"]["dataset"]
-    items = [it for it in open_dataset(ident["root"], ident.get("split")).items if it.gt is not None][:n]
-    rows = [[load_image(it.image), io.read_mask(it.gt), io.read_mask(folder / f"{it.id}.png")] for it in items]
+    items = [it for it in open_recorded(folder).items if it.gt is not None][:n]
+    rows = [[io.load_image(it.image), io.read_mask(it.gt), io.read_mask(io.mask_path(folder, it.id))] for it in items]
     return contact_sheet(rows, ["image", "ground truth", "prediction"], path, scale=2) if rows else None
 
 
 def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
     """Gather the stage metrics of a demo run folder, add chance baselines, write ``metrics.json`` + sheet."""
-    from ..data import open_dataset
-
     run = Path(run)
-    record = io.read_stage_record(run / "features", "extract")
-    ident = record["inputs"]["dataset"]
-    train = open_dataset(ident["root"], ident.get("split"))
+    io.read_stage_record(run / "features", "extract")
+    train = open_recorded(run / "features")
     report = {
         "run": str(run),
         "stages": collect(run),

@@ -40,12 +40,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..backbone import EXTRA_CONFIG, ClipBackbone, ModelSpec
 from ..errors import VplError
+from ..kernels import MiouAccumulator, cams_to_labels, upsample
 from .scenes import (
-    BACKGROUNDS, CLASSES, Scene, SceneConfig, caption_vocabulary, generate_scenes, make_caption, tokenize_caption,
+    BACKGROUNDS,
+    CLASSES,
+    Scene,
+    SceneConfig,
+    caption_vocabulary,
+    generate_scenes,
+    make_caption,
+    tokenize_caption,
 )
 
 TOY_WINDOW: dict[str, Any] = {"size": 3, "blocks": [0, 1, 2]}  # every block but the last (4 blocks)
@@ -94,45 +101,22 @@ def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu") -> Cli
     torch.manual_seed(seed)
     model = open_clip.CLIP(**toy_model_cfg(len(vocab) + 3))  # + padding, SOT, EOT (WordTokenizer)
     model.visual.preprocess_cfg = preprocess_cfg()
-    extra = {"vocabulary": vocab, "attention_window": TOY_WINDOW}
+    extra = {"tokenizer": "word", "vocabulary": vocab, "attention_window": TOY_WINDOW}
     return ClipBackbone(model, ModelSpec(model="toy-clip", pretrained="none"), torch.device(device), extra)
-
-
-def _embed(bb: ClipBackbone, pixels: torch.Tensor) -> torch.Tensor:
-    """``bb.embed`` at the native grid, but with gradients into the positional embedding.
-
-    ``ClipBackbone.positional_embedding`` caches a detached copy (right for a frozen model), so training uses this
-    twin; at 96 px both give the same tokens.
-
-    Args:
-        pixels: ``[B, 3, 96, 96]`` float32, CLIP-normalised.
-
-    Returns:
-        ``[B, 1 + 144, width]`` tokens entering block 0.
-    """
-    v = bb.visual
-    x = v.conv1(pixels).flatten(2).transpose(1, 2)  # [B, hw, width]
-    cls = v.class_embedding.view(1, 1, -1).expand(len(x), 1, -1)
-    return v.ln_pre(torch.cat([cls, x], dim=1) + v.positional_embedding)
 
 
 def encode_images(bb: ClipBackbone, pixels: torch.Tensor) -> torch.Tensor:
     """``[B, 3, H, W]`` normalised pixels -> ``[B, D]`` unit image embeddings, differentiable.
 
-    The inference path of the CLIP-ES surgery: every block through ``bb.block`` (window mask included), then the
-    mean of the projected patch tokens.
+    The inference path of the CLIP-ES surgery (:meth:`ClipBackbone.encode`: every block, window mask included, the
+    positional embedding as a live parameter at the native grid), then the mean of the projected patch tokens.
     """
-    grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
-    x = _embed(bb, pixels)
-    for i in range(bb.n_blocks):
-        x = bb.block(i, x, grid)[0]
-    return F.normalize(bb.dense(x).mean(1), dim=-1)
+    return bb.image_embedding(bb.encode(pixels).tokens)
 
 
 def encode_captions(bb: ClipBackbone, captions: Sequence[str]) -> torch.Tensor:
-    """Captions -> ``[N, D]`` unit text embeddings, differentiable (``bb.encode_text`` runs under no_grad)."""
-    tokens = bb.tokenizer(list(captions)).to(bb.device)
-    return F.normalize(bb._encode_tokens(tokens, bb._text_parts()), dim=-1)
+    """Captions -> ``[N, D]`` unit text embeddings, differentiable."""
+    return bb.encode_text(captions, grad=True)
 
 
 def to_pixels(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> torch.Tensor:
@@ -169,8 +153,8 @@ def _pool_batches(pool: Sequence[Scene], n_batches: int, batch_size: int,
 
 def _world_pool(data_dir: str | Path) -> list[Scene]:
     """The train split of a `make-world` folder (``folder`` or ``voc`` layout) with its ``captions.json``."""
-    from ..data import load_image, open_dataset
-    from ..io import read_json, read_mask
+    from ..data import open_dataset
+    from ..io import load_image, read_json, read_mask
 
     data_dir = Path(data_dir)
     if not (data_dir / "captions.json").is_file():
@@ -405,7 +389,8 @@ def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any],
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the folder ships inside the package
     try:
-        extra = {"vocabulary": toy_vocabulary(), "attention_window": TOY_WINDOW, "training": training}
+        extra = {"tokenizer": "word", "vocabulary": toy_vocabulary(), "attention_window": TOY_WINDOW,
+                 "training": training}
         _write_checkpoint(tmp, model, extra)
         bb = load_backbone(ModelSpec(model=f"local-dir:{tmp}"))
         heldout = scene_seed(seed, "heldout")
@@ -461,9 +446,6 @@ def localization_miou(bb: ClipBackbone, scenes: Iterable[Scene], template: str =
     Per scene: rows = text prototypes of the present classes + the 4 background words from ``template``;
     temperature ``1 / logit_scale``; maps upsampled to the image and labelled with ``bg = (1 - max)^a``, argmax.
     """
-    from ..cam import gradcam, upsample
-    from ..metrics import MiouAccumulator, cams_to_labels
-
     class_rows = bb.encode_text([template.format(c) for c in CLASSES[1:]])  # [8, D]
     bg_rows = bb.encode_text([template.format(b) for b in BACKGROUNDS])  # [4, D]
     acc = MiouAccumulator(len(CLASSES))
@@ -471,10 +453,10 @@ def localization_miou(bb: ClipBackbone, scenes: Iterable[Scene], template: str =
         pixels = to_pixels(scene.image[None], bb.mean, bb.std).to(bb.device)
         grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
         with torch.no_grad():
-            x, _ = bb.run_blocks(bb.embed(pixels), grid, 0, bb.n_blocks - 1)
+            x = bb.encode(pixels, stop=bb.n_blocks - 1).tokens
         labels = list(scene.labels)
         rows = torch.cat([class_rows[[c - 1 for c in labels]], bg_rows])
-        cams, _, _ = gradcam(bb, x[0], grid, rows, len(labels), 1.0 / bb.logit_scale)
+        cams = bb.gradcam(x[0], grid, rows, len(labels), 1.0 / bb.logit_scale).maps
         full = upsample(cams.cpu(), scene.mask.shape)
         acc.add(scene.mask, cams_to_labels(full.numpy(), labels, bg_exponent))
     return float(acc.result()["miou"])

@@ -1,0 +1,23 @@
+"""The frozen CLIP backbone with the CLIP-ES surgery: loading (:mod:`.loading`) and the model (:mod:`.model`).
+
+The only package that creates open_clip models; stages share its forward (:meth:`ClipBackbone.encode`), its
+GradCAM (:meth:`ClipBackbone.gradcam`) and its text tower (:meth:`ClipBackbone.encode_text`).
+"""
+
+import torch
+
+from .loading import EXTRA_CONFIG, ModelSpec, create_model, load_extra_config, register_model, register_tokenizer
+from .model import GRADCAM_LAYERS, ClipBackbone, Encoded, GradCam
+
+
+def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu") -> ClipBackbone:
+    """Build the frozen :class:`ClipBackbone`; a one-line VplError for every way the weights can be missing or
+    wrong."""
+    model, folder = create_model(spec)
+    return ClipBackbone(model, spec, torch.device(device), load_extra_config(folder if spec.folder else None))
+
+
+__all__ = [
+    "EXTRA_CONFIG", "ModelSpec", "create_model", "load_backbone", "load_extra_config", "register_model",
+    "register_tokenizer", "GRADCAM_LAYERS", "ClipBackbone", "Encoded", "GradCam",
+]  # fmt: skip

@@ -1,0 +1,202 @@
+"""Which CLIP to load and how: open_clip architectures and tags, local weight files and folders, registered aliases.
+
+The only place open_clip models are created. Everything that can go wrong offline (an unknown tag, weights not
+in the cache, a file that holds another architecture) is a one-line :class:`~vpltool.errors.VplError`.
+
+**Registration point.** Packages plug models and tokenizers in without the core knowing their names:
+:func:`register_model` maps an alias (``--model NAME``) to a local open_clip folder, :func:`register_tokenizer`
+maps the ``"tokenizer"`` kind named in a folder's ``vpltool.json`` to a factory. Plugins are found through the
+``vpltool.plugins`` entry-point group (the demo world registers its toy CLIP there) the first time a name is not
+known otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..errors import VplError
+
+EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
+_HUB_HOST = "huggingface.co"
+PLUGIN_GROUP = "vpltool.plugins"
+
+_MODELS: dict[str, Callable[[], Path]] = {}
+_TOKENIZERS: dict[str, Callable[[dict[str, Any], int], Any]] = {}
+_plugins_loaded = False
+
+
+def register_model(alias: str, folder: Callable[[], Path]) -> None:
+    """``--model alias`` loads the open_clip ``local-dir`` folder that ``folder()`` returns (weights, config and
+    ``vpltool.json``); the recorded identity stays ``alias`` so later stages rebuild the same model."""
+    _MODELS[alias] = folder
+
+
+def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any]) -> None:
+    """A folder whose ``vpltool.json`` says ``"tokenizer": kind`` gets ``factory(extra_config, context_length)``:
+    a callable from a list of strings to ``[N, context_length]`` int64 token ids (EOT the highest id per row)."""
+    _TOKENIZERS[kind] = factory
+
+
+def _load_plugins() -> None:
+    """Call every ``vpltool.plugins`` entry point once (they call the two register functions)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        ep.load()()
+
+
+def registered_folder(alias: str) -> Path | None:
+    """The local folder of a registered alias, or None."""
+    if alias not in _MODELS:
+        _load_plugins()
+    return _MODELS[alias]() if alias in _MODELS else None
+
+
+def tokenizer_factory(kind: str) -> Callable[[dict[str, Any], int], Any]:
+    if kind not in _TOKENIZERS:
+        _load_plugins()
+    if kind not in _TOKENIZERS:
+        raise VplError(f"tokenizer {kind!r} (named by a model's {EXTRA_CONFIG}) is not registered; install the "
+                       "package that provides it")
+    return _TOKENIZERS[kind]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which CLIP to load.
+
+    Args:
+        model: an open_clip architecture name (``ViT-B-16``), ``local-dir:/path`` (open_clip's folder format:
+            ``open_clip_config.json`` + ``open_clip_model.safetensors``), or a registered alias (``vpltool-toy``,
+            the demo world's toy CLIP).
+        pretrained: an open_clip tag (``openai``), a local weights file (``.safetensors``, ``.pt``, ``.bin``,
+            an OpenAI JIT archive), or ``none`` for random weights. Ignored (recorded as ``none``) for folders and
+            aliases, whose weights are in the folder.
+        config_dir: a folder of extra open_clip JSON model configs (tiny test architectures).
+    """
+
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    config_dir: str | None = None
+
+    @property
+    def folder(self) -> Path | None:
+        """The local model folder of a ``local-dir:`` model or a registered alias; None for open_clip names."""
+        if self.model.startswith("local-dir:"):
+            return Path(self.model[len("local-dir:"):])
+        return registered_folder(self.model)
+
+    def identity(self) -> dict[str, str]:
+        """What is stored in every output file, so downstream stages rebuild the same model."""
+        ident = {"model": self.model, "pretrained": "none" if self.folder is not None else self.pretrained}
+        if self.config_dir:
+            ident["config_dir"] = str(self.config_dir)
+        return ident
+
+    @classmethod
+    def from_identity(cls, ident: dict[str, str]) -> ModelSpec:
+        return cls(model=ident["model"], pretrained=ident.get("pretrained", "none"), config_dir=ident.get("config_dir"))
+
+
+def _register_config_dir(config_dir: str | None) -> None:
+    import open_clip
+
+    for d in filter(None, [config_dir, os.environ.get("VPLTOOL_MODEL_CONFIGS")]):
+        if not Path(d).is_dir():
+            raise VplError(f"{d}: model config folder not found")
+        open_clip.add_model_config(d)
+
+
+def _offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    try:  # a failed name lookup answers at once; open_clip would otherwise retry the hub for ~47 s
+        socket.getaddrinfo(_HUB_HOST, 443)
+        return False
+    except OSError:
+        return True
+
+
+def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
+    """A pretrained tag -> (cached local file or None, preprocessing overrides). Raises when unusable offline."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        raise VplError(
+            f"--pretrained {tag!r} is neither a file nor a tag of {model}; tags: {', '.join(tags) or 'none'}"
+        )
+    preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation") if k in cfg}
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        for name in ("open_clip_model.safetensors", filename or "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return found, preprocess
+    if _offline():
+        raise VplError(
+            f"weights for {model} --pretrained {tag} are not in the local cache and the hub is unreachable; "
+            f"download them elsewhere and pass the file: --pretrained /path/to/{model}.safetensors"
+        )
+    return None, preprocess
+
+
+def create_model(spec: ModelSpec):
+    """``(open_clip model, its local folder or None)`` for ``spec``; one-line VplErrors for every way it fails."""
+    import open_clip
+
+    _register_config_dir(spec.config_dir)
+    folder = spec.folder
+    if folder is not None:
+        if not (folder / "open_clip_config.json").is_file():
+            raise VplError(f"{folder}: not an open_clip model folder (needs open_clip_config.json + weights)")
+        return open_clip.create_model(f"local-dir:{folder}"), folder
+    if spec.model not in open_clip.list_models():
+        raise VplError(f"--model {spec.model!r} unknown to open_clip; e.g. ViT-B-16, ViT-L-14, or local-dir:/path")
+    pretrained = spec.pretrained
+    if pretrained in (None, "", "none"):
+        # random weights must be the same in every process: `cam` rebuilds the model `extract` used
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return open_clip.create_model(spec.model, pretrained=None), None
+    path = Path(pretrained).expanduser()
+    if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
+        if not path.is_file():
+            raise VplError(f"{path}: weights file not found")
+        try:
+            return open_clip.create_model(spec.model, pretrained=str(path)), path.parent
+        except (RuntimeError, KeyError) as e:
+            msg = str(e).splitlines()[0][:200]
+            raise VplError(f"{path}: does not hold {spec.model} weights ({msg}); check --model") from None
+    cached, preprocess = _resolve_tag(spec.model, pretrained)
+    if cached is not None:
+        return open_clip.create_model(spec.model, pretrained=cached, force_preprocess_cfg=preprocess), None
+    return open_clip.create_model(spec.model, pretrained=pretrained), None
+
+
+def load_extra_config(folder: Path | None) -> dict[str, Any]:
+    """The ``vpltool.json`` beside a local model: ``{"tokenizer": kind, "vocabulary": [...], "attention_window":
+    {...}}``; a ``vocabulary`` without a ``tokenizer`` means the ``word`` tokenizer (checkpoints before the key)."""
+    if folder is None or not (folder / EXTRA_CONFIG).is_file():
+        return {}
+    extra = json.loads((folder / EXTRA_CONFIG).read_text())
+    if extra.get("vocabulary") and "tokenizer" not in extra:
+        extra["tokenizer"] = "word"
+    return extra

@@ -1,0 +1,333 @@
+"""The frozen CLIP with the CLIP-ES surgery, and the GradCAM every stage takes from it.
+
+What is taken where (ViT-B/16 numbers; every open_clip ViT with standard blocks works the same way):
+
+* :meth:`ClipBackbone.embed`: ``conv1`` patches + class token + the positional embedding **bilinearly resized**
+  (align_corners False, as CLIP-ES ``clip/model.py:upsample_pos_emb``) from the native 14x14 grid to the input's
+  ``h x w`` grid, then ``ln_pre``. Output ``[B, 1 + h*w, width]``, token 0 = CLS.
+* :meth:`ClipBackbone.encode`: the one frozen forward loop. Blocks ``0..stop-1``; it keeps the **head-averaged**
+  attention ``[B, 1+hw, 1+hw]`` (rows sum to 1) of the blocks from ``attention_from`` on, as
+  ``nn.MultiheadAttention(need_weights=True)`` gives it, and the patch tokens of the blocks in ``collect``.
+* :meth:`ClipBackbone.dense`: ``ln_post`` on the patch tokens, then ``@ proj`` -> ``[B, hw, D]`` in the joint
+  image-text space. The **image embedding is the mean of these** (CLIP-ES replaces the class token by the patch
+  mean; since ``proj`` is linear, mean-then-project equals project-then-mean).
+* :meth:`ClipBackbone.gradcam`: softmax-GradCAM of CLIP-ES (``generate_cams_voc12.py`` with
+  ``pytorch_grad_cam``) re-running only the last block, all classes in one batched backward.
+* :meth:`ClipBackbone.encode_text`: the text tower, with the context truncated to the longest prompt in the batch
+  (the causal mask makes later positions irrelevant: same embeddings, ~10x faster).
+
+A model folder's ``vpltool.json`` can add a tokenizer (see :mod:`vpltool.backbone.loading`) and a local attention
+window in early blocks (``{"attention_window": {"size": 3, "blocks": [0, 1, 2]}}``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import VplError
+from ..kernels import gradcam_scale
+from .loading import ModelSpec, tokenizer_factory
+
+GRADCAM_LAYERS = ("input", "output")  # the last block's ln_1 output (CLIP-ES, VPL) | its output tokens
+
+
+@dataclass
+class Encoded:
+    """What :meth:`ClipBackbone.encode` kept of one frozen forward.
+
+    Attributes:
+        tokens: ``[B, 1 + hw, width]`` after the last block run (the input of block ``stop``).
+        attentions: head-mean attention ``[B, 1 + hw, 1 + hw]`` of each block from ``attention_from`` on.
+        blocks: patch tokens ``[B, hw, width]`` of each block in ``collect`` (its output), in order.
+        grid: ``(h, w)``.
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    attentions: list[torch.Tensor] = field(default_factory=list)
+    blocks: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class GradCam:
+    """One image's softmax-GradCAM (:meth:`ClipBackbone.gradcam`).
+
+    Attributes:
+        maps: ``[K, h, w]`` float32 in [0, 1], scaled like CLIP-ES (min-max twice).
+        attention: ``[1 + hw, 1 + hw]`` the last block's head-mean attention.
+        probs: ``[K + M]`` the softmax over the image's rows.
+        dense: ``[hw, D]`` the patch features of the last block's output (joint space, not normalised).
+    """
+
+    maps: torch.Tensor
+    attention: torch.Tensor
+    probs: torch.Tensor
+    dense: torch.Tensor
+
+
+class ClipBackbone:
+    """A frozen open_clip CLIP with the CLIP-ES surgery (see module docstring)."""
+
+    def __init__(self, model, spec: ModelSpec, device: torch.device, extra: dict[str, Any] | None = None):
+        visual = model.visual
+        if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+            raise VplError(f"--model {spec.model}: only ViT image towers are supported (no ResNet/timm towers)")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise VplError(f"--model {spec.model}: attentional-pooling towers (CoCa) are not supported")
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.spec, self.device, self.extra = spec, device, extra or {}
+        self.visual = visual
+        self.blocks = list(visual.transformer.resblocks)
+        self.n_blocks = len(self.blocks)
+        ps = visual.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        self.width = int(visual.conv1.out_channels)
+        self.embed_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.width
+        self.logit_scale = float(model.logit_scale.exp().item())
+        pp = getattr(visual, "preprocess_cfg", {}) or {}
+        self.mean = tuple(pp.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+        self.std = tuple(pp.get("std", (0.26862954, 0.26130258, 0.27577711)))
+        grid = visual.grid_size
+        self.native_grid = (int(grid[0]), int(grid[1])) if isinstance(grid, (tuple, list)) else (int(grid), int(grid))
+        window = self.extra.get("attention_window") or {}
+        self.window_size = int(window.get("size", 0))
+        self.window_blocks = frozenset(int(b) for b in window.get("blocks", []))
+        self._tokenizer = None
+        self._pos_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
+
+    # ---- images
+    def input_size(self, height: int, width: int, image_size: int | None = None, max_side: int | None = None):
+        """CLIP-ES input size: each side rounded **up** to a multiple of the patch size (or a fixed square)."""
+        p = self.patch_size
+        if image_size:
+            side = int(math.ceil(image_size / p) * p)
+            return side, side
+        if max_side and max(height, width) > max_side:
+            scale = max_side / max(height, width)
+            height, width = max(1, round(height * scale)), max(1, round(width * scale))
+        return int(math.ceil(height / p) * p), int(math.ceil(width / p) * p)
+
+    def preprocess(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """``[H0, W0, 3]`` uint8 RGB -> ``[3, H, W]`` float32, bicubic-resized to ``size`` and CLIP-normalised."""
+        h, w = size
+        if image.shape[:2] != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor:
+        """``[1 + h*w, width]``: CLS row kept, patch rows bilinearly resized from the native grid.
+
+        At the native grid (and without rounding) this is the parameter itself, so a model being trained (the toy
+        CLIP) gets its gradient; resized grids are cached, detached. ``fp16_round`` reproduces CLIP-ES, which
+        casts the resized embedding to fp16 even in fp32 runs.
+        """
+        if tuple(grid) == self.native_grid and not fp16_round:
+            return self.visual.positional_embedding
+        key = (grid[0], grid[1], fp16_round)
+        if key not in self._pos_cache:
+            pos = self.visual.positional_embedding.detach().float()
+            cls, patches = pos[:1], pos[1:]
+            if tuple(grid) != self.native_grid:
+                gh, gw = self.native_grid
+                patches = patches.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+                patches = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
+                patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+            out = torch.cat([cls, patches])
+            if fp16_round:
+                out = out.half().float()
+            self._pos_cache[key] = out
+        return self._pos_cache[key]
+
+    def grid_of(self, pixels: torch.Tensor) -> tuple[int, int]:
+        p = self.patch_size
+        if pixels.shape[-2] % p or pixels.shape[-1] % p:
+            raise VplError(f"input {tuple(pixels.shape[-2:])} is not a multiple of the patch size {p}")
+        return pixels.shape[-2] // p, pixels.shape[-1] // p
+
+    def embed(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
+        """``[B, 3, H, W]`` normalised pixels -> ``[B, 1 + h*w, width]`` tokens entering block 0."""
+        v = self.visual
+        grid = self.grid_of(pixels)
+        x = v.conv1(pixels.to(self.device, v.conv1.weight.dtype))  # [B, width, h, w]
+        x = x.flatten(2).transpose(1, 2)  # [B, hw, width]
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+        return v.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding(grid, fp16_pos).to(x.device, x.dtype))
+
+    def attention_mask(self, block: int, grid: tuple[int, int], device) -> torch.Tensor | None:
+        """Additive ``[L, L]`` mask for a windowed block (toy CLIP): patches see a ``k x k`` neighbourhood,
+        not the CLS token; the CLS token sees everything. ``None`` for ordinary global blocks."""
+        if block not in self.window_blocks or self.window_size <= 1:
+            return None
+        return _window_mask(grid[0], grid[1], self.window_size, str(device))
+
+    def block(self, i: int, x: torch.Tensor, grid: tuple[int, int], need_weights: bool = False,
+              keep_ln1: bool = False):
+        """Run block ``i`` on ``[B, L, width]``.
+
+        Returns:
+            (x_out ``[B, L, width]``, head-mean attention ``[B, L, L]`` or None, ln_1 output or None).
+        """
+        blk = self.blocks[i]
+        mask = self.attention_mask(i, grid, x.device)
+        h = blk.ln_1(x)
+        attn_out, attn = blk.attn(h, h, h, need_weights=need_weights, average_attn_weights=True,
+                                  attn_mask=None if mask is None else mask.to(h.dtype))
+        x = x + blk.ls_1(attn_out)
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        return x, attn, (h if keep_ln1 else None)
+
+    def encode(self, pixels: torch.Tensor, *, stop: int | None = None, attention_from: int | None = None,
+               collect: Sequence[int] = (), fp16_pos: bool = False) -> Encoded:
+        """The frozen forward: embed, then blocks ``0..stop-1`` (all by default). Runs under the caller's grad
+        mode and autocast; see :class:`Encoded` for what is kept."""
+        grid = self.grid_of(pixels)
+        stop = self.n_blocks if stop is None else stop
+        x, out = self.embed(pixels, fp16_pos), Encoded(None, grid)
+        wanted = set(collect)
+        for i in range(stop):
+            need = attention_from is not None and i >= attention_from
+            x, attn, _ = self.block(i, x, grid, need_weights=need)
+            if need:
+                out.attentions.append(attn)
+            if i in wanted:
+                out.blocks.append(x[:, 1:])
+        out.tokens = x
+        return out
+
+    def frozen_pass(self, pixels: torch.Tensor, attention_blocks: int, fp16_pos: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """What GradCAM and CAA need from the frozen blocks ``0..L-2``.
+
+        Returns:
+            ``last_block_input`` ``[B, 1 + hw, width]``, ``attention`` ``[B, hw, hw]`` (the mean of the
+            head-averaged maps of the ``attention_blocks - 1`` blocks before the last, CLS row and column removed;
+            zeros for a one-block model) and the grid. CAA adds the last block's own map (CLIP-ES averages the
+            last ``attention_blocks`` maps).
+        """
+        n_prev = min(attention_blocks, self.n_blocks) - 1
+        enc = self.encode(pixels, stop=self.n_blocks - 1, attention_from=self.n_blocks - 1 - n_prev,
+                          fp16_pos=fp16_pos)
+        if enc.attentions:
+            attention = torch.stack([a[:, 1:, 1:].float() for a in enc.attentions]).mean(0)
+        else:
+            hw = enc.grid[0] * enc.grid[1]
+            attention = torch.zeros(len(pixels), hw, hw, device=enc.tokens.device)
+        return enc.tokens, attention, enc.grid
+
+    def dense(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block ``[B, 1+hw, width]`` -> patch features ``[B, hw, D]`` (joint space, not
+        normalised)."""
+        v = self.visual
+        x = v.ln_post(tokens[:, 1:])
+        return x @ v.proj.to(x.dtype) if v.proj is not None else x
+
+    def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` unit image embeddings: CLIP-ES's mean of the projected patch tokens."""
+        return F.normalize(self.dense(tokens).mean(1), dim=-1)
+
+    def gradcam(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor, n_classes: int,
+                temperature: float, layer: str = "input") -> GradCam:
+        """Softmax-GradCAM for the first ``n_classes`` of ``rows`` in one batched backward, in fp32.
+
+        Args:
+            last_block_input: ``[1 + hw, width]`` tokens entering the last block.
+            rows: ``[K + M, D]`` unit prototypes: the K present classes first, then every background row.
+            n_classes: K.
+            temperature: of the softmax ``p = softmax(cos(img, rows) / temperature)``.
+            layer: ``input``: the activations are the last block's ``ln_1`` output (CLIP-ES's target layer
+                ``resblocks[-1].ln_1``, what VPL uses); ``output``: the last block's output tokens.
+
+        ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)``, scaled like CLIP-ES (:func:`gradcam_scale`);
+        fp32 throughout (fp16 gradients underflow on real photos).
+        """
+        if layer not in GRADCAM_LAYERS:
+            raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
+        x = last_block_input.to(self.device, torch.float32)[None].requires_grad_(True)
+        with torch.enable_grad(), torch.autocast(self.device.type, enabled=False):
+            out, attn, ln1 = self.block(self.n_blocks - 1, x, grid, need_weights=True, keep_ln1=layer == "input")
+            act = ln1 if layer == "input" else out
+            dense = self.dense(out)  # [1, hw, D]
+            img = F.normalize(dense.mean(1), dim=-1)  # [1, D]: CLIP-ES's patch-mean image embedding
+            probs = (img @ rows.to(img).T / temperature).softmax(-1)[0]  # [K + M]
+            if n_classes == 0:
+                return GradCam(torch.zeros(0, *grid), attn[0].detach(), probs.detach(), dense[0].detach())
+            grads = torch.autograd.grad(probs[:n_classes], act, grad_outputs=torch.eye(n_classes, device=x.device),
+                                        is_grads_batched=True)[0]  # [K, 1, 1+hw, width]
+        act, grads = act[0, 1:].detach(), grads[:, 0, 1:]  # patch tokens only
+        weights = grads.mean(1)  # [K, width]: GradCAM channel weights
+        maps = torch.relu(weights @ act.T).view(n_classes, *grid)  # [K, h, w]
+        return GradCam(gradcam_scale(maps), attn[0].detach(), probs.detach(), dense[0].detach())
+
+    # ---- text
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            kind = self.extra.get("tokenizer")
+            if kind:
+                self._tokenizer = tokenizer_factory(kind)(self.extra, self._text_tower()["context_length"])
+            else:
+                import open_clip
+
+                self._tokenizer = open_clip.get_tokenizer(self.spec.model)
+        return self._tokenizer
+
+    def _text_tower(self) -> dict[str, Any]:
+        m = self.model
+        t = m.text if hasattr(m, "text") else m  # CustomTextCLIP keeps the tower in .text
+        return {
+            "token_embedding": t.token_embedding, "positional_embedding": t.positional_embedding,
+            "transformer": t.transformer, "ln_final": t.ln_final, "projection": t.text_projection,
+            "attn_mask": t.attn_mask, "pool": getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax")),
+            "context_length": t.positional_embedding.shape[0], "cls_emb": getattr(t, "cls_emb", None),
+        }
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256, grad: bool = False) -> torch.Tensor:
+        """Prompts -> ``[N, D]`` float32 L2-normalised text embeddings (``grad``: differentiable, for training)."""
+        with torch.set_grad_enabled(grad):
+            parts = self._text_tower()
+            if parts["pool"] != "argmax" or parts["cls_emb"] is not None:  # unusual towers: open_clip's own path
+                tokens = self.tokenizer(list(texts)).to(self.device)
+                return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            out = []
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+                out.append(self._encode_tokens(tokens, parts))
+            return F.normalize(torch.cat(out).float(), dim=-1)
+
+    def _encode_tokens(self, tokens: torch.Tensor, parts: dict[str, Any]) -> torch.Tensor:
+        eot = tokens.argmax(dim=-1)  # the EOT token has the highest id in CLIP vocabularies
+        length = int(eot.max()) + 1  # causal mask: positions after EOT never influence it
+        tokens = tokens[:, :length]
+        x = parts["token_embedding"](tokens) + parts["positional_embedding"][:length]
+        mask = parts["attn_mask"]
+        x = parts["transformer"](x, attn_mask=None if mask is None else mask[:length, :length])
+        x = parts["ln_final"](x)[torch.arange(len(tokens), device=x.device), eot]
+        proj = parts["projection"]
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+@lru_cache(maxsize=16)
+def _window_mask(h: int, w: int, size: int, device: str) -> torch.Tensor:
+    rows = torch.arange(h).repeat_interleave(w)
+    cols = torch.arange(w).repeat(h)
+    r = size // 2
+    near = ((rows[:, None] - rows[None, :]).abs() <= r) & ((cols[:, None] - cols[None, :]).abs() <= r)
+    allowed = torch.zeros(1 + h * w, 1 + h * w, dtype=torch.bool)
+    allowed[0, :] = True  # CLS gathers globally; patches stay local so early features stay local
+    allowed[1:, 1:] = near
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+    return mask.to(device)

@@ -1,0 +1,45 @@
+"""The `vpltool` command line: a thin typer layer over the library, one command per stage.
+
+Commands are defined in :mod:`.pipeline` (extract, text-prototypes, cam, learn-prototypes, crf), :mod:`.training`
+(train-decoder, predict, eval) and :mod:`.demo`; :mod:`.common` holds what they share (option types, one-line
+errors, progress). Heavy imports happen inside the commands, so ``vpltool --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_show_locals=False, add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + VPL). One stage per command; stages "
+    "exchange safetensors and palette PNGs on disk, so any stage can be swapped or re-run alone.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vpltool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version.")] = False,
+) -> None:
+    """Weakly-supervised semantic segmentation with CLIP: one stage per command, files in between."""
+
+
+from . import demo, pipeline, training  # noqa: E402,F401  (the commands register themselves on `app`)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

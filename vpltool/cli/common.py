@@ -1,0 +1,232 @@
+"""What every command shares: option types, one-line errors, progress (a bar on a terminal, plain lines elsewhere).
+
+Heavy imports (torch, open_clip) happen inside the commands, so ``vpltool --help`` stays fast. User mistakes
+(:class:`vpltool.errors.VplError`, and writes that fail for lack of space or permission) print one red line on
+stderr and exit with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from ..config import RuntimeConfig
+from ..errors import VplError, write_error
+
+err = Console(stderr=True)
+log = logging.getLogger("vpltool")
+RUNTIME, MODEL = "Runtime", "Model"
+PROGRESS_EVERY_S = 10.0  # off a terminal, a plain progress line at most this often (and at the end)
+_R = RuntimeConfig()
+
+# ---- option types, spelled the same on every stage
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; finished items are skipped).")]
+OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file (written atomically).")]
+Device = Annotated[str, typer.Option(envvar="VPLTOOL_DEVICE", help="auto | cpu | cuda | cuda:N",
+                                     rich_help_panel=RUNTIME)]
+Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA and on CPUs with AMX, else fp32) | "
+                                        "fp32 | bf16 | fp16 (CUDA only).", rich_help_panel=RUNTIME)]
+BatchSize = Annotated[int, typer.Option(help="Images per batch (equal input sizes are batched).",
+                                        rich_help_panel=RUNTIME)]
+Workers = Annotated[int, typer.Option(help="Parallel image decoders / CRF processes (0 = one per CPU core).",
+                                      rich_help_panel=RUNTIME)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
+                                         rich_help_panel=RUNTIME)]
+LogFile = Annotated[Optional[Path], typer.Option("--log", envvar="VPLTOOL_LOG", rich_help_panel=RUNTIME,
+                                                 help="Also append progress and the result line to this file.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.", rich_help_panel=RUNTIME)]
+Split = Annotated[Optional[str], typer.Option("--split", "-s", help="Dataset split (VOC: train, train_aug, val; "
+                                              "generic: splits/<name>.txt). Default: the layout's default.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="open_clip architecture, local-dir:/path, or vpltool-toy "
+                                       "(the demo world's toy CLIP).", rich_help_panel=MODEL)]
+PretrainedOpt = Annotated[str, typer.Option("--pretrained", help="open_clip tag (openai), a local weights file, "
+                                            "or none (random).", rich_help_panel=MODEL)]
+ModelConfigDir = Annotated[Optional[Path], typer.Option("--model-config-dir", envvar="VPLTOOL_MODEL_CONFIGS",
+                                                        hidden=True, help="Extra open_clip JSON model configs.")]
+
+_log_file: Path | None = None
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn a VplError, or a write that failed for lack of space or permission, into one red line + exit 2; keep
+    tracebacks for real bugs. Also opens the ``--log`` file for :func:`say` and :func:`progress`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        global _log_file
+        verbose = kwargs.get("verbose", False)
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        _log_file = kwargs.get("log_file")
+        try:
+            return fn(*args, **kwargs)
+        except VplError as e:
+            _error_line(e)
+        except OSError as e:  # one that escaped the library's own handling (its writes name their files)
+            user_error = write_error(e.filename, e, action="accessing")  # it may have been a read
+            if user_error is None:
+                raise
+            _error_line(user_error)
+        except KeyboardInterrupt:
+            say("[yellow]interrupted[/]: finished items are kept; re-run the same command to resume")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def _to_log(line: str) -> None:
+    if _log_file is None:
+        return
+    from rich.text import Text
+
+    try:
+        with open(_log_file, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {Text.from_markup(line).plain}\n")
+    except OSError as e:  # a log that cannot be written must not stop the run; say it once on stderr
+        err.print(f"[yellow]warning:[/] cannot write --log {_log_file} ({e.strerror}); continuing without it")
+        _set_log(None)
+
+
+def _set_log(path: Path | None) -> None:
+    global _log_file
+    _log_file = path
+
+
+def say(line: str) -> None:
+    """One line on stderr (rich markup) and in the ``--log`` file."""
+    err.print(line, highlight=False, soft_wrap=True)
+    _to_log(line)
+
+
+def _error_line(e: VplError) -> NoReturn:
+    from rich.markup import escape
+
+    # escaped: rich would take "[crf]" in "pip install 'vpltool[crf]'" for a style tag and drop it
+    say(f"[bold red]error:[/] {escape(str(e))}")
+    raise typer.Exit(code=2) from None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class _Lines:
+    """Progress as plain lines, for logs (nohup, Slurm, CI): at most every ``PROGRESS_EVERY_S`` and at the end."""
+
+    def __init__(self, description: str, unit: str):
+        self.description, self.unit = description, unit
+        self.total, self.done, self.start, self.last = None, 0, time.monotonic(), 0.0
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        of = f"/{self.total}" if self.total is not None else ""
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        eta = ""
+        if self.total and rate > 0 and self.done < self.total:
+            eta = f", ETA {_duration((self.total - self.done) / rate)}"
+        return f"{self.description}: {self.done}{of} {self.unit}{pct}, {rate:.2f} {self.unit}/s{eta}"
+
+    def start_with(self, total: int) -> None:
+        self.total = total
+        self.emit()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if time.monotonic() - self.last >= PROGRESS_EVERY_S or (self.total is not None and self.done >= self.total):
+            self.emit()
+
+    def emit(self) -> None:
+        self.last = time.monotonic()
+        err.print(self.line(), highlight=False, soft_wrap=True)
+        _to_log(self.line())
+
+
+@contextmanager
+def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable, Callable]]:
+    """Progress on stderr: a rich bar on a terminal, plain lines every 10 s elsewhere (and in ``--log``).
+
+    Yields ``(on_start(total), on_item(n=1))`` for the library hooks.
+    """
+    if not err.is_terminal:
+        lines = _Lines(description, unit)
+        yield lines.start_with, lines.advance
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=False) as bar:
+        task = bar.add_task(description, total=None)
+        lines = _Lines(description, unit)  # the log file gets the plain lines, the terminal the bar
+
+        def start(total: int) -> None:
+            bar.update(task, total=total)
+            lines.total = total
+            _to_log(lines.line())
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+            lines.done += n
+            if time.monotonic() - lines.last >= PROGRESS_EVERY_S:
+                lines.last = time.monotonic()
+                _to_log(lines.line())
+
+        yield start, advance
+        _to_log(lines.line())
+
+
+def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int = _R.batch_size,
+            workers: int = _R.workers, overwrite: bool = False) -> RuntimeConfig:
+    return RuntimeConfig(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                         overwrite=overwrite)
+
+
+def parse_floats(value: str, option: str) -> tuple[float, ...]:
+    """``"1.0,0.75"`` -> ``(1.0, 0.75)``; a VplError naming the option for anything else."""
+    try:
+        values = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise VplError(f"{option} {value!r}: give comma-separated numbers, e.g. 1,2") from None
+    if not values:
+        raise VplError(f"{option} is empty: give comma-separated numbers, e.g. 1,2")
+    return values
+
+
+def shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise VplError(f"--shard {value!r}: use i/n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise VplError(f"--shard {value}: need 0 <= i < n")
+    return index, count
+
+
+def model_spec(model: str, pretrained: str, config_dir: Path | None):
+    from ..backbone import ModelSpec
+
+    return ModelSpec(model=model, pretrained=pretrained, config_dir=str(config_dir) if config_dir else None)
+
+
+def floats_text(values: tuple[float, ...]) -> str:
+    """A config tuple as the CLI spells it (``(1.0, 0.75)`` -> ``"1,0.75"``): defaults come from config."""
+    return ",".join(f"{v:g}" for v in values)

@@ -1,0 +1,290 @@
+"""The commands of the first pass and VPL phase 1: extract, text-prototypes, cam, learn-prototypes, crf."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    CamConfig,
+    CrfConfig,
+    ExtractConfig,
+    LearnPrototypesConfig,
+    TextPrototypesConfig,
+)
+from ..errors import VplError
+from . import app
+from .common import (
+    _R,
+    RUNTIME,
+    BatchSize,
+    Device,
+    LogFile,
+    ModelConfigDir,
+    ModelOpt,
+    OutDir,
+    OutFile,
+    Overwrite,
+    Precision,
+    PretrainedOpt,
+    Split,
+    Verbose,
+    Workers,
+    friendly_errors,
+    model_spec,
+    progress,
+    runtime,
+    say,
+)
+from .common import shard as shard_of
+
+
+def _features_context(features: Path):
+    """(record, model spec, classes, dataset identity) of a finished extract folder."""
+    from .. import io
+    from ..backbone import ModelSpec
+
+    record = io.read_stage_record(features, "extract")
+    return record, ModelSpec.from_identity(record["params"]["model"]), record["classes"], record["inputs"]["dataset"]
+
+
+# ============================================================================================= extract
+@app.command("extract")
+@friendly_errors
+def extract_cmd(
+    data: Annotated[Path, typer.Argument(help="Dataset: a VOC root, a COCO root, a generic folder or manifest.json.")],
+    out: OutDir,
+    split: Split = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    image_size: Annotated[Optional[int], typer.Option(help="Fixed square input side; default: each side rounded "
+                                                      "up to a multiple of the patch size (CLIP-ES).")] = None,
+    max_side: Annotated[Optional[int], typer.Option(help="Shrink longer sides above this first.")] = None,
+    attention_blocks: Annotated[int, typer.Option(help="Last blocks whose attention CAA averages.")] =
+        ExtractConfig.attention_blocks,
+    tokens: Annotated[bool, typer.Option("--tokens/--no-tokens", help="Store the last block's input + attention "
+                                         "(needed by `cam`; ~2x the disk).")] = ExtractConfig.store_tokens,
+    parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's fp16-rounded positional embedding, tokens "
+                                        "cached in fp32: for `cam --parity clip-es`).")] = ExtractConfig.parity,
+    shard: Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset.")] = "0/1",
+    allow_pickle: Annotated[bool, typer.Option(help="Allow an IRN-style cls_labels.npy (a pickle).")] = False,
+    labels_file: Annotated[Optional[Path], typer.Option(help="Image-label file overriding the layout's own.")] = None,
+    device: Device = _R.device,
+    precision: Precision = _R.precision,
+    batch_size: BatchSize = _R.batch_size,
+    workers: Workers = _R.workers,
+    overwrite: Overwrite = False,
+    model_config_dir: ModelConfigDir = None,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run the frozen CLIP image encoder once per image and cache what later stages need.
+
+    [dim]Example: vpltool extract data/VOC2012 --split train -o runs/voc/features --model ViT-B-16
+    --pretrained openai[/]
+    """
+    from ..data import open_dataset
+    from ..extract import run_extract
+
+    dataset = open_dataset(data, split, labels_file=labels_file, allow_pickle=allow_pickle)
+    cfg = ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
+                        store_tokens=tokens, parity=parity)
+    with progress("extract") as (on_start, on_item):
+        summary = run_extract(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
+                              runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
+                              on_item=on_item, on_start=on_start)
+    state = "complete" if summary.complete else "this shard done; other shards pending"
+    say(f"[green]✓[/] extract: {summary.done} images ({summary.images_per_s:.1f} img/s), "
+              f"{summary.skipped} already done → {out} ({state})")
+
+
+# ============================================================================================= text-prototypes
+@app.command("text-prototypes")
+@friendly_errors
+def text_prototypes_cmd(
+    features: Annotated[Optional[Path], typer.Argument(help="An `extract` folder: classes and CLIP model come from "
+                                                       "it. Omit to give --classes and --model instead.")] = None,
+    out: OutFile = Path("text_prototypes.safetensors"),
+    templates: Annotated[str, typer.Option(help="clip-es ('a clean origami {}.') | imagenet (80-prompt ensemble) | "
+                                           "a template with {} | a file, one template per line.")] =
+        TextPrototypesConfig.templates,
+    background: Annotated[str, typer.Option(help="Background words: auto | voc | coco | none | a file | "
+                                            "'w1,w2,...'.")] = TextPrototypesConfig.background,
+    synonyms: Annotated[bool, typer.Option("--synonyms/--no-synonyms", help="CLIP-ES synonym names for VOC/COCO.")] =
+        TextPrototypesConfig.synonyms,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names (without background), "
+                                                   "instead of an extract folder.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: Device = _R.device,
+    model_config_dir: ModelConfigDir = None,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Encode class names and background words into a prototypes file (text prototypes).
+
+    [dim]Example: vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet[/]
+    """
+    from ..text_prototypes import run_text_prototypes
+
+    if features is not None:
+        _, spec, class_list, _ = _features_context(features)
+    elif classes:
+        spec = model_spec(model, pretrained, model_config_dir)
+        class_list = ["background"] + [c.strip() for c in classes.split(",") if c.strip()]
+    else:
+        raise VplError("give an extract folder, or --classes 'a,b,c' with --model/--pretrained")
+    cfg = TextPrototypesConfig(templates=templates, background=background, synonyms=synonyms)
+    protos = run_text_prototypes(class_list, out, spec, cfg, device=device)
+    n_bg = int((protos.row_class == 0).sum())
+    say(f"[green]✓[/] text-prototypes: {len(class_list) - 1} classes + {n_bg} background words, "
+              f"{protos.dim}-d, {protos.params['n_templates']} template(s) → {out}")
+
+
+# ============================================================================================= cam
+@app.command("cam")
+@friendly_errors
+def cam_cmd(
+    features: Annotated[Path, typer.Argument(help="An `extract` folder (labels, tokens and model come from it).")],
+    prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="A prototypes file: `text-prototypes` or "
+                                             "`learn-prototypes` output.")],
+    out: OutDir,
+    refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (+ SLIC superpixel smoothing) | none.")] =
+        CamConfig.refine,
+    box_threshold: Annotated[float, typer.Option(help="CAA box threshold x max (VOC 0.4, COCO 0.7).")] =
+        CamConfig.box_threshold,
+    layer: Annotated[str, typer.Option(help="GradCAM activations: input (the last block's ln_1 output: CLIP-ES "
+                                       "and VPL, the paper's) | output (the last block's output tokens).")] =
+        CamConfig.layer,
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature; default: the prototypes "
+                                                         "file's (1/logit_scale for text, tau_I for vision).")] = None,
+    parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's box ends; the extract folder must be made "
+                                        "with --parity clip-es too).")] = CamConfig.parity,
+    save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
+    save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
+                                                       "probabilities, CAA boxes and pre-min-max refined maps here "
+                                                       "(docs/file-formats.md).")] = None,
+    device: Device = _R.device,
+    overwrite: Overwrite = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Softmax-GradCAM at the last block + class-aware attention affinity, for each image's labelled classes.
+
+    [dim]Example: vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text[/]
+    """
+    from ..cam import run_cam
+
+    cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer)
+    with progress("cam") as (on_start, on_item):
+        s = run_cam(features, prototypes, out, cfg, runtime(device, overwrite=overwrite), overlays=save_overlays,
+                    debug=save_debug,
+                    on_item=on_item, on_start=on_start)
+    say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
+
+
+# ============================================================================================= learn-prototypes
+_L = LearnPrototypesConfig()
+
+
+@app.command("learn-prototypes")
+@friendly_errors
+def learn_prototypes_cmd(
+    features: Annotated[Path, typer.Argument(help="An `extract` folder (the pixel features x).")],
+    cams: Annotated[Path, typer.Option("--cams", "-c", help="A `cam` folder made with the text prototypes "
+                                       "(the targets P').")],
+    text: Annotated[Path, typer.Option("--text", "-t", help="The text prototypes file (initialisation Z).")],
+    out: OutFile = Path("vision_prototypes.safetensors"),
+    tau_i: Annotated[float, typer.Option("--tau-i", help="Temperature tau_I of softmax(x.W/tau_I).")] =
+        _L.tau_i,
+    lr: Annotated[float, typer.Option(help="Step size in logit units (see docs/learn-prototypes.md for the loss "
+                                      "normalisation it refers to).")] = _L.lr,
+    iters: Annotated[int, typer.Option(help="Projected gradient-descent iterations T_w.")] = _L.iters,
+    targets: Annotated[str, typer.Option(help="hard (Phi-thresholded seeds, the paper) | soft (CAM scores).")] =
+        _L.targets,
+    threshold: Annotated[float, typer.Option(help="Phi: CAM score that makes a seed.")] =
+        _L.threshold,
+    regularization: Annotated[str, typer.Option(help="instance (per pixel) | class (class-level, Theorem 2).")] =
+        _L.regularization,
+    bg_exponent: Annotated[float, typer.Option(help="Soft targets: background (1 - max CAM)^a.")] = _L.bg_exponent,
+    pixel_fraction: Annotated[float, typer.Option(help="Share of each image's patches used "
+                                                  "(seeded sample); below 1 for COCO-scale data, e.g. 0.25.")] =
+        _L.pixel_fraction,
+    max_memory_gb: Annotated[Optional[float], typer.Option(help="Resident feature budget; above it features "
+                                                           "stream from disk [default: 60% of free memory].")] =
+        _L.max_memory_gb,
+    plot: Annotated[Optional[Path], typer.Option(help="Loss-curve PNG (default: OUT stem + .loss.png).")] = None,
+    device: Device = _R.device,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """VPL phase 1: learn vision prototypes W from text-prototype CAMs by projected gradient descent.
+
+    Minimises KL(P' || softmax(x.W / tau_I)) over every pixel feature x of the training set, W initialised from
+    the text prototypes, rows projected onto the unit sphere after each step. Reports the modality gap.
+
+    [dim]Example: vpltool learn-prototypes runs/voc/features -c runs/voc/cams_text -t runs/voc/text.safetensors
+    -o runs/voc/vision.safetensors --tau-i 0.03 --iters 3000[/]
+    """
+    from ..learn_prototypes import run_learn_prototypes
+
+    cfg = LearnPrototypesConfig(tau_i=tau_i, lr=lr, iters=iters, targets=targets, threshold=threshold,
+                                regularization=regularization, bg_exponent=bg_exponent,
+                                pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb)
+    with progress("learn-prototypes", unit="iterations") as (on_start, on_item):
+        on_start(iters + 1)
+        s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device),
+                                 on_iter=lambda i, loss: on_item(1), plot=plot)
+    before, after = s["gap_before"], s["gap_after"]
+    say(f"[green]✓[/] learn-prototypes: {s['n_pixels']} pixels, {iters} iterations in {s['seconds']:.1f}s; "
+        f"mean cross-entropy {s['loss_curve'][0][1]:.4f} → {s['final_loss']:.4f} nats; prototype-to-region "
+        f"distance {before['region']:.3f} → {after['region']:.3f}; distance to the text prototypes "
+        f"||Z - W||_F {after['frobenius']:.3f} → {out}")
+
+
+# ============================================================================================= crf
+_C = CrfConfig()
+
+
+@app.command("crf")
+@friendly_errors
+def crf_cmd(
+    cams: Annotated[Path, typer.Argument(help="A `cam` folder (text- or vision-prototype CAMs).")],
+    out: OutDir,
+    iterations: Annotated[int, typer.Option(help="Mean-field iterations.")] = _C.iterations,
+    gaussian_sxy: Annotated[float, typer.Option(help="Gaussian kernel spatial std.")] = _C.gaussian_sxy,
+    gaussian_compat: Annotated[float, typer.Option(help="Gaussian kernel weight.")] = _C.gaussian_compat,
+    bilateral_sxy: Annotated[float, typer.Option(help="Bilateral kernel spatial std.")] = _C.bilateral_sxy,
+    bilateral_srgb: Annotated[float, typer.Option(help="Bilateral kernel colour std.")] = _C.bilateral_srgb,
+    bilateral_compat: Annotated[float, typer.Option(help="Bilateral kernel weight.")] = _C.bilateral_compat,
+    confidence: Annotated[float, typer.Option(help="Pixels whose CRF probability is below this become 255 "
+                                              "(ignore); 0 keeps every pixel (CLIP-ES's --eval_only masks).")] =
+        _C.confidence,
+    bg_exponent: Annotated[float, typer.Option(help="Background score (1 - max CAM)^a.")] = _C.bg_exponent,
+    parity: Annotated[str, typer.Option(help="none (RGB photo) | clip-es (wrapped mean-subtracted BGR, as "
+                                        "CLIP-ES feeds its CRF).")] = _C.parity,
+    no_crf: Annotated[bool, typer.Option("--no-crf", help="Thresholded argmax instead of the CRF (paper "
+                                         "ablation).")] = False,
+    workers: Annotated[int, typer.Option(help="CRF processes (0 = one per CPU core); results do not depend on "
+                                         "it.", rich_help_panel=RUNTIME)] = 0,
+    overwrite: Overwrite = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Dense-CRF pseudo masks (palette PNGs, 255 = low confidence) from CAMs and their images.
+
+    [dim]Example: vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8[/]
+    """
+    from ..crf import run_crf
+
+    cfg = CrfConfig(iterations=iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
+                    bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat,
+                    confidence=confidence, bg_exponent=bg_exponent, parity=parity, no_crf=no_crf)
+    with progress("crf") as (on_start, on_item):
+        s = run_crf(cams, out, cfg, runtime(workers=workers, overwrite=overwrite), on_item=on_item,
+                    on_start=on_start)
+    say(f"[green]✓[/] crf: {s.done} masks, {s.skipped} already done → {out}")

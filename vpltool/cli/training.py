@@ -1,0 +1,179 @@
+"""The commands of VPL phase 2 and scoring: train-decoder, predict, eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..config import DECODER_RECIPES, DecoderConfig, EvalConfig, PredictConfig
+from . import app
+from .common import (
+    _R,
+    Device,
+    LogFile,
+    OutDir,
+    Overwrite,
+    Precision,
+    Split,
+    Verbose,
+    Workers,
+    floats_text,
+    friendly_errors,
+    parse_floats,
+    progress,
+    runtime,
+    say,
+)
+
+_D = DecoderConfig()
+_P = PredictConfig()
+
+
+def _recipe_default(name: str) -> str:
+    """``[default: 0.01 (vpl), 0.002 (weclip), ...]``: a decoder default per recipe, read from config."""
+    values: dict[Any, list[str]] = {}
+    for recipe, changes in DECODER_RECIPES.items():
+        values.setdefault(changes.get(name, getattr(_D, name)), []).append(recipe)
+    if len(values) == 1:
+        return f"[default: {next(iter(values))}]"
+    return "[default: " + ", ".join(f"{v} ({'/'.join(r)})" for v, r in values.items()) + "]"
+
+
+def _opt(help_text: str, name: str, **kw) -> Any:
+    return typer.Option(help=f"{help_text} {_recipe_default(name)}", show_default=False, **kw)
+
+
+@app.command("train-decoder")
+@friendly_errors
+def train_decoder_cmd(
+    pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored).")],
+    prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="Vision (or text) prototypes W; also "
+                                             "names the frozen CLIP.")],
+    out: OutDir,
+    recipe: Annotated[str, typer.Option(help="vpl (the paper: SGD 0.9, wd 1e-4, batch 6, 30k iterations at crop "
+                                        "320: GPU hours) | weclip (AdamW, balanced CE) | cpu (minutes on a CPU: "
+                                        "cached features, small decoder and crops; for trying the pipeline, not "
+                                        "for the paper's numbers).")] = _D.recipe,
+    iters: Annotated[Optional[int], _opt("Iterations.", "iters")] = None,
+    batch_size: Annotated[Optional[int], _opt("Images per process.", "batch_size")] = None,
+    lr: Annotated[Optional[float], _opt("Learning rate.", "lr")] = None,
+    lambda_rsc: Annotated[Optional[float], _opt("RSC loss weight; 0 = the ablation without RSC.", "lambda_rsc")] =
+        None,
+    rsc_temperature: Annotated[Optional[float], _opt("tau of the RSC InfoNCE.", "rsc_temperature")] = None,
+    loss: Annotated[Optional[str], _opt("ce | balanced.", "loss")] = None,
+    dim: Annotated[Optional[int], _opt("Decoder width.", "dim")] = None,
+    layers: Annotated[Optional[int], _opt("Decoder transformer layers.", "layers")] = None,
+    heads: Annotated[Optional[int], _opt("Attention heads.", "heads")] = None,
+    crop_size: Annotated[Optional[int], _opt("Training crop, a multiple of the patch size.", "crop_size")] = None,
+    train_prototypes: Annotated[Optional[bool], typer.Option("--train-prototypes/--freeze-prototypes",
+                                                             show_default=False,
+                                                             help="Fine-tune W [default: frozen].")] = None,
+    cache_features: Annotated[Optional[bool], typer.Option("--cache-features/--no-cache-features",
+                                                           show_default=False,
+                                                           help="Precompute frozen features of a fixed view (no "
+                                                           "rescale/crop; flip kept) "
+                                                           f"{_recipe_default('cache_features')}.")] = None,
+    checkpoint_every: Annotated[Optional[int], _opt("Checkpoint period.", "checkpoint_every")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
+                                         "start when there is none).")] = False,
+    seed: Annotated[Optional[int], _opt("Seed.", "seed")] = None,
+    device: Device = _R.device,
+    precision: Precision = _R.precision,
+    workers: Workers = _R.workers,
+    overwrite: Overwrite = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """VPL phase 2: a decoder on the frozen CLIP trained with CE on pseudo masks + regional semantic contrast.
+
+    On a CPU pass [bold]--recipe cpu[/] (the paper's recipe would take days). Multi-GPU: [bold]torchrun
+    --nproc-per-node 4 -m vpltool train-decoder ...[/] (DDP; the batch is per process).
+
+    [dim]Example: vpltool train-decoder runs/voc/pseudo -p runs/voc/vision.safetensors -o runs/voc/decoder[/]
+    """
+    from ..config import decoder_recipe
+    from ..train_decoder import run_train_decoder
+
+    cfg = decoder_recipe(recipe, iters=iters, batch_size=batch_size, lr=lr, lambda_rsc=lambda_rsc,
+                         rsc_temperature=rsc_temperature, loss=loss, dim=dim, layers=layers, heads=heads,
+                         crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
+                         checkpoint_every=checkpoint_every, seed=seed)
+    with progress("train-decoder", unit="iterations") as (on_start, on_item):
+        on_start(cfg.iters)
+        s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
+                                                                    overwrite=overwrite),
+                              resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1))
+    val = f", validation mIoU {100 * s.val_miou:.1f}" if s.val_miou is not None else ""
+    say(f"[green]✓[/] train-decoder: {s.iterations} iterations ({s.iters_per_s:.2f} it/s), last training loss "
+        f"(CE + RSC) {s.loss:.4f}{val} → {s.decoder}")
+
+
+@app.command("predict")
+@friendly_errors
+def predict_cmd(
+    decoder: Annotated[Path, typer.Argument(help="A decoder file from `train-decoder`.")],
+    out: OutDir,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Dataset root; default: the one the decoder "
+                                                 "was trained on.")] = None,
+    split: Split = None,
+    scales: Annotated[str, typer.Option(help="Comma-separated test scales (averaged logits).")] =
+        floats_text(_P.scales),
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Average with the mirrored image.")] = _P.flip,
+    long_side: Annotated[Optional[int], typer.Option(help="Input long side [default: 1.6 x training crop].",
+                                                     show_default=False)] = _P.long_side,
+    crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters).")] = _P.crf,
+    save_overlays: Annotated[Optional[Path], typer.Option(help="Also write mask-over-image PNGs here.")] = None,
+    device: Device = _R.device,
+    precision: Precision = _R.precision,
+    overwrite: Overwrite = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Segment a dataset split with a trained decoder: multi-scale + flip averaging, optional CRF.
+
+    [dim]Example: vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val[/]
+    """
+    from ..predict import run_predict
+
+    cfg = PredictConfig(scales=parse_floats(scales, "--scales"), flip=flip, long_side=long_side, crf=crf)
+    with progress("predict") as (on_start, on_item):
+        s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, overwrite=overwrite),
+                        overlays=save_overlays, on_item=on_item, on_start=on_start)
+    say(f"[green]✓[/] predict: {s.done} masks, {s.skipped} already done → {out}")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    predictions: Annotated[Path, typer.Argument(help="A folder of mask PNGs (crf/predict) or CAM files (cam).")],
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Dataset with ground truth; default: the one "
+                                                 "recorded by the stage that made the predictions.")] = None,
+    split: Split = None,
+    bg_exponents: Annotated[str, typer.Option(help="CAM folders: background = (1-max)^a, best a of these.")] =
+        floats_text(EvalConfig.bg_exponents),
+    parity: Annotated[Optional[str], typer.Option(help="CAM folders: none | clip-es (CLIP-ES's float16 background "
+                                                  "score) [default: the CAM folder's --parity].",
+                                                  show_default=False)] = EvalConfig.parity,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Score predicted masks or CAMs against ground truth: per-class IoU and mIoU (VOC/COCO convention).
+
+    Predicted 255 (a pseudo mask's low-confidence pixels) counts as wrong; to score pseudo masks like CLIP-ES's
+    --eval_only, make them with [bold]crf --confidence 0[/].
+
+    [dim]Example: vpltool eval runs/voc/cams --split train --json runs/voc/cam_metrics.json[/]
+    """
+    from rich.console import Console
+
+    from ..eval import format_table, run_eval
+
+    cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"), parity=parity)
+    result, classes = run_eval(predictions, data=data, split=split, cfg=cfg, json_out=json_out)
+    Console(width=None if typer.get_text_stream("stdout").isatty() else 100).print(format_table(result, classes))
+    extra = f" (bg exponent {result['bg_exponent']:g})" if "bg_exponent" in result else ""
+    say(f"[green]✓[/] eval: mIoU {100 * result['miou']:.2f} over {result['n_images']} images{extra}")

@@ -1,0 +1,217 @@
+"""`vpltool eval`: score a folder of masks (`crf`, `predict`) or CAMs (`cam`) against ground truth.
+
+The convention of CLIP-ES and WeCLIP (``eval_cam.py:scores``; the kernels are in :mod:`vpltool.kernels`):
+
+* GT pixels outside ``[0, n)`` (255 = ignore) are dropped.
+* Predicted values outside ``[0, n)`` (255 in CRF pseudo masks) are counted **wrong**: they go to an extra column
+  ``n`` of the confusion matrix, which adds to the GT row's total but to no class's diagonal. CLIP-ES's
+  ``_fast_hist`` would instead index a neighbouring bin, and dropping them would reward abstaining. To score
+  pseudo masks the way CLIP-ES's ``eval_cam_with_crf.py --eval_only`` does (no confidence threshold), make them
+  with ``crf --confidence 0``: they then hold no 255.
+* ``IoU_c = TP / (rowsum + colsum - TP)``; ``mIoU`` = mean over classes present in GT (``rowsum > 0``).
+
+CAM folders are scored like CLIP-ES's ``eval_cam.py``: background = ``(1 - max_k cam)^a``, argmax over
+``[bg, cams]``, every ``a`` of ``EvalConfig.bg_exponents`` scored in one pass and the best reported; a CAM folder
+made with ``--parity clip-es`` is scored with CLIP-ES's float16 arithmetic.
+
+All IoU and accuracy values are fractions in [0, 1] (``format_table`` shows percent).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import io
+from .config import EvalConfig
+from .errors import ContractError, VplError
+from .kernels import MiouAccumulator, best_foreground, with_background
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+
+# --------------------------------------------------------------------------------------------- folders
+def evaluate_masks(
+    pred_dir: str | os.PathLike, gt_by_id: Mapping[str, Path], classes: Sequence[str], ids: Iterable[str]
+) -> dict[str, Any]:
+    """mIoU of a folder of label PNGs (``<pred_dir>/<id>.png``: pseudo masks or decoder predictions).
+
+    Args:
+        pred_dir: folder of [H, W] uint8 palette/grayscale PNGs; 255 counts as wrong.
+        gt_by_id: image id -> GT mask PNG (255 = ignore).
+        classes: class names, index 0 = background.
+        ids: the images to score.
+
+    Returns:
+        ``miou``, ``iou`` {class name: value or None}, ``pixel_accuracy``, ``mean_accuracy``, ``n_images``,
+        ``confusion`` (see :meth:`MiouAccumulator.result`).
+
+    Raises:
+        VplError: an id without GT or without a prediction file (checked for all ids before any pixel is read).
+    """
+    pred_dir = Path(pred_dir)
+    ids = _check_inputs(pred_dir, ".png", gt_by_id, ids)
+    acc = MiouAccumulator(len(classes))
+    for item in ids:
+        gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
+        pred = io.read_mask(io.mask_path(pred_dir, item), num_classes=len(classes))
+        _same_size(pred.shape, gt, item, gt_by_id[item], f"its mask {io.mask_path(pred_dir, item)}")
+        acc.add(gt, pred, item=item)
+    return _name_classes(acc.result(), classes)
+
+
+def evaluate_cams(
+    cam_dir: str | os.PathLike,
+    gt_by_id: Mapping[str, Path],
+    classes: Sequence[str],
+    ids: Iterable[str],
+    bg_exponents: Sequence[float] = EvalConfig.bg_exponents,
+    parity: str = "none",
+) -> dict[str, Any]:
+    """mIoU of a CAM folder (``<cam_dir>/<id>.safetensors``) for each background exponent, best one reported.
+
+    Each file is read once; one confusion matrix per exponent is filled from the same per-image max/argmax.
+
+    Args:
+        cam_dir: folder of ``cam`` files: ``cams`` [K, H, W] float in [0, 1] at GT resolution, ``labels`` [K] int64.
+        gt_by_id: image id -> GT mask PNG (255 = ignore).
+        classes: class names, index 0 = background; must match the files' ``vpltool.classes``.
+        ids: the images to score.
+        bg_exponents: values of ``a`` in ``bg = (1 - max cam)^a`` (CLIP-ES searches {1, 2}).
+        parity: 'clip-es' computes the background score in float16 like CLIP-ES's ``eval_cam.py``; 'none' in
+            float32.
+
+    Returns:
+        The :func:`evaluate_masks` keys for the best exponent, plus ``bg_exponent`` (the best ``a``; the first of
+        equal ones) and ``by_exponent`` {a: miou}.
+    """
+    if not bg_exponents:
+        raise VplError("no background exponent given; pass at least one value of --bg-exponents (e.g. 1,2)")
+    cam_dir = Path(cam_dir)
+    ids = _check_inputs(cam_dir, ".safetensors", gt_by_id, ids)
+    accs = {float(a): MiouAccumulator(len(classes)) for a in bg_exponents}
+    for item in ids:
+        gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
+        maps = io.read_cam(io.cam_path(cam_dir, item), classes)
+        _same_size(maps.cams.shape[1:], gt, item, gt_by_id[item], f"the image of its CAMs {maps.file.path}")
+        fg_score, fg_label = best_foreground(maps.cams, maps.labels, fp16=parity == "clip-es")
+        for a, acc in accs.items():
+            acc.add(gt, with_background(fg_score, fg_label, a), item=item)
+    results = {a: acc.result() for a, acc in accs.items()}
+    best = max(results, key=lambda a: -1.0 if results[a]["miou"] is None else results[a]["miou"])
+    by_exponent = {a: r["miou"] for a, r in results.items()}
+    return {**_name_classes(results[best], classes), "bg_exponent": best, "by_exponent": by_exponent}
+
+
+def _same_size(shape: Sequence[int], gt, item: str, gt_path: Path, what: str) -> None:
+    """A prediction's ``(H, W)`` must be the GT's; the message names the GT file, which is usually the odd one."""
+    if tuple(shape) != tuple(gt.shape):
+        raise ContractError(f"{gt_path}: ground truth of image '{item}' is {gt.shape[0]}x{gt.shape[1]} but {what} "
+                            f"is {shape[0]}x{shape[1]}; a GT mask must have its image's size")
+
+
+def _check_inputs(folder: Path, suffix: str, gt_by_id: Mapping[str, Path], ids: Iterable[str]) -> list[str]:
+    """The ids as a list, after checking every GT and prediction exists (fail before a long pass, not during)."""
+    ids = list(ids)
+    if not ids:
+        raise VplError(f"{folder}: no images to evaluate; the id list is empty")
+    no_gt = [i for i in ids if i not in gt_by_id or not Path(gt_by_id[i]).is_file()]
+    if no_gt:
+        raise VplError(f"no ground-truth mask for image '{no_gt[0]}'{_more(no_gt)}; add 'gt' to its manifest item")
+    if not folder.is_dir():
+        raise VplError(f"{folder}: folder not found; run the stage that writes it first")
+    missing = [i for i in ids if not (folder / f"{i}{suffix}").is_file()]
+    if missing:
+        raise VplError(
+            f"{folder}: no prediction for image '{missing[0]}' ({missing[0]}{suffix}){_more(missing)}; "
+            "re-run the stage that writes this folder on the same manifest"
+        )
+    return ids
+
+
+def _more(missing: list[str]) -> str:
+    return f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+
+
+def _name_classes(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """Replace the per-class IoU list by {class name: IoU or None}."""
+    return {**result, "iou": dict(zip(classes, result["iou"]))}
+
+
+# --------------------------------------------------------------------------------------------- display
+def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Table:
+    """Per-class IoU table (percent, one decimal) with mIoU, accuracies and the chosen exponent as a caption."""
+    from rich.table import Table  # lazy: metrics is imported by the CLI, which keeps `--help` light
+
+    table = Table(title=f"mIoU {_pct(result.get('miou'))} over {result.get('n_images', '?')} images")
+    table.add_column("id", justify="right", style="dim")
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    iou = result.get("iou", {})
+    for idx, name in enumerate(classes):
+        value = iou.get(name) if isinstance(iou, Mapping) else iou[idx]
+        table.add_row(str(idx), name, _pct(value) if value is not None else "[dim]absent[/]")
+    caption = f"pixel acc {_pct(result.get('pixel_accuracy'))} · mean acc {_pct(result.get('mean_accuracy'))}"
+    if "bg_exponent" in result:
+        # float(): keys are strings once the result went through JSON
+        tried = ", ".join(f"a={float(a):g}: {_pct(m)}" for a, m in result.get("by_exponent", {}).items())
+        caption += f" · best bg exponent a={float(result['bg_exponent']):g} ({tried})"
+    table.caption = caption
+    return table
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.1f}"
+
+
+
+# --------------------------------------------------------------------------------------------- driver
+def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str | None = None,
+             cfg: EvalConfig = EvalConfig(), json_out: str | os.PathLike | None = None,
+             ids: Sequence[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Score a folder of masks (PNG) or CAMs (``cam`` stage output) against the dataset's ground truth.
+
+    The dataset defaults to the one recorded by the stage that wrote ``predictions``; ``split`` overrides the
+    recorded split. Returns ``(result, classes)`` and writes ``json_out`` atomically when given.
+    """
+    from .data import open_dataset
+
+    folder = Path(predictions)
+    if not folder.is_dir():
+        raise VplError(f"{folder}: predictions folder not found")
+    if json_out is not None:
+        io.check_writable_target(json_out)  # before minutes of scoring, not after
+    recorded = io.recorded_dataset_identity(folder)
+    if data is None:
+        if recorded is None:
+            raise VplError(f"{folder}: no _stage.json naming its dataset; pass --data ROOT (and --split)")
+        if not Path(recorded["root"]).exists():
+            raise VplError(f"{io.stage_record_path(folder)}: its dataset {recorded['root']} is gone (moved or "
+                           "deleted); pass --data with its new place")
+        data, split = recorded["root"], split or recorded.get("split")
+    dataset = open_dataset(data, split)
+    with_gt = {it.id: it.gt for it in dataset.items if it.gt is not None}
+    if not with_gt:
+        where = f"split {dataset.split!r} of {data}" if dataset.split else f"{data}"
+        raise VplError(f"{where}: no ground-truth masks; eval needs a split with masks (VOC: SegmentationClassAug, "
+                       "a folder dataset: masks/)")
+    ids = list(ids) if ids is not None else [it.id for it in dataset.items if it.gt is not None]
+    record = io.read_json(io.stage_record_path(folder)) if io.stage_record_path(folder).is_file() else {}
+    is_cam = record.get("stage") == "cam"
+    if is_cam:
+        parity = cfg.parity or record.get("params", {}).get("parity", "none")
+        result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity)
+        result["parity"] = parity
+    else:
+        result = evaluate_masks(folder, with_gt, dataset.classes, ids)
+    result["kind"] = "cam" if is_cam else "mask"
+    result["classes"] = list(dataset.classes)
+    if json_out:
+        io.write_json(json_out, result)
+    return result, list(dataset.classes)
+
+
+__all__ = ["evaluate_masks", "evaluate_cams", "format_table", "run_eval"]

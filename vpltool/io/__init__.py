@@ -1,0 +1,101 @@
+"""The file contract: the only package that reads or writes vpltool's formats (docs/file-formats.md).
+
+* :mod:`~vpltool.io.files`: atomic writes (regular files only, the umask respected), JSON, hashes, logs.
+* :mod:`~vpltool.io.tensors`: safetensors with contract metadata (kind, format, version, classes, params).
+* :mod:`~vpltool.io.kinds`: ``features``, ``prototypes``, ``cam``, ``cam-debug``, one reader and one writer each.
+* :mod:`~vpltool.io.training`: ``decoder`` and ``decoder-checkpoint``.
+* :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
+* :mod:`~vpltool.io.stage`: stage folders (lock, run and completion records, resume) and the dataset they record
+  (:func:`vpltool.data.open_recorded` reopens it).
+
+No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
+"""
+
+from .files import (
+    append_line,
+    append_log,
+    atomic_path,
+    check_writable_target,
+    file_identity,
+    jsonable,
+    make_folder,
+    raise_write_error,
+    read_json,
+    read_log,
+    sha256_file,
+    write_json,
+    write_log,
+)
+from .images import (
+    MASK_SUFFIX,
+    load_image,
+    mask_path,
+    read_mask,
+    voc_palette,
+    write_chart,
+    write_mask,
+    write_png,
+)
+from .kinds import (
+    CAM_DEBUG_KIND,
+    CAM_KIND,
+    FEATURES_KIND,
+    PROTOTYPES_KIND,
+    CamMaps,
+    Features,
+    Prototypes,
+    cam_path,
+    feature_path,
+    features_header,
+    item_ids,
+    read_cam,
+    read_cam_debug,
+    read_features,
+    read_prototypes,
+    same_model,
+    token_dtype,
+    upsample_maps,
+    write_cam,
+    write_cam_debug,
+    write_features,
+    write_prototypes,
+)
+from .stage import (
+    LOCK_FILE,
+    RUN_RECORD,
+    STAGE_RECORD,
+    StageFolder,
+    StageSummary,
+    changed_keys,
+    item_done,
+    output_lock,
+    prepare_stage_dir,
+    read_stage_record,
+    recorded_dataset_identity,
+    stage_record_path,
+    write_stage_record,
+)
+from .tensors import FORMAT_VERSION, TensorFile, check_finite, read_header, read_tensors, write_tensors
+from .training import (
+    CHECKPOINT_KIND,
+    DECODER_KIND,
+    read_checkpoint,
+    read_decoder,
+    write_checkpoint,
+    write_decoder,
+)
+
+__all__ = [
+    "append_line", "append_log", "atomic_path", "check_writable_target", "file_identity", "jsonable", "make_folder",
+    "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
+    "MASK_SUFFIX", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask", "write_png",
+    "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
+    "cam_path", "feature_path", "features_header", "item_ids", "read_cam", "read_cam_debug", "read_features",
+    "read_prototypes", "same_model", "token_dtype", "upsample_maps", "write_cam", "write_cam_debug", "write_features",
+    "write_prototypes",
+    "LOCK_FILE", "RUN_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys", "item_done",
+    "output_lock", "prepare_stage_dir", "read_stage_record", "recorded_dataset_identity",
+    "stage_record_path", "write_stage_record",
+    "FORMAT_VERSION", "TensorFile", "check_finite", "read_header", "read_tensors", "write_tensors",
+    "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
+]  # fmt: skip

@@ -1,0 +1,189 @@
+"""Images: the photos users bring (decoded to RGB once, here) and the masks and pictures vpltool writes.
+
+* Masks (ground truth, pseudo masks, predictions) are single-channel PNGs with the PASCAL VOC palette: 0 =
+  background, 1..C = classes, 255 = ignore. Readers take palette (P) and grayscale (L) PNGs and always return class
+  indices, never colours.
+* Charts and contact sheets are RGB PNGs drawn with PIL (no plotting dependency).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+from ..errors import ContractError, VplError
+from . import files
+
+MASK_SUFFIX = ".png"
+
+
+def mask_path(folder: str | os.PathLike, item_id: str) -> Path:
+    """Where a mask stage (`crf`, `predict`) keeps image ``item_id``'s mask: ``<folder>/<id>.png``."""
+    return Path(folder) / f"{item_id}{MASK_SUFFIX}"
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map, 256 entries x RGB (bit-interleaved class index); entry 255 is drawn white."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    palette[-3:] = [255, 255, 255]
+    return palette
+
+
+_PALETTE = voc_palette()
+
+
+def write_mask(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Save an ``[H, W]`` uint8 label map as a VOC-palette PNG (0 = background, 255 = ignore), atomically."""
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise ContractError(f"{path}: a mask must be HxW uint8, got {labels.dtype} {labels.shape}")
+    img = Image.fromarray(labels, mode="L").convert("P")
+    img.putpalette(_PALETTE)
+    with files.atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", optimize=False)
+    return Path(path)
+
+
+def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.ndarray:
+    """Read a label PNG (palette or grayscale) as ``[H, W]`` uint8 class indices, never RGB colours.
+
+    Args:
+        num_classes: classes including background; given, a value outside ``0..num_classes-1`` and 255 is refused
+            (a mask of another dataset would otherwise be scored silently).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise ContractError(
+                    f"{path}: masks must be palette (P) or grayscale (L) PNGs holding class indices, not {img.mode}"
+                )
+            arr = np.asarray(img)
+    except FileNotFoundError:
+        raise VplError(f"{path}: mask file not found") from None
+    except (OSError, SyntaxError) as e:
+        raise ContractError(f"{path}: unreadable mask ({e}); re-create it") from None
+    if arr.dtype != np.uint8:
+        if arr.max(initial=0) > 255:
+            raise ContractError(f"{path}: mask values above 255; class indices must fit in uint8")
+        arr = arr.astype(np.uint8)
+    if num_classes is not None:
+        values = np.unique(arr)
+        bad = values[(values >= num_classes) & (values != 255)]
+        if bad.size:
+            raise ContractError(f"{path}: mask values {bad.tolist()[:5]} outside 0..{num_classes - 1} (and 255 = "
+                                f"ignore); it does not belong to this dataset's {num_classes - 1} classes")
+    return arr
+
+
+# ----------------------------------------------------------------------------------------- photos
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode any common image as ``[H, W, 3]`` uint8 RGB, EXIF orientation applied.
+
+    Grayscale, palette, CMYK, alpha (composited on black) and 16-bit images are converted, so no stage ever sees
+    another shape or dtype.
+
+    Raises:
+        ContractError: the file is corrupt or truncated.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, inside the try, not later in a worker
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
+    except FileNotFoundError:
+        raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ContractError(f"{path}: unreadable image ({e}); re-download or remove it from the split") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ContractError(f"{path}: decoded to {rgb.dtype} {rgb.shape}, not HxWx3 uint8; convert it to RGB")
+    return rgb
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """``[H, W, 3]`` uint8 from a PIL image of any mode."""
+    if img.mode.startswith("I") or img.mode == "F":
+        gray = _to_uint8(np.asarray(img), img.mode)  # [H, W]
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)  # [H, W, 4]
+        # composite on black: colour * alpha, so hidden pixels (alpha 0) are black, not their stored colour
+        return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 16/32-bit integer or float image to uint8.
+
+    'I;16*' maps 0..65535 -> 0..255. 'I' (some Pillow versions' mode for 16-bit PNGs) only if a value exceeds 255,
+    so an 'I' image holding 8-bit values stays as is. 'F' is read as 0..1 if its maximum is <= 1, else as 0..255.
+    """
+    arr = arr.astype(np.float64)
+    if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
+        arr = arr / 257.0
+    elif mode == "F" and arr.max(initial=0) <= 1.0:
+        arr = arr * 255.0
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray | Image.Image) -> Path:
+    """An RGB picture (``[H, W, 3]`` uint8 or a PIL image) as a PNG, atomically."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    with files.atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
+
+
+COLORS = ((0, 0, 0), (31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
+
+
+def write_chart(path: str | os.PathLike, panels: Sequence[Mapping[str, Sequence[tuple[float, float]]]], *,
+                title: str = "", xlabel: str = "iteration", ranges: Sequence[tuple[float, float] | None] = (),
+                size: tuple[int, int] = (720, 480)) -> Path:
+    """Line charts stacked vertically, as a PNG: one panel per mapping ``{series name: [(x, y), ...]}``.
+
+    ``ranges[i]`` fixes panel i's y range (e.g. (0, 1) for an mIoU); None or absent = the data's own range.
+    Series with fewer than 30 points also get a dot per point, so a handful of validation scores stay visible.
+    """
+    width, height = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    top, left, right, gap = (24 if title else 8), 70, 12, 30
+    if title:
+        draw.text((left, 6), title, fill=(0, 0, 0))
+    xs = [x for panel in panels for pts in panel.values() for x, _ in pts]
+    x_lo, x_hi = min(xs, default=0.0), max(xs, default=1.0)
+    panel_h = (height - top - gap * len(panels)) / max(len(panels), 1)
+    for i, panel in enumerate(panels):
+        y0 = top + i * (panel_h + gap)
+        box = (left, y0, width - right, y0 + panel_h)
+        ys = [y for pts in panel.values() for _, y in pts]
+        lo, hi = (ranges[i] if i < len(ranges) and ranges[i] else (min(ys, default=0.0), max(ys, default=1.0)))
+        draw.rectangle(box, outline=(160, 160, 160))
+        draw.text((4, box[1]), f"{hi:.4g}", fill=(90, 90, 90))
+        draw.text((4, box[3] - 10), f"{lo:.4g}", fill=(90, 90, 90))
+        draw.text((box[0], box[3] + 3), f"{x_lo:g}", fill=(90, 90, 90))
+        draw.text((box[2] - 80, box[3] + 3), f"{xlabel} {x_hi:g}", fill=(90, 90, 90))
+        for j, (name, pts) in enumerate(panel.items()):
+            color = COLORS[j % len(COLORS)]
+            xy = [(box[0] + (x - x_lo) / ((x_hi - x_lo) or 1.0) * (box[2] - box[0]),
+                   box[3] - (y - lo) / ((hi - lo) or 1.0) * (box[3] - box[1])) for x, y in pts]
+            if len(xy) > 1:
+                draw.line(xy, fill=color, width=2)
+            for px, py in xy if len(xy) < 30 else []:
+                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=color)
+            draw.text((box[2] - 90, box[1] + 4 + 12 * j), name, fill=color)
+    return write_png(path, img)

@@ -1,0 +1,289 @@
+"""The tensor file kinds the stages exchange: features, prototypes, cam, cam-debug (docs/file-formats.md).
+
+One writer and one reader per kind. Readers check the kind, the classes and NaN/inf before anything is used, and
+every error is one line naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ContractError
+from .tensors import TensorFile, check_finite, read_header, read_tensors, write_tensors
+
+FEATURES_KIND = "features"
+PROTOTYPES_KIND = "prototypes"
+CAM_KIND = "cam"
+CAM_DEBUG_KIND = "cam-debug"
+TENSOR_SUFFIX = ".safetensors"
+
+
+def feature_path(folder: str | os.PathLike, item_id: str) -> Path:
+    """Image ``item_id``'s file in an `extract` folder."""
+    return Path(folder) / f"{item_id}{TENSOR_SUFFIX}"
+
+
+def cam_path(folder: str | os.PathLike, item_id: str) -> Path:
+    """Image ``item_id``'s file in a `cam` (or ``--save-debug``) folder."""
+    return Path(folder) / f"{item_id}{TENSOR_SUFFIX}"
+
+
+def item_ids(folder: str | os.PathLike) -> list[str]:
+    """Sorted ids of the per-image tensor files in a stage folder (temporary files excluded)."""
+    return sorted(p.stem for p in Path(folder).glob(f"*{TENSOR_SUFFIX}") if not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------------------------- features
+class Features:
+    """One image's cached `extract` output (float32 CPU tensors).
+
+    Attributes:
+        dense: ``[h, w, D]`` patch features in the joint space (not normalised).
+        last_block_input: ``[1 + h*w, width]`` tokens entering the last block, or None (light cache).
+        attention: ``[h*w, h*w]`` mean head-averaged attention of the blocks before the last, CLS removed, or None.
+        image_size / input_size: original ``(H0, W0)`` and network ``(H, W)``.
+    """
+
+    def __init__(self, f: TensorFile):
+        self.file = f
+        self.id: str = f.meta("id")
+        self.dense = f["dense"].float()
+        tokens, attention = f.tensors.get("last_block_input"), f.tensors.get("attention")
+        self.last_block_input = None if tokens is None else tokens.float()
+        self.attention = None if attention is None else attention.float()
+        self.image_size: tuple[int, int] = tuple(f.meta("image_size"))
+        self.input_size: tuple[int, int] = tuple(f.meta("input_size"))
+        self.labels: tuple[int, ...] = tuple(f.meta("labels", []))
+        self.model: dict[str, str] = f.meta("model")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.dense.shape[:2])
+
+
+def token_dtype(parity: str):
+    """The dtype a features file keeps ``last_block_input`` and ``attention`` in: float16, but float32 under
+    ``--parity clip-es``, where `cam` must see CLIP-ES's fp32 values (fp16 tokens alone leave the raw CAM 8e-4 off).
+    ``dense`` is always float16 (CLIP-ES does not use it)."""
+    import torch
+
+    return torch.float32 if parity == "clip-es" else torch.float16
+
+
+def write_features(path: str | os.PathLike, tensors: Mapping[str, Any], *, dtypes: Mapping[str, Any],
+                   classes: Sequence[str], params: Mapping[str, Any], **meta: Any) -> Path:
+    """One image's features file (kind ``features``).
+
+    Args:
+        tensors: ``dense`` ``[h, w, D]``, optionally ``last_block_input`` ``[1+hw, width]`` and ``attention``
+            ``[hw, hw]`` (torch, any float dtype).
+        dtypes: the dtype each tensor is stored in (fp16, or fp32 for parity tokens).
+        meta: ``id``, ``image_size``, ``input_size``, ``grid``, ``labels``, ``model``, ``patch_size``, ``width``,
+            ``embed_dim``, ``logit_scale``, ``attention_blocks``.
+    """
+    return write_tensors(path, {k: v.to(dtypes[k]) for k, v in tensors.items()}, kind=FEATURES_KIND,
+                         classes=classes, params=params, **meta)
+
+
+def read_features(path: str | os.PathLike, classes: Sequence[str] | None = None, need_tokens: bool = False,
+                  dense_only: bool = False) -> Features:
+    """Read and validate one ``features`` file (NaN/inf in any tensor refused)."""
+    f = read_tensors(path, kind=FEATURES_KIND, classes=classes, keys=["dense"] if dense_only else None)
+    for name, tensor in f.tensors.items():
+        check_finite(f.path, name, tensor)
+    if need_tokens and "last_block_input" not in f.tensors:
+        raise ContractError(f"{path}: extracted with a light cache; re-run `vpltool extract` with --tokens")
+    return Features(f)
+
+
+def features_header(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """``(labels, grid)`` of a features file from its header alone (no tensor read)."""
+    head = read_header(path)
+    if "vpltool.grid" not in head:
+        raise ContractError(f"{path}: no 'vpltool.grid' metadata; re-run `vpltool extract`")
+    return tuple(int(c) for c in json.loads(head.get("vpltool.labels", "[]"))), tuple(json.loads(head["vpltool.grid"]))
+
+
+# --------------------------------------------------------------------------------------------- prototypes
+class Prototypes:
+    """A prototypes file: text prototypes (`text-prototypes`) or vision prototypes (`learn-prototypes`).
+
+    Attributes:
+        vectors: ``[N, D]`` float32, rows L2-normalised.
+        row_class: ``[N]`` int64; the class index (1..C) of each row, 0 for background rows. Every class has
+            exactly one row.
+        row_names: N display names (prompt names / background words).
+        temperature: the softmax temperature the prototypes were made for (1/logit_scale for text, tau_I for
+            vision prototypes); `cam` uses it unless told otherwise.
+        classes: class names, index 0 = background. source: 'text' | 'vision'. model: the CLIP identity.
+    """
+
+    def __init__(self, vectors, row_class, row_names: Sequence[str], *, classes: Sequence[str], temperature: float,
+                 source: str, model: Mapping[str, str], params: Mapping[str, Any] | None = None,
+                 path: Path | None = None):
+        self.vectors, self.row_class, self.row_names = vectors, row_class, list(row_names)
+        self.classes, self.temperature, self.source = list(classes), float(temperature), source
+        self.model, self.params, self.path = dict(model), dict(params or {}), path
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def class_rows(self) -> Any:
+        """``[C]`` row index of each class 1..C."""
+        import torch
+
+        rows = torch.full((len(self.classes) - 1,), -1, dtype=torch.long)
+        fg = (self.row_class > 0).nonzero().flatten()
+        rows[self.row_class[fg] - 1] = fg
+        return rows
+
+    def background_rows(self) -> Any:
+        return (self.row_class == 0).nonzero().flatten()
+
+    def image_rows(self, labels: Sequence[int]) -> Any:
+        """``[K + M, D]``: the rows of an image's K classes (in ``labels`` order), then every background row; the
+        rows a CAM softmax runs over."""
+        import torch
+
+        return torch.cat([self.vectors[self.class_rows()[[c - 1 for c in labels]]],
+                          self.vectors[self.background_rows()]])
+
+
+def write_prototypes(path: str | os.PathLike, p: Prototypes, **extra: Any) -> Path:
+    return write_tensors(
+        path, {"prototypes": p.vectors.float(), "row_class": p.row_class.long()}, kind=PROTOTYPES_KIND,
+        classes=p.classes, params=p.params, row_names=p.row_names, temperature=p.temperature, source=p.source,
+        model=p.model, **extra,
+    )
+
+
+def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two recorded CLIP identities name the same weights (architecture and pretrained tag or file)."""
+    return (a.get("model"), a.get("pretrained", "none")) == (b.get("model"), b.get("pretrained", "none"))
+
+
+def read_prototypes(path: str | os.PathLike, classes: Sequence[str] | None = None,
+                    dim: int | None = None, model: Mapping[str, Any] | None = None) -> Prototypes:
+    """Read a prototypes file; check classes, dimension, unit norms, one row per class and (given ``model``, the
+    identity recorded by the stage that made the features) the CLIP they were made with."""
+    import torch
+
+    f = read_tensors(path, kind=PROTOTYPES_KIND, classes=classes)
+    vectors, row_class = f["prototypes"].float(), f["row_class"].long()
+    check_finite(f.path, "prototypes", vectors)
+    if vectors.ndim != 2 or row_class.shape != (vectors.shape[0],):
+        raise ContractError(f"{path}: prototypes must be [N, D] with row_class [N]")
+    if dim is not None and vectors.shape[1] != dim:
+        raise ContractError(f"{path}: prototypes are {vectors.shape[1]}-d but the features are {dim}-d; "
+                            "make prototypes with the same CLIP model")
+    n_classes = len(f.classes) - 1
+    fg = sorted(row_class[row_class > 0].tolist())
+    if fg != list(range(1, n_classes + 1)):
+        raise ContractError(f"{path}: needs exactly one row per class 1..{n_classes}; the file is damaged")
+    if not torch.allclose(vectors.norm(dim=1), torch.ones(len(vectors)), atol=1e-3):
+        raise ContractError(f"{path}: prototype rows are not unit-norm; the file is damaged")
+    made_with = f.meta("model")
+    if model is not None and not same_model(made_with, model):
+        raise ContractError(f"{path}: made with CLIP {made_with.get('model')} ({made_with.get('pretrained')}), but the "
+                            f"features come from {model.get('model')} ({model.get('pretrained')}); make prototypes "
+                            "with the same model")
+    return Prototypes(vectors, row_class, f.meta("row_names"), classes=f.classes, temperature=f.meta("temperature"),
+                      source=f.meta("source"), model=made_with, params=f.params, path=f.path)
+
+
+# --------------------------------------------------------------------------------------------- cam
+@dataclass
+class CamMaps:
+    """One image's CAMs as consumers use them (numpy: the CRF workers never import torch).
+
+    Attributes:
+        cams: ``[K, H0, W0]`` float16 in [0, 1] at image resolution (upsampled on read from the stored grid).
+        labels: the K class ids (1..C) of the maps.
+    """
+
+    cams: np.ndarray
+    labels: tuple[int, ...]
+    file: TensorFile
+
+
+def write_cam(path: str | os.PathLike, maps, labels: Sequence[int], *, image_size: Sequence[int],
+              classes: Sequence[str], params: Mapping[str, Any], **extra: Any) -> Path:
+    """``maps`` ``[K, h, w]`` in [0, 1] at any resolution up to ``image_size`` (``cam`` stores the patch grid:
+    ~100x smaller than maps at image size), stored float32; :func:`read_cam` resizes them to ``image_size``."""
+    import torch
+
+    return write_tensors(path, {"cams": maps.clamp(0, 1).float(),
+                                "labels": torch.as_tensor(list(labels), dtype=torch.int64)},
+                         kind=CAM_KIND, classes=classes, params=params, image_size=list(image_size), **extra)
+
+
+def upsample_maps(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``[K, h, w]`` float -> ``[K, H, W]`` float16, bilinear with half-pixel centres (``cv2.resize``) and rounded
+    to float16: exactly CLIP-ES's ``scale_cam_image(..., (W0, H0))`` followed by its float16 ``.npy`` storage."""
+    import cv2
+
+    h, w = int(size[0]), int(size[1])
+    if maps.shape[1:] == (h, w):
+        return maps.astype(np.float16)
+    if len(maps) == 0:
+        return np.zeros((0, h, w), np.float16)
+    return np.stack([cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for m in maps]
+                    ).astype(np.float16)
+
+
+def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None) -> CamMaps:
+    """Read one ``cam`` file: maps resized to the image (:func:`upsample_maps`), labels checked against classes.
+
+    Raises:
+        ContractError: wrong kind or classes, damaged file, NaN, shapes or labels that do not fit; one line.
+    """
+    f = read_tensors(path, kind=CAM_KIND, classes=classes, keys=("cams", "labels"), framework="np")
+    maps, raw_labels = f["cams"], f["labels"]
+    labels = tuple(int(v) for v in raw_labels.reshape(-1))
+    if maps.ndim != 3 or len(maps) != len(labels):
+        raise ContractError(f"{f.path}: cams {maps.shape} do not match {len(labels)} labels; re-run `vpltool cam`")
+    n_classes = len(classes if classes is not None else f.classes)
+    if any(not 1 <= c < n_classes for c in labels):
+        raise ContractError(f"{f.path}: labels {list(labels)} outside 1..{n_classes - 1}; re-run `vpltool cam` "
+                            "for this dataset")
+    check_finite(f.path, "cams", maps)
+    size = f.meta("image_size", None) or maps.shape[1:]  # format-1 files are at image size and carry none
+    return CamMaps(upsample_maps(maps, size), labels, f)
+
+
+def write_cam_debug(path: str | os.PathLike, raw, probs, labels: Sequence[int], before_minmax=None, boxes=None, *,
+                    classes: Sequence[str], params: Mapping[str, Any], row_names: Sequence[str],
+                    **extra: Any) -> Path:
+    """One image's `cam --save-debug` file: what each step of `cam` produced, in float32 at patch resolution.
+
+    Args:
+        raw: ``[K, h, w]`` GradCAM in [0, 1], before CAA (CLIP-ES's ``grayscale_cam``).
+        probs: ``[K + M]`` softmax over the image's rows (``row_names``: K classes, then M background rows).
+        labels: ``[K]`` class ids of the maps.
+        before_minmax: ``[K, h, w]`` CAA's ``(T * box[None, :]) @ cam`` before its min-max; None with --refine none.
+        boxes: per class, the ``(x0, y0, x1, y1)`` boxes on the patch grid (exclusive ends), stored as
+            ``[n, 5]`` int32 rows ``(k, x0, y0, x1, y1)`` with ``k`` the map index; None with --refine none.
+    """
+    import torch
+
+    tensors = {"raw": raw.float(), "probs": probs.float(), "labels": torch.as_tensor(list(labels), dtype=torch.int64)}
+    if before_minmax is not None:
+        tensors["refined_before_minmax"] = before_minmax.float()
+    if boxes is not None:
+        rows = [(k, *box) for k, found in enumerate(boxes) for box in found]
+        tensors["boxes"] = torch.tensor(rows, dtype=torch.int32).reshape(-1, 5)
+    return write_tensors(path, tensors, kind=CAM_DEBUG_KIND, classes=classes, params=params,
+                         row_names=list(row_names), **extra)
+
+
+def read_cam_debug(path: str | os.PathLike, classes: Sequence[str] | None = None) -> TensorFile:
+    """A ``cam-debug`` file (see :func:`write_cam_debug`); tensors as stored."""
+    return read_tensors(path, kind=CAM_DEBUG_KIND, classes=classes)

@@ -1,0 +1,202 @@
+"""Stage folders: the lock, the run and completion records, resuming, and the dataset a folder was made from.
+
+The skeleton every per-image stage follows is written once, in :class:`StageFolder`::
+
+    with StageFolder(out, "cam", params, overwrite=...) as folder:   # lock, then check / prepare the folder
+        for item_id in folder.todo(ids, cam_path):                 # what is not done yet
+            ...                                                    # write each item atomically
+        folder.complete(inputs=..., count=...)                     # _stage.json, last
+
+* ``_run.json`` holds the parameters of the run under way. A re-run with other parameters is refused (or, with
+  ``--overwrite``, redoes the folder), so an interrupted folder never ends up half one setting, half another.
+* ``_stage.json`` is written last: the Make target and the proof that every item is complete.
+* ``.vpltool.lock`` (an ``flock``) refuses a second writer at once; it is taken before anything in the folder
+  changes, so a refused run leaves the folder as it found it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import ContractError, VplError
+from .files import jsonable, make_folder, raise_write_error, read_json, write_json
+from .tensors import FORMAT_VERSION
+
+STAGE_RECORD = "_stage.json"
+RUN_RECORD = "_run.json"
+LOCK_FILE = ".vpltool.lock"
+
+
+@dataclass
+class StageSummary:
+    """What a per-image stage did in one run: items written, items skipped as already done, wall seconds."""
+
+    done: int
+    skipped: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+def stage_record_path(folder: str | os.PathLike) -> Path:
+    return Path(folder) / STAGE_RECORD
+
+
+def write_stage_record(
+    folder: str | os.PathLike, stage: str, *, params: Mapping[str, Any], inputs: Mapping[str, Any], count: int,
+    **extra: Any,
+) -> Path:
+    """Write ``_stage.json`` last, atomically: the proof that every item of the folder is complete."""
+    record = {"stage": stage, "vpltool": __version__, "format": FORMAT_VERSION, "params": dict(params),
+              "inputs": dict(inputs), "count": count, **extra}
+    return write_json(stage_record_path(folder), record)
+
+
+def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> dict[str, Any]:
+    """The completion record of a stage folder; a VplError if the stage never finished there."""
+    folder = Path(folder)
+    stages = (stage,) if isinstance(stage, str) else tuple(stage)
+    if not folder.is_dir():
+        raise VplError(f"{folder}: folder not found; run `vpltool {stages[0]}` first")
+    path = stage_record_path(folder)
+    if not path.is_file():
+        pending = folder / RUN_RECORD
+        why = "was interrupted or is still running" if pending.is_file() else "did not finish there"
+        raise ContractError(f"{folder}: no {STAGE_RECORD}; `vpltool {stages[0]}` {why} (re-run it)")
+    record = read_json(path)
+    if record.get("stage") not in stages:
+        raise ContractError(f"{folder}: holds `{record.get('stage')}` output, expected `{stages[0]}` output")
+    return record
+
+
+def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """Top-level keys whose values differ between two parameter dicts, as they read back from JSON."""
+    old, new = jsonable(old or {}), jsonable(new)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool) -> Path:
+    """Create ``folder`` for a stage run; refuse to mix parameter sets unless ``overwrite``.
+
+    Both the completion record and the record of an interrupted run are compared with ``params``. With
+    ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete.
+    """
+    folder = make_folder(folder)
+    if not os.access(folder, os.W_OK):
+        raise VplError(f"permission denied writing {folder}: fix the folder's permissions or choose another --out")
+    for name, what in ((STAGE_RECORD, "made"), (RUN_RECORD, "an interrupted run made")):
+        record = folder / name
+        if not record.is_file():
+            continue
+        old = read_json(record)
+        if overwrite:
+            record.unlink()
+        elif old.get("stage") != stage:
+            raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
+        elif changed := changed_keys(old.get("params"), params):
+            resume = " to resume" if name == RUN_RECORD else ""
+            raise VplError(f"{folder}: {what} with other parameters ({', '.join(changed)} differ); re-run with the "
+                           f"same options{resume}, pass --overwrite to redo it, or choose another --out")
+    write_json(folder / RUN_RECORD, {"stage": stage, "vpltool": __version__, "params": dict(params)})
+    return folder
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, name: str = LOCK_FILE) -> Iterator[None]:
+    """Hold an exclusive lock on an output folder; a second writer is refused at once, not interleaved.
+
+    Take it before anything in the folder changes (:func:`prepare_stage_dir` included: ``--overwrite`` removes
+    the record), so that a refused run leaves the folder as it found it. ``name`` lets shards of one run
+    (``--shard i/n``) hold separate locks on the same folder.
+    """
+    folder = make_folder(folder)
+    try:
+        fh = open(folder / name, "a+")
+    except OSError as e:
+        raise_write_error(folder / name, e)
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VplError(f"{folder}: another vpltool run is writing here; wait for it or choose another "
+                           "--out") from None
+        yield
+    finally:
+        fh.close()
+
+
+def item_done(path: Path, overwrite: bool) -> bool:
+    """True if ``path`` is a finished per-item output to skip (written atomically, so existence is enough)."""
+    return not overwrite and path.is_file()
+
+
+class StageFolder:
+    """The per-image stage skeleton: lock -> prepare -> todo -> (the stage's loop) -> record. See the module doc.
+
+    Args:
+        folder: the output folder (created).
+        stage: the command name recorded in the folder's records.
+        params: what makes two runs' items interchangeable (recorded; a resume must match it).
+        overwrite: redo finished items (and forget another run's records).
+        lock_name: shards of one run (``--shard i/n``) hold separate locks on one folder.
+        reset: whether this process may remove the records under ``overwrite`` (False for shards but the first).
+    """
+
+    def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
+                 lock_name: str = LOCK_FILE, reset: bool = True):
+        self.folder, self.stage, self.params = Path(folder), stage, dict(params)
+        self.overwrite, self.lock_name, self.reset = overwrite, lock_name, reset
+        self._stack = contextlib.ExitStack()
+        self._created = False
+
+    def __enter__(self) -> StageFolder:
+        self._created = not self.folder.exists()
+        self._stack.enter_context(output_lock(self.folder, self.lock_name))
+        try:
+            prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset)
+        except BaseException:
+            self.__exit__(True)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+        if exc and exc[0] is not None and self._created:
+            self._remove_if_untouched()
+
+    def _remove_if_untouched(self) -> None:
+        """A run that failed before its first item leaves no folder behind (only the one it created)."""
+        ours = {self.lock_name, RUN_RECORD}
+        with contextlib.suppress(OSError):
+            if {p.name for p in self.folder.iterdir()} <= ours:
+                for name in ours:
+                    (self.folder / name).unlink(missing_ok=True)
+                self.folder.rmdir()
+
+    def todo(self, ids: Iterable[str], path_of: Callable[[str | os.PathLike, str], Path]) -> list[str]:
+        """The ids whose output ``path_of(folder, id)`` is missing (all of them under ``overwrite``)."""
+        return [i for i in ids if not item_done(path_of(self.folder, i), self.overwrite)]
+
+    def complete(self, *, inputs: Mapping[str, Any], count: int, **extra: Any) -> Path:
+        """Write ``_stage.json`` (every item is there); the run record goes, its parameters live on in it."""
+        path = write_stage_record(self.folder, self.stage, params=self.params, inputs=inputs, count=count, **extra)
+        (self.folder / RUN_RECORD).unlink(missing_ok=True)
+        return path
+
+
+def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """``inputs.dataset`` of a folder's ``_stage.json`` (kind, absolute root, split, ...), or None when there is no
+    record. :func:`vpltool.data.open_recorded` reopens it."""
+    path = stage_record_path(folder)
+    if not path.is_file():
+        return None
+    return read_json(path).get("inputs", {}).get("dataset")

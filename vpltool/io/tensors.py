@@ -1,0 +1,158 @@
+"""safetensors files with vpltool's contract metadata: the base of every tensor file kind.
+
+Every file is stamped with ``vpltool.kind``, ``vpltool.format``, ``vpltool.version``, ``vpltool.classes`` (JSON list,
+index 0 = background) and ``vpltool.params`` (JSON of the producing stage's config). Readers check the kind (and
+classes) from the header before loading any tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import ContractError, VplError
+from . import files
+
+FORMAT_VERSION = "1"
+
+
+def write_tensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    *,
+    kind: str,
+    classes: Sequence[str],
+    params: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write torch tensors to ``path`` atomically with the contract metadata.
+
+    Args:
+        tensors: name -> torch.Tensor (moved to CPU and made contiguous here).
+        kind: the file kind (``features``, ``prototypes``, ``cam``, ``decoder``, ...).
+        classes: class names, index 0 = background.
+        params: the producing stage's parameters (JSON-able).
+        extra: more ``vpltool.<key>`` metadata; non-strings are JSON-encoded.
+    """
+    from safetensors.torch import save_file
+
+    meta = {
+        "vpltool.format": FORMAT_VERSION,
+        "vpltool.kind": kind,
+        "vpltool.version": __version__,
+        "vpltool.classes": json.dumps(list(classes)),
+        "vpltool.params": json.dumps(dict(params or {}), default=str),
+    }
+    meta.update({f"vpltool.{k}": v if isinstance(v, str) else json.dumps(v, default=str) for k, v in extra.items()})
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with files.atomic_path(path) as tmp:
+        save_file(data, str(tmp), metadata=meta)
+    return Path(path)
+
+
+class TensorFile:
+    """A validated safetensors file: ``tensors`` (dict of torch tensors) and parsed ``meta``."""
+
+    def __init__(self, path: Path, tensors: dict[str, Any], meta: dict[str, str]):
+        self.path, self.tensors, self.raw_meta = path, tensors, meta
+
+    def __getitem__(self, key: str):
+        try:
+            return self.tensors[key]
+        except KeyError:
+            raise ContractError(f"{self.path}: missing tensor '{key}'; the file is damaged or of an old "
+                                "format") from None
+
+    def meta(self, key: str, default: Any = ...) -> Any:
+        """Metadata value ``vpltool.<key>``, JSON-decoded where possible."""
+        raw = self.raw_meta.get(f"vpltool.{key}")
+        if raw is None:
+            if default is ...:
+                raise ContractError(f"{self.path}: metadata 'vpltool.{key}' missing; re-create the file with vpltool")
+            return default
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta("classes")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.meta("params", {})
+
+
+def read_header(path: str | os.PathLike) -> dict[str, str]:
+    """Metadata of a safetensors file without loading tensors; ContractError if it is not one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise VplError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for truncated/foreign files
+        raise ContractError(f"{path}: not a readable safetensors file ({e}); re-run the stage that wrote it") from None
+
+
+def read_tensors(
+    path: str | os.PathLike,
+    *,
+    kind: str | Sequence[str],
+    classes: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
+    framework: str = "pt",
+) -> TensorFile:
+    """Read a vpltool safetensors file, checking its kind (and classes) before loading any tensor.
+
+    Args:
+        keys: the tensors to load (others are not read); None = all.
+        framework: ``pt`` (torch tensors) or ``np`` (numpy arrays, so a reader need not import torch).
+
+    Raises:
+        ContractError: one line naming the file and what was expected.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    meta = read_header(path)
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    found = meta.get("vpltool.kind")
+    if found not in kinds:
+        what = " or ".join(repr(k) for k in kinds)
+        raise ContractError(f"{path}: expected a {what} file, found {found!r}; did you pass another stage's output?")
+    if classes is not None:
+        file_classes = json.loads(meta.get("vpltool.classes", "[]"))
+        if list(file_classes) != list(classes):
+            raise ContractError(
+                f"{path}: made for {len(file_classes) - 1} classes {file_classes[1:4]}..., expected "
+                f"{len(classes) - 1} classes {list(classes)[1:4]}...; use files made from the same dataset"
+            )
+    try:
+        with safe_open(str(path), framework=framework) as f:
+            names = list(f.keys()) if keys is None else [k for k in keys if k in f.keys()]
+            tensors = {k: f.get_tensor(k) for k in names}
+    except Exception as e:  # a file truncated after its header
+        raise ContractError(f"{path}: damaged safetensors file ({e}); re-run the stage that wrote it") from None
+    return TensorFile(path, tensors, meta)
+
+
+def check_finite(path: Path, name: str, tensor) -> None:
+    """ContractError if a float tensor (torch or numpy) holds NaN or inf: a silent poison for every later stage."""
+    import numpy as np
+
+    if isinstance(tensor, np.ndarray):
+        bad = tensor.dtype.kind == "f" and not np.isfinite(tensor).all()
+    else:
+        import torch
+
+        bad = tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    if bad:
+        raise ContractError(f"{path}: tensor '{name}' contains NaN or inf; re-run the stage that wrote it")

@@ -1,0 +1,288 @@
+"""`vpltool train-decoder`: VPL phase 2, the decoder on the frozen CLIP supervised by `crf` pseudo masks.
+
+Per iteration (docs/decoder.md): a batch of augmented crops (random rescale, flip, crop padded with ignore) runs
+through the frozen CLIP blocks under ``no_grad`` (bf16 autocast on CUDA); the decoder gives ``V`` and ``A``;
+``L = lambda_ce L_ce(M, A) + lambda_rsc L_RSC`` (Eq. 14); SGD (or AdamW) with linear warm-up and poly decay.
+
+* The frozen CLIP is the one that made the prototypes (their file's ``model`` metadata).
+* Determinism: the batch order is DistributedSampler's (seeded by seed + epoch), the augmentation of a sample is
+  seeded by (seed, epoch, index) and the torch RNG (dropout) by (seed, iteration, rank), so a resumed run
+  repeats the uninterrupted one exactly without storing any RNG state.
+* ``torchrun --nproc-per-node N``: env:// init, NCCL on GPUs / gloo on CPU, DistributedDataParallel; rank 0
+  alone writes the log, checkpoints and the final decoder.
+* ``cache_features``: the frozen features of every image resized to ``crop x crop`` and of its mirror are computed
+  once; iterations then cost no CLIP forward but see no rescale and no crop.
+
+Modules: :mod:`.data` (augmentation, batch plan, feature cache), :mod:`.steps` (learning rate, losses, step,
+checkpoints, DDP); this one runs the stage. Outputs in ``out_dir``: ``decoder.safetensors`` (kind ``decoder``),
+``checkpoints/last.safetensors`` (model + optimizer, kind ``decoder-checkpoint``), ``log.jsonl`` and ``curve.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .. import io
+from ..backbone import ClipBackbone, ModelSpec, load_backbone
+from ..config import DecoderConfig, RuntimeConfig
+from ..data import open_recorded
+from ..decoder import SegDecoder, block_features, feature_blocks, input_long_side, predict_logits, save_decoder
+from ..device import resolve_precision, seed_everything
+from ..errors import VplError
+from ..kernels import MiouAccumulator
+from .data import BatchPlan, FeatureCache, PseudoMaskSet, augment
+from .steps import (
+    _check_resumable,
+    _mean_across,
+    compute_losses,
+    distributed,
+    load_checkpoint,
+    lr_at,
+    make_optimizer,
+    save_checkpoint,
+    train_step,
+)
+
+STAGE = "train-decoder"
+MASK_STAGES = ("crf", "predict")  # pseudo masks: CRF output, or a decoder's own predictions (self-training)
+
+
+def draw_curve(records: list[dict[str, Any]], path: Path) -> Path:
+    """Loss curves (top) and validation mIoU (bottom) of ``log.jsonl`` records as a PNG."""
+    losses = {k: [(r["iter"], r[k]) for r in records if r.get(k) is not None] for k in ("loss", "ce", "rsc")}
+    val = {"val_miou": [(r["iter"], r["val_miou"]) for r in records if r.get("val_miou") is not None]}
+    return io.write_chart(path, [losses, val], ranges=[None, (0.0, 1.0)], title="train-decoder")
+
+
+@dataclass
+class TrainSummary:
+    iterations: int  # completed iterations (== cfg.iters when finished)
+    start: int  # iteration this run started from (> 0 after --resume)
+    seconds: float  # the training loop (validation included; model loading and the feature cache excluded)
+    loss: float | None  # last logged training loss (mean over processes)
+    val_miou: float | None  # last validation mIoU
+    decoder: Path | None  # the final file (rank 0 only)
+    world_size: int
+    cache_seconds: float = 0.0  # building the --cache-features cache
+
+    @property
+    def iters_per_s(self) -> float:
+        done = self.iterations - self.start
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+def _training_pairs(dataset, pseudo_dir: Path) -> list[tuple[str, Path, Path]]:
+    pairs = [(it.id, it.image, io.mask_path(pseudo_dir, it.id)) for it in dataset.items
+             if io.mask_path(pseudo_dir, it.id).is_file()]
+    if not pairs:
+        raise VplError(f"{pseudo_dir}: no pseudo mask matches an image of its dataset; re-run `vpltool crf`")
+    return pairs
+
+
+def _iteration_seed(seed: int, it: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, it, rank]).generate_state(1)[0])
+
+
+def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world: int) -> Path | None:
+    """Refuse to clobber a finished or interrupted run; the checkpoint to resume from (None = fresh start).
+
+    ``--resume`` without a checkpoint starts afresh, so a preemptible job can always pass it.
+    """
+    ckpt = out_dir / "checkpoints" / "last.safetensors"
+    final = out_dir / "decoder.safetensors"
+    if not overwrite and not resume:
+        if ckpt.is_file():
+            raise VplError(f"{out_dir}: holds an interrupted run; pass --resume to continue or --overwrite")
+        if final.is_file():
+            raise VplError(f"{out_dir}: holds a trained decoder; pass --overwrite or choose another --out")
+    if world > 1:
+        dist.barrier()  # every rank checked before rank 0 deletes anything
+    if overwrite and not resume and rank == 0:
+        for path in (ckpt, final, out_dir / "log.jsonl", out_dir / "curve.png"):
+            path.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    return ckpt if resume and ckpt.is_file() else None
+
+
+class _Run:
+    """The state of one training process: frozen CLIP, decoder, optimizer, data source, log."""
+
+    def __init__(self, cfg: DecoderConfig, runtime: RuntimeConfig, rank: int, world: int, device: torch.device,
+                 protos: io.Prototypes, pairs, out_dir: Path, inputs: dict[str, Any], backbone: ClipBackbone | None):
+        self.cfg, self.runtime, self.rank, self.world, self.device = cfg, runtime, rank, world, device
+        self.protos, self.pairs, self.out_dir, self.inputs = protos, pairs, out_dir, inputs
+        self.dtype = resolve_precision(runtime.precision, device)
+        self.bb = backbone or load_backbone(ModelSpec.from_identity(protos.model), device)
+        if cfg.crop_size % self.bb.patch_size:
+            raise VplError(f"--crop-size {cfg.crop_size} is not a multiple of the CLIP patch size {self.bb.patch_size}")
+        self.blocks = feature_blocks(self.bb.n_blocks, cfg.include_last_block)
+        seed_everything(cfg.seed)
+        self.model = SegDecoder(cfg, in_width=self.bb.width, n_inputs=len(self.blocks), prototypes=protos.vectors,
+                                row_class=protos.row_class, temperature=protos.temperature).to(device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        fp16 = device.type == "cuda" and self.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.log_path, self.last_loss, self.val_miou = out_dir / "log.jsonl", None, None
+        self.seconds, self.cache_seconds = 0.0, 0.0  # training loop; building the feature cache
+
+    @property
+    def inner(self) -> SegDecoder:
+        """The decoder itself, also when wrapped in DistributedDataParallel."""
+        return getattr(self.model, "module", self.model)
+
+    def meta(self) -> dict[str, Any]:
+        return {"decoder_config": asdict(self.cfg), "inputs": self.inputs, "model": self.protos.model}
+
+    def restore(self, ckpt: Path | None) -> int:
+        """Load the checkpoint (if any) and trim the log to it; returns the first iteration to run."""
+        start = 0
+        if ckpt is not None:
+            _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], self.cfg, self.inputs)
+            start = int(load_checkpoint(ckpt, self.model, self.optimizer).meta("iteration"))
+        if self.rank == 0:
+            kept = io.read_log(self.log_path, upto=start) if start else []
+            io.write_log(self.log_path, kept)
+        return start
+
+    def batches(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(frozen features [B, L, h, w, width], masks [B, S, S])`` on the device, one per iteration.
+
+        With ``cache_features`` the cache is built here, before the first batch (``self.cache_seconds``).
+        """
+        cfg = self.cfg
+        plan = BatchPlan(len(self.pairs), cfg.batch_size, self.world, self.rank, cfg.seed, start, cfg.iters)
+        if cfg.cache_features:
+            t0 = time.perf_counter()
+            cache = FeatureCache.build(self.bb, self.pairs, self.blocks, cfg.crop_size, self.dtype)
+            self.cache_seconds = time.perf_counter() - t0
+            return (tuple(t.to(self.device) for t in cache.batch(keys, cfg)) for keys in plan)
+        data = PseudoMaskSet(self.pairs, cfg, self.bb.mean, self.bb.std)
+        loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=self.runtime.workers,
+                                             pin_memory=self.device.type == "cuda")
+        return ((block_features(self.bb, p, self.blocks, self.dtype), m.to(self.device)) for p, m in loader)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            io.append_log(self.log_path, record)
+
+    def validate(self, items, n: int) -> None:
+        """Single-scale mIoU on the validation items (rank 0), logged and drawn."""
+        self.val_miou = evaluate(self.bb, self.inner.eval(), self.blocks, items, self.cfg.crop_size, self.dtype)
+        self.log({"iter": n, "val_miou": self.val_miou})
+        draw_curve(io.read_log(self.log_path), self.out_dir / "curve.png")
+
+    def loop(self, start: int, val_items, on_iter) -> None:
+        cfg, batches = self.cfg, self.batches(start)
+        t0 = time.perf_counter()
+        for it, (feats, target) in zip(range(start, cfg.iters), batches):
+            torch.manual_seed(_iteration_seed(cfg.seed, it, self.rank))  # dropout: same stream after --resume
+            lr = lr_at(cfg, it)
+            losses = train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler)
+            n = it + 1
+            record = {"iter": n}
+            if n % cfg.log_every == 0 or n == cfg.iters:
+                losses = _mean_across(losses, self.world, self.device)
+                record = {"iter": n, **losses, "lr": lr, "sec": round(time.perf_counter() - t0, 3)}
+                self.last_loss = losses["loss"]
+                self.log(record)
+            if val_items and self.rank == 0 and (n % cfg.val_every == 0 or n == cfg.iters):
+                self.validate(val_items, n)
+            if self.rank == 0 and (n % cfg.checkpoint_every == 0 or n == cfg.iters):
+                save_checkpoint(self.out_dir / "checkpoints" / "last.safetensors", self.inner, self.optimizer, n,
+                                self.protos.classes, self.meta())
+            self.seconds = time.perf_counter() - t0
+            if on_iter and self.rank == 0:
+                on_iter(n, record)
+
+    def finish(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        path = save_decoder(self.out_dir / "decoder.safetensors", self.inner, self.cfg, classes=self.protos.classes,
+                            model_identity=self.protos.model, blocks=self.blocks, dataset=self.inputs["dataset"],
+                            inputs=self.inputs, prototypes_source=self.protos.source, iterations=self.cfg.iters,
+                            val_miou=self.val_miou)
+        draw_curve(io.read_log(self.log_path), self.out_dir / "curve.png")
+        return path
+
+
+def evaluate(bb: ClipBackbone, model: SegDecoder, blocks, items, crop_size: int, dtype: torch.dtype) -> float | None:
+    """Single-scale, unflipped mIoU of ``model`` on dataset items with GT (predict's input size rule)."""
+    acc = MiouAccumulator(model.n_classes)
+    long_side = input_long_side(None, crop_size)
+    for item in items:
+        image = io.load_image(item.image)
+        logits = predict_logits(bb, model, blocks, image, (1.0,), False, long_side, dtype)
+        acc.add(io.read_mask(item.gt), logits.argmax(0).numpy().astype(np.uint8), item=item.id)
+    return acc.result()["miou"]
+
+
+def run_train_decoder(
+    pseudo_dir: str | Path,
+    prototypes: str | Path,
+    out_dir: str | Path,
+    cfg: DecoderConfig = DecoderConfig(),
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    resume: bool = False,
+    val_split: str | None = None,
+    on_iter: Callable[[int, dict[str, Any]], None] | None = None,
+    backbone: ClipBackbone | None = None,
+) -> TrainSummary:
+    """Train the decoder on the pseudo masks of a `crf` folder; write ``out_dir/decoder.safetensors``.
+
+    Args:
+        pseudo_dir: a finished `crf` (or `predict`) folder; its ``_stage.json`` names the dataset of the images.
+        prototypes: a prototypes file (vision or text: the "text prototypes in phase 2" ablation); its ``model``
+            metadata names the frozen CLIP.
+        cfg: see :class:`DecoderConfig`; ``runtime.workers`` = data loading processes, ``runtime.batch_size`` is
+            not used (``cfg.batch_size`` is).
+        resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
+        val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
+        on_iter: called on rank 0 after every iteration with ``(iteration, log record)``.
+        backbone: reuse an already loaded CLIP; it must be the one the prototypes record.
+    """
+    pseudo_dir, out_dir = Path(pseudo_dir), Path(out_dir)
+    record = io.read_stage_record(pseudo_dir, MASK_STAGES)
+    dataset_id = record["inputs"]["dataset"]
+    dataset = open_recorded(pseudo_dir)
+    protos = io.read_prototypes(prototypes, classes=dataset.classes)
+    inputs = {"pseudo": io.file_identity(io.stage_record_path(pseudo_dir)) | {"path": str(pseudo_dir)},
+              "prototypes": io.file_identity(protos.path, source=protos.source), "dataset": dataset_id}
+    val_items = []
+    if val_split is not None:
+        val_items = [it for it in open_recorded(pseudo_dir, val_split).items if it.gt is not None]
+        if not val_items:
+            raise VplError(f"{dataset_id['root']}: split {val_split!r} has no GT masks to validate on")
+    pairs = _training_pairs(dataset, pseudo_dir)
+    with distributed(runtime.device) as (rank, world, device):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+            ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
+            run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone)
+            start = run.restore(ckpt)
+            if world > 1:
+                run.model = torch.nn.parallel.DistributedDataParallel(
+                    run.model, device_ids=[device.index] if device.type == "cuda" else None)
+            run.loop(start, val_items, on_iter)
+            path = run.finish()
+    return TrainSummary(iterations=cfg.iters, start=start, seconds=run.seconds, loss=run.last_loss,
+                        val_miou=run.val_miou, decoder=path, world_size=world,
+                        cache_seconds=run.cache_seconds)
+
+
+__all__ = [
+    "STAGE", "MASK_STAGES", "draw_curve", "TrainSummary", "evaluate", "run_train_decoder", "BatchPlan",
+    "FeatureCache", "PseudoMaskSet", "augment", "compute_losses", "lr_at", "make_optimizer", "train_step",
+    "save_checkpoint", "load_checkpoint",
+]  # fmt: skip

@@ -1,0 +1,148 @@
+"""train-decoder's data: WeCLIP's augmentation, the deterministic batch plan, and the frozen-feature cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .. import io
+from ..config import IGNORE_INDEX, DecoderConfig
+from ..decoder import block_features
+from ..device import available_memory
+from ..errors import ContractError, VplError
+
+if TYPE_CHECKING:
+    from ..backbone import ClipBackbone
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: DecoderConfig,
+            mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """WeCLIP's training view: random rescale, horizontal flip, normalise, pad, random crop.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 RGB; mask: ``[H, W]`` uint8 (255 = ignore).
+        rng: the sample's generator (seeded by seed, epoch, index).
+
+    Returns:
+        pixels ``[3, S, S]`` float32 CLIP-normalised (padding = 0, i.e. the mean colour), mask ``[S, S]`` int64
+        (padding = 255), S = ``cfg.crop_size``.
+    """
+    h, w = mask.shape
+    s = rng.uniform(cfg.scale_min, cfg.scale_max)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    if cfg.flip and rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    pixels = (image.astype(np.float32) / 255 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    crop = cfg.crop_size
+    ph, pw = max(crop, size[1]), max(crop, size[0])
+    canvas = np.zeros((ph, pw, 3), np.float32)
+    labels = np.full((ph, pw), IGNORE_INDEX, np.int64)
+    canvas[: size[1], : size[0]], labels[: size[1], : size[0]] = pixels, mask
+    y, x = rng.integers(0, ph - crop + 1), rng.integers(0, pw - crop + 1)
+    return (np.ascontiguousarray(canvas[y : y + crop, x : x + crop].transpose(2, 0, 1)),
+            np.ascontiguousarray(labels[y : y + crop, x : x + crop]))
+
+
+def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its pseudo mask, checked to be the same size."""
+    image, mask = io.load_image(image_path), io.read_mask(mask_path)
+    if image.shape[:2] != mask.shape:
+        raise ContractError(f"{mask_path}: mask {mask.shape} does not match its image {image_path} "
+                            f"{image.shape[:2]}; re-run `vpltool crf` on this dataset")
+    return image, mask
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+class PseudoMaskSet(torch.utils.data.Dataset):
+    """Augmented ``(pixels [3, S, S] float32, mask [S, S] int64)`` per key ``(index, epoch)``."""
+
+    def __init__(self, pairs: list[tuple[str, Path, Path]], cfg: DecoderConfig, mean, std):
+        self.pairs, self.cfg, self.mean, self.std = pairs, cfg, tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, epoch = key
+        image, mask = read_pair(*self.pairs[index][1:])
+        pixels, labels = augment(image, mask, sample_rng(self.cfg.seed, epoch, index), self.cfg, self.mean, self.std)
+        return torch.from_numpy(pixels), torch.from_numpy(labels)
+
+
+class BatchPlan(torch.utils.data.Sampler):
+    """This process's batches of ``(index, epoch)`` keys for iterations ``start .. stop - 1``.
+
+    Each epoch is DistributedSampler's shuffled order (seed + epoch, ``drop_last``) cut into batches, the last
+    partial batch dropped; a run resumed at ``start`` sees exactly the batches the uninterrupted run saw.
+    """
+
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, start: int, stop: int):
+        self.sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True,
+                                                           seed=seed, drop_last=True)
+        self.batch_size, self.start, self.stop = batch_size, start, stop
+        self.per_epoch = len(self.sampler) // batch_size
+        if self.per_epoch == 0:
+            raise VplError(f"{n} pseudo masks cannot fill a batch of {batch_size} on each of {world} process(es); "
+                           "lower --batch-size")
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        it = self.start
+        epoch, skip = divmod(it, self.per_epoch)
+        while it < self.stop:
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)
+            for b in range(skip, self.per_epoch):
+                if it >= self.stop:
+                    return
+                yield [(i, epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+                it += 1
+            epoch, skip = epoch + 1, 0
+
+
+class FeatureCache:
+    """Frozen features of each training image resized to ``crop x crop``, and of its mirror image.
+
+    Attributes:
+        feats: ``[n, 2, L, h, w, width]`` float16 (view 1 = mirrored), on the CPU.
+        masks: ``[n, 2, S, S]`` uint8.
+    """
+
+    def __init__(self, feats: Tensor, masks: Tensor):
+        self.feats, self.masks = feats, masks
+
+    @classmethod
+    def build(cls, bb: ClipBackbone, pairs, blocks, crop: int, dtype: torch.dtype) -> FeatureCache:
+        grid = crop // bb.patch_size
+        need = len(pairs) * 2 * (len(blocks) * grid * grid * bb.width * 2 + crop * crop)
+        if need > 0.5 * available_memory():
+            raise VplError(f"--cache-features needs {need / 2**30:.1f} GiB for {len(pairs)} images, more than half "
+                           "the free memory; train without it or with a smaller --crop-size")
+        feats, masks = [], []
+        for _, image_path, mask_path in pairs:
+            image, mask = read_pair(image_path, mask_path)
+            pixels = bb.preprocess(image, (crop, crop))
+            views = torch.stack([pixels, pixels.flip(-1)])
+            feats.append(block_features(bb, views, blocks, dtype).half().cpu())
+            small = np.asarray(Image.fromarray(mask).resize((crop, crop), Image.NEAREST))
+            masks.append(torch.from_numpy(np.stack([small, small[:, ::-1]]).copy()))
+        return cls(torch.stack(feats), torch.stack(masks))
+
+    def batch(self, keys: list[tuple[int, int]], cfg: DecoderConfig) -> tuple[Tensor, Tensor]:
+        """Features ``[B, L, h, w, width]`` float16 and masks ``[B, S, S]`` int64 of the keys' views."""
+        views = [int(cfg.flip and sample_rng(cfg.seed, e, i).random() < 0.5) for i, e in keys]
+        idx = torch.tensor([i for i, _ in keys])
+        return self.feats[idx, views], self.masks[idx, views].long()

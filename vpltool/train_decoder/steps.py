@@ -1,0 +1,150 @@
+"""train-decoder's optimisation: learning rate, losses (Eq. 14), one step, checkpoints, and DDP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import io
+from ..config import DecoderConfig
+from ..decoder import (
+    SegDecoder,
+    balanced_ce_loss,
+    ce_loss,
+    present_classes,
+    region_embeddings,
+    region_masks,
+    rsc_loss,
+)
+from ..device import autocast, resolve_device
+from ..errors import VplError
+
+RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every")  # fields a resumed run may change
+
+
+def lr_at(cfg: DecoderConfig, it: int) -> float:
+    """Learning rate of iteration ``it`` (0-based): linear warm-up, then ``(1 - it/iters)^poly_power``."""
+    warm = min(1.0, (it + 1) / cfg.warmup_iters) if cfg.warmup_iters > 0 else 1.0
+    return cfg.lr * warm * max(0.0, 1.0 - it / cfg.iters) ** cfg.poly_power
+
+
+def make_optimizer(model: SegDecoder, cfg: DecoderConfig) -> torch.optim.Optimizer:
+    """SGD (paper) or AdamW (WeCLIP) over the trainable decoder parameters (W only with train_prototypes)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+
+
+def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
+                   dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """Eq. 14 on one batch: the decoder under autocast (``dtype``, CUDA only), the losses in fp32.
+
+    Args:
+        model: a :class:`SegDecoder` (or its DDP wrapper).
+        feats: ``[B, L, h, w, width]`` frozen features; target: ``[B, S, S]`` int64 pseudo masks (255 = ignore).
+
+    Returns:
+        ``loss``, ``ce`` and (when ``lambda_rsc > 0``) ``rsc``, float32 scalars with gradients.
+    """
+    with autocast(feats.device, dtype):
+        v, logits, protos = model(feats)
+    up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False).float()
+    ce = balanced_ce_loss(up, target) if cfg.loss == "balanced" else ce_loss(up, target)
+    out = {"ce": ce, "loss": cfg.lambda_ce * ce}
+    if cfg.lambda_rsc > 0:
+        present = present_classes(target, logits.shape[1])
+        regions, region_class = region_embeddings(v, region_masks(logits, present), present)
+        row_class = getattr(model, "module", model).row_class
+        out["rsc"] = rsc_loss(regions, region_class, protos, row_class, cfg.rsc_temperature)
+        out["loss"] = out["loss"] + cfg.lambda_rsc * out["rsc"]
+    return out
+
+
+def train_step(model, optimizer: torch.optim.Optimizer, feats: Tensor, target: Tensor, cfg: DecoderConfig,
+               lr: float, dtype: torch.dtype = torch.float32, scaler=None) -> dict[str, float]:
+    """One optimisation step at learning rate ``lr``; returns the batch's losses before the step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    losses = compute_losses(model, feats, target, cfg, dtype)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:  # fp16 only: bf16 has fp32's range and needs no loss scaling
+        scaler.scale(losses["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        losses["loss"].backward()
+        optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def save_checkpoint(path: Path, model: SegDecoder, optimizer: torch.optim.Optimizer, iteration: int,
+                    classes, meta: dict[str, Any]) -> Path:
+    """Model and optimizer state in one file (:func:`vpltool.io.write_checkpoint`)."""
+    return io.write_checkpoint(path, model.state_dict(), optimizer.state_dict(), iteration, classes=classes,
+                               config=meta["decoder_config"], **meta)
+
+
+def load_checkpoint(path: Path, model: SegDecoder, optimizer: torch.optim.Optimizer) -> io.TensorFile:
+    """Restore model and optimizer from :func:`save_checkpoint`'s file; returns the file (``meta('iteration')``)."""
+    model_state, optim_state, f = io.read_checkpoint(path)
+    model.load_state_dict(model_state, strict=True)
+    optimizer.load_state_dict(optim_state)
+    return f
+
+
+def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any]) -> None:
+    old = f.meta("decoder_config")
+    changed = [k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and old.get(k) != _plain(v)]
+    if changed:
+        raise VplError(f"{f.path}: made with other settings ({', '.join(changed)}); resume with the same options "
+                       "or start again with --overwrite")
+    if f.meta("inputs") != json.loads(json.dumps(inputs, default=str)):
+        raise VplError(f"{f.path}: trained on other pseudo masks or prototypes; use --overwrite to start again")
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+@contextlib.contextmanager
+def distributed(device: str) -> Iterator[tuple[int, int, torch.device]]:
+    """``(rank, world_size, device)``; under torchrun (``WORLD_SIZE`` > 1) joins the process group (env://)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world == 1:
+        yield 0, 1, dev
+        return
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
+    try:
+        yield rank, world, dev
+        if created:  # leave together: a rank tearing gloo down while rank 0 still writes could abort the run
+            dist.barrier()
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _mean_across(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    if world == 1:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / world).tolist()))
