@@ -54,16 +54,17 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def features_dir(world, tiny_spec, tmp_path_factory) -> Path:
-    """`extract` output of the world's train split (finished: ``_stage.json`` present)."""
+    """`extract --cache full` output of the world's train split (finished: ``_stage.json`` present)."""
     import torch
 
-    from vpltool.config import RuntimeConfig
+    from vpltool.config import ExtractConfig, RuntimeConfig
     from vpltool.data import open_dataset
     from vpltool.extract import run_extract
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("features")
-    run_extract(open_dataset(world, "train"), out, tiny_spec, runtime=RuntimeConfig(device="cpu", workers=1))
+    run_extract(open_dataset(world, "train"), out, tiny_spec, ExtractConfig(cache="full"),
+                RuntimeConfig(device="cpu", workers=1))
     return out
 
 

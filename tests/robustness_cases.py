@@ -181,7 +181,7 @@ def _unknown_split(ws: Workspace) -> Iterator[list[object]]:
 # ---- wrong folder or file given to a stage
 @case("dataset folder where an extract folder belongs")
 def _dataset_for_features(ws: Workspace) -> Iterator[list[object]]:
-    yield ["cam", ws.world, "-p", ws.text, "-o", ws.out("out"), *CPU]
+    yield ["learn-prototypes", ws.world, "--cams", ws.cams, "--text", ws.text, "-o", ws.out("w.safetensors"), *CPU]
 
 
 @case("another stage's folder (extract folder given to crf)")

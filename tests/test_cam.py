@@ -8,7 +8,7 @@ import torch
 
 from vpltool import io
 from vpltool.backbone import load_backbone
-from vpltool.cam import affinity, box_mask, cams_for_image, refine, run_cam
+from vpltool.cam import affinity, box_mask, cached_tokens, cams_for_image, refine, run_cam
 from vpltool.config import CamConfig, ExtractConfig
 from vpltool.errors import ContractError
 from vpltool.extract import run_extract
@@ -103,7 +103,7 @@ def test_cache_and_no_cache_give_the_same_cams(world, tiny_spec, features_dir, t
     from vpltool.data import open_dataset
 
     no_tokens = tmp_path / "features_no_tokens"
-    run_extract(open_dataset(world, "train"), no_tokens, tiny_spec, ExtractConfig(store_tokens=False))
+    run_extract(open_dataset(world, "train"), no_tokens, tiny_spec, ExtractConfig(cache="light"))
     a, b = tmp_path / "a", tmp_path / "b"
     run_cam(features_dir, text_protos, a)
     run_cam(no_tokens, text_protos, b)
@@ -146,8 +146,9 @@ def test_caa_sgc_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, w
     items = open_dataset(world, "train").by_id()
     path = next(p for p in sorted(features_dir.glob("*.safetensors")) if io.read_features(p).labels)
     feats = io.read_features(path)
-    res = cams_for_image(bb, feats, io.read_prototypes(text_protos), CamConfig(refine="caa+sgc"), 0.01,
-                         load_image(items[feats.id].image))
+    image = load_image(items[feats.id].image)
+    tokens = cached_tokens(bb, path, None, image, ExtractConfig())
+    res = cams_for_image(bb, tokens, io.read_prototypes(text_protos), CamConfig(refine="caa+sgc"), 0.01, image)
     assert res.maps.shape[1:] == feats.image_size and res.maps.min() >= 0 and res.maps.max() <= 1
 
 
@@ -176,3 +177,25 @@ def test_save_debug_writes_every_step(features_dir, text_protos, tmp_path):
         # the stored CAM is the min-max of the debug's pre-min-max map, resized to the image
         assert torch.allclose(upsample(minmax(d["refined_before_minmax"]), cams.shape[1:]), cams, atol=2e-3)
     assert checked
+
+
+def test_cam_straight_from_a_dataset_equals_cam_from_an_extract_cache(world, features_dir, text_protos, tmp_path):
+    """One process, no cache: the same maps as extract + cam (which rounds the cached tokens to fp16)."""
+    run_cam(features_dir, text_protos, tmp_path / "cached")
+    summary = run_cam(world, text_protos, tmp_path / "direct", split="train")
+    assert summary.done == len(io.item_ids(tmp_path / "cached"))
+    record = io.read_stage_record(tmp_path / "direct", "cam")
+    assert "features" not in record["inputs"] and record["inputs"]["dataset"]["split"] == "train"
+    for item_id in io.item_ids(tmp_path / "cached"):
+        a, b = io.read_cam(io.cam_path(tmp_path / "cached", item_id)), io.read_cam(io.cam_path(tmp_path / "direct",
+                                                                                                 item_id))
+        assert a.labels == b.labels and a.cams.shape == b.cams.shape
+        if a.labels:
+            assert np.abs(a.cams.astype(np.float32) - b.cams.astype(np.float32)).max() < 2e-2
+
+
+def test_split_is_refused_on_an_extract_folder(features_dir, text_protos, tmp_path):
+    from vpltool.errors import VplError
+
+    with pytest.raises(VplError, match="--split"):
+        run_cam(features_dir, text_protos, tmp_path / "cams", split="val")

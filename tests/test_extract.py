@@ -69,8 +69,9 @@ def test_rerun_skips_and_overwrite_redoes(train, tiny_spec, tmp_path):
 
 
 def test_batch_size_does_not_change_features(train, tiny_spec, tmp_path):
-    _run(train, tmp_path / "b1", tiny_spec, runtime=RuntimeConfig(device="cpu", workers=1, batch_size=1))
-    _run(train, tmp_path / "b4", tiny_spec, runtime=RuntimeConfig(device="cpu", workers=2, batch_size=4))
+    full = ExtractConfig(cache="full")
+    _run(train, tmp_path / "b1", tiny_spec, full, runtime=RuntimeConfig(device="cpu", workers=1, batch_size=1))
+    _run(train, tmp_path / "b4", tiny_spec, full, runtime=RuntimeConfig(device="cpu", workers=2, batch_size=4))
     for item in train.items:
         a = io.read_tensors(io.feature_path(tmp_path / "b1", item.id), kind="features")
         b = io.read_tensors(io.feature_path(tmp_path / "b4", item.id), kind="features")
@@ -89,10 +90,10 @@ def test_shards_split_the_work_and_the_last_one_writes_the_record(train, tiny_sp
 
 
 def test_no_tokens_stores_only_dense(train, tiny_spec, tmp_path):
-    _run(train, tmp_path, tiny_spec, ExtractConfig(store_tokens=False))
+    _run(train, tmp_path, tiny_spec, ExtractConfig(cache="light"))
     path = io.feature_path(tmp_path, train.items[0].id)
     assert set(io.read_tensors(path, kind="features").tensors) == {"dense"}
-    with pytest.raises(ContractError, match="--tokens"):
+    with pytest.raises(ContractError, match="--cache full"):
         io.read_features(path, need_tokens=True)
 
 
@@ -108,13 +109,13 @@ def test_corrupt_image_stops_the_run_naming_it_and_keeps_finished_items(tiny_spe
     bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
     data, out = open_dataset(root, "train"), tmp_path / "out"
     with pytest.raises(ContractError, match="train_000002.png"):
-        _run(data, out, tiny_spec, runtime=RuntimeConfig(device="cpu", workers=1, batch_size=1))
+        _run(data, out, tiny_spec, ExtractConfig(cache="full"), RuntimeConfig(device="cpu", workers=1, batch_size=1))
     assert sorted(p.stem for p in out.glob("*.safetensors")) == ["train_000000", "train_000001"]
     for p in out.glob("*.safetensors"):
         io.read_features(p, need_tokens=True)  # the finished ones are whole
     assert _leftovers(out) == [] and not io.stage_record_path(out).exists()
     shutil.copy(root / "images" / "train_000003.png", bad)  # repaired: the re-run does only what is missing
-    summary = _run(data, out, tiny_spec)
+    summary = _run(data, out, tiny_spec, ExtractConfig(cache="full"))
     assert (summary.done, summary.skipped, summary.complete) == (2, 2, True)
 
 

@@ -85,8 +85,8 @@ def test_positional_embedding_rounded_to_float16(tiny_spec):
 def test_parity_extract_caches_float32_tokens_and_rounds_the_pos_emb(world, tiny_spec, tmp_path):
     train = open_dataset(world, "train")
     runtime = RuntimeConfig(device="cpu", workers=1)
-    run_extract(train, tmp_path / "parity", tiny_spec, ExtractConfig(parity="clip-es"), runtime)
-    run_extract(train, tmp_path / "plain", tiny_spec, ExtractConfig(), runtime)
+    run_extract(train, tmp_path / "parity", tiny_spec, ExtractConfig(parity="clip-es", cache="full"), runtime)
+    run_extract(train, tmp_path / "plain", tiny_spec, ExtractConfig(cache="full"), runtime)
     item = train.items[0].id
     parity = io.read_tensors(io.feature_path(tmp_path / "parity", item), kind="features")
     plain = io.read_tensors(io.feature_path(tmp_path / "plain", item), kind="features")

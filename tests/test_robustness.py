@@ -38,7 +38,7 @@ DECODER_ITERS, CHECKPOINT_EVERY = 8, 2
 
 # --------------------------------------------------------------------------------------------- the commands
 def _extract_args(world: Path, out: Path) -> list[object]:
-    return ["extract", world, "-o", out, *rc.TINY, "--batch-size", "1", "--workers", "1", *rc.CPU]
+    return ["extract", world, "-o", out, *rc.TINY, "--cache", "full", "--batch-size", "1", "--workers", "1", *rc.CPU]
 
 
 def _cam_args(features: Path, text: Path, out: Path) -> list[object]:

@@ -18,7 +18,6 @@ from vpltool.demo.scenes import (
     SceneConfig,
     caption_vocabulary,
     compose,
-    contact_sheet,
     generate_scenes,
     render_scene,
     tokenize_caption,
@@ -165,13 +164,6 @@ def test_rerun_is_idempotent_and_files_are_byte_identical(tmp_path, monkeypatch)
     assert write_dataset(tmp_path / "a", n_train=3, n_val=1, seed=2) == a
     with pytest.raises(VplError, match="other parameters"):
         write_dataset(tmp_path / "a", n_train=3, n_val=1, seed=3)
-
-
-def test_contact_sheet(tmp_path):
-    s = list(generate_scenes(2, seed=0))
-    path = contact_sheet([[s[0].image, s[0].mask], [s[1].image, s[1].mask]], ["image", "mask"], tmp_path / "c.png")
-    with Image.open(path) as img:
-        assert img.mode == "RGB" and img.width == 2 + 2 * 98 and img.height == 14 + 2 + 2 * 98
 
 
 def test_rendering_speed_is_reported():

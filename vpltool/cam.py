@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from . import io
-from .backbone import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_backbone
+from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import CamConfig, ExtractConfig, RuntimeConfig, from_params, to_params
 from .data import open_recorded
-from .device import resolve_device
+from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
 from .kernels import minmax, upsample
 
@@ -138,138 +138,230 @@ class CamResult:
     refined: Refined | None = None  # CAA's intermediate maps and boxes (None with --refine none)
 
 
-def caa_attention(feats: io.Features, attn_last: torch.Tensor, wanted: int, n_blocks: int) -> torch.Tensor:
-    """``[hw, hw]``: the mean over the last ``wanted`` blocks of the head-mean attention without CLS (cached mean
-    of the earlier blocks + the last block's own ``attn_last`` ``[1+hw, 1+hw]``)."""
-    n_prev = int(feats.file.meta("attention_blocks", 0))
+@dataclass
+class ImageTokens:
+    """What `cam` needs of one image's frozen pass (from an `extract` cache, or computed from the image).
+
+    Attributes:
+        last_block_input: ``[1 + hw, width]`` float32 tokens entering the last block.
+        attention: ``[hw, hw]`` mean head-averaged attention (CLS removed) of the ``n_prev`` blocks before the last;
+            None when ``n_prev`` is 0.
+    """
+
+    id: str
+    labels: tuple[int, ...]
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    last_block_input: torch.Tensor
+    attention: torch.Tensor | None
+    n_prev: int
+    source: str  # the file or image the tokens came from, for messages
+
+
+def caa_attention(tokens: ImageTokens, attn_last: torch.Tensor, wanted: int, n_blocks: int) -> torch.Tensor:
+    """``[hw, hw]``: the mean over the last ``wanted`` blocks of the head-mean attention without CLS (the earlier
+    blocks' mean + the last block's own ``attn_last`` ``[1+hw, 1+hw]``); CLIP-ES averages the last 8."""
     wanted = min(wanted, n_blocks)
     if wanted == 1:  # the last block's own map alone: no cache needed
         return attn_last[1:, 1:]
-    if wanted != n_prev + 1:
-        raise ContractError(f"{feats.file.path}: extract averaged {n_prev + 1} attention blocks, cam asks for "
+    if wanted != tokens.n_prev + 1:
+        raise ContractError(f"{tokens.source}: extract averaged {tokens.n_prev + 1} attention blocks, cam asks for "
                             f"{wanted}; re-run extract with --attention-blocks {wanted} (or use 1: the last block "
                             "alone)")
-    return (feats.attention.to(attn_last) * n_prev + attn_last[1:, 1:]) / (n_prev + 1)
+    return (tokens.attention.to(attn_last) * tokens.n_prev + attn_last[1:, 1:]) / (tokens.n_prev + 1)
 
 
-def cams_for_image(bb: ClipBackbone, feats: io.Features, protos: io.Prototypes, cfg: CamConfig,
+def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig,
                    temperature: float, image: np.ndarray | None = None) -> CamResult:
-    """Everything of steps 1-4 for one image whose tokens are known (``feats.last_block_input``)."""
-    labels = tuple(int(c) for c in feats.labels)
-    cam = bb.gradcam(feats.last_block_input, feats.grid, protos.image_rows(labels), len(labels), temperature,
+    """Steps 1-4 of the module docstring for one image."""
+    labels = tokens.labels
+    cam = bb.gradcam(tokens.last_block_input, tokens.grid, protos.image_rows(labels), len(labels), temperature,
                      layer=cfg.layer)
     maps, refined = cam.maps, None
     if cfg.refine != "none" and len(labels):
         parity = cfg.parity == "clip-es"
-        trans = affinity(caa_attention(feats, cam.attention, cfg.attention_blocks, bb.n_blocks), exact=parity)
+        trans = affinity(caa_attention(tokens, cam.attention, cfg.attention_blocks, bb.n_blocks), exact=parity)
         refined = refine(cam.maps, trans, cfg.box_threshold, parity=parity)
         maps = refined.maps
     maps = maps.cpu()
     if cfg.refine == "caa+sgc" and len(labels):
         if image is None:
             raise VplError("--refine caa+sgc needs the images; the dataset recorded by extract must be readable")
-        maps = minmax(superpixel_smooth(upsample(maps, feats.image_size), image, cfg.sgc_segments,
+        maps = minmax(superpixel_smooth(upsample(maps, tokens.image_size), image, cfg.sgc_segments,
                                         cfg.sgc_compactness))
     return CamResult(maps, labels, cam.maps.cpu(), cam.probs.cpu(), refined)
 
 
+def cached_tokens(bb: ClipBackbone, path: Path, classes, image: np.ndarray | None,
+                  extract_cfg: ExtractConfig) -> ImageTokens:
+    """One image's tokens from its `extract` file; a light cache is completed from the image."""
+    feats = io.read_features(path, classes=classes)
+    if feats.last_block_input is None:  # a light cache: run the frozen blocks here
+        if image is None:
+            raise VplError(f"{path}: no cached tokens and image '{feats.id}' not found; restore the dataset or "
+                           "re-run extract with --cache full")
+        bb.fill_tokens(feats, image, extract_cfg.attention_blocks, extract_cfg.parity)
+    n_prev = int(feats.file.meta("attention_blocks", 0))
+    if feats.attention is not None and feats.attention.shape[0] != feats.grid[0] * feats.grid[1]:
+        raise ContractError(f"{path}: attention does not match the patch grid; re-run extract")
+    return ImageTokens(feats.id, tuple(int(c) for c in feats.labels), feats.image_size, feats.grid,
+                       feats.last_block_input, feats.attention, n_prev, str(path))
+
+
+@torch.no_grad()
+def image_tokens(bb: ClipBackbone, item, image: np.ndarray, cfg: CamConfig, dtype: torch.dtype) -> ImageTokens:
+    """One image's tokens by running the frozen blocks now (a dataset given to `cam` directly; nothing cached).
+
+    Sizes follow CLIP-ES (each side rounded up to the patch size); fp32, or ``dtype`` autocast (bf16 where it pays).
+    """
+    size = bb.input_size(*image.shape[:2])
+    with autocast(bb.device, dtype):
+        tokens, attention, grid = bb.frozen_pass(bb.preprocess(image, size)[None], cfg.attention_blocks,
+                                                 fp16_pos=cfg.parity == "clip-es")
+    n_prev = min(cfg.attention_blocks, bb.n_blocks) - 1
+    return ImageTokens(item.id, tuple(item.labels), tuple(image.shape[:2]), grid, tokens[0].float(),
+                       attention[0].float() if n_prev else None, n_prev, str(item.image))
+
+
 # --------------------------------------------------------------------------------------------- the stage
+def _decoded(items, workers: int):
+    """``(item, image)`` decoded ahead by a thread pool (PIL releases the GIL while decoding), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        yield from zip(items, pool.map(lambda it: io.load_image(it.image), items))
+
+
 def run_cam(
-    features: str | Path,
+    source: str | Path,
     prototypes: str | Path,
     out: str | Path,
     cfg: CamConfig = CamConfig(),
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
+    split: str | None = None,
     overlays: str | Path | None = None,
     debug: str | Path | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
 ) -> io.StageSummary:
-    """CAMs for every image of an `extract` folder, with the classes of its image-level labels.
+    """CAMs for every image of an `extract` folder, or of a dataset given directly, with its image-level labels.
 
-    ``overlays``: a folder for heat-map PNGs. ``debug``: a folder for each image's intermediate maps (kind
-    ``cam-debug``, docs/file-formats.md). ``backbone`` reuses an already loaded model; it must be the one recorded
-    by `extract`.
+    Args:
+        source: an `extract` folder (its cache, its model), or a dataset (VOC/COCO root, folder, manifest) with
+            ``split``: the frozen blocks then run here, in this one process, and nothing is cached; the CLIP model
+            is the one the prototypes were made with.
+        overlays: a folder for heat-map PNGs. debug: a folder for each image's intermediate maps (kind
+            ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
     """
-    features, out = Path(features), Path(out)
-    record = io.read_stage_record(features, "extract")
-    classes = record["classes"]
-    protos = io.read_prototypes(prototypes, classes=classes, model=record["params"]["model"])
-    extract_cfg = from_params(ExtractConfig, record["params"])
-    if cfg.parity == "clip-es" and extract_cfg.parity != "clip-es":
-        raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
-                       "CLIP-ES; re-run extract with --parity clip-es")
-    if cfg.layer not in GRADCAM_LAYERS:
-        raise VplError(f"--layer {cfg.layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
-    temperature = cfg.temperature or protos.temperature
-    params = {**to_params(cfg), "temperature": temperature, "prototypes": io.file_identity(protos.path,
-                                                                                          source=protos.source)}
-    ids = io.item_ids(features)
-    need_images = cfg.refine == "caa+sgc" or overlays is not None or not extract_cfg.store_tokens
-    items = open_recorded(features).by_id() if need_images else {}
+    source, out = Path(source), Path(out)
+    extract_record = io.stage_record_path(source)
+    if extract_record.is_file() and io.read_json(extract_record).get("stage") == "extract":
+        if split is not None:
+            raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
+        return _run_on(_FromFeatures(source, prototypes, cfg), out, cfg, runtime, overlays, debug, on_item, on_start,
+                       backbone)
+    return _run_on(_FromDataset(source, split, prototypes, cfg), out, cfg, runtime, overlays, debug, on_item,
+                   on_start, backbone)
+
+
+class _FromFeatures:
+    """`cam` on an `extract` folder: labels, tokens (or the light cache's dense only) and model come from it."""
+
+    def __init__(self, features: Path, prototypes, cfg: CamConfig):
+        self.record = io.read_stage_record(features, "extract")
+        self.features, self.classes = features, self.record["classes"]
+        self.model = self.record["params"]["model"]
+        self.protos = io.read_prototypes(prototypes, classes=self.classes, model=self.model)
+        self.extract_cfg = from_params(ExtractConfig, self.record["params"])
+        if cfg.parity == "clip-es" and self.extract_cfg.parity != "clip-es":
+            raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
+                           "CLIP-ES; re-run extract with --parity clip-es")
+        self.ids = io.item_ids(features)
+        self.need_images = cfg.refine == "caa+sgc" or not self.extract_cfg.store_tokens
+        self.inputs = {"features": io.sha256_file(io.stage_record_path(features)),
+                       "dataset": self.record["inputs"]["dataset"]}
+
+    def dataset(self):
+        return open_recorded(self.features)
+
+    def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
+        return cached_tokens(bb, io.feature_path(self.features, item_id), self.classes, image, self.extract_cfg)
+
+
+class _FromDataset:
+    """`cam` straight from a dataset: one process, one frozen pass per image, no cache written."""
+
+    def __init__(self, root: Path, split: str | None, prototypes, cfg: CamConfig):
+        from .data import open_dataset
+
+        self.data = open_dataset(root, split)
+        self.classes = list(self.data.classes)
+        self.protos = io.read_prototypes(prototypes, classes=self.classes)
+        self.model = self.protos.model
+        self.ids = [it.id for it in self.data.items]
+        self.need_images, self.cfg = True, cfg
+        self.inputs = {"dataset": self.data.identity()}
+
+    def dataset(self):
+        return self.data
+
+    def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
+        return image_tokens(bb, item, image, self.cfg, dtype)
+
+
+def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, debug, on_item, on_start,
+            backbone) -> io.StageSummary:
+    """The per-image loop shared by both sources (the skeleton of :class:`vpltool.io.StageFolder`)."""
+    device = resolve_device(runtime.device)
+    dtype = resolve_precision(runtime.precision, device)
+    temperature = cfg.temperature or src.protos.temperature
+    params = {**to_params(cfg), "temperature": temperature,
+              "prototypes": io.file_identity(src.protos.path, source=src.protos.source)}
+    need_images = src.need_images or overlays is not None
+    items = src.dataset().by_id() if need_images else {}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite) as folder:
-        todo = folder.todo(ids, io.cam_path)
+        todo = folder.todo(src.ids, io.cam_path)
         if on_start:
             on_start(len(todo))
         if todo:
-            bb = backbone or load_backbone(ModelSpec.from_identity(record["params"]["model"]),
-                                           resolve_device(runtime.device))
-            if bb.embed_dim != protos.dim:
-                raise ContractError(f"{prototypes}: prototypes are {protos.dim}-d but the model's features are "
-                                    f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
-            for item_id in todo:
-                _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params,
-                         extract_cfg, overlays, debug)
+            bb = backbone or load_backbone(ModelSpec.from_identity(src.model), device)
+            if bb.embed_dim != src.protos.dim:
+                raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
+                                    f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
+            pending = [items[i] for i in todo] if need_images else [None] * len(todo)
+            decoded = _decoded(pending, runtime.workers) if need_images else zip(todo, pending)
+            for item_id, (_, image) in zip(todo, decoded):
+                tokens = src.tokens(bb, item_id, items.get(item_id), image, dtype)
+                result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image)
+                _write(out, item_id, tokens, result, src, params, image, overlays, debug)
                 if on_item:
                     on_item(1)
-        folder.complete(count=len(ids), inputs={"features": io.sha256_file(io.stage_record_path(features)),
-                                                "dataset": record["inputs"]["dataset"]})
-    return io.StageSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start)
+        folder.complete(count=len(src.ids), inputs=src.inputs)
+    return io.StageSummary(done=len(todo), skipped=len(src.ids) - len(todo), seconds=time.perf_counter() - start)
 
 
-def _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params, extract_cfg, overlays,
-             debug):
-    feats = io.read_features(io.feature_path(features, item_id), classes=classes)
-    image = io.load_image(items[item_id].image) if items else None
-    if feats.last_block_input is None:  # a light cache: run the frozen blocks here
-        if image is None:
-            raise VplError(f"{feats.file.path}: no cached tokens and image '{item_id}' not found; restore the "
-                           "dataset or re-run extract --tokens")
-        _recompute_tokens(bb, feats, image, extract_cfg)
-    if feats.attention is not None and feats.attention.shape[0] != feats.grid[0] * feats.grid[1]:
-        raise ContractError(f"{feats.file.path}: attention does not match the patch grid; re-run extract")
-    result = cams_for_image(bb, feats, protos, cfg, temperature, image)
-    io.write_cam(io.cam_path(out, item_id), result.maps, result.labels, image_size=feats.image_size,
-                 classes=classes, params=params, id=item_id)
+def _write(out: Path, item_id: str, tokens: ImageTokens, result: CamResult, src, params, image, overlays,
+           debug) -> None:
+    io.write_cam(io.cam_path(out, item_id), result.maps, result.labels, image_size=tokens.image_size,
+                 classes=src.classes, params=params, id=item_id)
     if overlays is not None and image is not None:
-        io.write_png(io.mask_path(overlays, item_id), overlay(image, io.read_cam(io.cam_path(out, item_id)).cams,
-                                                             result.labels, classes))
+        io.write_png(io.mask_path(overlays, item_id),
+                     overlay(image, io.read_cam(io.cam_path(out, item_id)).cams, result.labels, src.classes))
     if debug is not None:
         io.write_cam_debug(io.cam_path(debug, item_id), result.raw, result.probs, result.labels,
                            None if result.refined is None else result.refined.before_minmax,
                            None if result.refined is None else result.refined.boxes,
-                           classes=classes, params=params, id=item_id, row_names=_row_names(protos, result.labels))
+                           classes=src.classes, params=params, id=item_id,
+                           row_names=_row_names(src.protos, result.labels))
 
 
 def _row_names(protos: io.Prototypes, labels) -> list[str]:
     """Display names of an image's softmax rows, in :meth:`io.Prototypes.image_rows` order."""
     rows = [int(protos.class_rows()[c - 1]) for c in labels] + protos.background_rows().tolist()
     return [protos.row_names[r] for r in rows]
-
-
-@torch.no_grad()
-def _recompute_tokens(bb: ClipBackbone, feats: io.Features, image: np.ndarray, extract_cfg: ExtractConfig) -> None:
-    """Fill ``feats``' tokens and attention from the image, rounded like `extract`'s cache would have stored them
-    (:func:`vpltool.io.token_dtype`), so a run with and without cached tokens gives the same maps."""
-    pixels = bb.preprocess(image, feats.input_size)[None]
-    tokens, attention, _ = bb.frozen_pass(pixels, extract_cfg.attention_blocks,
-                                          fp16_pos=extract_cfg.parity == "clip-es")
-    dtype = io.token_dtype(extract_cfg.parity)
-    feats.last_block_input = tokens[0].cpu().to(dtype).float()
-    feats.attention = attention[0].cpu().to(dtype).float()
 
 
 def overlay(image: np.ndarray, cams: np.ndarray, labels, classes) -> np.ndarray:

@@ -5,10 +5,10 @@ Per image ``<out>/<id>.safetensors`` (kind ``features``):
 * ``dense``            ``[h, w, D]`` float16 — patch tokens after the last block, ``ln_post`` then ``proj``
   (the joint image-text space; *not* normalised: their mean is CLIP-ES's image embedding).
 * ``last_block_input`` ``[1 + h*w, width]`` float16 — tokens entering the last block (token 0 = CLS); `cam`
-  re-runs only that block with autograd for GradCAM.            (unless ``--no-tokens``)
+  re-runs only that block with autograd for GradCAM.            (``--cache full`` only)
 * ``attention``        ``[h*w, h*w]`` float16 — mean over the ``attention_blocks - 1`` blocks before the last
   of the head-averaged attention with the CLS row/column removed; `cam` adds the last block's own map to get
-  CLIP-ES's mean over the last ``attention_blocks``.           (unless ``--no-tokens``)
+  CLIP-ES's mean over the last ``attention_blocks``.           (``--cache full`` only)
 """
 
 from __future__ import annotations

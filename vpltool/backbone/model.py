@@ -226,6 +226,28 @@ class ClipBackbone:
             attention = torch.zeros(len(pixels), hw, hw, device=enc.tokens.device)
         return enc.tokens, attention, enc.grid
 
+    @torch.no_grad()
+    def fill_tokens(self, feats, image: np.ndarray, attention_blocks: int, parity: str = "none") -> None:
+        """Give a features record of a light cache (``feats.last_block_input is None``) its tokens and attention.
+
+        Args:
+            feats: a :class:`vpltool.io.Features`, changed in place.
+            image: ``[H0, W0, 3]`` uint8, the image the features were extracted from.
+            attention_blocks, parity: the `extract` settings recorded for those features.
+
+        The values are rounded like `extract`'s full cache stores them (:func:`vpltool.io.token_dtype`), so a stage
+        gives the same maps with and without cached tokens.
+        """
+        from ..io import token_dtype
+
+        if feats.last_block_input is not None:
+            return
+        pixels = self.preprocess(image, feats.input_size)[None]
+        tokens, attention, _ = self.frozen_pass(pixels, attention_blocks, fp16_pos=parity == "clip-es")
+        dtype = token_dtype(parity)
+        feats.last_block_input = tokens[0].cpu().to(dtype).float()
+        feats.attention = attention[0].cpu().to(dtype).float()
+
     def dense(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens after the last block ``[B, 1+hw, width]`` -> patch features ``[B, hw, D]`` (joint space, not
         normalised)."""

@@ -74,11 +74,12 @@ def demo_report_cmd(
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
-    """Table of mIoU per stage next to chance; writes RUN/metrics.json and RUN/contact_sheet.png."""
+    """Table of mIoU per stage, train and held-out, next to chance; writes RUN/metrics.json and the contact sheets
+    RUN/contact_sheet.png (train) and RUN/contact_sheet_val.png (held-out, with the decoder's prediction)."""
     from rich.console import Console
 
     from ..demo.report import format_report, run_demo_report
 
     report = run_demo_report(run)
     Console().print(format_report(report))
-    say(f"[green]✓[/] demo-report → {run / 'metrics.json'}, {report['contact_sheet']}")
+    say(f"[green]✓[/] demo-report → {', '.join([str(run / 'metrics.json'), *report['sheets']])}")

@@ -66,8 +66,9 @@ def extract_cmd(
     max_side: Annotated[Optional[int], typer.Option(help="Shrink longer sides above this first.")] = None,
     attention_blocks: Annotated[int, typer.Option(help="Last blocks whose attention CAA averages.")] =
         ExtractConfig.attention_blocks,
-    tokens: Annotated[bool, typer.Option("--tokens/--no-tokens", help="Store the last block's input + attention "
-                                         "(needed by `cam`; ~2x the disk).")] = ExtractConfig.store_tokens,
+    cache: Annotated[str, typer.Option(help="light: dense features only (0.8 MB per 500x375 image; `cam` re-runs "
+                                       "the frozen blocks) | full: + the last block's input and attention (3.1 MB; a "
+                                       "fast second `cam` pass).")] = ExtractConfig.cache,
     parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's fp16-rounded positional embedding, tokens "
                                         "cached in fp32: for `cam --parity clip-es`).")] = ExtractConfig.parity,
     shard: Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset.")] = "0/1",
@@ -92,7 +93,7 @@ def extract_cmd(
 
     dataset = open_dataset(data, split, labels_file=labels_file, allow_pickle=allow_pickle)
     cfg = ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
-                        store_tokens=tokens, parity=parity)
+                        cache=cache, parity=parity)
     with progress("extract") as (on_start, on_item):
         summary = run_extract(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                               runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
@@ -149,10 +150,13 @@ def text_prototypes_cmd(
 @app.command("cam")
 @friendly_errors
 def cam_cmd(
-    features: Annotated[Path, typer.Argument(help="An `extract` folder (labels, tokens and model come from it).")],
+    source: Annotated[Path, typer.Argument(help="An `extract` folder (labels, cache and model come from it), or a "
+                                           "dataset (VOC/COCO root, folder, manifest): the frozen blocks then run "
+                                           "here, in one process, and nothing is cached.")],
     prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="A prototypes file: `text-prototypes` or "
-                                             "`learn-prototypes` output.")],
+                                             "`learn-prototypes` output; with a dataset it also names the CLIP.")],
     out: OutDir,
+    split: Split = None,
     refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (+ SLIC superpixel smoothing) | none.")] =
         CamConfig.refine,
     box_threshold: Annotated[float, typer.Option(help="CAA box threshold x max (VOC 0.4, COCO 0.7).")] =
@@ -160,30 +164,33 @@ def cam_cmd(
     layer: Annotated[str, typer.Option(help="GradCAM activations: input (the last block's ln_1 output: CLIP-ES "
                                        "and VPL, the paper's) | output (the last block's output tokens).")] =
         CamConfig.layer,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature; default: the prototypes "
-                                                         "file's (1/logit_scale for text, tau_I for vision).")] = None,
-    parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's box ends; the extract folder must be made "
-                                        "with --parity clip-es too).")] = CamConfig.parity,
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature [default: the prototypes "
+                                                         "file's: 1/logit_scale for text, tau_I for vision].",
+                                                         show_default=False)] = CamConfig.temperature,
+    parity: Annotated[str, typer.Option(help="none | clip-es (reproduce CLIP-ES's arithmetic; an extract folder "
+                                        "must be made with --parity clip-es too).")] = CamConfig.parity,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
                                                        "(docs/file-formats.md).")] = None,
     device: Device = _R.device,
+    precision: Precision = _R.precision,
+    workers: Workers = _R.workers,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
     """Softmax-GradCAM at the last block + class-aware attention affinity, for each image's labelled classes.
 
-    [dim]Example: vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text[/]
+    [dim]Examples: vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
+    vpltool cam data/VOC2012 --split train -p runs/voc/text.safetensors -o runs/voc/cams_text[/]
     """
     from ..cam import run_cam
 
     cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer)
     with progress("cam") as (on_start, on_item):
-        s = run_cam(features, prototypes, out, cfg, runtime(device, overwrite=overwrite), overlays=save_overlays,
-                    debug=save_debug,
-                    on_item=on_item, on_start=on_start)
+        s = run_cam(source, prototypes, out, cfg, runtime(device, precision, workers=workers, overwrite=overwrite),
+                    split=split, overlays=save_overlays, debug=save_debug, on_item=on_item, on_start=on_start)
     say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
 
 

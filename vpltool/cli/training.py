@@ -177,3 +177,39 @@ def eval_cmd(
     Console(width=None if typer.get_text_stream("stdout").isatty() else 100).print(format_table(result, classes))
     extra = f" (bg exponent {result['bg_exponent']:g})" if "bg_exponent" in result else ""
     say(f"[green]✓[/] eval: mIoU {100 * result['miou']:.2f} over {result['n_images']} images{extra}")
+
+
+@app.command("diagnose")
+@friendly_errors
+def diagnose_cmd(
+    features: Annotated[Path, typer.Argument(help="An `extract` folder of a split with ground-truth masks.")],
+    prototypes: Annotated[list[Path], typer.Option("--prototypes", "-p", help="Prototypes file(s) to diagnose "
+                                                   "(e.g. the learned vision prototypes); repeat for several.")],
+    text: Annotated[Optional[Path], typer.Option("--text", "-t", help="The text prototypes: diagnosed too, and the "
+                                                 "reference of the row-to-text figures.")] = None,
+    bg_exponents: Annotated[str, typer.Option(help="GradCAM maps: background = (1-max)^a, best a of these.")] =
+        floats_text(EvalConfig.bg_exponents),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures as JSON here.")] = None,
+    device: Device = _R.device,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Did learn-prototypes do its job? Pixel-classifier and GradCAM mIoU per layer, and the modality gap.
+
+    Run it on a labelled split (e.g. val) before spending GPU hours on the decoder: if the vision prototypes win as
+    a pixel classifier but lose as GradCAM at the last block's input, phase 1 fitted the pixels but GradCAM does not
+    carry its directions back (docs/learn-prototypes.md).
+
+    [dim]Example: vpltool diagnose runs/voc/features_val -p runs/voc/vision.safetensors -t runs/voc/text.safetensors[/]
+    """
+    from rich.console import Console
+
+    from ..diagnose import format_result, run_diagnose
+
+    cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"))
+    with progress("diagnose") as (on_start, on_item):
+        result = run_diagnose(features, prototypes, text, runtime(device), cfg=cfg, json_out=json_out,
+                              on_start=on_start, on_item=on_item)
+    Console(width=None if typer.get_text_stream("stdout").isatty() else 140).print(format_result(result))
+    say(f"[green]✓[/] diagnose: {result['images']} images, {len(result['rows'])} prototypes file(s)"
+        + (f" → {json_out}" if json_out else ""))

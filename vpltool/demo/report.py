@@ -1,14 +1,19 @@
-"""`vpltool demo-report`: one table of mIoU per pipeline stage next to chance, ``metrics.json`` and a contact sheet.
+"""`vpltool demo-report`: mIoU per pipeline stage on the training split and on the held-out split, next to chance.
 
-Chance baselines, computed on the same images and labels as the stages (never tuned on val):
+W (the vision prototypes) is learned on the training split only. Text CAMs, vision CAMs and CRF masks are scored on
+both splits (the paper's "seed" and "mask" figures are its *training*-split figures, labelled as such); the decoder
+is scored on the held-out split. CAMs are GradCAM at the last block's input (the paper's layer); the other layer and
+the pixel classifier come from `vpltool diagnose` (``RUN/metrics/diagnose_val.json``), labelled.
+
+Baselines, on the same images and labels as the stages (never tuned on val), per split:
 
 * ``all background``: every pixel predicted background.
-* ``random CAMs``: for each labelled class a smooth random map (bilinear-upsampled 4x4 uniform noise), scored with
-  the same background-exponent rule and exponent search as real CAMs. It knows the image-level labels, as every
-  stage does, so it is the floor a localisation method must beat.
+* ``chance``: for each labelled class a smooth random map (bilinear-upsampled 4x4 uniform noise), scored with the
+  same background-exponent rule and exponent search as real CAMs. It knows the image-level labels, as every stage
+  does, so it is the floor a localisation method must beat.
 
-Both are computed on the first ``CHANCE_IMAGES`` training images with ground truth (all of the demo world's 500), so
-the report of a full VOC or COCO run (``make voc`` / ``make coco``) does not re-read every mask for a floor.
+Both are computed on the first ``CHANCE_IMAGES`` images with ground truth of each split (all of the demo world's),
+so a full VOC or COCO report does not re-read every mask for a floor.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from .. import io
 from ..config import EvalConfig
@@ -25,13 +31,14 @@ from ..kernels import MiouAccumulator, cams_to_labels
 
 CHANCE_IMAGES = 500  # a floor needs no more; the demo world's default train split has exactly 500
 
-# (metrics file under RUN/metrics, display name, folder holding the stage output) in pipeline order
+# (display name, metrics file of the training split or None, of the held-out split or None), in pipeline order
 STAGES = (
-    ("cams_text.json", "CAM, text prototypes (train)", "cams_text"),
-    ("cams_vision.json", "CAM, vision prototypes (train)", "cams_vision"),
-    ("pseudo.json", "CRF pseudo masks (train)", "pseudo"),
-    ("pred_val.json", "decoder prediction (val)", "pred_val"),
+    ("CAM, text prototypes", "cams_text.json", "cams_text_val.json"),
+    ("CAM, vision prototypes (W learned on train)", "cams_vision.json", "cams_vision_val.json"),
+    ("CRF pseudo masks (from vision CAMs)", "pseudo.json", "pseudo_val.json"),
+    ("decoder prediction", None, "pred_val.json"),
 )
+SPLITS = ("train", "val")
 
 
 def chance_baselines(dataset, seed: int = 0, exponents=EvalConfig.bg_exponents,
@@ -56,94 +63,158 @@ def chance_baselines(dataset, seed: int = 0, exponents=EvalConfig.bg_exponents,
             "random CAMs": max(acc.result()["miou"] for acc in randoms.values()), "images": background.n_images}
 
 
+def _miou(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    result = io.read_json(path)
+    return {"miou": result["miou"], "n_images": result["n_images"], "bg_exponent": result.get("bg_exponent")}
+
+
 def collect(run: Path) -> list[dict[str, Any]]:
-    """One row per stage: its mIoU from ``RUN/metrics/*.json``, or a note why it is missing."""
+    """One row per stage: its mIoU on each split from ``RUN/metrics/*.json`` (None where it was not run)."""
     rows = []
-    for file, name, folder in STAGES:
-        path = run / "metrics" / file
-        if path.is_file():
-            result = io.read_json(path)
-            rows.append({"stage": name, "miou": result["miou"], "n_images": result["n_images"],
-                         "bg_exponent": result.get("bg_exponent")})
-        else:
-            note = "not run" if (run / folder).exists() else "skipped: stage not built yet"
-            rows.append({"stage": name, "miou": None, "note": note})
+    for name, train_file, val_file in STAGES:
+        row = {"stage": name}
+        for split, file in zip(SPLITS, (train_file, val_file)):
+            row[split] = _miou(run / "metrics" / file) if file else None
+        rows.append(row)
     return rows
 
 
-def write_contact_sheet(run: Path, dataset, path: Path, n: int = 8) -> Path | None:
-    """image | ground truth | text CAM | vision CAM | pseudo mask for the first ``n`` training items with GT.
+def other_layers(run: Path) -> list[dict[str, Any]]:
+    """Rows of ``diagnose_val.json``: the pixel classifier and GradCAM at each layer, per prototypes file."""
+    path = run / "metrics" / "diagnose_val.json"
+    if not path.is_file():
+        return []
+    names = {"text": "text prototypes", "vision": "vision prototypes"}
+    out = []
+    for row in io.read_json(path)["rows"]:
+        who = names.get(row["source"], row["source"])
+        out += [{"stage": f"GradCAM at the last block's output, {who} (raw, no CAA)", "val": row["gradcam_output"]},
+                {"stage": f"GradCAM at the last block's input, {who} (raw, no CAA)", "val": row["gradcam_input"]},
+                {"stage": f"pixel classifier softmax(x.W/T), {who}", "val": row["pixel"]}]
+    return out
 
-    CAM columns show the CLIP-ES labelling (bg = 1 - max, argmax); a stage that has not run shows black.
+
+# --------------------------------------------------------------------------------------------- contact sheets
+_PALETTE = np.asarray(io.voc_palette(), np.uint8).reshape(256, 3)
+
+
+def heatmap(image: np.ndarray, cams: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]``: the image under a JET heat map of the per-pixel maximum of ``cams`` ``[K, H, W]``."""
+    import cv2
+
+    peak = cams.astype(np.float32).max(0) if len(cams) else np.zeros(image.shape[:2], np.float32)
+    heat = cv2.applyColorMap((np.clip(peak, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return (0.45 * image + 0.55 * heat).astype(np.uint8)
+
+
+def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], columns: list[str], path: Path, classes, *,
+                  scale: int = 2, gap: int = 2) -> Path:
+    """Tiles under a header row of ``columns``; each row is ``(caption, tiles)``; a class legend at the bottom.
+
+    Tiles are ``[H, W, 3]`` RGB pictures or ``[H, W]`` uint8 masks (drawn with the VOC palette).
     """
-    from .scenes import contact_sheet
+    tiles = [(caption, [(t if t.ndim == 3 else _PALETTE[t]).repeat(scale, 0).repeat(scale, 1) for t in row])
+             for caption, row in rows]
+    th = max((t.shape[0] for _, row in tiles for t in row), default=1)
+    tw = max((t.shape[1] for _, row in tiles for t in row), default=1)
+    header, caption_h, legend_h = 14, 12, 16 * ((len(classes) + 3) // 4)
+    width = gap + len(columns) * (tw + gap)
+    height = header + len(tiles) * (caption_h + th + gap) + legend_h + gap
+    sheet = Image.new("RGB", (max(width, 4 * 110), height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for j, text in enumerate(columns):
+        draw.text((gap + j * (tw + gap) + 1, 1), text, fill=(0, 0, 0))
+    y = header
+    for caption, row in tiles:
+        draw.text((gap, y), caption, fill=(60, 60, 60))
+        for j, tile in enumerate(row):
+            sheet.paste(Image.fromarray(np.ascontiguousarray(tile)), (gap + j * (tw + gap), y + caption_h))
+        y += caption_h + th + gap
+    for k, name in enumerate(classes):  # legend: palette colour and name of every class, background included
+        x0, y0 = gap + (k % 4) * 110, y + 2 + 16 * (k // 4)
+        draw.rectangle([x0, y0, x0 + 12, y0 + 12], fill=tuple(int(v) for v in _PALETTE[k]), outline=(0, 0, 0))
+        draw.text((x0 + 16, y0), f"{k} {name}", fill=(0, 0, 0))
+    return io.write_png(path, sheet)
 
-    columns = ["image", "ground truth", "text CAM", "vision CAM", "pseudo mask"]
+
+def _caption(item, classes) -> str:
+    return f"{item.id}: {', '.join(classes[c] for c in item.labels)}"
+
+
+def _cam_tile(folder: Path, item_id: str, image: np.ndarray) -> np.ndarray:
+    path = io.cam_path(folder, item_id)
+    return heatmap(image, io.read_cam(path).cams) if path.is_file() else np.zeros_like(image)
+
+
+def _mask_tile(folder: Path, item_id: str, shape) -> np.ndarray:
+    path = io.mask_path(folder, item_id)
+    return io.read_mask(path) if path.is_file() else np.zeros(shape, np.uint8)
+
+
+def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8) -> Path | None:
+    """image | ground truth | text-CAM heat map | vision-CAM heat map | pseudo mask [| decoder prediction] for the
+    first ``n`` images with ground truth and at least one label (empty scenes show nothing)."""
+    columns = ["image", "ground truth", "text CAM (max over classes)", "vision CAM (max over classes)",
+               "CRF pseudo mask"]
+    with_pred = bool(suffix) and io.stage_record_path(run / "pred_val").is_file()
+    columns += ["decoder prediction"] if with_pred else []
     rows = []
-    for item in [it for it in dataset.items if it.gt is not None][:n]:
+    for item in [it for it in dataset.items if it.gt is not None and it.labels][:n]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
-        row = [image, gt]
-        for folder in ("cams_text", "cams_vision"):
-            cam_file = io.cam_path(run / folder, item.id)
-            if cam_file.is_file():
-                maps = io.read_cam(cam_file)
-                row.append(cams_to_labels(maps.cams, maps.labels, 1.0))
-            else:
-                row.append(np.zeros_like(gt))
-        png = io.mask_path(run / "pseudo", item.id)
-        row.append(io.read_mask(png) if png.is_file() else np.zeros_like(gt))
-        rows.append(row)
-    if not rows:
-        return None
-    return contact_sheet(rows, columns, path, scale=2)
-
-
-def write_prediction_sheet(run: Path, path: Path, n: int = 8) -> Path | None:
-    """image | ground truth | decoder prediction for the first ``n`` validation items that were predicted."""
-    from .scenes import contact_sheet
-
-    folder = run / "pred_val"
-    if not io.stage_record_path(folder).is_file():
-        return None
-    items = [it for it in open_recorded(folder).items if it.gt is not None][:n]
-    rows = [[io.load_image(it.image), io.read_mask(it.gt), io.read_mask(io.mask_path(folder, it.id))] for it in items]
-    return contact_sheet(rows, ["image", "ground truth", "prediction"], path, scale=2) if rows else None
+        row = [image, gt, _cam_tile(run / f"cams_text{suffix}", item.id, image),
+               _cam_tile(run / f"cams_vision{suffix}", item.id, image),
+               _mask_tile(run / f"pseudo{suffix}", item.id, gt.shape)]
+        row += [_mask_tile(run / "pred_val", item.id, gt.shape)] if with_pred else []
+        rows.append((_caption(item, dataset.classes), row))
+    return contact_sheet(rows, columns, path, dataset.classes) if rows else None
 
 
 def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Gather the stage metrics of a demo run folder, add chance baselines, write ``metrics.json`` + sheet."""
+    """Gather the stage metrics of a run folder, add the baselines per split, write ``metrics.json`` + sheets."""
     run = Path(run)
     io.read_stage_record(run / "features", "extract")
-    train = open_recorded(run / "features")
-    report = {
-        "run": str(run),
-        "stages": collect(run),
-        "chance": chance_baselines(train, seed),
-        "contact_sheet": None,
-    }
-    sheet = write_contact_sheet(run, train, run / "contact_sheet.png")
-    report["contact_sheet"] = str(sheet) if sheet else None
-    pred_sheet = write_prediction_sheet(run, run / "contact_sheet_val.png")
-    report["prediction_sheet"] = str(pred_sheet) if pred_sheet else None
+    datasets = {"train": open_recorded(run / "features")}
+    if io.stage_record_path(run / "features_val").is_file():
+        datasets["val"] = open_recorded(run / "features_val")
+    elif io.stage_record_path(run / "pred_val").is_file():
+        datasets["val"] = open_recorded(run / "pred_val")
+    report = {"run": str(run), "stages": collect(run), "other_layers": other_layers(run),
+              "chance": {split: chance_baselines(ds, seed) for split, ds in datasets.items()}, "sheets": []}
+    for split, ds in datasets.items():
+        sheet = write_sheet(run, ds, run / f"contact_sheet{'' if split == 'train' else '_' + split}.png",
+                            suffix="" if split == "train" else "_val")
+        if sheet:
+            report["sheets"].append(str(sheet))
     io.write_json(run / "metrics.json", report)
     return report
 
 
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
 def format_report(report: dict[str, Any]):
-    """A rich table: stage | mIoU % | chance (random CAMs) | all background."""
+    """A rich table: stage | train mIoU % | val mIoU %, then the baselines, then the other layers (val)."""
     from rich.table import Table
 
-    chance = report["chance"]
-    table = Table(title=f"vpltool: mIoU per stage of {report['run']}", title_justify="left")
+    table = Table(title=f"vpltool: mIoU % per stage of {report['run']}", title_justify="left")
     table.add_column("stage")
-    table.add_column("mIoU %", justify="right")
-    table.add_column("chance %", justify="right")
-    table.add_column("note")
+    for split in SPLITS:
+        table.add_column(f"{split} mIoU %", justify="right")
     for row in report["stages"]:
-        value = "—" if row["miou"] is None else f"{100 * row['miou']:.1f}"
-        note = row.get("note") or (f"{row['n_images']} images" + (f", bg a={row['bg_exponent']:g}"
-                                                                  if row.get("bg_exponent") else ""))
-        table.add_row(row["stage"], value, f"{100 * chance['random CAMs']:.1f}", note)
-    table.caption = (f"chance = random smooth CAMs with the true image labels; all-background = "
-                     f"{100 * chance['all background']:.1f}; both on {chance.get('images', '?')} training images")
+        table.add_row(row["stage"], *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS))
+    chance = report["chance"]
+    table.add_section()
+    for key, name in (("random CAMs", "chance (random smooth CAMs, true labels)"), ("all background",
+                                                                                    "all background")):
+        table.add_row(f"[dim]{name}[/]", *(_pct(chance[s][key]) if s in chance else "—" for s in SPLITS))
+    if report.get("other_layers"):
+        table.add_section()
+        for row in report["other_layers"]:
+            table.add_row(f"[dim]{row['stage']}[/]", "—", _pct(row["val"]))
+    images = ", ".join(f"{s} {c['images']}" for s, c in chance.items())
+    table.caption = (f"W is learned on train only. CAM rows: GradCAM at the last block's input (the paper's layer) "
+                     f"with the Makefile's refinement. Images scored: {images}.")
     return table

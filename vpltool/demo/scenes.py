@@ -465,37 +465,3 @@ def write_dataset(
 
 
 # --------------------------------------------------------------------------------------------- contact sheet
-def _as_rgb(tile: np.ndarray) -> np.ndarray:
-    """[H, W, 3] uint8: RGB images pass through, [H, W] uint8 masks get the VOC palette."""
-    if tile.ndim == 2:
-        return np.asarray(io.voc_palette(), np.uint8).reshape(256, 3)[tile]
-    if tile.ndim == 3 and tile.shape[2] == 3:
-        return tile.astype(np.uint8, copy=False)
-    raise ValueError(f"contact sheet tiles must be [H, W, 3] images or [H, W] masks, got shape {tile.shape}")
-
-
-def contact_sheet(
-    rows: list[list[np.ndarray]], labels: list[str], path: str | Path, *, scale: int = 1, gap: int = 2,
-) -> Path:
-    """Tile images and masks into one PNG, under a header row of column ``labels``.
-
-    Args:
-        rows: rows of tiles, each [H, W, 3] uint8 RGB or [H, W] uint8 mask (colourised with the VOC palette).
-        labels: one label per column (default PIL font).
-        scale: integer nearest-neighbour magnification, for looking at 96 px scenes.
-    """
-    tiles = [[_as_rgb(t).repeat(scale, 0).repeat(scale, 1) for t in row] for row in rows]
-    th = max((t.shape[0] for row in tiles for t in row), default=1)
-    tw = max((t.shape[1] for row in tiles for t in row), default=1)
-    ncol = max([len(labels), *(len(row) for row in tiles)])
-    header = 14
-    sheet = Image.new("RGB", (gap + ncol * (tw + gap), header + gap + len(tiles) * (th + gap)), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for j, text in enumerate(labels):
-        draw.text((gap + j * (tw + gap) + 1, 1), text, fill=(0, 0, 0))
-    for i, row in enumerate(tiles):
-        for j, tile in enumerate(row):
-            sheet.paste(Image.fromarray(tile), (gap + j * (tw + gap), header + gap + i * (th + gap)))
-    with io.atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
-    return Path(path)

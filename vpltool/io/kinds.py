@@ -99,7 +99,7 @@ def read_features(path: str | os.PathLike, classes: Sequence[str] | None = None,
     for name, tensor in f.tensors.items():
         check_finite(f.path, name, tensor)
     if need_tokens and "last_block_input" not in f.tensors:
-        raise ContractError(f"{path}: extracted with a light cache; re-run `vpltool extract` with --tokens")
+        raise ContractError(f"{path}: extracted with a light cache; re-run `vpltool extract --cache full`")
     return Features(f)
 
 

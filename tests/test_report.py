@@ -1,0 +1,39 @@
+"""`demo-report`: the per-split table, the baselines and the contact sheets, on a partly built run folder."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from vpltool import io
+from vpltool.cam import run_cam
+from vpltool.config import RuntimeConfig
+from vpltool.demo.report import format_report, run_demo_report
+from vpltool.eval import run_eval
+
+
+@pytest.fixture(scope="module")
+def run(features_dir, text_protos, tmp_path_factory):
+    """RUN/features, RUN/cams_text and its metrics: the first stages only."""
+    root = tmp_path_factory.mktemp("run")
+    shutil.copytree(features_dir, root / "features")
+    run_cam(root / "features", text_protos, root / "cams_text", runtime=RuntimeConfig(device="cpu"))
+    run_eval(root / "cams_text", json_out=root / "metrics" / "cams_text.json")
+    return root
+
+
+def test_report_rows_baselines_and_sheet(run):
+    report = run_demo_report(run)
+    text, vision = report["stages"][0], report["stages"][1]
+    assert text["train"]["miou"] == io.read_json(run / "metrics" / "cams_text.json")["miou"]
+    assert text["val"] is None and vision["train"] is None  # not run: shown as —, never invented
+    assert set(report["chance"]) == {"train"}  # no held-out features in this run
+    chance = report["chance"]["train"]
+    assert 0 < chance["all background"] < 1 and 0 < chance["random CAMs"] < 1
+    assert report["sheets"] == [str(run / "contact_sheet.png")]
+    with Image.open(run / "contact_sheet.png") as img:
+        assert img.mode == "RGB" and img.height > 16 * 2  # tiles plus the class legend
+    assert io.read_json(run / "metrics.json") == report
+    format_report(report)  # renders without the held-out columns' data
