@@ -176,3 +176,18 @@ def test_random_weights_are_the_same_in_every_load(tiny_spec):
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left alone
     for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_weights_loaded_without_random_init_are_the_checkpoints(tiny_spec, tmp_path):
+    """no_weight_init skips the random draws only: every parameter still comes from the file, bit for bit."""
+    from vpltool.backbone.loading import no_weight_init
+
+    saved = load_backbone(tiny_spec).model.state_dict()
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in saved.items()}, str(path))
+    loaded = load_backbone(ModelSpec(tiny_spec.model, str(path), tiny_spec.config_dir)).model.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    with no_weight_init():
+        assert torch.nn.init.normal_(torch.zeros(3)).abs().sum() == 0  # no draw inside
+    assert torch.nn.init.normal_(torch.zeros(3)).abs().sum() > 0  # the init functions are back afterwards

@@ -300,9 +300,9 @@ class ClipBackbone:
             if kind:
                 self._tokenizer = tokenizer_factory(kind)(self.extra, self._text_tower()["context_length"])
             else:
-                import open_clip
+                from .loading import import_open_clip
 
-                self._tokenizer = open_clip.get_tokenizer(self.spec.model)
+                self._tokenizer = import_open_clip().get_tokenizer(self.spec.model)
         return self._tokenizer
 
     def _text_tower(self) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def chunk_loss_grad(ch: Chunk, w: torch.Tensor, tau: float) -> tuple[torch.Tenso
     """
     wr = w[ch.rows]  # [R, D]
     bf16 = ch.x.dtype == torch.bfloat16
-    x = ch.x if bf16 else ch.x.float()  # fp16 storage: upcast a cache-sized block, fp32 maths
+    x = ch.x if bf16 or ch.x.dtype == torch.float32 else ch.x.float()  # fp16 storage: upcast a cache-sized block
     logits = _mm_f32(x, wr.to(x.dtype).T) if bf16 else x @ wr.T  # [n, R] cosines
     logits.mul_(1.0 / tau)
     if ch.absent is not None:
@@ -141,22 +141,35 @@ def chunk_loss_grad(ch: Chunk, w: torch.Tensor, tau: float) -> tuple[torch.Tenso
     return ce.sum(dtype=torch.float64), grad
 
 
-def _evaluated(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, pool: ThreadPoolExecutor | None, workers: int
-               ) -> Iterator[tuple[Chunk, torch.Tensor, torch.Tensor]]:
+def skinny_products(ch: Chunk, w: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Only the two products of :func:`chunk_loss_grad`, on the same shapes and storage: ``x W_rows^T`` and
+    ``G^T x`` (``G`` the first product itself). The floor of one iteration, which benchmarks compare the stage to."""
+    wr = w[ch.rows]
+    x = ch.x if ch.x.dtype in (torch.float32, torch.bfloat16) else ch.x.float()
+    logits = _mm_f32(x, wr.to(x.dtype).T) if x.dtype == torch.bfloat16 else x @ wr.T
+    grad = _mm_f32(logits.to(x.dtype).T, x) if x.dtype == torch.bfloat16 else logits.T @ x
+    return torch.zeros((), dtype=torch.float64), grad
+
+
+Kernel = Callable[[Chunk, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _evaluated(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, pool: ThreadPoolExecutor | None, workers: int,
+               kernel: Kernel = chunk_loss_grad) -> Iterator[tuple[Chunk, torch.Tensor, torch.Tensor]]:
     """``(chunk, loss, grad)`` in chunk order; with a pool, ``workers`` chunks at a time (streaming stays lazy)."""
     window: list[Chunk] = []
     for ch in itertools.chain(chunks, [None]):
         if ch is not None:
             window.append(ch)
         if window and (ch is None or pool is None or len(window) == workers):
-            results = pool.map(lambda c: chunk_loss_grad(c, w, tau), window) if pool else [
-                chunk_loss_grad(c, w, tau) for c in window]
+            results = pool.map(lambda c: kernel(c, w, tau), window) if pool else [kernel(c, w, tau) for c in window]
             yield from ((c, part, g) for c, (part, g) in zip(window, results))
             window = []
 
 
 def loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, total_weight: float,
-                  pool: ThreadPoolExecutor | None = None, workers: int = 1) -> tuple[float, torch.Tensor]:
+                  pool: ThreadPoolExecutor | None = None, workers: int = 1, kernel: Kernel = chunk_loss_grad
+                  ) -> tuple[float, torch.Tensor]:
     """Full-batch mean cross-entropy (nats) and the gradient of the objective ``tau**2 * mean CE``.
 
     The tau**2 scale makes ``lr`` a step in logit units whatever tau_I is: a step ``dw`` moves the logits by
@@ -169,7 +182,7 @@ def loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, total_we
     """
     loss = torch.zeros((), dtype=torch.float64, device=w.device)
     grad = torch.zeros_like(w)
-    for ch, part, g in _evaluated(chunks, w, tau, pool, workers):  # chunk order: same sums with or without a pool
+    for ch, part, g in _evaluated(chunks, w, tau, pool, workers, kernel):  # chunk order: same sums with or without
         loss += part
         grad.index_add_(0, ch.rows, g)
     return float(loss) / total_weight, grad * (tau / total_weight)
@@ -193,7 +206,7 @@ def descend(chunks: Callable[[], Iterable[Chunk]], z: torch.Tensor, *, tau: floa
         ``W`` ``[N, D]`` float32 unit rows and the losses ``L(W_0) .. L(W_iters)`` (mean CE, nats).
     """
     w, curve = project_rows(z.float()), []
-    with _cpu_workers(z.device) as (pool, workers):
+    with cpu_workers(z.device) as (pool, workers):
         for it in range(iters):
             loss, grad = loss_and_grad(chunks(), w, tau, total_weight, pool, workers)
             if not math.isfinite(loss):
@@ -212,7 +225,7 @@ def _init_worker() -> None:
 
 
 @contextlib.contextmanager
-def _cpu_workers(device: torch.device) -> Iterator[tuple[ThreadPoolExecutor | None, int]]:
+def cpu_workers(device: torch.device) -> Iterator[tuple[ThreadPoolExecutor | None, int]]:
     """On CPU: one chunk per core in Python threads, each single-threaded, and denormals flushed to zero.
 
     Why: the matmuls are skinny (``[n, 512] x [512, ~26]``); OpenMP's barriers between cores cost more than they
