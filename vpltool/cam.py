@@ -43,16 +43,17 @@ STAGE = "cam"
 def affinity(attention: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """CAA transition matrix from a mean attention map ``[hw, hw]`` (CLS removed): symmetric, non-negative.
 
-    Column then row normalisation three times (Sinkhorn-style), ``(T + T^T) / 2``, then one squaring. By default in
-    float64 with a floor on the sums; ``exact`` repeats CLIP-ES's float32 arithmetic (``--parity clip-es``).
+    Column then row normalisation three times (Sinkhorn-style), ``(T + T^T) / 2``, then one squaring, in float32 as
+    CLIP-ES. By default the sums have a floor (a patch nobody attends to would divide by zero); ``exact`` leaves it
+    out, as CLIP-ES (``--parity clip-es``).
     """
-    t = attention.float() if exact else attention.double()
+    t = attention.float()
     floor = 0.0 if exact else 1e-12
     for _ in range(3):
         t = t / t.sum(0, keepdim=True).clamp_min(floor)
         t = t / t.sum(1, keepdim=True).clamp_min(floor)
     t = (t + t.T) / 2
-    return (t @ t).float()
+    return t @ t
 
 
 def box_coords(cam: np.ndarray, threshold: float, parity: bool = False) -> list[tuple[int, int, int, int]]:
