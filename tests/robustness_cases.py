@@ -4,20 +4,26 @@ writes docs/robustness.md from them, so the page and the behaviour cannot drift 
 A case builds its bad input in a :class:`Workspace` (a tiny demo world and the finished stage folders of the
 random test CLIP ``vpl-test-vit``), then runs the real CLI in-process. In-process because some faults can only be
 injected there: we run as root (chmod denies nothing), a full disk cannot be made on demand, and the lock must be
-held by "another run". Every case must end with exit code 2 and one ``error:`` line.
+held by "another run".
+
+A case states what must happen: the exit code (2 with one ``error:`` line, or 0 where the input has a documented
+meaning), the fragments the message must contain, and the files the run may leave behind (``leaves``: glob
+patterns, relative to the workspace; none by default). The workspace is compared before and after the run, so a
+half-written file, a stray temporary, an empty folder or a lock file left by a refused run fails the test.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
 import shlex
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -43,12 +49,21 @@ def configure_environment() -> None:
 # --------------------------------------------------------------------------------------------- running the CLI
 @dataclass
 class Outcome:
-    """What a user sees: the exit code and the ``error:`` lines, with the workspace prefix dropped from paths."""
+    """What a user sees (the exit code, the ``error:`` and ``warning:`` lines, the last line) and what the run left
+    on disk (``left``: paths it created, changed or removed, ``-`` before a removed one; folders end with ``/``),
+    with the workspace prefix dropped from paths."""
 
     exit_code: int
     error_lines: list[str]
     last_line: str
     traceback: bool
+    warning_lines: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+    @property
+    def seen(self) -> str:
+        """The line(s) the table shows: the error, else the warnings, else the last line."""
+        return " / ".join(self.error_lines or self.warning_lines) or self.last_line
 
 
 def invoke(*args: object):
@@ -113,35 +128,94 @@ class Workspace:
 @dataclass(frozen=True)
 class Case:
     """One bad input: ``build(ws)`` is a context manager that makes it and yields the CLI arguments (and keeps
-    any in-process fault, such as a held lock or a full disk, active while the CLI runs)."""
+    any in-process fault, such as a held lock or a full disk, active while the CLI runs).
+
+    ``expect``: fragments the error line (exit code 2) or the output (exit code 0) must contain. ``leaves``: glob
+    patterns (``fnmatch``, relative to the workspace) of everything the run may leave behind; each must match.
+    """
 
     name: str
     build: Callable[[Workspace], contextlib.AbstractContextManager[list[object]]]
+    expect: tuple[str, ...] = ()
+    leaves: tuple[str, ...] = ()
+    exit_code: int = 2
 
     def run(self, ws: Workspace) -> tuple[list[object], Outcome]:
         with self.build(ws) as args:
+            before = disk_state(ws.root)
             r = invoke(*args)
+            after = disk_state(ws.root)
         lines = [ws.relative(line) for line in r.output.splitlines() if line.strip()]
         return args, Outcome(exit_code=r.exit_code, error_lines=[ln for ln in lines if ln.startswith("error:")],
                              last_line=lines[-1] if lines else "",
                              traceback="Traceback" in r.output or (r.exception is not None
-                                                                   and not isinstance(r.exception, SystemExit)))
+                                                                   and not isinstance(r.exception, SystemExit)),
+                             warning_lines=[ln for ln in lines if ln.startswith("warning:")],
+                             left=disk_changes(before, after))
 
     def command(self, ws: Workspace, args: list[object]) -> str:
         return ws.relative(shlex.join(["vpltool", *map(str, args)]))
+
+    def unexpected(self, outcome: Outcome) -> list[str]:
+        """What the run left that ``leaves`` does not allow, and the patterns of ``leaves`` that matched nothing."""
+        extra = [p for p in outcome.left if not any(fnmatch.fnmatchcase(p, pat) for pat in self.leaves)]
+        missing = [f"(nothing matches {pat!r})" for pat in self.leaves
+                   if not any(fnmatch.fnmatchcase(p, pat) for p in outcome.left)]
+        return extra + missing
 
 
 CASES: list[Case] = []
 
 
-def case(name: str):
+def case(name: str, *expect: str, leaves: tuple[str, ...] = (), exit_code: int = 2):
     """Register a generator function as a :class:`Case` (in the order of this file: the order of the table)."""
 
     def register(fn):
-        CASES.append(Case(name, contextlib.contextmanager(fn)))
+        CASES.append(Case(name, contextlib.contextmanager(fn), expect, leaves, exit_code))
         return fn
 
     return register
+
+
+def disk_state(root: Path) -> dict[str, tuple[int, ...]]:
+    """``{relative path: (mode, size, mtime_ns)}`` of everything under ``root`` (folders end with ``/``; symlinks,
+    FIFOs and device nodes are listed as themselves, never followed)."""
+    state: dict[str, tuple[int, ...]] = {}
+    for folder, dirs, names in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        if rel != ".":
+            state[rel + "/"] = ()
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            state[os.path.normpath(os.path.join(rel, name))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def disk_changes(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]) -> list[str]:
+    """Paths created or changed between two :func:`disk_state` snapshots, then ``-path`` for removed ones."""
+    changed = sorted(p for p, st in after.items() if before.get(p) != st and not (p.endswith("/") and p in before))
+    return changed + sorted(f"-{p}" for p in before if p not in after)
+
+
+def describe_left(left: list[str]) -> str:
+    """``left`` for the table: a new folder with its file count, other paths as they are; "nothing" when empty."""
+    new_dirs = [p for p in left if p.endswith("/") and not any(p.startswith(d) and p != d for d in left
+                                                                if d.endswith("/"))]
+    shown = []
+    for d in new_dirs:
+        inside = [p for p in left if p.startswith(d) and not p.endswith("/")]
+        shown.append(f"{d} ({len(inside)} file{'s' if len(inside) != 1 else ''}: {', '.join(_short(inside))})"
+                     if inside else f"{d} (empty)")
+    shown += [p for p in left if not p.endswith("/") and not any(p.startswith(d) for d in new_dirs)]
+    return "; ".join(shown) or "nothing"
+
+
+def _short(paths: list[str], n: int = 3) -> list[str]:
+    names = [p.rsplit("/", 1)[-1] for p in paths]
+    return names[:n] + ([f"+{len(names) - n} more"] if len(names) > n else [])
 
 
 def _tensors_and_meta(path: Path):
@@ -152,67 +226,71 @@ def _tensors_and_meta(path: Path):
 
 
 # ---- datasets
-@case("corrupt image")
+@case("corrupt image", "world_corrupt/images/train_000001.png", "unreadable image", "remove it")
 def _corrupt_image(ws: Workspace) -> Iterator[list[object]]:
     world = ws.copy(ws.world, "world_corrupt")
     (world / "images" / "train_000001.png").write_bytes(b"not a png")
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("missing image-label file (labels.csv)")
+@case("missing image-label file (labels.csv)", "world_no_labels", "no labels.csv or labels.json")
 def _missing_labels(ws: Workspace) -> Iterator[list[object]]:
     world = ws.copy(ws.world, "world_no_labels")
     (world / "labels.csv").unlink()
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("image listed in labels.csv but missing")
+@case("image listed in labels.csv but missing", "world_missing_image/splits/train.txt", "train_000002",
+      "not found")
 def _missing_image(ws: Workspace) -> Iterator[list[object]]:
     world = ws.copy(ws.world, "world_missing_image")
     (world / "images" / "train_000002.png").unlink()
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("unknown split")
+@case("unknown split", "world/splits/test.txt", "found: train, val", "--split")
 def _unknown_split(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "test", "-o", ws.out("out"), *TINY, *CPU]
 
 
 # ---- wrong folder or file given to a stage
-@case("dataset folder where an extract folder belongs")
+@case("dataset folder where an extract folder belongs", "world: holds `make-world` output", "`extract`")
 def _dataset_for_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.world, "-p", ws.text, "-o", ws.out("out"), *CPU]
 
 
-@case("another stage's folder (extract folder given to crf)")
+@case("another stage's folder (extract folder given to crf)", "features: holds `extract` output",
+      "expected `cam` output")
 def _features_for_cams(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", ws.features, "-o", ws.out("out"), "--workers", "1"]
 
 
-@case("interrupted stage folder (no _stage.json)")
+@case("interrupted stage folder (no _stage.json)", "cams_interrupted: no _stage.json", "re-run it")
 def _interrupted_cams(ws: Workspace) -> Iterator[list[object]]:
     cams = ws.copy(ws.cams, "cams_interrupted")
     (cams / "_stage.json").unlink()
     yield ["crf", cams, "-o", ws.out("out"), "--workers", "1"]
 
 
-@case("CAM folder where pseudo masks belong (train-decoder)")
+@case("CAM folder where pseudo masks belong (train-decoder)", "cams: holds `cam` output", "`crf`")
 def _cams_for_pseudo(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", ws.cams, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS]
 
 
-@case("features file where prototypes belong")
+@case("features file where prototypes belong", "features/train_000000.safetensors",
+      "expected a 'prototypes' file, found 'features'")
 def _features_for_prototypes(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", ws.first_feature_file(), "-o", ws.out("out"), *CPU]
 
 
-@case("prototypes file where a decoder belongs (predict)")
+@case("prototypes file where a decoder belongs (predict)", "text.safetensors",
+      "expected a 'decoder' file, found 'prototypes'")
 def _prototypes_for_decoder(ws: Workspace) -> Iterator[list[object]]:
     yield ["predict", ws.text, "--split", "val", "-o", ws.out("out"), *CPU]
 
 
 # ---- files that do not match each other
-@case("prototypes of another dimension (another CLIP)")
+@case("prototypes of another dimension (another CLIP)", "wide.safetensors", "36-d", "32-d", "same CLIP")
 def _wide_prototypes(ws: Workspace) -> Iterator[list[object]]:
     import torch
 
@@ -226,7 +304,7 @@ def _wide_prototypes(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
 
 
-@case("prototypes made for other classes")
+@case("prototypes made for other classes", "cat_dog.safetensors", "2 classes", "same dataset")
 def _other_classes(ws: Workspace) -> Iterator[list[object]]:
     path = ws.root / "cat_dog.safetensors"
     cli_ok("text-prototypes", "--classes", "cat,dog", *TINY, "--background", "sky", "--templates", "{}", "-o", path,
@@ -234,7 +312,8 @@ def _other_classes(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
 
 
-@case("CAM folder made from other features (learn-prototypes)")
+@case("CAM folder made from other features (learn-prototypes)", "cams_other", "other features",
+      "re-run `vpltool cam`")
 def _cams_of_other_features(ws: Workspace) -> Iterator[list[object]]:
     cams = ws.copy(ws.cams, "cams_other")
     record = json.loads((cams / "_stage.json").read_text())
@@ -244,7 +323,7 @@ def _cams_of_other_features(ws: Workspace) -> Iterator[list[object]]:
            "--iters", "2", *CPU]
 
 
-@case("interrupted decoder run re-run without --resume")
+@case("interrupted decoder run re-run without --resume", "decoder_interrupted", "--resume", "--overwrite")
 def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
     out = ws.copy(ws.decoder, "decoder_interrupted")
     (out / "decoder.safetensors").unlink()  # the checkpoint stays: what a killed run leaves
@@ -252,7 +331,7 @@ def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- damaged files
-@case("NaN in a features file")
+@case("NaN in a features file", "features_nan/train_000000.safetensors", "'dense' contains NaN")
 def _nan_features(ws: Workspace) -> Iterator[list[object]]:
     from safetensors.torch import save_file
 
@@ -264,7 +343,7 @@ def _nan_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
 
 
-@case("truncated safetensors file")
+@case("truncated safetensors file", "features_truncated/train_000000.safetensors", "not a readable safetensors")
 def _truncated_features(ws: Workspace) -> Iterator[list[object]]:
     features = ws.copy(ws.features, "features_truncated")
     path = ws.first_feature_file(features)
@@ -273,7 +352,7 @@ def _truncated_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
 
 
-@case("RGB colour masks instead of class-index PNGs (eval)")
+@case("RGB colour masks instead of class-index PNGs (eval)", "masks_rgb/train_000000.png", "not RGB")
 def _rgb_masks(ws: Workspace) -> Iterator[list[object]]:
     from PIL import Image
 
@@ -285,7 +364,7 @@ def _rgb_masks(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- the output folder
-@case("output folder locked by another run")
+@case("output folder locked by another run", "cams_locked", "another vpltool run is writing here")
 def _locked(ws: Workspace) -> Iterator[list[object]]:
     from vpltool import io
 
@@ -319,25 +398,28 @@ def failing_writes(code: int, after: int = 1) -> Iterator[None]:
         yield
 
 
-@case("disk full while writing (simulated ENOSPC)")
+@case("disk full while writing (simulated ENOSPC)", "no space left on device writing cams_full/train_000000")
 def _disk_full(ws: Workspace) -> Iterator[list[object]]:
     with failing_writes(errno.ENOSPC):
         yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_full"), *CPU]
 
 
-@case("permission denied on the output (simulated EACCES)")
+@case("permission denied on the output (simulated EACCES)", "permission denied writing pseudo_denied/train_000000")
 def _permission_denied(ws: Workspace) -> Iterator[list[object]]:
     with failing_writes(errno.EACCES):
         yield ["crf", ws.cams, "-o", ws.out("pseudo_denied"), "--workers", "1"]
 
 
-@case("read-only file system (simulated EROFS)")
+@case("read-only file system (simulated EROFS)", "read-only file system writing text_ro.safetensors")
 def _read_only(ws: Workspace) -> Iterator[list[object]]:
     with failing_writes(errno.EROFS, after=0):
         yield ["text-prototypes", ws.features, "-o", ws.out("text_ro.safetensors"), *TEXT_ARGS, *CPU]
 
 
-@case("disk full while appending to the training log (simulated ENOSPC)")
+@case("disk full while appending to the training log (simulated ENOSPC)",
+      "no space left on device writing decoder_full/log.jsonl",
+      leaves=("decoder_full/", "decoder_full/.vpltool.lock", "decoder_full/checkpoints/",
+              "decoder_full/checkpoints/last.safetensors", "decoder_full/log.jsonl"))
 def _log_full(ws: Workspace) -> Iterator[list[object]]:
     from vpltool.io import files
 
@@ -349,7 +431,7 @@ def _log_full(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- environment
-@case("--device cuda without CUDA")
+@case("--device cuda without CUDA", "--device cuda", "CUDA is not available")
 def _no_cuda(ws: Workspace) -> Iterator[list[object]]:
     import torch
 
@@ -357,13 +439,13 @@ def _no_cuda(ws: Workspace) -> Iterator[list[object]]:
         yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), *TINY, "--device", "cuda"]
 
 
-@case("unknown model name")
+@case("unknown model name", "ViT-Nope-99", "unknown to open_clip")
 def _unknown_model(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "ViT-Nope-99",
            "--pretrained", "none", *CPU]
 
 
-@case("pretrained tag offline, weights not cached")
+@case("pretrained tag offline, weights not cached", "not in the local cache", "--pretrained /path/to/ViT-B-16")
 def _offline_tag(ws: Workspace) -> Iterator[list[object]]:
     import huggingface_hub.constants as hf_constants
 
@@ -374,30 +456,30 @@ def _offline_tag(ws: Workspace) -> Iterator[list[object]]:
                "--pretrained", "openai", *CPU]
 
 
-@case("weights file not found")
+@case("weights file not found", "missing.safetensors: weights file not found")
 def _missing_weights(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "vpl-test-vit",
            "--pretrained", ws.root / "missing.safetensors", *CPU]
 
 
-@case("CRF extra (pydensecrf2) not installed")
+@case("CRF extra (pydensecrf2) not installed", "pip install 'vpltool[crf]'", "--no-crf")
 def _no_pydensecrf(ws: Workspace) -> Iterator[list[object]]:
     with mock.patch.dict(sys.modules, {"pydensecrf": None, "pydensecrf.densecrf": None}):  # import fails
         yield ["crf", ws.cams, "-o", ws.out("out"), "--workers", "1"]
 
 
 # ---- options
-@case("bad option value")
+@case("bad option value", "--parity 'caffe'", "none or clip-es")
 def _bad_option(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", ws.cams, "-o", ws.out("out"), "--parity", "caffe"]
 
 
-@case("bad --shard")
+@case("bad --shard", "--shard 2/2")
 def _bad_shard(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "-o", ws.out("out"), *TINY, "--shard", "2/2"]
 
 
-@case("eval of a bare mask folder without --data")
+@case("eval of a bare mask folder without --data", "bare_masks", "--data")
 def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
     masks = ws.copy(ws.world / "masks", "bare_masks")
     yield ["eval", masks]
@@ -407,14 +489,17 @@ def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
 HEADER = """# Bad input: what the user sees
 
 Generated by `python benchmarks/robustness_table.py` from the cases in `tests/robustness_cases.py`; the test
-`tests/test_robustness.py` runs the same cases, checks that each ends with exit code 2 and one `error:` line, and
-fails when this page is out of date. Each case runs the real CLI on a 4-image demo world and the tiny random test
-CLIP `vpl-test-vit`; paths are relative to that scratch folder. Faults marked *simulated* are injected in-process
-(the tests run as root, where `chmod` denies nothing, and a disk cannot be filled on demand); the file-system
-error itself is real Python `OSError`, and the vpltool code that handles it is the shipped one.
+`tests/test_robustness.py` runs the same cases and checks, for each, the exit code (2 and one `error:` line, or 0
+where the input has a documented meaning), the words of the message, and everything the run left on disk (the
+scratch folder is compared before and after); it fails when this page is out of date. Each case runs the real CLI
+on a 4-image demo world and the tiny random test CLIP `vpl-test-vit`; paths are relative to that scratch folder.
+Faults marked *simulated* are injected in-process (the tests run as root, where `chmod` denies nothing, and a disk
+cannot be filled on demand); the file-system error itself is real Python `OSError`, and the vpltool code that
+handles it is the shipped one.
 
-A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; finished items
-are kept, and re-running the same command resumes.
+A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; a refused run
+leaves nothing (an output folder it created is removed again); finished items are kept, with the folder's lock
+file and `_run.json`, and re-running the same command resumes.
 """
 
 
@@ -426,10 +511,10 @@ def _cell(text: str) -> str:
 
 def render(rows: list[tuple[Case, str, Outcome]]) -> str:
     """The markdown page: one row per case, in the order of :data:`CASES`."""
-    lines = [HEADER, "| case | command | exit code | what the user sees |", "|---|---|---|---|"]
+    lines = [HEADER, "| case | command | exit code | what the user sees | left on disk |", "|---|---|---|---|---|"]
     for c, command, outcome in rows:
-        seen = " / ".join(outcome.error_lines) or outcome.last_line
-        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} |")
+        left = _cell(describe_left(outcome.left)) if outcome.left else "nothing"
+        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(outcome.seen)} | {left} |")
     return "\n".join(lines) + "\n"
 
 
