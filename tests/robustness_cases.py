@@ -373,6 +373,28 @@ def _locked(ws: Workspace) -> Iterator[list[object]]:
         yield ["cam", ws.features, "-p", ws.text, "-o", out, *CPU]
 
 
+@case("output file is a FIFO (or a device such as /dev/null)", "fifo: exists and is not a regular file",
+      "never replaced")
+def _fifo_output(ws: Workspace) -> Iterator[list[object]]:
+    fifo = ws.out("fifo")
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    yield ["text-prototypes", ws.features, "-o", fifo, *TEXT_ARGS, *CPU]
+
+
+@case("output file is an existing folder (checked before the model loads)", "features: is a folder",
+      "give a file name")
+def _folder_output(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.features, *TEXT_ARGS, *CPU]
+
+
+@case("output folder is an existing file (train-decoder)", "decoder_file: exists and is not a folder")
+def _file_output(ws: Workspace) -> Iterator[list[object]]:
+    target = ws.out("decoder_file")
+    target.write_text("not a folder")
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", target, *DECODER_ARGS]
+
+
 @contextlib.contextmanager
 def failing_writes(code: int, after: int = 1) -> Iterator[None]:
     """Atomic writes fail with ``OSError(code)`` once ``after`` of them succeeded, half-way through the file.

@@ -194,6 +194,9 @@ def run_cam(
     by `extract`.
     """
     features, out = Path(features), Path(out)
+    for extra in (overlays, debug):  # the main output is checked by StageFolder, these here: before the model
+        if extra is not None:
+            io.check_folder_target(extra)
     record = io.read_stage_record(features, "extract")
     classes = record["classes"]
     protos = io.read_prototypes(prototypes, classes=classes, model=record["params"]["model"])

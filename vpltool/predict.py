@@ -96,6 +96,8 @@ def run_predict(
         backbone: reuse an already loaded CLIP (it must be the one the decoder records).
     """
     out = Path(out)
+    if overlays is not None:
+        io.check_folder_target(overlays)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     model, f = load_decoder(decoder_file, device)

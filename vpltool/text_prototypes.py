@@ -81,9 +81,14 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
 
 def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec,
                         cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto") -> io.Prototypes:
-    """Encode and write the prototypes file; returns what was written."""
+    """Encode and write the prototypes file; returns what was written.
+
+    The output path, the classes and the templates are checked before the model loads (a wrong ``-o`` costs
+    nothing)."""
+    out = io.check_writable_target(out)
     if len(classes) < 2 or classes[0] != "background":
         raise VplError("classes must start with 'background' and name at least one class")
+    resolve_templates(cfg.templates)
     bb = load_backbone(spec, resolve_device(device))
     protos = build_text_prototypes(bb, classes, cfg)
     io.write_prototypes(out, protos)

@@ -15,6 +15,7 @@ from .files import (
     append_line,
     append_log,
     atomic_path,
+    check_folder_target,
     check_writable_target,
     file_identity,
     jsonable,
@@ -86,7 +87,8 @@ from .training import (
 )
 
 __all__ = [
-    "append_line", "append_log", "atomic_path", "check_writable_target", "file_identity", "jsonable", "make_folder",
+    "append_line", "append_log", "atomic_path", "check_folder_target", "check_writable_target", "file_identity",
+    "jsonable", "make_folder",
     "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
     "MASK_SUFFIX", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask", "write_png",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",

@@ -80,11 +80,20 @@ def raise_write_error(path: str | os.PathLike, e: OSError) -> NoReturn:
     raise error from None
 
 
-def make_folder(folder: str | os.PathLike) -> Path:
-    """``mkdir -p`` with a one-line error (no space, no permission, a file in the way)."""
+def check_folder_target(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path, after refusing an existing path that is not a folder (a file, a FIFO, a device).
+
+    Stages call it on every output folder before loading a model, so a wrong ``--out`` costs nothing.
+    """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise VplError(f"{folder}: exists and is not a folder; choose another --out")
+    return folder
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``mkdir -p`` with a one-line error (no space, no permission, a file in the way)."""
+    folder = check_folder_target(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -266,7 +266,7 @@ def run_train_decoder(
             raise VplError(f"{dataset_id['root']}: split {val_split!r} has no GT masks to validate on")
     pairs = _training_pairs(dataset, pseudo_dir)
     with distributed(runtime.device) as (rank, world, device):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone)
