@@ -501,6 +501,61 @@ def _bad_shard(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "-o", ws.out("out"), *TINY, "--shard", "2/2"]
 
 
+@case("input side too small (--image-size 1)", "--image-size 1: must be >= 32 pixels")
+def _image_size_1(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "-o", ws.out("out"), *TINY, "--image-size", "1"]
+
+
+@case("no room to shrink (--max-side 0)", "--max-side 0: must be >= 32 pixels")
+def _max_side_0(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "-o", ws.out("out"), *TINY, "--max-side", "0"]
+
+
+@case("negative softmax temperature (cam --temperature -0.01)", "--temperature -0.01: must be a number above 0")
+def _negative_temperature(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--temperature", "-0.01", *CPU]
+
+
+@case("step size that diverges at once (learn-prototypes --lr 1e30)", "--lr 1e+30", "at most 1000")
+def _huge_lr(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--lr", "1e30", *CPU]
+
+
+@case("negative memory budget (learn-prototypes --max-memory-gb -5)", "--max-memory-gb -5.0: must be a number above 0")
+def _negative_memory(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--max-memory-gb", "-5", *CPU]
+
+
+@case("negative worker count (crf --workers -1)", "--workers -1: must be >= 0", "0 = one per CPU core")
+def _negative_workers(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.out("out"), "--workers", "-1"]
+
+
+@case("--workers 0 (one image decoder per CPU core, as in crf)", "✓ extract: 4 images", exit_code=0,
+      leaves=("features_w0/", "features_w0/*"))
+def _workers_zero(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "--split", "train", "-o", ws.out("features_w0"), *TINY, *CPU, "--workers", "0"]
+
+
+@case("scales that are not numbers (predict --scales abc)", "--scales 'abc'", "comma-separated numbers")
+def _scales_abc(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--scales", "abc",
+           *CPU]
+
+
+@case("no scales (predict --scales '')", "--scales is empty")
+def _scales_empty(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--scales", "", *CPU]
+
+
+@case("background exponents that are not numbers (eval --bg-exponents abc)", "--bg-exponents 'abc'",
+      "comma-separated numbers")
+def _bg_exponents_abc(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.cams, "--bg-exponents", "abc"]
+
+
 @case("eval of a bare mask folder without --data", "bare_masks", "--data")
 def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
     masks = ws.copy(ws.world / "masks", "bare_masks")

@@ -9,6 +9,7 @@ Field comments say *why* a value is what it is; docs/pipeline.md cites where eac
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -58,13 +59,31 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with AMX, else fp32 (device.resolve_precision)
     batch_size: int = 8
-    workers: int = 2  # image decoding threads / CRF processes; 0 = one per CPU core
+    # image decoding threads (extract) / CRF processes / data-loading processes (train-decoder); 0 = one per CPU
+    # core (every stage, see worker_count); 1 = in this process for crf and train-decoder
+    workers: int = 2
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         _choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` with 0 resolved: :func:`worker_count`."""
+        return worker_count(self.workers)
+
+
+def worker_count(workers: int) -> int:
+    """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
+    affinity mask: under Slurm or taskset that is fewer than the machine's cores)."""
+    if workers >= 1:
+        return workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -339,7 +358,8 @@ def from_params(cls: type, params: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "RuntimeConfig", "ExtractConfig",
+    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "RuntimeConfig", "worker_count",
+    "ExtractConfig",
     "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import io
-from .config import CrfConfig, RuntimeConfig, to_params
+from .config import CrfConfig, RuntimeConfig, to_params, worker_count
 from .data import open_recorded
 from .errors import ContractError, VplError
 from .kernels import clip_es_image, crf_probabilities, dense_crf, densecrf_module, pseudo_labels
@@ -131,8 +131,8 @@ class CrfSummary(io.StageSummary):
 
 
 def resolve_workers(workers: int) -> int:
-    """``workers`` 0 means one per CPU core."""
-    return workers if workers >= 1 else (os.cpu_count() or 1)
+    """``workers`` 0 means one per CPU core (:func:`vpltool.config.worker_count`)."""
+    return worker_count(workers)
 
 
 def run_crf(

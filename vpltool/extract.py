@@ -121,7 +121,7 @@ def run_extract(
             def size_of(image: np.ndarray) -> tuple[int, int]:
                 return bb.input_size(image.shape[0], image.shape[1], cfg.image_size, cfg.max_side)
 
-            for size, batch in _batches(_decoded(todo, runtime.workers), size_of, runtime.batch_size):
+            for size, batch in _batches(_decoded(todo, runtime.worker_count), size_of, runtime.batch_size):
                 pixels = torch.stack([bb.preprocess(img, size) for _, img in batch])
                 result = encode_batch(bb, pixels, cfg, dtype)
                 for b, (item, image) in enumerate(batch):

@@ -37,8 +37,8 @@ Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA 
                                         "fp32 | bf16 | fp16 (CUDA only).", rich_help_panel=RUNTIME)]
 BatchSize = Annotated[int, typer.Option(help="Images per batch (equal input sizes are batched).",
                                         rich_help_panel=RUNTIME)]
-Workers = Annotated[int, typer.Option(help="Parallel image decoders / CRF processes (0 = one per CPU core).",
-                                      rich_help_panel=RUNTIME)]
+Workers = Annotated[int, typer.Option(help="Parallel image decoders / CRF processes: 0 = one per CPU core, 1 = in "
+                                      "this process.", rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
                                          rich_help_panel=RUNTIME)]
 LogFile = Annotated[Optional[Path], typer.Option("--log", envvar="VPLTOOL_LOG", rich_help_panel=RUNTIME,

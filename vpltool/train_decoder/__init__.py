@@ -168,7 +168,8 @@ class _Run:
             self.cache_seconds = time.perf_counter() - t0
             return (tuple(t.to(self.device) for t in cache.batch(keys, cfg)) for keys in plan)
         data = PseudoMaskSet(self.pairs, cfg, self.bb.mean, self.bb.std)
-        loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=self.runtime.workers,
+        workers = self.runtime.worker_count  # 1 = load in this process, as crf's 1 = CRF in this process
+        loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=0 if workers == 1 else workers,
                                              pin_memory=self.device.type == "cuda")
         return ((block_features(self.bb, p, self.blocks, self.dtype), m.to(self.device)) for p, m in loader)
 
@@ -245,8 +246,8 @@ def run_train_decoder(
         pseudo_dir: a finished `crf` (or `predict`) folder; its ``_stage.json`` names the dataset of the images.
         prototypes: a prototypes file (vision or text: the "text prototypes in phase 2" ablation); its ``model``
             metadata names the frozen CLIP.
-        cfg: see :class:`DecoderConfig`; ``runtime.workers`` = data loading processes, ``runtime.batch_size`` is
-            not used (``cfg.batch_size`` is).
+        cfg: see :class:`DecoderConfig`; ``runtime.workers`` = data loading processes (1 = in this process, 0 =
+            one per core), ``runtime.batch_size`` is not used (``cfg.batch_size`` is).
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
         on_iter: called on rank 0 after every iteration with ``(iteration, log record)``.
