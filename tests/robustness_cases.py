@@ -225,6 +225,29 @@ def _tensors_and_meta(path: Path):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
+def _poison(path: Path, tensor: str) -> None:
+    """Set one value of ``tensor`` in a safetensors file to NaN (metadata kept)."""
+    from safetensors.torch import save_file
+
+    tensors, meta = _tensors_and_meta(path)
+    tensors[tensor].view(-1)[0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+
+
+def interrupted_copy(ws: Workspace, source: Path, name: str, n_missing: int = 2) -> Path:
+    """A copy of a finished stage folder as a killed run leaves it: items missing, no ``_stage.json``, the run's
+    parameters in ``_run.json``."""
+    from vpltool import io
+
+    folder = ws.copy(source, name)
+    record = io.read_json(folder / io.STAGE_RECORD)
+    (folder / io.STAGE_RECORD).unlink()
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(("_", ".")))[-n_missing:]:
+        path.unlink()
+    io.write_json(folder / io.RUN_RECORD, {"stage": record["stage"], "params": record["params"]})
+    return folder
+
+
 # ---- datasets
 @case("corrupt image", "world_corrupt/images/train_000001.png", "unreadable image", "remove it")
 def _corrupt_image(ws: Workspace) -> Iterator[list[object]]:
@@ -304,6 +327,19 @@ def _wide_prototypes(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
 
 
+@case("prototypes of another CLIP with the same dimension and classes", "other_clip.safetensors",
+      "made with CLIP ViT-B-16 (openai)", "vpl-test-vit (none)", "same model")
+def _other_clip(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    text = io.read_prototypes(ws.text)
+    path = ws.root / "other_clip.safetensors"
+    io.write_prototypes(path, io.Prototypes(text.vectors, text.row_class, text.row_names, classes=text.classes,
+                                            temperature=text.temperature, source="text",
+                                            model={"model": "ViT-B-16", "pretrained": "openai"}))
+    yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
+
+
 @case("prototypes made for other classes", "cat_dog.safetensors", "2 classes", "same dataset")
 def _other_classes(ws: Workspace) -> Iterator[list[object]]:
     path = ws.root / "cat_dog.safetensors"
@@ -323,6 +359,27 @@ def _cams_of_other_features(ws: Workspace) -> Iterator[list[object]]:
            "--iters", "2", *CPU]
 
 
+@case("interrupted extract resumed with another --max-side", "features_interrupted",
+      "an interrupted run made with other parameters (max_side differ)", "--overwrite")
+def _resume_max_side(ws: Workspace) -> Iterator[list[object]]:
+    folder = interrupted_copy(ws, ws.features, "features_interrupted")
+    yield ["extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--max-side", "64"]
+
+
+@case("interrupted extract resumed with another --model", "features_interrupted", "(model differ)",
+      "re-run with the same options to resume")
+def _resume_model(ws: Workspace) -> Iterator[list[object]]:
+    folder = interrupted_copy(ws, ws.features, "features_interrupted")
+    yield ["extract", ws.world, "--split", "train", "-o", folder, "--model", "ViT-B-16", "--pretrained", "none", *CPU]
+
+
+@case("interrupted crf resumed with another --confidence", "pseudo_interrupted", "(confidence differ)",
+      "--overwrite")
+def _resume_crf(ws: Workspace) -> Iterator[list[object]]:
+    folder = interrupted_copy(ws, ws.pseudo, "pseudo_interrupted")
+    yield ["crf", ws.cams, "-o", folder, "--workers", "1", "--confidence", "0.5"]
+
+
 @case("interrupted decoder run re-run without --resume", "decoder_interrupted", "--resume", "--overwrite")
 def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
     out = ws.copy(ws.decoder, "decoder_interrupted")
@@ -333,14 +390,40 @@ def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
 # ---- damaged files
 @case("NaN in a features file", "features_nan/train_000000.safetensors", "'dense' contains NaN")
 def _nan_features(ws: Workspace) -> Iterator[list[object]]:
-    from safetensors.torch import save_file
-
     features = ws.copy(ws.features, "features_nan")
-    path = ws.first_feature_file(features)
-    tensors, meta = _tensors_and_meta(path)
-    tensors["dense"][0, 0, 0] = float("nan")
-    save_file(tensors, str(path), metadata=meta)
+    _poison(ws.first_feature_file(features), "dense")
     yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("NaN in a features file's cached attention", "features_nan_attention/train_000000.safetensors",
+      "'attention' contains NaN")
+def _nan_attention(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_nan_attention")
+    _poison(ws.first_feature_file(features), "attention")
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("NaN in a features file's cached last-block input", "features_nan_tokens/train_000000.safetensors",
+      "'last_block_input' contains NaN")
+def _nan_tokens(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_nan_tokens")
+    _poison(ws.first_feature_file(features), "last_block_input")
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("NaN in a CAM file (eval)", "cams_nan/train_000000.safetensors", "'cams' contains NaN")
+def _nan_cams_eval(ws: Workspace) -> Iterator[list[object]]:
+    cams = ws.copy(ws.cams, "cams_nan")
+    _poison(cams / "train_000000.safetensors", "cams")
+    yield ["eval", cams]
+
+
+@case("NaN in a CAM file (learn-prototypes)", "cams_nan/train_000000.safetensors", "'cams' contains NaN")
+def _nan_cams_learn(ws: Workspace) -> Iterator[list[object]]:
+    cams = ws.copy(ws.cams, "cams_nan")
+    _poison(cams / "train_000000.safetensors", "cams")
+    yield ["learn-prototypes", ws.features, "-c", cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--iters", "2", *CPU]
 
 
 @case("truncated safetensors file", "features_truncated/train_000000.safetensors", "not a readable safetensors")
@@ -350,6 +433,32 @@ def _truncated_features(ws: Workspace) -> Iterator[list[object]]:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("mask values outside the class range (eval)", "masks_out_of_range/train_000001.png", "mask values [50]",
+      "outside 0..8")
+def _masks_out_of_range(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool import io
+
+    masks = ws.copy(ws.pseudo, "masks_out_of_range")
+    mask = io.read_mask(masks / "train_000001.png").copy()
+    mask[0, :5] = 50
+    io.write_mask(masks / "train_000001.png", mask.astype(np.uint8))
+    yield ["eval", masks]
+
+
+@case("ground-truth mask of another size than its image (eval)", "world_gt_size/masks/train_000000.png",
+      "ground truth of image 'train_000000' is 48x48", "a GT mask must have its image's size")
+def _gt_size(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_gt_size")
+    gt = world / "masks" / "train_000000.png"
+    with Image.open(gt) as img:
+        img.resize((48, 48), Image.NEAREST).save(gt)
+    yield ["eval", ws.cams, "--data", world, "--split", "train"]
 
 
 @case("RGB colour masks instead of class-index PNGs (eval)", "masks_rgb/train_000000.png", "not RGB")
