@@ -271,6 +271,41 @@ def _missing_image(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
+@case("labels.csv saved as Latin-1, not UTF-8", "world_latin1/labels.csv: not UTF-8 text (byte 0xe9 on line 1)",
+      "save it as UTF-8")
+def _latin1_labels(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_latin1")
+    labels = world / "labels.csv"
+    labels.write_bytes("# photos de l'été\n".encode("latin-1") + labels.read_bytes())
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a symlink loop named like an image in images/", "world_loop/images/loop.png: cannot be read",
+      "Too many levels of symbolic links", "remove it")
+def _symlink_loop(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_loop")
+    (world / "images" / "loop.png").symlink_to("loop.png")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a split file that lists an id twice", "world_twice/splits/train.txt: id 'train_000000' is listed 2 times",
+      "keep one line per image")
+def _id_twice(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_twice")
+    listing = world / "splits" / "train.txt"
+    listing.write_text(listing.read_text() + "train_000000\n")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("classes.txt with background on its last line", "world_bg_last/classes.txt: 'background' is on line 9",
+      "put it on the first line")
+def _background_last(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_bg_last")
+    names = (world / "classes.txt").read_text().split()
+    (world / "classes.txt").write_text("\n".join([*names[1:], names[0]]) + "\n")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
 @case("unknown split", "world/splits/test.txt", "found: train, val", "--split")
 def _unknown_split(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "test", "-o", ws.out("out"), *TINY, *CPU]
@@ -663,6 +698,26 @@ def _scales_empty(ws: Workspace) -> Iterator[list[object]]:
       "comma-separated numbers")
 def _bg_exponents_abc(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", ws.cams, "--bg-exponents", "abc"]
+
+
+@case("eval on a dataset without ground-truth masks", "split 'train' of world_no_masks: no ground-truth masks",
+      "masks/")
+def _eval_without_masks(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_no_masks")
+    shutil.rmtree(world / "masks")
+    yield ["eval", ws.pseudo, "--data", world, "--split", "train"]
+
+
+@case("a manifest whose 'gt' file is missing (eval)", "world/masks/gone.png: ground-truth mask of image "
+      "'train_000000' not found", "fix the item's 'gt' in the manifest")
+def _manifest_gt_missing(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data import open_dataset, write_manifest
+
+    manifest = write_manifest(open_dataset(ws.world, "train"), ws.root / "manifest.json")
+    data = json.loads(manifest.read_text())
+    data["items"][0]["gt"] = "world/masks/gone.png"
+    manifest.write_text(json.dumps(data))
+    yield ["eval", ws.pseudo, "--data", manifest]
 
 
 @case("eval of a bare mask folder without --data", "bare_masks", "--data")

@@ -118,9 +118,13 @@ def _check_inputs(folder: Path, suffix: str, gt_by_id: Mapping[str, Path], ids: 
     ids = list(ids)
     if not ids:
         raise VplError(f"{folder}: no images to evaluate; the id list is empty")
-    no_gt = [i for i in ids if i not in gt_by_id or not Path(gt_by_id[i]).is_file()]
+    no_gt = [i for i in ids if i not in gt_by_id]
     if no_gt:
         raise VplError(f"no ground-truth mask for image '{no_gt[0]}'{_more(no_gt)}; add 'gt' to its manifest item")
+    gone = [i for i in ids if not Path(gt_by_id[i]).is_file()]
+    if gone:
+        raise VplError(f"{gt_by_id[gone[0]]}: ground-truth mask of image '{gone[0]}' not found{_more(gone)}; restore "
+                       "it, or fix the item's 'gt' in the manifest")
     if not folder.is_dir():
         raise VplError(f"{folder}: folder not found; run the stage that writes it first")
     missing = [i for i in ids if not (folder / f"{i}{suffix}").is_file()]
