@@ -256,6 +256,24 @@ def _corrupt_image(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
+@case("zero-byte image (refused before the model loads)", "world_empty_image/images/train_000001.png",
+      "unreadable image", "remove it from the split")
+def _zero_byte_image(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_empty_image")
+    (world / "images" / "train_000001.png").write_bytes(b"")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a 4000x3000 camera photo (too many patch tokens)", "world_big/images/train_000001.png: 3000x4000 pixels",
+      "47,000 patch tokens", "--max-tokens 4096", "pass --max-side 1168")
+def _huge_photo(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_big")
+    Image.new("RGB", (4000, 3000), (90, 120, 60)).save(world / "images" / "train_000001.png", compress_level=1)
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
 @case("missing image-label file (labels.csv)", "world_no_labels", "no labels.csv or labels.json")
 def _missing_labels(ws: Workspace) -> Iterator[list[object]]:
     world = ws.copy(ws.world, "world_no_labels")

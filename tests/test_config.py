@@ -8,6 +8,7 @@ import pytest
 
 from vpltool.config import (
     MAX_LR,
+    MAX_TOKENS,
     CamConfig,
     CrfConfig,
     DecoderConfig,
@@ -16,6 +17,7 @@ from vpltool.config import (
     LearnPrototypesConfig,
     PredictConfig,
     RuntimeConfig,
+    check_tokens,
     worker_count,
 )
 from vpltool.errors import VplError
@@ -44,3 +46,17 @@ def test_workers_zero_means_one_per_core_everywhere():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert worker_count(0) == cores == RuntimeConfig(workers=0).worker_count
     assert worker_count(3) == 3 == RuntimeConfig(workers=3).worker_count
+
+
+def test_a_photo_with_too_many_patch_tokens_is_refused_naming_max_side():
+    """A 4000x3000 photo asked the allocator for 281 GB; the rule refuses it and names a --max-side that fits."""
+    check_tokens("ok.jpg", (1024, 1024), (64, 64), 16, MAX_TOKENS)  # exactly at the limit: accepted
+    with pytest.raises(VplError) as e:
+        check_tokens("big.jpg", (3000, 4000), (188, 250), 16, MAX_TOKENS)
+    assert str(e.value) == ("big.jpg: 3000x4000 pixels make 47,000 patch tokens (188x250 at patch 16), above "
+                            "--max-tokens 4096 (attention memory grows with its square); pass --max-side 1168 (or "
+                            "raise --max-tokens where the memory is)")
+    # the suggested side fits (73 x 55 patches) and one patch more would not
+    assert 73 * 55 <= MAX_TOKENS < 74 * 56
+    with pytest.raises(VplError, match="re-run `vpltool extract` with --max-side"):
+        check_tokens("f.safetensors", (3000, 4000), (188, 250), 16, MAX_TOKENS, stage="cam")

@@ -348,6 +348,19 @@ def test_load_image_applies_exif_orientation(tmp_path):
     _check_rgb(load_image(tmp_path / "rot.jpg"), shape=(12, 8))
 
 
+def test_image_size_reads_the_header_as_load_image_decodes(tmp_path):
+    from vpltool.io import image_size
+
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored 12 wide, 8 high; shown 8 wide, 12 high
+    Image.new("RGB", (12, 8)).save(path, exif=exif)
+    assert image_size(path) == load_image(path).shape[:2] == (12, 8)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ContractError, match=r"empty\.png: unreadable image"):
+        image_size(tmp_path / "empty.png")
+
+
 def test_truncated_jpeg_is_a_contract_error_naming_the_file(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "broken.jpg"

@@ -30,7 +30,7 @@ import torch
 
 from . import io
 from .backbone import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_backbone
-from .config import CamConfig, ExtractConfig, RuntimeConfig, from_params, to_params
+from .config import CamConfig, ExtractConfig, RuntimeConfig, check_tokens, from_params, to_params
 from .data import open_recorded
 from .device import resolve_device
 from .errors import ContractError, VplError
@@ -236,6 +236,7 @@ def run_cam(
 def _cam_one(bb, features, out, item_id, items, protos, cfg, temperature, classes, params, extract_cfg, overlays,
              debug):
     feats = io.read_features(io.feature_path(features, item_id), classes=classes)
+    check_tokens(feats.file.path, feats.image_size, feats.grid, bb.patch_size, extract_cfg.max_tokens, stage="cam")
     image = io.load_image(items[item_id].image) if items else None
     if feats.last_block_input is None:  # a light cache: run the frozen blocks here
         if image is None:

@@ -20,6 +20,9 @@ DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
 PARITIES = ("none", "clip-es")
 MIN_SIDE = 32  # smallest --image-size / --max-side / --long-side accepted (a few patches of any ViT)
+# patch tokens per image: ~1024x1024 px at patch 16 (VOC's ~500x375 photos are 768). Every block's attention map is
+# tokens^2 per head, so a 4000x3000 photo (47k tokens) asked for 281 GB and died in the allocator
+MAX_TOKENS = 4096
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -97,12 +100,40 @@ class ExtractConfig:
     # none | clip-es: CLIP-ES's fp16-rounded positional embedding, and the tokens cached in fp32 (not fp16), so that
     # `cam --parity clip-es` reproduces CLIP-ES's fp32 run
     parity: str = "none"
+    # an image with more patch tokens is refused before the forward (check_tokens); a safety limit, not a setting
+    # of the features, so a resume with another value is allowed (NOT_COMPARED)
+    max_tokens: int = MAX_TOKENS
 
     def __post_init__(self) -> None:
         _at_least("--image-size", self.image_size, MIN_SIDE, allow_none=True, why=" pixels")
         _at_least("--max-side", self.max_side, MIN_SIDE, allow_none=True, why=" pixels")
         _at_least("--attention-blocks", self.attention_blocks, 1)
         _choice("--parity", self.parity, PARITIES)
+        _at_least("--max-tokens", self.max_tokens, 1)
+
+
+NOT_COMPARED = ("max_tokens",)  # recorded parameters that a resumed run may change (limits, not settings)
+
+
+def check_tokens(image: object, size: tuple[int, int], grid: tuple[int, int], patch: int, max_tokens: int, *,
+                 stage: str = "extract") -> None:
+    """Refuse an image whose ``grid`` (``(h, w)`` patches of its network input) exceeds ``max_tokens``.
+
+    The rule every stage that runs the frozen blocks on an image applies before the forward (`extract`, and `cam`
+    when it recomputes or re-runs the last block): one line naming the image, its ``size`` ``(H, W)`` in pixels,
+    the token count, and the ``--max-side`` that brings it under the limit.
+    """
+    n = grid[0] * grid[1]
+    if n <= max_tokens:
+        return
+    long, short = max(size), min(size)
+    side = patch * max(1, int(math.sqrt(max_tokens * long / short)))  # the largest long side whose grid fits
+    while side > patch and math.ceil(side / patch) * math.ceil(side * short / long / patch) > max_tokens:
+        side -= patch
+    fix = f"pass --max-side {side}" if stage == "extract" else f"re-run `vpltool extract` with --max-side {side}"
+    raise VplError(f"{image}: {size[0]}x{size[1]} pixels make {n:,} patch tokens ({grid[0]}x{grid[1]} at patch "
+                   f"{patch}), above --max-tokens {max_tokens} (attention memory grows with its square); {fix} "
+                   "(or raise --max-tokens where the memory is)")
 
 
 @dataclass(frozen=True)
@@ -358,8 +389,8 @@ def from_params(cls: type, params: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "RuntimeConfig", "worker_count",
-    "ExtractConfig",
+    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "MAX_TOKENS", "RuntimeConfig",
+    "worker_count", "ExtractConfig", "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",

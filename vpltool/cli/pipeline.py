@@ -63,7 +63,11 @@ def extract_cmd(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     image_size: Annotated[Optional[int], typer.Option(help="Fixed square input side; default: each side rounded "
                                                       "up to a multiple of the patch size (CLIP-ES).")] = None,
-    max_side: Annotated[Optional[int], typer.Option(help="Shrink longer sides above this first.")] = None,
+    max_side: Annotated[Optional[int], typer.Option(help="Shrink longer sides above this first (e.g. 1024 for "
+                                                    "camera photos).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Refuse an image whose input has more patch tokens than this, "
+                                            "before the forward (attention memory grows with its square).")] =
+        ExtractConfig.max_tokens,
     attention_blocks: Annotated[int, typer.Option(help="Last blocks whose attention CAA averages.")] =
         ExtractConfig.attention_blocks,
     tokens: Annotated[bool, typer.Option("--tokens/--no-tokens", help="Store the last block's input + attention "
@@ -92,7 +96,7 @@ def extract_cmd(
 
     dataset = open_dataset(data, split, labels_file=labels_file, allow_pickle=allow_pickle)
     cfg = ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
-                        store_tokens=tokens, parity=parity)
+                        store_tokens=tokens, parity=parity, max_tokens=max_tokens)
     with progress("extract") as (on_start, on_item):
         summary = run_extract(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                               runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),

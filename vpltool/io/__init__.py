@@ -29,6 +29,7 @@ from .files import (
 )
 from .images import (
     MASK_SUFFIX,
+    image_size,
     load_image,
     mask_path,
     read_mask,
@@ -88,9 +89,9 @@ from .training import (
 
 __all__ = [
     "append_line", "append_log", "atomic_path", "check_folder_target", "check_writable_target", "file_identity",
-    "jsonable", "make_folder",
-    "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
-    "MASK_SUFFIX", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask", "write_png",
+    "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
+    "MASK_SUFFIX", "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
+    "write_png",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
     "cam_path", "feature_path", "features_header", "item_ids", "read_cam", "read_cam_debug", "read_features",
     "read_prototypes", "same_model", "token_dtype", "upsample_maps", "write_cam", "write_cam_debug", "write_features",

@@ -78,16 +78,19 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
     return record
 
 
-def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
-    """Top-level keys whose values differ between two parameter dicts, as they read back from JSON."""
+def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """Top-level keys whose values differ between two parameter dicts, as they read back from JSON (``ignore``:
+    keys never compared)."""
     old, new = jsonable(old or {}), jsonable(new)
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignore)
 
 
-def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool) -> Path:
+def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
+                      not_compared: Sequence[str] = ()) -> Path:
     """Create ``folder`` for a stage run; refuse to mix parameter sets unless ``overwrite``.
 
-    Both the completion record and the record of an interrupted run are compared with ``params``. With
+    Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
+    keys in ``not_compared``: limits such as ``max_tokens``, which never change a finished item). With
     ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete.
     """
     folder = make_folder(folder)
@@ -102,7 +105,7 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
             record.unlink()
         elif old.get("stage") != stage:
             raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
-        elif changed := changed_keys(old.get("params"), params):
+        elif changed := changed_keys(old.get("params"), params, not_compared):
             resume = " to resume" if name == RUN_RECORD else ""
             raise VplError(f"{folder}: {what} with other parameters ({', '.join(changed)} differ); re-run with the "
                            f"same options{resume}, pass --overwrite to redo it, or choose another --out")
@@ -149,12 +152,14 @@ class StageFolder:
         overwrite: redo finished items (and forget another run's records).
         lock_name: shards of one run (``--shard i/n``) hold separate locks on one folder.
         reset: whether this process may remove the records under ``overwrite`` (False for shards but the first).
+        not_compared: keys of ``params`` recorded but not compared on resume (limits, not settings).
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
-                 lock_name: str = LOCK_FILE, reset: bool = True):
+                 lock_name: str = LOCK_FILE, reset: bool = True, not_compared: Sequence[str] = ()):
         self.folder, self.stage, self.params = Path(folder), stage, dict(params)
         self.overwrite, self.lock_name, self.reset = overwrite, lock_name, reset
+        self.not_compared = tuple(not_compared)
         self._stack = contextlib.ExitStack()
         self._created = False
 
@@ -162,7 +167,7 @@ class StageFolder:
         self._created = not self.folder.exists()
         self._stack.enter_context(output_lock(self.folder, self.lock_name))
         try:
-            prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset)
+            prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset, self.not_compared)
         except BaseException:
             self.__exit__(True)
             raise
