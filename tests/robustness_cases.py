@@ -433,6 +433,32 @@ def _resume_crf(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", ws.cams, "-o", folder, "--workers", "1", "--confidence", "0.5"]
 
 
+@case("a batch larger than the pseudo masks (train-decoder --batch-size 100)",
+      "pseudo: 4 pseudo masks cannot fill a batch of 100", "lower --batch-size (at most 4)")
+def _batch_too_big(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_big_batch"), *DECODER_ARGS,
+           "--batch-size", "100"]
+
+
+@case("a confidence few CRF probabilities reach (crf --confidence 1.0)", "warning: 75.0% of the pixels",
+      "--confidence 1", "lower --confidence", exit_code=0, leaves=("pseudo_all_ignored/", "pseudo_all_ignored/*"))
+def _confidence_one(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.out("pseudo_all_ignored"), "--workers", "1", "--confidence", "1.0"]
+
+
+@case("pseudo masks whose every pixel is ignored (train-decoder)",
+      "pseudo_255: every pixel of its 4 pseudo masks is 255 (ignored)", "lower --confidence")
+def _all_ignored(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool import io
+
+    pseudo = ws.copy(ws.pseudo, "pseudo_255")
+    for png in sorted(pseudo.glob("*.png")):
+        io.write_mask(png, np.full_like(io.read_mask(png), 255))
+    yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("decoder_255"), *DECODER_ARGS]
+
+
 @case("interrupted decoder run re-run without --resume", "decoder_interrupted", "--resume", "--overwrite")
 def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
     out = ws.copy(ws.decoder, "decoder_interrupted")
@@ -603,7 +629,7 @@ def _read_only(ws: Workspace) -> Iterator[list[object]]:
 @case("disk full while appending to the training log (simulated ENOSPC)",
       "no space left on device writing decoder_full/log.jsonl",
       leaves=("decoder_full/", "decoder_full/.vpltool.lock", "decoder_full/checkpoints/",
-              "decoder_full/checkpoints/last.safetensors", "decoder_full/log.jsonl"))
+              "decoder_full/checkpoints/last.safetensors"))
 def _log_full(ws: Workspace) -> Iterator[list[object]]:
     from vpltool.io import files
 

@@ -128,3 +128,31 @@ def test_stage_chain_end_to_end(world, tmp_path):
     r = _invoke("cam", feats, "-p", next(feats.glob("*.safetensors")), "-o", tmp_path / "cams2", "--device", "cpu")
     assert r.exit_code == 2 and "expected a 'prototypes' file" in _error_lines(r.output)[0]
     assert not (tmp_path / "cams2").exists()  # refused before the output folder is made
+
+
+def test_summaries_say_what_each_number_is(world, features_dir, text_protos, tmp_path):
+    """"loss 0.3121 → path" and "gap frobenius 0.000, region 1.563 → ..." named no quantity; each number is now
+    named, with before → after where there is a before."""
+    import re
+
+    cams, vision, pseudo = tmp_path / "cams", tmp_path / "vision.safetensors", tmp_path / "pseudo"
+    assert _invoke("cam", features_dir, "-p", text_protos, "-o", cams, "--device", "cpu").exit_code == 0
+    r = _invoke("learn-prototypes", features_dir, "-c", cams, "-t", text_protos, "-o", vision, "--iters", "3",
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"learn-prototypes: \d+ pixels, 3 iterations in [\d.]+s; mean cross-entropy [\d.]+ → [\d.]+ "
+                     r"nats; prototype-to-region distance [\d.]+ → [\d.]+; distance to the text prototypes "
+                     r"\|\|Z - W\|\|_F [\d.]+ → ", r.output), r.output
+    from vpltool.data import open_dataset
+
+    dataset = open_dataset(world, "train")
+    pseudo.mkdir()
+    for item in dataset.items:  # ground truth as pseudo masks
+        shutil.copy(item.gt, pseudo / f"{item.id}.png")
+    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    r = _invoke("train-decoder", pseudo, "-p", vision, "-o", tmp_path / "decoder", "--iters", "4", "--batch-size",
+                "2", "--dim", "16", "--layers", "1", "--heads", "2", "--crop-size", "64", "--workers", "1",
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"train-decoder: 4 iterations \([\d.]+ it/s\), training loss \(CE \+ RSC\) [\d.]+ → [\d.]+ "
+                     r"\(first → last logged iteration\) → ", r.output), r.output

@@ -252,6 +252,7 @@ def learn_prototypes_cmd(
 
 # ============================================================================================= crf
 _C = CrfConfig()
+CRF_IGNORED_WARNING = 0.5  # share of 255 pixels from which crf warns: the decoder would learn from a minority
 
 
 @app.command("crf")
@@ -291,4 +292,9 @@ def crf_cmd(
     with progress("crf") as (on_start, on_item):
         s = run_crf(cams, out, cfg, runtime(workers=workers, overwrite=overwrite), on_item=on_item,
                     on_start=on_start)
-    say(f"[green]✓[/] crf: {s.done} masks, {s.skipped} already done → {out}")
+    ignored = "" if s.ignored is None else f", {100 * s.ignored:.1f}% of their pixels ignored (255)"
+    if s.ignored is not None and s.ignored >= CRF_IGNORED_WARNING:
+        say(f"[yellow]warning:[/] {100 * s.ignored:.1f}% of the pixels of these masks are 255 (CRF probability below "
+            f"--confidence {confidence:g}): train-decoder learns from the other {100 * (1 - s.ignored):.1f}% only; "
+            f"lower --confidence (default {_C.confidence:g})")
+    say(f"[green]✓[/] crf: {s.done} masks{ignored}, {s.skipped} already done → {out}")

@@ -106,9 +106,11 @@ def train_decoder_cmd(
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
                               resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1))
-    val = f", validation mIoU {100 * s.val_miou:.1f}" if s.val_miou is not None else ""
-    say(f"[green]✓[/] train-decoder: {s.iterations} iterations ({s.iters_per_s:.2f} it/s), last training loss "
-        f"(CE + RSC) {s.loss:.4f}{val} → {s.decoder}")
+    done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
+    loss = "" if s.loss is None else \
+        f", training loss (CE + RSC) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"
+    val = f", validation mIoU {100 * s.val_miou:.1f}%" if s.val_miou is not None else ""
+    say(f"[green]✓[/] train-decoder: {done} ({s.iters_per_s:.2f} it/s){loss}{val} → {s.decoder}")
 
 
 @app.command("predict")
