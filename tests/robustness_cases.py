@@ -348,6 +348,48 @@ def _interrupted_cams(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", cams, "-o", ws.out("out"), "--workers", "1"]
 
 
+@case("an extract folder where one of two shards is done (cam)", "features_half: no _stage.json yet",
+      "runs in 2 shards and only shard(s) 0 finished", "run the pending --shard 1/2")
+def _half_sharded(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("features_half")
+    cli_ok("extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--shard", "0/2")
+    yield ["cam", folder, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+def _moved_dataset(ws: Workspace, source: Path, name: str) -> Path:
+    """A copy of a finished stage folder whose recorded dataset is no longer where it was."""
+    folder = ws.copy(source, name)
+    record = json.loads((folder / "_stage.json").read_text())
+    record["inputs"]["dataset"]["root"] = str(ws.root / "world_moved_away")
+    (folder / "_stage.json").write_text(json.dumps(record))
+    return folder
+
+
+@case("crf after the dataset folder moved", "cams_moved/_stage.json: its dataset world_moved_away is gone",
+      "put it back there", "re-run the pipeline from `extract`")
+def _crf_moved(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", _moved_dataset(ws, ws.cams, "cams_moved"), "-o", ws.out("out"), "--workers", "1"]
+
+
+@case("eval after the dataset folder moved", "cams_moved/_stage.json: its dataset world_moved_away is gone",
+      "pass --data with its new place")
+def _eval_moved(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", _moved_dataset(ws, ws.cams, "cams_moved")]
+
+
+@case("predict after the dataset folder moved", "decoder_moved.safetensors: its training dataset world_moved_away "
+      "is gone", "pass --data with its new place")
+def _predict_moved(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    tensors, meta = _tensors_and_meta(ws.decoder / "decoder.safetensors")
+    dataset = json.loads(meta["vpltool.dataset"])
+    meta["vpltool.dataset"] = json.dumps({**dataset, "root": str(ws.root / "world_moved_away")})
+    path = ws.root / "decoder_moved.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    yield ["predict", path, "--split", "val", "-o", ws.out("out"), *CPU]
+
+
 @case("CAM folder where pseudo masks belong (train-decoder)", "cams: holds `cam` output", "`crf`")
 def _cams_for_pseudo(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", ws.cams, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS]

@@ -147,6 +147,8 @@ def run_extract(
         if complete:
             folder.complete(inputs={"dataset": dataset.identity()}, count=len(dataset.items),
                             classes=list(dataset.classes))
+        elif count > 1:
+            folder.shard_done(index, count)
     return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
 
 

@@ -32,6 +32,7 @@ from .tensors import FORMAT_VERSION
 STAGE_RECORD = "_stage.json"
 RUN_RECORD = "_run.json"
 LOCK_FILE = ".vpltool.lock"
+SHARD_RECORD = "_shard.{index}-of-{count}.json"  # a shard (--shard i/n) finished; removed with the others' records
 
 
 @dataclass
@@ -69,6 +70,14 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
         raise VplError(f"{folder}: folder not found; run `vpltool {stages[0]}` first")
     path = stage_record_path(folder)
     if not path.is_file():
+        shards = finished_shards(folder)
+        if shards:
+            count = shards[0][1]
+            done, todo = [i for i, _ in shards], [i for i in range(count) if (i, count) not in shards]
+            listed = ", ".join(f"--shard {i}/{count}" for i in todo)
+            raise ContractError(f"{folder}: no {STAGE_RECORD} yet: `vpltool {stages[0]}` runs in {count} shards and "
+                                f"only shard(s) {', '.join(map(str, done))} finished; run the pending {listed} (or "
+                                "wait for them) to complete it")
         pending = folder / RUN_RECORD
         why = "was interrupted or is still running" if pending.is_file() else "did not finish there"
         raise ContractError(f"{folder}: no {STAGE_RECORD}; `vpltool {stages[0]}` {why} (re-run it)")
@@ -76,6 +85,21 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
     if record.get("stage") not in stages:
         raise ContractError(f"{folder}: holds `{record.get('stage')}` output, expected `{stages[0]}` output")
     return record
+
+
+def finished_shards(folder: str | os.PathLike) -> list[tuple[int, int]]:
+    """``(index, count)`` of the shards that recorded their end in ``folder`` (:meth:`StageFolder.shard_done`)."""
+    found = []
+    for path in Path(folder).glob(SHARD_RECORD.format(index="*", count="*")):
+        index, _, count = path.stem.removeprefix("_shard.").partition("-of-")
+        if index.isdigit() and count.isdigit():
+            found.append((int(index), int(count)))
+    return sorted(found)
+
+
+def _remove_shard_records(folder: Path) -> None:
+    for index, count in finished_shards(folder):
+        (folder / SHARD_RECORD.format(index=index, count=count)).unlink(missing_ok=True)
 
 
 def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
@@ -103,6 +127,7 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
         old = read_json(record)
         if overwrite:
             record.unlink()
+            _remove_shard_records(folder)
         elif old.get("stage") != stage:
             raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
         elif changed := changed_keys(old.get("params"), params, not_compared):
@@ -192,10 +217,18 @@ class StageFolder:
         return [i for i in ids if not item_done(path_of(self.folder, i), self.overwrite)]
 
     def complete(self, *, inputs: Mapping[str, Any], count: int, **extra: Any) -> Path:
-        """Write ``_stage.json`` (every item is there); the run record goes, its parameters live on in it."""
+        """Write ``_stage.json`` (every item is there); the run and shard records go, the parameters live on in
+        it."""
         path = write_stage_record(self.folder, self.stage, params=self.params, inputs=inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)
+        _remove_shard_records(self.folder)
         return path
+
+    def shard_done(self, index: int, count: int) -> Path:
+        """Record that shard ``index`` of ``count`` finished while others are pending, so that a later stage says
+        which shards to run instead of "did not finish" (``_stage.json`` comes with the last shard)."""
+        return write_json(self.folder / SHARD_RECORD.format(index=index, count=count),
+                          {"stage": self.stage, "shard": [index, count]})
 
 
 def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
