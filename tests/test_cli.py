@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -133,8 +134,6 @@ def test_stage_chain_end_to_end(world, tmp_path):
 def test_summaries_say_what_each_number_is(world, features_dir, text_protos, tmp_path):
     """"loss 0.3121 → path" and "gap frobenius 0.000, region 1.563 → ..." named no quantity; each number is now
     named, with before → after where there is a before."""
-    import re
-
     cams, vision, pseudo = tmp_path / "cams", tmp_path / "vision.safetensors", tmp_path / "pseudo"
     assert _invoke("cam", features_dir, "-p", text_protos, "-o", cams, "--device", "cpu").exit_code == 0
     r = _invoke("learn-prototypes", features_dir, "-c", cams, "-t", text_protos, "-o", vision, "--iters", "3",
@@ -156,3 +155,41 @@ def test_summaries_say_what_each_number_is(world, features_dir, text_protos, tmp
     assert r.exit_code == 0, r.output
     assert re.search(r"train-decoder: 4 iterations \([\d.]+ it/s\), training loss \(CE \+ RSC\) [\d.]+ → [\d.]+ "
                      r"\(first → last logged iteration\) → ", r.output), r.output
+
+
+def test_off_a_terminal_extract_prints_progress_while_a_batch_is_slow(world, tmp_path, monkeypatch):
+    """nohup, Slurm and CI logs once saw nothing for 97 s: off a terminal a plain line comes every
+    PROGRESS_EVERY_S (10 s, under the 30 s bar) even while no image finishes. Here the interval is 0.05 s and every
+    batch takes 0.4 s: each batch must be covered by at least one line."""
+    import time
+
+    import vpltool.extract as extract
+    from vpltool.cli import common
+
+    assert common.PROGRESS_EVERY_S <= 30
+    monkeypatch.setattr(common, "PROGRESS_EVERY_S", 0.05)
+    printed, batches = [], []
+    real_print, real_encode = common.err.print, extract.encode_batch
+
+    def record_print(text, *args, **kwargs):
+        printed.append((time.monotonic(), str(text)))
+        real_print(text, *args, **kwargs)
+
+    def slow_encode(*args, **kwargs):
+        t0 = time.monotonic()
+        time.sleep(0.4)
+        out = real_encode(*args, **kwargs)
+        batches.append((t0, time.monotonic()))
+        return out
+
+    monkeypatch.setattr(common.err, "print", record_print)
+    monkeypatch.setattr(extract, "encode_batch", slow_encode)
+    r = _invoke("extract", world, "--split", "train", "-o", tmp_path / "f", *TINY, "--device", "cpu",
+                "--batch-size", "2", "--workers", "1")
+    assert r.exit_code == 0, r.output
+    assert not common.err.is_terminal and len(batches) == 3
+    progress = [(t, text) for t, text in printed if text.startswith("extract: ")]
+    for t0, t1 in batches:
+        assert any(t0 <= t <= t1 for t, _ in progress), (t0, t1, progress)
+    assert re.search(r"^extract: 0/6 images \(0%\), 0\.00 images/s, 0m0\ds elapsed$", r.output, re.M), r.output
+    assert "extract: 6/6 images (100%)" in r.output
