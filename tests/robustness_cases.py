@@ -19,6 +19,7 @@ import errno
 import fnmatch
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -145,7 +146,7 @@ class Case:
             before = disk_state(ws.root)
             r = invoke(*args)
             after = disk_state(ws.root)
-        lines = [ws.relative(line) for line in r.output.splitlines() if line.strip()]
+        lines = [_steady(ws.relative(line)) for line in r.output.splitlines() if line.strip()]
         return args, Outcome(exit_code=r.exit_code, error_lines=[ln for ln in lines if ln.startswith("error:")],
                              last_line=lines[-1] if lines else "",
                              traceback="Traceback" in r.output or (r.exception is not None
@@ -175,6 +176,12 @@ def case(name: str, *expect: str, leaves: tuple[str, ...] = (), exit_code: int =
         return fn
 
     return register
+
+
+def _steady(line: str) -> str:
+    """``line`` with speeds and durations as "…", so that the page does not change from one run to the next."""
+    line = re.sub(r"\d+(?:\.\d+)? (img|it|images|iterations)/s", r"… \1/s", line)
+    return re.sub(r"\b\d+m\d\ds elapsed", "… elapsed", line)
 
 
 def disk_state(root: Path) -> dict[str, tuple[int, ...]]:
