@@ -721,6 +721,13 @@ def _missing_weights(ws: Workspace) -> Iterator[list[object]]:
            "--pretrained", ws.root / "missing.safetensors", *CPU]
 
 
+@case("the toy CLIP on words outside the demo world", "prompt 'a clean origami camera.'",
+      "words ['clean', 'origami', 'camera'] are not in the toy CLIP's vocabulary", "use it on the demo world",
+      "--templates / --background")
+def _toy_words(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", "--classes", "camera", "--model", "vpltool-toy", "-o", ws.out("toy.safetensors"), *CPU]
+
+
 @case("CRF extra (pydensecrf2) not installed", "pip install 'vpltool[crf]'", "--no-crf")
 def _no_pydensecrf(ws: Workspace) -> Iterator[list[object]]:
     with mock.patch.dict(sys.modules, {"pydensecrf": None, "pydensecrf.densecrf": None}):  # import fails

@@ -193,3 +193,12 @@ def test_off_a_terminal_extract_prints_progress_while_a_batch_is_slow(world, tmp
         assert any(t0 <= t <= t1 for t, _ in progress), (t0, t1, progress)
     assert re.search(r"^extract: 0/6 images \(0%\), 0\.00 images/s, 0m0\ds elapsed$", r.output, re.M), r.output
     assert "extract: 6/6 images (100%)" in r.output
+
+
+def test_a_model_folder_or_alias_records_no_pretrained_tag():
+    """`extract --model vpltool-toy` without `--pretrained none` once recorded "pretrained": "openai"."""
+    from vpltool.backbone import ModelSpec
+
+    assert ModelSpec("vpltool-toy").identity() == {"model": "vpltool-toy", "pretrained": "none"}
+    assert ModelSpec("local-dir:/somewhere").identity()["pretrained"] == "none"
+    assert ModelSpec("ViT-B-16").identity()["pretrained"] == "openai"
