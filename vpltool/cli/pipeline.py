@@ -88,8 +88,9 @@ def extract_cmd(
 ) -> None:
     """Run the frozen CLIP image encoder once per image and cache what later stages need.
 
-    [dim]Example: vpltool extract data/VOC2012 --split train -o runs/voc/features --model ViT-B-16
-    --pretrained openai[/]
+    \b
+    Example:
+      vpltool extract data/VOC2012 --split train -o runs/voc/features --model ViT-B-16 --pretrained openai
     """
     from ..data import open_dataset
     from ..extract import run_extract
@@ -131,7 +132,9 @@ def text_prototypes_cmd(
 ) -> None:
     """Encode class names and background words into a prototypes file (text prototypes).
 
-    [dim]Example: vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet[/]
+    \b
+    Example:
+      vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet
     """
     from ..text_prototypes import run_text_prototypes
 
@@ -179,7 +182,9 @@ def cam_cmd(
 ) -> None:
     """Softmax-GradCAM at the last block + class-aware attention affinity, for each image's labelled classes.
 
-    [dim]Example: vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text[/]
+    \b
+    Example:
+      vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
     """
     from ..cam import run_cam
 
@@ -231,8 +236,10 @@ def learn_prototypes_cmd(
     Minimises KL(P' || softmax(x.W / tau_I)) over every pixel feature x of the training set, W initialised from
     the text prototypes, rows projected onto the unit sphere after each step. Reports the modality gap.
 
-    [dim]Example: vpltool learn-prototypes runs/voc/features -c runs/voc/cams_text -t runs/voc/text.safetensors
-    -o runs/voc/vision.safetensors --tau-i 0.03 --iters 3000[/]
+    \b
+    Example:
+      vpltool learn-prototypes runs/voc/features -c runs/voc/cams_text -t runs/voc/text.safetensors \\
+          -o runs/voc/vision.safetensors --tau-i 0.03 --iters 3000
     """
     from ..learn_prototypes import run_learn_prototypes
 
@@ -282,7 +289,9 @@ def crf_cmd(
 ) -> None:
     """Dense-CRF pseudo masks (palette PNGs, 255 = low confidence) from CAMs and their images.
 
-    [dim]Example: vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8[/]
+    \b
+    Example:
+      vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8
     """
     from ..crf import run_crf
 

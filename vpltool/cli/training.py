@@ -89,10 +89,12 @@ def train_decoder_cmd(
 ) -> None:
     """VPL phase 2: a decoder on the frozen CLIP trained with CE on pseudo masks + regional semantic contrast.
 
-    On a CPU pass [bold]--recipe cpu[/] (the paper's recipe would take days). Multi-GPU: [bold]torchrun
-    --nproc-per-node 4 -m vpltool train-decoder ...[/] (DDP; the batch is per process).
+    On a CPU pass --recipe cpu (the paper's recipe would take days). Multi-GPU: torchrun
+    --nproc-per-node 4 -m vpltool train-decoder ... (DDP; the batch is per process).
 
-    [dim]Example: vpltool train-decoder runs/voc/pseudo -p runs/voc/vision.safetensors -o runs/voc/decoder[/]
+    \b
+    Example:
+      vpltool train-decoder runs/voc/pseudo -p runs/voc/vision.safetensors -o runs/voc/decoder
     """
     from ..config import decoder_recipe
     from ..train_decoder import run_train_decoder
@@ -136,7 +138,9 @@ def predict_cmd(
 ) -> None:
     """Segment a dataset split with a trained decoder: multi-scale + flip averaging, optional CRF.
 
-    [dim]Example: vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val[/]
+    \b
+    Example:
+      vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val
     """
     from ..predict import run_predict
 
@@ -166,9 +170,11 @@ def eval_cmd(
     """Score predicted masks or CAMs against ground truth: per-class IoU and mIoU (VOC/COCO convention).
 
     Predicted 255 (a pseudo mask's low-confidence pixels) counts as wrong; to score pseudo masks like CLIP-ES's
-    --eval_only, make them with [bold]crf --confidence 0[/].
+    --eval_only, make them with crf --confidence 0.
 
-    [dim]Example: vpltool eval runs/voc/cams --split train --json runs/voc/cam_metrics.json[/]
+    \b
+    Example:
+      vpltool eval runs/voc/cams --split train --json runs/voc/cam_metrics.json
     """
     from rich.console import Console
 
