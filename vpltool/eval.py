@@ -30,7 +30,7 @@ from .errors import ContractError, VplError
 from .kernels import MiouAccumulator, best_foreground, with_background
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from rich.console import Group
 
 
 # --------------------------------------------------------------------------------------------- folders
@@ -146,11 +146,18 @@ def _name_classes(result: dict[str, Any], classes: Sequence[str]) -> dict[str, A
 
 
 # --------------------------------------------------------------------------------------------- display
-def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Table:
-    """Per-class IoU table (percent, one decimal) with mIoU, accuracies and the chosen exponent as a caption."""
-    from rich.table import Table  # lazy: metrics is imported by the CLI, which keeps `--help` light
+def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Group:
+    """The mIoU line, the per-class IoU table (percent, one decimal), then accuracies and the chosen exponent.
 
-    table = Table(title=f"mIoU {_pct(result.get('miou'))} over {result.get('n_images', '?')} images")
+    The first and last lines are printed around the table, not as its title and caption: those wrap to the
+    table's width, which broke them over several lines in a log or a pipe.
+    """
+    from rich.console import Group
+    from rich.table import Table  # lazy: metrics is imported by the CLI, which keeps `--help` light
+    from rich.text import Text
+
+    title = f"mIoU {_pct(result.get('miou'))} over {result.get('n_images', '?')} images"
+    table = Table()
     table.add_column("id", justify="right", style="dim")
     table.add_column("class")
     table.add_column("IoU %", justify="right")
@@ -163,8 +170,7 @@ def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Table:
         # float(): keys are strings once the result went through JSON
         tried = ", ".join(f"a={float(a):g}: {_pct(m)}" for a, m in result.get("by_exponent", {}).items())
         caption += f" · best bg exponent a={float(result['bg_exponent']):g} ({tried})"
-    table.caption = caption
-    return table
+    return Group(Text(title), table, Text(caption))
 
 
 def _pct(value: float | None) -> str:
