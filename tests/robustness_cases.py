@@ -625,6 +625,13 @@ def _folder_output(ws: Workspace) -> Iterator[list[object]]:
     yield ["text-prototypes", ws.features, "-o", ws.features, *TEXT_ARGS, *CPU]
 
 
+@case("loss-curve path is an existing folder (learn-prototypes --plot, checked before the descent)",
+      "features: is a folder", "give a file name")
+def _plot_folder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--plot", ws.features, "--iters", "2", *CPU]
+
+
 @case("output folder is an existing file (train-decoder)", "decoder_file: exists and is not a folder")
 def _file_output(ws: Workspace) -> Iterator[list[object]]:
     target = ws.out("decoder_file")

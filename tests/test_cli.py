@@ -202,3 +202,18 @@ def test_a_model_folder_or_alias_records_no_pretrained_tag():
     assert ModelSpec("vpltool-toy").identity() == {"model": "vpltool-toy", "pretrained": "none"}
     assert ModelSpec("local-dir:/somewhere").identity()["pretrained"] == "none"
     assert ModelSpec("ViT-B-16").identity()["pretrained"] == "openai"
+
+
+def test_a_stage_run_under_a_group_umask_writes_group_readable_files(features_dir, text_protos, tmp_path):
+    """Files were created 0600 whatever the umask (mkstemp): collaborators could not read results."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        r = _invoke("cam", features_dir, "-p", text_protos, "-o", tmp_path / "cams", "--device", "cpu")
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "cams").iterdir()}
+    assert modes and set(modes.values()) == {"0o640"}, modes  # items, _stage.json and the lock file
+    assert oct((tmp_path / "cams").stat().st_mode & 0o777) == "0o750"

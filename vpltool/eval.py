@@ -193,7 +193,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     if not folder.is_dir():
         raise VplError(f"{folder}: predictions folder not found")
     if json_out is not None:
-        io.check_writable_target(json_out)  # before minutes of scoring, not after
+        io.check_writable_target(json_out, ".json")  # before minutes of scoring, not after
     recorded = io.recorded_dataset_identity(folder)
     if data is None:
         if recorded is None:

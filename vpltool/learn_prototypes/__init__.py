@@ -226,7 +226,7 @@ def run_learn_prototypes(
     """
     start, out = time.perf_counter(), io.check_writable_target(out)
     plot_path = None if plot is False else io.check_writable_target(
-        out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot)  # before minutes of descent
+        out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot, ".png")  # before the descent
     inp = check_inputs(features_dir, cams_dir, text_prototypes)
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
