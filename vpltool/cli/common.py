@@ -227,14 +227,14 @@ def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: 
                          overwrite=overwrite)
 
 
-def parse_floats(value: str, option: str) -> tuple[float, ...]:
-    """``"1.0,0.75"`` -> ``(1.0, 0.75)``; a VplError naming the option for anything else."""
+def parse_floats(value: str, option: str, example: str = "1,2") -> tuple[float, ...]:
+    """``"1.0,0.75"`` -> ``(1.0, 0.75)``; a VplError naming the option (and a valid ``example``) for anything else."""
     try:
         values = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise VplError(f"{option} {value!r}: give comma-separated numbers, e.g. 1,2") from None
+        raise VplError(f"{option} {value!r}: give comma-separated numbers, e.g. {example}") from None
     if not values:
-        raise VplError(f"{option} is empty: give comma-separated numbers, e.g. 1,2")
+        raise VplError(f"{option} is empty: give comma-separated numbers, e.g. {example}")
     return values
 
 

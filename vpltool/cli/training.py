@@ -144,7 +144,8 @@ def predict_cmd(
     """
     from ..predict import run_predict
 
-    cfg = PredictConfig(scales=parse_floats(scales, "--scales"), flip=flip, long_side=long_side, crf=crf)
+    cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
+                        long_side=long_side, crf=crf)
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, overwrite=overwrite),
                         overlays=save_overlays, on_item=on_item, on_start=on_start)
