@@ -215,7 +215,7 @@ bench: setup
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup
-	$(VENV)/bin/typer vpltool.cli utils docs --name vpltool --output docs/cli.md
+	$(VENV)/bin/python benchmarks/cli_docs.py
 	$(VENV)/bin/python benchmarks/robustness_table.py
 
 ## Retrain the shipped toy CLIP from its seed (not part of CI; about 10 min on 2 cores, bit-identical)

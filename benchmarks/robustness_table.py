@@ -26,8 +26,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vpltool-robustness-") as tmp:
         rows = rc.run_all(rc.Workspace(Path(tmp) / "ws"))
     args.out.write_text(rc.render(rows))
-    bad = [case.name for case, _, outcome in rows if outcome.exit_code != 2 or len(outcome.error_lines) != 1]
-    print(f"wrote {args.out}: {len(rows)} cases" + (f"; NOT one-line exit 2: {bad}" if bad else ""))
+    bad = [case.name for case, _, outcome in rows
+           if outcome.exit_code != case.exit_code or len(outcome.error_lines) != (case.exit_code == 2)
+           or case.unexpected(outcome)]
+    print(f"wrote {args.out}: {len(rows)} cases" + (f"; NOT as the case expects: {bad}" if bad else ""))
     sys.exit(1 if bad else 0)
 
 

@@ -180,7 +180,7 @@ def measure_dataset(name: str, tmp: Path, bb, spec: ModelSpec, n: int, scale: fl
     out["patch_grid"] = first.meta("grid")
     out["extract"] = {"bytes_per_image": float(np.mean(list(feats.values()))), "flops_per_image": c.flops / n,
                       "s_per_image": c.seconds / n,
-                      # what `--no-tokens` would drop: last_block_input and attention
+                      "cache": ExtractConfig().cache,  # the default: dense features only
                       "tensor_bytes": {k: t.numel() * t.element_size() for k, t in first.tensors.items()}}
 
     text = build_text_prototypes(bb, dataset.classes)
@@ -258,11 +258,14 @@ def scale_to_dataset(name: str, m: dict, dec: dict, labels_per_image: float, hw:
 
     rows = [
         row("extract", n, n * feat, n * m["extract"]["flops_per_image"], measured_s=n * m["extract"]["s_per_image"],
-            note=f"{h}x{w} patches: dense + last_block_input + attention, fp16; JPEG decoding not counted"),
+            note=f"{h}x{w} patches, --cache {m['extract'].get('cache', 'full')}: "
+                 f"{'dense features' if m['extract'].get('cache') == 'light' else 'dense + tokens + attention'}, "
+                 "fp16; JPEG decoding not counted"),
         row("text-prototypes", 1, m["text_prototypes"]["bytes"], note="one small file; seconds on any device"),
         row("cam (text prototypes)", n, n * cam_per_image, n * m["cam"]["flops_per_image"], read=n * feat,
             measured_s=n * m["cam"]["s_per_image"],
-            note=f"{labels_per_image:g} label maps per image (assumed), fp16 at image size"),
+            note=f"{labels_per_image:g} label maps per image (assumed), float32 on the patch grid; with a light "
+                 "cache the frozen blocks run again here"),
         row(f"learn-prototypes ({PAPER['learn_iters']} iterations)", PAPER["learn_iters"],
             m["learn_prototypes"]["bytes"], lp["flops"], floor=(lp["memory_s"], lp["disk_s"]), note=lp["note"]),
         row("cam (vision prototypes)", n, n * cam_per_image, n * m["cam"]["flops_per_image"], read=n * feat,

@@ -4,20 +4,27 @@ writes docs/robustness.md from them, so the page and the behaviour cannot drift 
 A case builds its bad input in a :class:`Workspace` (a tiny demo world and the finished stage folders of the
 random test CLIP ``vpl-test-vit``), then runs the real CLI in-process. In-process because some faults can only be
 injected there: we run as root (chmod denies nothing), a full disk cannot be made on demand, and the lock must be
-held by "another run". Every case must end with exit code 2 and one ``error:`` line.
+held by "another run".
+
+A case states what must happen: the exit code (2 with one ``error:`` line, or 0 where the input has a documented
+meaning), the fragments the message must contain, and the files the run may leave behind (``leaves``: glob
+patterns, relative to the workspace; none by default). The workspace is compared before and after the run, so a
+half-written file, a stray temporary, an empty folder or a lock file left by a refused run fails the test.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -43,12 +50,21 @@ def configure_environment() -> None:
 # --------------------------------------------------------------------------------------------- running the CLI
 @dataclass
 class Outcome:
-    """What a user sees: the exit code and the ``error:`` lines, with the workspace prefix dropped from paths."""
+    """What a user sees (the exit code, the ``error:`` and ``warning:`` lines, the last line) and what the run left
+    on disk (``left``: paths it created, changed or removed, ``-`` before a removed one; folders end with ``/``),
+    with the workspace prefix dropped from paths."""
 
     exit_code: int
     error_lines: list[str]
     last_line: str
     traceback: bool
+    warning_lines: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+    @property
+    def seen(self) -> str:
+        """The line(s) the table shows: the error, else the warnings, else the last line."""
+        return " / ".join(self.error_lines or self.warning_lines) or self.last_line
 
 
 def invoke(*args: object):
@@ -82,7 +98,8 @@ class Workspace:
         self.world = write_dataset(root / "world", n_train=4, n_val=2, seed=0)
         self.features, self.text, self.cams = root / "features", root / "text.safetensors", root / "cams"
         self.pseudo, self.decoder = root / "pseudo", root / "decoder"
-        cli_ok("extract", self.world, "--split", "train", "-o", self.features, *TINY, *CPU, "--workers", "1")
+        cli_ok("extract", self.world, "--split", "train", "-o", self.features, *TINY, *CPU, "--workers", "1",
+               "--cache", "full")
         cli_ok("text-prototypes", self.features, "-o", self.text, *TEXT_ARGS, *CPU)
         cli_ok("cam", self.features, "-p", self.text, "-o", self.cams, *CPU)
         cli_ok("crf", self.cams, "-o", self.pseudo, "--workers", "1")
@@ -113,35 +130,100 @@ class Workspace:
 @dataclass(frozen=True)
 class Case:
     """One bad input: ``build(ws)`` is a context manager that makes it and yields the CLI arguments (and keeps
-    any in-process fault, such as a held lock or a full disk, active while the CLI runs)."""
+    any in-process fault, such as a held lock or a full disk, active while the CLI runs).
+
+    ``expect``: fragments the error line (exit code 2) or the output (exit code 0) must contain. ``leaves``: glob
+    patterns (``fnmatch``, relative to the workspace) of everything the run may leave behind; each must match.
+    """
 
     name: str
     build: Callable[[Workspace], contextlib.AbstractContextManager[list[object]]]
+    expect: tuple[str, ...] = ()
+    leaves: tuple[str, ...] = ()
+    exit_code: int = 2
 
     def run(self, ws: Workspace) -> tuple[list[object], Outcome]:
         with self.build(ws) as args:
+            before = disk_state(ws.root)
             r = invoke(*args)
-        lines = [ws.relative(line) for line in r.output.splitlines() if line.strip()]
+            after = disk_state(ws.root)
+        lines = [_steady(ws.relative(line)) for line in r.output.splitlines() if line.strip()]
         return args, Outcome(exit_code=r.exit_code, error_lines=[ln for ln in lines if ln.startswith("error:")],
                              last_line=lines[-1] if lines else "",
                              traceback="Traceback" in r.output or (r.exception is not None
-                                                                   and not isinstance(r.exception, SystemExit)))
+                                                                   and not isinstance(r.exception, SystemExit)),
+                             warning_lines=[ln for ln in lines if ln.startswith("warning:")],
+                             left=disk_changes(before, after))
 
     def command(self, ws: Workspace, args: list[object]) -> str:
         return ws.relative(shlex.join(["vpltool", *map(str, args)]))
+
+    def unexpected(self, outcome: Outcome) -> list[str]:
+        """What the run left that ``leaves`` does not allow, and the patterns of ``leaves`` that matched nothing."""
+        extra = [p for p in outcome.left if not any(fnmatch.fnmatchcase(p, pat) for pat in self.leaves)]
+        missing = [f"(nothing matches {pat!r})" for pat in self.leaves
+                   if not any(fnmatch.fnmatchcase(p, pat) for p in outcome.left)]
+        return extra + missing
 
 
 CASES: list[Case] = []
 
 
-def case(name: str):
+def case(name: str, *expect: str, leaves: tuple[str, ...] = (), exit_code: int = 2):
     """Register a generator function as a :class:`Case` (in the order of this file: the order of the table)."""
 
     def register(fn):
-        CASES.append(Case(name, contextlib.contextmanager(fn)))
+        CASES.append(Case(name, contextlib.contextmanager(fn), expect, leaves, exit_code))
         return fn
 
     return register
+
+
+def _steady(line: str) -> str:
+    """``line`` with speeds and durations as "…", so that the page does not change from one run to the next."""
+    line = re.sub(r"\d+(?:\.\d+)? (img|it|images|iterations)/s", r"… \1/s", line)
+    return re.sub(r"\b\d+m\d\ds elapsed", "… elapsed", line)
+
+
+def disk_state(root: Path) -> dict[str, tuple[int, ...]]:
+    """``{relative path: (mode, size, mtime_ns)}`` of everything under ``root`` (folders end with ``/``; symlinks,
+    FIFOs and device nodes are listed as themselves, never followed)."""
+    state: dict[str, tuple[int, ...]] = {}
+    for folder, dirs, names in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        if rel != ".":
+            state[rel + "/"] = ()
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            state[os.path.normpath(os.path.join(rel, name))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def disk_changes(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]) -> list[str]:
+    """Paths created or changed between two :func:`disk_state` snapshots, then ``-path`` for removed ones."""
+    changed = sorted(p for p, st in after.items() if before.get(p) != st and not (p.endswith("/") and p in before))
+    return changed + sorted(f"-{p}" for p in before if p not in after)
+
+
+def describe_left(left: list[str]) -> str:
+    """``left`` for the table: a new folder with its file count, other paths as they are; "nothing" when empty."""
+    new_dirs = [p for p in left if p.endswith("/") and not any(p.startswith(d) and p != d for d in left
+                                                                if d.endswith("/"))]
+    shown = []
+    for d in new_dirs:
+        inside = [p for p in left if p.startswith(d) and not p.endswith("/")]
+        shown.append(f"{d} ({len(inside)} file{'s' if len(inside) != 1 else ''}: {', '.join(_short(inside))})"
+                     if inside else f"{d} (empty)")
+    shown += [p for p in left if not p.endswith("/") and not any(p.startswith(d) for d in new_dirs)]
+    return "; ".join(shown) or "nothing"
+
+
+def _short(paths: list[str], n: int = 3) -> list[str]:
+    names = [p.rsplit("/", 1)[-1] for p in paths]
+    return names[:n] + ([f"+{len(names) - n} more"] if len(names) > n else [])
 
 
 def _tensors_and_meta(path: Path):
@@ -151,68 +233,190 @@ def _tensors_and_meta(path: Path):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
+def _poison(path: Path, tensor: str) -> None:
+    """Set one value of ``tensor`` in a safetensors file to NaN (metadata kept)."""
+    from safetensors.torch import save_file
+
+    tensors, meta = _tensors_and_meta(path)
+    tensors[tensor].view(-1)[0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+
+
+def interrupted_copy(ws: Workspace, source: Path, name: str, n_missing: int = 2) -> Path:
+    """A copy of a finished stage folder as a killed run leaves it: items missing, no ``_stage.json``, the run's
+    parameters in ``_run.json``."""
+    from vpltool import io
+
+    folder = ws.copy(source, name)
+    record = io.read_json(folder / io.STAGE_RECORD)
+    (folder / io.STAGE_RECORD).unlink()
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(("_", ".")))[-n_missing:]:
+        path.unlink()
+    io.write_json(folder / io.RUN_RECORD, {"stage": record["stage"], "params": record["params"]})
+    return folder
+
+
 # ---- datasets
-@case("corrupt image")
+@case("corrupt image", "world_corrupt/images/train_000001.png", "unreadable image", "remove it")
 def _corrupt_image(ws: Workspace) -> Iterator[list[object]]:
     world = ws.copy(ws.world, "world_corrupt")
     (world / "images" / "train_000001.png").write_bytes(b"not a png")
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("missing image-label file (labels.csv)")
+@case("zero-byte image (refused before the model loads)", "world_empty_image/images/train_000001.png",
+      "unreadable image", "remove it from the split")
+def _zero_byte_image(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_empty_image")
+    (world / "images" / "train_000001.png").write_bytes(b"")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a 4000x3000 camera photo (too many patch tokens)", "world_big/images/train_000001.png: 3000x4000 pixels",
+      "47,000 patch tokens", "--max-tokens 4096", "pass --max-side 1168")
+def _huge_photo(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_big")
+    Image.new("RGB", (4000, 3000), (90, 120, 60)).save(world / "images" / "train_000001.png", compress_level=1)
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("missing image-label file (labels.csv)", "world_no_labels", "no labels.csv or labels.json")
 def _missing_labels(ws: Workspace) -> Iterator[list[object]]:
     world = ws.copy(ws.world, "world_no_labels")
     (world / "labels.csv").unlink()
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("image listed in labels.csv but missing")
+@case("image listed in labels.csv but missing", "world_missing_image/splits/train.txt", "train_000002",
+      "not found")
 def _missing_image(ws: Workspace) -> Iterator[list[object]]:
     world = ws.copy(ws.world, "world_missing_image")
     (world / "images" / "train_000002.png").unlink()
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("unknown split")
+@case("labels.csv saved as Latin-1, not UTF-8", "world_latin1/labels.csv: not UTF-8 text (byte 0xe9 on line 1)",
+      "save it as UTF-8")
+def _latin1_labels(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_latin1")
+    labels = world / "labels.csv"
+    labels.write_bytes("# photos de l'été\n".encode("latin-1") + labels.read_bytes())
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a symlink loop named like an image in images/", "world_loop/images/loop.png: cannot be read",
+      "Too many levels of symbolic links", "remove it")
+def _symlink_loop(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_loop")
+    (world / "images" / "loop.png").symlink_to("loop.png")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a split file that lists an id twice", "world_twice/splits/train.txt: id 'train_000000' is listed 2 times",
+      "keep one line per image")
+def _id_twice(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_twice")
+    listing = world / "splits" / "train.txt"
+    listing.write_text(listing.read_text() + "train_000000\n")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("classes.txt with background on its last line", "world_bg_last/classes.txt: 'background' is on line 9",
+      "put it on the first line")
+def _background_last(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_bg_last")
+    names = (world / "classes.txt").read_text().split()
+    (world / "classes.txt").write_text("\n".join([*names[1:], names[0]]) + "\n")
+    yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("unknown split", "world/splits/test.txt", "found: train, val", "--split")
 def _unknown_split(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "test", "-o", ws.out("out"), *TINY, *CPU]
 
 
 # ---- wrong folder or file given to a stage
-@case("dataset folder where an extract folder belongs")
+@case("dataset folder where an extract folder belongs", "world: holds `make-world` output", "`extract`")
 def _dataset_for_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["learn-prototypes", ws.world, "--cams", ws.cams, "--text", ws.text, "-o", ws.out("w.safetensors"), *CPU]
 
 
-@case("another stage's folder (extract folder given to crf)")
+@case("another stage's folder (extract folder given to crf)", "features: holds `extract` output",
+      "expected `cam` output")
 def _features_for_cams(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", ws.features, "-o", ws.out("out"), "--workers", "1"]
 
 
-@case("interrupted stage folder (no _stage.json)")
+@case("interrupted stage folder (no _stage.json)", "cams_interrupted: no _stage.json", "re-run it")
 def _interrupted_cams(ws: Workspace) -> Iterator[list[object]]:
     cams = ws.copy(ws.cams, "cams_interrupted")
     (cams / "_stage.json").unlink()
     yield ["crf", cams, "-o", ws.out("out"), "--workers", "1"]
 
 
-@case("CAM folder where pseudo masks belong (train-decoder)")
+@case("an extract folder where one of two shards is done (cam)", "features_half: no _stage.json yet",
+      "runs in 2 shards and only shard(s) 0 finished", "run the pending --shard 1/2")
+def _half_sharded(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("features_half")
+    cli_ok("extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--shard", "0/2")
+    yield ["cam", folder, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+def _moved_dataset(ws: Workspace, source: Path, name: str) -> Path:
+    """A copy of a finished stage folder whose recorded dataset is no longer where it was."""
+    folder = ws.copy(source, name)
+    record = json.loads((folder / "_stage.json").read_text())
+    record["inputs"]["dataset"]["root"] = str(ws.root / "world_moved_away")
+    (folder / "_stage.json").write_text(json.dumps(record))
+    return folder
+
+
+@case("crf after the dataset folder moved", "cams_moved/_stage.json: its dataset world_moved_away is gone",
+      "put it back there", "re-run the pipeline from `extract`")
+def _crf_moved(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", _moved_dataset(ws, ws.cams, "cams_moved"), "-o", ws.out("out"), "--workers", "1"]
+
+
+@case("eval after the dataset folder moved", "cams_moved/_stage.json: its dataset world_moved_away is gone",
+      "pass --data with its new place")
+def _eval_moved(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", _moved_dataset(ws, ws.cams, "cams_moved")]
+
+
+@case("predict after the dataset folder moved", "decoder_moved.safetensors: its training dataset world_moved_away "
+      "is gone", "pass --data with its new place")
+def _predict_moved(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    tensors, meta = _tensors_and_meta(ws.decoder / "decoder.safetensors")
+    dataset = json.loads(meta["vpltool.dataset"])
+    meta["vpltool.dataset"] = json.dumps({**dataset, "root": str(ws.root / "world_moved_away")})
+    path = ws.root / "decoder_moved.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    yield ["predict", path, "--split", "val", "-o", ws.out("out"), *CPU]
+
+
+@case("CAM folder where pseudo masks belong (train-decoder)", "cams: holds `cam` output", "`crf`")
 def _cams_for_pseudo(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", ws.cams, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS]
 
 
-@case("features file where prototypes belong")
+@case("features file where prototypes belong", "features/train_000000.safetensors",
+      "expected a 'prototypes' file, found 'features'")
 def _features_for_prototypes(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", ws.first_feature_file(), "-o", ws.out("out"), *CPU]
 
 
-@case("prototypes file where a decoder belongs (predict)")
+@case("prototypes file where a decoder belongs (predict)", "text.safetensors",
+      "expected a 'decoder' file, found 'prototypes'")
 def _prototypes_for_decoder(ws: Workspace) -> Iterator[list[object]]:
     yield ["predict", ws.text, "--split", "val", "-o", ws.out("out"), *CPU]
 
 
 # ---- files that do not match each other
-@case("prototypes of another dimension (another CLIP)")
+@case("prototypes of another dimension (another CLIP)", "wide.safetensors", "36-d", "32-d", "same CLIP")
 def _wide_prototypes(ws: Workspace) -> Iterator[list[object]]:
     import torch
 
@@ -226,7 +430,20 @@ def _wide_prototypes(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
 
 
-@case("prototypes made for other classes")
+@case("prototypes of another CLIP with the same dimension and classes", "other_clip.safetensors",
+      "made with CLIP ViT-B-16 (openai)", "vpl-test-vit (none)", "same model")
+def _other_clip(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    text = io.read_prototypes(ws.text)
+    path = ws.root / "other_clip.safetensors"
+    io.write_prototypes(path, io.Prototypes(text.vectors, text.row_class, text.row_names, classes=text.classes,
+                                            temperature=text.temperature, source="text",
+                                            model={"model": "ViT-B-16", "pretrained": "openai"}))
+    yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
+
+
+@case("prototypes made for other classes", "cat_dog.safetensors", "2 classes", "same dataset")
 def _other_classes(ws: Workspace) -> Iterator[list[object]]:
     path = ws.root / "cat_dog.safetensors"
     cli_ok("text-prototypes", "--classes", "cat,dog", *TINY, "--background", "sky", "--templates", "{}", "-o", path,
@@ -234,7 +451,8 @@ def _other_classes(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
 
 
-@case("CAM folder made from other features (learn-prototypes)")
+@case("CAM folder made from other features (learn-prototypes)", "cams_other", "other features",
+      "re-run `vpltool cam`")
 def _cams_of_other_features(ws: Workspace) -> Iterator[list[object]]:
     cams = ws.copy(ws.cams, "cams_other")
     record = json.loads((cams / "_stage.json").read_text())
@@ -244,7 +462,55 @@ def _cams_of_other_features(ws: Workspace) -> Iterator[list[object]]:
            "--iters", "2", *CPU]
 
 
-@case("interrupted decoder run re-run without --resume")
+@case("interrupted extract resumed with another --max-side", "features_interrupted",
+      "an interrupted run made with other parameters (max_side differ)", "--overwrite")
+def _resume_max_side(ws: Workspace) -> Iterator[list[object]]:
+    folder = interrupted_copy(ws, ws.features, "features_interrupted")
+    yield ["extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--cache", "full", "--max-side", "64"]
+
+
+@case("interrupted extract resumed with another --model", "features_interrupted", "(model differ)",
+      "re-run with the same options to resume")
+def _resume_model(ws: Workspace) -> Iterator[list[object]]:
+    folder = interrupted_copy(ws, ws.features, "features_interrupted")
+    yield ["extract", ws.world, "--split", "train", "-o", folder, "--model", "ViT-B-16", "--pretrained", "none", *CPU,
+           "--cache", "full"]
+
+
+@case("interrupted crf resumed with another --confidence", "pseudo_interrupted", "(confidence differ)",
+      "--overwrite")
+def _resume_crf(ws: Workspace) -> Iterator[list[object]]:
+    folder = interrupted_copy(ws, ws.pseudo, "pseudo_interrupted")
+    yield ["crf", ws.cams, "-o", folder, "--workers", "1", "--confidence", "0.5"]
+
+
+@case("a batch larger than the pseudo masks (train-decoder --batch-size 100)",
+      "pseudo: 4 pseudo masks cannot fill a batch of 100", "lower --batch-size (at most 4)")
+def _batch_too_big(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_big_batch"), *DECODER_ARGS,
+           "--batch-size", "100"]
+
+
+@case("a confidence few CRF probabilities reach (crf --confidence 1.0)", "warning: 75.0% of the pixels",
+      "--confidence 1", "lower --confidence", exit_code=0, leaves=("pseudo_all_ignored/", "pseudo_all_ignored/*"))
+def _confidence_one(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.out("pseudo_all_ignored"), "--workers", "1", "--confidence", "1.0"]
+
+
+@case("pseudo masks whose every pixel is ignored (train-decoder)",
+      "pseudo_255: every pixel of its 4 pseudo masks is 255 (ignored)", "lower --confidence")
+def _all_ignored(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool import io
+
+    pseudo = ws.copy(ws.pseudo, "pseudo_255")
+    for png in sorted(pseudo.glob("*.png")):
+        io.write_mask(png, np.full_like(io.read_mask(png), 255))
+    yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("decoder_255"), *DECODER_ARGS]
+
+
+@case("interrupted decoder run re-run without --resume", "decoder_interrupted", "--resume", "--overwrite")
 def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
     out = ws.copy(ws.decoder, "decoder_interrupted")
     (out / "decoder.safetensors").unlink()  # the checkpoint stays: what a killed run leaves
@@ -252,19 +518,45 @@ def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- damaged files
-@case("NaN in a features file")
+@case("NaN in a features file", "features_nan/train_000000.safetensors", "'dense' contains NaN")
 def _nan_features(ws: Workspace) -> Iterator[list[object]]:
-    from safetensors.torch import save_file
-
     features = ws.copy(ws.features, "features_nan")
-    path = ws.first_feature_file(features)
-    tensors, meta = _tensors_and_meta(path)
-    tensors["dense"][0, 0, 0] = float("nan")
-    save_file(tensors, str(path), metadata=meta)
+    _poison(ws.first_feature_file(features), "dense")
     yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
 
 
-@case("truncated safetensors file")
+@case("NaN in a features file's cached attention", "features_nan_attention/train_000000.safetensors",
+      "'attention' contains NaN")
+def _nan_attention(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_nan_attention")
+    _poison(ws.first_feature_file(features), "attention")
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("NaN in a features file's cached last-block input", "features_nan_tokens/train_000000.safetensors",
+      "'last_block_input' contains NaN")
+def _nan_tokens(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_nan_tokens")
+    _poison(ws.first_feature_file(features), "last_block_input")
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("NaN in a CAM file (eval)", "cams_nan/train_000000.safetensors", "'cams' contains NaN")
+def _nan_cams_eval(ws: Workspace) -> Iterator[list[object]]:
+    cams = ws.copy(ws.cams, "cams_nan")
+    _poison(cams / "train_000000.safetensors", "cams")
+    yield ["eval", cams]
+
+
+@case("NaN in a CAM file (learn-prototypes)", "cams_nan/train_000000.safetensors", "'cams' contains NaN")
+def _nan_cams_learn(ws: Workspace) -> Iterator[list[object]]:
+    cams = ws.copy(ws.cams, "cams_nan")
+    _poison(cams / "train_000000.safetensors", "cams")
+    yield ["learn-prototypes", ws.features, "-c", cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--iters", "2", *CPU]
+
+
+@case("truncated safetensors file", "features_truncated/train_000000.safetensors", "not a readable safetensors")
 def _truncated_features(ws: Workspace) -> Iterator[list[object]]:
     features = ws.copy(ws.features, "features_truncated")
     path = ws.first_feature_file(features)
@@ -273,7 +565,33 @@ def _truncated_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
 
 
-@case("RGB colour masks instead of class-index PNGs (eval)")
+@case("mask values outside the class range (eval)", "masks_out_of_range/train_000001.png", "mask values [50]",
+      "outside 0..8")
+def _masks_out_of_range(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool import io
+
+    masks = ws.copy(ws.pseudo, "masks_out_of_range")
+    mask = io.read_mask(masks / "train_000001.png").copy()
+    mask[0, :5] = 50
+    io.write_mask(masks / "train_000001.png", mask.astype(np.uint8))
+    yield ["eval", masks]
+
+
+@case("ground-truth mask of another size than its image (eval)", "world_gt_size/masks/train_000000.png",
+      "ground truth of image 'train_000000' is 48x48", "a GT mask must have its image's size")
+def _gt_size(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_gt_size")
+    gt = world / "masks" / "train_000000.png"
+    with Image.open(gt) as img:
+        img.resize((48, 48), Image.NEAREST).save(gt)
+    yield ["eval", ws.cams, "--data", world, "--split", "train"]
+
+
+@case("RGB colour masks instead of class-index PNGs (eval)", "masks_rgb/train_000000.png", "not RGB")
 def _rgb_masks(ws: Workspace) -> Iterator[list[object]]:
     from PIL import Image
 
@@ -285,13 +603,42 @@ def _rgb_masks(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- the output folder
-@case("output folder locked by another run")
+@case("output folder locked by another run", "cams_locked", "another vpltool run is writing here")
 def _locked(ws: Workspace) -> Iterator[list[object]]:
     from vpltool import io
 
     out = ws.out("cams_locked")
     with io.output_lock(out):
         yield ["cam", ws.features, "-p", ws.text, "-o", out, *CPU]
+
+
+@case("output file is a FIFO (or a device such as /dev/null)", "fifo: exists and is not a regular file",
+      "never replaced")
+def _fifo_output(ws: Workspace) -> Iterator[list[object]]:
+    fifo = ws.out("fifo")
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    yield ["text-prototypes", ws.features, "-o", fifo, *TEXT_ARGS, *CPU]
+
+
+@case("output file is an existing folder (checked before the model loads)", "features: is a folder",
+      "give a file name")
+def _folder_output(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.features, *TEXT_ARGS, *CPU]
+
+
+@case("loss-curve path is an existing folder (learn-prototypes --plot, checked before the descent)",
+      "features: is a folder", "give a file name")
+def _plot_folder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--plot", ws.features, "--iters", "2", *CPU]
+
+
+@case("output folder is an existing file (train-decoder)", "decoder_file: exists and is not a folder")
+def _file_output(ws: Workspace) -> Iterator[list[object]]:
+    target = ws.out("decoder_file")
+    target.write_text("not a folder")
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", target, *DECODER_ARGS]
 
 
 @contextlib.contextmanager
@@ -319,25 +666,28 @@ def failing_writes(code: int, after: int = 1) -> Iterator[None]:
         yield
 
 
-@case("disk full while writing (simulated ENOSPC)")
+@case("disk full while writing (simulated ENOSPC)", "no space left on device writing cams_full/train_000000")
 def _disk_full(ws: Workspace) -> Iterator[list[object]]:
     with failing_writes(errno.ENOSPC):
         yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_full"), *CPU]
 
 
-@case("permission denied on the output (simulated EACCES)")
+@case("permission denied on the output (simulated EACCES)", "permission denied writing pseudo_denied/train_000000")
 def _permission_denied(ws: Workspace) -> Iterator[list[object]]:
     with failing_writes(errno.EACCES):
         yield ["crf", ws.cams, "-o", ws.out("pseudo_denied"), "--workers", "1"]
 
 
-@case("read-only file system (simulated EROFS)")
+@case("read-only file system (simulated EROFS)", "read-only file system writing text_ro.safetensors")
 def _read_only(ws: Workspace) -> Iterator[list[object]]:
     with failing_writes(errno.EROFS, after=0):
         yield ["text-prototypes", ws.features, "-o", ws.out("text_ro.safetensors"), *TEXT_ARGS, *CPU]
 
 
-@case("disk full while appending to the training log (simulated ENOSPC)")
+@case("disk full while appending to the training log (simulated ENOSPC)",
+      "no space left on device writing decoder_full/log.jsonl",
+      leaves=("decoder_full/", "decoder_full/.vpltool.lock", "decoder_full/checkpoints/",
+              "decoder_full/checkpoints/last.safetensors"))
 def _log_full(ws: Workspace) -> Iterator[list[object]]:
     from vpltool.io import files
 
@@ -349,7 +699,7 @@ def _log_full(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- environment
-@case("--device cuda without CUDA")
+@case("--device cuda without CUDA", "--device cuda", "CUDA is not available")
 def _no_cuda(ws: Workspace) -> Iterator[list[object]]:
     import torch
 
@@ -357,13 +707,13 @@ def _no_cuda(ws: Workspace) -> Iterator[list[object]]:
         yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), *TINY, "--device", "cuda"]
 
 
-@case("unknown model name")
+@case("unknown model name", "ViT-Nope-99", "unknown to open_clip")
 def _unknown_model(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "ViT-Nope-99",
            "--pretrained", "none", *CPU]
 
 
-@case("pretrained tag offline, weights not cached")
+@case("pretrained tag offline, weights not cached", "not in the local cache", "--pretrained /path/to/ViT-B-16")
 def _offline_tag(ws: Workspace) -> Iterator[list[object]]:
     import huggingface_hub.constants as hf_constants
 
@@ -374,30 +724,112 @@ def _offline_tag(ws: Workspace) -> Iterator[list[object]]:
                "--pretrained", "openai", *CPU]
 
 
-@case("weights file not found")
+@case("weights file not found", "missing.safetensors: weights file not found")
 def _missing_weights(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "vpl-test-vit",
            "--pretrained", ws.root / "missing.safetensors", *CPU]
 
 
-@case("CRF extra (pydensecrf2) not installed")
+@case("the toy CLIP on words outside the demo world", "prompt 'a clean origami camera.'",
+      "words ['clean', 'origami', 'camera'] are not in the toy CLIP's vocabulary", "use it on the demo world",
+      "--templates / --background")
+def _toy_words(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", "--classes", "camera", "--model", "vpltool-toy", "-o", ws.out("toy.safetensors"), *CPU]
+
+
+@case("CRF extra (pydensecrf2) not installed", "pip install 'vpltool[crf]'", "--no-crf")
 def _no_pydensecrf(ws: Workspace) -> Iterator[list[object]]:
     with mock.patch.dict(sys.modules, {"pydensecrf": None, "pydensecrf.densecrf": None}):  # import fails
         yield ["crf", ws.cams, "-o", ws.out("out"), "--workers", "1"]
 
 
 # ---- options
-@case("bad option value")
+@case("bad option value", "--parity 'caffe'", "none or clip-es")
 def _bad_option(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", ws.cams, "-o", ws.out("out"), "--parity", "caffe"]
 
 
-@case("bad --shard")
+@case("bad --shard", "--shard 2/2")
 def _bad_shard(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "-o", ws.out("out"), *TINY, "--shard", "2/2"]
 
 
-@case("eval of a bare mask folder without --data")
+@case("input side too small (--image-size 1)", "--image-size 1: must be >= 32 pixels")
+def _image_size_1(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "-o", ws.out("out"), *TINY, "--image-size", "1"]
+
+
+@case("no room to shrink (--max-side 0)", "--max-side 0: must be >= 32 pixels")
+def _max_side_0(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "-o", ws.out("out"), *TINY, "--max-side", "0"]
+
+
+@case("negative softmax temperature (cam --temperature -0.01)", "--temperature -0.01: must be a number above 0")
+def _negative_temperature(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--temperature", "-0.01", *CPU]
+
+
+@case("step size that diverges at once (learn-prototypes --lr 1e30)", "--lr 1e+30", "at most 1000")
+def _huge_lr(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--lr", "1e30", *CPU]
+
+
+@case("negative memory budget (learn-prototypes --max-memory-gb -5)", "--max-memory-gb -5.0: must be a number above 0")
+def _negative_memory(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--max-memory-gb", "-5", *CPU]
+
+
+@case("negative worker count (crf --workers -1)", "--workers -1: must be >= 0", "0 = one per CPU core")
+def _negative_workers(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.out("out"), "--workers", "-1"]
+
+
+@case("--workers 0 (one image decoder per CPU core, as in crf)", "✓ extract: 4 images", exit_code=0,
+      leaves=("features_w0/", "features_w0/*"))
+def _workers_zero(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "--split", "train", "-o", ws.out("features_w0"), *TINY, *CPU, "--workers", "0"]
+
+
+@case("scales that are not numbers (predict --scales abc)", "--scales 'abc'", "comma-separated numbers")
+def _scales_abc(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--scales", "abc",
+           *CPU]
+
+
+@case("no scales (predict --scales '')", "--scales is empty")
+def _scales_empty(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--scales", "", *CPU]
+
+
+@case("background exponents that are not numbers (eval --bg-exponents abc)", "--bg-exponents 'abc'",
+      "comma-separated numbers")
+def _bg_exponents_abc(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.cams, "--bg-exponents", "abc"]
+
+
+@case("eval on a dataset without ground-truth masks", "split 'train' of world_no_masks: no ground-truth masks",
+      "masks/")
+def _eval_without_masks(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_no_masks")
+    shutil.rmtree(world / "masks")
+    yield ["eval", ws.pseudo, "--data", world, "--split", "train"]
+
+
+@case("a manifest whose 'gt' file is missing (eval)", "world/masks/gone.png: ground-truth mask of image "
+      "'train_000000' not found", "fix the item's 'gt' in the manifest")
+def _manifest_gt_missing(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data import open_dataset, write_manifest
+
+    manifest = write_manifest(open_dataset(ws.world, "train"), ws.root / "manifest.json")
+    data = json.loads(manifest.read_text())
+    data["items"][0]["gt"] = "world/masks/gone.png"
+    manifest.write_text(json.dumps(data))
+    yield ["eval", ws.pseudo, "--data", manifest]
+
+
+@case("eval of a bare mask folder without --data", "bare_masks", "--data")
 def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
     masks = ws.copy(ws.world / "masks", "bare_masks")
     yield ["eval", masks]
@@ -407,14 +839,17 @@ def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
 HEADER = """# Bad input: what the user sees
 
 Generated by `python benchmarks/robustness_table.py` from the cases in `tests/robustness_cases.py`; the test
-`tests/test_robustness.py` runs the same cases, checks that each ends with exit code 2 and one `error:` line, and
-fails when this page is out of date. Each case runs the real CLI on a 4-image demo world and the tiny random test
-CLIP `vpl-test-vit`; paths are relative to that scratch folder. Faults marked *simulated* are injected in-process
-(the tests run as root, where `chmod` denies nothing, and a disk cannot be filled on demand); the file-system
-error itself is real Python `OSError`, and the vpltool code that handles it is the shipped one.
+`tests/test_robustness.py` runs the same cases and checks, for each, the exit code (2 and one `error:` line, or 0
+where the input has a documented meaning), the words of the message, and everything the run left on disk (the
+scratch folder is compared before and after); it fails when this page is out of date. Each case runs the real CLI
+on a 4-image demo world and the tiny random test CLIP `vpl-test-vit`; paths are relative to that scratch folder.
+Faults marked *simulated* are injected in-process (the tests run as root, where `chmod` denies nothing, and a disk
+cannot be filled on demand); the file-system error itself is real Python `OSError`, and the vpltool code that
+handles it is the shipped one.
 
-A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; finished items
-are kept, and re-running the same command resumes.
+A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; a refused run
+leaves nothing (an output folder it created is removed again); finished items are kept, with the folder's lock
+file and `_run.json`, and re-running the same command resumes.
 """
 
 
@@ -426,10 +861,10 @@ def _cell(text: str) -> str:
 
 def render(rows: list[tuple[Case, str, Outcome]]) -> str:
     """The markdown page: one row per case, in the order of :data:`CASES`."""
-    lines = [HEADER, "| case | command | exit code | what the user sees |", "|---|---|---|---|"]
+    lines = [HEADER, "| case | command | exit code | what the user sees | left on disk |", "|---|---|---|---|---|"]
     for c, command, outcome in rows:
-        seen = " / ".join(outcome.error_lines) or outcome.last_line
-        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} |")
+        left = _cell(describe_left(outcome.left)) if outcome.left else "nothing"
+        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(outcome.seen)} | {left} |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from vpltool import io
 from vpltool.backbone import load_backbone
 from vpltool.cam import affinity, box_mask, cached_tokens, cams_for_image, refine, run_cam
 from vpltool.config import CamConfig, ExtractConfig
-from vpltool.errors import ContractError
+from vpltool.errors import ContractError, VplError
 from vpltool.extract import run_extract
 from vpltool.kernels import minmax
 
@@ -199,3 +199,20 @@ def test_split_is_refused_on_an_extract_folder(features_dir, text_protos, tmp_pa
 
     with pytest.raises(VplError, match="--split"):
         run_cam(features_dir, text_protos, tmp_path / "cams", split="val")
+
+
+def test_cam_applies_the_token_limit_extract_recorded(features_dir, text_protos, tmp_path):
+    """`cam` re-runs the last block (and recomputes every block for a light cache): an extract folder made before
+    the limit, or with a higher one than its record says, is refused per image, in one line."""
+    import json
+    import shutil
+
+    features = tmp_path / "features"
+    shutil.copytree(features_dir, features)
+    record = json.loads((features / io.STAGE_RECORD).read_text())
+    record["params"]["max_tokens"] = 10  # the world's scenes are 36 tokens
+    (features / io.STAGE_RECORD).write_text(json.dumps(record))
+    with pytest.raises(VplError, match=r"train_000000\.safetensors: 96x96 pixels make 36 patch tokens .* "
+                                       r"re-run `vpltool extract` with --max-side 48"):
+        run_cam(features, text_protos, tmp_path / "cams")
+    assert not (tmp_path / "cams").exists()

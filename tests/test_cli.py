@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -128,3 +129,91 @@ def test_stage_chain_end_to_end(world, tmp_path):
     r = _invoke("cam", feats, "-p", next(feats.glob("*.safetensors")), "-o", tmp_path / "cams2", "--device", "cpu")
     assert r.exit_code == 2 and "expected a 'prototypes' file" in _error_lines(r.output)[0]
     assert not (tmp_path / "cams2").exists()  # refused before the output folder is made
+
+
+def test_summaries_say_what_each_number_is(world, features_dir, text_protos, tmp_path):
+    """"loss 0.3121 → path" and "gap frobenius 0.000, region 1.563 → ..." named no quantity; each number is now
+    named, with before → after where there is a before."""
+    cams, vision, pseudo = tmp_path / "cams", tmp_path / "vision.safetensors", tmp_path / "pseudo"
+    assert _invoke("cam", features_dir, "-p", text_protos, "-o", cams, "--device", "cpu").exit_code == 0
+    r = _invoke("learn-prototypes", features_dir, "-c", cams, "-t", text_protos, "-o", vision, "--iters", "3",
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"learn-prototypes: \d+ pixels, 3 iterations in [\d.]+s; mean cross-entropy [\d.]+ → [\d.]+ "
+                     r"nats; prototype-to-region distance [\d.]+ → [\d.]+; distance to the text prototypes "
+                     r"\|\|Z - W\|\|_F [\d.]+ → ", r.output), r.output
+    from vpltool.data import open_dataset
+
+    dataset = open_dataset(world, "train")
+    pseudo.mkdir()
+    for item in dataset.items:  # ground truth as pseudo masks
+        shutil.copy(item.gt, pseudo / f"{item.id}.png")
+    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    r = _invoke("train-decoder", pseudo, "-p", vision, "-o", tmp_path / "decoder", "--iters", "4", "--batch-size",
+                "2", "--dim", "16", "--layers", "1", "--heads", "2", "--crop-size", "64", "--workers", "1",
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"train-decoder: 4 iterations \([\d.]+ it/s\), training loss \(CE \+ RSC\) [\d.]+ → [\d.]+ "
+                     r"\(first → last logged iteration\) → ", r.output), r.output
+
+
+def test_off_a_terminal_extract_prints_progress_while_a_batch_is_slow(world, tmp_path, monkeypatch):
+    """nohup, Slurm and CI logs once saw nothing for 97 s: off a terminal a plain line comes every
+    PROGRESS_EVERY_S (10 s, under the 30 s bar) even while no image finishes. Here the interval is 0.05 s and every
+    batch takes 0.4 s: each batch must be covered by at least one line."""
+    import time
+
+    import vpltool.extract as extract
+    from vpltool.cli import common
+
+    assert common.PROGRESS_EVERY_S <= 30
+    monkeypatch.setattr(common, "PROGRESS_EVERY_S", 0.05)
+    printed, batches = [], []
+    real_print, real_encode = common.err.print, extract.encode_batch
+
+    def record_print(text, *args, **kwargs):
+        printed.append((time.monotonic(), str(text)))
+        real_print(text, *args, **kwargs)
+
+    def slow_encode(*args, **kwargs):
+        t0 = time.monotonic()
+        time.sleep(0.4)
+        out = real_encode(*args, **kwargs)
+        batches.append((t0, time.monotonic()))
+        return out
+
+    monkeypatch.setattr(common.err, "print", record_print)
+    monkeypatch.setattr(extract, "encode_batch", slow_encode)
+    r = _invoke("extract", world, "--split", "train", "-o", tmp_path / "f", *TINY, "--device", "cpu",
+                "--batch-size", "2", "--workers", "1")
+    assert r.exit_code == 0, r.output
+    assert not common.err.is_terminal and len(batches) == 3
+    progress = [(t, text) for t, text in printed if text.startswith("extract: ")]
+    for t0, t1 in batches:
+        assert any(t0 <= t <= t1 for t, _ in progress), (t0, t1, progress)
+    assert re.search(r"^extract: 0/6 images \(0%\), 0\.00 images/s, 0m0\ds elapsed$", r.output, re.M), r.output
+    assert "extract: 6/6 images (100%)" in r.output
+
+
+def test_a_model_folder_or_alias_records_no_pretrained_tag():
+    """`extract --model vpltool-toy` without `--pretrained none` once recorded "pretrained": "openai"."""
+    from vpltool.backbone import ModelSpec
+
+    assert ModelSpec("vpltool-toy").identity() == {"model": "vpltool-toy", "pretrained": "none"}
+    assert ModelSpec("local-dir:/somewhere").identity()["pretrained"] == "none"
+    assert ModelSpec("ViT-B-16").identity()["pretrained"] == "openai"
+
+
+def test_a_stage_run_under_a_group_umask_writes_group_readable_files(features_dir, text_protos, tmp_path):
+    """Files were created 0600 whatever the umask (mkstemp): collaborators could not read results."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        r = _invoke("cam", features_dir, "-p", text_protos, "-o", tmp_path / "cams", "--device", "cpu")
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "cams").iterdir()}
+    assert modes and set(modes.values()) == {"0o640"}, modes  # items, _stage.json and the lock file
+    assert oct((tmp_path / "cams").stat().st_mode & 0o777) == "0o750"

@@ -220,3 +220,16 @@ def test_bad_options_and_inputs_are_one_line(cams_dir, tmp_path):
         run_crf(cams_dir, tmp_path / "b", CrfConfig(confidence=1.5), ONE)
     with pytest.raises(VplError, match="run `vpltool cam` first"):
         run_crf(tmp_path / "nothing", tmp_path / "c", runtime=ONE)
+
+
+@needs_crf
+@pytest.mark.parametrize("confidence", [0.0, 0.95, 1.0])
+def test_the_summary_counts_the_ignored_pixels_it_wrote(cams_dir, tmp_path, confidence):
+    """`crf --confidence 1.0` once made all-255 masks without a word; the summary now says what share is 255."""
+    out = tmp_path / "out"
+    summary = run_crf(cams_dir, out, CrfConfig(confidence=confidence), ONE)
+    masks = [io.read_mask(p) for p in sorted(out.glob("*.png"))]
+    share = sum(int((m == 255).sum()) for m in masks) / sum(m.size for m in masks)
+    assert summary.ignored == pytest.approx(share)
+    assert (share == 0) == (confidence == 0) and (confidence < 1 or share > 0.5)
+    assert run_crf(cams_dir, out, CrfConfig(confidence=confidence), ONE).ignored is None  # nothing new written

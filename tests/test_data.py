@@ -212,6 +212,59 @@ def test_folder_errors(tmp_path):
         open_dataset(root)
 
 
+@pytest.mark.parametrize("lines, line", [("dog\ncat\nbackground\n", 3), ("dog\nbackground\ncat\n", 2)])
+def test_background_anywhere_but_the_first_line_of_classes_txt_is_refused(tmp_path, lines, line):
+    """It once gave the class list [background, dog, cat, background]; moving it would shift every mask value."""
+    root = _folder(tmp_path)
+    (root / "classes.txt").write_text(lines)
+    with pytest.raises(VplError, match=rf"classes\.txt: 'background' is on line {line}; it is class 0"):
+        open_dataset(root)
+    (root / "classes.txt").write_text("background\ndog\ncat\n")
+    assert open_dataset(root).classes == ("background", "dog", "cat")
+
+
+def test_background_as_an_image_label_is_refused_without_classes_txt(tmp_path):
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("id,labels\na,dog;background\nb,cat\nc,aardvark\n")
+    with pytest.raises(VplError, match=r"labels\.csv: 'background' is used as an image label"):
+        open_dataset(root)
+
+
+@pytest.mark.parametrize("name", ["labels.csv", "classes.txt", "splits/val.txt"])
+def test_text_files_in_another_encoding_are_one_line(tmp_path, name):
+    root = _folder(tmp_path)
+    (root / "splits").mkdir()
+    (root / "splits" / "val.txt").write_text("a\n")
+    (root / "classes.txt").write_text("dog\ncat\n")
+    path = root / name
+    path.write_bytes("# café\n".encode("latin-1") + path.read_bytes())
+    with pytest.raises(ContractError, match=rf"{name}: not UTF-8 text \(byte 0xe9 on line 1\); save it as UTF-8"):
+        open_dataset(root, "val")
+
+
+def test_a_symlink_loop_among_the_images_is_one_line(tmp_path):
+    root = _folder(tmp_path)
+    (root / "images" / "loop.png").symlink_to("loop.png")
+    with pytest.raises(VplError, match=r"images/loop\.png: cannot be read \(Too many levels of symbolic links\)"):
+        open_dataset(root)
+
+
+@pytest.mark.parametrize("layout", ["folder", "voc"])
+def test_an_id_listed_twice_in_a_split_file_blames_that_file(tmp_path, voc, layout):
+    if layout == "folder":
+        root = _folder(tmp_path)
+        (root / "splits").mkdir()
+        listing = root / "splits" / "val.txt"
+        listing.write_text("a\nb\na\n")
+        split, dup = "val", "a"
+    else:
+        root, split, dup = voc, "train", "2007_000033"
+        listing = voc / "ImageSets" / "Segmentation" / "train.txt"
+        listing.write_text("2007_000032\n2007_000033\n2007_000033\n")
+    with pytest.raises(VplError, match=rf"^{listing}: id '{dup}' is listed 2 times; keep one line per image"):
+        open_dataset(root, split)
+
+
 def test_empty_dataset_and_unknown_layout(tmp_path):
     root = _folder(tmp_path)
     (root / "labels.csv").write_text("id,labels\n")
@@ -293,6 +346,19 @@ def test_load_image_applies_exif_orientation(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     img.save(tmp_path / "rot.jpg", exif=exif)
     _check_rgb(load_image(tmp_path / "rot.jpg"), shape=(12, 8))
+
+
+def test_image_size_reads_the_header_as_load_image_decodes(tmp_path):
+    from vpltool.io import image_size
+
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored 12 wide, 8 high; shown 8 wide, 12 high
+    Image.new("RGB", (12, 8)).save(path, exif=exif)
+    assert image_size(path) == load_image(path).shape[:2] == (12, 8)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ContractError, match=r"empty\.png: unreadable image"):
+        image_size(tmp_path / "empty.png")
 
 
 def test_truncated_jpeg_is_a_contract_error_naming_the_file(tmp_path):

@@ -34,7 +34,7 @@ from vpltool.train_decoder import BatchPlan, compute_losses, lr_at, make_optimiz
 
 TINY = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=4, checkpoint_every=2,
                      log_every=1, warmup_iters=2, lr=0.05)
-CPU = RuntimeConfig(device="cpu", workers=0)
+CPU = RuntimeConfig(device="cpu", workers=1)  # data loaded in this process
 ROW_CLASS = torch.tensor([0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])  # 4 background words, then classes 1..8
 
 

@@ -84,9 +84,13 @@ def test_shards_split_the_work_and_the_last_one_writes_the_record(train, tiny_sp
     assert (s0.done, s0.complete) == (3, False)
     assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == [it.id for it in train.items[0::2]]
     assert not io.stage_record_path(tmp_path).exists()
+    assert io.finished_shards(tmp_path) == [(0, 2)]  # so a later stage says which shard is pending
+    with pytest.raises(ContractError, match=r"only shard\(s\) 0 finished; run the pending --shard 1/2"):
+        io.read_stage_record(tmp_path, "extract")
     s1 = _run(train, tmp_path, tiny_spec, shard=(1, 2))
     assert (s1.done, s1.complete) == (3, True)
     assert len(list(tmp_path.glob("*.safetensors"))) == 6 and io.stage_record_path(tmp_path).is_file()
+    assert io.finished_shards(tmp_path) == []  # the record replaces the shard records
 
 
 def test_no_tokens_stores_only_dense(train, tiny_spec, tmp_path):
@@ -151,3 +155,33 @@ def test_fp16_on_the_cpu_is_refused(train, tiny_spec, tmp_path):
 
     with pytest.raises(VplError, match="--precision fp16"):
         _run(train, tmp_path / "out", tiny_spec, runtime=RuntimeConfig(device="cpu", precision="fp16"))
+
+
+def test_an_unreadable_image_is_refused_before_the_model_loads(tiny_spec, tmp_path, monkeypatch):
+    """A zero-byte image: the message came only after loading the model, and left a folder and a lock file."""
+    import vpltool.extract as extract
+
+    root = write_dataset(tmp_path / "data", n_train=3, n_val=1, seed=0)
+    (root / "images" / "train_000001.png").write_bytes(b"")
+    monkeypatch.setattr(extract, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    with pytest.raises(ContractError, match=r"train_000001\.png: unreadable image"):
+        _run(open_dataset(root, "train"), out, tiny_spec)
+    assert not out.exists()
+
+
+def test_too_many_tokens_is_refused_before_any_forward_and_a_resume_may_raise_the_limit(train, tiny_spec, tmp_path,
+                                                                                         monkeypatch):
+    """The world's 96x96 scenes are 6x6 = 36 tokens at patch 16: a limit of 30 refuses them all, before any file;
+    ``max_tokens`` is a limit, not a setting, so a resumed run may change it."""
+    from vpltool.errors import VplError
+
+    out = tmp_path / "out"
+    with pytest.raises(VplError, match=r"96x96 pixels make 36 patch tokens \(6x6 at patch 16\), above --max-tokens "
+                                       r"30 .*pass --max-side 80"):
+        _run(train, out, tiny_spec, ExtractConfig(max_tokens=30))
+    assert not out.exists()
+    _run(train, out, tiny_spec, shard=(0, 2))  # half of it (its _run.json says max_tokens 4096), then a resume
+    assert io.read_json(out / io.RUN_RECORD)["params"]["max_tokens"] == 4096
+    summary = _run(train, out, tiny_spec, ExtractConfig(max_tokens=100))
+    assert summary.complete and summary.skipped == len(train.shard(0, 2).items)

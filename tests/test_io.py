@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -49,6 +51,48 @@ def test_atomic_path_failure_keeps_the_previous_file(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- safetensors
+def _char_device(path) -> bool:
+    """A character device node at ``path`` (a private copy of /dev/null), if this process may make one."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, OSError):
+        return False
+    return True
+
+
+def test_atomic_path_never_replaces_what_is_not_a_regular_file(tmp_path):
+    """Run as root, ``-o /dev/null`` once replaced the system's /dev/null with a regular file."""
+    fifo, folder, device = tmp_path / "fifo", tmp_path / "folder", tmp_path / "null"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    targets = [fifo, folder] + ([device] if _char_device(device) else [])
+    for target in targets:
+        mode = os.lstat(target).st_mode
+        with pytest.raises(VplError, match=f"^{target}: (exists and is not a regular file|is a folder)"):
+            io.write_json(target, {"v": 1})
+        assert os.lstat(target).st_mode == mode  # still the FIFO / folder / device it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)  # no temporary left
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_written_files_follow_the_umask(tmp_path, umask_027):
+    """0666 / 0777 minus the umask, as open() and mkdir() give: the group can read results (mkstemp gave 0600)."""
+    written = [io.write_json(tmp_path / "a.json", {}), _write(tmp_path / "b.safetensors"),
+               io.write_mask(tmp_path / "c.png", np.zeros((2, 2), np.uint8))]
+    io.append_log(tmp_path / "log.jsonl", {"iter": 1})
+    with io.output_lock(tmp_path / "stage"):
+        pass
+    written += [tmp_path / "log.jsonl", tmp_path / "stage" / io.LOCK_FILE]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o640" for p in written}
+    assert oct((tmp_path / "stage").stat().st_mode & 0o777) == "0o750"
+
+
 def test_tensors_round_trip_with_metadata(tmp_path):
     t = torch.randn(2, 3, 4)
     f = io.read_tensors(_write(tmp_path / "a.safetensors", dense=t), kind="features", classes=CLASSES)

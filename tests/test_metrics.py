@@ -175,3 +175,20 @@ def test_evaluate_cams_rejects_wrong_resolution_and_missing_file(tmp_path):
     _write_cam(tmp_path / "cams", "x", np.zeros((1, 1, 4), np.float32), [2])
     with pytest.raises(ContractError, match="'x' is 2x4 but the image of its CAMs"):
         evaluate_cams(tmp_path / "cams", gt, CLASSES, ["x"])
+
+
+def test_the_table_in_a_pipe_keeps_its_first_and_last_lines_whole():
+    """Piped eval tables wrapped their title and caption to the table's width ("pixel acc 59.2 · mean acc" /
+    "48.9 · best bg exponent a=1"); they are now lines of their own."""
+    import io as stdio
+
+    from rich.console import Console
+
+    result = {"miou": 0.147, "n_images": 4, "iou": dict(zip(CLASSES, [0.6, None, 0.1])), "pixel_accuracy": 0.592,
+              "mean_accuracy": 0.489, "bg_exponent": 1.0, "by_exponent": {1.0: 0.147, 2.0: 0.109}}
+    out = stdio.StringIO()
+    Console(file=out, width=100).print(format_table(result, CLASSES))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "mIoU 14.7 over 4 images"
+    assert lines[-1] == "pixel acc 59.2 · mean acc 48.9 · best bg exponent a=1 (a=1: 14.7, a=2: 10.9)"
+    assert max(map(len, lines)) <= 100

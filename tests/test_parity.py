@@ -102,3 +102,31 @@ def test_cam_parity_needs_a_parity_extract(features_dir, text_protos, tmp_path):
         run_cam(features_dir, text_protos, tmp_path / "cams", CamConfig(parity="clip-es"),
                 RuntimeConfig(device="cpu"))
     assert not (tmp_path / "cams").exists()  # refused before the output folder is made
+
+
+def test_clip_es_operation_order_gives_the_same_maps_and_text(tiny_spec, features_dir, text_protos):
+    """The exact paths (CLIP-ES's order of operations) compute the same values as the fast ones, to rounding."""
+    from vpltool.backbone import load_backbone
+
+    bb = load_backbone(tiny_spec)
+    path = next(p for p in sorted(features_dir.glob("*.safetensors")) if len(io.read_features(p).labels) >= 2)
+    feats = io.read_features(path)
+    rows = io.read_prototypes(text_protos).image_rows(feats.labels)
+    for layer in ("input", "output"):
+        fast = bb.gradcam(feats.last_block_input, feats.grid, rows, len(feats.labels), 0.07, layer=layer)
+        exact = bb.gradcam(feats.last_block_input, feats.grid, rows, len(feats.labels), 0.07, layer=layer,
+                           exact=True)
+        assert torch.allclose(fast.maps, exact.maps, atol=1e-4) and torch.allclose(fast.probs, exact.probs,
+                                                                                   atol=1e-6)
+    prompts = ["a photo of a star.", "a photo of a grass.", "x"]
+    assert torch.allclose(bb.encode_text(prompts), bb.encode_text(prompts, exact=True), atol=1e-5)
+
+
+def test_parity_caches_the_attention_maps_and_cam_averages_them_at_once(world, tiny_spec, tmp_path):
+    train = open_dataset(world, "train")
+    run_extract(train, tmp_path / "f", tiny_spec, ExtractConfig(parity="clip-es", cache="full"),
+                RuntimeConfig(device="cpu", workers=1))
+    feats = io.read_features(io.feature_path(tmp_path / "f", train.items[0].id))
+    n_prev = int(feats.file.meta("attention_blocks"))
+    hw = feats.grid[0] * feats.grid[1]
+    assert feats.attention.shape == (n_prev, hw, hw) and feats.attention.dtype == torch.float32

@@ -269,7 +269,11 @@ def test_sample_pixels_keeps_rows_aligned_and_in_order():
 
 def test_streaming_from_shards_matches_the_in_memory_path(problem, tmp_path, monkeypatch):
     monkeypatch.setitem(prototypes.CHUNK_PX, "cpu", 20)  # several chunks from 96 pixels
+    # streamed shards are fp16 (the budget forbids fp32): compare with the in-memory path at that precision
+    monkeypatch.setattr(prototypes, "pick_storage", lambda compute, need, budget: torch.float16)
     memory = _learn(problem, tmp_path / "m.safetensors", stream=False, plot=False)
+    monkeypatch.undo()
+    monkeypatch.setitem(prototypes.CHUNK_PX, "cpu", 20)
     tiny_budget = 2e-6  # 2 kB: every chunk goes to its own shard file
     streamed = run_learn_prototypes(problem["features"], problem["cams"], problem["text"], tmp_path / "s.safetensors",
                                     LearnPrototypesConfig(iters=30, max_memory_gb=tiny_budget), CPU, plot=False)
@@ -279,6 +283,13 @@ def test_streaming_from_shards_matches_the_in_memory_path(problem, tmp_path, mon
                                io.read_prototypes(tmp_path / "m.safetensors").vectors, rtol=0, atol=1e-6)
     assert streamed["final_loss"] == pytest.approx(memory["final_loss"], rel=1e-9)
     assert not [p for p in tmp_path.iterdir() if "shards" in p.name]  # scratch removed
+
+
+def test_pixels_are_kept_in_fp32_when_they_fit_the_budget():
+    need = {torch.float32: 400, torch.float16: 200}.__getitem__
+    assert prototypes.pick_storage(torch.float32, need, budget=500) == torch.float32  # no per-iteration upcast
+    assert prototypes.pick_storage(torch.float32, need, budget=300) == torch.float16
+    assert prototypes.pick_storage(torch.bfloat16, need, budget=10**9) == torch.bfloat16
 
 
 @pytest.mark.parametrize("mismatch", ["dim", "classes"])

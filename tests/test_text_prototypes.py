@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,3 +121,15 @@ def test_run_refuses_classes_without_background(tiny_spec, tmp_path):
     with pytest.raises(VplError, match="start with 'background'"):
         run_text_prototypes(("cat", "dog"), tmp_path / "p.safetensors", tiny_spec, device="cpu")
     assert not (tmp_path / "p.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_bad_output_is_refused_before_the_model_loads(tiny_spec, tmp_path, monkeypatch, kind):
+    """`-o EXISTING_FOLDER` once failed with IsADirectoryError after loading the model."""
+    import vpltool.text_prototypes as tp
+
+    out = tmp_path / "out"
+    out.mkdir() if kind == "folder" else os.mkfifo(out)
+    monkeypatch.setattr(tp, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(VplError, match=f"^{out}: (is a folder|exists and is not a regular file)"):
+        run_text_prototypes(("background", "cat"), out, tiny_spec, device="cpu")

@@ -30,7 +30,7 @@ import torch
 
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
-from .config import CamConfig, ExtractConfig, RuntimeConfig, from_params, to_params
+from .config import CamConfig, ExtractConfig, RuntimeConfig, check_tokens, from_params, to_params
 from .data import open_recorded
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
@@ -105,7 +105,8 @@ def refine(cams: torch.Tensor, trans: torch.Tensor, threshold: float, parity: bo
         mask = torch.zeros(cam.shape)
         for x0, y0, x1, y1 in found:
             mask[y0:y1, x0:x1] = 1
-        before.append(((trans * mask.flatten().to(trans)[None, :]) @ cam.flatten().to(trans)).view_as(cam))
+        # [hw, 1] column, as CLIP-ES: a matrix-vector product can round differently from this matrix product
+        before.append(((trans * mask.flatten().to(trans)[None, :]) @ cam.reshape(-1, 1).to(trans)).view_as(cam))
         boxes.append(found)
     if not before:
         return Refined(cams, cams, [])
@@ -169,6 +170,8 @@ def caa_attention(tokens: ImageTokens, attn_last: torch.Tensor, wanted: int, n_b
         raise ContractError(f"{tokens.source}: extract averaged {tokens.n_prev + 1} attention blocks, cam asks for "
                             f"{wanted}; re-run extract with --attention-blocks {wanted} (or use 1: the last block "
                             "alone)")
+    if tokens.attention.ndim == 3:  # the maps themselves (--parity clip-es): one mean of all, CLIP-ES's rounding
+        return torch.cat([tokens.attention.to(attn_last), attn_last[None, 1:, 1:]]).mean(0)
     return (tokens.attention.to(attn_last) * tokens.n_prev + attn_last[1:, 1:]) / (tokens.n_prev + 1)
 
 
@@ -177,7 +180,7 @@ def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes,
     """Steps 1-4 of the module docstring for one image."""
     labels = tokens.labels
     cam = bb.gradcam(tokens.last_block_input, tokens.grid, protos.image_rows(labels), len(labels), temperature,
-                     layer=cfg.layer)
+                     layer=cfg.layer, exact=cfg.parity == "clip-es")
     maps, refined = cam.maps, None
     if cfg.refine != "none" and len(labels):
         parity = cfg.parity == "clip-es"
@@ -197,13 +200,14 @@ def cached_tokens(bb: ClipBackbone, path: Path, classes, image: np.ndarray | Non
                   extract_cfg: ExtractConfig) -> ImageTokens:
     """One image's tokens from its `extract` file; a light cache is completed from the image."""
     feats = io.read_features(path, classes=classes)
+    check_tokens(path, feats.image_size, feats.grid, bb.patch_size, extract_cfg.max_tokens, stage="cam")
     if feats.last_block_input is None:  # a light cache: run the frozen blocks here
         if image is None:
             raise VplError(f"{path}: no cached tokens and image '{feats.id}' not found; restore the dataset or "
                            "re-run extract with --cache full")
         bb.fill_tokens(feats, image, extract_cfg.attention_blocks, extract_cfg.parity)
     n_prev = int(feats.file.meta("attention_blocks", 0))
-    if feats.attention is not None and feats.attention.shape[0] != feats.grid[0] * feats.grid[1]:
+    if feats.attention is not None and feats.attention.shape[-1] != feats.grid[0] * feats.grid[1]:
         raise ContractError(f"{path}: attention does not match the patch grid; re-run extract")
     return ImageTokens(feats.id, tuple(int(c) for c in feats.labels), feats.image_size, feats.grid,
                        feats.last_block_input, feats.attention, n_prev, str(path))
@@ -216,9 +220,12 @@ def image_tokens(bb: ClipBackbone, item, image: np.ndarray, cfg: CamConfig, dtyp
     Sizes follow CLIP-ES (each side rounded up to the patch size); fp32, or ``dtype`` autocast (bf16 where it pays).
     """
     size = bb.input_size(*image.shape[:2])
+    check_tokens(item.image, image.shape[:2], (size[0] // bb.patch_size, size[1] // bb.patch_size), bb.patch_size,
+                 ExtractConfig.max_tokens, stage="cam")
     with autocast(bb.device, dtype):
+        exact = cfg.parity == "clip-es"
         tokens, attention, grid = bb.frozen_pass(bb.preprocess(image, size)[None], cfg.attention_blocks,
-                                                 fp16_pos=cfg.parity == "clip-es")
+                                                 fp16_pos=exact, keep_maps=exact)
     n_prev = min(cfg.attention_blocks, bb.n_blocks) - 1
     return ImageTokens(item.id, tuple(item.labels), tuple(image.shape[:2]), grid, tokens[0].float(),
                        attention[0].float() if n_prev else None, n_prev, str(item.image))
@@ -257,14 +264,25 @@ def run_cam(
             ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
     """
     source, out = Path(source), Path(out)
-    extract_record = io.stage_record_path(source)
-    if extract_record.is_file() and io.read_json(extract_record).get("stage") == "extract":
+    for extra in (overlays, debug):  # the main output is checked by StageFolder, these here: before the model
+        if extra is not None:
+            io.check_folder_target(extra)
+    if _is_extract_folder(source):
         if split is not None:
             raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
         return _run_on(_FromFeatures(source, prototypes, cfg), out, cfg, runtime, overlays, debug, on_item, on_start,
                        backbone)
     return _run_on(_FromDataset(source, split, prototypes, cfg), out, cfg, runtime, overlays, debug, on_item,
                    on_start, backbone)
+
+
+def _is_extract_folder(path: Path) -> bool:
+    """An `extract` output folder, finished or not (its completion record, the record of a run under way, or a
+    finished shard's record), rather than a dataset: a half-made one then gets `extract`'s own message."""
+    for record in (io.STAGE_RECORD, io.RUN_RECORD):
+        if (path / record).is_file() and io.read_json(path / record).get("stage") == "extract":
+            return True
+    return bool(io.finished_shards(path)) if path.is_dir() else False
 
 
 class _FromFeatures:

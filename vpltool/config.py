@@ -9,6 +9,7 @@ Field comments say *why* a value is what it is; docs/pipeline.md cites where eac
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -20,6 +21,9 @@ DEFAULT_PRETRAINED = "openai"
 PARITIES = ("none", "clip-es")
 CACHES = ("light", "full")
 MIN_SIDE = 32  # smallest --image-size / --max-side / --long-side accepted (a few patches of any ViT)
+# patch tokens per image: ~1024x1024 px at patch 16 (VOC's ~500x375 photos are 768). Every block's attention map is
+# tokens^2 per head, so a 4000x3000 photo (47k tokens) asked for 281 GB and died in the allocator
+MAX_TOKENS = 4096
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -59,13 +63,31 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with AMX, else fp32 (device.resolve_precision)
     batch_size: int = 8
-    workers: int = 2  # image decoding threads / CRF processes; 0 = one per CPU core
+    # image decoding threads (extract) / CRF processes / data-loading processes (train-decoder); 0 = one per CPU
+    # core (every stage, see worker_count); 1 = in this process for crf and train-decoder
+    workers: int = 2
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         _choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` with 0 resolved: :func:`worker_count`."""
+        return worker_count(self.workers)
+
+
+def worker_count(workers: int) -> int:
+    """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
+    affinity mask: under Slurm or taskset that is fewer than the machine's cores)."""
+    if workers >= 1:
+        return workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,9 @@ class ExtractConfig:
     # none | clip-es: CLIP-ES's fp16-rounded positional embedding, and the tokens cached in fp32 (not fp16), so that
     # `cam --parity clip-es` reproduces CLIP-ES's fp32 run
     parity: str = "none"
+    # an image with more patch tokens is refused before the forward (check_tokens); a safety limit, not a setting
+    # of the features, so a resume with another value is allowed (NOT_COMPARED)
+    max_tokens: int = MAX_TOKENS
 
     def __post_init__(self) -> None:
         _at_least("--image-size", self.image_size, MIN_SIDE, allow_none=True, why=" pixels")
@@ -90,10 +115,35 @@ class ExtractConfig:
         _at_least("--attention-blocks", self.attention_blocks, 1)
         _choice("--parity", self.parity, PARITIES)
         _choice("--cache", self.cache, CACHES)
+        _at_least("--max-tokens", self.max_tokens, 1)
 
     @property
     def store_tokens(self) -> bool:
         return self.cache == "full"
+
+
+NOT_COMPARED = ("max_tokens",)  # recorded parameters that a resumed run may change (limits, not settings)
+
+
+def check_tokens(image: object, size: tuple[int, int], grid: tuple[int, int], patch: int, max_tokens: int, *,
+                 stage: str = "extract") -> None:
+    """Refuse an image whose ``grid`` (``(h, w)`` patches of its network input) exceeds ``max_tokens``.
+
+    The rule every stage that runs the frozen blocks on an image applies before the forward (`extract`, and `cam`
+    when it recomputes or re-runs the last block): one line naming the image, its ``size`` ``(H, W)`` in pixels,
+    the token count, and the ``--max-side`` that brings it under the limit.
+    """
+    n = grid[0] * grid[1]
+    if n <= max_tokens:
+        return
+    long, short = max(size), min(size)
+    side = patch * max(1, int(math.sqrt(max_tokens * long / short)))  # the largest long side whose grid fits
+    while side > patch and math.ceil(side / patch) * math.ceil(side * short / long / patch) > max_tokens:
+        side -= patch
+    fix = f"pass --max-side {side}" if stage == "extract" else f"re-run `vpltool extract` with --max-side {side}"
+    raise VplError(f"{image}: {size[0]}x{size[1]} pixels make {n:,} patch tokens ({grid[0]}x{grid[1]} at patch "
+                   f"{patch}), above --max-tokens {max_tokens} (attention memory grows with its square); {fix} "
+                   "(or raise --max-tokens where the memory is)")
 
 
 @dataclass(frozen=True)
@@ -103,8 +153,12 @@ class TextPrototypesConfig:
     templates: str = "clip-es"  # clip-es (single 'a clean origami {}.') | imagenet (80-template ensemble) | FILE
     background: str = "auto"  # auto = the preset that matches the classes | voc | coco | none | FILE | "w1,w2"
     synonyms: bool = True  # CLIP-ES fuses synonyms inside one prompt ('bird avian')
+    # none | clip-es: CLIP-ES's zeroshot_classifier arithmetic (one prompt at a time, the full 77-token context: the
+    # same embeddings to 2e-7, but the same rounding); the default truncates the context, ~10x faster
+    parity: str = "none"
 
     def __post_init__(self) -> None:
+        _choice("--parity", self.parity, PARITIES)
         _require(bool(self.templates.strip()), "--templates is empty: give clip-es, imagenet, a template or a file")
 
 
@@ -349,7 +403,8 @@ def from_params(cls: type, params: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "RuntimeConfig", "ExtractConfig",
+    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "MAX_TOKENS", "RuntimeConfig",
+    "worker_count", "ExtractConfig", "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import io
-from .config import CrfConfig, RuntimeConfig, to_params
+from .config import IGNORE_INDEX, CrfConfig, RuntimeConfig, to_params, worker_count
 from .data import open_recorded
 from .errors import ContractError, VplError
 from .kernels import clip_es_image, crf_probabilities, dense_crf, densecrf_module, pseudo_labels
@@ -62,8 +62,10 @@ def refine_image(image: np.ndarray, cams: np.ndarray, labels: Sequence[int], cfg
     return pseudo_labels(dense_crf(seen, probs, cfg), labels, cfg.confidence)
 
 
-def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, classes: Sequence[str], cfg: CrfConfig) -> None:
-    """Read one CAM file and its image, write ``<out>/<id>.png`` (atomically)."""
+def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, classes: Sequence[str], cfg: CrfConfig
+             ) -> tuple[int, int]:
+    """Read one CAM file and its image, write ``<out>/<id>.png`` (atomically); returns ``(ignored, total)``
+    pixels of the mask (255 = below ``cfg.confidence``)."""
     maps = io.read_cam(io.cam_path(cams_dir, item_id), classes)
     image = io.load_image(image_path)
     if image.shape[:2] != maps.cams.shape[1:]:
@@ -71,7 +73,9 @@ def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, classes: Se
             f"{maps.file.path}: CAMs are for a {maps.cams.shape[1]}x{maps.cams.shape[2]} image but {image_path} is "
             f"{image.shape[0]}x{image.shape[1]}; the image changed after `cam`: re-run `vpltool cam`"
         )
-    io.write_mask(io.mask_path(out, item_id), refine_image(image, maps.cams, maps.labels, cfg))
+    mask = refine_image(image, maps.cams, maps.labels, cfg)
+    io.write_mask(io.mask_path(out, item_id), mask)
+    return int((mask == IGNORE_INDEX).sum()), mask.size
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,13 @@ class _Chunk:
     items: tuple[tuple[str, str], ...]  # (id, image path)
 
 
-def _run_chunk(chunk: _Chunk) -> int:
+def _run_chunk(chunk: _Chunk) -> tuple[int, int, int]:
+    """``(images, ignored pixels, pixels)`` of one chunk."""
+    ignored = total = 0
     for item_id, image_path in chunk.items:
-        crf_item(chunk.cams_dir, chunk.out, item_id, image_path, chunk.classes, chunk.cfg)
-    return len(chunk.items)
+        i, t = crf_item(chunk.cams_dir, chunk.out, item_id, image_path, chunk.classes, chunk.cfg)
+        ignored, total = ignored + i, total + t
+    return len(chunk.items), ignored, total
 
 
 def _chunks(items: list[tuple[str, str]], workers: int, **common: Any) -> list[_Chunk]:
@@ -97,17 +104,24 @@ def _chunks(items: list[tuple[str, str]], workers: int, **common: Any) -> list[_
     return [_Chunk(items=tuple(items[i:i + size]), **common) for i in range(0, len(items), size)]
 
 
-def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], None] | None) -> int:
+def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], None] | None
+                ) -> tuple[int, int, int]:
     """Run the chunks in this process (1 worker) or in a spawned pool; the first error stops the run.
 
     Returns:
-        The number of processes that ran them.
+        The number of processes that ran them, and the ignored and total pixels of the masks written.
     """
-    tick = on_item or (lambda n: None)
+    counts = [0, 0]
+
+    def tick(done: tuple[int, int, int]) -> None:
+        counts[0], counts[1] = counts[0] + done[1], counts[1] + done[2]
+        if on_item:
+            on_item(done[0])
+
     if workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:
             tick(_run_chunk(chunk))
-        return 1
+        return 1, *counts
     workers = min(workers, len(chunks))
     # spawn, not fork: the parent may hold torch's thread pools, and forking after they start can deadlock
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
@@ -122,17 +136,18 @@ def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], Non
             for future in futures:
                 future.cancel()
             raise
-    return workers
+    return workers, *counts
 
 
 @dataclass
 class CrfSummary(io.StageSummary):
     workers: int = 1  # processes that ran (1 = in this process)
+    ignored: float | None = None  # share of the pixels written this run that are 255 (None when none was written)
 
 
 def resolve_workers(workers: int) -> int:
-    """``workers`` 0 means one per CPU core."""
-    return workers if workers >= 1 else (os.cpu_count() or 1)
+    """``workers`` 0 means one per CPU core (:func:`vpltool.config.worker_count`)."""
+    return worker_count(workers)
 
 
 def run_crf(
@@ -175,11 +190,11 @@ def run_crf(
             on_start(len(todo))
         workers = resolve_workers(runtime.workers)
         chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes), cfg=cfg)
-        workers = _run_chunks(chunks, workers, on_item)
+        workers, ignored, total = _run_chunks(chunks, workers, on_item)
         folder.complete(count=len(ids), inputs={"cams": io.sha256_file(io.stage_record_path(cams_dir)),
                                                 "dataset": record["inputs"]["dataset"]})
     return CrfSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start,
-                      workers=workers)
+                      workers=workers, ignored=ignored / total if total else None)
 
 
 __all__ = ["STAGE", "refine_image", "crf_item", "CrfSummary", "resolve_workers", "run_crf"]

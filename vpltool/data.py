@@ -95,7 +95,7 @@ def open_dataset(
         raise VplError(f"{path}: not found; pass a dataset folder or a manifest .json")
     if path.is_file() and path.suffix.lower() == ".json":
         if split is not None or labels_file is not None:
-            raise VplError(f"{path}: a manifest holds one split and its labels; drop --split / --labels")
+            raise VplError(f"{path}: a manifest holds one split and its labels; drop --split / --labels-file")
         dataset = _open_manifest(path)
     elif (voc := _find_voc_root(path)) is not None:
         dataset = _open_voc(voc, split or "train", labels_file, allow_pickle)
@@ -153,7 +153,7 @@ def _index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = F
     with os.scandir(folder) as entries:
         for entry in entries:
             stem, ext = os.path.splitext(entry.name)
-            if ext.lower() not in rank or not entry.is_file():
+            if ext.lower() not in rank or not _is_file(entry):
                 continue
             old = index.get(k := key(stem))
             if old is not None and strict:
@@ -163,15 +163,41 @@ def _index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = F
     return index
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """``entry.is_file()``, with a one-line error for an entry that cannot be followed (a symlink loop: ELOOP)."""
+    try:
+        return entry.is_file()
+    except OSError as e:
+        raise VplError(f"{entry.path}: cannot be read ({e.strerror}); a broken or looping symlink? remove it or "
+                       "point it at the image") from None
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> ContractError:
+    """The one-line error for a text file in another encoding (Latin-1, UTF-16, ...)."""
+    data = path.read_bytes()
+    line = data[: e.start].count(b"\n") + 1
+    return ContractError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8, "
+                         f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}")
+
+
 def _read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines; '#' starts a comment line."""
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise VplError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise ContractError(f"{path}: not a UTF-8 text file; expected one entry per line") from None
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
     return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+
+
+def _split_ids(listing: Path) -> list[str]:
+    """The ids of a split file, each once: an id listed twice is an error naming this file (not the dataset)."""
+    ids = [_split_id(line) for line in _read_lines(listing)]
+    twice = next((i for i, n in Counter(ids).items() if n > 1), None)
+    if twice is not None:
+        raise VplError(f"{listing}: id {twice!r} is listed {ids.count(twice)} times; keep one line per image")
+    return ids
 
 
 def _missing_image(listing: Path, image_id: str, where: Path | str) -> VplError:
@@ -202,7 +228,7 @@ def _split_id(line: str) -> str:
 
 def _open_voc(root: Path, split: str, labels_file: Path | None, allow_pickle: bool) -> Dataset:
     listing = _split_file(root / "ImageSets" / "Segmentation", split)
-    ids = [_split_id(line) for line in _read_lines(listing)]
+    ids = _split_ids(listing)
     images = _index_files(root / "JPEGImages", IMAGE_EXTS)
     # SBD-augmented masks win: they exist for all of train_aug, SegmentationClass only for train/val
     masks = _index_files(root / "SegmentationClass", (".png",))
@@ -226,7 +252,8 @@ def _xml_labels(xml: Path) -> tuple[int, ...]:
     try:
         tree = ET.parse(xml)
     except FileNotFoundError:
-        raise VplError(f"{xml}: annotation not found; restore Annotations/ or pass --labels cls_labels.npy") from None
+        raise VplError(f"{xml}: annotation not found; restore Annotations/ or pass --labels-file cls_labels.npy "
+                       "--allow-pickle") from None
     except ET.ParseError as e:
         raise ContractError(f"{xml}: not valid XML ({e}); re-download Annotations/") from None
     names = [(obj.findtext("name") or "").strip() for obj in tree.getroot().findall("object")]
@@ -250,10 +277,11 @@ def _names_to_labels(
 def _read_cls_labels(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
     """IRN-style ``cls_labels.npy``: a pickled dict id -> [20] multi-hot; keys '2007_000032' or 2007000032."""
     if path.suffix.lower() != ".npy":
-        raise VplError(f"{path}: VOC --labels takes an IRN-style cls_labels.npy; without it Annotations/*.xml are read")
+        raise VplError(f"{path}: VOC --labels-file takes an IRN-style cls_labels.npy; without it Annotations/*.xml "
+                       "are read")
     if not allow_pickle:
         raise VplError(f"{path}: a pickle file (loading it can run code); pass --allow-pickle if you trust it, "
-                       "or drop --labels to read Annotations/*.xml")  # fmt: skip
+                       "or drop --labels-file to read Annotations/*.xml")  # fmt: skip
     warnings.warn(f"{path}: loading a pickle (allowed by --allow-pickle)", stacklevel=4)
     try:
         obj = np.load(path, allow_pickle=True)
@@ -301,7 +329,7 @@ def _open_coco(root: Path, split: str, labels_file: Path | None) -> Dataset:
     listing = labels_file or (found + [root / f"{split}.txt"])[0]
     if not listing.is_file():
         raise VplError(f"{listing}: no COCO label list for split {split!r} (looked in {root} and {root / 'coco14'}); "
-                       "pass --split or --labels")  # fmt: skip
+                       "pass --split or --labels-file")  # fmt: skip
     # the split's own folders first, so a copy of the image elsewhere never shadows it
     dirs = list(dict.fromkeys((f"JPEGImages/{split}", f"{split}2014", *_COCO_IMAGE_DIRS)))
     images: dict[Any, Path] = {}
@@ -309,10 +337,13 @@ def _open_coco(root: Path, split: str, labels_file: Path | None) -> Dataset:
         images.update(_index_files(root / d, IMAGE_EXTS, _coco_key))
     mask_dir = root / "SegmentationClass"
     masks = {**_index_files(mask_dir, (".png",), _coco_key), **_index_files(mask_dir / split, (".png",), _coco_key)}
-    items = []
+    items, seen = [], set()
     for line in _read_lines(listing):
         name, *ids = line.split()
         key = _coco_key(Path(name).stem)
+        if key in seen:
+            raise VplError(f"{listing}: image {name!r} is listed twice; keep one line per image")
+        seen.add(key)
         if key not in images:
             raise _missing_image(listing, Path(name).stem, " or ".join(f"{d}/" for d in dirs))
         labels = _coco_labels(ids, listing, name)
@@ -332,9 +363,9 @@ def _coco_labels(ids: Sequence[str], listing: Path, name: str) -> tuple[int, ...
 def _open_folder(root: Path, split: str | None, labels_file: Path | None) -> Dataset:
     labels_path = labels_file or _folder_labels_path(root)
     table = _read_label_table(labels_path)
-    classes = _folder_classes(root / "classes.txt", table)
+    classes = _folder_classes(root / "classes.txt", table, labels_path)
     listing = _folder_split_file(root, split) or labels_path
-    ids = [_split_id(line) for line in _read_lines(listing)] if listing != labels_path else list(table)
+    ids = _split_ids(listing) if listing != labels_path else list(table)
     images = _index_files(root / "images", IMAGE_EXTS, strict=True)
     masks = _index_files(root / "masks", (".png",))
     items = []
@@ -366,17 +397,20 @@ def _read_label_table(path: Path) -> dict[str, list[str]]:
         return {str(image_id): [n.strip() for n in names if n.strip()] for image_id, names in table.items()}
     if not path.is_file():
         raise VplError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
     out = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for row in csv.reader(f):
-            if not row or not row[0].strip() or row[0].strip().startswith("#"):
-                continue
-            if not out and row[0].strip().lower() == "id":  # optional header
-                continue
-            image_id = row[0].strip()
-            if image_id in out:
-                raise VplError(f"{path}: duplicate id {image_id!r}; keep one row per image")
-            out[image_id] = [name for cell in row[1:] for name in _split_names(cell)]
+    for row in csv.reader(text.splitlines(keepends=True)):  # keepends: a quoted cell may span lines
+        if not row or not row[0].strip() or row[0].strip().startswith("#"):
+            continue
+        if not out and row[0].strip().lower() == "id":  # optional header
+            continue
+        image_id = row[0].strip()
+        if image_id in out:
+            raise VplError(f"{path}: duplicate id {image_id!r}; keep one row per image")
+        out[image_id] = [name for cell in row[1:] for name in _split_names(cell)]
     return out
 
 
@@ -386,14 +420,26 @@ def _split_names(cell: str) -> list[str]:
     return [name.strip() for name in cell.split(sep) if name.strip()]
 
 
-def _folder_classes(path: Path, table: dict[str, list[str]]) -> tuple[str, ...]:
-    """``classes.txt`` (background prepended when its first line is not 'background'), else the sorted label names."""
+def _folder_classes(path: Path, table: dict[str, list[str]], labels_path: Path | None = None
+                    ) -> tuple[str, ...]:
+    """``classes.txt`` (background prepended when absent), else the sorted label names.
+
+    'background' is class 0: on any line of classes.txt but the first, it is refused (prepending it once more gave
+    ``[background, ..., background]``, and moving it would shift every mask value); as an image label it is refused
+    too (class 0 is implicit in every image).
+    """
     if path.is_file():
         names = _read_lines(path)
         if len(set(names)) != len(names):
             raise VplError(f"{path}: a class name is listed twice; keep one line per class")
+        if BACKGROUND in names[1:]:
+            raise VplError(f"{path}: 'background' is on line {names.index(BACKGROUND) + 1}; it is class 0, so put it "
+                           "on the first line (mask value 0) or leave it out (it is then added as class 0)")
     else:
         names = sorted({name for labels in table.values() for name in labels})
+        if BACKGROUND in names:
+            raise VplError(f"{labels_path or path.parent}: 'background' is used as an image label; drop it (class 0 "
+                           "is in every image), or add classes.txt")
     names = names if names and names[0] == BACKGROUND else [BACKGROUND, *names]
     if len(names) < 2:
         raise VplError(f"{path.parent}: no classes; add classes.txt or labels")

@@ -30,7 +30,7 @@ from .errors import ContractError, VplError
 from .kernels import MiouAccumulator, best_foreground, with_background
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from rich.console import Group
 
 
 # --------------------------------------------------------------------------------------------- folders
@@ -118,9 +118,13 @@ def _check_inputs(folder: Path, suffix: str, gt_by_id: Mapping[str, Path], ids: 
     ids = list(ids)
     if not ids:
         raise VplError(f"{folder}: no images to evaluate; the id list is empty")
-    no_gt = [i for i in ids if i not in gt_by_id or not Path(gt_by_id[i]).is_file()]
+    no_gt = [i for i in ids if i not in gt_by_id]
     if no_gt:
         raise VplError(f"no ground-truth mask for image '{no_gt[0]}'{_more(no_gt)}; add 'gt' to its manifest item")
+    gone = [i for i in ids if not Path(gt_by_id[i]).is_file()]
+    if gone:
+        raise VplError(f"{gt_by_id[gone[0]]}: ground-truth mask of image '{gone[0]}' not found{_more(gone)}; restore "
+                       "it, or fix the item's 'gt' in the manifest")
     if not folder.is_dir():
         raise VplError(f"{folder}: folder not found; run the stage that writes it first")
     missing = [i for i in ids if not (folder / f"{i}{suffix}").is_file()]
@@ -142,11 +146,18 @@ def _name_classes(result: dict[str, Any], classes: Sequence[str]) -> dict[str, A
 
 
 # --------------------------------------------------------------------------------------------- display
-def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Table:
-    """Per-class IoU table (percent, one decimal) with mIoU, accuracies and the chosen exponent as a caption."""
-    from rich.table import Table  # lazy: metrics is imported by the CLI, which keeps `--help` light
+def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Group:
+    """The mIoU line, the per-class IoU table (percent, one decimal), then accuracies and the chosen exponent.
 
-    table = Table(title=f"mIoU {_pct(result.get('miou'))} over {result.get('n_images', '?')} images")
+    The first and last lines are printed around the table, not as its title and caption: those wrap to the
+    table's width, which broke them over several lines in a log or a pipe.
+    """
+    from rich.console import Group
+    from rich.table import Table  # lazy: metrics is imported by the CLI, which keeps `--help` light
+    from rich.text import Text
+
+    title = f"mIoU {_pct(result.get('miou'))} over {result.get('n_images', '?')} images"
+    table = Table()
     table.add_column("id", justify="right", style="dim")
     table.add_column("class")
     table.add_column("IoU %", justify="right")
@@ -159,8 +170,7 @@ def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Table:
         # float(): keys are strings once the result went through JSON
         tried = ", ".join(f"a={float(a):g}: {_pct(m)}" for a, m in result.get("by_exponent", {}).items())
         caption += f" · best bg exponent a={float(result['bg_exponent']):g} ({tried})"
-    table.caption = caption
-    return table
+    return Group(Text(title), table, Text(caption))
 
 
 def _pct(value: float | None) -> str:
@@ -183,7 +193,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     if not folder.is_dir():
         raise VplError(f"{folder}: predictions folder not found")
     if json_out is not None:
-        io.check_writable_target(json_out)  # before minutes of scoring, not after
+        io.check_writable_target(json_out, ".json")  # before minutes of scoring, not after
     recorded = io.recorded_dataset_identity(folder)
     if data is None:
         if recorded is None:

@@ -25,7 +25,7 @@ import torch
 
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
-from .config import ExtractConfig, RuntimeConfig, to_params
+from .config import NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
 from .data import Dataset, Item
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
@@ -42,6 +42,13 @@ def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, np.ndarray
     """Images decoded ahead by a thread pool (PIL releases the GIL while decoding), in order."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
         yield from zip(items, pool.map(lambda it: io.load_image(it.image), items))
+
+
+def _header_sizes(items: list[Item], workers: int) -> list[tuple[int, int]]:
+    """``(H, W)`` of every image from its header (:func:`vpltool.io.image_size`), before the model loads: a
+    zero-byte or foreign file fails here, in a second, not after a minute of loading."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(lambda it: io.image_size(it.image), items))
 
 
 def _batches(decoded: Iterable[tuple[Item, np.ndarray]], size_of: Callable, batch_size: int):
@@ -67,8 +74,9 @@ def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dty
         ``attention`` [B, hw, hw] (see module docstring); all float32 on the model's device.
     """
     with autocast(bb.device, dtype):
+        exact = cfg.parity == "clip-es"
         tokens, attention, grid = bb.frozen_pass(pixels, cfg.attention_blocks if cfg.store_tokens else 1,
-                                                 fp16_pos=cfg.parity == "clip-es")
+                                                 fp16_pos=exact, keep_maps=exact)
         dense = bb.dense(bb.block(bb.n_blocks - 1, tokens, grid)[0])
     out = {"dense": dense.float().reshape(len(pixels), *grid, -1)}
     if cfg.store_tokens:
@@ -109,19 +117,26 @@ def run_extract(
     part = dataset.shard(index, count)
     start = time.perf_counter()
     lock = io.LOCK_FILE if count == 1 else f"{io.LOCK_FILE}.{index}-of-{count}"
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=lock, reset=index == 0) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=lock, reset=index == 0,
+                        not_compared=NOT_COMPARED) as folder:
         todo_ids = set(folder.todo([it.id for it in part.items], io.feature_path))
         todo = [it for it in part.items if it.id in todo_ids]
         if on_start:
             on_start(len(todo))
         if todo:
+            sizes = _header_sizes(todo, runtime.worker_count)
             bb = backbone or load_backbone(spec, device)
             meta = extract_metadata(bb, cfg, min(cfg.attention_blocks, bb.n_blocks) - 1)
 
             def size_of(image: np.ndarray) -> tuple[int, int]:
                 return bb.input_size(image.shape[0], image.shape[1], cfg.image_size, cfg.max_side)
 
-            for size, batch in _batches(_decoded(todo, runtime.workers), size_of, runtime.batch_size):
+            for item, (h, w) in zip(todo, sizes):  # every image, before the first forward
+                input_h, input_w = bb.input_size(h, w, cfg.image_size, cfg.max_side)
+                check_tokens(item.image, (h, w), (input_h // bb.patch_size, input_w // bb.patch_size),
+                             bb.patch_size, cfg.max_tokens)
+
+            for size, batch in _batches(_decoded(todo, runtime.worker_count), size_of, runtime.batch_size):
                 pixels = torch.stack([bb.preprocess(img, size) for _, img in batch])
                 result = encode_batch(bb, pixels, cfg, dtype)
                 for b, (item, image) in enumerate(batch):
@@ -133,6 +148,8 @@ def run_extract(
         if complete:
             folder.complete(inputs={"dataset": dataset.identity()}, count=len(dataset.items),
                             classes=list(dataset.classes))
+        elif count > 1:
+            folder.shard_done(index, count)
     return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
 
 

@@ -95,7 +95,9 @@ def run_predict(
         overlays: optional folder for ``<id>.png`` side-by-side previews.
         backbone: reuse an already loaded CLIP (it must be the one the decoder records).
     """
-    out = Path(out)
+    out = io.check_folder_target(out)  # before the decoder and the CLIP load
+    if overlays is not None:
+        io.check_folder_target(overlays)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     model, f = load_decoder(decoder_file, device)

@@ -56,13 +56,16 @@ def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = (
     return [w.strip() for w in spec.split(",") if w.strip()]
 
 
-def encode_names(bb: ClipBackbone, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """``[len(names), D]`` float32 unit rows: per name, the mean of its normalised prompt embeddings."""
+def encode_names(bb: ClipBackbone, names: Sequence[str], templates: Sequence[str], exact: bool = False
+                 ) -> torch.Tensor:
+    """``[len(names), D]`` float32 unit rows: per name, the mean of its normalised prompt embeddings (``exact``:
+    CLIP-ES's ``zeroshot_classifier`` arithmetic, see :meth:`vpltool.backbone.ClipBackbone.encode_text`)."""
     if not names:
         return torch.zeros(0, bb.embed_dim)
     prompts = [t.format(n) for n in names for t in templates]
-    emb = bb.encode_text(prompts).view(len(names), len(templates), -1)
-    return torch.nn.functional.normalize(emb.mean(1), dim=-1).cpu()
+    emb = bb.encode_text(prompts, exact=exact).view(len(names), len(templates), -1)
+    mean = emb.mean(1)
+    return (mean / mean.norm(dim=-1, keepdim=True)).cpu()
 
 
 def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
@@ -72,7 +75,8 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
     names = presets.prompt_names(classes, preset if cfg.synonyms else None)
     templates = resolve_templates(cfg.templates)
     background = resolve_background(cfg.background, preset, classes)
-    vectors = torch.cat([encode_names(bb, names, templates), encode_names(bb, background, templates)])
+    exact = cfg.parity == "clip-es"
+    vectors = torch.cat([encode_names(bb, names, templates, exact), encode_names(bb, background, templates, exact)])
     row_class = torch.cat([torch.arange(1, len(names) + 1), torch.zeros(len(background), dtype=torch.long)])
     params = {**to_params(cfg), "n_templates": len(templates), "background_words": background}
     return io.Prototypes(vectors, row_class, list(names) + background, classes=classes,
@@ -81,9 +85,14 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
 
 def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec,
                         cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto") -> io.Prototypes:
-    """Encode and write the prototypes file; returns what was written."""
+    """Encode and write the prototypes file; returns what was written.
+
+    The output path, the classes and the templates are checked before the model loads (a wrong ``-o`` costs
+    nothing)."""
+    out = io.check_writable_target(out)
     if len(classes) < 2 or classes[0] != "background":
         raise VplError("classes must start with 'background' and name at least one class")
+    resolve_templates(cfg.templates)
     bb = load_backbone(spec, resolve_device(device))
     protos = build_text_prototypes(bb, classes, cfg)
     io.write_prototypes(out, protos)

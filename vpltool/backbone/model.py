@@ -206,20 +206,23 @@ class ClipBackbone:
         out.tokens = x
         return out
 
-    def frozen_pass(self, pixels: torch.Tensor, attention_blocks: int, fp16_pos: bool = False
-                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def frozen_pass(self, pixels: torch.Tensor, attention_blocks: int, fp16_pos: bool = False,
+                    keep_maps: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """What GradCAM and CAA need from the frozen blocks ``0..L-2``.
 
         Returns:
             ``last_block_input`` ``[B, 1 + hw, width]``, ``attention`` ``[B, hw, hw]`` (the mean of the
             head-averaged maps of the ``attention_blocks - 1`` blocks before the last, CLS row and column removed;
-            zeros for a one-block model) and the grid. CAA adds the last block's own map (CLIP-ES averages the
-            last ``attention_blocks`` maps).
+            zeros for a one-block model; with ``keep_maps`` the maps themselves ``[B, n, hw, hw]``, so that CAA can
+            average all of them at once as CLIP-ES does) and the grid. CAA adds the last block's own map (CLIP-ES
+            averages the last ``attention_blocks`` maps).
         """
         n_prev = min(attention_blocks, self.n_blocks) - 1
         enc = self.encode(pixels, stop=self.n_blocks - 1, attention_from=self.n_blocks - 1 - n_prev,
                           fp16_pos=fp16_pos)
-        if enc.attentions:
+        if enc.attentions and keep_maps:
+            attention = torch.stack([a[:, 1:, 1:].float() for a in enc.attentions], 1)
+        elif enc.attentions:
             attention = torch.stack([a[:, 1:, 1:].float() for a in enc.attentions]).mean(0)
         else:
             hw = enc.grid[0] * enc.grid[1]
@@ -243,7 +246,8 @@ class ClipBackbone:
         if feats.last_block_input is not None:
             return
         pixels = self.preprocess(image, feats.input_size)[None]
-        tokens, attention, _ = self.frozen_pass(pixels, attention_blocks, fp16_pos=parity == "clip-es")
+        exact = parity == "clip-es"
+        tokens, attention, _ = self.frozen_pass(pixels, attention_blocks, fp16_pos=exact, keep_maps=exact)
         dtype = token_dtype(parity)
         feats.last_block_input = tokens[0].cpu().to(dtype).float()
         feats.attention = attention[0].cpu().to(dtype).float()
@@ -260,7 +264,7 @@ class ClipBackbone:
         return F.normalize(self.dense(tokens).mean(1), dim=-1)
 
     def gradcam(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor, n_classes: int,
-                temperature: float, layer: str = "input") -> GradCam:
+                temperature: float, layer: str = "input", exact: bool = False) -> GradCam:
         """Softmax-GradCAM for the first ``n_classes`` of ``rows`` in one batched backward, in fp32.
 
         Args:
@@ -270,12 +274,17 @@ class ClipBackbone:
             temperature: of the softmax ``p = softmax(cos(img, rows) / temperature)``.
             layer: ``input``: the activations are the last block's ``ln_1`` output (CLIP-ES's target layer
                 ``resblocks[-1].ln_1``, what VPL uses); ``output``: the last block's output tokens.
+            exact: repeat CLIP-ES's order of floating-point operations (``--parity clip-es``): the same values up to
+                rounding, but the final min-max of CAA magnifies rounding by up to ~10^4 on flat maps, so parity
+                needs the same rounding. Slower: one backward per class, the weighted sum in numpy.
 
         ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)``, scaled like CLIP-ES (:func:`gradcam_scale`);
         fp32 throughout (fp16 gradients underflow on real photos).
         """
         if layer not in GRADCAM_LAYERS:
             raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
+        if exact:
+            return self._gradcam_clip_es(last_block_input, grid, rows, n_classes, temperature, layer)
         x = last_block_input.to(self.device, torch.float32)[None].requires_grad_(True)
         with torch.enable_grad(), torch.autocast(self.device.type, enabled=False):
             out, attn, ln1 = self.block(self.n_blocks - 1, x, grid, need_weights=True, keep_ln1=layer == "input")
@@ -291,6 +300,39 @@ class ClipBackbone:
         weights = grads.mean(1)  # [K, width]: GradCAM channel weights
         maps = torch.relu(weights @ act.T).view(n_classes, *grid)  # [K, h, w]
         return GradCam(gradcam_scale(maps), attn[0].detach(), probs.detach(), dense[0].detach())
+
+    def _gradcam_clip_es(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor,
+                         n_classes: int, temperature: float, layer: str) -> GradCam:
+        """:meth:`gradcam` in CLIP-ES's operation order (``clip/model.py:forward_last_layer``, pytorch_grad_cam's
+        ``BaseCAM.forward`` and ``GradCAM.get_cam_weights``): ``ln_post`` then the patch mean then ``proj``; the
+        logit scale multiplied in (not a division by the temperature); one backward per class; channel weights and
+        the weighted sum in numpy float32 on ``[1, C, h, w]`` arrays laid out as its ``reshape_transform`` leaves
+        them (channels fastest)."""
+        v = self.visual
+        scale = self.model.logit_scale.exp().float()
+        if abs(1.0 / temperature - float(scale)) > 1e-6 * float(scale):  # vision prototypes: their own temperature
+            scale = torch.tensor(1.0 / temperature, dtype=torch.float32)
+        x = last_block_input.to(self.device, torch.float32)[None].requires_grad_(True)
+        with torch.enable_grad(), torch.autocast(self.device.type, enabled=False):
+            out, attn, ln1 = self.block(self.n_blocks - 1, x, grid, need_weights=True, keep_ln1=layer == "input")
+            act = ln1 if layer == "input" else out
+            img = torch.mean(v.ln_post(out)[:, 1:, :], dim=1) @ v.proj
+            img = img / img.norm(dim=1, keepdim=True)
+            text = rows.to(img)
+            text = text / text.norm(dim=1, keepdim=True)
+            probs = (scale.to(img.device) * img @ text.t()).softmax(dim=-1)  # [1, K + M]
+            grads = [torch.autograd.grad(probs[:, k], act, retain_graph=True)[0] for k in range(n_classes)]
+        dense = self.dense(out.detach())[0]
+        h, w = grid
+        chw = act.detach()[0, 1:].cpu().numpy().reshape(1, h, w, -1).transpose(0, 3, 1, 2)  # [1, C, h, w]
+        maps = []
+        for g in grads:
+            g = g[0, 1:].cpu().numpy().reshape(1, h, w, -1).transpose(0, 3, 1, 2)
+            weights = np.mean(g, axis=(2, 3))  # [1, C]
+            cam = (weights[:, :, None, None] * chw).sum(axis=1)  # [1, h, w]
+            maps.append(np.maximum(cam, 0).astype(np.float32)[0])
+        maps = torch.from_numpy(np.stack(maps)) if maps else torch.zeros(0, h, w)
+        return GradCam(gradcam_scale(maps), attn[0].detach(), probs[0].detach(), dense)
 
     # ---- text
     @property
@@ -315,10 +357,19 @@ class ClipBackbone:
             "context_length": t.positional_embedding.shape[0], "cls_emb": getattr(t, "cls_emb", None),
         }
 
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256, grad: bool = False) -> torch.Tensor:
-        """Prompts -> ``[N, D]`` float32 L2-normalised text embeddings (``grad``: differentiable, for training)."""
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256, grad: bool = False,
+                    exact: bool = False) -> torch.Tensor:
+        """Prompts -> ``[N, D]`` float32 L2-normalised text embeddings (``grad``: differentiable, for training).
+
+        ``exact`` repeats CLIP-ES's ``zeroshot_classifier`` (``--parity clip-es``): one prompt at a time, the full
+        context, open_clip's own ``encode_text``: the same embeddings up to rounding (1.6e-7), but the same rounding.
+        """
         with torch.set_grad_enabled(grad):
             parts = self._text_tower()
+            if exact:
+                rows = [self._encode_tokens_clip_es(self.tokenizer([t]).to(self.device), parts) for t in texts]
+                out = torch.cat(rows).float() if rows else torch.zeros(0, self.embed_dim)
+                return out / out.norm(dim=-1, keepdim=True)
             if parts["pool"] != "argmax" or parts["cls_emb"] is not None:  # unusual towers: open_clip's own path
                 tokens = self.tokenizer(list(texts)).to(self.device)
                 return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
@@ -327,6 +378,19 @@ class ClipBackbone:
                 tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
                 out.append(self._encode_tokens(tokens, parts))
             return F.normalize(torch.cat(out).float(), dim=-1)
+
+    def _encode_tokens_clip_es(self, tokens: torch.Tensor, parts: dict[str, Any]) -> torch.Tensor:
+        """The text tower as CLIP-ES runs it: the full context, and every block's attention on the explicit path
+        (its ``ResidualAttentionBlock`` asks for the attention weights, so torch never takes the fused kernel)."""
+        x = parts["token_embedding"](tokens) + parts["positional_embedding"]
+        mask = parts["attn_mask"]
+        for blk in parts["transformer"].resblocks:
+            h = blk.ln_1(x)
+            x = x + blk.ls_1(blk.attn(h, h, h, need_weights=True, attn_mask=mask)[0])
+            x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        x = parts["ln_final"](x)[torch.arange(len(tokens), device=x.device), tokens.argmax(dim=-1)]
+        proj = parts["projection"]
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
     def _encode_tokens(self, tokens: torch.Tensor, parts: dict[str, Any]) -> torch.Tensor:
         eot = tokens.argmax(dim=-1)  # the EOT token has the highest id in CLIP vocabularies

@@ -13,8 +13,11 @@ import typer
 
 from .. import __version__
 
+# Plain click help (rich_markup_mode=None): typer's rich panels cut long option names at 80 columns
+# ("--rsc-temperat…"), showed flags as "<bool>" and ate "[default: ...]" as markup; plain help wraps instead, and
+# docs/cli.md is the same text (benchmarks/cli_docs.py)
 app = typer.Typer(
-    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_show_locals=False, add_completion=False,
+    no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_show_locals=False, add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
     help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + VPL). One stage per command; stages "
     "exchange safetensors and palette PNGs on disk, so any stage can be swapped or re-run alone.",
@@ -35,7 +38,10 @@ def root(
     """Weakly-supervised semantic segmentation with CLIP: one stage per command, files in between."""
 
 
-from . import demo, pipeline, training  # noqa: E402,F401  (the commands register themselves on `app`)
+# the commands register themselves on `app`, in this order: the stages in pipeline order, then the demo world's
+# isort: off
+from . import pipeline, training, demo  # noqa: E402,F401
+# isort: on
 
 
 def main() -> None:

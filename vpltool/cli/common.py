@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,9 @@ from ..errors import VplError, write_error
 err = Console(stderr=True)
 log = logging.getLogger("vpltool")
 RUNTIME, MODEL = "Runtime", "Model"
-PROGRESS_EVERY_S = 10.0  # off a terminal, a plain progress line at most this often (and at the end)
+# off a terminal (nohup, Slurm, CI), a plain progress line this often even when no item finishes (model loading, a
+# slow batch), and at the end; also the period of the --log file's lines
+PROGRESS_EVERY_S = 10.0
 _R = RuntimeConfig()
 
 # ---- option types, spelled the same on every stage
@@ -37,8 +40,8 @@ Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA 
                                         "fp32 | bf16 | fp16 (CUDA only).", rich_help_panel=RUNTIME)]
 BatchSize = Annotated[int, typer.Option(help="Images per batch (equal input sizes are batched).",
                                         rich_help_panel=RUNTIME)]
-Workers = Annotated[int, typer.Option(help="Parallel image decoders / CRF processes (0 = one per CPU core).",
-                                      rich_help_panel=RUNTIME)]
+Workers = Annotated[int, typer.Option(help="Parallel image decoders / CRF processes: 0 = one per CPU core, 1 = in "
+                                      "this process.", rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
                                          rich_help_panel=RUNTIME)]
 LogFile = Annotated[Optional[Path], typer.Option("--log", envvar="VPLTOOL_LOG", rich_help_panel=RUNTIME,
@@ -123,46 +126,76 @@ def _duration(seconds: float) -> str:
 
 
 class _Lines:
-    """Progress as plain lines, for logs (nohup, Slurm, CI): at most every ``PROGRESS_EVERY_S`` and at the end."""
+    """Progress as plain lines, for logs (nohup, Slurm, CI): every ``PROGRESS_EVERY_S`` whether or not an item
+    finished (a heartbeat thread), and at the end. ``echo``: on stderr too (off a terminal); always in ``--log``."""
 
-    def __init__(self, description: str, unit: str):
-        self.description, self.unit = description, unit
-        self.total, self.done, self.start, self.last = None, 0, time.monotonic(), 0.0
+    def __init__(self, description: str, unit: str, echo: bool):
+        self.description, self.unit, self.echo = description, unit, echo
+        self.total, self.done, self.start, self.last = None, 0, time.monotonic(), time.monotonic()
+        self._lock = threading.Lock()  # the heartbeat thread and the stage's callbacks both emit
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
+        if self.total is None:
+            return f"{self.description}: starting, {_duration(elapsed)} elapsed"
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        of = f"/{self.total}" if self.total is not None else ""
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         eta = ""
         if self.total and rate > 0 and self.done < self.total:
             eta = f", ETA {_duration((self.total - self.done) / rate)}"
-        return f"{self.description}: {self.done}{of} {self.unit}{pct}, {rate:.2f} {self.unit}/s{eta}"
+        return (f"{self.description}: {self.done}/{self.total} {self.unit}{pct}, {rate:.2f} {self.unit}/s, "
+                f"{_duration(elapsed)} elapsed{eta}")
 
     def start_with(self, total: int) -> None:
-        self.total = total
-        self.emit()
+        with self._lock:
+            self.total = total
+            self.emit()
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
-        if time.monotonic() - self.last >= PROGRESS_EVERY_S or (self.total is not None and self.done >= self.total):
-            self.emit()
+        with self._lock:
+            self.done += n
+            if time.monotonic() - self.last >= PROGRESS_EVERY_S or (self.total is not None
+                                                                    and self.done >= self.total):
+                self.emit()
 
     def emit(self) -> None:
         self.last = time.monotonic()
-        err.print(self.line(), highlight=False, soft_wrap=True)
-        _to_log(self.line())
+        text = self.line()
+        if self.echo:
+            err.print(text, highlight=False, soft_wrap=True)
+        _to_log(text)
+
+    @contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """A daemon thread that emits a line whenever ``PROGRESS_EVERY_S`` passed without one."""
+        stop, every = threading.Event(), PROGRESS_EVERY_S
+
+        def beat() -> None:
+            while not stop.wait(min(every, 1.0)):
+                with self._lock:
+                    if time.monotonic() - self.last >= every:
+                        self.emit()
+
+        thread = threading.Thread(target=beat, name="vpltool-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 @contextmanager
 def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable, Callable]]:
-    """Progress on stderr: a rich bar on a terminal, plain lines every 10 s elsewhere (and in ``--log``).
+    """Progress on stderr: a rich bar on a terminal, plain lines elsewhere (every ``PROGRESS_EVERY_S``, even while
+    nothing finishes), and the plain lines in ``--log``.
 
     Yields ``(on_start(total), on_item(n=1))`` for the library hooks.
     """
+    lines = _Lines(description, unit, echo=not err.is_terminal)
     if not err.is_terminal:
-        lines = _Lines(description, unit)
-        yield lines.start_with, lines.advance
+        with lines.heartbeat():
+            yield lines.start_with, lines.advance
         return
     from rich.progress import (
         BarColumn,
@@ -174,24 +207,18 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
     )
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, transient=False) as bar:
+                  TimeRemainingColumn(), console=err, transient=False) as bar, lines.heartbeat():
         task = bar.add_task(description, total=None)
-        lines = _Lines(description, unit)  # the log file gets the plain lines, the terminal the bar
 
         def start(total: int) -> None:
             bar.update(task, total=total)
-            lines.total = total
-            _to_log(lines.line())
+            lines.start_with(total)
 
         def advance(n: int = 1) -> None:
             bar.advance(task, n)
-            lines.done += n
-            if time.monotonic() - lines.last >= PROGRESS_EVERY_S:
-                lines.last = time.monotonic()
-                _to_log(lines.line())
+            lines.advance(n)
 
         yield start, advance
-        _to_log(lines.line())
 
 
 def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int = _R.batch_size,
@@ -200,14 +227,14 @@ def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: 
                          overwrite=overwrite)
 
 
-def parse_floats(value: str, option: str) -> tuple[float, ...]:
-    """``"1.0,0.75"`` -> ``(1.0, 0.75)``; a VplError naming the option for anything else."""
+def parse_floats(value: str, option: str, example: str = "1,2") -> tuple[float, ...]:
+    """``"1.0,0.75"`` -> ``(1.0, 0.75)``; a VplError naming the option (and a valid ``example``) for anything else."""
     try:
         values = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise VplError(f"{option} {value!r}: give comma-separated numbers, e.g. 1,2") from None
+        raise VplError(f"{option} {value!r}: give comma-separated numbers, e.g. {example}") from None
     if not values:
-        raise VplError(f"{option} is empty: give comma-separated numbers, e.g. 1,2")
+        raise VplError(f"{option} is empty: give comma-separated numbers, e.g. {example}")
     return values
 
 

@@ -30,7 +30,9 @@ def make_world_cmd(
 ) -> None:
     """Render the synthetic demo world: shapes on textured backgrounds, exact masks, captions, labels.
 
-    [dim]Example: vpltool make-world runs/demo/world --train 500 --val 200 --layout voc[/]
+    \b
+    Example:
+      vpltool make-world runs/demo/world --train 500 --val 200 --layout voc
     """
     from ..demo.scenes import SceneConfig, write_dataset
 
@@ -55,7 +57,9 @@ def train_toy_clip_cmd(
 ) -> None:
     """Train the demo world's toy CLIP from scratch on rendered scenes and captions (CPU, about 10 min on 2 cores).
 
-    [dim]Example: vpltool train-toy-clip /tmp/toy-clip && vpltool extract WORLD -o F --model local-dir:/tmp/toy-clip[/]
+    \b
+    Example:
+      vpltool train-toy-clip /tmp/toy-clip && vpltool extract WORLD -o F --model local-dir:/tmp/toy-clip
     """
     from ..demo.toyclip import train_toy_clip
 

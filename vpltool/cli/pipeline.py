@@ -63,7 +63,11 @@ def extract_cmd(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     image_size: Annotated[Optional[int], typer.Option(help="Fixed square input side; default: each side rounded "
                                                       "up to a multiple of the patch size (CLIP-ES).")] = None,
-    max_side: Annotated[Optional[int], typer.Option(help="Shrink longer sides above this first.")] = None,
+    max_side: Annotated[Optional[int], typer.Option(help="Shrink longer sides above this first (e.g. 1024 for "
+                                                    "camera photos).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Refuse an image whose input has more patch tokens than this, "
+                                            "before the forward (attention memory grows with its square).")] =
+        ExtractConfig.max_tokens,
     attention_blocks: Annotated[int, typer.Option(help="Last blocks whose attention CAA averages.")] =
         ExtractConfig.attention_blocks,
     cache: Annotated[str, typer.Option(help="light: dense features only (0.8 MB per 500x375 image; `cam` re-runs "
@@ -85,15 +89,16 @@ def extract_cmd(
 ) -> None:
     """Run the frozen CLIP image encoder once per image and cache what later stages need.
 
-    [dim]Example: vpltool extract data/VOC2012 --split train -o runs/voc/features --model ViT-B-16
-    --pretrained openai[/]
+    \b
+    Example:
+      vpltool extract data/VOC2012 --split train -o runs/voc/features --model ViT-B-16 --pretrained openai
     """
     from ..data import open_dataset
     from ..extract import run_extract
 
     dataset = open_dataset(data, split, labels_file=labels_file, allow_pickle=allow_pickle)
     cfg = ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
-                        cache=cache, parity=parity)
+                        cache=cache, parity=parity, max_tokens=max_tokens)
     with progress("extract") as (on_start, on_item):
         summary = run_extract(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                               runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
@@ -117,6 +122,9 @@ def text_prototypes_cmd(
                                             "'w1,w2,...'.")] = TextPrototypesConfig.background,
     synonyms: Annotated[bool, typer.Option("--synonyms/--no-synonyms", help="CLIP-ES synonym names for VOC/COCO.")] =
         TextPrototypesConfig.synonyms,
+    parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's text arithmetic: one prompt at a time, the "
+                                        "full context; ~10x slower, the same embeddings to 2e-7).")] =
+        TextPrototypesConfig.parity,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names (without background), "
                                                    "instead of an extract folder.")] = None,
     model: ModelOpt = DEFAULT_MODEL,
@@ -128,7 +136,9 @@ def text_prototypes_cmd(
 ) -> None:
     """Encode class names and background words into a prototypes file (text prototypes).
 
-    [dim]Example: vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet[/]
+    \b
+    Example:
+      vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet
     """
     from ..text_prototypes import run_text_prototypes
 
@@ -139,7 +149,7 @@ def text_prototypes_cmd(
         class_list = ["background"] + [c.strip() for c in classes.split(",") if c.strip()]
     else:
         raise VplError("give an extract folder, or --classes 'a,b,c' with --model/--pretrained")
-    cfg = TextPrototypesConfig(templates=templates, background=background, synonyms=synonyms)
+    cfg = TextPrototypesConfig(templates=templates, background=background, synonyms=synonyms, parity=parity)
     protos = run_text_prototypes(class_list, out, spec, cfg, device=device)
     n_bg = int((protos.row_class == 0).sum())
     say(f"[green]✓[/] text-prototypes: {len(class_list) - 1} classes + {n_bg} background words, "
@@ -182,8 +192,10 @@ def cam_cmd(
 ) -> None:
     """Softmax-GradCAM at the last block + class-aware attention affinity, for each image's labelled classes.
 
-    [dim]Examples: vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
-    vpltool cam data/VOC2012 --split train -p runs/voc/text.safetensors -o runs/voc/cams_text[/]
+    \b
+    Examples:
+      vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
+      vpltool cam data/VOC2012 --split train -p runs/voc/text.safetensors -o runs/voc/cams_text
     """
     from ..cam import run_cam
 
@@ -234,8 +246,10 @@ def learn_prototypes_cmd(
     Minimises KL(P' || softmax(x.W / tau_I)) over every pixel feature x of the training set, W initialised from
     the text prototypes, rows projected onto the unit sphere after each step. Reports the modality gap.
 
-    [dim]Example: vpltool learn-prototypes runs/voc/features -c runs/voc/cams_text -t runs/voc/text.safetensors
-    -o runs/voc/vision.safetensors --tau-i 0.03 --iters 3000[/]
+    \b
+    Example:
+      vpltool learn-prototypes runs/voc/features -c runs/voc/cams_text -t runs/voc/text.safetensors \\
+          -o runs/voc/vision.safetensors --tau-i 0.03 --iters 3000
     """
     from ..learn_prototypes import run_learn_prototypes
 
@@ -255,6 +269,7 @@ def learn_prototypes_cmd(
 
 # ============================================================================================= crf
 _C = CrfConfig()
+CRF_IGNORED_WARNING = 0.5  # share of 255 pixels from which crf warns: the decoder would learn from a minority
 
 
 @app.command("crf")
@@ -284,7 +299,9 @@ def crf_cmd(
 ) -> None:
     """Dense-CRF pseudo masks (palette PNGs, 255 = low confidence) from CAMs and their images.
 
-    [dim]Example: vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8[/]
+    \b
+    Example:
+      vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8
     """
     from ..crf import run_crf
 
@@ -294,4 +311,9 @@ def crf_cmd(
     with progress("crf") as (on_start, on_item):
         s = run_crf(cams, out, cfg, runtime(workers=workers, overwrite=overwrite), on_item=on_item,
                     on_start=on_start)
-    say(f"[green]✓[/] crf: {s.done} masks, {s.skipped} already done → {out}")
+    ignored = "" if s.ignored is None else f", {100 * s.ignored:.1f}% of their pixels ignored (255)"
+    if s.ignored is not None and s.ignored >= CRF_IGNORED_WARNING:
+        say(f"[yellow]warning:[/] {100 * s.ignored:.1f}% of the pixels of these masks are 255 (CRF probability below "
+            f"--confidence {confidence:g}): train-decoder learns from the other {100 * (1 - s.ignored):.1f}% only; "
+            f"lower --confidence (default {_C.confidence:g})")
+    say(f"[green]✓[/] crf: {s.done} masks{ignored}, {s.skipped} already done → {out}")

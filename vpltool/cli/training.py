@@ -89,10 +89,12 @@ def train_decoder_cmd(
 ) -> None:
     """VPL phase 2: a decoder on the frozen CLIP trained with CE on pseudo masks + regional semantic contrast.
 
-    On a CPU pass [bold]--recipe cpu[/] (the paper's recipe would take days). Multi-GPU: [bold]torchrun
-    --nproc-per-node 4 -m vpltool train-decoder ...[/] (DDP; the batch is per process).
+    On a CPU pass --recipe cpu (the paper's recipe would take days). Multi-GPU: torchrun
+    --nproc-per-node 4 -m vpltool train-decoder ... (DDP; the batch is per process).
 
-    [dim]Example: vpltool train-decoder runs/voc/pseudo -p runs/voc/vision.safetensors -o runs/voc/decoder[/]
+    \b
+    Example:
+      vpltool train-decoder runs/voc/pseudo -p runs/voc/vision.safetensors -o runs/voc/decoder
     """
     from ..config import decoder_recipe
     from ..train_decoder import run_train_decoder
@@ -106,9 +108,11 @@ def train_decoder_cmd(
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
                               resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1))
-    val = f", validation mIoU {100 * s.val_miou:.1f}" if s.val_miou is not None else ""
-    say(f"[green]✓[/] train-decoder: {s.iterations} iterations ({s.iters_per_s:.2f} it/s), last training loss "
-        f"(CE + RSC) {s.loss:.4f}{val} → {s.decoder}")
+    done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
+    loss = "" if s.loss is None else \
+        f", training loss (CE + RSC) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"
+    val = f", validation mIoU {100 * s.val_miou:.1f}%" if s.val_miou is not None else ""
+    say(f"[green]✓[/] train-decoder: {done} ({s.iters_per_s:.2f} it/s){loss}{val} → {s.decoder}")
 
 
 @app.command("predict")
@@ -134,11 +138,14 @@ def predict_cmd(
 ) -> None:
     """Segment a dataset split with a trained decoder: multi-scale + flip averaging, optional CRF.
 
-    [dim]Example: vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val[/]
+    \b
+    Example:
+      vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val
     """
     from ..predict import run_predict
 
-    cfg = PredictConfig(scales=parse_floats(scales, "--scales"), flip=flip, long_side=long_side, crf=crf)
+    cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
+                        long_side=long_side, crf=crf)
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, overwrite=overwrite),
                         overlays=save_overlays, on_item=on_item, on_start=on_start)
@@ -164,9 +171,11 @@ def eval_cmd(
     """Score predicted masks or CAMs against ground truth: per-class IoU and mIoU (VOC/COCO convention).
 
     Predicted 255 (a pseudo mask's low-confidence pixels) counts as wrong; to score pseudo masks like CLIP-ES's
-    --eval_only, make them with [bold]crf --confidence 0[/].
+    --eval_only, make them with crf --confidence 0.
 
-    [dim]Example: vpltool eval runs/voc/cams --split train --json runs/voc/cam_metrics.json[/]
+    \b
+    Example:
+      vpltool eval runs/voc/cams --split train --json runs/voc/cam_metrics.json
     """
     from rich.console import Console
 
@@ -200,7 +209,9 @@ def diagnose_cmd(
     a pixel classifier but lose as GradCAM at the last block's input, phase 1 fitted the pixels but GradCAM does not
     carry its directions back (docs/learn-prototypes.md).
 
-    [dim]Example: vpltool diagnose runs/voc/features_val -p runs/voc/vision.safetensors -t runs/voc/text.safetensors[/]
+    \b
+    Example:
+      vpltool diagnose runs/voc/features_val -p runs/voc/vision.safetensors -t runs/voc/text.safetensors
     """
     from rich.console import Console
 

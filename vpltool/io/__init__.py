@@ -15,6 +15,7 @@ from .files import (
     append_line,
     append_log,
     atomic_path,
+    check_folder_target,
     check_writable_target,
     file_identity,
     jsonable,
@@ -28,6 +29,7 @@ from .files import (
 )
 from .images import (
     MASK_SUFFIX,
+    image_size,
     load_image,
     mask_path,
     read_mask,
@@ -63,10 +65,12 @@ from .kinds import (
 from .stage import (
     LOCK_FILE,
     RUN_RECORD,
+    SHARD_RECORD,
     STAGE_RECORD,
     StageFolder,
     StageSummary,
     changed_keys,
+    finished_shards,
     item_done,
     output_lock,
     prepare_stage_dir,
@@ -86,14 +90,16 @@ from .training import (
 )
 
 __all__ = [
-    "append_line", "append_log", "atomic_path", "check_writable_target", "file_identity", "jsonable", "make_folder",
-    "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
-    "MASK_SUFFIX", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask", "write_png",
+    "append_line", "append_log", "atomic_path", "check_folder_target", "check_writable_target", "file_identity",
+    "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
+    "MASK_SUFFIX", "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
+    "write_png",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
     "cam_path", "feature_path", "features_header", "item_ids", "read_cam", "read_cam_debug", "read_features",
     "read_prototypes", "same_model", "token_dtype", "upsample_maps", "write_cam", "write_cam_debug", "write_features",
     "write_prototypes",
-    "LOCK_FILE", "RUN_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys", "item_done",
+    "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
+    "finished_shards", "item_done",
     "output_lock", "prepare_stage_dir", "read_stage_record", "recorded_dataset_identity",
     "stage_record_path", "write_stage_record",
     "FORMAT_VERSION", "TensorFile", "check_finite", "read_header", "read_tensors", "write_tensors",

@@ -25,11 +25,12 @@ def _umask() -> int:
     return mask
 
 
-def check_writable_target(path: str | os.PathLike) -> Path:
+def check_writable_target(path: str | os.PathLike, suffix: str = ".safetensors") -> Path:
     """``path`` as a Path, after refusing anything that is not a regular file (or absent).
 
     A device node, a FIFO or a socket must never be replaced: run as root, ``-o /dev/null`` would replace the
-    system's /dev/null with a regular file. A folder is refused too (``-o`` of a file stage names a file).
+    system's /dev/null with a regular file. A folder is refused too (``-o`` of a file stage names a file; the
+    message suggests a name in it ending in ``suffix``).
     """
     path = Path(path)
     try:
@@ -39,7 +40,7 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise VplError(f"{path}: cannot be written ({e.strerror}); choose another output path") from None
     if stat.S_ISDIR(mode):
-        raise VplError(f"{path}: is a folder; give a file name (e.g. {path / 'out'}.safetensors)")
+        raise VplError(f"{path}: is a folder; give a file name (e.g. {path / 'out'}{suffix})")
     if not stat.S_ISREG(mode):
         raise VplError(f"{path}: exists and is not a regular file (a device, FIFO or socket); it is never "
                        "replaced: choose another output path")
@@ -53,7 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file gets the permissions ``open()`` would give it (0666 minus the umask), not mkstemp's private 0600, so
     collaborators in the same group can read results. An existing ``path`` that is not a regular file is refused.
     """
-    path = check_writable_target(path)
+    path = check_writable_target(path, Path(path).suffix or ".safetensors")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -80,11 +81,20 @@ def raise_write_error(path: str | os.PathLike, e: OSError) -> NoReturn:
     raise error from None
 
 
-def make_folder(folder: str | os.PathLike) -> Path:
-    """``mkdir -p`` with a one-line error (no space, no permission, a file in the way)."""
+def check_folder_target(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path, after refusing an existing path that is not a folder (a file, a FIFO, a device).
+
+    Stages call it on every output folder before loading a model, so a wrong ``--out`` costs nothing.
+    """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise VplError(f"{folder}: exists and is not a folder; choose another --out")
+    return folder
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``mkdir -p`` with a one-line error (no space, no permission, a file in the way)."""
+    folder = check_folder_target(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -90,6 +90,35 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
 
 
 # ----------------------------------------------------------------------------------------- photos
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _unreadable(path: Path, e: Exception) -> ContractError:
+    return ContractError(f"{path}: unreadable image ({e}); re-download or remove it from the split")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` of an image as :func:`load_image` will decode it (EXIF orientation applied), from its header
+    alone: a stage checks every image this way before loading a model (a zero-byte or foreign file fails here; a
+    file cut short after its header fails later, when it is decoded).
+
+    Raises:
+        ContractError / VplError: as :func:`load_image`.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            # only EXIF the header already holds: a PNG's getexif() without it decodes the whole image
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if "exif" in img.info else 1
+    except FileNotFoundError:
+        raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise _unreadable(path, e) from None
+    return (width, height) if orientation in _TRANSPOSED else (height, width)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Decode any common image as ``[H, W, 3]`` uint8 RGB, EXIF orientation applied.
 
@@ -107,7 +136,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ContractError(f"{path}: unreadable image ({e}); re-download or remove it from the split") from None
+        raise _unreadable(path, e) from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ContractError(f"{path}: decoded to {rgb.dtype} {rgb.shape}, not HxWx3 uint8; convert it to RGB")
     return rgb

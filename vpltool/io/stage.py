@@ -32,6 +32,7 @@ from .tensors import FORMAT_VERSION
 STAGE_RECORD = "_stage.json"
 RUN_RECORD = "_run.json"
 LOCK_FILE = ".vpltool.lock"
+SHARD_RECORD = "_shard.{index}-of-{count}.json"  # a shard (--shard i/n) finished; removed with the others' records
 
 
 @dataclass
@@ -69,6 +70,14 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
         raise VplError(f"{folder}: folder not found; run `vpltool {stages[0]}` first")
     path = stage_record_path(folder)
     if not path.is_file():
+        shards = finished_shards(folder)
+        if shards:
+            count = shards[0][1]
+            done, todo = [i for i, _ in shards], [i for i in range(count) if (i, count) not in shards]
+            listed = ", ".join(f"--shard {i}/{count}" for i in todo)
+            raise ContractError(f"{folder}: no {STAGE_RECORD} yet: `vpltool {stages[0]}` runs in {count} shards and "
+                                f"only shard(s) {', '.join(map(str, done))} finished; run the pending {listed} (or "
+                                "wait for them) to complete it")
         pending = folder / RUN_RECORD
         why = "was interrupted or is still running" if pending.is_file() else "did not finish there"
         raise ContractError(f"{folder}: no {STAGE_RECORD}; `vpltool {stages[0]}` {why} (re-run it)")
@@ -78,16 +87,34 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
     return record
 
 
-def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
-    """Top-level keys whose values differ between two parameter dicts, as they read back from JSON."""
+def finished_shards(folder: str | os.PathLike) -> list[tuple[int, int]]:
+    """``(index, count)`` of the shards that recorded their end in ``folder`` (:meth:`StageFolder.shard_done`)."""
+    found = []
+    for path in Path(folder).glob(SHARD_RECORD.format(index="*", count="*")):
+        index, _, count = path.stem.removeprefix("_shard.").partition("-of-")
+        if index.isdigit() and count.isdigit():
+            found.append((int(index), int(count)))
+    return sorted(found)
+
+
+def _remove_shard_records(folder: Path) -> None:
+    for index, count in finished_shards(folder):
+        (folder / SHARD_RECORD.format(index=index, count=count)).unlink(missing_ok=True)
+
+
+def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """Top-level keys whose values differ between two parameter dicts, as they read back from JSON (``ignore``:
+    keys never compared)."""
     old, new = jsonable(old or {}), jsonable(new)
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignore)
 
 
-def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool) -> Path:
+def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
+                      not_compared: Sequence[str] = ()) -> Path:
     """Create ``folder`` for a stage run; refuse to mix parameter sets unless ``overwrite``.
 
-    Both the completion record and the record of an interrupted run are compared with ``params``. With
+    Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
+    keys in ``not_compared``: limits such as ``max_tokens``, which never change a finished item). With
     ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete.
     """
     folder = make_folder(folder)
@@ -100,9 +127,10 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
         old = read_json(record)
         if overwrite:
             record.unlink()
+            _remove_shard_records(folder)
         elif old.get("stage") != stage:
             raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
-        elif changed := changed_keys(old.get("params"), params):
+        elif changed := changed_keys(old.get("params"), params, not_compared):
             resume = " to resume" if name == RUN_RECORD else ""
             raise VplError(f"{folder}: {what} with other parameters ({', '.join(changed)} differ); re-run with the "
                            f"same options{resume}, pass --overwrite to redo it, or choose another --out")
@@ -149,12 +177,14 @@ class StageFolder:
         overwrite: redo finished items (and forget another run's records).
         lock_name: shards of one run (``--shard i/n``) hold separate locks on one folder.
         reset: whether this process may remove the records under ``overwrite`` (False for shards but the first).
+        not_compared: keys of ``params`` recorded but not compared on resume (limits, not settings).
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
-                 lock_name: str = LOCK_FILE, reset: bool = True):
+                 lock_name: str = LOCK_FILE, reset: bool = True, not_compared: Sequence[str] = ()):
         self.folder, self.stage, self.params = Path(folder), stage, dict(params)
         self.overwrite, self.lock_name, self.reset = overwrite, lock_name, reset
+        self.not_compared = tuple(not_compared)
         self._stack = contextlib.ExitStack()
         self._created = False
 
@@ -162,7 +192,7 @@ class StageFolder:
         self._created = not self.folder.exists()
         self._stack.enter_context(output_lock(self.folder, self.lock_name))
         try:
-            prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset)
+            prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset, self.not_compared)
         except BaseException:
             self.__exit__(True)
             raise
@@ -187,10 +217,18 @@ class StageFolder:
         return [i for i in ids if not item_done(path_of(self.folder, i), self.overwrite)]
 
     def complete(self, *, inputs: Mapping[str, Any], count: int, **extra: Any) -> Path:
-        """Write ``_stage.json`` (every item is there); the run record goes, its parameters live on in it."""
+        """Write ``_stage.json`` (every item is there); the run and shard records go, the parameters live on in
+        it."""
         path = write_stage_record(self.folder, self.stage, params=self.params, inputs=inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)
+        _remove_shard_records(self.folder)
         return path
+
+    def shard_done(self, index: int, count: int) -> Path:
+        """Record that shard ``index`` of ``count`` finished while others are pending, so that a later stage says
+        which shards to run instead of "did not finish" (``_stage.json`` comes with the last shard)."""
+        return write_json(self.folder / SHARD_RECORD.format(index=index, count=count),
+                          {"stage": self.stage, "shard": [index, count]})
 
 
 def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:

@@ -234,6 +234,8 @@ def run_learn_prototypes(
         A summary: the metadata written to the file plus ``out``, ``plot``, ``mode``, ``device`` and timings.
     """
     start, out = time.perf_counter(), io.check_writable_target(out)
+    plot_path = None if plot is False else io.check_writable_target(
+        out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot, ".png")  # before the descent
     inp = check_inputs(features_dir, cams_dir, text_prototypes)
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
@@ -254,12 +256,9 @@ def run_learn_prototypes(
     finally:
         source.cleanup()
     meta = write_result(out, inp, cfg, got)
-    plot_path = None
-    if plot is not False:
-        plot_path = io.write_chart(out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot,
-                                   [{"mean CE (nats)": list(enumerate(got.curve))}],
-                                   title=f"learn-prototypes: tau_I={cfg.tau_i} lr={cfg.lr} "
-                                         f"{cfg.targets}/{cfg.regularization}")
+    if plot_path is not None:
+        io.write_chart(plot_path, [{"mean CE (nats)": list(enumerate(got.curve))}],
+                       title=f"learn-prototypes: tau_I={cfg.tau_i} lr={cfg.lr} {cfg.targets}/{cfg.regularization}")
     return {**meta, "out": str(out), "plot": None if plot_path is None else str(plot_path),
             "mode": "stream" if streaming else "memory", "device": str(device), "precision": str(compute),
             "resident_bytes_estimate": need, "budget_bytes": budget, "chunks": source.n_chunks,
@@ -287,5 +286,5 @@ __all__ = [
     "Inputs", "check_inputs", "load_item", "scan", "estimate_bytes", "subsample", "Learned", "learn",
     "run_learn_prototypes", "write_result", "Chunk", "ChunkBuilder", "descend", "loss_and_grad", "project_rows",
     "make_targets", "hard_labels", "pool_cams", "sample_pixels", "sampled_count", "memory_budget", "Scan",
-    "MemorySource", "ShardSource", "CHUNK_PX", "class_level_chunk", "modality_gap", "target_entropy",
+    "MemorySource", "ShardSource", "CHUNK_PX", "class_level_chunk", "modality_gap", "target_entropy", "pick_storage",
 ]  # fmt: skip

@@ -40,7 +40,7 @@ from ..decoder import SegDecoder, block_features, feature_blocks, input_long_sid
 from ..device import resolve_precision, seed_everything
 from ..errors import VplError
 from ..kernels import MiouAccumulator
-from .data import BatchPlan, FeatureCache, PseudoMaskSet, augment
+from .data import BatchPlan, FeatureCache, PseudoMaskSet, augment, batches_per_epoch, check_supervision
 from .steps import (
     _check_resumable,
     _mean_across,
@@ -74,6 +74,7 @@ class TrainSummary:
     decoder: Path | None  # the final file (rank 0 only)
     world_size: int
     cache_seconds: float = 0.0  # building the --cache-features cache
+    first_loss: float | None = None  # first training loss this run logged (to compare with ``loss``)
 
     @property
     def iters_per_s(self) -> float:
@@ -133,7 +134,7 @@ class _Run:
         self.optimizer = make_optimizer(self.model, cfg)
         fp16 = device.type == "cuda" and self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
-        self.log_path, self.last_loss, self.val_miou = out_dir / "log.jsonl", None, None
+        self.log_path, self.first_loss, self.last_loss, self.val_miou = out_dir / "log.jsonl", None, None, None
         self.seconds, self.cache_seconds = 0.0, 0.0  # training loop; building the feature cache
 
     @property
@@ -150,7 +151,7 @@ class _Run:
         if ckpt is not None:
             _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], self.cfg, self.inputs)
             start = int(load_checkpoint(ckpt, self.model, self.optimizer).meta("iteration"))
-        if self.rank == 0:
+        if self.rank == 0 and (start or self.log_path.exists()):  # a fresh start writes no empty log
             kept = io.read_log(self.log_path, upto=start) if start else []
             io.write_log(self.log_path, kept)
         return start
@@ -168,7 +169,8 @@ class _Run:
             self.cache_seconds = time.perf_counter() - t0
             return (tuple(t.to(self.device) for t in cache.batch(keys, cfg)) for keys in plan)
         data = PseudoMaskSet(self.pairs, cfg, self.bb.mean, self.bb.std)
-        loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=self.runtime.workers,
+        workers = self.runtime.worker_count  # 1 = load in this process, as crf's 1 = CRF in this process
+        loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=0 if workers == 1 else workers,
                                              pin_memory=self.device.type == "cuda")
         return ((block_features(self.bb, p, self.blocks, self.dtype), m.to(self.device)) for p, m in loader)
 
@@ -195,6 +197,7 @@ class _Run:
                 losses = _mean_across(losses, self.world, self.device)
                 record = {"iter": n, **losses, "lr": lr, "sec": round(time.perf_counter() - t0, 3)}
                 self.last_loss = losses["loss"]
+                self.first_loss = losses["loss"] if self.first_loss is None else self.first_loss
                 self.log(record)
             if val_items and self.rank == 0 and (n % cfg.val_every == 0 or n == cfg.iters):
                 self.validate(val_items, n)
@@ -245,8 +248,8 @@ def run_train_decoder(
         pseudo_dir: a finished `crf` (or `predict`) folder; its ``_stage.json`` names the dataset of the images.
         prototypes: a prototypes file (vision or text: the "text prototypes in phase 2" ablation); its ``model``
             metadata names the frozen CLIP.
-        cfg: see :class:`DecoderConfig`; ``runtime.workers`` = data loading processes, ``runtime.batch_size`` is
-            not used (``cfg.batch_size`` is).
+        cfg: see :class:`DecoderConfig`; ``runtime.workers`` = data loading processes (1 = in this process, 0 =
+            one per core), ``runtime.batch_size`` is not used (``cfg.batch_size`` is).
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
         on_iter: called on rank 0 after every iteration with ``(iteration, log record)``.
@@ -265,8 +268,10 @@ def run_train_decoder(
         if not val_items:
             raise VplError(f"{dataset_id['root']}: split {val_split!r} has no GT masks to validate on")
     pairs = _training_pairs(dataset, pseudo_dir)
+    check_supervision(pairs, pseudo_dir)
     with distributed(runtime.device) as (rank, world, device):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        batches_per_epoch(len(pairs), cfg.batch_size, world, pseudo_dir)  # before anything is created
+        io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone)
@@ -278,7 +283,7 @@ def run_train_decoder(
             path = run.finish()
     return TrainSummary(iterations=cfg.iters, start=start, seconds=run.seconds, loss=run.last_loss,
                         val_miou=run.val_miou, decoder=path, world_size=world,
-                        cache_seconds=run.cache_seconds)
+                        cache_seconds=run.cache_seconds, first_loss=run.first_loss)
 
 
 __all__ = [

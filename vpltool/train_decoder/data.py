@@ -80,6 +80,29 @@ class PseudoMaskSet(torch.utils.data.Dataset):
         return torch.from_numpy(pixels), torch.from_numpy(labels)
 
 
+def batches_per_epoch(n: int, batch_size: int, world: int, where: object = "") -> int:
+    """Full batches per epoch of ``n`` samples split over ``world`` processes (DistributedSampler's ``drop_last``);
+    a one-line error naming ``where`` (the pseudo-mask folder) when not even one batch fits."""
+    per_epoch = n // world // batch_size
+    if per_epoch == 0:
+        prefix = f"{where}: " if where else ""
+        raise VplError(f"{prefix}{n} pseudo masks cannot fill a batch of {batch_size} on each of {world} "
+                       f"process(es); lower --batch-size (at most {max(1, n // world)})")
+    return per_epoch
+
+
+def check_supervision(pairs: list[tuple[str, Path, Path]], where: object) -> None:
+    """Refuse pseudo masks whose every pixel is 255 (ignored): the loss would be 0 and nothing learnt.
+
+    Reads masks until one holds a label, so a normal folder costs one file (`crf --confidence 1.0` made them all
+    255)."""
+    for _, _, mask_path in pairs:
+        if (io.read_mask(mask_path) != IGNORE_INDEX).any():
+            return
+    raise VplError(f"{where}: every pixel of its {len(pairs)} pseudo masks is 255 (ignored), so there is nothing to "
+                   "learn; re-run `vpltool crf` with a lower --confidence (default 0.95)")
+
+
 class BatchPlan(torch.utils.data.Sampler):
     """This process's batches of ``(index, epoch)`` keys for iterations ``start .. stop - 1``.
 
@@ -91,10 +114,7 @@ class BatchPlan(torch.utils.data.Sampler):
         self.sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True,
                                                            seed=seed, drop_last=True)
         self.batch_size, self.start, self.stop = batch_size, start, stop
-        self.per_epoch = len(self.sampler) // batch_size
-        if self.per_epoch == 0:
-            raise VplError(f"{n} pseudo masks cannot fill a batch of {batch_size} on each of {world} process(es); "
-                           "lower --batch-size")
+        self.per_epoch = batches_per_epoch(n, batch_size, world)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
