@@ -153,8 +153,9 @@ class TextPrototypesConfig:
     templates: str = "clip-es"  # clip-es (single 'a clean origami {}.') | imagenet (80-template ensemble) | FILE
     background: str = "auto"  # auto = the preset that matches the classes | voc | coco | none | FILE | "w1,w2"
     synonyms: bool = True  # CLIP-ES fuses synonyms inside one prompt ('bird avian')
-    # none | clip-es: CLIP-ES's zeroshot_classifier arithmetic (one prompt at a time, the full 77-token context: the
-    # same embeddings to 2e-7, but the same rounding); the default truncates the context, ~10x faster
+    # none | clip-es: CLIP-ES's zeroshot_classifier arithmetic (one prompt at a time, the full 77-token context, the
+    # explicit attention path: the same embeddings up to rounding, and the same rounding); the default truncates the
+    # context to the longest prompt, ~10x faster on an 80-template ensemble
     parity: str = "none"
 
     def __post_init__(self) -> None:

@@ -362,7 +362,8 @@ class ClipBackbone:
         """Prompts -> ``[N, D]`` float32 L2-normalised text embeddings (``grad``: differentiable, for training).
 
         ``exact`` repeats CLIP-ES's ``zeroshot_classifier`` (``--parity clip-es``): one prompt at a time, the full
-        context, open_clip's own ``encode_text``: the same embeddings up to rounding (1.6e-7), but the same rounding.
+        context, every attention on the explicit path (:meth:`_encode_tokens_clip_es`): the same embeddings up to
+        rounding, and the same rounding.
         """
         with torch.set_grad_enabled(grad):
             parts = self._text_tower()

@@ -123,7 +123,7 @@ def text_prototypes_cmd(
     synonyms: Annotated[bool, typer.Option("--synonyms/--no-synonyms", help="CLIP-ES synonym names for VOC/COCO.")] =
         TextPrototypesConfig.synonyms,
     parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's text arithmetic: one prompt at a time, the "
-                                        "full context; ~10x slower, the same embeddings to 2e-7).")] =
+                                        "full context; slower, the same embeddings up to rounding).")] =
         TextPrototypesConfig.parity,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names (without background), "
                                                    "instead of an extract folder.")] = None,
