@@ -194,6 +194,9 @@ coco: setup
 
 ## Benchmarks: each script prints one JSON object into benchmarks/results/, then docs/performance.md is rebuilt
 # BENCH_DEVICE=cuda runs them on the GPU (the CRF is CPU-only and records that); BENCH_ARGS=--quick smoke-tests them
+# CLIP_ES=/path/to/CLIP-ES CLIP_ES_PYTHON=/its/python: the cam benchmark runs the original code (else its fallback)
+CLIP_ES ?=
+CLIP_ES_PYTHON ?= python3
 BENCH_DEVICE ?= cpu
 BENCH_ARGS ?=
 BENCH_OUT ?= benchmarks/results
@@ -205,7 +208,7 @@ run_bench = $(BENCH)/$(1) --device $(BENCH_DEVICE) $(2) $(BENCH_ARGS) > $(BENCH_
 	&& mv $(BENCH_OUT)/$(3).tmp $(BENCH_OUT)/$(3)
 bench: setup
 	mkdir -p $(BENCH_OUT)
-	$(call run_bench,bench_cam.py,,cam.json)
+	$(call run_bench,bench_cam.py,$(if $(CLIP_ES),--clip-es $(CLIP_ES) --clip-es-python $(CLIP_ES_PYTHON)),cam.json)
 	$(call run_bench,bench_learn_prototypes.py,--iters 30,learn_prototypes.json)
 	$(call run_bench,bench_crf.py,,crf.json)
 	$(call run_bench,bench_decoder.py,,decoder.json)

@@ -1,15 +1,26 @@
-"""CAM throughput: vpltool (batched classes, cached frozen blocks) vs the CLIP-ES per-class, batch-1 formulation.
+"""`cam` against the original CLIP-ES, as whole commands a user runs (start-up included); prints ONE JSON object.
 
-Both run on the same random ViT-B/16 weights and the same VOC-sized synthetic images (~500x375, 1-3 labels of 20
-VOC classes + 25 background words). The CLIP-ES formulation is rebuilt from the same primitives, structured as
-`generate_cams_voc12.py:perform` is: frozen blocks once per image with every attention map kept, then for each
-present class one forward of the last block + one backward + CAA.
+    python benchmarks/bench_cam.py --clip-es /path/to/CLIP-ES --clip-es-python /path/to/python [--images 12]
+    python benchmarks/bench_cam.py --quick           # a smoke test: tiny random ViT, no clone (fallback)
 
-Prints one JSON object: images/s of the CLIP-ES formulation, of vpltool's first full pass (extract + cam), of a
-second cam pass from the cache with other prototypes, the speed-ups, the machine, and the peak memory of each of
-the three (host RSS; on CUDA also the allocator's peak).
+Set-up (not timed): ``--images`` real photos bundled with scikit-image (500x375-class sizes, odd sizes included,
+1-2 VOC labels each) laid out as a PASCAL VOC root, and a one-image root; random ``ViT-B-16-quickgelu`` weights
+(OpenAI layout, QuickGELU, seed 0, values exact in fp16 so that CLIP-ES's fp16 round trip on load changes nothing)
+saved as ``.pt`` for CLIP-ES and ``.safetensors`` for vpltool; the text prototypes (CLIP-ES's prompt and background
+words); a ``--cache full`` extract folder for the second pass. Every timed command runs as its own process with
+``--threads`` torch threads (``OMP_NUM_THREADS``), fp32, on the CPU, in alternating pairs (``--pairs``), and the
+medians are reported:
 
-    python benchmarks/bench_cam.py [--images 20] [--device cpu|cuda] [--model ViT-B-16] [--quick]
+* ``clip_es``: the original ``generate_cams_voc12.py`` through ``clip_es_runner.py`` (``--clip-es``); without a
+  clone the in-repo formulation of its structure runs instead (per image the frozen blocks, then per class one
+  last-block forward and backward, CAA per class) and ``clip_es_source`` says ``fallback``;
+* ``first_pass``: ``vpltool cam VOC --split train`` (one process, nothing cached);
+* ``second_pass``: ``vpltool cam FEATURES`` from the full cache with other prototypes;
+* the same two first-pass commands on the one-image root (the single-image bar).
+
+``per_image_s`` = (whole run of N images - whole run of 1) / (N - 1); ``bare_forward_s`` = the median per image of
+the frozen model's plain forward (every block, no attention weights kept, no gradient) at the same sizes and
+threads, timed in this process; ``startup_s`` = one-image run - per image. Ratios come pair by pair.
 """
 
 from __future__ import annotations
@@ -17,136 +28,223 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "model_configs"  # the tiny vpl-test-vit
-QUICK = {"images": 3, "model": "vpl-test-vit"}  # --quick: a smoke test of the script, not a measurement
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from vpltool import io, presets  # noqa: E402
-from vpltool.backbone import ModelSpec, load_backbone  # noqa: E402
-from vpltool.cam import affinity, refine, run_cam  # noqa: E402
-from vpltool.config import CamConfig, ExtractConfig, RuntimeConfig  # noqa: E402
-from vpltool.data import open_dataset  # noqa: E402
-from vpltool.extract import run_extract  # noqa: E402
-from vpltool.io import load_image  # noqa: E402
-from vpltool.kernels import upsample  # noqa: E402
-from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "tests" / "assets" / "model_configs"
+sys.path.insert(0, str(Path(__file__).parent))
 import benchlib  # noqa: E402
-from benchlib import PeakMemory, machine, synchronize  # noqa: E402
+
+QUICK = {"images": 3, "pairs": 1, "model": "vpl-test-vit"}
+VOC = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+       "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+# scikit-image's bundled photos: (file, crop box or None, output (W, H), VOC labels)
+PHOTOS = (
+    ("astronaut.png", (0, 64, 512, 448), (500, 375), ("person", "aeroplane")),
+    ("chelsea.png", None, (451, 300), ("cat",)),
+    ("coffee.png", None, (500, 333), ("diningtable", "bottle")),
+    ("rocket.jpg", (160, 0, 480, 427), (375, 500), ("aeroplane",)),
+    ("motorcycle_left.png", (0, 0, 667, 500), (500, 375), ("motorbike",)),
+    ("motorcycle_right.png", (40, 10, 700, 504), (487, 365), ("motorbike", "car")),
+    ("hubble_deep_field.jpg", (0, 0, 1000, 750), (500, 375), ("tvmonitor",)),
+    ("ihc.png", (0, 64, 512, 448), (500, 375), ("pottedplant",)),
+    ("retina.jpg", (100, 100, 1311, 1311), (400, 400), ("bottle",)),
+    ("camera.png", (0, 64, 512, 448), (500, 375), ("person", "tvmonitor")),
+    ("astronaut.png", (100, 20, 467, 303), (367, 283), ("person",)),
+    ("coffee.png", (40, 0, 573, 400), (500, 375), ("diningtable", "chair")),
+)
 
 
-def make_images(root: Path, n: int, seed: int = 0) -> Path:
-    """A generic-folder dataset of n smooth random 'photos' with 1-3 VOC labels each."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    rows = []
+# --------------------------------------------------------------------------------------------- set-up
+def make_voc(root: Path, n: int, scale: float = 1.0) -> Path:
+    """A VOC root of ``n`` photos (cycling through ``PHOTOS``), each side times ``scale``."""
+    import skimage.data
+    from PIL import Image
+
+    folder = Path(os.path.dirname(skimage.data.__file__))
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    ids = []
     for i in range(n):
-        h, w = (375, 500) if i % 3 else (500, 375)  # VOC's two common orientations
-        small = rng.integers(0, 255, (h // 25, w // 25, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((w, h), Image.BICUBIC).save(root / "images" / f"img_{i:03d}.jpg", quality=90)
-        labels = rng.choice(presets.VOC_CLASSES, size=int(rng.integers(1, 4)), replace=False)
-        rows.append(f"img_{i:03d},{';'.join(labels)}")
-    (root / "labels.csv").write_text("id,labels\n" + "\n".join(rows) + "\n")
-    (root / "classes.txt").write_text("\n".join(("background", *presets.VOC_CLASSES)) + "\n")
+        name, box, size, labels = PHOTOS[i % len(PHOTOS)]
+        img = Image.open(folder / name).convert("RGB")
+        img = img.crop(box) if box else img
+        w, h = (max(32, round(s * scale)) for s in size)
+        image_id = f"img_{i:03d}"
+        img.resize((w, h), Image.BICUBIC).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        objects = "".join(f"<object><name>{c}</name></object>" for c in labels)
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objects}</annotation>")
+        ids.append(image_id)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids) + "\n")
     return root
 
 
-def clip_es_formulation(bb, dataset, protos, cfg: CamConfig) -> float:
-    """Seconds for CLIP-ES's structure: per image, frozen blocks once (all attention maps), then per class one
-    last-block forward + backward, CAA per class."""
-    rows_of = protos.class_rows()
-    bg = protos.vectors[protos.background_rows()]
-    start = time.perf_counter()
-    for item in dataset.items:
+def make_weights(folder: Path, model: str) -> tuple[Path, Path]:
+    """Random weights (seed 0) rounded to fp16 values, as ``.pt`` (a state dict clip.load accepts) and
+    ``.safetensors`` (what vpltool users keep)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vpltool.backbone import ModelSpec, create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model_, _ = create_model(ModelSpec(model, "none", config_dir=str(ASSETS)))
+    state = {k: (v if k == "logit_scale" else v.half().float()).contiguous() for k, v in model_.state_dict().items()}
+    pt, st = folder / "weights.pt", folder / "weights.safetensors"
+    torch.save(state, pt)
+    save_file(state, str(st))
+    return pt, st
+
+
+def bare_forward_s(model: str, weights: Path, voc: Path, threads: int) -> float:
+    """Median seconds of the frozen model's plain forward (no attention kept, no grad) per image, this process."""
+    import torch
+
+    from vpltool.backbone import ModelSpec, load_backbone
+    from vpltool.data import open_dataset
+    from vpltool.io import load_image
+
+    torch.set_num_threads(threads)
+    bb = load_backbone(ModelSpec(model, str(weights), config_dir=str(ASSETS)))
+    times = []
+    for item in open_dataset(voc, "train").items:
         image = load_image(item.image)
-        size = bb.input_size(*image.shape[:2])
-        grid = (size[0] // bb.patch_size, size[1] // bb.patch_size)
-        with torch.no_grad():  # CLIP-ES keeps all maps
-            enc = bb.encode(bb.preprocess(image, size)[None], stop=bb.n_blocks - 1, attention_from=0)
-        x, attns = enc.tokens, enc.attentions
-        prev = torch.stack([a[0, 1:, 1:] for a in attns[-(cfg.attention_blocks - 1):]]).mean(0)
-        labels = list(item.labels)
-        trans = None
-        for j, c in enumerate(labels):
-            order = [c] + [o for o in labels if o != c]  # class j first, then the other present classes
-            rows = torch.cat([protos.vectors[rows_of[[o - 1 for o in order]]], bg])
-            out = bb.gradcam(x[0], grid, rows, 1, protos.temperature)
-            cam, attn_last = out.maps, out.attention
-            if trans is None:  # CLIP-ES builds the affinity once per image, at the first class
-                trans = affinity((prev * (cfg.attention_blocks - 1) + attn_last[1:, 1:]) / cfg.attention_blocks)
-            upsample(refine(cam, trans, cfg.box_threshold).maps, image.shape[:2])
-    synchronize(str(bb.device))
-    return time.perf_counter() - start
+        pixels = bb.preprocess(image, bb.input_size(*image.shape[:2]))[None]
+        with torch.no_grad():
+            bb.encode(pixels)  # warm: allocator, kernels
+            start = time.perf_counter()
+            bb.dense(bb.encode(pixels).tokens)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=20)
-    ap.add_argument("--model", default="ViT-B-16")
-    benchlib.add_common_args(ap, f"{QUICK['images']} images, the tiny random {QUICK['model']} (seconds)")
-    return benchlib.apply_quick(ap.parse_args(argv), QUICK)
+# --------------------------------------------------------------------------------------------- timed commands
+def timed(cmd: list[str], threads: int, cwd: Path | None = None) -> tuple[float, float]:
+    """Run ``cmd`` as its own process: (wall seconds, its peak resident memory in MiB, from ``wait4``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "VPLTOOL_MODEL_CONFIGS": str(ASSETS), "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{stderr.decode()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024  # Linux: KiB
+
+
+def vpltool(*args: object) -> list[str]:
+    return [sys.executable, "-m", "vpltool", *map(str, args)]
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    spec = ModelSpec(args.model, "none", config_dir=str(ASSETS))
-    runtime = RuntimeConfig(device=args.device, batch_size=8)
-    cfg = CamConfig()
-    peaks = PeakMemory(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        dataset = open_dataset(make_images(tmp / "data", args.images))
-        bb = load_backbone(spec, args.device)
-        text = build_text_prototypes(bb, dataset.classes)
-        io.write_prototypes(tmp / "text.safetensors", text)
-        other = io.Prototypes(torch.nn.functional.normalize(text.vectors.flip(1), dim=1), text.row_class,
-                              text.row_names, classes=text.classes, temperature=text.temperature, source="vision",
-                              model=text.model)
-        io.write_prototypes(tmp / "other.safetensors", other)
-
-        with peaks.stage("clip_es_formulation") as base:
-            clip_es_formulation(bb, dataset, text, cfg)
-        with peaks.stage("vpltool_first_pass (extract + cam)") as first:
-            t0 = time.perf_counter()
-            run_extract(dataset, tmp / "features", spec, ExtractConfig(), runtime, backbone=bb)
-            synchronize(args.device)
-            extract_s = time.perf_counter() - t0
-            run_cam(tmp / "features", tmp / "text.safetensors", tmp / "cams_a", cfg, runtime, backbone=bb)
-        with peaks.stage("vpltool_second_pass (cam from the cache)") as second:
-            run_cam(tmp / "features", tmp / "other.safetensors", tmp / "cams_b", cfg, runtime, backbone=bb)
-
-    n = args.images
-    result = {
-        "benchmark": "cam",
-        "quick": args.quick,
-        "model": args.model,
-        "weights": "random",
-        "device": args.device,
-        "machine": machine(args.device),
-        "note": "model loading excluded from every figure (the same loaded backbone is reused)",
-        "images": n,
-        "labels_per_image": round(float(np.mean([len(it.labels) for it in dataset.items])), 2),
-        "clip_es_formulation_images_per_s": round(n / base.seconds, 3),
-        "vpltool_first_pass_images_per_s": round(n / first.seconds, 3),
-        "vpltool_extract_s": round(extract_s, 2),
-        "vpltool_cam_s": round(first.seconds - extract_s, 2),
-        "vpltool_second_pass_images_per_s": round(n / second.seconds, 3),
-        "first_pass_speedup": round(base.seconds / first.seconds, 2),
-        "second_pass_speedup_vs_first": round(first.seconds / second.seconds, 2),
-        "second_pass_speedup_vs_clip_es": round(base.seconds / second.seconds, 2),
-        "peak_memory": peaks.as_list(),
-    }
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clip-es", type=Path, help="a clone of linyq2117/CLIP-ES (without it: the in-repo fallback)")
+    ap.add_argument("--clip-es-python", default=sys.executable, help="a Python with CLIP-ES's requirements")
+    ap.add_argument("--images", type=int, default=12)
+    ap.add_argument("--pairs", type=int, default=3, help="alternating timed pairs; medians are reported")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="ViT-B-16-quickgelu")
+    benchlib.add_common_args(ap, f"{QUICK['images']} small images, the tiny random test ViT, 1 pair")
+    args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
+    if args.device != "cpu":  # clip_es_runner.py moves CLIP-ES's CUDA calls to the CPU: compare like with like
+        print(f"bench_cam.py: --device {args.device} ignored, the comparison runs on the CPU", file=sys.stderr)
+        args.device = "cpu"
+    scale = 0.25 if args.quick else 1.0
+    with tempfile.TemporaryDirectory(prefix="bench_cam_") as tmp:
+        result = run(Path(tmp), args, scale)
     json.dump(result, sys.stdout)
     print()
+
+
+def run(tmp: Path, args, scale: float) -> dict:
+    voc, voc1 = make_voc(tmp / "voc", args.images, scale), make_voc(tmp / "voc1", 1, scale)
+    pt, st = make_weights(tmp, args.model)
+    model = ["--model", args.model, "--pretrained", st, "--device", "cpu", "--precision", "fp32"]
+    timed(vpltool("extract", voc, "--split", "train", "-o", tmp / "features", "--cache", "full", *model),
+          args.threads)
+    timed(vpltool("text-prototypes", tmp / "features", "-o", tmp / "text.safetensors", "--templates", "clip-es",
+                  "--background", "voc", "--device", "cpu"), args.threads)
+    other = tmp / "other.safetensors"
+    _other_prototypes(tmp / "text.safetensors", other)
+    clip_es_ok = bool(args.clip_es and (args.clip_es / "generate_cams_voc12.py").is_file())
+
+    def clip_es(root: Path, out: Path) -> list[str]:
+        if clip_es_ok:
+            return [args.clip_es_python, str(Path(__file__).parent / "clip_es_runner.py"), "--clip-es",
+                    str(args.clip_es), "--voc", str(root), "--model", str(pt), "--out", str(out), "--threads",
+                    str(args.threads)]
+        return [sys.executable, str(Path(__file__).parent / "clip_es_formulation.py"), str(root), args.model,
+                str(st), str(tmp / "text.safetensors"), str(args.threads)]
+
+    def first_pass(root: Path, out: Path) -> list[str]:
+        return vpltool("cam", root, "--split", "train", "-p", tmp / "text.safetensors", "-o", out, "--device", "cpu",
+                       "--precision", "fp32", "--overwrite")
+
+    runs: dict[str, list[float]] = {k: [] for k in ("clip_es", "first_pass", "second_pass", "clip_es_1",
+                                                    "first_pass_1")}
+    peaks: dict[str, float] = {}
+    for pair in range(args.pairs + 1):  # pair 0 warms the disk cache and is dropped
+        for name, cmd in (("clip_es", clip_es(voc, tmp / "ce")), ("first_pass", first_pass(voc, tmp / "c1")),
+                          ("clip_es_1", clip_es(voc1, tmp / "ce1")), ("first_pass_1", first_pass(voc1, tmp / "c2")),
+                          ("second_pass", vpltool("cam", tmp / "features", "-p", other, "-o", tmp / "c3",
+                                                  "--device", "cpu", "--overwrite"))):
+            seconds, rss = timed(cmd, args.threads)
+            shutil.rmtree(tmp / "ce", ignore_errors=True)
+            if pair:
+                runs[name].append(seconds)
+                peaks[name] = max(peaks.get(name, 0.0), rss)
+    bare = bare_forward_s(args.model, st, voc, args.threads)
+    return summarise(runs, peaks, bare, args, clip_es_ok)
+
+
+def _other_prototypes(text: Path, out: Path) -> None:
+    """Other prototypes for the second pass: the text rows reversed along the embedding, renormalised."""
+    import torch
+
+    from vpltool import io
+
+    t = io.read_prototypes(text)
+    io.write_prototypes(out, io.Prototypes(torch.nn.functional.normalize(t.vectors.flip(1), dim=1), t.row_class,
+                                           t.row_names, classes=t.classes, temperature=t.temperature,
+                                           source="vision", model=t.model))
+
+
+def summarise(runs: dict[str, list[float]], peaks: dict[str, float], bare: float, args, clip_es_ok: bool) -> dict:
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    n = args.images
+    per_image = [(a - b) / (n - 1) for a, b in zip(runs["first_pass"], runs["first_pass_1"])]
+    pairs = lambda a, b: [round(x / y, 3) for x, y in zip(runs[a], runs[b])]  # noqa: E731
+    return {
+        "benchmark": "cam", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": args.model,
+        "weights": "random (seed 0, fp16-exact values)", "threads": args.threads, "precision": "fp32",
+        "images": n, "pairs": args.pairs,
+        "clip_es_source": "the original code (clip_es_runner.py)" if clip_es_ok else
+                          "fallback: the in-repo formulation of its structure (no clone given)",
+        "seconds_median": {k: round(v, 2) for k, v in med.items()},
+        "seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+        "first_pass_speedup_vs_clip_es": round(statistics.median(pairs("clip_es", "first_pass")), 3),
+        "first_pass_speedup_per_pair": pairs("clip_es", "first_pass"),
+        "second_pass_over_clip_es": round(statistics.median(pairs("second_pass", "clip_es")), 3),
+        "one_image_over_clip_es": round(statistics.median(pairs("first_pass_1", "clip_es_1")), 3),
+        "per_image_s": round(statistics.median(per_image), 3),
+        "bare_forward_s": round(bare, 3),
+        "per_image_over_bare_forward": round(statistics.median(per_image) / bare, 3),
+        "startup_s": round(med["first_pass_1"] - statistics.median(per_image), 2),
+        "peak_memory": [{"stage": name, "rss_mib": round(mib, 1), "cuda_mib": None, "scope": "process"}
+                        for name, mib in peaks.items()],
+        "bars": {"first_pass_speedup_vs_clip_es": ">= 1.5", "per_image_over_bare_forward": "<= 1.2",
+                 "second_pass_over_clip_es": "<= 0.4", "one_image_over_clip_es": "<= 0.6", "startup_s": "<= 5"},
+    }
 
 
 if __name__ == "__main__":

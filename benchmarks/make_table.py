@@ -109,18 +109,31 @@ def sentence(text: str | None) -> str:
 
 
 def cam_section(d: dict) -> list[str]:
+    med = d.get("seconds_median", {})
+    n = d.get("images")
     rows = [
-        ["CLIP-ES formulation (per class, batch 1)", num(d.get("clip_es_formulation_images_per_s")), "1.00"],
-        ["vpltool first pass (extract + cam)", num(d.get("vpltool_first_pass_images_per_s")),
-         num(d.get("first_pass_speedup"))],
-        ["vpltool second pass (cam from the feature cache)", num(d.get("vpltool_second_pass_images_per_s")),
-         num(d.get("second_pass_speedup_vs_clip_es"))],
+        [f"CLIP-ES, {n} images", num(med.get("clip_es")), "1.00", ""],
+        [f"vpltool `cam DATA` (first pass), {n} images", num(med.get("first_pass")),
+         num(d.get("first_pass_speedup_vs_clip_es")), f"speed-up {d['bars']['first_pass_speedup_vs_clip_es']}"],
+        [f"vpltool `cam FEATURES` (second pass), {n} images", num(med.get("second_pass")),
+         num(_inverse(d.get("second_pass_over_clip_es"))),
+         f"time {d['bars']['second_pass_over_clip_es']} x CLIP-ES"],
+        ["CLIP-ES, 1 image", num(med.get("clip_es_1")), "1.00", ""],
+        ["vpltool `cam DATA`, 1 image", num(med.get("first_pass_1")), num(_inverse(d.get("one_image_over_clip_es"))),
+         f"time {d['bars']['one_image_over_clip_es']} x CLIP-ES"],
     ]
-    return [*table(["", "images/s", "speed-up vs CLIP-ES"], rows), "",
-            f"{d.get('images')} synthetic VOC-sized images, {d.get('labels_per_image')} labels per image, "
-            f"{d.get('model')} with {d.get('weights')} weights on {d.get('device')}; first pass = extract "
-            f"{num(d.get('vpltool_extract_s'))} s + cam {num(d.get('vpltool_cam_s'))} s; the second pass is "
-            f"{num(d.get('second_pass_speedup_vs_first'))}x the first. {sentence(d.get('note'))}".strip()]
+    return [*table(["whole command (start-up included)", "seconds (median)", "speed-up vs CLIP-ES", "bar"], rows),
+            "",
+            f"Per image {num(d.get('per_image_s'))} s = {num(d.get('per_image_over_bare_forward'))} x the bare "
+            f"forward ({num(d.get('bare_forward_s'))} s; bar {d['bars']['per_image_over_bare_forward']}); start-up "
+            f"{num(d.get('startup_s'))} s (bar {d['bars']['startup_s']} s). {d.get('model')} with "
+            f"{d.get('weights')} weights, {d.get('threads')} thread(s), {d.get('precision')}, {d.get('pairs')} "
+            f"alternating pairs; CLIP-ES side: {d.get('clip_es_source')}. Speed-ups are medians of per-pair "
+            "ratios."]
+
+
+def _inverse(ratio):
+    return None if not ratio else 1 / ratio
 
 
 def learn_prototypes_section(d: dict) -> list[str]:

@@ -3,7 +3,11 @@ can be missing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -178,7 +182,7 @@ def test_random_weights_are_the_same_in_every_load(tiny_spec):
         assert torch.equal(pa, pb), name
 
 
-def test_weights_loaded_without_random_init_are_the_checkpoints(tiny_spec, tmp_path):
+def test_weights_loaded_without_random_init_are_the_checkpoints(tiny_spec, tmp_path, monkeypatch):
     """no_weight_init skips the random draws only: every parameter still comes from the file, bit for bit."""
     from vpltool.backbone.loading import no_weight_init
 
@@ -190,4 +194,26 @@ def test_weights_loaded_without_random_init_are_the_checkpoints(tiny_spec, tmp_p
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     with no_weight_init():
         assert torch.nn.init.normal_(torch.zeros(3)).abs().sum() == 0  # no draw inside
+        draws = []
+        monkeypatch.setattr(torch.Tensor, "uniform_", lambda t, *a, **k: draws.append(t.shape) or t)
+        torch.nn.MultiheadAttention(4, 1)  # its module bound xavier_uniform_ by name at import: patched too
+        monkeypatch.undo()
+        assert draws == []
     assert torch.nn.init.normal_(torch.zeros(3)).abs().sum() > 0  # the init functions are back afterwards
+
+
+def test_open_clip_import_defers_dynamo_and_leaves_it_working():
+    """import_open_clip keeps torch._dynamo out of the import (torchvision only names one function of it) and
+    leaves the real module importable: torchvision's reference resolves to it, torch.compile still exists."""
+    code = (
+        "import sys\n"
+        "from vpltool.backbone.loading import import_open_clip\n"
+        "import_open_clip()\n"
+        "assert 'torch._dynamo' not in sys.modules and 'timm' not in sys.modules\n"
+        "import torch\n"
+        "assert sys.modules['torchvision.ops.roi_align'].is_compile_supported('cpu') in (True, False)\n"
+        "assert callable(torch._dynamo.optimize) and 'torch._dynamo' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

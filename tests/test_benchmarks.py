@@ -21,9 +21,9 @@ BENCH = ROOT / "benchmarks"
 
 # script -> (benchmark name, keys its result must have besides the common ones)
 SCRIPTS = {
-    "bench_cam.py": ("cam", {"clip_es_formulation_images_per_s", "vpltool_first_pass_images_per_s",
-                             "vpltool_second_pass_images_per_s", "first_pass_speedup",
-                             "second_pass_speedup_vs_clip_es"}),
+    "bench_cam.py": ("cam", {"clip_es_source", "seconds_median", "first_pass_speedup_vs_clip_es",
+                             "second_pass_over_clip_es", "one_image_over_clip_es", "per_image_over_bare_forward",
+                             "startup_s", "bars"}),
     "bench_learn_prototypes.py": ("learn-prototypes", {"seconds_for_3000_iters", "s_per_iter", "gflop_per_iter",
                                                        "bound_gflop_per_s", "fraction_of_bound_median"}),
     "bench_crf.py": ("crf", {"single", "parallel", "scaling", "identical_pngs"}),
