@@ -279,6 +279,72 @@ def make_caption(rng: np.random.Generator, names: Sequence[str], background: str
     return fits[rng.integers(len(fits))]
 
 
+# ------------------------------------------------------------------------------- detailed captions (toy CLIP)
+# What a detailed caption may say about an object besides its name: how it looks (the colour or texture of its
+# class), how big it is and where it lies. Computed from the mask, so a crop or a flip is re-described exactly.
+LOOK_WORDS: dict[str, str] = {
+    "circle": "red", "star": "yellow", "square": "blue", "triangle": "green", "ring": "purple", "cross": "orange",
+    "hexagon": "striped", "diamond": "dotted",
+}
+COUNT_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
+SMALL_AREA, BIG_AREA = 0.04, 0.10  # share of the image: below = "small", above = "big", between = no size word
+DETAILED_TEMPLATES = ("a photo of {objs} {where}.", "a picture of {objs} {where}.", "{objs} {where}.",
+                      "{count} {shapes} {where}: {objs}.", "{scenery} with {objs}.")
+MAX_DETAILED_WORDS = 38
+
+
+def _position(ys: np.ndarray, xs: np.ndarray, size: tuple[int, int]) -> str:
+    """'at the top left', 'at the bottom', 'at the right', 'in the middle': the centroid's third on each axis."""
+    v = ("top", "", "bottom")[min(int(3 * ys.mean() / size[0]), 2)]
+    h = ("left", "", "right")[min(int(3 * xs.mean() / size[1]), 2)]
+    return f"at the {' '.join(w for w in (v, h) if w)}" if v or h else "in the middle"
+
+
+def detailed_caption(rng: np.random.Generator, mask: np.ndarray, labels: Sequence[int], background: str,
+                     detail: float = 0.5) -> str:
+    """A caption naming every class of ``labels`` with ``mask`` pixels and the background, each object described
+    with probability ``detail`` per attribute by its look (colour/texture word), size and position.
+
+    Objects are listed in reading order (top to bottom, then left to right) half of the time, shuffled otherwise;
+    an optional count ("two shapes") comes first in one template. At most MAX_DETAILED_WORDS words.
+    """
+    counts = np.bincount(mask.ravel(), minlength=256)
+    present = [c for c in labels if counts[c]]
+    scenery = _SCENERY[background][rng.integers(len(_SCENERY[background]))]
+    if not present:
+        return _EMPTY_TEMPLATES[rng.integers(len(_EMPTY_TEMPLATES))].format(scenery=scenery)
+    phrases, centres = [], []
+    for c in present:
+        ys, xs = np.nonzero(mask == c)
+        name = CLASSES[c]
+        area = counts[c] / mask.size
+        size = "small" if area < SMALL_AREA else "big" if area > BIG_AREA else ""
+        words = [w for w, keep in ((size, rng.random() < detail), (LOOK_WORDS[name], rng.random() < detail)) if keep]
+        words = [w for w in words if w]
+        phrase = " ".join(["a", *words, name])
+        if rng.random() < detail:
+            phrase += " " + _position(ys, xs, mask.shape)
+        phrases.append(phrase)
+        centres.append((int(3 * ys.mean() / mask.shape[0]), xs.mean()))
+    order = np.lexsort(np.array(centres).T[::-1]) if rng.random() < 0.5 else rng.permutation(len(phrases))
+    objs = _enumerate([phrases[i] for i in order])
+    where = _WHERE[background][rng.integers(len(_WHERE[background]))]
+    n = len(present)
+    shapes = "shape" if n == 1 else "shapes"
+    texts = [t.format(objs=objs, where=where, scenery=scenery, count=COUNT_WORDS[n], shapes=shapes)
+             for t in DETAILED_TEMPLATES]
+    fits = [t for t in texts if len(tokenize_caption(t)) <= MAX_DETAILED_WORDS]
+    return fits[rng.integers(len(fits))] if fits else make_caption(rng, [CLASSES[c] for c in present], background)
+
+
+def detailed_vocabulary() -> list[str]:
+    """Every word a detailed caption can contain besides :func:`caption_vocabulary`'s, sorted."""
+    words = {*LOOK_WORDS.values(), *COUNT_WORDS, "small", "big", "at", "the", "top", "bottom", "left", "right",
+             "in", "middle", "shape", "shapes"}
+    words |= {w for t in DETAILED_TEMPLATES for w in tokenize_caption(re.sub(r"\{\w+\}", " ", t))}
+    return sorted(words - set(caption_vocabulary()))
+
+
 # --------------------------------------------------------------------------------------------- scenes
 def _check_config(cfg: SceneConfig) -> None:
     n = len(CLASSES) - 1

@@ -45,10 +45,14 @@ import torch.nn.functional as F
 from ..backbone import EXTRA_CONFIG, ClipBackbone, ModelSpec
 from ..errors import VplError
 from .scenes import (
-    BACKGROUNDS, CLASSES, Scene, SceneConfig, caption_vocabulary, generate_scenes, make_caption, tokenize_caption,
+    BACKGROUNDS, CLASSES, MAX_DETAILED_WORDS, Scene, SceneConfig, caption_vocabulary, detailed_caption,
+    detailed_vocabulary, generate_scenes, make_caption, tokenize_caption,
 )
 
 TOY_WINDOW: dict[str, Any] = {"size": 3, "blocks": [0, 1, 2]}  # every block but the last (4 blocks)
+CAPTION_STYLES = ("names", "detailed")
+POOLS = ("mean", "cls", "both")
+LOSSES = ("multi", "infonce")
 PROMPT_TEMPLATE = "a photo of a {}."  # the demo's prompt; its words must be in the vocabulary
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation, so the toy looks like the real thing
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -60,23 +64,37 @@ _KEY_WORDS = frozenset(CLASSES[1:]) | _BACKGROUND_WORDS
 
 
 # --------------------------------------------------------------------------------------------- model
-def toy_model_cfg(vocab_size: int) -> dict[str, Any]:
-    """open_clip ``model_cfg`` of the toy CLIP (~1.26 M parameters).
+def toy_model_cfg(vocab_size: int, layers: int = 4, context_length: int = CONTEXT_LENGTH,
+                  pool: str = "mean") -> dict[str, Any]:
+    """open_clip ``model_cfg`` of the toy CLIP (~1.26 M parameters with 4 vision blocks).
 
-    ``pool_type 'avg'`` makes open_clip's own ``encode_image`` pool the patch tokens like the CLIP-ES surgery.
+    ``pool_type 'avg'`` makes open_clip's own ``encode_image`` pool the patch tokens like the CLIP-ES surgery;
+    a toy trained on the class token (``pool='cls'``) records ``'tok'``, as real CLIP does.
     """
     return {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32,
-                       "pool_type": "avg"},
-        "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": vocab_size, "width": 128, "heads": 4,
+        "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 128, "layers": layers, "head_width": 32,
+                       "pool_type": "tok" if pool == "cls" else "avg"},
+        "text_cfg": {"context_length": context_length, "vocab_size": vocab_size, "width": 128, "heads": 4,
                      "layers": 2},
     }
 
 
-def toy_vocabulary() -> list[str]:
+def toy_window(layers: int = 4) -> dict[str, Any]:
+    """The attention window: 3x3 in every vision block but the last."""
+    return {"size": TOY_WINDOW["size"], "blocks": list(range(layers - 1))}
+
+
+def context_length(captions: str = "names") -> int:
+    """Text context: SOT + the longest caption of the style + EOT."""
+    return CONTEXT_LENGTH if captions == "names" else MAX_DETAILED_WORDS + 2
+
+
+def toy_vocabulary(captions: str = "names") -> list[str]:
     """Sorted words: every caption word plus what the prompts need (template, class names, background words)."""
     extra = {*tokenize_caption(PROMPT_TEMPLATE.format("")), *CLASSES[1:], *BACKGROUNDS}
+    if captions == "detailed":
+        extra |= set(detailed_vocabulary())
     return sorted(set(caption_vocabulary()) | extra)
 
 
@@ -86,15 +104,22 @@ def preprocess_cfg() -> dict[str, Any]:
             "resize_mode": "shortest"}
 
 
-def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu") -> ClipBackbone:
-    """A randomly initialised toy CLIP wrapped like a loaded one (word tokenizer + window); frozen, eval mode."""
+def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu", *, layers: int = 4,
+                       captions: str = "names", pool: str = "mean",
+                       logit_scale: float | None = None) -> ClipBackbone:
+    """A randomly initialised toy CLIP wrapped like a loaded one (word tokenizer + window); frozen, eval mode.
+
+    ``logit_scale``: the initial inverse temperature (None: open_clip's 1 / 0.07).
+    """
     import open_clip
 
-    vocab = toy_vocabulary()
+    vocab = toy_vocabulary(captions)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**toy_model_cfg(len(vocab) + 3))  # + padding, SOT, EOT (WordTokenizer)
+    kwargs = {} if logit_scale is None else {"init_logit_scale": math.log(logit_scale)}
+    cfg = toy_model_cfg(len(vocab) + 3, layers, context_length(captions), pool)  # + padding, SOT, EOT
+    model = open_clip.CLIP(**cfg, **kwargs)
     model.visual.preprocess_cfg = preprocess_cfg()
-    extra = {"vocabulary": vocab, "attention_window": TOY_WINDOW}
+    extra = {"vocabulary": vocab, "attention_window": toy_window(layers)}
     return ClipBackbone(model, ModelSpec(model="toy-clip", pretrained="none"), torch.device(device), extra)
 
 
@@ -116,17 +141,23 @@ def _embed(bb: ClipBackbone, pixels: torch.Tensor) -> torch.Tensor:
     return v.ln_pre(torch.cat([cls, x], dim=1) + v.positional_embedding)
 
 
-def encode_images(bb: ClipBackbone, pixels: torch.Tensor) -> torch.Tensor:
+def encode_images(bb: ClipBackbone, pixels: torch.Tensor, pool: str = "mean") -> torch.Tensor:
     """``[B, 3, H, W]`` normalised pixels -> ``[B, D]`` unit image embeddings, differentiable.
 
-    The inference path of the CLIP-ES surgery: every block through ``bb.block`` (window mask included), then the
-    mean of the projected patch tokens.
+    ``pool='mean'``: the inference path of the CLIP-ES surgery: every block through ``bb.block`` (window mask
+    included), then the mean of the projected patch tokens. ``'cls'``: the projected class token, as real CLIP is
+    trained. ``'both'``: ``[2, B, D]``, the two stacked (mean first).
     """
     grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
     x = _embed(bb, pixels)
     for i in range(bb.n_blocks):
         x = bb.block(i, x, grid)[0]
-    return F.normalize(bb.dense(x).mean(1), dim=-1)
+    mean = F.normalize(bb.dense(x).mean(1), dim=-1)
+    if pool == "mean":
+        return mean
+    v = bb.visual
+    cls = F.normalize(v.ln_post(x[:, 0]) @ v.proj, dim=-1)
+    return cls if pool == "cls" else torch.stack([mean, cls])
 
 
 def encode_captions(bb: ClipBackbone, captions: Sequence[str]) -> torch.Tensor:
@@ -227,6 +258,40 @@ def _views(batch: Sequence[Scene], rng: np.random.Generator, crop_prob: float) -
     return np.stack([v[0] for v in views]), [v[1] for v in views]
 
 
+def crop_with_mask(scene: Scene, rng: np.random.Generator, min_side: int = 48,
+                   min_pixels: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """A random square crop of ``scene`` (side ``min_side``..full) resized back to full size, image and mask.
+
+    Like :func:`crop_and_recaption`, a crop leaving a class only a sliver returns the whole scene.
+    """
+    from PIL import Image
+
+    size = scene.image.shape[0]
+    side = int(rng.integers(min_side, size + 1))
+    top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    window = (slice(top, top + side), slice(left, left + side))
+    counts = np.bincount(scene.mask[window].ravel(), minlength=256)
+    if any(0 < counts[c] < min_pixels for c in scene.labels):
+        return scene.image, scene.mask
+    full = scene.image.shape[1], scene.image.shape[0]
+    image = np.asarray(Image.fromarray(scene.image[window]).resize(full, Image.BICUBIC))
+    mask = np.asarray(Image.fromarray(scene.mask[window]).resize(full, Image.NEAREST))
+    return image, mask
+
+
+def _detailed_views(batch: Sequence[Scene], rng: np.random.Generator, crop_prob: float,
+                    detail: float) -> tuple[np.ndarray, list[str]]:
+    """Like :func:`_views`, but flipped here (a caption may say left or right) and described from the mask."""
+    images, captions = [], []
+    for scene in batch:
+        image, mask = crop_with_mask(scene, rng) if rng.random() < crop_prob else (scene.image, scene.mask)
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        images.append(image)
+        captions.append(detailed_caption(rng, mask, scene.labels, scene.background, detail))
+    return np.stack(images), captions
+
+
 def _flip(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip per image: captions say nothing about left and right."""
     flip = torch.rand(len(pixels), generator=gen) < 0.5
@@ -290,13 +355,27 @@ def _batches(steps: int, batch_size: int, seed: int, data_dir: str | Path | None
     return _pool_batches(pool, steps, batch_size, gen), f"pool of {n_scenes} scenes"
 
 
+def _keys(captions: Sequence[str], captions_style: str, loss: str) -> list:
+    """The positive-pair keys of a batch: what a caption asserts (names), the caption itself (detailed), or its
+    index (plain InfoNCE: only the diagonal is positive)."""
+    if loss == "infonce":
+        return list(range(len(captions)))
+    return [caption_key(c) for c in captions] if captions_style == "names" else list(captions)
+
+
 def _train_step(bb: ClipBackbone, opt: torch.optim.Optimizer, sched, images: np.ndarray, captions: list[str],
-                gen: torch.Generator, clip_norm: float = 1.0) -> float:
+                gen: torch.Generator, clip_norm: float = 1.0, *, flip: bool = True, captions_style: str = "names",
+                pool: str = "mean", loss_kind: str = "multi") -> float:
     """One optimisation step on ``[B, 96, 96, 3]`` uint8 images and their captions; returns the loss."""
     model = bb.model
-    pixels = _flip(to_pixels(images), gen).to(bb.device)
-    loss = multi_positive_clip_loss(encode_images(bb, pixels), encode_captions(bb, captions),
-                                    [caption_key(c) for c in captions], model.logit_scale)
+    pixels = to_pixels(images)
+    pixels = (_flip(pixels, gen) if flip else pixels).to(bb.device)
+    keys = _keys(captions, captions_style, loss_kind)
+    img, txt = encode_images(bb, pixels, pool), encode_captions(bb, captions)
+    if pool == "both":
+        loss = sum(multi_positive_clip_loss(e, txt, keys, model.logit_scale) for e in img) / 2
+    else:
+        loss = multi_positive_clip_loss(img, txt, keys, model.logit_scale)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -311,7 +390,8 @@ def train_toy_clip(
     out_dir: str | Path, *, data_dir: str | Path | None = None, steps: int = 400, batch_size: int = 128,
     lr: float = 1e-3, seed: int = 0, n_scenes: int | None = None, scene_cfg: SceneConfig = SceneConfig(),
     crop_prob: float = 0.5, eval_scenes: int = 500, cam_scenes: int = 200, device: str = "cpu",
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None, logit_scale: float | None = None, layers: int = 4,
+    captions: str = "names", detail: float = 0.5, pool: str = "mean", loss: str = "multi",
 ) -> dict[str, Any]:
     """Train the toy CLIP on demo-world captions and save it as a ``local-dir:`` model folder.
 
@@ -330,6 +410,14 @@ def train_toy_clip(
         cam_scenes: held-out scenes for the GradCAM mIoU (0 skips it).
         device: 'cpu' (default, reproducible), 'cuda', or 'auto'.
         on_step: called as ``on_step(step, loss)`` after every step (1-based).
+        logit_scale: initial inverse temperature (trainable, clamped at 100); None = open_clip's 1 / 0.07.
+        layers: vision blocks (all but the last attend to 3x3 windows).
+        captions: 'names' (the scene's caption: class names and background) or 'detailed' (objects also
+            described by look, size and position, from the mask: :func:`vpltool.demo.scenes.detailed_caption`).
+        detail: with detailed captions, the probability of each attribute of each object.
+        pool: the image embedding trained: 'mean' of the patch tokens (the inference path), 'cls' (the class
+            token, as real CLIP), or 'both' (the mean of the two losses).
+        loss: 'multi' (multi-positive InfoNCE over equal caption keys) or 'infonce' (only the diagonal).
 
     Returns:
         ``final_loss`` (mean of the last 10 steps), ``caption_accuracy`` (top-1 over every label-set x background
@@ -340,9 +428,15 @@ def train_toy_clip(
 
     if steps < 1 or batch_size < 2:
         raise VplError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
+    for name, value, allowed in (("captions", captions, CAPTION_STYLES), ("pool", pool, POOLS),
+                                 ("loss", loss, LOSSES)):
+        if value not in allowed:
+            raise VplError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
+    if layers < 2:
+        raise VplError(f"need layers >= 2, got {layers}")
     _check_out_dir(Path(out_dir))
     dev = resolve_device(device)
-    bb = build_toy_backbone(seed, dev)
+    bb = build_toy_backbone(seed, dev, layers=layers, captions=captions, pool=pool, logit_scale=logit_scale)
     bb.model.requires_grad_(True).train()  # ClipBackbone froze it; we are the one stage that trains
     opt = _optimizer(bb.model, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
@@ -352,7 +446,12 @@ def train_toy_clip(
     losses: list[float] = []
     start = time.perf_counter()
     for step, batch in enumerate(batches, 1):
-        losses.append(_train_step(bb, opt, sched, *_views(batch, rng, crop_prob), gen))
+        if captions == "names":
+            views = _views(batch, rng, crop_prob)
+        else:
+            views = _detailed_views(batch, rng, crop_prob, detail)
+        losses.append(_train_step(bb, opt, sched, *views, gen, flip=captions == "names", captions_style=captions,
+                                  pool=pool, loss_kind=loss))
         if on_step is not None:
             on_step(step, losses[-1])
     seconds = time.perf_counter() - start
@@ -360,16 +459,24 @@ def train_toy_clip(
     training = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": source,
                 "crop_prob": crop_prob, "scene_cfg": asdict(scene_cfg), "final_loss": float(np.mean(losses[-10:])),
                 "seconds": round(seconds, 1), "device": str(dev)}
-    return _save_and_score(Path(out_dir), bb.model, training, seed, scene_cfg, eval_scenes, cam_scenes)
+    recipe = {"logit_scale_init": logit_scale, "layers": layers, "captions": captions, "detail": detail,
+              "pool": pool, "loss": loss, "final_logit_scale": round(float(bb.model.logit_scale.exp()), 2)}
+    training.update(recipe)
+    arch = {"layers": layers, "captions": captions, "pool": pool}
+    return _save_and_score(Path(out_dir), bb.model, training, seed, scene_cfg, eval_scenes, cam_scenes, arch)
 
 
 # --------------------------------------------------------------------------------------------- checkpoint
-def _write_checkpoint(folder: Path, model: torch.nn.Module, extra: dict[str, Any]) -> None:
+def _write_checkpoint(folder: Path, model: torch.nn.Module, extra: dict[str, Any],
+                      arch: dict[str, Any] | None = None) -> None:
     """The three files of a ``local-dir:`` toy CLIP; weights in fp16 (open_clip casts them back on load)."""
     from safetensors.torch import save_file
 
+    arch = arch or {}
     vocab = extra["vocabulary"]
-    config = {"model_cfg": toy_model_cfg(len(vocab) + 3), "preprocess_cfg": preprocess_cfg()}
+    layers, captions = arch.get("layers", 4), arch.get("captions", "names")
+    model_cfg = toy_model_cfg(len(vocab) + 3, layers, context_length(captions), arch.get("pool", "mean"))
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg()}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(weights, folder / "open_clip_model.safetensors", metadata={"format": "pt"})
@@ -397,7 +504,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 
 def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any], seed: int, cfg: SceneConfig,
-                    eval_scenes: int, cam_scenes: int) -> dict[str, Any]:
+                    eval_scenes: int, cam_scenes: int, arch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the checkpoint beside ``out``, score the weights *as saved* (fp16), record the scores, swap it in."""
     from ..backbone import load_backbone
 
@@ -405,8 +512,10 @@ def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any],
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the folder ships inside the package
     try:
-        extra = {"vocabulary": toy_vocabulary(), "attention_window": TOY_WINDOW, "training": training}
-        _write_checkpoint(tmp, model, extra)
+        arch = arch or {}
+        extra = {"vocabulary": toy_vocabulary(arch.get("captions", "names")),
+                 "attention_window": toy_window(arch.get("layers", 4)), "training": training}
+        _write_checkpoint(tmp, model, extra, arch)
         bb = load_backbone(ModelSpec(model=f"local-dir:{tmp}"))
         heldout = scene_seed(seed, "heldout")
         scores = caption_accuracy(bb, generate_scenes(eval_scenes, heldout, cfg), cfg) if eval_scenes else {}
