@@ -391,7 +391,7 @@ def train_toy_clip(
     lr: float = 1e-3, seed: int = 0, n_scenes: int | None = None, scene_cfg: SceneConfig = SceneConfig(),
     crop_prob: float = 0.5, eval_scenes: int = 500, cam_scenes: int = 200, device: str = "cpu",
     on_step: Callable[[int, float], None] | None = None, logit_scale: float | None = None, layers: int = 4,
-    captions: str = "names", detail: float = 0.5, pool: str = "mean", loss: str = "multi",
+    captions: str = "names", detail: float = 0.5, pool: str = "mean", loss: str = "multi", threads: int | None = 2,
 ) -> dict[str, Any]:
     """Train the toy CLIP on demo-world captions and save it as a ``local-dir:`` model folder.
 
@@ -418,13 +418,15 @@ def train_toy_clip(
         pool: the image embedding trained: 'mean' of the patch tokens (the inference path), 'cls' (the class
             token, as real CLIP), or 'both' (the mean of the two losses).
         loss: 'multi' (multi-positive InfoNCE over equal caption keys) or 'infonce' (only the diagonal).
+        threads: CPU threads while training (restored afterwards). CPU matmuls split their sums differently for
+            other thread counts, so a fixed count is what makes a retrain bit-identical on any machine; None keeps
+            torch's (the number of cores).
 
     Returns:
         ``final_loss`` (mean of the last 10 steps), ``caption_accuracy`` (top-1 over every label-set x background
         caption, exact match), ``label_set_accuracy`` (the same, background ignored), ``gradcam_miou``,
         ``seconds`` (training only), ``steps``, ``path``; all but the path are also in ``vpltool.json``.
     """
-    from ..device import resolve_device
 
     if steps < 1 or batch_size < 2:
         raise VplError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
@@ -435,6 +437,21 @@ def train_toy_clip(
     if layers < 2:
         raise VplError(f"need layers >= 2, got {layers}")
     _check_out_dir(Path(out_dir))
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(out_dir, data_dir, steps, batch_size, lr, seed, n_scenes, scene_cfg, crop_prob, eval_scenes,
+                      cam_scenes, device, on_step, logit_scale, layers, captions, detail, pool, loss)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(out_dir, data_dir, steps, batch_size, lr, seed, n_scenes, scene_cfg, crop_prob, eval_scenes, cam_scenes,
+           device, on_step, logit_scale, layers, captions, detail, pool, loss) -> dict[str, Any]:
+    """:func:`train_toy_clip` once its arguments are checked and the thread count is set."""
+    from ..device import resolve_device
+
     dev = resolve_device(device)
     bb = build_toy_backbone(seed, dev, layers=layers, captions=captions, pool=pool, logit_scale=logit_scale)
     bb.model.requires_grad_(True).train()  # ClipBackbone froze it; we are the one stage that trains
@@ -458,7 +475,7 @@ def train_toy_clip(
     bb.model.eval().requires_grad_(False)
     training = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": source,
                 "crop_prob": crop_prob, "scene_cfg": asdict(scene_cfg), "final_loss": float(np.mean(losses[-10:])),
-                "seconds": round(seconds, 1), "device": str(dev)}
+                "seconds": round(seconds, 1), "device": str(dev), "threads": torch.get_num_threads()}
     recipe = {"logit_scale_init": logit_scale, "layers": layers, "captions": captions, "detail": detail,
               "pool": pool, "loss": loss, "final_logit_scale": round(float(bb.model.logit_scale.exp()), 2)}
     training.update(recipe)
