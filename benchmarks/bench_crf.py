@@ -209,7 +209,8 @@ def bench_quality(tmp: Path, n_scenes: int, workers: int, cams_dir: Path | None)
     from vpltool.config import CrfConfig, RuntimeConfig
     from vpltool.crf import run_crf
     from vpltool.data import open_dataset
-    from vpltool.demo.scenes import SceneConfig, write_dataset
+    from vpltool.demo.make_world import write_dataset
+    from vpltool.demo.scenes import SceneConfig
 
     if cams_dir is None:
         root = write_dataset(tmp / "world", n_train=n_scenes, n_val=0, seed=0,

@@ -31,7 +31,8 @@ from vpltool.backbone import ModelSpec, load_backbone  # noqa: E402
 from vpltool.config import DecoderConfig, RuntimeConfig, TextPrototypesConfig  # noqa: E402
 from vpltool.data import open_dataset  # noqa: E402
 from vpltool.demo import TOY_DIR, TOY_MODEL  # noqa: E402
-from vpltool.demo.scenes import BACKGROUNDS, write_dataset  # noqa: E402
+from vpltool.demo.make_world import write_dataset  # noqa: E402
+from vpltool.demo.scenes import BACKGROUNDS  # noqa: E402
 from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
 from vpltool.train_decoder import run_train_decoder  # noqa: E402
 

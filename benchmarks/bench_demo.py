@@ -25,7 +25,7 @@ import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("world", "features", "text-prototypes", "cams-text", "learn-prototypes", "cams-vision", "pseudo",
-           "decoder", "predict", "report")
+           "decoder", "predict", "heldout", "diagnose", "report")
 SHIPPED = ROOT / "vpltool" / "assets" / "toy-clip"
 
 
@@ -77,7 +77,10 @@ def main() -> None:
         "total_s": round(sum(seconds.values()), 1),
         "target_s": 600,
         "quick": args.quick,
-        "miou": {row["stage"]: row["miou"] for row in metrics["stages"]},
+        # per stage and split ("train": the scenes W is learned on; "val": held out); None where a stage did not run
+        "miou": {row["stage"]: {split: (row[split] or {}).get("miou") for split in ("train", "val")}
+                 for row in metrics["stages"]},
+        "other_layers": {row["stage"]: row["val"] for row in metrics.get("other_layers", [])},
         "chance": metrics.get("chance"),
         # children's ru_maxrss is the largest single stage process (Linux reports KiB)
         "peak_memory": [{"stage": "largest stage process", "scope": "max over the stages' processes",

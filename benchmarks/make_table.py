@@ -210,8 +210,18 @@ def demo_section(d: dict) -> list[str]:
     rows = [[f"`make {target}`", num(s)] for target, s in d.get("stage_seconds", {}).items()]
     rows.append([f"**total** (target <= {num(d.get('target_s'))} s)", f"**{num(d.get('total_s'))}**"])
     lines = table(["target", "seconds"], rows)
-    lines += ["", *table(["stage", "mIoU %"], [[k, num(100 * v if v is not None else None)]
-                                              for k, v in d.get("miou", {}).items()])]
+    pct = lambda v: num(100 * v if v is not None else None)  # noqa: E731
+    rows = [[k, *(pct(v.get(split)) for split in ("train", "val"))] if isinstance(v, dict) else [k, pct(v), "—"]
+            for k, v in d.get("miou", {}).items()]
+    chance = d.get("chance") or {}
+    for name in ("random CAMs", "all background"):
+        if isinstance(chance.get("val"), dict):  # per split since held-out scoring
+            rows.append([f"chance: {name}", pct(chance["train"].get(name)), pct(chance["val"].get(name))])
+    lines += ["", *table(["stage", "mIoU % train", "mIoU % val (held out)"], rows)]
+    others = d.get("other_layers") or {}
+    if others:
+        lines += ["", "Other maps on val (raw, no CAA; `vpltool diagnose`):", "",
+                  *table(["map", "mIoU % val"], [[k, pct(v)] for k, v in others.items()])]
     toy = d.get("toy_clip")
     if toy:
         lines += ["", f"`vpltool train-toy-clip` (shipped defaults): {num(toy['seconds'])} s (target <= "

@@ -47,7 +47,7 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> Path:
     """A demo-world folder dataset: 6 train + 3 val scenes of 96x96 px, 8 classes, exact GT masks."""
-    from vpltool.demo.scenes import write_dataset
+    from vpltool.demo.make_world import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("world"), n_train=6, n_val=3, seed=0)
 

@@ -92,7 +92,7 @@ class Workspace:
     """A scratch folder holding a 4 + 2 scene world and every stage's finished output (built in ~3 s)."""
 
     def __init__(self, root: Path):
-        from vpltool.demo.scenes import write_dataset
+        from vpltool.demo.make_world import write_dataset
 
         self.root = root
         self.world = write_dataset(root / "world", n_train=4, n_val=2, seed=0)
@@ -801,6 +801,13 @@ def _scales_abc(ws: Workspace) -> Iterator[list[object]]:
 @case("no scales (predict --scales '')", "--scales is empty")
 def _scales_empty(ws: Workspace) -> Iterator[list[object]]:
     yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--scales", "", *CPU]
+
+
+@case("a test view too large for attention memory (predict --long-side 8000)", "val_000000.png: 8000x8000 pixels",
+      "patch tokens", "--max-tokens 4096", "pass --long-side")
+def _long_side_huge(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--long-side", "8000",
+           *CPU]
 
 
 @case("background exponents that are not numbers (eval --bg-exponents abc)", "--bg-exponents 'abc'",

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from vpltool import io
 from vpltool.cli import app
-from vpltool.demo.scenes import write_dataset
+from vpltool.demo.make_world import write_dataset
 
 TINY = ["--model", "vpl-test-vit", "--pretrained", "none"]
 
@@ -217,3 +217,25 @@ def test_a_stage_run_under_a_group_umask_writes_group_readable_files(features_di
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "cams").iterdir()}
     assert modes and set(modes.values()) == {"0o640"}, modes  # items, _stage.json and the lock file
     assert oct((tmp_path / "cams").stat().st_mode & 0o777) == "0o750"
+
+
+def test_a_second_call_in_one_process_logs_to_the_current_stderr(monkeypatch):
+    """typer's runner (and notebooks) swap sys.stderr per call; a handler kept from the first call would write to a
+    closed stream and print a '--- Logging error ---' traceback instead of the warning."""
+    import io as stdio
+    import logging
+
+    from vpltool.cli.common import friendly_errors
+
+    @friendly_errors
+    def command(**kwargs) -> None:
+        logging.getLogger("vpltool.test").warning("the warning")
+
+    streams = []
+    for _ in range(2):
+        streams.append(stdio.StringIO())
+        monkeypatch.setattr(sys, "stderr", streams[-1])
+        command(verbose=False)
+        if len(streams) == 1:
+            streams[0].close()
+    assert streams[1].getvalue() == "WARNING the warning\n"

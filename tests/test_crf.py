@@ -55,7 +55,7 @@ def _write_cam_folder(folder: Path, dataset, size_override: dict[str, tuple[int,
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     from vpltool.data import open_dataset
-    from vpltool.demo.scenes import write_dataset
+    from vpltool.demo.make_world import write_dataset
 
     root = write_dataset(tmp_path_factory.mktemp("crf_world"), n_train=4, n_val=2, seed=0)
     return open_dataset(root, "train")

@@ -206,6 +206,12 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(pseudo, text_protos, t
     assert (tmp_path / "log.jsonl").read_text() != "" and len((tmp_path / "log.jsonl").read_text().splitlines()) == 4
 
 
+def test_log_has_a_first_line_at_once_then_every_log_every(pseudo, text_protos, tmp_path):
+    run_train_decoder(pseudo, text_protos, tmp_path, replace(TINY, log_every=3), CPU)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [1, 3, 4]  # the first iteration shows the run is alive; the last ends it
+
+
 def test_feature_cache_and_validation(pseudo, text_protos, tmp_path):
     cfg = replace(TINY, cache_features=True, iters=2, val_every=2)
     summary = run_train_decoder(pseudo, text_protos, tmp_path, cfg, CPU, val_split="val")

@@ -13,7 +13,7 @@ from PIL import Image
 from vpltool import io
 from vpltool.config import ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
-from vpltool.demo.scenes import write_dataset
+from vpltool.demo.make_world import write_dataset
 from vpltool.errors import ContractError
 from vpltool.extract import run_extract
 

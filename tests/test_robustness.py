@@ -64,7 +64,7 @@ def _predict_args(decoder: Path, out: Path) -> list[object]:
 # --------------------------------------------------------------------------------------------- shared inputs
 @pytest.fixture(scope="module")
 def big_world(tmp_path_factory) -> Path:
-    from vpltool.demo.scenes import write_dataset
+    from vpltool.demo.make_world import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("big"), n_train=40, n_val=1, seed=1)
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from vpltool import io
 from vpltool.demo import scenes
+from vpltool.demo.make_world import write_dataset
 from vpltool.demo.scenes import (
     BACKGROUNDS,
     CLASSES,
@@ -21,7 +22,6 @@ from vpltool.demo.scenes import (
     generate_scenes,
     render_scene,
     tokenize_caption,
-    write_dataset,
 )
 from vpltool.errors import VplError
 

@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vpltool.backbone import EXTRA_CONFIG, ModelSpec, load_backbone
 from vpltool.demo import toyclip  # noqa: E402
+from vpltool.demo import train_toy_clip as trainer  # noqa: E402
+from vpltool.demo.config import ToyClipConfig  # noqa: E402
 from vpltool.demo.scenes import Placement, SceneConfig, compose, generate_scenes  # noqa: E402
 from vpltool.demo.tokenizer import WordTokenizer  # noqa: E402
 from vpltool.errors import VplError  # noqa: E402
@@ -82,27 +84,27 @@ def test_caption_key_ignores_wording_and_loss_counts_duplicates_as_positives():
     scale = torch.tensor(np.log(100.0))
     # the two 'star' pairs share their target: coinciding embeddings reach the loss's floor, the target entropy
     floor = 2 / 3 * np.log(2)  # rows 0 and 1 spread their target over two columns; row 2 has one
-    assert toyclip.multi_positive_clip_loss(emb, emb, keys, scale).item() == pytest.approx(floor, abs=1e-4)
+    assert trainer.multi_positive_clip_loss(emb, emb, keys, scale).item() == pytest.approx(floor, abs=1e-4)
 
 
 def test_crops_are_recaptioned_with_what_they_show():
     rng = np.random.default_rng(0)
     objects = [Placement(1, 20, 20, 20), Placement(2, 76, 76, 20)]  # a circle top-left, a star bottom-right
     scene = compose(rng, SceneConfig(), "grass", objects)
-    words = {box: toyclip.caption_key(toyclip.crop_scene(scene, box, rng)[1])
+    words = {box: toyclip.caption_key(trainer.crop_scene(scene, box, rng)[1])
              for box in [(0, 0, 48), (48, 48, 48), (0, 48, 48), (0, 0, 96)]}
     assert words == {(0, 0, 48): {"circle", "grass"}, (48, 48, 48): {"star", "grass"}, (0, 48, 48): {"grass"},
                      (0, 0, 96): {"circle", "star", "grass"}}
-    image, caption = toyclip.crop_scene(scene, (14, 0, 12), rng)  # 19 px of the circle: the crop is refused
+    image, caption = trainer.crop_scene(scene, (14, 0, 12), rng)  # 19 px of the circle: the crop is refused
     assert image is scene.image and caption == scene.caption
-    image, _ = toyclip.crop_and_recaption(scene, rng)
+    image, _ = trainer.crop_and_recaption(scene, rng)
     assert image.shape == (96, 96, 3) and image.dtype == np.uint8
 
 
 def test_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
     losses: list[tuple[int, float]] = []
     out = tmp_path / "toy"
-    metrics = toyclip.train_toy_clip(out, steps=3, batch_size=8, n_scenes=16, crop_prob=0.5, eval_scenes=8,
+    metrics = trainer.train_toy_clip(out, ToyClipConfig(steps=3, batch_size=8), n_scenes=16, eval_scenes=8,
                                      cam_scenes=2, on_step=lambda step, loss: losses.append((step, loss)))
     assert [s for s, _ in losses] == [1, 2, 3] and all(np.isfinite(v) for _, v in losses)
     assert {"final_loss", "caption_accuracy", "gradcam_miou", "seconds"} <= metrics.keys()
@@ -115,4 +117,12 @@ def test_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
 def test_training_refuses_to_replace_a_foreign_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(VplError, match="not a model folder"):
-        toyclip.train_toy_clip(tmp_path, steps=1, batch_size=2)
+        trainer.train_toy_clip(tmp_path, ToyClipConfig(steps=1, batch_size=2))
+
+
+@pytest.mark.parametrize("bad", [{"steps": 0}, {"batch_size": 1}, {"captions": "poems"}, {"pool": "max"},
+                                 {"crop_prob": 1.5}, {"layers": 1}])
+def test_recipe_refuses_bad_values_in_one_line(bad):
+    with pytest.raises(VplError) as e:
+        ToyClipConfig(**bad)
+    assert "\n" not in str(e.value)

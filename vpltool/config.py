@@ -126,12 +126,13 @@ NOT_COMPARED = ("max_tokens",)  # recorded parameters that a resumed run may cha
 
 
 def check_tokens(image: object, size: tuple[int, int], grid: tuple[int, int], patch: int, max_tokens: int, *,
-                 stage: str = "extract") -> None:
+                 stage: str = "extract", scale: float = 1.0) -> None:
     """Refuse an image whose ``grid`` (``(h, w)`` patches of its network input) exceeds ``max_tokens``.
 
     The rule every stage that runs the frozen blocks on an image applies before the forward (`extract`, and `cam`
     when it recomputes or re-runs the last block): one line naming the image, its ``size`` ``(H, W)`` in pixels,
-    the token count, and the ``--max-side`` that brings it under the limit.
+    the token count, and the ``--max-side`` (`predict`: the ``--long-side``; its ``size`` is then the largest test
+    view, at ``scale`` x the long side) that brings it under the limit.
     """
     n = grid[0] * grid[1]
     if n <= max_tokens:
@@ -140,7 +141,12 @@ def check_tokens(image: object, size: tuple[int, int], grid: tuple[int, int], pa
     side = patch * max(1, int(math.sqrt(max_tokens * long / short)))  # the largest long side whose grid fits
     while side > patch and math.ceil(side / patch) * math.ceil(side * short / long / patch) > max_tokens:
         side -= patch
-    fix = f"pass --max-side {side}" if stage == "extract" else f"re-run `vpltool extract` with --max-side {side}"
+    if stage == "predict":  # size is the largest test view, at scale x --long-side
+        fix = f"pass --long-side {int(side / scale)} or less"
+    elif stage == "extract":
+        fix = f"pass --max-side {side}"
+    else:
+        fix = f"re-run `vpltool extract` with --max-side {side}"
     raise VplError(f"{image}: {size[0]}x{size[1]} pixels make {n:,} patch tokens ({grid[0]}x{grid[1]} at patch "
                    f"{patch}), above --max-tokens {max_tokens} (attention memory grows with its square); {fix} "
                    "(or raise --max-tokens where the memory is)")
@@ -371,6 +377,7 @@ class PredictConfig:
     flip: bool = True
     long_side: int | None = None  # input long side; None = 1.6 x the decoder's crop (WeCLIP: crop 320, test 512)
     crf: bool = False  # test-time dense CRF on the softmaxed logits (needs the crf extra)
+    max_tokens: int = MAX_TOKENS  # a test view with more patch tokens is refused before its forward (check_tokens)
     crf_iterations: int = 10  # WeCLIP test_msc_flip_voc.py:crf_proc, on the plain RGB image
     crf_gaussian_sxy: float = 3.0
     crf_gaussian_compat: float = 3.0
@@ -383,6 +390,7 @@ class PredictConfig:
         for s in self.scales:
             _positive("--scales", s, upper=4.0)
         _at_least("--long-side", self.long_side, MIN_SIDE, allow_none=True, why=" pixels")
+        _at_least("--max-tokens", self.max_tokens, 1)
 
 
 # --------------------------------------------------------------------------------------------- helpers

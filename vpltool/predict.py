@@ -25,8 +25,8 @@ from torch import Tensor
 
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
-from .config import CrfConfig, PredictConfig, RuntimeConfig, to_params
-from .decoder import input_long_side, load_decoder, predict_logits
+from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
+from .decoder import input_long_side, load_decoder, predict_logits, view_size
 from .device import resolve_device, resolve_precision
 from .errors import ContractError, VplError
 from .kernels import dense_crf
@@ -53,6 +53,15 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``[image | image blended 50 % with the palette colours of mask]`` ``[H, 2W, 3]`` uint8."""
     palette = np.asarray(io.voc_palette(), dtype=np.uint8).reshape(256, 3)
     return np.concatenate([image, (0.5 * image + 0.5 * palette[mask]).astype(np.uint8)], axis=1)
+
+
+def _check_tokens(bb: ClipBackbone, path: Path, image: np.ndarray, long_side: int, cfg: PredictConfig) -> None:
+    """Refuse an image whose largest test view (``max(scales) x long_side``) exceeds ``cfg.max_tokens`` patch
+    tokens, before its forward: one line naming the image and the ``--long-side`` that fits."""
+    scale = max(cfg.scales)
+    size = view_size(bb, *image.shape[:2], long_side, scale)
+    grid = (size[0] // bb.patch_size, size[1] // bb.patch_size)
+    check_tokens(path, size, grid, bb.patch_size, cfg.max_tokens, stage="predict", scale=scale)
 
 
 def _open_split(f: io.TensorFile, data: str | Path | None, split: str | None):
@@ -105,7 +114,7 @@ def run_predict(
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED) as folder:
         todo = folder.todo([it.id for it in dataset.items], io.mask_path)
         if on_start:
             on_start(len(todo))
@@ -118,6 +127,7 @@ def run_predict(
             items = dataset.by_id()
             for item_id in todo:
                 image = io.load_image(items[item_id].image)
+                _check_tokens(bb, items[item_id].image, image, long_side, cfg)
                 logits = predict_logits(bb, model, arch["blocks"], image, cfg.scales, cfg.flip, long_side, dtype)
                 mask = logits_to_mask(logits, image, cfg)
                 io.write_mask(io.mask_path(out, item_id), mask)

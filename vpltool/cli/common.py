@@ -67,7 +67,10 @@ def friendly_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         global _log_file
         verbose = kwargs.get("verbose", False)
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+        # force: a handler from an earlier call in this process may hold a stderr that is closed by now (typer's
+        # test runner swaps sys.stderr per call), which logging reports as a "--- Logging error ---" traceback
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s",
+                            force=True)
         os.environ.setdefault("TQDM_DISABLE", "1")
         _log_file = kwargs.get("log_file")
         try:

@@ -7,23 +7,27 @@ from typing import Annotated
 
 import typer
 
+from ..demo.config import ToyClipConfig, WorldConfig
 from . import app
 from .common import LogFile, Overwrite, Verbose, friendly_errors, progress, say
 
 DEMO = "Demo world"
 
 
+_W, _T = WorldConfig(), ToyClipConfig()
+
+
 @app.command("make-world", rich_help_panel=DEMO)
 @friendly_errors
 def make_world_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
-    train: Annotated[int, typer.Option(min=1, help="Training scenes.")] = 500,
-    val: Annotated[int, typer.Option(min=1, help="Validation scenes (rendered from another seed).")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed gives byte-identical files.")] = 0,
-    size: Annotated[int, typer.Option(min=32, help="Scene side in pixels.")] = 96,
-    layout: Annotated[str, typer.Option(help="folder (generic layout) | voc (PASCAL VOC layout).")] = "folder",
-    distractors: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of a same-colour, "
-                                               "other-shape distractor per scene.")] = 0.0,
+    train: Annotated[int, typer.Option(help="Training scenes.")] = _W.train,
+    val: Annotated[int, typer.Option(help="Validation scenes (rendered from another seed).")] = _W.val,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives byte-identical files.")] = _W.seed,
+    size: Annotated[int, typer.Option(help="Scene side in pixels (>= 32).")] = _W.size,
+    layout: Annotated[str, typer.Option(help="folder (generic layout) | voc (PASCAL VOC layout).")] = _W.layout,
+    distractors: Annotated[float, typer.Option(help="Probability of a same-colour, other-shape distractor per "
+                                               "scene.")] = _W.distractors,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -34,10 +38,13 @@ def make_world_cmd(
     Example:
       vpltool make-world runs/demo/world --train 500 --val 200 --layout voc
     """
-    from ..demo.scenes import SceneConfig, write_dataset
+    from ..demo.make_world import write_dataset
+    from ..demo.scenes import SceneConfig
 
-    cfg = SceneConfig(size=size, distractors=distractors)
-    write_dataset(out, n_train=train, n_val=val, seed=seed, cfg=cfg, layout=layout, overwrite=overwrite)
+    world = WorldConfig(train=train, val=val, seed=seed, size=size, layout=layout, distractors=distractors)
+    cfg = SceneConfig(size=world.size, distractors=world.distractors)
+    write_dataset(out, n_train=world.train, n_val=world.val, seed=world.seed, cfg=cfg, layout=world.layout,
+                  overwrite=overwrite)
     say(f"[green]✓[/] make-world: {train} train + {val} val scenes ({layout} layout) → {out}")
 
 
@@ -46,29 +53,42 @@ def make_world_cmd(
 def train_toy_clip_cmd(
     out: Annotated[Path, typer.Argument(help="Model folder to write (open_clip local-dir + vpltool.json).")] =
         Path("vpltool/assets/toy-clip"),
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 400,
-    batch_size: Annotated[int, typer.Option(min=2, help="Scenes per step.")] = 128,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    crop_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of scenes replaced by a re-captioned "
-                                             "random crop.")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Seed; the defaults reproduce the shipped checkpoint.")] = 0,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = _T.steps,
+    batch_size: Annotated[int, typer.Option(help="Scenes per step.")] = _T.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _T.lr,
+    crop_prob: Annotated[float, typer.Option(help="Share of scenes replaced by a re-captioned random crop.")] =
+        _T.crop_prob,
+    logit_scale: Annotated[float, typer.Option(help="Initial inverse temperature, trainable, clamped at 100 (0: "
+                                               "open_clip's 1/0.07).")] = _T.logit_scale,
+    captions: Annotated[str, typer.Option(help="names (class and background words) | detailed (+ colour, size, "
+                                          "position and count words from the mask).")] = _T.captions,
+    layers: Annotated[int, typer.Option(help="Vision blocks; all but the last attend to 3x3 windows.")] = _T.layers,
+    pool: Annotated[str, typer.Option(help="Image embedding trained: mean (patch mean, CLIP-ES's) | cls | both.")] =
+        _T.pool,
+    loss: Annotated[str, typer.Option(help="multi (same-meaning captions are positives) | infonce.")] = _T.loss,
+    threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical (0: all "
+                                         "cores).")] = _T.threads,
+    seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped checkpoint.")] = _T.seed,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
-    """Train the demo world's toy CLIP from scratch on rendered scenes and captions (CPU, about 10 min on 2 cores).
+    """Train the demo world's toy CLIP from scratch on rendered scenes and captions (CPU, bit-identical per seed).
 
     \b
     Example:
       vpltool train-toy-clip /tmp/toy-clip && vpltool extract WORLD -o F --model local-dir:/tmp/toy-clip
     """
-    from ..demo.toyclip import train_toy_clip
+    from ..demo.train_toy_clip import train_toy_clip
 
-    with progress("train-toy-clip") as (on_start, on_item):
-        on_start(steps)
-        metrics = train_toy_clip(out, steps=steps, batch_size=batch_size, lr=lr, crop_prob=crop_prob, seed=seed,
-                                 on_step=lambda step, loss: on_item(1))
+    cfg = ToyClipConfig(steps=steps, batch_size=batch_size, lr=lr, crop_prob=crop_prob, seed=seed,
+                        logit_scale=logit_scale, layers=layers, captions=captions, pool=pool, loss=loss,
+                        threads=threads)
+    with progress("train-toy-clip", unit="steps") as (on_start, on_item):
+        on_start(cfg.steps)
+        metrics = train_toy_clip(out, cfg, on_step=lambda step, loss: on_item(1))
     say(f"[green]✓[/] train-toy-clip: loss {metrics['final_loss']:.3f}, label-set accuracy "
-              f"{metrics['label_set_accuracy']:.2f}, GradCAM mIoU {metrics['gradcam_miou']:.3f} → {out}")
+        f"{metrics['label_set_accuracy']:.2f}, GradCAM mIoU {metrics['gradcam_miou']:.3f}, "
+        f"{metrics['seconds']:.0f} s → {out}")
 
 
 @app.command("demo-report", rich_help_panel=DEMO)

@@ -129,6 +129,8 @@ def predict_cmd(
     long_side: Annotated[Optional[int], typer.Option(help="Input long side [default: 1.6 x training crop].",
                                                      show_default=False)] = _P.long_side,
     crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters).")] = _P.crf,
+    max_tokens: Annotated[int, typer.Option(help="Refuse an image whose largest test view has more patch tokens "
+                                            "than this, before its forward.")] = _P.max_tokens,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write mask-over-image PNGs here.")] = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
@@ -145,7 +147,7 @@ def predict_cmd(
     from ..predict import run_predict
 
     cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
-                        long_side=long_side, crf=crf)
+                        long_side=long_side, crf=crf, max_tokens=max_tokens)
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, overwrite=overwrite),
                         overlays=save_overlays, on_item=on_item, on_start=on_start)

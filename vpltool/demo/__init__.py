@@ -1,5 +1,6 @@
-"""The demo world: rendered scenes with exact masks (:mod:`.scenes`), a toy CLIP trained on their captions
-(:mod:`.toyclip`) and the per-stage report (:mod:`.report`).
+"""The demo world: rendered scenes with exact masks (:mod:`.scenes`, written as a dataset by :mod:`.make_world`), a
+toy CLIP (:mod:`.toyclip`) trained on their captions (:mod:`.train_toy_clip`), the per-stage report
+(:mod:`.report`) and their settings (:mod:`.config`). A module per command, like the stages.
 
 It plugs into the core through the backbone's registration point (the ``vpltool.plugins`` entry point calls
 :func:`register`): ``--model vpltool-toy`` and the toy's word-level tokenizer. The core names neither.

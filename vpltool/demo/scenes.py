@@ -16,26 +16,20 @@ deterministic: the same seed gives byte-identical files. A 96 px scene renders i
 from __future__ import annotations
 
 import colorsys
-import json
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw
 
-from .. import io
 from ..errors import VplError
 
 CLASSES: tuple[str, ...] = (
     "background", "circle", "star", "square", "triangle", "ring", "cross", "hexagon", "diamond",
 )
 BACKGROUNDS: tuple[str, ...] = ("grass", "sky", "wall", "water")
-LAYOUTS = ("folder", "voc")
-STAGE = "make-world"
 MAX_CAPTION_WORDS = 14
 RGB = tuple[int, int, int]
 
@@ -279,8 +273,74 @@ def make_caption(rng: np.random.Generator, names: Sequence[str], background: str
     return fits[rng.integers(len(fits))]
 
 
+# ------------------------------------------------------------------------------- detailed captions (toy CLIP)
+# What a detailed caption may say about an object besides its name: how it looks (the colour or texture of its
+# class), how big it is and where it lies. Computed from the mask, so a crop or a flip is re-described exactly.
+LOOK_WORDS: dict[str, str] = {
+    "circle": "red", "star": "yellow", "square": "blue", "triangle": "green", "ring": "purple", "cross": "orange",
+    "hexagon": "striped", "diamond": "dotted",
+}
+COUNT_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
+SMALL_AREA, BIG_AREA = 0.04, 0.10  # share of the image: below = "small", above = "big", between = no size word
+DETAILED_TEMPLATES = ("a photo of {objs} {where}.", "a picture of {objs} {where}.", "{objs} {where}.",
+                      "{count} {shapes} {where}: {objs}.", "{scenery} with {objs}.")
+MAX_DETAILED_WORDS = 38
+
+
+def _position(ys: np.ndarray, xs: np.ndarray, size: tuple[int, int]) -> str:
+    """'at the top left', 'at the bottom', 'at the right', 'in the middle': the centroid's third on each axis."""
+    v = ("top", "", "bottom")[min(int(3 * ys.mean() / size[0]), 2)]
+    h = ("left", "", "right")[min(int(3 * xs.mean() / size[1]), 2)]
+    return f"at the {' '.join(w for w in (v, h) if w)}" if v or h else "in the middle"
+
+
+def detailed_caption(rng: np.random.Generator, mask: np.ndarray, labels: Sequence[int], background: str,
+                     detail: float = 0.5) -> str:
+    """A caption naming every class of ``labels`` with ``mask`` pixels and the background, each object described
+    with probability ``detail`` per attribute by its look (colour/texture word), size and position.
+
+    Objects are listed in reading order (top to bottom, then left to right) half of the time, shuffled otherwise;
+    an optional count ("two shapes") comes first in one template. At most MAX_DETAILED_WORDS words.
+    """
+    counts = np.bincount(mask.ravel(), minlength=256)
+    present = [c for c in labels if counts[c]]
+    scenery = _SCENERY[background][rng.integers(len(_SCENERY[background]))]
+    if not present:
+        return _EMPTY_TEMPLATES[rng.integers(len(_EMPTY_TEMPLATES))].format(scenery=scenery)
+    phrases, centres = [], []
+    for c in present:
+        ys, xs = np.nonzero(mask == c)
+        name = CLASSES[c]
+        area = counts[c] / mask.size
+        size = "small" if area < SMALL_AREA else "big" if area > BIG_AREA else ""
+        words = [w for w, keep in ((size, rng.random() < detail), (LOOK_WORDS[name], rng.random() < detail)) if keep]
+        words = [w for w in words if w]
+        phrase = " ".join(["a", *words, name])
+        if rng.random() < detail:
+            phrase += " " + _position(ys, xs, mask.shape)
+        phrases.append(phrase)
+        centres.append((int(3 * ys.mean() / mask.shape[0]), xs.mean()))
+    order = np.lexsort(np.array(centres).T[::-1]) if rng.random() < 0.5 else rng.permutation(len(phrases))
+    objs = _enumerate([phrases[i] for i in order])
+    where = _WHERE[background][rng.integers(len(_WHERE[background]))]
+    n = len(present)
+    shapes = "shape" if n == 1 else "shapes"
+    texts = [t.format(objs=objs, where=where, scenery=scenery, count=COUNT_WORDS[n], shapes=shapes)
+             for t in DETAILED_TEMPLATES]
+    fits = [t for t in texts if len(tokenize_caption(t)) <= MAX_DETAILED_WORDS]
+    return fits[rng.integers(len(fits))] if fits else make_caption(rng, [CLASSES[c] for c in present], background)
+
+
+def detailed_vocabulary() -> list[str]:
+    """Every word a detailed caption can contain besides :func:`caption_vocabulary`'s, sorted."""
+    words = {*LOOK_WORDS.values(), *COUNT_WORDS, "small", "big", "at", "the", "top", "bottom", "left", "right",
+             "in", "middle", "shape", "shapes"}
+    words |= {w for t in DETAILED_TEMPLATES for w in tokenize_caption(re.sub(r"\{\w+\}", " ", t))}
+    return sorted(words - set(caption_vocabulary()))
+
+
 # --------------------------------------------------------------------------------------------- scenes
-def _check_config(cfg: SceneConfig) -> None:
+def check_config(cfg: SceneConfig) -> None:
     n = len(CLASSES) - 1
     problems = [
         (cfg.size < 16, f"size must be >= 16, got {cfg.size}"),
@@ -344,7 +404,7 @@ def _random_placement(rng: np.random.Generator, cfg: SceneConfig, cls: int, deco
 
 def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> Scene:
     """Sample and draw one scene: background, 0..max_objects distinct classes, an optional decoy."""
-    _check_config(cfg)
+    check_config(cfg)
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     most = min(cfg.max_objects, cfg.n_classes)
     empty = most == 0 or (cfg.min_objects == 0 and rng.random() < cfg.empty_fraction)
@@ -368,100 +428,3 @@ def split_seed(seed: int, split: str) -> int:
     """The seed of one split, derived from ``seed`` so that train and val never share a scene."""
     index = ("train", "val").index(split)
     return int(np.random.SeedSequence([seed, 1 + index]).generate_state(1, np.uint64)[0])
-
-
-# --------------------------------------------------------------------------------------------- datasets
-def _save_image(path: Path, image: np.ndarray, fmt: str) -> None:
-    with io.atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-
-
-def _write_text(path: Path, lines: Sequence[str]) -> None:
-    with io.atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{line}\n" for line in lines))
-
-
-def _voc_xml(sid: str, scene: Scene) -> str:
-    """VOC annotation with one object per label; boxes are 1-based inclusive pixel bounds of the visible part."""
-    h, w = scene.mask.shape
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "VOC2012"
-    ET.SubElement(root, "filename").text = f"{sid}.jpg"
-    size = ET.SubElement(root, "size")
-    for tag, value in (("width", w), ("height", h), ("depth", 3)):
-        ET.SubElement(size, tag).text = str(value)
-    ET.SubElement(root, "segmented").text = "1"
-    for c in scene.labels:
-        ys, xs = np.nonzero(scene.mask == c)
-        box = {"xmin": xs.min() + 1, "ymin": ys.min() + 1, "xmax": xs.max() + 1, "ymax": ys.max() + 1}
-        cut = box["xmin"] == 1 or box["ymin"] == 1 or box["xmax"] == w or box["ymax"] == h  # touches the frame
-        obj = ET.SubElement(root, "object")
-        for tag, value in (("name", CLASSES[c]), ("pose", "Unspecified"), ("truncated", int(cut)), ("difficult", 0)):
-            ET.SubElement(obj, tag).text = str(value)
-        bndbox = ET.SubElement(obj, "bndbox")
-        for tag, value in box.items():
-            ET.SubElement(bndbox, tag).text = str(int(value))
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode")
-
-
-def _write_item(out: Path, sid: str, scene: Scene, layout: str) -> None:
-    if layout == "folder":
-        _save_image(out / "images" / f"{sid}.png", scene.image, "PNG")
-        io.write_mask(out / "masks" / f"{sid}.png", scene.mask)
-    else:
-        _save_image(out / "JPEGImages" / f"{sid}.jpg", scene.image, "JPEG")
-        io.write_mask(out / "SegmentationClassAug" / f"{sid}.png", scene.mask)
-        _write_text(out / "Annotations" / f"{sid}.xml", [_voc_xml(sid, scene)])
-
-
-def _is_complete(out: Path, params: dict) -> bool:
-    record = io.stage_record_path(out)
-    if not record.is_file():
-        return False
-    old = io.read_json(record)
-    return old.get("stage") == STAGE and old.get("params") == json.loads(json.dumps(params))
-
-
-def write_dataset(
-    out: str | Path, *, n_train: int, n_val: int, seed: int, cfg: SceneConfig = SceneConfig(),
-    layout: str = "folder", overwrite: bool = False,
-) -> Path:
-    """Render a train and a val split to ``out`` and record the run in ``_stage.json`` (written last).
-
-    Layouts:
-        folder: ``images/<id>.png``, ``masks/<id>.png``, ``labels.csv`` (``id,labels``, names ';'-separated),
-            ``splits/{train,val}.txt``.
-        voc: ``JPEGImages/<id>.jpg`` (quality 95), ``Annotations/<id>.xml``, ``SegmentationClassAug/<id>.png``,
-            ``ImageSets/Segmentation/{train,val}.txt``.
-        Both: ``classes.txt`` (background first) and ``captions.json`` ({id: caption}). Ids: ``train_000012``.
-
-    A folder already holding this exact run is returned untouched; one holding another run raises VplError
-    unless ``overwrite`` (files of the old run that this one does not rewrite are left in place).
-    """
-    if layout not in LAYOUTS:
-        raise VplError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    _check_config(cfg)
-    out = Path(out)
-    params = {"n_train": n_train, "n_val": n_val, "seed": seed, "layout": layout, **asdict(cfg)}
-    if not overwrite and _is_complete(out, params):
-        return out
-    with io.output_lock(out):
-        io.prepare_stage_dir(out, STAGE, params, overwrite)
-        captions, rows = {}, ["id,labels"]
-        for split, n in (("train", n_train), ("val", n_val)):
-            ids = [f"{split}_{i:06d}" for i in range(n)]
-            for sid, scene in zip(ids, generate_scenes(n, split_seed(seed, split), cfg)):
-                _write_item(out, sid, scene, layout)
-                captions[sid] = scene.caption
-                rows.append(f"{sid}," + ";".join(CLASSES[c] for c in scene.labels))
-            _write_text(out / ("splits" if layout == "folder" else "ImageSets/Segmentation") / f"{split}.txt", ids)
-        _write_text(out / "classes.txt", CLASSES[: cfg.n_classes + 1])
-        io.write_json(out / "captions.json", captions)
-        if layout == "folder":
-            _write_text(out / "labels.csv", rows)
-        io.write_stage_record(out, STAGE, params=params, inputs={}, count=n_train + n_val)
-    return out
-
-
-# --------------------------------------------------------------------------------------------- contact sheet

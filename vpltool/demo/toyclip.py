@@ -1,28 +1,15 @@
-"""A toy CLIP for the demo world: 1.3 M parameters, trained on scene captions in ~10 minutes on 2 CPU cores.
+"""The demo world's toy CLIP: an ordinary open_clip ViT small enough to train on 2 CPU cores (`train-toy-clip`).
 
-The model is an ordinary open_clip ViT (patch 8 on 96 px -> 12x12 tokens, width 128, 4 blocks; word-level text
-tower, context 16) saved as an open_clip ``local-dir:`` folder, plus our ``vpltool.json`` (vocabulary and
-attention window) that :func:`vpltool.backbone.load_backbone` reads. Two choices make its CAMs localise:
+The model (patch 8 on 96 px -> 12x12 tokens, width 128, 4 blocks; word-level text tower) is saved as an open_clip
+``local-dir:`` folder plus our ``vpltool.json`` (tokenizer, vocabulary, attention window, training record) that
+:func:`vpltool.backbone.load_backbone` reads. This module builds it, writes and swaps checkpoint folders, and scores
+a toy (label-set retrieval, GradCAM mIoU); :mod:`.train_toy_clip` trains it.
 
-* **Windowed attention.** In blocks 0..2 a patch attends only to its 3x3 patch neighbourhood (``TOY_WINDOW``); only
-  the last block is global. A plain global ViT learns the captions just as well, but mixes every token with every
-  other so early that its GradCAM maps are at chance (feasibility study).
-* **Train through the inference path.** The image embedding is the mean of the projected patch tokens, exactly
-  CLIP-ES's surgery (``bb.dense(tokens).mean(1)``), and the blocks run through ``ClipBackbone.block`` with its
-  window mask. What GradCAM differentiates at inference is then what the contrastive loss shaped.
-
-Half of the training images are random crops re-captioned with what they show (:func:`crop_scene`): with
-whole scenes only, the single-object scenes localise well but multi-object ones do not; crops teach that a region
-matches the words for what lies in it (held-out GradCAM mIoU 0.32 -> 0.36 at 400 steps).
-
-Training scenes are rendered on the fly from a seed derived from ``seed`` by :func:`scene_seed` (purpose
-``"train"``); held-out scenes for the reported accuracy use purpose ``"heldout"``. Both are 64-bit
-``SeedSequence`` draws like :func:`vpltool.demo.scenes.split_seed`, so they never coincide with the demo's own
-train/val splits: the toy CLIP has never seen a scene the pipeline is scored on.
-
-A batch of 128 holds duplicate captions (only 372 distinct label-set x background combinations exist), so the
-loss is a **multi-positive** InfoNCE: every caption naming the same classes and background is a positive, with
-the target spread evenly over them.
+* **Windowed attention.** In blocks 0..L-2 a patch attends only to its 3x3 patch neighbourhood (:func:`toy_window`);
+  only the last block is global. A plain global ViT learns the captions just as well, but mixes every token with
+  every other so early that its GradCAM maps are at chance (feasibility study).
+* **Seeds.** Training scenes and held-out scenes come from :func:`scene_seed`, 64-bit ``SeedSequence`` draws like
+  :func:`vpltool.demo.scenes.split_seed`, so they never coincide with the demo's own train/val splits.
 """
 
 from __future__ import annotations
@@ -30,16 +17,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..backbone import EXTRA_CONFIG, ClipBackbone, ModelSpec
 from ..errors import VplError
@@ -47,10 +32,11 @@ from ..kernels import MiouAccumulator, cams_to_labels, upsample
 from .scenes import (
     BACKGROUNDS,
     CLASSES,
+    MAX_DETAILED_WORDS,
     Scene,
     SceneConfig,
     caption_vocabulary,
-    generate_scenes,
+    detailed_vocabulary,
     make_caption,
     tokenize_caption,
 )
@@ -62,28 +48,42 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SIZE = 96
 CONTEXT_LENGTH = 16  # SOT + the 14 words of the longest caption + EOT
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit_scale)
-_BACKGROUND_WORDS = frozenset(BACKGROUNDS)
-_KEY_WORDS = frozenset(CLASSES[1:]) | _BACKGROUND_WORDS
+BACKGROUND_WORDS = frozenset(BACKGROUNDS)
+_KEY_WORDS = frozenset(CLASSES[1:]) | BACKGROUND_WORDS
 
 
 # --------------------------------------------------------------------------------------------- model
-def toy_model_cfg(vocab_size: int) -> dict[str, Any]:
-    """open_clip ``model_cfg`` of the toy CLIP (~1.26 M parameters).
+def toy_model_cfg(vocab_size: int, layers: int = 4, context_length: int = CONTEXT_LENGTH,
+                  pool: str = "mean") -> dict[str, Any]:
+    """open_clip ``model_cfg`` of the toy CLIP (~1.26 M parameters with 4 vision blocks).
 
-    ``pool_type 'avg'`` makes open_clip's own ``encode_image`` pool the patch tokens like the CLIP-ES surgery.
+    ``pool_type 'avg'`` makes open_clip's own ``encode_image`` pool the patch tokens like the CLIP-ES surgery;
+    a toy trained on the class token (``pool='cls'``) records ``'tok'``, as real CLIP does.
     """
     return {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32,
-                       "pool_type": "avg"},
-        "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": vocab_size, "width": 128, "heads": 4,
+        "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 128, "layers": layers, "head_width": 32,
+                       "pool_type": "tok" if pool == "cls" else "avg"},
+        "text_cfg": {"context_length": context_length, "vocab_size": vocab_size, "width": 128, "heads": 4,
                      "layers": 2},
     }
 
 
-def toy_vocabulary() -> list[str]:
+def toy_window(layers: int = 4) -> dict[str, Any]:
+    """The attention window: 3x3 in every vision block but the last."""
+    return {"size": TOY_WINDOW["size"], "blocks": list(range(layers - 1))}
+
+
+def context_length(captions: str = "names") -> int:
+    """Text context: SOT + the longest caption of the style + EOT."""
+    return CONTEXT_LENGTH if captions == "names" else MAX_DETAILED_WORDS + 2
+
+
+def toy_vocabulary(captions: str = "names") -> list[str]:
     """Sorted words: every caption word plus what the prompts need (template, class names, background words)."""
     extra = {*tokenize_caption(PROMPT_TEMPLATE.format("")), *CLASSES[1:], *BACKGROUNDS}
+    if captions == "detailed":
+        extra |= set(detailed_vocabulary())
     return sorted(set(caption_vocabulary()) | extra)
 
 
@@ -93,25 +93,40 @@ def preprocess_cfg() -> dict[str, Any]:
             "resize_mode": "shortest"}
 
 
-def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu") -> ClipBackbone:
-    """A randomly initialised toy CLIP wrapped like a loaded one (word tokenizer + window); frozen, eval mode."""
+def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu", *, layers: int = 4,
+                       captions: str = "names", pool: str = "mean",
+                       logit_scale: float | None = None) -> ClipBackbone:
+    """A randomly initialised toy CLIP wrapped like a loaded one (word tokenizer + window); frozen, eval mode.
+
+    ``logit_scale``: the initial inverse temperature (None: open_clip's 1 / 0.07).
+    """
     import open_clip
 
-    vocab = toy_vocabulary()
+    vocab = toy_vocabulary(captions)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**toy_model_cfg(len(vocab) + 3))  # + padding, SOT, EOT (WordTokenizer)
+    kwargs = {} if logit_scale is None else {"init_logit_scale": math.log(logit_scale)}
+    cfg = toy_model_cfg(len(vocab) + 3, layers, context_length(captions), pool)  # + padding, SOT, EOT
+    model = open_clip.CLIP(**cfg, **kwargs)
     model.visual.preprocess_cfg = preprocess_cfg()
-    extra = {"tokenizer": "word", "vocabulary": vocab, "attention_window": TOY_WINDOW}
+    extra = {"tokenizer": "word", "vocabulary": vocab, "attention_window": toy_window(layers)}
     return ClipBackbone(model, ModelSpec(model="toy-clip", pretrained="none"), torch.device(device), extra)
 
 
-def encode_images(bb: ClipBackbone, pixels: torch.Tensor) -> torch.Tensor:
+def encode_images(bb: ClipBackbone, pixels: torch.Tensor, pool: str = "mean") -> torch.Tensor:
     """``[B, 3, H, W]`` normalised pixels -> ``[B, D]`` unit image embeddings, differentiable.
 
     The inference path of the CLIP-ES surgery (:meth:`ClipBackbone.encode`: every block, window mask included, the
-    positional embedding as a live parameter at the native grid), then the mean of the projected patch tokens.
+    positional embedding as a live parameter at the native grid). ``pool='mean'``: the mean of the projected patch
+    tokens, as CLIP-ES reads the image. ``'cls'``: the projected class token, as real CLIP is trained. ``'both'``:
+    ``[2, B, D]``, the two stacked (mean first).
     """
-    return bb.image_embedding(bb.encode(pixels).tokens)
+    tokens = bb.encode(pixels).tokens
+    mean = bb.image_embedding(tokens)
+    if pool == "mean":
+        return mean
+    v = bb.visual
+    cls = F.normalize(v.ln_post(tokens[:, 0]) @ v.proj, dim=-1)
+    return cls if pool == "cls" else torch.stack([mean, cls])
 
 
 def encode_captions(bb: ClipBackbone, captions: Sequence[str]) -> torch.Tensor:
@@ -137,223 +152,17 @@ def caption_key(caption: str) -> frozenset[str]:
     return frozenset(w for w in tokenize_caption(caption) if w in _KEY_WORDS)
 
 
-def _streamed_batches(n_batches: int, batch_size: int, seed: int, cfg: SceneConfig) -> Iterator[list[Scene]]:
-    """Fresh scenes for every step: no scene is seen twice."""
-    scenes = generate_scenes(n_batches * batch_size, seed, cfg)
-    for _ in range(n_batches):
-        yield [next(scenes) for _ in range(batch_size)]
-
-
-def _pool_batches(pool: Sequence[Scene], n_batches: int, batch_size: int,
-                  gen: torch.Generator) -> Iterator[list[Scene]]:
-    """Random batches (without replacement inside a batch) from a fixed in-memory pool."""
-    for _ in range(n_batches):
-        yield [pool[i] for i in torch.randperm(len(pool), generator=gen)[:batch_size].tolist()]
-
-
-def _world_pool(data_dir: str | Path) -> list[Scene]:
-    """The train split of a `make-world` folder (``folder`` or ``voc`` layout) with its ``captions.json``."""
-    from ..data import open_dataset
-    from ..io import load_image, read_json, read_mask
-
-    data_dir = Path(data_dir)
-    if not (data_dir / "captions.json").is_file():
-        raise VplError(f"{data_dir}: no captions.json; pass a folder written by the demo world (make-world)")
-    captions = read_json(data_dir / "captions.json")
-    pool = []
-    for item in open_dataset(data_dir, "train").items:
-        if item.id not in captions or item.gt is None:
-            raise VplError(f"{data_dir}: train image {item.id} has no caption or no mask; re-run make-world")
-        image = load_image(item.image)
-        if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise VplError(f"{item.image}: {image.shape[:2]} px, the toy CLIP needs {IMAGE_SIZE}x{IMAGE_SIZE}")
-        background = next(iter(caption_key(captions[item.id]) & _BACKGROUND_WORDS), BACKGROUNDS[0])
-        pool.append(Scene(image, read_mask(item.gt), item.labels, background, captions[item.id]))
-    return pool
-
-
-def crop_and_recaption(scene: Scene, rng: np.random.Generator, min_side: int = 48) -> tuple[np.ndarray, str]:
-    """A random square crop of ``scene`` (side ``min_side``..full), re-captioned by :func:`crop_scene`."""
-    size = scene.image.shape[0]
-    side = int(rng.integers(min_side, size + 1))
-    y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-    return crop_scene(scene, (y0, x0, side), rng)
-
-
-def crop_scene(scene: Scene, box: tuple[int, int, int], rng: np.random.Generator,
-               min_pixels: int = 24) -> tuple[np.ndarray, str]:
-    """The square ``box = (top, left, side)`` of ``scene``, resized back to full size, with a caption of what it shows.
-
-    A crop is a new image: its caption names the classes left in the crop and the scene's background. Crops show
-    single objects and parts of scenes, so the model learns that a region matches the words for what lies in it,
-    which is what GradCAM asks of it later. A crop that leaves a class only a sliver (1 to ``min_pixels - 1``
-    pixels: named or not, the caption would be doubtful) is not taken; the whole scene is returned instead.
-
-    Returns:
-        ``[H, W, 3]`` uint8 image (``scene.image`` itself when the crop is refused) and its caption.
-    """
-    from PIL import Image
-
-    top, left, side = box
-    window = (slice(top, top + side), slice(left, left + side))
-    counts = np.bincount(scene.mask[window].ravel(), minlength=256)
-    if any(0 < counts[c] < min_pixels for c in scene.labels):
-        return scene.image, scene.caption
-    names = [CLASSES[c] for c in scene.labels if counts[c]]
-    size = scene.image.shape[1], scene.image.shape[0]
-    image = np.asarray(Image.fromarray(scene.image[window]).resize(size, Image.BICUBIC))
-    return image, make_caption(rng, names, scene.background)
-
-
-def _views(batch: Sequence[Scene], rng: np.random.Generator, crop_prob: float) -> tuple[np.ndarray, list[str]]:
-    """``[B, 96, 96, 3]`` uint8 images and B captions: each scene whole, or cropped with probability ``crop_prob``."""
-    views = [crop_and_recaption(s, rng) if rng.random() < crop_prob else (s.image, s.caption) for s in batch]
-    return np.stack([v[0] for v in views]), [v[1] for v in views]
-
-
-def _flip(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip per image: captions say nothing about left and right."""
-    flip = torch.rand(len(pixels), generator=gen) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
-
-
-# --------------------------------------------------------------------------------------------- loss
-def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, keys: Sequence[frozenset[str]],
-                             logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE where every pair with the same caption key is a positive.
-
-    Args:
-        img, txt: ``[B, D]`` unit embeddings; row i of both comes from scene i.
-        keys: B caption keys (:func:`caption_key`).
-        logit_scale: scalar log of the inverse temperature.
-
-    Returns:
-        Scalar: mean of the image->text and text->image cross-entropies against the normalised positive mask.
-    """
-    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    key_ids = torch.tensor([ids[k] for k in keys], device=img.device)
-    same = (key_ids[:, None] == key_ids[None, :]).float()  # [B, B], symmetric, diagonal 1
-    target = same / same.sum(1, keepdim=True)
-    logits = logit_scale.exp() * img @ txt.T  # [B, B]
-    i2t = -(target * logits.log_softmax(1)).sum(1).mean()
-    t2i = -(target * logits.log_softmax(0)).sum(0).mean()  # target's columns = its rows (symmetric mask)
-    return (i2t + t2i) / 2
-
-
-# --------------------------------------------------------------------------------------------- training
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only: gains, biases, the class token and the logit scale are left alone."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)  # CLIP's betas and eps
-
-
-def _schedule(steps: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warmup over the first ~5 % of steps, then cosine to 0."""
-    warmup = max(1, min(25, steps // 20))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    return factor
-
-
-def _batches(steps: int, batch_size: int, seed: int, data_dir: str | Path | None, n_scenes: int | None,
-             cfg: SceneConfig, gen: torch.Generator) -> tuple[Iterator[list[Scene]], str]:
-    """The training batches and a one-line description of where they come from (recorded in vpltool.json)."""
-    if data_dir is not None:
-        pool = _world_pool(data_dir)
-        return _pool_batches(pool, steps, batch_size, gen), f"world folder {Path(data_dir).resolve()}"
-    train_seed = scene_seed(seed, "train")
-    if n_scenes is None:
-        return _streamed_batches(steps, batch_size, train_seed, cfg), f"{steps * batch_size} fresh scenes"
-    pool = list(generate_scenes(n_scenes, train_seed, cfg))
-    return _pool_batches(pool, steps, batch_size, gen), f"pool of {n_scenes} scenes"
-
-
-def _train_step(bb: ClipBackbone, opt: torch.optim.Optimizer, sched, images: np.ndarray, captions: list[str],
-                gen: torch.Generator, clip_norm: float = 1.0) -> float:
-    """One optimisation step on ``[B, 96, 96, 3]`` uint8 images and their captions; returns the loss."""
-    model = bb.model
-    pixels = _flip(to_pixels(images), gen).to(bb.device)
-    loss = multi_positive_clip_loss(encode_images(bb, pixels), encode_captions(bb, captions),
-                                    [caption_key(c) for c in captions], model.logit_scale)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    opt.step()
-    sched.step()
-    with torch.no_grad():  # CLIP clamps the inverse temperature at 100 so logits cannot blow up
-        model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
-    return loss.item()
-
-
-def train_toy_clip(
-    out_dir: str | Path, *, data_dir: str | Path | None = None, steps: int = 400, batch_size: int = 128,
-    lr: float = 1e-3, seed: int = 0, n_scenes: int | None = None, scene_cfg: SceneConfig = SceneConfig(),
-    crop_prob: float = 0.5, eval_scenes: int = 500, cam_scenes: int = 200, device: str = "cpu",
-    on_step: Callable[[int, float], None] | None = None,
-) -> dict[str, Any]:
-    """Train the toy CLIP on demo-world captions and save it as a ``local-dir:`` model folder.
-
-    Args:
-        out_dir: the model folder (``open_clip_config.json``, ``open_clip_model.safetensors`` in fp16,
-            ``vpltool.json``); written beside it first and swapped in at the end, so it is never half-written.
-        data_dir: a `make-world` folder whose train split (images + ``captions.json``) is the training pool.
-            None (default): render scenes on the fly from :func:`scene_seed` ``(seed, "train")``.
-        steps: optimiser steps of ``batch_size`` images; ~1.2 s a step at 128 on 2 CPU cores.
-        lr: AdamW peak learning rate (cosine schedule, short warmup, weight decay 0.1 on matrices).
-        seed: seeds the initial weights, the augmentation and the training/held-out scenes.
-        n_scenes: with no ``data_dir``, train on a fixed pool of this many scenes instead of fresh ones each step.
-        scene_cfg: how scenes are drawn (the demo world's default).
-        crop_prob: probability that an image is replaced by a re-captioned random crop (:func:`crop_and_recaption`).
-        eval_scenes: held-out scenes for the caption retrieval accuracy.
-        cam_scenes: held-out scenes for the GradCAM mIoU (0 skips it).
-        device: 'cpu' (default, reproducible), 'cuda', or 'auto'.
-        on_step: called as ``on_step(step, loss)`` after every step (1-based).
-
-    Returns:
-        ``final_loss`` (mean of the last 10 steps), ``caption_accuracy`` (top-1 over every label-set x background
-        caption, exact match), ``label_set_accuracy`` (the same, background ignored), ``gradcam_miou``,
-        ``seconds`` (training only), ``steps``, ``path``; all but the path are also in ``vpltool.json``.
-    """
-    from ..device import resolve_device
-
-    if steps < 1 or batch_size < 2:
-        raise VplError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
-    _check_out_dir(Path(out_dir))
-    dev = resolve_device(device)
-    bb = build_toy_backbone(seed, dev)
-    bb.model.requires_grad_(True).train()  # ClipBackbone froze it; we are the one stage that trains
-    opt = _optimizer(bb.model, lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng([seed, 0xC409])  # crops and their captions
-    batches, source = _batches(steps, batch_size, seed, data_dir, n_scenes, scene_cfg, gen)
-    losses: list[float] = []
-    start = time.perf_counter()
-    for step, batch in enumerate(batches, 1):
-        losses.append(_train_step(bb, opt, sched, *_views(batch, rng, crop_prob), gen))
-        if on_step is not None:
-            on_step(step, losses[-1])
-    seconds = time.perf_counter() - start
-    bb.model.eval().requires_grad_(False)
-    training = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": source,
-                "crop_prob": crop_prob, "scene_cfg": asdict(scene_cfg), "final_loss": float(np.mean(losses[-10:])),
-                "seconds": round(seconds, 1), "device": str(dev)}
-    return _save_and_score(Path(out_dir), bb.model, training, seed, scene_cfg, eval_scenes, cam_scenes)
-
-
 # --------------------------------------------------------------------------------------------- checkpoint
-def _write_checkpoint(folder: Path, model: torch.nn.Module, extra: dict[str, Any]) -> None:
+def write_checkpoint(folder: Path, model: torch.nn.Module, extra: dict[str, Any],
+                      arch: dict[str, Any] | None = None) -> None:
     """The three files of a ``local-dir:`` toy CLIP; weights in fp16 (open_clip casts them back on load)."""
     from safetensors.torch import save_file
 
+    arch = arch or {}
     vocab = extra["vocabulary"]
-    config = {"model_cfg": toy_model_cfg(len(vocab) + 3), "preprocess_cfg": preprocess_cfg()}
+    layers, captions = arch.get("layers", 4), arch.get("captions", "names")
+    model_cfg = toy_model_cfg(len(vocab) + 3, layers, context_length(captions), arch.get("pool", "mean"))
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg()}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(weights, folder / "open_clip_model.safetensors", metadata={"format": "pt"})
@@ -362,47 +171,22 @@ def _write_checkpoint(folder: Path, model: torch.nn.Module, extra: dict[str, Any
         path.chmod(0o644)  # safetensors writes owner-only files; the package ships these
 
 
-def _check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path) -> None:
     """Refuse to replace anything but a model folder (or an empty folder): checked before training starts too."""
     if out.exists() and not (out.is_dir() and ((out / "open_clip_config.json").is_file() or not any(out.iterdir()))):
         raise VplError(f"{out}: exists and is not a model folder; choose another output folder")
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
+def swap_in(tmp: Path, out: Path) -> None:
     """Replace ``out`` by the finished folder ``tmp``; an old model folder is removed only once the new one is in."""
     old = None
     if out.exists():
-        _check_out_dir(out)
+        check_out_dir(out)
         old = out.with_name(f".{out.name}.old-{tmp.name}")
         out.rename(old)
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any], seed: int, cfg: SceneConfig,
-                    eval_scenes: int, cam_scenes: int) -> dict[str, Any]:
-    """Write the checkpoint beside ``out``, score the weights *as saved* (fp16), record the scores, swap it in."""
-    from ..backbone import load_backbone
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the folder ships inside the package
-    try:
-        extra = {"tokenizer": "word", "vocabulary": toy_vocabulary(), "attention_window": TOY_WINDOW,
-                 "training": training}
-        _write_checkpoint(tmp, model, extra)
-        bb = load_backbone(ModelSpec(model=f"local-dir:{tmp}"))
-        heldout = scene_seed(seed, "heldout")
-        scores = caption_accuracy(bb, generate_scenes(eval_scenes, heldout, cfg), cfg) if eval_scenes else {}
-        if cam_scenes:
-            scores["gradcam_miou"] = localization_miou(bb, generate_scenes(cam_scenes, heldout, cfg))
-        extra["training"] = {**training, **scores, "eval_scenes": eval_scenes, "cam_scenes": cam_scenes}
-        (tmp / EXTRA_CONFIG).write_text(json.dumps(extra, indent=2) + "\n")
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {**extra["training"], "path": str(out)}
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -434,7 +218,7 @@ def caption_accuracy(bb: ClipBackbone, scenes: Iterable[Scene], cfg: SceneConfig
         for scene, j in zip(batch, best):
             truth = caption_key(scene.caption)
             exact += keys[j] == truth
-            classes_only += keys[j] - _BACKGROUND_WORDS == truth - _BACKGROUND_WORDS
+            classes_only += keys[j] - BACKGROUND_WORDS == truth - BACKGROUND_WORDS
             total += 1
     return {"caption_accuracy": exact / max(total, 1), "label_set_accuracy": classes_only / max(total, 1)}
 

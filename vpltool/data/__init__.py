@@ -1,0 +1,89 @@
+"""Datasets as one currency: :class:`Dataset` (classes + items) read from VOC, COCO, a plain folder or a manifest.
+
+Every stage consumes a :class:`Dataset`; ``open_dataset`` detects the on-disk layout, so users point vpltool at the
+folder they downloaded. Layouts are described in docs/datasets.md. Torch-free.
+"""
+
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from ..errors import ContractError, VplError
+from ..io import recorded_dataset_identity, stage_record_path
+from .coco import is_coco_root, open_coco
+from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item
+from .folder import open_folder
+from .manifest import open_manifest, write_manifest
+from .voc import find_voc_root, open_voc
+
+__all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "open_dataset", "open_recorded",
+           "write_manifest"]
+
+
+# --------------------------------------------------------------------------------------------- entry points
+def open_dataset(
+    path: str | os.PathLike, split: str | None = None, *, labels_file: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
+) -> Dataset:  # fmt: skip
+    """Open a manifest JSON, a VOC root, a COCO WSSS root or a generic folder, detected from what is on disk.
+
+    Args:
+        path: the manifest file or the dataset folder.
+        split: split name ('train', 'val', 'train_aug', ...); VOC and COCO default to 'train', a folder to all ids.
+        labels_file: image-level labels from elsewhere: IRN ``cls_labels.npy`` (VOC), ``<split>.txt`` (COCO),
+            ``.csv`` / ``.json`` (folder).
+        allow_pickle: allow reading ``cls_labels.npy``, a pickle (loading one can run code).
+
+    Raises:
+        VplError: one line naming the file and the fix (unknown layout, missing image, unknown label, ...).
+    """
+    path = Path(path).expanduser()
+    labels_file = Path(labels_file).expanduser() if labels_file is not None else None
+    if not path.exists():
+        raise VplError(f"{path}: not found; pass a dataset folder or a manifest .json")
+    if path.is_file() and path.suffix.lower() == ".json":
+        if split is not None or labels_file is not None:
+            raise VplError(f"{path}: a manifest holds one split and its labels; drop --split / --labels-file")
+        dataset = open_manifest(path)
+    elif (voc := find_voc_root(path)) is not None:
+        dataset = open_voc(voc, split or "train", labels_file, allow_pickle)
+    elif is_coco_root(path, labels_file):
+        dataset = open_coco(path, split or "train", labels_file)
+    elif (path / "images").is_dir():
+        dataset = open_folder(path, split, labels_file)
+    else:
+        raise VplError(f"{path}: unknown dataset layout; expected a manifest .json, " + "; ".join(LAYOUTS))
+    _check_items(dataset)
+    return dataset
+
+
+def open_recorded(folder: str | os.PathLike, split: str | None = None) -> Dataset:
+    """The dataset a stage folder was made from (``inputs.dataset`` of its ``_stage.json``).
+
+    Args:
+        folder: a finished stage folder.
+        split: another split of the same dataset (e.g. ``val`` next to the recorded ``train``); None = recorded.
+
+    Raises:
+        VplError: no record, or the recorded dataset is gone (moved or deleted): one line saying which.
+    """
+    ident = recorded_dataset_identity(folder)
+    record = stage_record_path(folder)
+    if ident is None:
+        if record.is_file():
+            raise ContractError(f"{record}: names no dataset; re-run the stage that wrote {folder}")
+        raise VplError(f"{folder}: no {record.name} naming its dataset; finish the stage that writes this folder")
+    if not Path(ident["root"]).exists():
+        raise VplError(f"{record}: its dataset {ident['root']} is gone (moved or deleted); put it back there, or "
+                       "re-run the pipeline from `extract` on its new place")
+    return open_dataset(ident["root"], split or ident.get("split"))
+
+
+def _check_items(dataset: Dataset) -> None:
+    where = f"{dataset.root}" + (f" (split {dataset.split!r})" if dataset.split else "")
+    if not dataset.items:
+        raise VplError(f"{where}: the dataset is empty; check the split / labels file")
+    ids = Counter(item.id for item in dataset.items)
+    if (dup := next((i for i, n in ids.items() if n > 1), None)) is not None:
+        raise VplError(f"{where}: duplicate id {dup!r}; ids (file stems) must be unique, rename or drop one")

@@ -1,0 +1,112 @@
+"""PASCAL VOC 2012 (+ SBD ``SegmentationClassAug``): split files, XML or ``cls_labels.npy`` labels."""
+
+from __future__ import annotations
+
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ContractError, VplError
+from ..presets import BACKGROUND, VOC_CLASSES
+from .common import IMAGE_EXTS, Dataset, Item, index_files, missing_image, split_ids
+
+
+# --------------------------------------------------------------------------------------------- VOC
+def find_voc_root(path: Path) -> Path | None:
+    for root in (path, path / "VOC2012", path / "VOCdevkit" / "VOC2012"):
+        if (root / "JPEGImages").is_dir() and (root / "ImageSets" / "Segmentation").is_dir():
+            return root
+    return None
+
+
+def split_file(folder: Path, split: str) -> Path:
+    path = folder / f"{split}.txt"
+    if not path.is_file():
+        found = sorted(p.stem for p in folder.glob("*.txt"))
+        raise VplError(f"{path}: no split {split!r} here (found: {', '.join(found) or 'none'}); pass --split or "
+                       "add the file")  # fmt: skip
+    return path
+
+
+
+
+def open_voc(root: Path, split: str, labels_file: Path | None, allow_pickle: bool) -> Dataset:
+    listing = split_file(root / "ImageSets" / "Segmentation", split)
+    ids = split_ids(listing)
+    images = index_files(root / "JPEGImages", IMAGE_EXTS)
+    # SBD-augmented masks win: they exist for all of train_aug, SegmentationClass only for train/val
+    masks = index_files(root / "SegmentationClass", (".png",))
+    masks.update(index_files(root / "SegmentationClassAug", (".png",)))
+    npy = _read_cls_labels(labels_file, allow_pickle) if labels_file is not None else None
+    items = []
+    for image_id in ids:
+        if image_id not in images:
+            raise missing_image(listing, image_id, root / "JPEGImages")
+        if npy is not None:
+            labels = _npy_labels(npy, image_id, labels_file)
+        else:
+            labels = _xml_labels(root / "Annotations" / f"{image_id}.xml")
+        items.append(Item(image_id, images[image_id], labels, masks.get(image_id)))
+    classes = (BACKGROUND, *VOC_CLASSES)
+    return Dataset("voc", root, split, classes, items, "voc")
+
+
+def _xml_labels(xml: Path) -> tuple[int, ...]:
+    """Class indices of every <object> (difficult ones included), in order of first appearance."""
+    try:
+        tree = ET.parse(xml)
+    except FileNotFoundError:
+        raise VplError(f"{xml}: annotation not found; restore Annotations/ or pass --labels-file cls_labels.npy "
+                       "--allow-pickle") from None
+    except ET.ParseError as e:
+        raise ContractError(f"{xml}: not valid XML ({e}); re-download Annotations/") from None
+    names = [(obj.findtext("name") or "").strip() for obj in tree.getroot().findall("object")]
+    return names_to_labels(names, VOC_CLASSES, xml)
+
+
+def names_to_labels(
+    names: Iterable[str], fg: Sequence[str], source: Path, image_id: str | None = None
+) -> tuple[int, ...]:
+    index = {name: i + 1 for i, name in enumerate(fg)}
+    labels: list[int] = []
+    for name in names:
+        if name not in index:
+            where = f" (id {image_id!r})" if image_id is not None else ""
+            raise VplError(f"{source}: unknown class {name!r}{where}; expected one of {', '.join(fg[:5])}, ...; "
+                           "fix the name or add it to classes.txt")  # fmt: skip
+        labels.append(index[name])
+    return tuple(dict.fromkeys(labels))  # unique, order of first appearance
+
+
+def _read_cls_labels(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
+    """IRN-style ``cls_labels.npy``: a pickled dict id -> [20] multi-hot; keys '2007_000032' or 2007000032."""
+    if path.suffix.lower() != ".npy":
+        raise VplError(f"{path}: VOC --labels-file takes an IRN-style cls_labels.npy; without it Annotations/*.xml "
+                       "are read")
+    if not allow_pickle:
+        raise VplError(f"{path}: a pickle file (loading it can run code); pass --allow-pickle if you trust it, "
+                       "or drop --labels-file to read Annotations/*.xml")  # fmt: skip
+    warnings.warn(f"{path}: loading a pickle (allowed by --allow-pickle)", stacklevel=4)
+    try:
+        obj = np.load(path, allow_pickle=True)
+        table = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == () else obj
+    except FileNotFoundError:
+        raise VplError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise ContractError(f"{path}: unreadable .npy ({e}); regenerate it") from None
+    if not isinstance(table, dict):
+        raise ContractError(f"{path}: expected a dict id -> multi-hot, found {type(table).__name__}")
+    # int keys drop the '_' of the id (IRN's decode_int_filename), so normalise both sides that way
+    return {str(k).replace("_", ""): np.asarray(v) for k, v in table.items()}
+
+
+def _npy_labels(table: dict[str, np.ndarray], image_id: str, path: Path) -> tuple[int, ...]:
+    row = table.get(image_id.replace("_", ""))
+    if row is None:
+        raise VplError(f"{path}: no labels for id {image_id!r}; use a labels file made for this split")
+    if row.shape != (len(VOC_CLASSES),):
+        raise ContractError(f"{path}: labels of {image_id!r} have shape {row.shape}, expected ({len(VOC_CLASSES)},)")
+    return tuple(int(i) + 1 for i in np.flatnonzero(row > 0))

@@ -1,0 +1,91 @@
+"""The demo world's settings, defined once: the CLI's defaults, the Makefile's and the library's come from here.
+
+:class:`ToyClipConfig` is the toy CLIP's training recipe (its defaults rebuild the shipped checkpoint, `make
+toy-clip`); :class:`WorldConfig` is what `make-world` renders. Both check their values when built, so a bad value
+fails with one line before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import VplError
+
+CAPTION_STYLES = ("names", "detailed")
+POOLS = ("mean", "cls", "both")
+LOSSES = ("multi", "infonce")
+LAYOUTS = ("folder", "voc")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise VplError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class ToyClipConfig:
+    """How the toy CLIP is trained (``vpltool train-toy-clip``).
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: scenes per step (>= 2).
+        lr: AdamW peak learning rate (short warmup, cosine to 0, weight decay 0.1 on matrices).
+        crop_prob: probability in [0, 1] that a scene is replaced by a random crop re-captioned with what it shows.
+        seed: seeds the initial weights, the augmentation and the training and held-out scenes.
+        logit_scale: initial inverse temperature (trainable, clamped at 100 as CLIP does); 0 = open_clip's 1/0.07.
+            100 starts at CLIP's final temperature, which VPL's tau_I = 0.03 > tau_T relies on (Proposition 1).
+        layers: vision blocks (>= 2); all but the last attend to 3x3 patch windows.
+        captions: 'names' (class names and background word) or 'detailed' (each object also described by colour,
+            texture, size, position and count words read off the mask).
+        detail: with detailed captions, the probability in [0, 1] of each attribute of each object.
+        pool: the image embedding trained: 'mean' of the patch tokens (CLIP-ES's inference path), 'cls' (the class
+            token, as real CLIP), or 'both'.
+        loss: 'multi' (InfoNCE where every caption with the same meaning is a positive) or 'infonce' (diagonal only).
+        threads: CPU threads while training (0 = torch's default). CPU matmuls split their sums differently for
+            other thread counts, so a fixed count is what makes a retrain bit-identical on any machine.
+    """
+
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 1e-3
+    crop_prob: float = 0.5
+    seed: int = 0
+    logit_scale: float = 100.0
+    layers: int = 4
+    captions: str = "detailed"
+    detail: float = 0.5
+    pool: str = "mean"
+    loss: str = "multi"
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 2:
+            raise VplError(f"need steps >= 1 and batch size >= 2, got {self.steps} and {self.batch_size}")
+        if self.layers < 2:
+            raise VplError(f"need layers >= 2, got {self.layers}")
+        if not (0 <= self.crop_prob <= 1 and 0 <= self.detail <= 1):
+            raise VplError(f"crop_prob and detail are probabilities in [0, 1], got {self.crop_prob}, {self.detail}")
+        if self.logit_scale < 0 or self.threads < 0:
+            raise VplError(f"logit_scale and threads must be >= 0, got {self.logit_scale}, {self.threads}")
+        _choice("captions", self.captions, CAPTION_STYLES)
+        _choice("pool", self.pool, POOLS)
+        _choice("loss", self.loss, LOSSES)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """What ``vpltool make-world`` renders (the Makefile's WORLD_TRAIN / WORLD_VAL / SEED match these)."""
+
+    train: int = 500
+    val: int = 200
+    seed: int = 0
+    size: int = 96
+    layout: str = "folder"
+    distractors: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.train < 1 or self.val < 0 or self.size < 32:
+            raise VplError(f"need train >= 1, val >= 0 and size >= 32, got {self.train}, {self.val}, {self.size}")
+        if not 0 <= self.distractors <= 1:
+            raise VplError(f"distractors is a probability in [0, 1], got {self.distractors}")
+        _choice("layout", self.layout, LAYOUTS)
