@@ -213,6 +213,7 @@ bench: setup
 	$(call run_bench,bench_crf.py,,crf.json)
 	$(call run_bench,bench_decoder.py,,decoder.json)
 	$(call run_bench,stage_costs.py,,stage_costs.json)
+	$(call run_bench,bench_memory.py,,memory.json)
 	$(call run_bench,bench_demo.py,--toy-clip,demo.json)
 	$(BENCH)/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -129,7 +130,28 @@ def cam_section(d: dict) -> list[str]:
             f"{num(d.get('startup_s'))} s (bar {d['bars']['startup_s']} s). {d.get('model')} with "
             f"{d.get('weights')} weights, {d.get('threads')} thread(s), {d.get('precision')}, {d.get('pairs')} "
             f"alternating pairs; CLIP-ES side: {d.get('clip_es_source')}. Speed-ups are medians of per-pair "
-            "ratios."]
+            "ratios.", "", *_clip_es_split(d)]
+
+
+def _clip_es_split(d: dict) -> list[str]:
+    """CLIP-ES's per-image cost and start-up by the same differencing, and what they imply on CUDA."""
+    runs, n = d.get("seconds", {}), d.get("images")
+    if not (runs.get("clip_es") and runs.get("clip_es_1") and n and n > 1 and d.get("per_image_s")):
+        return []
+    per = statistics.median((a - b) / (n - 1) for a, b in zip(runs["clip_es"], runs["clip_es_1"]))
+    start = statistics.median(runs["clip_es_1"]) - per
+    return [f"CLIP-ES by the same differencing: {num(per)} s per image ({num(per / d['per_image_s'])} x vpltool's), "
+            f"start-up {num(start)} s. On this CPU the ViT forward bounds both tools per image, so the whole-run "
+            "ratio tends to the per-image one as the image count grows. The floor of a first pass here, vpltool's "
+            f"start-up plus {n} bare forwards, is {num(d['startup_s'] + n * d['bare_forward_s'])} s: at most "
+            f"{num(statistics.median(runs['clip_es']) / (d['startup_s'] + n * d['bare_forward_s']))} x faster than "
+            "CLIP-ES's whole run by any fp32 implementation with this start-up.",
+            "",
+            "CUDA (no GPU was lent to this task, so not measured): vpltool batches images of equal input size "
+            "(`--batch-size`), runs the frozen blocks in bf16, and takes GradCAM's class gradients in one batched "
+            "backward; CLIP-ES runs one image at a time in fp16 with one backward per class. The expected gain is "
+            f"at least the per-image ratio above ({num(per / d['per_image_s'])} x), since both do the same FLOPs "
+            "per image and batch 1 leaves a GPU under-filled; `make bench BENCH_DEVICE=cuda` measures it."]
 
 
 def _inverse(ratio):
@@ -137,16 +159,22 @@ def _inverse(ratio):
 
 
 def learn_prototypes_section(d: dict) -> list[str]:
+    """Seconds per iteration of the stage's kernel against the skinny-product floor on the same chunks."""
     target = next((k for k in d if k.startswith("seconds_for_") and k.endswith("_iters")), None)
     iters = target[len("seconds_for_"):-len("_iters")] if target else "3000"
-    rows = [[num(d.get("n_features"), 4), d.get("dim"), num(d.get("rows_in_play_mean")), d.get("iters"),
-             num(d.get("s_per_iter")), f"{duration(d.get(target))}" + (" (extrapolated)" if d.get("extrapolated")
-                                                                       else ""),
-             num(d.get("gflop_per_s")), f"{d.get('precision')} / {d.get('storage')}"]]
-    return [*table(["pixel features", "dim", "rows in play", "iterations run", "s / iteration",
-                    f"{iters} iterations", "GFLOP/s", "compute / storage"], rows), "",
-            f"device {d.get('device')}, {d.get('threads')} threads, {d.get('chunks')} chunks of "
-            f"{num(d.get('chunk_px'), 6)} pixels; setup (not counted) {num(d.get('setup_seconds'))} s; loss "
+    per_iter = d.get("s_per_iter_median", d.get("s_per_iter"))
+    rows = [[num(d.get("n_features"), 4), d.get("dim"), num(d.get("rows_in_play_mean")), num(per_iter),
+             f"{duration(d.get(target))}" + (" (extrapolated)" if d.get("extrapolated", True) else ""),
+             num(d.get("gflop_per_s")), num(d.get("bound_gflop_per_s")),
+             f"**{num(d.get('fraction_of_bound_median'))}** (bar {num(d.get('bar_fraction_of_bound'))})",
+             f"{d.get('precision')} / {d.get('storage')}"]]
+    return [*table(["pixel features", "dim", "rows in play", "s / iteration", f"{iters} iterations", "GFLOP/s",
+                    "bound GFLOP/s", "fraction of the bound", "compute / storage"], rows), "",
+            f"The bound: the same two skinny products (x.W and (P - T)^T.x) on the same chunks and threads with "
+            f"nothing else, timed in {d.get('pairs')} alternating pairs with the stage's kernel; the fraction is the "
+            f"median of the per-pair ratios {d.get('fraction_of_bound_per_pair')}. Device {d.get('device')}, "
+            f"{d.get('threads')} threads, {d.get('chunks')} chunks of {num(d.get('chunk_px'), 6)} pixels; setup "
+            f"(not counted) {num(d.get('setup_seconds'))} s; loss over {d.get('descend_iters')} real iterations "
             f"{d.get('loss_first_last')}."]
 
 
@@ -262,12 +290,23 @@ def measured_table(m: dict) -> list[str]:
             *table(["what", "bytes written", "GFLOP", "seconds"], rows, "lrrr")]
 
 
+def memory_section(d: dict) -> list[str]:
+    """Peak RSS per stage process at two image counts: flat means no growth with the number of images."""
+    small, large = d.get("images", [None, None])
+    rows = [[stage, num(v["rss_mib"].get(str(small))), num(v["rss_mib"].get(str(large))),
+             num(v["growth_mib_per_100_images"])] for stage, v in d.get("stages", {}).items()]
+    return [*table(["stage (own process)", f"peak RSS MiB, {small} images", f"{large} images",
+                    "growth MiB / 100 images"], rows, "lrrr"), "",
+            f"{d.get('model')} on the demo world; crf with 1 worker; predict on val with a 5-iteration decoder."]
+
+
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
-            "cam": ("cam: CLIP-ES formulation vs vpltool", cam_section),
+            "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
             "crf": ("crf: worker scaling", crf_section),
             "decoder": ("train-decoder: with and without the feature cache", decoder_section),
-            "stage-costs": ("Disk and compute per stage (VOC train_aug, COCO train)", stage_costs_tables)}
+            "stage-costs": ("Disk and compute per stage (VOC train_aug, COCO train)", stage_costs_tables),
+            "memory": ("Host memory against the number of images", memory_section)}
 
 
 def section(path: Path, data: dict) -> list[str]:
@@ -275,11 +314,14 @@ def section(path: Path, data: dict) -> list[str]:
     name = data.get("benchmark", path.stem)
     title, render = SECTIONS.get(name, (name, None))
     lines = header(data, path, title)
-    if render:
-        lines += [*render(data), ""]
-    else:  # a result without a headline view (e.g. crf-quality, the lr study): every field, uncollapsed
+    try:
+        body = render(data) if render else None
+    except KeyError:  # a result an older version of the script wrote: shown as it is, not as today's table
+        body = None
+    if body is None:  # no headline view (e.g. crf-quality, the lr study): every field, uncollapsed
         rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in data.items() if k != "machine"]
-        return lines + [*table(["key", "value"], rows, "ll"), ""]
+        return lines + [*table(["key", "value"], rows, "ll"), "", *peak_memory(data), ""]
+    lines += [*body, ""]
     details = [] if name == "stage-costs" else all_fields(data)  # its tables already show every measured figure
     return lines + [*peak_memory(data), "", *details, ""]
 

@@ -52,8 +52,8 @@ def main() -> None:
         miou[precision] = json.loads((work / f"{precision}.json").read_text())["miou"]
     worst = 0.0
     for path in sorted((work / "fp32").glob("*.safetensors")):
-        a = io.read_tensors(path).tensors
-        b = io.read_tensors(work / "bf16" / path.name).tensors
+        a = io.read_tensors(path, kind=io.CAM_KIND).tensors
+        b = io.read_tensors(work / "bf16" / path.name, kind=io.CAM_KIND).tensors
         worst = max([worst] + [float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel()])
     print(json.dumps({"benchmark": "bf16_study", "machine": machine("cpu"), "amx": cpu_has_amx(),
                       "torch_threads": torch.get_num_threads(), "run": str(args.run), "split": args.split,

@@ -29,6 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
 DEFAULT_RUNS = Path("runs/toys")
@@ -58,6 +60,14 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 1)
 
 
+def logit_scale(toy: Path) -> float:
+    """The toy's inverse temperature exp(logit_scale), read from its weights as shipped (fp16)."""
+    from safetensors import safe_open
+
+    with safe_open(str(toy / "open_clip_model.safetensors"), "np") as f:
+        return round(float(np.exp(f.get_tensor("logit_scale").astype(np.float64))), 2)
+
+
 def properties(name: str, toy: Path, run: Path) -> dict:
     """Every figure of one toy, per split (see the module docstring)."""
     training = json.loads((toy / "vpltool.json").read_text()).get("training", {})
@@ -65,7 +75,7 @@ def properties(name: str, toy: Path, run: Path) -> dict:
     entry = {"name": name, "toy": str(toy), "run": str(run),
              "recipe": {k: training.get(k) for k in ("steps", "batch_size", "lr", "crop_prob", "seed",
                                                       "logit_scale_init", "captions", "layers", "pool", "loss")},
-             "train_seconds": training.get("seconds"), "final_logit_scale": training.get("final_logit_scale"),
+             "train_seconds": training.get("seconds"), "logit_scale": logit_scale(toy),
              "label_set_acc": training.get("label_set_accuracy")}
     for split in ("train", "val"):
         diag = diagnose(run, split)
@@ -109,7 +119,7 @@ def render(entries: list[dict]) -> str:
     for e in entries:
         recipe = ", ".join(f"{k} {v}" for k, v in e["recipe"].items() if v is not None)
         seconds = f"; trained in {e['train_seconds']:.0f} s" if e.get("train_seconds") else ""
-        notes.append(f"* `{e['name']}`: {recipe}; final logit scale {e['final_logit_scale']}{seconds}")
+        notes.append(f"* `{e['name']}`: {recipe}; logit scale of the weights {e['logit_scale']}{seconds}")
     return "\n".join(lines + notes) + "\n"
 
 

@@ -29,6 +29,7 @@ SCRIPTS = {
     "bench_crf.py": ("crf", {"single", "parallel", "scaling", "identical_pngs"}),
     "bench_decoder.py": ("decoder", {"on_the_fly_iters_per_s", "cached_iters_per_s", "speedup"}),
     "stage_costs.py": ("stage-costs", {"measured", "voc", "coco", "assumptions"}),
+    "bench_memory.py": ("memory", {"images", "stages"}),
 }
 COMMON = {"benchmark", "quick", "machine", "peak_memory"}
 MACHINE = {"cpu", "cores", "torch", "device", "gpu"}
@@ -79,10 +80,10 @@ def test_make_table_renders_headline_tables_and_the_reproduce_block(quick_result
     for heading in ("## cam:", "## learn-prototypes:", "## crf:", "## train-decoder:", "## Disk and compute"):
         assert heading in page
     assert page.index("## cam:") < page.index("## learn-prototypes:") < page.index("## crf:")  # pipeline order
-    for headline in ("| images/s | speed-up vs CLIP-ES |", "3000 iterations |", "| workers | wall s |",
-                     "| iterations/s | speed-up |", "GPU time ESTIMATE"):
+    for headline in ("| seconds (median) | speed-up vs CLIP-ES |", "3000 iterations |", "| workers | wall s |",
+                     "| iterations/s | speed-up |", "GPU time ESTIMATE", "growth MiB / 100 images |"):
         assert headline in page
-    assert page.count("Peak memory (MiB):") == 5 and page.count("machine: ") >= 5
+    assert page.count("Peak memory (MiB):") == 6 and page.count("machine: ") >= 6
     assert "smoke-test result" in page  # quick results say they are not measurements
     repro = doc.read_text()
     assert "STALE-BLOCK" not in repro and "before" in repro and "after" in repro
@@ -101,7 +102,7 @@ def test_make_table_reads_an_older_result_without_peak_memory_list(tmp_path):
                     "--out", str(out), "--reproduce", str(tmp_path / "none.md")], cwd=ROOT, env=_env(), check=True,
                    capture_output=True, timeout=60)
     page = out.read_text()
-    assert "| CLIP-ES formulation (per class, batch 1) | 0.655 | 1.00 |" in page
+    assert "| first_pass_speedup | 0.84 |" in page  # an older layout is shown field by field, not as today's table
     assert "machine: x86_64, 2 cores" in page and "2107 MiB" in page
 
 

@@ -49,7 +49,7 @@ def test_text_prototype_cams_beat_chance(demo_metrics):
 # does not meet is a strict xfail that states the measured figure: the day it is met, the test fails until the
 # marker goes (docs/learn-prototypes.md#vpl-on-the-demo-world has the study).
 @pytest.mark.xfail(strict=True, reason="not met: text-prototype CAMs 22.7 on val with the shipped toy CLIP (bar 45); "
-                   "no toy tried reached it while also showing VPL's effect")
+                   "no toy tried reached it (best 36.9, the previous toy, on which vision CAMs lost)")
 def test_text_prototype_cams_reach_the_bar(demo_metrics):
     assert _miou(demo_metrics, "CAM, text") >= 0.45
 

@@ -319,8 +319,8 @@ def test_a_failing_disk_is_one_line_and_leaves_only_complete_files(stage, code, 
     assert not list(out.rglob("*.tmp"))  # the half-written temporary was removed
     assert not (out / io.STAGE_RECORD).exists() and not (out / "decoder.safetensors").exists()
     # what was written before the disk failed is kept, and complete: two items (with _run.json, written first, for
-    # the per-image stages), or the decoder's one checkpoint file, written twice (its log has no line yet)
-    assert len(_visible(out)) == (1 if stage == "train-decoder" else 2)
+    # the per-image stages), or the decoder's one checkpoint file, written twice, and its log
+    assert len(_visible(out)) == 2
     _assert_reads_back(out)
     # a write that would have replaced a file (the decoder's third checkpoint) keeps the previous one
     assert Path(path).exists() == (stage == "train-decoder")

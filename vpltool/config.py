@@ -147,7 +147,9 @@ def check_tokens(image: object, size: tuple[int, int], grid: tuple[int, int], pa
         fix = f"pass --max-side {side}"
     else:
         fix = f"re-run `vpltool extract` with --max-side {side}"
-    raise VplError(f"{image}: {size[0]}x{size[1]} pixels make {n:,} patch tokens ({grid[0]}x{grid[1]} at patch "
+    what = f"{size[0]}x{size[1]} pixels"
+    what = f"its largest test view, {what}, makes" if stage == "predict" else f"{what} make"
+    raise VplError(f"{image}: {what} {n:,} patch tokens ({grid[0]}x{grid[1]} at patch "
                    f"{patch}), above --max-tokens {max_tokens} (attention memory grows with its square); {fix} "
                    "(or raise --max-tokens where the memory is)")
 

@@ -193,7 +193,7 @@ class _Run:
             losses = train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler)
             n = it + 1
             record = {"iter": n}
-            if n % cfg.log_every == 0 or n == cfg.iters or it == start:  # first line at once: the run is alive
+            if n % cfg.log_every == 0 or n == cfg.iters or n == 1:  # a first line at once: the run is alive
                 losses = _mean_across(losses, self.world, self.device)
                 record = {"iter": n, **losses, "lr": lr, "sec": round(time.perf_counter() - t0, 3)}
                 self.last_loss = losses["loss"]
