@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -128,18 +127,10 @@ def bare_forward_s(model: str, weights: Path, voc: Path, threads: int) -> float:
 
 # --------------------------------------------------------------------------------------------- timed commands
 def timed(cmd: list[str], threads: int, cwd: Path | None = None) -> tuple[float, float]:
-    """Run ``cmd`` as its own process: (wall seconds, its peak resident memory in MiB, from ``wait4``)."""
+    """Run ``cmd`` as its own process with ``threads`` torch threads: (wall seconds, peak RSS in MiB)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "VPLTOOL_MODEL_CONFIGS": str(ASSETS), "PYTHONWARNINGS": "ignore"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{stderr.decode()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024  # Linux: KiB
+    return benchlib.run_child(cmd, env, cwd)
 
 
 def vpltool(*args: object) -> list[str]:

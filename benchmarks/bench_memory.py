@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import machine
+from benchlib import machine, run_child
 
 VPL = str(Path(sys.executable).parent / "vpltool")
 CPU = ["--device", "cpu"]
@@ -27,12 +26,7 @@ CPU = ["--device", "cpu"]
 
 def peak_mib(*args: object) -> float:
     """Run ``vpltool ARGS`` as a child process; its peak RSS in MiB."""
-    proc = subprocess.Popen([VPL, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"vpltool {' '.join(map(str, args))} failed:\n{err[-2000:]}")
-    return round(usage.ru_maxrss / 1024, 1)
+    return round(run_child([VPL, *args])[1], 1)
 
 
 def measure(work: Path, n: int) -> dict[str, float]:

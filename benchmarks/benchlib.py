@@ -14,11 +14,30 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
+
+
+def run_child(cmd: list, env: dict | None = None, cwd=None) -> tuple[float, float]:
+    """Run ``cmd`` as its own process: (wall seconds, its peak resident memory in MiB from ``wait4``).
+
+    stderr is drained before the wait (a child that fills the pipe would block forever); a failure exits with the
+    command and the tail of its stderr.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(c) for c in cmd], env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{stderr.decode()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def add_common_args(parser, quick_help: str, device_help: str = "cpu | cuda | cuda:N") -> None:

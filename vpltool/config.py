@@ -27,32 +27,32 @@ MAX_TOKENS = 4096
 
 
 # --------------------------------------------------------------------------------------------- checks
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
     if not ok:
         raise VplError(message)
 
 
-def _choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+def choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
     listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
-    _require(value in choices, f"{option} {value!r}: choose {listed}")
+    require(value in choices, f"{option} {value!r}: choose {listed}")
 
 
-def _positive(option: str, value: float | None, *, allow_none: bool = False, upper: float = math.inf) -> None:
+def positive(option: str, value: float | None, *, allow_none: bool = False, upper: float = math.inf) -> None:
     if value is None and allow_none:
         return
     ok = value is not None and math.isfinite(value) and 0 < value <= upper
     bound = f" and at most {upper:g}" if math.isfinite(upper) else ""
-    _require(ok, f"{option} {value}: must be a number above 0{bound}")
+    require(ok, f"{option} {value}: must be a number above 0{bound}")
 
 
-def _at_least(option: str, value: int | None, low: int, *, allow_none: bool = False, why: str = "") -> None:
+def at_least(option: str, value: int | None, low: int, *, allow_none: bool = False, why: str = "") -> None:
     if value is None and allow_none:
         return
-    _require(value is not None and value >= low, f"{option} {value}: must be >= {low}{why}")
+    require(value is not None and value >= low, f"{option} {value}: must be >= {low}{why}")
 
 
-def _fraction(option: str, value: float) -> None:
-    _require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
+def fraction(option: str, value: float) -> None:
+    require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -69,9 +69,9 @@ class RuntimeConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        _choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _at_least("--batch-size", self.batch_size, 1)
-        _at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
+        choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        at_least("--batch-size", self.batch_size, 1)
+        at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
 
     @property
     def worker_count(self) -> int:
@@ -110,12 +110,12 @@ class ExtractConfig:
     max_tokens: int = MAX_TOKENS
 
     def __post_init__(self) -> None:
-        _at_least("--image-size", self.image_size, MIN_SIDE, allow_none=True, why=" pixels")
-        _at_least("--max-side", self.max_side, MIN_SIDE, allow_none=True, why=" pixels")
-        _at_least("--attention-blocks", self.attention_blocks, 1)
-        _choice("--parity", self.parity, PARITIES)
-        _choice("--cache", self.cache, CACHES)
-        _at_least("--max-tokens", self.max_tokens, 1)
+        at_least("--image-size", self.image_size, MIN_SIDE, allow_none=True, why=" pixels")
+        at_least("--max-side", self.max_side, MIN_SIDE, allow_none=True, why=" pixels")
+        at_least("--attention-blocks", self.attention_blocks, 1)
+        choice("--parity", self.parity, PARITIES)
+        choice("--cache", self.cache, CACHES)
+        at_least("--max-tokens", self.max_tokens, 1)
 
     @property
     def store_tokens(self) -> bool:
@@ -167,8 +167,8 @@ class TextPrototypesConfig:
     parity: str = "none"
 
     def __post_init__(self) -> None:
-        _choice("--parity", self.parity, PARITIES)
-        _require(bool(self.templates.strip()), "--templates is empty: give clip-es, imagenet, a template or a file")
+        choice("--parity", self.parity, PARITIES)
+        require(bool(self.templates.strip()), "--templates is empty: give clip-es, imagenet, a template or a file")
 
 
 REFINES = ("caa", "caa+sgc", "none")
@@ -190,15 +190,15 @@ class CamConfig:
     layer: str = "input"
 
     def __post_init__(self) -> None:
-        _choice("--refine", self.refine, REFINES)
-        _choice("--layer", self.layer, ("input", "output"))
-        _fraction("--box-threshold", self.box_threshold)
-        _at_least("--attention-blocks", self.attention_blocks, 1)
-        _positive("--temperature", self.temperature, allow_none=True)
-        _choice("--parity", self.parity, PARITIES)
-        _at_least("--sgc-segments", self.sgc_segments, 1)
-        _positive("--sgc-compactness", self.sgc_compactness)
-        _at_least("--max-classes-per-pass", self.max_classes_per_pass, 1)
+        choice("--refine", self.refine, REFINES)
+        choice("--layer", self.layer, ("input", "output"))
+        fraction("--box-threshold", self.box_threshold)
+        at_least("--attention-blocks", self.attention_blocks, 1)
+        positive("--temperature", self.temperature, allow_none=True)
+        choice("--parity", self.parity, PARITIES)
+        at_least("--sgc-segments", self.sgc_segments, 1)
+        positive("--sgc-compactness", self.sgc_compactness)
+        at_least("--max-classes-per-pass", self.max_classes_per_pass, 1)
 
 
 @dataclass(frozen=True)
@@ -210,11 +210,11 @@ class EvalConfig:
     parity: str | None = None
 
     def __post_init__(self) -> None:
-        _require(len(self.bg_exponents) > 0, "--bg-exponents is empty: give at least one value, e.g. 1,2")
+        require(len(self.bg_exponents) > 0, "--bg-exponents is empty: give at least one value, e.g. 1,2")
         for a in self.bg_exponents:
-            _positive("--bg-exponents", a)
+            positive("--bg-exponents", a)
         if self.parity is not None:
-            _choice("--parity", self.parity, PARITIES)
+            choice("--parity", self.parity, PARITIES)
 
 
 TARGETS = ("hard", "soft")
@@ -241,15 +241,15 @@ class LearnPrototypesConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _positive("--tau-i", self.tau_i)
-        _positive("--lr", self.lr, upper=MAX_LR)
-        _at_least("--iters", self.iters, 0)
-        _choice("--targets", self.targets, TARGETS)
-        _fraction("--threshold", self.threshold)
-        _choice("--regularization", self.regularization, REGULARIZATIONS)
-        _positive("--bg-exponent", self.bg_exponent)
-        _positive("--pixel-fraction", self.pixel_fraction, upper=1.0)
-        _positive("--max-memory-gb", self.max_memory_gb, allow_none=True)
+        positive("--tau-i", self.tau_i)
+        positive("--lr", self.lr, upper=MAX_LR)
+        at_least("--iters", self.iters, 0)
+        choice("--targets", self.targets, TARGETS)
+        fraction("--threshold", self.threshold)
+        choice("--regularization", self.regularization, REGULARIZATIONS)
+        positive("--bg-exponent", self.bg_exponent)
+        positive("--pixel-fraction", self.pixel_fraction, upper=1.0)
+        positive("--max-memory-gb", self.max_memory_gb, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -268,15 +268,15 @@ class CrfConfig:
     no_crf: bool = False  # thresholded argmax instead of the CRF (paper ablation)
 
     def __post_init__(self) -> None:
-        _at_least("--iterations", self.iterations, 1)
+        at_least("--iterations", self.iterations, 1)
         for option, value in (("--gaussian-sxy", self.gaussian_sxy), ("--bilateral-sxy", self.bilateral_sxy),
                               ("--bilateral-srgb", self.bilateral_srgb), ("--bg-exponent", self.bg_exponent)):
-            _positive(option, value)
+            positive(option, value)
         for option, value in (("--gaussian-compat", self.gaussian_compat),
                               ("--bilateral-compat", self.bilateral_compat)):
-            _require(math.isfinite(value) and value >= 0, f"{option} {value}: must be >= 0")
-        _fraction("--confidence", self.confidence)
-        _choice("--parity", self.parity, PARITIES)
+            require(math.isfinite(value) and value >= 0, f"{option} {value}: must be >= 0")
+        fraction("--confidence", self.confidence)
+        choice("--parity", self.parity, PARITIES)
 
 
 # --------------------------------------------------------------------------------------------- decoder
@@ -332,24 +332,24 @@ class DecoderConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice("--recipe", self.recipe, tuple(DECODER_RECIPES))
-        _choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _choice("--loss", self.loss, LOSSES)
-        _choice("--background", self.background, BACKGROUNDS)
+        choice("--recipe", self.recipe, tuple(DECODER_RECIPES))
+        choice("--optimizer", self.optimizer, OPTIMIZERS)
+        choice("--loss", self.loss, LOSSES)
+        choice("--background", self.background, BACKGROUNDS)
         for option, value in (("--dim", self.dim), ("--layers", self.layers), ("--heads", self.heads),
                               ("--iters", self.iters), ("--batch-size", self.batch_size),
                               ("--checkpoint-every", self.checkpoint_every), ("--val-every", self.val_every),
                               ("--log-every", self.log_every)):
-            _at_least(option, value, 1)
-        _require(self.dim % self.heads == 0, f"--dim {self.dim} must be a multiple of --heads {self.heads}")
-        _at_least("--crop-size", self.crop_size, MIN_SIDE, why=" pixels")
-        _positive("--lr", self.lr, upper=MAX_LR)
-        _positive("--rsc-temperature", self.rsc_temperature)
-        _positive("--temperature", self.temperature, allow_none=True)
-        _require(0 < self.scale_min <= self.scale_max,
+            at_least(option, value, 1)
+        require(self.dim % self.heads == 0, f"--dim {self.dim} must be a multiple of --heads {self.heads}")
+        at_least("--crop-size", self.crop_size, MIN_SIDE, why=" pixels")
+        positive("--lr", self.lr, upper=MAX_LR)
+        positive("--rsc-temperature", self.rsc_temperature)
+        positive("--temperature", self.temperature, allow_none=True)
+        require(0 < self.scale_min <= self.scale_max,
                  f"--scale-min {self.scale_min} --scale-max {self.scale_max}: need 0 < min <= max")
-        _require(self.lambda_ce >= 0 and self.lambda_rsc >= 0, "--lambda-ce and --lambda-rsc must be >= 0")
-        _fraction("--dropout", self.dropout)
+        require(self.lambda_ce >= 0 and self.lambda_rsc >= 0, "--lambda-ce and --lambda-rsc must be >= 0")
+        fraction("--dropout", self.dropout)
 
 
 DECODER_RECIPES: dict[str, dict[str, Any]] = {
@@ -367,7 +367,7 @@ DECODER_RECIPES: dict[str, dict[str, Any]] = {
 def decoder_recipe(name: str = "vpl", **changes: Any) -> DecoderConfig:
     """A :class:`DecoderConfig` preset (``vpl`` | ``weclip`` | ``cpu``) with ``changes`` applied (``None`` keeps the
     preset's value)."""
-    _choice("--recipe", name, tuple(DECODER_RECIPES))
+    choice("--recipe", name, tuple(DECODER_RECIPES))
     return override(DecoderConfig(recipe=name, **DECODER_RECIPES[name]), **changes)
 
 
@@ -388,11 +388,11 @@ class PredictConfig:
     crf_bilateral_compat: float = 4.0
 
     def __post_init__(self) -> None:
-        _require(len(self.scales) > 0, "--scales is empty: give at least one scale, e.g. 1.0,0.75")
+        require(len(self.scales) > 0, "--scales is empty: give at least one scale, e.g. 1.0,0.75")
         for s in self.scales:
-            _positive("--scales", s, upper=4.0)
-        _at_least("--long-side", self.long_side, MIN_SIDE, allow_none=True, why=" pixels")
-        _at_least("--max-tokens", self.max_tokens, 1)
+            positive("--scales", s, upper=4.0)
+        at_least("--long-side", self.long_side, MIN_SIDE, allow_none=True, why=" pixels")
+        at_least("--max-tokens", self.max_tokens, 1)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -419,4 +419,5 @@ __all__ = [
     "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
+    "require", "choice", "positive", "at_least", "fraction",
 ]  # fmt: skip

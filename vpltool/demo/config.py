@@ -9,17 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import VplError
+from ..config import at_least, choice, fraction, require
 
 CAPTION_STYLES = ("names", "detailed")
 POOLS = ("mean", "cls", "both")
 LOSSES = ("multi", "infonce")
 LAYOUTS = ("folder", "voc")
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise VplError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -59,17 +54,16 @@ class ToyClipConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2:
-            raise VplError(f"need steps >= 1 and batch size >= 2, got {self.steps} and {self.batch_size}")
-        if self.layers < 2:
-            raise VplError(f"need layers >= 2, got {self.layers}")
-        if not (0 <= self.crop_prob <= 1 and 0 <= self.detail <= 1):
-            raise VplError(f"crop_prob and detail are probabilities in [0, 1], got {self.crop_prob}, {self.detail}")
-        if self.logit_scale < 0 or self.threads < 0:
-            raise VplError(f"logit_scale and threads must be >= 0, got {self.logit_scale}, {self.threads}")
-        _choice("captions", self.captions, CAPTION_STYLES)
-        _choice("pool", self.pool, POOLS)
-        _choice("loss", self.loss, LOSSES)
+        at_least("--steps", self.steps, 1)
+        at_least("--batch-size", self.batch_size, 2)
+        at_least("--layers", self.layers, 2)
+        at_least("--threads", self.threads, 0)
+        fraction("--crop-prob", self.crop_prob)
+        fraction("detail", self.detail)
+        require(self.logit_scale >= 0, f"--logit-scale {self.logit_scale}: must be >= 0 (0: open_clip's 1/0.07)")
+        choice("--captions", self.captions, CAPTION_STYLES)
+        choice("--pool", self.pool, POOLS)
+        choice("--loss", self.loss, LOSSES)
 
 
 @dataclass(frozen=True)
@@ -84,8 +78,8 @@ class WorldConfig:
     distractors: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.train < 1 or self.val < 0 or self.size < 32:
-            raise VplError(f"need train >= 1, val >= 0 and size >= 32, got {self.train}, {self.val}, {self.size}")
-        if not 0 <= self.distractors <= 1:
-            raise VplError(f"distractors is a probability in [0, 1], got {self.distractors}")
-        _choice("layout", self.layout, LAYOUTS)
+        at_least("--train", self.train, 1)
+        at_least("--val", self.val, 0)
+        at_least("--size", self.size, 32, why=" pixels")
+        fraction("--distractors", self.distractors)
+        choice("--layout", self.layout, LAYOUTS)

@@ -95,12 +95,33 @@ def _world_pool(data_dir: str | Path) -> list[Scene]:
     return pool
 
 
+def random_box(size: int, rng: np.random.Generator, min_side: int = 48) -> tuple[int, int, int]:
+    """A random square ``(top, left, side)`` inside a ``size`` x ``size`` scene, side ``min_side``..``size``."""
+    side = int(rng.integers(min_side, size + 1))
+    top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    return top, left, side
+
+
+def _window(box: tuple[int, int, int]) -> tuple[slice, slice]:
+    top, left, side = box
+    return slice(top, top + side), slice(left, left + side)
+
+
+def _leaves_a_sliver(scene: Scene, counts: np.ndarray, min_pixels: int) -> bool:
+    """Whether a crop with these per-class pixel ``counts`` keeps 1 to ``min_pixels - 1`` pixels of a class."""
+    return any(0 < counts[c] < min_pixels for c in scene.labels)
+
+
+def _resized(crop: np.ndarray, scene: Scene, resample: int) -> np.ndarray:
+    """A crop resized back to the scene's size."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(crop).resize((scene.image.shape[1], scene.image.shape[0]), resample))
+
+
 def crop_and_recaption(scene: Scene, rng: np.random.Generator, min_side: int = 48) -> tuple[np.ndarray, str]:
     """A random square crop of ``scene`` (side ``min_side``..full), re-captioned by :func:`crop_scene`."""
-    size = scene.image.shape[0]
-    side = int(rng.integers(min_side, size + 1))
-    y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-    return crop_scene(scene, (y0, x0, side), rng)
+    return crop_scene(scene, random_box(scene.image.shape[0], rng, min_side), rng)
 
 
 def crop_scene(scene: Scene, box: tuple[int, int, int], rng: np.random.Generator,
@@ -117,15 +138,12 @@ def crop_scene(scene: Scene, box: tuple[int, int, int], rng: np.random.Generator
     """
     from PIL import Image
 
-    top, left, side = box
-    window = (slice(top, top + side), slice(left, left + side))
+    window = _window(box)
     counts = np.bincount(scene.mask[window].ravel(), minlength=256)
-    if any(0 < counts[c] < min_pixels for c in scene.labels):
+    if _leaves_a_sliver(scene, counts, min_pixels):
         return scene.image, scene.caption
     names = [CLASSES[c] for c in scene.labels if counts[c]]
-    size = scene.image.shape[1], scene.image.shape[0]
-    image = np.asarray(Image.fromarray(scene.image[window]).resize(size, Image.BICUBIC))
-    return image, make_caption(rng, names, scene.background)
+    return _resized(scene.image[window], scene, Image.BICUBIC), make_caption(rng, names, scene.background)
 
 
 def _views(batch: Sequence[Scene], rng: np.random.Generator, crop_prob: float) -> tuple[np.ndarray, list[str]]:
@@ -138,21 +156,14 @@ def crop_with_mask(scene: Scene, rng: np.random.Generator, min_side: int = 48,
                    min_pixels: int = 24) -> tuple[np.ndarray, np.ndarray]:
     """A random square crop of ``scene`` (side ``min_side``..full) resized back to full size, image and mask.
 
-    Like :func:`crop_and_recaption`, a crop leaving a class only a sliver returns the whole scene.
+    Like :func:`crop_scene`, a crop leaving a class only a sliver returns the whole scene.
     """
     from PIL import Image
 
-    size = scene.image.shape[0]
-    side = int(rng.integers(min_side, size + 1))
-    top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-    window = (slice(top, top + side), slice(left, left + side))
-    counts = np.bincount(scene.mask[window].ravel(), minlength=256)
-    if any(0 < counts[c] < min_pixels for c in scene.labels):
+    window = _window(random_box(scene.image.shape[0], rng, min_side))
+    if _leaves_a_sliver(scene, np.bincount(scene.mask[window].ravel(), minlength=256), min_pixels):
         return scene.image, scene.mask
-    full = scene.image.shape[1], scene.image.shape[0]
-    image = np.asarray(Image.fromarray(scene.image[window]).resize(full, Image.BICUBIC))
-    mask = np.asarray(Image.fromarray(scene.mask[window]).resize(full, Image.NEAREST))
-    return image, mask
+    return (_resized(scene.image[window], scene, Image.BICUBIC), _resized(scene.mask[window], scene, Image.NEAREST))
 
 
 def _detailed_views(batch: Sequence[Scene], rng: np.random.Generator, crop_prob: float,
