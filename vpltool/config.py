@@ -309,6 +309,14 @@ class DecoderConfig:
     lambda_ce: float = 1.0
     lambda_rsc: float = 1.0  # 0 = the paper's ablation without regional semantic contrast
     rsc_temperature: float = 0.07  # tau of Eq. 13; the paper gives none, 0.07 as RCA (the module VPL's RSC follows)
+    # CMPA (SSR, AAAI 2026): prototype InfoNCE of pseudo-mask regions against the class rows of W and an image-
+    # prototype bank (K-means of region embeddings); our reading of the paper, which has no code (docs/decoder.md)
+    lambda_proto: float = 0.0  # 0 = off (the default pipeline); SSR's weight is 0.1
+    proto_temperature: float = 0.05  # initial value of CMPA's learnable temperature (SSR: 0.05)
+    proto_clusters: int = 4  # K-means centres per class in the image-prototype bank (SSR gives no K)
+    proto_every: int | None = None  # bank refresh period; None = iters // 6 (SSR: every 5,000 of 30,000)
+    # open-vocabulary study: classes held out of training (their pixels ignored, their row dropped from W)
+    ignore_classes: tuple[str, ...] = ()
     # optimisation
     recipe: str = "vpl"  # vpl | weclip | cpu: which preset the other fields came from (recorded, not read)
     optimizer: str = "sgd"  # sgd | adamw
@@ -349,7 +357,20 @@ class DecoderConfig:
         require(0 < self.scale_min <= self.scale_max,
                  f"--scale-min {self.scale_min} --scale-max {self.scale_max}: need 0 < min <= max")
         require(self.lambda_ce >= 0 and self.lambda_rsc >= 0, "--lambda-ce and --lambda-rsc must be >= 0")
+        require(self.lambda_proto >= 0, f"--lambda-proto {self.lambda_proto}: must be >= 0 (0 = off, SSR: 0.1)")
+        positive("--proto-temperature", self.proto_temperature, upper=1.0)
+        at_least("--proto-clusters", self.proto_clusters, 1)
+        at_least("--proto-every", self.proto_every, 1, allow_none=True)
+        require(len(set(self.ignore_classes)) == len(self.ignore_classes),
+                f"--ignore-classes {','.join(self.ignore_classes)}: a class is named twice")
+        require("background" not in self.ignore_classes,
+                "--ignore-classes: background cannot be held out; name foreground classes")
         fraction("--dropout", self.dropout)
+
+    @property
+    def proto_period(self) -> int:
+        """CMPA's bank refresh period: ``proto_every``, or SSR's 5,000 / 30,000 of the schedule."""
+        return self.proto_every or max(1, self.iters // 6)
 
 
 DECODER_RECIPES: dict[str, dict[str, Any]] = {
@@ -380,6 +401,9 @@ class PredictConfig:
     long_side: int | None = None  # input long side; None = 1.6 x the decoder's crop (WeCLIP: crop 320, test 512)
     crf: bool = False  # test-time dense CRF on the softmaxed logits (needs the crf extra)
     max_tokens: int = MAX_TOKENS  # a test view with more patch tokens is refused before its forward (check_tokens)
+    # open vocabulary: score these class names (text prototypes from the decoder's CLIP) instead of the trained W;
+    # None = the decoder's own classes
+    classes: tuple[str, ...] | None = None
     crf_iterations: int = 10  # WeCLIP test_msc_flip_voc.py:crf_proc, on the plain RGB image
     crf_gaussian_sxy: float = 3.0
     crf_gaussian_compat: float = 3.0
@@ -393,6 +417,13 @@ class PredictConfig:
             positive("--scales", s, upper=4.0)
         at_least("--long-side", self.long_side, MIN_SIDE, allow_none=True, why=" pixels")
         at_least("--max-tokens", self.max_tokens, 1)
+        if self.classes is not None:
+            names = [c.strip() for c in self.classes]
+            require(len(names) > 0 and all(names), "--classes is empty or has an empty name: give names like a,b,c")
+            dup = sorted({c for c in names if names.count(c) > 1})
+            require(not dup, f"--classes names {dup[0] if dup else ''!r} twice; give each class once")
+            require("background" not in names, "--classes: leave out 'background' (it is always class 0, scored "
+                    "with the decoder's background words)")
 
 
 # --------------------------------------------------------------------------------------------- helpers

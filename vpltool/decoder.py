@@ -115,6 +115,30 @@ class SegDecoder(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temp)), requires_grad=cfg.learn_temperature)
         self.register_buffer("class_rows", _class_rows(row_class), persistent=False)  # derived from row_class
         self.register_buffer("bg_rows", rows_bg, persistent=False)
+        if cfg.lambda_proto > 0:  # CMPA: only then, so that decoders without it keep their state dict
+            n_fg = len(self.class_rows)
+            self.proto_log_temp = nn.Parameter(torch.tensor(math.log(cfg.proto_temperature)))
+            # persistent: a resumed run continues with the bank of the last refresh (bit-identical resume)
+            self.register_buffer("proto_bank", torch.zeros(n_fg, cfg.proto_clusters, prototypes.shape[1]))
+            self.register_buffer("proto_bank_valid", torch.zeros(n_fg, cfg.proto_clusters, dtype=torch.bool))
+
+    def set_prototypes(self, prototypes: Tensor, row_class: Tensor) -> None:
+        """Swap in other prototype rows (open-vocabulary prediction): ``[N', D]`` rows, ``[N']`` their classes.
+
+        The rows are frozen; the temperature, the decoder weights and (with CMPA) the bank are kept.
+        """
+        if prototypes.shape[1] != self.prototypes.shape[1]:
+            raise ContractError(f"new prototypes are {prototypes.shape[1]}-d, the decoder's are "
+                                f"{self.prototypes.shape[1]}-d")
+        rows_bg = (row_class == 0).nonzero().flatten()
+        if len(rows_bg) == 0:
+            raise VplError("the new prototypes have no background row; give background words")
+        device = self.prototypes.device
+        self.prototypes = nn.Parameter(F.normalize(prototypes.detach().float(), dim=-1).to(device),
+                                       requires_grad=False)
+        self.row_class = row_class.detach().long().to(device)
+        self.class_rows = _class_rows(row_class).to(device)
+        self.bg_rows = rows_bg.to(device)
 
     @property
     def n_classes(self) -> int:
@@ -260,6 +284,108 @@ def rsc_loss(regions: Tensor, region_class: Tensor, protos: Tensor, row_class: T
     same.fill_diagonal_(False)
     to_regions = F.cross_entropy(sim_t.masked_fill(same, float("-inf")), torch.arange(len(regions), device=sim.device))
     return 0.5 * (to_protos + to_regions)
+
+
+# --------------------------------------------------------------------------------------------- CMPA (SSR)
+def mask_fractions(target: Tensor, n_classes: int, grid: tuple[int, int]) -> Tensor:
+    """Hard pseudo masks -> per-patch class fractions (soft masks for masked average pooling at the patch grid).
+
+    Args:
+        target: ``[B, S, S']`` int64 in 0..C or 255 (ignored pixels count for no class); S a multiple of ``grid``.
+        n_classes: C + 1.
+        grid: ``(h, w)`` of the decoder's embeddings.
+
+    Returns:
+        ``[B, C + 1, h, w]`` float32 in [0, 1]: the share of each patch's pixels labelled with each class.
+    """
+    valid = target != IGNORE_INDEX
+    onehot = F.one_hot(target.masked_fill(~valid, 0), n_classes).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid[:, None].float()
+    return F.adaptive_avg_pool2d(onehot, grid)
+
+
+def cmpa_loss(regions: Tensor, region_class: Tensor, text: Tensor, bank: Tensor, bank_valid: Tensor,
+              log_temp: Tensor, min_temp: float = 0.01) -> Tensor:
+    """CMPA's prototype InfoNCE (our reading of SSR): each region against every class prototype, text and image.
+
+    The prototype set is the C class rows of W ("text prototypes") and the valid K-means centres of the image-
+    prototype bank; a region's positives are every prototype of its class (multi-positive InfoNCE)::
+
+        L = 1/R sum_r -log( sum_{q : class(q) = c_r} e^{cos(P_r, q)/t} / sum_q e^{cos(P_r, q)/t} ),  t = e^log_temp
+
+    Args:
+        regions: ``[R, D]`` unit region embeddings; region_class: ``[R]`` int64 in 1..C.
+        text: ``[C, D]`` unit class rows (class c at row c - 1).
+        bank: ``[C, K, D]`` image prototypes; bank_valid: ``[C, K]`` bool (centres not yet built are left out).
+        log_temp: scalar learnable log temperature (clamped below at ``log(min_temp)``).
+
+    Returns:
+        Scalar float32; 0 (attached to ``regions`` and ``log_temp``) when the batch has no region.
+    """
+    t = log_temp.float().clamp(min=math.log(min_temp)).exp()
+    if len(regions) == 0:
+        return regions.sum() * 0.0 + t * 0.0
+    n_fg, k = bank.shape[:2]
+    protos = torch.cat([text.float(), bank.flatten(0, 1).float()])  # [C + C*K, D]
+    proto_class = torch.cat([torch.arange(1, n_fg + 1), torch.arange(1, n_fg + 1).repeat_interleave(k)])
+    valid = torch.cat([torch.ones(n_fg, dtype=torch.bool), bank_valid.flatten().cpu()]).to(regions.device)
+    logits = (regions.float() @ protos.T / t).masked_fill(~valid, float("-inf"))  # [R, Q]
+    pos = (proto_class.to(regions.device)[None, :] == region_class[:, None]) & valid
+    return (logits.logsumexp(1) - logits.masked_fill(~pos, float("-inf")).logsumexp(1)).mean()
+
+
+def spherical_kmeans(x: Tensor, k: int, iters: int = 20, seed: int = 0) -> Tensor:
+    """K-means on the unit sphere (cosine): ``[n, D]`` unit rows -> ``[min(k, n), D]`` unit centres.
+
+    Deterministic: k-means++ seeding from a generator seeded by ``seed``, then ``iters`` Lloyd steps; an empty
+    cluster keeps its previous centre.
+    """
+    x = F.normalize(x.float(), dim=-1)
+    k = min(k, len(x))
+    gen = torch.Generator().manual_seed(seed)
+    centres = [x[int(torch.randint(len(x), (1,), generator=gen))]]
+    for _ in range(1, k):
+        dist = (1 - x @ torch.stack(centres).T).amin(1).clamp_min(0)
+        probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1 / len(x))
+        centres.append(x[int(torch.multinomial(probs, 1, generator=gen))])
+    c = torch.stack(centres)
+    for _ in range(iters):
+        assign = (x @ c.T).argmax(1)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        filled = torch.bincount(assign, minlength=k) > 0
+        c = torch.where(filled[:, None], F.normalize(sums, dim=-1), c)
+    return c
+
+
+@torch.no_grad()
+def refresh_bank(model: SegDecoder, batches, seed: int = 0) -> int:
+    """Rebuild CMPA's image-prototype bank from the current decoder: per class, K-means of the region embeddings
+    (pseudo-mask masked average pooling of V) of the training images. Returns the number of regions pooled.
+
+    Args:
+        model: a CMPA decoder (``cfg.lambda_proto > 0``); run in eval mode (no dropout), left in eval mode.
+        batches: iterable of ``(feats [B, L, h, w, width], target [B, S, S] int64)``.
+    """
+    model.eval()
+    n_classes = model.n_classes
+    regions, classes = [], []
+    for feats, target in batches:
+        v = model.embed(feats)
+        present = present_classes(target, n_classes)
+        r, c = region_embeddings(v, mask_fractions(target, n_classes, v.shape[-2:]), present)
+        regions.append(r.cpu())
+        classes.append(c.cpu())
+    regions, classes = torch.cat(regions), torch.cat(classes)
+    bank = torch.zeros_like(model.proto_bank, device="cpu")
+    valid = torch.zeros_like(model.proto_bank_valid, device="cpu")
+    for c in range(1, n_classes):
+        own = regions[classes == c]
+        if len(own):
+            centres = spherical_kmeans(own, bank.shape[1], seed=seed + c)
+            bank[c - 1, : len(centres)], valid[c - 1, : len(centres)] = centres, True
+    model.proto_bank.copy_(bank)
+    model.proto_bank_valid.copy_(valid)
+    return len(regions)
 
 
 # --------------------------------------------------------------------------------------------- the file

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------------------------- folders
 def evaluate_masks(
-    pred_dir: str | os.PathLike, gt_by_id: Mapping[str, Path], classes: Sequence[str], ids: Iterable[str]
+    pred_dir: str | os.PathLike, gt_by_id: Mapping[str, Path], classes: Sequence[str], ids: Iterable[str],
+    pred_classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """mIoU of a folder of label PNGs (``<pred_dir>/<id>.png``: pseudo masks or decoder predictions).
 
@@ -44,20 +45,26 @@ def evaluate_masks(
         gt_by_id: image id -> GT mask PNG (255 = ignore).
         classes: class names, index 0 = background.
         ids: the images to score.
+        pred_classes: the classes the masks' values index (an open-vocabulary `predict` records its own), mapped
+            to ``classes`` by name; None = ``classes``.
 
     Returns:
         ``miou``, ``iou`` {class name: value or None}, ``pixel_accuracy``, ``mean_accuracy``, ``n_images``,
         ``confusion`` (see :meth:`MiouAccumulator.result`).
 
     Raises:
-        VplError: an id without GT or without a prediction file (checked for all ids before any pixel is read).
+        VplError: an id without GT or without a prediction file (checked for all ids before any pixel is read), or
+            a predicted class name the dataset does not have.
     """
     pred_dir = Path(pred_dir)
+    lut = class_name_map(pred_classes, classes, pred_dir)
     ids = _check_inputs(pred_dir, ".png", gt_by_id, ids)
     acc = MiouAccumulator(len(classes))
+    n_pred = len(classes) if pred_classes is None else len(pred_classes)
     for item in ids:
         gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
-        pred = io.read_mask(io.mask_path(pred_dir, item), num_classes=len(classes))
+        pred = io.read_mask(io.mask_path(pred_dir, item), num_classes=n_pred)
+        pred = pred if lut is None else lut[pred]
         _same_size(pred.shape, gt, item, gt_by_id[item], f"its mask {io.mask_path(pred_dir, item)}")
         acc.add(gt, pred, item=item)
     return _name_classes(acc.result(), classes)
@@ -104,6 +111,22 @@ def evaluate_cams(
     best = max(results, key=lambda a: -1.0 if results[a]["miou"] is None else results[a]["miou"])
     by_exponent = {a: r["miou"] for a, r in results.items()}
     return {**_name_classes(results[best], classes), "bg_exponent": best, "by_exponent": by_exponent}
+
+
+def class_name_map(pred_classes: Sequence[str] | None, classes: Sequence[str], where: object):
+    """``[256]`` uint8 lookup from the predictions' class indices to the dataset's, by name (255 stays 255); None
+    when they are the same list. VplError naming the predicted classes the dataset lacks."""
+    import numpy as np
+
+    if pred_classes is None or list(pred_classes) == list(classes):
+        return None
+    missing = [c for c in pred_classes if c not in classes]
+    if missing:
+        raise VplError(f"{where}: predicted classes {missing} are not classes of the dataset ({', '.join(classes)}); "
+                       "score against a dataset that has them")
+    lut = np.full(256, 255, np.uint8)
+    lut[: len(pred_classes)] = [list(classes).index(c) for c in pred_classes]
+    return lut
 
 
 def _same_size(shape: Sequence[int], gt, item: str, gt_path: Path, what: str) -> None:
@@ -216,7 +239,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity)
         result["parity"] = parity
     else:
-        result = evaluate_masks(folder, with_gt, dataset.classes, ids)
+        result = evaluate_masks(folder, with_gt, dataset.classes, ids, record.get("classes"))
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
     if json_out:

@@ -11,7 +11,10 @@ Per image (WeCLIP ``test_msc_flip_voc.py``; the inference itself is :func:`vplto
 3. The averaged scores are resized to the image and arg-maxed; with ``crf`` the softmax first goes through a
    dense CRF with WeCLIP's test parameters on the RGB image (``crf_proc``).
 
-Open-vocabulary use (prototypes + class names, no decoder) is not implemented.
+Open vocabulary (``cfg.classes``): the decoder's prototype rows are replaced by text prototypes of the given names
+(and of the training's background words), encoded by the decoder's frozen CLIP with the templates its training
+prototypes were made with (:func:`open_vocabulary`); the masks are over those classes, which ``_stage.json``
+records, and `eval` maps them to the dataset's classes by name. Prototypes without a decoder are not supported.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
-from . import io
+from . import io, presets
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
-from .decoder import input_long_side, load_decoder, predict_logits, view_size
+from .decoder import SegDecoder, input_long_side, load_decoder, predict_logits, view_size
 from .device import resolve_device, resolve_precision
 from .errors import ContractError, VplError
 from .kernels import dense_crf
@@ -64,8 +68,49 @@ def _check_tokens(bb: ClipBackbone, path: Path, image: np.ndarray, long_side: in
     check_tokens(path, size, grid, bb.patch_size, cfg.max_tokens, stage="predict", scale=scale)
 
 
-def _open_split(f: io.TensorFile, data: str | Path | None, split: str | None):
-    """The dataset to predict: ``data`` (+ split), or the decoder's training dataset root with ``split``."""
+def parse_class_names(spec: str) -> tuple[str, ...]:
+    """``--classes``: a file with one class name per line (blank lines skipped) or ``a,b,c``; names stripped.
+    The names are checked by :class:`PredictConfig` (non-empty, no duplicates, no 'background')."""
+    path = Path(spec)
+    text = path.read_text().splitlines() if path.is_file() else spec.split(",")
+    return tuple(name.strip() for name in text if name.strip() or not path.is_file())
+
+
+def text_class_vectors(bb: ClipBackbone, names: list[str], prompts: dict) -> tuple[Tensor, Tensor]:
+    """Text prototypes for ``names`` as `text-prototypes` makes them: per name (and per background word) the
+    normalised mean of its normalised prompt embeddings over ``prompts['templates']``.
+
+    Returns:
+        ``[C + M, D]`` float32 unit rows (the C names, then the M background words) and ``[C + M]`` int64 their
+        classes (1..C, 0 for background words).
+    """
+    classes = ["background", *names]
+    preset = presets.preset_for(classes) if prompts.get("synonyms", True) else None
+    words = presets.prompt_names(classes, preset) + list(prompts["background_words"])
+    templates = prompts["templates"]
+    emb = bb.encode_text([t.format(w) for w in words for t in templates], exact=prompts.get("parity") == "clip-es")
+    mean = emb.view(len(words), len(templates), -1).mean(1)
+    row_class = torch.cat([torch.arange(1, len(names) + 1), torch.zeros(len(words) - len(names), dtype=torch.long)])
+    return (mean / mean.norm(dim=-1, keepdim=True)).cpu(), row_class
+
+
+def open_vocabulary(model: SegDecoder, f: io.TensorFile, bb: ClipBackbone, names: tuple[str, ...]) -> list[str]:
+    """Swap the decoder's rows for text prototypes of ``names`` (+ its background words); returns the classes
+    ``['background', *names]``. VplError when the decoder records no prompt recipe or has no background word."""
+    prompts = f.meta("prompts", None)
+    if not prompts:
+        raise VplError(f"{f.path}: records no text templates / background words (trained by an older vpltool or on "
+                       "vision prototypes whose text file is gone); retrain it to use --classes")
+    if not prompts["background_words"]:
+        raise VplError(f"{f.path}: trained without background words; --classes needs them to score background")
+    vectors, row_class = text_class_vectors(bb, list(names), prompts)
+    model.set_prototypes(vectors.to(bb.device), row_class)
+    return ["background", *names]
+
+
+def _open_split(f: io.TensorFile, data: str | Path | None, split: str | None, check_classes: bool = True):
+    """The dataset to predict: ``data`` (+ split), or the decoder's training dataset root with ``split``; its
+    classes must be the decoder's unless ``check_classes`` is off (open vocabulary: eval maps them by name)."""
     from .data import open_dataset
 
     if data is None:
@@ -77,7 +122,7 @@ def _open_split(f: io.TensorFile, data: str | Path | None, split: str | None):
                            "pass --data with its new place")
         data = trained_on["root"]
     dataset = open_dataset(data, split)
-    if list(dataset.classes) != list(f.classes):
+    if check_classes and list(dataset.classes) != list(f.classes):
         raise ContractError(f"{f.path}: trained for classes {f.classes[1:4]}..., the dataset has "
                             f"{list(dataset.classes)[1:4]}...; predict on a dataset with the same classes")
     return dataset
@@ -110,7 +155,11 @@ def run_predict(
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     model, f = load_decoder(decoder_file, device)
-    dataset = _open_split(f, data, split)
+    bb, classes = backbone, list(f.classes)
+    if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
+        bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
+        classes = open_vocabulary(model, f, bb, cfg.classes)
+    dataset = _open_split(f, data, split, check_classes=not cfg.classes)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
     start = time.perf_counter()
@@ -119,7 +168,7 @@ def run_predict(
         if on_start:
             on_start(len(todo))
         if todo:
-            bb = backbone or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
+            bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
             arch = f.meta("decoder_arch")
             if bb.width != arch["in_width"]:
                 raise ContractError(f"{f.path}: trained on a CLIP of width {arch['in_width']}, got {bb.width}")
@@ -135,6 +184,6 @@ def run_predict(
                     io.write_png(io.mask_path(overlays, item_id), overlay(image, mask))
                 if on_item:
                     on_item(1)
-        folder.complete(count=len(dataset.items), classes=list(dataset.classes),
+        folder.complete(count=len(dataset.items), classes=classes,
                         inputs={"decoder": decoder_id["sha256"], "dataset": dataset.identity()})
     return io.StageSummary(done=len(todo), skipped=len(dataset.items) - len(todo), seconds=time.perf_counter() - start)

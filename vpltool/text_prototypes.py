@@ -18,24 +18,7 @@ from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import TextPrototypesConfig, to_params
 from .device import resolve_device
 from .errors import VplError
-
-
-def resolve_templates(spec: str) -> list[str]:
-    """'clip-es' | 'imagenet' | a literal template containing '{}' | a file with one template per line."""
-    if spec == "clip-es":
-        return [presets.CLIP_ES_TEMPLATE]
-    if spec == "imagenet":
-        return list(presets.IMAGENET_TEMPLATES)
-    if "{}" in spec and not Path(spec).is_file():
-        return [spec]
-    path = Path(spec)
-    if not path.is_file():
-        raise VplError(f"--templates {spec!r}: not clip-es, imagenet, a template with '{{}}', or a file")
-    templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    bad = [t for t in templates if "{}" not in t]
-    if not templates or bad:
-        raise VplError(f"{path}: every line must be a template containing '{{}}' (bad: {bad[:2]})")
-    return templates
+from .presets import resolve_templates  # noqa: F401  (re-exported: it lived here before open-vocabulary predict)
 
 
 def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = ()) -> list[str]:
@@ -78,7 +61,9 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
     exact = cfg.parity == "clip-es"
     vectors = torch.cat([encode_names(bb, names, templates, exact), encode_names(bb, background, templates, exact)])
     row_class = torch.cat([torch.arange(1, len(names) + 1), torch.zeros(len(background), dtype=torch.long)])
-    params = {**to_params(cfg), "n_templates": len(templates), "background_words": background}
+    # the resolved templates are recorded so that `predict --classes` can encode new names the same way
+    params = {**to_params(cfg), "n_templates": len(templates), "template_list": templates,
+              "background_words": background}
     return io.Prototypes(vectors, row_class, list(names) + background, classes=classes,
                          temperature=1.0 / bb.logit_scale, source="text", model=bb.spec.identity(), params=params)
 

@@ -62,6 +62,18 @@ def train_decoder_cmd(
     lambda_rsc: Annotated[Optional[float], _opt("RSC loss weight; 0 = the ablation without RSC.", "lambda_rsc")] =
         None,
     rsc_temperature: Annotated[Optional[float], _opt("tau of the RSC InfoNCE.", "rsc_temperature")] = None,
+    lambda_proto: Annotated[Optional[float], _opt("CMPA loss weight (SSR's cross-modal prototype alignment; SSR "
+                                                  "uses 0.1); 0 = off.", "lambda_proto")] = None,
+    proto_temperature: Annotated[Optional[float], _opt("Initial value of CMPA's learnable temperature.",
+                                                       "proto_temperature")] = None,
+    proto_clusters: Annotated[Optional[int], _opt("CMPA: K-means image prototypes per class.", "proto_clusters")] =
+        None,
+    proto_every: Annotated[Optional[int], typer.Option(help="CMPA: rebuild the image-prototype bank every N "
+                                                       "iterations [default: iters / 6, SSR's 5,000 of 30,000].",
+                                                       show_default=False)] = None,
+    ignore_classes: Annotated[Optional[str], typer.Option(help="Comma-separated classes held out of training "
+                                                          "(their pixels ignored, their row dropped): for "
+                                                          "open-vocabulary tests with predict --classes.")] = None,
     loss: Annotated[Optional[str], _opt("ce | balanced.", "loss")] = None,
     dim: Annotated[Optional[int], _opt("Decoder width.", "dim")] = None,
     layers: Annotated[Optional[int], _opt("Decoder transformer layers.", "layers")] = None,
@@ -100,7 +112,11 @@ def train_decoder_cmd(
     from ..train_decoder import run_train_decoder
 
     cfg = decoder_recipe(recipe, iters=iters, batch_size=batch_size, lr=lr, lambda_rsc=lambda_rsc,
-                         rsc_temperature=rsc_temperature, loss=loss, dim=dim, layers=layers, heads=heads,
+                         rsc_temperature=rsc_temperature, lambda_proto=lambda_proto,
+                         proto_temperature=proto_temperature, proto_clusters=proto_clusters, proto_every=proto_every,
+                         ignore_classes=None if ignore_classes is None else tuple(
+                             c.strip() for c in ignore_classes.split(",") if c.strip()),
+                         loss=loss, dim=dim, layers=layers, heads=heads,
                          crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed)
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
@@ -132,6 +148,11 @@ def predict_cmd(
     max_tokens: Annotated[int, typer.Option(help="Refuse an image whose largest test view has more patch tokens "
                                             "than this, before its forward.")] = _P.max_tokens,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write mask-over-image PNGs here.")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Open vocabulary: a file with one class name per line, or "
+                                                   "a,b,c; the masks are over these classes, scored with text "
+                                                   "prototypes from the decoder's CLIP (its training templates and "
+                                                   "background words) [default: the decoder's classes].",
+                                                   show_default=False)] = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
     overwrite: Overwrite = False,
@@ -144,10 +165,11 @@ def predict_cmd(
     Example:
       vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val
     """
-    from ..predict import run_predict
+    from ..predict import parse_class_names, run_predict
 
     cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
-                        long_side=long_side, crf=crf, max_tokens=max_tokens)
+                        long_side=long_side, crf=crf, max_tokens=max_tokens,
+                        classes=None if classes is None else parse_class_names(classes))
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, overwrite=overwrite),
                         overlays=save_overlays, on_item=on_item, on_start=on_start)

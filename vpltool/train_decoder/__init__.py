@@ -32,15 +32,32 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .. import io
+from .. import io, presets
 from ..backbone import ClipBackbone, ModelSpec, load_backbone
 from ..config import DecoderConfig, RuntimeConfig
 from ..data import open_recorded
-from ..decoder import SegDecoder, block_features, feature_blocks, input_long_side, predict_logits, save_decoder
+from ..decoder import (
+    SegDecoder,
+    block_features,
+    feature_blocks,
+    input_long_side,
+    predict_logits,
+    refresh_bank,
+    save_decoder,
+)
 from ..device import resolve_precision, seed_everything
 from ..errors import VplError
 from ..kernels import MiouAccumulator
-from .data import BatchPlan, FeatureCache, PseudoMaskSet, augment, batches_per_epoch, check_supervision
+from .data import (
+    BatchPlan,
+    FeatureCache,
+    PseudoMaskSet,
+    augment,
+    batches_per_epoch,
+    check_supervision,
+    fixed_view,
+    held_out_label_map,
+)
 from .steps import (
     _check_resumable,
     _mean_across,
@@ -59,7 +76,8 @@ MASK_STAGES = ("crf", "predict")  # pseudo masks: CRF output, or a decoder's own
 
 def draw_curve(records: list[dict[str, Any]], path: Path) -> Path:
     """Loss curves (top) and validation mIoU (bottom) of ``log.jsonl`` records as a PNG."""
-    losses = {k: [(r["iter"], r[k]) for r in records if r.get(k) is not None] for k in ("loss", "ce", "rsc")}
+    losses = {k: [(r["iter"], r[k]) for r in records if r.get(k) is not None]
+              for k in ("loss", "ce", "rsc", "proto")}
     val = {"val_miou": [(r["iter"], r["val_miou"]) for r in records if r.get("val_miou") is not None]}
     return io.write_chart(path, [losses, val], ranges=[None, (0.0, 1.0)], title="train-decoder")
 
@@ -120,8 +138,10 @@ class _Run:
     """The state of one training process: frozen CLIP, decoder, optimizer, data source, log."""
 
     def __init__(self, cfg: DecoderConfig, runtime: RuntimeConfig, rank: int, world: int, device: torch.device,
-                 protos: io.Prototypes, pairs, out_dir: Path, inputs: dict[str, Any], backbone: ClipBackbone | None):
+                 protos: io.Prototypes, pairs, out_dir: Path, inputs: dict[str, Any], backbone: ClipBackbone | None,
+                 label_map: np.ndarray | None = None, extra_meta: dict[str, Any] | None = None):
         self.cfg, self.runtime, self.rank, self.world, self.device = cfg, runtime, rank, world, device
+        self.label_map, self.extra_meta, self.cache = label_map, dict(extra_meta or {}), None
         self.protos, self.pairs, self.out_dir, self.inputs = protos, pairs, out_dir, inputs
         self.dtype = resolve_precision(runtime.precision, device)
         self.bb = backbone or load_backbone(ModelSpec.from_identity(protos.model), device)
@@ -165,14 +185,26 @@ class _Run:
         plan = BatchPlan(len(self.pairs), cfg.batch_size, self.world, self.rank, cfg.seed, start, cfg.iters)
         if cfg.cache_features:
             t0 = time.perf_counter()
-            cache = FeatureCache.build(self.bb, self.pairs, self.blocks, cfg.crop_size, self.dtype)
+            cache = FeatureCache.build(self.bb, self.pairs, self.blocks, cfg.crop_size, self.dtype, self.label_map)
             self.cache_seconds = time.perf_counter() - t0
+            self.cache = cache
             return (tuple(t.to(self.device) for t in cache.batch(keys, cfg)) for keys in plan)
-        data = PseudoMaskSet(self.pairs, cfg, self.bb.mean, self.bb.std)
+        data = PseudoMaskSet(self.pairs, cfg, self.bb.mean, self.bb.std, self.label_map)
         workers = self.runtime.worker_count  # 1 = load in this process, as crf's 1 = CRF in this process
         loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=0 if workers == 1 else workers,
                                              pin_memory=self.device.type == "cuda")
         return ((block_features(self.bb, p, self.blocks, self.dtype), m.to(self.device)) for p, m in loader)
+
+    def bank_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """CMPA's bank source: every training image at ``crop x crop``, unflipped (the cache's views, or computed
+        now), as ``(feats, masks)`` batches on the device."""
+        if self.cache is not None:
+            views = self.cache.plain_views(self.cfg.batch_size)
+        else:
+            views = ((f, torch.from_numpy(m.copy()).long()[None]) for f, m in (
+                fixed_view(self.bb, image, mask, self.blocks, self.cfg.crop_size, self.dtype, self.label_map)
+                for _, image, mask in self.pairs))
+        return ((f.to(self.device), m.to(self.device)) for f, m in views)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
@@ -180,7 +212,8 @@ class _Run:
 
     def validate(self, items, n: int) -> None:
         """Single-scale mIoU on the validation items (rank 0), logged and drawn."""
-        self.val_miou = evaluate(self.bb, self.inner.eval(), self.blocks, items, self.cfg.crop_size, self.dtype)
+        self.val_miou = evaluate(self.bb, self.inner.eval(), self.blocks, items, self.cfg.crop_size, self.dtype,
+                                 self.label_map)
         self.log({"iter": n, "val_miou": self.val_miou})
         draw_curve(io.read_log(self.log_path), self.out_dir / "curve.png")
 
@@ -188,6 +221,8 @@ class _Run:
         cfg, batches = self.cfg, self.batches(start)
         t0 = time.perf_counter()
         for it, (feats, target) in zip(range(start, cfg.iters), batches):
+            if cfg.lambda_proto > 0 and it > 0 and it % cfg.proto_period == 0:  # CMPA: rebuild the image bank
+                refresh_bank(self.inner, self.bank_batches(), seed=cfg.seed)
             torch.manual_seed(_iteration_seed(cfg.seed, it, self.rank))  # dropout: same stream after --resume
             lr = lr_at(cfg, it)
             losses = train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler)
@@ -214,20 +249,57 @@ class _Run:
         path = save_decoder(self.out_dir / "decoder.safetensors", self.inner, self.cfg, classes=self.protos.classes,
                             model_identity=self.protos.model, blocks=self.blocks, dataset=self.inputs["dataset"],
                             inputs=self.inputs, prototypes_source=self.protos.source, iterations=self.cfg.iters,
-                            val_miou=self.val_miou)
+                            val_miou=self.val_miou, **self.extra_meta)
         draw_curve(io.read_log(self.log_path), self.out_dir / "curve.png")
         return path
 
 
-def evaluate(bb: ClipBackbone, model: SegDecoder, blocks, items, crop_size: int, dtype: torch.dtype) -> float | None:
-    """Single-scale, unflipped mIoU of ``model`` on dataset items with GT (predict's input size rule)."""
+def evaluate(bb: ClipBackbone, model: SegDecoder, blocks, items, crop_size: int, dtype: torch.dtype,
+             label_map: np.ndarray | None = None) -> float | None:
+    """Single-scale, unflipped mIoU of ``model`` on dataset items with GT (predict's input size rule); ``label_map``
+    renumbers the GT as the training masks were (held-out classes ignored)."""
     acc = MiouAccumulator(model.n_classes)
     long_side = input_long_side(None, crop_size)
     for item in items:
         image = io.load_image(item.image)
         logits = predict_logits(bb, model, blocks, image, (1.0,), False, long_side, dtype)
-        acc.add(io.read_mask(item.gt), logits.argmax(0).numpy().astype(np.uint8), item=item.id)
+        gt = io.read_mask(item.gt)
+        acc.add(gt if label_map is None else label_map[gt], logits.argmax(0).numpy().astype(np.uint8), item=item.id)
     return acc.result()["miou"]
+
+
+def drop_classes(protos: io.Prototypes, held_out: tuple[str, ...]) -> io.Prototypes:
+    """The prototypes without the rows of the held-out classes; the other classes renumbered 1..C' in order."""
+    kept = [c for c in protos.classes if c not in held_out]
+    new_index = {c: i for i, c in enumerate(kept)}
+    old_to_new = torch.tensor([new_index.get(c, -1) for c in protos.classes])
+    new_class = old_to_new[protos.row_class]
+    keep = new_class >= 0
+    names = [n for n, k in zip(protos.row_names, keep.tolist()) if k]
+    return io.Prototypes(protos.vectors[keep], new_class[keep], names, classes=kept,
+                         temperature=protos.temperature, source=protos.source, model=protos.model,
+                         params=protos.params, path=protos.path)
+
+
+def prompt_recipe(protos: io.Prototypes) -> dict[str, Any] | None:
+    """The templates and background words of the text prototypes behind ``protos`` (themselves, or for vision
+    prototypes the text file they were learned from, when it is still there); None when not recorded."""
+    params = protos.params
+    if protos.source != "text":
+        path = (params.get("text_prototypes") or {}).get("path")
+        if not path or not Path(path).is_file():
+            return None
+        params = io.read_prototypes(path).params
+    templates = params.get("template_list")
+    if templates is None and params.get("templates"):
+        try:
+            templates = presets.resolve_templates(params["templates"])
+        except VplError:  # a template file that is gone
+            return None
+    if not templates or "background_words" not in params:
+        return None
+    return {"templates": list(templates), "background_words": list(params["background_words"]),
+            "synonyms": bool(params.get("synonyms", True)), "parity": params.get("parity", "none")}
 
 
 def run_train_decoder(
@@ -260,6 +332,11 @@ def run_train_decoder(
     dataset_id = record["inputs"]["dataset"]
     dataset = open_recorded(pseudo_dir)
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
+    label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
+    extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
+    if cfg.ignore_classes:
+        protos = drop_classes(protos, cfg.ignore_classes)
+        extra_meta["held_out"] = list(cfg.ignore_classes)
     inputs = {"pseudo": io.file_identity(io.stage_record_path(pseudo_dir)) | {"path": str(pseudo_dir)},
               "prototypes": io.file_identity(protos.path, source=protos.source), "dataset": dataset_id}
     val_items = []
@@ -274,7 +351,8 @@ def run_train_decoder(
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
-            run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone)
+            run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
+                       extra_meta)
             start = run.restore(ckpt)
             if world > 1:
                 run.model = torch.nn.parallel.DistributedDataParallel(
@@ -288,6 +366,7 @@ def run_train_decoder(
 
 __all__ = [
     "STAGE", "MASK_STAGES", "draw_curve", "TrainSummary", "evaluate", "run_train_decoder", "BatchPlan",
+    "drop_classes", "prompt_recipe",
     "FeatureCache", "PseudoMaskSet", "augment", "compute_losses", "lr_at", "make_optimizer", "train_step",
     "save_checkpoint", "load_checkpoint",
 ]  # fmt: skip

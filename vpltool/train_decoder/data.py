@@ -51,13 +51,32 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: 
             np.ascontiguousarray(labels[y : y + crop, x : x + crop]))
 
 
-def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its pseudo mask, checked to be the same size."""
+def read_pair(image_path: Path, mask_path: Path, label_map: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its pseudo mask, checked to be the same size; ``label_map`` (``[256]`` uint8, from
+    :func:`held_out_label_map`) renumbers the mask's classes."""
     image, mask = io.load_image(image_path), io.read_mask(mask_path)
     if image.shape[:2] != mask.shape:
         raise ContractError(f"{mask_path}: mask {mask.shape} does not match its image {image_path} "
                             f"{image.shape[:2]}; re-run `vpltool crf` on this dataset")
-    return image, mask
+    return image, (mask if label_map is None else label_map[mask])
+
+
+def held_out_label_map(classes: list[str], held_out: tuple[str, ...], where: object) -> np.ndarray | None:
+    """``[256]`` uint8 lookup: held-out classes -> 255 (ignored), the others renumbered to close the gap; None when
+    nothing is held out. VplError when a name is not a class or every foreground class would be held out."""
+    if not held_out:
+        return None
+    unknown = [c for c in held_out if c not in classes]
+    if unknown:
+        raise VplError(f"--ignore-classes {unknown[0]!r} is not a class of {where} (classes: "
+                       f"{', '.join(classes[1:])})")
+    if len(held_out) >= len(classes) - 1:
+        raise VplError("--ignore-classes holds out every foreground class; keep at least one to train on")
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    kept = [i for i, c in enumerate(classes) if c not in held_out]
+    lut[kept] = np.arange(len(kept), dtype=np.uint8)
+    return lut
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -67,15 +86,17 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 class PseudoMaskSet(torch.utils.data.Dataset):
     """Augmented ``(pixels [3, S, S] float32, mask [S, S] int64)`` per key ``(index, epoch)``."""
 
-    def __init__(self, pairs: list[tuple[str, Path, Path]], cfg: DecoderConfig, mean, std):
+    def __init__(self, pairs: list[tuple[str, Path, Path]], cfg: DecoderConfig, mean, std,
+                 label_map: np.ndarray | None = None):
         self.pairs, self.cfg, self.mean, self.std = pairs, cfg, tuple(mean), tuple(std)
+        self.label_map = label_map
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         index, epoch = key
-        image, mask = read_pair(*self.pairs[index][1:])
+        image, mask = read_pair(*self.pairs[index][1:], self.label_map)
         pixels, labels = augment(image, mask, sample_rng(self.cfg.seed, epoch, index), self.cfg, self.mean, self.std)
         return torch.from_numpy(pixels), torch.from_numpy(labels)
 
@@ -133,6 +154,15 @@ class BatchPlan(torch.utils.data.Sampler):
             epoch, skip = epoch + 1, 0
 
 
+def fixed_view(bb: ClipBackbone, image_path: Path, mask_path: Path, blocks, crop: int, dtype: torch.dtype,
+               label_map: np.ndarray | None = None) -> tuple[Tensor, np.ndarray]:
+    """One image resized to ``crop x crop`` (bicubic; aspect not kept): its frozen features ``[1, L, h, w, width]``
+    float16 on the CPU and its mask ``[S, S]`` uint8 (nearest)."""
+    image, mask = read_pair(image_path, mask_path, label_map)
+    feats = block_features(bb, bb.preprocess(image, (crop, crop))[None], blocks, dtype).half().cpu()
+    return feats, np.asarray(Image.fromarray(mask).resize((crop, crop), Image.NEAREST))
+
+
 class FeatureCache:
     """Frozen features of each training image resized to ``crop x crop``, and of its mirror image.
 
@@ -145,7 +175,8 @@ class FeatureCache:
         self.feats, self.masks = feats, masks
 
     @classmethod
-    def build(cls, bb: ClipBackbone, pairs, blocks, crop: int, dtype: torch.dtype) -> FeatureCache:
+    def build(cls, bb: ClipBackbone, pairs, blocks, crop: int, dtype: torch.dtype,
+              label_map: np.ndarray | None = None) -> FeatureCache:
         grid = crop // bb.patch_size
         need = len(pairs) * 2 * (len(blocks) * grid * grid * bb.width * 2 + crop * crop)
         if need > 0.5 * available_memory():
@@ -153,13 +184,19 @@ class FeatureCache:
                            "the free memory; train without it or with a smaller --crop-size")
         feats, masks = [], []
         for _, image_path, mask_path in pairs:
-            image, mask = read_pair(image_path, mask_path)
+            image, mask = read_pair(image_path, mask_path, label_map)
             pixels = bb.preprocess(image, (crop, crop))
             views = torch.stack([pixels, pixels.flip(-1)])
             feats.append(block_features(bb, views, blocks, dtype).half().cpu())
             small = np.asarray(Image.fromarray(mask).resize((crop, crop), Image.NEAREST))
             masks.append(torch.from_numpy(np.stack([small, small[:, ::-1]]).copy()))
         return cls(torch.stack(feats), torch.stack(masks))
+
+    def plain_views(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The unflipped views in order, ``batch_size`` at a time: ``(feats [B, L, h, w, width] float16, masks
+        [B, S, S] int64)`` (what CMPA's bank is built from)."""
+        for start in range(0, len(self.feats), batch_size):
+            yield self.feats[start : start + batch_size, 0], self.masks[start : start + batch_size, 0].long()
 
     def batch(self, keys: list[tuple[int, int]], cfg: DecoderConfig) -> tuple[Tensor, Tensor]:
         """Features ``[B, L, h, w, width]`` float16 and masks ``[B, S, S]`` int64 of the keys' views."""

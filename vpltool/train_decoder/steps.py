@@ -21,6 +21,8 @@ from ..decoder import (
     SegDecoder,
     balanced_ce_loss,
     ce_loss,
+    cmpa_loss,
+    mask_fractions,
     present_classes,
     region_embeddings,
     region_masks,
@@ -55,7 +57,8 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
         feats: ``[B, L, h, w, width]`` frozen features; target: ``[B, S, S]`` int64 pseudo masks (255 = ignore).
 
     Returns:
-        ``loss``, ``ce`` and (when ``lambda_rsc > 0``) ``rsc``, float32 scalars with gradients.
+        ``loss``, ``ce``, (when ``lambda_rsc > 0``) ``rsc`` and (when ``lambda_proto > 0``) ``proto``, float32
+        scalars with gradients.
     """
     with autocast(feats.device, dtype):
         v, logits, protos = model(feats)
@@ -68,7 +71,19 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
         row_class = getattr(model, "module", model).row_class
         out["rsc"] = rsc_loss(regions, region_class, protos, row_class, cfg.rsc_temperature)
         out["loss"] = out["loss"] + cfg.lambda_rsc * out["rsc"]
+    if cfg.lambda_proto > 0:
+        out["proto"] = proto_loss(getattr(model, "module", model), v, protos, target)
+        out["loss"] = out["loss"] + cfg.lambda_proto * out["proto"]
     return out
+
+
+def proto_loss(inner: SegDecoder, v: Tensor, protos: Tensor, target: Tensor) -> Tensor:
+    """CMPA on one batch: pseudo-mask masked average pooling of ``V [B, D, h, w]`` per (image, class), then
+    :func:`vpltool.decoder.cmpa_loss` against the class rows of ``protos [N, D]`` and the image-prototype bank."""
+    present = present_classes(target, inner.n_classes)
+    regions, region_class = region_embeddings(v, mask_fractions(target, inner.n_classes, v.shape[-2:]), present)
+    return cmpa_loss(regions, region_class, protos[inner.class_rows], inner.proto_bank, inner.proto_bank_valid,
+                     inner.proto_log_temp)
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, feats: Tensor, target: Tensor, cfg: DecoderConfig,
@@ -106,7 +121,9 @@ def load_checkpoint(path: Path, model: SegDecoder, optimizer: torch.optim.Optimi
 
 def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any]) -> None:
     old = f.meta("decoder_config")
-    changed = [k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and old.get(k) != _plain(v)]
+    defaults = asdict(DecoderConfig())  # a field newer than the checkpoint reads as its default
+    changed = [k for k, v in asdict(cfg).items()
+               if k not in RESUMABLE_CHANGES and old.get(k, _plain(defaults[k])) != _plain(v)]
     if changed:
         raise VplError(f"{f.path}: made with other settings ({', '.join(changed)}); resume with the same options "
                        "or start again with --overwrite")
