@@ -842,6 +842,92 @@ def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", masks]
 
 
+# --------------------------------------------------------------------------------------------- branch openvocab
+# CMPA (train-decoder --lambda-proto), held-out classes (--ignore-classes), open-vocabulary predict --classes
+@case("CMPA with a negative weight (train-decoder --lambda-proto -1)", "--lambda-proto -1.0: must be >= 0")
+def _lambda_proto_negative(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--lambda-proto", "-1"]
+
+
+@case("CMPA temperature of zero (train-decoder --proto-temperature 0)", "--proto-temperature")
+def _proto_temperature_zero(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--lambda-proto", "0.1",
+           "--proto-temperature", "0"]
+
+
+@case("holding out a class the dataset lacks (train-decoder --ignore-classes zebra)",
+      "--ignore-classes 'zebra' is not a class of", "classes: circle, star")
+def _ignore_unknown(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--ignore-classes", "zebra"]
+
+
+@case("holding out background (train-decoder --ignore-classes background)", "background cannot be held out")
+def _ignore_background(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--ignore-classes",
+           "background"]
+
+
+@case("an empty class list (predict --classes '')", "--classes is empty")
+def _classes_empty(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes", "",
+           *CPU]
+
+
+@case("an empty class file (predict --classes FILE)", "--classes is empty")
+def _classes_empty_file(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "no_names.txt"
+    path.write_text("\n\n")
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes", path,
+           *CPU]
+
+
+@case("a class named twice (predict --classes star,circle,star)", "--classes names 'star' twice")
+def _classes_duplicate(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           "star,circle,star", *CPU]
+
+
+@case("background among the classes (predict --classes background,star)", "leave out 'background'")
+def _classes_background(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           "background,star", *CPU]
+
+
+@case("a word the toy CLIP does not know (predict --classes star,zebra)", "--classes: prompt 'a photo of a zebra.'",
+      "words ['zebra'] are not in the toy CLIP's vocabulary")
+def _classes_unknown_word(ws: Workspace) -> Iterator[list[object]]:
+    toy = ws.root / "toy"
+    if not (toy / "decoder" / "decoder.safetensors").is_file():
+        cli_ok("extract", ws.world, "--split", "train", "-o", toy / "features", "--model", "vpltool-toy",
+               "--pretrained", "none", *CPU, "--workers", "1")
+        cli_ok("text-prototypes", toy / "features", "-o", toy / "text.safetensors", *TEXT_ARGS, *CPU)
+        cli_ok("train-decoder", ws.pseudo, "-p", toy / "text.safetensors", "-o", toy / "decoder", *DECODER_ARGS)
+    yield ["predict", toy / "decoder" / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           "star,zebra", *CPU]
+
+
+@case("a decoder that records no templates (predict --classes, older decoder)",
+      "decoder_no_prompts.safetensors: records no text templates / background words", "retrain it")
+def _classes_no_prompts(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    tensors, meta = _tensors_and_meta(ws.decoder / "decoder.safetensors")
+    meta.pop("vpltool.prompts", None)
+    path = ws.root / "decoder_no_prompts.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    yield ["predict", path, "--split", "val", "-o", ws.out("out"), "--classes", "star,circle", *CPU]
+
+
+@case("open-vocabulary masks scored on a dataset that lacks a class (eval)",
+      "predicted classes ['zebra'] are not classes of the dataset", "score against a dataset that has them")
+def _eval_missing_name(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.root / "pred_zebra"
+    if not (out / "_stage.json").is_file():
+        cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", out, "--classes",
+               "star,zebra", *CPU)
+    yield ["eval", out]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

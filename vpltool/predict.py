@@ -103,7 +103,10 @@ def open_vocabulary(model: SegDecoder, f: io.TensorFile, bb: ClipBackbone, names
                        "vision prototypes whose text file is gone); retrain it to use --classes")
     if not prompts["background_words"]:
         raise VplError(f"{f.path}: trained without background words; --classes needs them to score background")
-    vectors, row_class = text_class_vectors(bb, list(names), prompts)
+    try:
+        vectors, row_class = text_class_vectors(bb, list(names), prompts)
+    except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
+        raise VplError(f"--classes: {e}") from None
     model.set_prototypes(vectors.to(bb.device), row_class)
     return ["background", *names]
 
