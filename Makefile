@@ -43,6 +43,13 @@ HELDOUT ?= 1
 LEARN_ARGS ?=
 # extra `vpltool predict` options (the paper recipe adds --crf: test-time CRF, Table 3's last row)
 PRED_ARGS ?=
+# CMPA (SSR's cross-modal prototype alignment) weight in train-decoder; 0 = off (the default), SSR uses 0.1
+LAMBDA_PROTO ?= 0
+# open vocabulary: classes held out of train-decoder (comma-separated; their pixels ignored, their row dropped) and
+# the class names predict scores with text prototypes (a file or a,b,c; empty = the decoder's own classes). A decoder
+# trained with IGNORE_CLASSES needs PRED_CLASSES (e.g. every class of the dataset) to predict; docs/decoder.md
+IGNORE_CLASSES ?=
+PRED_CLASSES ?=
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
@@ -148,12 +155,14 @@ $(RUN)/metrics/pseudo.json: $(RUN)/pseudo/_stage.json
 decoder: $(RUN)/decoder/decoder.safetensors
 $(RUN)/decoder/decoder.safetensors: $(RUN)/pseudo/_stage.json $(RUN)/vision_prototypes.safetensors
 	$(VPL) train-decoder $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --iters $(DEC_ITERS) $(DEC_ARGS) \
-	  --device $(DEVICE) --overwrite
+	  --lambda-proto $(LAMBDA_PROTO) $(if $(IGNORE_CLASSES),--ignore-classes $(IGNORE_CLASSES)) --device $(DEVICE) \
+	  --overwrite
 
 ## Decoder masks for the validation split, and their mIoU
 predict: $(RUN)/metrics/pred_val.json
 $(RUN)/pred_val/_stage.json: $(RUN)/decoder/decoder.safetensors
-	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
+	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) $(if $(PRED_CLASSES),--classes $(PRED_CLASSES)) \
+	  --device $(DEVICE) --overwrite
 $(RUN)/metrics/pred_val.json: $(RUN)/pred_val/_stage.json
 	$(VPL) eval $(<D) --json $@
 
