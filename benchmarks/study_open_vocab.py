@@ -58,7 +58,7 @@ def train(run: Path, protos: Path, out: Path, iters: int, *extra: object) -> Pat
 
 def predict_eval(decoder: Path, out: Path, split: str, *extra: object) -> dict:
     """`predict` then `eval` on ``split``; the eval JSON."""
-    metrics = out.with_suffix(".json")
+    metrics = out.parent / f"{out.name}.json"
     if not metrics.is_file():
         _run("predict", decoder, "--split", split, "-o", out, *extra, "--device", "cpu", "--overwrite")
         _run("eval", out, "--json", metrics)
@@ -118,11 +118,12 @@ def cmpa(run: Path, work: Path, iters: int, lambdas: list[float], seeds: list[in
     rows = []
     for lam in lambdas:
         for seed in seeds:
-            dec = train(run, run / "vision_prototypes.safetensors", work / f"cmpa_{lam}_s{seed}", iters,
-                        "--lambda-proto", lam, "--seed", seed)
+            tag = f"cmpa_{lam:g}_s{seed}".replace(".", "p")
+            dec = train(run, run / "vision_prototypes.safetensors", work / tag, iters, "--lambda-proto", lam,
+                        "--seed", seed)
             row = {"lambda_proto": lam, "seed": seed}
             for split in ("train", "val"):
-                scored = predict_eval(dec, work / f"cmpa_{lam}_s{seed}_pred_{split}", split)
+                scored = predict_eval(dec, work / f"{tag}_pred_{split}", split)
                 row[f"{split}_miou"] = round(scored["miou"], 4)
             rows.append(row)
     return rows

@@ -241,3 +241,39 @@ def test_open_vocabulary_predict_and_eval_by_name(held_out, world, tmp_path):
     io.write_json(out / "_stage.json", record)
     with pytest.raises(VplError, match="zebra"):
         run_eval(out)
+
+
+def test_eval_maps_a_reordered_class_list_by_name(world, tmp_path):
+    """GT masks written under a permuted class list (and recorded so) score 1.0; unmapped they would not."""
+    from vpltool.data import open_dataset
+    from vpltool.eval import run_eval
+
+    dataset = open_dataset(world, "val")
+    classes = list(dataset.classes)
+    permuted = ["background", *reversed(classes[1:])]
+    to_permuted = np.array([permuted.index(c) for c in classes] + [255] * (256 - len(classes)), np.uint8)
+    to_permuted[255] = 255
+    for item in dataset.items:
+        io.write_mask(io.mask_path(tmp_path, item.id), to_permuted[io.read_mask(item.gt)])
+    io.write_stage_record(tmp_path, "predict", params={}, inputs={"dataset": dataset.identity()},
+                          count=len(dataset.items), classes=permuted)
+    assert run_eval(tmp_path)[0]["miou"] == pytest.approx(1.0)
+    record = io.read_json(tmp_path / "_stage.json")
+    record["classes"] = classes  # the same masks read as if in the dataset's order
+    io.write_json(tmp_path / "_stage.json", record)
+    assert run_eval(tmp_path)[0]["miou"] < 0.9
+
+
+def test_prompt_recipe_of_vision_prototypes_reads_their_text_file(text_protos, tmp_path):
+    from vpltool.train_decoder import prompt_recipe
+
+    text = io.read_prototypes(text_protos)
+    vision = io.Prototypes(text.vectors, text.row_class, text.row_names, classes=text.classes, temperature=0.03,
+                           source="vision", model=text.model,
+                           params={"text_prototypes": io.file_identity(text_protos, source="text")})
+    assert prompt_recipe(vision) == prompt_recipe(text) == {
+        "templates": ["a photo of a {}."], "background_words": ["grass", "sky", "wall", "water"], "synonyms": True,
+        "parity": "none"}
+    gone = io.Prototypes(text.vectors, text.row_class, text.row_names, classes=text.classes, temperature=0.03,
+                         source="vision", model=text.model, params={"text_prototypes": {"path": str(tmp_path / "x")}})
+    assert prompt_recipe(gone) is None

@@ -94,15 +94,21 @@ def text_class_vectors(bb: ClipBackbone, names: list[str], prompts: dict) -> tup
     return (mean / mean.norm(dim=-1, keepdim=True)).cpu(), row_class
 
 
-def open_vocabulary(model: SegDecoder, f: io.TensorFile, bb: ClipBackbone, names: tuple[str, ...]) -> list[str]:
-    """Swap the decoder's rows for text prototypes of ``names`` (+ its background words); returns the classes
-    ``['background', *names]``. VplError when the decoder records no prompt recipe or has no background word."""
+def recorded_prompts(f: io.TensorFile) -> dict:
+    """The templates and background words a decoder's training prototypes were made with (``train-decoder``
+    records them); VplError when it records none or has no background word (checked before the CLIP loads)."""
     prompts = f.meta("prompts", None)
     if not prompts:
         raise VplError(f"{f.path}: records no text templates / background words (trained by an older vpltool or on "
                        "vision prototypes whose text file is gone); retrain it to use --classes")
     if not prompts["background_words"]:
         raise VplError(f"{f.path}: trained without background words; --classes needs them to score background")
+    return prompts
+
+
+def open_vocabulary(model: SegDecoder, bb: ClipBackbone, names: tuple[str, ...], prompts: dict) -> list[str]:
+    """Swap the decoder's rows for text prototypes of ``names`` and of the ``prompts``' background words
+    (:func:`text_class_vectors`); returns the classes ``['background', *names]``."""
     try:
         vectors, row_class = text_class_vectors(bb, list(names), prompts)
     except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
@@ -158,11 +164,12 @@ def run_predict(
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     model, f = load_decoder(decoder_file, device)
+    dataset = _open_split(f, data, split, check_classes=not cfg.classes)
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
+        prompts = recorded_prompts(f)
         bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
-        classes = open_vocabulary(model, f, bb, cfg.classes)
-    dataset = _open_split(f, data, split, check_classes=not cfg.classes)
+        classes = open_vocabulary(model, bb, cfg.classes, prompts)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
     start = time.perf_counter()
