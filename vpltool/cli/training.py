@@ -125,8 +125,9 @@ def train_decoder_cmd(
                                                                     overwrite=overwrite),
                               resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1))
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
+    terms = "CE + RSC" + (" + CMPA" if cfg.lambda_proto > 0 else "")
     loss = "" if s.loss is None else \
-        f", training loss (CE + RSC) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"
+        f", training loss ({terms}) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"
     val = f", validation mIoU {100 * s.val_miou:.1f}%" if s.val_miou is not None else ""
     say(f"[green]✓[/] train-decoder: {done} ({s.iters_per_s:.2f} it/s){loss}{val} → {s.decoder}")
 
