@@ -30,6 +30,7 @@ import torch
 
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
 from .config import CamConfig, ExtractConfig, RuntimeConfig, check_tokens, from_params, to_params
 from .data import open_recorded
 from .device import autocast, resolve_device, resolve_precision
@@ -41,7 +42,8 @@ STAGE = "cam"
 
 # --------------------------------------------------------------------------------------------- CAA
 def affinity(attention: torch.Tensor, exact: bool = False) -> torch.Tensor:
-    """CAA transition matrix from a mean attention map ``[hw, hw]`` (CLS removed): symmetric, non-negative.
+    """CAA transition matrix from a mean attention map ``[hw, hw]`` or a batch ``[B, hw, hw]`` (CLS removed):
+    symmetric, non-negative.
 
     Column then row normalisation three times (Sinkhorn-style), ``(T + T^T) / 2``, then one squaring, in float32 as
     CLIP-ES. By default the sums have a floor (a patch nobody attends to would divide by zero); ``exact`` leaves it
@@ -49,10 +51,12 @@ def affinity(attention: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """
     t = attention.float()
     floor = 0.0 if exact else 1e-12
-    for _ in range(3):
-        t = t / t.sum(0, keepdim=True).clamp_min(floor)
-        t = t / t.sum(1, keepdim=True).clamp_min(floor)
-    t = (t + t.T) / 2
+    for _ in range(3):  # [..., hw, hw]: a batch of maps is normalised map by map
+        t = t / t.sum(-2, keepdim=True).clamp_min(floor)
+        t = t / t.sum(-1, keepdim=True).clamp_min(floor)
+    t = (t + t.transpose(-2, -1)) / 2
+    if t.ndim == 3:  # map by map: a batched matmul may round differently from the single one
+        return torch.stack([m @ m for m in t])
     return t @ t
 
 
@@ -112,6 +116,76 @@ def refine(cams: torch.Tensor, trans: torch.Tensor, threshold: float, parity: bo
         return Refined(cams, cams, [])
     before = torch.stack(before)
     return Refined(minmax(before), before, boxes)
+
+
+def box_masks(cams: torch.Tensor, threshold: float, parity: bool = False) -> torch.Tensor:
+    """:func:`box_mask` for a batch of maps ``[N, h, w]`` in [0, 1], on their device: ``[N, h, w]`` float32 in {0, 1}.
+
+    The boxes of :func:`box_coords` are the bounding boxes of the 8-connected components of the thresholded map
+    (an outer contour bounds its component; hole contours lie inside it), so the union is built from labelled
+    components: every foreground patch starts with its own label and takes the largest label among its 8
+    neighbours until nothing changes; each label's row and column range is a box. No per-map loop and no copy to
+    the host: a handful of synchronisations per batch, to test convergence.
+    """
+    n, h, w = cams.shape
+    if n == 0:
+        return torch.zeros_like(cams)
+    u8 = (cams.float() * 255).to(torch.uint8)  # as numpy's astype: truncation
+    peak = u8.flatten(1).amax(1).double()
+    binary = u8 > (threshold * peak).floor()[:, None, None]  # int(threshold * max), as scoremap2bbox
+    labels = torch.where(binary, torch.arange(1, h * w + 1, device=cams.device, dtype=torch.float32).view(h, w),
+                         torch.zeros((), device=cams.device))
+    keep = binary.float()
+    while True:
+        before = labels
+        for _ in range(4):  # test convergence every 4 steps: each test is a synchronisation
+            labels = torch.nn.functional.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * keep
+        if torch.equal(labels, before):
+            break
+    return _union_of_boxes(labels.long(), parity)
+
+
+def _union_of_boxes(labels: torch.Tensor, parity: bool) -> torch.Tensor:
+    """``[N, h, w]`` component labels (0 = none, else 1..hw) -> the union of the components' bounding boxes
+    ``[N, h, w]`` float32, with CLIP-ES's clipped box ends under ``parity`` (see :func:`box_coords`)."""
+    n, h, w = labels.shape
+    slots = h * w + 1
+    dev = labels.device
+    index = (torch.arange(n, device=dev)[:, None] * slots + labels.flatten(1)).flatten()
+    rows = torch.arange(h, device=dev).repeat_interleave(w).repeat(n)
+    cols = torch.arange(w, device=dev).repeat(h).repeat(n)
+
+    def reduce(values: torch.Tensor, how: str, start: int) -> torch.Tensor:
+        return torch.full((n * slots,), start, device=dev).scatter_reduce(0, index, values, how)
+
+    y0, y1 = reduce(rows, "amin", h), reduce(rows, "amax", -1) + 1
+    x0, x1 = reduce(cols, "amin", w), reduce(cols, "amax", -1) + 1
+    if parity:
+        y1, x1 = y1.clamp_max(h - 1), x1.clamp_max(w - 1)
+    real = (y1 > 0).view(n, slots)
+    real[:, 0] = False  # label 0 is the background, not a component
+    in_y = (torch.arange(h, device=dev) >= y0[:, None]) & (torch.arange(h, device=dev) < y1[:, None])
+    in_x = (torch.arange(w, device=dev) >= x0[:, None]) & (torch.arange(w, device=dev) < x1[:, None])
+    in_y = (in_y.view(n, slots, h) & real[..., None]).float()
+    in_x = in_x.view(n, slots, w).float()
+    return ((in_y.transpose(1, 2) @ in_x) > 0).float()  # [N, h, w]: inside some component's box
+
+
+def refine_batch(cams: torch.Tensor, trans: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`refine` for a batch: ``cams`` ``[B, K, h, w]`` (padded maps are zeros), ``trans`` ``[B, hw, hw]``.
+
+    ``(T * box[None, :]) @ cam`` is computed as ``sum_j T[:, j] * (box * cam)[j]`` (the box is 0 or 1, so every
+    product term is the same), a product and a sum rather than a batched matmul, whose rounding depends on the batch
+    (measured on a CPU): a batch gives the maps of its images run alone.
+
+    Returns:
+        ``(maps, before_minmax)``, both ``[B, K, h, w]`` float32.
+    """
+    b, k, h, w = cams.shape
+    boxes = box_masks(cams.flatten(0, 1), threshold).view(b, k, h * w, 1)
+    masked = boxes * cams.reshape(b, k, h * w, 1).to(trans)
+    before = torch.stack([(trans * masked[:, i, None, :, 0]).sum(-1) for i in range(k)], 1).view(b, k, h, w)
+    return minmax(before), before
 
 
 def superpixel_smooth(cams: torch.Tensor, image: np.ndarray, n_segments: int, compactness: float) -> torch.Tensor:
@@ -232,14 +306,6 @@ def image_tokens(bb: ClipBackbone, item, image: np.ndarray, cfg: CamConfig, dtyp
 
 
 # --------------------------------------------------------------------------------------------- the stage
-def _decoded(items, workers: int):
-    """``(item, image)`` decoded ahead by a thread pool (PIL releases the GIL while decoding), in order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        yield from zip(items, pool.map(lambda it: io.load_image(it.image), items))
-
-
 def run_cam(
     source: str | Path,
     prototypes: str | Path,
@@ -250,6 +316,7 @@ def run_cam(
     split: str | None = None,
     overlays: str | Path | None = None,
     debug: str | Path | None = None,
+    shard: tuple[int, int] = (0, 1),
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
@@ -262,6 +329,8 @@ def run_cam(
             is the one the prototypes were made with.
         overlays: a folder for heat-map PNGs. debug: a folder for each image's intermediate maps (kind
             ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
+        shard: ``(i, n)``: every n-th image from the i-th (``--shard i/n``; under torchrun the rank, see
+            :func:`vpltool.batches.shard_from_env`); the folder completes when every shard's images are there.
     """
     source, out = Path(source), Path(out)
     for extra in (overlays, debug):  # the main output is checked by StageFolder, these here: before the model
@@ -270,10 +339,10 @@ def run_cam(
     if _is_extract_folder(source):
         if split is not None:
             raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
-        return _run_on(_FromFeatures(source, prototypes, cfg), out, cfg, runtime, overlays, debug, on_item, on_start,
-                       backbone)
-    return _run_on(_FromDataset(source, split, prototypes, cfg), out, cfg, runtime, overlays, debug, on_item,
-                   on_start, backbone)
+        src = _FromFeatures(source, prototypes, cfg)
+    else:
+        src = _FromDataset(source, split, prototypes, cfg)
+    return _run_on(src, out, cfg, runtime, overlays, debug, shard_from_env(shard), on_item, on_start, backbone)
 
 
 def _is_extract_folder(path: Path) -> bool:
@@ -308,6 +377,31 @@ class _FromFeatures:
     def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
         return cached_tokens(bb, io.feature_path(self.features, item_id), self.classes, image, self.extract_cfg)
 
+    def plan(self, bb: ClipBackbone, ids: list[str], items: dict) -> list[dict]:
+        """Per image, from its file's header alone: the grid (the batch key), sizes and labels."""
+        out = []
+        for item_id in ids:
+            path = io.feature_path(self.features, item_id)
+            head = io.features_meta(path)
+            check_tokens(path, head["image_size"], head["grid"], bb.patch_size, self.extract_cfg.max_tokens,
+                         stage="cam")
+            out.append({**head, "id": item_id, "path": path, "item": items.get(item_id)})
+        return out
+
+    def load(self, entry: dict, pre, need_image: bool, batched: bool) -> dict:
+        """What the batched pass needs of one image: the cached tokens, or (light cache) the pixels to recompute
+        them; and the image itself where the refinement or the overlays need it. Runs in a loading worker."""
+        image = _image_of(entry, need_image or (batched and not self.extract_cfg.store_tokens))
+        out = {"image": image}
+        if not batched:
+            return out
+        if self.extract_cfg.store_tokens:
+            feats = io.read_features(entry["path"], classes=self.classes, need_tokens=True)
+            out.update(tokens=feats.last_block_input, attention=feats.attention)
+        else:
+            out["pixels"] = pre(image, entry["input_size"])
+        return out
+
 
 class _FromDataset:
     """`cam` straight from a dataset: one process, one frozen pass per image, no cache written."""
@@ -329,10 +423,49 @@ class _FromDataset:
     def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
         return image_tokens(bb, item, image, self.cfg, dtype)
 
+    def plan(self, bb: ClipBackbone, ids: list[str], items: dict) -> list[dict]:
+        """Per image, from its header alone (every image checked before the first forward): sizes and labels."""
+        out = []
+        for item_id in ids:
+            item = items[item_id]
+            size = io.image_size(item.image)
+            input_size = bb.input_size(*size)
+            grid = (input_size[0] // bb.patch_size, input_size[1] // bb.patch_size)
+            check_tokens(item.image, size, grid, bb.patch_size, ExtractConfig.max_tokens, stage="cam")
+            out.append({"id": item_id, "item": item, "labels": tuple(item.labels), "image_size": size,
+                        "input_size": input_size, "grid": grid, "n_prev": min(self.cfg.attention_blocks,
+                                                                               bb.n_blocks) - 1})
+        return out
 
-def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, debug, on_item, on_start,
-            backbone) -> io.StageSummary:
-    """The per-image loop shared by both sources (the skeleton of :class:`vpltool.io.StageFolder`)."""
+    def load(self, entry: dict, pre, need_image: bool, batched: bool) -> dict:
+        image = _image_of(entry, True)
+        return {"image": image, **({"pixels": pre(image, entry["input_size"])} if batched else {})}
+
+
+def _image_of(entry: dict, need: bool) -> np.ndarray | None:
+    if not need:
+        return None
+    if entry["item"] is None:
+        raise VplError(f"{entry.get('path', entry['id'])}: no cached tokens and image '{entry['id']}' not found; "
+                       "restore the dataset or re-run extract with --cache full")
+    image = io.load_image(entry["item"].image)
+    if tuple(image.shape[:2]) != tuple(entry["image_size"]):
+        raise ContractError(f"{entry['item'].image}: is {image.shape[0]}x{image.shape[1]}, but its features were "
+                            f"made from a {entry['image_size'][0]}x{entry['image_size'][1]} image; the dataset "
+                            "changed since extract: re-run extract")
+    return image
+
+
+def batched_mode(cfg: CamConfig) -> bool:
+    """Whether `cam` runs whole batches through :func:`cams_for_batch`; the rest (``--parity clip-es``, whose
+    operation order is CLIP-ES's, one image at a time, and refinements beyond CAA) runs :func:`cams_for_image`."""
+    return cfg.parity == "none" and cfg.refine in ("none", "caa")
+
+
+def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, debug, shard: tuple[int, int],
+            on_item, on_start, backbone) -> io.StageSummary:
+    """The stage on either source, through the shared pipeline of :mod:`vpltool.batches` (plan, load ahead, run
+    batched, write behind) inside the skeleton of :class:`vpltool.io.StageFolder`."""
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     temperature = cfg.temperature or src.protos.temperature
@@ -340,9 +473,11 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
               "prototypes": io.file_identity(src.protos.path, source=src.protos.source)}
     need_images = src.need_images or overlays is not None
     items = src.dataset().by_id() if need_images else {}
+    index, count = shard
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite) as folder:
-        todo = folder.todo(src.ids, io.cam_path)
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, reset=index == 0,
+                        lock_name=io.shard_lock(index, count)) as folder:
+        todo = folder.todo(src.ids[index::count], io.cam_path)
         if on_start:
             on_start(len(todo))
         if todo:
@@ -350,31 +485,135 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
             if bb.embed_dim != src.protos.dim:
                 raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
                                     f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
-            pending = [items[i] for i in todo] if need_images else [None] * len(todo)
-            decoded = _decoded(pending, runtime.workers) if need_images else zip(todo, pending)
-            for item_id, (_, image) in zip(todo, decoded):
-                tokens = src.tokens(bb, item_id, items.get(item_id), image, dtype)
-                result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image)
-                _write(out, item_id, tokens, result, src, params, image, overlays, debug)
-                if on_item:
-                    on_item(1)
-        folder.complete(count=len(src.ids), inputs=src.inputs)
-    return io.StageSummary(done=len(todo), skipped=len(src.ids) - len(todo), seconds=time.perf_counter() - start)
+            _run_batches(bb, src, src.plan(bb, todo, items), out, cfg, runtime, temperature, dtype, params,
+                         overlays, debug, on_item)
+        folder.finish(src.ids, io.cam_path, index, count, inputs=src.inputs)
+    return io.StageSummary(done=len(todo), skipped=len(src.ids[index::count]) - len(todo),
+                           seconds=time.perf_counter() - start)
 
 
-def _write(out: Path, item_id: str, tokens: ImageTokens, result: CamResult, src, params, image, overlays,
-           debug) -> None:
-    io.write_cam(io.cam_path(out, item_id), result.maps, result.labels, image_size=tokens.image_size,
-                 classes=src.classes, params=params, id=item_id)
-    if overlays is not None and image is not None:
-        io.write_png(io.mask_path(overlays, item_id),
-                     overlay(image, io.read_cam(io.cam_path(out, item_id)).cams, result.labels, src.classes))
-    if debug is not None:
-        io.write_cam_debug(io.cam_path(debug, item_id), result.raw, result.probs, result.labels,
-                           None if result.refined is None else result.refined.before_minmax,
-                           None if result.refined is None else result.refined.boxes,
-                           classes=src.classes, params=params, id=item_id,
-                           row_names=_row_names(src.protos, result.labels))
+def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamConfig, runtime: RuntimeConfig,
+                 temperature: float, dtype: torch.dtype, params: dict, overlays, debug, on_item) -> None:
+    """Plan same-grid batches, load them ahead, run each batched (halving on out-of-memory), write behind."""
+    batched = batched_mode(cfg)
+    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1) if batched else 1
+    need_image = src.need_images if not batched else (cfg.refine == "caa+sgc" or overlays is not None)
+    need_image = need_image or overlays is not None
+    pre = bb.preprocessor
+    runner = BatchRunner(size, describe=lambda i: _describe(plan[i]))
+    with BackgroundWriter(on_item) as writer:
+        batches = load_batches(len(plan), plan_batches([e["grid"] for e in plan], size),
+                               lambda i: src.load(plan[i], pre, need_image, batched), runtime.worker_count, bb.device)
+        for batch in batches:
+            entries = [plan[i] for i in batch["index"]]
+            if not batched:
+                for entry, image in zip(entries, batch["image"]):
+                    tokens = src.tokens(bb, entry["id"], entry["item"], image, dtype)
+                    result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image)
+                    writer.submit(_result_tensors(result), _writer(out, entry, image, src, params, overlays, debug))
+                continue
+            for chunk in runner(len(entries), lambda s: _chunk(bb, batch, s, entries, src, cfg, temperature, dtype)):
+                for b, entry in enumerate(entries[chunk["slice"]]):
+                    k = len(entry["labels"])
+                    tensors = {"maps": chunk["maps"][b, :k], "raw": chunk["raw"][b, :k], "probs": chunk["probs"][b],
+                               "before": chunk["before"][b, :k] if chunk["before"] is not None else None}
+                    image = batch["image"][chunk["slice"].start + b]
+                    writer.submit(tensors, _writer(out, entry, image, src, params, overlays, debug, cfg))
+
+
+def _describe(entry: dict) -> str:
+    h, w = entry["image_size"]
+    where = entry["item"].image if entry.get("item") is not None else entry.get("path", entry["id"])
+    return f"{where} ({h}x{w}, {entry['grid'][0] * entry['grid'][1]} patch tokens)"
+
+
+def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src, cfg: CamConfig, temperature: float,
+           dtype: torch.dtype) -> dict:
+    """:func:`cams_for_batch` on ``batch[part]``: the frozen pass first where the cache holds no tokens."""
+    grid = tuple(entries[part.start]["grid"])
+    labels = [tuple(e["labels"]) for e in entries[part]]
+    if "tokens" in batch:
+        tokens, prev = batch["tokens"][part].to(bb.device), batch["attention"][part].to(bb.device)
+        n_prev = int(entries[part.start]["n_prev"])
+    else:
+        pixels = batch["pixels"][part].to(bb.device, non_blocking=True)
+        tokens, prev, n_prev = _frozen_tokens(bb, pixels, src, cfg, dtype)
+    maps, raw, probs, before = cams_for_batch(bb, tokens, prev, n_prev, grid, labels, src.protos, cfg, temperature)
+    return {"slice": part, "maps": maps, "raw": raw, "probs": probs, "before": before}
+
+
+@torch.no_grad()
+def _frozen_tokens(bb: ClipBackbone, pixels: torch.Tensor, src, cfg: CamConfig, dtype: torch.dtype):
+    """``(last_block_input [B, 1+hw, width], attention [B, hw, hw], n_prev)`` for a batch of pixels: from a light
+    cache rounded as `extract`'s full cache stores them (the same maps with and without cached tokens)."""
+    cached = isinstance(src, _FromFeatures)
+    blocks = src.extract_cfg.attention_blocks if cached else cfg.attention_blocks
+    with autocast(bb.device, dtype):
+        tokens, attention, _ = bb.frozen_pass(pixels, blocks)
+    tokens, attention = tokens.float(), attention.float()
+    if cached:
+        kind = io.token_dtype(src.extract_cfg.parity)
+        tokens, attention = tokens.to(kind).float(), attention.to(kind).float()
+    return tokens, attention, min(blocks, bb.n_blocks) - 1
+
+
+def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n_prev: int, grid: tuple[int, int],
+                   labels: list[tuple[int, ...]], protos: io.Prototypes, cfg: CamConfig, temperature: float):
+    """Steps 1-3 of the module docstring for B images of one grid, on the model's device, with no per-image loop
+    over the network and no copy to the host.
+
+    Args:
+        tokens: ``[B, 1 + hw, width]`` entering the last block. prev: ``[B, hw, hw]`` mean attention of the
+            ``n_prev`` blocks before it. labels: each image's K_b classes.
+
+    Returns:
+        ``(maps, raw, probs, before)``: ``[B, Kmax, h, w]`` refined maps in [0, 1] (image b's first K_b), the raw
+        GradCAM alike, B softmax vectors, and the maps before CAA's min-max (None with ``--refine none``).
+    """
+    rows = [protos.image_rows(lab) for lab in labels]
+    cam = bb.gradcam_batch(tokens, grid, rows, [len(lab) for lab in labels], temperature, layer=cfg.layer)
+    if cfg.refine == "none" or cam.maps.shape[1] == 0:
+        return cam.maps, cam.maps, cam.probs, None
+    wanted = min(cfg.attention_blocks, bb.n_blocks)
+    if wanted == 1:
+        attention = cam.attention[:, 1:, 1:]
+    elif wanted != n_prev + 1:
+        raise ContractError(f"extract averaged {n_prev + 1} attention blocks, cam asks for {wanted}; re-run extract "
+                            f"with --attention-blocks {wanted}")
+    else:
+        attention = (prev.to(cam.attention) * n_prev + cam.attention[:, 1:, 1:]) / (n_prev + 1)
+    maps, before = refine_batch(cam.maps, affinity(attention), cfg.box_threshold)
+    return maps, cam.maps, cam.probs, before
+
+
+def _result_tensors(result: CamResult) -> dict:
+    refined = result.refined
+    return {"maps": result.maps, "raw": result.raw, "probs": result.probs,
+            "before": None if refined is None else refined.before_minmax,
+            "boxes": None if refined is None else refined.boxes}
+
+
+def _writer(out: Path, entry: dict, image: np.ndarray | None, src, params: dict, overlays, debug,
+            cfg: CamConfig | None = None) -> Callable[[dict], None]:
+    """The write of one image's results, run on the writer thread (``cfg``: compute the debug boxes there)."""
+
+    def write(t: dict) -> None:
+        item_id, maps = entry["id"], t["maps"].cpu()
+        io.write_cam(io.cam_path(out, item_id), maps, entry["labels"], image_size=entry["image_size"],
+                     classes=src.classes, params=params, id=item_id)
+        if overlays is not None and image is not None:
+            io.write_png(io.mask_path(overlays, item_id),
+                         overlay(image, io.read_cam(io.cam_path(out, item_id)).cams, entry["labels"], src.classes))
+        if debug is not None:
+            boxes = t.get("boxes")
+            if boxes is None and t["before"] is not None:
+                boxes = [box_coords(m.numpy(), cfg.box_threshold) for m in t["raw"].cpu()]
+            io.write_cam_debug(io.cam_path(debug, item_id), t["raw"].cpu(), t["probs"].cpu(), entry["labels"],
+                               None if t["before"] is None else t["before"].cpu(), boxes,
+                               classes=src.classes, params=params, id=item_id,
+                               row_names=_row_names(src.protos, entry["labels"]))
+
+    return write
 
 
 def _row_names(protos: io.Prototypes, labels) -> list[str]:

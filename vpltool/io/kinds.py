@@ -111,6 +111,21 @@ def features_header(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[int
     return tuple(int(c) for c in json.loads(head.get("vpltool.labels", "[]"))), tuple(json.loads(head["vpltool.grid"]))
 
 
+def features_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """What a stage plans a batch with, from a features file's header alone (no tensor read): ``labels``,
+    ``grid`` ``(h, w)``, ``image_size`` / ``input_size`` ``(H, W)`` and ``n_prev`` (attention blocks averaged before
+    the last)."""
+    head = read_header(path)
+    try:
+        meta = {k: json.loads(head[f"vpltool.{k}"]) for k in ("grid", "image_size", "input_size")}
+        labels = json.loads(head.get("vpltool.labels", "[]"))
+        n_prev = int(json.loads(head.get("vpltool.attention_blocks", "0")))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ContractError(f"{path}: metadata {e} missing or malformed; re-run `vpltool extract`") from None
+    return {"labels": tuple(int(c) for c in labels), "grid": tuple(meta["grid"]),
+            "image_size": tuple(meta["image_size"]), "input_size": tuple(meta["input_size"]), "n_prev": n_prev}
+
+
 # --------------------------------------------------------------------------------------------- prototypes
 class Prototypes:
     """A prototypes file: text prototypes (`text-prototypes`) or vision prototypes (`learn-prototypes`).

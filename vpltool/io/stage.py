@@ -213,8 +213,25 @@ class StageFolder:
                 self.folder.rmdir()
 
     def todo(self, ids: Iterable[str], path_of: Callable[[str | os.PathLike, str], Path]) -> list[str]:
-        """The ids whose output ``path_of(folder, id)`` is missing (all of them under ``overwrite``)."""
-        return [i for i in ids if not item_done(path_of(self.folder, i), self.overwrite)]
+        """The ids whose output ``path_of(folder, id)`` is missing (all of them under ``overwrite``): one listing of
+        the folder, not a stat per id (outputs are written atomically, so a name present is a finished item)."""
+        if self.overwrite:
+            return list(ids)
+        present = _names(self.folder)
+        return [i for i in ids if path_of(self.folder, i).name not in present]
+
+    def finish(self, ids: Sequence[str], path_of: Callable[[str | os.PathLike, str], Path], index: int = 0,
+               count: int = 1, *, inputs: Mapping[str, Any], **extra: Any) -> bool:
+        """After this process's items: :meth:`complete` once every item of ``ids`` (all shards) is there, else (a
+        shard of several) :meth:`shard_done`. Returns whether the folder is complete. Each shard checks after
+        writing its own items, so the last to finish completes the folder."""
+        present = _names(self.folder)
+        if all(path_of(self.folder, i).name in present for i in ids):
+            self.complete(inputs=inputs, count=len(ids), **extra)
+            return True
+        if count > 1:
+            self.shard_done(index, count)
+        return False
 
     def complete(self, *, inputs: Mapping[str, Any], count: int, **extra: Any) -> Path:
         """Write ``_stage.json`` (every item is there); the run and shard records go, the parameters live on in
@@ -229,6 +246,19 @@ class StageFolder:
         which shards to run instead of "did not finish" (``_stage.json`` comes with the last shard)."""
         return write_json(self.folder / SHARD_RECORD.format(index=index, count=count),
                           {"stage": self.stage, "shard": [index, count]})
+
+
+def _names(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+
+
+def shard_lock(index: int, count: int) -> str:
+    """The lock file of shard ``index`` of ``count`` (:data:`LOCK_FILE` for a run in one piece): shards of one run
+    write one folder side by side, each under its own lock."""
+    return LOCK_FILE if count == 1 else f"{LOCK_FILE}.{index}-of-{count}"
 
 
 def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
