@@ -62,7 +62,9 @@ class RuntimeConfig:
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with AMX, else fp32 (device.resolve_precision)
-    batch_size: int = 8
+    # images per batch; None = auto: 32 on CUDA (halved on out-of-memory), and on a CPU, where batching buys
+    # little, CPU_BATCH for extract and one image for cam and predict (their per-class backward does not batch)
+    batch_size: int | None = None
     # image decoding threads (extract) / CRF processes / data-loading processes (train-decoder); 0 = one per CPU
     # core (every stage, see worker_count); 1 = in this process for crf and train-decoder
     workers: int = 2
@@ -70,7 +72,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        at_least("--batch-size", self.batch_size, 1)
+        at_least("--batch-size", self.batch_size, 1, allow_none=True)
         at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
 
     @property
@@ -122,6 +124,7 @@ class ExtractConfig:
         return self.cache == "full"
 
 
+CPU_BATCH = 8  # extract's images per batch on a CPU under --batch-size auto (the forward batches well there)
 NOT_COMPARED = ("max_tokens",)  # recorded parameters that a resumed run may change (limits, not settings)
 
 

@@ -15,9 +15,15 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; 'auto' falls back to CPU."""
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; 'auto' falls back to CPU.
+
+    Under ``torchrun`` (``LOCAL_RANK`` set) 'auto' and 'cuda' mean this process's GPU, ``cuda:LOCAL_RANK``, which
+    also becomes the current device (CUDA events and pinned copies follow the current device).
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -27,6 +33,8 @@ def resolve_device(device: str = "auto") -> torch.device:
             raise VplError(f"--device {device} asked for, but CUDA is not available; use --device auto or cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise VplError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        if dev.index is not None:
+            torch.cuda.set_device(dev)
     elif dev.type != "cpu":
         raise VplError(f"--device {device!r}: only cpu and cuda are supported")
     return dev

@@ -38,8 +38,12 @@ Device = Annotated[str, typer.Option(envvar="VPLTOOL_DEVICE", help="auto | cpu |
                                      rich_help_panel=RUNTIME)]
 Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA and on CPUs with AMX, else fp32) | "
                                         "fp32 | bf16 | fp16 (CUDA only).", rich_help_panel=RUNTIME)]
-BatchSize = Annotated[int, typer.Option(help="Images per batch (equal input sizes are batched).",
-                                        rich_help_panel=RUNTIME)]
+BatchSize = Annotated[Optional[int], typer.Option(
+    help="Images per batch (equal input sizes are batched) [default: auto: 32 on CUDA, halved on out-of-memory; on "
+    "a CPU 8 for extract, 1 for cam and predict].", show_default=False, rich_help_panel=RUNTIME)]
+Shard = Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset; the folder "
+                                    "completes when every shard is done. Under torchrun: RANK/WORLD_SIZE.",
+                                    rich_help_panel=RUNTIME)]
 Workers = Annotated[int, typer.Option(help="Parallel image decoders / CRF processes: 0 = one per CPU core, 1 = in "
                                       "this process.", rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
@@ -224,7 +228,7 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
         yield start, advance
 
 
-def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int = _R.batch_size,
+def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int | None = _R.batch_size,
             workers: int = _R.workers, overwrite: bool = False) -> RuntimeConfig:
     return RuntimeConfig(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          overwrite=overwrite)

@@ -31,6 +31,7 @@ from .common import (
     Overwrite,
     Precision,
     PretrainedOpt,
+    Shard,
     Split,
     Verbose,
     Workers,
@@ -75,7 +76,7 @@ def extract_cmd(
                                        "fast second `cam` pass).")] = ExtractConfig.cache,
     parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's fp16-rounded positional embedding, tokens "
                                         "cached in fp32: for `cam --parity clip-es`).")] = ExtractConfig.parity,
-    shard: Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset.")] = "0/1",
+    shard: Shard = "0/1",
     allow_pickle: Annotated[bool, typer.Option(help="Allow an IRN-style cls_labels.npy (a pickle).")] = False,
     labels_file: Annotated[Optional[Path], typer.Option(help="Image-label file overriding the layout's own.")] = None,
     device: Device = _R.device,
@@ -183,8 +184,10 @@ def cam_cmd(
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
                                                        "(docs/file-formats.md).")] = None,
+    shard: Shard = "0/1",
     device: Device = _R.device,
     precision: Precision = _R.precision,
+    batch_size: BatchSize = _R.batch_size,
     workers: Workers = _R.workers,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
@@ -201,8 +204,9 @@ def cam_cmd(
 
     cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer)
     with progress("cam") as (on_start, on_item):
-        s = run_cam(source, prototypes, out, cfg, runtime(device, precision, workers=workers, overwrite=overwrite),
-                    split=split, overlays=save_overlays, debug=save_debug, on_item=on_item, on_start=on_start)
+        s = run_cam(source, prototypes, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
+                    split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
+                    on_start=on_start)
     say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
 
 
