@@ -221,7 +221,8 @@ def test_cam_applies_the_token_limit_extract_recorded(features_dir, text_protos,
 
 # --------------------------------------------------------------------------------------------- batching
 def _cams(folder):
-    return {p.stem: io.read_tensors(p, kind="cam", framework="pt")["cams"] for p in sorted(folder.glob("*.safetensors"))}
+    paths = sorted(folder.glob("*.safetensors"))
+    return {p.stem: io.read_tensors(p, kind="cam", framework="pt")["cams"] for p in paths}
 
 
 @pytest.mark.parametrize("source", ["full", "light", "dataset"])
