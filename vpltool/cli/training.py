@@ -11,11 +11,13 @@ from ..config import DECODER_RECIPES, DecoderConfig, EvalConfig, PredictConfig
 from . import app
 from .common import (
     _R,
+    BatchSize,
     Device,
     LogFile,
     OutDir,
     Overwrite,
     Precision,
+    Shard,
     Split,
     Verbose,
     Workers,
@@ -26,6 +28,7 @@ from .common import (
     runtime,
     say,
 )
+from .common import shard as shard_of
 
 _D = DecoderConfig()
 _P = PredictConfig()
@@ -132,8 +135,11 @@ def predict_cmd(
     max_tokens: Annotated[int, typer.Option(help="Refuse an image whose largest test view has more patch tokens "
                                             "than this, before its forward.")] = _P.max_tokens,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write mask-over-image PNGs here.")] = None,
+    shard: Shard = "0/1",
     device: Device = _R.device,
     precision: Precision = _R.precision,
+    batch_size: BatchSize = _R.batch_size,
+    workers: Workers = _R.workers,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -149,9 +155,9 @@ def predict_cmd(
     cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
                         long_side=long_side, crf=crf, max_tokens=max_tokens)
     with progress("predict") as (on_start, on_item):
-        s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, overwrite=overwrite),
-                        overlays=save_overlays, on_item=on_item, on_start=on_start)
-    say(f"[green]✓[/] predict: {s.done} masks, {s.skipped} already done → {out}")
+        s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
+                        overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)
+    say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
 
 
 @app.command("eval")
