@@ -26,7 +26,7 @@ import torch
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
-from .data import Dataset, Item
+from .data import Dataset, Item, check_sizes
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
 
@@ -125,6 +125,7 @@ def run_extract(
             on_start(len(todo))
         if todo:
             sizes = _header_sizes(todo, runtime.worker_count)
+            check_sizes(todo, sizes, runtime.worker_count)
             bb = backbone or load_backbone(spec, device)
             meta = extract_metadata(bb, cfg, min(cfg.attention_blocks, bb.n_blocks) - 1)
 
