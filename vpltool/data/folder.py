@@ -40,11 +40,16 @@ def open_folder(root: Path, split: str | None, labels_file: Path | None) -> Data
             raise VplError(f"{labels_path}: no labels for id {image_id!r} (listed in {listing}); add a row")
         if image_id not in images:
             raise missing_image(listing, image_id, root / "images")
-        labels = names_to_labels(table[image_id], classes[1:], labels_path, image_id,
-                                 fix=_unknown_class_fix(root, labels_path))
+        labels = () if _only_background(table[image_id]) else names_to_labels(
+            table[image_id], classes[1:], labels_path, image_id, fix=_unknown_class_fix(root, labels_path))
         items.append(Item(image_id, images[image_id], labels, masks.get(image_id)))
-    warn_unlabelled(items, labels_path)
+    warn_unlabelled([it for it in items if not _only_background(table[it.id])], labels_path)
     return Dataset("folder", root, split, classes, items, preset_for(classes))
+
+
+def _only_background(names: list[str]) -> bool:
+    """The label 'background' alone declares an image with no objects (an empty labels cell is warned about)."""
+    return names == [BACKGROUND]
 
 
 def _unknown_class_fix(root: Path, labels_path: Path) -> str:
@@ -163,17 +168,17 @@ def _folder_classes(path: Path, table: dict[str, list[str]], labels_path: Path |
                     ) -> tuple[str, ...]:
     """``classes.txt`` (background prepended when absent), else the sorted label names.
 
-    'background' is class 0 (see :func:`read_classes_txt`); as an image label it is refused too (class 0 is
-    implicit in every image). Without classes.txt, two names that differ only in case ('Ring', 'ring') are
-    refused: they would silently become two classes.
+    'background' is class 0 (see :func:`read_classes_txt`); as an image label next to others it is refused too
+    (class 0 is implicit in every image); alone it marks an image with no objects. Without classes.txt, two names
+    that differ only in case ('Ring', 'ring') are refused: they would silently become two classes.
     """
     if path.is_file():
         return read_classes_txt(path)
-    names = sorted({name for labels in table.values() for name in labels})
+    names = sorted({name for labels in table.values() if not _only_background(labels) for name in labels})
     where = labels_path or path.parent
     if BACKGROUND in names:
-        raise VplError(f"{where}: 'background' is used as an image label; drop it (class 0 is in every image), or "
-                       "add classes.txt")
+        raise VplError(f"{where}: 'background' is used as an image label next to others; drop it (class 0 is in "
+                       "every image; alone, it marks an image with no objects), or add classes.txt")
     by_lower: dict[str, str] = {}
     for name in names:
         if (other := by_lower.setdefault(name.casefold(), name)) != name:
