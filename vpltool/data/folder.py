@@ -122,7 +122,7 @@ def _check_delimiter(path: Path, rows: list[tuple[int, list[str]]]) -> None:
     first = rows[0][1][0]
     for sep, name in (("\t", "tab"), (";", "semicolon")):
         if sep in first:
-            raise VplError(f"{path}: {name}-delimited ({first.split(sep)[0].strip()!r} then {sep!r}); labels.csv "
+            raise VplError(f"{path}: {name}-delimited (no row has a ',', line {rows[0][0]} has {name}s); labels.csv "
                            "separates its columns with ',': save it as comma-separated id,labels (labels in one "
                            "cell, separated by ';')")
 
