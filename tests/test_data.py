@@ -496,6 +496,11 @@ def test_an_id_written_with_its_extension_gets_a_hint(tmp_path):
     (root / "labels.csv").write_text("id,labels\na.jpg,dog\nb,cat\n")
     with pytest.raises(VplError, match=r"id 'a\.jpg' is written with its extension; ids are file stems: write 'a'"):
         open_dataset(root)
+    (root / "labels.csv").write_text("id,labels\na,dog\nb,cat\n")
+    (root / "splits").mkdir()
+    (root / "splits" / "val.txt").write_text("b.png\n")
+    with pytest.raises(VplError, match=r"val\.txt: id 'b\.png' is written with its extension; .* write 'b'"):
+        open_dataset(root, "val")
 
 
 @pytest.mark.parametrize("layout", ["csv", "json", "voc", "manifest"])

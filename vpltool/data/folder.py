@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,17 +35,25 @@ def open_folder(root: Path, split: str | None, labels_file: Path | None) -> Data
     ids = split_ids(listing) if listing != labels_path else list(table)
     images = index_files(root / "images", IMAGE_EXTS, strict=True)
     masks = index_files(root / "masks", (".png",))
-    items = []
+    items, fix = [], _unknown_class_fix(root, labels_path)
     for image_id in ids:
         if image_id not in table:
-            raise VplError(f"{labels_path}: no labels for id {image_id!r} (listed in {listing}); add a row")
+            raise _no_labels(labels_path, listing, image_id, table)
         if image_id not in images:
             raise missing_image(listing, image_id, root / "images")
         labels = () if _only_background(table[image_id]) else names_to_labels(
-            table[image_id], classes[1:], labels_path, image_id, fix=_unknown_class_fix(root, labels_path))
+            table[image_id], classes[1:], labels_path, image_id, fix=fix)
         items.append(Item(image_id, images[image_id], labels, masks.get(image_id)))
     warn_unlabelled([it for it in items if not _only_background(table[it.id])], labels_path)
     return Dataset("folder", root, split, classes, items, preset_for(classes))
+
+
+def _no_labels(labels_path: Path, listing: Path, image_id: str, table: dict[str, list[str]]) -> VplError:
+    stem, ext = os.path.splitext(image_id)
+    if ext.lower() in IMAGE_EXTS and stem in table:
+        return VplError(f"{listing}: id {image_id!r} is written with its extension; ids are file stems: write "
+                        f"{stem!r}")
+    return VplError(f"{labels_path}: no labels for id {image_id!r} (listed in {listing}); add a row")
 
 
 def _only_background(names: list[str]) -> bool:
