@@ -279,6 +279,7 @@ def _huge_photo(ws: Workspace) -> Iterator[list[object]]:
 
     world = ws.copy(ws.world, "world_big")
     Image.new("RGB", (4000, 3000), (90, 120, 60)).save(world / "images" / "train_000001.png", compress_level=1)
+    (world / "masks" / "train_000001.png").unlink()  # its 96x96 mask would be refused first (another case)
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
@@ -840,6 +841,214 @@ def _manifest_gt_missing(ws: Workspace) -> Iterator[list[object]]:
 def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
     masks = ws.copy(ws.world / "masks", "bare_masks")
     yield ["eval", masks]
+
+
+# ---- branch inputs (issue 20): dataset and table inputs
+def _extract(ws: Workspace, data: Path, out: str, *extra: object) -> list[object]:
+    return ["extract", data, *extra, "-o", ws.out(out), *TINY, *CPU, "--workers", "1"]
+
+
+def _voc_world(ws: Workspace, name: str) -> Path:
+    """`make-world --layout voc` (seed 1: no empty scene), as the CLI writes it."""
+    world = ws.out(name)
+    cli_ok("make-world", world, "--train", "4", "--val", "1", "--seed", "1", "--layout", "voc")
+    return world
+
+
+def _edit_labels(ws: Workspace, name: str, edit: Callable[[str], str], classes_txt: bool = True) -> Path:
+    """A copy of the world whose labels.csv is ``edit(text)`` (and without classes.txt unless asked)."""
+    world = ws.copy(ws.world, name)
+    labels = world / "labels.csv"
+    labels.write_text(edit(labels.read_text()), encoding="utf-8")
+    if not classes_txt:
+        (world / "classes.txt").unlink()
+    return world
+
+
+@case("`make-world --layout voc`, then extract (the VOC reader follows the world's classes.txt)",
+      "✓ extract: 4 images", exit_code=0, leaves=("features_voc/", "features_voc/*"))
+def _make_world_voc(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _voc_world(ws, "world_voc"), "features_voc", "--split", "train")
+
+
+@case("a VOC root of other classes without classes.txt", "world_voc_nc/Annotations/train_000000.xml: unknown class",
+      "list this dataset's classes in world_voc_nc/classes.txt", "without it a VOC root has the 20 VOC classes")
+def _voc_no_classes(ws: Workspace) -> Iterator[list[object]]:
+    world = _voc_world(ws, "world_voc_nc")
+    (world / "classes.txt").unlink()
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("VOC annotation with no <object> (warned, read as background only)",
+      "warning: 1 image has no labels: train_000001 (world_voc_empty/Annotations)", "read as background only",
+      exit_code=0, leaves=("features_voc_empty/", "features_voc_empty/*"))
+def _voc_no_object(ws: Workspace) -> Iterator[list[object]]:
+    import re as re_
+
+    world = _voc_world(ws, "world_voc_empty")
+    xml = world / "Annotations" / "train_000001.xml"
+    xml.write_text(re_.sub(r"<object>.*</object>", "", xml.read_text(), flags=re_.S))
+    yield _extract(ws, world, "features_voc_empty", "--split", "train")
+
+
+@case("split-file ids with a dot and a space (img.v2, chat noir é)", "✓ extract: 4 images", exit_code=0,
+      leaves=("features_ids/", "features_ids/*"))
+def _dotted_ids(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_ids")
+    for old, new in (("train_000000", "img.v2"), ("train_000001", "chat noir é")):
+        for folder in ("images", "masks"):
+            (world / folder / f"{old}.png").rename(world / folder / f"{new}.png")
+        for name in ("labels.csv", "splits/train.txt"):
+            (world / name).write_text((world / name).read_text().replace(old, new), encoding="utf-8")
+    yield _extract(ws, world, "features_ids", "--split", "train")
+
+
+@case("an extra column in labels.csv (id,labels,date), no classes.txt", "world_date/labels.csv: unknown column 'date'",
+      "the columns are id,labels")
+def _extra_column(ws: Workspace) -> Iterator[list[object]]:
+    world = _edit_labels(ws, "world_date", lambda t: "\n".join(
+        row + (",date" if i == 0 else ",2023-05-01") for i, row in enumerate(t.splitlines())) + "\n", False)
+    yield _extract(ws, world, "out")
+
+
+@case("labels.csv whose header does not start with id (image,labels)",
+      "world_header/labels.csv: the header must start with id,labels (found 'image,labels')")
+def _header_image(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _edit_labels(ws, "world_header", lambda t: t.replace("id,labels", "image,labels", 1)), "out")
+
+
+@case("semicolon-delimited labels.csv (Excel in many locales)", "world_semicolon/labels.csv: semicolon-delimited",
+      "save it as comma-separated id,labels")
+def _semicolon_csv(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _edit_labels(ws, "world_semicolon", lambda t: t.replace(",", ";")), "out")
+
+
+@case("tab-delimited labels.csv", "world_tab/labels.csv: tab-delimited", "save it as comma-separated id,labels")
+def _tab_csv(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _edit_labels(ws, "world_tab", lambda t: t.replace(",", "\t")), "out")
+
+
+def _manifest_with_labels(ws: Workspace, labels: object) -> Path:
+    from vpltool.data import open_dataset, write_manifest
+
+    manifest = write_manifest(open_dataset(ws.world, "train"), ws.root / "manifest_labels.json")
+    data = json.loads(manifest.read_text())
+    data["items"][0]["labels"] = labels
+    manifest.write_text(json.dumps(data))
+    return manifest
+
+
+@case("manifest labels given as a string (\"labels\": \"12\")", "manifest_labels.json: item 'train_000000' has "
+      "'labels' \"12\"", "must be a list of class indices (ints), e.g. [1, 3]")
+def _manifest_string_labels(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _manifest_with_labels(ws, "12"), "out")
+
+
+@case("manifest labels given as a name (\"labels\": \"x\")", "item 'train_000000' has 'labels' \"x\"",
+      "must be a list of class indices")
+def _manifest_name_labels(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _manifest_with_labels(ws, "x"), "out")
+
+
+@case("an image of an unsupported type (.gif)", "image for id 'train_000000' is world_gif/images/train_000000.gif",
+      ".gif images are not supported", "convert it to one of .jpg, .jpeg, .png, .bmp, .webp")
+def _gif_image(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_gif")
+    png = world / "images" / "train_000000.png"
+    with Image.open(png) as img:
+        img.save(png.with_suffix(".gif"))
+    png.unlink()
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("an empty labels cell (warned, read as background only)",
+      "warning: 1 image has no labels: train_000001 (world_empty_cell/labels.csv)", exit_code=0,
+      leaves=("features_empty_cell/", "features_empty_cell/*"))
+def _empty_cell(ws: Workspace) -> Iterator[list[object]]:
+    world = _edit_labels(ws, "world_empty_cell", lambda t: re.sub(r"(?m)^train_000001,.*$", "train_000001,", t))
+    yield _extract(ws, world, "features_empty_cell", "--split", "train")
+
+
+@case("class names that differ only in case (Ring, ring), no classes.txt",
+      "world_case/labels.csv: labels 'Ring' and 'ring' differ only in case", "use one spelling")
+def _case_variants(ws: Workspace) -> Iterator[list[object]]:
+    world = _edit_labels(ws, "world_case", lambda t: re.sub(r"(?m)^train_000001,.*$", "train_000001,Ring;cross", t)
+                         .replace("train_000000,", "train_000000,ring;"), False)
+    yield _extract(ws, world, "out")
+
+
+@case("an id written with its extension (train_000000.png,...)",
+      "id 'train_000000.png' is written with its extension; ids are file stems: write 'train_000000'")
+def _id_with_extension(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _edit_labels(ws, "world_ext", lambda t: t.replace("train_000000,", "train_000000.png,")), "out")
+
+
+@case("a multi-word class written without ';' (potted plant)",
+      "world_words/labels.csv: the labels of id 'train_000000' ('potted plant') are split at spaces",
+      "separate labels with ';'")
+def _multi_word(ws: Workspace) -> Iterator[list[object]]:
+    world = _edit_labels(ws, "world_words", lambda t: re.sub(r"(?m)^train_000000,.*$", "train_000000,potted plant", t))
+    with open(world / "classes.txt", "a") as fh:
+        fh.write("potted plant\n")
+    yield _extract(ws, world, "out")
+
+
+@case("ground-truth mask of another size than its image (refused by extract, before the model loads)",
+      "world_gt_small/masks/train_000000.png: ground truth of image 'train_000000' is 48x48 but the image is 96x96",
+      "a GT mask must have its image's size")
+def _gt_size_extract(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_gt_small")
+    gt = world / "masks" / "train_000000.png"
+    with Image.open(gt) as img:
+        img.resize((48, 48), Image.NEAREST).save(gt)
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("a 1x1 image", "world_1px/images/train_000001.png: 1x1 pixels, too small to segment",
+      "at least 16 pixels a side")
+def _one_pixel(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_1px")
+    Image.new("RGB", (1, 1), (90, 120, 60)).save(world / "images" / "train_000001.png")
+    (world / "masks" / "train_000001.png").unlink()
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("a 400-megapixel image (a 20000x20000 PNG header)", "world_400mp/images/train_000001.png: 400 megapixels",
+      "shrink the file itself", "--max-side resizes an image only after it is decoded")
+def _huge_pixels(ws: Workspace) -> Iterator[list[object]]:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    world = ws.copy(ws.world, "world_400mp")
+    # only the header is ever read (the refusal comes from it), so the pixel data can be a stub
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    (world / "images" / "train_000001.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("a fully transparent RGBA image (warned: it decodes to black)",
+      "warning: world_clear/images/train_000001.png: fully transparent (alpha 0 in every pixel)",
+      "save it without its alpha channel", exit_code=0, leaves=("features_clear/", "features_clear/*"))
+def _transparent(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_clear")
+    path = world / "images" / "train_000001.png"
+    with Image.open(path) as img:
+        rgba = img.convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(path)
+    yield _extract(ws, world, "features_clear", "--split", "train")
 
 
 # --------------------------------------------------------------------------------------------- the page

@@ -24,6 +24,9 @@ MIN_SIDE = 32  # smallest --image-size / --max-side / --long-side accepted (a fe
 # patch tokens per image: ~1024x1024 px at patch 16 (VOC's ~500x375 photos are 768). Every block's attention map is
 # tokens^2 per head, so a 4000x3000 photo (47k tokens) asked for 281 GB and died in the allocator
 MAX_TOKENS = 4096
+# smallest image side a stage accepts: below one ViT-B/16 patch an image is upsampled from a few pixels to a flat
+# input, so its CAM says nothing (a 1x1 thumbnail or a broken export, not a photo)
+MIN_IMAGE_SIDE = 16
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -418,7 +421,7 @@ def from_params(cls: type, params: dict[str, Any]) -> Any:
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "MAX_TOKENS", "RuntimeConfig",
-    "worker_count", "ExtractConfig", "NOT_COMPARED", "check_tokens",
+    "MIN_IMAGE_SIDE", "worker_count", "ExtractConfig", "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",

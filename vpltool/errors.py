@@ -22,6 +22,11 @@ class MissingDependencyError(VplError):
     """An optional dependency (e.g. the CRF extra) is not installed."""
 
 
+class VplWarning(UserWarning):
+    """Input that is accepted but probably not what the user meant (an image with no labels, a blank image); the
+    CLI prints it as one yellow ``warning:`` line on stderr and the run goes on."""
+
+
 # errno -> (what happened, what to do). Disk full and missing permissions are the user's to fix, not bugs.
 _WRITE_ERRORS = {
     errno.ENOSPC: ("no space left on device", "free space or choose another --out"),

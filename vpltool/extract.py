@@ -26,7 +26,7 @@ from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
 from .config import CPU_BATCH, NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
-from .data import Dataset, Item
+from .data import Dataset, Item, check_sizes
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
 
@@ -105,6 +105,7 @@ def run_extract(
             on_start(len(todo))
         if todo:
             sizes = _header_sizes(todo, runtime.worker_count)
+            check_sizes(todo, sizes, runtime.worker_count)
             bb = backbone or load_backbone(spec, device)
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
         seconds = time.perf_counter() - start

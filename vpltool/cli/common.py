@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ import typer
 from rich.console import Console
 
 from ..config import RuntimeConfig
-from ..errors import VplError, write_error
+from ..errors import VplError, VplWarning, write_error
 
 err = Console(stderr=True)
 log = logging.getLogger("vpltool")
@@ -78,7 +79,10 @@ def friendly_errors(fn: Callable) -> Callable:
         os.environ.setdefault("TQDM_DISABLE", "1")
         _log_file = kwargs.get("log_file")
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # restores the filters and showwarning after the command
+                warnings.simplefilter("always", VplWarning)
+                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+                return fn(*args, **kwargs)
         except VplError as e:
             _error_line(e)
         except OSError as e:  # one that escaped the library's own handling (its writes name their files)
@@ -91,6 +95,16 @@ def friendly_errors(fn: Callable) -> Callable:
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def _show_warning(default: Callable, message, category, filename, lineno, file=None, line=None) -> None:
+    """A :class:`VplWarning` as one yellow ``warning:`` line (on stderr and in ``--log``); others as ``default``
+    (Python's own display) shows them."""
+    if not issubclass(category, VplWarning):
+        return default(message, category, filename, lineno, file, line)
+    from rich.markup import escape
+
+    say(f"[yellow]warning:[/] {escape(str(message))}")
 
 
 def _to_log(line: str) -> None:

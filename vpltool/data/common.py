@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
+import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ContractError, VplError
+from ..errors import ContractError, VplError, VplWarning
+from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -110,6 +114,46 @@ def read_lines(path: Path) -> list[str]:
     return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
 
 
+def read_classes_txt(path: Path) -> tuple[str, ...]:
+    """``classes.txt``: one class name per line, 'background' (class 0) first or left out (then prepended).
+
+    On any other line 'background' is refused (prepending it once more gave ``[background, ..., background]``, and
+    moving it would shift every mask value), and so is a name listed twice.
+    """
+    names = read_lines(path)
+    if len(set(names)) != len(names):
+        raise VplError(f"{path}: a class name is listed twice; keep one line per class")
+    if BACKGROUND in names[1:]:
+        raise VplError(f"{path}: 'background' is on line {names.index(BACKGROUND) + 1}; it is class 0, so put it "
+                       "on the first line (mask value 0) or leave it out (it is then added as class 0)")
+    names = names if names and names[0] == BACKGROUND else [BACKGROUND, *names]
+    if len(names) < 2:
+        raise VplError(f"{path}: no classes; list one class name per line")
+    return tuple(names)
+
+
+def names_to_labels(
+    names: Iterable[str], fg: Sequence[str], source: Path, image_id: str | None = None, *,
+    fix: str = "fix the name",
+) -> tuple[int, ...]:  # fmt: skip
+    """Class names -> indices 1..C (``fg`` = the classes without background), unique, in order of first appearance.
+
+    ``fix`` ends the message for an unknown name (what the user edits for this layout); a name that matches a class
+    but for its case says which.
+    """
+    index = {name: i + 1 for i, name in enumerate(fg)}
+    labels: list[int] = []
+    for name in names:
+        if name not in index:
+            where = f" (id {image_id!r})" if image_id is not None else ""
+            near = next((c for c in fg if c.casefold() == name.casefold()), None)
+            hint = f"; did you mean {near!r}? (names are case-sensitive)" if near is not None else ""
+            raise VplError(f"{source}: unknown class {name!r}{where}{hint}; expected one of {', '.join(fg[:5])}"
+                           f"{', ...' if len(fg) > 5 else ''}; {fix}")
+        labels.append(index[name])
+    return tuple(dict.fromkeys(labels))  # unique, order of first appearance
+
+
 def split_ids(listing: Path) -> list[str]:
     """The ids of a split file, each once: an id listed twice is an error naming this file (not the dataset)."""
     ids = [split_id(line) for line in read_lines(listing)]
@@ -119,9 +163,60 @@ def split_ids(listing: Path) -> list[str]:
     return ids
 
 
-def missing_image(listing: Path, image_id: str, where: Path | str) -> VplError:
-    return VplError(f"{listing}: image for id {image_id!r} not found in {where}; restore it or drop the id")
+def missing_image(listing: Path, image_id: str, where: Path | str | Sequence[Path]) -> VplError:
+    """The one-line error for an id whose image is not in ``where`` (a folder, or the folders searched in order).
+
+    When a file of that id is there with an extension vpltool does not decode (``.gif``, ``.tif``), or the id was
+    written with its extension (``a.png``), the message says so instead of "not found".
+    """
+    folders = [where] if isinstance(where, (str, Path)) else list(where)
+    for folder in (Path(f) for f in folders):
+        if (hint := _image_hint(folder, image_id)) is not None:
+            return VplError(f"{listing}: {hint}")
+    shown = " or ".join(f"{f}/" for f in folders) if len(folders) > 1 else f"{folders[0]}"
+    return VplError(f"{listing}: image for id {image_id!r} not found in {shown}; restore it or drop the id")
+
+
+def _image_hint(folder: Path, image_id: str) -> str | None:
+    """Why ``image_id`` has no image in ``folder`` although something close is there; None if nothing is."""
+    stem, ext = os.path.splitext(image_id)
+    if ext.lower() in IMAGE_EXTS and stem and any((folder / f"{stem}{e}").is_file() for e in _EXT_VARIANTS):
+        return (f"id {image_id!r} is written with its extension; ids are file stems: write {stem!r} "
+                f"(the image is {folder / stem}.*)")
+    try:
+        others = sorted(p for p in folder.glob(glob.escape(image_id) + ".*") if p.stem == image_id and p.is_file())
+    except OSError:
+        return None
+    if others:
+        found = others[0]
+        return (f"image for id {image_id!r} is {found}, and {found.suffix or 'that'} images are not supported; "
+                f"convert it to one of {', '.join(IMAGE_EXTS)}")
+    return None
+
+
+_EXT_VARIANTS = tuple(dict.fromkeys(e for ext in IMAGE_EXTS for e in (ext, ext.upper())))
+
 
 def split_id(line: str) -> str:
-    """'2007_000032' or the old '/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png' form."""
-    return Path(line.split()[0]).stem
+    """The id a split-file line names, kept whole: '2007_000032', 'img.v2', 'chat noir' (dots and spaces are part
+    of an id). A line with a '/' is the old VOC form '/JPEGImages/2007_000032.jpg /SegmentationClassAug/....png':
+    its id is the image's file name without an image extension (paths may hold spaces too)."""
+    if "/" not in line:
+        return line
+    image = re.split(r"\s+(?=\S*/)", line, maxsplit=1)[0]  # the mask path starts at the next word with a '/'
+    name = image.rstrip("/").rsplit("/", 1)[-1]
+    stem, ext = os.path.splitext(name)
+    return stem if ext.lower() in IMAGE_EXTS and stem else name
+
+
+def warn_unlabelled(items: Sequence[Item], source: Path | str) -> None:
+    """A :class:`VplWarning` naming the images without any label (read as background only: often a typo, or
+    an annotation whose objects were lost)."""
+    empty = [it.id for it in items if not it.labels]
+    if not empty:
+        return
+    n = len(empty)
+    shown = ", ".join(empty[:5]) + (f" (+{n - 5} more)" if n > 5 else "")
+    warnings.warn(VplWarning(f"{n} image{'s have' if n > 1 else ' has'} no labels: {shown} ({source}); "
+                             f"{'they are' if n > 1 else 'it is'} read as background only, check "
+                             f"{'their' if n > 1 else 'its'} labels"), stacklevel=3)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from .. import io
 from ..errors import VplError
+from ..presets import BACKGROUND
 from .config import LAYOUTS
 from .scenes import CLASSES, Scene, SceneConfig, check_config, generate_scenes, split_seed
 
@@ -82,7 +83,8 @@ def write_dataset(
     """Render a train and a val split to ``out`` and record the run in ``_stage.json`` (written last).
 
     Layouts:
-        folder: ``images/<id>.png``, ``masks/<id>.png``, ``labels.csv`` (``id,labels``, names ';'-separated),
+        folder: ``images/<id>.png``, ``masks/<id>.png``, ``labels.csv`` (``id,labels``, names ';'-separated,
+            ``background`` for a scene with no objects),
             ``splits/{train,val}.txt``.
         voc: ``JPEGImages/<id>.jpg`` (quality 95), ``Annotations/<id>.xml``, ``SegmentationClassAug/<id>.png``,
             ``ImageSets/Segmentation/{train,val}.txt``.
@@ -106,7 +108,8 @@ def write_dataset(
             for sid, scene in zip(ids, generate_scenes(n, split_seed(seed, split), cfg)):
                 _write_item(out, sid, scene, layout)
                 captions[sid] = scene.caption
-                rows.append(f"{sid}," + ";".join(CLASSES[c] for c in scene.labels))
+                # an empty scene says so ('background' alone), so that the reader does not warn about a lost label
+                rows.append(f"{sid}," + (";".join(CLASSES[c] for c in scene.labels) or BACKGROUND))
             _write_text(out / ("splits" if layout == "folder" else "ImageSets/Segmentation") / f"{split}.txt", ids)
         _write_text(out / "classes.txt", CLASSES[: cfg.n_classes + 1])
         io.write_json(out / "captions.json", captions)
