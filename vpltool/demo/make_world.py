@@ -71,8 +71,8 @@ def _is_complete(out: Path, params: dict) -> bool:
     record = io.stage_record_path(out)
     if not record.is_file():
         return False
-    old = io.read_json(record)
-    return old.get("stage") == STAGE and old.get("params") == json.loads(json.dumps(params))
+    old = io.read_record(record)
+    return old["stage"] == STAGE and old["params"] == json.loads(json.dumps(params))
 
 
 def write_dataset(
