@@ -238,10 +238,10 @@ def run_learn_prototypes(
         A summary: the metadata written to the file plus ``out``, ``plot``, ``mode``, ``device`` and timings.
     """
     start, out = time.perf_counter(), io.check_writable_target(out)
-    if plot not in (None, True, False) and Path(plot).suffix.lower() != ".png":
-        raise VplError(f"--plot {plot}: the loss curve is a PNG image; give a name ending in .png")
     plot_path = None if plot is False else io.check_writable_target(
         out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot, ".png")  # before the descent
+    if plot_path is not None and plot_path.suffix.lower() != ".png":  # PNG bytes in a .jpg would mislead
+        raise VplError(f"--plot {plot}: the loss curve is a PNG image; give a name ending in .png")
     inp = check_inputs(features_dir, cams_dir, text_prototypes)
     if on_start:
         on_start(cfg.iters + 1)
