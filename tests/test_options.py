@@ -296,3 +296,24 @@ def test_shell_completion_accepts_click_and_typer_spellings(value):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["learn-prototypes"]
 
+
+
+def test_library_write_dataset_checks_seed_and_size_before_the_folder(tmp_path):
+    from vpltool.demo.make_world import write_dataset
+    from vpltool.demo.scenes import SceneConfig
+
+    with pytest.raises(VplError, match="--seed -1"):
+        write_dataset(tmp_path / "w", n_train=1, n_val=0, seed=-1)
+    with pytest.raises(VplError, match="--size 4096: must be at most 2048"):
+        write_dataset(tmp_path / "w", n_train=1, n_val=0, seed=0, cfg=SceneConfig(size=4096))
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("classes", [["background", "cat", "cat"], ["background", "cat", "background"]])
+def test_a_manifest_naming_a_class_twice_is_refused(tmp_path, classes):
+    from vpltool.data import open_dataset
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format": "vpltool.manifest/1", "classes": classes, "items": []}))
+    with pytest.raises(ContractError, match="names a class twice or 'background' after the first entry"):
+        open_dataset(path)
