@@ -202,6 +202,8 @@ def _check_split(folder: Path, recorded: Mapping[str, Any], split: str | None) -
     if asked and not any((folder / f"{i}{suffix}").is_file() for i in asked for suffix in (".png", ".safetensors")):
         raise VplError(f"{folder}: made from split {made!r} (its {io.STAGE_RECORD}) and holds no prediction for "
                        f"split {split!r}; wrong --split? drop it to score {made!r}")
+
+
 def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str | None = None,
              cfg: EvalConfig = EvalConfig(), json_out: str | os.PathLike | None = None,
              ids: Sequence[str] | None = None) -> tuple[dict[str, Any], list[str]]:
