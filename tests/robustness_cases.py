@@ -1051,6 +1051,270 @@ def _transparent(ws: Workspace) -> Iterator[list[object]]:
     yield _extract(ws, world, "features_clear", "--split", "train")
 
 
+# ---- branch `options` (issue 20): metadata, cross-stage options, degenerate runs, messages
+def _resaved_prototypes(ws: Workspace, name: str, **meta: str | None) -> Path:
+    """A copy of the text prototypes with metadata entries replaced (``None``: removed), tensors unchanged."""
+    from safetensors.torch import save_file
+
+    tensors, header = _tensors_and_meta(ws.text)
+    for key, value in meta.items():
+        header.pop(f"vpltool.{key}", None)
+        if value is not None:
+            header[f"vpltool.{key}"] = value
+    path = ws.root / name
+    save_file(tensors, str(path), metadata=header)
+    return path
+
+
+@case("prototypes file whose temperature is 0 (metadata)", "temp0.safetensors: metadata 'vpltool.temperature' is "
+      "'0', not a finite number > 0", "re-create it")
+def _temperature_zero(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", _resaved_prototypes(ws, "temp0.safetensors", temperature="0"), "-o",
+           ws.out("out"), *CPU]
+
+
+@case("prototypes file whose temperature is not a number (metadata)",
+      "temp_abc.safetensors: metadata 'vpltool.temperature' is 'abc', not a finite number > 0")
+def _temperature_abc(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", _resaved_prototypes(ws, "temp_abc.safetensors", temperature="abc"), "-o",
+           ws.out("out"), *CPU]
+
+
+@case("prototypes file whose model entry is not JSON (metadata)",
+      "model_text.safetensors: metadata 'vpltool.model' is 'ViT-B-16'", "a JSON object naming the CLIP")
+def _model_not_json(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", _resaved_prototypes(ws, "model_text.safetensors", model="ViT-B-16"), "-o",
+           ws.out("out"), *CPU]
+
+
+@case("prototypes file without its class list (metadata)",
+      "no_classes.safetensors: metadata 'vpltool.classes' missing")
+def _no_classes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", _resaved_prototypes(ws, "no_classes.safetensors", classes=None), "-o",
+           ws.out("out"), *CPU]
+
+
+@case("_stage.json that is valid JSON but a list", "features_list_record/_stage.json: not a vpltool stage record "
+      "(a JSON list, not an object)")
+def _record_list(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_list_record")
+    (features / "_stage.json").write_text("[]\n")
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("_stage.json with keys missing", "features_short_record/_stage.json: not a vpltool stage record (no "
+      "'params')", "re-run `vpltool extract` there with --overwrite")
+def _record_short(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_short_record")
+    (features / "_stage.json").write_text('{"stage": "extract"}\n')
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("_run.json that is valid JSON but a string (a resumed cam)",
+      "cams_bad_run/_run.json: not a vpltool run record (a JSON str, not an object)")
+def _run_record_string(ws: Workspace) -> Iterator[list[object]]:
+    cams = interrupted_copy(ws, ws.cams, "cams_bad_run")
+    (cams / "_run.json").write_text('"cam"\n')
+    yield ["cam", ws.features, "-p", ws.text, "-o", cams, *CPU]
+
+
+@case("cam on an extract folder made with --attention-blocks 2 (full cache)", "✓ cam: 4 images", exit_code=0,
+      leaves=("cams_ab2/", "cams_ab2/*"))
+def _attention_blocks_2(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.out("features_ab2")
+    yield from _extract_then_cam(ws, features, ws.out("cams_ab2"), "--attention-blocks", "2", "--cache", "full")
+
+
+@case("cam on an extract folder made with --attention-blocks 1 (light cache)", "✓ cam: 4 images", exit_code=0,
+      leaves=("cams_ab1/", "cams_ab1/*"))
+def _attention_blocks_1(ws: Workspace) -> Iterator[list[object]]:
+    yield from _extract_then_cam(ws, ws.out("features_ab1"), ws.out("cams_ab1"), "--attention-blocks", "1")
+
+
+def _extract_then_cam(ws: Workspace, features: Path, cams: Path, *extract_options: str) -> Iterator[list[object]]:
+    """The extract run is the case's set-up (before the disk is compared); the cam run is the case."""
+    cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1",
+           *extract_options)
+    yield ["cam", features, "-p", ws.text, "-o", cams, *CPU]
+
+
+@case("cam --attention-blocks that the extract cache cannot serve", "cam --attention-blocks 3",
+      "extracted with --attention-blocks 8", "drop the option", "re-run extract with --attention-blocks 3")
+def _attention_blocks_mismatch(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--attention-blocks", "3", *CPU]
+
+
+@case("negative seed (make-world --seed -1)", "--seed -1: must be an integer from 0 to 4294967295")
+def _make_world_negative_seed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["make-world", ws.out("world_negative_seed"), "--train", "1", "--val", "0", "--seed", "-1"]
+
+
+@case("negative seed (train-decoder --seed -1)", "--seed -1: must be an integer from 0 to 4294967295")
+def _decoder_negative_seed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_seed"), *DECODER_ARGS, "--seed", "-1"]
+
+
+@case("negative seed (train-toy-clip --seed -1)", "--seed -1: must be an integer from 0 to 4294967295")
+def _toy_clip_negative_seed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_seed"), "--steps", "1", "--seed", "-1"]
+
+
+@case("huge scene size (make-world --size 100000)", "--size 100000: must be at most 2048 pixels")
+def _huge_world(ws: Workspace) -> Iterator[list[object]]:
+    yield ["make-world", ws.out("world_huge"), "--train", "1", "--val", "0", "--size", "100000"]
+
+
+@case("a pseudo mask with a value above the class count (train-decoder)", "pseudo_50/train_000002.png",
+      "mask values [50] outside 0..8")
+def _pseudo_out_of_range(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool import io
+
+    pseudo = ws.copy(ws.pseudo, "pseudo_50")
+    mask = io.read_mask(pseudo / "train_000002.png").copy()
+    mask[-1, -1] = 50  # one corner pixel: a random crop may never sample it, every mask is checked first
+    io.write_mask(pseudo / "train_000002.png", mask.astype(np.uint8))
+    yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("decoder_50"), *DECODER_ARGS]
+
+
+@case("a template with two {} (text-prototypes)", "--templates 'a {} and {}': has 2 '{}' fields",
+      "needs exactly one")
+def _two_braces(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("t2.safetensors"), "--templates", "a {} and {}",
+           "--background", "sky", *CPU]
+
+
+@case("a template that is not a format string (text-prototypes)", "--templates 'a {} of {'",
+      "not a valid format string")
+def _bad_format(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("t3.safetensors"), "--templates", "a {} of {",
+           "--background", "sky", *CPU]
+
+
+@case("a temperature at which the loss cannot move (learn-prototypes --tau-i 1e-30)",
+      "the loss did not move in 3 iterations", "--tau-i 1e-30", "nothing was written")
+def _stuck_descent(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("stuck.safetensors"),
+           "--tau-i", "1e-30", "--iters", "3", *CPU]
+
+
+@case("a softmax temperature below float32's reach (cam --temperature 1e-30)",
+      "--temperature 1e-30: must be >= 0.001", "GradCAM's gradients vanish")
+def _tiny_temperature(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--temperature", "1e-30", *CPU]
+
+
+@case("'background' among the class names (text-prototypes --classes)",
+      "--classes: 'background' is class 0 already")
+def _background_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", "--classes", "background,cat", *TINY, "--templates", "{}", "--background", "sky",
+           "-o", ws.out("bg.safetensors"), *CPU]
+
+
+@case("a class named twice (text-prototypes --classes)", "--classes: class 'Cat' is named twice")
+def _class_twice(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", "--classes", "cat,Cat", *TINY, "--templates", "{}", "--background", "sky",
+           "-o", ws.out("cc.safetensors"), *CPU]
+
+
+@case("a background word that is also a class (text-prototypes --background)",
+      "--background: 'star' is also a class")
+def _background_is_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("bgc.safetensors"), "--templates", "{}", "--background",
+           "star,sky", *CPU]
+
+
+@case("train-decoder interrupted (Ctrl-C) without --resume", "interrupted", "re-run the same command with --resume",
+      exit_code=130, leaves=("decoder_ctrl_c/", "decoder_ctrl_c/.vpltool.lock"))
+def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import train_decoder
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with mock.patch.object(train_decoder._Run, "loop", interrupt):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_ctrl_c"), *DECODER_ARGS]
+
+
+@case("a loss weight that is not a number (train-decoder --lambda-rsc nan)",
+      "--lambda-rsc nan: not a finite number")
+def _lambda_nan(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_nan"), *DECODER_ARGS,
+           "--lambda-rsc", "nan"]
+
+
+@case("a negative loss weight (train-decoder --lambda-rsc -1)", "--lambda-rsc -1.0: must be >= 0")
+def _lambda_negative(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_neg"), *DECODER_ARGS,
+           "--lambda-rsc", "-1"]
+
+
+@case("eval of an extract folder", "features: holds `extract` output",
+      "expected `cam`, `crf` or `predict` output")
+def _eval_features(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.features]
+
+
+@case("eval of a train folder with --split val", "cams: made from split 'train'",
+      "no prediction for split 'val'", "wrong --split?")
+def _eval_wrong_split(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.cams, "--split", "val"]
+
+
+def _vision_copy(ws: Workspace) -> Path:
+    return _resaved_prototypes(ws, "vision_copy.safetensors", source="vision")
+
+
+@case("vision prototypes where the text ones belong (learn-prototypes -t)",
+      "vision_copy.safetensors: holds vision prototypes", "--text expects text prototypes",
+      "`vpltool text-prototypes`")
+def _vision_as_text(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", _vision_copy(ws), "-o",
+           ws.out("v2.safetensors"), "--iters", "2", *CPU]
+
+
+@case("vision prototypes where the text ones belong (diagnose -t)",
+      "vision_copy.safetensors: holds vision prototypes", "--text expects text prototypes")
+def _vision_as_text_diagnose(ws: Workspace) -> Iterator[list[object]]:
+    yield ["diagnose", ws.features, "-p", ws.text, "-t", _vision_copy(ws), *CPU]
+
+
+@case("a device name only in VPLTOOL_DEVICE (VPLTOOL_DEVICE=gpu0)", "--device (from VPLTOOL_DEVICE) 'gpu0'",
+      "use auto, cpu, cuda or cuda:N")
+def _device_env(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.dict(os.environ, {"VPLTOOL_DEVICE": "gpu0"}):
+        yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), *TINY]
+
+
+@case("a loss-curve name that is not .png (learn-prototypes --plot x.jpg)", "--plot curve.jpg",
+      "give a name ending in .png")
+def _plot_jpg(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vp.safetensors"), "--plot",
+           "curve.jpg", "--iters", "2", *CPU]
+
+
+@case("a missing -t file is named before any progress line (learn-prototypes)", "nope.safetensors: file not found")
+def _missing_text_first(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.root / "nope.safetensors", "-o",
+           ws.out("vn.safetensors"), "--iters", "3", *CPU]
+
+
+@case("a degenerate test scale (predict --scales 1e-9)", "--scales 1e-09: each scale must be at least 0.1")
+def _tiny_scale(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--scales", "1e-9",
+           *CPU]
+
+
+@case("vpltool help COMMAND", "--help", exit_code=0)
+def _help_command(ws: Workspace) -> Iterator[list[object]]:
+    yield ["help", "crf"]
+
+
+@case("vpltool -V", "vpltool ", exit_code=0)
+def _short_version(ws: Workspace) -> Iterator[list[object]]:
+    yield ["-V"]
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

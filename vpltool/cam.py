@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -31,7 +31,15 @@ import torch
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
-from .config import CamConfig, ExtractConfig, RuntimeConfig, check_tokens, from_params, to_params
+from .config import (
+    CAM_ATTENTION_BLOCKS,
+    CamConfig,
+    ExtractConfig,
+    RuntimeConfig,
+    check_tokens,
+    from_params,
+    to_params,
+)
 from .data import open_recorded
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
@@ -237,13 +245,13 @@ class ImageTokens:
 def caa_attention(tokens: ImageTokens, attn_last: torch.Tensor, wanted: int, n_blocks: int) -> torch.Tensor:
     """``[hw, hw]``: the mean over the last ``wanted`` blocks of the head-mean attention without CLS (the earlier
     blocks' mean + the last block's own ``attn_last`` ``[1+hw, 1+hw]``); CLIP-ES averages the last 8."""
-    wanted = min(wanted, n_blocks)
+    wanted = tokens.n_prev + 1 if wanted is None else min(wanted, n_blocks)  # None: what extract averaged
     if wanted == 1:  # the last block's own map alone: no cache needed
         return attn_last[1:, 1:]
     if wanted != tokens.n_prev + 1:
         raise ContractError(f"{tokens.source}: extract averaged {tokens.n_prev + 1} attention blocks, cam asks for "
-                            f"{wanted}; re-run extract with --attention-blocks {wanted} (or use 1: the last block "
-                            "alone)")
+                            f"{wanted}; re-run extract with --attention-blocks {wanted}, or drop cam's "
+                            "--attention-blocks (or pass 1: the last block alone)")
     if tokens.attention.ndim == 3:  # the maps themselves (--parity clip-es): one mean of all, CLIP-ES's rounding
         return torch.cat([tokens.attention.to(attn_last), attn_last[None, 1:, 1:]]).mean(0)
     return (tokens.attention.to(attn_last) * tokens.n_prev + attn_last[1:, 1:]) / (tokens.n_prev + 1)
@@ -298,9 +306,10 @@ def image_tokens(bb: ClipBackbone, item, image: np.ndarray, cfg: CamConfig, dtyp
                  ExtractConfig.max_tokens, stage="cam")
     with autocast(bb.device, dtype):
         exact = cfg.parity == "clip-es"
-        tokens, attention, grid = bb.frozen_pass(bb.preprocess(image, size)[None], cfg.attention_blocks,
-                                                 fp16_pos=exact, keep_maps=exact)
-    n_prev = min(cfg.attention_blocks, bb.n_blocks) - 1
+        blocks = cfg.attention_blocks or CAM_ATTENTION_BLOCKS
+        tokens, attention, grid = bb.frozen_pass(bb.preprocess(image, size)[None], blocks, fp16_pos=exact,
+                                                 keep_maps=exact)
+    n_prev = min(blocks, bb.n_blocks) - 1
     return ImageTokens(item.id, tuple(item.labels), tuple(image.shape[:2]), grid, tokens[0].float(),
                        attention[0].float() if n_prev else None, n_prev, str(item.image))
 
@@ -340,17 +349,31 @@ def run_cam(
         if split is not None:
             raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
         src = _FromFeatures(source, prototypes, cfg)
+        cfg = replace(cfg, attention_blocks=attention_blocks_for(cfg, src.extract_cfg, source))
     else:
+        cfg = replace(cfg, attention_blocks=cfg.attention_blocks or CAM_ATTENTION_BLOCKS)
         src = _FromDataset(source, split, prototypes, cfg)
     return _run_on(src, out, cfg, runtime, overlays, debug, shard_from_env(shard), on_item, on_start, backbone)
+
+
+def attention_blocks_for(cfg: CamConfig, extract_cfg: ExtractConfig, features: Path) -> int:
+    """The blocks CAA averages on an `extract` folder: the folder's own (``--attention-blocks`` of extract, in its
+    record) unless cam asks for 1 (the last block's map alone, which needs no cache); any other value cannot be
+    served from the cache, so it is refused with the fix before the model loads."""
+    made = extract_cfg.attention_blocks
+    wanted = cfg.attention_blocks
+    if wanted is None or wanted in (1, made):
+        return made if wanted is None else wanted
+    raise VplError(f"cam --attention-blocks {wanted}: {features} was extracted with --attention-blocks {made}, so CAA "
+                   f"can average {made} blocks (drop the option) or 1 (the last block alone); for {wanted}, re-run "
+                   f"extract with --attention-blocks {wanted}")
 
 
 def _is_extract_folder(path: Path) -> bool:
     """An `extract` output folder, finished or not (its completion record, the record of a run under way, or a
     finished shard's record), rather than a dataset: a half-made one then gets `extract`'s own message."""
-    for record in (io.STAGE_RECORD, io.RUN_RECORD):
-        if (path / record).is_file() and io.read_json(path / record).get("stage") == "extract":
-            return True
+    if io.record_stage(path) == "extract":
+        return True
     return bool(io.finished_shards(path)) if path.is_dir() else False
 
 

@@ -58,6 +58,19 @@ def fraction(option: str, value: float) -> None:
     require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
 
 
+def non_negative(option: str, value: float) -> None:
+    """A weight: finite and >= 0 (nan is not "< 0", so it gets its own words)."""
+    require(math.isfinite(value), f"{option} {value}: not a finite number; give a number >= 0")
+    require(value >= 0, f"{option} {value}: must be >= 0")
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds: a negative one is refused by numpy deep inside, a traceback
+
+
+def seed_value(option: str, value: int) -> None:
+    require(0 <= value <= MAX_SEED, f"{option} {value}: must be an integer from 0 to {MAX_SEED}")
+
+
 # --------------------------------------------------------------------------------------------- stages
 @dataclass(frozen=True)
 class RuntimeConfig:
@@ -178,6 +191,10 @@ class TextPrototypesConfig:
 
 
 REFINES = ("caa", "caa+sgc", "none")
+CAM_ATTENTION_BLOCKS = 8  # CLIP-ES's CAA: the last 8 blocks (cam on a dataset; an extract folder records its own)
+# the sharpest softmax temperature `cam` accepts: 10x sharper than CLIP's (1/100); cosines differ by ~0.01-0.1
+# between rows, so far below it one row takes all the probability and the GradCAM gradients underflow to 0
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -186,7 +203,9 @@ class CamConfig:
 
     refine: str = "caa"  # caa | caa+sgc | none
     box_threshold: float = 0.4  # CLIP-ES: 0.4 for VOC, 0.7 for COCO
-    attention_blocks: int = 8  # must not exceed what `extract` stored
+    # CLIP-ES averages the last 8 blocks. None = what the `extract` folder averaged (recorded there; any other value
+    # but 1 cannot be served from its cache), or 8 on a dataset given directly
+    attention_blocks: int | None = None
     temperature: float | None = None  # None = the prototypes file's own (1/logit_scale for text, tau_I for vision)
     parity: str = "none"  # none | clip-es (CLIP-ES's box ends; needs an extract folder made with --parity clip-es)
     sgc_segments: int = 64  # SLIC superpixels per image for --refine caa+sgc
@@ -199,8 +218,11 @@ class CamConfig:
         choice("--refine", self.refine, REFINES)
         choice("--layer", self.layer, ("input", "output"))
         fraction("--box-threshold", self.box_threshold)
-        at_least("--attention-blocks", self.attention_blocks, 1)
+        at_least("--attention-blocks", self.attention_blocks, 1, allow_none=True)
         positive("--temperature", self.temperature, allow_none=True)
+        require(self.temperature is None or self.temperature >= MIN_TEMPERATURE,
+                f"--temperature {self.temperature}: must be >= {MIN_TEMPERATURE:g}; below it the softmax over the "
+                "image's rows is one-hot in float32 and GradCAM's gradients vanish (CLIP's own is 0.01)")
         choice("--parity", self.parity, PARITIES)
         at_least("--sgc-segments", self.sgc_segments, 1)
         positive("--sgc-compactness", self.sgc_compactness)
@@ -256,6 +278,7 @@ class LearnPrototypesConfig:
         positive("--bg-exponent", self.bg_exponent)
         positive("--pixel-fraction", self.pixel_fraction, upper=1.0)
         positive("--max-memory-gb", self.max_memory_gb, allow_none=True)
+        seed_value("seed", self.seed)  # a library field: the CLI has no --seed here
 
 
 @dataclass(frozen=True)
@@ -354,7 +377,9 @@ class DecoderConfig:
         positive("--temperature", self.temperature, allow_none=True)
         require(0 < self.scale_min <= self.scale_max,
                  f"--scale-min {self.scale_min} --scale-max {self.scale_max}: need 0 < min <= max")
-        require(self.lambda_ce >= 0 and self.lambda_rsc >= 0, "--lambda-ce and --lambda-rsc must be >= 0")
+        non_negative("lambda_ce", self.lambda_ce)  # a library field: the CLI has no --lambda-ce
+        non_negative("--lambda-rsc", self.lambda_rsc)
+        seed_value("--seed", self.seed)
         fraction("--dropout", self.dropout)
 
 
@@ -377,6 +402,9 @@ def decoder_recipe(name: str = "vpl", **changes: Any) -> DecoderConfig:
     return override(DecoderConfig(recipe=name, **DECODER_RECIPES[name]), **changes)
 
 
+MIN_SCALE = 0.1  # the smallest test scale: below it a view is a degenerate handful of patches
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """`vpltool predict`: WeCLIP's test protocol (multi-scale + flip averaged logits, optional dense CRF)."""
@@ -397,6 +425,9 @@ class PredictConfig:
         require(len(self.scales) > 0, "--scales is empty: give at least one scale, e.g. 1.0,0.75")
         for s in self.scales:
             positive("--scales", s, upper=4.0)
+            require(s >= MIN_SCALE, f"--scales {s:g}: each scale must be at least {MIN_SCALE:g}; a smaller view of the "
+                    "image is a few patches wide (0.1 x the default 512-pixel long side: 3 patches of 16), which "
+                    "adds noise to the averaged scores")
         at_least("--long-side", self.long_side, MIN_SIDE, allow_none=True, why=" pixels")
         at_least("--max-tokens", self.max_tokens, 1)
 
@@ -425,5 +456,6 @@ __all__ = [
     "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
-    "require", "choice", "positive", "at_least", "fraction",
+    "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
+    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE",
 ]  # fmt: skip

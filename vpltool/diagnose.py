@@ -135,7 +135,8 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     paths = ([Path(text)] if text is not None else []) + [Path(p) for p in prototypes]
     if not paths:
         raise VplError("give at least one prototypes file (--prototypes) or --text")
-    files = [io.read_prototypes(p, classes=classes, model=model) for p in paths]
+    files = [io.read_prototypes(p, classes=classes, model=model, source="text" if text is not None and i == 0
+                                else None) for i, p in enumerate(paths)]
     text_protos = files[0] if text is not None else None
     dataset = open_recorded(features)
     items = {it.id: it for it in dataset.items if it.gt is not None}

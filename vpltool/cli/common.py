@@ -91,7 +91,7 @@ def friendly_errors(fn: Callable) -> Callable:
                 raise
             _error_line(user_error)
         except KeyboardInterrupt:
-            say("[yellow]interrupted[/]: finished items are kept; re-run the same command to resume")
+            say(f"[yellow]interrupted[/]: {interrupted_hint(kwargs)}")
             raise typer.Exit(code=130) from None
 
     return wrapper
@@ -105,6 +105,15 @@ def _show_warning(default: Callable, message, category, filename, lineno, file=N
     from rich.markup import escape
 
     say(f"[yellow]warning:[/] {escape(str(message))}")
+
+
+def interrupted_hint(kwargs: dict) -> str:
+    """How to continue an interrupted command: a stage with ``--resume`` (train-decoder) needs it on the re-run;
+    the per-image stages skip their finished items by themselves."""
+    if "resume" in kwargs:
+        return "the last checkpoint is kept; re-run the same command with --resume to continue from it" \
+            if not kwargs["resume"] else "the last checkpoint is kept; re-run the same command to continue from it"
+    return "finished items are kept; re-run the same command to resume"
 
 
 def _to_log(line: str) -> None:

@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import (
+    CAM_ATTENTION_BLOCKS,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
+    MIN_TEMPERATURE,
     CamConfig,
     CrfConfig,
     ExtractConfig,
@@ -175,9 +177,15 @@ def cam_cmd(
     layer: Annotated[str, typer.Option(help="GradCAM activations: input (the last block's ln_1 output: CLIP-ES "
                                        "and VPL, the paper's) | output (the last block's output tokens).")] =
         CamConfig.layer,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature [default: the prototypes "
-                                                         "file's: 1/logit_scale for text, tau_I for vision].",
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature, at least "
+                                                         f"{MIN_TEMPERATURE:g} [default: the prototypes file's: "
+                                                         "1/logit_scale for text, tau_I for vision].",
                                                          show_default=False)] = CamConfig.temperature,
+    attention_blocks: Annotated[Optional[int], typer.Option(help="Last blocks whose attention CAA averages; 1 = "
+                                                            "the last block alone [default: an extract folder's own "
+                                                            f"--attention-blocks; {CAM_ATTENTION_BLOCKS} on a "
+                                                            "dataset].", show_default=False)] =
+        CamConfig.attention_blocks,
     parity: Annotated[str, typer.Option(help="none | clip-es (reproduce CLIP-ES's arithmetic; an extract folder "
                                         "must be made with --parity clip-es too).")] = CamConfig.parity,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
@@ -202,7 +210,8 @@ def cam_cmd(
     """
     from ..cam import run_cam
 
-    cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer)
+    cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer,
+                    attention_blocks=attention_blocks)
     with progress("cam") as (on_start, on_item):
         s = run_cam(source, prototypes, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                     split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
@@ -261,8 +270,7 @@ def learn_prototypes_cmd(
                                 regularization=regularization, bg_exponent=bg_exponent,
                                 pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb)
     with progress("learn-prototypes", unit="iterations") as (on_start, on_item):
-        on_start(iters + 1)
-        s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device),
+        s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device), on_start=on_start,
                                  on_iter=lambda i, loss: on_item(1), plot=plot)
     before, after = s["gap_before"], s["gap_after"]
     say(f"[green]✓[/] learn-prototypes: {s['n_pixels']} pixels, {iters} iterations in {s['seconds']:.1f}s; "

@@ -107,10 +107,10 @@ def train_decoder_cmd(
                          crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed)
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
-        on_start(cfg.iters)
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
-                              resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1))
+                              resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1),
+                              on_start=on_start)
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     loss = "" if s.loss is None else \
         f", training loss (CE + RSC) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"

@@ -24,6 +24,9 @@ def open_manifest(path: Path) -> Dataset:
     if not isinstance(classes, list) or len(classes) < 2 or classes[0] != BACKGROUND or \
             not all(isinstance(c, str) for c in classes):
         raise ContractError(f"{path}: 'classes' must list 'background' first, then the classes")
+    if BACKGROUND in classes[1:] or len(set(classes)) != len(classes):  # two rows, or two classes, of one name
+        raise ContractError(f"{path}: 'classes' names a class twice or 'background' after the first entry; keep "
+                            "each name once, 'background' first")
     items = [_manifest_item(path, raw, len(classes)) for raw in data.get("items", [])]
     warn_unlabelled(items, path)
     return Dataset("manifest", path, data.get("split"), tuple(classes), items, preset_for(classes))

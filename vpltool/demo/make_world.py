@@ -18,7 +18,7 @@ from PIL import Image
 from .. import io
 from ..errors import VplError
 from ..presets import BACKGROUND
-from .config import LAYOUTS
+from .config import LAYOUTS, WorldConfig
 from .scenes import CLASSES, Scene, SceneConfig, check_config, generate_scenes, split_seed
 
 STAGE = "make-world"
@@ -72,8 +72,8 @@ def _is_complete(out: Path, params: dict) -> bool:
     record = io.stage_record_path(out)
     if not record.is_file():
         return False
-    old = io.read_json(record)
-    return old.get("stage") == STAGE and old.get("params") == json.loads(json.dumps(params))
+    old = io.read_record(record)
+    return old["stage"] == STAGE and old["params"] == json.loads(json.dumps(params))
 
 
 def write_dataset(
@@ -96,6 +96,8 @@ def write_dataset(
     if layout not in LAYOUTS:
         raise VplError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     check_config(cfg)
+    # the CLI's bounds (WorldConfig) for a library caller too, before the folder and its lock exist
+    WorldConfig(train=max(n_train, 1), val=n_val, seed=seed, size=cfg.size, layout=layout)
     out = Path(out)
     params = {"n_train": n_train, "n_val": n_val, "seed": seed, "layout": layout, **asdict(cfg)}
     if not overwrite and _is_complete(out, params):

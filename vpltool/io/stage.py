@@ -62,6 +62,55 @@ def write_stage_record(
     return write_json(stage_record_path(folder), record)
 
 
+# what a record must hold, key -> (type, how the message says it); a record of another shape (valid JSON, but a list,
+# or keys missing) is refused in one line instead of failing later as an AttributeError / KeyError
+_RUN_KEYS = {"stage": (str, "a string"), "params": (dict, "an object")}
+_STAGE_KEYS = {**_RUN_KEYS, "inputs": (dict, "an object"), "count": (int, "an integer")}
+
+
+def _record_problem(record: Any, keys: Mapping[str, tuple[type, str]]) -> str | None:
+    """Why ``record`` is not a record with ``keys``, or None when it is."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key, (kind, what) in keys.items():
+        if key not in record:
+            return f"no '{key}'"
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            return f"'{key}' is not {what}"
+    dataset = record.get("inputs", {}).get("dataset") if isinstance(record.get("inputs"), dict) else None
+    if dataset is not None and not (isinstance(dataset, dict) and isinstance(dataset.get("root"), str)):
+        return "'inputs.dataset' does not name a dataset root"
+    classes = record.get("classes")
+    if classes is not None and not (isinstance(classes, list) and len(classes) >= 2
+                                    and all(isinstance(c, str) for c in classes)):
+        return "'classes' is not a list of class names"
+    return None
+
+
+def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
+    """A folder's ``_stage.json`` (or, ``run``, its ``_run.json``), checked for shape: an object with ``stage``,
+    ``params`` (and ``inputs``, ``count``); ContractError in one line naming the file otherwise."""
+    path = Path(path)
+    record = read_json(path)
+    problem = _record_problem(record, _RUN_KEYS if run else _STAGE_KEYS)
+    if problem is not None:
+        stage = record.get("stage") if isinstance(record, dict) and isinstance(record.get("stage"), str) else None
+        fix = f"re-run `vpltool {stage}` there with --overwrite" if stage else "delete the folder and re-run its stage"
+        raise ContractError(f"{path}: not a vpltool {'run' if run else 'stage'} record ({problem}); the folder is "
+                            f"damaged: {fix}, or choose another folder")
+    return record
+
+
+def record_stage(folder: str | os.PathLike) -> str | None:
+    """The stage named by a folder's ``_stage.json``, else by its ``_run.json``; None when it has neither. A record
+    that is there but damaged is an error (:func:`read_record`), not a folder of another kind."""
+    for name in (STAGE_RECORD, RUN_RECORD):
+        path = Path(folder) / name
+        if path.is_file():
+            return read_record(path, run=name == RUN_RECORD)["stage"]
+    return None
+
+
 def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> dict[str, Any]:
     """The completion record of a stage folder; a VplError if the stage never finished there."""
     folder = Path(folder)
@@ -81,9 +130,9 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
         pending = folder / RUN_RECORD
         why = "was interrupted or is still running" if pending.is_file() else "did not finish there"
         raise ContractError(f"{folder}: no {STAGE_RECORD}; `vpltool {stages[0]}` {why} (re-run it)")
-    record = read_json(path)
-    if record.get("stage") not in stages:
-        raise ContractError(f"{folder}: holds `{record.get('stage')}` output, expected `{stages[0]}` output")
+    record = read_record(path)
+    if record["stage"] not in stages:
+        raise ContractError(f"{folder}: holds `{record['stage']}` output, expected `{stages[0]}` output")
     return record
 
 
@@ -124,11 +173,12 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
         record = folder / name
         if not record.is_file():
             continue
-        old = read_json(record)
         if overwrite:
             record.unlink()
             _remove_shard_records(folder)
-        elif old.get("stage") != stage:
+            continue
+        old = read_record(record, run=name == RUN_RECORD)
+        if old.get("stage") != stage:
             raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
         elif changed := changed_keys(old.get("params"), params, not_compared):
             resume = " to resume" if name == RUN_RECORD else ""
@@ -267,4 +317,4 @@ def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | Non
     path = stage_record_path(folder)
     if not path.is_file():
         return None
-    return read_json(path).get("inputs", {}).get("dataset")
+    return read_record(path)["inputs"].get("dataset")

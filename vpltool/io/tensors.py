@@ -81,11 +81,15 @@ class TensorFile:
 
     @property
     def classes(self) -> list[str]:
-        return self.meta("classes")
+        return header_classes(self.path, self.raw_meta)
 
     @property
     def params(self) -> dict[str, Any]:
-        return self.meta("params", {})
+        params = self.meta("params", {})
+        if not isinstance(params, dict):
+            raise ContractError(f"{self.path}: metadata 'vpltool.params' is not a JSON object; the file is damaged: "
+                                "re-run the stage that wrote it")
+        return params
 
 
 def read_header(path: str | os.PathLike) -> dict[str, str]:
@@ -129,7 +133,7 @@ def read_tensors(
         what = " or ".join(repr(k) for k in kinds)
         raise ContractError(f"{path}: expected a {what} file, found {found!r}; did you pass another stage's output?")
     if classes is not None:
-        file_classes = json.loads(meta.get("vpltool.classes", "[]"))
+        file_classes = header_classes(path, meta)
         if list(file_classes) != list(classes):
             raise ContractError(
                 f"{path}: made for {len(file_classes) - 1} classes {file_classes[1:4]}..., expected "
@@ -142,6 +146,27 @@ def read_tensors(
     except Exception as e:  # a file truncated after its header
         raise ContractError(f"{path}: damaged safetensors file ({e}); re-run the stage that wrote it") from None
     return TensorFile(path, tensors, meta)
+
+
+def header_classes(path: Path, meta: Mapping[str, str]) -> list[str]:
+    """``vpltool.classes`` of a header, validated like a tensor: a JSON list of at least two unique, non-empty
+    strings (index 0 = background); ContractError naming the file otherwise (never a traceback)."""
+    raw = meta.get("vpltool.classes")
+    if raw is None:
+        raise ContractError(f"{path}: metadata 'vpltool.classes' missing; re-create the file with vpltool")
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        names = None
+    well_formed = isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) and n for n in names)
+    if not well_formed or len(set(names)) != len(names):
+        raise ContractError(f"{path}: metadata 'vpltool.classes' is {_short(raw)}, not a list of unique class names "
+                            "(background first); the file is damaged: re-create it with vpltool")
+    return names
+
+
+def _short(raw: str, n: int = 40) -> str:
+    return repr(raw if len(raw) <= n else raw[:n] + "…")
 
 
 def check_finite(path: Path, name: str, tensor) -> None:

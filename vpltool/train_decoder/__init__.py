@@ -240,6 +240,7 @@ def run_train_decoder(
     resume: bool = False,
     val_split: str | None = None,
     on_iter: Callable[[int, dict[str, Any]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
 ) -> TrainSummary:
     """Train the decoder on the pseudo masks of a `crf` folder; write ``out_dir/decoder.safetensors``.
@@ -252,7 +253,8 @@ def run_train_decoder(
             one per core), ``runtime.batch_size`` is not used (``cfg.batch_size`` is).
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
-        on_iter: called on rank 0 after every iteration with ``(iteration, log record)``.
+        on_iter: called on rank 0 after every iteration with ``(iteration, log record)``. on_start: called on
+            rank 0 with ``cfg.iters`` once the inputs and the output folder passed their checks.
         backbone: reuse an already loaded CLIP; it must be the one the prototypes record.
     """
     pseudo_dir, out_dir = Path(pseudo_dir), Path(out_dir)
@@ -268,12 +270,14 @@ def run_train_decoder(
         if not val_items:
             raise VplError(f"{dataset_id['root']}: split {val_split!r} has no GT masks to validate on")
     pairs = _training_pairs(dataset, pseudo_dir)
-    check_supervision(pairs, pseudo_dir)
+    check_supervision(pairs, pseudo_dir, len(dataset.classes))
     with distributed(runtime.device) as (rank, world, device):
         batches_per_epoch(len(pairs), cfg.batch_size, world, pseudo_dir)  # before anything is created
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
+            if on_start and rank == 0:
+                on_start(cfg.iters)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone)
             start = run.restore(ckpt)
             if world > 1:
