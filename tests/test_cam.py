@@ -326,3 +326,23 @@ def test_the_gpu_batched_path_from_a_dataset_matches_the_per_image_gpu_path(worl
     a, b = _cams(tmp_path / "one"), _cams(tmp_path / "six")
     for item_id in a:
         assert torch.allclose(a[item_id], b[item_id], rtol=0, atol=5e-2), item_id  # bf16 blocks
+
+
+def test_shards_complete_the_folder_together_and_torchrun_ranks_are_shards(features_dir, text_protos, tmp_path,
+                                                                          monkeypatch):
+    cpu = RuntimeConfig(device="cpu", precision="fp32", workers=1)
+    first = run_cam(features_dir, text_protos, tmp_path / "c", runtime=cpu, shard=(0, 2))
+    assert first.done == 3 and not io.stage_record_path(tmp_path / "c").exists()
+    assert io.finished_shards(tmp_path / "c") == [(0, 2)]  # the next stage names the pending shard
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    second = run_cam(features_dir, text_protos, tmp_path / "c", runtime=cpu)  # torchrun's rank 1 of 2
+    assert second.done == 3
+    assert io.read_stage_record(tmp_path / "c", "cam")["count"] == 6  # the last shard completed the folder
+    whole = tmp_path / "whole"
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    run_cam(features_dir, text_protos, whole, runtime=cpu)
+    for path in sorted(whole.glob("*.safetensors")):
+        assert torch.equal(io.read_tensors(path, kind="cam")["cams"],
+                           io.read_tensors(tmp_path / "c" / path.name, kind="cam")["cams"])
