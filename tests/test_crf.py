@@ -186,8 +186,10 @@ def test_workers_give_identical_pngs(pseudo_dir, cams_dir, tmp_path):
 def test_finished_items_are_skipped_and_params_guarded(pseudo_dir, cams_dir, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(pseudo_dir, out)
+    record = io.read_json(out / io.STAGE_RECORD)
     (out / io.STAGE_RECORD).unlink()
-    next(out.glob("*.png")).unlink()  # an interrupted run: one mask and the record missing
+    io.write_json(out / io.RUN_RECORD, {"stage": "crf", "params": record["params"]})
+    next(out.glob("*.png")).unlink()  # an interrupted run: one mask and the record missing, the run's record kept
     summary = run_crf(cams_dir, out, runtime=ONE)
     assert (summary.done, summary.skipped) == (1, len(list(out.glob("*.png"))) - 1)
     with pytest.raises(VplError, match="other parameters"):

@@ -31,7 +31,7 @@ import torch
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import CamConfig, ExtractConfig, RuntimeConfig, check_tokens, from_params, to_params
-from .data import open_recorded
+from .data import open_recorded, recorded_folders
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
 from .kernels import minmax, upsample
@@ -264,16 +264,17 @@ def run_cam(
             ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
     """
     source, out = Path(source), Path(out)
-    for extra in (overlays, debug):  # the main output is checked by StageFolder, these here: before the model
-        if extra is not None:
-            io.check_folder_target(extra)
     if _is_extract_folder(source):
         if split is not None:
             raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
-        return _run_on(_FromFeatures(source, prototypes, cfg), out, cfg, runtime, overlays, debug, on_item, on_start,
-                       backbone)
-    return _run_on(_FromDataset(source, split, prototypes, cfg), out, cfg, runtime, overlays, debug, on_item,
-                   on_start, backbone)
+        src = _FromFeatures(source, prototypes, cfg)
+    else:
+        src = _FromDataset(source, split, prototypes, cfg)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side"),
+                             "--save-debug": (debug, "side")},
+                     inputs={"the source": source, "--prototypes": prototypes}, protected=src.folders(),
+                     overwrite=runtime.overwrite)  # every output, before the model loads
+    return _run_on(src, out, cfg, runtime, overlays, debug, on_item, on_start, backbone)
 
 
 def _is_extract_folder(path: Path) -> bool:
@@ -305,6 +306,9 @@ class _FromFeatures:
     def dataset(self):
         return open_recorded(self.features)
 
+    def folders(self):
+        return recorded_folders(self.features)
+
     def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
         return cached_tokens(bb, io.feature_path(self.features, item_id), self.classes, image, self.extract_cfg)
 
@@ -321,10 +325,13 @@ class _FromDataset:
         self.model = self.protos.model
         self.ids = [it.id for it in self.data.items]
         self.need_images, self.cfg = True, cfg
-        self.inputs = {"dataset": self.data.identity()}
+        self.inputs = {"dataset": self.data.identity(), "items": self.data.items_sha()}
 
     def dataset(self):
         return self.data
+
+    def folders(self):
+        return self.data.folders()
 
     def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
         return image_tokens(bb, item, image, self.cfg, dtype)
@@ -341,7 +348,8 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     need_images = src.need_images or overlays is not None
     items = src.dataset().by_id() if need_images else {}
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=src.inputs,
+                        sides={"--save-overlays": overlays, "--save-debug": debug}) as folder:
         todo = folder.todo(src.ids, io.cam_path)
         if on_start:
             on_start(len(todo))
@@ -358,7 +366,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
                 _write(out, item_id, tokens, result, src, params, image, overlays, debug)
                 if on_item:
                     on_item(1)
-        folder.complete(count=len(src.ids), inputs=src.inputs)
+        folder.complete(count=len(src.ids), ids=src.ids)
     return io.StageSummary(done=len(todo), skipped=len(src.ids) - len(todo), seconds=time.perf_counter() - start)
 
 

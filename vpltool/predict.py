@@ -105,16 +105,20 @@ def run_predict(
         backbone: reuse an already loaded CLIP (it must be the one the decoder records).
     """
     out = io.check_folder_target(out)  # before the decoder and the CLIP load
-    if overlays is not None:
-        io.check_folder_target(overlays)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side")},
+                     inputs={"the decoder": decoder_file, "--data": data}, overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     model, f = load_decoder(decoder_file, device)
     dataset = _open_split(f, data, split)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side")},
+                     inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
+    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                        sides={"--save-overlays": overlays}) as folder:
         todo = folder.todo([it.id for it in dataset.items], io.mask_path)
         if on_start:
             on_start(len(todo))
@@ -135,6 +139,5 @@ def run_predict(
                     io.write_png(io.mask_path(overlays, item_id), overlay(image, mask))
                 if on_item:
                     on_item(1)
-        folder.complete(count=len(dataset.items), classes=list(dataset.classes),
-                        inputs={"decoder": decoder_id["sha256"], "dataset": dataset.identity()})
+        folder.complete(count=len(dataset.items), classes=list(dataset.classes), ids=[it.id for it in dataset.items])
     return io.StageSummary(done=len(todo), skipped=len(dataset.items) - len(todo), seconds=time.perf_counter() - start)

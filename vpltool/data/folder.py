@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ContractError, VplError
 from ..io import read_json
 from ..presets import BACKGROUND, preset_for
-from .common import IMAGE_EXTS, Dataset, Item, index_files, missing_image, not_utf8, read_lines, split_ids
+from .common import IMAGE_EXTS, Dataset, Item, check_id, index_files, missing_image, not_utf8, read_lines, split_ids
 from .voc import names_to_labels, split_file
 
 
@@ -23,6 +23,7 @@ def open_folder(root: Path, split: str | None, labels_file: Path | None) -> Data
     masks = index_files(root / "masks", (".png",))
     items = []
     for image_id in ids:
+        check_id(image_id, listing)
         if image_id not in table:
             raise VplError(f"{labels_path}: no labels for id {image_id!r} (listed in {listing}); add a row")
         if image_id not in images:

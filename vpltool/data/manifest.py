@@ -11,7 +11,7 @@ from ..config import IGNORE_INDEX
 from ..errors import ContractError
 from ..io import files, read_json
 from ..presets import BACKGROUND, preset_for
-from .common import MANIFEST_FORMAT, Dataset, Item, missing_image
+from .common import MANIFEST_FORMAT, Dataset, Item, check_id, missing_image
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -34,6 +34,7 @@ def _manifest_item(path: Path, raw: Any, n_classes: int) -> Item:
         gt = path.parent / raw["gt"] if raw.get("gt") else None
     except (KeyError, TypeError, ValueError) as e:
         raise ContractError(f"{path}: bad item {str(raw)[:80]} ({e!r}); items need id, image, labels") from None
+    check_id(image_id, path)
     if any(not 1 <= i < n_classes for i in labels):
         raise ContractError(f"{path}: item {image_id!r} has labels {list(labels)} outside 1..{n_classes - 1}")
     if not image.is_file():
