@@ -122,12 +122,13 @@ def run_extract(
     inputs = {"dataset": dataset.identity()}
     part = dataset.shard(index, count)
     start = time.perf_counter()
+    if not runtime.overwrite:  # before the folder is touched: a refused run leaves it as it was
+        _refuse_stale(out, [it for it in part.items if io.feature_path(out, it.id).is_file()])
     lock = io.LOCK_FILE if count == 1 else f"{io.LOCK_FILE}.{index}-of-{count}"
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=lock, reset=index == 0,
                         not_compared=NOT_COMPARED, inputs=inputs) as folder:
         todo_ids = set(folder.todo([it.id for it in part.items], io.feature_path))
         todo = [it for it in part.items if it.id in todo_ids]
-        _refuse_stale(out, [it for it in part.items if it.id not in todo_ids])
         if on_start:
             on_start(len(todo))
         if todo:

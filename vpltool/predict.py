@@ -105,14 +105,13 @@ def run_predict(
         backbone: reuse an already loaded CLIP (it must be the one the decoder records).
     """
     out = io.check_folder_target(out)  # before the decoder and the CLIP load
+    dataset = _open_split(io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=()), data, split)  # its header
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side")},
-                     inputs={"the decoder": decoder_file, "--data": data}, overwrite=runtime.overwrite)
+                     inputs={"the decoder": decoder_file, "the dataset": dataset.root}, protected=dataset.folders(),
+                     overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     model, f = load_decoder(decoder_file, device)
-    dataset = _open_split(f, data, split)
-    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side")},
-                     inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
     inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
