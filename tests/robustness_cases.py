@@ -1039,7 +1039,11 @@ handles it is the shipped one.
 
 A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; a refused run
 leaves nothing (an output folder it created is removed again); finished items are kept, with the folder's lock
-file and `_run.json`, and re-running the same command resumes.
+file and `_run.json`, and re-running the same command resumes. Every path a run writes (`--out`,
+`--save-overlays`, `--save-debug`, `--plot`, `--json`, the decoder's checkpoint) passes one guard before any model
+loads (`io.check_outputs`, docs/file-formats.md): never an input of the run nor in the dataset's folders, never
+another stage's folder or a non-empty folder vpltool did not make (`--overwrite` included). A resume whose inputs
+changed since the folder's record is refused before any item is skipped.
 """
 
 

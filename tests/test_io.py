@@ -425,3 +425,15 @@ def test_items_come_from_the_record_and_a_missing_one_is_named(tmp_path):
     (folder / "text.safetensors").unlink()
     with pytest.raises(ContractError, match="2 item files but its _stage.json counts 3"):
         io.item_ids(folder)
+
+
+def test_side_folders_are_marked_and_a_refused_run_removes_them(tmp_path):
+    out, side = tmp_path / "cams", tmp_path / "cams" / "overlays"
+    with pytest.raises(RuntimeError, match="model failed"):
+        with io.StageFolder(out, "cam", {}, sides={"--save-overlays": side}):
+            raise RuntimeError("model failed")
+    assert not out.exists()  # neither the side folder nor the output folder it lies in
+    with io.StageFolder(out, "cam", {}, sides={"--save-overlays": side, "--save-debug": None}) as folder:
+        folder.complete(count=0, ids=[])
+    assert io.read_json(side / io.SIDE_RECORD)["option"] == "--save-overlays"
+    io.check_outputs("cam", {"--out": (out, "stage"), "--save-overlays": (side, "side")})  # the same run again

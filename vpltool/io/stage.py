@@ -53,12 +53,12 @@ def stage_record_path(folder: str | os.PathLike) -> Path:
 
 
 def write_stage_record(
-    folder: str | os.PathLike, stage: str, *, params: Mapping[str, Any], inputs: Mapping[str, Any], count: int,
+    folder: str | os.PathLike, stage: str, *, params: Mapping[str, Any], inputs: Mapping[str, Any] | None, count: int,
     **extra: Any,
 ) -> Path:
     """Write ``_stage.json`` last, atomically: the proof that every item of the folder is complete."""
     record = {"stage": stage, "vpltool": __version__, "format": FORMAT_VERSION, "params": dict(params),
-              "inputs": dict(inputs), "count": count, **extra}
+              "inputs": dict(inputs or {}), "count": count, **extra}
     return write_json(stage_record_path(folder), record)
 
 
@@ -263,10 +263,10 @@ class StageFolder:
         if exc and exc[0] is not None:
             from .guard import SIDE_RECORD
 
+            for path in self._sides_created:  # first: one may lie inside the output folder
+                self._remove_if_untouched(path, {SIDE_RECORD})
             if self._created:
                 self._remove_if_untouched(self.folder, {self.lock_name, RUN_RECORD})
-            for path in self._sides_created:
-                self._remove_if_untouched(path, {SIDE_RECORD})
 
     @staticmethod
     def _remove_if_untouched(folder: Path, ours: set[str]) -> None:
