@@ -844,7 +844,7 @@ def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
 
 # ---- guards branch (issue 20): every output guarded alike, resumes re-check their inputs, ids, writers
 @case("--save-overlays aimed at the dataset's images folder (cam)", "world/images: is the dataset's folder",
-      "vpltool never writes into a dataset", "choose another --save-overlays")
+      "no stage writes into a dataset", "choose another --save-overlays")
 def _overlays_into_images(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--save-overlays", ws.world / "images", *CPU]
 

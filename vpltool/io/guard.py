@@ -5,7 +5,7 @@ decoder's checkpoints) and what it reads (the dataset, the ``-p``/``-t``/``-c`` 
 :func:`check_outputs` refuses, in one line naming the option:
 
 * an output that *is* one of the run's inputs (``-o T.safetensors -t T.safetensors``), or that lies inside the
-  dataset's own folders (its images, masks, annotations): vpltool never writes into a dataset;
+  dataset's own folders (its images, masks, annotations): no stage writes into a dataset;
 * two outputs that are one path (``--save-overlays`` = ``--out``: their files would mix);
 * a dangling symbolic link (``mkdir`` would only say "File exists");
 * a stage folder (``--out`` of a per-image stage, of train-decoder) that holds another stage's output, with or
@@ -134,7 +134,7 @@ def check_outputs(stage: str, outputs: Mapping[str, tuple[PathLike | None, str]]
         folder = next((d for d in real_protected if _inside(real, d)), None)
         if folder is not None:
             where = "is" if real == folder else "lies inside"
-            raise VplError(f"{path}: {where} the dataset's folder {folder}; vpltool never writes into a dataset: "
+            raise VplError(f"{path}: {where} the dataset's folder {folder}; no stage writes into a dataset: "
                            f"choose another {option}")
         if real in seen:
             raise VplError(f"{path}: given as both {seen[real]} and {option}; their files would mix: choose another "
