@@ -1315,6 +1315,189 @@ def _help_command(ws: Workspace) -> Iterator[list[object]]:
 def _short_version(ws: Workspace) -> Iterator[list[object]]:
     yield ["-V"]
 
+# ---- guards branch (issue 20): every output guarded alike, resumes re-check their inputs, ids, writers
+@case("--save-overlays aimed at the dataset's images folder (cam)", "world/images: is the dataset's folder",
+      "no stage writes into a dataset", "choose another --save-overlays")
+def _overlays_into_images(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--save-overlays", ws.world / "images", *CPU]
+
+
+@case("--save-overlays aimed at the dataset's images folder (predict)", "world/images: is the dataset's folder",
+      "choose another --save-overlays")
+def _predict_overlays_into_images(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--save-overlays",
+           ws.world / "images", *CPU]
+
+
+@case("overlays into the stage's own output folder (cam --save-overlays = -o)",
+      "cams_ov: given as both --out and --save-overlays", "their files would mix")
+def _overlays_into_out(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("cams_ov")
+    yield ["cam", ws.features, "-p", ws.text, "-o", out, "--save-overlays", out, *CPU]
+
+
+@case("crf output = the dataset's ground-truth masks folder", "world/masks: is the dataset's folder",
+      "choose another --out")
+def _crf_into_gt(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.world / "masks", "--workers", "1", "--overwrite"]
+
+
+@case("crf output = a folder of masks vpltool did not make (--overwrite)", "gt_copy: not empty and made by no "
+      "vpltool stage (no _stage.json or _run.json)", "never written into or resumed", "choose a new or empty folder")
+def _crf_into_user_folder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.copy(ws.world / "masks", "gt_copy"), "--workers", "1", "--overwrite"]
+
+
+@case("--overwrite onto another stage's folder (cam -o a crf folder)", "pseudo_copy: holds `crf` output",
+      "--overwrite only redoes a `cam` folder, never another stage's")
+def _overwrite_other_stage(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.copy(ws.pseudo, "pseudo_copy"), "--overwrite", *CPU]
+
+
+@case("--save-debug into a folder vpltool did not make", "notes: not empty and holds no _side.json of "
+      "`cam --save-debug`", "choose a new or empty folder for --save-debug")
+def _debug_into_user_folder(ws: Workspace) -> Iterator[list[object]]:
+    notes = ws.out("notes")
+    notes.mkdir()
+    (notes / "todo.txt").write_text("my notes\n")
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--save-debug", notes, *CPU]
+
+
+@case("learn-prototypes output = its own --text input", "text_copy.safetensors: is also this run's input (--text)",
+      "choose another --out")
+def _learn_onto_text(ws: Workspace) -> Iterator[list[object]]:
+    text = ws.root / "text_copy.safetensors"
+    shutil.copy(ws.text, text)
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", text, "-o", text, "--iters", "2", *CPU]
+
+
+@case("train-decoder output = its pseudo-mask input folder", "pseudo: is also this run's input (the pseudo-mask "
+      "folder)", "choose another --out")
+def _decoder_onto_pseudo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.pseudo, *DECODER_ARGS]
+
+
+@case("eval --json aimed at a ground-truth mask", "world/masks/train_000000.png: lies inside the dataset's folder",
+      "choose another --json")
+def _json_onto_gt(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--json", ws.world / "masks" / "train_000000.png"]
+
+
+@case("dangling symbolic link as the output folder", "broken_link: a symbolic link to", "which does not exist",
+      "create the target or choose another --out")
+def _dangling_out(ws: Workspace) -> Iterator[list[object]]:
+    link = ws.out("broken_link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(ws.root / "nowhere")
+    yield ["cam", ws.features, "-p", ws.text, "-o", link, *CPU]
+
+
+@case("re-running cam after its extract folder was re-made", "cams_stale: made from other inputs (features changed "
+      "since)", "its items are stale", "pass --overwrite to redo every item")
+def _cam_after_reextract(ws: Workspace) -> Iterator[list[object]]:
+    features, cams = ws.out("features_remade"), ws.out("cams_stale")
+    cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1", "--cache", "full")
+    cli_ok("cam", features, "-p", ws.text, "-o", cams, *CPU)
+    cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1", "--cache", "full",
+           "--max-side", "48", "--overwrite")
+    yield ["cam", features, "-p", ws.text, "-o", cams, *CPU]
+
+
+@case("re-running extract after the dataset's images were replaced", "features_new: 1 finished item(s) were made "
+      "from another image or other labels", "world_new/images/train_000001.png", "pass --overwrite")
+def _extract_after_new_images(ws: Workspace) -> Iterator[list[object]]:
+    world, features = ws.copy(ws.world, "world_new"), ws.out("features_new")
+    cli_ok("extract", world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1")
+    shutil.copy(world / "images" / "train_000002.png", world / "images" / "train_000001.png")
+    yield ["extract", world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1"]
+
+
+@case("an item file deleted from a finished extract folder (cam)", "features_holed: incomplete: 1 of the 4 items",
+      "(first: train_000001.safetensors)", "re-run `vpltool extract` with the same options")
+def _features_holed(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_holed")
+    (features / "train_000001.safetensors").unlink()
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("a mask deleted from a finished crf folder (train-decoder)", "pseudo_holed: incomplete: 1 of the 4 items",
+      "re-run `vpltool crf`")
+def _pseudo_holed(ws: Workspace) -> Iterator[list[object]]:
+    pseudo = ws.copy(ws.pseudo, "pseudo_holed")
+    (pseudo / "train_000002.png").unlink()
+    yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS]
+
+
+@case("text prototypes saved inside the extract folder (a stray .safetensors is no item)", "✓ cam: 4 images",
+      exit_code=0, leaves=("cams_stray/", "cams_stray/*"))
+def _stray_in_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_stray")
+    cli_ok("text-prototypes", features, "-o", features / "text.safetensors", *TEXT_ARGS, *CPU)
+    yield ["cam", features, "-p", features / "text.safetensors", "-o", ws.out("cams_stray"), *CPU]
+
+
+@case("a manifest id with ../ (path traversal)", "m_trav.json: id '../../evil' holds a path separator",
+      "must be plain file names")
+def _manifest_traversal(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data import open_dataset, write_manifest
+
+    manifest = write_manifest(open_dataset(ws.world, "train"), ws.root / "m_trav.json")
+    data = json.loads(manifest.read_text())
+    data["items"][0]["id"] = "../../evil"
+    manifest.write_text(json.dumps(data))
+    yield ["extract", manifest, "-o", ws.out("mf_trav"), *TINY, *CPU, "--workers", "1"]
+
+
+def _safetensors_fails(message: str):
+    """The safetensors library failing as on a real full disk or at a file-size limit: its own SafetensorError
+    (no OSError) whose text ends "(os error N)"."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def save(*args, **kwargs):
+        raise SafetensorError(f"Error while serializing: I/O error: {message}")
+
+    return mock.patch.object(safetensors.torch, "save", save)
+
+
+@case("disk full in the safetensors writer (its SafetensorError, simulated)",
+      "no space left on device writing text_full.safetensors", "free space or choose another --out")
+def _safetensors_enospc(ws: Workspace) -> Iterator[list[object]]:
+    with _safetensors_fails("No space left on device (os error 28)"):
+        yield ["text-prototypes", ws.features, "-o", ws.out("text_full.safetensors"), *TEXT_ARGS, *CPU]
+
+
+@case("file-size limit in the safetensors writer (ulimit -f: SafetensorError, simulated)",
+      "file too large (a file-size limit: `ulimit -f`", "writing cams_big/train_000000.safetensors")
+def _safetensors_efbig(ws: Workspace) -> Iterator[list[object]]:
+    with _safetensors_fails("File too large (os error 27)"):
+        yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_big"), *CPU]
+
+
+@case("file-size limit while writing a PNG (simulated EFBIG, crf)", "file too large", "writing pseudo_big/train_000000")
+def _png_efbig(ws: Workspace) -> Iterator[list[object]]:
+    with failing_writes(errno.EFBIG, after=1):  # _run.json is written, the first mask is not
+        yield ["crf", ws.cams, "-o", ws.out("pseudo_big"), "--workers", "1"]
+
+
+@case("a decoder training that diverges (loss inf at iteration 2, simulated)",
+      "decoder_nan: training diverged at iteration 2", "the last good checkpoint",
+      "(iteration 1) is kept", leaves=("decoder_nan/", "decoder_nan/.vpltool.lock", "decoder_nan/checkpoints/",
+                                       "decoder_nan/checkpoints/last.safetensors", "decoder_nan/log.jsonl"))
+def _decoder_diverges(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.train_decoder import steps
+
+    real, calls = steps.compute_losses, [0]
+
+    def compute_losses(*args, **kwargs):  # a step that blows up: the loss becomes inf at the second iteration
+        calls[0] += 1
+        losses = real(*args, **kwargs)
+        return {**losses, "loss": losses["loss"] * float("inf")} if calls[0] >= 2 else losses
+
+    with mock.patch.object(steps, "compute_losses", compute_losses):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_nan"), *DECODER_ARGS]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
@@ -1329,7 +1512,11 @@ handles it is the shipped one.
 
 A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; a refused run
 leaves nothing (an output folder it created is removed again); finished items are kept, with the folder's lock
-file and `_run.json`, and re-running the same command resumes.
+file and `_run.json`, and re-running the same command resumes. Every path a run writes (`--out`,
+`--save-overlays`, `--save-debug`, `--plot`, `--json`, the decoder's checkpoint) passes one guard before any model
+loads (`io.check_outputs`, docs/file-formats.md): never an input of the run nor in the dataset's folders, never
+another stage's folder or a non-empty folder vpltool did not make (`--overwrite` included). A resume whose inputs
+changed since the folder's record is refused before any item is skipped.
 """
 
 

@@ -346,3 +346,16 @@ def test_shards_complete_the_folder_together_and_torchrun_ranks_are_shards(featu
     for path in sorted(whole.glob("*.safetensors")):
         assert torch.equal(io.read_tensors(path, kind="cam")["cams"],
                            io.read_tensors(tmp_path / "c" / path.name, kind="cam")["cams"])
+
+
+def test_two_identical_cam_runs_give_byte_identical_files(features_dir, text_protos, tmp_path):
+    """Tensors, metadata and the header's key order: the safetensors library writes its header in hash order, a new
+    one per file, so without the canonical writer the bytes differed from run to run."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        run_cam(features_dir, text_protos, out)
+    files = sorted(p.name for p in runs[0].iterdir() if not p.name.startswith("."))
+    assert files == sorted(p.name for p in runs[1].iterdir() if not p.name.startswith("."))
+    assert len([f for f in files if f.endswith(".safetensors")]) >= 4
+    for name in files:
+        assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name

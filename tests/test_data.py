@@ -604,3 +604,51 @@ def test_a_400_megapixel_image_is_refused_for_its_size_not_as_corrupt(tmp_path):
                                                 r"may have .*shrink the file itself.*--max-side") as e:
             read(path)
         assert "re-download" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------- ids are data
+@pytest.mark.parametrize("bad, why", [("../../evil", "holds a path separator"), ("sub/x", "holds a path separator"),
+                                      ("a\\b", "holds a path separator"), (".hidden", "starts with a dot"),
+                                      ("..", "starts with a dot"), ("line\nbreak", "holds a control character"),
+                                      ("nul\x00", "holds a control character")],
+                         ids=["traversal", "separator", "backslash", "dot", "dotdot", "newline", "nul"])
+def test_an_id_that_is_a_path_is_refused_by_the_manifest_reader(tmp_path, bad, why):
+    _jpg(tmp_path / "x.jpg")
+    manifest = {"format": "vpltool.manifest/1", "classes": ["background", "a"],
+                "items": [{"id": bad, "image": "x.jpg", "labels": [1]}]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    with pytest.raises(VplError, match=f"m.json: id .* {why}; ids name the output files") as info:
+        open_dataset(tmp_path / "m.json")
+    assert "\n" not in str(info.value).replace("\\n", "")
+
+
+def test_ids_are_checked_by_the_folder_voc_and_coco_readers(tmp_path, voc):
+    root = _folder(tmp_path)
+    _jpg(root / "images" / ".d.jpg")
+    (root / "labels.csv").write_text("id,labels\na,dog\n.d,cat\n")
+    with pytest.raises(VplError, match=r"labels.csv: id '.d' starts with a dot"):
+        open_dataset(root)
+    _jpg(voc / "JPEGImages" / ".x.jpg")
+    _xml(voc / "Annotations" / ".x.xml", ["cat"])
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text(".x\n")
+    with pytest.raises(VplError, match=r"train.txt: id '.x' starts with a dot"):
+        open_dataset(voc, "train")
+    coco = _coco(tmp_path, "weclip")
+    _jpg(coco / "train2014" / ".000000000031.jpg")
+    (coco / "train.txt").write_text(".000000000031 1\n")
+    with pytest.raises(VplError, match=r"train.txt: id '.000000000031' starts with a dot"):
+        open_dataset(coco, "train")
+
+
+def test_the_items_digest_follows_images_and_labels(tmp_path):
+    import os
+
+    root = _folder(tmp_path)
+    before = open_dataset(root).items_sha()
+    assert open_dataset(root).items_sha() == before  # stable
+    image = root / "images" / "a.jpg"
+    os.utime(image, ns=(1, 1))  # replaced (a copy, an edit): its time changes
+    assert open_dataset(root).items_sha() != before
+    again = open_dataset(root).items_sha()
+    (root / "labels.csv").write_text("id,labels\na,dog\nb,cat\nc,dog cat\n")
+    assert open_dataset(root).items_sha() != again

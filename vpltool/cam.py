@@ -40,7 +40,7 @@ from .config import (
     from_params,
     to_params,
 )
-from .data import open_recorded
+from .data import open_recorded, recorded_folders
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
 from .kernels import minmax, upsample
@@ -342,9 +342,6 @@ def run_cam(
             :func:`vpltool.batches.shard_from_env`); the folder completes when every shard's images are there.
     """
     source, out = Path(source), Path(out)
-    for extra in (overlays, debug):  # the main output is checked by StageFolder, these here: before the model
-        if extra is not None:
-            io.check_folder_target(extra)
     if _is_extract_folder(source):
         if split is not None:
             raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
@@ -353,6 +350,10 @@ def run_cam(
     else:
         cfg = replace(cfg, attention_blocks=cfg.attention_blocks or CAM_ATTENTION_BLOCKS)
         src = _FromDataset(source, split, prototypes, cfg)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side"),
+                             "--save-debug": (debug, "side")},
+                     inputs={"the source": source, "--prototypes": prototypes}, protected=src.folders(),
+                     overwrite=runtime.overwrite)  # every output, before the model loads
     return _run_on(src, out, cfg, runtime, overlays, debug, shard_from_env(shard), on_item, on_start, backbone)
 
 
@@ -397,6 +398,9 @@ class _FromFeatures:
     def dataset(self):
         return open_recorded(self.features)
 
+    def folders(self):
+        return recorded_folders(self.features)
+
     def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
         return cached_tokens(bb, io.feature_path(self.features, item_id), self.classes, image, self.extract_cfg)
 
@@ -438,10 +442,13 @@ class _FromDataset:
         self.model = self.protos.model
         self.ids = [it.id for it in self.data.items]
         self.need_images, self.cfg = True, cfg
-        self.inputs = {"dataset": self.data.identity()}
+        self.inputs = {"dataset": self.data.identity(), "items": self.data.items_sha()}
 
     def dataset(self):
         return self.data
+
+    def folders(self):
+        return self.data.folders()
 
     def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
         return image_tokens(bb, item, image, self.cfg, dtype)
@@ -498,8 +505,9 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     items = src.dataset().by_id() if need_images else {}
     index, count = shard
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, reset=index == 0,
-                        lock_name=io.shard_lock(index, count)) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=src.inputs, reset=index == 0,
+                        lock_name=io.shard_lock(index, count),
+                        sides={"--save-overlays": overlays, "--save-debug": debug}) as folder:
         todo = folder.todo(src.ids[index::count], io.cam_path)
         if on_start:
             on_start(len(todo))

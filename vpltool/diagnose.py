@@ -139,6 +139,9 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
                                 else None) for i, p in enumerate(paths)]
     text_protos = files[0] if text is not None else None
     dataset = open_recorded(features)
+    io.check_outputs("diagnose", {"--json": (json_out, "file")},
+                     inputs={"the extract folder": features, "--text": text,
+                             **{f"--prototypes {p}": p for p in prototypes}}, protected=dataset.folders())
     items = {it.id: it for it in dataset.items if it.gt is not None}
     ids = [i for i in io.item_ids(features) if i in items]
     if not ids:

@@ -34,6 +34,8 @@ _WRITE_ERRORS = {
     errno.EACCES: ("permission denied", "fix the folder's permissions or choose another --out"),
     errno.EPERM: ("operation not permitted", "fix the folder's permissions or choose another --out"),
     errno.EROFS: ("read-only file system", "choose another --out"),
+    errno.EFBIG: ("file too large (a file-size limit: `ulimit -f`, or the file system's own)",
+                  "raise the limit or choose another --out on another file system"),
 }
 
 
@@ -47,7 +49,7 @@ def write_error(path: str | os.PathLike | None, e: OSError, action: str = "writi
     what = _WRITE_ERRORS.get(e.errno)
     if what is None:
         return None
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only ever a write
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):  # only ever a write
         action = "writing"
     where = f" {action} {path}" if path else ""
     return VplError(f"{what[0]}{where}: {what[1]}")

@@ -13,6 +13,7 @@ Per image ``<out>/<id>.safetensors`` (kind ``features``):
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -92,13 +93,20 @@ def run_extract(
     index, count = shard_from_env(shard)
     if not (0 <= index < count):
         raise VplError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     params = {**to_params(cfg), "model": spec.identity()}
+    # a resume compares the dataset, not its item digest: a finished item is checked on its own (its image and
+    # labels, :func:`_refuse_stale`), so that repairing an image not yet extracted does not void the others
+    inputs = {"dataset": dataset.identity()}
     part = dataset.shard(index, count)
     start = time.perf_counter()
+    if not runtime.overwrite:  # before the folder is touched: a refused run leaves it as it was
+        _refuse_stale(out, [it for it in part.items if io.feature_path(out, it.id).is_file()])
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=io.shard_lock(index, count),
-                        reset=index == 0, not_compared=NOT_COMPARED) as folder:
+                        reset=index == 0, not_compared=NOT_COMPARED, inputs=inputs) as folder:
         todo_ids = set(folder.todo([it.id for it in part.items], io.feature_path))
         todo = [it for it in part.items if it.id in todo_ids]
         if on_start:
@@ -110,8 +118,24 @@ def run_extract(
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
         seconds = time.perf_counter() - start
         complete = folder.finish([it.id for it in dataset.items], io.feature_path, index, count,
-                                 inputs={"dataset": dataset.identity()}, classes=list(dataset.classes))
+                                 inputs={**inputs, "items": dataset.items_sha()}, classes=list(dataset.classes))
     return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
+
+
+def _refuse_stale(out: Path, done: list[Item]) -> None:
+    """Refuse to resume over finished items whose image was replaced or whose labels changed since (their file
+    records both): skipping them would certify stale features. Files of older versions record no image stamp."""
+    stale = []
+    for item in done:
+        head = io.read_header(io.feature_path(out, item.id))
+        stamp = json.loads(head.get("vpltool.image_stamp", "null"))
+        if (stamp is not None and stamp != item.stamp()) or json.loads(head.get("vpltool.labels", "[]")) != list(
+                item.labels):
+            stale.append(item)
+    if stale:
+        raise VplError(f"{out}: {len(stale)} finished item(s) were made from another image or other labels (first: "
+                       f"{stale[0].image}): the dataset changed since; pass --overwrite to redo every item, or choose "
+                       "another --out")
 
 
 def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[tuple[int, int]], out: Path,
@@ -155,4 +179,5 @@ def _save_item(out: Path, dataset: Dataset, item: Item, image_size: tuple[int, i
     dtypes = {"dense": torch.float16} | {k: io.token_dtype(params["parity"]) for k in tensors if k != "dense"}
     io.write_features(io.feature_path(out, item.id), tensors, dtypes=dtypes,
                       classes=dataset.classes, params=params, id=item.id, image_size=list(image_size),
-                      input_size=list(size), grid=list(tensors["dense"].shape[:2]), labels=list(item.labels), **meta)
+                      input_size=list(size), grid=list(tensors["dense"].shape[:2]), labels=list(item.labels),
+                      image_stamp=item.stamp(), **meta)

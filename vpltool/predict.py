@@ -110,19 +110,22 @@ def run_predict(
         backbone: reuse an already loaded CLIP (it must be the one the decoder records).
     """
     out = io.check_folder_target(out)  # before the decoder and the CLIP load
-    if overlays is not None:
-        io.check_folder_target(overlays)
+    dataset = _open_split(io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=()), data, split)  # its header
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side")},
+                     inputs={"the decoder": decoder_file, "the dataset": dataset.root}, protected=dataset.folders(),
+                     overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     model, f = load_decoder(decoder_file, device)
-    dataset = _open_split(f, data, split)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
+    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED,
-                        lock_name=io.shard_lock(index, count), reset=index == 0) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                        lock_name=io.shard_lock(index, count), reset=index == 0,
+                        sides={"--save-overlays": overlays}) as folder:
         todo = folder.todo(ids[index::count], io.mask_path)
         if on_start:
             on_start(len(todo))
@@ -139,8 +142,7 @@ def run_predict(
                 _check_tokens(bb, item.image, size, long_side, cfg)
             _predict(bb, model, arch["blocks"], todo_items, sizes, long_side, out, cfg, runtime, dtype, overlays,
                      on_item)
-        folder.finish(ids, io.mask_path, index, count, classes=list(dataset.classes),
-                      inputs={"decoder": decoder_id["sha256"], "dataset": dataset.identity()})
+        folder.finish(ids, io.mask_path, index, count, classes=list(dataset.classes))
     return io.StageSummary(done=len(todo), skipped=len(ids[index::count]) - len(todo),
                            seconds=time.perf_counter() - start)
 

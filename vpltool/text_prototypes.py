@@ -17,6 +17,7 @@ import torch
 from . import io, presets
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import TextPrototypesConfig, to_params
+from .data import recorded_folders
 from .device import resolve_device
 from .errors import VplError
 
@@ -127,12 +128,15 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
 
 
 def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec,
-                        cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto") -> io.Prototypes:
+                        cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto", *,
+                        source: str | Path | None = None) -> io.Prototypes:
     """Encode and write the prototypes file; returns what was written.
 
-    The output path, the classes and the templates are checked before the model loads (a wrong ``-o`` costs
-    nothing)."""
+    The output path (never the ``source`` extract folder it was read from, nor in its dataset), the classes and the
+    templates are checked before the model loads (a wrong ``-o`` costs nothing)."""
     out = io.check_writable_target(out)
+    io.check_outputs("text-prototypes", {"--out": (out, "file")}, inputs={"the extract folder": source},
+                     protected=recorded_folders(source) if source is not None else ())
     check_class_names(classes)
     resolve_templates(cfg.templates)
     resolve_background(cfg.background, presets.preset_for(classes), classes)

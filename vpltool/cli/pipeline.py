@@ -153,7 +153,7 @@ def text_prototypes_cmd(
     else:
         raise VplError("give an extract folder, or --classes 'a,b,c' with --model/--pretrained")
     cfg = TextPrototypesConfig(templates=templates, background=background, synonyms=synonyms, parity=parity)
-    protos = run_text_prototypes(class_list, out, spec, cfg, device=device)
+    protos = run_text_prototypes(class_list, out, spec, cfg, device=device, source=features)
     n_bg = int((protos.row_class == 0).sum())
     say(f"[green]✓[/] text-prototypes: {len(class_list) - 1} classes + {n_bg} background words, "
               f"{protos.dim}-d, {protos.params['n_templates']} template(s) → {out}")

@@ -15,13 +15,13 @@ from ..config import MIN_IMAGE_SIDE
 from ..errors import ContractError, VplError
 from ..io import mask_size, recorded_dataset_identity, stage_record_path
 from .coco import is_coco_root, open_coco
-from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item
+from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
 from .folder import open_folder
 from .manifest import open_manifest, write_manifest
 from .voc import find_voc_root, open_voc
 
 __all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "check_sizes", "open_dataset",
-           "open_recorded", "write_manifest"]
+           "open_recorded", "recorded_folders", "write_manifest"]
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -81,6 +81,21 @@ def open_recorded(folder: str | os.PathLike, split: str | None = None) -> Datase
         raise VplError(f"{record}: its dataset {ident['root']} is gone (moved or deleted); put it back there, or "
                        "re-run the pipeline from `extract` on its new place")
     return open_dataset(ident["root"], split or ident.get("split"))
+
+
+def recorded_folders(folder: str | os.PathLike) -> list[Path]:
+    """The data folders of the dataset a stage folder records (:meth:`Dataset.folders`), for the output guard;
+    from the layout alone (no file read) except for a manifest; empty when nothing is recorded or it is gone."""
+    ident = recorded_dataset_identity(folder) if Path(folder).is_dir() else None
+    if not isinstance(ident, dict) or not ident.get("root") or not Path(ident["root"]).exists():
+        return []
+    root = Path(ident["root"])
+    if ident.get("kind") != "manifest":
+        return layout_folders(str(ident.get("kind")), root)
+    try:
+        return open_manifest(root).folders()
+    except VplError:
+        return []
 
 
 def _check_items(dataset: Dataset) -> None:

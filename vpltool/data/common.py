@@ -33,6 +33,15 @@ class Item:
     labels: tuple[int, ...]
     gt: Path | None = None  # ground-truth mask PNG (0 = background, 1..C, 255 = ignore) if known
 
+    def stamp(self) -> list[Any] | None:
+        """``[file name, bytes, modification time ns]`` of the image (None if it cannot be read): what tells a
+        replaced image from the one an item was made from, without reading a pixel."""
+        try:
+            st = os.stat(self.image)
+        except OSError:
+            return None
+        return [self.image.name, st.st_size, st.st_mtime_ns]
+
 
 @dataclass
 class Dataset:
@@ -53,6 +62,21 @@ class Dataset:
                 "split": None if self.kind == "manifest" else self.split, "n_items": len(self.items),
                 "classes_sha": "sha256:" + classes_sha}  # fmt: skip
 
+    def items_sha(self) -> str:
+        """A digest of every item's id, labels and image file (name, size, modification time): stage records keep
+        it (``inputs.items``) so that a resume notices replaced images or changed labels without reading a pixel
+        (one ``stat`` per image)."""
+        h = hashlib.sha256()
+        for item in self.items:
+            h.update(json.dumps([item.id, list(item.labels), item.stamp()]).encode() + b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def folders(self) -> list[Path]:
+        """The folders this dataset's files live in (images, masks, annotations): no output may go there."""
+        found = {item.image.parent for item in self.items} | {item.gt.parent for item in self.items if item.gt}
+        found |= set(layout_folders(self.kind, Path(self.root)))
+        return sorted(found)
+
     def shard(self, index: int, count: int) -> Dataset:
         """Every ``count``-th item starting at ``index`` (``--shard index/count``); interleaved so shards are even."""
         if count < 1 or not 0 <= index < count:
@@ -61,6 +85,14 @@ class Dataset:
 
     def by_id(self) -> dict[str, Item]:
         return {item.id: item for item in self.items}
+
+
+def layout_folders(kind: str, root: Path) -> list[Path]:
+    """The data folders of a dataset layout under ``root`` (none for a manifest: its items name theirs)."""
+    names = {"folder": ("images", "masks"),
+             "voc": ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "Annotations", "ImageSets"),
+             "coco": ("JPEGImages", "train2014", "val2014", "SegmentationClass")}.get(kind, ())
+    return [root / name for name in names]
 
 
 def index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = False) -> dict[Any, Path]:
@@ -161,6 +193,25 @@ def split_ids(listing: Path) -> list[str]:
     if twice is not None:
         raise VplError(f"{listing}: id {twice!r} is listed {ids.count(twice)} times; keep one line per image")
     return ids
+
+
+def check_id(image_id: str, source: Path | str) -> str:
+    """``image_id`` unchanged if it is a plain file name; a VplError naming ``source`` (the file that lists it)
+    otherwise.
+
+    Ids are data, not paths: every per-image output is ``<out>/<id>.<ext>``, so an id holding a path separator or
+    ``..`` would write outside the output folder, a leading dot would hide the file (and ``..``), and a control
+    character (a newline, a NUL) makes a name no tool shows faithfully. Every dataset reader calls this before
+    anything is written.
+    """
+    why = ("is empty" if not image_id else
+           "holds a path separator" if "/" in image_id or "\\" in image_id or (os.altsep or "/") in image_id else
+           "starts with a dot" if image_id.startswith(".") else
+           "holds a control character" if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in image_id) else None)
+    if why is not None:
+        raise VplError(f"{source}: id {image_id!r} {why}; ids name the output files (<out>/<id>.<ext>), so they must "
+                       "be plain file names: rename the image (and its label row)")
+    return image_id
 
 
 def missing_image(listing: Path, image_id: str, where: Path | str | Sequence[Path]) -> VplError:

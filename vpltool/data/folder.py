@@ -14,6 +14,7 @@ from .common import (
     IMAGE_EXTS,
     Dataset,
     Item,
+    check_id,
     index_files,
     missing_image,
     names_to_labels,
@@ -37,6 +38,7 @@ def open_folder(root: Path, split: str | None, labels_file: Path | None) -> Data
     masks = index_files(root / "masks", (".png",))
     items, fix = [], _unknown_class_fix(root, labels_path)
     for image_id in ids:
+        check_id(image_id, listing)
         if image_id not in table:
             raise _no_labels(labels_path, listing, image_id, table)
         if image_id not in images:

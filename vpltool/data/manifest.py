@@ -11,7 +11,7 @@ from ..config import IGNORE_INDEX
 from ..errors import ContractError
 from ..io import files, read_json
 from ..presets import BACKGROUND, preset_for
-from .common import MANIFEST_FORMAT, Dataset, Item, missing_image, warn_unlabelled
+from .common import MANIFEST_FORMAT, Dataset, Item, check_id, missing_image, warn_unlabelled
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -43,6 +43,7 @@ def _manifest_item(path: Path, raw: Any, n_classes: int) -> Item:
         raise ContractError(f"{path}: item {image_id!r} has 'labels' {json.dumps(labels)[:40]}; it must be a list "
                             "of class indices (ints), e.g. [1, 3]")
     labels = tuple(labels)
+    check_id(image_id, path)
     if any(not 1 <= i < n_classes for i in labels):
         raise ContractError(f"{path}: item {image_id!r} has labels {list(labels)} outside 1..{n_classes - 1}")
     if not image.is_file():

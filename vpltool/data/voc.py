@@ -15,6 +15,7 @@ from .common import (
     IMAGE_EXTS,
     Dataset,
     Item,
+    check_id,
     index_files,
     missing_image,
     names_to_labels,
@@ -60,6 +61,7 @@ def open_voc(root: Path, split: str, labels_file: Path | None, allow_pickle: boo
     npy = _read_cls_labels(labels_file, allow_pickle) if labels_file is not None else None
     items = []
     for image_id in ids:
+        check_id(image_id, listing)
         if image_id not in images:
             raise missing_image(listing, image_id, root / "JPEGImages")
         if npy is not None:

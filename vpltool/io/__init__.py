@@ -5,6 +5,7 @@
 * :mod:`~vpltool.io.kinds`: ``features``, ``prototypes``, ``cam``, ``cam-debug``, one reader and one writer each.
 * :mod:`~vpltool.io.training`: ``decoder`` and ``decoder-checkpoint``.
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
+* :mod:`~vpltool.io.guard`: the one check of every path a stage writes (:func:`check_outputs`).
 * :mod:`~vpltool.io.stage`: stage folders (lock, run and completion records, resume) and the dataset they record
   (:func:`vpltool.data.open_recorded` reopens it).
 
@@ -27,6 +28,7 @@ from .files import (
     write_json,
     write_log,
 )
+from .guard import SIDE_RECORD, check_outputs, folder_owner
 from .images import (
     MASK_SUFFIX,
     image_size,
@@ -81,8 +83,10 @@ from .stage import (
     read_stage_record,
     record_stage,
     recorded_dataset_identity,
+    recorded_ids,
     shard_lock,
     stage_record_path,
+    write_side_record,
     write_stage_record,
 )
 from .tensors import (
@@ -92,6 +96,8 @@ from .tensors import (
     header_classes,
     read_header,
     read_tensors,
+    save_tensor_file,
+    tensor_file_bytes,
     write_tensors,
 )
 from .training import (
@@ -115,8 +121,9 @@ __all__ = [
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
     "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
-    "recorded_dataset_identity", "shard_lock",
-    "stage_record_path", "write_stage_record",
-    "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors", "write_tensors",
+    "recorded_dataset_identity", "shard_lock", "stage_record_path", "write_stage_record", "recorded_ids",
+    "write_side_record", "SIDE_RECORD", "check_outputs", "folder_owner",
+    "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
+    "save_tensor_file", "tensor_file_bytes", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
 ]  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContractError
+from .stage import recorded_ids
 from .tensors import TensorFile, check_finite, read_header, read_tensors, write_tensors
 
 FEATURES_KIND = "features"
@@ -36,8 +37,9 @@ def cam_path(folder: str | os.PathLike, item_id: str) -> Path:
 
 
 def item_ids(folder: str | os.PathLike) -> list[str]:
-    """Sorted ids of the per-image tensor files in a stage folder (temporary files excluded)."""
-    return sorted(p.stem for p in Path(folder).glob(f"*{TENSOR_SUFFIX}") if not p.name.startswith("."))
+    """Sorted ids of the per-image tensor files of a finished stage folder, from its record
+    (:func:`vpltool.io.recorded_ids`: a stray ``.safetensors`` is no item, a missing item is an error)."""
+    return recorded_ids(folder, TENSOR_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------------- features

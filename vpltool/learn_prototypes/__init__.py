@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .. import io
 from ..config import LearnPrototypesConfig, RuntimeConfig, to_params
+from ..data import recorded_folders
 from ..device import resolve_device, resolve_precision, seed_everything
 from ..errors import ContractError, VplError
 from .descent import (
@@ -240,6 +241,9 @@ def run_learn_prototypes(
     start, out = time.perf_counter(), io.check_writable_target(out)
     plot_path = None if plot is False else io.check_writable_target(
         out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot, ".png")  # before the descent
+    io.check_outputs("learn-prototypes", {"--out": (out, "file"), "--plot": (plot_path, "file")},
+                     inputs={"the extract folder": features_dir, "--cams": cams_dir, "--text": text_prototypes},
+                     protected=recorded_folders(features_dir))
     if plot_path is not None and plot_path.suffix.lower() != ".png":  # PNG bytes in a .jpg would mislead
         raise VplError(f"--plot {plot}: the loss curve is a PNG image; give a name ending in .png")
     inp = check_inputs(features_dir, cams_dir, text_prototypes)

@@ -21,6 +21,7 @@ checkpoints, DDP); this one runs the stage. Outputs in ``out_dir``: ``decoder.sa
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -83,8 +84,9 @@ class TrainSummary:
 
 
 def _training_pairs(dataset, pseudo_dir: Path) -> list[tuple[str, Path, Path]]:
-    pairs = [(it.id, it.image, io.mask_path(pseudo_dir, it.id)) for it in dataset.items
-             if io.mask_path(pseudo_dir, it.id).is_file()]
+    """``(id, image, mask)`` of every mask the folder's record lists (a missing one is an error, never skipped)."""
+    ids = set(io.recorded_ids(pseudo_dir, io.MASK_SUFFIX))
+    pairs = [(it.id, it.image, io.mask_path(pseudo_dir, it.id)) for it in dataset.items if it.id in ids]
     if not pairs:
         raise VplError(f"{pseudo_dir}: no pseudo mask matches an image of its dataset; re-run `vpltool crf`")
     return pairs
@@ -136,6 +138,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.log_path, self.first_loss, self.last_loss, self.val_miou = out_dir / "log.jsonl", None, None, None
         self.seconds, self.cache_seconds = 0.0, 0.0  # training loop; building the feature cache
+        self.saved_at = 0  # iteration of the last checkpoint written (0 = none yet)
 
     @property
     def inner(self) -> SegDecoder:
@@ -192,6 +195,7 @@ class _Run:
             lr = lr_at(cfg, it)
             losses = train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler)
             n = it + 1
+            self.check_diverged(losses, n)
             record = {"iter": n}
             if n % cfg.log_every == 0 or n == cfg.iters or n == 1:  # a first line at once: the run is alive
                 losses = _mean_across(losses, self.world, self.device)
@@ -204,9 +208,22 @@ class _Run:
             if self.rank == 0 and (n % cfg.checkpoint_every == 0 or n == cfg.iters):
                 save_checkpoint(self.out_dir / "checkpoints" / "last.safetensors", self.inner, self.optimizer, n,
                                 self.protos.classes, self.meta())
+                self.saved_at = n
             self.seconds = time.perf_counter() - t0
             if on_iter and self.rank == 0:
                 on_iter(n, record)
+
+    def check_diverged(self, losses: dict[str, float], n: int) -> None:
+        """Stop (one line, exit 2) at the first non-finite loss: the step already spoilt the weights, so nothing more
+        is written; the last checkpoint (made from finite weights) is kept for --resume."""
+        if all(math.isfinite(v) for v in losses.values()):
+            return
+        bad = ", ".join(f"{k} {v}" for k, v in losses.items() if not math.isfinite(v))
+        ckpt = self.out_dir / "checkpoints" / "last.safetensors"
+        kept = (f"the last good checkpoint {ckpt} (iteration {self.saved_at}) is kept" if ckpt.is_file()
+                else "no checkpoint was written")
+        raise VplError(f"{self.out_dir}: training diverged at iteration {n} ({bad}); {kept}; lower --lr or "
+                       "--lambda-rsc and re-run with --overwrite")
 
     def finish(self) -> Path | None:
         if self.rank != 0:
@@ -261,6 +278,10 @@ def run_train_decoder(
     record = io.read_stage_record(pseudo_dir, MASK_STAGES)
     dataset_id = record["inputs"]["dataset"]
     dataset = open_recorded(pseudo_dir)
+    io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
+                             "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file")},
+                     inputs={"the pseudo-mask folder": pseudo_dir, "--prototypes": prototypes},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     inputs = {"pseudo": io.file_identity(io.stage_record_path(pseudo_dir)) | {"path": str(pseudo_dir)},
               "prototypes": io.file_identity(protos.path, source=protos.source), "dataset": dataset_id}
