@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import VplError
 from .files import check_folder_target, check_writable_target, read_json
-from .stage import LOCK_FILE, RUN_RECORD, SHARD_RECORD, STAGE_RECORD
+from .stage import LOCK_FILE, RUN_RECORD, SHARD_RECORD, STAGE_RECORD, read_record
 
 SIDE_RECORD = "_side.json"  # a side folder's record: {"stage": ..., "option": ...}
 DECODER_FILES = ("decoder.safetensors", "checkpoints", "log.jsonl")  # what marks a train-decoder folder
@@ -55,6 +55,8 @@ def folder_owner(folder: PathLike) -> str | None:
     for path in [folder / STAGE_RECORD, folder / RUN_RECORD, *shards]:
         if path.is_file():
             record = read_json(path)
+            if not isinstance(record, dict) and path.name in (STAGE_RECORD, RUN_RECORD):
+                read_record(path, run=path.name == RUN_RECORD)  # a damaged record is named, not taken as a user's
             stage = record.get("stage") if isinstance(record, dict) else None
             return stage if isinstance(stage, str) and stage else ""
     if any((folder / name).exists() for name in DECODER_FILES):
