@@ -138,7 +138,7 @@ def test_wrong_dimension_prototypes_are_refused(features_dir, text_protos, tmp_p
     assert not any((tmp_path / "cams").glob("*.safetensors"))
 
 
-def test_caa_sgc_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, world):
+def test_caa_spmean_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, world):
     from vpltool.data import open_dataset
     from vpltool.io import load_image
 
@@ -148,7 +148,8 @@ def test_caa_sgc_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, w
     feats = io.read_features(path)
     image = load_image(items[feats.id].image)
     tokens = cached_tokens(bb, path, None, image, ExtractConfig())
-    res = cams_for_image(bb, tokens, io.read_prototypes(text_protos), CamConfig(refine="caa+sgc"), 0.01, image)
+    res = cams_for_image(bb, tokens, io.read_prototypes(text_protos), CamConfig(refine="caa+spmean"), 0.01,
+                         image)
     assert res.maps.shape[1:] == feats.image_size and res.maps.min() >= 0 and res.maps.max() <= 1
 
 
