@@ -27,8 +27,8 @@ from pathlib import Path
 
 from benchlib import machine
 
-SGC_GRID = {"segments": (32, 64, 128), "clusters": (4, 8, 16), "position": (0.0, 0.5)}
-SPMEAN_SEGMENTS = (32, 64, 128)
+SGC_GRID = {"segments": (32, 64, 128, 256), "clusters": (4, 8, 16, 32), "position": (0.0, 0.5)}
+SPMEAN_SEGMENTS = (32, 64, 128, 256)
 
 
 def _vpl(*args: object) -> None:
