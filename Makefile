@@ -34,12 +34,11 @@ AFFINITY ?= clip
 AFFINITY_WEIGHT ?= 0.4
 DINO_MODEL ?= vit_small_patch16_224.dino
 DINO_WEIGHTS ?= hub
-SGC_SEGMENTS ?= 64
-SGC_CLUSTERS ?= 8
-SGC_POSITION ?= 0.5
+SGC_SEGMENTS ?= 256
+SGC_CLUSTERS ?= 32
+SGC_POSITION ?= 0
 CAM_ARGS = $(strip --box-threshold $(BOX_THR) --refine $(REFINE) --affinity $(AFFINITY) \
-  $(if $(filter caa+sgc caa+spmean,$(REFINE)),--sgc-segments $(SGC_SEGMENTS)) \
-  $(if $(filter caa+sgc,$(REFINE)),--sgc-clusters $(SGC_CLUSTERS) --sgc-position $(SGC_POSITION)) \
+  $(if $(filter caa+sgc,$(REFINE)),--sgc-segments $(SGC_SEGMENTS) --sgc-clusters $(SGC_CLUSTERS) --sgc-position $(SGC_POSITION)) \
   $(if $(filter-out clip,$(AFFINITY)),--affinity-weight $(AFFINITY_WEIGHT) --dino-model $(DINO_MODEL) \
   --dino-weights $(DINO_WEIGHTS)))
 TAU_I ?= 0.03

@@ -866,7 +866,7 @@ def _bad_mix_weight(ws: Workspace) -> Iterator[list[object]]:
            "1.5", *CPU]
 
 
-@case("cam --affinity dino with --refine none", "--affinity dino feeds CAA", "--refine caa")
+@case("cam --affinity dino with --refine none", "--affinity dino feeds CAA", "--refine caa or caa+sgc")
 def _dino_without_caa(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "dino", "--refine", "none", *CPU]
 

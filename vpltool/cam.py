@@ -23,8 +23,6 @@ Options from SSR (Semantic and Spatial Rectification, AAAI 2026; no code publish
   propagate across groups.
 * ``--affinity dino|clip+dino``: ``T`` is built from a timm ViT's attention on the same patch grid
   (:mod:`vpltool.backbone.dino`), or from ``w * Att_clip + (1 - w) * Att_dino``.
-* ``--refine caa+spmean`` (vpltool's earlier rule, not SSR's): the resized CAA map is averaged inside SLIC
-  superpixels and stored at image size.
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ from .config import CamConfig, ExtractConfig, RuntimeConfig, check_tokens, from_
 from .data import open_recorded
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
-from .kernels import minmax, upsample
+from .kernels import minmax
 
 STAGE = "cam"
 
@@ -122,23 +120,6 @@ def refine(cams: torch.Tensor, trans: torch.Tensor, threshold: float, parity: bo
         return Refined(cams, cams, [])
     before = torch.stack(before)
     return Refined(minmax(before), before, boxes)
-
-
-def superpixel_smooth(cams: torch.Tensor, image: np.ndarray, n_segments: int, compactness: float) -> torch.Tensor:
-    """Average each map inside SLIC superpixels of the image, so boundaries follow image edges.
-
-    Args:
-        cams: ``[K, H, W]`` at image resolution. image: ``[H, W, 3]`` uint8.
-    """
-    from skimage.segmentation import slic
-
-    segments = slic(image, n_segments=n_segments, compactness=compactness, start_label=0)
-    seg = torch.from_numpy(segments.astype(np.int64)).flatten()
-    n = int(seg.max()) + 1
-    flat = cams.flatten(1)
-    sums = torch.zeros(len(cams), n).index_add_(1, seg, flat)
-    counts = torch.bincount(seg, minlength=n).clamp_min(1)
-    return (sums / counts)[:, seg].view_as(cams)
 
 
 # --------------------------------------------------------------------------------------------- SGC (SSR)
@@ -219,7 +200,7 @@ def group_mask(groups: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def needs_image(cfg: CamConfig) -> bool:
     """Whether ``cfg``'s refinement reads the image itself (superpixels, the DINO pass)."""
-    return cfg.refine in ("caa+sgc", "caa+spmean") or cfg.affinity != "clip"
+    return cfg.refine == "caa+sgc" or cfg.affinity != "clip"
 
 
 def check_affinity(cfg: CamConfig) -> None:
@@ -264,7 +245,7 @@ def caa_transition(bb: ClipBackbone, tokens: ImageTokens, attn_last: torch.Tenso
 
 @dataclass
 class CamResult:
-    maps: torch.Tensor  # [K, h, w] float32 in [0, 1] on the patch grid ([K, H0, W0] with caa+spmean): what is stored
+    maps: torch.Tensor  # [K, h, w] float32 in [0, 1] on the patch grid: what is stored
     labels: tuple[int, ...]
     raw: torch.Tensor  # [K, h, w] unrefined GradCAM in [0, 1]
     probs: torch.Tensor  # [K + M] softmax over the image's rows
@@ -318,11 +299,6 @@ def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes,
         refined = refine(cam.maps, trans, cfg.box_threshold, parity=cfg.parity == "clip-es")
         maps = refined.maps
     maps = maps.cpu()
-    if cfg.refine == "caa+spmean" and len(labels):
-        if image is None:
-            raise VplError("--refine caa+spmean needs the images; the dataset recorded by extract must be readable")
-        maps = minmax(superpixel_smooth(upsample(maps, tokens.image_size), image, cfg.sgc_segments,
-                                        cfg.sgc_compactness))
     return CamResult(maps, labels, cam.maps.cpu(), cam.probs.cpu(), refined)
 
 
@@ -529,6 +505,6 @@ def overlay(image: np.ndarray, cams: np.ndarray, labels, classes) -> np.ndarray:
     return np.asarray(sheet)
 
 
-__all__ = ["STAGE", "affinity", "box_coords", "box_mask", "Refined", "refine", "superpixel_smooth", "kmeans",
+__all__ = ["STAGE", "affinity", "box_coords", "box_mask", "Refined", "refine", "kmeans",
            "patch_majority", "superpixel_features", "superpixel_groups", "group_mask", "caa_transition", "CamResult",
            "cams_for_image", "run_cam", "overlay"]

@@ -171,9 +171,8 @@ class TextPrototypesConfig:
         require(bool(self.templates.strip()), "--templates is empty: give clip-es, imagenet, a template or a file")
 
 
-# caa: CLIP-ES | caa+sgc: SSR's superpixel-group mask on the affinity | caa+spmean: CAA, then each map averaged inside
-# SLIC superpixels (vpltool's earlier rule) | none: raw GradCAM
-REFINES = ("caa", "caa+sgc", "caa+spmean", "none")
+# caa: CLIP-ES | caa+sgc: CAA with SSR's superpixel-group mask on the affinity | none: raw GradCAM
+REFINES = ("caa", "caa+sgc", "none")
 AFFINITIES = ("clip", "dino", "clip+dino")  # the attention CAA's transition matrix is built from
 DEFAULT_DINO = "vit_small_patch16_224.dino"
 
@@ -182,17 +181,19 @@ DEFAULT_DINO = "vit_small_patch16_224.dino"
 class CamConfig:
     """`vpltool cam`: softmax-GradCAM + class-aware attention affinity (CLIP-ES), optionally SSR's SGC and DINO."""
 
-    refine: str = "caa"  # caa | caa+sgc | caa+spmean | none
+    refine: str = "caa"  # caa | caa+sgc | none
     box_threshold: float = 0.4  # CLIP-ES: 0.4 for VOC, 0.7 for COCO
     attention_blocks: int = 8  # must not exceed what `extract` stored
     temperature: float | None = None  # None = the prototypes file's own (1/logit_scale for text, tau_I for vision)
     parity: str = "none"  # none | clip-es (CLIP-ES's box ends; needs an extract folder made with --parity clip-es)
-    sgc_segments: int = 64  # SLIC superpixels per image (caa+sgc and caa+spmean)
+    # caa+sgc (SSR): SLIC superpixels per image, K-means groups of them (patches of different groups do not exchange
+    # activation), and the weight of a superpixel's centroid (100 Lab units per image side) against its mean Lab
+    # colour in the K-means features (0: colour alone). Chosen on the demo world's train split
+    # (benchmarks/study_sgc.py); SSR's own settings are not published
+    sgc_segments: int = 256
+    sgc_clusters: int = 32
+    sgc_position: float = 0.0
     sgc_compactness: float = 10.0  # SLIC's colour-vs-space balance
-    sgc_clusters: int = 8  # caa+sgc: K-means groups of superpixels; patches of different groups do not exchange
-    # caa+sgc: weight of a superpixel's centroid (in units of 100 Lab per image side) against its mean Lab colour in
-    # the K-means features; 0 groups by colour alone
-    sgc_position: float = 0.5
     affinity: str = "clip"  # clip | dino | clip+dino (SSR: a second backbone's attention)
     affinity_weight: float = 0.4  # clip+dino: CLIP's share of the mixed attention, DINO gets the rest (SSR 0.4:0.6)
     dino_model: str = DEFAULT_DINO  # a timm ViT name
@@ -218,8 +219,8 @@ class CamConfig:
         require(bool(self.dino_model.strip()), "--dino-model is empty: give a timm ViT name, e.g. " + DEFAULT_DINO)
         require(bool(self.dino_weights.strip()), "--dino-weights is empty: give hub, a weights file or none")
         if self.affinity != "clip":
-            require(self.refine in ("caa", "caa+sgc", "caa+spmean"),
-                    f"--affinity {self.affinity} feeds CAA; it needs --refine caa, caa+sgc or caa+spmean")
+            require(self.refine in ("caa", "caa+sgc"),
+                    f"--affinity {self.affinity} feeds CAA; it needs --refine caa or caa+sgc")
             require(self.parity != "clip-es", f"--affinity {self.affinity}: --parity clip-es reproduces CLIP-ES, "
                     "whose affinity is CLIP's alone; drop one of them")
         at_least("--max-classes-per-pass", self.max_classes_per_pass, 1)

@@ -167,9 +167,8 @@ def cam_cmd(
                                              "`learn-prototypes` output; with a dataset it also names the CLIP.")],
     out: OutDir,
     split: Split = None,
-    refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (SSR: CAA propagates only inside groups of "
-                                        "SLIC superpixels) | caa+spmean (CAA, then maps averaged inside SLIC "
-                                        "superpixels) | none.")] = CamConfig.refine,
+    refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (SSR: CAA propagates only inside K-means "
+                                        "groups of SLIC superpixels) | none.")] = CamConfig.refine,
     affinity: Annotated[str, typer.Option(help="Attention CAA is built from: clip | dino (a timm ViT, --dino-model) "
                                           "| clip+dino (mixed, --affinity-weight; SSR).")] = CamConfig.affinity,
     affinity_weight: Annotated[float, typer.Option(help="clip+dino: CLIP's share of the mixed attention, DINO gets "
@@ -178,7 +177,7 @@ def cam_cmd(
         CamConfig.dino_model,
     dino_weights: Annotated[str, typer.Option(help="hub (timm's pretrained weights; offline: from the local cache) "
                                               "| a local weights file | none (random).")] = CamConfig.dino_weights,
-    sgc_segments: Annotated[int, typer.Option(help="SLIC superpixels per image (caa+sgc, caa+spmean).")] =
+    sgc_segments: Annotated[int, typer.Option(help="caa+sgc: SLIC superpixels per image.")] =
         CamConfig.sgc_segments,
     sgc_clusters: Annotated[int, typer.Option(help="caa+sgc: K-means groups of superpixels.")] =
         CamConfig.sgc_clusters,
