@@ -1498,6 +1498,41 @@ def _decoder_diverges(ws: Workspace) -> Iterator[list[object]]:
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_nan"), *DECODER_ARGS]
 
 
+# --------------------------------------------------------------------------------------------- branch ssr
+@case("cam with an unknown --affinity", "--affinity 'sam'", "clip, dino or clip+dino")
+def _unknown_affinity(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "sam", *CPU]
+
+
+@case("cam --affinity clip+dino when the DINO weights are not available offline",
+      "vit_small_patch16_224.dino", "not in the local cache", "--dino-weights /path/to/model.safetensors")
+def _dino_offline(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "clip+dino", *CPU]
+
+
+@case("cam --dino-weights file that does not exist", "gone_dino.safetensors", "DINO weights file not found")
+def _dino_file_missing(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "dino", "--dino-weights",
+           ws.root / "gone_dino.safetensors", *CPU]
+
+
+@case("cam with a mix weight outside [0, 1]", "--affinity-weight 1.5", "must be in [0, 1]")
+def _bad_mix_weight(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "clip+dino", "--affinity-weight",
+           "1.5", *CPU]
+
+
+@case("cam --affinity dino with --refine none", "--affinity dino feeds CAA", "--refine caa or caa+sgc")
+def _dino_without_caa(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "dino", "--refine", "none", *CPU]
+
+
+@case("cam --refine caa+sgc with no superpixel groups", "--sgc-clusters 0", "must be >= 1")
+def _sgc_no_clusters(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--refine", "caa+sgc", "--sgc-clusters", "0",
+           *CPU]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -13,8 +13,16 @@ Per image (CLIP-ES ``generate_cams_voc12.py:perform``; ``h x w`` patch grid, K p
    square: ``T``. Box mask ``B_k`` from ``cam_k`` (all contours of ``cam > thr * max``, ``utils.py:
    scoremap2bbox``); ``refined_k = minmax((T * B_k[None, :]) @ cam_k)``.
 4. The maps are stored on the patch grid (float32, ~100x smaller than at image size); readers resize them to the
-   image (:func:`vpltool.io.read_cam`, bilinear as CLIP-ES's ``cv2.resize``). Optional ``caa+sgc``: the resized
-   map is averaged inside SLIC superpixels of the image and stored at image size.
+   image (:func:`vpltool.io.read_cam`, bilinear as CLIP-ES's ``cv2.resize``).
+
+Options from SSR (Semantic and Spatial Rectification, AAAI 2026; no code published, see docs/pipeline.md):
+
+* ``--refine caa+sgc`` (superpixel-guided correction): SLIC superpixels of the image, grouped by K-means over their
+  mean Lab colour and centroid (:func:`superpixel_groups`); ``M[i, j] = 1`` when patches i and j fall in the same
+  group (:func:`group_mask`), and ``refined_k = minmax((T * M * B_k[None, :]) @ cam_k)``: activation does not
+  propagate across groups.
+* ``--affinity dino|clip+dino``: ``T`` is built from a timm ViT's attention on the same patch grid
+  (:mod:`vpltool.backbone.dino`), or from ``w * Att_clip + (1 - w) * Att_dino``.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import numpy as np
 import torch
 
 from . import io
-from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .backbone import ClipBackbone, DinoBackbone, DinoSpec, ModelSpec, check_dino, load_backbone, load_dino
 from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
 from .config import (
     CAM_ATTENTION_BLOCKS,
@@ -43,7 +51,7 @@ from .config import (
 from .data import open_recorded, recorded_folders
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
-from .kernels import minmax, upsample
+from .kernels import minmax
 
 STAGE = "cam"
 
@@ -196,26 +204,130 @@ def refine_batch(cams: torch.Tensor, trans: torch.Tensor, threshold: float) -> t
     return minmax(before), before
 
 
-def superpixel_smooth(cams: torch.Tensor, image: np.ndarray, n_segments: int, compactness: float) -> torch.Tensor:
-    """Average each map inside SLIC superpixels of the image, so boundaries follow image edges.
+# --------------------------------------------------------------------------------------------- SGC (SSR)
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndarray:
+    """``[n]`` int64 cluster of each row of ``x`` ``[n, d]`` float: Lloyd's K-means from a seeded k-means++ start
+    (deterministic for a given ``seed``); fewer than ``k`` clusters when ``x`` has fewer distinct rows."""
+    x = np.asarray(x, np.float64)
+    rng = np.random.default_rng(seed)
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, min(k, len(x))):
+        d2 = ((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1).min(1)
+        if d2.sum() <= 0:  # every row already sits on a centre
+            break
+        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())])
+    c = np.asarray(centres)
+    labels = np.full(len(x), -1)
+    for _ in range(iters):
+        new = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        c = np.stack([x[labels == j].mean(0) if (labels == j).any() else c[j] for j in range(len(c))])
+    return labels.astype(np.int64)
 
-    Args:
-        cams: ``[K, H, W]`` at image resolution. image: ``[H, W, 3]`` uint8.
+
+def patch_majority(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``[h*w]`` int64: the most frequent value of ``labels`` ``[H, W]`` (non-negative ints) inside each patch of an
+    ``h x w`` grid laid over the whole image (pixel row ``y`` falls in patch row ``y * h // H``); ties go to the
+    smaller value. A patch no pixel falls in (a grid finer than the image) takes the pixel at its centre."""
+    (big_h, big_w), (h, w) = labels.shape, grid
+    patch = ((np.arange(big_h) * h) // big_h)[:, None] * w + ((np.arange(big_w) * w) // big_w)[None, :]
+    n = int(labels.max()) + 1
+    counts = np.bincount((patch * n + labels).ravel(), minlength=h * w * n).reshape(h * w, n)
+    out = counts.argmax(1)
+    empty = counts.sum(1) == 0
+    if empty.any():
+        ys = ((np.arange(h) + 0.5) * big_h / h).astype(int).clip(0, big_h - 1)
+        xs = ((np.arange(w) + 0.5) * big_w / w).astype(int).clip(0, big_w - 1)
+        out[empty] = labels[ys[:, None], xs[None, :]].ravel()[empty]
+    return out.astype(np.int64)
+
+
+def superpixel_features(image: np.ndarray, segments: np.ndarray, position: float) -> np.ndarray:
+    """``[S, 5]`` float64 per superpixel: mean CIE-Lab colour (L in [0, 100]) and ``position * 100 *`` centroid
+    ``(y, x)`` divided by the image's longer side, so ``position`` 1 weighs one image side like the full L range."""
+    from skimage.color import rgb2lab
+
+    seg = segments.ravel()
+    n = int(seg.max()) + 1
+    counts = np.bincount(seg, minlength=n).clip(1)[:, None]
+    lab = rgb2lab(image).reshape(-1, 3)
+    colour = np.stack([np.bincount(seg, lab[:, c], n) for c in range(3)], 1) / counts
+    ys, xs = np.indices(segments.shape)
+    centre = np.stack([np.bincount(seg, ys.ravel(), n), np.bincount(seg, xs.ravel(), n)], 1) / counts
+    return np.concatenate([colour, centre * (position * 100.0 / max(segments.shape))], 1)
+
+
+def superpixel_groups(image: np.ndarray, grid: tuple[int, int], n_segments: int, n_clusters: int,
+                      compactness: float = 10.0, position: float = 0.5, seed: int = 0) -> np.ndarray:
+    """SSR's spatial prior: ``[h*w]`` int64 group of each patch.
+
+    SLIC superpixels of ``image`` ``[H, W, 3]`` uint8 (scikit-image, ``n_segments``, ``compactness``), K-means
+    (``n_clusters``, seeded) over :func:`superpixel_features`, then each patch of the ``grid`` takes the group most
+    of its pixels belong to (:func:`patch_majority`).
     """
     from skimage.segmentation import slic
 
     segments = slic(image, n_segments=n_segments, compactness=compactness, start_label=0)
-    seg = torch.from_numpy(segments.astype(np.int64)).flatten()
-    n = int(seg.max()) + 1
-    flat = cams.flatten(1)
-    sums = torch.zeros(len(cams), n).index_add_(1, seg, flat)
-    counts = torch.bincount(seg, minlength=n).clamp_min(1)
-    return (sums / counts)[:, seg].view_as(cams)
+    groups = kmeans(superpixel_features(image, segments, position), n_clusters, seed=seed)
+    return patch_majority(groups[segments], grid)
+
+
+def group_mask(groups: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``[n, n]`` float32 in {0, 1}: ``M[i, j] = 1`` when ``groups[i] == groups[j]`` (``groups`` ``[n]`` ints)."""
+    g = torch.as_tensor(groups)
+    return (g[:, None] == g[None, :]).float()
+
+
+def needs_image(cfg: CamConfig) -> bool:
+    """Whether ``cfg``'s refinement reads the image itself (superpixels, the DINO pass)."""
+    return cfg.refine == "caa+sgc" or cfg.affinity != "clip"
+
+
+def check_affinity(cfg: CamConfig) -> None:
+    """Before any model is loaded: refuse (one line) a DINO affinity whose weights cannot be had."""
+    if cfg.affinity != "clip":
+        check_dino(DinoSpec(cfg.dino_model, cfg.dino_weights))
+
+
+_DINO: dict[tuple[str, str, str], DinoBackbone] = {}
+
+
+def dino_backbone(cfg: CamConfig, device: torch.device) -> DinoBackbone:
+    """The DINO model of ``cfg`` on ``device``, built once per process."""
+    key = (cfg.dino_model, cfg.dino_weights, str(device))
+    if key not in _DINO:
+        _DINO.clear()  # one at a time: a second model would only hold memory
+        _DINO[key] = load_dino(DinoSpec(cfg.dino_model, cfg.dino_weights), device)
+    return _DINO[key]
+
+
+def caa_transition(bb: ClipBackbone, tokens: ImageTokens, attn_last: torch.Tensor, cfg: CamConfig,
+                   image: np.ndarray | None, dino: DinoBackbone | None = None) -> torch.Tensor:
+    """CAA's ``[hw, hw]`` float32 transition matrix from the attention ``cfg.affinity`` names, times SSR's group
+    mask with ``--refine caa+sgc``. The default (clip, caa) is CLIP-ES's matrix, bit for bit."""
+    att = caa_attention(tokens, attn_last, cfg.attention_blocks, bb.n_blocks)
+    if cfg.affinity != "clip":
+        if image is None:
+            raise VplError(f"--affinity {cfg.affinity} needs the images; the dataset recorded by extract must be "
+                           "readable")
+        dino = dino or dino_backbone(cfg, bb.device)
+        att_dino = dino.attention(image, tokens.grid, cfg.attention_blocks).to(att)
+        att = att_dino if cfg.affinity == "dino" else cfg.affinity_weight * att + (1 - cfg.affinity_weight) * att_dino
+    trans = affinity(att, exact=cfg.parity == "clip-es")
+    if cfg.refine == "caa+sgc":
+        if image is None:
+            raise VplError("--refine caa+sgc needs the images; the dataset recorded by extract must be readable")
+        groups = superpixel_groups(image, tokens.grid, cfg.sgc_segments, cfg.sgc_clusters, cfg.sgc_compactness,
+                                   cfg.sgc_position)
+        trans = trans * group_mask(groups).to(trans)
+    return trans
 
 
 @dataclass
 class CamResult:
-    maps: torch.Tensor  # [K, h, w] float32 in [0, 1] on the patch grid ([K, H0, W0] with caa+sgc): what is stored
+    maps: torch.Tensor  # [K, h, w] float32 in [0, 1] on the patch grid: what is stored
     labels: tuple[int, ...]
     raw: torch.Tensor  # [K, h, w] unrefined GradCAM in [0, 1]
     probs: torch.Tensor  # [K + M] softmax over the image's rows
@@ -265,16 +377,10 @@ def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes,
                      layer=cfg.layer, exact=cfg.parity == "clip-es")
     maps, refined = cam.maps, None
     if cfg.refine != "none" and len(labels):
-        parity = cfg.parity == "clip-es"
-        trans = affinity(caa_attention(tokens, cam.attention, cfg.attention_blocks, bb.n_blocks), exact=parity)
-        refined = refine(cam.maps, trans, cfg.box_threshold, parity=parity)
+        trans = caa_transition(bb, tokens, cam.attention, cfg, image)
+        refined = refine(cam.maps, trans, cfg.box_threshold, parity=cfg.parity == "clip-es")
         maps = refined.maps
     maps = maps.cpu()
-    if cfg.refine == "caa+sgc" and len(labels):
-        if image is None:
-            raise VplError("--refine caa+sgc needs the images; the dataset recorded by extract must be readable")
-        maps = minmax(superpixel_smooth(upsample(maps, tokens.image_size), image, cfg.sgc_segments,
-                                        cfg.sgc_compactness))
     return CamResult(maps, labels, cam.maps.cpu(), cam.probs.cpu(), refined)
 
 
@@ -342,6 +448,7 @@ def run_cam(
             :func:`vpltool.batches.shard_from_env`); the folder completes when every shard's images are there.
     """
     source, out = Path(source), Path(out)
+    check_affinity(cfg)
     if _is_extract_folder(source):
         if split is not None:
             raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
@@ -391,7 +498,7 @@ class _FromFeatures:
             raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
                            "CLIP-ES; re-run extract with --parity clip-es")
         self.ids = io.item_ids(features)
-        self.need_images = cfg.refine == "caa+sgc" or not self.extract_cfg.store_tokens
+        self.need_images = needs_image(cfg) or not self.extract_cfg.store_tokens
         self.inputs = {"features": io.sha256_file(io.stage_record_path(features)),
                        "dataset": self.record["inputs"]["dataset"]}
 
@@ -488,8 +595,9 @@ def _image_of(entry: dict, need: bool) -> np.ndarray | None:
 
 def batched_mode(cfg: CamConfig) -> bool:
     """Whether `cam` runs whole batches through :func:`cams_for_batch`; the rest (``--parity clip-es``, whose
-    operation order is CLIP-ES's, one image at a time, and refinements beyond CAA) runs :func:`cams_for_image`."""
-    return cfg.parity == "none" and cfg.refine in ("none", "caa")
+    operation order is CLIP-ES's, one image at a time; SSR's superpixel groups and DINO attention, computed per image
+    on the host) runs :func:`cams_for_image`."""
+    return cfg.parity == "none" and cfg.refine in ("none", "caa") and cfg.affinity == "clip"
 
 
 def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, debug, shard: tuple[int, int],
@@ -528,8 +636,7 @@ def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamCon
     """Plan same-grid batches, load them ahead, run each batched (halving on out-of-memory), write behind."""
     batched = batched_mode(cfg)
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1) if batched else 1
-    need_image = src.need_images if not batched else (cfg.refine == "caa+sgc" or overlays is not None)
-    need_image = need_image or overlays is not None
+    need_image = overlays is not None or (src.need_images and not batched)
     pre = bb.preprocessor
     runner = BatchRunner(size, describe=lambda i: _describe(plan[i]))
     with BackgroundWriter(on_item) as writer:
@@ -668,5 +775,6 @@ def overlay(image: np.ndarray, cams: np.ndarray, labels, classes) -> np.ndarray:
     return np.asarray(sheet)
 
 
-__all__ = ["STAGE", "affinity", "box_coords", "box_mask", "Refined", "refine", "superpixel_smooth", "CamResult",
+__all__ = ["STAGE", "affinity", "box_coords", "box_mask", "Refined", "refine", "kmeans",
+           "patch_majority", "superpixel_features", "superpixel_groups", "group_mask", "caa_transition", "CamResult",
            "cams_for_image", "run_cam", "overlay"]

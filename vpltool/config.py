@@ -190,16 +190,19 @@ class TextPrototypesConfig:
         require(bool(self.templates.strip()), "--templates is empty: give clip-es, imagenet, a template or a file")
 
 
+# caa: CLIP-ES | caa+sgc: CAA with SSR's superpixel-group mask on the affinity | none: raw GradCAM
 REFINES = ("caa", "caa+sgc", "none")
 CAM_ATTENTION_BLOCKS = 8  # CLIP-ES's CAA: the last 8 blocks (cam on a dataset; an extract folder records its own)
 # the sharpest softmax temperature `cam` accepts: 10x sharper than CLIP's (1/100); cosines differ by ~0.01-0.1
 # between rows, so far below it one row takes all the probability and the GradCAM gradients underflow to 0
 MIN_TEMPERATURE = 1e-3
+AFFINITIES = ("clip", "dino", "clip+dino")  # the attention CAA's transition matrix is built from
+DEFAULT_DINO = "vit_small_patch16_224.dino"
 
 
 @dataclass(frozen=True)
 class CamConfig:
-    """`vpltool cam`: softmax-GradCAM + class-aware attention affinity (CLIP-ES)."""
+    """`vpltool cam`: softmax-GradCAM + class-aware attention affinity (CLIP-ES), optionally SSR's SGC and DINO."""
 
     refine: str = "caa"  # caa | caa+sgc | none
     box_threshold: float = 0.4  # CLIP-ES: 0.4 for VOC, 0.7 for COCO
@@ -208,8 +211,18 @@ class CamConfig:
     attention_blocks: int | None = None
     temperature: float | None = None  # None = the prototypes file's own (1/logit_scale for text, tau_I for vision)
     parity: str = "none"  # none | clip-es (CLIP-ES's box ends; needs an extract folder made with --parity clip-es)
-    sgc_segments: int = 64  # SLIC superpixels per image for --refine caa+sgc
-    sgc_compactness: float = 10.0
+    # caa+sgc (SSR): SLIC superpixels per image, K-means groups of them (patches of different groups do not exchange
+    # activation), and the weight of a superpixel's centroid (100 Lab units per image side) against its mean Lab
+    # colour in the K-means features (0: colour alone). Chosen on the demo world's train split
+    # (benchmarks/study_sgc.py); SSR's own settings are not published
+    sgc_segments: int = 256
+    sgc_clusters: int = 32
+    sgc_position: float = 0.0
+    sgc_compactness: float = 10.0  # SLIC's colour-vs-space balance
+    affinity: str = "clip"  # clip | dino | clip+dino (SSR: a second backbone's attention)
+    affinity_weight: float = 0.4  # clip+dino: CLIP's share of the mixed attention, DINO gets the rest (SSR 0.4:0.6)
+    dino_model: str = DEFAULT_DINO  # a timm ViT name
+    dino_weights: str = "hub"  # hub (timm's pretrained weights, from the local cache offline) | FILE | none (random)
     max_classes_per_pass: int = 32  # bounds memory of the batched backward on images with many labels
     # input (the last block's ln_1 output: CLIP-ES's target layer, what VPL uses) | output (its output tokens)
     layer: str = "input"
@@ -226,6 +239,18 @@ class CamConfig:
         choice("--parity", self.parity, PARITIES)
         at_least("--sgc-segments", self.sgc_segments, 1)
         positive("--sgc-compactness", self.sgc_compactness)
+        at_least("--sgc-clusters", self.sgc_clusters, 1)
+        require(math.isfinite(self.sgc_position) and self.sgc_position >= 0,
+                f"--sgc-position {self.sgc_position}: must be a number >= 0 (0 = colour alone)")
+        choice("--affinity", self.affinity, AFFINITIES)
+        fraction("--affinity-weight", self.affinity_weight)
+        require(bool(self.dino_model.strip()), "--dino-model is empty: give a timm ViT name, e.g. " + DEFAULT_DINO)
+        require(bool(self.dino_weights.strip()), "--dino-weights is empty: give hub, a weights file or none")
+        if self.affinity != "clip":
+            require(self.refine in ("caa", "caa+sgc"),
+                    f"--affinity {self.affinity} feeds CAA; it needs --refine caa or caa+sgc")
+            require(self.parity != "clip-es", f"--affinity {self.affinity}: --parity clip-es reproduces CLIP-ES, "
+                    "whose affinity is CLIP's alone; drop one of them")
         at_least("--max-classes-per-pass", self.max_classes_per_pass, 1)
 
 
@@ -453,7 +478,8 @@ def from_params(cls: type, params: dict[str, Any]) -> Any:
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "MAX_TOKENS", "RuntimeConfig",
     "MIN_IMAGE_SIDE", "worker_count", "ExtractConfig", "NOT_COMPARED", "check_tokens",
-    "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
+    "TextPrototypesConfig", "REFINES", "AFFINITIES",
+    "DEFAULT_DINO", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",

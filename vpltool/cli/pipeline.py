@@ -170,8 +170,22 @@ def cam_cmd(
                                              "`learn-prototypes` output; with a dataset it also names the CLIP.")],
     out: OutDir,
     split: Split = None,
-    refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (+ SLIC superpixel smoothing) | none.")] =
-        CamConfig.refine,
+    refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (SSR: CAA propagates only inside K-means "
+                                        "groups of SLIC superpixels) | none.")] = CamConfig.refine,
+    affinity: Annotated[str, typer.Option(help="Attention CAA is built from: clip | dino (a timm ViT, --dino-model) "
+                                          "| clip+dino (mixed, --affinity-weight; SSR).")] = CamConfig.affinity,
+    affinity_weight: Annotated[float, typer.Option(help="clip+dino: CLIP's share of the mixed attention, DINO gets "
+                                                   "the rest (SSR: 0.4 : 0.6).")] = CamConfig.affinity_weight,
+    dino_model: Annotated[str, typer.Option(help="timm ViT name for --affinity dino/clip+dino.")] =
+        CamConfig.dino_model,
+    dino_weights: Annotated[str, typer.Option(help="hub (timm's pretrained weights; offline: from the local cache) "
+                                              "| a local weights file | none (random).")] = CamConfig.dino_weights,
+    sgc_segments: Annotated[int, typer.Option(help="caa+sgc: SLIC superpixels per image.")] =
+        CamConfig.sgc_segments,
+    sgc_clusters: Annotated[int, typer.Option(help="caa+sgc: K-means groups of superpixels.")] =
+        CamConfig.sgc_clusters,
+    sgc_position: Annotated[float, typer.Option(help="caa+sgc: weight of superpixel position against colour in "
+                                                "K-means (0 = colour alone).")] = CamConfig.sgc_position,
     box_threshold: Annotated[float, typer.Option(help="CAA box threshold x max (VOC 0.4, COCO 0.7).")] =
         CamConfig.box_threshold,
     layer: Annotated[str, typer.Option(help="GradCAM activations: input (the last block's ln_1 output: CLIP-ES "
@@ -211,7 +225,9 @@ def cam_cmd(
     from ..cam import run_cam
 
     cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer,
-                    attention_blocks=attention_blocks)
+                    attention_blocks=attention_blocks, affinity=affinity, affinity_weight=affinity_weight,
+                    dino_model=dino_model, dino_weights=dino_weights, sgc_segments=sgc_segments,
+                    sgc_clusters=sgc_clusters, sgc_position=sgc_position)
     with progress("cam") as (on_start, on_item):
         s = run_cam(source, prototypes, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                     split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
