@@ -307,13 +307,14 @@ def caa_transition(bb: ClipBackbone, tokens: ImageTokens, attn_last: torch.Tenso
                    image: np.ndarray | None, dino: DinoBackbone | None = None) -> torch.Tensor:
     """CAA's ``[hw, hw]`` float32 transition matrix from the attention ``cfg.affinity`` names, times SSR's group
     mask with ``--refine caa+sgc``. The default (clip, caa) is CLIP-ES's matrix, bit for bit."""
-    att = caa_attention(tokens, attn_last, cfg.attention_blocks, bb.n_blocks)
+    blocks = cfg.attention_blocks or tokens.n_prev + 1  # a library call may leave it to the tokens' own count
+    att = caa_attention(tokens, attn_last, blocks, bb.n_blocks)
     if cfg.affinity != "clip":
         if image is None:
             raise VplError(f"--affinity {cfg.affinity} needs the images; the dataset recorded by extract must be "
                            "readable")
         dino = dino or dino_backbone(cfg, bb.device)
-        att_dino = dino.attention(image, tokens.grid, cfg.attention_blocks).to(att)
+        att_dino = dino.attention(image, tokens.grid, blocks).to(att)
         att = att_dino if cfg.affinity == "dino" else cfg.affinity_weight * att + (1 - cfg.affinity_weight) * att_dino
     trans = affinity(att, exact=cfg.parity == "clip-es")
     if cfg.refine == "caa+sgc":
