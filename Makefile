@@ -26,6 +26,21 @@ BOX_THR ?= 0.4
 # CAA blurs on the toy CLIP (3 of its 4 blocks attend to 3x3 windows, so its attention affinity is a spatial
 # diffusion): measured text-CAM mIoU 33.5 raw vs 26.7 with CAA on the demo world. Use REFINE=caa on real CLIP.
 REFINE ?= none
+# SSR (AAAI 2026; docs/pipeline.md): REFINE=caa+sgc masks CAA's affinity with K-means groups of SLIC superpixels
+# (SGC_SEGMENTS superpixels, SGC_CLUSTERS groups, SGC_POSITION: weight of position against colour); AFFINITY=dino or
+# clip+dino builds CAA from a timm ViT's attention (DINO_MODEL; DINO_WEIGHTS hub | FILE | none = random), mixed
+# AFFINITY_WEIGHT (CLIP's share) : rest. Offline, DINO_WEIGHTS=hub needs the weights in the Hugging Face cache
+AFFINITY ?= clip
+AFFINITY_WEIGHT ?= 0.4
+DINO_MODEL ?= vit_small_patch16_224.dino
+DINO_WEIGHTS ?= hub
+SGC_SEGMENTS ?= 256
+SGC_CLUSTERS ?= 32
+SGC_POSITION ?= 0
+CAM_ARGS = $(strip --box-threshold $(BOX_THR) --refine $(REFINE) --affinity $(AFFINITY) \
+  $(if $(filter caa+sgc,$(REFINE)),--sgc-segments $(SGC_SEGMENTS) --sgc-clusters $(SGC_CLUSTERS) --sgc-position $(SGC_POSITION)) \
+  $(if $(filter-out clip,$(AFFINITY)),--affinity-weight $(AFFINITY_WEIGHT) --dino-model $(DINO_MODEL) \
+  --dino-weights $(DINO_WEIGHTS)))
 TAU_I ?= 0.03
 ITERS ?= 3000
 LR ?= 10
@@ -127,7 +142,7 @@ $(RUN)/text_prototypes.safetensors: $(RUN)/features/_stage.json
 ## CAMs from the text prototypes, and their mIoU (seeds)
 cams-text: $(RUN)/metrics/cams_text.json
 $(RUN)/cams_text/_stage.json: $(RUN)/features/_stage.json $(RUN)/text_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --refine $(REFINE) --device $(DEVICE) --overwrite
+	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) $(CAM_ARGS) --device $(DEVICE) --overwrite
 $(RUN)/metrics/cams_text.json: $(RUN)/cams_text/_stage.json
 	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
 
@@ -140,7 +155,7 @@ $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_p
 ## CAMs from the vision prototypes, and their mIoU
 cams-vision: $(RUN)/metrics/cams_vision.json
 $(RUN)/cams_vision/_stage.json: $(RUN)/features/_stage.json $(RUN)/vision_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --refine $(REFINE) --device $(DEVICE) --overwrite
+	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) $(CAM_ARGS) --device $(DEVICE) --overwrite
 $(RUN)/metrics/cams_vision.json: $(RUN)/cams_vision/_stage.json
 	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
 
@@ -172,9 +187,9 @@ $(RUN)/features_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
 	$(VPL) extract $(DATA) --split $(VAL_SPLIT) -o $(@D) --model $(MODEL) --pretrained $(PRETRAINED) --device $(DEVICE) \
 	  --overwrite
 $(RUN)/cams_text_val/_stage.json: $(RUN)/features_val/_stage.json $(RUN)/text_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --refine $(REFINE) --device $(DEVICE) --overwrite
+	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) $(CAM_ARGS) --device $(DEVICE) --overwrite
 $(RUN)/cams_vision_val/_stage.json: $(RUN)/features_val/_stage.json $(RUN)/vision_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --box-threshold $(BOX_THR) --refine $(REFINE) --device $(DEVICE) --overwrite
+	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) $(CAM_ARGS) --device $(DEVICE) --overwrite
 $(RUN)/pseudo_val/_stage.json: $(RUN)/cams_vision_val/_stage.json
 	$(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 $(RUN)/metrics/%_val.json: $(RUN)/%_val/_stage.json
@@ -224,6 +239,8 @@ bench: setup
 	$(call run_bench,stage_costs.py,,stage_costs.json)
 	$(call run_bench,bench_memory.py,,memory.json)
 	$(call run_bench,bench_demo.py,--toy-clip,demo.json)
+	# a VOC-scale run of every stage (10,582 photos): on a GPU only (BENCH_DEVICE=cuda), or smoke-tested (--quick)
+	$(if $(or $(filter cuda%,$(BENCH_DEVICE)),$(filter --quick,$(BENCH_ARGS))),$(call run_bench,bench_gpu_pipeline.py,,gpu_pipeline.json))
 	$(BENCH)/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases

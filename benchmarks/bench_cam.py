@@ -2,6 +2,11 @@
 
     python benchmarks/bench_cam.py --clip-es /path/to/CLIP-ES --clip-es-python /path/to/python [--images 12]
     python benchmarks/bench_cam.py --quick           # a smoke test: tiny random ViT, no clone (fallback)
+    python benchmarks/bench_cam.py --device cuda --images 300 --clip-es ...   # on a GPU: both sides on CUDA
+
+On ``--device cuda`` both sides run on the GPU as their users run them (CLIP-ES unpatched with its fp16 model,
+vpltool with auto precision, bf16 blocks), and the JSON adds the steady first-pass img/s and the batched bare
+forward's floor (bf16, batch 1 / 8 / 32, :func:`batched_floor`) measured in the same run.
 
 Set-up (not timed): ``--images`` real photos bundled with scikit-image (500x375-class sizes, odd sizes included,
 1-2 VOC labels each) laid out as a PASCAL VOC root, and a one-image root; random ``ViT-B-16-quickgelu`` weights
@@ -103,26 +108,56 @@ def make_weights(folder: Path, model: str) -> tuple[Path, Path]:
     return pt, st
 
 
-def bare_forward_s(model: str, weights: Path, voc: Path, threads: int) -> float:
-    """Median seconds of the frozen model's plain forward (no attention kept, no grad) per image, this process."""
+def bare_forward_s(model: str, weights: Path, voc: Path, threads: int, device: str = "cpu") -> float:
+    """Median seconds of the frozen model's plain forward (no attention kept, no grad) per image, this process
+    (on CUDA in bf16, as `cam`'s auto precision runs the frozen blocks)."""
     import torch
 
     from vpltool.backbone import ModelSpec, load_backbone
     from vpltool.data import open_dataset
+    from vpltool.device import autocast
     from vpltool.io import load_image
 
     torch.set_num_threads(threads)
-    bb = load_backbone(ModelSpec(model, str(weights), config_dir=str(ASSETS)))
+    bb = load_backbone(ModelSpec(model, str(weights), config_dir=str(ASSETS)), device)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
     times = []
-    for item in open_dataset(voc, "train").items:
+    for item in open_dataset(voc, "train").items[:24]:
         image = load_image(item.image)
-        pixels = bb.preprocess(image, bb.input_size(*image.shape[:2]))[None]
-        with torch.no_grad():
+        pixels = bb.preprocess(image, bb.input_size(*image.shape[:2]))[None].to(bb.device)
+        with torch.no_grad(), autocast(bb.device, dtype):
             bb.encode(pixels)  # warm: allocator, kernels
+            benchlib.synchronize(device)
             start = time.perf_counter()
             bb.dense(bb.encode(pixels).tokens)
+            benchlib.synchronize(device)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def batched_floor(model: str, weights: Path, device: str, size: tuple[int, int] = (368, 496),
+                  batches: tuple[int, ...] = (1, 8, 32), iters: int = 20) -> dict[str, float]:
+    """img/s of the frozen blocks' plain forward in bf16 at batch 1, 8 and 32 on a ``size`` view (368x496: 714
+    tokens, a VOC photo), timed in this process on ``device``: the floor `cam`'s first pass is measured against."""
+    import torch
+
+    from vpltool.backbone import ModelSpec, load_backbone
+    from vpltool.device import autocast
+
+    bb = load_backbone(ModelSpec(model, str(weights), config_dir=str(ASSETS)), device)
+    out = {}
+    for b in batches:
+        pixels = torch.randn(b, 3, *size, device=bb.device)
+        with torch.no_grad(), autocast(bb.device, torch.bfloat16):
+            for _ in range(3):
+                bb.encode(pixels)
+            benchlib.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                bb.encode(pixels)
+            benchlib.synchronize(device)
+        out[f"batch_{b}"] = round(b * iters / (time.perf_counter() - start), 1)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- timed commands
@@ -147,9 +182,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="ViT-B-16-quickgelu")
     benchlib.add_common_args(ap, f"{QUICK['images']} small images, the tiny random test ViT, 1 pair")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
-    if args.device != "cpu":  # clip_es_runner.py moves CLIP-ES's CUDA calls to the CPU: compare like with like
-        print(f"bench_cam.py: --device {args.device} ignored, the comparison runs on the CPU", file=sys.stderr)
-        args.device = "cpu"
     scale = 0.25 if args.quick else 1.0
     with tempfile.TemporaryDirectory(prefix="bench_cam_") as tmp:
         result = run(Path(tmp), args, scale)
@@ -160,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
 def run(tmp: Path, args, scale: float) -> dict:
     voc, voc1 = make_voc(tmp / "voc", args.images, scale), make_voc(tmp / "voc1", 1, scale)
     pt, st = make_weights(tmp, args.model)
-    model = ["--model", args.model, "--pretrained", st, "--device", "cpu", "--precision", "fp32"]
+    # CPU: fp32 on both sides. CUDA: each side as its users run it (CLIP-ES's fp16 model, vpltool's auto = bf16)
+    run_on = ["--device", args.device] + (["--precision", "fp32"] if args.device == "cpu" else [])
+    model = ["--model", args.model, "--pretrained", st, *run_on]
     timed(vpltool("extract", voc, "--split", "train", "-o", tmp / "features", "--cache", "full", *model),
           args.threads)
     timed(vpltool("text-prototypes", tmp / "features", "-o", tmp / "text.safetensors", "--templates", "clip-es",
@@ -173,13 +207,13 @@ def run(tmp: Path, args, scale: float) -> dict:
         if clip_es_ok:
             return [args.clip_es_python, str(Path(__file__).parent / "clip_es_runner.py"), "--clip-es",
                     str(args.clip_es), "--voc", str(root), "--model", str(pt), "--out", str(out), "--threads",
-                    str(args.threads)]
+                    str(args.threads), "--device", "cpu" if args.device == "cpu" else "cuda"]
         return [sys.executable, str(Path(__file__).parent / "clip_es_formulation.py"), str(root), args.model,
                 str(st), str(tmp / "text.safetensors"), str(args.threads)]
 
     def first_pass(root: Path, out: Path) -> list[str]:
-        return vpltool("cam", root, "--split", "train", "-p", tmp / "text.safetensors", "-o", out, "--device", "cpu",
-                       "--precision", "fp32", "--overwrite")
+        return vpltool("cam", root, "--split", "train", "-p", tmp / "text.safetensors", "-o", out, *run_on,
+                       "--overwrite")
 
     runs: dict[str, list[float]] = {k: [] for k in ("clip_es", "first_pass", "second_pass", "clip_es_1",
                                                     "first_pass_1")}
@@ -188,14 +222,15 @@ def run(tmp: Path, args, scale: float) -> dict:
         for name, cmd in (("clip_es", clip_es(voc, tmp / "ce")), ("first_pass", first_pass(voc, tmp / "c1")),
                           ("clip_es_1", clip_es(voc1, tmp / "ce1")), ("first_pass_1", first_pass(voc1, tmp / "c2")),
                           ("second_pass", vpltool("cam", tmp / "features", "-p", other, "-o", tmp / "c3",
-                                                  "--device", "cpu", "--overwrite"))):
+                                                  *run_on, "--overwrite"))):
             seconds, rss = timed(cmd, args.threads)
             shutil.rmtree(tmp / "ce", ignore_errors=True)
             if pair:
                 runs[name].append(seconds)
                 peaks[name] = max(peaks.get(name, 0.0), rss)
-    bare = bare_forward_s(args.model, st, voc, args.threads)
-    return summarise(runs, peaks, bare, args, clip_es_ok)
+    bare = bare_forward_s(args.model, st, voc, args.threads, args.device)
+    floor = batched_floor(args.model, st, args.device) if args.device != "cpu" else None
+    return summarise(runs, peaks, bare, args, clip_es_ok, floor)
 
 
 def _other_prototypes(text: Path, out: Path) -> None:
@@ -210,14 +245,25 @@ def _other_prototypes(text: Path, out: Path) -> None:
                                            source="vision", model=t.model))
 
 
-def summarise(runs: dict[str, list[float]], peaks: dict[str, float], bare: float, args, clip_es_ok: bool) -> dict:
+def summarise(runs: dict[str, list[float]], peaks: dict[str, float], bare: float, args, clip_es_ok: bool,
+              floor: dict[str, float] | None = None) -> dict:
     med = {k: statistics.median(v) for k, v in runs.items()}
     n = args.images
     per_image = [(a - b) / (n - 1) for a, b in zip(runs["first_pass"], runs["first_pass_1"])]
     pairs = lambda a, b: [round(x / y, 3) for x, y in zip(runs[a], runs[b])]  # noqa: E731
+    steady = (n - 1) / max(1e-9, statistics.median(per_image) * (n - 1))
+    gpu = {} if floor is None else {
+        "first_pass_img_per_s_steady": round(steady, 1), "batched_forward_floor_img_per_s": floor,
+        "first_pass_over_batched_floor": round(steady / floor["batch_32"], 3),
+        "gpu_bars": {"first_pass_img_per_s_steady": ">= 1000 (on 3000 images)",
+                     "first_pass_speedup_vs_clip_es": ">= 8 (300 images)", "one_image_first_pass_s": "<= 5"},
+        "one_image_first_pass_s": round(med["first_pass_1"], 2),
+    }
     return {
-        "benchmark": "cam", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": args.model,
-        "weights": "random (seed 0, fp16-exact values)", "threads": args.threads, "precision": "fp32",
+        "benchmark": "cam", "quick": args.quick, "machine": benchlib.machine(args.device), "model": args.model,
+        "weights": "random (seed 0, fp16-exact values)", "threads": args.threads,
+        "precision": "fp32" if args.device == "cpu" else "auto (bf16 blocks; CLIP-ES: its fp16 model)",
+        **gpu,
         "images": n, "pairs": args.pairs,
         "clip_es_source": "the original code (clip_es_runner.py)" if clip_es_ok else
                           "fallback: the in-repo formulation of its structure (no clone given)",

@@ -20,7 +20,7 @@ import torch
 from vpltool import io
 from vpltool.backbone import ModelSpec, load_backbone
 from vpltool.cam import affinity, refine
-from vpltool.config import CamConfig
+from vpltool.config import CAM_ATTENTION_BLOCKS, CamConfig
 from vpltool.data import open_dataset
 from vpltool.kernels import upsample
 
@@ -33,7 +33,8 @@ def per_class_cams(bb, image, labels, protos: io.Prototypes, cfg: CamConfig) -> 
     grid = (size[0] // bb.patch_size, size[1] // bb.patch_size)
     with torch.no_grad():  # CLIP-ES keeps every block's attention map
         enc = bb.encode(bb.preprocess(image, size)[None], stop=bb.n_blocks - 1, attention_from=0)
-    prev = torch.stack([a[0, 1:, 1:] for a in enc.attentions[-(cfg.attention_blocks - 1):]]).mean(0)
+    blocks = cfg.attention_blocks or CAM_ATTENTION_BLOCKS
+    prev = torch.stack([a[0, 1:, 1:] for a in enc.attentions[-(blocks - 1):]]).mean(0)
     rows_of, bg = protos.class_rows(), protos.vectors[protos.background_rows()]
     trans = None
     for c in labels:
@@ -41,7 +42,7 @@ def per_class_cams(bb, image, labels, protos: io.Prototypes, cfg: CamConfig) -> 
         rows = torch.cat([protos.vectors[rows_of[[o - 1 for o in order]]], bg])
         cam = bb.gradcam(enc.tokens[0], grid, rows, 1, protos.temperature)
         if trans is None:
-            trans = affinity((prev * (cfg.attention_blocks - 1) + cam.attention[1:, 1:]) / cfg.attention_blocks)
+            trans = affinity((prev * (blocks - 1) + cam.attention[1:, 1:]) / blocks)
         upsample(refine(cam.maps, trans, cfg.box_threshold).maps, image.shape[:2])
 
 

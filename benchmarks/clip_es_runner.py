@@ -1,6 +1,8 @@
-"""Run the ORIGINAL CLIP-ES CAM script, unmodified, on a CPU in fp32: the other side of `bench_cam.py`.
+"""Run the ORIGINAL CLIP-ES CAM script, unmodified, on a CPU in fp32 (or on CUDA as it is): the other side of
+`bench_cam.py`.
 
     python clip_es_runner.py --clip-es /path/to/CLIP-ES --voc VOC_ROOT --model W.pt --out CAM_DIR [--threads 1]
+    python clip_es_runner.py ... --device cuda     # on the GPU, unpatched (only 1, 5 and 6 below)
 
 Run it with a Python that has CLIP-ES's requirements (torch, ftfy, regex, lxml, ttach, opencv, ``setuptools<81``
 for ``pkg_resources``). CLIP-ES's code is never copied or edited (it cannot enter this repository); its
@@ -30,10 +32,16 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def cpu_patches(clone: Path, argv: list[str], threads: int):
+def cpu_patches(clone: Path, argv: list[str], threads: int, device: str = "cpu"):
+    """The patches of the module docstring; with ``device`` cuda only 1, 5 and 6: CLIP-ES runs on the GPU as its
+    README runs it (fp16 model, ``cuda:0``), unpatched."""
     import torch
 
     torch.set_num_threads(threads)
+    if device != "cpu":
+        with _path_patches(clone, argv):
+            yield
+        return
     with contextlib.suppress(ImportError):
         import cv2
 
@@ -71,6 +79,23 @@ def cpu_patches(clone: Path, argv: list[str], threads: int):
         np.loadtxt = saved[7]
 
 
+@contextlib.contextmanager
+def _path_patches(clone: Path, argv: list[str]):
+    import numpy as np
+
+    saved = (list(sys.path), list(sys.argv), os.getcwd(), np.loadtxt)
+    np.loadtxt = lambda *a, **k: np.atleast_1d(saved[3](*a, **k))
+    sys.path.insert(0, str(clone))
+    sys.argv = argv
+    os.chdir(clone)
+    try:
+        yield
+    finally:
+        sys.path[:], sys.argv = saved[0], saved[1]
+        os.chdir(saved[2])
+        np.loadtxt = saved[3]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clip-es", type=Path, required=True, help="a clone of linyq2117/CLIP-ES")
@@ -79,13 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="where its .npy CAM files go")
     ap.add_argument("--split", default="train")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu (patched onto the CPU, fp32) | cuda (unpatched, its fp16)")
     args = ap.parse_args(argv)
     clone, voc = args.clip_es.resolve(), args.voc.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     script = ["generate_cams_voc12.py", "--img_root", str(voc / "JPEGImages"), "--split_file",
               str(voc / "ImageSets" / "Segmentation" / f"{args.split}.txt"), "--model", str(args.model.resolve()),
               "--num_workers", "1", "--cam_out_dir", str(args.out.resolve())]
-    with cpu_patches(clone, script, args.threads):
+    with cpu_patches(clone, script, args.threads, args.device):
         runpy.run_path(str(clone / "generate_cams_voc12.py"), run_name="__main__")
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 ASSETS = Path(__file__).parent / "assets"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a stray tag must fail fast instead of retrying the hub for ~47 s
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# a GPU stays visible for the tests marked `cuda`; every other test means the CPU: CLI runs in a subprocess read
+# VPLTOOL_DEVICE, and in-process runs see no CUDA (the `_cpu_unless_marked_cuda` fixture)
+os.environ.setdefault("VPLTOOL_DEVICE", "cpu")
 os.environ["VPLTOOL_MODEL_CONFIGS"] = str(ASSETS / "model_configs")  # CLI tests see vpl-test-vit
 # 1, not 2: on two busy cores OpenMP barriers made a tiny forward ~400x slower (0.55 s vs 1.4 ms)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -34,6 +36,19 @@ def _seed() -> None:
     np.random.seed(0)
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch) -> None:
+    """``--device auto`` means the CPU in every test not marked ``cuda`` (on a GPU machine too): a test that means
+    the CPU must not drift onto a GPU and its bf16 blocks. Tests marked ``cuda`` skip without a GPU."""
+    import torch
+
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        return
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
 
 
 @pytest.fixture(scope="session")

@@ -279,6 +279,7 @@ def _huge_photo(ws: Workspace) -> Iterator[list[object]]:
 
     world = ws.copy(ws.world, "world_big")
     Image.new("RGB", (4000, 3000), (90, 120, 60)).save(world / "images" / "train_000001.png", compress_level=1)
+    (world / "masks" / "train_000001.png").unlink()  # its 96x96 mask would be refused first (another case)
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
@@ -842,6 +843,694 @@ def _eval_without_data(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", masks]
 
 
+# ---- branch inputs (issue 20): dataset and table inputs
+def _extract(ws: Workspace, data: Path, out: str, *extra: object) -> list[object]:
+    return ["extract", data, *extra, "-o", ws.out(out), *TINY, *CPU, "--workers", "1"]
+
+
+def _voc_world(ws: Workspace, name: str) -> Path:
+    """`make-world --layout voc` (seed 1: no empty scene), as the CLI writes it."""
+    world = ws.out(name)
+    cli_ok("make-world", world, "--train", "4", "--val", "1", "--seed", "1", "--layout", "voc")
+    return world
+
+
+def _edit_labels(ws: Workspace, name: str, edit: Callable[[str], str], classes_txt: bool = True) -> Path:
+    """A copy of the world whose labels.csv is ``edit(text)`` (and without classes.txt unless asked)."""
+    world = ws.copy(ws.world, name)
+    labels = world / "labels.csv"
+    labels.write_text(edit(labels.read_text()), encoding="utf-8")
+    if not classes_txt:
+        (world / "classes.txt").unlink()
+    return world
+
+
+@case("`make-world --layout voc`, then extract (the VOC reader follows the world's classes.txt)",
+      "✓ extract: 4 images", exit_code=0, leaves=("features_voc/", "features_voc/*"))
+def _make_world_voc(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _voc_world(ws, "world_voc"), "features_voc", "--split", "train")
+
+
+@case("a VOC root of other classes without classes.txt", "world_voc_nc/Annotations/train_000000.xml: unknown class",
+      "list this dataset's classes in world_voc_nc/classes.txt", "without it a VOC root has the 20 VOC classes")
+def _voc_no_classes(ws: Workspace) -> Iterator[list[object]]:
+    world = _voc_world(ws, "world_voc_nc")
+    (world / "classes.txt").unlink()
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("VOC annotation with no <object> (warned, read as background only)",
+      "warning: 1 image has no labels: train_000001 (world_voc_empty/Annotations)", "read as background only",
+      exit_code=0, leaves=("features_voc_empty/", "features_voc_empty/*"))
+def _voc_no_object(ws: Workspace) -> Iterator[list[object]]:
+    import re as re_
+
+    world = _voc_world(ws, "world_voc_empty")
+    xml = world / "Annotations" / "train_000001.xml"
+    xml.write_text(re_.sub(r"<object>.*</object>", "", xml.read_text(), flags=re_.S))
+    yield _extract(ws, world, "features_voc_empty", "--split", "train")
+
+
+@case("split-file ids with a dot and a space (img.v2, chat noir é)", "✓ extract: 4 images", exit_code=0,
+      leaves=("features_ids/", "features_ids/*"))
+def _dotted_ids(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_ids")
+    for old, new in (("train_000000", "img.v2"), ("train_000001", "chat noir é")):
+        for folder in ("images", "masks"):
+            (world / folder / f"{old}.png").rename(world / folder / f"{new}.png")
+        for name in ("labels.csv", "splits/train.txt"):
+            (world / name).write_text((world / name).read_text().replace(old, new), encoding="utf-8")
+    yield _extract(ws, world, "features_ids", "--split", "train")
+
+
+@case("an extra column in labels.csv (id,labels,date), no classes.txt", "world_date/labels.csv: unknown column 'date'",
+      "the columns are id,labels")
+def _extra_column(ws: Workspace) -> Iterator[list[object]]:
+    world = _edit_labels(ws, "world_date", lambda t: "\n".join(
+        row + (",date" if i == 0 else ",2023-05-01") for i, row in enumerate(t.splitlines())) + "\n", False)
+    yield _extract(ws, world, "out")
+
+
+@case("labels.csv whose header does not start with id (image,labels)",
+      "world_header/labels.csv: the header must start with id,labels (found 'image,labels')")
+def _header_image(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _edit_labels(ws, "world_header", lambda t: t.replace("id,labels", "image,labels", 1)), "out")
+
+
+@case("semicolon-delimited labels.csv (Excel in many locales)", "world_semicolon/labels.csv: semicolon-delimited",
+      "save it as comma-separated id,labels")
+def _semicolon_csv(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _edit_labels(ws, "world_semicolon", lambda t: t.replace(",", ";")), "out")
+
+
+@case("tab-delimited labels.csv", "world_tab/labels.csv: tab-delimited", "save it as comma-separated id,labels")
+def _tab_csv(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _edit_labels(ws, "world_tab", lambda t: t.replace(",", "\t")), "out")
+
+
+def _manifest_with_labels(ws: Workspace, labels: object) -> Path:
+    from vpltool.data import open_dataset, write_manifest
+
+    manifest = write_manifest(open_dataset(ws.world, "train"), ws.root / "manifest_labels.json")
+    data = json.loads(manifest.read_text())
+    data["items"][0]["labels"] = labels
+    manifest.write_text(json.dumps(data))
+    return manifest
+
+
+@case("manifest labels given as a string (\"labels\": \"12\")", "manifest_labels.json: item 'train_000000' has "
+      "'labels' \"12\"", "must be a list of class indices (ints), e.g. [1, 3]")
+def _manifest_string_labels(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _manifest_with_labels(ws, "12"), "out")
+
+
+@case("manifest labels given as a name (\"labels\": \"x\")", "item 'train_000000' has 'labels' \"x\"",
+      "must be a list of class indices")
+def _manifest_name_labels(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _manifest_with_labels(ws, "x"), "out")
+
+
+@case("an image of an unsupported type (.gif)", "image for id 'train_000000' is world_gif/images/train_000000.gif",
+      ".gif images are not supported", "convert it to one of .jpg, .jpeg, .png, .bmp, .webp")
+def _gif_image(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_gif")
+    png = world / "images" / "train_000000.png"
+    with Image.open(png) as img:
+        img.save(png.with_suffix(".gif"))
+    png.unlink()
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("an empty labels cell (warned, read as background only)",
+      "warning: 1 image has no labels: train_000001 (world_empty_cell/labels.csv)", exit_code=0,
+      leaves=("features_empty_cell/", "features_empty_cell/*"))
+def _empty_cell(ws: Workspace) -> Iterator[list[object]]:
+    world = _edit_labels(ws, "world_empty_cell", lambda t: re.sub(r"(?m)^train_000001,.*$", "train_000001,", t))
+    yield _extract(ws, world, "features_empty_cell", "--split", "train")
+
+
+@case("class names that differ only in case (Ring, ring), no classes.txt",
+      "world_case/labels.csv: labels 'Ring' and 'ring' differ only in case", "use one spelling")
+def _case_variants(ws: Workspace) -> Iterator[list[object]]:
+    world = _edit_labels(ws, "world_case", lambda t: re.sub(r"(?m)^train_000001,.*$", "train_000001,Ring;cross", t)
+                         .replace("train_000000,", "train_000000,ring;"), False)
+    yield _extract(ws, world, "out")
+
+
+@case("an id written with its extension (train_000000.png,...)",
+      "id 'train_000000.png' is written with its extension; ids are file stems: write 'train_000000'")
+def _id_with_extension(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _edit_labels(ws, "world_ext", lambda t: t.replace("train_000000,", "train_000000.png,")), "out")
+
+
+@case("a multi-word class written without ';' (potted plant)",
+      "world_words/labels.csv: the labels of id 'train_000000' ('potted plant') are split at spaces",
+      "separate labels with ';'")
+def _multi_word(ws: Workspace) -> Iterator[list[object]]:
+    world = _edit_labels(ws, "world_words", lambda t: re.sub(r"(?m)^train_000000,.*$", "train_000000,potted plant", t))
+    with open(world / "classes.txt", "a") as fh:
+        fh.write("potted plant\n")
+    yield _extract(ws, world, "out")
+
+
+@case("ground-truth mask of another size than its image (refused by extract, before the model loads)",
+      "world_gt_small/masks/train_000000.png: ground truth of image 'train_000000' is 48x48 but the image is 96x96",
+      "a GT mask must have its image's size")
+def _gt_size_extract(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_gt_small")
+    gt = world / "masks" / "train_000000.png"
+    with Image.open(gt) as img:
+        img.resize((48, 48), Image.NEAREST).save(gt)
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("a 1x1 image", "world_1px/images/train_000001.png: 1x1 pixels, too small to segment",
+      "at least 16 pixels a side")
+def _one_pixel(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_1px")
+    Image.new("RGB", (1, 1), (90, 120, 60)).save(world / "images" / "train_000001.png")
+    (world / "masks" / "train_000001.png").unlink()
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("a 400-megapixel image (a 20000x20000 PNG header)", "world_400mp/images/train_000001.png: 400 megapixels",
+      "shrink the file itself", "--max-side resizes an image only after it is decoded")
+def _huge_pixels(ws: Workspace) -> Iterator[list[object]]:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    world = ws.copy(ws.world, "world_400mp")
+    # only the header is ever read (the refusal comes from it), so the pixel data can be a stub
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    (world / "images" / "train_000001.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("a fully transparent RGBA image (warned: it decodes to black)",
+      "warning: world_clear/images/train_000001.png: fully transparent (alpha 0 in every pixel)",
+      "save it without its alpha channel", exit_code=0, leaves=("features_clear/", "features_clear/*"))
+def _transparent(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_clear")
+    path = world / "images" / "train_000001.png"
+    with Image.open(path) as img:
+        rgba = img.convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(path)
+    yield _extract(ws, world, "features_clear", "--split", "train")
+
+
+# ---- branch `options` (issue 20): metadata, cross-stage options, degenerate runs, messages
+def _resaved_prototypes(ws: Workspace, name: str, **meta: str | None) -> Path:
+    """A copy of the text prototypes with metadata entries replaced (``None``: removed), tensors unchanged."""
+    from safetensors.torch import save_file
+
+    tensors, header = _tensors_and_meta(ws.text)
+    for key, value in meta.items():
+        header.pop(f"vpltool.{key}", None)
+        if value is not None:
+            header[f"vpltool.{key}"] = value
+    path = ws.root / name
+    save_file(tensors, str(path), metadata=header)
+    return path
+
+
+@case("prototypes file whose temperature is 0 (metadata)", "temp0.safetensors: metadata 'vpltool.temperature' is "
+      "'0', not a finite number > 0", "re-create it")
+def _temperature_zero(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", _resaved_prototypes(ws, "temp0.safetensors", temperature="0"), "-o",
+           ws.out("out"), *CPU]
+
+
+@case("prototypes file whose temperature is not a number (metadata)",
+      "temp_abc.safetensors: metadata 'vpltool.temperature' is 'abc', not a finite number > 0")
+def _temperature_abc(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", _resaved_prototypes(ws, "temp_abc.safetensors", temperature="abc"), "-o",
+           ws.out("out"), *CPU]
+
+
+@case("prototypes file whose model entry is not JSON (metadata)",
+      "model_text.safetensors: metadata 'vpltool.model' is 'ViT-B-16'", "a JSON object naming the CLIP")
+def _model_not_json(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", _resaved_prototypes(ws, "model_text.safetensors", model="ViT-B-16"), "-o",
+           ws.out("out"), *CPU]
+
+
+@case("prototypes file without its class list (metadata)",
+      "no_classes.safetensors: metadata 'vpltool.classes' missing")
+def _no_classes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", _resaved_prototypes(ws, "no_classes.safetensors", classes=None), "-o",
+           ws.out("out"), *CPU]
+
+
+@case("_stage.json that is valid JSON but a list", "features_list_record/_stage.json: not a vpltool stage record "
+      "(a JSON list, not an object)")
+def _record_list(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_list_record")
+    (features / "_stage.json").write_text("[]\n")
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("_stage.json with keys missing", "features_short_record/_stage.json: not a vpltool stage record (no "
+      "'params')", "re-run `vpltool extract` there with --overwrite")
+def _record_short(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_short_record")
+    (features / "_stage.json").write_text('{"stage": "extract"}\n')
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("_run.json that is valid JSON but a string (a resumed cam)",
+      "cams_bad_run/_run.json: not a vpltool run record (a JSON str, not an object)")
+def _run_record_string(ws: Workspace) -> Iterator[list[object]]:
+    cams = interrupted_copy(ws, ws.cams, "cams_bad_run")
+    (cams / "_run.json").write_text('"cam"\n')
+    yield ["cam", ws.features, "-p", ws.text, "-o", cams, *CPU]
+
+
+@case("cam on an extract folder made with --attention-blocks 2 (full cache)", "✓ cam: 4 images", exit_code=0,
+      leaves=("cams_ab2/", "cams_ab2/*"))
+def _attention_blocks_2(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.out("features_ab2")
+    yield from _extract_then_cam(ws, features, ws.out("cams_ab2"), "--attention-blocks", "2", "--cache", "full")
+
+
+@case("cam on an extract folder made with --attention-blocks 1 (light cache)", "✓ cam: 4 images", exit_code=0,
+      leaves=("cams_ab1/", "cams_ab1/*"))
+def _attention_blocks_1(ws: Workspace) -> Iterator[list[object]]:
+    yield from _extract_then_cam(ws, ws.out("features_ab1"), ws.out("cams_ab1"), "--attention-blocks", "1")
+
+
+def _extract_then_cam(ws: Workspace, features: Path, cams: Path, *extract_options: str) -> Iterator[list[object]]:
+    """The extract run is the case's set-up (before the disk is compared); the cam run is the case."""
+    cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1",
+           *extract_options)
+    yield ["cam", features, "-p", ws.text, "-o", cams, *CPU]
+
+
+@case("cam --attention-blocks that the extract cache cannot serve", "cam --attention-blocks 3",
+      "extracted with --attention-blocks 8", "drop the option", "re-run extract with --attention-blocks 3")
+def _attention_blocks_mismatch(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--attention-blocks", "3", *CPU]
+
+
+@case("negative seed (make-world --seed -1)", "--seed -1: must be an integer from 0 to 4294967295")
+def _make_world_negative_seed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["make-world", ws.out("world_negative_seed"), "--train", "1", "--val", "0", "--seed", "-1"]
+
+
+@case("negative seed (train-decoder --seed -1)", "--seed -1: must be an integer from 0 to 4294967295")
+def _decoder_negative_seed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_seed"), *DECODER_ARGS, "--seed", "-1"]
+
+
+@case("negative seed (train-toy-clip --seed -1)", "--seed -1: must be an integer from 0 to 4294967295")
+def _toy_clip_negative_seed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_seed"), "--steps", "1", "--seed", "-1"]
+
+
+@case("huge scene size (make-world --size 100000)", "--size 100000: must be at most 2048 pixels")
+def _huge_world(ws: Workspace) -> Iterator[list[object]]:
+    yield ["make-world", ws.out("world_huge"), "--train", "1", "--val", "0", "--size", "100000"]
+
+
+@case("a pseudo mask with a value above the class count (train-decoder)", "pseudo_50/train_000002.png",
+      "mask values [50] outside 0..8")
+def _pseudo_out_of_range(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool import io
+
+    pseudo = ws.copy(ws.pseudo, "pseudo_50")
+    mask = io.read_mask(pseudo / "train_000002.png").copy()
+    mask[-1, -1] = 50  # one corner pixel: a random crop may never sample it, every mask is checked first
+    io.write_mask(pseudo / "train_000002.png", mask.astype(np.uint8))
+    yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("decoder_50"), *DECODER_ARGS]
+
+
+@case("a template with two {} (text-prototypes)", "--templates 'a {} and {}': has 2 '{}' fields",
+      "needs exactly one")
+def _two_braces(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("t2.safetensors"), "--templates", "a {} and {}",
+           "--background", "sky", *CPU]
+
+
+@case("a template that is not a format string (text-prototypes)", "--templates 'a {} of {'",
+      "not a valid format string")
+def _bad_format(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("t3.safetensors"), "--templates", "a {} of {",
+           "--background", "sky", *CPU]
+
+
+@case("a temperature at which the loss cannot move (learn-prototypes --tau-i 1e-30)",
+      "the loss did not move in 3 iterations", "--tau-i 1e-30", "nothing was written")
+def _stuck_descent(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("stuck.safetensors"),
+           "--tau-i", "1e-30", "--iters", "3", *CPU]
+
+
+@case("a softmax temperature below float32's reach (cam --temperature 1e-30)",
+      "--temperature 1e-30: must be >= 0.001", "GradCAM's gradients vanish")
+def _tiny_temperature(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--temperature", "1e-30", *CPU]
+
+
+@case("'background' among the class names (text-prototypes --classes)",
+      "--classes: 'background' is class 0 already")
+def _background_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", "--classes", "background,cat", *TINY, "--templates", "{}", "--background", "sky",
+           "-o", ws.out("bg.safetensors"), *CPU]
+
+
+@case("a class named twice (text-prototypes --classes)", "--classes: class 'Cat' is named twice")
+def _class_twice(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", "--classes", "cat,Cat", *TINY, "--templates", "{}", "--background", "sky",
+           "-o", ws.out("cc.safetensors"), *CPU]
+
+
+@case("a background word that is also a class (text-prototypes --background)",
+      "--background: 'star' is also a class")
+def _background_is_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("bgc.safetensors"), "--templates", "{}", "--background",
+           "star,sky", *CPU]
+
+
+@case("train-decoder interrupted (Ctrl-C) without --resume", "interrupted", "re-run the same command with --resume",
+      exit_code=130, leaves=("decoder_ctrl_c/", "decoder_ctrl_c/.vpltool.lock"))
+def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import train_decoder
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with mock.patch.object(train_decoder._Run, "loop", interrupt):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_ctrl_c"), *DECODER_ARGS]
+
+
+@case("a loss weight that is not a number (train-decoder --lambda-rsc nan)",
+      "--lambda-rsc nan: not a finite number")
+def _lambda_nan(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_nan"), *DECODER_ARGS,
+           "--lambda-rsc", "nan"]
+
+
+@case("a negative loss weight (train-decoder --lambda-rsc -1)", "--lambda-rsc -1.0: must be >= 0")
+def _lambda_negative(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_neg"), *DECODER_ARGS,
+           "--lambda-rsc", "-1"]
+
+
+@case("eval of an extract folder", "features: holds `extract` output",
+      "expected `cam`, `crf` or `predict` output")
+def _eval_features(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.features]
+
+
+@case("eval of a train folder with --split val", "cams: made from split 'train'",
+      "no prediction for split 'val'", "wrong --split?")
+def _eval_wrong_split(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.cams, "--split", "val"]
+
+
+def _vision_copy(ws: Workspace) -> Path:
+    return _resaved_prototypes(ws, "vision_copy.safetensors", source="vision")
+
+
+@case("vision prototypes where the text ones belong (learn-prototypes -t)",
+      "vision_copy.safetensors: holds vision prototypes", "--text expects text prototypes",
+      "`vpltool text-prototypes`")
+def _vision_as_text(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", _vision_copy(ws), "-o",
+           ws.out("v2.safetensors"), "--iters", "2", *CPU]
+
+
+@case("vision prototypes where the text ones belong (diagnose -t)",
+      "vision_copy.safetensors: holds vision prototypes", "--text expects text prototypes")
+def _vision_as_text_diagnose(ws: Workspace) -> Iterator[list[object]]:
+    yield ["diagnose", ws.features, "-p", ws.text, "-t", _vision_copy(ws), *CPU]
+
+
+@case("a device name only in VPLTOOL_DEVICE (VPLTOOL_DEVICE=gpu0)", "--device (from VPLTOOL_DEVICE) 'gpu0'",
+      "use auto, cpu, cuda or cuda:N")
+def _device_env(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.dict(os.environ, {"VPLTOOL_DEVICE": "gpu0"}):
+        yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), *TINY]
+
+
+@case("a loss-curve name that is not .png (learn-prototypes --plot x.jpg)", "--plot curve.jpg",
+      "give a name ending in .png")
+def _plot_jpg(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vp.safetensors"), "--plot",
+           "curve.jpg", "--iters", "2", *CPU]
+
+
+@case("a missing -t file is named before any progress line (learn-prototypes)", "nope.safetensors: file not found")
+def _missing_text_first(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.root / "nope.safetensors", "-o",
+           ws.out("vn.safetensors"), "--iters", "3", *CPU]
+
+
+@case("a degenerate test scale (predict --scales 1e-9)", "--scales 1e-09: each scale must be at least 0.1")
+def _tiny_scale(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--scales", "1e-9",
+           *CPU]
+
+
+@case("vpltool help COMMAND", "--help", exit_code=0)
+def _help_command(ws: Workspace) -> Iterator[list[object]]:
+    yield ["help", "crf"]
+
+
+@case("vpltool -V", "vpltool ", exit_code=0)
+def _short_version(ws: Workspace) -> Iterator[list[object]]:
+    yield ["-V"]
+
+# ---- guards branch (issue 20): every output guarded alike, resumes re-check their inputs, ids, writers
+@case("--save-overlays aimed at the dataset's images folder (cam)", "world/images: is the dataset's folder",
+      "no stage writes into a dataset", "choose another --save-overlays")
+def _overlays_into_images(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--save-overlays", ws.world / "images", *CPU]
+
+
+@case("--save-overlays aimed at the dataset's images folder (predict)", "world/images: is the dataset's folder",
+      "choose another --save-overlays")
+def _predict_overlays_into_images(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--save-overlays",
+           ws.world / "images", *CPU]
+
+
+@case("overlays into the stage's own output folder (cam --save-overlays = -o)",
+      "cams_ov: given as both --out and --save-overlays", "their files would mix")
+def _overlays_into_out(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("cams_ov")
+    yield ["cam", ws.features, "-p", ws.text, "-o", out, "--save-overlays", out, *CPU]
+
+
+@case("crf output = the dataset's ground-truth masks folder", "world/masks: is the dataset's folder",
+      "choose another --out")
+def _crf_into_gt(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.world / "masks", "--workers", "1", "--overwrite"]
+
+
+@case("crf output = a folder of masks vpltool did not make (--overwrite)", "gt_copy: not empty and made by no "
+      "vpltool stage (no _stage.json or _run.json)", "never written into or resumed", "choose a new or empty folder")
+def _crf_into_user_folder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.copy(ws.world / "masks", "gt_copy"), "--workers", "1", "--overwrite"]
+
+
+@case("--overwrite onto another stage's folder (cam -o a crf folder)", "pseudo_copy: holds `crf` output",
+      "--overwrite only redoes a `cam` folder, never another stage's")
+def _overwrite_other_stage(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.copy(ws.pseudo, "pseudo_copy"), "--overwrite", *CPU]
+
+
+@case("--save-debug into a folder vpltool did not make", "notes: not empty and holds no _side.json of "
+      "`cam --save-debug`", "choose a new or empty folder for --save-debug")
+def _debug_into_user_folder(ws: Workspace) -> Iterator[list[object]]:
+    notes = ws.out("notes")
+    notes.mkdir()
+    (notes / "todo.txt").write_text("my notes\n")
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--save-debug", notes, *CPU]
+
+
+@case("learn-prototypes output = its own --text input", "text_copy.safetensors: is also this run's input (--text)",
+      "choose another --out")
+def _learn_onto_text(ws: Workspace) -> Iterator[list[object]]:
+    text = ws.root / "text_copy.safetensors"
+    shutil.copy(ws.text, text)
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", text, "-o", text, "--iters", "2", *CPU]
+
+
+@case("train-decoder output = its pseudo-mask input folder", "pseudo: is also this run's input (the pseudo-mask "
+      "folder)", "choose another --out")
+def _decoder_onto_pseudo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.pseudo, *DECODER_ARGS]
+
+
+@case("eval --json aimed at a ground-truth mask", "world/masks/train_000000.png: lies inside the dataset's folder",
+      "choose another --json")
+def _json_onto_gt(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--json", ws.world / "masks" / "train_000000.png"]
+
+
+@case("dangling symbolic link as the output folder", "broken_link: a symbolic link to", "which does not exist",
+      "create the target or choose another --out")
+def _dangling_out(ws: Workspace) -> Iterator[list[object]]:
+    link = ws.out("broken_link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(ws.root / "nowhere")
+    yield ["cam", ws.features, "-p", ws.text, "-o", link, *CPU]
+
+
+@case("re-running cam after its extract folder was re-made", "cams_stale: made from other inputs (features changed "
+      "since)", "its items are stale", "pass --overwrite to redo every item")
+def _cam_after_reextract(ws: Workspace) -> Iterator[list[object]]:
+    features, cams = ws.out("features_remade"), ws.out("cams_stale")
+    cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1", "--cache", "full")
+    cli_ok("cam", features, "-p", ws.text, "-o", cams, *CPU)
+    cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1", "--cache", "full",
+           "--max-side", "48", "--overwrite")
+    yield ["cam", features, "-p", ws.text, "-o", cams, *CPU]
+
+
+@case("re-running extract after the dataset's images were replaced", "features_new: 1 finished item(s) were made "
+      "from another image or other labels", "world_new/images/train_000001.png", "pass --overwrite")
+def _extract_after_new_images(ws: Workspace) -> Iterator[list[object]]:
+    world, features = ws.copy(ws.world, "world_new"), ws.out("features_new")
+    cli_ok("extract", world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1")
+    shutil.copy(world / "images" / "train_000002.png", world / "images" / "train_000001.png")
+    yield ["extract", world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1"]
+
+
+@case("an item file deleted from a finished extract folder (cam)", "features_holed: incomplete: 1 of the 4 items",
+      "(first: train_000001.safetensors)", "re-run `vpltool extract` with the same options")
+def _features_holed(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_holed")
+    (features / "train_000001.safetensors").unlink()
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("a mask deleted from a finished crf folder (train-decoder)", "pseudo_holed: incomplete: 1 of the 4 items",
+      "re-run `vpltool crf`")
+def _pseudo_holed(ws: Workspace) -> Iterator[list[object]]:
+    pseudo = ws.copy(ws.pseudo, "pseudo_holed")
+    (pseudo / "train_000002.png").unlink()
+    yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS]
+
+
+@case("text prototypes saved inside the extract folder (a stray .safetensors is no item)", "✓ cam: 4 images",
+      exit_code=0, leaves=("cams_stray/", "cams_stray/*"))
+def _stray_in_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.copy(ws.features, "features_stray")
+    cli_ok("text-prototypes", features, "-o", features / "text.safetensors", *TEXT_ARGS, *CPU)
+    yield ["cam", features, "-p", features / "text.safetensors", "-o", ws.out("cams_stray"), *CPU]
+
+
+@case("a manifest id with ../ (path traversal)", "m_trav.json: id '../../evil' holds a path separator",
+      "must be plain file names")
+def _manifest_traversal(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data import open_dataset, write_manifest
+
+    manifest = write_manifest(open_dataset(ws.world, "train"), ws.root / "m_trav.json")
+    data = json.loads(manifest.read_text())
+    data["items"][0]["id"] = "../../evil"
+    manifest.write_text(json.dumps(data))
+    yield ["extract", manifest, "-o", ws.out("mf_trav"), *TINY, *CPU, "--workers", "1"]
+
+
+def _safetensors_fails(message: str):
+    """The safetensors library failing as on a real full disk or at a file-size limit: its own SafetensorError
+    (no OSError) whose text ends "(os error N)"."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def save(*args, **kwargs):
+        raise SafetensorError(f"Error while serializing: I/O error: {message}")
+
+    return mock.patch.object(safetensors.torch, "save", save)
+
+
+@case("disk full in the safetensors writer (its SafetensorError, simulated)",
+      "no space left on device writing text_full.safetensors", "free space or choose another --out")
+def _safetensors_enospc(ws: Workspace) -> Iterator[list[object]]:
+    with _safetensors_fails("No space left on device (os error 28)"):
+        yield ["text-prototypes", ws.features, "-o", ws.out("text_full.safetensors"), *TEXT_ARGS, *CPU]
+
+
+@case("file-size limit in the safetensors writer (ulimit -f: SafetensorError, simulated)",
+      "file too large (a file-size limit: `ulimit -f`", "writing cams_big/train_000000.safetensors")
+def _safetensors_efbig(ws: Workspace) -> Iterator[list[object]]:
+    with _safetensors_fails("File too large (os error 27)"):
+        yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_big"), *CPU]
+
+
+@case("file-size limit while writing a PNG (simulated EFBIG, crf)", "file too large", "writing pseudo_big/train_000000")
+def _png_efbig(ws: Workspace) -> Iterator[list[object]]:
+    with failing_writes(errno.EFBIG, after=1):  # _run.json is written, the first mask is not
+        yield ["crf", ws.cams, "-o", ws.out("pseudo_big"), "--workers", "1"]
+
+
+@case("a decoder training that diverges (loss inf at iteration 2, simulated)",
+      "decoder_nan: training diverged at iteration 2", "the last good checkpoint",
+      "(iteration 1) is kept", leaves=("decoder_nan/", "decoder_nan/.vpltool.lock", "decoder_nan/checkpoints/",
+                                       "decoder_nan/checkpoints/last.safetensors", "decoder_nan/log.jsonl"))
+def _decoder_diverges(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.train_decoder import steps
+
+    real, calls = steps.compute_losses, [0]
+
+    def compute_losses(*args, **kwargs):  # a step that blows up: the loss becomes inf at the second iteration
+        calls[0] += 1
+        losses = real(*args, **kwargs)
+        return {**losses, "loss": losses["loss"] * float("inf")} if calls[0] >= 2 else losses
+
+    with mock.patch.object(steps, "compute_losses", compute_losses):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_nan"), *DECODER_ARGS]
+
+
+# --------------------------------------------------------------------------------------------- branch ssr
+@case("cam with an unknown --affinity", "--affinity 'sam'", "clip, dino or clip+dino")
+def _unknown_affinity(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "sam", *CPU]
+
+
+@case("cam --affinity clip+dino when the DINO weights are not available offline",
+      "vit_small_patch16_224.dino", "not in the local cache", "--dino-weights /path/to/model.safetensors")
+def _dino_offline(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "clip+dino", *CPU]
+
+
+@case("cam --dino-weights file that does not exist", "gone_dino.safetensors", "DINO weights file not found")
+def _dino_file_missing(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "dino", "--dino-weights",
+           ws.root / "gone_dino.safetensors", *CPU]
+
+
+@case("cam with a mix weight outside [0, 1]", "--affinity-weight 1.5", "must be in [0, 1]")
+def _bad_mix_weight(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "clip+dino", "--affinity-weight",
+           "1.5", *CPU]
+
+
+@case("cam --affinity dino with --refine none", "--affinity dino feeds CAA", "--refine caa or caa+sgc")
+def _dino_without_caa(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "dino", "--refine", "none", *CPU]
+
+
+@case("cam --refine caa+sgc with no superpixel groups", "--sgc-clusters 0", "must be >= 1")
+def _sgc_no_clusters(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--refine", "caa+sgc", "--sgc-clusters", "0",
+           *CPU]
 # --------------------------------------------------------------------------------------------- branch openvocab
 # CMPA (train-decoder --lambda-proto), held-out classes (--ignore-classes), open-vocabulary predict --classes
 @case("CMPA with a negative weight (train-decoder --lambda-proto -1)", "--lambda-proto -1.0: must be >= 0")
@@ -942,7 +1631,11 @@ handles it is the shipped one.
 
 A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; a refused run
 leaves nothing (an output folder it created is removed again); finished items are kept, with the folder's lock
-file and `_run.json`, and re-running the same command resumes.
+file and `_run.json`, and re-running the same command resumes. Every path a run writes (`--out`,
+`--save-overlays`, `--save-debug`, `--plot`, `--json`, the decoder's checkpoint) passes one guard before any model
+loads (`io.check_outputs`, docs/file-formats.md): never an input of the run nor in the dataset's folders, never
+another stage's folder or a non-empty folder vpltool did not make (`--overwrite` included). A resume whose inputs
+changed since the folder's record is refused before any item is skipped.
 """
 
 

@@ -8,8 +8,8 @@ import torch
 
 from vpltool import io
 from vpltool.backbone import load_backbone
-from vpltool.cam import affinity, box_mask, cached_tokens, cams_for_image, refine, run_cam
-from vpltool.config import CamConfig, ExtractConfig
+from vpltool.cam import affinity, box_mask, refine, run_cam
+from vpltool.config import ExtractConfig, RuntimeConfig
 from vpltool.errors import ContractError, VplError
 from vpltool.extract import run_extract
 from vpltool.kernels import minmax
@@ -103,10 +103,11 @@ def test_cache_and_no_cache_give_the_same_cams(world, tiny_spec, features_dir, t
     from vpltool.data import open_dataset
 
     no_tokens = tmp_path / "features_no_tokens"
-    run_extract(open_dataset(world, "train"), no_tokens, tiny_spec, ExtractConfig(cache="light"))
+    cpu = RuntimeConfig(device="cpu", precision="fp32")
+    run_extract(open_dataset(world, "train"), no_tokens, tiny_spec, ExtractConfig(cache="light"), cpu)
     a, b = tmp_path / "a", tmp_path / "b"
-    run_cam(features_dir, text_protos, a)
-    run_cam(no_tokens, text_protos, b)
+    run_cam(features_dir, text_protos, a, runtime=cpu)
+    run_cam(no_tokens, text_protos, b, runtime=cpu)
     for path in sorted(a.glob("*.safetensors")):
         ca, cb = io.read_cam(path).cams, io.read_cam(b / path.name).cams
         assert np.allclose(ca.astype(np.float32), cb.astype(np.float32), atol=2e-3)
@@ -136,20 +137,6 @@ def test_wrong_dimension_prototypes_are_refused(features_dir, text_protos, tmp_p
     with pytest.raises(ContractError, match="wide.safetensors"):
         run_cam(features_dir, tmp_path / "wide.safetensors", tmp_path / "cams")
     assert not any((tmp_path / "cams").glob("*.safetensors"))
-
-
-def test_caa_sgc_runs_and_stays_in_range(tiny_spec, features_dir, text_protos, world):
-    from vpltool.data import open_dataset
-    from vpltool.io import load_image
-
-    bb = load_backbone(tiny_spec)
-    items = open_dataset(world, "train").by_id()
-    path = next(p for p in sorted(features_dir.glob("*.safetensors")) if io.read_features(p).labels)
-    feats = io.read_features(path)
-    image = load_image(items[feats.id].image)
-    tokens = cached_tokens(bb, path, None, image, ExtractConfig())
-    res = cams_for_image(bb, tokens, io.read_prototypes(text_protos), CamConfig(refine="caa+sgc"), 0.01, image)
-    assert res.maps.shape[1:] == feats.image_size and res.maps.min() >= 0 and res.maps.max() <= 1
 
 
 def test_save_debug_writes_every_step(features_dir, text_protos, tmp_path):
@@ -216,3 +203,145 @@ def test_cam_applies_the_token_limit_extract_recorded(features_dir, text_protos,
                                        r"re-run `vpltool extract` with --max-side 48"):
         run_cam(features, text_protos, tmp_path / "cams")
     assert not (tmp_path / "cams").exists()
+
+
+# --------------------------------------------------------------------------------------------- batching
+def _cams(folder):
+    paths = sorted(folder.glob("*.safetensors"))
+    return {p.stem: io.read_tensors(p, kind="cam", framework="pt")["cams"] for p in paths}
+
+
+@pytest.mark.parametrize("source", ["full", "light", "dataset"])
+def test_batches_give_exactly_the_maps_of_single_images(source, world, tiny_spec, features_dir, text_protos, tmp_path):
+    """Batched (4 images, loaded by 2 worker processes) against one image at a time in fp32, whether the tokens come
+    from the cache, from a light cache's images, or from the dataset directly.
+
+    Not bit for bit: the CPU's batched attention product (``bmm`` over B x heads matrices) rounds differently at
+    some batch sizes (here 2 against 1), by ~1e-7 in the raw scores, which CAA's final min-max magnifies to <= 1e-3;
+    every product vpltool writes itself is batch-invariant (`test_gradcam_batch_equals_gradcam_per_image`)."""
+    from vpltool.data import open_dataset
+
+    if source == "light":
+        src = tmp_path / "light"
+        run_extract(open_dataset(world, "train"), src, tiny_spec, ExtractConfig(cache="light"),
+                    RuntimeConfig(device="cpu", precision="fp32", workers=1))
+    else:
+        src = features_dir if source == "full" else world
+    split = "train" if source == "dataset" else None
+    one = RuntimeConfig(device="cpu", precision="fp32", batch_size=1, workers=1)
+    four = RuntimeConfig(device="cpu", precision="fp32", batch_size=4, workers=2)
+    run_cam(src, text_protos, tmp_path / "one", runtime=one, split=split)
+    run_cam(src, text_protos, tmp_path / "four", runtime=four, split=split)
+    a, b = _cams(tmp_path / "one"), _cams(tmp_path / "four")
+    assert sorted(a) == sorted(b) and len(a) == 6
+    assert any(len(m) > 1 for m in a.values())  # some image has several classes: the slot backward is exercised
+    for item_id in a:
+        assert torch.allclose(a[item_id], b[item_id], rtol=0, atol=1e-3), item_id
+
+
+def test_gradcam_batch_equals_gradcam_per_image(features_dir, text_protos, tiny_spec):
+    bb = load_backbone(tiny_spec, "cpu")
+    protos = io.read_prototypes(text_protos)
+    feats = [io.read_features(p) for p in sorted(features_dir.glob("*.safetensors"))][:4]
+    tokens = torch.stack([f.last_block_input for f in feats])
+    labels = [f.labels for f in feats]
+    batch = bb.gradcam_batch(tokens, feats[0].grid, [protos.image_rows(lab) for lab in labels],
+                             [len(lab) for lab in labels], 0.01)
+    for b, f in enumerate(feats):
+        single = bb.gradcam(f.last_block_input, f.grid, protos.image_rows(f.labels), len(f.labels), 0.01)
+        assert torch.equal(batch.maps[b, : len(f.labels)], single.maps)
+        assert not batch.maps[b, len(f.labels):].any()  # padded slots stay empty
+        assert torch.equal(batch.probs[b], single.probs)
+
+
+def test_box_masks_on_the_device_equal_the_contour_boxes():
+    """The batched box masks (connected components, on the maps' device) equal the union of OpenCV's contour boxes
+    (CLIP-ES's scoremap2bbox), on blobs, noise, rings with islands inside, empty and full maps, both box-end rules."""
+    import cv2
+
+    from vpltool.cam import box_masks
+
+    rng = np.random.default_rng(0)
+    maps = []
+    for i in range(120):
+        h, w = rng.integers(1, 24, 2)
+        m = rng.random((h, w)).astype(np.float32)
+        if i % 3 == 0:
+            m = cv2.GaussianBlur(m, (5, 5), 2)
+        maps.append((m - m.min()) / (m.max() - m.min() + 1e-7))
+    ring = np.zeros((9, 9), np.float32)
+    ring[1:8, 1:8], ring[2:7, 2:7], ring[4, 4] = 1, 0, 1  # a ring with an island: holes and nested contours
+    maps += [ring, np.zeros((5, 6), np.float32), np.ones((4, 4), np.float32)]
+    for m in maps:
+        for parity in (False, True):
+            expected = box_mask(m, 0.4, parity)
+            got = box_masks(torch.from_numpy(m)[None], 0.4, parity)[0].numpy()
+            assert np.array_equal(expected, got), (m.shape, parity)
+
+
+def test_a_hand_made_box_mask():
+    from vpltool.cam import box_masks
+
+    cam = torch.zeros(1, 5, 6)
+    cam[0, 1, 1] = cam[0, 2, 2] = 1.0  # diagonal neighbours: one 8-connected component
+    cam[0, 4, 5] = 0.9  # a second component in the corner
+    expected = torch.zeros(5, 6)
+    expected[1:3, 1:3] = 1
+    expected[4, 5] = 1
+    assert torch.equal(box_masks(cam, 0.4)[0], expected)
+    clipped = expected.clone()
+    clipped[4, 5] = 0  # CLIP-ES clips the box end to W-1 / H-1: the corner box is empty
+    assert torch.equal(box_masks(cam, 0.4, parity=True)[0], clipped)
+
+
+@pytest.mark.cuda
+def test_the_gpu_batched_path_matches_the_cpu(features_dir, text_protos, tmp_path):
+    """The batched CUDA path (bf16 blocks, batched backward, CAA on the GPU) against the CPU one in fp32."""
+    run_cam(features_dir, text_protos, tmp_path / "cpu", runtime=RuntimeConfig(device="cpu", precision="fp32"))
+    run_cam(features_dir, text_protos, tmp_path / "gpu", runtime=RuntimeConfig(device="cuda", batch_size=4))
+    a, b = _cams(tmp_path / "cpu"), _cams(tmp_path / "gpu")
+    assert sorted(a) == sorted(b)
+    for item_id in a:
+        assert torch.allclose(a[item_id], b[item_id], rtol=0, atol=5e-2), item_id  # bf16 blocks
+
+
+@pytest.mark.cuda
+def test_the_gpu_batched_path_from_a_dataset_matches_the_per_image_gpu_path(world, text_protos, tmp_path):
+    run_cam(world, text_protos, tmp_path / "one", split="train", runtime=RuntimeConfig(device="cuda", batch_size=1))
+    run_cam(world, text_protos, tmp_path / "six", split="train", runtime=RuntimeConfig(device="cuda", batch_size=6))
+    a, b = _cams(tmp_path / "one"), _cams(tmp_path / "six")
+    for item_id in a:
+        assert torch.allclose(a[item_id], b[item_id], rtol=0, atol=5e-2), item_id  # bf16 blocks
+
+
+def test_shards_complete_the_folder_together_and_torchrun_ranks_are_shards(features_dir, text_protos, tmp_path,
+                                                                          monkeypatch):
+    cpu = RuntimeConfig(device="cpu", precision="fp32", workers=1)
+    first = run_cam(features_dir, text_protos, tmp_path / "c", runtime=cpu, shard=(0, 2))
+    assert first.done == 3 and not io.stage_record_path(tmp_path / "c").exists()
+    assert io.finished_shards(tmp_path / "c") == [(0, 2)]  # the next stage names the pending shard
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    second = run_cam(features_dir, text_protos, tmp_path / "c", runtime=cpu)  # torchrun's rank 1 of 2
+    assert second.done == 3
+    assert io.read_stage_record(tmp_path / "c", "cam")["count"] == 6  # the last shard completed the folder
+    whole = tmp_path / "whole"
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    run_cam(features_dir, text_protos, whole, runtime=cpu)
+    for path in sorted(whole.glob("*.safetensors")):
+        assert torch.equal(io.read_tensors(path, kind="cam")["cams"],
+                           io.read_tensors(tmp_path / "c" / path.name, kind="cam")["cams"])
+
+
+def test_two_identical_cam_runs_give_byte_identical_files(features_dir, text_protos, tmp_path):
+    """Tensors, metadata and the header's key order: the safetensors library writes its header in hash order, a new
+    one per file, so without the canonical writer the bytes differed from run to run."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        run_cam(features_dir, text_protos, out)
+    files = sorted(p.name for p in runs[0].iterdir() if not p.name.startswith("."))
+    assert files == sorted(p.name for p in runs[1].iterdir() if not p.name.startswith("."))
+    assert len([f for f in files if f.endswith(".safetensors")]) >= 4
+    for name in files:
+        assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name

@@ -186,8 +186,10 @@ def test_workers_give_identical_pngs(pseudo_dir, cams_dir, tmp_path):
 def test_finished_items_are_skipped_and_params_guarded(pseudo_dir, cams_dir, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(pseudo_dir, out)
+    record = io.read_json(out / io.STAGE_RECORD)
     (out / io.STAGE_RECORD).unlink()
-    next(out.glob("*.png")).unlink()  # an interrupted run: one mask and the record missing
+    io.write_json(out / io.RUN_RECORD, {"stage": "crf", "params": record["params"]})
+    next(out.glob("*.png")).unlink()  # an interrupted run: one mask and the record missing, the run's record kept
     summary = run_crf(cams_dir, out, runtime=ONE)
     assert (summary.done, summary.skipped) == (1, len(list(out.glob("*.png"))) - 1)
     with pytest.raises(VplError, match="other parameters"):
@@ -233,3 +235,25 @@ def test_the_summary_counts_the_ignored_pixels_it_wrote(cams_dir, tmp_path, conf
     assert summary.ignored == pytest.approx(share)
     assert (share == 0) == (confidence == 0) and (confidence < 1 or share > 0.5)
     assert run_crf(cams_dir, out, CrfConfig(confidence=confidence), ONE).ignored is None  # nothing new written
+
+
+@needs_crf
+def test_a_real_file_size_limit_in_crf_workers_is_one_line(cams_dir, tmp_path):
+    """``ulimit -f`` (RLIMIT_FSIZE, inherited by the spawned CRF workers): PIL's PNG writer fails with EFBIG inside
+    a worker (chained with its ``'_idat' object has no attribute 'fileno'``); the user sees one line, exit 2, and no
+    partial file. The limit lets ``_run.json`` through and stops every mask (each holds a 768-byte palette)."""
+    import os
+    import resource
+    import subprocess
+
+    out = tmp_path / "pseudo"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (800, 800))
+
+    r = subprocess.run([sys.executable, "-m", "vpltool", "crf", str(cams_dir), "-o", str(out), "--workers", "2"],
+                       capture_output=True, text=True, preexec_fn=limit, env={**os.environ, "COLUMNS": "300"})
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[-1].startswith("error: file too large") and f"writing {out}" in lines[-1], lines
+    assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("*.tmp"))

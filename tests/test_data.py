@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from vpltool import presets
-from vpltool.data import Dataset, Item, open_dataset, write_manifest
-from vpltool.errors import ContractError, VplError
+from vpltool.data import Dataset, Item, check_sizes, open_dataset, write_manifest
+from vpltool.data.common import split_id
+from vpltool.errors import ContractError, VplError, VplWarning
 from vpltool.io import load_image
 
 
@@ -327,9 +328,10 @@ def test_load_image_converts_modes(tmp_path):
     gray = load_image(tmp_path / "gray.png")
     _check_rgb(gray)
     assert (gray == 77).all()
-    rgba = load_image(tmp_path / "rgba.png")
+    with pytest.warns(VplWarning, match=r"rgba\.png: fully transparent \(alpha 0 in every pixel\)"):
+        rgba = load_image(tmp_path / "rgba.png")
     _check_rgb(rgba)
-    assert (rgba == 0).all()  # fully transparent -> black
+    assert (rgba == 0).all()  # fully transparent -> black, and said
     assert (load_image(tmp_path / "la.png") == 90).all()
     assert (load_image(tmp_path / "pal.png") == [70, 80, 90]).all()
     deep = load_image(tmp_path / "deep.png")
@@ -385,3 +387,268 @@ def test_presets():
     assert "sign" not in presets.background_words(None, ["background", "sign"])
     with pytest.raises(VplError):
         presets.prompt_names(("background", "cat"), "voc")
+
+
+
+# --------------------------------------------------------------------------------------------- issue 20: inputs
+def test_a_voc_root_with_classes_txt_uses_its_classes(tmp_path):
+    """`make-world --layout voc` writes classes.txt; the VOC reader once ignored it and refused every label."""
+    from vpltool.demo.make_world import write_dataset
+
+    root = write_dataset(tmp_path / "wv", n_train=3, n_val=1, seed=1, layout="voc")  # no empty scene
+    names = tuple((root / "classes.txt").read_text().split())
+    ds = open_dataset(root)
+    assert ds.kind == "voc" and ds.classes == names and ds.preset is None and len(ds.items) == 3
+    for item in ds.items:  # the XML's object names, as indices into classes.txt
+        xml_names = [line.strip()[6:-7] for line in (root / "Annotations" / f"{item.id}.xml").read_text().split("\n")
+                     if line.strip().startswith("<name>")]
+        assert [names[i] for i in item.labels] == list(dict.fromkeys(xml_names)) and item.labels
+        assert item.gt == root / "SegmentationClassAug" / f"{item.id}.png"
+
+
+def test_voc_unknown_class_says_how_to_name_other_classes(voc):
+    _xml(voc / "Annotations" / "2007_000033.xml", ["Cat"])
+    with pytest.raises(VplError, match=r"unknown class 'Cat'.*did you mean 'cat'.*list this dataset's classes in "
+                                       r".*VOC2012/classes\.txt.*without it a VOC root has the 20 VOC classes"):
+        open_dataset(voc)
+    (voc / "classes.txt").write_text("background\ncat\nperson\naeroplane\ntvmonitor\n")
+    _xml(voc / "Annotations" / "2007_000033.xml", ["dog"])
+    with pytest.raises(VplError, match=r"unknown class 'dog'.*add it to .*VOC2012/classes\.txt$"):
+        open_dataset(voc)
+    _xml(voc / "Annotations" / "2007_000033.xml", ["tvmonitor"])
+    ds = open_dataset(voc)
+    assert ds.classes == ("background", "cat", "person", "aeroplane", "tvmonitor") and ds.preset is None
+    assert [it.labels for it in ds.items] == [(2, 3), (4,)]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("2007_000032", "2007_000032"), ("img.v2", "img.v2"), ("chat noir é", "chat noir é"), ("a.b c.d", "a.b c.d"),
+    ("/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png", "2007_000032"),
+    ("/JPEGImages/img.v2.jpg /SegmentationClassAug/img.v2.png", "img.v2"),
+    ("/JPEGImages/chat noir.jpg /SegmentationClass/chat noir.png", "chat noir"),
+    ("JPEGImages/x.JPG", "x"), ("/JPEGImages/notes.v1", "notes.v1"),
+])
+def test_split_lines_keep_ids_whole(line, expected):
+    assert split_id(line) == expected
+
+
+def test_ids_with_dots_and_spaces_survive_a_split_file(tmp_path):
+    root = tmp_path / "d"
+    for stem in ("img.v2", "chat noir é", "plain"):
+        _jpg(root / "images" / f"{stem}.png")
+    (root / "labels.csv").write_text("id,labels\nimg.v2,cat\nchat noir é,dog\nplain,cat\n", encoding="utf-8")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("img.v2\nchat noir é\n", encoding="utf-8")
+    assert [it.id for it in open_dataset(root, "train").items] == ["img.v2", "chat noir é"]
+    assert [it.id for it in open_dataset(root).items] == ["img.v2", "chat noir é", "plain"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,labels,date\na,dog;cat,2023-05-01\nb,cat,2023-05-02\n", r"labels\.csv: unknown column 'date' in its header"),
+    ("id,label\na,dog\n", r"unknown column 'label' in its header; the columns are id,labels"),
+    ("id\na\n", r"no labels column in its header"),
+    ("image,labels\na,dog\n", r"labels\.csv: the header must start with id,labels \(found 'image,labels'\)"),
+    ("id;labels\na;dog\nb;cat\n",
+     r"labels\.csv: semicolon-delimited \(no row has a ',', line 1 has semicolons\).*save it as comma-separated"),
+    ("# a comment\na;dog\nb;cat\n", r"semicolon-delimited \(no row has a ',', line 2 has semicolons\)"),
+    ("id\tlabels\na\tdog\n", r"labels\.csv: tab-delimited"),
+    ("a,dog,cat\n", r"line 1 \(id 'a'\) has 3 cells, but a row is id,labels; .*e\.g\. a,dog;cat\)"),
+    ("id,labels\nb,cat\na,dog,2023\n", r"line 3 \(id 'a'\) has 3 cells"),
+])
+def test_labels_csv_follows_its_header(tmp_path, text, message):
+    """An extra column was once read as one more label of every image (issue 20 #21)."""
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text(text)
+    with pytest.raises(VplError, match=message):
+        open_dataset(root)
+
+
+@pytest.mark.parametrize("text", [
+    "id,labels,\na,dog;cat,\nb,cat\nc,dog cat,,\n", "ID,Labels\na,dog;cat\nb,cat\nc,dog|cat\n",
+    "\ufeffid,labels\r\n# a comment\r\na,dog;cat\r\nb,cat\r\nc,dog cat\r\n"])
+def test_labels_csv_trailing_commas_case_and_bom_are_fine(tmp_path, text):
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text(text, encoding="utf-8")
+    assert [(it.id, it.labels) for it in open_dataset(root).items] == [("a", (2, 1)), ("b", (1,)), ("c", (2, 1))]
+
+
+@pytest.mark.parametrize("labels", ['"12"', '"x"', "[1.0]", "[true]", "3", '["cat"]', "null"])
+def test_manifest_labels_must_be_a_list_of_ints(tmp_path, labels):
+    _jpg(tmp_path / "x.jpg")
+    (tmp_path / "m.json").write_text('{"format": "vpltool.manifest/1", "classes": ["background", "a", "b"], '
+                                     f'"items": [{{"id": "x", "image": "x.jpg", "labels": {labels}}}]}}')
+    with pytest.raises(ContractError, match=r"m\.json: item 'x' has 'labels' .*; it must be a list of class indices"):
+        open_dataset(tmp_path / "m.json")
+
+
+@pytest.mark.parametrize("ext", [".gif", ".tif", ".TIFF"])
+def test_an_unsupported_image_type_is_named_with_the_supported_list(tmp_path, ext):
+    root = _folder(tmp_path)
+    (root / "images" / "b.png").unlink()
+    Image.new("RGB", (12, 8)).save(root / "images" / f"b{ext}", format="GIF" if ext == ".gif" else "TIFF")
+    with pytest.raises(VplError, match=rf"image for id 'b' is .*b\{ext}, and \{ext} images are not supported; "
+                                       r"convert it to one of \.jpg, \.jpeg, \.png, \.bmp, \.webp"):
+        open_dataset(root)
+
+
+def test_an_id_written_with_its_extension_gets_a_hint(tmp_path):
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("id,labels\na.jpg,dog\nb,cat\n")
+    with pytest.raises(VplError, match=r"id 'a\.jpg' is written with its extension; ids are file stems: write 'a'"):
+        open_dataset(root)
+    (root / "labels.csv").write_text("id,labels\na,dog\nb,cat\n")
+    (root / "splits").mkdir()
+    (root / "splits" / "val.txt").write_text("b.png\n")
+    with pytest.raises(VplError, match=r"val\.txt: id 'b\.png' is written with its extension; .* write 'b'"):
+        open_dataset(root, "val")
+
+
+@pytest.mark.parametrize("layout", ["csv", "json", "voc", "manifest"])
+def test_an_image_without_labels_is_a_warning(tmp_path, voc, layout):
+    if layout == "voc":
+        _xml(voc / "Annotations" / "2007_000033.xml", [])
+        root, missing = voc, "2007_000033"
+    else:
+        root, missing = _folder(tmp_path, "json" if layout == "json" else "csv"), "b"
+        if layout == "json":
+            (root / "labels.json").write_text(json.dumps({"a": ["dog", "cat"], "b": [], "c": ["dog"]}))
+        else:
+            (root / "labels.csv").write_text("id,labels\na,dog;cat\nb,\nc,dog\n")
+        if layout == "manifest":
+            with pytest.warns(VplWarning):
+                root = write_manifest(open_dataset(root), tmp_path / "m.json")
+    with pytest.warns(VplWarning, match=rf"^1 image has no labels: {missing} \(.*\); it is read as background only"):
+        ds = open_dataset(root)
+    assert ds.by_id()[missing].labels == ()
+
+
+@pytest.mark.parametrize("labels", ["csv", "json"])
+def test_background_alone_declares_an_image_with_no_objects(tmp_path, labels, recwarn):
+    root = _folder(tmp_path, labels)
+    if labels == "json":
+        (root / "labels.json").write_text(json.dumps({"a": ["dog", "cat"], "b": ["background"], "c": ["dog"]}))
+    else:
+        (root / "labels.csv").write_text("id,labels\na,dog;cat\nb,background\nc,dog\n")
+    ds = open_dataset(root)
+    assert ds.classes == ("background", "cat", "dog") and ds.by_id()["b"].labels == ()
+    assert not [w for w in recwarn if issubclass(w.category, VplWarning)]
+    (root / "classes.txt").write_text("background\ndog\ncat\n")
+    assert open_dataset(root).by_id()["b"].labels == ()
+
+
+def test_make_world_marks_its_empty_scenes(tmp_path, recwarn):
+    from vpltool.demo.make_world import write_dataset
+
+    root = write_dataset(tmp_path / "w", n_train=4, n_val=0, seed=0)  # train_000002 is an empty scene
+    assert "train_000002,background" in (root / "labels.csv").read_text().splitlines()
+    assert open_dataset(root).by_id()["train_000002"].labels == ()
+    assert not [w for w in recwarn if issubclass(w.category, VplWarning)]
+
+
+def test_case_variant_labels_are_refused_without_classes_txt(tmp_path):
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("id,labels\na,dog;cat\nb,Cat\nc,dog\n")
+    with pytest.raises(VplError, match=r"labels\.csv: labels 'Cat' and 'cat' differ only in case"):
+        open_dataset(root)
+    (root / "classes.txt").write_text("dog\ncat\n")
+    with pytest.raises(VplError, match=r"unknown class 'Cat' \(id 'b'\); did you mean 'cat'\?"):
+        open_dataset(root)
+
+
+@pytest.mark.parametrize("classes_txt", [True, False])
+def test_a_multi_word_class_split_at_its_space_gets_the_semicolon_hint(tmp_path, classes_txt):
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("id,labels\na,potted plant;cat\nb,cat\nc,potted plant\n")
+    if classes_txt:
+        (root / "classes.txt").write_text("potted plant\ncat\n")
+    with pytest.raises(VplError, match=r"the labels of id 'c' \('potted plant'\) are split at spaces, which cuts "
+                                       r"class 'potted plant' in two; separate labels with ';'"):
+        open_dataset(root)
+
+
+def test_tiny_images_and_gt_of_another_size_are_refused_from_the_headers(tmp_path):
+    from vpltool.io import image_size
+
+    root = _folder(tmp_path)
+    ds = open_dataset(root)
+    sizes = [image_size(it.image) for it in ds.items]
+    with pytest.raises(VplError, match=r"a\.jpg: 8x12 pixels, too small to segment \(at least 16 pixels a side"):
+        check_sizes(ds.items, sizes)
+    big = [(s[0] * 4, s[1] * 4) for s in sizes]  # as if the images were 32x48: the 8x12 GT mask no longer fits
+    with pytest.raises(ContractError, match=r"masks/a\.png: ground truth of image 'a' is 8x12 but the image is "
+                                            r"32x48; a GT mask must have its image's size"):
+        check_sizes(ds.items, big, workers=2)
+    check_sizes(ds.items[1:], big[1:])  # no GT: nothing to compare
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says ``width`` x ``height`` (its pixel data is a stub: only the header is ever read)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) +
+                     chunk(b"IEND", b""))
+    return path
+
+
+def test_a_400_megapixel_image_is_refused_for_its_size_not_as_corrupt(tmp_path):
+    from vpltool.io import image_size
+
+    path = _png_header_only(tmp_path / "huge.png", 20000, 20000)
+    for read in (image_size, load_image):
+        with pytest.raises(ContractError, match=r"huge\.png: 400 megapixels, more than the 179 megapixels an image "
+                                                r"may have .*shrink the file itself.*--max-side") as e:
+            read(path)
+        assert "re-download" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------- ids are data
+@pytest.mark.parametrize("bad, why", [("../../evil", "holds a path separator"), ("sub/x", "holds a path separator"),
+                                      ("a\\b", "holds a path separator"), (".hidden", "starts with a dot"),
+                                      ("..", "starts with a dot"), ("line\nbreak", "holds a control character"),
+                                      ("nul\x00", "holds a control character")],
+                         ids=["traversal", "separator", "backslash", "dot", "dotdot", "newline", "nul"])
+def test_an_id_that_is_a_path_is_refused_by_the_manifest_reader(tmp_path, bad, why):
+    _jpg(tmp_path / "x.jpg")
+    manifest = {"format": "vpltool.manifest/1", "classes": ["background", "a"],
+                "items": [{"id": bad, "image": "x.jpg", "labels": [1]}]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    with pytest.raises(VplError, match=f"m.json: id .* {why}; ids name the output files") as info:
+        open_dataset(tmp_path / "m.json")
+    assert "\n" not in str(info.value).replace("\\n", "")
+
+
+def test_ids_are_checked_by_the_folder_voc_and_coco_readers(tmp_path, voc):
+    root = _folder(tmp_path)
+    _jpg(root / "images" / ".d.jpg")
+    (root / "labels.csv").write_text("id,labels\na,dog\n.d,cat\n")
+    with pytest.raises(VplError, match=r"labels.csv: id '.d' starts with a dot"):
+        open_dataset(root)
+    _jpg(voc / "JPEGImages" / ".x.jpg")
+    _xml(voc / "Annotations" / ".x.xml", ["cat"])
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text(".x\n")
+    with pytest.raises(VplError, match=r"train.txt: id '.x' starts with a dot"):
+        open_dataset(voc, "train")
+    coco = _coco(tmp_path, "weclip")
+    _jpg(coco / "train2014" / ".000000000031.jpg")
+    (coco / "train.txt").write_text(".000000000031 1\n")
+    with pytest.raises(VplError, match=r"train.txt: id '.000000000031' starts with a dot"):
+        open_dataset(coco, "train")
+
+
+def test_the_items_digest_follows_images_and_labels(tmp_path):
+    import os
+
+    root = _folder(tmp_path)
+    before = open_dataset(root).items_sha()
+    assert open_dataset(root).items_sha() == before  # stable
+    image = root / "images" / "a.jpg"
+    os.utime(image, ns=(1, 1))  # replaced (a copy, an edit): its time changes
+    assert open_dataset(root).items_sha() != before
+    again = open_dataset(root).items_sha()
+    (root / "labels.csv").write_text("id,labels\na,dog\nb,cat\nc,dog cat\n")
+    assert open_dataset(root).items_sha() != again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -139,11 +140,19 @@ def test_check_finite(tmp_path):
             io.check_finite(tmp_path, "dense", torch.tensor([0.0, bad]))
 
 
-def test_read_features_refuses_nan(tmp_path):
+def test_the_writer_refuses_nan_and_the_reader_too(tmp_path):
+    from safetensors.torch import save_file
+
     dense = torch.zeros(2, 2, 4)
     dense[1, 1, 3] = float("nan")
-    path = io.write_tensors(tmp_path / "x.safetensors", {"dense": dense}, kind=io.FEATURES_KIND, classes=CLASSES,
-                            id="x", image_size=[32, 32], input_size=[32, 32], model={"model": "m"})
+    path = tmp_path / "x.safetensors"
+    with pytest.raises(ContractError, match="tensor 'dense' holds NaN or inf; not written"):
+        io.write_tensors(path, {"dense": dense}, kind=io.FEATURES_KIND, classes=CLASSES, id="x")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary
+    io.write_tensors(path, {"dense": torch.zeros(2, 2, 4)}, kind=io.FEATURES_KIND, classes=CLASSES, id="x",
+                     image_size=[32, 32], input_size=[32, 32], model={"model": "m"})
+    tensors, meta = {"dense": dense}, io.read_header(path)
+    save_file(tensors, str(path), metadata=meta)  # damaged by another tool: the reader is the last guard
     with pytest.raises(ContractError, match="NaN"):
         io.read_features(path)
 
@@ -237,3 +246,194 @@ def test_prototypes_validation(tmp_path):
         io.read_prototypes(io.write_prototypes(tmp_path / "rows.safetensors", p))
     with pytest.raises(ContractError, match="expected a 'prototypes' file"):
         io.read_prototypes(_write(tmp_path / "f.safetensors"))
+
+
+# --------------------------------------------------------------------------------------------- writers fail in one line
+def test_identical_tensor_files_are_byte_identical(tmp_path):
+    """The library writes its header in hash order (a new order per map): the writer sorts it."""
+    tensors = {"b": torch.arange(6.0).view(2, 3), "a": torch.ones(3, dtype=torch.float16), "c": torch.tensor([1, 2])}
+    meta = dict(image_size=[3, 4], model={"pretrained": "none", "model": "m"}, labels=[2, 1])
+    paths = [io.write_tensors(tmp_path / f"{i}.safetensors", tensors, kind="cam", classes=CLASSES, params={"z": 1,
+                              "a": 2}, **meta) for i in range(6)]
+    first = paths[0].read_bytes()
+    assert all(p.read_bytes() == first for p in paths[1:])
+    size = int.from_bytes(first[:8], "little")
+    header = json.loads(first[8:8 + size])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(header["__metadata__"])
+    assert (8 + size) % 8 == 0  # the data section stays aligned
+    back = io.read_tensors(paths[0], kind="cam")
+    assert all(torch.equal(back.tensors[k], v) for k, v in tensors.items())
+    assert back.meta("model") == {"model": "m", "pretrained": "none"}
+
+
+def _safetensor_error(message):
+    from safetensors import SafetensorError
+
+    def save(*args, **kwargs):
+        raise SafetensorError(message)
+
+    return save
+
+
+@pytest.mark.parametrize("message, line", [
+    ("Error while serializing: I/O error: No space left on device (os error 28)", "no space left on device writing"),
+    ("Error while serializing: I/O error: File too large (os error 27)", "file too large"),
+    ("Error while serializing: I/O error: Read-only file system (os error 30)", "read-only file system writing"),
+], ids=["ENOSPC", "EFBIG", "EROFS"])
+def test_a_safetensors_error_from_the_disk_is_one_line(tmp_path, message, line):
+    """safetensors raises its own SafetensorError (no OSError) for I/O errors: mapped by its "(os error N)"."""
+    from unittest import mock
+
+    import safetensors.torch
+
+    path = tmp_path / "x.safetensors"
+    with mock.patch.object(safetensors.torch, "save", _safetensor_error(message)):
+        with pytest.raises(VplError, match=line) as info:
+            _write(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code, line", [(errno.ENOSPC, "no space left on device writing"),
+                                        (errno.EFBIG, "file too large"), (errno.EROFS, "read-only file system")],
+                         ids=["ENOSPC", "EFBIG", "EROFS"])
+@pytest.mark.parametrize("writer", ["tensors", "mask", "png", "json"])
+def test_every_writer_fails_in_one_line_and_leaves_nothing(tmp_path, code, line, writer):
+    """The disk fails mid-write (the file half written); a PNG write also chains PIL's ``_idat ... fileno``
+    AttributeError, as with ``ulimit -f`` in a crf worker."""
+    from pathlib import Path
+    from unittest import mock
+
+    real_write_bytes, real_save = Path.write_bytes, Image.Image.save
+
+    def fail(path_or_fh):
+        try:
+            raise AttributeError("'_idat' object has no attribute 'fileno'")
+        except AttributeError:
+            raise OSError(code, os.strerror(code)) from None
+
+    def write_bytes(self, data):
+        real_write_bytes(self, data[: len(data) // 2])
+        fail(self)
+
+    def save(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        fail(fp)
+
+    target = tmp_path / {"tensors": "x.safetensors", "mask": "m.png", "png": "p.png", "json": "r.json"}[writer]
+    run = {"tensors": lambda: _write(target), "mask": lambda: io.write_mask(target, np.zeros((4, 4), np.uint8)),
+           "png": lambda: io.write_png(target, np.zeros((4, 4, 3), np.uint8)),
+           "json": lambda: io.write_json(target, {"a": 1})}[writer]
+    with mock.patch.object(Path, "write_bytes", write_bytes), mock.patch.object(Image.Image, "save", save), \
+            mock.patch.object(Path, "write_text", lambda self, text: write_bytes(self, text.encode())):
+        with pytest.raises(VplError, match=line) as info:
+            run()
+    assert str(target) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------- the output guard
+def _stage_folder(path, stage="cam", n=2):
+    path.mkdir(parents=True)
+    for i in range(n):
+        (path / f"x{i}.safetensors").write_bytes(b"x")
+    io.write_stage_record(path, stage, params={}, inputs={}, count=n, ids=[f"x{i}" for i in range(n)])
+    return path
+
+
+def test_check_outputs_refuses_inputs_datasets_and_mixed_outputs(tmp_path):
+    text = tmp_path / "t.safetensors"
+    text.write_bytes(b"t")
+    images = tmp_path / "world" / "images"
+    images.mkdir(parents=True)
+    (images / "a.png").write_bytes(b"p")
+    with pytest.raises(VplError, match=r"is also this run's input \(--text\).*choose another --out"):
+        io.check_outputs("learn-prototypes", {"--out": (text, "file")}, inputs={"--text": text})
+    with pytest.raises(VplError, match="is the dataset's folder .*choose another --save-overlays"):
+        io.check_outputs("cam", {"--save-overlays": (images, "side")}, protected=[images])
+    with pytest.raises(VplError, match="lies inside the dataset's folder"):
+        io.check_outputs("cam", {"--plot": (images / "a.png", "file")}, protected=[images])
+    out = tmp_path / "cams"
+    with pytest.raises(VplError, match="given as both --out and --save-overlays; their files would mix"):
+        io.check_outputs("cam", {"--out": (out, "stage"), "--save-overlays": (out, "side")})
+    link = tmp_path / "broken"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(VplError, match="a symbolic link to .*nowhere, which does not exist"):
+        io.check_outputs("cam", {"--out": (link, "stage")})
+    io.check_outputs("cam", {"--out": (out, "stage"), "--save-overlays": (tmp_path / "ov", "side"),
+                             "--plot": (tmp_path / "x.png", "file")}, inputs={"--text": text}, protected=[images])
+
+
+def test_check_outputs_never_adopts_a_folder(tmp_path):
+    pseudo = _stage_folder(tmp_path / "pseudo", "crf")
+    for overwrite, extra in ((False, ""), (True, "; --overwrite only redoes a `cam` folder")):
+        with pytest.raises(VplError, match=f"holds `crf` output{extra}"):
+            io.check_outputs("cam", {"--out": (pseudo, "stage")}, overwrite=overwrite)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "a.png").write_bytes(b"gt")
+    with pytest.raises(VplError, match="not empty and made by no vpltool stage"):
+        io.check_outputs("crf", {"--out": (masks, "stage")}, overwrite=True)
+    with pytest.raises(VplError, match="not empty and holds no _side.json of `cam --save-debug`"):
+        io.check_outputs("cam", {"--save-debug": (masks, "side")})
+    io.check_outputs("crf", {"--out": (pseudo, "stage")})  # its own stage: resumable
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".vpltool.lock").write_text("")  # what a refused run leaves: still empty
+    io.check_outputs("crf", {"--out": (empty, "stage")})
+    io.write_side_record(masks, "cam", "--save-debug")
+    io.check_outputs("cam", {"--save-debug": (masks, "side")})
+    with pytest.raises(VplError, match="holds `cam --save-debug` output"):
+        io.check_outputs("predict", {"--save-overlays": (masks, "side")})
+    assert io.folder_owner(tmp_path / "empty") is None and io.folder_owner(pseudo) == "crf"
+    assert io.folder_owner(masks) == ""
+
+
+def test_prepare_stage_dir_with_overwrite_never_takes_another_stage(tmp_path):
+    pseudo = _stage_folder(tmp_path / "pseudo", "crf")
+    with pytest.raises(VplError, match="holds `crf` output"):
+        io.prepare_stage_dir(pseudo, "cam", {}, overwrite=True)
+    assert io.read_stage_record(pseudo, "crf")["count"] == 2
+
+
+def test_a_resume_from_other_inputs_is_refused_and_the_record_kept(tmp_path):
+    out = tmp_path / "cams"
+    with io.StageFolder(out, "cam", {"a": 1}, inputs={"features": "sha256:1"}) as folder:
+        folder.complete(count=0, ids=[])
+    record = io.stage_record_path(out).read_bytes()
+    with pytest.raises(VplError, match=r"made from other inputs \(features changed since\).*--overwrite"):
+        with io.StageFolder(out, "cam", {"a": 1}, inputs={"features": "sha256:2"}):
+            pass
+    assert io.stage_record_path(out).read_bytes() == record  # never rewritten over stale items
+    with io.StageFolder(out, "cam", {"a": 1}, inputs={"features": "sha256:2"}, overwrite=True) as folder:
+        assert folder.todo(["x"], io.cam_path) == ["x"]  # --overwrite redoes every item
+        folder.complete(count=0, ids=[])
+    assert io.read_stage_record(out, "cam")["inputs"] == {"features": "sha256:2"}
+
+
+def test_items_come_from_the_record_and_a_missing_one_is_named(tmp_path):
+    folder = _stage_folder(tmp_path / "features", "extract", n=3)
+    (folder / "text.safetensors").write_bytes(b"prototypes saved beside the features")
+    assert io.item_ids(folder) == ["x0", "x1", "x2"]  # the stray file is no item
+    (folder / "x1.safetensors").unlink()
+    with pytest.raises(ContractError, match=r"incomplete: 1 of the 3 items .* \(first: x1.safetensors\); re-run "
+                                            "`vpltool extract`"):
+        io.item_ids(folder)
+    record = io.read_json(io.stage_record_path(folder))
+    del record["ids"]  # a record of an older vpltool: the count is checked
+    io.write_json(io.stage_record_path(folder), record)
+    (folder / "text.safetensors").unlink()
+    with pytest.raises(ContractError, match="2 item files but its _stage.json counts 3"):
+        io.item_ids(folder)
+
+
+def test_side_folders_are_marked_and_a_refused_run_removes_them(tmp_path):
+    out, side = tmp_path / "cams", tmp_path / "cams" / "overlays"
+    with pytest.raises(RuntimeError, match="model failed"):
+        with io.StageFolder(out, "cam", {}, sides={"--save-overlays": side}):
+            raise RuntimeError("model failed")
+    assert not out.exists()  # neither the side folder nor the output folder it lies in
+    with io.StageFolder(out, "cam", {}, sides={"--save-overlays": side, "--save-debug": None}) as folder:
+        folder.complete(count=0, ids=[])
+    assert io.read_json(side / io.SIDE_RECORD)["option"] == "--save-overlays"
+    io.check_outputs("cam", {"--out": (out, "stage"), "--save-overlays": (side, "side")})  # the same run again

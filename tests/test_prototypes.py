@@ -26,7 +26,7 @@ from vpltool.learn_prototypes import (
     run_learn_prototypes,
 )
 
-CPU = RuntimeConfig(device="cpu")
+CPU = RuntimeConfig(device="cpu", precision="fp32")  # fp32 also on CPUs with AMX, where auto is bf16
 CLASSES = ["background", "cat", "dog", "car"]
 
 

@@ -97,3 +97,16 @@ def test_report_chance_floor_reads_at_most_its_image_limit(world):
     full = chance_baselines(train)
     assert full["images"] == len(train.items) <= CHANCE_IMAGES  # the demo world is below the limit: all of it
     assert 0 <= full["random CAMs"] <= 1 and 0 <= full["all background"] <= 1
+
+
+def test_make_passes_ssrs_cam_options_to_every_cam():
+    result = make("-n", "voc", "VOC_ROOT=/data/VOC2012", "REFINE=caa+sgc", "SGC_CLUSTERS=5", "AFFINITY=clip+dino",
+                  "AFFINITY_WEIGHT=0.3", "DINO_WEIGHTS=/w/dino.safetensors")
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    for nth in (0, 1):
+        cam = stage(cmds, "cam", nth=nth)
+        assert "--refine caa+sgc --affinity clip+dino --sgc-segments" in cam and "--sgc-clusters 5" in cam
+        assert "--affinity-weight 0.3 --dino-model vit_small_patch16_224.dino --dino-weights /w/dino.safetensors" in cam
+    plain = stage(commands(make("-n", "voc", "VOC_ROOT=/data/VOC2012").stdout), "cam")
+    assert "--affinity clip --device" in plain and "--sgc" not in plain and "--dino" not in plain

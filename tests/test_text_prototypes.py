@@ -94,11 +94,11 @@ def test_template_specs():
 def test_template_file_line_without_placeholder_is_refused(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("a photo of a {}.\na photo\n")
-    with pytest.raises(VplError, match="every line must be a template"):
+    with pytest.raises(VplError, match="t.txt: line 2 'a photo' has 0 '{}' fields; it needs exactly one"):
         resolve_templates(str(path))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    with pytest.raises(VplError, match="every line"):
+    with pytest.raises(VplError, match="empty.txt: no templates"):
         resolve_templates(str(empty))
 
 

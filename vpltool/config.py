@@ -24,6 +24,9 @@ MIN_SIDE = 32  # smallest --image-size / --max-side / --long-side accepted (a fe
 # patch tokens per image: ~1024x1024 px at patch 16 (VOC's ~500x375 photos are 768). Every block's attention map is
 # tokens^2 per head, so a 4000x3000 photo (47k tokens) asked for 281 GB and died in the allocator
 MAX_TOKENS = 4096
+# smallest image side a stage accepts: below one ViT-B/16 patch an image is upsampled from a few pixels to a flat
+# input, so its CAM says nothing (a 1x1 thumbnail or a broken export, not a photo)
+MIN_IMAGE_SIDE = 16
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -55,6 +58,19 @@ def fraction(option: str, value: float) -> None:
     require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
 
 
+def non_negative(option: str, value: float) -> None:
+    """A weight: finite and >= 0 (nan is not "< 0", so it gets its own words)."""
+    require(math.isfinite(value), f"{option} {value}: not a finite number; give a number >= 0")
+    require(value >= 0, f"{option} {value}: must be >= 0")
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds: a negative one is refused by numpy deep inside, a traceback
+
+
+def seed_value(option: str, value: int) -> None:
+    require(0 <= value <= MAX_SEED, f"{option} {value}: must be an integer from 0 to {MAX_SEED}")
+
+
 # --------------------------------------------------------------------------------------------- stages
 @dataclass(frozen=True)
 class RuntimeConfig:
@@ -62,7 +78,9 @@ class RuntimeConfig:
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with AMX, else fp32 (device.resolve_precision)
-    batch_size: int = 8
+    # images per batch; None = auto: 32 on CUDA (halved on out-of-memory), and on a CPU, where batching buys
+    # little, CPU_BATCH for extract and one image for cam and predict (their per-class backward does not batch)
+    batch_size: int | None = None
     # image decoding threads (extract) / CRF processes / data-loading processes (train-decoder); 0 = one per CPU
     # core (every stage, see worker_count); 1 = in this process for crf and train-decoder
     workers: int = 2
@@ -70,7 +88,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        at_least("--batch-size", self.batch_size, 1)
+        at_least("--batch-size", self.batch_size, 1, allow_none=True)
         at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
 
     @property
@@ -122,6 +140,7 @@ class ExtractConfig:
         return self.cache == "full"
 
 
+CPU_BATCH = 8  # extract's images per batch on a CPU under --batch-size auto (the forward batches well there)
 NOT_COMPARED = ("max_tokens",)  # recorded parameters that a resumed run may change (limits, not settings)
 
 
@@ -171,20 +190,39 @@ class TextPrototypesConfig:
         require(bool(self.templates.strip()), "--templates is empty: give clip-es, imagenet, a template or a file")
 
 
+# caa: CLIP-ES | caa+sgc: CAA with SSR's superpixel-group mask on the affinity | none: raw GradCAM
 REFINES = ("caa", "caa+sgc", "none")
+CAM_ATTENTION_BLOCKS = 8  # CLIP-ES's CAA: the last 8 blocks (cam on a dataset; an extract folder records its own)
+# the sharpest softmax temperature `cam` accepts: 10x sharper than CLIP's (1/100); cosines differ by ~0.01-0.1
+# between rows, so far below it one row takes all the probability and the GradCAM gradients underflow to 0
+MIN_TEMPERATURE = 1e-3
+AFFINITIES = ("clip", "dino", "clip+dino")  # the attention CAA's transition matrix is built from
+DEFAULT_DINO = "vit_small_patch16_224.dino"
 
 
 @dataclass(frozen=True)
 class CamConfig:
-    """`vpltool cam`: softmax-GradCAM + class-aware attention affinity (CLIP-ES)."""
+    """`vpltool cam`: softmax-GradCAM + class-aware attention affinity (CLIP-ES), optionally SSR's SGC and DINO."""
 
     refine: str = "caa"  # caa | caa+sgc | none
     box_threshold: float = 0.4  # CLIP-ES: 0.4 for VOC, 0.7 for COCO
-    attention_blocks: int = 8  # must not exceed what `extract` stored
+    # CLIP-ES averages the last 8 blocks. None = what the `extract` folder averaged (recorded there; any other value
+    # but 1 cannot be served from its cache), or 8 on a dataset given directly
+    attention_blocks: int | None = None
     temperature: float | None = None  # None = the prototypes file's own (1/logit_scale for text, tau_I for vision)
     parity: str = "none"  # none | clip-es (CLIP-ES's box ends; needs an extract folder made with --parity clip-es)
-    sgc_segments: int = 64  # SLIC superpixels per image for --refine caa+sgc
-    sgc_compactness: float = 10.0
+    # caa+sgc (SSR): SLIC superpixels per image, K-means groups of them (patches of different groups do not exchange
+    # activation), and the weight of a superpixel's centroid (100 Lab units per image side) against its mean Lab
+    # colour in the K-means features (0: colour alone). Chosen on the demo world's train split
+    # (benchmarks/study_sgc.py); SSR's own settings are not published
+    sgc_segments: int = 256
+    sgc_clusters: int = 32
+    sgc_position: float = 0.0
+    sgc_compactness: float = 10.0  # SLIC's colour-vs-space balance
+    affinity: str = "clip"  # clip | dino | clip+dino (SSR: a second backbone's attention)
+    affinity_weight: float = 0.4  # clip+dino: CLIP's share of the mixed attention, DINO gets the rest (SSR 0.4:0.6)
+    dino_model: str = DEFAULT_DINO  # a timm ViT name
+    dino_weights: str = "hub"  # hub (timm's pretrained weights, from the local cache offline) | FILE | none (random)
     max_classes_per_pass: int = 32  # bounds memory of the batched backward on images with many labels
     # input (the last block's ln_1 output: CLIP-ES's target layer, what VPL uses) | output (its output tokens)
     layer: str = "input"
@@ -193,11 +231,26 @@ class CamConfig:
         choice("--refine", self.refine, REFINES)
         choice("--layer", self.layer, ("input", "output"))
         fraction("--box-threshold", self.box_threshold)
-        at_least("--attention-blocks", self.attention_blocks, 1)
+        at_least("--attention-blocks", self.attention_blocks, 1, allow_none=True)
         positive("--temperature", self.temperature, allow_none=True)
+        require(self.temperature is None or self.temperature >= MIN_TEMPERATURE,
+                f"--temperature {self.temperature}: must be >= {MIN_TEMPERATURE:g}; below it the softmax over the "
+                "image's rows is one-hot in float32 and GradCAM's gradients vanish (CLIP's own is 0.01)")
         choice("--parity", self.parity, PARITIES)
         at_least("--sgc-segments", self.sgc_segments, 1)
         positive("--sgc-compactness", self.sgc_compactness)
+        at_least("--sgc-clusters", self.sgc_clusters, 1)
+        require(math.isfinite(self.sgc_position) and self.sgc_position >= 0,
+                f"--sgc-position {self.sgc_position}: must be a number >= 0 (0 = colour alone)")
+        choice("--affinity", self.affinity, AFFINITIES)
+        fraction("--affinity-weight", self.affinity_weight)
+        require(bool(self.dino_model.strip()), "--dino-model is empty: give a timm ViT name, e.g. " + DEFAULT_DINO)
+        require(bool(self.dino_weights.strip()), "--dino-weights is empty: give hub, a weights file or none")
+        if self.affinity != "clip":
+            require(self.refine in ("caa", "caa+sgc"),
+                    f"--affinity {self.affinity} feeds CAA; it needs --refine caa or caa+sgc")
+            require(self.parity != "clip-es", f"--affinity {self.affinity}: --parity clip-es reproduces CLIP-ES, "
+                    "whose affinity is CLIP's alone; drop one of them")
         at_least("--max-classes-per-pass", self.max_classes_per_pass, 1)
 
 
@@ -250,6 +303,7 @@ class LearnPrototypesConfig:
         positive("--bg-exponent", self.bg_exponent)
         positive("--pixel-fraction", self.pixel_fraction, upper=1.0)
         positive("--max-memory-gb", self.max_memory_gb, allow_none=True)
+        seed_value("seed", self.seed)  # a library field: the CLI has no --seed here
 
 
 @dataclass(frozen=True)
@@ -356,7 +410,9 @@ class DecoderConfig:
         positive("--temperature", self.temperature, allow_none=True)
         require(0 < self.scale_min <= self.scale_max,
                  f"--scale-min {self.scale_min} --scale-max {self.scale_max}: need 0 < min <= max")
-        require(self.lambda_ce >= 0 and self.lambda_rsc >= 0, "--lambda-ce and --lambda-rsc must be >= 0")
+        non_negative("lambda_ce", self.lambda_ce)  # a library field: the CLI has no --lambda-ce
+        non_negative("--lambda-rsc", self.lambda_rsc)
+        seed_value("--seed", self.seed)
         require(self.lambda_proto >= 0, f"--lambda-proto {self.lambda_proto}: must be >= 0 (0 = off, SSR: 0.1)")
         positive("--proto-temperature", self.proto_temperature, upper=1.0)
         at_least("--proto-clusters", self.proto_clusters, 1)
@@ -392,6 +448,9 @@ def decoder_recipe(name: str = "vpl", **changes: Any) -> DecoderConfig:
     return override(DecoderConfig(recipe=name, **DECODER_RECIPES[name]), **changes)
 
 
+MIN_SCALE = 0.1  # the smallest test scale: below it a view is a degenerate handful of patches
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """`vpltool predict`: WeCLIP's test protocol (multi-scale + flip averaged logits, optional dense CRF)."""
@@ -415,6 +474,9 @@ class PredictConfig:
         require(len(self.scales) > 0, "--scales is empty: give at least one scale, e.g. 1.0,0.75")
         for s in self.scales:
             positive("--scales", s, upper=4.0)
+            require(s >= MIN_SCALE, f"--scales {s:g}: each scale must be at least {MIN_SCALE:g}; a smaller view of the "
+                    "image is a few patches wide (0.1 x the default 512-pixel long side: 3 patches of 16), which "
+                    "adds noise to the averaged scores")
         at_least("--long-side", self.long_side, MIN_SIDE, allow_none=True, why=" pixels")
         at_least("--max-tokens", self.max_tokens, 1)
         if self.classes is not None:
@@ -446,9 +508,11 @@ def from_params(cls: type, params: dict[str, Any]) -> Any:
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "MIN_SIDE", "MAX_TOKENS", "RuntimeConfig",
-    "worker_count", "ExtractConfig", "NOT_COMPARED", "check_tokens",
-    "TextPrototypesConfig", "REFINES", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
+    "MIN_IMAGE_SIDE", "worker_count", "ExtractConfig", "NOT_COMPARED", "check_tokens",
+    "TextPrototypesConfig", "REFINES", "AFFINITIES",
+    "DEFAULT_DINO", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
-    "require", "choice", "positive", "at_least", "fraction",
+    "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
+    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE",
 ]  # fmt: skip

@@ -177,6 +177,8 @@ def run_crf(
         densecrf_module()  # fail in one line before any folder is touched
     record = io.read_stage_record(cams_dir, "cam")
     dataset = open_recorded(cams_dir)
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the cam folder": cams_dir},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
     ids = io.item_ids(cams_dir)
     images = {item.id: str(item.image) for item in dataset.items}
     unknown = [i for i in ids if i not in images]
@@ -184,15 +186,15 @@ def run_crf(
         raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
                        f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite) as folder:
+    inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), "dataset": record["inputs"]["dataset"]}
+    with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs) as folder:
         todo = [(i, images[i]) for i in folder.todo(ids, io.mask_path)]
         if on_start:
             on_start(len(todo))
         workers = resolve_workers(runtime.workers)
         chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes), cfg=cfg)
         workers, ignored, total = _run_chunks(chunks, workers, on_item)
-        folder.complete(count=len(ids), inputs={"cams": io.sha256_file(io.stage_record_path(cams_dir)),
-                                                "dataset": record["inputs"]["dataset"]})
+        folder.complete(count=len(ids), ids=ids)
     return CrfSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start,
                       workers=workers, ignored=ignored / total if total else None)
 

@@ -451,35 +451,64 @@ def view_size(bb, height: int, width: int, long_side: int, scale: float) -> tupl
 
 
 def view_logits(forward: Callable[[Tensor], Tensor], pixels: Tensor, flip: bool) -> Tensor:
-    """Scores of one view, averaged with those of its mirror image flipped back.
+    """Scores of a batch of views, each averaged with those of its mirror image flipped back.
 
     Args:
-        forward: ``[B, 3, H, W]`` -> ``[B, N, h, w]``.
-        pixels: ``[3, H, W]`` normalised pixels.
+        forward: ``[B', 3, H, W]`` -> ``[B', N, h, w]``.
+        pixels: ``[B, 3, H, W]`` normalised pixels (or one view ``[3, H, W]``).
 
     Returns:
-        ``[N, h, w]`` float32.
+        ``[B, N, h, w]`` float32 (``[N, h, w]`` for one view); the mirrors run in the same forward as the views.
     """
-    batch = torch.stack([pixels, pixels.flip(-1)]) if flip else pixels[None]
-    out = forward(batch).float()
-    return (out[0] + out[1].flip(-1)) / 2 if flip else out[0]
+    if pixels.ndim == 3:
+        return view_logits(forward, pixels[None], flip)[0]
+    n = len(pixels)
+    out = forward(torch.cat([pixels, pixels.flip(-1)]) if flip else pixels).float()
+    return (out[:n] + out[n:].flip(-1)) / 2 if flip else out
 
 
 def multiscale_logits(forward: Callable[[Tensor], Tensor], views: Sequence[Tensor], flip: bool) -> Tensor:
-    """Mean of :func:`view_logits` over views; every view's scores are resized to the first view's grid.
+    """Mean of :func:`view_logits` over views (one per scale, each ``[B, 3, H_s, W_s]`` or ``[3, H_s, W_s]``);
+    every view's scores are resized to the first view's grid.
 
     Returns:
-        ``[N, h0, w0]`` float32 on the first view's patch grid.
+        ``[B, N, h0, w0]`` float32 on the first view's patch grid (``[N, h0, w0]`` for single views).
     """
+    if views and views[0].ndim == 3:
+        return multiscale_logits(forward, [v[None] for v in views], flip)[0]
     total, grid = None, None
     for pixels in views:
         out = view_logits(forward, pixels, flip)
         if grid is None:
             grid = out.shape[-2:]
         elif out.shape[-2:] != grid:
-            out = F.interpolate(out[None], size=grid, mode="bilinear", align_corners=False)[0]
+            out = F.interpolate(out, size=grid, mode="bilinear", align_corners=False)
         total = out if total is None else total + out
     return total / len(views)
+
+
+def decoder_forward(bb, model: SegDecoder, blocks: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """``[B, 3, H, W]`` pixels -> ``[B, C + 1, h, w]`` class scores: the frozen blocks, then the decoder."""
+
+    def forward(batch: Tensor) -> Tensor:
+        feats = block_features(bb, batch, blocks, dtype)
+        with torch.no_grad(), autocast(bb.device, dtype):
+            return model(feats)[1]
+
+    return forward
+
+
+def predict_logits_batch(bb, model: SegDecoder, blocks: Sequence[int], views: Sequence[Tensor], flip: bool,
+                         size: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """WeCLIP's test protocol for B images of one size: ``views`` (one ``[B, 3, H_s, W_s]`` per scale) and their
+    mirrors through the frozen CLIP and the decoder, averaged, resized to the images' ``size`` ``(H0, W0)``.
+
+    Returns:
+        ``[B, C + 1, H0, W0]`` float32 scores on the model's device.
+    """
+    forward = decoder_forward(bb, model, blocks, dtype)
+    logits = multiscale_logits(forward, [v.to(bb.device, non_blocking=True) for v in views], flip)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def predict_logits(bb, model: SegDecoder, blocks: Sequence[int], image, scales: Sequence[float], flip: bool,
@@ -494,12 +523,5 @@ def predict_logits(bb, model: SegDecoder, blocks: Sequence[int], image, scales: 
         ``[C + 1, H0, W0]`` float32 scores (channel 0 = background), on the CPU.
     """
     h0, w0 = image.shape[:2]
-    views = [bb.preprocess(image, view_size(bb, h0, w0, long_side, s)) for s in scales]
-
-    def forward(batch: Tensor) -> Tensor:
-        feats = block_features(bb, batch, blocks, dtype)
-        with torch.no_grad(), autocast(bb.device, dtype):
-            return model(feats)[1]
-
-    logits = multiscale_logits(forward, views, flip)
-    return F.interpolate(logits[None], size=(h0, w0), mode="bilinear", align_corners=False)[0].cpu()
+    views = [bb.preprocess(image, view_size(bb, h0, w0, long_side, s))[None] for s in scales]
+    return predict_logits_batch(bb, model, blocks, views, flip, (h0, w0), dtype)[0].cpu()

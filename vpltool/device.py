@@ -15,21 +15,37 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; 'auto' falls back to CPU."""
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; 'auto' falls back to CPU.
+
+    Under ``torchrun`` (``LOCAL_RANK`` set) 'auto' and 'cuda' mean this process's GPU, ``cuda:LOCAL_RANK``, which
+    also becomes the current device (CUDA events and pinned copies follow the current device).
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    option = _device_option(device)
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise VplError(f"--device {device!r} not understood; use auto, cpu, cuda or cuda:N") from None
+        raise VplError(f"{option} {device!r} not understood; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise VplError(f"--device {device} asked for, but CUDA is not available; use --device auto or cpu")
+            raise VplError(f"{option} {device} asked for, but CUDA is not available; use --device auto or cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise VplError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise VplError(f"{option} {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        if dev.index is not None:
+            torch.cuda.set_device(dev)
     elif dev.type != "cpu":
-        raise VplError(f"--device {device!r}: only cpu and cuda are supported")
+        raise VplError(f"{option} {device!r}: only cpu and cuda are supported")
     return dev
+
+
+def _device_option(device: str) -> str:
+    """How the user gave ``device``: the CLI reads --device from VPLTOOL_DEVICE when the option is absent, so a
+    value equal to that variable's is named as coming from it (the user may never have typed --device)."""
+    env = os.environ.get("VPLTOOL_DEVICE")
+    return "--device (from VPLTOOL_DEVICE)" if env is not None and env.strip() == device else "--device"
 
 
 def cpu_has_amx() -> bool:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from . import io
 from .backbone import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_backbone
+from .batches import load_batches
 from .config import EvalConfig, ExtractConfig, RuntimeConfig, from_params
 from .data import open_recorded
 from .device import resolve_device
@@ -134,9 +135,13 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     paths = ([Path(text)] if text is not None else []) + [Path(p) for p in prototypes]
     if not paths:
         raise VplError("give at least one prototypes file (--prototypes) or --text")
-    files = [io.read_prototypes(p, classes=classes, model=model) for p in paths]
+    files = [io.read_prototypes(p, classes=classes, model=model, source="text" if text is not None and i == 0
+                                else None) for i, p in enumerate(paths)]
     text_protos = files[0] if text is not None else None
     dataset = open_recorded(features)
+    io.check_outputs("diagnose", {"--json": (json_out, "file")},
+                     inputs={"the extract folder": features, "--text": text,
+                             **{f"--prototypes {p}": p for p in prototypes}}, protected=dataset.folders())
     items = {it.id: it for it in dataset.items if it.gt is not None}
     ids = [i for i in io.item_ids(features) if i in items]
     if not ids:
@@ -147,12 +152,20 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     scores = [_Scores(len(classes), cfg.bg_exponents) for _ in files]
     if on_start:
         on_start(len(ids))
-    for item_id in ids:
-        feats = io.read_features(io.feature_path(features, item_id), classes=classes)
-        bb.fill_tokens(feats, io.load_image(items[item_id].image), extract_cfg.attention_blocks, extract_cfg.parity)
-        gt = io.read_mask(items[item_id].gt, num_classes=len(classes))
+    def load(i: int) -> dict:  # in the shared pipeline's loading workers, ahead of the scoring
+        item = items[ids[i]]
+        feats = io.read_features(io.feature_path(features, ids[i]), classes=classes)
+        image = io.load_image(item.image) if feats.last_block_input is None else None
+        return {"feats": feats, "image": image, "gt": io.read_mask(item.gt, num_classes=len(classes))}
+
+    one_by_one = [[i] for i in range(len(ids))]  # the scores are per image; loading is what runs ahead
+    for batch in load_batches(len(ids), one_by_one, load, runtime.worker_count, bb.device):
+        feats, image, gt = batch["feats"][0], batch["image"][0], batch["gt"][0]
+        if image is not None:
+            bb.fill_tokens(feats, image, extract_cfg.attention_blocks, extract_cfg.parity)
         for protos, score in zip(files, scores):
-            _score_image(bb, feats, gt, protos, score, cfg.bg_exponents)
+            _score_image(bb, feats, gt.numpy() if isinstance(gt, torch.Tensor) else gt, protos, score,
+                         cfg.bg_exponents)
         if on_item:
             on_item(1)
     centroids, counts = region_centroids(features, items, classes)

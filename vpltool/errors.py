@@ -22,6 +22,11 @@ class MissingDependencyError(VplError):
     """An optional dependency (e.g. the CRF extra) is not installed."""
 
 
+class VplWarning(UserWarning):
+    """Input that is accepted but probably not what the user meant (an image with no labels, a blank image); the
+    CLI prints it as one yellow ``warning:`` line on stderr and the run goes on."""
+
+
 # errno -> (what happened, what to do). Disk full and missing permissions are the user's to fix, not bugs.
 _WRITE_ERRORS = {
     errno.ENOSPC: ("no space left on device", "free space or choose another --out"),
@@ -29,6 +34,8 @@ _WRITE_ERRORS = {
     errno.EACCES: ("permission denied", "fix the folder's permissions or choose another --out"),
     errno.EPERM: ("operation not permitted", "fix the folder's permissions or choose another --out"),
     errno.EROFS: ("read-only file system", "choose another --out"),
+    errno.EFBIG: ("file too large (a file-size limit: `ulimit -f`, or the file system's own)",
+                  "raise the limit or choose another --out on another file system"),
 }
 
 
@@ -42,7 +49,7 @@ def write_error(path: str | os.PathLike | None, e: OSError, action: str = "writi
     what = _WRITE_ERRORS.get(e.errno)
     if what is None:
         return None
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only ever a write
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):  # only ever a write
         action = "writing"
     where = f" {action} {path}" if path else ""
     return VplError(f"{what[0]}{where}: {what[1]}")

@@ -202,6 +202,31 @@ def _pct(value: float | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------- driver
+SCORED_STAGES = ("cam", "crf", "predict")  # the stage folders eval scores (or a bare folder of masks with --data)
+
+
+def _scored_stage(folder: Path) -> str | None:
+    """The stage that made ``folder`` (None: a bare mask folder); the one line for a folder of another kind."""
+    stage = io.record_stage(folder)
+    if stage is not None and stage not in SCORED_STAGES:
+        raise VplError(f"{folder}: holds `{stage}` output, expected `cam`, `crf` or `predict` output (or a folder of "
+                       "mask PNGs with --data)")
+    return stage
+
+
+def _check_split(folder: Path, recorded: Mapping[str, Any], split: str | None) -> None:
+    """``--split`` other than the one the folder was made from, with no prediction for that split: say so."""
+    made = recorded.get("split")
+    if split is None or made is None or split == made:
+        return
+    from .data import open_dataset
+
+    asked = [it.id for it in open_dataset(recorded["root"], split).items if it.gt is not None]
+    if asked and not any((folder / f"{i}{suffix}").is_file() for i in asked for suffix in (".png", ".safetensors")):
+        raise VplError(f"{folder}: made from split {made!r} (its {io.STAGE_RECORD}) and holds no prediction for "
+                       f"split {split!r}; wrong --split? drop it to score {made!r}")
+
+
 def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str | None = None,
              cfg: EvalConfig = EvalConfig(), json_out: str | os.PathLike | None = None,
              ids: Sequence[str] | None = None) -> tuple[dict[str, Any], list[str]]:
@@ -217,6 +242,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         raise VplError(f"{folder}: predictions folder not found")
     if json_out is not None:
         io.check_writable_target(json_out, ".json")  # before minutes of scoring, not after
+    stage = _scored_stage(folder)
     recorded = io.recorded_dataset_identity(folder)
     if data is None:
         if recorded is None:
@@ -224,22 +250,26 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         if not Path(recorded["root"]).exists():
             raise VplError(f"{io.stage_record_path(folder)}: its dataset {recorded['root']} is gone (moved or "
                            "deleted); pass --data with its new place")
+        _check_split(folder, recorded, split)
         data, split = recorded["root"], split or recorded.get("split")
     dataset = open_dataset(data, split)
+    io.check_outputs("eval", {"--json": (json_out, "file")}, inputs={"the folder scored": folder, "--data": data},
+                     protected=dataset.folders())
     with_gt = {it.id: it.gt for it in dataset.items if it.gt is not None}
     if not with_gt:
         where = f"split {dataset.split!r} of {data}" if dataset.split else f"{data}"
         raise VplError(f"{where}: no ground-truth masks; eval needs a split with masks (VOC: SegmentationClassAug, "
                        "a folder dataset: masks/)")
     ids = list(ids) if ids is not None else [it.id for it in dataset.items if it.gt is not None]
-    record = io.read_json(io.stage_record_path(folder)) if io.stage_record_path(folder).is_file() else {}
-    is_cam = record.get("stage") == "cam"
+    is_cam = stage == "cam"
     if is_cam:
-        parity = cfg.parity or record.get("params", {}).get("parity", "none")
+        parity = cfg.parity or io.read_record(io.stage_record_path(folder))["params"].get("parity", "none")
         result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity)
         result["parity"] = parity
     else:
-        result = evaluate_masks(folder, with_gt, dataset.classes, ids, record.get("classes"))
+        record_path = io.stage_record_path(folder)
+        pred_classes = io.read_record(record_path).get("classes") if record_path.is_file() else None
+        result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes)
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
     if json_out:

@@ -13,20 +13,21 @@ Per image ``<out>/<id>.safetensors`` (kind ``features``):
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
-from .config import NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
-from .data import Dataset, Item
+from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
+from .config import CPU_BATCH, NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
+from .data import Dataset, Item, check_sizes
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ContractError, VplError
 
@@ -38,30 +39,11 @@ class ExtractSummary(io.StageSummary):
     complete: bool = False  # every item of the whole dataset (all shards) is present
 
 
-def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, np.ndarray]]:
-    """Images decoded ahead by a thread pool (PIL releases the GIL while decoding), in order."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        yield from zip(items, pool.map(lambda it: io.load_image(it.image), items))
-
-
 def _header_sizes(items: list[Item], workers: int) -> list[tuple[int, int]]:
     """``(H, W)`` of every image from its header (:func:`vpltool.io.image_size`), before the model loads: a
     zero-byte or foreign file fails here, in a second, not after a minute of loading."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return list(pool.map(lambda it: io.image_size(it.image), items))
-
-
-def _batches(decoded: Iterable[tuple[Item, np.ndarray]], size_of: Callable, batch_size: int):
-    """Group images of equal network input size into batches of at most ``batch_size``."""
-    buckets: dict[tuple[int, int], list] = {}
-    for item, image in decoded:
-        size = size_of(image)
-        bucket = buckets.setdefault(size, [])
-        bucket.append((item, image))
-        if len(bucket) >= batch_size:
-            yield size, buckets.pop(size)
-    for size, bucket in buckets.items():
-        yield size, bucket
 
 
 @torch.no_grad()
@@ -108,57 +90,94 @@ def run_extract(
     (it must match ``spec``).
     """
     out = Path(out)
-    index, count = shard
+    index, count = shard_from_env(shard)
     if not (0 <= index < count):
         raise VplError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     params = {**to_params(cfg), "model": spec.identity()}
+    # a resume compares the dataset, not its item digest: a finished item is checked on its own (its image and
+    # labels, :func:`_refuse_stale`), so that repairing an image not yet extracted does not void the others
+    inputs = {"dataset": dataset.identity()}
     part = dataset.shard(index, count)
     start = time.perf_counter()
-    lock = io.LOCK_FILE if count == 1 else f"{io.LOCK_FILE}.{index}-of-{count}"
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=lock, reset=index == 0,
-                        not_compared=NOT_COMPARED) as folder:
+    if not runtime.overwrite:  # before the folder is touched: a refused run leaves it as it was
+        _refuse_stale(out, [it for it in part.items if io.feature_path(out, it.id).is_file()])
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=io.shard_lock(index, count),
+                        reset=index == 0, not_compared=NOT_COMPARED, inputs=inputs) as folder:
         todo_ids = set(folder.todo([it.id for it in part.items], io.feature_path))
         todo = [it for it in part.items if it.id in todo_ids]
         if on_start:
             on_start(len(todo))
         if todo:
             sizes = _header_sizes(todo, runtime.worker_count)
+            check_sizes(todo, sizes, runtime.worker_count)
             bb = backbone or load_backbone(spec, device)
-            meta = extract_metadata(bb, cfg, min(cfg.attention_blocks, bb.n_blocks) - 1)
-
-            def size_of(image: np.ndarray) -> tuple[int, int]:
-                return bb.input_size(image.shape[0], image.shape[1], cfg.image_size, cfg.max_side)
-
-            for item, (h, w) in zip(todo, sizes):  # every image, before the first forward
-                input_h, input_w = bb.input_size(h, w, cfg.image_size, cfg.max_side)
-                check_tokens(item.image, (h, w), (input_h // bb.patch_size, input_w // bb.patch_size),
-                             bb.patch_size, cfg.max_tokens)
-
-            for size, batch in _batches(_decoded(todo, runtime.worker_count), size_of, runtime.batch_size):
-                pixels = torch.stack([bb.preprocess(img, size) for _, img in batch])
-                result = encode_batch(bb, pixels, cfg, dtype)
-                for b, (item, image) in enumerate(batch):
-                    _save_item(out, dataset, item, image, size, {k: v[b] for k, v in result.items()}, params, meta)
-                    if on_item:
-                        on_item(1)
+            _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
         seconds = time.perf_counter() - start
-        complete = all(io.feature_path(out, it.id).is_file() for it in dataset.items)
-        if complete:
-            folder.complete(inputs={"dataset": dataset.identity()}, count=len(dataset.items),
-                            classes=list(dataset.classes))
-        elif count > 1:
-            folder.shard_done(index, count)
+        complete = folder.finish([it.id for it in dataset.items], io.feature_path, index, count,
+                                 inputs={**inputs, "items": dataset.items_sha()}, classes=list(dataset.classes))
     return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
 
 
-def _save_item(out: Path, dataset: Dataset, item: Item, image: np.ndarray, size: tuple[int, int],
+def _refuse_stale(out: Path, done: list[Item]) -> None:
+    """Refuse to resume over finished items whose image was replaced or whose labels changed since (their file
+    records both): skipping them would certify stale features. Files of older versions record no image stamp."""
+    stale = []
+    for item in done:
+        head = io.read_header(io.feature_path(out, item.id))
+        stamp = json.loads(head.get("vpltool.image_stamp", "null"))
+        if (stamp is not None and stamp != item.stamp()) or json.loads(head.get("vpltool.labels", "[]")) != list(
+                item.labels):
+            stale.append(item)
+    if stale:
+        raise VplError(f"{out}: {len(stale)} finished item(s) were made from another image or other labels (first: "
+                       f"{stale[0].image}): the dataset changed since; pass --overwrite to redo every item, or choose "
+                       "another --out")
+
+
+def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[tuple[int, int]], out: Path,
+             cfg: ExtractConfig, runtime: RuntimeConfig, dtype: torch.dtype, params: dict, on_item) -> None:
+    """Every image checked, then same-size batches decoded ahead, encoded (halving on out-of-memory) and written
+    behind (:mod:`vpltool.batches`)."""
+    meta = extract_metadata(bb, cfg, min(cfg.attention_blocks, bb.n_blocks) - 1)
+    inputs = [bb.input_size(h, w, cfg.image_size, cfg.max_side) for h, w in sizes]
+    for item, (h, w), (input_h, input_w) in zip(todo, sizes, inputs):  # every image, before the first forward
+        check_tokens(item.image, (h, w), (input_h // bb.patch_size, input_w // bb.patch_size), bb.patch_size,
+                     cfg.max_tokens)
+    pre = bb.preprocessor
+
+    def load(i: int) -> dict:
+        image = io.load_image(todo[i].image)
+        return {"pixels": pre(image, inputs[i]), "image_size": torch.tensor(image.shape[:2])}
+
+    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=CPU_BATCH)
+    runner = BatchRunner(size, describe=lambda i: f"{todo[i].image} ({sizes[i][0]}x{sizes[i][1]})")
+    with BackgroundWriter(on_item) as writer:
+        for batch in load_batches(len(todo), plan_batches(inputs, size), load, runtime.worker_count, bb.device):
+            pixels = batch["pixels"].to(bb.device, non_blocking=True)
+            parts = runner(len(pixels), lambda s: (s, encode_batch(bb, pixels[s], cfg, dtype)))
+            for part, result in parts:
+                for b, i in enumerate(batch["index"][part]):
+                    tensors = {k: v[b] for k, v in result.items()}
+                    writer.submit(tensors, _writer(out, dataset, todo[i], tuple(batch["image_size"][part.start + b]
+                                                                                .tolist()), inputs[i], params, meta))
+
+
+def _writer(out: Path, dataset: Dataset, item: Item, image_size: tuple[int, int], size: tuple[int, int],
+            params: dict, meta: dict):
+    return lambda tensors: _save_item(out, dataset, item, image_size, size, tensors, params, meta)
+
+
+def _save_item(out: Path, dataset: Dataset, item: Item, image_size: tuple[int, int], size: tuple[int, int],
                tensors: dict[str, torch.Tensor], params: dict, meta: dict) -> None:
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
         raise ContractError(f"{item.image}: CLIP features contain NaN/inf (broken weights or fp16 overflow); "
                             "try --precision fp32")
     dtypes = {"dense": torch.float16} | {k: io.token_dtype(params["parity"]) for k in tensors if k != "dense"}
     io.write_features(io.feature_path(out, item.id), tensors, dtypes=dtypes,
-                      classes=dataset.classes, params=params, id=item.id, image_size=list(image.shape[:2]),
-                      input_size=list(size), grid=list(tensors["dense"].shape[:2]), labels=list(item.labels), **meta)
+                      classes=dataset.classes, params=params, id=item.id, image_size=list(image_size),
+                      input_size=list(size), grid=list(tensors["dense"].shape[:2]), labels=list(item.labels),
+                      image_stamp=item.stamp(), **meta)

@@ -15,6 +15,9 @@ Open vocabulary (``cfg.classes``): the decoder's prototype rows are replaced by 
 (and of the training's background words), encoded by the decoder's frozen CLIP with the templates its training
 prototypes were made with (:func:`open_vocabulary`); the masks are over those classes, which ``_stage.json``
 records, and `eval` maps them to the dataset's classes by name. Prototypes without a decoder are not supported.
+
+Same-size images run as one batch (views and mirrors of every image of the batch in one forward per scale), through
+the shared pipeline of :mod:`vpltool.batches`.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from torch import Tensor
 
 from . import io, presets
 from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
 from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
-from .decoder import SegDecoder, input_long_side, load_decoder, predict_logits, view_size
+from .decoder import SegDecoder, input_long_side, load_decoder, predict_logits_batch, view_size
 from .device import resolve_device, resolve_precision
 from .errors import ContractError, VplError
 from .kernels import dense_crf
@@ -59,11 +63,12 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.concatenate([image, (0.5 * image + 0.5 * palette[mask]).astype(np.uint8)], axis=1)
 
 
-def _check_tokens(bb: ClipBackbone, path: Path, image: np.ndarray, long_side: int, cfg: PredictConfig) -> None:
+def _check_tokens(bb: ClipBackbone, path: Path, image_size: tuple[int, int], long_side: int,
+                  cfg: PredictConfig) -> None:
     """Refuse an image whose largest test view (``max(scales) x long_side``) exceeds ``cfg.max_tokens`` patch
     tokens, before its forward: one line naming the image and the ``--long-side`` that fits."""
     scale = max(cfg.scales)
-    size = view_size(bb, *image.shape[:2], long_side, scale)
+    size = view_size(bb, *image_size, long_side, scale)
     grid = (size[0] // bb.patch_size, size[1] // bb.patch_size)
     check_tokens(path, size, grid, bb.patch_size, cfg.max_tokens, stage="predict", scale=scale)
 
@@ -146,6 +151,7 @@ def run_predict(
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
     overlays: str | Path | None = None,
+    shard: tuple[int, int] = (0, 1),
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
@@ -159,12 +165,14 @@ def run_predict(
         backbone: reuse an already loaded CLIP (it must be the one the decoder records).
     """
     out = io.check_folder_target(out)  # before the decoder and the CLIP load
-    if overlays is not None:
-        io.check_folder_target(overlays)
+    dataset = _open_split(io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=()), data, split,  # its header
+                          check_classes=not cfg.classes)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side")},
+                     inputs={"the decoder": decoder_file, "the dataset": dataset.root}, protected=dataset.folders(),
+                     overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     model, f = load_decoder(decoder_file, device)
-    dataset = _open_split(f, data, split, check_classes=not cfg.classes)
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
         prompts = recorded_prompts(f)
@@ -172,28 +180,77 @@ def run_predict(
         classes = open_vocabulary(model, bb, cfg.classes, prompts)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
+    index, count = shard_from_env(shard)
+    ids = [it.id for it in dataset.items]
+    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED) as folder:
-        todo = folder.todo([it.id for it in dataset.items], io.mask_path)
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                        lock_name=io.shard_lock(index, count), reset=index == 0,
+                        sides={"--save-overlays": overlays}) as folder:
+        todo = folder.todo(ids[index::count], io.mask_path)
         if on_start:
             on_start(len(todo))
         if todo:
+            items = dataset.by_id()
+            todo_items = [items[i] for i in todo]
+            sizes = [io.image_size(it.image) for it in todo_items]  # every image checked before the CLIP loads
             bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
             arch = f.meta("decoder_arch")
             if bb.width != arch["in_width"]:
                 raise ContractError(f"{f.path}: trained on a CLIP of width {arch['in_width']}, got {bb.width}")
             long_side = input_long_side(cfg.long_side, f.meta("decoder_config")["crop_size"])
-            items = dataset.by_id()
-            for item_id in todo:
-                image = io.load_image(items[item_id].image)
-                _check_tokens(bb, items[item_id].image, image, long_side, cfg)
-                logits = predict_logits(bb, model, arch["blocks"], image, cfg.scales, cfg.flip, long_side, dtype)
-                mask = logits_to_mask(logits, image, cfg)
-                io.write_mask(io.mask_path(out, item_id), mask)
-                if overlays is not None:
-                    io.write_png(io.mask_path(overlays, item_id), overlay(image, mask))
-                if on_item:
-                    on_item(1)
-        folder.complete(count=len(dataset.items), classes=classes,
-                        inputs={"decoder": decoder_id["sha256"], "dataset": dataset.identity()})
-    return io.StageSummary(done=len(todo), skipped=len(dataset.items) - len(todo), seconds=time.perf_counter() - start)
+            for item, size in zip(todo_items, sizes):
+                _check_tokens(bb, item.image, size, long_side, cfg)
+            _predict(bb, model, arch["blocks"], todo_items, sizes, long_side, out, cfg, runtime, dtype, overlays,
+                     on_item)
+        folder.finish(ids, io.mask_path, index, count, classes=classes)
+    return io.StageSummary(done=len(todo), skipped=len(ids[index::count]) - len(todo),
+                           seconds=time.perf_counter() - start)
+
+
+def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int, out: Path,
+             cfg: PredictConfig, runtime: RuntimeConfig, dtype, overlays, on_item) -> None:
+    """Same-size images batched: their views (every scale, and the mirrors) in one forward per scale, the argmax
+    on the device, the masks (and the CRF, when asked) written behind."""
+    pre = bb.preprocessor
+    keep_image = cfg.crf or overlays is not None
+
+    def load(i: int) -> dict:
+        image = io.load_image(items[i].image)
+        h, w = image.shape[:2]
+        views = {f"view{j}": pre(image, view_size(bb, h, w, long_side, s)) for j, s in enumerate(cfg.scales)}
+        return {**views, "image": image if keep_image else None}
+
+    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
+    runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
+                         advice="pass a smaller --long-side or --scales, or a smaller --batch-size")
+    with BackgroundWriter(on_item) as writer:
+        for batch in load_batches(len(items), plan_batches(sizes, size), load, runtime.worker_count, bb.device):
+            views = [batch[f"view{j}"] for j in range(len(cfg.scales))]
+            hw = sizes[batch["index"][0]]
+
+            def run(part: slice) -> tuple[slice, torch.Tensor]:
+                logits = predict_logits_batch(bb, model, blocks, [v[part] for v in views], cfg.flip, hw, dtype)
+                return part, (logits.softmax(1) if cfg.crf else logits.argmax(1).to(torch.uint8))
+
+            for part, result in runner(len(views[0]), run):
+                for b, i in enumerate(batch["index"][part]):
+                    image = batch["image"][part.start + b]
+                    writer.submit({"scores": result[b]}, _writer(out, items[i].id, image, cfg, overlays))
+
+
+def _writer(out: Path, item_id: str, image: np.ndarray | None, cfg: PredictConfig, overlays):
+    """One image's mask (after the dense CRF with ``cfg.crf``: ``scores`` are then probabilities), on the writer
+    thread."""
+
+    def write(t: dict) -> None:
+        scores = t["scores"]
+        if cfg.crf:
+            mask = dense_crf(image, scores.float().numpy(), crf_config(cfg)).argmax(0).astype(np.uint8)
+        else:
+            mask = scores.numpy()
+        io.write_mask(io.mask_path(out, item_id), mask)
+        if overlays is not None:
+            io.write_png(io.mask_path(overlays, item_id), overlay(image, mask))
+
+    return write

@@ -8,7 +8,6 @@ depend on the exact strings; matching them is what makes parity checks possible.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from .errors import VplError
 
@@ -152,21 +151,3 @@ __all__ = [
     "COCO_BACKGROUND", "CLIP_ES_TEMPLATE", "IMAGENET_TEMPLATES", "PRESETS", "foreground", "preset_for",
     "prompt_names", "background_words",
 ]  # fmt: skip
-
-
-def resolve_templates(spec: str) -> list[str]:
-    """'clip-es' | 'imagenet' | a literal template containing '{}' | a file with one template per line."""
-    if spec == "clip-es":
-        return [CLIP_ES_TEMPLATE]
-    if spec == "imagenet":
-        return list(IMAGENET_TEMPLATES)
-    if "{}" in spec and not Path(spec).is_file():
-        return [spec]
-    path = Path(spec)
-    if not path.is_file():
-        raise VplError(f"--templates {spec!r}: not clip-es, imagenet, a template with '{{}}', or a file")
-    templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    bad = [t for t in templates if "{}" not in t]
-    if not templates or bad:
-        raise VplError(f"{path}: every line must be a template containing '{{}}' (bad: {bad[:2]})")
-    return templates

@@ -8,6 +8,7 @@ The file has the same kind and layout that `learn-prototypes` writes, so every c
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +17,63 @@ import torch
 from . import io, presets
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .config import TextPrototypesConfig, to_params
+from .data import recorded_folders
 from .device import resolve_device
 from .errors import VplError
-from .presets import resolve_templates  # noqa: F401  (re-exported: it lived here before open-vocabulary predict)
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` is not a prompt template (exactly one ``{}``, no other format field), or None."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:  # a lone '{' or '}'
+        return f"not a valid format string ({e}; write a literal brace as '{{{{' or '}}}}')"
+    if len(fields) != 1:
+        return f"has {len(fields)} '{{}}' fields; it needs exactly one, where the class name goes"
+    if fields[0] != ("", "", None):
+        return f"has the field '{{{fields[0][0]}}}'; use a plain '{{}}' for the class name"
+    return None
+
+
+def resolve_templates(spec: str) -> list[str]:
+    """'clip-es' | 'imagenet' | a literal template containing '{}' | a file with one template per line.
+
+    Each template holds exactly one ``{}`` and no other format field (a second ``{}`` made an IndexError deep in
+    the encoder); a bad one is named, with its line in a file."""
+    if spec == "clip-es":
+        return [presets.CLIP_ES_TEMPLATE]
+    if spec == "imagenet":
+        return list(presets.IMAGENET_TEMPLATES)
+    if "{" in spec and not Path(spec).is_file():
+        problem = template_problem(spec)
+        if problem:
+            raise VplError(f"--templates {spec!r}: {problem}")
+        return [spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise VplError(f"--templates {spec!r}: not clip-es, imagenet, a template with '{{}}', or a file")
+    lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    if not lines:
+        raise VplError(f"{path}: no templates; write one template containing '{{}}' per line")
+    for n, template in lines:
+        problem = template_problem(template)
+        if problem:
+            raise VplError(f"{path}: line {n} {template!r} {problem}")
+    return [t for _, t in lines]
+
+
+def check_class_names(classes: Sequence[str], where: str = "--classes") -> None:
+    """Class names (index 0 = 'background') must be unique and 'background' only at 0: a duplicate made two rows of
+    one class, and 'background' as a class a second background row, without a word of warning."""
+    if len(classes) < 2 or classes[0] != "background":
+        raise VplError("classes must start with 'background' and name at least one class")
+    if "background" in classes[1:]:
+        raise VplError(f"{where}: 'background' is class 0 already; drop it from the class names")
+    seen: set[str] = set()
+    for name in classes[1:]:
+        if name.lower() in seen:
+            raise VplError(f"{where}: class {name!r} is named twice (case ignored); keep one")
+        seen.add(name.lower())
 
 
 def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = ()) -> list[str]:
@@ -35,8 +90,14 @@ def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = (
         return []
     path = Path(spec)
     if path.is_file():
-        return [w.strip() for w in path.read_text().splitlines() if w.strip()]
-    return [w.strip() for w in spec.split(",") if w.strip()]
+        words = [w.strip() for w in path.read_text().splitlines() if w.strip()]
+    else:
+        words = [w.strip() for w in spec.split(",") if w.strip()]
+    names = {c.lower() for c in presets.foreground(classes)}
+    clash = next((w for w in words if w.lower() in names), None)
+    if clash is not None:  # a background row identical to a class row takes half of that class's probability
+        raise VplError(f"--background: {clash!r} is also a class; drop it from the background words")
+    return words
 
 
 def encode_names(bb: ClipBackbone, names: Sequence[str], templates: Sequence[str], exact: bool = False
@@ -69,15 +130,18 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
 
 
 def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec,
-                        cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto") -> io.Prototypes:
+                        cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto", *,
+                        source: str | Path | None = None) -> io.Prototypes:
     """Encode and write the prototypes file; returns what was written.
 
-    The output path, the classes and the templates are checked before the model loads (a wrong ``-o`` costs
-    nothing)."""
+    The output path (never the ``source`` extract folder it was read from, nor in its dataset), the classes and the
+    templates are checked before the model loads (a wrong ``-o`` costs nothing)."""
     out = io.check_writable_target(out)
-    if len(classes) < 2 or classes[0] != "background":
-        raise VplError("classes must start with 'background' and name at least one class")
+    io.check_outputs("text-prototypes", {"--out": (out, "file")}, inputs={"the extract folder": source},
+                     protected=recorded_folders(source) if source is not None else ())
+    check_class_names(classes)
     resolve_templates(cfg.templates)
+    resolve_background(cfg.background, presets.preset_for(classes), classes)
     bb = load_backbone(spec, resolve_device(device))
     protos = build_text_prototypes(bb, classes, cfg)
     io.write_prototypes(out, protos)

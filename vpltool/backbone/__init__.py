@@ -6,6 +6,7 @@ GradCAM (:meth:`ClipBackbone.gradcam`) and its text tower (:meth:`ClipBackbone.e
 
 import torch
 
+from .dino import DinoBackbone, DinoSpec, check_dino, load_dino
 from .loading import EXTRA_CONFIG, ModelSpec, create_model, load_extra_config, register_model, register_tokenizer
 from .model import GRADCAM_LAYERS, ClipBackbone, Encoded, GradCam
 
@@ -19,5 +20,6 @@ def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu") -> ClipBa
 
 __all__ = [
     "EXTRA_CONFIG", "ModelSpec", "create_model", "load_backbone", "load_extra_config", "register_model",
-    "register_tokenizer", "GRADCAM_LAYERS", "ClipBackbone", "Encoded", "GradCam",
+    "register_tokenizer", "GRADCAM_LAYERS", "ClipBackbone", "Encoded", "GradCam", "DinoBackbone", "DinoSpec",
+    "check_dino", "load_dino",
 ]  # fmt: skip

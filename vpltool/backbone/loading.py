@@ -226,7 +226,11 @@ def import_open_clip():
       comment there: importing dynamo is best avoided for eager-mode users). A stand-in module serves that one
       name during this import and resolves the real function on first call.
 
-    Both last only for this import: ``import timm`` and ``torch._dynamo`` / ``torch.compile`` work normally after.
+    * transformers (seconds on a machine that has it: issue 19 measured 5.5 s of start-up compiling imports on a
+      GPU host): open_clip imports it only for Hugging Face text towers; :func:`create_model` imports open_clip
+      again with it for a model whose config names one (:func:`_needs_transformers`).
+
+    All last only for this import: ``import timm`` and ``torch._dynamo`` / ``torch.compile`` work normally after.
     Should the stand-in ever be short of a name (a torchvision release that wants more), the import is retried
     the plain way.
     """
@@ -234,14 +238,37 @@ def import_open_clip():
         return sys.modules["open_clip"]
     before = set(sys.modules)
     try:
-        with _without("timm"), _dynamo_deferred():
+        with _without("timm"), _without("transformers"), _dynamo_deferred():
             import open_clip
     except (AttributeError, ImportError):
         for name in set(sys.modules) - before:  # the half-imported packages, then the plain import
             del sys.modules[name]
-        with _without("timm"):
+        with _without("timm"), _without("transformers"):
             import open_clip
     return open_clip
+
+
+def _needs_transformers(open_clip, spec: ModelSpec) -> bool:
+    """Whether the model's text tower is a Hugging Face model (``text_cfg.hf_model_name``)."""
+    if spec.folder is not None:
+        try:
+            cfg = json.loads((spec.folder / "open_clip_config.json").read_text()).get("model_cfg", {})
+        except (OSError, ValueError):
+            return False
+    else:
+        cfg = open_clip.get_model_config(spec.model) or {}
+    return bool((cfg.get("text_cfg") or {}).get("hf_model_name"))
+
+
+def _with_transformers(open_clip):
+    """open_clip imported again the plain way (transformers included), for a Hugging Face text tower."""
+    if getattr(open_clip.hf_model, "transformers", None) is not None:
+        return open_clip
+    for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
+        del sys.modules[name]
+    with _without("timm"):
+        import open_clip as plain
+    return plain
 
 
 @contextlib.contextmanager
@@ -291,6 +318,9 @@ def create_model(spec: ModelSpec):
     """``(open_clip model, its local folder or None)`` for ``spec``; one-line VplErrors for every way it fails."""
     open_clip = import_open_clip()
     _register_config_dir(spec.config_dir)
+    if _needs_transformers(open_clip, spec):
+        open_clip = _with_transformers(open_clip)
+        _register_config_dir(spec.config_dir)
     folder = spec.folder
     if folder is not None:
         if not (folder / "open_clip_config.json").is_file():

@@ -12,7 +12,7 @@ What is taken where (ViT-B/16 numbers; every open_clip ViT with standard blocks 
   image-text space. The **image embedding is the mean of these** (CLIP-ES replaces the class token by the patch
   mean; since ``proj`` is linear, mean-then-project equals project-then-mean).
 * :meth:`ClipBackbone.gradcam`: softmax-GradCAM of CLIP-ES (``generate_cams_voc12.py`` with
-  ``pytorch_grad_cam``) re-running only the last block, all classes from one forward of it (:func:`_class_gradients`).
+  ``pytorch_grad_cam``) re-running only the last block, all classes from one forward of it (:func:`_slot_gradients`).
 * :meth:`ClipBackbone.encode_text`: the text tower, with the context truncated to the longest prompt in the batch
   (the causal mask makes later positions irrelevant: same embeddings, ~10x faster).
 
@@ -74,6 +74,41 @@ class GradCam:
     dense: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Preprocess:
+    """CLIP's image preprocessing: ``[H0, W0, 3]`` uint8 RGB -> ``[3, H, W]`` float32, bicubic-resized (PIL) to
+    ``size`` and normalised with the model's mean and std. Holds no model, so data-loading workers can run it."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        h, w = size
+        if image.shape[:2] != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+
+@dataclass
+class BatchGradCam:
+    """Softmax-GradCAM of a batch of images (:meth:`ClipBackbone.gradcam_batch`).
+
+    Attributes:
+        maps: ``[B, Kmax, h, w]`` float32 in [0, 1]; image b's first ``K_b`` maps are its classes', the rest zeros.
+        attention: ``[B, 1 + hw, 1 + hw]`` the last block's head-mean attention.
+        probs: B tensors ``[K_b + M]``, each image's softmax over its rows.
+        dense: ``[B, hw, D]`` the patch features of the last block's output (joint space, not normalised).
+    """
+
+    maps: torch.Tensor
+    attention: torch.Tensor
+    probs: list[torch.Tensor]
+    dense: torch.Tensor
+
+
 class ClipBackbone:
     """A frozen open_clip CLIP with the CLIP-ES surgery (see module docstring)."""
 
@@ -118,13 +153,12 @@ class ClipBackbone:
 
     def preprocess(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         """``[H0, W0, 3]`` uint8 RGB -> ``[3, H, W]`` float32, bicubic-resized to ``size`` and CLIP-normalised."""
-        h, w = size
-        if image.shape[:2] != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
-        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std
+        return self.preprocessor(image, size)
+
+    @property
+    def preprocessor(self) -> Preprocess:
+        """:meth:`preprocess` as a small object without the model, for the data-loading workers."""
+        return Preprocess(self.mean, self.std)
 
     def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor:
         """``[1 + h*w, width]``: CLS row kept, patch rows bilinearly resized from the native grid.
@@ -285,20 +319,45 @@ class ClipBackbone:
             raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
         if exact:
             return self._gradcam_clip_es(last_block_input, grid, rows, n_classes, temperature, layer)
-        x = last_block_input.to(self.device, torch.float32)[None].requires_grad_(True)
+        cam = self.gradcam_batch(last_block_input[None], grid, [rows], [n_classes], temperature, layer)
+        return GradCam(cam.maps[0, :n_classes], cam.attention[0], cam.probs[0], cam.dense[0])
+
+    def gradcam_batch(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: Sequence[torch.Tensor],
+                      n_classes: Sequence[int], temperature: float, layer: str = "input") -> BatchGradCam:
+        """:meth:`gradcam` for B images of one grid from one forward of the last block, in fp32.
+
+        Args:
+            last_block_input: ``[B, 1 + hw, width]`` tokens entering the last block.
+            rows: B tensors ``[K_b + M, D]``: image b's present classes first, then every background row.
+            n_classes: the B ``K_b``.
+
+        The images' gradients are independent, so one backward per class *slot* serves every image (slot k = the
+        k-th class of each image that has one): ``max_b K_b`` backward passes on a CPU, one batched backward
+        (``is_grads_batched``) on CUDA. Each image's softmax is its own (its own rows), so a batch of one gives
+        the same maps as the batch it came from.
+        """
+        if layer not in GRADCAM_LAYERS:
+            raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
+        x = last_block_input.to(self.device, torch.float32).requires_grad_(True)
+        n_img, kmax = len(x), max(n_classes, default=0)
         with torch.enable_grad(), torch.autocast(self.device.type, enabled=False):
             out, attn, ln1 = self.block(self.n_blocks - 1, x, grid, need_weights=True, keep_ln1=layer == "input")
             act = ln1 if layer == "input" else out
-            dense = self.dense(out)  # [1, hw, D]
-            img = F.normalize(dense.mean(1), dim=-1)  # [1, D]: CLIP-ES's patch-mean image embedding
-            probs = (img @ rows.to(img).T / temperature).softmax(-1)[0]  # [K + M]
-            if n_classes == 0:
-                return GradCam(torch.zeros(0, *grid), attn[0].detach(), probs.detach(), dense[0].detach())
-            grads = _class_gradients(probs[:n_classes], act)  # [K, 1, 1+hw, width]
-        act, grads = act[0, 1:].detach(), grads[:, 0, 1:]  # patch tokens only
-        weights = grads.mean(1)  # [K, width]: GradCAM channel weights
-        maps = torch.relu(weights @ act.T).view(n_classes, *grid)  # [K, h, w]
-        return GradCam(gradcam_scale(maps), attn[0].detach(), probs.detach(), dense[0].detach())
+            dense = self.dense(out)  # [B, hw, D]
+            img = F.normalize(dense.mean(1), dim=-1)  # [B, D]: CLIP-ES's patch-mean image embedding
+            probs = [(img[b : b + 1] @ r.to(img).T / temperature).softmax(-1)[0] for b, r in enumerate(rows)]
+            if kmax == 0:
+                return BatchGradCam(torch.zeros(n_img, 0, *grid, device=x.device), attn.detach(),
+                                    [p.detach() for p in probs], dense.detach())
+            slots = torch.stack([F.pad(p[:k], (0, kmax - k)) for p, k in zip(probs, n_classes)])  # [B, Kmax]
+            grads = _slot_gradients(slots, act)  # [Kmax, B, 1+hw, width]
+        act, grads = act[:, 1:].detach(), grads[:, :, 1:]  # patch tokens only
+        weights = grads.mean(2)  # [Kmax, B, width]: GradCAM channel weights
+        # a product and a sum over channels per map, not a matmul: a batched matmul rounds differently from a
+        # single one (measured on a CPU), this does not, so a batch gives the maps of its images run alone
+        maps = torch.stack([(act * w[:, None, :]).sum(-1) for w in weights], 1)  # [B, Kmax, hw]
+        maps = torch.relu(maps).view(n_img, kmax, *grid)
+        return BatchGradCam(gradcam_scale(maps), attn.detach(), [p.detach() for p in probs], dense.detach())
 
     def _gradcam_clip_es(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor,
                          n_classes: int, temperature: float, layer: str) -> GradCam:
@@ -406,21 +465,22 @@ class ClipBackbone:
         return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
-@lru_cache(maxsize=16)
-def _class_gradients(probs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """``[K, *act.shape]``: the gradient of each of the ``K`` probabilities with respect to ``act``.
+def _slot_gradients(slots: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """``[Kmax, *act.shape]``: the gradient of every image's k-th class probability ``slots[:, k]`` with respect to
+    ``act`` ``[B, L, width]`` (images are independent, so one backward of ``slots[:, k].sum()`` gives all B).
 
-    On CUDA one batched backward (``is_grads_batched``: the K vector-Jacobian products run as one batch). On a CPU
-    one backward per class: measured faster there (1.48 s vs 1.61 s for K = 2 on ViT-B/16 at 384x512, one thread),
+    On CUDA one batched backward (``is_grads_batched``: the Kmax vector-Jacobian products run as one batch). On a CPU
+    one backward per slot: measured faster there (1.48 s vs 1.61 s for K = 2 on ViT-B/16 at 384x512, one thread),
     and a scalar backward does not import sympy, which an explicit ``grad_outputs`` does (~1 s, once per process).
     """
-    k = len(probs)
-    if probs.device.type == "cuda":
-        eye = torch.eye(k, device=probs.device)
-        return torch.autograd.grad(probs, act, grad_outputs=eye, is_grads_batched=True)[0]
-    return torch.stack([torch.autograd.grad(probs[i], act, retain_graph=i < k - 1)[0] for i in range(k)])
+    k = slots.shape[1]
+    if slots.device.type == "cuda":
+        eye = torch.eye(k, device=slots.device)[:, None, :].expand(k, *slots.shape)  # [Kmax, B, Kmax]
+        return torch.autograd.grad(slots, act, grad_outputs=eye, is_grads_batched=True)[0]
+    return torch.stack([torch.autograd.grad(slots[:, i].sum(), act, retain_graph=i < k - 1)[0] for i in range(k)])
 
 
+@lru_cache(maxsize=16)  # one mask per grid, not one per image
 def _window_mask(h: int, w: int, size: int, device: str) -> torch.Tensor:
     rows = torch.arange(h).repeat_interleave(w)
     cols = torch.arange(w).repeat(h)

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ import typer
 from rich.console import Console
 
 from ..config import RuntimeConfig
-from ..errors import VplError, write_error
+from ..errors import VplError, VplWarning, write_error
 
 err = Console(stderr=True)
 log = logging.getLogger("vpltool")
@@ -38,8 +39,12 @@ Device = Annotated[str, typer.Option(envvar="VPLTOOL_DEVICE", help="auto | cpu |
                                      rich_help_panel=RUNTIME)]
 Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA and on CPUs with AMX, else fp32) | "
                                         "fp32 | bf16 | fp16 (CUDA only).", rich_help_panel=RUNTIME)]
-BatchSize = Annotated[int, typer.Option(help="Images per batch (equal input sizes are batched).",
-                                        rich_help_panel=RUNTIME)]
+BatchSize = Annotated[Optional[int], typer.Option(
+    help="Images per batch (equal input sizes are batched) [default: auto: 32 on CUDA, halved on out-of-memory; on "
+    "a CPU 8 for extract, 1 for cam and predict].", show_default=False, rich_help_panel=RUNTIME)]
+Shard = Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset; the folder "
+                                    "completes when every shard is done. Under torchrun: RANK/WORLD_SIZE.",
+                                    rich_help_panel=RUNTIME)]
 Workers = Annotated[int, typer.Option(help="Parallel image decoders / CRF processes: 0 = one per CPU core, 1 = in "
                                       "this process.", rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
@@ -74,7 +79,10 @@ def friendly_errors(fn: Callable) -> Callable:
         os.environ.setdefault("TQDM_DISABLE", "1")
         _log_file = kwargs.get("log_file")
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # restores the filters and showwarning after the command
+                warnings.simplefilter("always", VplWarning)
+                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+                return fn(*args, **kwargs)
         except VplError as e:
             _error_line(e)
         except OSError as e:  # one that escaped the library's own handling (its writes name their files)
@@ -83,10 +91,29 @@ def friendly_errors(fn: Callable) -> Callable:
                 raise
             _error_line(user_error)
         except KeyboardInterrupt:
-            say("[yellow]interrupted[/]: finished items are kept; re-run the same command to resume")
+            say(f"[yellow]interrupted[/]: {interrupted_hint(kwargs)}")
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def _show_warning(default: Callable, message, category, filename, lineno, file=None, line=None) -> None:
+    """A :class:`VplWarning` as one yellow ``warning:`` line (on stderr and in ``--log``); others as ``default``
+    (Python's own display) shows them."""
+    if not issubclass(category, VplWarning):
+        return default(message, category, filename, lineno, file, line)
+    from rich.markup import escape
+
+    say(f"[yellow]warning:[/] {escape(str(message))}")
+
+
+def interrupted_hint(kwargs: dict) -> str:
+    """How to continue an interrupted command: a stage with ``--resume`` (train-decoder) needs it on the re-run;
+    the per-image stages skip their finished items by themselves."""
+    if "resume" in kwargs:
+        return "the last checkpoint is kept; re-run the same command with --resume to continue from it" \
+            if not kwargs["resume"] else "the last checkpoint is kept; re-run the same command to continue from it"
+    return "finished items are kept; re-run the same command to resume"
 
 
 def _to_log(line: str) -> None:
@@ -224,7 +251,7 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
         yield start, advance
 
 
-def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int = _R.batch_size,
+def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int | None = _R.batch_size,
             workers: int = _R.workers, overwrite: bool = False) -> RuntimeConfig:
     return RuntimeConfig(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          overwrite=overwrite)

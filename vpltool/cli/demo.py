@@ -78,8 +78,10 @@ def train_toy_clip_cmd(
     Example:
       vpltool train-toy-clip /tmp/toy-clip && vpltool extract WORLD -o F --model local-dir:/tmp/toy-clip
     """
+    from ..demo.toyclip import check_out_dir
     from ..demo.train_toy_clip import train_toy_clip
 
+    check_out_dir(out)  # before the first progress line: a refused folder is the only line
     cfg = ToyClipConfig(steps=steps, batch_size=batch_size, lr=lr, crop_prob=crop_prob, seed=seed,
                         logit_scale=logit_scale, layers=layers, captions=captions, pool=pool, loss=loss,
                         threads=threads)

@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import (
+    CAM_ATTENTION_BLOCKS,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
+    MIN_TEMPERATURE,
     CamConfig,
     CrfConfig,
     ExtractConfig,
@@ -31,6 +33,7 @@ from .common import (
     Overwrite,
     Precision,
     PretrainedOpt,
+    Shard,
     Split,
     Verbose,
     Workers,
@@ -75,7 +78,7 @@ def extract_cmd(
                                        "fast second `cam` pass).")] = ExtractConfig.cache,
     parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's fp16-rounded positional embedding, tokens "
                                         "cached in fp32: for `cam --parity clip-es`).")] = ExtractConfig.parity,
-    shard: Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset.")] = "0/1",
+    shard: Shard = "0/1",
     allow_pickle: Annotated[bool, typer.Option(help="Allow an IRN-style cls_labels.npy (a pickle).")] = False,
     labels_file: Annotated[Optional[Path], typer.Option(help="Image-label file overriding the layout's own.")] = None,
     device: Device = _R.device,
@@ -150,7 +153,7 @@ def text_prototypes_cmd(
     else:
         raise VplError("give an extract folder, or --classes 'a,b,c' with --model/--pretrained")
     cfg = TextPrototypesConfig(templates=templates, background=background, synonyms=synonyms, parity=parity)
-    protos = run_text_prototypes(class_list, out, spec, cfg, device=device)
+    protos = run_text_prototypes(class_list, out, spec, cfg, device=device, source=features)
     n_bg = int((protos.row_class == 0).sum())
     say(f"[green]✓[/] text-prototypes: {len(class_list) - 1} classes + {n_bg} background words, "
               f"{protos.dim}-d, {protos.params['n_templates']} template(s) → {out}")
@@ -167,24 +170,46 @@ def cam_cmd(
                                              "`learn-prototypes` output; with a dataset it also names the CLIP.")],
     out: OutDir,
     split: Split = None,
-    refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (+ SLIC superpixel smoothing) | none.")] =
-        CamConfig.refine,
+    refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (SSR: CAA propagates only inside K-means "
+                                        "groups of SLIC superpixels) | none.")] = CamConfig.refine,
+    affinity: Annotated[str, typer.Option(help="Attention CAA is built from: clip | dino (a timm ViT, --dino-model) "
+                                          "| clip+dino (mixed, --affinity-weight; SSR).")] = CamConfig.affinity,
+    affinity_weight: Annotated[float, typer.Option(help="clip+dino: CLIP's share of the mixed attention, DINO gets "
+                                                   "the rest (SSR: 0.4 : 0.6).")] = CamConfig.affinity_weight,
+    dino_model: Annotated[str, typer.Option(help="timm ViT name for --affinity dino/clip+dino.")] =
+        CamConfig.dino_model,
+    dino_weights: Annotated[str, typer.Option(help="hub (timm's pretrained weights; offline: from the local cache) "
+                                              "| a local weights file | none (random).")] = CamConfig.dino_weights,
+    sgc_segments: Annotated[int, typer.Option(help="caa+sgc: SLIC superpixels per image.")] =
+        CamConfig.sgc_segments,
+    sgc_clusters: Annotated[int, typer.Option(help="caa+sgc: K-means groups of superpixels.")] =
+        CamConfig.sgc_clusters,
+    sgc_position: Annotated[float, typer.Option(help="caa+sgc: weight of superpixel position against colour in "
+                                                "K-means (0 = colour alone).")] = CamConfig.sgc_position,
     box_threshold: Annotated[float, typer.Option(help="CAA box threshold x max (VOC 0.4, COCO 0.7).")] =
         CamConfig.box_threshold,
     layer: Annotated[str, typer.Option(help="GradCAM activations: input (the last block's ln_1 output: CLIP-ES "
                                        "and VPL, the paper's) | output (the last block's output tokens).")] =
         CamConfig.layer,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature [default: the prototypes "
-                                                         "file's: 1/logit_scale for text, tau_I for vision].",
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature, at least "
+                                                         f"{MIN_TEMPERATURE:g} [default: the prototypes file's: "
+                                                         "1/logit_scale for text, tau_I for vision].",
                                                          show_default=False)] = CamConfig.temperature,
+    attention_blocks: Annotated[Optional[int], typer.Option(help="Last blocks whose attention CAA averages; 1 = "
+                                                            "the last block alone [default: an extract folder's own "
+                                                            f"--attention-blocks; {CAM_ATTENTION_BLOCKS} on a "
+                                                            "dataset].", show_default=False)] =
+        CamConfig.attention_blocks,
     parity: Annotated[str, typer.Option(help="none | clip-es (reproduce CLIP-ES's arithmetic; an extract folder "
                                         "must be made with --parity clip-es too).")] = CamConfig.parity,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
                                                        "(docs/file-formats.md).")] = None,
+    shard: Shard = "0/1",
     device: Device = _R.device,
     precision: Precision = _R.precision,
+    batch_size: BatchSize = _R.batch_size,
     workers: Workers = _R.workers,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
@@ -199,10 +224,14 @@ def cam_cmd(
     """
     from ..cam import run_cam
 
-    cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer)
+    cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer,
+                    attention_blocks=attention_blocks, affinity=affinity, affinity_weight=affinity_weight,
+                    dino_model=dino_model, dino_weights=dino_weights, sgc_segments=sgc_segments,
+                    sgc_clusters=sgc_clusters, sgc_position=sgc_position)
     with progress("cam") as (on_start, on_item):
-        s = run_cam(source, prototypes, out, cfg, runtime(device, precision, workers=workers, overwrite=overwrite),
-                    split=split, overlays=save_overlays, debug=save_debug, on_item=on_item, on_start=on_start)
+        s = run_cam(source, prototypes, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
+                    split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
+                    on_start=on_start)
     say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
 
 
@@ -257,8 +286,7 @@ def learn_prototypes_cmd(
                                 regularization=regularization, bg_exponent=bg_exponent,
                                 pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb)
     with progress("learn-prototypes", unit="iterations") as (on_start, on_item):
-        on_start(iters + 1)
-        s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device),
+        s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device), on_start=on_start,
                                  on_iter=lambda i, loss: on_item(1), plot=plot)
     before, after = s["gap_before"], s["gap_after"]
     say(f"[green]✓[/] learn-prototypes: {s['n_pixels']} pixels, {iters} iterations in {s['seconds']:.1f}s; "

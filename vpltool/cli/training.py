@@ -11,11 +11,13 @@ from ..config import DECODER_RECIPES, DecoderConfig, EvalConfig, PredictConfig
 from . import app
 from .common import (
     _R,
+    BatchSize,
     Device,
     LogFile,
     OutDir,
     Overwrite,
     Precision,
+    Shard,
     Split,
     Verbose,
     Workers,
@@ -26,6 +28,7 @@ from .common import (
     runtime,
     say,
 )
+from .common import shard as shard_of
 
 _D = DecoderConfig()
 _P = PredictConfig()
@@ -120,10 +123,10 @@ def train_decoder_cmd(
                          crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed)
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
-        on_start(cfg.iters)
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
-                              resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1))
+                              resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1),
+                              on_start=on_start)
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     terms = "CE + RSC" + (" + CMPA" if cfg.lambda_proto > 0 else "")
     loss = "" if s.loss is None else \
@@ -154,8 +157,11 @@ def predict_cmd(
                                                    "prototypes from the decoder's CLIP (its training templates and "
                                                    "background words) [default: the decoder's classes].",
                                                    show_default=False)] = None,
+    shard: Shard = "0/1",
     device: Device = _R.device,
     precision: Precision = _R.precision,
+    batch_size: BatchSize = _R.batch_size,
+    workers: Workers = _R.workers,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -172,9 +178,9 @@ def predict_cmd(
                         long_side=long_side, crf=crf, max_tokens=max_tokens,
                         classes=None if classes is None else parse_class_names(classes))
     with progress("predict") as (on_start, on_item):
-        s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, overwrite=overwrite),
-                        overlays=save_overlays, on_item=on_item, on_start=on_start)
-    say(f"[green]✓[/] predict: {s.done} masks, {s.skipped} already done → {out}")
+        s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
+                        overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)
+    say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
 
 
 @app.command("eval")

@@ -7,18 +7,21 @@ folder they downloaded. Layouts are described in docs/datasets.md. Torch-free.
 
 import os
 from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..config import MIN_IMAGE_SIDE
 from ..errors import ContractError, VplError
-from ..io import recorded_dataset_identity, stage_record_path
+from ..io import mask_size, recorded_dataset_identity, stage_record_path
 from .coco import is_coco_root, open_coco
-from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item
+from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
 from .folder import open_folder
 from .manifest import open_manifest, write_manifest
 from .voc import find_voc_root, open_voc
 
-__all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "open_dataset", "open_recorded",
-           "write_manifest"]
+__all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "check_sizes", "open_dataset",
+           "open_recorded", "recorded_folders", "write_manifest"]
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -80,6 +83,21 @@ def open_recorded(folder: str | os.PathLike, split: str | None = None) -> Datase
     return open_dataset(ident["root"], split or ident.get("split"))
 
 
+def recorded_folders(folder: str | os.PathLike) -> list[Path]:
+    """The data folders of the dataset a stage folder records (:meth:`Dataset.folders`), for the output guard;
+    from the layout alone (no file read) except for a manifest; empty when nothing is recorded or it is gone."""
+    ident = recorded_dataset_identity(folder) if Path(folder).is_dir() else None
+    if not isinstance(ident, dict) or not ident.get("root") or not Path(ident["root"]).exists():
+        return []
+    root = Path(ident["root"])
+    if ident.get("kind") != "manifest":
+        return layout_folders(str(ident.get("kind")), root)
+    try:
+        return open_manifest(root).folders()
+    except VplError:
+        return []
+
+
 def _check_items(dataset: Dataset) -> None:
     where = f"{dataset.root}" + (f" (split {dataset.split!r})" if dataset.split else "")
     if not dataset.items:
@@ -87,3 +105,28 @@ def _check_items(dataset: Dataset) -> None:
     ids = Counter(item.id for item in dataset.items)
     if (dup := next((i for i, n in ids.items() if n > 1), None)) is not None:
         raise VplError(f"{where}: duplicate id {dup!r}; ids (file stems) must be unique, rename or drop one")
+
+
+def check_sizes(items: Sequence[Item], sizes: Sequence[tuple[int, int]], workers: int = 1) -> None:
+    """What a stage checks from the headers before it loads a model (a bad image fails in a second, not mid-run).
+
+    Args:
+        items: the images about to be processed.
+        sizes: ``(H, W)`` of each item's image, as :func:`vpltool.io.image_size` reads it.
+        workers: threads reading the ground-truth masks' headers.
+
+    Raises:
+        VplError: an image smaller than ``MIN_IMAGE_SIDE`` on a side (a 1x1 thumbnail: its CAM would say nothing),
+            or a ground-truth mask of another size than its image (once caught only by `eval`, the last stage).
+    """
+    for item, (h, w) in zip(items, sizes):
+        if min(h, w) < MIN_IMAGE_SIDE:
+            raise VplError(f"{item.image}: {h}x{w} pixels, too small to segment (at least {MIN_IMAGE_SIDE} pixels a "
+                           "side, one CLIP patch); remove it from the split or use the full-size image")
+    with_gt = [(item, tuple(size)) for item, size in zip(items, sizes) if item.gt is not None and item.gt.is_file()]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        gt_sizes = list(pool.map(lambda pair: mask_size(pair[0].gt), with_gt))
+    for (item, size), gt in zip(with_gt, gt_sizes):
+        if gt != size:
+            raise ContractError(f"{item.gt}: ground truth of image {item.id!r} is {gt[0]}x{gt[1]} but the image is "
+                                f"{size[0]}x{size[1]}; a GT mask must have its image's size: fix or remove the mask")

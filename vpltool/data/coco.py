@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ContractError, VplError
 from ..presets import BACKGROUND, COCO_CLASSES
-from .common import IMAGE_EXTS, Dataset, Item, index_files, missing_image, read_lines
+from .common import IMAGE_EXTS, Dataset, Item, check_id, index_files, missing_image, read_lines, warn_unlabelled
 
 # --------------------------------------------------------------------------------------------- COCO
 _COCO_IMAGE_DIRS = ("JPEGImages", "train2014", "val2014")
@@ -51,9 +51,10 @@ def open_coco(root: Path, split: str, labels_file: Path | None) -> Dataset:
             raise VplError(f"{listing}: image {name!r} is listed twice; keep one line per image")
         seen.add(key)
         if key not in images:
-            raise missing_image(listing, Path(name).stem, " or ".join(f"{d}/" for d in dirs))
+            raise missing_image(listing, Path(name).stem, [root / d for d in dirs])
         labels = _coco_labels(ids, listing, name)
-        items.append(Item(images[key].stem, images[key], labels, masks.get(key)))
+        items.append(Item(check_id(images[key].stem, listing), images[key], labels, masks.get(key)))
+    warn_unlabelled(items, listing)
     return Dataset("coco", root, split, (BACKGROUND, *COCO_CLASSES), items, "coco")
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
+import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ContractError, VplError
+from ..errors import ContractError, VplError, VplWarning
+from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -28,6 +32,15 @@ class Item:
     image: Path
     labels: tuple[int, ...]
     gt: Path | None = None  # ground-truth mask PNG (0 = background, 1..C, 255 = ignore) if known
+
+    def stamp(self) -> list[Any] | None:
+        """``[file name, bytes, modification time ns]`` of the image (None if it cannot be read): what tells a
+        replaced image from the one an item was made from, without reading a pixel."""
+        try:
+            st = os.stat(self.image)
+        except OSError:
+            return None
+        return [self.image.name, st.st_size, st.st_mtime_ns]
 
 
 @dataclass
@@ -49,6 +62,21 @@ class Dataset:
                 "split": None if self.kind == "manifest" else self.split, "n_items": len(self.items),
                 "classes_sha": "sha256:" + classes_sha}  # fmt: skip
 
+    def items_sha(self) -> str:
+        """A digest of every item's id, labels and image file (name, size, modification time): stage records keep
+        it (``inputs.items``) so that a resume notices replaced images or changed labels without reading a pixel
+        (one ``stat`` per image)."""
+        h = hashlib.sha256()
+        for item in self.items:
+            h.update(json.dumps([item.id, list(item.labels), item.stamp()]).encode() + b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def folders(self) -> list[Path]:
+        """The folders this dataset's files live in (images, masks, annotations): no output may go there."""
+        found = {item.image.parent for item in self.items} | {item.gt.parent for item in self.items if item.gt}
+        found |= set(layout_folders(self.kind, Path(self.root)))
+        return sorted(found)
+
     def shard(self, index: int, count: int) -> Dataset:
         """Every ``count``-th item starting at ``index`` (``--shard index/count``); interleaved so shards are even."""
         if count < 1 or not 0 <= index < count:
@@ -57,6 +85,14 @@ class Dataset:
 
     def by_id(self) -> dict[str, Item]:
         return {item.id: item for item in self.items}
+
+
+def layout_folders(kind: str, root: Path) -> list[Path]:
+    """The data folders of a dataset layout under ``root`` (none for a manifest: its items name theirs)."""
+    names = {"folder": ("images", "masks"),
+             "voc": ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "Annotations", "ImageSets"),
+             "coco": ("JPEGImages", "train2014", "val2014", "SegmentationClass")}.get(kind, ())
+    return [root / name for name in names]
 
 
 def index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = False) -> dict[Any, Path]:
@@ -110,6 +146,46 @@ def read_lines(path: Path) -> list[str]:
     return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
 
 
+def read_classes_txt(path: Path) -> tuple[str, ...]:
+    """``classes.txt``: one class name per line, 'background' (class 0) first or left out (then prepended).
+
+    On any other line 'background' is refused (prepending it once more gave ``[background, ..., background]``, and
+    moving it would shift every mask value), and so is a name listed twice.
+    """
+    names = read_lines(path)
+    if len(set(names)) != len(names):
+        raise VplError(f"{path}: a class name is listed twice; keep one line per class")
+    if BACKGROUND in names[1:]:
+        raise VplError(f"{path}: 'background' is on line {names.index(BACKGROUND) + 1}; it is class 0, so put it "
+                       "on the first line (mask value 0) or leave it out (it is then added as class 0)")
+    names = names if names and names[0] == BACKGROUND else [BACKGROUND, *names]
+    if len(names) < 2:
+        raise VplError(f"{path}: no classes; list one class name per line")
+    return tuple(names)
+
+
+def names_to_labels(
+    names: Iterable[str], fg: Sequence[str], source: Path, image_id: str | None = None, *,
+    fix: str = "fix the name",
+) -> tuple[int, ...]:  # fmt: skip
+    """Class names -> indices 1..C (``fg`` = the classes without background), unique, in order of first appearance.
+
+    ``fix`` ends the message for an unknown name (what the user edits for this layout); a name that matches a class
+    but for its case says which.
+    """
+    index = {name: i + 1 for i, name in enumerate(fg)}
+    labels: list[int] = []
+    for name in names:
+        if name not in index:
+            where = f" (id {image_id!r})" if image_id is not None else ""
+            near = next((c for c in fg if c.casefold() == name.casefold()), None)
+            hint = f"; did you mean {near!r}? (names are case-sensitive)" if near is not None else ""
+            raise VplError(f"{source}: unknown class {name!r}{where}{hint}; expected one of {', '.join(fg[:5])}"
+                           f"{', ...' if len(fg) > 5 else ''}; {fix}")
+        labels.append(index[name])
+    return tuple(dict.fromkeys(labels))  # unique, order of first appearance
+
+
 def split_ids(listing: Path) -> list[str]:
     """The ids of a split file, each once: an id listed twice is an error naming this file (not the dataset)."""
     ids = [split_id(line) for line in read_lines(listing)]
@@ -119,9 +195,79 @@ def split_ids(listing: Path) -> list[str]:
     return ids
 
 
-def missing_image(listing: Path, image_id: str, where: Path | str) -> VplError:
-    return VplError(f"{listing}: image for id {image_id!r} not found in {where}; restore it or drop the id")
+def check_id(image_id: str, source: Path | str) -> str:
+    """``image_id`` unchanged if it is a plain file name; a VplError naming ``source`` (the file that lists it)
+    otherwise.
+
+    Ids are data, not paths: every per-image output is ``<out>/<id>.<ext>``, so an id holding a path separator or
+    ``..`` would write outside the output folder, a leading dot would hide the file (and ``..``), and a control
+    character (a newline, a NUL) makes a name no tool shows faithfully. Every dataset reader calls this before
+    anything is written.
+    """
+    why = ("is empty" if not image_id else
+           "holds a path separator" if "/" in image_id or "\\" in image_id or (os.altsep or "/") in image_id else
+           "starts with a dot" if image_id.startswith(".") else
+           "holds a control character" if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in image_id) else None)
+    if why is not None:
+        raise VplError(f"{source}: id {image_id!r} {why}; ids name the output files (<out>/<id>.<ext>), so they must "
+                       "be plain file names: rename the image (and its label row)")
+    return image_id
+
+
+def missing_image(listing: Path, image_id: str, where: Path | str | Sequence[Path]) -> VplError:
+    """The one-line error for an id whose image is not in ``where`` (a folder, or the folders searched in order).
+
+    When a file of that id is there with an extension vpltool does not decode (``.gif``, ``.tif``), or the id was
+    written with its extension (``a.png``), the message says so instead of "not found".
+    """
+    folders = [where] if isinstance(where, (str, Path)) else list(where)
+    for folder in (Path(f) for f in folders):
+        if (hint := _image_hint(folder, image_id)) is not None:
+            return VplError(f"{listing}: {hint}")
+    shown = " or ".join(f"{f}/" for f in folders) if len(folders) > 1 else f"{folders[0]}"
+    return VplError(f"{listing}: image for id {image_id!r} not found in {shown}; restore it or drop the id")
+
+
+def _image_hint(folder: Path, image_id: str) -> str | None:
+    """Why ``image_id`` has no image in ``folder`` although something close is there; None if nothing is."""
+    stem, ext = os.path.splitext(image_id)
+    if ext.lower() in IMAGE_EXTS and stem and any((folder / f"{stem}{e}").is_file() for e in _EXT_VARIANTS):
+        return (f"id {image_id!r} is written with its extension; ids are file stems: write {stem!r} "
+                f"(the image is {folder / stem}.*)")
+    try:
+        others = sorted(p for p in folder.glob(glob.escape(image_id) + ".*") if p.stem == image_id and p.is_file())
+    except OSError:
+        return None
+    if others:
+        found = others[0]
+        return (f"image for id {image_id!r} is {found}, and {found.suffix or 'that'} images are not supported; "
+                f"convert it to one of {', '.join(IMAGE_EXTS)}")
+    return None
+
+
+_EXT_VARIANTS = tuple(dict.fromkeys(e for ext in IMAGE_EXTS for e in (ext, ext.upper())))
+
 
 def split_id(line: str) -> str:
-    """'2007_000032' or the old '/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png' form."""
-    return Path(line.split()[0]).stem
+    """The id a split-file line names, kept whole: '2007_000032', 'img.v2', 'chat noir' (dots and spaces are part
+    of an id). A line with a '/' is the old VOC form '/JPEGImages/2007_000032.jpg /SegmentationClassAug/....png':
+    its id is the image's file name without an image extension (paths may hold spaces too)."""
+    if "/" not in line:
+        return line
+    image = re.split(r"\s+(?=\S*/)", line, maxsplit=1)[0]  # the mask path starts at the next word with a '/'
+    name = image.rstrip("/").rsplit("/", 1)[-1]
+    stem, ext = os.path.splitext(name)
+    return stem if ext.lower() in IMAGE_EXTS and stem else name
+
+
+def warn_unlabelled(items: Sequence[Item], source: Path | str) -> None:
+    """A :class:`VplWarning` naming the images without any label (read as background only: often a typo, or
+    an annotation whose objects were lost)."""
+    empty = [it.id for it in items if not it.labels]
+    if not empty:
+        return
+    n = len(empty)
+    shown = ", ".join(empty[:5]) + (f" (+{n - 5} more)" if n > 5 else "")
+    warnings.warn(VplWarning(f"{n} image{'s have' if n > 1 else ' has'} no labels: {shown} ({source}); "
+                             f"{'they are' if n > 1 else 'it is'} read as background only, check "
+                             f"{'their' if n > 1 else 'its'} labels"), stacklevel=3)

@@ -11,7 +11,7 @@ from ..config import IGNORE_INDEX
 from ..errors import ContractError
 from ..io import files, read_json
 from ..presets import BACKGROUND, preset_for
-from .common import MANIFEST_FORMAT, Dataset, Item, missing_image
+from .common import MANIFEST_FORMAT, Dataset, Item, check_id, missing_image, warn_unlabelled
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -24,16 +24,26 @@ def open_manifest(path: Path) -> Dataset:
     if not isinstance(classes, list) or len(classes) < 2 or classes[0] != BACKGROUND or \
             not all(isinstance(c, str) for c in classes):
         raise ContractError(f"{path}: 'classes' must list 'background' first, then the classes")
+    if BACKGROUND in classes[1:] or len(set(classes)) != len(classes):  # two rows, or two classes, of one name
+        raise ContractError(f"{path}: 'classes' names a class twice or 'background' after the first entry; keep "
+                            "each name once, 'background' first")
     items = [_manifest_item(path, raw, len(classes)) for raw in data.get("items", [])]
+    warn_unlabelled(items, path)
     return Dataset("manifest", path, data.get("split"), tuple(classes), items, preset_for(classes))
 
 
 def _manifest_item(path: Path, raw: Any, n_classes: int) -> Item:
     try:
-        image_id, image, labels = str(raw["id"]), path.parent / raw["image"], tuple(int(i) for i in raw["labels"])
+        image_id, image, labels = str(raw["id"]), path.parent / raw["image"], raw["labels"]
         gt = path.parent / raw["gt"] if raw.get("gt") else None
     except (KeyError, TypeError, ValueError) as e:
         raise ContractError(f"{path}: bad item {str(raw)[:80]} ({e!r}); items need id, image, labels") from None
+    # a string is iterable: "12" once became the labels [1, 2]; a float or a bool is not a class index either
+    if not isinstance(labels, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in labels):
+        raise ContractError(f"{path}: item {image_id!r} has 'labels' {json.dumps(labels)[:40]}; it must be a list "
+                            "of class indices (ints), e.g. [1, 3]")
+    labels = tuple(labels)
+    check_id(image_id, path)
     if any(not 1 <= i < n_classes for i in labels):
         raise ContractError(f"{path}: item {image_id!r} has labels {list(labels)} outside 1..{n_classes - 1}")
     if not image.is_file():

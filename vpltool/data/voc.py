@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ContractError, VplError
-from ..presets import BACKGROUND, VOC_CLASSES
-from .common import IMAGE_EXTS, Dataset, Item, index_files, missing_image, split_ids
+from ..presets import BACKGROUND, VOC_CLASSES, preset_for
+from .common import (
+    IMAGE_EXTS,
+    Dataset,
+    Item,
+    check_id,
+    index_files,
+    missing_image,
+    names_to_labels,
+    read_classes_txt,
+    split_ids,
+    warn_unlabelled,
+)
 
 
 # --------------------------------------------------------------------------------------------- VOC
@@ -34,8 +45,15 @@ def split_file(folder: Path, split: str) -> Path:
 
 
 def open_voc(root: Path, split: str, labels_file: Path | None, allow_pickle: bool) -> Dataset:
+    """A VOC root; its classes are the 20 VOC classes, or the lines of ``<root>/classes.txt`` when it has one (a
+    VOC-layout dataset of other classes, such as ``make-world --layout voc``)."""
     listing = split_file(root / "ImageSets" / "Segmentation", split)
     ids = split_ids(listing)
+    classes_txt = root / "classes.txt"
+    classes = read_classes_txt(classes_txt) if classes_txt.is_file() else (BACKGROUND, *VOC_CLASSES)
+    fix = (f"fix the name or add it to {classes_txt}" if classes_txt.is_file() else
+           f"fix the name, or list this dataset's classes in {classes_txt} (one per line; without it a VOC root "
+           "has the 20 VOC classes)")
     images = index_files(root / "JPEGImages", IMAGE_EXTS)
     # SBD-augmented masks win: they exist for all of train_aug, SegmentationClass only for train/val
     masks = index_files(root / "SegmentationClass", (".png",))
@@ -43,18 +61,19 @@ def open_voc(root: Path, split: str, labels_file: Path | None, allow_pickle: boo
     npy = _read_cls_labels(labels_file, allow_pickle) if labels_file is not None else None
     items = []
     for image_id in ids:
+        check_id(image_id, listing)
         if image_id not in images:
             raise missing_image(listing, image_id, root / "JPEGImages")
         if npy is not None:
-            labels = _npy_labels(npy, image_id, labels_file)
+            labels = _npy_labels(npy, image_id, labels_file, len(classes) - 1)
         else:
-            labels = _xml_labels(root / "Annotations" / f"{image_id}.xml")
+            labels = _xml_labels(root / "Annotations" / f"{image_id}.xml", classes[1:], fix)
         items.append(Item(image_id, images[image_id], labels, masks.get(image_id)))
-    classes = (BACKGROUND, *VOC_CLASSES)
-    return Dataset("voc", root, split, classes, items, "voc")
+    warn_unlabelled(items, labels_file or root / "Annotations")
+    return Dataset("voc", root, split, classes, items, preset_for(classes))
 
 
-def _xml_labels(xml: Path) -> tuple[int, ...]:
+def _xml_labels(xml: Path, fg: Sequence[str], fix: str) -> tuple[int, ...]:
     """Class indices of every <object> (difficult ones included), in order of first appearance."""
     try:
         tree = ET.parse(xml)
@@ -64,21 +83,7 @@ def _xml_labels(xml: Path) -> tuple[int, ...]:
     except ET.ParseError as e:
         raise ContractError(f"{xml}: not valid XML ({e}); re-download Annotations/") from None
     names = [(obj.findtext("name") or "").strip() for obj in tree.getroot().findall("object")]
-    return names_to_labels(names, VOC_CLASSES, xml)
-
-
-def names_to_labels(
-    names: Iterable[str], fg: Sequence[str], source: Path, image_id: str | None = None
-) -> tuple[int, ...]:
-    index = {name: i + 1 for i, name in enumerate(fg)}
-    labels: list[int] = []
-    for name in names:
-        if name not in index:
-            where = f" (id {image_id!r})" if image_id is not None else ""
-            raise VplError(f"{source}: unknown class {name!r}{where}; expected one of {', '.join(fg[:5])}, ...; "
-                           "fix the name or add it to classes.txt")  # fmt: skip
-        labels.append(index[name])
-    return tuple(dict.fromkeys(labels))  # unique, order of first appearance
+    return names_to_labels(names, fg, xml, fix=fix)
 
 
 def _read_cls_labels(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
@@ -103,10 +108,11 @@ def _read_cls_labels(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
     return {str(k).replace("_", ""): np.asarray(v) for k, v in table.items()}
 
 
-def _npy_labels(table: dict[str, np.ndarray], image_id: str, path: Path) -> tuple[int, ...]:
+def _npy_labels(table: dict[str, np.ndarray], image_id: str, path: Path, n_fg: int) -> tuple[int, ...]:
     row = table.get(image_id.replace("_", ""))
     if row is None:
         raise VplError(f"{path}: no labels for id {image_id!r}; use a labels file made for this split")
-    if row.shape != (len(VOC_CLASSES),):
-        raise ContractError(f"{path}: labels of {image_id!r} have shape {row.shape}, expected ({len(VOC_CLASSES)},)")
+    if row.shape != (n_fg,):
+        raise ContractError(f"{path}: labels of {image_id!r} have shape {row.shape}, expected ({n_fg},), one per "
+                            "class")
     return tuple(int(i) + 1 for i in np.flatnonzero(row > 0))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import at_least, choice, fraction, require
+from ..config import at_least, choice, fraction, require, seed_value
 
 CAPTION_STYLES = ("names", "detailed")
 POOLS = ("mean", "cls", "both")
 LOSSES = ("multi", "infonce")
 LAYOUTS = ("folder", "voc")
+MAX_SIZE = 2048  # scene side: 100000 asked for a 37 GiB array and died with a MemoryError traceback
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class ToyClipConfig:
 
     def __post_init__(self) -> None:
         at_least("--steps", self.steps, 1)
+        seed_value("--seed", self.seed)
         at_least("--batch-size", self.batch_size, 2)
         at_least("--layers", self.layers, 2)
         at_least("--threads", self.threads, 0)
@@ -81,5 +83,8 @@ class WorldConfig:
         at_least("--train", self.train, 1)
         at_least("--val", self.val, 0)
         at_least("--size", self.size, 32, why=" pixels")
+        require(self.size <= MAX_SIZE, f"--size {self.size}: must be at most {MAX_SIZE} pixels (a scene is drawn "
+                "in memory, ~40 bytes per pixel; the toy CLIP is trained at 96)")
+        seed_value("--seed", self.seed)
         fraction("--distractors", self.distractors)
         choice("--layout", self.layout, LAYOUTS)

@@ -17,7 +17,8 @@ from PIL import Image
 
 from .. import io
 from ..errors import VplError
-from .config import LAYOUTS
+from ..presets import BACKGROUND
+from .config import LAYOUTS, WorldConfig
 from .scenes import CLASSES, Scene, SceneConfig, check_config, generate_scenes, split_seed
 
 STAGE = "make-world"
@@ -71,8 +72,8 @@ def _is_complete(out: Path, params: dict) -> bool:
     record = io.stage_record_path(out)
     if not record.is_file():
         return False
-    old = io.read_json(record)
-    return old.get("stage") == STAGE and old.get("params") == json.loads(json.dumps(params))
+    old = io.read_record(record)
+    return old["stage"] == STAGE and old["params"] == json.loads(json.dumps(params))
 
 
 def write_dataset(
@@ -82,7 +83,8 @@ def write_dataset(
     """Render a train and a val split to ``out`` and record the run in ``_stage.json`` (written last).
 
     Layouts:
-        folder: ``images/<id>.png``, ``masks/<id>.png``, ``labels.csv`` (``id,labels``, names ';'-separated),
+        folder: ``images/<id>.png``, ``masks/<id>.png``, ``labels.csv`` (``id,labels``, names ';'-separated,
+            ``background`` for a scene with no objects),
             ``splits/{train,val}.txt``.
         voc: ``JPEGImages/<id>.jpg`` (quality 95), ``Annotations/<id>.xml``, ``SegmentationClassAug/<id>.png``,
             ``ImageSets/Segmentation/{train,val}.txt``.
@@ -94,6 +96,8 @@ def write_dataset(
     if layout not in LAYOUTS:
         raise VplError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     check_config(cfg)
+    # the CLI's bounds (WorldConfig) for a library caller too, before the folder and its lock exist
+    WorldConfig(train=max(n_train, 1), val=n_val, seed=seed, size=cfg.size, layout=layout)
     out = Path(out)
     params = {"n_train": n_train, "n_val": n_val, "seed": seed, "layout": layout, **asdict(cfg)}
     if not overwrite and _is_complete(out, params):
@@ -106,7 +110,8 @@ def write_dataset(
             for sid, scene in zip(ids, generate_scenes(n, split_seed(seed, split), cfg)):
                 _write_item(out, sid, scene, layout)
                 captions[sid] = scene.caption
-                rows.append(f"{sid}," + ";".join(CLASSES[c] for c in scene.labels))
+                # an empty scene says so ('background' alone), so that the reader does not warn about a lost label
+                rows.append(f"{sid}," + (";".join(CLASSES[c] for c in scene.labels) or BACKGROUND))
             _write_text(out / ("splits" if layout == "folder" else "ImageSets/Segmentation") / f"{split}.txt", ids)
         _write_text(out / "classes.txt", CLASSES[: cfg.n_classes + 1])
         io.write_json(out / "captions.json", captions)

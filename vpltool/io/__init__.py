@@ -5,6 +5,7 @@
 * :mod:`~vpltool.io.kinds`: ``features``, ``prototypes``, ``cam``, ``cam-debug``, one reader and one writer each.
 * :mod:`~vpltool.io.training`: ``decoder`` and ``decoder-checkpoint``.
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
+* :mod:`~vpltool.io.guard`: the one check of every path a stage writes (:func:`check_outputs`).
 * :mod:`~vpltool.io.stage`: stage folders (lock, run and completion records, resume) and the dataset they record
   (:func:`vpltool.data.open_recorded` reopens it).
 
@@ -27,11 +28,13 @@ from .files import (
     write_json,
     write_log,
 )
+from .guard import SIDE_RECORD, check_outputs, folder_owner
 from .images import (
     MASK_SUFFIX,
     image_size,
     load_image,
     mask_path,
+    mask_size,
     read_mask,
     voc_palette,
     write_chart,
@@ -49,7 +52,9 @@ from .kinds import (
     cam_path,
     feature_path,
     features_header,
+    features_meta,
     item_ids,
+    prototypes_meta,
     read_cam,
     read_cam_debug,
     read_features,
@@ -74,12 +79,27 @@ from .stage import (
     item_done,
     output_lock,
     prepare_stage_dir,
+    read_record,
     read_stage_record,
+    record_stage,
     recorded_dataset_identity,
+    recorded_ids,
+    shard_lock,
     stage_record_path,
+    write_side_record,
     write_stage_record,
 )
-from .tensors import FORMAT_VERSION, TensorFile, check_finite, read_header, read_tensors, write_tensors
+from .tensors import (
+    FORMAT_VERSION,
+    TensorFile,
+    check_finite,
+    header_classes,
+    read_header,
+    read_tensors,
+    save_tensor_file,
+    tensor_file_bytes,
+    write_tensors,
+)
 from .training import (
     CHECKPOINT_KIND,
     DECODER_KIND,
@@ -93,15 +113,17 @@ __all__ = [
     "append_line", "append_log", "atomic_path", "check_folder_target", "check_writable_target", "file_identity",
     "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
     "MASK_SUFFIX", "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
-    "write_png",
+    "write_png", "mask_size",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
-    "cam_path", "feature_path", "features_header", "item_ids", "read_cam", "read_cam_debug", "read_features",
-    "read_prototypes", "same_model", "token_dtype", "upsample_maps", "write_cam", "write_cam_debug", "write_features",
-    "write_prototypes",
+    "cam_path", "feature_path", "features_header", "features_meta", "item_ids", "read_cam", "read_cam_debug",
+    "read_features", "read_prototypes", "prototypes_meta", "same_model", "token_dtype", "upsample_maps", "write_cam",
+    "write_cam_debug", "write_features", "write_prototypes",
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
-    "output_lock", "prepare_stage_dir", "read_stage_record", "recorded_dataset_identity",
-    "stage_record_path", "write_stage_record",
-    "FORMAT_VERSION", "TensorFile", "check_finite", "read_header", "read_tensors", "write_tensors",
+    "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
+    "recorded_dataset_identity", "shard_lock", "stage_record_path", "write_stage_record", "recorded_ids",
+    "write_side_record", "SIDE_RECORD", "check_outputs", "folder_owner",
+    "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
+    "save_tensor_file", "tensor_file_bytes", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
 ]  # fmt: skip

@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from ..errors import ContractError, VplError
+from ..errors import ContractError, VplError, VplWarning
 from . import files
 
 MASK_SUFFIX = ".png"
@@ -95,7 +97,34 @@ _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def _unreadable(path: Path, e: Exception) -> ContractError:
+    if isinstance(e, Image.DecompressionBombError):
+        return _too_many_pixels(path, e)
     return ContractError(f"{path}: unreadable image ({e}); re-download or remove it from the split")
+
+
+def _too_many_pixels(path: Path, e: Exception) -> ContractError:
+    """Pillow refuses to decode an image of more than ``2 * Image.MAX_IMAGE_PIXELS`` pixels (a decompression-bomb
+    guard): the file is fine, only too large, so say so (re-downloading cannot help)."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(e))
+    pixels, limit = (int(found.group(1)), int(found.group(2))) if found else (None, 2 * (Image.MAX_IMAGE_PIXELS or 0))
+    size = f"{pixels / 1e6:.0f} megapixels, " if pixels else ""
+    return ContractError(f"{path}: {size}more than the {limit / 1e6:.0f} megapixels an image may have (Pillow's "
+                         "decompression-bomb guard); shrink the file itself, e.g. to 4000 pixels on its long side "
+                         "(--max-side resizes an image only after it is decoded)")
+
+
+def mask_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` of a mask PNG from its header (a ground-truth mask is checked against its image this way before
+    a model loads). Raises VplError / ContractError as :func:`read_mask`."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except FileNotFoundError:
+        raise VplError(f"{path}: mask file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ContractError(f"{path}: unreadable mask ({e}); re-create it") from None
+    return height, width
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -132,7 +161,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, inside the try, not later in a worker
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            rgb = _to_rgb(ImageOps.exif_transpose(img), path)
     except FileNotFoundError:
         raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -142,13 +171,19 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return rgb
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """``[H, W, 3]`` uint8 from a PIL image of any mode."""
+def _to_rgb(img: Image.Image, path: Path | None = None) -> np.ndarray:
+    """``[H, W, 3]`` uint8 from a PIL image of any mode; a :class:`VplWarning` naming ``path`` when the image is
+    fully transparent (it decodes to black)."""
     if img.mode.startswith("I") or img.mode == "F":
         gray = _to_uint8(np.asarray(img), img.mode)  # [H, W]
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)  # [H, W, 4]
+        if path is not None and rgba.size and rgba[:, :, 3].max() == 0:
+            # kept (it is a valid image) but said: a blank export or a mask saved as a photo, not a picture
+            warnings.warn(VplWarning(f"{path}: fully transparent (alpha 0 in every pixel), so it decodes to a black "
+                                     "image; remove it from the split, or save it without its alpha channel if its "
+                                     "colours are the picture"), stacklevel=2)
         # composite on black: colour * alpha, so hidden pixels (alpha 0) are black, not their stored colour
         return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContractError
+from .stage import recorded_ids
 from .tensors import TensorFile, check_finite, read_header, read_tensors, write_tensors
 
 FEATURES_KIND = "features"
@@ -36,8 +37,9 @@ def cam_path(folder: str | os.PathLike, item_id: str) -> Path:
 
 
 def item_ids(folder: str | os.PathLike) -> list[str]:
-    """Sorted ids of the per-image tensor files in a stage folder (temporary files excluded)."""
-    return sorted(p.stem for p in Path(folder).glob(f"*{TENSOR_SUFFIX}") if not p.name.startswith("."))
+    """Sorted ids of the per-image tensor files of a finished stage folder, from its record
+    (:func:`vpltool.io.recorded_ids`: a stray ``.safetensors`` is no item, a missing item is an error)."""
+    return recorded_ids(folder, TENSOR_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -111,6 +113,21 @@ def features_header(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[int
     return tuple(int(c) for c in json.loads(head.get("vpltool.labels", "[]"))), tuple(json.loads(head["vpltool.grid"]))
 
 
+def features_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """What a stage plans a batch with, from a features file's header alone (no tensor read): ``labels``,
+    ``grid`` ``(h, w)``, ``image_size`` / ``input_size`` ``(H, W)`` and ``n_prev`` (attention blocks averaged before
+    the last)."""
+    head = read_header(path)
+    try:
+        meta = {k: json.loads(head[f"vpltool.{k}"]) for k in ("grid", "image_size", "input_size")}
+        labels = json.loads(head.get("vpltool.labels", "[]"))
+        n_prev = int(json.loads(head.get("vpltool.attention_blocks", "0")))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ContractError(f"{path}: metadata {e} missing or malformed; re-run `vpltool extract`") from None
+    return {"labels": tuple(int(c) for c in labels), "grid": tuple(meta["grid"]),
+            "image_size": tuple(meta["image_size"]), "input_size": tuple(meta["input_size"]), "n_prev": n_prev}
+
+
 # --------------------------------------------------------------------------------------------- prototypes
 class Prototypes:
     """A prototypes file: text prototypes (`text-prototypes`) or vision prototypes (`learn-prototypes`).
@@ -170,13 +187,56 @@ def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return (a.get("model"), a.get("pretrained", "none")) == (b.get("model"), b.get("pretrained", "none"))
 
 
+PROTOTYPE_SOURCES = {"text": "`vpltool text-prototypes`", "vision": "`vpltool learn-prototypes`"}
+
+
+def _bad_meta(f: TensorFile, key: str, what: str) -> ContractError:
+    raw = f.raw_meta.get(f"vpltool.{key}")
+    found = "missing" if raw is None else f"{raw if len(raw) <= 40 else raw[:40] + '…'!r}"
+    return ContractError(f"{f.path}: metadata 'vpltool.{key}' is {found}, not {what}; the file is damaged: re-create "
+                         "it with `vpltool text-prototypes` or `vpltool learn-prototypes`")
+
+
+def prototypes_meta(f: TensorFile) -> tuple[float, str, dict[str, Any], list[str]]:
+    """``(temperature, source, model, row_names)`` of a prototypes file, validated like its tensors: a finite
+    temperature > 0, a known source, the CLIP identity as a JSON object, N row names; ContractError otherwise.
+    Also 'background' first among the classes and nowhere else."""
+    import math
+
+    classes = f.classes
+    if classes[0] != "background" or "background" in classes[1:]:
+        raise _bad_meta(f, "classes", "a class list with 'background' first and nowhere else")
+    temperature = f.meta("temperature", None)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise _bad_meta(f, "temperature", "a finite number > 0")
+    source = f.meta("source", None)
+    if source not in PROTOTYPE_SOURCES:
+        raise _bad_meta(f, "source", f"one of {', '.join(PROTOTYPE_SOURCES)}")
+    model = f.meta("model", None)
+    if not isinstance(model, dict) or not isinstance(model.get("model"), str) \
+            or not isinstance(model.get("pretrained", "none"), str):
+        raise _bad_meta(f, "model", "a JSON object naming the CLIP (model, pretrained)")
+    row_names = f.meta("row_names", None)
+    if not isinstance(row_names, list) or not all(isinstance(n, str) for n in row_names) \
+            or len(row_names) != len(f["prototypes"]):
+        raise _bad_meta(f, "row_names", "a list of one name per prototype row")
+    return float(temperature), source, model, row_names
+
+
 def read_prototypes(path: str | os.PathLike, classes: Sequence[str] | None = None,
-                    dim: int | None = None, model: Mapping[str, Any] | None = None) -> Prototypes:
-    """Read a prototypes file; check classes, dimension, unit norms, one row per class and (given ``model``, the
-    identity recorded by the stage that made the features) the CLIP they were made with."""
+                    dim: int | None = None, model: Mapping[str, Any] | None = None,
+                    source: str | None = None, option: str = "--text") -> Prototypes:
+    """Read a prototypes file; check its metadata (:func:`prototypes_meta`), classes, dimension, unit norms, one
+    row per class and (given ``model``, the identity recorded by the stage that made the features) the CLIP they
+    were made with. ``source``: 'text' or 'vision' when only one will do (``option`` names where it was given)."""
     import torch
 
     f = read_tensors(path, kind=PROTOTYPES_KIND, classes=classes)
+    temperature, found_source, made_with, row_names = prototypes_meta(f)
+    if source is not None and found_source != source:
+        raise ContractError(f"{path}: holds {found_source} prototypes (its 'vpltool.source'), {option} expects "
+                            f"{source} prototypes: pass the output of {PROTOTYPE_SOURCES[source]}")
     vectors, row_class = f["prototypes"].float(), f["row_class"].long()
     check_finite(f.path, "prototypes", vectors)
     if vectors.ndim != 2 or row_class.shape != (vectors.shape[0],):
@@ -190,13 +250,12 @@ def read_prototypes(path: str | os.PathLike, classes: Sequence[str] | None = Non
         raise ContractError(f"{path}: needs exactly one row per class 1..{n_classes}; the file is damaged")
     if not torch.allclose(vectors.norm(dim=1), torch.ones(len(vectors)), atol=1e-3):
         raise ContractError(f"{path}: prototype rows are not unit-norm; the file is damaged")
-    made_with = f.meta("model")
     if model is not None and not same_model(made_with, model):
         raise ContractError(f"{path}: made with CLIP {made_with.get('model')} ({made_with.get('pretrained')}), but the "
                             f"features come from {model.get('model')} ({model.get('pretrained')}); make prototypes "
                             "with the same model")
-    return Prototypes(vectors, row_class, f.meta("row_names"), classes=f.classes, temperature=f.meta("temperature"),
-                      source=f.meta("source"), model=made_with, params=f.params, path=f.path)
+    return Prototypes(vectors, row_class, row_names, classes=f.classes, temperature=temperature,
+                      source=found_source, model=made_with, params=f.params, path=f.path)
 
 
 # --------------------------------------------------------------------------------------------- cam

@@ -53,13 +53,62 @@ def stage_record_path(folder: str | os.PathLike) -> Path:
 
 
 def write_stage_record(
-    folder: str | os.PathLike, stage: str, *, params: Mapping[str, Any], inputs: Mapping[str, Any], count: int,
+    folder: str | os.PathLike, stage: str, *, params: Mapping[str, Any], inputs: Mapping[str, Any] | None, count: int,
     **extra: Any,
 ) -> Path:
     """Write ``_stage.json`` last, atomically: the proof that every item of the folder is complete."""
     record = {"stage": stage, "vpltool": __version__, "format": FORMAT_VERSION, "params": dict(params),
-              "inputs": dict(inputs), "count": count, **extra}
+              "inputs": dict(inputs or {}), "count": count, **extra}
     return write_json(stage_record_path(folder), record)
+
+
+# what a record must hold, key -> (type, how the message says it); a record of another shape (valid JSON, but a list,
+# or keys missing) is refused in one line instead of failing later as an AttributeError / KeyError
+_RUN_KEYS = {"stage": (str, "a string"), "params": (dict, "an object")}
+_STAGE_KEYS = {**_RUN_KEYS, "inputs": (dict, "an object"), "count": (int, "an integer")}
+
+
+def _record_problem(record: Any, keys: Mapping[str, tuple[type, str]]) -> str | None:
+    """Why ``record`` is not a record with ``keys``, or None when it is."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key, (kind, what) in keys.items():
+        if key not in record:
+            return f"no '{key}'"
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            return f"'{key}' is not {what}"
+    dataset = record.get("inputs", {}).get("dataset") if isinstance(record.get("inputs"), dict) else None
+    if dataset is not None and not (isinstance(dataset, dict) and isinstance(dataset.get("root"), str)):
+        return "'inputs.dataset' does not name a dataset root"
+    classes = record.get("classes")
+    if classes is not None and not (isinstance(classes, list) and len(classes) >= 2
+                                    and all(isinstance(c, str) for c in classes)):
+        return "'classes' is not a list of class names"
+    return None
+
+
+def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
+    """A folder's ``_stage.json`` (or, ``run``, its ``_run.json``), checked for shape: an object with ``stage``,
+    ``params`` (and ``inputs``, ``count``); ContractError in one line naming the file otherwise."""
+    path = Path(path)
+    record = read_json(path)
+    problem = _record_problem(record, _RUN_KEYS if run else _STAGE_KEYS)
+    if problem is not None:
+        stage = record.get("stage") if isinstance(record, dict) and isinstance(record.get("stage"), str) else None
+        fix = f"re-run `vpltool {stage}` there with --overwrite" if stage else "delete the folder and re-run its stage"
+        raise ContractError(f"{path}: not a vpltool {'run' if run else 'stage'} record ({problem}); the folder is "
+                            f"damaged: {fix}, or choose another folder")
+    return record
+
+
+def record_stage(folder: str | os.PathLike) -> str | None:
+    """The stage named by a folder's ``_stage.json``, else by its ``_run.json``; None when it has neither. A record
+    that is there but damaged is an error (:func:`read_record`), not a folder of another kind."""
+    for name in (STAGE_RECORD, RUN_RECORD):
+        path = Path(folder) / name
+        if path.is_file():
+            return read_record(path, run=name == RUN_RECORD)["stage"]
+    return None
 
 
 def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> dict[str, Any]:
@@ -81,9 +130,9 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
         pending = folder / RUN_RECORD
         why = "was interrupted or is still running" if pending.is_file() else "did not finish there"
         raise ContractError(f"{folder}: no {STAGE_RECORD}; `vpltool {stages[0]}` {why} (re-run it)")
-    record = read_json(path)
-    if record.get("stage") not in stages:
-        raise ContractError(f"{folder}: holds `{record.get('stage')}` output, expected `{stages[0]}` output")
+    record = read_record(path)
+    if record["stage"] not in stages:
+        raise ContractError(f"{folder}: holds `{record['stage']}` output, expected `{stages[0]}` output")
     return record
 
 
@@ -110,12 +159,16 @@ def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: 
 
 
 def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
-                      not_compared: Sequence[str] = ()) -> Path:
-    """Create ``folder`` for a stage run; refuse to mix parameter sets unless ``overwrite``.
+                      not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None) -> Path:
+    """Create ``folder`` for a stage run; refuse to mix parameter sets or inputs unless ``overwrite``.
 
     Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
-    keys in ``not_compared``: limits such as ``max_tokens``, which never change a finished item). With
-    ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete.
+    keys in ``not_compared``: limits such as ``max_tokens``, which never change a finished item) and, when given,
+    with ``inputs`` (the identity of what the items are made from: a re-made extract folder, a changed dataset; the
+    keys given, so that a stage may record more than it compares).
+    A resume therefore never skips items made from other inputs, and never rewrites the record over them. With
+    ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete; a folder of
+    another stage is refused even then (``--overwrite`` never turns it into this stage's).
     """
     folder = make_folder(folder)
     if not os.access(folder, os.W_OK):
@@ -124,18 +177,70 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
         record = folder / name
         if not record.is_file():
             continue
-        old = read_json(record)
-        if overwrite:
+        if overwrite:  # a damaged record is cleared; another stage's folder is refused even then
+            try:
+                old = read_json(record)
+            except ContractError:
+                old = None
+            if isinstance(old, dict) and old.get("stage") not in (None, stage):
+                raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
             record.unlink()
             _remove_shard_records(folder)
-        elif old.get("stage") != stage:
+            continue
+        old = read_record(record, run=name == RUN_RECORD)
+        if old.get("stage") != stage:
             raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
         elif changed := changed_keys(old.get("params"), params, not_compared):
             resume = " to resume" if name == RUN_RECORD else ""
             raise VplError(f"{folder}: {what} with other parameters ({', '.join(changed)} differ); re-run with the "
                            f"same options{resume}, pass --overwrite to redo it, or choose another --out")
-    write_json(folder / RUN_RECORD, {"stage": stage, "vpltool": __version__, "params": dict(params)})
+        elif inputs is not None and isinstance(old.get("inputs"), dict) and (
+                changed := changed_keys({k: v for k, v in old["inputs"].items() if k in inputs}, inputs)):
+            raise VplError(f"{folder}: {what} from other inputs ({', '.join(changed)} changed since), so its items "
+                           "are stale; pass --overwrite to redo every item, or choose another --out")
+    run = {"stage": stage, "vpltool": __version__, "params": dict(params)}
+    write_json(folder / RUN_RECORD, run if inputs is None else {**run, "inputs": dict(inputs)})
     return folder
+
+
+def write_side_record(folder: Path, stage: str, option: str) -> None:
+    """Mark a side folder (``--save-overlays``, ``--save-debug``) as ``stage``'s, so that a later run may write
+    there again (:func:`vpltool.io.check_outputs` refuses a non-empty folder without it)."""
+    from .guard import SIDE_RECORD
+
+    make_folder(folder)
+    if not (folder / SIDE_RECORD).is_file():
+        write_json(folder / SIDE_RECORD, {"stage": stage, "option": option, "vpltool": __version__})
+
+
+def recorded_ids(folder: str | os.PathLike, suffix: str) -> list[str]:
+    """The ids of a finished stage folder's items, from its ``_stage.json`` (never a glob: a prototypes file saved
+    beside the features, or a backup copy, is no item); each item file ``<id><suffix>`` must be there.
+
+    A record of an older vpltool lists no ids: then the files are globbed and their number must be the record's
+    ``count``.
+
+    Raises:
+        ContractError: an item is missing: the folder is incomplete, one line naming it and the fix.
+    """
+    folder = Path(folder)
+    record = read_json(stage_record_path(folder))
+    record = record if isinstance(record, dict) else {}
+    stage = record.get("stage", "the stage that wrote it")
+    ids = record.get("ids")
+    if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+        missing = [i for i in ids if not (folder / f"{i}{suffix}").is_file()]
+        if missing:
+            raise ContractError(f"{folder}: incomplete: {len(missing)} of the {len(ids)} items its {STAGE_RECORD} "
+                                f"lists are missing (first: {missing[0]}{suffix}); re-run `vpltool {stage}` with the "
+                                "same options to restore them")
+        return list(ids)
+    found = sorted(p.name[:-len(suffix)] for p in folder.glob(f"*{suffix}") if not p.name.startswith("."))
+    count = record.get("count")
+    if isinstance(count, int) and len(found) != count:
+        raise ContractError(f"{folder}: {len(found)} item files but its {STAGE_RECORD} counts {count}: incomplete or "
+                            f"holding strays; re-run `vpltool {stage}` with --overwrite to redo it")
+    return found
 
 
 @contextlib.contextmanager
@@ -178,11 +283,17 @@ class StageFolder:
         lock_name: shards of one run (``--shard i/n``) hold separate locks on one folder.
         reset: whether this process may remove the records under ``overwrite`` (False for shards but the first).
         not_compared: keys of ``params`` recorded but not compared on resume (limits, not settings).
+        inputs: the identity of the inputs (recorded in ``_run.json`` and ``_stage.json``; a resume must match).
+        sides: option -> side folder (``--save-overlays``, ``--save-debug``; None = not given), marked as this
+            stage's when made.
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
-                 lock_name: str = LOCK_FILE, reset: bool = True, not_compared: Sequence[str] = ()):
+                 lock_name: str = LOCK_FILE, reset: bool = True, not_compared: Sequence[str] = (),
+                 inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {}):
         self.folder, self.stage, self.params = Path(folder), stage, dict(params)
+        self.inputs = None if inputs is None else dict(inputs)
+        self.sides = {option: Path(path) for option, path in sides.items() if path is not None}
         self.overwrite, self.lock_name, self.reset = overwrite, lock_name, reset
         self.not_compared = tuple(not_compared)
         self._stack = contextlib.ExitStack()
@@ -190,9 +301,13 @@ class StageFolder:
 
     def __enter__(self) -> StageFolder:
         self._created = not self.folder.exists()
+        self._sides_created = [path for path in self.sides.values() if not path.exists()]
         self._stack.enter_context(output_lock(self.folder, self.lock_name))
         try:
-            prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset, self.not_compared)
+            prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset, self.not_compared,
+                              self.inputs)
+            for option, path in self.sides.items():
+                write_side_record(path, self.stage, option)
         except BaseException:
             self.__exit__(True)
             raise
@@ -200,26 +315,52 @@ class StageFolder:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
-        if exc and exc[0] is not None and self._created:
-            self._remove_if_untouched()
+        if exc and exc[0] is not None:
+            from .guard import SIDE_RECORD
 
-    def _remove_if_untouched(self) -> None:
-        """A run that failed before its first item leaves no folder behind (only the one it created)."""
-        ours = {self.lock_name, RUN_RECORD}
+            for path in self._sides_created:  # first: one may lie inside the output folder
+                self._remove_if_untouched(path, {SIDE_RECORD})
+            if self._created:
+                self._remove_if_untouched(self.folder, {self.lock_name, RUN_RECORD})
+
+    @staticmethod
+    def _remove_if_untouched(folder: Path, ours: set[str]) -> None:
+        """A run that failed before its first item leaves no folder behind (only the ones it created)."""
         with contextlib.suppress(OSError):
-            if {p.name for p in self.folder.iterdir()} <= ours:
+            if {p.name for p in folder.iterdir()} <= ours:
                 for name in ours:
-                    (self.folder / name).unlink(missing_ok=True)
-                self.folder.rmdir()
+                    (folder / name).unlink(missing_ok=True)
+                folder.rmdir()
 
     def todo(self, ids: Iterable[str], path_of: Callable[[str | os.PathLike, str], Path]) -> list[str]:
-        """The ids whose output ``path_of(folder, id)`` is missing (all of them under ``overwrite``)."""
-        return [i for i in ids if not item_done(path_of(self.folder, i), self.overwrite)]
+        """The ids whose output ``path_of(folder, id)`` is missing (all of them under ``overwrite``): one listing of
+        the folder, not a stat per id (outputs are written atomically, so a name present is a finished item)."""
+        if self.overwrite:
+            return list(ids)
+        present = _names(self.folder)
+        return [i for i in ids if path_of(self.folder, i).name not in present]
 
-    def complete(self, *, inputs: Mapping[str, Any], count: int, **extra: Any) -> Path:
+    def finish(self, ids: Sequence[str], path_of: Callable[[str | os.PathLike, str], Path], index: int = 0,
+               count: int = 1, *, inputs: Mapping[str, Any] | None = None, **extra: Any) -> bool:
+        """After this process's items: :meth:`complete` once every item of ``ids`` (all shards) is there, else (a
+        shard of several) :meth:`shard_done`. Returns whether the folder is complete. Each shard checks after
+        writing its own items, so the last to finish completes the folder."""
+        present = _names(self.folder)
+        if all(path_of(self.folder, i).name in present for i in ids):
+            self.complete(inputs=inputs, count=len(ids), ids=list(ids), **extra)
+            return True
+        if count > 1:
+            self.shard_done(index, count)
+        return False
+
+    def complete(self, *, count: int, inputs: Mapping[str, Any] | None = None, **extra: Any) -> Path:
         """Write ``_stage.json`` (every item is there); the run and shard records go, the parameters live on in
-        it."""
-        path = write_stage_record(self.folder, self.stage, params=self.params, inputs=inputs, count=count, **extra)
+        it. ``inputs`` defaults to the folder's; pass ``ids`` (the items, sorted here) so that readers take the
+        items from the record (:func:`recorded_ids`), not from whatever files lie in the folder."""
+        if "ids" in extra:
+            extra["ids"] = sorted(extra["ids"])
+        path = write_stage_record(self.folder, self.stage, params=self.params,
+                                  inputs=self.inputs if inputs is None else inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)
         _remove_shard_records(self.folder)
         return path
@@ -231,10 +372,23 @@ class StageFolder:
                           {"stage": self.stage, "shard": [index, count]})
 
 
+def _names(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+
+
+def shard_lock(index: int, count: int) -> str:
+    """The lock file of shard ``index`` of ``count`` (:data:`LOCK_FILE` for a run in one piece): shards of one run
+    write one folder side by side, each under its own lock."""
+    return LOCK_FILE if count == 1 else f"{LOCK_FILE}.{index}-of-{count}"
+
+
 def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
     """``inputs.dataset`` of a folder's ``_stage.json`` (kind, absolute root, split, ...), or None when there is no
     record. :func:`vpltool.data.open_recorded` reopens it."""
     path = stage_record_path(folder)
     if not path.is_file():
         return None
-    return read_json(path).get("inputs", {}).get("dataset")
+    return read_record(path)["inputs"].get("dataset")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import ContractError, VplError
@@ -29,7 +30,8 @@ def write_tensors(
     params: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> Path:
-    """Write torch tensors to ``path`` atomically with the contract metadata.
+    """Write torch tensors to ``path`` atomically with the contract metadata (canonical bytes: two identical runs
+    write identical files). A float tensor holding NaN or inf is refused (ContractError), before anything is written.
 
     Args:
         tensors: name -> torch.Tensor (moved to CPU and made contiguous here).
@@ -38,20 +40,72 @@ def write_tensors(
         params: the producing stage's parameters (JSON-able).
         extra: more ``vpltool.<key>`` metadata; non-strings are JSON-encoded.
     """
-    from safetensors.torch import save_file
-
     meta = {
         "vpltool.format": FORMAT_VERSION,
         "vpltool.kind": kind,
         "vpltool.version": __version__,
         "vpltool.classes": json.dumps(list(classes)),
-        "vpltool.params": json.dumps(dict(params or {}), default=str),
+        "vpltool.params": json.dumps(dict(params or {}), default=str, sort_keys=True),
     }
-    meta.update({f"vpltool.{k}": v if isinstance(v, str) else json.dumps(v, default=str) for k, v in extra.items()})
+    meta.update({f"vpltool.{k}": v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)
+                 for k, v in extra.items()})
+    import torch
+
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with files.atomic_path(path) as tmp:
-        save_file(data, str(tmp), metadata=meta)
+    for name, tensor in data.items():  # a diverged run must not leave a file that poisons every later stage
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ContractError(f"{path}: tensor '{name}' holds NaN or inf; not written (the computation that made "
+                                "it diverged or overflowed)")
+    save_tensor_file(path, data, meta)
     return Path(path)
+
+
+def tensor_file_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file's bytes, canonical: the header's keys sorted (the library writes them in hash order,
+    so two identical runs gave different bytes), tensors in the library's own order (by dtype, then name)."""
+    from safetensors.torch import save
+
+    raw = save(dict(tensors), metadata=dict(metadata) if metadata else None)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as the library pads it
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
+
+
+def save_tensor_file(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
+                     *, atomic: bool = True) -> Path:
+    """Write torch tensors as a safetensors file (canonical bytes, :func:`tensor_file_bytes`), atomically unless
+    ``atomic`` is False (scratch files), with the one-line error of :func:`vpltool.errors.write_error` for a full
+    disk, a file-size limit or a read-only file system: the library's own writer raised ``SafetensorError`` for
+    those, which is no ``OSError``."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    try:
+        payload = tensor_file_bytes(tensors, metadata)
+    except SafetensorError as e:
+        raise_safetensor_error(path, e)
+    if not atomic:
+        try:
+            path.write_bytes(payload)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            files.raise_write_error(path, e)
+        return path
+    with files.atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+    return path
+
+
+def raise_safetensor_error(path: Path, e: Exception) -> NoReturn:
+    """``e`` (a ``SafetensorError`` wrapping an I/O error as "... (os error 28)") as the one-line write error when
+    it names an errno the user can fix; unchanged otherwise."""
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    if found is not None:
+        code = int(found.group(1))
+        files.raise_write_error(path, OSError(code, os.strerror(code), str(path)))
+    raise e
 
 
 class TensorFile:
@@ -81,11 +135,15 @@ class TensorFile:
 
     @property
     def classes(self) -> list[str]:
-        return self.meta("classes")
+        return header_classes(self.path, self.raw_meta)
 
     @property
     def params(self) -> dict[str, Any]:
-        return self.meta("params", {})
+        params = self.meta("params", {})
+        if not isinstance(params, dict):
+            raise ContractError(f"{self.path}: metadata 'vpltool.params' is not a JSON object; the file is damaged: "
+                                "re-run the stage that wrote it")
+        return params
 
 
 def read_header(path: str | os.PathLike) -> dict[str, str]:
@@ -129,7 +187,7 @@ def read_tensors(
         what = " or ".join(repr(k) for k in kinds)
         raise ContractError(f"{path}: expected a {what} file, found {found!r}; did you pass another stage's output?")
     if classes is not None:
-        file_classes = json.loads(meta.get("vpltool.classes", "[]"))
+        file_classes = header_classes(path, meta)
         if list(file_classes) != list(classes):
             raise ContractError(
                 f"{path}: made for {len(file_classes) - 1} classes {file_classes[1:4]}..., expected "
@@ -142,6 +200,27 @@ def read_tensors(
     except Exception as e:  # a file truncated after its header
         raise ContractError(f"{path}: damaged safetensors file ({e}); re-run the stage that wrote it") from None
     return TensorFile(path, tensors, meta)
+
+
+def header_classes(path: Path, meta: Mapping[str, str]) -> list[str]:
+    """``vpltool.classes`` of a header, validated like a tensor: a JSON list of at least two unique, non-empty
+    strings (index 0 = background); ContractError naming the file otherwise (never a traceback)."""
+    raw = meta.get("vpltool.classes")
+    if raw is None:
+        raise ContractError(f"{path}: metadata 'vpltool.classes' missing; re-create the file with vpltool")
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        names = None
+    well_formed = isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) and n for n in names)
+    if not well_formed or len(set(names)) != len(names):
+        raise ContractError(f"{path}: metadata 'vpltool.classes' is {_short(raw)}, not a list of unique class names "
+                            "(background first); the file is damaged: re-create it with vpltool")
+    return names
+
+
+def _short(raw: str, n: int = 40) -> str:
+    return repr(raw if len(raw) <= n else raw[:n] + "…")
 
 
 def check_finite(path: Path, name: str, tensor) -> None:

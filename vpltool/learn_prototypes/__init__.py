@@ -22,6 +22,7 @@ scratch safetensors shards that are streamed from disk every iteration. See docs
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 
 from .. import io
 from ..config import LearnPrototypesConfig, RuntimeConfig, to_params
+from ..data import recorded_folders
 from ..device import resolve_device, resolve_precision, seed_everything
 from ..errors import ContractError, VplError
 from .descent import (
@@ -89,7 +91,8 @@ def check_inputs(features_dir: str | Path, cams_dir: str | Path, text_prototypes
             raise ContractError(f"{cam}: missing; the cam folder does not cover the features of {features_dir}")
         labels, grid = io.features_header(io.feature_path(features_dir, item_id))
         items.append((item_id, tuple(sorted(labels)), grid))
-    text = io.read_prototypes(text_prototypes, classes=classes, dim=dim, model=record["params"]["model"])
+    text = io.read_prototypes(text_prototypes, classes=classes, dim=dim, model=record["params"]["model"],
+                              source="text", option="--text")
     if len(text.background_rows()) == 0:
         raise VplError(f"{text_prototypes}: no background rows; learn-prototypes needs them for the background "
                        "pixels (make text prototypes with --background auto, voc, coco or a word list)")
@@ -215,6 +218,7 @@ def run_learn_prototypes(
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
     on_iter: Callable[[int, float], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     plot: str | Path | bool | None = None,
     stream: bool | None = None,
     cache_dir: str | Path | None = None,
@@ -225,7 +229,8 @@ def run_learn_prototypes(
         features_dir: an `extract` folder. cams_dir: a `cam` folder made from it with the text prototypes.
         text_prototypes: the `text-prototypes` file (initialisation, row layout, background-word split).
         out: the prototypes file to write (same rows as ``text_prototypes``, temperature tau_I).
-        on_iter: called with ``(iteration, loss)`` before each step.
+        on_iter: called with ``(iteration, loss)`` before each step. on_start: called once with ``iters + 1``
+            (the losses to compute) when the inputs passed their checks.
         plot: the loss-curve PNG; None = ``<out stem>.loss.png`` beside ``out``, False = none.
         stream: force (True) or forbid (False) streaming from scratch shards; None = only above the budget.
         cache_dir: where scratch shards go (default: a hidden folder beside ``out``, removed afterwards).
@@ -236,7 +241,14 @@ def run_learn_prototypes(
     start, out = time.perf_counter(), io.check_writable_target(out)
     plot_path = None if plot is False else io.check_writable_target(
         out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot, ".png")  # before the descent
+    io.check_outputs("learn-prototypes", {"--out": (out, "file"), "--plot": (plot_path, "file")},
+                     inputs={"the extract folder": features_dir, "--cams": cams_dir, "--text": text_prototypes},
+                     protected=recorded_folders(features_dir))
+    if plot_path is not None and plot_path.suffix.lower() != ".png":  # PNG bytes in a .jpg would mislead
+        raise VplError(f"--plot {plot}: the loss curve is a PNG image; give a name ending in .png")
     inp = check_inputs(features_dir, cams_dir, text_prototypes)
+    if on_start:
+        on_start(cfg.iters + 1)
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
     compute = resolve_precision(runtime.precision, device)
@@ -255,6 +267,7 @@ def run_learn_prototypes(
         got = learn(inp, cfg, source, device, storage, on_iter)
     finally:
         source.cleanup()
+    check_descent(got.curve, cfg)
     meta = write_result(out, inp, cfg, got)
     if plot_path is not None:
         io.write_chart(plot_path, [{"mean CE (nats)": list(enumerate(got.curve))}],
@@ -264,6 +277,25 @@ def run_learn_prototypes(
             "resident_bytes_estimate": need, "budget_bytes": budget, "chunks": source.n_chunks,
             "shards": len(getattr(source, "paths", [])), "seconds": time.perf_counter() - start,
             "s_per_iter": got.descent_s / (cfg.iters + 1)}
+
+
+# relative change of the loss below which a descent "did not move": float32 rounding of the loss itself (~6e-8)
+STUCK_RTOL = 1e-6
+
+
+def check_descent(curve: Sequence[float], cfg: LearnPrototypesConfig) -> None:
+    """Refuse a degenerate descent before anything is written: a final loss that is not finite, or a loss that did
+    not move in ``iters`` >= 1 steps (``--tau-i 1e-30``: the gradient, proportional to tau_I, vanishes in float32,
+    and W would be the text prototypes, written as if learnt)."""
+    first, last = curve[0], curve[-1]
+    if not math.isfinite(last):
+        raise VplError(f"learn-prototypes: the loss became {last} after the last iteration; lower --lr "
+                       f"(now {cfg.lr:g}) or raise --tau-i (now {cfg.tau_i:g})")
+    if cfg.iters >= 1 and abs(last - first) <= STUCK_RTOL * max(abs(first), 1e-12):
+        raise VplError(f"learn-prototypes: the loss did not move in {cfg.iters} iterations ({first:.6g} → {last:.6g} "
+                       f"nats), so W stayed the text prototypes; --tau-i {cfg.tau_i:g} or --lr {cfg.lr:g} is too "
+                       f"small for a step to change W (defaults: --tau-i {LearnPrototypesConfig.tau_i:g}, --lr "
+                       f"{LearnPrototypesConfig.lr:g}); nothing was written")
 
 
 def write_result(out: Path, inp: Inputs, cfg: LearnPrototypesConfig, got: Learned) -> dict[str, Any]:
@@ -284,7 +316,8 @@ def write_result(out: Path, inp: Inputs, cfg: LearnPrototypesConfig, got: Learne
 
 __all__ = [
     "Inputs", "check_inputs", "load_item", "scan", "estimate_bytes", "subsample", "Learned", "learn",
-    "run_learn_prototypes", "write_result", "Chunk", "ChunkBuilder", "descend", "loss_and_grad", "project_rows",
+    "run_learn_prototypes", "check_descent", "write_result", "Chunk", "ChunkBuilder", "descend", "loss_and_grad",
+    "project_rows",
     "make_targets", "hard_labels", "pool_cams", "sample_pixels", "sampled_count", "memory_budget", "Scan",
     "MemorySource", "ShardSource", "CHUNK_PX", "class_level_chunk", "modality_gap", "target_entropy", "pick_storage",
 ]  # fmt: skip

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import io
 from ..config import LearnPrototypesConfig
 from ..device import available_memory
 from .descent import Chunk
@@ -66,13 +67,11 @@ class ShardSource:
         self._write()
 
     def _write(self) -> None:
-        from safetensors.torch import save_file
-
         if not self._buffer:
             return
         path = self.folder / f"shard_{len(self.paths):05d}.safetensors"
         tensors = {f"{j}.{k}": v.contiguous() for j, ch in enumerate(self._buffer) for k, v in ch.tensors().items()}
-        save_file(tensors, str(path))
+        io.save_tensor_file(path, tensors, atomic=False)  # a full disk is one line, as every write
         self.paths.append(path)
         self._buffer, self._bytes = [], 0
 

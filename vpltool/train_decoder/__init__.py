@@ -21,6 +21,7 @@ checkpoints, DDP); this one runs the stage. Outputs in ``out_dir``: ``decoder.sa
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -101,8 +102,9 @@ class TrainSummary:
 
 
 def _training_pairs(dataset, pseudo_dir: Path) -> list[tuple[str, Path, Path]]:
-    pairs = [(it.id, it.image, io.mask_path(pseudo_dir, it.id)) for it in dataset.items
-             if io.mask_path(pseudo_dir, it.id).is_file()]
+    """``(id, image, mask)`` of every mask the folder's record lists (a missing one is an error, never skipped)."""
+    ids = set(io.recorded_ids(pseudo_dir, io.MASK_SUFFIX))
+    pairs = [(it.id, it.image, io.mask_path(pseudo_dir, it.id)) for it in dataset.items if it.id in ids]
     if not pairs:
         raise VplError(f"{pseudo_dir}: no pseudo mask matches an image of its dataset; re-run `vpltool crf`")
     return pairs
@@ -156,6 +158,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.log_path, self.first_loss, self.last_loss, self.val_miou = out_dir / "log.jsonl", None, None, None
         self.seconds, self.cache_seconds = 0.0, 0.0  # training loop; building the feature cache
+        self.saved_at = 0  # iteration of the last checkpoint written (0 = none yet)
 
     @property
     def inner(self) -> SegDecoder:
@@ -227,6 +230,7 @@ class _Run:
             lr = lr_at(cfg, it)
             losses = train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler)
             n = it + 1
+            self.check_diverged(losses, n)
             record = {"iter": n}
             if n % cfg.log_every == 0 or n == cfg.iters or n == 1:  # a first line at once: the run is alive
                 losses = _mean_across(losses, self.world, self.device)
@@ -239,9 +243,22 @@ class _Run:
             if self.rank == 0 and (n % cfg.checkpoint_every == 0 or n == cfg.iters):
                 save_checkpoint(self.out_dir / "checkpoints" / "last.safetensors", self.inner, self.optimizer, n,
                                 self.protos.classes, self.meta())
+                self.saved_at = n
             self.seconds = time.perf_counter() - t0
             if on_iter and self.rank == 0:
                 on_iter(n, record)
+
+    def check_diverged(self, losses: dict[str, float], n: int) -> None:
+        """Stop (one line, exit 2) at the first non-finite loss: the step already spoilt the weights, so nothing more
+        is written; the last checkpoint (made from finite weights) is kept for --resume."""
+        if all(math.isfinite(v) for v in losses.values()):
+            return
+        bad = ", ".join(f"{k} {v}" for k, v in losses.items() if not math.isfinite(v))
+        ckpt = self.out_dir / "checkpoints" / "last.safetensors"
+        kept = (f"the last good checkpoint {ckpt} (iteration {self.saved_at}) is kept" if ckpt.is_file()
+                else "no checkpoint was written")
+        raise VplError(f"{self.out_dir}: training diverged at iteration {n} ({bad}); {kept}; lower --lr or "
+                       "--lambda-rsc and re-run with --overwrite")
 
     def finish(self) -> Path | None:
         if self.rank != 0:
@@ -290,12 +307,10 @@ def prompt_recipe(protos: io.Prototypes) -> dict[str, Any] | None:
         if not path or not Path(path).is_file():
             return None
         params = io.read_prototypes(path).params
-    templates = params.get("template_list")
-    if templates is None and params.get("templates"):
-        try:
-            templates = presets.resolve_templates(params["templates"])
-        except VplError:  # a template file that is gone
-            return None
+    spec = params.get("templates") or ""
+    named = {"clip-es": [presets.CLIP_ES_TEMPLATE], "imagenet": list(presets.IMAGENET_TEMPLATES)}
+    # files older than the recorded list: the named sets and a literal template can be rebuilt, a file cannot
+    templates = params.get("template_list") or named.get(spec) or ([spec] if "{}" in spec else None)
     if not templates or "background_words" not in params:
         return None
     return {"templates": list(templates), "background_words": list(params["background_words"]),
@@ -312,6 +327,7 @@ def run_train_decoder(
     resume: bool = False,
     val_split: str | None = None,
     on_iter: Callable[[int, dict[str, Any]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
 ) -> TrainSummary:
     """Train the decoder on the pseudo masks of a `crf` folder; write ``out_dir/decoder.safetensors``.
@@ -324,13 +340,18 @@ def run_train_decoder(
             one per core), ``runtime.batch_size`` is not used (``cfg.batch_size`` is).
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
-        on_iter: called on rank 0 after every iteration with ``(iteration, log record)``.
+        on_iter: called on rank 0 after every iteration with ``(iteration, log record)``. on_start: called on
+            rank 0 with ``cfg.iters`` once the inputs and the output folder passed their checks.
         backbone: reuse an already loaded CLIP; it must be the one the prototypes record.
     """
     pseudo_dir, out_dir = Path(pseudo_dir), Path(out_dir)
     record = io.read_stage_record(pseudo_dir, MASK_STAGES)
     dataset_id = record["inputs"]["dataset"]
     dataset = open_recorded(pseudo_dir)
+    io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
+                             "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file")},
+                     inputs={"the pseudo-mask folder": pseudo_dir, "--prototypes": prototypes},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
     extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
@@ -345,12 +366,14 @@ def run_train_decoder(
         if not val_items:
             raise VplError(f"{dataset_id['root']}: split {val_split!r} has no GT masks to validate on")
     pairs = _training_pairs(dataset, pseudo_dir)
-    check_supervision(pairs, pseudo_dir)
+    check_supervision(pairs, pseudo_dir, len(dataset.classes))
     with distributed(runtime.device) as (rank, world, device):
         batches_per_epoch(len(pairs), cfg.batch_size, world, pseudo_dir)  # before anything is created
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
+            if on_start and rank == 0:
+                on_start(cfg.iters)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
                        extra_meta)
             start = run.restore(ckpt)

@@ -112,14 +112,21 @@ def batches_per_epoch(n: int, batch_size: int, world: int, where: object = "") -
     return per_epoch
 
 
-def check_supervision(pairs: list[tuple[str, Path, Path]], where: object) -> None:
-    """Refuse pseudo masks whose every pixel is 255 (ignored): the loss would be 0 and nothing learnt.
+def check_supervision(pairs: list[tuple[str, Path, Path]], where: object, num_classes: int | None = None) -> None:
+    """Refuse pseudo masks whose every pixel is 255 (ignored): the loss would be 0 and nothing learnt; and, given
+    ``num_classes`` (background included), a mask holding a value outside ``0..num_classes-1`` and 255, named.
 
-    Reads masks until one holds a label, so a normal folder costs one file (`crf --confidence 1.0` made them all
-    255)."""
+    Every mask is read once before training (a bad value in a region no crop samples would otherwise pass, and one
+    that is sampled stops the run with an IndexError deep in the loss); without ``num_classes`` masks are read
+    until one holds a label (`crf --confidence 1.0` made them all 255)."""
+    supervised = False
     for _, _, mask_path in pairs:
-        if (io.read_mask(mask_path) != IGNORE_INDEX).any():
+        labelled = bool((io.read_mask(mask_path, num_classes) != IGNORE_INDEX).any())  # read every mask: checked
+        supervised = supervised or labelled
+        if supervised and num_classes is None:
             return
+    if supervised:
+        return
     raise VplError(f"{where}: every pixel of its {len(pairs)} pseudo masks is 255 (ignored), so there is nothing to "
                    "learn; re-run `vpltool crf` with a lower --confidence (default 0.95)")
 

@@ -1,0 +1,106 @@
+"""The shared per-image pipeline (vpltool/batches.py): planning, loading workers, OOM halving, the writer, shards."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from vpltool.batches import (
+    BackgroundWriter,
+    BatchRunner,
+    load_batches,
+    plan_batches,
+    resolve_batch_size,
+    shard_from_env,
+)
+from vpltool.errors import ContractError, VplError
+
+
+def test_plan_groups_equal_sizes_in_input_order():
+    keys = ["a", "b", "a", "a", "b", "c", "a"]
+    assert plan_batches(keys, 2) == [[0, 2], [1, 4], [3, 6], [5]]
+    assert plan_batches(keys, 1) == [[i] for i in range(7)]  # batch size 1 keeps the input order
+    assert sorted(i for b in plan_batches(keys, 3) for i in b) == list(range(7))
+
+
+def test_auto_batch_size():
+    assert resolve_batch_size(None, torch.device("cuda"), cpu_default=1) == 32
+    assert resolve_batch_size(None, torch.device("cpu"), cpu_default=8) == 8
+    assert resolve_batch_size(5, torch.device("cuda"), cpu_default=1) == 5
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_loading_workers_collate_planned_batches(workers):
+    def load(i):
+        return {"pixels": torch.full((2, 3), float(i)), "name": f"x{i}"}
+
+    plan = [[0, 2], [1], [3]]
+    batches = list(load_batches(4, plan, load, workers, torch.device("cpu")))
+    assert [b["index"] for b in batches] == [[0, 2], [1], [3]]
+    assert batches[0]["pixels"].shape == (2, 2, 3) and batches[0]["pixels"][1, 0, 0] == 2
+    assert batches[0]["name"] == ["x0", "x2"]
+
+
+def test_a_workers_error_arrives_as_the_same_one_line():
+    def load(i):
+        if i == 1:
+            raise ContractError("img_1.jpg: unreadable image (truncated); re-download or remove it from the split")
+        return {"v": torch.zeros(1)}
+
+    with pytest.raises(ContractError) as e:
+        list(load_batches(3, [[0], [1], [2]], load, 2, torch.device("cpu")))
+    assert str(e.value) == "img_1.jpg: unreadable image (truncated); re-download or remove it from the split"
+
+
+def test_out_of_memory_halves_the_batch_and_the_run_goes_on():
+    seen, warnings = [], []
+
+    def fn(part: slice):
+        if part.stop - part.start > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        seen.append((part.start, part.stop))
+        return part.stop - part.start
+
+    runner = BatchRunner(8, describe=lambda i: f"img_{i}", warn=warnings.append)
+    assert sum(runner(7, fn)) == 7
+    assert [a for a, _ in seen] == [0] + [b for _, b in seen][:-1]  # contiguous, nothing skipped or repeated
+    assert seen[-1][1] == 7 and runner.limit <= 2 and len(warnings) == 2  # 7 -> 3 -> 1: halved twice, kept
+
+
+def test_an_image_that_does_not_fit_alone_is_one_line_naming_it():
+    def fn(part: slice):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(VplError, match=r"img_0 \(500x375\): does not fit .* --max-side"):
+        BatchRunner(4, describe=lambda i: f"img_{i} (500x375)")(3, fn)
+
+
+def test_the_writer_writes_behind_and_hands_errors_back():
+    written, done = [], []
+    with BackgroundWriter(on_item=done.append) as writer:
+        for i in range(5):
+            writer.submit({"t": torch.tensor([i])},
+                          lambda t: written.append((int(t["t"]), threading.current_thread().name)))
+    assert [w[0] for w in written] == list(range(5)) and {w[1] for w in written} == {"vpltool-writer"}
+    assert sum(done) == 5
+
+    def fail(t):
+        raise VplError("out.safetensors: no space left on device; free some space")
+
+    with pytest.raises(VplError, match="no space left"):
+        with BackgroundWriter() as writer:
+            for _ in range(20):
+                writer.submit({}, fail)
+
+
+def test_shard_from_torchrun_environment(monkeypatch):
+    assert shard_from_env() == (0, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert shard_from_env() == (3, 8)
+    assert shard_from_env((1, 2)) == (1, 2)  # --shard given by hand wins
+    monkeypatch.setenv("RANK", "9")
+    with pytest.raises(VplError, match="outside WORLD_SIZE"):
+        shard_from_env()

@@ -1,0 +1,162 @@
+"""A second, image-only backbone for CAA's affinity (SSR, AAAI 2026): a timm ViT such as DINO, used for its attention.
+
+Only the attention maps are taken: the head-mean self-attention ``softmax(q k^T * scale)`` of the last blocks, prefix
+tokens (class token, registers) removed, on **the same patch grid as the CLIP pass**: the image is resized to
+``(h * p, w * p)`` pixels for the DINO patch size ``p`` (16 for ViT-S/16, 14 for DINOv2), so token ``i`` of both
+backbones covers the same image region. timm interpolates its positional embedding to that size
+(``dynamic_img_size``).
+
+timm is an optional dependency (``pip install 'vpltool[dino]'``; open_clip usually brings it). Weights: timm's
+pretrained tag of the name (``hub``; read from the local Hugging Face cache when offline), a local file, or ``none``
+(random, seeded: tests). Every way the weights can be unavailable is a one-line :class:`~vpltool.errors.VplError`,
+raised by :func:`check_dino` before any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import VplError
+from .loading import _offline
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class DinoSpec:
+    """Which timm ViT: ``model`` a timm name (``vit_small_patch16_224.dino``); ``weights`` ``hub`` | FILE | ``none``."""
+
+    model: str
+    weights: str = "hub"
+
+
+def import_timm():
+    try:
+        import timm
+    except ImportError:
+        raise VplError("--affinity dino needs timm, which is not installed: pip install 'vpltool[dino]'") from None
+    return timm
+
+
+def _cached_hub_file(timm, name: str) -> str | None:
+    """The locally cached weights file of timm model ``name``'s pretrained tag, or None."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _WEIGHT_FILES:
+        found = try_to_load_from_cache(hub.split("@")[0], filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def check_dino(spec: DinoSpec) -> str | None:
+    """Refuse at once (one line) when ``spec`` cannot be loaded; returns the weights file to load (None: random
+    weights, or a hub download the network allows)."""
+    timm = import_timm()
+    if not timm.is_model(spec.model):
+        raise VplError(f"--dino-model {spec.model!r} is not a timm model; e.g. vit_small_patch16_224.dino, "
+                       "vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m")
+    if spec.weights == "none":
+        return None
+    if spec.weights != "hub":
+        path = Path(spec.weights).expanduser()
+        if not path.is_file():
+            raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
+        return str(path)
+    cached = _cached_hub_file(timm, spec.model)
+    if cached is None and _offline():
+        raise VplError(f"weights for --dino-model {spec.model} are not in the local cache and the hub is "
+                       "unreachable (offline); download them elsewhere and pass the file: --dino-weights "
+                       "/path/to/model.safetensors")
+    return cached
+
+
+def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -> DinoBackbone:
+    """Build the frozen :class:`DinoBackbone` for ``spec`` (``overrides``: timm model kwargs, e.g. a tiny ``depth``
+    and ``embed_dim`` for tests)."""
+    timm = import_timm()
+    weights = check_dino(spec)
+    kwargs = {"num_classes": 0, "dynamic_img_size": True, **overrides}
+    try:
+        if spec.weights == "none":
+            with torch.random.fork_rng(devices=[]):  # the same random model in every process
+                torch.manual_seed(0)
+                model = timm.create_model(spec.model, pretrained=False, **kwargs)
+        elif weights is not None:
+            model = timm.create_model(spec.model, pretrained=True, pretrained_cfg_overlay={"file": weights}, **kwargs)
+        else:
+            model = timm.create_model(spec.model, pretrained=True, **kwargs)
+    except (RuntimeError, KeyError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise VplError(f"--dino-model {spec.model} --dino-weights {spec.weights}: cannot load ({msg}); check that "
+                       "the file holds that architecture") from None
+    return DinoBackbone(model, torch.device(device), spec)
+
+
+class DinoBackbone:
+    """A frozen timm ViT whose head-mean attention :meth:`attention` returns on a given patch grid."""
+
+    def __init__(self, model, device: torch.device, spec: DinoSpec | None = None):
+        blocks = list(getattr(model, "blocks", []))
+        if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
+            name = spec.model if spec else type(model).__name__
+            raise VplError(f"--dino-model {name}: not a plain ViT (blocks with a fused qkv attention); use a timm "
+                           "vision_transformer such as vit_small_patch16_224.dino")
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.spec, self.device, self.blocks = spec, device, blocks
+        ps = model.patch_embed.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        self.n_prefix = int(getattr(model, "num_prefix_tokens", 1))
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def preprocess(self, image: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+        """``[H0, W0, 3]`` uint8 RGB -> ``[1, 3, h*p, w*p]`` float32, bicubic-resized so the patch grid is ``grid``."""
+        h, w = grid[0] * self.patch_size, grid[1] * self.patch_size
+        if image.shape[:2] != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
+        x = (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        return x[None].to(self.device)
+
+    @torch.no_grad()
+    def attention(self, image: np.ndarray, grid: tuple[int, int], n_blocks: int) -> torch.Tensor:
+        """``[hw, hw]`` float32: the mean over the last ``n_blocks`` blocks of the head-mean attention, prefix
+        tokens removed (rows then sum to a little under 1, as CLIP's maps without CLS)."""
+        wanted = self.blocks[-min(n_blocks, len(self.blocks)):]
+        inputs: list[torch.Tensor] = []
+        hooks = [b.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for b in wanted]
+        try:
+            self.model.forward_features(self.preprocess(image, grid))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        maps = [_attention_weights(b.attn, x)[0, self.n_prefix:, self.n_prefix:] for b, x in zip(wanted, inputs)]
+        att = torch.stack(maps).mean(0)
+        if att.shape[0] != grid[0] * grid[1]:
+            raise VplError(f"--dino-model: {att.shape[0]} patch tokens for a {grid[0]}x{grid[1]} grid; the model "
+                           "pads or pools its patches, use a plain ViT")
+        return att
+
+
+def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
+    """``[B, N, N]`` head-mean ``softmax(q k^T * scale)`` of timm ``Attention`` module ``attn`` on its input ``x``
+    ``[B, N, C]`` (recomputed: the fused kernel does not return the weights)."""
+    b, n, _ = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)
+
+
+__all__ = ["DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]
