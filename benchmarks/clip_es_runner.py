@@ -59,28 +59,19 @@ def cpu_patches(clone: Path, argv: list[str], threads: int, device: str = "cpu")
             return to(self, *(cpu(a) for a in args), **kwargs)
         return patched
 
-    import numpy as np
-
-    saved = (torch.Tensor.to, torch.nn.Module.to, torch.cuda.device_count, torch.cuda.is_available,
-             list(sys.path), list(sys.argv), os.getcwd(), np.loadtxt)
-    loadtxt = saved[7]
-    np.loadtxt = lambda *a, **k: np.atleast_1d(loadtxt(*a, **k))
+    saved = (torch.Tensor.to, torch.nn.Module.to, torch.cuda.device_count, torch.cuda.is_available)
     torch.Tensor.to, torch.nn.Module.to = moved(saved[0]), moved(saved[1])
     torch.cuda.device_count, torch.cuda.is_available = (lambda: 1), (lambda: False)
-    sys.path.insert(0, str(clone))
-    sys.argv = argv
-    os.chdir(clone)
     try:
-        yield
+        with _path_patches(clone, argv):
+            yield
     finally:
-        torch.Tensor.to, torch.nn.Module.to, torch.cuda.device_count, torch.cuda.is_available = saved[:4]
-        sys.path[:], sys.argv = saved[4], saved[5]
-        os.chdir(saved[6])
-        np.loadtxt = saved[7]
+        torch.Tensor.to, torch.nn.Module.to, torch.cuda.device_count, torch.cuda.is_available = saved
 
 
 @contextlib.contextmanager
 def _path_patches(clone: Path, argv: list[str]):
+    """Patches 5 and 6: the clone first on ``sys.path`` and as the working directory, its argv, a 1-d loadtxt."""
     import numpy as np
 
     saved = (list(sys.path), list(sys.argv), os.getcwd(), np.loadtxt)
