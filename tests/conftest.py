@@ -98,3 +98,19 @@ def text_protos(world, tiny_spec, tmp_path_factory) -> Path:
     cfg = TextPrototypesConfig(templates=TEMPLATES, background=BACKGROUND_WORDS)
     run_text_prototypes(classes, out, tiny_spec, cfg, device="cpu")
     return out
+
+
+@pytest.fixture(scope="session")
+def gt_pseudo(world, tmp_path_factory) -> Path:
+    """The world's train GT masks as a finished `crf` folder (pseudo masks = ground truth), for decoder tests."""
+    import shutil
+
+    from vpltool import io
+    from vpltool.data import open_dataset
+
+    dataset = open_dataset(world, "train")
+    out = tmp_path_factory.mktemp("pseudo")
+    for item in dataset.items:
+        shutil.copy(item.gt, out / f"{item.id}.png")
+    io.write_stage_record(out, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -45,23 +44,10 @@ def _decoder(cfg: DecoderConfig = TINY, dim: int = 32) -> SegDecoder:
 
 
 @pytest.fixture(scope="module")
-def pseudo(world, tmp_path_factory) -> Path:
-    """GT masks of the world's train split as a finished `crf` folder (pseudo masks = ground truth)."""
-    from vpltool.data import open_dataset
-
-    dataset = open_dataset(world, "train")
-    out = tmp_path_factory.mktemp("pseudo")
-    for item in dataset.items:
-        shutil.copy(item.gt, out / f"{item.id}.png")
-    io.write_stage_record(out, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
-    return out
-
-
-@pytest.fixture(scope="module")
-def trained(pseudo, text_protos, tmp_path_factory) -> Path:
+def trained(gt_pseudo, text_protos, tmp_path_factory) -> Path:
     """A decoder trained for TINY.iters iterations without interruption (the resume reference)."""
     out = tmp_path_factory.mktemp("trained")
-    run_train_decoder(pseudo, text_protos, out, TINY, CPU)
+    run_train_decoder(gt_pseudo, text_protos, out, TINY, CPU)
     return out
 
 
@@ -190,15 +176,15 @@ def _stop_at(n: int):
     return on_iter
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(pseudo, text_protos, trained, tmp_path):
+def test_resume_gives_the_weights_of_an_uninterrupted_run(gt_pseudo, text_protos, trained, tmp_path):
     with pytest.raises(_Stop):
-        run_train_decoder(pseudo, text_protos, tmp_path, TINY, CPU, on_iter=_stop_at(2))
+        run_train_decoder(gt_pseudo, text_protos, tmp_path, TINY, CPU, on_iter=_stop_at(2))
     assert not (tmp_path / "decoder.safetensors").exists()
     with pytest.raises(VplError, match="--resume"):
-        run_train_decoder(pseudo, text_protos, tmp_path, TINY, CPU)
+        run_train_decoder(gt_pseudo, text_protos, tmp_path, TINY, CPU)
     with pytest.raises(VplError, match="other settings"):
-        run_train_decoder(pseudo, text_protos, tmp_path, replace(TINY, lr=0.1), CPU, resume=True)
-    summary = run_train_decoder(pseudo, text_protos, tmp_path, TINY, CPU, resume=True)
+        run_train_decoder(gt_pseudo, text_protos, tmp_path, replace(TINY, lr=0.1), CPU, resume=True)
+    summary = run_train_decoder(gt_pseudo, text_protos, tmp_path, TINY, CPU, resume=True)
     assert summary.start == 2 and summary.iterations == 4
     a = io.read_tensors(trained / "decoder.safetensors", kind="decoder").tensors
     b = io.read_tensors(tmp_path / "decoder.safetensors", kind="decoder").tensors
@@ -206,15 +192,15 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(pseudo, text_protos, t
     assert (tmp_path / "log.jsonl").read_text() != "" and len((tmp_path / "log.jsonl").read_text().splitlines()) == 4
 
 
-def test_log_has_a_first_line_at_once_then_every_log_every(pseudo, text_protos, tmp_path):
-    run_train_decoder(pseudo, text_protos, tmp_path, replace(TINY, log_every=3), CPU)
+def test_log_has_a_first_line_at_once_then_every_log_every(gt_pseudo, text_protos, tmp_path):
+    run_train_decoder(gt_pseudo, text_protos, tmp_path, replace(TINY, log_every=3), CPU)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [1, 3, 4]  # the first iteration shows the run is alive; the last ends it
 
 
-def test_feature_cache_and_validation(pseudo, text_protos, tmp_path):
+def test_feature_cache_and_validation(gt_pseudo, text_protos, tmp_path):
     cfg = replace(TINY, cache_features=True, iters=2, val_every=2)
-    summary = run_train_decoder(pseudo, text_protos, tmp_path, cfg, CPU, val_split="val")
+    summary = run_train_decoder(gt_pseudo, text_protos, tmp_path, cfg, CPU, val_split="val")
     assert summary.val_miou is not None and 0.0 <= summary.val_miou <= 1.0
     assert any("val_miou" in json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines())
 
@@ -231,10 +217,10 @@ def _ddp_worker(rank: int, port: int, pseudo: str, protos: str, out: str) -> Non
     run_train_decoder(pseudo, protos, out, replace(TINY, iters=2, batch_size=1), CPU)
 
 
-def test_ddp_two_cpu_processes_gloo(pseudo, text_protos, tmp_path):
+def test_ddp_two_cpu_processes_gloo(gt_pseudo, text_protos, tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(_free_port(), str(pseudo), str(text_protos), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(_free_port(), str(gt_pseudo), str(text_protos), str(tmp_path)), nprocs=2, join=True)
     model, _ = load_decoder(tmp_path / "decoder.safetensors")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2  # rank 0 alone logs

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,19 +39,6 @@ def _decoder(cfg: DecoderConfig) -> SegDecoder:
     torch.manual_seed(0)
     protos = F.normalize(torch.randn(len(ROW_CLASS), 8), dim=1)
     return SegDecoder(cfg, in_width=16, n_inputs=1, prototypes=protos, row_class=ROW_CLASS, temperature=0.05)
-
-
-@pytest.fixture(scope="module")
-def pseudo(world, tmp_path_factory) -> Path:
-    """The world's train GT masks as a finished `crf` folder."""
-    from vpltool.data import open_dataset
-
-    dataset = open_dataset(world, "train")
-    out = tmp_path_factory.mktemp("pseudo")
-    for item in dataset.items:
-        shutil.copy(item.gt, out / f"{item.id}.png")
-    io.write_stage_record(out, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
-    return out
 
 
 # --------------------------------------------------------------------------------------------- CMPA pieces
@@ -121,9 +107,9 @@ def test_refresh_bank_fills_the_classes_present():
     assert torch.allclose(model.proto_bank[0, 0].norm(), torch.tensor(1.0))
 
 
-def test_cmpa_training_logs_its_loss_keeps_its_bank_and_resumes_exactly(pseudo, text_protos, tmp_path):
+def test_cmpa_training_logs_its_loss_keeps_its_bank_and_resumes_exactly(gt_pseudo, text_protos, tmp_path):
     ref = tmp_path / "ref"
-    run_train_decoder(pseudo, text_protos, ref, CMPA, CPU)
+    run_train_decoder(gt_pseudo, text_protos, ref, CMPA, CPU)
     records = [json.loads(line) for line in (ref / "log.jsonl").read_text().splitlines()]
     assert all(r["proto"] >= 0 for r in records) and any(r["proto"] > 0 for r in records)  # 0: a crop of no class
     tensors = io.read_tensors(ref / "decoder.safetensors", kind="decoder").tensors
@@ -140,8 +126,8 @@ def test_cmpa_training_logs_its_loss_keeps_its_bank_and_resumes_exactly(pseudo, 
 
     resumed = tmp_path / "resumed"
     with pytest.raises(Stop):
-        run_train_decoder(pseudo, text_protos, resumed, CMPA, CPU, on_iter=stop)
-    run_train_decoder(pseudo, text_protos, resumed, CMPA, CPU, resume=True)
+        run_train_decoder(gt_pseudo, text_protos, resumed, CMPA, CPU, on_iter=stop)
+    run_train_decoder(gt_pseudo, text_protos, resumed, CMPA, CPU, resume=True)
     again = io.read_tensors(resumed / "decoder.safetensors", kind="decoder").tensors
     assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
 
@@ -168,10 +154,10 @@ def test_held_out_label_map():
 
 
 @pytest.fixture(scope="module")
-def held_out(pseudo, text_protos, tmp_path_factory) -> Path:
+def held_out(gt_pseudo, text_protos, tmp_path_factory) -> Path:
     """A decoder trained without 'star' (its pixels ignored, its row dropped)."""
     out = tmp_path_factory.mktemp("held_out")
-    run_train_decoder(pseudo, text_protos, out, replace(TINY, ignore_classes=("star",)), CPU, val_split="val")
+    run_train_decoder(gt_pseudo, text_protos, out, replace(TINY, ignore_classes=("star",)), CPU, val_split="val")
     return out / "decoder.safetensors"
 
 

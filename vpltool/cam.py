@@ -358,16 +358,33 @@ class ImageTokens:
 def caa_attention(tokens: ImageTokens, attn_last: torch.Tensor, wanted: int, n_blocks: int) -> torch.Tensor:
     """``[hw, hw]``: the mean over the last ``wanted`` blocks of the head-mean attention without CLS (the earlier
     blocks' mean + the last block's own ``attn_last`` ``[1+hw, 1+hw]``); CLIP-ES averages the last 8."""
-    wanted = tokens.n_prev + 1 if wanted is None else min(wanted, n_blocks)  # None: what extract averaged
-    if wanted == 1:  # the last block's own map alone: no cache needed
-        return attn_last[1:, 1:]
-    if wanted != tokens.n_prev + 1:
-        raise ContractError(f"{tokens.source}: extract averaged {tokens.n_prev + 1} attention blocks, cam asks for "
-                            f"{wanted}; re-run extract with --attention-blocks {wanted}, or drop cam's "
-                            "--attention-blocks (or pass 1: the last block alone)")
-    if tokens.attention.ndim == 3:  # the maps themselves (--parity clip-es): one mean of all, CLIP-ES's rounding
+    if tokens.attention is not None and tokens.attention.ndim == 3:
+        # the maps themselves (--parity clip-es): one mean of all, CLIP-ES's rounding
+        if _blocks_averaged(tokens.n_prev, wanted, n_blocks, tokens.source) == 1:
+            return attn_last[1:, 1:]
         return torch.cat([tokens.attention.to(attn_last), attn_last[None, 1:, 1:]]).mean(0)
-    return (tokens.attention.to(attn_last) * tokens.n_prev + attn_last[1:, 1:]) / (tokens.n_prev + 1)
+    return mean_attention(tokens.attention, tokens.n_prev, attn_last, wanted, n_blocks, tokens.source)
+
+
+def mean_attention(prev: torch.Tensor | None, n_prev: int, attn_last: torch.Tensor, wanted: int | None,
+                   n_blocks: int, source: str = "the extract folder") -> torch.Tensor:
+    """CAA's attention ``[..., hw, hw]`` (one image or a batch): ``prev`` ``[..., hw, hw]`` is the mean of the
+    ``n_prev`` blocks before the last, ``attn_last`` ``[..., 1+hw, 1+hw]`` the last block's map. Elementwise, so a
+    batch gives the values of its images alone."""
+    if _blocks_averaged(n_prev, wanted, n_blocks, source) == 1:  # the last block's own map: no cache needed
+        return attn_last[..., 1:, 1:]
+    return (prev.to(attn_last) * n_prev + attn_last[..., 1:, 1:]) / (n_prev + 1)
+
+
+def _blocks_averaged(n_prev: int, wanted: int | None, n_blocks: int, source: str) -> int:
+    """How many blocks CAA averages: ``wanted`` (None: what extract averaged, ``n_prev + 1``), capped at the
+    model's depth; 1, or exactly what extract cached, else a one-line error with the fix."""
+    wanted = n_prev + 1 if wanted is None else min(wanted, n_blocks)
+    if wanted not in (1, n_prev + 1):
+        raise ContractError(f"{source}: extract averaged {n_prev + 1} attention blocks, cam asks for {wanted}; re-run "
+                            f"extract with --attention-blocks {wanted}, or drop cam's --attention-blocks (or pass 1: "
+                            "the last block alone)")
+    return wanted
 
 
 def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig,
@@ -713,14 +730,7 @@ def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n
     cam = bb.gradcam_batch(tokens, grid, rows, [len(lab) for lab in labels], temperature, layer=cfg.layer)
     if cfg.refine == "none" or cam.maps.shape[1] == 0:
         return cam.maps, cam.maps, cam.probs, None
-    wanted = min(cfg.attention_blocks, bb.n_blocks)
-    if wanted == 1:
-        attention = cam.attention[:, 1:, 1:]
-    elif wanted != n_prev + 1:
-        raise ContractError(f"extract averaged {n_prev + 1} attention blocks, cam asks for {wanted}; re-run extract "
-                            f"with --attention-blocks {wanted}")
-    else:
-        attention = (prev.to(cam.attention) * n_prev + cam.attention[:, 1:, 1:]) / (n_prev + 1)
+    attention = mean_attention(prev, n_prev, cam.attention, cfg.attention_blocks, bb.n_blocks)
     maps, before = refine_batch(cam.maps, affinity(attention), cfg.box_threshold)
     return maps, cam.maps, cam.probs, before
 
