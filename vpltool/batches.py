@@ -57,6 +57,17 @@ def plan_batches(keys: Sequence[Hashable], batch_size: int) -> list[list[int]]:
     return batches
 
 
+def header_sizes(paths: Sequence[os.PathLike], workers: int) -> list[tuple[int, int]]:
+    """``(H, W)`` of every image from its header (:func:`vpltool.io.image_size`), read by ``workers`` threads,
+    before the model loads: a zero-byte or foreign file fails here, in a second, not after a minute of loading."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .io import image_size
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(image_size, paths))
+
+
 # --------------------------------------------------------------------------------------------- loading
 class _Loaded(torch.utils.data.Dataset):
     """Index -> ``load(index)``: the stage's per-image loader, run inside the DataLoader's workers."""
@@ -120,12 +131,6 @@ def _one_line(e: Exception) -> str:
         last = tail[-1] if tail else text
         return last.split(": ", 1)[1] if ": " in last else last
     return text
-
-
-def to_device(batch: dict[str, Any], device: torch.device, keys: Sequence[str]) -> dict[str, Any]:
-    """``batch[k]`` moved to ``device`` for each of ``keys`` (non-blocking from pinned memory); the rest as is."""
-    return {k: (v.to(device, non_blocking=True) if k in keys and isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()}
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -272,5 +277,5 @@ def shard_from_env(shard: tuple[int, int] = (0, 1)) -> tuple[int, int]:
     return index, count
 
 
-__all__ = ["AUTO_BATCH_CUDA", "resolve_batch_size", "plan_batches", "collate", "load_batches", "loader_workers",
-           "to_device", "BatchRunner", "BackgroundWriter", "shard_from_env"]
+__all__ = ["AUTO_BATCH_CUDA", "resolve_batch_size", "plan_batches", "header_sizes", "collate", "load_batches",
+           "loader_workers", "BatchRunner", "BackgroundWriter", "shard_from_env"]

@@ -38,7 +38,15 @@ import torch
 
 from . import io
 from .backbone import ClipBackbone, DinoBackbone, DinoSpec, ModelSpec, check_dino, load_backbone, load_dino
-from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
+from .batches import (
+    BackgroundWriter,
+    BatchRunner,
+    header_sizes,
+    load_batches,
+    plan_batches,
+    resolve_batch_size,
+    shard_from_env,
+)
 from .config import (
     CAM_ATTENTION_BLOCKS,
     CamConfig,
@@ -529,7 +537,7 @@ class _FromFeatures:
     def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
         return cached_tokens(bb, io.feature_path(self.features, item_id), self.classes, image, self.extract_cfg)
 
-    def plan(self, bb: ClipBackbone, ids: list[str], items: dict) -> list[dict]:
+    def plan(self, bb: ClipBackbone, ids: list[str], items: dict, workers: int) -> list[dict]:
         """Per image, from its file's header alone: the grid (the batch key), sizes and labels."""
         out = []
         for item_id in ids:
@@ -578,12 +586,12 @@ class _FromDataset:
     def tokens(self, bb, item_id, item, image, dtype) -> ImageTokens:
         return image_tokens(bb, item, image, self.cfg, dtype)
 
-    def plan(self, bb: ClipBackbone, ids: list[str], items: dict) -> list[dict]:
+    def plan(self, bb: ClipBackbone, ids: list[str], items: dict, workers: int) -> list[dict]:
         """Per image, from its header alone (every image checked before the first forward): sizes and labels."""
         out = []
-        for item_id in ids:
+        sizes = header_sizes([items[i].image for i in ids], workers)
+        for item_id, size in zip(ids, sizes):
             item = items[item_id]
-            size = io.image_size(item.image)
             input_size = bb.input_size(*size)
             grid = (input_size[0] // bb.patch_size, input_size[1] // bb.patch_size)
             check_tokens(item.image, size, grid, bb.patch_size, ExtractConfig.max_tokens, stage="cam")
@@ -642,8 +650,8 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
             if bb.embed_dim != src.protos.dim:
                 raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
                                     f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
-            _run_batches(bb, src, src.plan(bb, todo, items), out, cfg, runtime, temperature, dtype, params,
-                         overlays, debug, on_item)
+            plan = src.plan(bb, todo, items, runtime.worker_count)
+            _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
         folder.finish(src.ids, io.cam_path, index, count, inputs=src.inputs)
     return io.StageSummary(done=len(todo), skipped=len(src.ids[index::count]) - len(todo),
                            seconds=time.perf_counter() - start)

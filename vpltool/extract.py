@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,15 @@ import torch
 
 from . import io
 from .backbone import ClipBackbone, ModelSpec, load_backbone
-from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
+from .batches import (
+    BackgroundWriter,
+    BatchRunner,
+    header_sizes,
+    load_batches,
+    plan_batches,
+    resolve_batch_size,
+    shard_from_env,
+)
 from .config import CPU_BATCH, NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
 from .data import Dataset, Item, check_sizes
 from .device import autocast, resolve_device, resolve_precision
@@ -37,13 +44,6 @@ STAGE = "extract"
 @dataclass
 class ExtractSummary(io.StageSummary):
     complete: bool = False  # every item of the whole dataset (all shards) is present
-
-
-def _header_sizes(items: list[Item], workers: int) -> list[tuple[int, int]]:
-    """``(H, W)`` of every image from its header (:func:`vpltool.io.image_size`), before the model loads: a
-    zero-byte or foreign file fails here, in a second, not after a minute of loading."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(pool.map(lambda it: io.image_size(it.image), items))
 
 
 @torch.no_grad()
@@ -112,7 +112,7 @@ def run_extract(
         if on_start:
             on_start(len(todo))
         if todo:
-            sizes = _header_sizes(todo, runtime.worker_count)
+            sizes = header_sizes([it.image for it in todo], runtime.worker_count)
             check_sizes(todo, sizes, runtime.worker_count)
             bb = backbone or load_backbone(spec, device)
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)

@@ -32,7 +32,15 @@ from torch import Tensor
 
 from . import io, presets
 from .backbone import ClipBackbone, ModelSpec, load_backbone
-from .batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
+from .batches import (
+    BackgroundWriter,
+    BatchRunner,
+    header_sizes,
+    load_batches,
+    plan_batches,
+    resolve_batch_size,
+    shard_from_env,
+)
 from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
 from .decoder import SegDecoder, input_long_side, load_decoder, predict_logits_batch, view_size
 from .device import resolve_device, resolve_precision
@@ -193,7 +201,7 @@ def run_predict(
         if todo:
             items = dataset.by_id()
             todo_items = [items[i] for i in todo]
-            sizes = [io.image_size(it.image) for it in todo_items]  # every image checked before the CLIP loads
+            sizes = header_sizes([it.image for it in todo_items], runtime.worker_count)  # all before the CLIP loads
             bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
             arch = f.meta("decoder_arch")
             if bb.width != arch["in_width"]:
