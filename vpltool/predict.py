@@ -1,6 +1,6 @@
 """`vpltool predict`: a trained decoder -> palette PNG masks for a dataset split (WeCLIP's test protocol).
 
-Per image (WeCLIP ``test_msc_flip_voc.py``; the inference itself is :func:`vpltool.decoder.predict_logits`):
+Per image (WeCLIP ``test_msc_flip_voc.py``; the inference itself is :func:`vpltool.decoder.predict_logits_batch`):
 
 1. The long side is resized to ``long_side`` (default 1.6 x the decoder's training crop: WeCLIP trains on 320
    crops and tests at 512), each side rounded up to a multiple of the patch size; the same for every scale
@@ -55,14 +55,6 @@ def crf_config(cfg: PredictConfig) -> CrfConfig:
     return CrfConfig(iterations=cfg.crf_iterations, gaussian_sxy=cfg.crf_gaussian_sxy,
                      gaussian_compat=cfg.crf_gaussian_compat, bilateral_sxy=cfg.crf_bilateral_sxy,
                      bilateral_srgb=cfg.crf_bilateral_srgb, bilateral_compat=cfg.crf_bilateral_compat)
-
-
-def logits_to_mask(logits: Tensor, image: np.ndarray, cfg: PredictConfig) -> np.ndarray:
-    """``[C + 1, H, W]`` scores -> ``[H, W]`` uint8 class ids (argmax, optionally after the dense CRF)."""
-    if not cfg.crf:
-        return logits.argmax(0).numpy().astype(np.uint8)
-    probs = logits.float().softmax(0).numpy()
-    return dense_crf(image, probs, crf_config(cfg)).argmax(0).astype(np.uint8)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
