@@ -1,4 +1,5 @@
-"""The frozen CLIP backbone with the CLIP-ES surgery: loading (:mod:`.loading`) and the model (:mod:`.model`).
+"""The frozen CLIP backbone with the CLIP-ES surgery: loading (:mod:`.loading`), the model (:mod:`.model`), its
+GradCAM (:mod:`.gradcam`) and the DINO ViT of SSR's affinity (:mod:`.dino`).
 
 The only package that creates open_clip models; stages share its forward (:meth:`ClipBackbone.encode`), its
 GradCAM (:meth:`ClipBackbone.gradcam`) and its text tower (:meth:`ClipBackbone.encode_text`).
@@ -7,8 +8,9 @@ GradCAM (:meth:`ClipBackbone.gradcam`) and its text tower (:meth:`ClipBackbone.e
 import torch
 
 from .dino import DinoBackbone, DinoSpec, check_dino, load_dino
+from .gradcam import GRADCAM_LAYERS, BatchGradCam, GradCam
 from .loading import EXTRA_CONFIG, ModelSpec, create_model, load_extra_config, register_model, register_tokenizer
-from .model import GRADCAM_LAYERS, ClipBackbone, Encoded, GradCam
+from .model import ClipBackbone, Encoded
 
 
 def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu") -> ClipBackbone:
@@ -20,6 +22,6 @@ def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu") -> ClipBa
 
 __all__ = [
     "EXTRA_CONFIG", "ModelSpec", "create_model", "load_backbone", "load_extra_config", "register_model",
-    "register_tokenizer", "GRADCAM_LAYERS", "ClipBackbone", "Encoded", "GradCam", "DinoBackbone", "DinoSpec",
-    "check_dino", "load_dino",
+    "register_tokenizer", "GRADCAM_LAYERS", "ClipBackbone", "Encoded", "GradCam", "BatchGradCam", "DinoBackbone",
+    "DinoSpec", "check_dino", "load_dino",
 ]  # fmt: skip

@@ -6,6 +6,8 @@
 * :mod:`~vpltool.io.training`: ``decoder`` and ``decoder-checkpoint``.
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
 * :mod:`~vpltool.io.guard`: the one check of every path a stage writes (:func:`check_outputs`).
+* :mod:`~vpltool.io.records`: the records a folder holds (``_stage.json``, ``_run.json``, ``_side.json``, shard
+  records, the lock): their names and the reader that checks them.
 * :mod:`~vpltool.io.stage`: stage folders (lock, run and completion records, resume) and the dataset they record
   (:func:`vpltool.data.open_recorded` reopens it).
 
@@ -28,7 +30,7 @@ from .files import (
     write_json,
     write_log,
 )
-from .guard import SIDE_RECORD, check_outputs, folder_owner
+from .guard import check_outputs, folder_owner
 from .images import (
     MASK_SUFFIX,
     image_size,
@@ -67,11 +69,19 @@ from .kinds import (
     write_features,
     write_prototypes,
 )
-from .stage import (
+from .records import (
+    DECODER_FILES,
     LOCK_FILE,
     RUN_RECORD,
     SHARD_RECORD,
+    SIDE_RECORD,
     STAGE_RECORD,
+    read_record,
+    record_stage,
+    stage_record_path,
+    write_stage_record,
+)
+from .stage import (
     StageFolder,
     StageSummary,
     changed_keys,
@@ -79,15 +89,11 @@ from .stage import (
     item_done,
     output_lock,
     prepare_stage_dir,
-    read_record,
     read_stage_record,
-    record_stage,
     recorded_dataset_identity,
     recorded_ids,
     shard_lock,
-    stage_record_path,
     write_side_record,
-    write_stage_record,
 )
 from .tensors import (
     FORMAT_VERSION,
@@ -122,7 +128,7 @@ __all__ = [
     "finished_shards", "item_done",
     "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
     "recorded_dataset_identity", "shard_lock", "stage_record_path", "write_stage_record", "recorded_ids",
-    "write_side_record", "SIDE_RECORD", "check_outputs", "folder_owner",
+    "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
     "save_tensor_file", "tensor_file_bytes", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",

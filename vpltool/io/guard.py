@@ -25,10 +25,8 @@ from typing import Any
 
 from ..errors import VplError
 from .files import check_folder_target, check_writable_target, read_json
-from .stage import LOCK_FILE, RUN_RECORD, SHARD_RECORD, STAGE_RECORD, read_record
+from .records import DECODER_FILES, LOCK_FILE, RUN_RECORD, SHARD_RECORD, SIDE_RECORD, STAGE_RECORD, read_record
 
-SIDE_RECORD = "_side.json"  # a side folder's record: {"stage": ..., "option": ...}
-DECODER_FILES = ("decoder.safetensors", "checkpoints", "log.jsonl")  # what marks a train-decoder folder
 KINDS = ("stage", "side", "file")
 
 PathLike = str | os.PathLike

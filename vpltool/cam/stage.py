@@ -1,0 +1,257 @@
+"""The `cam` stage: GradCAM then CAA for every image, run batched on the shared pipeline, written behind.
+
+:func:`run_cam` checks every output before the model loads, picks the source (:mod:`vpltool.cam.sources`), and runs
+the images through :mod:`vpltool.batches` inside a :class:`vpltool.io.StageFolder` (resume, records, shards):
+
+* batched (the default: ``--refine none|caa`` with CLIP's attention): :func:`cams_for_batch` runs steps 1-3 for a
+  whole batch of one grid on the device;
+* one image at a time (``--parity clip-es``, whose operation order is CLIP-ES's; SSR's superpixel groups and DINO
+  attention, computed on the host): :func:`cams_for_image`.
+
+Each image's maps are written by the writer thread (:func:`vpltool.io.write_cam`), with optional overlays
+(:func:`overlay`) and debug files (`--save-debug`: raw maps, softmax, maps before the min-max, boxes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .. import io
+from ..backbone import ClipBackbone, ModelSpec, load_backbone
+from ..batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
+from ..config import CAM_ATTENTION_BLOCKS, CamConfig, RuntimeConfig, to_params
+from ..device import resolve_device, resolve_precision
+from ..errors import ContractError, VplError
+from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
+from .gradcam import ImageTokens, gradcam_batch, gradcam_image, row_names, temperature_of
+from .sources import FromDataset, FromFeatures, attention_blocks_for, frozen_tokens, is_extract_folder
+
+STAGE = "cam"
+
+
+@dataclass
+class CamResult:
+    """One image's CAMs (:func:`cams_for_image`)."""
+
+    maps: torch.Tensor  # [K, h, w] float32 in [0, 1] on the patch grid: what is stored
+    labels: tuple[int, ...]
+    raw: torch.Tensor  # [K, h, w] unrefined GradCAM in [0, 1]
+    probs: torch.Tensor  # [K + M] softmax over the image's rows
+    refined: Refined | None = None  # CAA's intermediate maps and boxes (None with --refine none)
+
+
+def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig,
+                   temperature: float, image: np.ndarray | None = None) -> CamResult:
+    """Steps 1-3 of :mod:`vpltool.cam` for one image (the maps on the host, as stored)."""
+    labels = tokens.labels
+    cam = gradcam_image(bb, tokens, protos, cfg, temperature)
+    maps, refined = cam.maps, None
+    if cfg.refine != "none" and len(labels):
+        trans = caa_transition(bb, tokens, cam.attention, cfg, image)
+        refined = refine(cam.maps, trans, cfg.box_threshold, parity=cfg.parity == "clip-es")
+        maps = refined.maps
+    maps = maps.cpu()
+    return CamResult(maps, labels, cam.maps.cpu(), cam.probs.cpu(), refined)
+
+
+def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n_prev: int, grid: tuple[int, int],
+                   labels: list[tuple[int, ...]], protos: io.Prototypes, cfg: CamConfig, temperature: float):
+    """Steps 1-3 of :mod:`vpltool.cam` for B images of one grid, on the model's device, with no per-image loop
+    over the network and no copy to the host.
+
+    Args:
+        tokens: ``[B, 1 + hw, width]`` entering the last block. prev: ``[B, hw, hw]`` mean attention of the
+            ``n_prev`` blocks before it. labels: each image's K_b classes.
+
+    Returns:
+        ``(maps, raw, probs, before)``: ``[B, Kmax, h, w]`` refined maps in [0, 1] (image b's first K_b), the raw
+        GradCAM alike, B softmax vectors, and the maps before CAA's min-max (None with ``--refine none``).
+    """
+    cam = gradcam_batch(bb, tokens, grid, labels, protos, cfg, temperature)
+    if cfg.refine == "none" or cam.maps.shape[1] == 0:
+        return cam.maps, cam.maps, cam.probs, None
+    attention = mean_attention(prev, n_prev, cam.attention, cfg.attention_blocks, bb.n_blocks)
+    maps, before = refine_batch(cam.maps, affinity(attention), cfg.box_threshold)
+    return maps, cam.maps, cam.probs, before
+
+
+def run_cam(
+    source: str | Path,
+    prototypes: str | Path,
+    out: str | Path,
+    cfg: CamConfig = CamConfig(),
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    split: str | None = None,
+    overlays: str | Path | None = None,
+    debug: str | Path | None = None,
+    shard: tuple[int, int] = (0, 1),
+    on_item: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    backbone: ClipBackbone | None = None,
+) -> io.StageSummary:
+    """CAMs for every image of an `extract` folder, or of a dataset given directly, with its image-level labels.
+
+    Args:
+        source: an `extract` folder (its cache, its model), or a dataset (VOC/COCO root, folder, manifest) with
+            ``split``: the frozen blocks then run here, in this one process, and nothing is cached; the CLIP model
+            is the one the prototypes were made with.
+        overlays: a folder for heat-map PNGs. debug: a folder for each image's intermediate maps (kind
+            ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
+        shard: ``(i, n)``: every n-th image from the i-th (``--shard i/n``; under torchrun the rank, see
+            :func:`vpltool.batches.shard_from_env`); the folder completes when every shard's images are there.
+    """
+    source, out = Path(source), Path(out)
+    check_affinity(cfg)
+    if is_extract_folder(source):
+        if split is not None:
+            raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
+        src = FromFeatures(source, prototypes, cfg)
+        cfg = replace(cfg, attention_blocks=attention_blocks_for(cfg, src.extract_cfg, source))
+    else:
+        cfg = replace(cfg, attention_blocks=cfg.attention_blocks or CAM_ATTENTION_BLOCKS)
+        src = FromDataset(source, split, prototypes, cfg)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side"),
+                             "--save-debug": (debug, "side")},
+                     inputs={"the source": source, "--prototypes": prototypes}, protected=src.folders(),
+                     overwrite=runtime.overwrite)  # every output, before the model loads
+    return _run_on(src, out, cfg, runtime, overlays, debug, shard_from_env(shard), on_item, on_start, backbone)
+
+
+def batched_mode(cfg: CamConfig) -> bool:
+    """Whether `cam` runs whole batches through :func:`cams_for_batch`; the rest (``--parity clip-es``, whose
+    operation order is CLIP-ES's, one image at a time; SSR's superpixel groups and DINO attention, computed per image
+    on the host) runs :func:`cams_for_image`."""
+    return cfg.parity == "none" and cfg.refine in ("none", "caa") and cfg.affinity == "clip"
+
+
+def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, debug, shard: tuple[int, int],
+            on_item, on_start, backbone) -> io.StageSummary:
+    """The stage on either source, through the shared pipeline of :mod:`vpltool.batches` (plan, load ahead, run
+    batched, write behind) inside the skeleton of :class:`vpltool.io.StageFolder`."""
+    device = resolve_device(runtime.device)
+    dtype = resolve_precision(runtime.precision, device)
+    temperature = temperature_of(cfg, src.protos)
+    params = {**to_params(cfg), "temperature": temperature,
+              "prototypes": io.file_identity(src.protos.path, source=src.protos.source)}
+    need_images = src.need_images or overlays is not None
+    items = src.dataset().by_id() if need_images else {}
+    index, count = shard
+    start = time.perf_counter()
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=src.inputs, reset=index == 0,
+                        lock_name=io.shard_lock(index, count),
+                        sides={"--save-overlays": overlays, "--save-debug": debug}) as folder:
+        todo = folder.todo(src.ids[index::count], io.cam_path)
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            bb = backbone or load_backbone(ModelSpec.from_identity(src.model), device)
+            if bb.embed_dim != src.protos.dim:
+                raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
+                                    f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
+            plan = src.plan(bb, todo, items, runtime.worker_count)
+            _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
+        folder.finish(src.ids, io.cam_path, index, count, inputs=src.inputs)
+    return io.StageSummary(done=len(todo), skipped=len(src.ids[index::count]) - len(todo),
+                           seconds=time.perf_counter() - start)
+
+
+def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamConfig, runtime: RuntimeConfig,
+                 temperature: float, dtype: torch.dtype, params: dict, overlays, debug, on_item) -> None:
+    """Plan same-grid batches, load them ahead, run each batched (halving on out-of-memory), write behind."""
+    batched = batched_mode(cfg)
+    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1) if batched else 1
+    need_image = overlays is not None or (src.need_images and not batched)
+    pre = bb.preprocessor
+    runner = BatchRunner(size, describe=lambda i: _describe(plan[i]))
+    with BackgroundWriter(on_item) as writer:
+        batches = load_batches(len(plan), plan_batches([e["grid"] for e in plan], size),
+                               lambda i: src.load(plan[i], pre, need_image, batched), runtime.worker_count, bb.device)
+        for batch in batches:
+            entries = [plan[i] for i in batch["index"]]
+            if not batched:
+                for entry, image in zip(entries, batch["image"]):
+                    tokens = src.tokens(bb, entry["id"], entry["item"], image, dtype)
+                    result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image)
+                    writer.submit(_result_tensors(result), _writer(out, entry, image, src, params, overlays, debug))
+                continue
+            for chunk in runner(len(entries), lambda s: _chunk(bb, batch, s, entries, src, cfg, temperature, dtype)):
+                for b, entry in enumerate(entries[chunk["slice"]]):
+                    k = len(entry["labels"])
+                    tensors = {"maps": chunk["maps"][b, :k], "raw": chunk["raw"][b, :k], "probs": chunk["probs"][b],
+                               "before": chunk["before"][b, :k] if chunk["before"] is not None else None}
+                    image = batch["image"][chunk["slice"].start + b]
+                    writer.submit(tensors, _writer(out, entry, image, src, params, overlays, debug, cfg))
+
+
+def _describe(entry: dict) -> str:
+    h, w = entry["image_size"]
+    where = entry["item"].image if entry.get("item") is not None else entry.get("path", entry["id"])
+    return f"{where} ({h}x{w}, {entry['grid'][0] * entry['grid'][1]} patch tokens)"
+
+
+def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src, cfg: CamConfig, temperature: float,
+           dtype: torch.dtype) -> dict:
+    """:func:`cams_for_batch` on ``batch[part]``: the frozen pass first where the cache holds no tokens."""
+    grid = tuple(entries[part.start]["grid"])
+    labels = [tuple(e["labels"]) for e in entries[part]]
+    if "tokens" in batch:
+        tokens, prev = batch["tokens"][part].to(bb.device), batch["attention"][part].to(bb.device)
+        n_prev = int(entries[part.start]["n_prev"])
+    else:
+        pixels = batch["pixels"][part].to(bb.device, non_blocking=True)
+        tokens, prev, n_prev = frozen_tokens(bb, pixels, src, cfg, dtype)
+    maps, raw, probs, before = cams_for_batch(bb, tokens, prev, n_prev, grid, labels, src.protos, cfg, temperature)
+    return {"slice": part, "maps": maps, "raw": raw, "probs": probs, "before": before}
+
+
+def _result_tensors(result: CamResult) -> dict:
+    refined = result.refined
+    return {"maps": result.maps, "raw": result.raw, "probs": result.probs,
+            "before": None if refined is None else refined.before_minmax,
+            "boxes": None if refined is None else refined.boxes}
+
+
+def _writer(out: Path, entry: dict, image: np.ndarray | None, src, params: dict, overlays, debug,
+            cfg: CamConfig | None = None) -> Callable[[dict], None]:
+    """The write of one image's results, run on the writer thread (``cfg``: compute the debug boxes there)."""
+
+    def write(t: dict) -> None:
+        item_id, maps = entry["id"], t["maps"].cpu()
+        io.write_cam(io.cam_path(out, item_id), maps, entry["labels"], image_size=entry["image_size"],
+                     classes=src.classes, params=params, id=item_id)
+        if overlays is not None and image is not None:
+            io.write_png(io.mask_path(overlays, item_id),
+                         overlay(image, io.read_cam(io.cam_path(out, item_id)).cams, entry["labels"], src.classes))
+        if debug is not None:
+            boxes = t.get("boxes")
+            if boxes is None and t["before"] is not None:
+                boxes = [box_coords(m.numpy(), cfg.box_threshold) for m in t["raw"].cpu()]
+            io.write_cam_debug(io.cam_path(debug, item_id), t["raw"].cpu(), t["probs"].cpu(), entry["labels"],
+                               None if t["before"] is None else t["before"].cpu(), boxes,
+                               classes=src.classes, params=params, id=item_id,
+                               row_names=row_names(src.protos, entry["labels"]))
+
+    return write
+
+
+def overlay(image: np.ndarray, cams: np.ndarray, labels, classes) -> np.ndarray:
+    """``[H, (K + 1) W, 3]`` uint8: the image, then a JET heat map over the image per class, each named."""
+    from PIL import Image, ImageDraw
+
+    panels = [image]
+    for cam in cams:
+        heat = cv2.applyColorMap((cam.astype(np.float32) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        panels.append((0.5 * image + 0.5 * heat).astype(np.uint8))
+    sheet = Image.fromarray(np.concatenate(panels, axis=1))
+    draw = ImageDraw.Draw(sheet)
+    for i, c in enumerate(labels):
+        draw.text(((i + 1) * image.shape[1] + 3, 2), classes[c], fill=(255, 255, 255))
+    return np.asarray(sheet)

@@ -1,0 +1,77 @@
+"""Every default of every stage, defined once, and the rules a value must follow.
+
+Torch-free so that ``vpltool --help`` stays fast: the CLI reads its option defaults from these frozen dataclasses,
+and the library functions take the same objects. Each dataclass checks itself when built (``__post_init__``), so a
+library caller gets the same one-line :class:`~vpltool.errors.VplError` as a CLI user; messages name the CLI option.
+Field comments say *why* a value is what it is; docs/pipeline.md cites where each number comes from.
+
+* :mod:`~vpltool.config.stages`: the options every stage shares (:class:`RuntimeConfig`) and the per-image stages'
+  defaults (extract, text-prototypes, cam, eval, learn-prototypes, crf).
+* :mod:`~vpltool.config.decoder`: the decoder's defaults, for training (and its recipes) and for predict.
+* :mod:`~vpltool.config.checks`: the rules (one-line errors naming the option), and configs to and from the
+  parameters a stage records.
+"""
+
+from .checks import (
+    MAX_SEED,
+    at_least,
+    check_tokens,
+    choice,
+    fraction,
+    from_params,
+    non_negative,
+    override,
+    positive,
+    require,
+    seed_value,
+    to_params,
+)
+from .decoder import (
+    BACKGROUNDS,
+    DECODER_RECIPES,
+    LOSSES,
+    MIN_SCALE,
+    OPTIMIZERS,
+    DecoderConfig,
+    PredictConfig,
+    decoder_recipe,
+)
+from .stages import (
+    AFFINITIES,
+    CACHES,
+    CAM_ATTENTION_BLOCKS,
+    CPU_BATCH,
+    DEFAULT_DINO,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    IGNORE_INDEX,
+    MAX_LR,
+    MAX_TOKENS,
+    MIN_IMAGE_SIDE,
+    MIN_SIDE,
+    MIN_TEMPERATURE,
+    NOT_COMPARED,
+    PARITIES,
+    REFINES,
+    REGULARIZATIONS,
+    TARGETS,
+    CamConfig,
+    CrfConfig,
+    EvalConfig,
+    ExtractConfig,
+    LearnPrototypesConfig,
+    RuntimeConfig,
+    TextPrototypesConfig,
+    worker_count,
+)
+
+__all__ = [
+    "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
+    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "ExtractConfig", "CPU_BATCH", "NOT_COMPARED", "check_tokens",
+    "TextPrototypesConfig", "REFINES", "AFFINITIES",
+    "DEFAULT_DINO", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
+    "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
+    "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
+    "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
+    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE",
+]  # fmt: skip

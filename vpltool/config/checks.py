@@ -1,0 +1,103 @@
+"""The rules a value must follow, and configs to and from stage records.
+
+Each check raises :class:`~vpltool.errors.VplError` with one line that names the CLI option and the fix, so that a
+library caller gets the message a CLI user sees. The stage dataclasses (:mod:`.stages`, :mod:`.decoder`) call these
+in their ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, fields, replace
+from typing import Any
+
+from ..errors import VplError
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise VplError(message)
+
+
+def choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+    listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+    require(value in choices, f"{option} {value!r}: choose {listed}")
+
+
+def positive(option: str, value: float | None, *, allow_none: bool = False, upper: float = math.inf) -> None:
+    if value is None and allow_none:
+        return
+    ok = value is not None and math.isfinite(value) and 0 < value <= upper
+    bound = f" and at most {upper:g}" if math.isfinite(upper) else ""
+    require(ok, f"{option} {value}: must be a number above 0{bound}")
+
+
+def at_least(option: str, value: int | None, low: int, *, allow_none: bool = False, why: str = "") -> None:
+    if value is None and allow_none:
+        return
+    require(value is not None and value >= low, f"{option} {value}: must be >= {low}{why}")
+
+
+def fraction(option: str, value: float) -> None:
+    require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
+
+
+def non_negative(option: str, value: float) -> None:
+    """A weight: finite and >= 0 (nan is not "< 0", so it gets its own words)."""
+    require(math.isfinite(value), f"{option} {value}: not a finite number; give a number >= 0")
+    require(value >= 0, f"{option} {value}: must be >= 0")
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds: a negative one is refused by numpy deep inside, a traceback
+
+
+def seed_value(option: str, value: int) -> None:
+    require(0 <= value <= MAX_SEED, f"{option} {value}: must be an integer from 0 to {MAX_SEED}")
+
+
+
+def check_tokens(image: object, size: tuple[int, int], grid: tuple[int, int], patch: int, max_tokens: int, *,
+                 stage: str = "extract", scale: float = 1.0) -> None:
+    """Refuse an image whose ``grid`` (``(h, w)`` patches of its network input) exceeds ``max_tokens``.
+
+    The rule every stage that runs the frozen blocks on an image applies before the forward (`extract`, and `cam`
+    when it recomputes or re-runs the last block): one line naming the image, its ``size`` ``(H, W)`` in pixels,
+    the token count, and the ``--max-side`` (`predict`: the ``--long-side``; its ``size`` is then the largest test
+    view, at ``scale`` x the long side) that brings it under the limit.
+    """
+    n = grid[0] * grid[1]
+    if n <= max_tokens:
+        return
+    long, short = max(size), min(size)
+    side = patch * max(1, int(math.sqrt(max_tokens * long / short)))  # the largest long side whose grid fits
+    while side > patch and math.ceil(side / patch) * math.ceil(side * short / long / patch) > max_tokens:
+        side -= patch
+    if stage == "predict":  # size is the largest test view, at scale x --long-side
+        fix = f"pass --long-side {int(side / scale)} or less"
+    elif stage == "extract":
+        fix = f"pass --max-side {side}"
+    else:
+        fix = f"re-run `vpltool extract` with --max-side {side}"
+    what = f"{size[0]}x{size[1]} pixels"
+    what = f"its largest test view, {what}, makes" if stage == "predict" else f"{what} make"
+    raise VplError(f"{image}: {what} {n:,} patch tokens ({grid[0]}x{grid[1]} at patch "
+                   f"{patch}), above --max-tokens {max_tokens} (attention memory grows with its square); {fix} "
+                   "(or raise --max-tokens where the memory is)")
+
+
+
+def to_params(cfg: Any) -> dict[str, Any]:
+    """A config as a JSON-able dict, for file metadata and stage records."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def override(cfg: Any, **changes: Any) -> Any:
+    """Copy of ``cfg`` with the given fields changed; ``None`` values keep the default (SAM's CLI pattern)."""
+    names = {f.name for f in fields(cfg)}
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None and k in names})
+
+
+def from_params(cls: type, params: dict[str, Any]) -> Any:
+    """A config rebuilt from a recorded dict (a stage record's params): unknown keys ignored, lists as tuples."""
+    names = {f.name: f for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names})

@@ -1,0 +1,257 @@
+"""Every default of the per-image stages (extract, text-prototypes, cam, eval, learn-prototypes, crf) and of the
+options every stage shares, defined once. Field comments say *why* a value is what it is."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from .checks import at_least, choice, fraction, positive, require, seed_value
+
+IGNORE_INDEX = 255  # VOC convention: boundary / unknown pixels in masks
+DEFAULT_MODEL = "ViT-B-16"
+DEFAULT_PRETRAINED = "openai"
+PARITIES = ("none", "clip-es")
+CACHES = ("light", "full")
+MIN_SIDE = 32  # smallest --image-size / --max-side / --long-side accepted (a few patches of any ViT)
+# patch tokens per image: ~1024x1024 px at patch 16 (VOC's ~500x375 photos are 768). Every block's attention map is
+# tokens^2 per head, so a 4000x3000 photo (47k tokens) asked for 281 GB and died in the allocator
+MAX_TOKENS = 4096
+# smallest image side a stage accepts: below one ViT-B/16 patch an image is upsampled from a few pixels to a flat
+# input, so its CAM says nothing (a 1x1 thumbnail or a broken export, not a photo)
+MIN_IMAGE_SIDE = 16
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Options spelled the same on every stage."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with AMX, else fp32 (device.resolve_precision)
+    # images per batch; None = auto: 32 on CUDA (halved on out-of-memory), and on a CPU, where batching buys
+    # little, CPU_BATCH for extract and one image for cam and predict (their per-class backward does not batch)
+    batch_size: int | None = None
+    # image decoding threads (extract) / CRF processes / data-loading processes (train-decoder); 0 = one per CPU
+    # core (every stage, see worker_count); 1 = in this process for crf and train-decoder
+    workers: int = 2
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        at_least("--batch-size", self.batch_size, 1, allow_none=True)
+        at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` with 0 resolved: :func:`worker_count`."""
+        return worker_count(self.workers)
+
+
+def worker_count(workers: int) -> int:
+    """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
+    affinity mask: under Slurm or taskset that is fewer than the machine's cores)."""
+    if workers >= 1:
+        return workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """`vpltool extract`: one frozen CLIP pass per image, cached for every later stage."""
+
+    image_size: int | None = None  # None = CLIP-ES: each side rounded *up* to a multiple of the patch size
+    max_side: int | None = None  # optional cap on the longer side before rounding (keeps huge photos in memory)
+    attention_blocks: int = 8  # CAA averages the head-mean attention of the last 8 blocks (CLIP-ES)
+    # light: the dense features alone (what learn-prototypes and the decoder read; `cam` re-runs the frozen blocks
+    # from the image): 0.8 MB per 500x375 image, VOC train_aug 8 GB. full: + the last block's input and the
+    # attention (`cam` then re-runs only the last block: a 3x faster second pass on a CPU), 3.1 MB per image, the
+    # attention growing with the square of the patch count
+    cache: str = "light"
+    # none | clip-es: CLIP-ES's fp16-rounded positional embedding, and the tokens cached in fp32 (not fp16), so that
+    # `cam --parity clip-es` reproduces CLIP-ES's fp32 run
+    parity: str = "none"
+    # an image with more patch tokens is refused before the forward (check_tokens); a safety limit, not a setting
+    # of the features, so a resume with another value is allowed (NOT_COMPARED)
+    max_tokens: int = MAX_TOKENS
+
+    def __post_init__(self) -> None:
+        at_least("--image-size", self.image_size, MIN_SIDE, allow_none=True, why=" pixels")
+        at_least("--max-side", self.max_side, MIN_SIDE, allow_none=True, why=" pixels")
+        at_least("--attention-blocks", self.attention_blocks, 1)
+        choice("--parity", self.parity, PARITIES)
+        choice("--cache", self.cache, CACHES)
+        at_least("--max-tokens", self.max_tokens, 1)
+
+    @property
+    def store_tokens(self) -> bool:
+        return self.cache == "full"
+
+
+CPU_BATCH = 8  # extract's images per batch on a CPU under --batch-size auto (the forward batches well there)
+NOT_COMPARED = ("max_tokens",)  # recorded parameters that a resumed run may change (limits, not settings)
+
+
+@dataclass(frozen=True)
+class TextPrototypesConfig:
+    """`vpltool text-prototypes`: class names x templates + background words -> one prototypes file."""
+
+    templates: str = "clip-es"  # clip-es (single 'a clean origami {}.') | imagenet (80-template ensemble) | FILE
+    background: str = "auto"  # auto = the preset that matches the classes | voc | coco | none | FILE | "w1,w2"
+    synonyms: bool = True  # CLIP-ES fuses synonyms inside one prompt ('bird avian')
+    # none | clip-es: CLIP-ES's zeroshot_classifier arithmetic (one prompt at a time, the full 77-token context, the
+    # explicit attention path: the same embeddings up to rounding, and the same rounding); the default truncates the
+    # context to the longest prompt, ~10x faster on an 80-template ensemble
+    parity: str = "none"
+
+    def __post_init__(self) -> None:
+        choice("--parity", self.parity, PARITIES)
+        require(bool(self.templates.strip()), "--templates is empty: give clip-es, imagenet, a template or a file")
+
+
+# caa: CLIP-ES | caa+sgc: CAA with SSR's superpixel-group mask on the affinity | none: raw GradCAM
+REFINES = ("caa", "caa+sgc", "none")
+CAM_ATTENTION_BLOCKS = 8  # CLIP-ES's CAA: the last 8 blocks (cam on a dataset; an extract folder records its own)
+# the sharpest softmax temperature `cam` accepts: 10x sharper than CLIP's (1/100); cosines differ by ~0.01-0.1
+# between rows, so far below it one row takes all the probability and the GradCAM gradients underflow to 0
+MIN_TEMPERATURE = 1e-3
+AFFINITIES = ("clip", "dino", "clip+dino")  # the attention CAA's transition matrix is built from
+DEFAULT_DINO = "vit_small_patch16_224.dino"
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """`vpltool cam`: softmax-GradCAM + class-aware attention affinity (CLIP-ES), optionally SSR's SGC and DINO."""
+
+    refine: str = "caa"  # caa | caa+sgc | none
+    box_threshold: float = 0.4  # CLIP-ES: 0.4 for VOC, 0.7 for COCO
+    # CLIP-ES averages the last 8 blocks. None = what the `extract` folder averaged (recorded there; any other value
+    # but 1 cannot be served from its cache), or 8 on a dataset given directly
+    attention_blocks: int | None = None
+    temperature: float | None = None  # None = the prototypes file's own (1/logit_scale for text, tau_I for vision)
+    parity: str = "none"  # none | clip-es (CLIP-ES's box ends; needs an extract folder made with --parity clip-es)
+    # caa+sgc (SSR): SLIC superpixels per image, K-means groups of them (patches of different groups do not exchange
+    # activation), and the weight of a superpixel's centroid (100 Lab units per image side) against its mean Lab
+    # colour in the K-means features (0: colour alone). Chosen on the demo world's train split
+    # (benchmarks/study_sgc.py); SSR's own settings are not published
+    sgc_segments: int = 256
+    sgc_clusters: int = 32
+    sgc_position: float = 0.0
+    sgc_compactness: float = 10.0  # SLIC's colour-vs-space balance
+    affinity: str = "clip"  # clip | dino | clip+dino (SSR: a second backbone's attention)
+    affinity_weight: float = 0.4  # clip+dino: CLIP's share of the mixed attention, DINO gets the rest (SSR 0.4:0.6)
+    dino_model: str = DEFAULT_DINO  # a timm ViT name
+    dino_weights: str = "hub"  # hub (timm's pretrained weights, from the local cache offline) | FILE | none (random)
+    max_classes_per_pass: int = 32  # bounds memory of the batched backward on images with many labels
+    # input (the last block's ln_1 output: CLIP-ES's target layer, what VPL uses) | output (its output tokens)
+    layer: str = "input"
+
+    def __post_init__(self) -> None:
+        choice("--refine", self.refine, REFINES)
+        choice("--layer", self.layer, ("input", "output"))
+        fraction("--box-threshold", self.box_threshold)
+        at_least("--attention-blocks", self.attention_blocks, 1, allow_none=True)
+        positive("--temperature", self.temperature, allow_none=True)
+        require(self.temperature is None or self.temperature >= MIN_TEMPERATURE,
+                f"--temperature {self.temperature}: must be >= {MIN_TEMPERATURE:g}; below it the softmax over the "
+                "image's rows is one-hot in float32 and GradCAM's gradients vanish (CLIP's own is 0.01)")
+        choice("--parity", self.parity, PARITIES)
+        at_least("--sgc-segments", self.sgc_segments, 1)
+        positive("--sgc-compactness", self.sgc_compactness)
+        at_least("--sgc-clusters", self.sgc_clusters, 1)
+        require(math.isfinite(self.sgc_position) and self.sgc_position >= 0,
+                f"--sgc-position {self.sgc_position}: must be a number >= 0 (0 = colour alone)")
+        choice("--affinity", self.affinity, AFFINITIES)
+        fraction("--affinity-weight", self.affinity_weight)
+        require(bool(self.dino_model.strip()), "--dino-model is empty: give a timm ViT name, e.g. " + DEFAULT_DINO)
+        require(bool(self.dino_weights.strip()), "--dino-weights is empty: give hub, a weights file or none")
+        if self.affinity != "clip":
+            require(self.refine in ("caa", "caa+sgc"),
+                    f"--affinity {self.affinity} feeds CAA; it needs --refine caa or caa+sgc")
+            require(self.parity != "clip-es", f"--affinity {self.affinity}: --parity clip-es reproduces CLIP-ES, "
+                    "whose affinity is CLIP's alone; drop one of them")
+        at_least("--max-classes-per-pass", self.max_classes_per_pass, 1)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`vpltool eval`: confusion matrix and mIoU (VOC/COCO convention: mean over classes present in GT)."""
+
+    bg_exponents: tuple[float, ...] = (1.0, 2.0)  # CAM folders: bg = (1 - max cam)^a, best a reported (CLIP-ES)
+    # none | clip-es (CLIP-ES's fp16 arithmetic for the background score); None = the CAM folder's own --parity
+    parity: str | None = None
+
+    def __post_init__(self) -> None:
+        require(len(self.bg_exponents) > 0, "--bg-exponents is empty: give at least one value, e.g. 1,2")
+        for a in self.bg_exponents:
+            positive("--bg-exponents", a)
+        if self.parity is not None:
+            choice("--parity", self.parity, PARITIES)
+
+
+TARGETS = ("hard", "soft")
+REGULARIZATIONS = ("instance", "class")
+MAX_LR = 1000.0  # a step in logit units: anything above diverges at once
+
+
+@dataclass(frozen=True)
+class LearnPrototypesConfig:
+    """`vpltool learn-prototypes`: VPL phase 1 (projected gradient descent on the vision prototypes)."""
+
+    tau_i: float = 0.03
+    lr: float = 10.0
+    iters: int = 3000
+    targets: str = "hard"  # hard (paper: Phi-thresholded seeds) | soft (CAM scores as a distribution)
+    threshold: float = 0.4  # Phi: CAM score above which a pixel is a seed of its class
+    regularization: str = "instance"  # instance (per pixel, paper default) | class (Theorem 2)
+    bg_exponent: float = 1.0
+    # share of each image's patches used, drawn per image from ``seed`` (1 = all, the paper). The loss is a mean
+    # over pixels, so a uniform sample estimates it without bias; 0.25 keeps COCO's ~100 GB of features on one GPU
+    pixel_fraction: float = 1.0
+    max_memory_gb: float | None = None  # resident pixel budget; above it they stream from scratch shards on disk.
+    # None = 60% of free GPU memory (CUDA) or available RAM (CPU): full VOC (~8 GB bf16) stays on one GPU
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive("--tau-i", self.tau_i)
+        positive("--lr", self.lr, upper=MAX_LR)
+        at_least("--iters", self.iters, 0)
+        choice("--targets", self.targets, TARGETS)
+        fraction("--threshold", self.threshold)
+        choice("--regularization", self.regularization, REGULARIZATIONS)
+        positive("--bg-exponent", self.bg_exponent)
+        positive("--pixel-fraction", self.pixel_fraction, upper=1.0)
+        positive("--max-memory-gb", self.max_memory_gb, allow_none=True)
+        seed_value("seed", self.seed)  # a library field: the CLI has no --seed here
+
+
+@dataclass(frozen=True)
+class CrfConfig:
+    """`vpltool crf`: dense CRF pseudo masks; defaults are CLIP-ES's `eval_cam_with_crf.py`."""
+
+    iterations: int = 10
+    gaussian_sxy: float = 1.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 67.0
+    bilateral_srgb: float = 3.0
+    bilateral_compat: float = 4.0
+    confidence: float = 0.95  # CRF max probability below this -> 255 ignore; 0 = never (CLIP-ES's --eval_only)
+    bg_exponent: float = 1.0
+    parity: str = "none"  # none | clip-es (CLIP-ES's wrapped mean-subtracted BGR image and fp16 unary)
+    no_crf: bool = False  # thresholded argmax instead of the CRF (paper ablation)
+
+    def __post_init__(self) -> None:
+        at_least("--iterations", self.iterations, 1)
+        for option, value in (("--gaussian-sxy", self.gaussian_sxy), ("--bilateral-sxy", self.bilateral_sxy),
+                              ("--bilateral-srgb", self.bilateral_srgb), ("--bg-exponent", self.bg_exponent)):
+            positive(option, value)
+        for option, value in (("--gaussian-compat", self.gaussian_compat),
+                              ("--bilateral-compat", self.bilateral_compat)):
+            require(math.isfinite(value) and value >= 0, f"{option} {value}: must be >= 0")
+        fraction("--confidence", self.confidence)
+        choice("--parity", self.parity, PARITIES)
+
+

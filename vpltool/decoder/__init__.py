@@ -1,0 +1,50 @@
+"""The segmentation decoder of VPL phase 2, shared by train-decoder and predict.
+
+* :mod:`~vpltool.decoder.network`: the network (frozen CLIP block outputs -> dense embeddings V -> scores against
+  the prototypes W) and its file (save, load, rebuild).
+* :mod:`~vpltool.decoder.losses`: CE, the regional semantic contrast (RSC, Eq. 13) and SSR's CMPA.
+* :mod:`~vpltool.decoder.views`: test time, the views of an image (scales x flips) and their mean logits.
+"""
+
+from .losses import (
+    balanced_ce_loss,
+    ce_loss,
+    cmpa_loss,
+    mask_fractions,
+    present_classes,
+    refresh_bank,
+    region_embeddings,
+    region_masks,
+    rsc_loss,
+    spherical_kmeans,
+)
+from .network import (
+    MAX_LOGIT_SCALE,
+    SegDecoder,
+    block_features,
+    build_decoder,
+    config_from_json,
+    decoder_arch,
+    feature_blocks,
+    load_decoder,
+    save_decoder,
+)
+from .views import (
+    LONG_SIDE_RATIO,
+    decoder_forward,
+    input_long_side,
+    multiscale_logits,
+    predict_logits,
+    predict_logits_batch,
+    view_logits,
+    view_size,
+)
+
+__all__ = [
+    "MAX_LOGIT_SCALE", "SegDecoder", "feature_blocks", "block_features", "decoder_arch", "save_decoder",
+    "build_decoder", "config_from_json", "load_decoder",
+    "ce_loss", "balanced_ce_loss", "present_classes", "region_masks", "region_embeddings", "rsc_loss",
+    "mask_fractions", "cmpa_loss", "spherical_kmeans", "refresh_bank",
+    "LONG_SIDE_RATIO", "input_long_side", "view_size", "view_logits", "multiscale_logits", "decoder_forward",
+    "predict_logits_batch", "predict_logits",
+]  # fmt: skip

@@ -1,0 +1,106 @@
+"""The decoder at test time: views (scales x flips) of an image, their logits, and their mean at image size.
+
+WeCLIP's recipe: the long side at ``LONG_SIDE_RATIO`` x the training crop, scales around it, each view and its
+mirror through the frozen blocks and the decoder, logits resized to the image and averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..device import autocast
+from .network import SegDecoder, block_features
+
+LONG_SIDE_RATIO = 1.6  # WeCLIP: 320 px training crops, 512 px long side at test
+
+
+def input_long_side(long_side: int | None, crop_size: int) -> int:
+    """The test input's long side: ``long_side`` or 1.6 x the training crop."""
+    return int(long_side or round(LONG_SIDE_RATIO * crop_size))
+
+
+def view_size(bb, height: int, width: int, long_side: int, scale: float) -> tuple[int, int]:
+    """``(H, W)`` of one test view: long side ``long_side * scale``, sides rounded up to the patch size."""
+    ratio = long_side * scale / max(height, width)
+    return bb.input_size(max(1, round(height * ratio)), max(1, round(width * ratio)))
+
+
+def view_logits(forward: Callable[[Tensor], Tensor], pixels: Tensor, flip: bool) -> Tensor:
+    """Scores of a batch of views, each averaged with those of its mirror image flipped back.
+
+    Args:
+        forward: ``[B', 3, H, W]`` -> ``[B', N, h, w]``.
+        pixels: ``[B, 3, H, W]`` normalised pixels (or one view ``[3, H, W]``).
+
+    Returns:
+        ``[B, N, h, w]`` float32 (``[N, h, w]`` for one view); the mirrors run in the same forward as the views.
+    """
+    if pixels.ndim == 3:
+        return view_logits(forward, pixels[None], flip)[0]
+    n = len(pixels)
+    out = forward(torch.cat([pixels, pixels.flip(-1)]) if flip else pixels).float()
+    return (out[:n] + out[n:].flip(-1)) / 2 if flip else out
+
+
+def multiscale_logits(forward: Callable[[Tensor], Tensor], views: Sequence[Tensor], flip: bool) -> Tensor:
+    """Mean of :func:`view_logits` over views (one per scale, each ``[B, 3, H_s, W_s]`` or ``[3, H_s, W_s]``);
+    every view's scores are resized to the first view's grid.
+
+    Returns:
+        ``[B, N, h0, w0]`` float32 on the first view's patch grid (``[N, h0, w0]`` for single views).
+    """
+    if views and views[0].ndim == 3:
+        return multiscale_logits(forward, [v[None] for v in views], flip)[0]
+    total, grid = None, None
+    for pixels in views:
+        out = view_logits(forward, pixels, flip)
+        if grid is None:
+            grid = out.shape[-2:]
+        elif out.shape[-2:] != grid:
+            out = F.interpolate(out, size=grid, mode="bilinear", align_corners=False)
+        total = out if total is None else total + out
+    return total / len(views)
+
+
+def decoder_forward(bb, model: SegDecoder, blocks: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """``[B, 3, H, W]`` pixels -> ``[B, C + 1, h, w]`` class scores: the frozen blocks, then the decoder."""
+
+    def forward(batch: Tensor) -> Tensor:
+        feats = block_features(bb, batch, blocks, dtype)
+        with torch.no_grad(), autocast(bb.device, dtype):
+            return model(feats)[1]
+
+    return forward
+
+
+def predict_logits_batch(bb, model: SegDecoder, blocks: Sequence[int], views: Sequence[Tensor], flip: bool,
+                         size: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """WeCLIP's test protocol for B images of one size: ``views`` (one ``[B, 3, H_s, W_s]`` per scale) and their
+    mirrors through the frozen CLIP and the decoder, averaged, resized to the images' ``size`` ``(H0, W0)``.
+
+    Returns:
+        ``[B, C + 1, H0, W0]`` float32 scores on the model's device.
+    """
+    forward = decoder_forward(bb, model, blocks, dtype)
+    logits = multiscale_logits(forward, [v.to(bb.device, non_blocking=True) for v in views], flip)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def predict_logits(bb, model: SegDecoder, blocks: Sequence[int], image, scales: Sequence[float], flip: bool,
+                   long_side: int, dtype: torch.dtype) -> Tensor:
+    """Multi-scale (+ flip) class scores of one image at its own resolution (WeCLIP's test protocol).
+
+    Args:
+        bb: the frozen :class:`~vpltool.backbone.ClipBackbone` the decoder was trained on.
+        image: ``[H0, W0, 3]`` uint8 RGB.
+
+    Returns:
+        ``[C + 1, H0, W0]`` float32 scores (channel 0 = background), on the CPU.
+    """
+    h0, w0 = image.shape[:2]
+    views = [bb.preprocess(image, view_size(bb, h0, w0, long_side, s))[None] for s in scales]
+    return predict_logits_batch(bb, model, blocks, views, flip, (h0, w0), dtype)[0].cpu()
