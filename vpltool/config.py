@@ -270,6 +270,25 @@ class EvalConfig:
             choice("--parity", self.parity, PARITIES)
 
 
+@dataclass(frozen=True)
+class ReportConfig:
+    """`vpltool report`: the browsable HTML report of a run folder (one row per image, a detail view per image)."""
+
+    thumb_size: int = 96  # long side of the table's thumbnails, pixels (never above the image's own)
+    detail_size: int = 320  # long side of the detail view's image and masks, pixels (never above the image's own)
+    quality: int = 80  # WebP quality of the thumbnails and the detail view's photo (masks are lossless PNG)
+    cam_grid: int = 32  # long side of the per-class CAMs the detail view draws (bilinear in the browser), cells
+    page_size: int = 50  # table rows per page (the page lets the reader change it)
+
+    def __post_init__(self) -> None:
+        at_least("--thumb-size", self.thumb_size, 16, why=" pixels")
+        at_least("--detail-size", self.detail_size, 32, why=" pixels")
+        at_least("--quality", self.quality, 1)
+        require(self.quality <= 100, f"--quality {self.quality}: give a WebP quality in 1..100")
+        at_least("--cam-grid", self.cam_grid, 4, why=" cells")
+        at_least("--page-size", self.page_size, 1)
+
+
 TARGETS = ("hard", "soft")
 REGULARIZATIONS = ("instance", "class")
 MAX_LR = 1000.0  # a step in logit units: anything above diverges at once
