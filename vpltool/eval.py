@@ -254,7 +254,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         _check_split(folder, recorded, split)
         data, split = recorded["root"], split or recorded.get("split")
     dataset = open_dataset(data, split)
-    io.check_outputs("eval", {"--json": (json_out, "file"), "--per-image": (per_image_out, "file")}, inputs={"the folder scored": folder, "--data": data},
+    io.check_outputs("eval", {"--json": (json_out, "file"), "--per-image": (per_image_out, "file")},
+                     inputs={"the folder scored": folder, "--data": data},
                      protected=dataset.folders())
     with_gt = {it.id: it.gt for it in dataset.items if it.gt is not None}
     if not with_gt:
