@@ -99,6 +99,35 @@ def time_report(run: Path, out: Path, workers: int) -> dict:
             "files": len(files)}
 
 
+def page_ready_ms(index: Path) -> dict | None:
+    """How long headless Chromium takes from navigation to the first page of rows on screen (``VPL.readyMs``),
+    and the rows it then holds; None without selenium and a system Chromium (the test's browser)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        return None
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        return None
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    with tempfile.TemporaryDirectory(prefix="vpltool-chromium-") as profile:
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={profile}"):
+            options.add_argument(arg)
+        chrome = webdriver.Chrome(service=Service(driver), options=options)
+        try:
+            chrome.get(index.as_uri())
+            ready = WebDriverWait(chrome, 60).until(lambda d: d.execute_script("return window.VPL.readyMs"))
+            rows = chrome.execute_script("return VPL.rows[0].length")
+        finally:
+            chrome.quit()
+    return {"ready_ms": round(ready), "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", type=Path, default=ROOT / "runs" / "demo", help="a finished demo run (skipped if absent)")
@@ -120,7 +149,8 @@ def main() -> None:
         images = fabricate_run(tmp / "run", world)
         synthetic = time_report(tmp / "run", tmp / "run" / "report", args.workers)
         result["synthetic"] = {"images": images, "side": args.side, "columns": 3, **synthetic,
-                               "images_per_s": round(images / synthetic["seconds"], 1)}
+                               "images_per_s": round(images / synthetic["seconds"], 1),
+                               "page": page_ready_ms(tmp / "run" / "report" / "index.html")}
     result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     result["peak_memory"] = [{"stage": f"report ({name} run)", "rss_mib": result[name]["peak_rss_mib"],
                               "cuda_mib": None, "scope": "process"} for name in ("demo", "synthetic") if name in result]

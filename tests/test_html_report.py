@@ -248,6 +248,15 @@ def test_page_in_chromium(tiny_run, report, browser, tmp_path):
                    "i.naturalWidth > 0)")
     browser.save_screenshot(str(tmp_path / "table.png"))
 
+    # the change from text to vision CAM: most improved by VPL first (eval's figures for both folders)
+    per_cam = {}
+    for name in ("cams_text", "cams_vision"):
+        run_eval(tiny_run / name, per_image_out=tmp_path / f"{name}.json")
+        per_cam[name] = {i: r["miou"] for i, r in io.read_json(tmp_path / f"{name}.json")["images"].items()}
+    change = {i: per_cam["cams_vision"][i] - per_cam["cams_text"][i] for i in per_cam["cams_text"]}
+    browser.find_element(By.CSS_SELECTOR, "th[data-sort='pair:0']").click()
+    assert change[_shown(browser)[0][0]] == pytest.approx(max(change.values()), abs=1e-5)
+
     # sort by the decoder's IoU on val: eval's worst image first, then descending: its best first
     browser.find_element(By.CSS_SELECTOR, "#split-tabs button[data-split='1']").click()
     per_image = tmp_path / "pred_val.json"

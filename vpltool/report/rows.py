@@ -7,9 +7,10 @@ Runs in worker processes (spawned, torch-free), one chunk of images per task; ev
 Files per image (``<s>`` the split's index, ``<r>`` the row's):
 
 * ``t/<s>/<r>.webp``: the table's thumbnails side by side (image, GT, then one per column), one request per row.
-* ``d/<s>/<r>.webp``: the detail view's photo; ``d/<s>/<r>.png``: its masks side by side (GT, then the mask
-  columns), palette PNG (exact colours); ``d/<s>/<r>.js``: per-class IoU, per-class CAMs on a small grid (uint8,
-  base64; the page upsamples them bilinearly and colours them), the CAA boxes.
+* ``d/<s>/<r>.webp``: the detail view's photo (none when the image is no larger than its thumbnail: the page then
+  shows the thumbnail's); ``d/<s>/<r>.png``: its masks side by side (GT, then the mask columns), palette PNG (exact
+  colours); ``d/<s>/<r>.js``: per-class IoU, per-class CAMs on a small grid (uint8, base64; the page upsamples them
+  bilinearly and colours them), the CAA boxes.
 """
 
 from __future__ import annotations

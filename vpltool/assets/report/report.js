@@ -80,12 +80,13 @@
     return el("div", {"class": "crop" + (pixelated ? " pixelated" : ""),
                       style: "width:" + (w * scale) + "px;height:" + (h * scale) + "px"}, [img]);
   }
-  function sortHeader(label, key, sub) {
+  function sortHeader(label, key, sub, firstDesc) {
+    // an IoU column sorts worst first, a change column most improved first; a second click reverses
     var active = state.sort === key;
     var th = el("th", {"data-sort": key, "class": "sortable" + (active ? " active" : ""), title: "sort by " + label,
                        onclick: function () {
                          if (state.sort === key) state.desc = !state.desc;
-                         else { state.sort = key; state.desc = false; }
+                         else { state.sort = key; state.desc = !!firstDesc; }
                          state.page = 0; render();
                        }},
                 [el("div", {text: label + (active ? (state.desc ? " ▼" : " ▲") : "")}),
@@ -100,7 +101,9 @@
       var sub = c.title + (c.miou_here !== null && c.miou_here !== undefined ? " · mIoU " + pct(c.miou_here) : "");
       tr.appendChild(sortHeader(c.name, "col:" + j, sub));
     });
-    sp.pairs.forEach(function (p, k) { tr.appendChild(sortHeader("Δ IoU", "pair:" + k, p[1] + " − " + p[0])); });
+    sp.pairs.forEach(function (p, k) {
+      tr.appendChild(sortHeader("Δ IoU", "pair:" + k, p[1] + " − " + p[0], true));
+    });
     var head = document.querySelector("#rows thead");
     head.textContent = "";
     head.appendChild(tr);
@@ -364,4 +367,5 @@
   setup();
   render();
   route();
+  V.readyMs = performance.now(); // when the first page of rows was on screen (benchmarks/bench_report.py reads it)
 })();
