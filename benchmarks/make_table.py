@@ -313,7 +313,7 @@ def report_section(d: dict) -> list[str]:
     page = s.get("page")
     opens = "" if not page else (f" Headless Chromium shows the first page of the synthetic run's {page['rows']:,} "
                                  f"rows {page['ready_ms']:,} ms after it starts loading `index.html`.")
-    return [*table(["run", "report size", "files", "wall time", "peak RSS MiB (main process)"], rows, "lrrrr"), "",
+    return [*table(["run", "report size", "files", "wall time", "peak RSS MiB (largest process)"], rows, "lrrrr"), "",
             f"`vpltool report --workers {d.get('workers')}` as its own process (`benchmarks/bench_report.py`); "
             f"load average {d['machine'].get('load_average_1min')} before, {d.get('load_average_1min_after')} "
             "after: a shared machine, so the wall times are upper bounds, not speed claims." + opens]
