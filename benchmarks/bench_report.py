@@ -157,7 +157,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vpltool-bench-report-") as tmp:
         tmp = Path(tmp)
         if (args.demo / "metrics.json").is_file() and not args.quick:
-            result["demo"] = {"run": str(args.demo), **time_report(args.demo, tmp / "demo-report", args.workers)}
+            where = args.demo.resolve()
+            name = str(where.relative_to(ROOT)) if ROOT in where.parents else where.name  # no machine paths
+            result["demo"] = {"run": name, **time_report(args.demo, tmp / "demo-report", args.workers)}
         world = fabricate_world(tmp, args.images, args.side)
         images = fabricate_run(tmp / "run", world)
         synthetic = time_report(tmp / "run", tmp / "run" / "report", args.workers)

@@ -316,7 +316,8 @@ def report_section(d: dict) -> list[str]:
     return [*table(["run", "report size", "files", "wall time", "peak RSS MiB (largest process)"], rows, "lrrrr"), "",
             f"`vpltool report --workers {d.get('workers')}` as its own process (`benchmarks/bench_report.py`); "
             f"load average {d['machine'].get('load_average_1min')} before, {d.get('load_average_1min_after')} "
-            "after: a shared machine, so the wall times are upper bounds, not speed claims." + opens]
+            f"after, at nice {d['machine'].get('nice')}: a shared machine, so the wall times are upper bounds, not "
+            "speed claims." + opens]
 
 
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
