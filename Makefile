@@ -201,12 +201,15 @@ $(RUN)/metrics/diagnose_val.json: $(RUN)/features_val/_stage.json $(RUN)/vision_
 	$(VPL) diagnose $(<D) -p $(RUN)/vision_prototypes.safetensors -t $(RUN)/text_prototypes.safetensors --json $@ \
 	  --device $(DEVICE)
 
-## Print the per-stage mIoU table (train and held-out, next to chance), write metrics.json and the contact sheets
-report: $(RUN)/metrics.json
+# the HTML report (`vpltool report`): every image's thumbnails, IoU per stage and detail view, from disk, offline
+## Print the mIoU table per stage next to chance (metrics.json, contact sheets), then the HTML report RUN/report/
+report: $(RUN)/report/index.html
 $(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.json $(RUN)/metrics/pseudo.json \
                     $(RUN)/metrics/pred_val.json $(if $(HELDOUT),$(RUN)/metrics/cams_text_val.json \
                     $(RUN)/metrics/cams_vision_val.json $(RUN)/metrics/pseudo_val.json $(RUN)/metrics/diagnose_val.json)
 	$(VPL) demo-report $(RUN)
+$(RUN)/report/index.html: $(RUN)/metrics.json
+	$(VPL) report $(RUN) -o $(@D) --workers $(WORKERS)
 
 ## The paper's whole pipeline on PASCAL VOC (VOC_ROOT=...), then the mIoU per stage; see docs/reproduce.md
 voc: setup
@@ -239,6 +242,7 @@ bench: setup
 	$(call run_bench,stage_costs.py,,stage_costs.json)
 	$(call run_bench,bench_memory.py,,memory.json)
 	$(call run_bench,bench_demo.py,--toy-clip,demo.json)
+	$(call run_bench,bench_report.py,,report.json)
 	# a VOC-scale run of every stage (10,582 photos): on a GPU only (BENCH_DEVICE=cuda), or smoke-tested (--quick)
 	$(if $(or $(filter cuda%,$(BENCH_DEVICE)),$(filter --quick,$(BENCH_ARGS))),$(call run_bench,bench_gpu_pipeline.py,,gpu_pipeline.json))
 	$(BENCH)/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)

@@ -300,13 +300,34 @@ def memory_section(d: dict) -> list[str]:
             f"{d.get('model')} on the demo world; crf with 1 worker; predict on val with a 5-iteration decoder."]
 
 
+def report_section(d: dict) -> list[str]:
+    """`vpltool report`: size and wall time on the demo run and on a synthetic run of VOC train_aug's size."""
+    rows = []
+    if d.get("demo"):
+        m = d["demo"]
+        rows.append(["demo run (`make demo`: 500 train + 200 val scenes, 96 px, 7 stage columns)",
+                     size(m["bytes"] / 1e9), num(m["files"]), duration(m["seconds"]), num(m.get("peak_rss_mib"))])
+    s = d["synthetic"]
+    rows.append([f"synthetic run: {s['images']:,} images of {s['side']}² px, {s['columns']} stage columns",
+                 size(s["bytes"] / 1e9), num(s["files"]), duration(s["seconds"]), num(s.get("peak_rss_mib"))])
+    page = s.get("page")
+    opens = "" if not page else (f" Headless Chromium shows the first page of the synthetic run's {page['rows']:,} "
+                                 f"rows {page['ready_ms']:,} ms after it starts loading `index.html`.")
+    return [*table(["run", "report size", "files", "wall time", "peak RSS MiB (largest process)"], rows, "lrrrr"), "",
+            f"`vpltool report --workers {d.get('workers')}` as its own process (`benchmarks/bench_report.py`); "
+            f"load average {d['machine'].get('load_average_1min')} before, {d.get('load_average_1min_after')} "
+            f"after, at nice {d['machine'].get('nice')}: a shared machine, so the wall times are upper bounds, not "
+            "speed claims." + opens]
+
+
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
             "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
             "crf": ("crf: worker scaling", crf_section),
             "decoder": ("train-decoder: with and without the feature cache", decoder_section),
             "stage-costs": ("Disk and compute per stage (VOC train_aug, COCO train)", stage_costs_tables),
-            "memory": ("Host memory against the number of images", memory_section)}
+            "memory": ("Host memory against the number of images", memory_section),
+            "report": ("report: the HTML report's size and time", report_section)}
 
 
 def section(path: Path, data: dict) -> list[str]:

@@ -30,6 +30,7 @@ SCRIPTS = {
     "bench_decoder.py": ("decoder", {"on_the_fly_iters_per_s", "cached_iters_per_s", "speedup"}),
     "stage_costs.py": ("stage-costs", {"measured", "voc", "coco", "assumptions"}),
     "bench_memory.py": ("memory", {"images", "stages"}),
+    "bench_report.py": ("report", {"synthetic", "workers"}),
     "bench_gpu_pipeline.py": ("gpu-pipeline", {"seconds", "extract_img_per_s", "cam_text_img_per_s",
                                                "predict_img_per_s", "learn_prototypes_s", "total_s", "bars"}),
 }

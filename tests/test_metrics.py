@@ -192,3 +192,19 @@ def test_the_table_in_a_pipe_keeps_its_first_and_last_lines_whole():
     assert lines[0] == "mIoU 14.7 over 4 images"
     assert lines[-1] == "pixel acc 59.2 · mean acc 48.9 · best bg exponent a=1 (a=1: 14.7, a=2: 10.9)"
     assert max(map(len, lines)) <= 100
+
+
+def test_per_image_figures_are_each_images_own():
+    """``MiouAccumulator(per_image=True)`` keeps each image's own IoU (what `eval --per-image` and the report show)
+    beside the dataset's; worked by hand: class 0 1/2, class 1 2/3."""
+    from vpltool.kernels import image_scores
+
+    acc = MiouAccumulator(3, per_image=True)
+    gt, pred = np.array([[0, 0], [1, 1]]), np.array([[0, 1], [1, 1]])
+    acc.add(gt, pred, item="a")
+    acc.add(np.array([[2, 2], [0, 255]]), np.array([[2, 0], [0, 0]]), item="b")
+    assert acc.images["a"]["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert acc.images["a"]["iou"] == pytest.approx([1 / 2, 2 / 3, None])
+    assert acc.images["b"] == image_scores(confusion_matrix(np.array([[2, 2], [0, 255]]),
+                                                             np.array([[2, 0], [0, 0]]), 3))
+    assert MiouAccumulator(3).images is None  # off by default: a VOC-sized eval keeps one matrix only

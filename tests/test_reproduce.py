@@ -42,7 +42,7 @@ def test_make_voc_runs_every_stage_with_the_paper_settings():
     cmds = commands(result.stdout)
     order = [c.split("bin/vpltool ")[1].split()[0] for c in cmds]
     assert order == ["extract", "text-prototypes", "cam", "eval", "learn-prototypes", "cam", "eval", "crf", "eval",
-                     "train-decoder", "predict", "eval", "demo-report"]
+                     "train-decoder", "predict", "eval", "demo-report", "report"]
     assert "extract /data/VOC2012 --split train_aug -o runs/voc/features --model ViT-B-16 --pretrained openai" in \
         stage(cmds, "extract")
     assert '--templates "clip-es" --background "voc"' in stage(cmds, "text-prototypes")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import io
 from .config import EvalConfig
 from .errors import ContractError, VplError
-from .kernels import MiouAccumulator, best_foreground, with_background
+from .kernels import MiouAccumulator, best_foreground, class_name_map, with_background
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------- folders
 def evaluate_masks(
     pred_dir: str | os.PathLike, gt_by_id: Mapping[str, Path], classes: Sequence[str], ids: Iterable[str],
-    pred_classes: Sequence[str] | None = None,
+    pred_classes: Sequence[str] | None = None, per_image: bool = False,
 ) -> dict[str, Any]:
     """mIoU of a folder of label PNGs (``<pred_dir>/<id>.png``: pseudo masks or decoder predictions).
 
@@ -47,10 +47,12 @@ def evaluate_masks(
         ids: the images to score.
         pred_classes: the classes the masks' values index (an open-vocabulary `predict` records its own), mapped
             to ``classes`` by name; None = ``classes``.
+        per_image: also return each image's own figures (``per_image``).
 
     Returns:
         ``miou``, ``iou`` {class name: value or None}, ``pixel_accuracy``, ``mean_accuracy``, ``n_images``,
-        ``confusion`` (see :meth:`MiouAccumulator.result`).
+        ``confusion`` (see :meth:`MiouAccumulator.result`); with ``per_image``, ``per_image`` {id: {``miou``,
+        ``iou`` {class name: value or None}}} (:func:`vpltool.kernels.image_scores`).
 
     Raises:
         VplError: an id without GT or without a prediction file (checked for all ids before any pixel is read), or
@@ -59,7 +61,7 @@ def evaluate_masks(
     pred_dir = Path(pred_dir)
     lut = class_name_map(pred_classes, classes, pred_dir)
     ids = _check_inputs(pred_dir, ".png", gt_by_id, ids)
-    acc = MiouAccumulator(len(classes))
+    acc = MiouAccumulator(len(classes), per_image)
     n_pred = len(classes) if pred_classes is None else len(pred_classes)
     for item in ids:
         gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
@@ -67,7 +69,7 @@ def evaluate_masks(
         pred = pred if lut is None else lut[pred]
         _same_size(pred.shape, gt, item, gt_by_id[item], f"its mask {io.mask_path(pred_dir, item)}")
         acc.add(gt, pred, item=item)
-    return _name_classes(acc.result(), classes)
+    return _with_images(_name_classes(acc.result(), classes), acc, classes)
 
 
 def evaluate_cams(
@@ -77,6 +79,7 @@ def evaluate_cams(
     ids: Iterable[str],
     bg_exponents: Sequence[float] = EvalConfig.bg_exponents,
     parity: str = "none",
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """mIoU of a CAM folder (``<cam_dir>/<id>.safetensors``) for each background exponent, best one reported.
 
@@ -90,6 +93,7 @@ def evaluate_cams(
         bg_exponents: values of ``a`` in ``bg = (1 - max cam)^a`` (CLIP-ES searches {1, 2}).
         parity: 'clip-es' computes the background score in float16 like CLIP-ES's ``eval_cam.py``; 'none' in
             float32.
+        per_image: also return each image's own figures at the best exponent (``per_image``).
 
     Returns:
         The :func:`evaluate_masks` keys for the best exponent, plus ``bg_exponent`` (the best ``a``; the first of
@@ -99,7 +103,7 @@ def evaluate_cams(
         raise VplError("no background exponent given; pass at least one value of --bg-exponents (e.g. 1,2)")
     cam_dir = Path(cam_dir)
     ids = _check_inputs(cam_dir, ".safetensors", gt_by_id, ids)
-    accs = {float(a): MiouAccumulator(len(classes)) for a in bg_exponents}
+    accs = {float(a): MiouAccumulator(len(classes), per_image) for a in bg_exponents}
     for item in ids:
         gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
         maps = io.read_cam(io.cam_path(cam_dir, item), classes)
@@ -110,23 +114,8 @@ def evaluate_cams(
     results = {a: acc.result() for a, acc in accs.items()}
     best = max(results, key=lambda a: -1.0 if results[a]["miou"] is None else results[a]["miou"])
     by_exponent = {a: r["miou"] for a, r in results.items()}
-    return {**_name_classes(results[best], classes), "bg_exponent": best, "by_exponent": by_exponent}
-
-
-def class_name_map(pred_classes: Sequence[str] | None, classes: Sequence[str], where: object):
-    """``[256]`` uint8 lookup from the predictions' class indices to the dataset's, by name (255 stays 255); None
-    when they are the same list. VplError naming the predicted classes the dataset lacks."""
-    import numpy as np
-
-    if pred_classes is None or list(pred_classes) == list(classes):
-        return None
-    missing = [c for c in pred_classes if c not in classes]
-    if missing:
-        raise VplError(f"{where}: predicted classes {missing} are not classes of the dataset ({', '.join(classes)}); "
-                       "score against a dataset that has them")
-    lut = np.full(256, 255, np.uint8)
-    lut[: len(pred_classes)] = [list(classes).index(c) for c in pred_classes]
-    return lut
+    return {**_with_images(_name_classes(results[best], classes), accs[best], classes), "bg_exponent": best,
+            "by_exponent": by_exponent}
 
 
 def _same_size(shape: Sequence[int], gt, item: str, gt_path: Path, what: str) -> None:
@@ -166,6 +155,13 @@ def _more(missing: list[str]) -> str:
 def _name_classes(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     """Replace the per-class IoU list by {class name: IoU or None}."""
     return {**result, "iou": dict(zip(classes, result["iou"]))}
+
+
+def _with_images(result: dict[str, Any], acc: MiouAccumulator, classes: Sequence[str]) -> dict[str, Any]:
+    """``result`` plus ``per_image`` (classes named) when ``acc`` kept each image's figures."""
+    if acc.images is None:
+        return result
+    return {**result, "per_image": {i: _name_classes(r, classes) for i, r in acc.images.items()}}
 
 
 # --------------------------------------------------------------------------------------------- display
@@ -229,11 +225,14 @@ def _check_split(folder: Path, recorded: Mapping[str, Any], split: str | None) -
 
 def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str | None = None,
              cfg: EvalConfig = EvalConfig(), json_out: str | os.PathLike | None = None,
-             ids: Sequence[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+             ids: Sequence[str] | None = None, per_image_out: str | os.PathLike | None = None,
+             ) -> tuple[dict[str, Any], list[str]]:
     """Score a folder of masks (PNG) or CAMs (``cam`` stage output) against the dataset's ground truth.
 
     The dataset defaults to the one recorded by the stage that wrote ``predictions``; ``split`` overrides the
-    recorded split. Returns ``(result, classes)`` and writes ``json_out`` atomically when given.
+    recorded split. Returns ``(result, classes)`` and writes ``json_out`` atomically when given; ``per_image_out``
+    (``--per-image``): each image's mIoU and per-class IoU as JSON (``folder``, ``kind``, ``classes``,
+    ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged.
     """
     from .data import open_dataset
 
@@ -242,6 +241,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         raise VplError(f"{folder}: predictions folder not found")
     if json_out is not None:
         io.check_writable_target(json_out, ".json")  # before minutes of scoring, not after
+    if per_image_out is not None:
+        io.check_writable_target(per_image_out, ".json")
     stage = _scored_stage(folder)
     recorded = io.recorded_dataset_identity(folder)
     if data is None:
@@ -253,7 +254,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         _check_split(folder, recorded, split)
         data, split = recorded["root"], split or recorded.get("split")
     dataset = open_dataset(data, split)
-    io.check_outputs("eval", {"--json": (json_out, "file")}, inputs={"the folder scored": folder, "--data": data},
+    io.check_outputs("eval", {"--json": (json_out, "file"), "--per-image": (per_image_out, "file")},
+                     inputs={"the folder scored": folder, "--data": data},
                      protected=dataset.folders())
     with_gt = {it.id: it.gt for it in dataset.items if it.gt is not None}
     if not with_gt:
@@ -264,14 +266,21 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     is_cam = stage == "cam"
     if is_cam:
         parity = cfg.parity or io.read_record(io.stage_record_path(folder))["params"].get("parity", "none")
-        result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity)
+        result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity,
+                               per_image=per_image_out is not None)
         result["parity"] = parity
     else:
         record_path = io.stage_record_path(folder)
         pred_classes = io.read_record(record_path).get("classes") if record_path.is_file() else None
-        result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes)
+        result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes,
+                                per_image=per_image_out is not None)
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
+    images = result.pop("per_image", None)
+    if per_image_out is not None:
+        io.write_json(per_image_out, {"folder": str(folder), "kind": result["kind"], "classes": result["classes"],
+                                      **({"bg_exponent": result["bg_exponent"]} if is_cam else {}),
+                                      "images": images})
     if json_out:
         io.write_json(json_out, result)
     return result, list(dataset.classes)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .config import IGNORE_INDEX, CrfConfig
-from .errors import ContractError, MissingDependencyError
+from .errors import ContractError, MissingDependencyError, VplError
 
 CLIP_ES_BGR_MEAN = (104.008, 116.669, 122.675)  # deeplab-pytorch's Caffe means, B, G, R
 UNARY_FLOOR = 1e-5  # pydensecrf.utils.unary_from_softmax's clip: -log(0) would be an infinite unary
@@ -217,6 +217,21 @@ def pseudo_labels(scores: np.ndarray, labels: Sequence[int], confidence: float |
 
 
 # --------------------------------------------------------------------------------------------- mIoU
+def class_name_map(pred_classes: Sequence[str] | None, classes: Sequence[str], where: object) -> np.ndarray | None:
+    """``[256]`` uint8 lookup from the predictions' class indices to the dataset's, by name (255 stays 255); None
+    when they are the same list (an open-vocabulary `predict` records its own classes). VplError naming the
+    predicted classes the dataset lacks."""
+    if pred_classes is None or list(pred_classes) == list(classes):
+        return None
+    missing = [c for c in pred_classes if c not in classes]
+    if missing:
+        raise VplError(f"{where}: predicted classes {missing} are not classes of the dataset ({', '.join(classes)}); "
+                       "score against a dataset that has them")
+    lut = np.full(256, 255, np.uint8)
+    lut[: len(pred_classes)] = [list(classes).index(c) for c in pred_classes]
+    return lut
+
+
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, *, item: str | None = None) -> np.ndarray:
     """Pixel counts of (GT class, predicted class) for one image.
 
@@ -276,20 +291,36 @@ def scores(hist: np.ndarray) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- accumulation
-class MiouAccumulator:
-    """Streaming confusion matrix over many images; memory is one [N, N + 1] matrix, whatever the dataset size."""
+def image_scores(hist: np.ndarray) -> dict[str, Any]:
+    """One image's figures from its own confusion matrix (:func:`confusion_matrix`): ``miou`` (mean IoU over the
+    classes in its GT; a class predicted but absent from GT lowers the IoU of the GT classes it covers) and ``iou``
+    (list of N, None for classes absent from its GT). The rule of :func:`scores`, applied to one image."""
+    result = scores(hist)
+    return {"miou": result["miou"], "iou": result["iou"]}
 
-    def __init__(self, num_classes: int):
+
+class MiouAccumulator:
+    """Streaming confusion matrix over many images; memory is one [N, N + 1] matrix, whatever the dataset size.
+
+    With ``per_image``, each image's own figures (:func:`image_scores`) are kept too, by ``item`` id, in
+    ``images``: what `eval --per-image` writes and `vpltool report` shows per row.
+    """
+
+    def __init__(self, num_classes: int, per_image: bool = False):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.hist = np.zeros((self.num_classes, self.num_classes + 1), dtype=np.int64)
         self.n_images = 0
+        self.images: dict[str, dict[str, Any]] | None = {} if per_image else None
 
     def add(self, gt: np.ndarray, pred: np.ndarray, *, item: str | None = None) -> None:
         """Count one [H, W] GT / prediction pair (see :func:`confusion_matrix`)."""
-        self.hist += confusion_matrix(gt, pred, self.num_classes, item=item)
+        hist = confusion_matrix(gt, pred, self.num_classes, item=item)
+        self.hist += hist
         self.n_images += 1
+        if self.images is not None:
+            self.images[str(item if item is not None else self.n_images - 1)] = image_scores(hist)
 
     def result(self) -> dict[str, Any]:
         """:func:`scores` plus ``n_images`` and ``confusion`` ([N][N + 1] nested lists, JSON-able)."""

@@ -1,8 +1,8 @@
 """The `vpltool` command line: a thin typer layer over the library, one command per stage.
 
 Commands are defined in :mod:`.pipeline` (extract, text-prototypes, cam, learn-prototypes, crf), :mod:`.training`
-(train-decoder, predict, eval) and :mod:`.demo`; :mod:`.common` holds what they share (option types, one-line
-errors, progress). Heavy imports happen inside the commands, so ``vpltool --help`` stays fast.
+(train-decoder, predict, eval), :mod:`.report` and :mod:`.demo`; :mod:`.common` holds what they share (option types,
+one-line errors, progress). Heavy imports happen inside the commands, so ``vpltool --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def help_cmd(
 
 # the commands register themselves on `app`, in this order: the stages in pipeline order, then the demo world's
 # isort: off
-from . import pipeline, training, demo  # noqa: E402,F401
+from . import pipeline, training, report, demo  # noqa: E402,F401
 # isort: on
 app.command("help")(help_cmd)  # last in the list: `vpltool help` and `vpltool help COMMAND`
 

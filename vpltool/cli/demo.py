@@ -108,4 +108,5 @@ def demo_report_cmd(
 
     report = run_demo_report(run)
     Console().print(format_report(report))
-    say(f"[green]✓[/] demo-report → {', '.join([str(run / 'metrics.json'), *report['sheets']])}")
+    say(f"[green]✓[/] demo-report → {', '.join([str(run / 'metrics.json'), *report['sheets']])}; every image: "
+        f"`vpltool report {run}` (make report) → {run / 'report' / 'index.html'}")

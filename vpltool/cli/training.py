@@ -196,6 +196,9 @@ def eval_cmd(
                                                   "score) [default: the CAM folder's --parity].",
                                                   show_default=False)] = EvalConfig.parity,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    per_image: Annotated[Optional[Path], typer.Option("--per-image", help="Also write each image's mIoU and "
+                                                      "per-class IoU as JSON here (CAM folders: at the best "
+                                                      "exponent).")] = None,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -213,7 +216,8 @@ def eval_cmd(
     from ..eval import format_table, run_eval
 
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"), parity=parity)
-    result, classes = run_eval(predictions, data=data, split=split, cfg=cfg, json_out=json_out)
+    result, classes = run_eval(predictions, data=data, split=split, cfg=cfg, json_out=json_out,
+                               per_image_out=per_image)
     Console(width=None if typer.get_text_stream("stdout").isatty() else 100).print(format_table(result, classes))
     extra = f" (bg exponent {result['bg_exponent']:g})" if "bg_exponent" in result else ""
     say(f"[green]✓[/] eval: mIoU {100 * result['miou']:.2f} over {result['n_images']} images{extra}")

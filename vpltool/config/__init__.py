@@ -6,7 +6,7 @@ library caller gets the same one-line :class:`~vpltool.errors.VplError` as a CLI
 Field comments say *why* a value is what it is; docs/pipeline.md cites where each number comes from.
 
 * :mod:`~vpltool.config.stages`: the options every stage shares (:class:`RuntimeConfig`) and the per-image stages'
-  defaults (extract, text-prototypes, cam, eval, learn-prototypes, crf).
+  defaults (extract, text-prototypes, cam, eval, learn-prototypes, crf) and the report's.
 * :mod:`~vpltool.config.decoder`: the decoder's defaults, for training (and its recipes) and for predict.
 * :mod:`~vpltool.config.checks`: the rules (one-line errors naming the option), and configs to and from the
   parameters a stage records.
@@ -60,6 +60,7 @@ from .stages import (
     EvalConfig,
     ExtractConfig,
     LearnPrototypesConfig,
+    ReportConfig,
     RuntimeConfig,
     TextPrototypesConfig,
     worker_count,
@@ -69,7 +70,7 @@ __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
     "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "ExtractConfig", "CPU_BATCH", "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "AFFINITIES",
-    "DEFAULT_DINO", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
+    "DEFAULT_DINO", "CamConfig", "EvalConfig", "ReportConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",

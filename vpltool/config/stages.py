@@ -1,4 +1,4 @@
-"""Every default of the per-image stages (extract, text-prototypes, cam, eval, learn-prototypes, crf) and of the
+"""Every default of the per-image stages (extract, text-prototypes, cam, eval, learn-prototypes, crf, report) and of the
 options every stage shares, defined once. Field comments say *why* a value is what it is."""
 
 from __future__ import annotations
@@ -190,6 +190,25 @@ class EvalConfig:
             positive("--bg-exponents", a)
         if self.parity is not None:
             choice("--parity", self.parity, PARITIES)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """`vpltool report`: the browsable HTML report of a run folder (one row per image, a detail view per image)."""
+
+    thumb_size: int = 96  # long side of the table's thumbnails, pixels (never above the image's own)
+    detail_size: int = 320  # long side of the detail view's image and masks, pixels (never above the image's own)
+    quality: int = 80  # WebP quality of the thumbnails and the detail view's photo (masks are lossless PNG)
+    cam_grid: int = 32  # long side of the per-class CAMs the detail view draws (bilinear in the browser), cells
+    page_size: int = 50  # table rows per page (the page lets the reader change it)
+
+    def __post_init__(self) -> None:
+        at_least("--thumb-size", self.thumb_size, 16, why=" pixels")
+        at_least("--detail-size", self.detail_size, 32, why=" pixels")
+        at_least("--quality", self.quality, 1)
+        require(self.quality <= 100, f"--quality {self.quality}: give a WebP quality in 1..100")
+        at_least("--cam-grid", self.cam_grid, 4, why=" cells")
+        at_least("--page-size", self.page_size, 1)
 
 
 TARGETS = ("hard", "soft")

@@ -29,6 +29,7 @@ from .files import (
     sha256_file,
     write_json,
     write_log,
+    write_text,
 )
 from .guard import check_outputs, folder_owner
 from .images import (
@@ -41,6 +42,7 @@ from .images import (
     voc_palette,
     write_chart,
     write_mask,
+    write_picture,
     write_png,
 )
 from .kinds import (
@@ -118,8 +120,9 @@ from .training import (
 __all__ = [
     "append_line", "append_log", "atomic_path", "check_folder_target", "check_writable_target", "file_identity",
     "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
+    "write_text",
     "MASK_SUFFIX", "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
-    "write_png", "mask_size",
+    "write_picture", "write_png", "mask_size",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
     "cam_path", "feature_path", "features_header", "features_meta", "item_ids", "read_cam", "read_cam_debug",
     "read_features", "read_prototypes", "prototypes_meta", "same_model", "token_dtype", "upsample_maps", "write_cam",

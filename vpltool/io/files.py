@@ -117,6 +117,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """A UTF-8 text file (a page, a script), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:

@@ -211,6 +211,28 @@ def write_png(path: str | os.PathLike, image: np.ndarray | Image.Image) -> Path:
     return Path(path)
 
 
+PICTURE_FORMATS = {".webp": "WEBP", ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+
+
+def write_picture(path: str | os.PathLike, image: np.ndarray | Image.Image, quality: int = 80) -> Path:
+    """A picture for people (a thumbnail, a report's view): ``[H, W, 3]`` uint8 RGB, ``[H, W]`` uint8 class indices
+    (drawn with the VOC palette) or a PIL image, in the format of the suffix (``.webp``, ``.jpg``: lossy at
+    ``quality``; ``.png``: lossless, a mask kept as a palette image), atomically."""
+    path = Path(path)
+    fmt = PICTURE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise VplError(f"{path}: pictures are written as {', '.join(PICTURE_FORMATS)}, not {path.suffix!r}")
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    if img.mode == "L" and not isinstance(image, Image.Image):  # class indices, not grey levels
+        img = img.convert("P")
+        img.putpalette(_PALETTE)
+        img = img if fmt == "PNG" else img.convert("RGB")
+    options = {} if fmt == "PNG" else {"quality": int(quality)}
+    with files.atomic_path(path) as tmp:
+        img.save(tmp, format=fmt, **options)
+    return path
+
+
 COLORS = ((0, 0, 0), (31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
 
 

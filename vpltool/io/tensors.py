@@ -154,7 +154,7 @@ def read_header(path: str | os.PathLike) -> dict[str, str]:
     if not path.is_file():
         raise VplError(f"{path}: file not found")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="np") as f:  # numpy: reading a header never imports torch
             return dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for truncated/foreign files
         raise ContractError(f"{path}: not a readable safetensors file ({e}); re-run the stage that wrote it") from None
