@@ -200,14 +200,18 @@ cams-vision: $(RUN)/metrics/cams_vision.json
 ## Dense-CRF pseudo masks from the vision-prototype CAMs, and their mIoU (with REFINES: those of every refinement)
 # with REFINES, the decoder's masks are chosen among theirs on the training split (PSEUDO_REFINE), else RUN/pseudo
 PSEUDO_SCORES = $(foreach r,$(REFINES),$(call refine_metrics,$(r))/pseudo.json)
-PSEUDO = $(if $(REFINES),$$($(VPL) choose-pseudo $(RUN) $(REFINES) --refine $(REFINE) --pick $(PSEUDO_REFINE)),$(RUN)/pseudo)
+# (a failed choice stops the recipe: `&&`, not an empty folder argument)
+PSEUDO_CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(RUN) $(REFINES) --refine $(REFINE) \
+  --pick $(PSEUDO_REFINE)) &&)
+PSEUDO = $(if $(REFINES),"$$pseudo",$(RUN)/pseudo)
 pseudo: $(RUN)/metrics/pseudo.json $(PSEUDO_SCORES)
 
 ## VPL phase 2: decoder on the frozen CLIP, trained on the pseudo masks with CE + RSC
 decoder: $(RUN)/decoder/decoder.safetensors
 $(RUN)/decoder/decoder.safetensors: $(if $(REFINES),$(PSEUDO_SCORES),$(RUN)/pseudo/_stage.json) \
                                     $(RUN)/vision_prototypes.safetensors
-	$(VPL) train-decoder $(PSEUDO) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --iters $(DEC_ITERS) $(DEC_ARGS) \
+	$(PSEUDO_CHOICE) $(VPL) train-decoder $(PSEUDO) -p $(RUN)/vision_prototypes.safetensors -o $(@D) \
+	  --iters $(DEC_ITERS) $(DEC_ARGS) \
 	  --lambda-proto $(LAMBDA_PROTO) $(if $(IGNORE_CLASSES),--ignore-classes $(IGNORE_CLASSES)) --device $(DEVICE) \
 	  --overwrite
 

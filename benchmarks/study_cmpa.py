@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchlib import machine
@@ -49,18 +50,18 @@ def pseudo_masks(run: Path) -> Path:
     return Path(json.loads(choice.read_text())["folder"]) if choice.is_file() else run / "pseudo"
 
 
-def decoder_miou(run: Path, pseudo: Path, work: Path, lam: float, seed: int) -> dict:
+def decoder_miou(run: Path, pseudo: Path, work: Path, lam: float, seed: int, device: str) -> dict:
     """Train one decoder (re-used if there), predict both splits, score them: mIoU % per split."""
     tag = work / f"lambda{lam:g}_seed{seed}".replace(".", "p")
     decoder = tag / "decoder" / "decoder.safetensors"
     if not decoder.is_file():
         _vpl("train-decoder", pseudo, "-p", run / "vision_prototypes.safetensors", "-o", decoder.parent, *DEC_ARGS,
-             "--lambda-proto", lam, "--seed", seed, "--device", "cpu", "--overwrite")
+             "--lambda-proto", lam, "--seed", seed, "--device", device, "--overwrite")
     row = {}
     for split in SPLITS:
         scored = tag / f"pred_{split}.json"
         if not scored.is_file():
-            _vpl("predict", decoder, "--split", split, "-o", tag / f"pred_{split}", "--device", "cpu", "--overwrite")
+            _vpl("predict", decoder, "--split", split, "-o", tag / f"pred_{split}", "--device", device, "--overwrite")
             _vpl("eval", tag / f"pred_{split}", "--json", scored)
         row[split] = round(100 * json.loads(scored.read_text())["miou"], 2)
     return row
@@ -78,24 +79,30 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="decoder seeds (train-decoder --seed)")
     ap.add_argument("--lambdas", default="0,0.1", help="--lambda-proto values; the first is the baseline")
     ap.add_argument("--work", type=Path, help="default RUN/cmpa_study")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1, help="decoders trained at once")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     lambdas = [float(x) for x in args.lambdas.split(",")]
     work = args.work or args.run / "cmpa_study"
     pseudo = pseudo_masks(args.run)
     start = time.perf_counter()
-    runs = {}
-    for lam in lambdas:
-        for seed in seeds:
-            runs[(lam, seed)] = decoder_miou(args.run, pseudo, work, lam, seed)
-            print(json.dumps({"lambda_proto": lam, "seed": seed, **runs[(lam, seed)]}), file=sys.stderr)
+
+    def one(key: tuple[float, int]) -> dict:
+        row = decoder_miou(args.run, pseudo, work, *key, args.device)
+        print(json.dumps({"lambda_proto": key[0], "seed": key[1], **row}), file=sys.stderr)
+        return row
+
+    keys = [(lam, seed) for lam in lambdas for seed in seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:  # each decoder is its own process; threads only wait on them
+        runs = dict(zip(keys, pool.map(one, keys)))
     summary = {f"{lam:g}": {split: spread([runs[(lam, s)][split] for s in seeds]) for split in SPLITS}
                for lam in lambdas}
     base = lambdas[0]
     deltas = {f"{lam:g} - {base:g}": {split: spread([round(runs[(lam, s)][split] - runs[(base, s)][split], 2)
                                                      for s in seeds]) for split in SPLITS} for lam in lambdas[1:]}
     chosen = max(lambdas, key=lambda lam: summary[f"{lam:g}"]["train"]["mean"])  # ties: the first (the baseline)
-    result = {"benchmark": "cmpa_study_full", "machine": machine("cpu"), "run": str(args.run),
+    result = {"benchmark": "cmpa_study_full", "machine": machine(args.device), "run": str(args.run),
               "pseudo_masks": str(pseudo), "decoder_args": list(DEC_ARGS), "seeds": seeds,
               "runs": [{"lambda_proto": lam, "seed": s, **row} for (lam, s), row in runs.items()],
               "summary": summary, "paired_differences": deltas, "chosen_on_train": chosen,

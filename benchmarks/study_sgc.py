@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vpltool.config import CamConfig
@@ -60,9 +61,9 @@ def _vpl(*args: object) -> None:
     _run(sys.executable, "-m", "vpltool", *args)
 
 
-def make_refines(run: Path, seed: int, make: str) -> None:
+def make_refines(run: Path, seed: int, make: str, device: str, jobs: int) -> None:
     """The Makefile's comparison of refinements on the demo world of ``seed`` (``make refines``), in ``run``."""
-    _run(make, "-s", "-j2", "refines", f"RUN={run}", f"SEED={seed}", "DEVICE=cpu", "REFINE=none",
+    _run(make, "-s", f"-j{jobs}", "refines", f"RUN={run}", f"SEED={seed}", f"DEVICE={device}", "REFINE=none",
          "REFINES=none caa caa+sgc")
 
 
@@ -86,14 +87,14 @@ def _name(setting: dict) -> str:
     return "_".join(f"{v}" for v in setting.values()).replace("+", "-")
 
 
-def cams(run: Path, protos: str, split: str, setting: dict) -> Path:
+def cams(run: Path, protos: str, split: str, setting: dict, device: str) -> Path:
     """``cam`` of ``run``'s ``protos`` (text | vision) prototypes on ``split`` with an SGC ``setting``; re-used."""
     out = run / "study" / f"cams_{protos}_{split}_{_name(setting)}"
     if not (out / "_stage.json").is_file():
         features = run / ("features" if split == "train" else "features_val")
         _vpl("cam", features, "-p", run / f"{protos}_prototypes.safetensors", "-o", out, "--refine", "caa+sgc",
              "--sgc-segments", setting["segments"], "--sgc-clusters", setting["clusters"], "--sgc-position",
-             setting["position"], "--device", "cpu", "--overwrite")
+             setting["position"], "--device", device, "--overwrite")
     return out
 
 
@@ -104,12 +105,12 @@ def crf(folder: Path) -> Path:
     return out
 
 
-def setting_row(run: Path, setting: dict) -> dict:
+def setting_row(run: Path, setting: dict, device: str) -> dict:
     """The figures of :func:`made_row` for an SGC setting other than the Makefile's, in ``run/study``."""
     row = {}
     for split in SPLITS:
         for protos in ("text", "vision"):
-            folder = cams(run, protos, split, setting)
+            folder = cams(run, protos, split, setting, device)
             row[f"{protos}_cam_{split}"] = miou(folder)
             row[f"{protos}_crf_{split}"] = miou(crf(folder))
     return row
@@ -146,18 +147,20 @@ def main() -> None:
     ap.add_argument("--grid-seeds", default=None, help="seeds the grid is scored on (default: the first seed)")
     ap.add_argument("--position", type=float, default=CamConfig.sgc_position, help="--sgc-position of the grid")
     ap.add_argument("--make", default="make")
+    ap.add_argument("--device", default="cpu", help="cam's device (the CRF runs on the CPU)")
+    ap.add_argument("--jobs", type=int, default=2, help="stages (make -j) or grid points run at once")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     runs = {s: args.run0 if s == 0 and args.run0 else args.root / f"seed{s}" for s in seeds}
     per_seed: dict = {"none": {}, "caa": {}, "caa+sgc": {}}
     for s, run in runs.items():
-        make_refines(run, s, args.make)
+        make_refines(run, s, args.make, args.device, args.jobs)
         for name in per_seed:
             per_seed[name][s] = made_row(run, name)
         print(json.dumps({"seed": s, "run": str(run), **{n: r[s] for n, r in per_seed.items()}}), file=sys.stderr)
     summary, deltas = summarise(per_seed, seeds)
-    result = {"benchmark": "sgc_study_full", "machine": machine("cpu"), "seeds": seeds,
+    result = {"benchmark": "sgc_study_full", "machine": machine(args.device), "seeds": seeds,
               "runs": {str(s): str(r) for s, r in runs.items()}, "world": {"train": 500, "val": 200},
               "sgc": DEFAULT, "per_seed": {n: {str(s): row for s, row in rows.items()} for n, rows in per_seed.items()},
               "summary": summary, "paired_differences": deltas,
@@ -165,20 +168,25 @@ def main() -> None:
 
     if args.grid:
         grid_seeds = [int(s) for s in args.grid_seeds.split(",")] if args.grid_seeds else seeds[:1]
-        grid = []
-        for segments, clusters in itertools.product(SEGMENTS, CLUSTERS):
-            setting = {**DEFAULT, "segments": segments, "clusters": clusters, "position": args.position}
+        settings = [{**DEFAULT, "segments": segments, "clusters": clusters, "position": args.position}
+                    for segments, clusters in itertools.product(SEGMENTS, CLUSTERS)]
+
+        def score(setting: dict) -> dict:
             scores = {s: (per_seed["caa+sgc"][s]["vision_cam_train"] if setting == DEFAULT else
-                          miou(cams(runs[s], "vision", "train", setting))) for s in grid_seeds}
-            grid.append({"setting": setting, "vision_cam_train": scores,
-                         "mean": round(statistics.fmean(scores.values()), 2)})
-            print(json.dumps(grid[-1]), file=sys.stderr)
+                          miou(cams(runs[s], "vision", "train", setting, args.device))) for s in grid_seeds}
+            entry = {"setting": setting, "vision_cam_train": scores, "mean": round(statistics.fmean(scores.values()),
+                                                                                   2)}
+            print(json.dumps(entry), file=sys.stderr)
+            return entry
+
+        with ThreadPoolExecutor(args.jobs) as pool:  # each cam is its own process; threads only wait on them
+            grid = list(pool.map(score, settings))
         chosen = max(grid, key=lambda e: e["mean"])["setting"]
         result["choice_on_train"] = {"seeds": grid_seeds, "grid": {"segments": SEGMENTS, "clusters": CLUSTERS,
                                                                    "position": args.position},
                                      "scores": grid, "chosen": chosen, "on_grid_edge": on_edge(chosen)}
         if chosen != DEFAULT:  # the chosen point on every seed, beside the defaults
-            rows = {s: setting_row(runs[s], chosen) for s in seeds}
+            rows = {s: setting_row(runs[s], chosen, args.device) for s in seeds}
             result["chosen_rows"] = {"per_seed": {str(s): r for s, r in rows.items()},
                                      "summary": {k: spread([rows[s][k] for s in seeds]) for k in rows[seeds[0]]}}
     result["seconds"] = round(time.perf_counter() - start, 1)
