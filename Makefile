@@ -1,6 +1,9 @@
 # vpltool — one file target per stage, so re-running `make` only redoes stale stages.
 # Make variables are the experiment config; each stage also records its params in its output's metadata.
 .DELETE_ON_ERROR:
+# every file a pattern rule makes (the CAM and mask folders of each refinement, their scores) is kept, not removed as
+# an intermediate
+.SECONDARY:
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -23,9 +26,17 @@ DEVICE ?= auto
 TEMPLATES ?= a photo of a {}.
 BACKGROUND ?= grass,sky,wall,water
 BOX_THR ?= 0.4
-# CAA blurs on the toy CLIP (3 of its 4 blocks attend to 3x3 windows, so its attention affinity is a spatial
-# diffusion): measured text-CAM mIoU 33.5 raw vs 26.7 with CAA on the demo world. Use REFINE=caa on real CLIP.
+# CAM refinement of the pipeline's own CAMs (RUN/cams_text, the seeds VPL phase 1 learns W from, RUN/cams_vision,
+# RUN/pseudo): none | caa (CLIP-ES) | caa+sgc (SSR). The demo keeps none for W's seeds: CAA blurs on the toy CLIP (3 of
+# its 4 blocks attend to 3x3 windows, so its attention affinity is a spatial diffusion). Use REFINE=caa on real CLIP.
 REFINE ?= none
+# the refinements the demo compares on the same features and W: text and vision CAMs and the CRF masks of each, on
+# both splits; REFINE's at RUN's top level, any other R's under RUN/R/ (metrics under RUN/metrics/R/). Empty: REFINE
+# alone, as `make voc` and `make coco` (the paper's pipeline)
+REFINES ?= none caa caa+sgc
+# whose vision-CAM CRF masks train the decoder: auto = the refinement of REFINES whose masks score the highest mIoU
+# on the training split (`vpltool choose-pseudo` prints the scores; never val), or one name of REFINES
+PSEUDO_REFINE ?= auto
 # SSR (AAAI 2026; docs/pipeline.md): REFINE=caa+sgc masks CAA's affinity with K-means groups of SLIC superpixels
 # (SGC_SEGMENTS superpixels, SGC_CLUSTERS groups, SGC_POSITION: weight of position against colour); AFFINITY=dino or
 # clip+dino builds CAA from a timm ViT's attention (DINO_MODEL; DINO_WEIGHTS hub | FILE | none = random), mixed
@@ -37,10 +48,15 @@ DINO_WEIGHTS ?= hub
 SGC_SEGMENTS ?= 256
 SGC_CLUSTERS ?= 32
 SGC_POSITION ?= 0
-CAM_ARGS = $(strip --box-threshold $(BOX_THR) --refine $(REFINE) --affinity $(AFFINITY) \
-  $(if $(filter caa+sgc,$(REFINE)),--sgc-segments $(SGC_SEGMENTS) --sgc-clusters $(SGC_CLUSTERS) --sgc-position $(SGC_POSITION)) \
-  $(if $(filter-out clip,$(AFFINITY)),--affinity-weight $(AFFINITY_WEIGHT) --dino-model $(DINO_MODEL) \
-  --dino-weights $(DINO_WEIGHTS)))
+# $(call cam_args,R): cam's options for refinement R (the affinity options only where CAA runs: none has no affinity)
+cam_args = $(strip --box-threshold $(BOX_THR) --refine $(1) $(if $(filter-out none,$(1)),--affinity $(AFFINITY)) \
+  $(if $(filter caa+sgc,$(1)),--sgc-segments $(SGC_SEGMENTS) --sgc-clusters $(SGC_CLUSTERS) --sgc-position $(SGC_POSITION)) \
+  $(if $(and $(filter-out none,$(1)),$(filter-out clip,$(AFFINITY))),--affinity-weight $(AFFINITY_WEIGHT) \
+  --dino-model $(DINO_MODEL) --dino-weights $(DINO_WEIGHTS)))
+# the refinement of a CAM or mask folder's parent D: REFINE for RUN itself, R for RUN/R
+refine_of = $(if $(filter $(RUN),$(1)),$(REFINE),$(notdir $(1)))
+# $(call refine_metrics,R): where refinement R's eval JSONs go
+refine_metrics = $(if $(filter $(REFINE),$(1)),$(RUN)/metrics,$(RUN)/metrics/$(1))
 TAU_I ?= 0.03
 ITERS ?= 3000
 LR ?= 10
@@ -77,7 +93,8 @@ pick = $(if $(filter command line,$(origin $(1))),$($(1)),$(2))
 # settings shared by both datasets: VPL phase 1 (tau_I 0.03, lr 10, 3000 iterations) and phase 2 (SGD recipe,
 # batch 6, 30,000 iterations, crop 320 = DecoderConfig's defaults), CLIP-ES CAMs with CAA and its single prompt
 PAPER_ARGS = DATA_DEP= MODEL_DEP= MODEL=$(call pick,MODEL,ViT-B-16) PRETRAINED=$(call pick,PRETRAINED,openai) \
-  TEMPLATES='$(call pick,TEMPLATES,clip-es)' REFINE=$(call pick,REFINE,caa) TAU_I=$(call pick,TAU_I,0.03) \
+  TEMPLATES='$(call pick,TEMPLATES,clip-es)' REFINE=$(call pick,REFINE,caa) REFINES='$(call pick,REFINES,)' \
+  TAU_I=$(call pick,TAU_I,0.03) \
   ITERS=$(call pick,ITERS,3000) LR=$(call pick,LR,10) DEC_ITERS=$(call pick,DEC_ITERS,30000) \
   DEC_ARGS='$(call pick,DEC_ARGS,--recipe vpl)' PRED_ARGS='$(call pick,PRED_ARGS,--crf)' \
   VAL_SPLIT=$(call pick,VAL_SPLIT,val) HELDOUT=$(call pick,HELDOUT,)
@@ -98,7 +115,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder predict heldout diagnose report voc coco bench docs toy-clip clean-demo
+        pseudo decoder predict heldout refines diagnose report voc coco bench docs toy-clip clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -121,7 +138,10 @@ test-fast: lint
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 ## The whole pipeline on the offline demo world, then a table of mIoU per stage next to chance
-demo: setup report
+# two stages at a time where neither needs the other (the text CAMs of every refinement while VPL phase 1 learns W,
+# the held-out stages while the decoder trains); -O prints each stage's output whole, when it ends
+demo: setup
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report
 
 ## Render the demo world (synthetic scenes with exact masks)
 world: $(RUN)/world/_stage.json
@@ -139,12 +159,34 @@ text-prototypes: $(RUN)/text_prototypes.safetensors
 $(RUN)/text_prototypes.safetensors: $(RUN)/features/_stage.json
 	$(VPL) text-prototypes $(<D) -o $@ --templates "$(TEMPLATES)" --background "$(BACKGROUND)" --device $(DEVICE)
 
+# CAMs and CRF masks of a refinement, in D = RUN (REFINE's) or RUN/R (refinement R's): text and vision CAMs, the CRF
+# masks of each (D/pseudo: from the vision CAMs, the pipeline's pseudo masks), on the training split and on VAL_SPLIT
+CAM = $(VPL) cam $(<D) -p $(lastword $^) -o $(@D) $(call cam_args,$(call refine_of,$*)) --device $(DEVICE) --overwrite
+%/cams_text/_stage.json: $(RUN)/features/_stage.json $(RUN)/text_prototypes.safetensors
+	$(CAM)
+%/cams_vision/_stage.json: $(RUN)/features/_stage.json $(RUN)/vision_prototypes.safetensors
+	$(CAM)
+%/cams_text_val/_stage.json: $(RUN)/features_val/_stage.json $(RUN)/text_prototypes.safetensors
+	$(CAM)
+%/cams_vision_val/_stage.json: $(RUN)/features_val/_stage.json $(RUN)/vision_prototypes.safetensors
+	$(CAM)
+CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
+%/pseudo/_stage.json: %/cams_vision/_stage.json
+	$(CRF)
+%/pseudo_val/_stage.json: %/cams_vision_val/_stage.json
+	$(CRF)
+%/pseudo_text/_stage.json: %/cams_text/_stage.json
+	$(CRF)
+%/pseudo_text_val/_stage.json: %/cams_text_val/_stage.json
+	$(CRF)
+# eval: a folder of the training split is scored on EVAL_SPLIT, one of VAL_SPLIT on its own split
+$(RUN)/metrics/%_val.json: $(RUN)/%_val/_stage.json
+	$(VPL) eval $(<D) --json $@
+$(RUN)/metrics/%.json: $(RUN)/%/_stage.json
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
+
 ## CAMs from the text prototypes, and their mIoU (seeds)
 cams-text: $(RUN)/metrics/cams_text.json
-$(RUN)/cams_text/_stage.json: $(RUN)/features/_stage.json $(RUN)/text_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) $(CAM_ARGS) --device $(DEVICE) --overwrite
-$(RUN)/metrics/cams_text.json: $(RUN)/cams_text/_stage.json
-	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
 
 ## VPL phase 1: vision prototypes learned from the text-prototype CAMs
 learn-prototypes: $(RUN)/vision_prototypes.safetensors
@@ -154,22 +196,22 @@ $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_p
 
 ## CAMs from the vision prototypes, and their mIoU
 cams-vision: $(RUN)/metrics/cams_vision.json
-$(RUN)/cams_vision/_stage.json: $(RUN)/features/_stage.json $(RUN)/vision_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) $(CAM_ARGS) --device $(DEVICE) --overwrite
-$(RUN)/metrics/cams_vision.json: $(RUN)/cams_vision/_stage.json
-	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
 
-## Dense-CRF pseudo masks from the vision-prototype CAMs, and their mIoU
-pseudo: $(RUN)/metrics/pseudo.json
-$(RUN)/pseudo/_stage.json: $(RUN)/cams_vision/_stage.json
-	$(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
-$(RUN)/metrics/pseudo.json: $(RUN)/pseudo/_stage.json
-	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
+## Dense-CRF pseudo masks from the vision-prototype CAMs, and their mIoU (with REFINES: those of every refinement)
+# with REFINES, the decoder's masks are chosen among theirs on the training split (PSEUDO_REFINE), else RUN/pseudo
+PSEUDO_SCORES = $(foreach r,$(REFINES),$(call refine_metrics,$(r))/pseudo.json)
+# (a failed choice stops the recipe: `&&`, not an empty folder argument)
+PSEUDO_CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(RUN) $(REFINES) --refine $(REFINE) \
+  --pick $(PSEUDO_REFINE)) &&)
+PSEUDO = $(if $(REFINES),"$$pseudo",$(RUN)/pseudo)
+pseudo: $(RUN)/metrics/pseudo.json $(PSEUDO_SCORES)
 
 ## VPL phase 2: decoder on the frozen CLIP, trained on the pseudo masks with CE + RSC
 decoder: $(RUN)/decoder/decoder.safetensors
-$(RUN)/decoder/decoder.safetensors: $(RUN)/pseudo/_stage.json $(RUN)/vision_prototypes.safetensors
-	$(VPL) train-decoder $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --iters $(DEC_ITERS) $(DEC_ARGS) \
+$(RUN)/decoder/decoder.safetensors: $(if $(REFINES),$(PSEUDO_SCORES),$(RUN)/pseudo/_stage.json) \
+                                    $(RUN)/vision_prototypes.safetensors
+	$(PSEUDO_CHOICE) $(VPL) train-decoder $(PSEUDO) -p $(RUN)/vision_prototypes.safetensors -o $(@D) \
+	  --iters $(DEC_ITERS) $(DEC_ARGS) \
 	  --lambda-proto $(LAMBDA_PROTO) $(if $(IGNORE_CLASSES),--ignore-classes $(IGNORE_CLASSES)) --device $(DEVICE) \
 	  --overwrite
 
@@ -186,14 +228,12 @@ heldout: $(RUN)/metrics/cams_text_val.json $(RUN)/metrics/cams_vision_val.json $
 $(RUN)/features_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
 	$(VPL) extract $(DATA) --split $(VAL_SPLIT) -o $(@D) --model $(MODEL) --pretrained $(PRETRAINED) --device $(DEVICE) \
 	  --overwrite
-$(RUN)/cams_text_val/_stage.json: $(RUN)/features_val/_stage.json $(RUN)/text_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/text_prototypes.safetensors -o $(@D) $(CAM_ARGS) --device $(DEVICE) --overwrite
-$(RUN)/cams_vision_val/_stage.json: $(RUN)/features_val/_stage.json $(RUN)/vision_prototypes.safetensors
-	$(VPL) cam $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) $(CAM_ARGS) --device $(DEVICE) --overwrite
-$(RUN)/pseudo_val/_stage.json: $(RUN)/cams_vision_val/_stage.json
-	$(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
-$(RUN)/metrics/%_val.json: $(RUN)/%_val/_stage.json
-	$(VPL) eval $(<D) --json $@
+
+## The refinements of REFINES side by side (the demo's table): text and vision CAMs and their CRF masks, both splits
+COMPARED = $(foreach r,$(REFINES),$(addprefix $(call refine_metrics,$(r))/,cams_text.json cams_vision.json \
+  pseudo_text.json pseudo.json $(if $(HELDOUT),cams_text_val.json cams_vision_val.json pseudo_text_val.json \
+  pseudo_val.json)))
+refines: $(COMPARED)
 
 ## Phase-1 diagnosis on the held-out split: pixel classifier, GradCAM per layer and modality gap, text vs vision
 diagnose: $(RUN)/metrics/diagnose_val.json
@@ -206,7 +246,8 @@ $(RUN)/metrics/diagnose_val.json: $(RUN)/features_val/_stage.json $(RUN)/vision_
 report: $(RUN)/report/index.html
 $(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.json $(RUN)/metrics/pseudo.json \
                     $(RUN)/metrics/pred_val.json $(if $(HELDOUT),$(RUN)/metrics/cams_text_val.json \
-                    $(RUN)/metrics/cams_vision_val.json $(RUN)/metrics/pseudo_val.json $(RUN)/metrics/diagnose_val.json)
+                    $(RUN)/metrics/cams_vision_val.json $(RUN)/metrics/pseudo_val.json $(RUN)/metrics/diagnose_val.json) \
+                    $(COMPARED)
 	$(VPL) demo-report $(RUN)
 $(RUN)/report/index.html: $(RUN)/metrics.json
 	$(VPL) report $(RUN) -o $(@D) --workers $(WORKERS)

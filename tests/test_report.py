@@ -37,3 +37,29 @@ def test_report_rows_baselines_and_sheet(run):
         assert img.mode == "RGB" and img.height > 16 * 2  # tiles plus the class legend
     assert io.read_json(run / "metrics.json") == report
     format_report(report)  # renders without the held-out columns' data
+
+
+def test_compared_refinements_get_their_own_rows_and_the_choice_is_shown(run, tmp_path):
+    """RUN/metrics/R/ (the Makefile's REFINES) adds rows named by refinement; the caption gives the decoder's masks."""
+    from vpltool.demo.choose_pseudo import choose_pseudo
+
+    compared = tmp_path / "run"
+    shutil.copytree(run, compared)
+    for refine, miou in (("caa+sgc", 0.5), ("none", 0.4)):
+        io.write_json(compared / "metrics" / refine / "cams_text.json", {"miou": miou, "n_images": 3})
+        io.write_json(compared / "metrics" / refine / "pseudo.json", {"miou": miou, "n_images": 3})
+    io.write_json(compared / "metrics" / "pseudo.json", {"miou": 0.1, "n_images": 3})
+    choice = choose_pseudo(compared, ["caa", "caa+sgc", "none"], run_refine="caa")  # the fixture's CAMs are caa
+    report = run_demo_report(compared)
+    text = [(r["refine"], r["train"]["miou"]) for r in report["stages"] if r["stage"] == "CAM, text prototypes"]
+    assert text[0][0] == "caa" and text[1:] == [("caa+sgc", 0.5), ("none", 0.4)]
+    assert not any(r["stage"].startswith("CRF masks from text") for r in report["stages"])  # none scored
+    assert report["pseudo_choice"] == choice and choice["chosen"] == "caa+sgc"
+    decoder = next(r for r in report["stages"] if r["stage"] == "decoder prediction")
+    assert decoder["refine"] == "caa+sgc"  # trained on the chosen masks
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(format_report(report))
+    shown = console.export_text()
+    assert "caa+sgc → decoder" in shown and "pseudo masks for the decoder: caa+sgc" in shown

@@ -110,3 +110,35 @@ def test_make_passes_ssrs_cam_options_to_every_cam():
         assert "--affinity-weight 0.3 --dino-model vit_small_patch16_224.dino --dino-weights /w/dino.safetensors" in cam
     plain = stage(commands(make("-n", "voc", "VOC_ROOT=/data/VOC2012").stdout), "cam")
     assert "--affinity clip --device" in plain and "--sgc" not in plain and "--dino" not in plain
+
+
+def test_make_report_compares_refinements_and_chooses_the_decoders_masks_on_train():
+    """The demo's defaults (REFINES none caa caa+sgc): text and vision CAMs and their CRF masks of every refinement
+    on both splits, and the decoder trained on the masks `choose-pseudo` picks by train mIoU."""
+    result = make("-n", "report", "RUN=runs/x")
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    for split in ("", "_val"):
+        for protos in ("text", "vision"):
+            cam = next(c for c in cmds if f"-o runs/x/caa+sgc/cams_{protos}{split} " in c)
+            assert cam.split("bin/vpltool ")[1].startswith("cam ")
+            assert f"-p runs/x/{protos}_prototypes.safetensors" in cam
+            assert "--refine caa+sgc --affinity clip --sgc-segments 256 --sgc-clusters 32 --sgc-position 0" in cam
+            assert any(f"-o runs/x/caa/cams_{protos}{split} --box-threshold 0.4 --refine caa --affinity clip " in c
+                       for c in cmds)
+        for refine in ("", "caa/", "caa+sgc/"):
+            for masks, cams in (("pseudo_text", "cams_text"), ("pseudo", "cams_vision")):
+                assert any(f"crf runs/x/{refine}{cams}{split} -o runs/x/{refine}{masks}{split} " in c for c in cmds)
+                assert any(f"eval runs/x/{refine}{masks}{split} " in c and
+                           f"--json runs/x/metrics/{refine}{masks}{split}.json" in c for c in cmds)
+    assert "--refine none --device" in next(c for c in cmds if "-o runs/x/cams_text " in c)  # W's seeds: none
+    decoder = next(c for c in cmds if "train-decoder" in c)
+    assert decoder.startswith("pseudo=$(")  # the recipe stops if the choice fails
+    assert "choose-pseudo runs/x none caa caa+sgc --refine none --pick auto) && " in decoder
+    assert 'train-decoder "$pseudo" -p runs/x/vision_prototypes.safetensors' in decoder
+
+
+def test_make_voc_runs_one_refinement_only():
+    cmds = commands(make("-n", "voc", "VOC_ROOT=/data/VOC2012").stdout)
+    assert not any("choose-pseudo" in c or "runs/voc/caa" in c for c in cmds)
+    assert "train-decoder runs/voc/pseudo " in stage(cmds, "train-decoder")

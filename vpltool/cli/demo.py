@@ -1,4 +1,4 @@
-"""The demo world's commands: make-world, train-toy-clip, demo-report."""
+"""The demo world's commands: make-world, train-toy-clip, choose-pseudo, demo-report."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import CamConfig
 from ..demo.config import ToyClipConfig, WorldConfig
 from . import app
 from .common import LogFile, Overwrite, Verbose, friendly_errors, progress, say
@@ -91,6 +92,34 @@ def train_toy_clip_cmd(
     say(f"[green]✓[/] train-toy-clip: loss {metrics['final_loss']:.3f}, label-set accuracy "
         f"{metrics['label_set_accuracy']:.2f}, GradCAM mIoU {metrics['gradcam_miou']:.3f}, "
         f"{metrics['seconds']:.0f} s → {out}")
+
+
+@app.command("choose-pseudo", rich_help_panel=DEMO)
+@friendly_errors
+def choose_pseudo_cmd(
+    run: Annotated[Path, typer.Argument(help="A Make run folder (the Makefile's RUN).")],
+    among: Annotated[list[str], typer.Argument(help="Refinements to choose among (the Makefile's REFINES); their "
+                                               "pseudo masks and train-split eval JSONs must exist.")],
+    refine: Annotated[str, typer.Option(help="The refinement of RUN's own folders (the Makefile's REFINE): its "
+                                        "masks are RUN/pseudo, any other R's RUN/R/pseudo.")] = CamConfig.refine,
+    pick: Annotated[str, typer.Option(help="auto (the highest train-split pseudo-mask mIoU) or one of AMONG.")] =
+        "auto",
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Choose, on the training split, which refinement's CRF pseudo masks train the decoder: prints their folder on
+    stdout (for the Makefile), the choice and every candidate's score on stderr, and writes
+    RUN/metrics/pseudo_choice.json (demo-report shows it).
+
+    \b
+    Example:
+      vpltool train-decoder $(vpltool choose-pseudo runs/demo none caa caa+sgc --refine none) -p W -o D
+    """
+    from ..demo.choose_pseudo import choose_pseudo, describe
+
+    choice = choose_pseudo(run, among, refine, pick)
+    say(describe(choice))
+    typer.echo(choice["folder"])
 
 
 @app.command("demo-report", rich_help_panel=DEMO)

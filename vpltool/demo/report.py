@@ -28,6 +28,7 @@ from .. import io
 from ..config import EvalConfig
 from ..data import open_recorded
 from ..kernels import MiouAccumulator, cams_to_labels
+from .choose_pseudo import CHOICE_FILE, describe
 
 CHANCE_IMAGES = 500  # a floor needs no more; the demo world's default train split has exactly 500
 
@@ -35,9 +36,11 @@ CHANCE_IMAGES = 500  # a floor needs no more; the demo world's default train spl
 STAGES = (
     ("CAM, text prototypes", "cams_text.json", "cams_text_val.json"),
     ("CAM, vision prototypes (W learned on train)", "cams_vision.json", "cams_vision_val.json"),
+    ("CRF masks from text CAMs", "pseudo_text.json", "pseudo_text_val.json"),
     ("CRF pseudo masks (from vision CAMs)", "pseudo.json", "pseudo_val.json"),
     ("decoder prediction", None, "pred_val.json"),
 )
+OPTIONAL = {"CRF masks from text CAMs"}  # shown only where scored (the Makefile makes them when it compares REFINES)
 SPLITS = ("train", "val")
 
 
@@ -70,14 +73,38 @@ def _miou(path: Path) -> dict[str, Any] | None:
     return {"miou": result["miou"], "n_images": result["n_images"], "bg_exponent": result.get("bg_exponent")}
 
 
-def collect(run: Path) -> list[dict[str, Any]]:
-    """One row per stage: its mIoU on each split from ``RUN/metrics/*.json`` (None where it was not run)."""
+def run_refinement(run: Path) -> str | None:
+    """The `cam --refine` of the run's own CAMs (``RUN/cams_text``'s record), None where there are none."""
+    for folder in ("cams_text", "cams_vision"):
+        if io.stage_record_path(run / folder).is_file():
+            return io.read_stage_record(run / folder, "cam")["params"].get("refine")
+    return None
+
+
+def compared_refinements(run: Path) -> list[str]:
+    """The other refinements the run compares (``RUN/metrics/R/``, as the Makefile's REFINES writes them)."""
+    metrics = run / "metrics"
+    return sorted(d.name for d in metrics.iterdir() if d.is_dir()) if metrics.is_dir() else []
+
+
+def collect(run: Path, choice: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows per stage: the run's own CAMs and masks (``RUN/metrics/*.json``), then each compared refinement's
+    (``RUN/metrics/R/*.json``), with ``refine`` naming it; mIoU per split, None where a stage was not run. The
+    decoder's row names the pseudo masks it was trained on (``choice``, from `choose-pseudo`)."""
+    own = run_refinement(run)
+    sources = [(own, run / "metrics"), *((r, run / "metrics" / r) for r in compared_refinements(run))]
     rows = []
     for name, train_file, val_file in STAGES:
-        row = {"stage": name}
-        for split, file in zip(SPLITS, (train_file, val_file)):
-            row[split] = _miou(run / "metrics" / file) if file else None
-        rows.append(row)
+        if train_file is None:  # the decoder: one row
+            rows.append({"stage": name, "refine": choice["chosen"] if choice else own, "train": None,
+                         "val": _miou(run / "metrics" / val_file)})
+            continue
+        for nth, (refine, folder) in enumerate(sources):
+            row = {"stage": name, "refine": refine}
+            for split, file in zip(SPLITS, (train_file, val_file)):
+                row[split] = _miou(folder / file)
+            if (nth == 0 and name not in OPTIONAL) or row["train"] or row["val"]:
+                rows.append(row)
     return rows
 
 
@@ -153,9 +180,11 @@ def _mask_tile(folder: Path, item_id: str, shape) -> np.ndarray:
     return io.read_mask(path) if path.is_file() else np.zeros(shape, np.uint8)
 
 
-def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8) -> Path | None:
+def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8, where: Path | None = None) -> Path | None:
     """image | ground truth | text-CAM heat map | vision-CAM heat map | pseudo mask [| decoder prediction] for the
-    first ``n`` images with ground truth and at least one label (empty scenes show nothing)."""
+    first ``n`` images with ground truth and at least one label (empty scenes show nothing). CAMs and masks come
+    from ``where`` (default ``run``; ``run/R`` for a compared refinement R)."""
+    where = where or run
     columns = ["image", "ground truth", "text CAM (max over classes)", "vision CAM (max over classes)",
                "CRF pseudo mask"]
     with_pred = bool(suffix) and io.stage_record_path(run / "pred_val").is_file()
@@ -163,9 +192,9 @@ def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8) ->
     rows = []
     for item in [it for it in dataset.items if it.gt is not None and it.labels][:n]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
-        row = [image, gt, _cam_tile(run / f"cams_text{suffix}", item.id, image),
-               _cam_tile(run / f"cams_vision{suffix}", item.id, image),
-               _mask_tile(run / f"pseudo{suffix}", item.id, gt.shape)]
+        row = [image, gt, _cam_tile(where / f"cams_text{suffix}", item.id, image),
+               _cam_tile(where / f"cams_vision{suffix}", item.id, image),
+               _mask_tile(where / f"pseudo{suffix}", item.id, gt.shape)]
         row += [_mask_tile(run / "pred_val", item.id, gt.shape)] if with_pred else []
         rows.append((_caption(item, dataset.classes), row))
     return contact_sheet(rows, columns, path, dataset.classes) if rows else None
@@ -180,11 +209,16 @@ def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
         datasets["val"] = open_recorded(run / "features_val")
     elif io.stage_record_path(run / "pred_val").is_file():
         datasets["val"] = open_recorded(run / "pred_val")
-    report = {"run": str(run), "stages": collect(run), "other_layers": other_layers(run),
+    choice_file = run / "metrics" / CHOICE_FILE
+    choice = io.read_json(choice_file) if choice_file.is_file() else None
+    report = {"run": str(run), "stages": collect(run, choice), "pseudo_choice": choice,
+              "other_layers": other_layers(run),
               "chance": {split: chance_baselines(ds, seed) for split, ds in datasets.items()}, "sheets": []}
+    # the sheets show the refinement whose masks trained the decoder
+    where = run / choice["chosen"] if choice and choice["chosen"] != run_refinement(run) else run
     for split, ds in datasets.items():
         sheet = write_sheet(run, ds, run / f"contact_sheet{'' if split == 'train' else '_' + split}.png",
-                            suffix="" if split == "train" else "_val")
+                            suffix="" if split == "train" else "_val", where=where)
         if sheet:
             report["sheets"].append(str(sheet))
     io.write_json(run / "metrics.json", report)
@@ -196,25 +230,38 @@ def _pct(value: float | None) -> str:
 
 
 def format_report(report: dict[str, Any]):
-    """A rich table: stage | train mIoU % | val mIoU %, then the baselines, then the other layers (val)."""
+    """A rich table: stage | cam --refine | train mIoU % | val mIoU %, then the baselines, then the other layers
+    (val); the caption says which pseudo masks trained the decoder, and why."""
     from rich.table import Table
 
-    table = Table(title=f"vpltool: mIoU % per stage of {report['run']}", title_justify="left")
+    choice = report.get("pseudo_choice")
+    table = Table(title=f"vpltool: mIoU % per stage of {report['run']}", title_justify="left",
+                  caption_justify="left")
     table.add_column("stage")
+    table.add_column("--refine")
     for split in SPLITS:
         table.add_column(f"{split} mIoU %", justify="right")
+    previous = None
     for row in report["stages"]:
-        table.add_row(row["stage"], *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS))
+        if previous is not None and row["stage"] != previous:
+            table.add_section()
+        decoder_input = bool(choice) and row["stage"].startswith("CRF pseudo") and row["refine"] == choice["chosen"]
+        refine = f"{row.get('refine') or '—'}{' → decoder' if decoder_input else ''}"
+        table.add_row(row["stage"] if row["stage"] != previous else "", refine,
+                      *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS))
+        previous = row["stage"]
     chance = report["chance"]
     table.add_section()
     for key, name in (("random CAMs", "chance (random smooth CAMs, true labels)"), ("all background",
                                                                                     "all background")):
-        table.add_row(f"[dim]{name}[/]", *(_pct(chance[s][key]) if s in chance else "—" for s in SPLITS))
+        table.add_row(f"[dim]{name}[/]", "", *(_pct(chance[s][key]) if s in chance else "—" for s in SPLITS))
     if report.get("other_layers"):
         table.add_section()
         for row in report["other_layers"]:
-            table.add_row(f"[dim]{row['stage']}[/]", "—", _pct(row["val"]))
+            table.add_row(f"[dim]{row['stage']}[/]", "none", "—", _pct(row["val"]))
     images = ", ".join(f"{s} {c['images']}" for s, c in chance.items())
-    table.caption = (f"W is learned on train only. CAM rows: GradCAM at the last block's input (the paper's layer) "
-                     f"with the Makefile's refinement. Images scored: {images}.")
+    table.caption = ("W is learned on train only. CAM rows: GradCAM at the last block's input (the paper's layer), "
+                     f"refined by `cam --refine`. Images scored: {images}.")
+    if choice:
+        table.caption += f"\n{describe(choice)}; val is never used for the choice."
     return table
