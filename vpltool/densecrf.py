@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import CrfConfig
+from .config import IGNORE_INDEX, CrfConfig
 from .errors import MissingDependencyError, VplError
 
 if TYPE_CHECKING:
@@ -292,15 +292,16 @@ def pixel_features(images: Sequence[Tensor], sxy: float, srgb: float | None) -> 
     import torch
 
     parts, owner = [], []
-    sxy32, srgb32 = torch.tensor(np.float32(sxy)), torch.tensor(np.float32(srgb or 1.0))
     for index, image in enumerate(images):
         h, w = image.shape[:2]
         dev = image.device
+        # divisors as device tensors: a CPU scalar would make CUDA multiply by its reciprocal (1 ulp off a division)
+        sxy32, srgb32 = (torch.full((), float(np.float32(v or 1.0)), device=dev) for v in (sxy, srgb))
         y, x = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
                               torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
-        cols = [x.reshape(-1) / sxy32.to(dev), y.reshape(-1) / sxy32.to(dev)]
+        cols = [x.reshape(-1) / sxy32, y.reshape(-1) / sxy32]
         if srgb is not None:
-            cols += list((image.reshape(-1, 3).float() / srgb32.to(dev)).unbind(1))
+            cols += list((image.reshape(-1, 3).float() / srgb32).unbind(1))
         parts.append(torch.stack(cols, 1))
         owner.append(torch.full((h * w,), index, dtype=torch.int64, device=dev))
     return torch.cat(parts), torch.cat(owner)
@@ -390,22 +391,30 @@ def crf_labels(images: Sequence[Tensor], unaries: Sequence[Tensor], ids: Sequenc
         ids: per image, the C_b dataset class ids of its rows (0 first for background); ties go to the first row.
 
     Returns:
-        B ``[H_b, W_b]`` uint8 on the device of ``images``.
+        B ``[H_b, W_b]`` uint8 on the device of ``images``; nothing waits for the device.
     """
     import torch
 
     q = mean_field(images, unaries, cfg)
+    width = max(len(rows) for rows in ids)
+    table = to_device(torch.tensor([[*rows, *[0] * (width - len(rows))] for rows in ids], dtype=torch.uint8),
+                      images[0].device)
     out = []
-    for qb, rows in zip(q, ids):
-        table = torch.tensor(list(rows), dtype=torch.uint8, device=qb.device)
+    for b, qb in enumerate(q):
         best, arg = qb.max(0)
-        mask = table[arg]
-        if confidence:
-            mask = torch.where(best < confidence, torch.tensor(255, dtype=torch.uint8, device=qb.device), mask)
-        out.append(mask)
+        mask = table[b][arg]
+        out.append(mask.masked_fill(best < confidence, IGNORE_INDEX) if confidence else mask)
     return out
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on ``device`` without waiting for it: pinned, then copied asynchronously on CUDA (a pageable
+    copy would wait for every kernel queued before it)."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 __all__ = ["UNARY_FLOOR", "resolve_backend", "densecrf_module", "unary", "dense_crf", "check_image", "Lattice",
            "lattice", "pixel_features", "symmetric_norm", "mean_field", "mean_field_flat", "image_tensor",
-           "torch_unary", "crf_labels"]
+           "torch_unary", "crf_labels", "to_device"]

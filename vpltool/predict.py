@@ -45,7 +45,15 @@ from .batches import (
 )
 from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
 from .decoder import SegDecoder, input_long_side, load_decoder, predict_logits_batch, view_size
-from .densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
+from .densecrf import (
+    crf_labels,
+    dense_crf,
+    densecrf_module,
+    image_tensor,
+    resolve_backend,
+    to_device,
+    torch_unary,
+)
 from .device import resolve_device, resolve_precision
 from .errors import ContractError, VplError
 
@@ -251,7 +259,7 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
 def _crf_masks(logits: torch.Tensor, images: list[np.ndarray], cfg: PredictConfig) -> list[torch.Tensor]:
     """``[B, C, H, W]`` logits -> B ``[H, W]`` uint8 masks after the dense CRF on the device (torch backend)."""
     unaries = list(torch_unary(logits.float().softmax(1)))
-    pictures = [image_tensor(image).to(logits.device) for image in images]
+    pictures = [to_device(image_tensor(image), logits.device) for image in images]
     return crf_labels(pictures, unaries, [range(logits.shape[1])] * len(images), crf_config(cfg), None)
 
 
