@@ -273,14 +273,14 @@ def gt_cams(tmp: Path, scenes: int, size: int) -> Path:
     return write_cam_folder(tmp / "cams", dataset, lambda item: gt_like_cams(item, rng))
 
 
-def cam_items(cams: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(id, image, CAMs at image size) of a `cam` folder."""
+def cam_items(cams: Path, limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(id, image, CAMs at image size) of the first ``limit`` items of a `cam` folder (None: all)."""
     from vpltool import io
     from vpltool.data import open_recorded
 
     dataset = open_recorded(cams)
     return [(item.id, io.load_image(item.image), io.read_cam(io.cam_path(cams, item.id), dataset.classes).cams)
-            for item in dataset.items]
+            for item in dataset.items[:limit]]
 
 
 def demo_miou(cams: Path, out: Path, device: str, batch_size: int | None, processes: int) -> dict:
@@ -346,7 +346,7 @@ def device_rate(cams: Path, device: str, batch_size: int, batches: int) -> dict:
     from vpltool.densecrf import crf_labels, image_tensor, lattice, pixel_features, symmetric_norm, unary
     from vpltool.kernels import crf_probabilities
 
-    items = cam_items(cams)[:batch_size * batches]
+    items = cam_items(cams, batch_size * batches)
     cfg = CrfConfig()
     loaded = []
     for start in range(0, len(items), batch_size):

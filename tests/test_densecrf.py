@@ -11,8 +11,10 @@ from vpltool.config import CrfConfig, PredictConfig
 from vpltool.densecrf import (
     crf_labels,
     dense_crf,
+    iterate,
     lattice,
     mean_field,
+    pairwise_terms,
     pixel_features,
     resolve_backend,
     torch_unary,
@@ -106,8 +108,10 @@ def test_lattice_weights_and_neighbours():
     features, owner = pixel_features([torch.from_numpy(image)], 5.0, 4.0)
     lat = lattice(features, owner, 1)
     n, d1 = lat.vertex.shape
-    assert d1 == 6 and lat.weight.min() >= -1e-6
-    torch.testing.assert_close(lat.weight.sum(1), torch.ones(n))
+    weight = lat.slice_weight * (1 + 2.0**-5) * 2**6  # the barycentric weights
+    assert d1 == 6 and weight.min() >= -1e-6
+    torch.testing.assert_close(weight.sum(1), torch.ones(n))
+    assert torch.equal(lat.splat_offsets[-1], torch.tensor(n * d1))  # every entry splats once
     first, second = lat.neighbours.view(d1, 2, -1).unbind(1)
     for axis in range(d1):  # v is u's first neighbour along an axis exactly when u is v's second
         has = first[axis] > 0
@@ -145,3 +149,18 @@ def test_the_device_computes_what_the_cpu_computes():
     for a, b in zip(cpu, gpu):
         assert (a.argmax(0) == b.cpu().argmax(0)).float().mean() >= EQUAL_FRACTION
         torch.testing.assert_close(b.cpu(), a, rtol=0, atol=Q_TOLERANCE)
+
+
+@pytest.mark.cuda
+def test_the_mean_field_never_waits_for_the_device():
+    image, cams = _scene(14, 60, 80, k=2)
+    probs = crf_probabilities(cams, 1.0)
+    u = torch.from_numpy(unary(probs)).view(len(probs), -1).T.contiguous().cuda()
+    terms = pairwise_terms([torch.from_numpy(image).cuda()], CrfConfig())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        q = iterate(u, terms, 10)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert q.shape == u.shape

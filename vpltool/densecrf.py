@@ -118,19 +118,24 @@ def check_image(image: Any, size: tuple[int, int]) -> None:
 class Lattice:
     """A permutohedral lattice over the pixels of a batch: the filter ``out = K in`` of Adams et al. (2010).
 
-    Attributes (N pixels of all images, d feature dimensions, M vertices; row 0 of the vertex grid is a zero
-    placeholder for "no vertex", so the real vertices are rows 1..M):
+    Attributes (N pixels of all images, d feature dimensions, E = N (d + 1) pixel-vertex entries, M vertices; row 0
+    of the vertex grid is a zero placeholder for "no vertex", so the real vertices are rows 1..M):
         vertex: ``[N, d + 1]`` int64, the vertices of each pixel's enclosing simplex (remainder 0..d).
-        weight: ``[N, d + 1]`` float32, their barycentric weights (sum 1 per pixel).
-        slice_weight: ``[N, d + 1]`` float32, ``weight x alpha x 2^-(d+1)``: the slice's scale ``alpha = 1 / (1 +
-            2^-d)`` and the undoing of the blur's factor 2 per axis (powers of two: exact in float).
+        slice_weight: ``[N, d + 1]`` float32, their barycentric weights (sum 1 per pixel) times ``alpha x
+            2^-(d+1)``: the slice's scale ``alpha = 1 / (1 + 2^-d)`` and the undoing of the blur's factor 2 per
+            axis (powers of two: exact in float).
+        splat_pixel, splat_weight: ``[E]`` int64 / float32, the entries sorted by vertex (pixel order kept within
+            a vertex): the pixel and barycentric weight of each.
+        splat_offsets: ``[M + 2]`` int64, where each grid row's entries start in that order (row 0 has none).
         neighbours: ``[d + 1, 2 (M + 1)]`` int32, per axis the first then the second neighbour of every row of the
             grid (0 when absent, and for row 0).
     """
 
     vertex: Tensor
-    weight: Tensor
     slice_weight: Tensor
+    splat_pixel: Tensor
+    splat_weight: Tensor
+    splat_offsets: Tensor
     neighbours: Tensor
 
     @property
@@ -140,16 +145,18 @@ class Lattice:
     def __call__(self, values: Tensor) -> Tensor:
         """``[N, C]`` float32 -> ``[N, C]``: splat onto the vertices, blur along each axis, slice back.
 
-        The blur step is pydensecrf's ``v + (v_1 + v_2) / 2`` times 2, i.e. ``(v_1 + v_2) + 2 v``: the same float
-        rounding (scaling by 2 is exact), one multiplication less per axis; the slice weights divide it out.
+        The splat sums each vertex's entries in pixel order with a segment sum: pydensecrf's order, and no atomic
+        adds, so a device gives the same result every run. The blur step is pydensecrf's ``v + (v_1 + v_2) / 2``
+        times 2, i.e. ``(v_1 + v_2) + 2 v``: the same float rounding (scaling by 2 is exact), one multiplication
+        less per axis; the slice weights divide it out.
         """
         import torch
 
         n, d1 = self.vertex.shape
         rows, c = self.vertices + 1, values.shape[1]
-        grid = torch.zeros(rows, c, dtype=values.dtype, device=values.device)
-        index = self.vertex.view(-1, 1).expand(-1, c)  # scatter_add_: 5x index_add_'s speed on a CPU, same sums
-        grid.scatter_add_(0, index, (self.weight[..., None] * values[:, None, :]).view(n * d1, c))
+        entries = values.index_select(0, self.splat_pixel) * self.splat_weight[:, None]
+        # unsafe: skips a check of the offsets that would wait for the device (they are built right, once)
+        grid = torch.segment_reduce(entries, "sum", offsets=self.splat_offsets, axis=0, unsafe=True)
         for pairs in self.neighbours:  # each pass reads only the previous one: a fresh tensor per axis
             both = grid.index_select(0, pairs).view(2, rows, c)
             grid = torch.add(both[0], both[1]).add_(grid, alpha=2)
@@ -182,10 +189,13 @@ def lattice(features: Tensor, image: Tensor, images: int) -> Lattice:
     rank, rem0 = rank + wrap * d1, rem0 + wrap * d1
     weight = _barycentric((elevated - rem0) * inv, rank)
     code, strides = _codes(rem0.long(), rank, image, images)
-    table, vertex = torch.unique(code.view(-1), sorted=True, return_inverse=True)
+    table, vertex, counts = torch.unique(code.view(-1), sorted=True, return_inverse=True, return_counts=True)
+    order = torch.argsort(vertex, stable=True)
     alpha = 1.0 / (1.0 + 2.0 ** -d)
-    return Lattice(vertex=(vertex + 1).view(n, d1), weight=weight,
+    return Lattice(vertex=(vertex + 1).view(n, d1),
                    slice_weight=weight * np.float32(alpha) * np.float32(2.0 ** -d1),
+                   splat_pixel=order // d1, splat_weight=weight.view(-1)[order],
+                   splat_offsets=torch.cat([counts.new_zeros(2), counts.cumsum(0)]),
                    neighbours=_neighbours(table, strides, d))
 
 
@@ -367,17 +377,28 @@ def _stack_unaries(unaries: Sequence[Tensor]) -> Tensor:
 
 def mean_field_flat(images: Sequence[Tensor], u: Tensor, cfg: CrfConfig) -> Tensor:
     """:func:`mean_field` on the ``[N, C]`` pixel-major unary of all pixels of ``images``; returns ``[N, C]`` Q."""
-    import torch
+    return iterate(u, pairwise_terms(images, cfg), cfg.iterations)
 
-    kernels = []
+
+def pairwise_terms(images: Sequence[Tensor], cfg: CrfConfig) -> list[tuple[Lattice, Tensor, float]]:
+    """The Gaussian and bilateral terms of a batch: (lattice, ``[N, 1]`` symmetric normalisation, Potts weight).
+    Building them waits for the device twice per lattice (the key range, the vertex count)."""
+    terms = []
     for sxy, srgb, weight in ((cfg.gaussian_sxy, None, cfg.gaussian_compat),
                               (cfg.bilateral_sxy, cfg.bilateral_srgb, cfg.bilateral_compat)):
         filt = lattice(*pixel_features(images, sxy, srgb), len(images))
-        kernels.append((filt, symmetric_norm(filt, len(u), u.device), weight))
+        terms.append((filt, symmetric_norm(filt, len(filt.vertex), images[0].device), weight))
+    return terms
+
+
+def iterate(u: Tensor, terms: Sequence[tuple[Lattice, Tensor, float]], iterations: int) -> Tensor:
+    """``iterations`` mean-field steps from ``Q_0 = softmax(-U)``; ``[N, C]`` Q. Never waits for the device."""
+    import torch
+
     q = torch.softmax(-u, 1)
-    for _ in range(cfg.iterations):
+    for _ in range(iterations):
         energy = -u
-        for filt, norm, weight in kernels:
+        for filt, norm, weight in terms:
             energy = energy + weight * (norm * filt(norm * q))
         q = torch.softmax(energy, 1)
     return q
@@ -416,5 +437,6 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
 
 
 __all__ = ["UNARY_FLOOR", "resolve_backend", "densecrf_module", "unary", "dense_crf", "check_image", "Lattice",
-           "lattice", "pixel_features", "symmetric_norm", "mean_field", "mean_field_flat", "image_tensor",
+           "lattice", "pixel_features", "symmetric_norm", "mean_field", "mean_field_flat", "pairwise_terms",
+           "iterate", "image_tensor",
            "torch_unary", "crf_labels", "to_device"]
