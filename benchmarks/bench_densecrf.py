@@ -343,7 +343,7 @@ def device_rate(cams: Path, device: str, batch_size: int, batches: int) -> dict:
     import torch
 
     from vpltool.config import CrfConfig
-    from vpltool.densecrf import crf_labels, image_tensor, lattice, pixel_features, symmetric_norm, unary
+    from vpltool.densecrf import crf_labels, image_tensor, pairwise_terms, unary
     from vpltool.kernels import crf_probabilities
 
     items = cam_items(cams, batch_size * batches)
@@ -356,25 +356,26 @@ def device_rate(cams: Path, device: str, batch_size: int, batches: int) -> dict:
                        [torch.from_numpy(unary(p)).view(p.shape).to(device) for p in probs],
                        [tuple(range(len(p))) for p in probs]))
 
-    def lattices(images):
-        for sxy, srgb in ((cfg.gaussian_sxy, None), (cfg.bilateral_sxy, cfg.bilateral_srgb)):
-            filt = lattice(*pixel_features(images, sxy, srgb), len(images))
-            symmetric_norm(filt, len(filt.vertex), images[0].device)
+    def lattices(images, unaries, rows):
+        pairwise_terms(images, cfg)
+
+    def whole(images, unaries, rows):
+        crf_labels(images, unaries, rows, cfg, CONFIDENCE)
 
     def timed(fn) -> float:
-        fn(*loaded[0][:1]) if fn is lattices else fn(*loaded[0], cfg, CONFIDENCE)  # warm-up (CUDA kernels load)
+        fn(*loaded[0])  # warm-up: CUDA loads its kernels on first use
         benchlib.synchronize(device)
         start = time.perf_counter()
         for batch in loaded:
-            fn(*batch[:1]) if fn is lattices else fn(*batch, cfg, CONFIDENCE)
+            fn(*batch)
         benchlib.synchronize(device)
         return time.perf_counter() - start
 
     n = len(items)
-    build, whole = timed(lattices), timed(crf_labels)
-    return {"images": n, "batch_size": batch_size, "img_per_s": round(n / whole, 2),
-            "ms_per_image": round(1000 * whole / n, 3), "lattice_ms_per_image": round(1000 * build / n, 3),
-            "mean_field_ms_per_image": round(1000 * (whole - build) / n, 3)}
+    build, total = timed(lattices), timed(whole)
+    return {"images": n, "batch_size": batch_size, "img_per_s": round(n / total, 2),
+            "ms_per_image": round(1000 * total / n, 3), "lattice_ms_per_image": round(1000 * build / n, 3),
+            "mean_field_ms_per_image": round(1000 * (total - build) / n, 3)}
 
 
 def throughput(tmp: Path, args, peaks) -> tuple[dict, dict]:

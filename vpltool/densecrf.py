@@ -182,9 +182,10 @@ def lattice(features: Tensor, image: Tensor, images: int) -> Lattice:
     d1 = d + 1
     elevated = _elevate(features)
     inv = torch.tensor(1.0 / d1, dtype=torch.float32)
-    rem0 = torch.round(elevated * inv) * d1  # the nearest point of the 0-coloured sub-lattice (ties to even, as SSE)
+    nearest = torch.round(elevated * inv)  # the nearest point of the 0-coloured sub-lattice (ties to even, as SSE)
+    rem0 = nearest * d1
     rank = _ranks(elevated - rem0)
-    rank = rank + (rem0 / d1).sum(1, keepdim=True).long()  # how far that point is off the plane sum(x) = 0
+    rank = rank + nearest.sum(1, keepdim=True).long()  # how far that point is off the plane sum(x) = 0 (exact)
     wrap = (rank < 0).long() - (rank > d).long()
     rank, rem0 = rank + wrap * d1, rem0 + wrap * d1
     weight = _barycentric((elevated - rem0) * inv, rank)
