@@ -26,7 +26,7 @@ Demo mIoU (``demo_miou``): `crf` with each backend on the demo CAMs, scored by `
 ``crf --backend torch`` on ``--device`` end to end (loading, CRF, writing); the device alone on batches already on
 it (lattice construction and the mean field timed apart); ``crf --backend pydensecrf`` with one process per core
 on ``--reference-images`` of them. ``iteration_cost``: bytes moved and float operations of one mean-field iteration
-for the lattices of a 500x375 photo at C = 3 labels, counted kernel by kernel as vpltool.densecrf runs them.
+for the lattices of a 500x375 photo at C = 2 and 3 labels, counted kernel by kernel as vpltool.densecrf runs them.
 """
 
 from __future__ import annotations
@@ -411,38 +411,46 @@ def default_batch(device: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------- cost model
-def iteration_cost(c: int = 3) -> dict:
-    """Bytes moved and float operations of one mean-field iteration on bench_cam.py's first photo (500x375),
-    kernel by kernel as :class:`vpltool.densecrf.Lattice` and :func:`~vpltool.densecrf.mean_field_flat` run them
-    (float32 values, int64 pixel-vertex indices, int32 neighbour indices)."""
+def iteration_cost(labels: tuple[int, ...] = (2, 3)) -> dict:
+    """Bytes moved and float operations of one mean-field iteration on bench_cam.py's first photo (500x375) for each
+    label count C of ``labels``, kernel by kernel as :class:`vpltool.densecrf.Lattice` and
+    :func:`~vpltool.densecrf.iterate` run them (float32 values, int64 pixel-vertex indices, int32 neighbour
+    indices)."""
     from vpltool.config import CrfConfig
     from vpltool.densecrf import image_tensor, lattice, pixel_features
 
     image = photo_set(1, 1.0)[0][1]
-    n = image.shape[0] * image.shape[1]
-    cfg, total_bytes, total_flops, parts = CrfConfig(), 0, 0, {}
+    n, cfg = image.shape[0] * image.shape[1], CrfConfig()
+    sizes = {}
     for name, sxy, srgb in (("gaussian", cfg.gaussian_sxy, None), ("bilateral", cfg.bilateral_sxy, cfg.bilateral_srgb)):
         lat = lattice(*pixel_features([image_tensor(image)], sxy, srgb), 1)
-        d1, rows = lat.vertex.shape[1], lat.vertices + 1
-        e = n * d1
-        moved = {
-            "normalise_in_out": 2 * 4 * (2 * n * c + n),
-            "splat": 4 * (e + n * c + e * c) + 4 * rows * c + 8 * e + 4 * e * c + 8 * e * c,
-            "blur": d1 * rows * (4 * 2 + 4 * c * (2 + 2 + 2 + 1 + 2 + 1)),
-            "slice": 8 * e + 8 * e * c + 4 * (2 * e * c + e) + 4 * (e * c + n * c),
-            "weight_and_add": 4 * (2 * n * c) + 4 * (3 * n * c),
-        }
-        flops = 2 * 2 * n * c + 2 * e * c + d1 * rows * c * 3 + 2 * e * c + 2 * n * c
-        parts[name] = {"d": d1 - 1, "vertices": lat.vertices, "pixel_vertex_entries": e,
-                       "mbytes": {k: round(v / 1e6, 2) for k, v in moved.items()}, "mflop": round(flops / 1e6, 2)}
-        total_bytes, total_flops = total_bytes + sum(moved.values()), total_flops + flops
-    softmax = 4 * 3 * n * c
-    total_bytes += softmax
-    total_flops += 4 * n * c
-    return {"image": "500x375", "labels": c, "pixels": n, "kernels": parts,
-            "mbytes_per_iteration": round(total_bytes / 1e6, 1), "mflop_per_iteration": round(total_flops / 1e6, 1),
-            "flop_per_byte": round(total_flops / total_bytes, 3),
-            "gbytes_per_image_10_iterations": round(10 * total_bytes / 1e9, 2)}
+        sizes[name] = (lat.vertex.shape[1], lat.vertices)
+    out = {"image": f"{image.shape[1]}x{image.shape[0]}", "pixels": n,
+           "vertices": {name: m for name, (_, m) in sizes.items()}}
+    for c in labels:
+        total_bytes, total_flops, parts = 0, 0, {}
+        for name, (d1, m) in sizes.items():
+            e, rows = n * d1, m + 1
+            moved = {
+                "normalise_in_out": 2 * 4 * (2 * n * c + n),
+                # gather the entries' values (index, rows, out), times their weights, segment sum (offsets, in, out)
+                "splat": (8 * e + 8 * e * c) + (4 * e + 8 * e * c) + (8 * rows + 4 * e * c + 4 * rows * c),
+                # per axis: both neighbours gathered (index, rows, out), their sum, plus 2 v
+                "blur": d1 * rows * (4 * 2 + 4 * c * (2 + 2 + 2 + 1 + 2 + 1)),
+                # gather the vertices' values (index, rows, out), times the weights, the sum over the d + 1
+                "slice": (8 * e + 8 * e * c) + (4 * e + 8 * e * c) + (4 * e * c + 4 * n * c),
+                "weight_and_add": 4 * (2 * n * c) + 4 * (3 * n * c),
+            }
+            flops = 2 * 2 * n * c + 2 * e * c + d1 * rows * c * 3 + 2 * e * c + 2 * n * c
+            parts[name] = {"mbytes": {k: round(v / 1e6, 2) for k, v in moved.items()}, "mflop": round(flops / 1e6, 2)}
+            total_bytes, total_flops = total_bytes + sum(moved.values()), total_flops + flops
+        total_bytes += 4 * 2 * n * c + 4 * 3 * n * c  # -U, then the softmax (read, its sums, write)
+        total_flops += 4 * n * c
+        out[f"labels_{c}"] = {"kernels": parts, "mbytes_per_iteration": round(total_bytes / 1e6, 1),
+                              "mflop_per_iteration": round(total_flops / 1e6, 1),
+                              "flop_per_byte": round(total_flops / total_bytes, 3),
+                              "gbytes_per_image_10_iterations": round(10 * total_bytes / 1e9, 2)}
+    return out
 
 
 # --------------------------------------------------------------------------------------------- main
