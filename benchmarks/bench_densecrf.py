@@ -304,22 +304,26 @@ def demo_miou(cams: Path, out: Path, device: str, batch_size: int | None, proces
 
 # --------------------------------------------------------------------------------------------- throughput
 def voc_like(tmp: Path, n: int, scale: float) -> Path:
-    """A cam folder over ``n`` photos laid out as a VOC root, with :func:`patch_maps` CAMs."""
+    """A cam folder over ``n`` photos laid out as a VOC root, with :func:`patch_maps` CAMs stored on the patch grid
+    as `cam` stores them (`crf` upsamples them when it reads them)."""
+    import torch
+
     from vpltool import io
     from vpltool.data import open_dataset
 
     dataset = open_dataset(make_voc(tmp / "voc", n, scale), "train")
-    rng, images = np.random.default_rng(1), {}
-    for item in dataset.items:  # the photos repeat every 12 images: decode each once
-        key = tuple(io.image_size(item.image))
-        if key not in images:
-            images[key] = io.load_image(item.image)
-
-    def make(item):
-        image = images[tuple(io.image_size(item.image))]
-        return at_image_size(patch_maps(image, len(item.labels), rng), image.shape[:2])
-
-    return write_cam_folder(tmp / "cams", dataset, make)
+    rng, photos = np.random.default_rng(1), {}
+    for item in dataset.items:  # img_<i> is PHOTOS[i % 12] (make_voc): decode each photo once
+        photo = int(item.id.split("_")[1]) % len(PHOTOS)
+        if photo not in photos:
+            photos[photo] = io.load_image(item.image)
+        image = photos[photo]
+        maps = torch.from_numpy(patch_maps(image, len(item.labels), rng))
+        io.write_cam(io.cam_path(tmp / "cams", item.id), maps, item.labels, classes=dataset.classes, params={},
+                     id=item.id, image_size=list(image.shape[:2]))
+    io.write_stage_record(tmp / "cams", "cam", params={}, inputs={"dataset": dataset.identity()},
+                          count=len(dataset.items))
+    return tmp / "cams"
 
 
 def subset_folder(cams: Path, out: Path, n: int) -> Path:
