@@ -26,7 +26,8 @@ Demo mIoU (``demo_miou``): `crf` with each backend on the demo CAMs, scored by `
 ``crf --backend torch`` on ``--device`` end to end (loading, CRF, writing); the device alone on batches already on
 it (lattice construction and the mean field timed apart); ``crf --backend pydensecrf`` with one process per core
 on ``--reference-images`` of them. ``iteration_cost``: bytes moved and float operations of one mean-field iteration
-for the lattices of a 500x375 photo at C = 2 and 3 labels, counted kernel by kernel as vpltool.densecrf runs them.
+for the lattices of a 500x375 photo at C = 2, 3 and 21 labels (21: VOC's classes, as `predict --crf` has them,
+though with its own kernel sizes), counted kernel by kernel as vpltool.densecrf runs them.
 """
 
 from __future__ import annotations
@@ -416,7 +417,7 @@ def default_batch(device: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------- cost model
-def iteration_cost(labels: tuple[int, ...] = (2, 3)) -> dict:
+def iteration_cost(labels: tuple[int, ...] = (2, 3, 21)) -> dict:
     """Bytes moved and float operations of one mean-field iteration on bench_cam.py's first photo (500x375) for each
     label count C of ``labels``, kernel by kernel as :class:`vpltool.densecrf.Lattice` and
     :func:`~vpltool.densecrf.iterate` run them (float32 values, int64 pixel-vertex indices, int32 neighbour
