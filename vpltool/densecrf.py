@@ -15,8 +15,9 @@ Backends (``--backend``, :data:`vpltool.config.CRF_BACKENDS`; :func:`resolve_bac
 * ``torch`` (:func:`mean_field`): the same lattice written in torch: the same elevation, rounding, simplex ranks
   and barycentric weights, the same blur (``v + (v_- + v_+) / 2`` along each of the d + 1 axes, in order, a missing
   neighbour counting 0), the same slice scale ``1 / (1 + 2^-d)``, in float32; several images in one call on any
-  device, the image index being part of every lattice key so images never share a vertex. Only the order of some
-  float sums differs (atomic adds on CUDA), so a few pixels whose two best labels are within ~1e-6 can flip.
+  device, the image index being part of every lattice key so images never share a vertex. Only a few float
+  operations differ (torch's exponential, the order of the slice's sum and of its scale), ~1e-7 per step, so a
+  pixel whose two best labels are that close can flip. No atomic adds: a device gives the same result every run.
 
 This module imports no torch at import time: the CRF pool workers (`crf --backend pydensecrf`) load it without
 torch (~0.3 s to start instead of ~2 s); the torch functions import it when called.
