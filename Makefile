@@ -261,7 +261,8 @@ coco: setup
 	$(MAKE) report $(PAPER_ARGS) $(COCO_ARGS)
 
 ## Benchmarks: each script prints one JSON object into benchmarks/results/, then docs/performance.md is rebuilt
-# BENCH_DEVICE=cuda runs them on the GPU (the CRF is CPU-only and records that); BENCH_ARGS=--quick smoke-tests them
+# BENCH_DEVICE=cuda runs them on the GPU (bench_crf's pydensecrf is CPU-only and records that); BENCH_ARGS=--quick
+# smoke-tests them
 # CLIP_ES=/path/to/CLIP-ES CLIP_ES_PYTHON=/its/python: the cam benchmark runs the original code (else its fallback)
 CLIP_ES ?=
 CLIP_ES_PYTHON ?= python3
@@ -279,6 +280,7 @@ bench: setup
 	$(call run_bench,bench_cam.py,$(if $(CLIP_ES),--clip-es $(CLIP_ES) --clip-es-python $(CLIP_ES_PYTHON)),cam.json)
 	$(call run_bench,bench_learn_prototypes.py,--iters 30,learn_prototypes.json)
 	$(call run_bench,bench_crf.py,,crf.json)
+	$(call run_bench,bench_densecrf.py,$(if $(filter cuda%,$(BENCH_DEVICE)),--images 1000),densecrf.json)
 	$(call run_bench,bench_decoder.py,,decoder.json)
 	$(call run_bench,stage_costs.py,,stage_costs.json)
 	$(call run_bench,bench_memory.py,,memory.json)

@@ -7,9 +7,10 @@
 Set-up (not timed): ``--images`` photos cycling through bench_cam.py's 12 scikit-image photos (VOC sizes, 1-2 VOC
 labels each) laid out as a VOC root, and random ``ViT-B-16-quickgelu`` weights (seed 0). Timed, each as its own
 process: extract (light cache) -> text-prototypes -> cam (text) -> learn-prototypes (3000 iterations) -> cam
-(vision) -> crf (on the host's cores) -> train-decoder (``--decoder-iters``, the paper's recipe) -> predict (the
-paper's views, no CRF, on ``--predict-images`` of them). Reported: seconds and img/s per stage, the total, and the
-bars of issue 19 beside them. A GPU figure in the docs comes from this script's output on a GPU.
+(vision) -> crf (``--backend auto``: the torch CRF on a GPU) -> train-decoder (``--decoder-iters``, the paper's
+recipe) -> predict (the paper's views, no CRF, on ``--predict-images`` of them). Reported: seconds and img/s per
+stage, the total, and the bars of issue 19 beside them. A GPU figure in the docs comes from this script's output on
+a GPU.
 """
 
 from __future__ import annotations

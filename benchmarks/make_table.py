@@ -21,7 +21,8 @@ from pathlib import Path
 from benchlib import machine_line
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ("demo", "cam", "learn-prototypes", "crf", "decoder", "stage-costs")  # sections in pipeline order, others after
+# sections in pipeline order, others after
+ORDER = ("demo", "cam", "learn-prototypes", "crf", "densecrf", "decoder", "stage-costs")
 BEGIN, END = "<!-- stage-costs:begin -->", "<!-- stage-costs:end -->"
 
 
@@ -191,6 +192,27 @@ def crf_section(d: dict) -> list[str]:
             f"load average {d.get('load_average_1min')} on {d.get('cpu_count')} cores, nice {d.get('nice')}."]
 
 
+def densecrf_section(d: dict) -> list[str]:
+    rows = [[name, s["images"], num(100 * s["worst"], 4), num(100 * s["mean"], 4), s.get("differing_pixels", "—"),
+             num(s.get("largest_margin")) if s.get("largest_margin") is not None else "—"]
+            for name, s in d["agreement"].items()]
+    t, miou = d["throughput"], d["demo_miou"]
+    speeds = [["torch, `crf` end to end", t["torch_stage"]["device"], num(t["torch_stage"]["img_per_s"])],
+              ["torch, the device alone", t["torch_stage"]["device"], num(t["torch_device_only"]["img_per_s"])],
+              [f"pydensecrf, {t['pydensecrf_stage']['processes']} processes", "cpu",
+               num(t["pydensecrf_stage"]["img_per_s"])]]
+    cost = d["iteration_cost"]["labels_3"]
+    return [*table(["set", "images", "worst image % equal", "mean %", "pixels differing", "largest Q margin"], rows,
+                   "lrrrrr"), "",
+            *table(["backend", "device", "images/s"], speeds, "llr"), "",
+            "Demo mIoU pydensecrf vs torch: " + "; ".join(
+                f"{name} {num(m['pydensecrf'])} vs {num(m['torch'])} ({num(m['difference_points'])} points)"
+                for name, m in miou.items())
+            + f". Device alone: {num(t['torch_device_only']['lattice_ms_per_image'])} ms/image building lattices, "
+            f"{num(t['torch_device_only']['mean_field_ms_per_image'])} ms/image mean field. One iteration at "
+            f"500x375, 3 labels: {num(cost['mbytes_per_iteration'])} MB, {num(cost['mflop_per_iteration'])} MFLOP."]
+
+
 def decoder_section(d: dict) -> list[str]:
     rows = [["frozen CLIP on the fly", num(d.get("on_the_fly_iters_per_s")), "1.00"],
             ["`--cache-features`", num(d.get("cached_iters_per_s")), num(d.get("speedup"))]]
@@ -324,6 +346,7 @@ SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_sectio
             "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
             "crf": ("crf: worker scaling", crf_section),
+            "densecrf": ("crf backends: torch against pydensecrf", densecrf_section),
             "decoder": ("train-decoder: with and without the feature cache", decoder_section),
             "stage-costs": ("Disk and compute per stage (VOC train_aug, COCO train)", stage_costs_tables),
             "memory": ("Host memory against the number of images", memory_section),

@@ -27,6 +27,7 @@ SCRIPTS = {
     "bench_learn_prototypes.py": ("learn-prototypes", {"seconds_for_3000_iters", "s_per_iter", "gflop_per_iter",
                                                        "bound_gflop_per_s", "fraction_of_bound_median"}),
     "bench_crf.py": ("crf", {"single", "parallel", "scaling", "identical_pngs"}),
+    "bench_densecrf.py": ("densecrf", {"agreement", "worst_image_equal", "demo_miou", "throughput", "iteration_cost"}),
     "bench_decoder.py": ("decoder", {"on_the_fly_iters_per_s", "cached_iters_per_s", "speedup"}),
     "stage_costs.py": ("stage-costs", {"measured", "voc", "coco", "assumptions"}),
     "bench_memory.py": ("memory", {"images", "stages"}),

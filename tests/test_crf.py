@@ -15,9 +15,10 @@ from PIL import Image
 from vpltool import io
 from vpltool.config import CrfConfig, RuntimeConfig
 from vpltool.crf import refine_image, run_crf
+from vpltool.densecrf import dense_crf
 from vpltool.errors import ContractError, MissingDependencyError, VplError
 from vpltool.io import mask_path
-from vpltool.kernels import cams_to_labels, clip_es_image, crf_probabilities, dense_crf, pseudo_labels
+from vpltool.kernels import cams_to_labels, clip_es_image, crf_probabilities, pseudo_labels
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
                                reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
@@ -237,11 +238,13 @@ def test_the_summary_counts_the_ignored_pixels_it_wrote(cams_dir, tmp_path, conf
     assert run_crf(cams_dir, out, CrfConfig(confidence=confidence), ONE).ignored is None  # nothing new written
 
 
-@needs_crf
-def test_a_real_file_size_limit_in_crf_workers_is_one_line(cams_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_a_real_file_size_limit_in_crf_workers_is_one_line(cams_dir, tmp_path, backend):
     """``ulimit -f`` (RLIMIT_FSIZE, inherited by the spawned CRF workers): PIL's PNG writer fails with EFBIG inside
-    a worker (chained with its ``'_idat' object has no attribute 'fileno'``); the user sees one line, exit 2, and no
-    partial file. The limit lets ``_run.json`` through and stops every mask (each holds a 768-byte palette)."""
+    a worker (chained with its ``'_idat' object has no attribute 'fileno'``), or on the torch backend's writer
+    thread; the user sees one line, exit 2, and no partial file. The limit lets ``_run.json`` through and stops
+    every mask (each holds a 768-byte palette). The torch backend loads in this process (``--workers 1``): the
+    DataLoader's workers hand tensors over in shared-memory files, which the same limit forbids."""
     import os
     import resource
     import subprocess
@@ -251,9 +254,65 @@ def test_a_real_file_size_limit_in_crf_workers_is_one_line(cams_dir, tmp_path):
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (800, 800))
 
-    r = subprocess.run([sys.executable, "-m", "vpltool", "crf", str(cams_dir), "-o", str(out), "--workers", "2"],
+    if backend == "pydensecrf" and importlib.util.find_spec("pydensecrf") is None:
+        pytest.skip("the CRF extra is not installed")
+    workers = "2" if backend == "pydensecrf" else "1"
+    r = subprocess.run([sys.executable, "-m", "vpltool", "crf", str(cams_dir), "-o", str(out), "--workers", workers,
+                        "--backend", backend],
                        capture_output=True, text=True, preexec_fn=limit, env={**os.environ, "COLUMNS": "300"})
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert lines[-1].startswith("error: file too large") and f"writing {out}" in lines[-1], lines
     assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("*.tmp"))
+
+
+# --------------------------------------------------------------------------------------------- the torch backend
+TORCH_CPU = RuntimeConfig(device="cpu", workers=1, batch_size=3)
+
+
+def _equal_fraction(a: Path, b: Path, item_id: str) -> float:
+    return float((io.read_mask(mask_path(a, item_id)) == io.read_mask(mask_path(b, item_id))).mean())
+
+
+@needs_crf
+def test_torch_backend_writes_the_pydensecrf_masks_and_records_itself(pseudo_dir, cams_dir, dataset, tmp_path):
+    out, ticks = tmp_path / "torch", []
+    summary = run_crf(cams_dir, out, CrfConfig(backend="torch"), TORCH_CPU, on_item=ticks.append)
+    n = len(dataset.items)
+    assert (summary.backend, summary.done, sum(ticks)) == ("torch", n, n)
+    assert io.read_stage_record(out, "crf")["params"]["backend"] == "torch"
+    assert io.read_stage_record(pseudo_dir, "crf")["params"]["backend"] == "pydensecrf"  # auto on a CPU
+    assert min(_equal_fraction(out, pseudo_dir, item.id) for item in dataset.items) >= 0.995
+    with pytest.raises(VplError, match="other parameters"):  # the masks of two backends are not mixed on resume
+        run_crf(cams_dir, out, CrfConfig(backend="pydensecrf"), ONE)
+
+
+def test_torch_backend_does_not_depend_on_loaders_or_batch_size(cams_dir, tmp_path):
+    """Also runs without pydensecrf: the torch backend does not need the CRF extra."""
+    run_crf(cams_dir, tmp_path / "a", CrfConfig(backend="torch"), TORCH_CPU)
+    summary = run_crf(cams_dir, tmp_path / "b", CrfConfig(backend="torch"),
+                      RuntimeConfig(device="cpu", workers=2, batch_size=1))
+    assert summary.workers == 2 and 0 < summary.ignored < 1
+    for png in (tmp_path / "a").glob("*.png"):
+        assert (tmp_path / "b" / png.name).read_bytes() == png.read_bytes()
+
+
+def test_backend_option_default_record_and_bad_values(cams_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    def invoke(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    help_text = " ".join(invoke("crf", "--help").output.split())
+    assert "[default: auto]" in help_text.split("--backend <str>", 1)[1].split("--device <str>", 1)[0]
+    r = invoke("crf", cams_dir, "-o", tmp_path / "t", "--backend", "torch", "--device", "cpu", "--workers", "1")
+    assert r.exit_code == 0 and "crf (torch)" in r.output, r.output
+    assert io.read_stage_record(tmp_path / "t", "crf")["params"]["backend"] == "torch"
+    for args, words in ((["--backend", "gpu"], "--backend 'gpu': choose auto, pydensecrf or torch"),
+                        (["--backend", "torch", "--parity", "clip-es"], "drop --backend torch")):
+        r = invoke("crf", cams_dir, "-o", tmp_path / "bad", *args)
+        errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+        assert r.exit_code == 2 and len(errors) == 1 and words in errors[0], r.output
+        assert "Traceback" not in r.output and not (tmp_path / "bad").exists()

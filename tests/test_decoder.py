@@ -255,9 +255,17 @@ def test_predict_writes_masks_that_eval_reads(trained, tmp_path):
 
 
 def test_predict_with_crf(trained, tmp_path):
+    """Both CRF backends: pydensecrf on the writer thread, torch on the device; the same masks up to rounding."""
     pytest.importorskip("pydensecrf.densecrf")
-    summary = run_predict(trained / "decoder.safetensors", None, "val", tmp_path, PredictConfig(crf=True), CPU)
-    assert summary.done == 3
+    masks = {}
+    for backend in ("pydensecrf", "torch"):
+        out = tmp_path / backend
+        summary = run_predict(trained / "decoder.safetensors", None, "val", out,
+                              PredictConfig(crf=True, crf_backend=backend), CPU)
+        assert summary.done == 3 and io.read_stage_record(out, "predict")["params"]["crf_backend"] == backend
+        masks[backend] = [io.read_mask(p) for p in sorted(out.glob("*.png"))]
+    for a, b in zip(masks["pydensecrf"], masks["torch"]):
+        assert (a == b).mean() >= 0.995
 
 
 def test_decoder_file_round_trip_and_wrong_kind(text_protos, tmp_path):

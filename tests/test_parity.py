@@ -16,9 +16,10 @@ from vpltool import io
 from vpltool.cam import run_cam
 from vpltool.config import CamConfig, ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
+from vpltool.densecrf import unary
 from vpltool.errors import VplError
 from vpltool.extract import run_extract
-from vpltool.kernels import cams_to_labels, crf_probabilities, gradcam_scale, minmax, unary
+from vpltool.kernels import cams_to_labels, crf_probabilities, gradcam_scale, minmax
 
 
 def _scale_cam_image(cam: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """`vpltool crf`: pseudo-mask PNGs from CAM files + images with a dense CRF (CLIP-ES ``eval_cam_with_crf.py``).
 
-Per image (K image-level labels, C = K + 1 rows with background first; the kernels are in :mod:`vpltool.kernels`):
+Per image (K image-level labels, C = K + 1 rows with background first; the rules are in :mod:`vpltool.kernels`,
+the CRF in :mod:`vpltool.densecrf`):
 
 1. ``P = [(1 - max_k cam_k)^a ; cam_1 .. cam_K]`` ``[C, H, W]``, not renormalised (CLIP-ES feeds it as is).
 2. Unary ``-log(clip(P, 1e-5, 1))``; ``DenseCRF2D`` with a Gaussian (sxy 1, compat 3) and a bilateral
@@ -13,9 +14,15 @@ like CLIP-ES (its CAM files are float16); the default gives it the RGB photo and
 ``--no-crf`` skips steps 2-3: ``label = [0, labels...][argmax P]`` with no ignore pixel, i.e. exactly the
 masks ``vpltool eval`` scores for the CAM folder at the same exponent (the paper's rows without CRF).
 
-Images are processed by a pool of spawned processes, each reading its CAM file and image and writing its PNG
-itself, one image at a time; the result of an image never depends on the worker that made it. Workers never
-import torch (~0.3 s to start instead of ~2 s).
+Two backends compute step 2 (``--backend``, :func:`vpltool.densecrf.resolve_backend`; ``_stage.json`` records the
+one that ran, since they differ in float rounding):
+
+* ``pydensecrf``: a pool of spawned processes, each reading its CAM file and image and writing its PNG itself,
+  one image at a time; the result of an image never depends on the worker that made it. Workers never import
+  torch (~0.3 s to start instead of ~2 s).
+* ``torch``: the shared per-image pipeline (:mod:`vpltool.batches`): DataLoader workers read the CAM files and
+  images and build the unaries, the device runs batches of images at once (:func:`vpltool.densecrf.crf_labels`),
+  a thread writes the PNGs behind it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +42,9 @@ import numpy as np
 from . import io
 from .config import IGNORE_INDEX, CrfConfig, RuntimeConfig, to_params, worker_count
 from .data import open_recorded
+from .densecrf import dense_crf, densecrf_module, resolve_backend, unary
 from .errors import ContractError, VplError
-from .kernels import clip_es_image, crf_probabilities, dense_crf, densecrf_module, pseudo_labels
+from .kernels import clip_es_image, crf_probabilities, pseudo_labels
 
 STAGE = "crf"
 MAX_CHUNK = 8  # images per pool task: amortises the task round trip, small enough to keep workers balanced
@@ -62,10 +70,9 @@ def refine_image(image: np.ndarray, cams: np.ndarray, labels: Sequence[int], cfg
     return pseudo_labels(dense_crf(seen, probs, cfg), labels, cfg.confidence)
 
 
-def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, classes: Sequence[str], cfg: CrfConfig
-             ) -> tuple[int, int]:
-    """Read one CAM file and its image, write ``<out>/<id>.png`` (atomically); returns ``(ignored, total)``
-    pixels of the mask (255 = below ``cfg.confidence``)."""
+def read_item(cams_dir: str | Path, item_id: str, image_path: str, classes: Sequence[str]
+              ) -> tuple[np.ndarray, io.CamMaps]:
+    """One image (``[H, W, 3]`` uint8) and its CAMs; ContractError when their sizes differ."""
     maps = io.read_cam(io.cam_path(cams_dir, item_id), classes)
     image = io.load_image(image_path)
     if image.shape[:2] != maps.cams.shape[1:]:
@@ -73,9 +80,21 @@ def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, classes: Se
             f"{maps.file.path}: CAMs are for a {maps.cams.shape[1]}x{maps.cams.shape[2]} image but {image_path} is "
             f"{image.shape[0]}x{image.shape[1]}; the image changed after `cam`: re-run `vpltool cam`"
         )
-    mask = refine_image(image, maps.cams, maps.labels, cfg)
+    return image, maps
+
+
+def write_item(out: str | Path, item_id: str, mask: np.ndarray) -> tuple[int, int]:
+    """Write ``<out>/<id>.png`` (atomically); returns ``(ignored, total)`` pixels of the mask (255 = below
+    ``cfg.confidence``)."""
     io.write_mask(io.mask_path(out, item_id), mask)
     return int((mask == IGNORE_INDEX).sum()), mask.size
+
+
+def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, classes: Sequence[str], cfg: CrfConfig
+             ) -> tuple[int, int]:
+    """Read one CAM file and its image, write its mask with pydensecrf (:func:`refine_image`, :func:`write_item`)."""
+    image, maps = read_item(cams_dir, item_id, image_path, classes)
+    return write_item(out, item_id, refine_image(image, maps.cams, maps.labels, cfg))
 
 
 @dataclass(frozen=True)
@@ -139,15 +158,72 @@ def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], Non
     return workers, *counts
 
 
+def _run_torch(todo: list[tuple[str, str]], labels: list[int], cams_dir: Path, out: Path, classes: Sequence[str],
+               cfg: CrfConfig, runtime: RuntimeConfig, on_item: Callable[[int], None] | None
+               ) -> tuple[int, int, int]:
+    """The torch backend over ``todo`` ((id, image path) pairs; ``labels``: their label counts, so that a batch
+    holds images with as many labels and pads none): load ahead, run batches on ``runtime.device``, write behind.
+
+    Returns:
+        The number of loader processes, and the ignored and total pixels of the masks written.
+    """
+    import torch
+
+    from .batches import BackgroundWriter, BatchRunner, load_batches, loader_workers, plan_batches, resolve_batch_size
+    from .densecrf import crf_labels, image_tensor
+    from .device import resolve_device
+
+    device = resolve_device(runtime.device)
+    counts = [0, 0]
+
+    def load(i: int) -> dict[str, Any]:
+        image, maps = read_item(cams_dir, *todo[i], classes)
+        probs = crf_probabilities(maps.cams, cfg.bg_exponent)
+        return {"image": image_tensor(image), "unary": torch.from_numpy(unary(probs)).view(probs.shape),
+                "rows": (0, *maps.labels)}
+
+    def writer(item_id: str) -> Callable[[dict[str, Any]], None]:
+        def write(t: dict[str, Any]) -> None:
+            ignored, total = write_item(out, item_id, t["mask"].numpy())
+            counts[0], counts[1] = counts[0] + ignored, counts[1] + total  # only the writer thread adds
+
+        return write
+
+    size = resolve_batch_size(runtime.batch_size, device, cpu_default=1)
+    runner = BatchRunner(size, describe=lambda i: todo[i][1], advice="pass a smaller --batch-size")
+    workers = runtime.worker_count
+    with BackgroundWriter(on_item) as out_queue:
+        for batch in load_batches(len(todo), plan_batches(labels, size), load, workers, device):
+            images = [batch["image"][b].to(device, non_blocking=True) for b in range(len(batch["index"]))]
+            unaries = [batch["unary"][b].to(device, non_blocking=True) for b in range(len(batch["index"]))]
+
+            def run(part: slice) -> tuple[slice, list]:
+                return part, crf_labels(images[part], unaries[part], batch["rows"][part], cfg, cfg.confidence)
+
+            for part, masks in runner(len(images), run):
+                for b, mask in enumerate(masks):
+                    out_queue.submit({"mask": mask}, writer(todo[batch["index"][part.start + b]][0]))
+    return max(1, loader_workers(workers)), *counts
+
+
 @dataclass
 class CrfSummary(io.StageSummary):
-    workers: int = 1  # processes that ran (1 = in this process)
+    workers: int = 1  # processes that ran (1 = in this process): CRF workers (pydensecrf) or image loaders (torch)
     ignored: float | None = None  # share of the pixels written this run that are 255 (None when none was written)
+    backend: str = "pydensecrf"  # the CRF that ran (torch or pydensecrf)
 
 
 def resolve_workers(workers: int) -> int:
     """``workers`` 0 means one per CPU core (:func:`vpltool.config.worker_count`)."""
     return worker_count(workers)
+
+
+def with_backend(cfg: CrfConfig, device: str) -> CrfConfig:
+    """``cfg`` with ``backend`` resolved (auto -> torch on CUDA, else pydensecrf): the one recorded in
+    ``_stage.json``. ``--no-crf`` runs no CRF: its backend stays as given."""
+    if cfg.no_crf:
+        return cfg
+    return replace(cfg, backend=resolve_backend(cfg.backend, device, cfg.parity))
 
 
 def run_crf(
@@ -164,39 +240,49 @@ def run_crf(
     Args:
         cams_dir: output folder of `vpltool cam`; its ``_stage.json`` names the dataset holding the images.
         out: output folder (created); finished masks are kept unless ``runtime.overwrite``.
-        cfg: CRF parameters (recorded in ``_stage.json``).
-        runtime: ``workers`` processes (0 = one per core; 1 = in this process), ``overwrite``.
+        cfg: CRF parameters (recorded in ``_stage.json``, with the backend that ran).
+        runtime: ``workers`` processes (0 = one per core; 1 = in this process): CRF processes with pydensecrf,
+            image loaders with torch; ``device`` and ``batch_size`` (torch); ``overwrite``.
         on_item: called with the number of images just finished. on_start: called once with the number to do.
 
     Raises:
-        MissingDependencyError: pydensecrf is not installed (and ``cfg.no_crf`` is False).
+        MissingDependencyError: pydensecrf is not installed (and its backend is asked for).
         ContractError: a CAM file of the wrong kind/classes, or whose size differs from its image.
     """
     cams_dir, out = Path(cams_dir), Path(out)
-    if not cfg.no_crf:
+    cfg = with_backend(cfg, runtime.device)
+    on_torch = cfg.backend == "torch" and not cfg.no_crf
+    if not cfg.no_crf and not on_torch:
         densecrf_module()  # fail in one line before any folder is touched
     record = io.read_stage_record(cams_dir, "cam")
     dataset = open_recorded(cams_dir)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the cam folder": cams_dir},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     ids = io.item_ids(cams_dir)
-    images = {item.id: str(item.image) for item in dataset.items}
-    unknown = [i for i in ids if i not in images]
+    items = dataset.by_id()
+    unknown = [i for i in ids if i not in items]
     if unknown:
         raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
                        f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
     start = time.perf_counter()
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), "dataset": record["inputs"]["dataset"]}
     with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs) as folder:
-        todo = [(i, images[i]) for i in folder.todo(ids, io.mask_path)]
+        todo = [(i, str(items[i].image)) for i in folder.todo(ids, io.mask_path)]
         if on_start:
             on_start(len(todo))
-        workers = resolve_workers(runtime.workers)
-        chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes), cfg=cfg)
-        workers, ignored, total = _run_chunks(chunks, workers, on_item)
+        if on_torch:
+            workers, ignored, total = _run_torch(todo, [len(items[i].labels) for i, _ in todo], cams_dir, out,
+                                                 dataset.classes, cfg, runtime, on_item)
+        else:
+            workers = resolve_workers(runtime.workers)
+            chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes),
+                             cfg=cfg)
+            workers, ignored, total = _run_chunks(chunks, workers, on_item)
         folder.complete(count=len(ids), ids=ids)
     return CrfSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start,
-                      workers=workers, ignored=ignored / total if total else None)
+                      workers=workers, ignored=ignored / total if total else None,
+                      backend="none" if cfg.no_crf else cfg.backend)
 
 
-__all__ = ["STAGE", "refine_image", "crf_item", "CrfSummary", "resolve_workers", "run_crf"]
+__all__ = ["STAGE", "refine_image", "read_item", "write_item", "crf_item", "CrfSummary", "resolve_workers",
+           "with_backend", "run_crf"]

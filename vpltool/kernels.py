@@ -3,7 +3,8 @@
 * Maps: :func:`minmax`, :func:`gradcam_scale` (CLIP-ES's GradCAM scaling), :func:`upsample` (torch tensors).
 * CLIP-ES's background rule ``(1 - max_k cam_k)^a`` (:func:`background_score`), used by `eval`, `crf` and
   `learn-prototypes`, and the label maps built from it (:func:`cams_to_labels`).
-* The dense CRF of CLIP-ES's ``eval_cam_with_crf.py`` (`crf` stage, and `predict --crf` with WeCLIP's kernels).
+* The dense CRF's inputs and outputs in CLIP-ES's ``eval_cam_with_crf.py`` (:func:`crf_probabilities`,
+  :func:`clip_es_image`, :func:`pseudo_labels`); the CRF itself is :mod:`vpltool.densecrf`.
 * The VOC/COCO confusion matrix and mIoU (`eval`, `train-decoder`'s validation, the demo report, `diagnose`).
 """
 
@@ -15,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from .config import IGNORE_INDEX, CrfConfig
-from .errors import ContractError, MissingDependencyError, VplError
+from .errors import ContractError, VplError
 
 CLIP_ES_BGR_MEAN = (104.008, 116.669, 122.675)  # deeplab-pytorch's Caffe means, B, G, R
-UNARY_FLOOR = 1e-5  # pydensecrf.utils.unary_from_softmax's clip: -log(0) would be an infinite unary
 
 
 # --------------------------------------------------------------------------------------------- maps (torch)
@@ -105,18 +105,7 @@ def with_background(fg_score: np.ndarray, fg_label: np.ndarray, bg_exponent: flo
     return np.where(fg_score > background_score(fg_score, bg_exponent), fg_label, 0).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------------------------- dense CRF
-def densecrf_module() -> Any:
-    """The ``pydensecrf.densecrf`` module, imported only when the stage runs (an optional native extra)."""
-    try:
-        import pydensecrf.densecrf as dcrf  # shipped by the `pydensecrf2` wheel
-    except ImportError:
-        raise MissingDependencyError(
-            "`vpltool crf` needs the CRF extra: pip install 'vpltool[crf]' (or use --no-crf)"
-        ) from None
-    return dcrf
-
-
+# --------------------------------------------------------------------------------------------- dense-CRF inputs
 def crf_probabilities(cams: np.ndarray, bg_exponent: float = CrfConfig.bg_exponent, fp16: bool = False
                       ) -> np.ndarray:
     """CLIP-ES's class scores: a background row ``(1 - max_k cams)^a`` stacked on the CAMs.
@@ -138,42 +127,6 @@ def crf_probabilities(cams: np.ndarray, bg_exponent: float = CrfConfig.bg_expone
     fg = cams.max(0) if len(cams) else np.zeros(cams.shape[1:], dtype)
     bg = background_score(fg, bg_exponent if fp16 else np.float32(bg_exponent))
     return np.concatenate([bg[None], cams]).astype(dtype, copy=False)
-
-
-def unary(probs: np.ndarray) -> np.ndarray:
-    """``-log(clip(p, 1e-5, 1))`` ``[C, H*W]`` float32 C-contiguous, computed in the dtype of ``probs``.
-
-    As ``pydensecrf.utils.unary_from_softmax``: float16 probs (CLIP-ES's, from its float16 CAM files) give a float16
-    logarithm, which flips a few pixels against a float32 one.
-    """
-    flat = probs.reshape(len(probs), -1)
-    kind = flat.dtype.type
-    return np.ascontiguousarray(-np.log(np.clip(flat, kind(UNARY_FLOOR), kind(1.0))), dtype=np.float32)
-
-
-def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CrfConfig = CrfConfig()) -> np.ndarray:
-    """Mean-field inference of a fully connected CRF (Krähenbühl & Koltun 2011) with CLIP-ES's kernels.
-
-    Args:
-        image: ``[H, W, 3]`` uint8, what the bilateral term compares (RGB photo or :func:`clip_es_image`).
-        probs: ``[C, H, W]`` float scores in [0, 1] (e.g. :func:`crf_probabilities`); unary = :func:`unary`.
-        cfg: iterations and the Gaussian / bilateral kernel parameters.
-
-    Returns:
-        Q ``[C, H, W]`` float32, per-pixel marginals summing to 1 over C.
-    """
-    c, h, w = probs.shape
-    if image.shape != (h, w, 3) or image.dtype != np.uint8:
-        raise ValueError(f"image must be [{h}, {w}, 3] uint8 to match probs, got {image.dtype} {image.shape}")
-    if c == 1:  # a single label has nothing to decide; pydensecrf would only spend time on it
-        return np.ones((1, h, w), np.float32)
-    dcrf = densecrf_module()
-    crf = dcrf.DenseCRF2D(w, h, c)
-    crf.setUnaryEnergy(unary(probs))
-    crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
-    rgbim = np.require(image, requirements="CW")  # pydensecrf wants a writable buffer; PIL's arrays are read-only
-    crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=rgbim, compat=cfg.bilateral_compat)
-    return np.asarray(crf.inference(cfg.iterations), dtype=np.float32).reshape(c, h, w)
 
 
 def clip_es_image(rgb: np.ndarray) -> np.ndarray:

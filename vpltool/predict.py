@@ -9,7 +9,8 @@ Per image (WeCLIP ``test_msc_flip_voc.py``; the inference itself is :func:`vplto
    and the two averaged. Scores of the other scales are resized (bilinear) to the first scale's patch grid and
    averaged with it.
 3. The averaged scores are resized to the image and arg-maxed; with ``crf`` the softmax first goes through a
-   dense CRF with WeCLIP's test parameters on the RGB image (``crf_proc``).
+   dense CRF with WeCLIP's test parameters on the RGB image (``crf_proc``): with ``crf_backend`` torch on the device,
+   the batch at once (:func:`vpltool.densecrf.crf_labels`); with pydensecrf on the writer thread, image by image.
 
 Open vocabulary (``cfg.classes``): the decoder's prototype rows are replaced by text prototypes of the given names
 (and of the training's background words), encoded by the decoder's frozen CLIP with the templates its training
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +45,23 @@ from .batches import (
 )
 from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
 from .decoder import SegDecoder, input_long_side, load_decoder, predict_logits_batch, view_size
+from .densecrf import (
+    crf_labels,
+    dense_crf,
+    densecrf_module,
+    image_tensor,
+    resolve_backend,
+    to_device,
+    torch_unary,
+)
 from .device import resolve_device, resolve_precision
 from .errors import ContractError, VplError
-from .kernels import dense_crf
 
 STAGE = "predict"
 
 
 def crf_config(cfg: PredictConfig) -> CrfConfig:
-    """WeCLIP's test-time CRF parameters as a :class:`CrfConfig` for :func:`vpltool.kernels.dense_crf`."""
+    """WeCLIP's test-time CRF parameters as a :class:`CrfConfig` for :mod:`vpltool.densecrf`."""
     return CrfConfig(iterations=cfg.crf_iterations, gaussian_sxy=cfg.crf_gaussian_sxy,
                      gaussian_compat=cfg.crf_gaussian_compat, bilateral_sxy=cfg.crf_bilateral_sxy,
                      bilateral_srgb=cfg.crf_bilateral_srgb, bilateral_compat=cfg.crf_bilateral_compat)
@@ -172,6 +182,10 @@ def run_predict(
                      overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
+    if cfg.crf:  # the backend that runs is recorded: the two differ in float rounding
+        cfg = replace(cfg, crf_backend=resolve_backend(cfg.crf_backend, device.type))
+        if cfg.crf_backend == "pydensecrf":
+            densecrf_module()  # one line before the decoder loads
     model, f = load_decoder(decoder_file, device)
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
@@ -214,6 +228,7 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
     on the device, the masks (and the CRF, when asked) written behind."""
     pre = bb.preprocessor
     keep_image = cfg.crf or overlays is not None
+    crf_on_device = cfg.crf and cfg.crf_backend == "torch"
 
     def load(i: int) -> dict:
         image = io.load_image(items[i].image)
@@ -229,8 +244,10 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
             views = [batch[f"view{j}"] for j in range(len(cfg.scales))]
             hw = sizes[batch["index"][0]]
 
-            def run(part: slice) -> tuple[slice, torch.Tensor]:
+            def run(part: slice) -> tuple[slice, torch.Tensor | list[torch.Tensor]]:
                 logits = predict_logits_batch(bb, model, blocks, [v[part] for v in views], cfg.flip, hw, dtype)
+                if crf_on_device:
+                    return part, _crf_masks(logits, batch["image"][part], cfg)
                 return part, (logits.softmax(1) if cfg.crf else logits.argmax(1).to(torch.uint8))
 
             for part, result in runner(len(views[0]), run):
@@ -239,13 +256,20 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
                     writer.submit({"scores": result[b]}, _writer(out, items[i].id, image, cfg, overlays))
 
 
+def _crf_masks(logits: torch.Tensor, images: list[np.ndarray], cfg: PredictConfig) -> list[torch.Tensor]:
+    """``[B, C, H, W]`` logits -> B ``[H, W]`` uint8 masks after the dense CRF on the device (torch backend)."""
+    unaries = list(torch_unary(logits.float().softmax(1)))
+    pictures = [to_device(image_tensor(image), logits.device) for image in images]
+    return crf_labels(pictures, unaries, [range(logits.shape[1])] * len(images), crf_config(cfg), None)
+
+
 def _writer(out: Path, item_id: str, image: np.ndarray | None, cfg: PredictConfig, overlays):
-    """One image's mask (after the dense CRF with ``cfg.crf``: ``scores`` are then probabilities), on the writer
-    thread."""
+    """One image's mask, on the writer thread: ``scores`` is the mask, or with ``cfg.crf`` and pydensecrf the
+    probabilities the CRF runs on here."""
 
     def write(t: dict) -> None:
         scores = t["scores"]
-        if cfg.crf:
+        if cfg.crf and cfg.crf_backend == "pydensecrf":
             mask = dense_crf(image, scores.float().numpy(), crf_config(cfg)).argmax(0).astype(np.uint8)
         else:
             mask = scores.numpy()

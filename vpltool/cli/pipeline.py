@@ -319,8 +319,15 @@ def crf_cmd(
                                         "CLIP-ES feeds its CRF).")] = _C.parity,
     no_crf: Annotated[bool, typer.Option("--no-crf", help="Thresholded argmax instead of the CRF (paper "
                                          "ablation).")] = False,
-    workers: Annotated[int, typer.Option(help="CRF processes (0 = one per CPU core); results do not depend on "
-                                         "it.", rich_help_panel=RUNTIME)] = 0,
+    backend: Annotated[str, typer.Option(help="auto (torch on CUDA; pydensecrf on a CPU and with --parity "
+                                         "clip-es) | pydensecrf (CPU processes) | torch (batched on --device; the "
+                                         "same model, float rounding aside).")] = _C.backend,
+    device: Device = _R.device,
+    batch_size: Annotated[Optional[int], typer.Option(help="--backend torch: images per batch [default: auto: 32 on "
+                                                      "CUDA, halved on out-of-memory; 1 on a CPU].",
+                                                      show_default=False, rich_help_panel=RUNTIME)] = None,
+    workers: Annotated[int, typer.Option(help="CRF processes (pydensecrf) or image loaders (torch); 0 = one per "
+                                         "CPU core; results do not depend on it.", rich_help_panel=RUNTIME)] = 0,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -330,18 +337,20 @@ def crf_cmd(
     \b
     Example:
       vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8
+      vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --backend torch --device cuda
     """
     from ..crf import run_crf
 
     cfg = CrfConfig(iterations=iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
                     bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat,
-                    confidence=confidence, bg_exponent=bg_exponent, parity=parity, no_crf=no_crf)
+                    confidence=confidence, bg_exponent=bg_exponent, parity=parity, no_crf=no_crf, backend=backend)
     with progress("crf") as (on_start, on_item):
-        s = run_crf(cams, out, cfg, runtime(workers=workers, overwrite=overwrite), on_item=on_item,
-                    on_start=on_start)
+        s = run_crf(cams, out, cfg, runtime(device=device, batch_size=batch_size, workers=workers,
+                                            overwrite=overwrite), on_item=on_item, on_start=on_start)
     ignored = "" if s.ignored is None else f", {100 * s.ignored:.1f}% of their pixels ignored (255)"
     if s.ignored is not None and s.ignored >= CRF_IGNORED_WARNING:
         say(f"[yellow]warning:[/] {100 * s.ignored:.1f}% of the pixels of these masks are 255 (CRF probability below "
             f"--confidence {confidence:g}): train-decoder learns from the other {100 * (1 - s.ignored):.1f}% only; "
             f"lower --confidence (default {_C.confidence:g})")
-    say(f"[green]✓[/] crf: {s.done} masks{ignored}, {s.skipped} already done → {out}")
+    say(f"[green]✓[/] crf ({s.backend}): {s.done} masks ({s.images_per_s:.1f} img/s){ignored}, {s.skipped} already "
+        f"done → {out}")

@@ -149,6 +149,9 @@ def predict_cmd(
     long_side: Annotated[Optional[int], typer.Option(help="Input long side [default: 1.6 x training crop].",
                                                      show_default=False)] = _P.long_side,
     crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters).")] = _P.crf,
+    crf_backend: Annotated[str, typer.Option(help="--crf: auto (torch on CUDA, pydensecrf on a CPU) | pydensecrf "
+                                             "(on the writer thread, image by image) | torch (batched on --device)."
+                                             )] = _P.crf_backend,
     max_tokens: Annotated[int, typer.Option(help="Refuse an image whose largest test view has more patch tokens "
                                             "than this, before its forward.")] = _P.max_tokens,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write mask-over-image PNGs here.")] = None,
@@ -175,7 +178,7 @@ def predict_cmd(
     from ..predict import parse_class_names, run_predict
 
     cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
-                        long_side=long_side, crf=crf, max_tokens=max_tokens,
+                        long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
                         classes=None if classes is None else parse_class_names(classes))
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),

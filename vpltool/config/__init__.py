@@ -41,6 +41,7 @@ from .stages import (
     CACHES,
     CAM_ATTENTION_BLOCKS,
     CPU_BATCH,
+    CRF_BACKENDS,
     DEFAULT_DINO,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -74,5 +75,5 @@ __all__ = [
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
-    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE",
+    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS",
 ]  # fmt: skip

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checks import at_least, choice, fraction, non_negative, override, positive, require, seed_value
-from .stages import MAX_LR, MAX_TOKENS, MIN_SIDE
+from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 
 OPTIMIZERS = ("sgd", "adamw")
 LOSSES = ("ce", "balanced")
@@ -143,8 +143,10 @@ class PredictConfig:
     crf_bilateral_sxy: float = 64.0
     crf_bilateral_srgb: float = 5.0
     crf_bilateral_compat: float = 4.0
+    crf_backend: str = "auto"  # auto (torch on CUDA, pydensecrf on a CPU) | pydensecrf | torch (CRF_BACKENDS)
 
     def __post_init__(self) -> None:
+        choice("--crf-backend", self.crf_backend, CRF_BACKENDS)
         require(len(self.scales) > 0, "--scales is empty: give at least one scale, e.g. 1.0,0.75")
         for s in self.scales:
             positive("--scales", s, upper=4.0)

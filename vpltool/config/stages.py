@@ -247,6 +247,11 @@ class LearnPrototypesConfig:
         seed_value("seed", self.seed)  # a library field: the CLI has no --seed here
 
 
+# the dense CRF's implementations (vpltool.densecrf): auto = torch on CUDA, pydensecrf on a CPU and under
+# --parity clip-es; torch is the same model as pydensecrf (same lattice, parameters and iterations), batched on a GPU
+CRF_BACKENDS = ("auto", "pydensecrf", "torch")
+
+
 @dataclass(frozen=True)
 class CrfConfig:
     """`vpltool crf`: dense CRF pseudo masks; defaults are CLIP-ES's `eval_cam_with_crf.py`."""
@@ -261,8 +266,14 @@ class CrfConfig:
     bg_exponent: float = 1.0
     parity: str = "none"  # none | clip-es (CLIP-ES's wrapped mean-subtracted BGR image and fp16 unary)
     no_crf: bool = False  # thresholded argmax instead of the CRF (paper ablation)
+    # auto | pydensecrf | torch; a stage records the one that ran (the two differ in float rounding: a few pixels)
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        choice("--backend", self.backend, CRF_BACKENDS)
+        require(not (self.parity == "clip-es" and self.backend == "torch"),
+                "--backend torch with --parity clip-es: the parity reproduces CLIP-ES's own pydensecrf run, whose "
+                "float rounding only pydensecrf has; drop --backend torch (auto picks pydensecrf)")
         at_least("--iterations", self.iterations, 1)
         for option, value in (("--gaussian-sxy", self.gaussian_sxy), ("--bilateral-sxy", self.bilateral_sxy),
                               ("--bilateral-srgb", self.bilateral_srgb), ("--bg-exponent", self.bg_exponent)):
