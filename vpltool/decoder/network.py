@@ -16,6 +16,7 @@ of depth so that one SGD learning rate suits every block.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -48,12 +49,14 @@ def block_features(bb, pixels: Tensor, blocks: Sequence[int], dtype: torch.dtype
         bb: a :class:`~vpltool.backbone.ClipBackbone`.
         pixels: ``[B, 3, H, W]`` CLIP-normalised, ``H`` and ``W`` multiples of the patch size.
         blocks: increasing block indices.
-        dtype: autocast dtype of the frozen blocks (bf16 / fp16; fp32 = none).
+        dtype: the frozen blocks' precision (bf16 / fp16 / fp32): an image tower stored in ``dtype``
+            (:meth:`~vpltool.backbone.ClipBackbone.with_image_tower_in`) runs as it is, another under autocast.
 
     Returns:
-        ``[B, L, h, w, width]`` (L = len(blocks)) on the backbone's device, in the autocast dtype.
+        ``[B, L, h, w, width]`` (L = len(blocks)) on the backbone's device: ``dtype`` for a tower stored in it, else
+        the autocast residual stream's dtype.
     """
-    with autocast(bb.device, dtype):
+    with contextlib.nullcontext() if bb.dtype == dtype else autocast(bb.device, dtype):
         enc = bb.encode(pixels, stop=max(blocks) + 1, collect=blocks)
     return torch.stack(enc.blocks, 1).unflatten(2, enc.grid)
 
