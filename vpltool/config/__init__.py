@@ -41,9 +41,11 @@ from .stages import (
     CACHES,
     CAM_ATTENTION_BLOCKS,
     CPU_BATCH,
+    CPU_WORKERS,
     DEFAULT_DINO,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
+    GPU_WORKERS,
     IGNORE_INDEX,
     MAX_LR,
     MAX_TOKENS,
@@ -67,7 +69,8 @@ from .stages import (
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
-    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "ExtractConfig", "CPU_BATCH", "NOT_COMPARED", "check_tokens",
+    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "GPU_WORKERS", "ExtractConfig", "CPU_BATCH",
+    "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "AFFINITIES",
     "DEFAULT_DINO", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
