@@ -94,6 +94,9 @@ def train_decoder_cmd(
     val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
                                          "start when there is none).")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option(
+        help="Also write TensorBoard event files here: each loss, lr, it/s, memory, and previews of a few fixed "
+        "images with their prediction (pip install 'vpltool[tensorboard]').")] = None,
     seed: Annotated[Optional[int], _opt("Seed.", "seed")] = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
@@ -126,7 +129,7 @@ def train_decoder_cmd(
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
                               resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1),
-                              on_start=on_start)
+                              on_start=on_start, tensorboard=tensorboard)
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     terms = "CE + RSC" + (" + CMPA" if cfg.lambda_proto > 0 else "")
     loss = "" if s.loss is None else \
