@@ -411,6 +411,8 @@ def test_auto_workers_one_per_core_up_to_12_on_cuda_two_on_a_cpu(monkeypatch):
     assert auto.workers is None and auto.loader_workers(torch.device("cuda")) == 12
     assert auto.loader_workers(torch.device("cpu")) == 2
     assert RuntimeConfig(workers=3).loader_workers(torch.device("cuda")) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 processes share the machine's 16 cores
+    assert auto.loader_workers(torch.device("cuda")) == 4
 
 
 # --------------------------------------------------------------------------------------------- TensorBoard
@@ -450,3 +452,23 @@ def test_tensorboard_asked_for_without_the_package_is_one_line(gt_pseudo, text_p
     assert r.exit_code == 2 and len(lines) == 1, r.output
     assert "--tensorboard needs the tensorboard package" in lines[0] and "vpltool[tensorboard]" in lines[0]
     assert not (tmp_path / "d").exists() and not (tmp_path / "tb").exists()  # refused before anything is made
+
+
+def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_protos, trained, tmp_path, monkeypatch):
+    """--compile wraps the decoder (after DDP) and unwraps it for every file: traced with the eager backend here
+    (inductor compiles for minutes on a CPU), the run is the uncompiled one, checkpoint and decoder included."""
+    real = torch.compile
+    modes = []
+
+    def traced(model, mode=None, **kwargs):
+        modes.append(mode)
+        return real(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", traced)
+    run_train_decoder(gt_pseudo, text_protos, tmp_path, replace(TINY, compile="reduce-overhead"), CPU)
+    assert modes == ["reduce-overhead"]
+    a = io.read_tensors(trained / "decoder.safetensors", kind="decoder").tensors
+    b = io.read_tensors(tmp_path / "decoder.safetensors", kind="decoder").tensors
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(VplError, match="--compile 'max'"):
+        DecoderConfig(compile="max")

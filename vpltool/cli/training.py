@@ -91,6 +91,9 @@ def train_decoder_cmd(
                                                            "rescale/crop; flip kept) "
                                                            f"{_recipe_default('cache_features')}.")] = None,
     checkpoint_every: Annotated[Optional[int], _opt("Checkpoint period.", "checkpoint_every")] = None,
+    compile: Annotated[Optional[str], _opt("torch.compile the decoder: none | default (fused kernels) | "
+                                           "reduce-overhead (also CUDA graphs); minutes of compiling, for long GPU "
+                                           "runs.", "compile")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
                                          "start when there is none).")] = False,
@@ -124,7 +127,7 @@ def train_decoder_cmd(
                              c.strip() for c in ignore_classes.split(",") if c.strip()),
                          loss=loss, dim=dim, layers=layers, heads=heads,
                          crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
-                         checkpoint_every=checkpoint_every, seed=seed)
+                         checkpoint_every=checkpoint_every, seed=seed, compile=compile)
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),

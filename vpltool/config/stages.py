@@ -50,9 +50,11 @@ class RuntimeConfig:
 
     def loader_workers(self, device) -> int:
         """Data-loading processes on ``device``: ``workers``, or (auto) one per core up to ``GPU_WORKERS`` on CUDA,
-        where augmenting for the GPU is the bottleneck, and ``CPU_WORKERS`` on a CPU, whose cores run the model."""
+        where augmenting for the GPU is the bottleneck (the cores shared among torchrun's processes on this machine,
+        ``LOCAL_WORLD_SIZE``), and ``CPU_WORKERS`` on a CPU, whose cores run the model."""
         if self.workers is None and getattr(device, "type", device) == "cuda":
-            return min(worker_count(0), GPU_WORKERS)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            return max(1, min(worker_count(0) // max(1, local), GPU_WORKERS))
         return self.worker_count
 
 

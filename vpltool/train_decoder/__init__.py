@@ -176,8 +176,9 @@ class _Run:
 
     @property
     def inner(self) -> SegDecoder:
-        """The decoder itself, also when wrapped in DistributedDataParallel."""
-        return getattr(self.model, "module", self.model)
+        """The decoder itself, also when wrapped in DistributedDataParallel and/or compiled."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        return getattr(model, "module", model)
 
     def meta(self) -> dict[str, Any]:
         return {"decoder_config": asdict(self.cfg), "inputs": self.inputs, "model": self.protos.model}
@@ -435,6 +436,8 @@ def run_train_decoder(
             if world > 1:
                 run.model = torch.nn.parallel.DistributedDataParallel(
                     run.model, device_ids=[device.index] if device.type == "cuda" else None)
+            if cfg.compile != "none":  # after DDP: its buckets split the compiled graph
+                run.model = torch.compile(run.model, mode=None if cfg.compile == "default" else cfg.compile)
             if tensorboard is not None and rank == 0:
                 shown = [(it.id, it.image) for it in val_items] or [(i, image) for i, image, _ in pairs]
                 run.board = Board(Path(tensorboard), STAGE, shown, start)

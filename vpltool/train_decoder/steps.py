@@ -31,7 +31,7 @@ from ..decoder import (
 from ..device import autocast, resolve_device
 from ..errors import VplError
 
-RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every")  # fields a resumed run may change
+RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  # fields a resumed run may change
 
 
 def lr_at(cfg: DecoderConfig, it: int) -> float:
