@@ -472,3 +472,19 @@ def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_pr
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(VplError, match="--compile 'max'"):
         DecoderConfig(compile="max")
+
+
+def test_block_mlps_at_once_equal_the_modules_one_by_one():
+    """Step 2 batched over the blocks (LayerNorm affine folded into the first linear) = each block's LayerNorm and
+    MLP modules applied in turn and concatenated, values and gradients."""
+    model = _decoder(replace(TINY, dim=16))
+    for norm in model.norms:  # a LayerNorm with a non-trivial scale and shift
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    feats = torch.randn(2, 2, 3, 5, 64)
+    ref = torch.cat([mlp(norm(feats[:, i])) for i, (norm, mlp) in enumerate(zip(model.norms, model.mlps))], -1)
+    out = model.block_mlps(feats)
+    assert out.shape == ref.shape == (2, 3, 5, 32) and torch.allclose(out, ref, atol=1e-5)
+    params = [model.norms[1].weight, model.norms[0].bias, model.mlps[1][0].weight, model.mlps[0][2].bias]
+    for a, b in zip(torch.autograd.grad(out.square().sum(), params), torch.autograd.grad(ref.square().sum(), params)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
