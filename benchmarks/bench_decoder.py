@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "model_configs"
@@ -155,14 +156,29 @@ def run_paper(args) -> dict:
             "peak_memory": peaks.as_list()}
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts every op the calling thread dispatches (``n``): on a GPU each costs the host a few microseconds
+    (most launch a kernel), whatever the tensors' size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
 def host_cost(iters: int = 60, images: int = 24, warmup: int = 10, quick: bool = False) -> dict:
     """The host's work of train-decoder's paper recipe with a model that costs nothing, on this CPU.
 
-    Returns ``main_ms_per_iter`` (CPU-ms of the training loop's thread per iteration from ``warmup`` on: taking
-    the batch, normalising, dispatching the stand-in CLIP, the decoder's forward and backward and the optimizer
-    step, its reads every 20 iterations; the paper's op graph on tensors too small to cost anything, the views
-    from 2 loading processes) and ``augment_ms_per_view`` (CPU-ms of one augmented view at the paper's 320-px crop
-    in a loading process: decode, crop-first rescale, flip, pad) with what they imply:
+    Returns ``ops_per_iter`` (ops the loop's thread dispatches per iteration: the host cost on a GPU, in units
+    independent of this CPU's speed and load), ``main_ms_per_iter`` (CPU-ms of the training loop's thread per
+    iteration from ``warmup`` on: taking the batch, normalising, dispatching the stand-in CLIP, the decoder's
+    forward and backward and the optimizer step, its reads every 20 iterations; the paper's op graph on tensors too
+    small to cost anything, the views from 2 loading processes) and ``augment_ms_per_view`` (CPU-ms of one
+    augmented view at the paper's 320-px crop in a loading process: decode, crop-first rescale, flip, pad) with what
+    they imply:
     ``loading_cores_for_100_its`` = cores the augmentation needs to feed 100 it/s.
     """
     from vpltool.train_decoder import PseudoMaskSet
@@ -177,11 +193,18 @@ def host_cost(iters: int = 60, images: int = 24, warmup: int = 10, quick: bool =
         bb = load_backbone(spec, "cpu")
         pseudo, protos = make_voc_inputs(tmp, images, spec, bb, 0.25 if quick else 1.0)
         cfg = replace(paper_config(iters, 64), dim=16)  # 8 heads of width 2 on 4x4 patches: the op graph alone
+        runtime = RuntimeConfig(device="cpu", workers=2, precision="fp32")
         marks: dict[int, float] = {}
-        run_train_decoder(pseudo, protos, tmp / "run", cfg, RuntimeConfig(device="cpu", workers=2, precision="fp32"),
+        run_train_decoder(pseudo, protos, tmp / "run", cfg, runtime,
                           on_iter=lambda n, record: marks.__setitem__(n, time.thread_time()))
         first = min(warmup, iters - 1)
         main_ms = (marks[iters] - marks[first]) / (iters - first) * 1e3
+        counts: dict[int, int] = {}
+        with OpCounter() as ops:  # a second, shorter run: the counting itself costs time
+            run_train_decoder(pseudo, protos, tmp / "count", replace(cfg, iters=min(iters, 24)), runtime,
+                              on_iter=lambda n, record: counts.__setitem__(n, ops.n))
+        last = max(counts)
+        ops_per_iter = (counts[last] - counts[first]) / (last - first) if last > first else None
         items = open_dataset(pseudo.parent / "voc", "train").items
         data = PseudoMaskSet([(it.id, it.image, io.mask_path(pseudo, it.id)) for it in items], paper_config(iters))
         start, views = time.process_time(), max(12, 2 * images)
@@ -189,6 +212,7 @@ def host_cost(iters: int = 60, images: int = 24, warmup: int = 10, quick: bool =
             data[(i % len(data), i // len(data))]
         augment_ms = (time.process_time() - start) / views * 1e3
     return {"main_ms_per_iter": round(main_ms, 2), "augment_ms_per_view": round(augment_ms, 2),
+            "ops_per_iter": ops_per_iter and round(ops_per_iter),
             "batch_size": cfg.batch_size, "crop_size_loop": cfg.crop_size,
             "crop_size_views": DecoderConfig.crop_size, "iters": iters, "warmup": first,
             "main_thread_bound_iters_per_s": round(1e3 / main_ms, 1),
