@@ -108,3 +108,41 @@ def test_learn_prototypes_names_the_first_non_finite_iteration(monkeypatch):
     with pytest.raises(VplError, match="loss became nan at iteration 13"):
         descend(source, z, tau=0.03, lr=10.0, iters=25, total_weight=n)
     assert spoilt_at_13.calls == 20  # stopped at the read after iteration 20, not at the end
+
+
+# --------------------------------------------------------------------------------------------- on a GPU
+def _sync_warnings_per_call(run, monkeypatch) -> dict[int, int]:
+    """torch's own check on a GPU (``set_sync_debug_mode``: it also sees what StallCounter cannot, ``tolist``,
+    ``.cpu()``, a list made a device tensor): the synchronising calls between consecutive ``on_iter`` calls."""
+    import warnings
+
+    marks: dict[int, int] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run(lambda n, *rest: marks.__setitem__(n, len(caught)))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return {n: marks[n] - marks[n - 1] for n in sorted(marks) if n - 1 in marks}
+
+
+@pytest.mark.cuda
+def test_train_decoder_on_cuda_synchronises_only_at_its_reads(gt_pseudo, text_protos, tmp_path, monkeypatch):
+    import vpltool.train_decoder as td
+
+    monkeypatch.setattr(td, "save_checkpoint", lambda *a: None)  # its copies to the host are no iteration's
+    waits = _sync_warnings_per_call(lambda on_iter: run_train_decoder(
+        gt_pseudo, text_protos, tmp_path, TINY, RuntimeConfig(device="cuda", workers=1), on_iter=on_iter),
+        monkeypatch)
+    assert [n for n, w in waits.items() if w] == [4, 8], waits  # the reads (iteration 1 includes the set-up)
+
+
+@pytest.mark.cuda
+def test_learn_prototypes_on_cuda_synchronises_only_at_its_reads(monkeypatch):
+    monkeypatch.setattr(descent_module, "READ_EVERY", 10)
+    source, z, n = _problem()
+    source.chunks = [ch.to(torch.device("cuda")) for ch in source.chunks]
+    waits = _sync_warnings_per_call(lambda on_iter: descend(source, z.cuda(), tau=0.03, lr=10.0, iters=25,
+                                                            total_weight=n, on_iter=on_iter), monkeypatch)
+    assert [it for it, w in waits.items() if w] == [10, 20], waits  # on_iter(it) comes before step it

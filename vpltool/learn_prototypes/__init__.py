@@ -56,9 +56,7 @@ from .targets import hard_labels, make_targets, pool_cams, sample_pixels, sample
 
 _log = logging.getLogger(__name__)
 CURVE_POINTS = 101  # loss-curve samples kept in the file metadata (the PNG draws every iteration)
-# CPU: an 8 MB fp32 block stays in L3; CUDA: few launches per iteration (1,000 VOC images in one or two chunks, all
-# of VOC in a few dozen: the host queues an iteration faster than the device reads the pixels)
-CHUNK_PX = {"cpu": 4096, "cuda": 1 << 20}
+CHUNK_PX = {"cpu": 4096, "cuda": 1 << 17}  # CPU: an 8 MB fp32 block stays in L3; CUDA: few launches per iteration
 
 
 @dataclass

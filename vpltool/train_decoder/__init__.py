@@ -289,11 +289,8 @@ class _Run:
             self.saved_at = n
 
     def predict_labels(self, image: np.ndarray) -> np.ndarray:
-        """``[H, W]`` uint8 classes of a photo: the decoder's single-scale prediction (validation's protocol)."""
-        model = self.inner.eval()
-        logits = predict_logits(self.bb, model, self.blocks, image, (1.0,), False,
-                                input_long_side(None, self.cfg.crop_size), self.dtype)
-        return logits.argmax(0).numpy().astype(np.uint8)
+        """``[H, W]`` uint8 classes of a photo by the decoder as it is now (validation's protocol)."""
+        return predict_labels(self.bb, self.inner.eval(), self.blocks, image, self.cfg.crop_size, self.dtype)
 
     def check_diverged(self, got: Read) -> None:
         """Stop (one line, exit 2) at a read that found a non-finite loss (or, before a checkpoint, non-finite
@@ -325,13 +322,18 @@ def evaluate(bb: ClipBackbone, model: SegDecoder, blocks, items, crop_size: int,
     """Single-scale, unflipped mIoU of ``model`` on dataset items with GT (predict's input size rule); ``label_map``
     renumbers the GT as the training masks were (held-out classes ignored)."""
     acc = MiouAccumulator(model.n_classes)
-    long_side = input_long_side(None, crop_size)
     for item in items:
-        image = io.load_image(item.image)
-        logits = predict_logits(bb, model, blocks, image, (1.0,), False, long_side, dtype)
+        labels = predict_labels(bb, model, blocks, io.load_image(item.image), crop_size, dtype)
         gt = io.read_mask(item.gt)
-        acc.add(gt if label_map is None else label_map[gt], logits.argmax(0).numpy().astype(np.uint8), item=item.id)
+        acc.add(gt if label_map is None else label_map[gt], labels, item=item.id)
     return acc.result()["miou"]
+
+
+def predict_labels(bb: ClipBackbone, model: SegDecoder, blocks, image: np.ndarray, crop_size: int,
+                   dtype: torch.dtype) -> np.ndarray:
+    """``[H, W]`` uint8 classes of an ``[H, W, 3]`` uint8 photo: single scale, unflipped, predict's input size."""
+    logits = predict_logits(bb, model, blocks, image, (1.0,), False, input_long_side(None, crop_size), dtype)
+    return logits.argmax(0).numpy().astype(np.uint8)
 
 
 def drop_classes(protos: io.Prototypes, held_out: tuple[str, ...]) -> io.Prototypes:

@@ -58,20 +58,21 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: 
     return pixels, labels, np.array([rows, cols], np.int32)
 
 
-def normalize_views(pixels: Tensor, extent: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def normalize_views(pixels: Tensor, extent: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor
+                    ) -> Tensor:
     """The model's input from :func:`augment`'s views, on their device.
 
     Args:
         pixels: ``[B, S, S, 3]`` uint8; extent: ``[B, 2]`` integer (rows, columns) of the image in each view.
-        mean, std: the CLIP's normalisation.
+        mean, std: the CLIP's normalisation, 3 values (pass float32 tensors on the device in a loop: a list is
+            copied to the device on every call, a copy the host waits for).
 
     Returns:
         ``[B, 3, S, S]`` float32 ``(x / 255 - mean) / std`` (numpy's float32 arithmetic, bit for bit), 0 (the mean
         colour) outside the image.
     """
     x = pixels.permute(0, 3, 1, 2).float().div_(255)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
     x = x.sub_(mean_t).div_(std_t)
     side = torch.arange(x.shape[-1], device=x.device)
     inside = (side[None, :, None] < extent[:, :1, None]) & (side[None, None, :] < extent[:, 1:, None])  # [B, S, S]
@@ -141,6 +142,7 @@ def training_views(data: PseudoMaskSet, plan: BatchPlan, workers: int, device: t
     pin = device.type == "cuda" if pin is None else pin
     loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=workers if workers > 1 else 0,
                                          pin_memory=pin)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))  # once, not per batch
     for pixels, masks, extent in loader:
         pixels, masks, extent = (t.to(device, non_blocking=True) for t in (pixels, masks, extent))
         yield normalize_views(pixels, extent, mean, std), masks.long()

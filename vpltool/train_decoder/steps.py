@@ -110,8 +110,9 @@ def train_step(model, optimizer: torch.optim.Optimizer, feats: Tensor, target: T
 @dataclass
 class Read:
     """What one :meth:`LossWindow.read` found: the losses of its last iteration (mean over processes) and, when
-    the run diverged, the first iteration whose losses are not finite (or, with the weights checked, 0 iterations
-    into the window: the weights after the last step) and those losses."""
+    the run diverged, the first iteration whose losses are not finite and those losses; or, when the losses were
+    finite but the weights checked before a checkpoint were not, the window's last iteration and
+    ``{"weights": nan}``."""
 
     iteration: int
     losses: dict[str, float]
