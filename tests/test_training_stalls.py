@@ -82,11 +82,15 @@ def _problem(n_images: int = 6, hw: int = 32, d: int = 16, c: int = 3, m: int = 
 def test_learn_prototypes_descent_waits_only_every_read_every_iterations(monkeypatch):
     monkeypatch.setattr(descent_module, "READ_EVERY", 10)
     source, z, n = _problem()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the CPU's chunk threads are a pool only with more than one thread
     totals = []
-    with StallCounter() as stalls:
-        _, curve = descend(source, z, tau=0.03, lr=10.0, iters=25, total_weight=n,
-                           on_iter=lambda it, loss: totals.append(stalls.total))
+    try:
+        with StallCounter() as stalls:
+            _, curve = descend(source, z, tau=0.03, lr=10.0, iters=25, total_weight=n,
+                               on_iter=lambda it, loss: totals.append(stalls.total))
+    finally:
+        torch.set_num_threads(threads)
     waits = [b - a for a, b in zip(totals, totals[1:])]  # the stalls during iteration it (1..24), by its end
     assert [it for it, w in enumerate(waits, start=1) if w] == [10, 20] and set(waits) == {0, 1}, stalls.counts
     assert stalls.total == 3  # reads after iterations 10 and 20, and the last one with the final loss
