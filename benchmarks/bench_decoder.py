@@ -169,6 +169,25 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _op_parts(bb, protos: Path, cfg: DecoderConfig) -> dict:
+    """Ops dispatched by the two parts of a step, on one stand-in batch: the frozen tower's forward and the
+    decoder's forward, losses and backward."""
+    from vpltool.decoder import SegDecoder, block_features, feature_blocks
+    from vpltool.train_decoder import compute_losses
+
+    w = io.read_prototypes(protos)
+    blocks = feature_blocks(bb.n_blocks, cfg.include_last_block)
+    model = SegDecoder(cfg, in_width=bb.width, n_inputs=len(blocks), prototypes=w.vectors, row_class=w.row_class,
+                       temperature=w.temperature)
+    pixels = torch.randn(cfg.batch_size, 3, cfg.crop_size, cfg.crop_size)
+    target = torch.randint(0, model.n_classes, (cfg.batch_size, cfg.crop_size, cfg.crop_size))
+    with OpCounter() as frozen:
+        feats = block_features(bb, pixels, blocks)
+    with OpCounter() as step:
+        compute_losses(model, feats, target, cfg)["loss"].backward()
+    return {"ops_frozen_forward": frozen.n, "ops_decoder_forward_losses_backward": step.n}
+
+
 def host_cost(iters: int = 60, images: int = 24, warmup: int = 10, quick: bool = False) -> dict:
     """The host's work of train-decoder's paper recipe with a model that costs nothing, on this CPU.
 
@@ -205,6 +224,7 @@ def host_cost(iters: int = 60, images: int = 24, warmup: int = 10, quick: bool =
                               on_iter=lambda n, record: counts.__setitem__(n, ops.n))
         last = max(counts)
         ops_per_iter = (counts[last] - counts[first]) / (last - first) if last > first else None
+        parts = _op_parts(bb, protos, cfg)
         items = open_dataset(pseudo.parent / "voc", "train").items
         data = PseudoMaskSet([(it.id, it.image, io.mask_path(pseudo, it.id)) for it in items], paper_config(iters))
         start, views = time.process_time(), max(12, 2 * images)
@@ -212,7 +232,7 @@ def host_cost(iters: int = 60, images: int = 24, warmup: int = 10, quick: bool =
             data[(i % len(data), i // len(data))]
         augment_ms = (time.process_time() - start) / views * 1e3
     return {"main_ms_per_iter": round(main_ms, 2), "augment_ms_per_view": round(augment_ms, 2),
-            "ops_per_iter": ops_per_iter and round(ops_per_iter),
+            "ops_per_iter": ops_per_iter and round(ops_per_iter), **parts,
             "batch_size": cfg.batch_size, "crop_size_loop": cfg.crop_size,
             "crop_size_views": DecoderConfig.crop_size, "iters": iters, "warmup": first,
             "main_thread_bound_iters_per_s": round(1e3 / main_ms, 1),
