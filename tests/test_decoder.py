@@ -8,6 +8,7 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -277,3 +278,221 @@ def test_decoder_file_round_trip_and_wrong_kind(text_protos, tmp_path):
     assert torch.allclose(again(feats)[1], model(feats)[1]) and f.meta("decoder_arch")["blocks"] == [0, 1]
     with pytest.raises(ContractError):
         load_decoder(text_protos)
+
+
+# --------------------------------------------------------------------------------------------- the fast path
+def _resize_then_crop(image, mask, rng, cfg):
+    """The augmentation as it was before crop-first resizing: the whole image rescaled, flipped, padded, cropped."""
+    from PIL import Image
+
+    h, w = mask.shape
+    s = rng.uniform(cfg.scale_min, cfg.scale_max)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    if cfg.flip and rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    crop = cfg.crop_size
+    ph, pw = max(crop, size[1]), max(crop, size[0])
+    canvas, labels = np.zeros((ph, pw, 3), np.uint8), np.full((ph, pw), 255, np.uint8)
+    canvas[: size[1], : size[0]], labels[: size[1], : size[0]] = image, mask
+    y, x = rng.integers(0, ph - crop + 1), rng.integers(0, pw - crop + 1)
+    return canvas[y : y + crop, x : x + crop], labels[y : y + crop, x : x + crop]
+
+
+@pytest.mark.parametrize("shape", [(75, 100), (30, 40)], ids=["larger-than-crop", "smaller-than-crop"])
+def test_crop_first_augmentation_gives_the_views_of_resize_then_crop(shape):
+    """The same draws, the same window, the same padding; the pixels up to PIL's rounding of the box corners."""
+    from PIL import Image
+
+    from vpltool.train_decoder.data import augment, sample_rng
+
+    cfg = replace(TINY, crop_size=64)
+    g = np.random.default_rng(0)
+    image = np.asarray(Image.fromarray((g.random((6, 8, 3)) * 255).astype(np.uint8)).resize(shape[::-1],
+                                                                                              Image.BICUBIC))
+    mask = np.asarray(Image.fromarray(g.integers(0, 5, (6, 8)).astype(np.uint8)).resize(shape[::-1], Image.NEAREST))
+    differ, mask_differ = [], []
+    for index in range(40):
+        pixels, labels, (rows, cols) = augment(image, mask, sample_rng(3, 0, index), cfg)
+        ref_pixels, ref_labels = _resize_then_crop(image, mask, sample_rng(3, 0, index), cfg)
+        padding = ref_labels == 255  # this mask has no ignored pixels: 255 is padding alone
+        assert np.array_equal(labels == 255, padding) and (pixels[padding] == 0).all()
+        assert padding[:rows, :cols].sum() == 0 and padding.sum() == 64 * 64 - rows * cols
+        diff = np.abs(pixels.astype(int) - ref_pixels.astype(int))
+        assert diff.max() <= 2
+        differ.append((diff > 0).mean())
+        mask_differ.append((labels != ref_labels).mean())
+    assert np.mean(differ) < 0.01 and np.mean(mask_differ) < 0.01
+
+
+def test_views_are_normalised_on_the_device_as_numpy_did():
+    from vpltool.train_decoder.data import normalize_views
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    pixels = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    extent = torch.tensor([[8, 8], [5, 3]], dtype=torch.int32)
+    out = normalize_views(pixels, extent, mean, std)
+    ref = (pixels.numpy().astype(np.float32) / 255 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    assert out.shape == (2, 3, 8, 8) and out.dtype == torch.float32
+    assert torch.equal(out[0], torch.from_numpy(ref[0]).permute(2, 0, 1))  # bit for bit
+    assert torch.equal(out[1, :, :5, :3], torch.from_numpy(ref[1, :5, :3]).permute(2, 0, 1))
+    assert (out[1, :, 5:] == 0).all() and (out[1, :, :, 3:] == 0).all()  # padding: the mean colour
+
+
+def test_image_tower_in_bf16_is_as_close_to_fp32_as_autocast_and_runs_fused_attention(tiny_spec):
+    """A tower stored and run in bf16 (residual stream included, as OpenAI's fp16 CLIP) is as close to the fp32
+    features as bf16 autocast is, runs the fused attention kernel (no softmax of a materialised map), and leaves the
+    caller's backbone in fp32."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vpltool.backbone import load_backbone
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    bb = load_backbone(tiny_spec, "cpu")
+    low = bb.with_image_tower_in(torch.bfloat16)
+    pixels = torch.randn(2, 3, 64, 96)
+    exact = block_features(bb, pixels, [0, 1], torch.float32)
+    autocast_err = (block_features(bb, pixels, [0, 1], torch.bfloat16).float() - exact).abs().mean()
+    tower_err = (block_features(low, pixels, [0, 1], torch.bfloat16).float() - exact).abs().mean()
+    assert tower_err < 2 * autocast_err and tower_err < 0.01 * exact.abs().mean()
+    with Ops() as ops:
+        feats = block_features(low, pixels, [0, 1], torch.bfloat16)
+    assert feats.dtype == torch.bfloat16 and "aten::_native_multi_head_attention" in ops.names
+    assert not {"aten::_softmax", "aten::bmm"} & ops.names
+    assert bb.dtype == torch.float32 and low.dtype == torch.bfloat16 and bb.with_image_tower_in(torch.float32) is bb
+
+
+def test_fixed_size_regions_give_the_losses_of_the_present_ones():
+    """RSC and CMPA over every (image, class) pair with a validity mask (no host read) equal the losses over the
+    present regions alone, gradients included."""
+    from vpltool.decoder import class_regions, cmpa_loss, present_classes, region_masks
+
+    torch.manual_seed(0)
+    v = F.normalize(torch.randn(3, 8, 4, 4), dim=1).requires_grad_()
+    logits = torch.randn(3, 6, 4, 4, requires_grad=True)
+    target = torch.randint(0, 6, (3, 16, 16))
+    target[0] = 0  # an image with no foreground region
+    present = present_classes(target, 6)
+    probs = region_masks(logits, present)
+    protos = F.normalize(torch.randn(7, 8), dim=1)
+    row_class = torch.tensor([0, 0, 1, 2, 3, 4, 5])
+    dense, classes, valid = class_regions(v, probs, present)
+    compact, compact_classes = region_embeddings(v, probs, present)
+    assert dense.shape == (15, 8) and torch.equal(classes[valid], compact_classes)
+    pairs = [(rsc_loss(dense, classes, protos, row_class, 0.07, valid), rsc_loss(compact, compact_classes, protos,
+                                                                                 row_class, 0.07))]
+    bank, built, log_t = F.normalize(torch.randn(5, 2, 8), dim=-1), torch.rand(5, 2) > 0.5, torch.tensor(-2.0)
+    pairs.append((cmpa_loss(dense, classes, protos[2:], bank, built, log_t, valid=valid),
+                  cmpa_loss(compact, compact_classes, protos[2:], bank, built, log_t)))
+    for a, b in pairs:
+        assert torch.allclose(a, b, atol=1e-6)
+        for ga, gb in zip(torch.autograd.grad(a, (v, logits), retain_graph=True),
+                          torch.autograd.grad(b, (v, logits), retain_graph=True)):
+            assert torch.allclose(ga, gb, atol=1e-6)
+    none = torch.zeros_like(valid)
+    empty = rsc_loss(dense, classes, protos, row_class, 0.07, none)
+    assert empty.item() == 0.0 and torch.autograd.grad(empty, v, retain_graph=True)[0].abs().max() == 0
+
+
+def test_loading_processes_give_the_weights_of_loading_in_process(gt_pseudo, text_protos, trained, tmp_path):
+    """Augmentation in 2 DataLoader processes (uint8 batches, normalised here) = in this process, bit for bit."""
+    run_train_decoder(gt_pseudo, text_protos, tmp_path, TINY, RuntimeConfig(device="cpu", workers=2))
+    a = io.read_tensors(trained / "decoder.safetensors", kind="decoder").tensors
+    b = io.read_tensors(tmp_path / "decoder.safetensors", kind="decoder").tensors
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_workers_one_per_core_up_to_12_on_cuda_two_on_a_cpu(monkeypatch):
+    from vpltool.config import stages
+
+    monkeypatch.setattr(stages, "worker_count", lambda w: 16 if w == 0 else (2 if w is None else w))
+    auto = RuntimeConfig()
+    assert auto.workers is None and auto.loader_workers(torch.device("cuda")) == 12
+    assert auto.loader_workers(torch.device("cpu")) == 2
+    assert RuntimeConfig(workers=3).loader_workers(torch.device("cuda")) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 processes share the machine's 16 cores
+    assert auto.loader_workers(torch.device("cuda")) == 4
+
+
+# --------------------------------------------------------------------------------------------- TensorBoard
+def test_tensorboard_events_hold_the_losses_speed_memory_and_previews(gt_pseudo, text_protos, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = tmp_path / "tb"
+    cfg = replace(TINY, log_every=2, val_every=2)
+    run_train_decoder(gt_pseudo, text_protos, tmp_path / "run", cfg, CPU, val_split="val", tensorboard=board)
+    events = EventAccumulator(str(board), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss/loss", "loss/ce", "loss/rsc", "lr", "speed/iters_per_s", "memory/host_peak_rss_gib",
+            "val/miou"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("loss/loss")] == [1, 2, 4]  # the log lines of log.jsonl
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [round(e.value, 5) for e in events.Scalars("loss/ce")] == [round(r["ce"], 5) for r in logged if "ce" in r]
+    previews = [t for t in tags["images"] if t.startswith("preview/")]
+    assert len(previews) == 3 and [e.step for e in events.Images(previews[0])] == [2, 4]  # the 3 val images
+    assert events.Images(previews[0])[0].width == 2 * 96  # photo | prediction
+    assert (tmp_path / "run" / "log.jsonl").is_file() and (tmp_path / "run" / "curve.png").is_file()
+
+
+def test_tensorboard_asked_for_without_the_package_is_one_line(gt_pseudo, text_protos, tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now raises ImportError
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    r = CliRunner().invoke(app, ["train-decoder", str(gt_pseudo), "-p", str(text_protos), "-o", str(tmp_path / "d"),
+                                 "--iters", "2", "--tensorboard", str(tmp_path / "tb"), "--device", "cpu"])
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert "--tensorboard needs the tensorboard package" in lines[0] and "vpltool[tensorboard]" in lines[0]
+    assert not (tmp_path / "d").exists() and not (tmp_path / "tb").exists()  # refused before anything is made
+
+
+def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_protos, trained, tmp_path, monkeypatch):
+    """--compile wraps the decoder (after DDP) and unwraps it for every file: traced with the eager backend here
+    (inductor compiles for minutes on a CPU), the run is the uncompiled one, checkpoint and decoder included."""
+    real = torch.compile
+    modes = []
+
+    def traced(model, mode=None, **kwargs):
+        modes.append(mode)
+        return real(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", traced)
+    run_train_decoder(gt_pseudo, text_protos, tmp_path, replace(TINY, compile="reduce-overhead"), CPU)
+    assert modes == ["reduce-overhead"]
+    a = io.read_tensors(trained / "decoder.safetensors", kind="decoder").tensors
+    b = io.read_tensors(tmp_path / "decoder.safetensors", kind="decoder").tensors
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(VplError, match="--compile 'max'"):
+        DecoderConfig(compile="max")
+
+
+def test_block_mlps_at_once_equal_the_modules_one_by_one():
+    """Step 2 batched over the blocks (LayerNorm affine folded into the first linear) = each block's LayerNorm and
+    MLP modules applied in turn and concatenated, values and gradients."""
+    model = _decoder(replace(TINY, dim=16))
+    for norm in model.norms:  # a LayerNorm with a non-trivial scale and shift
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    feats = torch.randn(2, 2, 3, 5, 64)
+    ref = torch.cat([mlp(norm(feats[:, i])) for i, (norm, mlp) in enumerate(zip(model.norms, model.mlps))], -1)
+    out = model.block_mlps(feats)
+    assert out.shape == ref.shape == (2, 3, 5, 32) and torch.allclose(out, ref, atol=1e-5)
+    params = [model.norms[1].weight, model.norms[0].bias, model.mlps[1][0].weight, model.mlps[0][2].bias]
+    for a, b in zip(torch.autograd.grad(out.square().sum(), params), torch.autograd.grad(ref.square().sum(), params)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -22,6 +22,7 @@ window in early blocks (``{"attention_window": {"size": 3, "blocks": [0, 1, 2]}}
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,25 @@ class ClipBackbone:
     def preprocessor(self) -> Preprocess:
         """:meth:`preprocess` as a small object without the model, for the data-loading workers."""
         return Preprocess(self.mean, self.std)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the image tower's weights are stored in (float32 unless :meth:`with_image_tower_in`)."""
+        return self.visual.conv1.weight.dtype
+
+    def with_image_tower_in(self, dtype: torch.dtype) -> ClipBackbone:
+        """A copy of this backbone whose image tower is stored and run in ``dtype`` (bf16 / fp16): the residual
+        stream, LayerNorms and attention in ``dtype`` without autocast, as OpenAI's CLIP runs in fp16 (WeCLIP's
+        frozen encoder), so that ``nn.MultiheadAttention`` takes its fused inference path (one kernel sequence per
+        block, flash attention on CUDA) and no weight is cast per forward. The text tower and this backbone are
+        untouched (GradCAM needs fp32). For forwards that keep no attention map (train-decoder)."""
+        if dtype == self.dtype:
+            return self
+        clone = copy.copy(self)
+        clone.visual = copy.deepcopy(self.visual).to(dtype)
+        clone.blocks = list(clone.visual.transformer.resblocks)
+        clone._pos_cache = {}
+        return clone
 
     def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor:
         """``[1 + h*w, width]``: CLS row kept, patch rows bilinearly resized from the native grid.

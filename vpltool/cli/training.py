@@ -91,9 +91,15 @@ def train_decoder_cmd(
                                                            "rescale/crop; flip kept) "
                                                            f"{_recipe_default('cache_features')}.")] = None,
     checkpoint_every: Annotated[Optional[int], _opt("Checkpoint period.", "checkpoint_every")] = None,
+    compile: Annotated[Optional[str], _opt("torch.compile the decoder: none | default (fused kernels) | "
+                                           "reduce-overhead (also CUDA graphs); minutes of compiling, for long GPU "
+                                           "runs.", "compile")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
                                          "start when there is none).")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option(
+        help="Also write TensorBoard event files here: each loss, lr, it/s, memory, and previews of a few fixed "
+        "images with their prediction (pip install 'vpltool[tensorboard]').")] = None,
     seed: Annotated[Optional[int], _opt("Seed.", "seed")] = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
@@ -121,12 +127,12 @@ def train_decoder_cmd(
                              c.strip() for c in ignore_classes.split(",") if c.strip()),
                          loss=loss, dim=dim, layers=layers, heads=heads,
                          crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
-                         checkpoint_every=checkpoint_every, seed=seed)
+                         checkpoint_every=checkpoint_every, seed=seed, compile=compile)
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
                               resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1),
-                              on_start=on_start)
+                              on_start=on_start, tensorboard=tensorboard)
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     terms = "CE + RSC" + (" + CMPA" if cfg.lambda_proto > 0 else "")
     loss = "" if s.loss is None else \

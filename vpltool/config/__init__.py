@@ -28,6 +28,7 @@ from .checks import (
 )
 from .decoder import (
     BACKGROUNDS,
+    COMPILE_MODES,
     DECODER_RECIPES,
     LOSSES,
     MIN_SCALE,
@@ -41,10 +42,12 @@ from .stages import (
     CACHES,
     CAM_ATTENTION_BLOCKS,
     CPU_BATCH,
+    CPU_WORKERS,
     CRF_BACKENDS,
     DEFAULT_DINO,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
+    GPU_WORKERS,
     IGNORE_INDEX,
     MAX_LR,
     MAX_TOKENS,
@@ -69,10 +72,12 @@ from .stages import (
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
-    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "ExtractConfig", "CPU_BATCH", "NOT_COMPARED", "check_tokens",
+    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "GPU_WORKERS", "ExtractConfig", "CPU_BATCH",
+    "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "AFFINITIES",
     "DEFAULT_DINO", "CamConfig", "EvalConfig", "ReportConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
-    "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
+    "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "COMPILE_MODES", "DecoderConfig",
+    "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
     "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS",

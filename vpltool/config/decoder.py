@@ -9,6 +9,9 @@ from .checks import at_least, choice, fraction, non_negative, override, positive
 from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 
 OPTIMIZERS = ("sgd", "adamw")
+# torch.compile of the decoder (forward and backward): none | default (fused kernels) | reduce-overhead (also CUDA
+# graphs). The training loop is host-bound on a GPU (~1,600 small kernels an iteration), which compiling shrinks
+COMPILE_MODES = ("none", "default", "reduce-overhead")
 LOSSES = ("ce", "balanced")
 BACKGROUNDS = ("logsumexp", "max")
 
@@ -66,12 +69,14 @@ class DecoderConfig:
     val_every: int = 2000  # with a validation split; WeCLIP validates every 2000 iterations
     log_every: int = 20
     seed: int = 0
+    compile: str = "none"  # COMPILE_MODES; off by default: minutes of compiling, for a GPU's long runs
 
     def __post_init__(self) -> None:
         choice("--recipe", self.recipe, tuple(DECODER_RECIPES))
         choice("--optimizer", self.optimizer, OPTIMIZERS)
         choice("--loss", self.loss, LOSSES)
         choice("--background", self.background, BACKGROUNDS)
+        choice("--compile", self.compile, COMPILE_MODES)
         for option, value in (("--dim", self.dim), ("--layers", self.layers), ("--heads", self.heads),
                               ("--iters", self.iters), ("--batch-size", self.batch_size),
                               ("--checkpoint-every", self.checkpoint_every), ("--val-every", self.val_every),

@@ -33,24 +33,40 @@ class RuntimeConfig:
     # little, CPU_BATCH for extract and one image for cam and predict (their per-class backward does not batch)
     batch_size: int | None = None
     # image decoding threads (extract) / CRF processes / data-loading processes (train-decoder); 0 = one per CPU
-    # core (every stage, see worker_count); 1 = in this process for crf and train-decoder
-    workers: int = 2
+    # core (every stage, see worker_count); 1 = in this process for crf and train-decoder. None = auto: CPU_WORKERS,
+    # and for train-decoder on CUDA one per core up to GPU_WORKERS (loader_workers)
+    workers: int | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         at_least("--batch-size", self.batch_size, 1, allow_none=True)
-        at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
+        at_least("--workers", self.workers, 0, allow_none=True, why=" (0 = one per CPU core)")
 
     @property
     def worker_count(self) -> int:
-        """``workers`` with 0 resolved: :func:`worker_count`."""
+        """``workers`` resolved by :func:`worker_count`."""
         return worker_count(self.workers)
 
+    def loader_workers(self, device) -> int:
+        """Data-loading processes on ``device``: ``workers``, or (auto) one per core up to ``GPU_WORKERS`` on CUDA,
+        where augmenting for the GPU is the bottleneck (the cores shared among torchrun's processes on this machine,
+        ``LOCAL_WORLD_SIZE``), and ``CPU_WORKERS`` on a CPU, whose cores run the model."""
+        if self.workers is None and getattr(device, "type", device) == "cuda":
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            return max(1, min(worker_count(0) // max(1, local), GPU_WORKERS))
+        return self.worker_count
 
-def worker_count(workers: int) -> int:
+
+CPU_WORKERS = 2  # auto --workers on a CPU (the old default): the model needs the cores more than the loading
+GPU_WORKERS = 12  # auto --workers on CUDA caps at this many processes (issue 28: 12 cores feed ~1,000 img/s)
+
+
+def worker_count(workers: int | None) -> int:
     """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
-    affinity mask: under Slurm or taskset that is fewer than the machine's cores)."""
+    affinity mask: under Slurm or taskset that is fewer than the machine's cores), None (auto) ``CPU_WORKERS``."""
+    if workers is None:
+        return CPU_WORKERS
     if workers >= 1:
         return workers
     try:

@@ -9,6 +9,7 @@
 from .losses import (
     balanced_ce_loss,
     ce_loss,
+    class_regions,
     cmpa_loss,
     mask_fractions,
     present_classes,
@@ -43,7 +44,7 @@ from .views import (
 __all__ = [
     "MAX_LOGIT_SCALE", "SegDecoder", "feature_blocks", "block_features", "decoder_arch", "save_decoder",
     "build_decoder", "config_from_json", "load_decoder",
-    "ce_loss", "balanced_ce_loss", "present_classes", "region_masks", "region_embeddings", "rsc_loss",
+    "ce_loss", "balanced_ce_loss", "present_classes", "region_masks", "class_regions", "region_embeddings", "rsc_loss",
     "mask_fractions", "cmpa_loss", "spherical_kmeans", "refresh_bank",
     "LONG_SIDE_RATIO", "input_long_side", "view_size", "view_logits", "multiscale_logits", "decoder_forward",
     "predict_logits_batch", "predict_logits",

@@ -68,8 +68,9 @@ def region_masks(logits: Tensor, present: Tensor) -> Tensor:
     return masked.softmax(1)
 
 
-def region_embeddings(v: Tensor, probs: Tensor, present: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
-    """Masked average pooling (Eq. 12) of the foreground classes present in each image.
+def class_regions(v: Tensor, probs: Tensor, present: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor]:
+    """Masked average pooling (Eq. 12) of every (image, foreground class) pair: a fixed-size batch of regions, so
+    the training step never waits for the host to count them (no ``nonzero``).
 
     Args:
         v: ``[B, D, h, w]`` pixel embeddings.
@@ -77,17 +78,37 @@ def region_embeddings(v: Tensor, probs: Tensor, present: Tensor, eps: float = 1e
         present: ``[B, C + 1]`` bool, the classes of each image's pseudo mask; background is never a region.
 
     Returns:
+        ``P [B*C, D]`` float32 unit region embeddings (zero rows where a class has no mass), ``[B*C]`` int64 their
+        classes (1..C, image-major) and ``[B*C]`` bool which of them are regions (the class is present).
+    """
+    masks = probs[:, 1:].float()  # [B, C, h, w]
+    pooled = torch.einsum("bchw,bdhw->bcd", masks, v.float()) / masks.sum((2, 3)).clamp_min(eps)[..., None]
+    n_img, n_fg = masks.shape[:2]
+    region_class = torch.arange(1, n_fg + 1, device=v.device).repeat(n_img)
+    return F.normalize(pooled, dim=-1).flatten(0, 1), region_class, present[:, 1:].flatten()
+
+
+def region_embeddings(v: Tensor, probs: Tensor, present: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """:func:`class_regions` of the classes present only (their count is read on the host: for the bank refresh
+    and tests, not for the per-iteration loss).
+
+    Returns:
         ``P [R, D]`` float32 unit region embeddings and ``[R]`` int64 their classes (1..C), R = regions in the batch.
     """
-    present = present.clone()
-    present[:, 0] = False
-    b_idx, c_idx = present.nonzero(as_tuple=True)
-    masks = probs[b_idx, c_idx]  # [R, h, w]
-    pooled = torch.einsum("rhw,rdhw->rd", masks, v[b_idx]) / masks.sum((1, 2)).clamp_min(eps)[:, None]
-    return F.normalize(pooled.float(), dim=-1), c_idx
+    regions, region_class, valid = class_regions(v, probs, present, eps)
+    return regions[valid], region_class[valid]
 
 
-def rsc_loss(regions: Tensor, region_class: Tensor, protos: Tensor, row_class: Tensor, tau: float) -> Tensor:
+def _weighted_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of ``values [R]`` over the rows ``valid [R]`` marks (all when None); 0 when none is (no host read)."""
+    if valid is None:
+        return values.mean()
+    weight = valid.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1)
+
+
+def rsc_loss(regions: Tensor, region_class: Tensor, protos: Tensor, row_class: Tensor, tau: float,
+             valid: Tensor | None = None) -> Tensor:
     """Regional semantic contrast (Eq. 13), symmetric InfoNCE between regions and their class prototypes.
 
     With ``s_r = cos(P_r, w_{c_r})``, row r of the first term contrasts region r against *every* prototype row
@@ -102,6 +123,8 @@ def rsc_loss(regions: Tensor, region_class: Tensor, protos: Tensor, row_class: T
         regions: ``[R, D]`` unit region embeddings; region_class: ``[R]`` int64 in 1..C.
         protos: ``[N, D]`` unit prototype rows; row_class: ``[N]`` int64 (0 = background row).
         tau: temperature.
+        valid: ``[R]`` bool, the rows that are regions (:func:`class_regions`' fixed-size batch); None = all. The
+            others are neither anchors nor negatives: the loss equals the one of the valid rows alone.
 
     Returns:
         Scalar float32; 0 (still attached to ``regions``) when the batch has no region.
@@ -110,12 +133,15 @@ def rsc_loss(regions: Tensor, region_class: Tensor, protos: Tensor, row_class: T
         return regions.sum() * 0.0
     own = (row_class[None, :] == region_class[:, None]).float().argmax(1)  # [R] the row of each region's class
     sim = regions @ protos.T / tau  # [R, N]
-    to_protos = F.cross_entropy(sim, own)
+    to_protos = F.cross_entropy(sim, own, reduction="none")
     sim_t = protos[own] @ regions.T / tau  # [R, R]: prototype of region r vs region q
-    same = region_class[:, None] == region_class[None, :]
-    same.fill_diagonal_(False)
-    to_regions = F.cross_entropy(sim_t.masked_fill(same, float("-inf")), torch.arange(len(regions), device=sim.device))
-    return 0.5 * (to_protos + to_regions)
+    left_out = region_class[:, None] == region_class[None, :]
+    if valid is not None:
+        left_out = left_out | ~valid[None, :]  # no region, no negative
+    left_out.fill_diagonal_(False)  # each row keeps its own region: finite, also on rows weighted 0
+    index = torch.arange(len(regions), device=sim.device)
+    to_regions = F.cross_entropy(sim_t.masked_fill(left_out, float("-inf")), index, reduction="none")
+    return 0.5 * (_weighted_mean(to_protos, valid) + _weighted_mean(to_regions, valid))
 
 
 # --------------------------------------------------------------------------------------------- CMPA (SSR)
@@ -131,13 +157,14 @@ def mask_fractions(target: Tensor, n_classes: int, grid: tuple[int, int]) -> Ten
         ``[B, C + 1, h, w]`` float32 in [0, 1]: the share of each patch's pixels labelled with each class.
     """
     valid = target != IGNORE_INDEX
-    onehot = F.one_hot(target.masked_fill(~valid, 0), n_classes).permute(0, 3, 1, 2).float()
-    onehot = onehot * valid[:, None].float()
+    # scatter, not F.one_hot: one_hot checks the labels' range on the host (two reads of the device per call)
+    onehot = torch.zeros(len(target), n_classes, *target.shape[1:], device=target.device)
+    onehot.scatter_(1, target.masked_fill(~valid, 0)[:, None], valid[:, None].float())
     return F.adaptive_avg_pool2d(onehot, grid)
 
 
 def cmpa_loss(regions: Tensor, region_class: Tensor, text: Tensor, bank: Tensor, bank_valid: Tensor,
-              log_temp: Tensor, min_temp: float = 0.01) -> Tensor:
+              log_temp: Tensor, min_temp: float = 0.01, valid: Tensor | None = None) -> Tensor:
     """CMPA's prototype InfoNCE (our reading of SSR): each region against every class prototype, text and image.
 
     The prototype set is the C class rows of W ("text prototypes") and the valid K-means centres of the image-
@@ -150,6 +177,7 @@ def cmpa_loss(regions: Tensor, region_class: Tensor, text: Tensor, bank: Tensor,
         text: ``[C, D]`` unit class rows (class c at row c - 1).
         bank: ``[C, K, D]`` image prototypes; bank_valid: ``[C, K]`` bool (centres not yet built are left out).
         log_temp: scalar learnable log temperature (clamped below at ``log(min_temp)``).
+        valid: ``[R]`` bool, the rows that are regions (:func:`class_regions`); None = all.
 
     Returns:
         Scalar float32; 0 (attached to ``regions`` and ``log_temp``) when the batch has no region.
@@ -158,12 +186,14 @@ def cmpa_loss(regions: Tensor, region_class: Tensor, text: Tensor, bank: Tensor,
     if len(regions) == 0:
         return regions.sum() * 0.0 + t * 0.0
     n_fg, k = bank.shape[:2]
+    device = regions.device
     protos = torch.cat([text.float(), bank.flatten(0, 1).float()])  # [C + C*K, D]
-    proto_class = torch.cat([torch.arange(1, n_fg + 1), torch.arange(1, n_fg + 1).repeat_interleave(k)])
-    valid = torch.cat([torch.ones(n_fg, dtype=torch.bool), bank_valid.flatten().cpu()]).to(regions.device)
-    logits = (regions.float() @ protos.T / t).masked_fill(~valid, float("-inf"))  # [R, Q]
-    pos = (proto_class.to(regions.device)[None, :] == region_class[:, None]) & valid
-    return (logits.logsumexp(1) - logits.masked_fill(~pos, float("-inf")).logsumexp(1)).mean()
+    classes = torch.arange(1, n_fg + 1, device=device)
+    proto_class = torch.cat([classes, classes.repeat_interleave(k, output_size=n_fg * k)])
+    built = torch.cat([torch.ones(n_fg, dtype=torch.bool, device=device), bank_valid.flatten().to(device)])
+    logits = (regions.float() @ protos.T / t).masked_fill(~built, float("-inf"))  # [R, Q]
+    pos = (proto_class[None, :] == region_class[:, None]) & built  # the text row of its class: never empty
+    return _weighted_mean(logits.logsumexp(1) - logits.masked_fill(~pos, float("-inf")).logsumexp(1), valid)
 
 
 def spherical_kmeans(x: Tensor, k: int, iters: int = 20, seed: int = 0) -> Tensor:

@@ -5,6 +5,7 @@
 * :mod:`~vpltool.io.kinds`: ``features``, ``prototypes``, ``cam``, ``cam-debug``, one reader and one writer each.
 * :mod:`~vpltool.io.training`: ``decoder`` and ``decoder-checkpoint``.
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
+* :mod:`~vpltool.io.events`: TensorBoard event files (the optional ``tensorboard`` extra).
 * :mod:`~vpltool.io.guard`: the one check of every path a stage writes (:func:`check_outputs`).
 * :mod:`~vpltool.io.records`: the records a folder holds (``_stage.json``, ``_run.json``, ``_side.json``, shard
   records, the lock): their names and the reader that checks them.
@@ -14,6 +15,7 @@
 No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
 """
 
+from .events import check_tensorboard, open_events
 from .files import (
     append_line,
     append_log,
@@ -131,7 +133,8 @@ __all__ = [
     "finished_shards", "item_done",
     "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
     "recorded_dataset_identity", "shard_lock", "stage_record_path", "write_stage_record", "recorded_ids",
-    "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner",
+    "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
+    "open_events",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
     "save_tensor_file", "tensor_file_bytes", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",

@@ -25,7 +25,9 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,18 +123,38 @@ def load_item(inp: Inputs, item_id: str, labels: tuple[int, ...], cfg: LearnProt
     return x, targets, hard_labels(cams, labels, cfg.threshold)
 
 
+def _loaded(inp: Inputs, cfg: LearnPrototypesConfig, threads: int
+            ) -> Iterator[tuple[int, tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """``(index, labels, (x, targets, hard))`` of every image in order, read by ``threads`` threads (file reads and
+    tensor maths release the GIL) at most ``2 * threads`` images ahead."""
+
+    def load(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        item_id, labels, _ = inp.items[index]
+        got = load_item(inp, item_id, labels, cfg)
+        return got if cfg.pixel_fraction >= 1.0 else sample_pixels(got, cfg.pixel_fraction, cfg.seed, index)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        pending: deque = deque()
+        for index in range(len(inp.items)):
+            pending.append((index, pool.submit(load, index)))
+            if len(pending) > 2 * threads:
+                i, done = pending.popleft()
+                yield i, inp.items[i][1], done.result()
+        while pending:
+            i, done = pending.popleft()
+            yield i, inp.items[i][1], done.result()
+
+
 def scan(inp: Inputs, cfg: LearnPrototypesConfig, sink: ChunkBuilder | None,
-         on_item: Callable[[int], None] | None = None) -> Scan:
-    """Read every image once: feed ``sink`` with pixels and targets, accumulate gap / class-level statistics."""
+         on_item: Callable[[int], None] | None = None, threads: int = 1) -> Scan:
+    """Read every image once (``threads`` readers, in order): feed ``sink`` with pixels and targets, accumulate gap
+    / class-level statistics (the same sums in the same order whatever ``threads``)."""
     n_rows, c = len(inp.text.vectors), len(inp.classes) - 1
     class_rows, bg_rows = inp.text.class_rows(), inp.text.background_rows()
     level = cfg.regularization == "class"
     st = Scan(0, 0.0, torch.zeros(c, inp.dim, dtype=torch.float64), torch.zeros(c, dtype=torch.long),
               torch.zeros(n_rows, inp.dim, dtype=torch.float64) if level else None, {} if level else None)
-    for index, (item_id, labels, _) in enumerate(inp.items):
-        x, t, hard = load_item(inp, item_id, labels, cfg)
-        if cfg.pixel_fraction < 1.0:
-            x, t, hard = sample_pixels((x, t, hard), cfg.pixel_fraction, cfg.seed, index)
+    for _, labels, (x, t, hard) in _loaded(inp, cfg, threads):
         st.n_px += len(x)
         st.entropy += float(-(t * t.clamp_min(1e-30).log()).sum())
         fg = hard > 0
@@ -189,12 +211,14 @@ class Learned:
 
 
 def learn(inp: Inputs, cfg: LearnPrototypesConfig, source: MemorySource | ShardSource, device: torch.device,
-          storage: torch.dtype, on_iter: Callable[[int, float], None] | None = None) -> Learned:
-    """Scan the data into ``source`` (instance level) or the class-level pseudo-pixels, then descend from Z."""
+          storage: torch.dtype, on_iter: Callable[[int, torch.Tensor], None] | None = None, threads: int = 1
+          ) -> Learned:
+    """Scan the data (``threads`` readers) into ``source`` (instance level) or the class-level pseudo-pixels, then
+    descend from Z."""
     class_rows, bg_rows = inp.text.class_rows(), inp.text.background_rows()
     instance = cfg.regularization == "instance"
     sink = ChunkBuilder(class_rows, bg_rows, CHUNK_PX[device.type], storage, source.add) if instance else None
-    st = scan(inp, cfg, sink)
+    st = scan(inp, cfg, sink, threads=threads)
     source.close()
     if instance:
         chunks, entropy = source, st.entropy
@@ -217,7 +241,7 @@ def run_learn_prototypes(
     cfg: LearnPrototypesConfig = LearnPrototypesConfig(),
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
-    on_iter: Callable[[int, float], None] | None = None,
+    on_iter: Callable[[int, torch.Tensor], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     plot: str | Path | bool | None = None,
     stream: bool | None = None,
@@ -229,7 +253,8 @@ def run_learn_prototypes(
         features_dir: an `extract` folder. cams_dir: a `cam` folder made from it with the text prototypes.
         text_prototypes: the `text-prototypes` file (initialisation, row layout, background-word split).
         out: the prototypes file to write (same rows as ``text_prototypes``, temperature tau_I).
-        on_iter: called with ``(iteration, loss)`` before each step. on_start: called once with ``iters + 1``
+        on_iter: called with ``(iteration, loss)`` before each step (the loss a 0-d tensor on the device: reading
+            it waits for the iteration). on_start: called once with ``iters + 1``
             (the losses to compute) when the inputs passed their checks.
         plot: the loss-curve PNG; None = ``<out stem>.loss.png`` beside ``out``, False = none.
         stream: force (True) or forbid (False) streaming from scratch shards; None = only above the budget.
@@ -264,7 +289,7 @@ def run_learn_prototypes(
     else:
         source = MemorySource(device)
     try:
-        got = learn(inp, cfg, source, device, storage, on_iter)
+        got = learn(inp, cfg, source, device, storage, on_iter, threads=runtime.loader_workers(device))
     finally:
         source.cleanup()
     check_descent(got.curve, cfg)

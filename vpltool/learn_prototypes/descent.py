@@ -170,6 +170,14 @@ def _evaluated(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, pool: Threa
 def loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, total_weight: float,
                   pool: ThreadPoolExecutor | None = None, workers: int = 1, kernel: Kernel = chunk_loss_grad
                   ) -> tuple[float, torch.Tensor]:
+    """:func:`mean_loss_and_grad` with the loss read as a float (a wait for the device: not in the descent)."""
+    loss, grad = mean_loss_and_grad(chunks, w, tau, total_weight, pool, workers, kernel)
+    return float(loss), grad
+
+
+def mean_loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, total_weight: float,
+                       pool: ThreadPoolExecutor | None = None, workers: int = 1, kernel: Kernel = chunk_loss_grad
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-batch mean cross-entropy (nats) and the gradient of the objective ``tau**2 * mean CE``.
 
     The tau**2 scale makes ``lr`` a step in logit units whatever tau_I is: a step ``dw`` moves the logits by
@@ -178,14 +186,15 @@ def loss_and_grad(chunks: Iterable[Chunk], w: torch.Tensor, tau: float, total_we
     (docs/learn-prototypes.md); ``tau**2`` makes lr 10 at tau_I 0.03 equal to a cosine-unit lr of 0.3.
 
     Returns:
-        ``mean_p v_p CE_p`` and ``tau * mean_p v_p (P_p - T_p) x_p`` ``[N, D]`` float32.
+        ``mean_p v_p CE_p`` (a float64 scalar on ``w``'s device, not read) and ``tau * mean_p v_p (P_p - T_p) x_p``
+        ``[N, D]`` float32.
     """
     loss = torch.zeros((), dtype=torch.float64, device=w.device)
     grad = torch.zeros_like(w)
     for ch, part, g in _evaluated(chunks, w, tau, pool, workers, kernel):  # chunk order: same sums with or without
         loss += part
         grad.index_add_(0, ch.rows, g)
-    return float(loss) / total_weight, grad * (tau / total_weight)
+    return loss / total_weight, grad * (tau / total_weight)
 
 
 def project_rows(w: torch.Tensor) -> torch.Tensor:
@@ -194,29 +203,49 @@ def project_rows(w: torch.Tensor) -> torch.Tensor:
 
 
 def descend(chunks: Callable[[], Iterable[Chunk]], z: torch.Tensor, *, tau: float, lr: float, iters: int,
-            total_weight: float, on_iter: Callable[[int, float], None] | None = None
+            total_weight: float, on_iter: Callable[[int, torch.Tensor], None] | None = None
             ) -> tuple[torch.Tensor, list[float]]:
     """Projected gradient descent from ``z`` ``[N, D]`` (Alg. 1): ``W <- rownorm(W - lr * grad)``.
+
+    The losses stay on the device: they are read every ``READ_EVERY`` iterations and at the end (the descent's only
+    waits for the device), and a read names the first iteration whose loss is not finite.
 
     Args:
         chunks: called once per iteration, yields the whole training set.
         total_weight: ``sum_p v_p`` (the pixel count at instance level).
+        on_iter: called before each step with ``(iteration, loss)``, the loss a 0-d tensor on the device (reading
+            it would make the host wait for the iteration).
 
     Returns:
         ``W`` ``[N, D]`` float32 unit rows and the losses ``L(W_0) .. L(W_iters)`` (mean CE, nats).
     """
-    w, curve = project_rows(z.float()), []
+    w, losses = project_rows(z.float()), []
     with cpu_workers(z.device) as (pool, workers):
         for it in range(iters):
-            loss, grad = loss_and_grad(chunks(), w, tau, total_weight, pool, workers)
-            if not math.isfinite(loss):
-                raise VplError(f"loss became {loss} at iteration {it}; lower --lr or raise --tau-i")
-            curve.append(loss)
+            loss, grad = mean_loss_and_grad(chunks(), w, tau, total_weight, pool, workers)
+            losses.append(loss)
             if on_iter:
                 on_iter(it, loss)
             w = project_rows(w - lr * grad)
-        curve.append(loss_and_grad(chunks(), w, tau, total_weight, pool, workers)[0])
-    return w, curve
+            if (it + 1) % READ_EVERY == 0:
+                _check_losses(losses, it + 1 - READ_EVERY)
+        losses.append(mean_loss_and_grad(chunks(), w, tau, total_weight, pool, workers)[0])
+    _check_losses(losses, iters - iters % READ_EVERY, last=iters)
+    return w, torch.stack(losses).tolist()
+
+
+READ_EVERY = 100  # descent iterations between reads of the losses
+
+
+def _check_losses(losses: list[torch.Tensor], first: int, last: int | None = None) -> None:
+    """One wait for the device: are ``losses[first:]`` finite? Else VplError naming the first bad iteration (below
+    ``last``: the loss at W_iters, after the last step, is left to the caller's check of the curve)."""
+    window = torch.stack(losses[first:])
+    if bool(torch.isfinite(window).all()):
+        return
+    for it, loss in enumerate(window.tolist(), start=first):
+        if not math.isfinite(loss) and (last is None or it < last):
+            raise VplError(f"loss became {loss} at iteration {it}; lower --lr or raise --tau-i")
 
 
 def _init_worker() -> None:

@@ -242,17 +242,20 @@ def _link(root: Path, splits: list[Split]) -> None:
 
 def stage_table(run: Run) -> dict[str, Any]:
     """The figures of the report's first table, as `demo-report` and `eval` wrote them (never recomputed):
-    ``stages`` (rows of ``metrics.json``: stage, mIoU per split), ``splits`` (those splits), ``chance``,
+    ``stages`` (rows of ``metrics.json``: stage, `cam --refine`, mIoU per split), ``splits`` (those splits),
+    ``refines`` (whether rows name their refinement), ``chance``,
     ``other_layers``, and ``per_class`` (one row per ``metrics/<name>.json``: its mIoU and per-class IoU)."""
     out: dict[str, Any] = {"stages": [], "chance": {}, "other_layers": [], "per_class": [], "classes": [],
-                           "splits": []}
+                           "splits": [], "refines": False}
     if run.metrics_file is not None:
         summary = io.read_json(run.metrics_file)
         if isinstance(summary, dict):
             out.update({k: summary.get(k) or out[k] for k in ("stages", "chance", "other_layers")})
     # the splits the stage rows have figures for, in their order (demo-report: train, val)
+    # (a row's "refine" names the CAM refinement it was made with: a column of its own, not a split)
     out["splits"] = list(dict.fromkeys(k for row in out["stages"] if isinstance(row, dict) for k in row
-                                       if k != "stage"))
+                                       if k not in ("stage", "refine")))
+    out["refines"] = any(isinstance(row, dict) and row.get("refine") for row in out["stages"])
     for name, path in run.metrics_files.items():
         result = io.read_json(path)
         if not isinstance(result, dict) or not isinstance(result.get("iou"), dict):

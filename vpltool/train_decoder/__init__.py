@@ -1,8 +1,13 @@
 """`vpltool train-decoder`: VPL phase 2, the decoder on the frozen CLIP supervised by `crf` pseudo masks.
 
-Per iteration (docs/decoder.md): a batch of augmented crops (random rescale, flip, crop padded with ignore) runs
-through the frozen CLIP blocks under ``no_grad`` (bf16 autocast on CUDA); the decoder gives ``V`` and ``A``;
+Per iteration (docs/decoder.md): a batch of augmented crops (random rescale, flip, crop padded with ignore: made
+in DataLoader workers, sent as uint8, normalised on the device) runs through the frozen CLIP blocks under
+``no_grad`` (on CUDA an image tower stored in bf16, fused attention); the decoder gives ``V`` and ``A``;
 ``L = lambda_ce L_ce(M, A) + lambda_rsc L_RSC`` (Eq. 14); SGD (or AdamW) with linear warm-up and poly decay.
+
+* No host wait per iteration: the losses stay on the device (:class:`.steps.LossWindow`) and are read at the log
+  lines, checkpoints and validations; a read names the first non-finite iteration, and the read before each
+  checkpoint also checks the weights, so a checkpoint is always made from finite weights.
 
 * The frozen CLIP is the one that made the prototypes (their file's ``model`` metadata).
 * Determinism: the batch order is DistributedSampler's (seeded by seed + epoch), the augmentation of a sample is
@@ -13,9 +18,11 @@ through the frozen CLIP blocks under ``no_grad`` (bf16 autocast on CUDA); the de
 * ``cache_features``: the frozen features of every image resized to ``crop x crop`` and of its mirror are computed
   once; iterations then cost no CLIP forward but see no rescale and no crop.
 
-Modules: :mod:`.data` (augmentation, batch plan, feature cache), :mod:`.steps` (learning rate, losses, step,
-checkpoints, DDP); this one runs the stage. Outputs in ``out_dir``: ``decoder.safetensors`` (kind ``decoder``),
-``checkpoints/last.safetensors`` (model + optimizer, kind ``decoder-checkpoint``), ``log.jsonl`` and ``curve.png``.
+Modules: :mod:`.data` (augmentation, batch plan, loading, feature cache: the one owner of the data path),
+:mod:`.steps` (learning rate, losses, step, loss reads, checkpoints, DDP), :mod:`.board` (TensorBoard); this one
+runs the stage. Outputs in ``out_dir``: ``decoder.safetensors`` (kind ``decoder``), ``checkpoints/last.safetensors``
+(model + optimizer, kind ``decoder-checkpoint``), ``log.jsonl`` and ``curve.png``; with ``tensorboard``, event files
+there.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from ..decoder import (
 from ..device import resolve_precision, seed_everything
 from ..errors import VplError
 from ..kernels import MiouAccumulator
+from .board import Board, memory_gib
 from .data import (
     BatchPlan,
     FeatureCache,
@@ -58,10 +66,13 @@ from .data import (
     check_supervision,
     fixed_view,
     held_out_label_map,
+    normalize_views,
+    training_views,
 )
 from .steps import (
+    LossWindow,
+    Read,
     _check_resumable,
-    _mean_across,
     compute_losses,
     distributed,
     load_checkpoint,
@@ -146,7 +157,9 @@ class _Run:
         self.label_map, self.extra_meta, self.cache = label_map, dict(extra_meta or {}), None
         self.protos, self.pairs, self.out_dir, self.inputs = protos, pairs, out_dir, inputs
         self.dtype = resolve_precision(runtime.precision, device)
-        self.bb = backbone or load_backbone(ModelSpec.from_identity(protos.model), device)
+        # frozen: its image tower is kept in the run's precision (a copy when the caller's backbone is given)
+        self.bb = (backbone or load_backbone(ModelSpec.from_identity(protos.model), device)).with_image_tower_in(
+            self.dtype)
         if cfg.crop_size % self.bb.patch_size:
             raise VplError(f"--crop-size {cfg.crop_size} is not a multiple of the CLIP patch size {self.bb.patch_size}")
         self.blocks = feature_blocks(self.bb.n_blocks, cfg.include_last_block)
@@ -159,11 +172,13 @@ class _Run:
         self.log_path, self.first_loss, self.last_loss, self.val_miou = out_dir / "log.jsonl", None, None, None
         self.seconds, self.cache_seconds = 0.0, 0.0  # training loop; building the feature cache
         self.saved_at = 0  # iteration of the last checkpoint written (0 = none yet)
+        self.board: Board | None = None  # TensorBoard events (rank 0, --tensorboard)
 
     @property
     def inner(self) -> SegDecoder:
-        """The decoder itself, also when wrapped in DistributedDataParallel."""
-        return getattr(self.model, "module", self.model)
+        """The decoder itself, also when wrapped in DistributedDataParallel and/or compiled."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        return getattr(model, "module", model)
 
     def meta(self) -> dict[str, Any]:
         return {"decoder_config": asdict(self.cfg), "inputs": self.inputs, "model": self.protos.model}
@@ -191,12 +206,11 @@ class _Run:
             cache = FeatureCache.build(self.bb, self.pairs, self.blocks, cfg.crop_size, self.dtype, self.label_map)
             self.cache_seconds = time.perf_counter() - t0
             self.cache = cache
-            return (tuple(t.to(self.device) for t in cache.batch(keys, cfg)) for keys in plan)
-        data = PseudoMaskSet(self.pairs, cfg, self.bb.mean, self.bb.std, self.label_map)
-        workers = self.runtime.worker_count  # 1 = load in this process, as crf's 1 = CRF in this process
-        loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=0 if workers == 1 else workers,
-                                             pin_memory=self.device.type == "cuda")
-        return ((block_features(self.bb, p, self.blocks, self.dtype), m.to(self.device)) for p, m in loader)
+            return (tuple(t.to(self.device, non_blocking=True) for t in cache.batch(keys, cfg)) for keys in plan)
+        data = PseudoMaskSet(self.pairs, cfg, self.label_map)
+        workers = self.runtime.loader_workers(self.device)  # 1 = load in this process, as crf's 1 = CRF here
+        views = training_views(data, plan, workers, self.device, self.bb.mean, self.bb.std)
+        return ((block_features(self.bb, p, self.blocks, self.dtype), m) for p, m in views)
 
     def bank_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """CMPA's bank source: every training image at ``crop x crop``, unflipped (the cache's views, or computed
@@ -219,46 +233,78 @@ class _Run:
                                  self.label_map)
         self.log({"iter": n, "val_miou": self.val_miou})
         draw_curve(io.read_log(self.log_path), self.out_dir / "curve.png")
+        if self.board is not None:
+            self.board.validation(n, self.val_miou)
+
+    def reads_at(self, n: int) -> tuple[bool, bool, bool]:
+        """(log line, checkpoint, validation / previews) at iteration ``n``; the losses are read when any is due.
+        The same on every rank (a read averages over the processes)."""
+        cfg = self.cfg
+        last = n == cfg.iters
+        return (n % cfg.log_every == 0 or last or n == 1,  # a first line at once: the run is alive
+                n % cfg.checkpoint_every == 0 or last, n % cfg.val_every == 0 or last)
 
     def loop(self, start: int, val_items, on_iter) -> None:
-        cfg, batches = self.cfg, self.batches(start)
+        cfg, batches, window = self.cfg, self.batches(start), LossWindow()
         t0 = time.perf_counter()
+        mark = (start, t0)  # the iteration and time the last read's own work ended: the speed's baseline
         for it, (feats, target) in zip(range(start, cfg.iters), batches):
             if cfg.lambda_proto > 0 and it > 0 and it % cfg.proto_period == 0:  # CMPA: rebuild the image bank
                 refresh_bank(self.inner, self.bank_batches(), seed=cfg.seed)
             torch.manual_seed(_iteration_seed(cfg.seed, it, self.rank))  # dropout: same stream after --resume
             lr = lr_at(cfg, it)
-            losses = train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler)
             n = it + 1
-            self.check_diverged(losses, n)
+            window.add(n, train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler))
             record = {"iter": n}
-            if n % cfg.log_every == 0 or n == cfg.iters or n == 1:  # a first line at once: the run is alive
-                losses = _mean_across(losses, self.world, self.device)
-                record = {"iter": n, **losses, "lr": lr, "sec": round(time.perf_counter() - t0, 3)}
-                self.last_loss = losses["loss"]
-                self.first_loss = losses["loss"] if self.first_loss is None else self.first_loss
-                self.log(record)
-            if val_items and self.rank == 0 and (n % cfg.val_every == 0 or n == cfg.iters):
-                self.validate(val_items, n)
-            if self.rank == 0 and (n % cfg.checkpoint_every == 0 or n == cfg.iters):
-                save_checkpoint(self.out_dir / "checkpoints" / "last.safetensors", self.inner, self.optimizer, n,
-                                self.protos.classes, self.meta())
-                self.saved_at = n
+            logged, checkpoint, val = self.reads_at(n)
+            if logged or checkpoint or val:
+                got = window.read(self.world, list(self.inner.parameters()) if checkpoint else None)
+                now = time.perf_counter()
+                self.check_diverged(got)
+                if logged:
+                    record = {"iter": n, **got.losses, "lr": lr, "sec": round(now - t0, 3)}
+                    self.last_loss = got.losses["loss"]
+                    self.first_loss = got.losses["loss"] if self.first_loss is None else self.first_loss
+                    self.log(record)
+                    if self.board is not None:
+                        speed = (n - mark[0]) / (now - mark[1]) if now > mark[1] else None
+                        self.board.scalars(n, got.losses, lr, speed, memory_gib(self.device))
+                self.side_work(n, checkpoint, val, val_items)
+                mark = (n, time.perf_counter())
             self.seconds = time.perf_counter() - t0
             if on_iter and self.rank == 0:
                 on_iter(n, record)
 
-    def check_diverged(self, losses: dict[str, float], n: int) -> None:
-        """Stop (one line, exit 2) at the first non-finite loss: the step already spoilt the weights, so nothing more
-        is written; the last checkpoint (made from finite weights) is kept for --resume."""
-        if all(math.isfinite(v) for v in losses.values()):
+    def side_work(self, n: int, checkpoint: bool, val: bool, val_items) -> None:
+        """Rank 0's work at a read: validation, previews, the checkpoint."""
+        if self.rank != 0:
             return
-        bad = ", ".join(f"{k} {v}" for k, v in losses.items() if not math.isfinite(v))
+        if val and val_items:
+            self.validate(val_items, n)
+        if val and self.board is not None:
+            self.board.previews(n, self.predict_labels)
+        if checkpoint:
+            save_checkpoint(self.out_dir / "checkpoints" / "last.safetensors", self.inner, self.optimizer, n,
+                            self.protos.classes, self.meta())
+            self.saved_at = n
+
+    def predict_labels(self, image: np.ndarray) -> np.ndarray:
+        """``[H, W]`` uint8 classes of a photo by the decoder as it is now (validation's protocol)."""
+        return predict_labels(self.bb, self.inner.eval(), self.blocks, image, self.cfg.crop_size, self.dtype)
+
+    def check_diverged(self, got: Read) -> None:
+        """Stop (one line, exit 2) at a read that found a non-finite loss (or, before a checkpoint, non-finite
+        weights): that step already spoilt the weights, so nothing more is written; the last checkpoint (made from
+        finite weights: the read before it checked them) is kept for --resume."""
+        if got.diverged_at is None:
+            return
+        bad = "the weights are no longer finite" if "weights" in got.bad else \
+            ", ".join(f"{k} {v}" for k, v in got.bad.items() if not math.isfinite(v))
         ckpt = self.out_dir / "checkpoints" / "last.safetensors"
         kept = (f"the last good checkpoint {ckpt} (iteration {self.saved_at}) is kept" if ckpt.is_file()
                 else "no checkpoint was written")
-        raise VplError(f"{self.out_dir}: training diverged at iteration {n} ({bad}); {kept}; lower --lr or "
-                       "--lambda-rsc and re-run with --overwrite")
+        raise VplError(f"{self.out_dir}: training diverged at iteration {got.diverged_at} ({bad}); {kept}; lower "
+                       "--lr or --lambda-rsc and re-run with --overwrite")
 
     def finish(self) -> Path | None:
         if self.rank != 0:
@@ -276,13 +322,18 @@ def evaluate(bb: ClipBackbone, model: SegDecoder, blocks, items, crop_size: int,
     """Single-scale, unflipped mIoU of ``model`` on dataset items with GT (predict's input size rule); ``label_map``
     renumbers the GT as the training masks were (held-out classes ignored)."""
     acc = MiouAccumulator(model.n_classes)
-    long_side = input_long_side(None, crop_size)
     for item in items:
-        image = io.load_image(item.image)
-        logits = predict_logits(bb, model, blocks, image, (1.0,), False, long_side, dtype)
+        labels = predict_labels(bb, model, blocks, io.load_image(item.image), crop_size, dtype)
         gt = io.read_mask(item.gt)
-        acc.add(gt if label_map is None else label_map[gt], logits.argmax(0).numpy().astype(np.uint8), item=item.id)
+        acc.add(gt if label_map is None else label_map[gt], labels, item=item.id)
     return acc.result()["miou"]
+
+
+def predict_labels(bb: ClipBackbone, model: SegDecoder, blocks, image: np.ndarray, crop_size: int,
+                   dtype: torch.dtype) -> np.ndarray:
+    """``[H, W]`` uint8 classes of an ``[H, W, 3]`` uint8 photo: single scale, unflipped, predict's input size."""
+    logits = predict_logits(bb, model, blocks, image, (1.0,), False, input_long_side(None, crop_size), dtype)
+    return logits.argmax(0).numpy().astype(np.uint8)
 
 
 def drop_classes(protos: io.Prototypes, held_out: tuple[str, ...]) -> io.Prototypes:
@@ -329,6 +380,7 @@ def run_train_decoder(
     on_iter: Callable[[int, dict[str, Any]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
+    tensorboard: str | Path | None = None,
 ) -> TrainSummary:
     """Train the decoder on the pseudo masks of a `crf` folder; write ``out_dir/decoder.safetensors``.
 
@@ -337,21 +389,27 @@ def run_train_decoder(
         prototypes: a prototypes file (vision or text: the "text prototypes in phase 2" ablation); its ``model``
             metadata names the frozen CLIP.
         cfg: see :class:`DecoderConfig`; ``runtime.workers`` = data loading processes (1 = in this process, 0 =
-            one per core), ``runtime.batch_size`` is not used (``cfg.batch_size`` is).
+            one per core, None = auto: :meth:`RuntimeConfig.loader_workers`), ``runtime.batch_size`` is not used
+            (``cfg.batch_size`` is).
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
         on_iter: called on rank 0 after every iteration with ``(iteration, log record)``. on_start: called on
             rank 0 with ``cfg.iters`` once the inputs and the output folder passed their checks.
-        backbone: reuse an already loaded CLIP; it must be the one the prototypes record.
+        backbone: reuse an already loaded CLIP; it must be the one the prototypes record (left as it is: the run
+            works on a copy when its precision differs).
+        tensorboard: a folder for TensorBoard event files (:mod:`.board`); needs the ``tensorboard`` extra.
     """
     pseudo_dir, out_dir = Path(pseudo_dir), Path(out_dir)
     record = io.read_stage_record(pseudo_dir, MASK_STAGES)
     dataset_id = record["inputs"]["dataset"]
     dataset = open_recorded(pseudo_dir)
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
-                             "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file")},
+                             "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file"),
+                             "--tensorboard": (tensorboard, "side")},
                      inputs={"the pseudo-mask folder": pseudo_dir, "--prototypes": prototypes},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
+    if tensorboard is not None:
+        io.check_tensorboard()
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
     extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
@@ -380,8 +438,17 @@ def run_train_decoder(
             if world > 1:
                 run.model = torch.nn.parallel.DistributedDataParallel(
                     run.model, device_ids=[device.index] if device.type == "cuda" else None)
-            run.loop(start, val_items, on_iter)
-            path = run.finish()
+            if cfg.compile != "none":  # after DDP: its buckets split the compiled graph
+                run.model = torch.compile(run.model, mode=None if cfg.compile == "default" else cfg.compile)
+            if tensorboard is not None and rank == 0:
+                shown = [(it.id, it.image) for it in val_items] or [(i, image) for i, image, _ in pairs]
+                run.board = Board(Path(tensorboard), STAGE, shown, start)
+            try:
+                run.loop(start, val_items, on_iter)
+                path = run.finish()
+            finally:
+                if run.board is not None:
+                    run.board.close()
     return TrainSummary(iterations=cfg.iters, start=start, seconds=run.seconds, loss=run.last_loss,
                         val_miou=run.val_miou, decoder=path, world_size=world,
                         cache_seconds=run.cache_seconds, first_loss=run.first_loss)
@@ -390,6 +457,7 @@ def run_train_decoder(
 __all__ = [
     "STAGE", "MASK_STAGES", "draw_curve", "TrainSummary", "evaluate", "run_train_decoder", "BatchPlan",
     "drop_classes", "prompt_recipe",
-    "FeatureCache", "PseudoMaskSet", "augment", "compute_losses", "lr_at", "make_optimizer", "train_step",
+    "FeatureCache", "PseudoMaskSet", "augment", "normalize_views", "training_views", "compute_losses", "lr_at",
+    "make_optimizer", "train_step", "LossWindow",
     "save_checkpoint", "load_checkpoint",
 ]  # fmt: skip

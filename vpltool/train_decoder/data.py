@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,34 +21,62 @@ if TYPE_CHECKING:
     from ..backbone import ClipBackbone
 
 
-def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: DecoderConfig,
-            mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """WeCLIP's training view: random rescale, horizontal flip, normalise, pad, random crop.
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: DecoderConfig
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """WeCLIP's training view: random rescale, horizontal flip, pad with ignore, random crop; only the crop's pixels
+    are resized (PIL's ``box``), so a view costs the crop, not the rescaled image.
+
+    The view is the one of "rescale the whole image, flip, pad bottom/right, crop": the same four draws from
+    ``rng`` in the same order (scale, flip, crop row, crop column), resampled from the same source pixels (up to
+    PIL's rounding of the box corners: a level or a mask pixel at the edge of a sampling cell now and then).
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB; mask: ``[H, W]`` uint8 (255 = ignore).
         rng: the sample's generator (seeded by seed, epoch, index).
 
     Returns:
-        pixels ``[3, S, S]`` float32 CLIP-normalised (padding = 0, i.e. the mean colour), mask ``[S, S]`` int64
-        (padding = 255), S = ``cfg.crop_size``.
+        pixels ``[S, S, 3]`` uint8 (padding 0), mask ``[S, S]`` uint8 (padding 255) and the extent ``[2]`` int32
+        (rows, columns) of the image inside the crop, from its top-left corner; S = ``cfg.crop_size``.
+        :func:`normalize_views` turns the pixels into the model's input on the device.
     """
     h, w = mask.shape
     s = rng.uniform(cfg.scale_min, cfg.scale_max)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-    if cfg.flip and rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    pixels = (image.astype(np.float32) / 255 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    sw, sh = max(1, round(w * s)), max(1, round(h * s))  # the rescaled image
+    flip = bool(cfg.flip and rng.random() < 0.5)
     crop = cfg.crop_size
-    ph, pw = max(crop, size[1]), max(crop, size[0])
-    canvas = np.zeros((ph, pw, 3), np.float32)
-    labels = np.full((ph, pw), IGNORE_INDEX, np.int64)
-    canvas[: size[1], : size[0]], labels[: size[1], : size[0]] = pixels, mask
-    y, x = rng.integers(0, ph - crop + 1), rng.integers(0, pw - crop + 1)
-    return (np.ascontiguousarray(canvas[y : y + crop, x : x + crop].transpose(2, 0, 1)),
-            np.ascontiguousarray(labels[y : y + crop, x : x + crop]))
+    y, x = int(rng.integers(0, max(crop, sh) - crop + 1)), int(rng.integers(0, max(crop, sw) - crop + 1))
+    rows, cols = min(crop, sh - y), min(crop, sw - x)  # the padding lies below and right of the image
+    left = sw - x - cols if flip else x  # the crop's first column in the unflipped rescaled image
+    box = (left * w / sw, y * h / sh, (left + cols) * w / sw, (y + rows) * h / sh)
+    views = [Image.fromarray(a).resize((cols, rows), resample, box=box)
+             for a, resample in ((image, Image.BILINEAR), (mask, Image.NEAREST))]
+    if flip:
+        views = [v.transpose(Image.FLIP_LEFT_RIGHT) for v in views]
+    pixels = np.zeros((crop, crop, 3), np.uint8)
+    labels = np.full((crop, crop), IGNORE_INDEX, np.uint8)
+    pixels[:rows, :cols], labels[:rows, :cols] = np.asarray(views[0]), np.asarray(views[1])
+    return pixels, labels, np.array([rows, cols], np.int32)
+
+
+def normalize_views(pixels: Tensor, extent: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor
+                    ) -> Tensor:
+    """The model's input from :func:`augment`'s views, on their device.
+
+    Args:
+        pixels: ``[B, S, S, 3]`` uint8; extent: ``[B, 2]`` integer (rows, columns) of the image in each view.
+        mean, std: the CLIP's normalisation, 3 values (pass float32 tensors on the device in a loop: a list is
+            copied to the device on every call, a copy the host waits for).
+
+    Returns:
+        ``[B, 3, S, S]`` float32 ``(x / 255 - mean) / std`` (numpy's float32 arithmetic, bit for bit), 0 (the mean
+        colour) outside the image.
+    """
+    x = pixels.permute(0, 3, 1, 2).float().div_(255)
+    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
+    x = x.sub_(mean_t).div_(std_t)
+    side = torch.arange(x.shape[-1], device=x.device)
+    inside = (side[None, :, None] < extent[:, :1, None]) & (side[None, None, :] < extent[:, 1:, None])  # [B, S, S]
+    return x.masked_fill_(~inside[:, None], 0.0)
 
 
 def read_pair(image_path: Path, mask_path: Path, label_map: np.ndarray | None = None
@@ -84,21 +112,40 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 class PseudoMaskSet(torch.utils.data.Dataset):
-    """Augmented ``(pixels [3, S, S] float32, mask [S, S] int64)`` per key ``(index, epoch)``."""
+    """Augmented views per key ``(index, epoch)``: ``(pixels [S, S, 3] uint8, mask [S, S] uint8, extent [2]
+    int32)`` (:func:`augment`); runs in the DataLoader's worker processes."""
 
-    def __init__(self, pairs: list[tuple[str, Path, Path]], cfg: DecoderConfig, mean, std,
-                 label_map: np.ndarray | None = None):
-        self.pairs, self.cfg, self.mean, self.std = pairs, cfg, tuple(mean), tuple(std)
-        self.label_map = label_map
+    def __init__(self, pairs: list[tuple[str, Path, Path]], cfg: DecoderConfig, label_map: np.ndarray | None = None):
+        self.pairs, self.cfg, self.label_map = pairs, cfg, label_map
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
         index, epoch = key
         image, mask = read_pair(*self.pairs[index][1:], self.label_map)
-        pixels, labels = augment(image, mask, sample_rng(self.cfg.seed, epoch, index), self.cfg, self.mean, self.std)
-        return torch.from_numpy(pixels), torch.from_numpy(labels)
+        views = augment(image, mask, sample_rng(self.cfg.seed, epoch, index), self.cfg)
+        return tuple(torch.from_numpy(a) for a in views)
+
+
+def training_views(data: PseudoMaskSet, plan: BatchPlan, workers: int, device: torch.device,
+                   mean: Sequence[float], std: Sequence[float], pin: bool | None = None
+                   ) -> Iterator[tuple[Tensor, Tensor]]:
+    """The augmented batches of ``plan`` on ``device``: ``(pixels [B, 3, S, S] float32 normalised, masks [B, S, S]
+    int64)``, one per iteration.
+
+    ``workers`` > 1 augments in that many DataLoader processes (1 = in this process); the batches travel as uint8
+    (2 bytes a pixel with its mask instead of 20), through pinned memory (``pin``; default: on CUDA) and
+    ``non_blocking`` copies, and are normalised on the device. The loader is iterated once for the whole run, so
+    its workers live as long as the run without ``persistent_workers``; each keeps the default 2 batches ahead.
+    """
+    pin = device.type == "cuda" if pin is None else pin
+    loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=workers if workers > 1 else 0,
+                                         pin_memory=pin)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))  # once, not per batch
+    for pixels, masks, extent in loader:
+        pixels, masks, extent = (t.to(device, non_blocking=True) for t in (pixels, masks, extent))
+        yield normalize_views(pixels, extent, mean, std), masks.long()
 
 
 def batches_per_epoch(n: int, batch_size: int, world: int, where: object = "") -> int:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,17 @@ from ..decoder import (
     SegDecoder,
     balanced_ce_loss,
     ce_loss,
+    class_regions,
     cmpa_loss,
     mask_fractions,
     present_classes,
-    region_embeddings,
     region_masks,
     rsc_loss,
 )
 from ..device import autocast, resolve_device
 from ..errors import VplError
 
-RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every")  # fields a resumed run may change
+RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  # fields a resumed run may change
 
 
 def lr_at(cfg: DecoderConfig, it: int) -> float:
@@ -43,9 +43,11 @@ def lr_at(cfg: DecoderConfig, it: int) -> float:
 def make_optimizer(model: SegDecoder, cfg: DecoderConfig) -> torch.optim.Optimizer:
     """SGD (paper) or AdamW (WeCLIP) over the trainable decoder parameters (W only with train_prototypes)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    # foreach: a handful of multi-tensor ops per step (torch's default only on CUDA; on the CPU it was 4 per tensor)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay,
+                             foreach=True)
 
 
 def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
@@ -67,9 +69,9 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
     out = {"ce": ce, "loss": cfg.lambda_ce * ce}
     if cfg.lambda_rsc > 0:
         present = present_classes(target, logits.shape[1])
-        regions, region_class = region_embeddings(v, region_masks(logits, present), present)
+        regions, region_class, valid = class_regions(v, region_masks(logits, present), present)
         row_class = getattr(model, "module", model).row_class
-        out["rsc"] = rsc_loss(regions, region_class, protos, row_class, cfg.rsc_temperature)
+        out["rsc"] = rsc_loss(regions, region_class, protos, row_class, cfg.rsc_temperature, valid)
         out["loss"] = out["loss"] + cfg.lambda_rsc * out["rsc"]
     if cfg.lambda_proto > 0:
         out["proto"] = proto_loss(getattr(model, "module", model), v, protos, target)
@@ -81,16 +83,17 @@ def proto_loss(inner: SegDecoder, v: Tensor, protos: Tensor, target: Tensor) -> 
     """CMPA on one batch: pseudo-mask masked average pooling of ``V [B, D, h, w]`` per (image, class), then
     :func:`vpltool.decoder.cmpa_loss` against the class rows of ``protos [N, D]`` and the image-prototype bank."""
     present = present_classes(target, inner.n_classes)
-    regions, region_class = region_embeddings(v, mask_fractions(target, inner.n_classes, v.shape[-2:]), present)
+    regions, region_class, valid = class_regions(v, mask_fractions(target, inner.n_classes, v.shape[-2:]), present)
     return cmpa_loss(regions, region_class, protos[inner.class_rows], inner.proto_bank, inner.proto_bank_valid,
-                     inner.proto_log_temp)
+                     inner.proto_log_temp, valid=valid)
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, feats: Tensor, target: Tensor, cfg: DecoderConfig,
-               lr: float, dtype: torch.dtype = torch.float32, scaler=None) -> dict[str, float]:
-    """One optimisation step at learning rate ``lr``; returns the batch's losses before the step."""
+               lr: float, dtype: torch.dtype = torch.float32, scaler=None) -> dict[str, Tensor]:
+    """One optimisation step at learning rate ``lr``; returns the batch's losses before the step, detached float32
+    scalars left on the device (reading them would make the host wait for the step: :class:`LossWindow`)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr  # a Python float: SGD / AdamW read it on the host, no device value to wait for
     model.train()
     losses = compute_losses(model, feats, target, cfg, dtype)
     optimizer.zero_grad(set_to_none=True)
@@ -101,7 +104,61 @@ def train_step(model, optimizer: torch.optim.Optimizer, feats: Tensor, target: T
     else:
         losses["loss"].backward()
         optimizer.step()
-    return {k: float(v.detach()) for k, v in losses.items()}
+    return {k: v.detach().float() for k, v in losses.items()}
+
+
+@dataclass
+class Read:
+    """What one :meth:`LossWindow.read` found: the losses of its last iteration (mean over processes) and, when
+    the run diverged, the first iteration whose losses are not finite and those losses; or, when the losses were
+    finite but the weights checked before a checkpoint were not, the window's last iteration and
+    ``{"weights": nan}``."""
+
+    iteration: int
+    losses: dict[str, float]
+    diverged_at: int | None = None
+    bad: dict[str, float] | None = None
+
+
+class LossWindow:
+    """The losses of the iterations since the last read, kept on the device: :meth:`read` waits for the device
+    once, every few iterations, instead of once per step, and still names the first non-finite iteration exactly.
+
+    ``add`` costs one stack of the step's scalars (no host read). ``read`` averages the window over the processes
+    (one ``all_reduce`` of a ``[k, terms]`` tensor, so every rank sees the same values and stops together), then
+    reads it with one ``.item()`` (the status) and a ``tolist`` of the window already waited for.
+    """
+
+    def __init__(self) -> None:
+        self.iterations: list[int] = []
+        self.values: list[Tensor] = []
+        self.names: list[str] = []
+
+    def add(self, iteration: int, losses: dict[str, Tensor]) -> None:
+        self.names = list(losses)
+        self.iterations.append(iteration)
+        self.values.append(torch.stack(list(losses.values())))
+
+    def read(self, world: int = 1, weights: list[Tensor] | None = None) -> Read:
+        """Read and empty the window; ``weights`` (the parameters, before a checkpoint) are checked finite too."""
+        window = torch.stack(self.values).double()  # [k, terms]
+        if world > 1:
+            dist.all_reduce(window)
+            window /= world
+        finite = torch.isfinite(window).all(1)
+        status = torch.where(finite.all(), -1, (~finite).int().argmax())  # first bad row, -1 = none
+        if weights:
+            norm = torch.nn.utils.get_total_norm(weights, foreach=True)  # not finite when any weight is not
+            status = torch.where((status < 0) & ~torch.isfinite(norm), len(self.values), status)
+        first = int(status)  # the read's one wait for the device
+        rows, iterations = window.tolist(), self.iterations
+        self.iterations, self.values = [], []
+        last = dict(zip(self.names, rows[-1]))
+        if first < 0:
+            return Read(iterations[-1], last)
+        if first == len(rows):  # finite losses, spoilt weights: the last step blew them up
+            return Read(iterations[-1], last, iterations[-1], {"weights": float("nan")})
+        return Read(iterations[-1], last, iterations[first], dict(zip(self.names, rows[first])))
 
 
 def save_checkpoint(path: Path, model: SegDecoder, optimizer: torch.optim.Optimizer, iteration: int,
@@ -159,9 +216,3 @@ def distributed(device: str) -> Iterator[tuple[int, int, torch.device]]:
             dist.destroy_process_group()
 
 
-def _mean_across(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
-    if world == 1:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(values, (t / world).tolist()))
