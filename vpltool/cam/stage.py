@@ -118,10 +118,11 @@ def run_cam(
     else:
         cfg = replace(cfg, attention_blocks=cfg.attention_blocks or CAM_ATTENTION_BLOCKS)
         src = FromDataset(source, split, prototypes, cfg)
+    dino_file = cfg.dino_weights if cfg.affinity != "clip" and cfg.dino_weights not in ("hub", "none") else None
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side"),
                              "--save-debug": (debug, "side")},
-                     inputs={"the source": source, "--prototypes": prototypes}, protected=src.folders(),
-                     overwrite=runtime.overwrite)  # every output, before the model loads
+                     inputs={"the source": source, "--prototypes": prototypes, "--dino-weights": dino_file},
+                     protected=src.folders(), overwrite=runtime.overwrite)  # every output, before the model loads
     return _run_on(src, out, cfg, runtime, overlays, debug, shard_from_env(shard), on_item, on_start, backbone)
 
 

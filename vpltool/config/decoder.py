@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..presets import check_class_names
 from .checks import at_least, choice, fraction, non_negative, override, positive, require, seed_value
 from .stages import MAX_LR, MAX_TOKENS, MIN_SIDE
 
@@ -156,9 +157,6 @@ class PredictConfig:
         if self.classes is not None:
             names = [c.strip() for c in self.classes]
             require(len(names) > 0 and all(names), "--classes is empty or has an empty name: give names like a,b,c")
-            dup = sorted({c for c in names if names.count(c) > 1})
-            require(not dup, f"--classes names {dup[0] if dup else ''!r} twice; give each class once")
-            require("background" not in names, "--classes: leave out 'background' (it is always class 0, scored "
-                    "with the decoder's background words)")
+            check_class_names(names, "--classes")  # the rule of text-prototypes: no 'background', none twice
 
 

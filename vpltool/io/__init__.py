@@ -15,22 +15,31 @@ No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
 """
 
 from .files import (
+    NAME_MAX,
     append_line,
     append_log,
     atomic_path,
+    by_content,
     check_folder_target,
+    check_id,
     check_writable_target,
     file_identity,
+    id_problem,
+    is_regular_file,
     jsonable,
     make_folder,
+    name_problem,
+    named_file,
+    numbered_lines,
     raise_write_error,
     read_json,
     read_log,
     sha256_file,
+    text_lines,
     write_json,
     write_log,
 )
-from .guard import check_outputs, folder_owner
+from .guard import check_log_target, check_outputs, folder_owner, run_outputs
 from .images import (
     MASK_SUFFIX,
     image_size,
@@ -118,6 +127,9 @@ from .training import (
 __all__ = [
     "append_line", "append_log", "atomic_path", "check_folder_target", "check_writable_target", "file_identity",
     "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
+    "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file",
+    "numbered_lines", "text_lines",
+    "check_log_target", "run_outputs",
     "MASK_SUFFIX", "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
     "write_png", "mask_size",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
