@@ -7,7 +7,10 @@ in their ``__post_init__``.
 
 from __future__ import annotations
 
+import json
 import math
+import types
+import typing
 from dataclasses import asdict, fields, replace
 from typing import Any
 
@@ -97,7 +100,54 @@ def override(cfg: Any, **changes: Any) -> Any:
     return replace(cfg, **{k: v for k, v in changes.items() if v is not None and k in names})
 
 
-def from_params(cls: type, params: dict[str, Any]) -> Any:
-    """A config rebuilt from a recorded dict (a stage record's params): unknown keys ignored, lists as tuples."""
-    names = {f.name: f for f in fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names})
+def from_params(cls: type, params: dict[str, Any], source: object = None) -> Any:
+    """A config rebuilt from a recorded dict (a stage record's params): unknown keys ignored, lists as tuples.
+
+    The values are input like any other: each must have its field's type, and the config's own checks run; a bad
+    one is a one-line error naming ``source`` (the record) and the field, never a TypeError, and never blamed on
+    an option the user did not pass (``params.parity: null`` is not "--parity None").
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    where = f"{source}: " if source is not None else ""
+    fix = "the record was edited or is damaged; re-run the stage that wrote it (with --overwrite)"
+    for key, value in params.items():
+        if key in names and not _accepts(hints[key], value):
+            shown = json.dumps(value)
+            raise VplError(f"{where}'params.{key}' is {shown if len(shown) <= 40 else shown[:40] + '…'}, not "
+                           f"{_type_words(hints[key])}; {fix}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names})
+    except VplError as e:
+        raise VplError(f"{where}a recorded parameter is refused ({e}); {fix}") from None
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether a JSON ``value`` fits the type ``hint`` of a config field (int | None, tuple[float, ...], ...)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_accepts(args[0], v) for v in value) if args else True
+    return True
+
+
+def _type_words(hint: Any) -> str:
+    """``int | None`` -> "an integer or null", for the message."""
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "a list"
+    return words.get(hint, str(hint))

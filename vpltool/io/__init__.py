@@ -87,6 +87,7 @@ from .records import (
     STAGE_RECORD,
     read_record,
     record_stage,
+    recorded_model,
     stage_record_path,
     write_stage_record,
 )

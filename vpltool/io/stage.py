@@ -164,8 +164,7 @@ def recorded_ids(folder: str | os.PathLike, suffix: str) -> list[str]:
         ContractError: an item is missing: the folder is incomplete, one line naming it and the fix.
     """
     folder = Path(folder)
-    record = read_json(stage_record_path(folder))
-    record = record if isinstance(record, dict) else {}
+    record = read_record(stage_record_path(folder))  # its ids checked like a dataset's (no path, none twice)
     stage = record.get("stage", "the stage that wrote it")
     ids = record.get("ids")
     if isinstance(ids, list) and all(isinstance(i, str) for i in ids):

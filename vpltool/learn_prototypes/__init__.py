@@ -91,7 +91,7 @@ def check_inputs(features_dir: str | Path, cams_dir: str | Path, text_prototypes
             raise ContractError(f"{cam}: missing; the cam folder does not cover the features of {features_dir}")
         labels, grid = io.features_header(io.feature_path(features_dir, item_id))
         items.append((item_id, tuple(sorted(labels)), grid))
-    text = io.read_prototypes(text_prototypes, classes=classes, dim=dim, model=record["params"]["model"],
+    text = io.read_prototypes(text_prototypes, classes=classes, dim=dim, model=io.recorded_model(record, features_dir),
                               source="text", option="--text")
     if len(text.background_rows()) == 0:
         raise VplError(f"{text_prototypes}: no background rows; learn-prototypes needs them for the background "
