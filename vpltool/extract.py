@@ -78,7 +78,7 @@ def run_extract(
     cfg: ExtractConfig = ExtractConfig(),
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
@@ -91,8 +91,6 @@ def run_extract(
     """
     out = Path(out)
     index, count = shard_from_env(shard)
-    if not (0 <= index < count):
-        raise VplError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
@@ -105,8 +103,8 @@ def run_extract(
     start = time.perf_counter()
     if not runtime.overwrite:  # before the folder is touched: a refused run leaves it as it was
         _refuse_stale(out, [it for it in part.items if io.feature_path(out, it.id).is_file()])
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=io.shard_lock(index, count),
-                        reset=index == 0, not_compared=NOT_COMPARED, inputs=inputs) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
+                        not_compared=NOT_COMPARED, inputs=inputs) as folder:
         todo_ids = set(folder.todo([it.id for it in part.items], io.feature_path))
         todo = [it for it in part.items if it.id in todo_ids]
         if on_start:

@@ -166,7 +166,7 @@ def run_predict(
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
     overlays: str | Path | None = None,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
@@ -201,7 +201,7 @@ def run_predict(
     inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                        lock_name=io.shard_lock(index, count), reset=index == 0,
+                        shard=(index, count),
                         sides={"--save-overlays": overlays}) as folder:
         todo = folder.todo(ids[index::count], io.mask_path)
         if on_start:

@@ -102,7 +102,6 @@ from .stage import (
     read_stage_record,
     recorded_dataset_identity,
     recorded_ids,
-    shard_lock,
     write_side_record,
 )
 from .tensors import (
@@ -139,8 +138,8 @@ __all__ = [
     "write_cam_debug", "write_features", "write_prototypes",
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
-    "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
-    "recorded_dataset_identity", "shard_lock", "stage_record_path", "write_stage_record", "recorded_ids",
+    "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage", "recorded_model",
+    "recorded_dataset_identity", "stage_record_path", "write_stage_record", "recorded_ids",
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
     "save_tensor_file", "tensor_file_bytes", "write_tensors",
