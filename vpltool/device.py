@@ -20,6 +20,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     Under ``torchrun`` (``LOCAL_RANK`` set) 'auto' and 'cuda' mean this process's GPU, ``cuda:LOCAL_RANK``, which
     also becomes the current device (CUDA events and pinned copies follow the current device).
     """
+    device = device.strip()  # VPLTOOL_DEVICE='cpu ' from a script: the value is cpu
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():

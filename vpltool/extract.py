@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from .batches import (
 from .config import CPU_BATCH, NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
 from .data import Dataset, Item, check_sizes
 from .device import autocast, resolve_device, resolve_precision
-from .errors import ContractError, VplError
+from .errors import ContractError, VplError, VplWarning
 
 STAGE = "extract"
 
@@ -113,11 +114,25 @@ def run_extract(
             sizes = header_sizes([it.image for it in todo], runtime.worker_count)
             check_sizes(todo, sizes, runtime.worker_count)
             bb = backbone or load_backbone(spec, device)
+            check_for_model(bb, cfg)
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
         seconds = time.perf_counter() - start
         complete = folder.finish([it.id for it in dataset.items], io.feature_path, index, count,
                                  inputs={**inputs, "items": dataset.items_sha()}, classes=list(dataset.classes))
     return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
+
+
+def check_for_model(bb: ClipBackbone, cfg: ExtractConfig) -> None:
+    """What only the loaded model can tell: ``--attention-blocks`` above its depth is refused (it was averaged over
+    every block and recorded as asked; the default, CLIP-ES's 8, means "up to 8" on a shallower model), and an
+    ``--image-size`` that is not a multiple of the patch size is said to round up."""
+    if cfg.attention_blocks > bb.n_blocks and cfg.attention_blocks != ExtractConfig.attention_blocks:
+        raise VplError(f"--attention-blocks {cfg.attention_blocks}: {bb.spec.model} has {bb.n_blocks} blocks; give 1 "
+                       f"to {bb.n_blocks}")
+    if cfg.image_size and cfg.image_size % bb.patch_size:
+        side = bb.input_size(cfg.image_size, cfg.image_size, cfg.image_size)[0]
+        warnings.warn(VplWarning(f"--image-size {cfg.image_size} is not a multiple of {bb.spec.model}'s patch size "
+                                 f"{bb.patch_size}: every input is {side}x{side} pixels"), stacklevel=2)
 
 
 def _refuse_stale(out: Path, done: list[Item]) -> None:

@@ -45,10 +45,11 @@ def fraction(option: str, value: float) -> None:
     require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
 
 
-def non_negative(option: str, value: float) -> None:
-    """A weight: finite and >= 0 (nan is not "< 0", so it gets its own words)."""
+def non_negative(option: str, value: float, upper: float = math.inf, why: str = "") -> None:
+    """A weight: finite and >= 0 (nan is not "< 0", so it gets its own words), at most ``upper``."""
     require(math.isfinite(value), f"{option} {value}: not a finite number; give a number >= 0")
-    require(value >= 0, f"{option} {value}: must be >= 0")
+    require(value >= 0, f"{option} {value}: must be >= 0{why}")
+    require(value <= upper, f"{option} {value:g}: must be at most {upper:g}{why}")
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds: a negative one is refused by numpy deep inside, a traceback
@@ -89,9 +90,33 @@ def check_tokens(image: object, size: tuple[int, int], grid: tuple[int, int], pa
 
 
 
+def inert_fields(cfg: Any) -> dict[str, str]:
+    """The fields of ``cfg`` that have no effect in its combination, -> why (``"without --refine caa+sgc"``): each
+    config class may define ``inert()`` saying so. They are never recorded (:func:`to_params`), so a resume compares
+    only what changes a result, and a non-default value of one is warned about (:func:`inert_options`)."""
+    rule = getattr(cfg, "inert", None)
+    return rule() if callable(rule) else {}
+
+
+def inert_options(cfg: Any, defaults: Any = None) -> list[str]:
+    """One sentence per field of ``cfg`` that was set (differs from ``defaults``, the class's own by default) but
+    has no effect: ``--sgc-clusters 7 has no effect without --refine caa+sgc; ignored``."""
+    defaults = defaults if defaults is not None else type(cfg)()
+    said = []
+    for name, why in inert_fields(cfg).items():
+        value = getattr(cfg, name)
+        if value != getattr(defaults, name):
+            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+                if isinstance(value, tuple) else (f"{value:g}" if isinstance(value, float) else str(value))
+            said.append(f"--{name.replace('_', '-')} {shown} has no effect {why}; it is ignored (and not recorded)")
+    return said
+
+
 def to_params(cfg: Any) -> dict[str, Any]:
-    """A config as a JSON-able dict, for file metadata and stage records."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    """A config as a JSON-able dict, for file metadata and stage records; fields without effect in the config's
+    combination are left out (:func:`inert_fields`)."""
+    inert = inert_fields(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in inert}
 
 
 def override(cfg: Any, **changes: Any) -> Any:

@@ -10,6 +10,9 @@ from .checks import at_least, choice, fraction, non_negative, override, positive
 from .stages import MAX_LR, MAX_TOKENS, MIN_SIDE
 
 OPTIMIZERS = ("sgd", "adamw")
+# the largest loss weight: the papers use 0.1-1; a weight of 1e30 overflowed AdamW's float32 second moments (NaN in
+# the first checkpoint), far above any weight that balances two losses
+MAX_LOSS_WEIGHT = 1000.0
 LOSSES = ("ce", "balanced")
 BACKGROUNDS = ("logsumexp", "max")
 
@@ -85,10 +88,10 @@ class DecoderConfig:
         positive("--temperature", self.temperature, allow_none=True)
         require(0 < self.scale_min <= self.scale_max,
                  f"--scale-min {self.scale_min} --scale-max {self.scale_max}: need 0 < min <= max")
-        non_negative("lambda_ce", self.lambda_ce)  # a library field: the CLI has no --lambda-ce
-        non_negative("--lambda-rsc", self.lambda_rsc)
+        non_negative("lambda_ce", self.lambda_ce, MAX_LOSS_WEIGHT)  # a library field: the CLI has no --lambda-ce
+        non_negative("--lambda-rsc", self.lambda_rsc, MAX_LOSS_WEIGHT)
         seed_value("--seed", self.seed)
-        require(self.lambda_proto >= 0, f"--lambda-proto {self.lambda_proto}: must be >= 0 (0 = off, SSR: 0.1)")
+        non_negative("--lambda-proto", self.lambda_proto, MAX_LOSS_WEIGHT, " (0 = off, SSR: 0.1)")
         positive("--proto-temperature", self.proto_temperature, upper=1.0)
         at_least("--proto-clusters", self.proto_clusters, 1)
         at_least("--proto-every", self.proto_every, 1, allow_none=True)
@@ -97,6 +100,19 @@ class DecoderConfig:
         require("background" not in self.ignore_classes,
                 "--ignore-classes: background cannot be held out; name foreground classes")
         fraction("--dropout", self.dropout)
+
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`); the resume of a checkpoint does not
+        compare them."""
+        out = {}
+        if self.lambda_rsc == 0:
+            out["rsc_temperature"] = "with --lambda-rsc 0"
+        if self.lambda_proto == 0:
+            out.update({name: "with --lambda-proto 0" for name in ("proto_temperature", "proto_clusters",
+                                                                    "proto_every")})
+        if self.optimizer != "sgd":
+            out["momentum"] = f"with the {self.optimizer} optimizer"
+        return out
 
     @property
     def proto_period(self) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ContractError, VplError
-from .files import jsonable, make_folder, raise_write_error, read_json, write_json
+from .files import by_content, jsonable, make_folder, raise_write_error, read_json, write_json
 from .records import (
     LOCK_FILE,
     RUN_RECORD,
@@ -103,10 +103,11 @@ def _remove_shard_records(folder: Path) -> None:
 
 
 def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
-    """Top-level keys whose values differ between two parameter dicts, as they read back from JSON (``ignore``:
-    keys never compared)."""
-    old, new = jsonable(old or {}), jsonable(new)
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignore)
+    """Keys of ``new`` whose values differ in ``old``, as they read back from JSON, files compared by content
+    (:func:`vpltool.io.files.by_content`). ``ignore``: keys never compared. A key only ``old`` has is one the new
+    run does not record: an option without effect in its combination (or a record of an older vpltool)."""
+    old, new = by_content(jsonable(old or {})), by_content(jsonable(new))
+    return sorted(k for k in new if old.get(k) != new[k] and k not in ignore)
 
 
 def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import io
-from ..config import DecoderConfig
+from ..config import DecoderConfig, inert_fields
 from ..decoder import (
     SegDecoder,
     balanced_ce_loss,
@@ -123,12 +123,12 @@ def load_checkpoint(path: Path, model: SegDecoder, optimizer: torch.optim.Optimi
 def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any]) -> None:
     old = f.meta("decoder_config")
     defaults = asdict(DecoderConfig())  # a field newer than the checkpoint reads as its default
-    changed = [k for k, v in asdict(cfg).items()
-               if k not in RESUMABLE_CHANGES and old.get(k, _plain(defaults[k])) != _plain(v)]
+    ignored = set(RESUMABLE_CHANGES) | set(inert_fields(cfg))  # an option without effect is never compared
+    changed = [k for k, v in asdict(cfg).items() if k not in ignored and old.get(k, _plain(defaults[k])) != _plain(v)]
     if changed:
         raise VplError(f"{f.path}: made with other settings ({', '.join(changed)}); resume with the same options "
                        "or start again with --overwrite")
-    if f.meta("inputs") != json.loads(json.dumps(inputs, default=str)):
+    if io.by_content(f.meta("inputs")) != io.by_content(json.loads(json.dumps(inputs, default=str))):
         raise VplError(f"{f.path}: trained on other pseudo masks or prototypes; use --overwrite to start again")
 
 
