@@ -22,7 +22,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ ASSETS = Path(__file__).parent / "assets"
 TINY = ["--model", "vpl-test-vit", "--pretrained", "none"]
 CPU = ["--device", "cpu"]
 TEXT_ARGS = ["--templates", "a photo of a {}.", "--background", "grass,sky,wall,water"]
+DINO_MODEL = "vit_tiny_patch16_224"  # the smallest timm ViT: the DINO of these cases, with seeded random weights
 DECODER_ARGS = ["--iters", "2", "--batch-size", "2", "--dim", "16", "--layers", "1", "--heads", "2",
                 "--crop-size", "64", "--checkpoint-every", "1", "--workers", "1", *CPU]
 
@@ -60,6 +64,7 @@ class Outcome:
     traceback: bool
     warning_lines: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)  # the environment the case set: ["VAR=value", "env", "-u", "X"]
 
     @property
     def seen(self) -> str:
@@ -85,6 +90,60 @@ def cli_ok(*args: object) -> None:
 
 def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+# --------------------------------------------------------------------------------------------- a CLI to kill
+PACE_S = 0.2
+# The CLI with every atomic write paused between its finished temporary file and the rename: without the pause
+# a run on the tiny model is over before a poll can see it start, and with it a kill lands mid-run every time
+# (mostly inside such a pause, where a non-atomic writer would leave a half file).
+PACED_CLI = f"""
+import contextlib, sys, time
+from vpltool.io import files
+from vpltool.cli import app
+
+real_atomic_path = files.atomic_path
+
+@contextlib.contextmanager
+def paced_atomic_path(path):
+    with real_atomic_path(path) as tmp:
+        yield tmp
+        time.sleep({PACE_S})
+
+files.atomic_path = paced_atomic_path
+app(sys.argv[1:], prog_name="vpltool")
+"""
+
+
+def paced_cli(args: list[object]) -> subprocess.Popen:
+    """``vpltool ARGS`` (:data:`PACED_CLI`) in a child process, in its own session (its workers with it)."""
+    return subprocess.Popen([sys.executable, "-c", PACED_CLI, *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_until(proc: subprocess.Popen, started: Callable[[], bool], timeout: float = 120) -> None:
+    """Poll until ``started()`` holds; an error with the child's stderr if it ended first or took too long."""
+    deadline = time.monotonic() + timeout
+    while not started():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the child ended (exit {proc.returncode}) before it could be killed: "
+                               f"{proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the child wrote nothing within {timeout} s")
+        time.sleep(0.02)
+
+
+def session_processes(session: int) -> list[int]:
+    """The live processes of a session (a child started with ``start_new_session``: its id is the session's)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session, ...
+            found.append(int(stat.parent.name))
+    return found
 
 
 # --------------------------------------------------------------------------------------------- workspace
@@ -121,6 +180,27 @@ class Workspace:
     def first_feature_file(self, folder: Path | None = None) -> Path:
         return sorted((folder or self.features).glob("*.safetensors"))[0]
 
+    def predictions(self) -> Path:
+        """``predict --split val`` of the workspace decoder (made once, on first use)."""
+        out = self.root / "pred_val"
+        if not (out / "_stage.json").is_file():
+            cli_ok("predict", self.decoder / "decoder.safetensors", "--split", "val", "-o", out, *CPU)
+        return out
+
+    def dino_weights(self, name: str, prefix: str = "", seed: int = 0) -> Path:
+        """A timm ``vit_tiny_patch16_224`` state dict (names prefixed with ``prefix``, as a training checkpoint
+        saves them), random but seeded: the DINO weights of these cases."""
+        import timm
+        import torch
+        from safetensors.torch import save_file
+
+        path = self.root / name
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(DINO_MODEL, pretrained=False, num_classes=0)
+        save_file({prefix + k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        return path
+
     def relative(self, text: str) -> str:
         """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``."""
         return text.replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
@@ -143,7 +223,9 @@ class Case:
     exit_code: int = 2
 
     def run(self, ws: Workspace) -> tuple[list[object], Outcome]:
+        outside = dict(os.environ)
         with self.build(ws) as args:
+            env = _env_changes(outside, dict(os.environ))
             before = disk_state(ws.root)
             r = invoke(*args)
             after = disk_state(ws.root)
@@ -153,10 +235,12 @@ class Case:
                              traceback="Traceback" in r.output or (r.exception is not None
                                                                    and not isinstance(r.exception, SystemExit)),
                              warning_lines=[ln for ln in lines if ln.startswith("warning:")],
-                             left=disk_changes(before, after))
+                             left=disk_changes(before, after), env=env)
 
-    def command(self, ws: Workspace, args: list[object]) -> str:
-        return ws.relative(shlex.join(["vpltool", *map(str, args)]))
+    def command(self, ws: Workspace, args: list[object], env: list[str] = ()) -> str:
+        """The command line as a shell would run it, with the environment the case set (``VAR=value``, or
+        ``env -u VAR`` for one it removed)."""
+        return _steady(ws.relative(shlex.join([*env, "vpltool", *map(str, args)])))
 
     def unexpected(self, outcome: Outcome) -> list[str]:
         """What the run left that ``leaves`` does not allow, and the patterns of ``leaves`` that matched nothing."""
@@ -179,9 +263,19 @@ def case(name: str, *expect: str, leaves: tuple[str, ...] = (), exit_code: int =
     return register
 
 
+def _env_changes(outside: dict[str, str], inside: dict[str, str]) -> list[str]:
+    """What a case did to the environment, as the words before a command: ``env -u X`` (removed), ``VAR=value``."""
+    removed = sorted(k for k in outside if k not in inside)
+    words = ["env", *(w for k in removed for w in ("-u", k))] if removed else []
+    return words + [f"{k}={v}" for k, v in sorted(inside.items()) if outside.get(k) != v]
+
+
 def _steady(line: str) -> str:
-    """``line`` with speeds and durations as "…", so that the page does not change from one run to the next."""
+    """``line`` with speeds, durations and the free port a case took as "…", so that the page does not change from
+    one run to the next."""
     line = re.sub(r"\d+(?:\.\d+)? (img|it|images|iterations)/s", r"… \1/s", line)
+    line = re.sub(r"127\.0\.0\.1(:|, )\d+", r"127.0.0.1\1…", line)
+    line = re.sub(r"MASTER_PORT=\d+", "MASTER_PORT=…", line)
     return re.sub(r"\b\d+m\d\ds elapsed", "… elapsed", line)
 
 
@@ -1212,7 +1306,7 @@ def _background_class(ws: Workspace) -> Iterator[list[object]]:
            "-o", ws.out("bg.safetensors"), *CPU]
 
 
-@case("a class named twice (text-prototypes --classes)", "--classes: class 'Cat' is named twice")
+@case("a class named twice (text-prototypes --classes)", "--classes: 'cat' and 'Cat' are named twice")
 def _class_twice(ws: Workspace) -> Iterator[list[object]]:
     yield ["text-prototypes", "--classes", "cat,Cat", *TINY, "--templates", "{}", "--background", "sky",
            "-o", ws.out("cc.safetensors"), *CPU]
@@ -1428,11 +1522,11 @@ def _pseudo_holed(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS]
 
 
-@case("text prototypes saved inside the extract folder (a stray .safetensors is no item)", "✓ cam: 4 images",
+@case("text prototypes copied into the extract folder (a stray .safetensors is no item)", "✓ cam: 4 images",
       exit_code=0, leaves=("cams_stray/", "cams_stray/*"))
 def _stray_in_features(ws: Workspace) -> Iterator[list[object]]:
     features = ws.copy(ws.features, "features_stray")
-    cli_ok("text-prototypes", features, "-o", features / "text.safetensors", *TEXT_ARGS, *CPU)
+    shutil.copy(ws.text, features / "text.safetensors")  # by hand: no stage writes into another's folder
     yield ["cam", features, "-p", features / "text.safetensors", "-o", ws.out("cams_stray"), *CPU]
 
 
@@ -1570,13 +1664,13 @@ def _classes_empty_file(ws: Workspace) -> Iterator[list[object]]:
            *CPU]
 
 
-@case("a class named twice (predict --classes star,circle,star)", "--classes names 'star' twice")
+@case("a class named twice (predict --classes star,circle,star)", "--classes: 'star' is named twice")
 def _classes_duplicate(ws: Workspace) -> Iterator[list[object]]:
     yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
            "star,circle,star", *CPU]
 
 
-@case("background among the classes (predict --classes background,star)", "leave out 'background'")
+@case("background among the classes (predict --classes background,star)", "'background' is class 0 already")
 def _classes_background(ws: Workspace) -> Iterator[list[object]]:
     yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
            "background,star", *CPU]
@@ -1617,6 +1711,604 @@ def _eval_missing_name(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", out]
 
 
+# --------------------------------------------------------------------------------------------- issue 25
+# Every path a run writes goes through the guard: --log (VPLTOOL_LOG), --json, file outputs, make-world's folder
+@case("--log aimed at the dataset's label table (extract)", "world/labels.csv: exists and is no vpltool log",
+      "never appended to; choose another --log")
+def _log_on_labels(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, ws.world, "out", "--split", "train", "--log", ws.world / "labels.csv")
+
+
+@case("--log aimed at a ground-truth mask (extract)", "world/masks/train_000000.png: exists and is no vpltool log")
+def _log_on_mask(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, ws.world, "out", "--split", "train", "--log", ws.world / "masks" / "train_000000.png")
+
+
+@case("--log aimed at the run's own prototypes file (cam)", "text_log.safetensors: exists and is no vpltool log")
+def _log_on_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    text = ws.root / "text_log.safetensors"
+    shutil.copy(ws.text, text)
+    yield ["cam", ws.features, "-p", text, "-o", ws.out("out"), "--log", text, *CPU]
+
+
+@case("VPLTOOL_LOG naming a new file inside the dataset (extract)",
+      "world/extract.log: lies inside the dataset's folder world", "choose another --log")
+def _log_env_in_dataset(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.dict(os.environ, {"VPLTOOL_LOG": str(ws.world / "extract.log")}):
+        yield _extract(ws, ws.world, "out", "--split", "train")
+
+
+@case("--log inside the run's own output folder (cam)", "cams_log/cam.log: lies inside",
+      "this run's --out folder, whose files are the stage's; choose a --log outside it")
+def _log_in_out(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("cams_log")
+    yield ["cam", ws.features, "-p", ws.text, "-o", out, "--log", out / "cam.log", *CPU]
+
+
+@case("--log appended to by a second run (a vpltool log: allowed)", "✓ text-prototypes", exit_code=0,
+      leaves=("run.log", "t_log2.safetensors"))
+def _log_twice(ws: Workspace) -> Iterator[list[object]]:
+    log = ws.out("run.log")
+    log.unlink(missing_ok=True)
+    cli_ok("text-prototypes", ws.features, "-o", ws.out("t_log1.safetensors"), *TEXT_ARGS, *CPU, "--log", log)
+    yield ["text-prototypes", ws.features, "-o", ws.out("t_log2.safetensors"), *TEXT_ARGS, *CPU, "--log", log]
+
+
+@case("eval --json onto an item of the CAM folder it scores",
+      "cams/train_000000.safetensors: lies inside cams, this run's input (the folder scored)", "choose another --json")
+def _json_on_item(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.cams, "--json", ws.cams / "train_000000.safetensors"]
+
+
+@case("eval --json onto the record of the folder it scores", "pred_val/_stage.json: lies inside pred_val, this "
+      "run's input (the folder scored)")
+def _json_on_record(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.predictions(), "--json", ws.predictions() / "_stage.json"]
+
+
+@case("eval --json onto a mask of the folder it scores", "pred_val/val_000001.png: lies inside pred_val")
+def _json_on_prediction(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.predictions(), "--json", ws.predictions() / "val_000001.png"]
+
+
+@case("diagnose --json onto an item of its extract folder",
+      "features/train_000000.safetensors: lies inside features, this run's input (the extract folder)")
+def _diagnose_json_on_item(ws: Workspace) -> Iterator[list[object]]:
+    yield ["diagnose", ws.features, "-p", ws.text, "--json", ws.features / "train_000000.safetensors", *CPU]
+
+
+@case("text-prototypes -o onto the dataset's split file", "world/splits/train.txt: lies inside the dataset's folder "
+      "world", "no stage writes into a dataset")
+def _text_on_split(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.world / "splits" / "train.txt", *TEXT_ARGS, *CPU]
+
+
+@case("text-prototypes -o onto the dataset's class list", "world/classes.txt: lies inside the dataset's folder world")
+def _text_on_classes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.world / "classes.txt", *TEXT_ARGS, *CPU]
+
+
+@case("text-prototypes -o onto an item of its extract folder",
+      "features/train_000003.safetensors: lies inside features, this run's input (the extract folder)")
+def _text_on_item(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.features / "train_000003.safetensors", *TEXT_ARGS, *CPU]
+
+
+@case("learn-prototypes -o onto an item of its CAM folder",
+      "cams/train_000002.safetensors: lies inside cams, this run's input (--cams)")
+def _learn_on_item(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.cams / "train_000002.safetensors",
+           "--iters", "2", *CPU]
+
+
+@case("text-prototypes -o into another stage's folder (not one of its inputs)",
+      "pseudo/text.safetensors: lies inside pseudo, a `crf` folder whose files only that stage writes")
+def _text_in_other_stage(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.pseudo / "text.safetensors", *TEXT_ARGS, *CPU]
+
+
+@case("cam -o inside its extract folder", "features/cams: lies inside features, this run's input (the source)")
+def _cam_in_features(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.features / "cams", *CPU]
+
+
+@case("cam -o inside the dataset", "world/cams: lies inside the dataset's folder world")
+def _cam_in_dataset(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.world / "cams", *CPU]
+
+
+@case("make-world into a dataset of the user's (no vpltool record)",
+      "mydata: not empty and made by no vpltool stage", "choose a new or empty folder for OUT")
+def _make_world_into_dataset(ws: Workspace) -> Iterator[list[object]]:
+    mydata = ws.copy(ws.world, "mydata")
+    for record in mydata.glob("_*.json"):
+        record.unlink()
+    yield ["make-world", mydata, "--train", "4", "--val", "1"]
+
+
+@case("make-world into a folder holding only notes.txt", "notes_only: not empty and made by no vpltool stage")
+def _make_world_into_notes(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("notes_only")
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes\n")
+    yield ["make-world", folder, "--train", "4", "--val", "1"]
+
+
+@case("-o a symbolic link loop", "loopA: a symbolic link loop (loopA → loopB → loopA)", "remove it")
+def _out_loop(ws: Workspace) -> Iterator[list[object]]:
+    a, b = ws.root / "loopA", ws.root / "loopB"
+    for link, target in ((a, "loopB"), (b, "loopA")):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    yield ["cam", ws.features, "-p", ws.text, "-o", a, *CPU]
+
+
+@case("-o with a 300-byte name", "a name of 300 bytes, longer than a file name may be (255 bytes)",
+      "choose a shorter --out")
+def _out_300_bytes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.root / ("p" * 288 + ".safetensors"), *TEXT_ARGS, *CPU]
+
+
+LONG_NAME = "p" * 238 + ".safetensors"  # 250 bytes: legal; its temporary ".NAME.XXXXXXXX.tmp" would not be
+
+
+@case("a legal -o name of 250 bytes (its temporary name is cut to fit)", "✓ text-prototypes", exit_code=0,
+      leaves=(LONG_NAME,))
+def _out_250_bytes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out(LONG_NAME), *TEXT_ARGS, *CPU]
+
+
+@case("text-prototypes -o dir/ (a file option spelled as a folder)", "--out protos/: ends with '/', so it names a "
+      "folder, but --out is a file", "give a file name, e.g. protos/out.safetensors")
+def _out_slash(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", f"{ws.out('protos')}/", *TEXT_ARGS, *CPU]
+
+
+# ---- every record field is validated like input
+def _edited_record(ws: Workspace, name: str, edit: Callable[[dict], None]) -> Path:
+    """A copy of the extract folder whose ``_stage.json`` was edited by hand."""
+    features = ws.copy(ws.features, name)
+    record = json.loads((features / "_stage.json").read_text())
+    edit(record)
+    (features / "_stage.json").write_text(json.dumps(record))
+    return features
+
+
+@case("_stage.json ids with ../ (cam on a hand-edited extract folder)", "features_victim/_stage.json: not a vpltool "
+      "stage record ('ids' lists \"../victim\", which holds a path separator", "re-run `vpltool extract` there")
+def _record_traversal(ws: Workspace) -> Iterator[list[object]]:
+    shutil.copy(ws.first_feature_file(), ws.root / "victim.safetensors")  # what cam would read, and then overwrite
+
+    def edit(record: dict) -> None:
+        record["ids"].append("../victim")
+        record["count"] += 1
+
+    yield ["cam", _edited_record(ws, "features_victim", edit), "-p", ws.text, "-o", ws.out("cams_victim"), *CPU]
+
+
+@case("_stage.json listing an id twice", "features_twice/_stage.json: not a vpltool stage record ('ids' lists "
+      "\"train_000001\" twice)")
+def _record_twice(ws: Workspace) -> Iterator[list[object]]:
+    def edit(record: dict) -> None:
+        record["ids"].append("train_000001")
+        record["count"] += 1
+
+    yield ["cam", _edited_record(ws, "features_twice", edit), "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("a hand-edited record: params.attention_blocks \"eight\"", "features_eight/_stage.json: 'params."
+      "attention_blocks' is \"eight\", not an integer", "re-run the stage that wrote it")
+def _record_eight(ws: Workspace) -> Iterator[list[object]]:
+    features = _edited_record(ws, "features_eight", lambda r: r["params"].update(attention_blocks="eight"))
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("a hand-edited record: params.model \"vpltool-toy\"", "features_model/_stage.json: not a vpltool stage record "
+      "('params.model' is \"vpltool-toy\", not an object with 'model', 'pretrained')")
+def _record_model(ws: Workspace) -> Iterator[list[object]]:
+    features = _edited_record(ws, "features_model", lambda r: r["params"].update(model="vpltool-toy"))
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("a hand-edited record: params.parity null (the user passed no --parity)",
+      "features_null/_stage.json: 'params.parity' is null, not a string")
+def _record_null(ws: Workspace) -> Iterator[list[object]]:
+    features = _edited_record(ws, "features_null", lambda r: r["params"].update(parity=None))
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+
+
+# ---- one lock per folder, for shards and plain runs alike
+@case("a shard run into a folder a plain run is writing (extract --shard 0/2 --overwrite)",
+      "features_plain_run: another vpltool run (not a shard) is writing here")
+def _shard_into_plain(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    out = ws.out("features_plain_run")
+    with io.output_lock(out):
+        yield ["extract", ws.world, "--split", "train", "-o", out, *TINY, *CPU, "--shard", "0/2", "--cache", "full",
+               "--overwrite"]
+
+
+@case("a plain run into a folder shards are writing", "features_shard_run: the shards of a --shard run are writing "
+      "here")
+def _plain_into_shards(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    out = ws.out("features_shard_run")
+    with io.output_lock(out, shard=(0, 2)):
+        yield ["extract", ws.world, "--split", "train", "-o", out, *TINY, *CPU]
+
+
+@case("a resume right after cam --workers 2 was killed with -9 (its loading workers orphaned)", "✓ cam: 3 images",
+      "1 already done", exit_code=0, leaves=("cams_killed/*", "-cams_killed/_run.json"))
+def _resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("cams_killed")
+    args = ["cam", ws.features, "-p", ws.text, "-o", out, *CPU, "--workers", "2"]
+    proc = paced_cli(args)
+    try:
+        wait_until(proc, lambda: any(out.glob("*.safetensors")))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the main process alone, as the OOM killer does: not its workers
+        proc.communicate()
+    for path in sorted(out.glob("*.safetensors"))[1:] + sorted(out.glob(".*.tmp")):
+        path.unlink()  # one finished item, whenever the kill landed: the same page every time
+    yield args
+
+
+@case("a refused shard run leaves no lock file of its own", "features_half2: an interrupted run made with other "
+      "parameters (max_side differ)")
+def _refused_shard(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("features_half2")
+    cli_ok("extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--shard", "0/2")
+    yield ["extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--shard", "1/2", "--max-side", "64"]
+
+
+@case("--shard 1/3 into a folder where shard 0 of 2 finished", "features_counts: shard(s) 0 of 2 finished here, so "
+      "it is made in 2 shards", "not --shard 1/3")
+def _shard_counts(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("features_counts")
+    cli_ok("extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--shard", "0/2")
+    yield ["extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--shard", "1/3"]
+
+
+@case("--shard 1_0/20 (Python's int reads 10)", "--shard '1_0/20': use i/n with digits 0-9")
+def _shard_underscore(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU, "--shard", "1_0/20"]
+
+
+@case("--shard in Arabic-Indic digits (١/٢)", "--shard '١/٢': use i/n with digits 0-9")
+def _shard_arabic(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU, "--shard", "١/٢"]
+
+
+def _torchrun_env(**values: str):
+    """The environment of a (stale) torchrun shell: ``values`` set, the other rendezvous variables unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    return mock.patch.dict(os.environ, {**env, **values}, clear=True)
+
+
+@case("extract under RANK=1 WORLD_SIZE=2 without --shard (torchrun's rank is the shard)",
+      "✓ extract: 2 images", "this shard done; other shards pending", exit_code=0,
+      leaves=("features_rank1/", "features_rank1/*"))
+def _shard_from_rank(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(RANK="1", WORLD_SIZE="2"):
+        yield ["extract", ws.world, "--split", "train", "-o", ws.out("features_rank1"), *TINY, *CPU, "--workers", "1"]
+
+
+@case("an explicit --shard 0/1 under RANK=1 WORLD_SIZE=2", "--shard 0/1, but RANK=1 WORLD_SIZE=2",
+      "drop --shard under torchrun, or unset RANK and WORLD_SIZE")
+def _shard_vs_rank(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(RANK="1", WORLD_SIZE="2"):
+        yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU, "--shard", "0/1"]
+
+
+@case("--shard 0/2 under RANK=1 WORLD_SIZE=2", "--shard 0/2, but RANK=1 WORLD_SIZE=2 (torchrun or a job script) make "
+      "this process shard 1/2")
+def _shard_vs_rank_2(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(RANK="1", WORLD_SIZE="2"):
+        yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU, "--shard", "0/2"]
+
+
+@case("WORLD_SIZE=2 without RANK", "WORLD_SIZE=2 is set but RANK is not", "launch with torchrun")
+def _world_without_rank(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(WORLD_SIZE="2"):
+        yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("train-decoder with RANK and WORLD_SIZE but no MASTER_ADDR (an old torchrun shell)",
+      "RANK=1 WORLD_SIZE=2 are set but MASTER_ADDR and MASTER_PORT not", "launch with torchrun")
+def _decoder_no_master(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(RANK="1", WORLD_SIZE="2"):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_rank"), *DECODER_ARGS]
+
+
+@case("train-decoder whose peers never come (the rendezvous timeout cut to 2 s here; 300 s by default)",
+      "rank 1 of WORLD_SIZE=2 did not meet its peers at 127.0.0.1:… within 2 s", "start all 2 ranks (torchrun")
+def _decoder_no_peer(ws: Workspace) -> Iterator[list[object]]:
+    import socket
+
+    from vpltool.train_decoder import steps
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with _torchrun_env(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)), \
+            mock.patch.object(steps, "RENDEZVOUS_S", 2):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_peers"), *DECODER_ARGS]
+
+
+@case("SIGTERM mid-run (Slurm's preemption), handled like Ctrl-C",
+      "interrupted (SIGTERM): finished items are kept; re-run the same command to resume", exit_code=143,
+      leaves=("cams_term/", "cams_term/*"))
+def _sigterm(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.cam import stage
+
+    real, calls = stage.cams_for_batch, [0]
+
+    def cams_for_batch(*args, **kwargs):  # the second batch is where the job scheduler's signal lands
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    with mock.patch.object(stage, "cams_for_batch", cams_for_batch):
+        yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_term"), *CPU]
+
+
+@case("a resume after kill -9 removes the temporaries the kill left", "✓ cam: 2 images", "2 already done",
+      exit_code=0, leaves=("cams_tmp/*", "-cams_tmp/_run.json", "-cams_tmp/.train_000003.safetensors.k9a1b2c3.tmp"))
+def _leftover_tmp(ws: Workspace) -> Iterator[list[object]]:
+    cams = interrupted_copy(ws, ws.cams, "cams_tmp")
+    (cams / ".train_000003.safetensors.k9a1b2c3.tmp").write_bytes(b"half a file")
+    yield ["cam", ws.features, "-p", ws.text, "-o", cams, *CPU]
+
+
+# ---- an option without effect in its combination is warned about and never recorded; files by their content
+@case("cam resumed with --sgc-clusters 7 but no --refine caa+sgc (warned, not recorded: the resume goes on)",
+      "warning: --sgc-clusters 7 has no effect without --refine caa+sgc; it is ignored (and not recorded)",
+      exit_code=0, leaves=("cams_resume_sgc/*", "-cams_resume_sgc/_run.json"))
+def _resume_inert_sgc(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", interrupted_copy(ws, ws.cams, "cams_resume_sgc"), "--sgc-clusters",
+           "7", *CPU]
+
+
+@case("cam resumed with --affinity-weight 0.9 and --affinity clip (warned, not recorded)",
+      "warning: --affinity-weight 0.9 has no effect without --affinity clip+dino", exit_code=0,
+      leaves=("cams_resume_mix/*", "-cams_resume_mix/_run.json"))
+def _resume_inert_weight(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", interrupted_copy(ws, ws.cams, "cams_resume_mix"),
+           "--affinity-weight", "0.9", *CPU]
+
+
+def _dino_cam(ws: Workspace, out: Path, weights: Path | str) -> list[object]:
+    return ["cam", ws.features, "-p", ws.text, "-o", out, "--affinity", "dino", "--dino-model", DINO_MODEL,
+            "--dino-weights", weights, *CPU]
+
+
+def _interrupted_dino_cam(ws: Workspace, name: str) -> tuple[Path, Path]:
+    """A DINO cam run (weights given by a relative path) as a kill leaves it: two items, ``_run.json`` with the
+    parameters and inputs of the run."""
+    from vpltool import io
+
+    weights, out = ws.dino_weights("dino_tiny.safetensors"), ws.out(name)
+    cli_ok(*_dino_cam(ws, out, os.path.relpath(weights)))
+    record = io.read_json(out / io.STAGE_RECORD)
+    (out / io.STAGE_RECORD).unlink()
+    for path in sorted(out.glob("*.safetensors"))[2:]:
+        path.unlink()
+    io.write_json(out / io.RUN_RECORD, {k: record[k] for k in ("stage", "params", "inputs")})
+    return out, weights
+
+
+@case("cam resumed with the same DINO weights by an absolute instead of a relative path", "✓ cam: 2 images",
+      "2 already done", exit_code=0, leaves=("cams_dino_path/*", "-cams_dino_path/_run.json"))
+def _dino_other_spelling(ws: Workspace) -> Iterator[list[object]]:
+    out, weights = _interrupted_dino_cam(ws, "cams_dino_path")
+    yield _dino_cam(ws, out, weights.resolve())
+
+
+@case("cam resumed after its DINO weights file was replaced under the same name",
+      "cams_dino_new: an interrupted run made from other inputs (dino_weights changed since)", "pass --overwrite")
+def _dino_replaced(ws: Workspace) -> Iterator[list[object]]:
+    out, weights = _interrupted_dino_cam(ws, "cams_dino_new")
+    ws.dino_weights(weights.name, seed=1)  # other weights, same name
+    yield _dino_cam(ws, out, weights)
+
+
+@case("DINO weights whose tensor names carry a checkpoint's prefix (backbone.): stripped, and said so",
+      "warning: --dino-weights dino_prefixed.safetensors: tensor names prefixed 'backbone.'",
+      "the prefix was stripped", exit_code=0, leaves=("cams_dino_prefixed/", "cams_dino_prefixed/*"))
+def _dino_prefixed(ws: Workspace) -> Iterator[list[object]]:
+    weights = ws.dino_weights("dino_prefixed.safetensors", prefix="backbone.")
+    yield _dino_cam(ws, ws.out("cams_dino_prefixed"), weights)
+
+
+@case("a prototypes file as DINO weights", "text.safetensors: not weights of this --dino-model",
+      "of its tensors missing")
+def _dino_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    yield _dino_cam(ws, ws.out("out"), ws.text)
+
+
+@case("DINO weights that are no weights file", "dino_junk.bin: not a weights file (neither safetensors nor a torch "
+      "checkpoint of tensors)")
+def _dino_junk(ws: Workspace) -> Iterator[list[object]]:
+    junk = ws.root / "dino_junk.bin"
+    junk.write_bytes(b"not a checkpoint\n" * 8)
+    yield _dino_cam(ws, ws.out("out"), junk)
+
+
+@case("a CNN as the DINO model (cam --dino-model resnet18)", "--dino-model resnet18: not a plain ViT",
+      "use a timm vision_transformer")
+def _dino_resnet(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--affinity", "dino", "--dino-model", "resnet18",
+           "--dino-weights", "none", *CPU]
+
+
+@case("an extract of vpltool-toy resumed without VPLTOOL_MODEL_CONFIGS (set on the first run)",
+      "✓ extract: 2 images", "2 already done", exit_code=0,
+      leaves=("features_toy_env/*", "-features_toy_env/_run.json"))
+def _toy_without_configs(ws: Workspace) -> Iterator[list[object]]:
+    toy = ["--model", "vpltool-toy", "--pretrained", "none"]
+    finished = ws.out("features_toy")
+    cli_ok("extract", ws.world, "--split", "train", "-o", finished, *toy, *CPU, "--workers", "1")
+    folder = interrupted_copy(ws, finished, "features_toy_env")
+    env = {k: v for k, v in os.environ.items() if k != "VPLTOOL_MODEL_CONFIGS"}
+    with mock.patch.dict(os.environ, env, clear=True):
+        yield ["extract", ws.world, "--split", "train", "-o", folder, *toy, *CPU, "--workers", "1"]
+
+
+@case("VPLTOOL_DEVICE='cpu ' (a trailing space from a job script)", "✓ text-prototypes", exit_code=0,
+      leaves=("t_device.safetensors",))
+def _device_space(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.dict(os.environ, {"VPLTOOL_DEVICE": "cpu "}):
+        yield ["text-prototypes", ws.features, "-o", ws.out("t_device.safetensors"), *TEXT_ARGS]
+
+
+@case("--workers 99999999 (capped at the CPU cores, and said; 2 cores here)",
+      "warning: --workers 99999999: more than the 2 CPU core(s) this process may use; using 2", exit_code=0,
+      leaves=("cams_many_workers/", "cams_many_workers/*"))
+def _workers_huge(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.object(os, "sched_getaffinity", lambda pid: {0, 1}):  # the same page on any machine
+        yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_many_workers"), "--workers", "99999999", *CPU]
+
+
+@case("extract --attention-blocks 100 on a 3-block model", "--attention-blocks 100: vpl-test-vit has 3 blocks; give "
+      "1 to 3")
+def _attention_blocks_100(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, ws.world, "out", "--split", "train", "--attention-blocks", "100")
+
+
+@case("extract --image-size 33 (not a multiple of the patch size: said)", "warning: --image-size 33 is not a "
+      "multiple of vpl-test-vit's patch size 16: every input is 48x48 pixels", exit_code=0,
+      leaves=("features_size33/", "features_size33/*"))
+def _image_size_33(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, ws.world, "features_size33", "--split", "train", "--image-size", "33")
+
+
+@case("cam --sgc-position inf", "--sgc-position inf: must be a finite number >= 0")
+def _sgc_position_inf(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("out"), "--refine", "caa+sgc", "--sgc-position", "inf",
+           *CPU]
+
+
+@case("train-decoder --lambda-proto inf", "--lambda-proto inf: not a finite number")
+def _lambda_proto_inf(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--lambda-proto", "inf"]
+
+
+@case("train-decoder --lambda-proto 1e30", "--lambda-proto 1e+30: must be at most 1000")
+def _lambda_proto_huge(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--lambda-proto", "1e30"]
+
+
+@case("crf resumed: the share of ignored pixels covers the whole folder", "of the 4 masks' pixels ignored (255), 2 "
+      "already done", exit_code=0, leaves=("pseudo_resume/*", "-pseudo_resume/_run.json"))
+def _crf_resume_share(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", interrupted_copy(ws, ws.pseudo, "pseudo_resume"), "--workers", "1"]
+
+
+# ---- values that may be a file or a literal; class names
+COCO40 = ",".join(["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+                   "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+                   "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+                   "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+                   "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle"])
+
+
+@case("40 class names, over 255 bytes (predict --classes)", "✓ predict: 2 masks", exit_code=0,
+      leaves=("pred_coco40/", "pred_coco40/*"))
+def _classes_40(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_coco40"), "--classes",
+           COCO40, *CPU]
+
+
+@case("a 291-character template (text-prototypes --templates)", "✓ text-prototypes", exit_code=0,
+      leaves=("t_long_template.safetensors",))
+def _long_template(ws: Workspace) -> Iterator[list[object]]:
+    template = "a photo of a {}, " + "seen from far away on a grey day, " * 7 + "in a field at dawn, in low grey sky."
+    assert len(template) == 291
+    yield ["text-prototypes", ws.features, "-o", ws.out("t_long_template.safetensors"), "--templates", template,
+           "--background", "sky", *CPU]
+
+
+@case("40 background words (text-prototypes --background)", "✓ text-prototypes", exit_code=0,
+      leaves=("t_many_words.safetensors",))
+def _many_words(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("t_many_words.safetensors"), "--templates", "a photo of a {}.",
+           "--background", COCO40, *CPU]
+
+
+@case("predict --classes FILE saved with a byte-order mark, then eval", "✓ eval: mIoU", exit_code=0)
+def _classes_bom(ws: Workspace) -> Iterator[list[object]]:
+    names = (ws.world / "classes.txt").read_text().split()[1:]
+    path = ws.root / "classes_bom.txt"
+    path.write_text("\ufeff" + "\n".join(names) + "\n", encoding="utf-8")
+    out = ws.out("pred_bom")
+    cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", out, "--classes", path, *CPU)
+    yield ["eval", out]
+
+
+@case("predict --classes with a typo in a file name", "--classes myclasess.txt: no such file",
+      "give a file with one class name per line, or names a,b,c")
+def _classes_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           "myclasess.txt", *CPU]
+
+
+@case("predict --classes naming a folder", "--classes world: is a folder")
+def _classes_folder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           ws.world, *CPU]
+
+
+@case("predict --classes /dev/null", "--classes /dev/null: is not a regular file")
+def _classes_devnull(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           "/dev/null", *CPU]
+
+
+@case("predict --classes Star,STAR (one word to CLIP)", "--classes: 'Star' and 'STAR' are named twice (case ignored)")
+def _classes_case(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           "Star,STAR", *CPU]
+
+
+@case("predict --classes star,sky (sky is one of the decoder's background words)",
+      "--classes: 'sky' is one of the background words of decoder/decoder.safetensors", "drop it")
+def _classes_background_word(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           "star,sky", *CPU]
+
+
+# ---- eval
+@case("eval --data without --split (the split the folder was made from, val, is kept)", "✓ eval: mIoU",
+      "over 2 images", exit_code=0)
+def _eval_data_keeps_split(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.predictions(), "--data", ws.world]
+
+
+@case("a prediction mask of another size than its image (eval)", "pred_small/val_000001.png: is 48x48 but image "
+      "'val_000001'", "and its ground truth are 96x96", "wrong --data or --split")
+def _eval_prediction_size(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    pred = ws.copy(ws.predictions(), "pred_small")
+    mask = pred / "val_000001.png"
+    with Image.open(mask) as img:
+        img.resize((48, 48), Image.NEAREST).save(mask)
+    yield ["eval", pred]
+
+
+@case("eval of open-vocabulary masks over some of the classes (said: the others score 0)",
+      "warning: pred_subset: masks over the classes star, circle (predict --classes)", "are never predicted: IoU 0 "
+      "where present, counted in the mIoU", exit_code=0)
+def _eval_vocabulary(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("pred_subset")
+    cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", out, "--classes", "star,circle",
+           *CPU)
+    yield ["eval", out]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
@@ -1631,11 +2323,14 @@ handles it is the shipped one.
 
 A failed run never leaves a half-written or temporary file behind and never writes `_stage.json`; a refused run
 leaves nothing (an output folder it created is removed again); finished items are kept, with the folder's lock
-file and `_run.json`, and re-running the same command resumes. Every path a run writes (`--out`,
-`--save-overlays`, `--save-debug`, `--plot`, `--json`, the decoder's checkpoint) passes one guard before any model
-loads (`io.check_outputs`, docs/file-formats.md): never an input of the run nor in the dataset's folders, never
-another stage's folder or a non-empty folder vpltool did not make (`--overwrite` included). A resume whose inputs
-changed since the folder's record is refused before any item is skipped.
+file and `_run.json`, and re-running the same command resumes (Ctrl-C exits 130, SIGTERM 143, each with one line).
+Every path a run writes (`--out`, `--save-overlays`, `--save-debug`, `--plot`, `--json`, `--log`, the decoder's
+checkpoint, `make-world`'s folder) passes one guard before any model loads (`io.check_outputs`,
+docs/file-formats.md): never an input of the run, inside an input folder or inside the dataset, never another
+stage's folder or a non-empty folder vpltool did not make (`--overwrite` included). Records are checked like input,
+one lock per folder serves plain runs and shards alike and dies with its run, an option without effect is warned
+about and not recorded, and a resume whose inputs changed since the folder's record is refused before any item is
+skipped. A command shown with `VAR=value` (or `env -u VAR`) ran with that environment.
 """
 
 
@@ -1658,5 +2353,5 @@ def run_all(ws: Workspace) -> list[tuple[Case, str, Outcome]]:
     rows = []
     for c in CASES:
         args, outcome = c.run(ws)
-        rows.append((c, c.command(ws, args), outcome))
+        rows.append((c, c.command(ws, args, outcome.env), outcome))
     return rows

@@ -100,7 +100,55 @@ def test_shard_from_torchrun_environment(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert shard_from_env() == (3, 8)
-    assert shard_from_env((1, 2)) == (1, 2)  # --shard given by hand wins
+    assert shard_from_env((3, 8)) == (3, 8)  # --shard given by hand, and the same: fine
+    with pytest.raises(VplError, match="--shard 1/2, but RANK=3 WORLD_SIZE=8"):  # which one was meant? refused
+        shard_from_env((1, 2))
+    monkeypatch.delenv("RANK")
+    with pytest.raises(VplError, match="WORLD_SIZE=8 is set but RANK is not"):  # a half-set environment
+        shard_from_env()
+    monkeypatch.setenv("RANK", "1_0")  # Python's int reads 10; only plain digits are a rank
+    with pytest.raises(VplError, match="not integers"):
+        shard_from_env()
     monkeypatch.setenv("RANK", "9")
     with pytest.raises(VplError, match="outside WORLD_SIZE"):
         shard_from_env()
+
+
+STUCK_WORKERS = """
+import time, torch
+from vpltool.batches import load_batches
+
+def load(i):
+    if i:
+        time.sleep(120)  # a worker on a slow image (network storage, a huge file): it outlived its run by minutes
+    return {"x": torch.zeros(1)}
+
+for batch in load_batches(4, [[0], [1], [2], [3]], load, 2, torch.device("cpu")):
+    print("first batch", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_loading_workers_die_with_their_run():
+    """kill -9 of a run (the OOM killer's way) takes its DataLoader workers with it at once (PR_SET_PDEATHSIG):
+    they neither hold its folder's lock (io.stage) nor keep working for nobody."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import robustness_cases as rc  # tests/ is on sys.path
+
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_WORKERS], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "first batch"
+        assert len(rc.session_processes(proc.pid)) == 3  # the run and its two workers, both asleep in load()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 5  # without the signal they would sleep on for 2 minutes
+    while rc.session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rc.session_processes(proc.pid) == []

@@ -238,4 +238,64 @@ def test_a_second_call_in_one_process_logs_to_the_current_stderr(monkeypatch):
         command(verbose=False)
         if len(streams) == 1:
             streams[0].close()
-    assert streams[1].getvalue() == "WARNING the warning\n"
+    assert streams[1].getvalue() == "warning: the warning\n"  # a log record is one warning line, as a warning
+
+
+# --------------------------------------------------------------------------------------------- --log, warnings, bars
+def test_the_log_gets_every_line_in_order_and_a_refused_log_none(features_dir, tmp_path):
+    """--log is an output: its lines wait until the run's guard passed it, then go in order (the final ✓ last);
+    a log the guard refuses (a new file inside the input extract folder) is never created, the error not included."""
+    log = tmp_path / "logs" / "run.log"  # its folder is made
+    r = _invoke("text-prototypes", features_dir, "-o", tmp_path / "t.safetensors", "--templates", "{}",
+                "--background", "sky", "--device", "cpu", "--log", log)
+    assert r.exit_code == 0, r.output
+    lines = log.read_text().splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ✓ text-prototypes: .*", lines[-1]), lines
+    refused = features_dir / "run.log"
+    r = _invoke("text-prototypes", features_dir, "-o", tmp_path / "t2.safetensors", "--templates", "{}",
+                "--background", "sky", "--device", "cpu", "--log", refused)
+    assert r.exit_code == 2 and "this run's input (the extract folder)" in r.output and not refused.exists()
+    r = _invoke("eval", tmp_path / "nowhere", "--log", log)  # a run that fails before any check still logs
+    assert r.exit_code == 2 and log.read_text().splitlines()[-1].endswith("predictions folder not found")
+
+
+def test_library_warnings_are_one_line_each(tmp_path, monkeypatch):
+    """timm's "Unexpected keys ..." (a logging record) and a library's warnings.warn came in their own formats,
+    over several lines; both are one yellow warning: line now."""
+    import logging
+    import warnings
+
+    from vpltool.cli.common import friendly_errors
+
+    @friendly_errors
+    def command(**kwargs) -> None:
+        logging.getLogger("timm.models._builder").warning("Unexpected keys (head.w) found while loading.\nmore")
+        warnings.warn("a library's own warning\nsecond line", FutureWarning, stacklevel=1)
+
+    stream = __import__("io").StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    command(verbose=False)
+    assert stream.getvalue().splitlines() == ["warning: Unexpected keys (head.w) found while loading.",
+                                              "warning: a library's own warning"]
+
+
+def test_a_run_that_fails_its_first_check_draws_no_progress_bar(world, tmp_path, monkeypatch):
+    """On a terminal the bar appears with the first total, once the checks passed: a refused run prints its one
+    line only (under TERM=dumb too, where the frame could not even be erased)."""
+    from vpltool.cli import common
+
+    monkeypatch.setattr(type(common.err), "is_terminal", property(lambda self: True))
+    r = _invoke("extract", world, "--split", "nope", "-o", tmp_path / "f", *TINY, "--device", "cpu")
+    assert r.exit_code == 2 and [line for line in r.output.splitlines() if line.strip()] == _error_lines(r.output)
+
+
+def test_a_file_option_takes_its_default_and_refuses_a_folder_spelling(tmp_path, monkeypatch):
+    """-o of text-prototypes is parsed to keep a trailing slash (a folder, which pathlib forgets): `-o dir/` wrote a
+    file named dir. The default name still works."""
+    monkeypatch.chdir(tmp_path)
+    args = ["text-prototypes", "--classes", "cat,dog", *TINY, "--templates", "{}", "--background", "sky", "--device",
+            "cpu"]
+    r = _invoke(*args)
+    assert r.exit_code == 0 and (tmp_path / "text_prototypes.safetensors").is_file(), r.output
+    r = _invoke(*args, "-o", "protos/")
+    assert r.exit_code == 2 and "ends with '/', so it names a folder" in r.output and not (tmp_path / "protos").exists()

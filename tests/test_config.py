@@ -45,7 +45,8 @@ def test_out_of_range_values_are_one_line_naming_the_option(build, message):
 def test_workers_zero_means_one_per_core_everywhere():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert worker_count(0) == cores == RuntimeConfig(workers=0).worker_count
-    assert worker_count(3) == 3 == RuntimeConfig(workers=3).worker_count
+    assert worker_count(1) == 1 == RuntimeConfig(workers=1).worker_count
+    assert worker_count(10**8) == cores == RuntimeConfig(workers=10**8).worker_count  # capped at the cores
 
 
 def test_a_photo_with_too_many_patch_tokens_is_refused_naming_max_side():

@@ -216,10 +216,62 @@ def test_output_lock_refuses_a_second_holder(tmp_path):
         with pytest.raises(VplError, match="another vpltool run"):
             with io.output_lock(tmp_path):
                 pass
-        with io.output_lock(tmp_path, name=".vpltool.lock.1-of-2"):  # shards hold separate locks
-            pass
+        with pytest.raises(VplError, match="another vpltool run \\(not a shard\\)"):  # one lock for shards too
+            with io.output_lock(tmp_path, shard=(1, 2)):
+                pass
     with io.output_lock(tmp_path):  # released on exit
         pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".vpltool.lock"]  # a refused shard leaves no claim
+
+
+def test_shards_share_the_folder_lock_and_claim_their_index(tmp_path):
+    with io.output_lock(tmp_path, shard=(0, 2)):
+        with io.output_lock(tmp_path, shard=(1, 2)):  # the other shard of the run: side by side
+            assert {p.name for p in tmp_path.iterdir()} == {".vpltool.lock", ".vpltool.lock.0-of-2",
+                                                              ".vpltool.lock.1-of-2"}
+        with pytest.raises(VplError, match="--shard 0/2 is already running here"):
+            with io.output_lock(tmp_path, shard=(0, 2)):
+                pass
+        with pytest.raises(VplError, match=r"shards of another count \(--shard 0/2\)"):
+            with io.output_lock(tmp_path, shard=(1, 3)):
+                pass
+        with pytest.raises(VplError, match="the shards of a --shard run are writing here"):
+            with io.output_lock(tmp_path):
+                pass
+    assert [p.name for p in tmp_path.iterdir()] == [".vpltool.lock"]  # claims go with their runs
+
+
+def test_a_run_alone_removes_what_killed_runs_left(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    leftovers = [tmp_path / ".a.safetensors.abcd1234.tmp", tmp_path / "checkpoints" / ".last.safetensors.x.tmp",
+                 tmp_path / ".vpltool.lock.1-of-2"]  # a shard's claim whose run was killed
+    for path in leftovers:
+        path.write_text("")
+    (tmp_path / "item.safetensors").write_text("kept")
+    with io.output_lock(tmp_path):
+        assert not any(p.exists() for p in leftovers) and (tmp_path / "item.safetensors").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_never_holds_the_lock(tmp_path):
+    """A DataLoader worker is a fork: it shares the lock's open file description, so it kept the folder locked
+    after its run died. The child's copy is re-pointed at /dev/null at fork (io.stage._release_in_child)."""
+    read, write = os.pipe()
+    with io.output_lock(tmp_path):
+        pid = os.fork()
+        if pid == 0:  # the child: wait until the parent released, then report whether the lock is free
+            os.close(write)
+            os.read(read, 1)
+            try:
+                with io.output_lock(tmp_path):
+                    os._exit(0)
+            except VplError:
+                os._exit(1)
+    os.close(read)
+    os.write(write, b"x")  # the parent released the lock: the child must be able to take it (nobody holds it)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # --------------------------------------------------------------------------------------------- prototypes

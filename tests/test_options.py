@@ -217,7 +217,7 @@ def test_a_bad_template_in_a_file_is_named_with_its_line(tmp_path):
 
 @pytest.mark.parametrize("classes, words", [
     (["background", "cat", "background"], "'background' is class 0 already"),
-    (["background", "cat", "CAT"], "class 'CAT' is named twice"),
+    (["background", "cat", "CAT"], "'cat' and 'CAT' are named twice"),
     (["cat"], "must start with 'background'"),
 ])
 def test_class_names_are_unique_and_background_only_first(classes, words):

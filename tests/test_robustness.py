@@ -15,9 +15,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,42 +111,12 @@ def predictions(decoder, tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-PACE_S = 0.2
-# The CLI with every atomic write paused between its finished temporary file and the rename: without the pause
-# a cam or decoder run on this tiny model is over before the poll below can see it start, and with it the kill
-# lands mid-run every time (mostly inside such a pause, where a non-atomic writer would leave a half file).
-PACED_CLI = f"""
-import contextlib, sys, time
-from vpltool.io import files
-from vpltool.cli import app
-
-real_atomic_path = files.atomic_path
-
-@contextlib.contextmanager
-def paced_atomic_path(path):
-    with real_atomic_path(path) as tmp:
-        yield tmp
-        time.sleep({PACE_S})
-
-files.atomic_path = paced_atomic_path
-app(sys.argv[1:], prog_name="vpltool")
-"""
-
-
 def _kill_mid_run(args: list[object], started: Callable[[], bool], timeout: float = 120) -> None:
-    """Run ``vpltool ARGS`` in its own process group; SIGKILL the whole group (data-loader workers included)
-    as soon as ``started()`` holds."""
-    proc = subprocess.Popen([sys.executable, "-c", PACED_CLI, *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + timeout
+    """Run ``vpltool ARGS`` (paced, :data:`robustness_cases.PACED_CLI`) in its own process group; SIGKILL the whole
+    group (data-loader workers included) as soon as ``started()`` holds."""
+    proc = rc.paced_cli(args)
     try:
-        while not started():
-            if proc.poll() is not None:
-                pytest.fail(f"{args[0]} ended (exit {proc.returncode}) before it could be killed: "
-                            f"{proc.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{args[0]} wrote nothing within {timeout} s")
-            time.sleep(0.02)
+        rc.wait_until(proc, started, timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -266,6 +233,25 @@ def test_train_decoder_killed_mid_run_resumes_to_the_same_weights(pseudo, text, 
         return [{k: v for k, v in rec.items() if k != "sec"} for rec in read_log(folder / "log.jsonl")]
 
     assert losses(out) == losses(decoder) and losses(out)[-1]["iter"] == DECODER_ITERS
+
+
+# --------------------------------------------------------------------------------------------- SIGTERM
+def test_sigterm_is_one_line_exit_143_and_resumes(features, text, tmp_path):
+    """Slurm's preemption: the resume hint, as for Ctrl-C, exit 143 (128 + SIGTERM), no temporary left, and the
+    same command resumes."""
+    out = tmp_path / "cams"
+    args = _cam_args(features, text, out)
+    proc = rc.paced_cli(args)
+    try:
+        rc.wait_until(proc, lambda: len(list(out.glob("*.safetensors"))) >= 2)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert [line for line in err.splitlines() if line.strip()][-1] == (
+        "interrupted (SIGTERM): finished items are kept; re-run the same command to resume")
+    assert not list(out.glob(".*.tmp")) and not (out / io.STAGE_RECORD).exists()
+    _resume(args, skipped=len(list(out.glob("*.safetensors"))))
 
 
 # --------------------------------------------------------------------------------------------- locked, full, denied

@@ -14,6 +14,7 @@ behind. The device is a parameter; the CPU and CUDA run the same code.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .device import torchrun_rank
 from .errors import VplError
 
 AUTO_BATCH_CUDA = 32  # images per batch on CUDA: ViT-B/16 at VOC size reaches ~3,000 img/s at 32 (issue 19's floor)
@@ -112,7 +114,7 @@ def load_batches(n: int, batches: list[list[int]], load: Callable[[int], dict[st
     data = torch.utils.data.DataLoader(
         _Loaded(n, load), batch_sampler=batches, num_workers=n_workers, collate_fn=collate,
         pin_memory=device.type == "cuda", prefetch_factor=4 if n_workers else None,
-        persistent_workers=False,
+        persistent_workers=False, worker_init_fn=functools.partial(die_with_parent, os.getpid()),
     )
     try:
         yield from data
@@ -120,6 +122,21 @@ def load_batches(n: int, batches: list[list[int]], load: Callable[[int], dict[st
         if isinstance(e, VplError):
             raise type(e)(_one_line(e)) from None
         raise
+
+
+def die_with_parent(parent: int, worker_id: int = 0) -> None:
+    """In a loading worker: be killed with the run (Linux ``PR_SET_PDEATHSIG``), so that a run killed with -9 or
+    preempted leaves no orphaned workers behind (they lived on for minutes); exit at once if it is gone already.
+    The folder's lock is never theirs (:func:`vpltool.io.stage._release_in_child`)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: torch's own watchdog ends orphaned workers, later
+        return
+    if os.getppid() != parent:  # the run died between our fork and the prctl
+        os._exit(1)
 
 
 def _one_line(e: Exception) -> str:
@@ -259,23 +276,19 @@ def _drain(q: queue.Queue) -> None:
 
 
 # --------------------------------------------------------------------------------------------- sharding
-def shard_from_env(shard: tuple[int, int] = (0, 1)) -> tuple[int, int]:
-    """The shard this process runs: ``--shard i/n`` when given (not ``0/1``), else ``torchrun``'s ``RANK`` of
-    ``WORLD_SIZE`` (single- or multi-node), else the whole dataset. Slurm arrays pass ``--shard`` explicitly."""
-    if shard != (0, 1):
-        return shard
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is None or world is None:
-        return shard
-    try:
-        index, count = int(rank), int(world)
-    except ValueError:
-        raise VplError(f"RANK={rank!r} WORLD_SIZE={world!r}: not integers; launch with torchrun, or pass "
-                       "--shard i/n") from None
-    if not 0 <= index < count:
-        raise VplError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun, or pass --shard i/n")
-    return index, count
+def shard_from_env(shard: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The shard this process runs: ``--shard i/n`` when given, else ``torchrun``'s ``RANK`` of ``WORLD_SIZE``
+    (single- or multi-node), else the whole dataset. Both given and different is a one-line error (which one did
+    the user mean?); Slurm arrays pass ``--shard`` explicitly."""
+    env = torchrun_rank()
+    if shard is None:
+        return env or (0, 1)
+    if env is not None and env != tuple(shard):
+        raise VplError(f"--shard {shard[0]}/{shard[1]}, but RANK={env[0]} WORLD_SIZE={env[1]} (torchrun or a job "
+                       f"script) make this process shard {env[0]}/{env[1]}; drop --shard under torchrun, or unset "
+                       "RANK and WORLD_SIZE")
+    return tuple(shard)
 
 
 __all__ = ["AUTO_BATCH_CUDA", "resolve_batch_size", "plan_batches", "header_sizes", "collate", "load_batches",
-           "loader_workers", "BatchRunner", "BackgroundWriter", "shard_from_env"]
+           "loader_workers", "die_with_parent", "BatchRunner", "BackgroundWriter", "shard_from_env"]

@@ -278,10 +278,28 @@ def run_crf(
             chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes),
                              cfg=cfg)
             workers, ignored, total = _run_chunks(chunks, workers, on_item)
+        done = {i for i, _ in todo}
+        ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in ids if i not in done],
+                                                   resolve_workers(runtime.workers))
         folder.complete(count=len(ids), ids=ids)
+    total += total_kept
     return CrfSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start,
-                      workers=workers, ignored=ignored / total if total else None,
+                      workers=workers, ignored=(ignored + ignored_kept) / total if total else None,
                       backend="none" if cfg.no_crf else cfg.backend)
+
+
+def _ignored_pixels(masks: list[Path], workers: int) -> tuple[int, int]:
+    """``(255 pixels, pixels)`` of the masks a resumed run kept, so that the share it reports covers the whole
+    folder train-decoder reads, not only this run's masks (read by ``workers`` threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def count(path: Path) -> tuple[int, int]:
+        mask = io.read_mask(path)
+        return int((mask == IGNORE_INDEX).sum()), mask.size
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        counts = list(pool.map(count, masks))
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 __all__ = ["STAGE", "refine_image", "read_item", "write_item", "crf_item", "CrfSummary", "resolve_workers",

@@ -20,6 +20,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     Under ``torchrun`` (``LOCAL_RANK`` set) 'auto' and 'cuda' mean this process's GPU, ``cuda:LOCAL_RANK``, which
     also becomes the current device (CUDA events and pinned copies follow the current device).
     """
+    device = device.strip()  # VPLTOOL_DEVICE='cpu ' from a script: the value is cpu
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():
@@ -46,6 +47,28 @@ def _device_option(device: str) -> str:
     value equal to that variable's is named as coming from it (the user may never have typed --device)."""
     env = os.environ.get("VPLTOOL_DEVICE")
     return "--device (from VPLTOOL_DEVICE)" if env is not None and env.strip() == device else "--device"
+
+
+def torchrun_rank() -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` of a torchrun (or Slurm script) launch, None when neither is set.
+
+    One line for what a half-set or stale environment makes (an old torchrun shell, a job script): one of the two
+    missing, a value that is not plain digits 0-9, a rank outside the world.
+    """
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None and world is None:
+        return None
+    fix = "launch with torchrun, or unset RANK and WORLD_SIZE (and pass --shard i/n)"
+    if rank is None or world is None:
+        given, missing = ("WORLD_SIZE", "RANK") if rank is None else ("RANK", "WORLD_SIZE")
+        raise VplError(f"{given}={os.environ[given]} is set but {missing} is not; {fix}")
+    digits = [v.strip() for v in (rank, world)]
+    if not all(v.isascii() and v.isdigit() for v in digits):
+        raise VplError(f"RANK={rank!r} WORLD_SIZE={world!r}: not integers; {fix}")
+    index, count = int(digits[0]), int(digits[1])
+    if not 0 <= index < count:
+        raise VplError(f"RANK={rank} is outside WORLD_SIZE={world}; {fix}")
+    return index, count
 
 
 def cpu_has_amx() -> bool:

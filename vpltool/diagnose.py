@@ -131,7 +131,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     if json_out is not None:
         io.check_writable_target(json_out)
     record = io.read_stage_record(features, "extract")
-    classes, model = record["classes"], record["params"]["model"]
+    classes, model = record["classes"], io.recorded_model(record, features)
     paths = ([Path(text)] if text is not None else []) + [Path(p) for p in prototypes]
     if not paths:
         raise VplError("give at least one prototypes file (--prototypes) or --text")
@@ -147,7 +147,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     if not ids:
         raise VplError(f"{features}: none of its images has a ground-truth mask; diagnose needs a labelled split "
                        "(extract e.g. --split val or train with masks)")
-    extract_cfg = from_params(ExtractConfig, record["params"])
+    extract_cfg = from_params(ExtractConfig, record["params"], io.stage_record_path(features))
     bb = backbone or load_backbone(ModelSpec.from_identity(model), resolve_device(runtime.device))
     scores = [_Scores(len(classes), cfg.bg_exponents) for _ in files]
     if on_start:

@@ -20,13 +20,14 @@ All IoU and accuracy values are fractions in [0, 1] (``format_table`` shows perc
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import io
-from .config import EvalConfig
-from .errors import ContractError, VplError
+from .config import EvalConfig, from_params
+from .errors import ContractError, VplError, VplWarning
 from .kernels import MiouAccumulator, best_foreground, class_name_map, with_background
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------- folders
 def evaluate_masks(
     pred_dir: str | os.PathLike, gt_by_id: Mapping[str, Path], classes: Sequence[str], ids: Iterable[str],
-    pred_classes: Sequence[str] | None = None, per_image: bool = False,
+    pred_classes: Sequence[str] | None = None, images: Mapping[str, Path] | None = None, per_image: bool = False,
 ) -> dict[str, Any]:
     """mIoU of a folder of label PNGs (``<pred_dir>/<id>.png``: pseudo masks or decoder predictions).
 
@@ -46,7 +47,9 @@ def evaluate_masks(
         classes: class names, index 0 = background.
         ids: the images to score.
         pred_classes: the classes the masks' values index (an open-vocabulary `predict` records its own), mapped
-            to ``classes`` by name; None = ``classes``.
+            to ``classes`` by name; None = ``classes``. Dataset classes outside them are never predicted: a warning
+            says they score 0 where present.
+        images: image id -> image, to tell which of a mask and its ground truth has the wrong size.
         per_image: also return each image's own figures (``per_image``).
 
     Returns:
@@ -60,6 +63,7 @@ def evaluate_masks(
     """
     pred_dir = Path(pred_dir)
     lut = class_name_map(pred_classes, classes, pred_dir)
+    _warn_vocabulary(pred_classes, classes, pred_dir)
     ids = _check_inputs(pred_dir, ".png", gt_by_id, ids)
     acc = MiouAccumulator(len(classes), per_image)
     n_pred = len(classes) if pred_classes is None else len(pred_classes)
@@ -67,7 +71,7 @@ def evaluate_masks(
         gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
         pred = io.read_mask(io.mask_path(pred_dir, item), num_classes=n_pred)
         pred = pred if lut is None else lut[pred]
-        _same_size(pred.shape, gt, item, gt_by_id[item], f"its mask {io.mask_path(pred_dir, item)}")
+        _same_size(pred.shape, gt, item, gt_by_id[item], io.mask_path(pred_dir, item), images)
         acc.add(gt, pred, item=item)
     return _with_images(_name_classes(acc.result(), classes), acc, classes)
 
@@ -79,6 +83,7 @@ def evaluate_cams(
     ids: Iterable[str],
     bg_exponents: Sequence[float] = EvalConfig.bg_exponents,
     parity: str = "none",
+    images: Mapping[str, Path] | None = None,
     per_image: bool = False,
 ) -> dict[str, Any]:
     """mIoU of a CAM folder (``<cam_dir>/<id>.safetensors``) for each background exponent, best one reported.
@@ -107,7 +112,7 @@ def evaluate_cams(
     for item in ids:
         gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
         maps = io.read_cam(io.cam_path(cam_dir, item), classes)
-        _same_size(maps.cams.shape[1:], gt, item, gt_by_id[item], f"the image of its CAMs {maps.file.path}")
+        _same_size(maps.cams.shape[1:], gt, item, gt_by_id[item], maps.file.path, images)
         fg_score, fg_label = best_foreground(maps.cams, maps.labels, fp16=parity == "clip-es")
         for a, acc in accs.items():
             acc.add(gt, with_background(fg_score, fg_label, a), item=item)
@@ -118,11 +123,32 @@ def evaluate_cams(
             "by_exponent": by_exponent}
 
 
-def _same_size(shape: Sequence[int], gt, item: str, gt_path: Path, what: str) -> None:
-    """A prediction's ``(H, W)`` must be the GT's; the message names the GT file, which is usually the odd one."""
-    if tuple(shape) != tuple(gt.shape):
-        raise ContractError(f"{gt_path}: ground truth of image '{item}' is {gt.shape[0]}x{gt.shape[1]} but {what} "
-                            f"is {shape[0]}x{shape[1]}; a GT mask must have its image's size")
+def _same_size(shape: Sequence[int], gt, item: str, gt_path: Path, pred: Path,
+               images: Mapping[str, Path] | None = None) -> None:
+    """A prediction's ``(H, W)`` must be the GT's; the message names the odd one: the prediction when the ground
+    truth has its image's size (read from the image's header), else the ground truth."""
+    if tuple(shape) == tuple(gt.shape):
+        return
+    image = images.get(item) if images else None
+    if image is not None and tuple(io.image_size(image)) == tuple(gt.shape):
+        raise ContractError(f"{pred}: is {shape[0]}x{shape[1]} but image '{item}' ({image}) and its ground truth are "
+                            f"{gt.shape[0]}x{gt.shape[1]}; it was made from another image: wrong --data or --split, "
+                            "or re-run the stage that wrote it")
+    what = "its mask" if Path(pred).suffix == ".png" else "the image of its CAMs"
+    raise ContractError(f"{gt_path}: ground truth of image '{item}' is {gt.shape[0]}x{gt.shape[1]} but {what} {pred} "
+                        f"is {shape[0]}x{shape[1]}; a GT mask must have its image's size")
+
+
+def _warn_vocabulary(pred_classes: Sequence[str] | None, classes: Sequence[str], where: Path) -> None:
+    """Open-vocabulary masks (``predict --classes``) never predict a dataset class outside their vocabulary: say
+    that each such class scores 0 where it is present, and counts in the mIoU."""
+    if pred_classes is None:
+        return
+    outside = [c for c in classes[1:] if c not in pred_classes]
+    if outside:
+        warnings.warn(VplWarning(f"{where}: masks over the classes {', '.join(pred_classes[1:])} (predict --classes); "
+                                 f"the dataset's {', '.join(outside)} are never predicted: IoU 0 where present, "
+                                 "counted in the mIoU"), stacklevel=3)
 
 
 def _check_inputs(folder: Path, suffix: str, gt_by_id: Mapping[str, Path], ids: Iterable[str]) -> list[str]:
@@ -142,8 +168,8 @@ def _check_inputs(folder: Path, suffix: str, gt_by_id: Mapping[str, Path], ids: 
     missing = [i for i in ids if not (folder / f"{i}{suffix}").is_file()]
     if missing:
         raise VplError(
-            f"{folder}: no prediction for image '{missing[0]}' ({missing[0]}{suffix}){_more(missing)}; "
-            "re-run the stage that writes this folder on the same manifest"
+            f"{folder}: no prediction for image '{missing[0]}' ({missing[0]}{suffix}){_more(missing)}; score it on "
+            "the dataset and split it was made from (--data, --split), or re-run the stage that writes it"
         )
     return ids
 
@@ -253,11 +279,14 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
                            "deleted); pass --data with its new place")
         _check_split(folder, recorded, split)
         data, split = recorded["root"], split or recorded.get("split")
+    elif split is None and recorded is not None and not Path(data).is_file():
+        split = recorded.get("split")  # --data alone (a moved or copied dataset): the split it was made from
     dataset = open_dataset(data, split)
     io.check_outputs("eval", {"--json": (json_out, "file"), "--per-image": (per_image_out, "file")},
                      inputs={"the folder scored": folder, "--data": data},
                      protected=dataset.folders())
     with_gt = {it.id: it.gt for it in dataset.items if it.gt is not None}
+    images = {it.id: it.image for it in dataset.items}
     if not with_gt:
         where = f"split {dataset.split!r} of {data}" if dataset.split else f"{data}"
         raise VplError(f"{where}: no ground-truth masks; eval needs a split with masks (VOC: SegmentationClassAug, "
@@ -265,22 +294,24 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     ids = list(ids) if ids is not None else [it.id for it in dataset.items if it.gt is not None]
     is_cam = stage == "cam"
     if is_cam:
-        parity = cfg.parity or io.read_record(io.stage_record_path(folder))["params"].get("parity", "none")
-        result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity,
+        record_path = io.stage_record_path(folder)
+        recorded_parity = io.read_record(record_path)["params"].get("parity", "none")
+        parity = cfg.parity or from_params(EvalConfig, {"parity": recorded_parity}, record_path).parity
+        result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity, images,
                                per_image=per_image_out is not None)
         result["parity"] = parity
     else:
         record_path = io.stage_record_path(folder)
         pred_classes = io.read_record(record_path).get("classes") if record_path.is_file() else None
-        result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes,
+        result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes, images,
                                 per_image=per_image_out is not None)
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
-    images = result.pop("per_image", None)
+    each = result.pop("per_image", None)
     if per_image_out is not None:
         io.write_json(per_image_out, {"folder": str(folder), "kind": result["kind"], "classes": result["classes"],
                                       **({"bg_exponent": result["bg_exponent"]} if is_cam else {}),
-                                      "images": images})
+                                      "images": each})
     if json_out:
         io.write_json(json_out, result)
     return result, list(dataset.classes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from .batches import (
 from .config import CPU_BATCH, NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
 from .data import Dataset, Item, check_sizes
 from .device import autocast, resolve_device, resolve_precision
-from .errors import ContractError, VplError
+from .errors import ContractError, VplError, VplWarning
 
 STAGE = "extract"
 
@@ -78,7 +79,7 @@ def run_extract(
     cfg: ExtractConfig = ExtractConfig(),
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
@@ -91,8 +92,6 @@ def run_extract(
     """
     out = Path(out)
     index, count = shard_from_env(shard)
-    if not (0 <= index < count):
-        raise VplError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
@@ -105,8 +104,8 @@ def run_extract(
     start = time.perf_counter()
     if not runtime.overwrite:  # before the folder is touched: a refused run leaves it as it was
         _refuse_stale(out, [it for it in part.items if io.feature_path(out, it.id).is_file()])
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, lock_name=io.shard_lock(index, count),
-                        reset=index == 0, not_compared=NOT_COMPARED, inputs=inputs) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
+                        not_compared=NOT_COMPARED, inputs=inputs) as folder:
         todo_ids = set(folder.todo([it.id for it in part.items], io.feature_path))
         todo = [it for it in part.items if it.id in todo_ids]
         if on_start:
@@ -115,11 +114,25 @@ def run_extract(
             sizes = header_sizes([it.image for it in todo], runtime.worker_count)
             check_sizes(todo, sizes, runtime.worker_count)
             bb = backbone or load_backbone(spec, device)
+            check_for_model(bb, cfg)
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
         seconds = time.perf_counter() - start
         complete = folder.finish([it.id for it in dataset.items], io.feature_path, index, count,
                                  inputs={**inputs, "items": dataset.items_sha()}, classes=list(dataset.classes))
     return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
+
+
+def check_for_model(bb: ClipBackbone, cfg: ExtractConfig) -> None:
+    """What only the loaded model can tell: ``--attention-blocks`` above its depth is refused (it was averaged over
+    every block and recorded as asked; the default, CLIP-ES's 8, means "up to 8" on a shallower model), and an
+    ``--image-size`` that is not a multiple of the patch size is said to round up."""
+    if cfg.attention_blocks > bb.n_blocks and cfg.attention_blocks != ExtractConfig.attention_blocks:
+        raise VplError(f"--attention-blocks {cfg.attention_blocks}: {bb.spec.model} has {bb.n_blocks} blocks; give 1 "
+                       f"to {bb.n_blocks}")
+    if cfg.image_size and cfg.image_size % bb.patch_size:
+        side = bb.input_size(cfg.image_size, cfg.image_size, cfg.image_size)[0]
+        warnings.warn(VplWarning(f"--image-size {cfg.image_size} is not a multiple of {bb.spec.model}'s patch size "
+                                 f"{bb.patch_size}: every input is {side}x{side} pixels"), stacklevel=2)
 
 
 def _refuse_stale(out: Path, done: list[Item]) -> None:

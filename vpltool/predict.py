@@ -83,12 +83,27 @@ def _check_tokens(bb: ClipBackbone, path: Path, image_size: tuple[int, int], lon
     check_tokens(path, size, grid, bb.patch_size, cfg.max_tokens, stage="predict", scale=scale)
 
 
+CLASSES_FILE = "a file with one class name per line, or names a,b,c"
+
+
 def parse_class_names(spec: str) -> tuple[str, ...]:
-    """``--classes``: a file with one class name per line (blank lines skipped) or ``a,b,c``; names stripped.
-    The names are checked by :class:`PredictConfig` (non-empty, no duplicates, no 'background')."""
-    path = Path(spec)
-    text = path.read_text().splitlines() if path.is_file() else spec.split(",")
-    return tuple(name.strip() for name in text if name.strip() or not path.is_file())
+    """``--classes``: a file with one class name per line (UTF-8, blank lines skipped) or ``a,b,c``; names
+    stripped. A value that looks like a file but is none (a typo, a folder, ``/dev/null``) is an error, never a
+    class name (:func:`vpltool.io.named_file`). The names are checked by :class:`PredictConfig` (non-empty, no
+    duplicates, no 'background')."""
+    path = io.named_file(spec, "--classes", CLASSES_FILE)
+    if path is not None:
+        return tuple(io.text_lines(path))
+    return tuple(name.strip() for name in spec.split(","))
+
+
+def check_vocabulary(names: tuple[str, ...], prompts: dict, decoder: Path) -> None:
+    """Open-vocabulary names must not be one of the decoder's background words (its training prototypes' own):
+    the word would be both a class and background (what text-prototypes refuses as well)."""
+    clash = presets.clashing_word(names, prompts["background_words"])
+    if clash is not None:
+        raise VplError(f"--classes: {clash!r} is one of the background words of {decoder} "
+                       f"({', '.join(prompts['background_words'])}); a class cannot also be background: drop it")
 
 
 def text_class_vectors(bb: ClipBackbone, names: list[str], prompts: dict) -> tuple[Tensor, Tensor]:
@@ -161,7 +176,7 @@ def run_predict(
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
     overlays: str | Path | None = None,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
@@ -190,6 +205,7 @@ def run_predict(
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
         prompts = recorded_prompts(f)
+        check_vocabulary(cfg.classes, prompts, f.path)
         bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
         classes = open_vocabulary(model, bb, cfg.classes, prompts)
     decoder_id = io.file_identity(f.path)
@@ -199,7 +215,7 @@ def run_predict(
     inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                        lock_name=io.shard_lock(index, count), reset=index == 0,
+                        shard=(index, count),
                         sides={"--save-overlays": overlays}) as folder:
         todo = folder.todo(ids[index::count], io.mask_path)
         if on_start:

@@ -141,6 +141,29 @@ def background_words(preset: str | None, classes: Sequence[str] = ()) -> tuple[s
     return tuple(w for w in words if w not in taken)
 
 
+def check_class_names(names: Sequence[str], option: str = "--classes") -> None:
+    """Foreground class names as a user gives them (text-prototypes, predict ``--classes``): 'background' is class 0
+    already, and a name given twice (case ignored: 'Star' and 'STAR' are one word to CLIP) made two rows of one
+    class without a word of warning. One line naming ``option`` otherwise."""
+    if BACKGROUND in names:
+        raise VplError(f"{option}: 'background' is class 0 already (scored with the background words); leave it "
+                       "out of the class names")
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.casefold()
+        if key in seen:
+            twice = f"'{name}' is" if seen[key] == name else f"'{seen[key]}' and '{name}' are"
+            raise VplError(f"{option}: {twice} named twice (case ignored); give each class once")
+        seen[key] = name
+
+
+def clashing_word(names: Sequence[str], words: Sequence[str]) -> str | None:
+    """The first of ``words`` that is also one of the class ``names`` (case ignored, '_' as a space), or None: a
+    background word identical to a class takes half of that class's probability."""
+    taken = {name.replace("_", " ").casefold() for name in foreground(names)}
+    return next((w for w in words if w.replace("_", " ").casefold() in taken), None)
+
+
 def _check_preset(preset: str) -> None:
     if preset not in PRESETS:
         raise VplError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -149,5 +172,5 @@ def _check_preset(preset: str) -> None:
 __all__ = [
     "BACKGROUND", "VOC_CLASSES", "VOC_CLIP_ES_NAMES", "VOC_BACKGROUND", "COCO_CLASSES", "COCO_CLIP_ES_NAMES",
     "COCO_BACKGROUND", "CLIP_ES_TEMPLATE", "IMAGENET_TEMPLATES", "PRESETS", "foreground", "preset_for",
-    "prompt_names", "background_words",
+    "prompt_names", "background_words", "check_class_names", "clashing_word",
 ]  # fmt: skip

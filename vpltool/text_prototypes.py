@@ -35,6 +35,10 @@ def template_problem(template: str) -> str | None:
     return None
 
 
+TEMPLATE_FILE = "a template with '{}', clip-es, imagenet, or a file with one template per line"
+BACKGROUND_FILE = "auto, voc, coco, none, words a,b,c, or a file with one word per line"
+
+
 def resolve_templates(spec: str) -> list[str]:
     """'clip-es' | 'imagenet' | a literal template containing '{}' | a file with one template per line.
 
@@ -44,15 +48,14 @@ def resolve_templates(spec: str) -> list[str]:
         return [presets.CLIP_ES_TEMPLATE]
     if spec == "imagenet":
         return list(presets.IMAGENET_TEMPLATES)
-    if "{" in spec and not Path(spec).is_file():
-        problem = template_problem(spec)
+    path = io.named_file(spec, "--templates", TEMPLATE_FILE) if "{" not in spec or io.is_regular_file(spec) \
+        else None
+    if path is None:
+        problem = template_problem(spec) if "{" in spec else "not clip-es, imagenet, a template with '{}', or a file"
         if problem:
             raise VplError(f"--templates {spec!r}: {problem}")
         return [spec]
-    path = Path(spec)
-    if not path.is_file():
-        raise VplError(f"--templates {spec!r}: not clip-es, imagenet, a template with '{{}}', or a file")
-    lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    lines = io.numbered_lines(path)
     if not lines:
         raise VplError(f"{path}: no templates; write one template containing '{{}}' per line")
     for n, template in lines:
@@ -63,17 +66,11 @@ def resolve_templates(spec: str) -> list[str]:
 
 
 def check_class_names(classes: Sequence[str], where: str = "--classes") -> None:
-    """Class names (index 0 = 'background') must be unique and 'background' only at 0: a duplicate made two rows of
-    one class, and 'background' as a class a second background row, without a word of warning."""
+    """Class names (index 0 = 'background') must be unique and 'background' only at 0
+    (:func:`vpltool.presets.check_class_names`, the rule `predict --classes` follows too)."""
     if len(classes) < 2 or classes[0] != "background":
         raise VplError("classes must start with 'background' and name at least one class")
-    if "background" in classes[1:]:
-        raise VplError(f"{where}: 'background' is class 0 already; drop it from the class names")
-    seen: set[str] = set()
-    for name in classes[1:]:
-        if name.lower() in seen:
-            raise VplError(f"{where}: class {name!r} is named twice (case ignored); keep one")
-        seen.add(name.lower())
+    presets.check_class_names(classes[1:], where)
 
 
 def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = ()) -> list[str]:
@@ -88,13 +85,9 @@ def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = (
         return list(presets.background_words(spec, classes))
     if spec == "none":
         return []
-    path = Path(spec)
-    if path.is_file():
-        words = [w.strip() for w in path.read_text().splitlines() if w.strip()]
-    else:
-        words = [w.strip() for w in spec.split(",") if w.strip()]
-    names = {c.lower() for c in presets.foreground(classes)}
-    clash = next((w for w in words if w.lower() in names), None)
+    path = io.named_file(spec, "--background", BACKGROUND_FILE)
+    words = io.text_lines(path) if path is not None else [w.strip() for w in spec.split(",") if w.strip()]
+    clash = presets.clashing_word(classes, words)
     if clash is not None:  # a background row identical to a class row takes half of that class's probability
         raise VplError(f"--background: {clash!r} is also a class; drop it from the background words")
     return words
@@ -137,7 +130,10 @@ def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec
     The output path (never the ``source`` extract folder it was read from, nor in its dataset), the classes and the
     templates are checked before the model loads (a wrong ``-o`` costs nothing)."""
     out = io.check_writable_target(out)
-    io.check_outputs("text-prototypes", {"--out": (out, "file")}, inputs={"the extract folder": source},
+    files = {"--templates": cfg.templates, "--background": cfg.background}
+    io.check_outputs("text-prototypes", {"--out": (out, "file")},
+                     inputs={"the extract folder": source,
+                             **{option: spec for option, spec in files.items() if io.is_regular_file(spec)}},
                      protected=recorded_folders(source) if source is not None else ())
     check_class_names(classes)
     resolve_templates(cfg.templates)

@@ -14,14 +14,17 @@ raised by :func:`check_dino` before any model is built.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import VplError
+from ..errors import VplError, VplWarning
+from ..io import is_regular_file
 from .loading import _offline
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -58,19 +61,44 @@ def _cached_hub_file(timm, name: str) -> str | None:
     return None
 
 
-def check_dino(spec: DinoSpec) -> str | None:
-    """Refuse at once (one line) when ``spec`` cannot be loaded; returns the weights file to load (None: random
-    weights, or a hub download the network allows)."""
+EXAMPLES = "e.g. vit_small_patch16_224.dino, vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m"
+# prefixes a training checkpoint puts before the backbone's keys (DINO's teacher/student, DDP's module., a model
+# wrapper's backbone.): stripped, and said so; any key left that the architecture lacks, or one it lacks, is refused
+KEY_PREFIXES = ("module.", "teacher.", "student.", "backbone.", "model.", "encoder.")
+
+
+def _create(timm, spec: DinoSpec, overrides: dict, **kwargs):
+    """``timm.create_model`` as a frozen affinity backbone is built (no head, any input size); one line for a
+    model that cannot be (a CNN such as resnet18 takes no ``dynamic_img_size``)."""
+    try:
+        return timm.create_model(spec.model, num_classes=0, dynamic_img_size=True, **overrides, **kwargs)
+    except (TypeError, RuntimeError, KeyError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if isinstance(e, TypeError):
+            raise VplError(f"--dino-model {spec.model}: not a plain ViT ({msg}); use a timm vision_transformer, "
+                           f"{EXAMPLES}") from None
+        raise VplError(f"--dino-model {spec.model} --dino-weights {spec.weights}: cannot load ({msg}); check that "
+                       "the file holds that architecture") from None
+
+
+def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | None:
+    """Refuse at once (one line) when ``spec`` cannot be loaded, before any model is: an unknown name, a model that
+    is no plain ViT, weights that are missing or offline, a weights file whose tensors are not that architecture's
+    (:func:`_file_weights`). Returns the weights file to load (None: random weights, or a hub download the network
+    allows). ``report``: warn about a stripped key prefix. ``overrides``: timm model kwargs (tests' tiny models)."""
     timm = import_timm()
     if not timm.is_model(spec.model):
-        raise VplError(f"--dino-model {spec.model!r} is not a timm model; e.g. vit_small_patch16_224.dino, "
-                       "vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m")
+        raise VplError(f"--dino-model {spec.model!r} is not a timm model; {EXAMPLES}")
+    with torch.device("meta"):  # the architecture's tensor names and shapes, without the memory or the init
+        model = _create(timm, spec, overrides)
+    _check_plain_vit(model, spec.model)
     if spec.weights == "none":
         return None
     if spec.weights != "hub":
         path = Path(spec.weights).expanduser()
-        if not path.is_file():
+        if not is_regular_file(path):
             raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
+        _file_weights(path, model.state_dict(), shapes_only=True, report=report)
         return str(path)
     cached = _cached_hub_file(timm, spec.model)
     if cached is None and _offline():
@@ -80,25 +108,87 @@ def check_dino(spec: DinoSpec) -> str | None:
     return cached
 
 
+def _read_weights(path: Path, shapes_only: bool) -> dict[str, Any]:
+    """Name -> tensor (or, ``shapes_only``, its shape) of a weights file: safetensors (read lazily), or a torch
+    checkpoint loaded with ``weights_only`` (no code runs); a training checkpoint's ``teacher`` / ``state_dict`` /
+    ``model`` entry is taken. One line for anything else."""
+    fix = "pass a timm or DINO weights file (.safetensors, or a torch checkpoint) to --dino-weights"
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: (tuple(f.get_slice(k).get_shape()) if shapes_only else f.get_tensor(k)) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise VplError(f"{path}: not a readable safetensors file ({str(e)[:120]}); {fix}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # pickle, zip or format errors of every kind: the file is not a weights file
+        raise VplError(f"{path}: not a weights file (neither safetensors nor a torch checkpoint of tensors); "
+                       f"{fix}") from None
+    for key in ("teacher", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VplError(f"{path}: holds no name -> tensor mapping; {fix}")
+    return {k: (tuple(v.shape) if shapes_only else v) for k, v in state.items()}
+
+
+def _file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bool = False,
+                  report: bool = False) -> dict[str, Any]:
+    """The file's tensors under the architecture's names: exactly ``expected``'s keys and shapes, after stripping
+    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which). A weights file of another model (a
+    prototypes file, another ViT) is refused in one line: timm loaded it as a random model with a warning."""
+    state = _read_weights(path, shapes_only)
+    stripped = []
+    while state and not set(state) & set(expected):
+        prefix = next((p for p in KEY_PREFIXES if any(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # a head beside: dropped
+        stripped.append(prefix)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = [f"{len(missing)} of its tensors missing (first: {missing[0]!r})" if missing else "",
+                 f"{len(unexpected)} unknown (first: {unexpected[0]!r})" if unexpected else ""]
+        raise VplError(f"{path}: not weights of this --dino-model ({'; '.join(p for p in parts if p)}); pass the "
+                       "weights of that architecture, or the --dino-model they belong to")
+    for key, value in state.items():
+        shape = tuple(value) if shapes_only else tuple(value.shape)
+        if shape != tuple(expected[key].shape):
+            raise VplError(f"{path}: tensor {key!r} is {list(shape)}, the --dino-model's is "
+                           f"{list(expected[key].shape)}; pass the weights of that architecture")
+    if stripped and report:
+        warnings.warn(VplWarning(f"--dino-weights {path}: tensor names prefixed {''.join(stripped)!r} (a training "
+                                 "checkpoint); the prefix was stripped"), stacklevel=3)
+    return state
+
+
+def _check_plain_vit(model, name: str) -> None:
+    blocks = list(getattr(model, "blocks", []))
+    if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
+        raise VplError(f"--dino-model {name}: not a plain ViT (blocks with a fused qkv attention); use a timm "
+                       "vision_transformer such as vit_small_patch16_224.dino")
+
+
 def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -> DinoBackbone:
     """Build the frozen :class:`DinoBackbone` for ``spec`` (``overrides``: timm model kwargs, e.g. a tiny ``depth``
-    and ``embed_dim`` for tests)."""
+    and ``embed_dim`` for tests). A weights file is loaded strictly (:func:`_file_weights`); the model is seeded
+    first, so that nothing of it is ever an unseeded random init."""
     timm = import_timm()
-    weights = check_dino(spec)
-    kwargs = {"num_classes": 0, "dynamic_img_size": True, **overrides}
-    try:
-        if spec.weights == "none":
-            with torch.random.fork_rng(devices=[]):  # the same random model in every process
-                torch.manual_seed(0)
-                model = timm.create_model(spec.model, pretrained=False, **kwargs)
-        elif weights is not None:
-            model = timm.create_model(spec.model, pretrained=True, pretrained_cfg_overlay={"file": weights}, **kwargs)
+    weights = check_dino(spec, report=False, **overrides)
+    with torch.random.fork_rng(devices=[]):  # the same random model in every process
+        torch.manual_seed(0)
+        if spec.weights == "none" or (spec.weights != "hub" and weights is not None):
+            model = _create(timm, spec, overrides, pretrained=False)
         else:
-            model = timm.create_model(spec.model, pretrained=True, **kwargs)
-    except (RuntimeError, KeyError, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise VplError(f"--dino-model {spec.model} --dino-weights {spec.weights}: cannot load ({msg}); check that "
-                       "the file holds that architecture") from None
+            model = _create(timm, spec, overrides, pretrained=True)
+    if spec.weights not in ("none", "hub"):
+        model.load_state_dict(_file_weights(Path(weights), model.state_dict()), strict=True)
     return DinoBackbone(model, torch.device(device), spec)
 
 

@@ -102,9 +102,11 @@ class ModelSpec:
         return registered_folder(self.model)
 
     def identity(self) -> dict[str, str]:
-        """What is stored in every output file, so downstream stages rebuild the same model."""
+        """What is stored in every output file, so downstream stages rebuild the same model. The config folder is
+        recorded only when it defines this model (``<model>.json`` there): set by ``VPLTOOL_MODEL_CONFIGS`` on one
+        run and not the next, it changes nothing for vpltool-toy or ViT-B-16, so a resume must not refuse it."""
         ident = {"model": self.model, "pretrained": "none" if self.folder is not None else self.pretrained}
-        if self.config_dir:
+        if self.config_dir and self.folder is None and (Path(self.config_dir) / f"{self.model}.json").is_file():
             ident["config_dir"] = str(self.config_dir)
         return ident
 
@@ -314,6 +316,22 @@ def _dynamo_deferred() -> Iterator[None]:
             delattr(torch, "_dynamo")
 
 
+@contextlib.contextmanager
+def _quiet_root_log(prefix: str) -> Iterator[None]:
+    """Drop the root logger's records that start with ``prefix`` while the block runs (open_clip logs there)."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def create_model(spec: ModelSpec):
     """``(open_clip model, its local folder or None)`` for ``spec``; one-line VplErrors for every way it fails."""
     open_clip = import_open_clip()
@@ -331,8 +349,9 @@ def create_model(spec: ModelSpec):
         raise VplError(f"--model {spec.model!r} unknown to open_clip; e.g. ViT-B-16, ViT-L-14, or local-dir:/path")
     pretrained = spec.pretrained
     if pretrained in (None, "", "none"):
-        # random weights must be the same in every process: `cam` rebuilds the model `extract` used
-        with torch.random.fork_rng(devices=[]):
+        # random weights must be the same in every process: `cam` rebuilds the model `extract` used; open_clip's
+        # "No pretrained weights loaded ... initialized randomly" says what --pretrained none asked for: not shown
+        with torch.random.fork_rng(devices=[]), _quiet_root_log("No pretrained weights loaded"):
             torch.manual_seed(0)
             return open_clip.create_model(spec.model, pretrained=None), None
     path = Path(pretrained).expanduser()

@@ -92,9 +92,9 @@ class FromFeatures:
     def __init__(self, features: Path, prototypes, cfg: CamConfig):
         self.record = io.read_stage_record(features, "extract")
         self.features, self.classes = features, self.record["classes"]
-        self.model = self.record["params"]["model"]
+        self.model = io.recorded_model(self.record, features)
         self.protos = io.read_prototypes(prototypes, classes=self.classes, model=self.model)
-        self.extract_cfg = from_params(ExtractConfig, self.record["params"])
+        self.extract_cfg = from_params(ExtractConfig, self.record["params"], io.stage_record_path(features))
         if cfg.parity == "clip-es" and self.extract_cfg.parity != "clip-es":
             raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
                            "CLIP-ES; re-run extract with --parity clip-es")

@@ -92,7 +92,7 @@ def run_cam(
     split: str | None = None,
     overlays: str | Path | None = None,
     debug: str | Path | None = None,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
@@ -118,10 +118,11 @@ def run_cam(
     else:
         cfg = replace(cfg, attention_blocks=cfg.attention_blocks or CAM_ATTENTION_BLOCKS)
         src = FromDataset(source, split, prototypes, cfg)
+    dino_file = cfg.dino_weights if cfg.affinity != "clip" and cfg.dino_weights not in ("hub", "none") else None
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side"),
                              "--save-debug": (debug, "side")},
-                     inputs={"the source": source, "--prototypes": prototypes}, protected=src.folders(),
-                     overwrite=runtime.overwrite)  # every output, before the model loads
+                     inputs={"the source": source, "--prototypes": prototypes, "--dino-weights": dino_file},
+                     protected=src.folders(), overwrite=runtime.overwrite)  # every output, before the model loads
     return _run_on(src, out, cfg, runtime, overlays, debug, shard_from_env(shard), on_item, on_start, backbone)
 
 
@@ -141,12 +142,17 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     temperature = temperature_of(cfg, src.protos)
     params = {**to_params(cfg), "temperature": temperature,
               "prototypes": io.file_identity(src.protos.path, source=src.protos.source)}
+    inputs = dict(src.inputs)
+    if "dino_weights" in params and params["dino_weights"] not in ("hub", "none"):
+        # a weights file is an input, known by its content: another spelling of its path is the same run, the same
+        # name over other weights is not
+        inputs["dino_weights"] = io.sha256_file(Path(params["dino_weights"]).expanduser())
+        params["dino_weights"] = "file"
     need_images = src.need_images or overlays is not None
     items = src.dataset().by_id() if need_images else {}
     index, count = shard
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=src.inputs, reset=index == 0,
-                        lock_name=io.shard_lock(index, count),
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=(index, count),
                         sides={"--save-overlays": overlays, "--save-debug": debug}) as folder:
         todo = folder.todo(src.ids[index::count], io.cam_path)
         if on_start:
@@ -158,7 +164,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
                                     f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
             plan = src.plan(bb, todo, items, runtime.worker_count)
             _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
-        folder.finish(src.ids, io.cam_path, index, count, inputs=src.inputs)
+        folder.finish(src.ids, io.cam_path, index, count, inputs=inputs)
     return io.StageSummary(done=len(todo), skipped=len(src.ids[index::count]) - len(todo),
                            seconds=time.perf_counter() - start)
 

@@ -2,7 +2,13 @@
 
 Heavy imports (torch, open_clip) happen inside the commands, so ``vpltool --help`` stays fast. User mistakes
 (:class:`vpltool.errors.VplError`, and writes that fail for lack of space or permission) print one red line on
-stderr and exit with code 2; anything else is a bug and keeps its traceback.
+stderr and exit with code 2; anything else is a bug and keeps its traceback. Ctrl-C (SIGINT) exits 130 and SIGTERM
+(Slurm's preemption, ``kill``) 143, both after one line saying how to resume. Warnings, vpltool's and its libraries'
+(timm, torch), are one yellow ``warning:`` line each.
+
+The ``--log`` file (``VPLTOOL_LOG``) is an output like any other: checked on its own when the command starts (a new
+file, or one a vpltool log wrote), then in the run's context by :func:`vpltool.io.check_outputs` (never inside the
+dataset, an input or an output folder); its lines wait in memory until then, and are dropped if it is refused.
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -34,7 +41,24 @@ _R = RuntimeConfig()
 
 # ---- option types, spelled the same on every stage
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; finished items are skipped).")]
-OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file (written atomically).")]
+class _FolderSpelling(type(Path())):  # type: ignore[misc]
+    """A file option's value written with a trailing ``/`` (``-o out/``): a folder, which pathlib would forget."""
+
+
+def file_path(value: str | Path) -> Path:
+    """The parser of every option that names a file: keeps the one fact ``Path`` drops, a trailing slash
+    (:func:`friendly_errors` refuses it: ``text-prototypes -o dir/`` wrote a file named ``dir``). A default is
+    already a Path."""
+    if isinstance(value, Path):
+        return value
+    return _FolderSpelling(value) if value.endswith(("/", os.sep)) else Path(value)
+
+
+# examples of a file name per file option, for the message of a value that names a folder
+_FILE_OPTIONS = {"out": ("--out", "out.safetensors"), "json_out": ("--json", "result.json"),
+                 "plot": ("--plot", "loss.png"), "log_file": ("--log", "vpltool.log")}
+OutFile = Annotated[Path, typer.Option("--out", "-o", parser=file_path, metavar="<path>",
+                                       help="Output file (written atomically).")]
 Device = Annotated[str, typer.Option(envvar="VPLTOOL_DEVICE", help="auto | cpu | cuda | cuda:N",
                                      rich_help_panel=RUNTIME)]
 Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA and on CPUs with AMX, else fp32) | "
@@ -42,17 +66,21 @@ Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA 
 BatchSize = Annotated[Optional[int], typer.Option(
     help="Images per batch (equal input sizes are batched) [default: auto: 32 on CUDA, halved on out-of-memory; on "
     "a CPU 8 for extract, 1 for cam and predict].", show_default=False, rich_help_panel=RUNTIME)]
-Shard = Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset; the folder "
-                                    "completes when every shard is done. Under torchrun: RANK/WORLD_SIZE.",
-                                    rich_help_panel=RUNTIME)]
+Shard = Annotated[Optional[str], typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset; "
+                                              "the folder completes when every shard is done [default: the whole "
+                                              "dataset; under torchrun RANK of WORLD_SIZE].", show_default=False,
+                                              rich_help_panel=RUNTIME)]
 Workers = Annotated[Optional[int], typer.Option(
-    help="Parallel image decoders / data-loading processes: 0 = one per CPU core, 1 = in this process [default: "
-    f"auto: {CPU_WORKERS}; train-decoder on CUDA one per core up to {GPU_WORKERS}].", show_default=False,
-    rich_help_panel=RUNTIME)]
+    help="Parallel image decoders / data-loading processes: 0 = one per CPU core (more are capped at the cores), "
+    f"1 = in this process [default: auto: {CPU_WORKERS}; train-decoder on CUDA one per core up to {GPU_WORKERS}].",
+    show_default=False, rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
                                          rich_help_panel=RUNTIME)]
 LogFile = Annotated[Optional[Path], typer.Option("--log", envvar="VPLTOOL_LOG", rich_help_panel=RUNTIME,
+                                                 parser=file_path, metavar="<path>",
                                                  help="Also append progress and the result line to this file.")]
+JsonFile = Annotated[Optional[Path], typer.Option("--json", parser=file_path, metavar="<path>",
+                                                  help="Write the full result as JSON here.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.", rich_help_panel=RUNTIME)]
 Split = Annotated[Optional[str], typer.Option("--split", "-s", help="Dataset split (VOC: train, train_aug, val; "
                                               "generic: splits/<name>.txt). Default: the layout's default.")]
@@ -63,27 +91,43 @@ PretrainedOpt = Annotated[str, typer.Option("--pretrained", help="open_clip tag 
 ModelConfigDir = Annotated[Optional[Path], typer.Option("--model-config-dir", envvar="VPLTOOL_MODEL_CONFIGS",
                                                         hidden=True, help="Extra open_clip JSON model configs.")]
 
-_log_file: Path | None = None
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm's preemption, ``kill``, a container stopping): handled like Ctrl-C, so the same clean-up runs
+    (temporaries removed, finished items kept) and one line says how to resume; the exit code is 143 (128 + 15)."""
+
+
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 def friendly_errors(fn: Callable) -> Callable:
     """Turn a VplError, or a write that failed for lack of space or permission, into one red line + exit 2; keep
-    tracebacks for real bugs. Also opens the ``--log`` file for :func:`say` and :func:`progress`."""
+    tracebacks for real bugs. SIGINT and SIGTERM: one line with the resume hint, exit 130 / 143. Also opens the
+    ``--log`` file for :func:`say` and :func:`progress` (see the module doc)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        global _log_file
+        from .. import io
+
         verbose = kwargs.get("verbose", False)
         # force: a handler from an earlier call in this process may hold a stderr that is closed by now (typer's
         # test runner swaps sys.stderr per call), which logging reports as a "--- Logging error ---" traceback
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s",
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[_OneLineLog()],
                             force=True)
         os.environ.setdefault("TQDM_DISABLE", "1")
-        _log_file = kwargs.get("log_file")
+        log_file = kwargs.get("log_file")
+        _LOG.start(log_file)
         try:
-            with warnings.catch_warnings():  # restores the filters and showwarning after the command
-                warnings.simplefilter("always", VplWarning)
-                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+            with warnings.catch_warnings(), _sigterm_as_interrupt(), \
+                    io.run_outputs({"--log": (log_file, "log")}, on_checked=_LOG.checked):
+                warnings.simplefilter("always", VplWarning)  # restored with the filters after the command
+                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning, verbose)
+                _check_file_options(kwargs)
+                if log_file is not None:
+                    try:  # alone; check_outputs checks it again in the run's context
+                        io.check_log_target(log_file)
+                    except VplError:
+                        _LOG.checked(False)  # refused: nothing, not even this error, goes there
+                        raise
                 return fn(*args, **kwargs)
         except VplError as e:
             _error_line(e)
@@ -92,21 +136,70 @@ def friendly_errors(fn: Callable) -> Callable:
             if user_error is None:
                 raise
             _error_line(user_error)
-        except KeyboardInterrupt:
-            say(f"[yellow]interrupted[/]: {interrupted_hint(kwargs)}")
-            raise typer.Exit(code=130) from None
+        except KeyboardInterrupt as e:
+            how = " (SIGTERM)" if isinstance(e, Terminated) else ""
+            say(f"[yellow]interrupted{how}[/]: {interrupted_hint(kwargs)}")
+            raise typer.Exit(code=EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED) from None
+        finally:
+            _LOG.finish()
 
     return wrapper
 
 
-def _show_warning(default: Callable, message, category, filename, lineno, file=None, line=None) -> None:
-    """A :class:`VplWarning` as one yellow ``warning:`` line (on stderr and in ``--log``); others as ``default``
-    (Python's own display) shows them."""
-    if not issubclass(category, VplWarning):
-        return default(message, category, filename, lineno, file, line)
+def _check_file_options(kwargs: dict) -> None:
+    """A file option spelled as a folder (``-o dir/``) is refused before anything runs."""
+    for name, value in kwargs.items():
+        if isinstance(value, _FolderSpelling) and name in _FILE_OPTIONS:
+            option, example = _FILE_OPTIONS[name]
+            raise VplError(f"{option} {value}/: ends with '/', so it names a folder, but {option} is a file; give a "
+                           f"file name, e.g. {value / example}")
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs in the main thread, SIGTERM raises :class:`Terminated` as SIGINT raises
+    KeyboardInterrupt; the previous handler is restored after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _show_warning(default: Callable, verbose: bool, message, category, filename, lineno, file=None,
+                  line=None) -> None:
+    """Every warning as one yellow ``warning:`` line on stderr and in ``--log``: vpltool's own, and a library's
+    (its first line; with ``--verbose`` also Python's display, with the file and line that warned)."""
     from rich.markup import escape
 
-    say(f"[yellow]warning:[/] {escape(str(message))}")
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    say(f"[yellow]warning:[/] {escape(text)}")
+    if verbose and not issubclass(category, VplWarning):
+        default(message, category, filename, lineno, file, line)
+
+
+class _OneLineLog(logging.Handler):
+    """Library log records (timm's "Unexpected keys ...", vpltool's own) at WARNING and above as one ``warning:``
+    line, like a warning; DEBUG and INFO (``--verbose``) as ``LEVEL message``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        try:
+            text = record.getMessage().strip()
+        except Exception:  # a library's malformed record must not stop the run
+            text = str(record.msg)
+        if record.levelno >= logging.WARNING:  # a library's ERROR is not vpltool's: the run goes on
+            say(f"[yellow]warning:[/] {escape(text.splitlines()[0] if text else record.levelname)}")
+        else:
+            err.print(f"{record.levelname} {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def interrupted_hint(kwargs: dict) -> str:
@@ -118,22 +211,57 @@ def interrupted_hint(kwargs: dict) -> str:
     return "finished items are kept; re-run the same command to resume"
 
 
+class _Log:
+    """The ``--log`` file of the command under way: lines wait in memory until :func:`vpltool.io.check_outputs`
+    passed it in the run's context (``checked(True)``: written, and every later line at once) or refused it
+    (``checked(False)``: dropped); a command that ends before any check writes them (the file passed
+    :func:`vpltool.io.check_log_target` alone)."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.pending: list[str] | None = None  # None: lines go to the file at once
+
+    def start(self, path: Path | None) -> None:
+        self.path, self.pending = path, ([] if path is not None else None)
+
+    def write(self, line: str) -> None:
+        if self.path is None:
+            return
+        from rich.text import Text
+
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {Text.from_markup(line).plain}\n"
+        if self.pending is not None:
+            self.pending.append(stamped)
+        else:
+            self._append([stamped])
+
+    def checked(self, ok: bool) -> None:
+        if not ok:
+            self.path, self.pending = None, None
+        elif self.pending is not None:
+            lines, self.pending = self.pending, None
+            self._append(lines)
+
+    def finish(self) -> None:
+        self.checked(True)
+        self.path, self.pending = None, None
+
+    def _append(self, lines: list[str]) -> None:
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write("".join(lines))
+        except OSError as e:  # a log that cannot be written must not stop the run; say it once on stderr
+            self.path, self.pending = None, None
+            err.print(f"[yellow]warning:[/] cannot write --log {path} ({e.strerror}); continuing without it")
+
+
+_LOG = _Log()
+
+
 def _to_log(line: str) -> None:
-    if _log_file is None:
-        return
-    from rich.text import Text
-
-    try:
-        with open(_log_file, "a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {Text.from_markup(line).plain}\n")
-    except OSError as e:  # a log that cannot be written must not stop the run; say it once on stderr
-        err.print(f"[yellow]warning:[/] cannot write --log {_log_file} ({e.strerror}); continuing without it")
-        _set_log(None)
-
-
-def _set_log(path: Path | None) -> None:
-    global _log_file
-    _log_file = path
+    _LOG.write(line)
 
 
 def say(line: str) -> None:
@@ -224,8 +352,9 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
 
     Yields ``(on_start(total), on_item(n=1))`` for the library hooks.
     """
-    lines = _Lines(description, unit, echo=not err.is_terminal)
-    if not err.is_terminal:
+    live = err.is_terminal and not err.is_dumb_terminal  # TERM=dumb cannot redraw a bar: plain lines there
+    lines = _Lines(description, unit, echo=not live)
+    if not live:
         with lines.heartbeat():
             yield lines.start_with, lines.advance
         return
@@ -238,16 +367,22 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, transient=False) as bar, lines.heartbeat():
-        task = bar.add_task(description, total=None)
+    # the bar appears with the first total, once the run passed its checks: a refused run prints its one line only
+    with ExitStack() as stack, lines.heartbeat():
+        bar: list = []
 
         def start(total: int) -> None:
-            bar.update(task, total=total)
+            if not bar:
+                progress_bar = stack.enter_context(Progress(
+                    TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err, transient=False))
+                bar.extend([progress_bar, progress_bar.add_task(description, total=None)])
+            bar[0].update(bar[1], total=total)
             lines.start_with(total)
 
         def advance(n: int = 1) -> None:
-            bar.advance(task, n)
+            if bar:
+                bar[0].advance(bar[1], n)
             lines.advance(n)
 
         yield start, advance
@@ -255,8 +390,27 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
 
 def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int | None = _R.batch_size,
             workers: int | None = _R.workers, overwrite: bool = False) -> RuntimeConfig:
+    """The shared options as a :class:`RuntimeConfig`; ``--workers`` above the CPU cores this process may use is
+    capped at them, and said so (one process per batch helps nothing and exhausts memory)."""
+    from ..config import worker_count
+
+    cores = worker_count(0)
+    if workers is not None and workers > cores:
+        warnings.warn(VplWarning(f"--workers {workers}: more than the {cores} CPU core(s) this process may use; "
+                                 f"using {cores}"), stacklevel=2)
+        workers = cores
     return RuntimeConfig(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          overwrite=overwrite)
+
+
+def warn_inert(cfg, defaults=None):
+    """One warning per option given that has no effect in ``cfg``'s combination (never recorded either:
+    :func:`vpltool.config.inert_fields`); returns ``cfg``."""
+    from ..config import inert_options
+
+    for sentence in inert_options(cfg, defaults):
+        warnings.warn(VplWarning(sentence), stacklevel=2)
+    return cfg
 
 
 def parse_floats(value: str, option: str, example: str = "1,2") -> tuple[float, ...]:
@@ -270,11 +424,17 @@ def parse_floats(value: str, option: str, example: str = "1,2") -> tuple[float, 
     return values
 
 
-def shard(value: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise VplError(f"--shard {value!r}: use i/n, e.g. 0/4") from None
+def shard(value: str | None) -> tuple[int, int] | None:
+    """``--shard i/n`` as ``(i, n)`` (None when not given: then torchrun's RANK/WORLD_SIZE decide); ASCII digits
+    only, so that ``1_0/20`` (Python's int reads 10) or other scripts' digits never pick a shard by surprise."""
+    if value is None:
+        return None
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", value, flags=re.ASCII)
+    if match is None:
+        raise VplError(f"--shard {value!r}: use i/n with digits 0-9, e.g. 0/4")
+    index, count = int(match.group(1)), int(match.group(2))
     if count < 1 or not 0 <= index < count:
         raise VplError(f"--shard {value}: need 0 <= i < n")
     return index, count

@@ -83,6 +83,9 @@ def train_toy_clip_cmd(
     from ..demo.train_toy_clip import train_toy_clip
 
     check_out_dir(out)  # before the first progress line: a refused folder is the only line
+    from .. import io
+
+    io.check_outputs("train-toy-clip", {})  # the --log, in this run's context
     cfg = ToyClipConfig(steps=steps, batch_size=batch_size, lr=lr, crop_prob=crop_prob, seed=seed,
                         logit_scale=logit_scale, layers=layers, captions=captions, pool=pool, loss=loss,
                         threads=threads)

@@ -37,11 +37,13 @@ from .common import (
     Split,
     Verbose,
     Workers,
+    file_path,
     friendly_errors,
     model_spec,
     progress,
     runtime,
     say,
+    warn_inert,
 )
 from .common import shard as shard_of
 
@@ -52,7 +54,8 @@ def _features_context(features: Path):
     from ..backbone import ModelSpec
 
     record = io.read_stage_record(features, "extract")
-    return record, ModelSpec.from_identity(record["params"]["model"]), record["classes"], record["inputs"]["dataset"]
+    spec = ModelSpec.from_identity(io.recorded_model(record, features))
+    return record, spec, record["classes"], record["inputs"]["dataset"]
 
 
 # ============================================================================================= extract
@@ -78,7 +81,7 @@ def extract_cmd(
                                        "fast second `cam` pass).")] = ExtractConfig.cache,
     parity: Annotated[str, typer.Option(help="none | clip-es (CLIP-ES's fp16-rounded positional embedding, tokens "
                                         "cached in fp32: for `cam --parity clip-es`).")] = ExtractConfig.parity,
-    shard: Shard = "0/1",
+    shard: Shard = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow an IRN-style cls_labels.npy (a pickle).")] = False,
     labels_file: Annotated[Optional[Path], typer.Option(help="Image-label file overriding the layout's own.")] = None,
     device: Device = _R.device,
@@ -100,8 +103,8 @@ def extract_cmd(
     from ..extract import run_extract
 
     dataset = open_dataset(data, split, labels_file=labels_file, allow_pickle=allow_pickle)
-    cfg = ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
-                        cache=cache, parity=parity, max_tokens=max_tokens)
+    cfg = warn_inert(ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
+                                   cache=cache, parity=parity, max_tokens=max_tokens))
     with progress("extract") as (on_start, on_item):
         summary = run_extract(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                               runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
@@ -206,7 +209,7 @@ def cam_cmd(
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
                                                        "(docs/file-formats.md).")] = None,
-    shard: Shard = "0/1",
+    shard: Shard = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
     batch_size: BatchSize = _R.batch_size,
@@ -224,10 +227,10 @@ def cam_cmd(
     """
     from ..cam import run_cam
 
-    cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity, layer=layer,
-                    attention_blocks=attention_blocks, affinity=affinity, affinity_weight=affinity_weight,
-                    dino_model=dino_model, dino_weights=dino_weights, sgc_segments=sgc_segments,
-                    sgc_clusters=sgc_clusters, sgc_position=sgc_position)
+    cfg = warn_inert(CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity,
+                               layer=layer, attention_blocks=attention_blocks, affinity=affinity,
+                               affinity_weight=affinity_weight, dino_model=dino_model, dino_weights=dino_weights,
+                               sgc_segments=sgc_segments, sgc_clusters=sgc_clusters, sgc_position=sgc_position))
     with progress("cam") as (on_start, on_item):
         s = run_cam(source, prototypes, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                     split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
@@ -265,7 +268,8 @@ def learn_prototypes_cmd(
     max_memory_gb: Annotated[Optional[float], typer.Option(help="Resident feature budget; above it features "
                                                            "stream from disk [default: 60% of free memory].")] =
         _L.max_memory_gb,
-    plot: Annotated[Optional[Path], typer.Option(help="Loss-curve PNG (default: OUT stem + .loss.png).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Loss-curve PNG (default: OUT stem + .loss.png).",
+                                                 parser=file_path, metavar="<path>")] = None,
     device: Device = _R.device,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -282,9 +286,9 @@ def learn_prototypes_cmd(
     """
     from ..learn_prototypes import run_learn_prototypes
 
-    cfg = LearnPrototypesConfig(tau_i=tau_i, lr=lr, iters=iters, targets=targets, threshold=threshold,
-                                regularization=regularization, bg_exponent=bg_exponent,
-                                pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb)
+    cfg = warn_inert(LearnPrototypesConfig(tau_i=tau_i, lr=lr, iters=iters, targets=targets, threshold=threshold,
+                                           regularization=regularization, bg_exponent=bg_exponent,
+                                           pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb))
     with progress("learn-prototypes", unit="iterations") as (on_start, on_item):
         s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device), on_start=on_start,
                                  on_iter=lambda i, loss: on_item(1), plot=plot)
@@ -341,13 +345,15 @@ def crf_cmd(
     """
     from ..crf import run_crf
 
-    cfg = CrfConfig(iterations=iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
-                    bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat,
-                    confidence=confidence, bg_exponent=bg_exponent, parity=parity, no_crf=no_crf, backend=backend)
+    cfg = warn_inert(CrfConfig(iterations=iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
+                               bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb,
+                               bilateral_compat=bilateral_compat, confidence=confidence, bg_exponent=bg_exponent,
+                               parity=parity, no_crf=no_crf, backend=backend))
     with progress("crf") as (on_start, on_item):
         s = run_crf(cams, out, cfg, runtime(device=device, batch_size=batch_size, workers=workers,
                                             overwrite=overwrite), on_item=on_item, on_start=on_start)
-    ignored = "" if s.ignored is None else f", {100 * s.ignored:.1f}% of their pixels ignored (255)"
+    whose = f"the {s.done + s.skipped} masks' pixels" if s.skipped else "their pixels"  # a resume: the whole folder
+    ignored = "" if s.ignored is None else f", {100 * s.ignored:.1f}% of {whose} ignored (255)"
     if s.ignored is not None and s.ignored >= CRF_IGNORED_WARNING:
         say(f"[yellow]warning:[/] {100 * s.ignored:.1f}% of the pixels of these masks are 255 (CRF probability below "
             f"--confidence {confidence:g}): train-decoder learns from the other {100 * (1 - s.ignored):.1f}% only; "

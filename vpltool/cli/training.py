@@ -13,6 +13,7 @@ from .common import (
     _R,
     BatchSize,
     Device,
+    JsonFile,
     LogFile,
     OutDir,
     Overwrite,
@@ -27,6 +28,7 @@ from .common import (
     progress,
     runtime,
     say,
+    warn_inert,
 )
 from .common import shard as shard_of
 
@@ -128,6 +130,7 @@ def train_decoder_cmd(
                          loss=loss, dim=dim, layers=layers, heads=heads,
                          crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed, compile=compile)
+    warn_inert(cfg, decoder_recipe(recipe))
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
@@ -166,7 +169,7 @@ def predict_cmd(
                                                    "prototypes from the decoder's CLIP (its training templates and "
                                                    "background words) [default: the decoder's classes].",
                                                    show_default=False)] = None,
-    shard: Shard = "0/1",
+    shard: Shard = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
     batch_size: BatchSize = _R.batch_size,
@@ -204,7 +207,7 @@ def eval_cmd(
     parity: Annotated[Optional[str], typer.Option(help="CAM folders: none | clip-es (CLIP-ES's float16 background "
                                                   "score) [default: the CAM folder's --parity].",
                                                   show_default=False)] = EvalConfig.parity,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    json_out: JsonFile = None,
     per_image: Annotated[Optional[Path], typer.Option("--per-image", help="Also write each image's mIoU and "
                                                       "per-class IoU as JSON here (CAM folders: at the best "
                                                       "exponent).")] = None,
@@ -242,7 +245,7 @@ def diagnose_cmd(
                                                  "reference of the row-to-text figures.")] = None,
     bg_exponents: Annotated[str, typer.Option(help="GradCAM maps: background = (1-max)^a, best a of these.")] =
         floats_text(EvalConfig.bg_exponents),
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures as JSON here.")] = None,
+    json_out: JsonFile = None,
     device: Device = _R.device,
     log_file: LogFile = None,
     verbose: Verbose = False,

@@ -19,6 +19,8 @@ from .checks import (
     choice,
     fraction,
     from_params,
+    inert_fields,
+    inert_options,
     non_negative,
     override,
     positive,
@@ -78,7 +80,7 @@ __all__ = [
     "DEFAULT_DINO", "CamConfig", "EvalConfig", "ReportConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "COMPILE_MODES", "DecoderConfig",
     "DECODER_RECIPES",
-    "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
+    "decoder_recipe", "PredictConfig", "to_params", "override", "from_params", "inert_fields", "inert_options",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
     "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS",
 ]  # fmt: skip

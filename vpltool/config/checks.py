@@ -7,7 +7,10 @@ in their ``__post_init__``.
 
 from __future__ import annotations
 
+import json
 import math
+import types
+import typing
 from dataclasses import asdict, fields, replace
 from typing import Any
 
@@ -42,10 +45,11 @@ def fraction(option: str, value: float) -> None:
     require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
 
 
-def non_negative(option: str, value: float) -> None:
-    """A weight: finite and >= 0 (nan is not "< 0", so it gets its own words)."""
+def non_negative(option: str, value: float, upper: float = math.inf, why: str = "") -> None:
+    """A weight: finite and >= 0 (nan is not "< 0", so it gets its own words), at most ``upper``."""
     require(math.isfinite(value), f"{option} {value}: not a finite number; give a number >= 0")
-    require(value >= 0, f"{option} {value}: must be >= 0")
+    require(value >= 0, f"{option} {value}: must be >= 0{why}")
+    require(value <= upper, f"{option} {value:g}: must be at most {upper:g}{why}")
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds: a negative one is refused by numpy deep inside, a traceback
@@ -86,9 +90,33 @@ def check_tokens(image: object, size: tuple[int, int], grid: tuple[int, int], pa
 
 
 
+def inert_fields(cfg: Any) -> dict[str, str]:
+    """The fields of ``cfg`` that have no effect in its combination, -> why (``"without --refine caa+sgc"``): each
+    config class may define ``inert()`` saying so. They are never recorded (:func:`to_params`), so a resume compares
+    only what changes a result, and a non-default value of one is warned about (:func:`inert_options`)."""
+    rule = getattr(cfg, "inert", None)
+    return rule() if callable(rule) else {}
+
+
+def inert_options(cfg: Any, defaults: Any = None) -> list[str]:
+    """One sentence per field of ``cfg`` that was set (differs from ``defaults``, the class's own by default) but
+    has no effect: ``--sgc-clusters 7 has no effect without --refine caa+sgc; ignored``."""
+    defaults = defaults if defaults is not None else type(cfg)()
+    said = []
+    for name, why in inert_fields(cfg).items():
+        value = getattr(cfg, name)
+        if value != getattr(defaults, name):
+            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+                if isinstance(value, tuple) else (f"{value:g}" if isinstance(value, float) else str(value))
+            said.append(f"--{name.replace('_', '-')} {shown} has no effect {why}; it is ignored (and not recorded)")
+    return said
+
+
 def to_params(cfg: Any) -> dict[str, Any]:
-    """A config as a JSON-able dict, for file metadata and stage records."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    """A config as a JSON-able dict, for file metadata and stage records; fields without effect in the config's
+    combination are left out (:func:`inert_fields`)."""
+    inert = inert_fields(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in inert}
 
 
 def override(cfg: Any, **changes: Any) -> Any:
@@ -97,7 +125,54 @@ def override(cfg: Any, **changes: Any) -> Any:
     return replace(cfg, **{k: v for k, v in changes.items() if v is not None and k in names})
 
 
-def from_params(cls: type, params: dict[str, Any]) -> Any:
-    """A config rebuilt from a recorded dict (a stage record's params): unknown keys ignored, lists as tuples."""
-    names = {f.name: f for f in fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names})
+def from_params(cls: type, params: dict[str, Any], source: object = None) -> Any:
+    """A config rebuilt from a recorded dict (a stage record's params): unknown keys ignored, lists as tuples.
+
+    The values are input like any other: each must have its field's type, and the config's own checks run; a bad
+    one is a one-line error naming ``source`` (the record) and the field, never a TypeError, and never blamed on
+    an option the user did not pass (``params.parity: null`` is not "--parity None").
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    where = f"{source}: " if source is not None else ""
+    fix = "the record was edited or is damaged; re-run the stage that wrote it (with --overwrite)"
+    for key, value in params.items():
+        if key in names and not _accepts(hints[key], value):
+            shown = json.dumps(value)
+            raise VplError(f"{where}'params.{key}' is {shown if len(shown) <= 40 else shown[:40] + '…'}, not "
+                           f"{_type_words(hints[key])}; {fix}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names})
+    except VplError as e:
+        raise VplError(f"{where}a recorded parameter is refused ({e}); {fix}") from None
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether a JSON ``value`` fits the type ``hint`` of a config field (int | None, tuple[float, ...], ...)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_accepts(args[0], v) for v in value) if args else True
+    return True
+
+
+def _type_words(hint: Any) -> str:
+    """``int | None`` -> "an integer or null", for the message."""
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "a list"
+    return words.get(hint, str(hint))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..presets import check_class_names
 from .checks import at_least, choice, fraction, non_negative, override, positive, require, seed_value
 from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 
@@ -12,6 +13,9 @@ OPTIMIZERS = ("sgd", "adamw")
 # torch.compile of the decoder (forward and backward): none | default (fused kernels) | reduce-overhead (also CUDA
 # graphs). The training loop is host-bound on a GPU (~1,600 small kernels an iteration), which compiling shrinks
 COMPILE_MODES = ("none", "default", "reduce-overhead")
+# the largest loss weight: the papers use 0.1-1; a weight of 1e30 overflowed AdamW's float32 second moments (NaN in
+# the first checkpoint), far above any weight that balances two losses
+MAX_LOSS_WEIGHT = 1000.0
 LOSSES = ("ce", "balanced")
 BACKGROUNDS = ("logsumexp", "max")
 
@@ -89,10 +93,10 @@ class DecoderConfig:
         positive("--temperature", self.temperature, allow_none=True)
         require(0 < self.scale_min <= self.scale_max,
                  f"--scale-min {self.scale_min} --scale-max {self.scale_max}: need 0 < min <= max")
-        non_negative("lambda_ce", self.lambda_ce)  # a library field: the CLI has no --lambda-ce
-        non_negative("--lambda-rsc", self.lambda_rsc)
+        non_negative("lambda_ce", self.lambda_ce, MAX_LOSS_WEIGHT)  # a library field: the CLI has no --lambda-ce
+        non_negative("--lambda-rsc", self.lambda_rsc, MAX_LOSS_WEIGHT)
         seed_value("--seed", self.seed)
-        require(self.lambda_proto >= 0, f"--lambda-proto {self.lambda_proto}: must be >= 0 (0 = off, SSR: 0.1)")
+        non_negative("--lambda-proto", self.lambda_proto, MAX_LOSS_WEIGHT, " (0 = off, SSR: 0.1)")
         positive("--proto-temperature", self.proto_temperature, upper=1.0)
         at_least("--proto-clusters", self.proto_clusters, 1)
         at_least("--proto-every", self.proto_every, 1, allow_none=True)
@@ -101,6 +105,19 @@ class DecoderConfig:
         require("background" not in self.ignore_classes,
                 "--ignore-classes: background cannot be held out; name foreground classes")
         fraction("--dropout", self.dropout)
+
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`); the resume of a checkpoint does not
+        compare them."""
+        out = {}
+        if self.lambda_rsc == 0:
+            out["rsc_temperature"] = "with --lambda-rsc 0"
+        if self.lambda_proto == 0:
+            out.update({name: "with --lambda-proto 0" for name in ("proto_temperature", "proto_clusters",
+                                                                    "proto_every")})
+        if self.optimizer != "sgd":
+            out["momentum"] = f"with the {self.optimizer} optimizer"
+        return out
 
     @property
     def proto_period(self) -> int:
@@ -163,9 +180,6 @@ class PredictConfig:
         if self.classes is not None:
             names = [c.strip() for c in self.classes]
             require(len(names) > 0 and all(names), "--classes is empty or has an empty name: give names like a,b,c")
-            dup = sorted({c for c in names if names.count(c) > 1})
-            require(not dup, f"--classes names {dup[0] if dup else ''!r} twice; give each class once")
-            require("background" not in names, "--classes: leave out 'background' (it is always class 0, scored "
-                    "with the decoder's background words)")
+            check_class_names(names, "--classes")  # the rule of text-prototypes: no 'background', none twice
 
 

@@ -64,15 +64,15 @@ GPU_WORKERS = 12  # auto --workers on CUDA caps at this many processes (issue 28
 
 def worker_count(workers: int | None) -> int:
     """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
-    affinity mask: under Slurm or taskset that is fewer than the machine's cores), None (auto) ``CPU_WORKERS``."""
+    affinity mask: under Slurm or taskset that is fewer than the machine's cores), and more than that is capped
+    at it (the CLI says so: a process per batch helps nothing and exhausts memory); None (auto) ``CPU_WORKERS``."""
     if workers is None:
         return CPU_WORKERS
-    if workers >= 1:
-        return workers
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return cores if workers < 1 else min(workers, cores)
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,10 @@ class ExtractConfig:
     @property
     def store_tokens(self) -> bool:
         return self.cache == "full"
+
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`)."""
+        return {"max_side": "with --image-size (every input is that square)"} if self.image_size else {}
 
 
 CPU_BATCH = 8  # extract's images per batch on a CPU under --batch-size auto (the forward batches well there)
@@ -179,7 +183,7 @@ class CamConfig:
         positive("--sgc-compactness", self.sgc_compactness)
         at_least("--sgc-clusters", self.sgc_clusters, 1)
         require(math.isfinite(self.sgc_position) and self.sgc_position >= 0,
-                f"--sgc-position {self.sgc_position}: must be a number >= 0 (0 = colour alone)")
+                f"--sgc-position {self.sgc_position}: must be a finite number >= 0 (0 = colour alone)")
         choice("--affinity", self.affinity, AFFINITIES)
         fraction("--affinity-weight", self.affinity_weight)
         require(bool(self.dino_model.strip()), "--dino-model is empty: give a timm ViT name, e.g. " + DEFAULT_DINO)
@@ -190,6 +194,20 @@ class CamConfig:
             require(self.parity != "clip-es", f"--affinity {self.affinity}: --parity clip-es reproduces CLIP-ES, "
                     "whose affinity is CLIP's alone; drop one of them")
         at_least("--max-classes-per-pass", self.max_classes_per_pass, 1)
+
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`)."""
+        out = {}
+        if self.refine == "none":
+            out.update(box_threshold="with --refine none", attention_blocks="with --refine none (no CAA)")
+        if self.refine != "caa+sgc":
+            out.update({name: "without --refine caa+sgc" for name in
+                        ("sgc_segments", "sgc_clusters", "sgc_position", "sgc_compactness")})
+        if self.affinity != "clip+dino":
+            out["affinity_weight"] = "without --affinity clip+dino"
+        if self.affinity == "clip":
+            out.update(dino_model="with --affinity clip", dino_weights="with --affinity clip")
+        return out
 
 
 @dataclass(frozen=True)
@@ -262,6 +280,10 @@ class LearnPrototypesConfig:
         positive("--max-memory-gb", self.max_memory_gb, allow_none=True)
         seed_value("seed", self.seed)  # a library field: the CLI has no --seed here
 
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`)."""
+        return {"bg_exponent": "with --targets hard"} if self.targets == "hard" else {}
+
 
 # the dense CRF's implementations (vpltool.densecrf): auto = torch on CUDA, pydensecrf on a CPU and under
 # --parity clip-es; torch is the same model as pydensecrf (same lattice, parameters and iterations), batched on a GPU
@@ -299,5 +321,11 @@ class CrfConfig:
             require(math.isfinite(value) and value >= 0, f"{option} {value}: must be >= 0")
         fraction("--confidence", self.confidence)
         choice("--parity", self.parity, PARITIES)
+
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`)."""
+        names = ("iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb",
+                 "bilateral_compat", "confidence", "backend")
+        return {name: "with --no-crf" for name in names} if self.no_crf else {}
 
 

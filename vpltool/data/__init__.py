@@ -58,6 +58,8 @@ def open_dataset(
     else:
         raise VplError(f"{path}: unknown dataset layout; expected a manifest .json, " + "; ".join(LAYOUTS))
     _check_items(dataset)
+    if labels_file is not None:
+        dataset.sources = (labels_file,)
     return dataset
 
 
@@ -91,7 +93,7 @@ def recorded_folders(folder: str | os.PathLike) -> list[Path]:
         return []
     root = Path(ident["root"])
     if ident.get("kind") != "manifest":
-        return layout_folders(str(ident.get("kind")), root)
+        return [root, *layout_folders(str(ident.get("kind")), root)]
     try:
         return open_manifest(root).folders()
     except VplError:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ContractError, VplError, VplWarning
+from ..errors import VplError, VplWarning
+from ..io.files import check_id, not_utf8, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
 from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
@@ -53,6 +54,7 @@ class Dataset:
     classes: tuple[str, ...]
     items: list[Item]
     preset: str | None  # 'voc' | 'coco' | None: picks CLIP-ES prompt names and background words
+    sources: tuple[Path, ...] = ()  # files read from outside the root (a --labels-file): protected like the root
 
     def identity(self) -> dict[str, Any]:
         """What stage records store to tell datasets apart, without listing every item."""
@@ -72,9 +74,11 @@ class Dataset:
         return "sha256:" + h.hexdigest()
 
     def folders(self) -> list[Path]:
-        """The folders this dataset's files live in (images, masks, annotations): no output may go there."""
+        """This dataset's own paths, where no output may go (:func:`vpltool.io.check_outputs`): its root (a
+        layout's folder with its label table, split files and class list; a manifest file), the folders its images,
+        masks and annotations live in, and a label file given from elsewhere (``--labels-file``)."""
         found = {item.image.parent for item in self.items} | {item.gt.parent for item in self.items if item.gt}
-        found |= set(layout_folders(self.kind, Path(self.root)))
+        found |= set(layout_folders(self.kind, Path(self.root))) | {Path(self.root), *self.sources}
         return sorted(found)
 
     def shard(self, index: int, count: int) -> Dataset:
@@ -127,23 +131,9 @@ def is_file(entry: os.DirEntry) -> bool:
                        "point it at the image") from None
 
 
-def not_utf8(path: Path, e: UnicodeDecodeError) -> ContractError:
-    """The one-line error for a text file in another encoding (Latin-1, UTF-16, ...)."""
-    data = path.read_bytes()
-    line = data[: e.start].count(b"\n") + 1
-    return ContractError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8, "
-                         f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}")
-
-
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines; '#' starts a comment line."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise VplError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise not_utf8(path, e) from None
-    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+    return [s for s in text_lines(path) if not s.startswith("#")]
 
 
 def read_classes_txt(path: Path) -> tuple[str, ...]:
@@ -193,25 +183,6 @@ def split_ids(listing: Path) -> list[str]:
     if twice is not None:
         raise VplError(f"{listing}: id {twice!r} is listed {ids.count(twice)} times; keep one line per image")
     return ids
-
-
-def check_id(image_id: str, source: Path | str) -> str:
-    """``image_id`` unchanged if it is a plain file name; a VplError naming ``source`` (the file that lists it)
-    otherwise.
-
-    Ids are data, not paths: every per-image output is ``<out>/<id>.<ext>``, so an id holding a path separator or
-    ``..`` would write outside the output folder, a leading dot would hide the file (and ``..``), and a control
-    character (a newline, a NUL) makes a name no tool shows faithfully. Every dataset reader calls this before
-    anything is written.
-    """
-    why = ("is empty" if not image_id else
-           "holds a path separator" if "/" in image_id or "\\" in image_id or (os.altsep or "/") in image_id else
-           "starts with a dot" if image_id.startswith(".") else
-           "holds a control character" if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in image_id) else None)
-    if why is not None:
-        raise VplError(f"{source}: id {image_id!r} {why}; ids name the output files (<out>/<id>.<ext>), so they must "
-                       "be plain file names: rename the image (and its label row)")
-    return image_id
 
 
 def missing_image(listing: Path, image_id: str, where: Path | str | Sequence[Path]) -> VplError:

@@ -91,7 +91,8 @@ def write_dataset(
         Both: ``classes.txt`` (background first) and ``captions.json`` ({id: caption}). Ids: ``train_000012``.
 
     A folder already holding this exact run is returned untouched; one holding another run raises VplError
-    unless ``overwrite`` (files of the old run that this one does not rewrite are left in place).
+    unless ``overwrite`` (files of the old run that this one does not rewrite are left in place). Any other
+    non-empty folder (a dataset of the user's, notes) is refused by the output guard, ``overwrite`` or not.
     """
     if layout not in LAYOUTS:
         raise VplError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -99,6 +100,7 @@ def write_dataset(
     # the CLI's bounds (WorldConfig) for a library caller too, before the folder and its lock exist
     WorldConfig(train=max(n_train, 1), val=n_val, seed=seed, size=cfg.size, layout=layout)
     out = Path(out)
+    io.check_outputs(STAGE, {"OUT": (out, "stage")}, overwrite=overwrite)
     params = {"n_train": n_train, "n_val": n_val, "seed": seed, "layout": layout, **asdict(cfg)}
     if not overwrite and _is_complete(out, params):
         return out
@@ -118,6 +120,7 @@ def write_dataset(
         if layout == "folder":
             _write_text(out / "labels.csv", rows)
         io.write_stage_record(out, STAGE, params=params, inputs={}, count=n_train + n_val)
+        (out / io.RUN_RECORD).unlink(missing_ok=True)  # complete: the run record goes, as a stage folder's does
     return out
 
 

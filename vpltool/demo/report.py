@@ -211,14 +211,18 @@ def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
         datasets["val"] = open_recorded(run / "pred_val")
     choice_file = run / "metrics" / CHOICE_FILE
     choice = io.read_json(choice_file) if choice_file.is_file() else None
+    sheets = {split: run / f"contact_sheet{'' if split == 'train' else '_' + split}.png" for split in datasets}
+    io.check_outputs("demo-report", {"metrics": (run / "metrics.json", "file"),
+                                     **{f"{split} sheet": (path, "file") for split, path in sheets.items()}},
+                     inputs={"the run's features": run / "features"},
+                     protected=[p for ds in datasets.values() for p in ds.folders()])
     report = {"run": str(run), "stages": collect(run, choice), "pseudo_choice": choice,
               "other_layers": other_layers(run),
               "chance": {split: chance_baselines(ds, seed) for split, ds in datasets.items()}, "sheets": []}
     # the sheets show the refinement whose masks trained the decoder
     where = run / choice["chosen"] if choice and choice["chosen"] != run_refinement(run) else run
     for split, ds in datasets.items():
-        sheet = write_sheet(run, ds, run / f"contact_sheet{'' if split == 'train' else '_' + split}.png",
-                            suffix="" if split == "train" else "_val", where=where)
+        sheet = write_sheet(run, ds, sheets[split], suffix="" if split == "train" else "_val", where=where)
         if sheet:
             report["sheets"].append(str(sheet))
     io.write_json(run / "metrics.json", report)

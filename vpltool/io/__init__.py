@@ -17,23 +17,32 @@ No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
 
 from .events import check_tensorboard, open_events
 from .files import (
+    NAME_MAX,
     append_line,
     append_log,
     atomic_path,
+    by_content,
     check_folder_target,
+    check_id,
     check_writable_target,
     file_identity,
+    id_problem,
+    is_regular_file,
     jsonable,
     make_folder,
+    name_problem,
+    named_file,
+    numbered_lines,
     raise_write_error,
     read_json,
     read_log,
     sha256_file,
+    text_lines,
     write_json,
     write_log,
     write_text,
 )
-from .guard import check_outputs, folder_owner
+from .guard import check_log_target, check_outputs, folder_owner, run_outputs
 from .images import (
     MASK_SUFFIX,
     image_size,
@@ -82,6 +91,7 @@ from .records import (
     STAGE_RECORD,
     read_record,
     record_stage,
+    recorded_model,
     stage_record_path,
     write_stage_record,
 )
@@ -96,7 +106,6 @@ from .stage import (
     read_stage_record,
     recorded_dataset_identity,
     recorded_ids,
-    shard_lock,
     write_side_record,
 )
 from .tensors import (
@@ -123,6 +132,9 @@ __all__ = [
     "append_line", "append_log", "atomic_path", "check_folder_target", "check_writable_target", "file_identity",
     "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
     "write_text",
+    "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file",
+    "numbered_lines", "text_lines",
+    "check_log_target", "run_outputs",
     "MASK_SUFFIX", "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
     "write_picture", "write_png", "mask_size",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
@@ -131,8 +143,8 @@ __all__ = [
     "write_cam_debug", "write_features", "write_prototypes",
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
-    "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
-    "recorded_dataset_identity", "shard_lock", "stage_record_path", "write_stage_record", "recorded_ids",
+    "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage", "recorded_model",
+    "recorded_dataset_identity", "stage_record_path", "write_stage_record", "recorded_ids",
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
     "open_events",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",

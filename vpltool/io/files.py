@@ -25,6 +25,125 @@ def _umask() -> int:
     return mask
 
 
+# the longest file name (one path component) Linux file systems take, in bytes (ext4, xfs, btrfs, tmpfs)
+NAME_MAX = 255
+_TMP_EXTRA = len("..XXXXXXXX.tmp")  # what an atomic write adds to a name: a dot, a dot, mkstemp's 8 letters, .tmp
+
+
+def name_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a file name on this system (a component longer than :data:`NAME_MAX` bytes), or
+    None. Checked before any ``stat``, which would fail with "File name too long" (a traceback, not a line)."""
+    for part in Path(path).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            return f"a name of {size} bytes, longer than a file name may be ({NAME_MAX} bytes)"
+    return None
+
+
+def short_path(path: str | os.PathLike) -> str:
+    """``path`` for a message, each component longer than 40 characters cut to ``first…last``."""
+    parts = [p if len(p) <= 40 else f"{p[:16]}…{p[-16:]}" for p in Path(path).parts]
+    return str(Path(*parts)) if parts else str(path)
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """``path`` is an existing regular file (following links); False, never an error, for anything else: a name
+    too long to be a file, a loop, a folder, a device. For values that may be a file or a literal (``--classes``,
+    ``--templates``)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):  # ENAMETOOLONG, ELOOP, ENOENT...; ValueError: an embedded NUL
+        return False
+
+
+# a value of these endings names a file, not a class name or a template: a typo in it must not become a class
+_LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".list", ".lst", ".names", ".text", ".yaml", ".yml")
+
+
+def named_file(value: str, option: str, what: str) -> Path | None:
+    """The file an option's ``value`` names, or None when the value is a literal (``a,b,c``, a template).
+
+    An existing regular file is the file. A value that names something else that exists (a folder, ``/dev/null``)
+    or that looks like a path (a ``/``, a leading ``~``, an ending such as ``.txt``) but does not exist is an error
+    naming ``option`` and ``what`` the file should hold: ``--classes myclasess.txt`` must not become a class named
+    ``myclasess.txt``. A value too long to be a file name is a literal.
+    """
+    if not value.strip():  # "" is Path("."), the current folder: an empty literal, for the option to refuse
+        return None
+    path = Path(value).expanduser() if value.startswith("~") else Path(value)
+    if is_regular_file(path):
+        return path
+    if name_problem(path) is not None or "\0" in value:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise VplError(f"{option} {value}: cannot be read ({e.strerror}); give {what}") from None
+    if mode is not None:
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise VplError(f"{option} {value}: is {kind}; give {what}")
+    looks_like_path = os.sep in value or value.startswith("~") or Path(value).suffix.lower() in _LIST_SUFFIXES
+    if looks_like_path:
+        raise VplError(f"{option} {value}: no such file; give {what}")
+    return None
+
+
+def not_utf8(path: Path, e: UnicodeDecodeError) -> ContractError:
+    """The one-line error for a text file in another encoding (Latin-1, UTF-16, ...)."""
+    data = path.read_bytes()
+    line = data[: e.start].count(b"\n") + 1
+    return ContractError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8, "
+                         f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}")
+
+
+def numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """``(line number, line)`` of the non-empty, stripped lines of a UTF-8 text file (a byte-order mark, as Windows
+    editors save, dropped); one-line errors for a missing file or another encoding."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise VplError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+    return [(n, s) for n, s in enumerate((line.strip() for line in lines), 1) if s]
+
+
+def text_lines(path: str | os.PathLike) -> list[str]:
+    """The non-empty, stripped lines of a UTF-8 text file (:func:`numbered_lines` without the numbers)."""
+    return [line for _, line in numbered_lines(path)]
+
+
+def id_problem(item_id: object) -> str | None:
+    """Why ``item_id`` cannot name a per-item file (``<out>/<id>.<ext>``), or None: the rule of every id, from a
+    dataset or from a record (:func:`check_id`)."""
+    if not isinstance(item_id, str):
+        return "is not a string"
+    return ("is empty" if not item_id else
+            "holds a path separator" if "/" in item_id or "\\" in item_id or (os.altsep or "/") in item_id else
+            "starts with a dot" if item_id.startswith(".") else
+            "holds a control character" if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in item_id) else
+            "is too long for a file name" if len(os.fsencode(item_id)) > NAME_MAX - len(".safetensors") else None)
+
+
+def check_id(image_id: str, source: Path | str) -> str:
+    """``image_id`` unchanged if it is a plain file name; a VplError naming ``source`` (the file that lists it)
+    otherwise.
+
+    Ids are data, not paths: every per-image output is ``<out>/<id>.<ext>``, so an id holding a path separator or
+    ``..`` would write outside the output folder, a leading dot would hide the file (and ``..``), and a control
+    character (a newline, a NUL) makes a name no tool shows faithfully. Every dataset reader calls this before
+    anything is written, and so does every reader of a record's ids (:func:`vpltool.io.read_record`).
+    """
+    why = id_problem(image_id)
+    if why is not None:
+        raise VplError(f"{source}: id {image_id!r} {why}; ids name the output files (<out>/<id>.<ext>), so they must "
+                       "be plain file names: rename the image (and its label row)")
+    return image_id
+
+
 def check_writable_target(path: str | os.PathLike, suffix: str = ".safetensors") -> Path:
     """``path`` as a Path, after refusing anything that is not a regular file (or absent).
 
@@ -33,6 +152,9 @@ def check_writable_target(path: str | os.PathLike, suffix: str = ".safetensors")
     message suggests a name in it ending in ``suffix``).
     """
     path = Path(path)
+    why = name_problem(path)
+    if why is not None:
+        raise VplError(f"{short_path(path)}: {why}; choose a shorter --out")
     try:
         mode = os.stat(path).st_mode  # follows a symlink: the link is replaced, its target judged
     except FileNotFoundError:
@@ -57,10 +179,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = check_writable_target(path, Path(path).suffix or ".safetensors")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(path.name)}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as e:
-        raise write_error(path, e) or VplError(f"{path.parent}: cannot write here ({e.strerror}); "
+        raise write_error(path, e) or VplError(f"{path}: cannot be written ({e.strerror}); "
                                                "choose another --out") from None
     tmp = Path(tmp)
     try:
@@ -71,6 +193,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise_write_error(path, e)
     finally:
         tmp.unlink(missing_ok=True)  # a failed write leaves neither a half file nor its temporary
+
+
+def _short_name(name: str) -> str:
+    """``name`` cut so that its temporary (``.NAME.XXXXXXXX.tmp``) fits a file name: a legal 250-byte output name
+    must not fail for its temporary's sake. Temporaries are recognised by their ``.`` and ``.tmp`` alone."""
+    raw = os.fsencode(name)
+    if len(raw) + _TMP_EXTRA <= NAME_MAX:
+        return name
+    return os.fsdecode(raw[: NAME_MAX - _TMP_EXTRA])  # a cut multi-byte letter stays bytes: still a valid name
 
 
 def raise_write_error(path: str | os.PathLike, e: OSError) -> NoReturn:
@@ -151,6 +282,17 @@ def file_identity(path: str | os.PathLike, **extra: Any) -> dict[str, Any]:
 def jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists, keys strings): for comparing with a record."""
     return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+def by_content(obj: Any) -> Any:
+    """``obj`` (as read back from JSON) with every file identity reduced to its content: the ``path`` of a dict
+    holding a ``sha256`` dropped, so that ``-p ./t.safetensors`` and ``-p /abs/t.safetensors`` compare equal and a
+    file replaced under the same name does not."""
+    if isinstance(obj, dict):
+        return {k: by_content(v) for k, v in obj.items() if not (k == "path" and "sha256" in obj)}
+    if isinstance(obj, list):
+        return [by_content(v) for v in obj]
+    return obj
 
 
 def read_log(path: str | os.PathLike, upto: int | None = None) -> list[dict[str, Any]]:

@@ -101,7 +101,10 @@ def read_features(path: str | os.PathLike, classes: Sequence[str] | None = None,
     for name, tensor in f.tensors.items():
         check_finite(f.path, name, tensor)
     if need_tokens and "last_block_input" not in f.tensors:
-        raise ContractError(f"{path}: extracted with a light cache; re-run `vpltool extract --cache full`")
+        # asked for by a folder whose record says --cache full: the folder mixes two runs (made before one lock
+        # served shards and plain runs alike), so skipping finished items would not help: --overwrite
+        raise ContractError(f"{path}: extracted with a light cache; re-run `vpltool extract --cache full --overwrite` "
+                            "on its folder")
     return Features(f)
 
 

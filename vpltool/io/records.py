@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ContractError
-from .files import read_json, write_json
+from .files import id_problem, read_json, write_json
 from .tensors import FORMAT_VERSION
 
 STAGE_RECORD = "_stage.json"
@@ -48,7 +49,9 @@ _STAGE_KEYS = {**_RUN_KEYS, "inputs": (dict, "an object"), "count": (int, "an in
 
 
 def _record_problem(record: Any, keys: Mapping[str, tuple[type, str]]) -> str | None:
-    """Why ``record`` is not a record with ``keys``, or None when it is."""
+    """Why ``record`` is not a record with ``keys``, or None when it is. Every field a reader uses is checked here
+    like input, once: a hand-edited or damaged record is one line naming the field, never a traceback or, worse,
+    a path (an id ``../x`` wrote outside the output folder)."""
     if not isinstance(record, dict):
         return f"a JSON {type(record).__name__}, not an object"
     for key, (kind, what) in keys.items():
@@ -56,13 +59,67 @@ def _record_problem(record: Any, keys: Mapping[str, tuple[type, str]]) -> str | 
             return f"no '{key}'"
         if not isinstance(record[key], kind) or isinstance(record[key], bool):
             return f"'{key}' is not {what}"
+    for problem in (_dataset_problem(record), _classes_problem(record.get("classes")), _ids_problem(record),
+                    _params_problem(record)):
+        if problem is not None:
+            return problem
+    return None
+
+
+def _dataset_problem(record: dict[str, Any]) -> str | None:
     dataset = record.get("inputs", {}).get("dataset") if isinstance(record.get("inputs"), dict) else None
-    if dataset is not None and not (isinstance(dataset, dict) and isinstance(dataset.get("root"), str)):
+    if dataset is None:
+        return None
+    if not (isinstance(dataset, dict) and isinstance(dataset.get("root"), str) and dataset["root"]):
         return "'inputs.dataset' does not name a dataset root"
-    classes = record.get("classes")
-    if classes is not None and not (isinstance(classes, list) and len(classes) >= 2
-                                    and all(isinstance(c, str) for c in classes)):
+    if not isinstance(dataset.get("split"), (str, type(None))):
+        return f"'inputs.dataset.split' is {json.dumps(dataset.get('split'))}, not a split name"
+    return None
+
+
+def _classes_problem(classes: Any) -> str | None:
+    if classes is None:
+        return None
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
         return "'classes' is not a list of class names"
+    if classes[0] != "background" or "background" in classes[1:] or len(set(classes)) != len(classes):
+        return "'classes' does not list 'background' first and each class once"
+    return None
+
+
+def _ids_problem(record: dict[str, Any]) -> str | None:
+    """The item ids, through the rule every dataset reader applies (:func:`vpltool.io.id_problem`)."""
+    ids = record.get("ids")
+    if ids is None:
+        return None
+    if not isinstance(ids, list):
+        return "'ids' is not a list of ids"
+    seen: set[str] = set()
+    for item_id in ids:
+        why = id_problem(item_id)
+        if why is not None:
+            return f"'ids' lists {json.dumps(item_id)}, which {why} (ids name the item files: <id>.<ext>)"
+        if item_id in seen:
+            return f"'ids' lists {json.dumps(item_id)} twice"
+        seen.add(item_id)
+    if isinstance(record.get("count"), int) and record["count"] != len(ids):
+        return f"'count' is {record['count']} but 'ids' lists {len(ids)}"
+    return None
+
+
+# parameters other stages rebuild objects from: what each must be
+_OBJECT_PARAMS = {"model": ("model", "pretrained"), "prototypes": ("sha256",), "decoder": ("sha256",)}
+
+
+def _params_problem(record: dict[str, Any]) -> str | None:
+    params = record.get("params")
+    if not isinstance(params, dict):
+        return None
+    for key, fields in _OBJECT_PARAMS.items():
+        if key in params and not (isinstance(params[key], dict)
+                                  and all(isinstance(params[key].get(f), str) for f in fields)):
+            return (f"'params.{key}' is {json.dumps(params[key])[:60]}, not an object with "
+                    + ", ".join(f"'{f}'" for f in fields))
     return None
 
 
@@ -78,6 +135,17 @@ def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
         raise ContractError(f"{path}: not a vpltool {'run' if run else 'stage'} record ({problem}); the folder is "
                             f"damaged: {fix}, or choose another folder")
     return record
+
+
+def recorded_model(record: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
+    """The CLIP identity an `extract` folder's record names (``params.model``, checked by :func:`read_record`);
+    one line when it names none."""
+    model = record["params"].get("model")
+    if model is None:
+        raise ContractError(f"{Path(folder) / STAGE_RECORD}: not a vpltool stage record (no 'params.model'); the "
+                            "folder is damaged: re-run `vpltool extract` there with --overwrite, or choose another "
+                            "folder")
+    return model
 
 
 def record_stage(folder: str | os.PathLike) -> str | None:

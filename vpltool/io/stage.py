@@ -10,8 +10,13 @@ The skeleton every per-image stage follows is written once, in :class:`StageFold
 * ``_run.json`` holds the parameters of the run under way. A re-run with other parameters is refused (or, with
   ``--overwrite``, redoes the folder), so an interrupted folder never ends up half one setting, half another.
 * ``_stage.json`` is written last: the Make target and the proof that every item is complete.
-* ``.vpltool.lock`` (an ``flock``) refuses a second writer at once; it is taken before anything in the folder
-  changes, so a refused run leaves the folder as it found it.
+* ``.vpltool.lock`` (an ``flock``) is the folder's one lock, for plain runs and shards alike (:func:`output_lock`):
+  a run takes it exclusively, the shards of a ``--shard i/n`` run share it (each also claims its index), so a plain
+  run and a sharded one, two copies of one shard, or shards of two counts never write one folder at once. It is
+  taken before anything in the folder changes, so a refused run leaves the folder as it found it, and the kernel
+  frees it when the run dies: forked children (DataLoader workers) never hold it (:func:`_release_in_child`).
+* A run alone in its folder first removes what a killed run left: the temporaries of atomic writes
+  (``.NAME.XXXXXXXX.tmp``) and the claims of dead shards.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +32,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ContractError, VplError
-from .files import jsonable, make_folder, raise_write_error, read_json, write_json
+from .files import by_content, jsonable, make_folder, raise_write_error, read_json, write_json
 from .records import (
     LOCK_FILE,
     RUN_RECORD,
@@ -77,13 +83,17 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
     return record
 
 
+_SHARD_NAME = re.compile(r"([0-9]+)-of-([0-9]+)", flags=re.ASCII)
+
+
 def finished_shards(folder: str | os.PathLike) -> list[tuple[int, int]]:
-    """``(index, count)`` of the shards that recorded their end in ``folder`` (:meth:`StageFolder.shard_done`)."""
+    """``(index, count)`` of the shards that recorded their end in ``folder`` (:meth:`StageFolder.shard_done`);
+    names of any other form (other digits than 0-9, an index outside its count) are no shard record."""
     found = []
     for path in Path(folder).glob(SHARD_RECORD.format(index="*", count="*")):
-        index, _, count = path.stem.removeprefix("_shard.").partition("-of-")
-        if index.isdigit() and count.isdigit():
-            found.append((int(index), int(count)))
+        match = _SHARD_NAME.fullmatch(path.stem.removeprefix("_shard."))
+        if match and 0 <= int(match.group(1)) < int(match.group(2)):
+            found.append((int(match.group(1)), int(match.group(2))))
     return sorted(found)
 
 
@@ -93,10 +103,11 @@ def _remove_shard_records(folder: Path) -> None:
 
 
 def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
-    """Top-level keys whose values differ between two parameter dicts, as they read back from JSON (``ignore``:
-    keys never compared)."""
-    old, new = jsonable(old or {}), jsonable(new)
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignore)
+    """Keys of ``new`` whose values differ in ``old``, as they read back from JSON, files compared by content
+    (:func:`vpltool.io.files.by_content`). ``ignore``: keys never compared. A key only ``old`` has is one the new
+    run does not record: an option without effect in its combination (or a record of an older vpltool)."""
+    old, new = by_content(jsonable(old or {})), by_content(jsonable(new))
+    return sorted(k for k in new if old.get(k) != new[k] and k not in ignore)
 
 
 def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
@@ -164,8 +175,7 @@ def recorded_ids(folder: str | os.PathLike, suffix: str) -> list[str]:
         ContractError: an item is missing: the folder is incomplete, one line naming it and the fix.
     """
     folder = Path(folder)
-    record = read_json(stage_record_path(folder))
-    record = record if isinstance(record, dict) else {}
+    record = read_record(stage_record_path(folder))  # its ids checked like a dataset's (no path, none twice)
     stage = record.get("stage", "the stage that wrote it")
     ids = record.get("ids")
     if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
@@ -183,28 +193,161 @@ def recorded_ids(folder: str | os.PathLike, suffix: str) -> list[str]:
     return found
 
 
-@contextlib.contextmanager
-def output_lock(folder: str | os.PathLike, name: str = LOCK_FILE) -> Iterator[None]:
-    """Hold an exclusive lock on an output folder; a second writer is refused at once, not interleaved.
+_HELD: set[int] = set()  # descriptors of the locks this process holds
 
-    Take it before anything in the folder changes (:func:`prepare_stage_dir` included: ``--overwrite`` removes
-    the record), so that a refused run leaves the folder as it found it. ``name`` lets shards of one run
-    (``--shard i/n``) hold separate locks on the same folder.
+
+def _release_in_child() -> None:
+    """After ``fork``: point every held lock's descriptor at /dev/null in the child.
+
+    An ``flock`` belongs to the open file description, which a forked child shares: a DataLoader worker would keep
+    the folder locked after its run was killed (for minutes; a re-run was refused). Re-pointing (``dup2``, not
+    ``close``) keeps the number valid for the child's copy of the file object, which may close it later.
     """
-    folder = make_folder(folder)
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
     try:
-        fh = open(folder / name, "a+")
+        for fd in _HELD:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_in_child)
+
+
+@contextlib.contextmanager
+def _locked_file(path: Path, mode: int) -> Iterator[Any]:
+    """``path`` opened (created) and ``flock``-ed with ``mode`` (never waiting); yields the file, or None when
+    another holder has it. Open failures (a read-only folder) are one line."""
+    try:
+        fh = open(path, "a+")
     except OSError as e:
-        raise_write_error(folder / name, e)
+        raise_write_error(path, e)
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise VplError(f"{folder}: another vpltool run is writing here; wait for it or choose another "
-                           "--out") from None
-        yield
+            yield None
+            return
+        _HELD.add(fh.fileno())
+        yield fh
     finally:
+        _HELD.discard(fh.fileno())
         fh.close()
+
+
+def _shard_claims(folder: Path) -> list[tuple[Path, int, int]]:
+    """The claim files of shards (``.vpltool.lock.i-of-n``) in ``folder``: ``(path, i, n)``."""
+    found = []
+    for path in folder.glob(f"{LOCK_FILE}.*-of-*"):
+        match = _SHARD_NAME.fullmatch(path.name[len(LOCK_FILE) + 1:])
+        if match:
+            found.append((path, int(match.group(1)), int(match.group(2))))
+    return found
+
+
+@contextlib.contextmanager
+def _claim(folder: Path, index: int, count: int) -> Iterator[None]:
+    """Claim shard ``index`` of ``count`` (an exclusive ``flock`` on ``.vpltool.lock.i-of-n``, held by a run that
+    shares the folder lock); refuse a shard already running or shards of another count. The claim file goes with
+    the run, so a refused or finished shard leaves none; one a killed shard left is removed by the next run."""
+    path = folder / f"{LOCK_FILE}.{index}-of-{count}"
+    for _ in range(3):  # the file may be removed as stale between our open and our lock: claim the new one
+        with _locked_file(path, fcntl.LOCK_EX) as fh:
+            if fh is None:
+                raise VplError(f"{folder}: --shard {index}/{count} is already running here; wait for it or run "
+                               "another shard")
+            try:
+                same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                continue
+            try:
+                _refuse_other_counts(folder, count)
+                yield
+            finally:
+                path.unlink(missing_ok=True)  # still locked: a run that opens it now finds another inode
+            return
+    raise VplError(f"{folder}: could not claim --shard {index}/{count} (its lock file keeps changing); retry")
+
+
+def _refuse_other_counts(folder: Path, count: int) -> None:
+    """Shards of another count that are running here are refused (their items would be split twice); claims
+    whose shard died are removed."""
+    for path, i, n in _shard_claims(folder):
+        if n == count:
+            continue
+        with _locked_file(path, fcntl.LOCK_EX) as fh:
+            if fh is None:
+                raise VplError(f"{folder}: shards of another count (--shard {i}/{n}) are writing here; a folder is "
+                               f"made in one shard count: run --shard i/{n}, or wait for them")
+            path.unlink(missing_ok=True)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """What killed runs left in ``folder`` and its subfolders (a decoder's ``checkpoints/``): temporaries of
+    atomic writes (``.NAME.XXXXXXXX.tmp``) and shard claims. Called only by a run alone in the folder."""
+    for path, *_ in _shard_claims(folder):
+        path.unlink(missing_ok=True)
+    for where in [folder, *(p for p in _scan(folder) if p.is_dir(follow_symlinks=False))]:
+        for entry in _scan(where):
+            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _scan(folder: Path | os.DirEntry) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, shard: tuple[int, int] = (0, 1),
+                also: Iterable[str | os.PathLike] = ()) -> Iterator[None]:
+    """Hold the folder's lock (``.vpltool.lock``) while writing it; a second writer is refused at once.
+
+    A run in one piece takes it exclusively. Shard ``i`` of ``n`` takes it shared, with the other shards of its run,
+    and claims its index (:func:`_claim`): a plain run and a sharded one never mix, nor do two copies of a shard or
+    shards of two counts. Take it before anything in the folder changes (:func:`prepare_stage_dir` included:
+    ``--overwrite`` removes the record), so that a refused run leaves the folder as it found it. A run that finds
+    itself alone first removes what killed runs left in the folder and in the folders ``also`` (its side folders):
+    :func:`_remove_leftovers`.
+    """
+    folder = make_folder(folder)
+    index, count = shard
+    lock = folder / LOCK_FILE
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(_locked_file(lock, fcntl.LOCK_EX))
+        if fh is not None:
+            for where in (folder, *also):
+                _remove_leftovers(Path(where))
+        if count == 1:
+            if fh is None:
+                with _locked_file(lock, fcntl.LOCK_SH) as probe:
+                    who = "the shards of a --shard run are" if probe is not None else "another vpltool run is"
+                raise VplError(f"{folder}: {who} writing here; wait for it or choose another --out")
+            yield
+            return
+        if fh is not None:  # alone: share the lock from now on, with the other shards of this run
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh = None
+        else:
+            fh = stack.enter_context(_locked_file(lock, fcntl.LOCK_SH))
+        if fh is None:
+            raise VplError(f"{folder}: another vpltool run (not a shard) is writing here; wait for it or choose "
+                           "another --out")
+        stack.enter_context(_claim(folder, index, count))
+        yield
 
 
 def item_done(path: Path, overwrite: bool) -> bool:
@@ -220,8 +363,8 @@ class StageFolder:
         stage: the command name recorded in the folder's records.
         params: what makes two runs' items interchangeable (recorded; a resume must match it).
         overwrite: redo finished items (and forget another run's records).
-        lock_name: shards of one run (``--shard i/n``) hold separate locks on one folder.
-        reset: whether this process may remove the records under ``overwrite`` (False for shards but the first).
+        shard: ``(i, n)`` of a ``--shard i/n`` run (the shards share the folder's lock, :func:`output_lock`); only
+            shard 0 (or a run in one piece) removes the records under ``overwrite``.
         not_compared: keys of ``params`` recorded but not compared on resume (limits, not settings).
         inputs: the identity of the inputs (recorded in ``_run.json`` and ``_stage.json``; a resume must match).
         sides: option -> side folder (``--save-overlays``, ``--save-debug``; None = not given), marked as this
@@ -229,12 +372,12 @@ class StageFolder:
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
-                 lock_name: str = LOCK_FILE, reset: bool = True, not_compared: Sequence[str] = (),
+                 shard: tuple[int, int] = (0, 1), not_compared: Sequence[str] = (),
                  inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {}):
         self.folder, self.stage, self.params = Path(folder), stage, dict(params)
         self.inputs = None if inputs is None else dict(inputs)
         self.sides = {option: Path(path) for option, path in sides.items() if path is not None}
-        self.overwrite, self.lock_name, self.reset = overwrite, lock_name, reset
+        self.overwrite, self.shard, self.reset = overwrite, tuple(shard), shard[0] == 0
         self.not_compared = tuple(not_compared)
         self._stack = contextlib.ExitStack()
         self._created = False
@@ -242,8 +385,9 @@ class StageFolder:
     def __enter__(self) -> StageFolder:
         self._created = not self.folder.exists()
         self._sides_created = [path for path in self.sides.values() if not path.exists()]
-        self._stack.enter_context(output_lock(self.folder, self.lock_name))
+        self._stack.enter_context(output_lock(self.folder, self.shard, also=self.sides.values()))
         try:
+            self._refuse_other_shard_count()
             prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset, self.not_compared,
                               self.inputs)
             for option, path in self.sides.items():
@@ -260,7 +404,20 @@ class StageFolder:
             for path in self._sides_created:  # first: one may lie inside the output folder
                 self._remove_if_untouched(path, {SIDE_RECORD})
             if self._created:
-                self._remove_if_untouched(self.folder, {self.lock_name, RUN_RECORD})
+                self._remove_if_untouched(self.folder, {LOCK_FILE, RUN_RECORD})
+
+    def _refuse_other_shard_count(self) -> None:
+        """Shards of one folder have one count: ``--shard 1/3`` into a folder where shard 0 of 2 finished would
+        split the items twice (a plain run may finish any folder; ``--overwrite`` on shard 0 starts afresh)."""
+        index, count = self.shard
+        other = [(i, n) for i, n in finished_shards(self.folder) if n != count]
+        if count == 1 or not other or (self.overwrite and self.reset):
+            return
+        n = other[0][1]
+        done = ", ".join(str(i) for i, m in other if m == n)
+        raise VplError(f"{self.folder}: shard(s) {done} of {n} finished here, so it is made in {n} shards; run the "
+                       f"others as --shard i/{n} (or without --shard, to finish it in one run), not --shard "
+                       f"{index}/{count}")
 
     @staticmethod
     def _remove_if_untouched(folder: Path, ours: set[str]) -> None:
@@ -279,11 +436,13 @@ class StageFolder:
         present = _names(self.folder)
         return [i for i in ids if path_of(self.folder, i).name not in present]
 
-    def finish(self, ids: Sequence[str], path_of: Callable[[str | os.PathLike, str], Path], index: int = 0,
-               count: int = 1, *, inputs: Mapping[str, Any] | None = None, **extra: Any) -> bool:
+    def finish(self, ids: Sequence[str], path_of: Callable[[str | os.PathLike, str], Path], index: int | None = None,
+               count: int | None = None, *, inputs: Mapping[str, Any] | None = None, **extra: Any) -> bool:
         """After this process's items: :meth:`complete` once every item of ``ids`` (all shards) is there, else (a
         shard of several) :meth:`shard_done`. Returns whether the folder is complete. Each shard checks after
-        writing its own items, so the last to finish completes the folder."""
+        writing its own items, so the last to finish completes the folder. ``index``/``count``: the folder's
+        shard by default."""
+        index, count = (self.shard[0] if index is None else index), (self.shard[1] if count is None else count)
         present = _names(self.folder)
         if all(path_of(self.folder, i).name in present for i in ids):
             self.complete(inputs=inputs, count=len(ids), ids=list(ids), **extra)
@@ -316,12 +475,6 @@ def _names(folder: Path) -> set[str]:
         return set(os.listdir(folder))
     except FileNotFoundError:
         return set()
-
-
-def shard_lock(index: int, count: int) -> str:
-    """The lock file of shard ``index`` of ``count`` (:data:`LOCK_FILE` for a run in one piece): shards of one run
-    write one folder side by side, each under its own lock."""
-    return LOCK_FILE if count == 1 else f"{LOCK_FILE}.{index}-of-{count}"
 
 
 def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
