@@ -83,8 +83,8 @@ def test_the_writer_writes_behind_and_hands_errors_back():
         for i in range(5):
             writer.submit({"t": torch.tensor([i])},
                           lambda t: written.append((int(t["t"]), threading.current_thread().name)))
-    assert [w[0] for w in written] == list(range(5)) and {w[1] for w in written} == {"vpltool-writer"}
-    assert sum(done) == 5
+    assert sorted(w[0] for w in written) == list(range(5))  # several threads: any order, each batch once
+    assert all(w[1].startswith("vpltool-writer") for w in written) and sum(done) == 5
 
     def fail(t):
         raise VplError("out.safetensors: no space left on device; free some space")

@@ -1,8 +1,8 @@
 """Softmax-GradCAM of CLIP-ES (``generate_cams_voc12.py`` with ``pytorch_grad_cam``), re-running only the last block.
 
 The stages reach it through :meth:`ClipBackbone.gradcam` (one image) and :meth:`ClipBackbone.gradcam_batch` (B images
-of one grid): every class map of every image from one forward of the last block, in fp32 (fp16 gradients underflow
-on real photos). ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)`` at the last block's ``ln_1`` output
+of one grid): every class map of every image from one forward and one backward of the last block, on one row per
+(image, class) pair. ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)`` at the last block's ``ln_1`` output
 (``layer="input"``, CLIP-ES's target layer and VPL's) or at its output tokens, scaled like CLIP-ES
 (:func:`vpltool.kernels.gradcam_scale`). ``exact`` repeats CLIP-ES's own order of operations (``--parity clip-es``).
 Every function takes the :class:`~vpltool.backbone.ClipBackbone` as ``bb`` (its last block, projection and device).
@@ -40,28 +40,56 @@ class GradCam:
     dense: torch.Tensor
 
 
+@dataclass
+class SoftmaxRows:
+    """The rows each image of a batch takes its softmax over, for :meth:`ClipBackbone.gradcam_batch`.
+
+    Attributes:
+        vectors: ``[R, D]`` unit rows (e.g. every row of a prototypes file), best already on the model's device.
+        classes: per image, the row index of each of its K_b classes (in label order): one map per class.
+        background: the row indices of the M background rows every image's softmax also runs over.
+    """
+
+    vectors: torch.Tensor
+    classes: Sequence[Sequence[int]]
+    background: Sequence[int]
+
+    @classmethod
+    def of_image(cls, rows: torch.Tensor, n_classes: int) -> SoftmaxRows:
+        """One image whose rows are ``rows`` ``[K + M, D]``: its K classes first, then the M background rows."""
+        return cls(rows, [range(n_classes)], range(n_classes, len(rows)))
+
 
 @dataclass
 class BatchGradCam:
-    """Softmax-GradCAM of a batch of images (:meth:`ClipBackbone.gradcam_batch`).
+    """Softmax-GradCAM of a batch of images (:meth:`ClipBackbone.gradcam_batch`), one map per (image, class) pair.
 
     Attributes:
-        maps: ``[B, Kmax, h, w]`` float32 in [0, 1]; image b's first ``K_b`` maps are its classes', the rest zeros.
+        maps: ``[P, h, w]`` float32 in [0, 1], P = sum of the K_b; image b's K_b maps (in label order) are
+            ``maps[offsets[b] : offsets[b + 1]]`` (:meth:`image_maps`).
+        image_of: ``[P]`` int64 on the model's device: the image of each map.
+        offsets: B + 1 host ints (see ``maps``).
         attention: ``[B, 1 + hw, 1 + hw]`` the last block's head-mean attention.
-        probs: B tensors ``[K_b + M]``, each image's softmax over its rows.
-        dense: ``[B, hw, D]`` the patch features of the last block's output (joint space, not normalised).
+        probs: B tensors ``[K_b + M]``, each image's softmax over its rows (its classes, then the background's).
+        tokens: ``[B, 1 + hw, width]`` the last block's output.
     """
 
     maps: torch.Tensor
+    image_of: torch.Tensor
+    offsets: list[int]
     attention: torch.Tensor
     probs: list[torch.Tensor]
-    dense: torch.Tensor
+    tokens: torch.Tensor
 
+    def image_maps(self, b: int) -> torch.Tensor:
+        """``[K_b, h, w]``: image b's maps (a view)."""
+        return self.maps[self.offsets[b] : self.offsets[b + 1]]
 
 
 def gradcam(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor, n_classes: int,
-            temperature: float, layer: str = "input", exact: bool = False) -> GradCam:
-    """Softmax-GradCAM for the first ``n_classes`` of ``rows`` from one forward of the last block, in fp32.
+            temperature: float, layer: str = "input", exact: bool = False,
+            dtype: torch.dtype = torch.float32) -> GradCam:
+    """Softmax-GradCAM for the first ``n_classes`` of ``rows`` from one forward of the last block.
 
     Args:
         last_block_input: ``[1 + hw, width]`` tokens entering the last block.
@@ -73,53 +101,115 @@ def gradcam(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: tor
         exact: repeat CLIP-ES's order of floating-point operations (``--parity clip-es``): the same values up to
             rounding, but the final min-max of CAA magnifies rounding by up to ~10^4 on flat maps, so parity
             needs the same rounding. Slower: one backward per class, the weighted sum in numpy.
+        dtype: the block's precision (:func:`gradcam_batch`); ignored with ``exact`` (fp32).
 
-    ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)``, scaled like CLIP-ES (:func:`gradcam_scale`);
-    fp32 throughout (fp16 gradients underflow on real photos).
+    ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)``, scaled like CLIP-ES (:func:`gradcam_scale`).
     """
     if layer not in GRADCAM_LAYERS:
         raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
     if exact:
         return _gradcam_clip_es(bb, last_block_input, grid, rows, n_classes, temperature, layer)
-    cam = gradcam_batch(bb, last_block_input[None], grid, [rows], [n_classes], temperature, layer)
-    return GradCam(cam.maps[0, :n_classes], cam.attention[0], cam.probs[0], cam.dense[0])
+    cam = gradcam_batch(bb, last_block_input[None], grid, SoftmaxRows.of_image(rows, n_classes), temperature, layer,
+                        dtype)
+    return GradCam(cam.maps, cam.attention[0], cam.probs[0], bb.dense(cam.tokens)[0].float())
 
-def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: Sequence[torch.Tensor],
-                  n_classes: Sequence[int], temperature: float, layer: str = "input") -> BatchGradCam:
-    """:meth:`gradcam` for B images of one grid from one forward of the last block, in fp32.
+
+def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: SoftmaxRows,
+                  temperature: float, layer: str = "input", dtype: torch.dtype = torch.float32) -> BatchGradCam:
+    """:meth:`gradcam` for B images of one grid: one forward and one plain backward of the last block for the
+    whole batch, on one row per (image, class) pair.
 
     Args:
         last_block_input: ``[B, 1 + hw, width]`` tokens entering the last block.
-        rows: B tensors ``[K_b + M, D]``: image b's present classes first, then every background row.
-        n_classes: the B ``K_b``.
+        rows: each image's softmax rows (:class:`SoftmaxRows`).
+        dtype: float32 (CLIP-ES's precision), or bfloat16: the block under autocast (its matrix products in bf16;
+            layer norms, softmax, the GradCAM weights and sums in fp32).
 
-    The images' gradients are independent, so one backward per class *slot* serves every image (slot k = the
-    k-th class of each image that has one): ``max_b K_b`` backward passes on a CPU, one batched backward
-    (``is_grads_batched``) on CUDA. Each image's softmax is its own (its own rows), so a batch of one gives
-    the same maps as the batch it came from.
+    Class k of image b needs the gradient of its own ``p_k``, and gradients of different rows of a batch are
+    independent: so the block runs on one row per pair (image b's tokens K_b times; an image without classes
+    once, for its softmax and attention), and one backward of the sum of every row's own ``p_k`` gives every map.
+    No class slots padded to the batch's largest K, no batched vector-Jacobian products; the index tensors reach
+    the device in one non-blocking copy, and nothing here waits for the device.
     """
     if layer not in GRADCAM_LAYERS:
         raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
-    x = last_block_input.to(bb.device, torch.float32).requires_grad_(True)
-    n_img, kmax = len(x), max(n_classes, default=0)
-    with torch.enable_grad(), torch.autocast(bb.device.type, enabled=False):
+    plan = _pair_plan(rows, bb.device)
+    x = last_block_input.to(bb.device, torch.float32).index_select(0, plan.image_of_rows).requires_grad_(True)
+    low = dtype != torch.float32
+    with torch.enable_grad(), torch.autocast(bb.device.type, dtype=dtype if low else None, enabled=low):
         out, attn, ln1 = bb.block(bb.n_blocks - 1, x, grid, need_weights=True, keep_ln1=layer == "input")
         act = ln1 if layer == "input" else out
-        dense = bb.dense(out)  # [B, hw, D]
-        img = F.normalize(dense.mean(1), dim=-1)  # [B, D]: CLIP-ES's patch-mean image embedding
-        probs = [(img[b : b + 1] @ r.to(img).T / temperature).softmax(-1)[0] for b, r in enumerate(rows)]
-        if kmax == 0:
-            return BatchGradCam(torch.zeros(n_img, 0, *grid, device=x.device), attn.detach(),
-                                [p.detach() for p in probs], dense.detach())
-        slots = torch.stack([F.pad(p[:k], (0, kmax - k)) for p, k in zip(probs, n_classes)])  # [B, Kmax]
-        grads = _slot_gradients(slots, act)  # [Kmax, B, 1+hw, width]
-    act, grads = act[:, 1:].detach(), grads[:, :, 1:]  # patch tokens only
-    weights = grads.mean(2)  # [Kmax, B, width]: GradCAM channel weights
+        img = _image_embedding(bb, out)  # [P', D]
+        scores = img @ rows.vectors.to(img).T / temperature  # [P', R]
+        scores = torch.cat([scores, scores.new_full((len(scores), 1), float("-inf"))], 1)  # column R: padding
+        probs = scores.gather(1, plan.row_index).softmax(-1)  # [P', Kmax + M]: each row's image's rows, padded
+        n = plan.pairs
+        if n:
+            target = probs[:n].gather(1, plan.slot[:, None]).sum()  # every pair's own class probability
+            grads = torch.autograd.grad(target, act)[0][:n, 1:].float()  # [P, hw, width], patch tokens only
+    h, w = grid
+    attention = attn.detach().index_select(0, plan.first).float()
+    tokens = out.detach().index_select(0, plan.first)
+    image_probs = [probs[i, : k + plan.n_background].detach() for i, k in zip(plan.first_host, plan.counts)]
+    if not n:
+        return BatchGradCam(x.new_zeros(0, h, w), plan.image_of, plan.offsets, attention, image_probs, tokens)
+    act = act.detach()[:n, 1:].float()
+    weights = grads.mean(1)  # [P, width]: GradCAM channel weights
     # a product and a sum over channels per map, not a matmul: a batched matmul rounds differently from a
     # single one (measured on a CPU), this does not, so a batch gives the maps of its images run alone
-    maps = torch.stack([(act * w[:, None, :]).sum(-1) for w in weights], 1)  # [B, Kmax, hw]
-    maps = torch.relu(maps).view(n_img, kmax, *grid)
-    return BatchGradCam(gradcam_scale(maps), attn.detach(), [p.detach() for p in probs], dense.detach())
+    maps = torch.relu((act * weights[:, None, :]).sum(-1)).view(n, h, w)
+    return BatchGradCam(gradcam_scale(maps), plan.image_of, plan.offsets, attention, image_probs, tokens)
+
+
+def _image_embedding(bb, out: torch.Tensor) -> torch.Tensor:
+    """``[N, D]`` float32 unit image embeddings of the last block's output ``[N, 1 + hw, width]``: CLIP-ES's mean of
+    the projected patch tokens, as ``ln_post``, the patch mean, then ``proj`` (the projection is linear), the
+    projection as a product and a sum: a matmul's rounding depends on how many rows it has (measured on a CPU),
+    this does not, so an image's softmax is the same in any batch."""
+    v = bb.visual
+    pooled = v.ln_post(out[:, 1:]).float().mean(1)  # [N, width]
+    embedding = pooled if v.proj is None else (pooled[:, :, None] * v.proj.float()).sum(1)
+    return F.normalize(embedding, dim=-1)
+
+
+@dataclass
+class _PairPlan:
+    """The rows :func:`gradcam_batch` runs the block on: index tensors on the device, from one host tensor."""
+
+    pairs: int  # P: the (image, class) rows come first, then one row per image without classes
+    counts: list[int]  # K_b
+    offsets: list[int]  # B + 1: image b's pairs are offsets[b]:offsets[b + 1]
+    first_host: list[int]  # B: the row whose softmax and attention are image b's
+    n_background: int  # M
+    image_of_rows: torch.Tensor  # [P'] the image of every row
+    image_of: torch.Tensor  # [P] the image of every pair
+    slot: torch.Tensor  # [P] each pair's class position among its image's rows
+    first: torch.Tensor  # [B] first_host, on the device
+    row_index: torch.Tensor  # [P', Kmax + M] score columns per row: its image's classes, the background, padding
+
+
+def _pair_plan(rows: SoftmaxRows, device: torch.device) -> _PairPlan:
+    from ..batches import to_device
+
+    counts = [len(c) for c in rows.classes]
+    pairs, kmax, background = sum(counts), max(counts, default=0), list(rows.background)
+    pad = len(rows.vectors)  # the -inf column of the scores
+    image_of = [b for b, k in enumerate(counts) for _ in range(k)]
+    slot = [j for k in counts for j in range(k)]
+    empty = [b for b, k in enumerate(counts) if k == 0]
+    offsets = [0]
+    for k in counts:
+        offsets.append(offsets[-1] + k)
+    first = [offsets[b] if k else pairs + empty.index(b) for b, k in enumerate(counts)]
+    image_rows = image_of + empty
+    width = kmax + len(background)
+    index = [list(rows.classes[b]) + background + [pad] * (kmax - counts[b]) for b in image_rows]
+    flat = image_rows + image_of + slot + first + [r for row in index for r in row]
+    packed = to_device(torch.tensor(flat, dtype=torch.long), device)
+    parts = packed.split([len(image_rows), pairs, pairs, len(counts), len(image_rows) * width])
+    return _PairPlan(pairs, counts, offsets, first, len(background), parts[0], parts[1], parts[2], parts[3],
+                     parts[4].view(len(image_rows), width))
+
 
 def _gradcam_clip_es(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor,
                      n_classes: int, temperature: float, layer: str) -> GradCam:
@@ -153,18 +243,3 @@ def _gradcam_clip_es(bb, last_block_input: torch.Tensor, grid: tuple[int, int], 
         maps.append(np.maximum(cam, 0).astype(np.float32)[0])
     maps = torch.from_numpy(np.stack(maps)) if maps else torch.zeros(0, h, w)
     return GradCam(gradcam_scale(maps), attn[0].detach(), probs[0].detach(), dense)
-
-
-def _slot_gradients(slots: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """``[Kmax, *act.shape]``: the gradient of every image's k-th class probability ``slots[:, k]`` with respect to
-    ``act`` ``[B, L, width]`` (images are independent, so one backward of ``slots[:, k].sum()`` gives all B).
-
-    On CUDA one batched backward (``is_grads_batched``: the Kmax vector-Jacobian products run as one batch). On a CPU
-    one backward per slot: measured faster there (1.48 s vs 1.61 s for K = 2 on ViT-B/16 at 384x512, one thread),
-    and a scalar backward does not import sympy, which an explicit ``grad_outputs`` does (~1 s, once per process).
-    """
-    k = slots.shape[1]
-    if slots.device.type == "cuda":
-        eye = torch.eye(k, device=slots.device)[:, None, :].expand(k, *slots.shape)  # [Kmax, B, Kmax]
-        return torch.autograd.grad(slots, act, grad_outputs=eye, is_grads_batched=True)[0]
-    return torch.stack([torch.autograd.grad(slots[:, i].sum(), act, retain_graph=i < k - 1)[0] for i in range(k)])

@@ -45,8 +45,9 @@ BatchSize = Annotated[Optional[int], typer.Option(
 Shard = Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/machines split one dataset; the folder "
                                     "completes when every shard is done. Under torchrun: RANK/WORLD_SIZE.",
                                     rich_help_panel=RUNTIME)]
-Workers = Annotated[int, typer.Option(help="Parallel image decoders / CRF processes: 0 = one per CPU core, 1 = in "
-                                      "this process.", rich_help_panel=RUNTIME)]
+Workers = Annotated[Optional[int], typer.Option(
+    help="Data-loading processes: 0 = one per CPU core, 1 = in this process [default: auto: on CUDA one per core up "
+    "to 12 for extract, cam and predict; else 2].", show_default=False, rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
                                          rich_help_panel=RUNTIME)]
 LogFile = Annotated[Optional[Path], typer.Option("--log", envvar="VPLTOOL_LOG", rich_help_panel=RUNTIME,
@@ -252,7 +253,7 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
 
 
 def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int | None = _R.batch_size,
-            workers: int = _R.workers, overwrite: bool = False) -> RuntimeConfig:
+            workers: int | None = _R.workers, overwrite: bool = False) -> RuntimeConfig:
     return RuntimeConfig(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          overwrite=overwrite)
 

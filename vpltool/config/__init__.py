@@ -41,10 +41,13 @@ from .stages import (
     CACHES,
     CAM_ATTENTION_BLOCKS,
     CPU_BATCH,
+    CPU_WORKERS,
     DEFAULT_DINO,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
+    GRADCAM_CUDA_DTYPE,
     IGNORE_INDEX,
+    MAX_AUTO_WORKERS,
     MAX_LR,
     MAX_TOKENS,
     MIN_IMAGE_SIDE,
@@ -67,11 +70,12 @@ from .stages import (
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
-    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "ExtractConfig", "CPU_BATCH", "NOT_COMPARED", "check_tokens",
+    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "MAX_AUTO_WORKERS", "ExtractConfig",
+    "CPU_BATCH", "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "AFFINITIES",
     "DEFAULT_DINO", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
-    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE",
+    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "GRADCAM_CUDA_DTYPE", "MIN_SCALE",
 ]  # fmt: skip

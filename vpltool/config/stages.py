@@ -30,27 +30,44 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with AMX, else fp32 (device.resolve_precision)
     # images per batch; None = auto: 32 on CUDA (halved on out-of-memory), and on a CPU, where batching buys
-    # little, CPU_BATCH for extract and one image for cam and predict (their per-class backward does not batch)
+    # little, CPU_BATCH for extract and one image for cam and predict
     batch_size: int | None = None
-    # image decoding threads (extract) / CRF processes / data-loading processes (train-decoder); 0 = one per CPU
-    # core (every stage, see worker_count); 1 = in this process for crf and train-decoder
-    workers: int = 2
+    # data-loading processes (extract, cam, predict, diagnose, train-decoder) / CRF processes (crf); 0 = one per CPU
+    # core; 1 = in this process. None = auto: for the image stages one per core up to MAX_AUTO_WORKERS on CUDA (a
+    # GPU eats ~1,000 images/s, each ~4 ms of a core to decode and resize) and CPU_WORKERS on a CPU (the loaders
+    # share the cores with the model there); crf and train-decoder: CPU_WORKERS
+    workers: int | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         at_least("--batch-size", self.batch_size, 1, allow_none=True)
-        at_least("--workers", self.workers, 0, why=" (0 = one per CPU core)")
+        at_least("--workers", self.workers, 0, allow_none=True, why=" (0 = one per CPU core)")
 
     @property
     def worker_count(self) -> int:
-        """``workers`` with 0 resolved: :func:`worker_count`."""
+        """``workers`` resolved for crf and train-decoder: auto is :data:`CPU_WORKERS`, 0 one per core
+        (:func:`worker_count`)."""
         return worker_count(self.workers)
 
+    def loading_workers(self, device) -> int:
+        """``workers`` resolved for the image stages' loaders on ``device`` (a ``torch.device``): auto is one per
+        core up to :data:`MAX_AUTO_WORKERS` on CUDA, :data:`CPU_WORKERS` on a CPU; 0 one per core."""
+        if self.workers is None and device.type == "cuda":
+            return min(worker_count(0), MAX_AUTO_WORKERS)
+        return self.worker_count
 
-def worker_count(workers: int) -> int:
+
+CPU_WORKERS = 2  # --workers auto on a CPU, and crf's and train-decoder's default
+MAX_AUTO_WORKERS = 12  # --workers auto on CUDA: loading processes at most (one per core below that)
+
+
+def worker_count(workers: int | None) -> int:
     """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
-    affinity mask: under Slurm or taskset that is fewer than the machine's cores)."""
+    affinity mask: under Slurm or taskset that is fewer than the machine's cores), None (auto) :data:`CPU_WORKERS`
+    (the image stages' loaders on CUDA: :meth:`RuntimeConfig.loading_workers`)."""
+    if workers is None:
+        return CPU_WORKERS
     if workers >= 1:
         return workers
     try:
@@ -119,6 +136,9 @@ CAM_ATTENTION_BLOCKS = 8  # CLIP-ES's CAA: the last 8 blocks (cam on a dataset; 
 # between rows, so far below it one row takes all the probability and the GradCAM gradients underflow to 0
 MIN_TEMPERATURE = 1e-3
 AFFINITIES = ("clip", "dino", "clip+dino")  # the attention CAA's transition matrix is built from
+# the precision of GradCAM's block on CUDA (the batched path; --parity clip-es and the CPU run it in float32):
+# to be decided by benchmarks/study_gradcam_precision.py
+GRADCAM_CUDA_DTYPE = "float32"
 DEFAULT_DINO = "vit_small_patch16_224.dino"
 
 

@@ -28,10 +28,12 @@ def write_tensors(
     kind: str,
     classes: Sequence[str],
     params: Mapping[str, Any] | None = None,
+    checked: bool = False,
     **extra: Any,
 ) -> Path:
     """Write torch tensors to ``path`` atomically with the contract metadata (canonical bytes: two identical runs
-    write identical files). A float tensor holding NaN or inf is refused (ContractError), before anything is written.
+    write identical files). A float tensor holding NaN or inf is refused (ContractError), before anything is written,
+    unless ``checked``: the caller has checked them already (the image stages do, on the device, once per batch).
 
     Args:
         tensors: name -> torch.Tensor (moved to CPU and made contiguous here).
@@ -53,7 +55,7 @@ def write_tensors(
 
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     for name, tensor in data.items():  # a diverged run must not leave a file that poisons every later stage
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not checked and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ContractError(f"{path}: tensor '{name}' holds NaN or inf; not written (the computation that made "
                                 "it diverged or overflowed)")
     save_tensor_file(path, data, meta)
