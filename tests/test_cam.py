@@ -274,6 +274,29 @@ def test_an_image_without_labels_gets_no_map_but_its_softmax(features_dir, text_
     assert torch.allclose(batch.probs[0].sum(), torch.tensor(1.0)) and torch.equal(batch.probs[0], batch.probs[2])
 
 
+def test_a_batch_costs_the_flops_of_its_images_alone(features_dir, text_protos, tiny_spec):
+    """No padded class slots (FlopCounterMode, forward and backward): a batch of a 1-label and a 6-label image costs
+    what the two cost alone (padding to the batch's largest label count cost 2 x 6 backward slots), and an image's
+    cost grows linearly with its labels."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vpltool.cam import PrototypeRows
+
+    bb = load_backbone(tiny_spec, "cpu")
+    rows = PrototypeRows(io.read_prototypes(text_protos), bb.device)
+    f = io.read_features(sorted(features_dir.glob("*.safetensors"))[0])
+
+    def cost(labels):
+        tokens = torch.stack([f.last_block_input] * len(labels))
+        with FlopCounterMode(display=False) as counter:
+            bb.gradcam_batch(tokens, f.grid, rows.for_labels(labels), 0.01)
+        return counter.get_total_flops()
+
+    one, two, six = cost([(1,)]), cost([(1, 2)]), cost([(1, 2, 3, 4, 5, 6)])
+    assert cost([(1,), (1, 2, 3, 4, 5, 6)]) == one + six
+    assert six - one == 5 * (two - one) > 0
+
+
 def test_box_masks_on_the_device_equal_the_contour_boxes():
     """The batched box masks (connected components, on the maps' device) equal the union of OpenCV's contour boxes
     (CLIP-ES's scoremap2bbox), on blobs, noise, rings with islands inside, empty and full maps, both box-end rules."""

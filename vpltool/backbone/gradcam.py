@@ -10,7 +10,8 @@ Every function takes the :class:`~vpltool.backbone.ClipBackbone` as ``bb`` (its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from ..errors import VplError
 from ..kernels import gradcam_scale
 
 GRADCAM_LAYERS = ("input", "output")  # the last block's ln_1 output (CLIP-ES, VPL) | its output tokens
+GRADCAM_PRECISIONS = ("fp32", "tf32", "bf16")  # of the block GradCAM re-runs (gradcam_batch)
 
 
 @dataclass
@@ -87,8 +89,7 @@ class BatchGradCam:
 
 
 def gradcam(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor, n_classes: int,
-            temperature: float, layer: str = "input", exact: bool = False,
-            dtype: torch.dtype = torch.float32) -> GradCam:
+            temperature: float, layer: str = "input", exact: bool = False, precision: str = "fp32") -> GradCam:
     """Softmax-GradCAM for the first ``n_classes`` of ``rows`` from one forward of the last block.
 
     Args:
@@ -101,7 +102,7 @@ def gradcam(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: tor
         exact: repeat CLIP-ES's order of floating-point operations (``--parity clip-es``): the same values up to
             rounding, but the final min-max of CAA magnifies rounding by up to ~10^4 on flat maps, so parity
             needs the same rounding. Slower: one backward per class, the weighted sum in numpy.
-        dtype: the block's precision (:func:`gradcam_batch`); ignored with ``exact`` (fp32).
+        precision: the block's (:func:`gradcam_batch`); ignored with ``exact`` (fp32).
 
     ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)``, scaled like CLIP-ES (:func:`gradcam_scale`).
     """
@@ -110,20 +111,22 @@ def gradcam(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: tor
     if exact:
         return _gradcam_clip_es(bb, last_block_input, grid, rows, n_classes, temperature, layer)
     cam = gradcam_batch(bb, last_block_input[None], grid, SoftmaxRows.of_image(rows, n_classes), temperature, layer,
-                        dtype)
+                        precision)
     return GradCam(cam.maps, cam.attention[0], cam.probs[0], bb.dense(cam.tokens)[0].float())
 
 
 def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: SoftmaxRows,
-                  temperature: float, layer: str = "input", dtype: torch.dtype = torch.float32) -> BatchGradCam:
+                  temperature: float, layer: str = "input", precision: str = "fp32") -> BatchGradCam:
     """:meth:`gradcam` for B images of one grid: one forward and one plain backward of the last block for the
     whole batch, on one row per (image, class) pair.
 
     Args:
         last_block_input: ``[B, 1 + hw, width]`` tokens entering the last block.
         rows: each image's softmax rows (:class:`SoftmaxRows`).
-        dtype: float32 (CLIP-ES's precision), or bfloat16: the block under autocast (its matrix products in bf16;
-            layer norms, softmax, the GradCAM weights and sums in fp32).
+        precision: ``fp32`` (CLIP-ES's); ``tf32``: the block's matrix products on a GPU's TF32 tensor cores (their
+            inputs rounded to 10 mantissa bits, float32 sums; no effect on a CPU); ``bf16``: the block under
+            autocast (its matrix products and their outputs in bf16; layer norms, softmax, the GradCAM weights and
+            sums in fp32). benchmarks/study_gradcam_precision.py measured which stay within the CAMs' tolerance.
 
     Class k of image b needs the gradient of its own ``p_k``, and gradients of different rows of a batch are
     independent: so the block runs on one row per pair (image b's tokens K_b times; an image without classes
@@ -134,9 +137,12 @@ def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], row
     if layer not in GRADCAM_LAYERS:
         raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
     plan = _pair_plan(rows, bb.device)
+    if precision not in GRADCAM_PRECISIONS:
+        raise VplError(f"GradCAM precision {precision!r}: choose {', '.join(GRADCAM_PRECISIONS)}")
     x = last_block_input.to(bb.device, torch.float32).index_select(0, plan.image_of_rows).requires_grad_(True)
-    low = dtype != torch.float32
-    with torch.enable_grad(), torch.autocast(bb.device.type, dtype=dtype if low else None, enabled=low):
+    bf16 = precision == "bf16"
+    with torch.enable_grad(), _tf32(precision == "tf32"), \
+            torch.autocast(bb.device.type, dtype=torch.bfloat16 if bf16 else None, enabled=bf16):
         out, attn, ln1 = bb.block(bb.n_blocks - 1, x, grid, need_weights=True, keep_ln1=layer == "input")
         act = ln1 if layer == "input" else out
         img = _image_embedding(bb, out)  # [P', D]
@@ -159,6 +165,20 @@ def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], row
     # single one (measured on a CPU), this does not, so a batch gives the maps of its images run alone
     maps = torch.relu((act * weights[:, None, :]).sum(-1)).view(n, h, w)
     return BatchGradCam(gradcam_scale(maps), plan.image_of, plan.offsets, attention, image_probs, tokens)
+
+
+@contextlib.contextmanager
+def _tf32(on: bool) -> Iterator[None]:
+    """CUDA's matrix products in TF32 inside the block (torch's switch is global: set, then restored)."""
+    if not on:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def _image_embedding(bb, out: torch.Tensor) -> torch.Tensor:

@@ -46,12 +46,12 @@ def temperature_of(cfg: CamConfig, protos: io.Prototypes) -> float:
 
 
 def gradcam_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig, temperature: float,
-                  dtype: torch.dtype = torch.float32):
+                  precision: str = "fp32"):
     """Steps 1-2 for one image: a :class:`vpltool.backbone.GradCam` (``maps`` ``[K, h, w]`` in [0, 1], the last
     block's attention, the softmax ``[K + M]``), in CLIP-ES's operation order under ``--parity clip-es``."""
     labels = tokens.labels
     return bb.gradcam(tokens.last_block_input, tokens.grid, protos.image_rows(labels), len(labels), temperature,
-                      layer=cfg.layer, exact=cfg.parity == "clip-es", dtype=dtype)
+                      layer=cfg.layer, exact=cfg.parity == "clip-es", precision=precision)
 
 
 class PrototypeRows:
@@ -69,10 +69,10 @@ class PrototypeRows:
 
 
 def gradcam_batch(bb: ClipBackbone, tokens: torch.Tensor, grid: tuple[int, int], labels: Sequence[Sequence[int]],
-                  rows: PrototypeRows, cfg: CamConfig, temperature: float, dtype: torch.dtype = torch.float32):
+                  rows: PrototypeRows, cfg: CamConfig, temperature: float, precision: str = "fp32"):
     """Steps 1-2 for B images of one grid (``tokens`` ``[B, 1 + hw, width]``): a
     :class:`vpltool.backbone.BatchGradCam`, one map per (image, class) pair."""
-    return bb.gradcam_batch(tokens, grid, rows.for_labels(labels), temperature, layer=cfg.layer, dtype=dtype)
+    return bb.gradcam_batch(tokens, grid, rows.for_labels(labels), temperature, layer=cfg.layer, precision=precision)
 
 
 def row_names(protos: io.Prototypes, labels) -> list[str]:

@@ -35,7 +35,7 @@ from ..batches import (
     shard_from_env,
     to_device,
 )
-from ..config import CAM_ATTENTION_BLOCKS, GRADCAM_CUDA_DTYPE, CamConfig, RuntimeConfig, to_params
+from ..config import CAM_ATTENTION_BLOCKS, GRADCAM_CUDA_PRECISION, CamConfig, RuntimeConfig, to_params
 from ..device import resolve_device, resolve_precision
 from ..errors import ContractError, VplError
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
@@ -57,12 +57,11 @@ class CamResult:
 
 
 def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig,
-                   temperature: float, image: np.ndarray | None = None,
-                   dtype: torch.dtype = torch.float32) -> CamResult:
-    """Steps 1-3 of :mod:`vpltool.cam` for one image (the maps on the host, as stored); ``dtype``: GradCAM's
+                   temperature: float, image: np.ndarray | None = None, precision: str = "fp32") -> CamResult:
+    """Steps 1-3 of :mod:`vpltool.cam` for one image (the maps on the host, as stored); ``precision``: GradCAM's
     block (:func:`vpltool.backbone.gradcam.gradcam_batch`; fp32 under ``--parity clip-es``)."""
     labels = tokens.labels
-    cam = gradcam_image(bb, tokens, protos, cfg, temperature, dtype)
+    cam = gradcam_image(bb, tokens, protos, cfg, temperature, precision)
     maps, refined = cam.maps, None
     if cfg.refine != "none" and len(labels):
         trans = caa_transition(bb, tokens, cam.attention, cfg, image)
@@ -86,16 +85,16 @@ class CamBatch:
 
 def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n_prev: int, grid: tuple[int, int],
                    labels: list[tuple[int, ...]], rows: PrototypeRows, cfg: CamConfig, temperature: float,
-                   dtype: torch.dtype = torch.float32) -> CamBatch:
+                   precision: str = "fp32") -> CamBatch:
     """Steps 1-3 of :mod:`vpltool.cam` for B images of one grid, on the model's device, with no per-image loop
     over the network, no copy to the host and nothing that waits for the device.
 
     Args:
         tokens: ``[B, 1 + hw, width]`` entering the last block. prev: ``[B, hw, hw]`` mean attention of the
             ``n_prev`` blocks before it. labels: each image's K_b classes. rows: the prototypes on the device.
-        dtype: GradCAM's block (:func:`vpltool.backbone.gradcam.gradcam_batch`).
+        precision: GradCAM's block (:func:`vpltool.backbone.gradcam.gradcam_batch`).
     """
-    cam = gradcam_batch(bb, tokens, grid, labels, rows, cfg, temperature, dtype)
+    cam = gradcam_batch(bb, tokens, grid, labels, rows, cfg, temperature, precision)
     if cfg.refine == "none" or not len(cam.maps):
         return CamBatch(cam.maps, cam.maps, cam.probs, None, cam.offsets)
     attention = mean_attention(prev, n_prev, cam.attention, cfg.attention_blocks, bb.n_blocks)
@@ -190,7 +189,7 @@ def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamCon
     batched = batched_mode(cfg)
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1) if batched else 1
     need_image = overlays is not None or (src.need_images and not batched)
-    pre, rows, cam_dtype = bb.preprocessor, PrototypeRows(src.protos, bb.device), gradcam_dtype(bb.device)
+    pre, rows, block = bb.preprocessor, PrototypeRows(src.protos, bb.device), gradcam_precision(bb.device)
     runner = BatchRunner(size, describe=lambda i: _describe(plan[i]))
     with BackgroundWriter(on_item) as writer:
         batches = load_batches(len(plan), plan_batches([e["grid"] for e in plan], size),
@@ -202,22 +201,21 @@ def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamCon
             if not batched:
                 for entry, image in zip(entries, images):
                     tokens = src.tokens(bb, entry["id"], entry["item"], image, dtype)
-                    result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image,
-                                            torch.float32 if cfg.parity == "clip-es" else cam_dtype)
+                    result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image, block)
                     writer.submit(_result_tensors(result), _writer(out, entry, image, src, params, overlays, debug))
                 continue
             chunks = runner(len(entries), lambda s: _chunk(bb, batch, s, entries, src, rows, cfg, temperature, dtype,
-                                                           cam_dtype))
+                                                           block))
             for part, cams in chunks:
                 writer.submit(_batch_tensors(cams, debug is not None),
                               _batch_writer(out, entries[part], images[part], cams.offsets, src, params, overlays,
                                             debug, cfg), n=part.stop - part.start)
 
 
-def gradcam_dtype(device: torch.device) -> torch.dtype:
-    """The precision of GradCAM's block in the batched path: :data:`vpltool.config.GRADCAM_CUDA_DTYPE` where the
-    CUDA path runs (:func:`vpltool.batches.cuda_paths`), fp32 on a CPU."""
-    return getattr(torch, GRADCAM_CUDA_DTYPE) if cuda_paths(device) else torch.float32
+def gradcam_precision(device: torch.device) -> str:
+    """The precision of GradCAM's block: :data:`vpltool.config.GRADCAM_CUDA_PRECISION` where the CUDA path runs
+    (:func:`vpltool.batches.cuda_paths`), fp32 on a CPU (``--parity clip-es`` always runs fp32: its own path)."""
+    return GRADCAM_CUDA_PRECISION if cuda_paths(device) else "fp32"
 
 
 def _describe(entry: dict) -> str:
@@ -227,7 +225,7 @@ def _describe(entry: dict) -> str:
 
 
 def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src, rows: PrototypeRows,
-           cfg: CamConfig, temperature: float, dtype: torch.dtype, cam_dtype: torch.dtype) -> tuple[slice, CamBatch]:
+           cfg: CamConfig, temperature: float, dtype: torch.dtype, block: str) -> tuple[slice, CamBatch]:
     """:func:`cams_for_batch` on ``batch[part]``: the frozen pass first where the cache holds no tokens (the
     loaders' uint8 pixels normalised on the device)."""
     grid = tuple(entries[part.start]["grid"])
@@ -239,7 +237,7 @@ def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src,
     else:
         pixels = bb.normalize(to_device(batch["pixels"][part], bb.device))
         tokens, prev, n_prev = frozen_tokens(bb, pixels, src, cfg, dtype)
-    return part, cams_for_batch(bb, tokens, prev, n_prev, grid, labels, rows, cfg, temperature, cam_dtype)
+    return part, cams_for_batch(bb, tokens, prev, n_prev, grid, labels, rows, cfg, temperature, block)
 
 
 def _batch_tensors(cams: CamBatch, debug: bool) -> dict:

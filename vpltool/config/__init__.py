@@ -45,7 +45,7 @@ from .stages import (
     DEFAULT_DINO,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
-    GRADCAM_CUDA_DTYPE,
+    GRADCAM_CUDA_PRECISION,
     IGNORE_INDEX,
     MAX_AUTO_WORKERS,
     MAX_LR,
@@ -77,5 +77,5 @@ __all__ = [
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "DecoderConfig", "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
-    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "GRADCAM_CUDA_DTYPE", "MIN_SCALE",
+    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "GRADCAM_CUDA_PRECISION", "MIN_SCALE",
 ]  # fmt: skip

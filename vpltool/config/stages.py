@@ -136,9 +136,10 @@ CAM_ATTENTION_BLOCKS = 8  # CLIP-ES's CAA: the last 8 blocks (cam on a dataset; 
 # between rows, so far below it one row takes all the probability and the GradCAM gradients underflow to 0
 MIN_TEMPERATURE = 1e-3
 AFFINITIES = ("clip", "dino", "clip+dino")  # the attention CAA's transition matrix is built from
-# the precision of GradCAM's block on CUDA (the batched path; --parity clip-es and the CPU run it in float32):
-# to be decided by benchmarks/study_gradcam_precision.py
-GRADCAM_CUDA_DTYPE = "float32"
+# the precision of GradCAM's block on CUDA (--parity clip-es and the CPU run it in fp32): TF32 matrix products moved
+# the final CAMs less than the bf16 frozen blocks already do, bf16 moved them far more (the demo's CAM mIoU by
+# points): benchmarks/study_gradcam_precision.py, docs/performance.md
+GRADCAM_CUDA_PRECISION = "tf32"
 DEFAULT_DINO = "vit_small_patch16_224.dino"
 
 
