@@ -138,12 +138,12 @@ def test_workers_auto_is_one_per_core_up_to_12_on_cuda_and_2_on_a_cpu(monkeypatc
 
     monkeypatch.setattr(stages.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     auto = RuntimeConfig()
-    assert auto.loading_workers(torch.device("cuda")) == 12 and auto.loading_workers(torch.device("cpu")) == 2
+    assert auto.loader_workers(torch.device("cuda")) == 12 and auto.loader_workers(torch.device("cpu")) == 2
     assert auto.worker_count == 2  # crf and train-decoder keep their default
-    assert RuntimeConfig(workers=0).loading_workers(torch.device("cuda")) == 16  # 0: every core, as asked
-    assert RuntimeConfig(workers=3).loading_workers(torch.device("cuda")) == 3
+    assert RuntimeConfig(workers=0).loader_workers(torch.device("cuda")) == 16  # 0: every core, as asked
+    assert RuntimeConfig(workers=3).loader_workers(torch.device("cuda")) == 3
     monkeypatch.setattr(stages.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
-    assert auto.loading_workers(torch.device("cuda")) == 4
+    assert auto.loader_workers(torch.device("cuda")) == 4
 
 
 def test_shard_from_torchrun_environment(monkeypatch):

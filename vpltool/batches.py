@@ -114,7 +114,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def loader_workers(workers: int) -> int:
     """DataLoader worker processes for a resolved ``--workers`` count: 1 loads in this process (no worker), n > 1
-    in n processes (see :meth:`vpltool.config.RuntimeConfig.loading_workers` for auto and 0)."""
+    in n processes (see :meth:`vpltool.config.RuntimeConfig.loader_workers` for auto and 0)."""
     return 0 if workers <= 1 else workers
 
 

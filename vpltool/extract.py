@@ -113,8 +113,8 @@ def run_extract(
         if on_start:
             on_start(len(todo))
         if todo:
-            sizes = header_sizes([it.image for it in todo], runtime.loading_workers(device))
-            check_sizes(todo, sizes, runtime.loading_workers(device))
+            sizes = header_sizes([it.image for it in todo], runtime.loader_workers(device))
+            check_sizes(todo, sizes, runtime.loader_workers(device))
             bb = backbone or load_backbone(spec, device)
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
         seconds = time.perf_counter() - start
@@ -161,7 +161,7 @@ def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[t
     runner = BatchRunner(size, describe=lambda i: f"{todo[i].image} ({sizes[i][0]}x{sizes[i][1]})")
     stored = {"dense": torch.float16, "last_block_input": io.token_dtype(cfg.parity),
               "attention": io.token_dtype(cfg.parity)}
-    workers = runtime.loading_workers(bb.device)
+    workers = runtime.loader_workers(bb.device)
     with BackgroundWriter(on_item) as writer:
         for batch in load_batches(len(todo), plan_batches(inputs, size), load, workers, bb.device):
             pixels = bb.normalize(to_device(batch["pixels"], bb.device))

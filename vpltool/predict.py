@@ -195,7 +195,7 @@ def run_predict(
         if todo:
             items = dataset.by_id()
             todo_items = [items[i] for i in todo]
-            sizes = header_sizes([it.image for it in todo_items], runtime.loading_workers(device))  # before the CLIP
+            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))  # before the CLIP
             bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
             arch = f.meta("decoder_arch")
             if bb.width != arch["in_width"]:
@@ -229,7 +229,7 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
     runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
                          advice="pass a smaller --long-side or --scales, or a smaller --batch-size")
     with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(items), plan_batches(views, size), load, runtime.loading_workers(bb.device),
+        for batch in load_batches(len(items), plan_batches(views, size), load, runtime.loader_workers(bb.device),
                                   bb.device):
             pixels = [bb.normalize(to_device(batch[f"view{j}"], bb.device)) for j in range(len(cfg.scales))]
             index = batch["index"]

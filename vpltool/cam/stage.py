@@ -176,7 +176,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
             if bb.embed_dim != src.protos.dim:
                 raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
                                     f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
-            plan = src.plan(bb, todo, items, runtime.loading_workers(bb.device))
+            plan = src.plan(bb, todo, items, runtime.loader_workers(bb.device))
             _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
         folder.finish(src.ids, io.cam_path, index, count, inputs=src.inputs)
     return io.StageSummary(done=len(todo), skipped=len(src.ids[index::count]) - len(todo),
@@ -194,7 +194,7 @@ def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamCon
     with BackgroundWriter(on_item) as writer:
         batches = load_batches(len(plan), plan_batches([e["grid"] for e in plan], size),
                                lambda i: src.load(plan[i], pre, need_image, batched),
-                               runtime.loading_workers(bb.device), bb.device)
+                               runtime.loader_workers(bb.device), bb.device)
         for batch in batches:
             entries = [plan[i] for i in batch["index"]]
             images = batch.get("image", [None] * len(entries))

@@ -21,7 +21,7 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from rich.console import Console
 
-from ..config import RuntimeConfig
+from ..config import CPU_WORKERS, GPU_WORKERS, RuntimeConfig
 from ..errors import VplError, VplWarning, write_error
 
 err = Console(stderr=True)
@@ -46,8 +46,9 @@ Shard = Annotated[str, typer.Option(help="Process shard i of n (i/n) so GPUs/mac
                                     "completes when every shard is done. Under torchrun: RANK/WORLD_SIZE.",
                                     rich_help_panel=RUNTIME)]
 Workers = Annotated[Optional[int], typer.Option(
-    help="Data-loading processes: 0 = one per CPU core, 1 = in this process [default: auto: on CUDA one per core up "
-    "to 12 for extract, cam and predict; else 2].", show_default=False, rich_help_panel=RUNTIME)]
+    help="Parallel image decoders / data-loading processes: 0 = one per CPU core, 1 = in this process [default: "
+    f"auto: {CPU_WORKERS}; extract, cam and predict on CUDA one per core up to {GPU_WORKERS}].", show_default=False,
+    rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
                                          rich_help_panel=RUNTIME)]
 LogFile = Annotated[Optional[Path], typer.Option("--log", envvar="VPLTOOL_LOG", rich_help_panel=RUNTIME,

@@ -45,9 +45,9 @@ from .stages import (
     DEFAULT_DINO,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
+    GPU_WORKERS,
     GRADCAM_CUDA_PRECISION,
     IGNORE_INDEX,
-    MAX_AUTO_WORKERS,
     MAX_LR,
     MAX_TOKENS,
     MIN_IMAGE_SIDE,
@@ -70,7 +70,7 @@ from .stages import (
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
-    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "MAX_AUTO_WORKERS", "ExtractConfig",
+    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "GPU_WORKERS", "ExtractConfig",
     "CPU_BATCH", "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "AFFINITIES",
     "DEFAULT_DINO", "CamConfig", "EvalConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",

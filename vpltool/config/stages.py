@@ -33,9 +33,8 @@ class RuntimeConfig:
     # little, CPU_BATCH for extract and one image for cam and predict
     batch_size: int | None = None
     # data-loading processes (extract, cam, predict, diagnose, train-decoder) / CRF processes (crf); 0 = one per CPU
-    # core; 1 = in this process. None = auto: for the image stages one per core up to MAX_AUTO_WORKERS on CUDA (a
-    # GPU eats ~1,000 images/s, each ~4 ms of a core to decode and resize) and CPU_WORKERS on a CPU (the loaders
-    # share the cores with the model there); crf and train-decoder: CPU_WORKERS
+    # core (every stage, see worker_count); 1 = in this process. None = auto: CPU_WORKERS, and for the loaders on
+    # CUDA one per core up to GPU_WORKERS (loader_workers): a GPU eats ~1,000 images/s, each ~4 ms of a core
     workers: int | None = None
     overwrite: bool = False
 
@@ -46,26 +45,26 @@ class RuntimeConfig:
 
     @property
     def worker_count(self) -> int:
-        """``workers`` resolved for crf and train-decoder: auto is :data:`CPU_WORKERS`, 0 one per core
-        (:func:`worker_count`)."""
+        """``workers`` resolved by :func:`worker_count`."""
         return worker_count(self.workers)
 
-    def loading_workers(self, device) -> int:
-        """``workers`` resolved for the image stages' loaders on ``device`` (a ``torch.device``): auto is one per
-        core up to :data:`MAX_AUTO_WORKERS` on CUDA, :data:`CPU_WORKERS` on a CPU; 0 one per core."""
-        if self.workers is None and device.type == "cuda":
-            return min(worker_count(0), MAX_AUTO_WORKERS)
+    def loader_workers(self, device) -> int:
+        """Data-loading processes on ``device``: ``workers``, or (auto) one per core up to ``GPU_WORKERS`` on CUDA,
+        where loading for the GPU is the bottleneck (the cores shared among torchrun's processes on this machine,
+        ``LOCAL_WORLD_SIZE``), and ``CPU_WORKERS`` on a CPU, whose cores run the model."""
+        if self.workers is None and getattr(device, "type", device) == "cuda":
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            return max(1, min(worker_count(0) // max(1, local), GPU_WORKERS))
         return self.worker_count
 
 
-CPU_WORKERS = 2  # --workers auto on a CPU, and crf's and train-decoder's default
-MAX_AUTO_WORKERS = 12  # --workers auto on CUDA: loading processes at most (one per core below that)
+CPU_WORKERS = 2  # auto --workers on a CPU (the old default): the model needs the cores more than the loading
+GPU_WORKERS = 12  # auto --workers on CUDA caps at this many processes (issue 28: 12 cores feed ~1,000 img/s)
 
 
 def worker_count(workers: int | None) -> int:
     """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
-    affinity mask: under Slurm or taskset that is fewer than the machine's cores), None (auto) :data:`CPU_WORKERS`
-    (the image stages' loaders on CUDA: :meth:`RuntimeConfig.loading_workers`)."""
+    affinity mask: under Slurm or taskset that is fewer than the machine's cores), None (auto) ``CPU_WORKERS``."""
     if workers is None:
         return CPU_WORKERS
     if workers >= 1:
