@@ -6,8 +6,8 @@
 
 What a GPU host must do per image besides the GPU's own work: decode and resize (the loading processes), the main
 thread's Python and op dispatch, and the writes (the writer threads). The model is a stand-in
-(``vpl-standin-vit``: an open_clip ViT with 2 blocks of width 16 and patch 16, random), so its arithmetic is small,
-but every tensor has VOC's shapes: the photos are VOC-sized (bench_cam.py's ``make_voc_like``: VOC-like sizes and
+(``vpl-standin-vit``: an open_clip ViT with 2 blocks of width 16 and patch 16, random, projecting to CLIP's 512-d
+joint space so that extract writes ViT-B/16's files), so its arithmetic is small, but every tensor has VOC's shapes: the photos are VOC-sized (bench_cam.py's ``make_voc_like``: VOC-like sizes and
 1-6 labels per image), the grids 18x32 to 32x32 patches, CAA's matrices 768 x 768. Each stage runs in this process
 (a warm-up run on a few photos first), with one torch thread, as its library call:
 
@@ -187,7 +187,7 @@ def run(tmp: Path, args) -> dict:
     return {
         "benchmark": "host", "quick": args.quick, "machine": benchlib.machine("cpu"),
         "load_average_1min_after": round(os.getloadavg()[0], 2),
-        "stand_in": f"{STAND_IN} (2 blocks, width 16, patch 16, random)", "images": len(ids),
+        "stand_in": f"{STAND_IN} (2 blocks, width 16, patch 16, 512-d output, random)", "images": len(ids),
         "labels_per_image_mean": round(sum(labels) / len(labels), 3), "batch_size": args.batch_size,
         "loading_processes": args.workers, "torch_threads": torch.get_num_threads(),
         "stages": results, "goal_cpu_ms_extract_cam": GOAL_MS,
