@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -42,22 +43,23 @@ def flops(run) -> int:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="ViT-B-16-quickgelu")
-    ap.add_argument("--quick", action="store_true", help="smoke test: the tiny test ViT on a quarter-size photo")
+    benchlib.add_common_args(ap, "the tiny test ViT on a quarter-size photo", "cpu | cuda (the count is the same)")
     args = ap.parse_args(argv)
     scale = 1.0
     if args.quick:
         vars(args).update(QUICK)
         scale = QUICK["scale"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VPLTOOL_MODEL_CONFIGS", str(ASSETS))
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     with tempfile.TemporaryDirectory(prefix="bench_flops_") as tmp:
-        result = run(Path(tmp), args.model, scale)
-    result.update(quick=args.quick, machine=benchlib.machine("cpu"))
+        result = run(Path(tmp), args.model, scale, args.device)
+    result.update(quick=args.quick, machine=benchlib.machine(args.device))
     json.dump(result, sys.stdout)
     print()
 
 
-def run(tmp: Path, model: str, scale: float) -> dict:
+def run(tmp: Path, model: str, scale: float, device: str = "cpu") -> dict:
     from vpltool.backbone import ModelSpec, load_backbone
     from vpltool.cam import run_cam
     from vpltool.config import ExtractConfig, RuntimeConfig, TextPrototypesConfig
@@ -73,11 +75,11 @@ def run(tmp: Path, model: str, scale: float) -> dict:
         (voc / "ImageSets" / "Segmentation" / f"k{i + 1}.txt").write_text(image_id + "\n")
     _, weights = make_weights(tmp, model)
     spec = ModelSpec(model, str(weights), config_dir=str(ASSETS))
-    bb = load_backbone(spec, "cpu")
-    runtime = RuntimeConfig(device="cpu", precision="fp32", batch_size=6, workers=1, overwrite=True)
+    bb = load_backbone(spec, device)
+    runtime = RuntimeConfig(device=device, precision="fp32", batch_size=6, workers=1, overwrite=True)
     protos = tmp / "text.safetensors"
     run_text_prototypes(list(("background",) + VOC), protos, spec, TextPrototypesConfig(background="voc"),
-                        device="cpu")
+                        device=device)
     single = open_dataset(voc, "k1")
     extract_flops = flops(lambda: run_extract(single, tmp / "f1", spec, ExtractConfig(), runtime, backbone=bb))
     run_extract(open_dataset(voc, "train"), tmp / "features", spec, ExtractConfig(), runtime, backbone=bb)
@@ -101,6 +103,8 @@ def run(tmp: Path, model: str, scale: float) -> dict:
         "cam_over_extract_voc": round(cam_voc / extract_flops, 3), "bar": f"<= {BAR}",
         "bar_met": cam_voc / extract_flops <= BAR,
         "note": "matrix products only (FlopCounterMode); cam runs on extract's light cache (the frozen blocks again)",
+        "peak_memory": [{"stage": "all runs", "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                                               / 1024, 1), "cuda_mib": None, "scope": "process"}],
     }
 
 

@@ -152,7 +152,7 @@ def run(tmp: Path, args) -> dict:
         "total_minutes": round(total / 60, 2), "goal_minutes": GOAL_MINUTES, "goal_met": total / 60 <= GOAL_MINUTES,
         "note": "whole commands (start-up and model loading included); *_steady from each stage's --log progress "
                 "lines (10 s apart, whole seconds); printed_rate: the rate each stage's last line prints",
-        "goals": GOALS,
+        "bars": GOALS,
         "peak_memory": [{"stage": k, "rss_mib": round(v, 1), "cuda_mib": None, "scope": "process"}
                         for k, v in peaks.items()],
     }

@@ -7,9 +7,11 @@
 What a GPU host must do per image besides the GPU's own work: decode and resize (the loading processes), the main
 thread's Python and op dispatch, and the writes (the writer threads). The model is a stand-in
 (``vpl-standin-vit``: an open_clip ViT with 2 blocks of width 16 and patch 16, random, projecting to CLIP's 512-d
-joint space so that extract writes ViT-B/16's files), so its arithmetic is small, but every tensor has VOC's shapes: the photos are VOC-sized (bench_cam.py's ``make_voc_like``: VOC-like sizes and
-1-6 labels per image), the grids 18x32 to 32x32 patches, CAA's matrices 768 x 768. Each stage runs in this process
-(a warm-up run on a few photos first), with one torch thread, as its library call:
+joint space so that extract writes ViT-B/16's files), so its arithmetic is small, but every tensor has VOC's
+shapes: the photos are VOC-sized (bench_cam.py's ``make_voc_like``: VOC-like sizes and 1-6 labels per image), the
+grids 18x32 to 32x32 patches, CAA's matrices 768 x 768. Each stage runs in this process (a warm-up run on a few
+photos first), with one torch thread, as its library call; ``--device cuda`` runs the stand-in on a GPU, where
+its arithmetic leaves the host and what is measured is the host's real work:
 
 * extract (light cache) of the photos;
 * cam from that folder (the frozen blocks re-run from the photos, GradCAM, CAA: what `cam` does on a light cache);
@@ -129,11 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2, help="loading processes (a GPU host: one per core up to 12)")
     ap.add_argument("--stages", default="extract,cam,predict")
     ap.add_argument("--profile", action="store_true", help="add the main thread's costliest calls (cProfile)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: 16 photos, 4 of them to warm up")
+    benchlib.add_common_args(ap, "16 quarter-size photos, 4 of them to warm up",
+                             "cpu | cuda: on a GPU machine the stand-in's arithmetic leaves the host, and what is "
+                             "left is the host's real work")
     args = ap.parse_args(argv)
     if args.quick:
         vars(args).update(QUICK)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the stand-in's ops on the main thread: what its CPU time measures
     with tempfile.TemporaryDirectory(prefix="bench_host_") as tmp:
         result = run(Path(tmp), args)
     json.dump(result, sys.stdout)
@@ -152,17 +156,18 @@ def run(tmp: Path, args) -> dict:
     from vpltool.train_decoder import run_train_decoder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VPLTOOL_MODEL_CONFIGS", str(ASSETS))
     voc = make_voc_like(tmp / "voc", args.images, 0.25 if args.quick else 1.0)
     ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
     write_split(voc, "warm", ids[: args.warmup])
     spec = ModelSpec(STAND_IN, "none", config_dir=str(ASSETS))
-    bb = load_backbone(spec, "cpu")
-    runtime = RuntimeConfig(device="cpu", precision="fp32", batch_size=args.batch_size, workers=args.workers,
+    bb = load_backbone(spec, args.device)
+    runtime = RuntimeConfig(device=args.device, precision="fp32", batch_size=args.batch_size, workers=args.workers,
                             overwrite=True)
     stages = args.stages.split(",")
     data, warm = open_dataset(voc, "train"), open_dataset(voc, "warm")
     protos = tmp / "text.safetensors"
-    run_text_prototypes(data.classes, protos, spec, TextPrototypesConfig(background="voc"), device="cpu")
+    run_text_prototypes(data.classes, protos, spec, TextPrototypesConfig(background="voc"), device=args.device)
     results: dict[str, dict] = {}
     # extract: its light cache is also cam's input
     run_extract(warm, tmp / "warm_features", spec, ExtractConfig(), runtime, backbone=bb)
@@ -181,11 +186,11 @@ def run(tmp: Path, args) -> dict:
     if "extract" not in stages:
         results.pop("extract")
     labels = [len(io.features_header(io.feature_path(tmp / "features", i))[0]) for i in ids]
-    for name, count in _ops_per_image(tmp, voc, spec, protos, runtime, stages, args.batch_size).items():
+    for name, count in _ops_per_image(tmp, voc, protos, runtime, stages, args.device).items():
         if name in results:
             results[name]["ops_per_image_12_blocks"] = count
     return {
-        "benchmark": "host", "quick": args.quick, "machine": benchlib.machine("cpu"),
+        "benchmark": "host", "quick": args.quick, "machine": benchlib.machine(args.device),
         "load_average_1min_after": round(os.getloadavg()[0], 2),
         "stand_in": f"{STAND_IN} (2 blocks, width 16, patch 16, 512-d output, random)", "images": len(ids),
         "labels_per_image_mean": round(sum(labels) / len(labels), 3), "batch_size": args.batch_size,
@@ -196,6 +201,8 @@ def run(tmp: Path, args) -> dict:
         "note": "cpu_ms includes the stand-in's own arithmetic on VOC-shaped tensors (a GPU's work); "
                 "ops_per_image_12_blocks: ops the main thread dispatches per image with a 12-block stand-in "
                 "(ViT-B/16's depth), on the first photos (a count, not a time)",
+        "peak_memory": [{"stage": "all stages", "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                                                 / 1024, 1), "cuda_mib": None, "scope": "process"}],
     }
 
 
@@ -212,11 +219,11 @@ def _decoder(tmp: Path, voc: Path, warm, protos: Path, spec, run_train_decoder, 
         io.write_mask(pseudo / f"{item.id}.png", np.zeros((h, w), np.uint8))
     io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": warm.identity()}, count=len(warm.items))
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
-    run_train_decoder(pseudo, protos, tmp / "decoder", cfg, RuntimeConfig(device="cpu", workers=1))
+    run_train_decoder(pseudo, protos, tmp / "decoder", cfg, RuntimeConfig(device="cpu", workers=1))  # weights only
     return tmp / "decoder" / "decoder.safetensors"
 
 
-def _ops_per_image(tmp: Path, voc: Path, spec, protos: Path, runtime, stages: list[str], batch: int) -> dict:
+def _ops_per_image(tmp: Path, voc: Path, protos: Path, runtime, stages: list[str], device: str) -> dict:
     """Ops per image the main thread dispatches with a 12-block stand-in (ViT-B/16's depth): its launches on a GPU."""
     from vpltool import cam, extract, io
     from vpltool.backbone import ModelSpec, load_backbone
@@ -229,7 +236,7 @@ def _ops_per_image(tmp: Path, voc: Path, spec, protos: Path, runtime, stages: li
     config["vision_cfg"]["layers"] = 12
     (configs / "vpl-standin-deep.json").write_text(json.dumps(config))
     deep = ModelSpec("vpl-standin-deep", "none", config_dir=str(configs))
-    bb = load_backbone(deep, "cpu")
+    bb = load_backbone(deep, device)
     data = open_dataset(voc, "warm")
     n = len(data.items)
     out = {"extract": count_ops(extract, lambda: extract.run_extract(data, tmp / "deep_f", deep, ExtractConfig(),
