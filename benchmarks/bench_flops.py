@@ -7,7 +7,7 @@ torch's ``FlopCounterMode`` counts the matrix products (forward and backward) of
 added for the fused attention the frozen blocks take (:func:`fused_attention_flops`; without it torch counts 0 for
 their attention and its projections, and cam / extract looked larger: 1.39 instead of the figure printed here).
 `extract` runs the frozen model once per image. `cam` (on extract's light cache, the default) runs the frozen blocks
-again and then GradCAM's block on one row per (image, class) pair, forward and backward. So cam's count per image
+again and then GradCAM's block, batched by label count (a forward, and a backward per class). So cam's count per image
 is a + b K for an image with K labels; it is measured for K = 1..6 on the same photo (one image per run, the
 batched path), checked to add up in one batch of all six (no padded class slots: a batch costs the sum of its
 images), and averaged over VOC's label counts (bench_cam.py's ``VOC_LABEL_COUNTS``: 1 to 6, mean 1.52). The bar

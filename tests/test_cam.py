@@ -240,7 +240,7 @@ def test_batches_give_exactly_the_maps_of_single_images(source, world, tiny_spec
 
 
 def test_gradcam_batch_equals_gradcam_per_image(features_dir, text_protos, tiny_spec):
-    """One row per (image, class) pair: a batch gives each image's maps and softmax as the image alone, up to the
+    """Batched by label count: a batch gives each image's maps and softmax as the image alone, up to the
     rounding of torch's batched attention product on the CPU (``bmm`` over rows x heads matrices rounds differently
     at some row counts, with autograd on; ~1e-7 in the raw scores): every product vpltool writes itself (the image
     embedding's projection, the GradCAM sum, CAA's propagation) is batch-invariant."""

@@ -1,9 +1,9 @@
 """Softmax-GradCAM of CLIP-ES (``generate_cams_voc12.py`` with ``pytorch_grad_cam``), re-running only the last block.
 
 The stages reach it through :meth:`ClipBackbone.gradcam` (one image) and :meth:`ClipBackbone.gradcam_batch` (B images
-of one grid): every class map of every image from one forward and one backward of the last block, on one row per
-(image, class) pair. ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)`` at the last block's ``ln_1`` output
-(``layer="input"``, CLIP-ES's target layer and VPL's) or at its output tokens, scaled like CLIP-ES
+of one grid): every class map of every image, the images batched by label count (one forward of the last block per
+group, one backward per class). ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)`` at the last block's
+``ln_1`` output (``layer="input"``, CLIP-ES's target layer and VPL's) or at its output tokens, scaled like CLIP-ES
 (:func:`vpltool.kernels.gradcam_scale`). ``exact`` repeats CLIP-ES's own order of operations (``--parity clip-es``).
 Every function takes the :class:`~vpltool.backbone.ClipBackbone` as ``bb`` (its last block, projection and device).
 """
@@ -73,7 +73,6 @@ class BatchGradCam:
         offsets: B + 1 host ints (see ``maps``).
         attention: ``[B, 1 + hw, 1 + hw]`` the last block's head-mean attention.
         probs: B tensors ``[K_b + M]``, each image's softmax over its rows (its classes, then the background's).
-        tokens: ``[B, 1 + hw, width]`` the last block's output.
     """
 
     maps: torch.Tensor
@@ -81,7 +80,6 @@ class BatchGradCam:
     offsets: list[int]
     attention: torch.Tensor
     probs: list[torch.Tensor]
-    tokens: torch.Tensor
 
     def image_maps(self, b: int) -> torch.Tensor:
         """``[K_b, h, w]``: image b's maps (a view)."""
@@ -110,15 +108,18 @@ def gradcam(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: tor
         raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
     if exact:
         return _gradcam_clip_es(bb, last_block_input, grid, rows, n_classes, temperature, layer)
+    outputs = []
     cam = gradcam_batch(bb, last_block_input[None], grid, SoftmaxRows.of_image(rows, n_classes), temperature, layer,
-                        precision)
-    return GradCam(cam.maps, cam.attention[0], cam.probs[0], bb.dense(cam.tokens)[0].float())
+                        precision, outputs)
+    return GradCam(cam.maps, cam.attention[0], cam.probs[0], bb.dense(outputs[0])[0].float())
 
 
 def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: SoftmaxRows,
-                  temperature: float, layer: str = "input", precision: str = "fp32") -> BatchGradCam:
-    """:meth:`gradcam` for B images of one grid: one forward and one plain backward of the last block for the
-    whole batch, on one row per (image, class) pair.
+                  temperature: float, layer: str = "input", precision: str = "fp32",
+                  outputs: list | None = None) -> BatchGradCam:
+    """:meth:`gradcam` for B images of one grid, batched by label count: per group of images with the same K, one
+    forward of the last block and K plain backward passes (the k-th gives every image of the group its k-th class's
+    gradient: images are independent).
 
     Args:
         last_block_input: ``[B, 1 + hw, width]`` tokens entering the last block.
@@ -127,44 +128,50 @@ def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], row
             inputs rounded to 10 mantissa bits, float32 sums; no effect on a CPU); ``bf16``: the block under
             autocast (its matrix products and their outputs in bf16; layer norms, softmax, the GradCAM weights and
             sums in fp32). benchmarks/study_gradcam_precision.py measured which stay within the CAMs' tolerance.
+        outputs: when given, the last block's output ``[B_g, 1 + hw, width]`` of each group is appended (one group:
+            the batch's).
 
-    Class k of image b needs the gradient of its own ``p_k``, and gradients of different rows of a batch are
-    independent: so the block runs on one row per pair (image b's tokens K_b times; an image without classes
-    once, for its softmax and attention), and one backward of the sum of every row's own ``p_k`` gives every map.
-    No class slots padded to the batch's largest K, no batched vector-Jacobian products; the index tensors reach
-    the device in one non-blocking copy, and nothing here waits for the device.
+    No class slots padded to the batch's largest K (VOC: 1.5 labels per image, 1 to 6), no batched
+    vector-Jacobian products, and each image's block runs once: the fewest FLOPs (benchmarks/bench_flops.py). A batch
+    of one image (the CPU's default) is CLIP-ES's own schedule, one forward and one backward per class. The index
+    tensors reach the device in one non-blocking copy; nothing here waits for the device.
     """
     if layer not in GRADCAM_LAYERS:
         raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
-    plan = _pair_plan(rows, bb.device)
     if precision not in GRADCAM_PRECISIONS:
         raise VplError(f"GradCAM precision {precision!r}: choose {', '.join(GRADCAM_PRECISIONS)}")
-    x = last_block_input.to(bb.device, torch.float32).index_select(0, plan.image_of_rows).requires_grad_(True)
-    bf16 = precision == "bf16"
-    with torch.enable_grad(), _tf32(precision == "tf32"), \
-            torch.autocast(bb.device.type, dtype=torch.bfloat16 if bf16 else None, enabled=bf16):
-        out, attn, ln1 = bb.block(bb.n_blocks - 1, x, grid, need_weights=True, keep_ln1=layer == "input")
-        act = ln1 if layer == "input" else out
-        img = _image_embedding(bb, out)  # [P', D]
-        scores = img @ rows.vectors.to(img).T / temperature  # [P', R]
-        scores = torch.cat([scores, scores.new_full((len(scores), 1), float("-inf"))], 1)  # column R: padding
-        probs = scores.gather(1, plan.row_index).softmax(-1)  # [P', Kmax + M]: each row's image's rows, padded
-        n = plan.pairs
-        if n:
-            target = probs[:n].gather(1, plan.slot[:, None]).sum()  # every pair's own class probability
-            grads = torch.autograd.grad(target, act)[0][:n, 1:].float()  # [P, hw, width], patch tokens only
+    plan = _group_plan(rows, bb.device)
+    x = last_block_input.to(bb.device, torch.float32).detach()
     h, w = grid
-    attention = attn.detach().index_select(0, plan.first).float()
-    tokens = out.detach().index_select(0, plan.first)
-    image_probs = [probs[i, : k + plan.n_background].detach() for i, k in zip(plan.first_host, plan.counts)]
-    if not n:
-        return BatchGradCam(x.new_zeros(0, h, w), plan.image_of, plan.offsets, attention, image_probs, tokens)
-    act = act.detach()[:n, 1:].float()
-    weights = grads.mean(1)  # [P, width]: GradCAM channel weights
-    # a product and a sum over channels per map, not a matmul: a batched matmul rounds differently from a
-    # single one (measured on a CPU), this does not, so a batch gives the maps of its images run alone
-    maps = torch.relu((act * weights[:, None, :]).sum(-1)).view(n, h, w)
-    return BatchGradCam(gradcam_scale(maps), plan.image_of, plan.offsets, attention, image_probs, tokens)
+    vectors, attention, probs, maps = rows.vectors, [], [None] * len(plan.counts), []
+    for group in plan.groups:
+        xg = (x if group.whole else x.index_select(0, group.images)).requires_grad_(True)
+        bf16 = precision == "bf16"
+        with torch.enable_grad(), _tf32(precision == "tf32"), \
+                torch.autocast(bb.device.type, dtype=torch.bfloat16 if bf16 else None, enabled=bf16):
+            out, attn, ln1 = bb.block(bb.n_blocks - 1, xg, grid, need_weights=True, keep_ln1=layer == "input")
+            act = ln1 if layer == "input" else out
+            img = _image_embedding(bb, out)  # [n, D]
+            scores = img @ vectors.to(img).T / temperature  # [n, R]
+            p = scores.gather(1, group.row_index).softmax(-1)  # [n, K + M]: each image's classes, then background
+            grads = [torch.autograd.grad(p[:, j].sum(), act, retain_graph=j < group.k - 1)[0]
+                     for j in range(group.k)]
+        attention.append(attn.detach().float())
+        for i, b in enumerate(group.members):
+            probs[b] = p[i].detach()
+        if outputs is not None:
+            outputs.append(out.detach())
+        if group.k:
+            patches = act.detach()[:, 1:].float()
+            # GradCAM's weights (the patch mean of each gradient), then a product and a sum over channels per map,
+            # not a matmul: a batched matmul rounds differently from a single one (measured on a CPU), this does not
+            cams = torch.stack([(patches * g[:, 1:].float().mean(1)[:, None, :]).sum(-1) for g in grads], 1)
+            maps.append(torch.relu(cams).flatten(0, 1))  # [n * K, hw]: image by image, class by class
+    attention = attention[0] if plan.one_group else torch.cat(attention).index_select(0, plan.image_order)
+    if not maps:
+        return BatchGradCam(x.new_zeros(0, h, w), plan.image_of, plan.offsets, attention, probs)
+    maps = maps[0] if plan.one_group else torch.cat(maps).index_select(0, plan.pair_order)
+    return BatchGradCam(gradcam_scale(maps.view(-1, h, w)), plan.image_of, plan.offsets, attention, probs)
 
 
 @contextlib.contextmanager
@@ -193,42 +200,60 @@ def _image_embedding(bb, out: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _PairPlan:
-    """The rows :func:`gradcam_batch` runs the block on: index tensors on the device, from one host tensor."""
+class _Group:
+    """The images of a batch that have K classes each."""
 
-    pairs: int  # P: the (image, class) rows come first, then one row per image without classes
+    k: int
+    members: list[int]  # their positions in the batch
+    whole: bool  # every image of the batch: no gather
+    images: torch.Tensor  # [n] members, on the device
+    row_index: torch.Tensor  # [n, K + M] each member's score columns: its classes, then the background rows
+
+
+@dataclass
+class _GroupPlan:
+    """How :func:`gradcam_batch` runs a batch: its groups, and where their results go (index tensors on the device,
+    made from one host tensor in one non-blocking copy)."""
+
     counts: list[int]  # K_b
-    offsets: list[int]  # B + 1: image b's pairs are offsets[b]:offsets[b + 1]
-    first_host: list[int]  # B: the row whose softmax and attention are image b's
-    n_background: int  # M
-    image_of_rows: torch.Tensor  # [P'] the image of every row
-    image_of: torch.Tensor  # [P] the image of every pair
-    slot: torch.Tensor  # [P] each pair's class position among its image's rows
-    first: torch.Tensor  # [B] first_host, on the device
-    row_index: torch.Tensor  # [P', Kmax + M] score columns per row: its image's classes, the background, padding
+    offsets: list[int]  # B + 1: image b's maps are offsets[b]:offsets[b + 1]
+    groups: list[_Group]
+    one_group: bool
+    image_of: torch.Tensor  # [P] the image of every map
+    image_order: torch.Tensor  # [B] where image b's row is among the groups' rows, concatenated
+    pair_order: torch.Tensor  # [P] where map p is among the groups' maps, concatenated
 
 
-def _pair_plan(rows: SoftmaxRows, device: torch.device) -> _PairPlan:
+def _group_plan(rows: SoftmaxRows, device: torch.device) -> _GroupPlan:
     from ..batches import to_device
 
     counts = [len(c) for c in rows.classes]
-    pairs, kmax, background = sum(counts), max(counts, default=0), list(rows.background)
-    pad = len(rows.vectors)  # the -inf column of the scores
-    image_of = [b for b, k in enumerate(counts) for _ in range(k)]
-    slot = [j for k in counts for j in range(k)]
-    empty = [b for b, k in enumerate(counts) if k == 0]
     offsets = [0]
     for k in counts:
         offsets.append(offsets[-1] + k)
-    first = [offsets[b] if k else pairs + empty.index(b) for b, k in enumerate(counts)]
-    image_rows = image_of + empty
-    width = kmax + len(background)
-    index = [list(rows.classes[b]) + background + [pad] * (kmax - counts[b]) for b in image_rows]
-    flat = image_rows + image_of + slot + first + [r for row in index for r in row]
+    ks = sorted(set(counts))
+    members = {k: [b for b, kb in enumerate(counts) if kb == k] for k in ks}
+    background = list(rows.background)
+    order = [b for k in ks for b in members[k]]  # images in the groups' order
+    position = {b: i for i, b in enumerate(order)}
+    pair_start = {}
+    start = 0
+    for b in order:
+        pair_start[b] = start
+        start += counts[b]
+    image_of = [b for b, k in enumerate(counts) for _ in range(k)]
+    image_order = [position[b] for b in range(len(counts))]
+    pair_order = [pair_start[b] + j for b, k in enumerate(counts) for j in range(k)]
+    tables = [[list(rows.classes[b]) + background for b in members[k]] for k in ks]
+    flat = image_of + image_order + pair_order + order + [r for table in tables for row in table for r in row]
     packed = to_device(torch.tensor(flat, dtype=torch.long), device)
-    parts = packed.split([len(image_rows), pairs, pairs, len(counts), len(image_rows) * width])
-    return _PairPlan(pairs, counts, offsets, first, len(background), parts[0], parts[1], parts[2], parts[3],
-                     parts[4].view(len(image_rows), width))
+    sizes = [len(image_of), len(image_order), len(pair_order)] + [len(members[k]) for k in ks] + [
+        len(members[k]) * (k + len(background)) for k in ks]
+    parts = packed.split(sizes)
+    n = len(ks)
+    groups = [_Group(k, members[k], len(ks) == 1, parts[3 + i], parts[3 + n + i].view(len(members[k]), -1))
+              for i, k in enumerate(ks)]
+    return _GroupPlan(counts, offsets, groups, len(ks) == 1, parts[0], parts[1], parts[2])
 
 
 def _gradcam_clip_es(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor,

@@ -4,8 +4,8 @@ The target of image b is its own softmax over ``[W_present; W_background]``: the
 classes first, then every background row (:meth:`vpltool.io.Prototypes.image_rows`), at the prototypes' temperature
 (or ``--temperature``). Class k's map is the GradCAM of ``p_k``: background rows compete for probability mass but get
 no map. The computation itself lives on the backbone (:meth:`vpltool.backbone.ClipBackbone.gradcam` for one image,
-``gradcam_batch`` for B images of one grid, one row per (image, class) pair), since extract and diagnose share the
-model's forward.
+``gradcam_batch`` for B images of one grid, batched by label count), since extract and diagnose share the model's
+forward.
 """
 
 from __future__ import annotations
