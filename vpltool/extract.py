@@ -58,8 +58,11 @@ def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dty
     """
     with autocast(bb.device, dtype):
         exact = cfg.parity == "clip-es"
-        tokens, attention, grid = bb.frozen_pass(pixels, cfg.attention_blocks if cfg.store_tokens else 1,
-                                                 fp16_pos=exact, keep_maps=exact)
+        if cfg.store_tokens:
+            tokens, attention, grid = bb.frozen_pass(pixels, cfg.attention_blocks, fp16_pos=exact, keep_maps=exact)
+        else:  # the light cache keeps no attention: no map is made (nor a [B, hw, hw] buffer of zeros)
+            encoded = bb.encode(pixels, stop=bb.n_blocks - 1, fp16_pos=exact)
+            tokens, grid = encoded.tokens, encoded.grid
         dense = bb.dense(bb.block(bb.n_blocks - 1, tokens, grid)[0])
     out = {"dense": dense.float().reshape(len(pixels), *grid, -1)}
     if cfg.store_tokens:
