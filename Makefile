@@ -284,6 +284,8 @@ bench: setup
 	$(call run_bench,bench_decoder.py,,decoder.json)
 	$(call run_bench,stage_costs.py,,stage_costs.json)
 	$(call run_bench,bench_memory.py,,memory.json)
+	$(call run_bench,bench_host.py,,host.json)
+	$(call run_bench,bench_flops.py,,flops.json)
 	$(call run_bench,bench_demo.py,--toy-clip,demo.json)
 	$(call run_bench,bench_report.py,,report.json)
 	# a VOC-scale run of every stage (10,582 photos): on a GPU only (BENCH_DEVICE=cuda), or smoke-tested (--quick)

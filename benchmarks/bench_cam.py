@@ -65,20 +65,54 @@ PHOTOS = (
 )
 
 
+# VOC-like statistics for the benchmarks of a whole VOC run (bench_gpu_pipeline.py, bench_host.py, bench_flops.py).
+# Assumed, not measured (VOC is not bundled): VOC2012's photos have a long side of 500 px, most in 4:3 or 3:2, either
+# orientation; weights (W, H): share of the photos
+VOC_SIZES = (((500, 375), 0.40), ((375, 500), 0.12), ((500, 333), 0.18), ((333, 500), 0.05), ((500, 400), 0.04),
+             ((500, 366), 0.04), ((500, 281), 0.03), ((500, 500), 0.03), ((480, 360), 0.03), ((500, 353), 0.03),
+             ((500, 335), 0.03), ((400, 500), 0.02))
+# labels per image (1 to 6, mean 1.52; issue 28 gives VOC train_aug's as 1 to 6 with mean 1.5)
+VOC_LABEL_COUNTS = ((1, 0.63), (2, 0.26), (3, 0.08), (4, 0.02), (5, 0.007), (6, 0.003))
+
+
 # --------------------------------------------------------------------------------------------- set-up
-def make_voc(root: Path, n: int, scale: float = 1.0) -> Path:
-    """A VOC root of ``n`` photos (cycling through ``PHOTOS``), each side times ``scale``."""
+def make_voc_like(root: Path, n: int, scale: float = 1.0, seed: int = 0) -> Path:
+    """A VOC root of ``n`` photos at VOC-like sizes with VOC-like label counts (:data:`VOC_SIZES`,
+    :data:`VOC_LABEL_COUNTS`), drawn with ``seed``: each is one of ``PHOTOS`` cropped to the drawn aspect, resized,
+    with its own labels first and random other VOC classes up to the drawn count."""
+    import random
+
+    rng = random.Random(seed)
+    sizes = [rng.choices([s for s, _ in VOC_SIZES], [w for _, w in VOC_SIZES])[0] for _ in range(n)]
+    counts = [rng.choices([k for k, _ in VOC_LABEL_COUNTS], [w for _, w in VOC_LABEL_COUNTS])[0] for _ in range(n)]
+    labels = []
+    for i, k in enumerate(counts):
+        own = list(PHOTOS[i % len(PHOTOS)][3])[:k]
+        labels.append(tuple(own + rng.sample([c for c in VOC if c not in own], k - len(own))))
+    return make_voc(root, n, scale, sizes=sizes, labels_of=labels)
+
+
+def make_voc(root: Path, n: int, scale: float = 1.0, sizes: list[tuple[int, int]] | None = None,
+             labels_of: list[tuple[str, ...]] | None = None) -> Path:
+    """A VOC root of ``n`` photos (cycling through ``PHOTOS``), each side times ``scale``; ``sizes`` ``(W, H)`` and
+    ``labels_of`` per photo replace the photos' own (a photo is then cropped to the size's aspect around its centre)."""
     import skimage.data
     from PIL import Image
 
     folder = Path(os.path.dirname(skimage.data.__file__))
     for sub in ("JPEGImages", "Annotations", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    ids = []
+    ids, decoded = [], {}
     for i in range(n):
-        name, box, size, labels = PHOTOS[i % len(PHOTOS)]
-        img = Image.open(folder / name).convert("RGB")
-        img = img.crop(box) if box else img
+        name, box, size, own = PHOTOS[i % len(PHOTOS)]
+        if (name, box) not in decoded:
+            img = Image.open(folder / name).convert("RGB")
+            decoded[name, box] = img.crop(box) if box else img
+        img = decoded[name, box]
+        if sizes is not None:
+            size = sizes[i]
+            img = _crop_to_aspect(img, size[0] / size[1])
+        labels = own if labels_of is None else labels_of[i]
         w, h = (max(32, round(s * scale)) for s in size)
         image_id = f"img_{i:03d}"
         img.resize((w, h), Image.BICUBIC).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
@@ -88,6 +122,17 @@ def make_voc(root: Path, n: int, scale: float = 1.0) -> Path:
         ids.append(image_id)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids) + "\n")
     return root
+
+
+def _crop_to_aspect(img, aspect: float):
+    """The largest centred crop of a PIL image with width / height = ``aspect``."""
+    w, h = img.size
+    if w / h > aspect:
+        cw, ch = round(h * aspect), h
+    else:
+        cw, ch = w, round(w / aspect)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
 
 
 def make_weights(folder: Path, model: str) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ stage record. Only `vpltool report` is timed, as its own process (wall seconds a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -77,7 +78,9 @@ def fabricate_run(run: Path, world: Path, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     ids = [it.id for it in dataset.items]
     for name, source in (("cams_text", "text"), ("cams_vision", "vision")):
-        params = {"refine": "caa", "prototypes": {"path": f"{source}.safetensors", "source": source}}
+        # a stand-in file identity (no prototypes file exists in this synthetic run; records require a digest)
+        digest = hashlib.sha256(f"synthetic {source} prototypes".encode()).hexdigest()
+        params = {"refine": "caa", "prototypes": {"path": f"{source}.safetensors", "sha256": digest, "source": source}}
         for item in dataset.items:
             h, w = io.image_size(item.image)
             noise = torch.from_numpy(rng.random((max(len(item.labels), 1), 4, 4), dtype=np.float32))

@@ -613,11 +613,13 @@ def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- damaged files
-@case("NaN in a features file", "features_nan/train_000000.safetensors", "'dense' contains NaN")
+# learn-prototypes is the stage that reads 'dense' (cam reads the tokens, or recomputes them from the image)
+@case("NaN in a features file's dense features", "features_nan/train_000000.safetensors", "'dense' contains NaN")
 def _nan_features(ws: Workspace) -> Iterator[list[object]]:
     features = ws.copy(ws.features, "features_nan")
     _poison(ws.first_feature_file(features), "dense")
-    yield ["cam", features, "-p", ws.text, "-o", ws.out("out"), *CPU]
+    yield ["learn-prototypes", features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--iters", "2", *CPU]
 
 
 @case("NaN in a features file's cached attention", "features_nan_attention/train_000000.safetensors",

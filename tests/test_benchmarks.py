@@ -33,7 +33,11 @@ SCRIPTS = {
     "bench_memory.py": ("memory", {"images", "stages"}),
     "bench_report.py": ("report", {"synthetic", "workers"}),
     "bench_gpu_pipeline.py": ("gpu-pipeline", {"seconds", "extract_img_per_s", "cam_text_img_per_s",
-                                               "predict_img_per_s", "learn_prototypes_s", "total_s", "bars"}),
+                                               "predict_img_per_s", "learn_prototypes_s", "total_s", "bars",
+                                               "total_minutes", "goal_minutes", "cam_text_img_per_s_steady"}),
+    "bench_host.py": ("host", {"stages", "goal_cpu_ms_extract_cam", "goal_met", "labels_per_image_mean"}),
+    "bench_flops.py": ("flops", {"extract_gflop_per_image", "cam_gflop_per_image_voc", "cam_over_extract_voc",
+                                 "batch_adds_up", "bar_met"}),
 }
 COMMON = {"benchmark", "quick", "machine", "peak_memory"}
 MACHINE = {"cpu", "cores", "torch", "device", "gpu"}

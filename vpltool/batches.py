@@ -3,13 +3,19 @@ behind. The device is a parameter; the CPU and CUDA run the same code.
 
 * :func:`plan_batches`: images grouped by network input size (VOC has a handful of shapes), so a batch is one
   tensor; planned from image headers or feature-file headers before anything is decoded.
-* :func:`load_batches`: torch's ``DataLoader`` runs the stage's loader (decode, resize, normalise, read a
-  features file) in ``workers`` processes off the main thread, collates each planned batch, and pins it on CUDA.
+* :func:`load_batches`: torch's ``DataLoader`` runs the stage's loader (decode, resize to uint8, read a features
+  file) in worker processes off the main thread, collates each planned batch in shared memory, and pins it on CUDA;
+  the stage normalises the uint8 pixels on the device (a quarter of the bytes of float32 to copy).
+* :func:`to_device`: a host tensor to the device without a synchronisation (pinned, non-blocking).
 * :class:`BatchRunner`: runs a batch in chunks; on CUDA out-of-memory the chunk halves and the run goes on. One
   image that fits no chunk is a one-line error naming it, its size and ``--max-side``.
-* :class:`BackgroundWriter`: outputs copied device-to-host without blocking (pinned memory, one CUDA event per
-  batch) and written by a thread, so the device never waits on the disk and nothing synchronises per image.
+* :class:`BackgroundWriter`: a batch's outputs copied device-to-host without blocking (pinned memory, one CUDA
+  event per batch) and written by a few threads, so the device never waits on the disk and nothing synchronises.
 * :func:`shard_from_env`: a ``torchrun`` rank (``RANK``/``WORLD_SIZE``) is a shard, as ``--shard i/n``.
+
+The CUDA-only steps (pinned buffers, events, the GradCAM block in bf16) also run on a CPU when the environment
+variable ``VPLTOOL_TEST_CUDA_PATHS=1`` is set (:func:`cuda_paths`): a switch for the tests, so that CI, which has no
+GPU, runs them; it is no user option.
 """
 
 from __future__ import annotations
@@ -28,7 +34,19 @@ from .device import torchrun_rank
 from .errors import VplError
 
 AUTO_BATCH_CUDA = 32  # images per batch on CUDA: ViT-B/16 at VOC size reaches ~3,000 img/s at 32 (issue 19's floor)
-WRITE_DEPTH = 4  # batches waiting for the writer; bounds the host memory the writer may hold
+# batches waiting for the writer threads besides those being written: bounds the host memory the writer may hold
+# (2 batches of 32 extract outputs: ~200 MB with the full cache) while a slow write never stalls the device
+WRITE_DEPTH = 2
+# writer threads: a batch's files are written by one thread, batches side by side; safetensors' serialisation and
+# the file writes release the GIL, so 4 threads keep a VOC-sized extract (~1,000 files/s) off the device's path
+WRITE_THREADS = 4
+TEST_SWITCH = "VPLTOOL_TEST_CUDA_PATHS"  # see the module docstring: tests only
+
+
+def cuda_paths(device: torch.device) -> bool:
+    """Whether the CUDA-only steps run on ``device``: on CUDA, and on a CPU under the test switch
+    ``VPLTOOL_TEST_CUDA_PATHS=1`` (CI exercises them without a GPU; no user option)."""
+    return device.type == "cuda" or os.environ.get(TEST_SWITCH) == "1"
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -85,35 +103,38 @@ class _Loaded(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """A planned batch as one dict: tensors of one shape stacked ``[B, ...]``, everything else a list of B."""
+    """A planned batch as one dict: tensors of one shape stacked ``[B, ...]`` (inside a loading worker straight
+    into shared memory, torch's ``default_collate``: no second copy on the way to the main process), everything
+    else (and tensors of different shapes) a list of B."""
     out: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
         same = all(isinstance(v, torch.Tensor) and v.shape == values[0].shape for v in values)
-        out[key] = torch.stack(values) if same else values
+        out[key] = torch.utils.data.default_collate(values) if same else values
     return out
 
 
 def loader_workers(workers: int) -> int:
-    """DataLoader worker processes for ``--workers``: 1 loads in this process (no worker), n > 1 in n processes
-    (``workers`` 0 was already resolved to one per core)."""
+    """DataLoader worker processes for a resolved ``--workers`` count: 1 loads in this process (no worker), n > 1
+    in n processes (see :meth:`vpltool.config.RuntimeConfig.loader_workers` for auto and 0)."""
     return 0 if workers <= 1 else workers
 
 
 def load_batches(n: int, batches: list[list[int]], load: Callable[[int], dict[str, Any]], workers: int,
                  device: torch.device) -> Iterator[dict[str, Any]]:
     """The planned batches, loaded ahead by ``workers`` (see :func:`loader_workers`) and collated
-    (:func:`collate`); pinned in page-locked memory on CUDA, so the copy to the GPU runs asynchronously.
+    (:func:`collate`); pinned in page-locked memory on CUDA, so that :func:`to_device` copies them asynchronously.
 
-    ``load(i)`` must not touch CUDA (it runs in forked workers) and raises :class:`VplError` for a bad image: the
-    worker's error reaches the caller as the same one line.
+    ``load(i)`` must not touch CUDA (it runs in forked workers), should return only what the stage uses (every byte
+    crosses from a worker to this process), and raises :class:`VplError` for a bad image: the worker's error
+    reaches the caller as the same one line. A batch may mix images of different sizes (a list of tensors then).
     """
     if not batches:
         return
     n_workers = min(loader_workers(workers), len(batches))
     data = torch.utils.data.DataLoader(
         _Loaded(n, load), batch_sampler=batches, num_workers=n_workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if n_workers else None,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if 0 < n_workers < 4 else None,
         persistent_workers=False, worker_init_fn=functools.partial(die_with_parent, os.getpid()),
     )
     try:
@@ -137,6 +158,14 @@ def die_with_parent(parent: int, worker_id: int = 0) -> None:
         return
     if os.getppid() != parent:  # the run died between our fork and the prctl
         os._exit(1)
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` without a synchronisation: a CPU tensor bound for CUDA is pinned first (a batch
+    from :func:`load_batches` already is) and copied non-blocking; a pageable copy would wait for the device."""
+    if tensor.device == device or device.type != "cuda":
+        return tensor.to(device)
+    if tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _one_line(e: Exception) -> str:
@@ -186,20 +215,29 @@ class BatchRunner:
 
 # --------------------------------------------------------------------------------------------- writing
 class BackgroundWriter:
-    """Writes a stage's outputs on a thread, behind the device.
+    """Writes a stage's outputs on a few threads, behind the device.
 
-    ``submit(tensors, write, n)`` copies ``tensors`` (a dict, on any device) to the host without blocking and
-    queues ``write(host_tensors)``; the thread waits on that batch's CUDA event, writes, then calls
-    ``on_item(n)``. A write error (a full disk: one line) stops the run at the next ``submit`` or at the end, as the
-    same exception. Used as a context manager: leaving it waits for every queued write.
+    ``submit(tensors, write, n)`` hands over one *batch*: ``tensors`` (a dict of tensors, lists of tensors or
+    anything else, on any device) is copied to the host without blocking (:func:`to_host`: pinned buffers, one
+    event for the whole batch) and ``write(host_tensors)`` is queued; a writer thread waits on the batch's event,
+    runs ``write`` (which writes the batch's n files), then calls ``on_item(n)``. The queue holds at most ``depth``
+    batches besides those being written, so the host memory it may hold is bounded in batches. ``threads`` writer
+    threads write batches side by side (each file is its own, so the bytes do not depend on their order). A write
+    error (a full disk: one line) stops the run at the next ``submit`` or at the end, as the same exception. Used
+    as a context manager: leaving it waits for every queued write.
     """
 
-    def __init__(self, on_item: Callable[[int], None] | None = None, depth: int = WRITE_DEPTH):
+    def __init__(self, on_item: Callable[[int], None] | None = None, depth: int = WRITE_DEPTH,
+                 threads: int = WRITE_THREADS):
         self.on_item = on_item
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="vpltool-writer", daemon=True)
-        self._thread.start()
+        self._failed = False  # an error was handed over: drop every later job
+        self._lock = threading.Lock()  # on_item (a progress bar) and the first error, from several threads
+        self._threads = [threading.Thread(target=self._loop, name=f"vpltool-writer-{i}", daemon=True)
+                         for i in range(max(1, threads))]
+        for thread in self._threads:
+            thread.start()
 
     def __enter__(self) -> BackgroundWriter:
         return self
@@ -208,9 +246,10 @@ class BackgroundWriter:
         self.close(raise_error=exc[0] is None)
 
     def submit(self, tensors: dict[str, Any], write: Callable[[dict[str, Any]], None], n: int = 1) -> None:
+        """Queue one batch: ``write(host copies of tensors)`` on a writer thread, then ``on_item(n)``."""
         self._check()
-        host, event = _to_host(tensors)
-        while True:  # a dead writer never empties the queue: wake up to notice its error
+        host, event = to_host(tensors)
+        while True:  # wake up now and then to notice a write error while the queue is full
             try:
                 self._queue.put((host, event, write, n), timeout=0.5)
                 return
@@ -218,19 +257,18 @@ class BackgroundWriter:
                 self._check()
 
     def close(self, raise_error: bool = True) -> None:
-        while self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=0.5)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
+        for _ in self._threads:  # one end marker per thread: every thread takes jobs until it meets one
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
         if raise_error:
             self._check()
 
     def _check(self) -> None:
-        if self._error is not None:
+        with self._lock:
             error, self._error = self._error, None
+        if error is not None:
+            self._failed = True  # later jobs are still dropped
             raise error
 
     def _loop(self) -> None:
@@ -238,41 +276,68 @@ class BackgroundWriter:
             job = self._queue.get()
             if job is None:
                 return
+            if self._error is not None or self._failed:  # the run stops: drop what is left, keep the queue moving
+                continue
             host, event, write, n = job
             try:
                 if event is not None:
                     event.synchronize()
                 write(host)
                 if self.on_item:
-                    self.on_item(n)
-            except BaseException as e:  # handed to the main thread; later jobs are dropped (the run stops)
-                self._error = e
-                _drain(self._queue)
-                return
+                    with self._lock:
+                        self.on_item(n)
+            except BaseException as e:  # handed to the main thread at its next submit or at the end
+                with self._lock:
+                    if not self._failed:
+                        self._error = self._error or e
 
 
-def _to_host(tensors: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """CPU copies of the CUDA tensors in ``tensors`` (pinned, non-blocking) and the event that marks them done."""
-    host, cuda = {}, False
-    for key, value in tensors.items():
-        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
-            buffer = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-            host[key], cuda = buffer.copy_(value, non_blocking=True), True
-        else:
-            host[key] = value
-    if not cuda:
-        return host, None
-    event = torch.cuda.Event()
-    event.record()
-    return host, event
+def to_host(tensors: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Host copies of the device tensors in ``tensors`` (values: tensors, lists/tuples of tensors, or anything
+    else, kept as it is) and the one event that marks them all copied (None when nothing was copied).
+
+    On CUDA each tensor goes to a pinned buffer with a non-blocking copy, and one CUDA event is recorded after the
+    last: the main thread never waits. On a CPU the tensors are the host's already and pass as they are, except
+    under the test switch (:func:`cuda_paths`), where the CUDA path runs with unpinned buffers and a stand-in event.
+    """
+    copy = any(_device_of(v) is not None for v in tensors.values())
+    if not copy:
+        return dict(tensors), None
+    host = {key: _copy_to_host(value) for key, value in tensors.items()}
+    return host, _record_event()
 
 
-def _drain(q: queue.Queue) -> None:
-    try:
-        while True:
-            q.get_nowait()
-    except queue.Empty:
-        pass
+def _device_of(value: Any) -> torch.device | None:
+    """The device of a tensor (or of a list of tensors) that :func:`to_host` copies: CUDA, or any device under the
+    test switch; None for everything else."""
+    first = value[0] if isinstance(value, (list, tuple)) and value else value
+    if not isinstance(first, torch.Tensor):
+        return None
+    return first.device if cuda_paths(first.device) else None
+
+
+def _copy_to_host(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_to_host(v) for v in value)
+    if _device_of(value) is None:
+        return value
+    buffer = torch.empty(value.shape, dtype=value.dtype, pin_memory=torch.cuda.is_available())
+    return buffer.copy_(value, non_blocking=True)
+
+
+class _HostEvent:
+    """A CUDA event's stand-in when the CUDA path runs on a CPU under the test switch: the copies are done."""
+
+    def synchronize(self) -> None:
+        return None
+
+
+def _record_event() -> Any:
+    if torch.cuda.is_available():
+        event = torch.cuda.Event()
+        event.record()
+        return event
+    return _HostEvent()
 
 
 # --------------------------------------------------------------------------------------------- sharding
@@ -290,5 +355,6 @@ def shard_from_env(shard: tuple[int, int] | None = None) -> tuple[int, int]:
     return tuple(shard)
 
 
-__all__ = ["AUTO_BATCH_CUDA", "resolve_batch_size", "plan_batches", "header_sizes", "collate", "load_batches",
-           "loader_workers", "die_with_parent", "BatchRunner", "BackgroundWriter", "shard_from_env"]
+__all__ = ["AUTO_BATCH_CUDA", "WRITE_DEPTH", "WRITE_THREADS", "cuda_paths", "resolve_batch_size", "plan_batches",
+           "header_sizes", "collate", "load_batches", "loader_workers", "to_device", "die_with_parent", "BatchRunner",
+           "BackgroundWriter", "to_host", "shard_from_env"]

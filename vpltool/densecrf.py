@@ -418,6 +418,8 @@ def crf_labels(images: Sequence[Tensor], unaries: Sequence[Tensor], ids: Sequenc
     """
     import torch
 
+    from .batches import to_device
+
     q = mean_field(images, unaries, cfg)
     width = max(len(rows) for rows in ids)
     table = to_device(torch.tensor([[*rows, *[0] * (width - len(rows))] for rows in ids], dtype=torch.uint8),
@@ -430,15 +432,7 @@ def crf_labels(images: Sequence[Tensor], unaries: Sequence[Tensor], ids: Sequenc
     return out
 
 
-def to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    """A host tensor on ``device`` without waiting for it: pinned, then copied asynchronously on CUDA (a pageable
-    copy would wait for every kernel queued before it)."""
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
 __all__ = ["UNARY_FLOOR", "resolve_backend", "densecrf_module", "unary", "dense_crf", "check_image", "Lattice",
            "lattice", "pixel_features", "symmetric_norm", "mean_field", "mean_field_flat", "pairwise_terms",
            "iterate", "image_tensor",
-           "torch_unary", "crf_labels", "to_device"]
+           "torch_unary", "crf_labels"]

@@ -159,7 +159,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
         return {"feats": feats, "image": image, "gt": io.read_mask(item.gt, num_classes=len(classes))}
 
     one_by_one = [[i] for i in range(len(ids))]  # the scores are per image; loading is what runs ahead
-    for batch in load_batches(len(ids), one_by_one, load, runtime.worker_count, bb.device):
+    for batch in load_batches(len(ids), one_by_one, load, runtime.loader_workers(bb.device), bb.device):
         feats, image, gt = batch["feats"][0], batch["image"][0], batch["gt"][0]
         if image is not None:
             bb.fill_tokens(feats, image, extract_cfg.attention_blocks, extract_cfg.parity)

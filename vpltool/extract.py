@@ -33,6 +33,7 @@ from .batches import (
     plan_batches,
     resolve_batch_size,
     shard_from_env,
+    to_device,
 )
 from .config import CPU_BATCH, NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
 from .data import Dataset, Item, check_sizes
@@ -58,8 +59,11 @@ def encode_batch(bb: ClipBackbone, pixels: torch.Tensor, cfg: ExtractConfig, dty
     """
     with autocast(bb.device, dtype):
         exact = cfg.parity == "clip-es"
-        tokens, attention, grid = bb.frozen_pass(pixels, cfg.attention_blocks if cfg.store_tokens else 1,
-                                                 fp16_pos=exact, keep_maps=exact)
+        if cfg.store_tokens:
+            tokens, attention, grid = bb.frozen_pass(pixels, cfg.attention_blocks, fp16_pos=exact, keep_maps=exact)
+        else:  # the light cache keeps no attention: no map is made (nor a [B, hw, hw] buffer of zeros)
+            encoded = bb.encode(pixels, stop=bb.n_blocks - 1, fp16_pos=exact)
+            tokens, grid = encoded.tokens, encoded.grid
         dense = bb.dense(bb.block(bb.n_blocks - 1, tokens, grid)[0])
     out = {"dense": dense.float().reshape(len(pixels), *grid, -1)}
     if cfg.store_tokens:
@@ -111,8 +115,8 @@ def run_extract(
         if on_start:
             on_start(len(todo))
         if todo:
-            sizes = header_sizes([it.image for it in todo], runtime.worker_count)
-            check_sizes(todo, sizes, runtime.worker_count)
+            sizes = header_sizes([it.image for it in todo], runtime.loader_workers(device))
+            check_sizes(todo, sizes, runtime.loader_workers(device))
             bb = backbone or load_backbone(spec, device)
             check_for_model(bb, cfg)
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
@@ -153,8 +157,8 @@ def _refuse_stale(out: Path, done: list[Item]) -> None:
 
 def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[tuple[int, int]], out: Path,
              cfg: ExtractConfig, runtime: RuntimeConfig, dtype: torch.dtype, params: dict, on_item) -> None:
-    """Every image checked, then same-size batches decoded ahead, encoded (halving on out-of-memory) and written
-    behind (:mod:`vpltool.batches`)."""
+    """Every image checked, then same-size batches decoded ahead, encoded (halving on out-of-memory), cast and
+    checked on the device, and written behind (:mod:`vpltool.batches`)."""
     meta = extract_metadata(bb, cfg, min(cfg.attention_blocks, bb.n_blocks) - 1)
     inputs = [bb.input_size(h, w, cfg.image_size, cfg.max_side) for h, w in sizes]
     for item, (h, w), (input_h, input_w) in zip(todo, sizes, inputs):  # every image, before the first forward
@@ -162,35 +166,45 @@ def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[t
                      cfg.max_tokens)
     pre = bb.preprocessor
 
-    def load(i: int) -> dict:
+    def load(i: int) -> dict:  # in a loading worker: the resized uint8 image, nothing else
         image = io.load_image(todo[i].image)
-        return {"pixels": pre(image, inputs[i]), "image_size": torch.tensor(image.shape[:2])}
+        if tuple(image.shape[:2]) != tuple(sizes[i]):
+            raise ContractError(f"{todo[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
+                                f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
+        return {"pixels": pre.resize(image, inputs[i])}
 
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=CPU_BATCH)
     runner = BatchRunner(size, describe=lambda i: f"{todo[i].image} ({sizes[i][0]}x{sizes[i][1]})")
+    stored = {"dense": torch.float16, "last_block_input": io.token_dtype(cfg.parity),
+              "attention": io.token_dtype(cfg.parity)}
+    workers = runtime.loader_workers(bb.device)
     with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(todo), plan_batches(inputs, size), load, runtime.worker_count, bb.device):
-            pixels = batch["pixels"].to(bb.device, non_blocking=True)
+        for batch in load_batches(len(todo), plan_batches(inputs, size), load, workers, bb.device):
+            pixels = bb.normalize(to_device(batch["pixels"], bb.device))
             parts = runner(len(pixels), lambda s: (s, encode_batch(bb, pixels[s], cfg, dtype)))
             for part, result in parts:
-                for b, i in enumerate(batch["index"][part]):
-                    tensors = {k: v[b] for k, v in result.items()}
-                    writer.submit(tensors, _writer(out, dataset, todo[i], tuple(batch["image_size"][part.start + b]
-                                                                                .tolist()), inputs[i], params, meta))
+                tensors = {k: v.to(stored[k]) for k, v in result.items()}  # as stored, cast on the device
+                # one finiteness flag per image, on the device: NaN from broken weights, inf from an fp16 overflow
+                finite = torch.stack([torch.isfinite(v).flatten(1).all(1) for v in tensors.values()]).all(0)
+                index = batch["index"][part]
+                writer.submit({**tensors, "finite": finite},
+                              _writer(out, dataset, [todo[i] for i in index], [sizes[i] for i in index],
+                                      [inputs[i] for i in index], params, meta), n=len(index))
 
 
-def _writer(out: Path, dataset: Dataset, item: Item, image_size: tuple[int, int], size: tuple[int, int],
-            params: dict, meta: dict):
-    return lambda tensors: _save_item(out, dataset, item, image_size, size, tensors, params, meta)
+def _writer(out: Path, dataset: Dataset, items: list[Item], image_sizes: list[tuple[int, int]],
+            input_sizes: list[tuple[int, int]], params: dict, meta: dict) -> Callable[[dict], None]:
+    """The files of one batch (on a writer thread): every image's tensors were cast and checked on the device."""
 
+    def write(tensors: dict[str, torch.Tensor]) -> None:
+        for b, (item, image_size, size) in enumerate(zip(items, image_sizes, input_sizes)):
+            if not bool(tensors["finite"][b]):
+                raise ContractError(f"{item.image}: CLIP features contain NaN/inf (broken weights or fp16 overflow); "
+                                    "try --precision fp32")
+            one = {k: v[b] for k, v in tensors.items() if k != "finite"}
+            io.write_features(io.feature_path(out, item.id), one, dtypes={k: v.dtype for k, v in one.items()},
+                              classes=dataset.classes, params=params, checked=True, id=item.id,
+                              image_size=list(image_size), input_size=list(size), grid=list(one["dense"].shape[:2]),
+                              labels=list(item.labels), image_stamp=item.stamp(), **meta)
 
-def _save_item(out: Path, dataset: Dataset, item: Item, image_size: tuple[int, int], size: tuple[int, int],
-               tensors: dict[str, torch.Tensor], params: dict, meta: dict) -> None:
-    if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
-        raise ContractError(f"{item.image}: CLIP features contain NaN/inf (broken weights or fp16 overflow); "
-                            "try --precision fp32")
-    dtypes = {"dense": torch.float16} | {k: io.token_dtype(params["parity"]) for k in tensors if k != "dense"}
-    io.write_features(io.feature_path(out, item.id), tensors, dtypes=dtypes,
-                      classes=dataset.classes, params=params, id=item.id, image_size=list(image_size),
-                      input_size=list(size), grid=list(tensors["dense"].shape[:2]), labels=list(item.labels),
-                      image_stamp=item.stamp(), **meta)
+    return write

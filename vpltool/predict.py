@@ -1,6 +1,6 @@
 """`vpltool predict`: a trained decoder -> palette PNG masks for a dataset split (WeCLIP's test protocol).
 
-Per image (WeCLIP ``test_msc_flip_voc.py``; the inference itself is :func:`vpltool.decoder.predict_logits_batch`):
+Per image (WeCLIP ``test_msc_flip_voc.py``; the inference itself is :func:`vpltool.decoder.multiscale_logits`):
 
 1. The long side is resized to ``long_side`` (default 1.6 x the decoder's training crop: WeCLIP trains on 320
    crops and tests at 512), each side rounded up to a multiple of the patch size; the same for every scale
@@ -17,8 +17,8 @@ Open vocabulary (``cfg.classes``): the decoder's prototype rows are replaced by 
 prototypes were made with (:func:`open_vocabulary`); the masks are over those classes, which ``_stage.json``
 records, and `eval` maps them to the dataset's classes by name. Prototypes without a decoder are not supported.
 
-Same-size images run as one batch (views and mirrors of every image of the batch in one forward per scale), through
-the shared pipeline of :mod:`vpltool.batches`.
+Images whose views have the same sizes run as one batch (views and mirrors of every image of the batch in one forward
+per scale, then each image's scores resized to its own size), through the shared pipeline of :mod:`vpltool.batches`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import io, presets
@@ -42,18 +43,11 @@ from .batches import (
     plan_batches,
     resolve_batch_size,
     shard_from_env,
+    to_device,
 )
 from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
-from .decoder import SegDecoder, input_long_side, load_decoder, predict_logits_batch, view_size
-from .densecrf import (
-    crf_labels,
-    dense_crf,
-    densecrf_module,
-    image_tensor,
-    resolve_backend,
-    to_device,
-    torch_unary,
-)
+from .decoder import SegDecoder, decoder_forward, input_long_side, load_decoder, multiscale_logits, view_size
+from .densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
 from .device import resolve_device, resolve_precision
 from .errors import ContractError, VplError
 
@@ -223,7 +217,7 @@ def run_predict(
         if todo:
             items = dataset.by_id()
             todo_items = [items[i] for i in todo]
-            sizes = header_sizes([it.image for it in todo_items], runtime.worker_count)  # all before the CLIP loads
+            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))  # before the CLIP
             bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
             arch = f.meta("decoder_arch")
             if bb.width != arch["in_width"]:
@@ -240,57 +234,68 @@ def run_predict(
 
 def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int, out: Path,
              cfg: PredictConfig, runtime: RuntimeConfig, dtype, overlays, on_item) -> None:
-    """Same-size images batched: their views (every scale, and the mirrors) in one forward per scale, the argmax
-    on the device, the masks (and the CRF, when asked) written behind."""
+    """Images batched by their views' sizes (the view grid, not the raw size: VOC's many photo sizes share a few
+    grids): every view and mirror in one forward per scale, each image's scores resized to its own size and
+    arg-maxed on the device, the masks (and the CRF, when asked) written behind."""
     pre = bb.preprocessor
     keep_image = cfg.crf or overlays is not None
     crf_on_device = cfg.crf and cfg.crf_backend == "torch"
+    views = [tuple(view_size(bb, h, w, long_side, s) for s in cfg.scales) for h, w in sizes]
+    forward = decoder_forward(bb, model, blocks, dtype)
 
-    def load(i: int) -> dict:
+    def load(i: int) -> dict:  # in a loading worker: each view resized, uint8; the image only for the CRF/overlays
         image = io.load_image(items[i].image)
-        h, w = image.shape[:2]
-        views = {f"view{j}": pre(image, view_size(bb, h, w, long_side, s)) for j, s in enumerate(cfg.scales)}
-        return {**views, "image": image if keep_image else None}
+        resized = {f"view{j}": pre.resize(image, size) for j, size in enumerate(views[i])}
+        return {**resized, **({"image": image} if keep_image else {})}
 
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
     runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
                          advice="pass a smaller --long-side or --scales, or a smaller --batch-size")
     with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(items), plan_batches(sizes, size), load, runtime.worker_count, bb.device):
-            views = [batch[f"view{j}"] for j in range(len(cfg.scales))]
-            hw = sizes[batch["index"][0]]
+        for batch in load_batches(len(items), plan_batches(views, size), load, runtime.loader_workers(bb.device),
+                                  bb.device):
+            pixels = [bb.normalize(to_device(batch[f"view{j}"], bb.device)) for j in range(len(cfg.scales))]
+            index = batch["index"]
 
-            def run(part: slice) -> tuple[slice, torch.Tensor | list[torch.Tensor]]:
-                logits = predict_logits_batch(bb, model, blocks, [v[part] for v in views], cfg.flip, hw, dtype)
-                if crf_on_device:
-                    return part, _crf_masks(logits, batch["image"][part], cfg)
-                return part, (logits.softmax(1) if cfg.crf else logits.argmax(1).to(torch.uint8))
+            def run(part: slice) -> tuple[slice, list[torch.Tensor]]:
+                grid = multiscale_logits(forward, [p[part] for p in pixels], cfg.flip)  # [b, C+1, h0, w0]
+                scores = [_image_scores(grid[b : b + 1], sizes[index[part.start + b]], cfg.crf)
+                          for b in range(part.stop - part.start)]
+                return part, (_crf_masks(scores, batch["image"][part], cfg) if crf_on_device else scores)
 
-            for part, result in runner(len(views[0]), run):
-                for b, i in enumerate(batch["index"][part]):
-                    image = batch["image"][part.start + b]
-                    writer.submit({"scores": result[b]}, _writer(out, items[i].id, image, cfg, overlays))
-
-
-def _crf_masks(logits: torch.Tensor, images: list[np.ndarray], cfg: PredictConfig) -> list[torch.Tensor]:
-    """``[B, C, H, W]`` logits -> B ``[H, W]`` uint8 masks after the dense CRF on the device (torch backend)."""
-    unaries = list(torch_unary(logits.float().softmax(1)))
-    pictures = [to_device(image_tensor(image), logits.device) for image in images]
-    return crf_labels(pictures, unaries, [range(logits.shape[1])] * len(images), crf_config(cfg), None)
+            for part, scores in runner(len(index), run):
+                images = batch["image"][part] if keep_image else [None] * len(scores)
+                writer.submit({"scores": scores}, _writer(out, [items[i].id for i in index[part]], images, cfg,
+                                                          overlays), n=len(scores))
 
 
-def _writer(out: Path, item_id: str, image: np.ndarray | None, cfg: PredictConfig, overlays):
-    """One image's mask, on the writer thread: ``scores`` is the mask, or with ``cfg.crf`` and pydensecrf the
+def _image_scores(logits: torch.Tensor, size: tuple[int, int], crf: bool) -> torch.Tensor:
+    """One image's ``[1, C+1, h0, w0]`` view-grid scores resized to its ``size`` (bilinear, as WeCLIP): the mask
+    ``[H0, W0]`` uint8, or with ``crf`` the softmax ``[C+1, H0, W0]`` the CRF starts from (on the device)."""
+    full = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return full.softmax(0) if crf else full.argmax(0).to(torch.uint8)
+
+
+def _crf_masks(probs: list[torch.Tensor], images: list[np.ndarray], cfg: PredictConfig) -> list[torch.Tensor]:
+    """B ``[C, H_b, W_b]`` softmax scores -> B ``[H_b, W_b]`` uint8 masks after the dense CRF on their device (the
+    torch backend), nothing waiting for the device."""
+    pictures = [to_device(image_tensor(image), probs[0].device) for image in images]
+    return crf_labels(pictures, [torch_unary(p) for p in probs], [range(p.shape[0]) for p in probs],
+                      crf_config(cfg), None)
+
+
+def _writer(out: Path, ids: list[str], images: list, cfg: PredictConfig, overlays):
+    """A batch's masks, on a writer thread: ``scores`` are the masks, or with ``cfg.crf`` and pydensecrf the
     probabilities the CRF runs on here."""
 
     def write(t: dict) -> None:
-        scores = t["scores"]
-        if cfg.crf and cfg.crf_backend == "pydensecrf":
-            mask = dense_crf(image, scores.float().numpy(), crf_config(cfg)).argmax(0).astype(np.uint8)
-        else:
-            mask = scores.numpy()
-        io.write_mask(io.mask_path(out, item_id), mask)
-        if overlays is not None:
-            io.write_png(io.mask_path(overlays, item_id), overlay(image, mask))
+        for item_id, image, scores in zip(ids, images, t["scores"]):
+            if cfg.crf and cfg.crf_backend == "pydensecrf":
+                mask = dense_crf(image, scores.float().numpy(), crf_config(cfg)).argmax(0).astype(np.uint8)
+            else:
+                mask = scores.numpy()
+            io.write_mask(io.mask_path(out, item_id), mask)
+            if overlays is not None:
+                io.write_png(io.mask_path(overlays, item_id), overlay(image, mask))
 
     return write

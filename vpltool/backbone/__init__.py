@@ -8,7 +8,7 @@ GradCAM (:meth:`ClipBackbone.gradcam`) and its text tower (:meth:`ClipBackbone.e
 import torch
 
 from .dino import DinoBackbone, DinoSpec, check_dino, load_dino
-from .gradcam import GRADCAM_LAYERS, BatchGradCam, GradCam
+from .gradcam import GRADCAM_LAYERS, BatchGradCam, GradCam, SoftmaxRows
 from .loading import EXTRA_CONFIG, ModelSpec, create_model, load_extra_config, register_model, register_tokenizer
 from .model import ClipBackbone, Encoded
 
@@ -22,6 +22,6 @@ def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu") -> ClipBa
 
 __all__ = [
     "EXTRA_CONFIG", "ModelSpec", "create_model", "load_backbone", "load_extra_config", "register_model",
-    "register_tokenizer", "GRADCAM_LAYERS", "ClipBackbone", "Encoded", "GradCam", "BatchGradCam", "DinoBackbone",
-    "DinoSpec", "check_dino", "load_dino",
+    "register_tokenizer", "GRADCAM_LAYERS", "ClipBackbone", "Encoded", "GradCam", "BatchGradCam", "SoftmaxRows",
+    "DinoBackbone", "DinoSpec", "check_dino", "load_dino",
 ]  # fmt: skip

@@ -1,16 +1,17 @@
 """Softmax-GradCAM of CLIP-ES (``generate_cams_voc12.py`` with ``pytorch_grad_cam``), re-running only the last block.
 
 The stages reach it through :meth:`ClipBackbone.gradcam` (one image) and :meth:`ClipBackbone.gradcam_batch` (B images
-of one grid): every class map of every image from one forward of the last block, in fp32 (fp16 gradients underflow
-on real photos). ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)`` at the last block's ``ln_1`` output
-(``layer="input"``, CLIP-ES's target layer and VPL's) or at its output tokens, scaled like CLIP-ES
+of one grid): every class map of every image, the images batched by label count (one forward of the last block per
+group, one backward per class). ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)`` at the last block's
+``ln_1`` output (``layer="input"``, CLIP-ES's target layer and VPL's) or at its output tokens, scaled like CLIP-ES
 (:func:`vpltool.kernels.gradcam_scale`). ``exact`` repeats CLIP-ES's own order of operations (``--parity clip-es``).
 Every function takes the :class:`~vpltool.backbone.ClipBackbone` as ``bb`` (its last block, projection and device).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from ..errors import VplError
 from ..kernels import gradcam_scale
 
 GRADCAM_LAYERS = ("input", "output")  # the last block's ln_1 output (CLIP-ES, VPL) | its output tokens
+GRADCAM_PRECISIONS = ("fp32", "tf32", "bf16")  # of the block GradCAM re-runs (gradcam_batch)
 
 
 @dataclass
@@ -40,28 +42,53 @@ class GradCam:
     dense: torch.Tensor
 
 
+@dataclass
+class SoftmaxRows:
+    """The rows each image of a batch takes its softmax over, for :meth:`ClipBackbone.gradcam_batch`.
+
+    Attributes:
+        vectors: ``[R, D]`` unit rows (e.g. every row of a prototypes file), best already on the model's device.
+        classes: per image, the row index of each of its K_b classes (in label order): one map per class.
+        background: the row indices of the M background rows every image's softmax also runs over.
+    """
+
+    vectors: torch.Tensor
+    classes: Sequence[Sequence[int]]
+    background: Sequence[int]
+
+    @classmethod
+    def of_image(cls, rows: torch.Tensor, n_classes: int) -> SoftmaxRows:
+        """One image whose rows are ``rows`` ``[K + M, D]``: its K classes first, then the M background rows."""
+        return cls(rows, [range(n_classes)], range(n_classes, len(rows)))
+
 
 @dataclass
 class BatchGradCam:
-    """Softmax-GradCAM of a batch of images (:meth:`ClipBackbone.gradcam_batch`).
+    """Softmax-GradCAM of a batch of images (:meth:`ClipBackbone.gradcam_batch`), one map per (image, class) pair.
 
     Attributes:
-        maps: ``[B, Kmax, h, w]`` float32 in [0, 1]; image b's first ``K_b`` maps are its classes', the rest zeros.
+        maps: ``[P, h, w]`` float32 in [0, 1], P = sum of the K_b; image b's K_b maps (in label order) are
+            ``maps[offsets[b] : offsets[b + 1]]`` (:meth:`image_maps`).
+        image_of: ``[P]`` int64 on the model's device: the image of each map.
+        offsets: B + 1 host ints (see ``maps``).
         attention: ``[B, 1 + hw, 1 + hw]`` the last block's head-mean attention.
-        probs: B tensors ``[K_b + M]``, each image's softmax over its rows.
-        dense: ``[B, hw, D]`` the patch features of the last block's output (joint space, not normalised).
+        probs: B tensors ``[K_b + M]``, each image's softmax over its rows (its classes, then the background's).
     """
 
     maps: torch.Tensor
+    image_of: torch.Tensor
+    offsets: list[int]
     attention: torch.Tensor
     probs: list[torch.Tensor]
-    dense: torch.Tensor
 
+    def image_maps(self, b: int) -> torch.Tensor:
+        """``[K_b, h, w]``: image b's maps (a view)."""
+        return self.maps[self.offsets[b] : self.offsets[b + 1]]
 
 
 def gradcam(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor, n_classes: int,
-            temperature: float, layer: str = "input", exact: bool = False) -> GradCam:
-    """Softmax-GradCAM for the first ``n_classes`` of ``rows`` from one forward of the last block, in fp32.
+            temperature: float, layer: str = "input", exact: bool = False, precision: str = "fp32") -> GradCam:
+    """Softmax-GradCAM for the first ``n_classes`` of ``rows`` from one forward of the last block.
 
     Args:
         last_block_input: ``[1 + hw, width]`` tokens entering the last block.
@@ -73,53 +100,161 @@ def gradcam(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: tor
         exact: repeat CLIP-ES's order of floating-point operations (``--parity clip-es``): the same values up to
             rounding, but the final min-max of CAA magnifies rounding by up to ~10^4 on flat maps, so parity
             needs the same rounding. Slower: one backward per class, the weighted sum in numpy.
+        precision: the block's (:func:`gradcam_batch`); ignored with ``exact`` (fp32).
 
-    ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)``, scaled like CLIP-ES (:func:`gradcam_scale`);
-    fp32 throughout (fp16 gradients underflow on real photos).
+    ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)``, scaled like CLIP-ES (:func:`gradcam_scale`).
     """
     if layer not in GRADCAM_LAYERS:
         raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
     if exact:
         return _gradcam_clip_es(bb, last_block_input, grid, rows, n_classes, temperature, layer)
-    cam = gradcam_batch(bb, last_block_input[None], grid, [rows], [n_classes], temperature, layer)
-    return GradCam(cam.maps[0, :n_classes], cam.attention[0], cam.probs[0], cam.dense[0])
+    outputs = []
+    cam = gradcam_batch(bb, last_block_input[None], grid, SoftmaxRows.of_image(rows, n_classes), temperature, layer,
+                        precision, outputs)
+    return GradCam(cam.maps, cam.attention[0], cam.probs[0], bb.dense(outputs[0])[0].float())
 
-def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: Sequence[torch.Tensor],
-                  n_classes: Sequence[int], temperature: float, layer: str = "input") -> BatchGradCam:
-    """:meth:`gradcam` for B images of one grid from one forward of the last block, in fp32.
+
+def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: SoftmaxRows,
+                  temperature: float, layer: str = "input", precision: str = "fp32",
+                  outputs: list | None = None) -> BatchGradCam:
+    """:meth:`gradcam` for B images of one grid, batched by label count: per group of images with the same K, one
+    forward of the last block and K plain backward passes (the k-th gives every image of the group its k-th class's
+    gradient: images are independent).
 
     Args:
         last_block_input: ``[B, 1 + hw, width]`` tokens entering the last block.
-        rows: B tensors ``[K_b + M, D]``: image b's present classes first, then every background row.
-        n_classes: the B ``K_b``.
+        rows: each image's softmax rows (:class:`SoftmaxRows`).
+        precision: ``fp32`` (CLIP-ES's); ``tf32``: the block's matrix products on a GPU's TF32 tensor cores (their
+            inputs rounded to 10 mantissa bits, float32 sums; no effect on a CPU); ``bf16``: the block under
+            autocast (its matrix products and their outputs in bf16; layer norms, softmax, the GradCAM weights and
+            sums in fp32). benchmarks/study_gradcam_precision.py measured which stay within the CAMs' tolerance.
+        outputs: when given, the last block's output ``[B_g, 1 + hw, width]`` of each group is appended (one group:
+            the batch's).
 
-    The images' gradients are independent, so one backward per class *slot* serves every image (slot k = the
-    k-th class of each image that has one): ``max_b K_b`` backward passes on a CPU, one batched backward
-    (``is_grads_batched``) on CUDA. Each image's softmax is its own (its own rows), so a batch of one gives
-    the same maps as the batch it came from.
+    No class slots padded to the batch's largest K (VOC: 1.5 labels per image, 1 to 6), no batched
+    vector-Jacobian products, and each image's block runs once: the fewest FLOPs (benchmarks/bench_flops.py). A batch
+    of one image (the CPU's default) is CLIP-ES's own schedule, one forward and one backward per class. The index
+    tensors reach the device in one non-blocking copy; nothing here waits for the device.
     """
     if layer not in GRADCAM_LAYERS:
         raise VplError(f"--layer {layer!r}: choose {' or '.join(GRADCAM_LAYERS)}")
-    x = last_block_input.to(bb.device, torch.float32).requires_grad_(True)
-    n_img, kmax = len(x), max(n_classes, default=0)
-    with torch.enable_grad(), torch.autocast(bb.device.type, enabled=False):
-        out, attn, ln1 = bb.block(bb.n_blocks - 1, x, grid, need_weights=True, keep_ln1=layer == "input")
-        act = ln1 if layer == "input" else out
-        dense = bb.dense(out)  # [B, hw, D]
-        img = F.normalize(dense.mean(1), dim=-1)  # [B, D]: CLIP-ES's patch-mean image embedding
-        probs = [(img[b : b + 1] @ r.to(img).T / temperature).softmax(-1)[0] for b, r in enumerate(rows)]
-        if kmax == 0:
-            return BatchGradCam(torch.zeros(n_img, 0, *grid, device=x.device), attn.detach(),
-                                [p.detach() for p in probs], dense.detach())
-        slots = torch.stack([F.pad(p[:k], (0, kmax - k)) for p, k in zip(probs, n_classes)])  # [B, Kmax]
-        grads = _slot_gradients(slots, act)  # [Kmax, B, 1+hw, width]
-    act, grads = act[:, 1:].detach(), grads[:, :, 1:]  # patch tokens only
-    weights = grads.mean(2)  # [Kmax, B, width]: GradCAM channel weights
-    # a product and a sum over channels per map, not a matmul: a batched matmul rounds differently from a
-    # single one (measured on a CPU), this does not, so a batch gives the maps of its images run alone
-    maps = torch.stack([(act * w[:, None, :]).sum(-1) for w in weights], 1)  # [B, Kmax, hw]
-    maps = torch.relu(maps).view(n_img, kmax, *grid)
-    return BatchGradCam(gradcam_scale(maps), attn.detach(), [p.detach() for p in probs], dense.detach())
+    if precision not in GRADCAM_PRECISIONS:
+        raise VplError(f"GradCAM precision {precision!r}: choose {', '.join(GRADCAM_PRECISIONS)}")
+    plan = _group_plan(rows, bb.device)
+    x = last_block_input.to(bb.device, torch.float32).detach()
+    h, w = grid
+    vectors, attention, probs, maps = rows.vectors, [], [None] * len(plan.counts), []
+    for group in plan.groups:
+        xg = (x if group.whole else x.index_select(0, group.images)).requires_grad_(True)
+        bf16 = precision == "bf16"
+        with torch.enable_grad(), _tf32(precision == "tf32"), \
+                torch.autocast(bb.device.type, dtype=torch.bfloat16 if bf16 else None, enabled=bf16):
+            out, attn, ln1 = bb.block(bb.n_blocks - 1, xg, grid, need_weights=True, keep_ln1=layer == "input")
+            act = ln1 if layer == "input" else out
+            img = _image_embedding(bb, out)  # [n, D]
+            scores = img @ vectors.to(img).T / temperature  # [n, R]
+            p = scores.gather(1, group.row_index).softmax(-1)  # [n, K + M]: each image's classes, then background
+            grads = [torch.autograd.grad(p[:, j].sum(), act, retain_graph=j < group.k - 1)[0]
+                     for j in range(group.k)]
+        attention.append(attn.detach().float())
+        for i, b in enumerate(group.members):
+            probs[b] = p[i].detach()
+        if outputs is not None:
+            outputs.append(out.detach())
+        if group.k:
+            patches = act.detach()[:, 1:].float()
+            # GradCAM's weights (the patch mean of each gradient), then a product and a sum over channels per map,
+            # not a matmul: a batched matmul rounds differently from a single one (measured on a CPU), this does not
+            cams = torch.stack([(patches * g[:, 1:].float().mean(1)[:, None, :]).sum(-1) for g in grads], 1)
+            maps.append(torch.relu(cams).flatten(0, 1))  # [n * K, hw]: image by image, class by class
+    attention = attention[0] if plan.one_group else torch.cat(attention).index_select(0, plan.image_order)
+    if not maps:
+        return BatchGradCam(x.new_zeros(0, h, w), plan.image_of, plan.offsets, attention, probs)
+    maps = maps[0] if plan.one_group else torch.cat(maps).index_select(0, plan.pair_order)
+    return BatchGradCam(gradcam_scale(maps.view(-1, h, w)), plan.image_of, plan.offsets, attention, probs)
+
+
+@contextlib.contextmanager
+def _tf32(on: bool) -> Iterator[None]:
+    """CUDA's matrix products in TF32 inside the block (torch's switch is global: set, then restored)."""
+    if not on:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _image_embedding(bb, out: torch.Tensor) -> torch.Tensor:
+    """``[N, D]`` float32 unit image embeddings of the last block's output ``[N, 1 + hw, width]``: CLIP-ES's mean of
+    the projected patch tokens, as ``ln_post``, the patch mean, then ``proj`` (the projection is linear), the
+    projection as a product and a sum: a matmul's rounding depends on how many rows it has (measured on a CPU),
+    this does not, so an image's softmax is the same in any batch."""
+    v = bb.visual
+    pooled = v.ln_post(out[:, 1:]).float().mean(1)  # [N, width]
+    embedding = pooled if v.proj is None else (pooled[:, :, None] * v.proj.float()).sum(1)
+    return F.normalize(embedding, dim=-1)
+
+
+@dataclass
+class _Group:
+    """The images of a batch that have K classes each."""
+
+    k: int
+    members: list[int]  # their positions in the batch
+    whole: bool  # every image of the batch: no gather
+    images: torch.Tensor  # [n] members, on the device
+    row_index: torch.Tensor  # [n, K + M] each member's score columns: its classes, then the background rows
+
+
+@dataclass
+class _GroupPlan:
+    """How :func:`gradcam_batch` runs a batch: its groups, and where their results go (index tensors on the device,
+    made from one host tensor in one non-blocking copy)."""
+
+    counts: list[int]  # K_b
+    offsets: list[int]  # B + 1: image b's maps are offsets[b]:offsets[b + 1]
+    groups: list[_Group]
+    one_group: bool
+    image_of: torch.Tensor  # [P] the image of every map
+    image_order: torch.Tensor  # [B] where image b's row is among the groups' rows, concatenated
+    pair_order: torch.Tensor  # [P] where map p is among the groups' maps, concatenated
+
+
+def _group_plan(rows: SoftmaxRows, device: torch.device) -> _GroupPlan:
+    from ..batches import to_device
+
+    counts = [len(c) for c in rows.classes]
+    offsets = [0]
+    for k in counts:
+        offsets.append(offsets[-1] + k)
+    ks = sorted(set(counts))
+    members = {k: [b for b, kb in enumerate(counts) if kb == k] for k in ks}
+    background = list(rows.background)
+    order = [b for k in ks for b in members[k]]  # images in the groups' order
+    position = {b: i for i, b in enumerate(order)}
+    pair_start = {}
+    start = 0
+    for b in order:
+        pair_start[b] = start
+        start += counts[b]
+    image_of = [b for b, k in enumerate(counts) for _ in range(k)]
+    image_order = [position[b] for b in range(len(counts))]
+    pair_order = [pair_start[b] + j for b, k in enumerate(counts) for j in range(k)]
+    tables = [[list(rows.classes[b]) + background for b in members[k]] for k in ks]
+    flat = image_of + image_order + pair_order + order + [r for table in tables for row in table for r in row]
+    packed = to_device(torch.tensor(flat, dtype=torch.long), device)
+    sizes = [len(image_of), len(image_order), len(pair_order)] + [len(members[k]) for k in ks] + [
+        len(members[k]) * (k + len(background)) for k in ks]
+    parts = packed.split(sizes)
+    n = len(ks)
+    groups = [_Group(k, members[k], len(ks) == 1, parts[3 + i], parts[3 + n + i].view(len(members[k]), -1))
+              for i, k in enumerate(ks)]
+    return _GroupPlan(counts, offsets, groups, len(ks) == 1, parts[0], parts[1], parts[2])
+
 
 def _gradcam_clip_es(bb, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor,
                      n_classes: int, temperature: float, layer: str) -> GradCam:
@@ -153,18 +288,3 @@ def _gradcam_clip_es(bb, last_block_input: torch.Tensor, grid: tuple[int, int], 
         maps.append(np.maximum(cam, 0).astype(np.float32)[0])
     maps = torch.from_numpy(np.stack(maps)) if maps else torch.zeros(0, h, w)
     return GradCam(gradcam_scale(maps), attn[0].detach(), probs[0].detach(), dense)
-
-
-def _slot_gradients(slots: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """``[Kmax, *act.shape]``: the gradient of every image's k-th class probability ``slots[:, k]`` with respect to
-    ``act`` ``[B, L, width]`` (images are independent, so one backward of ``slots[:, k].sum()`` gives all B).
-
-    On CUDA one batched backward (``is_grads_batched``: the Kmax vector-Jacobian products run as one batch). On a CPU
-    one backward per slot: measured faster there (1.48 s vs 1.61 s for K = 2 on ViT-B/16 at 384x512, one thread),
-    and a scalar backward does not import sympy, which an explicit ``grad_outputs`` does (~1 s, once per process).
-    """
-    k = slots.shape[1]
-    if slots.device.type == "cuda":
-        eye = torch.eye(k, device=slots.device)[:, None, :].expand(k, *slots.shape)  # [Kmax, B, Kmax]
-        return torch.autograd.grad(slots, act, grad_outputs=eye, is_grads_batched=True)[0]
-    return torch.stack([torch.autograd.grad(slots[:, i].sum(), act, retain_graph=i < k - 1)[0] for i in range(k)])

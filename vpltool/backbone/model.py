@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import VplError
-from .gradcam import BatchGradCam, GradCam, gradcam, gradcam_batch
+from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec, tokenizer_factory
 
 
@@ -57,20 +57,36 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """CLIP's image preprocessing: ``[H0, W0, 3]`` uint8 RGB -> ``[3, H, W]`` float32, bicubic-resized (PIL) to
-    ``size`` and normalised with the model's mean and std. Holds no model, so data-loading workers can run it."""
+    """CLIP's image preprocessing in two halves: :meth:`resize` (``[H0, W0, 3]`` uint8 RGB -> ``[H, W, 3]`` uint8,
+    bicubic, PIL), which holds no model so data-loading workers run it, and :meth:`normalize` (uint8 -> float32
+    normalised with the model's mean and std), which the stages run on the device, once per batch. Calling it does
+    both (one image, on the host): ``[3, H, W]`` float32."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
     def __call__(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        return self.normalize(self.resize(image, size)[None])[0]
+
+    @staticmethod
+    def resize(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """``[H0, W0, 3]`` uint8 -> ``[H, W, 3]`` uint8 at ``size`` (PIL bicubic; the image itself when it has that
+        size): what a loading worker sends, a quarter of the bytes of the normalised float32."""
         h, w = size
         if image.shape[:2] != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
-        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std
+            image = np.array(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+        return torch.from_numpy(np.require(image, requirements=["C", "W"]))  # copied only when read-only
+
+    def normalize(self, pixels: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> torch.Tensor:
+        """``[B, H, W, 3]`` uint8 (:meth:`resize`) -> ``[B, 3, H, W]`` float32, ``(x / 255 - mean) / std`` on the
+        pixels' device (``stats``: the mean and std as ``[1, 3, 1, 1]`` tensors there; made here when None)."""
+        if stats is None:
+            stats = (torch.tensor(self.mean).view(1, 3, 1, 1), torch.tensor(self.std).view(1, 3, 1, 1))
+        # channels first while still uint8: the float arithmetic then runs on contiguous memory (10x faster on a
+        # CPU than on the permuted view), and gives the same values
+        x = pixels.permute(0, 3, 1, 2).contiguous().float().div_(255)
+        return x.sub_(stats[0].to(x.device)).div_(stats[1].to(x.device))
 
 
 class ClipBackbone:
@@ -102,6 +118,9 @@ class ClipBackbone:
         self.window_blocks = frozenset(int(b) for b in window.get("blocks", []))
         self._tokenizer = None
         self._pos_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
+        # CLIP's mean and std on the device, once: made per batch they would be a host-to-device copy each time
+        self._stats = (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
+                       torch.tensor(self.std, device=device).view(1, 3, 1, 1))
 
     # ---- images
     def input_size(self, height: int, width: int, image_size: int | None = None, max_side: int | None = None):
@@ -142,6 +161,10 @@ class ClipBackbone:
         clone.blocks = list(clone.visual.transformer.resblocks)
         clone._pos_cache = {}
         return clone
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A batch of :meth:`Preprocess.resize` outputs ``[B, H, W, 3]`` uint8 (on the model's device) ->
+        ``[B, 3, H, W]`` float32 CLIP-normalised, the same values as :meth:`preprocess`."""
+        return self.preprocessor.normalize(pixels, self._stats)
 
     def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor:
         """``[1 + h*w, width]``: CLS row kept, patch rows bilinearly resized from the native grid.
@@ -228,23 +251,37 @@ class ClipBackbone:
         """What GradCAM and CAA need from the frozen blocks ``0..L-2``.
 
         Returns:
-            ``last_block_input`` ``[B, 1 + hw, width]``, ``attention`` ``[B, hw, hw]`` (the mean of the
+            ``last_block_input`` ``[B, 1 + hw, width]``, ``attention`` ``[B, hw, hw]`` float32 (the mean of the
             head-averaged maps of the ``attention_blocks - 1`` blocks before the last, CLS row and column removed;
             zeros for a one-block model; with ``keep_maps`` the maps themselves ``[B, n, hw, hw]``, so that CAA can
             average all of them at once as CLIP-ES does) and the grid. CAA adds the last block's own map (CLIP-ES
             averages the last ``attention_blocks`` maps).
+
+        The mean is a running sum in float32 divided at the end: one ``[B, hw, hw]`` buffer, not one per block, and
+        the same values as stacking the maps and taking their mean.
         """
         n_prev = min(attention_blocks, self.n_blocks) - 1
-        enc = self.encode(pixels, stop=self.n_blocks - 1, attention_from=self.n_blocks - 1 - n_prev,
-                          fp16_pos=fp16_pos)
-        if enc.attentions and keep_maps:
-            attention = torch.stack([a[:, 1:, 1:].float() for a in enc.attentions], 1)
-        elif enc.attentions:
-            attention = torch.stack([a[:, 1:, 1:].float() for a in enc.attentions]).mean(0)
+        grid, stop = self.grid_of(pixels), self.n_blocks - 1
+        x, total, maps = self.embed(pixels, fp16_pos), None, []
+        for i in range(stop):
+            need = i >= stop - n_prev
+            x, attn, _ = self.block(i, x, grid, need_weights=need)
+            if not need:
+                continue
+            if keep_maps:
+                maps.append(attn[:, 1:, 1:].float())
+            elif total is None:
+                total = attn[:, 1:, 1:].float().clone()
+            else:
+                total += attn[:, 1:, 1:]
+        if keep_maps and maps:
+            attention = torch.stack(maps, 1)
+        elif total is not None:
+            attention = total / n_prev
         else:
-            hw = enc.grid[0] * enc.grid[1]
-            attention = torch.zeros(len(pixels), hw, hw, device=enc.tokens.device)
-        return enc.tokens, attention, enc.grid
+            hw = grid[0] * grid[1]
+            attention = torch.zeros(len(pixels), hw, hw, device=x.device)
+        return x, attention, grid
 
     @torch.no_grad()
     def fill_tokens(self, feats, image: np.ndarray, attention_blocks: int, parity: str = "none") -> None:
@@ -281,14 +318,14 @@ class ClipBackbone:
         return F.normalize(self.dense(tokens).mean(1), dim=-1)
 
     def gradcam(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor, n_classes: int,
-                temperature: float, layer: str = "input", exact: bool = False) -> GradCam:
+                temperature: float, layer: str = "input", exact: bool = False, precision: str = "fp32") -> GradCam:
         """One image's softmax-GradCAM: :func:`vpltool.backbone.gradcam.gradcam`."""
-        return gradcam(self, last_block_input, grid, rows, n_classes, temperature, layer, exact)
+        return gradcam(self, last_block_input, grid, rows, n_classes, temperature, layer, exact, precision)
 
-    def gradcam_batch(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: Sequence[torch.Tensor],
-                      n_classes: Sequence[int], temperature: float, layer: str = "input") -> BatchGradCam:
+    def gradcam_batch(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: SoftmaxRows,
+                      temperature: float, layer: str = "input", precision: str = "fp32") -> BatchGradCam:
         """Softmax-GradCAM of B images of one grid: :func:`vpltool.backbone.gradcam.gradcam_batch`."""
-        return gradcam_batch(self, last_block_input, grid, rows, n_classes, temperature, layer)
+        return gradcam_batch(self, last_block_input, grid, rows, temperature, layer, precision)
 
     # ---- text
     @property

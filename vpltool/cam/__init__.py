@@ -45,22 +45,23 @@ from .caa import (
     caa_attention,
     caa_transition,
     check_affinity,
+    components,
     dino_backbone,
     mean_attention,
     needs_image,
     refine,
     refine_batch,
 )
-from .gradcam import ImageTokens, gradcam_batch, gradcam_image, row_names, temperature_of
+from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
 from .sgc import group_mask, kmeans, patch_majority, superpixel_features, superpixel_groups
 from .sources import cached_tokens, image_tokens
 from .stage import STAGE, CamResult, batched_mode, cams_for_batch, cams_for_image, overlay, run_cam
 
 __all__ = [
     "STAGE", "run_cam", "CamResult", "cams_for_image", "cams_for_batch", "batched_mode", "overlay",
-    "ImageTokens", "gradcam_image", "gradcam_batch", "row_names", "temperature_of",
-    "affinity", "box_coords", "box_mask", "box_masks", "Refined", "refine", "refine_batch", "mean_attention",
-    "caa_attention", "caa_transition", "check_affinity", "dino_backbone", "needs_image",
+    "ImageTokens", "PrototypeRows", "gradcam_image", "gradcam_batch", "row_names", "temperature_of",
+    "affinity", "box_coords", "box_mask", "box_masks", "components", "Refined", "refine", "refine_batch",
+    "mean_attention", "caa_attention", "caa_transition", "check_affinity", "dino_backbone", "needs_image",
     "kmeans", "patch_majority", "superpixel_features", "superpixel_groups", "group_mask",
     "cached_tokens", "image_tokens",
 ]  # fmt: skip

@@ -15,13 +15,14 @@ Steps 3-4 come in two forms, side by side so that their equivalence is easy to c
 
 * per image, CLIP-ES's own arithmetic (OpenCV contours, one matrix product per class): :func:`box_coords`,
   :func:`box_mask`, :func:`refine`; ``--parity clip-es``, SSR's refinements and `cam --save-debug` use it;
-* batched on the device (labelled 8-connected components, a product and a sum per map): :func:`box_masks`,
-  :func:`refine_batch`; the default path. tests/test_cam.py checks the box masks equal OpenCV's on random,
-  ring and edge cases.
+* batched on the device (labelled 8-connected components in a fixed number of steps, a product and a sum per
+  map): :func:`box_masks`, :func:`components`, :func:`refine_batch`; the default path. tests/test_cam.py checks
+  the box masks equal OpenCV's on random, ring, spiral and edge cases.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -118,9 +119,8 @@ def box_masks(cams: torch.Tensor, threshold: float, parity: bool = False) -> tor
 
     The boxes of :func:`box_coords` are the bounding boxes of the 8-connected components of the thresholded map
     (an outer contour bounds its component; hole contours lie inside it), so the union is built from labelled
-    components: every foreground patch starts with its own label and takes the largest label among its 8
-    neighbours until nothing changes; each label's row and column range is a box. No per-map loop and no copy to
-    the host: a handful of synchronisations per batch, to test convergence.
+    components (:func:`components`): each label's row and column range is a box. No per-map loop, no copy to the
+    host, and a fixed number of steps: nothing waits for the device.
     """
     n, h, w = cams.shape
     if n == 0:
@@ -128,16 +128,48 @@ def box_masks(cams: torch.Tensor, threshold: float, parity: bool = False) -> tor
     u8 = (cams.float() * 255).to(torch.uint8)  # as numpy's astype: truncation
     peak = u8.flatten(1).amax(1).double()
     binary = u8 > (threshold * peak).floor()[:, None, None]  # int(threshold * max), as scoremap2bbox
-    labels = torch.where(binary, torch.arange(1, h * w + 1, device=cams.device, dtype=torch.float32).view(h, w),
-                         torch.zeros((), device=cams.device))
-    keep = binary.float()
-    while True:
-        before = labels
-        for _ in range(4):  # test convergence every 4 steps: each test is a synchronisation
-            labels = torch.nn.functional.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * keep
-        if torch.equal(labels, before):
-            break
-    return _union_of_boxes(labels.long(), parity)
+    return _union_of_boxes(components(binary), parity)
+
+
+def component_rounds(pixels: int) -> int:
+    """How many hook-and-compress rounds :func:`components` runs on maps of ``pixels`` pixels (see there)."""
+    return 2 * math.ceil(math.log2(pixels)) if pixels > 1 else 0
+
+
+def components(binary: torch.Tensor, rounds: int | None = None) -> torch.Tensor:
+    """The 8-connected components of ``[N, h, w]`` boolean maps: ``[N, h, w]`` int64 labels, 0 off the maps'
+    foreground, and on it one label in 1..hw per component (its largest pixel number, counting from 1 in raster
+    order). A fixed number of steps that provably suffices, so that the device is never asked whether it is done.
+
+    Every foreground pixel points to a parent pixel of its component (a forest, kept as *stars*: every pixel
+    points to its tree's root). A round (1) *hooks*: each star's root takes as parent the largest root among the
+    stars touching it (one 3x3 max and one scatter-max), and (2) *compresses*: ``parent = parent[parent]`` until
+    every pixel points to a root again. Why ``2 * ceil(log2(hw))`` rounds suffice: a star hooks exactly when a
+    touching star has a larger root, so after a round the stars of a component are its previous local maxima
+    (``m`` of ``k``). A local maximum nobody hooked onto (alone) touches only stars that hooked onto larger roots,
+    so it hooks in the next round; every other new star holds >= 2 old ones. Two rounds thus at least halve the
+    stars of a component that has more than one, and a component starts with at most hw. Compression: a hook
+    chain passes distinct, increasing roots, so a pixel is at most hw + 1 steps from its root, and each
+    ``parent[parent]`` halves that: ``ceil(log2(hw + 1))`` of them. tests/test_cam.py checks spirals and
+    serpentines (the longest paths a grid has) and OpenCV's contours on random maps.
+    """
+    n, h, w = binary.shape
+    hw = h * w
+    foreground = binary.reshape(n, hw)
+    own = torch.arange(1, hw + 1, device=binary.device).expand(n, hw)
+    # parent[:, 0] is a sink that background pixels point to; pixel i is parent[:, i + 1]
+    parent = torch.cat([torch.zeros(n, 1, dtype=torch.long, device=binary.device),
+                        torch.where(foreground, own, 0)], 1)
+    rounds = component_rounds(hw) if rounds is None else rounds  # fewer only to show that the bound is needed
+    jumps = math.ceil(math.log2(hw + 1))
+    for _ in range(rounds):
+        roots = parent[:, 1:]
+        touching = torch.nn.functional.max_pool2d(roots.view(n, 1, h, w).float(), 3, stride=1, padding=1)
+        touching = touching.view(n, hw).long() * foreground  # the largest root in each pixel's 3x3 neighbourhood
+        parent = parent.scatter_reduce(1, roots, touching, "amax")  # each root hooks onto its largest neighbour
+        for _ in range(jumps):
+            parent = parent.gather(1, parent)
+    return parent[:, 1:].view(n, h, w)
 
 
 def _union_of_boxes(labels: torch.Tensor, parity: bool) -> torch.Tensor:
@@ -166,22 +198,23 @@ def _union_of_boxes(labels: torch.Tensor, parity: bool) -> torch.Tensor:
     return ((in_y.transpose(1, 2) @ in_x) > 0).float()  # [N, h, w]: inside some component's box
 
 
-def refine_batch(cams: torch.Tensor, trans: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`refine` for a batch: ``cams`` ``[B, K, h, w]`` (padded maps are zeros), ``trans`` ``[B, hw, hw]``.
+def refine_batch(cams: torch.Tensor, trans: torch.Tensor, image_of: torch.Tensor, threshold: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`refine` for a batch of maps: ``cams`` ``[P, h, w]``, one per (image, class) pair, ``trans``
+    ``[B, hw, hw]`` the images' transition matrices and ``image_of`` ``[P]`` (on the device) the image of each map.
 
     ``(T * box[None, :]) @ cam`` is computed as ``sum_j T[:, j] * (box * cam)[j]`` (the box is 0 or 1, so every
     product term is the same), a product and a sum rather than a batched matmul, whose rounding depends on the batch
     (measured on a CPU): a batch gives the maps of its images run alone.
 
     Returns:
-        ``(maps, before_minmax)``, both ``[B, K, h, w]`` float32.
+        ``(maps, before_minmax)``, both ``[P, h, w]`` float32.
     """
-    b, k, h, w = cams.shape
-    boxes = box_masks(cams.flatten(0, 1), threshold).view(b, k, h * w, 1)
-    masked = boxes * cams.reshape(b, k, h * w, 1).to(trans)
-    before = torch.stack([(trans * masked[:, i, None, :, 0]).sum(-1) for i in range(k)], 1).view(b, k, h, w)
+    p, h, w = cams.shape
+    boxes = box_masks(cams, threshold).view(p, h * w)
+    masked = boxes * cams.reshape(p, h * w).to(trans)
+    before = (trans.index_select(0, image_of) * masked[:, None, :]).sum(-1).view(p, h, w)
     return minmax(before), before
-
 
 
 def needs_image(cfg: CamConfig) -> bool:

@@ -4,17 +4,19 @@ The target of image b is its own softmax over ``[W_present; W_background]``: the
 classes first, then every background row (:meth:`vpltool.io.Prototypes.image_rows`), at the prototypes' temperature
 (or ``--temperature``). Class k's map is the GradCAM of ``p_k``: background rows compete for probability mass but get
 no map. The computation itself lives on the backbone (:meth:`vpltool.backbone.ClipBackbone.gradcam` for one image,
-``gradcam_batch`` for B images of one grid), since extract and diagnose share the model's forward.
+``gradcam_batch`` for B images of one grid, batched by label count), since extract and diagnose share the model's
+forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .. import io
-from ..backbone import ClipBackbone
+from ..backbone import ClipBackbone, SoftmaxRows
 from ..config import CamConfig
 
 
@@ -43,20 +45,34 @@ def temperature_of(cfg: CamConfig, protos: io.Prototypes) -> float:
     return cfg.temperature or protos.temperature
 
 
-def gradcam_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig, temperature: float):
+def gradcam_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig, temperature: float,
+                  precision: str = "fp32"):
     """Steps 1-2 for one image: a :class:`vpltool.backbone.GradCam` (``maps`` ``[K, h, w]`` in [0, 1], the last
     block's attention, the softmax ``[K + M]``), in CLIP-ES's operation order under ``--parity clip-es``."""
     labels = tokens.labels
     return bb.gradcam(tokens.last_block_input, tokens.grid, protos.image_rows(labels), len(labels), temperature,
-                      layer=cfg.layer, exact=cfg.parity == "clip-es")
+                      layer=cfg.layer, exact=cfg.parity == "clip-es", precision=precision)
 
 
-def gradcam_batch(bb: ClipBackbone, tokens: torch.Tensor, grid: tuple[int, int], labels: list[tuple[int, ...]],
-                  protos: io.Prototypes, cfg: CamConfig, temperature: float):
+class PrototypeRows:
+    """A prototypes file's rows on the model's device, and each class's row: made once per run, so that a batch's
+    softmax rows (:meth:`for_labels`) cost no host work on the tensors and no copy."""
+
+    def __init__(self, protos: io.Prototypes, device: torch.device):
+        self.vectors = protos.vectors.to(device, torch.float32)
+        self.class_rows = protos.class_rows().tolist()
+        self.background = protos.background_rows().tolist()
+
+    def for_labels(self, labels: Sequence[Sequence[int]]) -> SoftmaxRows:
+        """The softmax rows of images with these labels (class ids 1..C)."""
+        return SoftmaxRows(self.vectors, [[self.class_rows[c - 1] for c in lab] for lab in labels], self.background)
+
+
+def gradcam_batch(bb: ClipBackbone, tokens: torch.Tensor, grid: tuple[int, int], labels: Sequence[Sequence[int]],
+                  rows: PrototypeRows, cfg: CamConfig, temperature: float, precision: str = "fp32"):
     """Steps 1-2 for B images of one grid (``tokens`` ``[B, 1 + hw, width]``): a
-    :class:`vpltool.backbone.BatchGradCam` whose ``maps`` ``[B, Kmax, h, w]`` hold image b's K_b maps first."""
-    rows = [protos.image_rows(lab) for lab in labels]
-    return bb.gradcam_batch(tokens, grid, rows, [len(lab) for lab in labels], temperature, layer=cfg.layer)
+    :class:`vpltool.backbone.BatchGradCam`, one map per (image, class) pair."""
+    return bb.gradcam_batch(tokens, grid, rows.for_labels(labels), temperature, layer=cfg.layer, precision=precision)
 
 
 def row_names(protos: io.Prototypes, labels) -> list[str]:

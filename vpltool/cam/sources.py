@@ -124,17 +124,25 @@ class FromFeatures:
         return out
 
     def load(self, entry: dict, pre, need_image: bool, batched: bool) -> dict:
-        """What the batched pass needs of one image: the cached tokens, or (light cache) the pixels to recompute
-        them; and the image itself where the refinement or the overlays need it. Runs in a loading worker."""
-        image = _image_of(entry, need_image or (batched and not self.extract_cfg.store_tokens))
-        out = {"image": image}
+        """What the pass needs of one image, and nothing more (every byte crosses from a loading worker): the cached
+        tokens as stored (fp16; the device makes them float32), or (light cache) the image resized, uint8, to
+        recompute them; and the image itself where the refinement or the overlays need it."""
+        light = batched and not self.extract_cfg.store_tokens
+        image = _image_of(entry, need_image or light)
+        out = {"image": image} if need_image else {}
         if not batched:
             return out
-        if self.extract_cfg.store_tokens:
-            feats = io.read_features(entry["path"], classes=self.classes, need_tokens=True)
-            out.update(tokens=feats.last_block_input, attention=feats.attention)
+        if light:
+            out["pixels"] = pre.resize(image, entry["input_size"])
         else:
-            out["pixels"] = pre(image, entry["input_size"])
+            f = io.read_tensors(entry["path"], kind=io.FEATURES_KIND, classes=self.classes,
+                                keys=("last_block_input", "attention"))
+            for name, tensor in f.tensors.items():
+                io.check_finite(f.path, name, tensor)
+            if "last_block_input" not in f.tensors:
+                raise ContractError(f"{entry['path']}: extracted with a light cache; re-run `vpltool extract --cache "
+                                    "full`")
+            out.update(tokens=f["last_block_input"], attention=f["attention"])
         return out
 
 
@@ -176,8 +184,10 @@ class FromDataset:
         return out
 
     def load(self, entry: dict, pre, need_image: bool, batched: bool) -> dict:
+        """The image resized, uint8 (batched), and the image itself where the stage needs it."""
         image = _image_of(entry, True)
-        return {"image": image, **({"pixels": pre(image, entry["input_size"])} if batched else {})}
+        return {**({"image": image} if need_image else {}),
+                **({"pixels": pre.resize(image, entry["input_size"])} if batched else {})}
 
 
 def _image_of(entry: dict, need: bool) -> np.ndarray | None:

@@ -25,12 +25,21 @@ import torch
 
 from .. import io
 from ..backbone import ClipBackbone, ModelSpec, load_backbone
-from ..batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size, shard_from_env
-from ..config import CAM_ATTENTION_BLOCKS, CamConfig, RuntimeConfig, to_params
+from ..batches import (
+    BackgroundWriter,
+    BatchRunner,
+    cuda_paths,
+    load_batches,
+    plan_batches,
+    resolve_batch_size,
+    shard_from_env,
+    to_device,
+)
+from ..config import CAM_ATTENTION_BLOCKS, GRADCAM_CUDA_PRECISION, CamConfig, RuntimeConfig, to_params
 from ..device import resolve_device, resolve_precision
 from ..errors import ContractError, VplError
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
-from .gradcam import ImageTokens, gradcam_batch, gradcam_image, row_names, temperature_of
+from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
 from .sources import FromDataset, FromFeatures, attention_blocks_for, frozen_tokens, is_extract_folder
 
 STAGE = "cam"
@@ -48,10 +57,11 @@ class CamResult:
 
 
 def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig,
-                   temperature: float, image: np.ndarray | None = None) -> CamResult:
-    """Steps 1-3 of :mod:`vpltool.cam` for one image (the maps on the host, as stored)."""
+                   temperature: float, image: np.ndarray | None = None, precision: str = "fp32") -> CamResult:
+    """Steps 1-3 of :mod:`vpltool.cam` for one image (the maps on the host, as stored); ``precision``: GradCAM's
+    block (:func:`vpltool.backbone.gradcam.gradcam_batch`; fp32 under ``--parity clip-es``)."""
     labels = tokens.labels
-    cam = gradcam_image(bb, tokens, protos, cfg, temperature)
+    cam = gradcam_image(bb, tokens, protos, cfg, temperature, precision)
     maps, refined = cam.maps, None
     if cfg.refine != "none" and len(labels):
         trans = caa_transition(bb, tokens, cam.attention, cfg, image)
@@ -61,25 +71,35 @@ def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes,
     return CamResult(maps, labels, cam.maps.cpu(), cam.probs.cpu(), refined)
 
 
+@dataclass
+class CamBatch:
+    """Steps 1-3 for a batch (:func:`cams_for_batch`), on the model's device, one map per (image, class) pair:
+    image b's maps are rows ``offsets[b]:offsets[b + 1]``."""
+
+    maps: torch.Tensor  # [P, h, w] float32 in [0, 1]: refined (or raw with --refine none), what is stored
+    raw: torch.Tensor  # [P, h, w] the GradCAM maps before CAA
+    probs: list[torch.Tensor]  # B softmax vectors [K_b + M]
+    before: torch.Tensor | None  # [P, h, w] CAA's maps before its min-max; None with --refine none
+    offsets: list[int]  # B + 1
+
+
 def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n_prev: int, grid: tuple[int, int],
-                   labels: list[tuple[int, ...]], protos: io.Prototypes, cfg: CamConfig, temperature: float):
+                   labels: list[tuple[int, ...]], rows: PrototypeRows, cfg: CamConfig, temperature: float,
+                   precision: str = "fp32") -> CamBatch:
     """Steps 1-3 of :mod:`vpltool.cam` for B images of one grid, on the model's device, with no per-image loop
-    over the network and no copy to the host.
+    over the network, no copy to the host and nothing that waits for the device.
 
     Args:
         tokens: ``[B, 1 + hw, width]`` entering the last block. prev: ``[B, hw, hw]`` mean attention of the
-            ``n_prev`` blocks before it. labels: each image's K_b classes.
-
-    Returns:
-        ``(maps, raw, probs, before)``: ``[B, Kmax, h, w]`` refined maps in [0, 1] (image b's first K_b), the raw
-        GradCAM alike, B softmax vectors, and the maps before CAA's min-max (None with ``--refine none``).
+            ``n_prev`` blocks before it. labels: each image's K_b classes. rows: the prototypes on the device.
+        precision: GradCAM's block (:func:`vpltool.backbone.gradcam.gradcam_batch`).
     """
-    cam = gradcam_batch(bb, tokens, grid, labels, protos, cfg, temperature)
-    if cfg.refine == "none" or cam.maps.shape[1] == 0:
-        return cam.maps, cam.maps, cam.probs, None
+    cam = gradcam_batch(bb, tokens, grid, labels, rows, cfg, temperature, precision)
+    if cfg.refine == "none" or not len(cam.maps):
+        return CamBatch(cam.maps, cam.maps, cam.probs, None, cam.offsets)
     attention = mean_attention(prev, n_prev, cam.attention, cfg.attention_blocks, bb.n_blocks)
-    maps, before = refine_batch(cam.maps, affinity(attention), cfg.box_threshold)
-    return maps, cam.maps, cam.probs, before
+    maps, before = refine_batch(cam.maps, affinity(attention), cam.image_of, cfg.box_threshold)
+    return CamBatch(maps, cam.maps, cam.probs, before, cam.offsets)
 
 
 def run_cam(
@@ -162,7 +182,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
             if bb.embed_dim != src.protos.dim:
                 raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
                                     f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
-            plan = src.plan(bb, todo, items, runtime.worker_count)
+            plan = src.plan(bb, todo, items, runtime.loader_workers(bb.device))
             _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
         folder.finish(src.ids, io.cam_path, index, count, inputs=inputs)
     return io.StageSummary(done=len(todo), skipped=len(src.ids[index::count]) - len(todo),
@@ -175,26 +195,33 @@ def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamCon
     batched = batched_mode(cfg)
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1) if batched else 1
     need_image = overlays is not None or (src.need_images and not batched)
-    pre = bb.preprocessor
+    pre, rows, block = bb.preprocessor, PrototypeRows(src.protos, bb.device), gradcam_precision(bb.device)
     runner = BatchRunner(size, describe=lambda i: _describe(plan[i]))
     with BackgroundWriter(on_item) as writer:
         batches = load_batches(len(plan), plan_batches([e["grid"] for e in plan], size),
-                               lambda i: src.load(plan[i], pre, need_image, batched), runtime.worker_count, bb.device)
+                               lambda i: src.load(plan[i], pre, need_image, batched),
+                               runtime.loader_workers(bb.device), bb.device)
         for batch in batches:
             entries = [plan[i] for i in batch["index"]]
+            images = batch.get("image", [None] * len(entries))
             if not batched:
-                for entry, image in zip(entries, batch["image"]):
+                for entry, image in zip(entries, images):
                     tokens = src.tokens(bb, entry["id"], entry["item"], image, dtype)
-                    result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image)
+                    result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image, block)
                     writer.submit(_result_tensors(result), _writer(out, entry, image, src, params, overlays, debug))
                 continue
-            for chunk in runner(len(entries), lambda s: _chunk(bb, batch, s, entries, src, cfg, temperature, dtype)):
-                for b, entry in enumerate(entries[chunk["slice"]]):
-                    k = len(entry["labels"])
-                    tensors = {"maps": chunk["maps"][b, :k], "raw": chunk["raw"][b, :k], "probs": chunk["probs"][b],
-                               "before": chunk["before"][b, :k] if chunk["before"] is not None else None}
-                    image = batch["image"][chunk["slice"].start + b]
-                    writer.submit(tensors, _writer(out, entry, image, src, params, overlays, debug, cfg))
+            chunks = runner(len(entries), lambda s: _chunk(bb, batch, s, entries, src, rows, cfg, temperature, dtype,
+                                                           block))
+            for part, cams in chunks:
+                writer.submit(_batch_tensors(cams, debug is not None),
+                              _batch_writer(out, entries[part], images[part], cams.offsets, src, params, overlays,
+                                            debug, cfg), n=part.stop - part.start)
+
+
+def gradcam_precision(device: torch.device) -> str:
+    """The precision of GradCAM's block: :data:`vpltool.config.GRADCAM_CUDA_PRECISION` where the CUDA path runs
+    (:func:`vpltool.batches.cuda_paths`), fp32 on a CPU (``--parity clip-es`` always runs fp32: its own path)."""
+    return GRADCAM_CUDA_PRECISION if cuda_paths(device) else "fp32"
 
 
 def _describe(entry: dict) -> str:
@@ -203,19 +230,29 @@ def _describe(entry: dict) -> str:
     return f"{where} ({h}x{w}, {entry['grid'][0] * entry['grid'][1]} patch tokens)"
 
 
-def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src, cfg: CamConfig, temperature: float,
-           dtype: torch.dtype) -> dict:
-    """:func:`cams_for_batch` on ``batch[part]``: the frozen pass first where the cache holds no tokens."""
+def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src, rows: PrototypeRows,
+           cfg: CamConfig, temperature: float, dtype: torch.dtype, block: str) -> tuple[slice, CamBatch]:
+    """:func:`cams_for_batch` on ``batch[part]``: the frozen pass first where the cache holds no tokens (the
+    loaders' uint8 pixels normalised on the device)."""
     grid = tuple(entries[part.start]["grid"])
     labels = [tuple(e["labels"]) for e in entries[part]]
     if "tokens" in batch:
-        tokens, prev = batch["tokens"][part].to(bb.device), batch["attention"][part].to(bb.device)
+        tokens = to_device(batch["tokens"][part], bb.device).float()
+        prev = to_device(batch["attention"][part], bb.device).float()
         n_prev = int(entries[part.start]["n_prev"])
     else:
-        pixels = batch["pixels"][part].to(bb.device, non_blocking=True)
+        pixels = bb.normalize(to_device(batch["pixels"][part], bb.device))
         tokens, prev, n_prev = frozen_tokens(bb, pixels, src, cfg, dtype)
-    maps, raw, probs, before = cams_for_batch(bb, tokens, prev, n_prev, grid, labels, src.protos, cfg, temperature)
-    return {"slice": part, "maps": maps, "raw": raw, "probs": probs, "before": before}
+    return part, cams_for_batch(bb, tokens, prev, n_prev, grid, labels, rows, cfg, temperature, block)
+
+
+def _batch_tensors(cams: CamBatch, debug: bool) -> dict:
+    """What the writer needs of a batch, cast and checked on the device: the maps clamped to [0, 1] as stored, a
+    finiteness flag per map, and (``--save-debug``) the intermediate maps; nothing else crosses to the host."""
+    out = {"maps": cams.maps.clamp(0, 1), "finite": torch.isfinite(cams.maps).flatten(1).all(1)}
+    if debug:
+        out.update(raw=cams.raw, probs=cams.probs, before=cams.before)
+    return out
 
 
 def _result_tensors(result: CamResult) -> dict:
@@ -225,6 +262,25 @@ def _result_tensors(result: CamResult) -> dict:
             "boxes": None if refined is None else refined.boxes}
 
 
+def _batch_writer(out: Path, entries: list[dict], images: list, offsets: list[int], src, params: dict, overlays,
+                  debug, cfg: CamConfig) -> Callable[[dict], None]:
+    """The writes of one batch's images (:func:`_batch_tensors` on the host), run on a writer thread."""
+
+    def write(t: dict) -> None:
+        for b, (entry, image) in enumerate(zip(entries, images)):
+            lo, hi = offsets[b], offsets[b + 1]
+            if not bool(t["finite"][lo:hi].all()):
+                raise ContractError(f"{io.cam_path(out, entry['id'])}: the CAMs of {entry['id']} hold NaN or inf; not "
+                                    "written (broken weights or prototypes, or an overflow: try --precision fp32)")
+            one = {"maps": t["maps"][lo:hi], "checked": True}
+            if debug is not None:
+                one.update(raw=t["raw"][lo:hi], probs=t["probs"][b],
+                           before=None if t["before"] is None else t["before"][lo:hi])
+            _writer(out, entry, image, src, params, overlays, debug, cfg)(one)
+
+    return write
+
+
 def _writer(out: Path, entry: dict, image: np.ndarray | None, src, params: dict, overlays, debug,
             cfg: CamConfig | None = None) -> Callable[[dict], None]:
     """The write of one image's results, run on the writer thread (``cfg``: compute the debug boxes there)."""
@@ -232,13 +288,13 @@ def _writer(out: Path, entry: dict, image: np.ndarray | None, src, params: dict,
     def write(t: dict) -> None:
         item_id, maps = entry["id"], t["maps"].cpu()
         io.write_cam(io.cam_path(out, item_id), maps, entry["labels"], image_size=entry["image_size"],
-                     classes=src.classes, params=params, id=item_id)
+                     classes=src.classes, params=params, checked=t.get("checked", False), id=item_id)
         if overlays is not None and image is not None:
             io.write_png(io.mask_path(overlays, item_id),
                          overlay(image, io.read_cam(io.cam_path(out, item_id)).cams, entry["labels"], src.classes))
         if debug is not None:
             boxes = t.get("boxes")
-            if boxes is None and t["before"] is not None:
+            if boxes is None and t.get("before") is not None:
                 boxes = [box_coords(m.numpy(), cfg.box_threshold) for m in t["raw"].cpu()]
             io.write_cam_debug(io.cam_path(debug, item_id), t["raw"].cpu(), t["probs"].cpu(), entry["labels"],
                                None if t["before"] is None else t["before"].cpu(), boxes,

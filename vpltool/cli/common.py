@@ -72,7 +72,8 @@ Shard = Annotated[Optional[str], typer.Option(help="Process shard i of n (i/n) s
                                               rich_help_panel=RUNTIME)]
 Workers = Annotated[Optional[int], typer.Option(
     help="Parallel image decoders / data-loading processes: 0 = one per CPU core (more are capped at the cores), "
-    f"1 = in this process [default: auto: {CPU_WORKERS}; train-decoder on CUDA one per core up to {GPU_WORKERS}].",
+    f"1 = in this process [default: auto: {CPU_WORKERS}; on CUDA one per core up to {GPU_WORKERS} for the loaders of "
+    "extract, cam, predict, diagnose and train-decoder].",
     show_default=False, rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
                                          rich_help_panel=RUNTIME)]

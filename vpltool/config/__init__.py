@@ -50,6 +50,7 @@ from .stages import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     GPU_WORKERS,
+    GRADCAM_CUDA_PRECISION,
     IGNORE_INDEX,
     MAX_LR,
     MAX_TOKENS,
@@ -74,13 +75,13 @@ from .stages import (
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
-    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "GPU_WORKERS", "ExtractConfig", "CPU_BATCH",
-    "NOT_COMPARED", "check_tokens",
+    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "GPU_WORKERS", "ExtractConfig",
+    "CPU_BATCH", "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "AFFINITIES",
     "DEFAULT_DINO", "CamConfig", "EvalConfig", "ReportConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "COMPILE_MODES", "DecoderConfig",
     "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params", "inert_fields", "inert_options",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
-    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS",
+    "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS", "GRADCAM_CUDA_PRECISION",
 ]  # fmt: skip

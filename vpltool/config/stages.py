@@ -30,11 +30,11 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with AMX, else fp32 (device.resolve_precision)
     # images per batch; None = auto: 32 on CUDA (halved on out-of-memory), and on a CPU, where batching buys
-    # little, CPU_BATCH for extract and one image for cam and predict (their per-class backward does not batch)
+    # little, CPU_BATCH for extract and one image for cam and predict
     batch_size: int | None = None
-    # image decoding threads (extract) / CRF processes / data-loading processes (train-decoder); 0 = one per CPU
-    # core (every stage, see worker_count); 1 = in this process for crf and train-decoder. None = auto: CPU_WORKERS,
-    # and for train-decoder on CUDA one per core up to GPU_WORKERS (loader_workers)
+    # data-loading processes (extract, cam, predict, diagnose, train-decoder) / CRF processes (crf); 0 = one per CPU
+    # core (every stage, see worker_count); 1 = in this process. None = auto: CPU_WORKERS, and for the loaders on
+    # CUDA one per core up to GPU_WORKERS (loader_workers): a GPU eats ~1,000 images/s, each ~4 ms of a core
     workers: int | None = None
     overwrite: bool = False
 
@@ -50,7 +50,7 @@ class RuntimeConfig:
 
     def loader_workers(self, device) -> int:
         """Data-loading processes on ``device``: ``workers``, or (auto) one per core up to ``GPU_WORKERS`` on CUDA,
-        where augmenting for the GPU is the bottleneck (the cores shared among torchrun's processes on this machine,
+        where loading for the GPU is the bottleneck (the cores shared among torchrun's processes on this machine,
         ``LOCAL_WORLD_SIZE``), and ``CPU_WORKERS`` on a CPU, whose cores run the model."""
         if self.workers is None and getattr(device, "type", device) == "cuda":
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
@@ -139,6 +139,10 @@ CAM_ATTENTION_BLOCKS = 8  # CLIP-ES's CAA: the last 8 blocks (cam on a dataset; 
 # between rows, so far below it one row takes all the probability and the GradCAM gradients underflow to 0
 MIN_TEMPERATURE = 1e-3
 AFFINITIES = ("clip", "dino", "clip+dino")  # the attention CAA's transition matrix is built from
+# the precision of GradCAM's block on CUDA (--parity clip-es and the CPU run it in fp32): TF32 matrix products moved
+# the final CAMs less than the bf16 frozen blocks already do, bf16 moved them far more (the demo's CAM mIoU by
+# points): benchmarks/study_gradcam_precision.py, docs/performance.md
+GRADCAM_CUDA_PRECISION = "tf32"
 DEFAULT_DINO = "vit_small_patch16_224.dino"
 
 

@@ -36,7 +36,6 @@ from .views import (
     input_long_side,
     multiscale_logits,
     predict_logits,
-    predict_logits_batch,
     view_logits,
     view_size,
 )
@@ -47,5 +46,5 @@ __all__ = [
     "ce_loss", "balanced_ce_loss", "present_classes", "region_masks", "class_regions", "region_embeddings", "rsc_loss",
     "mask_fractions", "cmpa_loss", "spherical_kmeans", "refresh_bank",
     "LONG_SIDE_RATIO", "input_long_side", "view_size", "view_logits", "multiscale_logits", "decoder_forward",
-    "predict_logits_batch", "predict_logits",
+    "predict_logits",
 ]  # fmt: skip

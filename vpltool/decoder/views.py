@@ -77,19 +77,6 @@ def decoder_forward(bb, model: SegDecoder, blocks: Sequence[int], dtype: torch.d
     return forward
 
 
-def predict_logits_batch(bb, model: SegDecoder, blocks: Sequence[int], views: Sequence[Tensor], flip: bool,
-                         size: tuple[int, int], dtype: torch.dtype) -> Tensor:
-    """WeCLIP's test protocol for B images of one size: ``views`` (one ``[B, 3, H_s, W_s]`` per scale) and their
-    mirrors through the frozen CLIP and the decoder, averaged, resized to the images' ``size`` ``(H0, W0)``.
-
-    Returns:
-        ``[B, C + 1, H0, W0]`` float32 scores on the model's device.
-    """
-    forward = decoder_forward(bb, model, blocks, dtype)
-    logits = multiscale_logits(forward, [v.to(bb.device, non_blocking=True) for v in views], flip)
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
-
 def predict_logits(bb, model: SegDecoder, blocks: Sequence[int], image, scales: Sequence[float], flip: bool,
                    long_side: int, dtype: torch.dtype) -> Tensor:
     """Multi-scale (+ flip) class scores of one image at its own resolution (WeCLIP's test protocol).
@@ -103,4 +90,5 @@ def predict_logits(bb, model: SegDecoder, blocks: Sequence[int], image, scales: 
     """
     h0, w0 = image.shape[:2]
     views = [bb.preprocess(image, view_size(bb, h0, w0, long_side, s))[None] for s in scales]
-    return predict_logits_batch(bb, model, blocks, views, flip, (h0, w0), dtype)[0].cpu()
+    logits = multiscale_logits(decoder_forward(bb, model, blocks, dtype), [v.to(bb.device) for v in views], flip)
+    return F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0].cpu()

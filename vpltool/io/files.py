@@ -12,17 +12,31 @@ import json
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import ContractError, VplError, write_error
 
+_UMASK_LOCK = threading.Lock()
+
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it; restored at once (single-threaded at every call site)
-    os.umask(mask)
-    return mask
+    """The process's umask. Linux shows it in /proc/self/status, which leaves it alone: the writer threads of
+    :mod:`vpltool.batches` ask at once, and setting it to 0 to read it, even for an instant, would give another
+    thread's file 0666. Elsewhere it is read that way, under a lock."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
 
 
 # the longest file name (one path component) Linux file systems take, in bytes (ext4, xfs, btrfs, tmpfs)

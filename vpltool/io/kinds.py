@@ -80,18 +80,19 @@ def token_dtype(parity: str):
 
 
 def write_features(path: str | os.PathLike, tensors: Mapping[str, Any], *, dtypes: Mapping[str, Any],
-                   classes: Sequence[str], params: Mapping[str, Any], **meta: Any) -> Path:
+                   classes: Sequence[str], params: Mapping[str, Any], checked: bool = False, **meta: Any) -> Path:
     """One image's features file (kind ``features``).
 
     Args:
         tensors: ``dense`` ``[h, w, D]``, optionally ``last_block_input`` ``[1+hw, width]`` and ``attention``
             ``[hw, hw]`` (torch, any float dtype).
         dtypes: the dtype each tensor is stored in (fp16, or fp32 for parity tokens).
+        checked: the tensors are in their stored dtypes and free of NaN/inf already (checked on the device).
         meta: ``id``, ``image_size``, ``input_size``, ``grid``, ``labels``, ``model``, ``patch_size``, ``width``,
             ``embed_dim``, ``logit_scale``, ``attention_blocks``.
     """
     return write_tensors(path, {k: v.to(dtypes[k]) for k, v in tensors.items()}, kind=FEATURES_KIND,
-                         classes=classes, params=params, **meta)
+                         classes=classes, params=params, checked=checked, **meta)
 
 
 def read_features(path: str | os.PathLike, classes: Sequence[str] | None = None, need_tokens: bool = False,
@@ -277,14 +278,16 @@ class CamMaps:
 
 
 def write_cam(path: str | os.PathLike, maps, labels: Sequence[int], *, image_size: Sequence[int],
-              classes: Sequence[str], params: Mapping[str, Any], **extra: Any) -> Path:
+              classes: Sequence[str], params: Mapping[str, Any], checked: bool = False, **extra: Any) -> Path:
     """``maps`` ``[K, h, w]`` in [0, 1] at any resolution up to ``image_size`` (``cam`` stores the patch grid:
-    ~100x smaller than maps at image size), stored float32; :func:`read_cam` resizes them to ``image_size``."""
+    ~100x smaller than maps at image size), stored float32; :func:`read_cam` resizes them to ``image_size``.
+    ``checked``: the maps were checked for NaN/inf already (on the device)."""
     import torch
 
     return write_tensors(path, {"cams": maps.clamp(0, 1).float(),
                                 "labels": torch.as_tensor(list(labels), dtype=torch.int64)},
-                         kind=CAM_KIND, classes=classes, params=params, image_size=list(image_size), **extra)
+                         kind=CAM_KIND, classes=classes, params=params, checked=checked, image_size=list(image_size),
+                         **extra)
 
 
 def upsample_maps(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -28,10 +28,12 @@ def write_tensors(
     kind: str,
     classes: Sequence[str],
     params: Mapping[str, Any] | None = None,
+    checked: bool = False,
     **extra: Any,
 ) -> Path:
     """Write torch tensors to ``path`` atomically with the contract metadata (canonical bytes: two identical runs
-    write identical files). A float tensor holding NaN or inf is refused (ContractError), before anything is written.
+    write identical files). A float tensor holding NaN or inf is refused (ContractError), before anything is written,
+    unless ``checked``: the caller has checked them already (the image stages do, on the device, once per batch).
 
     Args:
         tensors: name -> torch.Tensor (moved to CPU and made contiguous here).
@@ -53,7 +55,7 @@ def write_tensors(
 
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     for name, tensor in data.items():  # a diverged run must not leave a file that poisons every later stage
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not checked and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ContractError(f"{path}: tensor '{name}' holds NaN or inf; not written (the computation that made "
                                 "it diverged or overflowed)")
     save_tensor_file(path, data, meta)
@@ -62,7 +64,8 @@ def write_tensors(
 
 def tensor_file_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
     """A safetensors file's bytes, canonical: the header's keys sorted (the library writes them in hash order,
-    so two identical runs gave different bytes), tensors in the library's own order (by dtype, then name)."""
+    so two identical runs gave different bytes), tensors in the library's own order (by dtype, then name). The
+    library's data section is joined to the new header through a view: its bytes are copied once, not twice."""
     from safetensors.torch import save
 
     raw = save(dict(tensors), metadata=dict(metadata) if metadata else None)
@@ -70,7 +73,7 @@ def tensor_file_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | 
     header = json.loads(raw[8:8 + size])
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as the library pads it
-    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
+    return b"".join((len(text).to_bytes(8, "little"), text, memoryview(raw)[8 + size:]))
 
 
 def save_tensor_file(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None,

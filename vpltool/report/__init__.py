@@ -72,8 +72,13 @@ def check_out(out: Path, run: Run) -> None:
         if _inside(real, Path(os.path.realpath(folder))):
             raise VplError(f"{out}: lies inside {folder}, which this report reads; choose another --out (default: "
                            f"{run.root / 'report'})")
+    if real == Path(os.path.realpath(run.root)):
+        raise VplError(f"{out}: is the run folder this report reads; choose another --out (default: "
+                       f"{run.root / 'report'})")
     protected = [p for split in run.splits for p in split.dataset.folders()]
-    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the run": run.root}, protected=protected)
+    # the run folder itself is no input here: the report's default folder lies in it (RUN/report), beside the
+    # stage folders it reads, which are checked above one by one
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={}, protected=protected)
 
 
 def _specs(split: Split) -> tuple[ColumnSpec, ...]:
