@@ -61,6 +61,11 @@ TAU_I ?= 0.03
 ITERS ?= 3000
 LR ?= 10
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+# torch threads per command: `make demo` runs WORKERS commands at once on WORKERS cores, and torch's default (a
+# thread per core in each) oversubscribes them: its OpenMP threads spin while waiting, and on 2 cores that made the
+# demo's commands several times slower. One each, unless the environment says otherwise (OMP_NUM_THREADS=4 make ...)
+OMP_NUM_THREADS ?= 1
+export OMP_NUM_THREADS
 WORLD_TRAIN ?= 500
 WORLD_VAL ?= 200
 SEED ?= 0

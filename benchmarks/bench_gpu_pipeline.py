@@ -34,6 +34,7 @@ import benchlib  # noqa: E402
 
 QUICK = {"images": 6, "model": "vpl-test-vit", "decoder_iters": 2, "predict_images": 3}
 GOAL_MINUTES = 10.0  # issue 28: the whole VOC run on one H100
+VOC_TRAIN, VOC_VAL, PAPER_ITERS = 10582, 1449, 30000  # train_aug, val, the paper's decoder iterations
 GOALS = {"extract_img_per_s_steady": ">= 1000", "cam_text_img_per_s_steady": ">= 1000",
          "cam_vision_img_per_s_steady": ">= 1000", "crf_img_per_s_steady": ">= 100",
          "train_decoder_it_per_s": ">= 100", "learn_prototypes_s": "<= 30",
@@ -49,17 +50,23 @@ def vpltool(*args: object) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=10582, help="VOC train_aug has 10,582")
+    ap.add_argument("--images", type=int, default=VOC_TRAIN, help="VOC train_aug has 10,582")
     ap.add_argument("--model", default="ViT-B-16-quickgelu")
     ap.add_argument("--decoder-iters", type=int, default=None, help="default: 30,000 on CUDA (the paper), 300 else")
-    ap.add_argument("--predict-images", type=int, default=1449, help="VOC val has 1,449")
+    ap.add_argument("--predict-images", type=int, default=VOC_VAL, help="VOC val has 1,449")
     ap.add_argument("--workers", type=int, default=None, help="loading workers / CRF processes (default: each "
                     "command's own auto)")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
+    ap.add_argument("--rescore", type=Path, help="run nothing: recompute goal_met and the VOC projection of a "
+                    "result this script printed before (its measured fields unchanged), and print it")
     benchlib.add_common_args(ap, f"{QUICK['images']} small images, the tiny random test ViT, 2 decoder iterations")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
+    if args.rescore:
+        json.dump(rescore(json.loads(args.rescore.read_text())), sys.stdout)
+        print()
+        return
     if args.decoder_iters is None:
-        args.decoder_iters = 30000 if args.device.startswith("cuda") else 300
+        args.decoder_iters = PAPER_ITERS if args.device.startswith("cuda") else 300
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         result = run(args.keep, args)
@@ -139,6 +146,7 @@ def run(tmp: Path, args) -> dict:
     steady = {f"{name}_img_per_s_steady": steady_rate(logs / f"{name}.log") for name, n, _ in stages if n}
     printed = {name: printed_rate(logs / f"{name}.log") for name, _, _ in stages}
     total = sum(seconds.values())
+    projected = project_to_voc(seconds, args)
     labels = [len(re.findall("<object>", p.read_text())) for p in sorted((voc / "Annotations").glob("*.xml"))]
     return {
         "benchmark": "gpu-pipeline", "quick": args.quick, "machine": benchlib.machine(args.device),
@@ -149,13 +157,46 @@ def run(tmp: Path, args) -> dict:
         "seconds": {k: round(v, 2) for k, v in seconds.items()}, **rates, **steady,
         "printed_rate": printed, "train_decoder_it_per_s": printed["train_decoder"],
         "learn_prototypes_s": round(seconds["learn_prototypes"], 2), "total_s": round(total, 1),
-        "total_minutes": round(total / 60, 2), "goal_minutes": GOAL_MINUTES, "goal_met": total / 60 <= GOAL_MINUTES,
+        "total_minutes": round(total / 60, 2), "goal_minutes": GOAL_MINUTES,
+        # the goal is about VOC's sizes: a shorter run is judged on its projection, never on its own total
+        "goal_met": total / 60 <= GOAL_MINUTES if full_scale(args) else None,
+        "voc_projection": projected, "projected_goal_met": projected["total_minutes"] <= GOAL_MINUTES,
         "note": "whole commands (start-up and model loading included); *_steady from each stage's --log progress "
                 "lines (10 s apart, whole seconds); printed_rate: the rate each stage's last line prints",
         "bars": GOALS,
         "peak_memory": [{"stage": k, "rss_mib": round(v, 1), "cuda_mib": None, "scope": "process"}
                         for k, v in peaks.items()],
     }
+
+
+def rescore(result: dict) -> dict:
+    """A stored result with goal_met and the projection as :func:`run` computes them today."""
+    shape = argparse.Namespace(images=result["images"], decoder_iters=result["decoder_iters"],
+                                predict_images=result["predict_images"])
+    projected = project_to_voc(result["seconds"], shape)
+    total = sum(result["seconds"].values())
+    return {**result, "goal_met": total / 60 <= GOAL_MINUTES if full_scale(shape) else None,
+            "voc_projection": projected, "projected_goal_met": projected["total_minutes"] <= GOAL_MINUTES}
+
+
+def full_scale(args) -> bool:
+    """Whether this run is the whole VOC reproduction the goal is about."""
+    return (args.images, args.decoder_iters, args.predict_images) == (VOC_TRAIN, PAPER_ITERS, VOC_VAL)
+
+
+def project_to_voc(seconds: dict[str, float], args) -> dict:
+    """Each stage's whole-command seconds scaled linearly to VOC (10,582 train images, 30,000 decoder iterations,
+    1,449 val images): the image stages and learn-prototypes (its cost is linear in the pixels) by images, the
+    decoder by iterations, text-prototypes as measured. Start-up is scaled too, so the image stages' figures are
+    upper bounds; a projection, not a measurement."""
+    factor = {"extract": VOC_TRAIN / args.images, "text_prototypes": 1.0, "cam_text": VOC_TRAIN / args.images,
+              "learn_prototypes": VOC_TRAIN / args.images, "cam_vision": VOC_TRAIN / args.images,
+              "crf": VOC_TRAIN / args.images, "train_decoder": PAPER_ITERS / max(args.decoder_iters, 1),
+              "predict": VOC_VAL / max(args.predict_images, 1)}
+    stages = {k: round(v * factor[k], 1) for k, v in seconds.items()}
+    return {"seconds": stages, "total_minutes": round(sum(stages.values()) / 60, 2),
+            "how": "whole-command seconds x (VOC images / images) for extract, cam, learn-prototypes and crf, x "
+                   "(30,000 / decoder iterations) for train-decoder, x (1,449 / predict images) for predict"}
 
 
 def _write_split(voc: Path, name: str, n: int) -> None:

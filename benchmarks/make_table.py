@@ -22,7 +22,8 @@ from benchlib import machine_line
 
 ROOT = Path(__file__).resolve().parent
 # sections in pipeline order, others after
-ORDER = ("demo", "cam", "learn-prototypes", "crf", "densecrf", "decoder", "stage-costs")
+ORDER = ("gpu-pipeline", "demo", "cam", "learn-prototypes", "crf", "densecrf", "decoder", "decoder-paper",
+         "stage-costs")
 BEGIN, END = "<!-- stage-costs:begin -->", "<!-- stage-costs:end -->"
 
 
@@ -141,18 +142,22 @@ def _clip_es_split(d: dict) -> list[str]:
         return []
     per = statistics.median((a - b) / (n - 1) for a, b in zip(runs["clip_es"], runs["clip_es_1"]))
     start = statistics.median(runs["clip_es_1"]) - per
-    return [f"CLIP-ES by the same differencing: {num(per)} s per image ({num(per / d['per_image_s'])} x vpltool's), "
-            f"start-up {num(start)} s. On this CPU the ViT forward bounds both tools per image, so the whole-run "
+    same = (f"CLIP-ES by the same differencing: {num(per)} s per image ({num(per / d['per_image_s'])} x vpltool's), "
+            f"start-up {num(start)} s.")
+    if d.get("machine", {}).get("device", "cpu") != "cpu":
+        return [same + " Steady first pass (bench_cam.py's first_pass_img_per_s_steady): "
+                f"{num(d.get('first_pass_img_per_s_steady'))} img/s; the bf16 batched bare forward's floor: "
+                + ", ".join(f"{num(v)} img/s at {k.replace('_', ' ')}"
+                            for k, v in (d.get("batched_forward_floor_img_per_s") or {}).items()) + "."]
+    return [f"{same} On this CPU the ViT forward bounds both tools per image, so the whole-run "
             "ratio tends to the per-image one as the image count grows. The floor of a first pass here, vpltool's "
             f"start-up plus {n} bare forwards, is {num(d['startup_s'] + n * d['bare_forward_s'])} s: at most "
             f"{num(statistics.median(runs['clip_es']) / (d['startup_s'] + n * d['bare_forward_s']))} x faster than "
             "CLIP-ES's whole run by any fp32 implementation with this start-up.",
             "",
-            "CUDA (no GPU was lent to this task, so not measured): vpltool batches images of equal input size "
-            "(`--batch-size`), runs the frozen blocks in bf16, and takes GradCAM's class gradients in one batched "
-            "backward; CLIP-ES runs one image at a time in fp16 with one backward per class. The expected gain is "
-            f"at least the per-image ratio above ({num(per / d['per_image_s'])} x), since both do the same FLOPs "
-            "per image and batch 1 leaves a GPU under-filled; `make bench BENCH_DEVICE=cuda` measures it."]
+            "On CUDA both sides run as their users run them (the section of a result with device cuda, when one "
+            "was measured): vpltool batches images by their input size and label count with its frozen blocks "
+            "in bf16; CLIP-ES runs one image at a time in fp16 with one backward per class."]
 
 
 def _inverse(ratio):
@@ -342,12 +347,51 @@ def report_section(d: dict) -> list[str]:
             "speed claims." + opens]
 
 
+def gpu_pipeline_section(d: dict) -> list[str]:
+    sec, proj = d["seconds"], d.get("voc_projection", {}).get("seconds", {})
+    goals = d.get("bars", {})
+    n = {"extract": d["images"], "cam_text": d["images"], "cam_vision": d["images"], "crf": d["images"],
+         "predict": d["predict_images"]}
+    rows = []
+    for stage, seconds in sec.items():
+        whole = round(n[stage] / seconds, 1) if stage in n else None
+        goal = goals.get(f"{stage}_img_per_s_steady") or {"train_decoder": goals.get("train_decoder_it_per_s"),
+                                                          "learn_prototypes": goals.get("learn_prototypes_s")
+                                                          and f"{goals['learn_prototypes_s']} s"}.get(stage) or ""
+        rows.append([stage.replace("_", "-"), num(seconds), num(whole), num(d.get(f"{stage}_img_per_s_steady")),
+                     num(d.get("printed_rate", {}).get(stage)), num(proj.get(stage)), goal])
+    met = {True: "met", False: "not met", None: "—"}
+    return [*table(["stage (whole command)", "seconds", "img/s (whole)", "img/s (steady)", "rate its log printed",
+                    "VOC projection, s", "goal"], rows, "lrrrrrl"), "",
+            f"{d['images']:,} VOC-like photos (mean {d.get('labels_per_image_mean')} labels), {d['decoder_iters']:,} "
+            f"decoder iterations (the paper's recipe), {d['predict_images']:,} photos predicted; {d.get('model')} "
+            f"with {d.get('weights')} weights; crf {' '.join(d.get('crf_options') or [])}. This run: "
+            f"{num(d['total_minutes'])} min. Projected to VOC (10,582 images, 30,000 iterations): "
+            f"{num(d.get('voc_projection', {}).get('total_minutes'))} min against the goal of "
+            f"{num(d.get('goal_minutes'))} min ({met[d.get('projected_goal_met')]}). "
+            f"{sentence(d.get('voc_projection', {}).get('how'))} {sentence(d.get('note'))}".rstrip()]
+
+
+def decoder_paper_section(d: dict) -> list[str]:
+    rows = [[f"`--compile {mode}`", num(r.get("steady_iters_per_s")), num(r.get("loop_iters_per_s")),
+             num(r.get("minutes_for_30000_iters")), f">= {d.get('bar_iters_per_s')}"]
+            for mode, r in d.get("compile", {}).items()]
+    cfg = d.get("config", {})
+    return [*table(["train-decoder", "iterations/s (steady)", "iterations/s (whole loop)", "min for 30,000",
+                    "bar"], rows, "lrrrl"), "",
+            f"{d.get('model')} ({d.get('weights')} weights) on {d.get('device')}, {d.get('images')} photos, "
+            f"{d.get('workers')} loading workers, steady state from iteration {d.get('warmup_iters')}; decoder "
+            + ", ".join(f"{k} {v}" for k, v in cfg.items()) + f". {sentence(d.get('note'))}".rstrip()]
+
+
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
             "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
             "crf": ("crf: worker scaling", crf_section),
             "densecrf": ("crf backends: torch against pydensecrf", densecrf_section),
             "decoder": ("train-decoder: with and without the feature cache", decoder_section),
+            "decoder-paper": ("train-decoder: the paper's recipe", decoder_paper_section),
+            "gpu-pipeline": ("A VOC-scale run, stage by stage (bench_gpu_pipeline.py)", gpu_pipeline_section),
             "stage-costs": ("Disk and compute per stage (VOC train_aug, COCO train)", stage_costs_tables),
             "memory": ("Host memory against the number of images", memory_section),
             "report": ("report: the HTML report's size and time", report_section)}

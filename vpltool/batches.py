@@ -148,7 +148,7 @@ def load_batches(n: int, batches: list[list[int]], load: Callable[[int], dict[st
 def die_with_parent(parent: int, worker_id: int = 0) -> None:
     """In a loading worker: be killed with the run (Linux ``PR_SET_PDEATHSIG``), so that a run killed with -9 or
     preempted leaves no orphaned workers behind (they lived on for minutes); exit at once if it is gone already.
-    The folder's lock is never theirs (:func:`vpltool.io.stage._release_in_child`)."""
+    The folder's lock is never theirs (:func:`vpltool.io.locks._release_in_child`)."""
     import ctypes
     import signal
 

@@ -39,13 +39,13 @@ from .common import (
     Workers,
     file_path,
     friendly_errors,
-    model_spec,
     progress,
     runtime,
     say,
     warn_inert,
 )
-from .common import shard as shard_of
+from .values import model_spec
+from .values import shard as shard_of
 
 
 def _features_context(features: Path):

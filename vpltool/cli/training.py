@@ -22,15 +22,14 @@ from .common import (
     Split,
     Verbose,
     Workers,
-    floats_text,
     friendly_errors,
-    parse_floats,
     progress,
     runtime,
     say,
     warn_inert,
 )
-from .common import shard as shard_of
+from .values import floats_text, parse_floats
+from .values import shard as shard_of
 
 _D = DecoderConfig()
 _P = PredictConfig()

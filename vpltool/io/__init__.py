@@ -82,6 +82,7 @@ from .kinds import (
     write_features,
     write_prototypes,
 )
+from .locks import output_lock
 from .records import (
     DECODER_FILES,
     LOCK_FILE,
@@ -101,7 +102,6 @@ from .stage import (
     changed_keys,
     finished_shards,
     item_done,
-    output_lock,
     prepare_stage_dir,
     read_stage_record,
     recorded_dataset_identity,

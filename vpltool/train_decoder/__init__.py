@@ -48,15 +48,12 @@ from ..decoder import (
     SegDecoder,
     block_features,
     feature_blocks,
-    input_long_side,
-    predict_logits,
     refresh_bank,
     save_decoder,
 )
 from ..device import resolve_precision, seed_everything
 from ..errors import VplError
-from ..kernels import MiouAccumulator
-from .board import Board, memory_gib
+from .board import Board, draw_curve, memory_gib
 from .data import (
     BatchPlan,
     FeatureCache,
@@ -81,17 +78,10 @@ from .steps import (
     save_checkpoint,
     train_step,
 )
+from .validation import evaluate, predict_labels
 
 STAGE = "train-decoder"
 MASK_STAGES = ("crf", "predict")  # pseudo masks: CRF output, or a decoder's own predictions (self-training)
-
-
-def draw_curve(records: list[dict[str, Any]], path: Path) -> Path:
-    """Loss curves (top) and validation mIoU (bottom) of ``log.jsonl`` records as a PNG."""
-    losses = {k: [(r["iter"], r[k]) for r in records if r.get(k) is not None]
-              for k in ("loss", "ce", "rsc", "proto")}
-    val = {"val_miou": [(r["iter"], r["val_miou"]) for r in records if r.get("val_miou") is not None]}
-    return io.write_chart(path, [losses, val], ranges=[None, (0.0, 1.0)], title="train-decoder")
 
 
 @dataclass
@@ -315,25 +305,6 @@ class _Run:
                             val_miou=self.val_miou, **self.extra_meta)
         draw_curve(io.read_log(self.log_path), self.out_dir / "curve.png")
         return path
-
-
-def evaluate(bb: ClipBackbone, model: SegDecoder, blocks, items, crop_size: int, dtype: torch.dtype,
-             label_map: np.ndarray | None = None) -> float | None:
-    """Single-scale, unflipped mIoU of ``model`` on dataset items with GT (predict's input size rule); ``label_map``
-    renumbers the GT as the training masks were (held-out classes ignored)."""
-    acc = MiouAccumulator(model.n_classes)
-    for item in items:
-        labels = predict_labels(bb, model, blocks, io.load_image(item.image), crop_size, dtype)
-        gt = io.read_mask(item.gt)
-        acc.add(gt if label_map is None else label_map[gt], labels, item=item.id)
-    return acc.result()["miou"]
-
-
-def predict_labels(bb: ClipBackbone, model: SegDecoder, blocks, image: np.ndarray, crop_size: int,
-                   dtype: torch.dtype) -> np.ndarray:
-    """``[H, W]`` uint8 classes of an ``[H, W, 3]`` uint8 photo: single scale, unflipped, predict's input size."""
-    logits = predict_logits(bb, model, blocks, image, (1.0,), False, input_long_side(None, crop_size), dtype)
-    return logits.argmax(0).numpy().astype(np.uint8)
 
 
 def drop_classes(protos: io.Prototypes, held_out: tuple[str, ...]) -> io.Prototypes:

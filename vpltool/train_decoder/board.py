@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,15 @@ def preview(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     palette = np.asarray(io.voc_palette(), np.uint8).reshape(256, 3)
     coloured = (0.35 * image + 0.65 * palette[labels]).astype(np.uint8)
     return np.concatenate([image, coloured], axis=1)
+
+
+
+def draw_curve(records: list[dict[str, Any]], path: Path) -> Path:
+    """Loss curves (top) and validation mIoU (bottom) of ``log.jsonl`` records as a PNG."""
+    losses = {k: [(r["iter"], r[k]) for r in records if r.get(k) is not None]
+              for k in ("loss", "ce", "rsc", "proto")}
+    val = {"val_miou": [(r["iter"], r["val_miou"]) for r in records if r.get("val_miou") is not None]}
+    return io.write_chart(path, [losses, val], ranges=[None, (0.0, 1.0)], title="train-decoder")
 
 
 class Board:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from .. import io
+from ..batches import die_with_parent
 from ..config import IGNORE_INDEX, DecoderConfig
 from ..decoder import block_features
 from ..device import available_memory
@@ -140,8 +143,9 @@ def training_views(data: PseudoMaskSet, plan: BatchPlan, workers: int, device: t
     its workers live as long as the run without ``persistent_workers``; each keeps the default 2 batches ahead.
     """
     pin = device.type == "cuda" if pin is None else pin
+    # the workers die with the run (a run killed with -9 leaves none behind), as the other stages' loaders
     loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=workers if workers > 1 else 0,
-                                         pin_memory=pin)
+                                         pin_memory=pin, worker_init_fn=functools.partial(die_with_parent, os.getpid()))
     mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))  # once, not per batch
     for pixels, masks, extent in loader:
         pixels, masks, extent = (t.to(device, non_blocking=True) for t in (pixels, masks, extent))

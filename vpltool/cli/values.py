@@ -1,0 +1,44 @@
+"""Option values as the commands read them: comma-separated numbers, ``--shard i/n``, the model triple."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import VplError
+
+
+def parse_floats(value: str, option: str, example: str = "1,2") -> tuple[float, ...]:
+    """``"1.0,0.75"`` -> ``(1.0, 0.75)``; a VplError naming the option (and a valid ``example``) for anything else."""
+    try:
+        values = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise VplError(f"{option} {value!r}: give comma-separated numbers, e.g. {example}") from None
+    if not values:
+        raise VplError(f"{option} is empty: give comma-separated numbers, e.g. {example}")
+    return values
+
+
+def shard(value: str | None) -> tuple[int, int] | None:
+    """``--shard i/n`` as ``(i, n)`` (None when not given: then torchrun's RANK/WORLD_SIZE decide); ASCII digits
+    only, so that ``1_0/20`` (Python's int reads 10) or other scripts' digits never pick a shard by surprise."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", value, flags=re.ASCII)
+    if match is None:
+        raise VplError(f"--shard {value!r}: use i/n with digits 0-9, e.g. 0/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise VplError(f"--shard {value}: need 0 <= i < n")
+    return index, count
+
+
+def model_spec(model: str, pretrained: str, config_dir: Path | None):
+    from ..backbone import ModelSpec
+
+    return ModelSpec(model=model, pretrained=pretrained, config_dir=str(config_dir) if config_dir else None)
+
+
+def floats_text(values: tuple[float, ...]) -> str:
+    """A config tuple as the CLI spells it (``(1.0, 0.75)`` -> ``"1,0.75"``): defaults come from config."""
+    return ",".join(f"{v:g}" for v in values)
