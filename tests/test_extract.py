@@ -14,7 +14,7 @@ from vpltool import io
 from vpltool.config import ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
 from vpltool.demo.make_world import write_dataset
-from vpltool.errors import ContractError
+from vpltool.errors import ContractError, VplWarning
 from vpltool.extract import run_extract
 
 CPU = RuntimeConfig(device="cpu", precision="fp32", workers=1)  # fp32 also where auto is bf16 (AMX, CUDA)
@@ -102,7 +102,8 @@ def test_no_tokens_stores_only_dense(train, tiny_spec, tmp_path):
 
 
 def test_fixed_image_size(train, tiny_spec, tmp_path):
-    _run(train, tmp_path, tiny_spec, ExtractConfig(image_size=60))  # rounded up to 64
+    with pytest.warns(VplWarning, match="not a multiple of .* patch size 16: every input is 64x64"):
+        _run(train, tmp_path, tiny_spec, ExtractConfig(image_size=60))  # rounded up to 64, and said so
     feats = io.read_features(io.feature_path(tmp_path, train.items[0].id))
     assert feats.input_size == (64, 64) and feats.grid == (4, 4) and feats.image_size == (96, 96)
 

@@ -163,6 +163,7 @@ def test_bad_input_one_line_exit_2(tiny_run, world, tmp_path):
         ([str(gone)], "is gone"),
         ([str(tiny_run), "-o", str(tiny_run / "cams_text" / "report")], "which this report reads"),
         ([str(tiny_run), "-o", str(tiny_run / "metrics")], "which this report reads"),
+        ([str(tiny_run), "-o", str(tiny_run)], "is the run folder this report reads"),
         ([str(tiny_run), "-o", str(Path(open_recorded(tiny_run / "features").items[0].image).parent / "r")],
          "the dataset's folder"),
         ([str(tiny_run), "-o", str(user)], "made by no vpltool stage"),
@@ -182,6 +183,15 @@ def test_cli_writes_the_report(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "9 images (train 6, val 3)" in result.output and (out / "index.html").is_file()
     assert len(list((out / "t").rglob("*.webp"))) == 9
+
+
+def test_the_default_output_is_the_run_s_report_folder(tiny_run, tmp_path):
+    """Without -o the report goes to RUN/report: inside the run, beside the stage folders it reads (not in them)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = CliRunner().invoke(app, ["report", str(run), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert (run / "report" / "index.html").is_file()
 
 
 # --------------------------------------------------------------------------------------------- the page, in Chromium
