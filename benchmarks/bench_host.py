@@ -41,28 +41,16 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_cam import ASSETS, make_voc_like  # noqa: E402
+from bench_decoder import OpCounter  # noqa: E402
 
 import benchlib  # noqa: E402
 
 STAND_IN = "vpl-standin-vit"
 QUICK = {"images": 16, "warmup": 4}
 GOAL_MS = 5.0  # issue 28: CPU-ms per image for extract and cam
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every op the calling thread dispatches."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
 
 
 def cpu_seconds(who: int) -> float:
