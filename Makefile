@@ -60,7 +60,8 @@ refine_metrics = $(if $(filter $(REFINE),$(1)),$(RUN)/metrics,$(RUN)/metrics/$(1
 TAU_I ?= 0.03
 ITERS ?= 3000
 LR ?= 10
-WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+# the cores (nproc alone would count OMP_NUM_THREADS, which this Makefile sets to 1 for its commands, below)
+WORKERS ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 # torch threads per command: `make demo` runs WORKERS commands at once on WORKERS cores, and torch's default (a
 # thread per core in each) oversubscribes them: its OpenMP threads spin while waiting, and on 2 cores that made the
 # demo's commands several times slower. One each, unless the environment says otherwise (OMP_NUM_THREADS=4 make ...)
