@@ -384,6 +384,26 @@ def decoder_paper_section(d: dict) -> list[str]:
             + ", ".join(f"{k} {v}" for k, v in cfg.items()) + f". {sentence(d.get('note'))}".rstrip()]
 
 
+def host_section(d: dict) -> list[str] | None:
+    """bench_host.py: the host's CPU-ms per image, its three parts, and every thread's time on this CPU."""
+    if not all("host_ms" in v for v in d["stages"].values()):
+        return None  # an older result (every thread's time only): the generic list
+    rows = []
+    for name, r in d["stages"].items():
+        parts = r["host_parts"]
+        goal = d.get("goal_met", {}).get(name)
+        rows.append([name, num(r["host_ms"]), num(parts["main_thread_ms_small_photos"]),
+                     num(parts["loading_processes_ms"]), num(parts["other_threads_ms"]),
+                     num(r["host_img_per_s_per_core"]), num(r.get("ops_per_image_12_blocks")), num(r["cpu_ms"]),
+                     {True: "met", False: "**not met**", None: "—"}[goal]])
+    return [*table(["stage", "host CPU-ms / image", "main thread (small photos)", "loading processes",
+                    "writer threads", "img/s per core", "ops / image (12 blocks)", "every thread, VOC photos",
+                    f"goal <= {num(d.get('goal_cpu_ms_extract_cam'))}"], rows, "lrrrrrrrl"), "",
+            f"{d.get('images')} VOC-like photos ({d.get('labels_per_image_mean')} labels each), batch "
+            f"{d.get('batch_size')}, {d.get('loading_processes')} loading processes, {d.get('torch_threads')} torch "
+            f"thread; paths: {d.get('paths')}. {sentence(d.get('note'))}".rstrip()]
+
+
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
             "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
@@ -394,7 +414,10 @@ SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_sectio
             "gpu-pipeline": ("A VOC-scale run, stage by stage (bench_gpu_pipeline.py)", gpu_pipeline_section),
             "stage-costs": ("Disk and compute per stage (VOC train_aug, COCO train)", stage_costs_tables),
             "memory": ("Host memory against the number of images", memory_section),
-            "report": ("report: the HTML report's size and time", report_section)}
+            "report": ("report: the HTML report's size and time", report_section),
+            "host": ("The host's work per image (bench_host.py)", host_section),
+            "learn-prototypes-launches": ("learn-prototypes: ops per iteration over VOC's pixels "
+                                          "(bench_learn_prototypes.py --launches)", None)}
 
 
 def section(path: Path, data: dict) -> list[str]:

@@ -10,6 +10,7 @@ import torch
 from vpltool.batches import (
     BackgroundWriter,
     BatchRunner,
+    Ragged,
     load_batches,
     plan_batches,
     resolve_batch_size,
@@ -41,6 +42,27 @@ def test_loading_workers_collate_planned_batches(workers):
     assert [b["index"] for b in batches] == [[0, 2], [1], [3]]
     assert batches[0]["pixels"].shape == (2, 2, 3) and batches[0]["pixels"][1, 0, 0] == 2
     assert batches[0]["name"] == ["x0", "x2"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tensors_of_several_shapes_cross_as_one_block(workers):
+    """Photos of one network size but several decoded sizes (sent so when the device resizes them): one flat
+    buffer per batch (one shared-memory block from a worker), read back as the same tensors, sliceable."""
+    shapes = [(3, 4, 3), (2, 5, 3), (3, 4, 3)]
+
+    def load(i):
+        return {"pixels": torch.arange(torch.Size(shapes[i]).numel(), dtype=torch.uint8).view(shapes[i]) + i}
+
+    (batch,) = list(load_batches(3, [[0, 1, 2]], load, workers, torch.device("cpu")))
+    got = batch["pixels"]
+    assert isinstance(got, Ragged) and len(got) == 3 and got.flat.dim() == 1
+    for i, tensor in enumerate(got):
+        assert torch.equal(tensor, load(i)["pixels"])
+    part = got[1:]  # a slice is a Ragged over its part of the same buffer
+    assert isinstance(part, Ragged) and [tuple(t.shape) for t in part] == shapes[1:]
+    assert part.flat.data_ptr() == got.flat.data_ptr() + got[0].numel()
+    assert torch.equal(got[-1], load(2)["pixels"]) and len(got[3:]) == 0
+    assert [tuple(t.shape) for t in got[::2]] == [shapes[0], shapes[2]]
 
 
 def test_a_workers_error_arrives_as_the_same_one_line():

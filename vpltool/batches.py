@@ -104,14 +104,75 @@ class _Loaded(torch.utils.data.Dataset):
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """A planned batch as one dict: tensors of one shape stacked ``[B, ...]`` (inside a loading worker straight
-    into shared memory, torch's ``default_collate``: no second copy on the way to the main process), everything
-    else (and tensors of different shapes) a list of B."""
+    into shared memory, torch's ``default_collate``: no second copy on the way to the main process), tensors of
+    one dtype but several shapes as one :class:`Ragged` block, everything else a list of B."""
     out: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
-        same = all(isinstance(v, torch.Tensor) and v.shape == values[0].shape for v in values)
-        out[key] = torch.utils.data.default_collate(values) if same else values
+        tensors = all(isinstance(v, torch.Tensor) for v in values)
+        if tensors and all(v.shape == values[0].shape for v in values):
+            out[key] = torch.utils.data.default_collate(values)
+        elif tensors and all(v.dtype == values[0].dtype for v in values):
+            out[key] = Ragged.pack(values)
+        else:
+            out[key] = values
     return out
+
+
+class Ragged(Sequence):
+    """B tensors of one dtype and several shapes in one flat buffer, a sequence of views into it.
+
+    Why: a loading worker hands each tensor to the main process through its own shared-memory block and file
+    descriptor, which the main thread receives over a socket of its own, one per tensor; a batch of
+    photos of several sizes (sent as decoded when the device resizes them) is one block this way. Pinned on CUDA
+    like a tensor (``DataLoader`` calls :meth:`pin_memory`).
+    """
+
+    def __init__(self, flat: torch.Tensor, shapes: Sequence[tuple[int, ...]]):
+        self.flat, self.shapes = flat, [tuple(s) for s in shapes]
+        self._starts = [0]
+        for shape in self.shapes:
+            self._starts.append(self._starts[-1] + _numel(shape))
+
+    @classmethod
+    def pack(cls, tensors: Sequence[torch.Tensor]) -> Ragged:
+        """One flat copy of ``tensors``; inside a loading worker straight into shared memory, as
+        ``default_collate`` does, so that it crosses to the main process without a second copy."""
+        numel = sum(t.numel() for t in tensors)
+        out = None
+        if torch.utils.data.get_worker_info() is not None:
+            storage = tensors[0]._typed_storage()._new_shared(numel, device=tensors[0].device)
+            out = tensors[0].new(storage).resize_(numel)
+        return cls(torch.cat([t.reshape(-1) for t in tensors], out=out), [t.shape for t in tensors])
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index):
+        """Tensor ``index`` (a view), or for a slice of consecutive tensors a :class:`Ragged` over their part of the
+        buffer (a view too)."""
+        if isinstance(index, slice):
+            picked = range(len(self))[index]
+            if picked.step != 1:
+                return [self[i] for i in picked]
+            start, stop = (self._starts[picked.start], self._starts[picked.stop]) if picked else (0, 0)
+            return Ragged(self.flat[start:stop], self.shapes[index])
+        index = range(len(self))[index]
+        return self.flat[self._starts[index]:self._starts[index + 1]].view(self.shapes[index])
+
+    def pin_memory(self) -> Ragged:
+        return Ragged(self.flat.pin_memory(), self.shapes)
+
+    def to_device(self, device: torch.device) -> Ragged:
+        """The same tensors on ``device``: one copy of the buffer (:func:`to_device`), not one per tensor."""
+        return Ragged(to_device(self.flat, device), self.shapes)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for side in shape:
+        n *= side
+    return n
 
 
 def loader_workers(workers: int) -> int:
@@ -356,5 +417,5 @@ def shard_from_env(shard: tuple[int, int] | None = None) -> tuple[int, int]:
 
 
 __all__ = ["AUTO_BATCH_CUDA", "WRITE_DEPTH", "WRITE_THREADS", "cuda_paths", "resolve_batch_size", "plan_batches",
-           "header_sizes", "collate", "load_batches", "loader_workers", "to_device", "die_with_parent", "BatchRunner",
-           "BackgroundWriter", "to_host", "shard_from_env"]
+           "header_sizes", "collate", "Ragged", "load_batches", "loader_workers", "to_device", "die_with_parent",
+           "BatchRunner", "BackgroundWriter", "to_host", "shard_from_env"]

@@ -33,7 +33,6 @@ from .batches import (
     plan_batches,
     resolve_batch_size,
     shard_from_env,
-    to_device,
 )
 from .config import CPU_BATCH, NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
 from .data import Dataset, Item, check_sizes
@@ -166,12 +165,12 @@ def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[t
                      cfg.max_tokens)
     pre = bb.preprocessor
 
-    def load(i: int) -> dict:  # in a loading worker: the resized uint8 image, nothing else
+    def load(i: int) -> dict:  # in a loading worker: the uint8 image (resized here or on the device), nothing else
         image = io.load_image(todo[i].image)
         if tuple(image.shape[:2]) != tuple(sizes[i]):
             raise ContractError(f"{todo[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
                                 f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
-        return {"pixels": pre.resize(image, inputs[i])}
+        return {"pixels": pre.loaded(image, inputs[i])}
 
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=CPU_BATCH)
     runner = BatchRunner(size, describe=lambda i: f"{todo[i].image} ({sizes[i][0]}x{sizes[i][1]})")
@@ -180,7 +179,7 @@ def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[t
     workers = runtime.loader_workers(bb.device)
     with BackgroundWriter(on_item) as writer:
         for batch in load_batches(len(todo), plan_batches(inputs, size), load, workers, bb.device):
-            pixels = bb.normalize(to_device(batch["pixels"], bb.device))
+            pixels = bb.pixels(batch["pixels"], inputs[batch["index"][0]])
             parts = runner(len(pixels), lambda s: (s, encode_batch(bb, pixels[s], cfg, dtype)))
             for part, result in parts:
                 tensors = {k: v.to(stored[k]) for k, v in result.items()}  # as stored, cast on the device

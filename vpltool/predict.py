@@ -243,9 +243,9 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
     views = [tuple(view_size(bb, h, w, long_side, s) for s in cfg.scales) for h, w in sizes]
     forward = decoder_forward(bb, model, blocks, dtype)
 
-    def load(i: int) -> dict:  # in a loading worker: each view resized, uint8; the image only for the CRF/overlays
-        image = io.load_image(items[i].image)
-        resized = {f"view{j}": pre.resize(image, size) for j, size in enumerate(views[i])}
+    def load(i: int) -> dict:  # in a loading worker: each view, uint8 (resized here or on the device); the image
+        image = io.load_image(items[i].image)  # only for the CRF/overlays
+        resized = {f"view{j}": pre.loaded(image, size) for j, size in enumerate(views[i])}
         return {**resized, **({"image": image} if keep_image else {})}
 
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
@@ -254,8 +254,8 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
     with BackgroundWriter(on_item) as writer:
         for batch in load_batches(len(items), plan_batches(views, size), load, runtime.loader_workers(bb.device),
                                   bb.device):
-            pixels = [bb.normalize(to_device(batch[f"view{j}"], bb.device)) for j in range(len(cfg.scales))]
             index = batch["index"]
+            pixels = [bb.pixels(batch[f"view{j}"], views[index[0]][j]) for j in range(len(cfg.scales))]
 
             def run(part: slice) -> tuple[slice, list[torch.Tensor]]:
                 grid = multiscale_logits(forward, [p[part] for p in pixels], cfg.flip)  # [b, C+1, h0, w0]

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..errors import VplError
 from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec, tokenizer_factory
+from .preprocess import Preprocess
 
 
 @dataclass
@@ -53,40 +53,6 @@ class Encoded:
     grid: tuple[int, int]
     attentions: list[torch.Tensor] = field(default_factory=list)
     blocks: list[torch.Tensor] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """CLIP's image preprocessing in two halves: :meth:`resize` (``[H0, W0, 3]`` uint8 RGB -> ``[H, W, 3]`` uint8,
-    bicubic, PIL), which holds no model so data-loading workers run it, and :meth:`normalize` (uint8 -> float32
-    normalised with the model's mean and std), which the stages run on the device, once per batch. Calling it does
-    both (one image, on the host): ``[3, H, W]`` float32."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __call__(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        return self.normalize(self.resize(image, size)[None])[0]
-
-    @staticmethod
-    def resize(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """``[H0, W0, 3]`` uint8 -> ``[H, W, 3]`` uint8 at ``size`` (PIL bicubic; the image itself when it has that
-        size): what a loading worker sends, a quarter of the bytes of the normalised float32."""
-        h, w = size
-        if image.shape[:2] != (h, w):
-            image = np.array(Image.fromarray(image).resize((w, h), Image.BICUBIC))
-        return torch.from_numpy(np.require(image, requirements=["C", "W"]))  # copied only when read-only
-
-    def normalize(self, pixels: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
-                  ) -> torch.Tensor:
-        """``[B, H, W, 3]`` uint8 (:meth:`resize`) -> ``[B, 3, H, W]`` float32, ``(x / 255 - mean) / std`` on the
-        pixels' device (``stats``: the mean and std as ``[1, 3, 1, 1]`` tensors there; made here when None)."""
-        if stats is None:
-            stats = (torch.tensor(self.mean).view(1, 3, 1, 1), torch.tensor(self.std).view(1, 3, 1, 1))
-        # channels first while still uint8: the float arithmetic then runs on contiguous memory (10x faster on a
-        # CPU than on the permuted view), and gives the same values
-        x = pixels.permute(0, 3, 1, 2).contiguous().float().div_(255)
-        return x.sub_(stats[0].to(x.device)).div_(stats[1].to(x.device))
 
 
 class ClipBackbone:
@@ -141,7 +107,9 @@ class ClipBackbone:
     @property
     def preprocessor(self) -> Preprocess:
         """:meth:`preprocess` as a small object without the model, for the data-loading workers."""
-        return Preprocess(self.mean, self.std)
+        from ..batches import cuda_paths
+
+        return Preprocess(self.mean, self.std, on_device=cuda_paths(self.device))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -165,6 +133,28 @@ class ClipBackbone:
         """A batch of :meth:`Preprocess.resize` outputs ``[B, H, W, 3]`` uint8 (on the model's device) ->
         ``[B, 3, H, W]`` float32 CLIP-normalised, the same values as :meth:`preprocess`."""
         return self.preprocessor.normalize(pixels, self._stats)
+
+    def pixels(self, loaded: torch.Tensor | Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """A batch as the loading workers sent it (:meth:`Preprocess.loaded`, collated: ``[B, H0, W0, 3]`` uint8, or
+        B images of several sizes, a :class:`~vpltool.batches.Ragged` or a list) -> ``[B, 3, H, W]`` float32
+        CLIP-normalised on the model's device, resized to ``size`` ``(H, W)`` there where the workers did not (the
+        same values as :meth:`preprocess`)."""
+        from ..batches import Ragged, to_device
+        from .preprocess import resize_uint8
+
+        if isinstance(loaded, torch.Tensor):
+            return self.normalize(resize_uint8(to_device(loaded, self.device), size))
+        if isinstance(loaded, Ragged):  # a worker's batch of several decoded sizes: one copy to the device
+            loaded = loaded.to_device(self.device)
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(loaded):  # photos of one network size may differ by a few pixels: one call each
+            shapes.setdefault(tuple(image.shape), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(loaded)
+        for members in shapes.values():
+            group = torch.stack([to_device(loaded[i], self.device) for i in members])
+            for i, image in zip(members, resize_uint8(group, size)):
+                out[i] = image
+        return self.normalize(torch.stack(out))
 
     def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor:
         """``[1 + h*w, width]``: CLS row kept, patch rows bilinearly resized from the native grid.

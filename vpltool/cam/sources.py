@@ -125,15 +125,16 @@ class FromFeatures:
 
     def load(self, entry: dict, pre, need_image: bool, batched: bool) -> dict:
         """What the pass needs of one image, and nothing more (every byte crosses from a loading worker): the cached
-        tokens as stored (fp16; the device makes them float32), or (light cache) the image resized, uint8, to
-        recompute them; and the image itself where the refinement or the overlays need it."""
+        tokens as stored (fp16; the device makes them float32), or (light cache) the image, uint8, resized here or
+        on the device (:meth:`Preprocess.loaded`), to recompute them; and the image itself where the refinement or
+        the overlays need it."""
         light = batched and not self.extract_cfg.store_tokens
         image = _image_of(entry, need_image or light)
         out = {"image": image} if need_image else {}
         if not batched:
             return out
         if light:
-            out["pixels"] = pre.resize(image, entry["input_size"])
+            out["pixels"] = pre.loaded(image, entry["input_size"])
         else:
             f = io.read_tensors(entry["path"], kind=io.FEATURES_KIND, classes=self.classes,
                                 keys=("last_block_input", "attention"))
@@ -187,7 +188,7 @@ class FromDataset:
         """The image resized, uint8 (batched), and the image itself where the stage needs it."""
         image = _image_of(entry, True)
         return {**({"image": image} if need_image else {}),
-                **({"pixels": pre.resize(image, entry["input_size"])} if batched else {})}
+                **({"pixels": pre.loaded(image, entry["input_size"])} if batched else {})}
 
 
 def _image_of(entry: dict, need: bool) -> np.ndarray | None:

@@ -233,7 +233,7 @@ def _describe(entry: dict) -> str:
 def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src, rows: PrototypeRows,
            cfg: CamConfig, temperature: float, dtype: torch.dtype, block: str) -> tuple[slice, CamBatch]:
     """:func:`cams_for_batch` on ``batch[part]``: the frozen pass first where the cache holds no tokens (the
-    loaders' uint8 pixels normalised on the device)."""
+    loaders' uint8 pixels resized, where the device does it, and normalised on the device)."""
     grid = tuple(entries[part.start]["grid"])
     labels = [tuple(e["labels"]) for e in entries[part]]
     if "tokens" in batch:
@@ -241,7 +241,7 @@ def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src,
         prev = to_device(batch["attention"][part], bb.device).float()
         n_prev = int(entries[part.start]["n_prev"])
     else:
-        pixels = bb.normalize(to_device(batch["pixels"][part], bb.device))
+        pixels = bb.pixels(batch["pixels"][part], tuple(entries[part.start]["input_size"]))
         tokens, prev, n_prev = frozen_tokens(bb, pixels, src, cfg, dtype)
     return part, cams_for_batch(bb, tokens, prev, n_prev, grid, labels, rows, cfg, temperature, block)
 
