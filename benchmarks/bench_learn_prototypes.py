@@ -124,6 +124,63 @@ def bench_speed(args: argparse.Namespace) -> dict:
     }
 
 
+# --------------------------------------------------------------------------------------------- launches
+def voc_launches(args: argparse.Namespace) -> dict:
+    """Ops one descent iteration dispatches over VOC train_aug's pixels (each launches a kernel on a GPU, a few
+    microseconds of the host's time whatever its size), for each ``--chunk-px`` candidate: the chunks the stage's
+    :class:`ChunkBuilder` packs 10,582 images of 768 patches into (label sets drawn with VOC's label counts, 1 to 6;
+    1-d features: only the packing is computed), times the ops of one chunk's loss and gradient and its ``index_add_``
+    (counted on this CPU with a dispatch counter, for a chunk of one label set and a mixed one), plus the step's."""
+    import random
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_cam import VOC_LABEL_COUNTS as COUNTS
+    from bench_decoder import OpCounter
+
+    from vpltool.learn_prototypes.descent import mean_loss_and_grad
+
+    rng = random.Random(0)
+    sets = sorted(tuple(sorted(rng.sample(range(1, args.classes + 1),
+                                          rng.choices([k for k, _ in COUNTS], [w for _, w in COUNTS])[0])))
+                  for _ in range(args.voc_images))
+    sets.sort(key=lambda lab: (len(lab), lab))  # the stage's order
+    class_rows, bg_rows = torch.arange(args.classes), torch.arange(args.classes, args.classes + args.bg)
+
+    def chunks(chunk_px: int) -> list:
+        out: list = []
+        builder = ChunkBuilder(class_rows, bg_rows, chunk_px, torch.float32, out.append)
+        for labels in sets:
+            k = len(labels) + args.bg
+            builder.add(torch.zeros(args.voc_px, 1), torch.full((args.voc_px, k), 1.0 / k), labels)
+        builder.flush()
+        return out
+
+    w = project_rows(torch.randn(args.classes + args.bg, 8))
+
+    def ops(packed: list) -> int:
+        """One iteration's ops: the loss and gradient over every chunk, each cut to 16 pixels of 8-d features (the
+        same op graph: the count, not the time), and the projected step."""
+        small = [type(c)(torch.randn(16, 8), c.targets[:16], c.rows, None if c.absent is None else c.absent[:16])
+                 for c in packed]
+        with OpCounter() as counter:
+            _, grad = mean_loss_and_grad(small, w, 0.03, 16.0 * len(small))
+            project_rows(w - 10 * grad)
+        return counter.n
+
+    out = {}
+    for chunk_px in args.launch_chunk_px:
+        packed = chunks(chunk_px)
+        out[str(chunk_px)] = {"chunks": len(packed), "mixed_chunks": sum(c.absent is not None for c in packed),
+                              "ops_per_iter": ops(packed), "rows_in_play_max": max(len(c.rows) for c in packed)}
+    return {"benchmark": "learn-prototypes-launches", "quick": args.quick, "machine": machine("cpu"),
+            "images": args.voc_images, "px_per_image": args.voc_px, "pixels": args.voc_images * args.voc_px,
+            "classes": args.classes, "background_rows": args.bg, "by_chunk_px": out, "stage_chunk_px": CHUNK_PX,
+            "note": "ops per descent iteration (each a kernel launch on a GPU) for VOC train_aug's pixel count; "
+                    "counted on the CPU", "peak_memory": []}
+
+
 # --------------------------------------------------------------------------------------------- lr study
 def clip_like(n_images: int, hw: int, dim: int, classes: int, bg: int, seed: int = 0, overlap: float = 0.3,
               semantic: float = 0.35, text: tuple[float, float] = (0.8, 0.6)):
@@ -200,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bg", type=int, default=25, help="background rows")
     p.add_argument("--px-per-image", type=int, default=1024)
     p.add_argument("--study-lr", action="store_true", help="run the loss-normalisation study instead")
+    p.add_argument("--launches", action="store_true",
+                   help="instead, count the ops one iteration dispatches over VOC's pixels per --launch-chunk-px")
+    p.add_argument("--launch-chunk-px", type=int, nargs="+", default=[1 << 17, 1 << 20])
+    p.add_argument("--voc-images", type=int, default=10_582)
+    p.add_argument("--voc-px", type=int, default=768, help="patches per VOC image (512 x 384 at patch 16)")
     p.add_argument("--images", type=int, default=60, help="--study-lr: images of 256 pixels")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {QUICK['n']:,} pixels, {QUICK['iters']} iterations (seconds; --study-lr: "
@@ -208,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         vars(args).update(QUICK)
         args.threads = args.threads or 1  # tiny ops on a busy host: OpenMP barriers cost more than they save
+    if args.launches:
+        if args.quick:
+            args.voc_images = 200
+        print(json.dumps(voc_launches(args)))
+        return
     print(json.dumps(study_lr(args) if args.study_lr else bench_speed(args)))
 
 

@@ -56,7 +56,10 @@ from .targets import hard_labels, make_targets, pool_cams, sample_pixels, sample
 
 _log = logging.getLogger(__name__)
 CURVE_POINTS = 101  # loss-curve samples kept in the file metadata (the PNG draws every iteration)
-CHUNK_PX = {"cpu": 4096, "cuda": 1 << 17}  # CPU: an 8 MB fp32 block stays in L3; CUDA: few launches per iteration
+# CPU: an 8 MB fp32 block stays in L3. CUDA: few launches per iteration (over VOC train_aug's 8.1M pixels, 23 chunks
+# and 417 ops per iteration against 126 and 2,160 at 1 << 17: bench_learn_prototypes.py --launches); a chunk's
+# [n, rows] fp32 temporaries are at most 1M x 45 x 4 B = 180 MB each
+CHUNK_PX = {"cpu": 4096, "cuda": 1 << 20}
 
 
 @dataclass
