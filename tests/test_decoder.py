@@ -463,8 +463,9 @@ def test_tensorboard_asked_for_without_the_package_is_one_line(gt_pseudo, text_p
 
 
 def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_protos, trained, tmp_path, monkeypatch):
-    """--compile wraps the decoder (after DDP) and unwraps it for every file: traced with the eager backend here
-    (inductor compiles for minutes on a CPU), the run is the uncompiled one, checkpoint and decoder included."""
+    """--compile wraps the losses (the decoder's forward included) and the frozen forward: traced with the eager
+    backend here (inductor compiles for minutes on a CPU), the run is the uncompiled one, checkpoint and decoder
+    included."""
     real = torch.compile
     modes = []
 
@@ -474,12 +475,35 @@ def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_pr
 
     monkeypatch.setattr(torch, "compile", traced)
     run_train_decoder(gt_pseudo, text_protos, tmp_path, replace(TINY, compile="reduce-overhead"), CPU)
-    assert modes == ["reduce-overhead"]
+    assert modes == ["reduce-overhead", "reduce-overhead"]
     a = io.read_tensors(trained / "decoder.safetensors", kind="decoder").tensors
     b = io.read_tensors(tmp_path / "decoder.safetensors", kind="decoder").tensors
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(VplError, match="--compile 'max'"):
         DecoderConfig(compile="max")
+
+
+def test_an_iteration_compiles_to_one_graph_per_part(tiny_spec, text_protos):
+    """The frozen forward and the losses (decoder forward, CE, RSC) each trace into one graph without a break: what
+    ``--compile reduce-overhead`` needs to replay an iteration as CUDA graphs (a break leaves eager launches)."""
+    from vpltool.backbone import load_backbone
+    from vpltool.decoder import block_features, feature_blocks
+    from vpltool.train_decoder import compute_losses
+
+    bb = load_backbone(tiny_spec, "cpu")
+    cfg = replace(TINY, lambda_rsc=0.1)
+    protos = io.read_prototypes(text_protos)
+    blocks = feature_blocks(bb.n_blocks, cfg.include_last_block)
+    model = SegDecoder(cfg, in_width=bb.width, n_inputs=len(blocks), prototypes=protos.vectors,
+                       row_class=protos.row_class, temperature=protos.temperature).train()
+    pixels = torch.randn(2, 3, 64, 64)
+    target = torch.randint(0, model.n_classes, (2, 64, 64))
+    frozen = torch._dynamo.explain(block_features)(bb, pixels, blocks)
+    feats = block_features(bb, pixels, blocks)
+    losses = torch._dynamo.explain(compute_losses)(model, feats, target, cfg)
+    for part in (frozen, losses):
+        assert (part.graph_count, part.graph_break_count) == (1, 0), part.break_reasons
+    assert losses.op_count > 50  # the whole loss, not an empty graph
 
 
 def test_block_mlps_at_once_equal_the_modules_one_by_one():

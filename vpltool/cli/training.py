@@ -92,7 +92,8 @@ def train_decoder_cmd(
                                                            "rescale/crop; flip kept) "
                                                            f"{_recipe_default('cache_features')}.")] = None,
     checkpoint_every: Annotated[Optional[int], _opt("Checkpoint period.", "checkpoint_every")] = None,
-    compile: Annotated[Optional[str], _opt("torch.compile the decoder: none | default (fused kernels) | "
+    compile: Annotated[Optional[str], _opt("torch.compile each iteration (frozen forward, decoder, losses): "
+                                           "none | default (fused kernels) | "
                                            "reduce-overhead (also CUDA graphs); minutes of compiling, for long GPU "
                                            "runs.", "compile")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,

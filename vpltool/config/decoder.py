@@ -10,8 +10,9 @@ from .checks import at_least, choice, fraction, non_negative, override, positive
 from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 
 OPTIMIZERS = ("sgd", "adamw")
-# torch.compile of the decoder (forward and backward): none | default (fused kernels) | reduce-overhead (also CUDA
-# graphs). The training loop is host-bound on a GPU (~1,600 small kernels an iteration), which compiling shrinks
+# torch.compile of an iteration (the frozen forward; the decoder's forward, losses and backward): none | default
+# (fused kernels) | reduce-overhead (also CUDA graphs). The training loop is host-bound on a GPU (~1,600 small kernels
+# an iteration), which compiling shrinks
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 # the largest loss weight: the papers use 0.1-1; a weight of 1e30 overflowed AdamW's float32 second moments (NaN in
 # the first checkpoint), far above any weight that balances two losses

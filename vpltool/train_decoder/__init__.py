@@ -70,6 +70,7 @@ from .steps import (
     LossWindow,
     Read,
     _check_resumable,
+    compile_iteration,
     compute_losses,
     distributed,
     load_checkpoint,
@@ -163,6 +164,7 @@ class _Run:
         self.seconds, self.cache_seconds = 0.0, 0.0  # training loop; building the feature cache
         self.saved_at = 0  # iteration of the last checkpoint written (0 = none yet)
         self.board: Board | None = None  # TensorBoard events (rank 0, --tensorboard)
+        self.losses_fn, self.frozen_fn = None, block_features  # --compile: compile_iteration
 
     @property
     def inner(self) -> SegDecoder:
@@ -200,7 +202,7 @@ class _Run:
         data = PseudoMaskSet(self.pairs, cfg, self.label_map)
         workers = self.runtime.loader_workers(self.device)  # 1 = load in this process, as crf's 1 = CRF here
         views = training_views(data, plan, workers, self.device, self.bb.mean, self.bb.std)
-        return ((block_features(self.bb, p, self.blocks, self.dtype), m) for p, m in views)
+        return ((self.frozen_fn(self.bb, p, self.blocks, self.dtype), m) for p, m in views)
 
     def bank_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """CMPA's bank source: every training image at ``crop x crop``, unflipped (the cache's views, or computed
@@ -236,6 +238,10 @@ class _Run:
 
     def loop(self, start: int, val_items, on_iter) -> None:
         cfg, batches, window = self.cfg, self.batches(start), LossWindow()
+        # CUDA graphs (--compile reduce-overhead): an iteration's graphs replay into the same memory; say where an
+        # iteration begins, before its frozen forward (the batches generator runs it at the loop's head)
+        step_begin = torch.compiler.cudagraph_mark_step_begin if cfg.compile == "reduce-overhead" else lambda: None
+        step_begin()
         t0 = time.perf_counter()
         mark = (start, t0)  # the iteration and time the last read's own work ended: the speed's baseline
         for it, (feats, target) in zip(range(start, cfg.iters), batches):
@@ -244,7 +250,9 @@ class _Run:
             torch.manual_seed(_iteration_seed(cfg.seed, it, self.rank))  # dropout: same stream after --resume
             lr = lr_at(cfg, it)
             n = it + 1
-            window.add(n, train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler))
+            window.add(n, train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler,
+                                     self.losses_fn))  # add() copies the losses out of the graph's memory
+            step_begin()
             record = {"iter": n}
             logged, checkpoint, val = self.reads_at(n)
             if logged or checkpoint or val:
@@ -409,8 +417,7 @@ def run_train_decoder(
             if world > 1:
                 run.model = torch.nn.parallel.DistributedDataParallel(
                     run.model, device_ids=[device.index] if device.type == "cuda" else None)
-            if cfg.compile != "none":  # after DDP: its buckets split the compiled graph
-                run.model = torch.compile(run.model, mode=None if cfg.compile == "default" else cfg.compile)
+            run.model, run.losses_fn, run.frozen_fn = compile_iteration(cfg.compile, world, run.model)  # after DDP
             if tensorboard is not None and rank == 0:
                 shown = [(it.id, it.image) for it in val_items] or [(i, image) for i, image, _ in pairs]
                 run.board = Board(Path(tensorboard), STAGE, shown, start)

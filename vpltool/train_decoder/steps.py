@@ -21,6 +21,7 @@ from ..config import DecoderConfig, inert_fields
 from ..decoder import (
     SegDecoder,
     balanced_ce_loss,
+    block_features,
     ce_loss,
     class_regions,
     cmpa_loss,
@@ -90,13 +91,16 @@ def proto_loss(inner: SegDecoder, v: Tensor, protos: Tensor, target: Tensor) -> 
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, feats: Tensor, target: Tensor, cfg: DecoderConfig,
-               lr: float, dtype: torch.dtype = torch.float32, scaler=None) -> dict[str, Tensor]:
+               lr: float, dtype: torch.dtype = torch.float32, scaler=None, losses_fn=None) -> dict[str, Tensor]:
     """One optimisation step at learning rate ``lr``; returns the batch's losses before the step, detached float32
-    scalars left on the device (reading them would make the host wait for the step: :class:`LossWindow`)."""
+    scalars left on the device (reading them would make the host wait for the step: :class:`LossWindow`).
+
+    ``losses_fn``: the compiled form of :func:`compute_losses` (:func:`compile_iteration`); None = this module's
+    own."""
     for group in optimizer.param_groups:
         group["lr"] = lr  # a Python float: SGD / AdamW read it on the host, no device value to wait for
     model.train()
-    losses = compute_losses(model, feats, target, cfg, dtype)
+    losses = (losses_fn or compute_losses)(model, feats, target, cfg, dtype)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:  # fp16 only: bf16 has fp32's range and needs no loss scaling
         scaler.scale(losses["loss"]).backward()
@@ -106,6 +110,23 @@ def train_step(model, optimizer: torch.optim.Optimizer, feats: Tensor, target: T
         losses["loss"].backward()
         optimizer.step()
     return {k: v.detach().float() for k, v in losses.items()}
+
+
+def compile_iteration(mode: str, world: int, model):
+    """``--compile mode``: ``(model, losses_fn, frozen_fn)`` for the training loop (:func:`train_step`'s
+    ``losses_fn``, the frozen forward :func:`~vpltool.decoder.block_features`).
+
+    Compiled: :func:`compute_losses` (the decoder's forward and every loss, so their backward too) and the frozen
+    forward, each one graph without breaks (tests/test_decoder.py), so that ``reduce-overhead`` replays an iteration's
+    kernels as CUDA graphs: the loop is bound by the host's launches on a GPU. Under DDP only the decoder module is
+    compiled (after DDP: its buckets split the graph), the losses stay eager. ``none``: nothing.
+    """
+    if mode == "none":
+        return model, None, block_features
+    options = {"mode": None if mode == "default" else mode}
+    if world > 1:
+        return torch.compile(model, **options), None, block_features
+    return model, torch.compile(compute_losses, **options), torch.compile(block_features, **options)
 
 
 @dataclass
