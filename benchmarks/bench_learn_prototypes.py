@@ -142,10 +142,9 @@ def voc_launches(args: argparse.Namespace) -> dict:
     from vpltool.learn_prototypes.descent import mean_loss_and_grad
 
     rng = random.Random(0)
-    sets = sorted(tuple(sorted(rng.sample(range(1, args.classes + 1),
-                                          rng.choices([k for k, _ in COUNTS], [w for _, w in COUNTS])[0])))
-                  for _ in range(args.voc_images))
-    sets.sort(key=lambda lab: (len(lab), lab))  # the stage's order
+    sets = sorted((tuple(sorted(rng.sample(range(1, args.classes + 1),
+                                           rng.choices([k for k, _ in COUNTS], [w for _, w in COUNTS])[0])))
+                   for _ in range(args.voc_images)), key=lambda lab: (len(lab), lab))  # the stage's order
     class_rows, bg_rows = torch.arange(args.classes), torch.arange(args.classes, args.classes + args.bg)
 
     def chunks(chunk_px: int) -> list:

@@ -21,6 +21,7 @@ GPU, runs them; it is no user option.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import queue
 import threading
@@ -132,7 +133,7 @@ class Ragged(Sequence):
         self.flat, self.shapes = flat, [tuple(s) for s in shapes]
         self._starts = [0]
         for shape in self.shapes:
-            self._starts.append(self._starts[-1] + _numel(shape))
+            self._starts.append(self._starts[-1] + math.prod(shape))
 
     @classmethod
     def pack(cls, tensors: Sequence[torch.Tensor]) -> Ragged:
@@ -168,13 +169,6 @@ class Ragged(Sequence):
         return Ragged(to_device(self.flat, device), self.shapes)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for side in shape:
-        n *= side
-    return n
-
-
 def loader_workers(workers: int) -> int:
     """DataLoader worker processes for a resolved ``--workers`` count: 1 loads in this process (no worker), n > 1
     in n processes (see :meth:`vpltool.config.RuntimeConfig.loader_workers` for auto and 0)."""
@@ -188,7 +182,7 @@ def load_batches(n: int, batches: list[list[int]], load: Callable[[int], dict[st
 
     ``load(i)`` must not touch CUDA (it runs in forked workers), should return only what the stage uses (every byte
     crosses from a worker to this process), and raises :class:`VplError` for a bad image: the worker's error
-    reaches the caller as the same one line. A batch may mix images of different sizes (a list of tensors then).
+    reaches the caller as the same one line. A batch may mix images of different sizes (:class:`Ragged` then).
     """
     if not batches:
         return
@@ -219,6 +213,8 @@ def die_with_parent(parent: int, worker_id: int = 0) -> None:
         return
     if os.getppid() != parent:  # the run died between our fork and the prctl
         os._exit(1)
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device`` without a synchronisation: a CPU tensor bound for CUDA is pinned first (a batch
     from :func:`load_batches` already is) and copied non-blocking; a pageable copy would wait for the device."""

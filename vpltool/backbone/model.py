@@ -129,6 +129,7 @@ class ClipBackbone:
         clone.blocks = list(clone.visual.transformer.resblocks)
         clone._pos_cache = {}
         return clone
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """A batch of :meth:`Preprocess.resize` outputs ``[B, H, W, 3]`` uint8 (on the model's device) ->
         ``[B, 3, H, W]`` float32 CLIP-normalised, the same values as :meth:`preprocess`."""

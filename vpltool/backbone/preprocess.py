@@ -162,9 +162,8 @@ class Preprocess:
         """What a loading worker sends for one image bound for ``size``: ``[H, W, 3]`` uint8 resized here
         (:meth:`resize`), or, when the device resizes (``on_device``) and gives Pillow's bytes there (no side shrinks:
         :func:`exact_on_device`), the image as decoded ``[H0, W0, 3]``."""
-        if self.on_device and exact_on_device(image.shape[:2], size):
-            return torch.from_numpy(np.require(image, requirements=["C", "W"]))
-        return self.resize(image, size)
+        on_device = self.on_device and exact_on_device(image.shape[:2], size)
+        return self.resize(image, image.shape[:2] if on_device else size)
 
     def normalize(self, pixels: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
                   ) -> torch.Tensor:

@@ -136,13 +136,8 @@ class FromFeatures:
         if light:
             out["pixels"] = pre.loaded(image, entry["input_size"])
         else:
-            f = io.read_tensors(entry["path"], kind=io.FEATURES_KIND, classes=self.classes,
-                                keys=("last_block_input", "attention"))
-            for name, tensor in f.tensors.items():
-                io.check_finite(f.path, name, tensor)
-            if "last_block_input" not in f.tensors:
-                raise ContractError(f"{entry['path']}: extracted with a light cache; re-run `vpltool extract --cache "
-                                    "full`")
+            f = io.read_feature_tensors(entry["path"], self.classes, ("last_block_input", "attention"),
+                                        need_tokens=True)
             out.update(tokens=f["last_block_input"], attention=f["attention"])
         return out
 

@@ -98,7 +98,14 @@ def write_features(path: str | os.PathLike, tensors: Mapping[str, Any], *, dtype
 def read_features(path: str | os.PathLike, classes: Sequence[str] | None = None, need_tokens: bool = False,
                   dense_only: bool = False) -> Features:
     """Read and validate one ``features`` file (NaN/inf in any tensor refused)."""
-    f = read_tensors(path, kind=FEATURES_KIND, classes=classes, keys=["dense"] if dense_only else None)
+    return Features(read_feature_tensors(path, classes, ["dense"] if dense_only else None, need_tokens))
+
+
+def read_feature_tensors(path: str | os.PathLike, classes: Sequence[str] | None = None,
+                         keys: Sequence[str] | None = None, need_tokens: bool = False) -> TensorFile:
+    """A ``features`` file's tensors ``keys`` (all when None) as stored, validated: NaN/inf refused, and with
+    ``need_tokens`` a light cache (no ``last_block_input``) refused."""
+    f = read_tensors(path, kind=FEATURES_KIND, classes=classes, keys=keys)
     for name, tensor in f.tensors.items():
         check_finite(f.path, name, tensor)
     if need_tokens and "last_block_input" not in f.tensors:
@@ -106,7 +113,7 @@ def read_features(path: str | os.PathLike, classes: Sequence[str] | None = None,
         # served shards and plain runs alike), so skipping finished items would not help: --overwrite
         raise ContractError(f"{path}: extracted with a light cache; re-run `vpltool extract --cache full --overwrite` "
                             "on its folder")
-    return Features(f)
+    return f
 
 
 def features_header(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[int, int]]:

@@ -38,7 +38,6 @@ def preview(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.concatenate([image, coloured], axis=1)
 
 
-
 def draw_curve(records: list[dict[str, Any]], path: Path) -> Path:
     """Loss curves (top) and validation mIoU (bottom) of ``log.jsonl`` records as a PNG."""
     losses = {k: [(r["iter"], r[k]) for r in records if r.get(k) is not None]
