@@ -26,6 +26,8 @@ medians are reported:
 ``per_image_s`` = (whole run of N images - whole run of 1) / (N - 1); ``bare_forward_s`` = the median per image of
 the frozen model's plain forward (every block, no attention weights kept, no gradient) at the same sizes and
 threads, timed in this process; ``startup_s`` = one-image run - per image. Ratios come pair by pair.
+``one_image_startup``: the one-image command phase by phase (imports, the device's start, the model's load, the
+stage's first and a second call), from ``startup_phases.py`` in one fresh process after the pairs.
 """
 
 from __future__ import annotations
@@ -275,7 +277,31 @@ def run(tmp: Path, args, scale: float) -> dict:
                 peaks[name] = max(peaks.get(name, 0.0), rss)
     bare = bare_forward_s(args.model, st, voc, args.threads, args.device)
     floor = batched_floor(args.model, st, args.device) if args.device != "cpu" else None
-    return summarise(runs, peaks, bare, args, clip_es_ok, floor)
+    phases = startup_phases(voc1, tmp / "text.safetensors", tmp / "c4", args, run_on)
+    return {**summarise(runs, peaks, bare, args, clip_es_ok, floor), "one_image_startup": phases}
+
+
+def startup_phases(voc1: Path, protos: Path, out: Path, args, run_on: list[str]) -> dict:
+    """``startup_phases.py`` on the one-image root, in a fresh process with ``--threads`` torch threads: where the
+    one-image command's seconds go (``python_start`` = the process's wall time less the phases it measured)."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "HF_HUB_OFFLINE": "1", "VPLTOOL_MODEL_CONFIGS": str(ASSETS), "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(Path(__file__).parent / "startup_phases.py"), str(voc1), str(protos), str(out),
+           *run_on]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.splitlines()[-1])
+    result["phases_s"] = {"python_start": round(wall - result["total_s"], 3), **result["phases_s"]}
+    result["one_image_s"] = round(wall - result["phases_s"]["second_call"], 3)
+    result["note"] = ("one_image_s: what the one-image command costs, start to end (the process less its second, "
+                      "warm call); first_call - second_call (once_in_first_call_s): what the stage's first call pays "
+                      "once; measured once, after the timed pairs")
+    return result
 
 
 def _other_prototypes(text: Path, out: Path) -> None:

@@ -132,7 +132,20 @@ def cam_section(d: dict) -> list[str]:
             f"{num(d.get('startup_s'))} s (bar {d['bars']['startup_s']} s). {d.get('model')} with "
             f"{d.get('weights')} weights, {d.get('threads')} thread(s), {d.get('precision')}, {d.get('pairs')} "
             f"alternating pairs; CLIP-ES side: {d.get('clip_es_source')}. Speed-ups are medians of per-pair "
-            "ratios.", "", *_clip_es_split(d)]
+            "ratios.", "", *_startup_phases(d), *_clip_es_split(d)]
+
+
+def _startup_phases(d: dict) -> list[str]:
+    """Where the one-image command's seconds go (bench_cam.py's ``one_image_startup``, from startup_phases.py)."""
+    phases = (d.get("one_image_startup") or {}).get("phases_s")
+    if not phases:
+        return []
+    steps = ", ".join(f"{name.replace('_', ' ')} {num(seconds)} s" for name, seconds in phases.items()
+                      if name != "second_call")
+    return [f"One image, phase by phase (`startup_phases.py`, one fresh process after the timed pairs): {steps}; "
+            f"{num(d['one_image_startup']['one_image_s'])} s in all, of which the stage's first call paid "
+            f"{num(d['one_image_startup']['once_in_first_call_s'])} s once (a second call in the same process took "
+            f"{num(phases.get('second_call'))} s).", ""]
 
 
 def _clip_es_split(d: dict) -> list[str]:

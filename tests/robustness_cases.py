@@ -94,23 +94,24 @@ def error_lines(output: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- a CLI to kill
 PACE_S = 0.2
-# The CLI with every atomic write paused between its finished temporary file and the rename: without the pause
-# a run on the tiny model is over before a poll can see it start, and with it a kill lands mid-run every time
-# (mostly inside such a pause, where a non-atomic writer would leave a half file).
+# The CLI with every atomic write paused between its finished temporary file and the rename (files._renamed_onto,
+# which atomic_path and atomic_write share): without the pause a run on the tiny model is over before a poll can
+# see it start, and with it a kill lands mid-run every time (mostly inside such a pause, where a non-atomic writer
+# would leave a half file).
 PACED_CLI = f"""
 import contextlib, sys, time
 from vpltool.io import files
 from vpltool.cli import app
 
-real_atomic_path = files.atomic_path
+real_renamed_onto = files._renamed_onto
 
 @contextlib.contextmanager
-def paced_atomic_path(path):
-    with real_atomic_path(path) as tmp:
-        yield tmp
+def paced_renamed_onto(tmp, path):
+    with real_renamed_onto(tmp, path):
+        yield
         time.sleep({PACE_S})
 
-files.atomic_path = paced_atomic_path
+files._renamed_onto = paced_renamed_onto
 app(sys.argv[1:], prog_name="vpltool")
 """
 
@@ -742,24 +743,25 @@ def _file_output(ws: Workspace) -> Iterator[list[object]]:
 def failing_writes(code: int, after: int = 1) -> Iterator[None]:
     """Atomic writes fail with ``OSError(code)`` once ``after`` of them succeeded, half-way through the file.
 
-    The real :func:`vpltool.io.atomic_path` runs around the fault, so its clean-up and its message are what is
-    tested; only the disk is fake.
+    The real :func:`vpltool.io.atomic_path` and :func:`vpltool.io.atomic_write` run around the fault, so their
+    clean-up and their message are what is tested; only the disk is fake. The fault comes where both rename a
+    finished temporary into place (``files._renamed_onto``), the one place every write goes through.
     """
     from vpltool.io import files
 
-    real = files.atomic_path
+    real = files._renamed_onto
     done = [0]
 
     @contextlib.contextmanager
-    def atomic_path(path):
-        with real(path) as tmp:
-            yield tmp
+    def renamed_onto(tmp, path):
+        with real(tmp, path):
+            yield
             if done[0] >= after:
-                os.truncate(tmp, tmp.stat().st_size // 2)  # the disk filled up mid-file
+                os.truncate(tmp, os.stat(tmp).st_size // 2)  # the disk filled up mid-file
                 raise OSError(code, os.strerror(code), str(tmp))
             done[0] += 1
 
-    with mock.patch.object(files, "atomic_path", atomic_path):  # the one place every write goes through
+    with mock.patch.object(files, "_renamed_onto", renamed_onto):
         yield
 
 

@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 SCRIPTS = {
     "bench_cam.py": ("cam", {"clip_es_source", "seconds_median", "first_pass_speedup_vs_clip_es",
                              "second_pass_over_clip_es", "one_image_over_clip_es", "per_image_over_bare_forward",
-                             "startup_s", "bars"}),
+                             "startup_s", "bars", "one_image_startup"}),
     "bench_learn_prototypes.py": ("learn-prototypes", {"seconds_for_3000_iters", "s_per_iter", "gflop_per_iter",
                                                        "bound_gflop_per_s", "fraction_of_bound_median"}),
     "bench_crf.py": ("crf", {"single", "parallel", "scaling", "identical_pngs"}),
@@ -75,6 +75,17 @@ def test_quick_run_prints_one_json_object_with_machine_and_peak_memory(quick_res
     assert data["peak_memory"], "at least one measured stage"
     for peak in data["peak_memory"]:
         assert peak["stage"] and peak["rss_mib"] > 0 and peak["cuda_mib"] is None
+
+
+def test_bench_cam_splits_the_one_image_command_into_its_phases(quick_results):
+    """The one-image bar is start-up: the phases say which part of it to work on, and they add up to the whole."""
+    startup = json.loads((quick_results / "bench_cam.json").read_text())["one_image_startup"]
+    phases = startup["phases_s"]
+    assert list(phases) == ["python_start", "import_torch", "import_open_clip", "import_vpltool", "device_init",
+                            "load_backbone", "first_call", "second_call"]
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["import_torch"] > 0
+    assert startup["one_image_s"] == pytest.approx(sum(phases.values()) - phases["second_call"], abs=0.01)
+    assert startup["once_in_first_call_s"] == pytest.approx(phases["first_call"] - phases["second_call"], abs=0.002)
 
 
 def test_make_table_renders_headline_tables_and_the_reproduce_block(quick_results, tmp_path):

@@ -356,7 +356,9 @@ def test_every_writer_fails_in_one_line_and_leaves_nothing(tmp_path, code, line,
     from pathlib import Path
     from unittest import mock
 
-    real_write_bytes, real_save = Path.write_bytes, Image.Image.save
+    from vpltool.io import files
+
+    real_write_bytes, real_save, real_open = Path.write_bytes, Image.Image.save, open
 
     def fail(path_or_fh):
         try:
@@ -372,12 +374,30 @@ def test_every_writer_fails_in_one_line_and_leaves_nothing(tmp_path, code, line,
         real_save(self, fp, *args, **kwargs)
         fail(fp)
 
+    class HalfWritten:  # io.atomic_write's file: the disk fills halfway through its first chunk
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(bytes(data)[: len(data) // 2])
+            fail(self.fh)
+
+    def open_half(file, *args, **kwargs):
+        return HalfWritten(real_open(file, *args, **kwargs))
+
     target = tmp_path / {"tensors": "x.safetensors", "mask": "m.png", "png": "p.png", "json": "r.json"}[writer]
     run = {"tensors": lambda: _write(target), "mask": lambda: io.write_mask(target, np.zeros((4, 4), np.uint8)),
            "png": lambda: io.write_png(target, np.zeros((4, 4, 3), np.uint8)),
            "json": lambda: io.write_json(target, {"a": 1})}[writer]
     with mock.patch.object(Path, "write_bytes", write_bytes), mock.patch.object(Image.Image, "save", save), \
-            mock.patch.object(Path, "write_text", lambda self, text: write_bytes(self, text.encode())):
+            mock.patch.object(Path, "write_text", lambda self, text: write_bytes(self, text.encode())), \
+            mock.patch.object(files, "open", open_half, create=True):
         with pytest.raises(VplError, match=line) as info:
             run()
     assert str(target) in str(info.value)

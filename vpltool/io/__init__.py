@@ -21,6 +21,7 @@ from .files import (
     append_line,
     append_log,
     atomic_path,
+    atomic_write,
     by_content,
     check_folder_target,
     check_id,
@@ -130,7 +131,8 @@ from .training import (
 )
 
 __all__ = [
-    "append_line", "append_log", "atomic_path", "check_folder_target", "check_writable_target", "file_identity",
+    "append_line", "append_log", "atomic_path", "atomic_write", "check_folder_target", "check_writable_target",
+    "file_identity",
     "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
     "write_text",
     "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file",

@@ -10,47 +10,25 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import stat
-import tempfile
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import ContractError, VplError, write_error
 
-_UMASK_LOCK = threading.Lock()
-
-
-def _umask() -> int:
-    """The process's umask. Linux shows it in /proc/self/status, which leaves it alone: the writer threads of
-    :mod:`vpltool.batches` ask at once, and setting it to 0 to read it, even for an instant, would give another
-    thread's file 0666. Elsewhere it is read that way, under a lock."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    with _UMASK_LOCK:
-        mask = os.umask(0)
-        os.umask(mask)
-        return mask
-
-
 # the longest file name (one path component) Linux file systems take, in bytes (ext4, xfs, btrfs, tmpfs)
 NAME_MAX = 255
-_TMP_EXTRA = len("..XXXXXXXX.tmp")  # what an atomic write adds to a name: a dot, a dot, mkstemp's 8 letters, .tmp
+_TMP_EXTRA = len("..XXXXXXXX.tmp")  # what an atomic write adds to a name: a dot, a dot, 8 random letters, .tmp
 
 
 def name_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be a file name on this system (a component longer than :data:`NAME_MAX` bytes), or
     None. Checked before any ``stat``, which would fail with "File name too long" (a traceback, not a line)."""
-    for part in Path(path).parts:
-        size = len(os.fsencode(part))
-        if size > NAME_MAX:
-            return f"a name of {size} bytes, longer than a file name may be ({NAME_MAX} bytes)"
+    for part in os.fsencode(path).split(b"/"):
+        if len(part) > NAME_MAX:
+            return f"a name of {len(part)} bytes, longer than a file name may be ({NAME_MAX} bytes)"
     return None
 
 
@@ -165,22 +143,27 @@ def check_writable_target(path: str | os.PathLike, suffix: str = ".safetensors")
     system's /dev/null with a regular file. A folder is refused too (``-o`` of a file stage names a file; the
     message suggests a name in it ending in ``suffix``).
     """
-    path = Path(path)
+    _check_target(os.fspath(path), suffix)
+    return Path(path)
+
+
+def _check_target(path: str, suffix: str) -> None:
+    """:func:`check_writable_target` on a plain string (the writer threads write thousands of files: each
+    ``Path`` costs them more than the file's ``stat``)."""
     why = name_problem(path)
     if why is not None:
         raise VplError(f"{short_path(path)}: {why}; choose a shorter --out")
     try:
         mode = os.stat(path).st_mode  # follows a symlink: the link is replaced, its target judged
     except FileNotFoundError:
-        return path
+        return
     except OSError as e:
         raise VplError(f"{path}: cannot be written ({e.strerror}); choose another output path") from None
     if stat.S_ISDIR(mode):
-        raise VplError(f"{path}: is a folder; give a file name (e.g. {path / 'out'}{suffix})")
+        raise VplError(f"{path}: is a folder; give a file name (e.g. {Path(path) / 'out'}{suffix})")
     if not stat.S_ISREG(mode):
         raise VplError(f"{path}: exists and is not a regular file (a device, FIFO or socket); it is never "
                        "replaced: choose another output path")
-    return path
 
 
 @contextlib.contextmanager
@@ -190,23 +173,71 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file gets the permissions ``open()`` would give it (0666 minus the umask), not mkstemp's private 0600, so
     collaborators in the same group can read results. An existing ``path`` that is not a regular file is refused.
     """
-    path = check_writable_target(path, Path(path).suffix or ".safetensors")
+    target = os.fspath(path)
+    _check_target(target, os.path.splitext(target)[1] or ".safetensors")
+    fd, tmp = _temporary(target)
+    os.close(fd)
+    with _renamed_onto(tmp, target):
+        yield Path(tmp)
+
+
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> Path:
+    """Write ``chunks`` one after the other as the file ``path``, atomically (as :func:`atomic_path`, through the
+    temporary's own descriptor: no second open, and no joined copy of the chunks)."""
+    target = os.fspath(path)
+    _check_target(target, os.path.splitext(target)[1] or ".safetensors")
+    fd, tmp = _temporary(target)
+    with _renamed_onto(tmp, target), open(fd, "wb", closefd=True) as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+    return Path(path)
+
+
+def _temporary(path: str) -> tuple[int, str]:
+    """A new file ``.NAME.XXXXXXXX.tmp`` beside ``path`` (its folder made if missing), open for writing.
+
+    Created by ``open()`` with mode 0666, exclusively: the kernel applies the umask (and a folder's default ACL), so
+    the file needs no chmod and the umask is never read (reading it means setting it, which other threads see)."""
+    folder, name = os.path.split(path)
+    for attempt in range(100):
+        tmp = os.path.join(folder, f".{_short_name(name)}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+        except FileNotFoundError as e:  # the folder is missing: made once, then the name is tried again
+            if attempt or not folder:
+                raise _unwritable(path, e) from None
+            _make_folder(path, folder)
+        except OSError as e:
+            raise _unwritable(path, e) from None
+    raise VplError(f"{path}: no free temporary name beside it after 100 tries; remove its .*.tmp files")
+
+
+def _make_folder(path: str, folder: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(path.name)}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        raise write_error(path, e) or VplError(f"{path}: cannot be written ({e.strerror}); "
-                                               "choose another --out") from None
-    tmp = Path(tmp)
+        raise _unwritable(path, e) from None
+
+
+def _unwritable(path: str, e: OSError) -> VplError:
+    return write_error(path, e) or VplError(f"{path}: cannot be written ({e.strerror}); choose another --out")
+
+
+@contextlib.contextmanager
+def _renamed_onto(tmp: str, path: str) -> Iterator[None]:
+    """Rename ``tmp`` onto ``path`` when the block succeeds; remove it otherwise (a failed write leaves neither a
+    half file nor its temporary). A write error is the one-line error naming ``path``."""
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        yield
         os.replace(tmp, path)
-    except OSError as e:
-        raise_write_error(path, e)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write leaves neither a half file nor its temporary
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise_write_error(path, e)
+        raise
 
 
 def _short_name(name: str) -> str:
@@ -257,16 +288,12 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    return Path(path)
+    return atomic_write(path, [(json.dumps(obj, indent=2, default=str) + "\n").encode()])
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """A UTF-8 text file (a page, a script), atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
+    return atomic_write(path, [text.encode("utf-8")])
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -161,7 +161,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, inside the try, not later in a worker
-            rgb = _to_rgb(ImageOps.exif_transpose(img), path)
+            ImageOps.exif_transpose(img, in_place=True)  # in place: an upright photo is not copied
+            rgb = _to_rgb(img, path)
     except FileNotFoundError:
         raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -186,7 +187,7 @@ def _to_rgb(img: Image.Image, path: Path | None = None) -> np.ndarray:
                                      "colours are the picture"), stacklevel=2)
         # composite on black: colour * alpha, so hidden pixels (alpha 0) are black, not their stored colour
         return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)  # RGB: no copy to convert
 
 
 def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:

@@ -58,14 +58,19 @@ def write_tensors(
         if not checked and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ContractError(f"{path}: tensor '{name}' holds NaN or inf; not written (the computation that made "
                                 "it diverged or overflowed)")
-    save_tensor_file(path, data, meta)
-    return Path(path)
+    return save_tensor_file(path, data, meta)
 
 
 def tensor_file_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
-    """A safetensors file's bytes, canonical: the header's keys sorted (the library writes them in hash order,
-    so two identical runs gave different bytes), tensors in the library's own order (by dtype, then name). The
-    library's data section is joined to the new header through a view: its bytes are copied once, not twice."""
+    """A safetensors file's bytes, canonical (:func:`tensor_file_chunks`, joined)."""
+    return b"".join(tensor_file_chunks(tensors, metadata))
+
+
+def tensor_file_chunks(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+                       ) -> tuple[bytes, memoryview]:
+    """A safetensors file as two chunks, canonical: the length and header, with the header's keys sorted (the
+    library writes them in hash order, so two identical runs gave different bytes), then the library's data section
+    (tensors in its own order: by dtype, then name) as a view, not a copy."""
     from safetensors.torch import save
 
     raw = save(dict(tensors), metadata=dict(metadata) if metadata else None)
@@ -73,32 +78,31 @@ def tensor_file_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | 
     header = json.loads(raw[8:8 + size])
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as the library pads it
-    return b"".join((len(text).to_bytes(8, "little"), text, memoryview(raw)[8 + size:]))
+    return len(text).to_bytes(8, "little") + text, memoryview(raw)[8 + size:]
 
 
 def save_tensor_file(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
                      *, atomic: bool = True) -> Path:
-    """Write torch tensors as a safetensors file (canonical bytes, :func:`tensor_file_bytes`), atomically unless
+    """Write torch tensors as a safetensors file (canonical bytes, :func:`tensor_file_chunks`), atomically unless
     ``atomic`` is False (scratch files), with the one-line error of :func:`vpltool.errors.write_error` for a full
     disk, a file-size limit or a read-only file system: the library's own writer raised ``SafetensorError`` for
     those, which is no ``OSError``."""
     from safetensors import SafetensorError
 
-    path = Path(path)
     try:
-        payload = tensor_file_bytes(tensors, metadata)
+        chunks = tensor_file_chunks(tensors, metadata)
     except SafetensorError as e:
-        raise_safetensor_error(path, e)
+        raise_safetensor_error(Path(path), e)
     if not atomic:
+        path = Path(path)
         try:
-            path.write_bytes(payload)
+            with open(path, "wb") as fh:
+                fh.writelines(chunks)
         except OSError as e:
             path.unlink(missing_ok=True)
             files.raise_write_error(path, e)
         return path
-    with files.atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
-    return path
+    return files.atomic_write(path, chunks)
 
 
 def raise_safetensor_error(path: Path, e: Exception) -> NoReturn:
