@@ -173,24 +173,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file gets the permissions ``open()`` would give it (0666 minus the umask), not mkstemp's private 0600, so
     collaborators in the same group can read results. An existing ``path`` that is not a regular file is refused.
     """
-    target = os.fspath(path)
-    _check_target(target, os.path.splitext(target)[1] or ".safetensors")
-    fd, tmp = _temporary(target)
-    os.close(fd)
-    with _renamed_onto(tmp, target):
+    with _atomic(path) as (fd, tmp):
+        os.close(fd)
         yield Path(tmp)
 
 
 def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> Path:
     """Write ``chunks`` one after the other as the file ``path``, atomically (as :func:`atomic_path`, through the
     temporary's own descriptor: no second open, and no joined copy of the chunks)."""
-    target = os.fspath(path)
-    _check_target(target, os.path.splitext(target)[1] or ".safetensors")
-    fd, tmp = _temporary(target)
-    with _renamed_onto(tmp, target), open(fd, "wb", closefd=True) as fh:
+    with _atomic(path) as (fd, _), open(fd, "wb", closefd=True) as fh:
         for chunk in chunks:
             fh.write(chunk)
     return Path(path)
+
+
+@contextlib.contextmanager
+def _atomic(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """The shared body of :func:`atomic_path` and :func:`atomic_write`: ``path`` checked (a regular file or
+    absent), then ``(descriptor, name)`` of a new temporary beside it, renamed onto ``path`` when the block
+    succeeds."""
+    target = os.fspath(path)
+    _check_target(target, os.path.splitext(target)[1] or ".safetensors")
+    fd, tmp = _temporary(target)
+    with _renamed_onto(tmp, target):
+        yield fd, tmp
 
 
 def _temporary(path: str) -> tuple[int, str]:
