@@ -288,6 +288,7 @@ bench: setup
 	$(call run_bench,bench_crf.py,,crf.json)
 	$(call run_bench,bench_densecrf.py,$(if $(filter cuda%,$(BENCH_DEVICE)),--images 1000),densecrf.json)
 	$(call run_bench,bench_decoder.py,,decoder.json)
+	$(call run_bench,bench_decoder.py,--mode host,decoder_host.json)
 	$(call run_bench,stage_costs.py,,stage_costs.json)
 	$(call run_bench,bench_memory.py,,memory.json)
 	$(call run_bench,bench_host.py,,host.json)

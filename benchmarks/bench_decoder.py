@@ -15,7 +15,9 @@ one H100.
 ``--mode host``: the host's work per iteration (:func:`host_cost`), with a stand-in that costs nothing: the paper's
 op graph (a 12-block ViT with patch 16, the 3-layer decoder with 8 heads, VOC's 20 classes) at width 16 on 64-px
 crops: CPU-ms of the training loop's thread per iteration (loading in worker processes), and CPU-ms of one augmented
-320-px view in a loading worker.
+320-px view in a loading worker. Also the CE's upsampling at the paper's shapes (``[6, 21, 20, 20]`` scores to
+320 x 320), forward and backward, ``F.interpolate`` against the two matrix products train-decoder uses
+(:func:`upsample_cost`, alternating pairs, 1 thread).
 
     python benchmarks/bench_decoder.py [--model vpltool-toy|vpl-test-vit|ViT-B-16] [--iters 60] [--images 24]
                                        [--crop-size 96] [--dim 64 --layers 1 --heads 4] [--device cpu|cuda] [--quick]
@@ -239,6 +241,42 @@ def host_cost(iters: int = 60, images: int = 24, warmup: int = 10, quick: bool =
             "loading_cores_for_100_its": round(100 * cfg.batch_size * augment_ms / 1e3, 2)}
 
 
+def upsample_cost(pairs: int = 7, reps: int = 5, quick: bool = False) -> dict:
+    """CPU-ms of the CE's upsampling, forward and backward, at the paper's shapes (batch 6, VOC's 21 scores on a
+    20 x 20 grid to the 320-px crop): ``F.interpolate`` (bilinear, half-pixel centres) against
+    :func:`vpltool.decoder.upsample_logits` (two matrix products), in alternating pairs on one thread; the medians
+    and the median of the per-pair ratios."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    from vpltool.decoder import upsample_logits
+
+    torch.set_num_threads(1)
+    grid, crop = (5, 80) if quick else (20, 320)
+    logits = torch.randn(6, 21, grid, grid, requires_grad=True)
+    grad = torch.randn(6, 21, crop, crop)
+    ways = {"interpolate": lambda: F.interpolate(logits, size=(crop, crop), mode="bilinear", align_corners=False),
+            "products": lambda: upsample_logits(logits, (crop, crop))}
+
+    def timed(fn) -> float:
+        start = time.thread_time()
+        for _ in range(reps):
+            fn().backward(grad)
+        return (time.thread_time() - start) / reps * 1e3
+
+    for fn in ways.values():  # warm-up (and the products' cached weights)
+        timed(fn)
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(1 if quick else pairs):
+        for name, fn in ways.items():
+            times[name].append(timed(fn))
+    ratios = [p / i for p, i in zip(times["products"], times["interpolate"])]
+    return {"upsample_fwd_bwd_ms": {k: round(statistics.median(v), 2) for k, v in times.items()},
+            "upsample_products_vs_interpolate": round(statistics.median(ratios), 3),
+            "upsample_shapes": f"[6, 21, {grid}, {grid}] -> {crop} x {crop}", "upsample_pairs": len(ratios)}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("demo", "paper", "host"), default="demo")
@@ -277,9 +315,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_paper(args)))
         return
     if args.mode == "host":
+        peaks = PeakMemory("cpu")
+        with peaks.stage("the training loop with the stand-in, and the upsampling at the paper's shapes"):
+            result = {**host_cost(args.iters, args.images, quick=args.quick), **upsample_cost(quick=args.quick)}
         print(json.dumps({"benchmark": "decoder-host", "quick": args.quick, "machine": machine("cpu"),
-                          "model": "stand-in (ViT-B/16 depth and patch, width 16)",
-                          **host_cost(args.iters, args.images, quick=args.quick), "peak_memory": []}))
+                          "model": "stand-in (ViT-B/16 depth and patch, width 16)", **result,
+                          "peak_memory": peaks.as_list()}))
         return
     spec = ModelSpec(args.model, "none", config_dir=str(ASSETS))
     bb = load_backbone(spec, args.device)

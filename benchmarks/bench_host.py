@@ -122,6 +122,26 @@ def count_ops(module, run) -> int:
     return counter.n
 
 
+def reference_decode_ms(tmp: Path, scale: float, photos: int = 48, passes: int = 5) -> float:
+    """This machine's speed in one figure: CPU-ms of ``io.load_image`` on a VOC-like photo in this process (median
+    over ``passes`` passes over ``photos`` photos), the loading processes' main work. A shared VM's speed differs from
+    session to session, so a host_ms read next to it (``host_ms_in_decodes``) compares across sessions where host_ms
+    alone does not."""
+    import statistics
+
+    from vpltool import io
+
+    voc = make_voc_like(tmp / "reference", photos, scale, seed=1)
+    paths = sorted((voc / "JPEGImages").glob("*.jpg"))
+    times = []
+    for _ in range(passes):
+        start = time.thread_time()
+        for path in paths:
+            io.load_image(path)
+        times.append((time.thread_time() - start) / len(paths) * 1e3)
+    return round(statistics.median(times), 3)
+
+
 def write_split(voc: Path, name: str, ids: list[str]) -> None:
     (voc / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("\n".join(ids) + "\n")
 
@@ -185,6 +205,7 @@ def run(tmp: Path, args) -> dict:
             per_repeat.append(1e3 * (more - less) / (a - b))
         return round(statistics.median(per_repeat), 2)
 
+    decode_ms = reference_decode_ms(tmp, scale)
     for name, stage in full["stages"].items():
         parts = {"main_thread_ms_small_photos": marginal("small", name, "main_thread"),
                  "loading_processes_ms": marginal("full", name, "loading_processes"),
@@ -192,6 +213,7 @@ def run(tmp: Path, args) -> dict:
         stage["host_ms"] = round(sum(parts.values()), 2)
         stage["host_parts"] = parts
         stage["host_img_per_s_per_core"] = round(1e3 / stage["host_ms"], 1)
+        stage["host_ms_in_decodes"] = round(stage["host_ms"] / decode_ms, 2)
         stage.pop("_seconds")
     results = full["stages"]
     labels = full["labels"]
@@ -204,6 +226,7 @@ def run(tmp: Path, args) -> dict:
         "paths": "host (Pillow resizes in the loading processes)" if args.host_paths else
                  "GPU host's (VPLTOOL_TEST_CUDA_PATHS=1: the device resizes every photo that no side shrinks)",
         "small_scale": args.small_scale, "repeats": args.repeats, "stages": results, "goal_cpu_ms_extract_cam": GOAL_MS,
+        "reference_decode_ms": decode_ms,
         "goal_met": {k: results[k]["host_ms"] <= GOAL_MS for k in ("extract", "cam") if k in results},
         "train_decoder": "per iteration: benchmarks/bench_decoder.py --mode host",
         "note": "host_ms = the main thread on the photos at small_scale (Python and op dispatch: what a GPU host "
@@ -212,7 +235,9 @@ def run(tmp: Path, args) -> dict:
                 "thread on VOC-sized photos, the stand-in's own arithmetic included (on a GPU: the device's work; "
                 "with the GPU host's paths also the resize, which the CPU does slowly in torch); "
                 "ops_per_image_12_blocks: ops the main thread dispatches per image with a 12-block stand-in "
-                "(ViT-B/16's depth), over all the photos at --batch-size (a count, not a time)",
+                "(ViT-B/16's depth), over all the photos at --batch-size (a count, not a time); reference_decode_ms: "
+                "this machine's CPU-ms to decode one VOC-like JPEG in one process (its speed today), and "
+                "host_ms_in_decodes = host_ms / reference_decode_ms, comparable across sessions",
         "peak_memory": [{"stage": "all stages", "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                                                  / 1024, 1), "cuda_mib": None, "scope": "process"}],
     }

@@ -23,7 +23,7 @@ from benchlib import machine_line
 ROOT = Path(__file__).resolve().parent
 # sections in pipeline order, others after
 ORDER = ("gpu-pipeline", "demo", "cam", "learn-prototypes", "crf", "densecrf", "decoder", "decoder-paper",
-         "stage-costs")
+         "decoder-host", "stage-costs")
 BEGIN, END = "<!-- stage-costs:begin -->", "<!-- stage-costs:end -->"
 
 
@@ -397,6 +397,27 @@ def decoder_paper_section(d: dict) -> list[str]:
             + ", ".join(f"{k} {v}" for k, v in cfg.items()) + f". {sentence(d.get('note'))}".rstrip()]
 
 
+def decoder_host_section(d: dict) -> list[str]:
+    """bench_decoder.py --mode host: the training loop's ops and CPU-ms per iteration, and the CE's upsampling."""
+    up = d.get("upsample_fwd_bwd_ms", {})
+    rows = [["ops per iteration (the loop's thread)", num(d.get("ops_per_iter"))],
+            ["... of which the frozen tower's forward", num(d.get("ops_frozen_forward"))],
+            ["... of which the decoder's forward, losses and backward",
+             num(d.get("ops_decoder_forward_losses_backward"))],
+            ["CPU-ms per iteration, the loop's thread", num(d.get("main_ms_per_iter"))],
+            ["iterations/s that thread allows on this CPU (the stand-in; no GPU figure)",
+             num(d.get("main_thread_bound_iters_per_s"))],
+            ["CPU-ms per augmented 320-px view (a loading process)", num(d.get("augment_ms_per_view"))],
+            ["loading cores for 100 it/s", num(d.get("loading_cores_for_100_its"))],
+            [f"CE upsampling {d.get('upsample_shapes')}, forward + backward, CPU-ms: F.interpolate",
+             num(up.get("interpolate"))],
+            ["... two matrix products (train-decoder's)", num(up.get("products"))],
+            ["... products / interpolate (median of pairs)", num(d.get("upsample_products_vs_interpolate"))]]
+    return [*table(["train-decoder, the host's work", "value"], rows, "lr"), "",
+            f"{d.get('model')}; batch {d.get('batch_size')}, loop crops {d.get('crop_size_loop')} px, views "
+            f"{d.get('crop_size_views')} px; iterations {d.get('iters')} (the first {d.get('warmup')} left out)."]
+
+
 def host_section(d: dict) -> list[str] | None:
     """bench_host.py: the host's CPU-ms per image, its three parts, and every thread's time on this CPU."""
     if not all("host_ms" in v for v in d["stages"].values()):
@@ -407,14 +428,19 @@ def host_section(d: dict) -> list[str] | None:
         goal = d.get("goal_met", {}).get(name)
         rows.append([name, num(r["host_ms"]), num(parts["main_thread_ms_small_photos"]),
                      num(parts["loading_processes_ms"]), num(parts["other_threads_ms"]),
-                     num(r["host_img_per_s_per_core"]), num(r.get("ops_per_image_12_blocks")), num(r["cpu_ms"]),
+                     num(r["host_img_per_s_per_core"]), num(r.get("host_ms_in_decodes")),
+                     num(r.get("ops_per_image_12_blocks")), num(r["cpu_ms"]),
                      {True: "met", False: "**not met**", None: "—"}[goal]])
+    decode = d.get("reference_decode_ms")
     return [*table(["stage", "host CPU-ms / image", "main thread (small photos)", "loading processes",
-                    "writer threads", "img/s per core", "ops / image (12 blocks)", "every thread, VOC photos",
-                    f"goal <= {num(d.get('goal_cpu_ms_extract_cam'))}"], rows, "lrrrrrrrl"), "",
+                    "writer threads", "img/s per core", "in JPEG decodes", "ops / image (12 blocks)",
+                    "every thread, VOC photos", f"goal <= {num(d.get('goal_cpu_ms_extract_cam'))}"], rows,
+                   "lrrrrrrrrl"), "",
             f"{d.get('images')} VOC-like photos ({d.get('labels_per_image_mean')} labels each), batch "
             f"{d.get('batch_size')}, {d.get('loading_processes')} loading processes, {d.get('torch_threads')} torch "
-            f"thread; paths: {d.get('paths')}. {sentence(d.get('note'))}".rstrip()]
+            f"thread; paths: {d.get('paths')}."
+            + (f" This machine decoded a VOC-like JPEG in {num(decode)} CPU-ms (its speed that day)." if decode else "")
+            + f" {sentence(d.get('note'))}".rstrip()]
 
 
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
@@ -429,6 +455,8 @@ SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_sectio
             "memory": ("Host memory against the number of images", memory_section),
             "report": ("report: the HTML report's size and time", report_section),
             "host": ("The host's work per image (bench_host.py)", host_section),
+            "decoder-host": ("train-decoder: the host's work per iteration (bench_decoder.py --mode host)",
+                             decoder_host_section),
             "learn-prototypes-launches": ("learn-prototypes: ops per iteration over VOC's pixels "
                                           "(bench_learn_prototypes.py --launches)", None)}
 

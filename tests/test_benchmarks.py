@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
-# script -> (benchmark name, keys its result must have besides the common ones)
+# script (and its arguments besides --quick) -> (benchmark name, keys its result must have besides the common ones)
 SCRIPTS = {
     "bench_cam.py": ("cam", {"clip_es_source", "seconds_median", "first_pass_speedup_vs_clip_es",
                              "second_pass_over_clip_es", "one_image_over_clip_es", "per_image_over_bare_forward",
@@ -29,6 +29,8 @@ SCRIPTS = {
     "bench_crf.py": ("crf", {"single", "parallel", "scaling", "identical_pngs"}),
     "bench_densecrf.py": ("densecrf", {"agreement", "worst_image_equal", "demo_miou", "throughput", "iteration_cost"}),
     "bench_decoder.py": ("decoder", {"on_the_fly_iters_per_s", "cached_iters_per_s", "speedup"}),
+    "bench_decoder.py --mode host": ("decoder-host", {"ops_per_iter", "ops_frozen_forward", "main_ms_per_iter",
+                                                      "upsample_fwd_bwd_ms", "upsample_products_vs_interpolate"}),
     "stage_costs.py": ("stage-costs", {"measured", "voc", "coco", "assumptions"}),
     "bench_memory.py": ("memory", {"images", "stages"}),
     "bench_report.py": ("report", {"synthetic", "workers"}),
@@ -49,23 +51,29 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _stem(script: str) -> str:
+    """The result file's name of a SCRIPTS entry: the script's stem, then its arguments (``bench_decoder_host``)."""
+    name, *args = script.split()
+    return "_".join([Path(name).stem, *(a.lstrip("-") for a in args if a != "--mode")])
+
+
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory) -> Path:
     """Every script's ``--quick`` stdout in ``<tmp>/<script stem>.json``; all started at once, then waited for."""
     out = tmp_path_factory.mktemp("bench_results")
-    procs = {name: subprocess.Popen([sys.executable, str(BENCH / name), "--quick"], cwd=ROOT, env=_env(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = {name: subprocess.Popen([sys.executable, str(BENCH / name.split()[0]), *name.split()[1:], "--quick"],
+                                    cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name in SCRIPTS}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{name} --quick failed:\n{stderr[-3000:]}"
-        (out / f"{Path(name).stem}.json").write_text(stdout)
+        (out / f"{_stem(name)}.json").write_text(stdout)
     return out
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_quick_run_prints_one_json_object_with_machine_and_peak_memory(quick_results, script):
-    text = (quick_results / f"{Path(script).stem}.json").read_text()
+    text = (quick_results / f"{_stem(script)}.json").read_text()
     assert len(text.strip().splitlines()) == 1, "a benchmark prints exactly one JSON object on stdout"
     data = json.loads(text)
     name, keys = SCRIPTS[script]
@@ -100,7 +108,8 @@ def test_make_table_renders_headline_tables_and_the_reproduce_block(quick_result
         assert heading in page
     assert page.index("## cam:") < page.index("## learn-prototypes:") < page.index("## crf:")  # pipeline order
     for headline in ("| seconds (median) | speed-up vs CLIP-ES |", "3000 iterations |", "| workers | wall s |",
-                     "| iterations/s | speed-up |", "GPU time ESTIMATE", "growth MiB / 100 images |"):
+                     "| iterations/s | speed-up |", "GPU time ESTIMATE", "growth MiB / 100 images |",
+                     "| ... two matrix products (train-decoder's) |"):
         assert headline in page
     assert page.count("Peak memory (MiB):") == len(SCRIPTS) and page.count("machine: ") >= len(SCRIPTS)
     assert "smoke-test result" in page  # quick results say they are not measurements
@@ -130,5 +139,23 @@ def test_make_bench_runs_every_benchmark_script():
     dry = subprocess.run(["make", "-n", "bench", "BENCH_DEVICE=cuda"], cwd=ROOT, env=_env(), capture_output=True,
                          text=True, timeout=60, check=True).stdout
     for name in SCRIPTS:
-        assert f"benchmarks/{name} --device cuda" in dry
+        script, *args = name.split()
+        assert " ".join([f"benchmarks/{script} --device cuda", *args]) in dry
     assert "benchmarks/make_table.py" in dry
+
+
+def test_gpu_session_script_names_scripts_and_options_that_exist():
+    """benchmarks/gpu_session.sh runs only on a lent GPU machine, so a typo would cost a GPU session: every script
+    it runs exists and takes each option it is given; without a part it prints its usage and exits 2."""
+    import re
+
+    script = BENCH / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and "gpu_session.sh a" in usage.stderr
+    calls = re.findall(r"python3 benchmarks/(\w+\.py)((?:[^\n]|\\\n)*)", script.read_text())
+    assert {name for name, _ in calls} >= {"bench_decoder.py", "bench_host.py", "bench_gpu_pipeline.py"}
+    for name, args in calls:
+        source = (BENCH / name).read_text()
+        for option in re.findall(r"(?<![\w-])--[a-z][\w-]*", args):
+            assert f'"{option}"' in source or option == "--device", f"{name} takes no {option}"

@@ -26,6 +26,7 @@ from vpltool.decoder import (
     region_embeddings,
     rsc_loss,
     save_decoder,
+    upsample_logits,
     view_logits,
 )
 from vpltool.errors import ContractError, VplError
@@ -84,6 +85,26 @@ def test_scores_pick_the_prototype_and_reduce_background_rows():
     assert torch.allclose(logits[1, 0, 0, 0], rows[:4].logsumexp(0), atol=1e-4)
     model_max = _decoder(replace(TINY, background="max"))
     assert torch.allclose(model_max.score(v)[1, 0, 0, 0], rows[:4].max(), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, size", [((20, 20), (320, 320)), ((7, 13), (50, 97)), ((6, 4), (3, 9)),
+                                         ((5, 5), (5, 5)), ((1, 3), (4, 2))])
+def test_upsampling_as_two_products_is_torch_bilinear(shape, size):
+    """The CE's upsampling (two matrix products) = ``F.interpolate`` bilinear with half-pixel centres, values and
+    gradients, for enlargements, reductions, odd ratios, one-pixel sides and the identity: within float32 rounding
+    of torch's map computed in float64 (torch's own float32 kernel is 4e-5 off it at 50 x 97, ours 3e-6)."""
+    torch.manual_seed(0)
+    logits = (10 * torch.randn(2, 3, *shape, dtype=torch.float64)).float().requires_grad_()
+    grad = torch.randn(2, 3, *size, dtype=torch.float64)
+    exact = logits.detach().double().requires_grad_()
+    ref = F.interpolate(exact, size=size, mode="bilinear", align_corners=False)
+    out = upsample_logits(logits, size)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-5)
+    a, b = torch.autograd.grad(out, logits, grad.float())[0], torch.autograd.grad(ref, exact, grad)[0]
+    assert torch.allclose(a.double(), b, rtol=1e-5, atol=1e-4)
+    if shape == size:
+        assert torch.equal(out, logits.detach())
 
 
 def test_ce_losses_ignore_255_and_balance_background():
@@ -506,17 +527,111 @@ def test_an_iteration_compiles_to_one_graph_per_part(tiny_spec, text_protos):
     assert losses.op_count > 50  # the whole loss, not an empty graph
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_encoder_layer_is_torchs_with_fewer_ops(train):
+    """Step 3's layer = torch's pre-LN TransformerEncoderLayer of the same weights (made from the same draws, under
+    the same state-dict names): its values, and its gradients within float32 rounding, in training and eval mode."""
+    from vpltool.decoder.network import EncoderLayer
+
+    torch.manual_seed(0)
+    ref = torch.nn.TransformerEncoderLayer(32, 4, 128, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True).train(train)
+    torch.manual_seed(0)
+    layer = EncoderLayer(32, 4).train(train)
+    assert ref.state_dict().keys() == layer.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), layer.state_dict().values()))
+    x = torch.randn(3, 20, 32)
+    with torch.set_grad_enabled(train):
+        want, got = ref(x), layer(x)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    if train:
+        for a, b in zip(torch.autograd.grad(got.square().sum(), list(layer.parameters())),
+                        torch.autograd.grad(want.square().sum(), list(ref.parameters()))):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _per_block_modules(model: SegDecoder) -> tuple[list[torch.nn.LayerNorm], list[torch.nn.Sequential]]:
+    """WeCLIP's per-block LayerNorm and MLP modules, loaded from the decoder's file state (per-block names)."""
+    norms = [torch.nn.LayerNorm(model.in_width) for _ in range(model.n_inputs)]
+    mlps = [torch.nn.Sequential(torch.nn.Linear(model.in_width, model.cfg.dim), torch.nn.ReLU(),
+                                torch.nn.Linear(model.cfg.dim, model.cfg.dim)) for _ in range(model.n_inputs)]
+    state = model.state_dict()
+    named = [(f"norms.{i}", m) for i, m in enumerate(norms)] + [(f"mlps.{i}", m) for i, m in enumerate(mlps)]
+    for name, module in named:
+        module.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+    return norms, mlps
+
+
 def test_block_mlps_at_once_equal_the_modules_one_by_one():
-    """Step 2 batched over the blocks (LayerNorm affine folded into the first linear) = each block's LayerNorm and
-    MLP modules applied in turn and concatenated, values and gradients."""
+    """Step 2 batched over the blocks (stacked parameters, LayerNorm affine folded into the first linear) = each
+    block's LayerNorm and MLP modules, loaded from the file's per-block names, applied in turn and concatenated:
+    values and gradients."""
     model = _decoder(replace(TINY, dim=16))
-    for norm in model.norms:  # a LayerNorm with a non-trivial scale and shift
-        torch.nn.init.normal_(norm.weight)
-        torch.nn.init.normal_(norm.bias)
+    with torch.no_grad():  # a LayerNorm with a non-trivial scale and shift
+        model.block_mlp.norm_weight.normal_()
+        model.block_mlp.norm_bias.normal_()
+    norms, mlps = _per_block_modules(model)
     feats = torch.randn(2, 2, 3, 5, 64)
-    ref = torch.cat([mlp(norm(feats[:, i])) for i, (norm, mlp) in enumerate(zip(model.norms, model.mlps))], -1)
-    out = model.block_mlps(feats)
+    ref = torch.cat([mlp(norm(feats[:, i])) for i, (norm, mlp) in enumerate(zip(norms, mlps))], -1)
+    out = model.block_mlp(feats)
     assert out.shape == ref.shape == (2, 3, 5, 32) and torch.allclose(out, ref, atol=1e-5)
-    params = [model.norms[1].weight, model.norms[0].bias, model.mlps[1][0].weight, model.mlps[0][2].bias]
-    for a, b in zip(torch.autograd.grad(out.square().sum(), params), torch.autograd.grad(ref.square().sum(), params)):
+    got = torch.autograd.grad(out.square().sum(), [model.block_mlp.norm_weight, model.block_mlp.norm_bias,
+                                                   model.block_mlp.fc1_weight, model.block_mlp.fc2_bias])
+    want = torch.autograd.grad(ref.square().sum(), [norms[1].weight, norms[0].bias, mlps[1][0].weight, mlps[0][2].bias])
+    for a, b in zip((got[0][1], got[1][0], got[2][1], got[3][0]), want):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_files_keep_the_per_block_names_and_the_modules_initialisation():
+    """The stacked step-2 parameters are written under WeCLIP's per-block names (files of earlier versions load,
+    and files do not change), initialised with the draws the per-block modules made, and read back exactly."""
+    model = _decoder()
+    state = model.state_dict()
+    names = [k for k in state if k.startswith(("norms.", "mlps."))]
+    assert names[:4] == ["norms.0.weight", "norms.0.bias", "norms.1.weight", "norms.1.bias"]
+    assert names[4:8] == ["mlps.0.0.weight", "mlps.0.0.bias", "mlps.0.2.weight", "mlps.0.2.bias"]
+    keys = list(state)
+    assert not any(k.startswith("block_mlp") for k in state) and keys[keys.index(names[-1]) + 1] == "fuse.weight"
+    torch.manual_seed(0)  # the modules of the previous layout, made in the same order from the same seed
+    torch.nn.functional.normalize(torch.randn(len(ROW_CLASS), 32), dim=1)
+    old = [(torch.nn.Linear(64, TINY.dim), torch.nn.Linear(TINY.dim, TINY.dim)) for _ in range(2)]
+    assert torch.equal(state["mlps.1.0.weight"], old[1][0].weight)
+    assert torch.equal(state["mlps.0.2.bias"], old[0][1].bias)
+    other = _decoder()
+    with torch.no_grad():
+        other.block_mlp.fc1_weight.zero_()
+    other.load_state_dict(state, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))
+    with pytest.raises(RuntimeError, match="norms.1.bias"):
+        _decoder().load_state_dict({k: v for k, v in state.items() if k != "norms.1.bias"}, strict=True)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_checkpoint_optimizer_state_is_per_file_parameter_and_round_trips(optimizer, tmp_path):
+    """The optimizer's slots of a stacked parameter are written one row per file parameter (the layout of the
+    per-block modules: earlier checkpoints resume) and come back equal."""
+    from vpltool.train_decoder.steps import optimizer_state_from_file, optimizer_state_to_file
+
+    model = _decoder(replace(TINY, optimizer=optimizer))
+    opt = make_optimizer(model, model.cfg)
+    feats, target = torch.randn(2, 2, 4, 4, 64), torch.randint(0, 9, (2, 64, 64))
+    train_step(model, opt, feats, target, model.cfg, lr=0.01)
+    state = opt.state_dict()
+    filed = optimizer_state_to_file(model, state)
+    trainable = [n for n, p in model.state_dict(keep_vars=True).items() if getattr(p, "requires_grad", False)]
+    assert len(filed["param_groups"][0]["params"]) == len(trainable) == len(filed["state"])
+    slot = "momentum_buffer" if optimizer == "sgd" else "exp_avg"
+    assert torch.equal(filed["state"][trainable.index("mlps.1.0.weight")][slot], state["state"][2][slot][1])
+    back = optimizer_state_from_file(model, filed)
+    assert back["param_groups"] == state["param_groups"]
+    assert all(torch.equal(back["state"][j][k], v) for j, s in state["state"].items() for k, v in s.items())
+    path = tmp_path / "last.safetensors"  # through the file (safetensors refuses two views of one tensor)
+    from vpltool.train_decoder import load_checkpoint, save_checkpoint
+
+    save_checkpoint(path, model, opt, 1, ["background"] + [f"c{i}" for i in range(1, 9)],
+                    {"decoder_config": {}, "inputs": {}, "model": {}})
+    other = _decoder(replace(TINY, optimizer=optimizer))
+    other_opt = make_optimizer(other, other.cfg)
+    load_checkpoint(path, other, other_opt)
+    again = other_opt.state_dict()
+    assert all(torch.equal(again["state"][j][k], v) for j, s in state["state"].items() for k, v in s.items())

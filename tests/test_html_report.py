@@ -302,8 +302,8 @@ def test_page_in_chromium(tiny_run, report, browser, tmp_path):
     assert len(browser.find_elements(By.CSS_SELECTOR, "#detail canvas.heat")) == 2 * len(labels)  # text, vision
     assert len(browser.find_elements(By.CSS_SELECTOR, "#detail canvas.boxes")) == len(labels)  # saved: text only
     browser.save_screenshot(str(tmp_path / "detail.png"))
-    browser.find_element(By.CSS_SELECTOR, "#detail .close").click()
-    assert browser.execute_script("return document.getElementById('detail').hidden")
+    browser.find_element(By.CSS_SELECTOR, "#detail .close").click()  # clears the hash: hashchange closes it, later
+    _wait(browser, "return document.getElementById('detail').hidden")
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []

@@ -8,6 +8,7 @@
 
 from .losses import (
     balanced_ce_loss,
+    bilinear_weights,
     ce_loss,
     class_regions,
     cmpa_loss,
@@ -18,6 +19,7 @@ from .losses import (
     region_masks,
     rsc_loss,
     spherical_kmeans,
+    upsample_logits,
 )
 from .network import (
     MAX_LOGIT_SCALE,
@@ -44,7 +46,7 @@ __all__ = [
     "MAX_LOGIT_SCALE", "SegDecoder", "feature_blocks", "block_features", "decoder_arch", "save_decoder",
     "build_decoder", "config_from_json", "load_decoder",
     "ce_loss", "balanced_ce_loss", "present_classes", "region_masks", "class_regions", "region_embeddings", "rsc_loss",
-    "mask_fractions", "cmpa_loss", "spherical_kmeans", "refresh_bank",
+    "mask_fractions", "cmpa_loss", "spherical_kmeans", "refresh_bank", "bilinear_weights", "upsample_logits",
     "LONG_SIDE_RATIO", "input_long_side", "view_size", "view_logits", "multiscale_logits", "decoder_forward",
     "predict_logits",
 ]  # fmt: skip

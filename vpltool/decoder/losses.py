@@ -1,5 +1,6 @@
 """The losses of VPL phase 2 (Eq. 14: CE + regional semantic contrast) and SSR's CMPA.
 
+* :func:`upsample_logits`: the scores at the crop's size, bilinear, as two matrix products (the CE's input).
 * :func:`ce_loss`, :func:`balanced_ce_loss`: pixel cross-entropy on the pseudo masks (255 ignored).
 * :func:`rsc_loss` (Eq. 13, the reading of docs/decoder.md): each region embedding (the decoder's own soft mask,
   :func:`region_masks`, pooling V: :func:`region_embeddings`) is pulled to its class row of W and pushed from the
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,6 +20,48 @@ from torch import Tensor
 
 from ..config import IGNORE_INDEX
 from .network import SegDecoder
+
+
+def bilinear_weights(n_in: int, n_out: int, device: torch.device) -> Tensor:
+    """``[n_out, n_in]`` float32 on ``device``: 1-D bilinear interpolation with half-pixel centres
+    (``F.interpolate``'s ``align_corners=False``, no antialias) as a matrix; each row holds at most two non-zero
+    weights, summing to 1.
+
+    Source of output pixel i: ``s = max(0, (i + 0.5) * n_in / n_out - 0.5)``, weight ``1 - (s - floor s)`` on
+    ``floor s`` and ``s - floor s`` on the next pixel (the last pixel again at the border); in float64, then
+    rounded once.
+    """
+    src = ((torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    lo = src.floor().long().clamp_max(n_in - 1)
+    frac = src - lo
+    rows = torch.arange(n_out, device=device)
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64, device=device)
+    weights.index_put_((rows, lo), 1 - frac, accumulate=True)
+    weights.index_put_((rows, (lo + 1).clamp_max(n_in - 1)), frac, accumulate=True)
+    return weights.float()
+
+
+# eager: the training loop asks for the same two matrices every iteration, so they are made once; a compiled graph
+# builds them in the graph on the device (constants the compiler folds; no host tensor to break a CUDA graph)
+_cached_weights = functools.lru_cache(maxsize=32)(bilinear_weights)
+
+
+def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """``[B, K, h, w]`` -> ``[B, K, H, W]`` float32: ``F.interpolate(..., mode="bilinear", align_corners=False)``
+    written as ``M_h @ logits @ M_w^T`` (:func:`bilinear_weights`); within float32 rounding of that map (closer
+    to its float64 values than torch's own float32 kernel).
+
+    Why: the same linear map, but its backward is two matrix products where ``upsample_bilinear2d_backward``
+    scatters with atomic adds (on a GPU, up to four threads add into each input pixel); on a CPU the forward and
+    backward at the paper's shapes take about half the time (benchmarks/bench_decoder.py ``--mode host``; the GPU's
+    figure is for benchmarks/gpu_session.sh to measure). In float32 whatever the autocast around it (the CE reads
+    these scores).
+    """
+    weights = bilinear_weights if torch.compiler.is_compiling() else _cached_weights
+    rows = weights(logits.shape[-2], size[0], logits.device)
+    cols = weights(logits.shape[-1], size[1], logits.device)
+    with torch.autocast(logits.device.type, enabled=False):
+        return rows @ logits.float() @ cols.T
 
 
 def ce_loss(logits: Tensor, target: Tensor) -> Tensor:

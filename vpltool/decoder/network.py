@@ -62,6 +62,81 @@ def block_features(bb, pixels: Tensor, blocks: Sequence[int], dtype: torch.dtype
 
 
 # --------------------------------------------------------------------------------------------- the module
+# step 2's stacked parameters and the per-block names files give them (WeCLIP's L LayerNorm and MLP modules), in
+# the order those modules listed them: block by block, the LayerNorms' first
+PER_BLOCK = {"norm_weight": "norms.{}.weight", "norm_bias": "norms.{}.bias", "fc1_weight": "mlps.{}.0.weight",
+             "fc1_bias": "mlps.{}.0.bias", "fc2_weight": "mlps.{}.2.weight", "fc2_bias": "mlps.{}.2.bias"}
+
+
+class BlockMLPs(nn.Module):
+    """Step 2: per CLIP block a LayerNorm and an MLP ``width -> dim -> dim`` (ReLU), the L blocks at once.
+
+    Each parameter holds the L blocks' stacked (``norm_weight [L, width]``, ``fc1_weight [L, dim, width]``, ...):
+    the forward is one normalisation and two batched matmuls, and autograd and the optimizer see 6 tensors, not
+    6 L: no stack of 66 module parameters per step, and no 66 slices of its gradient (on a GPU the decoder's step
+    is bound by the host's launches; ``bench_decoder.py --mode host`` counts them). Initialised as WeCLIP's modules
+    (the same draws, in the same order), and written to files under their per-block names (:data:`PER_BLOCK`, by
+    :class:`SegDecoder`'s state-dict hooks), so files do not change.
+    """
+
+    def __init__(self, n_inputs: int, in_width: int, dim: int):
+        super().__init__()
+        norms = [nn.LayerNorm(in_width) for _ in range(n_inputs)]
+        mlps = [(nn.Linear(in_width, dim), nn.Linear(dim, dim)) for _ in range(n_inputs)]
+        self.eps = norms[0].eps
+        stacked = {"norm_weight": [n.weight for n in norms], "norm_bias": [n.bias for n in norms],
+                   "fc1_weight": [a.weight for a, _ in mlps], "fc1_bias": [a.bias for a, _ in mlps],
+                   "fc2_weight": [b.weight for _, b in mlps], "fc2_bias": [b.bias for _, b in mlps]}
+        for name in PER_BLOCK:
+            self.register_parameter(name, nn.Parameter(torch.stack(stacked[name]).detach()))
+
+    def forward(self, feats: Tensor) -> Tensor:
+        """``[B, L, h, w, width]`` -> ``[B, h, w, L*dim]`` (block-major, as the concatenation of the L outputs).
+
+        Each LayerNorm's scale and shift is folded into its first linear layer
+        (``(x^ g + b) W^T + c = x^ (W diag g)^T + (W b + c)``).
+        """
+        # fp16 cache / bf16 frozen features -> fp32 into the normalisation; autocast (CUDA) lowers the matmuls again
+        x = F.layer_norm(feats.float(), feats.shape[-1:], eps=self.eps)  # [B, L, h, w, width]
+        c1 = self.fc1_bias + torch.einsum("ldc,lc->ld", self.fc1_weight, self.norm_bias)  # [L, dim]
+        hidden = torch.einsum("blhwc,ldc->blhwd", x, self.fc1_weight * self.norm_weight[:, None, :])
+        hidden = hidden + c1[None, :, None, None]
+        out = torch.einsum("blhwd,lkd->blhwk", F.relu(hidden), self.fc2_weight) + self.fc2_bias[None, :, None, None]
+        return out.permute(0, 2, 3, 1, 4).flatten(3)
+
+
+def per_block_names(n_inputs: int) -> list[tuple[str, str, int]]:
+    """``(file name, stacked parameter, block)`` of step 2's parameters in files' order (:data:`PER_BLOCK`)."""
+    return [(pattern.format(i), name, i) for group in (("norm_weight", "norm_bias"),
+                                                       ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"))
+            for i in range(n_inputs) for name, pattern in PER_BLOCK.items() if name in group]
+
+
+class EncoderLayer(nn.TransformerEncoderLayer):
+    """Step 3's layer: torch's pre-LN ``TransformerEncoderLayer`` (GELU MLP 4x, no dropout, batch first): its
+    parameters, their initialisation and their state-dict names, with a forward of fewer ops.
+
+    torch's training-mode forward goes through ``multi_head_attention_forward``'s general path (checks, the packed
+    projection unpacked into three tensors, heads folded into the batch); here one projection is viewed as the q,
+    k, v heads for the fused attention, with fewer ops forward and backward (on a GPU the decoder's step
+    is bound by the host's launches; ``bench_decoder.py --mode host`` counts them). The same values forward
+    (bitwise on the CPU), the gradients within float32 rounding (tests/test_decoder.py).
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, n, dim]`` -> ``[B, n, dim]``: ``x + attn(norm1(x))``, then ``+ mlp(norm2(.))`` (no masks: the
+        decoder attends over every patch)."""
+        attn = self.self_attn
+        b, n, dim = x.shape
+        qkv = F.linear(self.norm1(x), attn.in_proj_weight, attn.in_proj_bias).unflatten(-1, (3, attn.num_heads, -1))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, n, dim / heads]
+        x = x + attn.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, dim))
+        return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
+
+
 def _class_rows(row_class: Tensor) -> Tensor:
     """``[C]`` int64: the row of each class 1..C; ContractError unless every class has exactly one row."""
     fg = (row_class > 0).nonzero().flatten()
@@ -97,17 +172,12 @@ class SegDecoder(nn.Module):
             raise VplError("the prototypes have no background row; make them with background words (--background)")
         self.cfg, self.in_width, self.n_inputs = cfg, int(in_width), int(n_inputs)
         dim = cfg.dim
-        self.norms = nn.ModuleList(nn.LayerNorm(in_width) for _ in range(n_inputs))
-        self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Linear(in_width, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)) for _ in range(n_inputs)
-        )
+        self.block_mlp = BlockMLPs(n_inputs, in_width, dim)
+        self.register_state_dict_post_hook(_per_block_state)
+        self.register_load_state_dict_pre_hook(_stacked_state)
         self.fuse = nn.Linear(n_inputs * dim, dim)
         self.drop = nn.Dropout2d(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, cfg.heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
-                                       norm_first=True)
-            for _ in range(cfg.layers)
-        )
+        self.blocks = nn.ModuleList(EncoderLayer(dim, cfg.heads) for _ in range(cfg.layers))
         self.ln_out = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, prototypes.shape[1])
         self.prototypes = nn.Parameter(F.normalize(prototypes.detach().float(), dim=-1).clone(),
@@ -156,31 +226,24 @@ class SegDecoder(nn.Module):
         b, n, h, w, _ = feats.shape
         if n != self.n_inputs:
             raise ContractError(f"the decoder reads {self.n_inputs} CLIP blocks, got features of {n}")
-        x = self.fuse(self.block_mlps(feats))  # [B, h, w, dim]
+        x = self.fuse(self.block_mlp(feats))  # [B, h, w, dim]
         x = self.drop(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)  # Dropout2d drops whole channels
         for blk in self.blocks:
             x = blk(x)  # [B, hw, dim]
         v = self.head(self.ln_out(x)).float()  # [B, hw, D]
         return F.normalize(v, dim=-1).transpose(1, 2).unflatten(2, (h, w))
 
-    def block_mlps(self, feats: Tensor) -> Tensor:
-        """Step 2's per-block LayerNorm and MLP, every block at once: ``[B, L, h, w, width]`` -> ``[B, h, w, L*dim]``
-        (block-major, as the concatenation of the L outputs).
-
-        One normalisation of the stacked blocks and two batched matmuls, each LayerNorm's scale and shift folded
-        into its first linear layer (``(x^ g + b) W^T + c = x^ (W diag g)^T + (W b + c)``), instead of 11 x 4 small
-        ops: on a GPU the decoder's forward and backward are launch-bound, not compute-bound. The parameters stay
-        the modules' own (``norms``, ``mlps``), so files and their state dicts do not change.
-        """
-        # fp16 cache / bf16 frozen features -> fp32 into the normalisation; autocast (CUDA) lowers the matmuls again
-        x = F.layer_norm(feats.float(), feats.shape[-1:], eps=self.norms[0].eps)  # [B, L, h, w, width]
-        gain, shift = (torch.stack([getattr(n, k) for n in self.norms]) for k in ("weight", "bias"))  # [L, width]
-        w1, c1, w2, c2 = (torch.stack([getattr(m[i], k) for m in self.mlps])
-                          for i, k in ((0, "weight"), (0, "bias"), (2, "weight"), (2, "bias")))
-        c1 = c1 + torch.einsum("ldc,lc->ld", w1, shift)  # [L, dim]
-        hidden = torch.einsum("blhwc,ldc->blhwd", x, w1 * gain[:, None, :]) + c1[None, :, None, None]
-        out = torch.einsum("blhwd,lkd->blhwk", F.relu(hidden), w2) + c2[None, :, None, None]
-        return out.permute(0, 2, 3, 1, 4).flatten(3)
+    def file_parameters(self) -> list[tuple[str, str, int | None]]:
+        """``(file name, parameter name, block or None)`` of every parameter, in the order and under the names of
+        the files (WeCLIP's per-block modules): step 2's stacked parameters become L rows each (see
+        :class:`BlockMLPs`). For checkpoints, whose optimizer state is kept per file parameter."""
+        out: list[tuple[str, str, int | None]] = []
+        for name, _ in self.named_parameters():
+            if not name.startswith("block_mlp."):
+                out.append((name, name, None))
+            elif name == "block_mlp.norm_weight":  # the first of them: all L x 6 rows here, in the files' order
+                out += [(file, f"block_mlp.{stacked}", i) for file, stacked, i in per_block_names(self.n_inputs)]
+        return out
 
     def score(self, v: Tensor, protos: Tensor | None = None) -> Tensor:
         """Class scores ``A [B, C + 1, h, w]`` float32 from ``V [B, D, h, w]``: cosine x learned/fixed scale.
@@ -206,6 +269,35 @@ class SegDecoder(nn.Module):
         return v, self.score(v, protos), protos
 
 
+
+
+def _per_block_state(module: SegDecoder, state: dict[str, Tensor], prefix: str, local_metadata) -> None:
+    """State-dict post-hook: step 2's stacked parameters under their per-block file names (:data:`PER_BLOCK`),
+    where they were in the dict, each row its own tensor (a file holds no views of another tensor)."""
+    stacked = {k: state[prefix + "block_mlp." + k] for k in PER_BLOCK}
+    rows = {prefix + file: stacked[name][i].clone() for file, name, i in per_block_names(module.n_inputs)}
+    items = list(state.items())
+    at = next(j for j, (k, _) in enumerate(items) if k.startswith(prefix + "block_mlp."))
+    kept = [(k, v) for k, v in items if not k.startswith(prefix + "block_mlp.")]
+    state.clear()
+    state.update(kept[:at] + list(rows.items()) + kept[at:])
+
+
+def _stacked_state(module: SegDecoder, state: dict[str, Tensor], prefix: str, local_metadata, strict: bool,
+                   missing_keys: list[str], *args) -> None:
+    """Load-state-dict pre-hook: a file's per-block rows of step 2 stacked into :class:`BlockMLPs`' parameters;
+    rows missing are named among strict loading's missing keys."""
+    names = per_block_names(module.n_inputs)
+    missing = [prefix + file for file, _, _ in names if prefix + file not in state]
+    if missing:
+        if len(missing) < len(names):  # some rows, not all: name those missing (none at all: a stacked state)
+            missing_keys.extend(missing)
+        return
+    rows: dict[str, list[Tensor]] = {name: [] for name in PER_BLOCK}
+    for file, name, _ in sorted(names, key=lambda n: n[2]):
+        rows[name].append(state.pop(prefix + file))
+    for name, values in rows.items():
+        state[prefix + "block_mlp." + name] = torch.stack(values)
 
 
 def decoder_arch(model: SegDecoder, blocks: Sequence[int]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import io
@@ -29,6 +28,7 @@ from ..decoder import (
     present_classes,
     region_masks,
     rsc_loss,
+    upsample_logits,
 )
 from ..device import autocast, resolve_device, torchrun_rank
 from ..errors import VplError
@@ -66,7 +66,7 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
     """
     with autocast(feats.device, dtype):
         v, logits, protos = model(feats)
-    up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False).float()
+    up = upsample_logits(logits, target.shape[-2:])  # [B, C + 1, S, S] float32
     ce = balanced_ce_loss(up, target) if cfg.loss == "balanced" else ce_loss(up, target)
     out = {"ce": ce, "loss": cfg.lambda_ce * ce}
     if cfg.lambda_rsc > 0:
@@ -195,17 +195,66 @@ class LossWindow:
 
 def save_checkpoint(path: Path, model: SegDecoder, optimizer: torch.optim.Optimizer, iteration: int,
                     classes, meta: dict[str, Any]) -> Path:
-    """Model and optimizer state in one file (:func:`vpltool.io.write_checkpoint`)."""
-    return io.write_checkpoint(path, model.state_dict(), optimizer.state_dict(), iteration, classes=classes,
-                               config=meta["decoder_config"], **meta)
+    """Model and optimizer state in one file (:func:`vpltool.io.write_checkpoint`), both per file parameter
+    (:meth:`SegDecoder.file_parameters`: step 2's stacked parameters as L rows each)."""
+    return io.write_checkpoint(path, model.state_dict(), optimizer_state_to_file(model, optimizer.state_dict()),
+                               iteration, classes=classes, config=meta["decoder_config"], **meta)
 
 
 def load_checkpoint(path: Path, model: SegDecoder, optimizer: torch.optim.Optimizer) -> io.TensorFile:
     """Restore model and optimizer from :func:`save_checkpoint`'s file; returns the file (``meta('iteration')``)."""
     model_state, optim_state, f = io.read_checkpoint(path)
     model.load_state_dict(model_state, strict=True)
-    optimizer.load_state_dict(optim_state)
+    optimizer.load_state_dict(optimizer_state_from_file(model, optim_state))
     return f
+
+
+def _file_layout(model: SegDecoder) -> list[tuple[int, int | None]]:
+    """Per trainable file parameter, in files' order: ``(index among the optimizer's parameters, block row or
+    None)`` (:func:`make_optimizer` takes the trainable parameters in the module's order)."""
+    params = dict(model.named_parameters())
+    index = {name: i for i, name in enumerate(n for n, p in model.named_parameters() if p.requires_grad)}
+    return [(index[name], row) for _, name, row in model.file_parameters() if params[name].requires_grad]
+
+
+def optimizer_state_to_file(model: SegDecoder, state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict of the module's parameters -> one per file parameter: a stacked parameter's slots
+    (momentum, Adam's moments) become one row each, its scalar slots (Adam's step) repeat (each row its own tensor:
+    a file holds no two views of one)."""
+    layout = _file_layout(model)
+    slots = {}
+    for f, (j, row) in enumerate(layout):
+        if j in state["state"]:
+            slots[f] = {k: _row(v, row) for k, v in state["state"][j].items()}
+    groups = [{**g, "params": [f for f, (j, _) in enumerate(layout) if j in set(g["params"])]}
+              for g in state["param_groups"]]
+    return {"state": slots, "param_groups": groups}
+
+
+def _row(value: Any, row: int | None) -> Any:
+    """Slot ``value`` of a file parameter: row ``row`` of a stacked parameter's slot (a copy; a scalar slot copied
+    whole), or the slot itself for a parameter that is not stacked (``row`` None)."""
+    if row is None or not torch.is_tensor(value):
+        return value
+    return (value[row] if value.dim() else value).clone()
+
+
+def optimizer_state_from_file(model: SegDecoder, state: dict[str, Any]) -> dict[str, Any]:
+    """:func:`optimizer_state_to_file` undone: the rows of a stacked parameter's slots stacked again. A file whose
+    parameters are not this module's (another architecture) is left as it is, to the optimizer's own check."""
+    layout = _file_layout(model)
+    n_files = sum(len(g["params"]) for g in state["param_groups"])
+    if n_files != len(layout):
+        return state
+    stacked = {j for j, row in layout if row is not None}
+    rows: dict[int, list[dict[str, Any]]] = {}
+    for f, (j, _) in enumerate(layout):
+        if f in state["state"]:
+            rows.setdefault(j, []).append(state["state"][f])
+    slots = {j: {k: torch.stack([r[k] for r in parts]) if j in stacked and torch.is_tensor(v) and v.dim() else v
+                 for k, v in parts[0].items()} for j, parts in rows.items()}
+    groups = [{**g, "params": sorted({layout[f][0] for f in g["params"]})} for g in state["param_groups"]]
+    return {"state": slots, "param_groups": groups}
 
 
 def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any]) -> None:
