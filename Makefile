@@ -295,8 +295,10 @@ bench: setup
 	$(call run_bench,bench_flops.py,,flops.json)
 	$(call run_bench,bench_demo.py,--toy-clip,demo.json)
 	$(call run_bench,bench_report.py,,report.json)
-	# a VOC-scale run of every stage (10,582 photos): on a GPU only (BENCH_DEVICE=cuda), or smoke-tested (--quick)
+	# a VOC-scale run of every stage (10,582 photos), and where cam's and extract's time goes on the device (torch's
+	# profiler): on a GPU only (BENCH_DEVICE=cuda), or smoke-tested (--quick)
 	$(if $(or $(filter cuda%,$(BENCH_DEVICE)),$(filter --quick,$(BENCH_ARGS))),$(call run_bench,bench_gpu_pipeline.py,,gpu_pipeline.json))
+	$(if $(or $(filter cuda%,$(BENCH_DEVICE)),$(filter --quick,$(BENCH_ARGS))),$(call run_bench,profile_stage.py,,profile.json))
 	$(BENCH)/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases

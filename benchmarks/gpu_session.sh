@@ -5,10 +5,12 @@
 #   bash benchmarks/gpu_session.sh wheels   # HERE, once (needs a registry): .whl/ (git-ignored) with open_clip_torch,
 #                                           # ftfy, wcwidth (Python 3.12 wheels) and pydensecrf2's sdist; carry .whl
 #   bash benchmarks/gpu_session.sh a        # THERE: set-up, pytest -m cuda, the decoder's paper recipe with and
-#                                           # without CUDA graphs, the host's part with the real device (~8 min)
+#                                           # without CUDA graphs, where cam's and extract's time goes (~9 min)
 #   bash benchmarks/gpu_session.sh b        # THERE: set-up, a 2,000-photo VOC-like run of every stage (~6 min)
-#   bash benchmarks/gpu_session.sh c        # THERE: set-up, cam against CLIP-ES (CLIP_ES=/path/to/a/clone, carried)
-#                                           # with the one-image phases, and the torch dense CRF (~6 min)
+#   bash benchmarks/gpu_session.sh c        # THERE: set-up, the host's part with the real device, cam against
+#                                           # CLIP-ES (CLIP_ES=/path/to/a/clone, carried) with the one-image
+#                                           # phases, and the torch dense CRF (~9 min)
+# The device time of a session (30 min, each call's start included) fits a and b; c is for a second session.
 #
 # Each step has its own time limit (STEP_LIMIT_S scales them) and writes one JSON file (and its stderr) into
 # ${OUT:-benchmarks/results/gpu}, named after the GPU (h100, h200); a step that fails or runs out of time is noted in
@@ -59,10 +61,10 @@ case "$PART" in
   wheels) wheels ;;
   a)
     setup
-    step pytest_cuda 150 python3 -m pytest -q -m cuda -p no:cacheprovider
-    step decoder_paper 240 python3 benchmarks/bench_decoder.py --mode paper --device cuda --iters 700 --warmup 350 \
+    step pytest_cuda 100 python3 -m pytest -q -m cuda -p no:cacheprovider
+    step decoder_paper 230 python3 benchmarks/bench_decoder.py --mode paper --device cuda --iters 700 --warmup 350 \
       --compile none,reduce-overhead
-    step host 150 python3 benchmarks/bench_host.py --device cuda --stages extract,cam,predict
+    step profile 180 python3 benchmarks/profile_stage.py --device cuda --images 512
     ;;
   b)
     setup
@@ -70,11 +72,12 @@ case "$PART" in
     ;;
   c)
     setup
-    step cam 300 python3 benchmarks/bench_cam.py --device cuda --images 100 ${CLIP_ES:+--clip-es "$CLIP_ES"}
-    step densecrf 180 python3 benchmarks/bench_densecrf.py --device cuda --images 1000
+    step host 150 python3 benchmarks/bench_host.py --device cuda --stages extract,cam,predict
+    step cam 240 python3 benchmarks/bench_cam.py --device cuda --images 100 ${CLIP_ES:+--clip-es "$CLIP_ES"}
+    step densecrf 120 python3 benchmarks/bench_densecrf.py --device cuda --images 1000
     ;;
   *)
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
     exit 2
     ;;
 esac

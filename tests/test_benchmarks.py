@@ -38,6 +38,7 @@ SCRIPTS = {
                                                "predict_img_per_s", "learn_prototypes_s", "total_s", "bars",
                                                "total_minutes", "goal_minutes", "cam_text_img_per_s_steady"}),
     "bench_host.py": ("host", {"stages", "goal_cpu_ms_extract_cam", "goal_met", "labels_per_image_mean"}),
+    "profile_stage.py": ("profile", {"stages", "images", "model"}),
     "bench_flops.py": ("flops", {"extract_gflop_per_image", "cam_gflop_per_image_voc", "cam_over_extract_voc",
                                  "batch_adds_up", "bar_met"}),
 }
@@ -159,3 +160,21 @@ def test_gpu_session_script_names_scripts_and_options_that_exist():
         source = (BENCH / name).read_text()
         for option in re.findall(r"(?<![\w-])--[a-z][\w-]*", args):
             assert f'"{option}"' in source or option == "--device", f"{name} takes no {option}"
+
+
+def test_profile_counts_the_device_busy_once_where_kernels_overlap():
+    """profile_stage.py's device-busy time: the union of the kernels' intervals (two streams overlapping count
+    once, a gap not at all), and each stage's summary in the quick run."""
+    sys.path.insert(0, str(BENCH))
+    import profile_stage
+
+    assert profile_stage._union_ms([(0, 1000), (500, 1500), (3000, 3500), (3100, 3200)]) == pytest.approx(2.0)
+    assert profile_stage._union_ms([]) == 0
+
+
+def test_profile_quick_run_summarises_each_stage(quick_results):
+    data = json.loads((quick_results / "profile_stage.json").read_text())
+    for stage in ("extract", "cam"):
+        summary = data["stages"][stage]
+        assert summary["img_per_s"] > 0 and summary["top_cpu_ops"] and "host_waits" in summary
+        assert "device_busy_share" not in summary  # the CPU: no device timeline
