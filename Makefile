@@ -276,6 +276,8 @@ BENCH_DEVICE ?= cpu
 BENCH_ARGS ?=
 BENCH_OUT ?= benchmarks/results
 BENCH = $(VENV)/bin/python benchmarks
+# the benchmarks that mean something on a GPU only: run with BENCH_DEVICE=cuda, or smoke-tested with --quick
+BENCH_GPU_ONLY = $(or $(filter cuda%,$(BENCH_DEVICE)),$(filter --quick,$(BENCH_ARGS)))
 # results written elsewhere (e.g. a --quick smoke test) render next to them, never over the docs
 BENCH_DOCS = $(if $(filter benchmarks/results,$(BENCH_OUT)),,--out $(BENCH_OUT)/performance.md --reproduce /dev/null)
 # $(call run_bench,SCRIPT,ARGS,RESULT): a failed run leaves the previous result in place, not a truncated file
@@ -297,8 +299,8 @@ bench: setup
 	$(call run_bench,bench_report.py,,report.json)
 	# a VOC-scale run of every stage (10,582 photos), and where cam's and extract's time goes on the device (torch's
 	# profiler): on a GPU only (BENCH_DEVICE=cuda), or smoke-tested (--quick)
-	$(if $(or $(filter cuda%,$(BENCH_DEVICE)),$(filter --quick,$(BENCH_ARGS))),$(call run_bench,bench_gpu_pipeline.py,,gpu_pipeline.json))
-	$(if $(or $(filter cuda%,$(BENCH_DEVICE)),$(filter --quick,$(BENCH_ARGS))),$(call run_bench,profile_stage.py,,profile.json))
+	$(if $(BENCH_GPU_ONLY),$(call run_bench,bench_gpu_pipeline.py,,gpu_pipeline.json))
+	$(if $(BENCH_GPU_ONLY),$(call run_bench,profile_stage.py,,profile.json))
 	$(BENCH)/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases

@@ -22,6 +22,7 @@ for the device (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ``cudaEven
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_cam import ASSETS, make_voc_like  # noqa: E402
+from bench_host import write_split  # noqa: E402
 
 import benchlib  # noqa: E402
 
@@ -74,7 +76,7 @@ def run(tmp: Path, args, stages: list[str]) -> dict:
     os.environ.setdefault("VPLTOOL_MODEL_CONFIGS", str(ASSETS))
     voc = make_voc_like(tmp / "voc", args.images, 0.25 if args.quick else 1.0)
     ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
-    (voc / "ImageSets" / "Segmentation" / "warm.txt").write_text("\n".join(ids[: args.warmup]) + "\n")
+    write_split(voc, "warm", ids[: args.warmup])
     spec = ModelSpec(args.model, "none", config_dir=str(ASSETS))
     torch.manual_seed(0)
     bb = load_backbone(spec, args.device)
@@ -82,20 +84,24 @@ def run(tmp: Path, args, stages: list[str]) -> dict:
     data, warm = open_dataset(voc, "train"), open_dataset(voc, "warm")
     protos = tmp / "text.safetensors"
     run_text_prototypes(data.classes, protos, spec, TextPrototypesConfig(background="voc"), device=args.device)
-    # cam reads extract's folders: both are made whichever stage is profiled
-    calls = {"extract": lambda d, name: run_extract(d, tmp / name, spec, ExtractConfig(), runtime, backbone=bb),
-             "cam": lambda name: run_cam(tmp / name, protos, tmp / f"{name}_cams", runtime=runtime, backbone=bb)}
-    calls["extract"](warm, "warm")
+
+    def extract(dataset, name: str) -> None:
+        run_extract(dataset, tmp / name, spec, ExtractConfig(), runtime, backbone=bb)
+
+    def cam(name: str) -> None:  # from extract's folder NAME
+        run_cam(tmp / name, protos, tmp / f"{name}_cams", runtime=runtime, backbone=bb)
+
+    extract(warm, "warm")
     peaks = benchlib.PeakMemory(args.device)
     out: dict[str, dict] = {}
     for stage in stages:
         if stage == "extract":
-            work = lambda: calls["extract"](data, "features")  # noqa: E731
+            work = functools.partial(extract, data, "features")
         else:
-            if not (tmp / "features").is_dir():
-                calls["extract"](data, "features")
-            calls["cam"]("warm")
-            work = lambda: calls["cam"]("features")  # noqa: E731
+            if not (tmp / "features").is_dir():  # cam alone: extract's folder made first, not profiled
+                extract(data, "features")
+            cam("warm")
+            work = functools.partial(cam, "features")
         with peaks.stage(f"{stage}, profiled"):
             out[stage] = profiled(work, len(ids), args, trace=args.trace if stage == stages[-1] else None)
     return {"benchmark": "profile", "quick": args.quick, "machine": benchlib.machine(args.device),

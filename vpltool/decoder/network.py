@@ -107,9 +107,8 @@ class BlockMLPs(nn.Module):
 
 def per_block_names(n_inputs: int) -> list[tuple[str, str, int]]:
     """``(file name, stacked parameter, block)`` of step 2's parameters in files' order (:data:`PER_BLOCK`)."""
-    return [(pattern.format(i), name, i) for group in (("norm_weight", "norm_bias"),
-                                                       ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"))
-            for i in range(n_inputs) for name, pattern in PER_BLOCK.items() if name in group]
+    norms, mlps = ("norm_weight", "norm_bias"), ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    return [(PER_BLOCK[name].format(i), name, i) for group in (norms, mlps) for i in range(n_inputs) for name in group]
 
 
 class EncoderLayer(nn.TransformerEncoderLayer):

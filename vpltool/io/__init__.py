@@ -118,7 +118,6 @@ from .tensors import (
     read_header,
     read_tensors,
     save_tensor_file,
-    tensor_file_bytes,
     write_tensors,
 )
 from .training import (
@@ -152,6 +151,6 @@ __all__ = [
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
     "open_events",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
-    "save_tensor_file", "tensor_file_bytes", "write_tensors",
+    "save_tensor_file", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
 ]  # fmt: skip

@@ -61,11 +61,6 @@ def write_tensors(
     return save_tensor_file(path, data, meta)
 
 
-def tensor_file_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
-    """A safetensors file's bytes, canonical (:func:`tensor_file_chunks`, joined)."""
-    return b"".join(tensor_file_chunks(tensors, metadata))
-
-
 def tensor_file_chunks(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
                        ) -> tuple[bytes, memoryview]:
     """A safetensors file as two chunks, canonical: the length and header, with the header's keys sorted (the

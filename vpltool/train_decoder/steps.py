@@ -226,8 +226,8 @@ def optimizer_state_to_file(model: SegDecoder, state: dict[str, Any]) -> dict[st
     for f, (j, row) in enumerate(layout):
         if j in state["state"]:
             slots[f] = {k: _row(v, row) for k, v in state["state"][j].items()}
-    groups = [{**g, "params": [f for f, (j, _) in enumerate(layout) if j in set(g["params"])]}
-              for g in state["param_groups"]]
+    groups = [{**g, "params": [f for f, (j, _) in enumerate(layout) if j in members]}
+              for g, members in ((g, set(g["params"])) for g in state["param_groups"])]
     return {"state": slots, "param_groups": groups}
 
 
