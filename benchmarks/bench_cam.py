@@ -208,11 +208,15 @@ def batched_floor(model: str, weights: Path, device: str, size: tuple[int, int] 
 
 
 # --------------------------------------------------------------------------------------------- timed commands
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of a timed child process: ``threads`` torch threads, offline, the test model configs."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+            "VPLTOOL_MODEL_CONFIGS": str(ASSETS), "PYTHONWARNINGS": "ignore"}
+
+
 def timed(cmd: list[str], threads: int, cwd: Path | None = None) -> tuple[float, float]:
     """Run ``cmd`` as its own process with ``threads`` torch threads: (wall seconds, peak RSS in MiB)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "VPLTOOL_MODEL_CONFIGS": str(ASSETS), "PYTHONWARNINGS": "ignore"}
-    return benchlib.run_child(cmd, env, cwd)
+    return benchlib.run_child(cmd, child_env(threads), cwd)
 
 
 def vpltool(*args: object) -> list[str]:
@@ -286,12 +290,10 @@ def startup_phases(voc1: Path, protos: Path, out: Path, args, run_on: list[str])
     one-image command's seconds go (``python_start`` = the process's wall time less the phases it measured)."""
     import subprocess
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "HF_HUB_OFFLINE": "1", "VPLTOOL_MODEL_CONFIGS": str(ASSETS), "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, str(Path(__file__).parent / "startup_phases.py"), str(voc1), str(protos), str(out),
            *run_on]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=child_env(args.threads), capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
