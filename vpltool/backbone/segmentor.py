@@ -1,0 +1,188 @@
+"""The training-free segmentor around a dense backbone (:mod:`vpltool.backbone.dense`): slide inference, per-query
+cosine logits at image size, probabilities with synonyms and a background threshold, and PAMR.
+
+What MaskCLIP / SCLIP / ClearCLIP / NACLIP's segmentors do (``clip_segmentor.py``, ``clearclip_segmentor.py``,
+``naclip.py``), as pure functions shared by `segment`, `cam`'s dense seeds and `predict --classes --dense`:
+
+1. :func:`short_side_size`: mmseg's ``Resize(scale=(2048, S), keep_ratio=True)``: the image scaled by
+   ``min(2048 / long, S / short)``, each side ``int(side * f + 0.5)``.
+2. :func:`dense_logits`: windows of ``crop x crop`` every ``stride`` pixels (mmseg's slide: the last window flush with
+   the border; ``crop`` 0: the whole image). Per window the patch features are L2-normalised and their cosine with
+   each unit text row is resized bilinearly (align_corners False) to the window, summed into the image and divided
+   by the window count, then resized bilinearly to the image's own size. A window that is no multiple of the patch
+   size is padded with zeros to the next multiple (ClearCLIP's ``compute_padsize``, ``pad=True``), or its remainder
+   is dropped by the patch convolution and the grid stretched over the whole window (SCLIP, NACLIP).
+3. :func:`pamr` (NACLIP; SCLIP's option): Pixel-Adaptive Mask Refinement on the logits, with the normalised input
+   resized back to the image as guide.
+4. :func:`dense_probabilities`: ``softmax(logit_scale * cos)`` over the queries, a class's probability the max over its
+   queries (synonyms; background words are queries of class 0), SCLIP's area filter, argmax, and pixels whose top
+   probability is below ``prob_threshold`` go to class 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+MMSEG_LONG_EDGE = 2048  # the methods' configs: Resize(scale=(2048, short), keep_ratio=True)
+
+
+def short_side_size(height: int, width: int, short: int, long: int = MMSEG_LONG_EDGE) -> tuple[int, int]:
+    """``(H, W)`` after mmseg's keep-ratio resize to short side ``short`` (long side at most ``long``)."""
+    f = min(long / max(height, width), short / min(height, width))
+    return int(height * f + 0.5), int(width * f + 0.5)
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """mmseg's slide windows along one axis: ``(start, end)`` pairs, the last flush with the border; one window
+    ``(0, size)`` when the image is no larger than ``crop``."""
+    n = max(size - crop + stride - 1, 0) // stride + 1
+    out = []
+    for i in range(n):
+        end = min(i * stride + crop, size)
+        out.append((max(end - crop, 0), end))
+    return out
+
+
+def pad_size(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
+    """ClearCLIP's ``compute_padsize``: ``(left, right, top, bottom)`` zeros up to the next multiple of ``patch``,
+    the odd pixel at the right / bottom."""
+    lr = (patch - width % patch) % patch
+    tb = (patch - height % patch) % patch
+    return lr // 2, lr - lr // 2, tb // 2, tb - tb // 2
+
+
+def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` normalised pixels -> ``[B, Q, h, w]`` cosine of each patch with each unit row of ``text``
+    ``[Q, D]`` (the remainder of a side that is no patch multiple dropped, as the patch convolution does)."""
+    p = bb.patch_size
+    h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
+    feats = bb.dense_features(pixels[..., : h * p, : w * p]).float()
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    logits = feats @ text.to(feats.device, feats.dtype).T  # [B, hw, Q]
+    return logits.transpose(1, 2).reshape(len(pixels), -1, h, w)
+
+
+def window_logits(bb, pixels: torch.Tensor, text: torch.Tensor, pad: bool) -> torch.Tensor:
+    """``[B, 3, H, W]`` windows -> ``[B, Q, H, W]`` cosine logits resized to the window (see module docstring)."""
+    height, width = pixels.shape[-2:]
+    if pad:
+        left, right, top, bottom = pad_size(height, width, bb.patch_size)
+        if left or right or top or bottom:
+            padded = F.pad(pixels, (left, right, top, bottom))
+            logits = F.interpolate(grid_logits(bb, padded, text), size=padded.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            return logits[..., top : top + height, left : left + width]
+    return F.interpolate(grid_logits(bb, pixels, text), size=(height, width), mode="bilinear", align_corners=False)
+
+
+def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
+                 stride: int, pad: bool = False, whole: str = "input") -> list[torch.Tensor]:
+    """Slide inference of a batch: per image ``[Q, H0, W0]`` float32 cosine logits at its own size.
+
+    Args:
+        bb: a :class:`~vpltool.backbone.ClipBackbone` (its ``--dense`` method mixes the last block).
+        pixels: ``[B, 3, H, W]`` float32 CLIP-normalised, the images resized (:func:`short_side_size`).
+        text: ``[Q, D]`` unit query rows.
+        sizes: each image's ``(H0, W0)``.
+        crop, stride: the window; ``crop`` 0: the whole image in one forward.
+        pad: zero-pad a window to a patch multiple (ClearCLIP) instead of dropping the remainder.
+        whole: with ``crop`` 0, ``input``: the logits resized to the input, then to the image (NACLIP);
+            ``direct``: the patch grid's logits resized to the image at once (SCLIP's and ClearCLIP's
+            ``forward_feature(img, ori_shape)``).
+
+    All windows of a batch have one size, so they run as one forward; nothing waits for the device.
+    """
+    b, _, height, width = pixels.shape
+    if crop <= 0:
+        if whole == "direct":
+            grid = grid_logits(bb, pixels, text)
+            return [F.interpolate(grid[i : i + 1], size=tuple(s), mode="bilinear", align_corners=False)[0]
+                    for i, s in enumerate(sizes)]
+        full = window_logits(bb, pixels, text, pad=False)
+    else:
+        rows, cols = window_starts(height, crop, stride), window_starts(width, crop, stride)
+        boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
+        windows = torch.cat([pixels[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])  # [n * B, 3, ch, cw]
+        logits = window_logits(bb, windows, text, pad)
+        full = logits.new_zeros(b, logits.shape[1], height, width)
+        count = logits.new_zeros(1, 1, height, width)
+        for n, (y0, y1, x0, x1) in enumerate(boxes):
+            full[:, :, y0:y1, x0:x1] += logits[n * b : (n + 1) * b]
+            count[:, :, y0:y1, x0:x1] += 1
+        full = full / count
+    return [F.interpolate(full[i : i + 1], size=tuple(s), mode="bilinear", align_corners=False)[0]
+            for i, s in enumerate(sizes)]
+
+
+def guide_image(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PAMR's guide: one image's normalised input ``[3, H, W]`` resized bilinearly to ``size`` -> ``[1, 3, H0, W0]``
+    (as NACLIP's ``predict``)."""
+    return F.interpolate(pixels[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _shifted(x: torch.Tensor, d: int, centre: bool) -> torch.Tensor:
+    """``[B, K, H, W]`` -> ``[B, K, P, H, W]``: the values at the 8 neighbours (and the centre when ``centre``) at
+    dilation ``d``, borders replicated."""
+    height, width = x.shape[-2:]
+    xp = F.pad(x, (d, d, d, d), mode="replicate")
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if centre or (dy, dx) != (0, 0)]
+    return torch.stack([xp[..., d + dy * d : d + dy * d + height, d + dx * d : d + dx * d + width]
+                        for dy, dx in offsets], dim=2)
+
+
+def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: Sequence[int] = (8, 16)
+         ) -> torch.Tensor:
+    """Pixel-Adaptive Mask Refinement (Araslanov & Roth, CVPR 2020; the ``pamr.py`` NACLIP and SCLIP ship).
+
+    Args:
+        image: ``[B, 3, H, W]`` the guide (normalised pixels).
+        logits: ``[B, C, h, w]`` scores, resized bilinearly (align_corners True) to ``H x W`` first.
+        steps: propagation steps. dilations: the neighbourhood rings (8 neighbours each).
+
+    The affinity of a pixel to each of its ``8 * len(dilations)`` neighbours is
+    ``softmax_n(mean_channels(-|x - x_n| / (1e-8 + 0.1 * std)))``, ``std`` the unbiased standard deviation of the
+    pixel's value over its ``9 * len(dilations)`` neighbourhood (centre included once per ring); each step replaces
+    the scores by the affinity-weighted sum of the neighbours' scores. Returns ``[B, C, H, W]``.
+    """
+    mask = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)
+    std = torch.cat([_shifted(image, d, True) for d in dilations], dim=2).std(2, keepdim=True)
+    diff = torch.cat([(image[:, :, None] - _shifted(image, d, False)).abs() for d in dilations], dim=2)
+    affinity = F.softmax((-diff / (1e-8 + 0.1 * std)).mean(1, keepdim=True), dim=2)  # [B, 1, P, H, W]
+    for _ in range(steps):
+        mask = (torch.cat([_shifted(mask, d, False) for d in dilations], dim=2) * affinity).sum(2)
+    return mask
+
+
+def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, n_classes: int, logit_scale: float
+                        ) -> torch.Tensor:
+    """``[Q, H, W]`` cosine logits -> ``[C, H, W]``: ``softmax(logit_scale * logits)`` over the queries, each class
+    the max over its queries (``query_class [Q]`` int64 in ``0..C-1``; a class without a query gets 0)."""
+    probs = (logits * logit_scale).softmax(0)
+    index = query_class.to(probs.device).view(-1, *[1] * (probs.dim() - 1)).expand_as(probs)
+    return probs.new_zeros(n_classes, *probs.shape[1:]).scatter_reduce_(0, index, probs, "amax", include_self=True)
+
+
+def dense_probabilities(logits: torch.Tensor, query_class: torch.Tensor, n_classes: int, logit_scale: float,
+                        prob_threshold: float, area_threshold: float | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's ``[Q, H, W]`` cosine logits -> (``[C, H, W]`` class probabilities, ``[H, W]`` int64 labels).
+
+    ``area_threshold`` (SCLIP): a foreground class whose argmax area is at most that share of all foreground
+    argmax pixels has its probability set to 0 before the final argmax. Pixels whose top probability is below
+    ``prob_threshold`` are labelled 0 (background).
+    """
+    probs = class_probabilities(logits, query_class, n_classes, logit_scale)
+    if area_threshold is not None:
+        area = F.one_hot(probs.argmax(0), n_classes).flatten(0, 1).sum(0)[1:].to(probs.dtype)  # [C - 1]
+        keep = (area > area_threshold * area.sum()).to(probs.dtype)
+        probs = torch.cat([probs[:1], probs[1:] * keep[:, None, None]])
+    top, labels = probs.max(0)
+    labels = torch.where(top < prob_threshold, torch.zeros_like(labels), labels)
+    return probs, labels
+
+
+__all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
+           "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE"]
