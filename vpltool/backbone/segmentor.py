@@ -184,5 +184,39 @@ def dense_probabilities(logits: torch.Tensor, query_class: torch.Tensor, n_class
     return probs, labels
 
 
+
+
+def query_rows(bb, classes: Sequence[Sequence[str]], templates: Sequence[str], background: Sequence[str]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The segmentor's text queries: one row per name (each synonym of a class its own query, as the methods'
+    class files), then one per background word (class 0), each the normalised mean of its normalised prompts.
+
+    Args:
+        classes: per foreground class 1..C, its names (the first is the class's name, the rest synonyms).
+        templates: prompt templates with ``{}``. background: background words.
+
+    Returns:
+        ``[Q, D]`` float32 unit rows (on the host) and ``[Q]`` int64 their classes (0 = background).
+    """
+    from .prompts import encode_names
+
+    names = [n for syn in classes for n in syn] + list(background)
+    owner = [c for c, syn in enumerate(classes, start=1) for _ in syn] + [0] * len(background)
+    return encode_names(bb, names, templates), torch.tensor(owner, dtype=torch.long)
+
+
+def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: Sequence[tuple[int, int]]
+                   ) -> list[torch.Tensor]:
+    """:func:`dense_logits` with a method's :class:`~vpltool.config.DenseSettings`, then its PAMR (when
+    ``pamr_steps``) guided by each image's input resized back to it. Per image ``[Q, H0, W0]`` float32."""
+    logits = dense_logits(bb, pixels, text, sizes, settings.slide_crop, settings.slide_stride,
+                          pad=settings.crop_mode == "pad", whole=settings.whole)
+    if not settings.pamr_steps:
+        return logits
+    return [pamr(guide_image(pixels[i], size), lg[None], settings.pamr_steps, settings.pamr_dilations)[0]
+            for i, (lg, size) in enumerate(zip(logits, sizes))]
+
+
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
-           "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE"]
+           "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
+           "segment_logits"]
