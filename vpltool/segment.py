@@ -25,26 +25,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from . import io, presets
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .backbone.prompts import resolve_background, resolve_templates
-from .backbone.segmentor import dense_probabilities, query_rows, segment_logits, short_side_size
+from .backbone.segmentor import query_rows, write_dense_masks
 from .batches import (
-    BackgroundWriter,
-    BatchRunner,
     header_sizes,
-    load_batches,
-    plan_batches,
-    resolve_batch_size,
     shard_from_env,
 )
 from .config import NOT_COMPARED, RuntimeConfig, SegmentConfig, to_params
 from .data import Dataset
-from .device import autocast, resolve_device, resolve_precision
-from .errors import ContractError, VplError
+from .device import resolve_device, resolve_precision
+from .errors import VplError
 
 STAGE = "segment"
 SYNONYM_SEPARATOR = "|"  # 'tv monitor|television|screen': one class, three queries
@@ -127,65 +119,12 @@ def run_segment(
                 text, query_class = query_rows(bb, class_synonyms(names), templates, background)
             except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
                 raise VplError(f"--classes: {e}") from None
-            _segment(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype, on_item)
+            write_dense_masks(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype,
+                              on_item)
         folder.finish(ids, io.mask_path, index, count, classes=classes)
     return io.StageSummary(done=len(todo), skipped=len(ids[index::count]) - len(todo),
                            seconds=time.perf_counter() - start)
 
 
-def labels_batch(bb: ClipBackbone, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
-                 n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype
-                 ) -> list[torch.Tensor]:
-    """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (nothing waits for it)."""
-    with torch.no_grad(), autocast(bb.device, dtype):
-        logits = segment_logits(bb, pixels, text, settings, sizes)
-    masks = []
-    for lg in logits:
-        _, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
-                                        settings.prob_threshold, settings.area_threshold)
-        masks.append(labels.to(torch.uint8))
-    return masks
-
-
-def _segment(bb: ClipBackbone, items: list, sizes: list[tuple[int, int]], text: torch.Tensor,
-             query_class: torch.Tensor, n_classes: int, settings, out: Path, runtime: RuntimeConfig,
-             dtype: torch.dtype, on_item) -> None:
-    """Images batched by input size, loaded ahead, segmented on the device, written behind."""
-    inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
-    pre = bb.preprocessor
-    text, query_class = text.to(bb.device), query_class.to(bb.device)
-
-    def load(i: int) -> dict:  # in a loading worker: the uint8 image resized (here or on the device)
-        image = io.load_image(items[i].image)
-        if tuple(image.shape[:2]) != tuple(sizes[i]):
-            raise ContractError(f"{items[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
-                                f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
-        return {"pixels": pre.loaded(image, inputs[i])}
-
-    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
-    runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
-                         advice="pass a smaller --short-side or --slide-crop, or a smaller --batch-size")
-    with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(items), plan_batches(inputs, size), load, runtime.loader_workers(bb.device),
-                                  bb.device):
-            index = batch["index"]
-            pixels = bb.pixels(batch["pixels"], inputs[index[0]])
-
-            def run(part: slice, index=index, pixels=pixels) -> tuple[slice, list[torch.Tensor]]:
-                return part, labels_batch(bb, pixels[part], text, query_class, n_classes, settings,
-                                          [sizes[i] for i in index[part]], dtype)
-
-            for part, masks in runner(len(index), run):
-                writer.submit({"masks": masks}, _writer(out, [items[i].id for i in index[part]]), n=len(masks))
-
-
-def _writer(out: Path, ids: list[str]) -> Callable[[dict], None]:
-    def write(t: dict) -> None:
-        for item_id, mask in zip(ids, t["masks"]):
-            io.write_mask(io.mask_path(out, item_id), np.asarray(mask.numpy(), dtype=np.uint8))
-
-    return write
-
-
-__all__ = ["STAGE", "run_segment", "settings_params", "labels_batch", "class_synonyms", "class_names", "check_queries",
+__all__ = ["STAGE", "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
            "SYNONYM_SEPARATOR"]

@@ -21,10 +21,17 @@ What MaskCLIP / SCLIP / ClearCLIP / NACLIP's segmentors do (``clip_segmentor.py`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .. import io
+from ..batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size
+from ..device import autocast
+from ..errors import ContractError
 
 MMSEG_LONG_EDGE = 2048  # the methods' configs: Resize(scale=(2048, short), keep_ratio=True)
 
@@ -176,7 +183,10 @@ def dense_probabilities(logits: torch.Tensor, query_class: torch.Tensor, n_class
     """
     probs = class_probabilities(logits, query_class, n_classes, logit_scale)
     if area_threshold is not None:
-        area = F.one_hot(probs.argmax(0), n_classes).flatten(0, 1).sum(0)[1:].to(probs.dtype)  # [C - 1]
+        # the argmax area of each class, by comparison (F.one_hot checks its input's range: a wait for the device)
+        top = probs.argmax(0)
+        area = (top[None] == torch.arange(n_classes, device=top.device)[:, None, None]).flatten(1).sum(1)
+        area = area[1:].to(probs.dtype)  # [C - 1]
         keep = (area > area_threshold * area.sum()).to(probs.dtype)
         probs = torch.cat([probs[:1], probs[1:] * keep[:, None, None]])
     top, labels = probs.max(0)
@@ -217,6 +227,63 @@ def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes
             for i, (lg, size) in enumerate(zip(logits, sizes))]
 
 
+
+def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
+                 n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype
+                 ) -> list[torch.Tensor]:
+    """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (nothing waits for it)."""
+    with torch.no_grad(), autocast(bb.device, dtype):
+        logits = segment_logits(bb, pixels, text, settings, sizes)
+    masks = []
+    for lg in logits:
+        _, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
+                                        settings.prob_threshold, settings.area_threshold)
+        masks.append(labels.to(torch.uint8))
+    return masks
+
+
+def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch.Tensor,
+             query_class: torch.Tensor, n_classes: int, settings, out: Path, runtime,
+             dtype: torch.dtype, on_item) -> None:
+    """Masks ``<out>/<id>.png`` of ``items`` (their ``(H0, W0)`` ``sizes``) over ``n_classes`` classes: images
+    batched by input size on the shared pipeline (:mod:`vpltool.batches`), loaded ahead, segmented on the device
+    (:func:`labels_batch`), written behind. Shared by `segment` and `predict --classes --dense`."""
+    inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
+    pre = bb.preprocessor
+    text, query_class = text.to(bb.device), query_class.to(bb.device)
+
+    def load(i: int) -> dict:  # in a loading worker: the uint8 image resized (here or on the device)
+        image = io.load_image(items[i].image)
+        if tuple(image.shape[:2]) != tuple(sizes[i]):
+            raise ContractError(f"{items[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
+                                f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
+        return {"pixels": pre.loaded(image, inputs[i])}
+
+    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
+    runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
+                         advice="pass a smaller --short-side or --slide-crop, or a smaller --batch-size")
+    with BackgroundWriter(on_item) as writer:
+        for batch in load_batches(len(items), plan_batches(inputs, size), load, runtime.loader_workers(bb.device),
+                                  bb.device):
+            index = batch["index"]
+            pixels = bb.pixels(batch["pixels"], inputs[index[0]])
+
+            def run(part: slice, index=index, pixels=pixels) -> tuple[slice, list[torch.Tensor]]:
+                return part, labels_batch(bb, pixels[part], text, query_class, n_classes, settings,
+                                          [sizes[i] for i in index[part]], dtype)
+
+            for part, masks in runner(len(index), run):
+                writer.submit({"masks": masks}, _writer(out, [items[i].id for i in index[part]]), n=len(masks))
+
+
+def _writer(out: Path, ids: list[str]) -> Callable[[dict], None]:
+    def write(t: dict) -> None:
+        for item_id, mask in zip(ids, t["masks"]):
+            io.write_mask(io.mask_path(out, item_id), np.asarray(mask.numpy(), dtype=np.uint8))
+
+    return write
+
+
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
            "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
-           "segment_logits"]
+           "segment_logits", "labels_batch", "write_dense_masks"]
