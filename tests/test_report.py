@@ -63,3 +63,25 @@ def test_compared_refinements_get_their_own_rows_and_the_choice_is_shown(run, tm
     console.print(format_report(report))
     shown = console.export_text()
     assert "caa+sgc → decoder" in shown and "pseudo masks for the decoder: caa+sgc" in shown
+
+
+def test_dense_rows_follow_the_pipeline_and_are_no_refinement(run, tmp_path):
+    """RUN/metrics/dense/<method>/ (issue 35) adds the dense methods' rows; it is not a compared refinement."""
+    dense = tmp_path / "run"
+    shutil.copytree(run, dense)
+    iou = {"background": 0.8, "circle": 0.2, "star": None, "square": 0.4}
+    io.write_json(dense / "metrics" / "dense" / "naclip" / "segment_val.json", {"miou": 0.3, "n_images": 2,
+                                                                               "iou": iou})
+    io.write_json(dense / "metrics" / "dense" / "naclip" / "cams.json", {"miou": 0.25, "n_images": 3})
+    report = run_demo_report(dense)
+    assert not any(r["refine"] == "dense" for r in report["stages"])
+    rows = {r["stage"]: r for r in report["dense"]}
+    zero = rows["zero-shot segmentation, no labels (segment --dense)"]
+    assert zero["val"]["miou"] == 0.3 and zero["train"] is None and zero["held_out"] == pytest.approx(0.3)
+    assert rows["CAM, dense (cam --dense)"]["train"]["miou"] == 0.25
+    assert "CRF masks from dense CAMs" not in rows  # not scored: no row
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(format_report(report))
+    assert "--dense naclip" in console.export_text()
