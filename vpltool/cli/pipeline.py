@@ -216,6 +216,8 @@ def cam_cmd(
                                                                "method's].", show_default=False)] = None,
     dense_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
                                                             "[default: the method's].", show_default=False)] = None,
+    dense_stride: Annotated[Optional[int], typer.Option(help="--dense: sliding window stride [default: the "
+                                                        "method's].", show_default=False)] = None,
     dense_pamr: Annotated[Optional[int], typer.Option(help="--dense: PAMR steps (0 = off) [default: the "
                                                             "method's].", show_default=False)] = None,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
@@ -244,7 +246,7 @@ def cam_cmd(
         from ..config import SegmentConfig
 
         seg = SegmentConfig(dense=dense, short_side=dense_side, logit_scale=dense_scale, slide_crop=dense_crop,
-                            pamr_steps=dense_pamr)
+                            slide_stride=dense_stride, pamr_steps=dense_pamr)
         with progress("cam") as (on_start, on_item):
             s = run_dense_cam(source, prototypes, out, seg, runtime(device, precision, batch_size, workers, overwrite),
                               split=split, shard=shard_of(shard), on_item=on_item, on_start=on_start)

@@ -173,6 +173,15 @@ def predict_cmd(
                                        "maskclip | sclip | clearclip | naclip (the decoder's frozen CLIP with that "
                                        "training-free dense last block scores them instead, with the method's "
                                        "segmentor settings: for names the decoder never trained on).")] = _P.dense,
+    dense_side: Annotated[Optional[int], typer.Option(help="--dense: resize to this short side [default: the "
+                                                      "method's].", show_default=False)] = None,
+    dense_threshold: Annotated[Optional[float], typer.Option(help="--dense: a pixel whose top probability is below "
+                                                             "this is background [default: the method's].",
+                                                             show_default=False)] = None,
+    dense_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
+                                                      "[default: the method's].", show_default=False)] = None,
+    dense_stride: Annotated[Optional[int], typer.Option(help="--dense: sliding window stride [default: the "
+                                                        "method's].", show_default=False)] = None,
     shard: Shard = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
@@ -190,9 +199,11 @@ def predict_cmd(
     """
     from ..predict import parse_class_names, run_predict
 
-    cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
+    cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
                         long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
-                        classes=None if classes is None else parse_class_names(classes), dense=dense)
+                        classes=None if classes is None else parse_class_names(classes), dense=dense,
+                        dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
+                        dense_stride=dense_stride))
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                         overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)
