@@ -117,7 +117,8 @@ DENSE_DIR = "dense"  # RUN/metrics/dense/<method>/: the training-free dense CLIP
 # (display name, metrics file, split): zero-shot segmentation of val (no labels), dense CAMs of train and their CRF
 DENSE_STAGES = (("zero-shot segmentation, no labels (segment --dense)", "segment_val.json", "val"),
                 ("CAM, dense (cam --dense)", "cams.json", "train"),
-                ("CRF masks from dense CAMs", "pseudo.json", "train"))
+                ("CRF masks from dense CAMs", "pseudo.json", "train"),
+                ("open vocabulary, every class unseen (predict --classes --dense)", "pred_val.json", "val"))
 
 
 def dense_rows(run: Path) -> list[dict[str, Any]]:
@@ -129,13 +130,14 @@ def dense_rows(run: Path) -> list[dict[str, Any]]:
     if not root.is_dir():
         return []
     rows = []
-    for folder in sorted(d for d in root.iterdir() if d.is_dir()):
-        for name, file, split in DENSE_STAGES:
+    folders = sorted(d for d in root.iterdir() if d.is_dir())
+    for name, file, split in DENSE_STAGES:  # stage by stage, the methods side by side
+        for folder in folders:
             result = _miou(folder / file)
             if result is None:
                 continue
             row = {"stage": name, "dense": folder.name, "train": None, "val": None, split: result}
-            if file == "segment_val.json":
+            if file.endswith("_val.json"):
                 iou = io.read_json(folder / file)["iou"]
                 values = [v for k, v in iou.items() if k != "background" and v is not None]
                 row["held_out"] = float(np.mean(values)) if values else None
@@ -296,10 +298,13 @@ def format_report(report: dict[str, Any]):
         table.add_row(f"[dim]{name}[/]", "", *(_pct(chance[s][key]) if s in chance else "—" for s in SPLITS))
     if report.get("dense"):
         table.add_section()
+        previous = None
         for row in report["dense"]:
-            extra = (f" (class IoU mean {_pct(row['held_out'])})" if row.get("held_out") is not None else "")
-            table.add_row(f"{row['stage']}{extra}", f"--dense {row['dense']}",
-                          *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS))
+            extra = f"; class IoU mean {_pct(row['held_out'])}" if row.get("held_out") is not None else ""
+            stage = row["stage"] if row["stage"] != previous else ""
+            table.add_row(stage, f"--dense {row['dense']}{extra}", *(_pct((row.get(s) or {}).get("miou"))
+                                                                     for s in SPLITS))
+            previous = row["stage"]
     if report.get("other_layers"):
         table.add_section()
         for row in report["other_layers"]:
