@@ -245,6 +245,11 @@ def cam_cmd(
     if dense != "none":
         from ..config import SegmentConfig
 
+        for option, value in (("--save-overlays", save_overlays), ("--save-debug", save_debug),
+                              ("--parity", None if parity == "none" else parity)):
+            if value is not None:
+                raise VplError(f"{option}: not made with --dense {dense} (no GradCAM, no CAA); drop one of them")
+
         seg = SegmentConfig(dense=dense, short_side=dense_side, logit_scale=dense_scale, slide_crop=dense_crop,
                             slide_stride=dense_stride, pamr_steps=dense_pamr)
         with progress("cam") as (on_start, on_item):
