@@ -1596,6 +1596,128 @@ def _decoder_diverges(ws: Workspace) -> Iterator[list[object]]:
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_nan"), *DECODER_ARGS]
 
 
+# --------------------------------------------------------------------------------------------- issue 38, H class
+# ---- no folder is used with a dataset that changed since it was made (data.check_recorded)
+def _made_on_copy(ws: Workspace, name: str, stages: tuple[str, ...] = ("extract",)) -> tuple[Path, Path]:
+    """``(world, run)``: a private copy of the world (times kept) and a run made on it: ``run/features`` and, as
+    asked, ``run/cams`` and ``run/pseudo`` (made once per workspace)."""
+    world, run = ws.root / f"world_{name}", ws.root / f"run_{name}"
+    if not (run / "features" / "_stage.json").is_file():
+        ws.copy(ws.world, world.name)
+        cli_ok("extract", world, "--split", "train", "-o", run / "features", *TINY, *CPU, "--workers", "1",
+               "--cache", "full")
+    if "cam" in stages and not (run / "cams" / "_stage.json").is_file():
+        cli_ok("cam", run / "features", "-p", ws.text, "-o", run / "cams", *CPU)
+    if "crf" in stages and not (run / "pseudo" / "_stage.json").is_file():
+        cli_ok("crf", run / "cams", "-o", run / "pseudo", "--workers", "1")
+    return world, run
+
+
+def _reseeded(ws: Workspace) -> Path:
+    """A run whose world was re-made with another seed afterwards (``make-world W --seed 9 --overwrite``)."""
+    world, run = _made_on_copy(ws, "reseeded", ("extract", "cam", "crf"))
+    if not (world / ".reseeded").is_file():
+        cli_ok("make-world", world, "--train", 4, "--val", 2, "--seed", 9, "--overwrite")
+        (world / ".reseeded").touch()
+    return run
+
+
+@case("cam after one image was replaced by another of the same size (96x96)", "run_replaced/features: made from "
+      "world_replaced as it was before a change", "(first: world_replaced/images/train_000001.png)",
+      "re-run `vpltool extract`")
+def _cam_after_image_replaced(ws: Workspace) -> Iterator[list[object]]:
+    world, run = _made_on_copy(ws, "replaced")
+    shutil.copyfile(world / "images" / "train_000002.png", world / "images" / "train_000001.png")
+    yield ["cam", run / "features", "-p", ws.text, "-o", ws.out("cams_replaced"), *CPU]
+
+
+@case("crf after an image was touched (same bytes, a new modification time: refused as replaced)",
+      "run_touched/cams: made from world_touched as it was", "modification time differs")
+def _crf_after_image_touched(ws: Workspace) -> Iterator[list[object]]:
+    world, run = _made_on_copy(ws, "touched", ("extract", "cam"))
+    os.utime(world / "images" / "train_000003.png")
+    yield ["crf", run / "cams", "-o", ws.out("pseudo_touched"), "--workers", "1"]
+
+
+@case("eval after `make-world W --seed 9 --overwrite` re-made the run's world", "run_reseeded/pseudo: made from "
+      "world_reseeded as it was before a change", "its labels, differ under the same id")
+def _eval_after_reseed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", _reseeded(ws) / "pseudo"]
+
+
+@case("crf after `make-world W --seed 9 --overwrite` (old CAMs, new images)", "run_reseeded/cams: made from "
+      "world_reseeded as it was")
+def _crf_after_reseed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", _reseeded(ws) / "cams", "-o", ws.out("pseudo_reseeded"), "--workers", "1"]
+
+
+@case("cam after `make-world W --seed 9 --overwrite` (old features and labels, new images)",
+      "run_reseeded/features: made from world_reseeded as it was")
+def _cam_after_reseed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", _reseeded(ws) / "features", "-p", ws.text, "-o", ws.out("cams_reseeded"), *CPU]
+
+
+@case("report after `make-world W --seed 9 --overwrite`", "made from world_reseeded as it was before a change")
+def _report_after_reseed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _reseeded(ws), "-o", ws.out("report_reseeded"), "--workers", "1"]
+
+
+@case("train-decoder after an image's labels were changed in labels.csv", "run_relabelled/pseudo: made from "
+      "world_relabelled as it was", "its labels, differ under the same id")
+def _train_decoder_after_relabel(ws: Workspace) -> Iterator[list[object]]:
+    world, run = _made_on_copy(ws, "relabelled", ("extract", "cam", "crf"))
+    labels = world / "labels.csv"
+    rows = labels.read_text().splitlines()
+    first = next(i for i, row in enumerate(rows) if row.startswith("train_000000,"))
+    rows[first] = "train_000000,star"
+    labels.write_text("\n".join(rows) + "\n")
+    yield ["train-decoder", run / "pseudo", "-p", ws.text, "-o", ws.out("decoder_relabelled"), *DECODER_ARGS]
+
+
+@case("learn-prototypes after an image was added to the split", "run_grown/features: made from world_grown "
+      "as it was", "5 images where the record counts 4")
+def _learn_after_growth(ws: Workspace) -> Iterator[list[object]]:
+    world, run = _made_on_copy(ws, "grown", ("extract", "cam"))
+    shutil.copyfile(world / "images" / "val_000000.png", world / "images" / "train_000009.png")
+    shutil.copyfile(world / "masks" / "val_000000.png", world / "masks" / "train_000009.png")
+    labels = world / "labels.csv"
+    val_row = next(r for r in labels.read_text().splitlines() if r.startswith("val_000000,"))
+    labels.write_text(labels.read_text() + val_row.replace("val_000000", "train_000009") + "\n")
+    split = world / "splits" / "train.txt"
+    split.write_text(split.read_text() + "train_000009\n")
+    yield ["learn-prototypes", run / "features", "-c", run / "cams", "-t", ws.text, "-o", ws.out("vision_grown.st"),
+           "--iters", 2]
+
+
+# ---- eval --data: a moved dataset, never another one
+@case("eval --data another world with the same ids (make-world --seed 9)", "--data world_other: not the dataset "
+      "pseudo was made from", "its labels, differ under the same id", "pass that dataset")
+def _eval_data_other(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.root / "world_other"
+    if not other.is_dir():
+        cli_ok("make-world", other, "--train", 4, "--val", 2, "--seed", 9)
+    yield ["eval", ws.pseudo, "--data", other]
+
+
+@case("eval --data a copy of the world with another class list (two classes swapped)", "--data world_swapped: not "
+      "the dataset pseudo was made from", "another class list")
+def _eval_data_other_classes(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_swapped")
+    names = (world / "classes.txt").read_text().splitlines()
+    names[1], names[2] = names[2], names[1]
+    (world / "classes.txt").write_text("\n".join(names) + "\n")
+    yield ["eval", ws.pseudo, "--data", world]
+
+
+@case("eval --data an identical copy made by `cp -r` (new modification times): the moved dataset is scored",
+      "✓ eval: mIoU", exit_code=0)
+def _eval_data_copy(ws: Workspace) -> Iterator[list[object]]:
+    copy = ws.root / "world_cp"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(ws.world, copy, copy_function=shutil.copy)  # contents, not times
+    yield ["eval", ws.pseudo, "--data", copy]
+
+
 # --------------------------------------------------------------------------------------------- branch ssr
 @case("cam with an unknown --affinity", "--affinity 'sam'", "clip, dino or clip+dino")
 def _unknown_affinity(ws: Workspace) -> Iterator[list[object]]:

@@ -260,9 +260,9 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     (``--per-image``): each image's mIoU and per-class IoU as JSON (``folder``, ``kind``, ``classes``,
     ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged.
     """
-    from .data import open_dataset
+    from .data import check_recorded, open_dataset
 
-    folder = Path(predictions)
+    folder, given = Path(predictions), data is not None
     if not folder.is_dir():
         raise VplError(f"{folder}: predictions folder not found")
     if json_out is not None:
@@ -281,7 +281,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         data, split = recorded["root"], split or recorded.get("split")
     elif split is None and recorded is not None and not Path(data).is_file():
         split = recorded.get("split")  # --data alone (a moved or copied dataset): the split it was made from
-    dataset = open_dataset(data, split)
+    dataset = check_recorded(folder, open_dataset(data, split), "--data" if given else None)
     io.check_outputs("eval", {"--json": (json_out, "file"), "--per-image": (per_image_out, "file")},
                      inputs={"the folder scored": folder, "--data": data},
                      protected=dataset.folders())

@@ -206,7 +206,7 @@ def run_predict(
     params = {**to_params(cfg), "decoder": decoder_id}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
-    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
+    inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                         shard=(index, count),

@@ -73,6 +73,22 @@ class Dataset:
             h.update(json.dumps([item.id, list(item.labels), item.stamp()]).encode() + b"\n")
         return "sha256:" + h.hexdigest()
 
+    def files_sha(self) -> str:
+        """A digest of every item's id, labels and image file (name and size, no time): what a copy of the dataset
+        elsewhere (a moved dataset, ``eval --data``) must match, and what tells another dataset with the same ids
+        apart (one ``stat`` per image). The ground-truth masks are not in it: they are what `eval` scores against,
+        never what a folder is made from (corrected masks are scored as they are)."""
+        h = hashlib.sha256()
+        for item in self.items:
+            h.update(json.dumps([item.id, list(item.labels), _name_size(item.image)]).encode() + b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def inputs(self) -> dict[str, Any]:
+        """What a stage records of the dataset it read (its record's ``inputs``): ``dataset`` (:meth:`identity`),
+        ``items`` (:meth:`items_sha`) and ``files`` (:meth:`files_sha`); :func:`vpltool.data.check_recorded`
+        compares them with the dataset a later stage reads."""
+        return {"dataset": self.identity(), "items": self.items_sha(), "files": self.files_sha()}
+
     def folders(self) -> list[Path]:
         """This dataset's own paths, where no output may go (:func:`vpltool.io.check_outputs`): its root (a
         layout's folder with its label table, split files and class list; a manifest file), the folders its images,
@@ -89,6 +105,14 @@ class Dataset:
 
     def by_id(self) -> dict[str, Item]:
         return {item.id: item for item in self.items}
+
+
+def _name_size(path: Path | None) -> list[Any] | None:
+    """``[file name, bytes]`` of a file, None when there is none (or it cannot be read)."""
+    try:
+        return None if path is None else [path.name, os.stat(path).st_size]
+    except OSError:
+        return None
 
 
 def layout_folders(kind: str, root: Path) -> list[Path]:

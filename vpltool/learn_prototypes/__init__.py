@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .. import io
 from ..config import LearnPrototypesConfig, RuntimeConfig, to_params
-from ..data import recorded_folders
+from ..data import open_if_present, recorded_folders
 from ..device import resolve_device, resolve_precision, seed_everything
 from ..errors import ContractError, VplError
 from .descent import (
@@ -84,6 +84,7 @@ def check_inputs(features_dir: str | Path, cams_dir: str | Path, text_prototypes
     if cam_record.get("inputs", {}).get("features") != feat_sha:
         raise ContractError(f"{cams_dir}: these CAMs were made from other features than {features_dir}; "
                             "re-run `vpltool cam` on this features folder")
+    open_if_present(features_dir)  # features of a dataset that changed since are refused (its labels, its images)
     classes = record["classes"]
     ids = io.item_ids(features_dir)
     if not ids:
