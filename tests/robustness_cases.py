@@ -1718,6 +1718,131 @@ def _eval_data_copy(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", ws.pseudo, "--data", copy]
 
 
+# ---- no file output replaces a file vpltool did not write, or wrote as another kind, without --overwrite
+def _vision(ws: Workspace) -> Path:
+    """Vision prototypes learned from the workspace's CAMs (made once)."""
+    path = ws.root / "vision.safetensors"
+    if not path.is_file():
+        cli_ok("learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", path, "--iters", 2)
+    return path
+
+
+def _demo_run(ws: Workspace) -> Path:
+    """A run folder with `demo-report`'s metrics.json and contact sheet (made once)."""
+    run = ws.root / "run_demo"
+    if not (run / "metrics.json").is_file():
+        for name, source in (("features", ws.features), ("cams_text", ws.cams), ("pseudo", ws.pseudo)):
+            if not (run / name).is_dir():
+                shutil.copytree(source, run / name)
+        cli_ok("demo-report", run)
+    return run
+
+
+def _notes(ws: Workspace, name: str = "notes.txt") -> Path:
+    path = ws.root / name
+    path.write_text("my notes: keep the seed-0 run\n")
+    return path
+
+
+@case("eval --json onto the learned vision prototypes", "vision.safetensors: holds vision prototypes "
+      "(`learn-prototypes`), not scores (`eval --json`), so it is not replaced", "pass --overwrite to replace it")
+def _eval_json_onto_vision(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--json", _vision(ws)]
+
+
+@case("eval --json onto a user's notes.txt", "notes.txt: exists and was not written by vpltool, so it is not "
+      "replaced", "choose another --json, or pass --overwrite")
+def _eval_json_onto_notes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--json", _notes(ws)]
+
+
+@case("eval --json onto a user's notes.txt with --overwrite (replaced, as asked)", "✓ eval: mIoU", exit_code=0,
+      leaves=("notes_replaced.txt",))
+def _eval_json_onto_notes_overwrite(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--json", _notes(ws, "notes_replaced.txt"), "--overwrite"]
+
+
+@case("eval --json onto the scores of an earlier eval --json (the same kind: replaced)", "✓ eval: mIoU",
+      exit_code=0, leaves=("scores.json",))
+def _eval_json_again(ws: Workspace) -> Iterator[list[object]]:
+    scores = ws.root / "scores.json"
+    cli_ok("eval", ws.cams, "--json", scores)
+    yield ["eval", ws.pseudo, "--json", scores]
+
+
+@case("eval --per-image onto the scores of eval --json", "scores_pi.json: holds scores (`eval --json`), not "
+      "per-image scores (`eval --per-image`)")
+def _eval_per_image_onto_scores(ws: Workspace) -> Iterator[list[object]]:
+    scores = ws.root / "scores_pi.json"
+    if not scores.is_file():
+        cli_ok("eval", ws.pseudo, "--json", scores)
+    yield ["eval", ws.pseudo, "--per-image", scores]
+
+
+@case("text-prototypes -o onto the learned vision prototypes", "vision.safetensors: holds vision prototypes "
+      "(`learn-prototypes`), not text prototypes (`text-prototypes`)", "choose another --out")
+def _text_onto_vision(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", _vision(ws), *TEXT_ARGS, *CPU]
+
+
+@case("text-prototypes -o onto another run's text prototypes (the same kind: replaced)", "✓ text-prototypes",
+      exit_code=0, leaves=("text_again.safetensors",))
+def _text_again(ws: Workspace) -> Iterator[list[object]]:
+    shutil.copyfile(ws.text, ws.root / "text_again.safetensors")
+    yield ["text-prototypes", ws.features, "-o", ws.root / "text_again.safetensors", *TEXT_ARGS, *CPU]
+
+
+@case("learn-prototypes -o onto text prototypes that are not its input", "text_other.safetensors: holds text "
+      "prototypes (`text-prototypes`), not vision prototypes (`learn-prototypes`)")
+def _learn_onto_text(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.root / "text_other.safetensors"
+    shutil.copyfile(ws.text, other)
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", other,
+           "--plot", ws.out("vision_x.png"), "--iters", 2]
+
+
+@case("learn-prototypes --plot onto demo-report's contact sheet", "run_demo/contact_sheet.png: holds a contact "
+      "sheet (`demo-report`), not a loss curve (`learn-prototypes --plot`)", "choose another --plot")
+def _plot_onto_sheet(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision_sheet.safetensors"),
+           "--plot", _demo_run(ws) / "contact_sheet.png", "--iters", 2]
+
+
+@case("text-prototypes -o onto demo-report's metrics.json", "run_demo/metrics.json: holds a run's metrics "
+      "(`demo-report`), not text prototypes (`text-prototypes`)")
+def _text_onto_metrics(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", _demo_run(ws) / "metrics.json", *TEXT_ARGS, *CPU]
+
+
+@case("diagnose --json onto the text prototypes", "text_diag.safetensors: holds text prototypes "
+      "(`text-prototypes`), not a diagnosis (`diagnose --json`)")
+def _diagnose_onto_text(ws: Workspace) -> Iterator[list[object]]:
+    target = ws.root / "text_diag.safetensors"
+    shutil.copyfile(ws.text, target)
+    yield ["diagnose", ws.features, "-p", ws.text, "--json", target, *CPU]
+
+
+@case("demo-report over a metrics.json the user wrote", "run_user/metrics.json: exists and was not written by "
+      "vpltool", "move it away, or pass --overwrite")
+def _demo_report_over_user_metrics(ws: Workspace) -> Iterator[list[object]]:
+    run = ws.root / "run_user"
+    if not run.is_dir():
+        shutil.copytree(_demo_run(ws), run)
+    (run / "metrics.json").write_text('{"my": "figures"}\n')
+    yield ["demo-report", run]
+
+
+@case("choose-pseudo over a pseudo_choice.json the user wrote", "run_choice/metrics/pseudo_choice.json: exists "
+      "and was not written by vpltool", "pass --overwrite")
+def _choose_over_user_file(ws: Workspace) -> Iterator[list[object]]:
+    run = ws.root / "run_choice"
+    if not (run / "pseudo").is_dir():
+        shutil.copytree(ws.pseudo, run / "pseudo")
+        cli_ok("eval", run / "pseudo", "--json", run / "metrics" / "pseudo.json")
+    (run / "metrics" / "pseudo_choice.json").write_text("{}\n")
+    yield ["choose-pseudo", run, "none", "--refine", "none"]
+
+
 # --------------------------------------------------------------------------------------------- branch ssr
 @case("cam with an unknown --affinity", "--affinity 'sam'", "clip, dino or clip+dino")
 def _unknown_affinity(ws: Workspace) -> Iterator[list[object]]:
