@@ -123,7 +123,7 @@ def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | No
     ident = inputs.get("dataset")
     if not isinstance(ident, dict):
         return dataset
-    problem = _dataset_change(inputs, ident, now, dataset)
+    problem = _dataset_change(inputs, ident, now, dataset.inputs())
     if problem is None:
         return dataset
     if option is not None and ident.get("root") != now["root"]:
@@ -135,17 +135,18 @@ def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | No
                         "`vpltool extract` and the stages after it with --overwrite, or restore the dataset")
 
 
-def _dataset_change(inputs: dict, ident: dict, now: dict, dataset: Dataset) -> str | None:
-    """What differs between a record's dataset ``inputs`` and ``dataset`` (see :func:`check_recorded`), or None."""
+def _dataset_change(inputs: dict, ident: dict, now: dict, found: dict) -> str | None:
+    """What differs between a record's dataset ``inputs`` and ``found`` (the dataset's, :meth:`Dataset.inputs`; see
+    :func:`check_recorded`), or None."""
     if ident.get("classes_sha") not in (None, now["classes_sha"]):
         return "another class list"
-    if ident.get("split") != now["split"]:
+    if ident.get("split") != now["split"] and "manifest" not in (ident.get("kind"), now["kind"]):
         return None  # another split of the same dataset (a val split next to train): its classes alone
     if isinstance(ident.get("n_items"), int) and ident["n_items"] != now["n_items"]:
         return f"{now['n_items']} images where the record counts {ident['n_items']}"
-    if "files" in inputs and inputs["files"] != dataset.files_sha():
+    if "files" in inputs and inputs["files"] != found["files"]:
         return "an image's name or size, or its labels, differ under the same id"
-    if ident.get("root") == now["root"] and "items" in inputs and inputs["items"] != dataset.items_sha():
+    if ident.get("root") == now["root"] and "items" in inputs and inputs["items"] != found["items"]:
         return "an image was replaced or touched since (its modification time differs)"
     return None
 

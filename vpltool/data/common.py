@@ -68,26 +68,31 @@ class Dataset:
         """A digest of every item's id, labels and image file (name, size, modification time): stage records keep
         it (``inputs.items``) so that a resume notices replaced images or changed labels without reading a pixel
         (one ``stat`` per image)."""
-        h = hashlib.sha256()
-        for item in self.items:
-            h.update(json.dumps([item.id, list(item.labels), item.stamp()]).encode() + b"\n")
-        return "sha256:" + h.hexdigest()
+        return self._digests()[0]
 
     def files_sha(self) -> str:
         """A digest of every item's id, labels and image file (name and size, no time): what a copy of the dataset
         elsewhere (a moved dataset, ``eval --data``) must match, and what tells another dataset with the same ids
         apart (one ``stat`` per image). The ground-truth masks are not in it: they are what `eval` scores against,
         never what a folder is made from (corrected masks are scored as they are)."""
-        h = hashlib.sha256()
-        for item in self.items:
-            h.update(json.dumps([item.id, list(item.labels), _name_size(item.image)]).encode() + b"\n")
-        return "sha256:" + h.hexdigest()
+        return self._digests()[1]
 
     def inputs(self) -> dict[str, Any]:
         """What a stage records of the dataset it read (its record's ``inputs``): ``dataset`` (:meth:`identity`),
-        ``items`` (:meth:`items_sha`) and ``files`` (:meth:`files_sha`); :func:`vpltool.data.check_recorded`
-        compares them with the dataset a later stage reads."""
-        return {"dataset": self.identity(), "items": self.items_sha(), "files": self.files_sha()}
+        ``items`` (:meth:`items_sha`) and ``files`` (:meth:`files_sha`), from one ``stat`` per image;
+        :func:`vpltool.data.check_recorded` compares them with the dataset a later stage reads."""
+        items, files = self._digests()
+        return {"dataset": self.identity(), "items": items, "files": files}
+
+    def _digests(self) -> tuple[str, str]:
+        """``(items_sha, files_sha)`` from one pass, one ``stat`` per image (a network file system pays per call)."""
+        with_time, without = hashlib.sha256(), hashlib.sha256()
+        for item in self.items:
+            stamp = item.stamp()
+            head = [item.id, list(item.labels)]
+            with_time.update(json.dumps([*head, stamp]).encode() + b"\n")
+            without.update(json.dumps([*head, None if stamp is None else stamp[:2]]).encode() + b"\n")
+        return "sha256:" + with_time.hexdigest(), "sha256:" + without.hexdigest()
 
     def folders(self) -> list[Path]:
         """This dataset's own paths, where no output may go (:func:`vpltool.io.check_outputs`): its root (a
@@ -105,14 +110,6 @@ class Dataset:
 
     def by_id(self) -> dict[str, Item]:
         return {item.id: item for item in self.items}
-
-
-def _name_size(path: Path | None) -> list[Any] | None:
-    """``[file name, bytes]`` of a file, None when there is none (or it cannot be read)."""
-    try:
-        return None if path is None else [path.name, os.stat(path).st_size]
-    except OSError:
-        return None
 
 
 def layout_folders(kind: str, root: Path) -> list[Path]:
