@@ -1689,6 +1689,36 @@ def _learn_after_growth(ws: Workspace) -> Iterator[list[object]]:
            "--iters", 2]
 
 
+def _labels_elsewhere(ws: Workspace) -> tuple[Path, Path]:
+    """``(labels file, run)``: a run made from the world with its labels read from a file outside it (``extract
+    --labels-file``, one image's labels changed there), up to `cam` (made once)."""
+    labels, run = ws.root / "labels_elsewhere.csv", ws.root / "run_labels_file"
+    if not (run / "cams" / "_stage.json").is_file():
+        rows = (ws.world / "labels.csv").read_text().splitlines()
+        labels.write_text("\n".join(r if not r.startswith("train_000000,") else "train_000000,star" for r in rows)
+                          + "\n")
+        cli_ok("extract", ws.world, "--split", "train", "--labels-file", labels, "-o", run / "features", *TINY, *CPU,
+               "--workers", "1", "--cache", "full")
+        cli_ok("cam", run / "features", "-p", ws.text, "-o", run / "cams", *CPU)
+    return labels, run
+
+
+@case("crf after extract --labels-file (the later stages read the same label file again)", "4 masks",
+      exit_code=0, leaves=("pseudo_labels_file/", "pseudo_labels_file/*"))
+def _crf_after_labels_file(ws: Workspace) -> Iterator[list[object]]:
+    _, run = _labels_elsewhere(ws)
+    yield ["crf", run / "cams", "-o", ws.out("pseudo_labels_file"), "--workers", "1"]
+
+
+@case("crf after the --labels-file given to extract was edited", "labels_elsewhere.csv: the label file dataset "
+      "world was read with (--labels-file) is gone or changed since")
+def _crf_after_labels_file_edit(ws: Workspace) -> Iterator[list[object]]:
+    labels, run = _labels_elsewhere(ws)
+    with labels.open("a") as fh:
+        fh.write("# an edit\n")
+    yield ["crf", run / "cams", "-o", ws.out("pseudo_labels_edit"), "--workers", "1"]
+
+
 # ---- eval --data: a moved dataset, never another one
 @case("eval --data another world with the same ids (make-world --seed 9)", "--data world_other: not the dataset "
       "pseudo was made from", "its labels, differ under the same id", "pass that dataset")

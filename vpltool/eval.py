@@ -261,7 +261,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged. ``overwrite``:
     replace files of another kind there (:func:`vpltool.io.check_outputs`).
     """
-    from .data import check_recorded, open_dataset
+    from .data import check_recorded, open_dataset, reopen
 
     folder, given = Path(predictions), data is not None
     if not folder.is_dir():
@@ -282,7 +282,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         data, split = recorded["root"], split or recorded.get("split")
     elif split is None and recorded is not None and not Path(data).is_file():
         split = recorded.get("split")  # --data alone (a moved or copied dataset): the split it was made from
-    dataset = check_recorded(folder, open_dataset(data, split), "--data" if given else None)
+    opened = open_dataset(data, split) if given else reopen(recorded, split)  # its --labels-file, if any
+    dataset = check_recorded(folder, opened, "--data" if given else None)
     io.check_outputs("eval", {"--json": (json_out, "file", "scores"),
                               "--per-image": (per_image_out, "file", "per-image-scores")},
                      inputs={"the folder scored": folder, "--data": data},

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from ..config import MIN_IMAGE_SIDE
 from ..errors import ContractError, VplError
-from ..io import feature_path, mask_size, read_header, read_record, recorded_dataset_identity, stage_record_path
+from ..io import (
+    feature_path,
+    mask_size,
+    read_header,
+    read_record,
+    recorded_dataset_identity,
+    sha256_file,
+    stage_record_path,
+)
 from .coco import is_coco_root, open_coco
 from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
 from .folder import open_folder
@@ -22,7 +30,7 @@ from .manifest import open_manifest, write_manifest
 from .voc import find_voc_root, open_voc
 
 __all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "check_recorded", "check_sizes",
-           "open_dataset", "open_if_present",
+           "open_dataset", "open_if_present", "reopen",
            "open_recorded", "recorded_folders", "write_manifest"]
 
 
@@ -84,7 +92,22 @@ def open_recorded(folder: str | os.PathLike, split: str | None = None) -> Datase
     if not Path(ident["root"]).exists():
         raise VplError(f"{record}: its dataset {ident['root']} is gone (moved or deleted); put it back there, or "
                        "re-run the pipeline from `extract` on its new place")
-    return check_recorded(folder, open_dataset(ident["root"], split or ident.get("split")))
+    return check_recorded(folder, reopen(ident, split))
+
+
+def reopen(ident: dict, split: str | None = None) -> Dataset:
+    """The dataset a record's identity names (``inputs.dataset``), opened again; ``split``: another split of it
+    (None = the recorded one). The recorded split is read with the label file it was read with (``--labels-file``:
+    the very file, by its sha256; a pickle the user allowed then is allowed again), another split with its own."""
+    split = split or ident.get("split")
+    labels = ident.get("labels_file") if split == ident.get("split") else None
+    if not isinstance(labels, dict):
+        return open_dataset(ident["root"], split)
+    path = Path(str(labels.get("path")))
+    if not path.is_file() or sha256_file(path) != labels.get("sha256"):
+        raise ContractError(f"{path}: the label file dataset {ident['root']} was read with (--labels-file) is gone or "
+                            "changed since; restore it, or re-run `vpltool extract` and the stages after it")
+    return open_dataset(ident["root"], split, labels_file=path, allow_pickle=path.suffix.lower() == ".npy")
 
 
 def open_if_present(folder: str | os.PathLike) -> Dataset | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VplError, VplWarning
-from ..io.files import check_id, not_utf8, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
+from ..io.files import check_id, not_utf8, sha256_file, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
 from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
@@ -57,12 +57,18 @@ class Dataset:
     sources: tuple[Path, ...] = ()  # files read from outside the root (a --labels-file): protected like the root
 
     def identity(self) -> dict[str, Any]:
-        """What stage records store to tell datasets apart, without listing every item."""
+        """What stage records store to tell datasets apart, without listing every item; with ``labels_file`` (path
+        and sha256) when the labels came from a file given from elsewhere (``--labels-file``), so that later stages
+        read them again from it (:func:`vpltool.data.reopen`)."""
         classes_sha = hashlib.sha256(json.dumps(list(self.classes)).encode()).hexdigest()
         # absolute root so later stages reopen it from any working directory; a manifest is reopened as a whole
-        return {"kind": self.kind, "root": str(Path(self.root).resolve()),
-                "split": None if self.kind == "manifest" else self.split, "n_items": len(self.items),
-                "classes_sha": "sha256:" + classes_sha}  # fmt: skip
+        ident = {"kind": self.kind, "root": str(Path(self.root).resolve()),
+                 "split": None if self.kind == "manifest" else self.split, "n_items": len(self.items),
+                 "classes_sha": "sha256:" + classes_sha}  # fmt: skip
+        if self.sources:
+            source = Path(self.sources[0])
+            ident["labels_file"] = {"path": str(source.resolve()), "sha256": sha256_file(source)}
+        return ident
 
     def items_sha(self) -> str:
         """A digest of every item's id, labels and image file (name, size, modification time): stage records keep
