@@ -123,7 +123,7 @@ def open_if_present(folder: str | os.PathLike) -> Dataset | None:
 def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | None = None) -> Dataset:
     """``dataset`` if it is the dataset, as it was, that ``folder``'s record names; else one line and exit 2.
 
-    Every stage that reads an earlier folder (and with it the dataset, its labels or masks) calls this, through
+    Every stage that reads an earlier folder (and with it the dataset: its images, labels, masks) calls this, through
     :func:`open_recorded` or directly (``eval --data``), so that no folder is ever made from, or scored against, a
     dataset that changed since the folder was made. Compared with the record's ``inputs``
     (:meth:`Dataset.inputs`; a stage reading a folder records them again in its own):
@@ -132,7 +132,7 @@ def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | No
     * for the same split: the number of items, and each item's id, labels and image by name and size (``files``:
       what a moved or copied dataset keeps; the ground-truth masks are what `eval` scores against, not an input);
     * at the recorded place: each image's modification time too (``items``), so that an image replaced by another
-      of the same size is caught. One ``stat`` per file, no pixel read. Digests a record of an older vpltool lacks
+      of the same size is caught. One ``stat`` per image, no pixel read. Digests a record of an older vpltool lacks
       are not compared.
 
     Args:
@@ -142,11 +142,12 @@ def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | No
     if not path.is_file():
         return dataset
     record = read_record(path)
-    inputs, now = record["inputs"], dataset.identity()
+    inputs, found = record["inputs"], dataset.inputs()
+    now = found["dataset"]
     ident = inputs.get("dataset")
     if not isinstance(ident, dict):
         return dataset
-    problem = _dataset_change(inputs, ident, now, dataset.inputs())
+    problem = _dataset_change(inputs, ident, now, found)
     if problem is None:
         return dataset
     if option is not None and ident.get("root") != now["root"]:
@@ -197,8 +198,10 @@ def recorded_folders(folder: str | os.PathLike) -> list[Path]:
     if not isinstance(ident, dict) or not ident.get("root") or not Path(ident["root"]).exists():
         return []
     root = Path(ident["root"])
+    labels = ident.get("labels_file")
+    source = [Path(str(labels["path"]))] if isinstance(labels, dict) and labels.get("path") else []  # --labels-file
     if ident.get("kind") != "manifest":
-        return [root, *layout_folders(str(ident.get("kind")), root)]
+        return [root, *layout_folders(str(ident.get("kind")), root), *source]
     try:
         return open_manifest(root).folders()
     except VplError:
