@@ -207,10 +207,11 @@ CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 %/pseudo_text_val/_stage.json: %/cams_text_val/_stage.json
 	$(CRF)
 # eval: a folder of the training split is scored on EVAL_SPLIT, one of VAL_SPLIT on its own split
+# (its own files, like its folders, are re-made with --overwrite: also those of a vpltool that recorded no file kinds)
 $(RUN)/metrics/%_val.json: $(RUN)/%_val/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) --json $@ --overwrite
 $(RUN)/metrics/%.json: $(RUN)/%/_stage.json
-	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
 
 ## CAMs from the text prototypes, and their mIoU (seeds)
 cams-text: $(RUN)/metrics/cams_text.json
@@ -219,7 +220,7 @@ cams-text: $(RUN)/metrics/cams_text.json
 learn-prototypes: $(RUN)/vision_prototypes.safetensors
 $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_prototypes.safetensors
 	$(VPL) learn-prototypes $(RUN)/features --cams $(<D) --text $(RUN)/text_prototypes.safetensors -o $@ \
-	  --tau-i $(TAU_I) --iters $(ITERS) --lr $(LR) $(LEARN_ARGS) --device $(DEVICE)
+	  --tau-i $(TAU_I) --iters $(ITERS) --lr $(LR) $(LEARN_ARGS) --device $(DEVICE) --overwrite
 
 ## CAMs from the vision prototypes, and their mIoU
 cams-vision: $(RUN)/metrics/cams_vision.json
@@ -229,7 +230,7 @@ cams-vision: $(RUN)/metrics/cams_vision.json
 PSEUDO_SCORES = $(foreach r,$(REFINES),$(call refine_metrics,$(r))/pseudo.json)
 # (a failed choice stops the recipe: `&&`, not an empty folder argument)
 PSEUDO_CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(RUN) $(REFINES) --refine $(REFINE) \
-  --pick $(PSEUDO_REFINE)) &&)
+  --pick $(PSEUDO_REFINE) --overwrite) &&)
 PSEUDO = $(if $(REFINES),"$$pseudo",$(RUN)/pseudo)
 pseudo: $(RUN)/metrics/pseudo.json $(PSEUDO_SCORES)
 
@@ -248,7 +249,7 @@ $(RUN)/pred_val/_stage.json: $(RUN)/decoder/decoder.safetensors
 	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) $(if $(PRED_CLASSES),--classes $(PRED_CLASSES)) \
 	  --device $(DEVICE) --overwrite
 $(RUN)/metrics/pred_val.json: $(RUN)/pred_val/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) --json $@ --overwrite
 
 ## Held-out scoring: features of VAL_SPLIT, text and vision CAMs (W learned on train), CRF masks, their mIoU
 heldout: $(RUN)/metrics/cams_text_val.json $(RUN)/metrics/cams_vision_val.json $(RUN)/metrics/pseudo_val.json
@@ -266,7 +267,7 @@ refines: $(COMPARED)
 diagnose: $(RUN)/metrics/diagnose_val.json
 $(RUN)/metrics/diagnose_val.json: $(RUN)/features_val/_stage.json $(RUN)/vision_prototypes.safetensors
 	$(VPL) diagnose $(<D) -p $(RUN)/vision_prototypes.safetensors -t $(RUN)/text_prototypes.safetensors --json $@ \
-	  --device $(DEVICE)
+	  --device $(DEVICE) --overwrite
 
 ## The training-free dense CLIP rows (DENSE, DENSE_SEEDS): zero-shot val masks, dense seeds and their CRF masks
 # (segment's size options of DENSE_SIZE_<method> spelled as cam's and predict's --dense-* options)
@@ -288,13 +289,13 @@ $(RUN)/dense/%/pred_val/_stage.json: $(RUN)/decoder/decoder.safetensors
 	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) --classes "$$(tail -n +2 $(DATA)/classes.txt | paste -sd,)" \
 	  --dense $* $(call dense_size,$*) --dense-threshold $(DENSE_THR_$*) --device $(DEVICE) --overwrite
 $(RUN)/metrics/dense/%/segment_val.json: $(RUN)/dense/%/segment_val/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) --json $@ --overwrite
 $(RUN)/metrics/dense/%/pred_val.json: $(RUN)/dense/%/pred_val/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) --json $@ --overwrite
 $(RUN)/metrics/dense/%/cams.json: $(RUN)/dense/%/cams/_stage.json
-	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
 $(RUN)/metrics/dense/%/pseudo.json: $(RUN)/dense/%/crf/_stage.json
-	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
 
 # the HTML report (`vpltool report`): every image's thumbnails, IoU per stage and detail view, from disk, offline
 ## Print the mIoU table per stage next to chance (metrics.json, contact sheets), then the HTML report RUN/report/
@@ -303,7 +304,7 @@ $(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.js
                     $(RUN)/metrics/pred_val.json $(if $(HELDOUT),$(RUN)/metrics/cams_text_val.json \
                     $(RUN)/metrics/cams_vision_val.json $(RUN)/metrics/pseudo_val.json $(RUN)/metrics/diagnose_val.json) \
                     $(COMPARED) $(DENSE_METRICS)
-	$(VPL) demo-report $(RUN)
+	$(VPL) demo-report $(RUN) --overwrite
 $(RUN)/report/index.html: $(RUN)/metrics.json
 	$(VPL) report $(RUN) -o $(@D) --workers $(WORKERS)
 

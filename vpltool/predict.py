@@ -216,7 +216,7 @@ def run_predict(
     params = {**to_params(cfg), "decoder": decoder_id}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
-    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
+    inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                         shard=(index, count),
@@ -259,7 +259,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
               "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
-    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
+    inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                         shard=(index, count)) as folder:

@@ -112,7 +112,7 @@ def run_segment(
               "template_list": templates, "background_words": background}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
-    inputs = {"dataset": dataset.identity(), "items": dataset.items_sha()}
+    inputs = dataset.inputs()
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                         shard=(index, count)) as folder:

@@ -31,6 +31,7 @@ from .common import (
     OutDir,
     OutFile,
     Overwrite,
+    OverwriteFile,
     Precision,
     PretrainedOpt,
     Shard,
@@ -137,6 +138,7 @@ def text_prototypes_cmd(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: Device = _R.device,
     model_config_dir: ModelConfigDir = None,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -156,7 +158,7 @@ def text_prototypes_cmd(
     else:
         raise VplError("give an extract folder, or --classes 'a,b,c' with --model/--pretrained")
     cfg = TextPrototypesConfig(templates=templates, background=background, synonyms=synonyms, parity=parity)
-    protos = run_text_prototypes(class_list, out, spec, cfg, device=device, source=features)
+    protos = run_text_prototypes(class_list, out, spec, cfg, device=device, source=features, overwrite=overwrite)
     n_bg = int((protos.row_class == 0).sum())
     say(f"[green]✓[/] text-prototypes: {len(class_list) - 1} classes + {n_bg} background words, "
               f"{protos.dim}-d, {protos.params['n_templates']} template(s) → {out}")
@@ -302,6 +304,7 @@ def learn_prototypes_cmd(
     plot: Annotated[Optional[Path], typer.Option(help="Loss-curve PNG (default: OUT stem + .loss.png).",
                                                  parser=file_path, metavar="<path>")] = None,
     device: Device = _R.device,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -322,7 +325,7 @@ def learn_prototypes_cmd(
                                            pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb))
     with progress("learn-prototypes", unit="iterations") as (on_start, on_item):
         s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device), on_start=on_start,
-                                 on_iter=lambda i, loss: on_item(1), plot=plot)
+                                 on_iter=lambda i, loss: on_item(1), plot=plot, overwrite=overwrite)
     before, after = s["gap_before"], s["gap_after"]
     say(f"[green]✓[/] learn-prototypes: {s['n_pixels']} pixels, {iters} iterations in {s['seconds']:.1f}s; "
         f"mean cross-entropy {s['loss_curve'][0][1]:.4f} → {s['final_loss']:.4f} nats; prototype-to-region "

@@ -17,6 +17,7 @@ from .common import (
     LogFile,
     OutDir,
     Overwrite,
+    OverwriteFile,
     Precision,
     Shard,
     Split,
@@ -226,6 +227,7 @@ def eval_cmd(
     per_image: Annotated[Optional[Path], typer.Option("--per-image", help="Also write each image's mIoU and "
                                                       "per-class IoU as JSON here (CAM folders: at the best "
                                                       "exponent).")] = None,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -244,7 +246,7 @@ def eval_cmd(
 
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"), parity=parity)
     result, classes = run_eval(predictions, data=data, split=split, cfg=cfg, json_out=json_out,
-                               per_image_out=per_image)
+                               per_image_out=per_image, overwrite=overwrite)
     Console(width=None if typer.get_text_stream("stdout").isatty() else 100).print(format_table(result, classes))
     extra = f" (bg exponent {result['bg_exponent']:g})" if "bg_exponent" in result else ""
     say(f"[green]✓[/] eval: mIoU {100 * result['miou']:.2f} over {result['n_images']} images{extra}")
@@ -262,6 +264,7 @@ def diagnose_cmd(
         floats_text(EvalConfig.bg_exponents),
     json_out: JsonFile = None,
     device: Device = _R.device,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -282,7 +285,7 @@ def diagnose_cmd(
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"))
     with progress("diagnose") as (on_start, on_item):
         result = run_diagnose(features, prototypes, text, runtime(device), cfg=cfg, json_out=json_out,
-                              on_start=on_start, on_item=on_item)
+                              on_start=on_start, on_item=on_item, overwrite=overwrite)
     Console(width=None if typer.get_text_stream("stdout").isatty() else 140).print(format_result(result))
     say(f"[green]✓[/] diagnose: {result['images']} images, {len(result['rows'])} prototypes file(s)"
         + (f" → {json_out}" if json_out else ""))

@@ -200,7 +200,7 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], columns: list[str], 
         x0, y0 = gap + (k % 4) * 110, y + 2 + 16 * (k // 4)
         draw.rectangle([x0, y0, x0 + 12, y0 + 12], fill=tuple(int(v) for v in _PALETTE[k]), outline=(0, 0, 0))
         draw.text((x0 + 16, y0), f"{k} {name}", fill=(0, 0, 0))
-    return io.write_png(path, sheet)
+    return io.write_png(path, sheet, kind="contact-sheet")
 
 
 def _caption(item, classes) -> str:
@@ -237,8 +237,9 @@ def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8, wh
     return contact_sheet(rows, columns, path, dataset.classes) if rows else None
 
 
-def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Gather the stage metrics of a run folder, add the baselines per split, write ``metrics.json`` + sheets."""
+def run_demo_report(run: str | Path, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """Gather the stage metrics of a run folder, add the baselines per split, write ``metrics.json`` + sheets
+    (``overwrite``: replace files of another kind there, :func:`vpltool.io.check_outputs`)."""
     run = Path(run)
     io.read_stage_record(run / "features", "extract")
     datasets = {"train": open_recorded(run / "features")}
@@ -249,8 +250,9 @@ def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
     choice_file = run / "metrics" / CHOICE_FILE
     choice = io.read_json(choice_file) if choice_file.is_file() else None
     sheets = {split: run / f"contact_sheet{'' if split == 'train' else '_' + split}.png" for split in datasets}
-    io.check_outputs("demo-report", {"metrics": (run / "metrics.json", "file"),
-                                     **{f"{split} sheet": (path, "file") for split, path in sheets.items()}},
+    io.check_outputs("demo-report", {"metrics": (run / "metrics.json", "file", "run-metrics"),
+                                     **{f"{split} sheet": (path, "file", "contact-sheet")
+                                        for split, path in sheets.items()}}, overwrite=overwrite,
                      inputs={"the run's features": run / "features"},
                      protected=[p for ds in datasets.values() for p in ds.folders()])
     report = {"run": str(run), "stages": collect(run, choice), "pseudo_choice": choice,
@@ -262,7 +264,7 @@ def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
         sheet = write_sheet(run, ds, sheets[split], suffix="" if split == "train" else "_val", where=where)
         if sheet:
             report["sheets"].append(str(sheet))
-    io.write_json(run / "metrics.json", report)
+    io.write_json(run / "metrics.json", report, kind="run-metrics")
     return report
 
 
