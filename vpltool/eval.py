@@ -224,15 +224,16 @@ def _pct(value: float | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------- driver
-SCORED_STAGES = ("cam", "crf", "predict")  # the stage folders eval scores (or a bare folder of masks with --data)
+# the stage folders eval scores (or a bare folder of masks with --data)
+SCORED_STAGES = ("cam", "crf", "predict", "segment")
 
 
 def _scored_stage(folder: Path) -> str | None:
     """The stage that made ``folder`` (None: a bare mask folder); the one line for a folder of another kind."""
     stage = io.record_stage(folder)
     if stage is not None and stage not in SCORED_STAGES:
-        raise VplError(f"{folder}: holds `{stage}` output, expected `cam`, `crf` or `predict` output (or a folder of "
-                       "mask PNGs with --data)")
+        raise VplError(f"{folder}: holds `{stage}` output, expected `cam`, `crf`, `predict` or `segment` output (or "
+                       "a folder of mask PNGs with --data)")
     return stage
 
 

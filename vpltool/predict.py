@@ -12,6 +12,10 @@ Per image (WeCLIP ``test_msc_flip_voc.py``; the inference itself is :func:`vplto
    dense CRF with WeCLIP's test parameters on the RGB image (``crf_proc``): with ``crf_backend`` torch on the device,
    the batch at once (:func:`vpltool.densecrf.crf_labels`); with pydensecrf on the writer thread, image by image.
 
+Open vocabulary with ``--dense METHOD`` (:func:`_predict_dense`): the names are scored by the decoder's frozen CLIP
+with a training-free dense last block (MaskCLIP, SCLIP, ClearCLIP, NACLIP) instead of the decoder, for names it
+never trained on.
+
 Open vocabulary (``cfg.classes``): the decoder's prototype rows are replaced by text prototypes of the given names
 (and of the training's background words), encoded by the decoder's frozen CLIP with the templates its training
 prototypes were made with (:func:`open_vocabulary`); the masks are over those classes, which ``_stage.json``
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +199,9 @@ def run_predict(
         cfg = replace(cfg, crf_backend=resolve_backend(cfg.crf_backend, device.type))
         if cfg.crf_backend == "pydensecrf":
             densecrf_module()  # one line before the decoder loads
+    if cfg.dense != "none":
+        return _predict_dense(decoder_file, dataset, out, cfg, runtime, device, dtype, shard, on_item, on_start,
+                              backbone)
     model, f = load_decoder(decoder_file, device)
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
@@ -227,6 +234,48 @@ def run_predict(
                 _check_tokens(bb, item.image, size, long_side, cfg)
             _predict(bb, model, arch["blocks"], todo_items, sizes, long_side, out, cfg, runtime, dtype, overlays,
                      on_item)
+        folder.finish(ids, io.mask_path, index, count, classes=classes)
+    return io.StageSummary(done=len(todo), skipped=len(ids[index::count]) - len(todo),
+                           seconds=time.perf_counter() - start)
+
+
+def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime: RuntimeConfig, device, dtype,
+                   shard, on_item, on_start, backbone) -> io.StageSummary:
+    """``--classes`` with ``--dense METHOD``: the names scored by the decoder's frozen CLIP with that training-free
+    dense last block (:mod:`vpltool.backbone.segmentor`, the method's settings), the decoder's own text templates
+    and background words as queries; the decoder itself is not run (names it never trained on)."""
+    from .backbone.segmentor import query_rows, write_dense_masks
+    from .config import SegmentConfig
+
+    f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())
+    prompts = recorded_prompts(f)
+    check_vocabulary(cfg.classes, prompts, f.path)
+    settings = SegmentConfig(dense=cfg.dense).resolved()
+    classes = ["background", *cfg.classes]
+    decoder_id = io.file_identity(f.path)
+    params = {**to_params(cfg), "decoder": decoder_id,
+              "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}}
+    index, count = shard_from_env(shard)
+    ids = [it.id for it in dataset.items]
+    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
+    start = time.perf_counter()
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                        shard=(index, count)) as folder:
+        todo = folder.todo(ids[index::count], io.mask_path)
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            items = dataset.by_id()
+            todo_items = [items[i] for i in todo]
+            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))
+            bb = (backbone or load_backbone(ModelSpec.from_identity(f.meta("model")), device)).with_dense(cfg.dense)
+            try:
+                text, query_class = query_rows(bb, [[n.replace("_", " ")] for n in cfg.classes], prompts["templates"],
+                                               prompts["background_words"])
+            except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
+                raise VplError(f"--classes: {e}") from None
+            write_dense_masks(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype,
+                              on_item)
         folder.finish(ids, io.mask_path, index, count, classes=classes)
     return io.StageSummary(done=len(todo), skipped=len(ids[index::count]) - len(todo),
                            seconds=time.perf_counter() - start)

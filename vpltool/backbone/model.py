@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
+from .dense import DenseMixing, dense_mixing, mix_last_block, neighbourhood_bias, resize_positional
 from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec, tokenizer_factory
 from .preprocess import Preprocess
@@ -58,7 +59,8 @@ class Encoded:
 class ClipBackbone:
     """A frozen open_clip CLIP with the CLIP-ES surgery (see module docstring)."""
 
-    def __init__(self, model, spec: ModelSpec, device: torch.device, extra: dict[str, Any] | None = None):
+    def __init__(self, model, spec: ModelSpec, device: torch.device, extra: dict[str, Any] | None = None,
+                 dense: str | DenseMixing = "none"):
         visual = model.visual
         if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
             raise VplError(f"--model {spec.model}: only ViT image towers are supported (no ResNet/timm towers)")
@@ -83,7 +85,9 @@ class ClipBackbone:
         self.window_size = int(window.get("size", 0))
         self.window_blocks = frozenset(int(b) for b in window.get("blocks", []))
         self._tokenizer = None
-        self._pos_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
+        self.mixing = dense_mixing(dense)  # how the last block mixes its tokens (--dense; backbone.dense)
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
         # CLIP's mean and std on the device, once: made per batch they would be a host-to-device copy each time
         self._stats = (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
                        torch.tensor(self.std, device=device).view(1, 3, 1, 1))
@@ -130,6 +134,22 @@ class ClipBackbone:
         clone._pos_cache = {}
         return clone
 
+    @property
+    def dense_method(self) -> str:
+        """The ``--dense`` method of the last block (``none``: CLIP-ES's vanilla block)."""
+        return self.mixing.method
+
+    def with_dense(self, dense: str | DenseMixing) -> ClipBackbone:
+        """A copy of this backbone (sharing the model) whose last block mixes its tokens as ``dense`` says
+        (:mod:`vpltool.backbone.dense`); the positional embedding follows the method's interpolation."""
+        mixing = dense_mixing(dense)
+        if mixing == self.mixing:
+            return self
+        clone = copy.copy(self)
+        clone.mixing = mixing
+        clone._pos_cache, clone._bias_cache = {}, {}
+        return clone
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """A batch of :meth:`Preprocess.resize` outputs ``[B, H, W, 3]`` uint8 (on the model's device) ->
         ``[B, 3, H, W]`` float32 CLIP-normalised, the same values as :meth:`preprocess`."""
@@ -158,7 +178,8 @@ class ClipBackbone:
         return self.normalize(torch.stack(out))
 
     def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor:
-        """``[1 + h*w, width]``: CLS row kept, patch rows bilinearly resized from the native grid.
+        """``[1 + h*w, width]``: CLS row kept, patch rows resized from the native grid (bilinearly, or as the
+        ``--dense`` method's code does: :func:`vpltool.backbone.dense.resize_positional`).
 
         At the native grid (and without rounding) this is the parameter itself, so a model being trained (the toy
         CLIP) gets its gradient; resized grids are cached, detached. ``fp16_round`` reproduces CLIP-ES, which
@@ -166,16 +187,11 @@ class ClipBackbone:
         """
         if tuple(grid) == self.native_grid and not fp16_round:
             return self.visual.positional_embedding
-        key = (grid[0], grid[1], fp16_round)
+        mode = self.mixing.pos_interpolation
+        key = (grid[0], grid[1], fp16_round, mode)
         if key not in self._pos_cache:
             pos = self.visual.positional_embedding.detach().float()
-            cls, patches = pos[:1], pos[1:]
-            if tuple(grid) != self.native_grid:
-                gh, gw = self.native_grid
-                patches = patches.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-                patches = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
-                patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-            out = torch.cat([cls, patches])
+            out = resize_positional(pos, self.native_grid, tuple(grid), mode)
             if fp16_round:
                 out = out.half().float()
             self._pos_cache[key] = out
@@ -218,6 +234,27 @@ class ClipBackbone:
         x = x + blk.ls_1(attn_out)
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         return x, attn, (h if keep_ln1 else None)
+
+    def last_block(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The last block on ``[B, 1 + hw, width]`` tokens, mixing them as ``--dense`` says: the vanilla
+        :meth:`block` for ``none``, :func:`vpltool.backbone.dense.mix_last_block` otherwise. Returns
+        ``[B, 1 + hw, width]``."""
+        if self.mixing.vanilla:
+            return self.block(self.n_blocks - 1, x, grid)[0]
+        bias = None
+        if self.mixing.gaussian_std > 0:
+            key = (tuple(grid), self.mixing.gaussian_std, str(x.device), x.dtype)
+            if key not in self._bias_cache:
+                self._bias_cache[key] = neighbourhood_bias(grid, self.mixing.gaussian_std, x.device, x.dtype)
+            bias = self._bias_cache[key]
+        return mix_last_block(self.blocks[-1], x, self.mixing, bias)
+
+    def dense_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
+        """``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size) -> ``[B, h*w, D]``
+        joint-space patch features (not normalised) of the ``--dense`` method: blocks ``0..L-2`` as always, then
+        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores."""
+        encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
+        return self.dense(self.last_block(encoded.tokens, encoded.grid))
 
     def encode(self, pixels: torch.Tensor, *, stop: int | None = None, attention_from: int | None = None,
                collect: Sequence[int] = (), fp16_pos: bool = False) -> Encoded:

@@ -32,6 +32,7 @@ The files, in the order a reader meets the method:
   and the batched form side by side; the DINO attention hookup.
 * :mod:`~vpltool.cam.sgc`: SSR's superpixel groups.
 * :mod:`~vpltool.cam.sources`: where each image's tokens come from (an `extract` cache, or a dataset).
+* :mod:`~vpltool.cam.dense`: ``--dense METHOD``: seeds from a training-free dense CLIP instead of GradCAM.
 * :mod:`~vpltool.cam.stage`: the stage, which runs the images batched on the shared pipeline, writes the maps and
   draws overlays.
 """
@@ -52,6 +53,7 @@ from .caa import (
     refine,
     refine_batch,
 )
+from .dense import dense_maps, run_dense_cam
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
 from .sgc import group_mask, kmeans, patch_majority, superpixel_features, superpixel_groups
 from .sources import cached_tokens, image_tokens
@@ -63,5 +65,5 @@ __all__ = [
     "affinity", "box_coords", "box_mask", "box_masks", "components", "Refined", "refine", "refine_batch",
     "mean_attention", "caa_attention", "caa_transition", "check_affinity", "dino_backbone", "needs_image",
     "kmeans", "patch_majority", "superpixel_features", "superpixel_groups", "group_mask",
-    "cached_tokens", "image_tokens",
+    "cached_tokens", "image_tokens", "run_dense_cam", "dense_maps",
 ]  # fmt: skip

@@ -412,3 +412,8 @@ def warn_inert(cfg, defaults=None):
     for sentence in inert_options(cfg, defaults):
         warnings.warn(VplWarning(sentence), stacklevel=2)
     return cfg
+
+
+DenseOpt = Annotated[str, typer.Option("--dense", help="How CLIP's last block mixes its tokens: none (CLIP's own, "
+                                       "the CLIP-ES path) | maskclip | sclip | clearclip | naclip (the training-free "
+                                       "dense methods, as their public code; docs/open-vocabulary.md).")]

@@ -205,6 +205,19 @@ def cam_cmd(
         CamConfig.attention_blocks,
     parity: Annotated[str, typer.Option(help="none | clip-es (reproduce CLIP-ES's arithmetic; an extract folder "
                                         "must be made with --parity clip-es too).")] = CamConfig.parity,
+    dense: Annotated[str, typer.Option("--dense", help="none (GradCAM + CAA) | maskclip | sclip | clearclip | naclip: "
+                                       "seeds from that training-free dense CLIP instead: the softmax over the "
+                                       "image's class rows and the background rows, at image size, with the "
+                                       "method's segmentor settings (`vpltool segment --help`); the GradCAM/CAA "
+                                       "options are then unused.")] = "none",
+    dense_short_side: Annotated[Optional[int], typer.Option(help="--dense: resize to this short side [default: the "
+                                                            "method's].", show_default=False)] = None,
+    dense_logit_scale: Annotated[Optional[float], typer.Option(help="--dense: softmax(scale * cosine) [default: the "
+                                                               "method's].", show_default=False)] = None,
+    dense_slide_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
+                                                            "[default: the method's].", show_default=False)] = None,
+    dense_pamr_steps: Annotated[Optional[int], typer.Option(help="--dense: PAMR steps (0 = off) [default: the "
+                                                            "method's].", show_default=False)] = None,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
@@ -225,8 +238,19 @@ def cam_cmd(
       vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
       vpltool cam data/VOC2012 --split train -p runs/voc/text.safetensors -o runs/voc/cams_text
     """
-    from ..cam import run_cam
+    from ..cam import run_cam, run_dense_cam
 
+    if dense != "none":
+        from ..config import SegmentConfig
+
+        seg = SegmentConfig(dense=dense, short_side=dense_short_side, logit_scale=dense_logit_scale,
+                            slide_crop=dense_slide_crop, pamr_steps=dense_pamr_steps)
+        with progress("cam") as (on_start, on_item):
+            s = run_dense_cam(source, prototypes, out, seg, runtime(device, precision, batch_size, workers, overwrite),
+                              split=split, shard=shard_of(shard), on_item=on_item, on_start=on_start)
+        say(f"[green]✓[/] cam --dense {dense}: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already "
+            f"done → {out}")
+        return
     cfg = warn_inert(CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity,
                                layer=layer, attention_blocks=attention_blocks, affinity=affinity,
                                affinity_weight=affinity_weight, dino_model=dino_model, dino_weights=dino_weights,

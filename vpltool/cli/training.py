@@ -169,6 +169,10 @@ def predict_cmd(
                                                    "prototypes from the decoder's CLIP (its training templates and "
                                                    "background words) [default: the decoder's classes].",
                                                    show_default=False)] = None,
+    dense: Annotated[str, typer.Option("--dense", help="With --classes: none (the decoder scores the names) | "
+                                       "maskclip | sclip | clearclip | naclip (the decoder's frozen CLIP with that "
+                                       "training-free dense last block scores them instead, with the method's "
+                                       "segmentor settings: for names the decoder never trained on).")] = _P.dense,
     shard: Shard = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
@@ -188,7 +192,7 @@ def predict_cmd(
 
     cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
                         long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
-                        classes=None if classes is None else parse_class_names(classes))
+                        classes=None if classes is None else parse_class_names(classes), dense=dense)
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                         overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)

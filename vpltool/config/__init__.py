@@ -8,6 +8,7 @@ Field comments say *why* a value is what it is; docs/pipeline.md cites where eac
 * :mod:`~vpltool.config.stages`: the options every stage shares (:class:`RuntimeConfig`) and the per-image stages'
   defaults (extract, text-prototypes, cam, eval, learn-prototypes, crf) and the report's.
 * :mod:`~vpltool.config.decoder`: the decoder's defaults, for training (and its recipes) and for predict.
+* :mod:`~vpltool.config.dense`: the training-free dense segmentor's defaults, one set per ``--dense`` method.
 * :mod:`~vpltool.config.checks`: the rules (one-line errors naming the option), and configs to and from the
   parameters a stage records.
 """
@@ -39,6 +40,7 @@ from .decoder import (
     PredictConfig,
     decoder_recipe,
 )
+from .dense import DENSE_CHOICES, DENSE_SEGMENTORS, DenseSettings, SegmentConfig, dense_help
 from .stages import (
     AFFINITIES,
     CACHES,
@@ -84,4 +86,5 @@ __all__ = [
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params", "inert_fields", "inert_options",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
     "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS", "GRADCAM_CUDA_PRECISION",
+    "DENSE_CHOICES", "DENSE_SEGMENTORS", "DenseSettings", "SegmentConfig", "dense_help",
 ]  # fmt: skip

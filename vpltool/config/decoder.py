@@ -7,6 +7,7 @@ from typing import Any
 
 from ..presets import check_class_names
 from .checks import at_least, choice, fraction, non_negative, override, positive, require, seed_value
+from .dense import DENSE_CHOICES
 from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -167,9 +168,15 @@ class PredictConfig:
     crf_bilateral_srgb: float = 5.0
     crf_bilateral_compat: float = 4.0
     crf_backend: str = "auto"  # auto (torch on CUDA, pydensecrf on a CPU) | pydensecrf | torch (CRF_BACKENDS)
+    # with --classes: none (the decoder scores the names' text rows) | a training-free dense method of the decoder's
+    # frozen CLIP (vpltool.backbone.dense), for names the decoder never trained on: the decoder is then not run
+    dense: str = "none"
 
     def __post_init__(self) -> None:
         choice("--crf-backend", self.crf_backend, CRF_BACKENDS)
+        choice("--dense", self.dense, DENSE_CHOICES)
+        require(self.dense == "none" or self.classes is not None,
+                f"--dense {self.dense} scores --classes names with the frozen CLIP; give --classes too")
         require(len(self.scales) > 0, "--scales is empty: give at least one scale, e.g. 1.0,0.75")
         for s in self.scales:
             positive("--scales", s, upper=4.0)
@@ -182,5 +189,10 @@ class PredictConfig:
             names = [c.strip() for c in self.classes]
             require(len(names) > 0 and all(names), "--classes is empty or has an empty name: give names like a,b,c")
             check_class_names(names, "--classes")  # the rule of text-prototypes: no 'background', none twice
+
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`): ``--dense none`` is not recorded, so
+        folders made before the option resume."""
+        return {"dense": "without a dense method"} if self.dense == "none" else {}
 
 

@@ -1,0 +1,105 @@
+"""The `segment` command: open-vocabulary segmentation with a training-free dense CLIP (no labels, no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig, dense_help
+from . import app
+from .common import (
+    _R,
+    BatchSize,
+    DenseOpt,
+    Device,
+    LogFile,
+    ModelConfigDir,
+    ModelOpt,
+    OutDir,
+    Overwrite,
+    Precision,
+    PretrainedOpt,
+    Shard,
+    Split,
+    Verbose,
+    Workers,
+    friendly_errors,
+    progress,
+    runtime,
+    say,
+)
+from .values import model_spec
+from .values import shard as shard_of
+
+_S = SegmentConfig
+_METHOD = f"[default: the --dense method's. {dense_help()}]"
+
+
+@app.command("segment")
+@friendly_errors
+def segment_cmd(
+    data: Annotated[Path, typer.Argument(help="Dataset: a VOC root, a COCO root, a generic folder or manifest.json "
+                                         "(labels are not read).")],
+    out: OutDir,
+    split: Split = None,
+    classes: Annotated[Optional[str], typer.Option(help="Class names: a file with one per line, or a,b,c; synonyms "
+                                                   "as cat|kitten (one query each, the class takes the best); the "
+                                                   "masks are over background + these [default: the dataset's "
+                                                   "classes].", show_default=False)] = None,
+    dense: DenseOpt = _S.dense,
+    templates: Annotated[str, typer.Option(help="imagenet (the methods' 80 prompts) | clip-es | a template with {} | "
+                                           "a file, one template per line.")] = _S.templates,
+    background: Annotated[str, typer.Option(help="Background words (queries of class 0): auto | voc | coco | none | "
+                                            "a file | 'w1,w2,...'.")] = _S.background,
+    logit_scale: Annotated[Optional[float], typer.Option(help="softmax(scale * cosine) over the queries. " + _METHOD,
+                                                         show_default=False)] = None,
+    prob_threshold: Annotated[Optional[float], typer.Option(help="A pixel whose top class probability is below this "
+                                                            "is background.", show_default=False)] = None,
+    area_threshold: Annotated[Optional[float], typer.Option(help="SCLIP's filter: a class covering at most this share "
+                                                            "of the foreground is dropped (0 = off).",
+                                                            show_default=False)] = None,
+    short_side: Annotated[Optional[int], typer.Option(help="Images resized to this short side first (mmseg keep-ratio "
+                                                      "resize, long side at most 2048).", show_default=False)] = None,
+    slide_crop: Annotated[Optional[int], typer.Option(help="Sliding window side in pixels (0 = the whole image).",
+                                                      show_default=False)] = None,
+    slide_stride: Annotated[Optional[int], typer.Option(help="Sliding window stride in pixels.",
+                                                        show_default=False)] = None,
+    pamr_steps: Annotated[Optional[int], typer.Option(help="PAMR refinement steps (0 = off; dilations 8, 16).",
+                                                      show_default=False)] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    shard: Shard = None,
+    device: Device = _R.device,
+    precision: Precision = _R.precision,
+    batch_size: BatchSize = _R.batch_size,
+    workers: Workers = _R.workers,
+    overwrite: Overwrite = False,
+    model_config_dir: ModelConfigDir = None,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Segment any class names with no labels and no training: CLIP with a training-free dense last block
+    (MaskCLIP, SCLIP, ClearCLIP, NACLIP) against text queries; palette PNGs that `eval` scores by class name.
+
+    \b
+    Example:
+      vpltool segment data/VOC2012 --split val -o runs/voc/naclip_val --dense naclip
+      vpltool segment photos/ --classes "cat|kitten,dog,sofa" -o runs/photos_seg
+    """
+    from ..data import open_dataset
+    from ..predict import parse_class_names
+    from ..segment import run_segment
+
+    dataset = open_dataset(data, split)
+    cfg = SegmentConfig(dense=dense, templates=templates, background=background, logit_scale=logit_scale,
+                        prob_threshold=prob_threshold, area_threshold=area_threshold, short_side=short_side,
+                        slide_crop=slide_crop, slide_stride=slide_stride, pamr_steps=pamr_steps,
+                        classes=None if classes is None else parse_class_names(classes))
+    with progress("segment") as (on_start, on_item):
+        s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
+                        runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
+                        on_item=on_item, on_start=on_start)
+    say(f"[green]✓[/] segment ({cfg.dense}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
+        f"→ {out}")

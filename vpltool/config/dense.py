@@ -1,0 +1,104 @@
+"""The defaults of the training-free dense segmentor (`segment`, `cam --dense`, `predict --classes --dense`): one set
+per ``--dense`` method, each as that method's public code runs PASCAL VOC with background (its ``cfg_voc21.py``).
+
+An option left at None takes the method's value (:meth:`SegmentConfig.resolved`); what ran is recorded resolved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from .checks import at_least, choice, fraction, positive, require
+
+DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip")  # vpltool.backbone.DENSE_METHODS (torch-free)
+CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
+WHOLE_MODES = ("input", "direct")  # --slide-crop 0: logits via the input size (NACLIP) | straight to the image
+
+
+@dataclass(frozen=True)
+class DenseSettings:
+    """One method's segmentor, as its code runs VOC21."""
+
+    logit_scale: float  # softmax(logit_scale * cos) over the queries
+    prob_threshold: float  # pixels whose top class probability is below it -> background
+    short_side: int  # mmseg Resize(scale=(2048, short_side), keep_ratio=True)
+    slide_crop: int  # sliding window side in pixels; 0 = the whole image at once
+    slide_stride: int
+    crop_mode: str  # CROP_MODES
+    whole: str  # WHOLE_MODES
+    area_threshold: float | None = None  # SCLIP: a class below this share of the foreground argmax area is dropped
+    pamr_steps: int = 0  # PAMR propagation steps (0 = off)
+    pamr_dilations: tuple[int, ...] = (8, 16)
+
+
+# ClearCLIP's harness (clearclip_segmentor.py, cfg_voc21.py) runs vanilla CLIP (model_type 'vanilla', our `none`) and
+# MaskCLIP (model_type 'MaskCLIP', ignore_residual False) with its own settings
+_CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_side=448, slide_crop=448,
+                                   slide_stride=224, crop_mode="pad", whole="direct")
+DENSE_SEGMENTORS: dict[str, DenseSettings] = {
+    "none": _CLEARCLIP_HARNESS,
+    "maskclip": _CLEARCLIP_HARNESS,
+    # clip_segmentor.py + cfg_voc21.py: logit scale 65 (40 elsewhere), prob_thd 0.1, area_thd 0.1, 224/112, short 336
+    "sclip": DenseSettings(logit_scale=65.0, prob_threshold=0.1, short_side=336, slide_crop=224, slide_stride=112,
+                           crop_mode="floor", whole="direct", area_threshold=0.1),
+    "clearclip": _CLEARCLIP_HARNESS,
+    # naclip.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, the whole image (slide_crop 0), PAMR 10 steps (8, 16)
+    "naclip": DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0, slide_stride=112,
+                            crop_mode="floor", whole="input", pamr_steps=10),
+}
+
+
+def dense_help() -> str:
+    """The per-method defaults, for ``--help``."""
+    rows = []
+    for name in DENSE_CHOICES[1:]:
+        s = DENSE_SEGMENTORS[name]
+        crop = f"slide {s.slide_crop}/{s.slide_stride}" if s.slide_crop else "whole image"
+        extra = (f", area {s.area_threshold:g}" if s.area_threshold else "") + (
+            f", PAMR {s.pamr_steps}" if s.pamr_steps else "")
+        rows.append(f"{name}: scale {s.logit_scale:g}, threshold {s.prob_threshold:g}, short side {s.short_side}, "
+                    f"{crop}{extra}")
+    return "; ".join(rows)
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """`vpltool segment` (and the dense paths of `cam` and `predict`): a frozen CLIP whose last block mixes its
+    tokens as ``dense`` says, text queries, no training. None = the method's value (:data:`DENSE_SEGMENTORS`)."""
+
+    dense: str = "naclip"  # the best of the four on VOC in its paper (64.1 mIoU VOC21 with PAMR)
+    templates: str = "imagenet"  # the methods' 80 OpenAI ImageNet templates, per-template normalised, averaged
+    background: str = "auto"  # background words, queries of class 0 (as text-prototypes' --background)
+    logit_scale: float | None = None
+    prob_threshold: float | None = None
+    area_threshold: float | None = None  # None = the method's (SCLIP 0.1); 0 = off
+    short_side: int | None = None
+    slide_crop: int | None = None
+    slide_stride: int | None = None
+    pamr_steps: int | None = None
+    classes: tuple[str, ...] | None = None  # None = the dataset's own classes
+
+    def __post_init__(self) -> None:
+        choice("--dense", self.dense, DENSE_CHOICES)
+        positive("--logit-scale", self.logit_scale, allow_none=True)
+        for option, value in (("--prob-threshold", self.prob_threshold), ("--area-threshold", self.area_threshold)):
+            if value is not None:
+                fraction(option, value)
+        at_least("--short-side", self.short_side, 16, allow_none=True, why=" pixels")
+        at_least("--slide-crop", self.slide_crop, 0, allow_none=True, why=" pixels (0 = the whole image)")
+        at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
+        at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")
+        require(bool(self.templates.strip()), "--templates is empty: give imagenet, clip-es, a template or a file")
+
+    def resolved(self) -> DenseSettings:
+        """The method's :class:`DenseSettings` with every option given here in place of its own."""
+        base = DENSE_SEGMENTORS[self.dense]
+        given = {f.name: getattr(self, f.name) for f in fields(DenseSettings)
+                 if getattr(self, f.name, None) is not None}
+        if given.get("area_threshold") == 0:
+            given["area_threshold"] = None
+        out = replace(base, **given)
+        if out.slide_crop and out.slide_stride > out.slide_crop:
+            require(False, f"--slide-stride {out.slide_stride} is larger than --slide-crop {out.slide_crop}: pixels "
+                    "between windows would have no score")
+        return out
