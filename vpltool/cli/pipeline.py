@@ -210,13 +210,13 @@ def cam_cmd(
                                        "image's class rows and the background rows, at image size, with the "
                                        "method's segmentor settings (`vpltool segment --help`); the GradCAM/CAA "
                                        "options are then unused.")] = "none",
-    dense_short_side: Annotated[Optional[int], typer.Option(help="--dense: resize to this short side [default: the "
+    dense_side: Annotated[Optional[int], typer.Option(help="--dense: resize to this short side [default: the "
                                                             "method's].", show_default=False)] = None,
-    dense_logit_scale: Annotated[Optional[float], typer.Option(help="--dense: softmax(scale * cosine) [default: the "
+    dense_scale: Annotated[Optional[float], typer.Option(help="--dense: softmax(scale * cosine) [default: the "
                                                                "method's].", show_default=False)] = None,
-    dense_slide_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
+    dense_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
                                                             "[default: the method's].", show_default=False)] = None,
-    dense_pamr_steps: Annotated[Optional[int], typer.Option(help="--dense: PAMR steps (0 = off) [default: the "
+    dense_pamr: Annotated[Optional[int], typer.Option(help="--dense: PAMR steps (0 = off) [default: the "
                                                             "method's].", show_default=False)] = None,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
@@ -243,8 +243,8 @@ def cam_cmd(
     if dense != "none":
         from ..config import SegmentConfig
 
-        seg = SegmentConfig(dense=dense, short_side=dense_short_side, logit_scale=dense_logit_scale,
-                            slide_crop=dense_slide_crop, pamr_steps=dense_pamr_steps)
+        seg = SegmentConfig(dense=dense, short_side=dense_side, logit_scale=dense_scale, slide_crop=dense_crop,
+                            pamr_steps=dense_pamr)
         with progress("cam") as (on_start, on_item):
             s = run_dense_cam(source, prototypes, out, seg, runtime(device, precision, batch_size, workers, overwrite),
                               split=split, shard=shard_of(shard), on_item=on_item, on_start=on_start)
