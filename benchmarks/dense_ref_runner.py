@@ -323,6 +323,7 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
                     "pred": sample.data["pred_sem_seg"].data}, out / f"photo_{i:03d}.pt")
         shapes.append({"file": path.name, "ori_shape": list(ori), "input_shape": list(x.shape[-2:])})
     meta = {"variant": variant, "module": args.module, "cls": args.cls, "config": args.config, "kwargs": kwargs,
+            "effective": _effective(seg),
             "resize_scale": list(cfg["scale"]), "preprocessor": pre, "query_words": words, "query_idx": query_idx,
             "templates": templates, "photos": shapes, "notes": notes,
             "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__, "threads": args.threads}
@@ -347,6 +348,20 @@ def run(args) -> None:
         with text_memo(args.module):
             for variant in variants:
                 run_variant(args, cfg, variant, photos, args.out.resolve() / variant["name"])
+
+
+def _effective(seg) -> dict:
+    """The segmentor's settings as its instance holds them (its class defaults included)."""
+    out = {k: getattr(seg, k) for k in ("logit_scale", "prob_thd", "area_thd", "slide_crop", "slide_stride",
+                                        "ignore_residual", "model_type") if hasattr(seg, k)}
+    pamr = getattr(seg, "pamr", None)
+    out["pamr_steps"] = pamr.num_iter if pamr is not None else 0
+    out["pamr_dilations"] = list(pamr.aff_x.dilations) if pamr is not None else None
+    visual = getattr(getattr(seg, "net", None), "visual", None)
+    for k in ("arch", "attn_strategy", "gaussian_std"):
+        if hasattr(visual, k):
+            out[k] = getattr(visual, k)
+    return out
 
 
 def _templates(module: str) -> list[str]:
