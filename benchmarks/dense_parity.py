@@ -91,6 +91,12 @@ VARIANTS: dict[str, tuple[str, str, str, dict, str, str, dict]] = {
 MAIN = ("maskclip", "sclip", "clearclip", "naclip")  # every photo; the other variants --extra-images
 METHODS = {"maskclip": ("maskclip",), "sclip": ("sclip",), "clearclip": ("clearclip",),
            "naclip": ("naclip", "naclip-pamr", "naclip-slide"), "naclip-repo-csa (sclip)": ("naclip-csa",)}
+MASKCLIP_NOTE = (
+    "maskclip is compared with ClearCLIP's MaskCLIP mode (model_type='MaskCLIP', ignore_residual=False: value path, "
+    "residual, FFN), which vpltool follows. The original chongzhou96/MaskCLIP (an mmseg 0.x / mmcv 1.x fork) is not "
+    "run; as its configs/_base_/models/maskclip_vit16.py reads, its ViT-B/16 differs in numerics: exact GELU (not "
+    "CLIP's QuickGELU), LayerNorm eps 1e-6 (CLIP: 1e-5), the positional embedding resized bicubically to the grid "
+    "(not the +0.1 scale factor), and its own text embeddings and test protocol.")
 # the segmentors' attribute -> vpltool's DenseSettings field
 SETTINGS = {"logit_scale": "logit_scale", "prob_thd": "prob_threshold", "area_thd": "area_threshold",
             "slide_crop": "slide_crop", "slide_stride": "slide_stride", "pamr_steps": "pamr_steps",
@@ -164,10 +170,14 @@ def variant_images(name: str, images: int, extra_images: int) -> int:
     return images if name in MAIN else min(images, extra_images)
 
 
-def run_references(clones: dict[str, Path], work: Path, pt: Path, photos: Path, images: int, extra_images: int,
-                   threads: int, python: str) -> dict[str, dict]:
-    """Each clone's variants through ``dense_ref_runner.py`` (one process per clone), reusing outputs in
-    ``work/ref`` whose variant, clone commit, weights and photo count match. Returns per clone what ran."""
+def start_references(clones: dict[str, Path], work: Path, pt: Path, photos: Path, images: int, extra_images: int,
+                     threads: int, python: str) -> tuple[dict[str, dict], dict]:
+    """Start each clone's variants through ``dense_ref_runner.py`` (one process per clone, all at once), reusing
+    outputs in ``work/ref`` whose variant, clone commit, weights and photo count match; a variant to run loses its
+    old folder first, so that its ``meta.json`` (written last) says it is done. Returns (per clone what runs,
+    the processes for :func:`finish_references`)."""
+    import shutil
+
     digest = file_digest(pt)
     out, info, procs = work / "ref", {}, {}
     out.mkdir(parents=True, exist_ok=True)
@@ -181,11 +191,12 @@ def run_references(clones: dict[str, Path], work: Path, pt: Path, photos: Path, 
                      "images": variant_images(name, images, extra_images)}
             meta, done = out / name / "meta.json", out / name / "stamp.json"
             if not (meta.is_file() and done.is_file() and json.loads(done.read_text()) == stamp):
+                shutil.rmtree(out / name, ignore_errors=True)
                 todo.append((name, module, cls, overrides, stamp))
         info[clone_name] = {"path": str(clone), "commit": commit, "ran": [t[0] for t in todo],
                             "reused": [n for n, v in VARIANTS.items() if v[0] == clone_name
                                        and n not in [t[0] for t in todo]]}
-        if todo:  # the clones run at the same time, one process (and --threads threads) each
+        if todo:
             variants = [{"name": n, "overrides": o, "images": st["images"]} for n, _, _, o, st in todo]
             cmd = [python, str(Path(__file__).parent / "dense_ref_runner.py"), "--clone", str(clone), "--module",
                    todo[0][1], "--cls", todo[0][2], "--weights", str(pt), "--photos", str(photos), "--images",
@@ -193,16 +204,29 @@ def run_references(clones: dict[str, Path], work: Path, pt: Path, photos: Path, 
             log = open(out / f"{clone_name}.log", "w")
             procs[clone_name] = (subprocess.Popen(cmd, env=_env(threads), stdout=log, stderr=log), log, todo, cmd,
                                  time.perf_counter())
+    return info, procs
+
+
+def check_references(procs: dict, work: Path, wait: bool = False) -> None:
+    """Exit with the log's tail if a clone's process failed (``wait``: wait for each; then write the stamps)."""
     for clone_name, (proc, log, todo, cmd, start) in procs.items():
-        proc.wait()
+        if wait:
+            proc.wait()
+        code = proc.poll()
+        if code:
+            log.flush()
+            tail = (work / "ref" / f"{clone_name}.log").read_text()[-3000:]
+            raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{tail}")
+
+
+def finish_references(procs: dict, info: dict, work: Path) -> None:
+    """Wait for the clones' processes, stamp their variants' outputs (reused by a later run), record seconds."""
+    check_references(procs, work, wait=True)
+    for clone_name, (proc, log, todo, cmd, start) in procs.items():
         log.close()
-        if proc.returncode:
-            tail = (out / f"{clone_name}.log").read_text()[-3000:]
-            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
         for name, *_, stamp in todo:
-            (out / name / "stamp.json").write_text(json.dumps(stamp))
+            (work / "ref" / name / "stamp.json").write_text(json.dumps(stamp))
         info[clone_name]["seconds"] = round(time.perf_counter() - start, 1)
-    return info
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -378,6 +402,26 @@ def compare_variant(vt: Vpltool, name: str, ref: Path) -> dict:
     }
 
 
+def compare_all(vt: Vpltool, names: list[str], work: Path, procs: dict, jobs: int) -> dict:
+    """:func:`compare_variant` of every variant, ``jobs`` at a time in threads (torch's ops run outside the GIL),
+    each as soon as its reference is written (its ``meta.json``), while the clones still run their other variants."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending, futures = list(names), {}
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        while pending:
+            for name in [n for n in pending if (work / "ref" / n / "meta.json").is_file()]:
+                futures[name] = pool.submit(compare_variant, vt, name, work / "ref" / name)
+                pending.remove(name)
+            if pending:
+                check_references(procs, work)
+                if procs and all(p[0].poll() is not None for p in procs.values()) and not any(
+                        (work / "ref" / n / "meta.json").is_file() for n in pending):
+                    raise SystemExit(f"the clones finished without writing {', '.join(pending)}")
+                time.sleep(2)
+        return {name: futures[name].result() for name in names}
+
+
 def _same(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -456,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--text-layers", type=int, default=1,
                     help="text blocks of the random model (0: the model's own, 12 for ViT-B/16): the clones encode "
                          "every query with 80 prompts at the full 77-token context, ~26 TFLOP per clone with 12")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process (and per clone)")
+    ap.add_argument("--jobs", type=int, default=4, help="variants compared at once (threads) on vpltool's side")
     ap.add_argument("--model", default="ViT-B-16-quickgelu")
     ap.add_argument("--ref-python", default=sys.executable, help="a Python with torch, ftfy, regex, OpenCV")
     ap.add_argument("--no-preprocessing", action="store_true", help="skip point d (vpltool's own resize)")
@@ -477,16 +522,19 @@ def run(work: Path, args) -> dict:
     model, config_dir = model_config(work, args.model, None if args.quick else args.text_layers)
     pt, st, photos = setup(work, model, config_dir, args.images, 0.25 if args.quick else 1.0)
     vt = Vpltool(model, st, config_dir)
+    procs: dict = {}
     if args.ref and not args.quick:
         clones = find_clones(args.ref)
-        reference = run_references(clones, work, pt, photos, args.images, args.extra_images, args.threads,
-                                   args.ref_python)
+        reference, procs = start_references(clones, work, pt, photos, args.images, args.extra_images, args.threads,
+                                            args.ref_python)
         names = [n for n, v in VARIANTS.items() if v[0] in clones]
         source = {"clones": reference, "missing": [c for c in ("SCLIP", "ClearCLIP", "NACLIP") if c not in clones]}
     else:
         write_self_reference(vt, work, photos, args.images)
         names, source = list(VARIANTS), "self: vpltool against itself (no --ref): the comparison's plumbing only"
-    variants = {name: compare_variant(vt, name, work / "ref" / name) for name in names}
+    variants = compare_all(vt, names, work, procs, args.jobs)
+    if procs:
+        finish_references(procs, source["clones"], work)
     methods = {}
     for method, members in METHODS.items():
         present = [m for m in members if m in variants]
@@ -507,8 +555,11 @@ def run(work: Path, args) -> dict:
         "weights": "random (seed 0, fp16-exact values)", "precision": "fp32",
         "device": "cpu" if args.device == "cpu" else f"cpu (--device {args.device} ignored: fp32 on the CPU)",
         "threads": args.threads,
-        "photos": args.images, "bar": f"max abs difference of the dense logits <= {BAR:g} (fp32, CPU)",
+        "photos": args.images, "extra_variant_photos": min(args.images, args.extra_images),
+        "preprocessing_label_photos": min(args.images, args.pre_images),
+        "bar": f"max abs difference of the dense logits <= {BAR:g} (fp32, CPU)",
         "reference": source, "methods": methods, "variants": variants, "preprocessing": pre,
+        "maskclip_reference": MASKCLIP_NOTE,
         "seconds": round(time.perf_counter() - start, 1), "peak_memory": [],
     }
 
