@@ -213,6 +213,8 @@ def check_references(procs: dict, work: Path, wait: bool = False) -> None:
         if wait:
             proc.wait()
         code = proc.poll()
+        if code is not None and not hasattr(proc, "seconds"):
+            proc.seconds = time.perf_counter() - start  # the first time it is seen finished (polled every 2 s)
         if code:
             log.flush()
             tail = (work / "ref" / f"{clone_name}.log").read_text()[-3000:]
@@ -226,7 +228,7 @@ def finish_references(procs: dict, info: dict, work: Path) -> None:
         log.close()
         for name, *_, stamp in todo:
             (work / "ref" / name / "stamp.json").write_text(json.dumps(stamp))
-        info[clone_name]["seconds"] = round(time.perf_counter() - start, 1)
+        info[clone_name]["seconds"] = round(proc.seconds, 1)
 
 
 def _env(threads: int) -> dict[str, str]:

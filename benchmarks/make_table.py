@@ -453,10 +453,10 @@ def dense_parity_section(d: dict) -> list[str] | None:
     for method, m in d["methods"].items():
         code = source.get(owner.get(method, "NACLIP"), "vpltool itself (no --ref)" if not clones else "—")
         met = "met" if m["bar_met"] else "**not met**"
-        rows.append([method, code, ", ".join(m["variants"]), num(m["max_abs_diff"], 2),
+        rows.append([method, code, ", ".join(m["variants"]), num(m["max_abs_diff"]),
                      num(m.get("labels_equal_min"), 6), met])
     lines = [*table(["method", "public code (clone)", "variants", "max \\|Δ\\| logits", "labels equal (min)",
-                     f"bar {d['bar'].split('<=')[-1].strip()}"], rows, "llllrrl"), ""]
+                     f"bar: ≤ {d['bar'].split('<=')[-1].strip()}"], rows, "lllrrl"), ""]
     vrows = []
     for name, v in d["variants"].items():
         patch = v["patch_logits"]
@@ -469,8 +469,12 @@ def dense_parity_section(d: dict) -> list[str] | None:
                       "probabilities", "labels equal (min)", "photos", "settings differing"], vrows, "lrrrrrrrl"), ""]
     text = "its own" if not d.get("text_layers") else f"a {d['text_layers']}-block"
     lines.append(f"Max abs differences in fp32 on the CPU; {d.get('model')} with {d.get('weights')} weights "
-                 f"({text} text tower), {d.get('photos')} parity photos. Each variant's reference, vpltool's side "
-                 "and the clones' commits are in the recorded fields below.")
+                 f"({text} text tower), {d.get('photos')} parity photos (the extra variants "
+                 f"{d.get('extra_variant_photos', '—')}). Each variant's reference, vpltool's side and the clones' "
+                 "commits are in the recorded fields below. Command: `python benchmarks/dense_parity.py --ref CLONES "
+                 f"--images {d.get('photos')} --extra-images {d.get('extra_variant_photos')} --pre-images "
+                 f"{d.get('preprocessing_label_photos')} --text-layers {d.get('text_layers') or 0}`"
+                 + (" (`--quick`)." if d.get("quick") else "."))
     pre = d.get("preprocessing")
     if pre:
         parts = [f"short side {s}: max {num(v['pixels_max_abs_diff'], 2)}, mean {num(v['pixels_mean_abs_diff'], 2)}"
