@@ -320,7 +320,11 @@ coco: setup
 # BENCH_DEVICE=cuda runs them on the GPU (bench_crf's pydensecrf is CPU-only and records that); BENCH_ARGS=--quick
 # smoke-tests them
 # CLIP_ES=/path/to/CLIP-ES CLIP_ES_PYTHON=/its/python: the cam benchmark runs the original code (else its fallback)
+# DENSE_REFS=/folder/of/clones (SCLIP, ClearCLIP, NACLIP): the dense methods' parity against their own code
+# (dense_parity.py, fp32 on the CPU; DENSE_WORK=/a/folder keeps the clones' outputs for a later run)
 CLIP_ES ?=
+DENSE_REFS ?=
+DENSE_WORK ?=
 CLIP_ES_PYTHON ?= python3
 BENCH_DEVICE ?= cpu
 BENCH_ARGS ?=
@@ -336,6 +340,7 @@ run_bench = $(BENCH)/$(1) --device $(BENCH_DEVICE) $(2) $(BENCH_ARGS) > $(BENCH_
 bench: setup
 	mkdir -p $(BENCH_OUT)
 	$(call run_bench,bench_cam.py,$(if $(CLIP_ES),--clip-es $(CLIP_ES) --clip-es-python $(CLIP_ES_PYTHON)),cam.json)
+	$(if $(DENSE_REFS),$(call run_bench,dense_parity.py,--ref $(DENSE_REFS) $(if $(DENSE_WORK),--work $(DENSE_WORK)),dense_parity.json))
 	$(call run_bench,bench_learn_prototypes.py,--iters 30,learn_prototypes.json)
 	$(call run_bench,bench_crf.py,,crf.json)
 	$(call run_bench,bench_densecrf.py,$(if $(filter cuda%,$(BENCH_DEVICE)),--images 1000),densecrf.json)

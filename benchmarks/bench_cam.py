@@ -137,9 +137,9 @@ def _crop_to_aspect(img, aspect: float):
     return img.crop((left, top, left + cw, top + ch))
 
 
-def make_weights(folder: Path, model: str) -> tuple[Path, Path]:
+def make_weights(folder: Path, model: str, config_dir: Path = ASSETS) -> tuple[Path, Path]:
     """Random weights (seed 0) rounded to fp16 values, as ``.pt`` (a state dict clip.load accepts) and
-    ``.safetensors`` (what vpltool users keep)."""
+    ``.safetensors`` (what vpltool users keep); ``config_dir``: where a model config that open_clip lacks is."""
     import torch
     from safetensors.torch import save_file
 
@@ -147,7 +147,7 @@ def make_weights(folder: Path, model: str) -> tuple[Path, Path]:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model_, _ = create_model(ModelSpec(model, "none", config_dir=str(ASSETS)))
+        model_, _ = create_model(ModelSpec(model, "none", config_dir=str(config_dir)))
     state = {k: (v if k == "logit_scale" else v.half().float()).contiguous() for k, v in model_.state_dict().items()}
     pt, st = folder / "weights.pt", folder / "weights.safetensors"
     torch.save(state, pt)

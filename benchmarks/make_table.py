@@ -22,8 +22,8 @@ from benchlib import machine_line
 
 ROOT = Path(__file__).resolve().parent
 # sections in pipeline order, others after
-ORDER = ("gpu-pipeline", "demo", "cam", "learn-prototypes", "crf", "densecrf", "decoder", "decoder-paper",
-         "decoder-host", "stage-costs")
+ORDER = ("gpu-pipeline", "demo", "cam", "dense-parity", "learn-prototypes", "crf", "densecrf", "decoder",
+         "decoder-paper", "decoder-host", "stage-costs")
 BEGIN, END = "<!-- stage-costs:begin -->", "<!-- stage-costs:end -->"
 
 
@@ -443,6 +443,51 @@ def host_section(d: dict) -> list[str] | None:
             + f" {sentence(d.get('note'))}".rstrip()]
 
 
+def dense_parity_section(d: dict) -> list[str] | None:
+    """dense_parity.py: each dense method's max |Δ| against its own public code, then every variant's figures."""
+    ref = d.get("reference")
+    clones = ref.get("clones", {}) if isinstance(ref, dict) else {}
+    source = {n: f"{Path(c['path']).name}@{(c.get('commit') or '?')[:7]}" for n, c in clones.items()}
+    owner = {"maskclip": "ClearCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP"}
+    rows = []
+    for method, m in d["methods"].items():
+        code = source.get(owner.get(method, "NACLIP"), "vpltool itself (no --ref)" if not clones else "—")
+        met = "met" if m["bar_met"] else "**not met**"
+        rows.append([method, code, ", ".join(m["variants"]), num(m["max_abs_diff"]),
+                     num(m.get("labels_equal_min"), 6), met])
+    lines = [*table(["method", "public code (clone)", "variants", "max \\|Δ\\| logits", "labels equal (min)",
+                     f"bar: ≤ {d['bar'].split('<=')[-1].strip()}"], rows, "lllrrl"), ""]
+    vrows = []
+    for name, v in d["variants"].items():
+        patch = v["patch_logits"]
+        mismatched = ", ".join(f"{k}: {x['vpltool']} vs {x['reference']}" for k, x in v["settings_mismatched"].items())
+        vrows.append([name, num(v["text_rows_max_abs_diff"], 2), num(patch["crop224"]["max_abs_diff"], 2),
+                      num(patch["whole"]["max_abs_diff"], 2), num(v["seg_logits_max_abs_diff"], 2),
+                      num(v["probs_max_abs_diff"], 2), num(v["labels_equal_min"], 6), len(v["photos"]),
+                      mismatched or "none"])
+    lines += [*table(["variant", "text rows", "patch logits 224²", "patch logits whole", "seg logits",
+                      "probabilities", "labels equal (min)", "photos", "settings differing"], vrows, "lrrrrrrrl"), ""]
+    text = "its own" if not d.get("text_layers") else f"a {d['text_layers']}-block"
+    lines.append(f"Max abs differences in fp32 on the CPU; {d.get('model')} with {d.get('weights')} weights "
+                 f"({text} text tower), {d.get('photos')} parity photos (the extra variants "
+                 f"{d.get('extra_variant_photos', '—')}). Each variant's reference, vpltool's side and the clones' "
+                 "commits are in the recorded fields below. Command: `python benchmarks/dense_parity.py --ref CLONES "
+                 f"--images {d.get('photos')} --extra-images {d.get('extra_variant_photos')} --pre-images "
+                 f"{d.get('preprocessing_label_photos')} --text-layers {d.get('text_layers') or 0}`"
+                 + (" (`--quick`)." if d.get("quick") else "."))
+    pre = d.get("preprocessing")
+    if pre:
+        parts = [f"short side {s}: max {num(v['pixels_max_abs_diff'], 2)}, mean {num(v['pixels_mean_abs_diff'], 2)}"
+                 for s, v in pre["by_short_side"].items()]
+        labels = [f"{n} {num(min(x), 4)}" for v in pre["by_short_side"].values()
+                  for n, x in v["labels_equal_from_own_input"].items()]
+        lines += ["", f"Preprocessing (not part of the figures above, which start from the same input tensor): "
+                  f"{pre['what']} Sizes equal: {pre['sizes_equal']}; decode max |Δ| {pre['decode_max_abs_diff_uint8']} "
+                  f"levels; pixels {'; '.join(parts)}; labels equal from vpltool's own input (min): "
+                  f"{', '.join(labels)}."]
+    return lines
+
+
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
             "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
@@ -458,7 +503,8 @@ SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_sectio
             "decoder-host": ("train-decoder: the host's work per iteration (bench_decoder.py --mode host)",
                              decoder_host_section),
             "learn-prototypes-launches": ("learn-prototypes: ops per iteration over VOC's pixels "
-                                          "(bench_learn_prototypes.py --launches)", None)}
+                                          "(bench_learn_prototypes.py --launches)", None),
+            "dense-parity": ("Dense CLIP methods against their public code (dense_parity.py)", dense_parity_section)}
 
 
 def section(path: Path, data: dict) -> list[str]:
