@@ -22,6 +22,7 @@ from .common import (
     Split,
     Verbose,
     Workers,
+    all_ranks,
     friendly_errors,
     progress,
     runtime,
@@ -51,6 +52,7 @@ def _opt(help_text: str, name: str, **kw) -> Any:
 
 @app.command("train-decoder")
 @friendly_errors
+@all_ranks
 def train_decoder_cmd(
     pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored).")],
     prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="Vision (or text) prototypes W; also "

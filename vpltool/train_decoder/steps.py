@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +26,7 @@ from ..decoder import (
     rsc_loss,
     upsample_logits,
 )
-from ..device import autocast, resolve_device, torchrun_rank
+from ..device import autocast
 from ..errors import VplError
 
 RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  # fields a resumed run may change
@@ -273,88 +269,3 @@ def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-# how long the ranks wait for each other to start: torchrun starts them within seconds, a busy Slurm allocation within
-# minutes; a rank whose peers never come (a stale RANK in a shell) fails after this, not after torch's 30 minutes
-RENDEZVOUS_S = 300
-
-
-@contextlib.contextmanager
-def distributed(device: str) -> Iterator[tuple[int, int, torch.device]]:
-    """``(rank, world_size, device)``; under torchrun (``WORLD_SIZE`` > 1) joins the process group (env://).
-
-    The environment is checked as the per-image stages check it (:func:`vpltool.device.torchrun_rank`), plus the
-    rendezvous address torchrun sets; the ranks must meet within :data:`RENDEZVOUS_S` seconds (collectives keep
-    torch's own timeout). One line for each way it fails.
-    """
-    env = torchrun_rank()
-    dev = resolve_device(device)
-    if env is None or env[1] == 1:
-        yield 0, 1, dev
-        return
-    rank, world = env
-    local = int(os.environ.get("LOCAL_RANK", "0")) if os.environ.get("LOCAL_RANK", "0").isdigit() else 0
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=_rendezvous(rank, world),
-                                rank=rank, world_size=world)
-    try:
-        yield rank, world, dev
-        if created:  # leave together: a rank tearing gloo down while rank 0 still writes could abort the run
-            dist.barrier()
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
-def _rendezvous(rank: int, world: int):
-    """The ranks' store (env://: MASTER_ADDR, MASTER_PORT), met within :data:`RENDEZVOUS_S` seconds."""
-    from datetime import timedelta
-
-    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
-    if missing:
-        raise VplError(f"RANK={rank} WORLD_SIZE={world} are set but {' and '.join(missing)} not: launch with "
-                       "torchrun (it sets them all), or unset RANK and WORLD_SIZE to train in one process")
-    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-    try:
-        with _quiet_c10d():
-            store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timedelta(seconds=RENDEZVOUS_S)))
-    except (RuntimeError, ValueError) as e:  # DistStoreError / DistNetworkError (timeouts), a bad port
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        why = "no peer answered" if "timed out" in text.lower() else text[:160]  # else: a bad address, a port taken
-        raise VplError(f"rank {rank} of WORLD_SIZE={world} did not meet its peers at {where} within {RENDEZVOUS_S} s "
-                       f"({why}); start all {world} ranks (torchrun starts them together), or unset RANK and "
-                       "WORLD_SIZE to train in one process") from None
-    return store
-
-
-# what torch's C++ side writes on stderr for each failed connection attempt: a log line, then a stack
-_C10D_LINE = re.compile(r"\[[EWI]\d|Exception raised from|frame #|<omitting python frames>|\s*$")
-
-
-@contextlib.contextmanager
-def _quiet_c10d() -> Iterator[None]:
-    """Keep back what torch's C++ rendezvous logs on stderr (file descriptor 2) while the ranks meet: a stack trace
-    per failed connection attempt, where the one line of :func:`_rendezvous` says it all. Other lines are replayed."""
-    import sys
-    import tempfile
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no stderr to quieten
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = [line for line in held.read().decode(errors="replace").splitlines() if not _C10D_LINE.match(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
