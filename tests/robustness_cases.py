@@ -2020,6 +2020,13 @@ def _negative_rank(ws: Workspace) -> Iterator[list[object]]:
         yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU]
 
 
+@case("eval under RANK=1 WORLD_SIZE=2 of a job script (no MASTER_ADDR): a single-rank stage runs on rank 0 only",
+      "rank 1 of 2: `vpltool eval` runs on rank 0 only; nothing to do here", exit_code=0)
+def _single_rank_stage(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(RANK="1", WORLD_SIZE="2"):
+        yield ["eval", ws.pseudo]
+
+
 @case("WORLD_SIZE=2 without RANK", "WORLD_SIZE=2 is set but RANK is not", "launch with torchrun")
 def _world_without_rank(ws: Workspace) -> Iterator[list[object]]:
     with _torchrun_env(WORLD_SIZE="2"):

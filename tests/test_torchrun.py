@@ -214,3 +214,27 @@ def test_a_node_killed_mid_stage_ends_the_other_in_one_line_and_a_rerun_resumes(
     ddp = io.read_tensors(run / "decoder" / "decoder.safetensors", kind="decoder").tensors
     assert single.keys() == ddp.keys()
     assert max((single[k].float() - ddp[k].float()).abs().max().item() for k in single) <= DECODER_ATOL
+
+
+def test_each_command_kind_on_a_rank_without_a_group(monkeypatch, capsys):
+    """RANK/WORLD_SIZE of a job script (no MASTER_ADDR): a command with --shard takes the rank's shard; any other
+    runs whole on rank 0 (a stage folder it writes sees no ranks: all the items) and is one line on the others."""
+    from vpltool.batches import shard_from_env
+    from vpltool.cli.common import _on_ranks
+
+    seen = []
+
+    def eval_cmd() -> None:  # a single-rank command
+        seen.append(("eval", shard_from_env()))
+
+    def cam_cmd(shard=None) -> None:  # a per-image stage
+        seen.append(("cam", shard_from_env(shard)))
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        _on_ranks(eval_cmd, (), {})
+        _on_ranks(cam_cmd, (), {})
+    assert seen == [("eval", (0, 1)), ("cam", (0, 2)), ("cam", (1, 2))]
+    assert "rank 1 of 2: `vpltool eval` runs on rank 0 only; nothing to do here" in capsys.readouterr().err

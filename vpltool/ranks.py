@@ -94,6 +94,18 @@ def command_group(kind: str) -> Iterator[bool]:
             raise VplError(peer_lost(rank, world, e)) from None
 
 
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside, this process sees no ranks (``RANK``, ``WORLD_SIZE`` unset; restored after): a :data:`ONE` command
+    runs whole on rank 0, so that a stage folder it writes (:class:`vpltool.io.StageFolder`, which takes its shard
+    from the rank) holds every item, not rank 0's shard of them."""
+    saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def peer_gone(e: BaseException) -> bool:
     """Whether torch raised ``e`` because a peer rank is gone (its process died, its connection closed)."""
     import torch.distributed as dist
@@ -203,4 +215,4 @@ def _quiet_c10d() -> Iterator[None]:
 
 
 __all__ = ["SPLIT", "ONE", "ALL", "RENDEZVOUS_S", "PEER_WAIT_S", "in_group", "runs_here", "waiting_line",
-           "command_group", "peer_gone", "peer_lost", "process_group"]
+           "command_group", "alone", "peer_gone", "peer_lost", "process_group"]

@@ -177,9 +177,13 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
             raise VplError(ranks.peer_lost(*env, e)) from None
     line = ranks.waiting_line(kind, fn.__name__.removesuffix("_cmd").replace("_", "-"))
     with ranks.command_group(kind) as here:
-        if here:
+        if not here:
+            say(line)
+            return None
+        if kind == ranks.SPLIT:
             return fn(*args, **kwargs)
-        say(line)
+        with ranks.alone():  # rank 0 runs the whole command: nothing in it may take itself for a shard
+            return fn(*args, **kwargs)
 
 
 def _check_file_options(kwargs: dict) -> None:
