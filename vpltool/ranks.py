@@ -86,7 +86,9 @@ def command_group(kind: str) -> Iterator[bool]:
         return
     import torch.distributed as dist
 
-    with process_group("cpu", timeout=RENDEZVOUS_S, leave_together=False) as (rank, world, _):
+    # the group's own timeout, not only the barrier's: a rank other than 0 waits for rank 0 in a receive that
+    # keeps the group's timeout (gloo), whatever the barrier's says
+    with process_group("cpu", timeout=PEER_WAIT_S, leave_together=False) as (rank, world, _):
         yield here
         try:
             dist.monitored_barrier(timeout=timedelta(seconds=PEER_WAIT_S))
@@ -115,12 +117,15 @@ def peer_gone(e: BaseException) -> bool:
         what in text for what in ("connection closed by peer", "connection reset by peer", "broken pipe"))
 
 
-def peer_lost(rank: int, world: int, e: BaseException) -> str:
-    """The one line of a rank whose peer stopped during a collective (``e``: what torch raised)."""
+def peer_lost(rank: int, world: int, e: BaseException,
+              then: str = "re-run the same command on every node to resume") -> str:
+    """The one line of a rank whose peer stopped during a collective (``e``: what torch raised; ``then``: how to
+    go on)."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    why = "its connection closed" if "closed" in text.lower() else re.sub(r"^\[[^\]]*\]\s*", "", text)[:160]
+    gone = any(w in text.lower() for w in ("closed", "reset by peer", "broken pipe"))
+    why = "its connection closed" if gone else re.sub(r"^\[[^\]]*\]\s*", "", text)[:160]
     return (f"rank {rank} of {world}: another rank stopped before the end ({why}); what this rank finished is kept: "
-            "read the other rank's message, then re-run the same command on every node to resume")
+            f"read the other rank's message, then {then}")
 
 
 @contextlib.contextmanager

@@ -174,7 +174,9 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
             env = ranks.torchrun_rank()
             if env is None or not ranks.peer_gone(e):
                 raise
-            raise VplError(ranks.peer_lost(*env, e)) from None
+            resume = "" if kwargs.get("resume") else " with --resume"  # train-decoder's checkpoints
+            raise VplError(ranks.peer_lost(*env, e, f"re-run the same command{resume} on every node to continue "
+                                                    "from the last checkpoint")) from None
     line = ranks.waiting_line(kind, fn.__name__.removesuffix("_cmd").replace("_", "-"))
     with ranks.command_group(kind) as here:
         if not here:
