@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,25 +64,77 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
     with autocast(feats.device, dtype):
         v, logits, protos = model(feats)
     up = upsample_logits(logits, target.shape[-2:])  # [B, C + 1, S, S] float32
-    ce = balanced_ce_loss(up, target) if cfg.loss == "balanced" else ce_loss(up, target)
+    ddp = _ddp_world(model)
+    count = None if ddp == 1 else functools.partial(_mean_over_ranks, world=ddp)
+    ce = balanced_ce_loss(up, target, count) if cfg.loss == "balanced" else ce_loss(up, target, count)
     out = {"ce": ce, "loss": cfg.lambda_ce * ce}
     if cfg.lambda_rsc > 0:
         present = present_classes(target, logits.shape[1])
-        regions, region_class, valid = class_regions(v, region_masks(logits, present), present)
+        regions, region_class, valid = _gathered(class_regions(v, region_masks(logits, present), present), ddp)
         row_class = getattr(model, "module", model).row_class
         out["rsc"] = rsc_loss(regions, region_class, protos, row_class, cfg.rsc_temperature, valid)
         out["loss"] = out["loss"] + cfg.lambda_rsc * out["rsc"]
     if cfg.lambda_proto > 0:
-        out["proto"] = proto_loss(getattr(model, "module", model), v, protos, target)
+        out["proto"] = proto_loss(getattr(model, "module", model), v, protos, target, ddp)
         out["loss"] = out["loss"] + cfg.lambda_proto * out["proto"]
     return out
 
 
-def proto_loss(inner: SegDecoder, v: Tensor, protos: Tensor, target: Tensor) -> Tensor:
+# DDP (N ranks, batch B each) trains as one process with the batch N x B, up to float rounding: DDP averages the
+# ranks' gradients, so a loss that is a mean over the batch is divided by the mean count over the ranks (the CE), and
+# one that contrasts the regions of the batch (RSC, CMPA) is computed by every rank on every rank's regions (an
+# all-gather whose backward sums the ranks' gradients into each rank's own regions). Tested: tests/test_torchrun.py.
+def _ddp_world(model) -> int:
+    """The ranks ``model`` trains over: DistributedDataParallel's world, else 1."""
+    return dist.get_world_size() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else 1
+
+
+def _mean_over_ranks(count: Tensor, world: int) -> Tensor:
+    """``count`` summed over the ranks, over ``world``: the per-rank share of the whole batch's count."""
+    total = count.float()
+    dist.all_reduce(total)
+    return total / world
+
+
+def _gathered(regions: tuple[Tensor, Tensor, Tensor], world: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`vpltool.decoder.class_regions`' ``(P [R, D], classes [R], valid [R])`` of every rank, rank by rank
+    (the same fixed size R on each: the batch and the classes are the same); P keeps its gradient."""
+    if world == 1:
+        return regions
+    embeddings, classes, valid = regions
+    labels = torch.stack([classes, valid.long()])  # one collective for both (gloo gathers no bool)
+    gathered = [torch.empty_like(labels) for _ in range(world)]
+    dist.all_gather(gathered, labels)
+    labels = torch.cat(gathered, dim=1)
+    return _GatherRows.apply(embeddings), labels[0], labels[1].bool()
+
+
+class _GatherRows(torch.autograd.Function):
+    """``[R, D]`` of every rank -> ``[world * R, D]``, rank by rank; backward: the gradients of every rank's loss
+    summed (an all-reduce), this rank's rows kept. (torch.distributed.nn's all_gather binds the group it was
+    imported under, stale once a command's group is gone.)"""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor) -> Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), len(rows)
+        out = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, rows.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def proto_loss(inner: SegDecoder, v: Tensor, protos: Tensor, target: Tensor, world: int = 1) -> Tensor:
     """CMPA on one batch: pseudo-mask masked average pooling of ``V [B, D, h, w]`` per (image, class), then
-    :func:`vpltool.decoder.cmpa_loss` against the class rows of ``protos [N, D]`` and the image-prototype bank."""
+    :func:`vpltool.decoder.cmpa_loss` against the class rows of ``protos [N, D]`` and the image-prototype bank
+    (``world``: DDP's, whose ranks' regions are gathered)."""
     present = present_classes(target, inner.n_classes)
-    regions, region_class, valid = class_regions(v, mask_fractions(target, inner.n_classes, v.shape[-2:]), present)
+    regions, region_class, valid = _gathered(
+        class_regions(v, mask_fractions(target, inner.n_classes, v.shape[-2:]), present), world)
     return cmpa_loss(regions, region_class, protos[inner.class_rows], inner.proto_bank, inner.proto_bank_valid,
                      inner.proto_log_temp, valid=valid)
 
