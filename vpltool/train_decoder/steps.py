@@ -85,8 +85,10 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
 # one that contrasts the regions of the batch (RSC, CMPA) is computed by every rank on every rank's regions (an
 # all-gather whose backward sums the ranks' gradients into each rank's own regions). Tested: tests/test_torchrun.py.
 def _ddp_world(model) -> int:
-    """The ranks ``model`` trains over: DistributedDataParallel's world, else 1."""
-    return dist.get_world_size() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else 1
+    """The ranks ``model`` trains over: DistributedDataParallel's world (also under ``--compile``, which wraps
+    it), else 1."""
+    wrapped = getattr(model, "_orig_mod", model)
+    return dist.get_world_size() if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else 1
 
 
 def _mean_over_ranks(count: Tensor, world: int) -> Tensor:
