@@ -241,3 +241,19 @@ def test_each_command_kind_on_a_rank_without_a_group(monkeypatch, capsys):
         _on_ranks(cam_cmd, (), {})
     assert seen == [("eval", (0, 1)), ("cam", (0, 2)), ("cam", (1, 2))]
     assert "rank 1 of 2: `vpltool eval` runs on rank 0 only; nothing to do here" in capsys.readouterr().err
+
+
+def test_what_torch_says_of_a_lost_peer_is_one_line():
+    from vpltool.ranks import peer_gone, peer_lost
+
+    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:52949. This is typically caused by a remote worker crashing. GLHF!")
+    waiting = RuntimeError("Rank 1 successfully reached monitoredBarrier, but received errors while waiting for "
+                           "send/recv from rank 0. Please check rank 0 logs for faulty rank.")
+    for e in (gloo, waiting):
+        line = peer_lost(1, 2, e)
+        assert line.startswith("rank 1 of 2: another rank stopped before the end (its connection closed); ")
+        assert "\n" not in line and "GLHF" not in line
+    assert peer_gone(gloo) and not peer_gone(RuntimeError("CUDA out of memory"))
+    assert "did not answer within 86400 s" in peer_lost(0, 2, RuntimeError("Rank 1 failed to pass monitoredBarrier"))
+    assert peer_lost(0, 2, gloo, "re-run it").endswith("read the other rank's message, then re-run it")

@@ -122,8 +122,13 @@ def peer_lost(rank: int, world: int, e: BaseException,
     """The one line of a rank whose peer stopped during a collective (``e``: what torch raised; ``then``: how to
     go on)."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    gone = any(w in text.lower() for w in ("closed", "reset by peer", "broken pipe"))
-    why = "its connection closed" if gone else re.sub(r"^\[[^\]]*\]\s*", "", text)[:160]
+    low = text.lower()
+    if any(w in low for w in ("closed", "reset by peer", "broken pipe", "received errors while waiting")):
+        why = "its connection closed"  # gloo's words for a peer that died, on either side of the barrier
+    elif "failed to pass monitoredbarrier" in low:
+        why = f"it did not answer within {PEER_WAIT_S} s"
+    else:
+        why = re.sub(r"^\[[^\]]*\]\s*", "", text)[:160]
     return (f"rank {rank} of {world}: another rank stopped before the end ({why}); what this rank finished is kept: "
             f"read the other rank's message, then {then}")
 
