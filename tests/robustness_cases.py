@@ -2290,6 +2290,20 @@ def _shard_vs_rank_2(ws: Workspace) -> Iterator[list[object]]:
         yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU, "--shard", "0/2"]
 
 
+@case("RANK=-1 WORLD_SIZE=2 (issue 38: an integer out of range, not \"not integers\")",
+      "RANK=-1 WORLD_SIZE=2: RANK must be in 0..WORLD_SIZE-1 (0..1)", "launch with torchrun")
+def _negative_rank(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(RANK="-1", WORLD_SIZE="2"):
+        yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("eval under RANK=1 WORLD_SIZE=2 of a job script (no MASTER_ADDR): a single-rank stage runs on rank 0 only",
+      "rank 1 of 2: `vpltool eval` runs on rank 0 only; nothing to do here", exit_code=0)
+def _single_rank_stage(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(RANK="1", WORLD_SIZE="2"):
+        yield ["eval", ws.pseudo]
+
+
 @case("WORLD_SIZE=2 without RANK", "WORLD_SIZE=2 is set but RANK is not", "launch with torchrun")
 def _world_without_rank(ws: Workspace) -> Iterator[list[object]]:
     with _torchrun_env(WORLD_SIZE="2"):
@@ -2308,13 +2322,13 @@ def _decoder_no_master(ws: Workspace) -> Iterator[list[object]]:
 def _decoder_no_peer(ws: Workspace) -> Iterator[list[object]]:
     import socket
 
-    from vpltool.train_decoder import steps
+    from vpltool import ranks
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with _torchrun_env(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)), \
-            mock.patch.object(steps, "RENDEZVOUS_S", 2):
+            mock.patch.object(ranks, "RENDEZVOUS_S", 2):
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_peers"), *DECODER_ARGS]
 
 

@@ -182,8 +182,12 @@ def test_shard_from_torchrun_environment(monkeypatch):
     monkeypatch.setenv("RANK", "1_0")  # Python's int reads 10; only plain digits are a rank
     with pytest.raises(VplError, match="not integers"):
         shard_from_env()
-    monkeypatch.setenv("RANK", "9")
-    with pytest.raises(VplError, match="outside WORLD_SIZE"):
+    for rank in ("9", "-1"):  # issue 38: -1 is an integer, out of range, not "not integers"
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(VplError, match=rf"RANK={rank} WORLD_SIZE=8: RANK must be in 0..WORLD_SIZE-1 \(0..7\)"):
+            shard_from_env()
+    monkeypatch.setenv("WORLD_SIZE", "0")
+    with pytest.raises(VplError, match="WORLD_SIZE=0 must be at least 1"):
         shard_from_env()
 
 

@@ -59,6 +59,8 @@ def segments(span: str) -> list[list[str]]:
                 tokens = shlex.split(part)
             except ValueError:
                 tokens = part.split()
+            if tokens and (assigned := re.fullmatch(r"[A-Za-z_]\w*=(.* .*)", tokens[0], flags=re.S)):
+                tokens = shlex.split(assigned.group(1)) + tokens[1:]  # T="srun torchrun ...": that command
             if tokens:
                 out.append(tokens)
     return out

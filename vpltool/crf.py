@@ -232,6 +232,7 @@ def run_crf(
     cfg: CrfConfig = CrfConfig(),
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
+    shard: tuple[int, int] | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> CrfSummary:
@@ -243,13 +244,18 @@ def run_crf(
         cfg: CRF parameters (recorded in ``_stage.json``, with the backend that ran).
         runtime: ``workers`` processes (0 = one per core; 1 = in this process): CRF processes with pydensecrf,
             image loaders with torch; ``device`` and ``batch_size`` (torch); ``overwrite``.
+        shard: ``(i, n)``: every n-th mask from the i-th (``--shard i/n``; under torchrun the rank, see
+            :func:`vpltool.batches.shard_from_env`); the folder completes when every shard's masks are there.
         on_item: called with the number of images just finished. on_start: called once with the number to do.
 
     Raises:
         MissingDependencyError: pydensecrf is not installed (and its backend is asked for).
         ContractError: a CAM file of the wrong kind/classes, or whose size differs from its image.
     """
+    from .batches import shard_from_env  # here: the CRF worker processes import this module, never torch
+
     cams_dir, out = Path(cams_dir), Path(out)
+    shard = shard_from_env(shard)
     cfg = with_backend(cfg, runtime.device)
     on_torch = cfg.backend == "torch" and not cfg.no_crf
     if not cfg.no_crf and not on_torch:
@@ -266,7 +272,8 @@ def run_crf(
                        f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
     start = time.perf_counter()
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
-    with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs) as folder:
+    with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
+                        shard=shard) as folder:
         todo = [(i, str(items[i].image)) for i in folder.todo(ids, io.mask_path)]
         if on_start:
             on_start(len(todo))
@@ -278,12 +285,12 @@ def run_crf(
             chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes),
                              cfg=cfg)
             workers, ignored, total = _run_chunks(chunks, workers, on_item)
-        done = {i for i, _ in todo}
-        ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in ids if i not in done],
+        done, mine = {i for i, _ in todo}, folder.mine(ids)
+        ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in mine if i not in done],
                                                    resolve_workers(runtime.workers))
-        folder.complete(count=len(ids), ids=ids)
+        folder.finish(ids, io.mask_path)
     total += total_kept
-    return CrfSummary(done=len(todo), skipped=len(ids) - len(todo), seconds=time.perf_counter() - start,
+    return CrfSummary(done=len(todo), skipped=len(mine) - len(todo), seconds=time.perf_counter() - start,
                       workers=workers, ignored=(ignored + ignored_kept) / total if total else None,
                       backend="none" if cfg.no_crf else cfg.backend)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -63,11 +64,13 @@ def torchrun_rank() -> tuple[int, int] | None:
         given, missing = ("WORLD_SIZE", "RANK") if rank is None else ("RANK", "WORLD_SIZE")
         raise VplError(f"{given}={os.environ[given]} is set but {missing} is not; {fix}")
     digits = [v.strip() for v in (rank, world)]
-    if not all(v.isascii() and v.isdigit() for v in digits):
+    if not all(re.fullmatch(r"-?[0-9]+", v) for v in digits):
         raise VplError(f"RANK={rank!r} WORLD_SIZE={world!r}: not integers; {fix}")
     index, count = int(digits[0]), int(digits[1])
+    if count < 1:
+        raise VplError(f"WORLD_SIZE={world} must be at least 1; {fix}")
     if not 0 <= index < count:
-        raise VplError(f"RANK={rank} is outside WORLD_SIZE={world}; {fix}")
+        raise VplError(f"RANK={rank} WORLD_SIZE={world}: RANK must be in 0..WORLD_SIZE-1 (0..{count - 1}); {fix}")
     return index, count
 
 

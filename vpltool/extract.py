@@ -109,7 +109,7 @@ def run_extract(
         _refuse_stale(out, [it for it in part.items if io.feature_path(out, it.id).is_file()])
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
                         not_compared=NOT_COMPARED, inputs=inputs) as folder:
-        todo_ids = set(folder.todo([it.id for it in part.items], io.feature_path))
+        todo_ids = set(folder.todo([it.id for it in dataset.items], io.feature_path))
         todo = [it for it in part.items if it.id in todo_ids]
         if on_start:
             on_start(len(todo))

@@ -214,14 +214,14 @@ def run_predict(
         classes = open_vocabulary(model, bb, cfg.classes, prompts)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
-    index, count = shard_from_env(shard)
+    shard = shard_from_env(shard)  # before anything is written: a --shard at odds with torchrun's rank is refused
     ids = [it.id for it in dataset.items]
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                        shard=(index, count),
+                        shard=shard,
                         sides={"--save-overlays": overlays}) as folder:
-        todo = folder.todo(ids[index::count], io.mask_path)
+        todo = folder.todo(ids, io.mask_path)
         if on_start:
             on_start(len(todo))
         if todo:
@@ -237,8 +237,8 @@ def run_predict(
                 _check_tokens(bb, item.image, size, long_side, cfg)
             _predict(bb, model, arch["blocks"], todo_items, sizes, long_side, out, cfg, runtime, dtype, overlays,
                      on_item)
-        folder.finish(ids, io.mask_path, index, count, classes=classes)
-    return io.StageSummary(done=len(todo), skipped=len(ids[index::count]) - len(todo),
+        folder.finish(ids, io.mask_path, classes=classes)
+    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
                            seconds=time.perf_counter() - start)
 
 

@@ -170,11 +170,10 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
         params["dino_weights"] = "file"
     need_images = src.need_images or overlays is not None
     items = src.dataset().by_id() if need_images else {}
-    index, count = shard
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=(index, count),
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
                         sides={"--save-overlays": overlays, "--save-debug": debug}) as folder:
-        todo = folder.todo(src.ids[index::count], io.cam_path)
+        todo = folder.todo(src.ids, io.cam_path)
         if on_start:
             on_start(len(todo))
         if todo:
@@ -184,8 +183,8 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
                                     f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
             plan = src.plan(bb, todo, items, runtime.loader_workers(bb.device))
             _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
-        folder.finish(src.ids, io.cam_path, index, count, inputs=inputs)
-    return io.StageSummary(done=len(todo), skipped=len(src.ids[index::count]) - len(todo),
+        folder.finish(src.ids, io.cam_path, inputs=inputs)
+    return io.StageSummary(done=len(todo), skipped=len(folder.mine(src.ids)) - len(todo),
                            seconds=time.perf_counter() - start)
 
 

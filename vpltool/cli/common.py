@@ -132,7 +132,7 @@ def friendly_errors(fn: Callable) -> Callable:
                     except VplError:
                         _LOG.checked(False)  # refused: nothing, not even this error, goes there
                         raise
-                return fn(*args, **kwargs)
+                return _on_ranks(fn, args, kwargs)
         except VplError as e:
             _error_line(e)
         except OSError as e:  # one that escaped the library's own handling (its writes name their files)
@@ -148,6 +148,47 @@ def friendly_errors(fn: Callable) -> Callable:
             _LOG.finish()
 
     return wrapper
+
+
+def all_ranks(fn: Callable) -> Callable:
+    """Marks a command that runs on every rank of a torchrun launch and meets them itself (train-decoder's DDP);
+    see :func:`_on_ranks` for the others."""
+    fn.vpl_ranks = "all"
+    return fn
+
+
+def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
+    """Run a command on this rank of a torchrun launch (:mod:`vpltool.ranks`): the per-image stages, those with
+    ``--shard``, split their items over the ranks; a command marked :func:`all_ranks` meets them itself; every
+    other command runs on rank 0 while the others say so in one line and wait. A rank whose peer died mid-command
+    ends with one line (exit 2). Without ``RANK``/``WORLD_SIZE`` the command simply runs."""
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
+        return fn(*args, **kwargs)
+    import inspect
+
+    from .. import ranks
+
+    kind = getattr(fn, "vpl_ranks", None) or (ranks.SPLIT if "shard" in inspect.signature(fn).parameters else
+                                               ranks.ONE)
+    if kind == ranks.ALL:
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:  # a collective whose peer died (gloo: "Connection closed by peer")
+            env = ranks.torchrun_rank()
+            if env is None or not ranks.peer_gone(e):
+                raise
+            resume = "" if kwargs.get("resume") else " with --resume"  # train-decoder's checkpoints
+            raise VplError(ranks.peer_lost(*env, e, f"re-run the same command{resume} on every node to continue "
+                                                    "from the last checkpoint")) from None
+    line = ranks.waiting_line(kind, fn.__name__.removesuffix("_cmd").replace("_", "-"))
+    with ranks.command_group(kind) as here:
+        if not here:
+            say(line)
+            return None
+        if kind == ranks.SPLIT:
+            return fn(*args, **kwargs)
+        with ranks.alone():  # rank 0 runs the whole command: nothing in it may take itself for a shard
+            return fn(*args, **kwargs)
 
 
 def _check_file_options(kwargs: dict) -> None:

@@ -366,6 +366,7 @@ def crf_cmd(
                                                       show_default=False, rich_help_panel=RUNTIME)] = None,
     workers: Annotated[int, typer.Option(help="CRF processes (pydensecrf) or image loaders (torch); 0 = one per "
                                          "CPU core; results do not depend on it.", rich_help_panel=RUNTIME)] = 0,
+    shard: Shard = None,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -385,7 +386,8 @@ def crf_cmd(
                                parity=parity, no_crf=no_crf, backend=backend))
     with progress("crf") as (on_start, on_item):
         s = run_crf(cams, out, cfg, runtime(device=device, batch_size=batch_size, workers=workers,
-                                            overwrite=overwrite), on_item=on_item, on_start=on_start)
+                                            overwrite=overwrite), shard=shard_of(shard), on_item=on_item,
+                      on_start=on_start)
     whose = f"the {s.done + s.skipped} masks' pixels" if s.skipped else "their pixels"  # a resume: the whole folder
     ignored = "" if s.ignored is None else f", {100 * s.ignored:.1f}% of {whose} ignored (255)"
     if s.ignored is not None and s.ignored >= CRF_IGNORED_WARNING:

@@ -23,6 +23,7 @@ from .common import (
     Split,
     Verbose,
     Workers,
+    all_ranks,
     friendly_errors,
     progress,
     runtime,
@@ -52,6 +53,7 @@ def _opt(help_text: str, name: str, **kw) -> Any:
 
 @app.command("train-decoder")
 @friendly_errors
+@all_ranks
 def train_decoder_cmd(
     pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored).")],
     prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="Vision (or text) prototypes W; also "
@@ -84,6 +86,9 @@ def train_decoder_cmd(
     layers: Annotated[Optional[int], _opt("Decoder transformer layers.", "layers")] = None,
     heads: Annotated[Optional[int], _opt("Attention heads.", "heads")] = None,
     crop_size: Annotated[Optional[int], _opt("Training crop, a multiple of the patch size.", "crop_size")] = None,
+    dropout: Annotated[Optional[float], _opt("Dropout2d on the fused features; 0 = off (then DDP over N processes "
+                                             "gives one process's weights at N times the batch, up to float "
+                                             "rounding: its masks are drawn per rank).", "dropout")] = None,
     train_prototypes: Annotated[Optional[bool], typer.Option("--train-prototypes/--freeze-prototypes",
                                                              show_default=False,
                                                              help="Fine-tune W [default: frozen].")] = None,
@@ -129,7 +134,8 @@ def train_decoder_cmd(
                          ignore_classes=None if ignore_classes is None else tuple(
                              c.strip() for c in ignore_classes.split(",") if c.strip()),
                          loss=loss, dim=dim, layers=layers, heads=heads,
-                         crop_size=crop_size, train_prototypes=train_prototypes, cache_features=cache_features,
+                         crop_size=crop_size, dropout=dropout, train_prototypes=train_prototypes,
+                         cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed, compile=compile)
     warn_inert(cfg, decoder_recipe(recipe))
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
@@ -142,7 +148,8 @@ def train_decoder_cmd(
     loss = "" if s.loss is None else \
         f", training loss ({terms}) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"
     val = f", validation mIoU {100 * s.val_miou:.1f}%" if s.val_miou is not None else ""
-    say(f"[green]✓[/] train-decoder: {done} ({s.iters_per_s:.2f} it/s){loss}{val} → {s.decoder}")
+    written = s.decoder if s.decoder is not None else f"{out} (rank 0 writes the files)"  # on the other ranks
+    say(f"[green]✓[/] train-decoder: {done} ({s.iters_per_s:.2f} it/s){loss}{val} → {written}")
 
 
 @app.command("predict")

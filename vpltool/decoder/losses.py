@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,25 +65,30 @@ def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
         return rows @ logits.float() @ cols.T
 
 
-def ce_loss(logits: Tensor, target: Tensor) -> Tensor:
+def ce_loss(logits: Tensor, target: Tensor, count: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Pixel cross-entropy, 255 ignored; 0 (not NaN) when every pixel is ignored.
 
     Args:
         logits: ``[B, C + 1, H, W]`` float.
         target: ``[B, H, W]`` int64 in 0..C or 255.
+        count: the denominator from the ``[]`` count of the batch's labelled pixels; None = that count (the mean
+            over them). DDP passes the mean count over its ranks, so that the averaged gradients are those of the
+            mean over every rank's pixels (the one of a single process with the whole batch).
     """
     loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss / (target != IGNORE_INDEX).sum().clamp_min(1)
+    n = (target != IGNORE_INDEX).sum()
+    return loss / (n if count is None else count(n)).clamp_min(1)
 
 
-def balanced_ce_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """WeCLIP/AFA's ``0.5 * (CE over background pixels + CE over foreground pixels)``, 255 ignored.
+def balanced_ce_loss(logits: Tensor, target: Tensor, count: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """WeCLIP/AFA's ``0.5 * (CE over background pixels + CE over foreground pixels)``, 255 ignored (``count``: as
+    :func:`ce_loss`'s, for each part).
 
     Background-heavy pseudo masks otherwise teach the decoder to say background; a part without pixels adds 0.
     """
     bg = target.masked_fill(target != 0, IGNORE_INDEX)
     fg = target.masked_fill(target == 0, IGNORE_INDEX)
-    return 0.5 * (ce_loss(logits, bg) + ce_loss(logits, fg))
+    return 0.5 * (ce_loss(logits, bg, count) + ce_loss(logits, fg, count))
 
 
 def present_classes(target: Tensor, n_classes: int) -> Tensor:

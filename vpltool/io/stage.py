@@ -205,7 +205,9 @@ class StageFolder:
         params: what makes two runs' items interchangeable (recorded; a resume must match it).
         overwrite: redo finished items (and forget another run's records).
         shard: ``(i, n)`` of a ``--shard i/n`` run (the shards share the folder's lock, :func:`output_lock`); only
-            shard 0 (or a run in one piece) removes the records under ``overwrite``.
+            shard 0 (or a run in one piece) removes the records under ``overwrite``. None: torchrun's rank
+            (:func:`vpltool.batches.shard_from_env`), so that every stage built on this skeleton splits its items
+            over the ranks of a torchrun launch (:meth:`todo` and :meth:`mine` keep this shard's ids).
         not_compared: keys of ``params`` recorded but not compared on resume (limits, not settings).
         inputs: the identity of the inputs (recorded in ``_run.json`` and ``_stage.json``; a resume must match).
         sides: option -> side folder (``--save-overlays``, ``--save-debug``; None = not given), marked as this
@@ -213,11 +215,15 @@ class StageFolder:
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
-                 shard: tuple[int, int] = (0, 1), not_compared: Sequence[str] = (),
+                 shard: tuple[int, int] | None = None, not_compared: Sequence[str] = (),
                  inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {}):
         self.folder, self.stage, self.params = Path(folder), stage, dict(params)
         self.inputs = None if inputs is None else dict(inputs)
         self.sides = {option: Path(path) for option, path in sides.items() if path is not None}
+        if shard is None:
+            from ..batches import shard_from_env
+
+            shard = shard_from_env()
         self.overwrite, self.shard, self.reset = overwrite, tuple(shard), shard[0] == 0
         self.not_compared = tuple(not_compared)
         self._stack = contextlib.ExitStack()
@@ -269,13 +275,21 @@ class StageFolder:
                     (folder / name).unlink(missing_ok=True)
                 folder.rmdir()
 
+    def mine(self, ids: Iterable[str]) -> list[str]:
+        """This shard's part of ``ids`` (every item of the stage, in a fixed order): every n-th from the i-th,
+        interleaved so that the shards are even (as :meth:`vpltool.data.Dataset.shard`)."""
+        index, count = self.shard
+        return list(ids)[index::count]
+
     def todo(self, ids: Iterable[str], path_of: Callable[[str | os.PathLike, str], Path]) -> list[str]:
-        """The ids whose output ``path_of(folder, id)`` is missing (all of them under ``overwrite``): one listing of
-        the folder, not a stat per id (outputs are written atomically, so a name present is a finished item)."""
+        """The ids of this shard (:meth:`mine`; ``ids``: all of the stage's) whose output ``path_of(folder, id)`` is
+        missing (all of them under ``overwrite``): one listing of the folder, not a stat per id (outputs are
+        written atomically, so a name present is a finished item)."""
+        mine = self.mine(ids)
         if self.overwrite:
-            return list(ids)
+            return mine
         present = _names(self.folder)
-        return [i for i in ids if path_of(self.folder, i).name not in present]
+        return [i for i in mine if path_of(self.folder, i).name not in present]
 
     def finish(self, ids: Sequence[str], path_of: Callable[[str | os.PathLike, str], Path], index: int | None = None,
                count: int | None = None, *, inputs: Mapping[str, Any] | None = None, **extra: Any) -> bool:

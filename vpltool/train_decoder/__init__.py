@@ -53,6 +53,7 @@ from ..decoder import (
 )
 from ..device import resolve_precision, seed_everything
 from ..errors import VplError
+from ..ranks import process_group
 from .board import Board, draw_curve, memory_gib
 from .data import (
     BatchPlan,
@@ -72,7 +73,6 @@ from .steps import (
     _check_resumable,
     compile_iteration,
     compute_losses,
-    distributed,
     load_checkpoint,
     lr_at,
     make_optimizer,
@@ -405,7 +405,7 @@ def run_train_decoder(
             raise VplError(f"{dataset_id['root']}: split {val_split!r} has no GT masks to validate on")
     pairs = _training_pairs(dataset, pseudo_dir)
     check_supervision(pairs, pseudo_dir, len(dataset.classes))
-    with distributed(runtime.device) as (rank, world, device):
+    with process_group(runtime.device) as (rank, world, device):
         batches_per_epoch(len(pairs), cfg.batch_size, world, pseudo_dir)  # before anything is created
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():

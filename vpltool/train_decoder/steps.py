@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
-import os
-import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from ..decoder import (
     rsc_loss,
     upsample_logits,
 )
-from ..device import autocast, resolve_device, torchrun_rank
+from ..device import autocast
 from ..errors import VplError
 
 RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  # fields a resumed run may change
@@ -67,25 +64,79 @@ def compute_losses(model, feats: Tensor, target: Tensor, cfg: DecoderConfig,
     with autocast(feats.device, dtype):
         v, logits, protos = model(feats)
     up = upsample_logits(logits, target.shape[-2:])  # [B, C + 1, S, S] float32
-    ce = balanced_ce_loss(up, target) if cfg.loss == "balanced" else ce_loss(up, target)
+    ddp = _ddp_world(model)
+    count = None if ddp == 1 else functools.partial(_mean_over_ranks, world=ddp)
+    ce = balanced_ce_loss(up, target, count) if cfg.loss == "balanced" else ce_loss(up, target, count)
     out = {"ce": ce, "loss": cfg.lambda_ce * ce}
     if cfg.lambda_rsc > 0:
         present = present_classes(target, logits.shape[1])
-        regions, region_class, valid = class_regions(v, region_masks(logits, present), present)
+        regions, region_class, valid = _gathered(class_regions(v, region_masks(logits, present), present), ddp)
         row_class = getattr(model, "module", model).row_class
         out["rsc"] = rsc_loss(regions, region_class, protos, row_class, cfg.rsc_temperature, valid)
         out["loss"] = out["loss"] + cfg.lambda_rsc * out["rsc"]
     if cfg.lambda_proto > 0:
-        out["proto"] = proto_loss(getattr(model, "module", model), v, protos, target)
+        out["proto"] = proto_loss(getattr(model, "module", model), v, protos, target, ddp)
         out["loss"] = out["loss"] + cfg.lambda_proto * out["proto"]
     return out
 
 
-def proto_loss(inner: SegDecoder, v: Tensor, protos: Tensor, target: Tensor) -> Tensor:
+# DDP (N ranks, batch B each) trains as one process with the batch N x B, up to float rounding: DDP averages the
+# ranks' gradients, so a loss that is a mean over the batch is divided by the mean count over the ranks (the CE), and
+# one that contrasts the regions of the batch (RSC, CMPA) is computed by every rank on every rank's regions (an
+# all-gather whose backward sums the ranks' gradients into each rank's own regions). Tested: tests/test_torchrun.py.
+def _ddp_world(model) -> int:
+    """The ranks ``model`` trains over: DistributedDataParallel's world (also under ``--compile``, which wraps
+    it), else 1."""
+    wrapped = getattr(model, "_orig_mod", model)
+    return dist.get_world_size() if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else 1
+
+
+def _mean_over_ranks(count: Tensor, world: int) -> Tensor:
+    """``count`` summed over the ranks, over ``world``: the per-rank share of the whole batch's count."""
+    total = count.float()
+    dist.all_reduce(total)
+    return total / world
+
+
+def _gathered(regions: tuple[Tensor, Tensor, Tensor], world: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`vpltool.decoder.class_regions`' ``(P [R, D], classes [R], valid [R])`` of every rank, rank by rank
+    (the same fixed size R on each: the batch and the classes are the same); P keeps its gradient."""
+    if world == 1:
+        return regions
+    embeddings, classes, valid = regions
+    labels = torch.stack([classes, valid.long()])  # one collective for both (gloo gathers no bool)
+    gathered = [torch.empty_like(labels) for _ in range(world)]
+    dist.all_gather(gathered, labels)
+    labels = torch.cat(gathered, dim=1)
+    return _GatherRows.apply(embeddings), labels[0], labels[1].bool()
+
+
+class _GatherRows(torch.autograd.Function):
+    """``[R, D]`` of every rank -> ``[world * R, D]``, rank by rank; backward: the gradients of every rank's loss
+    summed (an all-reduce), this rank's rows kept. (torch.distributed.nn's all_gather binds the group it was
+    imported under, stale once a command's group is gone.)"""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor) -> Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), len(rows)
+        out = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, rows.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def proto_loss(inner: SegDecoder, v: Tensor, protos: Tensor, target: Tensor, world: int = 1) -> Tensor:
     """CMPA on one batch: pseudo-mask masked average pooling of ``V [B, D, h, w]`` per (image, class), then
-    :func:`vpltool.decoder.cmpa_loss` against the class rows of ``protos [N, D]`` and the image-prototype bank."""
+    :func:`vpltool.decoder.cmpa_loss` against the class rows of ``protos [N, D]`` and the image-prototype bank
+    (``world``: DDP's, whose ranks' regions are gathered)."""
     present = present_classes(target, inner.n_classes)
-    regions, region_class, valid = class_regions(v, mask_fractions(target, inner.n_classes, v.shape[-2:]), present)
+    regions, region_class, valid = _gathered(
+        class_regions(v, mask_fractions(target, inner.n_classes, v.shape[-2:]), present), world)
     return cmpa_loss(regions, region_class, protos[inner.class_rows], inner.proto_bank, inner.proto_bank_valid,
                      inner.proto_log_temp, valid=valid)
 
@@ -273,88 +324,3 @@ def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-# how long the ranks wait for each other to start: torchrun starts them within seconds, a busy Slurm allocation within
-# minutes; a rank whose peers never come (a stale RANK in a shell) fails after this, not after torch's 30 minutes
-RENDEZVOUS_S = 300
-
-
-@contextlib.contextmanager
-def distributed(device: str) -> Iterator[tuple[int, int, torch.device]]:
-    """``(rank, world_size, device)``; under torchrun (``WORLD_SIZE`` > 1) joins the process group (env://).
-
-    The environment is checked as the per-image stages check it (:func:`vpltool.device.torchrun_rank`), plus the
-    rendezvous address torchrun sets; the ranks must meet within :data:`RENDEZVOUS_S` seconds (collectives keep
-    torch's own timeout). One line for each way it fails.
-    """
-    env = torchrun_rank()
-    dev = resolve_device(device)
-    if env is None or env[1] == 1:
-        yield 0, 1, dev
-        return
-    rank, world = env
-    local = int(os.environ.get("LOCAL_RANK", "0")) if os.environ.get("LOCAL_RANK", "0").isdigit() else 0
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=_rendezvous(rank, world),
-                                rank=rank, world_size=world)
-    try:
-        yield rank, world, dev
-        if created:  # leave together: a rank tearing gloo down while rank 0 still writes could abort the run
-            dist.barrier()
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
-def _rendezvous(rank: int, world: int):
-    """The ranks' store (env://: MASTER_ADDR, MASTER_PORT), met within :data:`RENDEZVOUS_S` seconds."""
-    from datetime import timedelta
-
-    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
-    if missing:
-        raise VplError(f"RANK={rank} WORLD_SIZE={world} are set but {' and '.join(missing)} not: launch with "
-                       "torchrun (it sets them all), or unset RANK and WORLD_SIZE to train in one process")
-    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-    try:
-        with _quiet_c10d():
-            store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timedelta(seconds=RENDEZVOUS_S)))
-    except (RuntimeError, ValueError) as e:  # DistStoreError / DistNetworkError (timeouts), a bad port
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        why = "no peer answered" if "timed out" in text.lower() else text[:160]  # else: a bad address, a port taken
-        raise VplError(f"rank {rank} of WORLD_SIZE={world} did not meet its peers at {where} within {RENDEZVOUS_S} s "
-                       f"({why}); start all {world} ranks (torchrun starts them together), or unset RANK and "
-                       "WORLD_SIZE to train in one process") from None
-    return store
-
-
-# what torch's C++ side writes on stderr for each failed connection attempt: a log line, then a stack
-_C10D_LINE = re.compile(r"\[[EWI]\d|Exception raised from|frame #|<omitting python frames>|\s*$")
-
-
-@contextlib.contextmanager
-def _quiet_c10d() -> Iterator[None]:
-    """Keep back what torch's C++ rendezvous logs on stderr (file descriptor 2) while the ranks meet: a stack trace
-    per failed connection attempt, where the one line of :func:`_rendezvous` says it all. Other lines are replayed."""
-    import sys
-    import tempfile
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no stderr to quieten
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = [line for line in held.read().decode(errors="replace").splitlines() if not _C10D_LINE.match(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
