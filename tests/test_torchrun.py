@@ -66,6 +66,19 @@ def _stages(**values: object) -> list[list[str]]:
 COMPARED = ("features", "cams", "vision.safetensors", "pseudo", "pred")  # byte for byte; the decoder: weights
 
 
+_STARTED: list[subprocess.Popen] = []  # every agent of the test under way
+
+
+@pytest.fixture(autouse=True)
+def _no_node_left():
+    """A test that fails half-way leaves no agent or worker running (they would outlive the suite)."""
+    yield
+    while _STARTED:
+        node = _STARTED.pop()
+        if node.poll() is None:
+            _kill_node(node)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,8 +102,9 @@ def _nodes(command: list[str], logs: Path) -> list[subprocess.Popen]:
         nodes.append(subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
              "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-             "--rdzv-conf", "join_timeout=60", "--no-python", *command],
+             "--rdzv-conf", "join_timeout=120", "--no-python", *command],
             stdout=open(logs / f"node{node}.log", "w"), stderr=subprocess.STDOUT, env=_env(), start_new_session=True))
+        _STARTED.append(nodes[-1])
         _listening(port, nodes[0])  # node 0 hosts the rendezvous store (the killed node 1 is then a client)
     return nodes
 
@@ -178,11 +192,13 @@ def test_a_node_killed_mid_stage_ends_the_other_in_one_line_and_a_rerun_resumes(
         time.sleep(0.05)
     _kill_node(nodes[1])
     start = time.monotonic()
-    code = _wait(nodes[0], timeout=120)
+    code = _wait(nodes[0], timeout=200)
     seconds = time.monotonic() - start
     lines = _vpltool_lines(root / "killed" / "node0.log")
     errors = [line for line in lines if line.startswith("error:")]
-    assert code != 0 and seconds < 60, (code, seconds, lines)  # torchrun's exit barrier would wait 300 s
+    # 2.6-6.1 s measured (benchmarks/torchrun_kill.py); the bound leaves room for a loaded CI machine and stays
+    # below the 300 s that torchrun's exit barrier would wait after a worker that exits 0
+    assert code != 0 and seconds < 150, (code, seconds, lines)
     assert len(errors) == 1 and "another rank stopped before the end" in errors[0], lines
     assert "re-run the same command on every node to resume" in errors[0]
     assert not (features / "_stage.json").exists()
