@@ -47,6 +47,21 @@ def test_segment_end_to_end_is_scored_by_name(world, tiny_spec, tmp_path):
     assert again.done == 0 and again.skipped == len(ds.items)  # a resume skips finished masks
 
 
+def test_segment_shards_complete_the_folder_with_the_same_masks(world, tiny_spec, tmp_path):
+    # the shard is applied once, by the stage folder (as under torchrun): two shards make every mask, each once
+    ds = open_dataset(world, "val")
+    cfg = SegmentConfig(dense="clearclip", classes=tuple(ds.classes[1:3]), **SMALL)
+    whole = run_segment(ds, tmp_path / "one", tiny_spec, cfg, CPU)
+    first = run_segment(ds, tmp_path / "two", tiny_spec, cfg, CPU, shard=(0, 2))
+    second = run_segment(ds, tmp_path / "two", tiny_spec, cfg, CPU, shard=(1, 2))
+    assert first.done + second.done == whole.done == len(ds.items)
+    assert first.done == len(ds.items[0::2]) and second.done == len(ds.items[1::2])
+    io.read_stage_record(tmp_path / "two", "segment")  # complete once the last shard is done
+    for item in ds.items:
+        assert (io.mask_path(tmp_path / "one", item.id).read_bytes()
+                == io.mask_path(tmp_path / "two", item.id).read_bytes())
+
+
 def test_segment_refuses_bad_input_before_the_model(world, tiny_spec, tmp_path):
     ds = open_dataset(world, "val")
     with pytest.raises(VplError, match="background"):

@@ -116,7 +116,7 @@ def run_segment(
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                         shard=(index, count)) as folder:
-        todo = folder.todo(ids[index::count], io.mask_path)
+        todo = folder.todo(ids, io.mask_path)
         if on_start:
             on_start(len(todo))
         if todo:
@@ -131,7 +131,7 @@ def run_segment(
             write_dense_masks(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype,
                               on_item)
         folder.finish(ids, io.mask_path, index, count, classes=classes)
-    return io.StageSummary(done=len(todo), skipped=len(ids[index::count]) - len(todo),
+    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
                            seconds=time.perf_counter() - start)
 
 

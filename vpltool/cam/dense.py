@@ -69,7 +69,7 @@ def run_dense_cam(
     ids = [it.id for it in dataset.items]
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=(index, count)) as folder:
-        todo = folder.todo(ids[index::count], io.cam_path)
+        todo = folder.todo(ids, io.cam_path)
         if on_start:
             on_start(len(todo))
         if todo:
@@ -82,7 +82,7 @@ def run_dense_cam(
                                     f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
             _run(bb, todo_items, sizes, protos, settings, dataset.classes, params, out, runtime, dtype, on_item)
         folder.finish(ids, io.cam_path, index, count, inputs=inputs)
-    return io.StageSummary(done=len(todo), skipped=len(ids[index::count]) - len(todo),
+    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
                            seconds=time.perf_counter() - start)
 
 
