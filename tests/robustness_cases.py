@@ -2313,6 +2313,135 @@ def _eval_vocabulary(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", out]
 
 
+# ---- issue 38 (robust-ml): report
+def _run_folder(ws: Workspace, name: str, **metrics: object) -> Path:
+    """A run folder as the Makefile leaves it (features, cams, pseudo), with ``metrics.json`` or
+    ``metrics/<file>`` written from ``metrics`` (``metrics.json=…``, ``metrics/cams.json``: ``**{"…": …}``)."""
+    run = ws.out(name)
+    for folder in (ws.features, ws.cams, ws.pseudo):
+        shutil.copytree(folder, run / folder.name)
+    for rel, value in metrics.items():
+        path = run / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+    return run
+
+
+@case("report: metrics.json whose stages is a string", "run_stages/metrics.json: 'stages' is \"CAM\", not a list "
+      "of rows", "vpltool demo-report RUN")
+def _report_stages_string(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_stages", **{"metrics.json": {"stages": "CAM"}}), "--workers", "1"]
+
+
+@case("report: a stage row's split figure is a number, not {\"miou\": …}", "'stages[0].train' is 0.5, not null or "
+      "{\"miou\"")
+def _report_row_number(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_row", **{"metrics.json": {"stages": [{"stage": "CAM", "train": 0.5}]}}),
+           "--workers", "1"]
+
+
+@case("report: metrics.json whose chance is a list", "'chance' is [1, 2], not an object")
+def _report_chance_list(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_chance", **{"metrics.json": {"chance": [1, 2]}}), "--workers", "1"]
+
+
+@case("report: an eval JSON with \"miou\": \"abc\" (metrics/cams.json)", "run_miou/metrics/cams.json: 'miou' is "
+      "\"abc\", not a number in [0, 1] or null", "vpltool eval FOLDER --json")
+def _report_miou_text(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_miou", **{"metrics/cams.json": {"miou": "abc", "iou": {}}}), "--workers", "1"]
+
+
+@case("report: an eval JSON whose bg_exponent is a list (metrics/cams.json, a CAM column's)",
+      "'bg_exponent' is [1], not a number")
+def _report_bg_list(ws: Workspace) -> Iterator[list[object]]:
+    bad = {"miou": 0.5, "iou": {"star": 0.5}, "bg_exponent": [1]}
+    yield ["report", _run_folder(ws, "run_bg", **{"metrics/cams.json": bad}), "--workers", "1"]
+
+
+@case("report --workers -1 (refused as crf refuses it)", "--workers -1: must be >= 0")
+def _report_workers_negative(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_workers"), "--workers", "-1"]
+
+
+@case("report: a pseudo mask of another size than its image names the mask", "run_size/pseudo/train_000001.png: is "
+      "48x48 but image 'train_000001'", "re-run the stage that wrote it")
+def _report_mask_size(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    run = _run_folder(ws, "run_size")
+    mask = run / "pseudo" / "train_000001.png"
+    with Image.open(mask) as img:
+        img.resize((48, 48), Image.NEAREST).save(mask)
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report while another report writes the same folder", "run_locked/report: another vpltool run is writing here",
+      "choose another --out")
+def _report_locked(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    run = _run_folder(ws, "run_locked")
+    with io.replace_lock(run / "report"):
+        yield ["report", run, "--workers", "1"]
+
+
+@case("report into a RUN/report symlink (the link stays; the report replaces its target)", "✓ report: 4 images",
+      exit_code=0, leaves=("report_target/*", "report_target/*/*", "report_target/*/*/*"))
+def _report_symlink(ws: Workspace) -> Iterator[list[object]]:
+    run = _run_folder(ws, "run_link")
+    target = ws.out("report_target")
+    cli_ok("report", run, "-o", target, "--workers", "1")
+    (run / "report").symlink_to(target)
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report after one killed while swapping folders (its .report.old-* is removed)", "✓ report: 4 images",
+      exit_code=0, leaves=("run_stale/report/", "run_stale/report/*", "run_stale/report/*/*",
+                           "run_stale/report/*/*/*", "-run_stale/.report.old-1/", "-run_stale/.report.old-1/*"))
+def _report_stale(ws: Workspace) -> Iterator[list[object]]:
+    run = _run_folder(ws, "run_stale")
+    (run / ".report.old-1").mkdir()  # what a report killed between its two renames left
+    (run / ".report.old-1" / "index.html").write_text("an old report")
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report of a run whose folders come from two datasets with other classes", "run_two: its folders come from "
+      "two datasets with other classes", "class 2 is 'star' in one and 'comet' in the other",
+      "move the folders of one dataset into a run folder of their own")
+def _report_two_class_lists(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.copy(ws.world, "world_renamed")
+    for name in ("classes.txt", "labels.csv"):
+        (other / name).write_text((other / name).read_text().replace("star", "comet"))
+    run = _run_folder(ws, "run_two")
+    cli_ok("extract", other, "--split", "train", "-o", run / "features_other", *TINY, *CPU, "--workers", "1")
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report of a run holding two datasets of one folder name and split (tabs named by their path)",
+      "✓ report: 8 images (train (other/world) 4, train (world) 4)", exit_code=0,
+      leaves=("run_twins/report/", "run_twins/report/*", "run_twins/report/*/*", "run_twins/report/*/*/*"))
+def _report_twin_datasets(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.out("other")
+    shutil.copytree(ws.world, other / "world")
+    run = _run_folder(ws, "run_twins")
+    cli_ok("extract", other / "world", "--split", "train", "-o", run / "features_other", *TINY, *CPU,
+           "--workers", "1")
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report of a run whose dataset lost an image since its stages ran", "run_shrunk/cams/_stage.json: made from 4 "
+      "images of split 'train'", "the dataset changed since")
+def _report_dataset_shrunk(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_shrunk")
+    run = ws.out("run_shrunk")
+    cli_ok("extract", world, "--split", "train", "-o", run / "features", *TINY, *CPU, "--workers", "1", "--cache",
+           "full")
+    cli_ok("cam", run / "features", "-p", ws.text, "-o", run / "cams", *CPU)
+    split = world / "splits" / "train.txt"
+    split.write_text("\n".join(split.read_text().split()[:-1]) + "\n")
+    yield ["report", run, "--workers", "1"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -5,6 +5,7 @@
 * :mod:`~vpltool.io.kinds`: ``features``, ``prototypes``, ``cam``, ``cam-debug``, one reader and one writer each.
 * :mod:`~vpltool.io.training`: ``decoder`` and ``decoder-checkpoint``.
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
+* :mod:`~vpltool.io.metrics`: `eval --json` results and a run's ``metrics.json``, checked on read.
 * :mod:`~vpltool.io.events`: TensorBoard event files (the optional ``tensorboard`` extra).
 * :mod:`~vpltool.io.guard`: the one check of every path a stage writes (:func:`check_outputs`).
 * :mod:`~vpltool.io.records`: the records a folder holds (``_stage.json``, ``_run.json``, ``_side.json``, shard
@@ -84,7 +85,8 @@ from .kinds import (
     write_features,
     write_prototypes,
 )
-from .locks import output_lock
+from .locks import output_lock, replace_lock
+from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, read_run_metrics
 from .records import (
     DECODER_FILES,
     LOCK_FILE,
@@ -146,11 +148,13 @@ __all__ = [
     "write_cam_debug", "write_features", "write_prototypes",
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
-    "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage", "recorded_model",
+    "output_lock", "replace_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
+    "recorded_model",
     "recorded_dataset_identity", "stage_record_path", "write_stage_record", "recorded_ids",
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
     "open_events",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
     "save_tensor_file", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
+    "check_eval_metrics", "is_eval_metrics", "read_eval_metrics", "read_run_metrics",
 ]  # fmt: skip
