@@ -428,7 +428,7 @@ def _background_last(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("unknown split", "world/splits/test.txt", "found: train, val", "--split")
+@case("unknown split", "world/splits/test.txt", "found: train, val", "give one of these split names")
 def _unknown_split(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "test", "-o", ws.out("out"), *TINY, *CPU]
 

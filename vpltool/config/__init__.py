@@ -19,6 +19,7 @@ from .checks import (
     choice,
     fraction,
     from_params,
+    ignored_option,
     inert_fields,
     inert_options,
     non_negative,
@@ -82,6 +83,7 @@ __all__ = [
     "LearnPrototypesConfig", "CrfConfig", "OPTIMIZERS", "LOSSES", "BACKGROUNDS", "COMPILE_MODES", "DecoderConfig",
     "DECODER_RECIPES",
     "decoder_recipe", "PredictConfig", "to_params", "override", "from_params", "inert_fields", "inert_options",
+    "ignored_option",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
     "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS", "GRADCAM_CUDA_PRECISION",
 ]  # fmt: skip

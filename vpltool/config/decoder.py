@@ -183,4 +183,12 @@ class PredictConfig:
             require(len(names) > 0 and all(names), "--classes is empty or has an empty name: give names like a,b,c")
             check_class_names(names, "--classes")  # the rule of text-prototypes: no 'background', none twice
 
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`): the CRF's, without ``--crf``."""
+        if self.crf:
+            return {}
+        return {name: "without --crf" for name in ("crf_backend", "crf_iterations", "crf_gaussian_sxy",
+                                                   "crf_gaussian_compat", "crf_bilateral_sxy", "crf_bilateral_srgb",
+                                                   "crf_bilateral_compat")}
+
 

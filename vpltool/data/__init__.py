@@ -6,14 +6,15 @@ folder they downloaded. Layouts are described in docs/datasets.md. Torch-free.
 
 
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import MIN_IMAGE_SIDE
-from ..errors import ContractError, VplError
-from ..io import mask_size, recorded_dataset_identity, stage_record_path
+from ..errors import ContractError, VplError, VplWarning
+from ..io import image_orientation, mask_size, recorded_dataset_identity, stage_record_path
 from .coco import is_coco_root, open_coco
 from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
 from .folder import open_folder
@@ -128,7 +129,20 @@ def check_sizes(items: Sequence[Item], sizes: Sequence[tuple[int, int]], workers
     with_gt = [(item, tuple(size)) for item, size in zip(items, sizes) if item.gt is not None and item.gt.is_file()]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         gt_sizes = list(pool.map(lambda pair: mask_size(pair[0].gt), with_gt))
-    for (item, size), gt in zip(with_gt, gt_sizes):
+        turned = list(pool.map(lambda pair: image_orientation(pair[0].image), with_gt))
+    for (item, size), gt, orientation in zip(with_gt, gt_sizes, turned):
+        if gt != size and orientation != 1 and gt == size[::-1]:
+            raise ContractError(f"{item.image}: its EXIF orientation ({orientation}) turns it to {size[0]}x{size[1]} "
+                                f"when decoded, but its ground truth {item.gt} is {gt[0]}x{gt[1]}, the image as "
+                                "stored: a mask carries no orientation, so it cannot be turned with it; save the "
+                                "image upright (without its orientation tag), or turn the mask")
         if gt != size:
             raise ContractError(f"{item.gt}: ground truth of image {item.id!r} is {gt[0]}x{gt[1]} but the image is "
                                 f"{size[0]}x{size[1]}; a GT mask must have its image's size: fix or remove the mask")
+    oriented = [item for (item, _), orientation in zip(with_gt, turned) if orientation != 1]
+    if oriented:
+        more = f" (and {len(oriented) - 1} more)" if len(oriented) > 1 else ""
+        warnings.warn(VplWarning(f"{oriented[0].image}{more}: an EXIF orientation flips or turns it when decoded, "
+                                 f"while its ground truth {oriented[0].gt} carries none and is used as stored; if the "
+                                 "mask was drawn on the image as stored, save the image upright (without its "
+                                 "orientation tag)"), stacklevel=2)

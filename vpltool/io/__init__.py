@@ -16,7 +16,7 @@
 No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
 """
 
-from .events import check_tensorboard, open_events
+from .events import check_events_folder, check_tensorboard, open_events
 from .files import (
     NAME_MAX,
     append_line,
@@ -27,6 +27,7 @@ from .files import (
     check_folder_target,
     check_id,
     check_writable_target,
+    comment_problem,
     file_identity,
     id_problem,
     is_regular_file,
@@ -47,6 +48,7 @@ from .files import (
 from .guard import check_log_target, check_outputs, folder_owner, run_outputs
 from .images import (
     MASK_SUFFIX,
+    image_orientation,
     image_size,
     load_image,
     mask_path,
@@ -133,13 +135,15 @@ from .training import (
 
 __all__ = [
     "append_line", "append_log", "atomic_path", "atomic_write", "check_folder_target", "check_writable_target",
+    "comment_problem",
     "file_identity",
     "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
     "write_text",
     "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file",
     "numbered_lines", "text_lines",
     "check_log_target", "run_outputs",
-    "MASK_SUFFIX", "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
+    "MASK_SUFFIX", "image_orientation",
+    "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
     "write_picture", "write_png", "mask_size",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
     "cam_path", "feature_path", "features_header", "features_meta", "item_ids", "read_cam", "read_cam_debug",
@@ -152,6 +156,7 @@ __all__ = [
     "recorded_model",
     "recorded_dataset_identity", "stage_record_path", "write_stage_record", "recorded_ids",
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
+    "check_events_folder",
     "open_events",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
     "save_tensor_file", "write_tensors",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VplError
-from .files import make_folder, raise_write_error
+from .files import another, make_folder, raise_write_error
 from .records import LOCK_FILE
 
 SHARD_NAME = re.compile(r"([0-9]+)-of-([0-9]+)", flags=re.ASCII)  # a shard's "i-of-n" in claim and record names
@@ -164,7 +164,7 @@ def output_lock(folder: str | os.PathLike, shard: tuple[int, int] = (0, 1),
             if fh is None:
                 with _locked_file(lock, fcntl.LOCK_SH) as probe:
                     who = "the shards of a --shard run are" if probe is not None else "another vpltool run is"
-                raise VplError(f"{folder}: {who} writing here; wait for it or choose another --out")
+                raise VplError(f"{folder}: {who} writing here; wait for it or {another(folder)}")
             yield
             return
         if fh is not None:  # alone: share the lock from now on, with the other shards of this run
@@ -175,8 +175,8 @@ def output_lock(folder: str | os.PathLike, shard: tuple[int, int] = (0, 1),
         else:
             fh = stack.enter_context(_locked_file(lock, fcntl.LOCK_SH))
         if fh is None:
-            raise VplError(f"{folder}: another vpltool run (not a shard) is writing here; wait for it or choose "
-                           "another --out")
+            raise VplError(f"{folder}: another vpltool run (not a shard) is writing here; wait for it or "
+                           f"{another(folder)}")
         stack.enter_context(_claim(folder, index, count))
         yield
 
@@ -193,7 +193,7 @@ def replace_lock(target: str | os.PathLike) -> Iterator[None]:
     for _ in range(3):  # the file may be removed by the run ending between our open and our lock: lock the new one
         with _locked_file(path, fcntl.LOCK_EX) as fh:
             if fh is None:
-                raise VplError(f"{target}: another vpltool run is writing here; wait for it or choose another --out")
+                raise VplError(f"{target}: another vpltool run is writing here; wait for it or {another(target)}")
             try:
                 same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
             except FileNotFoundError:

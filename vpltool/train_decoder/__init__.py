@@ -31,7 +31,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .. import io, presets
 from ..backbone import ClipBackbone, ModelSpec, load_backbone
-from ..config import DecoderConfig, RuntimeConfig
+from ..config import MAX_TOKENS, DecoderConfig, RuntimeConfig, to_params
 from ..data import open_recorded
 from ..decoder import (
     SegDecoder,
@@ -153,6 +153,12 @@ class _Run:
             self.dtype)
         if cfg.crop_size % self.bb.patch_size:
             raise VplError(f"--crop-size {cfg.crop_size} is not a multiple of the CLIP patch size {self.bb.patch_size}")
+        side = cfg.crop_size // self.bb.patch_size
+        if side * side > MAX_TOKENS:  # the rule extract and predict apply to an image (check_tokens)
+            raise VplError(f"--crop-size {cfg.crop_size}: {side * side:,} patch tokens ({side}x{side} at patch "
+                           f"{self.bb.patch_size}), above the {MAX_TOKENS} the stages run the frozen CLIP on "
+                           f"(attention memory grows with its square); give --crop-size "
+                           f"{self.bb.patch_size * math.isqrt(MAX_TOKENS)} or less")
         self.blocks = feature_blocks(self.bb.n_blocks, cfg.include_last_block)
         seed_everything(cfg.seed)
         self.model = SegDecoder(cfg, in_width=self.bb.width, n_inputs=len(self.blocks), prototypes=protos.vectors,
@@ -173,7 +179,8 @@ class _Run:
         return getattr(model, "module", model)
 
     def meta(self) -> dict[str, Any]:
-        return {"decoder_config": asdict(self.cfg), "inputs": self.inputs, "model": self.protos.model}
+        # to_params: an option without effect in this combination is not recorded (as every stage records)
+        return {"decoder_config": to_params(self.cfg), "inputs": self.inputs, "model": self.protos.model}
 
     def restore(self, ckpt: Path | None) -> int:
         """Load the checkpoint (if any) and trim the log to it; returns the first iteration to run."""
@@ -357,7 +364,7 @@ def run_train_decoder(
     resume: bool = False,
     val_split: str | None = None,
     on_iter: Callable[[int, dict[str, Any]], None] | None = None,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
     backbone: ClipBackbone | None = None,
     tensorboard: str | Path | None = None,
 ) -> TrainSummary:
@@ -373,7 +380,8 @@ def run_train_decoder(
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
         on_iter: called on rank 0 after every iteration with ``(iteration, log record)``. on_start: called on
-            rank 0 with ``cfg.iters`` once the inputs and the output folder passed their checks.
+            rank 0 with ``(cfg.iters, first iteration)`` once the inputs and the output folder passed their checks
+            and the checkpoint (``--resume``) is loaded.
         backbone: reuse an already loaded CLIP; it must be the one the prototypes record (left as it is: the run
             works on a copy when its precision differs).
         tensorboard: a folder for TensorBoard event files (:mod:`.board`); needs the ``tensorboard`` extra.
@@ -389,6 +397,8 @@ def run_train_decoder(
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     if tensorboard is not None:
         io.check_tensorboard()
+        io.check_events_folder(tensorboard, out_dir, resuming=resume and (out_dir / "checkpoints" /
+                                                                          "last.safetensors").is_file())
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
     extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
@@ -409,18 +419,18 @@ def run_train_decoder(
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
-            if on_start and rank == 0:
-                on_start(cfg.iters)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
                        extra_meta)
             start = run.restore(ckpt)
+            if on_start and rank == 0:
+                on_start(cfg.iters, start)  # a resumed run counts on from its checkpoint
             if world > 1:
                 run.model = torch.nn.parallel.DistributedDataParallel(
                     run.model, device_ids=[device.index] if device.type == "cuda" else None)
             run.model, run.losses_fn, run.frozen_fn = compile_iteration(cfg.compile, world, run.model)  # after DDP
             if tensorboard is not None and rank == 0:
                 shown = [(it.id, it.image) for it in val_items] or [(i, image) for i, image, _ in pairs]
-                run.board = Board(Path(tensorboard), STAGE, shown, start)
+                run.board = Board(Path(tensorboard), STAGE, shown, start, run=out_dir)
             try:
                 run.loop(start, val_items, on_iter)
                 path = run.finish()
