@@ -183,7 +183,10 @@ def test_shard_from_torchrun_environment(monkeypatch):
     with pytest.raises(VplError, match="not integers"):
         shard_from_env()
     monkeypatch.setenv("RANK", "9")
-    with pytest.raises(VplError, match="outside WORLD_SIZE"):
+    with pytest.raises(VplError, match=r"RANK=9: must be in 0..7 \(WORLD_SIZE=8\)"):
+        shard_from_env()
+    monkeypatch.setenv("RANK", "-1")  # a sign is no reason to say "not integers": the range is what is wrong
+    with pytest.raises(VplError, match=r"RANK=-1: must be in 0..7"):
         shard_from_env()
 
 

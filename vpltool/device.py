@@ -63,11 +63,13 @@ def torchrun_rank() -> tuple[int, int] | None:
         given, missing = ("WORLD_SIZE", "RANK") if rank is None else ("RANK", "WORLD_SIZE")
         raise VplError(f"{given}={os.environ[given]} is set but {missing} is not; {fix}")
     digits = [v.strip() for v in (rank, world)]
-    if not all(v.isascii() and v.isdigit() for v in digits):
+    if not all(v.isascii() and v.removeprefix("-").isdigit() for v in digits):  # a sign: the range message below
         raise VplError(f"RANK={rank!r} WORLD_SIZE={world!r}: not integers; {fix}")
     index, count = int(digits[0]), int(digits[1])
+    if count < 1:
+        raise VplError(f"WORLD_SIZE={world}: must be 1 or more (the number of processes); {fix}")
     if not 0 <= index < count:
-        raise VplError(f"RANK={rank} is outside WORLD_SIZE={world}; {fix}")
+        raise VplError(f"RANK={rank}: must be in 0..{count - 1} (WORLD_SIZE={world}); {fix}")
     return index, count
 
 

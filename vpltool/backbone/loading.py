@@ -101,10 +101,11 @@ class ModelSpec:
             return Path(self.model[len("local-dir:"):])
         return registered_folder(self.model)
 
-    def depth(self) -> int | None:
-        """The image tower's number of blocks from the model's config alone (open_clip's JSON, or a local folder's
-        ``open_clip_config.json``), so that an option that counts blocks is checked before the model loads; None
-        when the config does not say (a timm tower, a hub model without a local config)."""
+    def vision_value(self, key: str) -> int | None:
+        """A whole number of the image tower's config (``layers``: its blocks, ``patch_size``) from the model's
+        config alone (open_clip's JSON, or a local folder's ``open_clip_config.json``), so that an option it bounds
+        is checked before the model loads; None when the config does not say (a timm tower, a hub model without a
+        local config)."""
         folder = self.folder
         try:
             if folder is not None:
@@ -112,10 +113,14 @@ class ModelSpec:
             else:
                 _register_config_dir(self.config_dir)
                 cfg = import_open_clip().get_model_config(self.model) or {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             return None
-        layers = (cfg.get("vision_cfg") or {}).get("layers")
-        return layers if isinstance(layers, int) and not isinstance(layers, bool) and layers > 0 else None
+        value = (cfg.get("vision_cfg") or {}).get(key) if isinstance(cfg, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    def depth(self) -> int | None:
+        """The image tower's number of blocks (:meth:`vision_value`), None when the config does not say."""
+        return self.vision_value("layers")
 
     def identity(self) -> dict[str, str]:
         """What is stored in every output file, so downstream stages rebuild the same model. The config folder is

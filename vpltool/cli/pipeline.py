@@ -159,9 +159,9 @@ def text_prototypes_cmd(
     from ..text_prototypes import run_text_prototypes
 
     if features is not None:
+        # (--model-config-dir is left out: VPLTOOL_MODEL_CONFIGS sets it for every command)
         given = {"--classes": classes, "--model": model if model != DEFAULT_MODEL else None,
-                 "--pretrained": pretrained if pretrained != DEFAULT_PRETRAINED else None,
-                 "--model-config-dir": model_config_dir}
+                 "--pretrained": pretrained if pretrained != DEFAULT_PRETRAINED else None}
         for option, value in given.items():  # the extract folder names its classes and CLIP
             if value is not None:
                 warnings.warn(VplWarning(ignored_option(option, value, f"with an extract folder ({features} names "

@@ -59,7 +59,8 @@ def train_decoder_cmd(
     recipe: Annotated[Optional[str], typer.Option(
         help="vpl (the paper: SGD 0.9, wd 1e-4, batch 6, 30k iterations at crop 320: GPU hours) | weclip (AdamW, "
         "balanced CE) | cpu (minutes on a CPU: cached features, small decoder and crops; for trying the pipeline, "
-        f"not for the paper's numbers) [default: {_D.recipe}; on a CPU, a warning with the time it will take].",
+        f"not for the paper's numbers) [default: {_D.recipe}; on a CPU without --iters, a warning with the time it "
+        "will take].",
         show_default=False)] = None,
     iters: Annotated[Optional[int], _opt("Iterations.", "iters")] = None,
     batch_size: Annotated[Optional[int], _opt("Images per process.", "batch_size")] = None,
@@ -123,7 +124,7 @@ def train_decoder_cmd(
     from ..config import decoder_recipe
     from ..train_decoder import run_train_decoder
 
-    timer = _slow_recipe_timer(device) if recipe is None else None
+    timer = _slow_recipe_timer(device) if recipe is None and iters is None else None
     recipe = recipe or _D.recipe
     cfg = decoder_recipe(recipe, iters=iters, batch_size=batch_size, lr=lr, lambda_rsc=lambda_rsc,
                          rsc_temperature=rsc_temperature, lambda_proto=lambda_proto,
@@ -151,9 +152,9 @@ ESTIMATE_AFTER = 3  # iterations: the first carries the warm-up (and a feature c
 
 
 def _slow_recipe_timer(device: str):
-    """No ``--recipe`` on a CPU: the paper's GPU recipe would run for hours to days unawares. Say so at once, and,
-    once the pace is known (iterations 2 to :data:`ESTIMATE_AFTER`), the time the whole run will take; returns the
-    ``(iteration, total)`` hook that says it (None off a CPU)."""
+    """No ``--recipe`` (nor ``--iters``) on a CPU: the paper's GPU recipe would run for hours to days unawares. Say
+    so at once, and, once the pace is known (iterations 2 to :data:`ESTIMATE_AFTER`), the time the whole run will
+    take; returns the ``(iteration, total)`` hook that says it (None off a CPU)."""
     import time
 
     from ..device import resolve_device

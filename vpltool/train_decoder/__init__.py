@@ -138,6 +138,21 @@ def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world:
     return ckpt if resume and ckpt.is_file() else None
 
 
+def check_crop(crop: int, patch: int | None) -> None:
+    """``--crop-size``: a multiple of the CLIP's patch size, and at most ``MAX_TOKENS`` patch tokens, the rule
+    extract and predict apply to an image (:func:`vpltool.config.check_tokens`: attention memory grows with its
+    square; 4096 pixels at patch 16 asked for 549 GB). ``patch`` None (unknown before the model loads): no check."""
+    if patch is None:
+        return
+    if crop % patch:
+        raise VplError(f"--crop-size {crop} is not a multiple of the CLIP patch size {patch}")
+    side = crop // patch
+    if side * side > MAX_TOKENS:
+        raise VplError(f"--crop-size {crop}: {side * side:,} patch tokens ({side}x{side} at patch {patch}), above the "
+                       f"{MAX_TOKENS} the stages run the frozen CLIP on (attention memory grows with its square); give "
+                       f"--crop-size {patch * math.isqrt(MAX_TOKENS)} or less")
+
+
 class _Run:
     """The state of one training process: frozen CLIP, decoder, optimizer, data source, log."""
 
@@ -151,14 +166,7 @@ class _Run:
         # frozen: its image tower is kept in the run's precision (a copy when the caller's backbone is given)
         self.bb = (backbone or load_backbone(ModelSpec.from_identity(protos.model), device)).with_image_tower_in(
             self.dtype)
-        if cfg.crop_size % self.bb.patch_size:
-            raise VplError(f"--crop-size {cfg.crop_size} is not a multiple of the CLIP patch size {self.bb.patch_size}")
-        side = cfg.crop_size // self.bb.patch_size
-        if side * side > MAX_TOKENS:  # the rule extract and predict apply to an image (check_tokens)
-            raise VplError(f"--crop-size {cfg.crop_size}: {side * side:,} patch tokens ({side}x{side} at patch "
-                           f"{self.bb.patch_size}), above the {MAX_TOKENS} the stages run the frozen CLIP on "
-                           f"(attention memory grows with its square); give --crop-size "
-                           f"{self.bb.patch_size * math.isqrt(MAX_TOKENS)} or less")
+        check_crop(cfg.crop_size, self.bb.patch_size)
         self.blocks = feature_blocks(self.bb.n_blocks, cfg.include_last_block)
         seed_everything(cfg.seed)
         self.model = SegDecoder(cfg, in_width=self.bb.width, n_inputs=len(self.blocks), prototypes=protos.vectors,
@@ -400,6 +408,7 @@ def run_train_decoder(
         io.check_events_folder(tensorboard, out_dir, resuming=resume and (out_dir / "checkpoints" /
                                                                           "last.safetensors").is_file())
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
+    check_crop(cfg.crop_size, ModelSpec.from_identity(protos.model).vision_value("patch_size"))  # before any output
     label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
     extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
     if cfg.ignore_classes:

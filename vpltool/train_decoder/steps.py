@@ -267,7 +267,7 @@ def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any
             for k, v in asdict(cfg).items() if k not in ignored and old.get(k, _plain(defaults[k])) != _plain(v)]
     before = io.by_content(f.meta("inputs"))
     now = io.by_content(json.loads(json.dumps(inputs, default=str)))
-    what = {"pseudo": "the pseudo masks", "prototypes": "the prototypes", "dataset": "the dataset"}
+    what = {"pseudo": "pseudo masks", "prototypes": "prototypes", "dataset": "dataset"}
     said += [f"other {what.get(k, k)}" for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
     if said:
         raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
