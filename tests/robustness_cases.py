@@ -720,13 +720,13 @@ def _fifo_output(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("output file is an existing folder (checked before the model loads)", "features: is a folder",
-      "give a file name")
+      "give --out a file name")
 def _folder_output(ws: Workspace) -> Iterator[list[object]]:
     yield ["text-prototypes", ws.features, "-o", ws.features, *TEXT_ARGS, *CPU]
 
 
 @case("loss-curve path is an existing folder (learn-prototypes --plot, checked before the descent)",
-      "features: is a folder", "give a file name")
+      "features: is a folder", "give --plot a file name")
 def _plot_folder(ws: Workspace) -> Iterator[list[object]]:
     yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
            "--plot", ws.features, "--iters", "2", *CPU]
@@ -1323,8 +1323,9 @@ def _background_is_class(ws: Workspace) -> Iterator[list[object]]:
            "star,sky", *CPU]
 
 
-@case("train-decoder interrupted (Ctrl-C) without --resume", "interrupted", "re-run the same command with --resume",
-      exit_code=130, leaves=("decoder_ctrl_c/", "decoder_ctrl_c/.vpltool.lock"))
+@case("train-decoder interrupted (Ctrl-C) before its first checkpoint (nothing to resume: said)", "interrupted: no "
+      "checkpoint was written yet", "re-running starts again from iteration 0", exit_code=130,
+      leaves=("decoder_ctrl_c/", "decoder_ctrl_c/.vpltool.lock"))
 def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
     from vpltool import train_decoder
 
@@ -1333,6 +1334,21 @@ def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
 
     with mock.patch.object(train_decoder._Run, "loop", interrupt):
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_ctrl_c"), *DECODER_ARGS]
+
+
+@case("train-decoder --resume interrupted (Ctrl-C) after a checkpoint", "interrupted: the last checkpoint is kept; "
+      "re-run the same command to continue from it", exit_code=130,
+      leaves=("decoder_ctrl_c_resumed/log.jsonl",))
+def _decoder_ctrl_c_resumed(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import train_decoder
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    folder = ws.copy(ws.decoder, "decoder_ctrl_c_resumed")
+    (folder / "decoder.safetensors").unlink()
+    with mock.patch.object(train_decoder._Run, "loop", interrupt):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", folder, *DECODER_ARGS, "--resume"]
 
 
 @case("a loss weight that is not a number (train-decoder --lambda-rsc nan)",
