@@ -2763,6 +2763,59 @@ def _tensorboard_other_run(ws: Workspace) -> Iterator[list[object]]:
 
 
 
+# ---- issue 38 (robust-ml): EXIF orientation as decoding applies it
+def _late_exif_png(path: Path, size: tuple[int, int], orientation: int) -> None:
+    """A PNG whose eXIf chunk (``orientation``) follows its pixel data, as some tools write it."""
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", size, (90, 140, 60)).save(path)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    chunk = len(payload).to_bytes(4, "big") + b"eXIf" + payload + zlib.crc32(b"eXIf" + payload).to_bytes(4, "big")
+    data = path.read_bytes()
+    end = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:end] + chunk + data[end:])
+
+
+@case("a PNG whose eXIf (orientation 6) follows its pixels, its GT drawn on the image as stored",
+      "world_exif/images/train_000001.png: its EXIF orientation (6) turns it to 96x64 when decoded",
+      "its ground truth world_exif/masks/train_000001.png is 64x96, the image as stored",
+      "save the image upright (without its orientation tag), or turn the mask")
+def _exif_after_pixels(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_exif")
+    _late_exif_png(world / "images" / "train_000001.png", (96, 64), 6)
+    with Image.open(world / "masks" / "train_000001.png") as mask:
+        mask.resize((96, 64), Image.NEAREST).save(world / "masks" / "train_000001.png")
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("a non-square PNG whose eXIf (orientation 6) follows its pixels, its GT drawn upright (once: a false \"the "
+      "file changed during the run\")", "✓ extract: 4 images", exit_code=0, leaves=("features_exif_upright/",
+                                                                                 "features_exif_upright/*"))
+def _exif_upright(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_exif_upright")
+    _late_exif_png(world / "images" / "train_000001.png", (96, 64), 6)  # shown 64 wide, 96 high
+    with Image.open(world / "masks" / "train_000001.png") as mask:
+        mask.resize((64, 96), Image.NEAREST).save(world / "masks" / "train_000001.png")
+    yield _extract(ws, world, "features_exif_upright", "--split", "train")
+
+
+@case("a square PNG whose eXIf (orientation 6) follows its pixels, with its GT (used as stored: said)",
+      "warning: world_exif_square/images/train_000001.png: an EXIF orientation flips or turns it when decoded",
+      "is used as stored", exit_code=0, leaves=("features_exif/", "features_exif/*"))
+def _exif_square(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_exif_square")
+    _late_exif_png(world / "images" / "train_000001.png", (96, 96), 6)
+    yield _extract(ws, world, "features_exif", "--split", "train")
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

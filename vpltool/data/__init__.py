@@ -139,7 +139,10 @@ def check_sizes(items: Sequence[Item], sizes: Sequence[tuple[int, int]], workers
         if gt != size:
             raise ContractError(f"{item.gt}: ground truth of image {item.id!r} is {gt[0]}x{gt[1]} but the image is "
                                 f"{size[0]}x{size[1]}; a GT mask must have its image's size: fix or remove the mask")
-    oriented = [item for (item, _), orientation in zip(with_gt, turned) if orientation != 1]
+    # a mask of a turned non-square image whose size is the image's as shown was drawn on it as shown; otherwise
+    # (a square image, a flip or a half turn) the sizes cannot tell
+    oriented = [item for (item, size), orientation in zip(with_gt, turned)
+                if orientation != 1 and (orientation not in (5, 6, 7, 8) or size[0] == size[1])]
     if oriented:
         more = f" (and {len(oriented) - 1} more)" if len(oriented) > 1 else ""
         warnings.warn(VplWarning(f"{oriented[0].image}{more}: an EXIF orientation flips or turns it when decoded, "
