@@ -225,8 +225,9 @@ def learn(inp: Inputs, cfg: LearnPrototypesConfig, source: MemorySource | ShardS
     source.close()
     if cfg.targets == "hard" and int(st.counts.sum()) == 0 and any(labels for _, labels, _ in inp.items):
         raise VplError(f"--threshold {cfg.threshold:g}: no pixel reached it (no CAM score of an image's own classes "
-                       "is that high on the patch grid), so every hard target is background and no class prototype "
-                       f"could move; lower --threshold (default {LearnPrototypesConfig.threshold:g})")
+                       "is that high on the patch grid), so every hard target is background and the class "
+                       "prototypes would learn nothing but to move away from every pixel; lower --threshold (default "
+                       f"{LearnPrototypesConfig.threshold:g})")
     if instance:
         chunks, entropy = source, st.entropy
     else:
