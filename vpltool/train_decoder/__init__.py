@@ -251,8 +251,12 @@ class _Run:
         return (n % cfg.log_every == 0 or last or n == 1,  # a first line at once: the run is alive
                 n % cfg.checkpoint_every == 0 or last, n % cfg.val_every == 0 or last)
 
-    def loop(self, start: int, val_items, on_iter) -> None:
+    def loop(self, start: int, val_items, on_iter, ready: Callable[[], None] | None = None) -> None:
+        """Iterations ``start`` to ``cfg.iters``; ``ready()`` once the batches are ready (the feature cache built),
+        when the loop's clock starts: the progress's rate and the summary's it/s then measure the same time."""
         cfg, batches, window = self.cfg, self.batches(start), LossWindow()
+        if ready is not None:
+            ready()
         # CUDA graphs (--compile reduce-overhead): an iteration's graphs replay into the same memory; say where an
         # iteration begins, before its frozen forward (the batches generator runs it at the loop's head)
         step_begin = torch.compiler.cudagraph_mark_step_begin if cfg.compile == "reduce-overhead" else lambda: None
@@ -388,8 +392,8 @@ def run_train_decoder(
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
         on_iter: called on rank 0 after every iteration with ``(iteration, log record)``. on_start: called on
-            rank 0 with ``(cfg.iters, first iteration)`` once the inputs and the output folder passed their checks
-            and the checkpoint (``--resume``) is loaded.
+            rank 0 with ``(cfg.iters, first iteration)`` once the inputs and the output folder passed their checks,
+            the checkpoint (``--resume``) is loaded and the feature cache built: when the iterations begin.
         backbone: reuse an already loaded CLIP; it must be the one the prototypes record (left as it is: the run
             works on a copy when its precision differs).
         tensorboard: a folder for TensorBoard event files (:mod:`.board`); needs the ``tensorboard`` extra.
@@ -431,8 +435,8 @@ def run_train_decoder(
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
                        extra_meta)
             start = run.restore(ckpt)
-            if on_start and rank == 0:
-                on_start(cfg.iters, start)  # a resumed run counts on from its checkpoint
+            # a resumed run counts on from its checkpoint, and from when the iterations begin
+            ready = (lambda: on_start(cfg.iters, start)) if on_start and rank == 0 else None
             if world > 1:
                 run.model = torch.nn.parallel.DistributedDataParallel(
                     run.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -441,7 +445,7 @@ def run_train_decoder(
                 shown = [(it.id, it.image) for it in val_items] or [(i, image) for i, image, _ in pairs]
                 run.board = Board(Path(tensorboard), STAGE, shown, start, run=out_dir)
             try:
-                run.loop(start, val_items, on_iter)
+                run.loop(start, val_items, on_iter, ready)
                 path = run.finish()
             finally:
                 if run.board is not None:
