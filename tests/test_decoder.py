@@ -467,6 +467,15 @@ def test_tensorboard_events_hold_the_losses_speed_memory_and_previews(gt_pseudo,
     assert len(previews) == 3 and [e.step for e in events.Images(previews[0])] == [2, 4]  # the 3 val images
     assert events.Images(previews[0])[0].width == 2 * 96  # photo | prediction
     assert (tmp_path / "run" / "log.jsonl").is_file() and (tmp_path / "run" / "curve.png").is_file()
+    # the same run started again replaces its events (one run's curves, not two overlapping); another run is refused
+    first = sorted(board.glob("events.out.tfevents.*"))
+    run_train_decoder(gt_pseudo, text_protos, tmp_path / "run", cfg, replace(CPU, overwrite=True), val_split="val",
+                      tensorboard=board)
+    again = sorted(board.glob("events.out.tfevents.*"))
+    assert len(again) == 1 and again != first
+    with pytest.raises(VplError, match="holds the TensorBoard events of another run"):
+        run_train_decoder(gt_pseudo, text_protos, tmp_path / "other", cfg, CPU, tensorboard=board)
+    assert not (tmp_path / "other").exists()  # refused before anything was written
 
 
 def test_tensorboard_asked_for_without_the_package_is_one_line(gt_pseudo, text_protos, tmp_path, monkeypatch):
