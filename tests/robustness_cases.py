@@ -277,6 +277,7 @@ def _steady(line: str) -> str:
     line = re.sub(r"\d+(?:\.\d+)? (img|it|images|iterations)/s", r"… \1/s", line)
     line = re.sub(r"127\.0\.0\.1(:|, )\d+", r"127.0.0.1\1…", line)
     line = re.sub(r"MASTER_PORT=\d+", "MASTER_PORT=…", line)
+    line = re.sub(r"MB in \d+(?:\.\d+)? s", "MB in … s", line)  # report's summary
     return re.sub(r"\b\d+m\d\ds elapsed", "… elapsed", line)
 
 
@@ -2691,6 +2692,14 @@ def _eval_json_folder(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.out("json_folder")
     folder.mkdir()
     yield ["eval", ws.pseudo, "--json", folder]
+
+
+@case("demo-report on a full disk (simulated): its files have no option, so none is named",
+      "no space left on device writing run_full/contact_sheet.png: free space")
+def _demo_report_full(ws: Workspace) -> Iterator[list[object]]:
+    run = _run_folder(ws, "run_full")
+    with failing_writes(errno.ENOSPC, after=0):
+        yield ["demo-report", run]
 
 
 @case("train-decoder --val-split test (no such split) names no option it lacks", "no split 'test' here (found: "
