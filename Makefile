@@ -371,6 +371,37 @@ toy-clip: setup
 clean-demo:
 	rm -rf $(RUN)
 
-## List targets
+# $(call quoted,TEXT): TEXT inside a single-quoted shell word
+quoted = $(subst ','"'"',$(1))
+# `make help` documents these variables (the README's `make report RUN=... DATA=... DATA_DEP= ...` line sets them);
+# their defaults are those above, the demo world's; the comments above each say more
+HELP_VARS = RUN DATA DATA_DEP MODEL PRETRAINED MODEL_DEP DEVICE TRAIN_SPLIT EVAL_SPLIT VAL_SPLIT TEMPLATES BACKGROUND \
+  REFINE REFINES PSEUDO_REFINE ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS
+doc_RUN = the run folder: every stage writes its folder here
+doc_DATA = the dataset (a VOC or COCO root, a folder or a manifest); the demo renders its world here
+doc_DATA_DEP = the file the features depend on: the rendered world; empty (DATA_DEP=) for a real dataset
+doc_MODEL = the CLIP (open_clip name, local-dir:PATH, or vpltool-toy, the demo world's)
+doc_PRETRAINED = its weights: an open_clip tag (openai), a file, or none
+doc_MODEL_DEP = the file the features depend on besides the data: the toy CLIP; empty (MODEL_DEP=) for another
+doc_DEVICE = auto | cpu | cuda | cuda:N
+doc_TRAIN_SPLIT = the split the train-side stages run on (VOC: train_aug)
+doc_EVAL_SPLIT = the split they are scored on; empty = the one they ran on (VOC: train)
+doc_VAL_SPLIT = the held-out split predict and the held-out scores use
+doc_TEMPLATES = text-prototypes --templates (real CLIP: clip-es)
+doc_BACKGROUND = text-prototypes --background (real CLIP: auto, voc or coco)
+doc_REFINE = cam --refine of the pipeline's own CAMs: none | caa | caa+sgc
+doc_REFINES = the refinements compared side by side; empty = REFINE alone
+doc_PSEUDO_REFINE = whose pseudo masks train the decoder: auto (best on the training split) or a name of REFINES
+doc_ITERS = learn-prototypes --iters
+doc_DEC_ITERS = train-decoder --iters (the paper: 30000)
+doc_DEC_ARGS = other train-decoder options (the paper: --recipe vpl; empty = the vpl recipe's own)
+doc_PRED_ARGS = other predict options (the paper: --crf)
+doc_WORKERS = parallel commands and CRF processes
+
+## List targets, and the variables a run sets (`make TARGET VAR=value`)
 help:
 	@awk '/^## /{d=substr($$0,4)} /^[a-z-]+:/{if(d){sub(/:.*/,"");printf "  %-18s %s\n",$$0,d;d=""}}' $(MAKEFILE_LIST)
+	@echo
+	@echo "Variables (make TARGET VAR=value; default in brackets, the demo world's):"
+	@$(foreach v,$(HELP_VARS),printf '  %-15s %s [%s]\n' '$(v)' '$(call quoted,$(doc_$(v)))' \
+	  '$(call quoted,$(if $(findstring shell,$(value $(v))),$($(v)): the cores,$(value $(v))))';)

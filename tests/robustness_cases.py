@@ -277,6 +277,7 @@ def _steady(line: str) -> str:
     line = re.sub(r"\d+(?:\.\d+)? (img|it|images|iterations)/s", r"… \1/s", line)
     line = re.sub(r"127\.0\.0\.1(:|, )\d+", r"127.0.0.1\1…", line)
     line = re.sub(r"MASTER_PORT=\d+", "MASTER_PORT=…", line)
+    line = re.sub(r"MB in \d+(?:\.\d+)? s", "MB in … s", line)  # report's summary
     return re.sub(r"\b\d+m\d\ds elapsed", "… elapsed", line)
 
 
@@ -428,7 +429,7 @@ def _background_last(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("unknown split", "world/splits/test.txt", "found: train, val", "--split")
+@case("unknown split", "world/splits/test.txt", "found: train, val", "give one of these split names")
 def _unknown_split(ws: Workspace) -> Iterator[list[object]]:
     yield ["extract", ws.world, "--split", "test", "-o", ws.out("out"), *TINY, *CPU]
 
@@ -720,13 +721,13 @@ def _fifo_output(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("output file is an existing folder (checked before the model loads)", "features: is a folder",
-      "give a file name")
+      "give --out a file name")
 def _folder_output(ws: Workspace) -> Iterator[list[object]]:
     yield ["text-prototypes", ws.features, "-o", ws.features, *TEXT_ARGS, *CPU]
 
 
 @case("loss-curve path is an existing folder (learn-prototypes --plot, checked before the descent)",
-      "features: is a folder", "give a file name")
+      "features: is a folder", "give --plot a file name")
 def _plot_folder(ws: Workspace) -> Iterator[list[object]]:
     yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
            "--plot", ws.features, "--iters", "2", *CPU]
@@ -1323,8 +1324,9 @@ def _background_is_class(ws: Workspace) -> Iterator[list[object]]:
            "star,sky", *CPU]
 
 
-@case("train-decoder interrupted (Ctrl-C) without --resume", "interrupted", "re-run the same command with --resume",
-      exit_code=130, leaves=("decoder_ctrl_c/", "decoder_ctrl_c/.vpltool.lock"))
+@case("train-decoder interrupted (Ctrl-C) before its first checkpoint (nothing to resume: said)", "interrupted: no "
+      "checkpoint was written yet", "re-running starts again from iteration 0", exit_code=130,
+      leaves=("decoder_ctrl_c/", "decoder_ctrl_c/.vpltool.lock"))
 def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
     from vpltool import train_decoder
 
@@ -1333,6 +1335,21 @@ def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
 
     with mock.patch.object(train_decoder._Run, "loop", interrupt):
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_ctrl_c"), *DECODER_ARGS]
+
+
+@case("train-decoder --resume interrupted (Ctrl-C) after a checkpoint", "interrupted: the last checkpoint is kept; "
+      "re-run the same command to continue from it", exit_code=130,
+      leaves=("decoder_ctrl_c_resumed/log.jsonl",))
+def _decoder_ctrl_c_resumed(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import train_decoder
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    folder = ws.copy(ws.decoder, "decoder_ctrl_c_resumed")
+    (folder / "decoder.safetensors").unlink()
+    with mock.patch.object(train_decoder._Run, "loop", interrupt):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", folder, *DECODER_ARGS, "--resume"]
 
 
 @case("a loss weight that is not a number (train-decoder --lambda-rsc nan)",
@@ -2602,6 +2619,501 @@ def _eval_vocabulary(ws: Workspace) -> Iterator[list[object]]:
     cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", out, "--classes", "star,circle",
            *CPU)
     yield ["eval", out]
+
+
+# ---- issue 38 (robust-ml): report
+def _run_folder(ws: Workspace, name: str, **metrics: object) -> Path:
+    """A run folder as the Makefile leaves it (features, cams, pseudo), with ``metrics.json`` or
+    ``metrics/<file>`` written from ``metrics`` (``metrics.json=…``, ``metrics/cams.json``: ``**{"…": …}``)."""
+    run = ws.out(name)
+    for folder in (ws.features, ws.cams, ws.pseudo):
+        shutil.copytree(folder, run / folder.name)
+    for rel, value in metrics.items():
+        path = run / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+    return run
+
+
+@case("report: metrics.json whose stages is a string", "run_stages/metrics.json: 'stages' is \"CAM\", not a list "
+      "of rows", "vpltool demo-report RUN")
+def _report_stages_string(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_stages", **{"metrics.json": {"stages": "CAM"}}), "--workers", "1"]
+
+
+@case("report: a stage row's split figure is a number, not {\"miou\": …}", "'stages[0].train' is 0.5, not null or "
+      "{\"miou\"")
+def _report_row_number(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_row", **{"metrics.json": {"stages": [{"stage": "CAM", "train": 0.5}]}}),
+           "--workers", "1"]
+
+
+@case("report: metrics.json whose chance is a list", "'chance' is [1, 2], not an object")
+def _report_chance_list(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_chance", **{"metrics.json": {"chance": [1, 2]}}), "--workers", "1"]
+
+
+@case("report: an eval JSON with \"miou\": \"abc\" (metrics/cams.json)", "run_miou/metrics/cams.json: 'miou' is "
+      "\"abc\", not a number in [0, 1] or null", "vpltool eval FOLDER --json")
+def _report_miou_text(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_miou", **{"metrics/cams.json": {"miou": "abc", "iou": {}}}), "--workers", "1"]
+
+
+@case("report: an eval JSON whose bg_exponent is a list (metrics/cams.json, a CAM column's)",
+      "'bg_exponent' is [1], not a number")
+def _report_bg_list(ws: Workspace) -> Iterator[list[object]]:
+    bad = {"miou": 0.5, "iou": {"star": 0.5}, "bg_exponent": [1]}
+    yield ["report", _run_folder(ws, "run_bg", **{"metrics/cams.json": bad}), "--workers", "1"]
+
+
+@case("report --workers -1 (refused as crf refuses it)", "--workers -1: must be >= 0")
+def _report_workers_negative(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _run_folder(ws, "run_workers"), "--workers", "-1"]
+
+
+@case("report: a pseudo mask of another size than its image names the mask", "run_size/pseudo/train_000001.png: is "
+      "48x48 but image 'train_000001'", "re-run the stage that wrote it")
+def _report_mask_size(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    run = _run_folder(ws, "run_size")
+    mask = run / "pseudo" / "train_000001.png"
+    with Image.open(mask) as img:
+        img.resize((48, 48), Image.NEAREST).save(mask)
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report while another report writes the same folder", "run_locked/report: another vpltool run is writing here",
+      "choose another --out")
+def _report_locked(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    run = _run_folder(ws, "run_locked")
+    with io.replace_lock(run / "report"):
+        yield ["report", run, "--workers", "1"]
+
+
+@case("report into a RUN/report symlink (the link stays; the report replaces its target)", "✓ report: 4 images",
+      exit_code=0, leaves=("report_target/*", "report_target/*/*", "report_target/*/*/*"))
+def _report_symlink(ws: Workspace) -> Iterator[list[object]]:
+    run = _run_folder(ws, "run_link")
+    target = ws.out("report_target")
+    cli_ok("report", run, "-o", target, "--workers", "1")
+    (run / "report").symlink_to(target)
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report after one killed while swapping folders (its .report.old-* is removed)", "✓ report: 4 images",
+      exit_code=0, leaves=("run_stale/report/", "run_stale/report/*", "run_stale/report/*/*",
+                           "run_stale/report/*/*/*", "-run_stale/.report.old-1/", "-run_stale/.report.old-1/*"))
+def _report_stale(ws: Workspace) -> Iterator[list[object]]:
+    run = _run_folder(ws, "run_stale")
+    (run / ".report.old-1").mkdir()  # what a report killed between its two renames left
+    (run / ".report.old-1" / "index.html").write_text("an old report")
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report of a run whose folders come from two datasets with other classes", "run_two: its folders come from "
+      "two datasets with other classes", "class 2 is 'star' in one and 'comet' in the other",
+      "move the folders of one dataset into a run folder of their own")
+def _report_two_class_lists(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.copy(ws.world, "world_renamed")
+    for name in ("classes.txt", "labels.csv"):
+        (other / name).write_text((other / name).read_text().replace("star", "comet"))
+    run = _run_folder(ws, "run_two")
+    cli_ok("extract", other, "--split", "train", "-o", run / "features_other", *TINY, *CPU, "--workers", "1")
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report of a run holding two datasets of one folder name and split (tabs named by their path)",
+      "✓ report: 8 images (train (other/world) 4, train (world) 4)", exit_code=0,
+      leaves=("run_twins/report/", "run_twins/report/*", "run_twins/report/*/*", "run_twins/report/*/*/*"))
+def _report_twin_datasets(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.out("other")
+    shutil.copytree(ws.world, other / "world")
+    run = _run_folder(ws, "run_twins")
+    cli_ok("extract", other / "world", "--split", "train", "-o", run / "features_other", *TINY, *CPU,
+           "--workers", "1")
+    yield ["report", run, "--workers", "1"]
+
+
+@case("report of a run whose dataset lost an image since its stages ran", "run_shrunk/cams/_stage.json: made from 4 "
+      "images of split 'train'", "the dataset changed since")
+def _report_dataset_shrunk(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_shrunk")
+    run = ws.out("run_shrunk")
+    cli_ok("extract", world, "--split", "train", "-o", run / "features", *TINY, *CPU, "--workers", "1", "--cache",
+           "full")
+    cli_ok("cam", run / "features", "-p", ws.text, "-o", run / "cams", *CPU)
+    split = world / "splits" / "train.txt"
+    split.write_text("\n".join(split.read_text().split()[:-1]) + "\n")
+    yield ["report", run, "--workers", "1"]
+
+
+# ---- issue 38 (robust-ml): metadata, options without effect, messages
+def _edited_tensors(source: Path, edit: Callable[[dict, dict], None]) -> None:
+    """Rewrite a safetensors file after ``edit(tensors, metadata)`` (what a hand edit or another tool leaves)."""
+    from safetensors.torch import save_file
+
+    tensors, meta = _tensors_and_meta(source)
+    edit(tensors, meta)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(source), metadata=meta)
+
+
+def _cams_with(ws: Workspace, name: str, edit: Callable[[dict, dict], None]) -> Path:
+    """A copy of the CAM folder whose first labelled item was edited by ``edit``."""
+    import torch
+
+    cams = ws.copy(ws.cams, name)
+    first = next(p for p in sorted(cams.glob("*.safetensors"))
+                 if torch.numel(_tensors_and_meta(p)[0]["labels"]) > 0)
+    _edited_tensors(first, edit)
+    return cams
+
+
+@case("a CAM file whose vpltool.image_size is [0, 0] (crf)", "metadata 'vpltool.image_size' is '[0, 0]', not "
+      "[height, width] in pixels", "re-run `vpltool cam`")
+def _cam_size_zero(ws: Workspace) -> Iterator[list[object]]:
+    cams = _cams_with(ws, "cams_size0", lambda t, m: m.update({"vpltool.image_size": "[0, 0]"}))
+    yield ["crf", cams, "-o", ws.out("out"), "--workers", "1"]
+
+
+@case("a CAM file whose vpltool.image_size is \"abc\" (crf --backend torch)", "metadata 'vpltool.image_size' is "
+      "'abc', not [height, width]")
+def _cam_size_text(ws: Workspace) -> Iterator[list[object]]:
+    cams = _cams_with(ws, "cams_size_abc", lambda t, m: m.update({"vpltool.image_size": "abc"}))
+    yield ["crf", cams, "-o", ws.out("out"), "--workers", "1", "--backend", "torch", *CPU]
+
+
+@case("a CAM file with values above 1 (the format's maps are in [0, 1])", "cams hold values in [0, 1.5], the "
+      "format's are in [0, 1]")
+def _cam_above_one(ws: Workspace) -> Iterator[list[object]]:
+    def edit(t: dict, m: dict) -> None:
+        t["cams"].view(-1)[0] = 1.5
+
+    yield ["crf", _cams_with(ws, "cams_above1", edit), "-o", ws.out("out"), "--workers", "1"]
+
+
+@case("a CAM file naming one label twice", "name a class twice (one map per label)")
+def _cam_label_twice(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+
+    def edit(t: dict, m: dict) -> None:
+        t["labels"] = torch.cat([t["labels"][:1], t["labels"][:1]])
+        t["cams"] = torch.cat([t["cams"][:1], t["cams"][:1]])
+
+    yield ["eval", _cams_with(ws, "cams_twice", edit)]
+
+
+@case("a CAM file whose grid does not fit its image (a 6x1 grid for a 96x96 image)", "a 6x1 grid of CAMs does not "
+      "fit its 96x96 image")
+def _cam_grid(ws: Workspace) -> Iterator[list[object]]:
+    def edit(t: dict, m: dict) -> None:
+        t["cams"] = t["cams"][:, :, :1].contiguous()
+
+    yield ["crf", _cams_with(ws, "cams_grid", edit), "-o", ws.out("out"), "--workers", "1"]
+
+
+def _decoder_with(ws: Workspace, name: str, key: str, edit: Callable[[object], object]) -> Path:
+    folder = ws.copy(ws.decoder, name)
+    _edited_tensors(folder / "decoder.safetensors",
+                    lambda t, m: m.update({key: json.dumps(edit(json.loads(m[key])))}))
+    return folder / "decoder.safetensors"
+
+
+@case("decoder metadata decoder_config.dim = \"x\" (predict)", "decoder_x/decoder.safetensors (decoder_config): "
+      "'params.dim' is \"x\", not an integer")
+def _decoder_dim_text(ws: Workspace) -> Iterator[list[object]]:
+    decoder = _decoder_with(ws, "decoder_x", "vpltool.decoder_config", lambda c: {**c, "dim": "x"})
+    yield ["predict", decoder, "--split", "val", "-o", ws.out("out"), *CPU]
+
+
+@case("decoder metadata decoder_arch.blocks = \"all\" (predict)", "metadata 'vpltool.decoder_arch' is",
+      "re-run `vpltool train-decoder`")
+def _decoder_arch_text(ws: Workspace) -> Iterator[list[object]]:
+    decoder = _decoder_with(ws, "decoder_arch", "vpltool.decoder_arch", lambda a: {**a, "blocks": "all"})
+    yield ["predict", decoder, "--split", "val", "-o", ws.out("out"), *CPU]
+
+
+def _config_folder(ws: Workspace, name: str, extra: str, text: str) -> Path:
+    folder = ws.out(name)
+    shutil.copytree(ASSETS / "model_configs", folder)
+    (folder / extra).write_text(text)
+    return folder
+
+
+@case("a malformed JSON beside a valid config in VPLTOOL_MODEL_CONFIGS", "configs_bad/broken.json: not valid JSON",
+      "fix or remove it (the model config folder (--model-config-dir, VPLTOOL_MODEL_CONFIGS))")
+def _configs_malformed(ws: Workspace) -> Iterator[list[object]]:
+    folder = _config_folder(ws, "configs_bad", "broken.json", '{"embed_dim": 32,')
+    with mock.patch.dict(os.environ, {"VPLTOOL_MODEL_CONFIGS": str(folder)}):
+        yield _extract(ws, ws.world, "out", "--split", "train")
+
+
+@case("a config {\"embed_dim\": \"x\"} in VPLTOOL_MODEL_CONFIGS (invalid, not unknown)", "configs_x/vpl-x.json: not "
+      "an open_clip model config (an object with embed_dim, vision_cfg, text_cfg)")
+def _configs_invalid(ws: Workspace) -> Iterator[list[object]]:
+    folder = _config_folder(ws, "configs_x", "vpl-x.json", '{"embed_dim": "x"}')
+    with mock.patch.dict(os.environ, {"VPLTOOL_MODEL_CONFIGS": str(folder)}):
+        yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "vpl-x", "--pretrained",
+               "none", *CPU]
+
+
+@case("a config whose vision_cfg.layers is \"x\" in VPLTOOL_MODEL_CONFIGS", "configs_layers/vpl-l.json: "
+      "'vision_cfg.layers' is \"x\", not a whole number >= 1")
+def _configs_layers(ws: Workspace) -> Iterator[list[object]]:
+    cfg = json.loads((ASSETS / "model_configs" / "vpl-test-vit.json").read_text())
+    cfg["vision_cfg"]["layers"] = "x"
+    folder = _config_folder(ws, "configs_layers", "vpl-l.json", json.dumps(cfg))
+    with mock.patch.dict(os.environ, {"VPLTOOL_MODEL_CONFIGS": str(folder)}):
+        yield ["extract", ws.world, "--split", "train", "-o", ws.out("out"), "--model", "vpl-l", "--pretrained",
+               "none", *CPU]
+
+
+@case("train-decoder --crop-size 4096 (65,536 patch tokens)", "--crop-size 4096: 65,536 patch tokens",
+      "give --crop-size 1024 or less")
+def _crop_huge(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--crop-size", "4096"]
+
+
+@case("extract --attention-blocks 3 on a 3-block model (the most it has)", "✓ extract: 4 images", exit_code=0,
+      leaves=("features_blocks3/", "features_blocks3/*"))
+def _attention_blocks_all(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, ws.world, "features_blocks3", "--split", "train", "--attention-blocks", "3")
+
+
+@case("extract --attention-blocks 8 given on a 3-block model (8, the default, is refused when given)",
+      "--attention-blocks 8: vpl-test-vit has 3 blocks; give 1 to 3")
+def _attention_blocks_8(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, ws.world, "out", "--split", "train", "--attention-blocks", "8")
+
+
+# options without effect: warned, never recorded
+@case("predict --crf-backend torch without --crf", "warning: --crf-backend torch has no effect without --crf; it is "
+      "ignored (and not recorded)", exit_code=0, leaves=("pred_backend/", "pred_backend/*"))
+def _predict_backend_alone(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_backend"),
+           "--crf-backend", "torch", *CPU]
+
+
+@case("predict resumed without --crf-backend after a run given it without --crf (not recorded, so no refusal)",
+      "✓ predict: 0 masks", "2 already done", exit_code=0, leaves=("pred_backend_rerun/_stage.json",))
+def _predict_backend_rerun(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("pred_backend_rerun")
+    cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", out, "--crf-backend", "torch", *CPU)
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", out, *CPU]
+
+
+@case("train-decoder --proto-every 5 with --lambda-proto 0 (warned, and in neither params)",
+      "warning: --proto-every 5 has no effect with --lambda-proto 0; it is ignored (and not recorded)", exit_code=0,
+      leaves=("decoder_proto/", "decoder_proto/*", "decoder_proto/checkpoints/", "decoder_proto/checkpoints/*"))
+def _proto_every(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_proto"), *DECODER_ARGS,
+           "--lambda-proto", "0", "--proto-every", "5"]
+
+
+@case("crf --backend pydensecrf --batch-size 4", "warning: --batch-size 4 has no effect with the pydensecrf backend "
+      "(one image per process); it is ignored (and not recorded)", exit_code=0,
+      leaves=("pseudo_batch/", "pseudo_batch/*"))
+def _crf_batch_pydensecrf(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.out("pseudo_batch"), "--backend", "pydensecrf", "--batch-size", "4",
+           "--workers", "1"]
+
+
+@case("eval --bg-exponents 3 on a folder of masks", "warning: --bg-exponents 3 has no effect on a folder of masks",
+      "only CAMs have a background score", exit_code=0)
+def _eval_exponents_masks(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--bg-exponents", "3"]
+
+
+@case("text-prototypes FEATURES --classes circle,star (the folder names the classes)",
+      "warning: --classes circle,star has no effect with an extract folder", exit_code=0,
+      leaves=("t_classes.safetensors",))
+def _text_classes_with_folder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("t_classes.safetensors"), *TEXT_ARGS, "--classes",
+           "circle,star", *CPU]
+
+
+# '#': a comment line in every list file, never the start of a name or an id
+@case("classes.txt lists '#star' and a label names it ('#' starts a comment line)", "class '#star' (id "
+      "'train_000000') starts with '#', which makes a comment line in every list file", "rename the class")
+def _hash_class(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_hash")
+    for name in ("classes.txt", "labels.csv"):
+        (world / name).write_text((world / name).read_text().replace("star", "#star"))
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("predict --classes '#star'", "--classes: '#star' starts with '#', which makes a comment line")
+def _hash_classes_option(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--classes",
+           "#star,circle", *CPU]
+
+
+@case("an image named #000.png in a folder dataset (its id would be a comment in a split file)",
+      "id '#000' starts with '#'")
+def _hash_id(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_hash_id")
+    shutil.rmtree(world / "splits")
+    (world / "images" / "train_000000.png").rename(world / "images" / "#000.png")
+    (world / "masks" / "train_000000.png").rename(world / "masks" / "#000.png")
+    labels = world / "labels.csv"
+    labels.write_text(labels.read_text().replace("train_000000", '"#000"'))
+    yield _extract(ws, world, "out")
+
+
+@case("a --templates file with '# comment' lines (skipped, as in every list file)", "✓ text-prototypes",
+      "1 template(s)", exit_code=0, leaves=("t_comments.safetensors",))
+def _template_comments(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "templates_comments.txt"
+    path.write_text("# the CLIP-ES wording, shortened\na photo of a {}.\n  # another comment\n")
+    yield ["text-prototypes", ws.features, "-o", ws.out("t_comments.safetensors"), "--templates", path,
+           "--background", "grass,sky,wall,water", *CPU]
+
+
+# messages that name only the command's own options
+@case("eval --json on a full disk (simulated) names --json, not --out", "free space or choose another --json")
+def _eval_json_full(ws: Workspace) -> Iterator[list[object]]:
+    with failing_writes(errno.ENOSPC, after=0):
+        yield ["eval", ws.pseudo, "--json", ws.out("full.json")]
+
+
+@case("eval --json naming a folder", "is a folder; give --json a file name")
+def _eval_json_folder(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("json_folder")
+    folder.mkdir()
+    yield ["eval", ws.pseudo, "--json", folder]
+
+
+@case("demo-report on a full disk (simulated): its files have no option, so none is named",
+      "no space left on device writing run_full/contact_sheet.png: free space")
+def _demo_report_full(ws: Workspace) -> Iterator[list[object]]:
+    run = _run_folder(ws, "run_full")
+    with failing_writes(errno.ENOSPC, after=0):
+        yield ["demo-report", run]
+
+
+@case("train-decoder --val-split test (no such split) names no option it lacks", "no split 'test' here (found: "
+      "train, val); give one of these split names")
+def _val_split_unknown(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--val-split", "test"]
+
+
+@case("train-decoder --tensorboard naming a file", "board_file: exists and is not a folder; choose another "
+      "--tensorboard")
+def _tensorboard_file(ws: Workspace) -> Iterator[list[object]]:
+    board = ws.out("board_file")
+    board.write_text("notes")
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--tensorboard", board]
+
+
+@case("learn-prototypes --plot ''", "--plot '': an empty file name; give a file name, e.g. loss.png, or leave the "
+      "option out")
+def _plot_empty(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--plot", "", "--iters", "2", *CPU]
+
+
+@case("learn-prototypes --threshold 1 (no pixel reaches it)", "--threshold 1: no pixel reached it",
+      "lower --threshold (default 0.4)")
+def _threshold_one(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
+           "--threshold", "1", "--iters", "2", *CPU]
+
+
+@case("RANK=-1 WORLD_SIZE=2", "RANK=-1: must be in 0..1 (WORLD_SIZE=2)")
+def _rank_negative(ws: Workspace) -> Iterator[list[object]]:
+    with _torchrun_env(RANK="-1", WORLD_SIZE="2"):
+        yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU]
+
+
+# train-decoder: resume, tensorboard
+def _other_text(ws: Workspace) -> Path:
+    path = ws.root / "text_other.safetensors"
+    if not path.is_file():
+        cli_ok("text-prototypes", ws.features, "-o", path, "--templates", "a picture of a {}.", "--background",
+               "grass,sky,wall,water", *CPU)
+    return path
+
+
+@case("train-decoder --resume with another run's checkpoint: every difference named at once", "--iters 2 there, 3 "
+      "here; other prototypes", "or start again without --resume (with --overwrite)")
+def _resume_every_difference(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.copy(ws.decoder, "decoder_other")
+    (folder / "decoder.safetensors").unlink()
+    args = ["--iters", "3", *DECODER_ARGS[2:]]
+    yield ["train-decoder", ws.pseudo, "-p", _other_text(ws), "-o", folder, *args, "--resume"]
+
+
+@case("train-decoder --resume --overwrite with other --iters (the fix is not the --overwrite already given)",
+      "--iters 2 there, 3 here", "start again without --resume")
+def _resume_overwrite(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.copy(ws.decoder, "decoder_resume_overwrite")
+    args = ["--iters", "3", *DECODER_ARGS[2:]]
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", folder, *args, "--resume", "--overwrite"]
+
+
+@case("train-decoder --tensorboard into a folder holding another finished run's events", "board_other: holds the "
+      "TensorBoard events of another run", "choose another --tensorboard folder")
+def _tensorboard_other_run(ws: Workspace) -> Iterator[list[object]]:
+    board = ws.out("board_other")
+    cli_ok("train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_board_a"), *DECODER_ARGS,
+           "--tensorboard", board)
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("out"), *DECODER_ARGS, "--tensorboard", board]
+
+
+
+# ---- issue 38 (robust-ml): EXIF orientation as decoding applies it
+def _late_exif_png(path: Path, size: tuple[int, int], orientation: int) -> None:
+    """A PNG whose eXIf chunk (``orientation``) follows its pixel data, as some tools write it."""
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", size, (90, 140, 60)).save(path)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    chunk = len(payload).to_bytes(4, "big") + b"eXIf" + payload + zlib.crc32(b"eXIf" + payload).to_bytes(4, "big")
+    data = path.read_bytes()
+    end = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:end] + chunk + data[end:])
+
+
+@case("a PNG whose eXIf (orientation 6) follows its pixels, its GT drawn on the image as stored",
+      "world_exif/images/train_000001.png: its EXIF orientation (6) turns it to 96x64 when decoded",
+      "its ground truth world_exif/masks/train_000001.png is 64x96, the image as stored",
+      "save the image upright (without its orientation tag), or turn the mask")
+def _exif_after_pixels(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_exif")
+    _late_exif_png(world / "images" / "train_000001.png", (96, 64), 6)
+    with Image.open(world / "masks" / "train_000001.png") as mask:
+        mask.resize((96, 64), Image.NEAREST).save(world / "masks" / "train_000001.png")
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+@case("a non-square PNG whose eXIf (orientation 6) follows its pixels, its GT drawn upright (once: a false \"the "
+      "file changed during the run\")", "✓ extract: 4 images", exit_code=0, leaves=("features_exif_upright/",
+                                                                                 "features_exif_upright/*"))
+def _exif_upright(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_exif_upright")
+    _late_exif_png(world / "images" / "train_000001.png", (96, 64), 6)  # shown 64 wide, 96 high
+    with Image.open(world / "masks" / "train_000001.png") as mask:
+        mask.resize((64, 96), Image.NEAREST).save(world / "masks" / "train_000001.png")
+    yield _extract(ws, world, "features_exif_upright", "--split", "train")
+
+
+@case("a square PNG whose eXIf (orientation 6) follows its pixels, with its GT (used as stored: said)",
+      "warning: world_exif_square/images/train_000001.png: an EXIF orientation flips or turns it when decoded",
+      "is used as stored", exit_code=0, leaves=("features_exif/", "features_exif/*"))
+def _exif_square(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_exif_square")
+    _late_exif_png(world / "images" / "train_000001.png", (96, 96), 6)
+    yield _extract(ws, world, "features_exif", "--split", "train")
 
 
 # --------------------------------------------------------------------------------------------- the page

@@ -299,3 +299,42 @@ def test_a_file_option_takes_its_default_and_refuses_a_folder_spelling(tmp_path,
     assert r.exit_code == 0 and (tmp_path / "text_prototypes.safetensors").is_file(), r.output
     r = _invoke(*args, "-o", "protos/")
     assert r.exit_code == 2 and "ends with '/', so it names a folder" in r.output and not (tmp_path / "protos").exists()
+
+
+def test_progress_counts_a_resumed_run_on_and_its_rate_from_the_start_call(monkeypatch):
+    """A resumed run's progress starts at its checkpoint (661/1500 was shown at about 1461), and the rate counts
+    only this run's items from the moment the work began (model loading excluded, as in the final it/s)."""
+    from vpltool.cli import common
+
+    now = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+    lines = common._Lines("train-decoder", "iterations", echo=False)  # t=0: the command starts
+    now[0] = 100.0
+    lines.start_with(1500, 800)  # the model loaded, the checkpoint at 800 restored
+    now[0] = 102.0
+    lines.advance(2)
+    assert lines.line().startswith("train-decoder: 802/1500 iterations (53%), 1.00 iterations/s")
+
+
+def test_an_interrupted_train_decoder_says_whether_a_checkpoint_is_kept(tmp_path):
+    from vpltool.cli.common import interrupted_hint
+
+    assert interrupted_hint({"resume": False, "out": tmp_path}).startswith("no checkpoint was written yet")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.safetensors").write_bytes(b"")
+    assert "with --resume to continue" in interrupted_hint({"resume": False, "out": tmp_path})
+    assert interrupted_hint({}) == "finished items are kept; re-run the same command to resume"
+
+
+def test_train_decoder_without_a_recipe_on_a_cpu_says_how_long_it_will_take(monkeypatch):
+    from vpltool.cli import training
+
+    said = []
+    monkeypatch.setattr(training, "say", said.append)
+    clock = iter([10.0, 14.0, 18.0, 22.0])
+    monkeypatch.setattr("time.perf_counter", lambda: next(clock))
+    hook = training._slow_recipe_timer("cpu")
+    for iteration in (1, 2, 3, 4):
+        hook(iteration, 30000)
+    assert len(said) == 2 and "pass --recipe cpu" in said[0]
+    assert "4.00 s per iteration, so its 30,000 iterations take about 33.3 h" in said[1]

@@ -363,6 +363,58 @@ def test_image_size_reads_the_header_as_load_image_decodes(tmp_path):
         image_size(tmp_path / "empty.png")
 
 
+def _png_with_exif_after_pixels(path: Path, size: tuple[int, int], orientation: int) -> Path:
+    """A PNG whose eXIf chunk follows its pixel data (IDAT), as some tools write it: Pillow reads it only when it
+    decodes the image."""
+    import zlib
+
+    Image.new("RGB", size, (10, 200, 10)).save(path)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    chunk = len(payload).to_bytes(4, "big") + b"eXIf" + payload + zlib.crc32(b"eXIf" + payload).to_bytes(4, "big")
+    data = path.read_bytes()
+    end = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:end] + chunk + data[end:])
+    return path
+
+
+@pytest.mark.parametrize("where", ["after", "xmp"])
+def test_image_size_reads_the_orientation_decoding_applies(tmp_path, where):
+    """An eXIf chunk after IDAT, or an XMP tiff:Orientation, turns the image when it is decoded: the header read
+    must say the same size (it once said the stored one: a false "the file changed during the run")."""
+    from vpltool.io import image_orientation, image_size
+
+    if where == "after":
+        path = _png_with_exif_after_pixels(tmp_path / "late.png", (60, 40), 6)
+    else:
+        from PIL import PngImagePlugin
+
+        path = tmp_path / "xmp.png"
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+        Image.new("RGB", (60, 40)).save(path, pnginfo=info)
+    assert image_size(path) == load_image(path).shape[:2] == (60, 40)
+    assert image_orientation(path) == 6
+
+
+def test_a_ground_truth_that_cannot_follow_the_orientation_is_said(tmp_path):
+    """A GT mask has no orientation: drawn on the image as stored, it is refused (non-square: the sizes say so);
+    where they cannot (a square image), a warning says the mask is used as stored."""
+    image = _png_with_exif_after_pixels(tmp_path / "a.png", (60, 40), 6)  # stored 60 wide, 40 high
+    mask = tmp_path / "a_gt.png"
+    Image.new("L", (60, 40)).save(mask)  # the stored image's size
+    item = Item("a", image, (1,), mask)
+    with pytest.raises(ContractError, match=r"a\.png: its EXIF orientation \(6\) turns it to 60x40 when decoded, "
+                                            r"but its ground truth .*a_gt\.png is 40x60, the image as stored"):
+        check_sizes([item], [(60, 40)])
+    square = _png_with_exif_after_pixels(tmp_path / "b.png", (40, 40), 6)
+    Image.new("L", (40, 40)).save(mask)
+    with pytest.warns(VplWarning, match=r"b\.png: an EXIF orientation flips or turns it when decoded, while its "
+                                         "ground truth .* is used as stored"):
+        check_sizes([Item("b", square, (1,), mask)], [(40, 40)])
+
+
 def test_truncated_jpeg_is_a_contract_error_naming_the_file(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "broken.jpg"

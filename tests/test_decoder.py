@@ -206,8 +206,11 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(gt_pseudo, text_protos
         run_train_decoder(gt_pseudo, text_protos, tmp_path, TINY, CPU)
     with pytest.raises(VplError, match="other settings"):
         run_train_decoder(gt_pseudo, text_protos, tmp_path, replace(TINY, lr=0.1), CPU, resume=True)
-    summary = run_train_decoder(gt_pseudo, text_protos, tmp_path, TINY, CPU, resume=True)
+    started = []
+    summary = run_train_decoder(gt_pseudo, text_protos, tmp_path, TINY, CPU, resume=True,
+                                on_start=lambda total, done: started.append((total, done)))
     assert summary.start == 2 and summary.iterations == 4
+    assert started == [(4, 2)]  # the progress counts on from the checkpoint, not from 0 (issue 38)
     a = io.read_tensors(trained / "decoder.safetensors", kind="decoder").tensors
     b = io.read_tensors(tmp_path / "decoder.safetensors", kind="decoder").tensors
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -464,6 +467,15 @@ def test_tensorboard_events_hold_the_losses_speed_memory_and_previews(gt_pseudo,
     assert len(previews) == 3 and [e.step for e in events.Images(previews[0])] == [2, 4]  # the 3 val images
     assert events.Images(previews[0])[0].width == 2 * 96  # photo | prediction
     assert (tmp_path / "run" / "log.jsonl").is_file() and (tmp_path / "run" / "curve.png").is_file()
+    # the same run started again replaces its events (one run's curves, not two overlapping); another run is refused
+    first = sorted(board.glob("events.out.tfevents.*"))
+    run_train_decoder(gt_pseudo, text_protos, tmp_path / "run", cfg, replace(CPU, overwrite=True), val_split="val",
+                      tensorboard=board)
+    again = sorted(board.glob("events.out.tfevents.*"))
+    assert len(again) == 1 and again != first
+    with pytest.raises(VplError, match="holds the TensorBoard events of another run"):
+        run_train_decoder(gt_pseudo, text_protos, tmp_path / "other", cfg, CPU, tensorboard=board)
+    assert not (tmp_path / "other").exists()  # refused before anything was written
 
 
 def test_tensorboard_asked_for_without_the_package_is_one_line(gt_pseudo, text_protos, tmp_path, monkeypatch):
@@ -635,3 +647,27 @@ def test_checkpoint_optimizer_state_is_per_file_parameter_and_round_trips(optimi
     load_checkpoint(path, other, other_opt)
     again = other_opt.state_dict()
     assert all(torch.equal(again["state"][j][k], v) for j, s in state["state"].items() for k, v in s.items())
+
+
+def test_an_option_without_effect_is_in_neither_params(gt_pseudo, text_protos, tmp_path):
+    """--proto-every without CMPA is warned about as "not recorded": neither the checkpoint's nor the decoder's
+    params hold it (issue 38), and a resume does not compare it."""
+    cfg = replace(TINY, iters=2, lambda_proto=0.0, proto_every=5)
+    run_train_decoder(gt_pseudo, text_protos, tmp_path, cfg, CPU)
+    decoder = io.read_decoder(tmp_path / "decoder.safetensors")
+    checkpoint = io.read_checkpoint(tmp_path / "checkpoints" / "last.safetensors", header_only=True)[2]
+    for f in (decoder, checkpoint):
+        assert "proto_every" not in f.params and "proto_every" not in f.meta("decoder_config")
+        assert f.params["dim"] == TINY.dim  # what has an effect is recorded
+    assert load_decoder(tmp_path / "decoder.safetensors")[0].cfg.proto_every is None  # rebuilt with the default
+
+
+def test_a_resume_names_every_difference_at_once(gt_pseudo, text_protos, trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained, tmp_path / "run")
+    (tmp_path / "run" / "decoder.safetensors").unlink()
+    with pytest.raises(VplError) as e:
+        run_train_decoder(gt_pseudo, text_protos, tmp_path / "run", replace(TINY, iters=5, lr=0.1), CPU, resume=True)
+    assert "--iters 4 there, 5 here" in str(e.value) and "--lr 0.05 there, 0.1 here" in str(e.value)
+    assert "start again without --resume" in str(e.value)

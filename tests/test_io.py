@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -528,3 +529,24 @@ def test_every_file_output_records_its_kind_and_the_guard_reads_it(tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text("")
     io.check_outputs("x", {"--json": (empty, "file", "scores")})  # nothing to lose
+def test_eval_results_read_back_through_the_checked_reader(world, tmp_path):
+    """What eval writes passes io.read_eval_metrics (the report's reader); the wrong shape is one line naming the
+    field (issue 38: a traceback after every thumbnail was made)."""
+    import shutil
+
+    from vpltool.data import open_dataset
+    from vpltool.eval import run_eval
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for item in open_dataset(world, "train").items:
+        shutil.copy(item.gt, masks / f"{item.id}.png")
+    run_eval(masks, data=world, split="train", json_out=tmp_path / "m.json")
+    assert io.read_eval_metrics(tmp_path / "m.json")["miou"] == 1.0
+    for bad, field in [({"miou": "abc", "iou": {}}, "'miou' is \"abc\""), ({"miou": 0.5, "iou": [1]}, "'iou' is [1]"),
+                       ({"miou": 1.5, "iou": {}}, "'miou' is 1.5"), ({"miou": 0.5, "iou": {}, "n_images": -1},
+                                                                   "'n_images' is -1")]:
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ContractError, match=re.escape(field)):
+            io.read_eval_metrics(tmp_path / "bad.json")
+    assert not io.is_eval_metrics({"rows": []}) and io.is_eval_metrics({"miou": None})

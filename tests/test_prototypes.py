@@ -243,9 +243,11 @@ def test_tau_threshold_and_targets_options_change_the_result(problem, tmp_path):
         return io.read_prototypes(out).vectors
 
     base = learned()
-    for change in ({"tau_i": 0.05}, {"threshold": 0.7}, {"targets": "soft"}, {"regularization": "class"},
+    for change in ({"tau_i": 0.05}, {"threshold": 0.55}, {"targets": "soft"}, {"regularization": "class"},
                    {"lr": 1.0}, {"iters": 10}):
         assert not torch.allclose(learned(**change), base, atol=1e-4), change
+    with pytest.raises(VplError, match="--threshold 0.7: no pixel reached it"):  # no seed at all: said (issue 38)
+        learned(threshold=0.7)
 
 
 def test_pixel_fraction_samples_the_same_pixels_every_run(problem, tmp_path):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -40,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from . import io
-from .config import IGNORE_INDEX, CrfConfig, RuntimeConfig, to_params, worker_count
+from .config import IGNORE_INDEX, CrfConfig, RuntimeConfig, ignored_option, to_params, worker_count
 from .data import open_recorded
 from .densecrf import dense_crf, densecrf_module, resolve_backend, unary
-from .errors import ContractError, VplError
+from .errors import ContractError, VplError, VplWarning
 from .kernels import clip_es_image, crf_probabilities, pseudo_labels
 
 STAGE = "crf"
@@ -258,6 +259,9 @@ def run_crf(
     shard = shard_from_env(shard)
     cfg = with_backend(cfg, runtime.device)
     on_torch = cfg.backend == "torch" and not cfg.no_crf
+    if runtime.batch_size is not None and not on_torch:  # batches are the torch backend's alone
+        why = "with --no-crf" if cfg.no_crf else "with the pydensecrf backend (one image per process)"
+        warnings.warn(VplWarning(ignored_option("--batch-size", runtime.batch_size, why)), stacklevel=2)
     if not cfg.no_crf and not on_torch:
         densecrf_module()  # fail in one line before any folder is touched
     record = io.read_stage_record(cams_dir, "cam")

@@ -130,7 +130,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     """
     features = Path(features)
     if json_out is not None:
-        io.check_writable_target(json_out)
+        io.check_writable_target(json_out, ".json", "--json")
     record = io.read_stage_record(features, "extract")
     classes, model = record["classes"], io.recorded_model(record, features)
     paths = ([Path(text)] if text is not None else []) + [Path(p) for p in prototypes]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import io
-from .config import EvalConfig, from_params
+from .config import EvalConfig, from_params, ignored_option
 from .errors import ContractError, VplError, VplWarning
 from .kernels import MiouAccumulator, best_foreground, class_name_map, with_background
 
@@ -250,6 +250,18 @@ def _check_split(folder: Path, recorded: Mapping[str, Any], split: str | None) -
                        f"split {split!r}; wrong --split? drop it to score {made!r}")
 
 
+def _warn_cam_options(cfg: EvalConfig, folder: Path) -> None:
+    """``--bg-exponents`` and ``--parity`` turn CAMs into masks: given for a folder of masks, each is warned about
+    as an option without effect (:func:`vpltool.config.ignored_option`)."""
+    default = EvalConfig()
+    why = f"on a folder of masks ({folder}: only CAMs have a background score)"
+    if cfg.bg_exponents != default.bg_exponents:
+        warnings.warn(VplWarning(ignored_option("--bg-exponents", ",".join(f"{a:g}" for a in cfg.bg_exponents),
+                                                why)), stacklevel=3)
+    if cfg.parity != default.parity:
+        warnings.warn(VplWarning(ignored_option("--parity", cfg.parity, why)), stacklevel=3)
+
+
 def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str | None = None,
              cfg: EvalConfig = EvalConfig(), json_out: str | os.PathLike | None = None,
              ids: Sequence[str] | None = None, per_image_out: str | os.PathLike | None = None,
@@ -268,9 +280,9 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     if not folder.is_dir():
         raise VplError(f"{folder}: predictions folder not found")
     if json_out is not None:
-        io.check_writable_target(json_out, ".json")  # before minutes of scoring, not after
+        io.check_writable_target(json_out, ".json", "--json")  # before minutes of scoring, not after
     if per_image_out is not None:
-        io.check_writable_target(per_image_out, ".json")
+        io.check_writable_target(per_image_out, ".json", "--per-image")
     stage = _scored_stage(folder)
     recorded = io.recorded_dataset_identity(folder)
     if data is None:
@@ -305,6 +317,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
                                per_image=per_image_out is not None)
         result["parity"] = parity
     else:
+        _warn_cam_options(cfg, folder)
         record_path = io.stage_record_path(folder)
         pred_classes = io.read_record(record_path).get("classes") if record_path.is_file() else None
         result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes, images,

@@ -148,8 +148,12 @@ def check_class_names(names: Sequence[str], option: str = "--classes") -> None:
     if BACKGROUND in names:
         raise VplError(f"{option}: 'background' is class 0 already (scored with the background words); leave it "
                        "out of the class names")
+    from .io.files import comment_problem
+
     seen: dict[str, str] = {}
     for name in names:
+        if comment_problem(name):  # it would be a comment in a class list file
+            raise VplError(f"{option}: {name!r} {comment_problem(name)}; rename the class")
         key = name.casefold()
         if key in seen:
             twice = f"'{name}' is" if seen[key] == name else f"'{seen[key]}' and '{name}' are"

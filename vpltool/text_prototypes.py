@@ -54,7 +54,7 @@ def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec
     The output path (never the ``source`` extract folder it was read from, nor in its dataset), the classes and the
     templates are checked before the model loads (a wrong ``-o`` costs nothing); a file there is replaced if it holds
     text prototypes, anything else only with ``overwrite``."""
-    out = io.check_writable_target(out)
+    out = io.check_writable_target(out, option="--out")
     files = {"--templates": cfg.templates, "--background": cfg.background}
     io.check_outputs("text-prototypes", {"--out": (out, "file", "prototypes:text")}, overwrite=overwrite,
                      inputs={"the extract folder": source,

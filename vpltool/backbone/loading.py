@@ -101,6 +101,27 @@ class ModelSpec:
             return Path(self.model[len("local-dir:"):])
         return registered_folder(self.model)
 
+    def vision_value(self, key: str) -> int | None:
+        """A whole number of the image tower's config (``layers``: its blocks, ``patch_size``) from the model's
+        config alone (open_clip's JSON, or a local folder's ``open_clip_config.json``), so that an option it bounds
+        is checked before the model loads; None when the config does not say (a timm tower, a hub model without a
+        local config)."""
+        folder = self.folder
+        try:
+            if folder is not None:
+                cfg = json.loads((folder / "open_clip_config.json").read_text()).get("model_cfg", {})
+            else:
+                _register_config_dir(self.config_dir)
+                cfg = import_open_clip().get_model_config(self.model) or {}
+        except (OSError, ValueError, AttributeError):
+            return None
+        value = (cfg.get("vision_cfg") or {}).get(key) if isinstance(cfg, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    def depth(self) -> int | None:
+        """The image tower's number of blocks (:meth:`vision_value`), None when the config does not say."""
+        return self.vision_value("layers")
+
     def identity(self) -> dict[str, str]:
         """What is stored in every output file, so downstream stages rebuild the same model. The config folder is
         recorded only when it defines this model (``<model>.json`` there): set by ``VPLTOOL_MODEL_CONFIGS`` on one
@@ -121,7 +142,44 @@ def _register_config_dir(config_dir: str | None) -> None:
     for d in filter(None, [config_dir, os.environ.get("VPLTOOL_MODEL_CONFIGS")]):
         if not Path(d).is_dir():
             raise VplError(f"{d}: model config folder not found")
+        check_config_dir(Path(d))
         open_clip.add_model_config(d)
+
+
+CONFIG_SOURCE = "the model config folder (--model-config-dir, VPLTOOL_MODEL_CONFIGS)"
+CONFIG_PARTS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip needs to list a config as a model
+# whole numbers >= 1 wherever a config gives them, null for open_clip's default (open_clip fails deep inside, or
+# allocates nonsense, otherwise)
+CONFIG_WHOLE = {"": ("embed_dim",), "vision_cfg": ("layers", "width", "head_width", "patch_size"),
+                "text_cfg": ("context_length", "vocab_size", "width", "heads", "layers")}
+
+
+def check_config_dir(folder: Path) -> None:
+    """Every ``*.json`` open_clip will read from ``folder`` (it reads them all, and one that fails to parse fails
+    every model): valid JSON, an object with :data:`CONFIG_PARTS`, and whole numbers where :data:`CONFIG_WHOLE`
+    says; one line naming the file and where the folder came from otherwise."""
+    from .. import io
+
+    fix = f"fix or remove it ({CONFIG_SOURCE})"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            cfg = io.read_json(path)
+        except VplError as e:
+            raise VplError(f"{e}; {fix}") from None
+        if not isinstance(cfg, dict) or not all(k in cfg for k in CONFIG_PARTS):
+            raise VplError(f"{path}: not an open_clip model config (an object with {', '.join(CONFIG_PARTS)}); {fix}")
+        for part, keys in CONFIG_WHOLE.items():
+            where = cfg if not part else cfg[part]
+            if not isinstance(where, dict):
+                raise VplError(f"{path}: '{part}' is {json.dumps(where)[:40]}, not an object; {fix}")
+            for key in keys:
+                value = where.get(key)
+                if value is None:  # absent or null: open_clip's default (a ResNet has no patch size)
+                    continue
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1  # ResNet layers: a list
+                           for v in (value if isinstance(value, list) and value else [value])):
+                    name = f"{part}.{key}" if part else key
+                    raise VplError(f"{path}: '{name}' is {json.dumps(value)[:40]}, not a whole number >= 1; {fix}")
 
 
 def _offline() -> bool:

@@ -45,12 +45,18 @@ class _FolderSpelling(type(Path())):  # type: ignore[misc]
     """A file option's value written with a trailing ``/`` (``-o out/``): a folder, which pathlib would forget."""
 
 
+class _EmptySpelling(type(Path())):  # type: ignore[misc]
+    """A file option given as ``''``: pathlib reads it as ``.``, the current folder, which it is not."""
+
+
 def file_path(value: str | Path) -> Path:
-    """The parser of every option that names a file: keeps the one fact ``Path`` drops, a trailing slash
-    (:func:`friendly_errors` refuses it: ``text-prototypes -o dir/`` wrote a file named ``dir``). A default is
-    already a Path."""
+    """The parser of every option that names a file: keeps the facts ``Path`` drops, a trailing slash and an empty
+    value (:func:`friendly_errors` refuses both: ``text-prototypes -o dir/`` wrote a file named ``dir``, and
+    ``--plot ''`` was "``.``: is a folder"). A default is already a Path."""
     if isinstance(value, Path):
         return value
+    if not value.strip():
+        return _EmptySpelling(".")
     return _FolderSpelling(value) if value.endswith(("/", os.sep)) else Path(value)
 
 
@@ -194,6 +200,10 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
 def _check_file_options(kwargs: dict) -> None:
     """A file option spelled as a folder (``-o dir/``) is refused before anything runs."""
     for name, value in kwargs.items():
+        if isinstance(value, _EmptySpelling) and name in _FILE_OPTIONS:
+            option, example = _FILE_OPTIONS[name]
+            raise VplError(f"{option} '': an empty file name; give a file name, e.g. {example}"
+                           + (", or leave the option out" if name != "out" else ""))
         if isinstance(value, _FolderSpelling) and name in _FILE_OPTIONS:
             option, example = _FILE_OPTIONS[name]
             raise VplError(f"{option} {value}/: ends with '/', so it names a folder, but {option} is a file; give a "
@@ -251,6 +261,10 @@ def interrupted_hint(kwargs: dict) -> str:
     """How to continue an interrupted command: a stage with ``--resume`` (train-decoder) needs it on the re-run;
     the per-image stages skip their finished items by themselves."""
     if "resume" in kwargs:
+        out = kwargs.get("out")
+        if out is not None and not (Path(out) / "checkpoints" / "last.safetensors").is_file():
+            return ("no checkpoint was written yet (the first comes after --checkpoint-every iterations), so "
+                    "nothing is kept; re-running starts again from iteration 0")
         return "the last checkpoint is kept; re-run the same command with --resume to continue from it" \
             if not kwargs["resume"] else "the last checkpoint is kept; re-run the same command to continue from it"
     return "finished items are kept; re-run the same command to resume"
@@ -337,13 +351,15 @@ class _Lines:
     def __init__(self, description: str, unit: str, echo: bool):
         self.description, self.unit, self.echo = description, unit, echo
         self.total, self.done, self.start, self.last = None, 0, time.monotonic(), time.monotonic()
+        self.base = (0, self.start)  # the count and time the rate is measured from: where the work began
         self._lock = threading.Lock()  # the heartbeat thread and the stage's callbacks both emit
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
         if self.total is None:
             return f"{self.description}: starting, {_duration(elapsed)} elapsed"
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        spent = time.monotonic() - self.base[1]
+        rate = (self.done - self.base[0]) / spent if spent > 0 else 0.0
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         eta = ""
         if self.total and rate > 0 and self.done < self.total:
@@ -351,9 +367,10 @@ class _Lines:
         return (f"{self.description}: {self.done}/{self.total} {self.unit}{pct}, {rate:.2f} {self.unit}/s, "
                 f"{_duration(elapsed)} elapsed{eta}")
 
-    def start_with(self, total: int) -> None:
+    def start_with(self, total: int, done: int = 0) -> None:
+        """The work begins: ``total`` items, ``done`` of them already (a resumed run); the rate counts from here."""
         with self._lock:
-            self.total = total
+            self.total, self.done, self.base = total, done, (done, time.monotonic())
             self.emit()
 
     def advance(self, n: int = 1) -> None:
@@ -395,7 +412,8 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
     """Progress on stderr: a rich bar on a terminal, plain lines elsewhere (every ``PROGRESS_EVERY_S``, even while
     nothing finishes), and the plain lines in ``--log``.
 
-    Yields ``(on_start(total), on_item(n=1))`` for the library hooks.
+    Yields ``(on_start(total, done=0), on_item(n=1))`` for the library hooks (``done``: items a resumed run
+    finished before; the rate counts from the start call).
     """
     live = err.is_terminal and not err.is_dumb_terminal  # TERM=dumb cannot redraw a bar: plain lines there
     lines = _Lines(description, unit, echo=not live)
@@ -416,14 +434,14 @@ def progress(description: str, unit: str = "images") -> Iterator[tuple[Callable,
     with ExitStack() as stack, lines.heartbeat():
         bar: list = []
 
-        def start(total: int) -> None:
+        def start(total: int, done: int = 0) -> None:
             if not bar:
                 progress_bar = stack.enter_context(Progress(
                     TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=err, transient=False))
                 bar.extend([progress_bar, progress_bar.add_task(description, total=None)])
-            bar[0].update(bar[1], total=total)
-            lines.start_with(total)
+            bar[0].update(bar[1], total=total, completed=done)
+            lines.start_with(total, done)
 
         def advance(n: int = 1) -> None:
             if bar:

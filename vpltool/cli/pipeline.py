@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,8 +19,9 @@ from ..config import (
     ExtractConfig,
     LearnPrototypesConfig,
     TextPrototypesConfig,
+    ignored_option,
 )
-from ..errors import VplError
+from ..errors import VplError, VplWarning
 from . import app
 from .common import (
     _R,
@@ -75,8 +78,10 @@ def extract_cmd(
     max_tokens: Annotated[int, typer.Option(help="Refuse an image whose input has more patch tokens than this, "
                                             "before the forward (attention memory grows with its square).")] =
         ExtractConfig.max_tokens,
-    attention_blocks: Annotated[int, typer.Option(help="Last blocks whose attention CAA averages.")] =
-        ExtractConfig.attention_blocks,
+    attention_blocks: Annotated[Optional[int], typer.Option(
+        help=f"Last blocks whose attention CAA averages [default: {ExtractConfig.attention_blocks} (CLIP-ES), or "
+        "every block of a shallower model; a value given must be at most the model's depth].",
+        show_default=False)] = None,
     cache: Annotated[str, typer.Option(help="light: dense features only (0.8 MB per 500x375 image; `cam` re-runs "
                                        "the frozen blocks) | full: + the last block's input and attention (3.1 MB; a "
                                        "fast second `cam` pass).")] = ExtractConfig.cache,
@@ -103,11 +108,16 @@ def extract_cmd(
     from ..data import open_dataset
     from ..extract import run_extract
 
+    spec = model_spec(model, pretrained, model_config_dir)
+    depth = spec.depth() if attention_blocks is not None else None
+    if depth is not None and attention_blocks > depth:  # a value given is checked before the model loads
+        raise VplError(f"--attention-blocks {attention_blocks}: {model} has {depth} blocks; give 1 to {depth}")
     dataset = open_dataset(data, split, labels_file=labels_file, allow_pickle=allow_pickle)
-    cfg = warn_inert(ExtractConfig(image_size=image_size, max_side=max_side, attention_blocks=attention_blocks,
-                                   cache=cache, parity=parity, max_tokens=max_tokens))
+    cfg = warn_inert(ExtractConfig(image_size=image_size, max_side=max_side, max_tokens=max_tokens,
+                                   attention_blocks=attention_blocks or ExtractConfig.attention_blocks,
+                                   cache=cache, parity=parity))
     with progress("extract") as (on_start, on_item):
-        summary = run_extract(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
+        summary = run_extract(dataset, out, spec, cfg,
                               runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
                               on_item=on_item, on_start=on_start)
     state = "complete" if summary.complete else "this shard done; other shards pending"
@@ -151,6 +161,13 @@ def text_prototypes_cmd(
     from ..text_prototypes import run_text_prototypes
 
     if features is not None:
+        # (--model-config-dir is left out: VPLTOOL_MODEL_CONFIGS sets it for every command)
+        given = {"--classes": classes, "--model": model if model != DEFAULT_MODEL else None,
+                 "--pretrained": pretrained if pretrained != DEFAULT_PRETRAINED else None}
+        for option, value in given.items():  # the extract folder names its classes and CLIP
+            if value is not None:
+                warnings.warn(VplWarning(ignored_option(option, value, f"with an extract folder ({features} names "
+                                                                       "the classes and the CLIP)")), stacklevel=2)
         _, spec, class_list, _ = _features_context(features)
     elif classes:
         spec = model_spec(model, pretrained, model_config_dir)
@@ -327,9 +344,11 @@ def learn_prototypes_cmd(
         s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device), on_start=on_start,
                                  on_iter=lambda i, loss: on_item(1), plot=plot, overwrite=overwrite)
     before, after = s["gap_before"], s["gap_after"]
+    region = f"{before['region']:.3f} → {after['region']:.3f}" if math.isfinite(before["region"]) else \
+        f"n/a (no pixel reached --threshold {threshold:g})"
     say(f"[green]✓[/] learn-prototypes: {s['n_pixels']} pixels, {iters} iterations in {s['seconds']:.1f}s; "
         f"mean cross-entropy {s['loss_curve'][0][1]:.4f} → {s['final_loss']:.4f} nats; prototype-to-region "
-        f"distance {before['region']:.3f} → {after['region']:.3f}; distance to the text prototypes "
+        f"distance {region}; distance to the text prototypes "
         f"||Z - W||_F {after['frobenius']:.3f} → {out}")
 
 

@@ -59,10 +59,12 @@ def train_decoder_cmd(
     prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="Vision (or text) prototypes W; also "
                                              "names the frozen CLIP.")],
     out: OutDir,
-    recipe: Annotated[str, typer.Option(help="vpl (the paper: SGD 0.9, wd 1e-4, batch 6, 30k iterations at crop "
-                                        "320: GPU hours) | weclip (AdamW, balanced CE) | cpu (minutes on a CPU: "
-                                        "cached features, small decoder and crops; for trying the pipeline, not "
-                                        "for the paper's numbers).")] = _D.recipe,
+    recipe: Annotated[Optional[str], typer.Option(
+        help="vpl (the paper: SGD 0.9, wd 1e-4, batch 6, 30k iterations at crop 320: GPU hours) | weclip (AdamW, "
+        "balanced CE) | cpu (minutes on a CPU: cached features, small decoder and crops; for trying the pipeline, "
+        f"not for the paper's numbers) [default: {_D.recipe}; on a CPU without --iters, a warning with the time it "
+        "will take].",
+        show_default=False)] = None,
     iters: Annotated[Optional[int], _opt("Iterations.", "iters")] = None,
     batch_size: Annotated[Optional[int], _opt("Images per process.", "batch_size")] = None,
     lr: Annotated[Optional[float], _opt("Learning rate.", "lr")] = None,
@@ -128,6 +130,8 @@ def train_decoder_cmd(
     from ..config import decoder_recipe
     from ..train_decoder import run_train_decoder
 
+    timer = _slow_recipe_timer(device) if recipe is None and iters is None else None
+    recipe = recipe or _D.recipe
     cfg = decoder_recipe(recipe, iters=iters, batch_size=batch_size, lr=lr, lambda_rsc=lambda_rsc,
                          rsc_temperature=rsc_temperature, lambda_proto=lambda_proto,
                          proto_temperature=proto_temperature, proto_clusters=proto_clusters, proto_every=proto_every,
@@ -141,8 +145,8 @@ def train_decoder_cmd(
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
-                              resume=resume, val_split=val_split, on_iter=lambda i, rec: on_item(1),
-                              on_start=on_start, tensorboard=tensorboard)
+                              resume=resume, val_split=val_split, on_start=on_start, tensorboard=tensorboard,
+                              on_iter=lambda i, rec: (on_item(1), timer and timer(i, cfg.iters)))
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     terms = "CE + RSC" + (" + CMPA" if cfg.lambda_proto > 0 else "")
     loss = "" if s.loss is None else \
@@ -150,6 +154,40 @@ def train_decoder_cmd(
     val = f", validation mIoU {100 * s.val_miou:.1f}%" if s.val_miou is not None else ""
     written = s.decoder if s.decoder is not None else f"{out} (rank 0 writes the files)"  # on the other ranks
     say(f"[green]✓[/] train-decoder: {done} ({s.iters_per_s:.2f} it/s){loss}{val} → {written}")
+
+
+ESTIMATE_AFTER = 3  # iterations: the first carries the warm-up (and a feature cache), the next ones the pace
+
+
+def _slow_recipe_timer(device: str):
+    """No ``--recipe`` (nor ``--iters``) on a CPU: the paper's GPU recipe would run for hours to days unawares. Say
+    so at once, and, once the pace is known (iterations 2 to :data:`ESTIMATE_AFTER`), the time the whole run will
+    take; returns the ``(iteration, total)`` hook that says it (None off a CPU)."""
+    import time
+
+    from ..device import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return None
+    say(f"[yellow]warning:[/] no --recipe: the paper's recipe ({_D.recipe}) is for GPUs; on this CPU pass --recipe cpu "
+        "to try the pipeline in minutes (the time this run takes follows after its first iterations)")
+    marks: dict[int, float] = {}
+
+    def hook(iteration: int, total: int) -> None:
+        marks.setdefault(iteration, time.perf_counter())
+        first = min(marks)
+        if iteration == first + ESTIMATE_AFTER - 1 and iteration < total:
+            pace = (marks[iteration] - marks[first]) / (iteration - first)
+            say(f"[yellow]warning:[/] {_D.recipe} recipe on a CPU: {pace:.2f} s per iteration, so its {total:,} "
+                f"iterations take about {_hours(pace * (total - first))}; pass --recipe cpu to try the pipeline in "
+                "minutes")
+
+    return hook
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 else \
+        f"{seconds:.0f} s"
 
 
 @app.command("predict")
@@ -208,10 +246,10 @@ def predict_cmd(
     from ..predict import parse_class_names, run_predict
 
     cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
-                        long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
-                        classes=None if classes is None else parse_class_names(classes), dense=dense,
-                        dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
-                        dense_stride=dense_stride))
+                                   long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
+                                   classes=None if classes is None else parse_class_names(classes), dense=dense,
+                                   dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
+                                   dense_stride=dense_stride))
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                         overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)

@@ -108,8 +108,14 @@ def inert_options(cfg: Any, defaults: Any = None) -> list[str]:
         if value != getattr(defaults, name):
             shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
                 if isinstance(value, tuple) else (f"{value:g}" if isinstance(value, float) else str(value))
-            said.append(f"--{name.replace('_', '-')} {shown} has no effect {why}; it is ignored (and not recorded)")
+            said.append(ignored_option(f"--{name.replace('_', '-')}", shown, why))
     return said
+
+
+def ignored_option(option: str, value: object, why: str) -> str:
+    """The one sentence for an option given without effect (a config field, or an option outside the configs
+    such as ``--batch-size`` with the pydensecrf backend): warned about, never recorded."""
+    return f"{option} {value} has no effect {why}; it is ignored (and not recorded)"
 
 
 def to_params(cfg: Any) -> dict[str, Any]:

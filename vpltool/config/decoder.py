@@ -198,12 +198,17 @@ class PredictConfig:
             check_class_names(names, "--classes")  # the rule of text-prototypes: no 'background', none twice
 
     def inert(self) -> dict[str, str]:
-        """Fields without effect here (:func:`vpltool.config.inert_fields`): ``--dense none`` is not recorded, so
-        folders made before the option resume."""
+        """Fields without effect here (:func:`vpltool.config.inert_fields`): without ``--dense`` the dense options
+        (``--dense none`` is not recorded, so folders made before the option resume) and, without ``--crf``, the
+        CRF's; with ``--dense`` the decoder's own (it does not run)."""
+        crf_fields = [f.name for f in fields(self) if f.name.startswith("crf_")]
         if self.dense == "none":
-            return {k: "without --dense" for k in ("dense", "dense_side", "dense_threshold", "dense_crop",
-                                                     "dense_stride")}
-        unused = ("scales", "flip", "long_side", "crf", *(f.name for f in fields(self) if f.name.startswith("crf_")))
+            out = {k: "without --dense" for k in ("dense", "dense_side", "dense_threshold", "dense_crop",
+                                                   "dense_stride")}
+            if not self.crf:
+                out.update({k: "without --crf" for k in crf_fields})
+            return out
+        unused = ("scales", "flip", "long_side", "crf", *crf_fields)
         return {k: f"with --dense {self.dense} (the decoder does not run)" for k in unused}
 
     def segment_config(self):

@@ -7,15 +7,17 @@ folder they downloaded. Layouts are described in docs/datasets.md. Torch-free.
 
 import json
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import MIN_IMAGE_SIDE
-from ..errors import ContractError, VplError
+from ..errors import ContractError, VplError, VplWarning
 from ..io import (
     feature_path,
+    image_orientation,
     mask_size,
     read_header,
     read_record,
@@ -236,7 +238,23 @@ def check_sizes(items: Sequence[Item], sizes: Sequence[tuple[int, int]], workers
     with_gt = [(item, tuple(size)) for item, size in zip(items, sizes) if item.gt is not None and item.gt.is_file()]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         gt_sizes = list(pool.map(lambda pair: mask_size(pair[0].gt), with_gt))
-    for (item, size), gt in zip(with_gt, gt_sizes):
+        turned = list(pool.map(lambda pair: image_orientation(pair[0].image), with_gt))
+    for (item, size), gt, orientation in zip(with_gt, gt_sizes, turned):
+        if gt != size and orientation != 1 and gt == size[::-1]:
+            raise ContractError(f"{item.image}: its EXIF orientation ({orientation}) turns it to {size[0]}x{size[1]} "
+                                f"when decoded, but its ground truth {item.gt} is {gt[0]}x{gt[1]}, the image as "
+                                "stored: a mask carries no orientation, so it cannot be turned with it; save the "
+                                "image upright (without its orientation tag), or turn the mask")
         if gt != size:
             raise ContractError(f"{item.gt}: ground truth of image {item.id!r} is {gt[0]}x{gt[1]} but the image is "
                                 f"{size[0]}x{size[1]}; a GT mask must have its image's size: fix or remove the mask")
+    # a mask of a turned non-square image whose size is the image's as shown was drawn on it as shown; otherwise
+    # (a square image, a flip or a half turn) the sizes cannot tell
+    oriented = [item for (item, size), orientation in zip(with_gt, turned)
+                if orientation != 1 and (orientation not in (5, 6, 7, 8) or size[0] == size[1])]
+    if oriented:
+        more = f" (and {len(oriented) - 1} more)" if len(oriented) > 1 else ""
+        warnings.warn(VplWarning(f"{oriented[0].image}{more}: an EXIF orientation flips or turns it when decoded, "
+                                 f"while its ground truth {oriented[0].gt} carries none and is used as stored; if the "
+                                 "mask was drawn on the image as stored, save the image upright (without its "
+                                 "orientation tag)"), stacklevel=2)

@@ -35,7 +35,7 @@ def open_coco(root: Path, split: str, labels_file: Path | None) -> Dataset:
     listing = labels_file or (found + [root / f"{split}.txt"])[0]
     if not listing.is_file():
         raise VplError(f"{listing}: no COCO label list for split {split!r} (looked in {root} and {root / 'coco14'}); "
-                       "pass --split or --labels-file")  # fmt: skip
+                       "give another split name, or add the list (extract: --labels-file)")  # fmt: skip
     # the split's own folders first, so a copy of the image elsewhere never shadows it
     dirs = list(dict.fromkeys((f"JPEGImages/{split}", f"{split}2014", *_COCO_IMAGE_DIRS)))
     images: dict[Any, Path] = {}

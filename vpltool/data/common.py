@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VplError, VplWarning
-from ..io.files import check_id, not_utf8, sha256_file, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
+from ..io.files import check_id, comment_problem, not_utf8, sha256_file, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
 from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
@@ -159,8 +159,8 @@ def is_file(entry: os.DirEntry) -> bool:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Non-empty stripped lines; '#' starts a comment line."""
-    return [s for s in text_lines(path) if not s.startswith("#")]
+    """Non-empty stripped lines; '#' starts a comment line (the rule of every list file: :func:`text_lines`)."""
+    return text_lines(path)
 
 
 def read_classes_txt(path: Path) -> tuple[str, ...]:
@@ -195,6 +195,9 @@ def names_to_labels(
     for name in names:
         if name not in index:
             where = f" (id {image_id!r})" if image_id is not None else ""
+            if comment_problem(name):
+                raise VplError(f"{source}: class {name!r}{where} {comment_problem(name)}, so it cannot be a class "
+                               "name; rename the class")
             near = next((c for c in fg if c.casefold() == name.casefold()), None)
             hint = f"; did you mean {near!r}? (names are case-sensitive)" if near is not None else ""
             raise VplError(f"{source}: unknown class {name!r}{where}{hint}; expected one of {', '.join(fg[:5])}"

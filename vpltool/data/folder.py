@@ -106,9 +106,13 @@ def _read_csv(path: Path, text: str) -> tuple[dict[str, list[str]], dict[str, st
     """Rows ``id,labels`` (one labels cell, names split by :func:`_split_names`), after an optional ``id,labels``
     header. The header is followed, not guessed around: another column is refused by name (it was once read as one
     more label of every image), and so is a row with more cells than the header has columns."""
-    reader = csv.reader(text.splitlines(keepends=True))  # keepends: a quoted cell may span lines
-    rows = [(reader.line_num, row) for row in reader
-            if row and row[0].strip() and not row[0].strip().startswith("#")]  # fmt: skip
+    lines = text.splitlines(keepends=True)  # keepends: a quoted cell may span lines
+    reader = csv.reader(lines)
+    rows, start = [], 0
+    for row in reader:  # '#' first on a line makes it a comment (every list file's rule); a quoted "#1" is a cell
+        if row and row[0].strip() and not lines[start].lstrip().startswith("#"):
+            rows.append((reader.line_num, row))
+        start = reader.line_num
     _check_delimiter(path, rows)
     if rows and _is_header(path, rows[0][1]):
         rows = rows[1:]

@@ -37,8 +37,9 @@ def split_file(folder: Path, split: str) -> Path:
     path = folder / f"{split}.txt"
     if not path.is_file():
         found = sorted(p.stem for p in folder.glob("*.txt"))
-        raise VplError(f"{path}: no split {split!r} here (found: {', '.join(found) or 'none'}); pass --split or "
-                       "add the file")  # fmt: skip
+        # no option named: the split may come from --split, train-decoder's --val-split or a record
+        raise VplError(f"{path}: no split {split!r} here (found: {', '.join(found) or 'none'}); give one of these "
+                       "split names, or add the file")  # fmt: skip
     return path
 
 

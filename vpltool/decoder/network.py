@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import io
-from ..config import BACKGROUNDS, DecoderConfig
+from ..config import BACKGROUNDS, DecoderConfig, from_params, to_params
 from ..device import autocast
 from ..errors import ContractError, VplError
 
@@ -310,7 +309,7 @@ def save_decoder(path: str | Path, model: SegDecoder, cfg: DecoderConfig, *, cla
     """Write ``decoder.safetensors`` (:func:`vpltool.io.write_decoder`): the state dict (W included), the full
     :class:`DecoderConfig`, :func:`decoder_arch`, the frozen CLIP's identity and ``extra``."""
     model = getattr(model, "module", model)  # a DDP wrapper saves its inner module
-    return io.write_decoder(path, model.state_dict(), classes=classes, config=asdict(cfg),
+    return io.write_decoder(path, model.state_dict(), classes=classes, config=to_params(cfg),
                             arch=decoder_arch(model, blocks), model=model_identity, **extra)
 
 
@@ -322,13 +321,15 @@ def build_decoder(state: dict[str, Tensor], cfg: DecoderConfig, arch: dict[str, 
     return model
 
 
-def config_from_json(obj: dict[str, Any]) -> DecoderConfig:
-    """A :class:`DecoderConfig` from its JSON form; unknown keys (a newer vpltool) are refused."""
+def config_from_json(obj: dict[str, Any], source: object = None) -> DecoderConfig:
+    """A :class:`DecoderConfig` from its JSON form, each value checked like input (:func:`vpltool.config.from_params`:
+    one line naming ``source`` and the field); unknown keys (a newer vpltool) are refused."""
     known = DecoderConfig.__dataclass_fields__
     unknown = sorted(set(obj) - set(known))
     if unknown:
-        raise ContractError(f"decoder config has unknown fields {unknown}; made by a newer vpltool?")
-    return DecoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()})
+        where = f"{source}: " if source is not None else ""
+        raise ContractError(f"{where}decoder config has unknown fields {unknown}; made by a newer vpltool?")
+    return from_params(DecoderConfig, obj, f"{source} (decoder_config)" if source is not None else None)
 
 
 def load_decoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegDecoder, io.TensorFile]:
@@ -339,7 +340,7 @@ def load_decoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     """
     f = io.read_decoder(path)
     try:
-        model = build_decoder(f.tensors, config_from_json(f.meta("decoder_config")), f.meta("decoder_arch"))
+        model = build_decoder(f.tensors, config_from_json(f.meta("decoder_config"), f.path), f.meta("decoder_arch"))
     except (KeyError, RuntimeError) as e:
         raise ContractError(f"{path}: decoder weights do not match its recorded config ({str(e)[:160]})") from None
     return model.to(device).eval(), f

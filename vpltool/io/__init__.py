@@ -5,6 +5,7 @@
 * :mod:`~vpltool.io.kinds`: ``features``, ``prototypes``, ``cam``, ``cam-debug``, one reader and one writer each.
 * :mod:`~vpltool.io.training`: ``decoder`` and ``decoder-checkpoint``.
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
+* :mod:`~vpltool.io.metrics`: `eval --json` results and a run's ``metrics.json``, checked on read.
 * :mod:`~vpltool.io.events`: TensorBoard event files (the optional ``tensorboard`` extra).
 * :mod:`~vpltool.io.guard`: the one check of every path a stage writes (:func:`check_outputs`).
 * :mod:`~vpltool.io.records`: the records a folder holds (``_stage.json``, ``_run.json``, ``_side.json``, shard
@@ -15,7 +16,7 @@
 No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
 """
 
-from .events import check_tensorboard, open_events
+from .events import check_events_folder, check_tensorboard, open_events
 from .files import (
     NAME_MAX,
     append_line,
@@ -26,6 +27,7 @@ from .files import (
     check_folder_target,
     check_id,
     check_writable_target,
+    comment_problem,
     file_identity,
     id_problem,
     is_regular_file,
@@ -46,6 +48,7 @@ from .files import (
 from .guard import check_log_target, check_outputs, folder_owner, run_outputs
 from .images import (
     MASK_SUFFIX,
+    image_orientation,
     image_size,
     load_image,
     mask_path,
@@ -84,7 +87,8 @@ from .kinds import (
     write_features,
     write_prototypes,
 )
-from .locks import output_lock
+from .locks import output_lock, replace_lock
+from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, read_run_metrics
 from .records import (
     DECODER_FILES,
     LOCK_FILE,
@@ -133,13 +137,15 @@ from .training import (
 
 __all__ = [
     "append_line", "append_log", "atomic_path", "atomic_write", "check_folder_target", "check_writable_target",
+    "comment_problem",
     "file_identity",
     "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
     "write_text",
     "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file",
     "numbered_lines", "text_lines",
     "check_log_target", "run_outputs",
-    "MASK_SUFFIX", "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
+    "MASK_SUFFIX", "image_orientation",
+    "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
     "write_picture", "write_png", "mask_size",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",
     "cam_path", "feature_path", "features_header", "features_meta", "item_ids", "read_cam", "read_cam_debug",
@@ -148,12 +154,14 @@ __all__ = [
     "write_cam_debug", "write_features", "write_prototypes",
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
-    "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage", "recorded_model",
-    "recorded_dataset_identity", "DATASET_INPUTS", "dataset_inputs",
+    "output_lock", "replace_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
+    "recorded_model", "recorded_dataset_identity", "DATASET_INPUTS", "dataset_inputs",
     "stage_record_path", "write_stage_record", "recorded_ids",
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
+    "check_events_folder",
     "open_events",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
     "save_tensor_file", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
+    "check_eval_metrics", "is_eval_metrics", "read_eval_metrics", "read_run_metrics",
 ]  # fmt: skip

@@ -90,9 +90,14 @@ def not_utf8(path: Path, e: UnicodeDecodeError) -> ContractError:
                          f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}")
 
 
+COMMENT = "#"  # a line of a list file whose first non-blank character is this is a comment, in every list file
+
+
 def numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
     """``(line number, line)`` of the non-empty, stripped lines of a UTF-8 text file (a byte-order mark, as Windows
-    editors save, dropped); one-line errors for a missing file or another encoding."""
+    editors save, dropped), comment lines (:data:`COMMENT`) left out: the one rule of every list file (classes.txt,
+    split files, template, background-word and ``--classes`` files; labels.csv rows too), so a name or an id never
+    starts with '#' (:func:`comment_problem`). One-line errors for a missing file or another encoding."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
@@ -100,7 +105,14 @@ def numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
         raise VplError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
         raise not_utf8(path, e) from None
-    return [(n, s) for n, s in enumerate((line.strip() for line in lines), 1) if s]
+    return [(n, s) for n, s in enumerate((line.strip() for line in lines), 1) if s and not s.startswith(COMMENT)]
+
+
+def comment_problem(name: str) -> str | None:
+    """Why a class name or an id cannot be written in a list file, or None: one starting with '#' would be a
+    comment there (:func:`numbered_lines`)."""
+    return (f"starts with '{COMMENT}', which makes a comment line in every list file (classes.txt, split files, "
+            "labels.csv)") if name.strip().startswith(COMMENT) else None
 
 
 def text_lines(path: str | os.PathLike) -> list[str]:
@@ -116,6 +128,7 @@ def id_problem(item_id: object) -> str | None:
     return ("is empty" if not item_id else
             "holds a path separator" if "/" in item_id or "\\" in item_id or (os.altsep or "/") in item_id else
             "starts with a dot" if item_id.startswith(".") else
+            comment_problem(item_id) if comment_problem(item_id) else
             "holds a control character" if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in item_id) else
             "is too long for a file name" if len(os.fsencode(item_id)) > NAME_MAX - len(".safetensors") else None)
 
@@ -136,13 +149,16 @@ def check_id(image_id: str, source: Path | str) -> str:
     return image_id
 
 
-def check_writable_target(path: str | os.PathLike, suffix: str = ".safetensors") -> Path:
+def check_writable_target(path: str | os.PathLike, suffix: str = ".safetensors", option: str | None = None) -> Path:
     """``path`` as a Path, after refusing anything that is not a regular file (or absent).
 
     A device node, a FIFO or a socket must never be replaced: run as root, ``-o /dev/null`` would replace the
     system's /dev/null with a regular file. A folder is refused too (``-o`` of a file stage names a file; the
-    message suggests a name in it ending in ``suffix``).
+    message suggests a name in it ending in ``suffix``). ``option``: where the path came from (``--json``), for
+    this message and any later one about the file (:func:`note_option`).
     """
+    if option is not None:
+        note_option(path, option)
     _check_target(os.fspath(path), suffix)
     return Path(path)
 
@@ -152,18 +168,20 @@ def _check_target(path: str, suffix: str) -> None:
     ``Path`` costs them more than the file's ``stat``)."""
     why = name_problem(path)
     if why is not None:
-        raise VplError(f"{short_path(path)}: {why}; choose a shorter --out")
+        raise VplError(f"{short_path(path)}: {why}; choose a shorter {option_for(path) or 'name'}")
     try:
         mode = os.stat(path).st_mode  # follows a symlink: the link is replaced, its target judged
     except FileNotFoundError:
         return
     except OSError as e:
-        raise VplError(f"{path}: cannot be written ({e.strerror}); choose another output path") from None
+        raise VplError(f"{path}: cannot be written ({e.strerror}); {another(path)}") from None
     if stat.S_ISDIR(mode):
-        raise VplError(f"{path}: is a folder; give a file name (e.g. {Path(path) / 'out'}{suffix})")
+        option = option_for(path)
+        raise VplError(f"{path}: is a folder; give {option} a file name (e.g. {Path(path) / 'out'}{suffix})" if option
+                       else f"{path}: is a folder where this command writes a file; move the folder away")
     if not stat.S_ISREG(mode):
         raise VplError(f"{path}: exists and is not a regular file (a device, FIFO or socket); it is never "
-                       "replaced: choose another output path")
+                       f"replaced: {another(path)}")
 
 
 @contextlib.contextmanager
@@ -228,7 +246,8 @@ def _make_folder(path: str, folder: str) -> None:
 
 
 def _unwritable(path: str, e: OSError) -> VplError:
-    return write_error(path, e) or VplError(f"{path}: cannot be written ({e.strerror}); choose another --out")
+    return write_error(path, e, option=option_for(path)) or VplError(f"{path}: cannot be written ({e.strerror}); "
+                                                                      f"{another(path)}")
 
 
 @contextlib.contextmanager
@@ -255,9 +274,41 @@ def _short_name(name: str) -> str:
     return os.fsdecode(raw[: NAME_MAX - _TMP_EXTRA])  # a cut multi-byte letter stays bytes: still a valid name
 
 
+_OPTIONS: dict[str, str] = {}  # real path -> the option it came from, as io.check_outputs checked it
+
+
+def note_option(path: str | os.PathLike, option: str) -> None:
+    """Remember that ``path`` (an output file or folder) came from ``option`` (``--out``, ``--json``; a description
+    such as "metrics" is no option and is not remembered), so that an error about a file in it names that option
+    (:func:`option_for`)."""
+    option = option.split()[0]
+    if option.startswith("--"):
+        _OPTIONS[os.path.realpath(path)] = option
+
+
+def forget_options() -> None:
+    """Forget every :func:`note_option` (a new command begins: :func:`vpltool.io.run_outputs`)."""
+    _OPTIONS.clear()
+
+
+def option_for(path: str | os.PathLike) -> str | None:
+    """The option ``path`` came from: its own or its nearest folder's (:func:`note_option`); None when no option
+    names it (a file the command names itself, such as ``RUN/metrics/pseudo_choice.json``)."""
+    real = Path(os.path.realpath(path))
+    return next((_OPTIONS[str(p)] for p in (real, *real.parents) if str(p) in _OPTIONS), None)
+
+
+def another(path: str | os.PathLike) -> str:
+    """The end of a message asking for another output: "choose another --json", or, for a path no option names,
+    "move it away" (there is no option to change)."""
+    option = option_for(path)
+    return f"choose another {option}" if option else "move it away (this command always writes there)"
+
+
 def raise_write_error(path: str | os.PathLike, e: OSError) -> NoReturn:
-    """Re-raise ``e`` as the one-line error naming ``path`` when the user can fix it; unchanged otherwise."""
-    error = write_error(path, e)
+    """Re-raise ``e`` as the one-line error naming ``path`` (and the option it came from) when the user can fix it;
+    unchanged otherwise."""
+    error = write_error(path, e, option=option_for(path))
     if error is None:
         raise e
     raise error from None
@@ -270,7 +321,7 @@ def check_folder_target(folder: str | os.PathLike) -> Path:
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise VplError(f"{folder}: exists and is not a folder; choose another --out")
+        raise VplError(f"{folder}: exists and is not a folder; {another(folder)}")
     return folder
 
 
@@ -280,7 +331,8 @@ def make_folder(folder: str | os.PathLike) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise write_error(folder, e) or VplError(f"{folder}: cannot create output folder ({e.strerror})") from None
+        raise write_error(folder, e, option=option_for(folder)) or VplError(
+            f"{folder}: cannot create output folder ({e.strerror})") from None
     return folder
 
 

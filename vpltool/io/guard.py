@@ -55,7 +55,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VplError
-from .files import check_folder_target, check_writable_target, name_problem, read_json, short_path
+from .files import (
+    check_folder_target,
+    check_writable_target,
+    forget_options,
+    name_problem,
+    note_option,
+    read_json,
+    short_path,
+)
 from .marks import describe_kind, file_kind
 from .records import DECODER_FILES, LOCK_FILE, RUN_RECORD, SHARD_RECORD, SIDE_RECORD, STAGE_RECORD, read_record
 
@@ -255,10 +263,12 @@ def run_outputs(outputs: Outputs, on_checked: Callable[[bool], None] | None = No
     saved = _RunOutputs.outputs, _RunOutputs.on_checked
     _RunOutputs.outputs = {k: v for k, v in outputs.items() if v[0] is not None}
     _RunOutputs.on_checked = on_checked
+    forget_options()  # a new command: its own options name its paths
     try:
         yield
     finally:
         _RunOutputs.outputs, _RunOutputs.on_checked = saved
+        forget_options()
 
 
 def check_outputs(stage: str, outputs: Outputs, *, inputs: Mapping[str, PathLike | None] = {},
@@ -312,6 +322,7 @@ class _Guard:
     def check(self, option: str) -> None:
         path, kind, *writes = self.outputs[option]  # a file output: the kind of file it writes
         path = Path(path)
+        note_option(path, option)  # a later error about this path (a full disk) names its option
         _check_path(path, option)
         real = _real(path)
         if real in self.inputs:

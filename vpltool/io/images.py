@@ -136,17 +136,60 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     Raises:
         ContractError / VplError: as :func:`load_image`.
     """
+    height, width, orientation = _header(path)
+    return (width, height) if orientation in _TRANSPOSED else (height, width)
+
+
+def image_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation :func:`load_image` applies to an image (1 = as stored; 2..8 flip or rotate it), read as
+    decoding reads it (:func:`_orientation`)."""
+    return _header(path)[2]
+
+
+def _header(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(height, width, orientation)`` of an image as stored, from its header (see :func:`image_size`)."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             width, height = img.size
-            # only EXIF the header already holds: a PNG's getexif() without it decodes the whole image
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if "exif" in img.info else 1
+            orientation = _orientation(img, path)
     except FileNotFoundError:
         raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _unreadable(path, e) from None
-    return (width, height) if orientation in _TRANSPOSED else (height, width)
+    return height, width, orientation
+
+
+_PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # chunks Pillow reads EXIF or XMP orientation from
+
+
+def _orientation(img: Image.Image, path: Path) -> int:
+    """The orientation ``ImageOps.exif_transpose`` finds once the image is decoded (its ``getexif()``: the EXIF
+    block, a PNG's "Raw profile type exif" text, or XMP's ``tiff:Orientation``), without decoding when the header
+    holds all of it. A PNG may keep its ``eXIf`` (or a text chunk) after the pixel data, which Pillow reads only
+    when it decodes: then, and only then, the image is decoded here too."""
+    if getattr(img, "format", None) == "PNG" and "exif" not in img.info and _png_metadata_after_pixels(path):
+        img.load()
+    return int(Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) or 1)  # the base reader: never a decode
+
+
+def _png_metadata_after_pixels(path: Path) -> bool:
+    """Whether a PNG holds an ``eXIf`` or text chunk after its first ``IDAT`` (a walk over the chunk headers:
+    no pixel is decompressed)."""
+    with open(path, "rb") as fh:
+        fh.seek(8)  # the signature
+        seen_pixels = False
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return False
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"IEND":
+                return False
+            seen_pixels = seen_pixels or kind == b"IDAT"
+            if seen_pixels and kind in _PNG_METADATA:
+                return True
+            fh.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -201,11 +201,12 @@ def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 PROTOTYPE_SOURCES = {"text": "`vpltool text-prototypes`", "vision": "`vpltool learn-prototypes`"}
 
 
-def _bad_meta(f: TensorFile, key: str, what: str) -> ContractError:
+def _bad_meta(f: TensorFile, key: str, what: str,
+              fix: str = "the file is damaged: re-create it with `vpltool text-prototypes` or `vpltool "
+                         "learn-prototypes`") -> ContractError:
     raw = f.raw_meta.get(f"vpltool.{key}")
     found = "missing" if raw is None else f"{raw if len(raw) <= 40 else raw[:40] + '…'!r}"
-    return ContractError(f"{f.path}: metadata 'vpltool.{key}' is {found}, not {what}; the file is damaged: re-create "
-                         "it with `vpltool text-prototypes` or `vpltool learn-prototypes`")
+    return ContractError(f"{f.path}: metadata 'vpltool.{key}' is {found}, not {what}; {fix}")
 
 
 def prototypes_meta(f: TensorFile) -> tuple[float, str, dict[str, Any], list[str]]:
@@ -326,9 +327,39 @@ def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None) -> C
     if any(not 1 <= c < n_classes for c in labels):
         raise ContractError(f"{f.path}: labels {list(labels)} outside 1..{n_classes - 1}; re-run `vpltool cam` "
                             "for this dataset")
+    if len(set(labels)) != len(labels):
+        raise ContractError(f"{f.path}: labels {list(labels)} name a class twice (one map per label); the file is "
+                            "damaged: re-run `vpltool cam` (with --overwrite)")
     check_finite(f.path, "cams", maps)
-    size = f.meta("image_size", None) or maps.shape[1:]  # format-1 files are at image size and carry none
+    if maps.size and (maps.min() < 0 or maps.max() > 1):
+        raise ContractError(f"{f.path}: cams hold values in [{maps.min():g}, {maps.max():g}], the format's are in "
+                            "[0, 1]; the file is damaged: re-run `vpltool cam` (with --overwrite)")
+    size = _cam_image_size(f, maps.shape[1:])
     return CamMaps(upsample_maps(maps, size), labels, f)
+
+
+def _cam_image_size(f: TensorFile, grid: Sequence[int]) -> tuple[int, int]:
+    """A CAM file's ``image_size`` metadata ``[H, W]``, checked: two whole numbers of pixels (at most Pillow's
+    decoding limit in all) that the stored grid ``(h, w)`` fits (format 1: the image size itself; else a patch grid:
+    the image's aspect within one cell, or square, as ``--image-size`` makes it). Format-1 files carry none."""
+    from PIL import Image
+
+    raw = f.meta("image_size", None)
+    if raw is None:
+        return int(grid[0]), int(grid[1])
+    fix = "the file is damaged: re-run `vpltool cam` (with --overwrite)"
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) or float("inf")
+    if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            and v >= 1 for v in raw) and raw[0] * raw[1] <= limit):
+        raise _bad_meta(f, "image_size", f"[height, width] in pixels (whole numbers >= 1, {limit:,.0f} pixels at most)",
+                        fix)
+    (big_h, big_w), (h, w) = raw, (int(grid[0]), int(grid[1]))
+    fits = (h, w) == (big_h, big_w) or h == w or ((h - 1) / big_h <= (w + 1) / big_w
+                                                  and (w - 1) / big_w <= (h + 1) / big_h)
+    if not fits:
+        raise ContractError(f"{f.path}: a {h}x{w} grid of CAMs does not fit its {big_h}x{big_w} image (the patch grid "
+                            f"keeps the image's aspect); {fix}")
+    return big_h, big_w
 
 
 def write_cam_debug(path: str | os.PathLike, raw, probs, labels: Sequence[int], before_minmax=None, boxes=None, *,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VplError
-from .files import make_folder, raise_write_error
+from .files import another, make_folder, raise_write_error
 from .records import LOCK_FILE
 
 SHARD_NAME = re.compile(r"([0-9]+)-of-([0-9]+)", flags=re.ASCII)  # a shard's "i-of-n" in claim and record names
@@ -164,7 +164,7 @@ def output_lock(folder: str | os.PathLike, shard: tuple[int, int] = (0, 1),
             if fh is None:
                 with _locked_file(lock, fcntl.LOCK_SH) as probe:
                     who = "the shards of a --shard run are" if probe is not None else "another vpltool run is"
-                raise VplError(f"{folder}: {who} writing here; wait for it or choose another --out")
+                raise VplError(f"{folder}: {who} writing here; wait for it or {another(folder)}")
             yield
             return
         if fh is not None:  # alone: share the lock from now on, with the other shards of this run
@@ -175,10 +175,48 @@ def output_lock(folder: str | os.PathLike, shard: tuple[int, int] = (0, 1),
         else:
             fh = stack.enter_context(_locked_file(lock, fcntl.LOCK_SH))
         if fh is None:
-            raise VplError(f"{folder}: another vpltool run (not a shard) is writing here; wait for it or choose "
-                           "another --out")
+            raise VplError(f"{folder}: another vpltool run (not a shard) is writing here; wait for it or "
+                           f"{another(folder)}")
         stack.enter_context(_claim(folder, index, count))
         yield
 
 
-__all__ = ["SHARD_NAME", "output_lock"]
+@contextlib.contextmanager
+def replace_lock(target: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of an output that is built elsewhere and moved into place as a whole (`report`'s folder): a
+    ``flock`` on ``.NAME.lock`` beside it, since a lock file inside would go with the folder it replaces. A second
+    writer is refused at once; while held, what killed runs left beside it (``.NAME.tmp-*``, ``.NAME.old-*``) is
+    removed. The lock file goes with the run (checked by inode, as :func:`_claim` does)."""
+    target = Path(target)
+    parent = make_folder(target.parent)
+    path = parent / f".{target.name}.lock"
+    for _ in range(3):  # the file may be removed by the run ending between our open and our lock: lock the new one
+        with _locked_file(path, fcntl.LOCK_EX) as fh:
+            if fh is None:
+                raise VplError(f"{target}: another vpltool run is writing here; wait for it or {another(target)}")
+            try:
+                same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                continue
+            try:
+                for left in [*parent.glob(f".{target.name}.tmp-*"), *parent.glob(f".{target.name}.old-*")]:
+                    _remove_tree(left)
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+            return
+    raise VplError(f"{target}: could not take its lock {path} (the file keeps changing); retry")
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["SHARD_NAME", "output_lock", "replace_lock"]

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import ContractError
 from .tensors import TensorFile, check_finite, read_tensors, write_tensors
 
 DECODER_KIND = "decoder"
@@ -31,12 +32,41 @@ def write_decoder(path: str | os.PathLike, state: Mapping[str, Any], *, classes:
 
 
 def read_decoder(path: str | os.PathLike) -> TensorFile:
-    """A decoder file with every tensor checked for NaN/inf; ``meta('decoder_config')``, ``meta('decoder_arch')``
-    and ``meta('model')`` rebuild it."""
+    """A decoder file with every tensor checked for NaN/inf and the metadata that rebuilds it checked for shape
+    (:func:`check_decoder_meta`); ``meta('decoder_config')``, ``meta('decoder_arch')`` and ``meta('model')`` rebuild
+    it (the config's values are checked where it is rebuilt, by the config's own rules)."""
     f = read_tensors(path, kind=DECODER_KIND)
+    check_decoder_meta(f)
     for name, tensor in f.tensors.items():
         check_finite(f.path, name, tensor)
     return f
+
+
+ARCH_FIELDS = ("in_width", "embed_dim", "n_rows")  # whole numbers >= 1; "blocks": a list of block indices
+
+
+def check_decoder_meta(f: TensorFile) -> None:
+    """``decoder_config`` a JSON object, ``decoder_arch`` one with whole numbers >= 1 for :data:`ARCH_FIELDS` and a
+    non-empty list of block indices >= 0, ``model`` an object naming the CLIP; ContractError (one line) otherwise."""
+    def bad(key: str, what: str) -> ContractError:
+        raw = f.raw_meta.get(f"vpltool.{key}")
+        found = "missing" if raw is None else repr(raw if len(raw) <= 60 else raw[:60] + "…")
+        return ContractError(f"{f.path}: metadata 'vpltool.{key}' is {found}, not {what}; the file is damaged: "
+                             "re-run `vpltool train-decoder` (with --overwrite)")
+
+    def whole(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not isinstance(f.meta("decoder_config", None), dict):
+        raise bad("decoder_config", "a JSON object of the decoder's settings")
+    arch = f.meta("decoder_arch", None)
+    if not (isinstance(arch, dict) and all(whole(arch.get(k), 1) for k in ARCH_FIELDS)
+            and isinstance(arch.get("blocks"), list) and arch["blocks"] and all(whole(b, 0) for b in arch["blocks"])):
+        raise bad("decoder_arch", f"a JSON object with {', '.join(ARCH_FIELDS)} (whole numbers >= 1) and blocks (a "
+                                  "list of block indices)")
+    model = f.meta("model", None)
+    if not (isinstance(model, dict) and isinstance(model.get("model"), str)):
+        raise bad("model", "a JSON object naming the CLIP (model, pretrained)")
 
 
 def write_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], optimizer_state: Mapping[str, Any],

@@ -224,6 +224,11 @@ def learn(inp: Inputs, cfg: LearnPrototypesConfig, source: MemorySource | ShardS
     sink = ChunkBuilder(class_rows, bg_rows, CHUNK_PX[device.type], storage, source.add) if instance else None
     st = scan(inp, cfg, sink, threads=threads)
     source.close()
+    if cfg.targets == "hard" and int(st.counts.sum()) == 0 and any(labels for _, labels, _ in inp.items):
+        raise VplError(f"--threshold {cfg.threshold:g}: no pixel reached it (no CAM score of an image's own classes "
+                       "is that high on the patch grid), so every hard target is background and the class "
+                       "prototypes would learn nothing but to move away from every pixel; lower --threshold (default "
+                       f"{LearnPrototypesConfig.threshold:g})")
     if instance:
         chunks, entropy = source, st.entropy
     else:
@@ -259,8 +264,8 @@ def run_learn_prototypes(
         text_prototypes: the `text-prototypes` file (initialisation, row layout, background-word split).
         out: the prototypes file to write (same rows as ``text_prototypes``, temperature tau_I).
         on_iter: called with ``(iteration, loss)`` before each step (the loss a 0-d tensor on the device: reading
-            it waits for the iteration). on_start: called once with ``iters + 1``
-            (the losses to compute) when the inputs passed their checks.
+            it waits for the iteration). on_start: called once with ``iters`` (the steps, as many as ``on_iter``
+            calls) when the inputs passed their checks.
         plot: the loss-curve PNG; None = ``<out stem>.loss.png`` beside ``out``, False = none.
         stream: force (True) or forbid (False) streaming from scratch shards; None = only above the budget.
         cache_dir: where scratch shards go (default: a hidden folder beside ``out``, removed afterwards).
@@ -269,9 +274,9 @@ def run_learn_prototypes(
     Returns:
         A summary: the metadata written to the file plus ``out``, ``plot``, ``mode``, ``device`` and timings.
     """
-    start, out = time.perf_counter(), io.check_writable_target(out)
+    start, out = time.perf_counter(), io.check_writable_target(out, option="--out")
     plot_path = None if plot is False else io.check_writable_target(
-        out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot, ".png")  # before the descent
+        out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot, ".png", "--plot")  # before the descent
     io.check_outputs("learn-prototypes", {"--out": (out, "file", "prototypes:vision"),
                                           "--plot": (plot_path, "file", "loss-curve")}, overwrite=overwrite,
                      inputs={"the extract folder": features_dir, "--cams": cams_dir, "--text": text_prototypes},
@@ -280,7 +285,7 @@ def run_learn_prototypes(
         raise VplError(f"--plot {plot}: the loss curve is a PNG image; give a name ending in .png")
     inp = check_inputs(features_dir, cams_dir, text_prototypes)
     if on_start:
-        on_start(cfg.iters + 1)
+        on_start(cfg.iters)
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
     compute = resolve_precision(runtime.precision, device)

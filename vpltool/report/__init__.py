@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, io
-from ..config import ReportConfig, to_params, worker_count
+from ..config import ReportConfig, RuntimeConfig, to_params
 from ..errors import VplError
 from ..kernels import scores
 from .page import write_data, write_page
@@ -168,13 +168,30 @@ def run_report(run: str | os.PathLike, out: str | os.PathLike | None = None, cfg
             anything is written.
     """
     start = time.perf_counter()
+    workers = RuntimeConfig(workers=workers).worker_count  # crf's rule: a negative count is refused
     found = discover(run)
     out = Path(out) if out is not None else found.root / "report"
+    if out.is_symlink():  # a link the user made (RUN/report -> elsewhere) stays: the report replaces its target
+        out = Path(os.path.realpath(out))
     check_out(out, found)
     table = stage_table(found)
-    workers = worker_count(workers)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     total = sum(len(s.dataset.items) for s in found.splits)
+    with io.replace_lock(out):  # two reports into one folder: the second is refused, not silently lost
+        size, rows, mious = _build(found, out, cfg, workers, table, total, on_start, on_item)
+    per_image = {split.name: {c.name: {r[1]: r[7][j] for r in rows[s]} for j, c in enumerate(split.columns)}
+                 for s, split in enumerate(found.splits)}
+    return ReportSummary(index=out / "index.html", images={s.name: len(s.dataset.items) for s in found.splits},
+                         columns={s.name: [c.name for c in s.columns] for s in found.splits}, bytes=size,
+                         seconds=time.perf_counter() - start, workers=workers, per_image=per_image,
+                         miou={s.name: mious[i] for i, s in enumerate(found.splits)})
+
+
+def _build(found: Run, out: Path, cfg: ReportConfig, workers: int, table: dict[str, Any], total: int,
+           on_start: Callable[[int], None] | None, on_item: Callable[[int], None] | None
+           ) -> tuple[int, list[list], list[dict[str, float | None]]]:
+    """Make the report in a staging folder beside ``out`` and move it into place; ``(bytes, rows per split, mIoU
+    per split and column)``."""
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if on_start:
         on_start(total)
     try:
@@ -200,12 +217,7 @@ def run_report(run: str | os.PathLike, out: str | os.PathLike | None = None, cfg
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)
-    per_image = {split.name: {c.name: {r[1]: r[7][j] for r in rows[s]} for j, c in enumerate(split.columns)}
-                 for s, split in enumerate(found.splits)}
-    return ReportSummary(index=out / "index.html", images={s.name: len(s.dataset.items) for s in found.splits},
-                         columns={s.name: [c.name for c in s.columns] for s in found.splits}, bytes=size,
-                         seconds=time.perf_counter() - start, workers=workers, per_image=per_image,
-                         miou={s.name: mious[i] for i, s in enumerate(found.splits)})
+    return size, rows, mious
 
 
 __all__ = ["STAGE", "ReportSummary", "check_out", "run_report"]

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import io
 from ..config import ReportConfig
+from ..errors import ContractError
 from ..kernels import best_foreground, confusion_matrix, image_scores, with_background
 
 MISSING_GREY = 200  # a thumbnail slot whose file is missing (the row says "—" over it)
@@ -136,8 +137,9 @@ def _boxes(debug: str | None, item_id: str, classes) -> dict[str, Any] | None:
 class _Image:
     """One image's pictures and figures while its row is made."""
 
-    def __init__(self, task: Task, image: str, gt: str | None):
+    def __init__(self, task: Task, image: str, gt: str | None, item_id: str = ""):
         cfg = task.cfg
+        self.id, self.image_path, self.gt_path = item_id, image, gt
         self.photo = io.load_image(image)
         self.gt = io.read_mask(gt, num_classes=len(task.classes)) if gt is not None else None
         self.size = self.photo.shape[:2]
@@ -152,9 +154,20 @@ class _Image:
                                                   nearest=True)))
             self.masks.append(_resize(self.gt if self.gt is not None else blank, self.detail, nearest=True))
 
-    def score(self, pred: np.ndarray, n: int) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+    def score(self, pred: np.ndarray, n: int, path: Path) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+        """``pred`` (read from ``path``) scored against the ground truth; a size that is not the GT's is one line
+        naming the odd file, as `eval` words it: the prediction, unless the GT is not its image's size."""
         if self.gt is None:
             return None, None
+        h, w = pred.shape[:2]
+        if (h, w) != self.gt.shape:
+            gh, gw = self.gt.shape
+            if self.gt.shape == tuple(self.size):
+                raise ContractError(f"{path}: is {h}x{w} but image '{self.id}' ({self.image_path}) and its ground "
+                                    f"truth are {gh}x{gw}; it was made from another image: re-run the stage that "
+                                    "wrote it")
+            raise ContractError(f"{self.gt_path}: ground truth of image '{self.id}' is {gh}x{gw} but the image is "
+                                f"{self.size[0]}x{self.size[1]}; a GT mask must have its image's size")
         hist = confusion_matrix(self.gt, pred, n)
         return image_scores(hist), hist
 
@@ -170,7 +183,7 @@ def _cam_column(img: _Image, col: ColumnSpec, item_id: str, classes, detail: dic
     maps = io.read_cam(path, classes)
     img.tiles.append(heat_tile(img.small, _shrink_maps(maps.cams, img.thumb)))
     fg, label = best_foreground(maps.cams, maps.labels, fp16=col.fp16)
-    scores, hist = img.score(with_background(fg, label, col.bg_exponent), len(classes))
+    scores, hist = img.score(with_background(fg, label, col.bg_exponent), len(classes), path)
     stored = maps.file["cams"]  # [K, h, w] as `cam` wrote it: the patch grid, unless it is larger than wanted
     grids = stored if max(stored.shape[1:], default=0) <= max(img.grid) else _shrink_maps(maps.cams, img.grid)
     detail["cams"][col.name] = {"labels": list(maps.labels), "grid": list(grids.shape[1:]),
@@ -188,7 +201,7 @@ def _mask_column(img: _Image, col: ColumnSpec, item_id: str, classes) -> tuple[A
     pred = pred if col.lut is None else col.lut[pred]
     img.tiles.append(palette_rgb(_resize(pred, img.thumb, nearest=True)))
     img.masks.append(_resize(pred, img.detail, nearest=True))
-    return img.score(pred, len(classes))
+    return img.score(pred, len(classes), path)
 
 
 _PALETTE = np.asarray(io.voc_palette(), np.uint8).reshape(256, 3)
@@ -206,7 +219,7 @@ def make_row(task: Task, row: int, item_id: str, image: str, gt: str | None, lab
     The row: ``[row, id, labels, [thumb h, w], [detail h, w], has GT, present per column (0/1), mIoU per column
     (None: no GT or no file)]``.
     """
-    img = _Image(task, image, gt)
+    img = _Image(task, image, gt, item_id)
     detail: dict[str, Any] = {"id": item_id, "labels": list(labels), "size": list(img.size),
                               "detail": list(img.detail), "gt": img.gt is not None, "iou": {}, "cams": {}}
     hists, mious, present = {}, [], []

@@ -142,7 +142,7 @@ def _column(folder: Path, record: dict[str, Any], metrics: Path) -> Column:
     params = record.get("params", {})
     col = Column(folder.name, folder, record["stage"], record)
     file = metrics / f"{folder.name}.json"
-    col.metrics = io.read_json(file) if file.is_file() else None
+    col.metrics = _eval_metrics(file) if file.is_file() else None
     if col.stage == "cam":
         col.kind = "cam"
         col.source = (params.get("prototypes") or {}).get("source")
@@ -154,6 +154,13 @@ def _column(folder: Path, record: dict[str, Any], metrics: Path) -> Column:
     else:
         col.title = TITLES[col.stage] + (" (no CRF)" if params.get("no_crf") else "")
     return col
+
+
+def _eval_metrics(path: Path) -> dict[str, Any] | None:
+    """``metrics/<name>.json`` checked as an `eval --json` result (:func:`vpltool.io.check_eval_metrics`) when it
+    claims to be one; None for another tool's file there (choose-pseudo's choice, diagnose's rows)."""
+    data = io.read_json(path)
+    return io.check_eval_metrics(path, data) if io.is_eval_metrics(data) else None
 
 
 def _same_but_prototypes(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -177,12 +184,43 @@ def _order(col: Column) -> tuple:
     return (COLUMN_STAGES.index(col.stage), {"text": 0, "vision": 1}.get(col.source or "", 2), col.name)
 
 
-def _split_name(key: tuple[str, str | None], keys: list[tuple[str, str | None]]) -> str:
-    root, split = key
-    name = split or "all"
-    if sum(1 for r, s in keys if (s or "all") == name) > 1:  # two datasets with one split name: say which
-        name += f" ({Path(root).name})"
-    return name
+def _split_names(keys: list[tuple[str, str | None]]) -> list[str]:
+    """A tab name per split, each unique: the split's name; with the dataset's folder name where two datasets
+    share a split name, and its whole path where they also share a folder name (``/a/world`` and ``/b/world``)."""
+    short = [s or "all" for _, s in keys]
+    names = [f"{n} ({Path(r).name})" if short.count(n) > 1 else n for n, (r, _) in zip(short, keys)]
+    return [f"{s or 'all'} ({r})" if names.count(n) > 1 else n for n, (r, s) in zip(names, keys)]
+
+
+def _one_class_list(root: Path, splits: list[tuple[Path, Split]]) -> None:
+    """The page shows one class list: the datasets of a run's folders must share it (one line naming two folders,
+    one per dataset, otherwise). ``splits``: (a folder made from it, split)."""
+    (a, first), rest = splits[0], splits[1:]
+    for b, split in rest:
+        one, other = first.dataset.classes, split.dataset.classes
+        if one != other:
+            k = next((i for i, (x, y) in enumerate(zip(one, other)) if x != y), None)
+            how = f"class {k} is {one[k]!r} in one and {other[k]!r} in the other" if k is not None else \
+                f"{len(one) - 1} and {len(other) - 1} classes"
+            raise VplError(f"{root}: its folders come from two datasets with other classes ({a.name}: {first.key[0]}; "
+                           f"{b.name}: {split.key[0]}; {how}); a report shows one class list: move the folders of "
+                           "one dataset into a run folder of their own")
+
+
+def _same_items(key: tuple[str, str | None], found: list[tuple[Path, dict[str, Any]]], dataset: Dataset) -> None:
+    """The folders of one split were made from the images and classes the dataset holds now (their recorded count
+    and class digest), else the report would count, show and name other images than they hold: one line naming
+    the folder."""
+    now = dataset.identity()
+    where = f"split {key[1]!r} of {key[0]}" if key[1] else key[0]
+    for folder, record in found:
+        ident = record["inputs"]["dataset"]
+        n, classes = ident.get("n_items"), ident.get("classes_sha")
+        if (n is not None and n != now["n_items"]) or (classes is not None and classes != now["classes_sha"]):
+            what = f"{n} images" if n != now["n_items"] else "a class list"
+            holds = f"{now['n_items']} images" if n != now["n_items"] else "other classes"
+            raise VplError(f"{io.stage_record_path(folder)}: made from {what} of {where}, which now holds {holds}: "
+                           "the dataset changed since; re-run the stages on it (or report the run made before)")
 
 
 def discover(run: str | Path) -> Run:
@@ -206,17 +244,19 @@ def discover(run: str | Path) -> Run:
             raise VplError(f"{io.stage_record_path(folder)}: names no dataset; re-run the stage that wrote {folder}")
         by_key.setdefault((str(ident["root"]), ident.get("split")), []).append((folder, record))
     splits = []
-    for key, found in by_key.items():
+    for (key, found), name in zip(by_key.items(), _split_names(list(by_key))):
         dataset = open_recorded(found[0][0])  # one line when the world is gone
+        _same_items(key, found, dataset)
         for folder, _ in found[1:]:  # every folder shown, each made from the dataset as it is now
             check_recorded(folder, dataset)
-        split = Split(key, _split_name(key, list(by_key)), dataset)
+        split = Split(key, name, dataset)
         split.columns = sorted((_column(f, r, metrics) for f, r in found if r["stage"] in COLUMN_STAGES), key=_order)
         for col in split.columns:
             if col.stage == "predict":
                 col.lut = class_name_map(col.record.get("classes"), dataset.classes, col.folder)
         split.pairs = _pairs(split.columns)
         splits.append(split)
+    _one_class_list(root, [(found[0][0], split) for found, split in zip(by_key.values(), splits)])
     _link(root, splits)
     splits.sort(key=lambda s: (-len(s.dataset.items), s.name))  # the largest first: the training split
     files = {p.stem: p for p in sorted(metrics.glob("*.json"))} if metrics.is_dir() else {}
@@ -250,17 +290,16 @@ def stage_table(run: Run) -> dict[str, Any]:
     out: dict[str, Any] = {"stages": [], "chance": {}, "other_layers": [], "per_class": [], "classes": [],
                            "splits": [], "refines": False}
     if run.metrics_file is not None:
-        summary = io.read_json(run.metrics_file)
-        if isinstance(summary, dict):
-            out.update({k: summary.get(k) or out[k] for k in ("stages", "chance", "other_layers")})
+        summary = io.read_run_metrics(run.metrics_file)
+        out.update({k: summary.get(k) or out[k] for k in ("stages", "chance", "other_layers")})
     # the splits the stage rows have figures for, in their order (demo-report: train, val)
     # (a row's "refine" names the CAM refinement it was made with: a column of its own, not a split)
     out["splits"] = list(dict.fromkeys(k for row in out["stages"] if isinstance(row, dict) for k in row
                                        if k not in ("stage", "refine")))
     out["refines"] = any(isinstance(row, dict) and row.get("refine") for row in out["stages"])
     for name, path in run.metrics_files.items():
-        result = io.read_json(path)
-        if not isinstance(result, dict) or not isinstance(result.get("iou"), dict):
+        result = _eval_metrics(path)
+        if result is None:
             continue  # e.g. diagnose_val.json: its rows are in metrics.json's other_layers
         out["per_class"].append({"name": name, "miou": result.get("miou"), "n_images": result.get("n_images"),
                                  "bg_exponent": result.get("bg_exponent"), "iou": result["iou"]})

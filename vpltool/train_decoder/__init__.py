@@ -31,7 +31,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .. import io, presets
 from ..backbone import ClipBackbone, ModelSpec, load_backbone
-from ..config import DecoderConfig, RuntimeConfig
+from ..config import MAX_TOKENS, DecoderConfig, RuntimeConfig, to_params
 from ..data import open_recorded
 from ..decoder import (
     SegDecoder,
@@ -138,6 +138,21 @@ def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world:
     return ckpt if resume and ckpt.is_file() else None
 
 
+def check_crop(crop: int, patch: int | None) -> None:
+    """``--crop-size``: a multiple of the CLIP's patch size, and at most ``MAX_TOKENS`` patch tokens, the rule
+    extract and predict apply to an image (:func:`vpltool.config.check_tokens`: attention memory grows with its
+    square; 4096 pixels at patch 16 asked for 549 GB). ``patch`` None (unknown before the model loads): no check."""
+    if patch is None:
+        return
+    if crop % patch:
+        raise VplError(f"--crop-size {crop} is not a multiple of the CLIP patch size {patch}")
+    side = crop // patch
+    if side * side > MAX_TOKENS:
+        raise VplError(f"--crop-size {crop}: {side * side:,} patch tokens ({side}x{side} at patch {patch}), above the "
+                       f"{MAX_TOKENS} the stages run the frozen CLIP on (attention memory grows with its square); give "
+                       f"--crop-size {patch * math.isqrt(MAX_TOKENS)} or less")
+
+
 class _Run:
     """The state of one training process: frozen CLIP, decoder, optimizer, data source, log."""
 
@@ -151,8 +166,7 @@ class _Run:
         # frozen: its image tower is kept in the run's precision (a copy when the caller's backbone is given)
         self.bb = (backbone or load_backbone(ModelSpec.from_identity(protos.model), device)).with_image_tower_in(
             self.dtype)
-        if cfg.crop_size % self.bb.patch_size:
-            raise VplError(f"--crop-size {cfg.crop_size} is not a multiple of the CLIP patch size {self.bb.patch_size}")
+        check_crop(cfg.crop_size, self.bb.patch_size)
         self.blocks = feature_blocks(self.bb.n_blocks, cfg.include_last_block)
         seed_everything(cfg.seed)
         self.model = SegDecoder(cfg, in_width=self.bb.width, n_inputs=len(self.blocks), prototypes=protos.vectors,
@@ -173,7 +187,8 @@ class _Run:
         return getattr(model, "module", model)
 
     def meta(self) -> dict[str, Any]:
-        return {"decoder_config": asdict(self.cfg), "inputs": self.inputs, "model": self.protos.model}
+        # to_params: an option without effect in this combination is not recorded (as every stage records)
+        return {"decoder_config": to_params(self.cfg), "inputs": self.inputs, "model": self.protos.model}
 
     def restore(self, ckpt: Path | None) -> int:
         """Load the checkpoint (if any) and trim the log to it; returns the first iteration to run."""
@@ -236,8 +251,12 @@ class _Run:
         return (n % cfg.log_every == 0 or last or n == 1,  # a first line at once: the run is alive
                 n % cfg.checkpoint_every == 0 or last, n % cfg.val_every == 0 or last)
 
-    def loop(self, start: int, val_items, on_iter) -> None:
+    def loop(self, start: int, val_items, on_iter, ready: Callable[[], None] | None = None) -> None:
+        """Iterations ``start`` to ``cfg.iters``; ``ready()`` once the batches are ready (the feature cache built),
+        when the loop's clock starts: the progress's rate and the summary's it/s then measure the same time."""
         cfg, batches, window = self.cfg, self.batches(start), LossWindow()
+        if ready is not None:
+            ready()
         # CUDA graphs (--compile reduce-overhead): an iteration's graphs replay into the same memory; say where an
         # iteration begins, before its frozen forward (the batches generator runs it at the loop's head)
         step_begin = torch.compiler.cudagraph_mark_step_begin if cfg.compile == "reduce-overhead" else lambda: None
@@ -357,7 +376,7 @@ def run_train_decoder(
     resume: bool = False,
     val_split: str | None = None,
     on_iter: Callable[[int, dict[str, Any]], None] | None = None,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
     backbone: ClipBackbone | None = None,
     tensorboard: str | Path | None = None,
 ) -> TrainSummary:
@@ -373,7 +392,8 @@ def run_train_decoder(
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         val_split: a split of the same dataset with GT masks, scored every ``cfg.val_every`` iterations.
         on_iter: called on rank 0 after every iteration with ``(iteration, log record)``. on_start: called on
-            rank 0 with ``cfg.iters`` once the inputs and the output folder passed their checks.
+            rank 0 with ``(cfg.iters, first iteration)`` once the inputs and the output folder passed their checks,
+            the checkpoint (``--resume``) is loaded and the feature cache built: when the iterations begin.
         backbone: reuse an already loaded CLIP; it must be the one the prototypes record (left as it is: the run
             works on a copy when its precision differs).
         tensorboard: a folder for TensorBoard event files (:mod:`.board`); needs the ``tensorboard`` extra.
@@ -390,7 +410,10 @@ def run_train_decoder(
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     if tensorboard is not None:
         io.check_tensorboard()
+        io.check_events_folder(tensorboard, out_dir, resuming=resume and (out_dir / "checkpoints" /
+                                                                          "last.safetensors").is_file())
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
+    check_crop(cfg.crop_size, ModelSpec.from_identity(protos.model).vision_value("patch_size"))  # before any output
     label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
     extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
     if cfg.ignore_classes:
@@ -410,20 +433,20 @@ def run_train_decoder(
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
-            if on_start and rank == 0:
-                on_start(cfg.iters)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
                        extra_meta)
             start = run.restore(ckpt)
+            # a resumed run counts on from its checkpoint, and from when the iterations begin
+            ready = (lambda: on_start(cfg.iters, start)) if on_start and rank == 0 else None
             if world > 1:
                 run.model = torch.nn.parallel.DistributedDataParallel(
                     run.model, device_ids=[device.index] if device.type == "cuda" else None)
             run.model, run.losses_fn, run.frozen_fn = compile_iteration(cfg.compile, world, run.model)  # after DDP
             if tensorboard is not None and rank == 0:
                 shown = [(it.id, it.image) for it in val_items] or [(i, image) for i, image, _ in pairs]
-                run.board = Board(Path(tensorboard), STAGE, shown, start)
+                run.board = Board(Path(tensorboard), STAGE, shown, start, run=out_dir)
             try:
-                run.loop(start, val_items, on_iter)
+                run.loop(start, val_items, on_iter, ready)
                 path = run.finish()
             finally:
                 if run.board is not None:

@@ -49,8 +49,9 @@ def draw_curve(records: list[dict[str, Any]], path: Path) -> Path:
 class Board:
     """One run's event file (rank 0 only); ``items`` are ``(id, image path)`` of the preview images."""
 
-    def __init__(self, folder: Path, stage: str, items: Sequence[tuple[str, Path]], start: int):
-        self.writer = io.open_events(folder, stage, purge_step=start or None)
+    def __init__(self, folder: Path, stage: str, items: Sequence[tuple[str, Path]], start: int,
+                 run: Path | None = None):
+        self.writer = io.open_events(folder, stage, purge_step=start or None, run=run)
         self.items = list(items)[:PREVIEWS]
 
     def scalars(self, n: int, losses: dict[str, float], lr: float, iters_per_s: float | None,

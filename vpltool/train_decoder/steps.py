@@ -309,15 +309,24 @@ def optimizer_state_from_file(model: SegDecoder, state: dict[str, Any]) -> dict[
 
 
 def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any]) -> None:
+    """Refuse a checkpoint made with other settings or inputs, naming every difference at once (a second try must
+    not meet a second refusal): each option with its value there and here, and each input that changed."""
     old = f.meta("decoder_config")
     defaults = asdict(DecoderConfig())  # a field newer than the checkpoint reads as its default
     ignored = set(RESUMABLE_CHANGES) | set(inert_fields(cfg))  # an option without effect is never compared
-    changed = [k for k, v in asdict(cfg).items() if k not in ignored and old.get(k, _plain(defaults[k])) != _plain(v)]
-    if changed:
-        raise VplError(f"{f.path}: made with other settings ({', '.join(changed)}); resume with the same options "
-                       "or start again with --overwrite")
-    if io.by_content(f.meta("inputs")) != io.by_content(json.loads(json.dumps(inputs, default=str))):
-        raise VplError(f"{f.path}: trained on other pseudo masks or prototypes; use --overwrite to start again")
+    said = [f"--{k.replace('_', '-')} {_shown(old.get(k, defaults[k]))} there, {_shown(v)} here"
+            for k, v in asdict(cfg).items() if k not in ignored and old.get(k, _plain(defaults[k])) != _plain(v)]
+    before = io.by_content(f.meta("inputs"))
+    now = io.by_content(json.loads(json.dumps(inputs, default=str)))
+    what = {"pseudo": "pseudo masks", "prototypes": "prototypes", "dataset": "dataset"}
+    said += [f"other {what.get(k, k)}" for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+    if said:
+        raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
+                       "options and inputs, or start again without --resume (with --overwrite)")
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _plain(v: Any) -> Any:
