@@ -1354,6 +1354,28 @@ def _eval_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", ws.features]
 
 
+@case("segment with 'background' among the class names", "--classes")
+def _segment_background_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_bg"), *TINY, *CPU, "--classes", "background,cat"]
+
+
+@case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
+def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]
+
+
+@case("segment with a stride larger than its window", "--slide-stride 500 is larger than --slide-crop 224")
+def _segment_bad_stride(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_stride"), *TINY, *CPU, "--dense", "sclip",
+           "--slide-stride", "500"]
+
+
+@case("cam --dense with --save-debug (no GradCAM to debug)", "--save-debug: not made with --dense naclip")
+def _cam_dense_debug(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense"), "--dense", "naclip", "--save-debug",
+           ws.out("cams_dense_debug"), *CPU]
+
+
 @case("eval of a train folder with --split val", "cams: made from split 'train'",
       "no prediction for split 'val'", "wrong --split?")
 def _eval_wrong_split(ws: Workspace) -> Iterator[list[object]]:
