@@ -1366,9 +1366,31 @@ def _lambda_negative(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("eval of an extract folder", "features: holds `extract` output",
-      "expected `cam`, `crf` or `predict` output")
+      "expected `cam`, `crf`, `predict` or `segment` output")
 def _eval_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", ws.features]
+
+
+@case("segment with 'background' among the class names", "--classes")
+def _segment_background_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_bg"), *TINY, *CPU, "--classes", "background,cat"]
+
+
+@case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
+def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]
+
+
+@case("segment with a stride larger than its window", "--slide-stride 500 is larger than --slide-crop 224")
+def _segment_bad_stride(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_stride"), *TINY, *CPU, "--dense", "sclip",
+           "--slide-stride", "500"]
+
+
+@case("cam --dense with --save-debug (no GradCAM to debug)", "--save-debug: not made with --dense naclip")
+def _cam_dense_debug(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense"), "--dense", "naclip", "--save-debug",
+           ws.out("cams_dense_debug"), *CPU]
 
 
 @case("eval of a train folder with --split val", "cams: made from split 'train'",
