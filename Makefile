@@ -87,6 +87,26 @@ LAMBDA_PROTO ?= 0
 # trained with IGNORE_CLASSES needs PRED_CLASSES (e.g. every class of the dataset) to predict; docs/decoder.md
 IGNORE_CLASSES ?=
 PRED_CLASSES ?=
+# issue 35, the training-free dense CLIP family (docs/open-vocabulary.md), scored beside the pipeline: DENSE's
+# methods segment the val split with no labels (`segment`); DENSE_SEEDS's also make seeds on the training split
+# (`cam --dense`, labels known) with their CRF masks, and score the decoder's classes through `predict --classes
+# --dense` (every class is unseen by a training-free method; the names come from DATA/classes.txt, a folder
+# dataset's, as the demo world's). Empty: none (make voc / make coco)
+DENSE ?= none maskclip sclip clearclip naclip
+DENSE_SEEDS ?= maskclip
+# each method's segmentor on the demo world, chosen on the training split (first 100 images; never val) by
+# benchmarks/study_dense_demo.py (benchmarks/studies/dense_demo.json): the short side and windows (the method's own
+# x 96/224, the toy's native side over CLIP's, or 96) and the probability threshold; the rest is the method's
+DENSE_SIZE_maskclip ?= --short-side 192 --slide-crop 192 --slide-stride 96
+DENSE_SIZE_sclip ?= --short-side 144 --slide-crop 96 --slide-stride 48
+DENSE_SIZE_clearclip ?= --short-side 192 --slide-crop 192 --slide-stride 96
+DENSE_SIZE_naclip ?= --short-side 144
+DENSE_SIZE_none ?= --short-side 96
+DENSE_THR_maskclip ?= 0.6
+DENSE_THR_sclip ?= 0.5
+DENSE_THR_clearclip ?= 0.6
+DENSE_THR_naclip ?= 0.6
+DENSE_THR_none ?= 0.99
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
@@ -103,7 +123,8 @@ PAPER_ARGS = DATA_DEP= MODEL_DEP= MODEL=$(call pick,MODEL,ViT-B-16) PRETRAINED=$
   TAU_I=$(call pick,TAU_I,0.03) \
   ITERS=$(call pick,ITERS,3000) LR=$(call pick,LR,10) DEC_ITERS=$(call pick,DEC_ITERS,30000) \
   DEC_ARGS='$(call pick,DEC_ARGS,--recipe vpl)' PRED_ARGS='$(call pick,PRED_ARGS,--crf)' \
-  VAL_SPLIT=$(call pick,VAL_SPLIT,val) HELDOUT=$(call pick,HELDOUT,)
+  VAL_SPLIT=$(call pick,VAL_SPLIT,val) HELDOUT=$(call pick,HELDOUT,) DENSE='$(call pick,DENSE,)' \
+  DENSE_SEEDS='$(call pick,DENSE_SEEDS,)'
 VOC_ARGS = RUN=$(call pick,RUN,runs/voc) DATA=$(VOC_ROOT) TRAIN_SPLIT=$(call pick,TRAIN_SPLIT,train_aug) \
   EVAL_SPLIT=$(call pick,EVAL_SPLIT,train) BACKGROUND=$(call pick,BACKGROUND,voc) BOX_THR=$(call pick,BOX_THR,0.4)
 COCO_ARGS = RUN=$(call pick,RUN,runs/coco) DATA=$(COCO_ROOT) TRAIN_SPLIT=$(call pick,TRAIN_SPLIT,train) \
@@ -121,7 +142,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder predict heldout refines diagnose report voc coco bench docs toy-clip clean-demo
+        pseudo decoder predict heldout refines diagnose dense report voc coco bench docs toy-clip clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -186,10 +207,11 @@ CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 %/pseudo_text_val/_stage.json: %/cams_text_val/_stage.json
 	$(CRF)
 # eval: a folder of the training split is scored on EVAL_SPLIT, one of VAL_SPLIT on its own split
+# (its own files, like its folders, are re-made with --overwrite: also those of a vpltool that recorded no file kinds)
 $(RUN)/metrics/%_val.json: $(RUN)/%_val/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) --json $@ --overwrite
 $(RUN)/metrics/%.json: $(RUN)/%/_stage.json
-	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
 
 ## CAMs from the text prototypes, and their mIoU (seeds)
 cams-text: $(RUN)/metrics/cams_text.json
@@ -198,7 +220,7 @@ cams-text: $(RUN)/metrics/cams_text.json
 learn-prototypes: $(RUN)/vision_prototypes.safetensors
 $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_prototypes.safetensors
 	$(VPL) learn-prototypes $(RUN)/features --cams $(<D) --text $(RUN)/text_prototypes.safetensors -o $@ \
-	  --tau-i $(TAU_I) --iters $(ITERS) --lr $(LR) $(LEARN_ARGS) --device $(DEVICE)
+	  --tau-i $(TAU_I) --iters $(ITERS) --lr $(LR) $(LEARN_ARGS) --device $(DEVICE) --overwrite
 
 ## CAMs from the vision prototypes, and their mIoU
 cams-vision: $(RUN)/metrics/cams_vision.json
@@ -208,7 +230,7 @@ cams-vision: $(RUN)/metrics/cams_vision.json
 PSEUDO_SCORES = $(foreach r,$(REFINES),$(call refine_metrics,$(r))/pseudo.json)
 # (a failed choice stops the recipe: `&&`, not an empty folder argument)
 PSEUDO_CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(RUN) $(REFINES) --refine $(REFINE) \
-  --pick $(PSEUDO_REFINE)) &&)
+  --pick $(PSEUDO_REFINE) --overwrite) &&)
 PSEUDO = $(if $(REFINES),"$$pseudo",$(RUN)/pseudo)
 pseudo: $(RUN)/metrics/pseudo.json $(PSEUDO_SCORES)
 
@@ -227,7 +249,7 @@ $(RUN)/pred_val/_stage.json: $(RUN)/decoder/decoder.safetensors
 	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) $(if $(PRED_CLASSES),--classes $(PRED_CLASSES)) \
 	  --device $(DEVICE) --overwrite
 $(RUN)/metrics/pred_val.json: $(RUN)/pred_val/_stage.json
-	$(VPL) eval $(<D) --json $@
+	$(VPL) eval $(<D) --json $@ --overwrite
 
 ## Held-out scoring: features of VAL_SPLIT, text and vision CAMs (W learned on train), CRF masks, their mIoU
 heldout: $(RUN)/metrics/cams_text_val.json $(RUN)/metrics/cams_vision_val.json $(RUN)/metrics/pseudo_val.json
@@ -245,7 +267,35 @@ refines: $(COMPARED)
 diagnose: $(RUN)/metrics/diagnose_val.json
 $(RUN)/metrics/diagnose_val.json: $(RUN)/features_val/_stage.json $(RUN)/vision_prototypes.safetensors
 	$(VPL) diagnose $(<D) -p $(RUN)/vision_prototypes.safetensors -t $(RUN)/text_prototypes.safetensors --json $@ \
-	  --device $(DEVICE)
+	  --device $(DEVICE) --overwrite
+
+## The training-free dense CLIP rows (DENSE, DENSE_SEEDS): zero-shot val masks, dense seeds and their CRF masks
+# (segment's size options of DENSE_SIZE_<method> spelled as cam's and predict's --dense-* options)
+dense_size = $(subst --short-side,--dense-side,$(subst --slide-crop,--dense-crop,$(subst \
+  --slide-stride,--dense-stride,$(DENSE_SIZE_$(1)))))
+DENSE_METRICS = $(foreach m,$(DENSE),$(RUN)/metrics/dense/$(m)/segment_val.json) \
+  $(foreach m,$(DENSE_SEEDS),$(addprefix $(RUN)/metrics/dense/$(m)/,cams.json pseudo.json pred_val.json))
+dense: $(DENSE_METRICS)
+$(RUN)/dense/%/segment_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
+	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense $* --model $(MODEL) --pretrained $(PRETRAINED) \
+	  --templates "$(TEMPLATES)" --background "$(BACKGROUND)" $(DENSE_SIZE_$*) --prob-threshold $(DENSE_THR_$*) \
+	  --device $(DEVICE) --overwrite
+$(RUN)/dense/%/cams/_stage.json: $(RUN)/text_prototypes.safetensors
+	$(VPL) cam $(DATA) --split $(TRAIN_SPLIT) -p $< -o $(@D) --dense $* $(call dense_size,$*) --device $(DEVICE) \
+	  --overwrite
+$(RUN)/dense/%/crf/_stage.json: $(RUN)/dense/%/cams/_stage.json
+	$(CRF)
+$(RUN)/dense/%/pred_val/_stage.json: $(RUN)/decoder/decoder.safetensors
+	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) --classes "$$(tail -n +2 $(DATA)/classes.txt | paste -sd,)" \
+	  --dense $* $(call dense_size,$*) --dense-threshold $(DENSE_THR_$*) --device $(DEVICE) --overwrite
+$(RUN)/metrics/dense/%/segment_val.json: $(RUN)/dense/%/segment_val/_stage.json
+	$(VPL) eval $(<D) --json $@ --overwrite
+$(RUN)/metrics/dense/%/pred_val.json: $(RUN)/dense/%/pred_val/_stage.json
+	$(VPL) eval $(<D) --json $@ --overwrite
+$(RUN)/metrics/dense/%/cams.json: $(RUN)/dense/%/cams/_stage.json
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
+$(RUN)/metrics/dense/%/pseudo.json: $(RUN)/dense/%/crf/_stage.json
+	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
 
 # the HTML report (`vpltool report`): every image's thumbnails, IoU per stage and detail view, from disk, offline
 ## Print the mIoU table per stage next to chance (metrics.json, contact sheets), then the HTML report RUN/report/
@@ -253,8 +303,8 @@ report: $(RUN)/report/index.html
 $(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.json $(RUN)/metrics/pseudo.json \
                     $(RUN)/metrics/pred_val.json $(if $(HELDOUT),$(RUN)/metrics/cams_text_val.json \
                     $(RUN)/metrics/cams_vision_val.json $(RUN)/metrics/pseudo_val.json $(RUN)/metrics/diagnose_val.json) \
-                    $(COMPARED)
-	$(VPL) demo-report $(RUN)
+                    $(COMPARED) $(DENSE_METRICS)
+	$(VPL) demo-report $(RUN) --overwrite
 $(RUN)/report/index.html: $(RUN)/metrics.json
 	$(VPL) report $(RUN) -o $(@D) --workers $(WORKERS)
 

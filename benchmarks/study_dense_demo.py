@@ -8,7 +8,8 @@ RUN is a demo run with its world (``RUN/world``, `make world`). The queries are 
 Makefile's ``TEMPLATES`` and ``BACKGROUND``), encoded by the toy CLIP (``--model vpltool-toy``).
 
 * **Zero-shot** (`vpltool segment`'s arithmetic, :mod:`vpltool.backbone.segmentor`): per method, the short side
-  (the toy's native 96 px, or the method's own) and the probability threshold are chosen by the mIoU of the first
+  (the toy's native 96 px, or the method's own scaled by 96/224 with its windows: ``--sides``) and the probability
+  threshold are chosen by the mIoU of the first
   ``--choose-images`` training images; the method's other settings (logit scale, windows, PAMR) are its own. The
   chosen settings are then scored on every val image, with each class's IoU (every class is "held out" for a
   training-free method: this is what `predict --classes NAMES --dense M` gives, with the decoder's templates and
@@ -26,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,24 @@ from benchlib import machine
 TEMPLATES = ["a photo of a {}."]  # the Makefile's TEMPLATES
 BACKGROUND = ["grass", "sky", "wall", "water"]  # the Makefile's BACKGROUND
 THRESHOLDS = (*(round(0.1 * i, 1) for i in range(10)), 0.95, 0.99)
+
+
+TOY_NATIVE, CLIP_NATIVE = 96, 224  # the toy's input side, ViT-B/16's
+
+
+def _sized(method: str, side: str) -> SegmentConfig:
+    """The method's settings at short side ``side`` (a number: windows unchanged, at most the side), ``default``
+    (its VOC settings) or ``scaled`` (short side, window and stride x 96/224, multiples of the toy's patch 8)."""
+    base = SegmentConfig(dense=method).resolved()
+    if side == "default":
+        return SegmentConfig(dense=method)
+    if side == "scaled":
+        def scale(v: int) -> int:
+            return max(8, round(v * TOY_NATIVE / CLIP_NATIVE / 8) * 8)
+        return SegmentConfig(dense=method, short_side=scale(base.short_side),
+                             slide_crop=scale(base.slide_crop) if base.slide_crop else 0,
+                             slide_stride=scale(base.slide_stride))
+    return SegmentConfig(dense=method, short_side=int(side))
 
 
 def _logits(bb, settings, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:
@@ -85,7 +105,9 @@ def main() -> None:
     parser.add_argument("--choose-images", type=int, default=100)
     parser.add_argument("--val-images", type=int, default=None, help="score only the first N val images (a smoke "
                         "test; default: all)")
-    parser.add_argument("--sides", default="96,default")
+    parser.add_argument("--sides", default="96,scaled", help="short sides tried: numbers, 'default' (the method's "
+                        "VOC setting) or 'scaled' (the method's short side, window and stride x 96/224: its setting "
+                        "relative to CLIP's native 224, at the toy's native 96)")
     parser.add_argument("--methods", default="none,maskclip,sclip,clearclip,naclip")
     args = parser.parse_args()
     import vpltool.demo  # noqa: F401  (registers --model vpltool-toy)
@@ -104,15 +126,17 @@ def main() -> None:
     for method in args.methods.split(","):
         bb = base.with_dense(method)
         tried = {}
+        configs = {}
         for side in args.sides.split(","):
-            cfg = SegmentConfig(dense=method, short_side=None if side == "default" else int(side))
-            settings = cfg.resolved()
-            tried[str(settings.short_side)] = _score(bb, settings, choose, text, query_class, n, THRESHOLDS, True)
-            print(f"{method} side {settings.short_side}: done", file=sys.stderr, flush=True)
+            cfg = _sized(method, side)
+            configs[str(cfg.resolved().short_side)] = cfg
+            tried[str(cfg.resolved().short_side)] = _score(bb, cfg.resolved(), choose, text, query_class, n,
+                                                           THRESHOLDS, True)
+            print(f"{method} side {cfg.resolved().short_side}: done", file=sys.stderr, flush=True)
         best_side, best_t = max(((s, t) for s, r in tried.items() for t in r["zero_shot"]),
                                 key=lambda st: tried[st[0]]["zero_shot"][st[1]]["miou"])
         seed_side = max(tried, key=lambda s: max(tried[s]["seeds"].values()))
-        settings = SegmentConfig(dense=method, short_side=int(best_side), prob_threshold=float(best_t)).resolved()
+        settings = replace(configs[best_side], prob_threshold=float(best_t)).resolved()
         on_val = _score(bb, settings, val_items, text, query_class, n, (float(best_t),), False)
         result = on_val["zero_shot"][str(float(best_t))]
         report["methods"][method] = {
@@ -120,6 +144,7 @@ def main() -> None:
                           "seeds_miou": r["seeds"], "seconds_per_image": r["seconds_per_image"]}
                       for s, r in tried.items()},
             "chosen": {"short_side": int(best_side), "prob_threshold": float(best_t),
+                       "slide_crop": settings.slide_crop, "slide_stride": settings.slide_stride,
                        "train_zero_shot_miou": tried[best_side]["zero_shot"][best_t]["miou"],
                        "seed_short_side": int(seed_side),
                        "train_seeds_miou": max(tried[seed_side]["seeds"].values())},

@@ -1349,9 +1349,31 @@ def _lambda_negative(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("eval of an extract folder", "features: holds `extract` output",
-      "expected `cam`, `crf` or `predict` output")
+      "expected `cam`, `crf`, `predict` or `segment` output")
 def _eval_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", ws.features]
+
+
+@case("segment with 'background' among the class names", "--classes")
+def _segment_background_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_bg"), *TINY, *CPU, "--classes", "background,cat"]
+
+
+@case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
+def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]
+
+
+@case("segment with a stride larger than its window", "--slide-stride 500 is larger than --slide-crop 224")
+def _segment_bad_stride(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_stride"), *TINY, *CPU, "--dense", "sclip",
+           "--slide-stride", "500"]
+
+
+@case("cam --dense with --save-debug (no GradCAM to debug)", "--save-debug: not made with --dense naclip")
+def _cam_dense_debug(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense"), "--dense", "naclip", "--save-debug",
+           ws.out("cams_dense_debug"), *CPU]
 
 
 @case("eval of a train folder with --split val", "cams: made from split 'train'",
@@ -1594,6 +1616,283 @@ def _decoder_diverges(ws: Workspace) -> Iterator[list[object]]:
 
     with mock.patch.object(steps, "compute_losses", compute_losses):
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_nan"), *DECODER_ARGS]
+
+
+# --------------------------------------------------------------------------------------------- issue 38, H class
+# ---- no folder is used with a dataset that changed since it was made (data.check_recorded)
+def _made_on_copy(ws: Workspace, name: str, stages: tuple[str, ...] = ("extract",)) -> tuple[Path, Path]:
+    """``(world, run)``: a private copy of the world (times kept) and a run made on it: ``run/features`` and, as
+    asked, ``run/cams`` and ``run/pseudo`` (made once per workspace)."""
+    world, run = ws.root / f"world_{name}", ws.root / f"run_{name}"
+    if not (run / "features" / "_stage.json").is_file():
+        ws.copy(ws.world, world.name)
+        cli_ok("extract", world, "--split", "train", "-o", run / "features", *TINY, *CPU, "--workers", "1",
+               "--cache", "full")
+    if "cam" in stages and not (run / "cams" / "_stage.json").is_file():
+        cli_ok("cam", run / "features", "-p", ws.text, "-o", run / "cams", *CPU)
+    if "crf" in stages and not (run / "pseudo" / "_stage.json").is_file():
+        cli_ok("crf", run / "cams", "-o", run / "pseudo", "--workers", "1")
+    return world, run
+
+
+def _reseeded(ws: Workspace) -> Path:
+    """A run whose world was re-made with another seed afterwards (``make-world W --seed 9 --overwrite``)."""
+    world, run = _made_on_copy(ws, "reseeded", ("extract", "cam", "crf"))
+    if not (world / ".reseeded").is_file():
+        cli_ok("make-world", world, "--train", 4, "--val", 2, "--seed", 9, "--overwrite")
+        (world / ".reseeded").touch()
+    return run
+
+
+@case("cam after one image was replaced by another of the same size (96x96)", "run_replaced/features: made from "
+      "world_replaced as it was before a change", "(first: world_replaced/images/train_000001.png)",
+      "re-run `vpltool extract`")
+def _cam_after_image_replaced(ws: Workspace) -> Iterator[list[object]]:
+    world, run = _made_on_copy(ws, "replaced")
+    shutil.copyfile(world / "images" / "train_000002.png", world / "images" / "train_000001.png")
+    yield ["cam", run / "features", "-p", ws.text, "-o", ws.out("cams_replaced"), *CPU]
+
+
+@case("crf after an image was touched (same bytes, a new modification time: refused as replaced)",
+      "run_touched/cams: made from world_touched as it was", "modification time differs")
+def _crf_after_image_touched(ws: Workspace) -> Iterator[list[object]]:
+    world, run = _made_on_copy(ws, "touched", ("extract", "cam"))
+    os.utime(world / "images" / "train_000003.png")
+    yield ["crf", run / "cams", "-o", ws.out("pseudo_touched"), "--workers", "1"]
+
+
+@case("eval after `make-world W --seed 9 --overwrite` re-made the run's world", "run_reseeded/pseudo: made from "
+      "world_reseeded as it was before a change", "its labels, differ under the same id")
+def _eval_after_reseed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", _reseeded(ws) / "pseudo"]
+
+
+@case("crf after `make-world W --seed 9 --overwrite` (old CAMs, new images)", "run_reseeded/cams: made from "
+      "world_reseeded as it was")
+def _crf_after_reseed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", _reseeded(ws) / "cams", "-o", ws.out("pseudo_reseeded"), "--workers", "1"]
+
+
+@case("cam after `make-world W --seed 9 --overwrite` (old features and labels, new images)",
+      "run_reseeded/features: made from world_reseeded as it was")
+def _cam_after_reseed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", _reseeded(ws) / "features", "-p", ws.text, "-o", ws.out("cams_reseeded"), *CPU]
+
+
+@case("report after `make-world W --seed 9 --overwrite`", "made from world_reseeded as it was before a change")
+def _report_after_reseed(ws: Workspace) -> Iterator[list[object]]:
+    yield ["report", _reseeded(ws), "-o", ws.out("report_reseeded"), "--workers", "1"]
+
+
+@case("train-decoder after an image's labels were changed in labels.csv", "run_relabelled/pseudo: made from "
+      "world_relabelled as it was", "its labels, differ under the same id")
+def _train_decoder_after_relabel(ws: Workspace) -> Iterator[list[object]]:
+    world, run = _made_on_copy(ws, "relabelled", ("extract", "cam", "crf"))
+    labels = world / "labels.csv"
+    rows = labels.read_text().splitlines()
+    first = next(i for i, row in enumerate(rows) if row.startswith("train_000000,"))
+    rows[first] = "train_000000,star"
+    labels.write_text("\n".join(rows) + "\n")
+    yield ["train-decoder", run / "pseudo", "-p", ws.text, "-o", ws.out("decoder_relabelled"), *DECODER_ARGS]
+
+
+@case("learn-prototypes after an image was added to the split", "run_grown/features: made from world_grown "
+      "as it was", "5 images where the record counts 4")
+def _learn_after_growth(ws: Workspace) -> Iterator[list[object]]:
+    world, run = _made_on_copy(ws, "grown", ("extract", "cam"))
+    shutil.copyfile(world / "images" / "val_000000.png", world / "images" / "train_000009.png")
+    shutil.copyfile(world / "masks" / "val_000000.png", world / "masks" / "train_000009.png")
+    labels = world / "labels.csv"
+    val_row = next(r for r in labels.read_text().splitlines() if r.startswith("val_000000,"))
+    labels.write_text(labels.read_text() + val_row.replace("val_000000", "train_000009") + "\n")
+    split = world / "splits" / "train.txt"
+    split.write_text(split.read_text() + "train_000009\n")
+    yield ["learn-prototypes", run / "features", "-c", run / "cams", "-t", ws.text, "-o", ws.out("vision_grown.st"),
+           "--iters", 2]
+
+
+def _labels_elsewhere(ws: Workspace) -> tuple[Path, Path]:
+    """``(labels file, run)``: a run made from the world with its labels read from a file outside it (``extract
+    --labels-file``, one image's labels changed there), up to `cam` (made once)."""
+    labels, run = ws.root / "labels_elsewhere.csv", ws.root / "run_labels_file"
+    if not (run / "cams" / "_stage.json").is_file():
+        rows = (ws.world / "labels.csv").read_text().splitlines()
+        labels.write_text("\n".join(r if not r.startswith("train_000000,") else "train_000000,star" for r in rows)
+                          + "\n")
+        cli_ok("extract", ws.world, "--split", "train", "--labels-file", labels, "-o", run / "features", *TINY, *CPU,
+               "--workers", "1", "--cache", "full")
+        cli_ok("cam", run / "features", "-p", ws.text, "-o", run / "cams", *CPU)
+    return labels, run
+
+
+@case("crf after extract --labels-file (the later stages read the same label file again)", "4 masks",
+      exit_code=0, leaves=("pseudo_labels_file/", "pseudo_labels_file/*"))
+def _crf_after_labels_file(ws: Workspace) -> Iterator[list[object]]:
+    _, run = _labels_elsewhere(ws)
+    yield ["crf", run / "cams", "-o", ws.out("pseudo_labels_file"), "--workers", "1"]
+
+
+@case("crf after the --labels-file given to extract was edited", "labels_elsewhere.csv: the label file dataset "
+      "world was read with (--labels-file) is gone or changed since")
+def _crf_after_labels_file_edit(ws: Workspace) -> Iterator[list[object]]:
+    labels, run = _labels_elsewhere(ws)
+    with labels.open("a") as fh:
+        fh.write("# an edit\n")
+    yield ["crf", run / "cams", "-o", ws.out("pseudo_labels_edit"), "--workers", "1"]
+
+
+# ---- eval --data: a moved dataset, never another one
+@case("eval --data another world with the same ids (make-world --seed 9)", "--data world_other: not the dataset "
+      "pseudo was made from", "its labels, differ under the same id", "pass that dataset")
+def _eval_data_other(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.root / "world_other"
+    if not other.is_dir():
+        cli_ok("make-world", other, "--train", 4, "--val", 2, "--seed", 9)
+    yield ["eval", ws.pseudo, "--data", other]
+
+
+@case("eval --data a copy of the world with another class list (two classes swapped)", "--data world_swapped: not "
+      "the dataset pseudo was made from", "another class list")
+def _eval_data_other_classes(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_swapped")
+    names = (world / "classes.txt").read_text().splitlines()
+    names[1], names[2] = names[2], names[1]
+    (world / "classes.txt").write_text("\n".join(names) + "\n")
+    yield ["eval", ws.pseudo, "--data", world]
+
+
+@case("eval --data an identical copy made by `cp -r` (new modification times): the moved dataset is scored",
+      "✓ eval: mIoU", exit_code=0)
+def _eval_data_copy(ws: Workspace) -> Iterator[list[object]]:
+    copy = ws.root / "world_cp"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(ws.world, copy, copy_function=shutil.copy)  # contents, not times
+    yield ["eval", ws.pseudo, "--data", copy]
+
+
+# ---- no file output replaces a file vpltool did not write, or wrote as another kind, without --overwrite
+def _vision(ws: Workspace) -> Path:
+    """Vision prototypes learned from the workspace's CAMs (made once)."""
+    path = ws.root / "vision.safetensors"
+    if not path.is_file():
+        cli_ok("learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", path, "--iters", 2)
+    return path
+
+
+def _demo_run(ws: Workspace) -> Path:
+    """A run folder with `demo-report`'s metrics.json and contact sheet (made once)."""
+    run = ws.root / "run_demo"
+    if not (run / "metrics.json").is_file():
+        for name, source in (("features", ws.features), ("cams_text", ws.cams), ("pseudo", ws.pseudo)):
+            if not (run / name).is_dir():
+                shutil.copytree(source, run / name)
+        cli_ok("demo-report", run)
+    return run
+
+
+def _notes(ws: Workspace, name: str = "notes.txt") -> Path:
+    path = ws.root / name
+    path.write_text("my notes: keep the seed-0 run\n")
+    return path
+
+
+@case("eval --json onto the learned vision prototypes", "vision.safetensors: holds vision prototypes "
+      "(`learn-prototypes`), not scores (`eval --json`), so it is not replaced", "pass --overwrite to replace it")
+def _eval_json_onto_vision(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--json", _vision(ws)]
+
+
+@case("eval --json onto a user's notes.txt", "notes.txt: exists and was not written by vpltool, so it is not "
+      "replaced", "choose another --json, or pass --overwrite")
+def _eval_json_onto_notes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--json", _notes(ws)]
+
+
+@case("eval --json onto a user's notes.txt with --overwrite (replaced, as asked)", "✓ eval: mIoU", exit_code=0,
+      leaves=("notes_replaced.txt",))
+def _eval_json_onto_notes_overwrite(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", ws.pseudo, "--json", _notes(ws, "notes_replaced.txt"), "--overwrite"]
+
+
+@case("eval --json onto the scores of an earlier eval --json (the same kind: replaced)", "✓ eval: mIoU",
+      exit_code=0, leaves=("scores.json",))
+def _eval_json_again(ws: Workspace) -> Iterator[list[object]]:
+    scores = ws.root / "scores.json"
+    cli_ok("eval", ws.cams, "--json", scores)
+    yield ["eval", ws.pseudo, "--json", scores]
+
+
+@case("eval --per-image onto the scores of eval --json", "scores_pi.json: holds scores (`eval --json`), not "
+      "per-image scores (`eval --per-image`)")
+def _eval_per_image_onto_scores(ws: Workspace) -> Iterator[list[object]]:
+    scores = ws.root / "scores_pi.json"
+    if not scores.is_file():
+        cli_ok("eval", ws.pseudo, "--json", scores)
+    yield ["eval", ws.pseudo, "--per-image", scores]
+
+
+@case("text-prototypes -o onto the learned vision prototypes", "vision.safetensors: holds vision prototypes "
+      "(`learn-prototypes`), not text prototypes (`text-prototypes`)", "choose another --out")
+def _text_onto_vision(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", _vision(ws), *TEXT_ARGS, *CPU]
+
+
+@case("text-prototypes -o onto another run's text prototypes (the same kind: replaced)", "✓ text-prototypes",
+      exit_code=0, leaves=("text_again.safetensors",))
+def _text_again(ws: Workspace) -> Iterator[list[object]]:
+    shutil.copyfile(ws.text, ws.root / "text_again.safetensors")
+    yield ["text-prototypes", ws.features, "-o", ws.root / "text_again.safetensors", *TEXT_ARGS, *CPU]
+
+
+@case("learn-prototypes -o onto text prototypes that are not its input", "text_other.safetensors: holds text "
+      "prototypes (`text-prototypes`), not vision prototypes (`learn-prototypes`)")
+def _learn_onto_text(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.root / "text_other.safetensors"
+    shutil.copyfile(ws.text, other)
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", other,
+           "--plot", ws.out("vision_x.png"), "--iters", 2]
+
+
+@case("learn-prototypes --plot onto demo-report's contact sheet", "run_demo/contact_sheet.png: holds a contact "
+      "sheet (`demo-report`), not a loss curve (`learn-prototypes --plot`)", "choose another --plot")
+def _plot_onto_sheet(ws: Workspace) -> Iterator[list[object]]:
+    yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", ws.out("vision_sheet.safetensors"),
+           "--plot", _demo_run(ws) / "contact_sheet.png", "--iters", 2]
+
+
+@case("text-prototypes -o onto demo-report's metrics.json", "run_demo/metrics.json: holds a run's metrics "
+      "(`demo-report`), not text prototypes (`text-prototypes`)")
+def _text_onto_metrics(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", _demo_run(ws) / "metrics.json", *TEXT_ARGS, *CPU]
+
+
+@case("diagnose --json onto the text prototypes", "text_diag.safetensors: holds text prototypes "
+      "(`text-prototypes`), not a diagnosis (`diagnose --json`)")
+def _diagnose_onto_text(ws: Workspace) -> Iterator[list[object]]:
+    target = ws.root / "text_diag.safetensors"
+    shutil.copyfile(ws.text, target)
+    yield ["diagnose", ws.features, "-p", ws.text, "--json", target, *CPU]
+
+
+@case("demo-report over a metrics.json the user wrote", "run_user/metrics.json: exists and was not written by "
+      "vpltool", "move it away, or pass --overwrite")
+def _demo_report_over_user_metrics(ws: Workspace) -> Iterator[list[object]]:
+    run = ws.root / "run_user"
+    if not run.is_dir():
+        shutil.copytree(_demo_run(ws), run)
+    (run / "metrics.json").write_text('{"my": "figures"}\n')
+    yield ["demo-report", run]
+
+
+@case("choose-pseudo over a pseudo_choice.json the user wrote", "run_choice/metrics/pseudo_choice.json: exists "
+      "and was not written by vpltool", "pass --overwrite")
+def _choose_over_user_file(ws: Workspace) -> Iterator[list[object]]:
+    run = ws.root / "run_choice"
+    if not (run / "pseudo").is_dir():
+        shutil.copytree(ws.pseudo, run / "pseudo")
+        cli_ok("eval", run / "pseudo", "--json", run / "metrics" / "pseudo.json")
+    (run / "metrics" / "pseudo_choice.json").write_text("{}\n")
+    yield ["choose-pseudo", run, "none", "--refine", "none"]
 
 
 # --------------------------------------------------------------------------------------------- branch ssr

@@ -652,3 +652,31 @@ def test_the_items_digest_follows_images_and_labels(tmp_path):
     again = open_dataset(root).items_sha()
     (root / "labels.csv").write_text("id,labels\na,dog\nb,cat\nc,dog cat\n")
     assert open_dataset(root).items_sha() != again
+
+
+def test_a_folder_is_never_used_with_its_dataset_changed_but_a_moved_copy_is(tmp_path):
+    import os
+    import shutil
+
+    from vpltool import io
+    from vpltool.data import check_recorded, open_recorded
+
+    root = _folder(tmp_path)
+    made = tmp_path / "made"
+    made.mkdir()
+    io.write_stage_record(made, "crf", params={}, inputs=open_dataset(root).inputs(), count=3)
+    assert [it.id for it in open_recorded(made).items] == ["a", "b", "c"]  # unchanged: it passes
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copy)  # new times, same files
+    check_recorded(made, open_dataset(copy), "--data")
+    os.utime(root / "images" / "b.png", ns=(1, 1))  # replaced by a file of the same size
+    with pytest.raises(ContractError, match=r"made: made from .*pets as it was before a change: an image was "
+                                            r"replaced or touched since"):
+        open_recorded(made)
+    (copy / "labels.csv").write_text("id,labels\na,dog;cat\nb,dog\nc,dog cat\n")  # other labels under one id
+    with pytest.raises(ContractError, match=r"--data .*copy: not the dataset .*made was made from .*its labels"):
+        check_recorded(made, open_dataset(copy), "--data")
+    (copy / "labels.csv").write_text("id,labels\na,dog;cat\nb,cat\nc,dog cat\n")
+    (copy / "classes.txt").write_text("\n".join(open_dataset(root).classes[:0:-1]) + "\n")  # another class order
+    with pytest.raises(ContractError, match=r"another class list"):
+        check_recorded(made, open_dataset(copy), "--data")

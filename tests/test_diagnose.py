@@ -10,6 +10,7 @@ import torch
 from vpltool import io
 from vpltool.diagnose import pixel_labels, run_diagnose
 from vpltool.errors import VplError
+from vpltool.io.marks import marked
 
 
 def test_pixel_labels_are_the_argmax_row_with_background_rows_as_zero():
@@ -51,7 +52,7 @@ def test_diagnose_reports_every_figure_and_ranks_an_ideal_classifier_first(featu
                                                                            tmp_path):
     out = tmp_path / "diag.json"
     result = run_diagnose(features_dir, [gt_prototypes], text_protos, json_out=out)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(marked(result, "diagnosis")))
     text_row, vision_row = result["rows"]
     assert (text_row["source"], vision_row["source"]) == ("text", "vision")
     for row in result["rows"]:

@@ -509,3 +509,22 @@ def test_side_folders_are_marked_and_a_refused_run_removes_them(tmp_path):
         folder.complete(count=0, ids=[])
     assert io.read_json(side / io.SIDE_RECORD)["option"] == "--save-overlays"
     io.check_outputs("cam", {"--out": (out, "stage"), "--save-overlays": (side, "side")})  # the same run again
+
+
+def test_every_file_output_records_its_kind_and_the_guard_reads_it(tmp_path):
+    from vpltool.io.marks import file_kind
+
+    scores = io.write_json(tmp_path / "s.json", {"miou": 0.5}, kind="scores")
+    chart = io.write_chart(tmp_path / "c.png", [{"loss": [(0, 1.0), (1, 0.5)]}], kind="loss-curve")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    assert (file_kind(scores), file_kind(chart), file_kind(notes)) == ("scores", "loss-curve", None)
+    io.check_outputs("eval", {"--json": (scores, "file", "scores")})  # the same kind: replaced
+    for path, kind, found in ((scores, "diagnosis", "holds scores"), (chart, "scores", "holds a loss curve"),
+                              (notes, "scores", "was not written by vpltool")):
+        with pytest.raises(VplError, match=found):
+            io.check_outputs("x", {"--json": (path, "file", kind)})
+        io.check_outputs("x", {"--json": (path, "file", kind)}, overwrite=True)
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    io.check_outputs("x", {"--json": (empty, "file", "scores")})  # nothing to lose

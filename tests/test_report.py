@@ -12,6 +12,7 @@ from vpltool.cam import run_cam
 from vpltool.config import RuntimeConfig
 from vpltool.demo.report import format_report, run_demo_report
 from vpltool.eval import run_eval
+from vpltool.io.marks import marked
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_report_rows_baselines_and_sheet(run):
     assert report["sheets"] == [str(run / "contact_sheet.png")]
     with Image.open(run / "contact_sheet.png") as img:
         assert img.mode == "RGB" and img.height > 16 * 2  # tiles plus the class legend
-    assert io.read_json(run / "metrics.json") == report
+    assert io.read_json(run / "metrics.json") == marked(report, "run-metrics")  # its kind first
     format_report(report)  # renders without the held-out columns' data
 
 
@@ -54,7 +55,7 @@ def test_compared_refinements_get_their_own_rows_and_the_choice_is_shown(run, tm
     text = [(r["refine"], r["train"]["miou"]) for r in report["stages"] if r["stage"] == "CAM, text prototypes"]
     assert text[0][0] == "caa" and text[1:] == [("caa+sgc", 0.5), ("none", 0.4)]
     assert not any(r["stage"].startswith("CRF masks from text") for r in report["stages"])  # none scored
-    assert report["pseudo_choice"] == choice and choice["chosen"] == "caa+sgc"
+    assert report["pseudo_choice"] == marked(choice, "pseudo-choice") and choice["chosen"] == "caa+sgc"
     decoder = next(r for r in report["stages"] if r["stage"] == "decoder prediction")
     assert decoder["refine"] == "caa+sgc"  # trained on the chosen masks
     from rich.console import Console
@@ -63,3 +64,25 @@ def test_compared_refinements_get_their_own_rows_and_the_choice_is_shown(run, tm
     console.print(format_report(report))
     shown = console.export_text()
     assert "caa+sgc → decoder" in shown and "pseudo masks for the decoder: caa+sgc" in shown
+
+
+def test_dense_rows_follow_the_pipeline_and_are_no_refinement(run, tmp_path):
+    """RUN/metrics/dense/<method>/ (issue 35) adds the dense methods' rows; it is not a compared refinement."""
+    dense = tmp_path / "run"
+    shutil.copytree(run, dense)
+    iou = {"background": 0.8, "circle": 0.2, "star": None, "square": 0.4}
+    io.write_json(dense / "metrics" / "dense" / "naclip" / "segment_val.json", {"miou": 0.3, "n_images": 2,
+                                                                               "iou": iou})
+    io.write_json(dense / "metrics" / "dense" / "naclip" / "cams.json", {"miou": 0.25, "n_images": 3})
+    report = run_demo_report(dense)
+    assert not any(r["refine"] == "dense" for r in report["stages"])
+    rows = {r["stage"]: r for r in report["dense"]}
+    zero = rows["zero-shot segmentation, no labels (segment --dense)"]
+    assert zero["val"]["miou"] == 0.3 and zero["train"] is None and zero["held_out"] == pytest.approx(0.3)
+    assert rows["CAM, dense (cam --dense)"]["train"]["miou"] == 0.25
+    assert "CRF masks from dense CAMs" not in rows  # not scored: no row
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(format_report(report))
+    assert "--dense naclip" in console.export_text()

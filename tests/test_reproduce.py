@@ -55,7 +55,7 @@ def test_make_voc_runs_every_stage_with_the_paper_settings():
     assert "--iters 30000 --recipe vpl" in stage(cmds, "train-decoder")
     assert "--split val -o runs/voc/pred_val --crf" in stage(cmds, "predict")
     assert "--split" not in stage(cmds, "eval", nth=3)  # the val predictions are scored on their own split
-    assert stage(cmds, "demo-report").endswith("demo-report runs/voc")
+    assert stage(cmds, "demo-report").endswith("demo-report runs/voc --overwrite")
 
 
 def test_make_coco_uses_coco_background_and_box_threshold():
@@ -134,7 +134,7 @@ def test_make_report_compares_refinements_and_chooses_the_decoders_masks_on_trai
     assert "--refine none --device" in next(c for c in cmds if "-o runs/x/cams_text " in c)  # W's seeds: none
     decoder = next(c for c in cmds if "train-decoder" in c)
     assert decoder.startswith("pseudo=$(")  # the recipe stops if the choice fails
-    assert "choose-pseudo runs/x none caa caa+sgc --refine none --pick auto) && " in decoder
+    assert "choose-pseudo runs/x none caa caa+sgc --refine none --pick auto --overwrite) && " in decoder
     assert 'train-decoder "$pseudo" -p runs/x/vision_prototypes.safetensors' in decoder
 
 

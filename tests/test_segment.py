@@ -126,3 +126,36 @@ def test_segment_and_dense_cam_loops_never_stall(world, tiny_spec, text_protos, 
                             RuntimeConfig(device="cpu", precision="fp32", batch_size=8, workers=1), split="train")
     assert len(counters) == 3
     assert counters and sum(c.total for c in counters) == 0, [dict(c.counts) for c in counters]
+
+
+@pytest.mark.cuda
+def test_the_dense_loops_never_synchronise_on_a_gpu(world, tiny_spec, text_protos, tmp_path, monkeypatch):
+    """segment (NACLIP: PAMR; SCLIP: windows and the area filter) and cam --dense on CUDA at batch 2: after the first
+    batch, no call of the main loop waits for the device (torch raises on one)."""
+    import torch
+
+    from vpltool.cam import dense as dense_cam
+
+    def checked(real):
+        def wrapped(*args, **kwargs):
+            seen = 0
+            try:
+                for batch in real(*args, **kwargs):
+                    if seen:
+                        torch.cuda.set_sync_debug_mode("error")
+                    seen += 1
+                    yield batch
+                    torch.cuda.set_sync_debug_mode("default")
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return wrapped
+
+    monkeypatch.setattr(segmentor, "load_batches", checked(segmentor.load_batches))
+    monkeypatch.setattr(dense_cam, "load_batches", checked(dense_cam.load_batches))
+    gpu = RuntimeConfig(device="cuda", batch_size=2, workers=2)
+    ds = open_dataset(world, "train")
+    for method in ("naclip", "sclip"):
+        assert run_segment(ds, tmp_path / method, tiny_spec, SegmentConfig(dense=method, slide_crop=32, slide_stride=16,
+                                                                           **SMALL), gpu).done == len(ds.items)
+    assert dense_cam.run_dense_cam(world, text_protos, tmp_path / "cams", SegmentConfig(dense="naclip", short_side=48),
+                                   gpu, split="train").done == len(ds.items)

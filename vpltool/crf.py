@@ -265,7 +265,7 @@ def run_crf(
         raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
                        f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
     start = time.perf_counter()
-    inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), "dataset": record["inputs"]["dataset"]}
+    inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
     with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs) as folder:
         todo = [(i, str(items[i].image)) for i in folder.todo(ids, io.mask_path)]
         if on_start:

@@ -119,9 +119,10 @@ def gap_figures(protos: io.Prototypes, text: io.Prototypes | None, centroids: to
 def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: str | Path | None = None,
                  runtime: RuntimeConfig = RuntimeConfig(), *, cfg: EvalConfig = EvalConfig(),
                  json_out: str | Path | None = None, on_start: Callable[[int], None] | None = None,
-                 on_item: Callable[[int], None] | None = None, backbone: ClipBackbone | None = None
-                 ) -> dict[str, Any]:
-    """Phase-1 figures of each prototypes file (and of ``text``, first, when given) on an `extract` folder.
+                 on_item: Callable[[int], None] | None = None, backbone: ClipBackbone | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Phase-1 figures of each prototypes file (and of ``text``, first, when given) on an `extract` folder;
+    ``json_out`` replaces a file there only if it holds a diagnosis, anything else only with ``overwrite``.
 
     Returns:
         ``{"images": n, "rows": [{"prototypes", "source", "pixel", "gradcam_input", "gradcam_output",
@@ -139,7 +140,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
                                 else None) for i, p in enumerate(paths)]
     text_protos = files[0] if text is not None else None
     dataset = open_recorded(features)
-    io.check_outputs("diagnose", {"--json": (json_out, "file")},
+    io.check_outputs("diagnose", {"--json": (json_out, "file", "diagnosis")}, overwrite=overwrite,
                      inputs={"the extract folder": features, "--text": text,
                              **{f"--prototypes {p}": p for p in prototypes}}, protected=dataset.folders())
     items = {it.id: it for it in dataset.items if it.gt is not None}
@@ -173,7 +174,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
             for p, f, s in zip(paths, files, scores)]
     result = {"features": str(features), "images": len(ids), "rows": rows}
     if json_out is not None:
-        io.write_json(json_out, result)
+        io.write_json(json_out, result, kind="diagnosis")
     return result
 
 

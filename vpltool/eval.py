@@ -253,17 +253,18 @@ def _check_split(folder: Path, recorded: Mapping[str, Any], split: str | None) -
 def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str | None = None,
              cfg: EvalConfig = EvalConfig(), json_out: str | os.PathLike | None = None,
              ids: Sequence[str] | None = None, per_image_out: str | os.PathLike | None = None,
-             ) -> tuple[dict[str, Any], list[str]]:
+             overwrite: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Score a folder of masks (PNG) or CAMs (``cam`` stage output) against the dataset's ground truth.
 
     The dataset defaults to the one recorded by the stage that wrote ``predictions``; ``split`` overrides the
     recorded split. Returns ``(result, classes)`` and writes ``json_out`` atomically when given; ``per_image_out``
     (``--per-image``): each image's mIoU and per-class IoU as JSON (``folder``, ``kind``, ``classes``,
-    ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged.
+    ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged. ``overwrite``:
+    replace files of another kind there (:func:`vpltool.io.check_outputs`).
     """
-    from .data import open_dataset
+    from .data import check_recorded, open_dataset, reopen
 
-    folder = Path(predictions)
+    folder, given = Path(predictions), data is not None
     if not folder.is_dir():
         raise VplError(f"{folder}: predictions folder not found")
     if json_out is not None:
@@ -282,10 +283,12 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         data, split = recorded["root"], split or recorded.get("split")
     elif split is None and recorded is not None and not Path(data).is_file():
         split = recorded.get("split")  # --data alone (a moved or copied dataset): the split it was made from
-    dataset = open_dataset(data, split)
-    io.check_outputs("eval", {"--json": (json_out, "file"), "--per-image": (per_image_out, "file")},
+    opened = open_dataset(data, split) if given else reopen(recorded, split)  # its --labels-file, if any
+    dataset = check_recorded(folder, opened, "--data" if given else None)
+    io.check_outputs("eval", {"--json": (json_out, "file", "scores"),
+                              "--per-image": (per_image_out, "file", "per-image-scores")},
                      inputs={"the folder scored": folder, "--data": data},
-                     protected=dataset.folders())
+                     protected=dataset.folders(), overwrite=overwrite)
     with_gt = {it.id: it.gt for it in dataset.items if it.gt is not None}
     images = {it.id: it.image for it in dataset.items}
     if not with_gt:
@@ -312,9 +315,9 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     if per_image_out is not None:
         io.write_json(per_image_out, {"folder": str(folder), "kind": result["kind"], "classes": result["classes"],
                                       **({"bg_exponent": result["bg_exponent"]} if is_cam else {}),
-                                      "images": each})
+                                      "images": each}, kind="per-image-scores")
     if json_out:
-        io.write_json(json_out, result)
+        io.write_json(json_out, result, kind="scores")
     return result, list(dataset.classes)
 
 

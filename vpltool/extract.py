@@ -121,7 +121,7 @@ def run_extract(
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
         seconds = time.perf_counter() - start
         complete = folder.finish([it.id for it in dataset.items], io.feature_path, index, count,
-                                 inputs={**inputs, "items": dataset.items_sha()}, classes=list(dataset.classes))
+                                 inputs=dataset.inputs(), classes=list(dataset.classes))
     return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
 
 

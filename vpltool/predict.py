@@ -200,6 +200,9 @@ def run_predict(
         if cfg.crf_backend == "pydensecrf":
             densecrf_module()  # one line before the decoder loads
     if cfg.dense != "none":
+        if overlays is not None:
+            raise VplError(f"--save-overlays: not made with --dense {cfg.dense}; drop one of them (vpltool report "
+                           "shows the masks over the images)")
         return _predict_dense(decoder_file, dataset, out, cfg, runtime, device, dtype, shard, on_item, on_start,
                               backbone)
     model, f = load_decoder(decoder_file, device)
@@ -213,7 +216,7 @@ def run_predict(
     params = {**to_params(cfg), "decoder": decoder_id}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
-    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
+    inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                         shard=(index, count),
@@ -245,19 +248,18 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     dense last block (:mod:`vpltool.backbone.segmentor`, the method's settings), the decoder's own text templates
     and background words as queries; the decoder itself is not run (names it never trained on)."""
     from .backbone.segmentor import query_rows, write_dense_masks
-    from .config import SegmentConfig
 
     f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())
     prompts = recorded_prompts(f)
     check_vocabulary(cfg.classes, prompts, f.path)
-    settings = SegmentConfig(dense=cfg.dense).resolved()
+    settings = cfg.segment_config().resolved()
     classes = ["background", *cfg.classes]
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id,
               "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
-    inputs = {"decoder": decoder_id["sha256"], "dataset": dataset.identity(), "items": dataset.items_sha()}
+    inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                         shard=(index, count)) as folder:

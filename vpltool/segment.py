@@ -28,7 +28,16 @@ from pathlib import Path
 from . import io, presets
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .backbone.prompts import resolve_background, resolve_templates
-from .backbone.segmentor import query_rows, write_dense_masks
+from .backbone.segmentor import (  # the segmentor's pure functions, importable from here too
+    class_probabilities,
+    dense_logits,
+    dense_probabilities,
+    pamr,
+    query_rows,
+    segment_logits,
+    short_side_size,
+    write_dense_masks,
+)
 from .batches import (
     header_sizes,
     shard_from_env,
@@ -103,7 +112,7 @@ def run_segment(
               "template_list": templates, "background_words": background}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
-    inputs = {"dataset": dataset.identity(), "items": dataset.items_sha()}
+    inputs = dataset.inputs()
     start = time.perf_counter()
     with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                         shard=(index, count)) as folder:
@@ -118,7 +127,7 @@ def run_segment(
             try:
                 text, query_class = query_rows(bb, class_synonyms(names), templates, background)
             except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
-                raise VplError(f"--classes: {e}") from None
+                raise VplError(f"--classes / --templates / --background: {e}") from None
             write_dense_masks(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype,
                               on_item)
         folder.finish(ids, io.mask_path, index, count, classes=classes)
@@ -127,4 +136,5 @@ def run_segment(
 
 
 __all__ = ["STAGE", "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
-           "SYNONYM_SEPARATOR"]
+           "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
+           "segment_logits", "short_side_size", "write_dense_masks"]

@@ -48,14 +48,15 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
 
 def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec,
                         cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto", *,
-                        source: str | Path | None = None) -> io.Prototypes:
+                        source: str | Path | None = None, overwrite: bool = False) -> io.Prototypes:
     """Encode and write the prototypes file; returns what was written.
 
     The output path (never the ``source`` extract folder it was read from, nor in its dataset), the classes and the
-    templates are checked before the model loads (a wrong ``-o`` costs nothing)."""
+    templates are checked before the model loads (a wrong ``-o`` costs nothing); a file there is replaced if it holds
+    text prototypes, anything else only with ``overwrite``."""
     out = io.check_writable_target(out)
     files = {"--templates": cfg.templates, "--background": cfg.background}
-    io.check_outputs("text-prototypes", {"--out": (out, "file")},
+    io.check_outputs("text-prototypes", {"--out": (out, "file", "prototypes:text")}, overwrite=overwrite,
                      inputs={"the extract folder": source,
                              **{option: spec for option, spec in files.items() if io.is_regular_file(spec)}},
                      protected=recorded_folders(source) if source is not None else ())

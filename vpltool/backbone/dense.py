@@ -34,7 +34,13 @@ Stable API (used by ``benchmarks/dense_parity.py``):
 * ``load_backbone(spec, device, dense="naclip")`` or ``bb.with_dense("naclip")``;
 * ``bb.dense_features(pixels)``: ``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size)
   -> ``[B, h*w, D]`` joint-space patch features, not normalised;
-* the segmentor (slide inference, probabilities, PAMR): :mod:`vpltool.segment`.
+* the segmentor (:mod:`vpltool.backbone.segmentor`, also importable from :mod:`vpltool.segment`):
+  ``segment_logits(bb, pixels, text, settings, sizes)`` (slide inference + PAMR with a method's
+  :class:`~vpltool.config.DenseSettings`; ``SegmentConfig(dense=M).resolved()`` gives the method's own) or
+  ``dense_logits(bb, pixels, text, sizes, crop, stride, pad, whole)`` -> per image ``[Q, H0, W0]`` cosine logits at
+  image size; ``pamr(image, logits, steps, dilations)``; ``dense_probabilities(logits, query_class, n_classes,
+  logit_scale, prob_threshold, area_threshold)`` -> (``[C, H0, W0]`` probabilities, ``[H0, W0]`` labels);
+  ``query_rows(bb, classes, templates, background)`` -> the text queries.
 """
 
 from __future__ import annotations

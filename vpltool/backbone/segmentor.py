@@ -159,8 +159,25 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: 
     diff = torch.cat([(image[:, :, None] - _shifted(image, d, False)).abs() for d in dilations], dim=2)
     affinity = F.softmax((-diff / (1e-8 + 0.1 * std)).mean(1, keepdim=True), dim=2)  # [B, 1, P, H, W]
     for _ in range(steps):
-        mask = (torch.cat([_shifted(mask, d, False) for d in dilations], dim=2) * affinity).sum(2)
+        mask = _propagate(mask, affinity, dilations)
     return mask
+
+
+def _propagate(mask: torch.Tensor, affinity: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """One PAMR step: ``sum_n affinity_n * mask(neighbour n)``, neighbour by neighbour in :func:`_shifted`'s order,
+    so that no ``[B, C, P, H, W]`` tensor is made (81 COCO classes at VOC size would need ~1 GB)."""
+    height, width = mask.shape[-2:]
+    out, n = None, 0
+    for d in dilations:
+        xp = F.pad(mask, (d, d, d, d), mode="replicate")
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if (dy, dx) == (0, 0):
+                    continue
+                term = xp[..., d + dy * d : d + dy * d + height, d + dx * d : d + dx * d + width] * affinity[:, :, n]
+                out = term if out is None else out + term
+                n += 1
+    return out
 
 
 def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, n_classes: int, logit_scale: float

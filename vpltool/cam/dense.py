@@ -64,7 +64,7 @@ def run_dense_cam(
     params = {"source": "dense", "dense": cfg.dense,
               "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
               "prototypes": io.file_identity(protos.path, source=protos.source)}
-    inputs = {"dataset": dataset.identity(), "items": dataset.items_sha()}
+    inputs = dataset.inputs()
     index, count = shard_of_env(shard)
     ids = [it.id for it in dataset.items]
     start = time.perf_counter()

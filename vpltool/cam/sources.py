@@ -21,7 +21,7 @@ from .. import io
 from ..backbone import ClipBackbone
 from ..batches import header_sizes
 from ..config import CAM_ATTENTION_BLOCKS, CamConfig, ExtractConfig, check_tokens, from_params
-from ..data import open_recorded, recorded_folders
+from ..data import open_if_present, open_recorded, recorded_folders
 from ..device import autocast
 from ..errors import ContractError, VplError
 from .caa import needs_image
@@ -100,11 +100,11 @@ class FromFeatures:
                            "CLIP-ES; re-run extract with --parity clip-es")
         self.ids = io.item_ids(features)
         self.need_images = needs_image(cfg) or not self.extract_cfg.store_tokens
-        self.inputs = {"features": io.sha256_file(io.stage_record_path(features)),
-                       "dataset": self.record["inputs"]["dataset"]}
+        self.data = open_if_present(features)  # a dataset changed since extract is refused, needed or not
+        self.inputs = {"features": io.sha256_file(io.stage_record_path(features)), **io.dataset_inputs(self.record)}
 
     def dataset(self):
-        return open_recorded(self.features)
+        return self.data if self.data is not None else open_recorded(self.features)
 
     def folders(self):
         return recorded_folders(self.features)
@@ -154,7 +154,7 @@ class FromDataset:
         self.model = self.protos.model
         self.ids = [it.id for it in self.data.items]
         self.need_images, self.cfg = True, cfg
-        self.inputs = {"dataset": self.data.identity(), "items": self.data.items_sha()}
+        self.inputs = self.data.inputs()
 
     def dataset(self):
         return self.data

@@ -77,6 +77,9 @@ Workers = Annotated[Optional[int], typer.Option(
     show_default=False, rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
                                          rich_help_panel=RUNTIME)]
+OverwriteFile = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file that vpltool did "
+                                             "not write, or wrote as another kind (a file of the kind this command "
+                                             "writes is replaced anyway).", rich_help_panel=RUNTIME)]
 LogFile = Annotated[Optional[Path], typer.Option("--log", envvar="VPLTOOL_LOG", rich_help_panel=RUNTIME,
                                                  parser=file_path, metavar="<path>",
                                                  help="Also append progress and the result line to this file.")]

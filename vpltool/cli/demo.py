@@ -10,7 +10,7 @@ import typer
 from ..config import CamConfig
 from ..demo.config import ToyClipConfig, WorldConfig
 from . import app
-from .common import LogFile, Overwrite, Verbose, friendly_errors, progress, say
+from .common import LogFile, Overwrite, OverwriteFile, Verbose, friendly_errors, progress, say
 
 DEMO = "Demo world"
 
@@ -107,6 +107,7 @@ def choose_pseudo_cmd(
                                         "masks are RUN/pseudo, any other R's RUN/R/pseudo.")] = CamConfig.refine,
     pick: Annotated[str, typer.Option(help="auto (the highest train-split pseudo-mask mIoU) or one of AMONG.")] =
         "auto",
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -120,7 +121,7 @@ def choose_pseudo_cmd(
     """
     from ..demo.choose_pseudo import choose_pseudo, describe
 
-    choice = choose_pseudo(run, among, refine, pick)
+    choice = choose_pseudo(run, among, refine, pick, overwrite=overwrite)
     say(describe(choice))
     typer.echo(choice["folder"])
 
@@ -129,6 +130,7 @@ def choose_pseudo_cmd(
 @friendly_errors
 def demo_report_cmd(
     run: Annotated[Path, typer.Argument(help="A demo run folder (the Makefile's RUN).")] = Path("runs/demo"),
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -138,7 +140,7 @@ def demo_report_cmd(
 
     from ..demo.report import format_report, run_demo_report
 
-    report = run_demo_report(run)
+    report = run_demo_report(run, overwrite=overwrite)
     Console().print(format_report(report))
     say(f"[green]✓[/] demo-report → {', '.join([str(run / 'metrics.json'), *report['sheets']])}; every image: "
         f"`vpltool report {run}` (make report) → {run / 'report' / 'index.html'}")

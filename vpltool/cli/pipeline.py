@@ -31,6 +31,7 @@ from .common import (
     OutDir,
     OutFile,
     Overwrite,
+    OverwriteFile,
     Precision,
     PretrainedOpt,
     Shard,
@@ -137,6 +138,7 @@ def text_prototypes_cmd(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: Device = _R.device,
     model_config_dir: ModelConfigDir = None,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -156,7 +158,7 @@ def text_prototypes_cmd(
     else:
         raise VplError("give an extract folder, or --classes 'a,b,c' with --model/--pretrained")
     cfg = TextPrototypesConfig(templates=templates, background=background, synonyms=synonyms, parity=parity)
-    protos = run_text_prototypes(class_list, out, spec, cfg, device=device, source=features)
+    protos = run_text_prototypes(class_list, out, spec, cfg, device=device, source=features, overwrite=overwrite)
     n_bg = int((protos.row_class == 0).sum())
     say(f"[green]✓[/] text-prototypes: {len(class_list) - 1} classes + {n_bg} background words, "
               f"{protos.dim}-d, {protos.params['n_templates']} template(s) → {out}")
@@ -216,6 +218,8 @@ def cam_cmd(
                                                                "method's].", show_default=False)] = None,
     dense_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
                                                             "[default: the method's].", show_default=False)] = None,
+    dense_stride: Annotated[Optional[int], typer.Option(help="--dense: sliding window stride [default: the "
+                                                        "method's].", show_default=False)] = None,
     dense_pamr: Annotated[Optional[int], typer.Option(help="--dense: PAMR steps (0 = off) [default: the "
                                                             "method's].", show_default=False)] = None,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
@@ -243,8 +247,13 @@ def cam_cmd(
     if dense != "none":
         from ..config import SegmentConfig
 
+        for option, value in (("--save-overlays", save_overlays), ("--save-debug", save_debug),
+                              ("--parity", None if parity == "none" else parity)):
+            if value is not None:
+                raise VplError(f"{option}: not made with --dense {dense} (no GradCAM, no CAA); drop one of them")
+
         seg = SegmentConfig(dense=dense, short_side=dense_side, logit_scale=dense_scale, slide_crop=dense_crop,
-                            pamr_steps=dense_pamr)
+                            slide_stride=dense_stride, pamr_steps=dense_pamr)
         with progress("cam") as (on_start, on_item):
             s = run_dense_cam(source, prototypes, out, seg, runtime(device, precision, batch_size, workers, overwrite),
                               split=split, shard=shard_of(shard), on_item=on_item, on_start=on_start)
@@ -295,6 +304,7 @@ def learn_prototypes_cmd(
     plot: Annotated[Optional[Path], typer.Option(help="Loss-curve PNG (default: OUT stem + .loss.png).",
                                                  parser=file_path, metavar="<path>")] = None,
     device: Device = _R.device,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -315,7 +325,7 @@ def learn_prototypes_cmd(
                                            pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb))
     with progress("learn-prototypes", unit="iterations") as (on_start, on_item):
         s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device), on_start=on_start,
-                                 on_iter=lambda i, loss: on_item(1), plot=plot)
+                                 on_iter=lambda i, loss: on_item(1), plot=plot, overwrite=overwrite)
     before, after = s["gap_before"], s["gap_after"]
     say(f"[green]✓[/] learn-prototypes: {s['n_pixels']} pixels, {iters} iterations in {s['seconds']:.1f}s; "
         f"mean cross-entropy {s['loss_curve'][0][1]:.4f} → {s['final_loss']:.4f} nats; prototype-to-region "

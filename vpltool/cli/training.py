@@ -17,6 +17,7 @@ from .common import (
     LogFile,
     OutDir,
     Overwrite,
+    OverwriteFile,
     Precision,
     Shard,
     Split,
@@ -173,6 +174,15 @@ def predict_cmd(
                                        "maskclip | sclip | clearclip | naclip (the decoder's frozen CLIP with that "
                                        "training-free dense last block scores them instead, with the method's "
                                        "segmentor settings: for names the decoder never trained on).")] = _P.dense,
+    dense_side: Annotated[Optional[int], typer.Option(help="--dense: resize to this short side [default: the "
+                                                      "method's].", show_default=False)] = None,
+    dense_threshold: Annotated[Optional[float], typer.Option(help="--dense: a pixel whose top probability is below "
+                                                             "this is background [default: the method's].",
+                                                             show_default=False)] = None,
+    dense_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
+                                                      "[default: the method's].", show_default=False)] = None,
+    dense_stride: Annotated[Optional[int], typer.Option(help="--dense: sliding window stride [default: the "
+                                                        "method's].", show_default=False)] = None,
     shard: Shard = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,
@@ -190,9 +200,11 @@ def predict_cmd(
     """
     from ..predict import parse_class_names, run_predict
 
-    cfg = PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
+    cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
                         long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
-                        classes=None if classes is None else parse_class_names(classes), dense=dense)
+                        classes=None if classes is None else parse_class_names(classes), dense=dense,
+                        dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
+                        dense_stride=dense_stride))
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                         overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)
@@ -215,6 +227,7 @@ def eval_cmd(
     per_image: Annotated[Optional[Path], typer.Option("--per-image", help="Also write each image's mIoU and "
                                                       "per-class IoU as JSON here (CAM folders: at the best "
                                                       "exponent).")] = None,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -233,7 +246,7 @@ def eval_cmd(
 
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"), parity=parity)
     result, classes = run_eval(predictions, data=data, split=split, cfg=cfg, json_out=json_out,
-                               per_image_out=per_image)
+                               per_image_out=per_image, overwrite=overwrite)
     Console(width=None if typer.get_text_stream("stdout").isatty() else 100).print(format_table(result, classes))
     extra = f" (bg exponent {result['bg_exponent']:g})" if "bg_exponent" in result else ""
     say(f"[green]✓[/] eval: mIoU {100 * result['miou']:.2f} over {result['n_images']} images{extra}")
@@ -251,6 +264,7 @@ def diagnose_cmd(
         floats_text(EvalConfig.bg_exponents),
     json_out: JsonFile = None,
     device: Device = _R.device,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -271,7 +285,7 @@ def diagnose_cmd(
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"))
     with progress("diagnose") as (on_start, on_item):
         result = run_diagnose(features, prototypes, text, runtime(device), cfg=cfg, json_out=json_out,
-                              on_start=on_start, on_item=on_item)
+                              on_start=on_start, on_item=on_item, overwrite=overwrite)
     Console(width=None if typer.get_text_stream("stdout").isatty() else 140).print(format_result(result))
     say(f"[green]✓[/] diagnose: {result['images']} images, {len(result['rows'])} prototypes file(s)"
         + (f" → {json_out}" if json_out else ""))

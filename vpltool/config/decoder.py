@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..presets import check_class_names
@@ -171,10 +171,17 @@ class PredictConfig:
     # with --classes: none (the decoder scores the names' text rows) | a training-free dense method of the decoder's
     # frozen CLIP (vpltool.backbone.dense), for names the decoder never trained on: the decoder is then not run
     dense: str = "none"
+    # the dense method's segmentor settings (vpltool.config.DENSE_SEGMENTORS); None = the method's own
+    dense_side: int | None = None
+    dense_threshold: float | None = None
+    dense_crop: int | None = None
+    dense_stride: int | None = None
 
     def __post_init__(self) -> None:
         choice("--crf-backend", self.crf_backend, CRF_BACKENDS)
         choice("--dense", self.dense, DENSE_CHOICES)
+        if self.dense != "none":
+            self.segment_config()  # its one-line errors now
         require(self.dense == "none" or self.classes is not None,
                 f"--dense {self.dense} scores --classes names with the frozen CLIP; give --classes too")
         require(len(self.scales) > 0, "--scales is empty: give at least one scale, e.g. 1.0,0.75")
@@ -193,6 +200,17 @@ class PredictConfig:
     def inert(self) -> dict[str, str]:
         """Fields without effect here (:func:`vpltool.config.inert_fields`): ``--dense none`` is not recorded, so
         folders made before the option resume."""
-        return {"dense": "without a dense method"} if self.dense == "none" else {}
+        if self.dense == "none":
+            return {k: "without --dense" for k in ("dense", "dense_side", "dense_threshold", "dense_crop",
+                                                     "dense_stride")}
+        unused = ("scales", "flip", "long_side", "crf", *(f.name for f in fields(self) if f.name.startswith("crf_")))
+        return {k: f"with --dense {self.dense} (the decoder does not run)" for k in unused}
+
+    def segment_config(self):
+        """The :class:`~vpltool.config.SegmentConfig` of ``--dense`` and its settings (the method's where None)."""
+        from .dense import SegmentConfig
+
+        return SegmentConfig(dense=self.dense, short_side=self.dense_side, prob_threshold=self.dense_threshold,
+                             slide_crop=self.dense_crop, slide_stride=self.dense_stride)
 
 

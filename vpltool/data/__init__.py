@@ -5,6 +5,7 @@ folder they downloaded. Layouts are described in docs/datasets.md. Torch-free.
 """
 
 
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -13,14 +14,23 @@ from pathlib import Path
 
 from ..config import MIN_IMAGE_SIDE
 from ..errors import ContractError, VplError
-from ..io import mask_size, recorded_dataset_identity, stage_record_path
+from ..io import (
+    feature_path,
+    mask_size,
+    read_header,
+    read_record,
+    recorded_dataset_identity,
+    sha256_file,
+    stage_record_path,
+)
 from .coco import is_coco_root, open_coco
 from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
 from .folder import open_folder
 from .manifest import open_manifest, write_manifest
 from .voc import find_voc_root, open_voc
 
-__all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "check_sizes", "open_dataset",
+__all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "check_recorded", "check_sizes",
+           "open_dataset", "open_if_present", "reopen",
            "open_recorded", "recorded_folders", "write_manifest"]
 
 
@@ -82,7 +92,103 @@ def open_recorded(folder: str | os.PathLike, split: str | None = None) -> Datase
     if not Path(ident["root"]).exists():
         raise VplError(f"{record}: its dataset {ident['root']} is gone (moved or deleted); put it back there, or "
                        "re-run the pipeline from `extract` on its new place")
-    return open_dataset(ident["root"], split or ident.get("split"))
+    return check_recorded(folder, reopen(ident, split))
+
+
+def reopen(ident: dict, split: str | None = None) -> Dataset:
+    """The dataset a record's identity names (``inputs.dataset``), opened again; ``split``: another split of it
+    (None = the recorded one). The recorded split is read with the label file it was read with (``--labels-file``:
+    the very file, by its sha256; a pickle the user allowed then is allowed again), another split with its own."""
+    split = split or ident.get("split")
+    labels = ident.get("labels_file") if split == ident.get("split") else None
+    if not isinstance(labels, dict):
+        return open_dataset(ident["root"], split)
+    path = Path(str(labels.get("path")))
+    if not path.is_file() or sha256_file(path) != labels.get("sha256"):
+        raise ContractError(f"{path}: the label file dataset {ident['root']} was read with (--labels-file) is gone or "
+                            "changed since; restore it, or re-run `vpltool extract` and the stages after it")
+    return open_dataset(ident["root"], split, labels_file=path, allow_pickle=path.suffix.lower() == ".npy")
+
+
+def open_if_present(folder: str | os.PathLike) -> Dataset | None:
+    """:func:`open_recorded` (the dataset checked against the folder's record) when the recorded dataset is still
+    in its place, else None: for a stage that can do without the dataset (`cam` on a full cache, `learn-prototypes`)
+    but must not go on from a folder whose dataset changed since."""
+    ident = recorded_dataset_identity(folder) if Path(folder).is_dir() else None
+    if not isinstance(ident, dict) or not Path(ident["root"]).exists():
+        return None
+    return open_recorded(folder)
+
+
+def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | None = None) -> Dataset:
+    """``dataset`` if it is the dataset, as it was, that ``folder``'s record names; else one line and exit 2.
+
+    Every stage that reads an earlier folder (and with it the dataset: its images, labels, masks) calls this, through
+    :func:`open_recorded` or directly (``eval --data``), so that no folder is ever made from, or scored against, a
+    dataset that changed since the folder was made. Compared with the record's ``inputs``
+    (:meth:`Dataset.inputs`; a stage reading a folder records them again in its own):
+
+    * the class list (``classes_sha``), always, even for another split of the dataset;
+    * for the same split: the number of items, and each item's id, labels and image by name and size (``files``:
+      what a moved or copied dataset keeps; the ground-truth masks are what `eval` scores against, not an input);
+    * at the recorded place: each image's modification time too (``items``), so that an image replaced by another
+      of the same size is caught. One ``stat`` per image, no pixel read. Digests a record of an older vpltool lacks
+      are not compared.
+
+    Args:
+        option: the option that gave ``dataset`` (``--data``) when the user named it, for the message.
+    """
+    path = stage_record_path(folder)
+    if not path.is_file():
+        return dataset
+    record = read_record(path)
+    inputs, found = record["inputs"], dataset.inputs()
+    now = found["dataset"]
+    ident = inputs.get("dataset")
+    if not isinstance(ident, dict):
+        return dataset
+    problem = _dataset_change(inputs, ident, now, found)
+    if problem is None:
+        return dataset
+    if option is not None and ident.get("root") != now["root"]:
+        raise ContractError(f"{option} {dataset.root}: not the dataset {folder} was made from ({ident.get('root')}, "
+                            f"its {path.name} says): {problem}; pass that dataset or an identical copy")
+    changed = _first_changed(folder, record, dataset)
+    first = f" (first: {changed})" if changed is not None else ""
+    raise ContractError(f"{folder}: made from {dataset.root} as it was before a change: {problem}{first}; re-run "
+                        "`vpltool extract` and the stages after it with --overwrite, or restore the dataset")
+
+
+def _dataset_change(inputs: dict, ident: dict, now: dict, found: dict) -> str | None:
+    """What differs between a record's dataset ``inputs`` and ``found`` (the dataset's, :meth:`Dataset.inputs`; see
+    :func:`check_recorded`), or None."""
+    if ident.get("classes_sha") not in (None, now["classes_sha"]):
+        return "another class list"
+    if ident.get("split") != now["split"] and "manifest" not in (ident.get("kind"), now["kind"]):
+        return None  # another split of the same dataset (a val split next to train): its classes alone
+    if isinstance(ident.get("n_items"), int) and ident["n_items"] != now["n_items"]:
+        return f"{now['n_items']} images where the record counts {ident['n_items']}"
+    if "files" in inputs and inputs["files"] != found["files"]:
+        return "an image's name or size, or its labels, differ under the same id"
+    if ident.get("root") == now["root"] and "items" in inputs and inputs["items"] != found["items"]:
+        return "an image was replaced or touched since (its modification time differs)"
+    return None
+
+
+def _first_changed(folder: str | os.PathLike, record: dict, dataset: Dataset) -> Path | None:
+    """The first image whose stamp differs from the one its features file records (an `extract` folder: each
+    file keeps its image's name, size and time); None elsewhere."""
+    if record.get("stage") != "extract":
+        return None
+    for item in dataset.items:
+        path = feature_path(folder, item.id)
+        try:
+            stamp = json.loads(read_header(path).get("vpltool.image_stamp", "null"))
+        except (VplError, ValueError):
+            continue
+        if stamp is not None and stamp != item.stamp():
+            return item.image
+    return None
 
 
 def recorded_folders(folder: str | os.PathLike) -> list[Path]:
@@ -92,8 +198,10 @@ def recorded_folders(folder: str | os.PathLike) -> list[Path]:
     if not isinstance(ident, dict) or not ident.get("root") or not Path(ident["root"]).exists():
         return []
     root = Path(ident["root"])
+    labels = ident.get("labels_file")
+    source = [Path(str(labels["path"]))] if isinstance(labels, dict) and labels.get("path") else []  # --labels-file
     if ident.get("kind") != "manifest":
-        return [root, *layout_folders(str(ident.get("kind")), root)]
+        return [root, *layout_folders(str(ident.get("kind")), root), *source]
     try:
         return open_manifest(root).folders()
     except VplError:

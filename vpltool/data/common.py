@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VplError, VplWarning
-from ..io.files import check_id, not_utf8, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
+from ..io.files import check_id, not_utf8, sha256_file, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
 from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
@@ -57,21 +57,48 @@ class Dataset:
     sources: tuple[Path, ...] = ()  # files read from outside the root (a --labels-file): protected like the root
 
     def identity(self) -> dict[str, Any]:
-        """What stage records store to tell datasets apart, without listing every item."""
+        """What stage records store to tell datasets apart, without listing every item; with ``labels_file`` (path
+        and sha256) when the labels came from a file given from elsewhere (``--labels-file``), so that later stages
+        read them again from it (:func:`vpltool.data.reopen`)."""
         classes_sha = hashlib.sha256(json.dumps(list(self.classes)).encode()).hexdigest()
         # absolute root so later stages reopen it from any working directory; a manifest is reopened as a whole
-        return {"kind": self.kind, "root": str(Path(self.root).resolve()),
-                "split": None if self.kind == "manifest" else self.split, "n_items": len(self.items),
-                "classes_sha": "sha256:" + classes_sha}  # fmt: skip
+        ident = {"kind": self.kind, "root": str(Path(self.root).resolve()),
+                 "split": None if self.kind == "manifest" else self.split, "n_items": len(self.items),
+                 "classes_sha": "sha256:" + classes_sha}  # fmt: skip
+        if self.sources:
+            source = Path(self.sources[0])
+            ident["labels_file"] = {"path": str(source.resolve()), "sha256": sha256_file(source)}
+        return ident
 
     def items_sha(self) -> str:
         """A digest of every item's id, labels and image file (name, size, modification time): stage records keep
         it (``inputs.items``) so that a resume notices replaced images or changed labels without reading a pixel
         (one ``stat`` per image)."""
-        h = hashlib.sha256()
+        return self._digests()[0]
+
+    def files_sha(self) -> str:
+        """A digest of every item's id, labels and image file (name and size, no time): what a copy of the dataset
+        elsewhere (a moved dataset, ``eval --data``) must match, and what tells another dataset with the same ids
+        apart (one ``stat`` per image). The ground-truth masks are not in it: they are what `eval` scores against,
+        never what a folder is made from (corrected masks are scored as they are)."""
+        return self._digests()[1]
+
+    def inputs(self) -> dict[str, Any]:
+        """What a stage records of the dataset it read (its record's ``inputs``): ``dataset`` (:meth:`identity`),
+        ``items`` (:meth:`items_sha`) and ``files`` (:meth:`files_sha`), from one ``stat`` per image;
+        :func:`vpltool.data.check_recorded` compares them with the dataset a later stage reads."""
+        items, files = self._digests()
+        return {"dataset": self.identity(), "items": items, "files": files}
+
+    def _digests(self) -> tuple[str, str]:
+        """``(items_sha, files_sha)`` from one pass, one ``stat`` per image (a network file system pays per call)."""
+        with_time, without = hashlib.sha256(), hashlib.sha256()
         for item in self.items:
-            h.update(json.dumps([item.id, list(item.labels), item.stamp()]).encode() + b"\n")
-        return "sha256:" + h.hexdigest()
+            stamp = item.stamp()
+            head = [item.id, list(item.labels)]
+            with_time.update(json.dumps([*head, stamp]).encode() + b"\n")
+            without.update(json.dumps([*head, None if stamp is None else stamp[:2]]).encode() + b"\n")
+        return "sha256:" + with_time.hexdigest(), "sha256:" + without.hexdigest()
 
     def folders(self) -> list[Path]:
         """This dataset's own paths, where no output may go (:func:`vpltool.io.check_outputs`): its root (a

@@ -30,8 +30,10 @@ def metrics_dir(run: Path, refine: str, run_refine: str) -> Path:
     return run / "metrics" if refine == run_refine else run / "metrics" / refine
 
 
-def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str, pick: str = "auto") -> dict[str, Any]:
-    """Choose the pseudo masks for the decoder among the refinements ``among``; writes ``RUN/metrics/CHOICE_FILE``.
+def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str, pick: str = "auto",
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Choose the pseudo masks for the decoder among the refinements ``among``; writes ``RUN/metrics/CHOICE_FILE``
+    (``overwrite``: even over a file of another kind, :func:`vpltool.io.check_outputs`).
 
     ``pick`` is ``auto`` (the highest training-split mIoU) or one name of ``among`` (kept whatever the scores).
     Returns ``{"chosen", "folder", "rule", "candidates": [{"refine", "folder", "train_miou"}]}``, mIoU in [0, 1].
@@ -63,7 +65,9 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str, pick: 
         best = next(c for c in candidates if c["refine"] == pick)
         rule = f"set by hand (--pick {pick}), not chosen by score"
     result = {"chosen": best["refine"], "folder": best["folder"], "rule": rule, "candidates": candidates}
-    io.write_json(run / "metrics" / CHOICE_FILE, result)
+    io.check_outputs("choose-pseudo", {"RUN/metrics/" + CHOICE_FILE: (run / "metrics" / CHOICE_FILE, "file",
+                                                                      "pseudo-choice")}, overwrite=overwrite)
+    io.write_json(run / "metrics" / CHOICE_FILE, result, kind="pseudo-choice")
     return result
 
 

@@ -14,6 +14,9 @@ Baselines, on the same images and labels as the stages (never tuned on val), per
 
 Both are computed on the first ``CHANCE_IMAGES`` images with ground truth of each split (all of the demo world's),
 so a full VOC or COCO report does not re-read every mask for a floor.
+
+The training-free dense CLIP's rows (``RUN/metrics/dense/<method>/``: `segment --dense` on val, `cam --dense` and
+its `crf` masks on train, their settings chosen on train) follow the pipeline's.
 """
 
 from __future__ import annotations
@@ -84,7 +87,9 @@ def run_refinement(run: Path) -> str | None:
 def compared_refinements(run: Path) -> list[str]:
     """The other refinements the run compares (``RUN/metrics/R/``, as the Makefile's REFINES writes them)."""
     metrics = run / "metrics"
-    return sorted(d.name for d in metrics.iterdir() if d.is_dir()) if metrics.is_dir() else []
+    if not metrics.is_dir():
+        return []
+    return sorted(d.name for d in metrics.iterdir() if d.is_dir() and d.name != DENSE_DIR)
 
 
 def collect(run: Path, choice: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -105,6 +110,38 @@ def collect(run: Path, choice: dict[str, Any] | None = None) -> list[dict[str, A
                 row[split] = _miou(folder / file)
             if (nth == 0 and name not in OPTIONAL) or row["train"] or row["val"]:
                 rows.append(row)
+    return rows
+
+
+DENSE_DIR = "dense"  # RUN/metrics/dense/<method>/: the training-free dense CLIP's scores (issue 35)
+# (display name, metrics file, split): zero-shot segmentation of val (no labels), dense CAMs of train and their CRF
+DENSE_STAGES = (("zero-shot segmentation, no labels (segment --dense)", "segment_val.json", "val"),
+                ("CAM, dense (cam --dense)", "cams.json", "train"),
+                ("CRF masks from dense CAMs", "pseudo.json", "train"),
+                ("open vocabulary, every class unseen (predict --classes --dense)", "pred_val.json", "val"))
+
+
+def dense_rows(run: Path) -> list[dict[str, Any]]:
+    """Rows of the dense methods the run scored (``RUN/metrics/dense/<method>/``): per method its zero-shot val
+    mIoU, its dense CAMs and their CRF masks on train, and the val IoU of the dataset's classes averaged over the
+    classes (``held_out``: every class is unseen by a training-free method; what `predict --classes --dense` gives
+    with the same queries)."""
+    root = run / "metrics" / DENSE_DIR
+    if not root.is_dir():
+        return []
+    rows = []
+    folders = sorted(d for d in root.iterdir() if d.is_dir())
+    for name, file, split in DENSE_STAGES:  # stage by stage, the methods side by side
+        for folder in folders:
+            result = _miou(folder / file)
+            if result is None:
+                continue
+            row = {"stage": name, "dense": folder.name, "train": None, "val": None, split: result}
+            if file.endswith("_val.json"):
+                iou = io.read_json(folder / file)["iou"]
+                values = [v for k, v in iou.items() if k != "background" and v is not None]
+                row["held_out"] = float(np.mean(values)) if values else None
+            rows.append(row)
     return rows
 
 
@@ -163,7 +200,7 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], columns: list[str], 
         x0, y0 = gap + (k % 4) * 110, y + 2 + 16 * (k // 4)
         draw.rectangle([x0, y0, x0 + 12, y0 + 12], fill=tuple(int(v) for v in _PALETTE[k]), outline=(0, 0, 0))
         draw.text((x0 + 16, y0), f"{k} {name}", fill=(0, 0, 0))
-    return io.write_png(path, sheet)
+    return io.write_png(path, sheet, kind="contact-sheet")
 
 
 def _caption(item, classes) -> str:
@@ -200,8 +237,9 @@ def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8, wh
     return contact_sheet(rows, columns, path, dataset.classes) if rows else None
 
 
-def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Gather the stage metrics of a run folder, add the baselines per split, write ``metrics.json`` + sheets."""
+def run_demo_report(run: str | Path, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """Gather the stage metrics of a run folder, add the baselines per split, write ``metrics.json`` + sheets
+    (``overwrite``: replace files of another kind there, :func:`vpltool.io.check_outputs`)."""
     run = Path(run)
     io.read_stage_record(run / "features", "extract")
     datasets = {"train": open_recorded(run / "features")}
@@ -212,12 +250,13 @@ def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
     choice_file = run / "metrics" / CHOICE_FILE
     choice = io.read_json(choice_file) if choice_file.is_file() else None
     sheets = {split: run / f"contact_sheet{'' if split == 'train' else '_' + split}.png" for split in datasets}
-    io.check_outputs("demo-report", {"metrics": (run / "metrics.json", "file"),
-                                     **{f"{split} sheet": (path, "file") for split, path in sheets.items()}},
+    io.check_outputs("demo-report", {"metrics": (run / "metrics.json", "file", "run-metrics"),
+                                     **{f"{split} sheet": (path, "file", "contact-sheet")
+                                        for split, path in sheets.items()}}, overwrite=overwrite,
                      inputs={"the run's features": run / "features"},
                      protected=[p for ds in datasets.values() for p in ds.folders()])
     report = {"run": str(run), "stages": collect(run, choice), "pseudo_choice": choice,
-              "other_layers": other_layers(run),
+              "other_layers": other_layers(run), "dense": dense_rows(run),
               "chance": {split: chance_baselines(ds, seed) for split, ds in datasets.items()}, "sheets": []}
     # the sheets show the refinement whose masks trained the decoder
     where = run / choice["chosen"] if choice and choice["chosen"] != run_refinement(run) else run
@@ -225,7 +264,7 @@ def run_demo_report(run: str | Path, seed: int = 0) -> dict[str, Any]:
         sheet = write_sheet(run, ds, sheets[split], suffix="" if split == "train" else "_val", where=where)
         if sheet:
             report["sheets"].append(str(sheet))
-    io.write_json(run / "metrics.json", report)
+    io.write_json(run / "metrics.json", report, kind="run-metrics")
     return report
 
 
@@ -259,6 +298,15 @@ def format_report(report: dict[str, Any]):
     for key, name in (("random CAMs", "chance (random smooth CAMs, true labels)"), ("all background",
                                                                                     "all background")):
         table.add_row(f"[dim]{name}[/]", "", *(_pct(chance[s][key]) if s in chance else "—" for s in SPLITS))
+    if report.get("dense"):
+        table.add_section()
+        previous = None
+        for row in report["dense"]:
+            extra = f"; class IoU mean {_pct(row['held_out'])}" if row.get("held_out") is not None else ""
+            stage = row["stage"] if row["stage"] != previous else ""
+            table.add_row(stage, f"--dense {row['dense']}{extra}", *(_pct((row.get(s) or {}).get("miou"))
+                                                                     for s in SPLITS))
+            previous = row["stage"]
     if report.get("other_layers"):
         table.add_section()
         for row in report["other_layers"]:

@@ -99,9 +99,11 @@ from .records import (
     write_stage_record,
 )
 from .stage import (
+    DATASET_INPUTS,
     StageFolder,
     StageSummary,
     changed_keys,
+    dataset_inputs,
     finished_shards,
     item_done,
     prepare_stage_dir,
@@ -147,7 +149,8 @@ __all__ = [
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
     "output_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage", "recorded_model",
-    "recorded_dataset_identity", "stage_record_path", "write_stage_record", "recorded_ids",
+    "recorded_dataset_identity", "DATASET_INPUTS", "dataset_inputs",
+    "stage_record_path", "write_stage_record", "recorded_ids",
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
     "open_events",
     "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",

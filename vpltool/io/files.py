@@ -293,7 +293,13 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         raise_write_error(path, e)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
+def write_json(path: str | os.PathLike, obj: Any, kind: str | None = None) -> Path:
+    """``obj`` as indented JSON, atomically; ``kind``: a file output's kind, recorded in it
+    (:func:`vpltool.io.marks.marked`: ``check_outputs`` replaces only a file of the same kind)."""
+    if kind is not None:
+        from .marks import marked
+
+        obj = marked(obj, kind)
     return atomic_write(path, [(json.dumps(obj, indent=2, default=str) + "\n").encode()])
 
 

@@ -10,7 +10,9 @@ How a stage (or a new command) uses it: name every path the run writes and every
 * ``outputs``: option -> ``(path or None, kind)``. Kinds: ``stage`` (a folder of per-item outputs with vpltool
   records, written through :class:`vpltool.io.StageFolder`), ``side`` (a folder of extra files: overlays, debug
   maps, TensorBoard events; :func:`vpltool.io.write_side_record` marks it when the run makes it), ``file`` (one
-  file, replaced atomically through :func:`vpltool.io.atomic_path`), ``log`` (one file, appended to).
+  file, replaced atomically through :func:`vpltool.io.atomic_path`), ``log`` (one file, appended to). A ``file``
+  output names the kind of file it writes, ``(path, "file", "scores")`` (:mod:`vpltool.io.marks`: the file records
+  it), and the run passes ``overwrite``.
 * ``inputs``: described -> path: every file and folder the run reads. ``protected``: the dataset's own paths
   (:meth:`vpltool.data.Dataset.folders`: its root, data folders, label table).
 * The CLI adds the run's ``--log`` file (``VPLTOOL_LOG``) to every call by itself (:func:`run_outputs`): a stage
@@ -34,6 +36,9 @@ Refused, in one line naming the path, why, and the option to change:
   (``_stage.json`` / ``_run.json``): it is the user's, never resumed;
 * a side folder that is not empty and holds no ``_side.json`` naming this stage and option;
 * a file output that exists and is not a regular file (:func:`vpltool.io.check_writable_target`);
+* a file output that exists and was not written by vpltool as the kind the run writes (its record says which:
+  :func:`vpltool.io.marks.file_kind`): a user's notes, the learned prototypes under ``eval --json``, a contact sheet
+  under ``--plot``; unless ``--overwrite`` is given (an empty file is replaced: it holds nothing to lose);
 * a log that exists and was not written by a vpltool ``--log`` (its first line is not a time-stamped line):
   appending to a label table or a mask would damage it.
 """
@@ -51,12 +56,13 @@ from typing import Any
 
 from ..errors import VplError
 from .files import check_folder_target, check_writable_target, name_problem, read_json, short_path
+from .marks import describe_kind, file_kind
 from .records import DECODER_FILES, LOCK_FILE, RUN_RECORD, SHARD_RECORD, SIDE_RECORD, STAGE_RECORD, read_record
 
 KINDS = ("stage", "side", "file", "log")
 
 PathLike = str | os.PathLike
-Outputs = Mapping[str, tuple["PathLike | None", str]]
+Outputs = Mapping[str, "tuple[PathLike | None, str] | tuple[PathLike | None, str, str]"]
 
 # the first bytes of a file vpltool's --log wrote: "2025-01-31 12:00:00 " (cli.common stamps every line)
 _LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
@@ -194,6 +200,22 @@ def _check_side_folder(path: Path, option: str, stage: str) -> None:
     raise VplError(f"{path}: {made}, so it is never written into; choose a new or empty folder for {option}")
 
 
+def _check_file_kind(path: Path, option: str, kind: str | None) -> None:
+    """An existing, non-empty file is replaced only if vpltool wrote it as ``kind`` (None: as any kind)."""
+    try:
+        if os.stat(path).st_size == 0:
+            return
+    except FileNotFoundError:
+        return
+    found = file_kind(path)
+    if found is not None and (kind is None or found == kind):
+        return
+    held = f"holds {describe_kind(found)}" if found is not None else "exists and was not written by vpltool"
+    instead = f", not {describe_kind(kind)}" if found is not None and kind is not None else ""
+    where = f"choose another {option}" if option.startswith("-") else "move it away"
+    raise VplError(f"{path}: {held}{instead}, so it is not replaced; {where}, or pass --overwrite to replace it")
+
+
 def check_log_target(path: PathLike, option: str = "--log") -> Path:
     """``path`` as a Path, if a log may be appended there: absent, or a regular file that is empty or was written
     by a vpltool log (its first line starts with a time stamp). Needs no other context, so the CLI checks it before
@@ -245,17 +267,19 @@ def check_outputs(stage: str, outputs: Outputs, *, inputs: Mapping[str, PathLike
 
     Args:
         stage: the command (recorded in the folders it makes).
-        outputs: option -> ``(path or None, kind)``; kind ``stage``, ``side``, ``file`` or ``log``.
+        outputs: option -> ``(path or None, kind)``; kind ``stage``, ``side``, ``file`` or ``log``; a ``file``
+            adds the kind of file it writes, ``(path, "file", "scores")`` (:mod:`vpltool.io.marks`).
         inputs: what the run reads, described -> path (a file or a folder; None = not given).
         protected: the dataset's paths (root, images, masks, annotations, label table): no output may be in them.
-        overwrite: ``--overwrite`` was given (only changes the wording: it never lifts a refusal here).
+        overwrite: ``--overwrite`` was given: it lets a file output replace a file of another kind (or the
+            user's); for folders it only changes the wording (it never lifts a refusal there).
 
     Raises:
         VplError: one line naming the path, why, and the option to change.
     """
     extra = _RunOutputs.outputs
     every = {**extra, **{k: v for k, v in outputs.items() if v[0] is not None}}  # the run's own (the log) first
-    for option, (_, kind) in every.items():
+    for option, (_, kind, *_) in every.items():
         assert kind in KINDS, (option, kind)
     guard = _Guard(stage, every, inputs, protected, overwrite)
     for option in extra:  # settled before the others, so the caller knows whether to write its log lines
@@ -282,11 +306,11 @@ class _Guard:
         self.input_folders = [(real, what) for real, what in self.inputs.items() if os.path.isdir(real)]
         self.protected = [_real(Path(p)) for p in protected]
         # the run's own folders: its side folders and files may lie in them (never its log)
-        self.own = {_real(Path(p)): option for option, (p, kind) in outputs.items() if kind in ("stage", "side")}
+        self.own = {_real(Path(p)): option for option, (p, kind, *_) in outputs.items() if kind in ("stage", "side")}
         self.seen: dict[Path, str] = {}
 
     def check(self, option: str) -> None:
-        path, kind = self.outputs[option]
+        path, kind, *writes = self.outputs[option]  # a file output: the kind of file it writes
         path = Path(path)
         _check_path(path, option)
         real = _real(path)
@@ -316,6 +340,8 @@ class _Guard:
             check_log_target(path, option)
         else:
             check_writable_target(path, path.suffix or ".safetensors")
+            if not self.overwrite:
+                _check_file_kind(path, option, writes[0] if writes else None)
 
     def _check_vpltool_folders(self, path: Path, real: Path, option: str, kind: str) -> None:
         """No output inside a folder another stage owns; a log not even inside this run's own folders."""

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from ..errors import ContractError, VplError, VplWarning
 from . import files
+from .marks import png_info
 
 MASK_SUFFIX = ".png"
 
@@ -204,11 +205,13 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray | Image.Image) -> Path:
-    """An RGB picture (``[H, W, 3]`` uint8 or a PIL image) as a PNG, atomically."""
+def write_png(path: str | os.PathLike, image: np.ndarray | Image.Image, kind: str | None = None) -> Path:
+    """An RGB picture (``[H, W, 3]`` uint8 or a PIL image) as a PNG, atomically; ``kind``: a file output's kind,
+    recorded in a text chunk (:func:`vpltool.io.marks.png_info`)."""
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    extra = {} if kind is None else {"pnginfo": png_info(kind)}
     with files.atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", **extra)
     return Path(path)
 
 
@@ -239,8 +242,9 @@ COLORS = ((0, 0, 0), (31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 18
 
 def write_chart(path: str | os.PathLike, panels: Sequence[Mapping[str, Sequence[tuple[float, float]]]], *,
                 title: str = "", xlabel: str = "iteration", ranges: Sequence[tuple[float, float] | None] = (),
-                size: tuple[int, int] = (720, 480)) -> Path:
-    """Line charts stacked vertically, as a PNG: one panel per mapping ``{series name: [(x, y), ...]}``.
+                size: tuple[int, int] = (720, 480), kind: str | None = None) -> Path:
+    """Line charts stacked vertically, as a PNG: one panel per mapping ``{series name: [(x, y), ...]}``; ``kind``
+    as :func:`write_png`.
 
     ``ranges[i]`` fixes panel i's y range (e.g. (0, 1) for an mIoU); None or absent = the data's own range.
     Series with fewer than 30 points also get a dot per point, so a handful of validation scores stay visible.
@@ -273,4 +277,4 @@ def write_chart(path: str | os.PathLike, panels: Sequence[Mapping[str, Sequence[
             for px, py in xy if len(xy) < 30 else []:
                 draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=color)
             draw.text((box[2] - 90, box[1] + 4 + 12 * j), name, fill=color)
-    return write_png(path, img)
+    return write_png(path, img, kind)

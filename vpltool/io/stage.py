@@ -325,3 +325,14 @@ def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | Non
     if not path.is_file():
         return None
     return read_record(path)["inputs"].get("dataset")
+
+
+DATASET_INPUTS = ("dataset", "items", "files")  # what a record keeps of its dataset (vpltool.data.Dataset.inputs)
+
+
+def dataset_inputs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The dataset part of a record's ``inputs`` (identity, item and file digests: :data:`DATASET_INPUTS`), which
+    a stage reading a folder records in its own folder: every later stage compares it with the dataset it reads
+    (:func:`vpltool.data.check_recorded`)."""
+    inputs = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
+    return {k: inputs[k] for k in DATASET_INPUTS if k in inputs}

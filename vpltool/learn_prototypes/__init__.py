@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .. import io
 from ..config import LearnPrototypesConfig, RuntimeConfig, to_params
-from ..data import recorded_folders
+from ..data import open_if_present, recorded_folders
 from ..device import resolve_device, resolve_precision, seed_everything
 from ..errors import ContractError, VplError
 from .descent import (
@@ -84,6 +84,7 @@ def check_inputs(features_dir: str | Path, cams_dir: str | Path, text_prototypes
     if cam_record.get("inputs", {}).get("features") != feat_sha:
         raise ContractError(f"{cams_dir}: these CAMs were made from other features than {features_dir}; "
                             "re-run `vpltool cam` on this features folder")
+    open_if_present(features_dir)  # features of a dataset that changed since are refused (its labels, its images)
     classes = record["classes"]
     ids = io.item_ids(features_dir)
     if not ids:
@@ -249,6 +250,7 @@ def run_learn_prototypes(
     plot: str | Path | bool | None = None,
     stream: bool | None = None,
     cache_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Learn vision prototypes (VPL phase 1) and write them as a prototypes file (source 'vision').
 
@@ -262,6 +264,7 @@ def run_learn_prototypes(
         plot: the loss-curve PNG; None = ``<out stem>.loss.png`` beside ``out``, False = none.
         stream: force (True) or forbid (False) streaming from scratch shards; None = only above the budget.
         cache_dir: where scratch shards go (default: a hidden folder beside ``out``, removed afterwards).
+        overwrite: replace files of another kind at ``out`` / ``plot`` (:func:`vpltool.io.check_outputs`).
 
     Returns:
         A summary: the metadata written to the file plus ``out``, ``plot``, ``mode``, ``device`` and timings.
@@ -269,7 +272,8 @@ def run_learn_prototypes(
     start, out = time.perf_counter(), io.check_writable_target(out)
     plot_path = None if plot is False else io.check_writable_target(
         out.with_name(out.stem + ".loss.png") if plot in (None, True) else plot, ".png")  # before the descent
-    io.check_outputs("learn-prototypes", {"--out": (out, "file"), "--plot": (plot_path, "file")},
+    io.check_outputs("learn-prototypes", {"--out": (out, "file", "prototypes:vision"),
+                                          "--plot": (plot_path, "file", "loss-curve")}, overwrite=overwrite,
                      inputs={"the extract folder": features_dir, "--cams": cams_dir, "--text": text_prototypes},
                      protected=recorded_folders(features_dir))
     if plot_path is not None and plot_path.suffix.lower() != ".png":  # PNG bytes in a .jpg would mislead
@@ -299,7 +303,8 @@ def run_learn_prototypes(
     meta = write_result(out, inp, cfg, got)
     if plot_path is not None:
         io.write_chart(plot_path, [{"mean CE (nats)": list(enumerate(got.curve))}],
-                       title=f"learn-prototypes: tau_I={cfg.tau_i} lr={cfg.lr} {cfg.targets}/{cfg.regularization}")
+                       title=f"learn-prototypes: tau_I={cfg.tau_i} lr={cfg.lr} {cfg.targets}/{cfg.regularization}",
+                       kind="loss-curve")
     return {**meta, "out": str(out), "plot": None if plot_path is None else str(plot_path),
             "mode": "stream" if streaming else "memory", "device": str(device), "precision": str(compute),
             "resident_bytes_estimate": need, "budget_bytes": budget, "chunks": source.n_chunks,

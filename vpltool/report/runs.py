@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import io
 from ..config import EvalConfig
-from ..data import Dataset, open_recorded
+from ..data import Dataset, check_recorded, open_recorded
 from ..errors import VplError
 from ..kernels import class_name_map
 
@@ -208,6 +208,8 @@ def discover(run: str | Path) -> Run:
     splits = []
     for key, found in by_key.items():
         dataset = open_recorded(found[0][0])  # one line when the world is gone
+        for folder, _ in found[1:]:  # every folder shown, each made from the dataset as it is now
+            check_recorded(folder, dataset)
         split = Split(key, _split_name(key, list(by_key)), dataset)
         split.columns = sorted((_column(f, r, metrics) for f, r in found if r["stage"] in COLUMN_STAGES), key=_order)
         for col in split.columns:

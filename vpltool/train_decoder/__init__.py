@@ -383,7 +383,8 @@ def run_train_decoder(
     dataset_id = record["inputs"]["dataset"]
     dataset = open_recorded(pseudo_dir)
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
-                             "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file"),
+                             "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file",
+                                                  "decoder-checkpoint"),
                              "--tensorboard": (tensorboard, "side")},
                      inputs={"the pseudo-mask folder": pseudo_dir, "--prototypes": prototypes},
                      protected=dataset.folders(), overwrite=runtime.overwrite)

@@ -1,0 +1,118 @@
+"""Which kind of vpltool file a path holds, read from the file itself, so that no run replaces a file by mistake.
+
+Every file a command writes under a name the user gives (or at a fixed place of a run folder) records its kind:
+
+* a safetensors file: its ``vpltool.kind`` metadata (``prototypes`` with its ``vpltool.source``: ``prototypes:text``,
+  ``prototypes:vision``; ``decoder``, ``decoder-checkpoint``, ``features``, ``cam`` ...);
+* a JSON file: the field ``"vpltool_file"`` of its object (:func:`marked`): ``scores`` (``eval --json``) ...;
+* a PNG picture: its text chunk ``vpltool`` (:func:`png_info`): ``loss-curve``, ``contact-sheet`` ...
+
+:func:`vpltool.io.check_outputs` reads it (:func:`file_kind`) for every ``file`` output that exists: a file of the
+kind the run writes is replaced (the same command run again), anything else (a user's notes, the learned
+prototypes under ``eval --json``, a contact sheet under ``--plot``) only with ``--overwrite``. An empty file holds
+nothing to lose and is replaced too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+MARK = "vpltool_file"  # the JSON field and the PNG text chunk that name a file's kind
+PNG_MARK = "vpltool"
+
+# kind -> what it is, for messages (kinds outside this table are named as they are)
+FILE_KINDS = {
+    "prototypes:text": "text prototypes (`text-prototypes`)",
+    "prototypes:vision": "vision prototypes (`learn-prototypes`)",
+    "features": "an image's features (`extract`)",
+    "cam": "an image's CAMs (`cam`)",
+    "cam-debug": "an image's CAM steps (`cam --save-debug`)",
+    "decoder": "a trained decoder (`train-decoder`)",
+    "decoder-checkpoint": "a decoder checkpoint (`train-decoder`)",
+    "scores": "scores (`eval --json`)",
+    "per-image-scores": "per-image scores (`eval --per-image`)",
+    "diagnosis": "a diagnosis (`diagnose --json`)",
+    "loss-curve": "a loss curve (`learn-prototypes --plot`)",
+    "run-metrics": "a run's metrics (`demo-report`)",
+    "contact-sheet": "a contact sheet (`demo-report`)",
+    "pseudo-choice": "a pseudo-mask choice (`choose-pseudo`)",
+    "record": "a vpltool folder record",
+}
+
+
+def describe_kind(kind: str) -> str:
+    return FILE_KINDS.get(kind, f"a vpltool `{kind}` file")
+
+
+def marked(obj: dict, kind: str) -> dict:
+    """``obj`` with its kind first (``"vpltool_file": kind``), as a JSON file output is written."""
+    return {MARK: kind, **{k: v for k, v in obj.items() if k != MARK}}
+
+
+def png_info(kind: str):
+    """The PNG text chunk that records a picture's kind (PIL ``pnginfo``)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_MARK, kind)
+    return info
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """The kind of vpltool file at ``path`` (see the module doc), or None: a file vpltool did not write (or wrote
+    before files recorded their kind), or one that cannot be read as the format its content starts with."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if head.startswith(b"\x89PNG"):
+                return _png_kind(path)
+            if len(head) == 8 and (n := struct.unpack("<Q", head)[0]) < 100_000_000:
+                kind = _safetensors_kind(fh.read(n))
+                if kind is not None:
+                    return kind
+            return _json_kind(path) if head.lstrip()[:1] == b"{" else None
+    except OSError:
+        return None
+
+
+def _safetensors_kind(header: bytes) -> str | None:
+    """``vpltool.kind`` of a safetensors header (and ``:source`` of a prototypes file: both stored as plain
+    strings, :func:`vpltool.io.write_tensors`)."""
+    try:
+        meta = json.loads(header).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        return None
+    kind, source = meta.get("vpltool.kind"), meta.get("vpltool.source")
+    if not isinstance(kind, str):
+        return None
+    return f"{kind}:{source}" if kind == "prototypes" and isinstance(source, str) else kind
+
+
+def _json_kind(path: Path) -> str | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get(MARK), str):
+        return obj[MARK]
+    return "record" if isinstance(obj.get("stage"), str) and "vpltool" in obj else None
+
+
+def _png_kind(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            kind = img.info.get(PNG_MARK)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+__all__ = ["FILE_KINDS", "MARK", "describe_kind", "file_kind", "marked", "png_info"]
