@@ -375,6 +375,7 @@ def compare_variant(vt: Vpltool, name: str, ref: Path) -> dict:
                                                 shape["ori_shape"], renorm)
         same = labels.shape == saved["pred"][0].shape
         photos.append({"file": shape["file"], "input_shape": shape["input_shape"], "ori_shape": shape["ori_shape"],
+                       "reference_label_classes": int(saved["pred"].unique().numel()),
                        "logits": max_abs(logits, saved["logits"][0]), "probs": max_abs(probs, saved["probs"]),
                        "labels_equal": float((labels == saved["pred"][0]).double().mean()) if same else None})
     settings = settings_for(name)
@@ -397,6 +398,9 @@ def compare_variant(vt: Vpltool, name: str, ref: Path) -> dict:
         "probs_max_abs_diff": worst(p["probs"] for p in photos),
         "labels_equal_min": None if any(p["labels_equal"] is None for p in photos)
         else min(p["labels_equal"] for p in photos),
+        # random weights: a method may label a whole photo one class (ClearCLIP's 0.5 threshold: background), where
+        # equal labels say little; the logits and probabilities are the comparison
+        "reference_label_classes_max": max((p["reference_label_classes"] for p in photos), default=0),
         "settings_mismatched": mismatched,
         "reference_settings": theirs,
         "photos": photos,

@@ -463,10 +463,12 @@ def dense_parity_section(d: dict) -> list[str] | None:
         mismatched = ", ".join(f"{k}: {x['vpltool']} vs {x['reference']}" for k, x in v["settings_mismatched"].items())
         vrows.append([name, num(v["text_rows_max_abs_diff"], 2), num(patch["crop224"]["max_abs_diff"], 2),
                       num(patch["whole"]["max_abs_diff"], 2), num(v["seg_logits_max_abs_diff"], 2),
-                      num(v["probs_max_abs_diff"], 2), num(v["labels_equal_min"], 6), len(v["photos"]),
+                      num(v["probs_max_abs_diff"], 2), num(v["labels_equal_min"], 6),
+                      num(v.get("reference_label_classes_max")), len(v["photos"]),
                       mismatched or "none"])
     lines += [*table(["variant", "text rows", "patch logits 224²", "patch logits whole", "seg logits",
-                      "probabilities", "labels equal (min)", "photos", "settings differing"], vrows, "lrrrrrrrl"), ""]
+                      "probabilities", "labels equal (min)", "classes in its labels (max)", "photos",
+                      "settings differing"], vrows, "lrrrrrrrrl"), ""]
     text = "its own" if not d.get("text_layers") else f"a {d['text_layers']}-block"
     lines.append(f"Max abs differences in fp32 on the CPU; {d.get('model')} with {d.get('weights')} weights "
                  f"({text} text tower), {d.get('photos')} parity photos (the extra variants "

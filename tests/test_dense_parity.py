@@ -207,4 +207,5 @@ def test_make_table_renders_the_parity_section(quick, tmp_path):
     page = out.read_text()
     assert "## Dense CLIP methods against their public code" in page
     assert "| naclip | vpltool itself (no --ref) | naclip, naclip-pamr, naclip-slide | 0 | 1 | met |" in page
-    assert "| naclip-csa | 0 | 0 | 0 | 0 | 0 | 1 | 1 | none |" in page
+    row = next(line for line in page.splitlines() if line.startswith("| naclip-csa |"))
+    assert row.startswith("| naclip-csa | 0 | 0 | 0 | 0 | 0 | 1 | ") and row.endswith(" | 1 | none |")
