@@ -2,10 +2,12 @@
 
 A Make run folder (``RUN``) holds the pipeline's own CAMs and masks at its top level (``RUN/cams_vision``,
 ``RUN/pseudo``, made with the Makefile's ``REFINE``) and, for every other refinement R it compares (``REFINES``), the
-same folders under ``RUN/R/`` with their `eval` JSONs under ``RUN/metrics/R/``. The choice reads each candidate's
-pseudo-mask mIoU on the training split (``RUN/metrics[/R]/pseudo.json``, written by `eval` on the split the
-Makefile scores train-side stages on) and keeps the highest (ties: the first listed). Held-out figures are never
-read, so the choice cannot be tuned on them.
+same folders under ``RUN/R/`` with their `eval` JSONs under ``RUN/metrics/R/``. Which refinement made a folder is
+read from the records (``pseudo/_stage.json`` names the digest of the CAM folder's record, ``cams_vision/_stage.json``
+its ``--refine``), never assumed. The choice reads each candidate's scores on the training split
+(``RUN/metrics[/R]/pseudo.json``, written by `eval` on the split the Makefile scores train-side stages on) after
+checking that each score is of that folder as it is now (eval records the folder, the digest of its record and the
+split). Held-out figures are never read, so the choice cannot be tuned on them.
 """
 
 from __future__ import annotations
@@ -19,50 +21,128 @@ from ..config import REFINES
 from ..errors import VplError
 
 CHOICE_FILE = "pseudo_choice.json"  # under RUN/metrics; demo-report reads it
+RULE = "the highest pseudo-mask mIoU on the training split"
 
 
-def refinement_dir(run: Path, refine: str, run_refine: str) -> Path:
+def refinement_dir(run: Path, refine: str, run_refine: str | None) -> Path:
     """The folder holding ``refine``'s CAM and mask folders: ``run`` for the run's own refinement, else ``run/R``."""
     return run if refine == run_refine else run / refine
 
 
-def metrics_dir(run: Path, refine: str, run_refine: str) -> Path:
+def metrics_dir(run: Path, refine: str, run_refine: str | None) -> Path:
     return run / "metrics" if refine == run_refine else run / "metrics" / refine
 
 
-def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str, pick: str = "auto") -> dict[str, Any]:
+def recorded_refinement(pseudo: Path) -> str:
+    """The ``--refine`` of the CAMs a `crf` folder was made from: its record names the digest of their record, which
+    must be that of the ``cams_vision`` folder beside it (the Makefile's layout); one line otherwise."""
+    record = io.read_record(io.stage_record_path(pseudo))
+    if record["stage"] != "crf":
+        raise VplError(f"{pseudo}: holds `{record['stage']}` output, expected `crf` pseudo masks; a pseudo-mask "
+                       "candidate is the crf folder of its refinement's vision CAMs")
+    cams = pseudo.parent / "cams_vision"
+    cams_record = io.stage_record_path(cams)
+    if not cams_record.is_file() or io.sha256_file(cams_record) != record["inputs"].get("cams"):
+        raise VplError(f"{pseudo}: its record names CAMs other than {cams} (or none), so its refinement is unknown; "
+                       f"re-run `vpltool crf {cams} -o {pseudo} --overwrite` (or `make pseudo`)")
+    refine = io.read_record(cams_record)["params"].get("refine")
+    if refine not in REFINES:
+        raise VplError(f"{cams_record}: records no known --refine ({refine!r}); re-run its `vpltool cam`")
+    return refine
+
+
+def _own_refinement(run: Path, run_refine: str | None) -> str | None:
+    """The refinement of ``RUN/pseudo`` read from the records (None when there is no such folder); a ``--refine``
+    given by hand must agree with them."""
+    own = recorded_refinement(run / "pseudo") if io.stage_record_path(run / "pseudo").is_file() else None
+    if run_refine is not None and own is not None and run_refine != own:
+        raise VplError(f"{run / 'pseudo'}: made from CAMs of --refine {own} (its cams_vision record), not "
+                       f"{run_refine}; drop --refine: the records say which")
+    return own if own is not None else run_refine
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a JSON number in [0, 1] (an mIoU), else None (a string, a bool, 7.5, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
+def checked_score(scored: Path, folder: Path, split: str | None) -> dict[str, Any]:
+    """The eval JSON ``scored`` of the mask folder ``folder``, after checking that it is an eval result of that
+    folder as it is now, on ``split`` (None: the split the masks were made from); one line naming the fix
+    otherwise."""
+    fix = f"re-run `vpltool eval {folder} --json {scored}` (or `make pseudo`)"
+    if not scored.is_file():
+        raise VplError(f"{scored}: no train-split score of the pseudo masks {folder}; {fix}")
+    if not io.stage_record_path(folder).is_file():
+        raise VplError(f"{folder}: no finished pseudo masks there (folder or its _stage.json missing); run `make "
+                       f"pseudo` for it, then {fix.removeprefix('re-run ')}")
+    result = io.read_json(scored)
+    if not isinstance(result, dict):
+        raise VplError(f"{scored}: a JSON {type(result).__name__}, not an eval result; {fix}")
+    miou = _number(result.get("miou"))
+    if miou is None:
+        what = "no 'miou'" if "miou" not in result else f"'miou' is {result['miou']!r}, not a number in [0, 1]"
+        raise VplError(f"{scored}: {what}; {fix}")
+    if "record" not in result or "folder" not in result:
+        raise VplError(f"{scored}: does not say which folder it scored (an eval older than this check, or not an "
+                       f"eval result); {fix}")
+    if result["folder"] != str(folder.resolve()):
+        raise VplError(f"{scored}: scores {result['folder']}, not {folder.resolve()}; {fix}")
+    if result["record"] != io.sha256_file(io.stage_record_path(folder)):
+        raise VplError(f"{scored}: stale: {folder} was re-made after it was scored; {fix}")
+    made_on = io.read_record(io.stage_record_path(folder))["inputs"].get("dataset", {}).get("split")
+    wanted = split or made_on
+    if result.get("split") != wanted:
+        raise VplError(f"{scored}: scored on split {result.get('split')!r}, not {wanted!r} (the choice is made on the "
+                       f"training split); {fix.replace(' --json', f' --split {wanted} --json')}")
+    return {**result, "miou": miou}
+
+
+def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None = None, pick: str = "auto",
+                  split: str | None = None) -> dict[str, Any]:
     """Choose the pseudo masks for the decoder among the refinements ``among``; writes ``RUN/metrics/CHOICE_FILE``.
 
-    ``pick`` is ``auto`` (the highest training-split mIoU) or one name of ``among`` (kept whatever the scores).
-    Returns ``{"chosen", "folder", "rule", "candidates": [{"refine", "folder", "train_miou"}]}``, mIoU in [0, 1].
+    ``run_refine``: the refinement of RUN's own folders, checked against the records (None: read from them).
+    ``pick`` is ``auto`` (the rule) or one name of ``among`` (kept whatever the scores). ``split``: the split the
+    scores must be on (None: the one the masks were made from). Returns ``{"chosen", "folder", "rule", "split",
+    "candidates": [{"refine", "folder", "train_miou"}]}``, mIoU in [0, 1].
     """
     run = Path(run)
     among = list(dict.fromkeys(among))
-    for name in [*among, run_refine]:
+    for name in [*among, *([run_refine] if run_refine is not None else [])]:
         if name not in REFINES:
             raise VplError(f"choose-pseudo: unknown refinement {name!r}; use one of {', '.join(REFINES)}")
     if not among:
         raise VplError("choose-pseudo: name at least one refinement to choose among (e.g. none caa caa+sgc)")
     if pick != "auto" and pick not in among:
         raise VplError(f"choose-pseudo: --pick {pick!r} is not among {', '.join(among)}; use auto or one of them")
-    candidates = []
+    if not run.is_dir():
+        raise VplError(f"{run}: run folder not found; run `make pseudo RUN={run}` first")
+    own = _own_refinement(run, run_refine)
+    candidates, splits = [], set()
     for name in among:
-        scored = metrics_dir(run, name, run_refine) / "pseudo.json"
-        if not scored.is_file():
-            raise VplError(f"{scored}: no train-split score of {name}'s pseudo masks; run `make pseudo` for it "
-                           f"(or `vpltool eval {refinement_dir(run, name, run_refine) / 'pseudo'} --json {scored}`)")
-        miou = float(io.read_json(scored)["miou"])
-        if not math.isfinite(miou):
-            raise VplError(f"{scored}: mIoU {miou} is not a number; re-run its eval")
-        candidates.append({"refine": name, "folder": str(refinement_dir(run, name, run_refine) / "pseudo"),
-                           "train_miou": miou})
+        folder = refinement_dir(run, name, own) / "pseudo"
+        scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split)
+        made_by = recorded_refinement(folder)
+        if made_by != name:
+            raise VplError(f"{folder}: made from CAMs of --refine {made_by} (its cams_vision record), not {name}; "
+                           f"re-make {name}'s masks there (`make pseudo`)")
+        splits.add(scored["split"])
+        candidates.append({"refine": name, "folder": str(folder), "train_miou": scored["miou"]})
+    if len(splits) > 1:
+        raise VplError(f"choose-pseudo: the candidates' scores are on different splits ({', '.join(sorted(splits))});"
+                       " score every candidate on the training split (--split names it)")
     if pick == "auto":
         best = max(candidates, key=lambda c: c["train_miou"])  # max keeps the first of equals
-        rule = "the highest pseudo-mask mIoU on the training split"
+        rule = RULE
     else:
         best = next(c for c in candidates if c["refine"] == pick)
         rule = f"set by hand (--pick {pick}), not chosen by score"
-    result = {"chosen": best["refine"], "folder": best["folder"], "rule": rule, "candidates": candidates}
+    result = {"chosen": best["refine"], "folder": best["folder"], "rule": rule, "split": splits.pop(),
+              "candidates": candidates}
     io.write_json(run / "metrics" / CHOICE_FILE, result)
     return result
 
