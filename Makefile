@@ -207,8 +207,9 @@ cams-vision: $(RUN)/metrics/cams_vision.json
 # with REFINES, the decoder's masks are chosen among theirs on the training split (PSEUDO_REFINE), else RUN/pseudo
 PSEUDO_SCORES = $(foreach r,$(REFINES),$(call refine_metrics,$(r))/pseudo.json)
 # (a failed choice stops the recipe: `&&`, not an empty folder argument)
-PSEUDO_CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(RUN) $(REFINES) --refine $(REFINE) \
-  --pick $(PSEUDO_REFINE)) &&)
+# (the refinement of each folder is read from its records; the scores must be on the train-side EVAL_SPLIT)
+PSEUDO_CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(strip $(RUN) $(REFINES) $(EVAL_SPLIT_ARG) \
+  --pick $(PSEUDO_REFINE))) &&)
 PSEUDO = $(if $(REFINES),"$$pseudo",$(RUN)/pseudo)
 pseudo: $(RUN)/metrics/pseudo.json $(PSEUDO_SCORES)
 

@@ -134,7 +134,7 @@ def test_make_report_compares_refinements_and_chooses_the_decoders_masks_on_trai
     assert "--refine none --device" in next(c for c in cmds if "-o runs/x/cams_text " in c)  # W's seeds: none
     decoder = next(c for c in cmds if "train-decoder" in c)
     assert decoder.startswith("pseudo=$(")  # the recipe stops if the choice fails
-    assert "choose-pseudo runs/x none caa caa+sgc --refine none --pick auto) && " in decoder
+    assert "choose-pseudo runs/x none caa caa+sgc --pick auto) && " in decoder
     assert 'train-decoder "$pseudo" -p runs/x/vision_prototypes.safetensors' in decoder
 
 

@@ -107,8 +107,8 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
 
     ``run_refine``: the refinement of RUN's own folders, checked against the records (None: read from them).
     ``pick`` is ``auto`` (the rule) or one name of ``among`` (kept whatever the scores). ``split``: the split the
-    scores must be on (None: the one the masks were made from). Returns ``{"chosen", "folder", "rule", "split",
-    "candidates": [{"refine", "folder", "train_miou"}]}``, mIoU in [0, 1].
+    scores must be on (None: the one the first candidate's masks were made from). Returns ``{"chosen", "folder",
+    "rule", "split", "candidates": [{"refine", "folder", "train_miou"}]}``, mIoU in [0, 1].
     """
     run = Path(run)
     among = list(dict.fromkeys(among))
@@ -122,26 +122,23 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
     if not run.is_dir():
         raise VplError(f"{run}: run folder not found; run `make pseudo RUN={run}` first")
     own = _own_refinement(run, run_refine)
-    candidates, splits = [], set()
+    candidates = []
     for name in among:
         folder = refinement_dir(run, name, own) / "pseudo"
         scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split)
+        split = scored["split"]  # every candidate on the first one's split
         made_by = recorded_refinement(folder)
         if made_by != name:
             raise VplError(f"{folder}: made from CAMs of --refine {made_by} (its cams_vision record), not {name}; "
                            f"re-make {name}'s masks there (`make pseudo`)")
-        splits.add(scored["split"])
         candidates.append({"refine": name, "folder": str(folder), "train_miou": scored["miou"]})
-    if len(splits) > 1:
-        raise VplError(f"choose-pseudo: the candidates' scores are on different splits ({', '.join(sorted(splits))});"
-                       " score every candidate on the training split (--split names it)")
     if pick == "auto":
         best = max(candidates, key=lambda c: c["train_miou"])  # max keeps the first of equals
         rule = RULE
     else:
         best = next(c for c in candidates if c["refine"] == pick)
         rule = f"set by hand (--pick {pick}), not chosen by score"
-    result = {"chosen": best["refine"], "folder": best["folder"], "rule": rule, "split": splits.pop(),
+    result = {"chosen": best["refine"], "folder": best["folder"], "rule": rule, "split": split,
               "candidates": candidates}
     io.write_json(run / "metrics" / CHOICE_FILE, result)
     return result
