@@ -119,7 +119,7 @@ def test_a_score_that_is_not_of_the_candidate_as_it_is_now_is_refused(tmp_path, 
 
 
 @pytest.mark.parametrize("among, pick, message", [
-    (["none", "caa"], "auto", "metrics/caa/pseudo.json: no train-split score"),  # caa's masks not scored
+    (["none", "caa"], "auto", "caa/pseudo: no finished pseudo masks there"),  # caa's masks not made
     (["none", "bogus"], "auto", "unknown refinement 'bogus'"),
     (["none"], "caa", "--pick 'caa' is not among none"),
 ])
@@ -136,4 +136,7 @@ def test_cli_prints_the_folder_on_stdout_and_exits_2_on_bad_input(tmp_path):
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.strip().splitlines()[-1] == str(run / "caa+sgc" / "pseudo")
     bad = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa"])
-    assert bad.exit_code == 2 and "no train-split score of the pseudo masks" in bad.output
+    assert bad.exit_code == 2 and "caa/pseudo: no finished pseudo masks there" in bad.output
+    (run / "metrics" / "caa+sgc" / "pseudo.json").unlink()
+    unscored = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa+sgc"])
+    assert unscored.exit_code == 2 and "caa+sgc/pseudo.json: no train-split score" in unscored.output

@@ -76,9 +76,6 @@ def checked_score(scored: Path, folder: Path, split: str | None) -> dict[str, An
     fix = f"re-run `vpltool eval {folder} --json {scored}` (or `make pseudo`)"
     if not scored.is_file():
         raise VplError(f"{scored}: no train-split score of the pseudo masks {folder}; {fix}")
-    if not io.stage_record_path(folder).is_file():
-        raise VplError(f"{folder}: no finished pseudo masks there (folder or its _stage.json missing); run `make "
-                       f"pseudo` for it, then {fix.removeprefix('re-run ')}")
     result = io.read_json(scored)
     if not isinstance(result, dict):
         raise VplError(f"{scored}: a JSON {type(result).__name__}, not an eval result; {fix}")
@@ -125,12 +122,15 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
     candidates = []
     for name in among:
         folder = refinement_dir(run, name, own) / "pseudo"
-        scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split)
-        split = scored["split"]  # every candidate on the first one's split
+        if not io.stage_record_path(folder).is_file():
+            raise VplError(f"{folder}: no finished pseudo masks there (folder or its _stage.json missing); make "
+                           f"{name}'s masks and score them on train (`make pseudo`)")
         made_by = recorded_refinement(folder)
         if made_by != name:
             raise VplError(f"{folder}: made from CAMs of --refine {made_by} (its cams_vision record), not {name}; "
                            f"re-make {name}'s masks there (`make pseudo`)")
+        scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split)
+        split = scored["split"]  # every candidate on the first one's split
         candidates.append({"refine": name, "folder": str(folder), "train_miou": scored["miou"]})
     if pick == "auto":
         best = max(candidates, key=lambda c: c["train_miou"])  # max keeps the first of equals
