@@ -14,7 +14,8 @@
    another object class (class swaps) and of background pixels given a class (spill).
 3. Decoders: for every refinement and decoder seed (``--seeds``), ``train-decoder`` on its masks with the Makefile's
    demo settings (``DEC_ARGS``, ``DEC_ITERS``: ``--dec-args`` and ``--dec-iters`` to change them), then ``predict``
-   (its defaults) on train and on val, scored by ``eval``; the same figures as 2 for each prediction.
+   on train (one scale, no flip: the Makefile's ``CHOICE_PRED_ARGS``) and on val (predict's defaults, as the demo
+   reports it), scored by ``eval``; the same figures as 2 for each prediction.
 4. Rules. Each rule scores the refinements of one world from the training split only and picks the highest (ties:
    the first of none, caa, caa+sgc). Val is read only to judge the picks: per world and seed, the pick's val mIoU
    against the best refinement's (its shortfall, 0 when the pick is the best), and per world, the mean over the
@@ -47,6 +48,9 @@ REFINES = ("none", "caa", "caa+sgc")  # the order ties are broken in (the Makefi
 DEC_ITERS = "600"  # the Makefile's DEC_ITERS and DEC_ARGS for the demo world
 DEC_ARGS = "--dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16 --cache-features"
 SPLITS = ("train", "val")
+# the rule's prediction on train: one scale, no flip (the Makefile's CHOICE_PRED_ARGS: a ranking, at a third of the
+# cost of predict's defaults); val is predicted with predict's defaults, as the demo reports it
+CHOICE_PRED_ARGS = ("--scales", "1", "--no-flip")
 
 
 def _run(*cmd: object) -> None:
@@ -132,7 +136,8 @@ def decoder_row(run: Path, refine: str, seed: int, dec_iters: str, dec_args: lis
     for split in SPLITS:
         pred = work / f"pred_{split}"
         if not (pred / "_stage.json").is_file():
-            _vpl("predict", decoder, "--split", split, "-o", pred, "--device", "cpu", "--overwrite")
+            _vpl("predict", decoder, "--split", split, "-o", pred, *(CHOICE_PRED_ARGS if split == "train" else ()),
+                 "--device", "cpu", "--overwrite")
         scored = eval_json(pred, work / f"pred_{split}.json")
         row[split] = mask_figures(pred, scored, world_decoys(run, split, scored["n_images"]))
     return row

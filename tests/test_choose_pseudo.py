@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from pseudo_runs import candidate, scored_run  # tests/ is on sys.path
+from pseudo_runs import candidate, decoder_candidate, scored_run  # tests/ is on sys.path
 from typer.testing import CliRunner
 
 from vpltool import io
@@ -20,7 +20,7 @@ def test_the_highest_train_miou_wins_and_val_is_not_read(tmp_path):
     for refine, miou in (("none", 0.4), ("caa", 0.9), ("caa+sgc", 0.3)):  # val would pick caa; never read
         where = run / "metrics" if refine == "none" else run / "metrics" / refine
         io.write_json(where / "pseudo_val.json", {"miou": miou})
-    choice = choose_pseudo(run, ["none", "caa", "caa+sgc"])
+    choice = choose_pseudo(run, ["none", "caa", "caa+sgc"], by="masks")
     assert choice["chosen"] == "caa+sgc" and choice["folder"] == str(run / "caa+sgc" / "pseudo")
     assert [c["train_miou"] for c in choice["candidates"]] == [0.35, 0.36, 0.39] and choice["split"] == "train"
     assert io.read_json(run / "metrics" / CHOICE_FILE) == choice
@@ -28,16 +28,16 @@ def test_the_highest_train_miou_wins_and_val_is_not_read(tmp_path):
 
 def test_the_runs_own_refinement_is_read_from_the_records_and_ties_keep_the_first(tmp_path):
     run = scored_run(tmp_path, {"none": 0.4, "caa": 0.4})
-    choice = choose_pseudo(run, ["none", "caa"])
+    choice = choose_pseudo(run, ["none", "caa"], by="masks")
     assert choice["chosen"] == "none" and choice["folder"] == str(run / "pseudo")
     # the top-level folder is none's, whatever --refine says (issue 38, item 11)
     with pytest.raises(VplError, match=re.escape("made from CAMs of --refine none (its cams_vision record), not caa")):
-        choose_pseudo(run, ["none", "caa"], run_refine="caa")
+        choose_pseudo(run, ["none", "caa"], run_refine="caa", by="masks")
 
 
 def test_a_pick_by_hand_is_kept_and_said_so(tmp_path):
     run = scored_run(tmp_path, {"none": 0.5, "caa": 0.3})
-    choice = choose_pseudo(run, ["none", "caa"], pick="caa")
+    choice = choose_pseudo(run, ["none", "caa"], pick="caa", by="masks")
     assert choice["chosen"] == "caa" and "by hand" in choice["rule"]
 
 
@@ -114,7 +114,7 @@ def test_a_score_that_is_not_of_the_candidate_as_it_is_now_is_refused(tmp_path, 
     run = scored_run(tmp_path, {"none": 0.4, "caa": 0.5})
     spoil(run)
     with pytest.raises(VplError, match=re.escape(message)):
-        choose_pseudo(run, ["none", "caa"])
+        choose_pseudo(run, ["none", "caa"], by="masks")
     assert not (run / "metrics" / CHOICE_FILE).exists()  # nothing written on a refusal
 
 
@@ -132,11 +132,41 @@ def test_bad_input_is_one_line_naming_the_fix(tmp_path, among, pick, message):
 
 def test_cli_prints_the_folder_on_stdout_and_exits_2_on_bad_input(tmp_path):
     run = scored_run(tmp_path, {"none": 0.3, "caa+sgc": 0.4})
-    ok = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa+sgc"])
+    ok = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa+sgc", "--by", "masks"])
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.strip().splitlines()[-1] == str(run / "caa+sgc" / "pseudo")
-    bad = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa"])
+    bad = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa", "--by", "masks"])
     assert bad.exit_code == 2 and "caa/pseudo: no finished pseudo masks there" in bad.output
     (run / "metrics" / "caa+sgc" / "pseudo.json").unlink()
-    unscored = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa+sgc"])
+    unscored = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa+sgc", "--by", "masks"])
     assert unscored.exit_code == 2 and "caa+sgc/pseudo.json: no train-split score" in unscored.output
+
+
+def test_by_decoder_the_best_decoder_on_train_wins_whatever_its_masks_score(tmp_path):
+    run = scored_run(tmp_path, {"none": 0.35, "caa": 0.36, "caa+sgc": 0.39})
+    for refine, miou in (("none", 0.70), ("caa", 0.66), ("caa+sgc", 0.64)):
+        decoder_candidate(run, refine, miou)
+    choice = choose_pseudo(run, ["none", "caa", "caa+sgc"])
+    assert choice["chosen"] == "none" and choice["by"] == "decoder"
+    assert choice["decoder"] == str(run / "decoder" / "decoder.safetensors")
+    assert [c["decoder_train_miou"] for c in choice["candidates"]] == [0.70, 0.66, 0.64]
+    # a decoder re-trained on other masks since its prediction was scored, and masks re-made after the decoder
+    decoder_candidate(run, "caa", 0.9)
+    (run / "caa" / "decoder" / "decoder.safetensors").write_bytes(b"not the decoder that predicted")
+    with pytest.raises(VplError, match=re.escape("caa/pred_train: not predicted by")):
+        choose_pseudo(run, ["none", "caa"])
+    decoder_candidate(run, "caa", 0.9)
+    candidate(run, "caa", 0.36)  # caa's masks re-made (and re-scored): the decoder was trained on the old ones
+    io.write_stage_record(run / "caa" / "pseudo", "crf", params={"confidence": 0.5}, count=0,
+                          inputs=io.read_record(run / "caa" / "pseudo" / "_stage.json")["inputs"])
+    candidate_score = run / "metrics" / "caa" / "pseudo.json"
+    from vpltool.eval import scored_what
+
+    io.write_json(candidate_score, {"miou": 0.36, **scored_what(run / "caa" / "pseudo", "crf", "train")})
+    with pytest.raises(VplError, match=re.escape("caa/decoder/decoder.safetensors: not trained on")):
+        choose_pseudo(run, ["none", "caa"])
+    import shutil
+
+    shutil.rmtree(run / "caa" / "decoder")
+    with pytest.raises(VplError, match=re.escape("caa/decoder/decoder.safetensors: not found: the decoder trained on")):
+        choose_pseudo(run, ["none", "caa"])

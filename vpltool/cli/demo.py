@@ -108,21 +108,26 @@ def choose_pseudo_cmd(
     split: Annotated[Optional[str], typer.Option("--split", "-s", help="The split every score must be on "
                                                  "[default: the one the masks were made from].")] = None,
     pick: Annotated[str, typer.Option(help="auto (the rule) or one of AMONG.")] = "auto",
+    by: Annotated[str, typer.Option(help="What the rule scores: decoder (the decoder trained on each candidate's "
+                                    "masks, RUN[/R]/decoder, by its prediction RUN[/R]/pred_train and its eval JSON "
+                                    "RUN/metrics[/R]/pred_train.json) | masks (the masks' own mIoU).")] = "decoder",
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
-    """Choose, on the training split, which refinement's CRF pseudo masks train the decoder: prints their folder on
-    stdout (for the Makefile), the choice and every candidate's score on stderr, and writes
-    RUN/metrics/pseudo_choice.json (demo-report shows it). Each score must be eval's JSON of that folder as it is
-    now, on that split (eval records the folder, the digest of its record and the split).
+    """Choose, on the training split, which refinement's CRF pseudo masks train the decoder: the one whose decoder
+    scores the highest mIoU on the training split (--by decoder; or whose masks do, --by masks). Prints the masks'
+    folder on stdout (for the Makefile; their decoder is the folder's sibling decoder/), the choice and every
+    candidate's scores on stderr, and writes RUN/metrics/pseudo_choice.json (demo-report shows it). Each score must
+    be eval's JSON of that folder as it is now, on that split (eval records the folder, the digest of its record and
+    the split); each decoder must be the one trained on those masks.
 
     \b
     Example:
-      vpltool train-decoder $(vpltool choose-pseudo runs/demo none caa caa+sgc) -p W -o D
+      make decoders && vpltool choose-pseudo runs/demo none caa caa+sgc
     """
     from ..demo.choose_pseudo import choose_pseudo, describe
 
-    choice = choose_pseudo(run, among, refine, pick, split)
+    choice = choose_pseudo(run, among, refine, pick, split, by)
     say(describe(choice))
     typer.echo(choice["folder"])
 

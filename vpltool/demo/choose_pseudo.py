@@ -21,7 +21,10 @@ from ..config import REFINES
 from ..errors import VplError
 
 CHOICE_FILE = "pseudo_choice.json"  # under RUN/metrics; demo-report reads it
-RULE = "the highest pseudo-mask mIoU on the training split"
+# what a candidate is scored by (--by): its decoder's prediction on the training split, or its masks themselves
+RULES = {"decoder": "the highest mIoU on the training split of the decoder trained on each candidate's masks",
+         "masks": "the highest pseudo-mask mIoU on the training split"}
+BY = tuple(RULES)
 
 
 def refinement_dir(run: Path, refine: str, run_refine: str | None) -> Path:
@@ -69,13 +72,13 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
 
 
-def checked_score(scored: Path, folder: Path, split: str | None) -> dict[str, Any]:
+def checked_score(scored: Path, folder: Path, split: str | None, target: str = "pseudo") -> dict[str, Any]:
     """The eval JSON ``scored`` of the mask folder ``folder``, after checking that it is an eval result of that
     folder as it is now, on ``split`` (None: the split the masks were made from); one line naming the fix
-    otherwise."""
-    fix = f"re-run `vpltool eval {folder} --json {scored}` (or `make pseudo`)"
+    otherwise (``target``: the Make target that re-makes it)."""
+    fix = f"re-run `vpltool eval {folder} --json {scored}` (or `make {target}`)"
     if not scored.is_file():
-        raise VplError(f"{scored}: no train-split score of the pseudo masks {folder}; {fix}")
+        raise VplError(f"{scored}: no train-split score of {folder}; {fix}")
     result = io.read_json(scored)
     if not isinstance(result, dict):
         raise VplError(f"{scored}: a JSON {type(result).__name__}, not an eval result; {fix}")
@@ -98,14 +101,49 @@ def checked_score(scored: Path, folder: Path, split: str | None) -> dict[str, An
     return {**result, "miou": miou}
 
 
+def checked_decoder_score(base: Path, scored: Path, pseudo: Path, split: str) -> float:
+    """The training-split mIoU of ``base/pred_train``, the prediction of the decoder ``base/decoder`` trained on the
+    masks ``pseudo`` (each link checked through the records: the prediction's decoder digest, the decoder's masks
+    digest), from its eval JSON ``scored``."""
+    pred, decoder = base / "pred_train", base / "decoder" / "decoder.safetensors"
+    if not decoder.is_file() or not io.stage_record_path(pred).is_file():
+        raise VplError(f"{decoder if not decoder.is_file() else pred}: not found: the decoder trained on {pseudo} and "
+                       "its prediction on the training split are what the rule scores; make them (`make decoders`), "
+                       "or choose --by masks")
+    result = checked_score(scored, pred, split, target="decoders")
+    if io.read_record(io.stage_record_path(pred))["inputs"].get("decoder") != io.sha256_file(decoder):
+        raise VplError(f"{pred}: not predicted by {decoder} as it is now (re-trained since?); re-run its predict "
+                       "and eval (`make decoders`)")
+    trained_on = _json_field(io.read_header(decoder).get("vpltool.inputs"), "pseudo", "sha256")
+    if trained_on != io.sha256_file(io.stage_record_path(pseudo)):
+        raise VplError(f"{decoder}: not trained on {pseudo} as it is now; re-train it (`make decoders`)")
+    return result["miou"]
+
+
+def _json_field(text: str | None, *keys: str) -> Any:
+    """``text`` (JSON) indexed by ``keys``; None when it is not JSON or lacks one of them."""
+    import json
+
+    try:
+        value = json.loads(text or "")
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+    except json.JSONDecodeError:
+        return None
+
+
 def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None = None, pick: str = "auto",
-                  split: str | None = None) -> dict[str, Any]:
+                  split: str | None = None, by: str = "decoder") -> dict[str, Any]:
     """Choose the pseudo masks for the decoder among the refinements ``among``; writes ``RUN/metrics/CHOICE_FILE``.
 
     ``run_refine``: the refinement of RUN's own folders, checked against the records (None: read from them).
     ``pick`` is ``auto`` (the rule) or one name of ``among`` (kept whatever the scores). ``split``: the split the
-    scores must be on (None: the one the first candidate's masks were made from). Returns ``{"chosen", "folder",
-    "rule", "split", "candidates": [{"refine", "folder", "train_miou"}]}``, mIoU in [0, 1].
+    scores must be on (None: the one the first candidate's masks were made from). ``by``: ``decoder`` (the rule:
+    each candidate's decoder, ``RUN[/R]/decoder``, scored by its prediction on that split, ``RUN[/R]/pred_train``,
+    eval JSON ``RUN/metrics[/R]/pred_train.json``) or ``masks`` (the masks' own mIoU). Returns ``{"chosen",
+    "folder", "decoder", "by", "rule", "split", "candidates": [{"refine", "folder", "train_miou",
+    "decoder_train_miou" (by decoder)}]}``, mIoU in [0, 1].
     """
     run = Path(run)
     among = list(dict.fromkeys(among))
@@ -116,6 +154,8 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
         raise VplError("choose-pseudo: name at least one refinement to choose among (e.g. none caa caa+sgc)")
     if pick != "auto" and pick not in among:
         raise VplError(f"choose-pseudo: --pick {pick!r} is not among {', '.join(among)}; use auto or one of them")
+    if by not in RULES:
+        raise VplError(f"choose-pseudo: --by {by!r}; use one of {', '.join(BY)}")
     if not run.is_dir():
         raise VplError(f"{run}: run folder not found; run `make pseudo RUN={run}` first")
     own = _own_refinement(run, run_refine)
@@ -132,19 +172,29 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
         scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split)
         split = scored["split"]  # every candidate on the first one's split
         candidates.append({"refine": name, "folder": str(folder), "train_miou": scored["miou"]})
+    for c in candidates if by == "decoder" else ():  # every candidate's masks checked first, then the decoders
+        c["decoder_train_miou"] = checked_decoder_score(refinement_dir(run, c["refine"], own), metrics_dir(
+            run, c["refine"], own) / "pred_train.json", Path(c["folder"]), split)
+    key = "decoder_train_miou" if by == "decoder" else "train_miou"
     if pick == "auto":
-        best = max(candidates, key=lambda c: c["train_miou"])  # max keeps the first of equals
-        rule = RULE
+        best = max(candidates, key=lambda c: c[key])  # max keeps the first of equals
+        rule = RULES[by]
     else:
         best = next(c for c in candidates if c["refine"] == pick)
         rule = f"set by hand (--pick {pick}), not chosen by score"
-    result = {"chosen": best["refine"], "folder": best["folder"], "rule": rule, "split": split,
-              "candidates": candidates}
+    decoder = Path(best["folder"]).parent / "decoder" / "decoder.safetensors"
+    result = {"chosen": best["refine"], "folder": best["folder"], "decoder": str(decoder) if by == "decoder" else None,
+              "by": by, "rule": rule, "split": split, "candidates": candidates}
     io.write_json(run / "metrics" / CHOICE_FILE, result)
     return result
 
 
 def describe(choice: dict[str, Any]) -> str:
-    """One line: the choice, its rule and every candidate's training-split mIoU %."""
-    scores = ", ".join(f"{c['refine']} {100 * c['train_miou']:.1f}" for c in choice["candidates"])
+    """One line: the choice, its rule and every candidate's training-split mIoU % (masks, and decoder when scored)."""
+    def score(c: dict[str, Any]) -> str:
+        masks = f"masks {100 * c['train_miou']:.1f}"
+        return (f"{c['refine']} decoder {100 * c['decoder_train_miou']:.1f} / {masks}" if "decoder_train_miou" in c
+                else f"{c['refine']} {masks}")
+
+    scores = ", ".join(score(c) for c in choice["candidates"])
     return f"pseudo masks for the decoder: {choice['chosen']} ({choice['rule']}; train mIoU %: {scores})"
