@@ -2405,7 +2405,14 @@ def _choice_list(ws: Workspace) -> Iterator[list[object]]:
 @case("choose-pseudo RUN caa where RUN's own folders are none's (the refinement is read from the records)",
       "choice_own/caa/pseudo", exit_code=0, leaves=("choice_own/metrics/pseudo_choice.json",))
 def _choice_own(ws: Workspace) -> Iterator[list[object]]:
-    yield ["choose-pseudo", _choice_run(ws, "choice_own"), "caa"]
+    yield ["choose-pseudo", _choice_run(ws, "choice_own"), "caa", "--by", "masks"]
+
+
+@case("choose-pseudo (by decoder) with no decoder trained on a candidate's masks",
+      "choice_no_decoder/decoder/decoder.safetensors: not found: the decoder trained on choice_no_decoder/pseudo",
+      "`make decoders`")
+def _choice_no_decoder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["choose-pseudo", _choice_run(ws, "choice_no_decoder"), "none", "caa"]
 
 
 @case("choose-pseudo --refine caa where RUN's own folders are none's",
