@@ -121,6 +121,10 @@ def test_layout_and_stage_table(tiny_run, report):
     decoder = next(r for r in summary["stages"] if r["stage"] == "decoder prediction")
     assert f"{100 * decoder['val']['miou']:.1f}" in html
     assert f"{100 * summary['chance']['train']['all background']:.1f}" in html
+    masks = io.read_json(tiny_run / "metrics" / "pseudo.json")  # per-class precision / recall under each IoU
+    shown = re.findall(r'<small class="pr"[^>]*>([^<]*)</small>', html)
+    assert [f"{100 * masks['precision'][c]:.1f} / {100 * masks['recall'][c]:.1f}" for c in masks["classes"]
+            if masks["precision"][c] is not None and masks["recall"][c] is not None][0] in shown
     assert io.read_record(report.index.parent / io.STAGE_RECORD)["stage"] == "report"
     detail = report.index.parent / "d" / "0" / "0.js"
     data = json.loads(re.fullmatch(r"VPL\.detailLoaded\(0,0,(.*)\);\n", detail.read_text(), re.S).group(1))
