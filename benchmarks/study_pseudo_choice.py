@@ -125,6 +125,12 @@ def mask_figures(folder: Path, scored: dict, decoys: list[np.ndarray] | None) ->
     return {k: round(float(v), 2) for k, v in fig.items()}
 
 
+def measured(run: Path, refine: str, seed: int) -> bool:
+    """Whether :func:`decoder_row`'s decoder and its scored predictions are all there."""
+    work = run / "choice_study" / f"{refine.replace('+', '-')}_seed{seed}"
+    return all((work / f"pred_{split}.json").is_file() for split in SPLITS)
+
+
 def decoder_row(run: Path, refine: str, seed: int, dec_iters: str, dec_args: list[str]) -> dict:
     """Train one decoder on ``refine``'s masks (re-used if there), predict both splits, score them."""
     work = run / "choice_study" / f"{refine.replace('+', '-')}_seed{seed}"
@@ -145,13 +151,14 @@ def decoder_row(run: Path, refine: str, seed: int, dec_iters: str, dec_args: lis
 
 # --------------------------------------------------------------------------------------------- rules
 def rule_scores(masks: dict, decoders: dict, seed: int) -> dict[str, dict[str, float]]:
-    """Each rule's score of every refinement of one world, from the training split only."""
+    """Each rule's score of every refinement of one world that has decoders, from the training split only."""
+    refines = list(decoders)
     return {
-        "pseudo_miou": {r: masks[r]["miou"] for r in REFINES},
-        "pseudo_precision": {r: masks[r]["precision"] for r in REFINES},
+        "pseudo_miou": {r: masks[r]["miou"] for r in refines},
+        "pseudo_precision": {r: masks[r]["precision"] for r in refines},
         "pseudo_f1": {r: 2 * masks[r]["precision"] * masks[r]["recall"] / (masks[r]["precision"]
-                                                                          + masks[r]["recall"]) for r in REFINES},
-        "decoder_train": {r: decoders[r][seed]["train"]["miou"] for r in REFINES},
+                                                                          + masks[r]["recall"]) for r in refines},
+        "decoder_train": {r: decoders[r][seed]["train"]["miou"] for r in refines},
     }
 
 
@@ -161,19 +168,25 @@ def judge(worlds: dict, seeds: list[int]) -> dict:
     for name in rule_scores(*next(iter(worlds.values())).values(), seeds[0]):
         per, means = [], []
         for world, w in worlds.items():
-            val = {r: {s: w["decoders"][r][s]["val"]["miou"] for s in seeds} for r in REFINES}
+            first = len(per)
+            refines = list(w["decoders"])  # REFINES' order; with --available, those measured
+            val = {r: {s: w["decoders"][r][s]["val"]["miou"] for s in seeds} for r in refines}
             for s in seeds:
                 scores = rule_scores(w["masks"], w["decoders"], s)[name]
-                pick = max(REFINES, key=lambda r: scores[r])
-                best = max(val[r][s] for r in REFINES)
+                pick = max(refines, key=lambda r: scores[r])
+                best = max(val[r][s] for r in refines)
                 per.append({"world": world, "seed": s, "pick": pick, "val": val[pick][s],
                             "shortfall": round(best - val[pick][s], 2)})
             # the rule with its scores averaged over the seeds, judged on the val means
             mean_scores = {r: statistics.fmean(rule_scores(w["masks"], w["decoders"], s)[name][r] for s in seeds)
-                           for r in REFINES}
-            pick = max(REFINES, key=lambda r: mean_scores[r])
-            val_mean = {r: round(statistics.fmean(val[r].values()), 2) for r in REFINES}
-            means.append({"world": world, "pick": pick, "val_mean": val_mean[pick],
+                           for r in refines}
+            pick = max(refines, key=lambda r: mean_scores[r])
+            val_mean = {r: round(statistics.fmean(val[r].values()), 2) for r in refines}
+            # as `make` runs it: each seed's own pick (one decoder per refinement, the best on train kept)
+            run_picks = round(statistics.fmean(p["val"] for p in per[first:]), 2)
+            means.append({"world": world, "refines": refines, "per_seed_picks_val_mean": run_picks,
+                          "per_seed_picks_shortfall": round(max(val_mean.values()) - run_picks, 2),
+                          "pick": pick, "val_mean": val_mean[pick],
                           "best_mean": max(val_mean.values()), "shortfall": round(max(val_mean.values())
                                                                                   - val_mean[pick], 2)})
         out[name] = {"per_seed": per, "per_world": means,
@@ -199,6 +212,8 @@ def main() -> None:
     ap.add_argument("--dec-args", default=DEC_ARGS)
     ap.add_argument("--make", default="make")
     ap.add_argument("--jobs", type=int, default=1, help="decoders trained at once (and make -j)")
+    ap.add_argument("--available", action="store_true", help="train nothing: judge the refinements whose decoders "
+                    "(every seed) are already measured, and say which were left out")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
@@ -214,6 +229,8 @@ def main() -> None:
             scored = eval_json(pseudo_dir(run, r), run / "choice_study" / f"pseudo_{r.replace('+', '-')}.json")
             masks[r] = mask_figures(pseudo_dir(run, r), scored, world_decoys(run, "train", scored["n_images"]))
         keys = [(r, s) for r in REFINES for s in seeds]
+        if args.available:  # only the refinements whose every decoder is measured
+            keys = [(r, s) for r, s in keys if all(measured(run, r, t) for t in seeds)]
 
         def one(key: tuple[str, int], run: Path = run, name: str = name) -> dict:
             row = decoder_row(run, *key, args.dec_iters, args.dec_args.split())
@@ -222,20 +239,25 @@ def main() -> None:
 
         with ThreadPoolExecutor(args.jobs) as pool:  # each decoder is its own process; threads only wait on them
             rows = dict(zip(keys, pool.map(one, keys)))
-        decoders = {r: {s: rows[(r, s)] for s in seeds} for r in REFINES}
+        decoders = {r: {s: rows[(r, s)] for s in seeds} for r in REFINES if (r, seeds[0]) in rows}
         worlds[name] = {"masks": masks, "decoders": decoders}
     summary = {name: {r: {split: spread([w["decoders"][r][s][split]["miou"] for s in seeds]) for split in SPLITS}
-                      for r in REFINES} for name, w in worlds.items()}
+                      for r in w["decoders"]} for name, w in worlds.items()}
     result = {"benchmark": "pseudo_choice_study", "machine": machine("cpu"),
               "runs": {k: str(v) for k, v in runs.items()}, "seeds": seeds,
               "decoder": {"iters": args.dec_iters, "args": args.dec_args},
               "worlds": {name: {"masks": w["masks"],
-                                "decoders": {r: {str(s): d for s, d in w["decoders"][r].items()} for r in REFINES}}
+                                "decoders": {r: {str(s): d for s, d in w["decoders"][r].items()}
+                                             for r in w["decoders"]}}
                          for name, w in worlds.items()},
               "decoder_summary": summary, "rules": judge(worlds, seeds),
               "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(result, indent=1))
     print(markdown(result), file=sys.stderr)
+
+
+def _among(refines: list[str]) -> str:
+    return "" if len(refines) == len(REFINES) else f" (of {', '.join(refines)})"
 
 
 def markdown(result: dict) -> str:
@@ -246,7 +268,12 @@ def markdown(result: dict) -> str:
                   "decoy painted | decoder train mIoU | decoder val mIoU | decoder val: decoy painted |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in REFINES:
-            m, d = w["masks"][r], result["decoder_summary"][name][r]
+            m, d = w["masks"][r], result["decoder_summary"][name].get(r)
+            if d is None:
+                lines.append(f"| {r} | {m['miou']:.1f} | {m['precision']:.1f} | {m['recall']:.1f} | {m['swap']:.1f} | "
+                             f"{m['spill']:.1f} | {m.get('decoy_painted', float('nan')):.1f} | not measured | "
+                             "not measured | - |")
+                continue
             decoy = [w["decoders"][r][str(s)]["val"].get("decoy_painted") for s in seeds]
             lines.append(f"| {r} | {m['miou']:.1f} | {m['precision']:.1f} | {m['recall']:.1f} | {m['swap']:.1f} | "
                          f"{m['spill']:.1f} | {m.get('decoy_painted', float('nan')):.1f} | "
@@ -255,10 +282,12 @@ def markdown(result: dict) -> str:
                          + (f"{statistics.fmean(decoy):.1f}" if None not in decoy else "-") + " |")
         lines.append("")
     lines += ["### Rules (scores from train only; val judges the pick)", "",
-              "| rule | picks per world (pick: val mean, best val mean) | worlds within 0.5 | mean shortfall "
+              "| rule | per world: pick (scores averaged over seeds) and its val mean, the best refinement's val mean, "
+              "the val mean of each seed's own pick | worlds within 0.5 | mean shortfall "
               "per seed |", "|---|---|---|---|"]
     for name, rule in result["rules"].items():
-        picks = "; ".join(f"{m['world']}: {m['pick']} {m['val_mean']:.1f}, best {m['best_mean']:.1f}"
+        picks = "; ".join(f"{m['world']}{_among(m['refines'])}: {m['pick']} {m['val_mean']:.1f}, best "
+                          f"{m['best_mean']:.1f}, per-seed picks {m['per_seed_picks_val_mean']:.1f}"
                           for m in rule["per_world"])
         lines.append(f"| {name} | {picks} | {rule['picks_within_0.5_per_world']}/{rule['worlds']} | "
                      f"{rule['mean_shortfall_per_seed']:.2f} |")
