@@ -256,6 +256,10 @@ def main() -> None:
     print(markdown(result), file=sys.stderr)
 
 
+def _decoys(figures: dict) -> str:
+    return f"{figures['decoy_painted']:.1f}" if "decoy_painted" in figures else "- (no decoys)"
+
+
 def _among(refines: list[str]) -> str:
     return "" if len(refines) == len(REFINES) else f" (of {', '.join(refines)})"
 
@@ -271,12 +275,12 @@ def markdown(result: dict) -> str:
             m, d = w["masks"][r], result["decoder_summary"][name].get(r)
             if d is None:
                 lines.append(f"| {r} | {m['miou']:.1f} | {m['precision']:.1f} | {m['recall']:.1f} | {m['swap']:.1f} | "
-                             f"{m['spill']:.1f} | {m.get('decoy_painted', float('nan')):.1f} | not measured | "
+                             f"{m['spill']:.1f} | {_decoys(m)} | not measured | "
                              "not measured | - |")
                 continue
             decoy = [w["decoders"][r][str(s)]["val"].get("decoy_painted") for s in seeds]
             lines.append(f"| {r} | {m['miou']:.1f} | {m['precision']:.1f} | {m['recall']:.1f} | {m['swap']:.1f} | "
-                         f"{m['spill']:.1f} | {m.get('decoy_painted', float('nan')):.1f} | "
+                         f"{m['spill']:.1f} | {_decoys(m)} | "
                          f"{d['train']['mean']:.1f} ± {d['train']['sd']:.1f} | "
                          f"{d['val']['mean']:.1f} ± {d['val']['sd']:.1f} | "
                          + (f"{statistics.fmean(decoy):.1f}" if None not in decoy else "-") + " |")
