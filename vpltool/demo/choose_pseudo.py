@@ -8,6 +8,13 @@ its ``--refine``), never assumed. The choice reads each candidate's scores on th
 (``RUN/metrics[/R]/pseudo.json``, written by `eval` on the split the Makefile scores train-side stages on) after
 checking that each score is of that folder as it is now (eval records the folder, the digest of its record and the
 split). Held-out figures are never read, so the choice cannot be tuned on them.
+
+The rule (issue 37, ``--by decoder``): the masks' own mIoU ranked SGC's precise but thin masks first, and the
+decoder trained on them learned to under-segment (5.5 points lower on the demo's val). So each candidate's masks
+train a decoder (``RUN[/R]/decoder``), which predicts the training split (``RUN[/R]/pred_train``, eval JSON
+``RUN/metrics[/R]/pred_train.json``), and the decoder with the highest train mIoU wins: over three worlds and two
+decoder seeds it picked the best refinement on val in 5 of 6 cases (docs/pipeline.md, benchmarks/
+study_pseudo_choice.py). ``--by masks`` keeps the masks' own mIoU (no decoders needed).
 """
 
 from __future__ import annotations
