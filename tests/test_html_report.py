@@ -132,6 +132,16 @@ def test_layout_and_stage_table(tiny_run, report):
     assert boxes["rows"] and all(len(b) == 5 for b in boxes["rows"])  # CAA's boxes, read from the debug folder
 
 
+def test_an_eval_json_without_precision_and_recall_still_renders(tiny_run, tmp_path):
+    """eval JSONs written before issue 37 have no precision or recall: their row shows IoU alone."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    scored = run / "metrics" / "cams_text.json"
+    io.write_json(scored, {k: v for k, v in io.read_json(scored).items() if k not in ("precision", "recall")})
+    html = run_report(run, tmp_path / "report", ReportConfig(page_size=4), workers=1).index.read_text()
+    assert "IoU % per class" in html and 'class="pr"' in html  # the other rows keep theirs
+
+
 def test_any_run_folder_and_rerun(tiny_run, tmp_path):
     """A run of the first stages only, with an extra CAM folder under a new name: every folder becomes a column,
     nothing is required; a second report replaces the first."""

@@ -263,7 +263,7 @@ def stage_table(run: Run) -> dict[str, Any]:
             continue  # e.g. diagnose_val.json: its rows are in metrics.json's other_layers
         # precision and recall per class (eval since issue 37), shown under the IoU where the JSON has them
         extra = {k: {c: v for c, v in result[k].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                 for k in ("precision", "recall") if isinstance(result.get(k), dict)}
+                 if isinstance(result.get(k), dict) else None for k in ("precision", "recall")}
         out["per_class"].append({"name": name, "miou": result.get("miou"), "n_images": result.get("n_images"),
                                  "bg_exponent": result.get("bg_exponent"), "iou": result["iou"], **extra})
         out["classes"] = out["classes"] or list(result["iou"])
