@@ -34,9 +34,14 @@ REFINE ?= none
 # both splits; REFINE's at RUN's top level, any other R's under RUN/R/ (metrics under RUN/metrics/R/). Empty: REFINE
 # alone, as `make voc` and `make coco` (the paper's pipeline)
 REFINES ?= none caa caa+sgc
-# whose vision-CAM CRF masks train the decoder: auto = the refinement of REFINES whose masks score the highest mIoU
-# on the training split (`vpltool choose-pseudo` prints the scores; never val), or one name of REFINES
+# whose vision-CAM CRF masks train the decoder: auto = the refinement of REFINES whose decoder scores the highest mIoU
+# on the training split (a decoder is trained on every refinement's masks, RUN[/R]/decoder, and predicts the training
+# split, RUN[/R]/pred_train; `vpltool choose-pseudo` checks and prints the scores; never val), or one name of REFINES
+# (its decoder alone is trained). The pseudo masks' own mIoU pointed the wrong way on harder worlds (issue 37,
+# docs/pipeline.md)
 PSEUDO_REFINE ?= auto
+# predict's options for the rule's prediction on the training split: a ranking, at a third of the defaults' cost
+CHOICE_PRED_ARGS ?= --scales 1 --no-flip
 # SSR (AAAI 2026; docs/pipeline.md): REFINE=caa+sgc masks CAA's affinity with K-means groups of SLIC superpixels
 # (SGC_SEGMENTS superpixels, SGC_CLUSTERS groups, SGC_POSITION: weight of position against colour); AFFINITY=dino or
 # clip+dino builds CAA from a timm ViT's attention (DINO_MODEL; DINO_WEIGHTS hub | FILE | none = random), mixed
@@ -142,7 +147,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder predict heldout refines diagnose dense report voc coco bench docs toy-clip clean-demo
+        pseudo decoder decoders predict heldout refines diagnose dense report voc coco bench docs toy-clip clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -226,28 +231,41 @@ $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_p
 cams-vision: $(RUN)/metrics/cams_vision.json
 
 ## Dense-CRF pseudo masks from the vision-prototype CAMs, and their mIoU (with REFINES: those of every refinement)
-# with REFINES, the decoder's masks are chosen among theirs on the training split (PSEUDO_REFINE), else RUN/pseudo
 PSEUDO_SCORES = $(foreach r,$(REFINES),$(call refine_metrics,$(r))/pseudo.json)
-# (a failed choice stops the recipe: `&&`, not an empty folder argument)
-PSEUDO_CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(RUN) $(REFINES) --refine $(REFINE) \
-  --pick $(PSEUDO_REFINE) --overwrite) &&)
-PSEUDO = $(if $(REFINES),"$$pseudo",$(RUN)/pseudo)
 pseudo: $(RUN)/metrics/pseudo.json $(PSEUDO_SCORES)
 
-## VPL phase 2: decoder on the frozen CLIP, trained on the pseudo masks with CE + RSC
-decoder: $(RUN)/decoder/decoder.safetensors
-$(RUN)/decoder/decoder.safetensors: $(if $(REFINES),$(PSEUDO_SCORES),$(RUN)/pseudo/_stage.json) \
-                                    $(RUN)/vision_prototypes.safetensors
-	$(PSEUDO_CHOICE) $(VPL) train-decoder $(PSEUDO) -p $(RUN)/vision_prototypes.safetensors -o $(@D) \
-	  --iters $(DEC_ITERS) $(DEC_ARGS) \
+## VPL phase 2: decoder on the frozen CLIP, trained on the pseudo masks with CE + RSC (with REFINES: one per refinement)
+# $(call refine_dir,R): the folder of refinement R's CAMs, masks and decoder: RUN for REFINE, else RUN/R
+refine_dir = $(if $(filter $(REFINE),$(1)),$(RUN),$(RUN)/$(1))
+# the refinements whose masks train a decoder: every one of REFINES when the rule chooses (PSEUDO_REFINE=auto), the
+# one named by hand, or REFINE alone without REFINES (make voc, make coco)
+DEC_REFINES = $(if $(REFINES),$(if $(filter auto,$(PSEUDO_REFINE)),$(REFINES),$(PSEUDO_REFINE)),$(REFINE))
+DECODERS = $(foreach r,$(DEC_REFINES),$(call refine_dir,$(r))/decoder/decoder.safetensors)
+# the rule's scores: each decoder's prediction on the train-side split, scored there
+DECODER_SCORES = $(if $(filter auto,$(PSEUDO_REFINE)),$(foreach r,$(REFINES),$(call refine_metrics,$(r))/pred_train.json))
+decoder: $(DECODERS)
+%/decoder/decoder.safetensors: %/pseudo/_stage.json $(RUN)/vision_prototypes.safetensors
+	$(VPL) train-decoder $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --iters $(DEC_ITERS) $(DEC_ARGS) \
 	  --lambda-proto $(LAMBDA_PROTO) $(if $(IGNORE_CLASSES),--ignore-classes $(IGNORE_CLASSES)) --device $(DEVICE) \
 	  --overwrite
+%/pred_train/_stage.json: %/decoder/decoder.safetensors
+	$(VPL) predict $< --split $(or $(EVAL_SPLIT),$(TRAIN_SPLIT)) -o $(@D) $(CHOICE_PRED_ARGS) \
+	  $(if $(PRED_CLASSES),--classes $(PRED_CLASSES)) --device $(DEVICE) --overwrite
+## The choice among REFINES (PSEUDO_REFINE): every refinement's decoder, scored on train (`vpltool choose-pseudo`)
+decoders: $(DECODER_SCORES) $(DECODERS)
+
+# with REFINES, the decoder that predicts val is the chosen refinement's (RUN[/R]/decoder); a failed choice stops the
+# recipe (`&&`, not an empty argument). The refinement of each folder is read from its records; the scores must be
+# on the train-side EVAL_SPLIT
+CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(strip $(RUN) $(REFINES) $(EVAL_SPLIT_ARG) \
+  --pick $(PSEUDO_REFINE) --by $(if $(filter auto,$(PSEUDO_REFINE)),decoder,masks))) &&)
+CHOSEN_DECODER = $(if $(REFINES),"$${pseudo%/pseudo}/decoder/decoder.safetensors",$(RUN)/decoder/decoder.safetensors)
 
 ## Decoder masks for the validation split, and their mIoU
 predict: $(RUN)/metrics/pred_val.json
-$(RUN)/pred_val/_stage.json: $(RUN)/decoder/decoder.safetensors
-	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) $(if $(PRED_CLASSES),--classes $(PRED_CLASSES)) \
-	  --device $(DEVICE) --overwrite
+$(RUN)/pred_val/_stage.json: $(DECODERS) $(DECODER_SCORES) $(if $(REFINES),$(PSEUDO_SCORES))
+	$(CHOICE) $(VPL) predict $(CHOSEN_DECODER) --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) \
+	  $(if $(PRED_CLASSES),--classes $(PRED_CLASSES)) --device $(DEVICE) --overwrite
 $(RUN)/metrics/pred_val.json: $(RUN)/pred_val/_stage.json
 	$(VPL) eval $(<D) --json $@ --overwrite
 

@@ -3138,6 +3138,114 @@ def _exif_square(ws: Workspace) -> Iterator[list[object]]:
     yield _extract(ws, world, "features_exif", "--split", "train")
 
 
+# ---- choose-pseudo
+def _choice_run(ws: Workspace, name: str) -> Path:
+    """A Make run folder as `make report` leaves it, for two refinements: the run's own (none: ``RUN/cams_vision``,
+    ``RUN/pseudo``) and caa (``RUN/caa/``: the workspace's CAMs and masks), each scored on train by eval."""
+    base = ws.root / "choice_base"
+    if not (base / "pseudo" / "_stage.json").is_file():
+        cli_ok("cam", ws.features, "-p", ws.text, "-o", base / "cams_vision", "--refine", "none", *CPU)
+        cli_ok("crf", base / "cams_vision", "-o", base / "pseudo", "--workers", "1")
+        shutil.copytree(ws.cams, base / "caa" / "cams_vision")
+        shutil.copytree(ws.pseudo, base / "caa" / "pseudo")
+    run = ws.copy(base, name)
+    cli_ok("eval", run / "pseudo", "--json", run / "metrics" / "pseudo.json")
+    cli_ok("eval", run / "caa" / "pseudo", "--json", run / "metrics" / "caa" / "pseudo.json")
+    return run
+
+
+def _edit_score(run: Path, edit: Callable[[dict], object]) -> None:
+    scored = run / "metrics" / "caa" / "pseudo.json"
+    scored.write_text(json.dumps(edit(json.loads(scored.read_text()))))
+
+
+@case("choose-pseudo after the candidate's masks were re-made (crf --overwrite --confidence 0.99): a stale score",
+      "choice_stale/metrics/caa/pseudo.json: stale: choice_stale/caa/pseudo was re-made after it was scored",
+      "re-run `vpltool eval choice_stale/caa/pseudo --json")
+def _choice_stale(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_stale")
+    cli_ok("crf", run / "caa" / "cams_vision", "-o", run / "caa" / "pseudo", "--workers", "1", "--overwrite",
+           "--confidence", "0.99")
+    yield ["choose-pseudo", run, "none", "caa"]
+
+
+@case("choose-pseudo with a val-split prediction's score in place of a candidate's",
+      "choice_val/metrics/caa/pseudo.json: scores pred_val, not choice_val/caa/pseudo")
+def _choice_val_json(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_val")
+    (run / "metrics" / "caa" / "pseudo.json").unlink()
+    cli_ok("eval", ws.predictions(), "--json", run / "metrics" / "caa" / "pseudo.json")
+    yield ["choose-pseudo", run, "none", "caa"]
+
+
+@case("choose-pseudo after a candidate's mask folder was deleted (its score kept)",
+      "choice_deleted/caa/pseudo: no finished pseudo masks there", "`make pseudo`")
+def _choice_deleted(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_deleted")
+    shutil.rmtree(run / "caa" / "pseudo")
+    yield ["choose-pseudo", run, "none", "caa"]
+
+
+@case("choose-pseudo with a CAM folder where a candidate's pseudo masks belong",
+      "choice_cams/caa/pseudo: holds `cam` output, expected `crf` pseudo masks")
+def _choice_cams(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_cams")
+    shutil.rmtree(run / "caa" / "pseudo")
+    shutil.copytree(run / "caa" / "cams_vision", run / "caa" / "pseudo")
+    yield ["choose-pseudo", run, "none", "caa"]
+
+
+@case('choose-pseudo with a score "miou": "0.7" (a string)', "choice_string/metrics/caa/pseudo.json: 'miou' is "
+      "'0.7', not a number in [0, 1]", "re-run `vpltool eval")
+def _choice_string(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_string")
+    _edit_score(run, lambda r: {**r, "miou": "0.7"})
+    yield ["choose-pseudo", run, "none", "caa"]
+
+
+@case("choose-pseudo with a score mIoU of 7.5 (a percentage, or damaged)",
+      "choice_percent/metrics/caa/pseudo.json: 'miou' is 7.5, not a number in [0, 1]")
+def _choice_percent(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_percent")
+    _edit_score(run, lambda r: {**r, "miou": 7.5})
+    yield ["choose-pseudo", run, "none", "caa"]
+
+
+@case("choose-pseudo with a score JSON lacking miou", "choice_no_miou/metrics/caa/pseudo.json: no 'miou'",
+      "re-run `vpltool eval")
+def _choice_no_miou(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_no_miou")
+    _edit_score(run, lambda r: {k: v for k, v in r.items() if k != "miou"})
+    yield ["choose-pseudo", run, "none", "caa"]
+
+
+@case("choose-pseudo with a score JSON that is a list", "choice_list/metrics/caa/pseudo.json: a JSON list, not an "
+      "eval result")
+def _choice_list(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_list")
+    _edit_score(run, lambda r: [r["miou"]])
+    yield ["choose-pseudo", run, "none", "caa"]
+
+
+@case("choose-pseudo RUN caa where RUN's own folders are none's (the refinement is read from the records)",
+      "choice_own/caa/pseudo", exit_code=0, leaves=("choice_own/metrics/pseudo_choice.json",))
+def _choice_own(ws: Workspace) -> Iterator[list[object]]:
+    yield ["choose-pseudo", _choice_run(ws, "choice_own"), "caa", "--by", "masks"]
+
+
+@case("choose-pseudo (by decoder) with no decoder trained on a candidate's masks",
+      "choice_no_decoder/decoder/decoder.safetensors: not found: the decoder trained on choice_no_decoder/pseudo",
+      "`make decoders`")
+def _choice_no_decoder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["choose-pseudo", _choice_run(ws, "choice_no_decoder"), "none", "caa"]
+
+
+@case("choose-pseudo --refine caa where RUN's own folders are none's",
+      "choice_refine/pseudo: made from CAMs of --refine none (its cams_vision record), not caa", "drop --refine")
+def _choice_refine(ws: Workspace) -> Iterator[list[object]]:
+    yield ["choose-pseudo", _choice_run(ws, "choice_refine"), "none", "caa", "--refine", "caa"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

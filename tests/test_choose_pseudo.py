@@ -1,11 +1,12 @@
-"""`choose-pseudo`: the decoder's pseudo masks are chosen among refinements by their train-split mIoU, never val."""
+"""`choose-pseudo`: the decoder's pseudo masks are chosen among refinements on the training split, never val, from
+scores it checks (the folder, its record, the split) and refinements read from the records."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from pseudo_runs import candidate, decoder_candidate, scored_run  # tests/ is on sys.path
 from typer.testing import CliRunner
 
 from vpltool import io
@@ -15,54 +16,158 @@ from vpltool.errors import VplError
 from vpltool.io.marks import marked
 
 
-def scored_run(root: Path, train: dict[str, float], val: dict[str, float] | None = None, own: str = "none") -> Path:
-    """A run folder with only the eval JSONs of each refinement's pseudo masks, laid out as the Makefile does."""
-    for refine, miou in train.items():
-        where = root / "metrics" if refine == own else root / "metrics" / refine
-        io.write_json(where / "pseudo.json", {"miou": miou})
-        if val:
-            io.write_json(where / "pseudo_val.json", {"miou": val[refine]})
-    return root
-
-
 def test_the_highest_train_miou_wins_and_val_is_not_read(tmp_path):
-    # val would pick caa; the choice must not look at it
-    run = scored_run(tmp_path, {"none": 0.35, "caa": 0.36, "caa+sgc": 0.39}, val={"none": 0.4, "caa": 0.9,
-                                                                                 "caa+sgc": 0.3})
-    choice = choose_pseudo(run, ["none", "caa", "caa+sgc"], run_refine="none")
+    run = scored_run(tmp_path, {"none": 0.35, "caa": 0.36, "caa+sgc": 0.39})
+    for refine, miou in (("none", 0.4), ("caa", 0.9), ("caa+sgc", 0.3)):  # val would pick caa; never read
+        where = run / "metrics" if refine == "none" else run / "metrics" / refine
+        io.write_json(where / "pseudo_val.json", {"miou": miou})
+    choice = choose_pseudo(run, ["none", "caa", "caa+sgc"], by="masks")
     assert choice["chosen"] == "caa+sgc" and choice["folder"] == str(run / "caa+sgc" / "pseudo")
-    assert [c["train_miou"] for c in choice["candidates"]] == [0.35, 0.36, 0.39]
+    assert [c["train_miou"] for c in choice["candidates"]] == [0.35, 0.36, 0.39] and choice["split"] == "train"
     assert io.read_json(run / "metrics" / CHOICE_FILE) == marked(choice, "pseudo-choice")  # its kind first
 
 
-def test_the_runs_own_refinement_is_at_the_top_level_and_ties_keep_the_first(tmp_path):
+def test_the_runs_own_refinement_is_read_from_the_records_and_ties_keep_the_first(tmp_path):
     run = scored_run(tmp_path, {"none": 0.4, "caa": 0.4})
-    choice = choose_pseudo(run, ["none", "caa"], run_refine="none")
+    choice = choose_pseudo(run, ["none", "caa"], by="masks")
     assert choice["chosen"] == "none" and choice["folder"] == str(run / "pseudo")
+    # the top-level folder is none's, whatever --refine says (issue 38, item 11)
+    with pytest.raises(VplError, match=re.escape("made from CAMs of --refine none (its cams_vision record), not caa")):
+        choose_pseudo(run, ["none", "caa"], run_refine="caa", by="masks")
 
 
 def test_a_pick_by_hand_is_kept_and_said_so(tmp_path):
     run = scored_run(tmp_path, {"none": 0.5, "caa": 0.3})
-    choice = choose_pseudo(run, ["none", "caa"], run_refine="none", pick="caa")
+    choice = choose_pseudo(run, ["none", "caa"], pick="caa", by="masks")
     assert choice["chosen"] == "caa" and "by hand" in choice["rule"]
 
 
+def _stale(run):
+    io.write_stage_record(run / "caa" / "pseudo", "crf", params={"confidence": 0.99}, count=0,
+                          inputs=io.read_record(run / "caa" / "pseudo" / "_stage.json")["inputs"])
+
+
+def _val_split(run):
+    candidate(run, "caa", 0.9, split="val")
+
+
+def _deleted(run):
+    import shutil
+
+    shutil.rmtree(run / "caa" / "pseudo")
+
+
+def _cams_as_candidate(run):
+    io.write_stage_record(run / "caa" / "pseudo", "cam", params={"refine": "caa"}, inputs={}, count=0)
+    candidate_json = run / "metrics" / "caa" / "pseudo.json"
+    from vpltool.eval import scored_what
+
+    io.write_json(candidate_json, {"miou": 0.5, **scored_what(run / "caa" / "pseudo", "cam", "train")})
+
+
+def _field(key, value):
+    def edit(run):
+        scored = run / "metrics" / "caa" / "pseudo.json"
+        result = io.read_json(scored)
+        if value is KeyError:
+            del result[key]
+        else:
+            result[key] = value
+        io.write_json(scored, result)
+    return edit
+
+
+def _as_list(run):
+    io.write_json(run / "metrics" / "caa" / "pseudo.json", [0.4])
+
+
+def _other_cams(run):
+    io.write_stage_record(run / "caa" / "cams_vision", "cam", params={"refine": "caa"}, inputs={"x": 1}, count=0)
+
+
+def _wrong_refinement(run):
+    import shutil
+
+    from vpltool.eval import scored_what
+
+    candidate(run, "caa+sgc", 0.6)
+    shutil.rmtree(run / "caa")
+    shutil.copytree(run / "caa+sgc", run / "caa")  # caa+sgc's folders where caa's belong
+    io.write_json(run / "metrics" / "caa" / "pseudo.json", {"miou": 0.5, **scored_what(run / "caa" / "pseudo", "crf",
+                                                                                      "train")})
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (_stale, "caa/pseudo.json: stale: "),
+    (_val_split, "caa/pseudo.json: scored on split 'val', not 'train'"),
+    (_deleted, "caa/pseudo: no finished pseudo masks there"),
+    (_cams_as_candidate, "caa/pseudo: holds `cam` output, expected `crf` pseudo masks"),
+    (_field("miou", "0.7"), "'miou' is '0.7', not a number in [0, 1]"),
+    (_field("miou", 7.5), "'miou' is 7.5, not a number in [0, 1]"),
+    (_field("miou", KeyError), "caa/pseudo.json: no 'miou'"),
+    (_field("record", KeyError), "does not say which folder it scored"),
+    (_field("folder", "/elsewhere/pseudo"), "scores /elsewhere/pseudo, not "),
+    (_as_list, "caa/pseudo.json: a JSON list, not an eval result"),
+    (_other_cams, "caa/pseudo: its record names CAMs other than"),
+    (_wrong_refinement, "caa/pseudo: made from CAMs of --refine caa+sgc (its cams_vision record), not caa"),
+])
+def test_a_score_that_is_not_of_the_candidate_as_it_is_now_is_refused(tmp_path, spoil, message):
+    run = scored_run(tmp_path, {"none": 0.4, "caa": 0.5})
+    spoil(run)
+    with pytest.raises(VplError, match=re.escape(message)):
+        choose_pseudo(run, ["none", "caa"], by="masks")
+    assert not (run / "metrics" / CHOICE_FILE).exists()  # nothing written on a refusal
+
+
 @pytest.mark.parametrize("among, pick, message", [
-    (["none", "caa"], "auto", "metrics/caa/pseudo.json: no train-split score"),  # caa's masks not scored
+    (["none", "caa"], "auto", "caa/pseudo: no finished pseudo masks there"),  # caa's masks not made
     (["none", "bogus"], "auto", "unknown refinement 'bogus'"),
     (["none"], "caa", "--pick 'caa' is not among none"),
 ])
 def test_bad_input_is_one_line_naming_the_fix(tmp_path, among, pick, message):
     run = scored_run(tmp_path, {"none": 0.4})
     with pytest.raises(VplError, match=re.escape(message)):
-        choose_pseudo(run, among, run_refine="none", pick=pick)
-    assert not (run / "metrics" / CHOICE_FILE).exists()  # nothing written on a refusal
+        choose_pseudo(run, among, pick=pick)
+    assert not (run / "metrics" / CHOICE_FILE).exists()
 
 
 def test_cli_prints_the_folder_on_stdout_and_exits_2_on_bad_input(tmp_path):
     run = scored_run(tmp_path, {"none": 0.3, "caa+sgc": 0.4})
-    ok = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa+sgc", "--refine", "none"])
+    ok = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa+sgc", "--by", "masks"])
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.strip().splitlines()[-1] == str(run / "caa+sgc" / "pseudo")
-    bad = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa", "--refine", "none"])
-    assert bad.exit_code == 2 and "no train-split score of caa" in bad.output
+    bad = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa", "--by", "masks"])
+    assert bad.exit_code == 2 and "caa/pseudo: no finished pseudo masks there" in bad.output
+    (run / "metrics" / "caa+sgc" / "pseudo.json").unlink()
+    unscored = CliRunner().invoke(app, ["choose-pseudo", str(run), "none", "caa+sgc", "--by", "masks"])
+    assert unscored.exit_code == 2 and "caa+sgc/pseudo.json: no train-split score" in unscored.output
+
+
+def test_by_decoder_the_best_decoder_on_train_wins_whatever_its_masks_score(tmp_path):
+    run = scored_run(tmp_path, {"none": 0.35, "caa": 0.36, "caa+sgc": 0.39})
+    for refine, miou in (("none", 0.70), ("caa", 0.66), ("caa+sgc", 0.64)):
+        decoder_candidate(run, refine, miou)
+    choice = choose_pseudo(run, ["none", "caa", "caa+sgc"])
+    assert choice["chosen"] == "none" and choice["by"] == "decoder"
+    assert choice["decoder"] == str(run / "decoder" / "decoder.safetensors")
+    assert [c["decoder_train_miou"] for c in choice["candidates"]] == [0.70, 0.66, 0.64]
+    # a decoder re-trained on other masks since its prediction was scored, and masks re-made after the decoder
+    decoder_candidate(run, "caa", 0.9)
+    (run / "caa" / "decoder" / "decoder.safetensors").write_bytes(b"not the decoder that predicted")
+    with pytest.raises(VplError, match=re.escape("caa/pred_train: not predicted by")):
+        choose_pseudo(run, ["none", "caa"])
+    decoder_candidate(run, "caa", 0.9)
+    candidate(run, "caa", 0.36)  # caa's masks re-made (and re-scored): the decoder was trained on the old ones
+    io.write_stage_record(run / "caa" / "pseudo", "crf", params={"confidence": 0.5}, count=0,
+                          inputs=io.read_record(run / "caa" / "pseudo" / "_stage.json")["inputs"])
+    candidate_score = run / "metrics" / "caa" / "pseudo.json"
+    from vpltool.eval import scored_what
+
+    io.write_json(candidate_score, {"miou": 0.36, **scored_what(run / "caa" / "pseudo", "crf", "train")})
+    with pytest.raises(VplError, match=re.escape("caa/decoder/decoder.safetensors: not trained on")):
+        choose_pseudo(run, ["none", "caa"])
+    import shutil
+
+    shutil.rmtree(run / "caa" / "decoder")
+    with pytest.raises(VplError, match=re.escape("caa/decoder/decoder.safetensors: not found: the decoder trained on")):
+        choose_pseudo(run, ["none", "caa"])

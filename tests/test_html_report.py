@@ -121,11 +121,25 @@ def test_layout_and_stage_table(tiny_run, report):
     decoder = next(r for r in summary["stages"] if r["stage"] == "decoder prediction")
     assert f"{100 * decoder['val']['miou']:.1f}" in html
     assert f"{100 * summary['chance']['train']['all background']:.1f}" in html
+    masks = io.read_json(tiny_run / "metrics" / "pseudo.json")  # per-class precision / recall under each IoU
+    shown = re.findall(r'<small class="pr"[^>]*>([^<]*)</small>', html)
+    assert [f"{100 * masks['precision'][c]:.1f} / {100 * masks['recall'][c]:.1f}" for c in masks["classes"]
+            if masks["precision"][c] is not None and masks["recall"][c] is not None][0] in shown
     assert io.read_record(report.index.parent / io.STAGE_RECORD)["stage"] == "report"
     detail = report.index.parent / "d" / "0" / "0.js"
     data = json.loads(re.fullmatch(r"VPL\.detailLoaded\(0,0,(.*)\);\n", detail.read_text(), re.S).group(1))
     boxes = data["cams"]["cams_text"]["boxes"]
     assert boxes["rows"] and all(len(b) == 5 for b in boxes["rows"])  # CAA's boxes, read from the debug folder
+
+
+def test_an_eval_json_without_precision_and_recall_still_renders(tiny_run, tmp_path):
+    """eval JSONs written before issue 37 have no precision or recall: their row shows IoU alone."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    scored = run / "metrics" / "cams_text.json"
+    io.write_json(scored, {k: v for k, v in io.read_json(scored).items() if k not in ("precision", "recall")})
+    html = run_report(run, tmp_path / "report", ReportConfig(page_size=4), workers=1).index.read_text()
+    assert "IoU % per class" in html and 'class="pr"' in html  # the other rows keep theirs
 
 
 def test_any_run_folder_and_rerun(tiny_run, tmp_path):

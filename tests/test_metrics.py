@@ -208,3 +208,30 @@ def test_per_image_figures_are_each_images_own():
     assert acc.images["b"] == image_scores(confusion_matrix(np.array([[2, 2], [0, 255]]),
                                                              np.array([[2, 0], [0, 0]]), 3))
     assert MiouAccumulator(3).images is None  # off by default: a VOC-sized eval keeps one matrix only
+
+
+def test_precision_recall_and_the_most_confused_pairs():
+    """Issue 37: masks that paint too much lose precision, masks that paint too little lose recall; eval says which
+    (IoU alone does not) and names the largest confusions."""
+    from rich.console import Console
+
+    from vpltool.eval import confused_pairs
+
+    gt = np.array([[1, 1, 1, 1], [0, 0, 0, 0]], np.uint8)
+    pred = np.array([[1, 1, 0, 255], [1, 1, 0, 0]], np.uint8)  # half of class 1 found, and two background pixels
+    result = scores(confusion_matrix(gt, pred, 2))
+    assert result["recall"] == [0.5, 0.5] and result["precision"] == [pytest.approx(2 / 3), 0.5]
+    never = scores(confusion_matrix(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8), 3))
+    assert never["precision"][1:] == [None, None] and never["recall"][1:] == [None, None]
+    hist = MiouAccumulator(2)
+    hist.add(gt, pred)
+    pairs = confused_pairs(hist.result()["confusion"], ["background", "circle"])
+    assert [(p["gt"], p["predicted"], p["pixels"]) for p in pairs] == [
+        ("background", "circle", 2), ("circle", "background", 1), ("circle", "255", 1)]
+    assert pairs[0]["share"] == 0.5
+    console = Console(width=200, record=True)
+    console.print(format_table({**hist.result(), "iou": {"background": 0.4, "circle": 0.4},
+                                "precision": {"background": 2 / 3, "circle": 0.5},
+                                "recall": {"background": 0.5, "circle": 0.5}}, ["background", "circle"]))
+    shown = console.export_text()
+    assert "precision %" in shown and "66.7" in shown and "background → circle 50.0" in shown

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from PIL import Image
+from pseudo_runs import candidate  # tests/ is on sys.path
 
 from vpltool import io
 from vpltool.cam import run_cam
@@ -48,9 +49,9 @@ def test_compared_refinements_get_their_own_rows_and_the_choice_is_shown(run, tm
     shutil.copytree(run, compared)
     for refine, miou in (("caa+sgc", 0.5), ("none", 0.4)):
         io.write_json(compared / "metrics" / refine / "cams_text.json", {"miou": miou, "n_images": 3})
-        io.write_json(compared / "metrics" / refine / "pseudo.json", {"miou": miou, "n_images": 3})
-    io.write_json(compared / "metrics" / "pseudo.json", {"miou": 0.1, "n_images": 3})
-    choice = choose_pseudo(compared, ["caa", "caa+sgc", "none"], run_refine="caa")  # the fixture's CAMs are caa
+        candidate(compared, refine, miou, own="caa")  # the masks' records and their scores
+    candidate(compared, "caa", 0.1, own="caa")  # the fixture's CAMs are caa
+    choice = choose_pseudo(compared, ["caa", "caa+sgc", "none"], by="masks")
     report = run_demo_report(compared)
     text = [(r["refine"], r["train"]["miou"]) for r in report["stages"] if r["stage"] == "CAM, text prototypes"]
     assert text[0][0] == "caa" and text[1:] == [("caa+sgc", 0.5), ("none", 0.4)]

@@ -114,7 +114,8 @@ def test_make_passes_ssrs_cam_options_to_every_cam():
 
 def test_make_report_compares_refinements_and_chooses_the_decoders_masks_on_train():
     """The demo's defaults (REFINES none caa caa+sgc): text and vision CAMs and their CRF masks of every refinement
-    on both splits, and the decoder trained on the masks `choose-pseudo` picks by train mIoU."""
+    on both splits, a decoder on each refinement's masks, and val predicted by the one `choose-pseudo` picks by its
+    train mIoU."""
     result = make("-n", "report", "RUN=runs/x")
     assert result.returncode == 0, result.stderr
     cmds = commands(result.stdout)
@@ -132,10 +133,17 @@ def test_make_report_compares_refinements_and_chooses_the_decoders_masks_on_trai
                 assert any(f"eval runs/x/{refine}{masks}{split} " in c and
                            f"--json runs/x/metrics/{refine}{masks}{split}.json" in c for c in cmds)
     assert "--refine none --device" in next(c for c in cmds if "-o runs/x/cams_text " in c)  # W's seeds: none
-    decoder = next(c for c in cmds if "train-decoder" in c)
-    assert decoder.startswith("pseudo=$(")  # the recipe stops if the choice fails
-    assert "choose-pseudo runs/x none caa caa+sgc --refine none --pick auto --overwrite) && " in decoder
-    assert 'train-decoder "$pseudo" -p runs/x/vision_prototypes.safetensors' in decoder
+    for refine in ("", "caa/", "caa+sgc/"):  # issue 37: a decoder per refinement, each scored on train
+        assert any(f"train-decoder runs/x/{refine}pseudo -p runs/x/vision_prototypes.safetensors -o "
+                   f"runs/x/{refine}decoder " in c for c in cmds)
+        assert any(f"predict runs/x/{refine}decoder/decoder.safetensors --split train -o runs/x/{refine}pred_train "
+                   "--scales 1 --no-flip" in c for c in cmds)
+        assert any(f"eval runs/x/{refine}pred_train " in c and f"--json runs/x/metrics/{refine}pred_train.json" in c
+                   for c in cmds)
+    predict = next(c for c in cmds if "--split val -o runs/x/pred_val" in c)
+    assert predict.startswith("pseudo=$(")  # the recipe stops if the choice fails
+    assert "choose-pseudo runs/x none caa caa+sgc --pick auto --by decoder --overwrite) && " in predict
+    assert 'predict "${pseudo%/pseudo}/decoder/decoder.safetensors" --split val' in predict
 
 
 def test_make_voc_runs_one_refinement_only():

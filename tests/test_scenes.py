@@ -170,3 +170,15 @@ def test_rendering_speed_is_reported():
     start = time.perf_counter()
     n = sum(1 for _ in generate_scenes(100, seed=0, cfg=SceneConfig(distractors=0.3)))
     print(f"\ndemo world: {1e3 * (time.perf_counter() - start) / n:.2f} ms/scene at 96x96")
+
+
+def test_decoy_masks_are_the_decoys_left_visible_and_background_in_the_mask():
+    """Issue 37's study re-draws where the decoys are: background in every mask, visible pixels only."""
+    from vpltool.demo.scenes import SceneConfig, decoy_masks, generate_scenes
+
+    cfg = SceneConfig(distractors=1.0)
+    pairs = list(zip(generate_scenes(6, 3, cfg), decoy_masks(6, 3, cfg)))
+    assert sum(decoy.any() for _, decoy in pairs) >= 4
+    for scene, decoy in pairs:
+        assert decoy.shape == scene.mask.shape and (scene.mask[decoy] == 0).all()
+    assert not any(d.any() for d in decoy_masks(3, 3, SceneConfig()))  # no distractors, no decoys

@@ -53,9 +53,10 @@ def evaluate_masks(
         per_image: also return each image's own figures (``per_image``).
 
     Returns:
-        ``miou``, ``iou`` {class name: value or None}, ``pixel_accuracy``, ``mean_accuracy``, ``n_images``,
-        ``confusion`` (see :meth:`MiouAccumulator.result`); with ``per_image``, ``per_image`` {id: {``miou``,
-        ``iou`` {class name: value or None}}} (:func:`vpltool.kernels.image_scores`).
+        ``miou``, ``iou``, ``precision``, ``recall`` (each {class name: value or None}), ``pixel_accuracy``,
+        ``mean_accuracy``, ``n_images``, ``confusion`` ([N][N + 1] pixel counts, row = GT class, column = predicted
+        class, last column = 255 / invalid; see :meth:`MiouAccumulator.result`); with ``per_image``,
+        ``per_image`` {id: {``miou``, ``iou`` {class name: value or None}}} (:func:`vpltool.kernels.image_scores`).
 
     Raises:
         VplError: an id without GT or without a prediction file (checked for all ids before any pixel is read), or
@@ -178,9 +179,12 @@ def _more(missing: list[str]) -> str:
     return f" and {len(missing) - 1} more" if len(missing) > 1 else ""
 
 
+PER_CLASS = ("iou", "precision", "recall")  # the per-class figures of a result, lists until named
+
+
 def _name_classes(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    """Replace the per-class IoU list by {class name: IoU or None}."""
-    return {**result, "iou": dict(zip(classes, result["iou"]))}
+    """Replace each per-class list (IoU, precision, recall) by {class name: value or None}."""
+    return {**result, **{key: dict(zip(classes, result[key])) for key in PER_CLASS if key in result}}
 
 
 def _with_images(result: dict[str, Any], acc: MiouAccumulator, classes: Sequence[str]) -> dict[str, Any]:
@@ -205,17 +209,49 @@ def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Group:
     table = Table()
     table.add_column("id", justify="right", style="dim")
     table.add_column("class")
-    table.add_column("IoU %", justify="right")
-    iou = result.get("iou", {})
+    shown = [key for key in PER_CLASS if key in result]  # a result from an older JSON may lack precision, recall
+    for key in shown:
+        table.add_column(f"{'IoU' if key == 'iou' else key} %", justify="right")
     for idx, name in enumerate(classes):
-        value = iou.get(name) if isinstance(iou, Mapping) else iou[idx]
-        table.add_row(str(idx), name, _pct(value) if value is not None else "[dim]absent[/]")
+        cells = [_class_value(result[key], idx, name) for key in shown]
+        absent = cells[0] is None
+        table.add_row(str(idx), name, *("[dim]absent[/]" if absent and i == 0 else
+                                        "[dim]-[/]" if v is None else _pct(v) for i, v in enumerate(cells)))
     caption = f"pixel acc {_pct(result.get('pixel_accuracy'))} · mean acc {_pct(result.get('mean_accuracy'))}"
     if "bg_exponent" in result:
         # float(): keys are strings once the result went through JSON
         tried = ", ".join(f"a={float(a):g}: {_pct(m)}" for a, m in result.get("by_exponent", {}).items())
         caption += f" · best bg exponent a={float(result['bg_exponent']):g} ({tried})"
-    return Group(Text(title), table, Text(caption))
+    lines = [Text(title), table, Text(caption)]
+    pairs = confused_pairs(result.get("confusion"), classes)
+    if pairs:
+        lines.append(Text("most confused (GT → predicted, share of the GT class's pixels): " + ", ".join(
+            f"{p['gt']} → {p['predicted']} {_pct(p['share'])}" for p in pairs)))
+    return Group(*lines)
+
+
+def _class_value(values: Mapping[str, Any] | Sequence[Any], idx: int, name: str) -> Any:
+    return values.get(name) if isinstance(values, Mapping) else values[idx]
+
+
+def confused_pairs(confusion: Sequence[Sequence[int]] | None, classes: Sequence[str], top: int = 5,
+                   ) -> list[dict[str, Any]]:
+    """The ``top`` largest off-diagonal cells of a confusion matrix ([N][N + 1], row = GT, last column = 255), as
+    ``{"gt", "predicted", "pixels", "share"}`` (share: of the GT class's pixels, in [0, 1]), largest share first;
+    ``predicted`` is ``"255"`` for pixels left unlabelled. Empty for a matrix of another shape."""
+    import numpy as np
+
+    hist = np.asarray(confusion if confusion is not None else [], dtype=np.float64)
+    n = len(classes)
+    if hist.shape != (n, n + 1):
+        return []
+    rows = hist.sum(1, keepdims=True)
+    share = np.divide(hist, rows, out=np.zeros_like(hist), where=rows > 0)
+    share[np.arange(n), np.arange(n)] = 0.0
+    order = np.argsort(-share, axis=None, kind="stable")[:top]
+    names = [*classes, "255"]
+    return [{"gt": classes[i], "predicted": names[j], "pixels": int(hist[i, j]), "share": float(share[i, j])}
+            for i, j in (np.unravel_index(k, share.shape) for k in order) if share[i, j] > 0]
 
 
 def _pct(value: float | None) -> str:
@@ -262,6 +298,15 @@ def _warn_cam_options(cfg: EvalConfig, folder: Path) -> None:
         warnings.warn(VplWarning(ignored_option("--parity", cfg.parity, why)), stacklevel=3)
 
 
+def scored_what(folder: Path, stage: str | None, split: str | None) -> dict[str, Any]:
+    """What a score is of, recorded in eval's JSON so that a reader (`choose-pseudo`) can tell a stale or misplaced
+    score: ``folder`` (absolute), ``stage`` (its maker, None for a bare mask folder), ``record`` (the sha256 of its
+    ``_stage.json`` when it has one: a folder re-made since has another) and ``split`` (of the dataset scored)."""
+    record = io.stage_record_path(folder)
+    return {"folder": str(folder.resolve()), "stage": stage,
+            "record": io.sha256_file(record) if record.is_file() else None, "split": split}
+
+
 def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str | None = None,
              cfg: EvalConfig = EvalConfig(), json_out: str | os.PathLike | None = None,
              ids: Sequence[str] | None = None, per_image_out: str | os.PathLike | None = None,
@@ -271,8 +316,9 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     The dataset defaults to the one recorded by the stage that wrote ``predictions``; ``split`` overrides the
     recorded split. Returns ``(result, classes)`` and writes ``json_out`` atomically when given; ``per_image_out``
     (``--per-image``): each image's mIoU and per-class IoU as JSON (``folder``, ``kind``, ``classes``,
-    ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged. ``overwrite``:
-    replace files of another kind there (:func:`vpltool.io.check_outputs`).
+    ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged. The result
+    (and the JSON) also says what was scored: ``folder``, ``stage``, ``record``, ``split`` (:func:`scored_what`).
+    ``overwrite``: replace files of another kind there (:func:`vpltool.io.check_outputs`).
     """
     from .data import check_recorded, open_dataset, reopen
 
@@ -324,6 +370,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
                                 per_image=per_image_out is not None)
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
+    result.update(scored_what(folder, stage, dataset.split))
     each = result.pop("per_image", None)
     if per_image_out is not None:
         io.write_json(per_image_out, {"folder": str(folder), "kind": result["kind"], "classes": result["classes"],
@@ -334,4 +381,4 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     return result, list(dataset.classes)
 
 
-__all__ = ["evaluate_masks", "evaluate_cams", "format_table", "run_eval"]
+__all__ = ["confused_pairs", "evaluate_masks", "evaluate_cams", "format_table", "run_eval", "scored_what"]

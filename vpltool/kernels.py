@@ -220,8 +220,12 @@ def scores(hist: np.ndarray) -> dict[str, Any]:
 
     Returns:
         ``miou`` (mean IoU over classes present in GT), ``iou`` (list of N, None for classes absent from GT),
-        ``pixel_accuracy`` (correct / all GT-labelled pixels) and ``mean_accuracy`` (mean per-class recall over
-        present classes); fractions in [0, 1], None when GT holds no labelled pixel at all.
+        ``pixel_accuracy`` (correct / all GT-labelled pixels), ``mean_accuracy`` (mean per-class recall over
+        present classes), ``recall`` (list of N: TP / GT pixels of the class, None where absent from GT) and
+        ``precision`` (list of N: TP / pixels predicted as the class, None where never predicted); fractions in
+        [0, 1], None when GT holds no labelled pixel at all. Precision is what IoU hides when a class is both
+        under- and over-segmented: masks that paint a same-coloured decoy as the class keep their recall and lose
+        precision, and a decoder trained on them learns to paint decoys.
     """
     hist = np.asarray(hist, dtype=np.int64)
     n = hist.shape[0]
@@ -234,12 +238,16 @@ def scores(hist: np.ndarray) -> dict[str, Any]:
     union = rows + cols - tp  # >= rowsum, so > 0 wherever the class is present
     iou = np.divide(tp, union, out=np.zeros(n), where=present)
     recall = np.divide(tp, rows, out=np.zeros(n), where=present)
+    predicted = cols > 0
+    precision = np.divide(tp, cols, out=np.zeros(n), where=predicted)
     total = rows.sum()
     return {
         "miou": float(iou[present].mean()) if present.any() else None,
         "iou": [float(v) if p else None for v, p in zip(iou, present)],
         "pixel_accuracy": float(tp.sum() / total) if total > 0 else None,
         "mean_accuracy": float(recall[present].mean()) if present.any() else None,
+        "recall": [float(v) if p else None for v, p in zip(recall, present)],
+        "precision": [float(v) if p else None for v, p in zip(precision, predicted)],
     }
 
 

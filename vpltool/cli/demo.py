@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from ..config import CamConfig
 from ..demo.config import ToyClipConfig, WorldConfig
 from . import app
 from .common import LogFile, Overwrite, OverwriteFile, Verbose, friendly_errors, progress, say
@@ -103,25 +102,33 @@ def choose_pseudo_cmd(
     run: Annotated[Path, typer.Argument(help="A Make run folder (the Makefile's RUN).")],
     among: Annotated[list[str], typer.Argument(help="Refinements to choose among (the Makefile's REFINES); their "
                                                "pseudo masks and train-split eval JSONs must exist.")],
-    refine: Annotated[str, typer.Option(help="The refinement of RUN's own folders (the Makefile's REFINE): its "
-                                        "masks are RUN/pseudo, any other R's RUN/R/pseudo.")] = CamConfig.refine,
-    pick: Annotated[str, typer.Option(help="auto (the highest train-split pseudo-mask mIoU) or one of AMONG.")] =
-        "auto",
+    refine: Annotated[Optional[str], typer.Option(help="The refinement of RUN's own folders (RUN/pseudo; any other "
+                                                  "R's are RUN/R/pseudo), checked against their records "
+                                                  "[default: read from the records].")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", "-s", help="The split every score must be on "
+                                                 "[default: the one the masks were made from].")] = None,
+    pick: Annotated[str, typer.Option(help="auto (the rule) or one of AMONG.")] = "auto",
+    by: Annotated[str, typer.Option(help="What the rule scores: decoder (the decoder trained on each candidate's "
+                                    "masks, RUN[/R]/decoder, by its prediction RUN[/R]/pred_train and its eval JSON "
+                                    "RUN/metrics[/R]/pred_train.json) | masks (the masks' own mIoU).")] = "decoder",
     overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
-    """Choose, on the training split, which refinement's CRF pseudo masks train the decoder: prints their folder on
-    stdout (for the Makefile), the choice and every candidate's score on stderr, and writes
-    RUN/metrics/pseudo_choice.json (demo-report shows it).
+    """Choose, on the training split, which refinement's CRF pseudo masks train the decoder: the one whose decoder
+    scores the highest mIoU on the training split (--by decoder; or whose masks do, --by masks). Prints the masks'
+    folder on stdout (for the Makefile; their decoder is the folder's sibling decoder/), the choice and every
+    candidate's scores on stderr, and writes RUN/metrics/pseudo_choice.json (demo-report shows it). Each score must
+    be eval's JSON of that folder as it is now, on that split (eval records the folder, the digest of its record and
+    the split); each decoder must be the one trained on those masks.
 
     \b
     Example:
-      vpltool train-decoder $(vpltool choose-pseudo runs/demo none caa caa+sgc --refine none) -p W -o D
+      make decoders && vpltool choose-pseudo runs/demo none caa caa+sgc
     """
     from ..demo.choose_pseudo import choose_pseudo, describe
 
-    choice = choose_pseudo(run, among, refine, pick, overwrite=overwrite)
+    choice = choose_pseudo(run, among, refine, pick, split, by, overwrite=overwrite)
     say(describe(choice))
     typer.echo(choice["folder"])
 

@@ -2,10 +2,19 @@
 
 A Make run folder (``RUN``) holds the pipeline's own CAMs and masks at its top level (``RUN/cams_vision``,
 ``RUN/pseudo``, made with the Makefile's ``REFINE``) and, for every other refinement R it compares (``REFINES``), the
-same folders under ``RUN/R/`` with their `eval` JSONs under ``RUN/metrics/R/``. The choice reads each candidate's
-pseudo-mask mIoU on the training split (``RUN/metrics[/R]/pseudo.json``, written by `eval` on the split the
-Makefile scores train-side stages on) and keeps the highest (ties: the first listed). Held-out figures are never
-read, so the choice cannot be tuned on them.
+same folders under ``RUN/R/`` with their `eval` JSONs under ``RUN/metrics/R/``. Which refinement made a folder is
+read from the records (``pseudo/_stage.json`` names the digest of the CAM folder's record, ``cams_vision/_stage.json``
+its ``--refine``), never assumed. The choice reads each candidate's scores on the training split
+(``RUN/metrics[/R]/pseudo.json``, written by `eval` on the split the Makefile scores train-side stages on) after
+checking that each score is of that folder as it is now (eval records the folder, the digest of its record and the
+split). Held-out figures are never read, so the choice cannot be tuned on them.
+
+The rule (issue 37, ``--by decoder``): the masks' own mIoU ranked SGC's precise but thin masks first, and the
+decoder trained on them learned to under-segment (5.5 points lower on the demo's val). So each candidate's masks
+train a decoder (``RUN[/R]/decoder``), which predicts the training split (``RUN[/R]/pred_train``, eval JSON
+``RUN/metrics[/R]/pred_train.json``), and the decoder with the highest train mIoU wins: over three worlds and two
+decoder seeds it picked the best refinement on val in 5 of 6 cases (docs/pipeline.md, benchmarks/
+study_pseudo_choice.py). ``--by masks`` keeps the masks' own mIoU (no decoders needed).
 """
 
 from __future__ import annotations
@@ -19,52 +28,171 @@ from ..config import REFINES
 from ..errors import VplError
 
 CHOICE_FILE = "pseudo_choice.json"  # under RUN/metrics; demo-report reads it
+# what a candidate is scored by (--by): its decoder's prediction on the training split, or its masks themselves
+RULES = {"decoder": "the highest mIoU on the training split of the decoder trained on each candidate's masks",
+         "masks": "the highest pseudo-mask mIoU on the training split"}
+BY = tuple(RULES)
 
 
-def refinement_dir(run: Path, refine: str, run_refine: str) -> Path:
+def refinement_dir(run: Path, refine: str, run_refine: str | None) -> Path:
     """The folder holding ``refine``'s CAM and mask folders: ``run`` for the run's own refinement, else ``run/R``."""
     return run if refine == run_refine else run / refine
 
 
-def metrics_dir(run: Path, refine: str, run_refine: str) -> Path:
+def metrics_dir(run: Path, refine: str, run_refine: str | None) -> Path:
     return run / "metrics" if refine == run_refine else run / "metrics" / refine
 
 
-def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str, pick: str = "auto",
-                  overwrite: bool = False) -> dict[str, Any]:
+def recorded_refinement(pseudo: Path) -> str:
+    """The ``--refine`` of the CAMs a `crf` folder was made from: its record names the digest of their record, which
+    must be that of the ``cams_vision`` folder beside it (the Makefile's layout); one line otherwise."""
+    record = io.read_record(io.stage_record_path(pseudo))
+    if record["stage"] != "crf":
+        raise VplError(f"{pseudo}: holds `{record['stage']}` output, expected `crf` pseudo masks; a pseudo-mask "
+                       "candidate is the crf folder of its refinement's vision CAMs")
+    cams = pseudo.parent / "cams_vision"
+    cams_record = io.stage_record_path(cams)
+    if not cams_record.is_file() or io.sha256_file(cams_record) != record["inputs"].get("cams"):
+        raise VplError(f"{pseudo}: its record names CAMs other than {cams} (or none), so its refinement is unknown; "
+                       f"re-run `vpltool crf {cams} -o {pseudo} --overwrite` (or `make pseudo`)")
+    refine = io.read_record(cams_record)["params"].get("refine")
+    if refine not in REFINES:
+        raise VplError(f"{cams_record}: records no known --refine ({refine!r}); re-run its `vpltool cam`")
+    return refine
+
+
+def _own_refinement(run: Path, run_refine: str | None) -> str | None:
+    """The refinement of ``RUN/pseudo`` read from the records (None when there is no such folder); a ``--refine``
+    given by hand must agree with them."""
+    own = recorded_refinement(run / "pseudo") if io.stage_record_path(run / "pseudo").is_file() else None
+    if run_refine is not None and own is not None and run_refine != own:
+        raise VplError(f"{run / 'pseudo'}: made from CAMs of --refine {own} (its cams_vision record), not "
+                       f"{run_refine}; drop --refine: the records say which")
+    return own if own is not None else run_refine
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a JSON number in [0, 1] (an mIoU), else None (a string, a bool, 7.5, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
+def checked_score(scored: Path, folder: Path, split: str | None, target: str = "pseudo") -> dict[str, Any]:
+    """The eval JSON ``scored`` of the mask folder ``folder``, after checking that it is an eval result of that
+    folder as it is now, on ``split`` (None: the split the masks were made from); one line naming the fix
+    otherwise (``target``: the Make target that re-makes it)."""
+    fix = f"re-run `vpltool eval {folder} --json {scored}` (or `make {target}`)"
+    if not scored.is_file():
+        raise VplError(f"{scored}: no train-split score of {folder}; {fix}")
+    result = io.read_json(scored)
+    if not isinstance(result, dict):
+        raise VplError(f"{scored}: a JSON {type(result).__name__}, not an eval result; {fix}")
+    miou = _number(result.get("miou"))
+    if miou is None:
+        what = "no 'miou'" if "miou" not in result else f"'miou' is {result['miou']!r}, not a number in [0, 1]"
+        raise VplError(f"{scored}: {what}; {fix}")
+    if "record" not in result or "folder" not in result:
+        raise VplError(f"{scored}: does not say which folder it scored (an eval older than this check, or not an "
+                       f"eval result); {fix}")
+    if result["folder"] != str(folder.resolve()):
+        raise VplError(f"{scored}: scores {result['folder']}, not {folder.resolve()}; {fix}")
+    if result["record"] != io.sha256_file(io.stage_record_path(folder)):
+        raise VplError(f"{scored}: stale: {folder} was re-made after it was scored; {fix}")
+    made_on = io.read_record(io.stage_record_path(folder))["inputs"].get("dataset", {}).get("split")
+    wanted = split or made_on
+    if result.get("split") != wanted:
+        raise VplError(f"{scored}: scored on split {result.get('split')!r}, not {wanted!r} (the choice is made on the "
+                       f"training split); {fix.replace(' --json', f' --split {wanted} --json')}")
+    return {**result, "miou": miou}
+
+
+def checked_decoder_score(base: Path, scored: Path, pseudo: Path, split: str) -> float:
+    """The training-split mIoU of ``base/pred_train``, the prediction of the decoder ``base/decoder`` trained on the
+    masks ``pseudo`` (each link checked through the records: the prediction's decoder digest, the decoder's masks
+    digest), from its eval JSON ``scored``."""
+    pred, decoder = base / "pred_train", base / "decoder" / "decoder.safetensors"
+    if not decoder.is_file() or not io.stage_record_path(pred).is_file():
+        raise VplError(f"{decoder if not decoder.is_file() else pred}: not found: the decoder trained on {pseudo} and "
+                       "its prediction on the training split are what the rule scores; make them (`make decoders`), "
+                       "or choose --by masks")
+    result = checked_score(scored, pred, split, target="decoders")
+    if io.read_record(io.stage_record_path(pred))["inputs"].get("decoder") != io.sha256_file(decoder):
+        raise VplError(f"{pred}: not predicted by {decoder} as it is now (re-trained since?); re-run its predict "
+                       "and eval (`make decoders`)")
+    trained_on = _json_field(io.read_header(decoder).get("vpltool.inputs"), "pseudo", "sha256")
+    if trained_on != io.sha256_file(io.stage_record_path(pseudo)):
+        raise VplError(f"{decoder}: not trained on {pseudo} as it is now; re-train it (`make decoders`)")
+    return result["miou"]
+
+
+def _json_field(text: str | None, *keys: str) -> Any:
+    """``text`` (JSON) indexed by ``keys``; None when it is not JSON or lacks one of them."""
+    import json
+
+    try:
+        value = json.loads(text or "")
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+    except json.JSONDecodeError:
+        return None
+
+
+def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None = None, pick: str = "auto",
+                  split: str | None = None, by: str = "decoder", overwrite: bool = False) -> dict[str, Any]:
     """Choose the pseudo masks for the decoder among the refinements ``among``; writes ``RUN/metrics/CHOICE_FILE``
     (``overwrite``: even over a file of another kind, :func:`vpltool.io.check_outputs`).
 
-    ``pick`` is ``auto`` (the highest training-split mIoU) or one name of ``among`` (kept whatever the scores).
-    Returns ``{"chosen", "folder", "rule", "candidates": [{"refine", "folder", "train_miou"}]}``, mIoU in [0, 1].
+    ``run_refine``: the refinement of RUN's own folders, checked against the records (None: read from them).
+    ``pick`` is ``auto`` (the rule) or one name of ``among`` (kept whatever the scores). ``split``: the split the
+    scores must be on (None: the one the first candidate's masks were made from). ``by``: ``decoder`` (the rule:
+    each candidate's decoder, ``RUN[/R]/decoder``, scored by its prediction on that split, ``RUN[/R]/pred_train``,
+    eval JSON ``RUN/metrics[/R]/pred_train.json``) or ``masks`` (the masks' own mIoU). Returns ``{"chosen",
+    "folder", "decoder", "by", "rule", "split", "candidates": [{"refine", "folder", "train_miou",
+    "decoder_train_miou" (by decoder)}]}``, mIoU in [0, 1].
     """
     run = Path(run)
     among = list(dict.fromkeys(among))
-    for name in [*among, run_refine]:
+    for name in [*among, *([run_refine] if run_refine is not None else [])]:
         if name not in REFINES:
             raise VplError(f"choose-pseudo: unknown refinement {name!r}; use one of {', '.join(REFINES)}")
     if not among:
         raise VplError("choose-pseudo: name at least one refinement to choose among (e.g. none caa caa+sgc)")
     if pick != "auto" and pick not in among:
         raise VplError(f"choose-pseudo: --pick {pick!r} is not among {', '.join(among)}; use auto or one of them")
+    if by not in RULES:
+        raise VplError(f"choose-pseudo: --by {by!r}; use one of {', '.join(BY)}")
+    if not run.is_dir():
+        raise VplError(f"{run}: run folder not found; run `make pseudo RUN={run}` first")
+    own = _own_refinement(run, run_refine)
     candidates = []
     for name in among:
-        scored = metrics_dir(run, name, run_refine) / "pseudo.json"
-        if not scored.is_file():
-            raise VplError(f"{scored}: no train-split score of {name}'s pseudo masks; run `make pseudo` for it "
-                           f"(or `vpltool eval {refinement_dir(run, name, run_refine) / 'pseudo'} --json {scored}`)")
-        miou = float(io.read_json(scored)["miou"])
-        if not math.isfinite(miou):
-            raise VplError(f"{scored}: mIoU {miou} is not a number; re-run its eval")
-        candidates.append({"refine": name, "folder": str(refinement_dir(run, name, run_refine) / "pseudo"),
-                           "train_miou": miou})
+        folder = refinement_dir(run, name, own) / "pseudo"
+        if not io.stage_record_path(folder).is_file():
+            raise VplError(f"{folder}: no finished pseudo masks there (folder or its _stage.json missing); make "
+                           f"{name}'s masks and score them on train (`make pseudo`)")
+        made_by = recorded_refinement(folder)
+        if made_by != name:
+            raise VplError(f"{folder}: made from CAMs of --refine {made_by} (its cams_vision record), not {name}; "
+                           f"re-make {name}'s masks there (`make pseudo`)")
+        scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split)
+        split = scored["split"]  # every candidate on the first one's split
+        candidates.append({"refine": name, "folder": str(folder), "train_miou": scored["miou"]})
+    for c in candidates if by == "decoder" else ():  # every candidate's masks checked first, then the decoders
+        c["decoder_train_miou"] = checked_decoder_score(refinement_dir(run, c["refine"], own), metrics_dir(
+            run, c["refine"], own) / "pred_train.json", Path(c["folder"]), split)
+    key = "decoder_train_miou" if by == "decoder" else "train_miou"
     if pick == "auto":
-        best = max(candidates, key=lambda c: c["train_miou"])  # max keeps the first of equals
-        rule = "the highest pseudo-mask mIoU on the training split"
+        best = max(candidates, key=lambda c: c[key])  # max keeps the first of equals
+        rule = RULES[by]
     else:
         best = next(c for c in candidates if c["refine"] == pick)
         rule = f"set by hand (--pick {pick}), not chosen by score"
-    result = {"chosen": best["refine"], "folder": best["folder"], "rule": rule, "candidates": candidates}
+    decoder = Path(best["folder"]).parent / "decoder" / "decoder.safetensors"
+    result = {"chosen": best["refine"], "folder": best["folder"], "decoder": str(decoder) if by == "decoder" else None,
+              "by": by, "rule": rule, "split": split, "candidates": candidates}
     io.check_outputs("choose-pseudo", {"RUN/metrics/" + CHOICE_FILE: (run / "metrics" / CHOICE_FILE, "file",
                                                                       "pseudo-choice")}, overwrite=overwrite)
     io.write_json(run / "metrics" / CHOICE_FILE, result, kind="pseudo-choice")
@@ -72,6 +200,11 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str, pick: 
 
 
 def describe(choice: dict[str, Any]) -> str:
-    """One line: the choice, its rule and every candidate's training-split mIoU %."""
-    scores = ", ".join(f"{c['refine']} {100 * c['train_miou']:.1f}" for c in choice["candidates"])
+    """One line: the choice, its rule and every candidate's training-split mIoU % (masks, and decoder when scored)."""
+    def score(c: dict[str, Any]) -> str:
+        masks = f"masks {100 * c['train_miou']:.1f}"
+        return (f"{c['refine']} decoder {100 * c['decoder_train_miou']:.1f} / {masks}" if "decoder_train_miou" in c
+                else f"{c['refine']} {masks}")
+
+    scores = ", ".join(score(c) for c in choice["candidates"])
     return f"pseudo masks for the decoder: {choice['chosen']} ({choice['rule']}; train mIoU %: {scores})"

@@ -402,8 +402,9 @@ def _random_placement(rng: np.random.Generator, cfg: SceneConfig, cls: int, deco
     return Placement(cls, float(cx), float(cy), float(d), float(rng.uniform(0, 2 * np.pi)), shift, decoy)
 
 
-def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> Scene:
-    """Sample and draw one scene: background, 0..max_objects distinct classes, an optional decoy."""
+def sample_layout(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> tuple[str, list[Placement]]:
+    """A scene's background and its placements in drawing order (decoys first: real objects may hide them); the
+    draws :func:`render_scene` makes before it composes."""
     check_config(cfg)
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     most = min(cfg.max_objects, cfg.n_classes)
@@ -413,7 +414,26 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> 
     decoys = [_random_placement(rng, cfg, int(rng.integers(1, cfg.n_classes + 1)), decoy=True)
               for _ in range(int(rng.random() < cfg.distractors))]
     objects = [_random_placement(rng, cfg, int(c)) for c in classes]
-    return compose(rng, cfg, background, decoys + objects)  # decoys first: real objects may hide them
+    return background, decoys + objects
+
+
+def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> Scene:
+    """Sample and draw one scene: background, 0..max_objects distinct classes, an optional decoy."""
+    return compose(rng, cfg, *sample_layout(rng, cfg))
+
+
+def decoy_masks(n: int, seed: int, cfg: SceneConfig = SceneConfig()) -> Iterator[np.ndarray]:
+    """For the scenes of :func:`generate_scenes` (same ``n``, ``seed``, ``cfg``): [size, size] bool, the pixels
+    of each scene's decoy left visible by the objects drawn over it (all False without a decoy). A decoy is
+    background in the mask; this says which background pixels wear a class's colours (to measure how often masks
+    or a decoder paint them as that class)."""
+    for i in range(n):
+        _, placements = sample_layout(np.random.default_rng([seed, i]), cfg)
+        shown = np.zeros((cfg.size, cfg.size), bool)
+        for p in placements:
+            region = _outline_mask("ellipse" if p.decoy else CLASSES[p.cls], p, cfg.size)
+            shown = (shown | region) if p.decoy else (shown & ~region)
+        yield shown
 
 
 def generate_scenes(n: int, seed: int, cfg: SceneConfig = SceneConfig()) -> Iterator[Scene]:

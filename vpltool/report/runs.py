@@ -286,7 +286,8 @@ def stage_table(run: Run) -> dict[str, Any]:
     """The figures of the report's first table, as `demo-report` and `eval` wrote them (never recomputed):
     ``stages`` (rows of ``metrics.json``: stage, `cam --refine`, mIoU per split), ``splits`` (those splits),
     ``refines`` (whether rows name their refinement), ``chance``,
-    ``other_layers``, and ``per_class`` (one row per ``metrics/<name>.json``: its mIoU and per-class IoU)."""
+    ``other_layers``, and ``per_class`` (one row per ``metrics/<name>.json``: its mIoU and per-class IoU, and its
+    per-class precision and recall when the JSON holds them)."""
     out: dict[str, Any] = {"stages": [], "chance": {}, "other_layers": [], "per_class": [], "classes": [],
                            "splits": [], "refines": False}
     if run.metrics_file is not None:
@@ -301,8 +302,11 @@ def stage_table(run: Run) -> dict[str, Any]:
         result = _eval_metrics(path)
         if result is None:
             continue  # e.g. diagnose_val.json: its rows are in metrics.json's other_layers
+        # precision and recall per class (eval since issue 37), shown under the IoU where the JSON has them
+        extra = {k: {c: v for c, v in result[k].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                 if isinstance(result.get(k), dict) else None for k in ("precision", "recall")}
         out["per_class"].append({"name": name, "miou": result.get("miou"), "n_images": result.get("n_images"),
-                                 "bg_exponent": result.get("bg_exponent"), "iou": result["iou"]})
+                                 "bg_exponent": result.get("bg_exponent"), "iou": result["iou"], **extra})
         out["classes"] = out["classes"] or list(result["iou"])
     return out
 
