@@ -121,7 +121,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder predict heldout refines diagnose report voc coco bench docs toy-clip clean-demo
+        pseudo decoder predict heldout refines diagnose report voc coco bench docs toy-clip toy-dino clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -311,6 +311,13 @@ docs: setup
 ## Retrain the shipped toy CLIP from its seed (not part of CI; about 10 min on 2 cores, bit-identical)
 toy-clip: setup
 	$(VPL) train-toy-clip vpltool/assets/toy-clip
+
+## Retrain the shipped toy DINO (`cam --affinity dino`) from its seed on the default world's train images, no labels
+## (not part of CI; bit-identical)
+toy-dino: runs/toy-dino/world/_stage.json
+	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world
+runs/toy-dino/world/_stage.json: | setup
+	$(VPL) make-world $(@D)
 
 ## Remove the demo run folder
 clean-demo:
