@@ -47,3 +47,16 @@ def test_dino_loss_is_low_when_the_student_matches_the_sharpened_teacher():
 def test_toy_dino_refuses_too_few_images(world, tmp_path):
     with pytest.raises(VplError, match="fewer than --batch-size"):
         train_toy_dino(tmp_path / "m.safetensors", world, ToyDinoConfig(epochs=1, batch_size=50))
+
+
+def test_mimetic_init_makes_queries_equal_keys():
+    from vpltool.demo.train_toy_dino import build_student
+
+    torch.manual_seed(0)
+    model = build_student(ToyDinoConfig(qk_init=1.0))
+    w = model.blocks[0].attn.qkv.weight
+    width = w.shape[1]
+    assert torch.equal(w[:width], w[width:2 * width]) and not torch.equal(w[:width], w[2 * width:])
+    torch.manual_seed(0)
+    plain = build_student(ToyDinoConfig(qk_init=0.0)).blocks[0].attn.qkv.weight
+    assert not torch.equal(plain[:width], plain[width:2 * width])

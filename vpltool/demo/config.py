@@ -86,6 +86,7 @@ class ToyDinoConfig:
             EMA momentum at the start (cosine to 1).
         local_crops: local views per image. global_scale, local_scale: crop areas as fractions of the image.
         jitter: colour jitter strength (brightness, contrast, saturation factors in 1 +- jitter).
+        qk_init: gain of the mimetic query-key initialisation (``W_q = W_k``; 0 = timm's own init).
         seed: seeds the initial weights, the image order and the crops. threads: CPU threads (a fixed count makes the
             rebuild bit-identical).
     """
@@ -105,6 +106,7 @@ class ToyDinoConfig:
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.1, 0.4)
     jitter: float = 0.4
+    qk_init: float = 1.0
     seed: int = 0
     threads: int = 1
 
@@ -118,6 +120,7 @@ class ToyDinoConfig:
         require(0 < self.teacher_temp and 0 < self.student_temp, "temperatures must be > 0")
         fraction("--momentum", self.momentum)
         fraction("--jitter", self.jitter)
+        require(self.qk_init >= 0, f"qk_init {self.qk_init}: must be >= 0")
 
 
 @dataclass(frozen=True)
