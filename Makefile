@@ -321,8 +321,8 @@ docs: setup
 toy-clip: setup
 	$(VPL) train-toy-clip vpltool/assets/toy-clip
 
-## Retrain the shipped toy DINO (`cam --affinity dino`) from its seed on the default world's train images, no labels
-## (not part of CI; bit-identical)
+# (the default world's train images, no labels; about 25 min on one thread of shared cores)
+## Retrain the shipped toy DINO of `--affinity dino` from its seed (not part of CI; bit-identical)
 toy-dino: runs/toy-dino/world/_stage.json
 	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world
 runs/toy-dino/world/_stage.json: | setup
