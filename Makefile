@@ -48,16 +48,23 @@ CHOICE_PRED_ARGS ?= --scales 1 --no-flip
 # AFFINITY_WEIGHT (CLIP's share) : rest. Offline, DINO_WEIGHTS=hub needs the weights in the Hugging Face cache
 AFFINITY ?= clip
 AFFINITY_WEIGHT ?= 0.4
-DINO_MODEL ?= vit_small_patch16_224.dino
-DINO_WEIGHTS ?= hub
+# the demo's DINO is the shipped toy DINO (`make toy-dino`: timm's test_vit, self-supervised on the world's train
+# images); make voc / make coco use DINO ViT-S/16
+DINO_MODEL ?= test_vit
+DINO_WEIGHTS ?= vpltool/assets/toy-dino/model.safetensors
+# affinity rows of the demo's table, beside REFINES: R@A is `cam --refine R --affinity A` (RUN/R@A, metrics under
+# RUN/metrics/R@A); the decoder's masks are still chosen among REFINES
+AFFINITY_ROWS ?= caa@dino caa@clip+dino
 SGC_SEGMENTS ?= 256
 SGC_CLUSTERS ?= 32
 SGC_POSITION ?= 0
 # $(call cam_args,R): cam's options for refinement R (the affinity options only where CAA runs: none has no affinity)
-cam_args = $(strip --box-threshold $(BOX_THR) --refine $(1) $(if $(filter-out none,$(1)),--affinity $(AFFINITY)) \
+# (R may be R@A: refinement R with affinity A instead of AFFINITY)
+cam_args = $(call cam_args_of,$(firstword $(subst @, ,$(1))),$(or $(word 2,$(subst @, ,$(1))),$(AFFINITY)))
+cam_args_of = $(strip --box-threshold $(BOX_THR) --refine $(1) $(if $(filter-out none,$(1)),--affinity $(2)) \
   $(if $(filter caa+sgc,$(1)),--sgc-segments $(SGC_SEGMENTS) --sgc-clusters $(SGC_CLUSTERS) --sgc-position $(SGC_POSITION)) \
-  $(if $(and $(filter-out none,$(1)),$(filter-out clip,$(AFFINITY))),--affinity-weight $(AFFINITY_WEIGHT) \
-  --dino-model $(DINO_MODEL) --dino-weights $(DINO_WEIGHTS)))
+  $(if $(and $(filter-out none,$(1)),$(filter clip+dino,$(2))),--affinity-weight $(AFFINITY_WEIGHT)) \
+  $(if $(and $(filter-out none,$(1)),$(filter-out clip,$(2))),--dino-model $(DINO_MODEL) --dino-weights $(DINO_WEIGHTS)))
 # the refinement of a CAM or mask folder's parent D: REFINE for RUN itself, R for RUN/R
 refine_of = $(if $(filter $(RUN),$(1)),$(REFINE),$(notdir $(1)))
 # $(call refine_metrics,R): where refinement R's eval JSONs go
@@ -125,6 +132,8 @@ pick = $(if $(filter command line,$(origin $(1))),$($(1)),$(2))
 # batch 6, 30,000 iterations, crop 320 = DecoderConfig's defaults), CLIP-ES CAMs with CAA and its single prompt
 PAPER_ARGS = DATA_DEP= MODEL_DEP= MODEL=$(call pick,MODEL,ViT-B-16) PRETRAINED=$(call pick,PRETRAINED,openai) \
   TEMPLATES='$(call pick,TEMPLATES,clip-es)' REFINE=$(call pick,REFINE,caa) REFINES='$(call pick,REFINES,)' \
+  AFFINITY_ROWS='$(call pick,AFFINITY_ROWS,)' DINO_MODEL=$(call pick,DINO_MODEL,vit_small_patch16_224.dino) \
+  DINO_WEIGHTS=$(call pick,DINO_WEIGHTS,hub) \
   TAU_I=$(call pick,TAU_I,0.03) \
   ITERS=$(call pick,ITERS,3000) LR=$(call pick,LR,10) DEC_ITERS=$(call pick,DEC_ITERS,30000) \
   DEC_ARGS='$(call pick,DEC_ARGS,--recipe vpl)' PRED_ARGS='$(call pick,PRED_ARGS,--crf)' \
@@ -147,7 +156,8 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense report voc coco bench docs toy-clip clean-demo
+        pseudo decoder decoders predict heldout refines diagnose dense report voc coco bench docs toy-clip toy-dino \
+        clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -276,7 +286,7 @@ $(RUN)/features_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
 	  --overwrite
 
 ## The refinements of REFINES side by side (the demo's table): text and vision CAMs and their CRF masks, both splits
-COMPARED = $(foreach r,$(REFINES),$(addprefix $(call refine_metrics,$(r))/,cams_text.json cams_vision.json \
+COMPARED = $(foreach r,$(REFINES) $(AFFINITY_ROWS),$(addprefix $(call refine_metrics,$(r))/,cams_text.json cams_vision.json \
   pseudo_text.json pseudo.json $(if $(HELDOUT),cams_text_val.json cams_vision_val.json pseudo_text_val.json \
   pseudo_val.json)))
 refines: $(COMPARED)
@@ -384,6 +394,13 @@ docs: setup
 ## Retrain the shipped toy CLIP from its seed (not part of CI; about 10 min on 2 cores, bit-identical)
 toy-clip: setup
 	$(VPL) train-toy-clip vpltool/assets/toy-clip
+
+# (the default world's train images, no labels; about 25 min on one thread of shared cores)
+## Retrain the shipped toy DINO of `--affinity dino` from its seed (not part of CI; bit-identical)
+toy-dino: runs/toy-dino/world/_stage.json
+	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world
+runs/toy-dino/world/_stage.json: | setup
+	$(VPL) make-world $(@D)
 
 ## Remove the demo run folder
 clean-demo:

@@ -36,6 +36,9 @@ CHANGES: dict[str, dict] = {
     "b64-ls100-detailed": {"logit_scale": 100.0, "captions": "detailed", "batch_size": 64},
     "b64-ls100-infonce-c0": {"logit_scale": 100.0, "loss": "infonce", "crop_prob": 0.0, "batch_size": 64},
     "b64-ls100": {"logit_scale": 100.0, "batch_size": 64},
+    # issue 36: attention that groups objects; the shipped recipe with windowed blocks early and global ones late
+    "b64-detailed-6L-2g": {"logit_scale": 100.0, "captions": "detailed", "batch_size": 64, "layers": 6,
+                           "global_blocks": 2},
 }
 RECIPES = {name: {**BEFORE, **change} for name, change in CHANGES.items()}
 

@@ -450,3 +450,17 @@ def test_two_identical_cam_runs_give_byte_identical_files(features_dir, text_pro
     assert len([f for f in files if f.endswith(".safetensors")]) >= 4
     for name in files:
         assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
+
+
+def test_affinity_share_against_chance():
+    from vpltool.cam import affinity_share
+
+    regions = np.array([0, 0, 0, 1])  # three background patches, one object patch
+    blind = torch.full((4, 4), 0.25)  # attends evenly everywhere: own share = chance
+    own, chance = affinity_share(blind, regions)
+    assert torch.allclose(own, chance) and torch.allclose(chance, torch.tensor([0.75, 0.75, 0.75, 0.25]))
+    grouped = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 2]])  # no mass crosses regions
+    own, _ = affinity_share(grouped, regions)
+    assert torch.equal(own, torch.ones(4))
+    own, _ = affinity_share(torch.ones(4, 4) - torch.eye(4), regions)  # everything elsewhere: the object keeps 0
+    assert own[3] == 0 and torch.allclose(own[:3], torch.full((3,), 2 / 3))

@@ -126,3 +126,16 @@ def test_recipe_refuses_bad_values_in_one_line(bad):
     with pytest.raises(VplError) as e:
         ToyClipConfig(**bad)
     assert "\n" not in str(e.value)
+
+
+def test_global_blocks_window_the_early_blocks_only():
+    from vpltool.demo.config import ToyClipConfig
+    from vpltool.demo.toyclip import build_toy_backbone, toy_window
+    from vpltool.errors import VplError
+
+    assert toy_window(4) == {"size": 3, "blocks": [0, 1, 2]}  # the shipped toy: only the last block is global
+    assert toy_window(6, 2)["blocks"] == [0, 1, 2, 3]
+    bb = build_toy_backbone(0, layers=3, global_blocks=2)
+    assert bb.window_blocks == {0}
+    with pytest.raises(VplError, match="--global-blocks 5"):
+        ToyClipConfig(layers=4, global_blocks=5)

@@ -40,6 +40,7 @@ The files, in the order a reader meets the method:
 from .caa import (
     Refined,
     affinity,
+    affinity_share,
     box_coords,
     box_mask,
     box_masks,
@@ -62,7 +63,8 @@ from .stage import STAGE, CamResult, batched_mode, cams_for_batch, cams_for_imag
 __all__ = [
     "STAGE", "run_cam", "CamResult", "cams_for_image", "cams_for_batch", "batched_mode", "overlay",
     "ImageTokens", "PrototypeRows", "gradcam_image", "gradcam_batch", "row_names", "temperature_of",
-    "affinity", "box_coords", "box_mask", "box_masks", "components", "Refined", "refine", "refine_batch",
+    "affinity", "affinity_share", "box_coords", "box_mask", "box_masks", "components", "Refined", "refine",
+    "refine_batch",
     "mean_attention", "caa_attention", "caa_transition", "check_affinity", "dino_backbone", "needs_image",
     "kmeans", "patch_majority", "superpixel_features", "superpixel_groups", "group_mask",
     "cached_tokens", "image_tokens", "run_dense_cam", "dense_maps",

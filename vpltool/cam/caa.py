@@ -56,6 +56,25 @@ def affinity(attention: torch.Tensor, exact: bool = False) -> torch.Tensor:
     return t @ t
 
 
+def affinity_share(trans: torch.Tensor, regions: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much of each patch's CAA affinity stays inside its own ground-truth region (the toy study's figure).
+
+    Args:
+        trans: ``[hw, hw]`` non-negative transition matrix (:func:`affinity`'s output).
+        regions: ``[hw]`` int region id of each patch (e.g. :func:`vpltool.cam.sgc.patch_majority` of the GT mask:
+            one region per class present, background included).
+
+    Returns:
+        ``(own, chance)``, both ``[hw]`` float32 in [0, 1]: row ``i``'s mass on patches of ``i``'s region over its
+        whole mass, and that region's share of the patches (what an affinity blind to regions gives).
+    """
+    r = torch.as_tensor(np.asarray(regions), device=trans.device).long().view(-1)
+    same = (r[:, None] == r[None, :]).float()  # [hw, hw]
+    t = trans.float()
+    own = (t * same).sum(1) / t.sum(1).clamp_min(1e-12)
+    return own.cpu(), (same.sum(1) / len(r)).cpu()
+
+
 def box_coords(cam: np.ndarray, threshold: float, parity: bool = False) -> list[tuple[int, int, int, int]]:
     """Bounding boxes ``(x0, y0, x1, y1)`` (exclusive ends, patch grid) of all contours of
     ``uint8(cam*255) > int(threshold * max)`` (CLIP-ES ``utils.py:scoremap2bbox`` with ``multi_contour_eval``).

@@ -1,4 +1,4 @@
-"""The demo world's commands: make-world, train-toy-clip, choose-pseudo, demo-report."""
+"""The demo world's commands: make-world, train-toy-clip, train-toy-dino, choose-pseudo, demo-report."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..demo.config import ToyClipConfig, WorldConfig
+from ..demo.config import ToyClipConfig, ToyDinoConfig, WorldConfig
 from . import app
 from .common import LogFile, Overwrite, OverwriteFile, Verbose, friendly_errors, progress, say
 
 DEMO = "Demo world"
 
 
-_W, _T = WorldConfig(), ToyClipConfig()
+_W, _T, _D = WorldConfig(), ToyClipConfig(), ToyDinoConfig()
 
 
 @app.command("make-world", rich_help_panel=DEMO)
@@ -62,7 +62,10 @@ def train_toy_clip_cmd(
                                                "open_clip's 1/0.07).")] = _T.logit_scale,
     captions: Annotated[str, typer.Option(help="names (class and background words) | detailed (+ colour, size, "
                                           "position and count words from the mask).")] = _T.captions,
-    layers: Annotated[int, typer.Option(help="Vision blocks; all but the last attend to 3x3 windows.")] = _T.layers,
+    layers: Annotated[int, typer.Option(help="Vision blocks; all but the last --global-blocks attend to 3x3 "
+                                        "windows.")] = _T.layers,
+    global_blocks: Annotated[int, typer.Option(help="The last vision blocks that attend globally.")] =
+        _T.global_blocks,
     pool: Annotated[str, typer.Option(help="Image embedding trained: mean (patch mean, CLIP-ES's) | cls | both.")] =
         _T.pool,
     loss: Annotated[str, typer.Option(help="multi (same-meaning captions are positives) | infonce.")] = _T.loss,
@@ -86,14 +89,52 @@ def train_toy_clip_cmd(
 
     io.check_outputs("train-toy-clip", {})  # the --log, in this run's context
     cfg = ToyClipConfig(steps=steps, batch_size=batch_size, lr=lr, crop_prob=crop_prob, seed=seed,
-                        logit_scale=logit_scale, layers=layers, captions=captions, pool=pool, loss=loss,
-                        threads=threads)
+                        logit_scale=logit_scale, layers=layers, global_blocks=global_blocks, captions=captions,
+                        pool=pool, loss=loss, threads=threads)
     with progress("train-toy-clip", unit="steps") as (on_start, on_item):
         on_start(cfg.steps)
         metrics = train_toy_clip(out, cfg, on_step=lambda step, loss: on_item(1))
     say(f"[green]✓[/] train-toy-clip: loss {metrics['final_loss']:.3f}, label-set accuracy "
         f"{metrics['label_set_accuracy']:.2f}, GradCAM mIoU {metrics['gradcam_miou']:.3f}, "
         f"{metrics['seconds']:.0f} s → {out}")
+
+
+@app.command("train-toy-dino", rich_help_panel=DEMO)
+@friendly_errors
+def train_toy_dino_cmd(
+    out: Annotated[Path, typer.Argument(help="Weights file to write (safetensors; a .json record beside it).")] =
+        Path("vpltool/assets/toy-dino/model.safetensors"),
+    data: Annotated[Path, typer.Option(help="A make-world folder: its train images (no labels, no captions) are "
+                                       "the training set.")] = Path("runs/toy-dino/world"),
+    epochs: Annotated[int, typer.Option(help="Passes over the train images.")] = _D.epochs,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = _D.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _D.lr,
+    local_crops: Annotated[int, typer.Option(help="Local views per image (multi-crop).")] = _D.local_crops,
+    threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical.")] =
+        _D.threads,
+    seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped weights.")] = _D.seed,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train the demo world's toy DINO (a timm ViT, DINO's self-supervised recipe) for `cam --affinity dino`.
+
+    \b
+    Example:
+      vpltool train-toy-dino /tmp/dino.safetensors --data runs/demo/world
+      vpltool cam F -p P -o C --refine caa --affinity dino --dino-model test_vit --dino-weights /tmp/dino.safetensors
+    """
+    from dataclasses import replace
+
+    from .. import io
+    from ..demo.train_toy_dino import train_toy_dino
+
+    io.check_outputs("train-toy-dino", {"OUT": (out, "file")}, inputs={"--data": data})
+    cfg = replace(_D, epochs=epochs, batch_size=batch_size, lr=lr, local_crops=local_crops, threads=threads,
+                  seed=seed)
+    with progress("train-toy-dino", unit="steps") as (on_start, on_item):
+        record = train_toy_dino(out, data, cfg, on_start=on_start, on_step=lambda step, loss: on_item(1))
+    say(f"[green]✓[/] train-toy-dino: loss {record['final_loss']:.3f}, teacher entropy "
+        f"{record['teacher_entropy']:.2f} nats, {record['seconds']:.0f} s → {out}")
 
 
 @app.command("choose-pseudo", rich_help_panel=DEMO)

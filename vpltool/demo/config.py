@@ -30,7 +30,8 @@ class ToyClipConfig:
         seed: seeds the initial weights, the augmentation and the training and held-out scenes.
         logit_scale: initial inverse temperature (trainable, clamped at 100 as CLIP does); 0 = open_clip's 1/0.07.
             100 starts at CLIP's final temperature, which VPL's tau_I = 0.03 > tau_T relies on (Proposition 1).
-        layers: vision blocks (>= 2); all but the last attend to 3x3 patch windows.
+        layers: vision blocks (>= 2); all but the last ``global_blocks`` attend to 3x3 patch windows.
+        global_blocks: the last blocks that attend globally (1..layers).
         captions: 'names' (class names and background word) or 'detailed' (each object also described by colour,
             texture, size, position and count words read off the mask).
         detail: with detailed captions, the probability in [0, 1] of each attribute of each object.
@@ -48,6 +49,7 @@ class ToyClipConfig:
     seed: int = 0
     logit_scale: float = 100.0
     layers: int = 4
+    global_blocks: int = 1
     captions: str = "detailed"
     detail: float = 0.5
     pool: str = "mean"
@@ -59,6 +61,7 @@ class ToyClipConfig:
         seed_value("--seed", self.seed)
         at_least("--batch-size", self.batch_size, 2)
         at_least("--layers", self.layers, 2)
+        require(1 <= self.global_blocks <= self.layers, f"--global-blocks {self.global_blocks}: must be 1..--layers")
         at_least("--threads", self.threads, 0)
         fraction("--crop-prob", self.crop_prob)
         fraction("detail", self.detail)
@@ -66,6 +69,58 @@ class ToyClipConfig:
         choice("--captions", self.captions, CAPTION_STYLES)
         choice("--pool", self.pool, POOLS)
         choice("--loss", self.loss, LOSSES)
+
+
+@dataclass(frozen=True)
+class ToyDinoConfig:
+    """How the toy DINO is trained (``vpltool train-toy-dino``, :mod:`vpltool.demo.train_toy_dino`); the defaults
+    rebuild the shipped weights (`make toy-dino`).
+
+    Attributes:
+        model: the timm ViT (``--dino-model`` when it is used): ``test_vit`` is timm's 0.3 M-parameter ViT (patch 16,
+            width 64, 6 blocks, 2 heads).
+        epochs: passes over the world's train images. batch_size: images per step.
+        lr, min_lr: AdamW peak learning rate (linear warmup, cosine to ``min_lr``). weight_decay: on matrices only.
+        out_dim: prototypes of the DINO head. student_temp, teacher_temp: softmax temperatures (the teacher's lower:
+            sharpening). center_momentum: of the running centre of the teacher's outputs. momentum: the teacher's
+            EMA momentum at the start (cosine to 1).
+        local_crops: local views per image. global_scale, local_scale: crop areas as fractions of the image.
+        jitter: colour jitter strength (brightness, contrast, saturation factors in 1 +- jitter).
+        qk_init: gain of the mimetic query-key initialisation (``W_q = W_k``; 0 = timm's own init).
+        seed: seeds the initial weights, the image order and the crops. threads: CPU threads (a fixed count makes the
+            rebuild bit-identical).
+    """
+
+    model: str = "test_vit"
+    epochs: int = 16
+    batch_size: int = 50
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.04
+    out_dim: int = 1024
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+    momentum: float = 0.99
+    local_crops: int = 4
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.1, 0.4)
+    jitter: float = 0.4
+    qk_init: float = 1.0
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        at_least("--epochs", self.epochs, 1)
+        at_least("--batch-size", self.batch_size, 2)
+        at_least("--local-crops", self.local_crops, 0)
+        at_least("--threads", self.threads, 1)
+        seed_value("--seed", self.seed)
+        require(self.lr > 0 and self.min_lr >= 0, f"--lr {self.lr}: must be > 0")
+        require(0 < self.teacher_temp and 0 < self.student_temp, "temperatures must be > 0")
+        fraction("--momentum", self.momentum)
+        fraction("--jitter", self.jitter)
+        require(self.qk_init >= 0, f"qk_init {self.qk_init}: must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ def run_refinement(run: Path) -> str | None:
 
 
 def compared_refinements(run: Path) -> list[str]:
-    """The other refinements the run compares (``RUN/metrics/R/``, as the Makefile's REFINES writes them)."""
+    """The other refinements the run compares (``RUN/metrics/R/``, as the Makefile's REFINES and AFFINITY_ROWS write
+    them; ``R@A`` is refinement R with ``--affinity A``)."""
     metrics = run / "metrics"
     if not metrics.is_dir():
         return []
@@ -313,7 +314,8 @@ def format_report(report: dict[str, Any]):
             table.add_row(f"[dim]{row['stage']}[/]", "none", "—", _pct(row["val"]))
     images = ", ".join(f"{s} {c['images']}" for s, c in chance.items())
     table.caption = ("W is learned on train only. CAM rows: GradCAM at the last block's input (the paper's layer), "
-                     f"refined by `cam --refine`. Images scored: {images}.")
+                     f"refined by `cam --refine`; R@A: `--refine R --affinity A` (CAA from DINO's attention, or "
+                     f"mixed with CLIP's). Images scored: {images}.")
     if choice:
         table.caption += f"\n{describe(choice)}; val is never used for the choice."
     return table

@@ -69,9 +69,9 @@ def toy_model_cfg(vocab_size: int, layers: int = 4, context_length: int = CONTEX
     }
 
 
-def toy_window(layers: int = 4) -> dict[str, Any]:
-    """The attention window: 3x3 in every vision block but the last."""
-    return {"size": TOY_WINDOW["size"], "blocks": list(range(layers - 1))}
+def toy_window(layers: int = 4, global_blocks: int = 1) -> dict[str, Any]:
+    """The attention window: 3x3 in every vision block but the last ``global_blocks``."""
+    return {"size": TOY_WINDOW["size"], "blocks": list(range(layers - global_blocks))}
 
 
 def context_length(captions: str = "names") -> int:
@@ -95,7 +95,7 @@ def preprocess_cfg() -> dict[str, Any]:
 
 def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu", *, layers: int = 4,
                        captions: str = "names", pool: str = "mean",
-                       logit_scale: float | None = None) -> ClipBackbone:
+                       logit_scale: float | None = None, global_blocks: int = 1) -> ClipBackbone:
     """A randomly initialised toy CLIP wrapped like a loaded one (word tokenizer + window); frozen, eval mode.
 
     ``logit_scale``: the initial inverse temperature (None: open_clip's 1 / 0.07).
@@ -108,7 +108,7 @@ def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu", *, lay
     cfg = toy_model_cfg(len(vocab) + 3, layers, context_length(captions), pool)  # + padding, SOT, EOT
     model = open_clip.CLIP(**cfg, **kwargs)
     model.visual.preprocess_cfg = preprocess_cfg()
-    extra = {"tokenizer": "word", "vocabulary": vocab, "attention_window": toy_window(layers)}
+    extra = {"tokenizer": "word", "vocabulary": vocab, "attention_window": toy_window(layers, global_blocks)}
     return ClipBackbone(model, ModelSpec(model="toy-clip", pretrained="none"), torch.device(device), extra)
 
 

@@ -1,0 +1,62 @@
+"""The toy DINO (`train-toy-dino`): trains on a world's images, rebuilds bit-identically, loads through --dino-model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("timm")
+
+from vpltool.backbone import DinoSpec, load_dino  # noqa: E402
+from vpltool.demo.config import ToyDinoConfig  # noqa: E402
+from vpltool.demo.train_toy_dino import DinoHead, dino_loss, train_toy_dino  # noqa: E402
+from vpltool.errors import VplError  # noqa: E402
+
+TINY = ToyDinoConfig(epochs=1, batch_size=3, local_crops=1, out_dim=16)
+
+
+def test_toy_dino_rebuilds_bit_identically_and_loads_as_dino(world, tmp_path):
+    from safetensors.torch import load_file
+
+    a = train_toy_dino(tmp_path / "a" / "model.safetensors", world, TINY)
+    train_toy_dino(tmp_path / "b" / "model.safetensors", world, TINY)
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["steps"] == 2 and np.isfinite(a["final_loss"])
+    dino = load_dino(DinoSpec("test_vit", str(tmp_path / "a" / "model.safetensors")))
+    image = np.zeros((96, 96, 3), np.uint8)
+    att = dino.attention(image, (12, 12), 2)
+    assert att.shape == (144, 144) and torch.all(att >= 0)
+    other = train_toy_dino(tmp_path / "c" / "model.safetensors", world, ToyDinoConfig(**{**TINY.__dict__, "seed": 1}))
+    wc = load_file(other["path"])
+    assert not torch.equal(wa["cls_token"], wc["cls_token"])  # the seed is what fixes the weights
+
+
+def test_dino_loss_is_low_when_the_student_matches_the_sharpened_teacher():
+    torch.manual_seed(0)
+    teacher = [torch.randn(4, 8) * 3, torch.randn(4, 8) * 3]
+    center = torch.zeros(8)
+    matched = [teacher[1] / 0.04 * 0.1, teacher[0] / 0.04 * 0.1]  # view i predicts the other teacher view
+    random = [torch.randn(4, 8), torch.randn(4, 8)]
+    assert dino_loss(matched, teacher, center, 0.1, 0.04) < dino_loss(random, teacher, center, 0.1, 0.04)
+    head = DinoHead(6, 5)
+    assert head(torch.randn(3, 6)).abs().max() <= 1 + 1e-6  # cosines to unit prototypes
+
+
+def test_toy_dino_refuses_too_few_images(world, tmp_path):
+    with pytest.raises(VplError, match="fewer than --batch-size"):
+        train_toy_dino(tmp_path / "m.safetensors", world, ToyDinoConfig(epochs=1, batch_size=50))
+
+
+def test_mimetic_init_makes_queries_equal_keys():
+    from vpltool.demo.train_toy_dino import build_student
+
+    torch.manual_seed(0)
+    model = build_student(ToyDinoConfig(qk_init=1.0))
+    w = model.blocks[0].attn.qkv.weight
+    width = w.shape[1]
+    assert torch.equal(w[:width], w[width:2 * width]) and not torch.equal(w[:width], w[2 * width:])
+    torch.manual_seed(0)
+    plain = build_student(ToyDinoConfig(qk_init=0.0)).blocks[0].attn.qkv.weight
+    assert not torch.equal(plain[:width], plain[width:2 * width])
