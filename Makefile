@@ -268,7 +268,7 @@ decoders: $(DECODER_SCORES) $(DECODERS)
 # recipe (`&&`, not an empty argument). The refinement of each folder is read from its records; the scores must be
 # on the train-side EVAL_SPLIT
 CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(strip $(RUN) $(REFINES) $(EVAL_SPLIT_ARG) \
-  --pick $(PSEUDO_REFINE) --by $(if $(filter auto,$(PSEUDO_REFINE)),decoder,masks))) &&)
+  --pick $(PSEUDO_REFINE) --by $(if $(filter auto,$(PSEUDO_REFINE)),decoder,masks) --overwrite)) &&)
 CHOSEN_DECODER = $(if $(REFINES),"$${pseudo%/pseudo}/decoder/decoder.safetensors",$(RUN)/decoder/decoder.safetensors)
 
 ## Decoder masks for the validation split, and their mIoU

@@ -1861,10 +1861,10 @@ def _text_again(ws: Workspace) -> Iterator[list[object]]:
     yield ["text-prototypes", ws.features, "-o", ws.root / "text_again.safetensors", *TEXT_ARGS, *CPU]
 
 
-@case("learn-prototypes -o onto text prototypes that are not its input", "text_other.safetensors: holds text "
+@case("learn-prototypes -o onto text prototypes that are not its input", "text_copy.safetensors: holds text "
       "prototypes (`text-prototypes`), not vision prototypes (`learn-prototypes`)")
 def _learn_onto_text(ws: Workspace) -> Iterator[list[object]]:
-    other = ws.root / "text_other.safetensors"
+    other = ws.root / "text_copy.safetensors"  # not text_other's name: that case needs other prototypes
     shutil.copyfile(ws.text, other)
     yield ["learn-prototypes", ws.features, "-c", ws.cams, "-t", ws.text, "-o", other,
            "--plot", ws.out("vision_x.png"), "--iters", 2]
@@ -2759,8 +2759,8 @@ def _report_twin_datasets(ws: Workspace) -> Iterator[list[object]]:
     yield ["report", run, "--workers", "1"]
 
 
-@case("report of a run whose dataset lost an image since its stages ran", "run_shrunk/cams/_stage.json: made from 4 "
-      "images of split 'train'", "the dataset changed since")
+@case("report of a run whose dataset lost an image since its stages ran", "made from world_shrunk as it was before a "
+      "change: 3 images where the record counts 4", "re-run `vpltool extract` and the stages after it")
 def _report_dataset_shrunk(ws: Workspace) -> Iterator[list[object]]:
     world = ws.copy(ws.world, "world_shrunk")
     run = ws.out("run_shrunk")
@@ -3043,7 +3043,7 @@ def _threshold_one(ws: Workspace) -> Iterator[list[object]]:
            "--threshold", "1", "--iters", "2", *CPU]
 
 
-@case("RANK=-1 WORLD_SIZE=2", "RANK=-1: must be in 0..1 (WORLD_SIZE=2)")
+@case("RANK=-1 WORLD_SIZE=2", "RANK must be in 0..WORLD_SIZE-1 (0..1)")
 def _rank_negative(ws: Workspace) -> Iterator[list[object]]:
     with _torchrun_env(RANK="-1", WORLD_SIZE="2"):
         yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU]

@@ -166,6 +166,9 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
         raise VplError(f"choose-pseudo: --by {by!r}; use one of {', '.join(BY)}")
     if not run.is_dir():
         raise VplError(f"{run}: run folder not found; run `make pseudo RUN={run}` first")
+    # the output first (the house rule): a user's file there is refused before any score is read
+    io.check_outputs("choose-pseudo", {"RUN/metrics/" + CHOICE_FILE: (run / "metrics" / CHOICE_FILE, "file",
+                                                                      "pseudo-choice")}, overwrite=overwrite)
     own = _own_refinement(run, run_refine)
     candidates = []
     for name in among:
@@ -193,8 +196,6 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
     decoder = Path(best["folder"]).parent / "decoder" / "decoder.safetensors"
     result = {"chosen": best["refine"], "folder": best["folder"], "decoder": str(decoder) if by == "decoder" else None,
               "by": by, "rule": rule, "split": split, "candidates": candidates}
-    io.check_outputs("choose-pseudo", {"RUN/metrics/" + CHOICE_FILE: (run / "metrics" / CHOICE_FILE, "file",
-                                                                      "pseudo-choice")}, overwrite=overwrite)
     io.write_json(run / "metrics" / CHOICE_FILE, result, kind="pseudo-choice")
     return result
 
