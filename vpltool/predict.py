@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +247,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     """``--classes`` with ``--dense METHOD``: the names scored by the decoder's frozen CLIP with that training-free
     dense last block (:mod:`vpltool.backbone.segmentor`, the method's settings), the decoder's own text templates
     and background words as queries; the decoder itself is not run (names it never trained on)."""
-    from .backbone.segmentor import query_rows, write_dense_masks
+    from .backbone.segmentor import query_rows, settings_params, write_dense_masks
 
     f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())
     prompts = recorded_prompts(f)
@@ -256,7 +256,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     classes = ["background", *cfg.classes]
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id,
-              "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}}
+              "settings": settings_params(settings)}
     index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from . import io, presets
@@ -35,6 +34,7 @@ from .backbone.segmentor import (  # the segmentor's pure functions, importable 
     pamr,
     query_rows,
     segment_logits,
+    settings_params,
     short_side_size,
     write_dense_masks,
 )
@@ -77,11 +77,6 @@ def check_queries(names: Sequence[str], cfg: SegmentConfig) -> tuple[list[str], 
     background = resolve_background(cfg.background, presets.preset_for(classes), [w for s in class_synonyms(names)
                                                                                  for w in s])
     return templates, background
-
-
-def settings_params(settings) -> dict:
-    """A :class:`~vpltool.config.DenseSettings` as recorded (JSON: tuples as lists, so a resume compares equal)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
 
 
 def run_segment(

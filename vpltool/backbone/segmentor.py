@@ -22,6 +22,7 @@ What MaskCLIP / SCLIP / ClearCLIP / NACLIP's segmentors do (``clip_segmentor.py`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +260,11 @@ def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
     return masks
 
 
+def settings_params(settings) -> dict:
+    """A :class:`~vpltool.config.DenseSettings` as recorded (JSON: tuples as lists, so a resume compares equal)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+
+
 def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch.Tensor,
              query_class: torch.Tensor, n_classes: int, settings, out: Path, runtime,
              dtype: torch.dtype, on_item) -> None:
@@ -303,4 +309,4 @@ def _writer(out: Path, ids: list[str]) -> Callable[[dict], None]:
 
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
            "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
-           "segment_logits", "labels_batch", "write_dense_masks"]
+           "segment_logits", "labels_batch", "write_dense_masks", "settings_params"]

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .. import io
 from ..backbone import ClipBackbone, ModelSpec, load_backbone
-from ..backbone.segmentor import segment_logits, short_side_size
+from ..backbone.segmentor import segment_logits, settings_params, short_side_size
 from ..batches import BackgroundWriter, BatchRunner, header_sizes, load_batches, plan_batches, resolve_batch_size
 from ..batches import shard_from_env as shard_of_env
 from ..config import RuntimeConfig, SegmentConfig
@@ -62,7 +61,7 @@ def run_dense_cam(
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     params = {"source": "dense", "dense": cfg.dense,
-              "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+              "settings": settings_params(settings),
               "prototypes": io.file_identity(protos.path, source=protos.source)}
     inputs = dataset.inputs()
     index, count = shard_of_env(shard)
