@@ -19,7 +19,8 @@ several world seeds (mean and spread), and SGC's settings chosen on train.
 
 Every folder is kept under the run folders and re-used when the script runs again (Make's targets, and the grid's
 folders named by their settings), so an interrupted study resumes. Prints one JSON object (stdout) and markdown
-tables (stderr). DINO affinity is not measured: the demo world has no DINO model. The small first study (100 + 50
+tables (stderr). The DINO-affinity rows (``--affinity-rows``, the shipped toy DINO) are made and reported too, with
+their differences to caa, and caa - none (issue 36's bar). The small first study (100 + 50
 scenes, one seed, its own W, before the Makefile compared refinements) is kept in benchmarks/studies/sgc_demo.json.
 """
 
@@ -61,10 +62,11 @@ def _vpl(*args: object) -> None:
     _run(sys.executable, "-m", "vpltool", *args)
 
 
-def make_refines(run: Path, seed: int, make: str, device: str, jobs: int) -> None:
-    """The Makefile's comparison of refinements on the demo world of ``seed`` (``make refines``), in ``run``."""
+def make_refines(run: Path, seed: int, make: str, device: str, jobs: int, affinity_rows: list[str]) -> None:
+    """The Makefile's comparison of refinements on the demo world of ``seed`` (``make refines``), in ``run``, with
+    the DINO-affinity rows ``affinity_rows`` (the Makefile's AFFINITY_ROWS, e.g. caa@dino)."""
     _run(make, "-s", f"-j{jobs}", "refines", f"RUN={run}", f"SEED={seed}", f"DEVICE={device}", "REFINE=none",
-         "REFINES=none caa caa+sgc")
+         "REFINES=none caa caa+sgc", f"AFFINITY_ROWS={' '.join(affinity_rows)}")
 
 
 def made_row(run: Path, refine: str) -> dict:
@@ -132,9 +134,10 @@ def on_edge(chosen: dict) -> list[str]:
 def summarise(per_seed: dict, seeds: list[int]) -> tuple[dict, dict]:
     summary = {name: {key: spread([rows[s][key] for s in seeds]) for key in rows[seeds[0]]}
                for name, rows in per_seed.items()}
-    deltas = {f"caa+sgc - {base}": {key: spread([round(per_seed["caa+sgc"][s][key] - per_seed[base][s][key], 2)
-                                                 for s in seeds]) for key in summary["caa"]}
-              for base in ("caa", "none")}
+    pairs = [("caa+sgc", "caa"), ("caa+sgc", "none"), ("caa", "none")]  # the last: issue 36's bar
+    pairs += [(row, "caa") for row in per_seed if "@" in row]
+    deltas = {f"{a} - {b}": {key: spread([round(per_seed[a][s][key] - per_seed[b][s][key], 2) for s in seeds])
+                             for key in summary["caa"]} for a, b in pairs}
     return summary, deltas
 
 
@@ -149,13 +152,16 @@ def main() -> None:
     ap.add_argument("--make", default="make")
     ap.add_argument("--device", default="cpu", help="cam's device (the CRF runs on the CPU)")
     ap.add_argument("--jobs", type=int, default=2, help="stages (make -j) or grid points run at once")
+    ap.add_argument("--affinity-rows", default="caa@dino,caa@clip+dino",
+                    help="the DINO-affinity rows (the Makefile's AFFINITY_ROWS, comma-separated; empty: none)")
     args = ap.parse_args()
+    affinity_rows = [r for r in args.affinity_rows.split(",") if r]
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     runs = {s: args.run0 if s == 0 and args.run0 else args.root / f"seed{s}" for s in seeds}
-    per_seed: dict = {"none": {}, "caa": {}, "caa+sgc": {}}
+    per_seed: dict = {"none": {}, "caa": {}, "caa+sgc": {}, **{r: {} for r in affinity_rows}}
     for s, run in runs.items():
-        make_refines(run, s, args.make, args.device, args.jobs)
+        make_refines(run, s, args.make, args.device, args.jobs, affinity_rows)
         for name in per_seed:
             per_seed[name][s] = made_row(run, name)
         print(json.dumps({"seed": s, "run": str(run), **{n: r[s] for n, r in per_seed.items()}}), file=sys.stderr)
@@ -164,7 +170,7 @@ def main() -> None:
               "runs": {str(s): str(r) for s, r in runs.items()}, "world": {"train": 500, "val": 200},
               "sgc": DEFAULT, "per_seed": {n: {str(s): row for s, row in rows.items()} for n, rows in per_seed.items()},
               "summary": summary, "paired_differences": deltas,
-              "dino_affinity": "not measured: the demo world has no DINO model"}
+              "affinity_rows": affinity_rows}
 
     if args.grid:
         grid_seeds = [int(s) for s in args.grid_seeds.split(",")] if args.grid_seeds else seeds[:1]

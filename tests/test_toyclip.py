@@ -139,3 +139,59 @@ def test_global_blocks_window_the_early_blocks_only():
     assert bb.window_blocks == {0}
     with pytest.raises(VplError, match="--global-blocks 5"):
         ToyClipConfig(layers=4, global_blocks=5)
+
+
+def test_window_of_one_keeps_each_patch_to_itself():
+    """--window 1: a windowed block's patch attends to itself alone (not a global block, as size 1 once meant)."""
+    import torch
+
+    from vpltool.demo.toyclip import build_toy_backbone
+
+    bb = build_toy_backbone(0, layers=2, window=1)
+    mask = bb.attention_mask(0, (3, 4), "cpu")
+    assert mask is not None and bb.attention_mask(1, (3, 4), "cpu") is None  # the last block stays global
+    allowed = mask[1:, 1:] == 0
+    assert torch.equal(allowed, torch.eye(12, dtype=torch.bool))
+    assert (mask[0] == 0).all()  # CLS still gathers every patch
+    _, attn, _ = bb.block(0, torch.randn(1, 13, bb.width), (3, 4), need_weights=True)
+    assert torch.allclose(attn[0, 1:, 1:], torch.eye(12), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"window": 2}, {"window": 0}, {"qk_init": -1.0}, {"qk_blocks": "early"}])
+def test_window_and_qk_init_refuse_bad_values(bad):
+    with pytest.raises(VplError) as e:
+        ToyClipConfig(**bad)
+    assert "\n" not in str(e.value)
+
+
+def test_mimetic_init_sets_queries_equal_to_keys_in_the_global_blocks_only():
+    import torch
+
+    from vpltool.demo.toyclip import build_toy_backbone
+
+    plain = build_toy_backbone(0, layers=3, global_blocks=2)
+    mimetic = build_toy_backbone(0, layers=3, global_blocks=2, qk_init=1.0)
+    blocks = mimetic.model.visual.transformer.resblocks
+    for i, block in enumerate(blocks):
+        w = block.attn.in_proj_weight
+        width = w.shape[1]
+        assert torch.equal(w[:width], w[width:2 * width]) == (i >= 1)  # blocks 1 and 2 are the global ones
+    # the rest of the model is drawn as without it: qk_init 0 rebuilds the weights a toy had before the option
+    before = dict(plain.model.named_parameters())
+    changed = {k for k, v in mimetic.model.named_parameters() if not torch.equal(v, before[k])}
+    weights = {f"visual.transformer.resblocks.{i}.attn.in_proj_weight" for i in (1, 2)}
+    biases = {f"visual.transformer.resblocks.{i}.attn.in_proj_bias" for i in (1, 2)}
+    assert weights <= changed <= weights | biases
+
+
+def test_mimetic_init_of_every_block():
+    import torch
+
+    from vpltool.demo.toyclip import build_toy_backbone
+
+    bb = build_toy_backbone(0, layers=3, qk_init=1.0, qk_blocks="all")
+    for block in bb.model.visual.transformer.resblocks:
+        w = block.attn.in_proj_weight
+        assert torch.equal(w[: w.shape[1]], w[w.shape[1]: 2 * w.shape[1]])
+    with pytest.raises(VplError, match="--qk-blocks"):
+        ToyClipConfig(qk_blocks="some")

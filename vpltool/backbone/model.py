@@ -213,9 +213,9 @@ class ClipBackbone:
         return v.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding(grid, fp16_pos).to(x.device, x.dtype))
 
     def attention_mask(self, block: int, grid: tuple[int, int], device) -> torch.Tensor | None:
-        """Additive ``[L, L]`` mask for a windowed block (toy CLIP): patches see a ``k x k`` neighbourhood,
-        not the CLS token; the CLS token sees everything. ``None`` for ordinary global blocks."""
-        if block not in self.window_blocks or self.window_size <= 1:
+        """Additive ``[L, L]`` mask for a windowed block (toy CLIP): patches see a ``k x k`` neighbourhood (k = 1:
+        themselves), not the CLS token; the CLS token sees everything. ``None`` for ordinary global blocks."""
+        if block not in self.window_blocks or self.window_size < 1:
             return None
         return _window_mask(grid[0], grid[1], self.window_size, str(device))
 

@@ -62,10 +62,15 @@ def train_toy_clip_cmd(
                                                "open_clip's 1/0.07).")] = _T.logit_scale,
     captions: Annotated[str, typer.Option(help="names (class and background words) | detailed (+ colour, size, "
                                           "position and count words from the mask).")] = _T.captions,
-    layers: Annotated[int, typer.Option(help="Vision blocks; all but the last --global-blocks attend to 3x3 "
-                                        "windows.")] = _T.layers,
+    layers: Annotated[int, typer.Option(help="Vision blocks; all but the last --global-blocks attend to --window "
+                                        "patch windows.")] = _T.layers,
     global_blocks: Annotated[int, typer.Option(help="The last vision blocks that attend globally.")] =
         _T.global_blocks,
+    window: Annotated[int, typer.Option(help="Side of the early blocks' patch window, odd (1: a patch attends to "
+                                        "itself alone).")] = _T.window,
+    qk_init: Annotated[float, typer.Option(help="Mimetic init of the attention (W_q = W_k, this gain; 0: "
+                                           "open_clip's init).")] = _T.qk_init,
+    qk_blocks: Annotated[str, typer.Option(help="Blocks --qk-init applies to: global | all.")] = _T.qk_blocks,
     pool: Annotated[str, typer.Option(help="Image embedding trained: mean (patch mean, CLIP-ES's) | cls | both.")] =
         _T.pool,
     loss: Annotated[str, typer.Option(help="multi (same-meaning captions are positives) | infonce.")] = _T.loss,
@@ -89,8 +94,8 @@ def train_toy_clip_cmd(
 
     io.check_outputs("train-toy-clip", {})  # the --log, in this run's context
     cfg = ToyClipConfig(steps=steps, batch_size=batch_size, lr=lr, crop_prob=crop_prob, seed=seed,
-                        logit_scale=logit_scale, layers=layers, global_blocks=global_blocks, captions=captions,
-                        pool=pool, loss=loss, threads=threads)
+                        logit_scale=logit_scale, layers=layers, global_blocks=global_blocks, window=window,
+                        qk_init=qk_init, qk_blocks=qk_blocks, captions=captions, pool=pool, loss=loss, threads=threads)
     with progress("train-toy-clip", unit="steps") as (on_start, on_item):
         on_start(cfg.steps)
         metrics = train_toy_clip(out, cfg, on_step=lambda step, loss: on_item(1))

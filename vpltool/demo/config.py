@@ -14,6 +14,7 @@ from ..config import at_least, choice, fraction, require, seed_value
 CAPTION_STYLES = ("names", "detailed")
 POOLS = ("mean", "cls", "both")
 LOSSES = ("multi", "infonce")
+QK_BLOCKS = ("global", "all")
 LAYOUTS = ("folder", "voc")
 MAX_SIZE = 2048  # scene side: 100000 asked for a 37 GiB array and died with a MemoryError traceback
 
@@ -32,6 +33,11 @@ class ToyClipConfig:
             100 starts at CLIP's final temperature, which VPL's tau_I = 0.03 > tau_T relies on (Proposition 1).
         layers: vision blocks (>= 2); all but the last ``global_blocks`` attend to 3x3 patch windows.
         global_blocks: the last blocks that attend globally (1..layers).
+        window: the side (odd, >= 1) of the patch window the other blocks attend to; 1: each patch attends to itself
+            alone, so the tokens GradCAM reads (the last block's input) hold their own patch only.
+        qk_init: gain of a mimetic query-key initialisation (``W_q = W_k``, Trockman & Kolter 2023, as the toy
+            DINO); 0 = open_clip's own init.
+        qk_blocks: the blocks ``qk_init`` applies to: 'global' (the last ``global_blocks``) or 'all'.
         captions: 'names' (class names and background word) or 'detailed' (each object also described by colour,
             texture, size, position and count words read off the mask).
         detail: with detailed captions, the probability in [0, 1] of each attribute of each object.
@@ -50,11 +56,14 @@ class ToyClipConfig:
     logit_scale: float = 100.0
     layers: int = 4
     global_blocks: int = 1
+    window: int = 3
+    qk_init: float = 2.0
+    qk_blocks: str = "all"
     captions: str = "detailed"
     detail: float = 0.5
     pool: str = "mean"
     loss: str = "multi"
-    threads: int = 2
+    threads: int = 1
 
     def __post_init__(self) -> None:
         at_least("--steps", self.steps, 1)
@@ -63,10 +72,13 @@ class ToyClipConfig:
         at_least("--layers", self.layers, 2)
         require(1 <= self.global_blocks <= self.layers, f"--global-blocks {self.global_blocks}: must be 1..--layers")
         at_least("--threads", self.threads, 0)
+        require(self.window >= 1 and self.window % 2 == 1, f"--window {self.window}: must be odd and >= 1")
+        require(self.qk_init >= 0, f"--qk-init {self.qk_init}: must be >= 0 (0: open_clip's init)")
         fraction("--crop-prob", self.crop_prob)
         fraction("detail", self.detail)
         require(self.logit_scale >= 0, f"--logit-scale {self.logit_scale}: must be >= 0 (0: open_clip's 1/0.07)")
         choice("--captions", self.captions, CAPTION_STYLES)
+        choice("--qk-blocks", self.qk_blocks, QK_BLOCKS)
         choice("--pool", self.pool, POOLS)
         choice("--loss", self.loss, LOSSES)
 

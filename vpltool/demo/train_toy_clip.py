@@ -315,7 +315,8 @@ def _train(out_dir: Path, cfg: ToyClipConfig, data_dir, n_scenes, scene_cfg, eva
 
     dev = resolve_device(device)
     bb = build_toy_backbone(cfg.seed, dev, layers=cfg.layers, captions=cfg.captions, pool=cfg.pool,
-                            logit_scale=cfg.logit_scale or None, global_blocks=cfg.global_blocks)
+                            logit_scale=cfg.logit_scale or None, global_blocks=cfg.global_blocks,
+                            window=cfg.window, qk_init=cfg.qk_init, qk_blocks=cfg.qk_blocks)
     bb.model.requires_grad_(True).train()  # ClipBackbone froze it; we are the one stage that trains
     opt = _optimizer(bb.model, cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg.steps))
@@ -341,9 +342,11 @@ def _train(out_dir: Path, cfg: ToyClipConfig, data_dir, n_scenes, scene_cfg, eva
                 "threads": torch.get_num_threads(), "logit_scale_init": cfg.logit_scale or None, "layers": cfg.layers,
                 "captions": cfg.captions, "detail": cfg.detail, "pool": cfg.pool, "loss": cfg.loss,
                 "final_logit_scale": round(float(bb.model.logit_scale.exp()), 2)}
-    if cfg.global_blocks != 1:  # recorded only when not the default, so the shipped record stays as it was
-        training["global_blocks"] = cfg.global_blocks
-    arch = {"layers": cfg.layers, "captions": cfg.captions, "pool": cfg.pool, "global_blocks": cfg.global_blocks}
+    for key, before in (("global_blocks", 1), ("window", 3), ("qk_init", 0.0), ("qk_blocks", "global")):
+        if getattr(cfg, key) != before:  # recorded only when not as before, so an older toy's record stays as it was
+            training[key] = getattr(cfg, key)
+    arch = {"layers": cfg.layers, "captions": cfg.captions, "pool": cfg.pool, "global_blocks": cfg.global_blocks,
+            "window": cfg.window}
     return _save_and_score(out_dir, bb.model, training, cfg.seed, scene_cfg, eval_scenes, cam_scenes, arch)
 
 
@@ -358,7 +361,8 @@ def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any],
     try:
         arch = arch or {}
         extra = {"tokenizer": "word", "vocabulary": toy_vocabulary(arch.get("captions", "names")),
-                 "attention_window": toy_window(arch.get("layers", 4), arch.get("global_blocks", 1)),
+                 "attention_window": toy_window(arch.get("layers", 4), arch.get("global_blocks", 1),
+                                                arch.get("window", 3)),
                  "training": training}
         write_checkpoint(tmp, model, extra, arch)
         bb = load_backbone(ModelSpec(model=f"local-dir:{tmp}"))
