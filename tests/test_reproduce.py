@@ -125,7 +125,7 @@ def test_make_report_compares_refinements_and_chooses_the_decoders_masks_on_trai
             assert cam.split("bin/vpltool ")[1].startswith("cam ")
             assert f"-p runs/x/{protos}_prototypes.safetensors" in cam
             assert "--refine caa+sgc --affinity clip --sgc-segments 256 --sgc-clusters 32 --sgc-position 0" in cam
-            assert any(f"-o runs/x/caa/cams_{protos}{split} --box-threshold 0.4 --refine caa --affinity clip " in c
+            assert any(f"-o runs/x/caa/cams_{protos}{split} --box-threshold 0.95 --refine caa --affinity clip " in c
                        for c in cmds)
         for refine in ("", "caa/", "caa+sgc/"):
             for masks, cams in (("pseudo_text", "cams_text"), ("pseudo", "cams_vision")):
