@@ -110,17 +110,18 @@ PRED_CLASSES ?=
 DENSE ?= none maskclip sclip clearclip naclip
 DENSE_SEEDS ?= maskclip
 # each method's segmentor on the demo world, chosen on the training split (first 100 images; never val) by
-# benchmarks/study_dense_demo.py (benchmarks/studies/dense_demo.json): the short side and windows (the method's own
-# x 96/224, the toy's native side over CLIP's, or 96) and the probability threshold; the rest is the method's
+# benchmarks/study_dense_demo.py (benchmarks/studies/dense_demo.json, with the toy CLIP shipped in round 11): the short
+# side and windows (the method's own x 96/224, the toy's native side over CLIP's, or 96) and the probability
+# threshold; the rest is the method's
 DENSE_SIZE_maskclip ?= --short-side 192 --slide-crop 192 --slide-stride 96
 DENSE_SIZE_sclip ?= --short-side 144 --slide-crop 96 --slide-stride 48
 DENSE_SIZE_clearclip ?= --short-side 192 --slide-crop 192 --slide-stride 96
 DENSE_SIZE_naclip ?= --short-side 144
-DENSE_SIZE_none ?= --short-side 96
-DENSE_THR_maskclip ?= 0.6
-DENSE_THR_sclip ?= 0.5
-DENSE_THR_clearclip ?= 0.6
-DENSE_THR_naclip ?= 0.6
+DENSE_SIZE_none ?= --short-side 192 --slide-crop 192 --slide-stride 96
+DENSE_THR_maskclip ?= 0.5
+DENSE_THR_sclip ?= 0.7
+DENSE_THR_clearclip ?= 0.5
+DENSE_THR_naclip ?= 0.9
 DENSE_THR_none ?= 0.99
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json

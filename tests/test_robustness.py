@@ -236,6 +236,22 @@ def test_train_decoder_killed_mid_run_resumes_to_the_same_weights(pseudo, text, 
 
 
 # --------------------------------------------------------------------------------------------- SIGTERM
+def test_loading_workers_take_sigterms_default_action():
+    """A loader worker is forked with the command's SIGTERM handler (which raises); it gets the default back, so a
+    worker the loader terminates dies without a traceback after the command's one resume line."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal\n"
+            "from vpltool.batches import die_with_parent\n"
+            "signal.signal(signal.SIGTERM, lambda *a: 1 / 0)\n"
+            "die_with_parent(os.getppid())\n"
+            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
 def test_sigterm_is_one_line_exit_143_and_resumes(features, text, tmp_path):
     """Slurm's preemption: the resume hint, as for Ctrl-C, exit 143 (128 + SIGTERM), no temporary left, and the
     same command resumes."""

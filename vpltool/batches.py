@@ -203,10 +203,16 @@ def load_batches(n: int, batches: list[list[int]], load: Callable[[int], dict[st
 def die_with_parent(parent: int, worker_id: int = 0) -> None:
     """In a loading worker: be killed with the run (Linux ``PR_SET_PDEATHSIG``), so that a run killed with -9 or
     preempted leaves no orphaned workers behind (they lived on for minutes); exit at once if it is gone already.
-    The folder's lock is never theirs (:func:`vpltool.io.locks._release_in_child`)."""
+    The folder's lock is never theirs (:func:`vpltool.io.locks._release_in_child`).
+
+    SIGTERM gets its default action back: a worker is forked with the command's handler (SIGTERM raises, so that
+    the command cleans up and prints its one resume line), and the loader ends its workers with SIGTERM when the
+    command stops; with the inherited handler a worker printed a traceback after that line. A worker holds
+    nothing to clean up."""
     import ctypes
     import signal
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: torch's own watchdog ends orphaned workers, later
