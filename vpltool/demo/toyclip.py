@@ -125,19 +125,24 @@ def build_toy_backbone(seed: int = 0, device: torch.device | str = "cpu", *, lay
 @torch.no_grad()
 def mimetic_qk(blocks: Iterable[torch.nn.Module], gain: float) -> None:
     """Mimetic initialisation of self-attention (Trockman & Kolter, ICML 2023), its query-key half, on open_clip
-    blocks: ``W_q = W_k = gain * G / sqrt(width)`` (G standard normal, one draw per block), query and key biases 0.
-
-    Why: ``q . k`` then starts as a similarity kernel of the two tokens, so a patch attends to patches that look
-    like it (the same object) from the first step; at open_clip's init the logits are near 0 and every map uniform.
-    """
+    blocks (:func:`equal_query_key`). Why: ``q . k`` then starts as a similarity kernel of the two tokens, so a patch
+    attends to patches that look like it (the same object) from the first step; at open_clip's init the logits are
+    near 0 and every map uniform."""
     for block in blocks:
-        attn = block.attn
-        width = attn.in_proj_weight.shape[1]
-        w = torch.randn(width, width) * (gain / math.sqrt(width))
-        attn.in_proj_weight[:width] = w
-        attn.in_proj_weight[width:2 * width] = w
-        if attn.in_proj_bias is not None:
-            attn.in_proj_bias[:2 * width] = 0
+        equal_query_key(block.attn.in_proj_weight, block.attn.in_proj_bias, gain)
+
+
+@torch.no_grad()
+def equal_query_key(weight: torch.Tensor, bias: torch.Tensor | None, gain: float) -> None:
+    """In place, on one block's fused ``[3 * width, width]`` query-key-value projection (open_clip's
+    ``in_proj_weight``, timm's ``qkv.weight``) and its bias: ``W_q = W_k = gain * G / sqrt(width)``, G standard
+    normal (one draw), query and key biases 0; the value rows are left as they are."""
+    width = weight.shape[1]
+    w = torch.randn(width, width) * (gain / math.sqrt(width))
+    weight[:width] = w
+    weight[width:2 * width] = w
+    if bias is not None:
+        bias[: 2 * width] = 0
 
 
 def encode_images(bb: ClipBackbone, pixels: torch.Tensor, pool: str = "mean") -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import VplError
 from .config import ToyDinoConfig
+from .toyclip import equal_query_key
 
 GRID = 12  # the toy CLIP's patch grid (96 px, patch 8): the DINO crops give its attention on the same grid
 WEIGHTS_FILE = "model.safetensors"
@@ -65,13 +66,7 @@ def mimetic_qk(model: torch.nn.Module, gain: float) -> None:
     ViTs.
     """
     for block in model.blocks:
-        qkv = block.attn.qkv
-        width = qkv.weight.shape[1]
-        w = torch.randn(width, width) * (gain / math.sqrt(width))
-        qkv.weight[:width] = w
-        qkv.weight[width:2 * width] = w
-        if qkv.bias is not None:
-            qkv.bias[: 2 * width] = 0
+        equal_query_key(block.attn.qkv.weight, block.attn.qkv.bias, gain)
 
 
 class DinoHead(torch.nn.Module):
