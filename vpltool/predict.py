@@ -247,7 +247,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     """``--classes`` with ``--dense METHOD``: the names scored by the decoder's frozen CLIP with that training-free
     dense last block (:mod:`vpltool.backbone.segmentor`, the method's settings), the decoder's own text templates
     and background words as queries; the decoder itself is not run (names it never trained on)."""
-    from .backbone.segmentor import query_rows, settings_params, write_dense_masks
+    from .backbone.segmentor import dense_mask_stage, settings_params
 
     f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())
     prompts = recorded_prompts(f)
@@ -257,30 +257,13 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id,
               "settings": settings_params(settings)}
-    index, count = shard_from_env(shard)
-    ids = [it.id for it in dataset.items]
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
-    start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                        shard=(index, count)) as folder:
-        todo = folder.todo(ids, io.mask_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            items = dataset.by_id()
-            todo_items = [items[i] for i in todo]
-            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))
-            bb = (backbone or load_backbone(ModelSpec.from_identity(f.meta("model")), device)).with_dense(cfg.dense)
-            try:
-                text, query_class = query_rows(bb, [[n.replace("_", " ")] for n in cfg.classes], prompts["templates"],
-                                               prompts["background_words"])
-            except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
-                raise VplError(f"--classes: {e}") from None
-            write_dense_masks(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype,
-                              on_item)
-        folder.finish(ids, io.mask_path, index, count, classes=classes)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+    model = ModelSpec.from_identity(f.meta("model"))
+    synonyms = [[n.replace("_", " ")] for n in cfg.classes]
+    return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
+                            lambda: (backbone or load_backbone(model, device)).with_dense(cfg.dense),
+                            (synonyms, prompts["templates"], prompts["background_words"]), "--classes", on_start,
+                            on_item)
 
 
 def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int, out: Path,

@@ -20,7 +20,6 @@ pipeline (:mod:`vpltool.batches`), without a backward and without waiting for th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from .backbone.prompts import resolve_background, resolve_templates
 from .backbone.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
     dense_logits,
+    dense_mask_stage,
     dense_probabilities,
     pamr,
     query_rows,
@@ -38,11 +38,7 @@ from .backbone.segmentor import (  # the segmentor's pure functions, importable 
     short_side_size,
     write_dense_masks,
 )
-from .batches import (
-    header_sizes,
-    shard_from_env,
-)
-from .config import NOT_COMPARED, RuntimeConfig, SegmentConfig, to_params
+from .config import RuntimeConfig, SegmentConfig, to_params
 from .data import Dataset
 from .device import resolve_device, resolve_precision
 from .errors import VplError
@@ -105,29 +101,10 @@ def run_segment(
     classes = ["background", *class_names(names)]
     params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), "model": spec.identity(),
               "template_list": templates, "background_words": background}
-    index, count = shard_from_env(shard)
-    ids = [it.id for it in dataset.items]
-    inputs = dataset.inputs()
-    start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                        shard=(index, count)) as folder:
-        todo = folder.todo(ids, io.mask_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            items = dataset.by_id()
-            todo_items = [items[i] for i in todo]
-            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))
-            bb = (backbone or load_backbone(spec, device)).with_dense(cfg.dense)
-            try:
-                text, query_class = query_rows(bb, class_synonyms(names), templates, background)
-            except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
-                raise VplError(f"--classes / --templates / --background: {e}") from None
-            write_dense_masks(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype,
-                              on_item)
-        folder.finish(ids, io.mask_path, index, count, classes=classes)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+    return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
+                            settings, lambda: (backbone or load_backbone(spec, device)).with_dense(cfg.dense),
+                            (class_synonyms(names), templates, background), "--classes / --templates / --background",
+                            on_start, on_item)
 
 
 __all__ = ["STAGE", "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",

@@ -265,6 +265,49 @@ def settings_params(settings) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
 
 
+def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset, classes: list[str], shard,
+                     runtime, device, dtype, settings, backbone, queries: tuple, query_options: str,
+                     on_start=None, on_item=None):
+    """The stage body of `segment` and of `predict --classes --dense`: the stage folder of ``stage`` in ``out``
+    (``params``, ``inputs``, the rank's or ``shard``'s slice), then for the images not done yet their header sizes,
+    the CLIP (``backbone()``, called only when there is work: it returns the model with its ``--dense`` set), the
+    query rows of ``queries`` = ``(synonyms per class, templates, background words)`` and the masks
+    (:func:`write_dense_masks`) over ``classes``. A query the tokenizer refuses is one line naming
+    ``query_options``.
+
+    Returns:
+        :class:`vpltool.io.StageSummary`.
+    """
+    import time
+
+    from ..batches import header_sizes, shard_from_env
+    from ..config import NOT_COMPARED
+    from ..errors import VplError
+
+    index, count = shard_from_env(shard)
+    ids = [it.id for it in dataset.items]
+    start = time.perf_counter()
+    with io.StageFolder(out, stage, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                        shard=(index, count)) as folder:
+        todo = folder.todo(ids, io.mask_path)
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            items = dataset.by_id()
+            todo_items = [items[i] for i in todo]
+            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))
+            bb = backbone()
+            try:
+                text, query_class = query_rows(bb, *queries)
+            except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
+                raise VplError(f"{query_options}: {e}") from None
+            write_dense_masks(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype,
+                              on_item)
+        folder.finish(ids, io.mask_path, index, count, classes=classes)
+    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
+                           seconds=time.perf_counter() - start)
+
+
 def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch.Tensor,
              query_class: torch.Tensor, n_classes: int, settings, out: Path, runtime,
              dtype: torch.dtype, on_item) -> None:
