@@ -26,7 +26,7 @@ DEVICE ?= auto
 TEMPLATES ?= a photo of a {}.
 BACKGROUND ?= grass,sky,wall,water
 # CAA's box threshold x max (cam --box-threshold; CLIP-ES: VOC 0.4, COCO 0.7, as make voc / make coco set it).
-# The demo world's, chosen on train (benchmarks/study_box_threshold.py, benchmarks/studies/box_threshold.md): the
+# The demo world's, chosen on train (studies/study_box_threshold.py, studies/results/box_threshold.md): the
 # toy CLIP's GradCAM maps cover their objects but also scattered background, so CAA spreads their peaks only
 BOX_THR ?= 0.95
 # CAM refinement of the pipeline's own CAMs (RUN/cams_text, the seeds VPL phase 1 learns W from, RUN/cams_vision,
@@ -110,7 +110,7 @@ PRED_CLASSES ?=
 DENSE ?= none maskclip sclip clearclip naclip
 DENSE_SEEDS ?= maskclip
 # each method's segmentor on the demo world, chosen on the training split (first 100 images; never val) by
-# benchmarks/study_dense_demo.py (benchmarks/studies/dense_demo.json, with the toy CLIP shipped in round 11): the short
+# studies/study_dense_demo.py (studies/results/dense_demo.json, with the toy CLIP shipped in round 11): the short
 # side and windows (the method's own x 96/224, the toy's native side over CLIP's, or 96) and the probability
 # threshold; the rest is the method's
 DENSE_SIZE_maskclip ?= --short-side 192 --slide-crop 192 --slide-stride 96
@@ -160,7 +160,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense report voc coco bench docs toy-clip toy-dino \
+        pseudo decoder decoders predict heldout refines diagnose dense report voc coco bench parity docs toy-clip toy-dino \
         clean-demo
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -173,7 +173,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## Lint (ruff, pinned in the test extra): style, unused names, import order
 lint: setup
-	$(VENV)/bin/ruff check vpltool tests benchmarks
+	$(VENV)/bin/ruff check vpltool tests bench studies parity docgen
 
 ## Lint, then run the test suite (CPU, offline; includes the slow demo-world quality check)
 test: lint
@@ -348,31 +348,26 @@ voc: setup
 coco: setup
 	$(MAKE) report $(PAPER_ARGS) $(COCO_ARGS)
 
-## Benchmarks: each script prints one JSON object into benchmarks/results/, then docs/performance.md is rebuilt
+## Benchmarks: each script prints one JSON object into bench/results/, then docs/performance.md is rebuilt
 # BENCH_DEVICE=cuda runs them on the GPU (bench_crf's pydensecrf is CPU-only and records that); BENCH_ARGS=--quick
 # smoke-tests them
 # CLIP_ES=/path/to/CLIP-ES CLIP_ES_PYTHON=/its/python: the cam benchmark runs the original code (else its fallback)
-# DENSE_REFS=/folder/of/clones (SCLIP, ClearCLIP, NACLIP): the dense methods' parity against their own code
-# (dense_parity.py, fp32 on the CPU; DENSE_WORK=/a/folder keeps the clones' outputs for a later run)
 CLIP_ES ?=
-DENSE_REFS ?=
-DENSE_WORK ?=
 CLIP_ES_PYTHON ?= python3
 BENCH_DEVICE ?= cpu
 BENCH_ARGS ?=
-BENCH_OUT ?= benchmarks/results
-BENCH = $(VENV)/bin/python benchmarks
+BENCH_OUT ?= bench/results
+BENCH = $(VENV)/bin/python bench
 # the benchmarks that mean something on a GPU only: run with BENCH_DEVICE=cuda, or smoke-tested with --quick
 BENCH_GPU_ONLY = $(or $(filter cuda%,$(BENCH_DEVICE)),$(filter --quick,$(BENCH_ARGS)))
 # results written elsewhere (e.g. a --quick smoke test) render next to them, never over the docs
-BENCH_DOCS = $(if $(filter benchmarks/results,$(BENCH_OUT)),,--out $(BENCH_OUT)/performance.md --reproduce /dev/null)
+BENCH_DOCS = $(if $(filter bench/results,$(BENCH_OUT)),,--out $(BENCH_OUT)/performance.md --reproduce /dev/null)
 # $(call run_bench,SCRIPT,ARGS,RESULT): a failed run leaves the previous result in place, not a truncated file
 run_bench = $(BENCH)/$(1) --device $(BENCH_DEVICE) $(2) $(BENCH_ARGS) > $(BENCH_OUT)/$(3).tmp \
 	&& mv $(BENCH_OUT)/$(3).tmp $(BENCH_OUT)/$(3)
 bench: setup
 	mkdir -p $(BENCH_OUT)
 	$(call run_bench,bench_cam.py,$(if $(CLIP_ES),--clip-es $(CLIP_ES) --clip-es-python $(CLIP_ES_PYTHON)),cam.json)
-	$(if $(DENSE_REFS),$(call run_bench,dense_parity.py,--ref $(DENSE_REFS) $(if $(DENSE_WORK),--work $(DENSE_WORK)),dense_parity.json))
 	$(call run_bench,bench_learn_prototypes.py,--iters 30,learn_prototypes.json)
 	$(call run_bench,bench_crf.py,,crf.json)
 	$(call run_bench,bench_densecrf.py,$(if $(filter cuda%,$(BENCH_DEVICE)),--images 1000),densecrf.json)
@@ -388,12 +383,24 @@ bench: setup
 	# profiler): on a GPU only (BENCH_DEVICE=cuda), or smoke-tested (--quick)
 	$(if $(BENCH_GPU_ONLY),$(call run_bench,bench_gpu_pipeline.py,,gpu_pipeline.json))
 	$(if $(BENCH_GPU_ONLY),$(call run_bench,profile_stage.py,,profile.json))
-	$(BENCH)/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)
+	$(VENV)/bin/python docgen/make_table.py --results $(BENCH_OUT) $(BENCH_DOCS)
+
+## Parity: each peer's own code, run from a clone outside the project, against vpltool (fp32, CPU; parity/README.md)
+# DENSE_REFS=/folder/of/clones (SCLIP, ClearCLIP, NACLIP): the dense methods (dense_parity.py; DENSE_WORK=/a/folder
+# keeps the clones' outputs for a later run)
+DENSE_REFS ?=
+DENSE_WORK ?=
+PARITY_OUT ?= parity/results
+parity: setup
+	mkdir -p $(PARITY_OUT)
+	$(if $(DENSE_REFS),$(VENV)/bin/python parity/dense_parity.py --ref $(DENSE_REFS) $(if $(DENSE_WORK),--work $(DENSE_WORK)) \
+	  > $(PARITY_OUT)/dense_parity.json.tmp && mv $(PARITY_OUT)/dense_parity.json.tmp $(PARITY_OUT)/dense_parity.json, \
+	  @echo "make parity: pass DENSE_REFS=/folder/of/clones (parity/README.md says which clones and commits)")
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup
-	$(VENV)/bin/python benchmarks/cli_docs.py
-	$(VENV)/bin/python benchmarks/robustness_table.py
+	$(VENV)/bin/python docgen/cli_docs.py
+	$(VENV)/bin/python docgen/robustness_table.py
 
 ## Retrain the shipped toy CLIP from its seed (not part of CI; about 8 min on one thread, bit-identical)
 toy-clip: setup

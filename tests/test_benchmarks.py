@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
+BENCH = ROOT / "bench"
+MAKE_TABLE = ROOT / "docgen" / "make_table.py"
 
 # script (and its arguments besides --quick) -> (benchmark name, keys its result must have besides the common ones)
 SCRIPTS = {
@@ -103,7 +104,7 @@ def test_make_table_renders_headline_tables_and_the_reproduce_block(quick_result
     doc.write_text("# Reproduce\n\nbefore\n\n<!-- stage-costs:begin -->\nSTALE-BLOCK\n<!-- stage-costs:end -->\n"
                    "\nafter\n")
     out = tmp_path / "performance.md"
-    subprocess.run([sys.executable, str(BENCH / "make_table.py"), "--results", str(quick_results), "--out", str(out),
+    subprocess.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(quick_results), "--out", str(out),
                     "--reproduce", str(doc)], cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=60)
     page = out.read_text()
     for heading in ("## cam:", "## learn-prototypes:", "## crf:", "## train-decoder:", "## Disk and compute"):
@@ -128,7 +129,7 @@ def test_make_table_reads_an_older_result_without_peak_memory_list(tmp_path):
            "second_pass_speedup_vs_clip_es": 4.82, "peak_rss_mb": 2106.7}
     (tmp_path / "results" / "cam.json").write_text(json.dumps(old))
     out = tmp_path / "performance.md"
-    subprocess.run([sys.executable, str(BENCH / "make_table.py"), "--results", str(tmp_path / "results"),
+    subprocess.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(tmp_path / "results"),
                     "--out", str(out), "--reproduce", str(tmp_path / "none.md")], cwd=ROOT, env=_env(), check=True,
                    capture_output=True, timeout=60)
     page = out.read_text()
@@ -142,12 +143,12 @@ def test_make_bench_runs_every_benchmark_script():
                          text=True, timeout=60, check=True).stdout
     for name in SCRIPTS:
         script, *args = name.split()
-        assert " ".join([f"benchmarks/{script} --device cuda", *args]) in dry
-    assert "benchmarks/make_table.py" in dry
+        assert " ".join([f"bench/{script} --device cuda", *args]) in dry
+    assert "docgen/make_table.py" in dry
 
 
 def test_gpu_session_script_names_scripts_and_options_that_exist():
-    """benchmarks/gpu_session.sh runs only on a lent GPU machine, so a typo would cost a GPU session: every script
+    """bench/gpu_session.sh runs only on a lent GPU machine, so a typo would cost a GPU session: every script
     it runs exists and takes each option it is given; without a part it prints its usage and exits 2."""
     import re
 
@@ -155,7 +156,7 @@ def test_gpu_session_script_names_scripts_and_options_that_exist():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "gpu_session.sh a" in usage.stderr
-    calls = re.findall(r"python3 benchmarks/(\w+\.py)((?:[^\n]|\\\n)*)", script.read_text())
+    calls = re.findall(r"python3 bench/(\w+\.py)((?:[^\n]|\\\n)*)", script.read_text())
     assert {name for name, _ in calls} >= {"bench_decoder.py", "bench_host.py", "bench_gpu_pipeline.py"}
     for name, args in calls:
         source = (BENCH / name).read_text()

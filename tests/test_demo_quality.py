@@ -87,7 +87,7 @@ def test_every_refinement_is_in_the_table(demo_metrics):
 @pytest.mark.parametrize("stage", ["CAM, text", "CAM, vision"])
 def test_caa_at_least_none(demo_metrics, stage, split):
     """Issue 36's bar: CLIP-ES's class-aware attention affinity does not lower the toy CLIP's CAMs (its box threshold
-    chosen on train, benchmarks/study_box_threshold.py)."""
+    chosen on train, studies/study_box_threshold.py)."""
     assert _miou(demo_metrics, stage, split, "caa") >= _miou(demo_metrics, stage, split, "none")
 
 

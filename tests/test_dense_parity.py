@@ -1,4 +1,4 @@
-"""benchmarks/dense_parity.py and dense_ref_runner.py without the clones: the comparison's plumbing (``--quick``:
+"""parity/dense_parity.py and dense_ref_runner.py without the clones: the comparison's plumbing (``--quick``:
 vpltool against itself, then a reference changed on purpose), and the runner on a fake clone that uses the same
 OpenMMLab imports and hooks as the methods' segmentors (its config chain, stubs, text memo, captured outputs)."""
 
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "parity"
+sys.path[:0] = [str(BENCH), str(ROOT / "bench"), str(ROOT / "docgen")]
 
 import dense_parity  # noqa: E402
 import dense_ref_runner  # noqa: E402

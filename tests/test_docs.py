@@ -17,7 +17,9 @@ CLI_MD = ROOT / "docs" / "cli.md"
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "cli.md")]
 # vpltool spells options with dashes; `--eval_only` (CLIP-ES's argparse) is another program's
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*\*?)(?![\w])")
-BENCHLIB = ROOT / "benchmarks" / "benchlib.py"
+BENCHLIB = ROOT / "bench" / "benchlib.py"
+# a script beside the package, quoted in a doc: a speed benchmark, a study, a parity runner or a doc generator
+SCRIPT = re.compile(r"(\S*/)?(bench|studies|parity|docgen)/\w+\.py")
 # commands of other tools whose options the docs quote (their options are theirs, not vpltool's)
 FOREIGN = {"make", "pytest", "pip", "ruff", "torchrun", "iconv", "git", "nohup", "sbatch", "srun", "typer"}
 
@@ -84,9 +86,9 @@ def unknown_options(page: Path, table: dict[str, set[str]]) -> list[str]:
                 i = words.index("vpltool")
                 cmd = words[i + 1] if i + 1 < len(words) and words[i + 1] in table else ""
                 allowed, options, where = table[cmd], words[i + 1:], f"vpltool {cmd}".strip()
-            elif script := next((w for w in words if re.fullmatch(r"(\S*/)?benchmarks/\w+\.py", w)), None):
+            elif script := next((w for w in words if SCRIPT.fullmatch(w)), None):
                 # the script's own options, and benchlib's shared --device / --quick
-                source = (ROOT / "benchmarks" / Path(script).name).read_text() + BENCHLIB.read_text()
+                source = (ROOT / Path(script).parent.name / Path(script).name).read_text() + BENCHLIB.read_text()
                 allowed = set(re.findall(r"[\"'](--[a-z][a-z0-9-]*)[\"']", source)) | {"--help"}
                 options, where = words[words.index(script) + 1:], script
             elif Path(words[0]).name in FOREIGN or words[:3] == ["python", "-m", "pytest"]:
@@ -116,7 +118,7 @@ def test_the_option_check_catches_what_the_issue_found(tmp_path):
 
 def test_docs_cli_md_is_the_commands_help():
     assert CLI_MD.read_text() == reference.render(), (
-        "docs/cli.md is out of date: run .venv/bin/python benchmarks/cli_docs.py (make docs)")
+        "docs/cli.md is out of date: run .venv/bin/python docgen/cli_docs.py (make docs)")
     assert not re.search(r"&#x?\w+;|&lt;|&gt;|&amp;|<span", CLI_MD.read_text())  # no HTML
 
 

@@ -383,4 +383,4 @@ def test_messages_are_printed_verbatim(case_rows):
 
 def test_docs_robustness_md_is_generated_from_the_cases(case_rows):
     assert DOC.read_text() == rc.render(case_rows), (
-        "docs/robustness.md is out of date: run .venv/bin/python benchmarks/robustness_table.py")
+        "docs/robustness.md is out of date: run .venv/bin/python docgen/robustness_table.py")

@@ -13,6 +13,7 @@ from .dino import DinoBackbone, DinoSpec, check_dino, load_dino
 from .gradcam import GRADCAM_LAYERS, BatchGradCam, GradCam, SoftmaxRows
 from .loading import EXTRA_CONFIG, ModelSpec, create_model, load_extra_config, register_model, register_tokenizer
 from .model import ClipBackbone, Encoded
+from .registry import check_model, families, load_model, register_family
 
 
 def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu", dense: str | DenseMixing = "none"
@@ -24,9 +25,14 @@ def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu", dense: st
     return ClipBackbone(model, spec, torch.device(device), load_extra_config(folder if spec.folder else None), mixing)
 
 
+register_family("clip", load_backbone, summary="open_clip ViTs, local weight files and folders, the demo's toy CLIP; "
+                "the CLIP-ES surgery, --dense a parameter of its last block", module=__name__)
+
+
 __all__ = [
     "EXTRA_CONFIG", "ModelSpec", "create_model", "load_backbone", "load_extra_config", "register_model",
     "register_tokenizer", "GRADCAM_LAYERS", "ClipBackbone", "Encoded", "GradCam", "BatchGradCam", "SoftmaxRows",
     "DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing",
     "DinoBackbone", "DinoSpec", "check_dino", "load_dino",
+    "check_model", "families", "load_model", "register_family",
 ]  # fmt: skip

@@ -28,7 +28,7 @@ The four methods resize the positional embedding like DINO (``pos_interpolation=
 ``scale_factor=((h + 0.1) / gh, (w + 0.1) / gw)`` from the native ``gh x gw`` grid, align_corners False, whenever the
 grid differs from the native one; CLIP-ES (``none``) resizes bilinearly to the size (:func:`resize_positional`).
 
-Stable API (used by ``benchmarks/dense_parity.py``):
+Stable API (used by ``parity/dense_parity.py``):
 
 * :data:`DENSE_METHODS`, :func:`dense_mixing`;
 * ``load_backbone(spec, device, dense="naclip")`` or ``bb.with_dense("naclip")``;

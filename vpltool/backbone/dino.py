@@ -26,6 +26,7 @@ from PIL import Image
 from ..errors import VplError, VplWarning
 from ..io import is_regular_file
 from .loading import _offline
+from .registry import register_family
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
@@ -248,5 +249,12 @@ def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
     return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)
 
+
+def _check(spec: DinoSpec, **overrides) -> None:
+    check_dino(spec, report=False, **overrides)
+
+
+register_family("dino", load_dino, _check, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
+                module=__name__)
 
 __all__ = ["DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]

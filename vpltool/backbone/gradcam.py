@@ -127,12 +127,12 @@ def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], row
         precision: ``fp32`` (CLIP-ES's); ``tf32``: the block's matrix products on a GPU's TF32 tensor cores (their
             inputs rounded to 10 mantissa bits, float32 sums; no effect on a CPU); ``bf16``: the block under
             autocast (its matrix products and their outputs in bf16; layer norms, softmax, the GradCAM weights and
-            sums in fp32). benchmarks/study_gradcam_precision.py measured which stay within the CAMs' tolerance.
+            sums in fp32). studies/study_gradcam_precision.py measured which stay within the CAMs' tolerance.
         outputs: when given, the last block's output ``[B_g, 1 + hw, width]`` of each group is appended (one group:
             the batch's).
 
     No class slots padded to the batch's largest K (VOC: 1.5 labels per image, 1 to 6), no batched
-    vector-Jacobian products, and each image's block runs once: the fewest FLOPs (benchmarks/bench_flops.py). A batch
+    vector-Jacobian products, and each image's block runs once: the fewest FLOPs (bench/bench_flops.py). A batch
     of one image (the CPU's default) is CLIP-ES's own schedule, one forward and one backward per class. The index
     tensors reach the device in one non-blocking copy; nothing here waits for the device.
     """

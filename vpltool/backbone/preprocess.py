@@ -3,7 +3,7 @@ with Pillow's exact bytes (:func:`resize_uint8`).
 
 CLIP's preprocessing resizes every photo with ``PIL.Image.resize(..., BICUBIC)``, in a loading process the largest
 share of the host's work per image (500 x 375 -> 512 x 384 costs more than the JPEG decode). :func:`resize_uint8`
-moves it to the device, where it is a few gathers, without changing one byte (benchmarks/bench_host.py measures the
+moves it to the device, where it is a few gathers, without changing one byte (bench/bench_host.py measures the
 loading processes' CPU time per photo both ways):
 
 * the coefficients are Pillow's (``libImaging/Resample.c``: ``precompute_coeffs`` with the bicubic filter,

@@ -16,7 +16,7 @@ from .. import __version__
 
 # Plain click help (rich_markup_mode=None): typer's rich panels cut long option names at 80 columns
 # ("--rsc-temperat…"), showed flags as "<bool>" and ate "[default: ...]" as markup; plain help wraps instead, and
-# docs/cli.md is the same text (benchmarks/cli_docs.py)
+# docs/cli.md is the same text (docgen/cli_docs.py)
 app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_show_locals=False, add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},

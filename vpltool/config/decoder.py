@@ -13,7 +13,7 @@ from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 OPTIMIZERS = ("sgd", "adamw")
 # torch.compile of an iteration (the frozen forward; the decoder's forward, losses and backward): none | default
 # (fused kernels) | reduce-overhead (also CUDA graphs). The training loop is host-bound on a GPU (~1,300 ops an
-# iteration, each a launch: benchmarks/bench_decoder.py --mode host), which compiling shrinks
+# iteration, each a launch: bench/bench_decoder.py --mode host), which compiling shrinks
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 # the largest loss weight: the papers use 0.1-1; a weight of 1e30 overflowed AdamW's float32 second moments (NaN in
 # the first checkpoint), far above any weight that balances two losses

@@ -141,7 +141,7 @@ MIN_TEMPERATURE = 1e-3
 AFFINITIES = ("clip", "dino", "clip+dino")  # the attention CAA's transition matrix is built from
 # the precision of GradCAM's block on CUDA (--parity clip-es and the CPU run it in fp32): TF32 matrix products moved
 # the final CAMs less than the bf16 frozen blocks already do, bf16 moved them far more (the demo's CAM mIoU by
-# points): benchmarks/study_gradcam_precision.py, docs/performance.md
+# points): studies/study_gradcam_precision.py, docs/performance.md
 GRADCAM_CUDA_PRECISION = "tf32"
 DEFAULT_DINO = "vit_small_patch16_224.dino"
 
@@ -160,7 +160,7 @@ class CamConfig:
     # caa+sgc (SSR): SLIC superpixels per image, K-means groups of them (patches of different groups do not exchange
     # activation), and the weight of a superpixel's centroid (100 Lab units per image side) against its mean Lab
     # colour in the K-means features (0: colour alone). Chosen on the demo world's train split
-    # (benchmarks/study_sgc.py); SSR's own settings are not published
+    # (studies/study_sgc.py); SSR's own settings are not published
     sgc_segments: int = 256
     sgc_clusters: int = 32
     sgc_position: float = 0.0

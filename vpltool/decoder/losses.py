@@ -55,8 +55,8 @@ def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     Why: the same linear map, but its backward is two matrix products where ``upsample_bilinear2d_backward``
     scatters with atomic adds (each output pixel's gradient into its four source pixels, each of which a 16x
     enlargement shares among ~1,000 output pixels); on a CPU the forward and backward at the paper's shapes take
-    about half the time (benchmarks/bench_decoder.py ``--mode host``; the GPU's figure is for
-    benchmarks/gpu_session.sh to measure). In float32 whatever the autocast around it (the CE reads these scores).
+    about half the time (bench/bench_decoder.py ``--mode host``; the GPU's figure is for
+    bench/gpu_session.sh to measure). In float32 whatever the autocast around it (the CE reads these scores).
     """
     weights = bilinear_weights if torch.compiler.is_compiling() else _cached_weights
     rows = weights(logits.shape[-2], size[0], logits.device)

@@ -5,7 +5,8 @@ and a sharded one, two copies of one shard, or shards of two counts never write 
 before anything in the folder changes, so a refused run leaves the folder as it found it, and the kernel frees it
 when the run dies: forked children (DataLoader workers) never hold it (:func:`_release_in_child`). A run alone in
 its folder first removes what a killed run left: the temporaries of atomic writes (``.NAME.XXXXXXXX.tmp``) and the
-claims of dead shards.
+claims of dead shards. Runs take or join the lock one at a time (a short ``flock`` on the folder itself), so the
+shards of one run that start together never take each other for a whole run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,43 @@ def _scan(folder: Path | os.DirEntry) -> list[os.DirEntry]:
         return []
 
 
+# how long a run waits for another that is taking or joining the same folder's lock (a shard of its own run, cleaning
+# up what a killed run left): seconds at most, unless the folder is huge and the disk slow
+ENTER_WAIT_S = 120.0
+
+
+@contextlib.contextmanager
+def _entering(folder: Path) -> Iterator[None]:
+    """One run at a time takes or joins ``folder``'s lock: an exclusive ``flock`` on the folder itself, held only
+    while the lock is taken and leftovers removed, and waited for (:data:`ENTER_WAIT_S`).
+
+    Why: the shards of one run (torchrun's ranks) start together, and the first takes the folder lock exclusively
+    to clean up before it shares it; a second shard that tried the lock in that moment would read the brief
+    exclusive hold as a whole run writing here and refuse, the re-run after a killed node included."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as e:
+        raise_write_error(folder, e)
+    deadline = None
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                deadline = deadline or now + ENTER_WAIT_S
+                if now > deadline:
+                    raise VplError(f"{folder}: another vpltool run has been starting here for {ENTER_WAIT_S:.0f} s; "
+                                   f"wait for it or {another(folder)}") from None
+                time.sleep(0.02)
+        _HELD.add(fd)
+        yield
+    finally:
+        _HELD.discard(fd)
+        os.close(fd)  # frees the flock
+
+
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, shard: tuple[int, int] = (0, 1),
                 also: Iterable[str | os.PathLike] = ()) -> Iterator[None]:
@@ -150,34 +189,34 @@ def output_lock(folder: str | os.PathLike, shard: tuple[int, int] = (0, 1),
     shards of two counts. Take it before anything in the folder changes (:func:`prepare_stage_dir` included:
     ``--overwrite`` removes the record), so that a refused run leaves the folder as it found it. A run that finds
     itself alone first removes what killed runs left in the folder and in the folders ``also`` (its side folders):
-    :func:`_remove_leftovers`.
+    :func:`_remove_leftovers`. Runs take or join the lock one at a time (:func:`_entering`).
     """
     folder = make_folder(folder)
     index, count = shard
     lock = folder / LOCK_FILE
     with contextlib.ExitStack() as stack:
-        fh = stack.enter_context(_locked_file(lock, fcntl.LOCK_EX))
-        if fh is not None:
-            for where in (folder, *also):
-                _remove_leftovers(Path(where))
-        if count == 1:
-            if fh is None:
-                with _locked_file(lock, fcntl.LOCK_SH) as probe:
-                    who = "the shards of a --shard run are" if probe is not None else "another vpltool run is"
-                raise VplError(f"{folder}: {who} writing here; wait for it or {another(folder)}")
-            yield
-            return
-        if fh is not None:  # alone: share the lock from now on, with the other shards of this run
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh = None
-        else:
-            fh = stack.enter_context(_locked_file(lock, fcntl.LOCK_SH))
-        if fh is None:
-            raise VplError(f"{folder}: another vpltool run (not a shard) is writing here; wait for it or "
-                           f"{another(folder)}")
-        stack.enter_context(_claim(folder, index, count))
+        with _entering(folder):
+            fh = stack.enter_context(_locked_file(lock, fcntl.LOCK_EX))
+            if fh is not None:
+                for where in (folder, *also):
+                    _remove_leftovers(Path(where))
+            if count == 1:
+                if fh is None:
+                    with _locked_file(lock, fcntl.LOCK_SH) as probe:
+                        who = "the shards of a --shard run are" if probe is not None else "another vpltool run is"
+                    raise VplError(f"{folder}: {who} writing here; wait for it or {another(folder)}")
+            else:
+                if fh is not None:  # alone: share the lock from now on, with the other shards of this run
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        fh = None
+                else:
+                    fh = stack.enter_context(_locked_file(lock, fcntl.LOCK_SH))
+                if fh is None:
+                    raise VplError(f"{folder}: another vpltool run (not a shard) is writing here; wait for it or "
+                                   f"{another(folder)}")
+                stack.enter_context(_claim(folder, index, count))
         yield
 
 

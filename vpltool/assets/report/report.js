@@ -367,5 +367,5 @@
   setup();
   render();
   route();
-  V.readyMs = performance.now(); // when the first page of rows was on screen (benchmarks/bench_report.py reads it)
+  V.readyMs = performance.now(); // when the first page of rows was on screen (bench/bench_report.py reads it)
 })();

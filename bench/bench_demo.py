@@ -1,0 +1,110 @@
+"""Wall time of `make demo` after setup (issue 27's target: < 8 min on 2 cores): one JSON object.
+
+    python bench/bench_demo.py [--run /tmp/bench-demo] [--keep] [--stages]
+
+Runs the demo into a fresh run folder as `make demo` does (``make -jN -O report``, N = the cores: two independent
+stages at a time) and times it, then reads the per-stage mIoU from ``metrics.json``. With ``--stages`` it instead
+runs the Makefile's targets one at a time in pipeline order, timing each one (a target only does its own stage
+because the earlier ones are already built): where the time goes, not what `make demo` takes.
+Optionally times the toy CLIP's retraining too (``--toy-clip``, ~10 min; the issue's target is <= 15 min) and checks
+that it reproduces the shipped weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import benchlib  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("world", "features", "text-prototypes", "cams-text", "learn-prototypes", "cams-vision", "pseudo",
+           "decoder", "predict", "heldout", "refines", "diagnose", "report")
+SHIPPED = ROOT / "vpltool" / "assets" / "toy-clip"
+
+
+QUICK = ("WORLD_TRAIN=16", "WORLD_VAL=8", "ITERS=20", "DEC_ITERS=10")  # --quick: a smoke test of the script
+
+
+def make(target: str, run: Path, venv: Path, extra: tuple[str, ...] = ()) -> float:
+    """Seconds taken by ``make [-jN -O] TARGET RUN=run``; its output is kept out of the JSON."""
+    start = time.perf_counter()
+    subprocess.run(["make", "-C", str(ROOT), *extra, target, f"RUN={run}", f"VENV={venv}", "DEVICE=cpu"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return round(time.perf_counter() - start, 1)
+
+
+def time_toy_clip(venv: Path) -> dict:
+    """Retrain the toy CLIP into a temp folder with the shipped defaults; seconds and whether weights match."""
+    import torch
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "toy-clip"
+        start = time.perf_counter()
+        subprocess.run([str(venv / "bin" / "vpltool"), "train-toy-clip", str(out)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds = round(time.perf_counter() - start, 1)
+        new, old = (load_file(str(d / "open_clip_model.safetensors")) for d in (out, SHIPPED))
+        same = new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
+    return {"seconds": seconds, "target_s": 900, "identical_to_shipped": same}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, default=None, help="run folder (default: a fresh temporary one)")
+    ap.add_argument("--keep", action="store_true", help="keep the run folder")
+    ap.add_argument("--toy-clip", action="store_true", help="also time `vpltool train-toy-clip` (~10 min)")
+    ap.add_argument("--device", default="cpu", choices=["cpu"], help="the demo runs on CPU (the issue's target)")
+    ap.add_argument("--quick", action="store_true", help="a tiny world and schedule: checks the script, not speed")
+    ap.add_argument("--stages", action="store_true", help="time each target alone, in order (not `make demo`)")
+    args = ap.parse_args()
+    venv = Path(sys.executable).parent.parent
+    run = args.run or Path(tempfile.mkdtemp(prefix="bench-demo-"))
+    shutil.rmtree(run, ignore_errors=True)
+
+    extra = QUICK if args.quick else ()
+    if args.stages:
+        seconds = {t: make(t, run, venv, extra) for t in TARGETS}
+        timing = {"how": "each target alone, in order", "stage_seconds": seconds,
+                  "total_s": round(sum(seconds.values()), 1)}
+    else:
+        jobs = str(os.cpu_count() or 2)
+        timing = {"how": f"as make demo: make -j{jobs} -O report",
+                  "total_s": make("report", run, venv, ("-j" + jobs, "-O", *extra))}
+    metrics = json.loads((run / "metrics.json").read_text())
+    result = {
+        "benchmark": "demo",
+        "machine": benchlib.machine("cpu"),
+        **timing,
+        "target_s": 480,
+        "quick": args.quick,
+        # per stage and split ("train": the scenes W is learned on; "val": held out); None where a stage did not run
+        "miou": {f"{row['stage']} [{row.get('refine')}]": {split: (row[split] or {}).get("miou")
+                                                            for split in ("train", "val")}
+                 for row in metrics["stages"]},
+        "pseudo_choice": metrics.get("pseudo_choice"),
+        "other_layers": {row["stage"]: row["val"] for row in metrics.get("other_layers", [])},
+        "chance": metrics.get("chance"),
+        # children's ru_maxrss is the largest single stage process (Linux reports KiB)
+        "peak_memory": [{"stage": "largest stage process", "scope": "max over the stages' processes",
+                         "rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}],
+    }
+    if args.toy_clip and not args.quick:  # a smoke test never spends 10 minutes retraining
+        result["toy_clip"] = time_toy_clip(venv)
+    if not args.keep:
+        shutil.rmtree(run, ignore_errors=True)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

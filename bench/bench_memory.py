@@ -1,0 +1,73 @@
+"""Does host memory stay flat in the number of images? Peak RSS of extract, cam, crf and predict at two sizes.
+
+    python bench/bench_memory.py [--small 16] [--large 128] [--quick]
+
+Renders a demo world of ``--small`` and one of ``--large`` images per split and runs each stage as its own process
+on both (the shipped toy CLIP, CPU): extract and cam on train, crf on the text CAMs, predict on val with a decoder
+trained for a few iterations. The peak resident set of each process comes from ``os.wait4`` (Linux ``ru_maxrss``).
+A stage whose memory grows with the image count shows it as ``growth_mib_per_100_images``; model and library
+memory are the same at both sizes. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchlib import machine, run_child
+
+VPL = str(Path(sys.executable).parent / "vpltool")
+CPU = ["--device", "cpu"]
+
+
+def peak_mib(*args: object) -> float:
+    """Run ``vpltool ARGS`` as a child process; its peak RSS in MiB."""
+    return round(run_child([VPL, *args])[1], 1)
+
+
+def measure(work: Path, n: int) -> dict[str, float]:
+    """Peak RSS per stage on a world of ``n`` train and ``n`` val scenes."""
+    world, feats, text = work / "world", work / "features", work / "text.safetensors"
+    subprocess.run([VPL, "make-world", str(world), "--train", str(n), "--val", str(n)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = {"extract": peak_mib("extract", world, "--split", "train", "-o", feats, "--model", "vpltool-toy",
+                               "--pretrained", "none", *CPU)}
+    subprocess.run([VPL, "text-prototypes", str(feats), "-o", str(text), "--templates", "a photo of a {}.",
+                    "--background", "grass,sky,wall,water", *CPU], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    out["cam"] = peak_mib("cam", feats, "-p", text, "-o", work / "cams", "--refine", "none", *CPU)
+    out["crf"] = peak_mib("crf", work / "cams", "-o", work / "pseudo", "--workers", "1")
+    subprocess.run([VPL, "train-decoder", str(work / "pseudo"), "-p", str(text), "-o", str(work / "decoder"),
+                    "--recipe", "cpu", "--iters", "5", "--crop-size", "96", "--batch-size", "2", *CPU], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out["predict"] = peak_mib("predict", work / "decoder" / "decoder.safetensors", "--split", "val", "-o",
+                              work / "pred", *CPU)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", type=int, default=16)
+    ap.add_argument("--large", type=int, default=128)
+    ap.add_argument("--device", default="cpu", choices=["cpu"])
+    ap.add_argument("--quick", action="store_true", help="4 and 8 images: checks the script, not memory")
+    args = ap.parse_args()
+    small, large = (4, 8) if args.quick else (args.small, args.large)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {n: measure(Path(tmp) / str(n), n) for n in (small, large)}
+    stages = {stage: {"rss_mib": {str(n): runs[n][stage] for n in runs},
+                      "growth_mib_per_100_images": round(100 * (runs[large][stage] - runs[small][stage])
+                                                         / (large - small), 1)}
+              for stage in runs[small]}
+    print(json.dumps({"benchmark": "memory", "quick": args.quick, "machine": machine("cpu"), "images": [small, large],
+                      "model": "vpltool-toy", "stages": stages,
+                      "peak_memory": [{"stage": f"{stage} ({n} images)", "rss_mib": runs[n][stage], "cuda_mib": None,
+                                       "scope": "process"} for stage in runs[small] for n in runs]}))
+
+
+if __name__ == "__main__":
+    main()

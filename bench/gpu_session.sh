@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Issue 28's GPU measurements, packed for a lent GPU machine: its commands run at most 10 minutes each and the
+# machine has no package registry, so the packages it lacks travel as wheels and each part below fits one call.
+#
+#   bash bench/gpu_session.sh wheels   # HERE, once (needs a registry): .whl/ (git-ignored) with open_clip_torch,
+#                                           # ftfy, wcwidth (Python 3.12 wheels) and pydensecrf2's sdist; carry .whl
+#   bash bench/gpu_session.sh a        # THERE: set-up, pytest -m cuda, the decoder's paper recipe with and
+#                                           # without CUDA graphs, where cam's and extract's time goes (~9 min)
+#   bash bench/gpu_session.sh b        # THERE: set-up, a 2,000-photo VOC-like run of every stage (~6 min)
+#   bash bench/gpu_session.sh c        # THERE: set-up, the host's part with the real device, cam against
+#                                           # CLIP-ES (CLIP_ES=/path/to/a/clone, carried) with the one-image
+#                                           # phases, and the torch dense CRF (~9 min)
+# The device time of a session (30 min, each call's start included) fits a and b; c is for a second session.
+#
+# Each step has its own time limit (STEP_LIMIT_S scales them) and writes one JSON file (and its stderr) into
+# ${OUT:-bench/results/gpu}, named after the GPU (h100, h200); a step that fails or runs out of time is noted in
+# steps.log and the next one runs, so a call always brings back what it measured. Nothing here judges a figure: the
+# JSON files carry the bars, and docs/performance.md is rebuilt from them (make_table.py) where they are kept.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PART=${1:-}
+OUT_DIR=${OUT:-bench/results/gpu}
+SCALE=${STEP_LIMIT_S:-1}
+
+wheels() {
+  local platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+  mkdir -p .whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
+    -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
+  python3 -m pip download -q --no-deps --no-binary=:all: -d .whl pydensecrf2==1.1
+  ls -l .whl
+}
+
+setup() {
+  # the image has torch, timm, typer, rich, safetensors, scikit-image, opencv, tensorboard; these three it lacks
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "setup: the wheels did not install (carry .whl: bash bench/gpu_session.sh wheels)" >&2; exit 2; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation .whl/pydensecrf2-*.tar.gz >/dev/null 2>&1 \
+    || echo "setup: pydensecrf2 did not build; the steps that need it fail alone" >&2
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null
+  export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+  GPU=$(python3 -c "import torch; n = torch.cuda.get_device_name(); print('h200' if 'H200' in n else 'h100' if 'H100' in n else 'gpu')")
+  mkdir -p "$OUT_DIR"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT_DIR/machine_$GPU.txt"
+}
+
+# step NAME LIMIT_S COMMAND...: COMMAND's stdout into NAME_GPU.json (kept only when it exits 0), its stderr beside
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local out="$OUT_DIR/${name}_$GPU.json" start=$SECONDS
+  timeout "$(( limit * SCALE ))" "$@" > "$out.tmp" 2> "$OUT_DIR/${name}_$GPU.err"
+  local rc=$?
+  if [ $rc -eq 0 ]; then mv "$out.tmp" "$out"; else rm -f "$out.tmp"; fi
+  echo "$name: rc $rc in $(( SECONDS - start )) s" | tee -a "$OUT_DIR/steps.log"
+}
+
+case "$PART" in
+  wheels) wheels ;;
+  a)
+    setup
+    step pytest_cuda 100 python3 -m pytest -q -m cuda -p no:cacheprovider
+    step decoder_paper 230 python3 bench/bench_decoder.py --mode paper --device cuda --iters 700 --warmup 350 \
+      --compile none,reduce-overhead
+    step profile 180 python3 bench/profile_stage.py --device cuda --images 512
+    ;;
+  b)
+    setup
+    step gpu_pipeline 480 python3 bench/bench_gpu_pipeline.py --device cuda --images 2000 --decoder-iters 2000
+    ;;
+  c)
+    setup
+    step host 150 python3 bench/bench_host.py --device cuda --stages extract,cam,predict
+    step cam 240 python3 bench/bench_cam.py --device cuda --images 100 ${CLIP_ES:+--clip-es "$CLIP_ES"}
+    step densecrf 120 python3 bench/bench_densecrf.py --device cuda --images 1000
+    ;;
+  *)
+    sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
+    exit 2
+    ;;
+esac
