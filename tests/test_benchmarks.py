@@ -105,7 +105,8 @@ def test_make_table_renders_headline_tables_and_the_reproduce_block(quick_result
                    "\nafter\n")
     out = tmp_path / "performance.md"
     subprocess.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(quick_results),
-                    "--out", str(out), "--reproduce", str(doc)], cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=60)
+                    "--out", str(out), "--reproduce", str(doc)], cwd=ROOT, env=_env(), check=True, capture_output=True,
+                   timeout=60)
     page = out.read_text()
     for heading in ("## cam:", "## learn-prototypes:", "## crf:", "## train-decoder:", "## Disk and compute"):
         assert heading in page
