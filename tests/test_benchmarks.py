@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pace import bound  # tests/ is on sys.path: hang bounds scaled to the machine's pace
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 MAKE_TABLE = ROOT / "docgen" / "make_table.py"
@@ -68,7 +70,7 @@ def quick_results(tmp_path_factory) -> Path:
                                     cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name in SCRIPTS}
     for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=bound(300))
         assert proc.returncode == 0, f"{name} --quick failed:\n{stderr[-3000:]}"
         (out / f"{_stem(name)}.json").write_text(stdout)
     return out
@@ -106,7 +108,7 @@ def test_make_table_renders_headline_tables_and_the_reproduce_block(quick_result
     out = tmp_path / "performance.md"
     subprocess.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(quick_results),
                     "--out", str(out), "--reproduce", str(doc)], cwd=ROOT, env=_env(), check=True, capture_output=True,
-                   timeout=60)
+                   timeout=bound(60))
     page = out.read_text()
     for heading in ("## cam:", "## learn-prototypes:", "## crf:", "## train-decoder:", "## Disk and compute"):
         assert heading in page
@@ -132,7 +134,7 @@ def test_make_table_reads_an_older_result_without_peak_memory_list(tmp_path):
     out = tmp_path / "performance.md"
     subprocess.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(tmp_path / "results"),
                     "--out", str(out), "--reproduce", str(tmp_path / "none.md")], cwd=ROOT, env=_env(), check=True,
-                   capture_output=True, timeout=60)
+                   capture_output=True, timeout=bound(60))
     page = out.read_text()
     assert "| first_pass_speedup | 0.84 |" in page  # an older layout is shown field by field, not as today's table
     assert "machine: x86_64, 2 cores" in page and "2107 MiB" in page
@@ -141,7 +143,7 @@ def test_make_table_reads_an_older_result_without_peak_memory_list(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_bench_runs_every_benchmark_script():
     dry = subprocess.run(["make", "-n", "bench", "BENCH_DEVICE=cuda"], cwd=ROOT, env=_env(), capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+                         text=True, timeout=bound(60), check=True).stdout
     for name in SCRIPTS:
         script, *args = name.split()
         assert " ".join([f"bench/{script} --device cuda", *args]) in dry
@@ -155,7 +157,7 @@ def test_gpu_session_script_names_scripts_and_options_that_exist():
 
     script = BENCH / "gpu_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=bound(30))
     assert usage.returncode == 2 and "gpu_session.sh a" in usage.stderr
     calls = re.findall(r"python3 bench/(\w+\.py)((?:[^\n]|\\\n)*)", script.read_text())
     assert {name for name, _ in calls} >= {"bench_decoder.py", "bench_host.py", "bench_gpu_pipeline.py"}

@@ -16,6 +16,8 @@ from vpltool import io
 from vpltool.cli import app
 from vpltool.demo.make_world import write_dataset
 
+from pace import bound  # tests/ is on sys.path: hang bounds scaled to the machine's pace
+
 TINY = ["--model", "vpl-test-vit", "--pretrained", "none"]
 
 
@@ -42,7 +44,7 @@ def test_version():
 
 
 def test_python_dash_m_runs_the_cli():
-    r = subprocess.run([sys.executable, "-m", "vpltool", "--help"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "vpltool", "--help"], capture_output=True, text=True, timeout=bound(120))
     assert r.returncode == 0 and "text-prototypes" in r.stdout
 
 

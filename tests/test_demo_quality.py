@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pace import bound  # tests/ is on sys.path: hang bounds scaled to the machine's pace
+
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "vpltool" / "assets" / "toy-clip"
 
@@ -34,7 +36,7 @@ def demo_metrics(tmp_path_factory) -> dict:
     # the open-vocabulary (DENSE) and DINO-affinity rows are left out: no bar here reads them, and CI's time is short
     subprocess.run(["make", "-C", str(ROOT), "-j2", "report", f"RUN={run}", f"VENV={venv}", "DEVICE=cpu", "DENSE=",
                     "DENSE_SEEDS=", "AFFINITY_ROWS="],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800)
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=bound(1800))
     return json.loads((run / "metrics.json").read_text())
 
 

@@ -25,8 +25,9 @@ import pytest
 from vpltool import io
 
 import robustness_cases as rc  # tests/ is on sys.path
+from pace import bound
 
-AGENT_TIMEOUT_S = 240  # a test's bound on a pair of agents; a hang fails the test instead of CI
+AGENT_TIMEOUT_S = 240  # a test's bound on a pair of agents on an idle machine (scaled by bound()); a hang fails
 # the decoder after 4 iterations, DDP on 2 ranks x batch 1 against 1 process x batch 2: the same losses (the CE over
 # the whole batch's pixels, RSC over every rank's regions: train_decoder.steps), summed in another order (measured:
 # 1.5e-8 at most, on weights up to 8)
@@ -102,7 +103,7 @@ def _nodes(command: list[str], logs: Path) -> list[subprocess.Popen]:
         nodes.append(subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
              "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-             "--rdzv-conf", "join_timeout=120", "--no-python", *command],
+             "--rdzv-conf", f"join_timeout={bound(120):.0f}", "--no-python", *command],
             stdout=open(logs / f"node{node}.log", "w"), stderr=subprocess.STDOUT, env=_env(), start_new_session=True))
         _STARTED.append(nodes[-1])
         _listening(port, nodes[0])  # node 0 hosts the rendezvous store (the killed node 1 is then a client)
@@ -110,7 +111,7 @@ def _nodes(command: list[str], logs: Path) -> list[subprocess.Popen]:
 
 
 def _listening(port: int, node: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + bound(timeout)
     while True:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -121,7 +122,7 @@ def _listening(port: int, node: subprocess.Popen, timeout: float = 60) -> None:
 
 def _wait(node: subprocess.Popen, timeout: float = AGENT_TIMEOUT_S) -> int:
     try:
-        return node.wait(timeout)
+        return node.wait(bound(timeout))
     except subprocess.TimeoutExpired:
         _kill_node(node)
         raise
@@ -185,7 +186,7 @@ def test_a_node_killed_mid_stage_ends_the_other_in_one_line_and_a_rerun_resumes(
     nodes = _nodes([sys.executable, "-c", rc.PACED_CLI, "extract", str(world), "--split", "train", "-o",
                     str(run / "features"), *rc.TINY, *rc.CPU, "--workers", "1"], root / "killed")
     features = run / "features"
-    deadline = time.monotonic() + AGENT_TIMEOUT_S
+    deadline = time.monotonic() + bound(AGENT_TIMEOUT_S)
     while not list(features.glob("*.safetensors")):  # both ranks have the model: one wrote its first item
         assert nodes[0].poll() is None and nodes[1].poll() is None and time.monotonic() < deadline, \
             (root / "killed" / "node0.log").read_text()[-3000:]
