@@ -24,10 +24,11 @@ import pytest
 
 from vpltool import io
 
+import pace
 import robustness_cases as rc  # tests/ is on sys.path
-from pace import bound
+from pace import Budget, bound
 
-AGENT_TIMEOUT_S = 240  # a test's bound on a pair of agents on an idle machine (scaled by bound()); a hang fails
+AGENT_TIMEOUT_S = 240  # a test's bound on a pair of agents, in idle-machine seconds (tests/pace.py); a hang fails
 # the decoder after 4 iterations, DDP on 2 ranks x batch 1 against 1 process x batch 2: the same losses (the CE over
 # the whole batch's pixels, RSC over every rank's regions: train_decoder.steps), summed in another order (measured:
 # 1.5e-8 at most, on weights up to 8)
@@ -111,18 +112,18 @@ def _nodes(command: list[str], logs: Path) -> list[subprocess.Popen]:
 
 
 def _listening(port: int, node: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + bound(timeout)
+    budget = Budget(timeout)
     while True:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
-        assert node.poll() is None and time.monotonic() < deadline, f"node 0 did not open port {port}"
+        assert node.poll() is None and not budget.expired(), f"node 0 did not open port {port}"
         time.sleep(0.05)
 
 
 def _wait(node: subprocess.Popen, timeout: float = AGENT_TIMEOUT_S) -> int:
     try:
-        return node.wait(bound(timeout))
+        return pace.wait(node, timeout)
     except subprocess.TimeoutExpired:
         _kill_node(node)
         raise
@@ -186,9 +187,9 @@ def test_a_node_killed_mid_stage_ends_the_other_in_one_line_and_a_rerun_resumes(
     nodes = _nodes([sys.executable, "-c", rc.PACED_CLI, "extract", str(world), "--split", "train", "-o",
                     str(run / "features"), *rc.TINY, *rc.CPU, "--workers", "1"], root / "killed")
     features = run / "features"
-    deadline = time.monotonic() + bound(AGENT_TIMEOUT_S)
+    budget = Budget(AGENT_TIMEOUT_S)
     while not list(features.glob("*.safetensors")):  # both ranks have the model: one wrote its first item
-        assert nodes[0].poll() is None and nodes[1].poll() is None and time.monotonic() < deadline, \
+        assert nodes[0].poll() is None and nodes[1].poll() is None and not budget.expired(), \
             (root / "killed" / "node0.log").read_text()[-3000:]
         time.sleep(0.05)
     _kill_node(nodes[1])
