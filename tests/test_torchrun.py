@@ -198,9 +198,9 @@ def test_a_node_killed_mid_stage_ends_the_other_in_one_line_and_a_rerun_resumes(
     seconds = time.monotonic() - start
     lines = _vpltool_lines(root / "killed" / "node0.log")
     errors = [line for line in lines if line.startswith("error:")]
-    # 2.6-6.1 s measured (bench/torchrun_kill.py); the bound leaves room for a loaded CI machine and stays
-    # below the 300 s that torchrun's exit barrier would wait after a worker that exits 0
-    assert code != 0 and seconds < 150, (code, seconds, lines)
+    # 2.6-6.1 s measured (bench/torchrun_kill.py) on an idle machine; the bound grows with a loaded machine's pace
+    # and stays below the 300 s that torchrun's exit barrier would wait after a worker that exits 0
+    assert code != 0 and seconds < bound(30, cap=280), (code, seconds, lines)
     assert len(errors) == 1 and "another rank stopped before the end" in errors[0], lines
     assert "re-run the same command on every node to resume" in errors[0]
     assert not (features / "_stage.json").exists()
