@@ -170,3 +170,15 @@ def test_the_table_command_prints_eight_columns_and_a_mean(tmp_path):
     # resumable: a second run segments nothing and prints the same row
     r2 = CliRunner().invoke(app, args)
     assert r2.exit_code == 0 and row in r2.output
+
+
+def test_the_docs_presets_table_is_the_presets():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("benchmark_presets", root / "docgen" / "benchmark_presets.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    page = (root / "docs" / "benchmarks.md").read_text()
+    assert gen.render(page) == page, "docs/benchmarks.md is out of date: run docgen/benchmark_presets.py"

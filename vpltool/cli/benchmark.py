@@ -91,8 +91,8 @@ def benchmark_cmd(
         for row in presets_table(method):
             s = ", ".join(f"{k}={v}" for k, v in row["settings"].items())
             extra = (" [" + ", ".join(f"{k}={v}" for k, v in row["extra"].items()) + "]") if row["extra"] else ""
-            src = "; ".join(f"{k}: {v}" for k, v in row["sources"].items())
-            typer.echo(f"{row['method']:<10} {row['benchmark']:<12} {s}{extra}\n{'':<23}from {row['repo']}: {src}")
+            typer.echo(f"{row['method']:<10} {row['benchmark']:<12} {s}{extra}\n{'':<23}from {row['repo']}: "
+                       f"{row['source']}")
         return
     if method is None or out is None:
         raise VplError("benchmark: give METHOD and --out (or --presets to list the presets)")

@@ -165,6 +165,17 @@ BENCHMARK_PRESETS["maskclip"] = MethodPresets(
     BENCHMARK_PRESETS["clearclip"].defaults_source, BENCHMARK_PRESETS["clearclip"].benchmarks, "clearclip")
 
 
+def source_summary(method: str, benchmark: str) -> str:
+    """Where a preset's values come from, compactly: ``cfg_voc21.py:6 prob_threshold, :16 short_side; the rest
+    naclip.py:20-22 (...)``."""
+    p = BENCHMARK_PRESETS[method]
+    own = sorted(((src.rsplit(":", 1)[1], k) for k, src in p.sources(benchmark).items()
+                  if src.startswith("configs/cfg_")), key=lambda t: int(t[0]))
+    cfg = f"configs/{_CFG[benchmark]}"
+    head = (cfg + ":" + ", :".join(f"{line} {k}" for line, k in own)) if own else f"{cfg}: nothing"
+    return f"{head}; the rest {p.defaults_source}" + ("; class file: its configs/cls_*.txt" if p.class_set else "")
+
+
 def presets_table(method: str | None = None) -> list[dict]:
     """Rows ``{method, benchmark, settings, sources, extra}`` of every preset (or one method's), for listings."""
     rows = []
@@ -173,8 +184,23 @@ def presets_table(method: str | None = None) -> list[dict]:
             continue
         for b in BENCHMARK_NAMES:
             rows.append({"method": name, "repo": p.repo, "benchmark": b, "settings": p.settings(b),
-                         "sources": p.sources(b), "extra": p.extra.get(b, {})})
+                         "sources": p.sources(b), "source": source_summary(name, b), "extra": p.extra.get(b, {})})
     return rows
 
 
-__all__ = ["BENCHMARK_NAMES", "BENCHMARK_PRESETS", "MethodPresets", "presets_table"]
+def presets_markdown() -> str:
+    """Every preset as a markdown table (docs/benchmarks.md, written by docgen/benchmark_presets.py)."""
+    lines = ["| method | benchmark | short side | window / stride | logit scale | prob. threshold | area threshold "
+             "| PAMR | class file | from (repository: file:line) |", "|" + "---|" * 10]
+    for row in presets_table():
+        s = row["settings"]
+        window = f"{s['slide_crop']} / {s['slide_stride']}" if s["slide_crop"] else "whole image"
+        extra = (" (+ " + ", ".join(f"{k} {v}" for k, v in row["extra"].items()) + ")") if row["extra"] else ""
+        lines.append(f"| {row['method']} | {row['benchmark']} | {s['short_side']} | {window} | {s['logit_scale']:g} | "
+                     f"{s['prob_threshold']:g} | {s['area_threshold'] or '-'} | {s['pamr_steps'] or '-'} | "
+                     f"{s.get('class_file', 'its own')} | {row['repo']}: {row['source']}{extra} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["BENCHMARK_NAMES", "BENCHMARK_PRESETS", "MethodPresets", "presets_table", "source_summary",
+           "presets_markdown"]
