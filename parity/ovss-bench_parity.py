@@ -22,6 +22,11 @@ Compared, per reference:
   :data:`vpltool.data.benchmarks.BENCHMARKS`. mmseg's own classes (VOC21, COCO-Stuff, Cityscapes, ADE20K) are not in
   the clones and are not compared here.
 
+``coco_object_conversion``: the first clone's ``datasets/cvt_coco_object.py`` run on COCO-Stuff maps (the COCO
+miniature's, and one holding every value 0..255) against :func:`vpltool.data.benchmarks.convert_coco_stuff`'s
+``*_instanceTrainIds.png``, array for array; ``coco_stuff_conversion``: the same for mmseg's ``coco_stuff164k.py``
+as a clone ships it (Trident) and ``*_labelTrainIds.png``.
+
 ``mismatches`` lists every difference; the bar is none.
 """
 
@@ -127,6 +132,34 @@ def compare_datasets(method: str, ref: dict, out: list) -> int:
     return n
 
 
+def compare_coco(clone: Path, seg: str, runner: Path, script: str = "cvt_coco_object") -> dict:
+    """A COCO conversion: the clone's ``datasets/<script>.py`` against :func:`convert_coco_stuff` on the COCO
+    miniature's stuffthingmaps and on one map holding every value 0..255."""
+    suffix = "_instanceTrainIds.png" if script == "cvt_coco_object" else "_labelTrainIds.png"
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from vpltool.data.benchmarks import convert_coco_stuff
+    from vpltool.data.miniature import make_miniature
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = make_miniature("coco-object", Path(tmp) / "mini") / "annotations" / "val2017"
+        Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(raw / "every_value.png")
+        convert_coco_stuff(raw, Path(tmp) / "vpl")
+        proc = subprocess.run([sys.executable, str(runner), "--clone", str(clone), "--segmentor", seg, "--coco-raw",
+                               str(raw), "--coco-out", str(Path(tmp) / "ref"), "--coco-script", script],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1:]}
+        ids = json.loads(proc.stdout)["converted"]
+        differ = [i for i in ids if not np.array_equal(
+            np.asarray(Image.open(Path(tmp) / "vpl" / f"{i}{suffix}")),
+            np.asarray(Image.open(Path(tmp) / "ref" / "val2017" / f"{i}{suffix}")))]
+        return {"maps": len(ids), "differ": differ}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ref", type=Path, required=True, help="folder of the clones")
@@ -153,6 +186,12 @@ def main() -> None:
         result["compared"] += n
         result["refs"][method] = {"clone": clone.name, "commit": commit.stdout.strip() or None, "compared": n,
                                   "mismatches": len(result["mismatches"]) - before}
+        for script, key in (("cvt_coco_object", "coco_object_conversion"), ("coco_stuff164k", "coco_stuff_conversion")):
+            if (clone / "datasets" / f"{script}.py").is_file() and key not in result:
+                conv = compare_coco(clone, seg, runner, script)
+                result[key] = {"clone": clone.name, **conv}
+                if conv.get("differ") or "error" in conv:
+                    result["mismatches"].append(f"{key} differs from {clone.name}'s: {conv}")
     result["notes"] = sorted(NOTES)
     print(json.dumps(result, indent=1))
 

@@ -1,6 +1,7 @@
 """Read one reference clone's benchmark definitions from its OWN code: the reference half of `ovss-bench_parity.py`.
 
     python ovss_bench_ref_runner.py --clone DIR --segmentor FILE.py > out.json
+    python ovss_bench_ref_runner.py --clone DIR --segmentor FILE.py --coco-raw RAW --coco-out OUT
 
 It imports nothing from vpltool. From the clone, without the OpenMMLab packages:
 
@@ -15,7 +16,10 @@ It imports nothing from vpltool. From the clone, without the OpenMMLab packages:
    the dataset's ``data_prefix``, ``ann_file``, ``reduce_zero_label`` and type;
 3. the segmentor's ``__init__`` defaults, from its source by ``ast`` (no import: it would load CLIP);
 4. each class file read by the clone's own ``get_cls_idx`` (taken out of the segmentor's source by ``ast`` and run
-   alone), and the file's bytes' sha256.
+   alone), and the file's bytes' sha256;
+5. with ``--coco-raw DIR --coco-out DIR [--coco-script coco_stuff164k]``, instead: the clone's
+   ``datasets/cvt_coco_object.py`` (or the ``coco_stuff164k.py`` Trident ships) converts each COCO-Stuff map of DIR
+   (``mmcv`` / ``mmengine.utils`` stubbed).
 """
 
 from __future__ import annotations
@@ -133,11 +137,44 @@ def class_files(clone: Path, get_cls_idx) -> dict:
     return out
 
 
+def convert_coco(clone: Path, script: str, raw: Path, out: Path) -> list[str]:
+    """The clone's ``datasets/<script>.py`` ``convert_to_trainID`` (``cvt_coco_object``: COCO-Object's
+    ``*_instanceTrainIds.png``; ``coco_stuff164k``, mmseg's converter as Trident ships it: ``*_labelTrainIds.png``)
+    on each stuffthingmap of ``raw``, writing into ``out/val2017/`` (``mmcv`` and ``mmengine.utils`` stubbed: only
+    ``main`` uses them); the ids converted."""
+    import importlib
+
+    sys.modules.setdefault("mmcv", types.ModuleType("mmcv"))
+    utils = types.ModuleType("mmengine.utils")
+    utils.mkdir_or_exist = utils.track_parallel_progress = utils.track_progress = lambda *a, **k: None
+    sys.modules.setdefault("mmengine", types.ModuleType("mmengine"))
+    sys.modules["mmengine.utils"] = utils
+    sys.path.insert(0, str(clone / "datasets"))
+    cvt = importlib.import_module(script)  # the clone's own script
+
+    (out / "val2017").mkdir(parents=True, exist_ok=True)
+    done = []
+    for path in sorted(raw.glob("*.png")):
+        if "TrainIds" in path.name:
+            continue
+        cvt.convert_to_trainID(str(path), out_mask_dir=str(out), is_train=False)
+        done.append(path.stem)
+    return done
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--clone", type=Path, required=True)
     p.add_argument("--segmentor", required=True, help="the segmentor's file in the clone (naclip.py, ...)")
+    p.add_argument("--coco-raw", type=Path, help="stuffthingmaps to convert with the clone's cvt_coco_object.py")
+    p.add_argument("--coco-out", type=Path, help="where its conversions go")
+    p.add_argument("--coco-script", default="cvt_coco_object", help="cvt_coco_object or coco_stuff164k")
     a = p.parse_args()
+    a.clone = a.clone.resolve()
+    if a.coco_raw is not None:
+        json.dump({"converted": convert_coco(a.clone, a.coco_script, a.coco_raw.resolve(), a.coco_out.resolve())},
+                  sys.stdout)
+        return
     os.chdir(a.clone)
     defaults, get_cls_idx = segmentor(a.clone / a.segmentor)
     json.dump({"segmentor_defaults": defaults, "configs": configs(a.clone), "datasets": datasets(a.clone),

@@ -172,6 +172,52 @@ def open_benchmark(name: str, root: Path, split: str | None = None) -> Dataset:
     return Dataset(name, root, "val", classes, items, preset_for(classes), gt_map=bench.gt_map)
 
 
+# COCO-Stuff-164k's stuffthingmaps store a pixel's COCO id - 1 (0..181, 255 unlabelled); these 11 values are COCO
+# thing ids no image uses, which have no train id
+COCO_STUFF_UNUSED = frozenset({11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90})
+
+
+def coco_stuff_train_ids() -> tuple[int, ...]:
+    """256 entries: stuffthingmaps value -> COCO-Stuff-164k train id (0..170; 255 stays 255), as mmseg's
+    ``coco_stuff164k.py`` converts; a value it does not list (the unused ids, 182..254) is kept as it is, as there."""
+    lut = list(range(256))
+    used = [v for v in range(182) if v not in COCO_STUFF_UNUSED]
+    for train_id, v in enumerate(used):
+        lut[v] = train_id
+    return tuple(lut)
+
+
+def coco_object_ids() -> tuple[int, ...]:
+    """256 entries: stuffthingmaps value -> COCO-Object label, as the references' ``cvt_coco_object.py`` converts:
+    the 80 thing classes (values up to 90) their train id + 1, every stuff class (values above 90) and the
+    unlabelled 255 background 0, any other value kept."""
+    stuff = coco_stuff_train_ids()
+    lut = list(range(256))
+    for v in [*(v for v in range(182) if v not in COCO_STUFF_UNUSED), 255]:
+        lut[v] = stuff[v] + 1 if v <= 90 else 0
+    return tuple(lut)
+
+
+def convert_coco_stuff(raw_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> int:
+    """Write ``<id>_labelTrainIds.png`` (COCO-Stuff) and ``<id>_instanceTrainIds.png`` (COCO-Object) next to each
+    stuffthingmaps ``<id>.png`` of ``raw_dir`` (or in ``out_dir``); returns the number of maps converted. The
+    layouts ``coco-stuff`` and ``coco-object`` read, made as mmseg's and the references' scripts make them."""
+    import numpy as np
+    from PIL import Image
+
+    raw_dir = Path(raw_dir)
+    out = Path(out_dir) if out_dir is not None else raw_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stuff, objects = np.asarray(coco_stuff_train_ids(), np.uint8), np.asarray(coco_object_ids(), np.uint8)
+    maps = sorted(p for p in raw_dir.glob("*.png") if "TrainIds" not in p.name)
+    for path in maps:
+        with Image.open(path) as img:
+            raw = np.asarray(img)
+        Image.fromarray(stuff[raw]).save(out / f"{path.stem}_labelTrainIds.png")
+        Image.fromarray(objects[raw]).save(out / f"{path.stem}_instanceTrainIds.png")
+    return len(maps)
+
+
 def benchmark_folders(name: str, root: Path) -> list[Path]:
     """The data folders of a benchmark root (protected from outputs)."""
     bench = BENCHMARKS[name]
@@ -179,4 +225,5 @@ def benchmark_folders(name: str, root: Path) -> list[Path]:
 
 
 __all__ = ["BENCHMARKS", "BENCHMARK_ORDER", "TITLES", "Benchmark", "open_benchmark", "parse_benchmark_path",
-           "layout_problem", "benchmark_folders"]
+           "layout_problem", "benchmark_folders", "coco_stuff_train_ids", "coco_object_ids", "convert_coco_stuff",
+           "COCO_STUFF_UNUSED"]

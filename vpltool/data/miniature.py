@@ -3,8 +3,9 @@
 for trying `vpltool benchmark` without the downloads. Seeded; torch-free.
 
 The stored values are drawn from what each layout stores (VOC: 0..20 and 255 borders; Context: 0..59; ADE20K:
-0..150 with 0 = 'other'; COCO-Stuff and Cityscapes: train ids and 255; COCO-Object: 0..80), so each benchmark's
-label mapping (:attr:`vpltool.data.benchmarks.Benchmark.gt_map`) is exercised.
+0..150 with 0 = 'other'; Cityscapes: train ids and 255), so each benchmark's label mapping
+(:attr:`vpltool.data.benchmarks.Benchmark.gt_map`) is exercised. COCO's are raw stuffthingmaps converted to both
+layouts by :func:`vpltool.data.benchmarks.convert_coco_stuff`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .benchmarks import BENCHMARK_ORDER, BENCHMARKS
+from .benchmarks import BENCHMARK_ORDER, BENCHMARKS, COCO_STUFF_UNUSED, convert_coco_stuff
 
 # the ids each miniature holds (the real datasets' id forms: VOC's year_number, COCO's 12 digits, Cityscapes' city_)
 _IDS = {
@@ -46,7 +47,7 @@ def _stored_values(name: str) -> tuple[list[int], bool]:
 def _label_map(rng: np.random.Generator, size: tuple[int, int], values: list[int], ignore: bool) -> np.ndarray:
     """Blocks of random stored values (a few classes an image, as real scenes), a 255 border when ``ignore``."""
     h, w = size
-    picks = rng.choice(values, size=4, replace=False)
+    picks = rng.choice(values, size=4, replace=False) if len(values) > 4 else np.asarray(values)
     out = np.empty((h, w), dtype=np.uint8)
     out[: h // 2, : w // 2], out[: h // 2, w // 2 :] = picks[0], picks[1]
     out[h // 2 :, : w // 2], out[h // 2 :, w // 2 :] = picks[2], picks[3]
@@ -67,6 +68,8 @@ def make_miniature(name: str, parent: str | Path, *, seed: int = 0, size: tuple[
     rng = np.random.default_rng([seed, BENCHMARK_ORDER.index(name)])
     root = Path(parent) / _ROOTS[name]
     values, ignore = _stored_values(name)
+    if name.startswith("coco"):
+        return _coco(root, rng, size)
     family = ("voc" if name.startswith("voc") else "context" if name.startswith("context") else
               "coco" if name.startswith("coco") else name)
     ids = _IDS[family]
@@ -89,6 +92,25 @@ def make_miniature(name: str, parent: str | Path, *, seed: int = 0, size: tuple[
         listing = root / bench.split_file
         listing.parent.mkdir(parents=True, exist_ok=True)
         listing.write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def _coco(root: Path, rng: np.random.Generator, size: tuple[int, int]) -> Path:
+    """COCO-Stuff-164k's raw stuffthingmaps ``annotations/val2017/<id>.png`` (values 0..181 that COCO uses, 255
+    unlabelled), converted as mmseg's and the references' scripts convert them (:func:`convert_coco_stuff`)."""
+    images, masks = root / "images" / "val2017", root / "annotations" / "val2017"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    values = [v for v in range(182) if v not in COCO_STUFF_UNUSED]
+    for n, item_id in enumerate(_IDS["coco"]):
+        if (images / f"{item_id}.jpg").is_file():
+            continue  # made with the other COCO benchmark
+        shape = (size[0] + 8 * n, size[1]) if n % 2 else size
+        _image(rng, shape).save(images / f"{item_id}.jpg")
+        # a thing (<= 90) and a stuff (> 90) value at least, and the unlabelled 255 border
+        picks = [int(rng.choice(values[:80])), int(rng.choice(values[80:])), *rng.choice(values, 2).tolist()]
+        Image.fromarray(_label_map(rng, shape, picks, True)).save(masks / f"{item_id}.png")
+    convert_coco_stuff(masks)
     return root
 
 
