@@ -182,3 +182,14 @@ def test_the_docs_presets_table_is_the_presets():
     spec.loader.exec_module(gen)
     page = (root / "docs" / "benchmarks.md").read_text()
     assert gen.render(page) == page, "docs/benchmarks.md is out of date: run docgen/benchmark_presets.py"
+
+
+def test_a_bad_class_file_for_any_benchmark_fails_before_the_first_is_segmented(minis, tiny_spec, tmp_path):
+    from vpltool.benchmark import run_benchmark
+
+    bad = tmp_path / "cls.txt"
+    bad.write_text("".join(f"class {i}\n" for i in range(21)))  # right for VOC21, 21 lines for ADE20K's 150
+    with pytest.raises(VplError, match="21 lines for 150 classes"):
+        run_benchmark("naclip", {"voc21": minis["voc21"], "ade20k": minis["ade20k"]}, tmp_path / "out", tiny_spec,
+                      {"class_file": str(bad)})
+    assert not (tmp_path / "out").exists()
