@@ -193,3 +193,15 @@ def test_a_bad_class_file_for_any_benchmark_fails_before_the_first_is_segmented(
         run_benchmark("naclip", {"voc21": minis["voc21"], "ade20k": minis["ade20k"]}, tmp_path / "out", tiny_spec,
                       {"class_file": str(bad)})
     assert not (tmp_path / "out").exists()
+
+
+def test_background_words_stay_out_of_a_benchmark_without_background(minis):
+    from vpltool.config import SegmentConfig
+    from vpltool.segment import resolve_queries, scored_background
+
+    ade, voc = open_dataset(f"ade20k={minis['ade20k']}"), open_dataset(f"voc21={minis['voc21']}")
+    assert not scored_background(ade) and scored_background(voc)
+    _, _, words = resolve_queries(list(ade.classes[1:]), SegmentConfig(), scored_background(ade))
+    assert words == []
+    _, _, words = resolve_queries(list(voc.classes[1:]), SegmentConfig(), scored_background(voc))
+    assert len(words) > 0  # VOC21 scores its background: CLIP-ES's words

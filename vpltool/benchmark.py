@@ -56,7 +56,7 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
     from .data import open_dataset
     from .device import resolve_device
     from .eval import run_eval
-    from .segment import resolve_queries, run_segment
+    from .segment import resolve_queries, run_segment, scored_background
 
     unknown = [n for n in roots if n not in BENCHMARK_ORDER]
     if unknown:
@@ -70,7 +70,7 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
     datasets = {n: open_dataset(f"{n}={roots[n]}") for n in names}
     configs = {n: preset_config(method, n, overrides) for n in names}
     for n in names:  # the class files and queries too (a bad file for the last benchmark fails now, not in an hour)
-        resolve_queries(list(datasets[n].classes[1:]), configs[n])
+        resolve_queries(list(datasets[n].classes[1:]), configs[n], scored_background(datasets[n]))
     backbone = None
     miou: dict[str, float | None] = {}
     for n in names:
