@@ -205,3 +205,20 @@ def test_background_words_stay_out_of_a_benchmark_without_background(minis):
     assert words == []
     _, _, words = resolve_queries(list(voc.classes[1:]), SegmentConfig(), scored_background(voc))
     assert len(words) > 0  # VOC21 scores its background: CLIP-ES's words
+
+
+def test_several_methods_print_one_row_each(minis, tmp_path):
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    args = ["benchmark", "sclip,clearclip", "--root", f"voc20={minis['voc20']}", "--root",
+            f"coco-object={minis['coco-object']}", "-o", str(tmp_path / "out"), "--model", "vpl-test-vit",
+            "--pretrained", "none", "--device", "cpu", "--short-side", "32", "--slide-crop", "0"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.output.splitlines() if ln.startswith(("method", "sclip", "clearclip"))]
+    assert [row[0] for row in rows] == ["method", "sclip", "clearclip"] and rows[0][1:] == ["Object", "VOC20", "Avg"]
+    for m in ("sclip", "clearclip"):
+        table = json.loads((tmp_path / "out" / m / "table.json").read_text())
+        assert table["settings"]["voc20"]["class_file"] == f"{m}:voc20"

@@ -10,7 +10,7 @@ rank under torchrun as every per-image stage), and once every image of it has a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -42,15 +42,17 @@ def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | No
 
 def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path, spec: ModelSpec,
                   overrides: Mapping[str, Any] | None = None, runtime: RuntimeConfig = RuntimeConfig(), *,
-                  shard: tuple[int, int] | None = None, on_benchmark: Callable[[str], None] | None = None
-                  ) -> dict[str, Any]:
-    """Segment and score each benchmark of ``roots`` (name -> root) with ``method``'s preset for it.
+                  shard: tuple[int, int] | None = None, on_benchmark: Callable[[str], None] | None = None,
+                  backbone=None, keep: dict | None = None) -> dict[str, Any]:
+    """Segment and score each benchmark of ``roots`` (name -> root) with ``method``'s preset for it; ``backbone``:
+    a loaded CLIP of ``spec`` to reuse (each benchmark sets its ``--dense``), else loaded when there is work.
 
     Returns:
         ``{"method", "model", "columns": [names in the table's order], "miou": {name: fraction in [0, 1] or None
         (not scored yet: another rank's images are still to come)}, "mean": fraction or None (the mean over the
         benchmarks scored, None until all given are), "settings": {name: SegmentConfig fields}}``, also written to
-        ``<out>/table.json`` once every benchmark given is scored.
+        ``<out>/table.json`` once every benchmark given is scored. ``keep``: a dict that receives the CLIP loaded (or
+        given) as ``keep["backbone"]``, for the next method.
     """
     from .backbone import load_backbone
     from .data import open_dataset
@@ -71,7 +73,6 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
     configs = {n: preset_config(method, n, overrides) for n in names}
     for n in names:  # the class files and queries too (a bad file for the last benchmark fails now, not in an hour)
         resolve_queries(list(datasets[n].classes[1:]), configs[n], scored_background(datasets[n]))
-    backbone = None
     miou: dict[str, float | None] = {}
     for n in names:
         if on_benchmark:
@@ -92,7 +93,28 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
              "settings": {n: _config_dict(configs[n]) for n in names}}
     if table["mean"] is not None:
         io.write_json(out / "table.json", table, kind="benchmark-table")
+    if keep is not None:
+        keep["backbone"] = backbone
     return table
+
+
+def run_benchmarks(methods: Sequence[str], roots: Mapping[str, str | Path], out: str | Path, spec: ModelSpec,
+                   overrides: Mapping[str, Any] | None = None, runtime: RuntimeConfig = RuntimeConfig(), *,
+                   shard: tuple[int, int] | None = None,
+                   on_benchmark: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+    """:func:`run_benchmark` for each of ``methods`` (one CLIP loaded for all), every method's presets checked first;
+    one method writes into ``out``, several each into ``<out>/<method>/``. Returns their tables in order."""
+    for m in methods:
+        for n in (n for n in roots if n in BENCHMARK_ORDER):
+            preset_config(m, n, overrides)
+    keep: dict = {}
+    tables = []
+    for m in methods:
+        folder = Path(out) / m if len(methods) > 1 else Path(out)
+        tables.append(run_benchmark(m, roots, folder, spec, overrides, runtime, shard=shard, keep=keep,
+                                    backbone=keep.get("backbone"),
+                                    on_benchmark=None if on_benchmark is None else lambda n, m=m: on_benchmark(m, n)))
+    return tables
 
 
 def _config_dict(cfg: SegmentConfig) -> dict:
@@ -111,4 +133,4 @@ def format_row(table: Mapping[str, Any]) -> list[str]:
     return [head, row]
 
 
-__all__ = ["STAGE", "run_benchmark", "preset_config", "format_row"]
+__all__ = ["STAGE", "run_benchmark", "run_benchmarks", "preset_config", "format_row"]

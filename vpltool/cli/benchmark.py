@@ -38,8 +38,9 @@ _PRESET = "[default: the method's preset for each benchmark; `--presets` lists t
 @friendly_errors
 def benchmark_cmd(
     method: Annotated[Optional[str], typer.Argument(
-        help=f"The method: {' | '.join(BENCHMARK_PRESETS)} (those not in this vpltool's --dense list are listed by "
-             "--presets only).", show_default=False)] = None,
+        help=f"The method, or several comma-separated (one row each, in <out>/<method>/): "
+             f"{' | '.join(BENCHMARK_PRESETS)} (those not in this vpltool's --dense list are listed by --presets "
+             "only).", show_default=False)] = None,
     root: Annotated[Optional[list[str]], typer.Option(
         "--root", help=f"NAME=ROOT, once per benchmark (NAME: {', '.join(BENCHMARK_NAMES)}); e.g. "
         "voc21=data/VOCdevkit/VOC2012 (docs/benchmarks.md: the layouts).", show_default=False)] = None,
@@ -81,9 +82,10 @@ def benchmark_cmd(
     \b
     Example:
       vpltool benchmark naclip --root voc21=data/VOCdevkit/VOC2012 --root ade20k=data/ADEChallengeData2016 -o runs/b
+      vpltool benchmark naclip,sclip,clearclip --root voc20=data/VOCdevkit/VOC2012 -o runs/b
       vpltool benchmark --presets
     """
-    from ..benchmark import format_row, run_benchmark
+    from ..benchmark import format_row, run_benchmarks
     from ..config.benchmarks import presets_table
     from ..errors import VplError
 
@@ -107,10 +109,13 @@ def benchmark_cmd(
     overrides = {"logit_scale": logit_scale, "prob_threshold": prob_threshold, "area_threshold": area_threshold,
                  "short_side": short_side, "slide_crop": slide_crop, "slide_stride": slide_stride,
                  "pamr_steps": pamr_steps, "class_file": class_file, "attention": attention, "residual": residual}
-    table = run_benchmark(method, roots, out, model_spec(model, pretrained, model_config_dir), overrides,
-                          runtime(device, precision, batch_size, workers, False), shard=shard_of(shard),
-                          on_benchmark=lambda n: say(f"benchmark {method}: {n}"))
-    for line in format_row(table):
-        typer.echo(line)
-    if table["mean"] is None:
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), overrides,
+                            runtime(device, precision, batch_size, workers, False), shard=shard_of(shard),
+                            on_benchmark=lambda m, n: say(f"benchmark {m}: {n}"))
+    lines = [format_row(t) for t in tables]
+    typer.echo(lines[0][0])
+    for line in lines:
+        typer.echo(line[1])
+    if any(t["mean"] is None for t in tables):
         say("[yellow]some benchmarks are not scored yet (other shards still running); run again when they finish[/]")
