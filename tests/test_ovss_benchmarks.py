@@ -222,3 +222,22 @@ def test_several_methods_print_one_row_each(minis, tmp_path):
     for m in ("sclip", "clearclip"):
         table = json.loads((tmp_path / "out" / m / "table.json").read_text())
         assert table["settings"]["voc20"]["class_file"] == f"{m}:voc20"
+
+
+def test_two_shards_complete_the_table(minis, tmp_path):
+    """--shard 0/2 leaves each benchmark half done (not scored: '-'); --shard 1/2 completes and scores them."""
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    base = ["benchmark", "naclip", "--root", f"voc21={minis['voc21']}", "--root", f"ade20k={minis['ade20k']}",
+            "-o", str(tmp_path / "out"), "--model", "vpl-test-vit", "--pretrained", "none", "--device", "cpu",
+            "--short-side", "32", "--slide-crop", "0", "--pamr-steps", "0"]
+    first = CliRunner().invoke(app, [*base, "--shard", "0/2"])
+    assert first.exit_code == 0, first.output
+    row = next(ln for ln in first.output.splitlines() if ln.startswith("naclip")).split()
+    assert row[1:] == ["-", "-", "-"] and not (tmp_path / "out" / "table.json").exists()
+    second = CliRunner().invoke(app, [*base, "--shard", "1/2"])
+    assert second.exit_code == 0, second.output
+    row = next(ln for ln in second.output.splitlines() if ln.startswith("naclip")).split()
+    assert "-" not in row and (tmp_path / "out" / "table.json").is_file()
