@@ -147,6 +147,7 @@ def test_segment_with_a_class_file_writes_the_datasets_classes(minis, tiny_spec,
     assert record["params"]["class_queries"][3] == ["ship"] and len(record["params"]["background_words"]) == 26
 
 
+@pytest.mark.slow  # ~40 s on two shared cores: `make test` runs it, `make test-fast` not
 def test_the_table_command_prints_eight_columns_and_a_mean(tmp_path):
     """`make test`'s check: `vpltool benchmark` on the eight miniature layouts, tiny random CLIP, CPU."""
     from typer.testing import CliRunner
@@ -207,6 +208,7 @@ def test_background_words_stay_out_of_a_benchmark_without_background(minis):
     assert len(words) > 0  # VOC21 scores its background: CLIP-ES's words
 
 
+@pytest.mark.slow  # ~40 s on two shared cores: `make test` runs it, `make test-fast` not
 def test_several_methods_print_one_row_each(minis, tmp_path):
     from typer.testing import CliRunner
 
@@ -224,6 +226,7 @@ def test_several_methods_print_one_row_each(minis, tmp_path):
         assert table["settings"]["voc20"]["class_file"] == f"{m}:voc20"
 
 
+@pytest.mark.slow  # ~40 s on two shared cores: `make test` runs it, `make test-fast` not
 def test_two_shards_complete_the_table(minis, tmp_path):
     """--shard 0/2 leaves each benchmark half done (not scored: '-'); --shard 1/2 completes and scores them."""
     from typer.testing import CliRunner
