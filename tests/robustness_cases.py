@@ -3248,6 +3248,30 @@ def _choice_refine(ws: Workspace) -> Iterator[list[object]]:
     yield ["choose-pseudo", _choice_run(ws, "choice_refine"), "none", "caa", "--refine", "caa"]
 
 
+# --------------------------------------------------------------------------------------------- branch ovss-bench
+def _miniature(ws: Workspace, name: str) -> Path:
+    """Benchmark ``name``'s miniature layout under ``<ws>/benchmarks`` (made once)."""
+    from vpltool.data.miniature import make_miniature
+
+    return make_miniature(name, ws.root / "benchmarks")
+
+
+@case("a benchmark root of another layout (ADE20K pointed at VOC)", "benchmarks/VOC2012", "not a ade20k root",
+      "images/validation", "annotations/validation")
+def _benchmark_wrong_layout(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    yield ["segment", f"ade20k={root}", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a class file with an empty line", "classes_blank.txt", "line 3 is empty", "remove the line")
+def _class_file_blank_line(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    lines = ["background", "aeroplane", "", *[f"class {i}" for i in range(18)]]
+    (ws.root / "classes_blank.txt").write_text("\n".join(lines) + "\n")
+    yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", ws.root / "classes_blank.txt", *TINY,
+           *CPU]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
