@@ -398,8 +398,8 @@ parity: setup
 	$(if $(DENSE_REFS),$(VENV)/bin/python parity/dense_parity.py --ref $(DENSE_REFS) $(if $(DENSE_WORK),--work $(DENSE_WORK)) \
 	  > $(PARITY_OUT)/dense_parity.json.tmp && mv $(PARITY_OUT)/dense_parity.json.tmp $(PARITY_OUT)/dense_parity.json, \
 	  @echo "make parity: pass DENSE_REFS=/folder/of/clones (parity/README.md says which clones and commits)")
-	$(if $(OVSS_REFS),$(VENV)/bin/python parity/ovss-bench_parity.py --ref $(OVSS_REFS) \
-	  > $(PARITY_OUT)/ovss-bench_parity.json.tmp && mv $(PARITY_OUT)/ovss-bench_parity.json.tmp $(PARITY_OUT)/ovss-bench_parity.json)
+	$(if $(OVSS_REFS),$(VENV)/bin/python parity/benchmarks_parity.py --ref $(OVSS_REFS) \
+	  > $(PARITY_OUT)/benchmarks_parity.json.tmp && mv $(PARITY_OUT)/benchmarks_parity.json.tmp $(PARITY_OUT)/benchmarks_parity.json)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup

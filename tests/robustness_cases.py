@@ -3248,7 +3248,7 @@ def _choice_refine(ws: Workspace) -> Iterator[list[object]]:
     yield ["choose-pseudo", _choice_run(ws, "choice_refine"), "none", "caa", "--refine", "caa"]
 
 
-# --------------------------------------------------------------------------------------------- branch ovss-bench
+# --------------------------------------------------------------------------------------------- the eight benchmarks
 def _miniature(ws: Workspace, name: str) -> Path:
     """Benchmark ``name``'s miniature layout under ``<ws>/benchmarks`` (made once)."""
     from vpltool.data.miniature import make_miniature

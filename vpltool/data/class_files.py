@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import VplError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "class_files"
-# a reference -> the bundled set its configs/ ship (verified byte for byte: parity/results/ovss-bench_parity.json)
+# a reference -> the bundled set its configs/ ship (verified byte for byte: parity/results/benchmarks_parity.json)
 REFERENCE_SETS = {"sclip": "sclip", "naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "clearclip": "clearclip",
                   "maskclip": "clearclip", "none": "clearclip"}
 

@@ -1,7 +1,7 @@
-"""Read one reference clone's benchmark definitions from its OWN code: the reference half of `ovss-bench_parity.py`.
+"""Read one reference clone's benchmark definitions from its OWN code: the reference half of `benchmarks_parity.py`.
 
-    python ovss_bench_ref_runner.py --clone DIR --segmentor FILE.py > out.json
-    python ovss_bench_ref_runner.py --clone DIR --segmentor FILE.py --coco-raw RAW --coco-out OUT
+    python benchmarks_ref_runner.py --clone DIR --segmentor FILE.py > out.json
+    python benchmarks_ref_runner.py --clone DIR --segmentor FILE.py --coco-raw RAW --coco-out OUT
 
 It imports nothing from vpltool. From the clone, without the OpenMMLab packages:
 

@@ -1,11 +1,11 @@
 """vpltool's eight benchmarks, class files and per-benchmark presets against each reference's OWN code; prints ONE
 JSON object.
 
-    python parity/ovss-bench_parity.py --ref DIR
+    python parity/benchmarks_parity.py --ref DIR
 
 ``--ref DIR`` holds clones named ``NACLIP``, ``SCLIP``, ``ClearCLIP``, ``ProxyCLIP``, ``SC-CLIP``, ``CASS``,
 ``Trident`` (any case; a ``owner+name`` folder works too); a missing one is reported, not compared. Each clone is
-read in its own process by ``ovss_bench_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports
+read in its own process by ``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports
 of ``custom_datasets.py``; the configs are executed as the Python files they are; ``get_cls_idx`` runs alone).
 
 Compared, per reference:
@@ -164,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ref", type=Path, required=True, help="folder of the clones")
     a = ap.parse_args()
-    runner = Path(__file__).with_name("ovss_bench_ref_runner.py")
+    runner = Path(__file__).with_name("benchmarks_ref_runner.py")
     result: dict = {"refs": {}, "mismatches": [], "compared": 0, "missing": []}
     for method, (name, seg) in REFS.items():
         clone = find_clone(a.ref, name)
