@@ -212,3 +212,29 @@ def test_online_views_pad_black_at_a_random_offset(world):
         rows = np.nonzero(pixels.numpy().any(-1).any(1))[0]
         corners.add(int(rows[0]))
     assert len(corners) > 1  # not always the top-left corner
+
+
+def test_weclip_test_views_truncate_sizes_and_floor_to_patches(tiny_spec):
+    from vpltool.backbone import load_backbone
+    from vpltool.decoder import weclip_views
+
+    bb = load_backbone(tiny_spec, "cpu").with_normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    image = np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8)
+    v1, v075 = weclip_views(bb, image, 90, (1.0, 0.75))
+    # long side 90: 67 x 90 (67.5 truncated) -> 64 x 80 at patch 16; 0.75 of 67 x 90: 50 x 67 -> 48 x 64
+    assert v1.shape == (1, 3, 64, 80) and v075.shape == (1, 3, 48, 64)
+    full = bb.normalize(torch.from_numpy(image)[None])
+    expected = F.interpolate(full, size=(67, 90), mode="bilinear", align_corners=False)[..., :64, :80]
+    assert torch.allclose(v1, expected) and v1[0, 0].mean() < 1  # ImageNet-normalised
+
+
+def test_predict_picks_weclip_views_for_a_weclip_decoder(weclip_run, tmp_path):
+    auto = tmp_path / "auto"
+    run_predict(weclip_run / "decoder.safetensors", None, "val", auto, PredictConfig(), CPU)
+    bilinear = tmp_path / "bilinear"
+    run_predict(weclip_run / "decoder.safetensors", None, "val", bilinear, PredictConfig(resize="bilinear"), CPU)
+    names = sorted(p.name for p in auto.glob("*.png"))
+    assert len(names) == 3
+    same = [np.array_equal(io.read_mask(auto / n), io.read_mask(bilinear / n)) for n in names]
+    assert all(same)
+    assert "resize" not in json.loads((auto / "_stage.json").read_text())["params"]

@@ -223,7 +223,13 @@ def predict_cmd(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Average with the mirrored image.")] = _P.flip,
     long_side: Annotated[Optional[int], typer.Option(help="Input long side [default: 1.6 x training crop].",
                                                      show_default=False)] = _P.long_side,
-    crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters).")] = _P.crf,
+    resize: Annotated[str, typer.Option(help="Test views: auto (bilinear for a decoder of --recipe weclip, else "
+                                        "bicubic) | bicubic (the image, sides rounded up to the patch) | bilinear "
+                                        "(WeCLIP's test_msc_flip_voc.py: the normalised tensor, sides truncated, the "
+                                        "patch grid floored).")] = _P.resize,
+    crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters; WeCLIP's paper: "
+                                      "76.4 VOC val mIoU with it, 74.9 without, with --resize bilinear and the "
+                                      "default scales 1,0.75 + flip at long side 512).")] = _P.crf,
     crf_backend: Annotated[str, typer.Option(help="--crf: auto (torch on CUDA, pydensecrf on a CPU) | pydensecrf "
                                              "(on the writer thread, image by image) | torch (batched on --device)."
                                              )] = _P.crf_backend,
@@ -266,7 +272,8 @@ def predict_cmd(
     from ..predict import parse_class_names, run_predict
 
     cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
-                                   long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
+                                   long_side=long_side, resize=resize, crf=crf, crf_backend=crf_backend,
+                                   max_tokens=max_tokens,
                                    classes=None if classes is None else parse_class_names(classes), dense=dense,
                                    dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
                                    dense_stride=dense_stride))

@@ -214,6 +214,7 @@ def decoder_recipe(name: str = "vpl", **changes: Any) -> DecoderConfig:
     return override(DecoderConfig(recipe=name, **DECODER_RECIPES[name]), **changes)
 
 
+RESIZES = ("auto", "bicubic", "bilinear")  # predict's test views (PredictConfig.resize)
 MIN_SCALE = 0.1  # the smallest test scale: below it a view is a degenerate handful of patches
 
 
@@ -224,6 +225,10 @@ class PredictConfig:
     scales: tuple[float, ...] = (1.0, 0.75)
     flip: bool = True
     long_side: int | None = None  # input long side; None = 1.6 x the decoder's crop (WeCLIP: crop 320, test 512)
+    # test views: auto (bilinear for a decoder of --recipe weclip, else bicubic) | bicubic (the uint8 image, PIL,
+    # sides rounded up to the patch) | bilinear (WeCLIP's test_msc_flip_voc.py: the normalised tensor, sides
+    # truncated, the patch grid floored)
+    resize: str = "auto"
     crf: bool = False  # test-time dense CRF on the softmaxed logits (needs the crf extra)
     max_tokens: int = MAX_TOKENS  # a test view with more patch tokens is refused before its forward (check_tokens)
     # open vocabulary: score these class names (text prototypes from the decoder's CLIP) instead of the trained W;
@@ -247,6 +252,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         choice("--crf-backend", self.crf_backend, CRF_BACKENDS)
+        choice("--resize", self.resize, RESIZES)
         choice("--dense", self.dense, DENSE_CHOICES)
         if self.dense != "none":
             self.segment_config()  # its one-line errors now
@@ -273,10 +279,12 @@ class PredictConfig:
         if self.dense == "none":
             out = {k: "without --dense" for k in ("dense", "dense_side", "dense_threshold", "dense_crop",
                                                    "dense_stride")}
+            if self.resize == "auto":  # not recorded: folders made before the option resume
+                out["resize"] = "the decoder's recipe's"
             if not self.crf:
                 out.update({k: "without --crf" for k in crf_fields})
             return out
-        unused = ("scales", "flip", "long_side", "crf", *crf_fields)
+        unused = ("scales", "flip", "long_side", "resize", "crf", *crf_fields)
         return {k: f"with --dense {self.dense} (the decoder does not run)" for k in unused}
 
     def segment_config(self):
