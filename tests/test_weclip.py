@@ -238,3 +238,18 @@ def test_predict_picks_weclip_views_for_a_weclip_decoder(weclip_run, tmp_path):
     same = [np.array_equal(io.read_mask(auto / n), io.read_mask(bilinear / n)) for n in names]
     assert all(same)
     assert "resize" not in json.loads((auto / "_stage.json").read_text())["params"]
+
+
+def test_par_neighbours_are_the_one_hot_dilated_convolution_exactly():
+    from vpltool.train_decoder.online import NEIGHBOURS, _neighbours
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 17)
+    kernel = torch.zeros(8, 1, 3, 3)
+    for k, (i, j) in enumerate(NEIGHBOURS):
+        kernel[k, 0, i, j] = 1
+    expected = []
+    for d in (1, 2, 4):  # WeCLIP PAR.py:get_dilated_neighbors
+        padded = F.pad(x, [d] * 4, mode="replicate").reshape(6, 1, 11 + 2 * d, 17 + 2 * d)
+        expected.append(F.conv2d(padded, kernel, dilation=d).view(2, 3, -1, 11, 17))
+    assert torch.equal(_neighbours(x, (1, 2, 4)), torch.cat(expected, dim=2))

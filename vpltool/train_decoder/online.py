@@ -50,24 +50,19 @@ PAR_W1, PAR_W2 = 0.3, 0.01  # PAR.py: the colour affinity's scale and the weight
 
 
 # --------------------------------------------------------------------------------------------- PAR
-def _par_kernel(device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``[8, 1, 3, 3]``: one-hot picks of the 8 neighbours of a 3 x 3 window (PAR.py:get_kernel's order)."""
-    kernel = torch.zeros(8, 1, 3, 3, device=device, dtype=dtype)
-    for k, (i, j) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]):
-        kernel[k, 0, i, j] = 1
-    return kernel
+NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))  # PAR.py:get_kernel's order
 
 
 def _neighbours(x: Tensor, dilations: Sequence[int]) -> Tensor:
     """``[B, C, H, W]`` -> ``[B, C, 8 * len(dilations), H, W]``: each pixel's 8 neighbours at every dilation
-    (replicated border)."""
-    b, c, h, w = x.shape
-    kernel = _par_kernel(x.device, x.dtype)
+    (replicated border), in PAR.py's order. Slices of the padded tensor: the values of PAR's one-hot dilated
+    convolution exactly (a product by 1 and sums of zeros), without its multiply-adds."""
+    h, w = x.shape[-2:]
     out = []
     for d in dilations:
-        padded = F.pad(x, [d] * 4, mode="replicate").reshape(b * c, 1, h + 2 * d, w + 2 * d)
-        out.append(F.conv2d(padded, kernel, dilation=d).view(b, c, -1, h, w))
-    return torch.cat(out, dim=2)
+        padded = F.pad(x, [d] * 4, mode="replicate")
+        out += [padded[..., i * d:i * d + h, j * d:j * d + w] for i, j in NEIGHBOURS]
+    return torch.stack(out, dim=2)
 
 
 def par(image: Tensor, masks: Tensor, dilations: Sequence[int] = PAR_DILATIONS, iters: int = 20) -> Tensor:
