@@ -253,3 +253,17 @@ def test_par_neighbours_are_the_one_hot_dilated_convolution_exactly():
         padded = F.pad(x, [d] * 4, mode="replicate").reshape(6, 1, 11 + 2 * d, 17 + 2 * d)
         expected.append(F.conv2d(padded, kernel, dilation=d).view(2, 3, -1, 11, 17))
     assert torch.equal(_neighbours(x, (1, 2, 4)), torch.cat(expected, dim=2))
+
+
+def test_weclip_learning_rate_is_polywarmupadamw():
+    cfg = decoder_recipe("weclip", iters=1000)
+
+    def weclip(t: int) -> float:  # WeCLIP utils/optimizer.py:PolyWarmupAdamW.step, decoder group (2e-4 x 10)
+        if t < 50:
+            return 2e-3 * (1 - (1 - t / 50) * (1 - 1e-6))
+        return 2e-3 * (1 - t / 1000) ** 1.0
+
+    from vpltool.train_decoder import lr_at
+
+    assert lr_at(cfg, 0) == pytest.approx(2e-9)
+    assert all(lr_at(cfg, t) == pytest.approx(weclip(t), rel=1e-12) for t in (0, 1, 25, 49, 50, 51, 500, 999))

@@ -82,6 +82,9 @@ class DecoderConfig:
     momentum: float = 0.9  # SGD momentum; AdamW uses betas (0.9, 0.999)
     weight_decay: float = 1e-4
     warmup_iters: int = 50  # linear warm-up (WeCLIP's 50) before the poly decay: transformer layers from scratch
+    # None: lr x (t+1)/warmup_iters x poly; a ratio r: WeCLIP's PolyWarmupAdamW, lr x (1 - (1 - t/warmup_iters)(1 - r))
+    # during the warm-up (no poly), then lr x poly (WeCLIP: r = 1e-6)
+    warmup_ratio: float | None = None
     poly_power: float = 0.9  # lr x (1 - t/T)^power
     batch_size: int = 6  # per process; the global batch is batch_size x world size
     iters: int = 30000
@@ -123,6 +126,8 @@ class DecoderConfig:
         require(self.pseudo == "offline" or not self.cache_features,
                 "online pseudo masks need every crop's CLIP pass; drop --cache-features")
         non_negative("--lambda-aff", self.lambda_aff, MAX_LOSS_WEIGHT)
+        if self.warmup_ratio is not None:
+            fraction("warmup_ratio", self.warmup_ratio)
         at_least("aff_radius", self.aff_radius, 0)  # fields without an option: named as fields
         fraction("box_threshold", self.box_threshold)
         for option, value in (("cam_blocks", self.cam_blocks), ("rfm_blocks", self.rfm_blocks),
@@ -199,7 +204,7 @@ DECODER_RECIPES: dict[str, dict[str, Any]] = {
     "weclip": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "poly_power": 1.0, "batch_size": 4,
                "loss": "balanced", "lambda_rsc": 0.0, "classifier": "conv", "block_norm": False,
                "activation": "quick_gelu", "pseudo": "online", "normalization": "imagenet", "padding": "black",
-               "lambda_aff": 0.1},
+               "lambda_aff": 0.1, "warmup_ratio": 1e-6},
     # a CPU finishes in minutes: features cached once (no CLIP forward per iteration), small crops and decoder,
     # AdamW (converges in hundreds of steps); for trying the pipeline on a laptop, not for the paper's numbers
     "cpu": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "iters": 600, "batch_size": 8, "crop_size": 224,
