@@ -267,3 +267,17 @@ def test_weclip_learning_rate_is_polywarmupadamw():
 
     assert lr_at(cfg, 0) == pytest.approx(2e-9)
     assert all(lr_at(cfg, t) == pytest.approx(weclip(t), rel=1e-12) for t in (0, 1, 25, 49, 50, 51, 500, 999))
+
+
+def test_online_mask_boxes_on_the_device_are_opencvs():
+    from vpltool.cam.caa import box_mask, box_masks
+
+    torch.manual_seed(3)
+    cams = torch.rand(5, 9, 11) ** 3  # scattered peaks: several contours per map, some at the border
+    cams[0] = 0  # an empty map: no box
+    opencv = torch.from_numpy(np.stack([box_mask(c, 0.4, parity=True) for c in cams.numpy()]))
+    assert torch.equal(box_masks(cams, 0.4, parity=True), opencv)
+    attention = torch.rand(8, 99, 99)
+    image = torch.randn(3, 16 * 9, 16 * 11)
+    given = online_pseudo_mask(cams[1:3], [2, 5], attention, image, par_iters=3, boxes=opencv[1:3])
+    assert torch.equal(online_pseudo_mask(cams[1:3], [2, 5], attention, image, par_iters=3), given)

@@ -10,7 +10,7 @@ Per training crop and iteration (``model_attn_aff_voc.py:forward``, ``clip/clip_
    most the mean difference, averaged, times that affinity.
 3. CAA's transition matrix of it (:func:`vpltool.cam.caa.affinity`, CLIP-ES's arithmetic without a floor), each
    class's map propagated inside the union of its boxes at threshold 0.4 (CLIP-ES's ``scoremap2bbox``, its border
-   clipping included: :func:`vpltool.cam.caa.box_mask` with ``parity``).
+   clipping included: :func:`vpltool.cam.caa.box_masks` with ``parity``, OpenCV's boxes on the device).
 4. Min-max per map, bilinear to the crop, background ``(1 - max_k)^1``, PAR (20 iterations, dilations 1, 2, 4, 8,
    12, 24: :func:`par`) on the normalised crop, argmax: labels ``[S, S]`` with no ignored pixel.
 
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .. import io
 from ..batches import die_with_parent
-from ..cam.caa import affinity, box_mask
+from ..cam.caa import affinity, box_masks
 from ..cam.gradcam import PrototypeRows
 from ..config import IGNORE_INDEX, DecoderConfig
 from ..decoder.losses import balanced_ce_loss, ce_loss, upsample_logits
@@ -124,7 +124,7 @@ def propagation_attention(attention: Tensor, seg_affinity: Tensor | None, mean_b
 def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, image: Tensor,
                        seg_affinity: Tensor | None = None, *, box_threshold: float = 0.4, mean_blocks: int = 8,
                        rfm_blocks: int = 6, par_iters: int = 20,
-                       par_dilations: Sequence[int] = PAR_DILATIONS) -> Tensor:
+                       par_dilations: Sequence[int] = PAR_DILATIONS, boxes: Tensor | None = None) -> Tensor:
     """WeCLIP's pseudo label of one training crop.
 
     Args:
@@ -133,6 +133,8 @@ def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, 
         attention: ``[N, hw, hw]`` (:func:`propagation_attention`).
         image: ``[3, S, S]`` the normalised crop the CLIP saw (S = 16 h for ViT-B/16).
         seg_affinity: ``[hw, hw]`` the decoder's affinity for RFM, or None.
+        boxes: ``[K, h, w]`` the maps' box masks when already made (:func:`vpltool.cam.caa.box_masks` of a whole
+            batch, on the device); None = made here.
 
     Returns:
         ``[S, S]`` int64 labels in 0..C (0 = background; no ignored pixel); all background when K = 0.
@@ -143,8 +145,9 @@ def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, 
     cams = cams.float()
     k, h, w = cams.shape
     trans = affinity(propagation_attention(attention, seg_affinity, mean_blocks, rfm_blocks), exact=True)
-    boxes = np.stack([box_mask(c, box_threshold, parity=True) for c in cams.detach().cpu().numpy()])
-    boxes = torch.from_numpy(boxes).to(trans.device).flatten(1)  # [K, hw]
+    if boxes is None:  # CLIP-ES's scoremap2bbox (its border clipping included), on the device
+        boxes = box_masks(cams.detach(), box_threshold, parity=True)
+    boxes = boxes.to(trans.device).flatten(1)  # [K, hw]
     flat = cams.to(trans.device).flatten(1)  # [K, hw]
     refined = torch.stack([(trans * boxes[i][None]) @ flat[i] for i in range(k)]).view(k, h, w)
     refined = F.interpolate(minmax(refined)[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -292,13 +295,15 @@ def online_masks(bb, frozen: FrozenOnline, labels: Sequence[Sequence[int]], rows
     """``[B, S, S]`` int64 online pseudo labels of a batch (:func:`online_pseudo_mask` per crop) from its frozen
     pass; ``seg_affinity`` ``[B, hw, hw]`` (RFM) or None."""
     cam = bb.gradcam_batch(frozen.last_input, frozen.grid, rows.for_labels(labels), temperature, layer="input")
+    boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)  # every map's at once, no host round trip
     out = []
     for b, classes in enumerate(labels):
         attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
         out.append(online_pseudo_mask(
             cam.image_maps(b), list(classes), attention, pixels[b],
             None if seg_affinity is None else seg_affinity[b], box_threshold=cfg.box_threshold,
-            mean_blocks=cfg.cam_blocks, rfm_blocks=cfg.rfm_blocks, par_iters=cfg.par_iters))
+            mean_blocks=cfg.cam_blocks, rfm_blocks=cfg.rfm_blocks, par_iters=cfg.par_iters,
+            boxes=boxes[cam.offsets[b]:cam.offsets[b + 1]]))
     return torch.stack(out)
 
 
