@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import io, presets
-from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .backbone import ClipBackbone, DinoSpec, ModelSpec, check_model, load_backbone, load_model
 from .batches import (
     BackgroundWriter,
     BatchRunner,
@@ -214,6 +214,10 @@ def run_predict(
         return _predict_dense(decoder_file, dataset, out, cfg, runtime, device, dtype, shard, on_item, on_start,
                               backbone)
     model, f = load_decoder(decoder_file, device)
+    if model.dino_width is not None:  # WeCLIP+: its frozen DINO, checked (one line offline) before any output
+        spec = DinoSpec(model.cfg.dino_model, model.cfg.dino_weights)
+        check_model("dino", spec)
+        model.dino_backbone = load_model("dino", spec, device)
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
         if model.cfg.classifier == "conv":

@@ -75,6 +75,15 @@ class DecoderConfig:
     rfm_blocks: int = 6  # RFM: the last 6 maps, filtered by the decoder's affinity
     rfm_start: int | None = None  # RFM from this iteration on; None = iters // 2 (WeCLIP: 15,000 of 30,000)
     par_iters: int = 20  # online masks: PAR rounds (dilations 1, 2, 4, 8, 12, 24)
+    # WeCLIP+ (--recipe weclip+, WeCLIP+/ of the same repository): a frozen DINO beside the CLIP, one shared decoder
+    dino_model: str | None = None  # a timm ViT name; None = no DINO branch (WeCLIP+: DINOv2 ViT-S/14)
+    dino_weights: str = "hub"  # hub (timm's, from the local cache offline) | FILE | none (random)
+    read_blocks: int = 0  # the decoder reads the last n of the blocks before the last; 0 = all (WeCLIP+: 1)
+    cam_input_back: int = 1  # GradCAM re-runs the last block on block L-1-n's output (WeCLIP 1; WeCLIP+'s code 2)
+    self_label_start: int | None = None  # with DINO: confident predictions replace the online labels after this
+    self_label_threshold: float = 0.75  # iteration (None = 0.6 iters, WeCLIP+'s 18,000 of 30,000) above this
+    lambda_dice: float = 0.0  # with DINO: Dice loss of the mean logits (WeCLIP+: 1)
+    lambda_cross: float = 0.0  # with DINO: each branch's balanced CE on the other's arg-max (WeCLIP+: 0.1)
     # optimisation
     recipe: str = "vpl"  # vpl | weclip | cpu: which preset the other fields came from (recorded, not read)
     optimizer: str = "sgd"  # sgd | adamw
@@ -128,6 +137,15 @@ class DecoderConfig:
         non_negative("--lambda-aff", self.lambda_aff, MAX_LOSS_WEIGHT)
         if self.warmup_ratio is not None:
             fraction("warmup_ratio", self.warmup_ratio)
+        require(self.dino_model is None or self.pseudo == "online",
+                "--dino-model: the DINO branch is WeCLIP+'s, trained on online masks; use --recipe weclip+")
+        require(self.dino_model is None or bool(self.dino_model.strip()), "--dino-model is empty: give a timm ViT")
+        at_least("read_blocks", self.read_blocks, 0)
+        at_least("cam_input_back", self.cam_input_back, 1)
+        at_least("self_label_start", self.self_label_start, 0, allow_none=True)
+        fraction("self_label_threshold", self.self_label_threshold)
+        non_negative("lambda_dice", self.lambda_dice, MAX_LOSS_WEIGHT)
+        non_negative("lambda_cross", self.lambda_cross, MAX_LOSS_WEIGHT)
         at_least("aff_radius", self.aff_radius, 0)  # fields without an option: named as fields
         fraction("box_threshold", self.box_threshold)
         for option, value in (("cam_blocks", self.cam_blocks), ("rfm_blocks", self.rfm_blocks),
@@ -177,12 +195,22 @@ class DecoderConfig:
             out["aff_radius"] = "with --lambda-aff 0"
         if self.pseudo == "offline":
             out.update({name: "with offline pseudo masks" for name in ("box_threshold", "cam_blocks", "rfm_blocks",
-                                                                        "rfm_start", "par_iters")})
+                                                                        "rfm_start", "par_iters", "cam_input_back")})
+        if self.dino_model is None:
+            out.update({name: "without --dino-model" for name in ("dino_model", "dino_weights", "self_label_start",
+                                                                   "self_label_threshold", "lambda_dice",
+                                                                   "lambda_cross")})
         return out
 
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         """The mean / std the frozen CLIP is fed at training and test (``normalization``); None = the CLIP's own."""
         return (IMAGENET_MEAN, IMAGENET_STD) if self.normalization == "imagenet" else None
+
+    @property
+    def self_label_from(self) -> int:
+        """WeCLIP+: the first (0-based) iteration whose labels take the confident predictions (its
+        ``n_iter > 18000`` of 30,000: 0.6 of the schedule, from the iteration after)."""
+        return (self.iters * 3) // 5 + 1 if self.self_label_start is None else self.self_label_start
 
     @property
     def rfm_from(self) -> int:
@@ -205,6 +233,16 @@ DECODER_RECIPES: dict[str, dict[str, Any]] = {
                "loss": "balanced", "lambda_rsc": 0.0, "classifier": "conv", "block_norm": False,
                "activation": "quick_gelu", "pseudo": "online", "normalization": "imagenet", "padding": "black",
                "lambda_aff": 0.1, "warmup_ratio": 1e-6},
+    # WeCLIP+ (WeCLIP+/WeCLIP_Plus/model_attn_aff_voc.py, scripts/dist_clip_voc.py, configs/voc_attn_reg.yaml): WeCLIP's
+    # recipe with a frozen DINOv2 ViT-S/14 beside the CLIP; decoder lr 2e-4 (base 2e-5 x 10); the CLIP's last block
+    # before the last read alone; RFM from the first iteration over the last 6 maps; CAMs times the decoders' mean
+    # softmax, no boxes; Dice + 0.1 x cross-branch CE; confident predictions (> 0.75) as labels after 0.6 iters
+    "weclip+": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.01, "poly_power": 1.0, "batch_size": 4,
+                "loss": "balanced", "lambda_rsc": 0.0, "classifier": "conv", "block_norm": False,
+                "activation": "quick_gelu", "pseudo": "online", "normalization": "imagenet", "padding": "black",
+                "lambda_aff": 0.1, "warmup_ratio": 1e-6, "dino_model": "vit_small_patch14_dinov2.lvd142m",
+                "read_blocks": 1, "cam_input_back": 2, "rfm_start": 0, "cam_blocks": 6, "lambda_dice": 1.0,
+                "lambda_cross": 0.1},
     # a CPU finishes in minutes: features cached once (no CLIP forward per iteration), small crops and decoder,
     # AdamW (converges in hundreds of steps); for trying the pipeline on a laptop, not for the paper's numbers
     "cpu": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "iters": 600, "batch_size": 8, "crop_size": 224,

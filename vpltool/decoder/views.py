@@ -98,8 +98,10 @@ def decoder_forward(bb, model: SegDecoder, blocks: Sequence[int], dtype: torch.d
 
     def forward(batch: Tensor) -> Tensor:
         feats = block_features(bb, batch, blocks, dtype)
+        dino = getattr(model, "dino_backbone", None) if getattr(model, "dino_width", None) else None
+        tokens = None if dino is None else dino.patch_tokens(dino.resized(batch))  # WeCLIP+: the DINO's view
         with torch.no_grad(), autocast(bb.device, dtype):
-            return model(feats)[1]
+            return model(feats)[1] if tokens is None else model(feats, tokens)[1]
 
     return forward
 
