@@ -459,8 +459,8 @@ help:
 WECLIP_SEEDS ?= 0 1 2
 WECLIP_ITERS ?= $(DEC_ITERS)
 WECLIP_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16
-## WeCLIP's recipe on the demo world over WECLIP_SEEDS decoder seeds; val mIoU per seed, then mean ± spread
-weclip: $(foreach s,$(WECLIP_SEEDS),$(RUN)/metrics/weclip_seed$(s).json)
+## WeCLIP's and WeCLIP+'s (toy DINO) recipes on the demo world over WECLIP_SEEDS decoder seeds; mean ± spread
+weclip: $(foreach s,$(WECLIP_SEEDS),$(RUN)/metrics/weclip_seed$(s).json $(RUN)/metrics/weclipplus_seed$(s).json)
 	$(VENV)/bin/python studies/weclip_demo.py $(RUN) --seeds $(WECLIP_SEEDS)
 $(RUN)/weclip_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DATA_DEP)
 	$(VPL) train-decoder $(DATA) -p $< -o $(@D) --recipe weclip --split $(TRAIN_SPLIT) --iters $(WECLIP_ITERS) \
@@ -468,4 +468,12 @@ $(RUN)/weclip_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DA
 $(RUN)/weclip_seed%/pred_val/_stage.json: $(RUN)/weclip_seed%/decoder.safetensors
 	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
 $(RUN)/metrics/weclip_seed%.json: $(RUN)/weclip_seed%/pred_val/_stage.json
+	$(VPL) eval $(<D) --json $@ --overwrite
+$(RUN)/weclipplus_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DATA_DEP)
+	$(VPL) train-decoder $(DATA) -p $< -o $(@D) --recipe weclip+ --dino-model $(DINO_MODEL) \
+	  --dino-weights $(DINO_WEIGHTS) --split $(TRAIN_SPLIT) --iters $(WECLIP_ITERS) $(WECLIP_ARGS) --seed $* \
+	  --device $(DEVICE) --overwrite
+$(RUN)/weclipplus_seed%/pred_val/_stage.json: $(RUN)/weclipplus_seed%/decoder.safetensors
+	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
+$(RUN)/metrics/weclipplus_seed%.json: $(RUN)/weclipplus_seed%/pred_val/_stage.json
 	$(VPL) eval $(<D) --json $@ --overwrite

@@ -1,7 +1,9 @@
-"""`make weclip`'s summary: val mIoU of WeCLIP's recipe over decoder seeds (mean ± spread) beside VPL's decoder.
+"""`make weclip`'s summary: val mIoU of WeCLIP's and WeCLIP+'s recipes over decoder seeds (mean ± spread) beside
+VPL's decoder.
 
-Reads RUN/metrics/weclip_seed<S>.json (`vpltool eval --json` of each seed's val masks) and, when there,
-RUN/metrics/pred_val.json (VPL's decoder, `make predict`); prints one JSON object. Spread = max - min.
+Reads RUN/metrics/weclip_seed<S>.json and weclipplus_seed<S>.json (`vpltool eval --json` of each seed's val
+masks) and, when there, RUN/metrics/pred_val.json (VPL's decoder, `make predict`); prints one JSON object.
+Spread = max - min.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, required=True)
     args = parser.parse_args()
     metrics = args.run / "metrics"
-    per_seed = {s: miou(metrics / f"weclip_seed{s}.json") for s in args.seeds}
-    values = [v for v in per_seed.values() if v is not None]
-    out = {"weclip_val_miou": per_seed,
-           "weclip_mean": statistics.fmean(values) if values else None,
-           "weclip_spread": max(values) - min(values) if values else None,
-           "vpl_decoder_val_miou": miou(metrics / "pred_val.json")}
+    out = {}
+    for name, stem in (("weclip", "weclip_seed"), ("weclip+", "weclipplus_seed")):
+        per_seed = {s: miou(metrics / f"{stem}{s}.json") for s in args.seeds}
+        values = [v for v in per_seed.values() if v is not None]
+        out[name] = {"val_miou": per_seed, "mean": statistics.fmean(values) if values else None,
+                     "spread": max(values) - min(values) if values else None}
+    out["vpl_decoder_val_miou"] = miou(metrics / "pred_val.json")
     print(json.dumps(out, indent=1))
 
 

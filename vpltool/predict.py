@@ -252,7 +252,7 @@ def run_predict(
             long_side = input_long_side(cfg.long_side, f.meta("decoder_config")["crop_size"])
             for item, size in zip(todo_items, sizes):
                 _check_tokens(bb, item.image, size, long_side, cfg)
-            weclip = cfg.resize == "bilinear" or (cfg.resize == "auto" and model.cfg.recipe == "weclip")
+            weclip = cfg.resize == "bilinear" or (cfg.resize == "auto" and model.cfg.recipe in ("weclip", "weclip+"))
             run = _predict_weclip if weclip else _predict
             run(bb, model, arch["blocks"], todo_items, sizes, long_side, out, cfg, runtime, dtype, overlays, on_item)
         folder.finish(ids, io.mask_path, classes=classes)

@@ -230,10 +230,10 @@ def predict_cmd(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Average with the mirrored image.")] = _P.flip,
     long_side: Annotated[Optional[int], typer.Option(help="Input long side [default: 1.6 x training crop].",
                                                      show_default=False)] = _P.long_side,
-    resize: Annotated[str, typer.Option(help="Test views: auto (bilinear for a decoder of --recipe weclip, else "
-                                        "bicubic) | bicubic (the image, sides rounded up to the patch) | bilinear "
-                                        "(WeCLIP's test_msc_flip_voc.py: the normalised tensor, sides truncated, the "
-                                        "patch grid floored).")] = _P.resize,
+    resize: Annotated[str, typer.Option(help="Test views: auto (bilinear for a decoder of --recipe weclip or "
+                                        "weclip+, else bicubic) | bicubic (the image, sides rounded up to the "
+                                        "patch) | bilinear (WeCLIP's test_msc_flip_voc.py: the normalised tensor, "
+                                        "sides truncated, the patch grid floored).")] = _P.resize,
     crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters; WeCLIP's paper: "
                                       "76.4 VOC val mIoU with it, 74.9 without, with --resize bilinear and the "
                                       "default scales 1,0.75 + flip at long side 512).")] = _P.crf,

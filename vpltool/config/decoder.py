@@ -268,8 +268,8 @@ class PredictConfig:
     scales: tuple[float, ...] = (1.0, 0.75)
     flip: bool = True
     long_side: int | None = None  # input long side; None = 1.6 x the decoder's crop (WeCLIP: crop 320, test 512)
-    # test views: auto (bilinear for a decoder of --recipe weclip, else bicubic) | bicubic (the uint8 image, PIL,
-    # sides rounded up to the patch) | bilinear (WeCLIP's test_msc_flip_voc.py: the normalised tensor, sides
+    # test views: auto (bilinear for a decoder of --recipe weclip / weclip+, else bicubic) | bicubic (the uint8
+    # image, PIL, sides rounded up to the patch) | bilinear (WeCLIP's test_msc_flip_voc.py: the normalised tensor, sides
     # truncated, the patch grid floored)
     resize: str = "auto"
     crf: bool = False  # test-time dense CRF on the softmaxed logits (needs the crf extra)
