@@ -139,6 +139,8 @@ def test_recipe_records_conv_classifier_rsc_off_and_online_settings():
         decoder_recipe("weclip", lambda_rsc=1.0)
     with pytest.raises(VplError, match="conv"):
         DecoderConfig(lambda_aff=0.1)
+    with pytest.raises(VplError, match="--compile none"):
+        decoder_recipe("weclip", compile="default")
 
 
 # --------------------------------------------------------------------------------------------- end to end

@@ -130,6 +130,8 @@ class DecoderConfig:
                 "online pseudo masks (WeCLIP) train WeCLIP's conv classifier; give --classifier conv")
         require(self.pseudo == "offline" or not self.include_last_block,
                 "online pseudo masks re-run the last CLIP block for GradCAM; the decoder reads the blocks before it")
+        require(self.pseudo == "offline" or self.compile == "none",
+                "--compile: online pseudo masks (WeCLIP) run GradCAM and PAR in each iteration; use --compile none")
         require(self.pseudo == "offline" or not self.ignore_classes,
                 "--ignore-classes holds classes out of offline pseudo masks; online masks (WeCLIP) take none")
         require(self.pseudo == "offline" or not self.cache_features,

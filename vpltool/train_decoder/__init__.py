@@ -486,6 +486,9 @@ def run_train_decoder(
         check_supervision(pairs, pseudo_dir, len(dataset.classes))
     with process_group(runtime.device) as (rank, world, device):
         batches_per_epoch(len(pairs), cfg.batch_size, world, pseudo_dir)  # before anything is created
+        if world > 1 and cfg.dino_model:
+            raise VplError("--recipe weclip+ trains in one process (its two-branch step runs outside "
+                           "DistributedDataParallel); run it without torchrun")
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
