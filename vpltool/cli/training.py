@@ -55,13 +55,19 @@ def _opt(help_text: str, name: str, **kw) -> Any:
 @friendly_errors
 @all_ranks
 def train_decoder_cmd(
-    pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored).")],
+    pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored); with --recipe "
+                                           "weclip the dataset itself (image labels only: WeCLIP makes its masks "
+                                           "online, per crop and iteration).")],
     prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="Vision (or text) prototypes W; also "
-                                             "names the frozen CLIP.")],
+                                             "names the frozen CLIP. With --recipe weclip the text prototypes "
+                                             "GradCAM scores (WeCLIP: text-prototypes --templates clip-es, \"a clean "
+                                             "origami {}.\", with background words).")],
     out: OutDir,
     recipe: Annotated[Optional[str], typer.Option(
-        help="vpl (the paper: SGD 0.9, wd 1e-4, batch 6, 30k iterations at crop 320: GPU hours) | weclip (AdamW, "
-        "balanced CE) | cpu (minutes on a CPU: cached features, small decoder and crops; for trying the pipeline, "
+        help="vpl (the paper: SGD 0.9, wd 1e-4, batch 6, 30k iterations at crop 320: GPU hours) | weclip (WeCLIP's "
+        "code: online pseudo masks by GradCAM, attention propagation with RFM after half the iterations and PAR; a "
+        "1x1 conv classifier; balanced CE + 0.1 x affinity loss; AdamW; ImageNet mean/std; no RSC) | cpu "
+        "(minutes on a CPU: cached features, small decoder and crops; for trying the pipeline, "
         f"not for the paper's numbers) [default: {_D.recipe}; on a CPU without --iters, a warning with the time it "
         "will take].",
         show_default=False)] = None,
@@ -84,6 +90,21 @@ def train_decoder_cmd(
                                                           "(their pixels ignored, their row dropped): for "
                                                           "open-vocabulary tests with predict --classes.")] = None,
     loss: Annotated[Optional[str], _opt("ce | balanced.", "loss")] = None,
+    classifier: Annotated[Optional[str], _opt("prototypes (cosine to W, VPL) | conv (a free 1x1 conv to the classes, "
+                                              "WeCLIP; needs --lambda-rsc 0).", "classifier")] = None,
+    lambda_aff: Annotated[Optional[float], _opt("WeCLIP's affinity loss weight (sigmoid(F^T F) of the fused features "
+                                                "against equal pseudo labels within 8 patches); needs --classifier "
+                                                "conv.", "lambda_aff")] = None,
+    dino_model: Annotated[Optional[str], typer.Option(help="With --recipe weclip+: the frozen DINO beside the CLIP, a "
+                                                      "timm ViT [default: vit_small_patch14_dinov2.lvd142m, "
+                                                      "WeCLIP+'s DINOv2 ViT-S/14].", show_default=False)] = None,
+    dino_weights: Annotated[Optional[str], typer.Option(help="Its weights: hub (timm's, from the local cache "
+                                                        "offline) | FILE | none (random) [default: hub].",
+                                                        show_default=False)] = None,
+    rfm_start: Annotated[Optional[int], typer.Option(help="With --recipe weclip: RFM (the decoder's affinity "
+                                                     "filters the attention that propagates the CAMs) from this "
+                                                     "iteration on [default: iters / 2, WeCLIP's 15,000 of "
+                                                     "30,000].", show_default=False)] = None,
     dim: Annotated[Optional[int], _opt("Decoder width.", "dim")] = None,
     layers: Annotated[Optional[int], _opt("Decoder transformer layers.", "layers")] = None,
     heads: Annotated[Optional[int], _opt("Attention heads.", "heads")] = None,
@@ -105,6 +126,8 @@ def train_decoder_cmd(
                                            "reduce-overhead (also CUDA graphs); minutes of compiling, for long GPU "
                                            "runs.", "compile")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", "-s", help="With --recipe weclip: the dataset split to "
+                                                 "train on [default: train].", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
                                          "start when there is none).")] = False,
     tensorboard: Annotated[Optional[Path], typer.Option(
@@ -137,7 +160,9 @@ def train_decoder_cmd(
                          proto_temperature=proto_temperature, proto_clusters=proto_clusters, proto_every=proto_every,
                          ignore_classes=None if ignore_classes is None else tuple(
                              c.strip() for c in ignore_classes.split(",") if c.strip()),
-                         loss=loss, dim=dim, layers=layers, heads=heads,
+                         loss=loss, classifier=classifier, lambda_aff=lambda_aff, rfm_start=rfm_start,
+                         dino_model=dino_model, dino_weights=dino_weights,
+                         dim=dim, layers=layers, heads=heads,
                          crop_size=crop_size, dropout=dropout, train_prototypes=train_prototypes,
                          cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed, compile=compile)
@@ -146,9 +171,11 @@ def train_decoder_cmd(
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
                               resume=resume, val_split=val_split, on_start=on_start, tensorboard=tensorboard,
+                              split=split,
                               on_iter=lambda i, rec: (on_item(1), timer and timer(i, cfg.iters)))
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
-    terms = "CE + RSC" + (" + CMPA" if cfg.lambda_proto > 0 else "")
+    terms = "CE" + (" + RSC" if cfg.lambda_rsc > 0 else "") + (" + CMPA" if cfg.lambda_proto > 0 else "") + \
+        (" + affinity" if cfg.lambda_aff > 0 else "") + (" + Dice + cross-branch" if cfg.dino_model else "")
     loss = "" if s.loss is None else \
         f", training loss ({terms}) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"
     val = f", validation mIoU {100 * s.val_miou:.1f}%" if s.val_miou is not None else ""
@@ -203,7 +230,13 @@ def predict_cmd(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Average with the mirrored image.")] = _P.flip,
     long_side: Annotated[Optional[int], typer.Option(help="Input long side [default: 1.6 x training crop].",
                                                      show_default=False)] = _P.long_side,
-    crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters).")] = _P.crf,
+    resize: Annotated[str, typer.Option(help="Test views: auto (bilinear for a decoder of --recipe weclip or "
+                                        "weclip+, else bicubic) | bicubic (the image, sides rounded up to the "
+                                        "patch) | bilinear (WeCLIP's test_msc_flip_voc.py: the normalised tensor, "
+                                        "sides truncated, the patch grid floored).")] = _P.resize,
+    crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters; WeCLIP's paper: "
+                                      "76.4 VOC val mIoU with it, 74.9 without, with --resize bilinear and the "
+                                      "default scales 1,0.75 + flip at long side 512).")] = _P.crf,
     crf_backend: Annotated[str, typer.Option(help="--crf: auto (torch on CUDA, pydensecrf on a CPU) | pydensecrf "
                                              "(on the writer thread, image by image) | torch (batched on --device)."
                                              )] = _P.crf_backend,
@@ -246,7 +279,8 @@ def predict_cmd(
     from ..predict import parse_class_names, run_predict
 
     cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
-                                   long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
+                                   long_side=long_side, resize=resize, crf=crf, crf_backend=crf_backend,
+                                   max_tokens=max_tokens,
                                    classes=None if classes is None else parse_class_names(classes), dense=dense,
                                    dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
                                    dense_stride=dense_stride))
