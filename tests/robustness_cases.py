@@ -3246,6 +3246,108 @@ def _choice_refine(ws: Workspace) -> Iterator[list[object]]:
     yield ["choose-pseudo", _choice_run(ws, "choice_refine"), "none", "caa", "--refine", "caa"]
 
 
+# --------------------------------------------------------------------------------------------- branch robust
+# ---- H1: a per-item file under another item's name (every per-item file records its id; the one reader checks it)
+def _swapped(ws: Workspace, source: Path, name: str, suffix: str) -> tuple[Path, str]:
+    """A copy of a finished folder where the first item's file is replaced by the last item's (a `cp` over it)."""
+    folder = ws.copy(source, name)
+    files = sorted(p for p in folder.glob(f"*{suffix}") if not p.name.startswith(("_", ".")))
+    shutil.copyfile(files[-1], files[0])
+    return folder, files[0].name
+
+
+@case("eval of a CAM folder where one file is another image's (`cp` over it)", "holds item 'train_000003'",
+      "not 'train_000000''s: a file copied or renamed over another item's; re-run `vpltool cam` with --overwrite")
+def _eval_swapped_cam(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.cams, "cams_swapped_eval", ".safetensors")
+    yield ["eval", folder]
+
+
+@case("crf of a CAM folder where one file is another image's", "cams_swapped_crf/train_000000.safetensors: holds "
+      "item 'train_000003''s cam")
+def _crf_swapped_cam(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.cams, "cams_swapped_crf", ".safetensors")
+    yield ["crf", folder, "-o", ws.out("pseudo_swapped"), "--workers", "1"]
+
+
+@case("cam of a features folder where one file is another image's", "holds item 'train_000003''s features",
+      "re-run `vpltool extract` with --overwrite")
+def _cam_swapped_features(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.features, "features_swapped", ".safetensors")
+    yield ["cam", folder, "-p", ws.text, "-o", ws.out("cams_of_swapped"), *CPU]
+
+
+@case("eval of a pseudo-mask folder where one mask is another image's", "pseudo_swapped_eval/train_000000.png: "
+      "holds item 'train_000003''s mask", "re-run the stage that wrote it with --overwrite")
+def _eval_swapped_mask(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.pseudo, "pseudo_swapped_eval", ".png")
+    yield ["eval", folder]
+
+
+@case("train-decoder on a pseudo-mask folder where one mask is another image's", "holds item 'train_000003''s mask")
+def _decoder_swapped_mask(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.pseudo, "pseudo_swapped_decoder", ".png")
+    yield ["train-decoder", folder, "-p", ws.text, "-o", ws.out("decoder_swapped"), *DECODER_ARGS]
+
+
+# ---- H2, M2-M4: class names checked once (presets.check_class_names): at most 254, synonyms unique, none empty
+SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "diamond")
+
+
+def _segment(ws: Workspace, out: str, *extra: object) -> list[object]:
+    return ["segment", ws.world, "--split", "val", "-o", ws.out(out), *TINY, *CPU, "--dense", "maskclip", *extra]
+
+
+@case("segment --classes FILE with 254 filler names then the 8 shapes (262 classes: a uint8 mask wraps at 255)",
+      "--classes: 262 class names, more than the 254 a mask holds")
+def _too_many_classes(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "classes_262.txt"
+    path.write_text("\n".join([f"filler{i}" for i in range(254)] + list(SHAPES)) + "\n")
+    yield _segment(ws, "seg_262", "--classes", path)
+
+
+@case("predict --classes with 255 names", "--classes: 255 class names, more than the 254 a mask holds")
+def _predict_too_many_classes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_255"), *CPU,
+           "--classes", ",".join(f"thing{i}" for i in range(255))]
+
+
+@case("segment --classes '|star,circle' (a blank before the first synonym: the class is 'star')", "→ seg_blank_syn",
+      exit_code=0, leaves=("seg_blank_syn/*",))
+def _blank_first_synonym(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_blank_syn", "--classes", "|star,circle")
+
+
+@case("segment --classes ',' (separators only)", "--classes")
+def _classes_commas(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_commas", "--classes", ",")
+
+
+@case("predict --classes 'star|circle,square' (synonyms are segment's)", "--classes: 'star|circle': predict reads "
+      "no synonyms")
+def _predict_synonyms(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_syn"), *CPU,
+           "--classes", "star|circle,square"]
+
+
+@case("segment --classes 'star|circle,circle' (a synonym that is another class)", "--classes: 'circle' is named "
+      "twice")
+def _synonym_is_a_class(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_syn_class", "--classes", "star|circle,circle")
+
+
+@case("segment --classes 'circle|background,star' (background as a synonym)", "--classes: 'background' (a synonym "
+      "of 'circle') is class 0 already")
+def _synonym_background(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_syn_bg", "--classes", "circle|background,star")
+
+
+@case("segment --classes 'striped_star,striped star' ('_' reads as a space: one name)", "'striped_star' and "
+      "'striped star' are named twice")
+def _underscore_twice(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_underscore", "--classes", "striped_star,striped star")
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -196,6 +196,9 @@ class PredictConfig:
             names = [c.strip() for c in self.classes]
             require(len(names) > 0 and all(names), "--classes is empty or has an empty name: give names like a,b,c")
             check_class_names(names, "--classes")  # the rule of text-prototypes: no 'background', none twice
+            bar = next((n for n in names if "|" in n), None)  # segment's synonyms: never part of one class's name
+            require(bar is None, f"--classes: {bar!r}: predict reads no synonyms ('|' is `vpltool segment`'s "
+                    "separator); give one name per class")
 
     def inert(self) -> dict[str, str]:
         """Fields without effect here (:func:`vpltool.config.inert_fields`): without ``--dense`` the dense options

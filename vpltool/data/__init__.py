@@ -25,6 +25,7 @@ from ..io import (
     sha256_file,
     stage_record_path,
 )
+from ..presets import MAX_CLASSES
 from .coco import is_coco_root, open_coco
 from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
 from .folder import open_folder
@@ -214,6 +215,9 @@ def _check_items(dataset: Dataset) -> None:
     where = f"{dataset.root}" + (f" (split {dataset.split!r})" if dataset.split else "")
     if not dataset.items:
         raise VplError(f"{where}: the dataset is empty; check the split / labels file")
+    if len(dataset.classes) - 1 > MAX_CLASSES:  # a uint8 mask holds 1..254 (0 background, 255 ignore)
+        raise VplError(f"{where}: {len(dataset.classes) - 1} classes, more than the {MAX_CLASSES} a uint8 mask holds "
+                       "(0 = background, 255 = ignore); split the class list")
     ids = Counter(item.id for item in dataset.items)
     if (dup := next((i for i, n in ids.items() if n > 1), None)) is not None:
         raise VplError(f"{where}: duplicate id {dup!r}; ids (file stems) must be unique, rename or drop one")

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 from ..errors import ContractError, VplError, VplWarning
 from . import files
 from .marks import png_info
+from .tensors import check_item_id
 
 MASK_SUFFIX = ".png"
 
@@ -48,14 +49,26 @@ def voc_palette() -> list[int]:
 _PALETTE = voc_palette()
 
 
-def write_mask(path: str | os.PathLike, labels: np.ndarray) -> Path:
-    """Save an ``[H, W]`` uint8 label map as a VOC-palette PNG (0 = background, 255 = ignore), atomically."""
+ID_CHUNK = "vpltool.id"  # a stage's mask records the id of its image in this PNG text chunk
+
+
+def write_mask(path: str | os.PathLike, labels: np.ndarray, item_id: str | None = None) -> Path:
+    """Save an ``[H, W]`` uint8 label map as a VOC-palette PNG (0 = background, 255 = ignore), atomically.
+
+    ``item_id``: the image the mask was made for (a stage's output), recorded in the text chunk ``vpltool.id`` so
+    that :func:`read_mask` refuses the mask when it lies under another item's name."""
     if labels.dtype != np.uint8 or labels.ndim != 2:
         raise ContractError(f"{path}: a mask must be HxW uint8, got {labels.dtype} {labels.shape}")
     img = Image.fromarray(labels, mode="L").convert("P")
     img.putpalette(_PALETTE)
+    extra = {}
+    if item_id is not None:
+        from PIL.PngImagePlugin import PngInfo
+
+        extra["pnginfo"] = PngInfo()
+        extra["pnginfo"].add_text(ID_CHUNK, item_id)
     with files.atomic_path(path) as tmp:
-        img.save(tmp, format="PNG", optimize=False)
+        img.save(tmp, format="PNG", optimize=False, **extra)
     return Path(path)
 
 
@@ -75,10 +88,12 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
                     f"{path}: masks must be palette (P) or grayscale (L) PNGs holding class indices, not {img.mode}"
                 )
             arr = np.asarray(img)
+            recorded = img.info.get(ID_CHUNK)
     except FileNotFoundError:
         raise VplError(f"{path}: mask file not found") from None
     except (OSError, SyntaxError) as e:
         raise ContractError(f"{path}: unreadable mask ({e}); re-create it") from None
+    check_item_id(path, recorded, "mask")
     if arr.dtype != np.uint8:
         if arr.max(initial=0) > 255:
             raise ContractError(f"{path}: mask values above 255; class indices must fit in uint8")

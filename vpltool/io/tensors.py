@@ -188,6 +188,7 @@ def read_tensors(
     if found not in kinds:
         what = " or ".join(repr(k) for k in kinds)
         raise ContractError(f"{path}: expected a {what} file, found {found!r}; did you pass another stage's output?")
+    check_item_id(path, meta.get("vpltool.id"), found)
     if classes is not None:
         file_classes = header_classes(path, meta)
         if list(file_classes) != list(classes):
@@ -202,6 +203,28 @@ def read_tensors(
     except Exception as e:  # a file truncated after its header
         raise ContractError(f"{path}: damaged safetensors file ({e}); re-run the stage that wrote it") from None
     return TensorFile(path, tensors, meta)
+
+
+# The stage that writes each per-item kind (one file per image, ``<folder>/<id><suffix>``), for messages.
+ITEM_WRITERS = {"features": "extract", "cam": "cam", "cam-debug": "cam --save-debug", "mask": "crf, predict, segment"}
+
+
+def check_item_id(path: Path, recorded: object, kind: str | None) -> None:
+    """Refuse a per-item file whose recorded id is not the item it is read for (its name, ``<id><suffix>``).
+
+    Every per-item file a stage writes records the id of the image it was made from (``vpltool.id``; a mask's PNG
+    text chunk). A file copied or renamed over another item's name (same-size images make it fit) would otherwise be
+    scored, refined or trained on as that item. Files without a recorded id (made before ids were recorded, a user's
+    own masks) are not checked: there is nothing to compare.
+    """
+    if not isinstance(recorded, str) or kind not in ITEM_WRITERS:
+        return
+    suffix = ".safetensors" if path.name.endswith(".safetensors") else path.suffix
+    name = path.name[:-len(suffix)] if suffix else path.name
+    if recorded != name:
+        fix = "re-run the stage that wrote it" if kind == "mask" else f"re-run `vpltool {ITEM_WRITERS[kind]}`"
+        raise ContractError(f"{path}: holds item {recorded!r}'s {kind} (its recorded id), not {name!r}'s: a file "
+                            f"copied or renamed over another item's; {fix} with --overwrite, or restore the file")
 
 
 def header_classes(path: Path, meta: Mapping[str, str]) -> list[str]:
