@@ -409,7 +409,7 @@ toy-clip: setup
 # (the default world's train images, no labels; about 25 min on one thread of shared cores)
 ## Retrain the shipped toy DINO of `--affinity dino` from its seed (not part of CI; bit-identical)
 toy-dino: runs/toy-dino/world/_stage.json
-	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world
+	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world --overwrite
 runs/toy-dino/world/_stage.json: | setup
 	$(VPL) make-world $(@D)
 

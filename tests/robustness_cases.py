@@ -3348,6 +3348,22 @@ def _underscore_twice(ws: Workspace) -> Iterator[list[object]]:
     yield _segment(ws, "seg_underscore", "--classes", "striped_star,striped star")
 
 
+# ---- H3: train-toy-dino's outputs name their kind, so the output guard protects every other file
+@case("train-toy-dino OUT where OUT is the run's text prototypes (no --overwrite)", "text_for_dino.safetensors: "
+      "holds text prototypes (`text-prototypes`), not a toy DINO's weights (`train-toy-dino`), so it is not replaced")
+def _dino_over_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    target = ws.root / "text_for_dino.safetensors"
+    shutil.copyfile(ws.text, target)
+    yield ["train-toy-dino", target, "--data", ws.world]
+
+
+@case("train-toy-dino OUT where OUT.json beside it is an eval score file", "dino_scores.json: holds scores "
+      "(`eval --json`), not a toy DINO's record (`train-toy-dino`)")
+def _dino_over_scores(ws: Workspace) -> Iterator[list[object]]:
+    cli_ok("eval", ws.pseudo, "--json", ws.root / "dino_scores.json")
+    yield ["train-toy-dino", ws.root / "dino_scores.safetensors", "--data", ws.world]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
