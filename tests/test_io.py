@@ -23,7 +23,8 @@ CLASSES = ("background", "cat", "dog")
 
 def _write(path, kind="features", classes=CLASSES, **tensors):
     tensors = tensors or {"dense": torch.randn(2, 3, 4)}
-    return io.write_tensors(path, tensors, kind=kind, classes=classes, params={"a": 1}, id=Path(path).name.split(".")[0])
+    item_id = Path(path).name.split(".")[0]  # the name it is read by: a per-item file records its id
+    return io.write_tensors(path, tensors, kind=kind, classes=classes, params={"a": 1}, id=item_id)
 
 
 def _protos(n_bg: int = 2, dim: int = 8) -> io.Prototypes:

@@ -132,9 +132,7 @@ def train_toy_dino_cmd(
     from dataclasses import replace
 
     from .. import io
-    from ..demo.train_toy_dino import train_toy_dino
-
-    from ..demo.train_toy_dino import KIND, RECORD_KIND
+    from ..demo.train_toy_dino import KIND, RECORD_KIND, train_toy_dino
 
     io.check_outputs("train-toy-dino", {"OUT": (out, "file", KIND), "OUT's record": (out.with_suffix(".json"), "file",
                                                                                      RECORD_KIND)},
