@@ -3364,6 +3364,82 @@ def _dino_over_scores(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-toy-dino", ws.root / "dino_scores.safetensors", "--data", ws.world]
 
 
+# ---- H4, H5: a dataset is known by its images' bytes, not their names and sizes (Dataset.content_sha)
+def _bmp_world(ws: Workspace) -> tuple[Path, Path]:
+    """The workspace world with its images saved as BMP (a BMP's byte size is its pixel size: a flipped copy keeps
+    every size), and its CAMs (extract, cam; made once)."""
+    from PIL import Image
+
+    world, cams = ws.root / "world_bmp", ws.root / "cams_bmp"
+    if not (cams / "_stage.json").is_file():
+        ws.copy(ws.world, "world_bmp")
+        for png in sorted((world / "images").glob("*.png")):
+            with Image.open(png) as img:
+                img.convert("RGB").save(png.with_suffix(".bmp"))
+            png.unlink()
+        features = ws.out("features_bmp")
+        cli_ok("extract", world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1", "--cache", "full")
+        cli_ok("cam", features, "-p", ws.text, "-o", cams, *CPU)
+    return world, cams
+
+
+def _flipped_copy(ws: Workspace, world: Path, name: str) -> Path:
+    """A copy of ``world`` with every image and mask flipped left-right: same ids, labels, names and byte sizes."""
+    from PIL import Image, ImageOps
+
+    copy = ws.copy(world, name)
+    for path in sorted([*(copy / "images").glob("*.bmp"), *(copy / "masks").glob("*.png")]):
+        with Image.open(path) as img:
+            flipped = ImageOps.mirror(img)
+            flipped.load()
+        flipped.save(path)
+    return copy
+
+
+@case("eval CAMS --data COPY where COPY has every image and mask flipped (same ids, labels, names, byte sizes)",
+      "--data world_flipped: not the dataset cams_bmp was made from", "an image's content differs under the same "
+      "id, name and byte size")
+def _eval_flipped(ws: Workspace) -> Iterator[list[object]]:
+    world, cams = _bmp_world(ws)
+    yield ["eval", cams, "--data", _flipped_copy(ws, world, "world_flipped")]
+
+
+@case("eval CAMS --data COPY where COPY is an exact copy of the dataset (moved)", "mIoU", exit_code=0)
+def _eval_identical_copy(ws: Workspace) -> Iterator[list[object]]:
+    _, cams = _bmp_world(ws)
+    yield ["eval", cams, "--data", ws.copy(ws.root / "world_bmp", "world_bmp_copy")]
+
+
+@case("choose-pseudo where one refinement's CAMs and masks were re-made from another world with the same ids",
+      "choice_other_world/caa/pseudo: made from another dataset than choice_other_world/pseudo",
+      "the candidates' scores are not comparable")
+def _choice_other_world(ws: Workspace) -> Iterator[list[object]]:
+    _, cams = _bmp_world(ws)
+    run = _choice_run(ws, "choice_other_world")
+    shutil.rmtree(run / "caa" / "cams_vision")
+    shutil.copytree(cams, run / "caa" / "cams_vision")
+    cli_ok("crf", run / "caa" / "cams_vision", "-o", run / "caa" / "pseudo", "--workers", "1", "--overwrite")
+    cli_ok("eval", run / "caa" / "pseudo", "--json", run / "metrics" / "caa" / "pseudo.json")
+    yield ["choose-pseudo", run, "none", "caa", "--by", "masks"]
+
+
+@case("choose-pseudo where a score's miou and per-class IoUs were edited together (its confusion matrix kept)",
+      "choice_edited2/metrics/caa/pseudo.json: its 'miou' 0.9900 is not that of its confusion matrix")
+def _choice_edited_both(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_edited2")
+    _edit_score(run, lambda r: {**r, "miou": 0.99, "iou": {k: None if v is None else 0.99 for k, v in r["iou"].items()
+                                                           }})
+    yield ["choose-pseudo", run, "none", "caa", "--by", "masks"]
+
+
+@case("choose-pseudo where a score's miou was edited to contradict its per-class IoUs", "choice_edited/metrics/caa/"
+      "pseudo.json: its 'miou' 0.9900 is not the mean of its per-class IoUs", "re-run `vpltool eval")
+def _choice_edited(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_edited")
+    _edit_score(run, lambda r: {**r, "miou": 0.99})
+    yield ["choose-pseudo", run, "none", "caa", "--by", "masks"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -134,9 +134,10 @@ def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | No
     * the class list (``classes_sha``), always, even for another split of the dataset;
     * for the same split: the number of items, and each item's id, labels and image by name and size (``files``:
       what a moved or copied dataset keeps; the ground-truth masks are what `eval` scores against, not an input);
-    * at the recorded place: each image's modification time too (``items``), so that an image replaced by another
-      of the same size is caught. One ``stat`` per image, no pixel read. Digests a record of an older vpltool lacks
-      are not compared.
+    * each image's bytes (``content``, a sha256 per image, computed once per process): a copy with the same ids,
+      names and byte sizes but other pixels (every image flipped) is another dataset;
+    * at the recorded place: each image's modification time too (``items``). Digests a record of an older vpltool
+      lacks are not compared.
 
     Args:
         option: the option that gave ``dataset`` (``--data``) when the user named it, for the message.
@@ -173,6 +174,8 @@ def _dataset_change(inputs: dict, ident: dict, now: dict, found: dict) -> str | 
         return f"{now['n_items']} images where the record counts {ident['n_items']}"
     if "files" in inputs and inputs["files"] != found["files"]:
         return "an image's name or size, or its labels, differ under the same id"
+    if "content" in inputs and inputs["content"] != found["content"]:
+        return "an image's content differs under the same id, name and byte size"
     if ident.get("root") == now["root"] and "items" in inputs and inputs["items"] != found["items"]:
         return "an image was replaced or touched since (its modification time differs)"
     return None
