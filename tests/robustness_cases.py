@@ -3440,6 +3440,47 @@ def _choice_edited(ws: Workspace) -> Iterator[list[object]]:
     yield ["choose-pseudo", run, "none", "caa", "--by", "masks"]
 
 
+# ---- M5, M6, M10: the dense options of cam and predict named as they spell them; bounds; options without effect
+@case("cam --dense maskclip --dense-crop 8 --dense-stride 16 (the error names cam's options)",
+      "--dense-stride 16 is larger than --dense-crop 8")
+def _cam_dense_names(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense_names"), "--dense", "maskclip", "--dense-crop",
+           "8", "--dense-stride", "16", *CPU]
+
+
+@case("cam --dense maskclip --dense-scale 1e39 (float32 overflows)", "--dense-scale 1e+39: must be a number above "
+      "0 and at most 1000")
+def _cam_dense_scale_huge(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense_huge"), "--dense", "maskclip", "--dense-scale",
+           "1e39", *CPU]
+
+
+@case("predict --dense maskclip --classes star --dense-side 3", "--dense-side 3: must be >= 16")
+def _predict_dense_names(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_dense_names"), *CPU,
+           "--dense", "maskclip", "--classes", "star", "--dense-side", "3"]
+
+
+@case("segment --logit-scale 1e300 (all-background masks from a float32 overflow)", "--logit-scale 1e+300: must "
+      "be a number above 0 and at most 1000")
+def _segment_scale_huge(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_scale_huge", "--classes", "star,circle", "--logit-scale", "1e300")
+
+
+@case("cam --dense-crop 64 without --dense", "warning: --dense-crop 64 has no effect without --dense; it is ignored",
+      exit_code=0, leaves=("cams_crop_only/*",))
+def _cam_crop_without_dense(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_crop_only"), "--dense-crop", "64", *CPU]
+
+
+@case("cam --dense maskclip --refine caa+sgc (GradCAM's refinement with the dense path)",
+      "warning: --refine caa+sgc has no effect with --dense maskclip (no GradCAM, no CAA)", exit_code=0,
+      leaves=("cams_dense_refine/*",))
+def _cam_dense_refine(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense_refine"), "--dense", "maskclip", "--refine",
+           "caa+sgc", *CPU]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

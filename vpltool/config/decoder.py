@@ -216,9 +216,9 @@ class PredictConfig:
 
     def segment_config(self):
         """The :class:`~vpltool.config.SegmentConfig` of ``--dense`` and its settings (the method's where None)."""
-        from .dense import SegmentConfig
+        from .dense import dense_config
 
-        return SegmentConfig(dense=self.dense, short_side=self.dense_side, prob_threshold=self.dense_threshold,
-                             slide_crop=self.dense_crop, slide_stride=self.dense_stride)
+        return dense_config(dense=self.dense, short_side=self.dense_side, prob_threshold=self.dense_threshold,
+                            slide_crop=self.dense_crop, slide_stride=self.dense_stride)
 
 
