@@ -3481,6 +3481,31 @@ def _cam_dense_refine(ws: Workspace) -> Iterator[list[object]]:
            "caa+sgc", *CPU]
 
 
+# ---- M7: every stage that reads images refuses one under 16 pixels a side before a model loads (header_sizes)
+def _strip_world(ws: Workspace) -> Path:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_strip")
+    ids = sorted(p.stem for p in (world / "images").glob("val_*.png"))
+    Image.new("RGB", (5000, 1), (90, 120, 60)).save(world / "images" / f"{ids[0]}.png")
+    (world / "masks" / f"{ids[0]}.png").unlink()
+    return world
+
+
+@case("segment on a split holding a 1x5000 image", "world_strip/images/val_000000.png: 1x5000 pixels, too small "
+      "to segment")
+def _segment_strip(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", _strip_world(ws), "--split", "val", "-o", ws.out("seg_strip"), *TINY, *CPU, "--dense",
+           "maskclip", "--classes", "star,circle"]
+
+
+@case("predict on a split holding a 1x5000 image", "world_strip/images/val_000000.png: 1x5000 pixels, too small "
+      "to segment")
+def _predict_strip(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--data", _strip_world(ws), "--split", "val", "-o",
+           ws.out("pred_strip"), *CPU]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
