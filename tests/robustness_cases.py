@@ -3506,6 +3506,28 @@ def _predict_strip(ws: Workspace) -> Iterator[list[object]]:
            ws.out("pred_strip"), *CPU]
 
 
+# ---- M9: learning rates and scales of the toy trainers: finite, positive, bounded
+@case("train-toy-clip --lr nan", "--lr nan: must be a number above 0 and at most 1")
+def _toy_clip_lr_nan(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_nan"), "--lr", "nan"]
+
+
+@case("train-toy-clip --lr -1", "--lr -1.0: must be a number above 0 and at most 1")
+def _toy_clip_lr_negative(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_neg"), "--lr", "-1"]
+
+
+@case("train-toy-clip --lr inf (was: exit 0 and a model of NaN weights)", "--lr inf: must be a number above 0 and "
+      "at most 1")
+def _toy_clip_lr_inf(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_inf"), "--lr", "inf"]
+
+
+@case("train-toy-dino --lr inf", "--lr inf: must be a number above 0 and at most 1")
+def _toy_dino_lr_inf(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-dino", ws.root / "dino_inf.safetensors", "--data", ws.world, "--lr", "inf"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
