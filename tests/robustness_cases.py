@@ -3528,6 +3528,23 @@ def _toy_dino_lr_inf(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-toy-dino", ws.root / "dino_inf.safetensors", "--data", ws.world, "--lr", "inf"]
 
 
+# ---- M8: no mIoU from a ground truth without a labelled pixel
+@case("eval --json on a split whose ground truth is all 255", "holds no labelled pixel (all 255 = ignore), so there "
+      "is no mIoU")
+def _gt_all_ignore(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+    from PIL import Image
+
+    from vpltool import io
+
+    world = ws.copy(ws.world, "world_all_ignore")
+    for mask in sorted((world / "masks").glob("val_*.png")):
+        with Image.open(mask) as img:
+            size = img.size
+        io.write_mask(mask, np.full(size[::-1], 255, np.uint8))
+    yield ["eval", ws.predictions(), "--data", world, "--json", ws.root / "all_ignore.json"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -368,6 +368,11 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         pred_classes = io.read_record(record_path).get("classes") if record_path.is_file() else None
         result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes, images,
                                 per_image=per_image_out is not None)
+    if result.get("miou") is None:  # every ground-truth pixel is 255: there is nothing to score (never a null mIoU)
+        where = f"split {dataset.split!r} of {data}" if dataset.split else f"{data}"
+        raise VplError(f"{where}: its ground truth of the {len(ids)} images scored holds no labelled pixel (all 255 "
+                       "= ignore), so there is no mIoU; check the masks (class indices, not colours) or score another "
+                       "split")
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
     result.update(scored_what(folder, stage, dataset.split))
