@@ -3545,6 +3545,23 @@ def _gt_all_ignore(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", ws.predictions(), "--data", world, "--json", ws.root / "all_ignore.json"]
 
 
+# ---- M12: eval of a half-sharded folder names the pending shard
+@case("eval of a segment folder where only shard 0 of 2 finished", "seg_half: no _stage.json yet: `vpltool segment` "
+      "runs in 2 shards and only shard(s) 0 finished; run the pending --shard 1/2")
+def _eval_half_segment(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("seg_half")
+    cli_ok(*_segment(ws, "seg_half", "--classes", "star,circle", "--shard", "0/2"))
+    yield ["eval", folder]
+
+
+@case("eval of a predict folder where only shard 1 of 2 finished", "pred_half: no _stage.json yet: `vpltool "
+      "predict` runs in 2 shards and only shard(s) 1 finished; run the pending --shard 0/2")
+def _eval_half_predict(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("pred_half")
+    cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", folder, *CPU, "--shard", "1/2")
+    yield ["eval", folder]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

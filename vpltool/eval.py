@@ -330,6 +330,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     if per_image_out is not None:
         io.check_writable_target(per_image_out, ".json", "--per-image")
     stage = _scored_stage(folder)
+    if not io.stage_record_path(folder).is_file() and io.finished_shards(folder):
+        io.read_stage_record(folder, stage or "segment")  # the one line naming the pending shards
     recorded = io.recorded_dataset_identity(folder)
     if data is None:
         if recorded is None:
