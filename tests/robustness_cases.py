@@ -3562,6 +3562,13 @@ def _eval_half_predict(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", folder]
 
 
+# ---- M11: a path longer than the system takes, for every output folder (io.check_folder_target)
+@case("segment -o PATH where PATH is 20 folders of 200 letters (over Linux's 4096-byte path limit)",
+      "longer than a path may be (3839 bytes, leaving room for the names of the files in it); choose a shorter")
+def _segment_path_too_long(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "/".join(["d" * 200] * 20), "--classes", "star,circle")
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
