@@ -451,3 +451,9 @@ help:
 	@echo "Variables (make TARGET VAR=value; default in brackets, the demo world's):"
 	@$(foreach v,$(HELP_VARS),printf '  %-15s %s [%s]\n' '$(v)' '$(call quoted,$(doc_$(v)))' \
 	  '$(call quoted,$(if $(findstring shell,$(value $(v))),$($(v)): the cores,$(value $(v))))';)
+
+## The hostile-input generator, longer than the suite's bounded run (tests/test_fuzz.py; FUZZ_EXAMPLES per command)
+FUZZ_EXAMPLES ?= 40
+.PHONY: fuzz
+fuzz:
+	VPLTOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
