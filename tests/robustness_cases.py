@@ -3569,6 +3569,28 @@ def _segment_path_too_long(ws: Workspace) -> Iterator[list[object]]:
     yield _segment(ws, "/".join(["d" * 200] * 20), "--classes", "star,circle")
 
 
+# ---- L: files and records of a newer format are refused, never read silently
+@case("crf on a CAM folder whose record is of format 2 (a newer vpltool)", "cams_format2/_stage.json: written in "
+      "format 2 by vpltool 9.0, newer than the format 1", "upgrade vpltool")
+def _record_newer_format(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.copy(ws.cams, "cams_format2")
+    record = json.loads((folder / "_stage.json").read_text())
+    (folder / "_stage.json").write_text(json.dumps({**record, "format": "2", "vpltool": "9.0"}))
+    yield ["crf", folder, "-o", ws.out("pseudo_format2"), "--workers", "1"]
+
+
+@case("eval of a CAM folder holding a file of format 2", "train_000000.safetensors: written in format 2 by vpltool "
+      "9.0", "upgrade vpltool")
+def _tensor_newer_format(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    folder = ws.copy(ws.cams, "cams_file_format2")
+    path = sorted(folder.glob("*.safetensors"))[0]
+    tensors, meta = _tensors_and_meta(path)
+    save_file(tensors, str(path), metadata={**meta, "vpltool.format": "2", "vpltool.version": "9.0"})
+    yield ["eval", folder]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

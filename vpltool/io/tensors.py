@@ -188,6 +188,7 @@ def read_tensors(
     if found not in kinds:
         what = " or ".join(repr(k) for k in kinds)
         raise ContractError(f"{path}: expected a {what} file, found {found!r}; did you pass another stage's output?")
+    check_format(path, meta.get("vpltool.format"), meta.get("vpltool.version"))
     check_item_id(path, meta.get("vpltool.id"), found)
     if classes is not None:
         file_classes = header_classes(path, meta)
@@ -203,6 +204,18 @@ def read_tensors(
     except Exception as e:  # a file truncated after its header
         raise ContractError(f"{path}: damaged safetensors file ({e}); re-run the stage that wrote it") from None
     return TensorFile(path, tensors, meta)
+
+
+def check_format(path: Path, found: object, version: object) -> None:
+    """Refuse a file or record of a newer format than this vpltool reads (``vpltool.format``, a record's
+    ``format``): its fields may mean something else now, and reading it silently could certify a wrong result.
+    Older formats, and files that record none, are read as they always were."""
+    if isinstance(found, int) and not isinstance(found, bool):
+        found = str(found)
+    if isinstance(found, str) and found.isdigit() and int(found) > int(FORMAT_VERSION):
+        by = f" by vpltool {version}" if isinstance(version, str) else ""
+        raise ContractError(f"{path}: written in format {found}{by}, newer than the format {FORMAT_VERSION} this "
+                            f"vpltool ({__version__}) reads; upgrade vpltool (pip install -U vpltool) to read it")
 
 
 # The stage that writes each per-item kind (one file per image, ``<folder>/<id><suffix>``), for messages.
