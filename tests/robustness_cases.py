@@ -3591,6 +3591,21 @@ def _tensor_newer_format(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", folder]
 
 
+# ---- L: every fraction of an eval JSON is checked where the report reads it (io.check_eval_metrics)
+@case("report: an eval JSON whose precision of a class is 75 (shown as 7500 %)", "run_precision/metrics/cams.json: "
+      "'precision.star' is 75, not a number in [0, 1] or null")
+def _report_precision(ws: Workspace) -> Iterator[list[object]]:
+    bad = {"miou": 0.5, "iou": {"star": 0.5}, "precision": {"star": 75}}
+    yield ["report", _run_folder(ws, "run_precision", **{"metrics/cams.json": bad}), "--workers", "1"]
+
+
+@case("report: an eval JSON whose pixel accuracy is -3", "run_pixacc/metrics/cams.json: 'pixel_accuracy' is -3, "
+      "not a number in [0, 1] or null")
+def _report_pixel_accuracy(ws: Workspace) -> Iterator[list[object]]:
+    bad = {"miou": 0.5, "iou": {"star": 0.5}, "pixel_accuracy": -3}
+    yield ["report", _run_folder(ws, "run_pixacc", **{"metrics/cams.json": bad}), "--workers", "1"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
