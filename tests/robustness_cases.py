@@ -3606,6 +3606,16 @@ def _report_pixel_accuracy(ws: Workspace) -> Iterator[list[object]]:
     yield ["report", _run_folder(ws, "run_pixacc", **{"metrics/cams.json": bad}), "--workers", "1"]
 
 
+# ---- found by tests/test_fuzz.py: a record whose inputs name no dataset
+@case("train-decoder on a pseudo-mask folder whose record's inputs were edited to {\"a\": 1} (was a KeyError)",
+      "pseudo_no_dataset/_stage.json: names no dataset; re-run the stage that wrote pseudo_no_dataset")
+def _decoder_record_no_dataset(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.copy(ws.pseudo, "pseudo_no_dataset")
+    record = json.loads((folder / "_stage.json").read_text())
+    (folder / "_stage.json").write_text(json.dumps({**record, "inputs": {"a": 1}}))
+    yield ["train-decoder", folder, "-p", ws.text, "-o", ws.out("decoder_no_dataset"), *DECODER_ARGS]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

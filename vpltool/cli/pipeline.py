@@ -56,9 +56,14 @@ def _features_context(features: Path):
     """(record, model spec, classes, dataset identity) of a finished extract folder."""
     from .. import io
     from ..backbone import ModelSpec
+    from ..errors import ContractError
 
     record = io.read_stage_record(features, "extract")
     spec = ModelSpec.from_identity(io.recorded_model(record, features))
+    if "classes" not in record or not isinstance(record["inputs"].get("dataset"), dict):
+        missing = "classes" if "classes" not in record else "dataset"
+        raise ContractError(f"{io.stage_record_path(features)}: names no {missing}; the folder is damaged: re-run "
+                            "`vpltool extract` there with --overwrite")
     return record, spec, record["classes"], record["inputs"]["dataset"]
 
 

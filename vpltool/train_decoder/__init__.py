@@ -400,8 +400,8 @@ def run_train_decoder(
     """
     pseudo_dir, out_dir = Path(pseudo_dir), Path(out_dir)
     record = io.read_stage_record(pseudo_dir, MASK_STAGES)
+    dataset = open_recorded(pseudo_dir)  # first: one line for a record that names no dataset
     dataset_id = record["inputs"]["dataset"]
-    dataset = open_recorded(pseudo_dir)
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
                              "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file",
                                                   "decoder-checkpoint"),
