@@ -3616,6 +3616,41 @@ def _decoder_record_no_dataset(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", folder, "-p", ws.text, "-o", ws.out("decoder_no_dataset"), *DECODER_ARGS]
 
 
+# ---- L: one still image per item (io.images._check_still, from the header, in every stage)
+def _frames_world(ws: Workspace, name: str, fmt: str) -> Path:
+    """The world with its first train image replaced by a two-frame ``fmt`` image under its ``.png`` name."""
+    from PIL import Image
+
+    world = ws.copy(ws.world, name)
+    png = world / "images" / "train_000000.png"
+    with Image.open(png) as img:
+        first = img.convert("RGB")
+    frames = [first, first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    first.save(png, format=fmt, save_all=True, append_images=frames[1:])
+    return world
+
+
+@case("an animated PNG (APNG, 2 frames)", "world_apng/images/train_000000.png: an animated PNG of 2 frames")
+def _apng(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _frames_world(ws, "world_apng", "PNG"), "out", "--split", "train")
+
+
+@case("an animated WebP named .png", "world_awebp/images/train_000000.png: an animated WEBP of 2 frames")
+def _animated_webp(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _frames_world(ws, "world_awebp", "WEBP"), "out", "--split", "train")
+
+
+@case("a GIF named .png", "world_gif_png/images/train_000000.png: a GIF image under a .png name")
+def _gif_named_png(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_gif_png")
+    png = world / "images" / "train_000000.png"
+    with Image.open(png) as img:
+        img.convert("RGB").save(png, format="GIF")
+    yield _extract(ws, world, "out", "--split", "train")
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -168,11 +168,28 @@ def _header(path: str | os.PathLike) -> tuple[int, int, int]:
         with Image.open(path) as img:
             width, height = img.size
             orientation = _orientation(img, path)
+            _check_still(img, path)
     except FileNotFoundError:
         raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _unreadable(path, e) from None
     return height, width, orientation
+
+
+# what the image extensions vpltool reads hold (MPO: a camera's JPEG with extra views; its first is the photo)
+_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP")
+
+
+def _check_still(img: Image.Image, path: Path) -> None:
+    """One still image of a format vpltool reads, from its header: a GIF named ``.png`` or an animated WebP or PNG
+    would be decoded as its first frame without a word (which frame the labels describe, nobody knows)."""
+    if img.format not in _FORMATS:
+        raise ContractError(f"{path}: a {img.format} image under a {path.suffix} name; convert it to one of .jpg, "
+                            ".png, .bmp, .webp (a still image) or remove it from the split")
+    frames = getattr(img, "n_frames", 1)
+    if img.format != "MPO" and frames > 1:
+        raise ContractError(f"{path}: an animated {img.format} of {frames} frames; save the frame its labels "
+                            "describe as a still image, or remove it from the split")
 
 
 _PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # chunks Pillow reads EXIF or XMP orientation from
@@ -219,6 +236,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
+            _check_still(img, path)
             img.load()  # decode now: a truncated file fails here, inside the try, not later in a worker
             ImageOps.exif_transpose(img, in_place=True)  # in place: an upright photo is not copied
             rgb = _to_rgb(img, path)
