@@ -3651,6 +3651,21 @@ def _gif_named_png(ws: Workspace) -> Iterator[list[object]]:
     yield _extract(ws, world, "out", "--split", "train")
 
 
+# ---- L: wording
+@case("segment --classes FILE saved as UTF-16 (Windows' \"Unicode\")", "classes_utf16.txt: UTF-16 text (byte-order "
+      "mark ff fe); save it as UTF-8, e.g. iconv -f utf-16 -t utf-8")
+def _classes_utf16(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "classes_utf16.txt"
+    path.write_text("star\ncircle\n", encoding="utf-16")
+    yield _segment(ws, "seg_utf16", "--classes", path)
+
+
+@case("crf -o INSIDE an extract folder", "lies inside features, an `extract` folder whose files only that stage "
+      "writes")
+def _inside_extract(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.features / "pseudo_inside", "--workers", "1"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -91,9 +91,22 @@ def named_file(value: str, option: str, what: str) -> Path | None:
 def not_utf8(path: Path, e: UnicodeDecodeError) -> ContractError:
     """The one-line error for a text file in another encoding (Latin-1, UTF-16, ...)."""
     data = path.read_bytes()
-    line = data[: e.start].count(b"\n") + 1
-    return ContractError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8, "
-                         f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}")
+    source = _encoding_guess(data)
+    if source.startswith("utf-16"):  # its byte-order mark says so: no line to point at, every other byte is 0
+        where = f"UTF-16 text (byte-order mark {data[:2].hex(' ')})"
+    else:
+        line = data[: e.start].count(b"\n") + 1
+        where = f"not UTF-8 text (byte 0x{data[e.start]:02x} on line {line})"
+    return ContractError(f"{path}: {where}; save it as UTF-8, e.g. iconv -f {source} -t utf-8 {path.name} > "
+                         f"{path.stem}.utf8{path.suffix}")
+
+
+def _encoding_guess(data: bytes) -> str:
+    """The encoding ``iconv -f`` should read a non-UTF-8 text file in: UTF-16 by its byte-order mark (what Windows
+    tools save as "Unicode"), else Latin-1 (any byte is a Latin-1 character)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    return "latin1"
 
 
 COMMENT = "#"  # a line of a list file whose first non-blank character is this is a comment, in every list file
