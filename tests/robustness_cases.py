@@ -3666,6 +3666,12 @@ def _inside_extract(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", ws.cams, "-o", ws.features / "pseudo_inside", "--workers", "1"]
 
 
+@case("predict DECODER_FOLDER/ (the folder, not its decoder.safetensors)", "decoder: a folder, not a safetensors "
+      "file (it holds decoder.safetensors); give the file itself")
+def _predict_folder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder, "--split", "val", "-o", ws.out("pred_folder"), *CPU]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -153,6 +153,10 @@ def read_header(path: str | os.PathLike) -> dict[str, str]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():  # `predict runs/decoder/`: the folder of the file asked for
+        inside = sorted(p.name for p in path.glob("*.safetensors"))
+        hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+        raise VplError(f"{path}: a folder, not a safetensors file{hint}; give the file itself")
     if not path.is_file():
         raise VplError(f"{path}: file not found")
     try:
