@@ -3672,6 +3672,12 @@ def _predict_folder(ws: Workspace) -> Iterator[list[object]]:
     yield ["predict", ws.decoder, "--split", "val", "-o", ws.out("pred_folder"), *CPU]
 
 
+@case("segment --shard 0/2: the ✓ line says the folder is incomplete", "(this shard done; other shards pending)",
+      exit_code=0, leaves=("seg_shard0/*",))
+def _shard_line(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_shard0", "--classes", "star,circle", "--shard", "0/2")
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -484,6 +484,14 @@ def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: 
                          overwrite=overwrite)
 
 
+def pending(out) -> str:
+    """What a per-image stage's ✓ line adds when its folder is not complete after this run (a shard of several,
+    the others pending): `` (this shard done; other shards pending)``, else nothing."""
+    from .. import io
+
+    return "" if io.stage_record_path(out).is_file() else " (this shard done; other shards pending)"
+
+
 def warn_inert(cfg, defaults=None):
     """One warning per option given that has no effect in ``cfg``'s combination (never recorded either:
     :func:`vpltool.config.inert_fields`); returns ``cfg``."""

@@ -43,6 +43,7 @@ from .common import (
     Workers,
     file_path,
     friendly_errors,
+    pending,
     progress,
     runtime,
     say,
@@ -287,14 +288,15 @@ def cam_cmd(
             s = run_dense_cam(source, prototypes, out, seg, runtime(device, precision, batch_size, workers, overwrite),
                               split=split, shard=shard_of(shard), on_item=on_item, on_start=on_start)
         say(f"[green]✓[/] cam --dense {dense}: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already "
-            f"done → {out}")
+            f"done → {out}{pending(out)}")
         return
     cfg = warn_inert(cam_cfg)
     with progress("cam") as (on_start, on_item):
         s = run_cam(source, prototypes, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                     split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
                     on_start=on_start)
-    say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
+    say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
+        f"{pending(out)}")
 
 
 # ============================================================================================= learn-prototypes
@@ -443,4 +445,4 @@ def crf_cmd(
             f"--confidence {confidence:g}): train-decoder learns from the other {100 * (1 - s.ignored):.1f}% only; "
             f"lower --confidence (default {_C.confidence:g})")
     say(f"[green]✓[/] crf ({s.backend}): {s.done} masks ({s.images_per_s:.1f} img/s){ignored}, {s.skipped} already "
-        f"done → {out}")
+        f"done → {out}{pending(out)}")
