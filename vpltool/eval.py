@@ -147,9 +147,15 @@ def _warn_vocabulary(pred_classes: Sequence[str] | None, classes: Sequence[str],
         return
     outside = [c for c in classes[1:] if c not in pred_classes]
     if outside:
-        warnings.warn(VplWarning(f"{where}: masks over the classes {', '.join(pred_classes[1:])} (predict --classes); "
-                                 f"the dataset's {', '.join(outside)} are never predicted: IoU 0 where present, "
+        warnings.warn(VplWarning(f"{where}: masks over the classes {_names(pred_classes[1:])} (predict --classes); "
+                                 f"the dataset's {_names(outside)} are never predicted: IoU 0 where present, "
                                  "counted in the mIoU"), stacklevel=3)
+
+
+def _names(names: Sequence[str], n: int = 8) -> str:
+    """At most ``n`` names and how many more, so that a line stays a line with 254 classes."""
+    shown = ", ".join(names[:n])
+    return f"{shown} and {len(names) - n} more" if len(names) > n else shown
 
 
 def _check_inputs(folder: Path, suffix: str, gt_by_id: Mapping[str, Path], ids: Iterable[str]) -> list[str]:
