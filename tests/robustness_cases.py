@@ -3331,7 +3331,7 @@ def _predict_synonyms(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("segment --classes 'star|circle,circle' (a synonym that is another class)", "--classes: 'circle' is named "
-      "twice")
+      "twice (case ignored); give each class and synonym once")
 def _synonym_is_a_class(ws: Workspace) -> Iterator[list[object]]:
     yield _segment(ws, "seg_syn_class", "--classes", "star|circle,circle")
 
@@ -3343,7 +3343,7 @@ def _synonym_background(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("segment --classes 'striped_star,striped star' ('_' reads as a space: one name)", "'striped_star' and "
-      "'striped star' are named twice")
+      "'striped star' are named twice (case ignored) ('_' reads as a space)")
 def _underscore_twice(ws: Workspace) -> Iterator[list[object]]:
     yield _segment(ws, "seg_underscore", "--classes", "striped_star,striped star")
 

@@ -178,8 +178,9 @@ def check_class_names(names: Sequence[str], option: str = "--classes",
             key = word.replace("_", " ").casefold()
             if key in seen:
                 twice = f"'{word}' is" if seen[key] == word else f"'{seen[key]}' and '{word}' are"
-                raise VplError(f"{option}: {twice} named twice (case ignored, '_' read as a space); give each class "
-                               "and synonym once")
+                under = " ('_' reads as a space)" if "_" in seen[key] + word else ""
+                each = "class and synonym" if synonyms is not None else "class"
+                raise VplError(f"{option}: {twice} named twice (case ignored){under}; give each {each} once")
             seen[key] = word
 
 
