@@ -390,12 +390,16 @@ bench: setup
 # keeps the clones' outputs for a later run)
 DENSE_REFS ?=
 DENSE_WORK ?=
+# clones of NACLIP, SCLIP, ClearCLIP, ProxyCLIP, SC-CLIP, CASS, Trident: their benchmark configs and class files
+OVSS_REFS ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
 	$(if $(DENSE_REFS),$(VENV)/bin/python parity/dense_parity.py --ref $(DENSE_REFS) $(if $(DENSE_WORK),--work $(DENSE_WORK)) \
 	  > $(PARITY_OUT)/dense_parity.json.tmp && mv $(PARITY_OUT)/dense_parity.json.tmp $(PARITY_OUT)/dense_parity.json, \
 	  @echo "make parity: pass DENSE_REFS=/folder/of/clones (parity/README.md says which clones and commits)")
+	$(if $(OVSS_REFS),$(VENV)/bin/python parity/benchmarks_parity.py --ref $(OVSS_REFS) \
+	  > $(PARITY_OUT)/benchmarks_parity.json.tmp && mv $(PARITY_OUT)/benchmarks_parity.json.tmp $(PARITY_OUT)/benchmarks_parity.json)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup

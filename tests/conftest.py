@@ -6,8 +6,10 @@ a test that needs to change a folder copies it first.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import resource
 import sys
 from pathlib import Path
 
@@ -27,6 +29,40 @@ import pytest  # noqa: E402
 TINY_MODEL = "vpl-test-vit"
 TEMPLATES = "a photo of a {}."
 BACKGROUND_WORDS = "grass,sky,wall,water"
+
+
+# the suite's CPU time, by test (its setup included: a session fixture counts for the first test that uses it)
+CPU_BAR_MIN = 20  # the suite's budget in CPU-minutes (user + sys), which the machine's load does not inflate
+_CPU_S: dict[str, float] = {}
+
+
+def _cpu_s() -> tuple[float, float]:
+    """(user, sys) seconds of this process and of the children it waited for (the CLI runs of the tests)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + kids.ru_utime, own.ru_stime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = sum(_cpu_s())
+    yield
+    _CPU_S[item.nodeid] = sum(_cpu_s()) - before
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The suite's CPU time (user + sys), the tests that cost the most, and, with ``VPLTOOL_TEST_CPU_JSON=FILE``,
+    every test's CPU seconds in FILE."""
+    user, system = _cpu_s()
+    total_min = (user + system) / 60
+    verdict = "within" if total_min <= CPU_BAR_MIN else "OVER"
+    terminalreporter.write_line(f"suite CPU time: {total_min:.1f} CPU-minutes (user {user:.0f} s + sys {system:.0f} s, "
+                                f"this process and the commands it ran; {verdict} the {CPU_BAR_MIN}-minute budget)")
+    top = sorted(_CPU_S.items(), key=lambda kv: -kv[1])[:8]
+    if top:
+        terminalreporter.write_line("the costliest tests (CPU-s): " + "; ".join(f"{k} {v:.0f}" for k, v in top))
+    if os.environ.get("VPLTOOL_TEST_CPU_JSON"):
+        Path(os.environ["VPLTOOL_TEST_CPU_JSON"]).write_text(json.dumps(
+            {"user_s": user, "sys_s": system, "tests": _CPU_S}, indent=1))
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
+from pace import Budget  # tests/ is on sys.path
+
 ASSETS = Path(__file__).parent / "assets"
 TINY = ["--model", "vpl-test-vit", "--pretrained", "none"]
 CPU = ["--device", "cpu"]
@@ -124,13 +126,13 @@ def paced_cli(args: list[object]) -> subprocess.Popen:
 
 def wait_until(proc: subprocess.Popen, started: Callable[[], bool], timeout: float = 120) -> None:
     """Poll until ``started()`` holds; an error with the child's stderr if it ended first or took too long."""
-    deadline = time.monotonic() + timeout
+    budget = Budget(timeout)  # a hang bound in idle-machine seconds
     while not started():
         if proc.poll() is not None:
             raise RuntimeError(f"the child ended (exit {proc.returncode}) before it could be killed: "
                                f"{proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the child wrote nothing within {timeout} s")
+        if budget.expired():
+            raise RuntimeError(f"the child wrote nothing within {timeout} idle-machine seconds")
         time.sleep(0.02)
 
 
@@ -3676,6 +3678,30 @@ def _predict_folder(ws: Workspace) -> Iterator[list[object]]:
       exit_code=0, leaves=("seg_shard0/*",))
 def _shard_line(ws: Workspace) -> Iterator[list[object]]:
     yield _segment(ws, "seg_shard0", "--classes", "star,circle", "--shard", "0/2")
+
+
+# --------------------------------------------------------------------------------------------- the eight benchmarks
+def _miniature(ws: Workspace, name: str) -> Path:
+    """Benchmark ``name``'s miniature layout under ``<ws>/benchmarks`` (made once)."""
+    from vpltool.data.miniature import make_miniature
+
+    return make_miniature(name, ws.root / "benchmarks")
+
+
+@case("a benchmark root of another layout (ADE20K pointed at VOC)", "benchmarks/VOC2012", "not a ade20k root",
+      "images/validation", "annotations/validation")
+def _benchmark_wrong_layout(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    yield ["segment", f"ade20k={root}", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a class file with an empty line", "classes_blank.txt", "line 3 is empty", "remove the line")
+def _class_file_blank_line(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    lines = ["background", "aeroplane", "", *[f"class {i}" for i in range(18)]]
+    (ws.root / "classes_blank.txt").write_text("\n".join(lines) + "\n")
+    yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", ws.root / "classes_blank.txt", *TINY,
+           *CPU]
 
 
 # --------------------------------------------------------------------------------------------- the page

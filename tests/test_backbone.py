@@ -4,7 +4,6 @@ can be missing."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,9 @@ from safetensors.torch import save_file
 
 from vpltool.backbone import ClipBackbone, ModelSpec, load_backbone
 from vpltool.errors import VplError
+
+import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
+from pace import bound
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,7 @@ def test_unknown_tag_lists_the_tags_quickly(tiny_spec):
     start = time.perf_counter()
     with pytest.raises(VplError, match="neither a file nor a tag of vpl-test-vit; tags: none"):
         load_backbone(ModelSpec(tiny_spec.model, "openai", tiny_spec.config_dir))
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < bound(5, cap=30)  # the hub's retries took ~47 s
 
 
 def test_offline_tag_without_cache_fails_fast_naming_a_local_file(tmp_path, monkeypatch):
@@ -142,7 +144,7 @@ def test_offline_tag_without_cache_fails_fast_naming_a_local_file(tmp_path, monk
     start = time.perf_counter()
     with pytest.raises(VplError) as e:
         load_backbone(ModelSpec("ViT-B-16", "openai"))
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < bound(5, cap=30)
     assert "not in the local cache" in str(e.value) and "--pretrained /path/to/ViT-B-16.safetensors" in str(e.value)
 
 
@@ -215,5 +217,5 @@ def test_open_clip_import_defers_dynamo_and_leaves_it_working():
         "assert callable(torch._dynamo.optimize) and 'torch._dynamo' in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = pace.run([sys.executable, "-c", code], 120, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -18,6 +18,8 @@ from vpltool.batches import (
 )
 from vpltool.errors import ContractError, VplError
 
+from pace import bound  # tests/ is on sys.path: hang bounds scaled to the machine's pace
+
 
 def test_plan_groups_equal_sizes_in_input_order():
     keys = ["a", "b", "a", "a", "b", "c", "a"]
@@ -225,7 +227,7 @@ def test_loading_workers_die_with_their_run():
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    deadline = time.monotonic() + 5  # without the signal they would sleep on for 2 minutes
+    deadline = time.monotonic() + bound(5, cap=60)  # without the signal they would sleep on for 2 minutes
     while rc.session_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert rc.session_processes(proc.pid) == []

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 MAKE_TABLE = ROOT / "docgen" / "make_table.py"
@@ -68,7 +70,7 @@ def quick_results(tmp_path_factory) -> Path:
                                     cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name in SCRIPTS}
     for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
+        stdout, stderr = pace.communicate(proc, 300)
         assert proc.returncode == 0, f"{name} --quick failed:\n{stderr[-3000:]}"
         (out / f"{_stem(name)}.json").write_text(stdout)
     return out
@@ -104,9 +106,8 @@ def test_make_table_renders_headline_tables_and_the_reproduce_block(quick_result
     doc.write_text("# Reproduce\n\nbefore\n\n<!-- stage-costs:begin -->\nSTALE-BLOCK\n<!-- stage-costs:end -->\n"
                    "\nafter\n")
     out = tmp_path / "performance.md"
-    subprocess.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(quick_results),
-                    "--out", str(out), "--reproduce", str(doc)], cwd=ROOT, env=_env(), check=True, capture_output=True,
-                   timeout=60)
+    pace.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(quick_results),
+              "--out", str(out), "--reproduce", str(doc)], 60, cwd=ROOT, env=_env(), check=True, capture_output=True)
     page = out.read_text()
     for heading in ("## cam:", "## learn-prototypes:", "## crf:", "## train-decoder:", "## Disk and compute"):
         assert heading in page
@@ -130,9 +131,9 @@ def test_make_table_reads_an_older_result_without_peak_memory_list(tmp_path):
            "second_pass_speedup_vs_clip_es": 4.82, "peak_rss_mb": 2106.7}
     (tmp_path / "results" / "cam.json").write_text(json.dumps(old))
     out = tmp_path / "performance.md"
-    subprocess.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(tmp_path / "results"),
-                    "--out", str(out), "--reproduce", str(tmp_path / "none.md")], cwd=ROOT, env=_env(), check=True,
-                   capture_output=True, timeout=60)
+    pace.run([sys.executable, str(MAKE_TABLE), "--parity", "/nonexistent", "--results", str(tmp_path / "results"),
+              "--out", str(out), "--reproduce", str(tmp_path / "none.md")], 60, cwd=ROOT, env=_env(), check=True,
+             capture_output=True)
     page = out.read_text()
     assert "| first_pass_speedup | 0.84 |" in page  # an older layout is shown field by field, not as today's table
     assert "machine: x86_64, 2 cores" in page and "2107 MiB" in page
@@ -140,8 +141,8 @@ def test_make_table_reads_an_older_result_without_peak_memory_list(tmp_path):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_bench_runs_every_benchmark_script():
-    dry = subprocess.run(["make", "-n", "bench", "BENCH_DEVICE=cuda"], cwd=ROOT, env=_env(), capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    dry = pace.run(["make", "-n", "bench", "BENCH_DEVICE=cuda"], 60, cwd=ROOT, env=_env(), capture_output=True,
+                   text=True, check=True).stdout
     for name in SCRIPTS:
         script, *args = name.split()
         assert " ".join([f"bench/{script} --device cuda", *args]) in dry
@@ -155,7 +156,7 @@ def test_gpu_session_script_names_scripts_and_options_that_exist():
 
     script = BENCH / "gpu_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    usage = pace.run(["bash", str(script)], 30, capture_output=True, text=True)
     assert usage.returncode == 2 and "gpu_session.sh a" in usage.stderr
     calls = re.findall(r"python3 bench/(\w+\.py)((?:[^\n]|\\\n)*)", script.read_text())
     assert {name for name, _ in calls} >= {"bench_decoder.py", "bench_host.py", "bench_gpu_pipeline.py"}

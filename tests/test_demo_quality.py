@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "vpltool" / "assets" / "toy-clip"
 
@@ -32,9 +34,9 @@ def demo_metrics(tmp_path_factory) -> dict:
     env.pop("OMP_NUM_THREADS", None)  # the pipeline should use every core, as `make demo` does
     # -j2 as `make demo` runs it: two independent stages at a time
     # the open-vocabulary (DENSE) and DINO-affinity rows are left out: no bar here reads them, and CI's time is short
-    subprocess.run(["make", "-C", str(ROOT), "-j2", "report", f"RUN={run}", f"VENV={venv}", "DEVICE=cpu", "DENSE=",
-                    "DENSE_SEEDS=", "AFFINITY_ROWS="],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800)
+    pace.run(["make", "-C", str(ROOT), "-j2", "report", f"RUN={run}", f"VENV={venv}", "DEVICE=cpu", "DENSE=",
+              "DENSE_SEEDS=", "AFFINITY_ROWS="], 1800, check=True, env=env, stdout=subprocess.DEVNULL,
+             stderr=subprocess.PIPE)
     return json.loads((run / "metrics.json").read_text())
 
 

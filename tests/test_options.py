@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -21,6 +20,8 @@ from vpltool.cli import app
 from vpltool.config import CamConfig, DecoderConfig, ExtractConfig, PredictConfig, RuntimeConfig
 from vpltool.demo.config import ToyClipConfig, WorldConfig
 from vpltool.errors import ContractError, VplError
+
+import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
 
 CPU = RuntimeConfig(device="cpu", workers=1)
 
@@ -290,10 +291,10 @@ def test_interrupted_hint_names_resume_where_a_stage_needs_it():
 def test_shell_completion_accepts_click_and_typer_spellings(value):
     env = {**os.environ, "_VPLTOOL_COMPLETE": value}
     code = "import sys; sys.argv = ['vpltool']; from vpltool.cli import main; main()"
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    r = pace.run([sys.executable, "-c", code], 120, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "_vpltool_completion()" in r.stdout and "complete -o" in r.stdout, r.stderr
     env = {**os.environ, "_VPLTOOL_COMPLETE": "complete_bash", "COMP_WORDS": "vpltool learn-p", "COMP_CWORD": "1"}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    r = pace.run([sys.executable, "-c", code], 120, env=env, capture_output=True, text=True)
     assert r.stdout.split() == ["learn-prototypes"]
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 def make(*args: str) -> subprocess.CompletedProcess:
     """``make ARGS`` in the repository root, outside any calling make (its MAKEFLAGS would leak in)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    return subprocess.run(["make", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return pace.run(["make", *args], 60, cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 def commands(dry: str) -> list[str]:

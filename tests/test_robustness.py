@@ -26,6 +26,7 @@ from PIL import Image
 from vpltool import io
 from vpltool.io import read_log
 
+import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
 import robustness_cases as rc  # tests/ is on sys.path: pytest imports test modules from their own folder
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "robustness.md"
@@ -239,7 +240,6 @@ def test_train_decoder_killed_mid_run_resumes_to_the_same_weights(pseudo, text, 
 def test_loading_workers_take_sigterms_default_action():
     """A loader worker is forked with the command's SIGTERM handler (which raises); it gets the default back, so a
     worker the loader terminates dies without a traceback after the command's one resume line."""
-    import subprocess
     import sys
 
     code = ("import os, signal\n"
@@ -247,7 +247,7 @@ def test_loading_workers_take_sigterms_default_action():
             "signal.signal(signal.SIGTERM, lambda *a: 1 / 0)\n"
             "die_with_parent(os.getppid())\n"
             "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = pace.run([sys.executable, "-c", code], 60, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
 
@@ -262,7 +262,7 @@ def test_sigterm_is_one_line_exit_143_and_resumes(features, text, tmp_path):
         rc.wait_until(proc, lambda: len(list(out.glob("*.safetensors"))) >= 2)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        _, err = pace.communicate(proc, 120)
     assert proc.returncode == 143, err
     assert [line for line in err.splitlines() if line.strip()][-1] == (
         "interrupted (SIGTERM): finished items are kept; re-run the same command to resume")

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 def evaluate_masks(
     pred_dir: str | os.PathLike, gt_by_id: Mapping[str, Path], classes: Sequence[str], ids: Iterable[str],
     pred_classes: Sequence[str] | None = None, images: Mapping[str, Path] | None = None, per_image: bool = False,
+    gt_map: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """mIoU of a folder of label PNGs (``<pred_dir>/<id>.png``: pseudo masks or decoder predictions).
 
@@ -51,6 +52,7 @@ def evaluate_masks(
             says they score 0 where present.
         images: image id -> image, to tell which of a mask and its ground truth has the wrong size.
         per_image: also return each image's own figures (``per_image``).
+        gt_map: a benchmark's stored GT value -> label (:attr:`vpltool.data.Dataset.gt_map`); None = as stored.
 
     Returns:
         ``miou``, ``iou``, ``precision``, ``recall`` (each {class name: value or None}), ``pixel_accuracy``,
@@ -69,7 +71,7 @@ def evaluate_masks(
     acc = MiouAccumulator(len(classes), per_image)
     n_pred = len(classes) if pred_classes is None else len(pred_classes)
     for item in ids:
-        gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
+        gt = _read_gt(gt_by_id[item], len(classes), gt_map)
         pred = io.read_mask(io.mask_path(pred_dir, item), num_classes=n_pred)
         pred = pred if lut is None else lut[pred]
         _same_size(pred.shape, gt, item, gt_by_id[item], io.mask_path(pred_dir, item), images)
@@ -86,6 +88,7 @@ def evaluate_cams(
     parity: str = "none",
     images: Mapping[str, Path] | None = None,
     per_image: bool = False,
+    gt_map: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """mIoU of a CAM folder (``<cam_dir>/<id>.safetensors``) for each background exponent, best one reported.
 
@@ -111,7 +114,7 @@ def evaluate_cams(
     ids = _check_inputs(cam_dir, ".safetensors", gt_by_id, ids)
     accs = {float(a): MiouAccumulator(len(classes), per_image) for a in bg_exponents}
     for item in ids:
-        gt = io.read_mask(gt_by_id[item], num_classes=len(classes))
+        gt = _read_gt(gt_by_id[item], len(classes), gt_map)
         maps = io.read_cam(io.cam_path(cam_dir, item), classes)
         _same_size(maps.cams.shape[1:], gt, item, gt_by_id[item], maps.file.path, images)
         fg_score, fg_label = best_foreground(maps.cams, maps.labels, fp16=parity == "clip-es")
@@ -122,6 +125,24 @@ def evaluate_cams(
     by_exponent = {a: r["miou"] for a, r in results.items()}
     return {**_with_images(_name_classes(results[best], classes), accs[best], classes), "bg_exponent": best,
             "by_exponent": by_exponent}
+
+
+def _read_gt(path: Path, n_classes: int, gt_map: Sequence[int] | None):
+    """A ground-truth mask as ``[H, W]`` uint8 labels (255 = ignore): as stored, or through a benchmark's
+    ``gt_map`` (mmseg's ``reduce_zero_label``, train ids shifted past vpltool's class 0); a stored value the map
+    does not know is one line naming the file."""
+    if gt_map is None:
+        return io.read_mask(path, num_classes=n_classes)
+    import numpy as np
+
+    raw = io.read_mask(path)
+    lut = np.asarray(gt_map, dtype=np.int16)
+    mapped = lut[raw]
+    if (mapped < 0).any():
+        bad = sorted(set(np.unique(raw[mapped < 0]).tolist()))[:5]
+        raise ContractError(f"{path}: ground-truth values {bad} are not this benchmark's (a mask of another "
+                            "dataset, or an unconverted one); re-run its conversion")
+    return mapped.astype(np.uint8)
 
 
 def _same_size(shape: Sequence[int], gt, item: str, gt_path: Path, pred: Path,
@@ -368,14 +389,14 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         recorded_parity = io.read_record(record_path)["params"].get("parity", "none")
         parity = cfg.parity or from_params(EvalConfig, {"parity": recorded_parity}, record_path).parity
         result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity, images,
-                               per_image=per_image_out is not None)
+                               per_image=per_image_out is not None, gt_map=dataset.gt_map)
         result["parity"] = parity
     else:
         _warn_cam_options(cfg, folder)
         record_path = io.stage_record_path(folder)
         pred_classes = io.read_record(record_path).get("classes") if record_path.is_file() else None
         result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes, images,
-                                per_image=per_image_out is not None)
+                                per_image=per_image_out is not None, gt_map=dataset.gt_map)
     if result.get("miou") is None:  # every ground-truth pixel is 255: there is nothing to score (never a null mIoU)
         where = f"split {dataset.split!r} of {data}" if dataset.split else f"{data}"
         raise VplError(f"{where}: its ground truth of the {len(ids)} images scored holds no labelled pixel (all 255 "

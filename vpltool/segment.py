@@ -21,6 +21,7 @@ pipeline (:mod:`vpltool.batches`), without a backward and without waiting for th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from . import io, presets
@@ -76,6 +77,45 @@ def check_queries(names: Sequence[str], cfg: SegmentConfig) -> tuple[list[str], 
     return templates, background
 
 
+def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background: bool = True
+                    ) -> tuple[list[list[str]], list[str], list[str]]:
+    """``(queries per class 1..C, templates, background words)``: from ``cfg.class_file`` (the references' format,
+    :mod:`vpltool.data.class_files`) when given, else from the ``--classes`` entries and ``--background``. Checked
+    before the model loads. ``scored_background`` False (a benchmark without background, such as ADE20K):
+    ``--background auto`` means none, since a pixel given to class 0 there is wrong wherever it is."""
+    if cfg.class_file is None:
+        if not scored_background and cfg.background == "auto":
+            cfg = replace(cfg, background="none")
+        templates, background = check_queries(names, cfg)
+        return class_synonyms(names), templates, background
+    from .data.class_files import class_file_queries
+
+    presets.check_class_names(class_names(names), "--classes")
+    synonyms, background = class_file_queries(cfg.class_file, len(names))
+    return synonyms, resolve_templates(cfg.templates), background
+
+
+def scored_background(dataset: Dataset) -> bool:
+    """False for a benchmark whose ground truth has no background class (VOC20, Context59, COCO-Stuff, Cityscapes,
+    ADE20K): vpltool's class 0 is never right there."""
+    from .data.benchmarks import BENCHMARKS
+
+    bench = BENCHMARKS.get(dataset.kind)
+    return bench is None or bench.has_background
+
+
+def dense_mixing_of(cfg: SegmentConfig):
+    """The last block's mixing: ``cfg.dense``'s preset, with ``--attention`` / ``--residual`` in place of its own
+    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``)."""
+    if cfg.attention is None and cfg.residual is None:
+        return cfg.dense
+    from .backbone.dense import dense_mixing
+
+    base = dense_mixing(cfg.dense)
+    keep = base.residual if cfg.residual is None else cfg.residual
+    return replace(base, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
+
+
 def run_segment(
     dataset: Dataset,
     out: str | Path,
@@ -93,7 +133,8 @@ def run_segment(
     ``backbone``: reuse a loaded CLIP of ``spec`` (its ``--dense`` is set to ``cfg.dense``)."""
     out = io.check_folder_target(out)
     names = list(cfg.classes) if cfg.classes else list(dataset.classes[1:])
-    templates, background = check_queries(names, cfg)
+    synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset))
+    mixing = dense_mixing_of(cfg)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
@@ -101,13 +142,24 @@ def run_segment(
     settings = cfg.resolved()
     classes = ["background", *class_names(names)]
     params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), "model": spec.identity(),
-              "template_list": templates, "background_words": background}
+              "template_list": templates, "background_words": background,
+              **({"class_queries": synonyms} if cfg.class_file is not None else {}),
+              **({"mixing": _mixing_params(mixing)} if not isinstance(mixing, str) else {})}
     return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
-                            settings, lambda: (backbone or load_backbone(spec, device)).with_dense(cfg.dense),
-                            (class_synonyms(names), templates, background), "--classes / --templates / --background",
+                            settings, lambda: (backbone or load_backbone(spec, device)).with_dense(mixing),
+                            (synonyms, templates, background),
+                            "--class-file / --templates" if cfg.class_file else
+                            "--classes / --templates / --background",
                             on_start, on_item)
 
 
-__all__ = ["STAGE", "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
+def _mixing_params(mixing) -> dict:
+    from dataclasses import asdict
+
+    return asdict(mixing)
+
+
+__all__ = ["STAGE", "resolve_queries", "dense_mixing_of",
+           "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
            "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
            "segment_logits", "short_side_size", "write_dense_masks"]

@@ -505,3 +505,17 @@ def warn_inert(cfg, defaults=None):
 DenseOpt = Annotated[str, typer.Option("--dense", help="How CLIP's last block mixes its tokens: none (CLIP's own, "
                                        "the CLIP-ES path) | maskclip | sclip | clearclip | naclip (the training-free "
                                        "dense methods, as their public code; docs/open-vocabulary.md).")]
+
+
+# the references' queries and last-block switches (segment, benchmark): None = the method's / the preset's
+ClassFileOpt = Annotated[Optional[str], typer.Option(
+    "--class-file", help="Queries as the references write them: a file of one line a class (the dataset's order; "
+    "first line the background's words when it has one more line), comma-separated synonyms, or a bundled "
+    "SET:BENCHMARK (sclip:voc21, clearclip:voc21, ...); each class is still scored as the dataset's.",
+    show_default=False)]
+AttentionOpt = Annotated[Optional[str], typer.Option(
+    "--attention", help="The last block's attention in place of the --dense method's: qk (CLIP's own; ClearCLIP's "
+    "model_type vanilla) | identity (MaskCLIP) | qq+kk (SCLIP) | qq (ClearCLIP) | kk (NACLIP).", show_default=False)]
+ResidualOpt = Annotated[Optional[bool], typer.Option(
+    "--residual/--no-residual", help="Keep (or drop) the last block's residual and FFN, in place of the --dense "
+    "method's (ClearCLIP's ignore_residual=True is --no-residual).", show_default=False)]

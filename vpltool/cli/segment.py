@@ -11,7 +11,9 @@ from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig, dense_hel
 from . import app
 from .common import (
     _R,
+    AttentionOpt,
     BatchSize,
+    ClassFileOpt,
     DenseOpt,
     Device,
     LogFile,
@@ -21,6 +23,7 @@ from .common import (
     Overwrite,
     Precision,
     PretrainedOpt,
+    ResidualOpt,
     Shard,
     Split,
     Verbose,
@@ -69,6 +72,9 @@ def segment_cmd(
                                                         show_default=False)] = None,
     pamr_steps: Annotated[Optional[int], typer.Option(help="PAMR refinement steps (0 = off; dilations 8, 16).",
                                                       show_default=False)] = None,
+    class_file: ClassFileOpt = None,
+    attention: AttentionOpt = None,
+    residual: ResidualOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
@@ -88,6 +94,7 @@ def segment_cmd(
     Example:
       vpltool segment data/VOC2012 --split val -o runs/voc/naclip_val --dense naclip
       vpltool segment photos/ --classes "cat|kitten,dog,sofa" -o runs/photos_seg
+      vpltool segment voc20=data/VOC2012 -o runs/voc20 --dense sclip --class-file sclip:voc20
     """
     from ..data import open_dataset
     from ..predict import parse_class_names
@@ -97,7 +104,8 @@ def segment_cmd(
     cfg = SegmentConfig(dense=dense, templates=templates, background=background, logit_scale=logit_scale,
                         prob_threshold=prob_threshold, area_threshold=area_threshold, short_side=short_side,
                         slide_crop=slide_crop, slide_stride=slide_stride, pamr_steps=pamr_steps,
-                        classes=None if classes is None else parse_class_names(classes))
+                        classes=None if classes is None else parse_class_names(classes), class_file=class_file,
+                        attention=attention, residual=residual)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),

@@ -13,6 +13,7 @@ from .checks import at_least, choice, fraction, positive, require
 
 DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip")  # vpltool.backbone.DENSE_METHODS (torch-free)
 CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
+ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.backbone.dense.ATTENTIONS (torch-free)
 WHOLE_MODES = ("input", "direct")  # --slide-crop 0: logits via the input size (NACLIP) | straight to the image
 
 
@@ -81,9 +82,18 @@ class SegmentConfig:
     slide_stride: int | None = None
     pamr_steps: int | None = None
     classes: tuple[str, ...] | None = None  # None = the dataset's own classes
+    # the references' class file (one line a class, comma-separated queries; vpltool.data.class_files): the
+    # queries of each class, which is still written and scored as the dataset's class; None = --classes/--background
+    class_file: str | None = None
+    # the last block's attention and residual+FFN in place of the --dense method's (ClearCLIP's harness runs
+    # model_type 'vanilla' = qk with ignore_residual True = no residual, no FFN); None = the method's
+    attention: str | None = None
+    residual: bool | None = None
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
+        if self.attention is not None:
+            choice("--attention", self.attention, ATTENTION_CHOICES)
         # CLIP's own is 100 (learned, clamped there); beyond MAX_LOGIT_SCALE softmax is an argmax already, and the
         # product overflows float16 (65504) under --precision fp16 and float32 at ~3e38 (all-background masks)
         positive("--logit-scale", self.logit_scale, allow_none=True, upper=MAX_LOGIT_SCALE)

@@ -26,6 +26,7 @@ from ..io import (
     stage_record_path,
 )
 from ..presets import MAX_CLASSES
+from .benchmarks import BENCHMARKS, open_benchmark, parse_benchmark_path
 from .coco import is_coco_root, open_coco
 from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
 from .folder import open_folder
@@ -54,6 +55,10 @@ def open_dataset(
     Raises:
         VplError: one line naming the file and the fix (unknown layout, missing image, unknown label, ...).
     """
+    if (bench := parse_benchmark_path(path)) is not None:  # 'voc21=/data/VOC2012': one of the eight benchmarks
+        if labels_file is not None:
+            raise VplError(f"{path}: a benchmark is read with its own labels; drop --labels-file")
+        return open_benchmark(bench[0], bench[1], split)
     path = Path(path).expanduser()
     labels_file = Path(labels_file).expanduser() if labels_file is not None else None
     if not path.exists():
@@ -103,6 +108,8 @@ def reopen(ident: dict, split: str | None = None) -> Dataset:
     (None = the recorded one). The recorded split is read with the label file it was read with (``--labels-file``:
     the very file, by its sha256; a pickle the user allowed then is allowed again), another split with its own."""
     split = split or ident.get("split")
+    if ident.get("kind") in BENCHMARKS:
+        return open_dataset(f"{ident['kind']}={ident['root']}", split)
     labels = ident.get("labels_file") if split == ident.get("split") else None
     if not isinstance(labels, dict):
         return open_dataset(ident["root"], split)

@@ -80,6 +80,8 @@ class Dataset:
     items: list[Item]
     preset: str | None  # 'voc' | 'coco' | None: picks CLIP-ES prompt names and background words
     sources: tuple[Path, ...] = ()  # files read from outside the root (a --labels-file): protected like the root
+    # a benchmark's stored ground-truth value -> label (256 entries, -1 = never stored; vpltool.data.benchmarks)
+    gt_map: tuple[int, ...] | None = None
 
     def identity(self) -> dict[str, Any]:
         """What stage records store to tell datasets apart, without listing every item; with ``labels_file`` (path
@@ -154,6 +156,10 @@ class Dataset:
 
 def layout_folders(kind: str, root: Path) -> list[Path]:
     """The data folders of a dataset layout under ``root`` (none for a manifest: its items name theirs)."""
+    from .benchmarks import BENCHMARKS, benchmark_folders
+
+    if kind in BENCHMARKS:
+        return benchmark_folders(kind, root)
     names = {"folder": ("images", "masks"),
              "voc": ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "Annotations", "ImageSets"),
              "coco": ("JPEGImages", "train2014", "val2014", "SegmentationClass")}.get(kind, ())

@@ -1,0 +1,206 @@
+"""Per-method, per-benchmark presets: the settings each reference's own config runs each of the eight benchmarks with
+(`vpltool benchmark`, `vpltool benchmark --presets`). Read from each repository's ``configs/cfg_<benchmark>.py``
+(the ``model = dict(...)`` keys and the ``Resize(scale=(2048, S))`` short side) over its segmentor's ``__init__``
+defaults; the source of every value is kept with it. Options given on the command line win over a preset.
+
+Keys are :class:`~vpltool.config.SegmentConfig` fields (``class_file`` a bundled ``SET:BENCHMARK``, see
+:mod:`vpltool.data.class_files`); ``extra`` holds a method's own knobs (ProxyCLIP's beta/gamma, CASS's weights,
+Trident's thresholds) recorded for the methods another module runs. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BENCHMARK_NAMES = ("voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff", "cityscapes", "ade20k")
+_CFG = {"voc21": "cfg_voc21.py", "context60": "cfg_context60.py", "coco-object": "cfg_coco_object.py",
+        "voc20": "cfg_voc20.py", "context59": "cfg_context59.py", "coco-stuff": "cfg_coco_stuff164k.py",
+        "cityscapes": "cfg_city_scapes.py", "ade20k": "cfg_ade20k.py"}
+
+
+@dataclass(frozen=True)
+class MethodPresets:
+    """One reference: its repository (and commit when pinned), its segmentor's defaults, and per benchmark the
+    values its config sets, each with ``file:line``."""
+
+    repo: str
+    defaults: dict
+    defaults_source: str
+    benchmarks: dict  # name -> {key: (value, "cfg_x.py:line")}
+    class_set: str | None  # the bundled class files (SET of SET:BENCHMARK); None: the repository's own
+    extra: dict = field(default_factory=dict)  # name -> {knob: value}, not run by vpltool's dense segmentor
+
+    def settings(self, benchmark: str) -> dict:
+        """The preset of ``benchmark``: SegmentConfig fields (``class_file`` included when bundled)."""
+        out = dict(self.defaults)
+        out.update({k: v for k, (v, _) in self.benchmarks.get(benchmark, {}).items()})
+        if self.class_set is not None:
+            out["class_file"] = f"{self.class_set}:{benchmark}"
+        return out
+
+    def sources(self, benchmark: str) -> dict:
+        """``{key: "file:line"}`` of every value of :meth:`settings`."""
+        out = {k: self.defaults_source for k in self.defaults}
+        out.update({k: src for k, (_, src) in self.benchmarks.get(benchmark, {}).items()})
+        if self.class_set is not None:
+            out["class_file"] = f"configs/cls_*.txt ({_CFG[benchmark]} name_path)"
+        return out
+
+
+def _per(values: dict) -> dict:
+    """``{benchmark: {key: (value, line)}}`` -> sources as ``cfg_x.py:line``."""
+    return {b: {k: (v, f"configs/{_CFG[b]}:{line}") for k, (v, line) in kv.items()} for b, kv in values.items()}
+
+
+def _short(lines: dict, sides: dict) -> dict:
+    """Each benchmark's Resize short side with its line."""
+    return {b: {"short_side": (sides[b], lines[b])} for b in sides}
+
+
+def _merge(*parts: dict) -> dict:
+    out: dict = {}
+    for part in parts:
+        for b, kv in part.items():
+            out.setdefault(b, {}).update(kv)
+    return out
+
+
+_MMSEG_LINES = {"voc21": 16, "context60": 15, "coco-object": 15, "voc20": 15, "context59": 14, "coco-stuff": 14,
+                "cityscapes": 14, "ade20k": 14}
+_S336 = {b: 336 for b in BENCHMARK_NAMES} | {"cityscapes": 560}
+
+BENCHMARK_PRESETS: dict[str, MethodPresets] = {
+    "naclip": MethodPresets(
+        "sinahmr/NACLIP",
+        {"dense": "naclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
+         "pamr_steps": 10, "area_threshold": 0.0},
+        "naclip.py:20-22 (__init__ defaults; test_all.sh --pamr on = 10 steps)",
+        _per(_merge(_short(_MMSEG_LINES, _S336),
+                    {"voc21": {"prob_threshold": (0.1, 6), "slide_crop": (0, 7)},
+                     "context60": {"prob_threshold": (0.1, 6)}, "coco-object": {"prob_threshold": (0.1, 6)},
+                     "voc20": {"slide_crop": (0, 6)}})),
+        "sclip"),
+    "sclip": MethodPresets(
+        "wangf3014/SCLIP",
+        {"dense": "sclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
+         "pamr_steps": 0, "area_threshold": 0.0},
+        "clip_segmentor.py:19-21 (__init__ defaults)",
+        _per(_merge(_short(_MMSEG_LINES | {"voc21": 17, "context60": 16, "coco-object": 16, "voc20": 14},
+                           _S336 | {"coco-stuff": 448}),
+                    {"voc21": {"logit_scale": (65.0, 6), "prob_threshold": (0.1, 7), "area_threshold": (0.1, 8)},
+                     "context60": {"logit_scale": (50.0, 6), "prob_threshold": (0.1, 7)},
+                     "coco-object": {"logit_scale": (50.0, 6), "prob_threshold": (0.1, 7)}})),
+        "sclip"),
+    "clearclip": MethodPresets(
+        "mc-lan/ClearCLIP",
+        {"dense": "clearclip", "logit_scale": 50.0, "prob_threshold": 0.0, "slide_crop": 448, "slide_stride": 224,
+         "pamr_steps": 0, "area_threshold": 0.0},
+        "clearclip_segmentor.py:22-23 (__init__ defaults)",
+        _per(_merge(_short(_MMSEG_LINES | {"voc21": 15, "voc20": 14, "cityscapes": 15},
+                           {b: 448 for b in BENCHMARK_NAMES}),
+                    {"voc21": {"prob_threshold": (0.5, 6)}, "context60": {"prob_threshold": (0.15, 6)},
+                     "coco-object": {"prob_threshold": (0.4, 6)}, "cityscapes": {"slide_crop": (224, 6)}})),
+        "clearclip"),
+    "proxyclip": MethodPresets(
+        "mc-lan/ProxyCLIP@e7b767f",
+        {"dense": "proxyclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 112,
+         "pamr_steps": 0, "area_threshold": 0.0},
+        "proxyclip_segmentor.py:30-31 (__init__ defaults; base_config vfm_model='dino')",
+        _per(_merge(_short(_MMSEG_LINES | {"voc21": 15, "voc20": 14, "cityscapes": 16},
+                           {b: 336 for b in BENCHMARK_NAMES} | {"cityscapes": 448, "ade20k": 448}),
+                    {"voc21": {"prob_threshold": (0.2, 6)}, "context60": {"prob_threshold": (0.15, 6)},
+                     "coco-object": {"prob_threshold": (0.25, 6)},
+                     "cityscapes": {"slide_stride": (112, 6), "slide_crop": (224, 7)}})),
+        None, {b: {"beta": 1.2, "gamma": 3.0} for b in BENCHMARK_NAMES}),
+    "sc-clip": MethodPresets(
+        "SuleBai/SC-CLIP@0417ba9",
+        {"dense": "sc-clip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
+         "pamr_steps": 0, "area_threshold": 0.0},
+        "scclip_segmentor.py:19-22 (__init__ defaults)",
+        _per(_merge(_short(_MMSEG_LINES | {"voc20": 14}, _S336),
+                    {"voc21": {"area_threshold": (0.1, 6), "logit_scale": (50.0, 7), "prob_threshold": (0.15, 7)},
+                     "context60": {"prob_threshold": (0.15, 6)},
+                     "coco-object": {"logit_scale": (55.0, 6), "prob_threshold": (0.35, 6)}})),
+        "sclip"),
+    "cass": MethodPresets(
+        "MICV-yonsei/CASS@228ecdd",
+        {"dense": "cass", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
+         "pamr_steps": 10, "area_threshold": 0.0},
+        "cass_segmentor.py:31-33 (__init__ defaults)",
+        _per(_merge(_short({b: 20 for b in BENCHMARK_NAMES} | {"voc21": 21, "context60": 21, "coco-object": 21,
+                            "cityscapes": 21}, _S336),
+                    {"voc21": {"prob_threshold": (0.1, 6), "slide_crop": (0, 7)},
+                     "context60": {"prob_threshold": (0.1, 6)}, "coco-object": {"prob_threshold": (0.1, 6)}})),
+        "sclip",
+        {"voc21": {"global_semantics_weight": 0.1, "mean_vector_weight": 0.03, "h_threshold": 0.10},
+         "context60": {"global_semantics_weight": 0.25, "mean_vector_weight": 0.04, "h_threshold": 0.09},
+         "coco-object": {"global_semantics_weight": 0.25, "mean_vector_weight": 0.01, "h_threshold": 0.10},
+         "voc20": {"global_semantics_weight": 0.4, "mean_vector_weight": 0.02, "h_threshold": 0.10},
+         "cityscapes": {"global_semantics_weight": 0.1, "mean_vector_weight": 0.03, "h_threshold": 0.14},
+         "context59": {"global_semantics_weight": 0.25, "mean_vector_weight": 0.04, "h_threshold": 0.09},
+         "ade20k": {"global_semantics_weight": 0.3, "mean_vector_weight": 0.05, "h_threshold": 0.06},
+         "coco-stuff": {"global_semantics_weight": 0.2, "mean_vector_weight": 0.02, "h_threshold": 0.02}}),
+    "trident": MethodPresets(
+        "YuHengsss/Trident@a93b346",
+        {"dense": "trident", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 224,
+         "pamr_steps": 0, "area_threshold": 0.0},
+        "configs/base_config.py (slide_stride=224, slide_crop=336) over trident.py:29-33",
+        _per(_merge(_short({b: 15 for b in BENCHMARK_NAMES} | {"voc21": 16, "context60": 16, "coco-object": 16,
+                            "voc20": 17, "cityscapes": 18, "ade20k": 16},
+                           {"voc21": 448, "context60": 576, "coco-object": 448, "voc20": 336, "context59": 576,
+                            "coco-stuff": 448, "cityscapes": 688, "ade20k": 576}),
+                    {"voc21": {"prob_threshold": (0.2, 6)}, "context60": {"prob_threshold": (0.15, 6)},
+                     "coco-object": {"prob_threshold": (0.25, 7)}, "voc20": {"slide_stride": (112, 7)}})),
+        None,
+        {"voc21": {"coarse_thresh": 0.2}, "context60": {"coarse_thresh": 0.15},
+         "coco-object": {"coarse_thresh": 0.25},
+         "voc20": {"coarse_thresh": 0.2, "cos_fac": 0.0},
+         "cityscapes": {"cos_fac": 3.0, "refine_neg_cos": False, "coarse_thresh": 0.10},
+         "context59": {"coarse_thresh": 0.15}, "ade20k": {"refine_neg_cos": False, "coarse_thresh": 0.05},
+         "coco-stuff": {"coarse_thresh": 0.05}}),
+}
+# MaskCLIP as ClearCLIP's harness runs it (model_type 'MaskCLIP', ignore_residual False): ClearCLIP's settings
+BENCHMARK_PRESETS["maskclip"] = MethodPresets(
+    "mc-lan/ClearCLIP (model_type='MaskCLIP')", {**BENCHMARK_PRESETS["clearclip"].defaults, "dense": "maskclip"},
+    BENCHMARK_PRESETS["clearclip"].defaults_source, BENCHMARK_PRESETS["clearclip"].benchmarks, "clearclip")
+
+
+def source_summary(method: str, benchmark: str) -> str:
+    """Where a preset's values come from, compactly: ``cfg_voc21.py:6 prob_threshold, :16 short_side; the rest
+    naclip.py:20-22 (...)``."""
+    p = BENCHMARK_PRESETS[method]
+    own = sorted(((src.rsplit(":", 1)[1], k) for k, src in p.sources(benchmark).items()
+                  if src.startswith("configs/cfg_")), key=lambda t: int(t[0]))
+    cfg = f"configs/{_CFG[benchmark]}"
+    head = (cfg + ":" + ", :".join(f"{line} {k}" for line, k in own)) if own else f"{cfg}: nothing"
+    return f"{head}; the rest {p.defaults_source}" + ("; class file: its configs/cls_*.txt" if p.class_set else "")
+
+
+def presets_table(method: str | None = None) -> list[dict]:
+    """Rows ``{method, benchmark, settings, sources, extra}`` of every preset (or one method's), for listings."""
+    rows = []
+    for name, p in BENCHMARK_PRESETS.items():
+        if method is not None and name != method:
+            continue
+        for b in BENCHMARK_NAMES:
+            rows.append({"method": name, "repo": p.repo, "benchmark": b, "settings": p.settings(b),
+                         "sources": p.sources(b), "source": source_summary(name, b), "extra": p.extra.get(b, {})})
+    return rows
+
+
+def presets_markdown() -> str:
+    """Every preset as a markdown table (docs/benchmarks.md, written by docgen/benchmark_presets.py)."""
+    lines = ["| method | benchmark | short side | window / stride | logit scale | prob. threshold | area threshold "
+             "| PAMR | class file | from (repository: file:line) |", "|" + "---|" * 10]
+    for row in presets_table():
+        s = row["settings"]
+        window = f"{s['slide_crop']} / {s['slide_stride']}" if s["slide_crop"] else "whole image"
+        extra = (" (+ " + ", ".join(f"{k} {v}" for k, v in row["extra"].items()) + ")") if row["extra"] else ""
+        lines.append(f"| {row['method']} | {row['benchmark']} | {s['short_side']} | {window} | {s['logit_scale']:g} | "
+                     f"{s['prob_threshold']:g} | {s['area_threshold'] or '-'} | {s['pamr_steps'] or '-'} | "
+                     f"{s.get('class_file', 'its own')} | {row['repo']}: {row['source']}{extra} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["BENCHMARK_NAMES", "BENCHMARK_PRESETS", "MethodPresets", "presets_table", "source_summary",
+           "presets_markdown"]
