@@ -413,7 +413,7 @@ toy-clip: setup
 # (the default world's train images, no labels; about 25 min on one thread of shared cores)
 ## Retrain the shipped toy DINO of `--affinity dino` from its seed (not part of CI; bit-identical)
 toy-dino: runs/toy-dino/world/_stage.json
-	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world
+	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world --overwrite
 runs/toy-dino/world/_stage.json: | setup
 	$(VPL) make-world $(@D)
 
@@ -481,3 +481,9 @@ $(RUN)/weclipplus_seed%/pred_val/_stage.json: $(RUN)/weclipplus_seed%/decoder.sa
 	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
 $(RUN)/metrics/weclipplus_seed%.json: $(RUN)/weclipplus_seed%/pred_val/_stage.json
 	$(VPL) eval $(<D) --json $@ --overwrite
+
+## The hostile-input generator, longer than the suite's bounded run (tests/test_fuzz.py; FUZZ_EXAMPLES per command)
+FUZZ_EXAMPLES ?= 40
+.PHONY: fuzz
+fuzz:
+	VPLTOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz.py

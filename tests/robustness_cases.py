@@ -3270,6 +3270,438 @@ def _choice_refine(ws: Workspace) -> Iterator[list[object]]:
     yield ["choose-pseudo", _choice_run(ws, "choice_refine"), "none", "caa", "--refine", "caa"]
 
 
+# --------------------------------------------------------------------------------------------- branch robust
+# ---- H1: a per-item file under another item's name (every per-item file records its id; the one reader checks it)
+def _swapped(ws: Workspace, source: Path, name: str, suffix: str) -> tuple[Path, str]:
+    """A copy of a finished folder where the first item's file is replaced by the last item's (a `cp` over it)."""
+    folder = ws.copy(source, name)
+    files = sorted(p for p in folder.glob(f"*{suffix}") if not p.name.startswith(("_", ".")))
+    shutil.copyfile(files[-1], files[0])
+    return folder, files[0].name
+
+
+@case("eval of a CAM folder where one file is another image's (`cp` over it)", "holds item 'train_000003'",
+      "not 'train_000000''s: a file copied or renamed over another item's; re-run `vpltool cam` with --overwrite")
+def _eval_swapped_cam(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.cams, "cams_swapped_eval", ".safetensors")
+    yield ["eval", folder]
+
+
+@case("crf of a CAM folder where one file is another image's", "cams_swapped_crf/train_000000.safetensors: holds "
+      "item 'train_000003''s cam")
+def _crf_swapped_cam(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.cams, "cams_swapped_crf", ".safetensors")
+    yield ["crf", folder, "-o", ws.out("pseudo_swapped"), "--workers", "1"]
+
+
+@case("cam of a features folder where one file is another image's", "holds item 'train_000003''s features",
+      "re-run `vpltool extract` with --overwrite")
+def _cam_swapped_features(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.features, "features_swapped", ".safetensors")
+    yield ["cam", folder, "-p", ws.text, "-o", ws.out("cams_of_swapped"), *CPU]
+
+
+@case("eval of a pseudo-mask folder where one mask is another image's", "pseudo_swapped_eval/train_000000.png: "
+      "holds item 'train_000003''s mask", "re-run the stage that wrote it with --overwrite")
+def _eval_swapped_mask(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.pseudo, "pseudo_swapped_eval", ".png")
+    yield ["eval", folder]
+
+
+@case("train-decoder on a pseudo-mask folder where one mask is another image's", "holds item 'train_000003''s mask")
+def _decoder_swapped_mask(ws: Workspace) -> Iterator[list[object]]:
+    folder, _ = _swapped(ws, ws.pseudo, "pseudo_swapped_decoder", ".png")
+    yield ["train-decoder", folder, "-p", ws.text, "-o", ws.out("decoder_swapped"), *DECODER_ARGS]
+
+
+# ---- H2, M2-M4: class names checked once (presets.check_class_names): at most 254, synonyms unique, none empty
+SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "diamond")
+
+
+def _segment(ws: Workspace, out: str, *extra: object) -> list[object]:
+    return ["segment", ws.world, "--split", "val", "-o", ws.out(out), *TINY, *CPU, "--dense", "maskclip", *extra]
+
+
+@case("segment --classes FILE with 254 filler names then the 8 shapes (262 classes: a uint8 mask wraps at 255)",
+      "--classes: 262 class names, more than the 254 a mask holds")
+def _too_many_classes(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "classes_262.txt"
+    path.write_text("\n".join([f"filler{i}" for i in range(254)] + list(SHAPES)) + "\n")
+    yield _segment(ws, "seg_262", "--classes", path)
+
+
+@case("predict --classes with 255 names", "--classes: 255 class names, more than the 254 a mask holds")
+def _predict_too_many_classes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_255"), *CPU,
+           "--classes", ",".join(f"thing{i}" for i in range(255))]
+
+
+@case("segment --classes '|star,circle' (a blank before the first synonym: the class is 'star')", "→ seg_blank_syn",
+      exit_code=0, leaves=("seg_blank_syn/*",))
+def _blank_first_synonym(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_blank_syn", "--classes", "|star,circle")
+
+
+@case("segment --classes ',' (separators only)", "--classes")
+def _classes_commas(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_commas", "--classes", ",")
+
+
+@case("predict --classes 'star|circle,square' (synonyms are segment's)", "--classes: 'star|circle': predict reads "
+      "no synonyms")
+def _predict_synonyms(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_syn"), *CPU,
+           "--classes", "star|circle,square"]
+
+
+@case("segment --classes 'star|circle,circle' (a synonym that is another class)", "--classes: 'circle' is named "
+      "twice (case ignored); give each class and synonym once")
+def _synonym_is_a_class(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_syn_class", "--classes", "star|circle,circle")
+
+
+@case("segment --classes 'circle|background,star' (background as a synonym)", "--classes: 'background' (a synonym "
+      "of 'circle') is class 0 already")
+def _synonym_background(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_syn_bg", "--classes", "circle|background,star")
+
+
+@case("segment --classes 'striped_star,striped star' ('_' reads as a space: one name)", "'striped_star' and "
+      "'striped star' are named twice (case ignored) ('_' reads as a space)")
+def _underscore_twice(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_underscore", "--classes", "striped_star,striped star")
+
+
+# ---- H3: train-toy-dino's outputs name their kind, so the output guard protects every other file
+@case("train-toy-dino OUT where OUT is the run's text prototypes (no --overwrite)", "text_for_dino.safetensors: "
+      "holds text prototypes (`text-prototypes`), not a toy DINO's weights (`train-toy-dino`), so it is not replaced")
+def _dino_over_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    target = ws.root / "text_for_dino.safetensors"
+    shutil.copyfile(ws.text, target)
+    yield ["train-toy-dino", target, "--data", ws.world]
+
+
+@case("train-toy-dino OUT where OUT.json beside it is an eval score file", "dino_scores.json: holds scores "
+      "(`eval --json`), not a toy DINO's record (`train-toy-dino`)")
+def _dino_over_scores(ws: Workspace) -> Iterator[list[object]]:
+    cli_ok("eval", ws.pseudo, "--json", ws.root / "dino_scores.json")
+    yield ["train-toy-dino", ws.root / "dino_scores.safetensors", "--data", ws.world]
+
+
+# ---- H4, H5: a dataset is known by its images' bytes, not their names and sizes (Dataset.content_sha)
+def _bmp_world(ws: Workspace) -> tuple[Path, Path]:
+    """The workspace world with its images saved as BMP (a BMP's byte size is its pixel size: a flipped copy keeps
+    every size), and its CAMs (extract, cam; made once)."""
+    from PIL import Image
+
+    world, cams = ws.root / "world_bmp", ws.root / "cams_bmp"
+    if not (cams / "_stage.json").is_file():
+        ws.copy(ws.world, "world_bmp")
+        for png in sorted((world / "images").glob("*.png")):
+            with Image.open(png) as img:
+                img.convert("RGB").save(png.with_suffix(".bmp"))
+            png.unlink()
+        features = ws.out("features_bmp")
+        cli_ok("extract", world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1", "--cache", "full")
+        cli_ok("cam", features, "-p", ws.text, "-o", cams, *CPU)
+    return world, cams
+
+
+def _flipped_copy(ws: Workspace, world: Path, name: str) -> Path:
+    """A copy of ``world`` with every image and mask flipped left-right: same ids, labels, names and byte sizes."""
+    from PIL import Image, ImageOps
+
+    copy = ws.copy(world, name)
+    for path in sorted([*(copy / "images").glob("*.bmp"), *(copy / "masks").glob("*.png")]):
+        with Image.open(path) as img:
+            flipped = ImageOps.mirror(img)
+            flipped.load()
+        flipped.save(path)
+    return copy
+
+
+@case("eval CAMS --data COPY where COPY has every image and mask flipped (same ids, labels, names, byte sizes)",
+      "--data world_flipped: not the dataset cams_bmp was made from", "an image's content differs under the same "
+      "id, name and byte size")
+def _eval_flipped(ws: Workspace) -> Iterator[list[object]]:
+    world, cams = _bmp_world(ws)
+    yield ["eval", cams, "--data", _flipped_copy(ws, world, "world_flipped")]
+
+
+@case("eval CAMS --data COPY where COPY is an exact copy of the dataset (moved)", "mIoU", exit_code=0)
+def _eval_identical_copy(ws: Workspace) -> Iterator[list[object]]:
+    _, cams = _bmp_world(ws)
+    yield ["eval", cams, "--data", ws.copy(ws.root / "world_bmp", "world_bmp_copy")]
+
+
+@case("choose-pseudo where one refinement's CAMs and masks were re-made from another world with the same ids",
+      "choice_other_world/caa/pseudo: made from another dataset than choice_other_world/pseudo",
+      "the candidates' scores are not comparable")
+def _choice_other_world(ws: Workspace) -> Iterator[list[object]]:
+    _, cams = _bmp_world(ws)
+    run = _choice_run(ws, "choice_other_world")
+    shutil.rmtree(run / "caa" / "cams_vision")
+    shutil.copytree(cams, run / "caa" / "cams_vision")
+    cli_ok("crf", run / "caa" / "cams_vision", "-o", run / "caa" / "pseudo", "--workers", "1", "--overwrite")
+    cli_ok("eval", run / "caa" / "pseudo", "--json", run / "metrics" / "caa" / "pseudo.json")
+    yield ["choose-pseudo", run, "none", "caa", "--by", "masks"]
+
+
+@case("choose-pseudo where a score's miou and per-class IoUs were edited together (its confusion matrix kept)",
+      "choice_edited2/metrics/caa/pseudo.json: its 'miou' 0.9900 is not that of its confusion matrix")
+def _choice_edited_both(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_edited2")
+    _edit_score(run, lambda r: {**r, "miou": 0.99, "iou": {k: None if v is None else 0.99 for k, v in r["iou"].items()
+                                                           }})
+    yield ["choose-pseudo", run, "none", "caa", "--by", "masks"]
+
+
+@case("choose-pseudo where a score's miou was edited to contradict its per-class IoUs", "choice_edited/metrics/caa/"
+      "pseudo.json: its 'miou' 0.9900 is not the mean of its per-class IoUs", "re-run `vpltool eval")
+def _choice_edited(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_edited")
+    _edit_score(run, lambda r: {**r, "miou": 0.99})
+    yield ["choose-pseudo", run, "none", "caa", "--by", "masks"]
+
+
+# ---- M5, M6, M10: the dense options of cam and predict named as they spell them; bounds; options without effect
+@case("cam --dense maskclip --dense-crop 8 --dense-stride 16 (the error names cam's options)",
+      "--dense-stride 16 is larger than --dense-crop 8")
+def _cam_dense_names(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense_names"), "--dense", "maskclip", "--dense-crop",
+           "8", "--dense-stride", "16", *CPU]
+
+
+@case("cam --dense maskclip --dense-scale 1e39 (float32 overflows)", "--dense-scale 1e+39: must be a number above "
+      "0 and at most 1000")
+def _cam_dense_scale_huge(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense_huge"), "--dense", "maskclip", "--dense-scale",
+           "1e39", *CPU]
+
+
+@case("predict --dense maskclip --classes star --dense-side 3", "--dense-side 3: must be >= 16")
+def _predict_dense_names(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_dense_names"), *CPU,
+           "--dense", "maskclip", "--classes", "star", "--dense-side", "3"]
+
+
+@case("segment --logit-scale 1e300 (all-background masks from a float32 overflow)", "--logit-scale 1e+300: must "
+      "be a number above 0 and at most 1000")
+def _segment_scale_huge(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_scale_huge", "--classes", "star,circle", "--logit-scale", "1e300")
+
+
+@case("cam --dense-crop 64 without --dense", "warning: --dense-crop 64 has no effect without --dense; it is ignored",
+      exit_code=0, leaves=("cams_crop_only/*",))
+def _cam_crop_without_dense(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_crop_only"), "--dense-crop", "64", *CPU]
+
+
+@case("cam --dense maskclip --refine caa+sgc (GradCAM's refinement with the dense path)",
+      "warning: --refine caa+sgc has no effect with --dense maskclip (no GradCAM, no CAA)", exit_code=0,
+      leaves=("cams_dense_refine/*",))
+def _cam_dense_refine(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense_refine"), "--dense", "maskclip", "--refine",
+           "caa+sgc", *CPU]
+
+
+# ---- M7: every stage that reads images refuses one under 16 pixels a side before a model loads (header_sizes)
+def _strip_world(ws: Workspace) -> Path:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_strip")
+    ids = sorted(p.stem for p in (world / "images").glob("val_*.png"))
+    Image.new("RGB", (5000, 1), (90, 120, 60)).save(world / "images" / f"{ids[0]}.png")
+    (world / "masks" / f"{ids[0]}.png").unlink()
+    return world
+
+
+@case("segment on a split holding a 1x5000 image", "world_strip/images/val_000000.png: 1x5000 pixels, too small "
+      "to segment")
+def _segment_strip(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", _strip_world(ws), "--split", "val", "-o", ws.out("seg_strip"), *TINY, *CPU, "--dense",
+           "maskclip", "--classes", "star,circle"]
+
+
+@case("predict on a split holding a 1x5000 image", "world_strip/images/val_000000.png: 1x5000 pixels, too small "
+      "to segment")
+def _predict_strip(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--data", _strip_world(ws), "--split", "val", "-o",
+           ws.out("pred_strip"), *CPU]
+
+
+# ---- M9: learning rates and scales of the toy trainers: finite, positive, bounded
+@case("train-toy-clip --lr nan", "--lr nan: must be a number above 0 and at most 1")
+def _toy_clip_lr_nan(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_nan"), "--lr", "nan"]
+
+
+@case("train-toy-clip --lr -1", "--lr -1.0: must be a number above 0 and at most 1")
+def _toy_clip_lr_negative(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_neg"), "--lr", "-1"]
+
+
+@case("train-toy-clip --lr inf (was: exit 0 and a model of NaN weights)", "--lr inf: must be a number above 0 and "
+      "at most 1")
+def _toy_clip_lr_inf(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_inf"), "--lr", "inf"]
+
+
+@case("train-toy-dino --lr inf", "--lr inf: must be a number above 0 and at most 1")
+def _toy_dino_lr_inf(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-dino", ws.root / "dino_inf.safetensors", "--data", ws.world, "--lr", "inf"]
+
+
+# ---- M8: no mIoU from a ground truth without a labelled pixel
+@case("eval --json on a split whose ground truth is all 255", "holds no labelled pixel (all 255 = ignore), so there "
+      "is no mIoU")
+def _gt_all_ignore(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+    from PIL import Image
+
+    from vpltool import io
+
+    world = ws.copy(ws.world, "world_all_ignore")
+    for mask in sorted((world / "masks").glob("val_*.png")):
+        with Image.open(mask) as img:
+            size = img.size
+        io.write_mask(mask, np.full(size[::-1], 255, np.uint8))
+    yield ["eval", ws.predictions(), "--data", world, "--json", ws.root / "all_ignore.json"]
+
+
+# ---- M12: eval of a half-sharded folder names the pending shard
+@case("eval of a segment folder where only shard 0 of 2 finished", "seg_half: no _stage.json yet: `vpltool segment` "
+      "runs in 2 shards and only shard(s) 0 finished; run the pending --shard 1/2")
+def _eval_half_segment(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("seg_half")
+    cli_ok(*_segment(ws, "seg_half", "--classes", "star,circle", "--shard", "0/2"))
+    yield ["eval", folder]
+
+
+@case("eval of a predict folder where only shard 1 of 2 finished", "pred_half: no _stage.json yet: `vpltool "
+      "predict` runs in 2 shards and only shard(s) 1 finished; run the pending --shard 0/2")
+def _eval_half_predict(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.out("pred_half")
+    cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", folder, *CPU, "--shard", "1/2")
+    yield ["eval", folder]
+
+
+# ---- M11: a path longer than the system takes, for every output folder (io.check_folder_target)
+@case("segment -o PATH where PATH is 20 folders of 200 letters (over Linux's 4096-byte path limit)",
+      "longer than a path may be (3839 bytes, leaving room for the names of the files in it); choose a shorter")
+def _segment_path_too_long(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "/".join(["d" * 200] * 20), "--classes", "star,circle")
+
+
+# ---- L: files and records of a newer format are refused, never read silently
+@case("crf on a CAM folder whose record is of format 2 (a newer vpltool)", "cams_format2/_stage.json: written in "
+      "format 2 by vpltool 9.0, newer than the format 1", "upgrade vpltool")
+def _record_newer_format(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.copy(ws.cams, "cams_format2")
+    record = json.loads((folder / "_stage.json").read_text())
+    (folder / "_stage.json").write_text(json.dumps({**record, "format": "2", "vpltool": "9.0"}))
+    yield ["crf", folder, "-o", ws.out("pseudo_format2"), "--workers", "1"]
+
+
+@case("eval of a CAM folder holding a file of format 2", "train_000000.safetensors: written in format 2 by vpltool "
+      "9.0", "upgrade vpltool")
+def _tensor_newer_format(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    folder = ws.copy(ws.cams, "cams_file_format2")
+    path = sorted(folder.glob("*.safetensors"))[0]
+    tensors, meta = _tensors_and_meta(path)
+    save_file(tensors, str(path), metadata={**meta, "vpltool.format": "2", "vpltool.version": "9.0"})
+    yield ["eval", folder]
+
+
+# ---- L: every fraction of an eval JSON is checked where the report reads it (io.check_eval_metrics)
+@case("report: an eval JSON whose precision of a class is 75 (shown as 7500 %)", "run_precision/metrics/cams.json: "
+      "'precision.star' is 75, not a number in [0, 1] or null")
+def _report_precision(ws: Workspace) -> Iterator[list[object]]:
+    bad = {"miou": 0.5, "iou": {"star": 0.5}, "precision": {"star": 75}}
+    yield ["report", _run_folder(ws, "run_precision", **{"metrics/cams.json": bad}), "--workers", "1"]
+
+
+@case("report: an eval JSON whose pixel accuracy is -3", "run_pixacc/metrics/cams.json: 'pixel_accuracy' is -3, "
+      "not a number in [0, 1] or null")
+def _report_pixel_accuracy(ws: Workspace) -> Iterator[list[object]]:
+    bad = {"miou": 0.5, "iou": {"star": 0.5}, "pixel_accuracy": -3}
+    yield ["report", _run_folder(ws, "run_pixacc", **{"metrics/cams.json": bad}), "--workers", "1"]
+
+
+# ---- found by tests/test_fuzz.py: a record whose inputs name no dataset
+@case("train-decoder on a pseudo-mask folder whose record's inputs were edited to {\"a\": 1} (was a KeyError)",
+      "pseudo_no_dataset/_stage.json: names no dataset; re-run the stage that wrote pseudo_no_dataset")
+def _decoder_record_no_dataset(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.copy(ws.pseudo, "pseudo_no_dataset")
+    record = json.loads((folder / "_stage.json").read_text())
+    (folder / "_stage.json").write_text(json.dumps({**record, "inputs": {"a": 1}}))
+    yield ["train-decoder", folder, "-p", ws.text, "-o", ws.out("decoder_no_dataset"), *DECODER_ARGS]
+
+
+# ---- L: one still image per item (io.images._check_still, from the header, in every stage)
+def _frames_world(ws: Workspace, name: str, fmt: str) -> Path:
+    """The world with its first train image replaced by a two-frame ``fmt`` image under its ``.png`` name."""
+    from PIL import Image
+
+    world = ws.copy(ws.world, name)
+    png = world / "images" / "train_000000.png"
+    with Image.open(png) as img:
+        first = img.convert("RGB")
+    frames = [first, first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    first.save(png, format=fmt, save_all=True, append_images=frames[1:])
+    return world
+
+
+@case("an animated PNG (APNG, 2 frames)", "world_apng/images/train_000000.png: an animated PNG of 2 frames")
+def _apng(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _frames_world(ws, "world_apng", "PNG"), "out", "--split", "train")
+
+
+@case("an animated WebP named .png", "world_awebp/images/train_000000.png: an animated WEBP of 2 frames")
+def _animated_webp(ws: Workspace) -> Iterator[list[object]]:
+    yield _extract(ws, _frames_world(ws, "world_awebp", "WEBP"), "out", "--split", "train")
+
+
+@case("a GIF named .png", "world_gif_png/images/train_000000.png: a GIF image under a .png name")
+def _gif_named_png(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    world = ws.copy(ws.world, "world_gif_png")
+    png = world / "images" / "train_000000.png"
+    with Image.open(png) as img:
+        img.convert("RGB").save(png, format="GIF")
+    yield _extract(ws, world, "out", "--split", "train")
+
+
+# ---- L: wording
+@case("segment --classes FILE saved as UTF-16 (Windows' \"Unicode\")", "classes_utf16.txt: UTF-16 text (byte-order "
+      "mark ff fe); save it as UTF-8, e.g. iconv -f utf-16 -t utf-8")
+def _classes_utf16(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "classes_utf16.txt"
+    path.write_text("star\ncircle\n", encoding="utf-16")
+    yield _segment(ws, "seg_utf16", "--classes", path)
+
+
+@case("crf -o INSIDE an extract folder", "lies inside features, an `extract` folder whose files only that stage "
+      "writes")
+def _inside_extract(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", ws.cams, "-o", ws.features / "pseudo_inside", "--workers", "1"]
+
+
+@case("predict DECODER_FOLDER/ (the folder, not its decoder.safetensors)", "decoder: a folder, not a safetensors "
+      "file (it holds decoder.safetensors); give the file itself")
+def _predict_folder(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder, "--split", "val", "-o", ws.out("pred_folder"), *CPU]
+
+
+@case("segment --shard 0/2: the ✓ line says the folder is incomplete", "(this shard done; other shards pending)",
+      exit_code=0, leaves=("seg_shard0/*",))
+def _shard_line(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_shard0", "--classes", "star,circle", "--shard", "0/2")
+
+
 # --------------------------------------------------------------------------------------------- the eight benchmarks
 def _miniature(ws: Workspace, name: str) -> Path:
     """Benchmark ``name``'s miniature layout under ``<ws>/benchmarks`` (made once)."""

@@ -732,3 +732,34 @@ def test_a_folder_is_never_used_with_its_dataset_changed_but_a_moved_copy_is(tmp
     (copy / "classes.txt").write_text("\n".join(open_dataset(root).classes[:0:-1]) + "\n")  # another class order
     with pytest.raises(ContractError, match=r"another class list"):
         check_recorded(made, open_dataset(copy), "--data")
+
+
+def test_a_copy_with_the_same_names_and_sizes_but_other_pixels_is_another_dataset(tmp_path):
+    """The dataset digest reads the images' bytes: a copy with every image flipped (BMP: same byte size) keeps
+    every id, label, name and size, and is refused; an exact copy is accepted."""
+    import shutil
+
+    from vpltool import io
+    from vpltool.data import check_recorded
+
+    root = tmp_path / "world"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (16, 20, 3), dtype=np.uint8)).save(root / "images" / f"{name}.bmp")
+    (root / "labels.csv").write_text("id,labels\na,dog\nb,cat\n")
+    made = tmp_path / "made"
+    made.mkdir()
+    io.write_stage_record(made, "crf", params={}, inputs=open_dataset(root).inputs(), count=2)
+    same, flipped = tmp_path / "same", tmp_path / "flipped"
+    shutil.copytree(root, same)
+    check_recorded(made, open_dataset(same), "--data")
+    shutil.copytree(root, flipped)
+    path = flipped / "images" / "b.bmp"
+    size = path.stat().st_size
+    with Image.open(path) as img:
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path)
+    assert path.stat().st_size == size
+    assert open_dataset(flipped).files_sha() == open_dataset(root).files_sha()  # names and sizes cannot tell
+    with pytest.raises(ContractError, match="an image's content differs under the same id, name and byte size"):
+        check_recorded(made, open_dataset(flipped), "--data")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ CLASSES = ("background", "cat", "dog")
 
 def _write(path, kind="features", classes=CLASSES, **tensors):
     tensors = tensors or {"dense": torch.randn(2, 3, 4)}
-    return io.write_tensors(path, tensors, kind=kind, classes=classes, params={"a": 1}, id="x")
+    item_id = Path(path).name.split(".")[0]  # the name it is read by: a per-item file records its id
+    return io.write_tensors(path, tensors, kind=kind, classes=classes, params={"a": 1}, id=item_id)
 
 
 def _protos(n_bg: int = 2, dim: int = 8) -> io.Prototypes:
@@ -99,7 +101,7 @@ def test_tensors_round_trip_with_metadata(tmp_path):
     t = torch.randn(2, 3, 4)
     f = io.read_tensors(_write(tmp_path / "a.safetensors", dense=t), kind="features", classes=CLASSES)
     assert torch.equal(f["dense"], t)
-    assert f.classes == list(CLASSES) and f.params == {"a": 1} and f.meta("id") == "x"
+    assert f.classes == list(CLASSES) and f.params == {"a": 1} and f.meta("id") == "a"
     assert f.meta("nope", None) is None
     with pytest.raises(ContractError, match="missing"):
         f["not_there"]
@@ -550,3 +552,19 @@ def test_eval_results_read_back_through_the_checked_reader(world, tmp_path):
         with pytest.raises(ContractError, match=re.escape(field)):
             io.read_eval_metrics(tmp_path / "bad.json")
     assert not io.is_eval_metrics({"rows": []}) and io.is_eval_metrics({"miou": None})
+
+
+def test_a_per_item_file_under_another_items_name_is_refused(tmp_path):
+    """Every per-item kind records the id it was made for; the one reader refuses it under another item's name."""
+    path = _write(tmp_path / "img_1.safetensors")
+    os.replace(path, tmp_path / "img_2.safetensors")
+    with pytest.raises(ContractError, match="holds item 'img_1''s features .* not 'img_2''s"):
+        io.read_tensors(tmp_path / "img_2.safetensors", kind="features")
+    io.write_mask(tmp_path / "img_1.png", np.zeros((4, 5), np.uint8), "img_1")
+    assert io.read_mask(tmp_path / "img_1.png").shape == (4, 5)
+    os.replace(tmp_path / "img_1.png", tmp_path / "img_2.png")
+    with pytest.raises(ContractError, match="holds item 'img_1''s mask"):
+        io.read_mask(tmp_path / "img_2.png")
+    io.write_mask(tmp_path / "user.png", np.zeros((4, 5), np.uint8))  # a user's mask records no id: not checked
+    os.replace(tmp_path / "user.png", tmp_path / "other.png")
+    assert io.read_mask(tmp_path / "other.png").shape == (4, 5)

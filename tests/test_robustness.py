@@ -270,6 +270,26 @@ def test_sigterm_is_one_line_exit_143_and_resumes(features, text, tmp_path):
     _resume(args, skipped=len(list(out.glob("*.safetensors"))))
 
 
+def test_sigterm_to_the_whole_process_group_is_one_line_exit_143_and_resumes(big_world, tmp_path):
+    """What Slurm's preemption and `timeout` do: SIGTERM to every process of the group, the loader's workers too;
+    the loader may report its dead workers before the command's handler runs, and that is the same preemption."""
+    out = tmp_path / "seg"
+    args = ["segment", big_world, "-o", out, *rc.TINY, *rc.CPU, "--dense", "maskclip", "--classes", "circle,square",
+            "--workers", "2", "--batch-size", "1"]
+    proc = rc.paced_cli(args)
+    try:
+        rc.wait_until(proc, lambda: len(list(out.glob("*.png"))) >= 2)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "RuntimeError" not in err, err
+    assert [line for line in err.splitlines() if line.strip()][-1] == (
+        "interrupted (SIGTERM): finished items are kept; re-run the same command to resume")
+    assert not list(out.glob(".*.tmp")) and not (out / io.STAGE_RECORD).exists()
+    _resume(args, skipped=len(list(out.glob("*.png"))))
+
+
 # --------------------------------------------------------------------------------------------- locked, full, denied
 def _stage_command(stage: str, request, out: Path) -> list[object]:
     """``stage``'s command writing ``out``, its inputs taken from the module fixtures."""

@@ -174,3 +174,10 @@ def test_the_dense_loops_never_synchronise_on_a_gpu(world, tiny_spec, text_proto
                                                                            **SMALL), gpu).done == len(ds.items)
     assert dense_cam.run_dense_cam(world, text_protos, tmp_path / "cams", SegmentConfig(dense="naclip", short_side=48),
                                    gpu, split="train").done == len(ds.items)
+
+
+def test_a_class_is_named_by_its_first_non_blank_synonym():
+    from vpltool.segment import class_names, class_synonyms
+
+    assert class_names(["|star", " circle | ring", "cat|"]) == ["star", "circle", "cat"]
+    assert class_synonyms(["|star", "circle|ring"]) == [["star"], ["circle", "ring"]]

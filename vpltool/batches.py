@@ -80,13 +80,22 @@ def plan_batches(keys: Sequence[Hashable], batch_size: int) -> list[list[int]]:
 
 def header_sizes(paths: Sequence[os.PathLike], workers: int) -> list[tuple[int, int]]:
     """``(H, W)`` of every image from its header (:func:`vpltool.io.image_size`), read by ``workers`` threads,
-    before the model loads: a zero-byte or foreign file fails here, in a second, not after a minute of loading."""
+    before the model loads: a zero-byte or foreign file fails here, in a second, not after a minute of loading, and
+    so does an image less than ``MIN_IMAGE_SIDE`` pixels on a side (a 1x5000 strip: one CLIP patch is 16), for
+    every stage that reads images alike."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from .config import MIN_IMAGE_SIDE
+    from .errors import VplError
     from .io import image_size
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(pool.map(image_size, paths))
+        sizes = list(pool.map(image_size, paths))
+    for path, (h, w) in zip(paths, sizes):
+        if min(h, w) < MIN_IMAGE_SIDE:
+            raise VplError(f"{path}: {h}x{w} pixels, too small to segment (at least {MIN_IMAGE_SIDE} pixels a side, "
+                           "one CLIP patch); remove it from the split or use the full-size image")
+    return sizes
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -87,7 +87,7 @@ def read_item(cams_dir: str | Path, item_id: str, image_path: str, classes: Sequ
 def write_item(out: str | Path, item_id: str, mask: np.ndarray) -> tuple[int, int]:
     """Write ``<out>/<id>.png`` (atomically); returns ``(ignored, total)`` pixels of the mask (255 = below
     ``cfg.confidence``)."""
-    io.write_mask(io.mask_path(out, item_id), mask)
+    io.write_mask(io.mask_path(out, item_id), mask, item_id)
     return int((mask == IGNORE_INDEX).sum()), mask.size
 
 

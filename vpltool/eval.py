@@ -168,9 +168,15 @@ def _warn_vocabulary(pred_classes: Sequence[str] | None, classes: Sequence[str],
         return
     outside = [c for c in classes[1:] if c not in pred_classes]
     if outside:
-        warnings.warn(VplWarning(f"{where}: masks over the classes {', '.join(pred_classes[1:])} (predict --classes); "
-                                 f"the dataset's {', '.join(outside)} are never predicted: IoU 0 where present, "
+        warnings.warn(VplWarning(f"{where}: masks over the classes {_names(pred_classes[1:])} (predict --classes); "
+                                 f"the dataset's {_names(outside)} are never predicted: IoU 0 where present, "
                                  "counted in the mIoU"), stacklevel=3)
+
+
+def _names(names: Sequence[str], n: int = 8) -> str:
+    """At most ``n`` names and how many more, so that a line stays a line with 254 classes."""
+    shown = ", ".join(names[:n])
+    return f"{shown} and {len(names) - n} more" if len(names) > n else shown
 
 
 def _check_inputs(folder: Path, suffix: str, gt_by_id: Mapping[str, Path], ids: Iterable[str]) -> list[str]:
@@ -351,6 +357,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     if per_image_out is not None:
         io.check_writable_target(per_image_out, ".json", "--per-image")
     stage = _scored_stage(folder)
+    if not io.stage_record_path(folder).is_file() and io.finished_shards(folder):
+        io.read_stage_record(folder, stage or "segment")  # the one line naming the pending shards
     recorded = io.recorded_dataset_identity(folder)
     if data is None:
         if recorded is None:
@@ -389,6 +397,11 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         pred_classes = io.read_record(record_path).get("classes") if record_path.is_file() else None
         result = evaluate_masks(folder, with_gt, dataset.classes, ids, pred_classes, images,
                                 per_image=per_image_out is not None, gt_map=dataset.gt_map)
+    if result.get("miou") is None:  # every ground-truth pixel is 255: there is nothing to score (never a null mIoU)
+        where = f"split {dataset.split!r} of {data}" if dataset.split else f"{data}"
+        raise VplError(f"{where}: its ground truth of the {len(ids)} images scored holds no labelled pixel (all 255 "
+                       "= ignore), so there is no mIoU; check the masks (class indices, not colours) or score another "
+                       "split")
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
     result.update(scored_what(folder, stage, dataset.split))

@@ -364,7 +364,7 @@ def _writer(out: Path, ids: list[str], images: list, cfg: PredictConfig, overlay
                 mask = dense_crf(image, scores.float().numpy(), crf_config(cfg)).argmax(0).astype(np.uint8)
             else:
                 mask = scores.numpy()
-            io.write_mask(io.mask_path(out, item_id), mask)
+            io.write_mask(io.mask_path(out, item_id), mask, item_id)
             if overlays is not None:
                 io.write_png(io.mask_path(overlays, item_id), overlay(image, mask))
 

@@ -141,24 +141,47 @@ def background_words(preset: str | None, classes: Sequence[str] = ()) -> tuple[s
     return tuple(w for w in words if w not in taken)
 
 
-def check_class_names(names: Sequence[str], option: str = "--classes") -> None:
+MAX_CLASSES = 254  # foreground classes a mask can hold: uint8 VOC-palette PNGs, 0 = background, 255 = ignore
+
+
+def check_class_names(names: Sequence[str], option: str = "--classes",
+                      synonyms: Sequence[Sequence[str]] | None = None) -> None:
     """Foreground class names as a user gives them (text-prototypes, predict ``--classes``): 'background' is class 0
-    already, and a name given twice (case ignored: 'Star' and 'STAR' are one word to CLIP) made two rows of one
-    class without a word of warning. One line naming ``option`` otherwise."""
-    if BACKGROUND in names:
-        raise VplError(f"{option}: 'background' is class 0 already (scored with the background words); leave it "
-                       "out of the class names")
+    already, and a name given twice (case ignored, '_' read as a space: 'Star', 'STAR' and 'striped_star' vs
+    'striped star' are one word to CLIP) made two rows of one class without a word of warning. One line naming
+    ``option`` otherwise.
+
+    At most :data:`MAX_CLASSES` names: every mask vpltool writes or reads is a uint8 VOC-palette PNG (0 background,
+    255 ignore), the format CLIP-ES, mmseg and every VOC/COCO tool read; a 255th class would wrap around to 255 =
+    ignore, a 256th to background. No WSSS benchmark comes near (COCO: 80).
+
+    ``synonyms``: per class every name it is queried with (``segment --classes cat|kitten``); each word must then
+    be unique over all classes too, and none may be 'background'."""
+    if len(names) > MAX_CLASSES:
+        raise VplError(f"{option}: {len(names)} class names, more than the {MAX_CLASSES} a mask holds (uint8 PNG: 0 = "
+                       "background, 255 = ignore); split the vocabulary into runs of at most "
+                       f"{MAX_CLASSES} classes")
+    if any(not name.strip() for name in names):
+        raise VplError(f"{option}: an empty class name; give names like cat,dog")
     from .io.files import comment_problem
 
     seen: dict[str, str] = {}
-    for name in names:
+    words = synonyms if synonyms is not None else [[name] for name in names]
+    for name, group in zip(names, words):
         if comment_problem(name):  # it would be a comment in a class list file
             raise VplError(f"{option}: {name!r} {comment_problem(name)}; rename the class")
-        key = name.casefold()
-        if key in seen:
-            twice = f"'{name}' is" if seen[key] == name else f"'{seen[key]}' and '{name}' are"
-            raise VplError(f"{option}: {twice} named twice (case ignored); give each class once")
-        seen[key] = name
+        for word in group:
+            if word.replace("_", " ").strip().casefold() == BACKGROUND:
+                of = f" (a synonym of {name!r})" if word != name else ""
+                raise VplError(f"{option}: 'background'{of} is class 0 already (scored with the background words); "
+                               "leave it out of the class names")
+            key = word.replace("_", " ").casefold()
+            if key in seen:
+                twice = f"'{word}' is" if seen[key] == word else f"'{seen[key]}' and '{word}' are"
+                under = " ('_' reads as a space)" if "_" in seen[key] + word else ""
+                each = "class and synonym" if synonyms is not None else "class"
+                raise VplError(f"{option}: {twice} named twice (case ignored){under}; give each {each} once")
+            seen[key] = word
 
 
 def clashing_word(names: Sequence[str], words: Sequence[str]) -> str | None:
@@ -176,5 +199,5 @@ def _check_preset(preset: str) -> None:
 __all__ = [
     "BACKGROUND", "VOC_CLASSES", "VOC_CLIP_ES_NAMES", "VOC_BACKGROUND", "COCO_CLASSES", "COCO_CLIP_ES_NAMES",
     "COCO_BACKGROUND", "CLIP_ES_TEMPLATE", "IMAGENET_TEMPLATES", "PRESETS", "foreground", "preset_for",
-    "prompt_names", "background_words", "check_class_names", "clashing_word",
+    "prompt_names", "background_words", "check_class_names", "clashing_word", "MAX_CLASSES",
 ]  # fmt: skip

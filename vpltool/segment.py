@@ -62,14 +62,15 @@ def class_synonyms(names: Sequence[str]) -> list[list[str]]:
 
 def class_names(names: Sequence[str]) -> list[str]:
     """The class of each ``--classes`` entry: its first name, as given (the masks' and eval's name)."""
-    return [entry.split(SYNONYM_SEPARATOR)[0].strip() for entry in names]
+    return [next((w.strip() for w in entry.split(SYNONYM_SEPARATOR) if w.strip()), "") for entry in names]
 
 
 def check_queries(names: Sequence[str], cfg: SegmentConfig) -> tuple[list[str], list[str]]:
     """The classes' names, templates and background words checked before the model loads (one line each);
     returns (templates, background words)."""
     classes = ["background", *class_names(names)]
-    presets.check_class_names(classes[1:], "--classes")
+    presets.check_class_names(classes[1:], "--classes", [[w.strip() for w in entry.split(SYNONYM_SEPARATOR)
+                                                          if w.strip()] for entry in names])
     templates = resolve_templates(cfg.templates)
     background = resolve_background(cfg.background, presets.preset_for(classes), [w for s in class_synonyms(names)
                                                                                  for w in s])

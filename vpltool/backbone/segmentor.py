@@ -345,7 +345,7 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
 def _writer(out: Path, ids: list[str]) -> Callable[[dict], None]:
     def write(t: dict) -> None:
         for item_id, mask in zip(ids, t["masks"]):
-            io.write_mask(io.mask_path(out, item_id), np.asarray(mask.numpy(), dtype=np.uint8))
+            io.write_mask(io.mask_path(out, item_id), np.asarray(mask.numpy(), dtype=np.uint8), item_id)
 
     return write
 

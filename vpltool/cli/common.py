@@ -146,6 +146,11 @@ def friendly_errors(fn: Callable) -> Callable:
             if user_error is None:
                 raise
             _error_line(user_error)
+        except RuntimeError as e:
+            if not _terminated_loader(e):
+                raise
+            say(f"[yellow]interrupted (SIGTERM)[/]: {interrupted_hint(kwargs)}")
+            raise typer.Exit(code=EXIT_TERMINATED) from None
         except KeyboardInterrupt as e:
             how = " (SIGTERM)" if isinstance(e, Terminated) else ""
             say(f"[yellow]interrupted{how}[/]: {interrupted_hint(kwargs)}")
@@ -219,13 +224,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def terminated(signum, frame) -> None:
+        _SIGTERM_SEEN[0] = True
         raise Terminated()
 
+    _SIGTERM_SEEN[0] = False
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_SIGTERM_SEEN = [False]  # set by the command's SIGTERM handler
+
+
+def _terminated_loader(e: RuntimeError) -> bool:
+    """Whether ``e`` is a data loader's report of its workers ended by SIGTERM ("DataLoader worker (pid X) is
+    killed by signal: Terminated"): SIGTERM sent to the whole process group (Slurm's preemption, ``timeout``)
+    reaches the workers too, and the loader's own SIGCHLD check may raise before the command's handler does. It is
+    the same preemption, so the same one line and exit 143."""
+    return "killed by signal: Terminated" in str(e) or (_SIGTERM_SEEN[0] and "DataLoader worker" in str(e))
 
 
 def _show_warning(default: Callable, verbose: bool, message, category, filename, lineno, file=None,
@@ -464,6 +482,14 @@ def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: 
         workers = cores
     return RuntimeConfig(device=device, precision=precision, batch_size=batch_size, workers=workers,
                          overwrite=overwrite)
+
+
+def pending(out) -> str:
+    """What a per-image stage's ✓ line adds when its folder is not complete after this run (a shard of several,
+    the others pending): `` (this shard done; other shards pending)``, else nothing."""
+    from .. import io
+
+    return "" if io.stage_record_path(out).is_file() else " (this shard done; other shards pending)"
 
 
 def warn_inert(cfg, defaults=None):

@@ -118,6 +118,7 @@ def train_toy_dino_cmd(
     threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical.")] =
         _D.threads,
     seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped weights.")] = _D.seed,
+    overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -131,9 +132,11 @@ def train_toy_dino_cmd(
     from dataclasses import replace
 
     from .. import io
-    from ..demo.train_toy_dino import train_toy_dino
+    from ..demo.train_toy_dino import KIND, RECORD_KIND, train_toy_dino
 
-    io.check_outputs("train-toy-dino", {"OUT": (out, "file")}, inputs={"--data": data})
+    io.check_outputs("train-toy-dino", {"OUT": (out, "file", KIND), "OUT's record": (out.with_suffix(".json"), "file",
+                                                                                     RECORD_KIND)},
+                     inputs={"--data": data}, overwrite=overwrite)
     cfg = replace(_D, epochs=epochs, batch_size=batch_size, lr=lr, local_crops=local_crops, threads=threads,
                   seed=seed)
     with progress("train-toy-dino", unit="steps") as (on_start, on_item):

@@ -43,6 +43,7 @@ from .common import (
     Workers,
     file_path,
     friendly_errors,
+    pending,
     progress,
     runtime,
     say,
@@ -56,9 +57,14 @@ def _features_context(features: Path):
     """(record, model spec, classes, dataset identity) of a finished extract folder."""
     from .. import io
     from ..backbone import ModelSpec
+    from ..errors import ContractError
 
     record = io.read_stage_record(features, "extract")
     spec = ModelSpec.from_identity(io.recorded_model(record, features))
+    if "classes" not in record or not isinstance(record["inputs"].get("dataset"), dict):
+        missing = "classes" if "classes" not in record else "dataset"
+        raise ContractError(f"{io.stage_record_path(features)}: names no {missing}; the folder is damaged: re-run "
+                            "`vpltool extract` there with --overwrite")
     return record, spec, record["classes"], record["inputs"]["dataset"]
 
 
@@ -261,35 +267,60 @@ def cam_cmd(
     """
     from ..cam import run_cam, run_dense_cam
 
+    cam_cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity,
+                        layer=layer, attention_blocks=attention_blocks, affinity=affinity,
+                        affinity_weight=affinity_weight, dino_model=dino_model, dino_weights=dino_weights,
+                        sgc_segments=sgc_segments, sgc_clusters=sgc_clusters, sgc_position=sgc_position)
+    _warn_unused_dense_block(dense, cam_cfg, {"--dense-side": dense_side, "--dense-scale": dense_scale,
+                                              "--dense-crop": dense_crop, "--dense-stride": dense_stride,
+                                              "--dense-pamr": dense_pamr})
     if dense != "none":
-        from ..config import SegmentConfig
+        from ..config import dense_config
 
         for option, value in (("--save-overlays", save_overlays), ("--save-debug", save_debug),
                               ("--parity", None if parity == "none" else parity)):
             if value is not None:
                 raise VplError(f"{option}: not made with --dense {dense} (no GradCAM, no CAA); drop one of them")
 
-        seg = SegmentConfig(dense=dense, short_side=dense_side, logit_scale=dense_scale, slide_crop=dense_crop,
-                            slide_stride=dense_stride, pamr_steps=dense_pamr)
+        seg = dense_config(dense=dense, short_side=dense_side, logit_scale=dense_scale, slide_crop=dense_crop,
+                           slide_stride=dense_stride, pamr_steps=dense_pamr)
         with progress("cam") as (on_start, on_item):
             s = run_dense_cam(source, prototypes, out, seg, runtime(device, precision, batch_size, workers, overwrite),
                               split=split, shard=shard_of(shard), on_item=on_item, on_start=on_start)
         say(f"[green]✓[/] cam --dense {dense}: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already "
-            f"done → {out}")
+            f"done → {out}{pending(out)}")
         return
-    cfg = warn_inert(CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity,
-                               layer=layer, attention_blocks=attention_blocks, affinity=affinity,
-                               affinity_weight=affinity_weight, dino_model=dino_model, dino_weights=dino_weights,
-                               sgc_segments=sgc_segments, sgc_clusters=sgc_clusters, sgc_position=sgc_position))
+    cfg = warn_inert(cam_cfg)
     with progress("cam") as (on_start, on_item):
         s = run_cam(source, prototypes, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                     split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
                     on_start=on_start)
-    say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
+    say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
+        f"{pending(out)}")
 
 
 # ============================================================================================= learn-prototypes
 _L = LearnPrototypesConfig()
+
+
+def _warn_unused_dense_block(dense: str, cam_cfg: CamConfig, dense_options: dict) -> None:
+    """cam runs one of two paths; what the other path alone reads is warned about (and not recorded), as predict
+    does: the ``--dense-*`` options without ``--dense``, the GradCAM/CAA options (set away from their defaults)
+    with it."""
+    from dataclasses import fields
+
+    from ..config.checks import ignored_option
+
+    if dense == "none":
+        said = [ignored_option(option, f"{value:g}" if isinstance(value, float) else value, "without --dense")
+                for option, value in dense_options.items() if value is not None]
+    else:
+        default = CamConfig()
+        said = [ignored_option(f"--{f.name.replace('_', '-')}", getattr(cam_cfg, f.name),
+                               f"with --dense {dense} (no GradCAM, no CAA)")
+                for f in fields(CamConfig) if getattr(cam_cfg, f.name) != getattr(default, f.name)]
+    for sentence in said:
+        warnings.warn(VplWarning(sentence), stacklevel=2)
 
 
 @app.command("learn-prototypes")
@@ -414,4 +445,4 @@ def crf_cmd(
             f"--confidence {confidence:g}): train-decoder learns from the other {100 * (1 - s.ignored):.1f}% only; "
             f"lower --confidence (default {_C.confidence:g})")
     say(f"[green]✓[/] crf ({s.backend}): {s.done} masks ({s.images_per_s:.1f} img/s){ignored}, {s.skipped} already "
-        f"done → {out}")
+        f"done → {out}{pending(out)}")

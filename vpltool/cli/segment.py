@@ -29,6 +29,7 @@ from .common import (
     Verbose,
     Workers,
     friendly_errors,
+    pending,
     progress,
     runtime,
     say,
@@ -110,4 +111,4 @@ def segment_cmd(
                         runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
                         on_item=on_item, on_start=on_start)
     say(f"[green]✓[/] segment ({cfg.dense}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
-        f"→ {out}")
+        f"→ {out}{pending(out)}")

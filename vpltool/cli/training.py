@@ -25,6 +25,7 @@ from .common import (
     Workers,
     all_ranks,
     friendly_errors,
+    pending,
     progress,
     runtime,
     say,
@@ -287,7 +288,8 @@ def predict_cmd(
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
                         overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)
-    say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}")
+    say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
+        f"{pending(out)}")
 
 
 @app.command("eval")

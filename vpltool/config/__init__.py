@@ -41,7 +41,7 @@ from .decoder import (
     PredictConfig,
     decoder_recipe,
 )
-from .dense import DENSE_CHOICES, DENSE_SEGMENTORS, DenseSettings, SegmentConfig, dense_help
+from .dense import DENSE_CHOICES, DENSE_SEGMENTORS, DenseSettings, SegmentConfig, dense_config, dense_help
 from .stages import (
     AFFINITIES,
     CACHES,
@@ -88,5 +88,5 @@ __all__ = [
     "ignored_option",
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
     "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS", "GRADCAM_CUDA_PRECISION",
-    "DENSE_CHOICES", "DENSE_SEGMENTORS", "DenseSettings", "SegmentConfig", "dense_help",
+    "DENSE_CHOICES", "DENSE_SEGMENTORS", "DenseSettings", "SegmentConfig", "dense_help", "dense_config",
 ]  # fmt: skip

@@ -315,6 +315,9 @@ class PredictConfig:
             names = [c.strip() for c in self.classes]
             require(len(names) > 0 and all(names), "--classes is empty or has an empty name: give names like a,b,c")
             check_class_names(names, "--classes")  # the rule of text-prototypes: no 'background', none twice
+            bar = next((n for n in names if "|" in n), None)  # segment's synonyms: never part of one class's name
+            require(bar is None, f"--classes: {bar!r}: predict reads no synonyms ('|' is `vpltool segment`'s "
+                    "separator); give one name per class")
 
     def inert(self) -> dict[str, str]:
         """Fields without effect here (:func:`vpltool.config.inert_fields`): without ``--dense`` the dense options
@@ -334,9 +337,9 @@ class PredictConfig:
 
     def segment_config(self):
         """The :class:`~vpltool.config.SegmentConfig` of ``--dense`` and its settings (the method's where None)."""
-        from .dense import SegmentConfig
+        from .dense import dense_config
 
-        return SegmentConfig(dense=self.dense, short_side=self.dense_side, prob_threshold=self.dense_threshold,
-                             slide_crop=self.dense_crop, slide_stride=self.dense_stride)
+        return dense_config(dense=self.dense, short_side=self.dense_side, prob_threshold=self.dense_threshold,
+                            slide_crop=self.dense_crop, slide_stride=self.dense_stride)
 
 

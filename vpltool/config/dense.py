@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
 
 DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip")  # vpltool.backbone.DENSE_METHODS (torch-free)
@@ -62,6 +63,9 @@ def dense_help() -> str:
     return "; ".join(rows)
 
 
+MAX_LOGIT_SCALE = 1000.0
+
+
 @dataclass(frozen=True)
 class SegmentConfig:
     """`vpltool segment` (and the dense paths of `cam` and `predict`): a frozen CLIP whose last block mixes its
@@ -90,7 +94,9 @@ class SegmentConfig:
         choice("--dense", self.dense, DENSE_CHOICES)
         if self.attention is not None:
             choice("--attention", self.attention, ATTENTION_CHOICES)
-        positive("--logit-scale", self.logit_scale, allow_none=True)
+        # CLIP's own is 100 (learned, clamped there); beyond MAX_LOGIT_SCALE softmax is an argmax already, and the
+        # product overflows float16 (65504) under --precision fp16 and float32 at ~3e38 (all-background masks)
+        positive("--logit-scale", self.logit_scale, allow_none=True, upper=MAX_LOGIT_SCALE)
         for option, value in (("--prob-threshold", self.prob_threshold), ("--area-threshold", self.area_threshold)):
             if value is not None:
                 fraction(option, value)
@@ -112,3 +118,24 @@ class SegmentConfig:
             require(False, f"--slide-stride {out.slide_stride} is larger than --slide-crop {out.slide_crop}: pixels "
                     "between windows would have no score")
         return out
+
+
+# segment's options as cam and predict spell them (their --dense-* block), for their messages
+DENSE_OPTION_NAMES = {"--short-side": "--dense-side", "--logit-scale": "--dense-scale", "--slide-crop": "--dense-crop",
+                      "--slide-stride": "--dense-stride", "--pamr-steps": "--dense-pamr",
+                      "--prob-threshold": "--dense-threshold"}
+
+
+def dense_config(**given) -> SegmentConfig:
+    """The :class:`SegmentConfig` of `cam --dense` / `predict --dense` (its :meth:`~SegmentConfig.resolved` settings
+    checked too), its one-line errors naming their ``--dense-*`` options, not segment's."""
+    import re
+
+    try:
+        cfg = SegmentConfig(**given)
+        cfg.resolved()
+    except VplError as e:
+        message = re.sub("|".join(map(re.escape, DENSE_OPTION_NAMES)), lambda m: DENSE_OPTION_NAMES[m.group(0)],
+                         str(e))
+        raise type(e)(message) from None
+    return cfg

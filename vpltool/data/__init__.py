@@ -25,6 +25,7 @@ from ..io import (
     sha256_file,
     stage_record_path,
 )
+from ..presets import MAX_CLASSES
 from .benchmarks import BENCHMARKS, open_benchmark, parse_benchmark_path
 from .coco import is_coco_root, open_coco
 from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
@@ -140,9 +141,10 @@ def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | No
     * the class list (``classes_sha``), always, even for another split of the dataset;
     * for the same split: the number of items, and each item's id, labels and image by name and size (``files``:
       what a moved or copied dataset keeps; the ground-truth masks are what `eval` scores against, not an input);
-    * at the recorded place: each image's modification time too (``items``), so that an image replaced by another
-      of the same size is caught. One ``stat`` per image, no pixel read. Digests a record of an older vpltool lacks
-      are not compared.
+    * each image's bytes (``content``, a sha256 per image, computed once per process): a copy with the same ids,
+      names and byte sizes but other pixels (every image flipped) is another dataset;
+    * at the recorded place: each image's modification time too (``items``). Digests a record of an older vpltool
+      lacks are not compared.
 
     Args:
         option: the option that gave ``dataset`` (``--data``) when the user named it, for the message.
@@ -179,6 +181,8 @@ def _dataset_change(inputs: dict, ident: dict, now: dict, found: dict) -> str | 
         return f"{now['n_items']} images where the record counts {ident['n_items']}"
     if "files" in inputs and inputs["files"] != found["files"]:
         return "an image's name or size, or its labels, differ under the same id"
+    if "content" in inputs and inputs["content"] != found["content"]:
+        return "an image's content differs under the same id, name and byte size"
     if ident.get("root") == now["root"] and "items" in inputs and inputs["items"] != found["items"]:
         return "an image was replaced or touched since (its modification time differs)"
     return None
@@ -221,6 +225,9 @@ def _check_items(dataset: Dataset) -> None:
     where = f"{dataset.root}" + (f" (split {dataset.split!r})" if dataset.split else "")
     if not dataset.items:
         raise VplError(f"{where}: the dataset is empty; check the split / labels file")
+    if len(dataset.classes) - 1 > MAX_CLASSES:  # a uint8 mask holds 1..254 (0 background, 255 ignore)
+        raise VplError(f"{where}: {len(dataset.classes) - 1} classes, more than the {MAX_CLASSES} a uint8 mask holds "
+                       "(0 = background, 255 = ignore); split the class list")
     ids = Counter(item.id for item in dataset.items)
     if (dup := next((i for i, n in ids.items() if n > 1), None)) is not None:
         raise VplError(f"{where}: duplicate id {dup!r}; ids (file stems) must be unique, rename or drop one")

@@ -100,12 +100,64 @@ def checked_score(scored: Path, folder: Path, split: str | None, target: str = "
         raise VplError(f"{scored}: scores {result['folder']}, not {folder.resolve()}; {fix}")
     if result["record"] != io.sha256_file(io.stage_record_path(folder)):
         raise VplError(f"{scored}: stale: {folder} was re-made after it was scored; {fix}")
+    check_score_consistent(scored, result, fix)
     made_on = io.read_record(io.stage_record_path(folder))["inputs"].get("dataset", {}).get("split")
     wanted = split or made_on
     if result.get("split") != wanted:
         raise VplError(f"{scored}: scored on split {result.get('split')!r}, not {wanted!r} (the choice is made on the "
                        f"training split); {fix.replace(' --json', f' --split {wanted} --json')}")
     return {**result, "miou": miou}
+
+
+DATASET_DIGESTS = ("content", "files")  # how records tell datasets apart (vpltool.data.Dataset.inputs), best first
+
+
+def dataset_digest(folder: Path) -> dict[str, Any]:
+    """The dataset digests ``folder``'s record keeps (:data:`DATASET_DIGESTS`, and the class list's)."""
+    inputs = io.dataset_inputs(io.read_record(io.stage_record_path(folder)))
+    found = {k: inputs[k] for k in DATASET_DIGESTS if k in inputs}
+    ident = inputs.get("dataset")
+    if isinstance(ident, dict) and "classes_sha" in ident:
+        found["classes"] = ident["classes_sha"]
+    return found
+
+
+def check_same_dataset(folder: Path, reference: Path, what: str) -> None:
+    """One line unless ``folder`` was made from the dataset ``reference`` was (every digest both records keep
+    agrees): scores of folders made from two datasets are never compared."""
+    mine, theirs = dataset_digest(folder), dataset_digest(reference)
+    differ = [k for k in (*DATASET_DIGESTS, "classes") if k in mine and k in theirs and mine[k] != theirs[k]]
+    if differ:
+        raise VplError(f"{folder}: made from another dataset than {reference} (their records' {differ[0]} digests "
+                       f"differ), so {what} are not comparable; re-make it from the run's dataset (`make pseudo`, "
+                       "`make decoders`)")
+
+
+def check_score_consistent(scored: Path, result: dict[str, Any], fix: str) -> None:
+    """The ``miou`` of an eval JSON must be the mean of its per-class IoUs (``iou``; None = class absent) and that
+    of its ``confusion`` matrix, each when present: a file edited by hand or damaged is never trusted."""
+    ious = result.get("iou", {})
+    if not isinstance(ious, dict):
+        raise VplError(f"{scored}: its 'iou' is not a table of per-class IoUs; {fix}")
+    values = [v for v in ious.values() if v is not None]
+    if any(_number(v) is None for v in values):
+        raise VplError(f"{scored}: its per-class 'iou' values are not numbers in [0, 1]; {fix}")
+    mean = sum(values) / len(values) if values else float(result["miou"])
+    if abs(mean - float(result["miou"])) > 1e-6:
+        raise VplError(f"{scored}: its 'miou' {float(result['miou']):.4f} is not the mean of its per-class IoUs "
+                       f"({mean:.4f}): the file was edited or damaged; {fix}")
+    if "confusion" in result:  # the counts themselves: IoUs edited together with the mIoU still contradict them
+        import numpy as np
+
+        from ..kernels import scores
+
+        try:
+            again = scores(np.asarray(result["confusion"], dtype=np.int64))["miou"]
+        except (ValueError, TypeError, OverflowError):
+            raise VplError(f"{scored}: its 'confusion' is not a confusion matrix; {fix}") from None
+        if again is None or abs(again - float(result["miou"])) > 1e-6:
+            raise VplError(f"{scored}: its 'miou' {float(result['miou']):.4f} is not that of its confusion matrix "
+                           f"({'none' if again is None else f'{again:.4f}'}): the file was edited or damaged; {fix}")
 
 
 def checked_decoder_score(base: Path, scored: Path, pseudo: Path, split: str) -> float:
@@ -118,6 +170,7 @@ def checked_decoder_score(base: Path, scored: Path, pseudo: Path, split: str) ->
                        "its prediction on the training split are what the rule scores; make them (`make decoders`), "
                        "or choose --by masks")
     result = checked_score(scored, pred, split, target="decoders")
+    check_same_dataset(pred, pseudo, "its decoder's score and the masks it was trained on")
     if io.read_record(io.stage_record_path(pred))["inputs"].get("decoder") != io.sha256_file(decoder):
         raise VplError(f"{pred}: not predicted by {decoder} as it is now (re-trained since?); re-run its predict "
                        "and eval (`make decoders`)")
@@ -182,6 +235,8 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
                            f"re-make {name}'s masks there (`make pseudo`)")
         scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split)
         split = scored["split"]  # every candidate on the first one's split
+        if candidates:  # every candidate from the first one's dataset
+            check_same_dataset(folder, Path(candidates[0]["folder"]), "the candidates' scores")
         candidates.append({"refine": name, "folder": str(folder), "train_miou": scored["miou"]})
     for c in candidates if by == "decoder" else ():  # every candidate's masks checked first, then the decoders
         c["decoder_train_miou"] = checked_decoder_score(refinement_dir(run, c["refine"], own), metrics_dir(

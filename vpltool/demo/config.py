@@ -7,15 +7,17 @@ fails with one line before anything is trained or written.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from ..config import at_least, choice, fraction, require, seed_value
+from ..config import at_least, choice, fraction, positive, require, seed_value
 
 CAPTION_STYLES = ("names", "detailed")
 POOLS = ("mean", "cls", "both")
 LOSSES = ("multi", "infonce")
 QK_BLOCKS = ("global", "all")
 LAYOUTS = ("folder", "voc")
+MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 the toy models only diverge (inf: NaN weights)
 MAX_SIZE = 2048  # scene side: 100000 asked for a 37 GiB array and died with a MemoryError traceback
 
 
@@ -72,11 +74,14 @@ class ToyClipConfig:
         at_least("--layers", self.layers, 2)
         require(1 <= self.global_blocks <= self.layers, f"--global-blocks {self.global_blocks}: must be 1..--layers")
         at_least("--threads", self.threads, 0)
+        positive("--lr", self.lr, upper=MAX_LR)
         require(self.window >= 1 and self.window % 2 == 1, f"--window {self.window}: must be odd and >= 1")
-        require(self.qk_init >= 0, f"--qk-init {self.qk_init}: must be >= 0 (0: open_clip's init)")
+        require(math.isfinite(self.qk_init) and self.qk_init >= 0,
+                f"--qk-init {self.qk_init}: must be a finite number >= 0 (0: open_clip's init)")
         fraction("--crop-prob", self.crop_prob)
         fraction("detail", self.detail)
-        require(self.logit_scale >= 0, f"--logit-scale {self.logit_scale}: must be >= 0 (0: open_clip's 1/0.07)")
+        require(0 <= self.logit_scale <= 100, f"--logit-scale {self.logit_scale}: must be in [0, 100] (0: open_clip's "
+                "1/0.07; CLIP clamps it at 100)")
         choice("--captions", self.captions, CAPTION_STYLES)
         choice("--qk-blocks", self.qk_blocks, QK_BLOCKS)
         choice("--pool", self.pool, POOLS)
@@ -128,11 +133,12 @@ class ToyDinoConfig:
         at_least("--local-crops", self.local_crops, 0)
         at_least("--threads", self.threads, 1)
         seed_value("--seed", self.seed)
-        require(self.lr > 0 and self.min_lr >= 0, f"--lr {self.lr}: must be > 0")
+        positive("--lr", self.lr, upper=MAX_LR)
+        require(math.isfinite(self.min_lr) and self.min_lr >= 0, f"min_lr {self.min_lr}: must be >= 0")
         require(0 < self.teacher_temp and 0 < self.student_temp, "temperatures must be > 0")
         fraction("--momentum", self.momentum)
         fraction("--jitter", self.jitter)
-        require(self.qk_init >= 0, f"qk_init {self.qk_init}: must be >= 0")
+        require(math.isfinite(self.qk_init) and self.qk_init >= 0, f"qk_init {self.qk_init}: must be >= 0")
 
 
 @dataclass(frozen=True)

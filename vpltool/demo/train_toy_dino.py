@@ -265,17 +265,23 @@ def _train(out: Path, images: torch.Tensor, cfg: ToyDinoConfig, on_step, source:
     return {**record, "path": str(out)}
 
 
+KIND, RECORD_KIND = "toy-dino", "toy-dino-record"  # the file kinds of its weights and their record (io.marks)
+
+
 def _write(out: Path, model: torch.nn.Module, record: dict[str, Any]) -> None:
     """The teacher's ViT as safetensors plus its ``.json`` record, each written whole or not at all."""
     from safetensors.torch import save_file
 
     from ..io import atomic_path
+    from ..io.marks import marked
 
     out.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out) as tmp:
-        save_file(weights, str(tmp), metadata={"format": "pt", "model": record["model"]})
+        # vpltool.kind: what the output guard reads, so that no other run replaces it by mistake (nor this one another
+        # file) without --overwrite
+        save_file(weights, str(tmp), metadata={"format": "pt", "model": record["model"], "vpltool.kind": KIND})
     with atomic_path(out.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+        Path(tmp).write_text(json.dumps(marked(record, RECORD_KIND), indent=1) + "\n")
     for path in (out, out.with_suffix(".json")):
         path.chmod(0o644)  # safetensors writes owner-only files; the package ships these

@@ -20,15 +20,21 @@ from ..errors import ContractError, VplError, write_error
 
 # the longest file name (one path component) Linux file systems take, in bytes (ext4, xfs, btrfs, tmpfs)
 NAME_MAX = 255
+PATH_MAX = 4096  # the longest path Linux takes, its terminating NUL included
 _TMP_EXTRA = len("..XXXXXXXX.tmp")  # what an atomic write adds to a name: a dot, a dot, 8 random letters, .tmp
 
 
-def name_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be a file name on this system (a component longer than :data:`NAME_MAX` bytes), or
-    None. Checked before any ``stat``, which would fail with "File name too long" (a traceback, not a line)."""
+def name_problem(path: str | os.PathLike, room: int = 0) -> str | None:
+    """Why ``path`` cannot be a file name on this system (a component longer than :data:`NAME_MAX` bytes, or the
+    absolute path longer than :data:`PATH_MAX` less ``room``: what a folder keeps for the files in it), or None.
+    Checked before any ``stat``, which would fail with "File name too long" (a traceback, not a line)."""
     for part in os.fsencode(path).split(b"/"):
         if len(part) > NAME_MAX:
             return f"a name of {len(part)} bytes, longer than a file name may be ({NAME_MAX} bytes)"
+    full, limit = len(os.fsencode(os.path.abspath(path))), PATH_MAX - 1 - room
+    if full > limit:
+        within = ", leaving room for the names of the files in it" if room else ""
+        return f"a path of {full} bytes, longer than a path may be ({limit} bytes{within})"
     return None
 
 
@@ -85,9 +91,22 @@ def named_file(value: str, option: str, what: str) -> Path | None:
 def not_utf8(path: Path, e: UnicodeDecodeError) -> ContractError:
     """The one-line error for a text file in another encoding (Latin-1, UTF-16, ...)."""
     data = path.read_bytes()
-    line = data[: e.start].count(b"\n") + 1
-    return ContractError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8, "
-                         f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}")
+    source = _encoding_guess(data)
+    if source.startswith("utf-16"):  # its byte-order mark says so: no line to point at, every other byte is 0
+        where = f"UTF-16 text (byte-order mark {data[:2].hex(' ')})"
+    else:
+        line = data[: e.start].count(b"\n") + 1
+        where = f"not UTF-8 text (byte 0x{data[e.start]:02x} on line {line})"
+    return ContractError(f"{path}: {where}; save it as UTF-8, e.g. iconv -f {source} -t utf-8 {path.name} > "
+                         f"{path.stem}.utf8{path.suffix}")
+
+
+def _encoding_guess(data: bytes) -> str:
+    """The encoding ``iconv -f`` should read a non-UTF-8 text file in: UTF-16 by its byte-order mark (what Windows
+    tools save as "Unicode"), else Latin-1 (any byte is a Latin-1 character)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    return "latin1"
 
 
 COMMENT = "#"  # a line of a list file whose first non-blank character is this is a comment, in every list file
@@ -320,6 +339,9 @@ def check_folder_target(folder: str | os.PathLike) -> Path:
     Stages call it on every output folder before loading a model, so a wrong ``--out`` costs nothing.
     """
     folder = Path(folder)
+    why = name_problem(folder, room=NAME_MAX + 1)  # before any stat: "File name too long" would be a traceback
+    if why is not None:
+        raise VplError(f"{short_path(folder)}: {why}; choose a shorter {option_for(folder) or 'output'} path")
     if folder.exists() and not folder.is_dir():
         raise VplError(f"{folder}: exists and is not a folder; {another(folder)}")
     return folder

@@ -152,6 +152,11 @@ def _lexical(path: Path) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
+def _a(stage: str) -> str:
+    """"a `crf`" or "an `extract`": the article a stage's name takes when spoken."""
+    return f"{'an' if stage[:1] in 'aeiou' else 'a'} `{stage}`"
+
+
 def _check_path(path: Path, option: str) -> None:
     """A name the file system takes, with no symbolic link loop and no dangling link on the way."""
     why = name_problem(path)
@@ -187,7 +192,7 @@ def _check_stage_folder(path: Path, option: str, stage: str, overwrite: bool) ->
     if owner is None or owner == stage:
         return
     if owner:
-        again = f"; --overwrite only redoes a `{stage}` folder, never another stage's" if overwrite else ""
+        again = f"; --overwrite only redoes {_a(stage)} folder, never another stage's" if overwrite else ""
         raise VplError(f"{path}: holds `{owner}` output{again}; choose another {option}")
     raise VplError(f"{path}: not empty and made by no vpltool stage (no {STAGE_RECORD} or {RUN_RECORD}), so it is "
                    f"never written into or resumed; choose a new or empty folder for {option}")
@@ -364,7 +369,7 @@ class _Guard:
                 return
             owner = _marked_by(folder)
             if owner is not None:
-                raise VplError(f"{path}: lies inside {folder}, a `{owner}` folder whose files only that stage "
+                raise VplError(f"{path}: lies inside {folder}, {_a(owner)} folder whose files only that stage "
                                f"writes; choose another {option}")
 
 

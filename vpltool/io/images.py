@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 from ..errors import ContractError, VplError, VplWarning
 from . import files
 from .marks import png_info
+from .tensors import check_item_id
 
 MASK_SUFFIX = ".png"
 
@@ -48,14 +49,26 @@ def voc_palette() -> list[int]:
 _PALETTE = voc_palette()
 
 
-def write_mask(path: str | os.PathLike, labels: np.ndarray) -> Path:
-    """Save an ``[H, W]`` uint8 label map as a VOC-palette PNG (0 = background, 255 = ignore), atomically."""
+ID_CHUNK = "vpltool.id"  # a stage's mask records the id of its image in this PNG text chunk
+
+
+def write_mask(path: str | os.PathLike, labels: np.ndarray, item_id: str | None = None) -> Path:
+    """Save an ``[H, W]`` uint8 label map as a VOC-palette PNG (0 = background, 255 = ignore), atomically.
+
+    ``item_id``: the image the mask was made for (a stage's output), recorded in the text chunk ``vpltool.id`` so
+    that :func:`read_mask` refuses the mask when it lies under another item's name."""
     if labels.dtype != np.uint8 or labels.ndim != 2:
         raise ContractError(f"{path}: a mask must be HxW uint8, got {labels.dtype} {labels.shape}")
     img = Image.fromarray(labels, mode="L").convert("P")
     img.putpalette(_PALETTE)
+    extra = {}
+    if item_id is not None:
+        from PIL.PngImagePlugin import PngInfo
+
+        extra["pnginfo"] = PngInfo()
+        extra["pnginfo"].add_text(ID_CHUNK, item_id)
     with files.atomic_path(path) as tmp:
-        img.save(tmp, format="PNG", optimize=False)
+        img.save(tmp, format="PNG", optimize=False, **extra)
     return Path(path)
 
 
@@ -75,10 +88,12 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
                     f"{path}: masks must be palette (P) or grayscale (L) PNGs holding class indices, not {img.mode}"
                 )
             arr = np.asarray(img)
+            recorded = img.info.get(ID_CHUNK)
     except FileNotFoundError:
         raise VplError(f"{path}: mask file not found") from None
     except (OSError, SyntaxError) as e:
         raise ContractError(f"{path}: unreadable mask ({e}); re-create it") from None
+    check_item_id(path, recorded, "mask")
     if arr.dtype != np.uint8:
         if arr.max(initial=0) > 255:
             raise ContractError(f"{path}: mask values above 255; class indices must fit in uint8")
@@ -153,11 +168,28 @@ def _header(path: str | os.PathLike) -> tuple[int, int, int]:
         with Image.open(path) as img:
             width, height = img.size
             orientation = _orientation(img, path)
+            _check_still(img, path)
     except FileNotFoundError:
         raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _unreadable(path, e) from None
     return height, width, orientation
+
+
+# what the image extensions vpltool reads hold (MPO: a camera's JPEG with extra views; its first is the photo)
+_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP")
+
+
+def _check_still(img: Image.Image, path: Path) -> None:
+    """One still image of a format vpltool reads, from its header: a GIF named ``.png`` or an animated WebP or PNG
+    would be decoded as its first frame without a word (which frame the labels describe, nobody knows)."""
+    if img.format not in _FORMATS:
+        raise ContractError(f"{path}: a {img.format} image under a {path.suffix} name; convert it to one of .jpg, "
+                            ".png, .bmp, .webp (a still image) or remove it from the split")
+    frames = getattr(img, "n_frames", 1)
+    if img.format != "MPO" and frames > 1:
+        raise ContractError(f"{path}: an animated {img.format} of {frames} frames; save the frame its labels "
+                            "describe as a still image, or remove it from the split")
 
 
 _PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # chunks Pillow reads EXIF or XMP orientation from
@@ -204,6 +236,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
+            _check_still(img, path)
             img.load()  # decode now: a truncated file fails here, inside the try, not later in a worker
             ImageOps.exif_transpose(img, in_place=True)  # in place: an upright photo is not copied
             rgb = _to_rgb(img, path)

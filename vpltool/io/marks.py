@@ -40,6 +40,8 @@ FILE_KINDS = {
     "contact-sheet": "a contact sheet (`demo-report`)",
     "pseudo-choice": "a pseudo-mask choice (`choose-pseudo`)",
     "record": "a vpltool folder record",
+    "toy-dino": "a toy DINO's weights (`train-toy-dino`)",
+    "toy-dino-record": "a toy DINO's record (`train-toy-dino`)",
 }
 
 

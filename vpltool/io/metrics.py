@@ -44,7 +44,8 @@ def is_eval_metrics(data: Any) -> bool:
 
 def check_eval_metrics(path: str | os.PathLike, data: Any) -> dict[str, Any]:
     """``data`` (read from ``path``) if it has an `eval --json` result's shape: ``miou`` a fraction in [0, 1] or
-    null, ``iou`` an object {class name: fraction or null}, ``n_images`` an integer >= 0, ``bg_exponent`` a finite
+    null, ``iou`` (and ``precision``, ``recall``) an object {class name: fraction or null}, ``pixel_accuracy`` and
+    ``mean_accuracy`` fractions or null, ``n_images`` an integer >= 0, ``bg_exponent`` a finite
     number or null (each when present, ``miou`` and ``iou`` always); ContractError otherwise."""
     path = Path(path)
     fix = f"re-make it with `vpltool eval FOLDER --json {path}`"
@@ -57,6 +58,15 @@ def check_eval_metrics(path: str | os.PathLike, data: Any) -> dict[str, Any]:
     _require(isinstance(iou, dict), path, "iou", iou, "an object {class name: IoU}", fix)
     for name, value in iou.items():
         _require(_is_score(value), path, f"iou.{name}", value, "a number in [0, 1] or null", fix)
+    for key in ("precision", "recall"):  # per-class fractions too (a report prints them as percentages)
+        if key in data:
+            table = data[key]
+            _require(isinstance(table, dict), path, key, table, "an object {class name: fraction}", fix)
+            for name, value in table.items():
+                _require(_is_score(value), path, f"{key}.{name}", value, "a number in [0, 1] or null", fix)
+    for key in ("pixel_accuracy", "mean_accuracy"):
+        if key in data:
+            _require(_is_score(data[key]), path, key, data[key], "a number in [0, 1] or null", fix)
     if "n_images" in data:
         n = data["n_images"]
         _require(isinstance(n, int) and not isinstance(n, bool) and n >= 0, path, "n_images", n,

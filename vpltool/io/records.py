@@ -18,7 +18,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ContractError
 from .files import id_problem, read_json, write_json
-from .tensors import FORMAT_VERSION
+from .tensors import FORMAT_VERSION, check_format
 
 STAGE_RECORD = "_stage.json"
 RUN_RECORD = "_run.json"
@@ -128,6 +128,8 @@ def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
     ``params`` (and ``inputs``, ``count``); ContractError in one line naming the file otherwise."""
     path = Path(path)
     record = read_json(path)
+    if isinstance(record, dict):
+        check_format(path, record.get("format"), record.get("vpltool"))
     problem = _record_problem(record, _RUN_KEYS if run else _STAGE_KEYS)
     if problem is not None:
         stage = record.get("stage") if isinstance(record, dict) and isinstance(record.get("stage"), str) else None

@@ -341,7 +341,8 @@ def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | Non
     return read_record(path)["inputs"].get("dataset")
 
 
-DATASET_INPUTS = ("dataset", "items", "files")  # what a record keeps of its dataset (vpltool.data.Dataset.inputs)
+# what a record keeps of its dataset (vpltool.data.Dataset.inputs)
+DATASET_INPUTS = ("dataset", "items", "files", "content")
 
 
 def dataset_inputs(record: Mapping[str, Any]) -> dict[str, Any]:

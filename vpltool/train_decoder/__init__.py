@@ -450,8 +450,8 @@ def run_train_decoder(
         dataset_id = dataset.identity()
     else:
         record = io.read_stage_record(pseudo_dir, MASK_STAGES)
+        dataset = open_recorded(pseudo_dir)  # first: one line for a record that names no dataset
         dataset_id = record["inputs"]["dataset"]
-        dataset = open_recorded(pseudo_dir)
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
                              "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file",
                                                   "decoder-checkpoint"),

@@ -1,0 +1,209 @@
+"""Hostile inputs, generated: every command's options and every input file kind, drawn from edge values.
+
+The property is the promise of docs/robustness.md itself, for any input: the command exits 0, or exits 2 with one
+``error:`` line (the last) or click's usage error, never a traceback; no temporary file is left anywhere; a
+refused run leaves no ``_stage.json`` in its output; and nothing outside the run's own output changes.
+
+The commands and their options are read from the typer app, so a new command or option is fuzzed without editing
+this file (a command without a base invocation below gets its positional arguments drawn from the workspace's
+folders and files). The run here is bounded and derandomized (``VPLTOOL_FUZZ_EXAMPLES`` examples per command, 2 by
+default); ``make fuzz`` runs a longer one. A fault it finds is fixed as a class and becomes a row of
+``robustness_cases.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import robustness_cases as rc  # noqa: E402
+
+EXAMPLES = int(os.environ.get("VPLTOOL_FUZZ_EXAMPLES", "2"))
+FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+                suppress_health_check=list(HealthCheck))
+
+# edge values per option type (strings as a shell passes them)
+INTS = ["0", "-1", "1", "3", "2147483648", "-9223372036854775809", "100000000000000000000", "", "1.5", "abc"]
+FLOATS = ["0", "-0", "-1", "1e-320", "nan", "-nan", "inf", "-inf", "1e39", "1e300", "", "abc"]
+STRINGS = ["", " ", ",", ",,", "|", "a,a", "a|a", "A,a", "é,ß,漢字", "x" * 5000, "\t", "../..", "-", "none", "a,,b",
+           "background", "%s{}", "\x00"]
+
+
+def _command_table():
+    import typer.main
+
+    from vpltool.cli import app
+
+    group = typer.main.get_command(app)
+    return {name: cmd for name, cmd in group.commands.items() if name != "help"}
+
+
+COMMANDS = _command_table()
+
+
+# --------------------------------------------------------------------------------------------- the workspace
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> rc.Workspace:
+    return rc.Workspace(tmp_path_factory.mktemp("fuzz"))
+
+
+def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
+    """A valid invocation of ``name`` on the workspace, writing ``out`` (None: none known, draw the arguments)."""
+    decoder = ws.decoder / "decoder.safetensors"
+    return {
+        "extract": [ws.world, "--split", "val", "-o", out, *rc.TINY, *rc.CPU, "--workers", "1"],
+        "text-prototypes": [ws.features, "-o", out / "text.safetensors", *rc.TEXT_ARGS, *rc.CPU],
+        "cam": [ws.features, "-p", ws.text, "-o", out, *rc.CPU],
+        "learn-prototypes": [ws.features, "-c", ws.cams, "-t", ws.text, "-o", out / "vision.safetensors", "--iters",
+                             "2", *rc.CPU],
+        "crf": [ws.cams, "-o", out, "--workers", "1"],
+        "segment": [ws.world, "--split", "val", "-o", out, *rc.TINY, *rc.CPU, "--dense", "maskclip", "--classes",
+                    "star,circle"],
+        "train-decoder": [ws.pseudo, "-p", ws.text, "-o", out, *rc.DECODER_ARGS],
+        "predict": [decoder, "--split", "val", "-o", out, *rc.CPU],
+        "eval": [ws.pseudo, "--json", out / "scores.json"],
+        "make-world": [out, "--train", "2", "--val", "1"],
+        "train-toy-dino": [out / "dino.safetensors", "--data", ws.world, "--epochs", "1", "--batch-size", "2"],
+    }.get(name)
+
+
+def _pool(ws: rc.Workspace) -> list[Path]:
+    """Paths an argument may be given instead of the right one: every kind of workspace file and folder."""
+    return [ws.world, ws.features, ws.cams, ws.pseudo, ws.decoder, ws.text, ws.decoder / "decoder.safetensors",
+            ws.world / "labels.csv", ws.first_feature_file(), ws.root / "nowhere", Path("")]
+
+
+def _option_values(option, ws: rc.Workspace) -> st.SearchStrategy[list[str]]:
+    """The words one option is given as: its flag alone, or its name and an edge value of its declared type."""
+    name = max(option.opts, key=len)
+    if option.is_flag:
+        return st.just([name])
+    kind = getattr(getattr(option, "type_descriptor", None), "annotation", str)
+    if kind is int:
+        values = st.sampled_from(INTS)
+    elif kind is float:
+        values = st.sampled_from(FLOATS)
+    elif kind is Path and name not in ("--out", "-o"):
+        values = st.sampled_from([*map(str, _pool(ws)), *STRINGS[:4]])
+    else:
+        values = st.sampled_from(STRINGS)
+    return values.map(lambda v: [name, v])
+
+
+def _invocation(ws: rc.Workspace, name: str, out: Path) -> st.SearchStrategy[list[str]]:
+    """A base invocation (or drawn positional arguments) with one to three options set to edge values."""
+    cmd = COMMANDS[name]
+    options = [p for p in cmd.params if p.param_type_name == "option" and p.name not in ("help", "out", "log_file")
+               and not p.hidden]
+    base = _base(ws, name, out)
+    if base is None:
+        n_args = sum(1 for p in cmd.params if p.param_type_name == "argument")
+        head = st.lists(st.sampled_from([str(p) for p in _pool(ws)]), min_size=n_args, max_size=n_args)
+    else:
+        head = st.just([str(a) for a in base])
+    picked = st.lists(st.sampled_from(options), min_size=1, max_size=3, unique_by=lambda p: p.name) \
+        if options else st.just([])
+    return st.tuples(head, picked.flatmap(lambda ps: st.tuples(*[_option_values(p, ws) for p in ps]))).map(
+        lambda t: [name, *t[0], *(w for words in t[1] for w in words)])
+
+
+# --------------------------------------------------------------------------------------------- the property
+def _holds(ws: rc.Workspace, args: list[str], out: Path, own: tuple[Path, ...] = ()) -> None:
+    """Run ``vpltool ARGS`` and check the promise (module doc); ``own``: paths the run may change besides
+    ``out``."""
+    before = rc.disk_state(ws.root)
+    r = rc.invoke(*args)
+    after = rc.disk_state(ws.root)
+    shown = f"vpltool {' '.join(map(repr, args))[:600]}\n{r.output[-1500:]}"
+    assert "Traceback" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit)), shown
+    assert r.exit_code in (0, 2), shown
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    if r.exit_code == 2:
+        usage = any(line.startswith("Usage:") for line in lines) and any("Error" in line for line in lines)
+        errors = rc.error_lines(r.output)
+        assert usage or (len(errors) == 1 and lines[-1] == errors[0]), shown
+        assert not (out / "_stage.json").exists(), shown
+    mine = [str(p.relative_to(ws.root)) for p in (out, *own)]
+    changed = [p for p in rc.disk_changes(before, after)
+               if not any(p.lstrip("-").startswith(m) for m in mine)]
+    assert not changed, (shown, changed)
+    assert not [p for p in after if p.endswith(".tmp")], shown
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_option_at_its_edge_values_keeps_the_promise(ws, name):
+    out = ws.root / f"fuzz_{name}"
+
+    @FUZZ
+    @given(data=st.data())
+    def run(data):
+        shutil.rmtree(out, ignore_errors=True)
+        out.unlink(missing_ok=True) if out.is_symlink() else None
+        args = data.draw(_invocation(ws, name, out))
+        _holds(ws, args, out)
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- damaged inputs
+def _mutations(ws: rc.Workspace):
+    """(stage input folder, base invocation on a copy of it) for the stages that read a folder of items."""
+    return {
+        "features": lambda copy, out: ["cam", copy, "-p", ws.text, "-o", out, *rc.CPU],
+        "cams": lambda copy, out: ["crf", copy, "-o", out, "--workers", "1"],
+        "cams-eval": lambda copy, out: ["eval", copy],
+        "pseudo": lambda copy, out: ["eval", copy, "--json", out / "scores.json"],
+        "pseudo-decoder": lambda copy, out: ["train-decoder", copy, "-p", ws.text, "-o", out, *rc.DECODER_ARGS],
+    }
+
+
+def _mutate(folder: Path, how: str, pick: int, cut: float) -> None:
+    """Damage one file of a copied stage folder: truncate it, put another item's file or a file of another format
+    in its place, or edit a field of the folder's record."""
+    import json
+
+    items = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+    target = items[pick % len(items)]
+    if how == "truncate":
+        data = target.read_bytes()
+        target.write_bytes(data[:int(len(data) * cut)])
+    elif how == "other item":
+        shutil.copyfile(items[(pick + 1) % len(items)], target)
+    elif how == "other format":
+        target.write_bytes(b"\x89PNG\r\n\x1a\n" if target.suffix != ".png" else b'{"vpltool_file": "scores"}')
+    else:  # a field of the record edited
+        record = folder / "_stage.json"
+        data = json.loads(record.read_text())
+        keys = sorted(data)
+        key = keys[pick % len(keys)]
+        data[key] = [None, "", -1, 1e308, "x" * 300, {"a": 1}][pick % 6]
+        record.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("kind", ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder"])
+def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
+    source = {"features": ws.features, "cams": ws.cams, "cams-eval": ws.cams, "pseudo": ws.pseudo,
+              "pseudo-decoder": ws.pseudo}[kind]
+    copy, out = ws.root / f"damaged_{kind}", ws.root / f"fuzz_damaged_{kind}"
+
+    @FUZZ
+    @given(how=st.sampled_from(["truncate", "other item", "other format", "record"]), pick=st.integers(0, 50),
+           cut=st.sampled_from([0.0, 0.01, 0.5, 0.99]))
+    def run(how, pick, cut):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(source, copy)
+        _mutate(copy, how, pick, cut)
+        _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
+        # a damaged input is never certified: whatever it let through, it did not finish
+        if how in ("other item", "other format") or (how == "truncate" and cut < 0.99):
+            assert not (out / "_stage.json").exists() and not (out / "scores.json").exists(), (kind, how, pick, cut)
+
+    run()
