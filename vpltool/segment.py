@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import io, presets
-from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .backbone import ClipBackbone, ModelSpec, load_model
 from .backbone.prompts import resolve_background, resolve_templates
 from .backbone.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
@@ -102,7 +102,7 @@ def run_segment(
     params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), "model": spec.identity(),
               "template_list": templates, "background_words": background}
     return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
-                            settings, lambda: (backbone or load_backbone(spec, device)).with_dense(cfg.dense),
+                            settings, lambda: (backbone or load_model("clip", spec, device)).with_dense(cfg.dense),
                             (class_synonyms(names), templates, background), "--classes / --templates / --background",
                             on_start, on_item)
 

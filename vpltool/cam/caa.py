@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..backbone import ClipBackbone, DinoBackbone, DinoSpec, check_dino, load_dino
+from ..backbone import ClipBackbone, DinoBackbone, DinoSpec, check_model, load_model
 from ..config import CamConfig
 from ..errors import ContractError, VplError
 from ..kernels import minmax
@@ -244,7 +244,7 @@ def needs_image(cfg: CamConfig) -> bool:
 def check_affinity(cfg: CamConfig) -> None:
     """Before any model is loaded: refuse (one line) a DINO affinity whose weights cannot be had."""
     if cfg.affinity != "clip":
-        check_dino(DinoSpec(cfg.dino_model, cfg.dino_weights))
+        check_model("dino", DinoSpec(cfg.dino_model, cfg.dino_weights))
 
 
 _DINO: dict[tuple[str, str, str], DinoBackbone] = {}
@@ -255,7 +255,7 @@ def dino_backbone(cfg: CamConfig, device: torch.device) -> DinoBackbone:
     key = (cfg.dino_model, cfg.dino_weights, str(device))
     if key not in _DINO:
         _DINO.clear()  # one at a time: a second model would only hold memory
-        _DINO[key] = load_dino(DinoSpec(cfg.dino_model, cfg.dino_weights), device)
+        _DINO[key] = load_model("dino", DinoSpec(cfg.dino_model, cfg.dino_weights), device)
     return _DINO[key]
 
 

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import io, presets
-from ..backbone import ClipBackbone, ModelSpec, load_backbone
+from ..backbone import ClipBackbone, ModelSpec, load_model
 from ..config import MAX_TOKENS, DecoderConfig, RuntimeConfig, to_params
 from ..data import open_recorded
 from ..decoder import (
@@ -164,7 +164,7 @@ class _Run:
         self.protos, self.pairs, self.out_dir, self.inputs = protos, pairs, out_dir, inputs
         self.dtype = resolve_precision(runtime.precision, device)
         # frozen: its image tower is kept in the run's precision (a copy when the caller's backbone is given)
-        self.bb = (backbone or load_backbone(ModelSpec.from_identity(protos.model), device)).with_image_tower_in(
+        self.bb = (backbone or load_model("clip", ModelSpec.from_identity(protos.model), device)).with_image_tower_in(
             self.dtype)
         check_crop(cfg.crop_size, self.bb.patch_size)
         self.blocks = feature_blocks(self.bb.n_blocks, cfg.include_last_block)
