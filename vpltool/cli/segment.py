@@ -8,28 +8,24 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig, dense_help
-from . import app
 from .common import (
-    _R,
-    BatchSize,
+    BATCHED,
     DenseOpt,
-    Device,
     LogFile,
     ModelConfigDir,
     ModelOpt,
     OutDir,
-    Overwrite,
-    Precision,
     PretrainedOpt,
     Shard,
     Split,
     Verbose,
-    Workers,
     friendly_errors,
+    option_blocks,
     progress,
     runtime,
     say,
 )
+from .root import app
 from .values import model_spec
 from .values import shard as shard_of
 
@@ -39,6 +35,7 @@ _METHOD = f"[default: the --dense method's. {dense_help()}]"
 
 @app.command("segment")
 @friendly_errors
+@option_blocks
 def segment_cmd(
     data: Annotated[Path, typer.Argument(help="Dataset: a VOC root, a COCO root, a generic folder or manifest.json "
                                          "(labels are not read).")],
@@ -71,11 +68,7 @@ def segment_cmd(
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
-    device: Device = _R.device,
-    precision: Precision = _R.precision,
-    batch_size: BatchSize = _R.batch_size,
-    workers: Workers = _R.workers,
-    overwrite: Overwrite = False,
+    run: dict = BATCHED,
     model_config_dir: ModelConfigDir = None,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -99,7 +92,7 @@ def segment_cmd(
                         classes=None if classes is None else parse_class_names(classes))
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
-                        runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
+                        runtime(**run), shard=shard_of(shard),
                         on_item=on_item, on_start=on_start)
     say(f"[green]✓[/] segment ({cfg.dense}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
         f"→ {out}")
