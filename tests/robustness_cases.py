@@ -2329,7 +2329,7 @@ def _shard_vs_rank_2(ws: Workspace) -> Iterator[list[object]]:
         yield ["extract", ws.world, "-o", ws.out("out"), *TINY, *CPU, "--shard", "0/2"]
 
 
-@case("RANK=-1 WORLD_SIZE=2 (an integer out of range, not \"not integers\")",
+@case("RANK=-1 WORLD_SIZE=2 (issue 38: an integer out of range, not \"not integers\")",
       "RANK=-1 WORLD_SIZE=2: RANK must be in 0..WORLD_SIZE-1 (0..1)", "launch with torchrun")
 def _negative_rank(ws: Workspace) -> Iterator[list[object]]:
     with _torchrun_env(RANK="-1", WORLD_SIZE="2"):
