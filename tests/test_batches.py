@@ -14,8 +14,8 @@ from vpltool.batches import (
     load_batches,
     plan_batches,
     resolve_batch_size,
-    shard_from_env,
 )
+from vpltool.device import shard_from_env
 from vpltool.errors import ContractError, VplError
 
 from pace import bound  # tests/ is on sys.path: hang bounds scaled to the machine's pace

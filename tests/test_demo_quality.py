@@ -33,7 +33,8 @@ def demo_metrics(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "VPLTOOL_MODEL_CONFIGS"}
     env.pop("OMP_NUM_THREADS", None)  # the pipeline should use every core, as `make demo` does
     # -j2 as `make demo` runs it: two independent stages at a time
-    # the open-vocabulary (DENSE) and DINO-affinity rows are left out: no bar here reads them, and CI's time is short
+    # `make demo`'s rows (its DEMO_ROWS): the open-vocabulary (DENSE) and DINO-affinity rows are `make dense`'s and
+    # `make affinity`'s, and no bar here reads them
     pace.run(["make", "-C", str(ROOT), "-j2", "report", f"RUN={run}", f"VENV={venv}", "DEVICE=cpu", "DENSE=",
               "DENSE_SEEDS=", "AFFINITY_ROWS="], 1800, check=True, env=env, stdout=subprocess.DEVNULL,
              stderr=subprocess.PIPE)

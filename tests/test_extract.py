@@ -164,7 +164,7 @@ def test_an_unreadable_image_is_refused_before_the_model_loads(tiny_spec, tmp_pa
 
     root = write_dataset(tmp_path / "data", n_train=3, n_val=1, seed=0)
     (root / "images" / "train_000001.png").write_bytes(b"")
-    monkeypatch.setattr(extract, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(extract, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / "out"
     with pytest.raises(ContractError, match=r"train_000001\.png: unreadable image"):
         _run(open_dataset(root, "train"), out, tiny_spec)

@@ -152,3 +152,19 @@ def test_make_voc_runs_one_refinement_only():
     cmds = commands(make("-n", "voc", "VOC_ROOT=/data/VOC2012").stdout)
     assert not any("choose-pseudo" in c or "runs/voc/caa" in c for c in cmds)
     assert "train-decoder runs/voc/pseudo " in stage(cmds, "train-decoder")
+
+
+@pytest.mark.parametrize("target, dense, affinity", [("demo", False, False), ("dense", True, False),
+                                                     ("affinity", False, True)])
+def test_make_demo_leaves_the_dense_and_affinity_rows_to_their_own_targets(target, dense, affinity):
+    """`make demo` stays within its CPU budget: the open-vocabulary rows are `make dense`'s, the DINO affinity rows
+    `make affinity`'s; each of the three runs the demo's own rows (every refinement, the decoder, the table)."""
+    result = make("-n", target, "RUN=runs/x")
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    assert any(f"crf runs/x/{r}cams_vision -o runs/x/{r}pseudo " in c for c in cmds for r in ("", "caa/", "caa+sgc/"))
+    assert any("demo-report runs/x" in c for c in cmds)
+    assert any("--dense" in c for c in cmds) == dense
+    assert any("segment runs/x/world --split val -o runs/x/dense/naclip/segment_val" in c for c in cmds) == dense
+    assert any("--affinity dino" in c for c in cmds) == affinity
+    assert any("-o runs/x/caa@clip+dino/cams_vision " in c for c in cmds) == affinity

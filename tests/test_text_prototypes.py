@@ -130,6 +130,6 @@ def test_a_bad_output_is_refused_before_the_model_loads(tiny_spec, tmp_path, mon
 
     out = tmp_path / "out"
     out.mkdir() if kind == "folder" else os.mkfifo(out)
-    monkeypatch.setattr(tp, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(tp, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(VplError, match=f"^{out}: (is a folder|exists and is not a regular file)"):
         run_text_prototypes(("background", "cat"), out, tiny_spec, device="cpu")

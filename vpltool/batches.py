@@ -11,7 +11,6 @@ behind. The device is a parameter; the CPU and CUDA run the same code.
   image that fits no chunk is a one-line error naming it, its size and ``--max-side``.
 * :class:`BackgroundWriter`: a batch's outputs copied device-to-host without blocking (pinned memory, one CUDA
   event per batch) and written by a few threads, so the device never waits on the disk and nothing synchronises.
-* :func:`shard_from_env`: a ``torchrun`` rank (``RANK``/``WORLD_SIZE``) is a shard, as ``--shard i/n``.
 
 The CUDA-only steps (pinned buffers, events, the GradCAM block in bf16) also run on a CPU when the environment
 variable ``VPLTOOL_TEST_CUDA_PATHS=1`` is set (:func:`cuda_paths`): a switch for the tests, so that CI, which has no
@@ -31,7 +30,6 @@ from typing import Any
 
 import torch
 
-from .device import torchrun_rank
 from .errors import VplError
 
 AUTO_BATCH_CUDA = 32  # images per batch on CUDA: ViT-B/16 at VOC size reaches ~3,000 img/s at 32 (issue 19's floor)
@@ -96,6 +94,36 @@ def header_sizes(paths: Sequence[os.PathLike], workers: int) -> list[tuple[int, 
             raise VplError(f"{path}: {h}x{w} pixels, too small to segment (at least {MIN_IMAGE_SIDE} pixels a side, "
                            "one CLIP patch); remove it from the split or use the full-size image")
     return sizes
+
+
+def image_stage(folder, dataset, path_of: Callable[[Any, str], Any], loader_workers: int,
+                work: Callable[[list, list[tuple[int, int]]], None], on_start: Callable[[int], None] | None = None,
+                **finish: Any):
+    """The per-image stage body shared by `segment`, `predict` and `cam --dense`: inside ``folder`` (a
+    :class:`vpltool.io.StageFolder`, entered here: its lock, records and shard) the ids of ``dataset`` whose output
+    ``path_of(out, id)`` is missing, ``on_start(len(todo))``, then, when there is work, their ``(H, W)`` header sizes
+    (:func:`header_sizes`, before any model loads) and ``work(items, sizes)``; last ``folder.finish`` (``finish``:
+    what it records besides, e.g. ``classes=``).
+
+    Returns:
+        :class:`vpltool.io.StageSummary`: the items done, those already there, the seconds.
+    """
+    import time
+
+    from .io import StageSummary
+
+    ids = [it.id for it in dataset.items]
+    start = time.perf_counter()
+    with folder:
+        todo = folder.todo(ids, path_of)
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            items = dataset.by_id()
+            todo_items = [items[i] for i in todo]
+            work(todo_items, header_sizes([it.image for it in todo_items], loader_workers))
+        folder.finish(ids, path_of, **finish)
+    return StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo), seconds=time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -412,21 +440,6 @@ def _record_event() -> Any:
     return _HostEvent()
 
 
-# --------------------------------------------------------------------------------------------- sharding
-def shard_from_env(shard: tuple[int, int] | None = None) -> tuple[int, int]:
-    """The shard this process runs: ``--shard i/n`` when given, else ``torchrun``'s ``RANK`` of ``WORLD_SIZE``
-    (single- or multi-node), else the whole dataset. Both given and different is a one-line error (which one did
-    the user mean?); Slurm arrays pass ``--shard`` explicitly."""
-    env = torchrun_rank()
-    if shard is None:
-        return env or (0, 1)
-    if env is not None and env != tuple(shard):
-        raise VplError(f"--shard {shard[0]}/{shard[1]}, but RANK={env[0]} WORLD_SIZE={env[1]} (torchrun or a job "
-                       f"script) make this process shard {env[0]}/{env[1]}; drop --shard under torchrun, or unset "
-                       "RANK and WORLD_SIZE")
-    return tuple(shard)
-
-
 __all__ = ["AUTO_BATCH_CUDA", "WRITE_DEPTH", "WRITE_THREADS", "cuda_paths", "resolve_batch_size", "plan_batches",
-           "header_sizes", "collate", "Ragged", "load_batches", "loader_workers", "to_device", "die_with_parent",
-           "BatchRunner", "BackgroundWriter", "to_host", "shard_from_env"]
+           "header_sizes", "image_stage", "collate", "Ragged", "load_batches", "loader_workers", "to_device",
+           "die_with_parent", "BatchRunner", "BackgroundWriter", "to_host"]

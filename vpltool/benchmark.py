@@ -54,7 +54,7 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
         ``<out>/table.json`` once every benchmark given is scored. ``keep``: a dict that receives the CLIP loaded (or
         given) as ``keep["backbone"]``, for the next method.
     """
-    from .backbone import load_backbone
+    from .backbone import load_model
     from .data import open_dataset
     from .device import resolve_device
     from .eval import run_eval
@@ -78,7 +78,7 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
         if on_benchmark:
             on_benchmark(n)
         if backbone is None:
-            backbone = load_backbone(spec, resolve_device(runtime.device))
+            backbone = load_model("clip", spec, resolve_device(runtime.device))
         folder = out / n
         run_segment(datasets[n], folder, spec, configs[n], runtime, shard=shard, backbone=backbone)
         if all(io.mask_path(folder, it.id).is_file() for it in datasets[n].items) and io.stage_record_path(

@@ -246,14 +246,14 @@ def run_crf(
         runtime: ``workers`` processes (0 = one per core; 1 = in this process): CRF processes with pydensecrf,
             image loaders with torch; ``device`` and ``batch_size`` (torch); ``overwrite``.
         shard: ``(i, n)``: every n-th mask from the i-th (``--shard i/n``; under torchrun the rank, see
-            :func:`vpltool.batches.shard_from_env`); the folder completes when every shard's masks are there.
+            :func:`vpltool.device.shard_from_env`); the folder completes when every shard's masks are there.
         on_item: called with the number of images just finished. on_start: called once with the number to do.
 
     Raises:
         MissingDependencyError: pydensecrf is not installed (and its backend is asked for).
         ContractError: a CAM file of the wrong kind/classes, or whose size differs from its image.
     """
-    from .batches import shard_from_env  # here: the CRF worker processes import this module, never torch
+    from .device import shard_from_env  # here: the CRF worker processes import this module, never torch
 
     cams_dir, out = Path(cams_dir), Path(out)
     shard = shard_from_env(shard)

@@ -74,6 +74,20 @@ def torchrun_rank() -> tuple[int, int] | None:
     return index, count
 
 
+def shard_from_env(shard: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The shard this process runs: ``--shard i/n`` when given, else ``torchrun``'s ``RANK`` of ``WORLD_SIZE``
+    (single- or multi-node), else the whole dataset. Both given and different is a one-line error (which one did
+    the user mean?); Slurm arrays pass ``--shard`` explicitly."""
+    env = torchrun_rank()
+    if shard is None:
+        return env or (0, 1)
+    if env is not None and env != tuple(shard):
+        raise VplError(f"--shard {shard[0]}/{shard[1]}, but RANK={env[0]} WORLD_SIZE={env[1]} (torchrun or a job "
+                       f"script) make this process shard {env[0]}/{env[1]}; drop --shard under torchrun, or unset "
+                       "RANK and WORLD_SIZE")
+    return tuple(shard)
+
+
 def cpu_has_amx() -> bool:
     """True on an x86 CPU with AMX-BF16 tiles (Sapphire Rapids and later), where bf16 matmuls pay.
 

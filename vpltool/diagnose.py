@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import io
-from .backbone import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_backbone
+from .backbone import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_model
 from .batches import load_batches
 from .config import EvalConfig, ExtractConfig, RuntimeConfig, from_params
 from .data import open_recorded
@@ -149,7 +149,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
         raise VplError(f"{features}: none of its images has a ground-truth mask; diagnose needs a labelled split "
                        "(extract e.g. --split val or train with masks)")
     extract_cfg = from_params(ExtractConfig, record["params"], io.stage_record_path(features))
-    bb = backbone or load_backbone(ModelSpec.from_identity(model), resolve_device(runtime.device))
+    bb = backbone or load_model("clip", ModelSpec.from_identity(model), resolve_device(runtime.device))
     scores = [_Scores(len(classes), cfg.bg_exponents) for _ in files]
     if on_start:
         on_start(len(ids))

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import io
-from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .backbone import ClipBackbone, ModelSpec, load_model
 from .batches import (
     BackgroundWriter,
     BatchRunner,
@@ -32,11 +32,10 @@ from .batches import (
     load_batches,
     plan_batches,
     resolve_batch_size,
-    shard_from_env,
 )
 from .config import CPU_BATCH, NOT_COMPARED, ExtractConfig, RuntimeConfig, check_tokens, to_params
 from .data import Dataset, Item, check_sizes
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_device, resolve_precision, shard_from_env
 from .errors import ContractError, VplError, VplWarning
 
 STAGE = "extract"
@@ -116,7 +115,7 @@ def run_extract(
         if todo:
             sizes = header_sizes([it.image for it in todo], runtime.loader_workers(device))
             check_sizes(todo, sizes, runtime.loader_workers(device))
-            bb = backbone or load_backbone(spec, device)
+            bb = backbone or load_model("clip", spec, device)
             check_for_model(bb, cfg)
             _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
         seconds = time.perf_counter() - start

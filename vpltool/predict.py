@@ -27,7 +27,6 @@ per scale, then each image's scores resized to its own size), through the shared
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -38,15 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import io, presets
-from .backbone import ClipBackbone, DinoSpec, ModelSpec, check_model, load_backbone, load_model
+from .backbone import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from .batches import (
     BackgroundWriter,
     BatchRunner,
-    header_sizes,
+    image_stage,
     load_batches,
     plan_batches,
     resolve_batch_size,
-    shard_from_env,
     to_device,
 )
 from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
@@ -60,7 +58,7 @@ from .decoder import (
     weclip_views,
 )
 from .densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
-from .device import resolve_device, resolve_precision
+from .device import resolve_device, resolve_precision, shard_from_env
 from .errors import ContractError, VplError
 
 STAGE = "predict"
@@ -225,39 +223,30 @@ def run_predict(
                            "--classes needs one trained with --classifier prototypes")
         prompts = recorded_prompts(f)
         check_vocabulary(cfg.classes, prompts, f.path)
-        bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
+        bb = bb or load_model("clip", ModelSpec.from_identity(f.meta("model")), device)
         classes = open_vocabulary(model, bb, cfg.classes, prompts)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
     shard = shard_from_env(shard)  # before anything is written: a --shard at odds with torchrun's rank is refused
-    ids = [it.id for it in dataset.items]
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
-    start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                        shard=shard,
-                        sides={"--save-overlays": overlays}) as folder:
-        todo = folder.todo(ids, io.mask_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            items = dataset.by_id()
-            todo_items = [items[i] for i in todo]
-            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))  # before the CLIP
-            bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
-            stats = model.cfg.input_stats()  # WeCLIP's decoders see ImageNet's mean / std, as in training
-            bb = bb.with_normalization(*stats) if stats else bb
-            arch = f.meta("decoder_arch")
-            if bb.width != arch["in_width"]:
-                raise ContractError(f"{f.path}: trained on a CLIP of width {arch['in_width']}, got {bb.width}")
-            long_side = input_long_side(cfg.long_side, f.meta("decoder_config")["crop_size"])
-            for item, size in zip(todo_items, sizes):
-                _check_tokens(bb, item.image, size, long_side, cfg)
-            weclip = cfg.resize == "bilinear" or (cfg.resize == "auto" and model.cfg.recipe in ("weclip", "weclip+"))
-            run = _predict_weclip if weclip else _predict
-            run(bb, model, arch["blocks"], todo_items, sizes, long_side, out, cfg, runtime, dtype, overlays, on_item)
-        folder.finish(ids, io.mask_path, classes=classes)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+
+    def work(items: list, sizes: list[tuple[int, int]]) -> None:  # the sizes read before the CLIP loads
+        clip = bb or load_model("clip", ModelSpec.from_identity(f.meta("model")), device)
+        stats = model.cfg.input_stats()  # WeCLIP's decoders see ImageNet's mean / std, as in training
+        clip = clip.with_normalization(*stats) if stats else clip
+        arch = f.meta("decoder_arch")
+        if clip.width != arch["in_width"]:
+            raise ContractError(f"{f.path}: trained on a CLIP of width {arch['in_width']}, got {clip.width}")
+        long_side = input_long_side(cfg.long_side, f.meta("decoder_config")["crop_size"])
+        for item, size in zip(items, sizes):
+            _check_tokens(clip, item.image, size, long_side, cfg)
+        weclip = cfg.resize == "bilinear" or (cfg.resize == "auto" and model.cfg.recipe in ("weclip", "weclip+"))
+        run = _predict_weclip if weclip else _predict
+        run(clip, model, arch["blocks"], items, sizes, long_side, out, cfg, runtime, dtype, overlays, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                            shard=shard, sides={"--save-overlays": overlays})
+    return image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start, classes=classes)
 
 
 def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime: RuntimeConfig, device, dtype,
@@ -279,7 +268,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     model = ModelSpec.from_identity(f.meta("model"))
     synonyms = [[n.replace("_", " ")] for n in cfg.classes]
     return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
-                            lambda: (backbone or load_backbone(model, device)).with_dense(cfg.dense),
+                            lambda: (backbone or load_model("clip", model, device)).with_dense(cfg.dense),
                             (synonyms, prompts["templates"], prompts["background_words"]), "--classes", on_start,
                             on_item)
 

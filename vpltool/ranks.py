@@ -5,7 +5,7 @@ Every command is one of three kinds (:data:`SPLIT`, :data:`ONE`, :data:`ALL`; th
 :func:`vpltool.cli.common._on_ranks`, which every command goes through):
 
 * :data:`SPLIT`, the per-image stages (those with ``--shard``: extract, cam, crf, predict, ...): rank r of n runs
-  shard r/n of the items (:func:`vpltool.batches.shard_from_env`, :class:`vpltool.io.StageFolder`); the last shard to
+  shard r/n of the items (:func:`vpltool.device.shard_from_env`, :class:`vpltool.io.StageFolder`); the last shard to
   finish writes ``_stage.json``;
 * :data:`ONE`, every other stage (learn-prototypes, eval, report, ...): rank 0 runs it, the others say so in one
   line and wait for it;

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import io, presets
-from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .backbone import ClipBackbone, ModelSpec, load_model
 from .backbone.prompts import resolve_background, resolve_templates
 from .backbone.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
@@ -146,7 +146,7 @@ def run_segment(
               **({"class_queries": synonyms} if cfg.class_file is not None else {}),
               **({"mixing": _mixing_params(mixing)} if not isinstance(mixing, str) else {})}
     return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
-                            settings, lambda: (backbone or load_backbone(spec, device)).with_dense(mixing),
+                            settings, lambda: (backbone or load_model("clip", spec, device)).with_dense(mixing),
                             (synonyms, templates, background),
                             "--class-file / --templates" if cfg.class_file else
                             "--classes / --templates / --background",

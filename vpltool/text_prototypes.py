@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import io, presets
-from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .backbone import ClipBackbone, ModelSpec, load_model
 from .backbone.prompts import (  # the prompt rules, shared with `segment` and `cam --dense` on the core
     BACKGROUND_FILE,
     TEMPLATE_FILE,
@@ -63,7 +63,7 @@ def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec
     check_class_names(classes)
     resolve_templates(cfg.templates)
     resolve_background(cfg.background, presets.preset_for(classes), classes)
-    bb = load_backbone(spec, resolve_device(device))
+    bb = load_model("clip", spec, resolve_device(device))
     protos = build_text_prototypes(bb, classes, cfg)
     io.write_prototypes(out, protos)
     return protos

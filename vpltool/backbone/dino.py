@@ -272,8 +272,8 @@ def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
     return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)
 
 
-def _check(spec: DinoSpec, **overrides) -> None:
-    check_dino(spec, report=False, **overrides)
+def _check(spec: DinoSpec, *, report: bool = True, **overrides) -> None:
+    check_dino(spec, report=report, **overrides)
 
 
 register_family("dino", load_dino, _check, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",

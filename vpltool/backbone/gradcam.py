@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ import torch.nn.functional as F
 
 from ..errors import VplError
 from ..kernels import gradcam_scale
+
+if TYPE_CHECKING:
+    from ..io import Prototypes
 
 GRADCAM_LAYERS = ("input", "output")  # the last block's ln_1 output (CLIP-ES, VPL) | its output tokens
 GRADCAM_PRECISIONS = ("fp32", "tf32", "bf16")  # of the block GradCAM re-runs (gradcam_batch)
@@ -288,3 +292,17 @@ def _gradcam_clip_es(bb, last_block_input: torch.Tensor, grid: tuple[int, int], 
         maps.append(np.maximum(cam, 0).astype(np.float32)[0])
     maps = torch.from_numpy(np.stack(maps)) if maps else torch.zeros(0, h, w)
     return GradCam(gradcam_scale(maps), attn[0].detach(), probs[0].detach(), dense)
+
+
+class PrototypeRows:
+    """A prototypes file's rows on the model's device, and each class's row: made once per run, so that a batch's
+    softmax rows (:meth:`for_labels`) cost no host work on the tensors and no copy."""
+
+    def __init__(self, protos: Prototypes, device: torch.device):
+        self.vectors = protos.vectors.to(device, torch.float32)
+        self.class_rows = protos.class_rows().tolist()
+        self.background = protos.background_rows().tolist()
+
+    def for_labels(self, labels: Sequence[Sequence[int]]) -> SoftmaxRows:
+        """The softmax rows of images with these labels (class ids 1..C)."""
+        return SoftmaxRows(self.vectors, [[self.class_rows[c - 1] for c in lab] for lab in labels], self.background)

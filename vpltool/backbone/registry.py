@@ -47,7 +47,7 @@ class Family:
 
 _FAMILIES: dict[str, Family] = {}
 # the module that registers each family, imported the first time the family is named
-_MODULES = {"clip": "vpltool.backbone", "dino": "vpltool.backbone.dino"}
+_MODULES = {"clip": "vpltool.backbone.clip", "dino": "vpltool.backbone.dino"}
 
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,

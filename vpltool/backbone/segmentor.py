@@ -278,34 +278,22 @@ def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset,
     Returns:
         :class:`vpltool.io.StageSummary`.
     """
-    import time
-
-    from ..batches import header_sizes, shard_from_env
+    from ..batches import image_stage
     from ..config import NOT_COMPARED
+    from ..device import shard_from_env
     from ..errors import VplError
 
-    index, count = shard_from_env(shard)
-    ids = [it.id for it in dataset.items]
-    start = time.perf_counter()
-    with io.StageFolder(out, stage, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                        shard=(index, count)) as folder:
-        todo = folder.todo(ids, io.mask_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            items = dataset.by_id()
-            todo_items = [items[i] for i in todo]
-            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))
-            bb = backbone()
-            try:
-                text, query_class = query_rows(bb, *queries)
-            except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
-                raise VplError(f"{query_options}: {e}") from None
-            write_dense_masks(bb, todo_items, sizes, text, query_class, len(classes), settings, out, runtime, dtype,
-                              on_item)
-        folder.finish(ids, io.mask_path, index, count, classes=classes)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+    def work(items: list, sizes: list[tuple[int, int]]) -> None:
+        bb = backbone()
+        try:
+            text, query_class = query_rows(bb, *queries)
+        except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
+            raise VplError(f"{query_options}: {e}") from None
+        write_dense_masks(bb, items, sizes, text, query_class, len(classes), settings, out, runtime, dtype, on_item)
+
+    folder = io.StageFolder(out, stage, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                            shard=shard_from_env(shard))
+    return image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start, classes=classes)
 
 
 def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch.Tensor,

@@ -11,20 +11,18 @@ given; the probability threshold is not used (the CRF and eval choose the backgr
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .. import io
-from ..backbone import ClipBackbone, ModelSpec, load_backbone
+from ..backbone import ClipBackbone, ModelSpec, load_model
 from ..backbone.segmentor import segment_logits, settings_params, short_side_size
-from ..batches import BackgroundWriter, BatchRunner, header_sizes, load_batches, plan_batches, resolve_batch_size
-from ..batches import shard_from_env as shard_of_env
+from ..batches import BackgroundWriter, BatchRunner, image_stage, load_batches, plan_batches, resolve_batch_size
 from ..config import RuntimeConfig, SegmentConfig
 from ..data import open_dataset, open_recorded, recorded_folders
-from ..device import autocast, resolve_device, resolve_precision
+from ..device import autocast, resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError
 from .sources import is_extract_folder
 
@@ -64,25 +62,16 @@ def run_dense_cam(
               "settings": settings_params(settings),
               "prototypes": io.file_identity(protos.path, source=protos.source)}
     inputs = dataset.inputs()
-    index, count = shard_of_env(shard)
-    ids = [it.id for it in dataset.items]
-    start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=(index, count)) as folder:
-        todo = folder.todo(ids, io.cam_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            items = dataset.by_id()
-            todo_items = [items[i] for i in todo]
-            sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))
-            bb = (backbone or load_backbone(ModelSpec.from_identity(protos.model), device)).with_dense(cfg.dense)
-            if bb.embed_dim != protos.dim:
-                raise ContractError(f"{protos.path}: prototypes are {protos.dim}-d but the model's features are "
-                                    f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
-            _run(bb, todo_items, sizes, protos, settings, dataset.classes, params, out, runtime, dtype, on_item)
-        folder.finish(ids, io.cam_path, index, count, inputs=inputs)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+
+    def work(items: list, sizes: list[tuple[int, int]]) -> None:
+        bb = (backbone or load_model("clip", ModelSpec.from_identity(protos.model), device)).with_dense(cfg.dense)
+        if bb.embed_dim != protos.dim:
+            raise ContractError(f"{protos.path}: prototypes are {protos.dim}-d but the model's features are "
+                                f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
+        _run(bb, items, sizes, protos, settings, dataset.classes, params, out, runtime, dtype, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard_from_env(shard))
+    return image_stage(folder, dataset, io.cam_path, runtime.loader_workers(device), work, on_start, inputs=inputs)
 
 
 def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, settings, classes, params: dict, out: Path,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import io
-from ..backbone import ClipBackbone, SoftmaxRows
+from ..backbone import ClipBackbone
+from ..backbone.gradcam import PrototypeRows
 from ..config import CamConfig
 
 
@@ -52,20 +53,6 @@ def gradcam_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, 
     labels = tokens.labels
     return bb.gradcam(tokens.last_block_input, tokens.grid, protos.image_rows(labels), len(labels), temperature,
                       layer=cfg.layer, exact=cfg.parity == "clip-es", precision=precision)
-
-
-class PrototypeRows:
-    """A prototypes file's rows on the model's device, and each class's row: made once per run, so that a batch's
-    softmax rows (:meth:`for_labels`) cost no host work on the tensors and no copy."""
-
-    def __init__(self, protos: io.Prototypes, device: torch.device):
-        self.vectors = protos.vectors.to(device, torch.float32)
-        self.class_rows = protos.class_rows().tolist()
-        self.background = protos.background_rows().tolist()
-
-    def for_labels(self, labels: Sequence[Sequence[int]]) -> SoftmaxRows:
-        """The softmax rows of images with these labels (class ids 1..C)."""
-        return SoftmaxRows(self.vectors, [[self.class_rows[c - 1] for c in lab] for lab in labels], self.background)
 
 
 def gradcam_batch(bb: ClipBackbone, tokens: torch.Tensor, grid: tuple[int, int], labels: Sequence[Sequence[int]],

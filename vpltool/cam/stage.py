@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import io
-from ..backbone import ClipBackbone, ModelSpec, load_backbone
+from ..backbone import ClipBackbone, ModelSpec, load_model
 from ..batches import (
     BackgroundWriter,
     BatchRunner,
@@ -32,11 +32,10 @@ from ..batches import (
     load_batches,
     plan_batches,
     resolve_batch_size,
-    shard_from_env,
     to_device,
 )
 from ..config import CAM_ATTENTION_BLOCKS, GRADCAM_CUDA_PRECISION, CamConfig, RuntimeConfig, to_params
-from ..device import resolve_device, resolve_precision
+from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
@@ -126,7 +125,7 @@ def run_cam(
         overlays: a folder for heat-map PNGs. debug: a folder for each image's intermediate maps (kind
             ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
         shard: ``(i, n)``: every n-th image from the i-th (``--shard i/n``; under torchrun the rank, see
-            :func:`vpltool.batches.shard_from_env`); the folder completes when every shard's images are there.
+            :func:`vpltool.device.shard_from_env`); the folder completes when every shard's images are there.
     """
     source, out = Path(source), Path(out)
     check_affinity(cfg)
@@ -177,7 +176,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
         if on_start:
             on_start(len(todo))
         if todo:
-            bb = backbone or load_backbone(ModelSpec.from_identity(src.model), device)
+            bb = backbone or load_model("clip", ModelSpec.from_identity(src.model), device)
             if bb.embed_dim != src.protos.dim:
                 raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
                                     f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")

@@ -8,7 +8,6 @@ import typer
 
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..config.benchmarks import BENCHMARK_NAMES, BENCHMARK_PRESETS
-from . import app
 from .common import (
     _R,
     AttentionOpt,
@@ -28,6 +27,7 @@ from .common import (
     runtime,
     say,
 )
+from .root import app
 from .values import model_spec
 from .values import shard as shard_of
 

@@ -14,6 +14,7 @@ dataset, an input or an output folder); its lines wait in memory until then, and
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -100,6 +101,56 @@ PretrainedOpt = Annotated[str, typer.Option("--pretrained", help="open_clip tag 
                                             "or none (random).", rich_help_panel=MODEL)]
 ModelConfigDir = Annotated[Optional[Path], typer.Option("--model-config-dir", envvar="VPLTOOL_MODEL_CONFIGS",
                                                         hidden=True, help="Extra open_clip JSON model configs.")]
+# the --dense size options that `cam --dense` and `predict --classes --dense` share (segment's own are spelled as the
+# methods' configs spell them: --short-side, --slide-crop, --slide-stride)
+DenseSide = Annotated[Optional[int], typer.Option(help="--dense: resize to this short side [default: the method's].",
+                                                  show_default=False)]
+DenseCrop = Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) [default: the "
+                                                  "method's].", show_default=False)]
+DenseStride = Annotated[Optional[int], typer.Option(help="--dense: sliding window stride [default: the method's].",
+                                                    show_default=False)]
+
+
+class OptionBlock:
+    """A run of options that several commands take in the same order, defined once.
+
+    A command takes the block as ONE parameter whose default is the block (``run: dict = BATCHED``) and is decorated
+    with :func:`option_blocks`: its ``--help`` lists the block's options at that place, and the body gets them as a
+    dict under the parameter's name (``runtime(**run)``).
+    """
+
+    def __init__(self, *options: tuple[str, object, object]):
+        self.options = tuple(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
+                                               default=default) for name, kind, default in options)
+
+
+# the batched stages' runtime options (extract, cam, segment, predict), in the order their --help lists them;
+# `runtime(**run)` takes them as they are
+BATCHED = OptionBlock(("device", Device, _R.device), ("precision", Precision, _R.precision),
+                      ("batch_size", BatchSize, _R.batch_size), ("workers", Workers, _R.workers),
+                      ("overwrite", Overwrite, False))
+
+
+def option_blocks(fn: Callable) -> Callable:
+    """Spell out the :class:`OptionBlock` parameters of command ``fn`` as their options (typer reads
+    ``__signature__``), and hand each block's values back to ``fn`` as a dict under the block parameter's name."""
+    signature = inspect.signature(fn, eval_str=True)
+    params, blocks = [], {}
+    for param in signature.parameters.values():
+        if isinstance(param.default, OptionBlock):
+            blocks[param.name] = [option.name for option in param.default.options]
+            params.extend(param.default.options)
+        else:
+            params.append(param)
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        for name, options in blocks.items():
+            kwargs[name] = {option: kwargs.pop(option) for option in options}
+        return fn(*args, **kwargs)
+
+    command.__signature__ = signature.replace(parameters=params)
+    return command
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (Slurm's preemption, ``kill``, a container stopping): handled like Ctrl-C, so the same clean-up runs

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..demo.config import ToyClipConfig, ToyDinoConfig, WorldConfig
-from . import app
 from .common import LogFile, Overwrite, OverwriteFile, Verbose, friendly_errors, progress, say
+from .root import app
 
 DEMO = "Demo world"
 

@@ -22,11 +22,13 @@ from ..config import (
     ignored_option,
 )
 from ..errors import VplError, VplWarning
-from . import app
 from .common import (
     _R,
+    BATCHED,
     RUNTIME,
-    BatchSize,
+    DenseCrop,
+    DenseSide,
+    DenseStride,
     Device,
     LogFile,
     ModelConfigDir,
@@ -35,20 +37,20 @@ from .common import (
     OutFile,
     Overwrite,
     OverwriteFile,
-    Precision,
     PretrainedOpt,
     Shard,
     Split,
     Verbose,
-    Workers,
     file_path,
     friendly_errors,
+    option_blocks,
     pending,
     progress,
     runtime,
     say,
     warn_inert,
 )
+from .root import app
 from .values import model_spec
 from .values import shard as shard_of
 
@@ -71,6 +73,7 @@ def _features_context(features: Path):
 # ============================================================================================= extract
 @app.command("extract")
 @friendly_errors
+@option_blocks
 def extract_cmd(
     data: Annotated[Path, typer.Argument(help="Dataset: a VOC root, a COCO root, a generic folder or manifest.json.")],
     out: OutDir,
@@ -96,11 +99,7 @@ def extract_cmd(
     shard: Shard = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow an IRN-style cls_labels.npy (a pickle).")] = False,
     labels_file: Annotated[Optional[Path], typer.Option(help="Image-label file overriding the layout's own.")] = None,
-    device: Device = _R.device,
-    precision: Precision = _R.precision,
-    batch_size: BatchSize = _R.batch_size,
-    workers: Workers = _R.workers,
-    overwrite: Overwrite = False,
+    run: dict = BATCHED,
     model_config_dir: ModelConfigDir = None,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -124,7 +123,7 @@ def extract_cmd(
                                    cache=cache, parity=parity))
     with progress("extract") as (on_start, on_item):
         summary = run_extract(dataset, out, spec, cfg,
-                              runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
+                              runtime(**run), shard=shard_of(shard),
                               on_item=on_item, on_start=on_start)
     state = "complete" if summary.complete else "this shard done; other shards pending"
     say(f"[green]✓[/] extract: {summary.done} images ({summary.images_per_s:.1f} img/s), "
@@ -190,6 +189,7 @@ def text_prototypes_cmd(
 # ============================================================================================= cam
 @app.command("cam")
 @friendly_errors
+@option_blocks
 def cam_cmd(
     source: Annotated[Path, typer.Argument(help="An `extract` folder (labels, cache and model come from it), or a "
                                            "dataset (VOC/COCO root, folder, manifest): the frozen blocks then run "
@@ -235,14 +235,11 @@ def cam_cmd(
                                        "image's class rows and the background rows, at image size, with the "
                                        "method's segmentor settings (`vpltool segment --help`); the GradCAM/CAA "
                                        "options are then unused.")] = "none",
-    dense_side: Annotated[Optional[int], typer.Option(help="--dense: resize to this short side [default: the "
-                                                            "method's].", show_default=False)] = None,
+    dense_side: DenseSide = None,
     dense_scale: Annotated[Optional[float], typer.Option(help="--dense: softmax(scale * cosine) [default: the "
                                                                "method's].", show_default=False)] = None,
-    dense_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
-                                                            "[default: the method's].", show_default=False)] = None,
-    dense_stride: Annotated[Optional[int], typer.Option(help="--dense: sliding window stride [default: the "
-                                                        "method's].", show_default=False)] = None,
+    dense_crop: DenseCrop = None,
+    dense_stride: DenseStride = None,
     dense_pamr: Annotated[Optional[int], typer.Option(help="--dense: PAMR steps (0 = off) [default: the "
                                                             "method's].", show_default=False)] = None,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
@@ -250,11 +247,7 @@ def cam_cmd(
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
                                                        "(docs/file-formats.md).")] = None,
     shard: Shard = None,
-    device: Device = _R.device,
-    precision: Precision = _R.precision,
-    batch_size: BatchSize = _R.batch_size,
-    workers: Workers = _R.workers,
-    overwrite: Overwrite = False,
+    run: dict = BATCHED,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -285,14 +278,14 @@ def cam_cmd(
         seg = dense_config(dense=dense, short_side=dense_side, logit_scale=dense_scale, slide_crop=dense_crop,
                            slide_stride=dense_stride, pamr_steps=dense_pamr)
         with progress("cam") as (on_start, on_item):
-            s = run_dense_cam(source, prototypes, out, seg, runtime(device, precision, batch_size, workers, overwrite),
+            s = run_dense_cam(source, prototypes, out, seg, runtime(**run),
                               split=split, shard=shard_of(shard), on_item=on_item, on_start=on_start)
         say(f"[green]✓[/] cam --dense {dense}: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already "
             f"done → {out}{pending(out)}")
         return
     cfg = warn_inert(cam_cfg)
     with progress("cam") as (on_start, on_item):
-        s = run_cam(source, prototypes, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
+        s = run_cam(source, prototypes, out, cfg, runtime(**run),
                     split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
                     on_start=on_start)
     say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import ReportConfig
-from . import app
 from .common import RUNTIME, LogFile, Verbose, friendly_errors, progress, say
+from .root import app
 
 _P = ReportConfig()
 

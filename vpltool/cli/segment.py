@@ -8,32 +8,28 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig, dense_help
-from . import app
 from .common import (
-    _R,
+    BATCHED,
     AttentionOpt,
-    BatchSize,
     ClassFileOpt,
     DenseOpt,
-    Device,
     LogFile,
     ModelConfigDir,
     ModelOpt,
     OutDir,
-    Overwrite,
-    Precision,
     PretrainedOpt,
     ResidualOpt,
     Shard,
     Split,
     Verbose,
-    Workers,
     friendly_errors,
+    option_blocks,
     pending,
     progress,
     runtime,
     say,
 )
+from .root import app
 from .values import model_spec
 from .values import shard as shard_of
 
@@ -43,6 +39,7 @@ _METHOD = f"[default: the --dense method's. {dense_help()}]"
 
 @app.command("segment")
 @friendly_errors
+@option_blocks
 def segment_cmd(
     data: Annotated[Path, typer.Argument(help="Dataset: a VOC root, a COCO root, a generic folder or manifest.json "
                                          "(labels are not read).")],
@@ -78,11 +75,7 @@ def segment_cmd(
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
-    device: Device = _R.device,
-    precision: Precision = _R.precision,
-    batch_size: BatchSize = _R.batch_size,
-    workers: Workers = _R.workers,
-    overwrite: Overwrite = False,
+    run: dict = BATCHED,
     model_config_dir: ModelConfigDir = None,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -108,7 +101,7 @@ def segment_cmd(
                         attention=attention, residual=residual)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
-                        runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
+                        runtime(**run), shard=shard_of(shard),
                         on_item=on_item, on_start=on_start)
     say(f"[green]✓[/] segment ({cfg.dense}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
         f"→ {out}{pending(out)}")

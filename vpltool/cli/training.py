@@ -8,10 +8,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import DECODER_RECIPES, DecoderConfig, EvalConfig, PredictConfig
-from . import app
 from .common import (
     _R,
-    BatchSize,
+    BATCHED,
+    DenseCrop,
+    DenseSide,
+    DenseStride,
     Device,
     JsonFile,
     LogFile,
@@ -25,12 +27,14 @@ from .common import (
     Workers,
     all_ranks,
     friendly_errors,
+    option_blocks,
     pending,
     progress,
     runtime,
     say,
     warn_inert,
 )
+from .root import app
 from .values import floats_text, parse_floats
 from .values import shard as shard_of
 
@@ -220,6 +224,7 @@ def _hours(seconds: float) -> str:
 
 @app.command("predict")
 @friendly_errors
+@option_blocks
 def predict_cmd(
     decoder: Annotated[Path, typer.Argument(help="A decoder file from `train-decoder`.")],
     out: OutDir,
@@ -253,21 +258,14 @@ def predict_cmd(
                                        "maskclip | sclip | clearclip | naclip (the decoder's frozen CLIP with that "
                                        "training-free dense last block scores them instead, with the method's "
                                        "segmentor settings: for names the decoder never trained on).")] = _P.dense,
-    dense_side: Annotated[Optional[int], typer.Option(help="--dense: resize to this short side [default: the "
-                                                      "method's].", show_default=False)] = None,
+    dense_side: DenseSide = None,
     dense_threshold: Annotated[Optional[float], typer.Option(help="--dense: a pixel whose top probability is below "
                                                              "this is background [default: the method's].",
                                                              show_default=False)] = None,
-    dense_crop: Annotated[Optional[int], typer.Option(help="--dense: sliding window side (0 = whole image) "
-                                                      "[default: the method's].", show_default=False)] = None,
-    dense_stride: Annotated[Optional[int], typer.Option(help="--dense: sliding window stride [default: the "
-                                                        "method's].", show_default=False)] = None,
+    dense_crop: DenseCrop = None,
+    dense_stride: DenseStride = None,
     shard: Shard = None,
-    device: Device = _R.device,
-    precision: Precision = _R.precision,
-    batch_size: BatchSize = _R.batch_size,
-    workers: Workers = _R.workers,
-    overwrite: Overwrite = False,
+    run: dict = BATCHED,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -286,7 +284,7 @@ def predict_cmd(
                                    dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
                                    dense_stride=dense_stride))
     with progress("predict") as (on_start, on_item):
-        s = run_predict(decoder, data, split, out, cfg, runtime(device, precision, batch_size, workers, overwrite),
+        s = run_predict(decoder, data, split, out, cfg, runtime(**run),
                         overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)
     say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
         f"{pending(out)}")

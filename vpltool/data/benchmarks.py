@@ -34,7 +34,7 @@ from pathlib import Path
 from ..errors import VplError
 from ..presets import BACKGROUND, VOC_CLASSES, preset_for
 from . import benchmark_classes as names
-from .common import Dataset, Item, check_id, read_lines
+from .common import LAYOUT_FOLDERS, Dataset, Item, check_id, read_lines
 
 BENCHMARK_ORDER = ("voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff", "cityscapes", "ade20k")
 TITLES = {"voc21": "VOC21", "context60": "Context60", "coco-object": "Object", "voc20": "VOC20",
@@ -223,6 +223,9 @@ def benchmark_folders(name: str, root: Path) -> list[Path]:
     bench = BENCHMARKS[name]
     return [root / bench.images, root / bench.masks]
 
+
+for _name in BENCHMARKS:  # where no output may go (Dataset.folders)
+    LAYOUT_FOLDERS[_name] = lambda root, name=_name: benchmark_folders(name, root)
 
 __all__ = ["BENCHMARKS", "BENCHMARK_ORDER", "TITLES", "Benchmark", "open_benchmark", "parse_benchmark_path",
            "layout_problem", "benchmark_folders", "coco_stuff_train_ids", "coco_object_ids", "convert_coco_stuff",

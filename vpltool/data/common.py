@@ -154,12 +154,15 @@ class Dataset:
         return {item.id: item for item in self.items}
 
 
+# layouts defined in their own modules (the eight benchmarks) register their data folders here, so that this module
+# never imports them (they import it)
+LAYOUT_FOLDERS: dict[str, Any] = {}
+
+
 def layout_folders(kind: str, root: Path) -> list[Path]:
     """The data folders of a dataset layout under ``root`` (none for a manifest: its items name theirs)."""
-    from .benchmarks import BENCHMARKS, benchmark_folders
-
-    if kind in BENCHMARKS:
-        return benchmark_folders(kind, root)
+    if kind in LAYOUT_FOLDERS:
+        return LAYOUT_FOLDERS[kind](root)
     names = {"folder": ("images", "masks"),
              "voc": ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "Annotations", "ImageSets"),
              "coco": ("JPEGImages", "train2014", "val2014", "SegmentationClass")}.get(kind, ())

@@ -13,8 +13,8 @@ The rule (issue 37, ``--by decoder``): the masks' own mIoU ranked SGC's precise 
 decoder trained on them learned to under-segment (5.5 points lower on the demo's val). So each candidate's masks
 train a decoder (``RUN[/R]/decoder``), which predicts the training split (``RUN[/R]/pred_train``, eval JSON
 ``RUN/metrics[/R]/pred_train.json``), and the decoder with the highest train mIoU wins: over three worlds and two
-decoder seeds it picked the best refinement on val in 5 of 6 cases (docs/pipeline.md, benchmarks/
-study_pseudo_choice.py). ``--by masks`` keeps the masks' own mIoU (no decoders needed).
+decoder seeds it picked the best refinement on val in 5 of 6 cases (docs/pipeline.md,
+studies/study_pseudo_choice.py). ``--by masks`` keeps the masks' own mIoU (no decoders needed).
 """
 
 from __future__ import annotations

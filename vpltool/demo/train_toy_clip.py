@@ -353,7 +353,7 @@ def _train(out_dir: Path, cfg: ToyClipConfig, data_dir, n_scenes, scene_cfg, eva
 def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any], seed: int, cfg: SceneConfig,
                     eval_scenes: int, cam_scenes: int, arch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the checkpoint beside ``out``, score the weights *as saved* (fp16), record the scores, swap it in."""
-    from ..backbone import load_backbone
+    from ..backbone import load_model
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -365,7 +365,7 @@ def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any],
                                                 arch.get("window", 3)),
                  "training": training}
         write_checkpoint(tmp, model, extra, arch)
-        bb = load_backbone(ModelSpec(model=f"local-dir:{tmp}"))
+        bb = load_model("clip", ModelSpec(model=f"local-dir:{tmp}"))
         heldout = scene_seed(seed, "heldout")
         scores = caption_accuracy(bb, generate_scenes(eval_scenes, heldout, cfg), cfg) if eval_scenes else {}
         if cam_scenes:

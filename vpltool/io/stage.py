@@ -206,7 +206,7 @@ class StageFolder:
         overwrite: redo finished items (and forget another run's records).
         shard: ``(i, n)`` of a ``--shard i/n`` run (the shards share the folder's lock, :func:`output_lock`); only
             shard 0 (or a run in one piece) removes the records under ``overwrite``. None: torchrun's rank
-            (:func:`vpltool.batches.shard_from_env`), so that every stage built on this skeleton splits its items
+            (:func:`vpltool.device.shard_from_env`), so that every stage built on this skeleton splits its items
             over the ranks of a torchrun launch (:meth:`todo` and :meth:`mine` keep this shard's ids).
         not_compared: keys of ``params`` recorded but not compared on resume (limits, not settings).
         inputs: the identity of the inputs (recorded in ``_run.json`` and ``_stage.json``; a resume must match).
@@ -221,7 +221,7 @@ class StageFolder:
         self.inputs = None if inputs is None else dict(inputs)
         self.sides = {option: Path(path) for option, path in sides.items() if path is not None}
         if shard is None:
-            from ..batches import shard_from_env
+            from ..device import shard_from_env
 
             shard = shard_from_env()
         self.overwrite, self.shard, self.reset = overwrite, tuple(shard), shard[0] == 0

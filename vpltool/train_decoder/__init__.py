@@ -42,8 +42,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import io, presets
-from ..backbone import ClipBackbone, DinoSpec, ModelSpec, check_model, load_backbone, load_model
-from ..cam.gradcam import PrototypeRows
+from ..backbone import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
+from ..backbone.gradcam import PrototypeRows
 from ..config import MAX_TOKENS, DecoderConfig, RuntimeConfig, to_params
 from ..data import open_dataset, open_recorded
 from ..decoder import (
@@ -189,7 +189,7 @@ class _Run:
         self.online = cfg.pseudo == "online"
         # frozen: its image tower is kept in the run's precision (a copy when the caller's backbone is given); with
         # online masks in float32, under autocast: GradCAM re-runs the last block in float32
-        bb = backbone or load_backbone(ModelSpec.from_identity(protos.model), device)
+        bb = backbone or load_model("clip", ModelSpec.from_identity(protos.model), device)
         bb = bb if self.online else bb.with_image_tower_in(self.dtype)
         stats = cfg.input_stats()  # WeCLIP: ImageNet's mean / std
         self.bb = bb.with_normalization(*stats) if stats else bb

@@ -8,9 +8,9 @@ Per training crop and iteration (``model_attn_aff_voc.py:forward``, ``clip/clip_
 2. The propagation attention (:func:`propagation_attention`): the mean of the last 8 head-mean attention maps; after
    ``rfm_start`` iterations RFM: of the last 6 maps, those whose summed difference to the decoder's affinity is at
    most the mean difference, averaged, times that affinity.
-3. CAA's transition matrix of it (:func:`vpltool.cam.caa.affinity`, CLIP-ES's arithmetic without a floor), each
+3. CAA's transition matrix of it (:func:`vpltool.affinity.affinity`, CLIP-ES's arithmetic without a floor), each
    class's map propagated inside the union of its boxes at threshold 0.4 (CLIP-ES's ``scoremap2bbox``, its border
-   clipping included: :func:`vpltool.cam.caa.box_masks` with ``parity``, OpenCV's boxes on the device).
+   clipping included: :func:`vpltool.affinity.box_masks` with ``parity``, OpenCV's boxes on the device).
 4. Min-max per map, bilinear to the crop, background ``(1 - max_k)^1``, PAR (20 iterations, dilations 1, 2, 4, 8,
    12, 24: :func:`par`) on the normalised crop, argmax: labels ``[S, S]`` with no ignored pixel.
 
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import io
+from ..affinity import affinity, box_masks
+from ..backbone.gradcam import PrototypeRows
 from ..batches import die_with_parent
-from ..cam.caa import affinity, box_masks
-from ..cam.gradcam import PrototypeRows
 from ..config import IGNORE_INDEX, DecoderConfig
 from ..decoder.losses import balanced_ce_loss, ce_loss, upsample_logits
 from ..device import autocast
@@ -134,7 +134,7 @@ def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, 
         attention: ``[N, hw, hw]`` (:func:`propagation_attention`).
         image: ``[3, S, S]`` the normalised crop the CLIP saw (S = 16 h for ViT-B/16).
         seg_affinity: ``[hw, hw]`` the decoder's affinity for RFM, or None.
-        boxes: ``[K, h, w]`` the maps' box masks when already made (:func:`vpltool.cam.caa.box_masks` of a whole
+        boxes: ``[K, h, w]`` the maps' box masks when already made (:func:`vpltool.affinity.box_masks` of a whole
             batch, on the device); None = made here.
         guide: ``[K, h, w]`` WeCLIP+'s decoder probabilities of the K classes (``clip_tool.py``'s ``seg_dino_cam``):
             each map is multiplied by its class's, and propagated without boxes.

@@ -1,0 +1,108 @@
+"""The one registry of model families (vpltool.backbone.registry): which families there are, that each loads
+offline from a local file, and that a name it does not know or a file of another architecture is one line (exit 2
+from the CLI), never a random model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from vpltool.backbone import ClipBackbone, DinoBackbone, DinoSpec, ModelSpec, check_model, families, load_model
+from vpltool.backbone.registry import family
+from vpltool.cli import app
+from vpltool.errors import VplError
+
+ASSETS = Path(__file__).resolve().parents[1] / "vpltool" / "assets"
+TOY_CLIP = ASSETS / "toy-clip"
+TOY_DINO = ASSETS / "toy-dino" / "model.safetensors"
+TOY_DINO_MODEL = "test_vit"  # the architecture of the shipped toy DINO (timm's test ViT)
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert msg and "\n" not in msg, msg
+    return msg
+
+
+def test_the_families_are_listed():
+    names = families()
+    assert {"clip", "dino"} <= set(names)
+    assert names == sorted(names)
+    for name in ("clip", "dino"):
+        fam = family(name)
+        assert fam.name == name and callable(fam.load) and fam.summary
+
+
+@pytest.mark.parametrize("call", [lambda: load_model("nope", None), lambda: check_model("nope", None)])
+def test_an_unknown_family_is_one_line_naming_the_known_ones(call):
+    with pytest.raises(VplError) as e:
+        call()
+    msg = _one_line(e)
+    assert "'nope'" in msg and "clip" in msg and "dino" in msg
+
+
+def test_clip_loads_offline_from_a_local_file(tiny_spec, tmp_path):
+    """A weights file on disk is what the model holds, bit for bit (no download, no random init in its place)."""
+    saved = load_model("clip", tiny_spec).model.state_dict()
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in saved.items()}, str(path))
+    bb = load_model("clip", ModelSpec(tiny_spec.model, str(path), tiny_spec.config_dir), "cpu")
+    assert isinstance(bb, ClipBackbone)
+    assert all(torch.equal(saved[k], v) for k, v in bb.model.state_dict().items())
+
+
+def test_clip_loads_the_shipped_toy_folder_with_a_dense_preset():
+    bb = load_model("clip", ModelSpec(model=f"local-dir:{TOY_CLIP}"), "cpu", dense="naclip")
+    assert isinstance(bb, ClipBackbone) and bb.mixing.method == "naclip"
+
+
+def test_dino_loads_offline_from_a_local_file():
+    spec = DinoSpec(TOY_DINO_MODEL, str(TOY_DINO))
+    check_model("dino", spec)
+    dino = load_model("dino", spec, "cpu")
+    assert isinstance(dino, DinoBackbone)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(TOY_DINO))
+    state = dino.model.state_dict()
+    assert stored.keys() <= state.keys()
+    assert all(torch.equal(stored[k], state[k]) for k in stored)
+
+
+def test_clip_refuses_a_file_of_another_architecture(tiny_spec):
+    with pytest.raises(VplError) as e:
+        load_model("clip", ModelSpec(tiny_spec.model, str(TOY_DINO), tiny_spec.config_dir))
+    assert "does not hold" in _one_line(e)
+
+
+@pytest.mark.parametrize("call", [check_model, lambda name, spec: load_model(name, spec, "cpu")])
+def test_dino_refuses_a_file_of_another_architecture(call):
+    with pytest.raises(VplError) as e:
+        call("dino", DinoSpec(TOY_DINO_MODEL, str(TOY_CLIP / "open_clip_model.safetensors")))
+    assert "open_clip_model.safetensors" in _one_line(e)
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_cli_another_architecture_is_one_line_and_exit_2(world, features_dir, text_protos, tmp_path):
+    """Through the stages that ask the registry: extract (clip) and cam --affinity dino (dino); nothing written."""
+    runner = CliRunner()
+    out = tmp_path / "features"
+    r = runner.invoke(app, ["extract", str(world), "-o", str(out), "--model", "vpl-test-vit", "--pretrained",
+                            str(TOY_DINO), "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert len(_error_lines(r.output)) == 1 and "does not hold" in r.output
+    assert not out.exists()
+    cams = tmp_path / "cams"
+    r = runner.invoke(app, ["cam", str(features_dir), "-p", str(text_protos), "-o", str(cams), "--refine", "caa",
+                            "--affinity", "dino", "--dino-model", TOY_DINO_MODEL, "--dino-weights",
+                            str(TOY_CLIP / "open_clip_model.safetensors"), "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert len(_error_lines(r.output)) == 1
+    assert not cams.exists()

@@ -1,0 +1,61 @@
+"""The root of the `vpltool` command line: the typer app every command registers on, ``--version`` and ``help``.
+
+Its own module, so that the command modules (:mod:`.pipeline`, :mod:`.training`, ...) import the app from here and
+the package's ``__init__`` imports them: no import circle between the package and its commands.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .. import __version__
+
+# Plain click help (rich_markup_mode=None): typer's rich panels cut long option names at 80 columns
+# ("--rsc-temperat…"), showed flags as "<bool>" and ate "[default: ...]" as markup; plain help wraps instead, and
+# docs/cli.md is the same text (docgen/cli_docs.py)
+app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_show_locals=False, add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + VPL). One stage per command; stages "
+    "exchange safetensors and palette PNGs on disk, so any stage can be swapped or re-run alone.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vpltool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                          help="Print the version.")] = False,
+) -> None:
+    """Weakly-supervised semantic segmentation with CLIP: one stage per command, files in between."""
+
+
+def help_cmd(
+    ctx: typer.Context,
+    command: Annotated[Optional[str], typer.Argument(help="The command to explain; none: the list of commands.")] =
+        None,
+) -> None:
+    """Show the help of vpltool or of one command (the same as COMMAND --help)."""
+    import click
+
+    root = ctx.parent
+    group = root.command
+    if command is None:
+        typer.echo(group.get_help(root))
+        return
+    sub = group.get_command(root, command)
+    if sub is None:
+        typer.echo(f"error: no command {command!r}; commands: {', '.join(group.list_commands(root))}", err=True)
+        raise typer.Exit(code=2)
+    with click.Context(sub, info_name=command, parent=root) as sub_ctx:
+        typer.echo(sub.get_help(sub_ctx))
+
+
+__all__ = ["app", "help_cmd"]
