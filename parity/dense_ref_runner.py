@@ -95,6 +95,20 @@ def install_openmmlab_stubs() -> None:
 STUBBED: list[str] = []
 
 
+def install_pkg_resources_stub() -> None:
+    """SC-CLIP's ``clip/clip.py`` reads ``from pkg_resources import packaging`` (for a torch version check);
+    setuptools >= 81 no longer ships ``pkg_resources``: where it is missing, a module holding the ``packaging``
+    package stands in."""
+    try:
+        importlib.import_module("pkg_resources")
+    except ImportError:
+        import packaging.version
+
+        sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
+        sys.modules["pkg_resources"].packaging = packaging
+        STUBBED.append("pkg_resources")
+
+
 def stub_if_missing(name: str, **attrs) -> bool:
     """Import ``name`` from the clone; if that fails, put a stub module with ``attrs`` there. True if stubbed."""
     try:
@@ -245,6 +259,7 @@ def build(args, cfg: dict):
     kwargs["name_path"] = str((args.clone / kwargs["name_path"]).resolve())
     kwargs["device"] = "cpu"
     notes = [f"{name} stubbed (its import failed; used only by ClearCLIP's BLIP / GEM variants)"
+             if name != "pkg_resources" else "pkg_resources stubbed by the packaging package (clip.py's version check)"
              for name in STUBBED]
     mod = importlib.import_module(args.module)
     ctx = clearclip_weights(args.weights) if args.module == "clearclip_segmentor" else contextlib.nullcontext()
@@ -335,6 +350,7 @@ def run(args) -> None:
 
     torch.set_num_threads(args.threads)
     install_openmmlab_stubs()
+    install_pkg_resources_stub()
     clone = args.clone.resolve()
     photos = sorted(p.resolve() for p in args.photos.glob("*.jpg"))[: args.images]
     variants = json.loads(args.variants) if args.variants else [{"name": "default",

@@ -33,7 +33,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
-from .dense import DenseMixing, dense_mixing, mix_last_block, neighbourhood_bias, resize_positional
+from .dense import (
+    DenseMixing,
+    dense_mixing,
+    mix_last_block,
+    neighbourhood_bias,
+    resize_positional,
+    self_calibrated_tokens,
+)
 from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec, tokenizer_factory
 from .preprocess import Preprocess
@@ -252,7 +259,19 @@ class ClipBackbone:
     def dense_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size) -> ``[B, h*w, D]``
         joint-space patch features (not normalised) of the ``--dense`` method: blocks ``0..L-2`` as always, then
-        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores."""
+        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores. SC-CLIP
+        (``mixing.calibration``) takes every block's output into its last block
+        (:func:`~vpltool.backbone.dense.self_calibrated_tokens`)."""
+        if self.mixing.calibration is not None:
+            grid = self.grid_of(pixels)
+            x, levels = self.embed(pixels, fp16_pos), []
+            for i in range(self.n_blocks - 1):
+                x = self.block(i, x, grid)[0]
+                levels.append(x)
+            tokens = self_calibrated_tokens(self.blocks[-1], levels, grid, self.mixing.calibration, self.mixing)
+            v = self.visual
+            out = v.ln_post(tokens)
+            return out @ v.proj.to(out.dtype) if v.proj is not None else out
         encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
         return self.dense(self.last_block(encoded.tokens, encoded.grid))
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields, replace
 
 from .checks import at_least, choice, fraction, positive, require
 
-DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip")  # vpltool.backbone.DENSE_METHODS (torch-free)
+# vpltool.backbone.DENSE_METHODS (torch-free)
+DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip")
 CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
 WHOLE_MODES = ("input", "direct")  # --slide-crop 0: logits via the input size (NACLIP) | straight to the image
 
@@ -45,6 +46,9 @@ DENSE_SEGMENTORS: dict[str, DenseSettings] = {
     # naclip.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, the whole image (slide_crop 0), PAMR 10 steps (8, 16)
     "naclip": DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0, slide_stride=112,
                             crop_mode="floor", whole="input", pamr_steps=10),
+    # scclip_segmentor.py + cfg_voc21.py: logit scale 50, prob_thd 0.15, area_thd 0.1, slide 224/112, short 336
+    "sc-clip": DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224, slide_stride=112,
+                             crop_mode="floor", whole="direct", area_threshold=0.1),
 }
 
 

@@ -1,0 +1,138 @@
+"""vpltool's newer training-free ``--dense`` methods against each method's OWN public code; prints ONE JSON object.
+
+    python parity/ovss_parity.py --ref DIR [--work DIR] [--images 12] [--threads 1]
+    python parity/ovss_parity.py --quick      # plumbing only: no clone, vpltool against itself (Δ = 0)
+
+The harness is ``dense_parity.py``'s (its module docstring says what is compared and how: the same random
+ViT-B/16 weights, the 12 parity photos through mmseg's VOC21 test pipeline restated, fp32 on the CPU, the clone run
+in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab imports), with this file's variants
+(:data:`VARIANTS`). ``--ref DIR`` holds clones named as :data:`CLONES` (any case), at the commits
+``docs/open-vocabulary.md`` names; a missing one is reported, not compared.
+
+* ``sc-clip``: SuleBai/SC-CLIP's ``SCCLIPForSegmentation`` as ``configs/cfg_voc21.py`` runs it (LOF outlier repair
+  at block 10, the layer-8 similarity prior and aggregations, multi-level fusion of blocks 3..9, ``res_cls`` 0.3;
+  logit scale 50, threshold 0.15, area filter 0.1, slide 224/112, short side 336) against ``--dense sc-clip``.
+
+The headline ``methods`` is each method's max |Δ| over its patch and seg logits (the bar: <= 1e-4, fp32, CPU) and
+its share of equal labels after the method's post-processing (the bar: >= 99.9 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "bench")]
+import dense_parity as dp  # noqa: E402
+
+import benchlib  # noqa: E402
+
+BAR = dp.BAR
+LABELS_BAR = 0.999
+QUICK = dp.QUICK
+# name -> (clone, module, class, the segmentor's overrides, vpltool's --dense, vpltool's settings of, their overrides)
+VARIANTS: dict[str, tuple[str, str, str, dict, str, str, dict]] = {
+    "sc-clip": ("SC-CLIP", "scclip_segmentor", "SCCLIPForSegmentation", {}, "sc-clip", "sc-clip", {}),
+}
+CLONES = ("SC-CLIP",)
+MAIN = tuple(VARIANTS)
+METHODS = {"sc-clip": ("sc-clip",)}
+
+
+@contextlib.contextmanager
+def harness():
+    """``dense_parity``'s functions with this file's variant tables (they read their module's globals)."""
+    saved = dp.VARIANTS, dp.MAIN, dp.METHODS
+    dp.VARIANTS, dp.MAIN, dp.METHODS = VARIANTS, MAIN, METHODS
+    try:
+        yield
+    finally:
+        dp.VARIANTS, dp.MAIN, dp.METHODS = saved
+
+
+def find_clones(ref: Path) -> dict[str, Path]:
+    """:data:`CLONES` -> the clone in ``ref`` (a folder of that name, any case)."""
+    children = {p.name.lower(): p for p in ref.iterdir() if p.is_dir()} if ref.is_dir() else {}
+    return {name: children[name.lower()] for name in CLONES if name.lower() in children}
+
+
+def summary(variants: dict) -> dict:
+    """Per method: the worst max |Δ| of its patch and seg logits, the fewest equal labels, and both bars."""
+    methods = {}
+    for method, members in METHODS.items():
+        present = [m for m in members if m in variants]
+        if not present:
+            continue
+        values = [variants[m]["seg_logits_max_abs_diff"] for m in present]
+        values += [p["max_abs_diff"] for m in present for p in variants[m]["patch_logits"].values()]
+        value = dp.worst(values)
+        labels = [variants[m]["labels_equal_min"] for m in present]
+        labels_min = None if any(v is None for v in labels) else min(labels)
+        methods[method] = {"max_abs_diff": value, "bar_met": value is not None and value <= BAR,
+                           "labels_equal_min": labels_min,
+                           "labels_bar_met": labels_min is not None and labels_min >= LABELS_BAR,
+                           "variants": present}
+    return methods
+
+
+def run(work: Path, args) -> dict:
+    start = time.perf_counter()
+    with harness():
+        model, config_dir = dp.model_config(work, args.model, None if args.quick else args.text_layers)
+        pt, st, photos = dp.setup(work, model, config_dir, args.images, 0.25 if args.quick else 1.0)
+        vt = dp.Vpltool(model, st, config_dir)
+        procs: dict = {}
+        if args.ref and not args.quick:
+            clones = find_clones(args.ref)
+            reference, procs = dp.start_references(clones, work, pt, photos, args.images, args.images, args.threads,
+                                                   args.ref_python)
+            names = [n for n, v in VARIANTS.items() if v[0] in clones]
+            source = {"clones": reference, "missing": [c for c in CLONES if c not in clones]}
+        else:
+            dp.write_self_reference(vt, work, photos, args.images)
+            names, source = list(VARIANTS), "self: vpltool against itself (no --ref): the comparison's plumbing only"
+        variants = dp.compare_all(vt, names, work, procs, args.jobs)
+        if procs:
+            dp.finish_references(procs, source["clones"], work)
+    return {
+        "benchmark": "ovss-parity", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": model,
+        "text_layers": None if args.quick else args.text_layers,
+        "weights": "random (seed 0, fp16-exact values)", "precision": "fp32", "device": "cpu",
+        "threads": args.threads, "photos": args.images,
+        "bar": f"max abs difference of the dense logits <= {BAR:g} and equal labels >= {LABELS_BAR:.1%} (fp32, CPU)",
+        "reference": source, "methods": summary(variants), "variants": variants,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ref", type=Path, help=f"a folder holding clones {', '.join(CLONES)} (without it, or with "
+                                             "--quick: vpltool against itself, the comparison's plumbing only)")
+    ap.add_argument("--work", type=Path, help="keep the weights, photos and the clones' outputs here (reused)")
+    ap.add_argument("--images", type=int, default=12, help="photos per method")
+    ap.add_argument("--text-layers", type=int, default=1,
+                    help="text blocks of the random model (0: the model's own 12); the image tower is ViT-B/16's")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process (and per clone)")
+    ap.add_argument("--jobs", type=int, default=2, help="variants compared at once (threads) on vpltool's side")
+    ap.add_argument("--model", default="ViT-B-16-quickgelu")
+    ap.add_argument("--ref-python", default=sys.executable, help="a Python with torch, ftfy, regex, OpenCV")
+    benchlib.add_common_args(ap, f"{QUICK['images']} small photo, the tiny random test ViT, no clone",
+                             "ignored: both sides run fp32 on the CPU")
+    args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="ovss_parity_") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(run(work, args)))
+
+
+if __name__ == "__main__":
+    main()
