@@ -11,7 +11,15 @@ in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab import
 
 * ``sc-clip``: SuleBai/SC-CLIP's ``SCCLIPForSegmentation`` as ``configs/cfg_voc21.py`` runs it (LOF outlier repair
   at block 10, the layer-8 similarity prior and aggregations, multi-level fusion of blocks 3..9, ``res_cls`` 0.3;
-  logit scale 50, threshold 0.15, area filter 0.1, slide 224/112, short side 336) against ``--dense sc-clip``.
+  logit scale 50, threshold 0.15, area filter 0.1, slide 224/112, short side 336) against ``--dense sc-clip``;
+* ``proxyclip``: mc-lan/ProxyCLIP's ``ProxyCLIPSegmentation`` (``vfm_model='dino'``: its ``torch.hub`` DINO ViT-B/8
+  built from a clone of facebookresearch/dino with random weights, seed 0, :func:`proxy_weights`; its fp16 casts
+  are identities; logit scale 40, threshold 0.2, slide 336/112 padded to 56, short side 336) against
+  ``--dense proxyclip`` with the same weights loaded through ``load_model('dino', DinoSpec(
+  'vit_base_patch8_224.dino', FILE))``.
+
+Point a's inputs are the first photo's 224x224 crop and its top-left square (both references reshape their grids
+as if square: their whole-image forward on a non-square photo fails or misplaces tokens).
 
 The headline ``methods`` is each method's max |Δ| over its patch and seg logits (the bar: <= 1e-4, fp32, CPU) and
 its share of equal labels after the method's post-processing (the bar: >= 99.9 %).
@@ -38,21 +46,60 @@ QUICK = dp.QUICK
 # name -> (clone, module, class, the segmentor's overrides, vpltool's --dense, vpltool's settings of, their overrides)
 VARIANTS: dict[str, tuple[str, str, str, dict, str, str, dict]] = {
     "sc-clip": ("SC-CLIP", "scclip_segmentor", "SCCLIPForSegmentation", {}, "sc-clip", "sc-clip", {}),
+    "proxyclip": ("ProxyCLIP", "proxyclip_segmentor", "ProxyCLIPSegmentation", {}, "proxyclip", "proxyclip", {}),
 }
-CLONES = ("SC-CLIP",)
+CLONES = ("SC-CLIP", "ProxyCLIP")
+# the references' whole-image forwards fail or misplace tokens on a non-square grid (SC-CLIP's outlier positions
+# i // h, i % h; ProxyCLIP's (w, h) reshapes): a square instead
+PATCH_INPUTS = {"sc-clip": ["crop224", "square"], "proxyclip": ["crop224", "square"]}
+PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the DINO ViT-B/8 the references load as dino_vitb8
 MAIN = tuple(VARIANTS)
-METHODS = {"sc-clip": ("sc-clip",)}
+METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",)}
+
+
+def proxy_weights(work: Path) -> Path:
+    """Random DINO ViT-B/8 weights (seed 0; timm's init, DINO's tensor names) as ``work/dino_vitb8.pth``, made once."""
+    path = work / "dino_vitb8.pth"
+    if not path.is_file():
+        import timm
+        import torch
+
+        torch.manual_seed(0)
+        model = timm.create_model(PROXY_MODEL, pretrained=False, num_classes=0)
+        torch.save(model.state_dict(), path)
+    return path
+
+
+class Vpltool(dp.Vpltool):
+    """dense_parity's vpltool side, with the proxy model (``load_model('dino', ...)``) for ProxyCLIP."""
+
+    def __init__(self, model: str, weights: Path, config_dir: Path, proxy: Path | None = None):
+        super().__init__(model, weights, config_dir)
+        self.proxy, self._proxy_path = None, proxy
+
+    def backbone(self, method: str):
+        from vpltool.backbone.dino import DinoSpec
+        from vpltool.backbone.registry import load_model
+        from vpltool.config.dense import PROXY_METHODS
+
+        if method not in PROXY_METHODS:
+            return self.base.with_dense(method)
+        if self.proxy is None:
+            spec = DinoSpec(PROXY_MODEL, str(self._proxy_path)) if self._proxy_path else DinoSpec(
+                "test_vit", str(Path(__file__).resolve().parents[1] / "vpltool/assets/toy-dino/model.safetensors"))
+            self.proxy = load_model("dino", spec, "cpu")
+        return self.base.with_dense(method, proxy=self.proxy)
 
 
 @contextlib.contextmanager
 def harness():
     """``dense_parity``'s functions with this file's variant tables (they read their module's globals)."""
-    saved = dp.VARIANTS, dp.MAIN, dp.METHODS
-    dp.VARIANTS, dp.MAIN, dp.METHODS = VARIANTS, MAIN, METHODS
+    saved = dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS
+    dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS = VARIANTS, MAIN, METHODS, PATCH_INPUTS, {}
     try:
         yield
     finally:
-        dp.VARIANTS, dp.MAIN, dp.METHODS = saved
+        dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS = saved
 
 
 def find_clones(ref: Path) -> dict[str, Path]:
@@ -85,15 +132,23 @@ def run(work: Path, args) -> dict:
     with harness():
         model, config_dir = dp.model_config(work, args.model, None if args.quick else args.text_layers)
         pt, st, photos = dp.setup(work, model, config_dir, args.images, 0.25 if args.quick else 1.0)
-        vt = dp.Vpltool(model, st, config_dir)
         procs: dict = {}
         if args.ref and not args.quick:
-            clones = find_clones(args.ref)
+            selected = args.methods.split(",")
+            clones = {c: path for c, path in find_clones(args.ref).items()
+                      if any(v[0] == c and n in selected for n, v in VARIANTS.items())}
+            dino = proxy_weights(work)
+            vt = Vpltool(model, st, config_dir, dino)
+            dino_clone = args.dino_clone or next((p for p in args.ref.iterdir() if p.name.lower() == "dino"), None)
+            if "ProxyCLIP" in clones and dino_clone is None:
+                raise SystemExit("ProxyCLIP needs a clone of facebookresearch/dino: --dino-clone DIR (or DIR/dino)")
+            dp.RUNNER_ARGS["ProxyCLIP"] = ["--proxy-clone", str(dino_clone), "--proxy-weights", str(dino)]
             reference, procs = dp.start_references(clones, work, pt, photos, args.images, args.images, args.threads,
                                                    args.ref_python)
-            names = [n for n, v in VARIANTS.items() if v[0] in clones]
+            names = [n for n, v in VARIANTS.items() if v[0] in clones and n in selected]
             source = {"clones": reference, "missing": [c for c in CLONES if c not in clones]}
         else:
+            vt = Vpltool(model, st, config_dir)  # the toy DINO as the proxy
             dp.write_self_reference(vt, work, photos, args.images)
             names, source = list(VARIANTS), "self: vpltool against itself (no --ref): the comparison's plumbing only"
         variants = dp.compare_all(vt, names, work, procs, args.jobs)
@@ -121,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (and per clone)")
     ap.add_argument("--jobs", type=int, default=2, help="variants compared at once (threads) on vpltool's side")
     ap.add_argument("--model", default="ViT-B-16-quickgelu")
+    ap.add_argument("--dino-clone", type=Path, help="a clone of facebookresearch/dino for ProxyCLIP's torch.hub "
+                                                    "model [default: --ref's dino folder]")
+    ap.add_argument("--methods", default=",".join(VARIANTS), help="the variants to run, comma-separated")
     ap.add_argument("--ref-python", default=sys.executable, help="a Python with torch, ftfy, regex, OpenCV")
     benchlib.add_common_args(ap, f"{QUICK['images']} small photo, the tiny random test ViT, no clone",
                              "ignored: both sides run fp32 on the CPU")

@@ -165,3 +165,136 @@ def test_sc_clip_settings_are_its_voc21_config():
     assert (s.short_side, s.slide_crop, s.slide_stride, s.pamr_steps) == (336, 224, 112, 0)
     assert DENSE_PRESETS["sc-clip"].pos_interpolation == "bicubic-dino"
     assert not DENSE_PRESETS["sc-clip"].vanilla
+
+
+# --------------------------------------------------------------------------------------------- ProxyCLIP
+TOY_DINO = "vpltool/assets/toy-dino/model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def dino():
+    from pathlib import Path
+
+    from vpltool.backbone.dino import DinoSpec
+    from vpltool.backbone.registry import load_model
+
+    root = Path(__file__).resolve().parents[1]
+    return load_model("dino", DinoSpec("test_vit", str(root / TOY_DINO)), "cpu")
+
+
+def _ref_proxy_attn(attn_layer, x, ex_feats, token_size, beta=1.2, gamma=3.0):
+    """ProxyCLIP's ``custom_attn`` (LND ``x``, ``ex_feats`` ``[B, C, H, W]``)."""
+    heads = attn_layer.num_heads
+    _, bsz, dim = x.size()
+    hd = dim // heads
+    q, k, v = F.linear(x, attn_layer.in_proj_weight, attn_layer.in_proj_bias).chunk(3, dim=-1)
+    v = v.contiguous().view(-1, bsz * heads, hd).transpose(0, 1)
+    _, _, h, w = ex_feats.shape
+    q_k = F.normalize(ex_feats.flatten(2, 3), dim=1)
+    similarity = torch.einsum("b c m, b c n -> b m n", q_k, q_k)
+    similarity = (similarity - torch.mean(similarity) * beta) * gamma
+    similarity[similarity < 0.0] = float("-inf")
+    mask = similarity.to(q.dtype).unsqueeze(1).repeat(1, heads, 1, 1).reshape(bsz * heads, h * w, h * w)
+    weights = F.softmax(mask, dim=-1)
+    v = v[:, 1:, :].reshape(bsz * heads, token_size[0], token_size[1], hd).permute(0, 3, 1, 2)
+    v = F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)
+    v = v.permute(0, 2, 3, 1).reshape(bsz * heads, h * w, hd)
+    out = torch.bmm(weights, v).transpose(0, 1).contiguous().view(-1, bsz, dim)
+    return attn_layer.out_proj(out)
+
+
+def _ref_dino_tokens(model, x):
+    """DINO's ``prepare_tokens`` + blocks + ``norm`` (facebookresearch/dino ``vision_transformer.py``) on timm's
+    modules: ``get_intermediate_layers(x)[0]`` without the class token."""
+    import math
+
+    b, _, w, h = x.shape
+    p = model.patch_embed.proj.kernel_size[0]
+    t = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    t = torch.cat((model.cls_token.expand(b, -1, -1), t), dim=1)
+    pos = model.pos_embed
+    n = pos.shape[1] - 1
+    if t.shape[1] - 1 != n or w != h:
+        w0, h0 = w // p + 0.1, h // p + 0.1
+        patch = F.interpolate(pos[:, 1:].reshape(1, int(math.sqrt(n)), int(math.sqrt(n)), -1).permute(0, 3, 1, 2),
+                              scale_factor=(w0 / math.sqrt(n), h0 / math.sqrt(n)), mode="bicubic")
+        pos = torch.cat((pos[:, :1], patch.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])), dim=1)
+    t = t + pos
+    for blk in model.blocks:
+        y = blk.norm1(t)
+        bb_, nn_, c = y.shape
+        qkv = blk.attn.qkv(y).reshape(bb_, nn_, 3, blk.attn.num_heads, c // blk.attn.num_heads).permute(2, 0, 3, 1, 4)
+        a = ((qkv[0] @ qkv[1].transpose(-2, -1)) * blk.attn.scale).softmax(dim=-1)
+        t = t + blk.attn.proj((a @ qkv[2]).transpose(1, 2).reshape(bb_, nn_, c))
+        t = t + blk.mlp(blk.norm2(t))
+    return model.norm(t)[:, 1:]
+
+
+def test_dino_final_tokens_are_dinos_own(dino):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6 * dino.patch_size, 7 * dino.patch_size, generator=g)  # not the native grid
+    with torch.no_grad():
+        got, grid = dino.final_tokens(x)
+        want = _ref_dino_tokens(dino.model, x)
+    assert grid == (6, 7) and got.shape == want.shape
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_proxyclip_features_match_the_public_arithmetic(bb, dino):
+    """One square window: ProxyCLIP's CLIP forward with the DINO tokens of the same pixels, re-normalised."""
+    dense = bb.with_dense("proxyclip", proxy=dino)
+    g = torch.Generator().manual_seed(4)
+    pixels = torch.randn(1, 3, 5 * bb.patch_size, 5 * bb.patch_size, generator=g)
+    with torch.no_grad():
+        got = dense.dense_features(pixels)
+        enc = dense.encode(pixels, stop=bb.n_blocks - 1)
+        mean, std = torch.tensor(bb.mean).view(3, 1, 1), torch.tensor(bb.std).view(3, 1, 1)
+        raw = pixels[0] * std + mean
+        dmean, dstd = torch.tensor(dino.mean).view(3, 1, 1), torch.tensor(dino.std).view(3, 1, 1)
+        feats = _ref_dino_tokens(dino.model, ((raw - dmean) / dstd)[None])
+        gh = 5 * bb.patch_size // dino.patch_size
+        ex = feats.reshape(1, gh, gh, -1).permute(0, 3, 1, 2)
+        blk = bb.blocks[-1]
+        x = _ref_proxy_attn(blk.attn, blk.ln_1(enc.tokens.transpose(0, 1)), ex, (5, 5)).transpose(0, 1)
+        want = bb.visual.ln_post(x) @ bb.visual.proj
+    assert got.shape == (1, gh * gh, bb.embed_dim) and dense.feature_grid((80, 80)) == (gh, gh)
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_proxyclip_without_a_proxy_model_is_one_line(bb):
+    with pytest.raises(VplError, match="--dense proxyclip needs a proxy vision model"):
+        bb.with_dense("proxyclip").dense_features(torch.zeros(1, 3, 32, 32))
+
+
+def test_proxyclip_settings_are_its_voc21_config():
+    s = SegmentConfig(dense="proxyclip").resolved()
+    assert (s.logit_scale, s.prob_threshold, s.area_threshold) == (40.0, 0.2, None)
+    assert (s.short_side, s.slide_crop, s.slide_stride, s.crop_mode, s.pad_multiple) == (336, 336, 112, "pad", 56)
+    from vpltool.config.checks import to_params
+
+    assert "proxy_model" in to_params(SegmentConfig(dense="proxyclip"))
+    assert "proxy_model" not in to_params(SegmentConfig(dense="sc-clip"))  # inert: not recorded
+
+
+@pytest.mark.parametrize("method", ["sc-clip", "proxyclip"])
+def test_segment_runs_each_new_method_end_to_end(world, tiny_spec, tmp_path, method):
+    from pathlib import Path
+
+    from vpltool import io
+    from vpltool.config import RuntimeConfig
+    from vpltool.data import open_dataset
+    from vpltool.segment import run_segment
+
+    ds = open_dataset(world, "val")
+    proxy = str(Path(__file__).resolve().parents[1] / TOY_DINO)
+    cfg = SegmentConfig(dense=method, templates="a photo of a {}.", background="grass,sky", short_side=64,
+                        slide_crop=64, slide_stride=32, proxy_model="test_vit", proxy_weights=proxy)
+    out = tmp_path / method
+    s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
+    assert s.done == len(ds.items)
+    record = io.read_stage_record(out, "segment")
+    assert record["params"]["dense"] == method
+    assert ("proxy_weights" in record["params"]) == (method == "proxyclip")
+    for item in ds.items:
+        mask = io.read_mask(io.mask_path(out, item.id), num_classes=len(ds.classes))
+        assert mask.shape == io.load_image(item.image).shape[:2]

@@ -26,6 +26,7 @@ from pathlib import Path
 from . import io, presets
 from .backbone import ClipBackbone, ModelSpec, load_backbone
 from .backbone.prompts import resolve_background, resolve_templates
+from .backbone.registry import load_model
 from .backbone.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
     dense_logits,
@@ -75,6 +76,24 @@ def check_queries(names: Sequence[str], cfg: SegmentConfig) -> tuple[list[str], 
     return templates, background
 
 
+def proxy_spec(cfg: SegmentConfig):
+    """The proxy vision model of a ``--dense`` method that takes one (ProxyCLIP), its weights checked now (one line
+    for a missing file or another architecture, before any model loads); None for the others."""
+    from .backbone.dino import DinoSpec
+    from .backbone.registry import check_model
+    from .config.dense import PROXY_METHODS
+
+    if cfg.dense not in PROXY_METHODS:
+        return None
+    spec = DinoSpec(cfg.proxy_model, cfg.proxy_weights)
+    try:
+        check_model("dino", spec)
+    except VplError as e:  # the dino family names its own options
+        raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
+                       .replace("--affinity dino", f"--dense {cfg.dense}")) from None
+    return spec
+
+
 def run_segment(
     dataset: Dataset,
     out: str | Path,
@@ -95,6 +114,7 @@ def run_segment(
     templates, background = check_queries(names, cfg)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
+    proxy = proxy_spec(cfg)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     settings = cfg.resolved()
@@ -102,11 +122,12 @@ def run_segment(
     params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), "model": spec.identity(),
               "template_list": templates, "background_words": background}
     return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
-                            settings, lambda: (backbone or load_backbone(spec, device)).with_dense(cfg.dense),
+                            settings, lambda: (backbone or load_backbone(spec, device)).with_dense(
+                                cfg.dense, proxy=None if proxy is None else load_model("dino", proxy, device)),
                             (class_synonyms(names), templates, background), "--classes / --templates / --background",
                             on_start, on_item)
 
 
-__all__ = ["STAGE", "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
+__all__ = ["STAGE", "run_segment", "proxy_spec", "settings_params", "class_synonyms", "class_names", "check_queries",
            "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
            "segment_logits", "short_side_size", "write_dense_masks"]

@@ -52,8 +52,8 @@ import torch.nn.functional as F
 
 from ..errors import VplError
 
-DENSE_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip")
-ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk")
+DENSE_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip")
+ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy")
 POS_INTERPOLATIONS = ("bilinear", "bicubic-dino")
 
 
@@ -86,6 +86,21 @@ class SelfCalibration:
 
 
 @dataclass(frozen=True)
+class ProxyAttention:
+    """ProxyCLIP's proxy attention (mc-lan/ProxyCLIP ``open_clip/transformer.py`` ``custom_attn``): the last block's
+    attention is ``softmax(gamma (S - beta mean S))``, negatives masked, ``S`` the cosine of a vision model's final
+    patch tokens (DINO's ``get_intermediate_layers``), shared by the heads, applied to CLIP's values resized
+    bilinearly to that model's grid; no residual, no FFN, the output on the proxy's grid.
+
+    Attributes:
+        beta, gamma: the segmentor's defaults (1.2, 3.0).
+    """
+
+    beta: float = 1.2
+    gamma: float = 3.0
+
+
+@dataclass(frozen=True)
 class DenseMixing:
     """How the last block mixes its tokens.
 
@@ -101,6 +116,8 @@ class DenseMixing:
         calibration: SC-CLIP's outlier repair, similarity prior and multi-level fusion
             (:func:`self_calibrated_tokens`), with ``attention='prior+kk'``
             (``(softmax(prior) + softmax(k kᵀ s)) / 2``); None: the last block alone.
+        proxy: ProxyCLIP's proxy attention (``attention='proxy'``, :func:`proxy_attention_tokens`); the backbone
+            needs a proxy vision model (``with_dense(method, proxy=...)``).
     """
 
     method: str
@@ -110,6 +127,7 @@ class DenseMixing:
     pos_interpolation: str = "bilinear"
     gaussian_std: float = 0.0
     calibration: SelfCalibration | None = None
+    proxy: ProxyAttention | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
@@ -124,7 +142,7 @@ class DenseMixing:
     def vanilla(self) -> bool:
         """True for CLIP's own last block (``none``): the backbone's ordinary block runs it."""
         return (self.attention == "qk" and self.residual and self.ffn and not self.gaussian_std
-                and self.calibration is None)
+                and self.calibration is None and self.proxy is None)
 
 
 DENSE_PRESETS: dict[str, DenseMixing] = {
@@ -135,6 +153,8 @@ DENSE_PRESETS: dict[str, DenseMixing] = {
     "naclip": DenseMixing("naclip", "kk", False, False, "bicubic-dino", gaussian_std=5.0),  # test_all.sh's std 5
     # SC-CLIP base_config.py: pre_adjust_idx 8, post_adjust_idx 3, multi 3..10, res_cls 0.3 (beta 0.4 in model.py)
     "sc-clip": DenseMixing("sc-clip", "prior+kk", False, False, "bicubic-dino", calibration=SelfCalibration()),
+    # ProxyCLIP proxyclip_segmentor.py: beta 1.2, gamma 3.0; its open_clip resizes the positional embedding DINO's way
+    "proxyclip": DenseMixing("proxyclip", "proxy", False, False, "bicubic-dino", proxy=ProxyAttention()),
 }
 
 
@@ -350,7 +370,40 @@ def self_calibrated_tokens(blk, levels: list[torch.Tensor], grid: tuple[int, int
     return x + aggregate(fused_out, after, cal.beta)
 
 
+def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: torch.Tensor,
+                           proxy_grid: tuple[int, int], cfg: ProxyAttention) -> torch.Tensor:
+    """ProxyCLIP's last block (its ``custom_attn``).
+
+    Args:
+        blk: the last ``ResidualAttentionBlock``.
+        x: ``[B, 1 + hw, width]`` tokens entering it; ``grid`` ``(h, w)``.
+        proxy: ``[B, HW, C]`` the proxy model's final patch tokens on ``proxy_grid`` ``(H, W)``.
+
+    Returns:
+        ``[B, HW, width]``: ``out_proj(softmax(gamma (S - beta mean S)) v')`` per head, ``S`` the tokens' cosine
+        (its mean per image), negatives ``-inf``, ``v'`` CLIP's patch values resized bilinearly (align_corners
+        False) from ``(h, w)`` to ``(H, W)``. Row-major grids (the code reshapes with ``(w, h)``: the same on its
+        square windows).
+    """
+    attn = blk.attn
+    h = blk.ln_1(x)
+    b, _, width = h.shape
+    heads = attn.num_heads
+    hd = width // heads
+    v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)[2]
+    unit = F.normalize(proxy, dim=-1)
+    similarity = unit @ unit.transpose(1, 2)  # [B, HW, HW]
+    similarity = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * cfg.beta) * cfg.gamma
+    similarity = torch.where(similarity < 0, torch.full_like(similarity, float("-inf")), similarity)
+    weights = F.softmax(similarity, dim=-1)
+    v = v[:, 1:].reshape(b, grid[0], grid[1], heads, hd).permute(0, 3, 4, 1, 2).reshape(b * heads, hd, *grid)
+    v = F.interpolate(v, size=tuple(proxy_grid), mode="bilinear", align_corners=False)
+    v = v.reshape(b, heads, hd, -1).transpose(-1, -2)  # [B, heads, HW, hd]
+    out = (weights[:, None] @ v).transpose(1, 2).reshape(b, -1, width)
+    return attn.out_proj(out)
+
+
 __all__ = ["DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing", "resize_positional",
            "neighbourhood_bias", "mixed_attention", "mix_last_block", "ATTENTIONS", "POS_INTERPOLATIONS",
            "SelfCalibration", "lof_outliers", "repair_outliers", "unit_similarity", "aggregate",
-           "self_calibrated_tokens", "scaled_levels"]
+           "self_calibrated_tokens", "scaled_levels", "ProxyAttention", "proxy_attention_tokens"]
