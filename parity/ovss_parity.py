@@ -53,7 +53,7 @@ CLONES = ("SC-CLIP", "ProxyCLIP")
 # i // h, i % h; ProxyCLIP's (w, h) reshapes): a square instead
 PATCH_INPUTS = {"sc-clip": ["crop224", "square"], "proxyclip": ["crop224", "square"]}
 PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the DINO ViT-B/8 the references load as dino_vitb8
-MAIN = tuple(VARIANTS)
+MAIN = ("sc-clip",)  # every photo; ProxyCLIP (a DINO ViT-B/8 per window) on --proxy-images
 METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",)}
 
 
@@ -127,7 +127,22 @@ def summary(variants: dict) -> dict:
     return methods
 
 
-def run(work: Path, args) -> dict:
+def merge(files: list[Path]) -> dict:
+    """Several runs' JSON (e.g. one per method, run apart on a shared machine) as one: their methods, variants and
+    clones side by side, each run's own header kept under ``runs``."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    out = {"benchmark": "ovss-parity", "merged": [str(f) for f in files], "bar": runs[0]["bar"], "methods": {},
+           "variants": {}, "reference": {"clones": {}, "missing": []}, "runs": []}
+    for r in runs:
+        out["methods"].update(r["methods"])
+        out["variants"].update(r["variants"])
+        if isinstance(r["reference"], dict):
+            out["reference"]["clones"].update(r["reference"]["clones"])
+        out["runs"].append({k: v for k, v in r.items() if k not in ("methods", "variants", "reference")})
+    return out
+
+
+def run(work: Path, args, argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     with harness():
         model, config_dir = dp.model_config(work, args.model, None if args.quick else args.text_layers)
@@ -143,8 +158,8 @@ def run(work: Path, args) -> dict:
             if "ProxyCLIP" in clones and dino_clone is None:
                 raise SystemExit("ProxyCLIP needs a clone of facebookresearch/dino: --dino-clone DIR (or DIR/dino)")
             dp.RUNNER_ARGS["ProxyCLIP"] = ["--proxy-clone", str(dino_clone), "--proxy-weights", str(dino)]
-            reference, procs = dp.start_references(clones, work, pt, photos, args.images, args.images, args.threads,
-                                                   args.ref_python)
+            reference, procs = dp.start_references(clones, work, pt, photos, args.images, args.proxy_images,
+                                                   args.threads, args.ref_python)
             names = [n for n, v in VARIANTS.items() if v[0] in clones and n in selected]
             source = {"clones": reference, "missing": [c for c in CLONES if c not in clones]}
         else:
@@ -158,7 +173,8 @@ def run(work: Path, args) -> dict:
         "benchmark": "ovss-parity", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": model,
         "text_layers": None if args.quick else args.text_layers,
         "weights": "random (seed 0, fp16-exact values)", "precision": "fp32", "device": "cpu",
-        "threads": args.threads, "photos": args.images,
+        "threads": args.threads, "photos": {n: dp.variant_images(n, args.images, args.proxy_images) for n in VARIANTS},
+        "argv": sys.argv[1:] if argv is None else argv,
         "bar": f"max abs difference of the dense logits <= {BAR:g} and equal labels >= {LABELS_BAR:.1%} (fp32, CPU)",
         "reference": source, "methods": summary(variants), "variants": variants,
         "seconds": round(time.perf_counter() - start, 1),
@@ -170,7 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ref", type=Path, help=f"a folder holding clones {', '.join(CLONES)} (without it, or with "
                                              "--quick: vpltool against itself, the comparison's plumbing only)")
     ap.add_argument("--work", type=Path, help="keep the weights, photos and the clones' outputs here (reused)")
-    ap.add_argument("--images", type=int, default=12, help="photos per method")
+    ap.add_argument("--images", type=int, default=12, help="photos of SC-CLIP")
+    ap.add_argument("--proxy-images", type=int, default=12, help="photos of ProxyCLIP (its DINO ViT-B/8 costs ~10x "
+                                                                  "CLIP's forward per window)")
+    ap.add_argument("--merge", type=Path, nargs="+", help="print the merge of these runs' JSON files and exit")
     ap.add_argument("--text-layers", type=int, default=1,
                     help="text blocks of the random model (0: the model's own 12); the image tower is ViT-B/16's")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (and per clone)")
@@ -183,13 +202,18 @@ def main(argv: list[str] | None = None) -> None:
     benchlib.add_common_args(ap, f"{QUICK['images']} small photo, the tiny random test ViT, no clone",
                              "ignored: both sides run fp32 on the CPU")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
+    if args.merge:
+        print(json.dumps(merge(args.merge)))
+        return
+    if args.quick:
+        args.proxy_images = args.images
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="ovss_parity_") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        print(json.dumps(run(work, args)))
+        print(json.dumps(run(work, args, argv)))
 
 
 if __name__ == "__main__":
