@@ -390,12 +390,21 @@ bench: setup
 # keeps the clones' outputs for a later run)
 DENSE_REFS ?=
 DENSE_WORK ?=
+# OVSS_REFS=/folder/of/clones (SC-CLIP, ProxyCLIP, and facebookresearch/dino as dino): SC-CLIP and ProxyCLIP
+# (ovss_parity.py; ProxyCLIP's DINO ViT-B/8 per window makes its photos the costly part: OVSS_PROXY_IMAGES)
+OVSS_REFS ?=
+OVSS_WORK ?=
+OVSS_PROXY_IMAGES ?= 12
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
 	$(if $(DENSE_REFS),$(VENV)/bin/python parity/dense_parity.py --ref $(DENSE_REFS) $(if $(DENSE_WORK),--work $(DENSE_WORK)) \
 	  > $(PARITY_OUT)/dense_parity.json.tmp && mv $(PARITY_OUT)/dense_parity.json.tmp $(PARITY_OUT)/dense_parity.json, \
 	  @echo "make parity: pass DENSE_REFS=/folder/of/clones (parity/README.md says which clones and commits)")
+	$(if $(OVSS_REFS),$(VENV)/bin/python parity/ovss_parity.py --ref $(OVSS_REFS) $(if $(OVSS_WORK),--work $(OVSS_WORK)) \
+	  --proxy-images $(OVSS_PROXY_IMAGES) > $(PARITY_OUT)/ovss_parity.json.tmp \
+	  && mv $(PARITY_OUT)/ovss_parity.json.tmp $(PARITY_OUT)/ovss_parity.json, \
+	  @echo "make parity: pass OVSS_REFS=/folder/of/clones (SC-CLIP @0417ba9, ProxyCLIP @e7b767f, dino: docs/open-vocabulary.md)")
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup
