@@ -107,7 +107,7 @@ PRED_CLASSES ?=
 # (`cam --dense`, labels known) with their CRF masks, and score the decoder's classes through `predict --classes
 # --dense` (every class is unseen by a training-free method; the names come from DATA/classes.txt, a folder
 # dataset's, as the demo world's). Empty: none (make voc / make coco)
-DENSE ?= none maskclip sclip clearclip naclip
+DENSE ?= none maskclip sclip clearclip naclip sc-clip proxyclip
 DENSE_SEEDS ?= maskclip
 # each method's segmentor on the demo world, chosen on the training split (first 100 images; never val) by
 # studies/study_dense_demo.py (studies/results/dense_demo.json, with the toy CLIP shipped in round 11): the short
@@ -123,6 +123,13 @@ DENSE_THR_sclip ?= 0.7
 DENSE_THR_clearclip ?= 0.5
 DENSE_THR_naclip ?= 0.9
 DENSE_THR_none ?= 0.99
+# SC-CLIP and ProxyCLIP (studies/results/dense_demo_ovss.json, chosen the same way; ProxyCLIP's proxy model is
+# the toy DINO, DINO_MODEL / DINO_WEIGHTS)
+DENSE_SIZE_sc-clip ?= --short-side 144 --slide-crop 96 --slide-stride 48
+DENSE_SIZE_proxyclip ?= --short-side 144 --slide-crop 144 --slide-stride 48 --proxy-model $(DINO_MODEL) \
+  --proxy-weights $(DINO_WEIGHTS)
+DENSE_THR_sc-clip ?= 0.7
+DENSE_THR_proxyclip ?= 0.3
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
