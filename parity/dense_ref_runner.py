@@ -282,7 +282,7 @@ def build(args, cfg: dict):
         kwargs["clip_path"] = str(args.weights.resolve())
     kwargs["name_path"] = str((args.clone / kwargs["name_path"]).resolve())
     kwargs["device"] = "cpu"
-    why = {"pkg_resources": "stubbed by the packaging package (clip.py's version check)",
+    why = {"pkg_resources": "stubbed by the packaging package (an import-time version check)",
            "openpyxl": "stubbed (ProxyCLIP's myutils.py spreadsheet logging, not run)"}
     notes = [f"{name} {why.get(name, 'stubbed (its import failed; used only by ClearCLIP BLIP / GEM variants)')}"
              for name in STUBBED]

@@ -173,7 +173,7 @@ def run(work: Path, args, argv: list[str] | None = None) -> dict:
         "benchmark": "ovss-parity", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": model,
         "text_layers": None if args.quick else args.text_layers,
         "weights": "random (seed 0, fp16-exact values)", "precision": "fp32", "device": "cpu",
-        "threads": args.threads, "photos": {n: dp.variant_images(n, args.images, args.proxy_images) for n in VARIANTS},
+        "threads": args.threads, "photos": {n: len(v["photos"]) for n, v in variants.items()},
         "argv": sys.argv[1:] if argv is None else argv,
         "bar": f"max abs difference of the dense logits <= {BAR:g} and equal labels >= {LABELS_BAR:.1%} (fp32, CPU)",
         "reference": source, "methods": summary(variants), "variants": variants,
