@@ -85,3 +85,18 @@ def test_committed_figures_against_the_bars():
         assert method["max_abs_diff"] <= ovss_parity.BAR, (name, method)
         assert method["labels_equal_min"] >= ovss_parity.LABELS_BAR, (name, method)
         assert not variant["settings_mismatched"], (name, variant["settings_mismatched"])
+
+
+def test_bench_dense_methods_quick_prints_one_json_object():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_dense_methods.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(proc.stdout)
+    assert result["benchmark"] == "dense-methods" and result["quick"] and result["machine"]["device"] == "cpu"
+    assert set(result["methods"]) == {"sc-clip", "proxyclip"} and result["none_seconds"] > 0
+    proxy = result["methods"]["proxyclip"]
+    assert proxy["proxy_forward_seconds"] > 0 and result["methods"]["sc-clip"]["proxy_forward_seconds"] == 0
+    for m in result["methods"].values():  # the verdict follows the figures
+        base = result["none_seconds"] + m["proxy_forward_seconds"]
+        assert m["ratio_to_none_plus_proxy"] == pytest.approx(m["seconds"] / base, abs=2e-3)
