@@ -265,7 +265,8 @@ def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
 
 def settings_params(settings) -> dict:
     """A :class:`~vpltool.config.DenseSettings` as recorded (JSON: tuples as lists, so a resume compares equal)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()
+            if not (k == "pad_multiple" and not v)}  # 0 (the patch size) is recorded as before the field existed
 
 
 def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset, classes: list[str], shard,
