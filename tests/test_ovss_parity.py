@@ -99,4 +99,4 @@ def test_bench_dense_methods_quick_prints_one_json_object():
     assert proxy["proxy_forward_seconds"] > 0 and result["methods"]["sc-clip"]["proxy_forward_seconds"] == 0
     for m in result["methods"].values():  # the verdict follows the figures
         base = result["none_seconds"] + m["proxy_forward_seconds"]
-        assert m["ratio_to_none_plus_proxy"] == pytest.approx(m["seconds"] / base, abs=2e-3)
+        assert m["ratio_to_none_plus_proxy"] == pytest.approx(m["seconds"] / base, rel=0.1)  # rounded to 0.1 ms
