@@ -1,6 +1,6 @@
 """`vpltool segment`: open-vocabulary segmentation with no label and no training: a frozen CLIP whose last block
-mixes its tokens as a training-free dense method does (MaskCLIP, SCLIP, ClearCLIP, NACLIP:
-:mod:`vpltool.backbone.dense`), scored against text queries for any class names.
+mixes its tokens as a training-free dense method does (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP, and ProxyCLIP
+with a DINO proxy model: :mod:`vpltool.backbone.dense`), scored against text queries for any class names.
 
 Per image (each method's public segmentor, :mod:`vpltool.backbone.segmentor`):
 

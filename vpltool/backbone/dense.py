@@ -24,7 +24,13 @@ unnormalised Gaussian ``exp(-((i-k)² + (j-l)²) / (2 std²))`` (peak 1 on the d
 ``(2h-1) x (2w-1)`` covers every offset of the grid), and 0 in the class token's row and column. SCLIP's sum of two
 softmaxes is not renormalised (rows sum to 2), as coded.
 
-The four methods resize the positional embedding like DINO (``pos_interpolation='bicubic-dino'``): bicubic,
+Two newer methods read more than the last block's input: SC-CLIP (``sc-clip``, :class:`SelfCalibration`,
+:func:`self_calibrated_tokens`) repairs outlier tokens and fuses the outputs of earlier blocks; ProxyCLIP
+(``proxyclip``, :class:`ProxyAttention`, :func:`proxy_attention_tokens`) takes its attention from a proxy vision
+model's patch similarity (a DINO, given to ``with_dense(method, proxy=...)``). Both are still one forward of CLIP's
+blocks, with the last block replaced; docs/open-vocabulary.md has their parity figures.
+
+The methods resize the positional embedding like DINO (``pos_interpolation='bicubic-dino'``): bicubic,
 ``scale_factor=((h + 0.1) / gh, (w + 0.1) / gw)`` from the native ``gh x gw`` grid, align_corners False, whenever the
 grid differs from the native one; CLIP-ES (``none``) resizes bilinearly to the size (:func:`resize_positional`).
 
