@@ -107,7 +107,7 @@ PRED_CLASSES ?=
 # (`cam --dense`, labels known) with their CRF masks, and score the decoder's classes through `predict --classes
 # --dense` (every class is unseen by a training-free method; the names come from DATA/classes.txt, a folder
 # dataset's, as the demo world's). Empty: none (make voc / make coco)
-DENSE ?= none maskclip sclip clearclip naclip
+DENSE ?= none maskclip sclip clearclip naclip sc-clip proxyclip
 DENSE_SEEDS ?= maskclip
 # each method's segmentor on the demo world, chosen on the training split (first 100 images; never val) by
 # studies/study_dense_demo.py (studies/results/dense_demo.json, with the toy CLIP shipped in round 11): the short
@@ -123,6 +123,13 @@ DENSE_THR_sclip ?= 0.7
 DENSE_THR_clearclip ?= 0.5
 DENSE_THR_naclip ?= 0.9
 DENSE_THR_none ?= 0.99
+# SC-CLIP and ProxyCLIP (studies/results/dense_demo_ovss.json, chosen the same way; ProxyCLIP's proxy model is
+# the toy DINO, DINO_MODEL / DINO_WEIGHTS)
+DENSE_SIZE_sc-clip ?= --short-side 144 --slide-crop 96 --slide-stride 48
+DENSE_SIZE_proxyclip ?= --short-side 144 --slide-crop 144 --slide-stride 48 --proxy-model $(DINO_MODEL) \
+  --proxy-weights $(DINO_WEIGHTS)
+DENSE_THR_sc-clip ?= 0.7
+DENSE_THR_proxyclip ?= 0.3
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
@@ -400,8 +407,13 @@ bench: setup
 # keeps the clones' outputs for a later run)
 DENSE_REFS ?=
 DENSE_WORK ?=
-# clones of NACLIP, SCLIP, ClearCLIP, ProxyCLIP, SC-CLIP, CASS, Trident: their benchmark configs and class files
+# OVSS_REFS=/folder/of/clones: the benchmarks' configs and class files (NACLIP, SCLIP, ClearCLIP, ProxyCLIP,
+# SC-CLIP, CASS, Trident: benchmarks_parity.py) and SC-CLIP's and ProxyCLIP's dense logits (with
+# facebookresearch/dino as dino: ovss_parity.py; ProxyCLIP's DINO ViT-B/8 per window makes its photos the costly
+# part: OVSS_PROXY_IMAGES)
 OVSS_REFS ?=
+OVSS_WORK ?=
+OVSS_PROXY_IMAGES ?= 12
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -410,6 +422,10 @@ parity: setup
 	  @echo "make parity: pass DENSE_REFS=/folder/of/clones (parity/README.md says which clones and commits)")
 	$(if $(OVSS_REFS),$(VENV)/bin/python parity/benchmarks_parity.py --ref $(OVSS_REFS) \
 	  > $(PARITY_OUT)/benchmarks_parity.json.tmp && mv $(PARITY_OUT)/benchmarks_parity.json.tmp $(PARITY_OUT)/benchmarks_parity.json)
+	$(if $(OVSS_REFS),$(VENV)/bin/python parity/ovss_parity.py --ref $(OVSS_REFS) $(if $(OVSS_WORK),--work $(OVSS_WORK)) \
+	  --proxy-images $(OVSS_PROXY_IMAGES) > $(PARITY_OUT)/ovss_parity.json.tmp \
+	  && mv $(PARITY_OUT)/ovss_parity.json.tmp $(PARITY_OUT)/ovss_parity.json, \
+	  @echo "make parity: pass OVSS_REFS=/folder/of/clones (SC-CLIP @0417ba9, ProxyCLIP @e7b767f, dino: docs/open-vocabulary.md)")
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup

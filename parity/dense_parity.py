@@ -87,6 +87,10 @@ VARIANTS: dict[str, tuple[str, str, str, dict, str, str, dict]] = {
     "naclip-csa": ("NACLIP", "naclip", "NACLIP", {"pamr_steps": 0, "arch": "vanilla", "attn_strategy": "csa"},
                    "sclip", "naclip", {"pamr_steps": 0}),
 }
+# a variant's point-a inputs other than crop224 and whole (dense_ref_runner.patch_inputs)
+PATCH_INPUTS: dict[str, list[str]] = {}
+# a clone's extra dense_ref_runner.py arguments (ProxyCLIP's proxy model)
+RUNNER_ARGS: dict[str, list[str]] = {}
 # the headline: each method's variants
 MAIN = ("maskclip", "sclip", "clearclip", "naclip")  # every photo; the other variants --extra-images
 METHODS = {"maskclip": ("maskclip",), "sclip": ("sclip",), "clearclip": ("clearclip",),
@@ -189,6 +193,8 @@ def start_references(clones: dict[str, Path], work: Path, pt: Path, photos: Path
                 continue
             stamp = {"commit": commit, "weights": digest, "overrides": overrides,
                      "images": variant_images(name, images, extra_images)}
+            if PATCH_INPUTS.get(name):
+                stamp["patches"] = PATCH_INPUTS[name]
             meta, done = out / name / "meta.json", out / name / "stamp.json"
             if not (meta.is_file() and done.is_file() and json.loads(done.read_text()) == stamp):
                 shutil.rmtree(out / name, ignore_errors=True)
@@ -197,10 +203,12 @@ def start_references(clones: dict[str, Path], work: Path, pt: Path, photos: Path
                             "reused": [n for n, v in VARIANTS.items() if v[0] == clone_name
                                        and n not in [t[0] for t in todo]]}
         if todo:
-            variants = [{"name": n, "overrides": o, "images": st["images"]} for n, _, _, o, st in todo]
+            variants = [{"name": n, "overrides": o, "images": st["images"], "patches": PATCH_INPUTS.get(n)}
+                        for n, _, _, o, st in todo]
             cmd = [python, str(Path(__file__).parent / "dense_ref_runner.py"), "--clone", str(clone), "--module",
                    todo[0][1], "--cls", todo[0][2], "--weights", str(pt), "--photos", str(photos), "--images",
-                   str(images), "--out", str(out), "--threads", str(threads), "--variants", json.dumps(variants)]
+                   str(images), "--out", str(out), "--threads", str(threads), "--variants", json.dumps(variants),
+                   *RUNNER_ARGS.get(clone_name, [])]
             log = open(out / f"{clone_name}.log", "w")
             procs[clone_name] = (subprocess.Popen(cmd, env=_env(threads), stdout=log, stderr=log), log, todo, cmd,
                                  time.perf_counter())
@@ -294,7 +302,7 @@ def vpltool_outputs(vt: Vpltool, name: str, x, text, query_idx, n_classes: int, 
 def write_self_reference(vt: Vpltool, work: Path, photos: Path, images: int) -> None:
     """Without ``--ref``: vpltool's own outputs in the runner's format (the comparison's plumbing, Δ = 0)."""
     import torch
-    from dense_ref_runner import mmseg_input
+    from dense_ref_runner import mmseg_input, patch_inputs
 
     from vpltool.backbone.segmentor import grid_logits
     from vpltool.presets import IMAGENET_TEMPLATES
@@ -313,7 +321,7 @@ def write_self_reference(vt: Vpltool, work: Path, photos: Path, images: int) -> 
         bb = vt.backbone(VARIANTS[name][4])
         first = inputs[0][0]
         patches = {}
-        for key, x in {"crop224": first[..., :224, :224].contiguous(), "whole": first}.items():
+        for key, x in patch_inputs(first, PATCH_INPUTS.get(name)).items():
             with torch.no_grad():
                 patches[key] = {"input": x, "patch_logits": grid_logits(bb, x, text)}
         torch.save(patches, out / "patch.pt")

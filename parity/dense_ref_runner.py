@@ -95,6 +95,20 @@ def install_openmmlab_stubs() -> None:
 STUBBED: list[str] = []
 
 
+def install_pkg_resources_stub() -> None:
+    """SC-CLIP's ``clip/clip.py`` reads ``from pkg_resources import packaging`` (for a torch version check);
+    setuptools >= 81 no longer ships ``pkg_resources``: where it is missing, a module holding the ``packaging``
+    package stands in."""
+    try:
+        importlib.import_module("pkg_resources")
+    except ImportError:
+        import packaging.version
+
+        sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
+        sys.modules["pkg_resources"].packaging = packaging
+        STUBBED.append("pkg_resources")
+
+
 def stub_if_missing(name: str, **attrs) -> bool:
     """Import ``name`` from the clone; if that fails, put a stub module with ``attrs`` there. True if stubbed."""
     try:
@@ -203,6 +217,30 @@ def clearclip_weights(weights: Path):
 
 
 @contextlib.contextmanager
+def proxy_hub(args):
+    """ProxyCLIP (``vfm_model='dino'``) calls ``torch.hub.load('facebookresearch/dino:main', 'dino_vitb8')``: here
+    the model is built by that entry of ``--proxy-clone`` (a clone of facebookresearch/dino, ``source='local'``,
+    ``pretrained=False``) and ``--proxy-weights`` (a state dict in DINO's layout) is loaded into it strictly."""
+    import torch
+
+    if not getattr(args, "proxy_clone", None):
+        yield
+        return
+    load = torch.hub.load
+
+    def local(repo, name, *a, **k):
+        model = load(str(Path(args.proxy_clone).resolve()), name, source="local", pretrained=False)
+        model.load_state_dict(torch.load(args.proxy_weights, map_location="cpu"), strict=True)
+        return model
+
+    torch.hub.load = local
+    try:
+        yield
+    finally:
+        torch.hub.load = load
+
+
+@contextlib.contextmanager
 def half_is_identity():
     import torch
 
@@ -244,14 +282,19 @@ def build(args, cfg: dict):
         kwargs["clip_path"] = str(args.weights.resolve())
     kwargs["name_path"] = str((args.clone / kwargs["name_path"]).resolve())
     kwargs["device"] = "cpu"
-    notes = [f"{name} stubbed (its import failed; used only by ClearCLIP's BLIP / GEM variants)"
+    why = {"pkg_resources": "stubbed by the packaging package (an import-time version check)",
+           "openpyxl": "stubbed (ProxyCLIP's myutils.py spreadsheet logging, not run)"}
+    notes = [f"{name} {why.get(name, 'stubbed (its import failed; used only by ClearCLIP BLIP / GEM variants)')}"
              for name in STUBBED]
     mod = importlib.import_module(args.module)
-    ctx = clearclip_weights(args.weights) if args.module == "clearclip_segmentor" else contextlib.nullcontext()
+    open_clip_based = args.module in ("clearclip_segmentor", "proxyclip_segmentor")
+    ctx = clearclip_weights(args.weights) if open_clip_based else contextlib.nullcontext()
     with ctx as create_fp32:
         if create_fp32 is not None:
             mod.create_model = create_fp32
-        with torch.no_grad():
+        # ProxyCLIP casts its proxy model to fp16 as it builds it: the parity is in fp32
+        half = half_is_identity() if args.module == "proxyclip_segmentor" else contextlib.nullcontext()
+        with torch.no_grad(), proxy_hub(args), half:
             seg = getattr(mod, args.cls)(**kwargs)
     return seg.eval(), kwargs, notes
 
@@ -298,11 +341,13 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
     inputs = [mmseg_input(p, cfg["scale"], pre) for p in photos[: variant.get("images", len(photos))]]
     first = mmseg_input(photos[0], cfg["scale"], pre)[0]
     saved = {}
-    for name, x in {"crop224": first[..., :224, :224].contiguous(), "whole": first}.items():
+    for name, x in patch_inputs(first, variant.get("patches")).items():
         record: list = []
         with torch.no_grad(), capture_bilinear(record), half_is_identity():
             result = seg.forward_feature(x)
-        saved[name] = {"input": x, "patch_logits": record[0], "output": result.float()}
+        # the first bilinear resize of a [1, Q, h, w] tensor (ProxyCLIP resizes CLIP's values bilinearly first)
+        logits = next(r for r in record if r.dim() == 4 and r.shape[1] == len(query_idx))
+        saved[name] = {"input": x, "patch_logits": logits, "output": result.float()}
     torch.save(saved, out / "patch.pt")
     shapes = []
     for i, ((x, ori), path) in enumerate(zip(inputs, photos)):
@@ -330,11 +375,22 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
 
 
+def patch_inputs(first, names: list[str] | None = None) -> dict:
+    """The point-a inputs of the first photo's tensor ``[1, 3, H, W]``: ``crop224`` (its top-left 224x224),
+    ``whole``, and ``square`` (its top-left ``min(H, W)`` square: SC-CLIP's whole-image forward fails on
+    non-square grids). ``names`` None: ``crop224`` and ``whole``."""
+    side = min(first.shape[-2:])
+    every = {"crop224": lambda: first[..., :224, :224].contiguous(), "whole": lambda: first,
+             "square": lambda: first[..., :side, :side].contiguous()}
+    return {name: every[name]() for name in (names or ["crop224", "whole"])}
+
+
 def run(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     install_openmmlab_stubs()
+    install_pkg_resources_stub()
     clone = args.clone.resolve()
     photos = sorted(p.resolve() for p in args.photos.glob("*.jpg"))[: args.images]
     variants = json.loads(args.variants) if args.variants else [{"name": "default",
@@ -344,6 +400,8 @@ def run(args) -> None:
         if args.module == "clearclip_segmentor":
             for name in ("BLIP.models.blip_retrieval", "gem"):
                 stub_if_missing(name, blip_retrieval=None)
+        if args.module == "proxyclip_segmentor":
+            stub_if_missing("openpyxl")  # myutils.py's spreadsheet logging, not run
         importlib.import_module(args.module)
         with text_memo(args.module):
             for variant in variants:
@@ -391,6 +449,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", default="", help='JSON list of {"name", "overrides", "images"}: one output folder '
                                                    "each, the text rows encoded once")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--proxy-clone", type=Path, help="ProxyCLIP: a clone of facebookresearch/dino (its hubconf.py)")
+    ap.add_argument("--proxy-weights", type=Path, help="ProxyCLIP: the DINO state dict (.pth) its hub model loads")
     run(ap.parse_args(argv))
 
 

@@ -3,6 +3,9 @@ seeds (labels known), each method's settings chosen on the TRAIN split, reported
 
     python studies/study_dense_demo.py --run RUN [--choose-images 100] [--sides 96,default]
         [--methods none,maskclip,sclip,clearclip,naclip] > studies/results/dense_demo.json
+    python studies/study_dense_demo.py --run RUN --methods sc-clip,proxyclip > studies/results/dense_demo_ovss.json
+
+``--dense proxyclip`` takes the toy DINO (``vpltool/assets/toy-dino``) as its proxy model by default.
 
 RUN is a demo run with its world (``RUN/world``, `make world`). The queries are the demo's text prototypes' (the
 Makefile's ``TEMPLATES`` and ``BACKGROUND``), encoded by the toy CLIP (``--model vpltool-toy``).
@@ -35,9 +38,12 @@ import torch
 
 from vpltool import io
 from vpltool.backbone import ModelSpec, load_backbone
+from vpltool.backbone.dino import DinoSpec
+from vpltool.backbone.registry import load_model
 from vpltool.backbone.segmentor import dense_probabilities, query_rows, segment_logits, short_side_size
 from vpltool.cam.dense import dense_maps
 from vpltool.config import EvalConfig, SegmentConfig
+from vpltool.config.dense import PROXY_METHODS
 from vpltool.data import open_dataset
 from vpltool.demo.report import chance_baselines
 from vpltool.kernels import MiouAccumulator, cams_to_labels
@@ -110,6 +116,10 @@ def main() -> None:
                         "VOC setting) or 'scaled' (the method's short side, window and stride x 96/224: its setting "
                         "relative to CLIP's native 224, at the toy's native 96)")
     parser.add_argument("--methods", default="none,maskclip,sclip,clearclip,naclip")
+    parser.add_argument("--proxy-model", default="test_vit", help="the proxy vision model of --dense proxyclip "
+                        "(default: the toy DINO shipped in vpltool/assets/toy-dino)")
+    parser.add_argument("--proxy-weights", default=str(Path(__file__).resolve().parents[1] / "vpltool" / "assets"
+                                                       / "toy-dino" / "model.safetensors"))
     args = parser.parse_args()
     import vpltool.demo  # noqa: F401  (registers --model vpltool-toy)
 
@@ -125,7 +135,11 @@ def main() -> None:
                             "val": chance_baselines(val, limit=len(val_items))},
               "methods": {}}
     for method in args.methods.split(","):
-        bb = base.with_dense(method)
+        proxy = None
+        if method in PROXY_METHODS:
+            proxy = load_model("dino", DinoSpec(args.proxy_model, args.proxy_weights), "cpu")
+            report["proxy"] = {"model": args.proxy_model, "weights": args.proxy_weights}
+        bb = base.with_dense(method, proxy=proxy)
         tried = {}
         configs = {}
         for side in args.sides.split(","):

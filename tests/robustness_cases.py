@@ -1411,6 +1411,23 @@ def _segment_bad_stride(ws: Workspace) -> Iterator[list[object]]:
            "--slide-stride", "500"]
 
 
+@case("segment --dense proxyclip with --proxy-weights of another architecture", "other_proxy.safetensors",
+      "not weights of this --proxy-model")
+def _segment_proxy_wrong_weights(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+    from safetensors.torch import save_file
+
+    path = ws.root / "other_proxy.safetensors"
+    save_file({"head.weight": torch.zeros(2, 2)}, str(path))
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_proxy"), *TINY, *CPU, "--dense", "proxyclip",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", path]
+
+
+@case("cam --dense proxyclip (its proxy model is segment's)", "cam --dense proxyclip", "only `vpltool segment`")
+def _cam_dense_proxy(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_proxy"), "--dense", "proxyclip", *CPU]
+
+
 @case("cam --dense with --save-debug (no GradCAM to debug)", "--save-debug: not made with --dense naclip")
 def _cam_dense_debug(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_dense"), "--dense", "naclip", "--save-debug",

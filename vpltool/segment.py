@@ -1,6 +1,6 @@
 """`vpltool segment`: open-vocabulary segmentation with no label and no training: a frozen CLIP whose last block
-mixes its tokens as a training-free dense method does (MaskCLIP, SCLIP, ClearCLIP, NACLIP:
-:mod:`vpltool.backbone.dense`), scored against text queries for any class names.
+mixes its tokens as a training-free dense method does (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP, and ProxyCLIP
+with a DINO proxy model: :mod:`vpltool.backbone.dense`), scored against text queries for any class names.
 
 Per image (each method's public segmentor, :mod:`vpltool.backbone.segmentor`):
 
@@ -116,6 +116,24 @@ def dense_mixing_of(cfg: SegmentConfig):
     return replace(base, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
 
 
+def proxy_spec(cfg: SegmentConfig):
+    """The proxy vision model of a ``--dense`` method that takes one (ProxyCLIP), its weights checked now (one line
+    for a missing file or another architecture, before any model loads); None for the others."""
+    from .backbone.dino import DinoSpec
+    from .backbone.registry import check_model
+    from .config.dense import PROXY_METHODS
+
+    if cfg.dense not in PROXY_METHODS:
+        return None
+    spec = DinoSpec(cfg.proxy_model, cfg.proxy_weights)
+    try:
+        check_model("dino", spec)
+    except VplError as e:  # the dino family names its own options
+        raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
+                       .replace("--affinity dino", f"--dense {cfg.dense}")) from None
+    return spec
+
+
 def run_segment(
     dataset: Dataset,
     out: str | Path,
@@ -137,6 +155,7 @@ def run_segment(
     mixing = dense_mixing_of(cfg)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
+    proxy = proxy_spec(cfg)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     settings = cfg.resolved()
@@ -146,7 +165,8 @@ def run_segment(
               **({"class_queries": synonyms} if cfg.class_file is not None else {}),
               **({"mixing": _mixing_params(mixing)} if not isinstance(mixing, str) else {})}
     return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
-                            settings, lambda: (backbone or load_model("clip", spec, device)).with_dense(mixing),
+                            settings, lambda: (backbone or load_model("clip", spec, device)).with_dense(
+                                mixing, proxy=None if proxy is None else load_model("dino", proxy, device)),
                             (synonyms, templates, background),
                             "--class-file / --templates" if cfg.class_file else
                             "--classes / --templates / --background",
@@ -159,7 +179,7 @@ def _mixing_params(mixing) -> dict:
     return asdict(mixing)
 
 
-__all__ = ["STAGE", "resolve_queries", "dense_mixing_of",
+__all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec",
            "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
            "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
            "segment_logits", "short_side_size", "write_dense_masks"]

@@ -24,7 +24,13 @@ unnormalised Gaussian ``exp(-((i-k)² + (j-l)²) / (2 std²))`` (peak 1 on the d
 ``(2h-1) x (2w-1)`` covers every offset of the grid), and 0 in the class token's row and column. SCLIP's sum of two
 softmaxes is not renormalised (rows sum to 2), as coded.
 
-The four methods resize the positional embedding like DINO (``pos_interpolation='bicubic-dino'``): bicubic,
+Two newer methods read more than the last block's input: SC-CLIP (``sc-clip``, :class:`SelfCalibration`,
+:func:`self_calibrated_tokens`) repairs outlier tokens and fuses the outputs of earlier blocks; ProxyCLIP
+(``proxyclip``, :class:`ProxyAttention`, :func:`proxy_attention_tokens`) takes its attention from a proxy vision
+model's patch similarity (a DINO, given to ``with_dense(method, proxy=...)``). Both are still one forward of CLIP's
+blocks, with the last block replaced; docs/open-vocabulary.md has their parity figures.
+
+The methods resize the positional embedding like DINO (``pos_interpolation='bicubic-dino'``): bicubic,
 ``scale_factor=((h + 0.1) / gh, (w + 0.1) / gw)`` from the native ``gh x gw`` grid, align_corners False, whenever the
 grid differs from the native one; CLIP-ES (``none``) resizes bilinearly to the size (:func:`resize_positional`).
 
@@ -52,9 +58,52 @@ import torch.nn.functional as F
 
 from ..errors import VplError
 
-DENSE_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip")
-ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk")
+DENSE_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip")
+ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy")
 POS_INTERPOLATIONS = ("bilinear", "bicubic-dino")
+
+
+@dataclass(frozen=True)
+class SelfCalibration:
+    """SC-CLIP's self-calibration around the last block (SuleBai/SC-CLIP ``clip/model.py``, ``base_config.py``).
+
+    Attributes:
+        neighbours, contamination: the Local Outlier Factor of the patch tokens entering the last block; the
+            ``contamination`` share with the highest LOF are outliers, replaced by the mean of their non-outlier
+            3x3 neighbours (in those tokens and in the ``pre_level`` tokens).
+        pre_level: block (0-based) whose repaired, unit patch tokens give the similarity ``S``: the attention prior
+            ``3 (S - mean S)`` (negatives masked) and, thresholded at ``beta``, the aggregation before the block.
+        post_level: block whose unit patch tokens, thresholded at ``beta``, aggregate the block's outputs.
+        fuse_levels: ``(start, stop)``: the sum of blocks ``start..stop-1``'s tokens runs the last block again and is
+            added (multi-level fusion).
+        res_cls: weight of the class token added to every output token.
+        beta: similarity threshold of the aggregations.
+        prior_scale: the factor of the mean-shifted similarity (3.0 in the code).
+    """
+
+    neighbours: int = 30
+    contamination: float = 0.05
+    pre_level: int = 8
+    post_level: int = 3
+    fuse_levels: tuple[int, int] = (3, 10)
+    res_cls: float = 0.3
+    beta: float = 0.4
+    prior_scale: float = 3.0
+
+
+@dataclass(frozen=True)
+class ProxyAttention:
+    """ProxyCLIP's proxy attention (mc-lan/ProxyCLIP ``open_clip/transformer.py`` ``custom_attn``): the last block's
+    attention is ``softmax(gamma (S - beta mean S))``, negatives masked, ``S`` the cosine of a vision model's final
+    patch tokens (DINO's ``get_intermediate_layers``), shared by the heads, applied to CLIP's values resized
+    bilinearly to that model's grid; no residual, no FFN, the output on the proxy's grid.
+
+    Attributes:
+        beta, gamma: the segmentor's defaults (1.2, 3.0).
+    """
+
+    beta: float = 1.2
+    gamma: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +119,11 @@ class DenseMixing:
         ffn: the block's MLP (``+ mlp(ln_2(.))``) runs after the attention.
         pos_interpolation: ``bilinear`` (CLIP-ES: resized to the grid) or ``bicubic-dino`` (the +0.1 scale factor).
         gaussian_std: std in patches of NACLIP's neighbourhood bias Ω added to the attention logits; 0: none.
+        calibration: SC-CLIP's outlier repair, similarity prior and multi-level fusion
+            (:func:`self_calibrated_tokens`), with ``attention='prior+kk'``
+            (``(softmax(prior) + softmax(k kᵀ s)) / 2``); None: the last block alone.
+        proxy: ProxyCLIP's proxy attention (``attention='proxy'``, :func:`proxy_attention_tokens`); the backbone
+            needs a proxy vision model (``with_dense(method, proxy=...)``).
     """
 
     method: str
@@ -78,6 +132,8 @@ class DenseMixing:
     ffn: bool = True
     pos_interpolation: str = "bilinear"
     gaussian_std: float = 0.0
+    calibration: SelfCalibration | None = None
+    proxy: ProxyAttention | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
@@ -91,7 +147,8 @@ class DenseMixing:
     @property
     def vanilla(self) -> bool:
         """True for CLIP's own last block (``none``): the backbone's ordinary block runs it."""
-        return self.attention == "qk" and self.residual and self.ffn and not self.gaussian_std
+        return (self.attention == "qk" and self.residual and self.ffn and not self.gaussian_std
+                and self.calibration is None and self.proxy is None)
 
 
 DENSE_PRESETS: dict[str, DenseMixing] = {
@@ -100,6 +157,10 @@ DENSE_PRESETS: dict[str, DenseMixing] = {
     "sclip": DenseMixing("sclip", "qq+kk", True, True, "bicubic-dino"),
     "clearclip": DenseMixing("clearclip", "qq", False, False, "bicubic-dino"),
     "naclip": DenseMixing("naclip", "kk", False, False, "bicubic-dino", gaussian_std=5.0),  # test_all.sh's std 5
+    # SC-CLIP base_config.py: pre_adjust_idx 8, post_adjust_idx 3, multi 3..10, res_cls 0.3 (beta 0.4 in model.py)
+    "sc-clip": DenseMixing("sc-clip", "prior+kk", False, False, "bicubic-dino", calibration=SelfCalibration()),
+    # ProxyCLIP proxyclip_segmentor.py: beta 1.2, gamma 3.0; its open_clip resizes the positional embedding DINO's way
+    "proxyclip": DenseMixing("proxyclip", "proxy", False, False, "bicubic-dino", proxy=ProxyAttention()),
 }
 
 
@@ -147,7 +208,8 @@ def neighbourhood_bias(grid: tuple[int, int], std: float, device=None, dtype=tor
     return out.to(dtype)
 
 
-def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tensor | None = None) -> torch.Tensor:
+def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tensor | None = None,
+                    prior: torch.Tensor | None = None) -> torch.Tensor:
     """The last block's attention under ``mixing``: ``out_proj(A v)`` per head.
 
     Args:
@@ -155,6 +217,8 @@ def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tens
             ``out_proj``).
         h: ``[B, L, width]`` the block's ``ln_1`` output.
         bias: ``[L, L]`` added to the scaled logits before the softmax (Ω), or None.
+        prior: ``[B, L, L]`` attention logits shared by the heads (``prior+kk``: SC-CLIP's masked similarity,
+            ``-inf`` where masked).
 
     Returns:
         ``[B, L, width]``.
@@ -169,6 +233,11 @@ def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tens
     q, k, v = (t.reshape(b, n, heads, width // heads).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, hd]
     if mixing.attention == "identity":
         out = v
+    elif mixing.attention == "prior+kk":  # SC-CLIP's custom_attn: the mean of the two softmaxes
+        if prior is None:
+            raise VplError("--dense: the prior+kk attention needs its prior (SC-CLIP's similarity)")
+        weights = F.softmax(prior, dim=-1)[:, None] + F.softmax((k @ k.transpose(-1, -2)) * scale, dim=-1)
+        out = (weights / 2) @ v
     else:
         if mixing.attention == "qk":
             logits = [(q @ k.transpose(-1, -2)) * scale]
@@ -201,5 +270,146 @@ def mix_last_block(blk, x: torch.Tensor, mixing: DenseMixing, bias: torch.Tensor
     return x
 
 
+def lof_outliers(x: torch.Tensor, neighbours: int, contamination: float, chunk: int = 1 << 25) -> torch.Tensor:
+    """SC-CLIP's ``lof_pytorch`` on one image's tokens ``[N, C]`` -> ``[N]`` bool, True for the outliers.
+
+    As coded: squared euclidean distances ``|x_i - x_j|²`` (the difference's norm, squared), the ``neighbours``
+    nearest after the first (itself), reach distance ``max(d(i, j), k-distance of i)`` (the point's own k-distance,
+    as the code has it), ``LRD = neighbours / mean reach``, ``LOF_i = mean_j LRD_j / LRD_i``; outliers have a LOF
+    above its ``1 - contamination`` quantile. The distance rows are made ``chunk`` elements at a time (same values;
+    the reference makes the whole ``[N, N, C]`` difference at once). A grid of ``neighbours`` patches or fewer
+    (the reference fails there) uses ``N - 1`` neighbours.
+    """
+    n = x.shape[0]
+    k = min(neighbours, n - 1)
+    rows = max(1, chunk // max(1, n * x.shape[1]))
+    distances = torch.cat([torch.norm(x[i : i + rows, None] - x[None, :], dim=2, p=2) ** 2
+                           for i in range(0, n, rows)])
+    knn_distances, knn_indices = torch.topk(distances, k=k + 1, largest=False)
+    knn_distances, knn_indices = knn_distances[:, 1:], knn_indices[:, 1:]
+    reach = torch.max(knn_distances, knn_distances[:, -1:].expand_as(knn_distances))
+    lrd = k / torch.nan_to_num(reach.mean(dim=1), nan=1e-6)
+    lof = (lrd[knn_indices] / lrd[:, None]).mean(dim=1)
+    return lof > torch.quantile(lof.float(), 1 - contamination)
+
+
+def repair_outliers(tokens: torch.Tensor, outliers: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """SC-CLIP's ``mean_interpolation``: ``[B, hw, C]`` patch tokens, ``[B, hw]`` bool outliers -> ``[B, hw, C]``
+    with each outlier replaced by the mean of its non-outlier 3x3 neighbours (zero padding; kept when none is)."""
+    b, hw, c = tokens.shape
+    h, w = grid
+    fmap = tokens.transpose(1, 2).reshape(b, c, h, w)
+    keep = (~outliers).to(tokens.dtype).reshape(b, 1, h, w)
+    kernel = torch.ones(c, 1, 3, 3, device=tokens.device, dtype=tokens.dtype)
+    kernel[:, 0, 1, 1] = 0
+    neighbour_sum = F.conv2d(F.pad(fmap * keep, (1, 1, 1, 1)), kernel, groups=c)
+    valid = F.conv2d(F.pad(keep, (1, 1, 1, 1)), kernel[:1])
+    mean = neighbour_sum / torch.where(valid == 0, torch.ones_like(valid), valid)
+    update = (1 - keep) * (valid > 0).to(tokens.dtype)
+    out = fmap * (1 - update) + mean * update
+    return out.reshape(b, c, hw).transpose(1, 2)
+
+
+def unit_similarity(tokens: torch.Tensor) -> torch.Tensor:
+    """``[B, N, C]`` -> ``[B, N, N]`` cosine similarity of the tokens."""
+    unit = tokens / tokens.norm(dim=2, keepdim=True)
+    return unit @ unit.transpose(1, 2)
+
+
+def aggregate(tokens: torch.Tensor, similarity: torch.Tensor, beta: float) -> torch.Tensor:
+    """SC-CLIP's ``adaptively_aggregate`` of ``[B, N, C]`` by ``[B, N, N]`` similarity zeroed below ``beta``, each
+    row divided by its sum + 1e-6."""
+    corrs = torch.where(similarity < beta, torch.zeros_like(similarity), similarity)
+    return (corrs / (corrs.sum(dim=-1, keepdim=True) + 1e-6)) @ tokens
+
+
+def scaled_levels(cal: SelfCalibration, n_blocks: int) -> tuple[int, int, int, int]:
+    """``(pre_level, post_level, fuse_start, fuse_stop)`` for a model of ``n_blocks`` blocks: SC-CLIP's values are
+    ViT-B/16's (12 blocks) and are used as they are there; another depth gets ``round(i * (n - 1) / 11)`` (a vpltool
+    choice for the toy and test models, which the code does not cover), the fused range at least one block."""
+    values = (cal.pre_level, cal.post_level, *cal.fuse_levels)
+    if n_blocks == 12:
+        return values
+    if n_blocks < 3:
+        raise VplError(f"--dense sc-clip needs a model of 3 blocks or more (this one has {n_blocks})")
+    pre, post, start, stop = (int(round(i * (n_blocks - 1) / 11)) for i in values)
+    return pre, post, start, max(stop, start + 1)
+
+
+def self_calibrated_tokens(blk, levels: list[torch.Tensor], grid: tuple[int, int], cal: SelfCalibration,
+                           mixing: DenseMixing) -> torch.Tensor:
+    """SC-CLIP's last block (``VisionTransformer.forward``) from the outputs of blocks ``0..L-2``.
+
+    Args:
+        blk: the last ``ResidualAttentionBlock``.
+        levels: ``[B, 1 + hw, width]`` the output of each block ``0..L-2``, in order.
+        grid: ``(h, w)``.
+
+    Returns:
+        ``[B, hw, width]`` patch tokens (no class token) for ``ln_post`` and ``proj``.
+
+    Per image: LOF outliers of the last input's patches (:func:`lof_outliers`) repaired (:func:`repair_outliers`);
+    ``S`` the cosine of the repaired ``pre_level`` patches; the input aggregated by ``S >= beta``; the block's
+    attention ``(softmax(3 (S - mean S), negatives masked) + softmax(k kᵀ s)) / 2`` without residual or FFN, plus
+    ``res_cls`` times the class token; aggregated by the ``post_level`` similarity; plus the same block run on the
+    sum of blocks ``fuse_levels`` (their class token's sum as its class token), aggregated alike (levels of a model
+    that is not 12 blocks deep: :func:`scaled_levels`). The outlier
+    position is the patch's row-major ``(i // w, i % w)``; the reference computes ``(i // h, i % h)``, the same on
+    square grids (its slide windows), another patch on non-square ones.
+    """
+    pre_level, post_level, fuse_start, fuse_stop = scaled_levels(cal, len(levels) + 1)
+    last = levels[-1]
+    cls, patches = last[:, :1], last[:, 1:]
+    outliers = torch.stack([lof_outliers(p, cal.neighbours, cal.contamination) for p in patches])
+    x = repair_outliers(patches, outliers, grid)
+    before = unit_similarity(repair_outliers(levels[pre_level][:, 1:], outliers, grid))
+    shifted = (before - before.mean(dim=(1, 2), keepdim=True)) * cal.prior_scale
+    prior = torch.where(shifted < 0, torch.full_like(shifted, float("-inf")), shifted)
+    x = aggregate(x, before, cal.beta)
+    x = mixed_attention(blk.attn, blk.ln_1(x), mixing, prior=prior) + cal.res_cls * cls
+    after = unit_similarity(levels[post_level][:, 1:])
+    x = aggregate(x, after, cal.beta)
+    fused = torch.zeros_like(levels[0])
+    for i in range(fuse_start, fuse_stop):
+        fused = fused + levels[i]
+    fused_out = mixed_attention(blk.attn, blk.ln_1(fused[:, 1:]), mixing, prior=prior) + cal.res_cls * fused[:, :1]
+    return x + aggregate(fused_out, after, cal.beta)
+
+
+def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: torch.Tensor,
+                           proxy_grid: tuple[int, int], cfg: ProxyAttention) -> torch.Tensor:
+    """ProxyCLIP's last block (its ``custom_attn``).
+
+    Args:
+        blk: the last ``ResidualAttentionBlock``.
+        x: ``[B, 1 + hw, width]`` tokens entering it; ``grid`` ``(h, w)``.
+        proxy: ``[B, HW, C]`` the proxy model's final patch tokens on ``proxy_grid`` ``(H, W)``.
+
+    Returns:
+        ``[B, HW, width]``: ``out_proj(softmax(gamma (S - beta mean S)) v')`` per head, ``S`` the tokens' cosine
+        (its mean per image), negatives ``-inf``, ``v'`` CLIP's patch values resized bilinearly (align_corners
+        False) from ``(h, w)`` to ``(H, W)``. Row-major grids (the code reshapes with ``(w, h)``: the same on its
+        square windows).
+    """
+    attn = blk.attn
+    h = blk.ln_1(x)
+    b, _, width = h.shape
+    heads = attn.num_heads
+    hd = width // heads
+    v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)[2]
+    unit = F.normalize(proxy, dim=-1)
+    similarity = unit @ unit.transpose(1, 2)  # [B, HW, HW]
+    similarity = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * cfg.beta) * cfg.gamma
+    similarity = torch.where(similarity < 0, torch.full_like(similarity, float("-inf")), similarity)
+    weights = F.softmax(similarity, dim=-1)
+    v = v[:, 1:].reshape(b, grid[0], grid[1], heads, hd).permute(0, 3, 4, 1, 2).reshape(b * heads, hd, *grid)
+    v = F.interpolate(v, size=tuple(proxy_grid), mode="bilinear", align_corners=False)
+    v = v.reshape(b, heads, hd, -1).transpose(-1, -2)  # [B, heads, HW, hd]
+    out = (weights[:, None] @ v).transpose(1, 2).reshape(b, -1, width)
+    return attn.out_proj(out)
+
+
 __all__ = ["DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing", "resize_positional",
-           "neighbourhood_bias", "mixed_attention", "mix_last_block", "ATTENTIONS", "POS_INTERPOLATIONS"]
+           "neighbourhood_bias", "mixed_attention", "mix_last_block", "ATTENTIONS", "POS_INTERPOLATIONS",
+           "SelfCalibration", "lof_outliers", "repair_outliers", "unit_similarity", "aggregate",
+           "self_calibrated_tokens", "scaled_levels", "ProxyAttention", "proxy_attention_tokens"]

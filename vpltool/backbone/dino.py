@@ -221,6 +221,33 @@ class DinoBackbone:
         x = (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
         return x[None].to(self.device)
 
+    def final_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A proxy model's patch tokens as DINO's own ``get_intermediate_layers(x)[0]`` gives them (ProxyCLIP):
+        ``[B, 3, H, W]`` pixels normalised with :attr:`mean` / :attr:`std` -> (``[B, hw, C]`` the final ``norm``
+        output without the prefix tokens, ``(h, w)``). DINO's arithmetic on timm's modules: the positional embedding
+        resized bicubically with the ``+0.1`` scale factor (not timm's resample), attention as
+        ``softmax((q kᵀ) scale) v``; a side that is no patch multiple loses its remainder."""
+        from .dense import resize_positional
+
+        m = self.model
+        if self.n_prefix != 1 or getattr(m, "cls_token", None) is None:
+            name = self.spec.model if self.spec else type(m).__name__
+            raise VplError(f"--proxy-model {name}: {self.n_prefix} prefix tokens; the proxy attention takes a DINO "
+                           "ViT with one class token and no registers, e.g. vit_base_patch8_224.dino")
+        p = self.patch_size
+        grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+        pixels = pixels[..., : grid[0] * p, : grid[1] * p]
+        x = m.patch_embed.proj(pixels.to(m.patch_embed.proj.weight.dtype)).flatten(2).transpose(1, 2)
+        x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        pos = m.pos_embed[0]
+        native = m.patch_embed.grid_size
+        x = x + resize_positional(pos.float(), (int(native[0]), int(native[1])), grid,
+                                  "bicubic-dino").to(x.dtype)[None]
+        for blk in m.blocks:
+            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return m.norm(x)[:, self.n_prefix :], grid
+
     @torch.no_grad()
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` normalised pixels -> ``[B, H // p, W // p, C]`` float32: the final-norm patch tokens
@@ -260,6 +287,16 @@ class DinoBackbone:
             raise VplError(f"--dino-model: {att.shape[0]} patch tokens for a {grid[0]}x{grid[1]} grid; the model "
                            "pads or pools its patches, use a plain ViT")
         return att
+
+
+def _dino_attention(attn, x: torch.Tensor) -> torch.Tensor:
+    """DINO's ``Attention.forward`` on timm's ``Attention`` module: ``proj(softmax((q kᵀ) scale) v)``."""
+    b, n, c = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
+    weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)
+    return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, c))
 
 
 def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:

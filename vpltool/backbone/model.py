@@ -33,7 +33,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
-from .dense import DenseMixing, dense_mixing, mix_last_block, neighbourhood_bias, resize_positional
+from .dense import (
+    DenseMixing,
+    dense_mixing,
+    mix_last_block,
+    neighbourhood_bias,
+    proxy_attention_tokens,
+    resize_positional,
+    self_calibrated_tokens,
+)
 from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec, tokenizer_factory
 from .preprocess import Preprocess
@@ -86,6 +94,7 @@ class ClipBackbone:
         self.window_blocks = frozenset(int(b) for b in window.get("blocks", []))
         self._tokenizer = None
         self.mixing = dense_mixing(dense)  # how the last block mixes its tokens (--dense; backbone.dense)
+        self.proxy = None  # ProxyCLIP's proxy vision model (a DinoBackbone), given by with_dense
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self._bias_cache: dict[tuple, torch.Tensor] = {}
         # CLIP's mean and std on the device, once: made per batch they would be a host-to-device copy each time
@@ -151,14 +160,16 @@ class ClipBackbone:
         """The ``--dense`` method of the last block (``none``: CLIP-ES's vanilla block)."""
         return self.mixing.method
 
-    def with_dense(self, dense: str | DenseMixing) -> ClipBackbone:
+    def with_dense(self, dense: str | DenseMixing, proxy=None) -> ClipBackbone:
         """A copy of this backbone (sharing the model) whose last block mixes its tokens as ``dense`` says
-        (:mod:`vpltool.backbone.dense`); the positional embedding follows the method's interpolation."""
+        (:mod:`vpltool.backbone.dense`); the positional embedding follows the method's interpolation. ``proxy``: the
+        proxy vision model of a method with proxy attention (ProxyCLIP: a
+        :class:`~vpltool.backbone.dino.DinoBackbone`)."""
         mixing = dense_mixing(dense)
-        if mixing == self.mixing:
+        if mixing == self.mixing and proxy is self.proxy:
             return self
         clone = copy.copy(self)
-        clone.mixing = mixing
+        clone.mixing, clone.proxy = mixing, proxy
         clone._pos_cache, clone._bias_cache = {}, {}
         return clone
 
@@ -264,9 +275,47 @@ class ClipBackbone:
     def dense_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size) -> ``[B, h*w, D]``
         joint-space patch features (not normalised) of the ``--dense`` method: blocks ``0..L-2`` as always, then
-        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores."""
+        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores. SC-CLIP
+        (``mixing.calibration``) takes every block's output into its last block
+        (:func:`~vpltool.backbone.dense.self_calibrated_tokens`)."""
+        if self.mixing.proxy is not None:
+            return self._proxy_features(pixels, fp16_pos)
+        if self.mixing.calibration is not None:
+            grid = self.grid_of(pixels)
+            x, levels = self.embed(pixels, fp16_pos), []
+            for i in range(self.n_blocks - 1):
+                x = self.block(i, x, grid)[0]
+                levels.append(x)
+            tokens = self_calibrated_tokens(self.blocks[-1], levels, grid, self.mixing.calibration, self.mixing)
+            v = self.visual
+            out = v.ln_post(tokens)
+            return out @ v.proj.to(out.dtype) if v.proj is not None else out
         encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
         return self.dense(self.last_block(encoded.tokens, encoded.grid))
+
+    def feature_grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The grid of :meth:`dense_features` for an input of ``size`` ``(H, W)`` pixels: CLIP's patch grid, or
+        the proxy model's (ProxyCLIP's output is on its grid)."""
+        p = self.proxy.patch_size if self.mixing.proxy is not None and self.proxy is not None else self.patch_size
+        return int(size[0]) // p, int(size[1]) // p
+
+    def _proxy_features(self, pixels: torch.Tensor, fp16_pos: bool) -> torch.Tensor:
+        """ProxyCLIP: the proxy model's final tokens on the same pixels (CLIP's normalisation undone, the proxy's
+        applied, as its ``UnNormalize`` + ``Normalize``), then :func:`~vpltool.backbone.dense.proxy_attention_tokens`
+        -> ``[B, HW, D]`` on the proxy's grid."""
+        if self.proxy is None:
+            raise VplError(f"--dense {self.mixing.method} needs a proxy vision model: pass --proxy-model and "
+                           "--proxy-weights (a DINO ViT, e.g. vit_base_patch8_224.dino)")
+        encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
+        raw = pixels.to(self.device).float() * self._stats[1] + self._stats[0]
+        mean = torch.tensor(self.proxy.mean, device=raw.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.proxy.std, device=raw.device).view(1, 3, 1, 1)
+        feats, grid = self.proxy.final_tokens(((raw - mean) / std).to(pixels.dtype))
+        tokens = proxy_attention_tokens(self.blocks[-1], encoded.tokens, encoded.grid, feats.to(encoded.tokens.dtype),
+                                        grid, self.mixing.proxy)
+        v = self.visual
+        out = v.ln_post(tokens)
+        return out @ v.proj.to(out.dtype) if v.proj is not None else out
 
     def encode(self, pixels: torch.Tensor, *, stop: int | None = None, attention_from: int | None = None,
                collect: Sequence[int] = (), fp16_pos: bool = False) -> Encoded:

@@ -70,14 +70,16 @@ def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     feats = bb.dense_features(pixels[..., : h * p, : w * p]).float()
     feats = feats / feats.norm(dim=-1, keepdim=True)
     logits = feats @ text.to(feats.device, feats.dtype).T  # [B, hw, Q]
+    h, w = bb.feature_grid((h * p, w * p))  # ProxyCLIP: the proxy model's grid
     return logits.transpose(1, 2).reshape(len(pixels), -1, h, w)
 
 
-def window_logits(bb, pixels: torch.Tensor, text: torch.Tensor, pad: bool) -> torch.Tensor:
-    """``[B, 3, H, W]`` windows -> ``[B, Q, H, W]`` cosine logits resized to the window (see module docstring)."""
+def window_logits(bb, pixels: torch.Tensor, text: torch.Tensor, pad: bool, multiple: int = 0) -> torch.Tensor:
+    """``[B, 3, H, W]`` windows -> ``[B, Q, H, W]`` cosine logits resized to the window (see module docstring);
+    ``pad`` to a multiple of ``multiple`` pixels (0: the patch size; ProxyCLIP 56)."""
     height, width = pixels.shape[-2:]
     if pad:
-        left, right, top, bottom = pad_size(height, width, bb.patch_size)
+        left, right, top, bottom = pad_size(height, width, multiple or bb.patch_size)
         if left or right or top or bottom:
             padded = F.pad(pixels, (left, right, top, bottom))
             logits = F.interpolate(grid_logits(bb, padded, text), size=padded.shape[-2:], mode="bilinear",
@@ -87,7 +89,7 @@ def window_logits(bb, pixels: torch.Tensor, text: torch.Tensor, pad: bool) -> to
 
 
 def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
-                 stride: int, pad: bool = False, whole: str = "input") -> list[torch.Tensor]:
+                 stride: int, pad: bool = False, whole: str = "input", pad_multiple: int = 0) -> list[torch.Tensor]:
     """Slide inference of a batch: per image ``[Q, H0, W0]`` float32 cosine logits at its own size.
 
     Args:
@@ -96,7 +98,8 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
         text: ``[Q, D]`` unit query rows.
         sizes: each image's ``(H0, W0)``.
         crop, stride: the window; ``crop`` 0: the whole image in one forward.
-        pad: zero-pad a window to a patch multiple (ClearCLIP) instead of dropping the remainder.
+        pad: zero-pad a window to a patch multiple (ClearCLIP; ``pad_multiple`` pixels when not 0: ProxyCLIP's 56)
+            instead of dropping the remainder.
         whole: with ``crop`` 0, ``input``: the logits resized to the input, then to the image (NACLIP);
             ``direct``: the patch grid's logits resized to the image at once (SCLIP's and ClearCLIP's
             ``forward_feature(img, ori_shape)``).
@@ -114,7 +117,7 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
         rows, cols = window_starts(height, crop, stride), window_starts(width, crop, stride)
         boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
         windows = torch.cat([pixels[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])  # [n * B, 3, ch, cw]
-        logits = window_logits(bb, windows, text, pad)
+        logits = window_logits(bb, windows, text, pad, pad_multiple)
         full = logits.new_zeros(b, logits.shape[1], height, width)
         count = logits.new_zeros(1, 1, height, width)
         for n, (y0, y1, x0, x1) in enumerate(boxes):
@@ -238,7 +241,7 @@ def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes
     """:func:`dense_logits` with a method's :class:`~vpltool.config.DenseSettings`, then its PAMR (when
     ``pamr_steps``) guided by each image's input resized back to it. Per image ``[Q, H0, W0]`` float32."""
     logits = dense_logits(bb, pixels, text, sizes, settings.slide_crop, settings.slide_stride,
-                          pad=settings.crop_mode == "pad", whole=settings.whole)
+                          pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple)
     if not settings.pamr_steps:
         return logits
     return [pamr(guide_image(pixels[i], size), lg[None], settings.pamr_steps, settings.pamr_dilations)[0]
@@ -262,7 +265,8 @@ def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
 
 def settings_params(settings) -> dict:
     """A :class:`~vpltool.config.DenseSettings` as recorded (JSON: tuples as lists, so a resume compares equal)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()
+            if not (k == "pad_multiple" and not v)}  # 0 (the patch size) is recorded as before the field existed
 
 
 def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset, classes: list[str], shard,

@@ -23,7 +23,7 @@ from ..batches import BackgroundWriter, BatchRunner, image_stage, load_batches, 
 from ..config import RuntimeConfig, SegmentConfig
 from ..data import open_dataset, open_recorded, recorded_folders
 from ..device import autocast, resolve_device, resolve_precision, shard_from_env
-from ..errors import ContractError
+from ..errors import ContractError, VplError
 from .sources import is_extract_folder
 
 STAGE = "cam"
@@ -50,6 +50,11 @@ def run_dense_cam(
 ) -> io.StageSummary:
     """Dense CAMs ``<out>/<id>.safetensors`` (kind ``cam``) for every image of a dataset (``source`` + ``split``) or
     of the dataset an `extract` folder was made from; the CLIP is the one the prototypes were made with."""
+    from ..config.dense import PROXY_METHODS
+
+    if cfg.dense in PROXY_METHODS:
+        raise VplError(f"cam --dense {cfg.dense}: the method needs a proxy vision model, which only `vpltool "
+                       "segment` loads (--proxy-model); choose another --dense method for seeds")
     source, out = Path(source), Path(out)
     dataset = open_recorded(source, split) if is_extract_folder(source) else open_dataset(source, split)
     protos = io.read_prototypes(prototypes, classes=dataset.classes)

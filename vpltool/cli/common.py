@@ -554,8 +554,14 @@ def warn_inert(cfg, defaults=None):
 
 
 DenseOpt = Annotated[str, typer.Option("--dense", help="How CLIP's last block mixes its tokens: none (CLIP's own, "
-                                       "the CLIP-ES path) | maskclip | sclip | clearclip | naclip (the training-free "
-                                       "dense methods, as their public code; docs/open-vocabulary.md).")]
+                                       "the CLIP-ES path) | maskclip | sclip | clearclip | naclip | sc-clip | "
+                                       "proxyclip (the training-free dense methods, as their public code; "
+                                       "docs/open-vocabulary.md).")]
+ProxyModelOpt = Annotated[str, typer.Option("--proxy-model", help="--dense proxyclip's proxy vision model: a timm DINO "
+                                            "ViT name (vit_base_patch8_224.dino is the references' dino_vitb8).")]
+ProxyWeightsOpt = Annotated[str, typer.Option("--proxy-weights", help="Its weights: hub (timm's local cache) | a "
+                                              "local file (timm or DINO layout) | none (random, seeded: tests).")]
+
 
 
 # the references' queries and last-block switches (segment, benchmark): None = the method's / the preset's

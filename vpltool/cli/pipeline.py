@@ -230,9 +230,9 @@ def cam_cmd(
         CamConfig.attention_blocks,
     parity: Annotated[str, typer.Option(help="none | clip-es (reproduce CLIP-ES's arithmetic; an extract folder "
                                         "must be made with --parity clip-es too).")] = CamConfig.parity,
-    dense: Annotated[str, typer.Option("--dense", help="none (GradCAM + CAA) | maskclip | sclip | clearclip | naclip: "
-                                       "seeds from that training-free dense CLIP instead: the softmax over the "
-                                       "image's class rows and the background rows, at image size, with the "
+    dense: Annotated[str, typer.Option("--dense", help="none (GradCAM + CAA) | maskclip | sclip | clearclip | naclip | "
+                                       "sc-clip: seeds from that training-free dense CLIP instead: the softmax over "
+                                       "the image's class rows and the background rows, at image size, with the "
                                        "method's segmentor settings (`vpltool segment --help`); the GradCAM/CAA "
                                        "options are then unused.")] = "none",
     dense_side: DenseSide = None,

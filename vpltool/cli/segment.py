@@ -18,6 +18,8 @@ from .common import (
     ModelOpt,
     OutDir,
     PretrainedOpt,
+    ProxyModelOpt,
+    ProxyWeightsOpt,
     ResidualOpt,
     Shard,
     Split,
@@ -72,6 +74,8 @@ def segment_cmd(
     class_file: ClassFileOpt = None,
     attention: AttentionOpt = None,
     residual: ResidualOpt = None,
+    proxy_model: ProxyModelOpt = _S.proxy_model,
+    proxy_weights: ProxyWeightsOpt = _S.proxy_weights,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
@@ -81,13 +85,15 @@ def segment_cmd(
     verbose: Verbose = False,
 ) -> None:
     """Segment any class names with no labels and no training: CLIP with a training-free dense last block
-    (MaskCLIP, SCLIP, ClearCLIP, NACLIP) against text queries; palette PNGs that `eval` scores by class name.
+    (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP; ProxyCLIP with a DINO proxy model) against text queries;
+    palette PNGs that `eval` scores by class name.
 
     \b
     Example:
       vpltool segment data/VOC2012 --split val -o runs/voc/naclip_val --dense naclip
       vpltool segment photos/ --classes "cat|kitten,dog,sofa" -o runs/photos_seg
       vpltool segment voc20=data/VOC2012 -o runs/voc20 --dense sclip --class-file sclip:voc20
+      vpltool segment photos/ -o runs/proxy --dense proxyclip --proxy-weights dino_vitbase8_pretrain.pth
     """
     from ..data import open_dataset
     from ..predict import parse_class_names
@@ -98,7 +104,7 @@ def segment_cmd(
                         prob_threshold=prob_threshold, area_threshold=area_threshold, short_side=short_side,
                         slide_crop=slide_crop, slide_stride=slide_stride, pamr_steps=pamr_steps,
                         classes=None if classes is None else parse_class_names(classes), class_file=class_file,
-                        attention=attention, residual=residual)
+                        attention=attention, residual=residual, proxy_model=proxy_model, proxy_weights=proxy_weights)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

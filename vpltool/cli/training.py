@@ -255,7 +255,8 @@ def predict_cmd(
                                                    "background words) [default: the decoder's classes].",
                                                    show_default=False)] = None,
     dense: Annotated[str, typer.Option("--dense", help="With --classes: none (the decoder scores the names) | "
-                                       "maskclip | sclip | clearclip | naclip (the decoder's frozen CLIP with that "
+                                       "maskclip | sclip | clearclip | naclip | sc-clip (the decoder's frozen CLIP "
+                                       "with that "
                                        "training-free dense last block scores them instead, with the method's "
                                        "segmentor settings: for names the decoder never trained on).")] = _P.dense,
     dense_side: DenseSide = None,

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..presets import check_class_names
 from .checks import at_least, choice, fraction, non_negative, override, positive, require, seed_value
-from .dense import DENSE_CHOICES
+from .dense import DENSE_CHOICES, PROXY_METHODS
 from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -299,6 +299,8 @@ class PredictConfig:
         choice("--crf-backend", self.crf_backend, CRF_BACKENDS)
         choice("--resize", self.resize, RESIZES)
         choice("--dense", self.dense, DENSE_CHOICES)
+        require(self.dense not in PROXY_METHODS, f"--dense {self.dense} needs a proxy vision model, which only "
+                "`vpltool segment` loads (--proxy-model); segment the names with it")
         if self.dense != "none":
             self.segment_config()  # its one-line errors now
         require(self.dense == "none" or self.classes is not None,

@@ -11,7 +11,10 @@ from dataclasses import dataclass, fields, replace
 from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
 
-DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip")  # vpltool.backbone.DENSE_METHODS (torch-free)
+# vpltool.backbone.DENSE_METHODS (torch-free)
+DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip")
+PROXY_METHODS = ("proxyclip",)  # methods whose last block takes a proxy vision model (--proxy-model)
+DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
 CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
 ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.backbone.dense.ATTENTIONS (torch-free)
 WHOLE_MODES = ("input", "direct")  # --slide-crop 0: logits via the input size (NACLIP) | straight to the image
@@ -31,6 +34,7 @@ class DenseSettings:
     area_threshold: float | None = None  # SCLIP: a class below this share of the foreground argmax area is dropped
     pamr_steps: int = 0  # PAMR propagation steps (0 = off)
     pamr_dilations: tuple[int, ...] = (8, 16)
+    pad_multiple: int = 0  # crop_mode pad: windows zero-padded to a multiple of this (0 = the patch size)
 
 
 # ClearCLIP's harness (clearclip_segmentor.py, cfg_voc21.py) runs vanilla CLIP (model_type 'vanilla', our `none`) and
@@ -47,6 +51,13 @@ DENSE_SEGMENTORS: dict[str, DenseSettings] = {
     # naclip.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, the whole image (slide_crop 0), PAMR 10 steps (8, 16)
     "naclip": DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0, slide_stride=112,
                             crop_mode="floor", whole="input", pamr_steps=10),
+    # scclip_segmentor.py + cfg_voc21.py: logit scale 50, prob_thd 0.15, area_thd 0.1, slide 224/112, short 336
+    "sc-clip": DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224, slide_stride=112,
+                             crop_mode="floor", whole="direct", area_threshold=0.1),
+    # proxyclip_segmentor.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112 (windows padded to a
+    # multiple of 56), short side 336
+    "proxyclip": DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336, slide_stride=112,
+                               crop_mode="pad", whole="direct", pad_multiple=56),
 }
 
 
@@ -89,6 +100,8 @@ class SegmentConfig:
     # model_type 'vanilla' = qk with ignore_residual True = no residual, no FFN); None = the method's
     attention: str | None = None
     residual: bool | None = None
+    proxy_model: str = DEFAULT_PROXY_MODEL  # ProxyCLIP's proxy vision model: a timm DINO ViT (the toy DINO's folder)
+    proxy_weights: str = "hub"  # its weights: hub (timm's cache) | a local file | none (random, seeded: tests)
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
@@ -105,6 +118,12 @@ class SegmentConfig:
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
         at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")
         require(bool(self.templates.strip()), "--templates is empty: give imagenet, clip-es, a template or a file")
+
+    def inert(self) -> dict[str, str]:
+        """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`)."""
+        if self.dense in PROXY_METHODS:
+            return {}
+        return {"proxy_model": "without --dense proxyclip", "proxy_weights": "without --dense proxyclip"}
 
     def resolved(self) -> DenseSettings:
         """The method's :class:`DenseSettings` with every option given here in place of its own."""

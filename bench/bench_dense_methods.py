@@ -1,0 +1,119 @@
+"""Speed of the newer ``--dense`` methods (SC-CLIP, ProxyCLIP) against CLIP's own last block (``--dense none``) at
+the same input size and windows; prints ONE JSON object.
+
+    python bench/bench_dense_methods.py [--size 224] [--crop 224] [--stride 112] [--repeats 3] [--threads 2]
+    python bench/bench_dense_methods.py --quick      # smoke test: the tiny test ViT and the toy DINO
+
+What is timed: :func:`vpltool.backbone.segmentor.dense_logits` (every window's forward, the cosine with the
+queries, the window sums; no PAMR, no probabilities) on one photo resized to ``--size`` x ``--size`` (a
+scikit-image photo, CLIP-normalised), the same windows for every method, random ViT-B/16 weights (the arithmetic's
+cost does not depend on the values). For ProxyCLIP the proxy model's own forward on the same windows
+(:meth:`~vpltool.backbone.dino.DinoBackbone.final_tokens`, random DINO ViT-B/8) is timed apart. The bar: a method's
+time at most 1.2x ``none``'s plus its proxy model's forward. Each figure is the median of ``--repeats`` runs after
+one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BAR = 1.2
+QUICK = {"model": "vpl-test-vit", "proxy_model": "test_vit", "size": 64, "crop": 64, "stride": 32, "repeats": 1,
+         "queries": 6}
+
+
+def photo(size: int):
+    """``[1, 3, size, size]`` CLIP-normalised pixels of scikit-image's astronaut."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    image = np.asarray(Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC))
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+    return ((x - mean) / std)[None]
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up (allocations, caches of the resized positional embeddings)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="ViT-B-16", help="open_clip model (random weights)")
+    ap.add_argument("--proxy-model", default="vit_base_patch8_224.dino", help="timm DINO ViT (random weights)")
+    ap.add_argument("--size", type=int, default=224, help="the photo's side in pixels")
+    ap.add_argument("--crop", type=int, default=224, help="window side (the same for every method)")
+    ap.add_argument("--stride", type=int, default=112)
+    ap.add_argument("--queries", type=int, default=21, help="text rows (random unit vectors)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", default="sc-clip,proxyclip")
+    benchlib.add_common_args(ap, "the tiny test ViT and the toy DINO, 64x64, one repeat", "cpu only")
+    args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
+    import torch
+
+    from vpltool.backbone import ModelSpec, load_backbone
+    from vpltool.backbone.dino import DinoSpec
+    from vpltool.backbone.registry import load_model
+    from vpltool.backbone.segmentor import dense_logits, window_starts
+
+    if not args.quick:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config_dir = str(ROOT / "tests" / "assets" / "model_configs") if args.quick else None
+    bb = load_backbone(ModelSpec(args.model, "none", config_dir=config_dir), "cpu")
+    weights = str(ROOT / "vpltool/assets/toy-dino/model.safetensors") if args.quick else "none"
+    proxy = load_model("dino", DinoSpec(args.proxy_model, weights), "cpu")
+    x = photo(args.size)
+    text = torch.nn.functional.normalize(torch.randn(args.queries, bb.embed_dim), dim=-1)
+    n_windows = len(window_starts(args.size, args.crop, args.stride)) ** 2
+
+    def run(method: str):
+        b = bb.with_dense(method, proxy=proxy if method == "proxyclip" else None)
+        return lambda: dense_logits(b, x, text, [(args.size, args.size)], args.crop, args.stride)
+
+    def proxy_forward():
+        windows = [x[:, :, y0:y1, x0:x1] for y0, y1 in window_starts(args.size, args.crop, args.stride)
+                   for x0, x1 in window_starts(args.size, args.crop, args.stride)]
+        proxy.final_tokens(torch.cat(windows))
+
+    with torch.no_grad():
+        base = median_seconds(run("none"), args.repeats)
+        proxy_s = median_seconds(proxy_forward, args.repeats)
+        methods = {}
+        for method in args.methods.split(","):
+            seconds = median_seconds(run(method), args.repeats)
+            extra = proxy_s if method == "proxyclip" else 0.0
+            methods[method] = {"seconds": round(seconds, 4), "proxy_forward_seconds": round(extra, 4),
+                               "ratio_to_none_plus_proxy": round(seconds / (base + extra), 3),
+                               "bar_met": seconds <= BAR * base + extra}
+    print(json.dumps({
+        "benchmark": "dense-methods", "quick": args.quick, "machine": benchlib.machine("cpu"),
+        "model": f"{args.model} (random)", "size": args.size,
+        "proxy_model": f"{args.proxy_model} ({'the toy DINO' if args.quick else 'random'})",
+        "crop": args.crop, "stride": args.stride, "windows": n_windows, "queries": args.queries,
+        "repeats": args.repeats, "bar": f"seconds <= {BAR} x none's + the proxy model's forward",
+        "none_seconds": round(base, 4), "methods": methods,
+    }))
+
+
+if __name__ == "__main__":
+    main()

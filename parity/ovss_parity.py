@@ -1,0 +1,220 @@
+"""vpltool's newer training-free ``--dense`` methods against each method's OWN public code; prints ONE JSON object.
+
+    python parity/ovss_parity.py --ref DIR [--work DIR] [--images 12] [--threads 1]
+    python parity/ovss_parity.py --quick      # plumbing only: no clone, vpltool against itself (Δ = 0)
+
+The harness is ``dense_parity.py``'s (its module docstring says what is compared and how: the same random
+ViT-B/16 weights, the 12 parity photos through mmseg's VOC21 test pipeline restated, fp32 on the CPU, the clone run
+in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab imports), with this file's variants
+(:data:`VARIANTS`). ``--ref DIR`` holds clones named as :data:`CLONES` (any case), at the commits
+``docs/open-vocabulary.md`` names; a missing one is reported, not compared.
+
+* ``sc-clip``: SuleBai/SC-CLIP's ``SCCLIPForSegmentation`` as ``configs/cfg_voc21.py`` runs it (LOF outlier repair
+  at block 10, the layer-8 similarity prior and aggregations, multi-level fusion of blocks 3..9, ``res_cls`` 0.3;
+  logit scale 50, threshold 0.15, area filter 0.1, slide 224/112, short side 336) against ``--dense sc-clip``;
+* ``proxyclip``: mc-lan/ProxyCLIP's ``ProxyCLIPSegmentation`` (``vfm_model='dino'``: its ``torch.hub`` DINO ViT-B/8
+  built from a clone of facebookresearch/dino with random weights, seed 0, :func:`proxy_weights`; its fp16 casts
+  are identities; logit scale 40, threshold 0.2, slide 336/112 padded to 56, short side 336) against
+  ``--dense proxyclip`` with the same weights loaded through ``load_model('dino', DinoSpec(
+  'vit_base_patch8_224.dino', FILE))``.
+
+Point a's inputs are the first photo's 224x224 crop and its top-left square (both references reshape their grids
+as if square: their whole-image forward on a non-square photo fails or misplaces tokens).
+
+The headline ``methods`` is each method's max |Δ| over its patch and seg logits (the bar: <= 1e-4, fp32, CPU) and
+its share of equal labels after the method's post-processing (the bar: >= 99.9 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "bench")]
+import dense_parity as dp  # noqa: E402
+
+import benchlib  # noqa: E402
+
+BAR = dp.BAR
+LABELS_BAR = 0.999
+QUICK = dp.QUICK
+# name -> (clone, module, class, the segmentor's overrides, vpltool's --dense, vpltool's settings of, their overrides)
+VARIANTS: dict[str, tuple[str, str, str, dict, str, str, dict]] = {
+    "sc-clip": ("SC-CLIP", "scclip_segmentor", "SCCLIPForSegmentation", {}, "sc-clip", "sc-clip", {}),
+    "proxyclip": ("ProxyCLIP", "proxyclip_segmentor", "ProxyCLIPSegmentation", {}, "proxyclip", "proxyclip", {}),
+}
+CLONES = ("SC-CLIP", "ProxyCLIP")
+# the references' whole-image forwards fail or misplace tokens on a non-square grid (SC-CLIP's outlier positions
+# i // h, i % h; ProxyCLIP's (w, h) reshapes): a square instead
+PATCH_INPUTS = {"sc-clip": ["crop224", "square"], "proxyclip": ["crop224", "square"]}
+PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the DINO ViT-B/8 the references load as dino_vitb8
+MAIN = ("sc-clip",)  # every photo; ProxyCLIP (a DINO ViT-B/8 per window) on --proxy-images
+METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",)}
+
+
+def proxy_weights(work: Path) -> Path:
+    """Random DINO ViT-B/8 weights (seed 0; timm's init, DINO's tensor names) as ``work/dino_vitb8.pth``, made once."""
+    path = work / "dino_vitb8.pth"
+    if not path.is_file():
+        import timm
+        import torch
+
+        torch.manual_seed(0)
+        model = timm.create_model(PROXY_MODEL, pretrained=False, num_classes=0)
+        torch.save(model.state_dict(), path)
+    return path
+
+
+class Vpltool(dp.Vpltool):
+    """dense_parity's vpltool side, with the proxy model (``load_model('dino', ...)``) for ProxyCLIP."""
+
+    def __init__(self, model: str, weights: Path, config_dir: Path, proxy: Path | None = None):
+        super().__init__(model, weights, config_dir)
+        self.proxy, self._proxy_path = None, proxy
+
+    def backbone(self, method: str):
+        from vpltool.backbone.dino import DinoSpec
+        from vpltool.backbone.registry import load_model
+        from vpltool.config.dense import PROXY_METHODS
+
+        if method not in PROXY_METHODS:
+            return self.base.with_dense(method)
+        if self.proxy is None:
+            spec = DinoSpec(PROXY_MODEL, str(self._proxy_path)) if self._proxy_path else DinoSpec(
+                "test_vit", str(Path(__file__).resolve().parents[1] / "vpltool/assets/toy-dino/model.safetensors"))
+            self.proxy = load_model("dino", spec, "cpu")
+        return self.base.with_dense(method, proxy=self.proxy)
+
+
+@contextlib.contextmanager
+def harness():
+    """``dense_parity``'s functions with this file's variant tables (they read their module's globals)."""
+    saved = dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS
+    dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS = VARIANTS, MAIN, METHODS, PATCH_INPUTS, {}
+    try:
+        yield
+    finally:
+        dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS = saved
+
+
+def find_clones(ref: Path) -> dict[str, Path]:
+    """:data:`CLONES` -> the clone in ``ref`` (a folder of that name, any case)."""
+    children = {p.name.lower(): p for p in ref.iterdir() if p.is_dir()} if ref.is_dir() else {}
+    return {name: children[name.lower()] for name in CLONES if name.lower() in children}
+
+
+def summary(variants: dict) -> dict:
+    """Per method: the worst max |Δ| of its patch and seg logits, the fewest equal labels, and both bars."""
+    methods = {}
+    for method, members in METHODS.items():
+        present = [m for m in members if m in variants]
+        if not present:
+            continue
+        values = [variants[m]["seg_logits_max_abs_diff"] for m in present]
+        values += [p["max_abs_diff"] for m in present for p in variants[m]["patch_logits"].values()]
+        value = dp.worst(values)
+        labels = [variants[m]["labels_equal_min"] for m in present]
+        labels_min = None if any(v is None for v in labels) else min(labels)
+        methods[method] = {"max_abs_diff": value, "bar_met": value is not None and value <= BAR,
+                           "labels_equal_min": labels_min,
+                           "labels_bar_met": labels_min is not None and labels_min >= LABELS_BAR,
+                           "variants": present}
+    return methods
+
+
+def merge(files: list[Path]) -> dict:
+    """Several runs' JSON (e.g. one per method, run apart on a shared machine) as one: their methods, variants and
+    clones side by side, each run's own header kept under ``runs``."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    out = {"benchmark": "ovss-parity", "merged": [str(f) for f in files], "bar": runs[0]["bar"], "methods": {},
+           "variants": {}, "reference": {"clones": {}, "missing": []}, "runs": []}
+    for r in runs:
+        out["methods"].update(r["methods"])
+        out["variants"].update(r["variants"])
+        if isinstance(r["reference"], dict):
+            out["reference"]["clones"].update(r["reference"]["clones"])
+        out["runs"].append({k: v for k, v in r.items() if k not in ("methods", "variants", "reference")})
+    return out
+
+
+def run(work: Path, args, argv: list[str] | None = None) -> dict:
+    start = time.perf_counter()
+    with harness():
+        model, config_dir = dp.model_config(work, args.model, None if args.quick else args.text_layers)
+        pt, st, photos = dp.setup(work, model, config_dir, args.images, 0.25 if args.quick else 1.0)
+        procs: dict = {}
+        if args.ref and not args.quick:
+            selected = args.methods.split(",")
+            clones = {c: path for c, path in find_clones(args.ref).items()
+                      if any(v[0] == c and n in selected for n, v in VARIANTS.items())}
+            dino = proxy_weights(work)
+            vt = Vpltool(model, st, config_dir, dino)
+            dino_clone = args.dino_clone or next((p for p in args.ref.iterdir() if p.name.lower() == "dino"), None)
+            if "ProxyCLIP" in clones and dino_clone is None:
+                raise SystemExit("ProxyCLIP needs a clone of facebookresearch/dino: --dino-clone DIR (or DIR/dino)")
+            dp.RUNNER_ARGS["ProxyCLIP"] = ["--proxy-clone", str(dino_clone), "--proxy-weights", str(dino)]
+            reference, procs = dp.start_references(clones, work, pt, photos, args.images, args.proxy_images,
+                                                   args.threads, args.ref_python)
+            names = [n for n, v in VARIANTS.items() if v[0] in clones and n in selected]
+            source = {"clones": reference, "missing": [c for c in CLONES if c not in clones]}
+        else:
+            vt = Vpltool(model, st, config_dir)  # the toy DINO as the proxy
+            dp.write_self_reference(vt, work, photos, args.images)
+            names, source = list(VARIANTS), "self: vpltool against itself (no --ref): the comparison's plumbing only"
+        variants = dp.compare_all(vt, names, work, procs, args.jobs)
+        if procs:
+            dp.finish_references(procs, source["clones"], work)
+    return {
+        "benchmark": "ovss-parity", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": model,
+        "text_layers": None if args.quick else args.text_layers,
+        "weights": "random (seed 0, fp16-exact values)", "precision": "fp32", "device": "cpu",
+        "threads": args.threads, "photos": {n: len(v["photos"]) for n, v in variants.items()},
+        "argv": sys.argv[1:] if argv is None else argv,
+        "bar": f"max abs difference of the dense logits <= {BAR:g} and equal labels >= {LABELS_BAR:.1%} (fp32, CPU)",
+        "reference": source, "methods": summary(variants), "variants": variants,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ref", type=Path, help=f"a folder holding clones {', '.join(CLONES)} (without it, or with "
+                                             "--quick: vpltool against itself, the comparison's plumbing only)")
+    ap.add_argument("--work", type=Path, help="keep the weights, photos and the clones' outputs here (reused)")
+    ap.add_argument("--images", type=int, default=12, help="photos of SC-CLIP")
+    ap.add_argument("--proxy-images", type=int, default=12, help="photos of ProxyCLIP (its DINO ViT-B/8 costs ~10x "
+                                                                  "CLIP's forward per window)")
+    ap.add_argument("--merge", type=Path, nargs="+", help="print the merge of these runs' JSON files and exit")
+    ap.add_argument("--text-layers", type=int, default=1,
+                    help="text blocks of the random model (0: the model's own 12); the image tower is ViT-B/16's")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process (and per clone)")
+    ap.add_argument("--jobs", type=int, default=2, help="variants compared at once (threads) on vpltool's side")
+    ap.add_argument("--model", default="ViT-B-16-quickgelu")
+    ap.add_argument("--dino-clone", type=Path, help="a clone of facebookresearch/dino for ProxyCLIP's torch.hub "
+                                                    "model [default: --ref's dino folder]")
+    ap.add_argument("--methods", default=",".join(VARIANTS), help="the variants to run, comma-separated")
+    ap.add_argument("--ref-python", default=sys.executable, help="a Python with torch, ftfy, regex, OpenCV")
+    benchlib.add_common_args(ap, f"{QUICK['images']} small photo, the tiny random test ViT, no clone",
+                             "ignored: both sides run fp32 on the CPU")
+    args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
+    if args.merge:
+        print(json.dumps(merge(args.merge)))
+        return
+    if args.quick:
+        args.proxy_images = args.images
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="ovss_parity_") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(run(work, args, argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""parity/ovss_parity.py without the clones: the comparison's plumbing (``--quick``: vpltool against itself, then a
+reference changed on purpose), the merge of runs, and the committed figures of parity/results/ovss_parity.json
+against the bars (max |Δ| of the dense logits <= 1e-4, >= 99.9 % equal labels)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "parity"), str(ROOT / "bench")]
+
+import ovss_parity  # noqa: E402
+
+RESULTS = ROOT / "parity" / "results" / "ovss_parity.json"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ovss_parity")
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        ovss_parity.main(["--quick", "--work", str(work)])
+    return json.loads(buf.getvalue()), work
+
+
+def test_quick_self_comparison_prints_every_method_at_zero(quick):
+    result, _ = quick
+    assert result["benchmark"] == "ovss-parity" and result["quick"] is True
+    assert set(result["methods"]) == {"sc-clip", "proxyclip"} == set(result["variants"])
+    for method in result["methods"].values():
+        assert method["max_abs_diff"] == 0.0 and method["bar_met"] and method["labels_bar_met"]
+    for v in result["variants"].values():
+        assert v["text_rows_max_abs_diff"] == 0.0 and not v["settings_mismatched"]
+        assert set(v["patch_logits"]) == {"crop224", "square"}  # the references' grids are square
+
+
+def test_a_changed_reference_shows_up_and_fails_the_bars(quick):
+    _, work = quick
+    ref = work / "ref" / "proxyclip"
+    photo = torch.load(ref / "photo_000.pt")
+    photo["logits"][0, 1, 2, 3] += 1e-3
+    photo["pred"][0, :3, :] = 99  # three rows of labels no class has
+    torch.save(photo, ref / "photo_000.pt")
+    from dense_parity import Vpltool  # noqa: F401  (the harness the script wraps)
+
+    with ovss_parity.harness():
+        vt = ovss_parity.Vpltool(ovss_parity.QUICK["model"], work / "weights.safetensors", ovss_parity.dp.ASSETS)
+        out = ovss_parity.dp.compare_variant(vt, "proxyclip", ref)
+    assert out["seg_logits_max_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
+    assert out["labels_equal_min"] < 1.0
+    summary = ovss_parity.summary({"proxyclip": out})["proxyclip"]
+    assert not summary["bar_met"] and not summary["labels_bar_met"]
+
+
+def test_merge_keeps_each_runs_methods_and_header(quick, tmp_path):
+    result, _ = quick
+    a, b = dict(result), dict(result)
+    a["methods"] = {"sc-clip": result["methods"]["sc-clip"]}
+    b["methods"] = {"proxyclip": result["methods"]["proxyclip"]}
+    files = []
+    for name, r in (("a", a), ("b", b)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(r))
+    merged = ovss_parity.merge(files)
+    assert set(merged["methods"]) == {"sc-clip", "proxyclip"} and len(merged["runs"]) == 2
+    assert merged["runs"][0]["argv"] == ["--quick", "--work", merged["runs"][0]["argv"][2]]
+
+
+@pytest.mark.skipif(not RESULTS.is_file(), reason="no committed parity/results/ovss_parity.json")
+def test_committed_figures_against_the_bars():
+    result = json.loads(RESULTS.read_text())
+    assert not result.get("quick")
+    for name, method in result["methods"].items():
+        variant = result["variants"][name]
+        worst = max([variant["seg_logits_max_abs_diff"], *(p["max_abs_diff"] for p in
+                                                          variant["patch_logits"].values())])
+        assert method["max_abs_diff"] == worst  # the headline is the worst of the figures
+        assert method["max_abs_diff"] <= ovss_parity.BAR, (name, method)
+        assert method["labels_equal_min"] >= ovss_parity.LABELS_BAR, (name, method)
+        assert not variant["settings_mismatched"], (name, variant["settings_mismatched"])
+
+
+def test_bench_dense_methods_quick_prints_one_json_object():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_dense_methods.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(proc.stdout)
+    assert result["benchmark"] == "dense-methods" and result["quick"] and result["machine"]["device"] == "cpu"
+    assert set(result["methods"]) == {"sc-clip", "proxyclip"} and result["none_seconds"] > 0
+    proxy = result["methods"]["proxyclip"]
+    assert proxy["proxy_forward_seconds"] > 0 and result["methods"]["sc-clip"]["proxy_forward_seconds"] == 0
+    for m in result["methods"].values():  # the verdict follows the figures
+        base = result["none_seconds"] + m["proxy_forward_seconds"]
+        assert m["ratio_to_none_plus_proxy"] == pytest.approx(m["seconds"] / base, rel=0.1)  # rounded to 0.1 ms
