@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import io
 from ..config import DecoderConfig, inert_fields
+from ..config.decoder import DECODER_RECIPES
 from ..decoder import (
     SegDecoder,
     balanced_ce_loss,
@@ -321,7 +322,11 @@ def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any
     old = f.meta("decoder_config")
     defaults = asdict(DecoderConfig())  # a field newer than the checkpoint reads as its default
     ignored = set(RESUMABLE_CHANGES) | set(inert_fields(cfg))  # an option without effect is never compared
-    said = [f"--{k.replace('_', '-')} {_shown(old.get(k, defaults[k]))} there, {_shown(v)} here"
+    recipe = old.get("recipe", defaults["recipe"])
+    if recipe != cfg.recipe:  # what each recipe sets follows from it (some of it has no option): named once, as it
+        ignored |= {"recipe", *DECODER_RECIPES.get(recipe, {}), *DECODER_RECIPES.get(cfg.recipe, {})}
+    said = [f"--recipe {recipe} there, {cfg.recipe} here"] if recipe != cfg.recipe else []
+    said += [f"--{k.replace('_', '-')} {_shown(old.get(k, defaults[k]))} there, {_shown(v)} here"
             for k, v in asdict(cfg).items() if k not in ignored and old.get(k, _plain(defaults[k])) != _plain(v)]
     before = io.by_content(f.meta("inputs"))
     now = io.by_content(json.loads(json.dumps(inputs, default=str)))
