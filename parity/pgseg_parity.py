@@ -210,6 +210,31 @@ def compare(ref: dict, vt: dict, internals: dict) -> dict:
                         "zero_shot": zero["labels_equal"] >= LABEL_BAR, "tokens": tokens_equal}}
 
 
+def self_reference(work: Path, inputs: dict) -> dict:
+    """``--quick``: the reference's outputs made by vpltool itself (a tiny model saved in the releases' layout):
+    the comparison's plumbing without the clone, every figure 0."""
+    import torch
+
+    from vpltool.backbone.pgseg import build_model, tiny_config, tokenizer
+
+    model = build_model(tiny_config(), seed=0)
+    ref = work / "ref"
+    ref.mkdir(parents=True, exist_ok=True)
+    ckpt = ref / "ref_checkpoint.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    tok = tokenizer(model.cfg)
+    tokens = tok(inputs["captions"])
+    class_tokens = torch.stack([tok([f"a photo of a {c}."]) for c in inputs["classes"]])
+    vt = vpltool_side(ckpt, inputs, tokens, class_tokens)
+    internals = vpltool_train_internals(ckpt, inputs["images"], tokens)
+    losses = vt["train"]["losses"]
+    return {"tokens": tokens, "class_tokens": class_tokens, "eval": vt["eval"], "zero_shot": vt["zero_shot"],
+            "train": {"loss": losses["contrastive"], "loss_pg": losses["npr"], "total": losses["loss"],
+                      "closs": [losses["npr_stage1"], losses["npr_stage2"], losses["npr_text"]],
+                      "match": [losses["match_stage1"], losses["match_stage2"], losses["match_text"]],
+                      **internals, "grads": vt["train"]["grads"], "after_step": vt["train"]["after_step"]}}
+
+
 def run_reference(clone: Path, inputs_pt: Path, out: Path, tiny: bool, threads: int) -> dict:
     import torch
 
@@ -228,24 +253,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tiny", action="store_true", help="a smaller config of the same code (not GroupViT-S)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--quick", action="store_true", help="no clone: vpltool against itself (tiny, 2 photos)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.ref is None:
-        ap.error("--ref DIR (a clone of Ferenas/PGSeg) is required")
+    if args.quick:
+        args.tiny, args.images = True, min(args.images, 2)
+    elif args.ref is None:
+        ap.error("--ref DIR (a clone of Ferenas/PGSeg) is required, or --quick")
     work = args.work or Path(tempfile.mkdtemp(prefix="pgseg_parity_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     size = 32 if args.tiny else 224
     inputs = make_inputs(work, args.images, size, 64 if args.tiny else args.seg_short)
     torch.save(inputs, work / "inputs.pt")
-    ref = run_reference(args.ref, work / "inputs.pt", work / "ref", args.tiny, args.threads)
+    if args.quick:
+        ref = self_reference(work, inputs)
+    else:
+        ref = run_reference(args.ref, work / "inputs.pt", work / "ref", args.tiny, args.threads)
     ckpt = work / "ref" / "ref_checkpoint.pth"
     vt = vpltool_side(ckpt, inputs, ref["tokens"], ref["class_tokens"])
     internals = vpltool_train_internals(ckpt, inputs["images"], ref["tokens"])
-    result = {"benchmark": "pgseg-parity", "reference": f"Ferenas/PGSeg@{REF_COMMIT}",
-              "commit": _commit(args.ref) or f"{REF_COMMIT_FULL} (checked out without .git; not verified here)",
+    result = {"benchmark": "pgseg-parity", "quick": args.quick,
+              "reference": "vpltool itself (--quick)" if args.quick else f"Ferenas/PGSeg@{REF_COMMIT}",
+              "commit": None if args.quick else (_commit(args.ref) or f"{REF_COMMIT_FULL} (checked out without "
+                                                                     ".git; not verified here)"),
               "config": "tiny (same code, smaller)" if args.tiny else
               "GroupViT-S / PGSeg (configs/pgseg_specific.yml)", "model_config": vt["config"],
               "images": args.images, "image_size": size, "seg_short_side": 64 if args.tiny else args.seg_short,
