@@ -124,9 +124,10 @@ def vpltool_side(ckpt: Path, inputs: dict, ref_tokens, ref_class_tokens) -> dict
     losses["loss"].backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     optimizer.step()
+    del optimizer  # its two moments: as large as the model
     out["train"] = {"losses": {k: v.detach() for k, v in losses.items()}, "grads": grads,
-                    "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                    "stages": None}
+                    "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    del losses
     model.load_state_dict(state)
     model.eval()
     text_emb = class_text_embeddings(model, ref_class_tokens)
@@ -235,13 +236,59 @@ def self_reference(work: Path, inputs: dict) -> dict:
                       **internals, "grads": vt["train"]["grads"], "after_step": vt["train"]["after_step"]}}
 
 
-def run_reference(clone: Path, inputs_pt: Path, out: Path, tiny: bool, threads: int) -> dict:
+def groupvit_side(ckpt: Path, images, tokens) -> dict:
+    """vpltool's ``npr=False`` model from GroupViT's own checkpoint: eval outputs, the contrastive loss, gradients
+    and one AdamW step, as :func:`pgseg_ref_runner.run_groupvit`."""
+    import torch
+
+    from vpltool.backbone.pgseg import load_checkpoint, model_from_state
+
+    cfg, state = load_checkpoint(ckpt)
+    model = model_from_state(cfg, state, str(ckpt)).eval()
+    with torch.no_grad():
+        feats = model.image_features(images)
+        maps = [{k: s["maps"][k] for k in ("soft", "hard")} for s in feats["stages"] if s["maps"] is not None]
+        eot = model.text_encoder(tokens)
+        out = {"npr": cfg.npr, "eval": {"tokens": feats["tokens"], "maps": maps, "text_eot": eot,
+                                        "image_x": feats["pooled"], "text_x": model.text_projector(eot),
+                                        "group_x": feats["groups"]}}
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    torch.manual_seed(1)
+    losses = model.forward_train(images, tokens)
+    optimizer.zero_grad()
+    losses["loss"].backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    out["train"] = {"loss": losses["loss"].detach(), "grads": grads,
+                    "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    return out
+
+
+def compare_groupvit(ref: dict, vt: dict) -> dict:
+    eval_d = {k: max_abs(ref["eval"][k], vt["eval"][k]) for k in ref["eval"]}
+    rt, vt_t = ref["train"], vt["train"]
+    train = {"contrastive_loss": max_abs(rt["loss"], vt_t["loss"]),
+             "grad_params_same": sorted(rt["grads"]) == sorted(vt_t["grads"]),
+             "grads": max(max_abs(rt["grads"][k], vt_t["grads"][k]) for k in rt["grads"] if k in vt_t["grads"]),
+             "state_keys_same": sorted(rt["after_step"]) == sorted(vt_t["after_step"]),
+             "after_adamw_step": max(max_abs(v, vt_t["after_step"][k]) for k, v in rt["after_step"].items()),
+             "loss_value": float(rt["loss"])}
+    ok = (max(eval_d.values()) <= BAR and train["contrastive_loss"] <= BAR and train["grads"] <= BAR
+          and train["after_adamw_step"] <= BAR and train["grad_params_same"] and train["state_keys_same"])
+    return {"reference": "NVlabs/GroupViT@13b7861", "key_map_npr_inferred": vt["npr"], "eval": eval_d,
+            "train": train, "bar_met": ok and vt["npr"] is False}
+
+
+def run_reference(clone: Path, inputs_pt: Path, out: Path, tiny: bool, threads: int, reuse: bool = False) -> dict:
     import torch
 
     cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(clone),
            "--inputs", str(inputs_pt), "--out", str(out), "--threads", str(threads)] + (["--tiny"] if tiny else [])
-    subprocess.run(cmd, check=True, env={"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"})
-    return torch.load(out / "ref.pt")
+    if not (reuse and (out / "ref.pt").is_file()):
+        subprocess.run(cmd, check=True, stdout=sys.stderr,
+                       env={"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"})
+    return torch.load(out / "ref.pt", mmap=True)  # file-backed: the reference's ~0.8 GB need not sit in memory
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tiny", action="store_true", help="a smaller config of the same code (not GroupViT-S)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--groupvit", type=Path, help="also a clone of NVlabs/GroupViT: plain GroupViT (npr=False) "
+                    "against its own code, from its own checkpoint layout")
+    ap.add_argument("--reuse", action="store_true", help="reuse --work's reference outputs (same inputs) if there")
     ap.add_argument("--quick", action="store_true", help="no clone: vpltool against itself (tiny, 2 photos)")
     args = ap.parse_args(argv)
     import torch
@@ -271,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         ref = self_reference(work, inputs)
     else:
-        ref = run_reference(args.ref, work / "inputs.pt", work / "ref", args.tiny, args.threads)
+        ref = run_reference(args.ref, work / "inputs.pt", work / "ref", args.tiny, args.threads, args.reuse)
     ckpt = work / "ref" / "ref_checkpoint.pth"
     vt = vpltool_side(ckpt, inputs, ref["tokens"], ref["class_tokens"])
     internals = vpltool_train_internals(ckpt, inputs["images"], ref["tokens"])
@@ -288,6 +338,19 @@ def main(argv: list[str] | None = None) -> None:
               "weights": "the reference's own seed-0 init plus seeded noise, saved as its releases ({'model': "
                          "state_dict}) and read by vpltool's key map",
               **compare(ref, vt, internals), "seconds": round(time.time() - t0, 1)}
+    del vt, internals, ref  # before GroupViT's pair: the machine is small
+    if args.groupvit is not None:
+        cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(args.groupvit),
+               "--inputs", str(work / "inputs.pt"), "--out", str(work / "groupvit"), "--threads", str(args.threads),
+               "--groupvit"] + (["--tiny"] if args.tiny else [])
+        if not (args.reuse and (work / "groupvit" / "groupvit.pt").is_file()):
+            subprocess.run(cmd, check=True, stdout=sys.stderr,
+                           env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+        gref = torch.load(work / "groupvit" / "groupvit.pt", mmap=True)
+        gvt = groupvit_side(work / "groupvit" / "groupvit_checkpoint.pth", inputs["images"], gref["tokens"])
+        result["groupvit"] = compare_groupvit(gref, gvt)
+        result["bar_met"]["groupvit"] = result["groupvit"]["bar_met"]
+        result["seconds"] = round(time.time() - t0, 1)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,10 @@ its own initialisers, then every float parameter and buffer perturbed by seeded 
 norms are not special), BatchNorm variances kept positive. Its state dict is saved as the released checkpoints are
 (``{'model': state_dict}``, ``ref_checkpoint.pth``): vpltool reads it through its key map.
 
+``--groupvit``: the clone is NVlabs/GroupViT (13b7861); its own ``MultiLabelContrastive`` with its released
+config (``group_vit_gcc_yfcc_30e.yml``; ``--tiny`` as above), saved as ``groupvit_checkpoint.pth``; outputs in
+``groupvit.pt`` (see :func:`run_groupvit`).
+
 Outputs (``OUT_DIR/ref.pt``): ``tokens`` (the captions through the clone's tokenizer), ``eval`` (the image
 encoder's final tokens, both stages' soft and hard assignment maps, the text encoder's EOT features, the projected
 image / text embeddings), ``train`` (from the saved state: ``torch.manual_seed(1)``, then ``forward_train`` on the
@@ -147,12 +151,57 @@ def build(clone: Path, tiny: bool):
     return model
 
 
+def run_groupvit(args, tokenize, inputs) -> None:
+    """NVlabs/GroupViT's own ``MultiLabelContrastive`` (its released config: multi-label 3, so its state dict holds
+    ``multi_label_logit_scale`` as the releases do): eval outputs, and its contrastive ``loss`` on the batch with
+    gradients and one AdamW step (the multi-label loss needs the noun prompts its data pipeline makes: not run)."""
+    import torch
+
+    models = importlib.import_module("models")
+    spec = {k: v for k, v in (MODEL_TINY if args.tiny else MODEL_FULL).items() if k != "type"}
+    img = {k: v for k, v in spec["img_encoder"].items() if k not in ("return_attn_o",)}
+    spec = {**spec, "img_encoder": {**img, "type": "GroupViT"}, "multi_label": 3}
+    torch.manual_seed(0)
+    model = models.MultiLabelContrastive(**spec)
+    perturb(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state}, args.out / "groupvit_checkpoint.pth")
+    tokens, images = tokenize(inputs["captions"]), inputs["images"]
+    model.eval()
+    with torch.no_grad():
+        enc = model.img_encoder(images, return_attn=True, as_dict=True, return_feat=True)
+        maps = [{k: d[k] for k in ("soft", "hard")} for d in enc["attn_dicts"] if d is not None]
+        eot = model.text_encoder(tokens)
+        result = {"tokens": tokens, "eval": {"tokens": enc["feat"], "maps": maps, "text_eot": eot,
+                                             "image_x": model.img_projector(enc["x"]),
+                                             "text_x": model.text_projector(eot),
+                                             "group_x": model.img_projector(enc["feat"])}}
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    torch.manual_seed(1)
+    image_x = model.encode_image(images, as_dict=True)["image_x"]  # forward_train's order: image, then text
+    text_x = model.encode_text(tokens, as_dict=True)["text_x"]
+    loss = model.loss(image_x, text_x)
+    optimizer.zero_grad()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    result["train"] = {"loss": loss.detach(), "grads": grads,
+                       "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()
+                                      if k != "multi_label_logit_scale"}}
+    torch.save(result, args.out / "groupvit.pt")
+    print(f"wrote {args.out / 'groupvit.pt'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clone", required=True, type=Path)
     ap.add_argument("--inputs", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--groupvit", action="store_true", help="the clone is NVlabs/GroupViT: its model, eval and "
+                    "contrastive step only (groupvit.pt)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     import torch
@@ -163,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(clone)
     install_stubs()
     tok_mod = load_file_module("pgseg_ref_tokenizer", clone / "datasets" / "tokenizer.py")
-    seg_mod = load_file_module("pgseg_ref_seg", clone / "segmentation" / "evaluation" / "pgseg_seg.py")
+    seg_mod = None if args.groupvit else load_file_module(
+        "pgseg_ref_seg", clone / "segmentation" / "evaluation" / "pgseg_seg.py")
     inputs = torch.load(args.inputs)
     tokenizer = tok_mod.SimpleTokenizer()
     sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
@@ -178,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
             out[i, :len(ids)] = torch.tensor(ids)
         return out
 
+    if args.groupvit:
+        run_groupvit(args, tokenize, inputs)
+        return
     model = build(clone, args.tiny)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     args.out.mkdir(parents=True, exist_ok=True)
