@@ -87,6 +87,12 @@ def test_forward_train_returns_every_loss_and_gradients_flow(tok):
     assert model.text_encoder.token_embedding.weight.grad.abs().sum() > 0
 
 
+def test_training_needs_the_configured_size(tok):
+    model = build_model(tiny_config()).train()
+    with pytest.raises(ValueError, match="32x32"):
+        model.forward_train(batch(size=40), tok(CAPTIONS))
+
+
 def test_npr_off_is_groupvit_without_npr_parameters(tok):
     model = build_model(tiny_config(npr=False)).train()
     keys = model.state_dict().keys()
