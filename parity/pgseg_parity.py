@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(torch.manual_seed(1) before forward_train; drop path 0.1 drawn from the same generator)",
               "weights": "the reference's own seed-0 init plus seeded noise, saved as its releases ({'model': "
                          "state_dict}) and read by vpltool's key map",
+              "reused_reference": bool(args.reuse and not args.quick),
               **compare(ref, vt, internals), "seconds": round(time.time() - t0, 1)}
     del vt, internals, ref  # before GroupViT's pair: the machine is small
     if args.groupvit is not None:
