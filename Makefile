@@ -414,6 +414,9 @@ DENSE_WORK ?=
 OVSS_REFS ?=
 OVSS_WORK ?=
 OVSS_PROXY_IMAGES ?= 12
+# PGSEG_REF=a clone of Ferenas/PGSeg (9f167cd), GROUPVIT_REF=one of NVlabs/GroupViT (13b7861): the pgseg family
+PGSEG_REF ?=
+GROUPVIT_REF ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -426,6 +429,8 @@ parity: setup
 	  --proxy-images $(OVSS_PROXY_IMAGES) > $(PARITY_OUT)/ovss_parity.json.tmp \
 	  && mv $(PARITY_OUT)/ovss_parity.json.tmp $(PARITY_OUT)/ovss_parity.json, \
 	  @echo "make parity: pass OVSS_REFS=/folder/of/clones (SC-CLIP @0417ba9, ProxyCLIP @e7b767f, dino: docs/open-vocabulary.md)")
+	$(if $(PGSEG_REF),$(VENV)/bin/python parity/pgseg_parity.py --ref $(PGSEG_REF) --slide \
+	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) --out $(PARITY_OUT)/pgseg_parity.json > /dev/null)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup
