@@ -63,6 +63,7 @@ def help_cmd(
 # the commands register themselves on `app`, in this order: the stages in pipeline order, then the demo world's
 # isort: off
 from . import pipeline, segment, training, report, demo  # noqa: E402,F401
+from . import pgseg  # noqa: E402,F401  (train-pgseg)
 # isort: on
 app.command("help")(help_cmd)  # last in the list: `vpltool help` and `vpltool help COMMAND`
 
