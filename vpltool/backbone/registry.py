@@ -11,6 +11,7 @@ family     what it is                                             used by
 ========== ====================================================== ==============================================
 clip       open_clip ViTs, local files and folders, the toy CLIP  every CLIP stage; ``--dense`` is a parameter
 dino       a timm ViT (DINO, DINOv2, the toy DINO)                SSR's ``--affinity dino``; proxy attention
+pgseg      PGSeg / GroupViT (vpltool.backbone.pgseg)              ``train-pgseg``, ``segment`` with a PGSeg model
 ========== ====================================================== ==============================================
 
 The families that later modules add register themselves when :func:`load_model` first names them (the module is
@@ -47,7 +48,7 @@ class Family:
 
 _FAMILIES: dict[str, Family] = {}
 # the module that registers each family, imported the first time the family is named
-_MODULES = {"clip": "vpltool.backbone", "dino": "vpltool.backbone.dino"}
+_MODULES = {"clip": "vpltool.backbone", "dino": "vpltool.backbone.dino", "pgseg": "vpltool.backbone.pgseg"}
 
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,

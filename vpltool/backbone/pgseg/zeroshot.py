@@ -1,0 +1,78 @@
+"""Zero-shot segmentation with a PGSeg / GroupViT model, as the reference's ``PGSegInference.encode_decode``
+(``segmentation/evaluation/pgseg_seg.py``, whole-image mode): every pixel takes its final group (argmax of both
+stages' combined soft maps, bilinearly resized to the image), every group the class its embedding matches among the
+image's top-5 classes, background where the pixel's best class affinity is below ``bg_thresh`` (capped at the
+image's maximum affinity)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .model import PGSeg
+
+# the reference's class prompt sets (datasets/imagenet_template.py): 'simple' is what its seg evaluation uses
+TEMPLATES = {"simple": ("a photo of a {}.",), "identity": ("{}",)}
+
+
+@torch.no_grad()
+def class_text_embeddings(model: PGSeg, tokens: torch.Tensor) -> torch.Tensor:
+    """``[N, T, L]`` int64 (N classes x T templates) -> ``[N, D]`` float32: the mean over templates of the
+    UNnormalised projected text embeddings, then L2-normalised (``build_text_embedding``)."""
+    n, t, length = tokens.shape
+    emb = model.text_features(tokens.reshape(n * t, length)).reshape(n, t, -1).mean(dim=1)
+    return F.normalize(emb, dim=-1)
+
+
+def class_tokens(names: Sequence[str], tokenize: Callable[[list[str]], torch.Tensor],
+                 templates: Sequence[str] = TEMPLATES["simple"]) -> torch.Tensor:
+    """``[N, T, L]`` int64 token ids of every class name in every template."""
+    return torch.stack([tokenize([t.format(name) for t in templates]) for name in names])
+
+
+def _resize_maps(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``[B, G, h', w']`` -> ``[B, G, h, w]`` bilinear, align_corners False (``resize_attn_map``)."""
+    return F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def zero_shot_logits(model: PGSeg, images: torch.Tensor, text_embeddings: torch.Tensor,
+                     bg_thresh: float = 0.95, with_bg: bool = True) -> torch.Tensor:
+    """``[B, 3, H, W]`` normalised, ``[N, D]`` normalised class embeddings -> ``[B, N (+1), H, W]`` float32: the
+    reference's ``pred_logits`` (channel 0 = background when ``with_bg``; foreground channels in [0, 1])."""
+    feats = model.image_features(images)
+    b, _, h, w = images.shape
+    p = model.cfg.patch_size
+    combined = model.combine_maps(feats["stages"])  # [B, h'*w', G]
+    maps = _resize_maps(combined.transpose(1, 2).reshape(b, combined.shape[-1], h // p, w // p), h, w)
+    groups = F.normalize(feats["groups"], dim=-1)
+    pooled = F.normalize(feats["pooled"], dim=-1)
+    scale = torch.clamp(model.logit_scale.exp(), max=100)
+    n = text_embeddings.shape[0]
+    offset = 1 if with_bg else 0
+    out = torch.zeros(b, n + offset, h, w, dtype=images.dtype, device=images.device)
+    for i in range(b):
+        affinity = (groups[i] @ text_embeddings.T) * scale  # [G, N]
+        prior = F.softmax(affinity, dim=-1)
+        avg = F.softmax((pooled[i:i + 1] @ text_embeddings.T) * scale, dim=-1)  # [1, N]
+        keep = torch.zeros_like(avg)
+        top = avg.topk(dim=-1, k=min(5, n))
+        keep.scatter_add_(dim=-1, index=top.indices, src=torch.ones_like(top.values))
+        affinity = F.softmax(affinity.masked_fill(~keep.bool(), float("-inf")), dim=-1) * prior
+        onehot = F.one_hot(maps[i].argmax(dim=0), num_classes=maps.shape[1]).to(maps.dtype)  # [H, W, G]
+        fg = (onehot @ affinity).permute(2, 0, 1)  # [N, H, W]
+        out[i, offset:] = fg
+        if with_bg:
+            thresh = min(bg_thresh, affinity.max().item())
+            out[i, 0][fg.max(dim=0).values < thresh] = 1
+    return out
+
+
+@torch.no_grad()
+def zero_shot_labels(model: PGSeg, images: torch.Tensor, text_embeddings: torch.Tensor,
+                     bg_thresh: float = 0.95, with_bg: bool = True) -> torch.Tensor:
+    """``[B, H, W]`` int64 labels (0 = background when ``with_bg``, class ``k`` of ``text_embeddings`` = ``k +
+    1``): the argmax of :func:`zero_shot_logits` (the reference's softmax before it changes no argmax)."""
+    return zero_shot_logits(model, images, text_embeddings, bg_thresh, with_bg).argmax(dim=1)
