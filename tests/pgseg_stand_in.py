@@ -30,12 +30,10 @@ class PGSegConfig:
     embed: int = 8
     patch: int = 16
     vocab: int = 97
-    context: int = 16
+    context_length: int = 16
     npr: bool = True
-
-    @classmethod
-    def preset(cls, name: str) -> PGSegConfig:
-        return cls()
+    img_size: int = 32
+    tokenizer: str = "stand-in"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,8 +47,11 @@ class Tokenizer:
     def __init__(self, context: int, vocab: int):
         self.context_length, self.vocab = context, vocab
 
+    def split(self, text: str) -> list[str]:
+        return text.lower().split()
+
     def words(self, text: str) -> list[int]:
-        return [1 + sum(map(ord, w)) % (self.vocab - 3) for w in text.lower().split()]
+        return [1 + sum(map(ord, w)) % (self.vocab - 3) for w in self.split(text)]
 
     def length(self, text: str) -> int:
         return len(self.words(text)) + 2
@@ -63,14 +64,24 @@ class Tokenizer:
         return out
 
 
-def tokenizer(cfg: PGSegConfig) -> Tokenizer:
-    return Tokenizer(cfg.context, cfg.vocab)
+def tokenizer(cfg: PGSegConfig, vocabulary=None) -> Tokenizer:
+    return Tokenizer(cfg.context_length, cfg.vocab)
+
+
+PRESETS = {"groupvit-s": PGSegConfig, "tiny": PGSegConfig}
+
+
+def build_model(cfg: PGSegConfig, seed: int = 0) -> PGSeg:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PGSeg(cfg)
 
 
 class PGSeg(nn.Module):
     def __init__(self, cfg: PGSegConfig):
         super().__init__()
         self.cfg = cfg
+        self.convert_sync_batchnorm = lambda: self
         self.patch = nn.Conv2d(3, cfg.width, cfg.patch, cfg.patch)
         self.groups = nn.Linear(cfg.width, 4)  # 4 "group tokens": a soft assignment of each patch
         self.img_proj = nn.Linear(cfg.width, cfg.embed)

@@ -184,16 +184,28 @@ def _iteration_seed(seed: int, it: int, rank: int) -> int:
 
 
 def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
-    """The family's config: the ``--init`` file's architecture, else ``cfg.preset``; NPR as ``cfg.npr``."""
-    base = init_config if init_config is not None else fam.PGSegConfig.preset(cfg.preset)
-    return fam.PGSegConfig.from_dict({**base.to_dict(), "npr": cfg.npr})
+    """The family's config: the ``--init`` file's architecture, else ``cfg.preset`` at ``cfg.crop_size`` (its
+    position table's side); NPR as ``cfg.npr``."""
+    base = init_config.to_dict() if init_config is not None else \
+        {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
+    return fam.PGSegConfig.from_dict({**base, "npr": cfg.npr})
 
 
-def _tokenizer(fam, model_cfg):
-    """The family's tokenizer for ``model_cfg``: ``(tokenize(texts) -> [N, L] int64, length(text) -> tokens with
-    start and end, context L)``."""
-    tok = fam.tokenizer(model_cfg)
-    return tok, tok.length, tok.context_length
+def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
+    """``(tokenize(texts) -> [N, L] int64, length(text) -> its tokens with start and end before any cut,
+    context L)`` of the family's tokenizer for ``model_cfg``."""
+    tokenize = fam.tokenizer(model_cfg)
+    if model_cfg.tokenizer == "clip":
+        from open_clip.tokenizer import SimpleTokenizer
+
+        bpe = SimpleTokenizer()
+        return tokenize, lambda text: len(bpe.encode(text)) + 2, model_cfg.context_length
+
+    def length(text: str) -> int:
+        tokenize([text])  # a word the vocabulary lacks is refused here, named
+        return len(tokenize.split(text)) + 2
+
+    return tokenize, length, model_cfg.context_length
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -231,6 +243,17 @@ def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world:
     return ckpt if resume and ckpt.is_file() else None
 
 
+def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> None:
+    """``--init``'s weights into ``model``: keys it lacks are left as initialised (a GroupViT release has no NPR
+    prototypes); a key of no parameter here, or of another shape, is another architecture: one line."""
+    own = model.state_dict()
+    foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
+    if foreign:
+        raise VplError(f"--init {where}: {len(foreign)} tensors do not fit this model (first {foreign[0]!r}); pass "
+                       "a GroupViT / PGSeg checkpoint of the same size, or drop --preset")
+    model.load_state_dict(state, strict=False)
+
+
 def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str, Any]) -> None:
     old = f.meta("train_config")
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
@@ -243,7 +266,8 @@ def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str,
 
 
 def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
-    names = sorted(losses)
+    """The scalar losses, averaged over the ranks."""
+    names = sorted(k for k, v in losses.items() if v.ndim == 0 and v.is_floating_point())  # not the matches
     row = torch.stack([losses[k].detach().double() for k in names])
     if world > 1:
         dist.all_reduce(row)
@@ -306,10 +330,12 @@ def run_train_pgseg(
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             if rank == 0:  # the folder is this command's from now on (the output guard reads it), finished or not
                 io.write_json(out_dir / io.RUN_RECORD, {"stage": STAGE, "params": params, "inputs": inputs})
-            seed_everything(cfg.seed)  # the same initial weights on every rank
-            model = fam.PGSeg(model_cfg)
+            seed_everything(cfg.seed)
+            model = fam.build_model(model_cfg, seed=cfg.seed)  # the same initial weights on every rank
             if init_state is not None:
-                model.load_state_dict(init_state, strict=False)
+                _load_init(model, init_state, init)
+            if world > 1 and device.type == "cuda":
+                model.convert_sync_batchnorm()  # the reference's projectors (SyncBatchNorm has no CPU kernels)
             model = model.to(device)
             optimizer = make_optimizer(model, cfg)
             start = 0
