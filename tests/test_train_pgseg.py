@@ -263,3 +263,38 @@ def test_cli_trains_and_refuses_bad_pairs_in_one_line(world, tmp_path, family):
     bad = runner.invoke(app, ["train-pgseg", str(tmp_path / "sh"), "-o", str(tmp_path / "run2"), *args])
     assert bad.exit_code == 2 and "00000.tar:k0: empty caption" in bad.output
     assert not (tmp_path / "run2").exists()
+
+
+# ------------------------------------------------------------------------------------------------ the real family
+def test_real_family_trains_groupvit_and_segment_takes_it(world, tmp_path):
+    """The pgseg family's tiny GroupViT: 4 iterations from the world's pairs, then `segment --pgseg` by class names
+    and `eval` of its folder."""
+    from vpltool.cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["train-pgseg", str(world), "-o", str(tmp_path / "run"), "--recipe", "cpu", "--no-npr",
+                               "--batch-size", "4", "--epochs", "1", "--crop-size", "32", "--device", "cpu",
+                               "--workers", "1"])
+    assert done.exit_code == 0, done.output
+    model = tmp_path / "run" / "pgseg.safetensors"
+    seg = runner.invoke(app, ["segment", str(world), "--split", "val", "--pgseg", str(model), "--short-side", "32",
+                              "-o", str(tmp_path / "seg"), "--device", "cpu"])
+    assert seg.exit_code == 0, seg.output
+    record = io.read_record(io.stage_record_path(tmp_path / "seg"))
+    classes = (world / "classes.txt").read_text().split()
+    assert record["classes"] == classes and record["count"] == 4 and record["params"]["bg_thresh"] == 0.95
+    masks = [np.asarray(Image.open(tmp_path / "seg" / f"val_{i:06d}.png")) for i in range(4)]
+    assert all(m.shape == (96, 96) and m.max() < len(classes) for m in masks)
+    scored = runner.invoke(app, ["eval", str(tmp_path / "seg")])
+    assert scored.exit_code == 0 and "mIoU" in scored.output, scored.output
+
+
+def test_segment_pgseg_refuses_another_file_before_writing(world, tmp_path):
+    from vpltool.cli import app
+
+    other = io.write_tensors(tmp_path / "x.safetensors", {"w": torch.zeros(2)}, kind="features", classes=[],
+                             params={})
+    done = CliRunner().invoke(app, ["segment", str(world), "--split", "val", "--pgseg", str(other), "-o",
+                                    str(tmp_path / "seg"), "--device", "cpu"])
+    assert done.exit_code == 2 and "not a PGSeg checkpoint" in done.output, done.output
+    assert not (tmp_path / "seg").exists()
