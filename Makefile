@@ -451,3 +451,10 @@ help:
 	@echo "Variables (make TARGET VAR=value; default in brackets, the demo world's):"
 	@$(foreach v,$(HELP_VARS),printf '  %-15s %s [%s]\n' '$(v)' '$(call quoted,$(doc_$(v)))' \
 	  '$(call quoted,$(if $(findstring shell,$(value $(v))),$($(v)): the cores,$(value $(v))))';)
+
+## PGSeg vs plain GroupViT on a demo world (train-pgseg --recipe cpu, PGSEG_SEEDS): zero-shot val mIoU, class IoU
+PGSEG_RUN ?= runs/pgseg
+PGSEG_SEEDS ?= 0,1,2
+pgseg: setup
+	OMP_NUM_THREADS=1 $(VENV)/bin/python studies/study_pgseg_demo.py --run $(PGSEG_RUN) --seeds $(PGSEG_SEEDS) \
+	  > studies/results/pgseg_demo.json
