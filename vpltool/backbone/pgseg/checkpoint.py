@@ -107,13 +107,13 @@ class _WeightsPickle:
 
 def _read_pth(path: Path) -> dict[str, Any]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        obj = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_WeightsPickle)
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # a release also pickles its config object: tensors and containers only
+            return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_WeightsPickle)
     except Exception as e:  # a truncated or foreign file
         raise VplError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:120]}); pass a "
                        "GroupViT/PGSeg release or a vpltool checkpoint") from None
-    return obj
 
 
 def _tensors(obj: Any, where: str) -> dict[str, torch.Tensor]:

@@ -290,7 +290,7 @@ class GroupViTEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, dim))
         trunc_normal_(self.pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, cfg.drop_path_rate, sum(depths))]
+        dpr = [x.item() for x in torch.linspace(0, cfg.drop_path_rate, sum(depths), device="cpu")]
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             last = i == len(depths) - 1

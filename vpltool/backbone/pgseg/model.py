@@ -82,10 +82,11 @@ class PGSegConfig:
 
 
 def tiny_config(**overrides: Any) -> PGSegConfig:
-    """A small model of the same code for tests and the demo (32-px images, 8-px patches, width 32, one block per
-    stage, 8 then 4 groups, a one-layer 32-wide text encoder, 64-wide projector hidden layers)."""
-    base = dict(img_size=32, patch_size=8, embed_dim=32, depths=(1, 1, 1), num_heads=(2, 2, 2),
-                num_group_tokens=(8, 4, 0), num_output_groups=(8, 4), text_width=32, text_layers=1,
+    """A small model of the same code for tests and the demo (32-px images, 8-px patches, width 64 in one head, one
+    block per stage, 16 then 8 groups, a one-layer 64-wide text encoder, 64-wide projector hidden layers). Heads are
+    64 wide, as in GroupViT-S, so that a reference checkpoint's config is read back from its shapes."""
+    base = dict(img_size=32, patch_size=8, embed_dim=64, depths=(1, 1, 1), num_heads=(1, 1, 1),
+                num_group_tokens=(16, 8, 0), num_output_groups=(16, 8), text_width=64, text_layers=1,
                 output_dim=32, proj_inner_dim=64)
     base.update(overrides)
     return PGSegConfig(**base)

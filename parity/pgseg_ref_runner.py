@@ -1,0 +1,309 @@
+"""Run PGSeg's OWN model code (Ferenas/PGSeg at 9f167cd) from a clone, fp32 on the CPU, without mmcv / mmseg /
+apex / diffdist / omegaconf: the reference half of ``pgseg_parity.py``.
+
+    python pgseg_ref_runner.py --clone DIR --inputs inputs.pt --out OUT_DIR [--tiny] [--threads 1]
+
+It imports nothing from vpltool. The clone's code is never copied or edited: ``models/`` is imported as a package
+with the clone first on ``sys.path``, ``segmentation/evaluation/pgseg_seg.py`` and ``datasets/tokenizer.py`` by
+file. Only imports the arithmetic does not touch are stubbed, plus the one-process collective:
+
+1. ``mmcv.utils.Registry`` (``register_module()`` keeps the class, ``build(dict)`` calls ``cls(**rest)``),
+   ``mmcv.Config`` (a dict with attribute access), ``mmcv.image.tensor2imgs``, ``mmseg.models.EncoderDecoder``
+   (an ``nn.Module``), ``omegaconf.OmegaConf``, ``matplotlib.pyplot``, the clone's ``utils.get_logger``;
+2. ``diffdist.functional.all_gather(out_list, x)`` returns ``[x]`` and ``torch.distributed.get_world_size`` /
+   ``get_rank`` return 1 / 0: the reference's ``dist_collect`` on one process (its gather is the identity, its
+   gradient too).
+
+The model is the reference's ``MultiLabelContrastive`` with ``configs/pgseg_specific.yml``'s model settings
+(GroupViT-S; ``--tiny``: a smaller config of the same code, as vpltool's ``tiny_config``), built under seed 0 by
+its own initialisers, then every float parameter and buffer perturbed by seeded noise (so that zero biases and unit
+norms are not special), BatchNorm variances kept positive. Its state dict is saved as the released checkpoints are
+(``{'model': state_dict}``, ``ref_checkpoint.pth``): vpltool reads it through its key map.
+
+``--groupvit``: the clone is NVlabs/GroupViT (13b7861); its own ``MultiLabelContrastive`` with its released
+config (``group_vit_gcc_yfcc_30e.yml``; ``--tiny`` as above), saved as ``groupvit_checkpoint.pth``; outputs in
+``groupvit.pt`` (see :func:`run_groupvit`).
+
+Outputs (``OUT_DIR/ref.pt``): ``tokens`` (the captions through the clone's tokenizer), ``eval`` (the image
+encoder's final tokens, both stages' soft and hard assignment maps, the text encoder's EOT features, the projected
+image / text embeddings), ``train`` (from the saved state: ``torch.manual_seed(1)``, then ``forward_train`` on the
+batch: the NPR prototypes of both stages, the matched indices, the three ``closs`` values, ``loss_pg``, the
+contrastive ``loss``, the total; the gradient of every parameter; the parameters and buffers after one
+``torch.optim.AdamW`` step), ``zero_shot`` (per seg photo ``PGSegInference.encode_decode``'s logits and the
+labels, from the saved state, VOC's class names with the ``simple`` template).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+
+def _module(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    return mod
+
+
+def install_stubs() -> None:
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    class Registry:
+        def __init__(self, name):
+            self.name, self.classes = name, {}
+
+        def register_module(self, *a, **k):
+            def deco(cls):
+                self.classes[cls.__name__] = cls
+                return cls
+            return deco
+
+        def build(self, cfg):
+            cfg = dict(cfg)
+            return self.classes[cfg.pop("type")](**cfg)
+
+    class Config(dict):
+        __getattr__ = dict.get
+
+    mmcv = _module("mmcv", Config=Config)
+    mmcv.utils = _module("mmcv.utils", Registry=Registry)
+    mmcv.image = _module("mmcv.image", tensor2imgs=None)
+
+    class EncoderDecoder(nn.Module):
+        pass
+
+    _module("mmseg")
+    _module("mmseg.models", EncoderDecoder=EncoderDecoder)
+    _module("omegaconf", OmegaConf=type("OmegaConf", (), {}))
+    _module("matplotlib")
+    _module("matplotlib.pyplot")
+    _module("diffdist")
+    _module("diffdist.functional", all_gather=lambda out_list, x: [x])
+    dist.get_world_size = lambda *a, **k: 1
+    dist.get_rank = lambda *a, **k: 0
+
+    class _Logger:
+        def info(self, *a, **k):
+            pass
+
+    _module("utils", get_logger=lambda *a, **k: _Logger())
+    torch.set_default_dtype(torch.float32)
+
+
+def load_file_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+MODEL_FULL = dict(
+    type="MultiLabelContrastive",
+    img_encoder=dict(type="PGSeg", embed_dim=384, embed_factors=[1, 1, 1], num_heads=[6, 6, 6], depths=[6, 3, 3],
+                     num_group_tokens=[64, 8, 0], num_output_groups=[64, 8], drop_rate=0.0, drop_path_rate=0.1,
+                     return_attn_o=True),
+    text_encoder=dict(type="TextTransformer", context_length=77, width=256, layers=12, vocab_size=49408),
+    contrast_temperature=0.07, proj_num_layers=2, output_dim=256, multi_label=0)
+# vpltool's tiny_config() but the projectors' 4096-wide hidden layer (the reference's fixed width)
+MODEL_TINY = dict(
+    type="MultiLabelContrastive",
+    img_encoder=dict(type="PGSeg", img_size=32, patch_size=8, embed_dim=64, embed_factors=[1, 1, 1],
+                     num_heads=[1, 1, 1], depths=[1, 1, 1], num_group_tokens=[16, 8, 0], num_output_groups=[16, 8],
+                     drop_rate=0.0, drop_path_rate=0.1, return_attn_o=True),
+    text_encoder=dict(type="TextTransformer", context_length=77, width=64, layers=1, vocab_size=49408),
+    contrast_temperature=0.07, proj_num_layers=2, output_dim=32, multi_label=0)
+
+
+def perturb(model, seed: int = 0) -> None:
+    """Seeded noise on every float parameter and buffer (BatchNorm variances stay positive)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.state_dict(keep_vars=True).items()):
+            if not t.is_floating_point():
+                continue
+            noise = torch.randn(t.shape, generator=g) * 0.02
+            if name.endswith("running_var"):
+                t.copy_(1.0 + torch.rand(t.shape, generator=g) * 0.5)
+            elif name.endswith(".mu"):
+                continue  # the NPR prototypes: the reference's own random unit rows
+            else:
+                t.add_(noise)
+
+
+def build(clone: Path, tiny: bool):
+    import torch
+
+    models = importlib.import_module("models")
+    spec = dict(MODEL_TINY if tiny else MODEL_FULL)
+    torch.manual_seed(0)
+    model = models.MultiLabelContrastive(**{k: v for k, v in spec.items() if k != "type"})
+    perturb(model)
+    return model
+
+
+def run_groupvit(args, tokenize, inputs) -> None:
+    """NVlabs/GroupViT's own ``MultiLabelContrastive`` (its released config: multi-label 3, so its state dict holds
+    ``multi_label_logit_scale`` as the releases do): eval outputs, and its contrastive ``loss`` on the batch with
+    gradients and one AdamW step (the multi-label loss needs the noun prompts its data pipeline makes: not run)."""
+    import torch
+
+    models = importlib.import_module("models")
+    spec = {k: v for k, v in (MODEL_TINY if args.tiny else MODEL_FULL).items() if k != "type"}
+    img = {k: v for k, v in spec["img_encoder"].items() if k not in ("return_attn_o",)}
+    spec = {**spec, "img_encoder": {**img, "type": "GroupViT"}, "multi_label": 3}
+    torch.manual_seed(0)
+    model = models.MultiLabelContrastive(**spec)
+    perturb(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state}, args.out / "groupvit_checkpoint.pth")
+    tokens, images = tokenize(inputs["captions"]), inputs["images"]
+    model.eval()
+    with torch.no_grad():
+        enc = model.img_encoder(images, return_attn=True, as_dict=True, return_feat=True)
+        maps = [{k: d[k] for k in ("soft", "hard")} for d in enc["attn_dicts"] if d is not None]
+        eot = model.text_encoder(tokens)
+        result = {"tokens": tokens, "eval": {"tokens": enc["feat"], "maps": maps, "text_eot": eot,
+                                             "image_x": model.img_projector(enc["x"]),
+                                             "text_x": model.text_projector(eot),
+                                             "group_x": model.img_projector(enc["feat"])}}
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    torch.manual_seed(1)
+    image_x = model.encode_image(images, as_dict=True)["image_x"]  # forward_train's order: image, then text
+    text_x = model.encode_text(tokens, as_dict=True)["text_x"]
+    loss = model.loss(image_x, text_x)
+    optimizer.zero_grad()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    result["train"] = {"loss": loss.detach(), "grads": grads,
+                       "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()
+                                      if k != "multi_label_logit_scale"}}
+    torch.save(result, args.out / "groupvit.pt")
+    print(f"wrote {args.out / 'groupvit.pt'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clone", required=True, type=Path)
+    ap.add_argument("--inputs", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--groupvit", action="store_true", help="the clone is NVlabs/GroupViT: its model, eval and "
+                    "contrastive step only (groupvit.pt)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    clone = args.clone.resolve()
+    sys.path.insert(0, str(clone))
+    os.chdir(clone)
+    install_stubs()
+    tok_mod = load_file_module("pgseg_ref_tokenizer", clone / "datasets" / "tokenizer.py")
+    seg_mod = None if args.groupvit else load_file_module(
+        "pgseg_ref_seg", clone / "segmentation" / "evaluation" / "pgseg_seg.py")
+    inputs = torch.load(args.inputs)
+    tokenizer = tok_mod.SimpleTokenizer()
+    sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
+
+    def tokenize(texts):
+        out = torch.zeros(len(texts), 77, dtype=torch.long)
+        for i, text in enumerate(texts):  # datasets/builder.py's Tokenize, restated (it imports webdataset)
+            ids = [sot] + tokenizer.encode(text) + [eot]
+            if len(ids) > 77:
+                ids = ids[:77]
+                ids[-1] = eot
+            out[i, :len(ids)] = torch.tensor(ids)
+        return out
+
+    if args.groupvit:
+        run_groupvit(args, tokenize, inputs)
+        return
+    model = build(clone, args.tiny)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state}, args.out / "ref_checkpoint.pth")
+    tokens = tokenize(inputs["captions"])
+    images = inputs["images"]
+    result = {"tokens": tokens, "class_tokens": torch.stack([tokenize([f"a photo of a {c}."])
+                                                             for c in inputs["classes"]])}
+
+    # ---- eval outputs
+    model.eval()
+    with torch.no_grad():
+        enc = model.img_encoder(images, return_attn=True, as_dict=True, return_feat=True)
+        maps = [{k: d[k] for k in ("soft", "hard")} for d in enc["attn_dicts"] if d is not None]
+        text = model.text_encoder(tokens, as_dict=True)
+        result["eval"] = {"tokens": enc["feat"], "maps": maps, "text_eot": text["x"],
+                          "image_x": model.img_projector(enc["x"]), "text_x": model.text_projector(text["x"]),
+                          "group_x": model.img_projector(enc["feat"])}
+
+    # ---- one training step
+    model.load_state_dict(state)
+    model.train()
+    enc_mod = model.img_encoder
+    seen: dict = {"match": [], "closs": []}
+    orig_match, orig_closs, orig_npr = enc_mod.hug_match, enc_mod.closs, enc_mod.forward_with_NPR
+
+    def hug_match(inp, target):
+        b, t = orig_match(inp, target)
+        seen["match"].append(torch.as_tensor(t))
+        return b, t
+
+    def closs(group, proto):
+        value = orig_closs(group, proto)
+        seen["closs"].append(value.detach().clone())
+        return value
+
+    def forward_with_npr(x, attn_list, attn_o_list, text):
+        seen["mu"] = [attn_o_list[0][0].detach().clone(), attn_o_list[1][0].detach().clone()]
+        seen["center"] = [attn_list[0]["ori_center"].detach().clone(), attn_list[1]["ori_center"].detach().clone()]
+        seen["text_mu"] = text.detach().clone()
+        out = orig_npr(x, attn_list, attn_o_list, text)
+        seen["loss_pg"] = out[1].detach().clone()
+        return out
+
+    enc_mod.hug_match, enc_mod.closs, enc_mod.forward_with_NPR = hug_match, closs, forward_with_npr
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    torch.manual_seed(1)
+    losses = model(images, tokens)
+    total = sum(v.mean() for k, v in losses.items() if "loss" in k)  # utils/misc.py parse_losses
+    optimizer.zero_grad()
+    total.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    result["train"] = {"loss": losses["loss"].detach(), "loss_pg": seen["loss_pg"], "total": total.detach(),
+                       "closs": seen["closs"], "match": seen["match"], "mu": seen["mu"], "center": seen["center"],
+                       "text_mu": seen["text_mu"], "grads": grads,
+                       "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+    # ---- zero-shot labels
+    model.load_state_dict(state)
+    model.eval()
+    text_emb = model.build_text_embedding(result["class_tokens"])
+    seg = seg_mod.PGSegInference(model, text_emb, with_bg=True)
+    seg.eval()
+    zs = []
+    with torch.no_grad():
+        for img in inputs["seg_images"]:
+            logits = seg.encode_decode(img, None)
+            zs.append({"logits": logits[0], "labels": logits[0].argmax(dim=0)})
+    result["zero_shot"] = {"text_embedding": text_emb, "photos": zs}
+    torch.save(result, args.out / "ref.pt")
+    print(f"wrote {args.out / 'ref.pt'}")
+
+
+if __name__ == "__main__":
+    main()
