@@ -298,3 +298,17 @@ def test_segment_pgseg_refuses_another_file_before_writing(world, tmp_path):
                                     str(tmp_path / "seg"), "--device", "cpu"])
     assert done.exit_code == 2 and "not a PGSeg checkpoint" in done.output, done.output
     assert not (tmp_path / "seg").exists()
+
+
+def test_real_family_resume_is_bit_exact(world, tmp_path):
+    """The family's tiny GroupViT (gumbel noise, drop path): stopped after iteration 2 (its checkpoint) and resumed
+    gives the weights of the run that went through."""
+    from vpltool.backbone import pgseg
+
+    cfg = _cfg(npr=False, epochs=1, checkpoint_every=2)
+    whole = run_train_pgseg(world, tmp_path / "whole", cfg).model
+    run_train_pgseg(world, tmp_path / "cut", cfg, stop_after=2)
+    s = run_train_pgseg(world, tmp_path / "cut", cfg, resume=True)
+    assert s.start == 2 and s.iterations == 4
+    a, b = pgseg.load_checkpoint(whole)[1], pgseg.load_checkpoint(s.model)[1]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
