@@ -1,15 +1,17 @@
 """`vpltool segment --pgseg FILE`: zero-shot segmentation by class names with a PGSeg / GroupViT checkpoint
 (`train-pgseg`'s ``pgseg.safetensors`` or a GroupViT / PGSeg release ``.pth``), as the reference's evaluation
-(Ferenas/PGSeg 9f167cd, ``segmentation/evaluation/pgseg_seg.py``, whole-image mode):
+(Ferenas/PGSeg 9f167cd, ``segmentation/evaluation/pgseg_seg.py`` in mmseg's ``EncoderDecoder``):
 
 1. the image resized to ``short_side`` (mmseg's keep-ratio ``Resize``, bilinear; the reference's test scale is
    448 on PASCAL VOC / Context), normalised with ImageNet statistics;
 2. each class name in the reference's ``simple`` template (``a photo of a {}.``), its text embedding;
-3. both grouping stages' maps combined, every pixel its final group, every group the class it matches among the
-   image's top 5, background where the best affinity is below ``bg_thresh`` (0.95, capped at the image's highest
-   affinity): :func:`vpltool.backbone.pgseg.zero_shot_logits`;
-4. the logits resized (bilinear) to the image, argmax: a palette PNG over ``['background', *names]``, recorded in
-   ``_stage.json`` so that `eval` scores it by name as it scores `segment --dense`.
+3. per window (sliding 448-px windows at stride 224, as the reference's VOC ``test_cfg``; ``slide`` (0, _) = the
+   whole image), both grouping stages' maps combined, every pixel its final group, every group the class it
+   matches among the image's top 5, background where the best affinity is below ``bg_thresh`` (0.95, capped at
+   the image's highest affinity): :func:`vpltool.backbone.pgseg.zero_shot_logits`;
+4. the windows' logits averaged where they overlap (mmseg's ``slide_inference``), resized (bilinear) to the image,
+   argmax: a palette PNG over ``['background', *names]``, recorded in ``_stage.json`` so that `eval` scores it by
+   name as it scores `segment --dense`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .errors import VplError
 
 STAGE = "segment"
 DEFAULT_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
+DEFAULT_SLIDE = (448, 224)  # pascal_voc12.py test_cfg: mode='slide', crop_size (448, 448), stride (224, 224)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -57,6 +60,31 @@ def image_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return (x - mean) / std
 
 
+def slide_logits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop: int, stride: int
+                 ) -> torch.Tensor:
+    """mmseg's ``EncoderDecoder.slide_inference`` (the reference's VOC ``mode='slide'``): ``fn`` on ``crop``-sized
+    windows at ``stride`` (the last window of a row or column flush with the edge; a side shorter than ``crop`` is one
+    window of its own size), the logits of overlapping windows averaged. ``x`` ``[1, 3, H, W]`` -> ``[1, K, H,
+    W]``; ``crop`` 0 = the whole image at once."""
+    if crop <= 0:
+        return fn(x)
+    _, _, h, w = x.shape
+    rows = max(h - crop + stride - 1, 0) // stride + 1
+    cols = max(w - crop + stride - 1, 0) // stride + 1
+    total = count = None
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            logits = fn(x[:, :, y1:y2, x1:x2])
+            if total is None:
+                total = x.new_zeros(1, logits.shape[1], h, w)
+                count = x.new_zeros(1, 1, h, w)
+            total[:, :, y1:y2, x1:x2] += logits
+            count[:, :, y1:y2, x1:x2] += 1
+    return total / count
+
+
 def run_segment_pgseg(
     dataset: Dataset,
     out: str | Path,
@@ -66,6 +94,7 @@ def run_segment_pgseg(
     *,
     bg_thresh: float = PGSEG_BG_THRESH,
     short_side: int = DEFAULT_SHORT_SIDE,
+    slide: tuple[int, int] = DEFAULT_SLIDE,
     on_start: Callable[[int], None] | None = None,
     on_item: Callable[[int], None] | None = None,
 ) -> io.StageSummary:
@@ -79,6 +108,9 @@ def run_segment_pgseg(
         raise VplError(f"--bg-thresh {bg_thresh}: must be in [0, 1]")
     if short_side < 1:
         raise VplError(f"--short-side {short_side}: must be >= 1")
+    if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
+        raise VplError(f"--slide-crop {slide[0]} --slide-stride {slide[1]}: the crop must be >= 0 (0 = the whole "
+                       "image) and the stride between 1 and the crop")
     out = io.check_folder_target(out)
     names = [n.split("|")[0].strip().replace("_", " ") for n in names]
     presets.check_class_names(names, "--classes")
@@ -89,6 +121,7 @@ def run_segment_pgseg(
     fam.load_checkpoint(checkpoint)  # one line for a missing file or another model's, before anything is written
     templates = list(fam.TEMPLATES[PGSEG_TEMPLATES])
     params = {"method": "pgseg", "classes": list(names), "bg_thresh": bg_thresh, "short_side": short_side,
+              "slide_crop": slide[0], "slide_stride": slide[1],
               "template_list": templates, "pgseg": io.file_identity(checkpoint),
               "model": {"model": "pgseg", "pretrained": str(checkpoint)}}  # the records' model: a family and a file
     index, count = shard_from_env(None)
@@ -109,7 +142,8 @@ def run_segment_pgseg(
                     image = io.load_image(items[item_id].image)
                     h0, w0 = image.shape[:2]
                     x = image_tensor(image, resized_size(h0, w0, short_side)).to(device)
-                    logits = fam.zero_shot_logits(model, x, text, bg_thresh)  # [1, C+1, h, w]
+                    logits = slide_logits(lambda part: fam.zero_shot_logits(model, part, text, bg_thresh), x,
+                                          *slide)  # [1, C+1, h, w]
                     logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
                     io.write_mask(io.mask_path(out, item_id), logits[0].argmax(0).to(torch.uint8).cpu().numpy())
                     if on_item:
@@ -119,4 +153,5 @@ def run_segment_pgseg(
                            seconds=time.perf_counter() - start)
 
 
-__all__ = ["run_segment_pgseg", "resized_size", "image_tensor", "DEFAULT_SHORT_SIDE"]
+__all__ = ["run_segment_pgseg", "resized_size", "image_tensor", "slide_logits", "DEFAULT_SHORT_SIDE",
+           "DEFAULT_SLIDE"]
