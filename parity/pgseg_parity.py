@@ -280,6 +280,43 @@ def compare_groupvit(ref: dict, vt: dict) -> dict:
             "train": train, "bar_met": ok and vt["npr"] is False}
 
 
+def compare_slide(args, work: Path, inputs: dict) -> dict:
+    """The reference's ``encode_decode`` through mmseg's slide inference (restated in the runner) against
+    :func:`vpltool.backbone.pgseg.zero_shot_logits` with ``mode='slide'``."""
+    import torch
+
+    from vpltool.backbone.pgseg import (
+        class_text_embeddings,
+        load_checkpoint,
+        model_from_state,
+        tokenizer,
+        zero_shot_logits,
+    )
+    from vpltool.backbone.pgseg.zeroshot import slide_windows
+
+    out = work / "ref"
+    cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(args.ref),
+           "--inputs", str(work / "inputs.pt"), "--out", str(out), "--threads", str(args.threads),
+           "--slide-only"] + (["--tiny"] if args.tiny else [])
+    if not (args.reuse and (out / "slide.pt").is_file()):
+        subprocess.run(cmd, check=True, stdout=sys.stderr,
+                       env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+    ref = torch.load(out / "slide.pt", mmap=True)
+    cfg, state = load_checkpoint(out / "ref_checkpoint.pth")
+    model = model_from_state(cfg, state).eval()
+    tok = tokenizer(cfg)
+    emb = class_text_embeddings(model, torch.stack([tok([f"a photo of a {c}."]) for c in inputs["classes"]]))
+    diffs, same, pixels, windows = [], 0.0, 0, 0
+    for r, img in zip(ref["photos"], inputs["seg_images"], strict=True):
+        logits = zero_shot_logits(model, img, emb, 0.95, mode="slide", crop=ref["crop"], stride=ref["stride"])[0]
+        diffs.append(max_abs(r["logits"], logits))
+        same += float((r["labels"] == logits.argmax(dim=0)).sum())
+        pixels += r["labels"].numel()
+        windows += len(slide_windows(*img.shape[-2:], ref["crop"], ref["stride"]))
+    return {"crop": ref["crop"], "stride": ref["stride"], "windows": windows, "logits": max(diffs),
+            "labels_equal": same / pixels}
+
+
 def run_reference(clone: Path, inputs_pt: Path, out: Path, tiny: bool, threads: int, reuse: bool = False) -> dict:
     import torch
 
@@ -302,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--groupvit", type=Path, help="also a clone of NVlabs/GroupViT: plain GroupViT (npr=False) "
                     "against its own code, from its own checkpoint layout")
+    ap.add_argument("--slide", action="store_true", help="also zero-shot in mmseg's slide mode (crop 448, "
+                    "stride 224: the reference's VOC test_cfg)")
     ap.add_argument("--reuse", action="store_true", help="reuse --work's reference outputs (same inputs) if there")
     ap.add_argument("--quick", action="store_true", help="no clone: vpltool against itself (tiny, 2 photos)")
     args = ap.parse_args(argv)
@@ -337,8 +376,13 @@ def main(argv: list[str] | None = None) -> None:
                         "(torch.manual_seed(1) before forward_train; drop path 0.1 drawn from the same generator)",
               "weights": "the reference's own seed-0 init plus seeded noise, saved as its releases ({'model': "
                          "state_dict}) and read by vpltool's key map",
+              "reused_reference": bool(args.reuse and not args.quick),
               **compare(ref, vt, internals), "seconds": round(time.time() - t0, 1)}
-    del vt, internals, ref  # before GroupViT's pair: the machine is small
+    del vt, internals, ref  # before the next comparisons: the machine is small
+    if args.slide and not args.quick:
+        result["zero_shot_slide"] = compare_slide(args, work, inputs)
+        result["bar_met"]["zero_shot_slide"] = result["zero_shot_slide"]["labels_equal"] >= LABEL_BAR
+        result["seconds"] = round(time.time() - t0, 1)
     if args.groupvit is not None:
         cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(args.groupvit),
                "--inputs", str(work / "inputs.pt"), "--out", str(work / "groupvit"), "--threads", str(args.threads),

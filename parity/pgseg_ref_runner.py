@@ -151,6 +151,51 @@ def build(clone: Path, tiny: bool):
     return model
 
 
+def slide_inference(seg, img, crop: int, stride: int):
+    """mmseg 0.x ``EncoderDecoder.slide_inference`` (mmseg is not installed: restated), the reference's
+    ``encode_decode`` on each window: windows every ``stride`` pixels, the last moved back inside, logits padded
+    into place and divided by the number of windows covering each pixel."""
+    import torch.nn.functional as F
+
+    _, _, h_img, w_img = img.shape
+    h_grids = max(h_img - crop + stride - 1, 0) // stride + 1
+    w_grids = max(w_img - crop + stride - 1, 0) // stride + 1
+    preds = img.new_zeros((img.shape[0], seg.num_classes, h_img, w_img))
+    count = img.new_zeros((img.shape[0], 1, h_img, w_img))
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * stride, w_idx * stride
+            y2, x2 = min(y1 + crop, h_img), min(x1 + crop, w_img)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            logit = seg.encode_decode(img[:, :, y1:y2, x1:x2], None)
+            preds += F.pad(logit, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
+            count[:, :, y1:y2, x1:x2] += 1
+    assert (count == 0).sum() == 0
+    return preds / count
+
+
+def run_slide(args, tokenize, inputs, seg_mod) -> None:
+    """Zero-shot labels in slide mode (the VOC config's ``test_cfg``: crop 448, stride 224; ``--tiny``: 32 / 16)
+    from the saved ``ref_checkpoint.pth``."""
+    import torch
+
+    model = build(args.clone.resolve(), args.tiny)
+    model.load_state_dict(torch.load(args.out / "ref_checkpoint.pth")["model"])
+    model.eval()
+    class_tokens = torch.stack([tokenize([f"a photo of a {c}."]) for c in inputs["classes"]])
+    text_emb = model.build_text_embedding(class_tokens)
+    seg = seg_mod.PGSegInference(model, text_emb, with_bg=True)
+    seg.eval()
+    crop, stride = (32, 16) if args.tiny else (448, 224)
+    photos = []
+    with torch.no_grad():
+        for img in inputs["seg_images"]:
+            logits = slide_inference(seg, img, crop, stride)[0]
+            photos.append({"logits": logits, "labels": logits.argmax(dim=0)})
+    torch.save({"crop": crop, "stride": stride, "photos": photos}, args.out / "slide.pt")
+    print(f"wrote {args.out / 'slide.pt'}")
+
+
 def run_groupvit(args, tokenize, inputs) -> None:
     """NVlabs/GroupViT's own ``MultiLabelContrastive`` (its released config: multi-label 3, so its state dict holds
     ``multi_label_logit_scale`` as the releases do): eval outputs, and its contrastive ``loss`` on the batch with
@@ -200,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--inputs", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--slide-only", action="store_true", help="zero-shot in mmseg's slide mode only, from "
+                    "OUT_DIR/ref_checkpoint.pth (slide.pt)")
     ap.add_argument("--groupvit", action="store_true", help="the clone is NVlabs/GroupViT: its model, eval and "
                     "contrastive step only (groupvit.pt)")
     ap.add_argument("--threads", type=int, default=1)
@@ -230,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.groupvit:
         run_groupvit(args, tokenize, inputs)
+        return
+    if args.slide_only:
+        run_slide(args, tokenize, inputs, seg_mod)
         return
     model = build(clone, args.tiny)
     state = {k: v.clone() for k, v in model.state_dict().items()}

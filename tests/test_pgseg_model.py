@@ -87,6 +87,12 @@ def test_forward_train_returns_every_loss_and_gradients_flow(tok):
     assert model.text_encoder.token_embedding.weight.grad.abs().sum() > 0
 
 
+def test_training_needs_the_configured_size(tok):
+    model = build_model(tiny_config()).train()
+    with pytest.raises(ValueError, match="32x32"):
+        model.forward_train(batch(size=40), tok(CAPTIONS))
+
+
 def test_npr_off_is_groupvit_without_npr_parameters(tok):
     model = build_model(tiny_config(npr=False)).train()
     keys = model.state_dict().keys()
@@ -297,3 +303,29 @@ def test_matched_indices_are_a_permutation(tok):
     for key, g in (("match_stage1", 16), ("match_stage2", 8), ("match_text", 8)):
         rows = out[key].numpy().reshape(4, g)
         assert all(np.array_equal(np.sort(r), np.arange(g)) for r in rows)
+
+
+def test_slide_windows_cover_the_image_as_mmseg():
+    from vpltool.backbone.pgseg.zeroshot import slide_windows
+
+    assert slide_windows(448, 597, 448, 224) == [(0, 448, 0, 448), (0, 448, 149, 597)]
+    assert slide_windows(300, 200, 448, 224) == [(0, 300, 0, 200)]  # smaller than a crop: one window
+    cover = torch.zeros(500, 700)
+    for y1, y2, x1, x2 in slide_windows(500, 700, 448, 224):
+        assert y2 - y1 == 448 and x2 - x1 == 448
+        cover[y1:y2, x1:x2] += 1
+    assert cover.min() >= 1
+
+
+def test_slide_mode_averages_whole_passes_over_the_windows(tok):
+    model = build_model(tiny_config()).eval()
+    emb = class_text_embeddings(model, class_tokens(["cat", "dog"], tok))
+    images = batch(2, 1, 48)
+    whole = zero_shot_logits(model, images, emb)
+    assert torch.equal(zero_shot_logits(model, images, emb, mode="slide", crop=64, stride=32), whole)
+    slide = zero_shot_logits(model, images, emb, mode="slide", crop=32, stride=16)
+    left = zero_shot_logits(model, images[:, :, :32, :32], emb)
+    assert torch.equal(slide[:, :, :16, :16], left[:, :, :16, :16])  # covered by the first window only
+    assert slide.shape == whole.shape and not torch.equal(slide, whole)
+    with pytest.raises(ValueError, match="whole or slide"):
+        zero_shot_logits(model, images, emb, mode="tiles")

@@ -313,23 +313,3 @@ def test_real_family_resume_is_bit_exact(world, tmp_path):
     a, b = pgseg.load_checkpoint(whole)[1], pgseg.load_checkpoint(s.model)[1]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
-
-def test_slide_windows_as_mmseg():
-    """mmseg's slide_inference: windows flush with the far edge, overlaps averaged; a crop larger than the image
-    (or 0) is the whole image."""
-    from vpltool.segment_pgseg import slide_logits
-
-    x = torch.arange(2 * 5 * 7, dtype=torch.float32).reshape(1, 2, 5, 7)
-    seen = []
-
-    def fn(part):
-        seen.append(tuple(part.shape[-2:]))
-        return part * 2
-
-    assert torch.equal(slide_logits(fn, x, 0, 1), x * 2) and torch.equal(slide_logits(fn, x, 8, 4), x * 2)
-    seen.clear()
-    assert torch.allclose(slide_logits(fn, x, 4, 2), x * 2)  # every window's logits are x's: any average is x * 2
-    assert seen == [(4, 4)] * 6  # rows: y1 0, 1 (flush: 5 - 4); columns: x1 0, 2, 3 (flush: 7 - 4)
-    ones = slide_logits(lambda p: torch.ones(1, 1, *p.shape[-2:]) * p[:, :1, :1, :1], x, 4, 2)
-    # the top-left pixel is covered by one window only (the first): its value is that window's
-    assert ones[0, 0, 0, 0] == x[0, 0, 0, 0]

@@ -9,9 +9,9 @@
    whole image), both grouping stages' maps combined, every pixel its final group, every group the class it
    matches among the image's top 5, background where the best affinity is below ``bg_thresh`` (0.95, capped at
    the image's highest affinity): :func:`vpltool.backbone.pgseg.zero_shot_logits`;
-4. the windows' logits averaged where they overlap (mmseg's ``slide_inference``), resized (bilinear) to the image,
-   argmax: a palette PNG over ``['background', *names]``, recorded in ``_stage.json`` so that `eval` scores it by
-   name as it scores `segment --dense`.
+4. the windows' logits averaged where they overlap (mmseg's ``slide_inference``, the family's ``mode="slide"``),
+   resized (bilinear) to the image, argmax: a palette PNG over ``['background', *names]``, recorded in
+   ``_stage.json`` so that `eval` scores it by name as it scores `segment --dense`.
 """
 
 from __future__ import annotations
@@ -58,31 +58,6 @@ def image_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return (x - mean) / std
-
-
-def slide_logits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop: int, stride: int
-                 ) -> torch.Tensor:
-    """mmseg's ``EncoderDecoder.slide_inference`` (the reference's VOC ``mode='slide'``): ``fn`` on ``crop``-sized
-    windows at ``stride`` (the last window of a row or column flush with the edge; a side shorter than ``crop`` is one
-    window of its own size), the logits of overlapping windows averaged. ``x`` ``[1, 3, H, W]`` -> ``[1, K, H,
-    W]``; ``crop`` 0 = the whole image at once."""
-    if crop <= 0:
-        return fn(x)
-    _, _, h, w = x.shape
-    rows = max(h - crop + stride - 1, 0) // stride + 1
-    cols = max(w - crop + stride - 1, 0) // stride + 1
-    total = count = None
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
-            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            logits = fn(x[:, :, y1:y2, x1:x2])
-            if total is None:
-                total = x.new_zeros(1, logits.shape[1], h, w)
-                count = x.new_zeros(1, 1, h, w)
-            total[:, :, y1:y2, x1:x2] += logits
-            count[:, :, y1:y2, x1:x2] += 1
-    return total / count
 
 
 def run_segment_pgseg(
@@ -142,8 +117,8 @@ def run_segment_pgseg(
                     image = io.load_image(items[item_id].image)
                     h0, w0 = image.shape[:2]
                     x = image_tensor(image, resized_size(h0, w0, short_side)).to(device)
-                    logits = slide_logits(lambda part: fam.zero_shot_logits(model, part, text, bg_thresh), x,
-                                          *slide)  # [1, C+1, h, w]
+                    logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
+                                                  crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1, h, w]
                     logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
                     io.write_mask(io.mask_path(out, item_id), logits[0].argmax(0).to(torch.uint8).cpu().numpy())
                     if on_item:
@@ -153,5 +128,4 @@ def run_segment_pgseg(
                            seconds=time.perf_counter() - start)
 
 
-__all__ = ["run_segment_pgseg", "resized_size", "image_tensor", "slide_logits", "DEFAULT_SHORT_SIDE",
-           "DEFAULT_SLIDE"]
+__all__ = ["run_segment_pgseg", "resized_size", "image_tensor", "DEFAULT_SHORT_SIDE", "DEFAULT_SLIDE"]

@@ -319,6 +319,10 @@ class GroupViTEncoder(nn.Module):
         """``[B, 3, H, W]`` normalised -> (the final group tokens after the norm ``[B, G_last, C]``, one dict per
         stage: see :meth:`GroupingLayer.forward`). In training the size must be the configured one."""
         x, hw = self.patch_embed(images)
+        if self.training and hw != self.patch_embed.patches_resolution:  # the reference asserts the size too
+            side = self.patch_embed.img_size[0]
+            raise ValueError(f"PGSeg trains on {side}x{side} images (the position table is not resized in "
+                             f"training); got {tuple(images.shape[-2:])}")
         pos = self.pos_embed if self.training else interpolate_pos_encoding(self.pos_embed, *hw)
         x = self.pos_drop(x + pos)
         group_token, stages = None, []

@@ -1,5 +1,6 @@
 """Zero-shot segmentation with a PGSeg / GroupViT model, as the reference's ``PGSegInference.encode_decode``
-(``segmentation/evaluation/pgseg_seg.py``, whole-image mode): every pixel takes its final group (argmax of both
+(``segmentation/evaluation/pgseg_seg.py``; whole image, or mmseg's sliding window as its dataset configs
+evaluate): every pixel takes its final group (argmax of both
 stages' combined soft maps, bilinearly resized to the image), every group the class its embedding matches among the
 image's top-5 classes, background where the pixel's best class affinity is below ``bg_thresh`` (capped at the
 image's maximum affinity)."""
@@ -37,11 +38,46 @@ def _resize_maps(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def slide_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg's sliding windows ``(y1, y2, x1, x2)``: a ``crop`` square every ``stride`` pixels, the last one of a
+    row or column moved back inside the image, one window per axis where the image is smaller than ``crop``."""
+    rows = max(h - crop + stride - 1, 0) // stride + 1
+    cols = max(w - crop + stride - 1, 0) // stride + 1
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
+            out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return out
+
+
 @torch.no_grad()
 def zero_shot_logits(model: PGSeg, images: torch.Tensor, text_embeddings: torch.Tensor,
-                     bg_thresh: float = 0.95, with_bg: bool = True) -> torch.Tensor:
+                     bg_thresh: float = 0.95, with_bg: bool = True, mode: str = "whole", crop: int = 448,
+                     stride: int = 224) -> torch.Tensor:
     """``[B, 3, H, W]`` normalised, ``[N, D]`` normalised class embeddings -> ``[B, N (+1), H, W]`` float32: the
-    reference's ``pred_logits`` (channel 0 = background when ``with_bg``; foreground channels in [0, 1])."""
+    reference's ``pred_logits`` (channel 0 = background when ``with_bg``; foreground channels in [0, 1]).
+
+    ``mode``: ``whole`` (one pass) or ``slide`` (mmseg's sliding window, as the reference's VOC / COCO / Context
+    configs evaluate: ``crop`` 448, ``stride`` 224; each window's logits are those of a whole pass on the window,
+    averaged where windows overlap)."""
+    if mode == "whole":
+        return _whole_logits(model, images, text_embeddings, bg_thresh, with_bg)
+    if mode != "slide":
+        raise ValueError(f"zero-shot mode {mode!r}: whole or slide")
+    b, _, h, w = images.shape
+    out = torch.zeros(b, text_embeddings.shape[0] + (1 if with_bg else 0), h, w, dtype=images.dtype,
+                      device=images.device)
+    count = torch.zeros(b, 1, h, w, dtype=images.dtype, device=images.device)
+    for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
+        window = _whole_logits(model, images[:, :, y1:y2, x1:x2], text_embeddings, bg_thresh, with_bg)
+        out += F.pad(window, (x1, w - x2, y1, h - y2))
+        count[:, :, y1:y2, x1:x2] += 1
+    return out / count
+
+
+def _whole_logits(model: PGSeg, images: torch.Tensor, text_embeddings: torch.Tensor, bg_thresh: float,
+                  with_bg: bool) -> torch.Tensor:
     feats = model.image_features(images)
     b, _, h, w = images.shape
     p = model.cfg.patch_size
@@ -72,7 +108,8 @@ def zero_shot_logits(model: PGSeg, images: torch.Tensor, text_embeddings: torch.
 
 @torch.no_grad()
 def zero_shot_labels(model: PGSeg, images: torch.Tensor, text_embeddings: torch.Tensor,
-                     bg_thresh: float = 0.95, with_bg: bool = True) -> torch.Tensor:
+                     bg_thresh: float = 0.95, with_bg: bool = True, mode: str = "whole", crop: int = 448,
+                     stride: int = 224) -> torch.Tensor:
     """``[B, H, W]`` int64 labels (0 = background when ``with_bg``, class ``k`` of ``text_embeddings`` = ``k +
     1``): the argmax of :func:`zero_shot_logits` (the reference's softmax before it changes no argmax)."""
-    return zero_shot_logits(model, images, text_embeddings, bg_thresh, with_bg).argmax(dim=1)
+    return zero_shot_logits(model, images, text_embeddings, bg_thresh, with_bg, mode, crop, stride).argmax(dim=1)
