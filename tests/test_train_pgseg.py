@@ -313,3 +313,12 @@ def test_real_family_resume_is_bit_exact(world, tmp_path):
     a, b = pgseg.load_checkpoint(whole)[1], pgseg.load_checkpoint(s.model)[1]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
+
+
+def test_init_at_another_crop_is_one_line(world, tmp_path):
+    from vpltool.backbone import pgseg
+
+    init = pgseg.save_checkpoint(tmp_path / "init.safetensors", pgseg.build_model(pgseg.tiny_config(img_size=48)))
+    with pytest.raises(VplError, match="trains at 48 px .* pass --crop-size 48"):
+        run_train_pgseg(world, tmp_path / "run", _cfg(npr=False), init=init)
+    assert not (tmp_path / "run").exists()

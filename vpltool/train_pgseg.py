@@ -186,6 +186,9 @@ def _iteration_seed(seed: int, it: int, rank: int) -> int:
 def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
     """The family's config: the ``--init`` file's architecture, else ``cfg.preset`` at ``cfg.crop_size`` (its
     position table's side); NPR as ``cfg.npr``."""
+    if init_config is not None and init_config.img_size != cfg.crop_size:
+        raise VplError(f"--init: its model trains at {init_config.img_size} px (its position table), not "
+                       f"--crop-size {cfg.crop_size}; pass --crop-size {init_config.img_size}")
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
     return fam.PGSegConfig.from_dict({**base, "npr": cfg.npr})
