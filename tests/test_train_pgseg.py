@@ -170,6 +170,9 @@ def test_no_npr_trains_groupvit_without_the_npr_term(world, tmp_path, family):
 
 
 def test_refuses_to_clobber_and_resume_with_other_settings(world, tmp_path, family):
+    run_train_pgseg(world, tmp_path / "done", _cfg(epochs=1))
+    with pytest.raises(VplError, match="holds a trained model; pass --overwrite"):
+        run_train_pgseg(world, tmp_path / "done", _cfg(epochs=1))
     run_train_pgseg(world, tmp_path / "run", _cfg(epochs=1), stop_after=2)
     with pytest.raises(VplError, match="interrupted run"):
         run_train_pgseg(world, tmp_path / "run", _cfg(epochs=1))

@@ -232,10 +232,10 @@ class PGSegSummary:
 def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world: int) -> Path | None:
     ckpt, final = out_dir / CHECKPOINT, out_dir / FINAL
     if not overwrite and not resume:
+        if final.is_file():  # (a finished run keeps its last checkpoint too)
+            raise VplError(f"{out_dir}: holds a trained model; pass --overwrite or choose another --out")
         if ckpt.is_file():
             raise VplError(f"{out_dir}: holds an interrupted run; pass --resume to continue or --overwrite")
-        if final.is_file():
-            raise VplError(f"{out_dir}: holds a trained model; pass --overwrite or choose another --out")
     if world > 1:
         dist.barrier()  # every rank checked before rank 0 deletes anything
     if overwrite and not resume and rank == 0:
