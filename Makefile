@@ -518,3 +518,10 @@ FUZZ_EXAMPLES ?= 40
 .PHONY: fuzz
 fuzz:
 	VPLTOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
+
+## PGSeg vs plain GroupViT on a demo world (train-pgseg --recipe cpu, PGSEG_SEEDS): zero-shot val mIoU, class IoU
+PGSEG_RUN ?= runs/pgseg
+PGSEG_SEEDS ?= 0,1,2
+pgseg: setup
+	OMP_NUM_THREADS=1 $(VENV)/bin/python studies/study_pgseg_demo.py --run $(PGSEG_RUN) --seeds $(PGSEG_SEEDS) \
+	  > studies/results/pgseg_demo.json

@@ -3742,6 +3742,55 @@ def _class_file_blank_line(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", ws.root / "classes_blank.txt", *TINY,
            *CPU]
 
+# --------------------------------------------------------------------------------------------- train-pgseg
+PGSEG_ARGS = ["--recipe", "cpu", "--batch-size", "2", "--epochs", "1", "--crop-size", "32", "--workers", "1", *CPU]
+
+
+def _pgseg_shard(ws: Workspace, name: str, caption: bytes, image: bytes | None = None) -> Path:
+    """A folder with one img2dataset-style shard: sample 000000000 (a world image) and 000000001 (``image``, or
+    the same image, with ``caption``)."""
+    import io as _io
+    import tarfile
+
+    folder = ws.root / name
+    folder.mkdir()
+    picture = (ws.world / "images" / "train_000000.png").read_bytes()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for key, ext, data in (("000000000", "png", picture), ("000000000", "txt", b"a red star"),
+                               ("000000001", "png", picture if image is None else image),
+                               ("000000001", "txt", caption)):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, _io.BytesIO(data))
+    return folder
+
+
+@case("a shard sample with an empty caption (train-pgseg)", "00000.tar:000000001: empty caption")
+def _pgseg_empty_caption(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", _pgseg_shard(ws, "pairs_empty", b"  "), "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("a shard caption longer than the text context (train-pgseg)", "00000.tar:000000001: caption of",
+      "longer than the text context (77)", "--truncate")
+def _pgseg_long_caption(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", _pgseg_shard(ws, "pairs_long", b"star " * 90), "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("a shard image that does not decode (train-pgseg)", "00000.tar:000000001: the image does not decode")
+def _pgseg_bad_image(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", _pgseg_shard(ws, "pairs_bad_image", b"a blue cross", b"not a png"), "-o", ws.out("out"),
+           *PGSEG_ARGS]
+
+
+@case("a folder of images without captions (train-pgseg)", "no .tar shards and no captions.json")
+def _pgseg_no_captions(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world / "images", "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("a features file where a PGSeg checkpoint belongs (segment --pgseg)", "not a PGSeg checkpoint")
+def _pgseg_wrong_checkpoint(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--pgseg", ws.first_feature_file(), "-o", ws.out("out"), *CPU]
+
 
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees

@@ -16,6 +16,7 @@ from .root import app, help_cmd
 # isort: off
 from . import pipeline, segment, training, report, demo  # noqa: E402,F401
 from . import benchmark  # noqa: E402,F401
+from . import pgseg  # noqa: E402,F401  (train-pgseg)
 # isort: on
 app.command("help")(help_cmd)  # last in the list: `vpltool help` and `vpltool help COMMAND`
 

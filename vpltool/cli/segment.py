@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig, dense_help
+from ..config.pgseg import PGSEG_BG_THRESH
 from .common import (
     BATCHED,
     AttentionOpt,
@@ -78,6 +79,14 @@ def segment_cmd(
     proxy_weights: ProxyWeightsOpt = _S.proxy_weights,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    pgseg: Annotated[Optional[Path], typer.Option(help="Segment with this PGSeg / GroupViT checkpoint instead (a "
+                                                  "train-pgseg pgseg.safetensors or a GroupViT / PGSeg release "
+                                                  ".pth), as the reference's pgseg_seg.py: group maps, the 'a photo "
+                                                  "of a {}.' template, --bg-thresh; there --short-side 448, "
+                                                  "--slide-crop 448 and --slide-stride 224 by default (the "
+                                                  "reference's VOC test); the CLIP options are not used.")] = None,
+    bg_thresh: Annotated[float, typer.Option(help="With --pgseg: a pixel whose best class affinity is below this "
+                                             "(capped at the image's highest) is background.")] = PGSEG_BG_THRESH,
     shard: Shard = None,
     run: dict = BATCHED,
     model_config_dir: ModelConfigDir = None,
@@ -100,6 +109,20 @@ def segment_cmd(
     from ..segment import run_segment
 
     dataset = open_dataset(data, split)
+    if pgseg is not None:  # PGSeg / GroupViT: zero-shot by group maps (vpltool.segment_pgseg)
+        from ..segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
+
+        names = parse_class_names(classes) if classes is not None else list(dataset.classes[1:])
+        with progress("segment") as (on_start, on_item):
+            s = run_segment_pgseg(dataset, out, pgseg, names, runtime(device, precision, batch_size, workers,
+                                                                      overwrite), bg_thresh=bg_thresh,
+                                  short_side=short_side or DEFAULT_SHORT_SIDE,
+                                  slide=(DEFAULT_SLIDE[0] if slide_crop is None else slide_crop,
+                                         DEFAULT_SLIDE[1] if slide_stride is None else slide_stride),
+                                  on_start=on_start, on_item=on_item)
+        say(f"[green]✓[/] segment (pgseg): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → "
+            f"{out}")
+        return
     cfg = SegmentConfig(dense=dense, templates=templates, background=background, logit_scale=logit_scale,
                         prob_threshold=prob_threshold, area_threshold=area_threshold, short_side=short_side,
                         slide_crop=slide_crop, slide_stride=slide_stride, pamr_steps=pamr_steps,

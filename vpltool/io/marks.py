@@ -32,6 +32,8 @@ FILE_KINDS = {
     "cam-debug": "an image's CAM steps (`cam --save-debug`)",
     "decoder": "a trained decoder (`train-decoder`)",
     "decoder-checkpoint": "a decoder checkpoint (`train-decoder`)",
+    "pgseg": "a trained PGSeg / GroupViT (`train-pgseg`)",
+    "pgseg-checkpoint": "a PGSeg training checkpoint (`train-pgseg`)",
     "scores": "scores (`eval --json`)",
     "per-image-scores": "per-image scores (`eval --per-image`)",
     "diagnosis": "a diagnosis (`diagnose --json`)",

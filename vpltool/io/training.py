@@ -70,8 +70,11 @@ def check_decoder_meta(f: TensorFile) -> None:
 
 
 def write_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], optimizer_state: Mapping[str, Any],
-                     iteration: int, *, classes: Sequence[str], config: Mapping[str, Any], **meta: Any) -> Path:
+                     iteration: int, *, classes: Sequence[str], config: Mapping[str, Any],
+                     kind: str = CHECKPOINT_KIND, **meta: Any) -> Path:
     """Model and optimizer state in one file, so one atomic rename never leaves half of each.
+
+    ``kind``: the file's kind (another training command's checkpoints, e.g. ``pgseg-checkpoint``).
 
     Tensors: ``model.<name>`` and ``optim.<param id>.<slot>``; metadata ``iteration``, ``optim_groups`` (the
     optimizer's param groups) and ``meta`` (config, inputs, model identity).
@@ -82,15 +85,15 @@ def write_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], op
     for pid, slots in optimizer_state["state"].items():
         for name, value in slots.items():
             tensors[f"optim.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return write_tensors(path, tensors, kind=CHECKPOINT_KIND, classes=classes, params=config, iteration=iteration,
+    return write_tensors(path, tensors, kind=kind, classes=classes, params=config, iteration=iteration,
                          optim_groups=optimizer_state["param_groups"], **meta)
 
 
-def read_checkpoint(path: str | os.PathLike, *, header_only: bool = False
+def read_checkpoint(path: str | os.PathLike, *, header_only: bool = False, kind: str = CHECKPOINT_KIND
                     ) -> tuple[dict[str, Any], dict[str, Any], TensorFile]:
-    """``(model state, optimizer state, file)`` of :func:`write_checkpoint`'s file; empty states with
+    """``(model state, optimizer state, file)`` of :func:`write_checkpoint`'s file (of ``kind``); empty states with
     ``header_only`` (to check a checkpoint's settings before building anything)."""
-    f = read_tensors(path, kind=CHECKPOINT_KIND, keys=() if header_only else None)
+    f = read_tensors(path, kind=kind, keys=() if header_only else None)
     model = {k[6:]: v for k, v in f.tensors.items() if k.startswith("model.")}
     slots: dict[int, dict[str, Any]] = {}
     for key, value in f.tensors.items():

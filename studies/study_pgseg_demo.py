@@ -1,0 +1,151 @@
+"""PGSeg against plain GroupViT on the demo world, with the same recipe and budget, as the reference trains PGSeg:
+fine-tuned with NPR from a trained GroupViT (default_pgseg.yml ``checkpoint.resume``: GroupViT's release).
+
+Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr`, the pgseg family's tiny model),
+then from A's weights, for the same extra epochs, (B) GroupViT continued (`--no-npr --init A`) and (C) PGSeg
+(`--npr --init A`). Trained on the world's train pairs (image + caption: no mask, no label); each model then
+segments val zero-shot by the class names (`segment --pgseg`), scored by `eval`: val mIoU and class IoU (mean,
+standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next to all-background and
+uniform random labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh
+initialisation: docs/pgseg.md).
+
+    python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--train 400 --val 100]
+        [--finetune-epochs 5] [--short-side 64] > studies/results/pgseg_demo.json
+
+Settings are the cpu recipe's (set on the train loss); val is only scored. A run that fails or diverges is
+recorded with its error line (and no score), never dropped. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vpltool import io
+from vpltool.data import open_dataset
+from vpltool.kernels import MiouAccumulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
+from benchlib import machine  # noqa: E402
+
+# name -> (train-pgseg flags, the run it starts from: None = from scratch)
+METHODS = {"groupvit_scratch": (["--no-npr"], None), "groupvit": (["--no-npr"], "groupvit_scratch"),
+           "pgseg": (["--npr"], "groupvit_scratch")}
+SCRATCH_PGSEG = {"pgseg_scratch": (["--npr"], None)}
+
+
+def vpl(*args: str) -> subprocess.CompletedProcess:
+    """One vpltool command in a fresh process (as `make` runs it); its output kept for the record."""
+    return subprocess.run([sys.executable, "-m", "vpltool", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+
+
+def last_error(done: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+    return next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "no output")
+
+
+def baselines(world: Path, seed: int = 0) -> dict[str, float]:
+    """val mIoU of all-background and of uniform random labels (each pixel any of the C + 1 classes)."""
+    data = open_dataset(world, "val")
+    n = len(data.classes)
+    rng = np.random.default_rng(seed)
+    bg, uniform = MiouAccumulator(n), MiouAccumulator(n)
+    for item in data.items:
+        gt = io.read_mask(item.gt)
+        bg.add(gt, np.zeros_like(gt))
+        uniform.add(gt, rng.integers(0, n, gt.shape).astype(np.uint8))
+    return {"all background": bg.result()["miou"], "uniform random labels": uniform.result()["miou"]}
+
+
+def spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, default=Path("runs/pgseg"))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--train", type=int, default=400)
+    ap.add_argument("--val", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=None, help="(A)'s epochs [default: the cpu recipe's]")
+    ap.add_argument("--finetune-epochs", type=int, default=5, help="(B) and (C)'s epochs, from (A)")
+    ap.add_argument("--crop-size", type=int, default=64)
+    ap.add_argument("--short-side", type=int, default=64)
+    ap.add_argument("--scratch-pgseg", action="store_true", help="also PGSeg from scratch, (A)'s epochs")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = {**METHODS, **(SCRATCH_PGSEG if args.scratch_pgseg else {})}
+    world = args.run / "world"
+    if not io.stage_record_path(world).is_file():
+        done = vpl("make-world", str(world), "--train", str(args.train), "--val", str(args.val))
+        if done.returncode:
+            sys.exit(last_error(done))
+    runs: dict[str, dict[int, dict]] = {m: {} for m in methods}
+    for seed in seeds:
+        for method, (flags, start) in methods.items():
+            out = args.run / method / f"seed{seed}"
+            if start is not None:
+                init = args.run / start / f"seed{seed}" / "pgseg.safetensors"
+                if not init.is_file():
+                    runs[method][seed] = {"error": f"no {start} model to start from"}
+                    continue
+                flags = [*flags, "--init", str(init), "--epochs", str(args.finetune_epochs), "--warmup-epochs", "0"]
+            elif args.epochs:
+                flags = [*flags, "--epochs", str(args.epochs)]
+            t0 = time.perf_counter()
+            if not (out / "pgseg.safetensors").is_file():
+                done = vpl("train-pgseg", str(world), "-o", str(out / "train"), "--recipe", "cpu", *flags, "--seed",
+                           str(seed), "--crop-size", str(args.crop_size), "--device", "cpu", "--workers", "1",
+                           "--overwrite")
+                if done.returncode:
+                    runs[method][seed] = {"error": last_error(done), "train_s": round(time.perf_counter() - t0, 1)}
+                    print(f"{method} seed {seed}: {last_error(done)}", file=sys.stderr)
+                    continue
+                os.replace(out / "train" / "pgseg.safetensors", out / "pgseg.safetensors")
+            train_s = time.perf_counter() - t0
+            log = io.read_log(out / "train" / "log.jsonl") if (out / "train" / "log.jsonl").is_file() else []
+            seg = out / "segment_val"
+            done = vpl("segment", str(world), "--split", "val", "--pgseg", str(out / "pgseg.safetensors"),
+                       "--short-side", str(args.short_side), "-o", str(seg), "--device", "cpu", "--overwrite")
+            if done.returncode:
+                runs[method][seed] = {"error": last_error(done)}
+                continue
+            done = vpl("eval", str(seg), "--json", str(out / "segment_val.json"), "--overwrite")
+            scores = io.read_json(out / "segment_val.json")
+            runs[method][seed] = {"miou": scores["miou"], "iou": scores["iou"], "train_s": round(train_s, 1),
+                                  "first_loss": log[0]["loss"] if log else None,
+                                  "last_loss": log[-1]["loss"] if log else None,
+                                  "iterations": log[-1]["iter"] if log else None}
+            print(f"{method} seed {seed}: val mIoU {100 * scores['miou']:.2f}", file=sys.stderr)
+    summary = {m: spread([r["miou"] for r in runs[m].values() if "miou" in r]) for m in methods}
+    paired = [runs["pgseg"][s]["miou"] - runs["groupvit"][s]["miou"] for s in seeds
+              if "miou" in runs["pgseg"].get(s, {}) and "miou" in runs["groupvit"].get(s, {})]
+    classes = sorted({c for m in methods for r in runs[m].values() for c in r.get("iou", {})})
+    class_iou = {m: {c: spread([r["iou"][c] for r in runs[m].values() if c in r.get("iou", {})]) for c in classes}
+                 for m in methods}
+    print(json.dumps({
+        "what": "val mIoU of zero-shot `segment --pgseg` after `train-pgseg --recipe cpu` on the demo world's train "
+                "pairs; groupvit_scratch = (A) --no-npr from scratch; groupvit / pgseg = (A) continued for "
+                "--finetune-epochs with --no-npr / --npr (the reference fine-tunes PGSeg from GroupViT)",
+        "finetune_epochs": args.finetune_epochs,
+        "command": " ".join(["python", "studies/study_pgseg_demo.py", *sys.argv[1:]]),
+        "world": {"train": args.train, "val": args.val}, "seeds": seeds, "crop_size": args.crop_size,
+        "short_side": args.short_side, "baselines": baselines(world), "miou": summary,
+        "pgseg_minus_groupvit": spread(paired), "class_iou": class_iou, "runs": runs, "machine": machine("cpu"),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""`train-pgseg` and its pairs reader, on a tiny demo world, with the tests' stand-in model family
+(tests/pgseg_stand_in.py): checkpoints, bit-exact --resume after kill -9, DDP (torchrun, gloo) against one process,
+the reference's schedule, bad inputs."""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pgseg_stand_in
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from vpltool import io
+from vpltool.config.pgseg import pgseg_recipe
+from vpltool.data.pairs import check_pairs, open_pairs
+from vpltool.demo.make_world import write_dataset
+from vpltool.errors import VplError
+from vpltool.train_pgseg import GlobalBatches, lr_at, run_train_pgseg, schedule_lr
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+# 16 pairs, batch 4, 2 epochs = 8 iterations of the stand-in at 32 px crops
+SMALL = dict(batch_size=4, epochs=2, warmup_epochs=1, crop_size=32, min_scale=0.3, log_every=1, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("world") / "w", n_train=16, n_val=4, seed=0)
+
+
+@pytest.fixture
+def family(monkeypatch):
+    return pgseg_stand_in.install(monkeypatch)
+
+
+def _cfg(**kw):
+    return pgseg_recipe("cpu", **{**SMALL, **kw})
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return pgseg_stand_in.load_checkpoint(path)[1]
+
+
+# ------------------------------------------------------------------------------------------------ pairs
+def test_world_is_a_folder_of_pairs_of_its_train_split(world):
+    pairs = open_pairs(world)
+    captions = json.loads((world / "captions.json").read_text())
+    assert pairs.kind == "folder" and len(pairs.pairs) == 16
+    assert all(p.key.startswith("train_") and p.caption == captions[p.key] for p in pairs.pairs)
+    assert len(open_pairs(world, "val").pairs) == 4
+
+
+def _shard(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for key, parts in samples.items():
+            for ext, data in parts.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, _io.BytesIO(data))
+    return path
+
+
+def _jpeg(seed: int) -> bytes:
+    buf = _io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_shards_read_as_webdataset_groups_them(tmp_path):
+    import webdataset as wds
+
+    _shard(tmp_path / "00000.tar", {f"{i:09d}": {"jpg": _jpeg(i), "txt": f"a photo {i}".encode(), "json": b"{}"}
+                                    for i in range(3)})
+    _shard(tmp_path / "00001.tar", {"000000009": {"jpg": _jpeg(9), "txt": b"  spaced caption "}})
+    pairs = open_pairs(tmp_path)
+    assert [p.key for p in pairs.pairs] == ["00000.tar:000000000", "00000.tar:000000001", "00000.tar:000000002",
+                                           "00001.tar:000000009"]
+    assert pairs.pairs[-1].caption == "spaced caption"
+    # the same samples, bytes and keys as webdataset's own reader
+    ref = list(wds.WebDataset([str(tmp_path / "00000.tar")], shardshuffle=False))
+    assert [s["__key__"] for s in ref] == [p.key.split(":")[1] for p in pairs.pairs[:3]]
+    assert all(s["jpg"] == p.image_bytes() for s, p in zip(ref, pairs.pairs))
+    assert open_pairs(f"{tmp_path}/{{00000..00001}}.tar").pairs == pairs.pairs
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"k1": {"jpg": None}}, ["00000.tar:k1", "no caption"]),
+    ({"k1": {"jpg": None, "txt": b"   "}}, ["00000.tar:k1", "empty caption"]),
+    ({"k1": {"jpg": b"not a jpeg", "txt": b"a cat"}}, ["00000.tar:k1", "does not decode"]),
+    ({"k1": {"jpg": None, "txt": b"w " * 40}}, ["00000.tar:k1", "longer than the text context", "--truncate"]),
+])
+def test_bad_shard_samples_are_named(tmp_path, bad, words):
+    samples = {"k0": {"jpg": _jpeg(0), "txt": b"fine"}}
+    samples.update({k: {e: (_jpeg(1) if v is None else v) for e, v in parts.items()} for k, parts in bad.items()})
+    tok = pgseg_stand_in.tokenizer(pgseg_stand_in.PGSegConfig())
+    with pytest.raises(VplError) as e:
+        check_pairs(open_pairs(_shard(tmp_path / "00000.tar", samples)), tok.length, tok.context_length)
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
+
+
+def test_long_caption_passes_with_truncate(tmp_path):
+    tok = pgseg_stand_in.tokenizer(pgseg_stand_in.PGSegConfig())
+    pairs = open_pairs(_shard(tmp_path / "00000.tar", {"k": {"jpg": _jpeg(0), "txt": b"w " * 40}}))
+    check_pairs(pairs, tok.length, tok.context_length, truncate=True)
+
+
+def test_folder_without_captions_or_image(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(VplError, match="captions.json"):
+        open_pairs(tmp_path)
+    (tmp_path / "captions.json").write_text(json.dumps({"b": "a cat"}))
+    with pytest.raises(VplError, match="'b' but no image"):
+        open_pairs(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ schedule, plan
+def test_schedule_is_timms_cosine_updated_after_each_step():
+    from timm.scheduler import CosineLRScheduler
+
+    cfg, steps = _cfg(epochs=3, warmup_epochs=1), 5
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = CosineLRScheduler(opt, t_initial=cfg.epochs * steps, lr_min=cfg.min_lr,
+                              warmup_lr_init=cfg.warmup_lr, warmup_t=cfg.warmup_epochs * steps, cycle_limit=1,
+                              t_in_epochs=False)
+    for it in range(cfg.epochs * steps):  # main_pg_seg.py: step with the group's lr, then step_update(it)
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(cfg, it, steps), rel=1e-12)
+        sched.step_update(it)
+    assert schedule_lr(cfg, 0, steps) == cfg.warmup_lr and schedule_lr(cfg, 99, steps) == cfg.min_lr
+
+
+def test_ranks_share_the_global_batch():
+    one = list(GlobalBatches(20, 4, 1, 0, seed=3, start=0, stop=9))
+    two = [list(GlobalBatches(20, 2, 2, r, seed=3, start=0, stop=9)) for r in range(2)]
+    assert all(a == b + c for a, b, c in zip(one, *two))
+    assert list(GlobalBatches(20, 4, 1, 0, seed=3, start=4, stop=9)) == one[4:]
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_training_writes_model_checkpoint_record_and_log(world, tmp_path, family):
+    s = run_train_pgseg(world, tmp_path / "run", _cfg())
+    assert s.iterations == 8 and s.model == tmp_path / "run" / "pgseg.safetensors"
+    cfg, weights = family.load_checkpoint(s.model)
+    assert cfg.npr and set(weights) == set(family.PGSeg(cfg).state_dict())
+    record = io.read_record(io.stage_record_path(tmp_path / "run"))
+    assert record["stage"] == "train-pgseg" and record["count"] == 16 and record["params"]["npr"] is True
+    log = io.read_log(tmp_path / "run" / "log.jsonl")
+    assert [r["iter"] for r in log] == list(range(1, 9)) and {"loss", "contrast", "npr", "lr"} <= set(log[0])
+    _, _, ckpt = io.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors", kind="pgseg-checkpoint")
+    assert ckpt.meta("iteration") == 8
+    fresh = family.PGSeg(cfg).state_dict()
+    assert any(not torch.equal(fresh[k], weights[k]) for k in weights)  # it learnt something
+
+
+def test_no_npr_trains_groupvit_without_the_npr_term(world, tmp_path, family):
+    s = run_train_pgseg(world, tmp_path / "run", _cfg(npr=False, epochs=1))
+    cfg, _ = family.load_checkpoint(s.model)
+    assert not cfg.npr and "npr" not in io.read_log(tmp_path / "run" / "log.jsonl")[0]
+
+
+def test_refuses_to_clobber_and_resume_with_other_settings(world, tmp_path, family):
+    run_train_pgseg(world, tmp_path / "done", _cfg(epochs=1))
+    with pytest.raises(VplError, match="holds a trained model; pass --overwrite"):
+        run_train_pgseg(world, tmp_path / "done", _cfg(epochs=1))
+    run_train_pgseg(world, tmp_path / "run", _cfg(epochs=1), stop_after=2)
+    with pytest.raises(VplError, match="interrupted run"):
+        run_train_pgseg(world, tmp_path / "run", _cfg(epochs=1))
+    with pytest.raises(VplError, match="--lr 0.001 there, 0.002 here"):
+        run_train_pgseg(world, tmp_path / "run", _cfg(epochs=1, lr=2e-3), resume=True)
+
+
+def _script(body: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; sys.path.insert(0, %r); import pgseg_stand_in; "
+            "pgseg_stand_in.install(); %s" % (str(TESTS), body)]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1"}
+
+
+def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, family):
+    whole = run_train_pgseg(world, tmp_path / "whole", _cfg()).model
+    run = tmp_path / "killed"
+    # a run slowed down after each iteration, killed with -9 once its second checkpoint (iteration 4) is on disk
+    body = ("import time; from vpltool.config.pgseg import pgseg_recipe; from vpltool.train_pgseg import "
+            f"run_train_pgseg; run_train_pgseg({str(world)!r}, {str(run)!r}, pgseg_recipe('cpu', **{SMALL!r}), "
+            "on_iter=lambda i, r: time.sleep(0.5))")
+    proc = subprocess.Popen(_script(body), env=_env())
+    ckpt = run / "checkpoints" / "last.safetensors"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt.is_file() and io.read_checkpoint(ckpt, header_only=True, kind="pgseg-checkpoint")[2].meta(
+                "iteration") >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "pgseg.safetensors").exists()
+    s = run_train_pgseg(world, run, _cfg(), resume=True)
+    assert 4 <= s.start < 8 and s.iterations == 8
+    a, b = _weights(whole), _weights(s.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# DDP on 2 ranks x batch 2 against one process x batch 4: the same loss (each rank's rows against every rank's
+# columns, the gradients of every rank's loss summed back through the gather, averaged by DDP), summed in another
+# order (one step's gradients: 3.6e-7 at most, /tmp experiment on these weights)
+DDP_ATOL = 1e-6
+
+
+def test_torchrun_two_ranks_give_one_process_weights(world, tmp_path, family):
+    cfg = dict(SMALL, batch_size=2)
+    body = ("import pgseg_stand_in as f; f.NOISE = False; from vpltool.config.pgseg import "
+            "pgseg_recipe; from vpltool.config import RuntimeConfig; from vpltool.train_pgseg import "
+            f"run_train_pgseg; run_train_pgseg({str(world)!r}, {str(tmp_path / 'ddp')!r}, pgseg_recipe('cpu', "
+            f"**{cfg!r}), RuntimeConfig(device='cpu', workers=1))")
+    script = tmp_path / "ddp.py"
+    script.write_text(_script(body)[2].replace("; ", "\n"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_port()), str(script)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(pgseg_stand_in, "NOISE", False)
+    try:
+        one = run_train_pgseg(world, tmp_path / "one", _cfg(batch_size=4)).model
+    finally:
+        monkey.undo()
+    a, b = _weights(one), _weights(tmp_path / "ddp" / "pgseg.safetensors")
+    gaps = {k: (a[k] - b[k]).abs().max().item() for k in a}
+    assert max(gaps.values()) <= DDP_ATOL, gaps
+    log = io.read_log(tmp_path / "ddp" / "log.jsonl")
+    assert io.read_record(io.stage_record_path(tmp_path / "ddp"))["world_size"] == 2 and len(log) == 8
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_trains_and_refuses_bad_pairs_in_one_line(world, tmp_path, family):
+    from vpltool.cli import app
+
+    runner = CliRunner()
+    args = ["--recipe", "cpu", "--batch-size", "4", "--epochs", "1", "--crop-size", "32", "--device", "cpu",
+            "--workers", "1"]
+    done = runner.invoke(app, ["train-pgseg", str(world), "-o", str(tmp_path / "run"), "--no-npr", *args])
+    assert done.exit_code == 0, done.output
+    assert "GroupViT, 16 pairs, 4 iterations" in done.output and (tmp_path / "run" / "pgseg.safetensors").is_file()
+    _shard(tmp_path / "sh" / "00000.tar" if (tmp_path / "sh").mkdir() is None else None,
+           {"k0": {"jpg": _jpeg(0), "txt": b""}})
+    bad = runner.invoke(app, ["train-pgseg", str(tmp_path / "sh"), "-o", str(tmp_path / "run2"), *args])
+    assert bad.exit_code == 2 and "00000.tar:k0: empty caption" in bad.output
+    assert not (tmp_path / "run2").exists()
+
+
+# ------------------------------------------------------------------------------------------------ the real family
+def test_real_family_trains_groupvit_and_segment_takes_it(world, tmp_path):
+    """The pgseg family's tiny GroupViT: 4 iterations from the world's pairs, then `segment --pgseg` by class names
+    and `eval` of its folder."""
+    from vpltool.cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["train-pgseg", str(world), "-o", str(tmp_path / "run"), "--recipe", "cpu", "--no-npr",
+                               "--batch-size", "4", "--epochs", "1", "--crop-size", "32", "--device", "cpu",
+                               "--workers", "1"])
+    assert done.exit_code == 0, done.output
+    model = tmp_path / "run" / "pgseg.safetensors"
+    seg = runner.invoke(app, ["segment", str(world), "--split", "val", "--pgseg", str(model), "--short-side", "32",
+                              "-o", str(tmp_path / "seg"), "--device", "cpu"])
+    assert seg.exit_code == 0, seg.output
+    record = io.read_record(io.stage_record_path(tmp_path / "seg"))
+    classes = (world / "classes.txt").read_text().split()
+    assert record["classes"] == classes and record["count"] == 4 and record["params"]["bg_thresh"] == 0.95
+    masks = [np.asarray(Image.open(tmp_path / "seg" / f"val_{i:06d}.png")) for i in range(4)]
+    assert all(m.shape == (96, 96) and m.max() < len(classes) for m in masks)
+    scored = runner.invoke(app, ["eval", str(tmp_path / "seg")])
+    assert scored.exit_code == 0 and "mIoU" in scored.output, scored.output
+
+
+def test_segment_pgseg_refuses_another_file_before_writing(world, tmp_path):
+    from vpltool.cli import app
+
+    other = io.write_tensors(tmp_path / "x.safetensors", {"w": torch.zeros(2)}, kind="features", classes=[],
+                             params={})
+    done = CliRunner().invoke(app, ["segment", str(world), "--split", "val", "--pgseg", str(other), "-o",
+                                    str(tmp_path / "seg"), "--device", "cpu"])
+    assert done.exit_code == 2 and "not a PGSeg checkpoint" in done.output, done.output
+    assert not (tmp_path / "seg").exists()
+
+
+def test_real_family_resume_is_bit_exact(world, tmp_path):
+    """The family's tiny GroupViT (gumbel noise, drop path): stopped after iteration 2 (its checkpoint) and resumed
+    gives the weights of the run that went through."""
+    from vpltool.backbone import pgseg
+
+    cfg = _cfg(npr=False, epochs=1, checkpoint_every=2)
+    whole = run_train_pgseg(world, tmp_path / "whole", cfg).model
+    run_train_pgseg(world, tmp_path / "cut", cfg, stop_after=2)
+    s = run_train_pgseg(world, tmp_path / "cut", cfg, resume=True)
+    assert s.start == 2 and s.iterations == 4
+    a, b = pgseg.load_checkpoint(whole)[1], pgseg.load_checkpoint(s.model)[1]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+
+def test_init_at_another_crop_is_one_line(world, tmp_path):
+    from vpltool.backbone import pgseg
+
+    init = pgseg.save_checkpoint(tmp_path / "init.safetensors", pgseg.build_model(pgseg.tiny_config(img_size=48)))
+    with pytest.raises(VplError, match="trains at 48 px .* pass --crop-size 48"):
+        run_train_pgseg(world, tmp_path / "run", _cfg(npr=False), init=init)
+    assert not (tmp_path / "run").exists()

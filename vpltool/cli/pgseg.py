@@ -1,0 +1,121 @@
+"""`vpltool train-pgseg`: PGSeg / GroupViT from image–text pairs (vpltool.train_pgseg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..config.pgseg import PGSEG_PRESETS, PGSEG_RECIPES, PGSegTrainConfig
+from .common import (
+    _R,
+    Device,
+    LogFile,
+    OutDir,
+    Overwrite,
+    Verbose,
+    Workers,
+    all_ranks,
+    friendly_errors,
+    progress,
+    runtime,
+    say,
+)
+from .root import app
+
+_T = PGSegTrainConfig()
+
+
+def _default(name: str) -> str:
+    """``[default: 1024 (reference), 32 (cpu)]``: a default per recipe, read from config."""
+    values: dict[Any, list[str]] = {}
+    for recipe, changes in PGSEG_RECIPES.items():
+        values.setdefault(changes.get(name, getattr(_T, name)), []).append(recipe)
+    if len(values) == 1:
+        return f"[default: {next(iter(values))}]"
+    return "[default: " + ", ".join(f"{v} ({'/'.join(r)})" for v, r in values.items()) + "]"
+
+
+def _opt(help_text: str, name: str, *flags: str) -> Any:
+    return typer.Option(*flags, help=f"{help_text} {_default(name)}", show_default=False)
+
+
+@app.command("train-pgseg")
+@friendly_errors
+@all_ranks
+def train_pgseg_cmd(
+    pairs: Annotated[Path, typer.Argument(help="Image–text pairs: a folder of webdataset .tar shards as img2dataset "
+                                          "writes them (KEY.jpg + KEY.txt), one .tar, a brace pattern "
+                                          "('cc3m/{00000..00331}.tar'), or a folder of images with captions.json "
+                                          "(the demo world).")],
+    out: OutDir,
+    recipe: Annotated[str, typer.Option(help="reference (Ferenas/PGSeg's default_pgseg.yml: GroupViT-S, batch 1024 "
+                                        "per process, 30 epochs: GPU days) | cpu (the family's tiny model, 64 px "
+                                        "crops, batch 32: minutes on the demo world).")] = _T.recipe,
+    npr: Annotated[Optional[bool], typer.Option("--npr/--no-npr", show_default=False,
+                                                help="PGSeg's non-learnable prototypical regularisation; --no-npr "
+                                                "trains plain GroupViT [default: --npr].")] = None,
+    preset: Annotated[Optional[str], _opt(f"The model's size: {' | '.join(PGSEG_PRESETS)}.", "preset")] = None,
+    batch_size: Annotated[Optional[int], _opt("Pairs per process (the global batch is this x the ranks).",
+                                              "batch_size")] = None,
+    epochs: Annotated[Optional[int], _opt("Epochs.", "epochs")] = None,
+    warmup_epochs: Annotated[Optional[int], _opt("Linear warm-up epochs (counted in the cosine).",
+                                                 "warmup_epochs")] = None,
+    lr: Annotated[Optional[float], _opt("AdamW's peak learning rate (not scaled by the batch).", "lr")] = None,
+    warmup_lr: Annotated[Optional[float], _opt("The warm-up's first rate.", "warmup_lr")] = None,
+    min_lr: Annotated[Optional[float], _opt("The cosine's final rate.", "min_lr")] = None,
+    weight_decay: Annotated[Optional[float], _opt("AdamW weight decay (none on biases and norms).",
+                                                  "weight_decay")] = None,
+    eps: Annotated[Optional[float], _opt("AdamW eps.", "eps")] = None,
+    clip_grad: Annotated[Optional[float], _opt("Gradient norm clip; 0 = none.", "clip_grad")] = None,
+    crop_size: Annotated[Optional[int], _opt("RandomResizedCrop side.", "crop_size")] = None,
+    min_scale: Annotated[Optional[float], _opt("RandomResizedCrop's smallest area fraction.", "min_scale")] = None,
+    truncate: Annotated[bool, typer.Option("--truncate", help="Cut captions longer than the text context (the "
+                                           "reference does); without it such a caption is refused.")] = False,
+    split: Annotated[str, typer.Option("--split", "-s", help="For a folder with split listings (the demo world): "
+                                       "the split to train on.")] = "train",
+    init: Annotated[Optional[Path], typer.Option(help="Start from these weights: a GroupViT or PGSeg release (.pth) "
+                                                 "or a train-pgseg file; its architecture replaces --preset.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
+                                         "start when there is none).")] = False,
+    checkpoint_every: Annotated[Optional[int], _opt("Iterations between checkpoints; 0 = once per epoch.",
+                                                    "checkpoint_every")] = None,
+    log_every: Annotated[Optional[int], _opt("Iterations between log lines (OUT/log.jsonl).", "log_every")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Also write TensorBoard scalars here (pip install "
+                                                        "'vpltool[tensorboard]').")] = None,
+    seed: Annotated[Optional[int], _opt("Seed.", "seed")] = None,
+    device: Device = _R.device,
+    workers: Workers = _R.workers,
+    overwrite: Overwrite = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """PGSeg (NeurIPS'23) or plain GroupViT trained from image–text pairs alone; then `segment --pgseg` segments
+    any class by name.
+
+    Multi-GPU / multi-node: torchrun --nproc-per-node 8 -m vpltool train-pgseg ... (DDP, the contrastive loss
+    over every rank's batch; --batch-size is per process).
+
+    \b
+    Example:
+      vpltool make-world world --train 400 --val 100
+      vpltool train-pgseg world --recipe cpu -o runs/pgseg
+    """
+    from ..config.pgseg import pgseg_recipe
+    from ..train_pgseg import run_train_pgseg
+
+    cfg = pgseg_recipe(recipe, npr=npr, preset=preset, batch_size=batch_size, epochs=epochs,
+                       warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr,
+                       weight_decay=weight_decay, eps=eps, clip_grad=clip_grad, crop_size=crop_size,
+                       min_scale=min_scale, truncate=truncate or None, checkpoint_every=checkpoint_every,
+                       log_every=log_every, seed=seed)
+    with progress("train-pgseg", unit="iterations") as (on_start, on_item):
+        s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
+                            init=init, resume=resume, tensorboard=tensorboard, on_start=on_start,
+                            on_iter=lambda i, rec: on_item(1))
+    done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
+    what = "PGSeg" if cfg.npr else "GroupViT"
+    loss = "" if s.loss is None else f", loss {s.first_loss:.4f} → {s.loss:.4f}"
+    written = s.model if s.model is not None else f"{out} (rank 0 writes the files)"
+    say(f"[green]✓[/] train-pgseg: {what}, {s.pairs} pairs, {done} ({s.iters_per_s:.2f} it/s){loss} → {written}")

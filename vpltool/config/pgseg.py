@@ -1,0 +1,78 @@
+"""`train-pgseg`'s defaults (the reference's, Ferenas/PGSeg 9f167cd configs/default_pgseg.yml + pgseg_specific.yml)
+and its small CPU recipe; `segment --pgseg`'s background threshold.
+
+Torch-free (the CLI's ``--help`` reads these).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .checks import at_least, choice, fraction, non_negative, positive, seed_value
+
+PGSEG_PRESETS = ("groupvit-s", "tiny")  # the model family's configs: the reference's GroupViT-S, a tiny one
+PGSEG_RECIPES: dict[str, dict[str, Any]] = {
+    "reference": {},
+    # the demo world on 2 shared CPU cores: the family's tiny model at 64 px crops of the 96 px scenes, 180 steps
+    # on 400 pairs (about 1 it/s there). Set by the train loss only (nothing was tuned on val)
+    "cpu": {"preset": "tiny", "batch_size": 32, "epochs": 15, "warmup_epochs": 2, "lr": 1e-3, "warmup_lr": 1e-5,
+            "min_lr": 1e-4, "crop_size": 64, "min_scale": 0.35, "log_every": 5},
+}
+
+
+@dataclass(frozen=True)
+class PGSegTrainConfig:
+    """One `train-pgseg` run. Defaults: the reference's (its YAML key in the comment)."""
+
+    recipe: str = "reference"
+    preset: str = "groupvit-s"  # model.img_encoder / text_encoder of pgseg_specific.yml
+    npr: bool = True  # False: plain GroupViT (the image-text contrastive loss alone)
+    batch_size: int = 1024  # data.batch_size: per process (each rank's WebLoader batches this many)
+    epochs: int = 30  # train.epochs
+    warmup_epochs: int = 10  # train.warmup_epochs
+    lr: float = 1e-4  # train.base_lr; not scaled by the batch (main_pg_seg.py leaves the scaling commented out)
+    warmup_lr: float = 1e-6  # train.warmup_lr: the warm-up's first value
+    min_lr: float = 1e-5  # train.min_lr: the cosine's floor
+    weight_decay: float = 0.05  # train.weight_decay (0 for biases and 1-d weights: utils/optimizer.py)
+    eps: float = 1e-8  # train.optimizer.eps
+    beta1: float = 0.9  # train.optimizer.betas
+    beta2: float = 0.999
+    clip_grad: float = 5.0  # train.clip_grad: max gradient norm; 0 = no clipping
+    crop_size: int = 224  # data.img_aug.img_size: RandomResizedCrop's side
+    min_scale: float = 0.08  # data.img_aug.img_scale[0]: RandomResizedCrop's smallest area fraction
+    seed: int = 0  # train.seed
+    log_every: int = 10  # print_freq
+    checkpoint_every: int = 0  # iterations between checkpoints; 0 = once per epoch (checkpoint.freq 1)
+    truncate: bool = False  # cut captions longer than the context (the reference's Tokenize(truncate=True))
+
+    def __post_init__(self) -> None:
+        choice("--recipe", self.recipe, tuple(PGSEG_RECIPES))
+        choice("--preset", self.preset, PGSEG_PRESETS)
+        for name in ("batch_size", "epochs", "crop_size", "log_every"):
+            at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        for name in ("warmup_epochs", "checkpoint_every"):
+            at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
+        for name in ("lr", "eps"):
+            positive(f"--{name.replace('_', '-')}", getattr(self, name))
+        for name in ("warmup_lr", "min_lr", "weight_decay", "clip_grad"):
+            non_negative(f"--{name.replace('_', '-')}", getattr(self, name))
+        for name in ("beta1", "beta2"):
+            fraction(f"--{name}", getattr(self, name))
+        fraction("--min-scale", self.min_scale)
+        positive("--min-scale", self.min_scale)
+        seed_value("--seed", self.seed)
+
+
+def pgseg_recipe(name: str, **changes: Any) -> PGSegTrainConfig:
+    """The recipe's config with ``changes`` (None values: the recipe's own)."""
+    choice("--recipe", name, tuple(PGSEG_RECIPES))
+    base = replace(PGSegTrainConfig(), recipe=name, **PGSEG_RECIPES[name])
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+PGSEG_BG_THRESH = 0.95  # segmentation/evaluation/pgseg_seg.py: bg_thresh, capped at each image's highest affinity
+PGSEG_TEMPLATES = "simple"  # evaluate.seg.template of default_pgseg.yml
+
+__all__ = ["PGSEG_PRESETS", "PGSEG_RECIPES", "PGSegTrainConfig", "pgseg_recipe", "PGSEG_BG_THRESH",
+           "PGSEG_TEMPLATES"]

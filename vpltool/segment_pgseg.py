@@ -1,0 +1,131 @@
+"""`vpltool segment --pgseg FILE`: zero-shot segmentation by class names with a PGSeg / GroupViT checkpoint
+(`train-pgseg`'s ``pgseg.safetensors`` or a GroupViT / PGSeg release ``.pth``), as the reference's evaluation
+(Ferenas/PGSeg 9f167cd, ``segmentation/evaluation/pgseg_seg.py`` in mmseg's ``EncoderDecoder``):
+
+1. the image resized to ``short_side`` (mmseg's keep-ratio ``Resize``, bilinear; the reference's test scale is
+   448 on PASCAL VOC / Context), normalised with ImageNet statistics;
+2. each class name in the reference's ``simple`` template (``a photo of a {}.``), its text embedding;
+3. per window (sliding 448-px windows at stride 224, as the reference's VOC ``test_cfg``; ``slide`` (0, _) = the
+   whole image), both grouping stages' maps combined, every pixel its final group, every group the class it
+   matches among the image's top 5, background where the best affinity is below ``bg_thresh`` (0.95, capped at
+   the image's highest affinity): :func:`vpltool.backbone.pgseg.zero_shot_logits`;
+4. the windows' logits averaged where they overlap (mmseg's ``slide_inference``, the family's ``mode="slide"``),
+   resized (bilinear) to the image, argmax: a palette PNG over ``['background', *names]``, recorded in
+   ``_stage.json`` so that `eval` scores it by name as it scores `segment --dense`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import io, presets
+from .config import RuntimeConfig
+from .config.pgseg import PGSEG_BG_THRESH, PGSEG_TEMPLATES
+from .data import Dataset
+from .device import resolve_device
+from .errors import VplError
+
+STAGE = "segment"
+DEFAULT_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
+DEFAULT_SLIDE = (448, 224)  # pascal_voc12.py test_cfg: mode='slide', crop_size (448, 448), stride (224, 224)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _family():
+    from .backbone import pgseg
+
+    return pgseg
+
+
+def resized_size(h: int, w: int, short: int, long: int = 2048) -> tuple[int, int]:
+    """mmseg ``Resize(img_scale=(long, short), keep_ratio=True)``: the largest scale with the short side at most
+    ``short`` and the long side at most ``long``, rounded."""
+    scale = min(short / min(h, w), long / max(h, w))
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def image_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """``[H0, W0, 3]`` uint8 -> ``[1, 3, h, w]`` float32, bilinear-resized, ImageNet-normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (x - mean) / std
+
+
+def run_segment_pgseg(
+    dataset: Dataset,
+    out: str | Path,
+    checkpoint: str | Path,
+    names: Sequence[str],
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    bg_thresh: float = PGSEG_BG_THRESH,
+    short_side: int = DEFAULT_SHORT_SIDE,
+    slide: tuple[int, int] = DEFAULT_SLIDE,
+    on_start: Callable[[int], None] | None = None,
+    on_item: Callable[[int], None] | None = None,
+) -> io.StageSummary:
+    """Masks ``<out>/<id>.png`` over ``['background', *names]`` for every image of ``dataset`` (module doc);
+    finished images are skipped unless ``runtime.overwrite``. The checkpoint is read (and its architecture
+    checked) before any output."""
+    from .backbone.registry import load_model
+    from .batches import shard_from_env
+
+    if not 0.0 <= bg_thresh <= 1.0:
+        raise VplError(f"--bg-thresh {bg_thresh}: must be in [0, 1]")
+    if short_side < 1:
+        raise VplError(f"--short-side {short_side}: must be >= 1")
+    if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
+        raise VplError(f"--slide-crop {slide[0]} --slide-stride {slide[1]}: the crop must be >= 0 (0 = the whole "
+                       "image) and the stride between 1 and the crop")
+    out = io.check_folder_target(out)
+    names = [n.split("|")[0].strip().replace("_", " ") for n in names]
+    presets.check_class_names(names, "--classes")
+    classes = ["background", *names]
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root, "--pgseg": checkpoint},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
+    fam = _family()
+    fam.load_checkpoint(checkpoint)  # one line for a missing file or another model's, before anything is written
+    templates = list(fam.TEMPLATES[PGSEG_TEMPLATES])
+    params = {"method": "pgseg", "classes": list(names), "bg_thresh": bg_thresh, "short_side": short_side,
+              "slide_crop": slide[0], "slide_stride": slide[1],
+              "template_list": templates, "pgseg": io.file_identity(checkpoint),
+              "model": {"model": "pgseg", "pretrained": str(checkpoint)}}  # the records' model: a family and a file
+    index, count = shard_from_env(None)
+    ids = [it.id for it in dataset.items]
+    start = time.perf_counter()
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs()) as folder:
+        todo = folder.todo(ids, io.mask_path)
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            device = resolve_device(runtime.device)
+            model = load_model("pgseg", checkpoint, device)
+            tokens = fam.class_tokens(names, fam.tokenizer(model.cfg), templates).to(device)
+            text = fam.class_text_embeddings(model, tokens)
+            items = dataset.by_id()
+            with torch.no_grad():
+                for item_id in todo:
+                    image = io.load_image(items[item_id].image)
+                    h0, w0 = image.shape[:2]
+                    x = image_tensor(image, resized_size(h0, w0, short_side)).to(device)
+                    logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
+                                                  crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1, h, w]
+                    logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
+                    io.write_mask(io.mask_path(out, item_id), logits[0].argmax(0).to(torch.uint8).cpu().numpy())
+                    if on_item:
+                        on_item(1)
+        folder.finish(ids, io.mask_path, index, count, classes=classes)
+    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
+                           seconds=time.perf_counter() - start)
+
+
+__all__ = ["run_segment_pgseg", "resized_size", "image_tensor", "DEFAULT_SHORT_SIDE", "DEFAULT_SLIDE"]
