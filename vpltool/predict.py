@@ -208,6 +208,9 @@ def run_predict(
     model, f = load_decoder(decoder_file, device)
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
+        if model.cfg.classifier == "conv":
+            raise VplError(f"{f.path}: a decoder with a conv classifier (--recipe weclip) scores its own classes only; "
+                           "--classes needs one trained with --classifier prototypes")
         prompts = recorded_prompts(f)
         check_vocabulary(cfg.classes, prompts, f.path)
         bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
@@ -229,6 +232,8 @@ def run_predict(
             todo_items = [items[i] for i in todo]
             sizes = header_sizes([it.image for it in todo_items], runtime.loader_workers(device))  # before the CLIP
             bb = bb or load_backbone(ModelSpec.from_identity(f.meta("model")), device)
+            stats = model.cfg.input_stats()  # WeCLIP's decoders see ImageNet's mean / std, as in training
+            bb = bb.with_normalization(*stats) if stats else bb
             arch = f.meta("decoder_arch")
             if bb.width != arch["in_width"]:
                 raise ContractError(f"{f.path}: trained on a CLIP of width {arch['in_width']}, got {bb.width}")

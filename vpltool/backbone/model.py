@@ -120,6 +120,18 @@ class ClipBackbone:
         """The dtype the image tower's weights are stored in (float32 unless :meth:`with_image_tower_in`)."""
         return self.visual.conv1.weight.dtype
 
+    def with_normalization(self, mean: Sequence[float], std: Sequence[float]) -> ClipBackbone:
+        """A copy of this backbone whose inputs are normalised with ``mean`` / ``std`` (3 values each, on [0, 1]
+        pixels) instead of CLIP's own: WeCLIP feeds its frozen CLIP ImageNet's statistics. The model is shared."""
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if (mean, std) == (self.mean, self.std):
+            return self
+        clone = copy.copy(self)
+        clone.mean, clone.std = mean, std
+        clone._stats = (torch.tensor(mean, device=self.device).view(1, 3, 1, 1),
+                        torch.tensor(std, device=self.device).view(1, 3, 1, 1))
+        return clone
+
     def with_image_tower_in(self, dtype: torch.dtype) -> ClipBackbone:
         """A copy of this backbone whose image tower is stored and run in ``dtype`` (bf16 / fp16): the residual
         stream, LayerNorms and attention in ``dtype`` without autocast, as OpenAI's CLIP runs in fp16 (WeCLIP's

@@ -55,13 +55,19 @@ def _opt(help_text: str, name: str, **kw) -> Any:
 @friendly_errors
 @all_ranks
 def train_decoder_cmd(
-    pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored).")],
+    pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored); with --recipe "
+                                           "weclip the dataset itself (image labels only: WeCLIP makes its masks "
+                                           "online, per crop and iteration).")],
     prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="Vision (or text) prototypes W; also "
-                                             "names the frozen CLIP.")],
+                                             "names the frozen CLIP. With --recipe weclip the text prototypes "
+                                             "GradCAM scores (WeCLIP: text-prototypes --templates clip-es, \"a clean "
+                                             "origami {}.\", with background words).")],
     out: OutDir,
     recipe: Annotated[Optional[str], typer.Option(
-        help="vpl (the paper: SGD 0.9, wd 1e-4, batch 6, 30k iterations at crop 320: GPU hours) | weclip (AdamW, "
-        "balanced CE) | cpu (minutes on a CPU: cached features, small decoder and crops; for trying the pipeline, "
+        help="vpl (the paper: SGD 0.9, wd 1e-4, batch 6, 30k iterations at crop 320: GPU hours) | weclip (WeCLIP's "
+        "code: online pseudo masks by GradCAM, attention propagation with RFM after half the iterations and PAR; a "
+        "1x1 conv classifier; balanced CE + 0.1 x affinity loss; AdamW; ImageNet mean/std; no RSC) | cpu "
+        "(minutes on a CPU: cached features, small decoder and crops; for trying the pipeline, "
         f"not for the paper's numbers) [default: {_D.recipe}; on a CPU without --iters, a warning with the time it "
         "will take].",
         show_default=False)] = None,
@@ -105,6 +111,8 @@ def train_decoder_cmd(
                                            "reduce-overhead (also CUDA graphs); minutes of compiling, for long GPU "
                                            "runs.", "compile")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", "-s", help="With --recipe weclip: the dataset split to "
+                                                 "train on [default: train].", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
                                          "start when there is none).")] = False,
     tensorboard: Annotated[Optional[Path], typer.Option(
@@ -146,9 +154,11 @@ def train_decoder_cmd(
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
                               resume=resume, val_split=val_split, on_start=on_start, tensorboard=tensorboard,
+                              split=split,
                               on_iter=lambda i, rec: (on_item(1), timer and timer(i, cfg.iters)))
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
-    terms = "CE + RSC" + (" + CMPA" if cfg.lambda_proto > 0 else "")
+    terms = "CE" + (" + RSC" if cfg.lambda_rsc > 0 else "") + (" + CMPA" if cfg.lambda_proto > 0 else "") + \
+        (" + affinity" if cfg.lambda_aff > 0 else "")
     loss = "" if s.loss is None else \
         f", training loss ({terms}) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"
     val = f", validation mIoU {100 * s.val_miou:.1f}%" if s.val_miou is not None else ""

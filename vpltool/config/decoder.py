@@ -20,6 +20,13 @@ COMPILE_MODES = ("none", "default", "reduce-overhead")
 MAX_LOSS_WEIGHT = 1000.0
 LOSSES = ("ce", "balanced")
 BACKGROUNDS = ("logsumexp", "max")
+CLASSIFIERS = ("prototypes", "conv")  # cosine to the prototype rows W (VPL) | a free 1x1 conv to C + 1 (WeCLIP)
+ACTIVATIONS = ("gelu", "quick_gelu")  # the decoder blocks' MLP: exact GELU | CLIP's x sigmoid(1.702 x) (WeCLIP)
+PSEUDO_SOURCES = ("offline", "online")  # a crf folder's masks | WeCLIP's, made per crop and iteration
+NORMALIZATIONS = ("clip", "imagenet")  # the mean/std fed to the frozen CLIP (WeCLIP feeds ImageNet's)
+# WeCLIP's normalisation (its transforms.py: 123.675 / 255, ... on 0-255 pixels)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PADDINGS = ("mean", "black")  # crop padding: mean colour bottom/right, ignored | black at a random offset (WeCLIP)
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,20 @@ class DecoderConfig:
     proto_every: int | None = None  # bank refresh period; None = iters // 6 (SSR: every 5,000 of 30,000)
     # open-vocabulary study: classes held out of training (their pixels ignored, their row dropped from W)
     ignore_classes: tuple[str, ...] = ()
+    # WeCLIP's decoder head and supervision (--recipe weclip: train_decoder/online.py, docs/decoder.md)
+    classifier: str = "prototypes"  # CLASSIFIERS; conv needs lambda_rsc = lambda_proto = 0 (no embedding space)
+    block_norm: bool = True  # a LayerNorm before each per-block MLP (ours); WeCLIP feeds the raw residual stream
+    activation: str = "gelu"  # ACTIVATIONS
+    pseudo: str = "offline"  # PSEUDO_SOURCES; online: GradCAM + attention propagation (RFM) + PAR, no ignored pixel
+    normalization: str = "clip"  # NORMALIZATIONS, at training and at test
+    padding: str = "mean"  # PADDINGS
+    lambda_aff: float = 0.0  # affinity loss on sigmoid(F^T F) of the fused features (WeCLIP: 0.1; needs conv)
+    aff_radius: int = 8  # patch pairs further apart (rows or columns) are not supervised (WeCLIP: 8)
+    box_threshold: float = 0.4  # online masks: CAA's box threshold (WeCLIP 0.4 on VOC, 0.7 on COCO)
+    cam_blocks: int = 8  # online masks: propagate with the mean of the last 8 attention maps
+    rfm_blocks: int = 6  # RFM: the last 6 maps, filtered by the decoder's affinity
+    rfm_start: int | None = None  # RFM from this iteration on; None = iters // 2 (WeCLIP: 15,000 of 30,000)
+    par_iters: int = 20  # online masks: PAR rounds (dilations 1, 2, 4, 8, 12, 24)
     # optimisation
     recipe: str = "vpl"  # vpl | weclip | cpu: which preset the other fields came from (recorded, not read)
     optimizer: str = "sgd"  # sgd | adamw
@@ -83,6 +104,31 @@ class DecoderConfig:
         choice("--loss", self.loss, LOSSES)
         choice("--background", self.background, BACKGROUNDS)
         choice("--compile", self.compile, COMPILE_MODES)
+        choice("--classifier", self.classifier, CLASSIFIERS)
+        choice("activation", self.activation, ACTIVATIONS)
+        choice("pseudo", self.pseudo, PSEUDO_SOURCES)
+        choice("normalization", self.normalization, NORMALIZATIONS)
+        choice("padding", self.padding, PADDINGS)
+        require(self.classifier == "prototypes" or (self.lambda_rsc == 0 and self.lambda_proto == 0),
+                "--classifier conv has no prototype space: RSC and CMPA need --classifier prototypes; pass "
+                "--lambda-rsc 0 (and --lambda-proto 0)")
+        require(self.lambda_aff == 0 or self.classifier == "conv",
+                "--lambda-aff: the affinity loss is WeCLIP's, on its conv decoder; give --classifier conv")
+        require(self.pseudo == "offline" or self.classifier == "conv",
+                "online pseudo masks (WeCLIP) train WeCLIP's conv classifier; give --classifier conv")
+        require(self.pseudo == "offline" or not self.include_last_block,
+                "online pseudo masks re-run the last CLIP block for GradCAM; the decoder reads the blocks before it")
+        require(self.pseudo == "offline" or not self.ignore_classes,
+                "--ignore-classes holds classes out of offline pseudo masks; online masks (WeCLIP) take none")
+        require(self.pseudo == "offline" or not self.cache_features,
+                "online pseudo masks need every crop's CLIP pass; drop --cache-features")
+        non_negative("--lambda-aff", self.lambda_aff, MAX_LOSS_WEIGHT)
+        at_least("--aff-radius", self.aff_radius, 0)
+        fraction("--box-threshold", self.box_threshold)
+        for option, value in (("--cam-blocks", self.cam_blocks), ("--rfm-blocks", self.rfm_blocks),
+                              ("--par-iters", self.par_iters)):
+            at_least(option, value, 1)
+        at_least("--rfm-start", self.rfm_start, 0, allow_none=True)
         for option, value in (("--dim", self.dim), ("--layers", self.layers), ("--heads", self.heads),
                               ("--iters", self.iters), ("--batch-size", self.batch_size),
                               ("--checkpoint-every", self.checkpoint_every), ("--val-every", self.val_every),
@@ -119,7 +165,25 @@ class DecoderConfig:
                                                                     "proto_every")})
         if self.optimizer != "sgd":
             out["momentum"] = f"with the {self.optimizer} optimizer"
+        if self.classifier == "conv":
+            out.update({name: "with --classifier conv" for name in ("background", "temperature", "learn_temperature",
+                                                                     "train_prototypes")})
+        if self.lambda_aff == 0:
+            out["aff_radius"] = "with --lambda-aff 0"
+        if self.pseudo == "offline":
+            out.update({name: "with offline pseudo masks" for name in ("box_threshold", "cam_blocks", "rfm_blocks",
+                                                                        "rfm_start", "par_iters")})
         return out
+
+    def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The mean / std the frozen CLIP is fed at training and test (``normalization``); None = the CLIP's own."""
+        return (IMAGENET_MEAN, IMAGENET_STD) if self.normalization == "imagenet" else None
+
+    @property
+    def rfm_from(self) -> int:
+        """The first (0-based) iteration whose online masks use RFM: ``rfm_start``, or half the schedule (WeCLIP
+        switches after its 15,000th of 30,000 forwards)."""
+        return self.iters // 2 if self.rfm_start is None else self.rfm_start
 
     @property
     def proto_period(self) -> int:
@@ -130,8 +194,12 @@ class DecoderConfig:
 DECODER_RECIPES: dict[str, dict[str, Any]] = {
     "vpl": {},
     # WeCLIP (dist_clip_voc.py): AdamW wd 0.01, decoder lr 2e-3 (base 2e-4 x 10), poly power 1, batch 4, balanced CE
+    # and its model (model_attn_aff_voc.py): online pseudo masks, a 1x1 conv classifier, 0.1 x the affinity loss, no
+    # input LayerNorm, QuickGELU blocks, ImageNet mean/std, black padding at a random offset; no RSC
     "weclip": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "poly_power": 1.0, "batch_size": 4,
-               "loss": "balanced"},
+               "loss": "balanced", "lambda_rsc": 0.0, "classifier": "conv", "block_norm": False,
+               "activation": "quick_gelu", "pseudo": "online", "normalization": "imagenet", "padding": "black",
+               "lambda_aff": 0.1},
     # a CPU finishes in minutes: features cached once (no CLIP forward per iteration), small crops and decoder,
     # AdamW (converges in hundreds of steps); for trying the pipeline on a laptop, not for the paper's numbers
     "cpu": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "iters": 600, "batch_size": 8, "crop_size": 224,

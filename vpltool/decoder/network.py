@@ -78,15 +78,15 @@ class BlockMLPs(nn.Module):
     :class:`SegDecoder`'s state-dict hooks), so files do not change.
     """
 
-    def __init__(self, n_inputs: int, in_width: int, dim: int):
+    def __init__(self, n_inputs: int, in_width: int, dim: int, norm: bool = True):
         super().__init__()
-        norms = [nn.LayerNorm(in_width) for _ in range(n_inputs)]
+        norms = [nn.LayerNorm(in_width) for _ in range(n_inputs)]  # no random draws: the MLPs' draws stay
         mlps = [(nn.Linear(in_width, dim), nn.Linear(dim, dim)) for _ in range(n_inputs)]
-        self.eps = norms[0].eps
+        self.eps, self.norm = norms[0].eps, norm
         stacked = {"norm_weight": [n.weight for n in norms], "norm_bias": [n.bias for n in norms],
                    "fc1_weight": [a.weight for a, _ in mlps], "fc1_bias": [a.bias for a, _ in mlps],
                    "fc2_weight": [b.weight for _, b in mlps], "fc2_bias": [b.bias for _, b in mlps]}
-        for name in PER_BLOCK:
+        for name in block_parameters(norm):
             self.register_parameter(name, nn.Parameter(torch.stack(stacked[name]).detach()))
 
     def forward(self, feats: Tensor) -> Tensor:
@@ -96,17 +96,26 @@ class BlockMLPs(nn.Module):
         (``(x^ g + b) W^T + c = x^ (W diag g)^T + (W b + c)``).
         """
         # fp16 cache / bf16 frozen features -> fp32 into the normalisation; autocast (CUDA) lowers the matmuls again
-        x = F.layer_norm(feats.float(), feats.shape[-1:], eps=self.eps)  # [B, L, h, w, width]
-        c1 = self.fc1_bias + torch.einsum("ldc,lc->ld", self.fc1_weight, self.norm_bias)  # [L, dim]
-        hidden = torch.einsum("blhwc,ldc->blhwd", x, self.fc1_weight * self.norm_weight[:, None, :])
-        hidden = hidden + c1[None, :, None, None]
+        if not self.norm:  # WeCLIP: the raw residual stream, cast to float (segformer_head.py:74)
+            hidden = torch.einsum("blhwc,ldc->blhwd", feats.float(), self.fc1_weight)
+            hidden = hidden + self.fc1_bias[None, :, None, None]
+        else:
+            x = F.layer_norm(feats.float(), feats.shape[-1:], eps=self.eps)  # [B, L, h, w, width]
+            c1 = self.fc1_bias + torch.einsum("ldc,lc->ld", self.fc1_weight, self.norm_bias)  # [L, dim]
+            hidden = torch.einsum("blhwc,ldc->blhwd", x, self.fc1_weight * self.norm_weight[:, None, :])
+            hidden = hidden + c1[None, :, None, None]
         out = torch.einsum("blhwd,lkd->blhwk", F.relu(hidden), self.fc2_weight) + self.fc2_bias[None, :, None, None]
         return out.permute(0, 2, 3, 1, 4).flatten(3)
 
 
-def per_block_names(n_inputs: int) -> list[tuple[str, str, int]]:
+def block_parameters(norm: bool = True) -> list[str]:
+    """Step 2's stacked parameters: :data:`PER_BLOCK`'s, the LayerNorms' only with ``norm``."""
+    return [name for name in PER_BLOCK if norm or not name.startswith("norm_")]
+
+
+def per_block_names(n_inputs: int, norm: bool = True) -> list[tuple[str, str, int]]:
     """``(file name, stacked parameter, block)`` of step 2's parameters in files' order (:data:`PER_BLOCK`)."""
-    norms, mlps = ("norm_weight", "norm_bias"), ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    norms, mlps = ("norm_weight", "norm_bias") if norm else (), ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
     return [(PER_BLOCK[name].format(i), name, i) for group in (norms, mlps) for i in range(n_inputs) for name in group]
 
 
@@ -121,8 +130,9 @@ class EncoderLayer(nn.TransformerEncoderLayer):
     (bitwise on the CPU), the gradients within float32 rounding (tests/test_decoder.py).
     """
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, activation: str = "gelu"):
         super().__init__(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.act = quick_gelu if activation == "quick_gelu" else F.gelu
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, n, dim]`` -> ``[B, n, dim]``: ``x + attn(norm1(x))``, then ``+ mlp(norm2(.))`` (no masks: the
@@ -132,7 +142,12 @@ class EncoderLayer(nn.TransformerEncoderLayer):
         qkv = F.linear(self.norm1(x), attn.in_proj_weight, attn.in_proj_bias).unflatten(-1, (3, attn.num_heads, -1))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, n, dim / heads]
         x = x + attn.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, dim))
-        return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
+        return x + self.linear2(self.act(self.linear1(self.norm2(x))))
+
+
+def quick_gelu(x: Tensor) -> Tensor:
+    """CLIP's ``x * sigmoid(1.702 x)`` (WeCLIP's decoder blocks, ``Decoder/TransDecoder.py``)."""
+    return x * torch.sigmoid(1.702 * x)
 
 
 def _class_rows(row_class: Tensor) -> Tensor:
@@ -170,14 +185,18 @@ class SegDecoder(nn.Module):
             raise VplError("the prototypes have no background row; make them with background words (--background)")
         self.cfg, self.in_width, self.n_inputs = cfg, int(in_width), int(n_inputs)
         dim = cfg.dim
-        self.block_mlp = BlockMLPs(n_inputs, in_width, dim)
+        self.block_mlp = BlockMLPs(n_inputs, in_width, dim, cfg.block_norm)
         self.register_state_dict_post_hook(_per_block_state)
         self.register_load_state_dict_pre_hook(_stacked_state)
         self.fuse = nn.Linear(n_inputs * dim, dim)
         self.drop = nn.Dropout2d(cfg.dropout)
-        self.blocks = nn.ModuleList(EncoderLayer(dim, cfg.heads) for _ in range(cfg.layers))
-        self.ln_out = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, prototypes.shape[1])
+        self.blocks = nn.ModuleList(EncoderLayer(dim, cfg.heads, cfg.activation) for _ in range(cfg.layers))
+        self.conv = cfg.classifier == "conv"
+        if self.conv:  # WeCLIP: the last layer's tokens straight into a 1x1 conv to C + 1 classes
+            self.head = nn.Conv2d(dim, int((row_class > 0).sum()) + 1, kernel_size=1)
+        else:
+            self.ln_out = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, prototypes.shape[1])
         self.prototypes = nn.Parameter(F.normalize(prototypes.detach().float(), dim=-1).clone(),
                                        requires_grad=cfg.train_prototypes)
         self.register_buffer("row_class", row_class.detach().long().clone())
@@ -219,16 +238,26 @@ class SegDecoder(nn.Module):
         """``[N, D]`` float32 unit rows of W (re-normalised: fine-tuning may move them off the sphere)."""
         return F.normalize(self.prototypes.float(), dim=-1)
 
-    def embed(self, feats: Tensor) -> Tensor:
-        """``[B, L, h, w, width]`` (any float dtype) -> ``V [B, D, h, w]`` float32, unit norm per pixel."""
-        b, n, h, w, _ = feats.shape
+    def fused(self, feats: Tensor) -> Tensor:
+        """``[B, L, h, w, width]`` (any float dtype) -> the fused features ``[B, dim, h, w]`` after Dropout2d
+        (steps 1-2; WeCLIP's affinity ``sigmoid(F^T F)`` is taken of them)."""
+        n = feats.shape[1]
         if n != self.n_inputs:
             raise ContractError(f"the decoder reads {self.n_inputs} CLIP blocks, got features of {n}")
         x = self.fuse(self.block_mlp(feats))  # [B, h, w, dim]
-        x = self.drop(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)  # Dropout2d drops whole channels
+        return self.drop(x.permute(0, 3, 1, 2))  # Dropout2d drops whole channels
+
+    def tokens(self, fused: Tensor) -> Tensor:
+        """Step 3's transformer layers: ``[B, dim, h, w]`` -> ``[B, hw, dim]``."""
+        x = fused.flatten(2).transpose(1, 2)
         for blk in self.blocks:
             x = blk(x)  # [B, hw, dim]
-        v = self.head(self.ln_out(x)).float()  # [B, hw, D]
+        return x
+
+    def embed(self, feats: Tensor) -> Tensor:
+        """``[B, L, h, w, width]`` (any float dtype) -> ``V [B, D, h, w]`` float32, unit norm per pixel."""
+        h, w = feats.shape[2:4]
+        v = self.head(self.ln_out(self.tokens(self.fused(feats)))).float()  # [B, hw, D]
         return F.normalize(v, dim=-1).transpose(1, 2).unflatten(2, (h, w))
 
     def file_parameters(self) -> list[tuple[str, str, int | None]]:
@@ -239,8 +268,9 @@ class SegDecoder(nn.Module):
         for name, _ in self.named_parameters():
             if not name.startswith("block_mlp."):
                 out.append((name, name, None))
-            elif name == "block_mlp.norm_weight":  # the first of them: all L x 6 rows here, in the files' order
-                out += [(file, f"block_mlp.{stacked}", i) for file, stacked, i in per_block_names(self.n_inputs)]
+            elif name == f"block_mlp.{block_parameters(self.cfg.block_norm)[0]}":  # the first: all L x 6 (4) rows
+                out += [(file, f"block_mlp.{stacked}", i)
+                        for file, stacked, i in per_block_names(self.n_inputs, self.cfg.block_norm)]
         return out
 
     def score(self, v: Tensor, protos: Tensor | None = None) -> Tensor:
@@ -259,10 +289,17 @@ class SegDecoder(nn.Module):
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``feats [B, L, h, w, width]`` -> (V ``[B, D, h, w]``, A ``[B, C + 1, h, w]``, W ``[N, D]``), float32.
 
+        With ``classifier conv`` (WeCLIP) the first is the fused features ``F [B, dim, h, w]`` (for the affinity
+        loss) and A the conv's free logits.
+
         Everything the losses need comes out of ``forward`` so that DistributedDataParallel sees every use of a
         parameter (W included, when it is fine-tuned).
         """
         protos = self.unit_prototypes()
+        if self.conv:  # WeCLIP: (the fused features F, the conv's logits, W unused)
+            fused = self.fused(feats)
+            x = self.tokens(fused).transpose(1, 2).unflatten(2, fused.shape[-2:])  # [B, dim, h, w]
+            return fused, self.head(x).float(), protos
         v = self.embed(feats)
         return v, self.score(v, protos), protos
 
@@ -272,8 +309,9 @@ class SegDecoder(nn.Module):
 def _per_block_state(module: SegDecoder, state: dict[str, Tensor], prefix: str, local_metadata) -> None:
     """State-dict post-hook: step 2's stacked parameters under their per-block file names (:data:`PER_BLOCK`),
     where they were in the dict, each row its own tensor (a file holds no views of another tensor)."""
-    stacked = {k: state[prefix + "block_mlp." + k] for k in PER_BLOCK}
-    rows = {prefix + file: stacked[name][i].clone() for file, name, i in per_block_names(module.n_inputs)}
+    norm = module.cfg.block_norm
+    stacked = {k: state[prefix + "block_mlp." + k] for k in block_parameters(norm)}
+    rows = {prefix + file: stacked[name][i].clone() for file, name, i in per_block_names(module.n_inputs, norm)}
     items = list(state.items())
     at = next(j for j, (k, _) in enumerate(items) if k.startswith(prefix + "block_mlp."))
     kept = [(k, v) for k, v in items if not k.startswith(prefix + "block_mlp.")]
@@ -285,13 +323,13 @@ def _stacked_state(module: SegDecoder, state: dict[str, Tensor], prefix: str, lo
                    missing_keys: list[str], *args) -> None:
     """Load-state-dict pre-hook: a file's per-block rows of step 2 stacked into :class:`BlockMLPs`' parameters;
     rows missing are named among strict loading's missing keys."""
-    names = per_block_names(module.n_inputs)
+    names = per_block_names(module.n_inputs, module.cfg.block_norm)
     missing = [prefix + file for file, _, _ in names if prefix + file not in state]
     if missing:
         if len(missing) < len(names):  # some rows, not all: name those missing (none at all: a stacked state)
             missing_keys.extend(missing)
         return
-    rows: dict[str, list[Tensor]] = {name: [] for name in PER_BLOCK}
+    rows: dict[str, list[Tensor]] = {name: [] for name in block_parameters(module.cfg.block_norm)}
     for file, name, _ in sorted(names, key=lambda n: n[2]):
         rows[name].append(state.pop(prefix + file))
     for name, values in rows.items():

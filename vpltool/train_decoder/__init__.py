@@ -28,6 +28,7 @@ there.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -42,8 +43,9 @@ from torch import Tensor
 
 from .. import io, presets
 from ..backbone import ClipBackbone, ModelSpec, load_backbone
+from ..cam.gradcam import PrototypeRows
 from ..config import MAX_TOKENS, DecoderConfig, RuntimeConfig, to_params
-from ..data import open_recorded
+from ..data import open_dataset, open_recorded
 from ..decoder import (
     SegDecoder,
     block_features,
@@ -67,6 +69,7 @@ from .data import (
     normalize_views,
     training_views,
 )
+from .online import LabelledImages, labelled_views, online_step
 from .steps import (
     LossWindow,
     Read,
@@ -110,6 +113,21 @@ def _training_pairs(dataset, pseudo_dir: Path) -> list[tuple[str, Path, Path]]:
     if not pairs:
         raise VplError(f"{pseudo_dir}: no pseudo mask matches an image of its dataset; re-run `vpltool crf`")
     return pairs
+
+
+def _online_dataset(path: Path, split: str | None, cfg: DecoderConfig):
+    """The dataset WeCLIP's online masks train on: refused when ``path`` is a stage folder (online masks take no
+    pseudo masks) or when no image has a label."""
+    record = io.stage_record_path(path)
+    stage = json.loads(record.read_text()).get("stage") if record.is_file() else None
+    if stage is not None and stage != "make-world":  # a crf / predict / extract ... folder, not a dataset
+        raise VplError(f"{path}: a `{stage}` folder; --recipe {cfg.recipe} makes its pseudo masks online from image "
+                       "labels and takes none: give the dataset itself (the folder or manifest `extract` read)")
+    dataset = open_dataset(path, split or "train")
+    if not any(it.labels for it in dataset.items):
+        raise VplError(f"{path}: no image of split {split or 'train'!r} has a class label; online pseudo masks need "
+                       "image-level labels")
+    return dataset
 
 
 def _iteration_seed(seed: int, it: int, rank: int) -> int:
@@ -163,9 +181,14 @@ class _Run:
         self.label_map, self.extra_meta, self.cache = label_map, dict(extra_meta or {}), None
         self.protos, self.pairs, self.out_dir, self.inputs = protos, pairs, out_dir, inputs
         self.dtype = resolve_precision(runtime.precision, device)
-        # frozen: its image tower is kept in the run's precision (a copy when the caller's backbone is given)
-        self.bb = (backbone or load_backbone(ModelSpec.from_identity(protos.model), device)).with_image_tower_in(
-            self.dtype)
+        self.online = cfg.pseudo == "online"
+        # frozen: its image tower is kept in the run's precision (a copy when the caller's backbone is given); with
+        # online masks in float32, under autocast: GradCAM re-runs the last block in float32
+        bb = backbone or load_backbone(ModelSpec.from_identity(protos.model), device)
+        bb = bb if self.online else bb.with_image_tower_in(self.dtype)
+        stats = cfg.input_stats()  # WeCLIP: ImageNet's mean / std
+        self.bb = bb.with_normalization(*stats) if stats else bb
+        self.rows = PrototypeRows(protos, device) if self.online else None  # GradCAM's softmax rows
         check_crop(cfg.crop_size, self.bb.patch_size)
         self.blocks = feature_blocks(self.bb.n_blocks, cfg.include_last_block)
         seed_everything(cfg.seed)
@@ -214,8 +237,11 @@ class _Run:
             self.cache_seconds = time.perf_counter() - t0
             self.cache = cache
             return (tuple(t.to(self.device, non_blocking=True) for t in cache.batch(keys, cfg)) for keys in plan)
-        data = PseudoMaskSet(self.pairs, cfg, self.label_map)
         workers = self.runtime.loader_workers(self.device)  # 1 = load in this process, as crf's 1 = CRF here
+        if self.online:  # (pixels, the crops' image labels): the frozen pass runs in the step, with GradCAM
+            return labelled_views(LabelledImages(self.pairs, cfg), plan, workers, self.device, self.bb.mean,
+                                  self.bb.std)
+        data = PseudoMaskSet(self.pairs, cfg, self.label_map)
         views = training_views(data, plan, workers, self.device, self.bb.mean, self.bb.std)
         return ((self.frozen_fn(self.bb, p, self.blocks, self.dtype), m) for p, m in views)
 
@@ -269,8 +295,12 @@ class _Run:
             torch.manual_seed(_iteration_seed(cfg.seed, it, self.rank))  # dropout: same stream after --resume
             lr = lr_at(cfg, it)
             n = it + 1
-            window.add(n, train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler,
-                                     self.losses_fn))  # add() copies the losses out of the graph's memory
+            if self.online:  # feats, target: the crops' pixels and image labels
+                window.add(n, online_step(self.model, self.optimizer, self.bb, self.blocks, self.rows,
+                                          self.protos.temperature, feats, target, cfg, it, lr, self.dtype))
+            else:
+                window.add(n, train_step(self.model, self.optimizer, feats, target, cfg, lr, self.dtype, self.scaler,
+                                         self.losses_fn))  # add() copies the losses out of the graph's memory
             step_begin()
             record = {"iter": n}
             logged, checkpoint, val = self.reads_at(n)
@@ -379,11 +409,14 @@ def run_train_decoder(
     on_start: Callable[[int, int], None] | None = None,
     backbone: ClipBackbone | None = None,
     tensorboard: str | Path | None = None,
+    split: str | None = None,
 ) -> TrainSummary:
-    """Train the decoder on the pseudo masks of a `crf` folder; write ``out_dir/decoder.safetensors``.
+    """Train the decoder on the pseudo masks of a `crf` folder (or, with ``cfg.pseudo == "online"``, WeCLIP's
+    masks made in the loop from a dataset's image labels); write ``out_dir/decoder.safetensors``.
 
     Args:
         pseudo_dir: a finished `crf` (or `predict`) folder; its ``_stage.json`` names the dataset of the images.
+            With online masks (``--recipe weclip``): the dataset itself (its ``split``, default train).
         prototypes: a prototypes file (vision or text: the "text prototypes in phase 2" ablation); its ``model``
             metadata names the frozen CLIP.
         cfg: see :class:`DecoderConfig`; ``runtime.workers`` = data loading processes (1 = in this process, 0 =
@@ -399,14 +432,20 @@ def run_train_decoder(
         tensorboard: a folder for TensorBoard event files (:mod:`.board`); needs the ``tensorboard`` extra.
     """
     pseudo_dir, out_dir = Path(pseudo_dir), Path(out_dir)
-    record = io.read_stage_record(pseudo_dir, MASK_STAGES)
-    dataset_id = record["inputs"]["dataset"]
-    dataset = open_recorded(pseudo_dir)
+    online = cfg.pseudo == "online"
+    if online:  # WeCLIP: image labels only, the masks are made in the loop
+        dataset = _online_dataset(pseudo_dir, split, cfg)
+        dataset_id = dataset.identity()
+    else:
+        record = io.read_stage_record(pseudo_dir, MASK_STAGES)
+        dataset_id = record["inputs"]["dataset"]
+        dataset = open_recorded(pseudo_dir)
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
                              "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file",
                                                   "decoder-checkpoint"),
                              "--tensorboard": (tensorboard, "side")},
-                     inputs={"the pseudo-mask folder": pseudo_dir, "--prototypes": prototypes},
+                     inputs={"the dataset" if online else "the pseudo-mask folder": pseudo_dir,
+                             "--prototypes": prototypes},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     if tensorboard is not None:
         io.check_tensorboard()
@@ -419,15 +458,20 @@ def run_train_decoder(
     if cfg.ignore_classes:
         protos = drop_classes(protos, cfg.ignore_classes)
         extra_meta["held_out"] = list(cfg.ignore_classes)
-    inputs = {"pseudo": io.file_identity(io.stage_record_path(pseudo_dir)) | {"path": str(pseudo_dir)},
-              "prototypes": io.file_identity(protos.path, source=protos.source), "dataset": dataset_id}
+    pseudo = "online" if online else io.file_identity(io.stage_record_path(pseudo_dir)) | {"path": str(pseudo_dir)}
+    inputs = {"pseudo": pseudo, "prototypes": io.file_identity(protos.path, source=protos.source),
+              "dataset": dataset_id}
     val_items = []
     if val_split is not None:
-        val_items = [it for it in open_recorded(pseudo_dir, val_split).items if it.gt is not None]
+        val_set = open_dataset(pseudo_dir, val_split) if online else open_recorded(pseudo_dir, val_split)
+        val_items = [it for it in val_set.items if it.gt is not None]
         if not val_items:
             raise VplError(f"{dataset_id['root']}: split {val_split!r} has no GT masks to validate on")
-    pairs = _training_pairs(dataset, pseudo_dir)
-    check_supervision(pairs, pseudo_dir, len(dataset.classes))
+    if online:  # (id, image, image labels)
+        pairs = [(it.id, it.image, tuple(it.labels)) for it in dataset.items]
+    else:
+        pairs = _training_pairs(dataset, pseudo_dir)
+        check_supervision(pairs, pseudo_dir, len(dataset.classes))
     with process_group(runtime.device) as (rank, world, device):
         batches_per_epoch(len(pairs), cfg.batch_size, world, pseudo_dir)  # before anything is created
         io.make_folder(out_dir)

@@ -1,0 +1,329 @@
+"""WeCLIP's online pseudo masks and losses (zbf1991/WeCLIP, ``WeCLIP/``): what ``--recipe weclip`` trains on.
+
+Per training crop and iteration (``model_attn_aff_voc.py:forward``, ``clip/clip_tool.py:perform_single_voc_cam``):
+
+1. GradCAM of each image-level class on the frozen CLIP (the softmax over the class's text row and the background
+   rows, prompt "a clean origami {}."): ``cams [K, h, w]`` in [0, 1] (vpltool's CLIP-ES GradCAM, the same
+   arithmetic: :meth:`vpltool.backbone.ClipBackbone.gradcam_batch`).
+2. The propagation attention (:func:`propagation_attention`): the mean of the last 8 head-mean attention maps; after
+   ``rfm_start`` iterations RFM: of the last 6 maps, those whose summed difference to the decoder's affinity is at
+   most the mean difference, averaged, times that affinity.
+3. CAA's transition matrix of it (:func:`vpltool.cam.caa.affinity`, CLIP-ES's arithmetic without a floor), each
+   class's map propagated inside the union of its boxes at threshold 0.4 (CLIP-ES's ``scoremap2bbox``, its border
+   clipping included: :func:`vpltool.cam.caa.box_mask` with ``parity``).
+4. Min-max per map, bilinear to the crop, background ``(1 - max_k)^1``, PAR (20 iterations, dilations 1, 2, 4, 8,
+   12, 24: :func:`par`) on the normalised crop, argmax: labels ``[S, S]`` with no ignored pixel.
+
+Losses (``scripts/dist_clip_voc.py``): balanced CE (:func:`vpltool.decoder.losses.balanced_ce_loss`) of the
+bilinearly upsampled logits + 0.1 x the affinity loss (:func:`affinity_loss`) of ``sigmoid(F^T F)`` of the fused
+decoder features against the pairs of equal pseudo labels within a radius of 8 patches (:func:`affinity_targets`).
+
+Every function here is pure (no module state): the parity runner compares them with WeCLIP's own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import io
+from ..batches import die_with_parent
+from ..cam.caa import affinity, box_mask
+from ..cam.gradcam import PrototypeRows
+from ..config import IGNORE_INDEX, DecoderConfig
+from ..decoder.losses import balanced_ce_loss, ce_loss, upsample_logits
+from ..device import autocast
+from ..kernels import minmax
+from .data import augment, normalize_views, sample_rng
+
+PAR_DILATIONS = (1, 2, 4, 8, 12, 24)  # WeCLIP model_attn_aff_voc.py:89
+PAR_W1, PAR_W2 = 0.3, 0.01  # PAR.py: the colour affinity's scale and the weight of the positional term
+
+
+# --------------------------------------------------------------------------------------------- PAR
+def _par_kernel(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[8, 1, 3, 3]``: one-hot picks of the 8 neighbours of a 3 x 3 window (PAR.py:get_kernel's order)."""
+    kernel = torch.zeros(8, 1, 3, 3, device=device, dtype=dtype)
+    for k, (i, j) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]):
+        kernel[k, 0, i, j] = 1
+    return kernel
+
+
+def _neighbours(x: Tensor, dilations: Sequence[int]) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B, C, 8 * len(dilations), H, W]``: each pixel's 8 neighbours at every dilation
+    (replicated border)."""
+    b, c, h, w = x.shape
+    kernel = _par_kernel(x.device, x.dtype)
+    out = []
+    for d in dilations:
+        padded = F.pad(x, [d] * 4, mode="replicate").reshape(b * c, 1, h + 2 * d, w + 2 * d)
+        out.append(F.conv2d(padded, kernel, dilation=d).view(b, c, -1, h, w))
+    return torch.cat(out, dim=2)
+
+
+def par(image: Tensor, masks: Tensor, dilations: Sequence[int] = PAR_DILATIONS, iters: int = 20) -> Tensor:
+    """Pixel-adaptive refinement (AFA's PAR as WeCLIP runs it, ``WeCLIP_model/PAR.py``).
+
+    Args:
+        image: ``[B, 3, H, W]`` float normalised pixels (bilinearly resized, corners aligned, to the masks' size).
+        masks: ``[B, K, h, w]`` float scores (background first).
+        dilations: neighbour rings; iters: propagation rounds.
+
+    Returns:
+        ``[B, K, h, w]`` float32: ``iters`` rounds of ``m <- sum_n aff_n m_n`` over the neighbours, with
+        ``aff = softmax_n(-(|I - I_n| / std_n(I_n) / 0.3)^2 mean over RGB) + 0.01 softmax_n(-(pos_n / std / 0.3)^2)``.
+    """
+    image, masks = image.float(), masks.float()
+    if image.shape[-2:] != masks.shape[-2:]:
+        image = F.interpolate(image, size=masks.shape[-2:], mode="bilinear", align_corners=True)
+    b, _, h, w = image.shape
+    near = _neighbours(image, dilations)  # [B, 3, n, h, w]
+    ring = torch.ones(8, dtype=torch.float32)
+    ring[[0, 2, 5, 7]] = float(np.sqrt(2))  # the diagonal neighbours are sqrt(2) rings away
+    pos = torch.cat([ring * d for d in dilations]).to(image.device).view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)
+    diff = (near - image.unsqueeze(2)).abs()
+    aff = -(diff / (near.std(dim=2, keepdim=True) + 1e-8) / PAR_W1) ** 2
+    aff = aff.mean(dim=1, keepdim=True)
+    pos_aff = -(pos / (pos.std(dim=2, keepdim=True) + 1e-8) / PAR_W1) ** 2
+    aff = F.softmax(aff, dim=2) + PAR_W2 * F.softmax(pos_aff, dim=2)
+    for _ in range(iters):
+        masks = (_neighbours(masks, dilations) * aff).sum(2)
+    return masks
+
+
+# --------------------------------------------------------------------------------------------- pseudo masks
+def propagation_attention(attention: Tensor, seg_affinity: Tensor | None, mean_blocks: int = 8,
+                          rfm_blocks: int = 6) -> Tensor:
+    """The attention CAA propagates with (``clip_tool.py:153-176``).
+
+    Args:
+        attention: ``[N, hw, hw]`` float head-mean attention maps without CLS of the last N frozen blocks, the last
+            block's last (N >= ``mean_blocks`` and ``rfm_blocks``, or all there are).
+        seg_affinity: ``[hw, hw]`` the decoder's ``sigmoid(F^T F)`` (RFM), or None (before ``rfm_start``).
+
+    Returns:
+        ``[hw, hw]`` float32: the mean of the last ``mean_blocks`` maps; with ``seg_affinity`` (RFM) the mean of
+        those of the last ``rfm_blocks`` maps whose summed ``seg_affinity - map`` is at most the mean over them,
+        times ``seg_affinity`` (no gradient flows back into the decoder).
+    """
+    attention = attention.float()
+    if seg_affinity is None:
+        return attention[-mean_blocks:].mean(0)
+    maps = attention[-rfm_blocks:]
+    seg = seg_affinity.detach().float()
+    diff = (seg[None] - maps).flatten(1).sum(1)  # [n]
+    keep = (diff <= diff.mean()).float()[:, None, None]
+    mean = (keep * maps).sum(0) / (keep.sum(0) + 1e-5)
+    return mean * seg
+
+
+def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, image: Tensor,
+                       seg_affinity: Tensor | None = None, *, box_threshold: float = 0.4, mean_blocks: int = 8,
+                       rfm_blocks: int = 6, par_iters: int = 20,
+                       par_dilations: Sequence[int] = PAR_DILATIONS) -> Tensor:
+    """WeCLIP's pseudo label of one training crop.
+
+    Args:
+        cams: ``[K, h, w]`` float GradCAM maps in [0, 1] of the image's K classes (CLIP-ES scaling).
+        classes: the K class ids (1..C), in the order of ``cams``.
+        attention: ``[N, hw, hw]`` (:func:`propagation_attention`).
+        image: ``[3, S, S]`` the normalised crop the CLIP saw (S = 16 h for ViT-B/16).
+        seg_affinity: ``[hw, hw]`` the decoder's affinity for RFM, or None.
+
+    Returns:
+        ``[S, S]`` int64 labels in 0..C (0 = background; no ignored pixel); all background when K = 0.
+    """
+    size = image.shape[-2:]
+    if len(classes) == 0:
+        return torch.zeros(size, dtype=torch.long, device=image.device)
+    cams = cams.float()
+    k, h, w = cams.shape
+    trans = affinity(propagation_attention(attention, seg_affinity, mean_blocks, rfm_blocks), exact=True)
+    boxes = np.stack([box_mask(c, box_threshold, parity=True) for c in cams.detach().cpu().numpy()])
+    boxes = torch.from_numpy(boxes).to(trans.device).flatten(1)  # [K, hw]
+    flat = cams.to(trans.device).flatten(1)  # [K, hw]
+    refined = torch.stack([(trans * boxes[i][None]) @ flat[i] for i in range(k)]).view(k, h, w)
+    refined = F.interpolate(minmax(refined)[None], size=size, mode="bilinear", align_corners=False)[0]
+    scores = torch.cat([1 - refined.amax(0, keepdim=True), refined])  # background (1 - max)^1 first
+    with torch.no_grad():
+        scores = par(image[None].to(scores.device), scores[None], par_dilations, par_iters)[0]
+    lut = torch.tensor([0, *classes], dtype=torch.long, device=scores.device)
+    return lut[scores.argmax(0)]
+
+
+# --------------------------------------------------------------------------------------------- affinity loss
+def radius_mask(h: int, w: int, radius: int, device: torch.device | str = "cpu") -> Tensor:
+    """``[hw, hw]`` bool: patch pairs at most ``radius`` rows and ``radius`` columns apart
+    (``dist_clip_voc.py:get_mask_by_radius``)."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    return ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)
+
+
+def affinity_targets(labels: Tensor, grid: tuple[int, int], radius: int) -> Tensor:
+    """Pair targets of the affinity loss (``utils/camutils.py:cams_to_affinity_label``).
+
+    Args:
+        labels: ``[B, S, S]`` int64 pseudo labels (255 = ignored).
+        grid: the patch grid ``(h, w)``; labels are sampled at it by nearest neighbour.
+
+    Returns:
+        ``[B, hw, hw]`` int64: 1 = same label, 0 = different, 255 = outside the radius or an ignored patch.
+    """
+    small = F.interpolate(labels[:, None].float(), size=grid, mode="nearest").flatten(1)  # [B, hw]
+    out = (small[:, :, None] == small[:, None, :]).long()
+    out[:, ~radius_mask(*grid, radius, labels.device)] = IGNORE_INDEX
+    ignored = small == IGNORE_INDEX
+    out.masked_fill_(ignored[:, None, :] | ignored[:, :, None], IGNORE_INDEX)
+    return out
+
+
+def decoder_affinity(fused: Tensor) -> Tensor:
+    """``sigmoid(F^T F)`` ``[B, hw, hw]`` of the fused decoder features ``F [B, dim, h, w]``
+    (``model_attn_aff_voc.py:129-137``)."""
+    flat = fused.float().flatten(2)
+    return torch.sigmoid(flat.transpose(1, 2) @ flat)
+
+
+def affinity_loss(pred: Tensor, targets: Tensor) -> Tensor:
+    """``0.5 sum_pos (1 - a) / (n_pos + 1) + 0.5 sum_neg a / (n_neg + 1)`` over the batch (``utils/losses.py:
+    get_aff_loss``); ``pred`` ``[B, hw, hw]`` in (0, 1), ``targets`` from :func:`affinity_targets`."""
+    pos, neg = (targets == 1).float(), (targets == 0).float()
+    return 0.5 * (pos * (1 - pred)).sum() / (pos.sum() + 1) + 0.5 * (neg * pred).sum() / (neg.sum() + 1)
+
+
+def weclip_losses(logits: Tensor, fused: Tensor, labels: Tensor, radius: int = 8, lambda_aff: float = 0.1,
+                  balanced: bool = True) -> dict[str, Tensor]:
+    """WeCLIP's training loss of a batch: ``{"ce", "aff", "loss"}`` with ``loss = ce + lambda_aff aff``.
+
+    Args:
+        logits: ``[B, C + 1, h, w]`` the decoder's class scores; fused: ``[B, dim, h, w]`` its fused features.
+        labels: ``[B, S, S]`` int64 online pseudo labels (:func:`online_pseudo_mask`).
+        balanced: WeCLIP's mean of the background-pixel and foreground-pixel CE (else plain CE).
+    """
+    up = upsample_logits(logits, labels.shape[-2:])
+    ce = balanced_ce_loss(up, labels) if balanced else ce_loss(up, labels)
+    aff = affinity_loss(decoder_affinity(fused), affinity_targets(labels, tuple(fused.shape[-2:]), radius))
+    return {"ce": ce, "aff": aff, "loss": ce + lambda_aff * aff}
+
+
+# --------------------------------------------------------------------------------------------- the training step
+def place(pixels: np.ndarray, extent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """WeCLIP's padding (``transforms.py:random_crop``): the image part of a crop (:func:`.data.augment`'s
+    top-left ``extent``) moved to a random offset inside black padding; one more draw from the sample's ``rng``."""
+    rows, cols = int(extent[0]), int(extent[1])
+    side = pixels.shape[0]
+    y, x = int(rng.integers(0, side - rows + 1)), int(rng.integers(0, side - cols + 1))
+    out = np.zeros_like(pixels)
+    out[y:y + rows, x:x + cols] = pixels[:rows, :cols]
+    return out
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Augmented crops per key ``(index, epoch)`` for online pseudo masks: ``(pixels [S, S, 3] uint8, index)``
+    (the image labels stay with the run: ``items[index]``)."""
+
+    def __init__(self, items: Sequence[tuple[str, Path, tuple[int, ...]]], cfg: DecoderConfig):
+        self.items, self.cfg = list(items), cfg
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, epoch = key
+        image = io.load_image(self.items[index][1])
+        rng = sample_rng(self.cfg.seed, epoch, index)
+        pixels, _, extent = augment(image, np.zeros(image.shape[:2], np.uint8), rng, self.cfg)
+        if self.cfg.padding == "black":
+            pixels = place(pixels, extent, rng)
+            extent = np.array(pixels.shape[:2], np.int32)  # nothing is refilled: the black is normalised as is
+        return torch.from_numpy(pixels), torch.from_numpy(extent), torch.tensor(index)
+
+
+def labelled_views(data: LabelledImages, plan, workers: int, device: torch.device, mean, std
+                   ) -> Iterator[tuple[Tensor, list[tuple[int, ...]]]]:
+    """``(pixels [B, 3, S, S] float32 normalised, the B images' labels)`` on ``device``, one per iteration."""
+    loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=workers if workers > 1 else 0,
+                                         worker_init_fn=functools.partial(die_with_parent, os.getpid()))
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
+    for pixels, extent, index in loader:
+        views = normalize_views(pixels.to(device), extent.to(device), mean, std)
+        yield views, [data.items[i][2] for i in index.tolist()]
+
+
+@dataclass
+class FrozenOnline:
+    """The frozen CLIP's pass over a batch of crops, for the decoder and the online masks.
+
+    Attributes:
+        feats: ``[B, L, h, w, width]`` the blocks the decoder reads.
+        last_input: ``[B, 1 + hw, width]`` float32 tokens entering the last block (GradCAM re-runs it).
+        attention: ``[B, n, hw, hw]`` float32 head-mean attention without CLS of the n blocks before the last.
+    """
+
+    feats: Tensor
+    last_input: Tensor
+    attention: Tensor
+    grid: tuple[int, int]
+
+
+@torch.no_grad()
+def frozen_online(bb, pixels: Tensor, blocks: Sequence[int], maps: int, dtype: torch.dtype = torch.float32
+                  ) -> FrozenOnline:
+    """Blocks ``0..L-2`` on ``pixels [B, 3, S, S]``, keeping ``blocks``' tokens and the last ``maps - 1`` blocks'
+    attention (the last block's own map comes from GradCAM's forward of it)."""
+    stop = bb.n_blocks - 1
+    n_prev = min(maps, bb.n_blocks) - 1
+    with contextlib.nullcontext() if dtype == torch.float32 else autocast(bb.device, dtype):
+        enc = bb.encode(pixels, stop=stop, attention_from=stop - n_prev, collect=blocks)
+    feats = torch.stack(enc.blocks, 1).unflatten(2, enc.grid)
+    hw = enc.grid[0] * enc.grid[1]
+    attention = (torch.stack([a[:, 1:, 1:].float() for a in enc.attentions], 1) if enc.attentions
+                 else pixels.new_zeros(len(pixels), 0, hw, hw))
+    return FrozenOnline(feats, enc.tokens.float(), attention, enc.grid)
+
+
+def online_masks(bb, frozen: FrozenOnline, labels: Sequence[Sequence[int]], rows: PrototypeRows,
+                 temperature: float, pixels: Tensor, seg_affinity: Tensor | None, cfg: DecoderConfig) -> Tensor:
+    """``[B, S, S]`` int64 online pseudo labels of a batch (:func:`online_pseudo_mask` per crop) from its frozen
+    pass; ``seg_affinity`` ``[B, hw, hw]`` (RFM) or None."""
+    cam = bb.gradcam_batch(frozen.last_input, frozen.grid, rows.for_labels(labels), temperature, layer="input")
+    out = []
+    for b, classes in enumerate(labels):
+        attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
+        out.append(online_pseudo_mask(
+            cam.image_maps(b), list(classes), attention, pixels[b],
+            None if seg_affinity is None else seg_affinity[b], box_threshold=cfg.box_threshold,
+            mean_blocks=cfg.cam_blocks, rfm_blocks=cfg.rfm_blocks, par_iters=cfg.par_iters))
+    return torch.stack(out)
+
+
+def online_step(model, optimizer: torch.optim.Optimizer, bb, blocks: Sequence[int], rows: PrototypeRows,
+                temperature: float, pixels: Tensor, labels: Sequence[Sequence[int]], cfg: DecoderConfig, it: int,
+                lr: float, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """One WeCLIP iteration (``dist_clip_voc.py``'s loop body): the frozen pass, the decoder, the online masks of
+    the crops (RFM from ``cfg.rfm_from`` on, with the decoder's affinity of this very forward), the losses, one
+    AdamW step. Returns the detached float32 losses (``ce``, ``aff``, ``loss``) on the device."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    frozen = frozen_online(bb, pixels, blocks, max(cfg.cam_blocks, cfg.rfm_blocks), dtype)
+    with autocast(pixels.device, dtype):
+        fused, logits, _ = model(frozen.feats)
+    seg_affinity = decoder_affinity(fused).detach() if it >= cfg.rfm_from else None
+    targets = online_masks(bb, frozen, labels, rows, temperature, pixels, seg_affinity, cfg)
+    losses = weclip_losses(logits.float(), fused.float(), targets, cfg.aff_radius, cfg.lambda_aff,
+                           balanced=cfg.loss == "balanced")
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    return {k: v.detach().float() for k, v in losses.items()}
