@@ -45,6 +45,7 @@ VOC = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "c
 BARS: dict[str, tuple[str, float]] = {
     "pseudo_labels": ("share", 0.999), "refined_cams": ("max", 1e-4),
     "pseudo_labels_rfm": ("share", 0.999), "refined_cams_rfm": ("max", 1e-4),
+    "crop_scores": ("max", 1e-4), "crop_scores_rfm": ("max", 1e-4),
     "logits": ("max", 1e-5), "affinity": ("max", 1e-5),
     "loss": ("max", 1e-5), "grads": ("max", 1e-5), "steps": ("max", 1e-5), "lr": ("max", 1e-12),
     "test_logits": ("max", 1e-4), "crf_labels": ("share", 0.999),
@@ -118,6 +119,324 @@ def run_reference(clone: Path, work: Path, pt: Path, voc: Path, args) -> tuple[P
     return out, {"seconds": round(time.perf_counter() - start, 1)}
 
 
+# --------------------------------------------------------------------------------------------- figures
+def figure(name: str, value: float | None, note: str = "") -> dict:
+    """``{value, bar, kind, met}`` of a figure (:data:`BARS`); ``value`` None = not compared (never met)."""
+    kind, bar = BARS[name]
+    met = None if value is None else (value <= bar if kind == "max" else value >= bar)
+    out = {"value": value, "bar": bar, "kind": "max |Δ| <=" if kind == "max" else "share equal >=",
+           "compared": value is not None, "met": bool(met) if met is not None else False}
+    if note:
+        out["note"] = note
+    return out
+
+
+def load_pt(path: Path):
+    """A torch file the runner wrote (it holds plain Python lists and numbers next to tensors)."""
+    import torch
+
+    return torch.load(path, weights_only=False)
+
+
+def max_diff(a, b) -> float | None:
+    """max |a - b| (float64), None when the shapes differ (reported, never broadcast)."""
+    import torch
+
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if a.shape != b.shape:
+        return None
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def worst(values, kind: str = "max") -> float | None:
+    values = list(values)
+    if not values or any(v is None for v in values):
+        return None
+    return max(values) if kind == "max" else min(values)
+
+
+def share_equal(a, b) -> float | None:
+    import torch
+
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.shape != b.shape:
+        return None
+    return float((a.long() == b.long()).double().mean())
+
+
+# --------------------------------------------------------------------------------------------- vpltool's side
+WECLIP_TO_VPLTOOL = (  # WeCLIP's decoder names -> vpltool's SegDecoder names (per-block rows: see decoder_state)
+    ("decoder_fts_fuse.linear_fuse.", "fuse."), ("decoder.linear_pred.", "head."),
+    (".attn.in_proj_", ".self_attn.in_proj_"), (".attn.out_proj.", ".self_attn.out_proj."),
+    (".ln_1.", ".norm1."), (".ln_2.", ".norm2."), (".mlp.c_fc.", ".linear1."), (".mlp.c_proj.", ".linear2."),
+    ("decoder.transformer.resblocks.", "blocks."))
+
+
+def vpltool_name(name: str) -> str | None:
+    """vpltool's parameter of a WeCLIP decoder parameter; per-block MLPs as ``block_mlp.<stacked>:<block>``."""
+    if name.startswith("decoder_fts_fuse.linears_modulelist."):
+        block, layer, kind = name.split(".")[2:5]
+        return f"block_mlp.{'fc1' if layer == 'proj' else 'fc2'}_{kind}:{block}"
+    for old, new in WECLIP_TO_VPLTOOL:
+        name = name.replace(old, new)
+    return name
+
+
+class Vpltool:
+    """vpltool's side on the same weights: the frozen CLIP (ImageNet statistics: the recipe's), WeCLIP's text rows as
+    a prototypes file, the recipe's config with dropout 0 (the reference runs with Dropout2d off)."""
+
+    def __init__(self, weights: Path, init: dict, recipe: str = "weclip", model: str = "ViT-B-16-quickgelu",
+                 config_dir: Path | None = None):
+        import torch
+
+        from vpltool import io
+        from vpltool.backbone import ModelSpec, load_backbone
+        from vpltool.cam.gradcam import PrototypeRows
+        from vpltool.config.decoder import decoder_recipe
+        from vpltool.decoder.network import feature_blocks
+
+        self.cfg = decoder_recipe(recipe, dropout=0.0)
+        spec = ModelSpec(model, str(weights), **({"config_dir": str(config_dir)} if config_dir else {}))
+        bb = load_backbone(spec, "cpu")
+        self.bb = bb.with_normalization(*self.cfg.input_stats())
+        self.temperature = float(1.0 / self.bb.model.logit_scale.exp())
+        fg, bg = init["fg_text_features"].float(), init["bg_text_features"].float()
+        row_class = torch.tensor([*range(1, len(fg) + 1), *[0] * len(bg)])
+        self.protos = io.Prototypes(torch.cat([fg, bg]), row_class, [*VOC, *[f"bg{i}" for i in range(len(bg))]],
+                                    classes=["background", *VOC], temperature=self.temperature, source="text",
+                                    model={"model": model})
+        self.rows = PrototypeRows(self.protos, "cpu")
+        self.blocks = feature_blocks(self.bb.n_blocks, self.cfg.include_last_block)
+
+    def decoder(self, state: dict):
+        """A :class:`SegDecoder` of the recipe holding WeCLIP's decoder ``state``."""
+        import torch
+
+        from vpltool.decoder.network import SegDecoder
+
+        model = SegDecoder(self.cfg, in_width=self.bb.width, n_inputs=len(self.blocks),
+                           prototypes=self.protos.vectors, row_class=self.protos.row_class,
+                           temperature=self.temperature)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                target = vpltool_name(name)
+                if ":" in target:
+                    stacked, block = target.split(":")
+                    params[stacked][int(block)].copy_(value)
+                else:
+                    params[target].copy_(value.reshape(params[target].shape))
+        return model.eval()
+
+    def named_in_weclip(self, model) -> dict:
+        """vpltool's decoder parameters and their gradients under WeCLIP's names (the inverse of :meth:`decoder`):
+        ``{name: (value, grad)}``, a per-block row of the stacked MLP parameters as that row."""
+        params = dict(model.named_parameters())
+        out = {}
+        for name in self.weclip_names:
+            target = vpltool_name(name)
+            if ":" in target:
+                stacked, block = target.split(":")
+                p = params[stacked]
+                out[name] = (p.detach()[int(block)], None if p.grad is None else p.grad[int(block)])
+            else:
+                p = params[target]
+                out[name] = (p.detach(), p.grad)
+        return out
+
+
+def image_labels(pseudo_images: list[dict]) -> list[list[int]]:
+    """Each crop's class ids (1..20), in WeCLIP's order (its keys, 0-based, + 1)."""
+    return [[int(k) + 1 for k in img["keys"]] for img in pseudo_images]
+
+
+def compare_pseudo(vt: Vpltool, ref: Path) -> dict:
+    """The online pseudo masks of the fixed batch, before RFM and after it (given WeCLIP's decoder affinity)."""
+    import torch
+    import torch.nn.functional as F
+
+    from vpltool.cam.caa import affinity, box_mask
+    from vpltool.kernels import minmax
+    from vpltool.train_decoder.online import frozen_online, online_masks, propagation_attention
+
+    batch, pseudo = load_pt(ref / "batch.pt"), load_pt(ref / "pseudo.pt")
+    inputs, cfg = batch["inputs"].float(), vt.cfg
+    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks))
+    ref_blocks = pseudo["plain"].get("clip_blocks")  # [11, 1 + hw, B, 768]
+    out = {"clip_blocks_max_abs_diff": None if ref_blocks is None else
+           max_diff(frozen.feats.flatten(2, 3).permute(1, 2, 0, 3), ref_blocks[:, 1:])}
+    for mode in ("plain", "rfm"):
+        rec = pseudo[mode]
+        labels = image_labels(rec["images"])
+        seg_aff = rec["attn_pred"] if mode == "rfm" else None
+        with torch.enable_grad():
+            got = online_masks(vt.bb, frozen, labels, vt.rows, vt.temperature, inputs, seg_aff, cfg)
+            cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
+                                      layer="input")
+        refined, scores = [], []
+        for b, img in enumerate(rec["images"]):
+            attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
+            trans = affinity(propagation_attention(attention, None if seg_aff is None else seg_aff[b],
+                                                   cfg.cam_blocks, cfg.rfm_blocks), exact=True)
+            maps = cam.image_maps(b).float()
+            boxes = torch.from_numpy(__import__("numpy").stack([box_mask(c, cfg.box_threshold, parity=True)
+                                                               for c in maps.numpy()])).flatten(1)
+            mine = torch.stack([(trans * boxes[i][None]) @ maps[i].flatten() for i in range(len(maps))])
+            mine = mine.view_as(maps)
+            refined.append(max_diff(mine, torch.stack(img["cam_refined"])))
+            up = F.interpolate(minmax(mine)[None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[0]
+            scores.append(max_diff(torch.cat([1 - up.amax(0, keepdim=True), up]), img["cams"]))
+        out[mode] = {"labels_equal": [share_equal(got[b], rec["labels"][b]) for b in range(len(got))],
+                     "refined_cams_max_abs_diff": refined, "scores_max_abs_diff": scores}
+    return out
+
+
+def compare_decoder(vt: Vpltool, ref: Path) -> dict:
+    """The decoder's logits and affinity on WeCLIP's own frozen features (blocks 0-10 of the fixed batch)."""
+    import torch
+
+    from vpltool.train_decoder.online import decoder_affinity
+
+    init, pseudo = load_pt(ref / "init.pt"), load_pt(ref / "pseudo.pt")["plain"]
+    model = vt.decoder(init["decoder"])
+    blocks = pseudo["clip_blocks"][:, 1:]  # [11, hw, B, 768] without CLS
+    h = w = int(round(blocks.shape[1] ** 0.5))
+    feats = blocks.permute(2, 0, 1, 3).unflatten(2, (h, w))  # [B, 11, h, w, 768]
+    with torch.no_grad():
+        fused, logits, _ = model(feats)
+        aff = decoder_affinity(fused)
+    return {"fused_max_abs_diff": max_diff(fused, pseudo["fts"]),
+            "logits_max_abs_diff": max_diff(logits, pseudo["seg"]),
+            "affinity_max_abs_diff": max_diff(aff, pseudo["attn_pred"])}
+
+
+def compare_training(vt: Vpltool, ref: Path) -> dict:
+    """Three iterations of vpltool's ``online_step`` on the fixed batch from WeCLIP's initial decoder, each given
+    WeCLIP's learning rate of that step (the schedule itself is compared in ``lr``)."""
+    import torch
+
+    from vpltool.train_decoder.online import online_step
+    from vpltool.train_decoder.steps import lr_at, make_optimizer
+
+    init, batch, train = (load_pt(ref / f) for f in ("init.pt", "batch.pt", "train.pt"))
+    pseudo = load_pt(ref / "pseudo.pt")["plain"]
+    model = vt.decoder(init["decoder"])
+    vt.weclip_names = list(init["decoder"])
+    optimizer = make_optimizer(model, vt.cfg)
+    labels = image_labels(pseudo["images"])
+    steps = []
+    for it, rec in enumerate(train["steps"]):
+        lr = rec["lr"][3]  # group 3: the decoder's (base lr x 10)
+        with torch.enable_grad():
+            losses = online_step(model, optimizer, vt.bb, vt.blocks, vt.rows, vt.temperature, batch["inputs"].float(),
+                                 labels, vt.cfg, it, lr)
+        mine = vt.named_in_weclip(model)
+        grads = [None if mine[n][1] is None else max_diff(mine[n][1].reshape(g.shape), g)
+                 for n, g in rec["grads"].items()]
+        params = [max_diff(mine[n][0].reshape(p.shape), p) for n, p in rec["params"].items()]
+        steps.append({"loss": abs(float(losses["loss"]) - rec["loss"]),
+                      "ce": abs(float(losses["ce"]) - rec["seg_loss"]),
+                      "aff": abs(float(losses["aff"]) - rec["aff_loss"]), "grads_max_abs_diff": worst(grads),
+                      "params_max_abs_diff": worst(params), "lr_weclip": lr, "lr_vpltool": lr_at(vt.cfg, it),
+                      "weclip_loss": rec["loss"]})
+    return {"steps": steps}
+
+
+def compare_test(vt: Vpltool, ref: Path, voc: Path) -> dict:
+    """The test script's multi-scale + flip logits (its own 512-long-side input tensor, cut to whole patches as its
+    patch conv does) through vpltool's :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels
+    against :func:`vpltool.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from vpltool.config.decoder import PredictConfig
+    from vpltool.decoder.views import decoder_forward, multiscale_logits
+    from vpltool.densecrf import dense_crf
+    from vpltool.predict import crf_config
+
+    init = load_pt(ref / "init.pt")
+    model = vt.decoder(init["decoder"])
+    forward = decoder_forward(vt.bb, model, vt.blocks, torch.float32)
+    crf = crf_config(PredictConfig())
+    rows = []
+    for logit_file in sorted((ref / "test" / "logit").glob("*.npy")):
+        name = logit_file.stem
+        saved = np.load(logit_file, allow_pickle=True).item()
+        image = np.asarray(Image.open(voc / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+        mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+        x = np.empty(image.shape, np.float32)
+        for c in range(3):  # transforms.normalize_img: float32 per channel
+            x[..., c] = (image[..., c] - mean[c]) / std[c]
+        x = torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
+        h, w = x.shape[-2:]
+        ratio = 512 / max(h, w)
+        x = F.interpolate(x, size=(int(h * ratio), int(w * ratio)), mode="bilinear", align_corners=False)
+        views = [x] + [F.interpolate(x, scale_factor=0.75, mode="bilinear", align_corners=False)]
+        views = [v[..., : v.shape[-2] // 16 * 16, : v.shape[-1] // 16 * 16] for v in views]
+        logits = multiscale_logits(forward, views, flip=True)
+        full = F.interpolate(torch.from_numpy(saved["msc_segs"]).float(), size=image.shape[:2], mode="bilinear",
+                             align_corners=False)
+        ref_pred = np.asarray(Image.open(ref / "test" / "prediction" / f"{name}.png"))
+        mine_full = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+        q = dense_crf(image, mine_full[0].softmax(0).numpy(), crf)
+        rows.append({"image": name, "test_logits_max_abs_diff": max_diff(logits, saved["msc_segs"]),
+                     "crf_labels_equal": share_equal(q.argmax(0), ref_pred),
+                     "argmax_equal_before_crf": share_equal(mine_full[0].argmax(0), full[0].argmax(0))})
+    return {"images": rows}
+
+
+NOT_RUN = "WeCLIP+ (its frozen DINOv2 branch, torch.hub) is not run by weclip_ref_runner.py yet: nothing compared"
+
+
+def summarise(parts: dict) -> dict:
+    """The headline figures of one recipe from :func:`compare_pseudo` ... :func:`compare_test` (a part that is
+    missing or failed gives figures not compared)."""
+    pseudo, dec, train, test = (parts.get(k) for k in ("pseudo", "decoder", "train", "test"))
+    out = {}
+    for mode, suffix in (("plain", ""), ("rfm", "_rfm")):
+        p = pseudo[mode] if pseudo else None
+        out["pseudo_labels" + suffix] = figure("pseudo_labels" + suffix, worst(p["labels_equal"], "min") if p else None)
+        out["refined_cams" + suffix] = figure("refined_cams" + suffix,
+                                              worst(p["refined_cams_max_abs_diff"]) if p else None)
+        out["crop_scores" + suffix] = figure("crop_scores" + suffix, worst(p["scores_max_abs_diff"]) if p else None,
+                                             "the refined CAMs min-max scaled and resized to the crop, background "
+                                             "(1 - max) first: what PAR starts from")
+    out["logits"] = figure("logits", dec["logits_max_abs_diff"] if dec else None)
+    out["affinity"] = figure("affinity", dec["affinity_max_abs_diff"] if dec else None)
+    steps = train["steps"] if train else None
+    out["loss"] = figure("loss", worst(s["loss"] for s in steps) if steps else None)
+    out["grads"] = figure("grads", worst(s["grads_max_abs_diff"] for s in steps) if steps else None)
+    out["steps"] = figure("steps", worst(s["params_max_abs_diff"] for s in steps) if steps else None,
+                          "each step given WeCLIP's learning rate of that step" if steps else "")
+    out["lr"] = figure("lr", worst(abs(s["lr_vpltool"] - s["lr_weclip"]) for s in steps) if steps else None,
+                       "vpltool's train_decoder.steps.lr_at against PolyWarmupAdamW's rate of the same step "
+                       "(decoder group)" if steps else "")
+    rows = test["images"] if test else None
+    out["test_logits"] = figure("test_logits", worst(r["test_logits_max_abs_diff"] for r in rows) if rows else None)
+    out["crf_labels"] = figure("crf_labels", worst((r["crf_labels_equal"] for r in rows), "min") if rows else None)
+    return out
+
+
+def compare_all(vt: Vpltool, ref: Path, voc: Path) -> dict:
+    """Every part, each on its own: a part that raises is recorded with its error, not compared."""
+    parts, errors = {}, {}
+    for name, fn in (("decoder", compare_decoder), ("pseudo", compare_pseudo), ("train", compare_training),
+                     ("test", lambda v, r: compare_test(v, r, voc))):
+        try:
+            parts[name] = fn(vt, ref)
+        except Exception as e:  # noqa: BLE001 - a missing piece on either side is reported, never hidden
+            errors[name] = f"{type(e).__name__}: {e}"[:500]
+    return {"figures": summarise(parts), "details": parts, "errors": errors}
+
+
+def commit_of(path: Path) -> str | None:
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref", type=Path, help="a clone of zbf1991/WeCLIP")
@@ -127,7 +446,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--python", default=sys.executable)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="no clone: the set-up and vpltool's side load; nothing "
+                                                         "compared")
+    ap.add_argument("--ref-out", type=Path, help="a finished weclip_ref_runner.py output folder to compare with "
+                                                 "(the runner is not run again)")
+    ap.add_argument("--commit", help="the clone's commit, when --ref is an exported tree without .git")
     ap.add_argument("--setup-only", action="store_true")
     args = ap.parse_args(argv)
     work = args.work or Path("/tmp/weclip_parity")
@@ -136,6 +459,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.setup_only:
         print(json.dumps({"weights": str(pt), "voc": str(voc), "machine": benchlib.machine("cpu")}))
         return
+    start = time.perf_counter()
+    recipes: dict = {}
+    reference: dict = {"repository": "zbf1991/WeCLIP", "clone": None, "commit": None}
+    if args.ref:
+        reference.update(clone=str(args.ref), commit=args.commit or commit_of(args.ref))
+        ref = args.ref_out or work / "ref" / "weclip"
+        if not args.ref_out:
+            ref, info = run_reference(args.ref, work, pt, voc, args)
+            reference.update(info)
+        reference["runner_meta"] = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() \
+            else None
+
+        vt = Vpltool(st, load_pt(ref / "init.pt"))
+        recipes["weclip"] = compare_all(vt, ref, voc)
+    else:
+        recipes["weclip"] = {"figures": summarise({}), "details": {}, "errors": {"all": "no --ref: not compared"}}
+    recipes["weclip+"] = {"figures": summarise({}), "details": {}, "errors": {"all": NOT_RUN}}
+    met = {r: all(f["met"] for f in v["figures"].values()) for r, v in recipes.items()}
+    print(json.dumps({
+        "benchmark": "weclip-parity", "quick": args.quick, "machine": benchlib.machine("cpu"),
+        "model": "ViT-B-16-quickgelu", "weights": "random (seed 0, fp16-exact values)", "precision": "fp32",
+        "device": "cpu", "threads": args.threads, "crops": args.crops, "steps": args.steps, "photos": args.images,
+        "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
+        "all_met": met, "recipes": recipes, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ Outputs in ``--out`` (torch files of float32 tensors and a JSON):
   ``fts`` ``[B, 256, 20, 20]`` (the fused features), ``seg`` ``[B, 21, 20, 20]``, ``attn_pred``
   ``[B, 400, 400]``, and per image ``keys``, ``cam_refined`` ``[K, 20, 20]`` (the propagated CAMs),
   ``refined_cam`` ``[K, 320, 320]`` (``generate_cam_label``), ``cams`` ``[K+1, 320, 320]`` (with the background
-  score), ``labels`` ``[320, 320]`` (after PAR); ``clip_fts`` ``[401, B, 768]`` and ``clip_attn``
-  ``[B, 11, 401, 401]`` (the frozen tower's block-10 tokens and attention maps);
+  score), ``labels`` ``[320, 320]`` (after PAR); ``clip_blocks`` ``[11, 401, B, 768]`` and ``clip_attn``
+  ``[B, 11, 401, 401]`` (the frozen tower's blocks 0-10 and their attention maps: the decoder's input);
 * ``train.pt``: ``--steps`` iterations of the training loop's body (``dist_clip_voc.py:235-264``: forward,
   upsample, affinity label with radius 8, ``get_aff_loss``, ``get_seg_loss``, ``seg + 0.1 * aff``, backward,
   ``PolyWarmupAdamW.step``) on the fixed batch: per step ``loss``, ``seg_loss``, ``aff_loss``, ``lr`` (per group),
@@ -129,7 +129,7 @@ def install_stubs() -> None:
         importlib.import_module("pkg_resources")
     except ImportError:  # clip/clip.py reads packaging.version from it (a torch version check)
 
-        _module("pkg_resources", packaging=sys.modules["packaging"])
+        _module("pkg_resources", packaging=importlib.import_module("packaging.version") and sys.modules["packaging"])
         STUBBED.append("pkg_resources (packaging)")
     try:
         importlib.import_module("lxml.etree")
@@ -261,7 +261,7 @@ def pseudo(model, mod, names, inputs, rfm: bool) -> dict:
     fts, attn = rec.clip
     out = {"fts": rec.fts, "seg": seg.detach().clone(), "attn_pred": attn_pred.detach().clone(),
            "labels": labels.detach().clone(), "images": rec.images,
-           "clip_fts": fts[-1], "clip_attn": torch.stack(attn, 0).permute(1, 0, 2, 3).contiguous()}
+           "clip_blocks": torch.stack(fts, 0), "clip_attn": torch.stack(attn, 0).permute(1, 0, 2, 3).contiguous()}
     return out
 
 
@@ -347,19 +347,21 @@ def run(args) -> None:
         names, inputs, boxes = make_batch(args)
         torch.save({"inputs": inputs, "names": names, "img_box": boxes}, out / "batch.pt")
         t = time.perf_counter()
-        torch.save({"plain": pseudo(model, mod, names, inputs, rfm=False),
-                    "rfm": pseudo(model, mod, names, inputs, rfm=True)}, out / "pseudo.pt")
-        seconds["pseudo"] = round(time.perf_counter() - t, 1)
-        if args.steps:
+        if "pseudo" in args.parts:
+            torch.save({"plain": pseudo(model, mod, names, inputs, rfm=False),
+                        "rfm": pseudo(model, mod, names, inputs, rfm=True)}, out / "pseudo.pt")
+            seconds["pseudo"] = round(time.perf_counter() - t, 1)
+        if args.steps and "train" in args.parts:
             t = time.perf_counter()
             torch.save(train_steps(model, mod, names, inputs, args.steps), out / "train.pt")
             seconds["train"] = round(time.perf_counter() - t, 1)
             model.load_state_dict(init, strict=False)
-        if args.images:
+        if args.images and "test" in args.parts:
             t = time.perf_counter()
             test(model.eval(), args, out / "test")
             seconds["test"] = round(time.perf_counter() - t, 1)
-    meta = {"config": CONFIG, "seed": args.seed, "crops": args.crops, "steps": args.steps, "images": args.images,
+    meta = {"parts": args.parts, "config": CONFIG, "seed": args.seed, "crops": args.crops, "steps": args.steps,
+            "images": args.images,
             "stubbed": STUBBED, "dropout": "off (model.eval())", "seconds": seconds,
             "total_seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
             "threads": args.threads}
@@ -376,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--images", type=int, default=12, help="photos of val.txt the test script runs on (0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", default="pseudo,train,test", help="which outputs to make (comma-separated)")
     ap.add_argument("--threads", type=int, default=1)
     run(ap.parse_args(argv))
 
