@@ -81,9 +81,8 @@ def test_weclip_decoder_names_load_into_segdecoder_and_back(vt):
 
 
 def test_make_voc_writes_the_labels_weclip_reads(tmp_path):
-    from PIL import Image
-
     import bench_cam
+    from PIL import Image
 
     root = weclip_parity.make_voc(tmp_path / "voc", 3)
     onehot = np.load(root / "ImageSets" / "Segmentation" / "cls_labels_onehot.npy", allow_pickle=True).item()
