@@ -390,12 +390,18 @@ bench: setup
 # keeps the clones' outputs for a later run)
 DENSE_REFS ?=
 DENSE_WORK ?=
+# WECLIP_REF=/path/to/a/clone of zbf1991/WeCLIP (0f47db4): --recipe weclip against WeCLIP's own code (weclip_parity.py)
+WECLIP_REF ?=
+WECLIP_WORK ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
 	$(if $(DENSE_REFS),$(VENV)/bin/python parity/dense_parity.py --ref $(DENSE_REFS) $(if $(DENSE_WORK),--work $(DENSE_WORK)) \
 	  > $(PARITY_OUT)/dense_parity.json.tmp && mv $(PARITY_OUT)/dense_parity.json.tmp $(PARITY_OUT)/dense_parity.json, \
 	  @echo "make parity: pass DENSE_REFS=/folder/of/clones (parity/README.md says which clones and commits)")
+	$(if $(WECLIP_REF),$(VENV)/bin/python parity/weclip_parity.py --ref $(WECLIP_REF) $(if $(WECLIP_WORK),--work $(WECLIP_WORK)) \
+	  > $(PARITY_OUT)/weclip_parity.json.tmp && mv $(PARITY_OUT)/weclip_parity.json.tmp $(PARITY_OUT)/weclip_parity.json, \
+	  @echo "make parity: pass WECLIP_REF=/path/to/a/clone/of/zbf1991/WeCLIP at 0f47db4 (docs/parity.md)")
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup
