@@ -614,6 +614,21 @@ def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", out, *DECODER_ARGS]
 
 
+# ---- WeCLIP's recipe: image labels only (train-decoder --recipe weclip)
+@case("pseudo-mask folder given to train-decoder --recipe weclip", "pseudo: a `crf` folder", "takes none",
+      "give the dataset itself")
+def _weclip_on_pseudo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_weclip"), "--recipe", "weclip",
+           *DECODER_ARGS]
+
+
+@case("--resume of a vpl decoder run with --recipe weclip", "decoder_vpl", "--recipe vpl there, weclip here",
+      "other pseudo masks")
+def _weclip_resumes_vpl(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.copy(ws.decoder, "decoder_vpl")
+    yield ["train-decoder", ws.world, "-p", ws.text, "-o", out, "--recipe", "weclip", "--resume", *DECODER_ARGS]
+
+
 # ---- damaged files
 # learn-prototypes is the stage that reads 'dense' (cam reads the tokens, or recomputes them from the image)
 @case("NaN in a features file's dense features", "features_nan/train_000000.safetensors", "'dense' contains NaN")

@@ -90,6 +90,15 @@ def train_decoder_cmd(
                                                           "(their pixels ignored, their row dropped): for "
                                                           "open-vocabulary tests with predict --classes.")] = None,
     loss: Annotated[Optional[str], _opt("ce | balanced.", "loss")] = None,
+    classifier: Annotated[Optional[str], _opt("prototypes (cosine to W, VPL) | conv (a free 1x1 conv to the classes, "
+                                              "WeCLIP; needs --lambda-rsc 0).", "classifier")] = None,
+    lambda_aff: Annotated[Optional[float], _opt("WeCLIP's affinity loss weight (sigmoid(F^T F) of the fused features "
+                                                "against equal pseudo labels within 8 patches); needs --classifier "
+                                                "conv.", "lambda_aff")] = None,
+    rfm_start: Annotated[Optional[int], typer.Option(help="With --recipe weclip: RFM (the decoder's affinity "
+                                                     "filters the attention that propagates the CAMs) from this "
+                                                     "iteration on [default: iters / 2, WeCLIP's 15,000 of "
+                                                     "30,000].", show_default=False)] = None,
     dim: Annotated[Optional[int], _opt("Decoder width.", "dim")] = None,
     layers: Annotated[Optional[int], _opt("Decoder transformer layers.", "layers")] = None,
     heads: Annotated[Optional[int], _opt("Attention heads.", "heads")] = None,
@@ -145,7 +154,8 @@ def train_decoder_cmd(
                          proto_temperature=proto_temperature, proto_clusters=proto_clusters, proto_every=proto_every,
                          ignore_classes=None if ignore_classes is None else tuple(
                              c.strip() for c in ignore_classes.split(",") if c.strip()),
-                         loss=loss, dim=dim, layers=layers, heads=heads,
+                         loss=loss, classifier=classifier, lambda_aff=lambda_aff, rfm_start=rfm_start,
+                         dim=dim, layers=layers, heads=heads,
                          crop_size=crop_size, dropout=dropout, train_prototypes=train_prototypes,
                          cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed, compile=compile)

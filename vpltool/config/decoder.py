@@ -123,10 +123,10 @@ class DecoderConfig:
         require(self.pseudo == "offline" or not self.cache_features,
                 "online pseudo masks need every crop's CLIP pass; drop --cache-features")
         non_negative("--lambda-aff", self.lambda_aff, MAX_LOSS_WEIGHT)
-        at_least("--aff-radius", self.aff_radius, 0)
-        fraction("--box-threshold", self.box_threshold)
-        for option, value in (("--cam-blocks", self.cam_blocks), ("--rfm-blocks", self.rfm_blocks),
-                              ("--par-iters", self.par_iters)):
+        at_least("aff_radius", self.aff_radius, 0)  # fields without an option: named as fields
+        fraction("box_threshold", self.box_threshold)
+        for option, value in (("cam_blocks", self.cam_blocks), ("rfm_blocks", self.rfm_blocks),
+                              ("par_iters", self.par_iters)):
             at_least(option, value, 1)
         at_least("--rfm-start", self.rfm_start, 0, allow_none=True)
         for option, value in (("--dim", self.dim), ("--layers", self.layers), ("--heads", self.heads),
