@@ -124,7 +124,7 @@ def figure(name: str, value: float | None, note: str = "") -> dict:
     """``{value, bar, kind, met}`` of a figure (:data:`BARS`); ``value`` None = not compared (never met)."""
     kind, bar = BARS[name]
     met = None if value is None else (value <= bar if kind == "max" else value >= bar)
-    out = {"value": value, "bar": bar, "kind": "max |Δ| <=" if kind == "max" else "share equal >=",
+    out = {"value": value, "bar": bar, "kind": "max abs diff <=" if kind == "max" else "share equal >=",
            "compared": value is not None, "met": bool(met) if met is not None else False}
     if note:
         out["note"] = note
@@ -343,7 +343,7 @@ def compare_training(vt: Vpltool, ref: Path) -> dict:
     return {"steps": steps}
 
 
-def compare_test(vt: Vpltool, ref: Path, voc: Path) -> dict:
+def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None) -> dict:
     """The test script's multi-scale + flip logits (its own 512-long-side input tensor, cut to whole patches as its
     patch conv does) through vpltool's :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels
     against :func:`vpltool.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
@@ -357,12 +357,13 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path) -> dict:
     from vpltool.densecrf import dense_crf
     from vpltool.predict import crf_config
 
+    test_dir = test_dir or ref / "test"
     init = load_pt(ref / "init.pt")
     model = vt.decoder(init["decoder"])
     forward = decoder_forward(vt.bb, model, vt.blocks, torch.float32)
     crf = crf_config(PredictConfig())
     rows = []
-    for logit_file in sorted((ref / "test" / "logit").glob("*.npy")):
+    for logit_file in sorted((test_dir / "logit").glob("*.npy")):
         name = logit_file.stem
         saved = np.load(logit_file, allow_pickle=True).item()
         image = np.asarray(Image.open(voc / "JPEGImages" / f"{name}.jpg").convert("RGB"))
@@ -379,7 +380,7 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path) -> dict:
         logits = multiscale_logits(forward, views, flip=True)
         full = F.interpolate(torch.from_numpy(saved["msc_segs"]).float(), size=image.shape[:2], mode="bilinear",
                              align_corners=False)
-        ref_pred = np.asarray(Image.open(ref / "test" / "prediction" / f"{name}.png"))
+        ref_pred = np.asarray(Image.open(test_dir / "prediction" / f"{name}.png"))
         mine_full = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
         q = dense_crf(image, mine_full[0].softmax(0).numpy(), crf)
         rows.append({"image": name, "test_logits_max_abs_diff": max_diff(logits, saved["msc_segs"]),
@@ -388,7 +389,8 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path) -> dict:
     return {"images": rows}
 
 
-NOT_RUN = "WeCLIP+ (its frozen DINOv2 branch, torch.hub) is not run by weclip_ref_runner.py yet: nothing compared"
+NOT_RUN = ("not compared: vpltool has no --recipe weclip+ yet (no DINO branch in train-decoder), and "
+           "weclip_ref_runner.py does not run the clone's WeCLIP+/ tree (its frozen DINOv2 comes from torch.hub)")
 
 
 def summarise(parts: dict) -> dict:
@@ -420,16 +422,22 @@ def summarise(parts: dict) -> dict:
     return out
 
 
-def compare_all(vt: Vpltool, ref: Path, voc: Path) -> dict:
+PARTS = ("decoder", "pseudo", "train", "test")
+
+
+def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None, parts=None) -> dict:
     """Every part, each on its own: a part that raises is recorded with its error, not compared."""
-    parts, errors = {}, {}
+    done, errors = {}, {}
+    wanted = PARTS if parts is None else parts
     for name, fn in (("decoder", compare_decoder), ("pseudo", compare_pseudo), ("train", compare_training),
-                     ("test", lambda v, r: compare_test(v, r, voc))):
+                     ("test", lambda v, r: compare_test(v, r, voc, test_dir))):
+        if name not in wanted:
+            continue
         try:
-            parts[name] = fn(vt, ref)
+            done[name] = fn(vt, ref)
         except Exception as e:  # noqa: BLE001 - a missing piece on either side is reported, never hidden
             errors[name] = f"{type(e).__name__}: {e}"[:500]
-    return {"figures": summarise(parts), "details": parts, "errors": errors}
+    return {"figures": summarise(done), "details": done, "errors": errors}
 
 
 def commit_of(path: Path) -> str | None:
@@ -450,6 +458,9 @@ def main(argv: list[str] | None = None) -> None:
                                                          "compared")
     ap.add_argument("--ref-out", type=Path, help="a finished weclip_ref_runner.py output folder to compare with "
                                                  "(the runner is not run again)")
+    ap.add_argument("--ref-test", type=Path, help="the runner's test/ folder, when it ran apart (same seed and "
+                                                  "weights: the same initial decoder)")
+    ap.add_argument("--parts", default="decoder,pseudo,train,test", help="which parts to compare")
     ap.add_argument("--commit", help="the clone's commit, when --ref is an exported tree without .git")
     ap.add_argument("--setup-only", action="store_true")
     args = ap.parse_args(argv)
@@ -472,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
             else None
 
         vt = Vpltool(st, load_pt(ref / "init.pt"))
-        recipes["weclip"] = compare_all(vt, ref, voc)
+        recipes["weclip"] = compare_all(vt, ref, voc, args.ref_test, args.parts.split(","))
     else:
         recipes["weclip"] = {"figures": summarise({}), "details": {}, "errors": {"all": "no --ref: not compared"}}
     recipes["weclip+"] = {"figures": summarise({}), "details": {}, "errors": {"all": NOT_RUN}}
@@ -482,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": "ViT-B-16-quickgelu", "weights": "random (seed 0, fp16-exact values)", "precision": "fp32",
         "device": "cpu", "threads": args.threads, "crops": args.crops, "steps": args.steps, "photos": args.images,
         "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
+        "test_photos": len(recipes["weclip"]["details"].get("test", {}).get("images", [])),
         "all_met": met, "recipes": recipes, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
 
 

@@ -128,3 +128,19 @@ def test_committed_result_agrees_with_its_bars():
                 assert fig["met"] == (fig["value"] <= bar if kind == "max" else fig["value"] >= bar), (recipe, name)
         assert result["all_met"][recipe] == all(f["met"] for f in body["figures"].values())
     assert result["reference"]["commit"].startswith("0f47db4")
+
+
+def test_parity_page_is_rendered_from_the_results(tmp_path):
+    """docs/parity.md is docgen/parity_page.py's rendering of parity/results/ (no figure typed by hand), and a
+    figure not compared is shown as such."""
+    sys.path.insert(0, str(ROOT / "docgen"))
+    import parity_page
+
+    assert (ROOT / "docs" / "parity.md").read_text() == parity_page.render(ROOT / "parity" / "results")
+    fake = {"benchmark": "weclip-parity", "reference": {"repository": "zbf1991/WeCLIP", "commit": "0f47db4"},
+            "vpltool_commit": "abc", "crops": 4, "steps": 3, "photos": 12, "test_photos": 2, "threads": 1,
+            "machine": {"cpu": "AMD EPYC"},
+            "recipes": {"weclip": {"figures": weclip_parity.summarise({}), "errors": {"all": "no --ref"}}}}
+    (tmp_path / "weclip_parity.json").write_text(json.dumps(fake))
+    page = parity_page.render(tmp_path)
+    assert "| logits | max abs diff <= 1e-05 | not compared | not compared |" in page and "- all: no --ref" in page
