@@ -45,7 +45,7 @@ VOC = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "c
 BARS: dict[str, tuple[str, float]] = {
     "pseudo_labels": ("share", 0.999), "refined_cams": ("max", 1e-4),
     "pseudo_labels_rfm": ("share", 0.999), "refined_cams_rfm": ("max", 1e-4),
-    "crop_scores": ("max", 1e-4), "crop_scores_rfm": ("max", 1e-4),
+    "crop_scores": ("max", 1e-4), "crop_scores_rfm": ("max", 1e-4), "crop_scores_given_refined": ("max", 1e-4),
     "logits": ("max", 1e-5), "affinity": ("max", 1e-5),
     "loss": ("max", 1e-5), "grads": ("max", 1e-5), "steps": ("max", 1e-5), "lr": ("max", 1e-12),
     "test_logits": ("max", 1e-4), "crf_labels": ("share", 0.999),
@@ -292,6 +292,30 @@ def compare_pseudo(vt: Vpltool, ref: Path) -> dict:
     return out
 
 
+def compare_resize(vt: Vpltool, ref: Path) -> dict:
+    """The step from the propagated CAMs ``[K, h, w]`` to the crop's scores, given WeCLIP's own propagated CAMs:
+    vpltool's min-max and bilinear resize (``online_pseudo_mask``'s, :func:`vpltool.kernels.minmax`) against
+    WeCLIP's ``generate_cam_label`` (``scale_cam_image``: min-max, ``cv2.resize``). Also each map's range
+    (max - min) before the min-max: the factor by which it scales an absolute difference of the maps."""
+    import torch
+    import torch.nn.functional as F
+
+    from vpltool.kernels import minmax
+
+    pseudo, diffs, ranges = load_pt(ref / "pseudo.pt"), [], []
+    for mode in ("plain", "rfm"):
+        for img in pseudo[mode]["images"]:
+            maps = torch.stack(img["cam_refined"]).float()
+            size = img["refined_cam"].shape[-2:]
+            mine = F.interpolate(minmax(maps)[None], size=size, mode="bilinear", align_corners=False)[0]
+            diffs.append(max_diff(mine, img["refined_cam"]))
+            flat = maps.flatten(1)
+            ranges += (flat.max(1).values - flat.min(1).values).tolist()
+    nonzero = [r for r in ranges if r > 0] or [0.0]  # a flat map (range 0) stays 0 through the min-max
+    return {"crop_scores_given_refined_max_abs_diff": worst(diffs), "refined_cam_range_min": min(nonzero),
+            "refined_cam_range_max": max(ranges), "flat_maps": len(ranges) - len([r for r in ranges if r > 0])}
+
+
 def compare_decoder(vt: Vpltool, ref: Path) -> dict:
     """The decoder's logits and affinity on WeCLIP's own frozen features (blocks 0-10 of the fixed batch)."""
     import torch
@@ -406,6 +430,13 @@ def summarise(parts: dict) -> dict:
         out["crop_scores" + suffix] = figure("crop_scores" + suffix, worst(p["scores_max_abs_diff"]) if p else None,
                                              "the refined CAMs min-max scaled and resized to the crop, background "
                                              "(1 - max) first: what PAR starts from")
+    rs = parts.get("resize")
+    out["crop_scores_given_refined"] = figure(
+        "crop_scores_given_refined", rs["crop_scores_given_refined_max_abs_diff"] if rs else None,
+        f"WeCLIP's own propagated CAMs min-max scaled and resized by vpltool; their ranges (max - min) are "
+        f"{rs['refined_cam_range_min']:.2g} to {rs['refined_cam_range_max']:.2g} with the random weights, so the "
+        f"min-max multiplies a difference of the propagated CAMs by up to "
+        f"{1 / max(rs['refined_cam_range_min'], 1e-12):.2g} (crop_scores)" if rs else "")
     out["logits"] = figure("logits", dec["logits_max_abs_diff"] if dec else None)
     out["affinity"] = figure("affinity", dec["affinity_max_abs_diff"] if dec else None)
     steps = train["steps"] if train else None
@@ -422,14 +453,15 @@ def summarise(parts: dict) -> dict:
     return out
 
 
-PARTS = ("decoder", "pseudo", "train", "test")
+PARTS = ("decoder", "pseudo", "resize", "train", "test")
 
 
 def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None, parts=None) -> dict:
     """Every part, each on its own: a part that raises is recorded with its error, not compared."""
     done, errors = {}, {}
     wanted = PARTS if parts is None else parts
-    for name, fn in (("decoder", compare_decoder), ("pseudo", compare_pseudo), ("train", compare_training),
+    for name, fn in (("decoder", compare_decoder), ("pseudo", compare_pseudo), ("resize", compare_resize),
+                     ("train", compare_training),
                      ("test", lambda v, r: compare_test(v, r, voc, test_dir))):
         if name not in wanted:
             continue
@@ -460,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
                                                  "(the runner is not run again)")
     ap.add_argument("--ref-test", type=Path, help="the runner's test/ folder, when it ran apart (same seed and "
                                                   "weights: the same initial decoder)")
-    ap.add_argument("--parts", default="decoder,pseudo,train,test", help="which parts to compare")
+    ap.add_argument("--parts", default=",".join(PARTS), help="which parts to compare")
+    ap.add_argument("--update", type=Path, help="an earlier result: the parts not in --parts keep its figures")
     ap.add_argument("--commit", help="the clone's commit, when --ref is an exported tree without .git")
     ap.add_argument("--setup-only", action="store_true")
     args = ap.parse_args(argv)
@@ -484,6 +517,16 @@ def main(argv: list[str] | None = None) -> None:
 
         vt = Vpltool(st, load_pt(ref / "init.pt"))
         recipes["weclip"] = compare_all(vt, ref, voc, args.ref_test, args.parts.split(","))
+        if args.update:  # the parts not re-run keep their figures from the earlier result
+            old = json.loads(args.update.read_text())["recipes"]["weclip"]
+            new = recipes["weclip"]
+            for part, body in old["details"].items():
+                if part not in args.parts.split(","):
+                    new["details"][part] = body
+            for part, msg in old["errors"].items():
+                if part not in args.parts.split(",") and part not in new["details"]:
+                    new["errors"][part] = msg
+            new["figures"] = summarise(new["details"])
     else:
         recipes["weclip"] = {"figures": summarise({}), "details": {}, "errors": {"all": "no --ref: not compared"}}
     recipes["weclip+"] = {"figures": summarise({}), "details": {}, "errors": {"all": NOT_RUN}}
