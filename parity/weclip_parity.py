@@ -15,13 +15,23 @@ PNG per photo holding its VOC labels, which is where WeCLIP reads an image's lab
 
 The figures, each with its bar (:data:`BARS`), for each recipe:
 
-* ``pseudo_labels`` (share of equal labels, >= 0.999) and ``refined_cams`` (max |Δ|, <= 1e-4): the online pseudo
-  mask of each crop of the fixed batch, before RFM and after it (given the same decoder affinity);
-* ``logits`` and ``affinity`` (max |Δ|, <= 1e-5): the decoder's output and ``sigmoid(FᵀF)`` on the same features;
+* ``pseudo_labels`` (share of equal labels, >= 0.999, the worst crop) and ``refined_cams`` (max |Δ|, <= 1e-4, the
+  propagated CAMs ``[K, h, w]``): the online pseudo mask of each crop of the fixed batch, before RFM and after it
+  (given WeCLIP's decoder affinity), from vpltool's own frozen pass, GradCAM and propagation; ``crop_scores``: the
+  CAMs min-max scaled, resized to the crop, background first (what PAR starts from), and
+  ``crop_scores_given_refined``: that step alone on WeCLIP's own propagated CAMs (part ``resize``);
+* ``logits`` and ``affinity`` (max |Δ|, <= 1e-5): the decoder's output and ``sigmoid(FᵀF)`` on WeCLIP's own frozen
+  features (blocks 0-10), from WeCLIP's initial decoder weights;
 * ``loss``, ``grads``, ``steps`` (max |Δ|, <= 1e-5): the total loss, the gradients and the parameters after each of
-  three AdamW steps, and the learning rates, on the fixed batch;
+  three AdamW steps on the fixed batch given the pseudo labels WeCLIP drew at each step and its learning rate
+  (part ``train_given_labels``); ``loss_online`` ... ``steps_online``: vpltool's ``online_step`` whole (its own
+  masks); ``lr``: vpltool's schedule against WeCLIP's at the same steps;
 * ``test_logits`` (max |Δ|, <= 1e-4) and ``crf_labels`` (share equal, >= 0.999): the test script's multi-scale +
-  flip logits and its CRF'd prediction on the photos.
+  flip logits on its own input tensor (cut to whole patches, as its patch conv does) through vpltool's
+  ``multiscale_logits``, and its CRF'd prediction against ``densecrf.dense_crf`` with ``predict``'s settings.
+
+Dropout is off on both sides (the runner's model in ``eval()``, vpltool's recipe with ``dropout`` 0): a random
+mask is not drawn alike by two codes.
 
 A piece vpltool does not have yet is reported ``"compared": false`` with the reason, never as met.
 """
@@ -48,6 +58,7 @@ BARS: dict[str, tuple[str, float]] = {
     "crop_scores": ("max", 1e-4), "crop_scores_rfm": ("max", 1e-4), "crop_scores_given_refined": ("max", 1e-4),
     "logits": ("max", 1e-5), "affinity": ("max", 1e-5),
     "loss": ("max", 1e-5), "grads": ("max", 1e-5), "steps": ("max", 1e-5), "lr": ("max", 1e-12),
+    "loss_online": ("max", 1e-5), "grads_online": ("max", 1e-5), "steps_online": ("max", 1e-5),
     "test_logits": ("max", 1e-4), "crf_labels": ("share", 0.999),
 }
 RECIPES = ("weclip", "weclip+")
@@ -367,6 +378,45 @@ def compare_training(vt: Vpltool, ref: Path) -> dict:
     return {"steps": steps}
 
 
+def compare_training_given_labels(vt: Vpltool, ref: Path) -> dict:
+    """The training arithmetic alone: per step vpltool's decoder on its frozen features of the fixed batch,
+    :func:`~vpltool.train_decoder.online.weclip_losses` against the pseudo labels WeCLIP's loop drew at that step,
+    backward, and the recipe's AdamW (:func:`~vpltool.train_decoder.steps.make_optimizer`) at WeCLIP's rate of
+    that step: ``online_step``'s body with the masks given (compare_training runs it whole)."""
+
+    from vpltool.train_decoder.online import frozen_online, weclip_losses
+    from vpltool.train_decoder.steps import make_optimizer
+
+    init, batch, train = (load_pt(ref / f) for f in ("init.pt", "batch.pt", "train.pt"))
+    model = vt.decoder(init["decoder"])
+    vt.weclip_names = list(init["decoder"])
+    optimizer = make_optimizer(model, vt.cfg)
+    cfg = vt.cfg
+    frozen = frozen_online(vt.bb, batch["inputs"].float(), vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks))
+    steps = []
+    for rec in train["steps"]:
+        for group in optimizer.param_groups:
+            group["lr"] = rec["lr"][3]
+        model.train()
+        fused, logits, _ = model(frozen.feats)
+        losses = weclip_losses(logits.float(), fused.float(), rec["labels"].long(), cfg.aff_radius, cfg.lambda_aff,
+                               balanced=cfg.loss == "balanced")
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grads = {n: g for n, (_, g) in vt.named_in_weclip(model).items()}
+        optimizer.step()
+        mine = vt.named_in_weclip(model)
+        steps.append({"loss": abs(float(losses["loss"]) - rec["loss"]),
+                      "ce": abs(float(losses["ce"]) - rec["seg_loss"]),
+                      "aff": abs(float(losses["aff"]) - rec["aff_loss"]),
+                      "grads_max_abs_diff": worst(max_diff(grads[n].reshape(g.shape), g)
+                                                  for n, g in rec["grads"].items()),
+                      "params_max_abs_diff": worst(max_diff(mine[n][0].reshape(p.shape), p)
+                                                   for n, p in rec["params"].items()),
+                      "lr": rec["lr"][3], "weclip_loss": rec["loss"]})
+    return {"steps": steps}
+
+
 def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None) -> dict:
     """The test script's multi-scale + flip logits (its own 512-long-side input tensor, cut to whole patches as its
     patch conv does) through vpltool's :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels
@@ -424,7 +474,12 @@ def summarise(parts: dict) -> dict:
     out = {}
     for mode, suffix in (("plain", ""), ("rfm", "_rfm")):
         p = pseudo[mode] if pseudo else None
-        out["pseudo_labels" + suffix] = figure("pseudo_labels" + suffix, worst(p["labels_equal"], "min") if p else None)
+        out["pseudo_labels" + suffix] = figure(
+            "pseudo_labels" + suffix, worst(p["labels_equal"], "min") if p else None,
+            "worst crop of the batch; vpltool's own GradCAM, attention and propagation on the same input (the "
+            "propagated CAMs: refined_cams); pixels differ where the min-max of a propagated CAM with a tiny range "
+            "magnifies their difference (crop_scores, crop_scores_given_refined) before PAR and the argmax"
+            if p else "")
         out["refined_cams" + suffix] = figure("refined_cams" + suffix,
                                               worst(p["refined_cams_max_abs_diff"]) if p else None)
         out["crop_scores" + suffix] = figure("crop_scores" + suffix, worst(p["scores_max_abs_diff"]) if p else None,
@@ -439,11 +494,19 @@ def summarise(parts: dict) -> dict:
         f"{1 / max(rs['refined_cam_range_min'], 1e-12):.2g} (crop_scores)" if rs else "")
     out["logits"] = figure("logits", dec["logits_max_abs_diff"] if dec else None)
     out["affinity"] = figure("affinity", dec["affinity_max_abs_diff"] if dec else None)
-    steps = train["steps"] if train else None
-    out["loss"] = figure("loss", worst(s["loss"] for s in steps) if steps else None)
+    given = parts.get("train_given_labels")
+    steps = given["steps"] if given else None
+    out["loss"] = figure("loss", worst(s["loss"] for s in steps) if steps else None,
+                         "given the pseudo labels WeCLIP drew at each step" if steps else "")
     out["grads"] = figure("grads", worst(s["grads_max_abs_diff"] for s in steps) if steps else None)
     out["steps"] = figure("steps", worst(s["params_max_abs_diff"] for s in steps) if steps else None,
                           "each step given WeCLIP's learning rate of that step" if steps else "")
+    steps = train["steps"] if train else None
+    out["loss_online"] = figure("loss_online", worst(s["loss"] for s in steps) if steps else None,
+                                "online_step whole: vpltool's own online pseudo masks at each step (their few "
+                                "differing pixels, pseudo_labels, move the loss)" if steps else "")
+    out["grads_online"] = figure("grads_online", worst(s["grads_max_abs_diff"] for s in steps) if steps else None)
+    out["steps_online"] = figure("steps_online", worst(s["params_max_abs_diff"] for s in steps) if steps else None)
     out["lr"] = figure("lr", worst(abs(s["lr_vpltool"] - s["lr_weclip"]) for s in steps) if steps else None,
                        "vpltool's train_decoder.steps.lr_at against PolyWarmupAdamW's rate of the same step "
                        "(decoder group)" if steps else "")
@@ -453,7 +516,7 @@ def summarise(parts: dict) -> dict:
     return out
 
 
-PARTS = ("decoder", "pseudo", "resize", "train", "test")
+PARTS = ("decoder", "pseudo", "resize", "train", "train_given_labels", "test")
 
 
 def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None, parts=None) -> dict:
@@ -461,7 +524,7 @@ def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None,
     done, errors = {}, {}
     wanted = PARTS if parts is None else parts
     for name, fn in (("decoder", compare_decoder), ("pseudo", compare_pseudo), ("resize", compare_resize),
-                     ("train", compare_training),
+                     ("train", compare_training), ("train_given_labels", compare_training_given_labels),
                      ("test", lambda v, r: compare_test(v, r, voc, test_dir))):
         if name not in wanted:
             continue

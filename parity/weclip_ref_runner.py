@@ -46,7 +46,7 @@ Outputs in ``--out`` (torch files of float32 tensors and a JSON):
   upsample, affinity label with radius 8, ``get_aff_loss``, ``get_seg_loss``, ``seg + 0.1 * aff``, backward,
   ``PolyWarmupAdamW.step``) on the fixed batch: per step ``loss``, ``seg_loss``, ``aff_loss``, ``lr`` (per group),
   ``grads`` and ``params`` after the step (the decoder's, by name);
-* ``test/``: ``test_msc_flip_voc.validate`` on the first ``--images`` names of ``val.txt`` (long side 512,
+* ``test/``: ``test_msc_flip_voc.validate`` on ``--images`` names of ``val.txt`` from ``--skip`` on (long side 512,
   scales [1, 0.75], flip) with the initial decoder: ``logit/NAME.npy`` (``segs``, ``msc_segs``), then
   ``crf_proc`` (its DenseCRF, 10 iterations): ``prediction/NAME.png``;
 * ``meta.json``: the settings, the stubs, seconds, torch's version.
@@ -315,13 +315,14 @@ def test(model, args, out: Path) -> None:
     from datasets import voc
 
     lists = args.voc.resolve() / "ImageSets" / "Segmentation"
-    names = (lists / "val.txt").read_text().split()[: args.images]
-    (lists / "parity_val.txt").write_text("\n".join(names) + "\n")  # the first --images photos
+    names = (lists / "val.txt").read_text().split()[args.skip: args.skip + args.images]
+    split = f"parity_val_{args.skip}_{args.images}"  # its own list: runners of other photos may run at once
+    (lists / f"{split}.txt").write_text("\n".join(names) + "\n")
     lists = str(lists)
     for sub in ("logit", "prediction", "prediction_cmap"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    script.args = SimpleNamespace(resize_long=CONFIG["resize_long"], work_dir=str(out), eval_set="parity_val")
-    ds = voc.VOC12SegDataset(root_dir=str(args.voc.resolve()), name_list_dir=lists, split="parity_val", stage="val",
+    script.args = SimpleNamespace(resize_long=CONFIG["resize_long"], work_dir=str(out), eval_set=split)
+    ds = voc.VOC12SegDataset(root_dir=str(args.voc.resolve()), name_list_dir=lists, split=split, stage="val",
                              aug=False, ignore_index=CONFIG["ignore_index"], num_classes=CONFIG["num_classes"])
     script.validate(model=model, dataset=ds, test_scales=CONFIG["test_scales"])  # with grad: GradCAM runs in it
     cfg = SimpleNamespace(dataset=SimpleNamespace(name_list_dir=lists, root_dir=str(args.voc.resolve())))
@@ -377,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--crops", type=int, default=4, help="the fixed batch (the config's samples_per_gpu: 4)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--images", type=int, default=12, help="photos of val.txt the test script runs on (0: none)")
+    ap.add_argument("--skip", type=int, default=0, help="the test script starts at this photo of val.txt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parts", default="pseudo,train,test", help="which outputs to make (comma-separated)")
     ap.add_argument("--threads", type=int, default=1)
