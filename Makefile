@@ -161,7 +161,7 @@ endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
         pseudo decoder decoders predict heldout refines diagnose dense report voc coco bench parity docs toy-clip toy-dino \
-        clean-demo
+        clean-demo weclip
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -458,3 +458,29 @@ help:
 	@echo "Variables (make TARGET VAR=value; default in brackets, the demo world's):"
 	@$(foreach v,$(HELP_VARS),printf '  %-15s %s [%s]\n' '$(v)' '$(call quoted,$(doc_$(v)))' \
 	  '$(call quoted,$(if $(findstring shell,$(value $(v))),$($(v)): the cores,$(value $(v))))';)
+
+# ---- WeCLIP's recipe (train-decoder --recipe weclip: online pseudo masks from image labels, conv classifier,
+# affinity loss) on the demo world, WECLIP_SEEDS decoder seeds, beside VPL's decoder (RUN/metrics/pred_val.json).
+# Its own target: each iteration runs GradCAM and PAR on every crop, far slower on a CPU than `make demo`'s cached
+# decoder. The toy CLIP's text prototypes (TEMPLATES, BACKGROUND) stand in for WeCLIP's "a clean origami {}."
+WECLIP_SEEDS ?= 0 1 2
+WECLIP_ITERS ?= $(DEC_ITERS)
+WECLIP_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16
+## WeCLIP's and WeCLIP+'s (toy DINO) recipes on the demo world over WECLIP_SEEDS decoder seeds; mean ± spread
+weclip: $(foreach s,$(WECLIP_SEEDS),$(RUN)/metrics/weclip_seed$(s).json $(RUN)/metrics/weclipplus_seed$(s).json)
+	$(VENV)/bin/python studies/weclip_demo.py $(RUN) --seeds $(WECLIP_SEEDS)
+$(RUN)/weclip_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DATA_DEP)
+	$(VPL) train-decoder $(DATA) -p $< -o $(@D) --recipe weclip --split $(TRAIN_SPLIT) --iters $(WECLIP_ITERS) \
+	  $(WECLIP_ARGS) --seed $* --device $(DEVICE) --overwrite
+$(RUN)/weclip_seed%/pred_val/_stage.json: $(RUN)/weclip_seed%/decoder.safetensors
+	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
+$(RUN)/metrics/weclip_seed%.json: $(RUN)/weclip_seed%/pred_val/_stage.json
+	$(VPL) eval $(<D) --json $@ --overwrite
+$(RUN)/weclipplus_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DATA_DEP)
+	$(VPL) train-decoder $(DATA) -p $< -o $(@D) --recipe weclip+ --dino-model $(DINO_MODEL) \
+	  --dino-weights $(DINO_WEIGHTS) --split $(TRAIN_SPLIT) --iters $(WECLIP_ITERS) $(WECLIP_ARGS) --seed $* \
+	  --device $(DEVICE) --overwrite
+$(RUN)/weclipplus_seed%/pred_val/_stage.json: $(RUN)/weclipplus_seed%/decoder.safetensors
+	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
+$(RUN)/metrics/weclipplus_seed%.json: $(RUN)/weclipplus_seed%/pred_val/_stage.json
+	$(VPL) eval $(<D) --json $@ --overwrite

@@ -629,6 +629,13 @@ def _weclip_resumes_vpl(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", ws.world, "-p", ws.text, "-o", out, "--recipe", "weclip", "--resume", *DECODER_ARGS]
 
 
+@case("train-decoder --recipe weclip+ without its DINO's weights offline", "vit_small_patch14_dinov2.lvd142m",
+      "not in the local cache", "--dino-weights")
+def _weclip_plus_offline(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.world, "-p", ws.text, "-o", ws.out("decoder_weclip_plus"), "--recipe", "weclip+",
+           *DECODER_ARGS]
+
+
 # ---- damaged files
 # learn-prototypes is the stage that reads 'dense' (cam reads the tokens, or recomputes them from the image)
 @case("NaN in a features file's dense features", "features_nan/train_000000.safetensors", "'dense' contains NaN")

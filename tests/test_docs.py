@@ -136,6 +136,7 @@ def test_help_at_80_columns_shows_every_option_whole(command):
 def test_train_decoder_help_shows_each_recipes_defaults_and_the_cpu_recipe():
     text = " ".join(reference.help_text("train-decoder", width=200).split())
     assert "On a CPU pass --recipe cpu" in text
-    for default in ("[default: 30000 (vpl/weclip), 600 (cpu)]", "[default: 320 (vpl/weclip), 224 (cpu)]",
-                    "[default: 6 (vpl), 4 (weclip), 8 (cpu)]"):
+    for default in ("[default: 30000 (vpl/weclip/weclip+), 600 (cpu)]",
+                    "[default: 320 (vpl/weclip/weclip+), 224 (cpu)]",
+                    "[default: 6 (vpl), 4 (weclip/weclip+), 8 (cpu)]"):
         assert default in text, default

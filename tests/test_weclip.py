@@ -139,6 +139,8 @@ def test_recipe_records_conv_classifier_rsc_off_and_online_settings():
         decoder_recipe("weclip", lambda_rsc=1.0)
     with pytest.raises(VplError, match="conv"):
         DecoderConfig(lambda_aff=0.1)
+    with pytest.raises(VplError, match="--compile none"):
+        decoder_recipe("weclip", compile="default")
 
 
 # --------------------------------------------------------------------------------------------- end to end
@@ -212,3 +214,159 @@ def test_online_views_pad_black_at_a_random_offset(world):
         rows = np.nonzero(pixels.numpy().any(-1).any(1))[0]
         corners.add(int(rows[0]))
     assert len(corners) > 1  # not always the top-left corner
+
+
+def test_weclip_test_views_truncate_sizes_and_floor_to_patches(tiny_spec):
+    from vpltool.backbone import load_backbone
+    from vpltool.decoder import weclip_views
+
+    bb = load_backbone(tiny_spec, "cpu").with_normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    image = np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8)
+    v1, v075 = weclip_views(bb, image, 90, (1.0, 0.75))
+    # long side 90: 67 x 90 (67.5 truncated) -> 64 x 80 at patch 16; 0.75 of 67 x 90: 50 x 67 -> 48 x 64
+    assert v1.shape == (1, 3, 64, 80) and v075.shape == (1, 3, 48, 64)
+    full = bb.normalize(torch.from_numpy(image)[None])
+    expected = F.interpolate(full, size=(67, 90), mode="bilinear", align_corners=False)[..., :64, :80]
+    assert torch.allclose(v1, expected) and v1[0, 0].mean() < 1  # ImageNet-normalised
+
+
+def test_predict_picks_weclip_views_for_a_weclip_decoder(weclip_run, tmp_path):
+    auto = tmp_path / "auto"
+    run_predict(weclip_run / "decoder.safetensors", None, "val", auto, PredictConfig(), CPU)
+    bilinear = tmp_path / "bilinear"
+    run_predict(weclip_run / "decoder.safetensors", None, "val", bilinear, PredictConfig(resize="bilinear"), CPU)
+    names = sorted(p.name for p in auto.glob("*.png"))
+    assert len(names) == 3
+    same = [np.array_equal(io.read_mask(auto / n), io.read_mask(bilinear / n)) for n in names]
+    assert all(same)
+    assert "resize" not in json.loads((auto / "_stage.json").read_text())["params"]
+
+
+def test_par_neighbours_are_the_one_hot_dilated_convolution_exactly():
+    from vpltool.train_decoder.online import NEIGHBOURS, _neighbours
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 17)
+    kernel = torch.zeros(8, 1, 3, 3)
+    for k, (i, j) in enumerate(NEIGHBOURS):
+        kernel[k, 0, i, j] = 1
+    expected = []
+    for d in (1, 2, 4):  # WeCLIP PAR.py:get_dilated_neighbors
+        padded = F.pad(x, [d] * 4, mode="replicate").reshape(6, 1, 11 + 2 * d, 17 + 2 * d)
+        expected.append(F.conv2d(padded, kernel, dilation=d).view(2, 3, -1, 11, 17))
+    assert torch.equal(_neighbours(x, (1, 2, 4)), torch.cat(expected, dim=2))
+
+
+def test_weclip_learning_rate_is_polywarmupadamw():
+    cfg = decoder_recipe("weclip", iters=1000)
+
+    def weclip(t: int) -> float:  # WeCLIP utils/optimizer.py:PolyWarmupAdamW.step, decoder group (2e-4 x 10)
+        if t < 50:
+            return 2e-3 * (1 - (1 - t / 50) * (1 - 1e-6))
+        return 2e-3 * (1 - t / 1000) ** 1.0
+
+    from vpltool.train_decoder import lr_at
+
+    assert lr_at(cfg, 0) == pytest.approx(2e-9)
+    assert all(lr_at(cfg, t) == pytest.approx(weclip(t), rel=1e-12) for t in (0, 1, 25, 49, 50, 51, 500, 999))
+
+
+def test_online_mask_boxes_on_the_device_are_opencvs():
+    from vpltool.cam.caa import box_mask, box_masks
+
+    torch.manual_seed(3)
+    cams = torch.rand(5, 9, 11) ** 3  # scattered peaks: several contours per map, some at the border
+    cams[0] = 0  # an empty map: no box
+    opencv = torch.from_numpy(np.stack([box_mask(c, 0.4, parity=True) for c in cams.numpy()]))
+    assert torch.equal(box_masks(cams, 0.4, parity=True), opencv)
+    attention = torch.rand(8, 99, 99)
+    image = torch.randn(3, 16 * 9, 16 * 11)
+    given = online_pseudo_mask(cams[1:3], [2, 5], attention, image, par_iters=3, boxes=opencv[1:3])
+    assert torch.equal(online_pseudo_mask(cams[1:3], [2, 5], attention, image, par_iters=3), given)
+
+
+# --------------------------------------------------------------------------------------------- WeCLIP+
+TOY_DINO = Path(__file__).parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
+PLUS = replace(decoder_recipe("weclip+", iters=4, batch_size=2, crop_size=64, dim=16, layers=1, heads=2,
+                              checkpoint_every=2, dino_model="test_vit", dino_weights=str(TOY_DINO)),
+               log_every=1, warmup_iters=2, self_label_start=2)
+
+
+def test_dice_loss_is_weclip_plus_formula():
+    from vpltool.train_decoder.online import dice_loss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 3, 5, 5), torch.randint(0, 3, (2, 5, 5))
+    p, y = F.softmax(logits, 1), F.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    expected = 1 - (2 * (p * y).sum((0, 2, 3)) / ((p + y).sum((0, 2, 3)) + 1e-7)).mean()
+    assert torch.allclose(dice_loss(logits, labels), expected)
+    sure = F.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 50
+    assert dice_loss(sure, labels) < 1e-6
+
+
+def test_weclip_plus_recipe_settings():
+    cfg = decoder_recipe("weclip+")
+    assert (cfg.dino_model, cfg.lr, cfg.read_blocks, cfg.cam_input_back, cfg.rfm_from, cfg.cam_blocks,
+            cfg.lambda_dice, cfg.lambda_cross, cfg.self_label_from) == (
+        "vit_small_patch14_dinov2.lvd142m", 2e-4, 1, 2, 0, 6, 1.0, 0.1, 18001)
+    with pytest.raises(VplError, match="weclip\\+"):
+        DecoderConfig(dino_model="test_vit")
+
+
+def test_gradcam_input_two_blocks_back_is_that_blocks_output(tiny_spec):
+    from vpltool.backbone import load_backbone
+    from vpltool.train_decoder.online import frozen_online
+
+    bb = load_backbone(tiny_spec, "cpu")
+    pixels = torch.randn(2, 3, 64, 64)
+    one, two = frozen_online(bb, pixels, [1], 3), frozen_online(bb, pixels, [1], 3, cam_input_back=2)
+    assert torch.equal(one.feats, two.feats) and torch.equal(one.attention, two.attention)
+    assert torch.equal(two.last_input, bb.encode(pixels, stop=bb.n_blocks - 2).tokens.float())
+    assert not torch.equal(one.last_input, two.last_input)
+
+
+@pytest.fixture(scope="module")
+def plus_run(world, text_protos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("weclip_plus")
+    run_train_decoder(world, text_protos, out, PLUS, CPU)
+    return out
+
+
+def test_weclip_plus_trains_with_the_toy_dino_and_predicts(plus_run, tmp_path):
+    records = [json.loads(line) for line in (plus_run / "log.jsonl").read_text().splitlines()]
+    assert all({"ce", "aff", "cross", "dice", "loss"} <= set(r) for r in records)
+    model, f = load_decoder(plus_run / "decoder.safetensors")
+    assert f.meta("decoder_arch")["dino_width"] == model.dino_width and f.meta("decoder_arch")["blocks"] == [1]
+    assert "dino_mlp.0.weight" in f.tensors and f.meta("decoder_config")["dino_model"] == "test_vit"
+    masks = tmp_path / "masks"
+    assert run_predict(plus_run / "decoder.safetensors", None, "val", masks, PredictConfig(), CPU).done == 3
+    result, _ = run_eval(masks)
+    assert 0.0 <= result["miou"] <= 1.0
+
+
+def test_weclip_plus_resume_is_bit_exact(plus_run, world, text_protos, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(it: int, record: dict) -> None:
+        if it == 3:
+            raise Stop
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Stop):
+        run_train_decoder(world, text_protos, out, PLUS, CPU, on_iter=stop_at_3)
+    run_train_decoder(world, text_protos, out, PLUS, CPU, resume=True)
+    a, b = (io.read_decoder(p / "decoder.safetensors").tensors for p in (plus_run, out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("weights, message", [("missing.safetensors", "DINO weights file not found"),
+                                              ("hub", "not in the local cache")])
+def test_weclip_plus_without_dino_weights_is_one_line_and_writes_nothing(world, text_protos, tmp_path, weights,
+                                                                         message):
+    out = tmp_path / "never"
+    cfg = replace(PLUS, dino_model="vit_small_patch14_dinov2.lvd142m" if weights == "hub" else "test_vit",
+                  dino_weights=str(tmp_path / weights) if weights != "hub" else "hub")
+    with pytest.raises(VplError, match=message):
+        run_train_decoder(world, text_protos, out, cfg, CPU)
+    assert not out.exists()

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import io, presets
-from .backbone import ClipBackbone, ModelSpec, load_backbone
+from .backbone import ClipBackbone, DinoSpec, ModelSpec, check_model, load_backbone, load_model
 from .batches import (
     BackgroundWriter,
     BatchRunner,
@@ -50,7 +50,15 @@ from .batches import (
     to_device,
 )
 from .config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
-from .decoder import SegDecoder, decoder_forward, input_long_side, load_decoder, multiscale_logits, view_size
+from .decoder import (
+    SegDecoder,
+    decoder_forward,
+    input_long_side,
+    load_decoder,
+    multiscale_logits,
+    view_size,
+    weclip_views,
+)
 from .densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
 from .device import resolve_device, resolve_precision
 from .errors import ContractError, VplError
@@ -206,6 +214,10 @@ def run_predict(
         return _predict_dense(decoder_file, dataset, out, cfg, runtime, device, dtype, shard, on_item, on_start,
                               backbone)
     model, f = load_decoder(decoder_file, device)
+    if model.dino_width is not None:  # WeCLIP+: its frozen DINO, checked (one line offline) before any output
+        spec = DinoSpec(model.cfg.dino_model, model.cfg.dino_weights)
+        check_model("dino", spec)
+        model.dino_backbone = load_model("dino", spec, device)
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
         if model.cfg.classifier == "conv":
@@ -240,8 +252,9 @@ def run_predict(
             long_side = input_long_side(cfg.long_side, f.meta("decoder_config")["crop_size"])
             for item, size in zip(todo_items, sizes):
                 _check_tokens(bb, item.image, size, long_side, cfg)
-            _predict(bb, model, arch["blocks"], todo_items, sizes, long_side, out, cfg, runtime, dtype, overlays,
-                     on_item)
+            weclip = cfg.resize == "bilinear" or (cfg.resize == "auto" and model.cfg.recipe in ("weclip", "weclip+"))
+            run = _predict_weclip if weclip else _predict
+            run(bb, model, arch["blocks"], todo_items, sizes, long_side, out, cfg, runtime, dtype, overlays, on_item)
         folder.finish(ids, io.mask_path, classes=classes)
     return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
                            seconds=time.perf_counter() - start)
@@ -306,6 +319,24 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
                 images = batch["image"][part] if keep_image else [None] * len(scores)
                 writer.submit({"scores": scores}, _writer(out, [items[i].id for i in index[part]], images, cfg,
                                                           overlays), n=len(scores))
+
+
+def _predict_weclip(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int,
+                    out: Path, cfg: PredictConfig, runtime: RuntimeConfig, dtype, overlays, on_item) -> None:
+    """WeCLIP's test views (:func:`vpltool.decoder.weclip_views`: bilinear on the normalised tensor, sizes
+    truncated), image by image (each image's views have their own sizes); scores, CRF and writing as
+    :func:`_predict`."""
+    keep_image = cfg.crf or overlays is not None
+    forward = decoder_forward(bb, model, blocks, dtype)
+    with BackgroundWriter(on_item) as writer:
+        for item, size in zip(items, sizes):
+            image = io.load_image(item.image)
+            grid = multiscale_logits(forward, weclip_views(bb, image, long_side, cfg.scales), cfg.flip)
+            scores = [_image_scores(grid, size, cfg.crf)]
+            if cfg.crf and cfg.crf_backend == "torch":
+                scores = _crf_masks(scores, [image], cfg)
+            writer.submit({"scores": scores}, _writer(out, [item.id], [image if keep_image else None], cfg,
+                                                      overlays), n=1)
 
 
 def _image_scores(logits: torch.Tensor, size: tuple[int, int], crf: bool) -> torch.Tensor:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import VplError, VplWarning
@@ -219,6 +220,27 @@ class DinoBackbone:
         x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
         x = (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
         return x[None].to(self.device)
+
+    @torch.no_grad()
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` normalised pixels -> ``[B, H // p, W // p, C]`` float32: the final-norm patch tokens
+        (DINOv2's ``x_norm_patchtokens``; prefix and register tokens dropped). WeCLIP+ first resizes its crop to
+        whole patches (bilinear), which callers do."""
+        b, _, h, w = pixels.shape
+        grid = (h // self.patch_size, w // self.patch_size)
+        tokens = self.model.forward_features(pixels.to(self.device))[:, self.n_prefix:]
+        if tokens.shape[1] != grid[0] * grid[1]:
+            raise VplError(f"--dino-model: {tokens.shape[1]} patch tokens for a {grid[0]}x{grid[1]} grid; the model "
+                           "pads or pools its patches, use a plain ViT")
+        return tokens.float().unflatten(1, grid)
+
+    def resized(self, pixels: torch.Tensor) -> torch.Tensor:
+        """WeCLIP+'s DINO input: ``pixels`` bilinearly resized to whole patches (``(H // p) p``, no antialias)."""
+        h, w = (pixels.shape[-2] // self.patch_size) * self.patch_size, (pixels.shape[-1] // self.patch_size) * \
+            self.patch_size
+        if (h, w) == tuple(pixels.shape[-2:]):
+            return pixels
+        return F.interpolate(pixels, size=(h, w), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def attention(self, image: np.ndarray, grid: tuple[int, int], n_blocks: int) -> torch.Tensor:

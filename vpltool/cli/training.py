@@ -95,6 +95,12 @@ def train_decoder_cmd(
     lambda_aff: Annotated[Optional[float], _opt("WeCLIP's affinity loss weight (sigmoid(F^T F) of the fused features "
                                                 "against equal pseudo labels within 8 patches); needs --classifier "
                                                 "conv.", "lambda_aff")] = None,
+    dino_model: Annotated[Optional[str], typer.Option(help="With --recipe weclip+: the frozen DINO beside the CLIP, a "
+                                                      "timm ViT [default: vit_small_patch14_dinov2.lvd142m, "
+                                                      "WeCLIP+'s DINOv2 ViT-S/14].", show_default=False)] = None,
+    dino_weights: Annotated[Optional[str], typer.Option(help="Its weights: hub (timm's, from the local cache "
+                                                        "offline) | FILE | none (random) [default: hub].",
+                                                        show_default=False)] = None,
     rfm_start: Annotated[Optional[int], typer.Option(help="With --recipe weclip: RFM (the decoder's affinity "
                                                      "filters the attention that propagates the CAMs) from this "
                                                      "iteration on [default: iters / 2, WeCLIP's 15,000 of "
@@ -155,6 +161,7 @@ def train_decoder_cmd(
                          ignore_classes=None if ignore_classes is None else tuple(
                              c.strip() for c in ignore_classes.split(",") if c.strip()),
                          loss=loss, classifier=classifier, lambda_aff=lambda_aff, rfm_start=rfm_start,
+                         dino_model=dino_model, dino_weights=dino_weights,
                          dim=dim, layers=layers, heads=heads,
                          crop_size=crop_size, dropout=dropout, train_prototypes=train_prototypes,
                          cache_features=cache_features,
@@ -168,7 +175,7 @@ def train_decoder_cmd(
                               on_iter=lambda i, rec: (on_item(1), timer and timer(i, cfg.iters)))
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     terms = "CE" + (" + RSC" if cfg.lambda_rsc > 0 else "") + (" + CMPA" if cfg.lambda_proto > 0 else "") + \
-        (" + affinity" if cfg.lambda_aff > 0 else "")
+        (" + affinity" if cfg.lambda_aff > 0 else "") + (" + Dice + cross-branch" if cfg.dino_model else "")
     loss = "" if s.loss is None else \
         f", training loss ({terms}) {s.first_loss:.4f} → {s.loss:.4f} (first → last logged iteration)"
     val = f", validation mIoU {100 * s.val_miou:.1f}%" if s.val_miou is not None else ""
@@ -223,7 +230,13 @@ def predict_cmd(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Average with the mirrored image.")] = _P.flip,
     long_side: Annotated[Optional[int], typer.Option(help="Input long side [default: 1.6 x training crop].",
                                                      show_default=False)] = _P.long_side,
-    crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters).")] = _P.crf,
+    resize: Annotated[str, typer.Option(help="Test views: auto (bilinear for a decoder of --recipe weclip or "
+                                        "weclip+, else bicubic) | bicubic (the image, sides rounded up to the "
+                                        "patch) | bilinear (WeCLIP's test_msc_flip_voc.py: the normalised tensor, "
+                                        "sides truncated, the patch grid floored).")] = _P.resize,
+    crf: Annotated[bool, typer.Option("--crf", help="Test-time dense CRF (WeCLIP's parameters; WeCLIP's paper: "
+                                      "76.4 VOC val mIoU with it, 74.9 without, with --resize bilinear and the "
+                                      "default scales 1,0.75 + flip at long side 512).")] = _P.crf,
     crf_backend: Annotated[str, typer.Option(help="--crf: auto (torch on CUDA, pydensecrf on a CPU) | pydensecrf "
                                              "(on the writer thread, image by image) | torch (batched on --device)."
                                              )] = _P.crf_backend,
@@ -266,7 +279,8 @@ def predict_cmd(
     from ..predict import parse_class_names, run_predict
 
     cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
-                                   long_side=long_side, crf=crf, crf_backend=crf_backend, max_tokens=max_tokens,
+                                   long_side=long_side, resize=resize, crf=crf, crf_backend=crf_backend,
+                                   max_tokens=max_tokens,
                                    classes=None if classes is None else parse_class_names(classes), dense=dense,
                                    dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
                                    dense_stride=dense_stride))

@@ -75,6 +75,15 @@ class DecoderConfig:
     rfm_blocks: int = 6  # RFM: the last 6 maps, filtered by the decoder's affinity
     rfm_start: int | None = None  # RFM from this iteration on; None = iters // 2 (WeCLIP: 15,000 of 30,000)
     par_iters: int = 20  # online masks: PAR rounds (dilations 1, 2, 4, 8, 12, 24)
+    # WeCLIP+ (--recipe weclip+, WeCLIP+/ of the same repository): a frozen DINO beside the CLIP, one shared decoder
+    dino_model: str | None = None  # a timm ViT name; None = no DINO branch (WeCLIP+: DINOv2 ViT-S/14)
+    dino_weights: str = "hub"  # hub (timm's, from the local cache offline) | FILE | none (random)
+    read_blocks: int = 0  # the decoder reads the last n of the blocks before the last; 0 = all (WeCLIP+: 1)
+    cam_input_back: int = 1  # GradCAM re-runs the last block on block L-1-n's output (WeCLIP 1; WeCLIP+'s code 2)
+    self_label_start: int | None = None  # with DINO: confident predictions replace the online labels after this
+    self_label_threshold: float = 0.75  # iteration (None = 0.6 iters, WeCLIP+'s 18,000 of 30,000) above this
+    lambda_dice: float = 0.0  # with DINO: Dice loss of the mean logits (WeCLIP+: 1)
+    lambda_cross: float = 0.0  # with DINO: each branch's balanced CE on the other's arg-max (WeCLIP+: 0.1)
     # optimisation
     recipe: str = "vpl"  # vpl | weclip | cpu: which preset the other fields came from (recorded, not read)
     optimizer: str = "sgd"  # sgd | adamw
@@ -82,6 +91,9 @@ class DecoderConfig:
     momentum: float = 0.9  # SGD momentum; AdamW uses betas (0.9, 0.999)
     weight_decay: float = 1e-4
     warmup_iters: int = 50  # linear warm-up (WeCLIP's 50) before the poly decay: transformer layers from scratch
+    # None: lr x (t+1)/warmup_iters x poly; a ratio r: WeCLIP's PolyWarmupAdamW, lr x (1 - (1 - t/warmup_iters)(1 - r))
+    # during the warm-up (no poly), then lr x poly (WeCLIP: r = 1e-6)
+    warmup_ratio: float | None = None
     poly_power: float = 0.9  # lr x (1 - t/T)^power
     batch_size: int = 6  # per process; the global batch is batch_size x world size
     iters: int = 30000
@@ -118,11 +130,24 @@ class DecoderConfig:
                 "online pseudo masks (WeCLIP) train WeCLIP's conv classifier; give --classifier conv")
         require(self.pseudo == "offline" or not self.include_last_block,
                 "online pseudo masks re-run the last CLIP block for GradCAM; the decoder reads the blocks before it")
+        require(self.pseudo == "offline" or self.compile == "none",
+                "--compile: online pseudo masks (WeCLIP) run GradCAM and PAR in each iteration; use --compile none")
         require(self.pseudo == "offline" or not self.ignore_classes,
                 "--ignore-classes holds classes out of offline pseudo masks; online masks (WeCLIP) take none")
         require(self.pseudo == "offline" or not self.cache_features,
                 "online pseudo masks need every crop's CLIP pass; drop --cache-features")
         non_negative("--lambda-aff", self.lambda_aff, MAX_LOSS_WEIGHT)
+        if self.warmup_ratio is not None:
+            fraction("warmup_ratio", self.warmup_ratio)
+        require(self.dino_model is None or self.pseudo == "online",
+                "--dino-model: the DINO branch is WeCLIP+'s, trained on online masks; use --recipe weclip+")
+        require(self.dino_model is None or bool(self.dino_model.strip()), "--dino-model is empty: give a timm ViT")
+        at_least("read_blocks", self.read_blocks, 0)
+        at_least("cam_input_back", self.cam_input_back, 1)
+        at_least("self_label_start", self.self_label_start, 0, allow_none=True)
+        fraction("self_label_threshold", self.self_label_threshold)
+        non_negative("lambda_dice", self.lambda_dice, MAX_LOSS_WEIGHT)
+        non_negative("lambda_cross", self.lambda_cross, MAX_LOSS_WEIGHT)
         at_least("aff_radius", self.aff_radius, 0)  # fields without an option: named as fields
         fraction("box_threshold", self.box_threshold)
         for option, value in (("cam_blocks", self.cam_blocks), ("rfm_blocks", self.rfm_blocks),
@@ -172,12 +197,22 @@ class DecoderConfig:
             out["aff_radius"] = "with --lambda-aff 0"
         if self.pseudo == "offline":
             out.update({name: "with offline pseudo masks" for name in ("box_threshold", "cam_blocks", "rfm_blocks",
-                                                                        "rfm_start", "par_iters")})
+                                                                        "rfm_start", "par_iters", "cam_input_back")})
+        if self.dino_model is None:
+            out.update({name: "without --dino-model" for name in ("dino_model", "dino_weights", "self_label_start",
+                                                                   "self_label_threshold", "lambda_dice",
+                                                                   "lambda_cross")})
         return out
 
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         """The mean / std the frozen CLIP is fed at training and test (``normalization``); None = the CLIP's own."""
         return (IMAGENET_MEAN, IMAGENET_STD) if self.normalization == "imagenet" else None
+
+    @property
+    def self_label_from(self) -> int:
+        """WeCLIP+: the first (0-based) iteration whose labels take the confident predictions (its
+        ``n_iter > 18000`` of 30,000: 0.6 of the schedule, from the iteration after)."""
+        return (self.iters * 3) // 5 + 1 if self.self_label_start is None else self.self_label_start
 
     @property
     def rfm_from(self) -> int:
@@ -199,7 +234,17 @@ DECODER_RECIPES: dict[str, dict[str, Any]] = {
     "weclip": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "poly_power": 1.0, "batch_size": 4,
                "loss": "balanced", "lambda_rsc": 0.0, "classifier": "conv", "block_norm": False,
                "activation": "quick_gelu", "pseudo": "online", "normalization": "imagenet", "padding": "black",
-               "lambda_aff": 0.1},
+               "lambda_aff": 0.1, "warmup_ratio": 1e-6},
+    # WeCLIP+ (WeCLIP+/WeCLIP_Plus/model_attn_aff_voc.py, scripts/dist_clip_voc.py, configs/voc_attn_reg.yaml): WeCLIP's
+    # recipe with a frozen DINOv2 ViT-S/14 beside the CLIP; decoder lr 2e-4 (base 2e-5 x 10); the CLIP's last block
+    # before the last read alone; RFM from the first iteration over the last 6 maps; CAMs times the decoders' mean
+    # softmax, no boxes; Dice + 0.1 x cross-branch CE; confident predictions (> 0.75) as labels after 0.6 iters
+    "weclip+": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.01, "poly_power": 1.0, "batch_size": 4,
+                "loss": "balanced", "lambda_rsc": 0.0, "classifier": "conv", "block_norm": False,
+                "activation": "quick_gelu", "pseudo": "online", "normalization": "imagenet", "padding": "black",
+                "lambda_aff": 0.1, "warmup_ratio": 1e-6, "dino_model": "vit_small_patch14_dinov2.lvd142m",
+                "read_blocks": 1, "cam_input_back": 2, "rfm_start": 0, "cam_blocks": 6, "lambda_dice": 1.0,
+                "lambda_cross": 0.1},
     # a CPU finishes in minutes: features cached once (no CLIP forward per iteration), small crops and decoder,
     # AdamW (converges in hundreds of steps); for trying the pipeline on a laptop, not for the paper's numbers
     "cpu": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "iters": 600, "batch_size": 8, "crop_size": 224,
@@ -214,6 +259,7 @@ def decoder_recipe(name: str = "vpl", **changes: Any) -> DecoderConfig:
     return override(DecoderConfig(recipe=name, **DECODER_RECIPES[name]), **changes)
 
 
+RESIZES = ("auto", "bicubic", "bilinear")  # predict's test views (PredictConfig.resize)
 MIN_SCALE = 0.1  # the smallest test scale: below it a view is a degenerate handful of patches
 
 
@@ -224,6 +270,10 @@ class PredictConfig:
     scales: tuple[float, ...] = (1.0, 0.75)
     flip: bool = True
     long_side: int | None = None  # input long side; None = 1.6 x the decoder's crop (WeCLIP: crop 320, test 512)
+    # test views: auto (bilinear for a decoder of --recipe weclip / weclip+, else bicubic) | bicubic (the uint8
+    # image, PIL, sides rounded up to the patch) | bilinear (WeCLIP's test_msc_flip_voc.py: the normalised tensor, sides
+    # truncated, the patch grid floored)
+    resize: str = "auto"
     crf: bool = False  # test-time dense CRF on the softmaxed logits (needs the crf extra)
     max_tokens: int = MAX_TOKENS  # a test view with more patch tokens is refused before its forward (check_tokens)
     # open vocabulary: score these class names (text prototypes from the decoder's CLIP) instead of the trained W;
@@ -247,6 +297,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         choice("--crf-backend", self.crf_backend, CRF_BACKENDS)
+        choice("--resize", self.resize, RESIZES)
         choice("--dense", self.dense, DENSE_CHOICES)
         if self.dense != "none":
             self.segment_config()  # its one-line errors now
@@ -273,10 +324,12 @@ class PredictConfig:
         if self.dense == "none":
             out = {k: "without --dense" for k in ("dense", "dense_side", "dense_threshold", "dense_crop",
                                                    "dense_stride")}
+            if self.resize == "auto":  # not recorded: folders made before the option resume
+                out["resize"] = "the decoder's recipe's"
             if not self.crf:
                 out.update({k: "without --crf" for k in crf_fields})
             return out
-        unused = ("scales", "flip", "long_side", "crf", *crf_fields)
+        unused = ("scales", "flip", "long_side", "resize", "crf", *crf_fields)
         return {k: f"with --dense {self.dense} (the decoder does not run)" for k in unused}
 
     def segment_config(self):

@@ -40,6 +40,7 @@ from .views import (
     predict_logits,
     view_logits,
     view_size,
+    weclip_views,
 )
 
 __all__ = [
@@ -48,5 +49,5 @@ __all__ = [
     "ce_loss", "balanced_ce_loss", "present_classes", "region_masks", "class_regions", "region_embeddings", "rsc_loss",
     "mask_fractions", "cmpa_loss", "spherical_kmeans", "refresh_bank", "bilinear_weights", "upsample_logits",
     "LONG_SIDE_RATIO", "input_long_side", "view_size", "view_logits", "multiscale_logits", "decoder_forward",
-    "predict_logits",
+    "predict_logits", "weclip_views",
 ]  # fmt: skip

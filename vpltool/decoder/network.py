@@ -174,7 +174,7 @@ class SegDecoder(nn.Module):
     """
 
     def __init__(self, cfg: DecoderConfig, *, in_width: int, n_inputs: int, prototypes: Tensor, row_class: Tensor,
-                 temperature: float):
+                 temperature: float, dino_width: int | None = None):
         super().__init__()
         if cfg.background not in BACKGROUNDS:
             raise VplError(f"--background {cfg.background!r}: choose {' or '.join(BACKGROUNDS)}")
@@ -190,6 +190,11 @@ class SegDecoder(nn.Module):
         self.register_load_state_dict_pre_hook(_stacked_state)
         self.fuse = nn.Linear(n_inputs * dim, dim)
         self.drop = nn.Dropout2d(cfg.dropout)
+        self.dino_width = dino_width
+        self.dino_backbone = None  # WeCLIP+: the frozen DINO (not a module: never in the state dict), set by callers
+        if dino_width is not None:  # WeCLIP+'s dino_decoder_fts_fuse: MLP width -> dim -> dim, 1x1 fuse, Dropout2d
+            self.dino_mlp = nn.Sequential(nn.Linear(dino_width, dim), nn.ReLU(), nn.Linear(dim, dim))
+            self.dino_fuse = nn.Linear(dim, dim)
         self.blocks = nn.ModuleList(EncoderLayer(dim, cfg.heads, cfg.activation) for _ in range(cfg.layers))
         self.conv = cfg.classifier == "conv"
         if self.conv:  # WeCLIP: the last layer's tokens straight into a 1x1 conv to C + 1 classes
@@ -247,6 +252,22 @@ class SegDecoder(nn.Module):
         x = self.fuse(self.block_mlp(feats))  # [B, h, w, dim]
         return self.drop(x.permute(0, 3, 1, 2))  # Dropout2d drops whole channels
 
+    def dino_fused(self, dino: Tensor, grid: tuple[int, int]) -> Tensor:
+        """WeCLIP+'s DINO head: patch tokens ``[B, gh, gw, C]`` -> ``[B, dim, h, w]`` (MLP, 1x1 fuse, Dropout2d,
+        then bilinear to the CLIP's grid ``(h, w)``)."""
+        x = self.dino_fuse(self.dino_mlp(dino.float()))  # [B, gh, gw, dim]
+        x = self.drop(x.permute(0, 3, 1, 2))
+        return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+
+    def forward_plus(self, feats: Tensor, dino: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """WeCLIP+'s forward: ``(F [B, 2 dim, h, w]`` the CLIP's and the DINO's fused features concatenated, the
+        shared decoder's logits on the CLIP's, on the DINO's ``[B, C + 1, h, w])``."""
+        fused = self.fused(feats)
+        grid = fused.shape[-2:]
+        dino_fused = self.dino_fused(dino, tuple(grid))
+        logits = [self.head(self.tokens(f).transpose(1, 2).unflatten(2, grid)).float() for f in (fused, dino_fused)]
+        return torch.cat([fused, dino_fused], dim=1), logits[0], logits[1]
+
     def tokens(self, fused: Tensor) -> Tensor:
         """Step 3's transformer layers: ``[B, dim, h, w]`` -> ``[B, hw, dim]``."""
         x = fused.flatten(2).transpose(1, 2)
@@ -286,7 +307,7 @@ class SegDecoder(nn.Module):
         bg = bg.logsumexp(1, keepdim=True) if self.cfg.background == "logsumexp" else bg.amax(1, keepdim=True)
         return torch.cat([bg, rows[:, self.class_rows]], dim=1)
 
-    def forward(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, feats: Tensor, dino: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``feats [B, L, h, w, width]`` -> (V ``[B, D, h, w]``, A ``[B, C + 1, h, w]``, W ``[N, D]``), float32.
 
         With ``classifier conv`` (WeCLIP) the first is the fused features ``F [B, dim, h, w]`` (for the affinity
@@ -296,6 +317,11 @@ class SegDecoder(nn.Module):
         parameter (W included, when it is fine-tuned).
         """
         protos = self.unit_prototypes()
+        if self.dino_width is not None:  # WeCLIP+: the mean of the two branches' logits (its test protocol)
+            if dino is None:
+                raise ContractError("this decoder has a DINO branch (--recipe weclip+): give the DINO's patch tokens")
+            fused, clip, dino_logits = self.forward_plus(feats, dino)
+            return fused, 0.5 * clip + 0.5 * dino_logits, protos
         if self.conv:  # WeCLIP: (the fused features F, the conv's logits, W unused)
             fused = self.fused(feats)
             x = self.tokens(fused).transpose(1, 2).unflatten(2, fused.shape[-2:])  # [B, dim, h, w]
@@ -338,8 +364,11 @@ def _stacked_state(module: SegDecoder, state: dict[str, Tensor], prefix: str, lo
 
 def decoder_arch(model: SegDecoder, blocks: Sequence[int]) -> dict[str, Any]:
     """What, besides the config, rebuilds the module: CLIP width, blocks read, embedding dim, prototype rows."""
-    return {"in_width": model.in_width, "blocks": list(blocks), "embed_dim": int(model.prototypes.shape[1]),
-            "n_rows": int(model.prototypes.shape[0])}
+    out = {"in_width": model.in_width, "blocks": list(blocks), "embed_dim": int(model.prototypes.shape[1]),
+           "n_rows": int(model.prototypes.shape[0])}
+    if model.dino_width is not None:
+        out["dino_width"] = model.dino_width
+    return out
 
 
 def save_decoder(path: str | Path, model: SegDecoder, cfg: DecoderConfig, *, classes: Sequence[str],
@@ -354,7 +383,8 @@ def save_decoder(path: str | Path, model: SegDecoder, cfg: DecoderConfig, *, cla
 def build_decoder(state: dict[str, Tensor], cfg: DecoderConfig, arch: dict[str, Any]) -> SegDecoder:
     """A :class:`SegDecoder` from a state dict and its recorded config/arch (strict load: no silent partial)."""
     model = SegDecoder(cfg, in_width=arch["in_width"], n_inputs=len(arch["blocks"]), prototypes=state["prototypes"],
-                       row_class=state["row_class"], temperature=math.exp(-float(state["log_scale"])))
+                       row_class=state["row_class"], temperature=math.exp(-float(state["log_scale"])),
+                       dino_width=arch.get("dino_width"))
     model.load_state_dict(state, strict=True)
     return model
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,6 +28,32 @@ def view_size(bb, height: int, width: int, long_side: int, scale: float) -> tupl
     """``(H, W)`` of one test view: long side ``long_side * scale``, sides rounded up to the patch size."""
     ratio = long_side * scale / max(height, width)
     return bb.input_size(max(1, round(height * ratio)), max(1, round(width * ratio)))
+
+
+def weclip_views(bb, image, long_side: int, scales: Sequence[float]) -> list[Tensor]:
+    """WeCLIP's test views (``test_msc_flip_voc.py:60-90``): the normalised image ``[1, 3, H0, W0]`` resized
+    bilinearly (no antialias) to a long side of ``long_side``, each side truncated (``int(h * ratio)``); a scale
+    ``s != 1`` resized from that view by ``scale_factor=s`` (sides floored); each view cropped to whole patches
+    (WeCLIP's stride-16 patch conv drops the last < 16 rows and columns).
+
+    Args:
+        bb: the backbone (its normalisation: the decoder's, :meth:`ClipBackbone.with_normalization`).
+        image: ``[H0, W0, 3]`` uint8 RGB.
+
+    Returns:
+        One ``[1, 3, H_s, W_s]`` float32 view per scale, on ``bb.device``.
+    """
+    h, w = image.shape[:2]
+    x = bb.normalize(torch.from_numpy(np.require(image, requirements=["C", "W"]))[None].to(bb.device))  # [1, 3, H0, W0]
+    ratio = long_side / max(h, w)
+    base = F.interpolate(x, size=(max(1, int(h * ratio)), max(1, int(w * ratio))), mode="bilinear",
+                         align_corners=False)
+    p = bb.patch_size
+    out = []
+    for s in scales:
+        v = base if s == 1.0 else F.interpolate(base, scale_factor=s, mode="bilinear", align_corners=False)
+        out.append(v[..., : max(p, v.shape[-2] // p * p), : max(p, v.shape[-1] // p * p)])
+    return out
 
 
 def view_logits(forward: Callable[[Tensor], Tensor], pixels: Tensor, flip: bool) -> Tensor:
@@ -71,8 +98,10 @@ def decoder_forward(bb, model: SegDecoder, blocks: Sequence[int], dtype: torch.d
 
     def forward(batch: Tensor) -> Tensor:
         feats = block_features(bb, batch, blocks, dtype)
+        dino = getattr(model, "dino_backbone", None) if getattr(model, "dino_width", None) else None
+        tokens = None if dino is None else dino.patch_tokens(dino.resized(batch))  # WeCLIP+: the DINO's view
         with torch.no_grad(), autocast(bb.device, dtype):
-            return model(feats)[1]
+            return model(feats)[1] if tokens is None else model(feats, tokens)[1]
 
     return forward
 

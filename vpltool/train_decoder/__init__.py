@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import io, presets
-from ..backbone import ClipBackbone, ModelSpec, load_backbone
+from ..backbone import ClipBackbone, DinoSpec, ModelSpec, check_model, load_backbone, load_model
 from ..cam.gradcam import PrototypeRows
 from ..config import MAX_TOKENS, DecoderConfig, RuntimeConfig, to_params
 from ..data import open_dataset, open_recorded
@@ -113,6 +113,11 @@ def _training_pairs(dataset, pseudo_dir: Path) -> list[tuple[str, Path, Path]]:
     if not pairs:
         raise VplError(f"{pseudo_dir}: no pseudo mask matches an image of its dataset; re-run `vpltool crf`")
     return pairs
+
+
+def dino_width(dino) -> int:
+    """The width of a frozen DINO's patch tokens (timm's ``num_features``)."""
+    return int(getattr(dino.model, "num_features", None) or dino.model.embed_dim)
 
 
 def _online_dataset(path: Path, split: str | None, cfg: DecoderConfig):
@@ -191,9 +196,14 @@ class _Run:
         self.rows = PrototypeRows(protos, device) if self.online else None  # GradCAM's softmax rows
         check_crop(cfg.crop_size, self.bb.patch_size)
         self.blocks = feature_blocks(self.bb.n_blocks, cfg.include_last_block)
+        if cfg.read_blocks:  # WeCLIP+: the last block before the last alone
+            self.blocks = self.blocks[-cfg.read_blocks:]
+        dino = load_model("dino", DinoSpec(cfg.dino_model, cfg.dino_weights), device) if cfg.dino_model else None
         seed_everything(cfg.seed)
         self.model = SegDecoder(cfg, in_width=self.bb.width, n_inputs=len(self.blocks), prototypes=protos.vectors,
-                                row_class=protos.row_class, temperature=protos.temperature).to(device)
+                                row_class=protos.row_class, temperature=protos.temperature,
+                                dino_width=None if dino is None else dino_width(dino)).to(device)
+        self.model.dino_backbone = dino
         self.optimizer = make_optimizer(self.model, cfg)
         fp16 = device.type == "cuda" and self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
@@ -435,6 +445,8 @@ def run_train_decoder(
     online = cfg.pseudo == "online"
     if online:  # WeCLIP: image labels only, the masks are made in the loop
         dataset = _online_dataset(pseudo_dir, split, cfg)
+        if cfg.dino_model:  # WeCLIP+: its DINO's weights, before any output or model (one line when offline)
+            check_model("dino", DinoSpec(cfg.dino_model, cfg.dino_weights))
         dataset_id = dataset.identity()
     else:
         record = io.read_stage_record(pseudo_dir, MASK_STAGES)
@@ -474,6 +486,9 @@ def run_train_decoder(
         check_supervision(pairs, pseudo_dir, len(dataset.classes))
     with process_group(runtime.device) as (rank, world, device):
         batches_per_epoch(len(pairs), cfg.batch_size, world, pseudo_dir)  # before anything is created
+        if world > 1 and cfg.dino_model:
+            raise VplError("--recipe weclip+ trains in one process (its two-branch step runs outside "
+                           "DistributedDataParallel); run it without torchrun")
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)

@@ -10,7 +10,7 @@ Per training crop and iteration (``model_attn_aff_voc.py:forward``, ``clip/clip_
    most the mean difference, averaged, times that affinity.
 3. CAA's transition matrix of it (:func:`vpltool.cam.caa.affinity`, CLIP-ES's arithmetic without a floor), each
    class's map propagated inside the union of its boxes at threshold 0.4 (CLIP-ES's ``scoremap2bbox``, its border
-   clipping included: :func:`vpltool.cam.caa.box_mask` with ``parity``).
+   clipping included: :func:`vpltool.cam.caa.box_masks` with ``parity``, OpenCV's boxes on the device).
 4. Min-max per map, bilinear to the crop, background ``(1 - max_k)^1``, PAR (20 iterations, dilations 1, 2, 4, 8,
    12, 24: :func:`par`) on the normalised crop, argmax: labels ``[S, S]`` with no ignored pixel.
 
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .. import io
 from ..batches import die_with_parent
-from ..cam.caa import affinity, box_mask
+from ..cam.caa import affinity, box_masks
 from ..cam.gradcam import PrototypeRows
 from ..config import IGNORE_INDEX, DecoderConfig
 from ..decoder.losses import balanced_ce_loss, ce_loss, upsample_logits
@@ -50,24 +50,19 @@ PAR_W1, PAR_W2 = 0.3, 0.01  # PAR.py: the colour affinity's scale and the weight
 
 
 # --------------------------------------------------------------------------------------------- PAR
-def _par_kernel(device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``[8, 1, 3, 3]``: one-hot picks of the 8 neighbours of a 3 x 3 window (PAR.py:get_kernel's order)."""
-    kernel = torch.zeros(8, 1, 3, 3, device=device, dtype=dtype)
-    for k, (i, j) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]):
-        kernel[k, 0, i, j] = 1
-    return kernel
+NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))  # PAR.py:get_kernel's order
 
 
 def _neighbours(x: Tensor, dilations: Sequence[int]) -> Tensor:
     """``[B, C, H, W]`` -> ``[B, C, 8 * len(dilations), H, W]``: each pixel's 8 neighbours at every dilation
-    (replicated border)."""
-    b, c, h, w = x.shape
-    kernel = _par_kernel(x.device, x.dtype)
+    (replicated border), in PAR.py's order. Slices of the padded tensor: the values of PAR's one-hot dilated
+    convolution exactly (a product by 1 and sums of zeros), without its multiply-adds."""
+    h, w = x.shape[-2:]
     out = []
     for d in dilations:
-        padded = F.pad(x, [d] * 4, mode="replicate").reshape(b * c, 1, h + 2 * d, w + 2 * d)
-        out.append(F.conv2d(padded, kernel, dilation=d).view(b, c, -1, h, w))
-    return torch.cat(out, dim=2)
+        padded = F.pad(x, [d] * 4, mode="replicate")
+        out += [padded[..., i * d:i * d + h, j * d:j * d + w] for i, j in NEIGHBOURS]
+    return torch.stack(out, dim=2)
 
 
 def par(image: Tensor, masks: Tensor, dilations: Sequence[int] = PAR_DILATIONS, iters: int = 20) -> Tensor:
@@ -129,7 +124,8 @@ def propagation_attention(attention: Tensor, seg_affinity: Tensor | None, mean_b
 def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, image: Tensor,
                        seg_affinity: Tensor | None = None, *, box_threshold: float = 0.4, mean_blocks: int = 8,
                        rfm_blocks: int = 6, par_iters: int = 20,
-                       par_dilations: Sequence[int] = PAR_DILATIONS) -> Tensor:
+                       par_dilations: Sequence[int] = PAR_DILATIONS, boxes: Tensor | None = None,
+                       guide: Tensor | None = None) -> Tensor:
     """WeCLIP's pseudo label of one training crop.
 
     Args:
@@ -138,6 +134,10 @@ def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, 
         attention: ``[N, hw, hw]`` (:func:`propagation_attention`).
         image: ``[3, S, S]`` the normalised crop the CLIP saw (S = 16 h for ViT-B/16).
         seg_affinity: ``[hw, hw]`` the decoder's affinity for RFM, or None.
+        boxes: ``[K, h, w]`` the maps' box masks when already made (:func:`vpltool.cam.caa.box_masks` of a whole
+            batch, on the device); None = made here.
+        guide: ``[K, h, w]`` WeCLIP+'s decoder probabilities of the K classes (``clip_tool.py``'s ``seg_dino_cam``):
+            each map is multiplied by its class's, and propagated without boxes.
 
     Returns:
         ``[S, S]`` int64 labels in 0..C (0 = background; no ignored pixel); all background when K = 0.
@@ -148,8 +148,11 @@ def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, 
     cams = cams.float()
     k, h, w = cams.shape
     trans = affinity(propagation_attention(attention, seg_affinity, mean_blocks, rfm_blocks), exact=True)
-    boxes = np.stack([box_mask(c, box_threshold, parity=True) for c in cams.detach().cpu().numpy()])
-    boxes = torch.from_numpy(boxes).to(trans.device).flatten(1)  # [K, hw]
+    if guide is not None:  # WeCLIP+: the CAMs weighted by the decoders' own probabilities, no box restriction
+        cams, boxes = cams * guide.detach().float().to(cams.device), torch.ones_like(cams)
+    elif boxes is None:  # CLIP-ES's scoremap2bbox (its border clipping included), on the device
+        boxes = box_masks(cams.detach(), box_threshold, parity=True)
+    boxes = boxes.to(trans.device).flatten(1)  # [K, hw]
     flat = cams.to(trans.device).flatten(1)  # [K, hw]
     refined = torch.stack([(trans * boxes[i][None]) @ flat[i] for i in range(k)]).view(k, h, w)
     refined = F.interpolate(minmax(refined)[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -216,6 +219,49 @@ def weclip_losses(logits: Tensor, fused: Tensor, labels: Tensor, radius: int = 8
     return {"ce": ce, "aff": aff, "loss": ce + lambda_aff * aff}
 
 
+def dice_loss(logits: Tensor, labels: Tensor, eps: float = 1e-7) -> Tensor:
+    """WeCLIP+'s Dice loss (``WeCLIP_Plus/dice_loss.py``): ``1 - mean_c 2 sum(p_c y_c) / (sum(p_c + y_c) + eps)``,
+    sums over the batch and the pixels, every class counted (absent ones too), 255 ignored.
+
+    Args:
+        logits: ``[B, C + 1, S, S]``; labels: ``[B, S, S]`` int64.
+    """
+    n = logits.shape[1]
+    valid = (labels != IGNORE_INDEX)[:, None].float()
+    onehot = F.one_hot(labels.masked_fill(labels == IGNORE_INDEX, n), n + 1)[..., :n].permute(0, 3, 1, 2).float()
+    pred = F.softmax(logits.float(), dim=1)
+    inter = (pred * valid * onehot).sum((0, 2, 3))
+    union = (pred * valid + onehot * valid).sum((0, 2, 3))
+    return 1 - (2 * inter / (union + eps)).mean()
+
+
+def weclip_plus_losses(seg_clip: Tensor, seg_dino: Tensor, fused: Tensor, labels: Tensor, cfg: DecoderConfig,
+                       it: int) -> dict[str, Tensor]:
+    """WeCLIP+'s training loss (``WeCLIP+/scripts/dist_clip_voc.py:255-288``).
+
+    ``seg`` = the mean of the two branches' logits, bilinearly upsampled; the affinity loss on the online labels;
+    from ``cfg.self_label_from`` on, pixels where ``seg``'s softmax exceeds ``self_label_threshold`` take its arg-max
+    as label; ``loss = ce(seg) + lambda_aff aff + lambda_cross (ce(clip, argmax dino) + ce(dino, argmax clip)) +
+    lambda_dice dice(seg)`` (balanced CEs).
+
+    Args:
+        seg_clip, seg_dino: ``[B, C + 1, h, w]``; fused: ``[B, 2 dim, h, w]``; labels: ``[B, S, S]`` int64.
+    """
+    size = labels.shape[-2:]
+    seg = upsample_logits(0.5 * seg_clip + 0.5 * seg_dino, size)
+    clip_up, dino_up = upsample_logits(seg_clip, size), upsample_logits(seg_dino, size)
+    label_clip, label_dino = clip_up.detach().argmax(1), dino_up.detach().argmax(1)
+    aff = affinity_loss(decoder_affinity(fused), affinity_targets(labels, tuple(fused.shape[-2:]), cfg.aff_radius))
+    if it >= cfg.self_label_from:
+        confidence, predicted = F.softmax(seg.detach(), dim=1).max(1)
+        labels = torch.where(confidence > cfg.self_label_threshold, predicted, labels)
+    ce = balanced_ce_loss(seg, labels)
+    dice = dice_loss(seg, labels)
+    cross = balanced_ce_loss(clip_up, label_dino) + balanced_ce_loss(dino_up, label_clip)
+    loss = ce + cfg.lambda_aff * aff + cfg.lambda_cross * cross + cfg.lambda_dice * dice
+    return {"ce": ce, "aff": aff, "cross": cross, "dice": dice, "loss": loss}
+
+
 # --------------------------------------------------------------------------------------------- the training step
 def place(pixels: np.ndarray, extent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """WeCLIP's padding (``transforms.py:random_crop``): the image part of a crop (:func:`.data.augment`'s
@@ -277,33 +323,49 @@ class FrozenOnline:
 
 
 @torch.no_grad()
-def frozen_online(bb, pixels: Tensor, blocks: Sequence[int], maps: int, dtype: torch.dtype = torch.float32
-                  ) -> FrozenOnline:
+def frozen_online(bb, pixels: Tensor, blocks: Sequence[int], maps: int, dtype: torch.dtype = torch.float32,
+                  cam_input_back: int = 1) -> FrozenOnline:
     """Blocks ``0..L-2`` on ``pixels [B, 3, S, S]``, keeping ``blocks``' tokens and the last ``maps - 1`` blocks'
-    attention (the last block's own map comes from GradCAM's forward of it)."""
+    attention (the last block's own map comes from GradCAM's forward of it). GradCAM's input is the output of block
+    ``L-1-cam_input_back`` (WeCLIP: 1, the last block's own input; WeCLIP+'s code: 2, ``fts_all_stack[-2]``)."""
     stop = bb.n_blocks - 1
     n_prev = min(maps, bb.n_blocks) - 1
+    first = max(0, stop - cam_input_back + 1)  # blocks first..stop-1 run after GradCAM's input is taken
     with contextlib.nullcontext() if dtype == torch.float32 else autocast(bb.device, dtype):
-        enc = bb.encode(pixels, stop=stop, attention_from=stop - n_prev, collect=blocks)
-    feats = torch.stack(enc.blocks, 1).unflatten(2, enc.grid)
+        enc = bb.encode(pixels, stop=first, attention_from=stop - n_prev, collect=[b for b in blocks if b < first])
+        cam_input, x = enc.tokens, enc.tokens
+        kept, attentions = list(enc.blocks), list(enc.attentions)
+        for i in range(first, stop):
+            need = i >= stop - n_prev
+            x, attn, _ = bb.block(i, x, enc.grid, need_weights=need)
+            if need:
+                attentions.append(attn)
+            if i in blocks:
+                kept.append(x[:, 1:])
+    feats = torch.stack(kept, 1).unflatten(2, enc.grid)
     hw = enc.grid[0] * enc.grid[1]
-    attention = (torch.stack([a[:, 1:, 1:].float() for a in enc.attentions], 1) if enc.attentions
+    attention = (torch.stack([a[:, 1:, 1:].float() for a in attentions], 1) if attentions
                  else pixels.new_zeros(len(pixels), 0, hw, hw))
-    return FrozenOnline(feats, enc.tokens.float(), attention, enc.grid)
+    return FrozenOnline(feats, cam_input.float(), attention, enc.grid)
 
 
 def online_masks(bb, frozen: FrozenOnline, labels: Sequence[Sequence[int]], rows: PrototypeRows,
-                 temperature: float, pixels: Tensor, seg_affinity: Tensor | None, cfg: DecoderConfig) -> Tensor:
+                 temperature: float, pixels: Tensor, seg_affinity: Tensor | None, cfg: DecoderConfig,
+                 guide: Tensor | None = None) -> Tensor:
     """``[B, S, S]`` int64 online pseudo labels of a batch (:func:`online_pseudo_mask` per crop) from its frozen
-    pass; ``seg_affinity`` ``[B, hw, hw]`` (RFM) or None."""
+    pass; ``seg_affinity`` ``[B, hw, hw]`` (RFM) or None; ``guide`` ``[B, C + 1, h, w]`` WeCLIP+'s decoder
+    probabilities (each crop's CAMs weighted by its classes' channels) or None."""
     cam = bb.gradcam_batch(frozen.last_input, frozen.grid, rows.for_labels(labels), temperature, layer="input")
+    boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)  # every map's at once, no host round trip
     out = []
     for b, classes in enumerate(labels):
         attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
         out.append(online_pseudo_mask(
             cam.image_maps(b), list(classes), attention, pixels[b],
             None if seg_affinity is None else seg_affinity[b], box_threshold=cfg.box_threshold,
-            mean_blocks=cfg.cam_blocks, rfm_blocks=cfg.rfm_blocks, par_iters=cfg.par_iters))
+            mean_blocks=cfg.cam_blocks, rfm_blocks=cfg.rfm_blocks, par_iters=cfg.par_iters,
+            boxes=boxes[cam.offsets[b]:cam.offsets[b + 1]],
+            guide=None if guide is None else guide[b, list(classes)]))
     return torch.stack(out)
 
 
@@ -316,7 +378,21 @@ def online_step(model, optimizer: torch.optim.Optimizer, bb, blocks: Sequence[in
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
-    frozen = frozen_online(bb, pixels, blocks, max(cfg.cam_blocks, cfg.rfm_blocks), dtype)
+    frozen = frozen_online(bb, pixels, blocks, max(cfg.cam_blocks, cfg.rfm_blocks), dtype, cfg.cam_input_back)
+    inner = getattr(model, "module", model)
+    if inner.dino_width is not None:  # WeCLIP+: the DINO branch beside the CLIP's
+        dino = inner.dino_backbone
+        tokens = dino.patch_tokens(dino.resized(pixels))
+        with autocast(pixels.device, dtype):
+            fused, seg_clip, seg_dino = inner.forward_plus(frozen.feats, tokens)
+        guide = F.softmax(0.5 * seg_dino.float() + 0.5 * seg_clip.float(), dim=1).detach()
+        seg_affinity = decoder_affinity(fused).detach() if it >= cfg.rfm_from else None
+        targets = online_masks(bb, frozen, labels, rows, temperature, pixels, seg_affinity, cfg, guide)
+        losses = weclip_plus_losses(seg_clip.float(), seg_dino.float(), fused.float(), targets, cfg, it)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        return {k: v.detach().float() for k, v in losses.items()}
     with autocast(pixels.device, dtype):
         fused, logits, _ = model(frozen.feats)
     seg_affinity = decoder_affinity(fused).detach() if it >= cfg.rfm_from else None

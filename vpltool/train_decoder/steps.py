@@ -34,7 +34,14 @@ RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  #
 
 
 def lr_at(cfg: DecoderConfig, it: int) -> float:
-    """Learning rate of iteration ``it`` (0-based): linear warm-up, then ``(1 - it/iters)^poly_power``."""
+    """Learning rate of iteration ``it`` (0-based): linear warm-up, then ``(1 - it/iters)^poly_power``.
+
+    With ``warmup_ratio`` r, WeCLIP's ``PolyWarmupAdamW`` (``utils/optimizer.py``): ``lr (1 - (1 - it/W)(1 - r))``
+    for ``it < W`` (no decay yet), then the poly decay."""
+    if cfg.warmup_ratio is not None:
+        if it < cfg.warmup_iters:
+            return cfg.lr * (1 - (1 - it / cfg.warmup_iters) * (1 - cfg.warmup_ratio))
+        return cfg.lr * max(0.0, 1.0 - it / cfg.iters) ** cfg.poly_power
     warm = min(1.0, (it + 1) / cfg.warmup_iters) if cfg.warmup_iters > 0 else 1.0
     return cfg.lr * warm * max(0.0, 1.0 - it / cfg.iters) ** cfg.poly_power
 
