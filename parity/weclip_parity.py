@@ -463,8 +463,8 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None
     return {"images": rows}
 
 
-NOT_RUN = ("not compared: vpltool has no --recipe weclip+ yet (no DINO branch in train-decoder), and "
-           "weclip_ref_runner.py does not run the clone's WeCLIP+/ tree (its frozen DINOv2 comes from torch.hub)")
+NOT_RUN = ("not compared: weclip_ref_runner.py does not run the clone's WeCLIP+/ tree yet (its frozen DINOv2 comes "
+           "from torch.hub: a local dinov2 clone and a random DINO of its architecture are needed)")
 
 
 def summarise(parts: dict) -> dict:
@@ -484,7 +484,7 @@ def summarise(parts: dict) -> dict:
                                               worst(p["refined_cams_max_abs_diff"]) if p else None)
         out["crop_scores" + suffix] = figure("crop_scores" + suffix, worst(p["scores_max_abs_diff"]) if p else None,
                                              "the refined CAMs min-max scaled and resized to the crop, background "
-                                             "(1 - max) first: what PAR starts from")
+                                             "(1 - max) first: what PAR starts from" if p else "")
     rs = parts.get("resize")
     out["crop_scores_given_refined"] = figure(
         "crop_scores_given_refined", rs["crop_scores_given_refined_max_abs_diff"] if rs else None,
