@@ -417,6 +417,9 @@ OVSS_PROXY_IMAGES ?= 12
 # PGSEG_REF=a clone of Ferenas/PGSeg (9f167cd), GROUPVIT_REF=one of NVlabs/GroupViT (13b7861): the pgseg family
 PGSEG_REF ?=
 GROUPVIT_REF ?=
+# WECLIP_REF=/path/to/a/clone of zbf1991/WeCLIP (0f47db4): --recipe weclip against WeCLIP's own code (weclip_parity.py)
+WECLIP_REF ?=
+WECLIP_WORK ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -431,6 +434,10 @@ parity: setup
 	  @echo "make parity: pass OVSS_REFS=/folder/of/clones (SC-CLIP @0417ba9, ProxyCLIP @e7b767f, dino: docs/open-vocabulary.md)")
 	$(if $(PGSEG_REF),$(VENV)/bin/python parity/pgseg_parity.py --ref $(PGSEG_REF) --slide \
 	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) --out $(PARITY_OUT)/pgseg_parity.json > /dev/null)
+	$(if $(WECLIP_REF),$(VENV)/bin/python parity/weclip_parity.py --ref $(WECLIP_REF) $(if $(WECLIP_WORK),--work $(WECLIP_WORK)) \
+	  > $(PARITY_OUT)/weclip_parity.json.tmp && mv $(PARITY_OUT)/weclip_parity.json.tmp $(PARITY_OUT)/weclip_parity.json, \
+	  @echo "make parity: pass WECLIP_REF=/path/to/a/clone/of/zbf1991/WeCLIP at 0f47db4 (docs/parity.md)")
+	$(VENV)/bin/python docgen/parity_page.py --results $(PARITY_OUT)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup

@@ -1,0 +1,607 @@
+"""vpltool's ``train-decoder --recipe weclip`` / ``weclip+`` against WeCLIP's OWN code (zbf1991/WeCLIP); prints ONE
+JSON object (``parity/results/weclip_parity.json``).
+
+    python parity/weclip_parity.py --ref DIR [--work DIR] [--images 12] [--crops 4] [--steps 3] [--threads 1]
+    python parity/weclip_parity.py --quick      # plumbing only: no clone (the reference is not run)
+
+``--ref DIR`` is a clone of zbf1991/WeCLIP (the folder holding ``WeCLIP/`` and ``WeCLIP+/``). Its code never enters
+this repository: it runs in its own process through ``weclip_ref_runner.py`` (its module docstring says what is put
+around it: stubs of unused imports, ``.cuda()`` / ``.half()`` as the identity, fp32 on the CPU, Dropout2d off).
+
+Set-up: random ``ViT-B-16-quickgelu`` weights (seed 0, fp16-exact values, OpenAI's layout, as ``bench_cam.py`` makes
+them) and the 12 parity photos (``bench_cam.PHOTOS``) as a VOC root: ``JPEGImages``, ``SegmentationClassAug`` (one
+PNG per photo holding its VOC labels, which is where WeCLIP reads an image's labels from), ``train.txt`` /
+``val.txt`` and ``cls_labels_onehot.npy``.
+
+The figures, each with its bar (:data:`BARS`), for each recipe:
+
+* ``pseudo_labels`` (share of equal labels, >= 0.999, the worst crop) and ``refined_cams`` (max |Δ|, <= 1e-4, the
+  propagated CAMs ``[K, h, w]``): the online pseudo mask of each crop of the fixed batch, before RFM and after it
+  (given WeCLIP's decoder affinity), from vpltool's own frozen pass, GradCAM and propagation; ``crop_scores``: the
+  CAMs min-max scaled, resized to the crop, background first (what PAR starts from), and
+  ``crop_scores_given_refined``: that step alone on WeCLIP's own propagated CAMs (part ``resize``);
+* ``logits`` and ``affinity`` (max |Δ|, <= 1e-5): the decoder's output and ``sigmoid(FᵀF)`` on WeCLIP's own frozen
+  features (blocks 0-10), from WeCLIP's initial decoder weights;
+* ``loss``, ``grads``, ``steps`` (max |Δ|, <= 1e-5): the total loss, the gradients and the parameters after each of
+  three AdamW steps on the fixed batch given the pseudo labels WeCLIP drew at each step and its learning rate
+  (part ``train_given_labels``); ``loss_online`` ... ``steps_online``: vpltool's ``online_step`` whole (its own
+  masks); ``lr``: vpltool's schedule against WeCLIP's at the same steps;
+* ``test_logits`` (max |Δ|, <= 1e-4) and ``crf_labels`` (share equal, >= 0.999): the test script's multi-scale +
+  flip logits on its own input tensor (cut to whole patches, as its patch conv does) through vpltool's
+  ``multiscale_logits``, and its CRF'd prediction against ``densecrf.dense_crf`` with ``predict``'s settings.
+
+Dropout is off on both sides (the runner's model in ``eval()``, vpltool's recipe with ``dropout`` 0): a random
+mask is not drawn alike by two codes.
+
+A piece vpltool does not have yet is reported ``"compared": false`` with the reason, never as met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "bench")]
+import benchlib  # noqa: E402
+
+VOC = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+       "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+# figure -> (kind, bar): "max" = max |Δ| <= bar, "share" = share of equal labels >= bar
+BARS: dict[str, tuple[str, float]] = {
+    "pseudo_labels": ("share", 0.999), "refined_cams": ("max", 1e-4),
+    "pseudo_labels_rfm": ("share", 0.999), "refined_cams_rfm": ("max", 1e-4),
+    "crop_scores": ("max", 1e-4), "crop_scores_rfm": ("max", 1e-4), "crop_scores_given_refined": ("max", 1e-4),
+    "logits": ("max", 1e-5), "affinity": ("max", 1e-5),
+    "loss": ("max", 1e-5), "grads": ("max", 1e-5), "steps": ("max", 1e-5), "lr": ("max", 1e-12),
+    "loss_online": ("max", 1e-5), "grads_online": ("max", 1e-5), "steps_online": ("max", 1e-5),
+    "test_logits": ("max", 1e-4), "crf_labels": ("share", 0.999),
+}
+RECIPES = ("weclip", "weclip+")
+
+
+# --------------------------------------------------------------------------------------------- set-up
+def make_voc(root: Path, images: int) -> Path:
+    """The parity photos as a VOC root WeCLIP's datasets read (see the module docstring); returns ``root``.
+
+    The label PNG of a photo is background with one horizontal band per label (value ``class index + 1``): WeCLIP
+    takes an image's labels from the PNG's unique values, and the test script only reads its size."""
+    import bench_cam
+    import numpy as np
+    from PIL import Image
+
+    bench_cam.make_voc(root, images)
+    (root / "SegmentationClassAug").mkdir(parents=True, exist_ok=True)
+    names, onehot = [], {}
+    for i in range(images):
+        name = f"img_{i:03d}"
+        w, h = Image.open(root / "JPEGImages" / f"{name}.jpg").size
+        labels = bench_cam.PHOTOS[i % len(bench_cam.PHOTOS)][3]
+        mask = np.zeros((h, w), np.uint8)
+        for k, c in enumerate(labels):
+            band = h // (len(labels) + 1)
+            mask[(k + 1) * band - band // 2:(k + 1) * band + band // 2] = VOC.index(c) + 1
+        Image.fromarray(mask).save(root / "SegmentationClassAug" / f"{name}.png")
+        vec = np.zeros(20, np.uint8)
+        vec[[VOC.index(c) for c in labels]] = 1
+        onehot[name] = vec
+        names.append(name)
+    lists = root / "ImageSets" / "Segmentation"
+    for split in ("train", "val"):
+        (lists / f"{split}.txt").write_text("\n".join(names) + "\n")
+    np.save(lists / "cls_labels_onehot.npy", onehot)
+    return root
+
+
+def setup(work: Path, images: int, model: str = "ViT-B-16-quickgelu") -> tuple[Path, Path, Path]:
+    """Weights (.pt, .safetensors) and the VOC root in ``work``, made once."""
+    import bench_cam
+
+    pt, st, marker = work / "weights.pt", work / "weights.safetensors", work / "weights.json"
+    if not (pt.is_file() and st.is_file() and marker.is_file() and json.loads(marker.read_text()) == {"model": model}):
+        bench_cam.make_weights(work, model)
+        marker.write_text(json.dumps({"model": model}))
+    voc = work / "voc"
+    if not (voc / "ImageSets" / "Segmentation" / "cls_labels_onehot.npy").is_file() or \
+            len(list((voc / "JPEGImages").glob("*.jpg"))) != images:
+        import shutil
+
+        shutil.rmtree(voc, ignore_errors=True)
+        make_voc(voc, images)
+    return pt, st, voc
+
+
+def run_reference(clone: Path, work: Path, pt: Path, voc: Path, args) -> tuple[Path, dict]:
+    """``weclip_ref_runner.py`` in its own process; its output folder and what ran."""
+    out = work / "ref" / "weclip"
+    cmd = [args.python, str(Path(__file__).parent / "weclip_ref_runner.py"), "--clone", str(clone), "--weights",
+           str(pt), "--voc", str(voc), "--out", str(out), "--crops", str(args.crops), "--steps", str(args.steps),
+           "--images", str(args.images), "--threads", str(args.threads)]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore",
+           "CUDA_VISIBLE_DEVICES": ""}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return out, {"seconds": round(time.perf_counter() - start, 1)}
+
+
+# --------------------------------------------------------------------------------------------- figures
+def figure(name: str, value: float | None, note: str = "") -> dict:
+    """``{value, bar, kind, met}`` of a figure (:data:`BARS`); ``value`` None = not compared (never met)."""
+    kind, bar = BARS[name]
+    met = None if value is None else (value <= bar if kind == "max" else value >= bar)
+    out = {"value": value, "bar": bar, "kind": "max abs diff <=" if kind == "max" else "share equal >=",
+           "compared": value is not None, "met": bool(met) if met is not None else False}
+    if note:
+        out["note"] = note
+    return out
+
+
+def load_pt(path: Path):
+    """A torch file the runner wrote (it holds plain Python lists and numbers next to tensors)."""
+    import torch
+
+    return torch.load(path, weights_only=False)
+
+
+def max_diff(a, b) -> float | None:
+    """max |a - b| (float64), None when the shapes differ (reported, never broadcast)."""
+    import torch
+
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if a.shape != b.shape:
+        return None
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def worst(values, kind: str = "max") -> float | None:
+    values = list(values)
+    if not values or any(v is None for v in values):
+        return None
+    return max(values) if kind == "max" else min(values)
+
+
+def share_equal(a, b) -> float | None:
+    import torch
+
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.shape != b.shape:
+        return None
+    return float((a.long() == b.long()).double().mean())
+
+
+# --------------------------------------------------------------------------------------------- vpltool's side
+WECLIP_TO_VPLTOOL = (  # WeCLIP's decoder names -> vpltool's SegDecoder names (per-block rows: see decoder_state)
+    ("decoder_fts_fuse.linear_fuse.", "fuse."), ("decoder.linear_pred.", "head."),
+    (".attn.in_proj_", ".self_attn.in_proj_"), (".attn.out_proj.", ".self_attn.out_proj."),
+    (".ln_1.", ".norm1."), (".ln_2.", ".norm2."), (".mlp.c_fc.", ".linear1."), (".mlp.c_proj.", ".linear2."),
+    ("decoder.transformer.resblocks.", "blocks."))
+
+
+def vpltool_name(name: str) -> str | None:
+    """vpltool's parameter of a WeCLIP decoder parameter; per-block MLPs as ``block_mlp.<stacked>:<block>``."""
+    if name.startswith("decoder_fts_fuse.linears_modulelist."):
+        block, layer, kind = name.split(".")[2:5]
+        return f"block_mlp.{'fc1' if layer == 'proj' else 'fc2'}_{kind}:{block}"
+    for old, new in WECLIP_TO_VPLTOOL:
+        name = name.replace(old, new)
+    return name
+
+
+class Vpltool:
+    """vpltool's side on the same weights: the frozen CLIP (ImageNet statistics: the recipe's), WeCLIP's text rows as
+    a prototypes file, the recipe's config with dropout 0 (the reference runs with Dropout2d off)."""
+
+    def __init__(self, weights: Path, init: dict, recipe: str = "weclip", model: str = "ViT-B-16-quickgelu",
+                 config_dir: Path | None = None):
+        import torch
+
+        from vpltool import io
+        from vpltool.backbone import ModelSpec, load_backbone
+        from vpltool.cam.gradcam import PrototypeRows
+        from vpltool.config.decoder import decoder_recipe
+        from vpltool.decoder.network import feature_blocks
+
+        self.cfg = decoder_recipe(recipe, dropout=0.0)
+        spec = ModelSpec(model, str(weights), **({"config_dir": str(config_dir)} if config_dir else {}))
+        bb = load_backbone(spec, "cpu")
+        self.bb = bb.with_normalization(*self.cfg.input_stats())
+        self.temperature = float(1.0 / self.bb.model.logit_scale.exp())
+        fg, bg = init["fg_text_features"].float(), init["bg_text_features"].float()
+        row_class = torch.tensor([*range(1, len(fg) + 1), *[0] * len(bg)])
+        self.protos = io.Prototypes(torch.cat([fg, bg]), row_class, [*VOC, *[f"bg{i}" for i in range(len(bg))]],
+                                    classes=["background", *VOC], temperature=self.temperature, source="text",
+                                    model={"model": model})
+        self.rows = PrototypeRows(self.protos, "cpu")
+        self.blocks = feature_blocks(self.bb.n_blocks, self.cfg.include_last_block)
+
+    def decoder(self, state: dict):
+        """A :class:`SegDecoder` of the recipe holding WeCLIP's decoder ``state``."""
+        import torch
+
+        from vpltool.decoder.network import SegDecoder
+
+        model = SegDecoder(self.cfg, in_width=self.bb.width, n_inputs=len(self.blocks),
+                           prototypes=self.protos.vectors, row_class=self.protos.row_class,
+                           temperature=self.temperature)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                target = vpltool_name(name)
+                if ":" in target:
+                    stacked, block = target.split(":")
+                    params[stacked][int(block)].copy_(value)
+                else:
+                    params[target].copy_(value.reshape(params[target].shape))
+        return model.eval()
+
+    def named_in_weclip(self, model) -> dict:
+        """vpltool's decoder parameters and their gradients under WeCLIP's names (the inverse of :meth:`decoder`):
+        ``{name: (value, grad)}``, a per-block row of the stacked MLP parameters as that row."""
+        params = dict(model.named_parameters())
+        out = {}
+        for name in self.weclip_names:
+            target = vpltool_name(name)
+            if ":" in target:
+                stacked, block = target.split(":")
+                p = params[stacked]
+                out[name] = (p.detach()[int(block)], None if p.grad is None else p.grad[int(block)])
+            else:
+                p = params[target]
+                out[name] = (p.detach(), p.grad)
+        return out
+
+
+def image_labels(pseudo_images: list[dict]) -> list[list[int]]:
+    """Each crop's class ids (1..20), in WeCLIP's order (its keys, 0-based, + 1)."""
+    return [[int(k) + 1 for k in img["keys"]] for img in pseudo_images]
+
+
+def compare_pseudo(vt: Vpltool, ref: Path) -> dict:
+    """The online pseudo masks of the fixed batch, before RFM and after it (given WeCLIP's decoder affinity)."""
+    import torch
+    import torch.nn.functional as F
+
+    from vpltool.cam.caa import affinity, box_mask
+    from vpltool.kernels import minmax
+    from vpltool.train_decoder.online import frozen_online, online_masks, propagation_attention
+
+    batch, pseudo = load_pt(ref / "batch.pt"), load_pt(ref / "pseudo.pt")
+    inputs, cfg = batch["inputs"].float(), vt.cfg
+    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks))
+    ref_blocks = pseudo["plain"].get("clip_blocks")  # [11, 1 + hw, B, 768]
+    out = {"clip_blocks_max_abs_diff": None if ref_blocks is None else
+           max_diff(frozen.feats.flatten(2, 3).permute(1, 2, 0, 3), ref_blocks[:, 1:])}
+    for mode in ("plain", "rfm"):
+        rec = pseudo[mode]
+        labels = image_labels(rec["images"])
+        seg_aff = rec["attn_pred"] if mode == "rfm" else None
+        with torch.enable_grad():
+            got = online_masks(vt.bb, frozen, labels, vt.rows, vt.temperature, inputs, seg_aff, cfg)
+            cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
+                                      layer="input")
+        refined, scores = [], []
+        for b, img in enumerate(rec["images"]):
+            attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
+            trans = affinity(propagation_attention(attention, None if seg_aff is None else seg_aff[b],
+                                                   cfg.cam_blocks, cfg.rfm_blocks), exact=True)
+            maps = cam.image_maps(b).float()
+            boxes = torch.from_numpy(__import__("numpy").stack([box_mask(c, cfg.box_threshold, parity=True)
+                                                               for c in maps.numpy()])).flatten(1)
+            mine = torch.stack([(trans * boxes[i][None]) @ maps[i].flatten() for i in range(len(maps))])
+            mine = mine.view_as(maps)
+            refined.append(max_diff(mine, torch.stack(img["cam_refined"])))
+            up = F.interpolate(minmax(mine)[None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[0]
+            scores.append(max_diff(torch.cat([1 - up.amax(0, keepdim=True), up]), img["cams"]))
+        out[mode] = {"labels_equal": [share_equal(got[b], rec["labels"][b]) for b in range(len(got))],
+                     "refined_cams_max_abs_diff": refined, "scores_max_abs_diff": scores}
+    return out
+
+
+def compare_resize(vt: Vpltool, ref: Path) -> dict:
+    """The step from the propagated CAMs ``[K, h, w]`` to the crop's scores, given WeCLIP's own propagated CAMs:
+    vpltool's min-max and bilinear resize (``online_pseudo_mask``'s, :func:`vpltool.kernels.minmax`) against
+    WeCLIP's ``generate_cam_label`` (``scale_cam_image``: min-max, ``cv2.resize``). Also each map's range
+    (max - min) before the min-max: the factor by which it scales an absolute difference of the maps."""
+    import torch
+    import torch.nn.functional as F
+
+    from vpltool.kernels import minmax
+
+    pseudo, diffs, ranges = load_pt(ref / "pseudo.pt"), [], []
+    for mode in ("plain", "rfm"):
+        for img in pseudo[mode]["images"]:
+            maps = torch.stack(img["cam_refined"]).float()
+            size = img["refined_cam"].shape[-2:]
+            mine = F.interpolate(minmax(maps)[None], size=size, mode="bilinear", align_corners=False)[0]
+            diffs.append(max_diff(mine, img["refined_cam"]))
+            flat = maps.flatten(1)
+            ranges += (flat.max(1).values - flat.min(1).values).tolist()
+    nonzero = [r for r in ranges if r > 0] or [0.0]  # a flat map (range 0) stays 0 through the min-max
+    return {"crop_scores_given_refined_max_abs_diff": worst(diffs), "refined_cam_range_min": min(nonzero),
+            "refined_cam_range_max": max(ranges), "flat_maps": len(ranges) - len([r for r in ranges if r > 0])}
+
+
+def compare_decoder(vt: Vpltool, ref: Path) -> dict:
+    """The decoder's logits and affinity on WeCLIP's own frozen features (blocks 0-10 of the fixed batch)."""
+    import torch
+
+    from vpltool.train_decoder.online import decoder_affinity
+
+    init, pseudo = load_pt(ref / "init.pt"), load_pt(ref / "pseudo.pt")["plain"]
+    model = vt.decoder(init["decoder"])
+    blocks = pseudo["clip_blocks"][:, 1:]  # [11, hw, B, 768] without CLS
+    h = w = int(round(blocks.shape[1] ** 0.5))
+    feats = blocks.permute(2, 0, 1, 3).unflatten(2, (h, w))  # [B, 11, h, w, 768]
+    with torch.no_grad():
+        fused, logits, _ = model(feats)
+        aff = decoder_affinity(fused)
+    return {"fused_max_abs_diff": max_diff(fused, pseudo["fts"]),
+            "logits_max_abs_diff": max_diff(logits, pseudo["seg"]),
+            "affinity_max_abs_diff": max_diff(aff, pseudo["attn_pred"])}
+
+
+def compare_training(vt: Vpltool, ref: Path) -> dict:
+    """Three iterations of vpltool's ``online_step`` on the fixed batch from WeCLIP's initial decoder, each given
+    WeCLIP's learning rate of that step (the schedule itself is compared in ``lr``)."""
+    import torch
+
+    from vpltool.train_decoder.online import online_step
+    from vpltool.train_decoder.steps import lr_at, make_optimizer
+
+    init, batch, train = (load_pt(ref / f) for f in ("init.pt", "batch.pt", "train.pt"))
+    pseudo = load_pt(ref / "pseudo.pt")["plain"]
+    model = vt.decoder(init["decoder"])
+    vt.weclip_names = list(init["decoder"])
+    optimizer = make_optimizer(model, vt.cfg)
+    labels = image_labels(pseudo["images"])
+    steps = []
+    for it, rec in enumerate(train["steps"]):
+        lr = rec["lr"][3]  # group 3: the decoder's (base lr x 10)
+        with torch.enable_grad():
+            losses = online_step(model, optimizer, vt.bb, vt.blocks, vt.rows, vt.temperature, batch["inputs"].float(),
+                                 labels, vt.cfg, it, lr)
+        mine = vt.named_in_weclip(model)
+        grads = [None if mine[n][1] is None else max_diff(mine[n][1].reshape(g.shape), g)
+                 for n, g in rec["grads"].items()]
+        params = [max_diff(mine[n][0].reshape(p.shape), p) for n, p in rec["params"].items()]
+        steps.append({"loss": abs(float(losses["loss"]) - rec["loss"]),
+                      "ce": abs(float(losses["ce"]) - rec["seg_loss"]),
+                      "aff": abs(float(losses["aff"]) - rec["aff_loss"]), "grads_max_abs_diff": worst(grads),
+                      "params_max_abs_diff": worst(params), "lr_weclip": lr, "lr_vpltool": lr_at(vt.cfg, it),
+                      "weclip_loss": rec["loss"]})
+    return {"steps": steps}
+
+
+def compare_training_given_labels(vt: Vpltool, ref: Path) -> dict:
+    """The training arithmetic alone: per step vpltool's decoder on its frozen features of the fixed batch,
+    :func:`~vpltool.train_decoder.online.weclip_losses` against the pseudo labels WeCLIP's loop drew at that step,
+    backward, and the recipe's AdamW (:func:`~vpltool.train_decoder.steps.make_optimizer`) at WeCLIP's rate of
+    that step: ``online_step``'s body with the masks given (compare_training runs it whole)."""
+
+    from vpltool.train_decoder.online import frozen_online, weclip_losses
+    from vpltool.train_decoder.steps import make_optimizer
+
+    init, batch, train = (load_pt(ref / f) for f in ("init.pt", "batch.pt", "train.pt"))
+    model = vt.decoder(init["decoder"])
+    vt.weclip_names = list(init["decoder"])
+    optimizer = make_optimizer(model, vt.cfg)
+    cfg = vt.cfg
+    frozen = frozen_online(vt.bb, batch["inputs"].float(), vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks))
+    steps = []
+    for rec in train["steps"]:
+        for group in optimizer.param_groups:
+            group["lr"] = rec["lr"][3]
+        model.train()
+        fused, logits, _ = model(frozen.feats)
+        losses = weclip_losses(logits.float(), fused.float(), rec["labels"].long(), cfg.aff_radius, cfg.lambda_aff,
+                               balanced=cfg.loss == "balanced")
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grads = {n: g for n, (_, g) in vt.named_in_weclip(model).items()}
+        optimizer.step()
+        mine = vt.named_in_weclip(model)
+        steps.append({"loss": abs(float(losses["loss"]) - rec["loss"]),
+                      "ce": abs(float(losses["ce"]) - rec["seg_loss"]),
+                      "aff": abs(float(losses["aff"]) - rec["aff_loss"]),
+                      "grads_max_abs_diff": worst(max_diff(grads[n].reshape(g.shape), g)
+                                                  for n, g in rec["grads"].items()),
+                      "params_max_abs_diff": worst(max_diff(mine[n][0].reshape(p.shape), p)
+                                                   for n, p in rec["params"].items()),
+                      "lr": rec["lr"][3], "weclip_loss": rec["loss"]})
+    return {"steps": steps}
+
+
+def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None) -> dict:
+    """The test script's multi-scale + flip logits (its own 512-long-side input tensor, cut to whole patches as its
+    patch conv does) through vpltool's :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels
+    against :func:`vpltool.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from vpltool.config.decoder import PredictConfig
+    from vpltool.decoder.views import decoder_forward, multiscale_logits
+    from vpltool.densecrf import dense_crf
+    from vpltool.predict import crf_config
+
+    test_dir = test_dir or ref / "test"
+    init = load_pt(ref / "init.pt")
+    model = vt.decoder(init["decoder"])
+    forward = decoder_forward(vt.bb, model, vt.blocks, torch.float32)
+    crf = crf_config(PredictConfig())
+    rows = []
+    for logit_file in sorted((test_dir / "logit").glob("*.npy")):
+        name = logit_file.stem
+        saved = np.load(logit_file, allow_pickle=True).item()
+        image = np.asarray(Image.open(voc / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+        mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+        x = np.empty(image.shape, np.float32)
+        for c in range(3):  # transforms.normalize_img: float32 per channel
+            x[..., c] = (image[..., c] - mean[c]) / std[c]
+        x = torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
+        h, w = x.shape[-2:]
+        ratio = 512 / max(h, w)
+        x = F.interpolate(x, size=(int(h * ratio), int(w * ratio)), mode="bilinear", align_corners=False)
+        views = [x] + [F.interpolate(x, scale_factor=0.75, mode="bilinear", align_corners=False)]
+        views = [v[..., : v.shape[-2] // 16 * 16, : v.shape[-1] // 16 * 16] for v in views]
+        logits = multiscale_logits(forward, views, flip=True)
+        full = F.interpolate(torch.from_numpy(saved["msc_segs"]).float(), size=image.shape[:2], mode="bilinear",
+                             align_corners=False)
+        ref_pred = np.asarray(Image.open(test_dir / "prediction" / f"{name}.png"))
+        mine_full = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+        q = dense_crf(image, mine_full[0].softmax(0).numpy(), crf)
+        rows.append({"image": name, "test_logits_max_abs_diff": max_diff(logits, saved["msc_segs"]),
+                     "crf_labels_equal": share_equal(q.argmax(0), ref_pred),
+                     "argmax_equal_before_crf": share_equal(mine_full[0].argmax(0), full[0].argmax(0))})
+    return {"images": rows}
+
+
+NOT_RUN = ("not compared: weclip_ref_runner.py does not run the clone's WeCLIP+/ tree yet (its frozen DINOv2 comes "
+           "from torch.hub: a local dinov2 clone and a random DINO of its architecture are needed)")
+
+
+def summarise(parts: dict) -> dict:
+    """The headline figures of one recipe from :func:`compare_pseudo` ... :func:`compare_test` (a part that is
+    missing or failed gives figures not compared)."""
+    pseudo, dec, train, test = (parts.get(k) for k in ("pseudo", "decoder", "train", "test"))
+    out = {}
+    for mode, suffix in (("plain", ""), ("rfm", "_rfm")):
+        p = pseudo[mode] if pseudo else None
+        out["pseudo_labels" + suffix] = figure(
+            "pseudo_labels" + suffix, worst(p["labels_equal"], "min") if p else None,
+            "worst crop of the batch; vpltool's own GradCAM, attention and propagation on the same input (the "
+            "propagated CAMs: refined_cams); pixels differ where the min-max of a propagated CAM with a tiny range "
+            "magnifies their difference (crop_scores, crop_scores_given_refined) before PAR and the argmax"
+            if p else "")
+        out["refined_cams" + suffix] = figure("refined_cams" + suffix,
+                                              worst(p["refined_cams_max_abs_diff"]) if p else None)
+        out["crop_scores" + suffix] = figure("crop_scores" + suffix, worst(p["scores_max_abs_diff"]) if p else None,
+                                             "the refined CAMs min-max scaled and resized to the crop, background "
+                                             "(1 - max) first: what PAR starts from" if p else "")
+    rs = parts.get("resize")
+    out["crop_scores_given_refined"] = figure(
+        "crop_scores_given_refined", rs["crop_scores_given_refined_max_abs_diff"] if rs else None,
+        f"WeCLIP's own propagated CAMs min-max scaled and resized by vpltool; their ranges (max - min) are "
+        f"{rs['refined_cam_range_min']:.2g} to {rs['refined_cam_range_max']:.2g} with the random weights, so the "
+        f"min-max multiplies a difference of the propagated CAMs by up to "
+        f"{1 / max(rs['refined_cam_range_min'], 1e-12):.2g} (crop_scores)" if rs else "")
+    out["logits"] = figure("logits", dec["logits_max_abs_diff"] if dec else None)
+    out["affinity"] = figure("affinity", dec["affinity_max_abs_diff"] if dec else None)
+    given = parts.get("train_given_labels")
+    steps = given["steps"] if given else None
+    out["loss"] = figure("loss", worst(s["loss"] for s in steps) if steps else None,
+                         "given the pseudo labels WeCLIP drew at each step" if steps else "")
+    out["grads"] = figure("grads", worst(s["grads_max_abs_diff"] for s in steps) if steps else None)
+    out["steps"] = figure("steps", worst(s["params_max_abs_diff"] for s in steps) if steps else None,
+                          "each step given WeCLIP's learning rate of that step" if steps else "")
+    steps = train["steps"] if train else None
+    out["loss_online"] = figure("loss_online", worst(s["loss"] for s in steps) if steps else None,
+                                "online_step whole: vpltool's own online pseudo masks at each step (their few "
+                                "differing pixels, pseudo_labels, move the loss)" if steps else "")
+    out["grads_online"] = figure("grads_online", worst(s["grads_max_abs_diff"] for s in steps) if steps else None)
+    out["steps_online"] = figure("steps_online", worst(s["params_max_abs_diff"] for s in steps) if steps else None)
+    out["lr"] = figure("lr", worst(abs(s["lr_vpltool"] - s["lr_weclip"]) for s in steps) if steps else None,
+                       "vpltool's train_decoder.steps.lr_at against PolyWarmupAdamW's rate of the same step "
+                       "(decoder group)" if steps else "")
+    rows = test["images"] if test else None
+    out["test_logits"] = figure("test_logits", worst(r["test_logits_max_abs_diff"] for r in rows) if rows else None)
+    out["crf_labels"] = figure("crf_labels", worst((r["crf_labels_equal"] for r in rows), "min") if rows else None)
+    return out
+
+
+PARTS = ("decoder", "pseudo", "resize", "train", "train_given_labels", "test")
+
+
+def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None, parts=None) -> dict:
+    """Every part, each on its own: a part that raises is recorded with its error, not compared."""
+    done, errors = {}, {}
+    wanted = PARTS if parts is None else parts
+    for name, fn in (("decoder", compare_decoder), ("pseudo", compare_pseudo), ("resize", compare_resize),
+                     ("train", compare_training), ("train_given_labels", compare_training_given_labels),
+                     ("test", lambda v, r: compare_test(v, r, voc, test_dir))):
+        if name not in wanted:
+            continue
+        try:
+            done[name] = fn(vt, ref)
+        except Exception as e:  # noqa: BLE001 - a missing piece on either side is reported, never hidden
+            errors[name] = f"{type(e).__name__}: {e}"[:500]
+    return {"figures": summarise(done), "details": done, "errors": errors}
+
+
+def commit_of(path: Path) -> str | None:
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ref", type=Path, help="a clone of zbf1991/WeCLIP")
+    ap.add_argument("--work", type=Path, help="keeps the weights, photos and the clone's outputs")
+    ap.add_argument("--images", type=int, default=12)
+    ap.add_argument("--crops", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--quick", action="store_true", help="no clone: the set-up and vpltool's side load; nothing "
+                                                         "compared")
+    ap.add_argument("--ref-out", type=Path, help="a finished weclip_ref_runner.py output folder to compare with "
+                                                 "(the runner is not run again)")
+    ap.add_argument("--ref-test", type=Path, help="the runner's test/ folder, when it ran apart (same seed and "
+                                                  "weights: the same initial decoder)")
+    ap.add_argument("--parts", default=",".join(PARTS), help="which parts to compare")
+    ap.add_argument("--update", type=Path, help="an earlier result: the parts not in --parts keep its figures")
+    ap.add_argument("--commit", help="the clone's commit, when --ref is an exported tree without .git")
+    ap.add_argument("--setup-only", action="store_true")
+    args = ap.parse_args(argv)
+    work = args.work or Path("/tmp/weclip_parity")
+    work.mkdir(parents=True, exist_ok=True)
+    pt, st, voc = setup(work, args.images)
+    if args.setup_only:
+        print(json.dumps({"weights": str(pt), "voc": str(voc), "machine": benchlib.machine("cpu")}))
+        return
+    start = time.perf_counter()
+    recipes: dict = {}
+    reference: dict = {"repository": "zbf1991/WeCLIP", "clone": None, "commit": None}
+    if args.ref:
+        reference.update(clone=str(args.ref), commit=args.commit or commit_of(args.ref))
+        ref = args.ref_out or work / "ref" / "weclip"
+        if not args.ref_out:
+            ref, info = run_reference(args.ref, work, pt, voc, args)
+            reference.update(info)
+        reference["runner_meta"] = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() \
+            else None
+
+        vt = Vpltool(st, load_pt(ref / "init.pt"))
+        recipes["weclip"] = compare_all(vt, ref, voc, args.ref_test, args.parts.split(","))
+        if args.update:  # the parts not re-run keep their figures from the earlier result
+            old = json.loads(args.update.read_text())["recipes"]["weclip"]
+            new = recipes["weclip"]
+            for part, body in old["details"].items():
+                if part not in args.parts.split(","):
+                    new["details"][part] = body
+            for part, msg in old["errors"].items():
+                if part not in args.parts.split(",") and part not in new["details"]:
+                    new["errors"][part] = msg
+            new["figures"] = summarise(new["details"])
+    else:
+        recipes["weclip"] = {"figures": summarise({}), "details": {}, "errors": {"all": "no --ref: not compared"}}
+    recipes["weclip+"] = {"figures": summarise({}), "details": {}, "errors": {"all": NOT_RUN}}
+    met = {r: all(f["met"] for f in v["figures"].values()) for r, v in recipes.items()}
+    print(json.dumps({
+        "benchmark": "weclip-parity", "quick": args.quick, "machine": benchlib.machine("cpu"),
+        "model": "ViT-B-16-quickgelu", "weights": "random (seed 0, fp16-exact values)", "precision": "fp32",
+        "device": "cpu", "threads": args.threads, "crops": args.crops, "steps": args.steps, "photos": args.images,
+        "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
+        "test_photos": len(recipes["weclip"]["details"].get("test", {}).get("images", [])),
+        "all_met": met, "recipes": recipes, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""parity/weclip_parity.py and weclip_ref_runner.py without the clone: the figures and their bars, the mapping of
+WeCLIP's decoder names onto vpltool's SegDecoder (both ways), the VOC root WeCLIP's datasets read, the runner's
+stubs; and the committed parity/results/weclip_parity.json against its own bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "parity"), str(ROOT / "bench")]
+
+import weclip_parity  # noqa: E402
+import weclip_ref_runner  # noqa: E402
+
+ASSETS = ROOT / "tests" / "assets" / "model_configs"
+RESULT = ROOT / "parity" / "results" / "weclip_parity.json"
+
+
+def test_figures_meet_their_bars_only_when_compared():
+    assert weclip_parity.figure("logits", 1e-6)["met"] is True
+    assert weclip_parity.figure("logits", 2e-5)["met"] is False
+    assert weclip_parity.figure("pseudo_labels", 0.9995)["met"] is True
+    assert weclip_parity.figure("pseudo_labels", 0.99)["met"] is False
+    missing = weclip_parity.figure("steps", None)
+    assert missing["compared"] is False and missing["met"] is False
+    assert weclip_parity.worst([1e-7, None]) is None and weclip_parity.worst([0.5, 0.9], "min") == 0.5
+    assert weclip_parity.max_diff(torch.zeros(2, 3), torch.zeros(3, 2)) is None  # reported, never broadcast
+    assert weclip_parity.share_equal(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 4])) == 0.75
+    empty = weclip_parity.summarise({})
+    assert set(empty) == set(weclip_parity.BARS) and not any(f["compared"] or f["met"] for f in empty.values())
+
+
+def weclip_state(width: int, layers: int, dim: int = 256, classes: int = 21) -> dict:
+    """A random decoder state under WeCLIP's own names (segformer_head.py, Decoder/TransDecoder.py)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {}
+    for i in range(layers):
+        p = f"decoder_fts_fuse.linears_modulelist.{i}."
+        shapes.update({p + "proj.weight": (dim, width), p + "proj.bias": (dim,), p + "proj_2.weight": (dim, dim),
+                       p + "proj_2.bias": (dim,)})
+    shapes.update({"decoder_fts_fuse.linear_fuse.weight": (dim, dim * layers, 1, 1),
+                   "decoder_fts_fuse.linear_fuse.bias": (dim,)})
+    for j in range(3):
+        p = f"decoder.transformer.resblocks.{j}."
+        shapes.update({p + "attn.in_proj_weight": (3 * dim, dim), p + "attn.in_proj_bias": (3 * dim,),
+                       p + "attn.out_proj.weight": (dim, dim), p + "attn.out_proj.bias": (dim,),
+                       p + "ln_1.weight": (dim,), p + "ln_1.bias": (dim,), p + "ln_2.weight": (dim,),
+                       p + "ln_2.bias": (dim,), p + "mlp.c_fc.weight": (4 * dim, dim), p + "mlp.c_fc.bias": (4 * dim,),
+                       p + "mlp.c_proj.weight": (dim, 4 * dim), p + "mlp.c_proj.bias": (dim,)})
+    shapes.update({"decoder.linear_pred.weight": (classes, dim, 1, 1), "decoder.linear_pred.bias": (classes,)})
+    return {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+
+
+@pytest.fixture(scope="module")
+def vt(tmp_path_factory):
+    import bench_cam
+
+    work = tmp_path_factory.mktemp("weclip_parity")
+    _, st = bench_cam.make_weights(work, "vpl-test-vit", ASSETS)
+    g = torch.Generator().manual_seed(1)
+    init = {"fg_text_features": torch.randn(20, 32, generator=g), "bg_text_features": torch.randn(25, 32, generator=g)}
+    return weclip_parity.Vpltool(st, init, model="vpl-test-vit", config_dir=ASSETS)
+
+
+def test_weclip_decoder_names_load_into_segdecoder_and_back(vt):
+    state = weclip_state(vt.bb.width, len(vt.blocks))
+    model = vt.decoder(state)
+    vt.weclip_names = list(state)
+    back = vt.named_in_weclip(model)
+    assert set(back) == set(state)
+    for name, value in state.items():
+        assert torch.equal(back[name][0].reshape(value.shape), value), name
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert n_params == sum(v.numel() for v in state.values())  # every trainable parameter comes from WeCLIP's
+
+
+def test_make_voc_writes_the_labels_weclip_reads(tmp_path):
+    import bench_cam
+    from PIL import Image
+
+    root = weclip_parity.make_voc(tmp_path / "voc", 3)
+    onehot = np.load(root / "ImageSets" / "Segmentation" / "cls_labels_onehot.npy", allow_pickle=True).item()
+    for i in range(3):
+        name = f"img_{i:03d}"
+        want = sorted(weclip_parity.VOC.index(c) for c in bench_cam.PHOTOS[i][3])
+        png = np.asarray(Image.open(root / "SegmentationClassAug" / f"{name}.png"))
+        assert png.shape == np.asarray(Image.open(root / "JPEGImages" / f"{name}.jpg")).shape[:2]
+        assert (np.unique(png)[1:] - 1).tolist() == want  # clip_tool.py: np.unique(label) - 1, background dropped
+        assert np.flatnonzero(onehot[name]).tolist() == want
+    assert (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split() == ["img_000", "img_001", "img_002"]
+
+
+def test_runner_stubs_leave_importable_modules():
+    saved = dict(sys.modules)
+    try:
+        weclip_ref_runner.install_stubs()
+        import importlib.util
+
+        for name in ("mmcv.cnn", "ttach", "omegaconf"):
+            assert name in sys.modules and importlib.util.find_spec(name) is not None  # torch._dynamo scans specs
+        with weclip_ref_runner.cpu_fp32():
+            x = torch.ones(2)
+            assert x.cuda() is x and x.half().dtype == torch.float32
+        assert torch.ones(1).half().dtype == torch.float16  # restored
+    finally:
+        for name in set(sys.modules) - set(saved):
+            del sys.modules[name]
+
+
+@pytest.mark.skipif(not RESULT.is_file(), reason="no committed parity/results/weclip_parity.json")
+def test_committed_result_agrees_with_its_bars():
+    result = json.loads(RESULT.read_text())
+    assert result["benchmark"] == "weclip-parity" and set(result["recipes"]) == {"weclip", "weclip+"}
+    for recipe, body in result["recipes"].items():
+        assert set(body["figures"]) == set(weclip_parity.BARS)
+        for name, fig in body["figures"].items():
+            kind, bar = weclip_parity.BARS[name]
+            assert fig["bar"] == bar and fig["compared"] == (fig["value"] is not None)
+            if fig["value"] is None:
+                assert fig["met"] is False  # not compared is never met
+            else:
+                assert fig["met"] == (fig["value"] <= bar if kind == "max" else fig["value"] >= bar), (recipe, name)
+        assert result["all_met"][recipe] == all(f["met"] for f in body["figures"].values())
+    assert result["reference"]["commit"].startswith("0f47db4")
+
+
+def test_parity_page_is_rendered_from_the_results(tmp_path):
+    """docs/parity.md is docgen/parity_page.py's rendering of parity/results/ (no figure typed by hand), and a
+    figure not compared is shown as such."""
+    sys.path.insert(0, str(ROOT / "docgen"))
+    import parity_page
+
+    assert (ROOT / "docs" / "parity.md").read_text() == parity_page.render(ROOT / "parity" / "results")
+    fake = {"benchmark": "weclip-parity", "reference": {"repository": "zbf1991/WeCLIP", "commit": "0f47db4"},
+            "vpltool_commit": "abc", "crops": 4, "steps": 3, "photos": 12, "test_photos": 2, "threads": 1,
+            "machine": {"cpu": "AMD EPYC"},
+            "recipes": {"weclip": {"figures": weclip_parity.summarise({}), "errors": {"all": "no --ref"}}}}
+    (tmp_path / "weclip_parity.json").write_text(json.dumps(fake))
+    page = parity_page.render(tmp_path)
+    assert "| logits | max abs diff <= 1e-05 | not compared | not compared |" in page and "- all: no --ref" in page
