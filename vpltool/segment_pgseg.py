@@ -77,7 +77,7 @@ def run_segment_pgseg(
     finished images are skipped unless ``runtime.overwrite``. The checkpoint is read (and its architecture
     checked) before any output."""
     from .backbone.registry import load_model
-    from .batches import shard_from_env
+    from .device import shard_from_env
 
     if not 0.0 <= bg_thresh <= 1.0:
         raise VplError(f"--bg-thresh {bg_thresh}: must be in [0, 1]")

@@ -114,8 +114,7 @@ def segment_cmd(
 
         names = parse_class_names(classes) if classes is not None else list(dataset.classes[1:])
         with progress("segment") as (on_start, on_item):
-            s = run_segment_pgseg(dataset, out, pgseg, names, runtime(device, precision, batch_size, workers,
-                                                                      overwrite), bg_thresh=bg_thresh,
+            s = run_segment_pgseg(dataset, out, pgseg, names, runtime(**run), bg_thresh=bg_thresh,
                                   short_side=short_side or DEFAULT_SHORT_SIDE,
                                   slide=(DEFAULT_SLIDE[0] if slide_crop is None else slide_crop,
                                          DEFAULT_SLIDE[1] if slide_stride is None else slide_stride),
