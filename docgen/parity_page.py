@@ -18,7 +18,7 @@ Each runner in `parity/` runs a peer's public code from a clone kept outside thi
 on seeded random weights and the 12 parity photos (scikit-image's bundled photos at VOC sizes,
 `bench/bench_cam.py`'s `PHOTOS`), in fp32 on the CPU, and compares the tensors with what vpltool's public
 functions give on the same inputs. Only imports the arithmetic never reaches are stubbed; each runner's module
-docstring lists them. `make parity DENSE_REFS=... WECLIP_REF=...` re-runs them. Every figure below is read from
+docstring lists them. `make parity DENSE_REFS=... OVSS_REFS=... PGSEG_REF=... WECLIP_REF=...` re-runs them. Every figure below is read from
 `parity/results/*.json` by `docgen/parity_page.py`; a piece that was not compared says so and is never counted as
 met.
 """
@@ -72,9 +72,47 @@ def weclip_section(d: dict) -> list[str]:
     return out
 
 
+def ovss_section(d: dict) -> list[str]:
+    """parity/ovss_parity.py: the newer training-free methods, in dense_parity.py's layout."""
+    out = dense_section(d)
+    return ["## Newer training-free methods (`--dense sc-clip`, `proxyclip`)", "",
+            "`python parity/ovss_parity.py --ref DIR` (`parity/dense_ref_runner.py` runs each clone)."] + out[2:]
+
+
+def pgseg_section(d: dict) -> list[str]:
+    """parity/pgseg_parity.py: PGSeg's (and GroupViT's) own code against the pgseg family."""
+    out = ["## PGSeg and GroupViT (the `pgseg` family, `train-pgseg`, `segment --pgseg`)", "",
+           f"`python parity/pgseg_parity.py --ref DIR --groupvit DIR --slide` (`parity/pgseg_ref_runner.py` runs "
+           f"the clone). Reference: {d['reference']}; {d['config']}, {d['images']} photos; {d['gumbel']}.", "",
+           f"Bar: max abs diff <= {d['bars']['max_abs_diff']:g}, labels equal >= {d['bars']['labels_equal']:.1%}.",
+           ""]
+    rows = [[f"encoder: {k}", v] for k, v in d["eval"].items()]
+    rows += [[f"training: {k}", v] for k, v in d["train"].items() if isinstance(v, (int, float, bool))]
+    rows += [[f"zero-shot: {k}", v] for k, v in d["zero_shot"].items() if isinstance(v, (int, float))]
+    rows += [[f"zero-shot, sliding window: {k}", v] for k, v in d["zero_shot_slide"].items()
+             if k in ("logits", "labels_equal")]
+    gv = d.get("groupvit") or {}
+    rows += [[f"GroupViT ({gv.get('reference', '?')}): {k}", v] for part in ("eval", "train")
+             for k, v in (gv.get(part) or {}).items() if isinstance(v, (int, float, bool)) and k != "loss_value"]
+    met = all(d["bar_met"].values())
+    return out + table(["figure", "value"], rows) + ["", f"Every bar met: {num(met)}.", ""]
+
+
+def benchmarks_section(d: dict) -> list[str]:
+    """parity/benchmarks_parity.py: the eight benchmarks' class lists, files and conversions against the clones."""
+    out = ["## The eight benchmarks (class files, label maps, conversions)", "",
+           "`python parity/benchmarks_parity.py --ref DIR` (`parity/benchmarks_ref_runner.py` reads each clone's own "
+           f"definitions). {d['compared']} values compared, {len(d['mismatches'])} mismatches.", ""]
+    rows = [[name, f"`{r.get('commit', '?')[:7]}`", r.get("compared"), r.get("mismatches")]
+            for name, r in d["refs"].items()]
+    return out + table(["reference", "commit", "values compared", "mismatches"], rows) + [""]
+
+
 def render(results: Path) -> str:
     lines = [INTRO]
-    for name, section in (("dense_parity.json", dense_section), ("weclip_parity.json", weclip_section)):
+    for name, section in (("dense_parity.json", dense_section), ("ovss_parity.json", ovss_section),
+                          ("pgseg_parity.json", pgseg_section), ("weclip_parity.json", weclip_section),
+                          ("benchmarks_parity.json", benchmarks_section)):
         path = results / name
         if path.is_file():
             lines += section(json.loads(path.read_text()))

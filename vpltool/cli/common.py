@@ -200,6 +200,7 @@ def friendly_errors(fn: Callable) -> Callable:
         except RuntimeError as e:
             if not _terminated_loader(e):
                 raise
+            _quiet_loader_checks()
             say(f"[yellow]interrupted (SIGTERM)[/]: {interrupted_hint(kwargs)}")
             raise typer.Exit(code=EXIT_TERMINATED) from None
         except KeyboardInterrupt as e:
@@ -276,6 +277,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
     def terminated(signum, frame) -> None:
         _SIGTERM_SEEN[0] = True
+        _quiet_loader_checks()
         raise Terminated()
 
     _SIGTERM_SEEN[0] = False
@@ -287,6 +289,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 _SIGTERM_SEEN = [False]  # set by the command's SIGTERM handler
+
+
+def _quiet_loader_checks() -> None:
+    """The run is ending on SIGTERM, which the whole process group (Slurm, ``timeout``) also sent to the loading
+    workers: torch's SIGCHLD check would report each worker's death as an error, and from a loader's ``__del__``
+    during the unwinding Python prints it as a traceback ("Exception ignored in ..."). Their deaths are expected
+    now, so the check goes (torch sets it once per process; the process is about to exit 143)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _terminated_loader(e: RuntimeError) -> bool:
