@@ -18,7 +18,8 @@ Each runner in `parity/` runs a peer's public code from a clone kept outside thi
 on seeded random weights and the 12 parity photos (scikit-image's bundled photos at VOC sizes,
 `bench/bench_cam.py`'s `PHOTOS`), in fp32 on the CPU, and compares the tensors with what vpltool's public
 functions give on the same inputs. Only imports the arithmetic never reaches are stubbed; each runner's module
-docstring lists them. `make parity DENSE_REFS=... OVSS_REFS=... PGSEG_REF=... WECLIP_REF=...` re-runs them. Every figure below is read from
+docstring lists them. `make parity DENSE_REFS=... OVSS_REFS=... PGSEG_REF=... WECLIP_REF=...` re-runs
+them. Every figure below is read from
 `parity/results/*.json` by `docgen/parity_page.py`; a piece that was not compared says so and is never counted as
 met.
 """

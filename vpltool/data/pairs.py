@@ -22,6 +22,7 @@ from __future__ import annotations
 import io as _io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -210,7 +211,9 @@ def _image_problem(pair: Pair) -> str | None:
         with Image.open(_io.BytesIO(pair.image_bytes())) as im:
             im.convert("RGB").load()  # a full decode: a truncated JPEG passes Image.verify()
     except Exception as e:  # PIL raises many kinds for a bad file
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        # PIL names the in-memory file by its repr ("<_io.BytesIO object at 0x...>"), which says nothing to a user
+        return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text) or type(e).__name__
     return None
 
 
