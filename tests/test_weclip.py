@@ -165,7 +165,8 @@ def test_weclip_trains_from_image_labels_and_predict_and_eval_use_it(weclip_run,
     assert 0.0 <= result["miou"] <= 1.0
 
 
-def test_weclip_resume_gives_the_weights_of_an_uninterrupted_run(weclip_run, world, text_protos, tmp_path):
+def _stopped_then_resumed(world, text_protos, out, cfg) -> dict:
+    """The decoder's tensors after a run of ``cfg`` stopped at iteration 3 and resumed (``--resume``) to its end."""
     class Stop(Exception):
         pass
 
@@ -173,11 +174,15 @@ def test_weclip_resume_gives_the_weights_of_an_uninterrupted_run(weclip_run, wor
         if it == 3:
             raise Stop
 
-    out = tmp_path / "resumed"
     with pytest.raises(Stop):
-        run_train_decoder(world, text_protos, out, WECLIP, CPU, on_iter=stop_at_3)
-    run_train_decoder(world, text_protos, out, WECLIP, CPU, resume=True)
-    a, b = (io.read_decoder(p / "decoder.safetensors").tensors for p in (weclip_run, out))
+        run_train_decoder(world, text_protos, out, cfg, CPU, on_iter=stop_at_3)
+    run_train_decoder(world, text_protos, out, cfg, CPU, resume=True)
+    return io.read_decoder(out / "decoder.safetensors").tensors
+
+
+def test_weclip_resume_gives_the_weights_of_an_uninterrupted_run(weclip_run, world, text_protos, tmp_path):
+    a = io.read_decoder(weclip_run / "decoder.safetensors").tensors
+    b = _stopped_then_resumed(world, text_protos, tmp_path / "resumed", WECLIP)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -345,18 +350,8 @@ def test_weclip_plus_trains_with_the_toy_dino_and_predicts(plus_run, tmp_path):
 
 
 def test_weclip_plus_resume_is_bit_exact(plus_run, world, text_protos, tmp_path):
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(it: int, record: dict) -> None:
-        if it == 3:
-            raise Stop
-
-    out = tmp_path / "resumed"
-    with pytest.raises(Stop):
-        run_train_decoder(world, text_protos, out, PLUS, CPU, on_iter=stop_at_3)
-    run_train_decoder(world, text_protos, out, PLUS, CPU, resume=True)
-    a, b = (io.read_decoder(p / "decoder.safetensors").tensors for p in (plus_run, out))
+    a = io.read_decoder(plus_run / "decoder.safetensors").tensors
+    b = _stopped_then_resumed(world, text_protos, tmp_path / "resumed", PLUS)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
