@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..affinity import _union_of_boxes, affinity, box_masks, component_rounds, components  # noqa: F401
+from ..affinity import affinity, box_masks, component_rounds, components  # noqa: F401 (the cam package's API)
 from ..backbone import ClipBackbone, DinoBackbone, DinoSpec, check_model, load_model
 from ..config import CamConfig
 from ..errors import ContractError, VplError
