@@ -252,6 +252,49 @@ def test_loading_workers_take_sigterms_default_action():
     assert done.stdout.strip() == "True"
 
 
+def test_a_loading_worker_is_silent_when_the_run_hangs_up_and_loud_otherwise():
+    """The run interrupted mid-handover of a batch closes the connection of multiprocessing's resource sharer, whose
+    serving thread in the worker reports errors with ``sys.excepthook``: a hang-up prints nothing (it printed
+    "ConnectionResetError" after the run's one resume line), any other error still prints."""
+    import sys
+
+    code = ("import os, sys\n"
+            "from vpltool.batches import die_with_parent\n"
+            "die_with_parent(os.getppid())\n"
+            "for kind in (ConnectionResetError, BrokenPipeError, ValueError):\n"
+            "    try:\n"
+            "        raise kind('x')\n"
+            "    except Exception:\n"
+            "        sys.excepthook(*sys.exc_info())\n")
+    done = pace.run([sys.executable, "-c", code], 60, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "ValueError: x" in done.stderr
+    assert "ConnectionResetError" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+
+
+def test_a_sigchld_pending_when_the_loader_checks_go_is_not_an_error():
+    """SIGTERM's handler removes torch's SIGCHLD check of the loading workers; a SIGCHLD already pending for it
+    (the group's workers dying at the same moment) must not meet SIG_DFL when Python runs it ("OSError: Signal 17
+    ignored due to race condition" was printed after the run's one resume line). Both arrive at once (blocked, then
+    released): Python runs the lower signal's handler first (SIGUSR1 here, SIGTERM in a run), which removes the
+    check as SIGTERM's does, and then the pending SIGCHLD."""
+    import sys
+
+    code = ("import os, signal\n"
+            "from vpltool.cli.common import _quiet_loader_checks\n"
+            "signal.signal(signal.SIGCHLD, lambda *a: None)\n"
+            "signal.signal(signal.SIGUSR1, lambda *a: _quiet_loader_checks())\n"
+            "both = {signal.SIGUSR1, signal.SIGCHLD}\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, both)\n"
+            "for s in both:\n"
+            "    os.kill(os.getpid(), s)\n"
+            "signal.pthread_sigmask(signal.SIG_UNBLOCK, both)\n"
+            "print('ok')\n")
+    done = pace.run([sys.executable, "-c", code], 60, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert "Traceback" not in done.stderr and "race condition" not in done.stderr, done.stderr
+
+
 def test_sigterm_is_one_line_exit_143_and_resumes(features, text, tmp_path):
     """Slurm's preemption: the resume hint, as for Ctrl-C, exit 143 (128 + SIGTERM), no temporary left, and the
     same command resumes."""

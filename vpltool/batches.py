@@ -245,17 +245,31 @@ def die_with_parent(parent: int, worker_id: int = 0) -> None:
     SIGTERM gets its default action back: a worker is forked with the command's handler (SIGTERM raises, so that
     the command cleans up and prints its one resume line), and the loader ends its workers with SIGTERM when the
     command stops; with the inherited handler a worker printed a traceback after that line. A worker holds
-    nothing to clean up."""
+    nothing to clean up.
+
+    A connection the run hangs up is not reported either: a worker hands each batch's tensors over through
+    multiprocessing's resource sharer, whose serving thread prints any error with ``sys.excepthook``; when the run
+    is interrupted mid-handover it closes the connection, and the worker printed "ConnectionResetError" after the
+    run's one resume line."""
     import ctypes
     import signal
+    import sys
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.excepthook = functools.partial(_quiet_hangup, sys.excepthook)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: torch's own watchdog ends orphaned workers, later
         return
     if os.getppid() != parent:  # the run died between our fork and the prctl
         os._exit(1)
+
+
+def _quiet_hangup(default: Callable, kind: type, error: BaseException, tb) -> None:
+    """``sys.excepthook`` of a loading worker: the run closing a connection (it is ending) is silent; anything else
+    is shown as Python would."""
+    if not issubclass(kind, (ConnectionResetError, BrokenPipeError)):
+        default(kind, error, tb)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -297,7 +297,13 @@ def _quiet_loader_checks() -> None:
     during the unwinding Python prints it as a traceback ("Exception ignored in ..."). Their deaths are expected
     now, so the check goes (torch sets it once per process; the process is about to exit 143)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # A Python no-op, not SIG_DFL: a SIGCHLD already pending for torch's Python-level handler would otherwise
+        # meet SIG_DFL when Python runs it and raise "Signal 17 ignored due to race condition".
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+
+
+def _ignore_signal(signum, frame) -> None:
+    """A Python-level handler that does nothing (see :func:`_quiet_loader_checks`)."""
 
 
 def _terminated_loader(e: RuntimeError) -> bool:
