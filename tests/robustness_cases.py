@@ -3332,6 +3332,34 @@ def _decoder_swapped_mask(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", folder, "-p", ws.text, "-o", ws.out("decoder_swapped"), *DECODER_ARGS]
 
 
+def _relabelled(ws: Workspace, name: str) -> Path:
+    """A copy of the CAM folder whose first file holds its own id but other labels, as a CAM of another dataset's
+    image of the same id would (each label moved to the next class, so the maps still fit)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    folder = ws.copy(ws.cams, name)
+    path = sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith(("_", ".")))[0]
+    with safe_open(path, "np") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    n = len(json.loads(meta["vpltool.classes"]))
+    tensors["labels"] = (tensors["labels"] % (n - 1)) + 1
+    save_file(tensors, path, metadata=meta)
+    return folder
+
+
+@case("eval of a CAM folder where one file holds its id but another image's labels (another dataset's)",
+      "CAMs for classes", "but the image is labelled", "re-run `vpltool cam` (with --overwrite)")
+def _eval_relabelled_cam(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", _relabelled(ws, "cams_relabelled_eval")]
+
+
+@case("crf of a CAM folder where one file holds its id but another image's labels", "CAMs for classes",
+      "but the image is labelled")
+def _crf_relabelled_cam(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", _relabelled(ws, "cams_relabelled_crf"), "-o", ws.out("pseudo_relabelled"), "--workers", "1"]
+
+
 # ---- H2, M2-M4: class names checked once (presets.check_class_names): at most 254, synonyms unique, none empty
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "diamond")
 

@@ -312,15 +312,24 @@ def upsample_maps(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
                     ).astype(np.float16)
 
 
-def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None) -> CamMaps:
+def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None,
+             labels: Sequence[int] | None = None) -> CamMaps:
     """Read one ``cam`` file: maps resized to the image (:func:`upsample_maps`), labels checked against classes.
+
+    ``labels``: the image-level labels of the item the file is read for (its dataset's); when given, the file's
+    recorded labels must be the same set: a file of another dataset's image of the same id is refused, never
+    refined or scored as this one.
 
     Raises:
         ContractError: wrong kind or classes, damaged file, NaN, shapes or labels that do not fit; one line.
     """
     f = read_tensors(path, kind=CAM_KIND, classes=classes, keys=("cams", "labels"), framework="np")
     maps, raw_labels = f["cams"], f["labels"]
-    labels = tuple(int(v) for v in raw_labels.reshape(-1))
+    expected, labels = labels, tuple(int(v) for v in raw_labels.reshape(-1))
+    if expected is not None and sorted(labels) != sorted(int(c) for c in expected):
+        raise ContractError(f"{f.path}: CAMs for classes {list(labels)}, but the image is labelled "
+                            f"{sorted(int(c) for c in expected)}; the file was made for another image or dataset: "
+                            "re-run `vpltool cam` (with --overwrite)")
     if maps.ndim != 3 or len(maps) != len(labels):
         raise ContractError(f"{f.path}: cams {maps.shape} do not match {len(labels)} labels; re-run `vpltool cam`")
     n_classes = len(classes if classes is not None else f.classes)

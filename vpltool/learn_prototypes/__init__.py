@@ -115,10 +115,7 @@ def load_item(inp: Inputs, item_id: str, labels: tuple[int, ...], cfg: LearnProt
     feats = io.read_features(io.feature_path(inp.features, item_id), classes=inp.classes, dense_only=True)
     if feats.dense.shape[-1] != inp.dim:
         raise ContractError(f"{feats.file.path}: {feats.dense.shape[-1]}-d features, expected {inp.dim}-d")
-    maps = io.read_cam(io.cam_path(inp.cams, item_id), classes=inp.classes)
-    if tuple(sorted(maps.labels)) != labels:
-        raise ContractError(f"{maps.file.path}: CAMs for classes {list(maps.labels)}, but the image is labelled "
-                            f"{list(labels)}; re-run `vpltool cam`")
+    maps = io.read_cam(io.cam_path(inp.cams, item_id), classes=inp.classes, labels=labels)
     order = sorted(range(len(maps.labels)), key=lambda k: maps.labels[k])
     cams = pool_cams(torch.from_numpy(maps.cams[order].astype("float32")), feats.grid)  # [K, hw], sorted labels
     x = F.normalize(feats.dense.flatten(0, 1), dim=1)  # [hw, D]
