@@ -325,3 +325,15 @@ def test_init_at_another_crop_is_one_line(world, tmp_path):
     with pytest.raises(VplError, match="trains at 48 px .* pass --crop-size 48"):
         run_train_pgseg(world, tmp_path / "run", _cfg(npr=False), init=init)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_t_npr_selection_is_not_a_divergence():
+    """T-NPR's closs is NaN when HRS keeps no row (the reference's mean over none) and gives no gradient: the run
+    goes on; a non-finite gradient norm or contrastive loss stops it."""
+    from vpltool.train_pgseg import diverged
+
+    nan = float("nan")
+    assert not diverged({"loss": nan, "contrastive": 2.0, "npr_text": nan}, 5.0)
+    assert diverged({"loss": nan, "contrastive": nan}, 5.0)
+    assert diverged({"loss": 2.0, "contrastive": 2.0}, float("inf"))
+    assert diverged({"loss": nan}, 1.0) and not diverged({"loss": 1.0}, 1.0)  # GroupViT: the loss is contrastive
