@@ -1,30 +1,36 @@
 """PGSeg against plain GroupViT on the demo world, with the same recipe and budget, as the reference trains PGSeg:
 fine-tuned with NPR from a trained GroupViT (default_pgseg.yml ``checkpoint.resume``: GroupViT's release).
 
-Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr`, the pgseg family's tiny model),
-then from A's weights, for the same extra epochs, (B) GroupViT continued (`--no-npr --init A`) and (C) PGSeg
-(`--npr --init A`). Trained on the world's train pairs (image + caption: no mask, no label); each model then
+Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr --epochs 30`, the pgseg family's
+tiny model: 360 steps), then from A's weights, for the same extra epochs (10: 120 steps, 2 of them warm-up), (B)
+GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): about 600 steps (10 CPU-minutes on an
+idle core) per seed. Trained on the world's train pairs (image + caption: no mask, no label); each model then
 segments val zero-shot by the class names (`segment --pgseg`), scored by `eval`: val mIoU and class IoU (mean,
 standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next to all-background and
 uniform random labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh
-initialisation: docs/pgseg.md).
+initialisation: docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
 
-    python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--train 400 --val 100]
-        [--finetune-epochs 5] [--short-side 64] > studies/results/pgseg_demo.json
+    python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 3] [--train 400 --val 100]
+        [--epochs 30] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 64]
+        > studies/results/pgseg_demo.json
 
-Settings are the cpu recipe's (set on the train loss); val is only scored. A run that fails or diverges is
-recorded with its error line (and no score), never dropped. Prints one JSON object.
+The lengths were chosen on the train split (studies/study_pgseg_groups.py: twice the steps of the cpu recipe's 15
+epochs leave more than one group in use per image); val is only scored. A finished model found in the run folder
+is reused. A run that fails or diverges is recorded with its error line (and no score), never dropped. Prints one
+JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,14 +79,60 @@ def spread(values: list[float]) -> dict[str, float] | None:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) -> dict[str, dict]:
+    """Train and score every method of one seed, in order ((B) and (C) start from (A)); one record per method."""
+    runs: dict[str, dict] = {}
+    for method, (flags, start) in methods.items():
+        out = args.run / method / f"seed{seed}"
+        if start is not None:
+            init = args.run / start / f"seed{seed}" / "pgseg.safetensors"
+            if not init.is_file():
+                runs[method] = {"error": f"no {start} model to start from"}
+                continue
+            flags = [*flags, "--init", str(init), "--epochs", str(args.finetune_epochs), "--warmup-epochs",
+                     str(args.finetune_warmup)]
+        elif args.epochs:
+            flags = [*flags, "--epochs", str(args.epochs)]
+        t0 = time.perf_counter()
+        if not (out / "pgseg.safetensors").is_file():
+            done = vpl("train-pgseg", str(world), "-o", str(out / "train"), "--recipe", "cpu", *flags, "--seed",
+                       str(seed), "--crop-size", str(args.crop_size), "--device", "cpu", "--workers", "1",
+                       "--overwrite")
+            if done.returncode:
+                runs[method] = {"error": last_error(done), "train_s": round(time.perf_counter() - t0, 1)}
+                print(f"{method} seed {seed}: {last_error(done)}", file=sys.stderr)
+                continue
+            os.replace(out / "train" / "pgseg.safetensors", out / "pgseg.safetensors")
+        train_s = time.perf_counter() - t0
+        log = io.read_log(out / "train" / "log.jsonl") if (out / "train" / "log.jsonl").is_file() else []
+        seg = out / "segment_val"
+        done = vpl("segment", str(world), "--split", "val", "--pgseg", str(out / "pgseg.safetensors"),
+                   "--short-side", str(args.short_side), "-o", str(seg), "--device", "cpu", "--overwrite")
+        if done.returncode:
+            runs[method] = {"error": last_error(done)}
+            continue
+        done = vpl("eval", str(seg), "--json", str(out / "segment_val.json"), "--overwrite")
+        scores = io.read_json(out / "segment_val.json")
+        finite = [r["loss"] for r in log if math.isfinite(r["loss"])]
+        runs[method] = {"miou": scores["miou"], "iou": scores["iou"], "train_s": round(train_s, 1),
+                        "first_loss": finite[0] if finite else None, "last_loss": finite[-1] if finite else None,
+                        # logged steps whose total loss was NaN: T-NPR's closs when HRS kept no row (no gradient)
+                        "nan_loss_records": len(log) - len(finite),
+                        "iterations": log[-1]["iter"] if log else None}
+        print(f"{method} seed {seed}: val mIoU {100 * scores['miou']:.2f}", file=sys.stderr)
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=Path("runs/pgseg"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--val", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=None, help="(A)'s epochs [default: the cpu recipe's]")
-    ap.add_argument("--finetune-epochs", type=int, default=5, help="(B) and (C)'s epochs, from (A)")
+    ap.add_argument("--epochs", type=int, default=30, help="(A)'s epochs (0: the cpu recipe's)")
+    ap.add_argument("--finetune-epochs", type=int, default=10, help="(B) and (C)'s epochs, from (A)")
+    ap.add_argument("--finetune-warmup", type=int, default=2, help="(B) and (C)'s warm-up epochs")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
     ap.add_argument("--crop-size", type=int, default=64)
     ap.add_argument("--short-side", type=int, default=64)
     ap.add_argument("--scratch-pgseg", action="store_true", help="also PGSeg from scratch, (A)'s epochs")
@@ -93,42 +145,10 @@ def main() -> None:
         if done.returncode:
             sys.exit(last_error(done))
     runs: dict[str, dict[int, dict]] = {m: {} for m in methods}
-    for seed in seeds:
-        for method, (flags, start) in methods.items():
-            out = args.run / method / f"seed{seed}"
-            if start is not None:
-                init = args.run / start / f"seed{seed}" / "pgseg.safetensors"
-                if not init.is_file():
-                    runs[method][seed] = {"error": f"no {start} model to start from"}
-                    continue
-                flags = [*flags, "--init", str(init), "--epochs", str(args.finetune_epochs), "--warmup-epochs", "0"]
-            elif args.epochs:
-                flags = [*flags, "--epochs", str(args.epochs)]
-            t0 = time.perf_counter()
-            if not (out / "pgseg.safetensors").is_file():
-                done = vpl("train-pgseg", str(world), "-o", str(out / "train"), "--recipe", "cpu", *flags, "--seed",
-                           str(seed), "--crop-size", str(args.crop_size), "--device", "cpu", "--workers", "1",
-                           "--overwrite")
-                if done.returncode:
-                    runs[method][seed] = {"error": last_error(done), "train_s": round(time.perf_counter() - t0, 1)}
-                    print(f"{method} seed {seed}: {last_error(done)}", file=sys.stderr)
-                    continue
-                os.replace(out / "train" / "pgseg.safetensors", out / "pgseg.safetensors")
-            train_s = time.perf_counter() - t0
-            log = io.read_log(out / "train" / "log.jsonl") if (out / "train" / "log.jsonl").is_file() else []
-            seg = out / "segment_val"
-            done = vpl("segment", str(world), "--split", "val", "--pgseg", str(out / "pgseg.safetensors"),
-                       "--short-side", str(args.short_side), "-o", str(seg), "--device", "cpu", "--overwrite")
-            if done.returncode:
-                runs[method][seed] = {"error": last_error(done)}
-                continue
-            done = vpl("eval", str(seg), "--json", str(out / "segment_val.json"), "--overwrite")
-            scores = io.read_json(out / "segment_val.json")
-            runs[method][seed] = {"miou": scores["miou"], "iou": scores["iou"], "train_s": round(train_s, 1),
-                                  "first_loss": log[0]["loss"] if log else None,
-                                  "last_loss": log[-1]["loss"] if log else None,
-                                  "iterations": log[-1]["iter"] if log else None}
-            print(f"{method} seed {seed}: val mIoU {100 * scores['miou']:.2f}", file=sys.stderr)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # seeds side by side, each its own processes
+        for seed, per_seed in zip(seeds, pool.map(lambda s: run_seed(args, methods, world, s), seeds)):
+            for method, record in per_seed.items():
+                runs[method][seed] = record
     summary = {m: spread([r["miou"] for r in runs[m].values() if "miou" in r]) for m in methods}
     paired = [runs["pgseg"][s]["miou"] - runs["groupvit"][s]["miou"] for s in seeds
               if "miou" in runs["pgseg"].get(s, {}) and "miou" in runs["groupvit"].get(s, {})]
@@ -139,7 +159,7 @@ def main() -> None:
         "what": "val mIoU of zero-shot `segment --pgseg` after `train-pgseg --recipe cpu` on the demo world's train "
                 "pairs; groupvit_scratch = (A) --no-npr from scratch; groupvit / pgseg = (A) continued for "
                 "--finetune-epochs with --no-npr / --npr (the reference fine-tunes PGSeg from GroupViT)",
-        "finetune_epochs": args.finetune_epochs,
+        "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "finetune_warmup": args.finetune_warmup,
         "command": " ".join(["python", "studies/study_pgseg_demo.py", *sys.argv[1:]]),
         "world": {"train": args.train, "val": args.val}, "seeds": seeds, "crop_size": args.crop_size,
         "short_side": args.short_side, "baselines": baselines(world), "miou": summary,

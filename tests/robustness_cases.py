@@ -3816,6 +3816,18 @@ def _pgseg_no_captions(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world / "images", "-o", ws.out("out"), *PGSEG_ARGS]
 
 
+@case("a ViT's weights as --init (train-pgseg)", "not a PGSeg checkpoint")
+def _pgseg_init_other_architecture(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", ws.dino_weights("vit_as_pgseg.safetensors"),
+           *PGSEG_ARGS]
+
+
+@case("a ViT's weights where a PGSeg checkpoint belongs (cam --pgseg)", "not a PGSeg checkpoint")
+def _pgseg_cam_other_architecture(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.world, "--split", "train", "--pgseg", ws.dino_weights("vit_as_pgseg.safetensors"), "-o",
+           ws.out("out"), *CPU]
+
+
 @case("a features file where a PGSeg checkpoint belongs (segment --pgseg)", "not a PGSeg checkpoint")
 def _pgseg_wrong_checkpoint(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "--pgseg", ws.first_feature_file(), "-o", ws.out("out"), *CPU]

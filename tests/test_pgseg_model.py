@@ -329,3 +329,28 @@ def test_slide_mode_averages_whole_passes_over_the_windows(tok):
     assert slide.shape == whole.shape and not torch.equal(slide, whole)
     with pytest.raises(ValueError, match="whole or slide"):
         zero_shot_logits(model, images, emb, mode="tiles")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-groupvit"])
+def test_check_model_reads_shapes_on_the_meta_device(tmp_path, preset):
+    """check_model("pgseg") compares the file's tensors with a meta-device model's shapes (PGSeg's NPR buffers
+    included): a file of the model passes, a missing tensor is named."""
+    import re
+
+    from vpltool.backbone.pgseg import PRESETS, build_model_shapes
+
+    model = build_model(PRESETS[preset](), seed=0)
+    path = save_checkpoint(tmp_path / "m.safetensors", model)
+    check_model("pgseg", path)
+    shapes = build_model_shapes(model.cfg)
+    assert shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    from safetensors.torch import load_file, save_file
+
+    from vpltool.io.tensors import read_header
+
+    state = load_file(str(path))
+    dropped = sorted(state)[-1]
+    del state[dropped]
+    save_file(state, str(path), metadata=read_header(path))
+    with pytest.raises(VplError, match=re.escape(dropped)):
+        check_model("pgseg", path)

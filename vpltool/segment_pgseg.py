@@ -20,44 +20,25 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import io, presets
 from .config import RuntimeConfig
-from .config.pgseg import PGSEG_BG_THRESH, PGSEG_TEMPLATES
+from .config.pgseg import PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES
 from .data import Dataset
 from .device import resolve_device
 from .errors import VplError
 
 STAGE = "segment"
-DEFAULT_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
-DEFAULT_SLIDE = (448, 224)  # pascal_voc12.py test_cfg: mode='slide', crop_size (448, 448), stride (224, 224)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_SHORT_SIDE = PGSEG_SHORT_SIDE
+DEFAULT_SLIDE = PGSEG_SLIDE
 
 
 def _family():
     from .backbone import pgseg
 
     return pgseg
-
-
-def resized_size(h: int, w: int, short: int, long: int = 2048) -> tuple[int, int]:
-    """mmseg ``Resize(img_scale=(long, short), keep_ratio=True)``: the largest scale with the short side at most
-    ``short`` and the long side at most ``long``, rounded."""
-    scale = min(short / min(h, w), long / max(h, w))
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def image_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``[H0, W0, 3]`` uint8 -> ``[1, 3, h, w]`` float32, bilinear-resized, ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return (x - mean) / std
 
 
 def run_segment_pgseg(
@@ -116,7 +97,7 @@ def run_segment_pgseg(
                 for item_id in todo:
                     image = io.load_image(items[item_id].image)
                     h0, w0 = image.shape[:2]
-                    x = image_tensor(image, resized_size(h0, w0, short_side)).to(device)
+                    x = fam.image_tensor(image, fam.resized_size(h0, w0, short_side)).to(device)
                     logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
                                                   crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1, h, w]
                     logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
@@ -128,4 +109,4 @@ def run_segment_pgseg(
                            seconds=time.perf_counter() - start)
 
 
-__all__ = ["run_segment_pgseg", "resized_size", "image_tensor", "DEFAULT_SHORT_SIDE", "DEFAULT_SLIDE"]
+__all__ = ["run_segment_pgseg", "DEFAULT_SHORT_SIDE", "DEFAULT_SLIDE"]

@@ -268,6 +268,14 @@ def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str,
                        "options and inputs, or start again without --resume (with --overwrite)")
 
 
+def diverged(losses: dict[str, float], grad_norm: float) -> bool:
+    """A step that broke the model: a non-finite gradient norm or contrastive loss. A non-finite NPR term alone is
+    not one: T-NPR's ``closs`` is a mean over the rows HRS keeps, NaN when it keeps none in the batch (the
+    reference's arithmetic), and contributes no gradient then (the step is the other terms'); the log records
+    that NaN as it is."""
+    return not math.isfinite(grad_norm) or not math.isfinite(losses.get("contrastive", losses["loss"]))
+
+
 def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
     """The scalar losses, averaged over the ranks."""
     names = sorted(k for k, v in losses.items() if v.ndim == 0 and v.is_floating_point())  # not the matches
@@ -385,9 +393,9 @@ def run_train_pgseg(
                     record: dict[str, Any] = {"iter": n}
                     if n % cfg.log_every == 0 or n == stop or n == start + 1:
                         got = _mean_losses(losses, world)
-                        if not math.isfinite(got["loss"]):
-                            raise VplError(f"{out_dir}: training diverged at iteration {n} (loss {got['loss']}); "
-                                           "lower --lr and re-run with --overwrite")
+                        if diverged(got, float(norm)):
+                            raise VplError(f"{out_dir}: training diverged at iteration {n} (loss {got['loss']}, "
+                                           f"gradient norm {float(norm)}); lower --lr and re-run with --overwrite")
                         record = {"iter": n, "epoch": it // per_epoch, **got, "grad_norm": float(norm), "lr": lr,
                                   "sec": round(time.perf_counter() - t0, 3)}
                         first = got["loss"] if first is None else first
@@ -419,5 +427,5 @@ def run_train_pgseg(
                         world_size=world, pairs=len(pairs.pairs))
 
 
-__all__ = ["STAGE", "FINAL", "CHECKPOINT", "PGSegSummary", "run_train_pgseg", "schedule_lr", "lr_at",
+__all__ = ["STAGE", "FINAL", "CHECKPOINT", "PGSegSummary", "run_train_pgseg", "schedule_lr", "lr_at", "diverged",
            "PairViews", "GlobalBatches", "TrainStep", "gather_ranks", "make_optimizer", "steps_per_epoch"]

@@ -21,6 +21,7 @@ from ..config import (
     TextPrototypesConfig,
     ignored_option,
 )
+from ..config.pgseg import PGSEG_SHORT_SIDE
 from ..errors import VplError, VplWarning
 from .common import (
     _R,
@@ -194,9 +195,11 @@ def cam_cmd(
     source: Annotated[Path, typer.Argument(help="An `extract` folder (labels, cache and model come from it), or a "
                                            "dataset (VOC/COCO root, folder, manifest): the frozen blocks then run "
                                            "here, in one process, and nothing is cached.")],
-    prototypes: Annotated[Path, typer.Option("--prototypes", "-p", help="A prototypes file: `text-prototypes` or "
-                                             "`learn-prototypes` output; with a dataset it also names the CLIP.")],
     out: OutDir,
+    prototypes: Annotated[Optional[Path], typer.Option("--prototypes", "-p", help="A prototypes file: "
+                                                       "`text-prototypes` or `learn-prototypes` output; with a "
+                                                       "dataset it also names the CLIP. Required unless --pgseg.",
+                                                       show_default=False)] = None,
     split: Split = None,
     refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (SSR: CAA propagates only inside K-means "
                                         "groups of SLIC superpixels) | none.")] = CamConfig.refine,
@@ -242,6 +245,15 @@ def cam_cmd(
     dense_stride: DenseStride = None,
     dense_pamr: Annotated[Optional[int], typer.Option(help="--dense: PAMR steps (0 = off) [default: the "
                                                             "method's].", show_default=False)] = None,
+    pgseg: Annotated[Optional[Path], typer.Option(help="Seeds from this PGSeg / GroupViT checkpoint instead (a "
+                                                  "train-pgseg pgseg.safetensors or a release .pth): its zero-shot "
+                                                  "maps of each image's labelled classes among the dataset's class "
+                                                  "names, as `segment --pgseg` computes them, at image size; no "
+                                                  "--prototypes, the GradCAM/CAA options are unused.",
+                                                  show_default=False)] = None,
+    pgseg_side: Annotated[int, typer.Option(help="--pgseg: images resized to this short side first (the "
+                                            "reference's test scale; sliding 448-px windows at stride 224).")] =
+        PGSEG_SHORT_SIDE,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
@@ -267,6 +279,12 @@ def cam_cmd(
     _warn_unused_dense_block(dense, cam_cfg, {"--dense-side": dense_side, "--dense-scale": dense_scale,
                                               "--dense-crop": dense_crop, "--dense-stride": dense_stride,
                                               "--dense-pamr": dense_pamr})
+    if pgseg is not None:
+        _cam_pgseg(source, pgseg, out, split, pgseg_side, dense, prototypes, save_overlays, save_debug, parity, run,
+                   shard)
+        return
+    if prototypes is None:
+        raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --pgseg FILE")
     if dense != "none":
         from ..config import dense_config
 
@@ -289,6 +307,25 @@ def cam_cmd(
                     split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
                     on_start=on_start)
     say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
+        f"{pending(out)}")
+
+
+def _cam_pgseg(source: Path, pgseg: Path, out: Path, split: str | None, side: int, dense: str,
+               prototypes: Path | None, save_overlays: Path | None, save_debug: Path | None, parity: str,
+               run: dict, shard) -> None:
+    """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.cam.pgseg)."""
+    from ..cam.pgseg import run_pgseg_cam
+
+    for option, value in (("--prototypes", prototypes), ("--dense", None if dense == "none" else dense),
+                          ("--save-overlays", save_overlays), ("--save-debug", save_debug),
+                          ("--parity", None if parity == "none" else parity)):
+        if value is not None:
+            raise VplError(f"{option}: not used with --pgseg (the checkpoint's own text encoder and group maps); "
+                           "drop one of them")
+    with progress("cam") as (on_start, on_item):
+        s = run_pgseg_cam(source, pgseg, out, runtime(**run), split=split, short_side=side, shard=shard_of(shard),
+                          on_item=on_item, on_start=on_start)
+    say(f"[green]✓[/] cam --pgseg: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
         f"{pending(out)}")
 
 

@@ -73,6 +73,8 @@ def pgseg_recipe(name: str, **changes: Any) -> PGSegTrainConfig:
 
 PGSEG_BG_THRESH = 0.95  # segmentation/evaluation/pgseg_seg.py: bg_thresh, capped at each image's highest affinity
 PGSEG_TEMPLATES = "simple"  # evaluate.seg.template of default_pgseg.yml
+PGSEG_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
+PGSEG_SLIDE = (448, 224)  # pascal_voc12.py test_cfg: mode='slide', crop_size (448, 448), stride (224, 224)
 
 __all__ = ["PGSEG_PRESETS", "PGSEG_RECIPES", "PGSegTrainConfig", "pgseg_recipe", "PGSEG_BG_THRESH",
-           "PGSEG_TEMPLATES"]
+           "PGSEG_TEMPLATES", "PGSEG_SHORT_SIDE", "PGSEG_SLIDE"]

@@ -24,7 +24,15 @@ from ..registry import register_family
 from .checkpoint import from_reference, infer_config, load_checkpoint, model_from_state, save_checkpoint
 from .model import PRESETS, PGSeg, PGSegConfig, build_model, tiny_config
 from .npr import closs, hrs, hungarian_match, npr_losses
-from .zeroshot import TEMPLATES, class_text_embeddings, class_tokens, zero_shot_labels, zero_shot_logits
+from .zeroshot import (
+    TEMPLATES,
+    class_text_embeddings,
+    class_tokens,
+    image_tensor,
+    resized_size,
+    zero_shot_labels,
+    zero_shot_logits,
+)
 
 # the reference's evaluation settings (segmentation/configs/_base_/datasets/*.py, test_cfg)
 DEFAULT_BG_THRESH = 0.95
@@ -94,6 +102,7 @@ register_family("pgseg", load_pgseg, check_pgseg, module=__name__,
 __all__ = [
     "PGSeg", "PGSegConfig", "PRESETS", "build_model", "tiny_config", "tokenizer", "save_checkpoint",
     "load_checkpoint", "from_reference", "infer_config", "model_from_state", "check_pgseg", "load_pgseg",
-    "zero_shot_labels", "zero_shot_logits", "class_text_embeddings", "class_tokens", "TEMPLATES",
+    "zero_shot_labels", "zero_shot_logits", "class_text_embeddings", "class_tokens", "TEMPLATES", "image_tensor",
+    "resized_size",
     "npr_losses", "closs", "hrs", "hungarian_match", "DEFAULT_BG_THRESH", "IMAGE_MEAN", "IMAGE_STD",
 ]

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from .model import PGSeg
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the reference's test pipeline normalisation, on [0, 1] RGB
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # the reference's class prompt sets (datasets/imagenet_template.py): 'simple' is what its seg evaluation uses
 TEMPLATES = {"simple": ("a photo of a {}.",), "identity": ("{}",)}
 
@@ -31,6 +33,24 @@ def class_tokens(names: Sequence[str], tokenize: Callable[[list[str]], torch.Ten
                  templates: Sequence[str] = TEMPLATES["simple"]) -> torch.Tensor:
     """``[N, T, L]`` int64 token ids of every class name in every template."""
     return torch.stack([tokenize([t.format(name) for t in templates]) for name in names])
+
+
+def resized_size(h: int, w: int, short: int, long: int = 2048) -> tuple[int, int]:
+    """mmseg ``Resize(img_scale=(long, short), keep_ratio=True)``: the largest scale with the short side at most
+    ``short`` and the long side at most ``long``, rounded."""
+    scale = min(short / min(h, w), long / max(h, w))
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def image_tensor(image, size: tuple[int, int]) -> torch.Tensor:
+    """``[H0, W0, 3]`` uint8 numpy -> ``[1, 3, h, w]`` float32, bilinear-resized to ``size``, ImageNet-normalised."""
+    import numpy as np
+
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (x - mean) / std
 
 
 def _resize_maps(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:

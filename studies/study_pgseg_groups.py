@@ -1,0 +1,93 @@
+"""Why the demo's GroupViT / PGSeg segment no better than all-background: how many groups its zero-shot maps use.
+
+    python studies/study_pgseg_groups.py --world runs/pgseg/world --models A.safetensors B.safetensors ...
+        [--untrained] [--images 30] [--short-side 64] > studies/results/pgseg_groups.json
+
+On the first ``--images`` scenes of the world's TRAIN split (a diagnosis; val is not read), per model, the maps
+`segment --pgseg` reads (:meth:`PGSeg.combine_maps`: both stages' soft assignments chained, each pixel its argmax
+group): the mean share of the patches in the image's largest final group, the mean number of final groups that own
+a patch, the largest stage-1 group's share, and the group-oracle mIoU (every final group given the ground-truth
+class most of its pixels have): the best any group-to-class assignment could score with these groups, so an upper
+bound of the text side. ``--untrained``: a freshly initialised tiny GroupViT at the cpu recipe's crop too (seed 0).
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vpltool import io  # noqa: E402
+from vpltool.backbone import pgseg as fam  # noqa: E402
+from vpltool.config.pgseg import PGSEG_RECIPES  # noqa: E402
+from vpltool.data import open_dataset  # noqa: E402
+from vpltool.kernels import MiouAccumulator  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from benchlib import machine  # noqa: E402
+
+
+@torch.no_grad()
+def group_stats(model: fam.PGSeg, data, n_images: int, short: int) -> dict[str, float]:
+    largest, used, stage1, oracle = [], [], [], MiouAccumulator(len(data.classes))
+    for item in data.items[:n_images]:
+        image, gt = io.load_image(item.image), io.read_mask(item.gt)
+        h0, w0 = image.shape[:2]
+        x = fam.image_tensor(image, fam.resized_size(h0, w0, short))
+        feats = model.image_features(x)
+        combined = model.combine_maps(feats["stages"])[0]  # [h*w, G]
+        groups = combined.argmax(-1)
+        counts = torch.bincount(groups, minlength=combined.shape[-1])
+        largest.append(counts.max().item() / groups.numel())
+        used.append(int((counts > 0).sum()))
+        first = feats["stages"][0]["maps"]["soft"][0, 0].argmax(0)  # [G1, L] -> each patch's stage-1 group
+        stage1.append(torch.bincount(first).max().item() / first.numel())
+        p = model.cfg.patch_size
+        maps = combined.T.reshape(1, -1, x.shape[-2] // p, x.shape[-1] // p)
+        pixel_group = F.interpolate(maps, size=(h0, w0), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+        pred = np.zeros_like(gt)
+        for g in np.unique(pixel_group):
+            pred[pixel_group == g] = np.bincount(gt[pixel_group == g]).argmax()
+        oracle.add(gt, pred)
+    return {"largest_final_group_share": statistics.fmean(largest), "final_groups_used": statistics.fmean(used),
+            "largest_stage1_group_share": statistics.fmean(stage1), "group_oracle_miou": oracle.result()["miou"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world", type=Path, required=True)
+    ap.add_argument("--models", type=Path, nargs="*", default=[])
+    ap.add_argument("--untrained", action="store_true")
+    ap.add_argument("--images", type=int, default=30)
+    ap.add_argument("--short-side", type=int, default=64)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    data = open_dataset(args.world, "train")
+    all_bg = MiouAccumulator(len(data.classes))
+    for item in data.items[:args.images]:
+        gt = io.read_mask(item.gt)
+        all_bg.add(gt, np.zeros_like(gt))
+    rows = {}
+    if args.untrained:
+        crop = PGSEG_RECIPES["cpu"]["crop_size"]
+        model = fam.build_model(fam.tiny_config(img_size=crop, npr=False), seed=0).frozen()
+        rows["untrained (seed 0)"] = group_stats(model, data, args.images, args.short_side)
+    for path in args.models:
+        rows[str(path)] = group_stats(fam.load_pgseg(path), data, args.images, args.short_side)
+    print(json.dumps({"command": " ".join(["python", "studies/study_pgseg_groups.py", *sys.argv[1:]]),
+                      "split": "train", "images": args.images, "short_side": args.short_side,
+                      "all_background_miou": all_bg.result()["miou"], "models": rows, "machine": machine("cpu")},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
