@@ -3793,6 +3793,38 @@ def _pgseg_wrong_checkpoint(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "--pgseg", ws.first_feature_file(), "-o", ws.out("out"), *CPU]
 
 
+# --------------------------------------------------------------------------------------------- a CAM's labels
+def _cams_relabelled(ws: Workspace, name: str) -> Path:
+    """A copy of the CAM folder where the first labelled file's first label is replaced by a class the image does
+    not have (same number of maps: only the labels tell)."""
+    import torch
+
+    def edit(tensors: dict, meta: dict) -> None:
+        labels = tensors["labels"].tolist()
+        labels[0] = next(c for c in range(1, 9) if c not in labels)
+        tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
+
+    return _cams_with(ws, name, edit)
+
+
+@case("a CAM file whose labels are not its image's (eval)", "CAMs for classes", "but the image is labelled",
+      "re-run `vpltool cam`")
+def _cam_labels_not_the_images_eval(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", _cams_relabelled(ws, "cams_relabelled")]
+
+
+@case("a CAM file whose labels are not its image's (crf)", "CAMs for classes", "but the image is labelled",
+      "re-run `vpltool cam`")
+def _cam_labels_not_the_images_crf(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", _cams_relabelled(ws, "cams_relabelled"), "-o", ws.out("out"), "--workers", "1"]
+
+
+@case("a CAM file whose labels are not its image's (crf --backend torch)", "CAMs for classes",
+      "but the image is labelled", "re-run `vpltool cam`")
+def _cam_labels_not_the_images_crf_torch(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", _cams_relabelled(ws, "cams_relabelled"), "-o", ws.out("out"), "--backend", "torch", *CPU]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

@@ -71,10 +71,11 @@ def refine_image(image: np.ndarray, cams: np.ndarray, labels: Sequence[int], cfg
     return pseudo_labels(dense_crf(seen, probs, cfg), labels, cfg.confidence)
 
 
-def read_item(cams_dir: str | Path, item_id: str, image_path: str, classes: Sequence[str]
-              ) -> tuple[np.ndarray, io.CamMaps]:
-    """One image (``[H, W, 3]`` uint8) and its CAMs; ContractError when their sizes differ."""
-    maps = io.read_cam(io.cam_path(cams_dir, item_id), classes)
+def read_item(cams_dir: str | Path, item_id: str, image_path: str, labels: Sequence[int] | None,
+              classes: Sequence[str]) -> tuple[np.ndarray, io.CamMaps]:
+    """One image (``[H, W, 3]`` uint8) and its CAMs; ContractError when their sizes differ or the CAMs' labels are
+    not the image's (``labels``, from the dataset; None: not compared)."""
+    maps = io.check_cam_labels(io.read_cam(io.cam_path(cams_dir, item_id), classes), labels)
     image = io.load_image(image_path)
     if image.shape[:2] != maps.cams.shape[1:]:
         raise ContractError(
@@ -91,10 +92,10 @@ def write_item(out: str | Path, item_id: str, mask: np.ndarray) -> tuple[int, in
     return int((mask == IGNORE_INDEX).sum()), mask.size
 
 
-def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, classes: Sequence[str], cfg: CrfConfig
-             ) -> tuple[int, int]:
+def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, labels: Sequence[int] | None,
+             classes: Sequence[str], cfg: CrfConfig) -> tuple[int, int]:
     """Read one CAM file and its image, write its mask with pydensecrf (:func:`refine_image`, :func:`write_item`)."""
-    image, maps = read_item(cams_dir, item_id, image_path, classes)
+    image, maps = read_item(cams_dir, item_id, image_path, labels, classes)
     return write_item(out, item_id, refine_image(image, maps.cams, maps.labels, cfg))
 
 
@@ -106,19 +107,19 @@ class _Chunk:
     out: str
     classes: tuple[str, ...]
     cfg: CrfConfig
-    items: tuple[tuple[str, str], ...]  # (id, image path)
+    items: tuple[tuple[str, str, tuple[int, ...]], ...]  # (id, image path, the image's labels)
 
 
 def _run_chunk(chunk: _Chunk) -> tuple[int, int, int]:
     """``(images, ignored pixels, pixels)`` of one chunk."""
     ignored = total = 0
-    for item_id, image_path in chunk.items:
-        i, t = crf_item(chunk.cams_dir, chunk.out, item_id, image_path, chunk.classes, chunk.cfg)
+    for item_id, image_path, labels in chunk.items:
+        i, t = crf_item(chunk.cams_dir, chunk.out, item_id, image_path, labels, chunk.classes, chunk.cfg)
         ignored, total = ignored + i, total + t
     return len(chunk.items), ignored, total
 
 
-def _chunks(items: list[tuple[str, str]], workers: int, **common: Any) -> list[_Chunk]:
+def _chunks(items: list[tuple[str, str, tuple[int, ...]]], workers: int, **common: Any) -> list[_Chunk]:
     """About 4 tasks per worker so that a slow last task cannot leave the other workers idle for long."""
     size = max(1, min(MAX_CHUNK, len(items) // (4 * workers)))
     return [_Chunk(items=tuple(items[i:i + size]), **common) for i in range(0, len(items), size)]
@@ -159,11 +160,11 @@ def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], Non
     return workers, *counts
 
 
-def _run_torch(todo: list[tuple[str, str]], labels: list[int], cams_dir: Path, out: Path, classes: Sequence[str],
-               cfg: CrfConfig, runtime: RuntimeConfig, on_item: Callable[[int], None] | None
+def _run_torch(todo: list[tuple[str, str, tuple[int, ...]]], labels: list[int], cams_dir: Path, out: Path,
+               classes: Sequence[str], cfg: CrfConfig, runtime: RuntimeConfig, on_item: Callable[[int], None] | None
                ) -> tuple[int, int, int]:
-    """The torch backend over ``todo`` ((id, image path) pairs; ``labels``: their label counts, so that a batch
-    holds images with as many labels and pads none): load ahead, run batches on ``runtime.device``, write behind.
+    """The torch backend over ``todo`` ((id, image path, labels) triples; ``labels``: their label counts, so that a
+    batch holds images with as many labels and pads none): load ahead, run batches on ``runtime.device``, write behind.
 
     Returns:
         The number of loader processes, and the ignored and total pixels of the masks written.
@@ -278,18 +279,19 @@ def run_crf(
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
     with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
                         shard=shard) as folder:
-        todo = [(i, str(items[i].image)) for i in folder.todo(ids, io.mask_path)]
+        # (id, image, labels): each CAM file's labels are compared with its image's as it is read
+        todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo(ids, io.mask_path)]
         if on_start:
             on_start(len(todo))
         if on_torch:
-            workers, ignored, total = _run_torch(todo, [len(items[i].labels) for i, _ in todo], cams_dir, out,
+            workers, ignored, total = _run_torch(todo, [len(labels) for _, _, labels in todo], cams_dir, out,
                                                  dataset.classes, cfg, runtime, on_item)
         else:
             workers = resolve_workers(runtime.workers)
             chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes),
                              cfg=cfg)
             workers, ignored, total = _run_chunks(chunks, workers, on_item)
-        done, mine = {i for i, _ in todo}, folder.mine(ids)
+        done, mine = {i for i, _, _ in todo}, folder.mine(ids)
         ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in mine if i not in done],
                                                    resolve_workers(runtime.workers))
         folder.finish(ids, io.mask_path)

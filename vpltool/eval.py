@@ -89,6 +89,7 @@ def evaluate_cams(
     images: Mapping[str, Path] | None = None,
     per_image: bool = False,
     gt_map: Sequence[int] | None = None,
+    labels: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """mIoU of a CAM folder (``<cam_dir>/<id>.safetensors``) for each background exponent, best one reported.
 
@@ -103,6 +104,8 @@ def evaluate_cams(
         parity: 'clip-es' computes the background score in float16 like CLIP-ES's ``eval_cam.py``; 'none' in
             float32.
         per_image: also return each image's own figures at the best exponent (``per_image``).
+        labels: image id -> the image's labels (its dataset's); a CAM file for other classes is refused in one
+            line. None (or an id missing): not compared.
 
     Returns:
         The :func:`evaluate_masks` keys for the best exponent, plus ``bg_exponent`` (the best ``a``; the first of
@@ -115,7 +118,8 @@ def evaluate_cams(
     accs = {float(a): MiouAccumulator(len(classes), per_image) for a in bg_exponents}
     for item in ids:
         gt = _read_gt(gt_by_id[item], len(classes), gt_map)
-        maps = io.read_cam(io.cam_path(cam_dir, item), classes)
+        maps = io.check_cam_labels(io.read_cam(io.cam_path(cam_dir, item), classes),
+                                   None if labels is None else labels.get(item))
         _same_size(maps.cams.shape[1:], gt, item, gt_by_id[item], maps.file.path, images)
         fg_score, fg_label = best_foreground(maps.cams, maps.labels, fp16=parity == "clip-es")
         for a, acc in accs.items():
@@ -389,7 +393,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         recorded_parity = io.read_record(record_path)["params"].get("parity", "none")
         parity = cfg.parity or from_params(EvalConfig, {"parity": recorded_parity}, record_path).parity
         result = evaluate_cams(folder, with_gt, dataset.classes, ids, cfg.bg_exponents, parity, images,
-                               per_image=per_image_out is not None, gt_map=dataset.gt_map)
+                               per_image=per_image_out is not None, gt_map=dataset.gt_map,
+                               labels={it.id: it.labels for it in dataset.items})
         result["parity"] = parity
     else:
         _warn_cam_options(cfg, folder)

@@ -338,6 +338,17 @@ def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None) -> C
     return CamMaps(upsample_maps(maps, size), labels, f)
 
 
+def check_cam_labels(maps: CamMaps, labels: Sequence[int] | None) -> CamMaps:
+    """``maps`` if its labels are the image's ``labels`` (as a set; None: not known, nothing to compare), else a
+    one-line ContractError: a CAM file edited, or made for other labels of the same image, would otherwise be scored
+    or refined as if its classes were the image's."""
+    if labels is not None and sorted(maps.labels) != sorted(int(c) for c in labels):
+        raise ContractError(f"{maps.file.path}: CAMs for classes {sorted(maps.labels)}, but the image is labelled "
+                            f"{sorted(int(c) for c in labels)} in its dataset; the file is damaged or the labels "
+                            "changed since: re-run `vpltool cam` (with --overwrite)")
+    return maps
+
+
 def _cam_image_size(f: TensorFile, grid: Sequence[int]) -> tuple[int, int]:
     """A CAM file's ``image_size`` metadata ``[H, W]``, checked: two whole numbers of pixels (at most Pillow's
     decoding limit in all) that the stored grid ``(h, w)`` fits (format 1: the image size itself; else a patch grid:
