@@ -3833,6 +3833,13 @@ def _pgseg_wrong_checkpoint(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "--pgseg", ws.first_feature_file(), "-o", ws.out("out"), *CPU]
 
 
+# --------------------------------------------------------------------------------------------- a CAM's labels
+@case("crf --backend torch of a CAM folder where one file holds its id but another image's labels",
+      "CAMs for classes", "but the image is labelled", "re-run `vpltool cam`")
+def _crf_torch_relabelled_cam(ws: Workspace) -> Iterator[list[object]]:
+    yield ["crf", _relabelled(ws, "cams_relabelled_torch"), "-o", ws.out("out"), "--backend", "torch", *CPU]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 

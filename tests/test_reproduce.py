@@ -154,17 +154,35 @@ def test_make_voc_runs_one_refinement_only():
     assert "train-decoder runs/voc/pseudo " in stage(cmds, "train-decoder")
 
 
-@pytest.mark.parametrize("target, dense, affinity", [("demo", False, False), ("dense", True, False),
-                                                     ("affinity", False, True)])
-def test_make_demo_leaves_the_dense_and_affinity_rows_to_their_own_targets(target, dense, affinity):
+@pytest.mark.parametrize("target, dense, affinity, sgc", [("demo", False, False, False), ("dense", True, False, False),
+                                                          ("affinity", False, True, False),
+                                                          ("sgc", False, False, True)])
+def test_make_demo_leaves_the_dense_affinity_and_sgc_rows_to_their_own_targets(target, dense, affinity, sgc):
     """`make demo` stays within its CPU budget: the open-vocabulary rows are `make dense`'s, the DINO affinity rows
-    `make affinity`'s; each of the three runs the demo's own rows (every refinement, the decoder, the table)."""
+    `make affinity`'s, SSR's caa+sgc rows (and its decoder, a third candidate of the choice) `make sgc`'s; each of
+    them runs the demo's own rows (none and caa, a decoder on each, the table)."""
     result = make("-n", target, "RUN=runs/x")
     assert result.returncode == 0, result.stderr
     cmds = commands(result.stdout)
-    assert any(f"crf runs/x/{r}cams_vision -o runs/x/{r}pseudo " in c for c in cmds for r in ("", "caa/", "caa+sgc/"))
+    for r in ("", "caa/"):
+        assert any(f"crf runs/x/{r}cams_vision -o runs/x/{r}pseudo " in c for c in cmds)
+        assert any(f"train-decoder runs/x/{r}pseudo " in c for c in cmds)
     assert any("demo-report runs/x" in c for c in cmds)
     assert any("--dense" in c for c in cmds) == dense
     assert any("segment runs/x/world --split val -o runs/x/dense/naclip/segment_val" in c for c in cmds) == dense
     assert any("--affinity dino" in c for c in cmds) == affinity
     assert any("-o runs/x/caa@clip+dino/cams_vision " in c for c in cmds) == affinity
+    # SSR's rows: every CAM and CRF folder of caa+sgc on both splits, and its decoder among the choice's candidates
+    for folder in ("cams_text", "cams_vision", "cams_text_val", "cams_vision_val"):
+        assert any(f"-o runs/x/caa+sgc/{folder} " in c and "--refine caa+sgc" in c for c in cmds) == sgc
+    for folder in ("pseudo_text", "pseudo", "pseudo_text_val", "pseudo_val"):
+        assert any(f"eval runs/x/caa+sgc/{folder} " in c for c in cmds) == sgc
+    assert any("train-decoder runs/x/caa+sgc/pseudo " in c for c in cmds) == sgc
+    choice = next(c for c in cmds if "choose-pseudo" in c)
+    assert ("choose-pseudo runs/x none caa caa+sgc " if sgc else "choose-pseudo runs/x none caa --pick") in choice
+
+
+def test_make_demo_keeps_refines_given_on_the_command_line():
+    """`make demo REFINES=...` compares what the user named, not the demo's own two."""
+    cmds = commands(make("-n", "demo", "RUN=runs/x", "REFINES=none caa+sgc").stdout)
+    assert "choose-pseudo runs/x none caa+sgc --pick" in next(c for c in cmds if "choose-pseudo" in c)
