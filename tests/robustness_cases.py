@@ -3333,19 +3333,14 @@ def _decoder_swapped_mask(ws: Workspace) -> Iterator[list[object]]:
 
 
 def _relabelled(ws: Workspace, name: str) -> Path:
-    """A copy of the CAM folder whose first file holds its own id but other labels, as a CAM of another dataset's
-    image of the same id would (each label moved to the next class, so the maps still fit)."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
+    """A copy of the CAM folder whose first labelled file holds its own id but other labels, as a CAM of another
+    dataset's image of the same id would (each label moved to the next class, so the maps still fit)."""
 
-    folder = ws.copy(ws.cams, name)
-    path = sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith(("_", ".")))[0]
-    with safe_open(path, "np") as f:
-        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    n = len(json.loads(meta["vpltool.classes"]))
-    tensors["labels"] = (tensors["labels"] % (n - 1)) + 1
-    save_file(tensors, path, metadata=meta)
-    return folder
+    def edit(tensors: dict, meta: dict) -> None:
+        n = len(json.loads(meta["vpltool.classes"]))
+        tensors["labels"] = (tensors["labels"] % (n - 1)) + 1
+
+    return _cams_with(ws, name, edit)
 
 
 @case("eval of a CAM folder where one file holds its id but another image's labels (another dataset's)",
