@@ -12,8 +12,8 @@ from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
 
 # vpltool.backbone.DENSE_METHODS (torch-free)
-DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip")
-PROXY_METHODS = ("proxyclip",)  # methods whose last block takes a proxy vision model (--proxy-model)
+DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass")
+PROXY_METHODS = ("proxyclip", "cass")  # methods whose last block takes a proxy vision model (--proxy-model)
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
 CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
 ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.backbone.dense.ATTENTIONS (torch-free)
@@ -58,6 +58,10 @@ DENSE_SEGMENTORS: dict[str, DenseSettings] = {
     # multiple of 56), short side 336
     "proxyclip": DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336, slide_stride=112,
                                crop_mode="pad", whole="direct", pad_multiple=56),
+    # cass_segmentor.py + cfg_voc21.py (eval.py --pamr off): logit scale 40, prob_thd 0.1, the whole image
+    # (slide_crop 0), short side 336; the logits resized to the input, then to the image
+    "cass": DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0, slide_stride=112,
+                          crop_mode="floor", whole="input"),
 }
 
 
@@ -123,7 +127,8 @@ class SegmentConfig:
         """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`)."""
         if self.dense in PROXY_METHODS:
             return {}
-        return {"proxy_model": "without --dense proxyclip", "proxy_weights": "without --dense proxyclip"}
+        why = f"without --dense {' or '.join(PROXY_METHODS)}"
+        return {"proxy_model": why, "proxy_weights": why}
 
     def resolved(self) -> DenseSettings:
         """The method's :class:`DenseSettings` with every option given here in place of its own."""
