@@ -16,7 +16,13 @@ in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab import
   built from a clone of facebookresearch/dino with random weights, seed 0, :func:`proxy_weights`; its fp16 casts
   are identities; logit scale 40, threshold 0.2, slide 336/112 padded to 56, short side 336) against
   ``--dense proxyclip`` with the same weights loaded through ``load_model('dino', DinoSpec(
-  'vit_base_patch8_224.dino', FILE))``.
+  'vit_base_patch8_224.dino', FILE))``;
+* ``cass``: MICV-yonsei/CASS's ``CASS_segmentor`` as ``eval.py --config configs/cfg_voc21.py`` (``--pamr off``)
+  runs it (its ``dataset`` the config's path; spectral key-graph matching with its own ``dino/`` copy of DINO
+  ViT-B/8, the same random weights, which it fetches by URL: here from the file; the object-presence text shift
+  with global weight 0.1, shift 0.03, Ward cut 0.10; logit scale 40, threshold 0.1, the whole image at short side
+  336) against ``--dense cass``. Its ``.half()`` of DINO's keys is the identity as the other fp16 casts (fp32
+  parity); its randomised SVD draws from torch's global generator, seeded 0 before each forward on both sides.
 
 Point a's inputs are the first photo's 224x224 crop and its top-left square (both references reshape their grids
 as if square: their whole-image forward on a non-square photo fails or misplaces tokens).
@@ -47,14 +53,16 @@ QUICK = dp.QUICK
 VARIANTS: dict[str, tuple[str, str, str, dict, str, str, dict]] = {
     "sc-clip": ("SC-CLIP", "scclip_segmentor", "SCCLIPForSegmentation", {}, "sc-clip", "sc-clip", {}),
     "proxyclip": ("ProxyCLIP", "proxyclip_segmentor", "ProxyCLIPSegmentation", {}, "proxyclip", "proxyclip", {}),
+    "cass": ("CASS", "cass_segmentor", "CASS_segmentor", {}, "cass", "cass", {}),
 }
-CLONES = ("SC-CLIP", "ProxyCLIP")
+CLONES = ("SC-CLIP", "ProxyCLIP", "CASS")
 # the references' whole-image forwards fail or misplace tokens on a non-square grid (SC-CLIP's outlier positions
 # i // h, i % h; ProxyCLIP's (w, h) reshapes): a square instead
-PATCH_INPUTS = {"sc-clip": ["crop224", "square"], "proxyclip": ["crop224", "square"]}
+PATCH_INPUTS = {"sc-clip": ["crop224", "square"], "proxyclip": ["crop224", "square"],
+                "cass": ["crop224", "whole"]}  # CASS reshapes its grid as (rows, columns): a whole photo works
 PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the DINO ViT-B/8 the references load as dino_vitb8
-MAIN = ("sc-clip",)  # every photo; ProxyCLIP (a DINO ViT-B/8 per window) on --proxy-images
-METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",)}
+MAIN = ("sc-clip", "cass")  # every photo; ProxyCLIP (a DINO ViT-B/8 per window) on --proxy-images
+METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",), "cass": ("cass",)}
 
 
 def proxy_weights(work: Path) -> Path:
@@ -155,9 +163,10 @@ def run(work: Path, args, argv: list[str] | None = None) -> dict:
             dino = proxy_weights(work)
             vt = Vpltool(model, st, config_dir, dino)
             dino_clone = args.dino_clone or next((p for p in args.ref.iterdir() if p.name.lower() == "dino"), None)
-            if "ProxyCLIP" in clones and dino_clone is None:
+            if "ProxyCLIP" in clones and "proxyclip" in selected and dino_clone is None:
                 raise SystemExit("ProxyCLIP needs a clone of facebookresearch/dino: --dino-clone DIR (or DIR/dino)")
             dp.RUNNER_ARGS["ProxyCLIP"] = ["--proxy-clone", str(dino_clone), "--proxy-weights", str(dino)]
+            dp.RUNNER_ARGS["CASS"] = ["--proxy-weights", str(dino)]  # its own dino/ copy loads them
             reference, procs = dp.start_references(clones, work, pt, photos, args.images, args.proxy_images,
                                                    args.threads, args.ref_python)
             names = [n for n, v in VARIANTS.items() if v[0] in clones and n in selected]

@@ -219,3 +219,22 @@ def test_segment_runs_cass_end_to_end(world, tiny_spec, tmp_path, crop):
     for item in ds.items:
         mask = io.read_mask(io.mask_path(tmp_path / "cass", item.id), num_classes=len(ds.classes))
         assert mask.shape == io.load_image(item.image).shape[:2]
+
+
+def test_cass_knobs_reach_the_mixing_and_the_benchmark_presets_set_them():
+    from vpltool.benchmark import preset_config
+    from vpltool.segment import dense_mixing_of
+
+    m = dense_mixing_of(SegmentConfig(dense="cass", global_weight=0.4, shift_weight=0.02, cluster_cut=0.14,
+                                      stretch=False, window_global=True))
+    assert (m.text_shift.global_weight, m.text_shift.mean_vector_weight, m.text_shift.h_threshold) == (0.4, 0.02, 0.14)
+    assert m.spectral.stretch is False and m.text_shift.window_global is True
+    assert dense_mixing_of(SegmentConfig(dense="cass")) == "cass"
+    assert "global_weight" in SegmentConfig(dense="naclip", global_weight=0.2).inert()
+    with pytest.raises(VplError, match="--global-weight"):
+        SegmentConfig(dense="cass", global_weight=1.5)
+    voc20, city = preset_config("cass", "voc20"), preset_config("cass", "cityscapes")
+    assert (voc20.global_weight, voc20.shift_weight, voc20.cluster_cut, voc20.stretch) == (0.4, 0.02, 0.10, False)
+    assert (city.cluster_cut, city.stretch, city.window_global, city.short_side) == (0.14, False, True, 560)
+    voc21 = preset_config("cass", "voc21")
+    assert (voc21.slide_crop, voc21.prob_threshold, voc21.pamr_steps, voc21.stretch) == (0, 0.1, 0, True)
