@@ -531,7 +531,9 @@ def spectral_key_attention(attn, h: torch.Tensor, dino_keys: torch.Tensor, dino_
     Args:
         attn: the block's ``nn.MultiheadAttention``.
         h: ``[1, 1 + hw, width]`` its ``ln_1`` output; ``grid`` ``(h, w)``.
-        dino_keys: ``[heads, HW, hd]`` the proxy DINO's last-block keys (class token removed) on ``dino_grid``.
+        dino_keys: ``[heads', HW, hd']`` the proxy DINO's last-block keys (class token removed) on ``dino_grid``;
+            their channels are regrouped into CLIP's heads as the code's reshape does (ViT-B/8 DINO and ViT-B/16
+            CLIP: the same 12 heads of 64; a proxy of another width: ``heads' hd' / heads`` channels a head).
         bias: ``[hw, hw]`` Ω (NACLIP's neighbourhood bias) or None.
 
     Returns:
@@ -553,8 +555,13 @@ def spectral_key_attention(attn, h: torch.Tensor, dino_keys: torch.Tensor, dino_
     k = k.reshape(-1, heads, hd).transpose(0, 1)[:, 1:]  # [heads, hw, hd]
     v = v.reshape(-1, heads, hd).transpose(0, 1)[:, 1:]
     n = grid[0] * grid[1]
-    dk = dino_keys.to(k.dtype).permute(0, 2, 1).reshape(heads, hd, *dino_grid)
-    dk = F.interpolate(dk, size=tuple(grid), mode="bilinear", align_corners=False).reshape(heads, hd, n)
+    channels = dino_keys.shape[0] * dino_keys.shape[2]
+    if channels % heads:
+        raise VplError(f"--dense cass: the proxy model's {channels} key channels do not split into CLIP's {heads} "
+                       "heads; use a proxy whose width is a multiple of CLIP's head count (ViT-B/8 DINO for ViT-B/16)")
+    # the code regroups DINO's key channels into CLIP's heads (the same heads when both are ViT-B)
+    dk = dino_keys.to(k.dtype).permute(0, 2, 1).reshape(heads, channels // heads, *dino_grid)
+    dk = F.interpolate(dk, size=tuple(grid), mode="bilinear", align_corners=False).reshape(heads, -1, n)
     dk = _range_like(dk.permute(0, 2, 1), k)
     clip_graph = torch.bmm(k, k.transpose(1, 2)) * scale
     dino_graph = torch.bmm(dk, dk.transpose(1, 2)) * scale
