@@ -399,7 +399,8 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
         record: list = []
         with torch.no_grad(), capture_bilinear(record), half_is_identity():
             seed_cass(args)
-            result = seg.forward_feature(x)
+            # CASS's forward_feature(img, whole_img): None is its whole-image path (the image's own embedding)
+            result = seg.forward_feature(x, None) if args.module == "cass_segmentor" else seg.forward_feature(x)
         # the first bilinear resize of a [1, Q, h, w] tensor (ProxyCLIP resizes CLIP's values bilinearly first)
         logits = next(r for r in record if r.dim() == 4 and r.shape[1] == len(query_idx))
         saved[name] = {"input": x, "patch_logits": logits, "output": result.float()}
