@@ -331,8 +331,9 @@ def build(args, cfg: dict):
         kwargs["clip_path"] = str(args.weights.resolve())
     kwargs["name_path"] = str((args.clone / kwargs["name_path"]).resolve())
     kwargs["device"] = "cpu"
-    if args.module == "cass_segmentor":  # its eval.py: cfg.model['dataset'] = the config's path
+    if args.module == "cass_segmentor":  # its eval.py: cfg.model['dataset'] = the config's path; --pamr off
         kwargs["dataset"] = args.config
+        kwargs.setdefault("pamr_steps", 0)  # eval_all.sh's --pamr off (the __init__ default is 10)
     why = {"sklearn": "stubbed by a restatement of cosine_distances (CASS's query clustering; not installed)",
            "pkg_resources": "stubbed by the packaging package (an import-time version check)",
            "openpyxl": "stubbed (ProxyCLIP's myutils.py spreadsheet logging, not run)",
