@@ -441,6 +441,9 @@ parity: setup
 	  --proxy-images $(OVSS_PROXY_IMAGES) > $(PARITY_OUT)/ovss_parity.json.tmp \
 	  && mv $(PARITY_OUT)/ovss_parity.json.tmp $(PARITY_OUT)/ovss_parity.json, \
 	  @echo "make parity: pass OVSS_REFS=/folder/of/clones (SC-CLIP @0417ba9, ProxyCLIP @e7b767f, dino: docs/open-vocabulary.md)")
+	$(if $(OVSS_REFS),$(if $(OVSS_WORK),$(VENV)/bin/python parity/cass_block_parity.py --clone $(OVSS_REFS)/CASS \
+	  --work $(OVSS_WORK) > $(PARITY_OUT)/cass_block_parity.json.tmp \
+	  && mv $(PARITY_OUT)/cass_block_parity.json.tmp $(PARITY_OUT)/cass_block_parity.json))
 	$(if $(PGSEG_REF),$(VENV)/bin/python parity/pgseg_parity.py --ref $(PGSEG_REF) --slide \
 	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) --out $(PARITY_OUT)/pgseg_parity.json > /dev/null)
 	$(if $(WECLIP_REF),$(VENV)/bin/python parity/weclip_parity.py --ref $(WECLIP_REF) $(if $(WECLIP_WORK),--work $(WECLIP_WORK)) \

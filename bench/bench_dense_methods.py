@@ -1,4 +1,4 @@
-"""Speed of the newer ``--dense`` methods (SC-CLIP, ProxyCLIP) against CLIP's own last block (``--dense none``) at
+"""Speed of the newer ``--dense`` methods (SC-CLIP, ProxyCLIP, CASS) against CLIP's own last block (``--dense none``) at
 the same input size and windows; prints ONE JSON object.
 
     python bench/bench_dense_methods.py [--size 224] [--crop 224] [--stride 112] [--repeats 3] [--threads 2]
@@ -8,7 +8,9 @@ What is timed: :func:`vpltool.backbone.segmentor.dense_logits` (every window's f
 queries, the window sums; no PAMR, no probabilities) on one photo resized to ``--size`` x ``--size`` (a
 scikit-image photo, CLIP-normalised), the same windows for every method, random ViT-B/16 weights (the arithmetic's
 cost does not depend on the values). For ProxyCLIP the proxy model's own forward on the same windows
-(:meth:`~vpltool.backbone.dino.DinoBackbone.final_tokens`, random DINO ViT-B/8) is timed apart. The bar: a method's
+(:meth:`~vpltool.backbone.dino.DinoBackbone.final_tokens`, random DINO ViT-B/8) is timed apart; for CASS its
+DINO input (:func:`~vpltool.backbone.dense.cass_proxy_input`) and last-block keys
+(:meth:`~vpltool.backbone.dino.DinoBackbone.last_keys`) per window. The bar: a method's
 time at most 1.2x ``none``'s plus its proxy model's forward. Each figure is the median of ``--repeats`` runs after
 one warm-up.
 """
@@ -65,15 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=21, help="text rows (random unit vectors)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--methods", default="sc-clip,proxyclip")
+    ap.add_argument("--methods", default="sc-clip,proxyclip,cass")
     benchlib.add_common_args(ap, "the tiny test ViT and the toy DINO, 64x64, one repeat", "cpu only")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
     import torch
 
     from vpltool.backbone import ModelSpec, load_backbone
+    from vpltool.backbone.dense import cass_proxy_input
     from vpltool.backbone.dino import DinoSpec
     from vpltool.backbone.registry import load_model
     from vpltool.backbone.segmentor import dense_logits, window_starts
+    from vpltool.config.dense import PROXY_METHODS
 
     if not args.quick:
         torch.set_num_threads(args.threads)
@@ -87,21 +91,28 @@ def main(argv: list[str] | None = None) -> None:
     n_windows = len(window_starts(args.size, args.crop, args.stride)) ** 2
 
     def run(method: str):
-        b = bb.with_dense(method, proxy=proxy if method == "proxyclip" else None)
+        b = bb.with_dense(method, proxy=proxy if method in PROXY_METHODS else None)
         return lambda: dense_logits(b, x, text, [(args.size, args.size)], args.crop, args.stride)
 
+    windows = [x[:, :, y0:y1, x0:x1] for y0, y1 in window_starts(args.size, args.crop, args.stride)
+               for x0, x1 in window_starts(args.size, args.crop, args.stride)]
+
     def proxy_forward():
-        windows = [x[:, :, y0:y1, x0:x1] for y0, y1 in window_starts(args.size, args.crop, args.stride)
-                   for x0, x1 in window_starts(args.size, args.crop, args.stride)]
         proxy.final_tokens(torch.cat(windows))
+
+    def cass_proxy_forward():  # CASS: per window its DINO input (a host round trip) and the last block's keys
+        for w in windows:
+            proxy.last_keys(cass_proxy_input(w[0], proxy.mean, proxy.std, proxy.patch_size))
 
     with torch.no_grad():
         base = median_seconds(run("none"), args.repeats)
-        proxy_s = median_seconds(proxy_forward, args.repeats)
+        proxy_s = {"proxyclip": median_seconds(proxy_forward, args.repeats)}
+        if "cass" in args.methods.split(","):
+            proxy_s["cass"] = median_seconds(cass_proxy_forward, args.repeats)
         methods = {}
         for method in args.methods.split(","):
             seconds = median_seconds(run(method), args.repeats)
-            extra = proxy_s if method == "proxyclip" else 0.0
+            extra = proxy_s.get(method, 0.0)
             methods[method] = {"seconds": round(seconds, 4), "proxy_forward_seconds": round(extra, 4),
                                "ratio_to_none_plus_proxy": round(seconds / (base + extra), 3),
                                "bar_met": seconds <= BAR * base + extra}

@@ -51,6 +51,9 @@ REFS = {"naclip": ("NACLIP", "naclip.py"), "sclip": ("SCLIP", "clip_segmentor.py
         "trident": ("Trident", "trident.py")}
 KEYS = {"logit_scale": "logit_scale", "prob_threshold": "prob_thd", "area_threshold": "area_thd",
         "slide_crop": "slide_crop", "slide_stride": "slide_stride", "pamr_steps": "pamr_steps"}
+# what the references' own evaluation scripts set over the configs: CASS's eval_all.sh runs eval.py --pamr off,
+# which sets cfg.model['pamr_steps'] = 0 (its __init__ default is 10)
+EVAL_OVERRIDES = {"cass": {"pamr_steps": 0}}
 CUSTOM = {"voc20": "PascalVOC20Dataset", "coco-object": "COCOObjectDataset", "context60": "PascalContext60Dataset",
           "context59": "PascalContext59Dataset"}
 
@@ -69,7 +72,7 @@ def compare_presets(method: str, ref: dict, out: list) -> int:
     n = 0
     p = BENCHMARK_PRESETS[method]
     for bench, c in ref["configs"].items():
-        theirs = {**ref["segmentor_defaults"], **c["model"]}
+        theirs = {**ref["segmentor_defaults"], **c["model"], **EVAL_OVERRIDES.get(method, {})}
         mine = p.settings(bench)
         for key, their_key in KEYS.items():
             value = theirs.get(their_key, 0 if key == "pamr_steps" else None)

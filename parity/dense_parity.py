@@ -349,10 +349,12 @@ def max_abs(a, b) -> float | None:
 
 
 def worst(values) -> float | None:
-    """The largest of ``values``; None (a shape mismatch) wins."""
+    """The largest of ``values``; None (a shape mismatch) wins, then NaN."""
     values = list(values)
     if any(v is None for v in values):
         return None
+    if any(v != v for v in values):  # NaN (a side's logits NaN) wins too: Python's max would skip it
+        return float("nan")
     return max(values) if values else None
 
 

@@ -241,6 +241,55 @@ def proxy_hub(args):
 
 
 @contextlib.contextmanager
+def cass_on_cpu(args):
+    """CASS: its ``DinoSelfAttention`` (no ``pretrained_weights``) fetches DINO's checkpoint with
+    ``torch.hub.load_state_dict_from_url``: here that returns ``--proxy-weights`` (DINO's layout; loaded strictly by
+    its own code); its text encoding sends the tokens ``.to('cuda')``: here to the CPU."""
+    import torch
+
+    fetch, to = torch.hub.load_state_dict_from_url, torch.Tensor.to
+
+    def local(url, *a, **k):
+        return torch.load(args.proxy_weights, map_location="cpu")
+
+    def cpu_to(self, *a, **k):
+        a = tuple("cpu" if isinstance(x, str) and x.startswith("cuda") else x for x in a)
+        return to(self, *a, **k)
+
+    torch.hub.load_state_dict_from_url, torch.Tensor.to = local, cpu_to
+    try:
+        yield
+    finally:
+        torch.hub.load_state_dict_from_url, torch.Tensor.to = fetch, to
+
+
+def install_sklearn_stub() -> None:
+    """CASS imports ``sklearn.metrics.pairwise.cosine_distances`` (its query clustering); where scikit-learn is not
+    installed, its arithmetic restated: rows L2-normalised (``normalize``), ``1 - X Xᵀ`` clipped to ``[0, 2]``,
+    zero diagonal."""
+    import numpy as np
+
+    def cosine_distances(x, y=None):
+        x = np.asarray(x)
+        xn = x / np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+        s = xn @ xn.T
+        s *= -1
+        s += 1
+        np.clip(s, 0, 2, out=s)
+        s[np.diag_indices_from(s)] = 0.0
+        return s
+
+    import importlib.machinery
+
+    import torchvision  # noqa: F401 - imported first: torch._dynamo (through torchvision.ops) looks up sklearn's spec
+
+    if stub_if_missing("sklearn.metrics.pairwise", cosine_distances=cosine_distances):
+        STUBBED[-1] = "sklearn"
+        for name in ("sklearn", "sklearn.metrics", "sklearn.metrics.pairwise"):
+            sys.modules[name].__spec__ = importlib.machinery.ModuleSpec(name, None)
+
+
+@contextlib.contextmanager
 def half_is_identity():
     import torch
 
@@ -282,8 +331,13 @@ def build(args, cfg: dict):
         kwargs["clip_path"] = str(args.weights.resolve())
     kwargs["name_path"] = str((args.clone / kwargs["name_path"]).resolve())
     kwargs["device"] = "cpu"
-    why = {"pkg_resources": "stubbed by the packaging package (an import-time version check)",
-           "openpyxl": "stubbed (ProxyCLIP's myutils.py spreadsheet logging, not run)"}
+    if args.module == "cass_segmentor":  # its eval.py: cfg.model['dataset'] = the config's path; --pamr off
+        kwargs["dataset"] = args.config
+        kwargs.setdefault("pamr_steps", 0)  # eval_all.sh's --pamr off (the __init__ default is 10)
+    why = {"sklearn": "stubbed by a restatement of cosine_distances (CASS's query clustering; not installed)",
+           "pkg_resources": "stubbed by the packaging package (an import-time version check)",
+           "openpyxl": "stubbed (ProxyCLIP's myutils.py spreadsheet logging, not run)",
+           "requests": "stubbed (CASS's dino/dino_attention.py example download, not run)"}
     notes = [f"{name} {why.get(name, 'stubbed (its import failed; used only by ClearCLIP BLIP / GEM variants)')}"
              for name in STUBBED]
     mod = importlib.import_module(args.module)
@@ -294,7 +348,8 @@ def build(args, cfg: dict):
             mod.create_model = create_fp32
         # ProxyCLIP casts its proxy model to fp16 as it builds it: the parity is in fp32
         half = half_is_identity() if args.module == "proxyclip_segmentor" else contextlib.nullcontext()
-        with torch.no_grad(), proxy_hub(args), half:
+        cass = cass_on_cpu(args) if args.module == "cass_segmentor" else contextlib.nullcontext()
+        with torch.no_grad(), proxy_hub(args), half, cass:
             seg = getattr(mod, args.cls)(**kwargs)
     return seg.eval(), kwargs, notes
 
@@ -344,7 +399,9 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
     for name, x in patch_inputs(first, variant.get("patches")).items():
         record: list = []
         with torch.no_grad(), capture_bilinear(record), half_is_identity():
-            result = seg.forward_feature(x)
+            seed_cass(args)
+            # CASS's forward_feature(img, whole_img): None is its whole-image path (the image's own embedding)
+            result = seg.forward_feature(x, None) if args.module == "cass_segmentor" else seg.forward_feature(x)
         # the first bilinear resize of a [1, Q, h, w] tensor (ProxyCLIP resizes CLIP's values bilinearly first)
         logits = next(r for r in record if r.dim() == 4 and r.shape[1] == len(query_idx))
         saved[name] = {"input": x, "patch_logits": logits, "output": result.float()}
@@ -362,6 +419,7 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
         sample = Sample({"ori_shape": ori, "img_shape": tuple(x.shape[-2:]), "pad_shape": tuple(x.shape[-2:]),
                          "padding_size": [0, 0, 0, 0], "img_path": str(path)})
         with torch.no_grad(), half_is_identity():
+            seed_cass(args)
             seg.predict(x, [sample])
         del seg.postprocess_result
         torch.save({"input": x, "logits": seen["logits"], "probs": sample.data["seg_logits"].data.float(),
@@ -373,6 +431,15 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
             "templates": templates, "photos": shapes, "notes": notes,
             "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__, "threads": args.threads}
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+
+
+def seed_cass(args) -> None:
+    """CASS's randomised SVD draws its basis from torch's global generator: seeded before each forward, as vpltool
+    seeds each window (its ``SpectralMatching.seed``, 0)."""
+    if args.module == "cass_segmentor":
+        import torch
+
+        torch.manual_seed(0)
 
 
 def patch_inputs(first, names: list[str] | None = None) -> dict:
@@ -402,6 +469,9 @@ def run(args) -> None:
                 stub_if_missing(name, blip_retrieval=None)
         if args.module == "proxyclip_segmentor":
             stub_if_missing("openpyxl")  # myutils.py's spreadsheet logging, not run
+        if args.module == "cass_segmentor":
+            install_sklearn_stub()
+            stub_if_missing("requests")  # dino/dino_attention.py imports it for its example image, not run
         importlib.import_module(args.module)
         with text_memo(args.module):
             for variant in variants:

@@ -16,7 +16,13 @@ in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab import
   built from a clone of facebookresearch/dino with random weights, seed 0, :func:`proxy_weights`; its fp16 casts
   are identities; logit scale 40, threshold 0.2, slide 336/112 padded to 56, short side 336) against
   ``--dense proxyclip`` with the same weights loaded through ``load_model('dino', DinoSpec(
-  'vit_base_patch8_224.dino', FILE))``.
+  'vit_base_patch8_224.dino', FILE))``;
+* ``cass``: MICV-yonsei/CASS's ``CASS_segmentor`` as ``eval.py --config configs/cfg_voc21.py`` (``--pamr off``)
+  runs it (its ``dataset`` the config's path; spectral key-graph matching with its own ``dino/`` copy of DINO
+  ViT-B/8, the same random weights, which it fetches by URL: here from the file; the object-presence text shift
+  with global weight 0.1, shift 0.03, Ward cut 0.10; logit scale 40, threshold 0.1, the whole image at short side
+  336) against ``--dense cass``. Its ``.half()`` of DINO's keys is the identity as the other fp16 casts (fp32
+  parity); its randomised SVD draws from torch's global generator, seeded 0 before each forward on both sides.
 
 Point a's inputs are the first photo's 224x224 crop and its top-left square (both references reshape their grids
 as if square: their whole-image forward on a non-square photo fails or misplaces tokens).
@@ -47,14 +53,16 @@ QUICK = dp.QUICK
 VARIANTS: dict[str, tuple[str, str, str, dict, str, str, dict]] = {
     "sc-clip": ("SC-CLIP", "scclip_segmentor", "SCCLIPForSegmentation", {}, "sc-clip", "sc-clip", {}),
     "proxyclip": ("ProxyCLIP", "proxyclip_segmentor", "ProxyCLIPSegmentation", {}, "proxyclip", "proxyclip", {}),
+    "cass": ("CASS", "cass_segmentor", "CASS_segmentor", {}, "cass", "cass", {}),
 }
-CLONES = ("SC-CLIP", "ProxyCLIP")
+CLONES = ("SC-CLIP", "ProxyCLIP", "CASS")
 # the references' whole-image forwards fail or misplace tokens on a non-square grid (SC-CLIP's outlier positions
 # i // h, i % h; ProxyCLIP's (w, h) reshapes): a square instead
-PATCH_INPUTS = {"sc-clip": ["crop224", "square"], "proxyclip": ["crop224", "square"]}
+PATCH_INPUTS = {"sc-clip": ["crop224", "square"], "proxyclip": ["crop224", "square"],
+                "cass": ["crop224", "whole"]}  # CASS reshapes its grid as (rows, columns): a whole photo works
 PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the DINO ViT-B/8 the references load as dino_vitb8
-MAIN = ("sc-clip",)  # every photo; ProxyCLIP (a DINO ViT-B/8 per window) on --proxy-images
-METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",)}
+MAIN = ("sc-clip", "cass")  # every photo; ProxyCLIP (a DINO ViT-B/8 per window) on --proxy-images
+METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",), "cass": ("cass",)}
 
 
 def proxy_weights(work: Path) -> Path:
@@ -92,14 +100,83 @@ class Vpltool(dp.Vpltool):
 
 
 @contextlib.contextmanager
-def harness():
-    """``dense_parity``'s functions with this file's variant tables (they read their module's globals)."""
-    saved = dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS
+def harness(cache: Path | None = None):
+    """``dense_parity``'s functions with this file's variant tables (they read their module's globals); with
+    ``cache``, vpltool's logits of a photo are read from there when :func:`precompute` left them (same method,
+    input tensor and text rows), else computed."""
+    saved = dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS, dp.vpltool_outputs
     dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS = VARIANTS, MAIN, METHODS, PATCH_INPUTS, {}
+    if cache is not None:
+        dp.vpltool_outputs = cached_outputs(cache, saved[-1])
     try:
         yield
     finally:
-        dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS = saved
+        dp.VARIANTS, dp.MAIN, dp.METHODS, dp.PATCH_INPUTS, dp.RUNNER_ARGS, dp.vpltool_outputs = saved
+
+
+def _key(name: str, x, text) -> str:
+    import hashlib
+
+    h = hashlib.sha256(name.encode())
+    for t in (x, text):
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def cached_outputs(cache: Path, compute):
+    """``dense_parity.vpltool_outputs`` reading the logits :func:`precompute` wrote (the probabilities and labels
+    are made from them as there); a photo not in ``cache`` is computed."""
+
+    def outputs(vt, name, x, text, query_idx, n_classes, ori, renorm):
+        import torch
+
+        from vpltool.backbone.segmentor import dense_probabilities
+
+        path = cache / f"{_key(name, x, text)}.pt"
+        if not path.is_file():
+            return compute(vt, name, x, text, query_idx, n_classes, ori, renorm)
+        logits = torch.load(path)
+        settings = dp.settings_for(name)
+        probs, labels = dense_probabilities(logits, query_idx, n_classes, settings.logit_scale,
+                                            settings.prob_threshold, settings.area_threshold)
+        if renorm:
+            probs = probs / probs.sum(0, keepdim=True)
+        return logits, probs, labels
+
+    return outputs
+
+
+def precompute(work: Path, args) -> None:
+    """vpltool's logits of every photo of ``--methods`` into ``work/vpltool_cache`` while a reference runs (its own
+    process: on a shared machine the two sides then run at once). The queries are the clone's VOC21 class file read
+    as its ``get_cls_idx`` reads it, the inputs mmseg's test pipeline with the SCLIP-family preprocessor; a photo
+    whose input or rows differ from the reference's is simply computed again by the comparison."""
+    import torch
+    from dense_ref_runner import mmseg_input
+
+    from vpltool.backbone.segmentor import segment_logits
+
+    cache = work / "vpltool_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    with harness():
+        model, config_dir = dp.model_config(work, args.model, args.text_layers)
+        _, st, photos = dp.setup(work, model, config_dir, args.images, 1.0)
+        vt = Vpltool(model, st, config_dir, proxy_weights(work))
+        clones = find_clones(args.ref)
+        pre = {"mean": [122.771, 116.746, 104.094], "std": [68.501, 66.632, 70.323], "rgb_to_bgr": True}
+        for name in args.methods.split(","):
+            lines = (clones[VARIANTS[name][0]] / "configs" / "cls_voc21.txt").read_text().splitlines(keepends=True)
+            words = [w.replace("\n", "") for line in lines for w in line.split(", ")]
+            text = vt.rows(words)
+            settings = dp.settings_for(name)
+            bb = vt.backbone(VARIANTS[name][4])
+            for path in sorted(photos.glob("*.jpg"))[: args.images]:
+                x, ori = mmseg_input(path, (2048, settings.short_side), pre)
+                out = cache / f"{_key(name, x, text)}.pt"
+                if not out.is_file():
+                    with torch.no_grad():
+                        torch.save(segment_logits(bb, x, text, settings, [tuple(ori)])[0], out)
+                print(f"{name} {path.name}: cached", file=sys.stderr, flush=True)
 
 
 def find_clones(ref: Path) -> dict[str, Path]:
@@ -144,7 +221,8 @@ def merge(files: list[Path]) -> dict:
 
 def run(work: Path, args, argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
-    with harness():
+    cache = work / "vpltool_cache"
+    with harness(cache if cache.is_dir() and not args.quick else None):
         model, config_dir = dp.model_config(work, args.model, None if args.quick else args.text_layers)
         pt, st, photos = dp.setup(work, model, config_dir, args.images, 0.25 if args.quick else 1.0)
         procs: dict = {}
@@ -155,9 +233,10 @@ def run(work: Path, args, argv: list[str] | None = None) -> dict:
             dino = proxy_weights(work)
             vt = Vpltool(model, st, config_dir, dino)
             dino_clone = args.dino_clone or next((p for p in args.ref.iterdir() if p.name.lower() == "dino"), None)
-            if "ProxyCLIP" in clones and dino_clone is None:
+            if "ProxyCLIP" in clones and "proxyclip" in selected and dino_clone is None:
                 raise SystemExit("ProxyCLIP needs a clone of facebookresearch/dino: --dino-clone DIR (or DIR/dino)")
             dp.RUNNER_ARGS["ProxyCLIP"] = ["--proxy-clone", str(dino_clone), "--proxy-weights", str(dino)]
+            dp.RUNNER_ARGS["CASS"] = ["--proxy-weights", str(dino)]  # its own dino/ copy loads them
             reference, procs = dp.start_references(clones, work, pt, photos, args.images, args.proxy_images,
                                                    args.threads, args.ref_python)
             names = [n for n, v in VARIANTS.items() if v[0] in clones and n in selected]
@@ -190,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--proxy-images", type=int, default=12, help="photos of ProxyCLIP (its DINO ViT-B/8 costs ~10x "
                                                                   "CLIP's forward per window)")
     ap.add_argument("--merge", type=Path, nargs="+", help="print the merge of these runs' JSON files and exit")
+    ap.add_argument("--precompute", action="store_true", help="only vpltool's logits of the photos, into "
+                    "--work's vpltool_cache (run beside a comparison that waits for its reference; it reads them)")
     ap.add_argument("--text-layers", type=int, default=1,
                     help="text blocks of the random model (0: the model's own 12); the image tower is ViT-B/16's")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (and per clone)")
@@ -204,6 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
     if args.merge:
         print(json.dumps(merge(args.merge)))
+        return
+    if args.precompute:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        precompute(args.work, args)
         return
     if args.quick:
         args.proxy_images = args.images

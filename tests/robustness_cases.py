@@ -1424,6 +1424,12 @@ def _segment_proxy_wrong_weights(ws: Workspace) -> Iterator[list[object]]:
            "--proxy-model", DINO_MODEL, "--proxy-weights", path]
 
 
+@case("segment --dense cass with a --global-weight above 1", "--global-weight 1.5")
+def _segment_cass_bad_weight(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_cass"), *TINY, *CPU, "--dense", "cass",
+           "--global-weight", "1.5"]
+
+
 @case("cam --dense proxyclip (its proxy model is segment's)", "cam --dense proxyclip", "only `vpltool segment`")
 def _cam_dense_proxy(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_proxy"), "--dense", "proxyclip", *CPU]

@@ -64,6 +64,8 @@ def test_a_changed_reference_shows_up_in_each_figure(quick):
     h, w = photo["pred"].shape[-2:]
     assert out["labels_equal_min"] == pytest.approx(1 - 2 / h)
     assert dense_parity.worst([0.0, None]) is None
+    nan = dense_parity.worst([1e-7, float("nan"), 2e-7])
+    assert nan != nan  # a NaN photo is not hidden behind the others' largest difference
 
 
 def test_mmseg_resize_size_is_vpltools_short_side_size(tmp_path):

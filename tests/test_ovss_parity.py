@@ -33,12 +33,13 @@ def quick(tmp_path_factory):
 def test_quick_self_comparison_prints_every_method_at_zero(quick):
     result, _ = quick
     assert result["benchmark"] == "ovss-parity" and result["quick"] is True
-    assert set(result["methods"]) == {"sc-clip", "proxyclip"} == set(result["variants"])
+    assert set(result["methods"]) == {"sc-clip", "proxyclip", "cass"} == set(result["variants"])
     for method in result["methods"].values():
         assert method["max_abs_diff"] == 0.0 and method["bar_met"] and method["labels_bar_met"]
-    for v in result["variants"].values():
+    for name, v in result["variants"].items():
         assert v["text_rows_max_abs_diff"] == 0.0 and not v["settings_mismatched"]
-        assert set(v["patch_logits"]) == {"crop224", "square"}  # the references' grids are square
+        # SC-CLIP's and ProxyCLIP's grids are square; CASS's whole photo is not
+        assert set(v["patch_logits"]) == ({"crop224", "whole"} if name == "cass" else {"crop224", "square"})
 
 
 def test_a_changed_reference_shows_up_and_fails_the_bars(quick):
@@ -94,9 +95,10 @@ def test_bench_dense_methods_quick_prints_one_json_object():
                           capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(proc.stdout)
     assert result["benchmark"] == "dense-methods" and result["quick"] and result["machine"]["device"] == "cpu"
-    assert set(result["methods"]) == {"sc-clip", "proxyclip"} and result["none_seconds"] > 0
-    proxy = result["methods"]["proxyclip"]
-    assert proxy["proxy_forward_seconds"] > 0 and result["methods"]["sc-clip"]["proxy_forward_seconds"] == 0
+    assert set(result["methods"]) == {"sc-clip", "proxyclip", "cass"} and result["none_seconds"] > 0
+    for name in ("proxyclip", "cass"):
+        assert result["methods"][name]["proxy_forward_seconds"] > 0
+    assert result["methods"]["sc-clip"]["proxy_forward_seconds"] == 0
     for m in result["methods"].values():  # the verdict follows the figures
         base = result["none_seconds"] + m["proxy_forward_seconds"]
         assert m["ratio_to_none_plus_proxy"] == pytest.approx(m["seconds"] / base, rel=0.1)  # rounded to 0.1 ms

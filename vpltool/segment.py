@@ -106,14 +106,25 @@ def scored_background(dataset: Dataset) -> bool:
 
 def dense_mixing_of(cfg: SegmentConfig):
     """The last block's mixing: ``cfg.dense``'s preset, with ``--attention`` / ``--residual`` in place of its own
-    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``)."""
-    if cfg.attention is None and cfg.residual is None:
+    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``), and for CASS its
+    per-dataset knobs (``--global-weight``, ``--shift-weight``, ``--cluster-cut``, ``--stretch``,
+    ``--window-global``)."""
+    from .config.dense import CASS_KNOBS
+
+    cass = {k: getattr(cfg, k) for k in CASS_KNOBS if getattr(cfg, k) is not None} if cfg.dense == "cass" else {}
+    if cfg.attention is None and cfg.residual is None and not cass:
         return cfg.dense
     from .backbone.dense import dense_mixing
 
     base = dense_mixing(cfg.dense)
     keep = base.residual if cfg.residual is None else cfg.residual
-    return replace(base, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
+    out = replace(base, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
+    if cass:  # CASS's per-dataset knobs (vpltool.config.dense.CASS_KNOBS) into its text shift and matching
+        shift = {"global_weight": "global_weight", "shift_weight": "mean_vector_weight",
+                 "cluster_cut": "h_threshold", "window_global": "window_global"}
+        out = replace(out, text_shift=replace(out.text_shift, **{shift[k]: v for k, v in cass.items() if k in shift}),
+                      spectral=replace(out.spectral, stretch=cass.get("stretch", out.spectral.stretch)))
+    return out
 
 
 def proxy_spec(cfg: SegmentConfig):

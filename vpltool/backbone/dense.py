@@ -51,15 +51,17 @@ Stable API (used by ``parity/dense_parity.py``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
 
-DENSE_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip")
-ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy")
+DENSE_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass")
+ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy", "spectral")
 POS_INTERPOLATIONS = ("bilinear", "bicubic-dino")
 
 
@@ -107,6 +109,56 @@ class ProxyAttention:
 
 
 @dataclass(frozen=True)
+class SpectralMatching:
+    """CASS's spectral key-graph matching (MICV-yonsei/CASS ``clip/model.py``, ``attn_strategy='spectral'``): per
+    head the top ``k_eigen`` eigenvalues of CLIP's and the proxy DINO's key-key graphs are compared, heads matched
+    by a Hungarian assignment, and each CLIP graph blended with a low-rank, rescaled copy of its DINO graph.
+
+    Attributes:
+        k_eigen: eigenvalues compared per head (``custom_attn``'s config, 20).
+        scale_factor: weight of the DINO graph (10.0).
+        energy_threshold, initial_q, step_q: ``optimal_q``'s search of the rank of ``torch.svd_lowrank``
+            (0.95, 10, 5; the first rank always passes, as coded: the energy is that of the rank's own values).
+        stretch: CASS's ``_scale_singular_values`` for every dataset but VOC20 and Cityscapes: the singular values
+            mapped linearly from ``[min, max]`` to ``[0.5 min, 1.5 max]``; False: kept (``voc20``, ``city_scapes``).
+        seed: the seed of the randomised SVD's basis, set before each window (CASS draws it from the global
+            generator: its result depends on what ran before; here each window is reproducible alone).
+    """
+
+    k_eigen: int = 20
+    scale_factor: float = 10.0
+    energy_threshold: float = 0.95
+    initial_q: int = 10
+    step_q: int = 5
+    stretch: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TextShift:
+    """CASS's object-presence text shift (``cass_segmentor.py`` ``hierarchical_prompt``): the queries are grouped
+    by Ward clustering of their cosine distances (cut at ``h_threshold``); in each group the query closest to the
+    image's CLIP embedding moves ``mean_vector_weight`` of the way to the mean of its ``top_k`` most similar patch
+    features; the patch logits are then ``(1 - w) cos + w`` the image embedding's cosine, ``w`` =
+    ``global_weight``. The defaults are ``configs/cfg_voc21.py``'s.
+
+    Attributes:
+        global_weight: ``global_semantics_weight`` (0.1).
+        mean_vector_weight: the shift (0.03).
+        h_threshold: the Ward cut (0.10).
+        top_k: patches averaged (2).
+        window_global: the image embedding of each window itself (CASS's ``city_scapes``); False: of the whole
+            input (every other dataset; with ``--slide-crop 0`` both are the same).
+    """
+
+    global_weight: float = 0.1
+    mean_vector_weight: float = 0.03
+    h_threshold: float = 0.10
+    top_k: int = 2
+    window_global: bool = False
+
+
+@dataclass(frozen=True)
 class DenseMixing:
     """How the last block mixes its tokens.
 
@@ -124,6 +176,10 @@ class DenseMixing:
             (``(softmax(prior) + softmax(k kᵀ s)) / 2``); None: the last block alone.
         proxy: ProxyCLIP's proxy attention (``attention='proxy'``, :func:`proxy_attention_tokens`); the backbone
             needs a proxy vision model (``with_dense(method, proxy=...)``).
+        spectral: CASS's key-graph matching with the proxy DINO's last-block keys (``attention='spectral'``,
+            :func:`spectral_key_attention`, with Ω when ``gaussian_std > 0``); needs a proxy vision model.
+        text_shift: CASS's object-presence text shift and global blend (:func:`object_presence_logits`), applied
+            by the segmentor to each window's patch features.
     """
 
     method: str
@@ -134,6 +190,8 @@ class DenseMixing:
     gaussian_std: float = 0.0
     calibration: SelfCalibration | None = None
     proxy: ProxyAttention | None = None
+    spectral: SpectralMatching | None = None
+    text_shift: TextShift | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
@@ -148,7 +206,7 @@ class DenseMixing:
     def vanilla(self) -> bool:
         """True for CLIP's own last block (``none``): the backbone's ordinary block runs it."""
         return (self.attention == "qk" and self.residual and self.ffn and not self.gaussian_std
-                and self.calibration is None and self.proxy is None)
+                and self.calibration is None and self.proxy is None and self.spectral is None)
 
 
 DENSE_PRESETS: dict[str, DenseMixing] = {
@@ -161,6 +219,9 @@ DENSE_PRESETS: dict[str, DenseMixing] = {
     "sc-clip": DenseMixing("sc-clip", "prior+kk", False, False, "bicubic-dino", calibration=SelfCalibration()),
     # ProxyCLIP proxyclip_segmentor.py: beta 1.2, gamma 3.0; its open_clip resizes the positional embedding DINO's way
     "proxyclip": DenseMixing("proxyclip", "proxy", False, False, "bicubic-dino", proxy=ProxyAttention()),
+    # CASS cass_segmentor.py + base_config.py + cfg_voc21.py: arch 'reduced', attn_strategy 'spectral', std 5
+    "cass": DenseMixing("cass", "spectral", False, False, "bicubic-dino", gaussian_std=5.0,
+                        spectral=SpectralMatching(), text_shift=TextShift()),
 }
 
 
@@ -409,7 +470,169 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
     return attn.out_proj(out)
 
 
+# CASS's inverse of a normalisation it never applied: ImageNet's statistics (with 0.255 for blue, as coded) undone
+# from CLIP-normalised pixels, before the uint8 round trip that feeds its DINO
+_CASS_UNDO_MEAN = (-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.255)
+_CASS_UNDO_STD = (1 / 0.229, 1 / 0.224, 1 / 0.255)
+
+
+def cass_proxy_input(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], patch: int) -> torch.Tensor:
+    """CASS's DINO input from one window: ``[3, H, W]`` CLIP-normalised pixels -> ``[1, 3, s', s']`` float32
+    normalised with the proxy's ``mean`` / ``std``, on the host.
+
+    As ``forward_feature`` and ``VisionTransformer.forward`` do: ``Normalize`` with the means
+    ``-m / s`` and stds ``1 / s`` of ImageNet (blue ``s`` 0.255), ``* 255``, numpy's ``astype(uint8)`` (values
+    outside 0..255 wrap, as there), a PIL image resized to the square ``s = min(H, W)`` (PIL's default
+    resampling), ``ToTensor``, the proxy's ``Normalize``, and the sides cut to a multiple of ``patch``.
+    """
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    undone = TF.normalize(pixels.detach().float().cpu(), list(_CASS_UNDO_MEAN), list(_CASS_UNDO_STD))
+    image = Image.fromarray((undone.permute(1, 2, 0).numpy() * 255).astype("uint8"))
+    side = min(pixels.shape[-2:])
+    x = TF.normalize(TF.to_tensor(image.resize((side, side))), list(mean), list(std))
+    h, w = x.shape[1] - x.shape[1] % patch, x.shape[2] - x.shape[2] % patch
+    return x[:, :h, :w][None]
+
+
+def _range_like(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``source`` mapped linearly from its ``[min, max]`` onto ``target``'s (CASS's ``_normalize_key_range`` and
+    ``_normalize_attention_range``)."""
+    normalized = (source - source.min()) / (source.max() - source.min())
+    return normalized * (target.max() - target.min()) + target.min()
+
+
+def _low_rank(adj: torch.Tensor, cfg: SpectralMatching) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CASS's ``optimal_q``: ``torch.svd_lowrank`` (float64) of rank ``initial_q``, raised by ``step_q`` until the
+    cumulative energy of its own values reaches ``energy_threshold`` (at once, as coded). A graph of fewer nodes than
+    ``initial_q`` takes all of them (the code fails there)."""
+    max_q = min(adj.shape)
+    q = min(cfg.initial_q, max_q)
+    while True:
+        u, s, v = torch.svd_lowrank(adj.double(), q=q)
+        energy = torch.cumsum(s, dim=0) / torch.sum(s)
+        if (energy >= cfg.energy_threshold).any() or q + cfg.step_q > max_q:
+            return u, s, v
+        q += cfg.step_q
+
+
+def _spectra(graphs: torch.Tensor, k: int) -> torch.Tensor:
+    """``[heads, N, N]`` -> ``[heads, k]`` float64: each graph's top ``k`` eigenvalues (``eigvalsh``, descending),
+    L2-normalised, then L1-normalised (the cost's inputs)."""
+    values = torch.stack([torch.sort(torch.linalg.eigvalsh(g), descending=True)[0][:k] for g in graphs.double()])
+    return F.normalize(F.normalize(values, p=2, dim=1), p=1, dim=-1)
+
+
+def spectral_key_attention(attn, h: torch.Tensor, dino_keys: torch.Tensor, dino_grid: tuple[int, int],
+                           grid: tuple[int, int], cfg: SpectralMatching, bias: torch.Tensor | None) -> torch.Tensor:
+    """CASS's last block (``custom_attn``, ``'spectral'``) for ONE image.
+
+    Args:
+        attn: the block's ``nn.MultiheadAttention``.
+        h: ``[1, 1 + hw, width]`` its ``ln_1`` output; ``grid`` ``(h, w)``.
+        dino_keys: ``[heads', HW, hd']`` the proxy DINO's last-block keys (class token removed) on ``dino_grid``;
+            their channels are regrouped into CLIP's heads as the code's reshape does (ViT-B/8 DINO and ViT-B/16
+            CLIP: the same 12 heads of 64; a proxy of another width: ``heads' hd' / heads`` channels a head).
+        bias: ``[hw, hw]`` Ω (NACLIP's neighbourhood bias) or None.
+
+    Returns:
+        ``[1, hw, width]`` patch tokens (no class token): ``out_proj(softmax(G + Ω) v)`` per head, where for CLIP
+        head ``i`` matched to DINO head ``j``: ``G = (w s D_j + K_i) / (w s + 1)``, ``K_i = k kᵀ scale`` CLIP's
+        key graph, ``D_j`` DINO's key graph (its keys resized bilinearly to the grid and mapped onto the range of
+        CLIP's keys) approximated by the randomised SVD (:func:`_low_rank`; singular values stretched when
+        ``cfg.stretch``), diagonal zeroed, mapped onto ``K_i``'s range; ``w = 1 - cost``, the cost
+        ``1 - Σ|sorted spectrum_D - sorted spectrum_K|`` and the matching scipy's ``linear_sum_assignment`` on it
+        (minimised, as coded). The seed of the SVD's basis is the caller's.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    heads = attn.num_heads
+    width = h.shape[-1]
+    hd = width // heads
+    scale = hd**-0.5
+    _, k, v = F.linear(h[0], attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    k = k.reshape(-1, heads, hd).transpose(0, 1)[:, 1:]  # [heads, hw, hd]
+    v = v.reshape(-1, heads, hd).transpose(0, 1)[:, 1:]
+    n = grid[0] * grid[1]
+    channels = dino_keys.shape[0] * dino_keys.shape[2]
+    if channels % heads:
+        raise VplError(f"--dense cass: the proxy model's {channels} key channels do not split into CLIP's {heads} "
+                       "heads; use a proxy whose width is a multiple of CLIP's head count (ViT-B/8 DINO for ViT-B/16)")
+    # the code regroups DINO's key channels into CLIP's heads (the same heads when both are ViT-B)
+    dk = dino_keys.to(k.dtype).permute(0, 2, 1).reshape(heads, channels // heads, *dino_grid)
+    dk = F.interpolate(dk, size=tuple(grid), mode="bilinear", align_corners=False).reshape(heads, -1, n)
+    dk = _range_like(dk.permute(0, 2, 1), k)
+    clip_graph = torch.bmm(k, k.transpose(1, 2)) * scale
+    dino_graph = torch.bmm(dk, dk.transpose(1, 2)) * scale
+    dino_spec, clip_spec = _spectra(dino_graph, cfg.k_eigen), _spectra(clip_graph, cfg.k_eigen)
+    distance = (torch.sort(dino_spec, dim=-1)[0][:, None] - torch.sort(clip_spec, dim=-1)[0][None]).abs().sum(-1)
+    cost = (1 - distance).to(torch.float32).to(k.device)  # [dino head, clip head]
+    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    combined = torch.zeros_like(clip_graph)
+    for idx in range(heads):
+        i, j = int(rows[idx]), int(cols[idx])
+        w = 1 - cost[i, j]
+        u, s, vv = _low_rank(dino_graph[j], cfg)
+        if cfg.stretch:
+            lo, hi = s.min(), s.max()
+            s = (s - lo) / (hi - lo) * (1.5 * hi - 0.5 * lo) + 0.5 * lo
+        approx = u @ torch.diag(s) @ vv.T
+        approx.fill_diagonal_(0)
+        dino_adj = _range_like(approx, clip_graph[i])
+        combined[idx] = (w * cfg.scale_factor * dino_adj + clip_graph[i]) / (w * cfg.scale_factor + 1)
+    if bias is not None:
+        combined = combined + bias.to(combined.dtype)[None]
+    out = torch.bmm(F.softmax(combined, dim=-1), v)  # [heads, hw, hd]
+    return attn.out_proj(out.transpose(0, 1).reshape(1, n, width))
+
+
+def query_clusters(text: torch.Tensor, threshold: float) -> np.ndarray:
+    """CASS's ``hierarchical_clustering``: ``[Q, D]`` query rows -> ``[Q]`` cluster ids ``0..K-1``: Ward linkage of
+    their cosine distances (scikit-learn's ``cosine_distances`` restated: rows re-normalised, ``1 - cos`` clipped
+    to ``[0, 2]``, zero diagonal), cut at distance ``threshold`` (scipy's ``fcluster``). One query: one cluster."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    x = text.detach().float().cpu().numpy()
+    if len(x) < 2:
+        return np.zeros(len(x), dtype=np.int64)
+    x = x / np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    d = np.clip(1 - x @ x.T, 0, 2)
+    np.fill_diagonal(d, 0.0)
+    return fcluster(linkage(squareform(d, checks=False), method="ward"), t=threshold, criterion="distance") - 1
+
+
+def object_presence_logits(feats: torch.Tensor, image: torch.Tensor, text: torch.Tensor, clusters: np.ndarray,
+                           cfg: TextShift) -> torch.Tensor:
+    """CASS's logits of one window (``forward_feature`` after the image encoder).
+
+    Args:
+        feats: ``[hw, D]`` unit patch features. image: ``[D]`` the unit CLIP embedding (class token through the
+            ordinary last block) of the window or of the whole input (:attr:`TextShift.window_global`).
+        text: ``[Q, D]`` unit query rows; clusters: their :func:`query_clusters`.
+
+    Returns:
+        ``[hw, Q]``: ``(1 - w) feats @ T'ᵀ + w (image @ textᵀ)``, ``T'`` the rows with each cluster's query closest
+        to ``image`` shifted to ``normalize((1 - a) t + a m)``, ``m`` the unit mean of its ``top_k`` most similar
+        patches (as ranked by the re-normalised features), ``a`` = ``mean_vector_weight``.
+    """
+    sims = image @ text.T  # [Q]
+    order = sims.detach().float().cpu().numpy()
+    adjusted = text.clone()
+    unit = F.normalize(feats, dim=1)
+    for cluster in range(int(clusters.max()) + 1 if len(clusters) else 0):
+        members = np.where(clusters == cluster)[0]
+        c = int(members[np.argmax(order[members])])
+        row = F.normalize(text[c][None], dim=1)
+        top = torch.topk((unit @ row.T).squeeze(1), min(cfg.top_k, feats.shape[0])).indices
+        mean = F.normalize(feats[top].mean(dim=0), dim=0)
+        adjusted[c] = F.normalize((1 - cfg.mean_vector_weight) * row[0] + cfg.mean_vector_weight * mean, dim=0)
+    return (feats @ adjusted.T) * (1 - cfg.global_weight) + sims[None] * cfg.global_weight
+
+
 __all__ = ["DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing", "resize_positional",
            "neighbourhood_bias", "mixed_attention", "mix_last_block", "ATTENTIONS", "POS_INTERPOLATIONS",
            "SelfCalibration", "lof_outliers", "repair_outliers", "unit_similarity", "aggregate",
-           "self_calibrated_tokens", "scaled_levels", "ProxyAttention", "proxy_attention_tokens"]
+           "self_calibrated_tokens", "scaled_levels", "ProxyAttention", "proxy_attention_tokens", "SpectralMatching",
+           "TextShift", "cass_proxy_input", "spectral_key_attention", "query_clusters", "object_presence_logits"]

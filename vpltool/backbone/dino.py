@@ -227,6 +227,16 @@ class DinoBackbone:
         output without the prefix tokens, ``(h, w)``). DINO's arithmetic on timm's modules: the positional embedding
         resized bicubically with the ``+0.1`` scale factor (not timm's resample), attention as
         ``softmax((q kᵀ) scale) v``; a side that is no patch multiple loses its remainder."""
+        m = self.model
+        x, grid = self._dino_tokens(pixels)
+        for blk in m.blocks:
+            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return m.norm(x)[:, self.n_prefix :], grid
+
+    def _dino_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """DINO's ``prepare_tokens`` on timm's modules: ``[B, 3, H, W]`` -> (``[B, 1 + hw, C]``, ``(h, w)``); the
+        positional embedding resized bicubically with the ``+0.1`` scale factor; a side's remainder dropped."""
         from .dense import resize_positional
 
         m = self.model
@@ -243,10 +253,22 @@ class DinoBackbone:
         native = m.patch_embed.grid_size
         x = x + resize_positional(pos.float(), (int(native[0]), int(native[1])), grid,
                                   "bicubic-dino").to(x.dtype)[None]
-        for blk in m.blocks:
+        return x, grid
+
+    def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
+        normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the class token, ``(h, w)``),
+        DINO's arithmetic as in :meth:`final_tokens`."""
+        m = self.model
+        x, grid = self._dino_tokens(pixels)
+        for blk in m.blocks[:-1]:
             x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-        return m.norm(x)[:, self.n_prefix :], grid
+        attn = m.blocks[-1].attn
+        b, n, c = x.shape
+        qkv = attn.qkv(m.blocks[-1].norm1(x)).reshape(b, n, 3, attn.num_heads, c // attn.num_heads)
+        keys = attn.k_norm(qkv.permute(2, 0, 3, 1, 4)[1])
+        return keys[:, :, self.n_prefix :], grid
 
     @torch.no_grad()
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:

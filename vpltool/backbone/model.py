@@ -41,6 +41,7 @@ from .dense import (
     proxy_attention_tokens,
     resize_positional,
     self_calibrated_tokens,
+    spectral_key_attention,
 )
 from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec, tokenizer_factory
@@ -280,6 +281,8 @@ class ClipBackbone:
         (:func:`~vpltool.backbone.dense.self_calibrated_tokens`)."""
         if self.mixing.proxy is not None:
             return self._proxy_features(pixels, fp16_pos)
+        if self.mixing.spectral is not None:
+            return self.spectral_features(pixels, fp16_pos)[0]
         if self.mixing.calibration is not None:
             grid = self.grid_of(pixels)
             x, levels = self.embed(pixels, fp16_pos), []
@@ -292,6 +295,38 @@ class ClipBackbone:
             return out @ v.proj.to(out.dtype) if v.proj is not None else out
         encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
         return self.dense(self.last_block(encoded.tokens, encoded.grid))
+
+    def spectral_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """CASS: ``[B, 3, H, W]`` CLIP-normalised pixels -> (``[B, hw, D]`` patch features of the spectral last block,
+        ``[B, D]`` the image embedding: the class token through the ordinary last block, ``ln_post``, ``proj``;
+        neither normalised). Blocks ``0..L-2`` run once; per image the proxy DINO sees the window as CASS makes its
+        input (:func:`~vpltool.backbone.dense.cass_proxy_input`) and its last-block keys drive
+        :func:`~vpltool.backbone.dense.spectral_key_attention`, the SVD's basis seeded per image
+        (``mixing.spectral.seed``) so that a window's result does not depend on the batch."""
+        from .dense import cass_proxy_input
+
+        if self.proxy is None:
+            raise VplError(f"--dense {self.mixing.method} needs a proxy vision model: pass --proxy-model and "
+                           "--proxy-weights (a DINO ViT, e.g. vit_base_patch8_224.dino)")
+        encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
+        x, grid, v = encoded.tokens, encoded.grid, self.visual
+        image = v.ln_post(self.block(self.n_blocks - 1, x, grid)[0][:, 0])
+        image = image @ v.proj.to(image.dtype) if v.proj is not None else image
+        blk, cfg = self.blocks[-1], self.mixing.spectral
+        bias = None
+        if self.mixing.gaussian_std > 0:
+            bias = neighbourhood_bias(grid, self.mixing.gaussian_std, x.device, torch.float32)[1:, 1:]
+        devices = [x.device] if x.device.type == "cuda" else []
+        out = []
+        for i in range(len(x)):
+            dino_in = cass_proxy_input(pixels[i], self.proxy.mean, self.proxy.std, self.proxy.patch_size)
+            keys, dino_grid = self.proxy.last_keys(dino_in.to(self.proxy.device))
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(cfg.seed)
+                out.append(spectral_key_attention(blk.attn, blk.ln_1(x[i : i + 1]), keys[0].to(x.device),
+                                                  dino_grid, grid, cfg, bias))
+        feats = v.ln_post(torch.cat(out))
+        return (feats @ v.proj.to(feats.dtype) if v.proj is not None else feats), image
 
     def feature_grid(self, size: tuple[int, int]) -> tuple[int, int]:
         """The grid of :meth:`dense_features` for an input of ``size`` ``(H, W)`` pixels: CLIP's patch grid, or

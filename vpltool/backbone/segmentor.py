@@ -62,30 +62,65 @@ def pad_size(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
     return lr // 2, lr - lr // 2, tb // 2, tb - tb // 2
 
 
-def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, 3, H, W]`` normalised pixels -> ``[B, Q, h, w]`` cosine of each patch with each unit row of ``text``
-    ``[Q, D]`` (the remainder of a side that is no patch multiple dropped, as the patch convolution does)."""
+    ``[Q, D]`` (the remainder of a side that is no patch multiple dropped, as the patch convolution does).
+
+    A method with CASS's text shift (``mixing.text_shift``) gives instead its object-presence logits
+    (:func:`~vpltool.backbone.dense.object_presence_logits`), with ``image`` ``[B, D]`` the whole input's
+    embedding of each window, or (None) each window's own."""
     p = bb.patch_size
     h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
-    feats = bb.dense_features(pixels[..., : h * p, : w * p]).float()
-    feats = feats / feats.norm(dim=-1, keepdim=True)
-    logits = feats @ text.to(feats.device, feats.dtype).T  # [B, hw, Q]
+    shift = getattr(bb.mixing, "text_shift", None)
+    if shift is not None:
+        from .dense import object_presence_logits, query_clusters
+
+        feats, own = bb.spectral_features(pixels[..., : h * p, : w * p])
+        feats, own = feats.float(), own.float()
+        glob = own if image is None or shift.window_global else image.float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        glob = glob / glob.norm(dim=-1, keepdim=True)
+        rows = text.to(feats.device, feats.dtype)
+        clusters = query_clusters(rows, shift.h_threshold)
+        logits = torch.stack([object_presence_logits(f, g, rows, clusters, shift) for f, g in zip(feats, glob)])
+    else:
+        feats = bb.dense_features(pixels[..., : h * p, : w * p]).float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        logits = feats @ text.to(feats.device, feats.dtype).T  # [B, hw, Q]
     h, w = bb.feature_grid((h * p, w * p))  # ProxyCLIP: the proxy model's grid
     return logits.transpose(1, 2).reshape(len(pixels), -1, h, w)
 
 
-def window_logits(bb, pixels: torch.Tensor, text: torch.Tensor, pad: bool, multiple: int = 0) -> torch.Tensor:
+def window_logits(bb, pixels: torch.Tensor, text: torch.Tensor, pad: bool, multiple: int = 0,
+                  image: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, 3, H, W]`` windows -> ``[B, Q, H, W]`` cosine logits resized to the window (see module docstring);
-    ``pad`` to a multiple of ``multiple`` pixels (0: the patch size; ProxyCLIP 56)."""
+    ``pad`` to a multiple of ``multiple`` pixels (0: the patch size; ProxyCLIP 56). ``image``: CASS's
+    whole-input embedding per window (:func:`grid_logits`)."""
     height, width = pixels.shape[-2:]
     if pad:
         left, right, top, bottom = pad_size(height, width, multiple or bb.patch_size)
         if left or right or top or bottom:
             padded = F.pad(pixels, (left, right, top, bottom))
-            logits = F.interpolate(grid_logits(bb, padded, text), size=padded.shape[-2:], mode="bilinear",
+            logits = F.interpolate(grid_logits(bb, padded, text, image), size=padded.shape[-2:], mode="bilinear",
                                    align_corners=False)
             return logits[..., top : top + height, left : left + width]
-    return F.interpolate(grid_logits(bb, pixels, text), size=(height, width), mode="bilinear", align_corners=False)
+    return F.interpolate(grid_logits(bb, pixels, text, image), size=(height, width), mode="bilinear",
+                         align_corners=False)
+
+
+def input_embedding(bb, pixels: torch.Tensor) -> torch.Tensor | None:
+    """CASS's whole-input embedding for its windows (``forward_feature(crop, img)``: the class token of the full
+    forward of the resized image, ``ln_post``, ``proj``) ``[B, D]``; None for the other methods, and for CASS's
+    per-window variant."""
+    shift = getattr(bb.mixing, "text_shift", None)
+    if shift is None or shift.window_global:
+        return None
+    p = bb.patch_size
+    h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
+    encoded = bb.encode(pixels[..., : h * p, : w * p], stop=bb.n_blocks - 1)
+    v = bb.visual
+    image = v.ln_post(bb.block(bb.n_blocks - 1, encoded.tokens, encoded.grid)[0][:, 0])
+    return image @ v.proj.to(image.dtype) if v.proj is not None else image
 
 
 def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
@@ -117,7 +152,9 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
         rows, cols = window_starts(height, crop, stride), window_starts(width, crop, stride)
         boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
         windows = torch.cat([pixels[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])  # [n * B, 3, ch, cw]
-        logits = window_logits(bb, windows, text, pad, pad_multiple)
+        image = input_embedding(bb, pixels)
+        logits = window_logits(bb, windows, text, pad, pad_multiple,
+                               None if image is None else image.repeat(len(boxes), 1))
         full = logits.new_zeros(b, logits.shape[1], height, width)
         count = logits.new_zeros(1, 1, height, width)
         for n, (y0, y1, x0, x1) in enumerate(boxes):

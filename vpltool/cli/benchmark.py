@@ -13,7 +13,9 @@ from .common import (
     AttentionOpt,
     BatchSize,
     ClassFileOpt,
+    ClusterCutOpt,
     Device,
+    GlobalWeightOpt,
     LogFile,
     ModelConfigDir,
     ModelOpt,
@@ -21,7 +23,10 @@ from .common import (
     PretrainedOpt,
     ResidualOpt,
     Shard,
+    ShiftWeightOpt,
+    StretchOpt,
     Verbose,
+    WindowGlobalOpt,
     Workers,
     friendly_errors,
     runtime,
@@ -64,6 +69,11 @@ def benchmark_cmd(
     class_file: ClassFileOpt = None,
     attention: AttentionOpt = None,
     residual: ResidualOpt = None,
+    global_weight: GlobalWeightOpt = None,
+    shift_weight: ShiftWeightOpt = None,
+    cluster_cut: ClusterCutOpt = None,
+    stretch: StretchOpt = None,
+    window_global: WindowGlobalOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
@@ -108,7 +118,9 @@ def benchmark_cmd(
         roots[name] = path
     overrides = {"logit_scale": logit_scale, "prob_threshold": prob_threshold, "area_threshold": area_threshold,
                  "short_side": short_side, "slide_crop": slide_crop, "slide_stride": slide_stride,
-                 "pamr_steps": pamr_steps, "class_file": class_file, "attention": attention, "residual": residual}
+                 "pamr_steps": pamr_steps, "class_file": class_file, "attention": attention, "residual": residual,
+                 "global_weight": global_weight, "shift_weight": shift_weight, "cluster_cut": cluster_cut,
+                 "stretch": stretch, "window_global": window_global}
     methods = [m.strip() for m in method.split(",") if m.strip()]
     tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), overrides,
                             runtime(device, precision, batch_size, workers, False), shard=shard_of(shard),

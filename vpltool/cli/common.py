@@ -572,10 +572,11 @@ def warn_inert(cfg, defaults=None):
 
 DenseOpt = Annotated[str, typer.Option("--dense", help="How CLIP's last block mixes its tokens: none (CLIP's own, "
                                        "the CLIP-ES path) | maskclip | sclip | clearclip | naclip | sc-clip | "
-                                       "proxyclip (the training-free dense methods, as their public code; "
+                                       "proxyclip | cass (the training-free dense methods, as their public code; "
                                        "docs/open-vocabulary.md).")]
-ProxyModelOpt = Annotated[str, typer.Option("--proxy-model", help="--dense proxyclip's proxy vision model: a timm DINO "
-                                            "ViT name (vit_base_patch8_224.dino is the references' dino_vitb8).")]
+ProxyModelOpt = Annotated[str, typer.Option("--proxy-model", help="--dense proxyclip's and cass's proxy vision "
+                                            "model: a timm DINO ViT name (vit_base_patch8_224.dino is the "
+                                            "references' dino_vitb8).")]
 ProxyWeightsOpt = Annotated[str, typer.Option("--proxy-weights", help="Its weights: hub (timm's local cache) | a "
                                               "local file (timm or DINO layout) | none (random, seeded: tests).")]
 
@@ -590,6 +591,22 @@ ClassFileOpt = Annotated[Optional[str], typer.Option(
 AttentionOpt = Annotated[Optional[str], typer.Option(
     "--attention", help="The last block's attention in place of the --dense method's: qk (CLIP's own; ClearCLIP's "
     "model_type vanilla) | identity (MaskCLIP) | qq+kk (SCLIP) | qq (ClearCLIP) | kk (NACLIP).", show_default=False)]
+# CASS's per-dataset knobs (segment, benchmark): None = its VOC21 config's / the benchmark preset's
+GlobalWeightOpt = Annotated[Optional[float], typer.Option(
+    "--global-weight", help="--dense cass: the image embedding's share of each patch's logits (its "
+    "global_semantics_weight) [default: 0.1, cfg_voc21.py].", show_default=False)]
+ShiftWeightOpt = Annotated[Optional[float], typer.Option(
+    "--shift-weight", help="--dense cass: how far the query nearest the image moves toward its 2 most similar "
+    "patches, per query cluster (its mean_vector_weight) [default: 0.03].", show_default=False)]
+ClusterCutOpt = Annotated[Optional[float], typer.Option(
+    "--cluster-cut", help="--dense cass: the Ward distance cutting the queries into clusters (its h_threshold) "
+    "[default: 0.10].", show_default=False)]
+StretchOpt = Annotated[Optional[bool], typer.Option(
+    "--stretch/--no-stretch", help="--dense cass: stretch the DINO graph's singular values (its code does for every "
+    "dataset but VOC20 and Cityscapes) [default: stretch].", show_default=False)]
+WindowGlobalOpt = Annotated[Optional[bool], typer.Option(
+    "--window-global/--input-global", help="--dense cass: each window's own image embedding (its Cityscapes) or the "
+    "whole input's [default: input-global].", show_default=False)]
 ResidualOpt = Annotated[Optional[bool], typer.Option(
     "--residual/--no-residual", help="Keep (or drop) the last block's residual and FFN, in place of the --dense "
     "method's (ClearCLIP's ignore_residual=True is --no-residual).", show_default=False)]

@@ -13,7 +13,9 @@ from .common import (
     BATCHED,
     AttentionOpt,
     ClassFileOpt,
+    ClusterCutOpt,
     DenseOpt,
+    GlobalWeightOpt,
     LogFile,
     ModelConfigDir,
     ModelOpt,
@@ -23,8 +25,11 @@ from .common import (
     ProxyWeightsOpt,
     ResidualOpt,
     Shard,
+    ShiftWeightOpt,
     Split,
+    StretchOpt,
     Verbose,
+    WindowGlobalOpt,
     friendly_errors,
     option_blocks,
     pending,
@@ -75,6 +80,11 @@ def segment_cmd(
     class_file: ClassFileOpt = None,
     attention: AttentionOpt = None,
     residual: ResidualOpt = None,
+    global_weight: GlobalWeightOpt = None,
+    shift_weight: ShiftWeightOpt = None,
+    cluster_cut: ClusterCutOpt = None,
+    stretch: StretchOpt = None,
+    window_global: WindowGlobalOpt = None,
     proxy_model: ProxyModelOpt = _S.proxy_model,
     proxy_weights: ProxyWeightsOpt = _S.proxy_weights,
     model: ModelOpt = DEFAULT_MODEL,
@@ -94,7 +104,7 @@ def segment_cmd(
     verbose: Verbose = False,
 ) -> None:
     """Segment any class names with no labels and no training: CLIP with a training-free dense last block
-    (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP; ProxyCLIP with a DINO proxy model) against text queries;
+    (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP; ProxyCLIP and CASS with a DINO proxy model) against text queries;
     palette PNGs that `eval` scores by class name.
 
     \b
@@ -126,7 +136,9 @@ def segment_cmd(
                         prob_threshold=prob_threshold, area_threshold=area_threshold, short_side=short_side,
                         slide_crop=slide_crop, slide_stride=slide_stride, pamr_steps=pamr_steps,
                         classes=None if classes is None else parse_class_names(classes), class_file=class_file,
-                        attention=attention, residual=residual, proxy_model=proxy_model, proxy_weights=proxy_weights)
+                        attention=attention, residual=residual, proxy_model=proxy_model, proxy_weights=proxy_weights,
+                        global_weight=global_weight, shift_weight=shift_weight, cluster_cut=cluster_cut,
+                        stretch=stretch, window_global=window_global)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

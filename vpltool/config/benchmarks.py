@@ -65,6 +65,8 @@ def _merge(*parts: dict) -> dict:
     return out
 
 
+# SegmentConfig fields of one method's own knobs, shown beside the common columns (vpltool.config.dense.CASS_KNOBS)
+_METHOD_KNOBS = ("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")
 _MMSEG_LINES = {"voc21": 16, "context60": 15, "coco-object": 15, "voc20": 15, "context59": 14, "coco-stuff": 14,
                 "cityscapes": 14, "ade20k": 14}
 _S336 = {b: 336 for b in BENCHMARK_NAMES} | {"cityscapes": 560}
@@ -125,21 +127,25 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
     "cass": MethodPresets(
         "MICV-yonsei/CASS@228ecdd",
         {"dense": "cass", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
-         "pamr_steps": 10, "area_threshold": 0.0},
-        "cass_segmentor.py:31-33 (__init__ defaults)",
-        _per(_merge(_short({b: 20 for b in BENCHMARK_NAMES} | {"voc21": 21, "context60": 21, "coco-object": 21,
-                            "cityscapes": 21}, _S336),
-                    {"voc21": {"prob_threshold": (0.1, 6), "slide_crop": (0, 7)},
-                     "context60": {"prob_threshold": (0.1, 6)}, "coco-object": {"prob_threshold": (0.1, 6)}})),
-        "sclip",
-        {"voc21": {"global_semantics_weight": 0.1, "mean_vector_weight": 0.03, "h_threshold": 0.10},
-         "context60": {"global_semantics_weight": 0.25, "mean_vector_weight": 0.04, "h_threshold": 0.09},
-         "coco-object": {"global_semantics_weight": 0.25, "mean_vector_weight": 0.01, "h_threshold": 0.10},
-         "voc20": {"global_semantics_weight": 0.4, "mean_vector_weight": 0.02, "h_threshold": 0.10},
-         "cityscapes": {"global_semantics_weight": 0.1, "mean_vector_weight": 0.03, "h_threshold": 0.14},
-         "context59": {"global_semantics_weight": 0.25, "mean_vector_weight": 0.04, "h_threshold": 0.09},
-         "ade20k": {"global_semantics_weight": 0.3, "mean_vector_weight": 0.05, "h_threshold": 0.06},
-         "coco-stuff": {"global_semantics_weight": 0.2, "mean_vector_weight": 0.02, "h_threshold": 0.02}}),
+         "pamr_steps": 0, "area_threshold": 0.0, "stretch": True, "window_global": False},
+        "cass_segmentor.py:31-33 (__init__ defaults; eval_all.sh --pamr off; clip/model.py:467-468 stretch, "
+        "cass_segmentor.py:231 window_global)",
+        _merge(
+            _per(_merge(_short({b: 20 for b in BENCHMARK_NAMES} | {"voc21": 21, "context60": 21, "coco-object": 21,
+                                "cityscapes": 21}, _S336),
+                        {"voc21": {"prob_threshold": (0.1, 6), "slide_crop": (0, 7)},
+                         "context60": {"prob_threshold": (0.1, 6)}, "coco-object": {"prob_threshold": (0.1, 6)}},
+                        {b: {"global_weight": (g, line), "shift_weight": (m, line + 1), "cluster_cut": (h, line + 2)}
+                         for b, (g, m, h, line) in {
+                             "voc21": (0.1, 0.03, 0.10, 10), "context60": (0.25, 0.04, 0.09, 9),
+                             "coco-object": (0.25, 0.01, 0.10, 9), "voc20": (0.4, 0.02, 0.10, 8),
+                             "cityscapes": (0.1, 0.03, 0.14, 8), "context59": (0.25, 0.04, 0.09, 8),
+                             "ade20k": (0.3, 0.05, 0.06, 8), "coco-stuff": (0.2, 0.02, 0.02, 8)}.items()})),
+            {"voc20": {"stretch": (False, "clip/model.py:467 (_scale_singular_values: voc20 kept)")},
+             "cityscapes": {"stretch": (False, "clip/model.py:467 (_scale_singular_values: city_scapes kept)"),
+                            "window_global": (True, "cass_segmentor.py:231 (city_scapes: forward_feature(crop, "
+                                                    "None))")}}),
+        "sclip"),
     "trident": MethodPresets(
         "YuHengsss/Trident@a93b346",
         {"dense": "trident", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 224,
@@ -195,7 +201,8 @@ def presets_markdown() -> str:
     for row in presets_table():
         s = row["settings"]
         window = f"{s['slide_crop']} / {s['slide_stride']}" if s["slide_crop"] else "whole image"
-        extra = (" (+ " + ", ".join(f"{k} {v}" for k, v in row["extra"].items()) + ")") if row["extra"] else ""
+        knobs = {**{k: s[k] for k in _METHOD_KNOBS if k in s}, **row["extra"]}  # CASS's, then the not-run ones
+        extra = (" (+ " + ", ".join(f"{k} {v}" for k, v in knobs.items()) + ")") if knobs else ""
         lines.append(f"| {row['method']} | {row['benchmark']} | {s['short_side']} | {window} | {s['logit_scale']:g} | "
                      f"{s['prob_threshold']:g} | {s['area_threshold'] or '-'} | {s['pamr_steps'] or '-'} | "
                      f"{s.get('class_file', 'its own')} | {row['repo']}: {row['source']}{extra} |")

@@ -12,8 +12,9 @@ from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
 
 # vpltool.backbone.DENSE_METHODS (torch-free)
-DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip")
-PROXY_METHODS = ("proxyclip",)  # methods whose last block takes a proxy vision model (--proxy-model)
+DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass")
+PROXY_METHODS = ("proxyclip", "cass")  # methods whose last block takes a proxy vision model (--proxy-model)
+CASS_KNOBS = ("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")  # SegmentConfig fields
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
 CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
 ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.backbone.dense.ATTENTIONS (torch-free)
@@ -58,6 +59,10 @@ DENSE_SEGMENTORS: dict[str, DenseSettings] = {
     # multiple of 56), short side 336
     "proxyclip": DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336, slide_stride=112,
                                crop_mode="pad", whole="direct", pad_multiple=56),
+    # cass_segmentor.py + cfg_voc21.py (eval.py --pamr off): logit scale 40, prob_thd 0.1, the whole image
+    # (slide_crop 0), short side 336; the logits resized to the input, then to the image
+    "cass": DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0, slide_stride=112,
+                          crop_mode="floor", whole="input"),
 }
 
 
@@ -102,6 +107,13 @@ class SegmentConfig:
     residual: bool | None = None
     proxy_model: str = DEFAULT_PROXY_MODEL  # ProxyCLIP's proxy vision model: a timm DINO ViT (the toy DINO's folder)
     proxy_weights: str = "hub"  # its weights: hub (timm's cache) | a local file | none (random, seeded: tests)
+    # CASS's per-dataset knobs (its configs/cfg_*.py and dataset switches); None = its VOC21 values
+    # (vpltool.backbone.dense.TextShift / SpectralMatching)
+    global_weight: float | None = None  # global_semantics_weight: the image embedding's share of the logits
+    shift_weight: float | None = None  # mean_vector_weight: how far a query moves toward its top patches
+    cluster_cut: float | None = None  # h_threshold: the Ward distance at which the queries' tree is cut
+    stretch: bool | None = None  # the DINO graph's singular values stretched (all but voc20 and city_scapes)
+    window_global: bool | None = None  # each window's own image embedding (city_scapes) instead of the input's
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
@@ -118,12 +130,19 @@ class SegmentConfig:
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
         at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")
         require(bool(self.templates.strip()), "--templates is empty: give imagenet, clip-es, a template or a file")
+        for option, value in (("--global-weight", self.global_weight), ("--shift-weight", self.shift_weight)):
+            if value is not None:
+                fraction(option, value)
+        positive("--cluster-cut", self.cluster_cut, allow_none=True)
 
     def inert(self) -> dict[str, str]:
-        """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`)."""
+        """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), CASS's knobs without
+        ``--dense cass``."""
+        out = {} if self.dense == "cass" else {k: "without --dense cass" for k in CASS_KNOBS}
         if self.dense in PROXY_METHODS:
-            return {}
-        return {"proxy_model": "without --dense proxyclip", "proxy_weights": "without --dense proxyclip"}
+            return out
+        why = f"without --dense {' or '.join(PROXY_METHODS)}"
+        return {**out, "proxy_model": why, "proxy_weights": why}
 
     def resolved(self) -> DenseSettings:
         """The method's :class:`DenseSettings` with every option given here in place of its own."""
