@@ -466,9 +466,9 @@ def run(args) -> None:
             t = time.perf_counter()
             test(model.eval(), args, out / "test")
             seconds["test"] = round(time.perf_counter() - t, 1)
-    meta = {"tree": args.tree, "parts": args.parts, "config": CONFIG,
-            **({"plus": PLUS, "dino_repo": str(args.dino_repo)} if args.tree == "WeCLIP+" else {}), "seed": args.seed, "crops": args.crops, "steps": args.steps,
-            "images": args.images,
+    plus = {"plus": PLUS, "dino_repo": str(args.dino_repo)} if args.tree == "WeCLIP+" else {}
+    meta = {"tree": args.tree, "parts": args.parts, "config": CONFIG, **plus, "seed": args.seed,
+            "crops": args.crops, "steps": args.steps, "images": args.images,
             "stubbed": STUBBED, "dropout": "off (model.eval())", "seconds": seconds,
             "total_seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
             "threads": args.threads}
