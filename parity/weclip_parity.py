@@ -254,7 +254,7 @@ class Vpltool:
     a prototypes file, the recipe's config with dropout 0 (the reference runs with Dropout2d off)."""
 
     def __init__(self, weights: Path, init: dict, recipe: str = "weclip", model: str = "ViT-B-16-quickgelu",
-                 config_dir: Path | None = None, dino_weights: Path | None = None):
+                 config_dir: Path | None = None, dino_weights: Path | None = None, dino_model: str | None = None):
         import torch
 
         from vpltool import io
@@ -264,7 +264,8 @@ class Vpltool:
         from vpltool.decoder.network import feature_blocks
 
         self.cfg = decoder_recipe(recipe, dropout=0.0,
-                                  **({"dino_weights": str(dino_weights)} if dino_weights else {}))
+                                  **({"dino_weights": str(dino_weights)} if dino_weights else {}),
+                                  **({"dino_model": dino_model} if dino_model else {}))
         self.dino = load_model("dino", DinoSpec(self.cfg.dino_model, str(dino_weights)), "cpu") \
             if self.cfg.dino_model else None
         spec = ModelSpec(model, str(weights), **({"config_dir": str(config_dir)} if config_dir else {}))
@@ -414,8 +415,9 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
     against itself on WeCLIP's fixed batch (the runner's ``batch.pt``; each crop's labels from its label PNG, as
     WeCLIP reads them). From one fp32 frozen pass, GradCAM and box masks, each crop's propagated CAMs, crop scores
     (min-max, bilinear to the crop, background first) and PAR labels are computed four ways: two equivalent orders
-    of the propagation, ``A = (T * box) @ cam`` (vpltool's) and ``B = T @ (box * cam)``, each in float32 and in
-    float64 (the transition matrix, min-max, resize and PAR in that precision, from the same fp32 inputs).
+    of the propagation, ``A = (T * box) @ cam`` (vpltool's matrix-vector product), ``B`` the same sums as
+    element-wise products summed over each row, ``C`` WeCLIP's shapes (``[hw, hw] @ [hw, 1]``), each in float32 and
+    in float64 (the transition matrix, min-max, resize and PAR in that precision, from the same fp32 inputs).
 
     ``A`` vs ``B`` in float32 is one code against itself with the order changed: the difference a second code
     (WeCLIP's) cannot avoid. ``A`` vs ``B`` in float64 shows the order stops mattering once the rounding is small
@@ -441,6 +443,7 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
                                   layer="input")
     boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)
     pairs = {"fp32_A_vs_B": ((torch.float32, "A"), (torch.float32, "B")),
+             "fp32_A_vs_C": ((torch.float32, "A"), (torch.float32, "C")),
              "fp64_A_vs_B": ((torch.float64, "A"), (torch.float64, "B")),
              "fp32_vs_fp64_A": ((torch.float32, "A"), (torch.float64, "A"))}
     rows, ranges = {k: {"refined_cams": [], "crop_scores": [], "labels_equal": []} for k in pairs}, []
@@ -452,11 +455,13 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
         for dtype in (torch.float32, torch.float64):
             trans = affinity(attention.to(dtype).mean(0), exact=True)
             m, x = maps.to(dtype).flatten(1), box.to(dtype)
-            for order in ("A", "B"):
-                if order == "A":
+            for order in ("A", "B", "C"):
+                if order == "A":  # vpltool's: the masked matrix times the map (a matrix-vector product)
                     refined = torch.stack([(trans * x[i][None]) @ m[i] for i in range(len(m))])
-                else:
-                    refined = torch.stack([trans @ (x[i] * m[i]) for i in range(len(m))])
+                elif order == "B":  # the same sums, taken as element-wise products and a sum over each row
+                    refined = torch.stack([(trans * (x[i] * m[i])[None]).sum(1) for i in range(len(m))])
+                else:  # C: WeCLIP's shapes (clip_tool.py: matmul of [hw, hw] and [hw, 1])
+                    refined = torch.stack([((trans * x[i][None]) @ m[i][:, None])[:, 0] for i in range(len(m))])
                 refined = refined.view(maps.shape)
                 up = F.interpolate(minmax(refined)[None], size=inputs.shape[-2:], mode="bilinear",
                                    align_corners=False)[0]
@@ -514,6 +519,30 @@ def compare_decoder(vt: Vpltool, ref: Path) -> dict:
             "affinity_max_abs_diff": max_diff(aff, pseudo["attn_pred"])}
 
 
+def loss_diffs(losses: dict, rec: dict) -> dict:
+    """|Δ| of the total loss and of each term (WeCLIP+: also Dice and the cross-branch CE) against one step of the
+    runner. A term WeCLIP's code makes NaN (torch's mean CE over no pixel: a random decoder's arg-max of one class
+    leaves a part of the balanced cross-branch CE empty) is not compared, and neither is the total it makes NaN;
+    ``loss`` is then the total of the terms both give (``loss_of_finite_terms``). vpltool's balanced CE gives 0 for
+    an empty part; torch's backward of that NaN mean is 0 as well, so gradients and steps stay comparable."""
+    import math
+
+    pairs = {"ce": "seg_loss", "aff": "aff_loss", "dice": "dice_loss", "cross": "cross_loss"}
+    out = {k: abs(float(losses[k]) - rec[v]) for k, v in pairs.items() if k in losses and v in rec
+           and math.isfinite(rec[v])}
+    nan_terms = [k for k, v in pairs.items() if k in losses and v in rec and not math.isfinite(rec[v])]
+    if math.isfinite(rec["loss"]):
+        out["loss"] = abs(float(losses["loss"]) - rec["loss"])
+    else:  # the total of the finite terms with the recipe's weights (WeCLIP+: 1 ce + 0.1 aff + 1 dice)
+        mine = float(losses["ce"]) + 0.1 * float(losses["aff"]) + float(losses.get("dice", 0.0))
+        theirs = rec["seg_loss"] + 0.1 * rec["aff_loss"] + rec.get("dice_loss", 0.0)
+        out["loss"] = abs(mine - theirs)
+        out["loss_of_finite_terms"] = True
+    out["reference_nan_terms"] = nan_terms
+    out["weclip_loss"] = rec["loss"]
+    return out
+
+
 def compare_training(vt: Vpltool, ref: Path) -> dict:
     """Three iterations of vpltool's ``online_step`` on the fixed batch from WeCLIP's initial decoder, each given
     WeCLIP's learning rate of that step (the schedule itself is compared in ``lr``)."""
@@ -538,11 +567,8 @@ def compare_training(vt: Vpltool, ref: Path) -> dict:
         grads = [None if mine[n][1] is None else max_diff(mine[n][1].reshape(g.shape), g)
                  for n, g in rec["grads"].items()]
         params = [max_diff(mine[n][0].reshape(p.shape), p) for n, p in rec["params"].items()]
-        steps.append({"loss": abs(float(losses["loss"]) - rec["loss"]),
-                      "ce": abs(float(losses["ce"]) - rec["seg_loss"]),
-                      "aff": abs(float(losses["aff"]) - rec["aff_loss"]), "grads_max_abs_diff": worst(grads),
-                      "params_max_abs_diff": worst(params), "lr_weclip": lr, "lr_vpltool": lr_at(vt.cfg, it),
-                      "weclip_loss": rec["loss"]})
+        steps.append({**loss_diffs(losses, rec), "grads_max_abs_diff": worst(grads),
+                      "params_max_abs_diff": worst(params), "lr_weclip": lr, "lr_vpltool": lr_at(vt.cfg, it)})
     return {"steps": steps}
 
 
@@ -581,14 +607,12 @@ def compare_training_given_labels(vt: Vpltool, ref: Path) -> dict:
         grads = {n: g for n, (_, g) in vt.named_in_weclip(model).items()}
         optimizer.step()
         mine = vt.named_in_weclip(model)
-        steps.append({"loss": abs(float(losses["loss"]) - rec["loss"]),
-                      "ce": abs(float(losses["ce"]) - rec["seg_loss"]),
-                      "aff": abs(float(losses["aff"]) - rec["aff_loss"]),
+        steps.append({**loss_diffs(losses, rec),
                       "grads_max_abs_diff": worst(max_diff(grads[n].reshape(g.shape), g)
                                                   for n, g in rec["grads"].items()),
                       "params_max_abs_diff": worst(max_diff(mine[n][0].reshape(p.shape), p)
                                                    for n, p in rec["params"].items()),
-                      "lr": rec["lr"][3], "weclip_loss": rec["loss"]})
+                      "lr": rec["lr"][3]})
     return {"steps": steps}
 
 
@@ -682,8 +706,14 @@ def summarise(parts: dict) -> dict:
     out["affinity"] = figure("affinity", dec["affinity_max_abs_diff"] if dec else None)
     given = parts.get("train_given_labels")
     steps = given["steps"] if given else None
+    nan_note = ""
+    if steps and any(s.get("loss_of_finite_terms") for s in steps):
+        nan_note = ("; the reference's total is NaN at steps " +
+                    ", ".join(str(i) for i, s in enumerate(steps) if s.get("loss_of_finite_terms")) +
+                    " (its cross-branch CE takes torch's mean over an empty part: 0/0); there the total of the terms "
+                    "both give is compared, and each term apart (details)")
     out["loss"] = figure("loss", worst(s["loss"] for s in steps) if steps else None,
-                         "given the pseudo labels WeCLIP drew at each step" if steps else "")
+                         "given the pseudo labels WeCLIP drew at each step" + nan_note if steps else "")
     out["grads"] = figure("grads", worst(s["grads_max_abs_diff"] for s in steps) if steps else None)
     out["steps"] = figure("steps", worst(s["params_max_abs_diff"] for s in steps) if steps else None,
                           "each step given WeCLIP's learning rate of that step" if steps else "")

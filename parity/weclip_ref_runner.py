@@ -426,7 +426,8 @@ def test(model, args, out: Path) -> None:
     script.cfg = SimpleNamespace(clip_init=SimpleNamespace(resize_long=CONFIG["resize_long"]))  # WeCLIP+ reads it
     ds = voc.VOC12SegDataset(root_dir=str(args.voc.resolve()), name_list_dir=lists, split=split, stage="val",
                              aug=False, ignore_index=CONFIG["ignore_index"], num_classes=CONFIG["num_classes"])
-    script.validate(model=model, dataset=ds, test_scales=CONFIG["test_scales"])  # with grad: GradCAM runs in it
+    if model is not None:  # None: the CRF alone, on the logits an earlier run saved (part "crf")
+        script.validate(model=model, dataset=ds, test_scales=CONFIG["test_scales"])  # with grad: GradCAM runs
     cfg = SimpleNamespace(dataset=SimpleNamespace(name_list_dir=lists, root_dir=str(args.voc.resolve())))
     script.crf_proc(config=cfg)
 
@@ -441,6 +442,17 @@ def run(args) -> None:
     install_stubs()
     folder = args.clone.resolve() / args.tree
     seconds = {}
+    if args.parts == "crf":  # the test script's CRF alone on test/logit (its logits): no model is built
+        with in_clone(folder), cpu_fp32():
+            t = time.perf_counter()
+            test(None, args, out / "test")
+            seconds["crf"] = round(time.perf_counter() - t, 1)
+        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else \
+            run_meta(args, seconds, start)
+        meta.setdefault("seconds", {}).update(seconds)
+        meta["crf_run_apart"] = True
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        return
     with in_clone(folder), cpu_fp32():
         mod = importlib.import_module(TREES[args.tree][0])
         model = build(args, mod)
@@ -466,13 +478,18 @@ def run(args) -> None:
             t = time.perf_counter()
             test(model.eval(), args, out / "test")
             seconds["test"] = round(time.perf_counter() - t, 1)
+    (out / "meta.json").write_text(json.dumps(run_meta(args, seconds, start), indent=1))
+
+
+def run_meta(args, seconds: dict, start: float) -> dict:
+    import torch
+
     plus = {"plus": PLUS, "dino_repo": str(args.dino_repo)} if args.tree == "WeCLIP+" else {}
-    meta = {"tree": args.tree, "parts": args.parts, "config": CONFIG, **plus, "seed": args.seed,
+    return {"tree": args.tree, "parts": args.parts, "config": CONFIG, **plus, "seed": args.seed,
             "crops": args.crops, "steps": args.steps, "images": args.images,
             "stubbed": STUBBED, "dropout": "off (model.eval())", "seconds": seconds,
             "total_seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
             "threads": args.threads}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
