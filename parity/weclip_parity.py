@@ -364,7 +364,7 @@ def compare_pseudo(vt: Vpltool, ref: Path) -> dict:
             got = online_masks(vt.bb, frozen, labels, vt.rows, vt.temperature, inputs, seg_aff, cfg, guide)
             cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
                                       layer="input")
-        refined, scores = [], []
+        refined, scores, refined_shaped = [], [], []
         for b, img in enumerate(rec["images"]):
             attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
             trans = affinity(propagation_attention(attention, None if seg_aff is None else seg_aff[b],
@@ -379,10 +379,14 @@ def compare_pseudo(vt: Vpltool, ref: Path) -> dict:
             mine = torch.stack([(trans * boxes[i][None]) @ maps[i].flatten() for i in range(len(maps))])
             mine = mine.view_as(maps)
             refined.append(max_diff(mine, torch.stack(img["cam_refined"])))
+            shaped = torch.stack([((trans * boxes[i][None]) @ maps[i].flatten()[:, None])[:, 0]
+                                  for i in range(len(maps))]).view_as(maps)  # WeCLIP's [hw, hw] @ [hw, 1]
+            refined_shaped.append(max_diff(shaped, torch.stack(img["cam_refined"])))
             up = F.interpolate(minmax(mine)[None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[0]
             scores.append(max_diff(torch.cat([1 - up.amax(0, keepdim=True), up]), img["cams"]))
         out[mode] = {"labels_equal": [share_equal(got[b], rec["labels"][b]) for b in range(len(got))],
-                     "refined_cams_max_abs_diff": refined, "scores_max_abs_diff": scores}
+                     "refined_cams_max_abs_diff": refined, "scores_max_abs_diff": scores,
+                     "refined_cams_max_abs_diff_weclip_shapes": refined_shaped}
     return out
 
 
@@ -617,9 +621,10 @@ def compare_training_given_labels(vt: Vpltool, ref: Path) -> dict:
 
 
 def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None) -> dict:
-    """The test script's multi-scale + flip logits (its own 512-long-side input tensor, cut to whole patches as its
-    patch conv does) through vpltool's :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels
-    against :func:`vpltool.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
+    """The test script's multi-scale + flip logits (its own 512-long-side input tensor, whole: vpltool's forward cuts
+    it to whole patches after the flip, as WeCLIP's patch conv does) through vpltool's
+    :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels against
+    :func:`vpltool.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -649,8 +654,7 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None
         ratio = 512 / max(h, w)
         x = F.interpolate(x, size=(int(h * ratio), int(w * ratio)), mode="bilinear", align_corners=False)
         views = [x] + [F.interpolate(x, scale_factor=0.75, mode="bilinear", align_corners=False)]
-        views = [v[..., : v.shape[-2] // 16 * 16, : v.shape[-1] // 16 * 16] for v in views]
-        logits = multiscale_logits(forward, views, flip=True)
+        logits = multiscale_logits(forward, views, flip=True)  # whole views: the forward cuts after the flip
         full = F.interpolate(torch.from_numpy(saved["msc_segs"]).float(), size=image.shape[:2], mode="bilinear",
                              align_corners=False)
         ref_pred = np.asarray(Image.open(test_dir / "prediction" / f"{name}.png"))
@@ -743,7 +747,7 @@ def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None,
                      ("train", compare_training), ("train_given_labels", compare_training_given_labels),
                      ("test", lambda v, r: compare_test(v, r, voc, test_dir)),
                      ("noise", lambda v, r: compare_noise(v, r, voc))):
-        if name not in wanted:
+        if name not in wanted or (name == "noise" and vt.plus):  # the floor study is of WeCLIP's boxed masks
             continue
         try:
             done[name] = fn(vt, ref)

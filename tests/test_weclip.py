@@ -228,11 +228,39 @@ def test_weclip_test_views_truncate_sizes_and_floor_to_patches(tiny_spec):
     bb = load_backbone(tiny_spec, "cpu").with_normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     image = np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8)
     v1, v075 = weclip_views(bb, image, 90, (1.0, 0.75))
-    # long side 90: 67 x 90 (67.5 truncated) -> 64 x 80 at patch 16; 0.75 of 67 x 90: 50 x 67 -> 48 x 64
-    assert v1.shape == (1, 3, 64, 80) and v075.shape == (1, 3, 48, 64)
+    # long side 90: 67 x 90 (67.5 truncated); 0.75 of 67 x 90: 50 x 67 (floored); not cut to patches here
+    assert v1.shape == (1, 3, 67, 90) and v075.shape == (1, 3, 50, 67)
     full = bb.normalize(torch.from_numpy(image)[None])
-    expected = F.interpolate(full, size=(67, 90), mode="bilinear", align_corners=False)[..., :64, :80]
+    expected = F.interpolate(full, size=(67, 90), mode="bilinear", align_corners=False)
     assert torch.allclose(v1, expected) and v1[0, 0].mean() < 1  # ImageNet-normalised
+
+
+def test_decoder_forward_cuts_to_patches_after_the_flip(tiny_spec, monkeypatch):
+    """WeCLIP's test script flips the whole view and its patch conv then drops the last < 16 columns: of the
+    mirror image, the original's first columns go. The CLIP sees the cut batch; the flip happens before."""
+    from vpltool.backbone import load_backbone
+    from vpltool.decoder import views
+
+    bb = load_backbone(tiny_spec, "cpu")
+    seen = []
+
+    def fake_blocks(bb_, pixels, blocks, dtype):
+        seen.append(pixels.clone())
+        return torch.zeros(len(pixels), 1, pixels.shape[-2] // 16, pixels.shape[-1] // 16, 4)
+
+    class Model:
+        dino_width = None
+
+        def __call__(self, feats):
+            return None, feats[:, 0, ..., 0][:, None], None
+
+    monkeypatch.setattr(views, "block_features", fake_blocks)
+    x = torch.arange(2 * 3 * 40 * 50, dtype=torch.float32).reshape(2, 3, 40, 50)
+    views.view_logits(views.decoder_forward(bb, Model(), [0], torch.float32), x, flip=True)
+    got = seen[0]
+    assert got.shape == (4, 3, 32, 48)
+    assert torch.equal(got[:2], x[..., :32, :48]) and torch.equal(got[2:], x.flip(-1)[..., :32, :48])
+    assert not torch.equal(got[2:], x[..., :32, :48].flip(-1))  # cut-then-flip would keep the other columns
 
 
 def test_predict_picks_weclip_views_for_a_weclip_decoder(weclip_run, tmp_path):
