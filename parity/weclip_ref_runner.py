@@ -29,6 +29,15 @@ around it:
    reads the image's labels from), and ``ImageSets/Segmentation`` with ``train.txt``, ``val.txt`` and
    ``cls_labels_onehot.npy``.
 
+5. ``--tree WeCLIP+``: the clone's ``WeCLIP+/`` code (``WeCLIP_Plus.model_attn_aff_voc.WeCLIP_Plus`` with its voc
+   config's ``dinov2_vits14``, 384, 3 decoder layers, clip_flag 16, base lr 2e-5); its
+   ``torch.hub.load('facebookresearch/dinov2', ...)`` builds the model from ``--dino-repo`` (a local dinov2 clone,
+   ``source="local"``, ``pretrained=False``) and loads ``--dino-weights`` strictly (:func:`local_hub`). It reads an
+   image's labels from ``Annotations/NAME.xml`` (``weclip_parity.py`` writes them). Its forward always refines
+   (RFM), so ``pseudo.pt`` holds one pass (``rfm``) with ``seg_dino``, ``dino_tokens`` and ``dino_fts``; its
+   training loop body is ``WeCLIP+/scripts/dist_clip_voc.py:260-292`` (:func:`plus_steps`). ``--parts crf`` runs the
+   test script's CRF alone on a finished ``test/logit``.
+
 Outputs in ``--out`` (torch files of float32 tensors and a JSON):
 
 * ``init.pt``: the decoder's initial state dict (``decoder_fts_fuse.*``, ``decoder.*``: WeCLIP's names) and the
