@@ -221,7 +221,7 @@ def test_online_views_pad_black_at_a_random_offset(world):
     assert len(corners) > 1  # not always the top-left corner
 
 
-def test_weclip_test_views_truncate_sizes_and_floor_to_patches(tiny_spec):
+def test_weclip_test_views_truncate_sizes_and_stay_whole(tiny_spec):
     from vpltool.backbone import load_backbone
     from vpltool.decoder import weclip_views
 
