@@ -519,17 +519,17 @@ weclip: $(foreach s,$(WECLIP_SEEDS),$(RUN)/metrics/weclip_seed$(s).json $(RUN)/m
 $(RUN)/weclip_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DATA_DEP)
 	$(VPL) train-decoder $(DATA) -p $< -o $(@D) --recipe weclip --split $(TRAIN_SPLIT) --iters $(WECLIP_ITERS) \
 	  $(WECLIP_ARGS) --seed $* --device $(DEVICE) --overwrite
-$(RUN)/weclip_seed%/pred_val/_stage.json: $(RUN)/weclip_seed%/decoder.safetensors
+$(RUN)/pred_weclip_seed%/_stage.json: $(RUN)/weclip_seed%/decoder.safetensors
 	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
-$(RUN)/metrics/weclip_seed%.json: $(RUN)/weclip_seed%/pred_val/_stage.json
+$(RUN)/metrics/weclip_seed%.json: $(RUN)/pred_weclip_seed%/_stage.json
 	$(VPL) eval $(<D) --json $@ --overwrite
 $(RUN)/weclipplus_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DATA_DEP)
 	$(VPL) train-decoder $(DATA) -p $< -o $(@D) --recipe weclip+ --dino-model $(DINO_MODEL) \
 	  --dino-weights $(DINO_WEIGHTS) --split $(TRAIN_SPLIT) --iters $(WECLIP_ITERS) $(WECLIP_ARGS) --seed $* \
 	  --device $(DEVICE) --overwrite
-$(RUN)/weclipplus_seed%/pred_val/_stage.json: $(RUN)/weclipplus_seed%/decoder.safetensors
+$(RUN)/pred_weclipplus_seed%/_stage.json: $(RUN)/weclipplus_seed%/decoder.safetensors
 	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
-$(RUN)/metrics/weclipplus_seed%.json: $(RUN)/weclipplus_seed%/pred_val/_stage.json
+$(RUN)/metrics/weclipplus_seed%.json: $(RUN)/pred_weclipplus_seed%/_stage.json
 	$(VPL) eval $(<D) --json $@ --overwrite
 
 ## The hostile-input generator, longer than the suite's bounded run (tests/test_fuzz.py; FUZZ_EXAMPLES per command)

@@ -61,6 +61,14 @@ def weclip_section(d: dict) -> list[str]:
            f"{d['threads']} thread(s).", ""]
     for recipe, body in d["recipes"].items():
         out += [f"### `{recipe}`", ""]
+        plus = ref.get(recipe) if isinstance(ref.get(recipe), dict) else None  # a recipe run with its own settings
+        meta = (plus or {}).get("runner_meta") or {}
+        if plus and meta:
+            dino = plus.get("dino", {})
+            out += [f"The clone's `{plus.get('tree', recipe)}/` code; its DINO: {dino.get('repository', '?')} "
+                    f"`{(dino.get('commit') or '?')[:7]}` `{dino.get('model', '?')}` through a local `torch.hub` "
+                    f"({dino.get('weights', '')}); {meta.get('crops')} training crops, {meta.get('steps')} optimiser "
+                    f"steps, the test script on {d.get('test_photos_plus', meta.get('images'))} photos.", ""]
         rows = [[name, f["kind"] + f" {f['bar']:g}", f["value"],
                  ("met" if f["met"] else "NOT met") if f["compared"] else "not compared"]
                 for name, f in body["figures"].items()]

@@ -86,6 +86,7 @@ def make_voc(root: Path, images: int) -> Path:
             band = h // (len(labels) + 1)
             mask[(k + 1) * band - band // 2:(k + 1) * band + band // 2] = VOC.index(c) + 1
         Image.fromarray(mask).save(root / "SegmentationClassAug" / f"{name}.png")
+        write_annotation(root / "Annotations" / f"{name}.xml", (w, h), sorted(labels, key=VOC.index))
         vec = np.zeros(20, np.uint8)
         vec[[VOC.index(c) for c in labels]] = 1
         onehot[name] = vec
@@ -95,6 +96,47 @@ def make_voc(root: Path, images: int) -> Path:
         (lists / f"{split}.txt").write_text("\n".join(names) + "\n")
     np.save(lists / "cls_labels_onehot.npy", onehot)
     return root
+
+
+def write_annotation(path: Path, size: tuple[int, int], labels: list[str]) -> None:
+    """A VOC XML of the image's size and one object per label (in VOC's class order): WeCLIP+'s ``clip_tool.py``
+    reads an image's labels from ``Annotations`` (WeCLIP from the label PNG), in the objects' order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    objects = "".join(f"<object><name>{c}</name></object>" for c in labels)
+    path.write_text(f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height></size>{objects}"
+                    "</annotation>\n")
+
+
+DINO_TIMM, DINO_HUB = "vit_small_patch14_dinov2.lvd142m", "dinov2_vits14"  # WeCLIP+'s voc config: dinov2_vits14
+
+
+def make_dino_weights(work: Path) -> tuple[Path, Path]:
+    """Random DINOv2 ViT-S/14 weights (seed 0) in timm's layout (``dino.safetensors``, what vpltool's
+    ``--dino-weights`` loads) and in DINOv2's own (``dino_hub.pth``: the same tensors plus DINOv2's unused
+    ``mask_token``, what the runner's local ``torch.hub`` loads). Linear and conv weights N(0, 0.02), biases
+    N(0, 0.02), LayerNorm weights 1 + N(0, 0.1), LayerScale gammas U(0.5, 1.5) (timm's 1e-5 init would make every
+    block nearly the identity and the comparison blind), tokens and positions N(0, 0.02)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    st, hub = work / "dino.safetensors", work / "dino_hub.pth"
+    if st.is_file() and hub.is_file():
+        return st, hub
+    gen = torch.Generator().manual_seed(0)
+    model = timm.create_model(DINO_TIMM, pretrained=False, num_classes=0, dynamic_img_size=True)
+    state = {}
+    for name, t in model.state_dict().items():
+        if name.endswith(".gamma"):
+            v = 0.5 + torch.rand(t.shape, generator=gen)
+        elif ("norm" in name) and name.endswith(".weight"):
+            v = 1 + 0.1 * torch.randn(t.shape, generator=gen)
+        else:
+            v = 0.02 * torch.randn(t.shape, generator=gen)
+        state[name] = v.float().contiguous()
+    save_file(state, str(st))
+    torch.save({**state, "mask_token": torch.zeros(1, state["cls_token"].shape[-1])}, hub)
+    return st, hub
 
 
 def setup(work: Path, images: int, model: str = "ViT-B-16-quickgelu") -> tuple[Path, Path, Path]:
@@ -107,6 +149,7 @@ def setup(work: Path, images: int, model: str = "ViT-B-16-quickgelu") -> tuple[P
         marker.write_text(json.dumps({"model": model}))
     voc = work / "voc"
     if not (voc / "ImageSets" / "Segmentation" / "cls_labels_onehot.npy").is_file() or \
+            not (voc / "Annotations").is_dir() or \
             len(list((voc / "JPEGImages").glob("*.jpg"))) != images:
         import shutil
 
@@ -115,12 +158,16 @@ def setup(work: Path, images: int, model: str = "ViT-B-16-quickgelu") -> tuple[P
     return pt, st, voc
 
 
-def run_reference(clone: Path, work: Path, pt: Path, voc: Path, args) -> tuple[Path, dict]:
-    """``weclip_ref_runner.py`` in its own process; its output folder and what ran."""
-    out = work / "ref" / "weclip"
+def run_reference(clone: Path, work: Path, pt: Path, voc: Path, args, plus: tuple[Path, Path] | None = None
+                  ) -> tuple[Path, dict]:
+    """``weclip_ref_runner.py`` in its own process (``plus``: the WeCLIP+ tree with (dinov2 clone, its weights));
+    its output folder and what ran."""
+    out = work / "ref" / ("weclip+" if plus else "weclip")
     cmd = [args.python, str(Path(__file__).parent / "weclip_ref_runner.py"), "--clone", str(clone), "--weights",
            str(pt), "--voc", str(voc), "--out", str(out), "--crops", str(args.crops), "--steps", str(args.steps),
            "--images", str(args.images), "--threads", str(args.threads)]
+    if plus:
+        cmd += ["--tree", "WeCLIP+", "--dino-repo", str(plus[0]), "--dino-weights", str(plus[1])]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore",
            "CUDA_VISIBLE_DEVICES": ""}
     start = time.perf_counter()
@@ -183,8 +230,17 @@ WECLIP_TO_VPLTOOL = (  # WeCLIP's decoder names -> vpltool's SegDecoder names (p
     ("decoder.transformer.resblocks.", "blocks."))
 
 
+PLUS_TO_VPLTOOL = (  # WeCLIP+'s DINO head (dino_decoder_fts_fuse, one MLP) -> vpltool's dino_mlp / dino_fuse
+    ("dino_decoder_fts_fuse.linears_modulelist.0.proj_2.", "dino_mlp.2."),
+    ("dino_decoder_fts_fuse.linears_modulelist.0.proj.", "dino_mlp.0."),
+    ("dino_decoder_fts_fuse.linear_fuse.", "dino_fuse."))
+
+
 def vpltool_name(name: str) -> str | None:
     """vpltool's parameter of a WeCLIP decoder parameter; per-block MLPs as ``block_mlp.<stacked>:<block>``."""
+    for old, new in PLUS_TO_VPLTOOL:
+        if name.startswith(old):
+            return new + name[len(old):]
     if name.startswith("decoder_fts_fuse.linears_modulelist."):
         block, layer, kind = name.split(".")[2:5]
         return f"block_mlp.{'fc1' if layer == 'proj' else 'fc2'}_{kind}:{block}"
@@ -198,16 +254,20 @@ class Vpltool:
     a prototypes file, the recipe's config with dropout 0 (the reference runs with Dropout2d off)."""
 
     def __init__(self, weights: Path, init: dict, recipe: str = "weclip", model: str = "ViT-B-16-quickgelu",
-                 config_dir: Path | None = None):
+                 config_dir: Path | None = None, dino_weights: Path | None = None, dino_model: str | None = None):
         import torch
 
         from vpltool import io
-        from vpltool.backbone import ModelSpec, load_backbone
+        from vpltool.backbone import DinoSpec, ModelSpec, load_backbone, load_model
         from vpltool.cam.gradcam import PrototypeRows
         from vpltool.config.decoder import decoder_recipe
         from vpltool.decoder.network import feature_blocks
 
-        self.cfg = decoder_recipe(recipe, dropout=0.0)
+        self.cfg = decoder_recipe(recipe, dropout=0.0,
+                                  **({"dino_weights": str(dino_weights)} if dino_weights else {}),
+                                  **({"dino_model": dino_model} if dino_model else {}))
+        self.dino = load_model("dino", DinoSpec(self.cfg.dino_model, str(dino_weights)), "cpu") \
+            if self.cfg.dino_model else None
         spec = ModelSpec(model, str(weights), **({"config_dir": str(config_dir)} if config_dir else {}))
         bb = load_backbone(spec, "cpu")
         self.bb = bb.with_normalization(*self.cfg.input_stats())
@@ -219,6 +279,16 @@ class Vpltool:
                                     model={"model": model})
         self.rows = PrototypeRows(self.protos, "cpu")
         self.blocks = feature_blocks(self.bb.n_blocks, self.cfg.include_last_block)
+        if self.cfg.read_blocks:  # WeCLIP+: the last block before the last alone (as train_decoder does)
+            self.blocks = self.blocks[-self.cfg.read_blocks:]
+
+    @property
+    def plus(self) -> bool:
+        return self.dino is not None
+
+    def dino_tokens(self, inputs):
+        """vpltool's DINO patch tokens ``[B, gh, gw, C]`` of the crops (online_step's)."""
+        return self.dino.patch_tokens(self.dino.resized(inputs))
 
     def decoder(self, state: dict):
         """A :class:`SegDecoder` of the recipe holding WeCLIP's decoder ``state``."""
@@ -228,7 +298,9 @@ class Vpltool:
 
         model = SegDecoder(self.cfg, in_width=self.bb.width, n_inputs=len(self.blocks),
                            prototypes=self.protos.vectors, row_class=self.protos.row_class,
-                           temperature=self.temperature)
+                           temperature=self.temperature,
+                           dino_width=None if self.dino is None else int(self.dino.model.num_features))
+        model.dino_backbone = self.dino
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in state.items():
@@ -273,33 +345,48 @@ def compare_pseudo(vt: Vpltool, ref: Path) -> dict:
 
     batch, pseudo = load_pt(ref / "batch.pt"), load_pt(ref / "pseudo.pt")
     inputs, cfg = batch["inputs"].float(), vt.cfg
-    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks))
-    ref_blocks = pseudo["plain"].get("clip_blocks")  # [11, 1 + hw, B, 768]
+    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
+                           cam_input_back=cfg.cam_input_back)
+    first = next(iter(pseudo.values()))
+    ref_blocks = first.get("clip_blocks")  # [11, 1 + hw, B, 768]
+    if ref_blocks is not None:
+        ref_blocks = ref_blocks[[b for b in vt.blocks]]  # the blocks the decoder reads
     out = {"clip_blocks_max_abs_diff": None if ref_blocks is None else
            max_diff(frozen.feats.flatten(2, 3).permute(1, 2, 0, 3), ref_blocks[:, 1:])}
-    for mode in ("plain", "rfm"):
+    for mode in pseudo:  # WeCLIP: plain and rfm; WeCLIP+: rfm (its forward always refines)
         rec = pseudo[mode]
         labels = image_labels(rec["images"])
         seg_aff = rec["attn_pred"] if mode == "rfm" else None
+        guide = None  # WeCLIP+: its decoders' mean softmax (clip_tool.py's seg_dino_cam), from its own logits
+        if vt.plus:
+            guide = F.softmax(0.5 * rec["seg_dino"].float() + 0.5 * rec["seg"].float(), dim=1)
         with torch.enable_grad():
-            got = online_masks(vt.bb, frozen, labels, vt.rows, vt.temperature, inputs, seg_aff, cfg)
+            got = online_masks(vt.bb, frozen, labels, vt.rows, vt.temperature, inputs, seg_aff, cfg, guide)
             cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
                                       layer="input")
-        refined, scores = [], []
+        refined, scores, refined_shaped = [], [], []
         for b, img in enumerate(rec["images"]):
             attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
             trans = affinity(propagation_attention(attention, None if seg_aff is None else seg_aff[b],
                                                    cfg.cam_blocks, cfg.rfm_blocks), exact=True)
             maps = cam.image_maps(b).float()
-            boxes = torch.from_numpy(__import__("numpy").stack([box_mask(c, cfg.box_threshold, parity=True)
-                                                               for c in maps.numpy()])).flatten(1)
+            if guide is not None:
+                maps = maps * guide[b, labels[b]]
+                boxes = torch.ones_like(maps).flatten(1)
+            else:
+                boxes = torch.from_numpy(__import__("numpy").stack([box_mask(c, cfg.box_threshold, parity=True)
+                                                                   for c in maps.numpy()])).flatten(1)
             mine = torch.stack([(trans * boxes[i][None]) @ maps[i].flatten() for i in range(len(maps))])
             mine = mine.view_as(maps)
             refined.append(max_diff(mine, torch.stack(img["cam_refined"])))
+            shaped = torch.stack([((trans * boxes[i][None]) @ maps[i].flatten()[:, None])[:, 0]
+                                  for i in range(len(maps))]).view_as(maps)  # WeCLIP's [hw, hw] @ [hw, 1]
+            refined_shaped.append(max_diff(shaped, torch.stack(img["cam_refined"])))
             up = F.interpolate(minmax(mine)[None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[0]
             scores.append(max_diff(torch.cat([1 - up.amax(0, keepdim=True), up]), img["cams"]))
         out[mode] = {"labels_equal": [share_equal(got[b], rec["labels"][b]) for b in range(len(got))],
-                     "refined_cams_max_abs_diff": refined, "scores_max_abs_diff": scores}
+                     "refined_cams_max_abs_diff": refined, "scores_max_abs_diff": scores,
+                     "refined_cams_max_abs_diff_weclip_shapes": refined_shaped}
     return out
 
 
@@ -314,7 +401,7 @@ def compare_resize(vt: Vpltool, ref: Path) -> dict:
     from vpltool.kernels import minmax
 
     pseudo, diffs, ranges = load_pt(ref / "pseudo.pt"), [], []
-    for mode in ("plain", "rfm"):
+    for mode in pseudo:
         for img in pseudo[mode]["images"]:
             maps = torch.stack(img["cam_refined"]).float()
             size = img["refined_cam"].shape[-2:]
@@ -327,23 +414,137 @@ def compare_resize(vt: Vpltool, ref: Path) -> dict:
             "refined_cam_range_max": max(ranges), "flat_maps": len(ranges) - len([r for r in ranges if r > 0])}
 
 
+def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
+    """Why ``crop_scores`` and ``pseudo_labels`` miss their bars while ``refined_cams`` meets its own: vpltool
+    against itself on WeCLIP's fixed batch (the runner's ``batch.pt``; each crop's labels from its label PNG, as
+    WeCLIP reads them). From one fp32 frozen pass, GradCAM and box masks, each crop's propagated CAMs, crop scores
+    (min-max, bilinear to the crop, background first) and PAR labels are computed four ways: two equivalent orders
+    of the propagation, ``A = (T * box) @ cam`` (vpltool's matrix-vector product), ``B`` the same sums as
+    element-wise products summed over each row, ``C`` WeCLIP's shapes (``[hw, hw] @ [hw, 1]``), each in float32 and
+    in float64 (the transition matrix, min-max, resize and PAR in that precision, from the same fp32 inputs).
+
+    ``A`` vs ``B`` in float32 is one code against itself with the order changed: the difference a second code
+    (WeCLIP's) cannot avoid. ``A`` vs ``B`` in float64 shows the order stops mattering once the rounding is small
+    next to the maps' range (max - min of a propagated CAM: down to 2.5e-5 with random weights)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from vpltool.affinity import affinity, box_masks
+    from vpltool.kernels import minmax
+    from vpltool.train_decoder.online import frozen_online, par
+
+    batch, cfg = load_pt(ref / "batch.pt"), vt.cfg
+    inputs = batch["inputs"].float()
+    labels = []
+    for name in batch["names"]:
+        png = np.asarray(Image.open(voc / "SegmentationClassAug" / f"{name}.png"))
+        labels.append([int(c) for c in np.unique(png) if 0 < c < 255])
+    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks))
+    with torch.enable_grad():
+        cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
+                                  layer="input")
+    boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)
+    pairs = {"fp32_A_vs_B": ((torch.float32, "A"), (torch.float32, "B")),
+             "fp32_A_vs_C": ((torch.float32, "A"), (torch.float32, "C")),
+             "fp64_A_vs_B": ((torch.float64, "A"), (torch.float64, "B")),
+             "fp32_vs_fp64_A": ((torch.float32, "A"), (torch.float64, "A"))}
+    rows, ranges = {k: {"refined_cams": [], "crop_scores": [], "labels_equal": []} for k in pairs}, []
+    for b in range(len(labels)):
+        attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])[-cfg.cam_blocks:]
+        maps = cam.image_maps(b).float()
+        box = boxes[cam.offsets[b]:cam.offsets[b + 1]].flatten(1).float()
+        got = {}
+        for dtype in (torch.float32, torch.float64):
+            trans = affinity(attention.to(dtype).mean(0), exact=True)
+            m, x = maps.to(dtype).flatten(1), box.to(dtype)
+            for order in ("A", "B", "C"):
+                if order == "A":  # vpltool's: the masked matrix times the map (a matrix-vector product)
+                    refined = torch.stack([(trans * x[i][None]) @ m[i] for i in range(len(m))])
+                elif order == "B":  # the same sums, taken as element-wise products and a sum over each row
+                    refined = torch.stack([(trans * (x[i] * m[i])[None]).sum(1) for i in range(len(m))])
+                else:  # C: WeCLIP's shapes (clip_tool.py: matmul of [hw, hw] and [hw, 1])
+                    refined = torch.stack([((trans * x[i][None]) @ m[i][:, None])[:, 0] for i in range(len(m))])
+                refined = refined.view(maps.shape)
+                up = F.interpolate(minmax(refined)[None], size=inputs.shape[-2:], mode="bilinear",
+                                   align_corners=False)[0]
+                scores = torch.cat([1 - up.amax(0, keepdim=True), up])
+                with torch.no_grad():
+                    lab = par(inputs[b][None].to(dtype), scores[None], iters=cfg.par_iters)[0].argmax(0)
+                got[dtype, order] = (refined, scores, lab)
+        flat = got[torch.float64, "A"][0].flatten(1)
+        ranges += (flat.max(1).values - flat.min(1).values).tolist()
+        for key, (one, two) in pairs.items():
+            rows[key]["refined_cams"].append(max_diff(got[one][0], got[two][0]))
+            rows[key]["crop_scores"].append(max_diff(got[one][1], got[two][1]))
+            rows[key]["labels_equal"].append(share_equal(got[one][2], got[two][2]))
+    out = {k: {"refined_cams_max_abs_diff": worst(v["refined_cams"]), "crop_scores_max_abs_diff":
+               worst(v["crop_scores"]), "labels_equal_worst": worst(v["labels_equal"], "min"),
+               "labels_equal": v["labels_equal"]} for k, v in rows.items()}
+    out["refined_cam_range_min"] = min([r for r in ranges if r > 0] or [0.0])
+    out["crops"] = len(labels)
+    return out
+
+
 def compare_decoder(vt: Vpltool, ref: Path) -> dict:
     """The decoder's logits and affinity on WeCLIP's own frozen features (blocks 0-10 of the fixed batch)."""
     import torch
 
     from vpltool.train_decoder.online import decoder_affinity
 
-    init, pseudo = load_pt(ref / "init.pt"), load_pt(ref / "pseudo.pt")["plain"]
+    init, pseudo = load_pt(ref / "init.pt"), load_pt(ref / "pseudo.pt")
+    pseudo = next(iter(pseudo.values()))  # the first pass (WeCLIP: plain; the decoder does not change)
     model = vt.decoder(init["decoder"])
-    blocks = pseudo["clip_blocks"][:, 1:]  # [11, hw, B, 768] without CLS
+    blocks = pseudo["clip_blocks"][[b for b in vt.blocks]][:, 1:]  # [L, hw, B, 768] without CLS, those read
     h = w = int(round(blocks.shape[1] ** 0.5))
-    feats = blocks.permute(2, 0, 1, 3).unflatten(2, (h, w))  # [B, 11, h, w, 768]
+    feats = blocks.permute(2, 0, 1, 3).unflatten(2, (h, w))  # [B, L, h, w, 768]
+    if vt.plus:  # on WeCLIP+'s own DINO tokens; vpltool's DINO on the same crops apart (dino_tokens)
+        tokens = pseudo["dino_tokens"]
+        g = int(round(tokens.shape[1] ** 0.5))
+        tokens = tokens.unflatten(1, (g, g))
+        batch = load_pt(ref / "batch.pt")
+        with torch.no_grad():
+            fused, seg_clip, seg_dino = model.forward_plus(feats, tokens)
+            aff = decoder_affinity(fused)
+            dino_head = model.dino_fuse(model.dino_mlp(tokens.float())).permute(0, 3, 1, 2)
+            mine_tokens = vt.dino_tokens(batch["inputs"].float())
+        return {"dino_tokens_max_abs_diff": max_diff(mine_tokens, tokens),
+                "fused_max_abs_diff": max_diff(fused[:, : pseudo["fts"].shape[1]], pseudo["fts"]),
+                "dino_fused_max_abs_diff": max_diff(dino_head, pseudo["dino_fts"]),
+                "logits_max_abs_diff": worst([max_diff(seg_clip, pseudo["seg"]),
+                                              max_diff(seg_dino, pseudo["seg_dino"])]),
+                "affinity_max_abs_diff": max_diff(aff, pseudo["attn_pred"])}
     with torch.no_grad():
         fused, logits, _ = model(feats)
         aff = decoder_affinity(fused)
     return {"fused_max_abs_diff": max_diff(fused, pseudo["fts"]),
             "logits_max_abs_diff": max_diff(logits, pseudo["seg"]),
             "affinity_max_abs_diff": max_diff(aff, pseudo["attn_pred"])}
+
+
+def loss_diffs(losses: dict, rec: dict) -> dict:
+    """|Δ| of the total loss and of each term (WeCLIP+: also Dice and the cross-branch CE) against one step of the
+    runner. A term WeCLIP's code makes NaN (torch's mean CE over no pixel: a random decoder's arg-max of one class
+    leaves a part of the balanced cross-branch CE empty) is not compared, and neither is the total it makes NaN;
+    ``loss`` is then the total of the terms both give (``loss_of_finite_terms``). vpltool's balanced CE gives 0 for
+    an empty part; torch's backward of that NaN mean is 0 as well, so gradients and steps stay comparable."""
+    import math
+
+    pairs = {"ce": "seg_loss", "aff": "aff_loss", "dice": "dice_loss", "cross": "cross_loss"}
+    out = {k: abs(float(losses[k]) - rec[v]) for k, v in pairs.items() if k in losses and v in rec
+           and math.isfinite(rec[v])}
+    nan_terms = [k for k, v in pairs.items() if k in losses and v in rec and not math.isfinite(rec[v])]
+    if math.isfinite(rec["loss"]):
+        out["loss"] = abs(float(losses["loss"]) - rec["loss"])
+    else:  # the total of the finite terms with the recipe's weights (WeCLIP+: 1 ce + 0.1 aff + 1 dice)
+        mine = float(losses["ce"]) + 0.1 * float(losses["aff"]) + float(losses.get("dice", 0.0))
+        theirs = rec["seg_loss"] + 0.1 * rec["aff_loss"] + rec.get("dice_loss", 0.0)
+        out["loss"] = abs(mine - theirs)
+        out["loss_of_finite_terms"] = True
+    out["reference_nan_terms"] = nan_terms
+    out["weclip_loss"] = rec["loss"]
+    return out
 
 
 def compare_training(vt: Vpltool, ref: Path) -> dict:
@@ -355,7 +556,7 @@ def compare_training(vt: Vpltool, ref: Path) -> dict:
     from vpltool.train_decoder.steps import lr_at, make_optimizer
 
     init, batch, train = (load_pt(ref / f) for f in ("init.pt", "batch.pt", "train.pt"))
-    pseudo = load_pt(ref / "pseudo.pt")["plain"]
+    pseudo = next(iter(load_pt(ref / "pseudo.pt").values()))
     model = vt.decoder(init["decoder"])
     vt.weclip_names = list(init["decoder"])
     optimizer = make_optimizer(model, vt.cfg)
@@ -370,11 +571,8 @@ def compare_training(vt: Vpltool, ref: Path) -> dict:
         grads = [None if mine[n][1] is None else max_diff(mine[n][1].reshape(g.shape), g)
                  for n, g in rec["grads"].items()]
         params = [max_diff(mine[n][0].reshape(p.shape), p) for n, p in rec["params"].items()]
-        steps.append({"loss": abs(float(losses["loss"]) - rec["loss"]),
-                      "ce": abs(float(losses["ce"]) - rec["seg_loss"]),
-                      "aff": abs(float(losses["aff"]) - rec["aff_loss"]), "grads_max_abs_diff": worst(grads),
-                      "params_max_abs_diff": worst(params), "lr_weclip": lr, "lr_vpltool": lr_at(vt.cfg, it),
-                      "weclip_loss": rec["loss"]})
+        steps.append({**loss_diffs(losses, rec), "grads_max_abs_diff": worst(grads),
+                      "params_max_abs_diff": worst(params), "lr_weclip": lr, "lr_vpltool": lr_at(vt.cfg, it)})
     return {"steps": steps}
 
 
@@ -384,7 +582,7 @@ def compare_training_given_labels(vt: Vpltool, ref: Path) -> dict:
     backward, and the recipe's AdamW (:func:`~vpltool.train_decoder.steps.make_optimizer`) at WeCLIP's rate of
     that step: ``online_step``'s body with the masks given (compare_training runs it whole)."""
 
-    from vpltool.train_decoder.online import frozen_online, weclip_losses
+    from vpltool.train_decoder.online import frozen_online, weclip_losses, weclip_plus_losses
     from vpltool.train_decoder.steps import make_optimizer
 
     init, batch, train = (load_pt(ref / f) for f in ("init.pt", "batch.pt", "train.pt"))
@@ -392,35 +590,41 @@ def compare_training_given_labels(vt: Vpltool, ref: Path) -> dict:
     vt.weclip_names = list(init["decoder"])
     optimizer = make_optimizer(model, vt.cfg)
     cfg = vt.cfg
-    frozen = frozen_online(vt.bb, batch["inputs"].float(), vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks))
+    frozen = frozen_online(vt.bb, batch["inputs"].float(), vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
+                           cam_input_back=cfg.cam_input_back)
+    tokens = vt.dino_tokens(batch["inputs"].float()) if vt.plus else None
     steps = []
-    for rec in train["steps"]:
+    for it, rec in enumerate(train["steps"]):
         for group in optimizer.param_groups:
             group["lr"] = rec["lr"][3]
         model.train()
-        fused, logits, _ = model(frozen.feats)
-        losses = weclip_losses(logits.float(), fused.float(), rec["labels"].long(), cfg.aff_radius, cfg.lambda_aff,
-                               balanced=cfg.loss == "balanced")
+        if vt.plus:
+            fused, seg_clip, seg_dino = model.forward_plus(frozen.feats, tokens)
+            losses = weclip_plus_losses(seg_clip.float(), seg_dino.float(), fused.float(), rec["labels"].long(),
+                                        cfg, it)
+        else:
+            fused, logits, _ = model(frozen.feats)
+            losses = weclip_losses(logits.float(), fused.float(), rec["labels"].long(), cfg.aff_radius,
+                                   cfg.lambda_aff, balanced=cfg.loss == "balanced")
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grads = {n: g for n, (_, g) in vt.named_in_weclip(model).items()}
         optimizer.step()
         mine = vt.named_in_weclip(model)
-        steps.append({"loss": abs(float(losses["loss"]) - rec["loss"]),
-                      "ce": abs(float(losses["ce"]) - rec["seg_loss"]),
-                      "aff": abs(float(losses["aff"]) - rec["aff_loss"]),
+        steps.append({**loss_diffs(losses, rec),
                       "grads_max_abs_diff": worst(max_diff(grads[n].reshape(g.shape), g)
                                                   for n, g in rec["grads"].items()),
                       "params_max_abs_diff": worst(max_diff(mine[n][0].reshape(p.shape), p)
                                                    for n, p in rec["params"].items()),
-                      "lr": rec["lr"][3], "weclip_loss": rec["loss"]})
+                      "lr": rec["lr"][3]})
     return {"steps": steps}
 
 
 def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None) -> dict:
-    """The test script's multi-scale + flip logits (its own 512-long-side input tensor, cut to whole patches as its
-    patch conv does) through vpltool's :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels
-    against :func:`vpltool.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
+    """The test script's multi-scale + flip logits (its own 512-long-side input tensor, whole: vpltool's forward cuts
+    it to whole patches after the flip, as WeCLIP's patch conv does) through vpltool's
+    :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels against
+    :func:`vpltool.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -450,8 +654,7 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None
         ratio = 512 / max(h, w)
         x = F.interpolate(x, size=(int(h * ratio), int(w * ratio)), mode="bilinear", align_corners=False)
         views = [x] + [F.interpolate(x, scale_factor=0.75, mode="bilinear", align_corners=False)]
-        views = [v[..., : v.shape[-2] // 16 * 16, : v.shape[-1] // 16 * 16] for v in views]
-        logits = multiscale_logits(forward, views, flip=True)
+        logits = multiscale_logits(forward, views, flip=True)  # whole views: the forward cuts after the flip
         full = F.interpolate(torch.from_numpy(saved["msc_segs"]).float(), size=image.shape[:2], mode="bilinear",
                              align_corners=False)
         ref_pred = np.asarray(Image.open(test_dir / "prediction" / f"{name}.png"))
@@ -473,7 +676,8 @@ def summarise(parts: dict) -> dict:
     pseudo, dec, train, test = (parts.get(k) for k in ("pseudo", "decoder", "train", "test"))
     out = {}
     for mode, suffix in (("plain", ""), ("rfm", "_rfm")):
-        p = pseudo[mode] if pseudo else None
+        # WeCLIP+ refines from the first iteration on (its forward always runs RFM): its one mask is both rows
+        p = (pseudo.get(mode) or pseudo.get("rfm")) if pseudo else None
         out["pseudo_labels" + suffix] = figure(
             "pseudo_labels" + suffix, worst(p["labels_equal"], "min") if p else None,
             "worst crop of the batch; vpltool's own GradCAM, attention and propagation on the same input (the "
@@ -485,6 +689,16 @@ def summarise(parts: dict) -> dict:
         out["crop_scores" + suffix] = figure("crop_scores" + suffix, worst(p["scores_max_abs_diff"]) if p else None,
                                              "the refined CAMs min-max scaled and resized to the crop, background "
                                              "(1 - max) first: what PAR starts from" if p else "")
+    nz = parts.get("noise")
+    if nz:  # the fp32 floor of one code against itself (compare_noise): said next to the two figures it explains
+        a, d, x = nz["fp32_A_vs_B"], nz["fp64_A_vs_B"], nz["fp32_vs_fp64_A"]
+        floor = (f"; the fp32 floor (noise part: vpltool against itself, two equivalent orders of the propagation): "
+                 f"crop scores {a['crop_scores_max_abs_diff']:.2g}, labels {a['labels_equal_worst']:.5f} equal; "
+                 f"fp32 vs float64: {x['crop_scores_max_abs_diff']:.2g}, {x['labels_equal_worst']:.5f}; the same two "
+                 f"orders in float64: {d['crop_scores_max_abs_diff']:.2g}, {d['labels_equal_worst']:.5f}")
+        for key in ("pseudo_labels", "crop_scores", "pseudo_labels_rfm", "crop_scores_rfm"):
+            if out[key]["compared"]:
+                out[key]["note"] = out[key].get("note", "") + floor
     rs = parts.get("resize")
     out["crop_scores_given_refined"] = figure(
         "crop_scores_given_refined", rs["crop_scores_given_refined_max_abs_diff"] if rs else None,
@@ -496,8 +710,14 @@ def summarise(parts: dict) -> dict:
     out["affinity"] = figure("affinity", dec["affinity_max_abs_diff"] if dec else None)
     given = parts.get("train_given_labels")
     steps = given["steps"] if given else None
+    nan_note = ""
+    if steps and any(s.get("loss_of_finite_terms") for s in steps):
+        nan_note = ("; the reference's total is NaN at steps " +
+                    ", ".join(str(i) for i, s in enumerate(steps) if s.get("loss_of_finite_terms")) +
+                    " (its cross-branch CE takes torch's mean over an empty part: 0/0); there the total of the terms "
+                    "both give is compared, and each term apart (details)")
     out["loss"] = figure("loss", worst(s["loss"] for s in steps) if steps else None,
-                         "given the pseudo labels WeCLIP drew at each step" if steps else "")
+                         "given the pseudo labels WeCLIP drew at each step" + nan_note if steps else "")
     out["grads"] = figure("grads", worst(s["grads_max_abs_diff"] for s in steps) if steps else None)
     out["steps"] = figure("steps", worst(s["params_max_abs_diff"] for s in steps) if steps else None,
                           "each step given WeCLIP's learning rate of that step" if steps else "")
@@ -516,7 +736,7 @@ def summarise(parts: dict) -> dict:
     return out
 
 
-PARTS = ("decoder", "pseudo", "resize", "train", "train_given_labels", "test")
+PARTS = ("decoder", "pseudo", "resize", "train", "train_given_labels", "test", "noise")
 
 
 def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None, parts=None) -> dict:
@@ -525,14 +745,26 @@ def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None,
     wanted = PARTS if parts is None else parts
     for name, fn in (("decoder", compare_decoder), ("pseudo", compare_pseudo), ("resize", compare_resize),
                      ("train", compare_training), ("train_given_labels", compare_training_given_labels),
-                     ("test", lambda v, r: compare_test(v, r, voc, test_dir))):
-        if name not in wanted:
+                     ("test", lambda v, r: compare_test(v, r, voc, test_dir)),
+                     ("noise", lambda v, r: compare_noise(v, r, voc))):
+        if name not in wanted or (name == "noise" and vt.plus):  # the floor study is of WeCLIP's boxed masks
             continue
         try:
             done[name] = fn(vt, ref)
         except Exception as e:  # noqa: BLE001 - a missing piece on either side is reported, never hidden
             errors[name] = f"{type(e).__name__}: {e}"[:500]
     return {"figures": summarise(done), "details": done, "errors": errors}
+
+
+def keep(old: dict, new: dict, parts: list[str]) -> None:
+    """``new`` keeps ``old``'s details and errors of the parts not in ``parts`` (not re-run)."""
+    for part, body in old["details"].items():
+        if part not in parts:
+            new["details"][part] = body
+    for part, msg in old["errors"].items():
+        if part not in parts and part not in new["details"]:
+            new["errors"][part] = msg
+    new["figures"] = summarise(new["details"])
 
 
 def commit_of(path: Path) -> str | None:
@@ -559,6 +791,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--update", type=Path, help="an earlier result: the parts not in --parts keep its figures")
     ap.add_argument("--commit", help="the clone's commit, when --ref is an exported tree without .git")
     ap.add_argument("--setup-only", action="store_true")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help="which recipes to compare (the others keep "
+                                                                    "--update's figures)")
+    ap.add_argument("--dino-repo", type=Path, help="weclip+: a local facebookresearch/dinov2 clone (WeCLIP+ "
+                                                   "hub-loads dinov2_vits14 from it)")
+    ap.add_argument("--dino-commit", help="the dinov2 clone's commit, when it is an exported tree without .git")
+    ap.add_argument("--ref-plus-out", type=Path, help="a finished WeCLIP+ runner output folder (not run again)")
     args = ap.parse_args(argv)
     work = args.work or Path("/tmp/weclip_parity")
     work.mkdir(parents=True, exist_ok=True)
@@ -569,30 +807,45 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     recipes: dict = {}
     reference: dict = {"repository": "zbf1991/WeCLIP", "clone": None, "commit": None}
-    if args.ref:
+    wanted = args.recipes.split(",")
+    old = json.loads(args.update.read_text()) if args.update else None
+    if args.ref and "weclip" in wanted:
         reference.update(clone=str(args.ref), commit=args.commit or commit_of(args.ref))
         ref = args.ref_out or work / "ref" / "weclip"
         if not args.ref_out:
             ref, info = run_reference(args.ref, work, pt, voc, args)
             reference.update(info)
-        reference["runner_meta"] = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() \
-            else None
+        meta = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() else None
+        if old:  # the earlier run's reference stays; this run's parts are recorded beside it
+            reference = {**old["reference"], "rerun": {"parts": args.parts, "runner_meta": meta}}
+        else:
+            reference["runner_meta"] = meta
 
         vt = Vpltool(st, load_pt(ref / "init.pt"))
         recipes["weclip"] = compare_all(vt, ref, voc, args.ref_test, args.parts.split(","))
-        if args.update:  # the parts not re-run keep their figures from the earlier result
-            old = json.loads(args.update.read_text())["recipes"]["weclip"]
-            new = recipes["weclip"]
-            for part, body in old["details"].items():
-                if part not in args.parts.split(","):
-                    new["details"][part] = body
-            for part, msg in old["errors"].items():
-                if part not in args.parts.split(",") and part not in new["details"]:
-                    new["errors"][part] = msg
-            new["figures"] = summarise(new["details"])
+        if old:  # the parts not re-run keep their figures from the earlier result
+            keep(old["recipes"]["weclip"], recipes["weclip"], args.parts.split(","))
+    elif old and "weclip" in old["recipes"]:  # not re-run: the earlier result whole, its reference with it
+        recipes["weclip"] = old["recipes"]["weclip"]
+        reference = old["reference"]
     else:
         recipes["weclip"] = {"figures": summarise({}), "details": {}, "errors": {"all": "no --ref: not compared"}}
-    recipes["weclip+"] = {"figures": summarise({}), "details": {}, "errors": {"all": NOT_RUN}}
+    if args.ref and "weclip+" in wanted and args.dino_repo:
+        ref = args.ref_plus_out or work / "ref" / "weclip+"
+        plus_ref = {"tree": "WeCLIP+", "dino": {"repository": "facebookresearch/dinov2", "clone": str(args.dino_repo),
+                                                "commit": args.dino_commit or commit_of(args.dino_repo),
+                                                "model": DINO_HUB, "weights": "random (seed 0, make_dino_weights)"}}
+        dino_st, dino_hub = make_dino_weights(work)
+        if not args.ref_plus_out:
+            ref, info = run_reference(args.ref, work, pt, voc, args, plus=(args.dino_repo, dino_hub))
+            plus_ref.update(info)
+        plus_ref["runner_meta"] = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() \
+            else None
+        reference["weclip+"] = plus_ref
+        vt = Vpltool(st, load_pt(ref / "init.pt"), recipe="weclip+", dino_weights=dino_st)
+        recipes["weclip+"] = compare_all(vt, ref, voc, None, args.parts.split(","))
+    else:
+        recipes["weclip+"] = {"figures": summarise({}), "details": {}, "errors": {"all": NOT_RUN}}
     met = {r: all(f["met"] for f in v["figures"].values()) for r, v in recipes.items()}
     print(json.dumps({
         "benchmark": "weclip-parity", "quick": args.quick, "machine": benchlib.machine("cpu"),
@@ -600,6 +853,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": "cpu", "threads": args.threads, "crops": args.crops, "steps": args.steps, "photos": args.images,
         "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
         "test_photos": len(recipes["weclip"]["details"].get("test", {}).get("images", [])),
+        "test_photos_plus": len(recipes["weclip+"]["details"].get("test", {}).get("images", [])),
         "all_met": met, "recipes": recipes, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
 
 

@@ -29,6 +29,15 @@ around it:
    reads the image's labels from), and ``ImageSets/Segmentation`` with ``train.txt``, ``val.txt`` and
    ``cls_labels_onehot.npy``.
 
+5. ``--tree WeCLIP+``: the clone's ``WeCLIP+/`` code (``WeCLIP_Plus.model_attn_aff_voc.WeCLIP_Plus`` with its voc
+   config's ``dinov2_vits14``, 384, 3 decoder layers, clip_flag 16, base lr 2e-5); its
+   ``torch.hub.load('facebookresearch/dinov2', ...)`` builds the model from ``--dino-repo`` (a local dinov2 clone,
+   ``source="local"``, ``pretrained=False``) and loads ``--dino-weights`` strictly (:func:`local_hub`). It reads an
+   image's labels from ``Annotations/NAME.xml`` (``weclip_parity.py`` writes them). Its forward always refines
+   (RFM), so ``pseudo.pt`` holds one pass (``rfm``) with ``seg_dino``, ``dino_tokens`` and ``dino_fts``; its
+   training loop body is ``WeCLIP+/scripts/dist_clip_voc.py:260-292`` (:func:`plus_steps`). ``--parts crf`` runs the
+   test script's CRF alone on a finished ``test/logit``.
+
 Outputs in ``--out`` (torch files of float32 tensors and a JSON):
 
 * ``init.pt``: the decoder's initial state dict (``decoder_fts_fuse.*``, ``decoder.*``: WeCLIP's names) and the
@@ -205,30 +214,81 @@ class Recorder:
 
         mod.perform_single_voc_cam, mod.generate_cam_label, mod._refine_cams = perform, label, refine
         mod.generate_clip_fts = clip_fts
-        self.hook = self.model.decoder_fts_fuse.register_forward_hook(
-            lambda m, i, o: setattr(self, "fts", o.detach().clone()))
+        self.hooks = [self.model.decoder_fts_fuse.register_forward_hook(
+            lambda m, i, o: setattr(self, "fts", o.detach().clone()))]
+        if hasattr(self.model, "dino_encoder"):  # WeCLIP+: the DINO's patch tokens and its fused features
+            self.hooks.append(self.model.dino_decoder_fts_fuse.register_forward_hook(
+                lambda m, i, o: setattr(self, "dino_fts", o.detach().clone())))
+            enc = self.model.dino_encoder
+            self.saved_ff = enc.forward_features
+
+            def features(*args, **kwargs):
+                out = self.saved_ff(*args, **kwargs)
+                self.dino_tokens = out["x_norm_patchtokens"].detach().clone()
+                return out
+
+            enc.forward_features = features
         return self
 
     def __exit__(self, *exc):
         for k, v in self.saved.items():
             setattr(self.mod, k, v)
-        self.hook.remove()
+        for hook in self.hooks:
+            hook.remove()
+        if hasattr(self, "saved_ff"):
+            del self.model.dino_encoder.forward_features  # the bound method again
 
 
 # --------------------------------------------------------------------------------------------- main
+TREES = {  # --tree -> (the model module, its class) as the tree's scripts build them
+    "WeCLIP": ("WeCLIP_model.model_attn_aff_voc", "WeCLIP"),
+    "WeCLIP+": ("WeCLIP_Plus.model_attn_aff_voc", "WeCLIP_Plus"),
+}
+PLUS = {"dino_model": "dinov2_vits14", "dino_fts_dim": 384, "decoder_layers": 3, "clip_flag": 16,
+        "lr": 2e-5}  # WeCLIP+/configs/voc_attn_reg.yaml: dino_init, clip_init.clip_flag, optimizer.learning_rate
+
+
+@contextlib.contextmanager
+def local_hub(repo: Path, weights: Path):
+    """Point 5: WeCLIP+'s ``torch.hub.load('facebookresearch/dinov2', name)`` builds the model from the local
+    dinov2 clone ``repo`` (``source="local"``, ``pretrained=False``) and loads ``weights`` (DINOv2's own key layout)
+    strictly: the same random DINO vpltool's side loads, no download."""
+    import torch
+
+    saved = torch.hub.load
+
+    def load(repo_or_dir, model, *args, **kwargs):
+        net = saved(str(repo), model, source="local", pretrained=False)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+        return net
+
+    torch.hub.load = load
+    try:
+        yield
+    finally:
+        torch.hub.load = saved
+
+
 def build(args, mod):
     import torch
 
     torch.manual_seed(args.seed)
-    model = mod.WeCLIP(num_classes=CONFIG["num_classes"], clip_model=str(args.weights.resolve()),
-                       embedding_dim=CONFIG["embedding_dim"], in_channels=CONFIG["in_channels"],
-                       dataset_root_path=str(args.voc.resolve()), device="cpu")
-    return model.eval()  # point 3: Dropout2d off
+    common = {"num_classes": CONFIG["num_classes"], "clip_model": str(args.weights.resolve()),
+              "embedding_dim": CONFIG["embedding_dim"], "in_channels": CONFIG["in_channels"],
+              "dataset_root_path": str(args.voc.resolve()), "device": "cpu"}
+    if args.tree == "WeCLIP":
+        return mod.WeCLIP(**common).eval()  # point 3: Dropout2d off
+    with local_hub(args.dino_repo.resolve(), args.dino_weights.resolve()):
+        model = mod.WeCLIP_Plus(dino_model=PLUS["dino_model"], dino_fts_dim=PLUS["dino_fts_dim"],
+                                decoder_layers=PLUS["decoder_layers"], clip_flag=PLUS["clip_flag"], **common)
+    return model.eval()
+
+
+DECODER_PREFIXES = ("decoder_fts_fuse.", "dino_decoder_fts_fuse.", "decoder.")
 
 
 def decoder_state(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if k.startswith(("decoder_fts_fuse.", "decoder."))}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(DECODER_PREFIXES)}
 
 
 def make_batch(args):
@@ -257,11 +317,17 @@ def pseudo(model, mod, names, inputs, rfm: bool) -> dict:
 
     model.iter_num = 15000 if rfm else 0
     with Recorder(mod, model) as rec:
-        seg, labels, attn_pred = model(inputs, names)
+        outs = model(inputs, names)
     fts, attn = rec.clip
+    if len(outs) == 4:  # WeCLIP+: (seg_clip, seg_dino, labels, attn_pred)
+        seg, seg_dino, labels, attn_pred = outs
+    else:
+        (seg, labels, attn_pred), seg_dino = outs, None
     out = {"fts": rec.fts, "seg": seg.detach().clone(), "attn_pred": attn_pred.detach().clone(),
            "labels": labels.detach().clone(), "images": rec.images,
            "clip_blocks": torch.stack(fts, 0), "clip_attn": torch.stack(attn, 0).permute(1, 0, 2, 3).contiguous()}
+    if seg_dino is not None:
+        out.update(seg_dino=seg_dino.detach().clone(), dino_tokens=rec.dino_tokens, dino_fts=rec.dino_fts)
     return out
 
 
@@ -276,7 +342,7 @@ def train_steps(model, mod, names, inputs, steps: int) -> dict:
     from utils.optimizer import PolyWarmupAdamW
 
     groups = model.get_param_groups()
-    lr, wd = CONFIG["lr"], CONFIG["weight_decay"]
+    lr, wd = (PLUS["lr"] if hasattr(model, "dino_encoder") else CONFIG["lr"]), CONFIG["weight_decay"]
     optimizer = PolyWarmupAdamW(
         params=[{"params": groups[0], "lr": lr, "weight_decay": wd},
                 {"params": groups[1], "lr": 0.0, "weight_decay": 0.0},
@@ -286,9 +352,11 @@ def train_steps(model, mod, names, inputs, steps: int) -> dict:
         max_iter=CONFIG["max_iters"], warmup_ratio=CONFIG["warmup_ratio"], power=CONFIG["power"])
     size = CONFIG["crop_size"] // 16
     attn_mask = script.get_mask_by_radius(h=size, w=size, radius=CONFIG["radius"])
-    named = {n: p for n, p in model.named_parameters() if n.startswith(("decoder_fts_fuse.", "decoder."))}
+    named = {n: p for n, p in model.named_parameters() if n.startswith(DECODER_PREFIXES)}
     model.iter_num = 0
     records = []
+    if hasattr(model, "dino_encoder"):
+        return plus_steps(model, script, optimizer, attn_mask, named, names, inputs, steps)
     for _ in range(steps):
         segs, cam, attn_pred = model(inputs, names)
         pseudo_label = cam
@@ -302,6 +370,48 @@ def train_steps(model, mod, names, inputs, steps: int) -> dict:
         optimizer.step()
         records.append({"loss": float(loss), "seg_loss": float(seg_loss), "aff_loss": float(attn_loss),
                         "lr": [g["lr"] for g in optimizer.param_groups], "labels": pseudo_label.detach().clone(),
+                        "grads": {n: p.grad.detach().clone() for n, p in named.items()},
+                        "params": {n: p.detach().clone() for n, p in named.items()}})
+    return {"steps": records, "attn_mask": torch.from_numpy(attn_mask).float()}
+
+
+def plus_steps(model, script, optimizer, attn_mask, named, names, inputs, steps: int) -> dict:
+    """WeCLIP+'s loop body (``WeCLIP+/scripts/dist_clip_voc.py:260-292``), ``steps`` times on the fixed batch."""
+    import torch
+    import torch.nn.functional as F
+    from utils.camutils import cams_to_affinity_label
+    from utils.losses import get_aff_loss
+    from WeCLIP_Plus.dice_loss import DiceLoss
+
+    criterion_dice, ignore = DiceLoss(), CONFIG["ignore_index"]
+    records = []
+    for n_iter in range(steps):
+        segs_clip, segs_dino, cam, attn_pred = model(inputs, names)
+        pseudo_label = cam
+        labels = cam.detach().clone()
+        segs = 0.5 * segs_clip + 0.5 * segs_dino
+        segs = F.interpolate(segs, size=pseudo_label.shape[1:], mode="bilinear", align_corners=False)
+        segs_clip = F.interpolate(segs_clip, size=pseudo_label.shape[1:], mode="bilinear", align_corners=False)
+        segs_dino = F.interpolate(segs_dino, size=pseudo_label.shape[1:], mode="bilinear", align_corners=False)
+        _, pred_label_clip = torch.max(F.softmax(segs_clip, dim=1), dim=1)
+        _, pred_label_dino = torch.max(F.softmax(segs_dino, dim=1), dim=1)
+        pred_max, pred_label_seg = torch.max(F.softmax(segs, dim=1), dim=1)
+        aff_label = cams_to_affinity_label(cam.clone(), mask=attn_mask, ignore_index=ignore,
+                                           clip_flag=PLUS["clip_flag"])
+        attn_loss, _, _ = get_aff_loss(attn_pred, aff_label)
+        if n_iter > 18000:  # never within the steps compared; kept as the script has it
+            pseudo_label[pred_max > 0.75] = pred_label_seg[pred_max > 0.75]
+        seg_loss = script.get_seg_loss(segs, pseudo_label.type(torch.long), ignore_index=ignore)
+        seg_loss2 = criterion_dice(segs, pseudo_label.type(torch.long))
+        seg_clip_loss2 = script.get_seg_loss(segs_clip, pred_label_dino.type(torch.long), ignore_index=ignore)
+        seg_dino_loss2 = script.get_seg_loss(segs_dino, pred_label_clip.type(torch.long), ignore_index=ignore)
+        loss = 1 * seg_loss + 0.1 * attn_loss + 0.1 * (seg_clip_loss2 + seg_dino_loss2) + 1 * seg_loss2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        records.append({"loss": float(loss), "seg_loss": float(seg_loss), "aff_loss": float(attn_loss),
+                        "dice_loss": float(seg_loss2), "cross_loss": float(seg_clip_loss2 + seg_dino_loss2),
+                        "lr": [g["lr"] for g in optimizer.param_groups], "labels": labels,
                         "grads": {n: p.grad.detach().clone() for n, p in named.items()},
                         "params": {n: p.detach().clone() for n, p in named.items()}})
     return {"steps": records, "attn_mask": torch.from_numpy(attn_mask).float()}
@@ -322,9 +432,11 @@ def test(model, args, out: Path) -> None:
     for sub in ("logit", "prediction", "prediction_cmap"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     script.args = SimpleNamespace(resize_long=CONFIG["resize_long"], work_dir=str(out), eval_set=split)
+    script.cfg = SimpleNamespace(clip_init=SimpleNamespace(resize_long=CONFIG["resize_long"]))  # WeCLIP+ reads it
     ds = voc.VOC12SegDataset(root_dir=str(args.voc.resolve()), name_list_dir=lists, split=split, stage="val",
                              aug=False, ignore_index=CONFIG["ignore_index"], num_classes=CONFIG["num_classes"])
-    script.validate(model=model, dataset=ds, test_scales=CONFIG["test_scales"])  # with grad: GradCAM runs in it
+    if model is not None:  # None: the CRF alone, on the logits an earlier run saved (part "crf")
+        script.validate(model=model, dataset=ds, test_scales=CONFIG["test_scales"])  # with grad: GradCAM runs
     cfg = SimpleNamespace(dataset=SimpleNamespace(name_list_dir=lists, root_dir=str(args.voc.resolve())))
     script.crf_proc(config=cfg)
 
@@ -337,10 +449,21 @@ def run(args) -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     install_stubs()
-    folder = args.clone.resolve() / "WeCLIP"
+    folder = args.clone.resolve() / args.tree
     seconds = {}
+    if args.parts == "crf":  # the test script's CRF alone on test/logit (its logits): no model is built
+        with in_clone(folder), cpu_fp32():
+            t = time.perf_counter()
+            test(None, args, out / "test")
+            seconds["crf"] = round(time.perf_counter() - t, 1)
+        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else \
+            run_meta(args, seconds, start)
+        meta.setdefault("seconds", {}).update(seconds)
+        meta["crf_run_apart"] = True
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        return
     with in_clone(folder), cpu_fp32():
-        mod = importlib.import_module("WeCLIP_model.model_attn_aff_voc")
+        mod = importlib.import_module(TREES[args.tree][0])
         model = build(args, mod)
         init = decoder_state(model)
         torch.save({"decoder": init, "bg_text_features": model.bg_text_features.detach().clone(),
@@ -348,7 +471,10 @@ def run(args) -> None:
         names, inputs, boxes = make_batch(args)
         torch.save({"inputs": inputs, "names": names, "img_box": boxes}, out / "batch.pt")
         t = time.perf_counter()
-        if "pseudo" in args.parts:
+        if "pseudo" in args.parts and args.tree == "WeCLIP+":  # its forward always runs RFM (one pass)
+            torch.save({"rfm": pseudo(model, mod, names, inputs, rfm=True)}, out / "pseudo.pt")
+            seconds["pseudo"] = round(time.perf_counter() - t, 1)
+        elif "pseudo" in args.parts:
             torch.save({"plain": pseudo(model, mod, names, inputs, rfm=False),
                         "rfm": pseudo(model, mod, names, inputs, rfm=True)}, out / "pseudo.pt")
             seconds["pseudo"] = round(time.perf_counter() - t, 1)
@@ -361,12 +487,18 @@ def run(args) -> None:
             t = time.perf_counter()
             test(model.eval(), args, out / "test")
             seconds["test"] = round(time.perf_counter() - t, 1)
-    meta = {"parts": args.parts, "config": CONFIG, "seed": args.seed, "crops": args.crops, "steps": args.steps,
-            "images": args.images,
+    (out / "meta.json").write_text(json.dumps(run_meta(args, seconds, start), indent=1))
+
+
+def run_meta(args, seconds: dict, start: float) -> dict:
+    import torch
+
+    plus = {"plus": PLUS, "dino_repo": str(args.dino_repo)} if args.tree == "WeCLIP+" else {}
+    return {"tree": args.tree, "parts": args.parts, "config": CONFIG, **plus, "seed": args.seed,
+            "crops": args.crops, "steps": args.steps, "images": args.images,
             "stubbed": STUBBED, "dropout": "off (model.eval())", "seconds": seconds,
             "total_seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
             "threads": args.threads}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -382,7 +514,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parts", default="pseudo,train,test", help="which outputs to make (comma-separated)")
     ap.add_argument("--threads", type=int, default=1)
-    run(ap.parse_args(argv))
+    ap.add_argument("--tree", choices=tuple(TREES), default="WeCLIP", help="which of the clone's two codes runs")
+    ap.add_argument("--dino-repo", type=Path, help="WeCLIP+: a local facebookresearch/dinov2 clone (its hubconf)")
+    ap.add_argument("--dino-weights", type=Path, help="WeCLIP+: dinov2_vits14 weights in DINOv2's key layout")
+    args = ap.parse_args(argv)
+    if args.tree == "WeCLIP+" and not (args.dino_repo and args.dino_weights):
+        ap.error("--tree WeCLIP+ needs --dino-repo and --dino-weights")
+    run(args)
 
 
 if __name__ == "__main__":

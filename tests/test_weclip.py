@@ -221,18 +221,46 @@ def test_online_views_pad_black_at_a_random_offset(world):
     assert len(corners) > 1  # not always the top-left corner
 
 
-def test_weclip_test_views_truncate_sizes_and_floor_to_patches(tiny_spec):
+def test_weclip_test_views_truncate_sizes_and_stay_whole(tiny_spec):
     from vpltool.backbone import load_backbone
     from vpltool.decoder import weclip_views
 
     bb = load_backbone(tiny_spec, "cpu").with_normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     image = np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8)
     v1, v075 = weclip_views(bb, image, 90, (1.0, 0.75))
-    # long side 90: 67 x 90 (67.5 truncated) -> 64 x 80 at patch 16; 0.75 of 67 x 90: 50 x 67 -> 48 x 64
-    assert v1.shape == (1, 3, 64, 80) and v075.shape == (1, 3, 48, 64)
+    # long side 90: 67 x 90 (67.5 truncated); 0.75 of 67 x 90: 50 x 67 (floored); not cut to patches here
+    assert v1.shape == (1, 3, 67, 90) and v075.shape == (1, 3, 50, 67)
     full = bb.normalize(torch.from_numpy(image)[None])
-    expected = F.interpolate(full, size=(67, 90), mode="bilinear", align_corners=False)[..., :64, :80]
+    expected = F.interpolate(full, size=(67, 90), mode="bilinear", align_corners=False)
     assert torch.allclose(v1, expected) and v1[0, 0].mean() < 1  # ImageNet-normalised
+
+
+def test_decoder_forward_cuts_to_patches_after_the_flip(tiny_spec, monkeypatch):
+    """WeCLIP's test script flips the whole view and its patch conv then drops the last < 16 columns: of the
+    mirror image, the original's first columns go. The CLIP sees the cut batch; the flip happens before."""
+    from vpltool.backbone import load_backbone
+    from vpltool.decoder import views
+
+    bb = load_backbone(tiny_spec, "cpu")
+    seen = []
+
+    def fake_blocks(bb_, pixels, blocks, dtype):
+        seen.append(pixels.clone())
+        return torch.zeros(len(pixels), 1, pixels.shape[-2] // 16, pixels.shape[-1] // 16, 4)
+
+    class Model:
+        dino_width = None
+
+        def __call__(self, feats):
+            return None, feats[:, 0, ..., 0][:, None], None
+
+    monkeypatch.setattr(views, "block_features", fake_blocks)
+    x = torch.arange(2 * 3 * 40 * 50, dtype=torch.float32).reshape(2, 3, 40, 50)
+    views.view_logits(views.decoder_forward(bb, Model(), [0], torch.float32), x, flip=True)
+    got = seen[0]
+    assert got.shape == (4, 3, 32, 48)
+    assert torch.equal(got[:2], x[..., :32, :48]) and torch.equal(got[2:], x.flip(-1)[..., :32, :48])
+    assert not torch.equal(got[2:], x[..., :32, :48].flip(-1))  # cut-then-flip would keep the other columns
 
 
 def test_predict_picks_weclip_views_for_a_weclip_decoder(weclip_run, tmp_path):
@@ -365,3 +393,29 @@ def test_weclip_plus_without_dino_weights_is_one_line_and_writes_nothing(world, 
     with pytest.raises(VplError, match=message):
         run_train_decoder(world, text_protos, out, cfg, CPU)
     assert not out.exists()
+
+
+def test_dino_patch_tokens_resize_positions_as_dinov2():
+    """WeCLIP+ hub-loads DINOv2, whose interpolate_pos_encoding resizes the positions bicubically with a scale factor
+    of (grid + 0.1) / native grid; timm's resample maps the grid otherwise (0.28 max |diff| on a random ViT-S/14 at
+    22x22). At the native grid both are the model's own forward."""
+    from vpltool.backbone import DinoSpec, load_model
+
+    dino = load_model("dino", DinoSpec("test_vit", str(TOY_DINO)), "cpu")
+    m, p = dino.model, dino.patch_size
+    g0, g1 = (int(v) for v in m.patch_embed.grid_size)
+    gen = torch.Generator().manual_seed(0)
+    native = torch.randn(1, 3, g0 * p, g1 * p, generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(dino.patch_tokens(native).flatten(1, 2), m.forward_features(native)[:, 1:], atol=1e-5)
+        x = torch.randn(2, 3, 7 * p, 6 * p, generator=gen)
+        pos = m.pos_embed[0, 1:].reshape(1, g0, g1, -1).permute(0, 3, 1, 2)
+        pos = F.interpolate(pos, scale_factor=((7 + 0.1) / g0, (6 + 0.1) / g1), mode="bicubic", align_corners=False)
+        tokens = m.patch_embed.proj(x).flatten(2).transpose(1, 2) + pos.flatten(2).transpose(1, 2)
+        cls = (m.cls_token + m.pos_embed[:, :1]).expand(2, -1, -1)
+        want = m.norm(m.blocks(torch.cat([cls, tokens], 1)))[:, 1:]
+        got = dino.patch_tokens(x).flatten(1, 2)
+        timm_own = m.forward_features(x)[:, 1:]
+    assert got.shape == (2, 42, m.num_features)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (timm_own - want).abs().max() > 1e-3  # the two resizes do differ here: the check above can fail

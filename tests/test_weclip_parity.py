@@ -144,3 +144,44 @@ def test_parity_page_is_rendered_from_the_results(tmp_path):
     (tmp_path / "weclip_parity.json").write_text(json.dumps(fake))
     page = parity_page.render(tmp_path)
     assert "| logits | max abs diff <= 1e-05 | not compared | not compared |" in page and "- all: no --ref" in page
+
+
+def test_weclip_plus_decoder_names_load_into_segdecoder_and_back(tmp_path):
+    """WeCLIP+'s decoder (the CLIP head reading one block, dino_decoder_fts_fuse, the shared decoder) under its own
+    names onto vpltool's weclip+ SegDecoder and back; every trainable parameter comes from WeCLIP+'s."""
+    import bench_cam
+
+    toy_dino = ROOT / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
+    _, st = bench_cam.make_weights(tmp_path, "vpl-test-vit", ASSETS)
+    g = torch.Generator().manual_seed(1)
+    init = {"fg_text_features": torch.randn(20, 32, generator=g), "bg_text_features": torch.randn(25, 32, generator=g)}
+    vt = weclip_parity.Vpltool(st, init, recipe="weclip+", model="vpl-test-vit", config_dir=ASSETS,
+                               dino_weights=toy_dino, dino_model="test_vit")
+    assert len(vt.blocks) == 1 and vt.plus  # WeCLIP+ reads the block before the last alone
+    dim, width = 256, int(vt.dino.model.num_features)
+    state = weclip_state(vt.bb.width, 1)
+    p = "dino_decoder_fts_fuse."
+    state.update({p + "linears_modulelist.0.proj.weight": torch.randn(dim, width, generator=g),
+                  p + "linears_modulelist.0.proj.bias": torch.randn(dim, generator=g),
+                  p + "linears_modulelist.0.proj_2.weight": torch.randn(dim, dim, generator=g),
+                  p + "linears_modulelist.0.proj_2.bias": torch.randn(dim, generator=g),
+                  p + "linear_fuse.weight": torch.randn(dim, dim, 1, 1, generator=g),
+                  p + "linear_fuse.bias": torch.randn(dim, generator=g)})
+    model = vt.decoder(state)
+    vt.weclip_names = list(state)
+    back = vt.named_in_weclip(model)
+    assert set(back) == set(state)
+    for name, value in state.items():
+        assert torch.equal(back[name][0].reshape(value.shape), value), name
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == sum(v.numel() for v in state.values())
+
+
+def test_loss_diffs_leave_out_a_reference_nan_term():
+    mine = {k: torch.tensor(v) for k, v in {"ce": 1.0, "aff": 0.5, "dice": 0.25, "cross": 0.0, "loss": 1.3}.items()}
+    ref = {"loss": float("nan"), "seg_loss": 1.0, "aff_loss": 0.5, "dice_loss": 0.25, "cross_loss": float("nan")}
+    out = weclip_parity.loss_diffs(mine, ref)
+    assert "cross" not in out and out["reference_nan_terms"] == ["cross"] and out["loss_of_finite_terms"]
+    assert out["loss"] == pytest.approx(0.0) and out["ce"] == 0.0
+    ref.update(loss=1.4, cross_loss=0.0)
+    out = weclip_parity.loss_diffs(mine, ref)
+    assert out["loss"] == pytest.approx(0.1) and out["cross"] == 0.0 and "loss_of_finite_terms" not in out

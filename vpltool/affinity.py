@@ -17,9 +17,9 @@ def affinity(attention: torch.Tensor, exact: bool = False) -> torch.Tensor:
 
     Column then row normalisation three times (Sinkhorn-style), ``(T + T^T) / 2``, then one squaring, in float32 as
     CLIP-ES. By default the sums have a floor (a patch nobody attends to would divide by zero); ``exact`` leaves it
-    out, as CLIP-ES (``--parity clip-es``).
+    out, as CLIP-ES (``--parity clip-es``). A float64 map stays float64 (parity/weclip_parity.py's precision study).
     """
-    t = attention.float()
+    t = attention if attention.dtype == torch.float64 else attention.float()
     floor = 0.0 if exact else 1e-12
     for _ in range(3):  # [..., hw, hw]: a batch of maps is normalised map by map
         t = t / t.sum(-2, keepdim=True).clamp_min(floor)

@@ -224,9 +224,17 @@ class DinoBackbone:
     def final_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """A proxy model's patch tokens as DINO's own ``get_intermediate_layers(x)[0]`` gives them (ProxyCLIP):
         ``[B, 3, H, W]`` pixels normalised with :attr:`mean` / :attr:`std` -> (``[B, hw, C]`` the final ``norm``
-        output without the prefix tokens, ``(h, w)``). DINO's arithmetic on timm's modules: the positional embedding
-        resized bicubically with the ``+0.1`` scale factor (not timm's resample), attention as
-        ``softmax((q kᵀ) scale) v``; a side that is no patch multiple loses its remainder."""
+        output without the prefix tokens, ``(h, w)``) (:meth:`_dino_forward`)."""
+        if self.n_prefix != 1 or getattr(self.model, "cls_token", None) is None:
+            name = self.spec.model if self.spec else type(self.model).__name__
+            raise VplError(f"--proxy-model {name}: {self.n_prefix} prefix tokens; the proxy attention takes a DINO "
+                           "ViT with one class token and no registers, e.g. vit_base_patch8_224.dino")
+        return self._dino_forward(pixels)
+
+    def _dino_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """DINO's / DINOv2's own forward on timm's modules (:meth:`_dino_tokens`, then every block with attention
+        as ``softmax((q kᵀ) scale) v``, then the final norm): ``[B, 3, H, W]`` -> (``[B, hw, C]`` final-norm patch
+        tokens, grid)."""
         m = self.model
         x, grid = self._dino_tokens(pixels)
         for blk in m.blocks:
@@ -235,15 +243,14 @@ class DinoBackbone:
         return m.norm(x)[:, self.n_prefix :], grid
 
     def _dino_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """DINO's ``prepare_tokens`` on timm's modules: ``[B, 3, H, W]`` -> (``[B, 1 + hw, C]``, ``(h, w)``); the
-        positional embedding resized bicubically with the ``+0.1`` scale factor; a side's remainder dropped."""
+        """DINO's / DINOv2's ``prepare_tokens`` on timm's modules: ``[B, 3, H, W]`` -> (``[B, prefix + hw, C]``,
+        ``(h, w)``). The positional embedding resized bicubically with the ``+0.1`` scale factor (DINOv2's
+        ``interpolate_pos_encoding``; timm's resample maps the grid differently: 0.28 max |Δ| on a random ViT-S/14
+        at 22x22, parity/weclip_parity.py), register tokens inserted after the class token once the positions are
+        added; a side that is no patch multiple loses its remainder."""
         from .dense import resize_positional
 
         m = self.model
-        if self.n_prefix != 1 or getattr(m, "cls_token", None) is None:
-            name = self.spec.model if self.spec else type(m).__name__
-            raise VplError(f"--proxy-model {name}: {self.n_prefix} prefix tokens; the proxy attention takes a DINO "
-                           "ViT with one class token and no registers, e.g. vit_base_patch8_224.dino")
         p = self.patch_size
         grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
         pixels = pixels[..., : grid[0] * p, : grid[1] * p]
@@ -253,12 +260,15 @@ class DinoBackbone:
         native = m.patch_embed.grid_size
         x = x + resize_positional(pos.float(), (int(native[0]), int(native[1])), grid,
                                   "bicubic-dino").to(x.dtype)[None]
+        registers = getattr(m, "reg_token", None)
+        if registers is not None:  # DINOv2's *_reg models: registers between the class token and the patches
+            x = torch.cat([x[:, :1], registers.expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1:]], dim=1)
         return x, grid
 
     def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
-        normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the class token, ``(h, w)``),
-        DINO's arithmetic as in :meth:`final_tokens`."""
+        normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the prefix tokens, ``(h, w)``),
+        DINO's arithmetic as in :meth:`_dino_forward`."""
         m = self.model
         x, grid = self._dino_tokens(pixels)
         for blk in m.blocks[:-1]:
@@ -273,14 +283,14 @@ class DinoBackbone:
     @torch.no_grad()
     def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` normalised pixels -> ``[B, H // p, W // p, C]`` float32: the final-norm patch tokens
-        (DINOv2's ``x_norm_patchtokens``; prefix and register tokens dropped). WeCLIP+ first resizes its crop to
-        whole patches (bilinear), which callers do."""
-        b, _, h, w = pixels.shape
-        grid = (h // self.patch_size, w // self.patch_size)
-        tokens = self.model.forward_features(pixels.to(self.device))[:, self.n_prefix:]
-        if tokens.shape[1] != grid[0] * grid[1]:
-            raise VplError(f"--dino-model: {tokens.shape[1]} patch tokens for a {grid[0]}x{grid[1]} grid; the model "
-                           "pads or pools its patches, use a plain ViT")
+        (DINOv2's ``forward_features(x)["x_norm_patchtokens"]``, :meth:`_dino_forward`; prefix and register tokens
+        dropped). WeCLIP+ first resizes its crop to whole patches (bilinear, :meth:`resized`), which callers do."""
+        if getattr(self.model, "cls_token", None) is None or not hasattr(self.model, "pos_embed") or \
+                getattr(self.model, "no_embed_class", False):
+            name = self.spec.model if self.spec else type(self.model).__name__
+            raise VplError(f"--dino-model {name}: no class token with an absolute positional embedding; use a "
+                           "DINO / DINOv2 ViT such as vit_small_patch14_dinov2.lvd142m")
+        tokens, grid = self._dino_forward(pixels.to(self.device))
         return tokens.float().unflatten(1, grid)
 
     def resized(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,9 @@ def view_size(bb, height: int, width: int, long_side: int, scale: float) -> tupl
 def weclip_views(bb, image, long_side: int, scales: Sequence[float]) -> list[Tensor]:
     """WeCLIP's test views (``test_msc_flip_voc.py:60-90``): the normalised image ``[1, 3, H0, W0]`` resized
     bilinearly (no antialias) to a long side of ``long_side``, each side truncated (``int(h * ratio)``); a scale
-    ``s != 1`` resized from that view by ``scale_factor=s`` (sides floored); each view cropped to whole patches
-    (WeCLIP's stride-16 patch conv drops the last < 16 rows and columns).
+    ``s != 1`` resized from that view by ``scale_factor=s`` (sides floored). The views are not cut to whole
+    patches here: WeCLIP's stride-16 patch conv drops the last < 16 rows and columns of each view *and of its
+    mirror image*, after the flip (:func:`decoder_forward` cuts), and WeCLIP+'s DINO sees the whole view.
 
     Args:
         bb: the backbone (its normalisation: the decoder's, :meth:`ClipBackbone.with_normalization`).
@@ -48,11 +49,9 @@ def weclip_views(bb, image, long_side: int, scales: Sequence[float]) -> list[Ten
     ratio = long_side / max(h, w)
     base = F.interpolate(x, size=(max(1, int(h * ratio)), max(1, int(w * ratio))), mode="bilinear",
                          align_corners=False)
-    p = bb.patch_size
     out = []
     for s in scales:
-        v = base if s == 1.0 else F.interpolate(base, scale_factor=s, mode="bilinear", align_corners=False)
-        out.append(v[..., : max(p, v.shape[-2] // p * p), : max(p, v.shape[-1] // p * p)])
+        out.append(base if s == 1.0 else F.interpolate(base, scale_factor=s, mode="bilinear", align_corners=False))
     return out
 
 
@@ -94,10 +93,14 @@ def multiscale_logits(forward: Callable[[Tensor], Tensor], views: Sequence[Tenso
 
 
 def decoder_forward(bb, model: SegDecoder, blocks: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
-    """``[B, 3, H, W]`` pixels -> ``[B, C + 1, h, w]`` class scores: the frozen blocks, then the decoder."""
+    """``[B, 3, H, W]`` pixels -> ``[B, C + 1, h, w]`` class scores: the frozen blocks, then the decoder. Sides
+    that are no patch multiple lose their last rows / columns before the CLIP (WeCLIP's patch conv; a view's mirror
+    image is cut after the flip, as WeCLIP's test script runs it); WeCLIP+'s DINO gets the whole batch."""
 
     def forward(batch: Tensor) -> Tensor:
-        feats = block_features(bb, batch, blocks, dtype)
+        p = bb.patch_size
+        h, w = max(p, batch.shape[-2] // p * p), max(p, batch.shape[-1] // p * p)
+        feats = block_features(bb, batch[..., :h, :w], blocks, dtype)
         dino = getattr(model, "dino_backbone", None) if getattr(model, "dino_width", None) else None
         tokens = None if dino is None else dino.patch_tokens(dino.resized(batch))  # WeCLIP+: the DINO's view
         with torch.no_grad(), autocast(bb.device, dtype):

@@ -74,15 +74,17 @@ def par(image: Tensor, masks: Tensor, dilations: Sequence[int] = PAR_DILATIONS, 
         dilations: neighbour rings; iters: propagation rounds.
 
     Returns:
-        ``[B, K, h, w]`` float32: ``iters`` rounds of ``m <- sum_n aff_n m_n`` over the neighbours, with
+        ``[B, K, h, w]`` float32 (float64 when ``masks`` is: parity/weclip_parity.py's precision study):
+        ``iters`` rounds of ``m <- sum_n aff_n m_n`` over the neighbours, with
         ``aff = softmax_n(-(|I - I_n| / std_n(I_n) / 0.3)^2 mean over RGB) + 0.01 softmax_n(-(pos_n / std / 0.3)^2)``.
     """
-    image, masks = image.float(), masks.float()
+    dtype = torch.float64 if masks.dtype == torch.float64 else torch.float32
+    image, masks = image.to(dtype), masks.to(dtype)
     if image.shape[-2:] != masks.shape[-2:]:
         image = F.interpolate(image, size=masks.shape[-2:], mode="bilinear", align_corners=True)
     b, _, h, w = image.shape
     near = _neighbours(image, dilations)  # [B, 3, n, h, w]
-    ring = torch.ones(8, dtype=torch.float32)
+    ring = torch.ones(8, dtype=dtype)
     ring[[0, 2, 5, 7]] = float(np.sqrt(2))  # the diagonal neighbours are sqrt(2) rings away
     pos = torch.cat([ring * d for d in dilations]).to(image.device).view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)
     diff = (near - image.unsqueeze(2)).abs()
