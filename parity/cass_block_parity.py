@@ -18,6 +18,7 @@ The clone's ``clip`` package is imported in this process (vpltool's is ``vpltool
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     class Args:
         proxy_weights = str(work / "dino_vitb8.pth")
 
-    with r.cass_on_cpu(Args):
+    # CASS's DINO prints where its weights come from on stdout, which carries this script's one JSON object
+    with r.cass_on_cpu(Args), contextlib.redirect_stdout(sys.stderr):
         net, _ = clip.load(str(work / "weights.pt"), device="cpu", jit=False)
         dino = DinoSelfAttention(arch="vit_base", patch_size=8, image_size=(224, 224))
     net.visual.set_params("reduced", "spectral", 5.0)
