@@ -326,10 +326,6 @@ def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None,
     f = read_tensors(path, kind=CAM_KIND, classes=classes, keys=("cams", "labels"), framework="np")
     maps, raw_labels = f["cams"], f["labels"]
     expected, labels = labels, tuple(int(v) for v in raw_labels.reshape(-1))
-    if expected is not None and sorted(labels) != sorted(int(c) for c in expected):
-        raise ContractError(f"{f.path}: CAMs for classes {list(labels)}, but the image is labelled "
-                            f"{sorted(int(c) for c in expected)}; the file was made for another image or dataset: "
-                            "re-run `vpltool cam` (with --overwrite)")
     if maps.ndim != 3 or len(maps) != len(labels):
         raise ContractError(f"{f.path}: cams {maps.shape} do not match {len(labels)} labels; re-run `vpltool cam`")
     n_classes = len(classes if classes is not None else f.classes)
@@ -339,6 +335,10 @@ def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None,
     if len(set(labels)) != len(labels):
         raise ContractError(f"{f.path}: labels {list(labels)} name a class twice (one map per label); the file is "
                             "damaged: re-run `vpltool cam` (with --overwrite)")
+    if expected is not None and sorted(labels) != sorted(int(c) for c in expected):
+        raise ContractError(f"{f.path}: CAMs for classes {list(labels)}, but the image is labelled "
+                            f"{sorted(int(c) for c in expected)}; the file was made for another image or dataset: "
+                            "re-run `vpltool cam` (with --overwrite)")
     check_finite(f.path, "cams", maps)
     if maps.size and (maps.min() < 0 or maps.max() > 1):
         raise ContractError(f"{f.path}: cams hold values in [{maps.min():g}, {maps.max():g}], the format's are in "
