@@ -3227,7 +3227,7 @@ def _choice_val_json(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("choose-pseudo after a candidate's mask folder was deleted (its score kept)",
-      "choice_deleted/caa/pseudo: no finished pseudo masks there", "`make pseudo`")
+      "choice_deleted/caa/pseudo: no finished pseudo masks there", "`make pseudo RUN=", "REFINES='none caa'`")
 def _choice_deleted(ws: Workspace) -> Iterator[list[object]]:
     run = _choice_run(ws, "choice_deleted")
     shutil.rmtree(run / "caa" / "pseudo")
@@ -3275,6 +3275,18 @@ def _choice_list(ws: Workspace) -> Iterator[list[object]]:
     yield ["choose-pseudo", run, "none", "caa"]
 
 
+@case("choose-pseudo after running the eval command it quoted for a score JSON that is a list (the fix works)",
+      "choice_list_fixed/", exit_code=0, leaves=("choice_list_fixed/metrics/pseudo_choice.json",))
+def _choice_list_fixed(ws: Workspace) -> Iterator[list[object]]:
+    run = _choice_run(ws, "choice_list_fixed")
+    _edit_score(run, lambda r: [r["miou"]])
+    refused = invoke("choose-pseudo", run, "none", "caa", "--by", "masks")
+    quoted = re.search(r"re-run `(vpltool eval [^`]*)`", refused.output)
+    assert refused.exit_code == 2 and quoted, refused.output
+    cli_ok(*shlex.split(quoted.group(1))[1:])
+    yield ["choose-pseudo", run, "none", "caa", "--by", "masks"]
+
+
 @case("choose-pseudo RUN caa where RUN's own folders are none's (the refinement is read from the records)",
       "choice_own/caa/pseudo", exit_code=0, leaves=("choice_own/metrics/pseudo_choice.json",))
 def _choice_own(ws: Workspace) -> Iterator[list[object]]:
@@ -3283,7 +3295,7 @@ def _choice_own(ws: Workspace) -> Iterator[list[object]]:
 
 @case("choose-pseudo (by decoder) with no decoder trained on a candidate's masks",
       "choice_no_decoder/decoder/decoder.safetensors: not found: the decoder trained on choice_no_decoder/pseudo",
-      "`make decoders`")
+      "`make decoders RUN=", "REFINES='none caa'`")
 def _choice_no_decoder(ws: Workspace) -> Iterator[list[object]]:
     yield ["choose-pseudo", _choice_run(ws, "choice_no_decoder"), "none", "caa"]
 

@@ -186,3 +186,21 @@ def test_make_demo_keeps_refines_given_on_the_command_line():
     """`make demo REFINES=...` compares what the user named, not the demo's own two."""
     cmds = commands(make("-n", "demo", "RUN=runs/x", "REFINES=none caa+sgc").stdout)
     assert "choose-pseudo runs/x none caa+sgc --pick" in next(c for c in cmds if "choose-pseudo" in c)
+
+
+@pytest.mark.parametrize("target,made", [("pseudo", "pseudo"), ("decoders", "pred_train")])
+def test_choose_pseudo_quotes_a_make_command_that_makes_this_runs_missing_folders(target, made):
+    """The fix choose-pseudo quotes names the run and its refinements (the Makefile's own RUN and REFINES are the
+    demo's): run as quoted, it makes every candidate's folder of that run, and the candidate it was missing."""
+    import shlex
+
+    from vpltool.demo.choose_pseudo import make_fix
+
+    fix = make_fix(target, Path("runs/mine"), ["none", "caa+sgc"])
+    words = shlex.split(fix.strip("`"))
+    assert words[:2] == ["make", target]
+    result = make("-n", *words[1:])
+    assert result.returncode == 0, result.stderr
+    outs = {c.split(" -o ")[1].split()[0] for c in commands(result.stdout) if " -o " in c}
+    assert f"runs/mine/caa+sgc/{made}" in outs, sorted(outs)
+    assert not any(o.startswith("runs/demo") for o in outs), sorted(outs)

@@ -20,6 +20,7 @@ studies/study_pseudo_choice.py). ``--by masks`` keeps the masks' own mIoU (no de
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,6 +44,12 @@ def metrics_dir(run: Path, refine: str, run_refine: str | None) -> Path:
     return run / "metrics" if refine == run_refine else run / "metrics" / refine
 
 
+def make_fix(target: str, run: Path, refines: Sequence[str]) -> str:
+    """The Make command that re-makes ``target`` for this run and these refinements, as a fix to quote: the
+    Makefile's own RUN and REFINES are the demo's, so a bare ``make pseudo`` would make another run's folders."""
+    return f"`make {target} RUN={shlex.quote(str(run))} REFINES={shlex.quote(' '.join(refines))}`"
+
+
 def recorded_refinement(pseudo: Path) -> str:
     """The ``--refine`` of the CAMs a `crf` folder was made from: its record names the digest of their record, which
     must be that of the ``cams_vision`` folder beside it (the Makefile's layout); one line otherwise."""
@@ -54,7 +61,7 @@ def recorded_refinement(pseudo: Path) -> str:
     cams_record = io.stage_record_path(cams)
     if not cams_record.is_file() or io.sha256_file(cams_record) != record["inputs"].get("cams"):
         raise VplError(f"{pseudo}: its record names CAMs other than {cams} (or none), so its refinement is unknown; "
-                       f"re-run `vpltool crf {cams} -o {pseudo} --overwrite` (or `make pseudo`)")
+                       f"re-run `vpltool crf {cams} -o {pseudo} --overwrite`")
     refine = io.read_record(cams_record)["params"].get("refine")
     if refine not in REFINES:
         raise VplError(f"{cams_record}: records no known --refine ({refine!r}); re-run its `vpltool cam`")
@@ -79,11 +86,12 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
 
 
-def checked_score(scored: Path, folder: Path, split: str | None, target: str = "pseudo") -> dict[str, Any]:
+def checked_score(scored: Path, folder: Path, split: str | None, remake: str) -> dict[str, Any]:
     """The eval JSON ``scored`` of the mask folder ``folder``, after checking that it is an eval result of that
     folder as it is now, on ``split`` (None: the split the masks were made from); one line naming the fix
-    otherwise (``target``: the Make target that re-makes it)."""
-    fix = f"re-run `vpltool eval {folder} --json {scored}` (or `make {target}`)"
+    otherwise (``remake``: the Make command that re-makes it, :func:`make_fix`)."""
+    # --overwrite: the file may be no score at all (edited, a list), which eval replaces only when told to
+    fix = f"re-run `vpltool eval {folder} --json {scored} --overwrite` (or {remake})"
     if not scored.is_file():
         raise VplError(f"{scored}: no train-split score of {folder}; {fix}")
     result = io.read_json(scored)
@@ -122,15 +130,14 @@ def dataset_digest(folder: Path) -> dict[str, Any]:
     return found
 
 
-def check_same_dataset(folder: Path, reference: Path, what: str) -> None:
+def check_same_dataset(folder: Path, reference: Path, what: str, remake: str) -> None:
     """One line unless ``folder`` was made from the dataset ``reference`` was (every digest both records keep
-    agrees): scores of folders made from two datasets are never compared."""
+    agrees): scores of folders made from two datasets are never compared (``remake``: :func:`make_fix`)."""
     mine, theirs = dataset_digest(folder), dataset_digest(reference)
     differ = [k for k in (*DATASET_DIGESTS, "classes") if k in mine and k in theirs and mine[k] != theirs[k]]
     if differ:
         raise VplError(f"{folder}: made from another dataset than {reference} (their records' {differ[0]} digests "
-                       f"differ), so {what} are not comparable; re-make it from the run's dataset (`make pseudo`, "
-                       "`make decoders`)")
+                       f"differ), so {what} are not comparable; re-make it from the run's dataset ({remake})")
 
 
 def check_score_consistent(scored: Path, result: dict[str, Any], fix: str) -> None:
@@ -160,23 +167,23 @@ def check_score_consistent(scored: Path, result: dict[str, Any], fix: str) -> No
                            f"({'none' if again is None else f'{again:.4f}'}): the file was edited or damaged; {fix}")
 
 
-def checked_decoder_score(base: Path, scored: Path, pseudo: Path, split: str) -> float:
+def checked_decoder_score(base: Path, scored: Path, pseudo: Path, split: str, remake: str) -> float:
     """The training-split mIoU of ``base/pred_train``, the prediction of the decoder ``base/decoder`` trained on the
     masks ``pseudo`` (each link checked through the records: the prediction's decoder digest, the decoder's masks
-    digest), from its eval JSON ``scored``."""
+    digest), from its eval JSON ``scored`` (``remake``: the Make command that re-makes them, :func:`make_fix`)."""
     pred, decoder = base / "pred_train", base / "decoder" / "decoder.safetensors"
     if not decoder.is_file() or not io.stage_record_path(pred).is_file():
         raise VplError(f"{decoder if not decoder.is_file() else pred}: not found: the decoder trained on {pseudo} and "
-                       "its prediction on the training split are what the rule scores; make them (`make decoders`), "
-                       "or choose --by masks")
-    result = checked_score(scored, pred, split, target="decoders")
-    check_same_dataset(pred, pseudo, "its decoder's score and the masks it was trained on")
+                       f"its prediction on the training split are what the rule scores; make them ({remake}), or "
+                       "choose --by masks")
+    result = checked_score(scored, pred, split, remake)
+    check_same_dataset(pred, pseudo, "its decoder's score and the masks it was trained on", remake)
     if io.read_record(io.stage_record_path(pred))["inputs"].get("decoder") != io.sha256_file(decoder):
         raise VplError(f"{pred}: not predicted by {decoder} as it is now (re-trained since?); re-run its predict "
-                       "and eval (`make decoders`)")
+                       f"and eval ({remake})")
     trained_on = _json_field(io.read_header(decoder).get("vpltool.inputs"), "pseudo", "sha256")
     if trained_on != io.sha256_file(io.stage_record_path(pseudo)):
-        raise VplError(f"{decoder}: not trained on {pseudo} as it is now; re-train it (`make decoders`)")
+        raise VplError(f"{decoder}: not trained on {pseudo} as it is now; re-train it ({remake})")
     return result["miou"]
 
 
@@ -218,29 +225,30 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
     if by not in RULES:
         raise VplError(f"choose-pseudo: --by {by!r}; use one of {', '.join(BY)}")
     if not run.is_dir():
-        raise VplError(f"{run}: run folder not found; run `make pseudo RUN={run}` first")
+        raise VplError(f"{run}: run folder not found; run {make_fix('pseudo', run, among)} first")
     # the output first (the house rule): a user's file there is refused before any score is read
     io.check_outputs("choose-pseudo", {"RUN/metrics/" + CHOICE_FILE: (run / "metrics" / CHOICE_FILE, "file",
                                                                       "pseudo-choice")}, overwrite=overwrite)
     own = _own_refinement(run, run_refine)
+    remake_masks, remake_decoders = make_fix("pseudo", run, among), make_fix("decoders", run, among)
     candidates = []
     for name in among:
         folder = refinement_dir(run, name, own) / "pseudo"
         if not io.stage_record_path(folder).is_file():
             raise VplError(f"{folder}: no finished pseudo masks there (folder or its _stage.json missing); make "
-                           f"{name}'s masks and score them on train (`make pseudo`)")
+                           f"{name}'s masks and score them on train ({remake_masks})")
         made_by = recorded_refinement(folder)
         if made_by != name:
             raise VplError(f"{folder}: made from CAMs of --refine {made_by} (its cams_vision record), not {name}; "
-                           f"re-make {name}'s masks there (`make pseudo`)")
-        scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split)
+                           f"re-make {name}'s masks there ({remake_masks})")
+        scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split, remake_masks)
         split = scored["split"]  # every candidate on the first one's split
         if candidates:  # every candidate from the first one's dataset
-            check_same_dataset(folder, Path(candidates[0]["folder"]), "the candidates' scores")
+            check_same_dataset(folder, Path(candidates[0]["folder"]), "the candidates' scores", remake_masks)
         candidates.append({"refine": name, "folder": str(folder), "train_miou": scored["miou"]})
     for c in candidates if by == "decoder" else ():  # every candidate's masks checked first, then the decoders
         c["decoder_train_miou"] = checked_decoder_score(refinement_dir(run, c["refine"], own), metrics_dir(
-            run, c["refine"], own) / "pred_train.json", Path(c["folder"]), split)
+            run, c["refine"], own) / "pred_train.json", Path(c["folder"]), split, remake_decoders)
     key = "decoder_train_miou" if by == "decoder" else "train_miou"
     if pick == "auto":
         best = max(candidates, key=lambda c: c[key])  # max keeps the first of equals
