@@ -358,6 +358,27 @@ def worst(values) -> float | None:
     return max(values) if values else None
 
 
+def summary(variants: dict, methods: dict, labels_bar: float | None = None) -> dict:
+    """Per method of ``methods`` (name -> its variants): the worst max |Δ| of its variants' patch and seg logits, the
+    fewest equal labels of any of them, and the bars (with ``labels_bar``, the labels' too)."""
+    out = {}
+    for method, members in methods.items():
+        present = [m for m in members if m in variants]
+        if not present:
+            continue
+        values = [variants[m]["seg_logits_max_abs_diff"] for m in present]
+        values += [p["max_abs_diff"] for m in present for p in variants[m]["patch_logits"].values()]
+        value = worst(values)
+        labels = [variants[m]["labels_equal_min"] for m in present]
+        labels_min = None if any(v is None for v in labels) else min(labels)  # the fewest, not worst()'s largest
+        out[method] = {"max_abs_diff": value, "bar_met": value is not None and value <= BAR,
+                       "labels_equal_min": labels_min}
+        if labels_bar is not None:
+            out[method]["labels_bar_met"] = labels_min is not None and labels_min >= labels_bar
+        out[method]["variants"] = present
+    return out
+
+
 def compare_variant(vt: Vpltool, name: str, ref: Path) -> dict:
     """Points a-c of the module docstring for one variant whose reference outputs are in ``ref``."""
     import torch
@@ -551,18 +572,7 @@ def run(work: Path, args) -> dict:
     variants = compare_all(vt, names, work, procs, args.jobs)
     if procs:
         finish_references(procs, source["clones"], work)
-    methods = {}
-    for method, members in METHODS.items():
-        present = [m for m in members if m in variants]
-        if not present:
-            continue
-        values = [variants[m]["seg_logits_max_abs_diff"] for m in present]
-        values += [p["max_abs_diff"] for m in present for p in variants[m]["patch_logits"].values()]
-        value = worst(values)
-        methods[method] = {"max_abs_diff": value, "bar_met": value is not None and value <= BAR,
-                           "labels_equal_min": worst(variants[m]["labels_equal_min"] for m in present)
-                           if all(variants[m]["labels_equal_min"] is not None for m in present) else None,
-                           "variants": present}
+    methods = summary(variants, METHODS)
     main_variants = [n for n in MAIN if n in variants]
     pre = None if args.no_preprocessing else preprocessing(vt, work, photos, args.pre_images, main_variants)
     return {

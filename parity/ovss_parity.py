@@ -187,21 +187,7 @@ def find_clones(ref: Path) -> dict[str, Path]:
 
 def summary(variants: dict) -> dict:
     """Per method: the worst max |Δ| of its patch and seg logits, the fewest equal labels, and both bars."""
-    methods = {}
-    for method, members in METHODS.items():
-        present = [m for m in members if m in variants]
-        if not present:
-            continue
-        values = [variants[m]["seg_logits_max_abs_diff"] for m in present]
-        values += [p["max_abs_diff"] for m in present for p in variants[m]["patch_logits"].values()]
-        value = dp.worst(values)
-        labels = [variants[m]["labels_equal_min"] for m in present]
-        labels_min = None if any(v is None for v in labels) else min(labels)
-        methods[method] = {"max_abs_diff": value, "bar_met": value is not None and value <= BAR,
-                           "labels_equal_min": labels_min,
-                           "labels_bar_met": labels_min is not None and labels_min >= LABELS_BAR,
-                           "variants": present}
-    return methods
+    return dp.summary(variants, METHODS, LABELS_BAR)
 
 
 def merge(files: list[Path]) -> dict:
