@@ -181,8 +181,9 @@ def test_refuses_to_clobber_and_resume_with_other_settings(world, tmp_path, fami
 
 
 def _script(body: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; sys.path.insert(0, %r); import pgseg_stand_in; "
-            "pgseg_stand_in.install(); %s" % (str(TESTS), body)]
+    # faulthandler: a process that dies of a signal (an abort in torch's C++) prints every thread's Python stack
+    return [sys.executable, "-c", "import faulthandler; faulthandler.enable(all_threads=True); import sys; "
+            "sys.path.insert(0, %r); import pgseg_stand_in; pgseg_stand_in.install(); %s" % (str(TESTS), body)]
 
 
 def _env() -> dict[str, str]:
@@ -237,7 +238,7 @@ def test_torchrun_two_ranks_give_one_process_weights(world, tmp_path, family):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_port()), str(script)]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     monkey = pytest.MonkeyPatch()
     monkey.setattr(pgseg_stand_in, "NOISE", False)
     try:
@@ -349,7 +350,8 @@ def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, tmp_path):
     cfg = dict(SMALL, batch_size=2, epochs=1)
 
     def launch(name: str, extra: str) -> None:
-        body = ("from vpltool.config.pgseg import pgseg_recipe; from vpltool.config import RuntimeConfig; from "
+        body = ("import faulthandler; faulthandler.enable(all_threads=True); from vpltool.config.pgseg import "
+                "pgseg_recipe; from vpltool.config import RuntimeConfig; from "
                 f"vpltool.train_pgseg import run_train_pgseg; run_train_pgseg({str(world)!r}, "
                 f"{str(tmp_path / name)!r}, pgseg_recipe('cpu', **{cfg!r}), RuntimeConfig(device='cpu', "
                 f"workers=1){extra})")
@@ -358,7 +360,7 @@ def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(_port()), str(script)]
         done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, done.stderr[-8000:]
 
     launch("whole", "")
     launch("cut", ", stop_after=2")

@@ -14,7 +14,7 @@ value at ``i - 1`` (its warm-up start at step 0), as timm's ``CosineLRScheduler`
   and the torch RNG (gumbel noise, drop path) by (seed, iteration, rank): a resumed run repeats the uninterrupted
   one bit for bit, and N ranks at batch B see the samples one process sees at batch N x B.
 * ``torchrun``: DistributedDataParallel (``broadcast_buffers=False``, ``find_unused_parameters=True`` as the
-  reference), the model's cross-rank gather is torch.distributed.nn's autograd all-gather (the reference's
+  reference), the model's cross-rank gather is torch's functional autograd all-gather (the reference's
   ``dist_collect``); rank 0 alone writes the log, checkpoints and the final model.
 
 Outputs in ``out_dir``: ``pgseg.safetensors`` (the family's file, what ``segment --pgseg`` takes), ``_stage.json``
@@ -161,11 +161,13 @@ class TrainStep(torch.nn.Module):
 
 def gather_ranks(x: Tensor) -> Tensor:
     """``[b, ...]`` of every rank -> ``[world * b, ...]`` rank by rank, gradients flowing back to each rank's
-    rows (torch.distributed.nn's all_gather: its backward sums every rank's gradient of each row). The group is
-    named at the call: the command's own, not the one of the import."""
-    import torch.distributed.nn.functional as dnn
+    rows (torch's functional all-gather: its backward is a reduce-scatter, the sum of every rank's gradient of each
+    row). The group is named at the call: the command's own, not the one of the import. (torch.distributed.nn's
+    all_gather, which torch deprecates for this one, kept the group object in the autograd graph.)"""
+    import torch.distributed._functional_collectives as fc
 
-    return torch.cat(dnn.all_gather(x.contiguous(), group=dist.group.WORLD))
+    out = fc.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
+    return out.wait() if isinstance(out, fc.AsyncCollectiveTensor) else out  # a plain tensor, gathered now
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PGSegTrainConfig) -> torch.optim.AdamW:
