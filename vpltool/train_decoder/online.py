@@ -162,15 +162,17 @@ def propagation_attention(attention: Tensor, seg_affinity: Tensor | None, mean_b
         seg_affinity: ``[hw, hw]`` the decoder's ``sigmoid(F^T F)`` (RFM), or None (before ``rfm_start``).
 
     Returns:
-        ``[hw, hw]`` float32: the mean of the last ``mean_blocks`` maps; with ``seg_affinity`` (RFM) the mean of
-        those of the last ``rfm_blocks`` maps whose summed ``seg_affinity - map`` is at most the mean over them,
-        times ``seg_affinity`` (no gradient flows back into the decoder).
+        ``[hw, hw]`` float32 (float64 when ``attention`` is: parity/weclip_parity.py's precision study): the mean of
+        the last ``mean_blocks`` maps; with ``seg_affinity`` (RFM) the mean of those of the last ``rfm_blocks`` maps
+        whose summed ``seg_affinity - map`` is at most the mean over them, times ``seg_affinity`` (no gradient flows
+        back into the decoder).
     """
-    attention = attention.float()
+    dtype = torch.float64 if attention.dtype == torch.float64 else torch.float32
+    attention = attention.to(dtype)
     if seg_affinity is None:
         return attention[-mean_blocks:].mean(0)
     maps = attention[-rfm_blocks:]
-    seg = seg_affinity.detach().float()
+    seg = seg_affinity.detach().to(dtype)
     diff = (seg[None] - maps).flatten(1).sum(1)  # [n]
     keep = (diff <= diff.mean()).float()[:, None, None]
     mean = (keep * maps).sum(0) / (keep.sum(0) + 1e-5)
