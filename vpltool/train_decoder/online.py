@@ -105,9 +105,9 @@ def par_step(masks: Tensor, aff: Tensor, dilations: Sequence[int] = PAR_DILATION
     On the CPU, when ``h w`` is a multiple of :data:`SUM_VECTOR` (the demo's 96 x 96 crops, WeCLIP's 320 x 320),
     the products are summed one neighbour at a time into a ``[B, K, h, w]`` buffer, grouped as torch's own sum over
     the stacked ``[B, K, n, h, w]`` groups them (runs of :data:`SUM_CHUNK`, each run's sum added in turn): the same
-    float32 values as the stacked sum (tests/test_weclip.py), without writing the ``n``-fold stack (PAR was ~85 %
-    of a CPU iteration of the demo). Otherwise (another size, a GPU: other reduction orders) the stacked sum itself.
-    ``masks`` ``[B, K, h, w]``; ``aff`` ``[B, 1, n, h, w]`` (:func:`par_affinity`).
+    float32 values as the stacked sum (tests/test_weclip.py), without writing the ``n``-fold stack (PAR was 84 %
+    of a CPU iteration of the demo's weclip). Otherwise (another size, a GPU: other reduction orders) the stacked sum
+    itself. ``masks`` ``[B, K, h, w]``; ``aff`` ``[B, 1, n, h, w]`` (:func:`par_affinity`).
     """
     h, w = masks.shape[-2:]
     n = len(dilations) * len(NEIGHBOURS)
