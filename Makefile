@@ -510,11 +510,17 @@ help:
 # affinity loss) on the demo world, WECLIP_SEEDS decoder seeds, beside VPL's decoder (RUN/metrics/pred_val.json).
 # Its own target: each iteration runs GradCAM and PAR on every crop, far slower on a CPU than `make demo`'s cached
 # decoder. The toy CLIP's text prototypes (TEMPLATES, BACKGROUND) stand in for WeCLIP's "a clean origami {}."
+# WECLIP_ITERS / WECLIPPLUS_ITERS: each recipe's fewest hundreds of iterations whose decoder is out of all-background
+# on the training split (WECLIP_CHECK_SEEDS' train-split mIoU; val not read), within ~10 CPU-minutes per seed
+# (docs/decoder.md, "A reduced demo run")
 WECLIP_SEEDS ?= 0 1 2
-WECLIP_ITERS ?= $(DEC_ITERS)
+WECLIP_CHECK_SEEDS ?= 0
+WECLIP_ITERS ?= 100
+WECLIPPLUS_ITERS ?= 200
 WECLIP_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16
 ## WeCLIP's and WeCLIP+'s (toy DINO) recipes on the demo world over WECLIP_SEEDS decoder seeds; mean ± spread
-weclip: $(foreach s,$(WECLIP_SEEDS),$(RUN)/metrics/weclip_seed$(s).json $(RUN)/metrics/weclipplus_seed$(s).json)
+weclip: $(foreach s,$(WECLIP_SEEDS),$(RUN)/metrics/weclip_seed$(s).json $(RUN)/metrics/weclipplus_seed$(s).json) \
+  $(foreach s,$(WECLIP_CHECK_SEEDS),$(RUN)/metrics/train_weclip_seed$(s).json $(RUN)/metrics/train_weclipplus_seed$(s).json)
 	$(VENV)/bin/python studies/weclip_demo.py $(RUN) --seeds $(WECLIP_SEEDS)
 $(RUN)/weclip_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DATA_DEP)
 	$(VPL) train-decoder $(DATA) -p $< -o $(@D) --recipe weclip --split $(TRAIN_SPLIT) --iters $(WECLIP_ITERS) \
@@ -525,11 +531,15 @@ $(RUN)/metrics/weclip_seed%.json: $(RUN)/pred_weclip_seed%/_stage.json
 	$(VPL) eval $(<D) --json $@ --overwrite
 $(RUN)/weclipplus_seed%/decoder.safetensors: $(RUN)/text_prototypes.safetensors $(DATA_DEP)
 	$(VPL) train-decoder $(DATA) -p $< -o $(@D) --recipe weclip+ --dino-model $(DINO_MODEL) \
-	  --dino-weights $(DINO_WEIGHTS) --split $(TRAIN_SPLIT) --iters $(WECLIP_ITERS) $(WECLIP_ARGS) --seed $* \
+	  --dino-weights $(DINO_WEIGHTS) --split $(TRAIN_SPLIT) --iters $(WECLIPPLUS_ITERS) $(WECLIP_ARGS) --seed $* \
 	  --device $(DEVICE) --overwrite
 $(RUN)/pred_weclipplus_seed%/_stage.json: $(RUN)/weclipplus_seed%/decoder.safetensors
 	$(VPL) predict $< --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
 $(RUN)/metrics/weclipplus_seed%.json: $(RUN)/pred_weclipplus_seed%/_stage.json
+	$(VPL) eval $(<D) --json $@ --overwrite
+$(RUN)/predtrain_%/_stage.json: $(RUN)/%/decoder.safetensors
+	$(VPL) predict $< --split $(TRAIN_SPLIT) -o $(@D) $(PRED_ARGS) --device $(DEVICE) --overwrite
+$(RUN)/metrics/train_%.json: $(RUN)/predtrain_%/_stage.json
 	$(VPL) eval $(<D) --json $@ --overwrite
 
 ## The hostile-input generator, longer than the suite's bounded run (tests/test_fuzz.py; FUZZ_EXAMPLES per command)

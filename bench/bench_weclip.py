@@ -59,12 +59,22 @@ def main() -> None:
     t0 = time.process_time()
     par(image, masks)
     par_cpu = time.process_time() - t0
+    # a batch's PAR as online_masks runs it (one call), and the same crops one call each (the code before batching)
+    images, batch = image.expand(args.batch_size, -1, -1, -1), masks.expand(args.batch_size, -1, -1, -1)
+    t0 = time.process_time()
+    par(images, batch)
+    par_batch = time.process_time() - t0
+    t0 = time.process_time()
+    for b in range(args.batch_size):
+        par(images[b:b + 1], batch[b:b + 1])
+    par_crops = time.process_time() - t0
     print(json.dumps({
         "recipe": "weclip", "model": "vpltool-toy", "iters": args.iters, "batch_size": args.batch_size,
         "crop_size": args.crop_size, "decoder": "dim 64, 1 layer, 4 heads", "device": "cpu",
         "threads": torch.get_num_threads(), "iters_per_s": round(summary.iters_per_s, 4),
         "cpu_s_per_iter_incl_setup": round(cpu / args.iters, 3),
-        "par_cpu_s_one_crop_3_maps": round(par_cpu, 3), "load_average": os.getloadavg(),
+        "par_cpu_s_one_crop_3_maps": round(par_cpu, 3), "par_cpu_s_batch_one_call": round(par_batch, 3),
+        "par_cpu_s_batch_crop_by_crop": round(par_crops, 3), "load_average": os.getloadavg(),
     }))
 
 

@@ -416,16 +416,21 @@ def compare_resize(vt: Vpltool, ref: Path) -> dict:
 
 def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
     """Why ``crop_scores`` and ``pseudo_labels`` miss their bars while ``refined_cams`` meets its own: vpltool
-    against itself on WeCLIP's fixed batch (the runner's ``batch.pt``; each crop's labels from its label PNG, as
-    WeCLIP reads them). From one fp32 frozen pass, GradCAM and box masks, each crop's propagated CAMs, crop scores
-    (min-max, bilinear to the crop, background first) and PAR labels are computed four ways: two equivalent orders
-    of the propagation, ``A = (T * box) @ cam`` (vpltool's matrix-vector product), ``B`` the same sums as
-    element-wise products summed over each row, ``C`` WeCLIP's shapes (``[hw, hw] @ [hw, 1]``), each in float32 and
-    in float64 (the transition matrix, min-max, resize and PAR in that precision, from the same fp32 inputs).
+    against itself on the reference's fixed batch (the runner's ``batch.pt``; each crop's labels from its label PNG,
+    as WeCLIP reads them). From one fp32 frozen pass and GradCAM, each crop's propagated CAMs, crop scores (min-max,
+    bilinear to the crop, background first) and PAR labels are computed four ways: two equivalent orders of the
+    propagation, ``A = (T * box) @ cam`` (vpltool's matrix-vector product), ``B`` the same sums as element-wise
+    products summed over each row, ``C`` WeCLIP's shapes (``[hw, hw] @ [hw, 1]``), each in float32 and in float64
+    (the propagation attention, transition matrix, min-max, resize and PAR in that precision, from the same fp32
+    inputs). WeCLIP: box masks, no RFM (its first half); WeCLIP+: RFM with the reference's own decoder affinity
+    (``attn_pred``) and the CAMs weighted by its decoders' mean softmax, no boxes (what ``compare_pseudo`` gives).
 
     ``A`` vs ``B`` in float32 is one code against itself with the order changed: the difference a second code
     (WeCLIP's) cannot avoid. ``A`` vs ``B`` in float64 shows the order stops mattering once the rounding is small
-    next to the maps' range (max - min of a propagated CAM: down to 2.5e-5 with random weights)."""
+    next to the maps' range (max - min of a propagated CAM: down to 1e-5 with random weights). WeCLIP+ also gets
+    ``grads_floor``: the gradients of its first training step (the reference's initial decoder, vpltool's frozen
+    features and DINO tokens) given the fp32 labels of order A against those of order B and of float64: the
+    difference ``grads_online`` cannot fall below when the labels are a second code's."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -433,7 +438,7 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
 
     from vpltool.affinity import affinity, box_masks
     from vpltool.kernels import minmax
-    from vpltool.train_decoder.online import frozen_online, par
+    from vpltool.train_decoder.online import frozen_online, par, propagation_attention
 
     batch, cfg = load_pt(ref / "batch.pt"), vt.cfg
     inputs = batch["inputs"].float()
@@ -441,23 +446,35 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
     for name in batch["names"]:
         png = np.asarray(Image.open(voc / "SegmentationClassAug" / f"{name}.png"))
         labels.append([int(c) for c in np.unique(png) if 0 < c < 255])
-    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks))
+    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
+                           cam_input_back=cfg.cam_input_back)
     with torch.enable_grad():
         cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
                                   layer="input")
     boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)
+    seg_aff = guide = None
+    if vt.plus:  # the reference's RFM affinity and decoder probabilities of this very batch (compare_pseudo's)
+        rec = next(iter(load_pt(ref / "pseudo.pt").values()))
+        seg_aff = rec["attn_pred"].float()
+        guide = F.softmax(0.5 * rec["seg_dino"].float() + 0.5 * rec["seg"].float(), dim=1)
     pairs = {"fp32_A_vs_B": ((torch.float32, "A"), (torch.float32, "B")),
              "fp32_A_vs_C": ((torch.float32, "A"), (torch.float32, "C")),
              "fp64_A_vs_B": ((torch.float64, "A"), (torch.float64, "B")),
              "fp32_vs_fp64_A": ((torch.float32, "A"), (torch.float64, "A"))}
     rows, ranges = {k: {"refined_cams": [], "crop_scores": [], "labels_equal": []} for k in pairs}, []
+    crop_labels: dict = {}
     for b in range(len(labels)):
-        attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])[-cfg.cam_blocks:]
+        attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
         maps = cam.image_maps(b).float()
-        box = boxes[cam.offsets[b]:cam.offsets[b + 1]].flatten(1).float()
+        if guide is not None:  # online_crop_scores' WeCLIP+ branch: the guided CAMs, every pixel in the "box"
+            maps = maps * guide[b, labels[b]]
+            box = torch.ones_like(maps).flatten(1)
+        else:
+            box = boxes[cam.offsets[b]:cam.offsets[b + 1]].flatten(1).float()
         got = {}
         for dtype in (torch.float32, torch.float64):
-            trans = affinity(attention.to(dtype).mean(0), exact=True)
+            trans = affinity(propagation_attention(attention.to(dtype), None if seg_aff is None else seg_aff[b],
+                                                   cfg.cam_blocks, cfg.rfm_blocks), exact=True)
             m, x = maps.to(dtype).flatten(1), box.to(dtype)
             for order in ("A", "B", "C"):
                 if order == "A":  # vpltool's: the masked matrix times the map (a matrix-vector product)
@@ -472,7 +489,9 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
                 scores = torch.cat([1 - up.amax(0, keepdim=True), up])
                 with torch.no_grad():
                     lab = par(inputs[b][None].to(dtype), scores[None], iters=cfg.par_iters)[0].argmax(0)
+                lut = torch.tensor([0, *labels[b]])
                 got[dtype, order] = (refined, scores, lab)
+                crop_labels.setdefault((dtype, order), []).append(lut[lab])
         flat = got[torch.float64, "A"][0].flatten(1)
         ranges += (flat.max(1).values - flat.min(1).values).tolist()
         for key, (one, two) in pairs.items():
@@ -484,7 +503,40 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
                "labels_equal": v["labels_equal"]} for k, v in rows.items()}
     out["refined_cam_range_min"] = min([r for r in ranges if r > 0] or [0.0])
     out["crops"] = len(labels)
+    if vt.plus:
+        out["grads_floor"] = noise_gradients(vt, ref, frozen, inputs, {k: torch.stack(v) for k, v in
+                                                                        crop_labels.items()})
     return out
+
+
+def noise_gradients(vt: Vpltool, ref: Path, frozen, inputs, labels: dict) -> dict:
+    """WeCLIP+'s first-step gradients (the reference's initial decoder, WeCLIP+'s loss at iteration 0) given
+    ``labels[(dtype, order)]`` ``[B, S, S]``: the max |diff| of every parameter's gradient, fp32 order A against
+    order B, and against float64's order A (:func:`compare_noise`)."""
+    import torch
+
+    from vpltool.train_decoder.online import weclip_plus_losses
+
+    init = load_pt(ref / "init.pt")
+    vt.weclip_names = list(init["decoder"])
+    tokens = vt.dino_tokens(inputs)
+
+    def grads(target):
+        model = vt.decoder(init["decoder"])
+        model.train()
+        fused, seg_clip, seg_dino = model.forward_plus(frozen.feats, tokens)
+        weclip_plus_losses(seg_clip.float(), seg_dino.float(), fused.float(), target, vt.cfg, 0)["loss"].backward()
+        return {n: g for n, (_, g) in vt.named_in_weclip(model).items() if g is not None}
+
+    with torch.enable_grad():
+        a = grads(labels[torch.float32, "A"])
+        b, d = grads(labels[torch.float32, "B"]), grads(labels[torch.float64, "A"])
+    share = {k: share_equal(labels[torch.float32, "A"], labels[k]) for k in ((torch.float32, "B"),
+                                                                              (torch.float64, "A"))}
+    return {"fp32_A_vs_B": worst(max_diff(a[n], b[n]) for n in a), "fp32_vs_fp64_A": worst(max_diff(a[n], d[n])
+                                                                                           for n in a),
+            "labels_equal_fp32_A_vs_B": share[torch.float32, "B"],
+            "labels_equal_fp32_vs_fp64_A": share[torch.float64, "A"]}
 
 
 def compare_decoder(vt: Vpltool, ref: Path) -> dict:
@@ -726,6 +778,13 @@ def summarise(parts: dict) -> dict:
                                 "online_step whole: vpltool's own online pseudo masks at each step (their few "
                                 "differing pixels, pseudo_labels, move the loss)" if steps else "")
     out["grads_online"] = figure("grads_online", worst(s["grads_max_abs_diff"] for s in steps) if steps else None)
+    floor = (nz or {}).get("grads_floor")
+    if floor and out["grads_online"]["compared"]:  # WeCLIP+'s: what labels differing by fp32 rounding alone do
+        out["grads_online"]["note"] = (
+            f"vpltool's own labels (pseudo_labels) drive these; the fp32 floor (noise part, step 0): labels of two "
+            f"equivalent orders of the propagation ({floor['labels_equal_fp32_A_vs_B']:.5f} equal) give gradients "
+            f"{floor['fp32_A_vs_B']:.2g} apart, fp32 against float64 labels ({floor['labels_equal_fp32_vs_fp64_A']:.5f}"
+            f" equal) {floor['fp32_vs_fp64_A']:.2g}; given WeCLIP's labels the gradients meet the bar (grads)")
     out["steps_online"] = figure("steps_online", worst(s["params_max_abs_diff"] for s in steps) if steps else None)
     out["lr"] = figure("lr", worst(abs(s["lr_vpltool"] - s["lr_weclip"]) for s in steps) if steps else None,
                        "vpltool's train_decoder.steps.lr_at against PolyWarmupAdamW's rate of the same step "
@@ -747,7 +806,7 @@ def compare_all(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None,
                      ("train", compare_training), ("train_given_labels", compare_training_given_labels),
                      ("test", lambda v, r: compare_test(v, r, voc, test_dir)),
                      ("noise", lambda v, r: compare_noise(v, r, voc))):
-        if name not in wanted or (name == "noise" and vt.plus):  # the floor study is of WeCLIP's boxed masks
+        if name not in wanted:
             continue
         try:
             done[name] = fn(vt, ref)
@@ -841,12 +900,27 @@ def main(argv: list[str] | None = None) -> None:
             plus_ref.update(info)
         plus_ref["runner_meta"] = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() \
             else None
+        if old and "weclip+" in old["reference"]:  # the earlier run's reference stays, this run's parts beside it
+            plus_ref = {**old["reference"]["weclip+"], "rerun": {"parts": args.parts,
+                                                                 "runner_meta": plus_ref["runner_meta"]}}
         reference["weclip+"] = plus_ref
         vt = Vpltool(st, load_pt(ref / "init.pt"), recipe="weclip+", dino_weights=dino_st)
         recipes["weclip+"] = compare_all(vt, ref, voc, None, args.parts.split(","))
+        if old and "weclip+" in old["recipes"]:  # the parts not re-run keep their figures from the earlier result
+            keep(old["recipes"]["weclip+"], recipes["weclip+"], args.parts.split(","))
+    elif old and "weclip+" in old["recipes"]:  # not re-run: the earlier result whole
+        recipes["weclip+"] = old["recipes"]["weclip+"]
     else:
         recipes["weclip+"] = {"figures": summarise({}), "details": {}, "errors": {"all": NOT_RUN}}
     met = {r: all(f["met"] for f in v["figures"].values()) for r, v in recipes.items()}
+    # an update keeps what the earlier result recorded beside its figures (findings, the commits and machines of its
+    # parts, its own machine and time); this run's machine, time and commit are added to its reruns
+    kept, rerun = {}, {"recipes": args.recipes, "parts": args.parts, "machine": benchlib.machine("cpu"),
+                       "seconds": round(time.perf_counter() - start, 1), "vpltool_commit": commit_of(ROOT)}
+    if old:
+        kept = {k: old[k] for k in ("findings", "vpltool_commits", "machine_plus", "machine", "seconds",
+                                    "vpltool_commit") if k in old}
+        kept["reruns"] = [*old.get("reruns", []), rerun]
     print(json.dumps({
         "benchmark": "weclip-parity", "quick": args.quick, "machine": benchlib.machine("cpu"),
         "model": "ViT-B-16-quickgelu", "weights": "random (seed 0, fp16-exact values)", "precision": "fp32",
@@ -854,7 +928,7 @@ def main(argv: list[str] | None = None) -> None:
         "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
         "test_photos": len(recipes["weclip"]["details"].get("test", {}).get("images", [])),
         "test_photos_plus": len(recipes["weclip+"]["details"].get("test", {}).get("images", [])),
-        "all_met": met, "recipes": recipes, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
+        "all_met": met, "recipes": recipes, "seconds": rerun["seconds"], **kept}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ VPL's decoder, all-background and chance.
 Reads RUN/metrics/weclip_seed<S>.json and weclipplus_seed<S>.json (`vpltool eval --json` of each seed's val
 masks), VPL's decoder from RUN/metrics/vpl_seed<S>.json (one VPL decoder per seed on the pipeline's pseudo masks)
 or else RUN/metrics/pred_val.json (`make predict`), and prints one JSON object. Spread = max - min; a recipe with
-no metrics file for a seed has null there (not run).
+no metrics file for a seed has null there (not run). ``train_check``: the same recipes' mIoU on the training split
+(RUN/metrics/train_weclip_seed<S>.json, ...: `make weclip`'s WECLIP_CHECK_SEEDS), next to that split's
+all-background: what the iterations were chosen by (val is read for the rows only).
 
 The two references are computed from any one confusion matrix (rows = GT class, the same val pixels for every
 row): all-background predicts class 0 everywhere (IoU of background = its pixel share, the others 0); chance
@@ -58,6 +60,15 @@ def main() -> None:
         out["vpl"] = summary({0: pred["miou"] if pred else None})
         any_metrics = any_metrics or pred
     out["references"] = references(any_metrics["confusion"]) if any_metrics else None
+    check, train_any = {}, None
+    for name, stem in (("weclip", "train_weclip_seed"), ("weclip+", "train_weclipplus_seed")):
+        files = {s: read(metrics / f"{stem}{s}.json") for s in args.seeds}
+        files = {s: f for s, f in files.items() if f}
+        train_any = train_any or next(iter(files.values()), None)
+        check[name] = {s: f["miou"] for s, f in files.items()}
+    if train_any:
+        check["references"] = references(train_any["confusion"])
+        out["train_check"] = check
     print(json.dumps(out, indent=1))
 
 

@@ -290,6 +290,53 @@ def test_par_neighbours_are_the_one_hot_dilated_convolution_exactly():
     assert torch.equal(_neighbours(x, (1, 2, 4)), torch.cat(expected, dim=2))
 
 
+def test_par_gives_the_values_of_par_py_stacked_arithmetic_exactly():
+    """PAR.py's round is ``(neighbours stacked [B, K, n, h, w] * aff).sum(2)`` on weights computed batch-wise; the
+    run-by-run sum, the weights image by image and a batch of crops padded to one K give the same float32 values."""
+    from vpltool.train_decoder.online import _neighbours, par_affinity, par_step
+
+    def stacked_affinity(image, dilations):  # PAR.py:forward before its loop, the whole batch at once
+        b, _, h, w = image.shape
+        near = _neighbours(image, dilations)
+        ring = torch.ones(8)
+        ring[[0, 2, 5, 7]] = float(np.sqrt(2))
+        pos = torch.cat([ring * d for d in dilations]).view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)
+        aff = (-((near - image.unsqueeze(2)).abs() / (near.std(dim=2, keepdim=True) + 1e-8) / 0.3) ** 2).mean(1, True)
+        pos_aff = -(pos / (pos.std(dim=2, keepdim=True) + 1e-8) / 0.3) ** 2
+        return F.softmax(aff, dim=2) + 0.01 * F.softmax(pos_aff, dim=2)
+
+    torch.manual_seed(0)
+    image, masks = torch.randn(3, 3, 16, 24), torch.rand(3, 4, 16, 24)  # 384 pixels: par_step's run-by-run sum
+    for dilations in ((1, 2, 4, 8, 12, 24), (1, 2), (1, 2, 4, 8, 12)):  # 48, 16 and 40 neighbours
+        aff = stacked_affinity(image, dilations)
+        assert torch.equal(par_affinity(image, (16, 24), dilations), aff)
+        expected = masks
+        for _ in range(3):
+            expected = (_neighbours(expected, dilations) * aff).sum(2)
+        got = masks
+        for _ in range(3):
+            got = par_step(got, aff, dilations)
+        assert torch.equal(got, expected)
+    whole = par(image, masks, iters=4)
+    assert all(torch.equal(whole[b:b + 1, :2], par(image[b:b + 1], masks[b:b + 1, :2].contiguous(), iters=4))
+               for b in range(3))  # each crop and map alone: a batch padded to one K changes nothing
+
+
+def test_batched_online_masks_are_each_crops_own():
+    from vpltool.train_decoder.online import online_crop_scores, par_labels
+
+    torch.manual_seed(1)
+    attention = torch.softmax(torch.randn(8, 16, 16) * 3, dim=-1)
+    images = torch.randn(3, 3, 64, 64)
+    cams = [torch.rand(2, 4, 4), torch.rand(0, 4, 4), torch.rand(1, 4, 4)]
+    classes = [[2, 5], [], [3]]
+    alone = [online_pseudo_mask(c, k, attention, images[b], par_iters=3) for b, (c, k) in enumerate(zip(cams, classes))]
+    scores = [online_crop_scores(c, attention, (64, 64)) if k else None for c, k in zip(cams, classes)]
+    batched = par_labels(images, scores, classes, iters=3)
+    assert all(torch.equal(batched[b], alone[b]) for b in range(3))
+    assert set(batched[0].unique().tolist()) <= {0, 2, 5} and not batched[1].any()
+
+
 def test_weclip_learning_rate_is_polywarmupadamw():
     cfg = decoder_recipe("weclip", iters=1000)
 

@@ -65,6 +65,70 @@ def _neighbours(x: Tensor, dilations: Sequence[int]) -> Tensor:
     return torch.stack(out, dim=2)
 
 
+SUM_CHUNK = 16  # torch's CPU sum over a non-innermost dim: sequential runs of 16 rows, the runs' sums in turn
+SUM_VECTOR = 64  # ... over the inner elements in whole unrolled vector blocks (AVX-512: 4 x 16); a tail sums otherwise
+
+
+def par_affinity(image: Tensor, size: tuple[int, int], dilations: Sequence[int] = PAR_DILATIONS) -> Tensor:
+    """PAR's neighbour weights of each pixel (``PAR.py:forward`` before its loop), computed once per image.
+
+    Args:
+        image: ``[B, 3, H, W]`` float normalised pixels (bilinearly resized, corners aligned, to ``size``).
+        size: the masks' ``(h, w)``.
+
+    Returns:
+        ``[B, 1, 8 * len(dilations), h, w]`` (float32, or float64 when ``image`` is):
+        ``softmax_n(-(|I - I_n| / std_n(I_n) / 0.3)^2 mean over RGB) + 0.01 softmax_n(-(pos_n / std / 0.3)^2)``.
+        Image by image (the ``[3, n, h, w]`` intermediates stay in the CPU's cache), the positional term once for
+        all: the values of one call per image, which are those of one batched call (tests/test_weclip.py).
+    """
+    dtype = image.dtype
+    if image.shape[-2:] != tuple(size):
+        image = F.interpolate(image, size=size, mode="bilinear", align_corners=True)
+    h, w = image.shape[-2:]
+    ring = torch.ones(8, dtype=dtype)
+    ring[[0, 2, 5, 7]] = float(np.sqrt(2))  # the diagonal neighbours are sqrt(2) rings away
+    pos = torch.cat([ring * d for d in dilations]).to(image.device).view(1, 1, -1, 1, 1).expand(1, 1, -1, h, w)
+    pos_aff = PAR_W2 * F.softmax(-(pos / (pos.std(dim=2, keepdim=True) + 1e-8) / PAR_W1) ** 2, dim=2)
+    out = []
+    for one in image.split(1):
+        near = _neighbours(one, dilations)  # [1, 3, n, h, w]
+        diff = (near - one.unsqueeze(2)).abs()
+        aff = -(diff / (near.std(dim=2, keepdim=True) + 1e-8) / PAR_W1) ** 2
+        out.append(F.softmax(aff.mean(dim=1, keepdim=True), dim=2) + pos_aff)
+    return torch.cat(out)
+
+
+def par_step(masks: Tensor, aff: Tensor, dilations: Sequence[int] = PAR_DILATIONS) -> Tensor:
+    """One PAR round, ``sum_n aff_n m_n`` over the neighbours (``PAR.py``'s ``(masks_n * aff).sum(2)``).
+
+    On the CPU, when ``h w`` is a multiple of :data:`SUM_VECTOR` (the demo's 96 x 96 crops, WeCLIP's 320 x 320),
+    the products are summed one neighbour at a time into a ``[B, K, h, w]`` buffer, grouped as torch's own sum over
+    the stacked ``[B, K, n, h, w]`` groups them (runs of :data:`SUM_CHUNK`, each run's sum added in turn): the same
+    float32 values as the stacked sum (tests/test_weclip.py), without writing the ``n``-fold stack (PAR was 84 %
+    of a CPU iteration of the demo's weclip). Otherwise (another size, a GPU: other reduction orders) the stacked sum
+    itself. ``masks`` ``[B, K, h, w]``; ``aff`` ``[B, 1, n, h, w]`` (:func:`par_affinity`).
+    """
+    h, w = masks.shape[-2:]
+    n = len(dilations) * len(NEIGHBOURS)
+    if masks.device.type != "cpu" or (h * w) % SUM_VECTOR or n > SUM_CHUNK * SUM_CHUNK:
+        return (_neighbours(masks, dilations) * aff).sum(2)
+    product, run, total = torch.empty_like(masks), None, None
+    k = 0
+    for d in dilations:
+        padded = F.pad(masks, [d] * 4, mode="replicate")
+        for i, j in NEIGHBOURS:
+            torch.mul(padded[..., i * d:i * d + h, j * d:j * d + w], aff[:, :, k], out=product)
+            if k % SUM_CHUNK == 0:
+                run = product.clone()
+            else:
+                run.add_(product)
+            k += 1
+            if k % SUM_CHUNK == 0 or k == n:
+                total = run if total is None else total.add_(run)
+    return total
+
+
 def par(image: Tensor, masks: Tensor, dilations: Sequence[int] = PAR_DILATIONS, iters: int = 20) -> Tensor:
     """Pixel-adaptive refinement (AFA's PAR as WeCLIP runs it, ``WeCLIP_model/PAR.py``).
 
@@ -75,25 +139,15 @@ def par(image: Tensor, masks: Tensor, dilations: Sequence[int] = PAR_DILATIONS, 
 
     Returns:
         ``[B, K, h, w]`` float32 (float64 when ``masks`` is: parity/weclip_parity.py's precision study):
-        ``iters`` rounds of ``m <- sum_n aff_n m_n`` over the neighbours, with
-        ``aff = softmax_n(-(|I - I_n| / std_n(I_n) / 0.3)^2 mean over RGB) + 0.01 softmax_n(-(pos_n / std / 0.3)^2)``.
+        ``iters`` rounds of ``m <- sum_n aff_n m_n`` (:func:`par_step`) with the weights of :func:`par_affinity`.
+        Each image and each map is refined on its own: a batch (maps padded with zeros to one K) gives each crop's
+        values of a call of its own.
     """
     dtype = torch.float64 if masks.dtype == torch.float64 else torch.float32
-    image, masks = image.to(dtype), masks.to(dtype)
-    if image.shape[-2:] != masks.shape[-2:]:
-        image = F.interpolate(image, size=masks.shape[-2:], mode="bilinear", align_corners=True)
-    b, _, h, w = image.shape
-    near = _neighbours(image, dilations)  # [B, 3, n, h, w]
-    ring = torch.ones(8, dtype=dtype)
-    ring[[0, 2, 5, 7]] = float(np.sqrt(2))  # the diagonal neighbours are sqrt(2) rings away
-    pos = torch.cat([ring * d for d in dilations]).to(image.device).view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)
-    diff = (near - image.unsqueeze(2)).abs()
-    aff = -(diff / (near.std(dim=2, keepdim=True) + 1e-8) / PAR_W1) ** 2
-    aff = aff.mean(dim=1, keepdim=True)
-    pos_aff = -(pos / (pos.std(dim=2, keepdim=True) + 1e-8) / PAR_W1) ** 2
-    aff = F.softmax(aff, dim=2) + PAR_W2 * F.softmax(pos_aff, dim=2)
+    aff = par_affinity(image.to(dtype), tuple(masks.shape[-2:]), dilations)
+    masks = masks.to(dtype)
     for _ in range(iters):
-        masks = (_neighbours(masks, dilations) * aff).sum(2)
+        masks = par_step(masks, aff, dilations)
     return masks
 
 
@@ -108,33 +162,32 @@ def propagation_attention(attention: Tensor, seg_affinity: Tensor | None, mean_b
         seg_affinity: ``[hw, hw]`` the decoder's ``sigmoid(F^T F)`` (RFM), or None (before ``rfm_start``).
 
     Returns:
-        ``[hw, hw]`` float32: the mean of the last ``mean_blocks`` maps; with ``seg_affinity`` (RFM) the mean of
-        those of the last ``rfm_blocks`` maps whose summed ``seg_affinity - map`` is at most the mean over them,
-        times ``seg_affinity`` (no gradient flows back into the decoder).
+        ``[hw, hw]`` float32 (float64 when ``attention`` is: parity/weclip_parity.py's precision study): the mean of
+        the last ``mean_blocks`` maps; with ``seg_affinity`` (RFM) the mean of those of the last ``rfm_blocks`` maps
+        whose summed ``seg_affinity - map`` is at most the mean over them, times ``seg_affinity`` (no gradient flows
+        back into the decoder).
     """
-    attention = attention.float()
+    dtype = torch.float64 if attention.dtype == torch.float64 else torch.float32
+    attention = attention.to(dtype)
     if seg_affinity is None:
         return attention[-mean_blocks:].mean(0)
     maps = attention[-rfm_blocks:]
-    seg = seg_affinity.detach().float()
+    seg = seg_affinity.detach().to(dtype)
     diff = (seg[None] - maps).flatten(1).sum(1)  # [n]
     keep = (diff <= diff.mean()).float()[:, None, None]
     mean = (keep * maps).sum(0) / (keep.sum(0) + 1e-5)
     return mean * seg
 
 
-def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, image: Tensor,
-                       seg_affinity: Tensor | None = None, *, box_threshold: float = 0.4, mean_blocks: int = 8,
-                       rfm_blocks: int = 6, par_iters: int = 20,
-                       par_dilations: Sequence[int] = PAR_DILATIONS, boxes: Tensor | None = None,
-                       guide: Tensor | None = None) -> Tensor:
-    """WeCLIP's pseudo label of one training crop.
+def online_crop_scores(cams: Tensor, attention: Tensor, size: tuple[int, int], seg_affinity: Tensor | None = None,
+                       *, box_threshold: float = 0.4, mean_blocks: int = 8, rfm_blocks: int = 6,
+                       boxes: Tensor | None = None, guide: Tensor | None = None) -> Tensor:
+    """The scores PAR starts from for one crop (steps 2-4 of the module's list, before PAR).
 
     Args:
-        cams: ``[K, h, w]`` float GradCAM maps in [0, 1] of the image's K classes (CLIP-ES scaling).
-        classes: the K class ids (1..C), in the order of ``cams``.
+        cams: ``[K, h, w]`` float GradCAM maps in [0, 1] of the image's K >= 1 classes (CLIP-ES scaling).
         attention: ``[N, hw, hw]`` (:func:`propagation_attention`).
-        image: ``[3, S, S]`` the normalised crop the CLIP saw (S = 16 h for ViT-B/16).
+        size: the crop's ``(S, S)`` (S = 16 h for ViT-B/16).
         seg_affinity: ``[hw, hw]`` the decoder's affinity for RFM, or None.
         boxes: ``[K, h, w]`` the maps' box masks when already made (:func:`vpltool.affinity.box_masks` of a whole
             batch, on the device); None = made here.
@@ -142,11 +195,9 @@ def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, 
             each map is multiplied by its class's, and propagated without boxes.
 
     Returns:
-        ``[S, S]`` int64 labels in 0..C (0 = background; no ignored pixel); all background when K = 0.
+        ``[1 + K, S, S]`` float32 in [0, 1]: background ``(1 - max_k)^1`` first, then each propagated map min-max
+        scaled and bilinearly resized to the crop.
     """
-    size = image.shape[-2:]
-    if len(classes) == 0:
-        return torch.zeros(size, dtype=torch.long, device=image.device)
     cams = cams.float()
     k, h, w = cams.shape
     trans = affinity(propagation_attention(attention, seg_affinity, mean_blocks, rfm_blocks), exact=True)
@@ -158,11 +209,60 @@ def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, 
     flat = cams.to(trans.device).flatten(1)  # [K, hw]
     refined = torch.stack([(trans * boxes[i][None]) @ flat[i] for i in range(k)]).view(k, h, w)
     refined = F.interpolate(minmax(refined)[None], size=size, mode="bilinear", align_corners=False)[0]
-    scores = torch.cat([1 - refined.amax(0, keepdim=True), refined])  # background (1 - max)^1 first
+    return torch.cat([1 - refined.amax(0, keepdim=True), refined])  # background (1 - max)^1 first
+
+
+def par_labels(images: Tensor, scores: Sequence[Tensor], classes: Sequence[Sequence[int]], iters: int = 20,
+               dilations: Sequence[int] = PAR_DILATIONS) -> Tensor:
+    """PAR of several crops' scores in one call, then each crop's arg-max as class ids.
+
+    Args:
+        images: ``[B, 3, S, S]`` the normalised crops; scores: B tensors ``[1 + K_b, S, S]``
+            (:func:`online_crop_scores`); classes: the B crops' class ids (K_b each, in the order of their maps).
+
+    Returns:
+        ``[B, S, S]`` int64 labels in 0..C; a crop with no class is all background. The maps are padded with zeros
+        to one K (PAR refines each map on its own: a crop's labels are those of a call of its own) and each crop's
+        arg-max reads its own ``1 + K_b`` maps only.
+    """
+    size = images.shape[-2:]
+    out = torch.zeros(len(scores), *size, dtype=torch.long, device=images.device)
+    todo = [b for b, c in enumerate(classes) if len(c)]
+    if not todo:
+        return out
+    width = max(len(scores[b]) for b in todo)
+    stacked = torch.stack([F.pad(scores[b], [0, 0, 0, 0, 0, width - len(scores[b])]) for b in todo])
     with torch.no_grad():
-        scores = par(image[None].to(scores.device), scores[None], par_dilations, par_iters)[0]
-    lut = torch.tensor([0, *classes], dtype=torch.long, device=scores.device)
-    return lut[scores.argmax(0)]
+        refined = par(images[todo].to(stacked.device), stacked, dilations, iters)
+    for row, b in enumerate(todo):
+        lut = torch.tensor([0, *classes[b]], dtype=torch.long, device=refined.device)
+        out[b] = lut[refined[row, :len(scores[b])].argmax(0)]
+    return out
+
+
+def online_pseudo_mask(cams: Tensor, classes: Sequence[int], attention: Tensor, image: Tensor,
+                       seg_affinity: Tensor | None = None, *, box_threshold: float = 0.4, mean_blocks: int = 8,
+                       rfm_blocks: int = 6, par_iters: int = 20,
+                       par_dilations: Sequence[int] = PAR_DILATIONS, boxes: Tensor | None = None,
+                       guide: Tensor | None = None) -> Tensor:
+    """WeCLIP's pseudo label of one training crop: :func:`online_crop_scores`, then :func:`par_labels`.
+
+    Args:
+        cams: ``[K, h, w]`` float GradCAM maps in [0, 1] of the image's K classes (CLIP-ES scaling).
+        classes: the K class ids (1..C), in the order of ``cams``.
+        attention: ``[N, hw, hw]`` (:func:`propagation_attention`).
+        image: ``[3, S, S]`` the normalised crop the CLIP saw (S = 16 h for ViT-B/16).
+        seg_affinity, boxes, guide: as :func:`online_crop_scores`'s.
+
+    Returns:
+        ``[S, S]`` int64 labels in 0..C (0 = background; no ignored pixel); all background when K = 0.
+    """
+    size = tuple(image.shape[-2:])
+    if len(classes) == 0:
+        return torch.zeros(size, dtype=torch.long, device=image.device)
+    scores = online_crop_scores(cams, attention, size, seg_affinity, box_threshold=box_threshold,
+                                mean_blocks=mean_blocks, rfm_blocks=rfm_blocks, boxes=boxes, guide=guide)
+    return par_labels(image[None], [scores], [list(classes)], par_iters, par_dilations)[0]
 
 
 # --------------------------------------------------------------------------------------------- affinity loss
@@ -354,21 +454,23 @@ def frozen_online(bb, pixels: Tensor, blocks: Sequence[int], maps: int, dtype: t
 def online_masks(bb, frozen: FrozenOnline, labels: Sequence[Sequence[int]], rows: PrototypeRows,
                  temperature: float, pixels: Tensor, seg_affinity: Tensor | None, cfg: DecoderConfig,
                  guide: Tensor | None = None) -> Tensor:
-    """``[B, S, S]`` int64 online pseudo labels of a batch (:func:`online_pseudo_mask` per crop) from its frozen
+    """``[B, S, S]`` int64 online pseudo labels of a batch (:func:`online_pseudo_mask`'s, PAR batched) from its frozen
     pass; ``seg_affinity`` ``[B, hw, hw]`` (RFM) or None; ``guide`` ``[B, C + 1, h, w]`` WeCLIP+'s decoder
     probabilities (each crop's CAMs weighted by its classes' channels) or None."""
     cam = bb.gradcam_batch(frozen.last_input, frozen.grid, rows.for_labels(labels), temperature, layer="input")
     boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)  # every map's at once, no host round trip
-    out = []
+    scores = []
     for b, classes in enumerate(labels):
+        if not classes:
+            scores.append(None)
+            continue
         attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
-        out.append(online_pseudo_mask(
-            cam.image_maps(b), list(classes), attention, pixels[b],
+        scores.append(online_crop_scores(
+            cam.image_maps(b), attention, tuple(pixels.shape[-2:]),
             None if seg_affinity is None else seg_affinity[b], box_threshold=cfg.box_threshold,
-            mean_blocks=cfg.cam_blocks, rfm_blocks=cfg.rfm_blocks, par_iters=cfg.par_iters,
-            boxes=boxes[cam.offsets[b]:cam.offsets[b + 1]],
+            mean_blocks=cfg.cam_blocks, rfm_blocks=cfg.rfm_blocks, boxes=boxes[cam.offsets[b]:cam.offsets[b + 1]],
             guide=None if guide is None else guide[b, list(classes)]))
-    return torch.stack(out)
+    return par_labels(pixels, scores, [list(c) for c in labels], cfg.par_iters)  # the batch's PAR in one call
 
 
 def online_step(model, optimizer: torch.optim.Optimizer, bb, blocks: Sequence[int], rows: PrototypeRows,
