@@ -11,7 +11,7 @@ uniform random labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too 
 initialisation: docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
 
     python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 3] [--train 400 --val 100]
-        [--epochs 30] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 64]
+        [--epochs 30] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96]
         > studies/results/pgseg_demo.json
 
 The lengths were chosen on the train split (studies/study_pgseg_groups.py: twice the steps of the cpu recipe's 15
@@ -36,12 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from vpltool import io
+from vpltool.config.pgseg import PGSEG_RECIPES
 from vpltool.data import open_dataset
 from vpltool.kernels import MiouAccumulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402
 
+CPU = PGSEG_RECIPES["cpu"]
 # name -> (train-pgseg flags, the run it starts from: None = from scratch)
 METHODS = {"groupvit_scratch": (["--no-npr"], None), "groupvit": (["--no-npr"], "groupvit_scratch"),
            "pgseg": (["--npr"], "groupvit_scratch")}
@@ -95,9 +97,9 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
             flags = [*flags, "--epochs", str(args.epochs)]
         t0 = time.perf_counter()
         if not (out / "pgseg.safetensors").is_file():
+            crop = ["--crop-size", str(args.crop_size)] if args.crop_size else []
             done = vpl("train-pgseg", str(world), "-o", str(out / "train"), "--recipe", "cpu", *flags, "--seed",
-                       str(seed), "--crop-size", str(args.crop_size), "--device", "cpu", "--workers", "1",
-                       "--overwrite")
+                       str(seed), *crop, "--device", "cpu", "--workers", "1", "--overwrite")
             if done.returncode:
                 runs[method] = {"error": last_error(done), "train_s": round(time.perf_counter() - t0, 1)}
                 print(f"{method} seed {seed}: {last_error(done)}", file=sys.stderr)
@@ -133,8 +135,8 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=10, help="(B) and (C)'s epochs, from (A)")
     ap.add_argument("--finetune-warmup", type=int, default=2, help="(B) and (C)'s warm-up epochs")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
-    ap.add_argument("--crop-size", type=int, default=64)
-    ap.add_argument("--short-side", type=int, default=64)
+    ap.add_argument("--crop-size", type=int, default=0, help="0: the cpu recipe's")
+    ap.add_argument("--short-side", type=int, default=CPU["crop_size"], help="segment's; default: the recipe's crop")
     ap.add_argument("--scratch-pgseg", action="store_true", help="also PGSeg from scratch, (A)'s epochs")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -161,7 +163,8 @@ def main() -> None:
                 "--finetune-epochs with --no-npr / --npr (the reference fine-tunes PGSeg from GroupViT)",
         "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "finetune_warmup": args.finetune_warmup,
         "command": " ".join(["python", "studies/study_pgseg_demo.py", *sys.argv[1:]]),
-        "world": {"train": args.train, "val": args.val}, "seeds": seeds, "crop_size": args.crop_size,
+        "world": {"train": args.train, "val": args.val}, "seeds": seeds,
+        "crop_size": args.crop_size or CPU["crop_size"], "min_scale": CPU["min_scale"],
         "short_side": args.short_side, "baselines": baselines(world), "miou": summary,
         "pgseg_minus_groupvit": spread(paired), "class_iou": class_iou, "runs": runs, "machine": machine("cpu"),
     }, indent=1))
