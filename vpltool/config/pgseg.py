@@ -75,7 +75,7 @@ def pgseg_recipe(name: str, **changes: Any) -> PGSegTrainConfig:
 
 PGSEG_BG_THRESH = 0.95  # segmentation/evaluation/pgseg_seg.py: bg_thresh, capped at each image's highest affinity
 # background words queried beside the classes (a group that matches one is background): none in the reference; the
-# demo uses CLIP-ES's VOC words (`segment --pgseg --background voc`, chosen on the train split: docs/pgseg.md)
+# demo also scores its own words (`--background grass,sky,wall,water`, chosen on the train split: docs/pgseg.md)
 PGSEG_BACKGROUND = "none"
 PGSEG_TEMPLATES = "simple"  # evaluate.seg.template of default_pgseg.yml
 PGSEG_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
