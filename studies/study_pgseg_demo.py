@@ -3,8 +3,9 @@ fine-tuned with NPR from a trained GroupViT (default_pgseg.yml ``checkpoint.resu
 
 Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr --epochs 30`, the pgseg family's
 tiny model: 360 steps), then from A's weights, for the same extra epochs (10: 120 steps, 2 of them warm-up), (B)
-GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): about 600 steps (10 CPU-minutes on an
-idle core) per seed. Trained on the world's train pairs (image + caption: no mask, no label); each model then
+GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): 600 steps per seed (each run's
+seconds in ``train_s``: train-pgseg's own log, so also for a model reused from the run folder). Trained on the
+world's train pairs (image + caption: no mask, no label); each model then
 segments val zero-shot by the class names (`segment --pgseg`), scored by `eval`: val mIoU and class IoU (mean,
 standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next to all-background and
 uniform random labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh
@@ -110,8 +111,8 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
                 print(f"{method} seed {seed}: {last_error(done)}", file=sys.stderr)
                 continue
             os.replace(out / "train" / "pgseg.safetensors", out / "pgseg.safetensors")
-        train_s = time.perf_counter() - t0
         log = io.read_log(out / "train" / "log.jsonl") if (out / "train" / "log.jsonl").is_file() else []
+        train_s = log[-1]["sec"] if log else time.perf_counter() - t0  # the training's own clock, reused or not
         scores, error = {}, None
         for suffix, flags in INFERENCE.items():  # the reference's zero-shot rule, then with background words
             seg = out / f"segment_val{suffix}"
