@@ -3,15 +3,16 @@ fine-tuned with NPR from a trained GroupViT (default_pgseg.yml ``checkpoint.resu
 
 Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr --epochs 30`, the pgseg family's
 tiny model: 360 steps), then from A's weights, for the same extra epochs (10: 120 steps, 2 of them warm-up), (B)
-GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): about 600 steps (10 CPU-minutes on an
-idle core) per seed. Trained on the world's train pairs (image + caption: no mask, no label); each model then
+GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): 600 steps per seed (each run's
+seconds in ``train_s``: train-pgseg's own log, so also for a model reused from the run folder). Trained on the
+world's train pairs (image + caption: no mask, no label); each model then
 segments val zero-shot by the class names (`segment --pgseg`), scored by `eval`: val mIoU and class IoU (mean,
 standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next to all-background and
 uniform random labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh
 initialisation: docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
 
     python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 3] [--train 400 --val 100]
-        [--epochs 30] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 64]
+        [--epochs 30] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96]
         > studies/results/pgseg_demo.json
 
 The lengths were chosen on the train split (studies/study_pgseg_groups.py: twice the steps of the cpu recipe's 15
@@ -36,12 +37,19 @@ from pathlib import Path
 import numpy as np
 
 from vpltool import io
+from vpltool.config.pgseg import PGSEG_RECIPES
 from vpltool.data import open_dataset
 from vpltool.kernels import MiouAccumulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402
 
+CPU = PGSEG_RECIPES["cpu"]
+# segment's flags per scoring: '' the reference's rule (pgseg_seg.py: bg_thresh only), '_background' the demo's
+# background words (the Makefile's BACKGROUND, which its toy-CLIP rows query too) beside the classes; chosen on the
+# train split (docs/pgseg.md)
+DEMO_BACKGROUND = "grass,sky,wall,water"
+INFERENCE = {"": [], "_background": ["--background", DEMO_BACKGROUND]}
 # name -> (train-pgseg flags, the run it starts from: None = from scratch)
 METHODS = {"groupvit_scratch": (["--no-npr"], None), "groupvit": (["--no-npr"], "groupvit_scratch"),
            "pgseg": (["--npr"], "groupvit_scratch")}
@@ -95,31 +103,38 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
             flags = [*flags, "--epochs", str(args.epochs)]
         t0 = time.perf_counter()
         if not (out / "pgseg.safetensors").is_file():
+            crop = ["--crop-size", str(args.crop_size)] if args.crop_size else []
             done = vpl("train-pgseg", str(world), "-o", str(out / "train"), "--recipe", "cpu", *flags, "--seed",
-                       str(seed), "--crop-size", str(args.crop_size), "--device", "cpu", "--workers", "1",
-                       "--overwrite")
+                       str(seed), *crop, "--device", "cpu", "--workers", "1", "--overwrite")
             if done.returncode:
                 runs[method] = {"error": last_error(done), "train_s": round(time.perf_counter() - t0, 1)}
                 print(f"{method} seed {seed}: {last_error(done)}", file=sys.stderr)
                 continue
             os.replace(out / "train" / "pgseg.safetensors", out / "pgseg.safetensors")
-        train_s = time.perf_counter() - t0
         log = io.read_log(out / "train" / "log.jsonl") if (out / "train" / "log.jsonl").is_file() else []
-        seg = out / "segment_val"
-        done = vpl("segment", str(world), "--split", "val", "--pgseg", str(out / "pgseg.safetensors"),
-                   "--short-side", str(args.short_side), "-o", str(seg), "--device", "cpu", "--overwrite")
-        if done.returncode:
-            runs[method] = {"error": last_error(done)}
+        train_s = log[-1]["sec"] if log else time.perf_counter() - t0  # the training's own clock, reused or not
+        scores, error = {}, None
+        for suffix, flags in INFERENCE.items():  # the reference's zero-shot rule, then with background words
+            seg = out / f"segment_val{suffix}"
+            done = vpl("segment", str(world), "--split", "val", "--pgseg", str(out / "pgseg.safetensors"),
+                       "--short-side", str(args.short_side), "-o", str(seg), "--device", "cpu", "--overwrite", *flags)
+            if done.returncode:
+                error = last_error(done)
+                break
+            done = vpl("eval", str(seg), "--json", str(out / f"segment_val{suffix}.json"), "--overwrite")
+            found = io.read_json(out / f"segment_val{suffix}.json")
+            scores[f"miou{suffix}"], scores[f"iou{suffix}"] = found["miou"], found["iou"]
+        if error:
+            runs[method] = {"error": error}
             continue
-        done = vpl("eval", str(seg), "--json", str(out / "segment_val.json"), "--overwrite")
-        scores = io.read_json(out / "segment_val.json")
         finite = [r["loss"] for r in log if math.isfinite(r["loss"])]
-        runs[method] = {"miou": scores["miou"], "iou": scores["iou"], "train_s": round(train_s, 1),
+        runs[method] = {**scores, "train_s": round(train_s, 1),
                         "first_loss": finite[0] if finite else None, "last_loss": finite[-1] if finite else None,
                         # logged steps whose total loss was NaN: T-NPR's closs when HRS kept no row (no gradient)
                         "nan_loss_records": len(log) - len(finite),
                         "iterations": log[-1]["iter"] if log else None}
-        print(f"{method} seed {seed}: val mIoU {100 * scores['miou']:.2f}", file=sys.stderr)
+        print(f"{method} seed {seed}: val mIoU {100 * scores['miou']:.2f}, with background words "
+              f"{100 * scores['miou_background']:.2f}", file=sys.stderr)
     return runs
 
 
@@ -133,8 +148,8 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=10, help="(B) and (C)'s epochs, from (A)")
     ap.add_argument("--finetune-warmup", type=int, default=2, help="(B) and (C)'s warm-up epochs")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
-    ap.add_argument("--crop-size", type=int, default=64)
-    ap.add_argument("--short-side", type=int, default=64)
+    ap.add_argument("--crop-size", type=int, default=0, help="0: the cpu recipe's")
+    ap.add_argument("--short-side", type=int, default=CPU["crop_size"], help="segment's; default: the recipe's crop")
     ap.add_argument("--scratch-pgseg", action="store_true", help="also PGSeg from scratch, (A)'s epochs")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -149,21 +164,26 @@ def main() -> None:
         for seed, per_seed in zip(seeds, pool.map(lambda s: run_seed(args, methods, world, s), seeds)):
             for method, record in per_seed.items():
                 runs[method][seed] = record
-    summary = {m: spread([r["miou"] for r in runs[m].values() if "miou" in r]) for m in methods}
-    paired = [runs["pgseg"][s]["miou"] - runs["groupvit"][s]["miou"] for s in seeds
-              if "miou" in runs["pgseg"].get(s, {}) and "miou" in runs["groupvit"].get(s, {})]
-    classes = sorted({c for m in methods for r in runs[m].values() for c in r.get("iou", {})})
-    class_iou = {m: {c: spread([r["iou"][c] for r in runs[m].values() if c in r.get("iou", {})]) for c in classes}
-                 for m in methods}
+    summary, paired, class_iou = {}, {}, {}
+    for suffix in INFERENCE:
+        key, iou = f"miou{suffix}", f"iou{suffix}"
+        summary[key] = {m: spread([r[key] for r in runs[m].values() if key in r]) for m in methods}
+        paired[key] = spread([runs["pgseg"][s][key] - runs["groupvit"][s][key] for s in seeds
+                              if key in runs["pgseg"].get(s, {}) and key in runs["groupvit"].get(s, {})])
+        classes = sorted({c for m in methods for r in runs[m].values() for c in r.get(iou, {})})
+        class_iou[iou] = {m: {c: spread([r[iou][c] for r in runs[m].values() if c in r.get(iou, {})])
+                              for c in classes} for m in methods}
     print(json.dumps({
         "what": "val mIoU of zero-shot `segment --pgseg` after `train-pgseg --recipe cpu` on the demo world's train "
                 "pairs; groupvit_scratch = (A) --no-npr from scratch; groupvit / pgseg = (A) continued for "
                 "--finetune-epochs with --no-npr / --npr (the reference fine-tunes PGSeg from GroupViT)",
         "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "finetune_warmup": args.finetune_warmup,
         "command": " ".join(["python", "studies/study_pgseg_demo.py", *sys.argv[1:]]),
-        "world": {"train": args.train, "val": args.val}, "seeds": seeds, "crop_size": args.crop_size,
-        "short_side": args.short_side, "baselines": baselines(world), "miou": summary,
-        "pgseg_minus_groupvit": spread(paired), "class_iou": class_iou, "runs": runs, "machine": machine("cpu"),
+        "world": {"train": args.train, "val": args.val}, "seeds": seeds,
+        "crop_size": args.crop_size or CPU["crop_size"], "min_scale": CPU["min_scale"],
+        "short_side": args.short_side, "baselines": baselines(world),
+        "inference": {f"miou{k}": ["segment --pgseg", *v] for k, v in INFERENCE.items()}, "miou": summary,
+        "pgseg_minus_groupvit": paired, "class_iou": class_iou, "runs": runs, "machine": machine("cpu"),
     }, indent=1))
 
 

@@ -1,14 +1,19 @@
 """Why the demo's GroupViT / PGSeg segment no better than all-background: how many groups its zero-shot maps use.
 
     python studies/study_pgseg_groups.py --world runs/pgseg/world --models A.safetensors B.safetensors ...
-        [--untrained] [--images 30] [--short-side 64] > studies/results/pgseg_groups.json
+        [--untrained] [--images 30] [--short-side 96] > studies/results/pgseg_groups.json
 
 On the first ``--images`` scenes of the world's TRAIN split (a diagnosis; val is not read), per model, the maps
 `segment --pgseg` reads (:meth:`PGSeg.combine_maps`: both stages' soft assignments chained, each pixel its argmax
 group): the mean share of the patches in the image's largest final group, the mean number of final groups that own
 a patch, the largest stage-1 group's share, and the group-oracle mIoU (every final group given the ground-truth
 class most of its pixels have): the best any group-to-class assignment could score with these groups, so an upper
-bound of the text side. ``--untrained``: a freshly initialised tiny GroupViT at the cpu recipe's crop too (seed 0).
+bound of the text side; and whether the model recognises the shapes at all: on the scenes with an object, how often
+the class whose 'a photo of a {}.' embedding best matches the pooled image embedding is one of the scene's classes
+(``pooled_top1_in_scene``; chance, a class drawn at random, is ``chance_top1_in_scene``). ``--untrained``: a freshly
+initialised tiny GroupViT at the cpu recipe's crop too (seed 0). And `segment --pgseg`'s own labels on these train
+scenes (whole image at ``--short-side``): ``zero_shot_miou`` by the reference's rule, ``zero_shot_miou_background``
+with ``--background`` words queried too: the train-split proxy the demo's recipe and inference were chosen by.
 Prints one JSON object.
 """
 
@@ -37,13 +42,21 @@ from benchlib import machine  # noqa: E402
 
 
 @torch.no_grad()
-def group_stats(model: fam.PGSeg, data, n_images: int, short: int) -> dict[str, float]:
+def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: list[str]) -> dict[str, float]:
     largest, used, stage1, oracle = [], [], [], MiouAccumulator(len(data.classes))
+    names = list(data.classes[1:])
+    queries = fam.class_text_embeddings(model, fam.class_tokens([*names, *background], fam.tokenizer(model.cfg)))
+    text = queries[:len(names)]  # [C, D]: the class names alone (the reference's queries)
+    zero_shot = {"": MiouAccumulator(len(data.classes)), "_background": MiouAccumulator(len(data.classes))}
+    top1 = []
     for item in data.items[:n_images]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
         h0, w0 = image.shape[:2]
         x = fam.image_tensor(image, fam.resized_size(h0, w0, short))
         feats = model.image_features(x)
+        present = set(np.unique(gt).tolist()) - {0, 255}
+        if present:  # the class of the best-matching name is in the scene
+            top1.append(int((F.normalize(feats["pooled"], dim=-1)[0] @ text.T).argmax()) + 1 in present)
         combined = model.combine_maps(feats["stages"])[0]  # [h*w, G]
         groups = combined.argmax(-1)
         counts = torch.bincount(groups, minlength=combined.shape[-1])
@@ -58,8 +71,15 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int) -> dict[str, 
         for g in np.unique(pixel_group):
             pred[pixel_group == g] = np.bincount(gt[pixel_group == g]).argmax()
         oracle.add(gt, pred)
+        for suffix, emb in (("", text), ("_background", queries)):  # `segment --pgseg`'s labels, whole image
+            logits = F.interpolate(fam.zero_shot_logits(model, x, emb), size=(h0, w0), mode="bilinear",
+                                   align_corners=False)[0].argmax(0)
+            logits[logits > len(names)] = 0  # a background word's pixels
+            zero_shot[suffix].add(gt, logits.to(torch.uint8).numpy())
     return {"largest_final_group_share": statistics.fmean(largest), "final_groups_used": statistics.fmean(used),
-            "largest_stage1_group_share": statistics.fmean(stage1), "group_oracle_miou": oracle.result()["miou"]}
+            "largest_stage1_group_share": statistics.fmean(stage1), "group_oracle_miou": oracle.result()["miou"],
+            "pooled_top1_in_scene": statistics.fmean(top1),
+            **{f"zero_shot_miou{k}": acc.result()["miou"] for k, acc in zero_shot.items()}}
 
 
 def main() -> None:
@@ -68,24 +88,32 @@ def main() -> None:
     ap.add_argument("--models", type=Path, nargs="*", default=[])
     ap.add_argument("--untrained", action="store_true")
     ap.add_argument("--images", type=int, default=30)
-    ap.add_argument("--short-side", type=int, default=64)
+    ap.add_argument("--background", default="grass,sky,wall,water", help="background words (zero_shot_miou_background)")
+    ap.add_argument("--short-side", type=int, default=PGSEG_RECIPES["cpu"]["crop_size"])
     args = ap.parse_args()
     torch.manual_seed(0)
     data = open_dataset(args.world, "train")
     all_bg = MiouAccumulator(len(data.classes))
+    in_scene = []
     for item in data.items[:args.images]:
         gt = io.read_mask(item.gt)
         all_bg.add(gt, np.zeros_like(gt))
+        present = set(np.unique(gt).tolist()) - {0, 255}
+        if present:
+            in_scene.append(len(present) / (len(data.classes) - 1))
+    words = [w.strip() for w in args.background.split(",") if w.strip()]
     rows = {}
     if args.untrained:
         crop = PGSEG_RECIPES["cpu"]["crop_size"]
         model = fam.build_model(fam.tiny_config(img_size=crop, npr=False), seed=0).frozen()
-        rows["untrained (seed 0)"] = group_stats(model, data, args.images, args.short_side)
+        rows["untrained (seed 0)"] = group_stats(model, data, args.images, args.short_side, words)
     for path in args.models:
-        rows[str(path)] = group_stats(fam.load_pgseg(path), data, args.images, args.short_side)
+        rows[str(path)] = group_stats(fam.load_pgseg(path), data, args.images, args.short_side, words)
     print(json.dumps({"command": " ".join(["python", "studies/study_pgseg_groups.py", *sys.argv[1:]]),
                       "split": "train", "images": args.images, "short_side": args.short_side,
-                      "all_background_miou": all_bg.result()["miou"], "models": rows, "machine": machine("cpu")},
+                      "background": words,
+                      "all_background_miou": all_bg.result()["miou"],
+                      "chance_top1_in_scene": statistics.fmean(in_scene), "models": rows, "machine": machine("cpu")},
                      indent=1))
 
 

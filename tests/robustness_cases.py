@@ -3846,6 +3846,12 @@ def _pgseg_wrong_checkpoint(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "--pgseg", ws.first_feature_file(), "-o", ws.out("out"), *CPU]
 
 
+@case("a background word that is also a class (segment --pgseg --background)", "'star' is also a class")
+def _pgseg_background_is_a_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--pgseg", ws.dino_weights("vit_as_pgseg.safetensors"),
+           "--background", "sky,star", "-o", ws.out("out"), *CPU]
+
+
 # --------------------------------------------------------------------------------------------- a CAM's labels
 @case("crf --backend torch of a CAM folder where one file holds its id but another image's labels",
       "CAMs for classes", "but the image is labelled", "re-run `vpltool cam`")

@@ -291,6 +291,19 @@ def test_real_family_trains_groupvit_and_segment_takes_it(world, tmp_path):
     assert all(m.shape == (96, 96) and m.max() < len(classes) for m in masks)
     scored = runner.invoke(app, ["eval", str(tmp_path / "seg")])
     assert scored.exit_code == 0 and "mIoU" in scored.output, scored.output
+    assert record["params"]["background"] == []  # the reference's: no background words unless asked
+
+    # background words: more queries, whose pixels are background; a word that is a class is refused, unwritten
+    words = runner.invoke(app, ["segment", str(world), "--split", "val", "--pgseg", str(model), "--short-side", "32",
+                                "-o", str(tmp_path / "seg_bg"), "--device", "cpu", "--background", "sky,grass,wall"])
+    assert words.exit_code == 0, words.output
+    record = io.read_record(io.stage_record_path(tmp_path / "seg_bg"))
+    assert record["classes"] == classes and record["params"]["background"] == ["sky", "grass", "wall"]
+    assert all(np.asarray(Image.open(tmp_path / "seg_bg" / f"val_{i:06d}.png")).max() < len(classes) for i in range(4))
+    clash = runner.invoke(app, ["segment", str(world), "--split", "val", "--pgseg", str(model), "-o",
+                                str(tmp_path / "seg_clash"), "--device", "cpu", "--background", "sky,star"])
+    assert clash.exit_code == 2 and "'star' is also a class" in clash.output, clash.output
+    assert not (tmp_path / "seg_clash").exists()
 
 
 def test_segment_pgseg_refuses_another_file_before_writing(world, tmp_path):

@@ -8,7 +8,9 @@
 3. per window (sliding 448-px windows at stride 224, as the reference's VOC ``test_cfg``; ``slide`` (0, _) = the
    whole image), both grouping stages' maps combined, every pixel its final group, every group the class it
    matches among the image's top 5, background where the best affinity is below ``bg_thresh`` (0.95, capped at
-   the image's highest affinity): :func:`vpltool.backbone.pgseg.zero_shot_logits`;
+   the image's highest affinity): :func:`vpltool.backbone.pgseg.zero_shot_logits`; with ``background`` words
+   (not the reference's: segment --dense's background queries) each word is one more query, in the top-5 and the
+   threshold as a class, and a pixel that takes one is background;
 4. the windows' logits averaged where they overlap (mmseg's ``slide_inference``, the family's ``mode="slide"``),
    resized (bilinear) to the image, argmax: a palette PNG over ``['background', *names]``, recorded in
    ``_stage.json`` so that `eval` scores it by name as it scores `segment --dense`.
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from . import io, presets
 from .config import RuntimeConfig
-from .config.pgseg import PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES
+from .config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES
 from .data import Dataset
 from .device import resolve_device
 from .errors import VplError
@@ -51,12 +53,15 @@ def run_segment_pgseg(
     bg_thresh: float = PGSEG_BG_THRESH,
     short_side: int = DEFAULT_SHORT_SIDE,
     slide: tuple[int, int] = DEFAULT_SLIDE,
+    background: str = PGSEG_BACKGROUND,
     on_start: Callable[[int], None] | None = None,
     on_item: Callable[[int], None] | None = None,
 ) -> io.StageSummary:
     """Masks ``<out>/<id>.png`` over ``['background', *names]`` for every image of ``dataset`` (module doc);
-    finished images are skipped unless ``runtime.overwrite``. The checkpoint is read (and its architecture
-    checked) before any output."""
+    finished images are skipped unless ``runtime.overwrite``. ``background``: background words as `segment`'s
+    ``--background`` takes them (none | auto | voc | coco | a file | 'w1,w2'). The checkpoint is read (and its
+    architecture checked) before any output."""
+    from .backbone.prompts import resolve_background
     from .backbone.registry import load_model
     from .device import shard_from_env
 
@@ -71,13 +76,14 @@ def run_segment_pgseg(
     names = [n.split("|")[0].strip().replace("_", " ") for n in names]
     presets.check_class_names(names, "--classes")
     classes = ["background", *names]
+    bg_words = resolve_background(background, presets.preset_for(classes), classes)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root, "--pgseg": checkpoint},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     fam = _family()
     fam.load_checkpoint(checkpoint)  # one line for a missing file or another model's, before anything is written
     templates = list(fam.TEMPLATES[PGSEG_TEMPLATES])
     params = {"method": "pgseg", "classes": list(names), "bg_thresh": bg_thresh, "short_side": short_side,
-              "slide_crop": slide[0], "slide_stride": slide[1],
+              "slide_crop": slide[0], "slide_stride": slide[1], "background": bg_words,
               "template_list": templates, "pgseg": io.file_identity(checkpoint),
               "model": {"model": "pgseg", "pretrained": str(checkpoint)}}  # the records' model: a family and a file
     index, count = shard_from_env(None)
@@ -90,7 +96,7 @@ def run_segment_pgseg(
         if todo:
             device = resolve_device(runtime.device)
             model = load_model("pgseg", checkpoint, device)
-            tokens = fam.class_tokens(names, fam.tokenizer(model.cfg), templates).to(device)
+            tokens = fam.class_tokens([*names, *bg_words], fam.tokenizer(model.cfg), templates).to(device)
             text = fam.class_text_embeddings(model, tokens)
             items = dataset.by_id()
             with torch.no_grad():
@@ -101,7 +107,9 @@ def run_segment_pgseg(
                     logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
                                                   crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1, h, w]
                     logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
-                    io.write_mask(io.mask_path(out, item_id), logits[0].argmax(0).to(torch.uint8).cpu().numpy())
+                    labels = logits[0].argmax(0)
+                    labels[labels > len(names)] = 0  # a background word's pixels (channels after the classes')
+                    io.write_mask(io.mask_path(out, item_id), labels.to(torch.uint8).cpu().numpy())
                     if on_item:
                         on_item(1)
         folder.finish(ids, io.mask_path, index, count, classes=classes)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig, dense_help
-from ..config.pgseg import PGSEG_BG_THRESH
+from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH
 from .common import (
     BATCHED,
     AttentionOpt,
@@ -60,8 +60,9 @@ def segment_cmd(
     dense: DenseOpt = _S.dense,
     templates: Annotated[str, typer.Option(help="imagenet (the methods' 80 prompts) | clip-es | a template with {} | "
                                            "a file, one template per line.")] = _S.templates,
-    background: Annotated[str, typer.Option(help="Background words (queries of class 0): auto | voc | coco | none | "
-                                            "a file | 'w1,w2,...'.")] = _S.background,
+    background: Annotated[Optional[str], typer.Option(
+        help="Background words (queries of class 0): auto | voc | coco | none | a file | 'w1,w2,...' [default: "
+             f"{_S.background}; with --pgseg {PGSEG_BACKGROUND} (the reference's)].", show_default=False)] = None,
     logit_scale: Annotated[Optional[float], typer.Option(help="softmax(scale * cosine) over the queries. " + _METHOD,
                                                          show_default=False)] = None,
     prob_threshold: Annotated[Optional[float], typer.Option(help="A pixel whose top class probability is below this "
@@ -128,11 +129,13 @@ def segment_cmd(
                                   short_side=short_side or DEFAULT_SHORT_SIDE,
                                   slide=(DEFAULT_SLIDE[0] if slide_crop is None else slide_crop,
                                          DEFAULT_SLIDE[1] if slide_stride is None else slide_stride),
+                                  background=PGSEG_BACKGROUND if background is None else background,
                                   on_start=on_start, on_item=on_item)
         say(f"[green]✓[/] segment (pgseg): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → "
             f"{out}")
         return
-    cfg = SegmentConfig(dense=dense, templates=templates, background=background, logit_scale=logit_scale,
+    cfg = SegmentConfig(dense=dense, templates=templates,
+                        background=_S.background if background is None else background, logit_scale=logit_scale,
                         prob_threshold=prob_threshold, area_threshold=area_threshold, short_side=short_side,
                         slide_crop=slide_crop, slide_stride=slide_stride, pamr_steps=pamr_steps,
                         classes=None if classes is None else parse_class_names(classes), class_file=class_file,
