@@ -134,7 +134,7 @@ def _encoder_state(path: Path, spec: SamSpec, expected: dict[str, torch.Tensor],
                  f"{len(unknown)} unknown (first: {unknown[0]!r})" if unknown else ""]
         raise VplError(f"{path}: not weights of the SAM {spec.model} image encoder "
                        f"({'; '.join(p for p in parts if p)}); {FIX}")
-    for key, value in state.items():
+    for key, value in sorted(state.items()):
         shape = tuple(value) if shapes_only else tuple(value.shape)
         if shape != tuple(expected[key].shape):
             raise VplError(f"{path}: tensor {key!r} is {list(shape)}, the SAM {spec.model} encoder's is "
