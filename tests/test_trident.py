@@ -165,3 +165,43 @@ def test_trident_logits_follow_sams_grid(tiny_spec):
             p.add_(0.5)
     b = trident_logits(dense, pixels, text, [(48, 80)], 48, 32, [image])[0]
     assert (a - b).abs().max() > 1e-4
+
+
+def _ref_custom_attn(attn_layer, x, ex_feats, beta=1.2, gamma=3.0, token_size=(3, 3)):
+    """Trident's ``custom_attn`` (sequence-first ``x`` ``[L, B, D]`` without the class token, all windows at once)."""
+    heads = attn_layer.num_heads
+    _, bsz, dim = x.size()
+    hd = dim // heads
+    v = F.linear(x, attn_layer.in_proj_weight, attn_layer.in_proj_bias).chunk(3, dim=-1)[2]
+    v = v.contiguous().view(-1, bsz * heads, hd).transpose(0, 1)
+    _, _, h, w = ex_feats.shape
+    unit = F.normalize(ex_feats.flatten(2, 3), dim=1)
+    sim = torch.einsum("bcm,bcn->bmn", unit, unit)
+    sim = (sim - torch.mean(sim) * beta) * gamma
+    sim[sim < 0.0] = float("-inf")
+    weights = F.softmax(sim.unsqueeze(1).repeat(1, heads, 1, 1).reshape(bsz * heads, h * w, h * w), dim=-1)
+    v = v.reshape(bsz * heads, *token_size, hd).permute(0, 3, 1, 2)
+    v = F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(
+        bsz * heads, h * w, hd)
+    out = torch.bmm(weights, v).transpose(0, 1).contiguous().view(-1, bsz, dim)
+    return attn_layer.out_proj(out)
+
+
+def test_trident_proxy_attention_takes_the_mean_over_all_windows(tiny_spec):
+    """Trident runs an image's windows as one batch through ProxyCLIP's block, so ``mean S`` is over all of them
+    (its ``torch.mean(similarity)``); ProxyCLIP's own is per window."""
+    from vpltool.backbone.dense import proxy_attention_tokens
+
+    bb = load_backbone(tiny_spec, "cpu")
+    blk = bb.blocks[-1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 10, bb.width, generator=g)  # 2 windows, class token + 3x3 patches
+    proxy = torch.randn(2, 16, 8, generator=g)  # a proxy grid of 4x4
+    proxy[1] += 3.0  # the second window's similarities higher: the two means differ
+    with torch.no_grad():
+        got = proxy_attention_tokens(blk, x, (3, 3), proxy, (4, 4), DENSE_PRESETS["trident"].proxy)
+        ex = proxy.transpose(1, 2).reshape(2, 8, 4, 4)
+        want = _ref_custom_attn(blk.attn, blk.ln_1(x[:, 1:]).transpose(0, 1), ex).transpose(0, 1)
+        per_window = proxy_attention_tokens(blk, x, (3, 3), proxy, (4, 4), DENSE_PRESETS["proxyclip"].proxy)
+    assert torch.isfinite(got).all() and torch.allclose(got, want, atol=1e-5)
+    assert (got[0] - per_window[0]).abs().max() > 1e-3  # window 0 sees the higher pooled mean

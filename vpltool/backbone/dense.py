@@ -102,10 +102,13 @@ class ProxyAttention:
 
     Attributes:
         beta, gamma: the segmentor's defaults (1.2, 3.0).
+        pooled_mean: ``mean S`` over every window of the batch at once (Trident: its ``torch.mean(similarity)``
+            runs on all of one image's windows together), instead of per window (ProxyCLIP, one window a call).
     """
 
     beta: float = 1.2
     gamma: float = 3.0
+    pooled_mean: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,8 @@ DENSE_PRESETS: dict[str, DenseMixing] = {
                         spectral=SpectralMatching(), text_shift=TextShift()),
     # Trident trident.py + configs/base_config.py: ProxyCLIP's last block with DINO ViT-B/16 (beta 1.2, gamma 3.0)
     # per window, spliced, then SAM ViT-B's last attention (cos_fac 1.2, refine_neg_cos True)
-    "trident": DenseMixing("trident", "proxy", False, False, "bicubic-dino", proxy=ProxyAttention(),
+    # (its windows batched: the similarity's mean is over all of an image's windows, as its torch.mean)
+    "trident": DenseMixing("trident", "proxy", False, False, "bicubic-dino", proxy=ProxyAttention(pooled_mean=True),
                            splice=SamAggregation()),
 }
 
@@ -478,9 +482,9 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
 
     Returns:
         ``[B, HW, width]``: ``out_proj(softmax(gamma (S - beta mean S)) v')`` per head, ``S`` the tokens' cosine
-        (its mean per image), negatives ``-inf``, ``v'`` CLIP's patch values resized bilinearly (align_corners
-        False) from ``(h, w)`` to ``(H, W)``. Row-major grids (the code reshapes with ``(w, h)``: the same on its
-        square windows).
+        (its mean per image; with ``cfg.pooled_mean`` over the whole batch), negatives ``-inf``, ``v'`` CLIP's patch
+        values resized bilinearly (align_corners False) from ``(h, w)`` to ``(H, W)``. Row-major grids (the code
+        reshapes with ``(w, h)``: the same on its square windows).
     """
     attn = blk.attn
     h = blk.ln_1(x)
@@ -490,7 +494,8 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
     v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)[2]
     unit = F.normalize(proxy, dim=-1)
     similarity = unit @ unit.transpose(1, 2)  # [B, HW, HW]
-    similarity = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * cfg.beta) * cfg.gamma
+    mean = similarity.mean() if cfg.pooled_mean else similarity.mean(dim=(1, 2), keepdim=True)
+    similarity = (similarity - mean * cfg.beta) * cfg.gamma
     similarity = torch.where(similarity < 0, torch.full_like(similarity, float("-inf")), similarity)
     weights = F.softmax(similarity, dim=-1)
     v = v[:, 1:].reshape(b, grid[0], grid[1], heads, hd).permute(0, 3, 4, 1, 2).reshape(b * heads, hd, *grid)
