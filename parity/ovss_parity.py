@@ -277,7 +277,9 @@ def run_trident(work: Path, args) -> dict:
     stamp = {"commit": dp.commit_of(clone), "weights": dp.file_digest(pt), "sam": dp.file_digest(sam),
              "dino": dp.file_digest(dino), "images": len(photos)}
     proc = None
-    if not ((ref / "meta.json").is_file() and (ref / "stamp.json").is_file()
+    if args.compare_only:
+        pass
+    elif not ((ref / "meta.json").is_file() and (ref / "stamp.json").is_file()
             and json.loads((ref / "stamp.json").read_text()) == stamp):
         import shutil
 
@@ -290,23 +292,39 @@ def run_trident(work: Path, args) -> dict:
         log = open(work / "ref" / "trident.log", "w")
         proc = subprocess.Popen(cmd, env=dp._env(args.threads), stdout=log, stderr=log)
     vt = Vpltool(model, st, config_dir)
-    words = []
-    for line in (clone / "configs" / "cls_voc21.txt").read_text().splitlines(keepends=True):
-        words += [w.replace("\n", "") for w in line.split("; ")]  # Trident's get_cls_idx
-    ours = trident_vpltool(work, vt, photos, words, dino, sam)
-    if proc is not None:
-        code = proc.wait()
-        if code:
-            raise SystemExit(f"trident_ref_runner.py failed ({code}):\n"
-                             + (work / "ref" / "trident.log").read_text()[-3000:])
-        (ref / "stamp.json").write_text(json.dumps(stamp))
-    meta = json.loads((ref / "meta.json").read_text())
+    words, owners = [], []
+    for c, line in enumerate((clone / "configs" / "cls_voc21.txt").read_text().splitlines(keepends=True)):
+        names = [w.replace("\n", "") for w in line.split("; ")]  # Trident's get_cls_idx
+        words, owners = words + names, owners + [c] * len(names)
+    ours = work / "vpltool_trident"
+    if not args.compare_only:
+        trident_vpltool(work, vt, photos, words, dino, sam)
+        if proc is not None:
+            code = proc.wait()
+            if code:
+                raise SystemExit(f"trident_ref_runner.py failed ({code}):\n"
+                                 + (work / "ref" / "trident.log").read_text()[-3000:])
+            (ref / "stamp.json").write_text(json.dumps(stamp))
+    elif proc is not None:
+        raise SystemExit("--compare-only: the reference's outputs in --work are not of these weights and photos")
+    # --compare-only on a run cut short: the photos both sides finished (the reference's meta.json, written at its
+    # end, may be missing: its query classes are then read from the class file as its get_cls_idx reads them)
+    meta_path = ref / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {
+        "query_idx": owners, "config": "configs/cfg_voc21.py", "effective": {}, "resize_scale": [2048, 448],
+        "photos": [{"file": p.name, "index": i} for i, p in enumerate(photos)
+                   if (ref / f"photo_{i:03d}.pt").is_file() and (ours / f"photo_{i:03d}.pt").is_file()],
+        "notes": ["the reference's run was stopped before its end (no meta.json): only the photos both sides "
+                  "finished are compared, its effective settings are not recorded"]}
     query_idx = torch.tensor(meta["query_idx"])
     n_classes = int(query_idx.max()) + 1
     settings = DENSE_SEGMENTORS["trident"]
     rows = []
     for i, shape in enumerate(meta["photos"]):
+        i = shape.pop("index", i)
         theirs, mine = torch.load(ref / f"photo_{i:03d}.pt"), torch.load(ours / f"photo_{i:03d}.pt")
+        shape = {"input_shape": list(theirs["input"].shape[-2:]), "ori_shape": list(theirs["pred"].shape[-2:]),
+                 **shape}
         probs, labels = dense_probabilities(mine["logits"], query_idx, n_classes, settings.logit_scale,
                                             settings.prob_threshold, settings.area_threshold)
         same = labels.shape == theirs["pred"][0].shape
@@ -322,7 +340,7 @@ def run_trident(work: Path, args) -> dict:
                      "slide_crop": settings.slide_crop, "slide_stride": settings.slide_stride,
                      "short_side": settings.short_side, "beta": 1.2, "gamma": 3.0, "cos_fac": 1.2,
                      "refine_neg_cos": True, "sam_refine": False}
-    theirs_settings = {**eff, "short_side": min(meta["resize_scale"])}
+    theirs_settings = {**eff, "short_side": min(meta["resize_scale"])} if eff else {}
     variant = {
         "reference": f"Trident trident.Trident {meta['config']} (eval.py without --sam_refine)",
         "vpltool": "--dense trident, its VOC21 settings", "queries": len(words), "classes": n_classes,
@@ -335,7 +353,7 @@ def run_trident(work: Path, args) -> dict:
         else min(r["labels_equal"] for r in rows),
         "reference_label_classes_max": max((r["reference_label_classes"] for r in rows), default=0),
         "settings_mismatched": {k: {"vpltool": v, "reference": theirs_settings.get(k)}
-                                for k, v in ours_settings.items() if theirs_settings.get(k) != v},
+                                for k, v in ours_settings.items() if eff and theirs_settings.get(k) != v},
         "reference_settings": theirs_settings, "photos": rows, "notes": meta.get("notes", []),
     }
     return {
@@ -439,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
                                                     "model [default: --ref's dino folder]")
     ap.add_argument("--methods", default=",".join(VARIANTS), help="the variants to run, comma-separated; or trident "
                     "alone (run_trident)")
+    ap.add_argument("--compare-only", action="store_true", help="--methods trident: compare the photos both sides "
+                    "left in --work (a run cut short), run nothing")
     ap.add_argument("--ref-python", default=sys.executable, help="a Python with torch, ftfy, regex, OpenCV")
     benchlib.add_common_args(ap, f"{QUICK['images']} small photo, the tiny random test ViT, no clone",
                              "ignored: both sides run fp32 on the CPU")

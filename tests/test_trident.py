@@ -205,3 +205,24 @@ def test_trident_proxy_attention_takes_the_mean_over_all_windows(tiny_spec):
         per_window = proxy_attention_tokens(blk, x, (3, 3), proxy, (4, 4), DENSE_PRESETS["proxyclip"].proxy)
     assert torch.isfinite(got).all() and torch.allclose(got, want, atol=1e-5)
     assert (got[0] - per_window[0]).abs().max() > 1e-3  # window 0 sees the higher pooled mean
+
+
+RESULT = Path(__file__).resolve().parents[1] / "parity" / "results" / "ovss_parity_trident.json"
+
+
+@pytest.mark.skipif(not RESULT.is_file(), reason="no committed parity/results/ovss_parity_trident.json")
+def test_committed_trident_parity_says_what_it_measured():
+    """The committed run against Trident's own code: its headline is the worst photo, its verdicts follow the
+    figures and the bars (1e-4, 99.9 %), its settings match the reference's, and it names the reference's commit."""
+    import json
+
+    result = json.loads(RESULT.read_text())
+    method, variant = result["methods"]["trident"], result["variants"]["trident"]
+    photos = variant["photos"]
+    assert photos and result["photos"]["trident"] == len(photos) and not result.get("quick")
+    assert method["max_abs_diff"] == max(p["logits"] for p in photos)
+    assert method["bar_met"] == (method["max_abs_diff"] <= 1e-4)
+    assert method["labels_equal_min"] == min(p["labels_equal"] for p in photos)
+    assert method["labels_bar_met"] == (method["labels_equal_min"] >= 0.999)
+    assert all(p["input"] == 0.0 for p in photos) and not variant["settings_mismatched"]
+    assert result["reference"]["clones"]["Trident"]["commit"].startswith("a93b346")
