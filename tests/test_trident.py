@@ -77,6 +77,23 @@ def test_sam_aggregation_is_guidance_attn():
     assert got.shape == (12, width) and torch.allclose(got, want, atol=1e-6)
 
 
+def test_sam_halves_is_guidance_attns_cityscapes_branch():
+    """Trident's Cityscapes: each half of the spliced map resized to its own half's SAM grid, mixed by that half's
+    weights, the two joined side by side (its ``type(sam_v) is list`` branch)."""
+    heads, width = 2, 8
+    left, right = _sam_inputs(heads=heads, h=3, w=4, hd=5, seed=0), _sam_inputs(heads=heads, h=3, w=4, hd=5, seed=1)
+    spliced = torch.randn(1, width, 5, 9, generator=torch.Generator().manual_seed(2))
+    cfg = SamAggregation(cos_fac=3.0, refine_neg_cos=False, halves=True)
+    got = sam_aggregate(spliced, [left[0][0], right[0][0]], [left[1][0], right[1][0]], cfg)
+    outs = []
+    for (attn, v), part in zip((left, right), (spliced[..., :4], spliced[..., 4:])):
+        dst = F.interpolate(part, size=(3, 4), mode="bilinear", align_corners=False)
+        dst = dst.reshape(1, heads, width // heads, -1).permute(0, 1, 3, 2)
+        outs.append(torch.matmul(_ref_sam_sim(v, attn, 3.0, heads, False), dst).view(1, heads, 3, 4, -1))
+    want = torch.cat(outs, dim=-2).flatten(2, 3).permute(2, 0, 1, 3).flatten(2)[:, 0]
+    assert got.shape == (24, width) and torch.allclose(got, want, atol=1e-6)
+
+
 def test_trident_input_is_preprocess_image():
     x = torch.randn(1, 3, 100, 150)
     y = trident_input(x, 16, 64)
@@ -106,7 +123,8 @@ def test_trident_settings_are_its_voc21_config():
     assert (voc20.cos_fac, voc20.short_side, voc20.slide_stride) == (0.0, 336, 112)
     assert dense_mixing_of(voc20).splice.cos_fac == 0.0
     city = dense_mixing_of(preset_config("trident", "cityscapes"))
-    assert (city.splice.cos_fac, city.splice.refine_neg_cos) == (3.0, False)
+    assert (city.splice.cos_fac, city.splice.refine_neg_cos, city.splice.halves) == (3.0, False, True)
+    assert not dense_mixing_of(preset_config("trident", "ade20k")).splice.halves
 
 
 def test_trident_without_sam_weights_is_one_line():
@@ -149,6 +167,7 @@ def test_trident_logits_follow_sams_grid(tiny_spec):
     SAM of other weights changes them (the aggregation is used, not bypassed)."""
     from vpltool.backbone.dino import DinoSpec
     from vpltool.backbone.segmentor import trident_logits
+    from vpltool.segment import dense_mixing_of
 
     bb = load_backbone(tiny_spec, "cpu")
     dino = load_model("dino", DinoSpec("test_vit", str(TOY_DINO)), "cpu")
@@ -165,6 +184,9 @@ def test_trident_logits_follow_sams_grid(tiny_spec):
             p.add_(0.5)
     b = trident_logits(dense, pixels, text, [(48, 80)], 48, 32, [image])[0]
     assert (a - b).abs().max() > 1e-4
+    halves = bb.with_dense(dense_mixing_of(SegmentConfig(dense="trident", sam_halves=True)), proxy=dino, sam=sam)
+    c = trident_logits(halves, pixels, text, [(48, 80)], 48, 32, [image])[0]
+    assert c.shape == (4, 48, 80) and torch.isfinite(c).all() and (c - b).abs().max() > 1e-4
 
 
 def _ref_custom_attn(attn_layer, x, ex_feats, beta=1.2, gamma=3.0, token_size=(3, 3)):

@@ -126,8 +126,9 @@ def dense_mixing_of(cfg: SegmentConfig):
                  "cluster_cut": "h_threshold", "window_global": "window_global"}
         out = replace(out, text_shift=replace(out.text_shift, **{shift[k]: v for k, v in cass.items() if k in shift}),
                       spectral=replace(out.spectral, stretch=cass.get("stretch", out.spectral.stretch)))
-    if sam:  # Trident's per-dataset knobs (cos_fac, refine_neg_cos) into its SAM aggregation
-        out = replace(out, splice=replace(out.splice, **sam))
+    if sam:  # Trident's per-dataset knobs (cos_fac, refine_neg_cos, sam_halves) into its SAM aggregation
+        out = replace(out, splice=replace(out.splice, **{"halves" if k == "sam_halves" else k: v
+                                                          for k, v in sam.items()}))
     return out
 
 

@@ -125,12 +125,15 @@ class SamAggregation:
         refine_neg_cos: a negative threshold is kept (True, the configs' value); False: it becomes ``neg_fallback``.
         cap: thresholds above it are lowered to it (0.9 in the code).
         neg_fallback: 0.6 in the code.
+        halves: SAM sees the left and the right half of the photo apart, and each half of the spliced map is
+            aggregated by its own half's attention (Trident's Cityscapes, ``dataset_type='CityscapesDataset'``).
     """
 
     cos_fac: float = 1.2
     refine_neg_cos: bool = True
     cap: float = 0.9
     neg_fallback: float = 0.6
+    halves: bool = False
 
 
 @dataclass(frozen=True)
@@ -558,11 +561,23 @@ def sam_affinity(attn: torch.Tensor, values: torch.Tensor, cfg: SamAggregation) 
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
-def sam_aggregate(spliced: torch.Tensor, attn: torch.Tensor, values: torch.Tensor, cfg: SamAggregation
-                  ) -> torch.Tensor:
+def sam_aggregate(spliced: torch.Tensor, attn: torch.Tensor | Sequence[torch.Tensor],
+                  values: torch.Tensor | Sequence[torch.Tensor], cfg: SamAggregation) -> torch.Tensor:
     """``[1, width, H, W]`` spliced tokens -> ``[N, width]`` on SAM's ``h x w`` grid (``values``'s): resized
     bilinearly (align_corners False) there, then mixed by :func:`sam_affinity` (the same weights for every head,
-    so one product over all channels)."""
+    so one product over all channels).
+
+    With two halves (``cfg.halves``: ``attn`` and ``values`` lists of the left and the right half's), the spliced
+    map's left ``W // 2`` columns go to the left half's grid and the rest to the right's, each mixed by its own
+    half, and the two results are joined side by side: ``[h (w_l + w_r), width]`` row-major."""
+    if isinstance(values, (list, tuple)):
+        cut = spliced.shape[-1] // 2
+        parts = [sam_aggregate(part, a, v, cfg).view(v.shape[1], v.shape[2], -1)
+                 for part, a, v in zip((spliced[..., :cut], spliced[..., cut:]), attn, values)]
+        if parts[0].shape[0] != parts[1].shape[0]:
+            raise VplError(f"--sam-halves: the halves' SAM grids have {parts[0].shape[0]} and {parts[1].shape[0]} "
+                           "rows; they must match")
+        return torch.cat(parts, dim=1).flatten(0, 1)
     h, w = values.shape[1:3]
     mapped = F.interpolate(spliced, size=(h, w), mode="bilinear", align_corners=False)
     weights = sam_affinity(attn, values, cfg).to(mapped.dtype)

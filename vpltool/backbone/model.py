@@ -361,12 +361,13 @@ class ClipBackbone:
         return tokens, grid
 
     def trident_features(self, windows: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]],
-                         grid: tuple[int, int], attn: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+                         grid: tuple[int, int], attn, values) -> torch.Tensor:
         """Trident (``mixing.splice``): one image's windows through the proxy-attention last block
         (:meth:`proxy_tokens`), spliced over the input's patch ``grid`` (``boxes``: per window ``(y0, x0, y1, x1)``
         in patches; :func:`~vpltool.backbone.dense.splice_windows`), aggregated on SAM's grid by SAM's last
         attention ``attn`` ``[heads, N, N]`` and values ``[heads, h, w, hd]`` (cut to the patches the image
-        covers; :func:`~vpltool.backbone.dense.sam_aggregate`), then ``ln_post`` and ``proj``.
+        covers; :func:`~vpltool.backbone.dense.sam_aggregate`; lists of the two halves' with
+        ``SamAggregation.halves``), then ``ln_post`` and ``proj``.
 
         Returns:
             ``[h w, D]`` joint-space features on SAM's ``h x w`` grid, not normalised.
@@ -380,7 +381,11 @@ class ClipBackbone:
         p = self.patch_size
         window_grid = (windows.shape[-2] // p, windows.shape[-1] // p)
         spliced = splice_windows(tokens, proxy_grid, window_grid, boxes, grid)
-        mixed = sam_aggregate(spliced, attn.to(spliced.device), values.to(spliced.device), self.mixing.splice)
+        if isinstance(values, (list, tuple)):  # two halves (SamAggregation.halves)
+            attn, values = [a.to(spliced.device) for a in attn], [v.to(spliced.device) for v in values]
+        else:
+            attn, values = attn.to(spliced.device), values.to(spliced.device)
+        mixed = sam_aggregate(spliced, attn, values, self.mixing.splice)
         v = self.visual
         out = v.ln_post(mixed)
         return out @ v.proj.to(out.dtype) if v.proj is not None else out

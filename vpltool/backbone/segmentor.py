@@ -149,6 +149,17 @@ def sam_image(image: np.ndarray, stride: int = 16) -> np.ndarray:
     return image if (th, tw) == (h, w) else cv2.resize(np.ascontiguousarray(image), (tw, th))
 
 
+def sam_attention(sam, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's last attention ``[heads, N, N]`` and values ``[heads, h, w, hd]`` of ``image`` (uint8 ``[H, W, 3]``),
+    cut to the ``h x w`` patches the image covers in SAM's padded input (Trident's ``get_sam_feat``)."""
+    sam_pixels, (sh, sw) = sam.prepare(np.ascontiguousarray(image))
+    attn, values = sam.last_attention(sam_pixels)
+    g = sam.img_size // sam.patch_size
+    heads = attn.shape[1]
+    attn = attn[0].view(heads, g, g, g, g)[:, :sh, :sw, :sh, :sw].reshape(heads, sh * sw, sh * sw)
+    return attn, values[0, :, :sh, :sw]
+
+
 def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
                    stride: int, sam_images: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
     """Trident's ``get_trident_seg`` per image of a batch: per image ``[Q, H0, W0]`` float32 cosine logits.
@@ -174,13 +185,16 @@ def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence
         windows = torch.cat([x[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])
         image = sam_images[i]
         image = image.cpu().numpy() if isinstance(image, torch.Tensor) else image
-        sam_pixels, (sh, sw) = sam.prepare(image)
-        attn, values = sam.last_attention(sam_pixels)
-        g = sam.img_size // sam.patch_size
-        heads = attn.shape[1]
-        attn = attn[0].view(heads, g, g, g, g)[:, :sh, :sw, :sh, :sw].reshape(heads, sh * sw, sh * sw)
+        if bb.mixing.splice.halves:  # Trident's Cityscapes: SAM on the left and the right half apart
+            half = image.shape[1] // 2
+            seen = [sam_attention(sam, image[:, :half]), sam_attention(sam, image[:, half:])]
+            attn, values = [a for a, _ in seen], [v for _, v in seen]
+            sh, sw = values[0].shape[1], values[0].shape[2] + values[1].shape[2]
+        else:
+            attn, values = sam_attention(sam, image)
+            sh, sw = values.shape[1:3]
         feats = bb.trident_features(windows, [(y0 // p, x0 // p, y1 // p, x1 // p) for y0, y1, x0, x1 in boxes],
-                                    (height // p, width // p), attn, values[0, :, :sh, :sw]).float()
+                                    (height // p, width // p), attn, values).float()
         feats = feats / feats.norm(dim=-1, keepdim=True)
         logits = (feats @ rows_t.to(feats.dtype).T).T.reshape(1, -1, sh, sw)
         out.append(F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0])

@@ -25,6 +25,7 @@ from .common import (
     ProxyModelOpt,
     RefineNegCosOpt,
     ResidualOpt,
+    SamHalvesOpt,
     SamWeightsOpt,
     Shard,
     ShiftWeightOpt,
@@ -80,6 +81,7 @@ def benchmark_cmd(
     window_global: WindowGlobalOpt = None,
     cos_fac: CosFacOpt = None,
     refine_neg_cos: RefineNegCosOpt = None,
+    sam_halves: SamHalvesOpt = None,
     proxy_model: ProxyModelOpt = None,
     proxy_weights: Annotated[Optional[str], typer.Option(
         "--proxy-weights", help="The proxy model's weights: hub (timm's local cache) | a local file | none (random, "
@@ -133,7 +135,8 @@ def benchmark_cmd(
                  "pamr_steps": pamr_steps, "class_file": class_file, "attention": attention, "residual": residual,
                  "global_weight": global_weight, "shift_weight": shift_weight, "cluster_cut": cluster_cut,
                  "stretch": stretch, "window_global": window_global, "cos_fac": cos_fac,
-                 "refine_neg_cos": refine_neg_cos, "proxy_model": proxy_model, "proxy_weights": proxy_weights,
+                 "refine_neg_cos": refine_neg_cos, "sam_halves": sam_halves, "proxy_model": proxy_model,
+                 "proxy_weights": proxy_weights,
                  "sam_weights": sam_weights}
     methods = [m.strip() for m in method.split(",") if m.strip()]
     tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), overrides,

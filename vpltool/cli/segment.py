@@ -26,6 +26,7 @@ from .common import (
     ProxyWeightsOpt,
     RefineNegCosOpt,
     ResidualOpt,
+    SamHalvesOpt,
     SamModelOpt,
     SamWeightsOpt,
     Shard,
@@ -95,6 +96,7 @@ def segment_cmd(
     sam_weights: SamWeightsOpt = None,
     cos_fac: CosFacOpt = None,
     refine_neg_cos: RefineNegCosOpt = None,
+    sam_halves: SamHalvesOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     pgseg: Annotated[Optional[Path], typer.Option(help="Segment with this PGSeg / GroupViT checkpoint instead (a "
@@ -150,7 +152,7 @@ def segment_cmd(
                         attention=attention, residual=residual, proxy_model=proxy_model, proxy_weights=proxy_weights,
                         global_weight=global_weight, shift_weight=shift_weight, cluster_cut=cluster_cut,
                         stretch=stretch, window_global=window_global, sam_model=sam_model, sam_weights=sam_weights,
-                        cos_fac=cos_fac, refine_neg_cos=refine_neg_cos)
+                        cos_fac=cos_fac, refine_neg_cos=refine_neg_cos, sam_halves=sam_halves)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

@@ -16,7 +16,7 @@ DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", 
 PROXY_METHODS = ("proxyclip", "cass", "trident")  # methods whose last block takes a proxy vision model
 SAM_METHODS = ("trident",)  # methods that also take SAM's image encoder (--sam-model, --sam-weights)
 CASS_KNOBS = ("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")  # SegmentConfig fields
-TRIDENT_KNOBS = ("cos_fac", "refine_neg_cos")  # SegmentConfig fields: Trident's SAM aggregation
+TRIDENT_KNOBS = ("cos_fac", "refine_neg_cos", "sam_halves")  # SegmentConfig fields: Trident's SAM aggregation
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
 # each proxy method's own (--proxy-model left out): Trident loads torch.hub's dino_vitb16
 PROXY_MODELS = {"proxyclip": DEFAULT_PROXY_MODEL, "cass": DEFAULT_PROXY_MODEL, "trident": "vit_base_patch16_224.dino"}
@@ -130,6 +130,7 @@ class SegmentConfig:
     sam_weights: str | None = None  # a local file (SAM's released checkpoint) | none (random, seeded: tests)
     cos_fac: float | None = None  # pairs kept where SAM's value cosine > cos_fac x the row's mean
     refine_neg_cos: bool | None = None  # a negative threshold kept (True) or replaced by 0.6 (False)
+    sam_halves: bool | None = None  # SAM on the photo's left and right halves apart (its Cityscapes)
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
