@@ -1,5 +1,5 @@
-"""Speed of the newer ``--dense`` methods (SC-CLIP, ProxyCLIP, CASS) against CLIP's own last block (``--dense none``) at
-the same input size and windows; prints ONE JSON object.
+"""Speed of the newer ``--dense`` methods (SC-CLIP, ProxyCLIP, CASS, Trident) against CLIP's own last block
+(``--dense none``) at the same input size and windows; prints ONE JSON object.
 
     python bench/bench_dense_methods.py [--size 224] [--crop 224] [--stride 112] [--repeats 3] [--threads 2]
     python bench/bench_dense_methods.py --quick      # smoke test: the tiny test ViT and the toy DINO
@@ -10,7 +10,10 @@ scikit-image photo, CLIP-normalised), the same windows for every method, random 
 cost does not depend on the values). For ProxyCLIP the proxy model's own forward on the same windows
 (:meth:`~vpltool.backbone.dino.DinoBackbone.final_tokens`, random DINO ViT-B/8) is timed apart; for CASS its
 DINO input (:func:`~vpltool.backbone.dense.cass_proxy_input`) and last-block keys
-(:meth:`~vpltool.backbone.dino.DinoBackbone.last_keys`) per window. The bar: a method's
+(:meth:`~vpltool.backbone.dino.DinoBackbone.last_keys`) per window; for Trident its DINO ViT-B/16's
+``final_tokens`` on the windows plus SAM ViT-B's forward to its last attention
+(:meth:`~vpltool.backbone.sam.SamEncoder.last_attention`, on the photo at 1024 px, as Trident feeds it; the splicing
+and the SAM-affinity aggregation are Trident's own cost, inside its time). The bar: a method's
 time at most 1.2x ``none``'s plus its proxy model's forward. Each figure is the median of ``--repeats`` runs after
 one warm-up.
 """
@@ -29,8 +32,8 @@ import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BAR = 1.2
-QUICK = {"model": "vpl-test-vit", "proxy_model": "test_vit", "size": 64, "crop": 64, "stride": 32, "repeats": 1,
-         "queries": 6}
+QUICK = {"model": "vpl-test-vit", "proxy_model": "test_vit", "trident_proxy_model": "test_vit", "sam_model": "test",
+         "size": 64, "crop": 64, "stride": 32, "repeats": 1, "queries": 6}
 
 
 def photo(size: int):
@@ -45,6 +48,15 @@ def photo(size: int):
     mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
     std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
     return ((x - mean) / std)[None]
+
+
+def photo_uint8(size: int):
+    """``[size, size, 3]`` uint8 RGB: the same photo as :func:`photo`, for SAM's input."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    return np.asarray(Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC))
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -67,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=21, help="text rows (random unit vectors)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--methods", default="sc-clip,proxyclip,cass")
+    ap.add_argument("--trident-proxy-model", default="vit_base_patch16_224.dino", help="Trident's DINO (random)")
+    ap.add_argument("--sam-model", default="vit_b", help="Trident's SAM encoder (random): vit_b | vit_l | vit_h")
+    ap.add_argument("--methods", default="sc-clip,proxyclip,cass,trident")
     benchlib.add_common_args(ap, "the tiny test ViT and the toy DINO, 64x64, one repeat", "cpu only")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
     import torch
@@ -91,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     n_windows = len(window_starts(args.size, args.crop, args.stride)) ** 2
 
     def run(method: str):
+        if method == "trident":
+            b = bb.with_dense(method, proxy=trident_dino, sam=sam)
+            return lambda: dense_logits(b, x, text, [(args.size, args.size)], args.crop, args.stride,
+                                        sam_images=[sam_input])
         b = bb.with_dense(method, proxy=proxy if method in PROXY_METHODS else None)
         return lambda: dense_logits(b, x, text, [(args.size, args.size)], args.crop, args.stride)
 
@@ -104,9 +122,25 @@ def main(argv: list[str] | None = None) -> None:
         for w in windows:
             proxy.last_keys(cass_proxy_input(w[0], proxy.mean, proxy.std, proxy.patch_size))
 
+    proxy_s: dict[str, float] = {}
+    trident = "trident" in args.methods.split(",")
+    if trident:
+        from vpltool.backbone.sam import SamSpec
+        from vpltool.backbone.segmentor import sam_image
+
+        trident_dino = load_model("dino", DinoSpec(args.trident_proxy_model, weights), "cpu")
+        sam = load_model("sam", SamSpec(args.sam_model, "none"), "cpu")
+        sam_input = sam_image(photo_uint8(args.size))
+
+    def trident_proxy_forward():  # DINO ViT-B/16 on the windows, SAM's encoder to its last attention
+        trident_dino.final_tokens(torch.cat(windows))
+        sam.last_attention(sam.prepare(sam_input)[0])
+
     with torch.no_grad():
         base = median_seconds(run("none"), args.repeats)
-        proxy_s = {"proxyclip": median_seconds(proxy_forward, args.repeats)}
+        if trident:
+            proxy_s["trident"] = median_seconds(trident_proxy_forward, args.repeats)
+        proxy_s["proxyclip"] = median_seconds(proxy_forward, args.repeats)
         if "cass" in args.methods.split(","):
             proxy_s["cass"] = median_seconds(cass_proxy_forward, args.repeats)
         methods = {}
@@ -120,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "dense-methods", "quick": args.quick, "machine": benchlib.machine("cpu"),
         "model": f"{args.model} (random)", "size": args.size,
         "proxy_model": f"{args.proxy_model} ({'the toy DINO' if args.quick else 'random'})",
+        **({"trident_models": f"{args.trident_proxy_model} + SAM {args.sam_model} (random)"} if trident else {}),
         "crop": args.crop, "stride": args.stride, "windows": n_windows, "queries": args.queries,
         "repeats": args.repeats, "bar": f"seconds <= {BAR} x none's + the proxy model's forward",
         "none_seconds": round(base, 4), "methods": methods,

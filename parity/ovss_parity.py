@@ -24,6 +24,15 @@ in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab import
   336) against ``--dense cass``. Its ``.half()`` of DINO's keys is the identity as the other fp16 casts (fp32
   parity); its randomised SVD draws from torch's global generator, seeded 0 before each forward on both sides.
 
+* ``trident`` (``--methods trident``, run alone: :func:`run_trident`): YuHengsss/Trident's ``Trident`` as
+  ``eval.py --config configs/cfg_voc21.py`` runs it without ``--sam_refine`` (ProxyCLIP's proxy attention per
+  336/224 window with its ``torch.hub`` DINO ViT-B/16, built from the facebookresearch/dino clone with random
+  weights; the windows spliced; SAM ViT-B's last global attention from its own ``segment_anything`` copy with
+  random weights, seed 0, its zero-initialised positional and relative-position tables given seeded noise so that
+  they count; logit scale 40, threshold 0.2, short side 448) against ``--dense trident`` with the same weights
+  through ``load_model('dino', ...)`` and ``load_model('sam', ...)``, through ``parity/trident_ref_runner.py``.
+  Both sides read each photo again for SAM with OpenCV, as Trident does.
+
 Point a's inputs are the first photo's 224x224 crop and its top-left square (both references reshape their grids
 as if square: their whole-image forward on a non-square photo fails or misplaces tokens).
 
@@ -179,6 +188,197 @@ def precompute(work: Path, args) -> None:
                 print(f"{name} {path.name}: cached", file=sys.stderr, flush=True)
 
 
+TRIDENT_DINO = "vit_base_patch16_224.dino"  # timm's name of torch.hub's dino_vitb16
+# Trident's own pre-processor (trident.py: SegDataPreProcessor), the RGB swap of mmseg's bgr_to_rgb
+TRIDENT_PRE = {"mean": [122.771, 116.746, 104.094], "std": [68.501, 66.632, 70.323], "bgr_to_rgb": True}
+
+
+def trident_weights(work: Path) -> tuple[Path, Path]:
+    """Random DINO ViT-B/16 (timm's init, seed 0, DINO's tensor names) and SAM ViT-B (segment-anything's
+    ``sam_model_registry['vit_b']``, seed 0; its zero-initialised ``pos_embed`` and ``rel_pos_*`` tables given
+    seeded noise of std 0.02, so that the parity exercises them) as ``work/dino_vitb16.pth``, ``work/sam_vit_b.pth``
+    (the whole Sam, as SAM's released files), made once."""
+    import torch
+
+    dino, sam = work / "dino_vitb16.pth", work / "sam_vit_b.pth"
+    if not dino.is_file():
+        import timm
+
+        torch.manual_seed(0)
+        torch.save(timm.create_model(TRIDENT_DINO, pretrained=False, num_classes=0).state_dict(), dino)
+    if not sam.is_file():
+        from segment_anything import sam_model_registry
+
+        torch.manual_seed(0)
+        state = sam_model_registry["vit_b"]().state_dict()
+        g = torch.Generator().manual_seed(1)
+        for k in sorted(state):
+            if k.startswith("image_encoder.") and (k.endswith("pos_embed") or ".rel_pos_" in k):
+                state[k] = state[k] + 0.02 * torch.randn(state[k].shape, generator=g)
+        torch.save(state, sam)
+    return dino, sam
+
+
+def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: Path, sam: Path) -> Path:
+    """vpltool's logits of ``--dense trident`` on each photo (mmseg's test input at short side 448, Trident's
+    pre-processor; SAM's input the photo read with OpenCV) into ``work/vpltool_trident/photo_NNN.pt``; a photo
+    already there is kept."""
+    import cv2
+    import torch
+    from dense_ref_runner import mmseg_input
+
+    from vpltool.backbone.dino import DinoSpec
+    from vpltool.backbone.registry import load_model
+    from vpltool.backbone.sam import SamSpec
+    from vpltool.backbone.segmentor import sam_image, segment_logits
+    from vpltool.config.dense import DENSE_SEGMENTORS
+
+    out = work / "vpltool_trident"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = DENSE_SEGMENTORS["trident"]
+    bb = vt.base.with_dense("trident", proxy=load_model("dino", DinoSpec(TRIDENT_DINO, str(dino)), "cpu"),
+                            sam=load_model("sam", SamSpec("vit_b", str(sam)), "cpu"))
+    text = vt.rows(words)
+    for i, path in enumerate(photos):
+        target = out / f"photo_{i:03d}.pt"
+        if target.is_file():
+            continue
+        x, ori = mmseg_input(path, (2048, settings.short_side), TRIDENT_PRE)
+        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        tic = time.perf_counter()
+        with torch.no_grad():
+            logits = segment_logits(bb, x, text, settings, [tuple(ori)], [sam_image(image)])[0]
+        torch.save({"input": x, "logits": logits, "seconds": time.perf_counter() - tic}, target)
+        print(f"vpltool trident {path.name}: {time.perf_counter() - tic:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def run_trident(work: Path, args) -> dict:
+    """``--methods trident``: the reference (``trident_ref_runner.py``, its own process) and vpltool at once on the
+    photos, then per photo the logits, the probabilities after Trident's post-processing and the labels compared."""
+    import subprocess
+
+    import torch
+
+    from vpltool.backbone.segmentor import dense_probabilities
+    from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.presets import IMAGENET_TEMPLATES
+
+    start = time.perf_counter()
+    clone = next((p for p in args.ref.iterdir() if p.name.lower() == "trident"), None) if args.ref else None
+    dino_clone = args.dino_clone or next((p for p in args.ref.iterdir() if p.name.lower() == "dino"), None)
+    if clone is None or dino_clone is None:
+        raise SystemExit("--methods trident needs --ref DIR holding Trident/ and dino/ (facebookresearch/dino)")
+    model, config_dir = dp.model_config(work, args.model, args.text_layers)
+    pt, st, photos_dir = dp.setup(work, model, config_dir, args.images, 1.0)
+    photos = sorted(photos_dir.glob("*.jpg"))[: args.images]
+    dino, sam = trident_weights(work)
+    ref = work / "ref" / "trident"
+    stamp = {"commit": dp.commit_of(clone), "weights": dp.file_digest(pt), "sam": dp.file_digest(sam),
+             "dino": dp.file_digest(dino), "images": len(photos)}
+    proc = None
+    if args.compare_only:
+        pass
+    elif not ((ref / "meta.json").is_file() and (ref / "stamp.json").is_file()
+            and json.loads((ref / "stamp.json").read_text()) == stamp):
+        import shutil
+
+        shutil.rmtree(ref, ignore_errors=True)
+        ref.mkdir(parents=True)
+        cmd = [args.ref_python, str(Path(__file__).parent / "trident_ref_runner.py"), "--clone", str(clone),
+               "--weights", str(pt), "--dino-clone", str(dino_clone), "--dino-weights", str(dino), "--sam-weights",
+               str(sam), "--photos", str(photos_dir), "--images", str(len(photos)), "--out", str(ref), "--threads",
+               str(args.threads)]
+        log = open(work / "ref" / "trident.log", "w")
+        proc = subprocess.Popen(cmd, env=dp._env(args.threads), stdout=log, stderr=log)
+    vt = Vpltool(model, st, config_dir)
+    words, owners = [], []
+    for c, line in enumerate((clone / "configs" / "cls_voc21.txt").read_text().splitlines(keepends=True)):
+        names = [w.replace("\n", "") for w in line.split("; ")]  # Trident's get_cls_idx
+        words, owners = words + names, owners + [c] * len(names)
+    ours = work / "vpltool_trident"
+    if not args.compare_only:
+        trident_vpltool(work, vt, photos, words, dino, sam)
+        if proc is not None:
+            code = proc.wait()
+            if code:
+                raise SystemExit(f"trident_ref_runner.py failed ({code}):\n"
+                                 + (work / "ref" / "trident.log").read_text()[-3000:])
+            (ref / "stamp.json").write_text(json.dumps(stamp))
+    elif proc is not None:
+        raise SystemExit("--compare-only: the reference's outputs in --work are not of these weights and photos")
+    # --compare-only on a run cut short: the photos both sides finished (the reference's meta.json, written at its
+    # end, may be missing: its query classes are then read from the class file as its get_cls_idx reads them)
+    meta_path = ref / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {
+        "query_idx": owners, "config": "configs/cfg_voc21.py", "effective": {}, "resize_scale": [2048, 448],
+        "photos": [{"file": p.name, "index": i} for i, p in enumerate(photos)
+                   if (ref / f"photo_{i:03d}.pt").is_file() and (ours / f"photo_{i:03d}.pt").is_file()],
+        "notes": ["the reference's run was stopped before its end (no meta.json): only the photos both sides "
+                  "finished are compared, its effective settings are not recorded"]}
+    query_idx = torch.tensor(meta["query_idx"])
+    n_classes = int(query_idx.max()) + 1
+    settings = DENSE_SEGMENTORS["trident"]
+    rows = []
+    for i, shape in enumerate(meta["photos"]):
+        i = shape.pop("index", i)
+        theirs, mine = torch.load(ref / f"photo_{i:03d}.pt"), torch.load(ours / f"photo_{i:03d}.pt")
+        shape = {"input_shape": list(theirs["input"].shape[-2:]), "ori_shape": list(theirs["pred"].shape[-2:]),
+                 **shape}
+        probs, labels = dense_probabilities(mine["logits"], query_idx, n_classes, settings.logit_scale,
+                                            settings.prob_threshold, settings.area_threshold)
+        same = labels.shape == theirs["pred"][0].shape
+        nan_mine, nan_theirs = torch.isnan(mine["logits"]), torch.isnan(theirs["logits"][0])
+        rows.append({"nan_share": {"vpltool": float(nan_mine.double().mean()),
+                                   "reference": float(nan_theirs.double().mean())},
+                     "nan_where_equal": bool(torch.equal(nan_mine, nan_theirs)) if same else None,
+                     "file": shape["file"], "input_shape": shape["input_shape"], "ori_shape": shape["ori_shape"],
+                     "input": dp.max_abs(mine["input"], theirs["input"]),
+                     "logits": dp.max_abs(mine["logits"], theirs["logits"][0]),
+                     "probs": dp.max_abs(probs, theirs["probs"]),
+                     "labels_equal": float((labels == theirs["pred"][0]).double().mean()) if same else None,
+                     "reference_label_classes": int(theirs["pred"].unique().numel()),
+                     "seconds": {"vpltool": round(float(mine["seconds"]), 1), "reference": shape.get("seconds")}})
+    eff = meta["effective"]
+    ours_settings = {"logit_scale": settings.logit_scale, "prob_thd": settings.prob_threshold,
+                     "slide_crop": settings.slide_crop, "slide_stride": settings.slide_stride,
+                     "short_side": settings.short_side, "beta": 1.2, "gamma": 3.0, "cos_fac": 1.2,
+                     "refine_neg_cos": True, "sam_refine": False}
+    theirs_settings = {**eff, "short_side": min(meta["resize_scale"])} if eff else {}
+    variant = {
+        "reference": f"Trident trident.Trident {meta['config']} (eval.py without --sam_refine)",
+        "vpltool": "--dense trident, its VOC21 settings", "queries": len(words), "classes": n_classes,
+        "text_rows_max_abs_diff": dp.max_abs(vt.rows(words), torch.load(ref / "text.pt")["query_features"]),
+        "templates_equal": list(IMAGENET_TEMPLATES) == meta.get("templates"),
+        "patch_logits": {},
+        "seg_logits_max_abs_diff": dp.worst(r["logits"] for r in rows),
+        # random weights: a window whose every proxy similarity is below 1.2x the mean masks whole rows (softmax of
+        # -inf: NaN), and SAM's aggregation spreads it over the photo; such photos are listed, and the worst figure
+        # of the others is given beside the headline (which stays NaN: the bar is not claimed over them)
+        "photos_nan_on_both_sides": [r["file"] for r in rows if r["nan_where_equal"] and r["logits"] != r["logits"]],
+        "seg_logits_max_abs_diff_finite_photos": dp.worst(r["logits"] for r in rows if r["logits"] == r["logits"]),
+        "probs_max_abs_diff": dp.worst(r["probs"] for r in rows),
+        "labels_equal_min": None if any(r["labels_equal"] is None for r in rows)
+        else min(r["labels_equal"] for r in rows),
+        "reference_label_classes_max": max((r["reference_label_classes"] for r in rows), default=0),
+        "settings_mismatched": {k: {"vpltool": v, "reference": theirs_settings.get(k)}
+                                for k, v in ours_settings.items() if eff and theirs_settings.get(k) != v},
+        "reference_settings": theirs_settings, "photos": rows, "notes": meta.get("notes", []),
+    }
+    return {
+        "benchmark": "ovss-parity", "machine": benchlib.machine("cpu"), "model": model,
+        "text_layers": args.text_layers, "weights": "random (seed 0, fp16-exact values; DINO and SAM seed 0)",
+        "precision": "fp32", "device": "cpu", "threads": args.threads, "photos": {"trident": len(rows)},
+        "argv": sys.argv[1:],
+        "bar": f"max abs difference of the dense logits <= {BAR:g} and equal labels >= {LABELS_BAR:.1%} (fp32, CPU)",
+        "reference": {"clones": {"Trident": {"path": str(clone), "commit": stamp["commit"],
+                                             "seconds": meta.get("seconds")}},
+                      "dino_clone": str(dino_clone), "missing": []},
+        "methods": dp.summary({"trident": variant}, {"trident": ("trident",)}, LABELS_BAR),
+        "variants": {"trident": variant}, "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 def find_clones(ref: Path) -> dict[str, Path]:
     """:data:`CLONES` -> the clone in ``ref`` (a folder of that name, any case)."""
     children = {p.name.lower(): p for p in ref.iterdir() if p.is_dir()} if ref.is_dir() else {}
@@ -264,7 +464,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="ViT-B-16-quickgelu")
     ap.add_argument("--dino-clone", type=Path, help="a clone of facebookresearch/dino for ProxyCLIP's torch.hub "
                                                     "model [default: --ref's dino folder]")
-    ap.add_argument("--methods", default=",".join(VARIANTS), help="the variants to run, comma-separated")
+    ap.add_argument("--methods", default=",".join(VARIANTS), help="the variants to run, comma-separated; or trident "
+                    "alone (run_trident)")
+    ap.add_argument("--compare-only", action="store_true", help="--methods trident: compare the photos both sides "
+                    "left in --work (a run cut short), run nothing")
     ap.add_argument("--ref-python", default=sys.executable, help="a Python with torch, ftfy, regex, OpenCV")
     benchlib.add_common_args(ap, f"{QUICK['images']} small photo, the tiny random test ViT, no clone",
                              "ignored: both sides run fp32 on the CPU")
@@ -283,6 +486,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.methods == "trident":
+        with tempfile.TemporaryDirectory(prefix="ovss_parity_") as tmp:
+            work = args.work or Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            print(json.dumps(run_trident(work, args)))
+        return
     with tempfile.TemporaryDirectory(prefix="ovss_parity_") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

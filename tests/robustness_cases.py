@@ -1424,6 +1424,43 @@ def _segment_proxy_wrong_weights(ws: Workspace) -> Iterator[list[object]]:
            "--proxy-model", DINO_MODEL, "--proxy-weights", path]
 
 
+@case("segment --dense trident with --sam-weights of another architecture (a DINO's)", "other_sam.safetensors",
+      "not weights of the SAM vit_b image encoder", "--sam-weights")
+def _segment_trident_wrong_sam(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+    from safetensors.torch import save_file
+
+    path = ws.root / "other_sam.safetensors"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(6, 2)}, str(path))
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-weights", path]
+
+
+@case("segment --dense trident with SAM weights of another size (vit_l's width for --sam-model vit_b)",
+      "sam_small.safetensors", "the SAM vit_b encoder's is", "another SAM size")
+def _segment_trident_sam_size(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+    from safetensors.torch import save_file
+
+    from vpltool.backbone.sam import SAM_ARCHS, _build
+
+    with torch.device("meta"):  # vit_b's tensor names, each of vit_l's width (written as 1-element stand-ins
+        names = _build(SAM_ARCHS["vit_b"]).state_dict()  # but the first, so that the file stays small)
+    state = {k: torch.zeros(1) for k in names}
+    state["blocks.0.attn.proj.bias"] = torch.zeros(1024)
+    path = ws.root / "sam_small.safetensors"
+    save_file(state, str(path))
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-weights", path]
+
+
+@case("segment --dense trident without --sam-weights", "--dense trident needs SAM's image encoder",
+      "--sam-weights FILE")
+def _segment_trident_no_sam(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", "none"]
+
+
 @case("segment --dense cass with a --global-weight above 1", "--global-weight 1.5")
 def _segment_cass_bad_weight(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_cass"), *TINY, *CPU, "--dense", "cass",

@@ -95,8 +95,8 @@ def test_bench_dense_methods_quick_prints_one_json_object():
                           capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(proc.stdout)
     assert result["benchmark"] == "dense-methods" and result["quick"] and result["machine"]["device"] == "cpu"
-    assert set(result["methods"]) == {"sc-clip", "proxyclip", "cass"} and result["none_seconds"] > 0
-    for name in ("proxyclip", "cass"):
+    assert set(result["methods"]) == {"sc-clip", "proxyclip", "cass", "trident"} and result["none_seconds"] > 0
+    for name in ("proxyclip", "cass", "trident"):
         assert result["methods"][name]["proxy_forward_seconds"] > 0
     assert result["methods"]["sc-clip"]["proxy_forward_seconds"] == 0
     for m in result["methods"].values():  # the verdict follows the figures

@@ -109,10 +109,12 @@ def dense_mixing_of(cfg: SegmentConfig):
     (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``), and for CASS its
     per-dataset knobs (``--global-weight``, ``--shift-weight``, ``--cluster-cut``, ``--stretch``,
     ``--window-global``)."""
-    from .config.dense import CASS_KNOBS
+    from .config.dense import CASS_KNOBS, SAM_METHODS, TRIDENT_KNOBS
 
     cass = {k: getattr(cfg, k) for k in CASS_KNOBS if getattr(cfg, k) is not None} if cfg.dense == "cass" else {}
-    if cfg.attention is None and cfg.residual is None and not cass:
+    sam = ({k: getattr(cfg, k) for k in TRIDENT_KNOBS if getattr(cfg, k) is not None}
+           if cfg.dense in SAM_METHODS else {})
+    if cfg.attention is None and cfg.residual is None and not cass and not sam:
         return cfg.dense
     from .backbone.dense import dense_mixing
 
@@ -124,6 +126,9 @@ def dense_mixing_of(cfg: SegmentConfig):
                  "cluster_cut": "h_threshold", "window_global": "window_global"}
         out = replace(out, text_shift=replace(out.text_shift, **{shift[k]: v for k, v in cass.items() if k in shift}),
                       spectral=replace(out.spectral, stretch=cass.get("stretch", out.spectral.stretch)))
+    if sam:  # Trident's per-dataset knobs (cos_fac, refine_neg_cos, sam_halves) into its SAM aggregation
+        out = replace(out, splice=replace(out.splice, **{"halves" if k == "sam_halves" else k: v
+                                                          for k, v in sam.items()}))
     return out
 
 
@@ -142,6 +147,24 @@ def proxy_spec(cfg: SegmentConfig):
     except VplError as e:  # the dino family names its own options
         raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
                        .replace("--affinity dino", f"--dense {cfg.dense}")) from None
+    return spec
+
+
+def sam_spec(cfg: SegmentConfig):
+    """SAM's image encoder of a ``--dense`` method that takes one (Trident), its weights checked now (one line for
+    none given, a missing file or another architecture, before any model loads); None for the others."""
+    from .backbone.registry import check_model
+    from .backbone.sam import SamSpec
+    from .config.dense import SAM_METHODS
+
+    if cfg.dense not in SAM_METHODS:
+        return None
+    if cfg.sam_weights is None:
+        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass --sam-weights FILE (SAM's released "
+                       f"checkpoint of --sam-model {cfg.sam_model}, e.g. sam_vit_b_01ec64.pth; none: random weights, "
+                       "for tests only)")
+    spec = SamSpec(cfg.sam_model, cfg.sam_weights)
+    check_model("sam", spec)
     return spec
 
 
@@ -167,6 +190,7 @@ def run_segment(
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     proxy = proxy_spec(cfg)
+    sam = sam_spec(cfg)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     settings = cfg.resolved()
@@ -177,7 +201,8 @@ def run_segment(
               **({"mixing": _mixing_params(mixing)} if not isinstance(mixing, str) else {})}
     return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
                             settings, lambda: (backbone or load_model("clip", spec, device)).with_dense(
-                                mixing, proxy=None if proxy is None else load_model("dino", proxy, device)),
+                                mixing, proxy=None if proxy is None else load_model("dino", proxy, device),
+                                sam=None if sam is None else load_model("sam", sam, device)),
                             (synonyms, templates, background),
                             "--class-file / --templates" if cfg.class_file else
                             "--classes / --templates / --background",
@@ -190,7 +215,7 @@ def _mixing_params(mixing) -> dict:
     return asdict(mixing)
 
 
-__all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec",
+__all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec", "sam_spec",
            "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
            "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
            "segment_logits", "short_side_size", "write_dense_masks"]

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from ..errors import VplError
 
-DENSE_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass")
+DENSE_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass", "trident")
 ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy", "spectral")
 POS_INTERPOLATIONS = ("bilinear", "bicubic-dino")
 
@@ -102,10 +102,38 @@ class ProxyAttention:
 
     Attributes:
         beta, gamma: the segmentor's defaults (1.2, 3.0).
+        pooled_mean: ``mean S`` over every window of the batch at once (Trident: its ``torch.mean(similarity)``
+            runs on all of one image's windows together), instead of per window (ProxyCLIP, one window a call).
     """
 
     beta: float = 1.2
     gamma: float = 3.0
+    pooled_mean: bool = False
+
+
+@dataclass(frozen=True)
+class SamAggregation:
+    """Trident's splicing and SAM aggregation (YuHengsss/Trident ``open_clip/transformer.py`` ``guidance_attn`` and
+    ``get_sam_sim``): each window's proxy-attention output (:func:`proxy_attention_tokens`, before ``ln_post``) is
+    spliced into one grid over the whole input (overlaps averaged, :func:`splice_windows`), resized bilinearly to
+    SAM's patch grid, and mixed there by SAM's last global attention, kept only between patches whose SAM values
+    are similar (:func:`sam_affinity`).
+
+    Attributes:
+        cos_fac: a pair is kept where the cosine of its SAM values exceeds ``cos_fac`` times the row's head-mean
+            mean cosine (the segmentor's ``cos_fac``, 1.2).
+        refine_neg_cos: a negative threshold is kept (True, the configs' value); False: it becomes ``neg_fallback``.
+        cap: thresholds above it are lowered to it (0.9 in the code).
+        neg_fallback: 0.6 in the code.
+        halves: SAM sees the left and the right half of the photo apart, and each half of the spliced map is
+            aggregated by its own half's attention (Trident's Cityscapes, ``dataset_type='CityscapesDataset'``).
+    """
+
+    cos_fac: float = 1.2
+    refine_neg_cos: bool = True
+    cap: float = 0.9
+    neg_fallback: float = 0.6
+    halves: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,6 +208,9 @@ class DenseMixing:
             :func:`spectral_key_attention`, with Ω when ``gaussian_std > 0``); needs a proxy vision model.
         text_shift: CASS's object-presence text shift and global blend (:func:`object_presence_logits`), applied
             by the segmentor to each window's patch features.
+        splice: Trident's splicing of the windows' proxy-attention outputs and their SAM aggregation
+            (:class:`SamAggregation`, :func:`splice_windows`, :func:`sam_affinity`); with ``proxy``, and the
+            backbone needs a SAM encoder too (``with_dense(method, proxy=..., sam=...)``).
     """
 
     method: str
@@ -192,6 +223,7 @@ class DenseMixing:
     proxy: ProxyAttention | None = None
     spectral: SpectralMatching | None = None
     text_shift: TextShift | None = None
+    splice: SamAggregation | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
@@ -222,6 +254,11 @@ DENSE_PRESETS: dict[str, DenseMixing] = {
     # CASS cass_segmentor.py + base_config.py + cfg_voc21.py: arch 'reduced', attn_strategy 'spectral', std 5
     "cass": DenseMixing("cass", "spectral", False, False, "bicubic-dino", gaussian_std=5.0,
                         spectral=SpectralMatching(), text_shift=TextShift()),
+    # Trident trident.py + configs/base_config.py: ProxyCLIP's last block with DINO ViT-B/16 (beta 1.2, gamma 3.0)
+    # per window, spliced, then SAM ViT-B's last attention (cos_fac 1.2, refine_neg_cos True)
+    # (its windows batched: the similarity's mean is over all of an image's windows, as its torch.mean)
+    "trident": DenseMixing("trident", "proxy", False, False, "bicubic-dino", proxy=ProxyAttention(pooled_mean=True),
+                           splice=SamAggregation()),
 }
 
 
@@ -448,9 +485,9 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
 
     Returns:
         ``[B, HW, width]``: ``out_proj(softmax(gamma (S - beta mean S)) v')`` per head, ``S`` the tokens' cosine
-        (its mean per image), negatives ``-inf``, ``v'`` CLIP's patch values resized bilinearly (align_corners
-        False) from ``(h, w)`` to ``(H, W)``. Row-major grids (the code reshapes with ``(w, h)``: the same on its
-        square windows).
+        (its mean per image; with ``cfg.pooled_mean`` over the whole batch), negatives ``-inf``, ``v'`` CLIP's patch
+        values resized bilinearly (align_corners False) from ``(h, w)`` to ``(H, W)``. Row-major grids (the code
+        reshapes with ``(w, h)``: the same on its square windows).
     """
     attn = blk.attn
     h = blk.ln_1(x)
@@ -460,7 +497,8 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
     v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)[2]
     unit = F.normalize(proxy, dim=-1)
     similarity = unit @ unit.transpose(1, 2)  # [B, HW, HW]
-    similarity = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * cfg.beta) * cfg.gamma
+    mean = similarity.mean() if cfg.pooled_mean else similarity.mean(dim=(1, 2), keepdim=True)
+    similarity = (similarity - mean * cfg.beta) * cfg.gamma
     similarity = torch.where(similarity < 0, torch.full_like(similarity, float("-inf")), similarity)
     weights = F.softmax(similarity, dim=-1)
     v = v[:, 1:].reshape(b, grid[0], grid[1], heads, hd).permute(0, 3, 4, 1, 2).reshape(b * heads, hd, *grid)
@@ -468,6 +506,82 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
     v = v.reshape(b, heads, hd, -1).transpose(-1, -2)  # [B, heads, HW, hd]
     out = (weights[:, None] @ v).transpose(1, 2).reshape(b, -1, width)
     return attn.out_proj(out)
+
+
+def splice_windows(tokens: torch.Tensor, proxy_grid: tuple[int, int], window_grid: tuple[int, int],
+                   boxes: Sequence[tuple[int, int, int, int]], grid: tuple[int, int]) -> torch.Tensor:
+    """Trident's splicing (``guidance_attn``, before its SAM step): the windows' tokens placed into one map.
+
+    Args:
+        tokens: ``[n, HW, width]`` each window's proxy-attention output on the proxy's grid ``proxy_grid`` ``(H, W)``.
+        window_grid: ``(h, w)`` CLIP's patch grid of one window.
+        boxes: per window ``(y0, x0, y1, x1)`` in CLIP patches of the whole input (row-major, mmseg's order).
+        grid: ``(gh, gw)`` CLIP's patch grid of the whole input.
+
+    Returns:
+        ``[1, width, gh r, gw r]``: the sum of the windows over the cells they cover divided by their count,
+        ``r`` the proxy's patches per CLIP patch (``W // w`` when the sides divide, else the proxy's map is first
+        resized bilinearly to ``r`` times CLIP's window grid with ``r = round(H / h)``, as coded).
+    """
+    n, _, width = tokens.shape
+    maps = tokens.transpose(1, 2).reshape(n, width, *proxy_grid)
+    if proxy_grid[1] % window_grid[1] != 0:
+        ratio = int(round(proxy_grid[0] / window_grid[0]))
+        maps = F.interpolate(maps, size=(window_grid[0] * ratio, window_grid[1] * ratio), mode="bilinear",
+                             align_corners=False)
+    else:
+        ratio = proxy_grid[1] // window_grid[1]
+    out = maps.new_zeros(1, width, grid[0] * ratio, grid[1] * ratio)
+    count = maps.new_zeros(1, 1, grid[0] * ratio, grid[1] * ratio)
+    for k, (y0, x0, y1, x1) in enumerate(boxes):
+        out[0, :, y0 * ratio : y1 * ratio, x0 * ratio : x1 * ratio] += maps[k]
+        count[:, :, y0 * ratio : y1 * ratio, x0 * ratio : x1 * ratio] += 1
+    return out / count
+
+
+def sam_affinity(attn: torch.Tensor, values: torch.Tensor, cfg: SamAggregation) -> torch.Tensor:
+    """Trident's ``get_sam_sim``: SAM's last attention kept where SAM's values agree, as one row-stochastic matrix.
+
+    Args:
+        attn: ``[heads, N, N]`` SAM's last-block attention between the ``N = h w`` patches the image covers.
+        values: ``[heads, h, w, hd]`` that block's values there.
+
+    Returns:
+        ``[N, N]``: per head, ``attn`` where the cosine of the two patches' values exceeds the threshold
+        ``t_i = min(cos_fac * mean_{heads, j} cos_ij, cap)`` of row ``i`` (zero elsewhere); the mean over heads,
+        each row divided by its sum.
+    """
+    unit = F.normalize(values.flatten(1, 2), dim=-1)  # [heads, N, hd]
+    sim = unit @ unit.transpose(-1, -2)  # [heads, N, N]
+    thresh = cfg.cos_fac * sim.mean(dim=0, keepdim=True).mean(dim=-1, keepdim=True)  # [1, N, 1]
+    if not cfg.refine_neg_cos:
+        thresh = torch.where(thresh < 0.0, torch.full_like(thresh, cfg.neg_fallback), thresh)
+    thresh = torch.where(thresh > cfg.cap, torch.full_like(thresh, cfg.cap), thresh)
+    kept = torch.where(sim > thresh, attn, torch.zeros_like(attn)).mean(dim=0)
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def sam_aggregate(spliced: torch.Tensor, attn: torch.Tensor | Sequence[torch.Tensor],
+                  values: torch.Tensor | Sequence[torch.Tensor], cfg: SamAggregation) -> torch.Tensor:
+    """``[1, width, H, W]`` spliced tokens -> ``[N, width]`` on SAM's ``h x w`` grid (``values``'s): resized
+    bilinearly (align_corners False) there, then mixed by :func:`sam_affinity` (the same weights for every head,
+    so one product over all channels).
+
+    With two halves (``cfg.halves``: ``attn`` and ``values`` lists of the left and the right half's), the spliced
+    map's left ``W // 2`` columns go to the left half's grid and the rest to the right's, each mixed by its own
+    half, and the two results are joined side by side: ``[h (w_l + w_r), width]`` row-major."""
+    if isinstance(values, (list, tuple)):
+        cut = spliced.shape[-1] // 2
+        parts = [sam_aggregate(part, a, v, cfg).view(v.shape[1], v.shape[2], -1)
+                 for part, a, v in zip((spliced[..., :cut], spliced[..., cut:]), attn, values)]
+        if parts[0].shape[0] != parts[1].shape[0]:
+            raise VplError(f"--sam-halves: the halves' SAM grids have {parts[0].shape[0]} and {parts[1].shape[0]} "
+                           "rows; they must match")
+        return torch.cat(parts, dim=1).flatten(0, 1)
+    h, w = values.shape[1:3]
+    mapped = F.interpolate(spliced, size=(h, w), mode="bilinear", align_corners=False)
+    weights = sam_affinity(attn, values, cfg).to(mapped.dtype)
+    return weights @ mapped[0].flatten(1).T
 
 
 # CASS's inverse of a normalisation it never applied: ImageNet's statistics (with 0.255 for blue, as coded) undone
@@ -635,4 +749,5 @@ __all__ = ["DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing", "res
            "neighbourhood_bias", "mixed_attention", "mix_last_block", "ATTENTIONS", "POS_INTERPOLATIONS",
            "SelfCalibration", "lof_outliers", "repair_outliers", "unit_similarity", "aggregate",
            "self_calibrated_tokens", "scaled_levels", "ProxyAttention", "proxy_attention_tokens", "SpectralMatching",
-           "TextShift", "cass_proxy_input", "spectral_key_attention", "query_clusters", "object_presence_logits"]
+           "TextShift", "SamAggregation", "splice_windows", "sam_affinity", "sam_aggregate", "cass_proxy_input",
+           "spectral_key_attention", "query_clusters", "object_presence_logits"]

@@ -96,6 +96,7 @@ class ClipBackbone:
         self._tokenizer = None
         self.mixing = dense_mixing(dense)  # how the last block mixes its tokens (--dense; backbone.dense)
         self.proxy = None  # ProxyCLIP's proxy vision model (a DinoBackbone), given by with_dense
+        self.sam = None  # Trident's SAM encoder (a SamEncoder), given by with_dense
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self._bias_cache: dict[tuple, torch.Tensor] = {}
         # CLIP's mean and std on the device, once: made per batch they would be a host-to-device copy each time
@@ -161,16 +162,17 @@ class ClipBackbone:
         """The ``--dense`` method of the last block (``none``: CLIP-ES's vanilla block)."""
         return self.mixing.method
 
-    def with_dense(self, dense: str | DenseMixing, proxy=None) -> ClipBackbone:
+    def with_dense(self, dense: str | DenseMixing, proxy=None, sam=None) -> ClipBackbone:
         """A copy of this backbone (sharing the model) whose last block mixes its tokens as ``dense`` says
         (:mod:`vpltool.backbone.dense`); the positional embedding follows the method's interpolation. ``proxy``: the
         proxy vision model of a method with proxy attention (ProxyCLIP: a
-        :class:`~vpltool.backbone.dino.DinoBackbone`)."""
+        :class:`~vpltool.backbone.dino.DinoBackbone`); ``sam``: Trident's SAM encoder (a
+        :class:`~vpltool.backbone.sam.SamEncoder`)."""
         mixing = dense_mixing(dense)
-        if mixing == self.mixing and proxy is self.proxy:
+        if mixing == self.mixing and proxy is self.proxy and sam is self.sam:
             return self
         clone = copy.copy(self)
-        clone.mixing, clone.proxy = mixing, proxy
+        clone.mixing, clone.proxy, clone.sam = mixing, proxy, sam
         clone._pos_cache, clone._bias_cache = {}, {}
         return clone
 
@@ -338,6 +340,14 @@ class ClipBackbone:
         """ProxyCLIP: the proxy model's final tokens on the same pixels (CLIP's normalisation undone, the proxy's
         applied, as its ``UnNormalize`` + ``Normalize``), then :func:`~vpltool.backbone.dense.proxy_attention_tokens`
         -> ``[B, HW, D]`` on the proxy's grid."""
+        tokens = self.proxy_tokens(pixels, fp16_pos)[0]
+        v = self.visual
+        out = v.ln_post(tokens)
+        return out @ v.proj.to(out.dtype) if v.proj is not None else out
+
+    def proxy_tokens(self, pixels: torch.Tensor, fp16_pos: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The proxy-attention last block's output before ``ln_post`` (:meth:`_proxy_features`): ``[B, 3, H, W]``
+        CLIP-normalised pixels -> (``[B, HW, width]``, the proxy's grid ``(H', W')``)."""
         if self.proxy is None:
             raise VplError(f"--dense {self.mixing.method} needs a proxy vision model: pass --proxy-model and "
                            "--proxy-weights (a DINO ViT, e.g. vit_base_patch8_224.dino)")
@@ -348,8 +358,36 @@ class ClipBackbone:
         feats, grid = self.proxy.final_tokens(((raw - mean) / std).to(pixels.dtype))
         tokens = proxy_attention_tokens(self.blocks[-1], encoded.tokens, encoded.grid, feats.to(encoded.tokens.dtype),
                                         grid, self.mixing.proxy)
+        return tokens, grid
+
+    def trident_features(self, windows: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]],
+                         grid: tuple[int, int], attn, values) -> torch.Tensor:
+        """Trident (``mixing.splice``): one image's windows through the proxy-attention last block
+        (:meth:`proxy_tokens`), spliced over the input's patch ``grid`` (``boxes``: per window ``(y0, x0, y1, x1)``
+        in patches; :func:`~vpltool.backbone.dense.splice_windows`), aggregated on SAM's grid by SAM's last
+        attention ``attn`` ``[heads, N, N]`` and values ``[heads, h, w, hd]`` (cut to the patches the image
+        covers; :func:`~vpltool.backbone.dense.sam_aggregate`; lists of the two halves' with
+        ``SamAggregation.halves``), then ``ln_post`` and ``proj``.
+
+        Returns:
+            ``[h w, D]`` joint-space features on SAM's ``h x w`` grid, not normalised.
+        """
+        from .dense import sam_aggregate, splice_windows
+
+        if self.sam is None:
+            raise VplError(f"--dense {self.mixing.method} needs SAM's image encoder: pass --sam-weights FILE "
+                           "(e.g. sam_vit_b_01ec64.pth)")
+        tokens, proxy_grid = self.proxy_tokens(windows)
+        p = self.patch_size
+        window_grid = (windows.shape[-2] // p, windows.shape[-1] // p)
+        spliced = splice_windows(tokens, proxy_grid, window_grid, boxes, grid)
+        if isinstance(values, (list, tuple)):  # two halves (SamAggregation.halves)
+            attn, values = [a.to(spliced.device) for a in attn], [v.to(spliced.device) for v in values]
+        else:
+            attn, values = attn.to(spliced.device), values.to(spliced.device)
+        mixed = sam_aggregate(spliced, attn, values, self.mixing.splice)
         v = self.visual
-        out = v.ln_post(tokens)
+        out = v.ln_post(mixed)
         return out @ v.proj.to(out.dtype) if v.proj is not None else out
 
     def encode(self, pixels: torch.Tensor, *, stop: int | None = None, attention_from: int | None = None,

@@ -12,6 +12,7 @@ family     what it is                                             used by
 clip       open_clip ViTs, local files and folders, the toy CLIP  every CLIP stage; ``--dense`` is a parameter
 dino       a timm ViT (DINO, DINOv2, the toy DINO)                SSR's ``--affinity dino``; proxy attention
 pgseg      PGSeg / GroupViT (vpltool.backbone.pgseg)              ``train-pgseg``, ``segment`` with a PGSeg model
+sam        SAM's image encoder (segment-anything), a local file   ``--dense trident``'s affinity
 ========== ====================================================== ==============================================
 
 The families that later modules add register themselves when :func:`load_model` first names them (the module is
@@ -48,7 +49,8 @@ class Family:
 
 _FAMILIES: dict[str, Family] = {}
 # the module that registers each family, imported the first time the family is named
-_MODULES = {"clip": "vpltool.backbone.clip", "dino": "vpltool.backbone.dino", "pgseg": "vpltool.backbone.pgseg"}
+_MODULES = {"clip": "vpltool.backbone.clip", "dino": "vpltool.backbone.dino", "pgseg": "vpltool.backbone.pgseg",
+            "sam": "vpltool.backbone.sam"}
 
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,

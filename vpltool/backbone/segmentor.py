@@ -123,8 +123,87 @@ def input_embedding(bb, pixels: torch.Tensor) -> torch.Tensor | None:
     return image @ v.proj.to(image.dtype) if v.proj is not None else image
 
 
+def trident_input(pixels: torch.Tensor, stride: int, crop: int) -> torch.Tensor:
+    """Trident's ``preprocess_image``: ``[1, 3, H, W]`` normalised pixels whose sides are not both multiples of
+    ``stride`` are resized bilinearly (align_corners False) so that the long side is the next multiple, the short
+    one in proportion (truncated), each then rounded up to a multiple and to at least ``crop``; others pass as
+    they are."""
+    h, w = pixels.shape[-2:]
+    if h % stride == 0 and w % stride == 0:
+        return pixels
+    longer = max(h, w)
+    dst = longer if longer % stride == 0 else (longer // stride + 1) * stride
+    new_h, new_w = int(h * dst / longer), int(w * dst / longer)
+    new_h = new_h if new_h % stride == 0 else (new_h // stride + 1) * stride
+    new_w = new_w if new_w % stride == 0 else (new_w // stride + 1) * stride
+    return F.interpolate(pixels, (max(new_h, crop), max(new_w, crop)), mode="bilinear", align_corners=False)
+
+
+def sam_image(image: np.ndarray, stride: int = 16) -> np.ndarray:
+    """Trident's SAM input before SAM's own transform: the photo ``[H0, W0, 3]`` uint8 RGB resized (OpenCV,
+    bilinear) so that each side is the next multiple of ``stride``."""
+    import cv2
+
+    h, w = image.shape[:2]
+    th, tw = -(-h // stride) * stride, -(-w // stride) * stride
+    return image if (th, tw) == (h, w) else cv2.resize(np.ascontiguousarray(image), (tw, th))
+
+
+def sam_attention(sam, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's last attention ``[heads, N, N]`` and values ``[heads, h, w, hd]`` of ``image`` (uint8 ``[H, W, 3]``),
+    cut to the ``h x w`` patches the image covers in SAM's padded input (Trident's ``get_sam_feat``)."""
+    sam_pixels, (sh, sw) = sam.prepare(np.ascontiguousarray(image))
+    attn, values = sam.last_attention(sam_pixels)
+    g = sam.img_size // sam.patch_size
+    heads = attn.shape[1]
+    attn = attn[0].view(heads, g, g, g, g)[:, :sh, :sw, :sh, :sw].reshape(heads, sh * sw, sh * sw)
+    return attn, values[0, :, :sh, :sw]
+
+
+def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
+                   stride: int, sam_images: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
+    """Trident's ``get_trident_seg`` per image of a batch: per image ``[Q, H0, W0]`` float32 cosine logits.
+
+    The input is made a patch multiple (:func:`trident_input`), cut into mmseg's windows (no padding), the windows'
+    proxy-attention outputs spliced and aggregated by SAM on SAM's grid
+    (:meth:`~vpltool.backbone.ClipBackbone.trident_features`): SAM sees ``sam_images[i]`` (:func:`sam_image` of the
+    photo, uint8 ``[h, w, 3]``), its attention and values cut to the patches the image covers; the cosine with each
+    text row on that grid is resized bilinearly to the photo.
+    """
+    sam, p = bb.sam, bb.patch_size
+    if sam is None:
+        from ..errors import VplError
+
+        raise VplError(f"--dense {bb.mixing.method} needs SAM's image encoder: pass --sam-weights FILE")
+    rows_t = text.to(bb.device)
+    out = []
+    for i, size in enumerate(sizes):
+        x = trident_input(pixels[i : i + 1], p, crop)
+        height, width = x.shape[-2:]
+        boxes = [(y0, y1, x0, x1) for y0, y1 in window_starts(height, crop, stride)
+                 for x0, x1 in window_starts(width, crop, stride)]
+        windows = torch.cat([x[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])
+        image = sam_images[i]
+        image = image.cpu().numpy() if isinstance(image, torch.Tensor) else image
+        if bb.mixing.splice.halves:  # Trident's Cityscapes: SAM on the left and the right half apart
+            half = image.shape[1] // 2
+            seen = [sam_attention(sam, image[:, :half]), sam_attention(sam, image[:, half:])]
+            attn, values = [a for a, _ in seen], [v for _, v in seen]
+            sh, sw = values[0].shape[1], values[0].shape[2] + values[1].shape[2]
+        else:
+            attn, values = sam_attention(sam, image)
+            sh, sw = values.shape[1:3]
+        feats = bb.trident_features(windows, [(y0 // p, x0 // p, y1 // p, x1 // p) for y0, y1, x0, x1 in boxes],
+                                    (height // p, width // p), attn, values).float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        logits = (feats @ rows_t.to(feats.dtype).T).T.reshape(1, -1, sh, sw)
+        out.append(F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0])
+    return out
+
+
 def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
-                 stride: int, pad: bool = False, whole: str = "input", pad_multiple: int = 0) -> list[torch.Tensor]:
+                 stride: int, pad: bool = False, whole: str = "input", pad_multiple: int = 0,
+                 sam_images: Sequence | None = None) -> list[torch.Tensor]:
     """Slide inference of a batch: per image ``[Q, H0, W0]`` float32 cosine logits at its own size.
 
     Args:
@@ -139,8 +218,13 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
             ``direct``: the patch grid's logits resized to the image at once (SCLIP's and ClearCLIP's
             ``forward_feature(img, ori_shape)``).
 
-    All windows of a batch have one size, so they run as one forward; nothing waits for the device.
+    All windows of a batch have one size, so they run as one forward; nothing waits for the device. Trident
+    (``mixing.splice``) runs :func:`trident_logits` with ``sam_images``.
     """
+    if getattr(bb.mixing, "splice", None) is not None:
+        if sam_images is None:
+            raise ContractError("--dense trident: the segmentor was given no SAM input images")
+        return trident_logits(bb, pixels, text, sizes, crop, stride, sam_images)
     b, _, height, width = pixels.shape
     if crop <= 0:
         if whole == "direct":
@@ -273,12 +357,14 @@ def query_rows(bb, classes: Sequence[Sequence[str]], templates: Sequence[str], b
     return encode_names(bb, names, templates), torch.tensor(owner, dtype=torch.long)
 
 
-def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: Sequence[tuple[int, int]]
-                   ) -> list[torch.Tensor]:
+def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: Sequence[tuple[int, int]],
+                   sam_images: Sequence | None = None) -> list[torch.Tensor]:
     """:func:`dense_logits` with a method's :class:`~vpltool.config.DenseSettings`, then its PAMR (when
-    ``pamr_steps``) guided by each image's input resized back to it. Per image ``[Q, H0, W0]`` float32."""
+    ``pamr_steps``) guided by each image's input resized back to it. Per image ``[Q, H0, W0]`` float32.
+    ``sam_images``: Trident's SAM inputs (:func:`sam_image`)."""
     logits = dense_logits(bb, pixels, text, sizes, settings.slide_crop, settings.slide_stride,
-                          pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple)
+                          pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple,
+                          sam_images=sam_images)
     if not settings.pamr_steps:
         return logits
     return [pamr(guide_image(pixels[i], size), lg[None], settings.pamr_steps, settings.pamr_dilations)[0]
@@ -287,11 +373,11 @@ def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes
 
 
 def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
-                 n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype
-                 ) -> list[torch.Tensor]:
+                 n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
+                 sam_images: Sequence | None = None) -> list[torch.Tensor]:
     """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (nothing waits for it)."""
     with torch.no_grad(), autocast(bb.device, dtype):
-        logits = segment_logits(bb, pixels, text, settings, sizes)
+        logits = segment_logits(bb, pixels, text, settings, sizes, sam_images)
     masks = []
     for lg in logits:
         _, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
@@ -346,12 +432,15 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
     inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
     pre = bb.preprocessor
     text, query_class = text.to(bb.device), query_class.to(bb.device)
+    trident = getattr(bb.mixing, "splice", None) is not None
 
     def load(i: int) -> dict:  # in a loading worker: the uint8 image resized (here or on the device)
         image = io.load_image(items[i].image)
         if tuple(image.shape[:2]) != tuple(sizes[i]):
             raise ContractError(f"{items[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
                                 f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
+        if trident:  # SAM's input: the photo itself at patch multiples (Trident reads the file again)
+            return {"pixels": pre.loaded(image, inputs[i]), "sam": torch.tensor(sam_image(image))}
         return {"pixels": pre.loaded(image, inputs[i])}
 
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
@@ -362,10 +451,12 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
                                   bb.device):
             index = batch["index"]
             pixels = bb.pixels(batch["pixels"], inputs[index[0]])
+            sams = list(batch["sam"]) if trident else None
 
-            def run(part: slice, index=index, pixels=pixels) -> tuple[slice, list[torch.Tensor]]:
+            def run(part: slice, index=index, pixels=pixels, sams=sams) -> tuple[slice, list[torch.Tensor]]:
                 return part, labels_batch(bb, pixels[part], text, query_class, n_classes, settings,
-                                          [sizes[i] for i in index[part]], dtype)
+                                          [sizes[i] for i in index[part]], dtype,
+                                          None if sams is None else sams[part])
 
             for part, masks in runner(len(index), run):
                 writer.submit({"masks": masks}, _writer(out, [items[i].id for i in index[part]]), n=len(masks))
@@ -380,5 +471,6 @@ def _writer(out: Path, ids: list[str]) -> Callable[[dict], None]:
 
 
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
+           "trident_input", "sam_image", "trident_logits",
            "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
            "segment_logits", "labels_batch", "write_dense_masks", "settings_params"]

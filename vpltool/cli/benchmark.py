@@ -14,6 +14,7 @@ from .common import (
     BatchSize,
     ClassFileOpt,
     ClusterCutOpt,
+    CosFacOpt,
     Device,
     GlobalWeightOpt,
     LogFile,
@@ -21,7 +22,11 @@ from .common import (
     ModelOpt,
     Precision,
     PretrainedOpt,
+    ProxyModelOpt,
+    RefineNegCosOpt,
     ResidualOpt,
+    SamHalvesOpt,
+    SamWeightsOpt,
     Shard,
     ShiftWeightOpt,
     StretchOpt,
@@ -74,6 +79,15 @@ def benchmark_cmd(
     cluster_cut: ClusterCutOpt = None,
     stretch: StretchOpt = None,
     window_global: WindowGlobalOpt = None,
+    cos_fac: CosFacOpt = None,
+    refine_neg_cos: RefineNegCosOpt = None,
+    sam_halves: SamHalvesOpt = None,
+    proxy_model: ProxyModelOpt = None,
+    proxy_weights: Annotated[Optional[str], typer.Option(
+        "--proxy-weights", help="The proxy model's weights: hub (timm's local cache) | a local file | none (random, "
+        "seeded: tests) [default: hub].",
+        show_default=False)] = None,
+    sam_weights: SamWeightsOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
@@ -120,7 +134,10 @@ def benchmark_cmd(
                  "short_side": short_side, "slide_crop": slide_crop, "slide_stride": slide_stride,
                  "pamr_steps": pamr_steps, "class_file": class_file, "attention": attention, "residual": residual,
                  "global_weight": global_weight, "shift_weight": shift_weight, "cluster_cut": cluster_cut,
-                 "stretch": stretch, "window_global": window_global}
+                 "stretch": stretch, "window_global": window_global, "cos_fac": cos_fac,
+                 "refine_neg_cos": refine_neg_cos, "sam_halves": sam_halves, "proxy_model": proxy_model,
+                 "proxy_weights": proxy_weights,
+                 "sam_weights": sam_weights}
     methods = [m.strip() for m in method.split(",") if m.strip()]
     tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), overrides,
                             runtime(device, precision, batch_size, workers, False), shard=shard_of(shard),

@@ -572,11 +572,13 @@ def warn_inert(cfg, defaults=None):
 
 DenseOpt = Annotated[str, typer.Option("--dense", help="How CLIP's last block mixes its tokens: none (CLIP's own, "
                                        "the CLIP-ES path) | maskclip | sclip | clearclip | naclip | sc-clip | "
-                                       "proxyclip | cass (the training-free dense methods, as their public code; "
+                                       "proxyclip | cass | trident (the training-free dense methods, as their "
+                                       "public code; "
                                        "docs/open-vocabulary.md).")]
-ProxyModelOpt = Annotated[str, typer.Option("--proxy-model", help="--dense proxyclip's and cass's proxy vision "
-                                            "model: a timm DINO ViT name (vit_base_patch8_224.dino is the "
-                                            "references' dino_vitb8).")]
+ProxyModelOpt = Annotated[Optional[str], typer.Option(
+    "--proxy-model", help="--dense proxyclip's, cass's and trident's proxy vision model: a timm DINO ViT name "
+    "[default: the method's: vit_base_patch8_224.dino (the references' dino_vitb8) for proxyclip and cass, "
+    "vit_base_patch16_224.dino (dino_vitb16) for trident].", show_default=False)]
 ProxyWeightsOpt = Annotated[str, typer.Option("--proxy-weights", help="Its weights: hub (timm's local cache) | a "
                                               "local file (timm or DINO layout) | none (random, seeded: tests).")]
 
@@ -604,6 +606,22 @@ ClusterCutOpt = Annotated[Optional[float], typer.Option(
 StretchOpt = Annotated[Optional[bool], typer.Option(
     "--stretch/--no-stretch", help="--dense cass: stretch the DINO graph's singular values (its code does for every "
     "dataset but VOC20 and Cityscapes) [default: stretch].", show_default=False)]
+# Trident's SAM encoder and its aggregation (segment, benchmark)
+SamModelOpt = Annotated[str, typer.Option("--sam-model", help="--dense trident's SAM image encoder: vit_b (the "
+                                          "reference's) | vit_l | vit_h.")]
+SamWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--sam-weights", help="--dense trident: SAM's weights, a local file (SAM's released checkpoint, e.g. "
+    "sam_vit_b_01ec64.pth, or the image encoder's tensors) | none (random, seeded: tests). Required with trident.",
+    show_default=False)]
+CosFacOpt = Annotated[Optional[float], typer.Option(
+    "--cos-fac", help="--dense trident: SAM's attention kept where its value cosine exceeds this times the row's "
+    "mean (its cos_fac) [default: 1.2, base_config.py].", show_default=False)]
+RefineNegCosOpt = Annotated[Optional[bool], typer.Option(
+    "--refine-neg-cos/--no-refine-neg-cos", help="--dense trident: keep a negative cosine threshold (its "
+    "refine_neg_cos; off: 0.6 in its place) [default: on].", show_default=False)]
+SamHalvesOpt = Annotated[Optional[bool], typer.Option(
+    "--sam-halves/--sam-whole", help="--dense trident: SAM sees the photo's left and right halves apart, each half "
+    "of the spliced map aggregated by its own (its Cityscapes) [default: whole].", show_default=False)]
 WindowGlobalOpt = Annotated[Optional[bool], typer.Option(
     "--window-global/--input-global", help="--dense cass: each window's own image embedding (its Cityscapes) or the "
     "whole input's [default: input-global].", show_default=False)]

@@ -14,6 +14,7 @@ from .common import (
     AttentionOpt,
     ClassFileOpt,
     ClusterCutOpt,
+    CosFacOpt,
     DenseOpt,
     GlobalWeightOpt,
     LogFile,
@@ -23,7 +24,11 @@ from .common import (
     PretrainedOpt,
     ProxyModelOpt,
     ProxyWeightsOpt,
+    RefineNegCosOpt,
     ResidualOpt,
+    SamHalvesOpt,
+    SamModelOpt,
+    SamWeightsOpt,
     Shard,
     ShiftWeightOpt,
     Split,
@@ -86,8 +91,13 @@ def segment_cmd(
     cluster_cut: ClusterCutOpt = None,
     stretch: StretchOpt = None,
     window_global: WindowGlobalOpt = None,
-    proxy_model: ProxyModelOpt = _S.proxy_model,
+    proxy_model: ProxyModelOpt = None,
     proxy_weights: ProxyWeightsOpt = _S.proxy_weights,
+    sam_model: SamModelOpt = _S.sam_model,
+    sam_weights: SamWeightsOpt = None,
+    cos_fac: CosFacOpt = None,
+    refine_neg_cos: RefineNegCosOpt = None,
+    sam_halves: SamHalvesOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     pgseg: Annotated[Optional[Path], typer.Option(help="Segment with this PGSeg / GroupViT checkpoint instead (a "
@@ -105,7 +115,8 @@ def segment_cmd(
     verbose: Verbose = False,
 ) -> None:
     """Segment any class names with no labels and no training: CLIP with a training-free dense last block
-    (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP; ProxyCLIP and CASS with a DINO proxy model) against text queries;
+    (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP; ProxyCLIP and CASS with a DINO proxy model; Trident with DINO
+    and SAM's image encoder) against text queries;
     palette PNGs that `eval` scores by class name.
 
     \b
@@ -114,6 +125,8 @@ def segment_cmd(
       vpltool segment photos/ --classes "cat|kitten,dog,sofa" -o runs/photos_seg
       vpltool segment voc20=data/VOC2012 -o runs/voc20 --dense sclip --class-file sclip:voc20
       vpltool segment photos/ -o runs/proxy --dense proxyclip --proxy-weights dino_vitbase8_pretrain.pth
+      vpltool segment photos/ -o runs/trident --dense trident --proxy-weights dino_vitbase16_pretrain.pth \\
+          --sam-weights sam_vit_b_01ec64.pth
     """
     from ..data import open_dataset
     from ..predict import parse_class_names
@@ -141,7 +154,8 @@ def segment_cmd(
                         classes=None if classes is None else parse_class_names(classes), class_file=class_file,
                         attention=attention, residual=residual, proxy_model=proxy_model, proxy_weights=proxy_weights,
                         global_weight=global_weight, shift_weight=shift_weight, cluster_cut=cluster_cut,
-                        stretch=stretch, window_global=window_global)
+                        stretch=stretch, window_global=window_global, sam_model=sam_model, sam_weights=sam_weights,
+                        cos_fac=cos_fac, refine_neg_cos=refine_neg_cos, sam_halves=sam_halves)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

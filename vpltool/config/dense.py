@@ -12,10 +12,15 @@ from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
 
 # vpltool.backbone.DENSE_METHODS (torch-free)
-DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass")
-PROXY_METHODS = ("proxyclip", "cass")  # methods whose last block takes a proxy vision model (--proxy-model)
+DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass", "trident")
+PROXY_METHODS = ("proxyclip", "cass", "trident")  # methods whose last block takes a proxy vision model
+SAM_METHODS = ("trident",)  # methods that also take SAM's image encoder (--sam-model, --sam-weights)
 CASS_KNOBS = ("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")  # SegmentConfig fields
+TRIDENT_KNOBS = ("cos_fac", "refine_neg_cos", "sam_halves")  # SegmentConfig fields: Trident's SAM aggregation
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
+# each proxy method's own (--proxy-model left out): Trident loads torch.hub's dino_vitb16
+PROXY_MODELS = {"proxyclip": DEFAULT_PROXY_MODEL, "cass": DEFAULT_PROXY_MODEL, "trident": "vit_base_patch16_224.dino"}
+DEFAULT_SAM_MODEL = "vit_b"  # Trident's sam_model_type (configs/base_config.py)
 CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
 ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.backbone.dense.ATTENTIONS (torch-free)
 WHOLE_MODES = ("input", "direct")  # --slide-crop 0: logits via the input size (NACLIP) | straight to the image
@@ -63,6 +68,10 @@ DENSE_SEGMENTORS: dict[str, DenseSettings] = {
     # (slide_crop 0), short side 336; the logits resized to the input, then to the image
     "cass": DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0, slide_stride=112,
                           crop_mode="floor", whole="input"),
+    # trident.py + configs/base_config.py + cfg_voc21.py (eval.py without --sam_refine): logit scale 40, prob_thd
+    # 0.2, slide 336/224 spliced (windows never padded), short side 448; logits on SAM's grid resized to the image
+    "trident": DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=448, slide_crop=336, slide_stride=224,
+                             crop_mode="floor", whole="direct"),
 }
 
 
@@ -105,7 +114,8 @@ class SegmentConfig:
     # model_type 'vanilla' = qk with ignore_residual True = no residual, no FFN); None = the method's
     attention: str | None = None
     residual: bool | None = None
-    proxy_model: str = DEFAULT_PROXY_MODEL  # ProxyCLIP's proxy vision model: a timm DINO ViT (the toy DINO's folder)
+    # the proxy vision model: a timm DINO ViT (the toy DINO's folder); None = the method's (PROXY_MODELS)
+    proxy_model: str | None = None
     proxy_weights: str = "hub"  # its weights: hub (timm's cache) | a local file | none (random, seeded: tests)
     # CASS's per-dataset knobs (its configs/cfg_*.py and dataset switches); None = its VOC21 values
     # (vpltool.backbone.dense.TextShift / SpectralMatching)
@@ -114,9 +124,21 @@ class SegmentConfig:
     cluster_cut: float | None = None  # h_threshold: the Ward distance at which the queries' tree is cut
     stretch: bool | None = None  # the DINO graph's singular values stretched (all but voc20 and city_scapes)
     window_global: bool | None = None  # each window's own image embedding (city_scapes) instead of the input's
+    # Trident: SAM's image encoder (vpltool.backbone.sam) and its aggregation's knobs (None = its VOC21 values,
+    # vpltool.backbone.dense.SamAggregation)
+    sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h
+    sam_weights: str | None = None  # a local file (SAM's released checkpoint) | none (random, seeded: tests)
+    cos_fac: float | None = None  # pairs kept where SAM's value cosine > cos_fac x the row's mean
+    refine_neg_cos: bool | None = None  # a negative threshold kept (True) or replaced by 0.6 (False)
+    sam_halves: bool | None = None  # SAM on the photo's left and right halves apart (its Cityscapes)
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
+        if self.proxy_model is None:  # the method's own, recorded as such
+            object.__setattr__(self, "proxy_model", PROXY_MODELS.get(self.dense, DEFAULT_PROXY_MODEL))
+        if self.cos_fac is not None and self.cos_fac < 0:
+            require(False, f"--cos-fac {self.cos_fac}: give a factor >= 0 (Trident's own: 1.2; 0 keeps every pair "
+                    "with a positive SAM cosine)")
         if self.attention is not None:
             choice("--attention", self.attention, ATTENTION_CHOICES)
         # CLIP's own is 100 (learned, clamped there); beyond MAX_LOGIT_SCALE softmax is an argmax already, and the
@@ -139,6 +161,8 @@ class SegmentConfig:
         """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), CASS's knobs without
         ``--dense cass``."""
         out = {} if self.dense == "cass" else {k: "without --dense cass" for k in CASS_KNOBS}
+        if self.dense not in SAM_METHODS:
+            out.update({k: "without --dense trident" for k in (*TRIDENT_KNOBS, "sam_model", "sam_weights")})
         if self.dense in PROXY_METHODS:
             return out
         why = f"without --dense {' or '.join(PROXY_METHODS)}"

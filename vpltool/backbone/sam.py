@@ -1,0 +1,250 @@
+"""SAM's image encoder (Kirillov et al., ICCV 2023) as a model family: the ``segment-anything`` package's
+``ImageEncoderViT``, built with ``sam_model_registry``'s shapes, its weights read offline from a local file.
+
+Trident (``--dense trident``) takes two things from it: the last block's global self-attention
+``softmax(q kᵀ scale + rel_pos)`` per head and that block's values, both on SAM's own ``S/16 x S/16`` patch grid
+(``S`` = 1024 for the released models), as Trident's patched copy of the package exposes them (``last_attn``,
+``last_v``). :meth:`SamEncoder.last_attention` recomputes them from the installed package's modules, with the same
+arithmetic; :meth:`SamEncoder.features` is the encoder's own output (the neck's 256 channels).
+
+Weights: SAM's released checkpoints (``sam_vit_b_01ec64.pth``: the whole Sam, whose ``image_encoder.`` tensors are
+taken and whose prompt encoder and mask decoder are dropped), a file of the encoder's tensors alone, or ``none``
+(seeded random: tests and parity). A file of another architecture, or of another SAM size, is one line
+(:func:`check_sam`), raised before any model is built; nothing loads as a random model in its place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import VplError
+from ..io import is_regular_file
+from .registry import register_family
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """An ``ImageEncoderViT``'s shape (``segment_anything.build_sam``'s ``_build_sam`` arguments)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    img_size: int = 1024
+    window_size: int = 14
+    out_chans: int = 256
+
+
+# build_sam.py's three sizes; "test": a tiny encoder of the same code for the test suite (256 px, 16x16 patches)
+SAM_ARCHS: dict[str, SamArch] = {
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    "test": SamArch(32, 2, 2, (1,), img_size=256, window_size=4, out_chans=16),
+}
+PIXEL_MEAN = (123.675, 116.28, 103.53)  # Sam's pixel_mean / pixel_std (0..255 RGB)
+PIXEL_STD = (58.395, 57.12, 57.375)
+PATCH = 16
+OTHER_PARTS = ("prompt_encoder.", "mask_decoder.")  # a whole Sam checkpoint's tensors beside the encoder's
+FIX = "pass SAM's released checkpoint of that size (e.g. sam_vit_b_01ec64.pth for vit_b) to --sam-weights"
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    """Which SAM encoder: ``model`` one of :data:`SAM_ARCHS`; ``weights`` a local file | ``none`` (seeded random)."""
+
+    model: str = "vit_b"
+    weights: str = "none"
+
+
+def import_sam():
+    try:
+        import segment_anything
+    except ImportError:
+        raise VplError("the sam family needs the segment-anything package, which is not installed: "
+                       "pip install segment-anything") from None
+    return segment_anything
+
+
+def _build(arch: SamArch):
+    """``ImageEncoderViT`` exactly as ``_build_sam`` builds it (on the current default device)."""
+    from segment_anything.modeling import ImageEncoderViT
+
+    return ImageEncoderViT(depth=arch.depth, embed_dim=arch.embed_dim, img_size=arch.img_size, mlp_ratio=4,
+                           norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=arch.num_heads,
+                           patch_size=PATCH, qkv_bias=True, use_rel_pos=True,
+                           global_attn_indexes=arch.global_attn_indexes, window_size=arch.window_size,
+                           out_chans=arch.out_chans)
+
+
+def _arch(spec: SamSpec) -> SamArch:
+    if spec.model not in SAM_ARCHS:
+        raise VplError(f"--sam-model {spec.model!r} is not a SAM encoder; choose one of {', '.join(SAM_ARCHS)}")
+    return SAM_ARCHS[spec.model]
+
+
+def _read(path: Path, shapes_only: bool) -> dict[str, Any]:
+    """Name -> tensor (or its shape) of a safetensors file or a torch checkpoint of tensors (``weights_only``: no
+    code runs); one line for anything else."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: (tuple(f.get_slice(k).get_shape()) if shapes_only else f.get_tensor(k)) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise VplError(f"{path}: not a readable safetensors file ({str(e)[:120]}); {FIX}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # pickle, zip or format errors of every kind: the file is no weights file
+        raise VplError(f"{path}: not a weights file (neither safetensors nor a torch checkpoint of tensors); "
+                       f"{FIX}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VplError(f"{path}: holds no name -> tensor mapping; {FIX}")
+    return {k: (tuple(v.shape) if shapes_only else v) for k, v in state.items()}
+
+
+def _encoder_state(path: Path, spec: SamSpec, expected: dict[str, torch.Tensor], shapes_only: bool
+                   ) -> dict[str, Any]:
+    """The file's encoder tensors under ``ImageEncoderViT``'s names: a whole Sam checkpoint's ``image_encoder.``
+    part (its prompt encoder and mask decoder dropped) or the encoder's own; exactly ``expected``'s keys and
+    shapes, else one line."""
+    state = _read(path, shapes_only)
+    if any(k.startswith("image_encoder.") for k in state):
+        others = [k for k in state if not k.startswith(("image_encoder.", *OTHER_PARTS))]
+        if others:
+            raise VplError(f"{path}: not a SAM checkpoint ({len(others)} tensors outside image_encoder / "
+                           f"prompt_encoder / mask_decoder, first {others[0]!r}); {FIX}")
+        state = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
+    missing = sorted(set(expected) - set(state))
+    unknown = sorted(set(state) - set(expected))
+    if missing or unknown:
+        parts = [f"{len(missing)} of its tensors missing (first: {missing[0]!r})" if missing else "",
+                 f"{len(unknown)} unknown (first: {unknown[0]!r})" if unknown else ""]
+        raise VplError(f"{path}: not weights of the SAM {spec.model} image encoder "
+                       f"({'; '.join(p for p in parts if p)}); {FIX}")
+    for key, value in sorted(state.items()):
+        shape = tuple(value) if shapes_only else tuple(value.shape)
+        if shape != tuple(expected[key].shape):
+            raise VplError(f"{path}: tensor {key!r} is {list(shape)}, the SAM {spec.model} encoder's is "
+                           f"{list(expected[key].shape)} (another SAM size?); {FIX}, or the --sam-model it "
+                           "belongs to")
+    return state
+
+
+def check_sam(spec: SamSpec) -> str | None:
+    """Refuse at once (one line), before any model is built: an unknown ``--sam-model``, the package missing, a
+    weights file that is missing, unreadable, or holds another architecture (names or shapes; read lazily, nothing
+    of the model allocated). Returns the file to load, or None for random weights."""
+    arch = _arch(spec)
+    import_sam()
+    if spec.weights == "none":
+        return None
+    path = Path(spec.weights).expanduser()
+    if not is_regular_file(path):
+        raise VplError(f"{path}: SAM weights file not found; {FIX}")
+    with torch.device("meta"):
+        expected = _build(arch).state_dict()
+    _encoder_state(path, spec, expected, shapes_only=True)
+    return str(path)
+
+
+def load_sam(spec: SamSpec, device: torch.device | str = "cpu") -> SamEncoder:
+    """The frozen :class:`SamEncoder` of ``spec``: checked first (:func:`check_sam`), built seeded (the same
+    random model in every process when ``weights`` is ``none``), a weights file loaded strictly."""
+    weights = check_sam(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _build(_arch(spec))
+    if weights is not None:
+        model.load_state_dict(_encoder_state(Path(weights), spec, model.state_dict(), shapes_only=False), strict=True)
+    return SamEncoder(model, torch.device(device), spec)
+
+
+class SamEncoder:
+    """A frozen SAM ``ImageEncoderViT`` and SAM's input transform."""
+
+    def __init__(self, model, device: torch.device, spec: SamSpec | None = None):
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.spec, self.device = spec, device
+        self.img_size = int(model.img_size)
+        self.patch_size = PATCH
+        self.num_heads = int(model.blocks[-1].attn.num_heads)
+
+    def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """SamPredictor's ``set_image`` input: ``[H, W, 3]`` uint8 RGB -> (``[1, 3, S, S]`` float32, the image
+        resized so its long side is ``S`` (``ResizeLongestSide``: PIL bilinear), normalised with SAM's pixel mean
+        and std, zero-padded bottom and right; ``(h, w)`` the grid of patches the image covers: the resized
+        sides ``// 16``, as Trident's ``sam_valid_h``, ``sam_valid_w``)."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        resized = ResizeLongestSide(self.img_size).apply_image(np.ascontiguousarray(image))
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        mean = torch.tensor(PIXEL_MEAN, device=self.device).view(-1, 1, 1)
+        std = torch.tensor(PIXEL_STD, device=self.device).view(-1, 1, 1)
+        x = (x - mean) / std
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+        return x, (h // PATCH, w // PATCH)
+
+    @torch.no_grad()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` (:meth:`prepare`) -> ``[B, out_chans, S/16, S/16]``: the encoder's output (its neck)."""
+        return self.model(pixels.to(self.device))
+
+    @torch.no_grad()
+    def last_attention(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last block's global attention and values (Trident's ``last_attn``, ``last_v``).
+
+        Args:
+            pixels: ``[B, 3, S, S]`` float32 (:meth:`prepare`).
+
+        Returns:
+            ``[B, heads, N, N]`` float32 ``softmax(q kᵀ scale + decomposed rel-pos)`` (rows sum to 1, ``N`` =
+            ``(S/16)²``) and ``[B, heads, S/16, S/16, hd]`` the values; the rest of the last block (projection,
+            MLP) and the neck are not run.
+        """
+        from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
+
+        m = self.model
+        last = m.blocks[-1]
+        if last.window_size > 0:
+            name = self.spec.model if self.spec else "this encoder"
+            raise VplError(f"--sam-model {name}: its last block attends within windows; Trident takes a global "
+                           "last block (every released SAM size has one)")
+        x = m.patch_embed(pixels.to(self.device))
+        if m.pos_embed is not None:
+            x = x + m.pos_embed
+        for blk in m.blocks[:-1]:
+            x = blk(x)
+        x = last.norm1(x)
+        attn = last.attn
+        b, h, w, _ = x.shape
+        qkv = attn.qkv(x).reshape(b, h * w, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, b * attn.num_heads, h * w, -1).unbind(0)
+        weights = (q * attn.scale) @ k.transpose(-2, -1)
+        if attn.use_rel_pos:
+            weights = add_decomposed_rel_pos(weights, q, attn.rel_pos_h, attn.rel_pos_w, (h, w), (h, w))
+        weights = weights.softmax(dim=-1)
+        return weights.view(b, attn.num_heads, h * w, h * w), v.view(b, attn.num_heads, h, w, -1)
+
+
+def _check(spec: SamSpec) -> None:
+    check_sam(spec)
+
+
+register_family("sam", load_sam, _check, summary="SAM's image encoder (segment-anything): its last global attention",
+                module=__name__)
+
+__all__ = ["SAM_ARCHS", "SamArch", "SamSpec", "SamEncoder", "check_sam", "load_sam"]
