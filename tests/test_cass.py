@@ -238,3 +238,29 @@ def test_cass_knobs_reach_the_mixing_and_the_benchmark_presets_set_them():
     assert (city.cluster_cut, city.stretch, city.window_global, city.short_side) == (0.14, False, True, 560)
     voc21 = preset_config("cass", "voc21")
     assert (voc21.slide_crop, voc21.prob_threshold, voc21.pamr_steps, voc21.stretch) == (0, 0.1, 0, True)
+
+
+def test_one_window_covering_the_input_takes_its_own_embedding(bb, dino, monkeypatch):
+    """A slide window as large as the input: its image embedding is the input's, so no second forward of the input
+    is made for it; the logits equal the whole-image path's, and the explicit input embedding's to fp32."""
+    from vpltool.backbone import segmentor
+    from vpltool.backbone.segmentor import dense_logits, input_embedding, window_logits
+
+    dense = bb.with_dense("cass", proxy=dino)
+    g = torch.Generator().manual_seed(5)
+    size = (4 * bb.patch_size, 5 * bb.patch_size)
+    pixels = torch.randn(1, 3, *size, generator=g) * 0.5
+    text = F.normalize(torch.randn(4, bb.embed_dim, generator=g), dim=-1)
+    with torch.no_grad():
+        explicit = window_logits(dense, pixels, text, False, 0, input_embedding(dense, pixels))
+        whole = dense_logits(dense, pixels, text, [size], 0, 16)[0]
+        calls = []
+        monkeypatch.setattr(segmentor, "input_embedding", lambda *a: calls.append(a))
+        one = dense_logits(dense, pixels, text, [size], max(size), 16)[0]
+    assert not calls
+    assert torch.equal(one, whole)
+    assert (one - explicit[0]).abs().max().item() < 1e-5
+    # two windows still take the whole input's embedding
+    with torch.no_grad():
+        dense_logits(dense, pixels, text, [size], min(size), bb.patch_size)
+    assert len(calls) == 1

@@ -152,7 +152,8 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
         rows, cols = window_starts(height, crop, stride), window_starts(width, crop, stride)
         boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
         windows = torch.cat([pixels[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])  # [n * B, 3, ch, cw]
-        image = input_embedding(bb, pixels)
+        # CASS: one window covering the input has the input's embedding as its own (no second forward of it)
+        image = input_embedding(bb, pixels) if len(boxes) > 1 else None
         logits = window_logits(bb, windows, text, pad, pad_multiple,
                                None if image is None else image.repeat(len(boxes), 1))
         full = logits.new_zeros(b, logits.shape[1], height, width)
