@@ -264,3 +264,19 @@ def test_one_window_covering_the_input_takes_its_own_embedding(bb, dino, monkeyp
     with torch.no_grad():
         dense_logits(dense, pixels, text, [size], min(size), bb.patch_size)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("d", [24, 8])
+def test_spectra_from_the_gram_matrix_equal_the_key_graphs(d):
+    """The top eigenvalues CASS takes of each ``N x N`` key graph equal those of the ``d x d`` Gram matrix (zeros
+    after rank ``d``), normalised as its cost needs them."""
+    from vpltool.backbone.dense import _spectra
+
+    g = torch.Generator().manual_seed(7)
+    keys = torch.randn(3, 50, d, generator=g) + torch.randn(3, 1, d, generator=g)
+    graphs = keys.double() @ keys.double().transpose(1, 2) * 0.125
+    full = torch.stack([torch.sort(torch.linalg.eigvalsh(x), descending=True)[0][:20] for x in graphs])
+    want = F.normalize(F.normalize(full, p=2, dim=1), p=1, dim=-1)
+    got = _spectra(keys, 0.125, 20)
+    assert got.shape == (3, 20) and got.dtype == torch.float64
+    assert (got - want).abs().max().item() < 1e-12
