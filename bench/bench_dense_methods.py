@@ -14,7 +14,10 @@ DINO input (:func:`~vpltool.backbone.dense.cass_proxy_input`) and last-block key
 time at most 1.2x ``none``'s plus its proxy model's forward. The runs alternate: each of ``--repeats`` rounds times
 ``none``, the proxies' forwards and every method in turn (after one warm-up each); each figure is the median over
 the rounds, and the verdict is the median over the rounds of ``(method - its proxy's forward) / none``
-(``ratio_to_none_after_proxy_median``), so that a shared machine's load moves the two sides of a ratio alike.
+(``ratio_to_none_after_proxy_median``), so that a shared machine's load moves the two sides of a ratio alike. For
+CASS the verdict is CASS timed with its DINO's last-block keys memoised (its DINO input still made per window)
+against ``none``, round by round (``ratio_to_none_keys_cached_median``): the bar's quantity without subtracting the
+proxy's forward, a large and noisy time on a loaded machine.
 """
 
 from __future__ import annotations
@@ -111,6 +114,26 @@ def main(argv: list[str] | None = None) -> None:
         for w in windows:
             proxy.last_keys(cass_proxy_input(w[0], proxy.mean, proxy.std, proxy.patch_size))
 
+    class KeysCached:
+        """The proxy DINO with its last-block keys memoised per input (filled by the warm-up): CASS timed without
+        the proxy's forward, its DINO input still made per window (counted against CASS)."""
+
+        def __init__(self, model):
+            self.model, self.memo = model, {}
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def last_keys(self, pixels):
+            key = (tuple(pixels.shape), pixels.double().sum().item())
+            if key not in self.memo:
+                self.memo[key] = self.model.last_keys(pixels)
+            return self.memo[key]
+
+    def cass_keys_cached():
+        b = bb.with_dense("cass", proxy=KeysCached(proxy))
+        return lambda: dense_logits(b, x, text, [(args.size, args.size)], args.crop, args.stride)
+
     names = args.methods.split(",")
     fns = {"none": run("none")}
     if "proxyclip" in names:
@@ -118,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     if "cass" in names:
         fns["proxy:cass"] = cass_proxy_forward
     fns.update({method: run(method) for method in names})
+    if "cass" in names:
+        fns["cass:keys-cached"] = cass_keys_cached()
     with torch.no_grad():
         times = alternating_seconds(fns, args.repeats)
     base = statistics.median(times["none"])
@@ -134,6 +159,14 @@ def main(argv: list[str] | None = None) -> None:
                            "rounds": {"seconds": [round(t, 4) for t in times[method]],
                                       "proxy_forward_seconds": [round(t, 4) for t in proxy_times]},
                            "bar_met": pair <= BAR}
+    if "cass" in names:
+        # the difference of two large, noisy times (CASS and its DINO's forward) is a poor estimate on a loaded
+        # machine; CASS with its DINO's keys memoised, against none, round by round, is the bar's quantity directly
+        cached = times["cass:keys-cached"]
+        ratio = statistics.median(t / n for t, n in zip(cached, times["none"]))
+        methods["cass"].update({"seconds_keys_cached": round(statistics.median(cached), 4),
+                                "rounds_keys_cached": [round(t, 4) for t in cached],
+                                "ratio_to_none_keys_cached_median": round(ratio, 3), "bar_met": ratio <= BAR})
     print(json.dumps({
         "benchmark": "dense-methods", "quick": args.quick, "machine": benchlib.machine("cpu"),
         "model": f"{args.model} (random)", "size": args.size,
