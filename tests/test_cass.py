@@ -280,3 +280,21 @@ def test_spectra_from_the_gram_matrix_equal_the_key_graphs(d):
     got = _spectra(keys, 0.125, 20)
     assert got.shape == (3, 20) and got.dtype == torch.float64
     assert (got - want).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("toy", [False, True])
+def test_class_token_of_a_block_equals_the_full_blocks(bb, toy):
+    """CASS's image embedding runs the last block for the class token alone: the full block's class row, for the
+    tiny CLIP and for the toy CLIP (whose first blocks are windowed: their masks' class row)."""
+    from vpltool.backbone import ModelSpec
+
+    model = load_backbone(ModelSpec("vpltool-toy", "none"), "cpu") if toy else bb
+    g = torch.Generator().manual_seed(11)
+    pixels = torch.randn(2, 3, 4 * model.patch_size, 6 * model.patch_size, generator=g)
+    with torch.no_grad():
+        x = model.embed(pixels)
+        for i in range(model.n_blocks):
+            want = model.block(i, x, (4, 6))[0][:, :1]
+            got = model.class_token(i, x, (4, 6))
+            assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5, i
+            x = model.block(i, x, (4, 6))[0]

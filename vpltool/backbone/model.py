@@ -259,6 +259,18 @@ class ClipBackbone:
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         return x, attn, (h if keep_ln1 else None)
 
+    def class_token(self, i: int, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Block ``i``'s output for the class token alone: ``[B, L, width]`` -> ``[B, 1, width]``, its attention
+        over every token then its MLP; the patch rows, which CASS's image embedding does not read, are not made
+        (the values of ``block(i, x, grid)[0][:, :1]`` up to the float order of the products)."""
+        blk = self.blocks[i]
+        mask = self.attention_mask(i, grid, x.device)
+        h = blk.ln_1(x)
+        out, _ = blk.attn(h[:, :1], h, h, need_weights=False,
+                          attn_mask=None if mask is None else mask[:1].to(h.dtype))
+        x = x[:, :1] + blk.ls_1(out)
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
     def last_block(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The last block on ``[B, 1 + hw, width]`` tokens, mixing them as ``--dense`` says: the vanilla
         :meth:`block` for ``none``, :func:`vpltool.backbone.dense.mix_last_block` otherwise. Returns
@@ -310,7 +322,7 @@ class ClipBackbone:
                            "--proxy-weights (a DINO ViT, e.g. vit_base_patch8_224.dino)")
         encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
         x, grid, v = encoded.tokens, encoded.grid, self.visual
-        image = v.ln_post(self.block(self.n_blocks - 1, x, grid)[0][:, 0])
+        image = v.ln_post(self.class_token(self.n_blocks - 1, x, grid)[:, 0])
         image = image @ v.proj.to(image.dtype) if v.proj is not None else image
         blk, cfg = self.blocks[-1], self.mixing.spectral
         bias = None

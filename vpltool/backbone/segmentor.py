@@ -119,7 +119,7 @@ def input_embedding(bb, pixels: torch.Tensor) -> torch.Tensor | None:
     h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
     encoded = bb.encode(pixels[..., : h * p, : w * p], stop=bb.n_blocks - 1)
     v = bb.visual
-    image = v.ln_post(bb.block(bb.n_blocks - 1, encoded.tokens, encoded.grid)[0][:, 0])
+    image = v.ln_post(bb.class_token(bb.n_blocks - 1, encoded.tokens, encoded.grid)[:, 0])
     return image @ v.proj.to(image.dtype) if v.proj is not None else image
 
 
