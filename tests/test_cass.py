@@ -298,3 +298,28 @@ def test_class_token_of_a_block_equals_the_full_blocks(bb, toy):
             got = model.class_token(i, x, (4, 6))
             assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5, i
             x = model.block(i, x, (4, 6))[0]
+
+
+def test_cass_dino_sees_the_whole_window_with_the_remainder(bb, dino):
+    """CASS squares the whole window for its DINO (``inv_image.resize((min(w, h),) * 2)`` of the uncut input) while
+    CLIP's patch convolution drops a side's remainder: a window 3 pixels past whole patches feeds DINO all of it."""
+    from vpltool.backbone.segmentor import grid_logits
+
+    dense = bb.with_dense("cass", proxy=dino)
+    g = torch.Generator().manual_seed(13)
+    p = bb.patch_size
+    pixels = torch.randn(1, 3, 4 * p, 5 * p + 3, generator=g)
+    text = F.normalize(torch.randn(3, bb.embed_dim, generator=g), dim=-1)
+    cut = pixels[..., : 4 * p, : 5 * p]
+    with torch.no_grad():
+        got = grid_logits(dense, pixels, text)
+        whole = dense.spectral_features(cut, proxy_pixels=pixels)
+        cropped = dense.spectral_features(cut)
+    assert got.shape == (1, 3, 4, 5)
+    assert not torch.equal(whole[0], cropped[0])  # the remainder changes DINO's input
+    feats = F.normalize(whole[0][0], dim=-1)
+    image = F.normalize(whole[1][0], dim=-1)
+    from vpltool.backbone.dense import object_presence_logits, query_clusters
+
+    want = object_presence_logits(feats, image, text, query_clusters(text, 0.10), DENSE_PRESETS["cass"].text_shift)
+    assert (got[0].reshape(3, -1).T - want).abs().max().item() < 1e-6

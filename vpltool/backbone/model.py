@@ -308,13 +308,16 @@ class ClipBackbone:
         encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
         return self.dense(self.last_block(encoded.tokens, encoded.grid))
 
-    def spectral_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def spectral_features(self, pixels: torch.Tensor, fp16_pos: bool = False,
+                          proxy_pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """CASS: ``[B, 3, H, W]`` CLIP-normalised pixels -> (``[B, hw, D]`` patch features of the spectral last block,
         ``[B, D]`` the image embedding: the class token through the ordinary last block, ``ln_post``, ``proj``;
         neither normalised). Blocks ``0..L-2`` run once; per image the proxy DINO sees the window as CASS makes its
         input (:func:`~vpltool.backbone.dense.cass_proxy_input`) and its last-block keys drive
         :func:`~vpltool.backbone.dense.spectral_key_attention`, the SVD's basis seeded per image
-        (``mixing.spectral.seed``) so that a window's result does not depend on the batch."""
+        (``mixing.spectral.seed``) so that a window's result does not depend on the batch. ``proxy_pixels``: the
+        window before its sides were cut to whole patches (CASS squares the whole window for its DINO; CLIP's patch
+        convolution drops the remainder); None: ``pixels``."""
         from .dense import cass_proxy_input
 
         if self.proxy is None:
@@ -331,7 +334,8 @@ class ClipBackbone:
         devices = [x.device] if x.device.type == "cuda" else []
         out = []
         for i in range(len(x)):
-            dino_in = cass_proxy_input(pixels[i], self.proxy.mean, self.proxy.std, self.proxy.patch_size)
+            dino_in = cass_proxy_input((pixels if proxy_pixels is None else proxy_pixels)[i], self.proxy.mean,
+                                       self.proxy.std, self.proxy.patch_size)
             keys, dino_grid = self.proxy.last_keys(dino_in.to(self.proxy.device))
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(cfg.seed)

@@ -75,7 +75,8 @@ def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor, image: torch.Tenso
     if shift is not None:
         from .dense import object_presence_logits, query_clusters
 
-        feats, own = bb.spectral_features(pixels[..., : h * p, : w * p])
+        # CASS's DINO sees the whole window squared, the remainder of a side included (its conv1 drops it)
+        feats, own = bb.spectral_features(pixels[..., : h * p, : w * p], proxy_pixels=pixels)
         feats, own = feats.float(), own.float()
         glob = own if image is None or shift.window_global else image.float()
         feats = feats / feats.norm(dim=-1, keepdim=True)
