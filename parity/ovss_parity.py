@@ -24,6 +24,10 @@ in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab import
   336) against ``--dense cass``. Its ``.half()`` of DINO's keys is the identity as the other fp16 casts (fp32
   parity); its randomised SVD draws from torch's global generator, seeded 0 before each forward on both sides.
 
+With ``--shared-matching`` the CASS variant is compared a second time with the reference's Hungarian matchings of
+its heads replayed on vpltool's side (``dense_ref_runner.py`` records them), beside each matching's ambiguity on
+vpltool's own costs (:func:`ambiguity`): whether a difference is the matching's tie alone.
+
 Point a's inputs are the first photo's 224x224 crop and its top-left square (both references reshape their grids
 as if square: their whole-image forward on a non-square photo fails or misplaces tokens).
 
