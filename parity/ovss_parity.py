@@ -245,7 +245,7 @@ def ambiguity(cost, solve) -> dict:
             "separable": float(np.abs(sep).max())}
 
 
-def shared_matching(vt: Vpltool, ref: Path) -> dict:
+def shared_matching(vt: Vpltool, ref: Path, only: list[int] | None = None) -> dict:
     """CASS with the reference's head matchings (:func:`replayed_matchings`): the patch logits of each point-a input
     and the 12 photos' logits, probabilities and labels compared as ``dense_parity.compare_variant`` does; per input
     whether vpltool's own matching differed and its tie gap. Proves (or not) that the free comparison's difference is
@@ -268,13 +268,15 @@ def shared_matching(vt: Vpltool, ref: Path) -> dict:
                 "margin_min": min((c["margin"] for c in calls), default=None),
                 "tied_swaps": [c["tied_swaps"] for c in calls]}
 
-    for key, item in torch.load(ref / "patch.pt").items():
+    for key, item in (torch.load(ref / "patch.pt").items() if only is None else []):
         with replayed_matchings(list(item["matchings"])) as calls, torch.no_grad():
             torch.manual_seed(0)
             ours = grid_logits(bb, item["input"], text)
         out["patch_logits"][key] = {"input_shape": list(item["input"].shape[-2:]),
                                     "max_abs_diff": dp.max_abs(ours, item["patch_logits"]), **matched(calls)}
     for i, shape in enumerate(meta["photos"]):
+        if only is not None and i not in only:
+            continue
         saved = torch.load(ref / f"photo_{i:03d}.pt")
         with replayed_matchings(list(saved["matchings"])) as calls:
             logits, probs, labels = _vpltool_outputs(vt, "cass", saved["input"], text, query_idx, n_classes,
@@ -290,6 +292,22 @@ def shared_matching(vt: Vpltool, ref: Path) -> dict:
                 "tie_gap_max": max(p["tie_gap_max"] for p in photos),
                 "margin_max": max(p["margin_min"] for p in photos)})
     return out
+
+
+def shared_only(args) -> dict:
+    """``--shared-only``: :func:`shared_matching` of a few photos against ``--work``'s reference outputs (a finished
+    run's), for a change of vpltool's side made after that run."""
+    import subprocess
+
+    only = [int(i) for i in args.shared_only.split(",")]
+    with harness():
+        model, config_dir = dp.model_config(args.work, args.model, args.text_layers)
+        vt = Vpltool(model, args.work / "weights.safetensors", config_dir, args.work / "dino_vitb8.pth")
+        out = shared_matching(vt, args.work / "ref" / "cass", only)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    return {"benchmark": "ovss-parity-shared-only", "machine": benchlib.machine("cpu"), "vpltool_commit": commit,
+            "argv": sys.argv[1:], "photos": only, "shared_matching": out}
 
 
 def find_clones(ref: Path) -> dict[str, Path]:
@@ -383,12 +401,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shared-matching", action="store_true",
                     help="CASS: also compare with the reference's recorded head matchings replayed on vpltool's side "
                          "(shared_matching in its variant: is the difference the tied matching alone?)")
+    ap.add_argument("--shared-only", help="CASS: only the --shared-matching comparison of these photos (indices, "
+                                          "comma-separated) against --work's reference outputs, at this commit")
     ap.add_argument("--ref-python", default=sys.executable, help="a Python with torch, ftfy, regex, OpenCV")
     benchlib.add_common_args(ap, f"{QUICK['images']} small photo, the tiny random test ViT, no clone",
                              "ignored: both sides run fp32 on the CPU")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
     if args.merge:
         print(json.dumps(merge(args.merge)))
+        return
+    if args.shared_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(shared_only(args)))
         return
     if args.precompute:
         import torch
