@@ -42,6 +42,8 @@ Outputs in ``--out`` (torch files of float32 tensors and a JSON):
 * ``photo_NNN.pt``: the normalised input ``[1, 3, H, W]``, ``logits`` ``[1, Q, H0, W0]`` (what ``predict`` hands
   ``postprocess_result``: the slide / whole-image cosine logits at the photo's original size, after PAMR where on),
   ``probs`` ``[C, H0, W0]`` and ``pred`` ``[1, H0, W0]`` (what ``postprocess_result`` sets on the data sample).
+  CASS's ``patch.pt`` entries and photos also hold ``matchings``: each Hungarian matching of its heads in call order
+  (the cost matrix it solved and the columns it chose; :func:`record_matchings`).
 """
 
 from __future__ import annotations
@@ -396,6 +398,7 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
     inputs = [mmseg_input(p, cfg["scale"], pre) for p in photos[: variant.get("images", len(photos))]]
     first = mmseg_input(photos[0], cfg["scale"], pre)[0]
     saved = {}
+    matchings = record_matchings(args.module)
     for name, x in patch_inputs(first, variant.get("patches")).items():
         record: list = []
         with torch.no_grad(), capture_bilinear(record), half_is_identity():
@@ -405,6 +408,9 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
         # the first bilinear resize of a [1, Q, h, w] tensor (ProxyCLIP resizes CLIP's values bilinearly first)
         logits = next(r for r in record if r.dim() == 4 and r.shape[1] == len(query_idx))
         saved[name] = {"input": x, "patch_logits": logits, "output": result.float()}
+        if matchings is not None:
+            saved[name]["matchings"] = matchings[:]
+            matchings.clear()
     torch.save(saved, out / "patch.pt")
     shapes = []
     for i, ((x, ori), path) in enumerate(zip(inputs, photos)):
@@ -422,8 +428,12 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
             seed_cass(args)
             seg.predict(x, [sample])
         del seg.postprocess_result
-        torch.save({"input": x, "logits": seen["logits"], "probs": sample.data["seg_logits"].data.float(),
-                    "pred": sample.data["pred_sem_seg"].data}, out / f"photo_{i:03d}.pt")
+        result = {"input": x, "logits": seen["logits"], "probs": sample.data["seg_logits"].data.float(),
+                  "pred": sample.data["pred_sem_seg"].data}
+        if matchings is not None:
+            result["matchings"] = matchings[:]
+            matchings.clear()
+        torch.save(result, out / f"photo_{i:03d}.pt")
         shapes.append({"file": path.name, "ori_shape": list(ori), "input_shape": list(x.shape[-2:])})
     meta = {"variant": variant, "module": args.module, "cls": args.cls, "config": args.config, "kwargs": kwargs,
             "effective": _effective(seg),
@@ -431,6 +441,30 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
             "templates": templates, "photos": shapes, "notes": notes,
             "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__, "threads": args.threads}
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+
+
+def record_matchings(module: str) -> list | None:
+    """CASS: every call of its ``linear_sum_assignment`` (the Hungarian matching of DINO's and CLIP's heads, one per
+    forward of the spectral block) recorded as tensors ``{"cost": [heads, heads] float32, "cols": [heads] int64}``
+    in the list returned (the caller empties it after each input); the call itself is unchanged. None for other
+    modules."""
+    if module != "cass_segmentor":
+        return None
+    import numpy as np
+    import torch
+
+    model = sys.modules["clip.model"]
+    solve = model.linear_sum_assignment
+    calls: list = []
+
+    def recorded(cost):
+        rows, cols = solve(cost)
+        calls.append({"cost": torch.from_numpy(np.array(cost, copy=True)),
+                      "cols": torch.from_numpy(np.array(cols, dtype=np.int64))})
+        return rows, cols
+
+    model.linear_sum_assignment = recorded
+    return calls
 
 
 def seed_cass(args) -> None:

@@ -33,6 +33,10 @@ in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab import
   through ``load_model('dino', ...)`` and ``load_model('sam', ...)``, through ``parity/trident_ref_runner.py``.
   Both sides read each photo again for SAM with OpenCV, as Trident does.
 
+With ``--shared-matching`` the CASS variant is compared a second time with the reference's Hungarian matchings of
+its heads replayed on vpltool's side (``dense_ref_runner.py`` records them), beside each matching's ambiguity on
+vpltool's own costs (:func:`ambiguity`): whether a difference is the matching's tie alone.
+
 Point a's inputs are the first photo's 224x224 crop and its top-left square (both references reshape their grids
 as if square: their whole-image forward on a non-square photo fails or misplaces tokens).
 
@@ -52,6 +56,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "bench")]
 import dense_parity as dp  # noqa: E402
+
+_vpltool_outputs = dp.vpltool_outputs  # the uncached computation (harness() may swap the module's for a cache)
 
 import benchlib  # noqa: E402
 
@@ -379,6 +385,131 @@ def run_trident(work: Path, args) -> dict:
     }
 
 
+@contextlib.contextmanager
+def replayed_matchings(calls: list):
+    """vpltool's Hungarian matching of CASS's heads (its ``scipy.optimize.linear_sum_assignment`` call in
+    ``spectral_key_attention``) replaced by the reference's recorded ones, in call order (``calls``: the
+    ``matchings`` ``dense_ref_runner.py`` saved, consumed). vpltool still solves its own cost matrix; each call
+    appends to the yielded list: whether its own matching differs, and the gap ``Σ own cost of the reference's
+    matching - Σ own cost of its own`` (float64, >= 0; 0: the reference's matching is optimal for vpltool's costs
+    too, a tie), and the max |Δ| of the two cost matrices. Everything else (the DINO keys, the randomised SVD, the
+    blend, the text shift) is vpltool's own arithmetic. The patch is process-wide: run with the CASS variant
+    alone."""
+    import numpy as np
+    import scipy.optimize
+
+    solve = scipy.optimize.linear_sum_assignment
+    seen: list = []
+
+    def replay(cost):
+        rows, own = solve(cost)
+        if not calls:
+            raise SystemExit("the reference recorded fewer CASS matchings than vpltool makes")
+        ref = calls.pop(0)
+        cols = ref["cols"].numpy()
+        c = np.asarray(cost, dtype=np.float64)
+        seen.append({"differs": bool((cols != own).any()), "gap": float(c[rows, cols].sum() - c[rows, own].sum()),
+                     "cost_max_abs_diff": float(np.abs(c - ref["cost"].numpy().astype(np.float64)).max()),
+                     **ambiguity(c, solve)})
+        return rows, cols
+
+    scipy.optimize.linear_sum_assignment = replay
+    try:
+        yield seen
+    finally:
+        scipy.optimize.linear_sum_assignment = solve
+
+
+def ambiguity(cost, solve) -> dict:
+    """How unique the optimal matching of a ``[heads, heads]`` cost (float64) is: ``margin`` the extra total cost of
+    the best assignment that leaves out one of the optimum's pairs (0: another optimum exists), ``tied_swaps`` how
+    many of the optimum's 2-swaps change its total cost by less than 1e-9, and ``separable`` the largest
+    ``|c[i, j] - c[i, 0] - c[0, j] + c[0, 0]|`` (0 would make every assignment cost the same: CASS's cost
+    ``1 - Σ|sorted spectrum_D - sorted spectrum_K|`` is additive wherever, at every sorted position, the DINO
+    values lie on one side of the CLIP values)."""
+    import numpy as np
+
+    rows, cols = solve(cost)
+    best = cost[rows, cols].sum()
+    margin = np.inf
+    for i in range(len(rows)):
+        c = cost.copy()
+        c[i, cols[i]] = 1e9
+        r2, c2 = solve(c)
+        margin = min(margin, c[r2, c2].sum() - best)
+    n = len(rows)
+    swaps = sum(abs(cost[a, cols[a]] + cost[b, cols[b]] - cost[a, cols[b]] - cost[b, cols[a]]) < 1e-9
+                for a in range(n) for b in range(a + 1, n))
+    sep = cost - cost[:, :1] - cost[:1, :] + cost[0, 0]
+    return {"margin": float(margin), "tied_swaps": int(swaps), "swaps": n * (n - 1) // 2,
+            "separable": float(np.abs(sep).max())}
+
+
+def shared_matching(vt: Vpltool, ref: Path, only: list[int] | None = None) -> dict:
+    """CASS with the reference's head matchings (:func:`replayed_matchings`): the patch logits of each point-a input
+    and the 12 photos' logits, probabilities and labels compared as ``dense_parity.compare_variant`` does; per input
+    whether vpltool's own matching differed and its tie gap. Proves (or not) that the free comparison's difference is
+    the matching alone."""
+    import torch
+
+    from vpltool.backbone.segmentor import grid_logits
+
+    meta = json.loads((ref / "meta.json").read_text())
+    words, query_idx = meta["query_words"], torch.tensor(meta["query_idx"])
+    n_classes = int(query_idx.max()) + 1
+    text = vt.rows(words)
+    bb = vt.backbone("cass")
+    out: dict = {"patch_logits": {}, "photos": []}
+
+    def matched(calls):
+        return {"matchings": len(calls), "own_matching_differs": sum(c["differs"] for c in calls),
+                "tie_gap_max": max((c["gap"] for c in calls), default=None),
+                "cost_max_abs_diff": max((c["cost_max_abs_diff"] for c in calls), default=None),
+                "margin_min": min((c["margin"] for c in calls), default=None),
+                "tied_swaps": [c["tied_swaps"] for c in calls]}
+
+    for key, item in (torch.load(ref / "patch.pt").items() if only is None else []):
+        with replayed_matchings(list(item["matchings"])) as calls, torch.no_grad():
+            torch.manual_seed(0)
+            ours = grid_logits(bb, item["input"], text)
+        out["patch_logits"][key] = {"input_shape": list(item["input"].shape[-2:]),
+                                    "max_abs_diff": dp.max_abs(ours, item["patch_logits"]), **matched(calls)}
+    for i, shape in enumerate(meta["photos"]):
+        if only is not None and i not in only:
+            continue
+        saved = torch.load(ref / f"photo_{i:03d}.pt")
+        with replayed_matchings(list(saved["matchings"])) as calls:
+            logits, probs, labels = _vpltool_outputs(vt, "cass", saved["input"], text, query_idx, n_classes,
+                                                     shape["ori_shape"], False)
+        out["photos"].append({"file": shape["file"], "logits": dp.max_abs(logits, saved["logits"][0]),
+                              "probs": dp.max_abs(probs, saved["probs"]),
+                              "labels_equal": float((labels == saved["pred"][0]).double().mean()), **matched(calls)})
+    photos = out["photos"]
+    out.update({"seg_logits_max_abs_diff": dp.worst(p["logits"] for p in photos),
+                "probs_max_abs_diff": dp.worst(p["probs"] for p in photos),
+                "labels_equal_min": min(p["labels_equal"] for p in photos),
+                "own_matching_differs": sum(p["own_matching_differs"] for p in photos),
+                "tie_gap_max": max(p["tie_gap_max"] for p in photos),
+                "margin_max": max(p["margin_min"] for p in photos)})
+    return out
+
+
+def shared_only(args) -> dict:
+    """``--shared-only``: :func:`shared_matching` of a few photos against ``--work``'s reference outputs (a finished
+    run's), for a change of vpltool's side made after that run."""
+    import subprocess
+
+    only = [int(i) for i in args.shared_only.split(",")]
+    with harness():
+        model, config_dir = dp.model_config(args.work, args.model, args.text_layers)
+        vt = Vpltool(model, args.work / "weights.safetensors", config_dir, args.work / "dino_vitb8.pth")
+        out = shared_matching(vt, args.work / "ref" / "cass", only)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    return {"benchmark": "ovss-parity-shared-only", "machine": benchlib.machine("cpu"), "vpltool_commit": commit,
+            "argv": sys.argv[1:], "photos": only, "shared_matching": out}
+
+
 def find_clones(ref: Path) -> dict[str, Path]:
     """:data:`CLONES` -> the clone in ``ref`` (a folder of that name, any case)."""
     children = {p.name.lower(): p for p in ref.iterdir() if p.is_dir()} if ref.is_dir() else {}
@@ -434,6 +565,8 @@ def run(work: Path, args, argv: list[str] | None = None) -> dict:
         variants = dp.compare_all(vt, names, work, procs, args.jobs)
         if procs:
             dp.finish_references(procs, source["clones"], work)
+        if "cass" in variants and args.ref and not args.quick and args.shared_matching:
+            variants["cass"]["shared_matching"] = shared_matching(vt, work / "ref" / "cass")
     return {
         "benchmark": "ovss-parity", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": model,
         "text_layers": None if args.quick else args.text_layers,
@@ -468,12 +601,23 @@ def main(argv: list[str] | None = None) -> None:
                     "alone (run_trident)")
     ap.add_argument("--compare-only", action="store_true", help="--methods trident: compare the photos both sides "
                     "left in --work (a run cut short), run nothing")
+    ap.add_argument("--shared-matching", action="store_true",
+                    help="CASS: also compare with the reference's recorded head matchings replayed on vpltool's side "
+                         "(shared_matching in its variant: is the difference the tied matching alone?)")
+    ap.add_argument("--shared-only", help="CASS: only the --shared-matching comparison of these photos (indices, "
+                                          "comma-separated) against --work's reference outputs, at this commit")
     ap.add_argument("--ref-python", default=sys.executable, help="a Python with torch, ftfy, regex, OpenCV")
     benchlib.add_common_args(ap, f"{QUICK['images']} small photo, the tiny random test ViT, no clone",
                              "ignored: both sides run fp32 on the CPU")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
     if args.merge:
         print(json.dumps(merge(args.merge)))
+        return
+    if args.shared_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(shared_only(args)))
         return
     if args.precompute:
         import torch

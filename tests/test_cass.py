@@ -238,3 +238,88 @@ def test_cass_knobs_reach_the_mixing_and_the_benchmark_presets_set_them():
     assert (city.cluster_cut, city.stretch, city.window_global, city.short_side) == (0.14, False, True, 560)
     voc21 = preset_config("cass", "voc21")
     assert (voc21.slide_crop, voc21.prob_threshold, voc21.pamr_steps, voc21.stretch) == (0, 0.1, 0, True)
+
+
+def test_one_window_covering_the_input_takes_its_own_embedding(bb, dino, monkeypatch):
+    """A slide window as large as the input: its image embedding is the input's, so no second forward of the input
+    is made for it; the logits equal the whole-image path's, and the explicit input embedding's to fp32."""
+    from vpltool.backbone import segmentor
+    from vpltool.backbone.segmentor import dense_logits, input_embedding, window_logits
+
+    dense = bb.with_dense("cass", proxy=dino)
+    g = torch.Generator().manual_seed(5)
+    size = (4 * bb.patch_size, 5 * bb.patch_size)
+    pixels = torch.randn(1, 3, *size, generator=g) * 0.5
+    text = F.normalize(torch.randn(4, bb.embed_dim, generator=g), dim=-1)
+    with torch.no_grad():
+        explicit = window_logits(dense, pixels, text, False, 0, input_embedding(dense, pixels))
+        whole = dense_logits(dense, pixels, text, [size], 0, 16)[0]
+        calls = []
+        monkeypatch.setattr(segmentor, "input_embedding", lambda *a: calls.append(a))
+        one = dense_logits(dense, pixels, text, [size], max(size), 16)[0]
+    assert not calls
+    assert torch.equal(one, whole)
+    assert (one - explicit[0]).abs().max().item() < 1e-5
+    # two windows still take the whole input's embedding
+    with torch.no_grad():
+        dense_logits(dense, pixels, text, [size], min(size), bb.patch_size)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("d", [24, 8])
+def test_spectra_from_the_gram_matrix_equal_the_key_graphs(d):
+    """The top eigenvalues CASS takes of each ``N x N`` key graph equal those of the ``d x d`` Gram matrix (zeros
+    after rank ``d``), normalised as its cost needs them."""
+    from vpltool.backbone.dense import _spectra
+
+    g = torch.Generator().manual_seed(7)
+    keys = torch.randn(3, 50, d, generator=g) + torch.randn(3, 1, d, generator=g)
+    graphs = keys.double() @ keys.double().transpose(1, 2) * 0.125
+    full = torch.stack([torch.sort(torch.linalg.eigvalsh(x), descending=True)[0][:20] for x in graphs])
+    want = F.normalize(F.normalize(full, p=2, dim=1), p=1, dim=-1)
+    got = _spectra(keys, 0.125, 20)
+    assert got.shape == (3, 20) and got.dtype == torch.float64
+    assert (got - want).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("toy", [False, True])
+def test_class_token_of_a_block_equals_the_full_blocks(bb, toy):
+    """CASS's image embedding runs the last block for the class token alone: the full block's class row, for the
+    tiny CLIP and for the toy CLIP (whose first blocks are windowed: their masks' class row)."""
+    from vpltool.backbone import ModelSpec
+
+    model = load_backbone(ModelSpec("vpltool-toy", "none"), "cpu") if toy else bb
+    g = torch.Generator().manual_seed(11)
+    pixels = torch.randn(2, 3, 4 * model.patch_size, 6 * model.patch_size, generator=g)
+    with torch.no_grad():
+        x = model.embed(pixels)
+        for i in range(model.n_blocks):
+            want = model.block(i, x, (4, 6))[0][:, :1]
+            got = model.class_token(i, x, (4, 6))
+            assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5, i
+            x = model.block(i, x, (4, 6))[0]
+
+
+def test_cass_dino_sees_the_whole_window_with_the_remainder(bb, dino):
+    """CASS squares the whole window for its DINO (``inv_image.resize((min(w, h),) * 2)`` of the uncut input) while
+    CLIP's patch convolution drops a side's remainder: a window 3 pixels past whole patches feeds DINO all of it."""
+    from vpltool.backbone.segmentor import grid_logits
+
+    dense = bb.with_dense("cass", proxy=dino)
+    g = torch.Generator().manual_seed(13)
+    p = bb.patch_size
+    pixels = torch.randn(1, 3, 4 * p, 5 * p + 3, generator=g)
+    text = F.normalize(torch.randn(3, bb.embed_dim, generator=g), dim=-1)
+    cut = pixels[..., : 4 * p, : 5 * p]
+    with torch.no_grad():
+        got = grid_logits(dense, pixels, text)
+        whole = dense.spectral_features(cut, proxy_pixels=pixels)
+        cropped = dense.spectral_features(cut)
+    assert got.shape == (1, 3, 4, 5)
+    assert not torch.equal(whole[0], cropped[0])  # the remainder changes DINO's input
+    feats = F.normalize(whole[0][0], dim=-1)
+    image = F.normalize(whole[1][0], dim=-1)
+    from vpltool.backbone.dense import object_presence_logits, query_clusters
+
+    want = object_presence_logits(feats, image, text, query_clusters(text, 0.10), DENSE_PRESETS["cass"].text_shift)
+    assert (got[0].reshape(3, -1).T - want).abs().max().item() < 1e-6

@@ -170,6 +170,13 @@ def test_make_demo_leaves_the_dense_affinity_and_sgc_rows_to_their_own_targets(t
     assert any("demo-report runs/x" in c for c in cmds)
     assert any("--dense" in c for c in cmds) == dense
     assert any("segment runs/x/world --split val -o runs/x/dense/naclip/segment_val" in c for c in cmds) == dense
+    cass = [c for c in cmds if "segment runs/x/world --split val -o runs/x/dense/cass/segment_val" in c]
+    assert bool(cass) == dense  # CASS's row: the whole image at the chosen side, the toy DINO as its proxy
+    assert all("--dense cass" in c and "--short-side 144" in c and "--prob-threshold 0.9" in c
+               and "--proxy-model test_vit --proxy-weights vpltool/assets/toy-dino/model.safetensors" in c
+               for c in cass)
+    assert any("eval runs/x/dense/cass/segment_val --json runs/x/metrics/dense/cass/segment_val.json" in c
+               for c in cmds) == dense
     assert any("--affinity dino" in c for c in cmds) == affinity
     assert any("-o runs/x/caa@clip+dino/cams_vision " in c for c in cmds) == affinity
     # SSR's rows: every CAM and CRF folder of caa+sgc on both splits, and its decoder among the choice's candidates

@@ -261,6 +261,18 @@ class ClipBackbone:
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         return x, attn, (h if keep_ln1 else None)
 
+    def class_token(self, i: int, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Block ``i``'s output for the class token alone: ``[B, L, width]`` -> ``[B, 1, width]``, its attention
+        over every token then its MLP; the patch rows, which CASS's image embedding does not read, are not made
+        (the values of ``block(i, x, grid)[0][:, :1]`` up to the float order of the products)."""
+        blk = self.blocks[i]
+        mask = self.attention_mask(i, grid, x.device)
+        h = blk.ln_1(x)
+        out, _ = blk.attn(h[:, :1], h, h, need_weights=False,
+                          attn_mask=None if mask is None else mask[:1].to(h.dtype))
+        x = x[:, :1] + blk.ls_1(out)
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
     def last_block(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The last block on ``[B, 1 + hw, width]`` tokens, mixing them as ``--dense`` says: the vanilla
         :meth:`block` for ``none``, :func:`vpltool.backbone.dense.mix_last_block` otherwise. Returns
@@ -298,13 +310,16 @@ class ClipBackbone:
         encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
         return self.dense(self.last_block(encoded.tokens, encoded.grid))
 
-    def spectral_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def spectral_features(self, pixels: torch.Tensor, fp16_pos: bool = False,
+                          proxy_pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """CASS: ``[B, 3, H, W]`` CLIP-normalised pixels -> (``[B, hw, D]`` patch features of the spectral last block,
         ``[B, D]`` the image embedding: the class token through the ordinary last block, ``ln_post``, ``proj``;
         neither normalised). Blocks ``0..L-2`` run once; per image the proxy DINO sees the window as CASS makes its
         input (:func:`~vpltool.backbone.dense.cass_proxy_input`) and its last-block keys drive
         :func:`~vpltool.backbone.dense.spectral_key_attention`, the SVD's basis seeded per image
-        (``mixing.spectral.seed``) so that a window's result does not depend on the batch."""
+        (``mixing.spectral.seed``) so that a window's result does not depend on the batch. ``proxy_pixels``: the
+        window before its sides were cut to whole patches (CASS squares the whole window for its DINO; CLIP's patch
+        convolution drops the remainder); None: ``pixels``."""
         from .dense import cass_proxy_input
 
         if self.proxy is None:
@@ -312,7 +327,7 @@ class ClipBackbone:
                            "--proxy-weights (a DINO ViT, e.g. vit_base_patch8_224.dino)")
         encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
         x, grid, v = encoded.tokens, encoded.grid, self.visual
-        image = v.ln_post(self.block(self.n_blocks - 1, x, grid)[0][:, 0])
+        image = v.ln_post(self.class_token(self.n_blocks - 1, x, grid)[:, 0])
         image = image @ v.proj.to(image.dtype) if v.proj is not None else image
         blk, cfg = self.blocks[-1], self.mixing.spectral
         bias = None
@@ -321,7 +336,8 @@ class ClipBackbone:
         devices = [x.device] if x.device.type == "cuda" else []
         out = []
         for i in range(len(x)):
-            dino_in = cass_proxy_input(pixels[i], self.proxy.mean, self.proxy.std, self.proxy.patch_size)
+            dino_in = cass_proxy_input((pixels if proxy_pixels is None else proxy_pixels)[i], self.proxy.mean,
+                                       self.proxy.std, self.proxy.patch_size)
             keys, dino_grid = self.proxy.last_keys(dino_in.to(self.proxy.device))
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(cfg.seed)

@@ -75,7 +75,8 @@ def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor, image: torch.Tenso
     if shift is not None:
         from .dense import object_presence_logits, query_clusters
 
-        feats, own = bb.spectral_features(pixels[..., : h * p, : w * p])
+        # CASS's DINO sees the whole window squared, the remainder of a side included (its conv1 drops it)
+        feats, own = bb.spectral_features(pixels[..., : h * p, : w * p], proxy_pixels=pixels)
         feats, own = feats.float(), own.float()
         glob = own if image is None or shift.window_global else image.float()
         feats = feats / feats.norm(dim=-1, keepdim=True)
@@ -119,7 +120,7 @@ def input_embedding(bb, pixels: torch.Tensor) -> torch.Tensor | None:
     h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
     encoded = bb.encode(pixels[..., : h * p, : w * p], stop=bb.n_blocks - 1)
     v = bb.visual
-    image = v.ln_post(bb.block(bb.n_blocks - 1, encoded.tokens, encoded.grid)[0][:, 0])
+    image = v.ln_post(bb.class_token(bb.n_blocks - 1, encoded.tokens, encoded.grid)[:, 0])
     return image @ v.proj.to(image.dtype) if v.proj is not None else image
 
 
@@ -236,7 +237,8 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
         rows, cols = window_starts(height, crop, stride), window_starts(width, crop, stride)
         boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
         windows = torch.cat([pixels[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])  # [n * B, 3, ch, cw]
-        image = input_embedding(bb, pixels)
+        # CASS: one window covering the input has the input's embedding as its own (no second forward of it)
+        image = input_embedding(bb, pixels) if len(boxes) > 1 else None
         logits = window_logits(bb, windows, text, pad, pad_multiple,
                                None if image is None else image.repeat(len(boxes), 1))
         full = logits.new_zeros(b, logits.shape[1], height, width)
