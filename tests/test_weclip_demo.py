@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -33,8 +34,9 @@ def test_make_weclip_runs_each_recipes_iterations_and_the_train_split_check():
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # outside `make test`
     dry = subprocess.run(["make", "-n", "weclip", "RUN=runs/x", "WECLIP_SEEDS=0 1", "DEVICE=cpu"], cwd=root,
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, env=env).stdout
     cmds = re.sub(r"\\\n\s*", "", dry).splitlines()
     train = [c for c in cmds if " train-decoder " in c]
     assert len(train) == 4
