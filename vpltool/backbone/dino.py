@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import VplError, VplWarning
-from ..io import is_regular_file
+from ..io import is_regular_file, read_weights
 from .loading import _offline
 from .registry import register_family
 
@@ -110,33 +110,7 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     return cached
 
 
-def _read_weights(path: Path, shapes_only: bool) -> dict[str, Any]:
-    """Name -> tensor (or, ``shapes_only``, its shape) of a weights file: safetensors (read lazily), or a torch
-    checkpoint loaded with ``weights_only`` (no code runs); a training checkpoint's ``teacher`` / ``state_dict`` /
-    ``model`` entry is taken. One line for anything else."""
-    fix = "pass a timm or DINO weights file (.safetensors, or a torch checkpoint) to --dino-weights"
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if len(head) == 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: (tuple(f.get_slice(k).get_shape()) if shapes_only else f.get_tensor(k)) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise VplError(f"{path}: not a readable safetensors file ({str(e)[:120]}); {fix}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # pickle, zip or format errors of every kind: the file is not a weights file
-        raise VplError(f"{path}: not a weights file (neither safetensors nor a torch checkpoint of tensors); "
-                       f"{fix}") from None
-    for key in ("teacher", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise VplError(f"{path}: holds no name -> tensor mapping; {fix}")
-    return {k: (tuple(v.shape) if shapes_only else v) for k, v in state.items()}
+DINO_WEIGHTS_FIX = "pass a timm or DINO weights file (.safetensors, or a torch checkpoint) to --dino-weights"
 
 
 def _file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bool = False,
@@ -144,7 +118,7 @@ def _file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bo
     """The file's tensors under the architecture's names: exactly ``expected``'s keys and shapes, after stripping
     the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which). A weights file of another model (a
     prototypes file, another ViT) is refused in one line: timm loaded it as a random model with a warning."""
-    state = _read_weights(path, shapes_only)
+    state = read_weights(path, shapes_only, DINO_WEIGHTS_FIX, containers=("teacher", "state_dict", "model"))
     stripped = []
     while state and not set(state) & set(expected):
         prefix = next((p for p in KEY_PREFIXES if any(k.startswith(p) for k in state)), None)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
-from ..io import is_regular_file
+from ..io import is_regular_file, read_weights
 from .registry import register_family
 
 
@@ -90,37 +90,12 @@ def _arch(spec: SamSpec) -> SamArch:
     return SAM_ARCHS[spec.model]
 
 
-def _read(path: Path, shapes_only: bool) -> dict[str, Any]:
-    """Name -> tensor (or its shape) of a safetensors file or a torch checkpoint of tensors (``weights_only``: no
-    code runs); one line for anything else."""
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if len(head) == 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: (tuple(f.get_slice(k).get_shape()) if shapes_only else f.get_tensor(k)) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise VplError(f"{path}: not a readable safetensors file ({str(e)[:120]}); {FIX}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # pickle, zip or format errors of every kind: the file is no weights file
-        raise VplError(f"{path}: not a weights file (neither safetensors nor a torch checkpoint of tensors); "
-                       f"{FIX}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise VplError(f"{path}: holds no name -> tensor mapping; {FIX}")
-    return {k: (tuple(v.shape) if shapes_only else v) for k, v in state.items()}
-
-
 def _encoder_state(path: Path, spec: SamSpec, expected: dict[str, torch.Tensor], shapes_only: bool
                    ) -> dict[str, Any]:
     """The file's encoder tensors under ``ImageEncoderViT``'s names: a whole Sam checkpoint's ``image_encoder.``
     part (its prompt encoder and mask decoder dropped) or the encoder's own; exactly ``expected``'s keys and
     shapes, else one line."""
-    state = _read(path, shapes_only)
+    state = read_weights(path, shapes_only, FIX)
     if any(k.startswith("image_encoder.") for k in state):
         others = [k for k in state if not k.startswith(("image_encoder.", *OTHER_PARTS))]
         if others:

@@ -123,6 +123,7 @@ from .tensors import (
     header_classes,
     read_header,
     read_tensors,
+    read_weights,
     save_tensor_file,
     write_tensors,
 )
@@ -160,7 +161,7 @@ __all__ = [
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
     "check_events_folder",
     "open_events",
-    "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors",
+    "FORMAT_VERSION", "TensorFile", "check_finite", "header_classes", "read_header", "read_tensors", "read_weights",
     "save_tensor_file", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
     "check_eval_metrics", "is_eval_metrics", "read_eval_metrics", "read_run_metrics",

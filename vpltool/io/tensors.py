@@ -110,6 +110,36 @@ def raise_safetensor_error(path: Path, e: Exception) -> NoReturn:
     raise e
 
 
+def read_weights(path: Path, shapes_only: bool, fix: str, containers: Sequence[str] = ("model",),
+                 ) -> dict[str, Any]:
+    """Name -> tensor (or, ``shapes_only``, its shape tuple) of a model's weights file as released: safetensors (read
+    lazily) or a torch checkpoint loaded with ``weights_only`` (no code runs), whose first entry of ``containers``
+    that is a dict (a training checkpoint's ``model``, ``teacher``, ...) is taken. Anything else is one line naming
+    ``path``, ending with ``fix``."""
+    import torch
+
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: (tuple(f.get_slice(k).get_shape()) if shapes_only else f.get_tensor(k)) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise VplError(f"{path}: not a readable safetensors file ({str(e)[:120]}); {fix}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # pickle, zip or format errors of every kind: the file is no weights file
+        raise VplError(f"{path}: not a weights file (neither safetensors nor a torch checkpoint of tensors); "
+                       f"{fix}") from None
+    inner = next((k for k in containers if isinstance(state, dict) and isinstance(state.get(k), dict)), None)
+    state = state[inner] if inner is not None else state
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VplError(f"{path}: holds no name -> tensor mapping; {fix}")
+    return {k: (tuple(v.shape) if shapes_only else v) for k, v in state.items()}
+
+
 class TensorFile:
     """A validated safetensors file: ``tensors`` (dict of torch tensors) and parsed ``meta``."""
 
