@@ -13,7 +13,9 @@ the class whose 'a photo of a {}.' embedding best matches the pooled image embed
 (``pooled_top1_in_scene``; chance, a class drawn at random, is ``chance_top1_in_scene``). ``--untrained``: a freshly
 initialised tiny GroupViT at the cpu recipe's crop too (seed 0). And `segment --pgseg`'s own labels on these train
 scenes (whole image at ``--short-side``): ``zero_shot_miou`` by the reference's rule, ``zero_shot_miou_background``
-with ``--background`` words queried too: the train-split proxy the demo's recipe and inference were chosen by.
+with ``--background`` words queried too: the train-split proxy the demo's recipe and inference were chosen by;
+``largest_group_background_miou``: those labels with the pixels of the image's largest final group made background
+(a diagnosis of the collapse, not an inference rule: how much the one big group's class name costs).
 Prints one JSON object.
 """
 
@@ -52,6 +54,7 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
     # '' / '_background' at the reference's threshold; '..._t0.5' at another --bg-thresh (chosen on train)
     tags = {t: "" if t == fam.DEFAULT_BG_THRESH else f"_t{t:g}" for t in thresholds}
     zero_shot = {f"{s}{tag}": MiouAccumulator(len(data.classes)) for tag in tags.values() for s in ("", "_background")}
+    largest_bg = {"": MiouAccumulator(len(data.classes)), "_background": MiouAccumulator(len(data.classes))}
     top1 = []
     for item in data.items[:n_images]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
@@ -80,10 +83,14 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
                                    align_corners=False)[0].argmax(0)  # `segment --pgseg`'s labels, whole image
             logits[logits > len(names)] = 0  # a background word's pixels
             zero_shot[suffix + tag].add(gt, logits.to(torch.uint8).numpy())
+            if tag == "":  # a diagnosis, no inference rule: the same labels with the largest group's pixels background
+                logits[torch.from_numpy(pixel_group == int(counts.argmax()))] = 0
+                largest_bg[suffix].add(gt, logits.to(torch.uint8).numpy())
     return {"largest_final_group_share": statistics.fmean(largest), "final_groups_used": statistics.fmean(used),
             "largest_stage1_group_share": statistics.fmean(stage1), "group_oracle_miou": oracle.result()["miou"],
             "pooled_top1_in_scene": statistics.fmean(top1),
-            **{f"zero_shot_miou{k}": acc.result()["miou"] for k, acc in zero_shot.items()}}
+            **{f"zero_shot_miou{k}": acc.result()["miou"] for k, acc in zero_shot.items()},
+            **{f"largest_group_background_miou{k}": acc.result()["miou"] for k, acc in largest_bg.items()}}
 
 
 def load_any(path: Path) -> fam.PGSeg:
