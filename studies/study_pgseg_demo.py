@@ -1,24 +1,24 @@
 """PGSeg against plain GroupViT on the demo world, with the same recipe and budget, as the reference trains PGSeg:
 fine-tuned with NPR from a trained GroupViT (default_pgseg.yml ``checkpoint.resume``: GroupViT's release).
 
-Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr --epochs 30`, the pgseg family's
-tiny model: 360 steps), then from A's weights, for the same extra epochs (10: 120 steps, 2 of them warm-up), (B)
-GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): 600 steps per seed (each run's
-seconds in ``train_s``: train-pgseg's own log, so also for a model reused from the run folder). Trained on the
-world's train pairs (image + caption: no mask, no label); each model then
-segments val zero-shot by the class names (`segment --pgseg`), scored by `eval`: val mIoU and class IoU (mean,
-standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next to all-background and
-uniform random labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh
-initialisation: docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
+Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr`, the pgseg family's tiny model:
+75 epochs, 900 steps on the 400 train pairs), then from A's weights, for the same extra epochs (10: 120 steps, 2
+of them warm-up), (B) GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): 1,020 steps per
+seed and method (each run's seconds in ``train_s``: train-pgseg's own log, so also for a model reused from the run
+folder). Trained on the world's train pairs (image + caption: no mask, no label); each model then segments val
+zero-shot by the class names (`segment --pgseg`), scored by `eval`: val mIoU and class IoU (mean, standard
+deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next to all-background and uniform random
+labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh initialisation:
+docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
 
     python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 3] [--train 400 --val 100]
-        [--epochs 30] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96]
+        [--epochs 0] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96]
         > studies/results/pgseg_demo.json
 
-The lengths were chosen on the train split (studies/study_pgseg_groups.py: twice the steps of the cpu recipe's 15
-epochs leave more than one group in use per image); val is only scored. A finished model found in the run folder
-is reused. A run that fails or diverges is recorded with its error line (and no score), never dropped. Prints one
-JSON object.
+(A)'s length is the longest that the session's CPU budget allowed for three seeds; how the train-split proxies move
+along one such run: studies/study_pgseg_groups.py on its checkpoints (studies/results/pgseg_length.json). Val is
+only scored. A finished model found in the run folder is reused. A run that fails or diverges is recorded with its
+error line (and no score), never dropped. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--val", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=30, help="(A)'s epochs (0: the cpu recipe's)")
+    ap.add_argument("--epochs", type=int, default=0, help="(A)'s epochs (0: the cpu recipe's)")
     ap.add_argument("--finetune-epochs", type=int, default=10, help="(B) and (C)'s epochs, from (A)")
     ap.add_argument("--finetune-warmup", type=int, default=2, help="(B) and (C)'s warm-up epochs")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")

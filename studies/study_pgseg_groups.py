@@ -13,13 +13,16 @@ the class whose 'a photo of a {}.' embedding best matches the pooled image embed
 (``pooled_top1_in_scene``; chance, a class drawn at random, is ``chance_top1_in_scene``). ``--untrained``: a freshly
 initialised tiny GroupViT at the cpu recipe's crop too (seed 0). And `segment --pgseg`'s own labels on these train
 scenes (whole image at ``--short-side``): ``zero_shot_miou`` by the reference's rule, ``zero_shot_miou_background``
-with ``--background`` words queried too: the train-split proxy the demo's recipe and inference were chosen by.
+with ``--background`` words queried too: the train-split proxy the demo's recipe and inference were chosen by;
+``largest_group_background_miou``: those labels with the pixels of the image's largest final group made background
+(a diagnosis of the collapse, not an inference rule: how much the one big group's class name costs).
 Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -42,12 +45,16 @@ from benchlib import machine  # noqa: E402
 
 
 @torch.no_grad()
-def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: list[str]) -> dict[str, float]:
+def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: list[str],
+                thresholds: tuple[float, ...] = (fam.DEFAULT_BG_THRESH,)) -> dict[str, float]:
     largest, used, stage1, oracle = [], [], [], MiouAccumulator(len(data.classes))
     names = list(data.classes[1:])
     queries = fam.class_text_embeddings(model, fam.class_tokens([*names, *background], fam.tokenizer(model.cfg)))
     text = queries[:len(names)]  # [C, D]: the class names alone (the reference's queries)
-    zero_shot = {"": MiouAccumulator(len(data.classes)), "_background": MiouAccumulator(len(data.classes))}
+    # '' / '_background' at the reference's threshold; '..._t0.5' at another --bg-thresh (chosen on train)
+    tags = {t: "" if t == fam.DEFAULT_BG_THRESH else f"_t{t:g}" for t in thresholds}
+    zero_shot = {f"{s}{tag}": MiouAccumulator(len(data.classes)) for tag in tags.values() for s in ("", "_background")}
+    largest_bg = {"": MiouAccumulator(len(data.classes)), "_background": MiouAccumulator(len(data.classes))}
     top1 = []
     for item in data.items[:n_images]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
@@ -71,15 +78,29 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
         for g in np.unique(pixel_group):
             pred[pixel_group == g] = np.bincount(gt[pixel_group == g]).argmax()
         oracle.add(gt, pred)
-        for suffix, emb in (("", text), ("_background", queries)):  # `segment --pgseg`'s labels, whole image
-            logits = F.interpolate(fam.zero_shot_logits(model, x, emb), size=(h0, w0), mode="bilinear",
-                                   align_corners=False)[0].argmax(0)
+        for (suffix, emb), (t, tag) in itertools.product((("", text), ("_background", queries)), tags.items()):
+            logits = F.interpolate(fam.zero_shot_logits(model, x, emb, t), size=(h0, w0), mode="bilinear",
+                                   align_corners=False)[0].argmax(0)  # `segment --pgseg`'s labels, whole image
             logits[logits > len(names)] = 0  # a background word's pixels
-            zero_shot[suffix].add(gt, logits.to(torch.uint8).numpy())
+            zero_shot[suffix + tag].add(gt, logits.to(torch.uint8).numpy())
+            if tag == "":  # a diagnosis, no inference rule: the same labels with the largest group's pixels background
+                logits[torch.from_numpy(pixel_group == int(counts.argmax()))] = 0
+                largest_bg[suffix].add(gt, logits.to(torch.uint8).numpy())
     return {"largest_final_group_share": statistics.fmean(largest), "final_groups_used": statistics.fmean(used),
             "largest_stage1_group_share": statistics.fmean(stage1), "group_oracle_miou": oracle.result()["miou"],
             "pooled_top1_in_scene": statistics.fmean(top1),
-            **{f"zero_shot_miou{k}": acc.result()["miou"] for k, acc in zero_shot.items()}}
+            **{f"zero_shot_miou{k}": acc.result()["miou"] for k, acc in zero_shot.items()},
+            **{f"largest_group_background_miou{k}": acc.result()["miou"] for k, acc in largest_bg.items()}}
+
+
+def load_any(path: Path) -> fam.PGSeg:
+    """A `train-pgseg` model file, or one of its run's checkpoints (``checkpoints/last.safetensors``, kind
+    ``pgseg-checkpoint``, copied as training goes: the proxies along one run)."""
+    try:
+        return fam.load_pgseg(path)
+    except Exception:  # not the family's file: a training checkpoint (its model config in the header)
+        state, _, f = io.read_checkpoint(path, kind="pgseg-checkpoint")
+        return fam.model_from_state(fam.PGSegConfig.from_dict(f.meta("model_config")), state, str(path)).frozen()
 
 
 def main() -> None:
@@ -89,6 +110,8 @@ def main() -> None:
     ap.add_argument("--untrained", action="store_true")
     ap.add_argument("--images", type=int, default=30)
     ap.add_argument("--background", default="grass,sky,wall,water", help="background words (zero_shot_miou_background)")
+    ap.add_argument("--bg-thresh", default=str(fam.DEFAULT_BG_THRESH),
+                    help="segment --pgseg's background thresholds, comma-separated (each scored)")
     ap.add_argument("--short-side", type=int, default=PGSEG_RECIPES["cpu"]["crop_size"])
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -101,17 +124,18 @@ def main() -> None:
         present = set(np.unique(gt).tolist()) - {0, 255}
         if present:
             in_scene.append(len(present) / (len(data.classes) - 1))
+    thresholds = tuple(float(t) for t in args.bg_thresh.split(","))
     words = [w.strip() for w in args.background.split(",") if w.strip()]
     rows = {}
     if args.untrained:
         crop = PGSEG_RECIPES["cpu"]["crop_size"]
         model = fam.build_model(fam.tiny_config(img_size=crop, npr=False), seed=0).frozen()
-        rows["untrained (seed 0)"] = group_stats(model, data, args.images, args.short_side, words)
+        rows["untrained (seed 0)"] = group_stats(model, data, args.images, args.short_side, words, thresholds)
     for path in args.models:
-        rows[str(path)] = group_stats(fam.load_pgseg(path), data, args.images, args.short_side, words)
+        rows[str(path)] = group_stats(load_any(path), data, args.images, args.short_side, words, thresholds)
     print(json.dumps({"command": " ".join(["python", "studies/study_pgseg_groups.py", *sys.argv[1:]]),
                       "split": "train", "images": args.images, "short_side": args.short_side,
-                      "background": words,
+                      "background": words, "bg_thresh": thresholds,
                       "all_background_miou": all_bg.result()["miou"],
                       "chance_top1_in_scene": statistics.fmean(in_scene), "models": rows, "machine": machine("cpu")},
                      indent=1))
