@@ -536,6 +536,13 @@ def merge(files: list[Path]) -> dict:
     return out
 
 
+def weights_of(work: Path) -> str:
+    """What the random weights in ``work`` are: the seed-0 init, or the copy ``cass_weights.py --out`` shaped for
+    CASS (its ``cass_weights.json`` says how)."""
+    shaped = work / "cass_weights.json"
+    return json.loads(shaped.read_text())["weights"] if shaped.is_file() else "random (seed 0, fp16-exact values)"
+
+
 def run(work: Path, args, argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     cache = work / "vpltool_cache"
@@ -570,7 +577,7 @@ def run(work: Path, args, argv: list[str] | None = None) -> dict:
     return {
         "benchmark": "ovss-parity", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": model,
         "text_layers": None if args.quick else args.text_layers,
-        "weights": "random (seed 0, fp16-exact values)", "precision": "fp32", "device": "cpu",
+        "weights": weights_of(work), "precision": "fp32", "device": "cpu",
         "threads": args.threads, "photos": {n: len(v["photos"]) for n, v in variants.items()},
         "argv": sys.argv[1:] if argv is None else argv,
         "bar": f"max abs difference of the dense logits <= {BAR:g} and equal labels >= {LABELS_BAR:.1%} (fp32, CPU)",

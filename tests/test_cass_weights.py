@@ -1,0 +1,76 @@
+"""parity/cass_weights.py without weights files: the shaped key projections give CASS's head matching one optimum
+(by a margin far above float32 noise) where the unshaped ones tie, and they keep what the
+parity relies on (fp16-exact values, each head's norm, the range anchors)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "parity"), str(ROOT / "bench")]
+
+import cass_weights as cw  # noqa: E402
+from ovss_parity import ambiguity  # noqa: E402
+from scipy.optimize import linear_sum_assignment  # noqa: E402
+
+from vpltool.backbone.dense import SpectralMatching, head_matching_cost  # noqa: E402
+
+
+def _tokens(seed: int, dominant: int, strength: float, n: int = 300) -> torch.Tensor:
+    """LayerNorm'd tokens with ``dominant`` strong directions (deep random ViT tokens have a few; DINO's random ones
+    collapse more, which makes every DINO head's spectrum top-heavy): ``[n, 768]`` float64."""
+    g = torch.Generator().manual_seed(seed)
+    strong = torch.randn(n, dominant, generator=g) @ torch.randn(dominant, cw.WIDTH, generator=g)
+    return F.layer_norm(torch.randn(n, cw.WIDTH, generator=g) + strength * strong, (cw.WIDTH,)).double()
+
+
+def _cost(ct, dt, cwb, dwb) -> np.ndarray:
+    def keys(t, wb):
+        return F.linear(t.float(), *wb).reshape(-1, cw.HEADS, cw.HD).transpose(0, 1)
+
+    _, cost = head_matching_cost(keys(ct, cwb), keys(dt, dwb), (15, 20), (15, 20), SpectralMatching())
+    return np.asarray(cost.numpy(), dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def shaped():
+    ct, dt = _tokens(0, 4, 1.0), _tokens(1, 1, 4.0)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(cw.WIDTH, cw.WIDTH, generator=g) * 0.03
+    d_signs, c_signs = cw.signatures(1)
+    p = {k: v for k, v in cw.CHOSEN.items() if k != "seed"}
+    cwb = cw.shaped_keys(w, ct.T @ ct / len(ct), c_signs, 101, **p)
+    dwb = cw.shaped_keys(w, dt.T @ dt / len(dt), d_signs, 201, **p)
+    return ct, dt, w, cwb, dwb, d_signs, c_signs
+
+
+def test_signatures_pair_each_dino_head_with_one_opposite_clip_head():
+    d, c = cw.signatures(1)
+    assert d.shape == c.shape == (cw.HEADS, cw.K_EIGEN) and set(d.unique().tolist()) == {-1.0, 1.0}
+    opposite = (d[:, None] == -c[None]).all(-1)  # [dino, clip]
+    assert opposite.sum(1).eq(1).all() and opposite.sum(0).eq(1).all()
+    assert len({tuple(r) for r in d.tolist()}) == cw.HEADS  # every signature distinct
+
+
+def test_shaped_keys_keep_fp16_values_head_norms_and_the_range_anchors(shaped):
+    _, _, w, (sw, sb), _, _, _ = shaped
+    assert torch.equal(sw, sw.half().float()) and torch.equal(sb, sb.half().float())
+    assert sw[:2].abs().max() == 0 and sb[0] == cw.CHOSEN["anchor"] and sb[1] == -cw.CHOSEN["anchor"]
+    assert sb[2:].abs().max() == 0
+    norms = torch.stack([w[h * 64:(h + 1) * 64].norm() for h in range(1, cw.HEADS)])
+    got = torch.stack([sw[h * 64:(h + 1) * 64].norm() for h in range(1, cw.HEADS)])
+    assert torch.allclose(got, norms, rtol=2e-3)
+
+
+def test_shaped_keys_make_the_matching_unique_where_the_plain_ones_tie(shaped):
+    ct, dt, w, cwb, dwb, d_signs, c_signs = shaped
+    plain = ambiguity(_cost(ct, dt, (w, torch.zeros(cw.WIDTH)), (w, torch.zeros(cw.WIDTH))), linear_sum_assignment)
+    cost = _cost(ct, dt, cwb, dwb)
+    got = ambiguity(cost, linear_sum_assignment)
+    assert plain["margin"] < 1e-6 < cw.MARGIN_BAR < got["margin"] and got["tied_swaps"] == 0
