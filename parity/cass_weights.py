@@ -153,12 +153,18 @@ def shaped_keys(w, moment, signs, seed: int, lam: float, eps: float, ratio: floa
     return out, bias
 
 
-def shaped_states(work: Path, moments: tuple, seed: int, lam: float, eps: float, ratio: float, anchor: float):
-    """``work``'s CLIP state (safetensors) and DINO state (.pth) with both last key projections shaped."""
+def load_states(work: Path) -> tuple[dict, dict]:
+    """``work``'s CLIP state (safetensors) and DINO state (.pth)."""
     import torch
     from safetensors.torch import load_file
 
-    clip, dino = load_file(str(work / "weights.safetensors")), torch.load(work / "dino_vitb8.pth")
+    return load_file(str(work / "weights.safetensors")), torch.load(work / "dino_vitb8.pth")
+
+
+def shaped_states(states: tuple[dict, dict], moments: tuple, seed: int, lam: float, eps: float, ratio: float,
+                  anchor: float):
+    """Copies of the CLIP and DINO states (:func:`load_states`) with both last key projections shaped."""
+    clip, dino = dict(states[0]), dict(states[1])
     d_signs, c_signs = signatures(seed)
     cw, cb = shaped_keys(clip[CLIP_KEY + "weight"][WIDTH : 2 * WIDTH], moments[0], c_signs, 100 + seed, lam, eps,
                          ratio, anchor)
@@ -270,22 +276,20 @@ def main(argv: list[str] | None = None) -> None:
     bb = backbone(args.base)
     tokens = {name: last_block_tokens(bb, x) for name, x in inputs.items()}
     moments = second_moments(tokens)
-    from safetensors.torch import load_file
-
+    states = load_states(args.base)
     result = {"benchmark": "cass-weights", "machine": benchlib.machine("cpu"), "argv": sys.argv[1:] if argv is None
               else argv, "margin_bar": MARGIN_BAR, "inputs": list(inputs)}
-    base = key_margins(tokens, load_file(str(args.base / "weights.safetensors")),
-                       torch.load(args.base / "dino_vitb8.pth"))
+    base = key_margins(tokens, *states)
     result["seed0_init"] = {**summary(base), "per_input": base}
     if args.probe:
         result["attempts"] = []
         for seed, lam, eps, ratio in ATTEMPTS:
             params = {"seed": seed, "lam": lam, "eps": eps, "ratio": ratio, "anchor": 16.0}
-            m = key_margins(tokens, *shaped_states(args.base, moments, **params))
+            m = key_margins(tokens, *shaped_states(states, moments, **params))
             result["attempts"].append({**params, **summary(m),
                                        "margins": [float(f"{v['margin']:.3g}") for v in m.values()]})
     if args.out:
-        clip, dino = shaped_states(args.base, moments, **CHOSEN)
+        clip, dino = shaped_states(states, moments, **CHOSEN)
         result["chosen"] = {**CHOSEN, "weights": describe(CHOSEN)}
         m = key_margins(tokens, clip, dino)
         result["chosen"]["restated_keys"] = {**summary(m), "per_input": m}

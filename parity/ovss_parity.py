@@ -23,6 +23,9 @@ in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab import
   with global weight 0.1, shift 0.03, Ward cut 0.10; logit scale 40, threshold 0.1, the whole image at short side
   336) against ``--dense cass``. Its ``.half()`` of DINO's keys is the identity as the other fp16 casts (fp32
   parity); its randomised SVD draws from torch's global generator, seeded 0 before each forward on both sides.
+  On the seed-0 weights CASS's head matching has tied optima on every input; ``cass_weights.py --out W2`` makes a
+  work folder whose last key projections are shaped so that it has one (``--work W2`` here then runs on it; the
+  JSON's ``weights`` says so).
 
 * ``trident`` (``--methods trident``, run alone: :func:`run_trident`): YuHengsss/Trident's ``Trident`` as
   ``eval.py --config configs/cfg_voc21.py`` runs it without ``--sam_refine`` (ProxyCLIP's proxy attention per
