@@ -3,7 +3,7 @@
     python parity/cass_weights.py --base W --out W2        # W: a finished ovss_parity.py work folder (its weights,
                                                            # DINO weights, model config and photos); W2: the shaped
                                                            # copy, which ovss_parity.py --work W2 then runs on
-    python parity/cass_weights.py --base W --probe         # the margins of every attempt, nothing written
+    python parity/cass_weights.py --base W --probe         # also the margins of every attempt of ATTEMPTS
 
 Why. CASS matches DINO's 12 heads to CLIP's by ``linear_sum_assignment`` on ``1 - Σ|sorted spectrum_D - sorted
 spectrum_K|`` (vpltool's :func:`~vpltool.backbone.dense.head_matching_cost`), minimised as coded: it pairs the
@@ -201,35 +201,6 @@ def key_margins(tokens: dict, clip: dict, dino: dict) -> dict:
     return out
 
 
-def forward_margins(work: Path, inputs: dict) -> dict:
-    """The same ambiguity measured inside vpltool's whole ``--dense cass`` forward on ``work``'s files (each
-    ``linear_sum_assignment`` call's cost), not on restated keys: the check that the shaped files do what
-    :func:`key_margins` predicts."""
-    import numpy as np
-    import scipy.optimize
-    import torch
-    from ovss_parity import ambiguity
-
-    bb, solve, seen = backbone(work), scipy.optimize.linear_sum_assignment, []
-
-    def record(cost):
-        seen.append(ambiguity(np.asarray(cost, dtype=np.float64), solve))
-        return solve(cost)
-
-    out = {}
-    scipy.optimize.linear_sum_assignment = record
-    try:
-        for name, x in inputs.items():
-            p = bb.patch_size
-            with torch.no_grad():
-                torch.manual_seed(0)
-                bb.spectral_features(x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p], proxy_pixels=x)
-            out[name] = seen.pop()
-    finally:
-        scipy.optimize.linear_sum_assignment = solve
-    return out
-
-
 def summary(margins: dict) -> dict:
     m = [v["margin"] for v in margins.values()]
     return {"margin_min": min(m), "inputs_unique": sum(v > MARGIN_BAR for v in m), "inputs": len(m),
@@ -288,14 +259,11 @@ def main(argv: list[str] | None = None) -> None:
             m = key_margins(tokens, *shaped_states(states, moments, **params))
             result["attempts"].append({**params, **summary(m),
                                        "margins": [float(f"{v['margin']:.3g}") for v in m.values()]})
-    if args.out:
-        clip, dino = shaped_states(states, moments, **CHOSEN)
-        result["chosen"] = {**CHOSEN, "weights": describe(CHOSEN)}
-        m = key_margins(tokens, clip, dino)
-        result["chosen"]["restated_keys"] = {**summary(m), "per_input": m}
+    clip, dino = shaped_states(states, moments, **CHOSEN)
+    m = key_margins(tokens, clip, dino)
+    result["chosen"] = {**CHOSEN, "weights": describe(CHOSEN), **summary(m), "per_input": m}
+    if args.out:  # the margins inside vpltool's whole forward on these files: ovss_parity.py --shared-matching
         write(args.base, args.out, clip, dino, CHOSEN)
-        m = forward_margins(args.out, inputs)
-        result["chosen"]["vpltool_forward"] = {**summary(m), "per_input": m}
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result))
 
