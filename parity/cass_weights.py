@@ -54,9 +54,9 @@ CLIP_KEY = "visual.transformer.resblocks.11.attn.in_proj_"
 DINO_KEY = "blocks.11.attn.qkv."
 WIDTH, HEADS, HD, K_EIGEN = 768, 12, 64, 20
 MARGIN_BAR = 1e-5
-# (seed, lam, eps, ratio); anchor 16 throughout
-ATTEMPTS = [(s, lam, eps, ratio) for s in (0, 1, 2) for lam in (0.1, 0.03)
-            for eps, ratio in ((0.3, 0.6), (0.4, 0.7), (0.3, 0.8), (0.5, 0.6))]
+# (seed, lam, eps, ratio, anchor): 24 shapes with the range anchors, then the chosen one's seed and shape without
+ATTEMPTS = [(s, lam, eps, ratio, 16.0) for s in (0, 1, 2) for lam in (0.1, 0.03)
+            for eps, ratio in ((0.3, 0.6), (0.4, 0.7), (0.3, 0.8), (0.5, 0.6))] + [(1, 0.03, 0.4, 0.7, 0.0)]
 CHOSEN = {"seed": 1, "lam": 0.03, "eps": 0.4, "ratio": 0.7, "anchor": 16.0}
 
 
@@ -148,8 +148,9 @@ def shaped_keys(w, moment, signs, seed: int, lam: float, eps: float, ratio: floa
         out[rows] = (new * (w[rows].double().norm() / new.norm())).float()
     out = out.half().float()
     bias = torch.zeros(WIDTH)
-    out[0], out[1] = 0.0, 0.0
-    bias[0], bias[1] = anchor, -anchor
+    if anchor:  # 0: no anchor channels (the ablation of --probe)
+        out[0], out[1] = 0.0, 0.0
+        bias[0], bias[1] = anchor, -anchor
     return out, bias
 
 
@@ -254,8 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     result["seed0_init"] = {**summary(base), "per_input": base}
     if args.probe:
         result["attempts"] = []
-        for seed, lam, eps, ratio in ATTEMPTS:
-            params = {"seed": seed, "lam": lam, "eps": eps, "ratio": ratio, "anchor": 16.0}
+        for seed, lam, eps, ratio, anchor in ATTEMPTS:
+            params = {"seed": seed, "lam": lam, "eps": eps, "ratio": ratio, "anchor": anchor}
             m = key_margins(tokens, *shaped_states(states, moments, **params))
             result["attempts"].append({**params, **summary(m),
                                        "margins": [float(f"{v['margin']:.3g}") for v in m.values()]})

@@ -84,7 +84,9 @@ METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",), "cass": ("cass"
 
 
 def proxy_weights(work: Path) -> Path:
-    """Random DINO ViT-B/8 weights (seed 0; timm's init, DINO's tensor names) as ``work/dino_vitb8.pth``, made once."""
+    """Random DINO ViT-B/8 weights (seed 0; timm's init, DINO's tensor names) as ``work/dino_vitb8.pth``, made once.
+    CASS's free run uses a copy whose last key projection (and CLIP's) ``cass_weights.py`` shaped; it leaves it in
+    its work folder, where this then finds it."""
     path = work / "dino_vitb8.pth"
     if not path.is_file():
         import timm
