@@ -74,3 +74,24 @@ def test_shaped_keys_make_the_matching_unique_where_the_plain_ones_tie(shaped):
     cost = _cost(ct, dt, cwb, dwb)
     got = ambiguity(cost, linear_sum_assignment)
     assert plain["margin"] < 1e-6 < cw.MARGIN_BAR < got["margin"] and got["tied_swaps"] == 0
+
+
+def test_committed_figures_belong_to_the_chosen_weights_and_meet_the_bars():
+    """parity/results: the probe's chosen parameters are the script's, unique on every input where the seed-0 init
+    ties; the free parity run on them names those weights and meets the bars, its matchings the reference's."""
+    import json
+
+    import ovss_parity
+
+    probe = json.loads((ROOT / "parity" / "results" / "cass_weights.json").read_text())
+    chosen = probe["chosen"]
+    assert {k: chosen[k] for k in cw.CHOSEN} == cw.CHOSEN and chosen["weights"] == cw.describe(cw.CHOSEN)
+    assert chosen["inputs_unique"] == chosen["inputs"] == 14 and chosen["margin_min"] > cw.MARGIN_BAR
+    assert probe["seed0_init"]["margin_min"] == 0.0
+    run = json.loads((ROOT / "parity" / "results" / "ovss_parity_cass.json").read_text())
+    assert run["weights"] == cw.describe(cw.CHOSEN) and not run["quick"]
+    method, variant = run["methods"]["cass"], run["variants"]["cass"]
+    assert method["max_abs_diff"] <= ovss_parity.BAR and method["labels_equal_min"] >= ovss_parity.LABELS_BAR
+    shared = variant["shared_matching"]
+    assert shared["own_matching_differs"] == 0 and all(p["margin_min"] > cw.MARGIN_BAR for p in shared["photos"])
+    assert run["seed0_weights"]["methods"]["cass"]["bar_met"] is False  # the tie, kept as a finding
