@@ -4,6 +4,7 @@
                                                            # DINO weights, model config and photos); W2: the shaped
                                                            # copy, which ovss_parity.py --work W2 then runs on
     python parity/cass_weights.py --base W --probe         # also the margins of every attempt of ATTEMPTS
+    python parity/cass_weights.py --base W --held-out 6    # also on inputs not shaped on (slide windows)
 
 Why. CASS matches DINO's 12 heads to CLIP's by ``linear_sum_assignment`` on ``1 - Σ|sorted spectrum_D - sorted
 spectrum_K|`` (vpltool's :func:`~vpltool.backbone.dense.head_matching_cost`), minimised as coded: it pairs the
@@ -83,6 +84,22 @@ def backbone(work: Path):
         model, config_dir = op.dp.model_config(work, "ViT-B-16-quickgelu", 1)
         vt = op.Vpltool(model, work / "weights.safetensors", config_dir, work / "dino_vitb8.pth")
         return vt.backbone("cass")
+
+
+def slide_windows(inputs: dict, photos: int, crop: int = 224, stride: int = 112) -> dict:
+    """Inputs the chosen weights were NOT shaped on (but the first photo's top-left window, the ``crop224`` input):
+    the ``crop`` x ``crop`` slide windows (mmseg's grid, as CASS's Context, COCO and ADE configs slide) of the first
+    ``photos`` parity photos: ``photo_NNN@y,x`` -> ``[1, 3, crop, crop]``."""
+    out = {}
+    for name in [n for n in inputs if n.startswith("photo_")][:photos]:
+        x = inputs[name]
+        h, w = x.shape[-2:]
+        for i in range(max(h - crop + stride - 1, 0) // stride + 1):
+            for j in range(max(w - crop + stride - 1, 0) // stride + 1):
+                y2, x2 = min(i * stride + crop, h), min(j * stride + crop, w)
+                y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+                out[f"{name}@{y1},{x1}"] = x[..., y1:y2, x1:x2].contiguous()
+    return out
 
 
 def last_block_tokens(bb, x) -> tuple:
@@ -238,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="write the shaped work folder here")
     ap.add_argument("--probe", action="store_true", help="the margins of every attempt of ATTEMPTS")
     ap.add_argument("--images", type=int, default=12)
+    ap.add_argument("--held-out", type=int, default=0, metavar="N",
+                    help="also the chosen weights' margins on the 224 slide windows of the first N photos")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     import torch
@@ -263,6 +282,12 @@ def main(argv: list[str] | None = None) -> None:
     clip, dino = shaped_states(states, moments, **CHOSEN)
     m = key_margins(tokens, clip, dino)
     result["chosen"] = {**CHOSEN, "weights": describe(CHOSEN), **summary(m), "per_input": m}
+    if args.held_out:
+        windows = slide_windows(inputs, args.held_out)
+        m = key_margins({name: last_block_tokens(bb, x) for name, x in windows.items()}, clip, dino)
+        result["held_out"] = {"what": f"the 224x224 slide windows (stride 112) of the first {args.held_out} photos, "
+                              "inputs the weights were not shaped on", **summary(m),
+                              "margins": {k: float(f"{v['margin']:.3g}") for k, v in m.items()}}
     if args.out:  # the margins inside vpltool's whole forward on these files: ovss_parity.py --shared-matching
         write(args.base, args.out, clip, dino, CHOSEN)
     result["seconds"] = round(time.perf_counter() - start, 1)

@@ -99,3 +99,13 @@ def test_committed_figures_belong_to_the_chosen_weights_and_meet_the_bars():
     assert seed0["weights"] == "random (seed 0, fp16-exact values)"  # the tie, kept as a finding
     assert seed0["methods"]["cass"]["bar_met"] is False and seed0["variants"]["cass"]["shared_matching"][
         "margin_max"] == 0.0
+
+
+def test_slide_windows_tile_each_photo_as_mmseg_slides():
+    inputs = {"crop224": torch.zeros(1, 3, 224, 224), "photo_000": torch.arange(336 * 448.0).reshape(1, 1, 336, 448),
+              "photo_001": torch.zeros(1, 1, 336, 505), "photo_002": torch.zeros(1, 1, 336, 448)}
+    got = cw.slide_windows(inputs, 2)
+    assert list(got)[:6] == [f"photo_000@{y},{x}" for y in (0, 112) for x in (0, 112, 224)]
+    assert len(got) == 6 + 2 * 4 and all(w.shape[-2:] == (224, 224) for w in got.values())
+    assert got["photo_001@112,281"].shape[-1] == 224  # the last column ends at the edge
+    assert torch.equal(got["photo_000@112,224"], inputs["photo_000"][..., 112:336, 224:448])
