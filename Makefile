@@ -449,7 +449,7 @@ parity: setup
 	  --work $(OVSS_WORK) > $(PARITY_OUT)/cass_block_parity.json.tmp \
 	  && mv $(PARITY_OUT)/cass_block_parity.json.tmp $(PARITY_OUT)/cass_block_parity.json))
 	$(if $(OVSS_REFS),$(if $(OVSS_WORK),$(VENV)/bin/python parity/cass_weights.py --base $(OVSS_WORK) --out $(OVSS_WORK)-cass \
-	  --probe > $(PARITY_OUT)/cass_weights.json.tmp && mv $(PARITY_OUT)/cass_weights.json.tmp $(PARITY_OUT)/cass_weights.json \
+	  --probe --held-out 6 > $(PARITY_OUT)/cass_weights.json.tmp && mv $(PARITY_OUT)/cass_weights.json.tmp $(PARITY_OUT)/cass_weights.json \
 	  && $(VENV)/bin/python parity/ovss_parity.py --ref $(OVSS_REFS) --work $(OVSS_WORK)-cass --methods cass \
 	  --shared-matching > $(PARITY_OUT)/ovss_parity_cass.json.tmp \
 	  && mv $(PARITY_OUT)/ovss_parity_cass.json.tmp $(PARITY_OUT)/ovss_parity_cass.json))
