@@ -422,7 +422,8 @@ DENSE_WORK ?=
 # OVSS_REFS=/folder/of/clones: the benchmarks' configs and class files (NACLIP, SCLIP, ClearCLIP, ProxyCLIP,
 # SC-CLIP, CASS, Trident: benchmarks_parity.py) and SC-CLIP's and ProxyCLIP's dense logits (with
 # facebookresearch/dino as dino: ovss_parity.py; ProxyCLIP's DINO ViT-B/8 per window makes its photos the costly
-# part: OVSS_PROXY_IMAGES)
+# part: OVSS_PROXY_IMAGES); with OVSS_WORK also CASS's block parity and its free run on weights shaped so that its head
+# matching is unique (cass_weights.py into $(OVSS_WORK)-cass, then ovss_parity.py --methods cass)
 OVSS_REFS ?=
 OVSS_WORK ?=
 OVSS_PROXY_IMAGES ?= 12
@@ -447,6 +448,11 @@ parity: setup
 	$(if $(OVSS_REFS),$(if $(OVSS_WORK),$(VENV)/bin/python parity/cass_block_parity.py --clone $(OVSS_REFS)/CASS \
 	  --work $(OVSS_WORK) > $(PARITY_OUT)/cass_block_parity.json.tmp \
 	  && mv $(PARITY_OUT)/cass_block_parity.json.tmp $(PARITY_OUT)/cass_block_parity.json))
+	$(if $(OVSS_REFS),$(if $(OVSS_WORK),$(VENV)/bin/python parity/cass_weights.py --base $(OVSS_WORK) --out $(OVSS_WORK)-cass \
+	  --probe --held-out 6 > $(PARITY_OUT)/cass_weights.json.tmp && mv $(PARITY_OUT)/cass_weights.json.tmp $(PARITY_OUT)/cass_weights.json \
+	  && $(VENV)/bin/python parity/ovss_parity.py --ref $(OVSS_REFS) --work $(OVSS_WORK)-cass --methods cass \
+	  --shared-matching > $(PARITY_OUT)/ovss_parity_cass.json.tmp \
+	  && mv $(PARITY_OUT)/ovss_parity_cass.json.tmp $(PARITY_OUT)/ovss_parity_cass.json))
 	$(if $(PGSEG_REF),$(VENV)/bin/python parity/pgseg_parity.py --ref $(PGSEG_REF) --slide \
 	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) --out $(PARITY_OUT)/pgseg_parity.json > /dev/null)
 	$(if $(WECLIP_REF),$(VENV)/bin/python parity/weclip_parity.py --ref $(WECLIP_REF) $(if $(WECLIP_WORK),--work $(WECLIP_WORK)) \

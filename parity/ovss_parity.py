@@ -23,6 +23,9 @@ in its own process through ``dense_ref_runner.py`` with stubbed OpenMMLab import
   with global weight 0.1, shift 0.03, Ward cut 0.10; logit scale 40, threshold 0.1, the whole image at short side
   336) against ``--dense cass``. Its ``.half()`` of DINO's keys is the identity as the other fp16 casts (fp32
   parity); its randomised SVD draws from torch's global generator, seeded 0 before each forward on both sides.
+  On the seed-0 weights CASS's head matching has tied optima on every input; ``cass_weights.py --out W2`` makes a
+  work folder whose last key projections are shaped so that it has one (``--work W2`` here then runs on it; the
+  JSON's ``weights`` says so).
 
 * ``trident`` (``--methods trident``, run alone: :func:`run_trident`): YuHengsss/Trident's ``Trident`` as
   ``eval.py --config configs/cfg_voc21.py`` runs it without ``--sam_refine`` (ProxyCLIP's proxy attention per
@@ -81,7 +84,9 @@ METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",), "cass": ("cass"
 
 
 def proxy_weights(work: Path) -> Path:
-    """Random DINO ViT-B/8 weights (seed 0; timm's init, DINO's tensor names) as ``work/dino_vitb8.pth``, made once."""
+    """Random DINO ViT-B/8 weights (seed 0; timm's init, DINO's tensor names) as ``work/dino_vitb8.pth``, made once.
+    CASS's free run uses a copy whose last key projection (and CLIP's) ``cass_weights.py`` shaped; it leaves it in
+    its work folder, where this then finds it."""
     path = work / "dino_vitb8.pth"
     if not path.is_file():
         import timm
@@ -536,6 +541,13 @@ def merge(files: list[Path]) -> dict:
     return out
 
 
+def weights_of(work: Path) -> str:
+    """What the random weights in ``work`` are: the seed-0 init, or the copy ``cass_weights.py --out`` shaped for
+    CASS (its ``cass_weights.json`` says how)."""
+    shaped = work / "cass_weights.json"
+    return json.loads(shaped.read_text())["weights"] if shaped.is_file() else "random (seed 0, fp16-exact values)"
+
+
 def run(work: Path, args, argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     cache = work / "vpltool_cache"
@@ -570,7 +582,7 @@ def run(work: Path, args, argv: list[str] | None = None) -> dict:
     return {
         "benchmark": "ovss-parity", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": model,
         "text_layers": None if args.quick else args.text_layers,
-        "weights": "random (seed 0, fp16-exact values)", "precision": "fp32", "device": "cpu",
+        "weights": weights_of(work), "precision": "fp32", "device": "cpu",
         "threads": args.threads, "photos": {n: len(v["photos"]) for n, v in variants.items()},
         "argv": sys.argv[1:] if argv is None else argv,
         "bar": f"max abs difference of the dense logits <= {BAR:g} and equal labels >= {LABELS_BAR:.1%} (fp32, CPU)",

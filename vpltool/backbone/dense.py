@@ -647,6 +647,36 @@ def _spectra(keys: torch.Tensor, scale: float, k: int) -> torch.Tensor:
     return F.normalize(F.normalize(values[:, :n], p=2, dim=1), p=1, dim=-1)
 
 
+def head_matching_cost(k: torch.Tensor, dino_keys: torch.Tensor, dino_grid: tuple[int, int], grid: tuple[int, int],
+                       cfg: SpectralMatching) -> tuple[torch.Tensor, torch.Tensor]:
+    """CASS's head-matching cost (``custom_attn``, ``'spectral'``) for ONE image.
+
+    Args:
+        k: ``[heads, hw, hd]`` CLIP's last-block keys (class token removed) on ``grid`` ``(h, w)``.
+        dino_keys: ``[heads', HW, hd']`` the proxy DINO's last-block keys on ``dino_grid``.
+
+    Returns:
+        (``[heads, hw, hd]`` DINO's keys regrouped into CLIP's heads, resized bilinearly to ``grid`` and mapped
+        linearly onto the range of CLIP's keys (all heads at once: one scale, one offset); ``[heads, heads]``
+        float32 ``1 - Σ|sorted spectrum_D - sorted spectrum_K|``, rows DINO's heads, columns CLIP's, the matrix
+        CASS hands ``linear_sum_assignment``.)
+    """
+    heads = k.shape[0]
+    n = grid[0] * grid[1]
+    scale = k.shape[-1] ** -0.5
+    channels = dino_keys.shape[0] * dino_keys.shape[2]
+    if channels % heads:
+        raise VplError(f"--dense cass: the proxy model's {channels} key channels do not split into CLIP's {heads} "
+                       "heads; use a proxy whose width is a multiple of CLIP's head count (ViT-B/8 DINO for ViT-B/16)")
+    # the code regroups DINO's key channels into CLIP's heads (the same heads when both are ViT-B)
+    dk = dino_keys.to(k.dtype).permute(0, 2, 1).reshape(heads, channels // heads, *dino_grid)
+    dk = F.interpolate(dk, size=tuple(grid), mode="bilinear", align_corners=False).reshape(heads, -1, n)
+    dk = _range_like(dk.permute(0, 2, 1), k)
+    dino_spec, clip_spec = _spectra(dk, scale, cfg.k_eigen), _spectra(k, scale, cfg.k_eigen)
+    distance = (torch.sort(dino_spec, dim=-1)[0][:, None] - torch.sort(clip_spec, dim=-1)[0][None]).abs().sum(-1)
+    return dk, (1 - distance).to(torch.float32).to(k.device)
+
+
 def spectral_key_attention(attn, h: torch.Tensor, dino_keys: torch.Tensor, dino_grid: tuple[int, int],
                            grid: tuple[int, int], cfg: SpectralMatching, bias: torch.Tensor | None) -> torch.Tensor:
     """CASS's last block (``custom_attn``, ``'spectral'``) for ONE image.
@@ -678,19 +708,9 @@ def spectral_key_attention(attn, h: torch.Tensor, dino_keys: torch.Tensor, dino_
     k = k.reshape(-1, heads, hd).transpose(0, 1)[:, 1:]  # [heads, hw, hd]
     v = v.reshape(-1, heads, hd).transpose(0, 1)[:, 1:]
     n = grid[0] * grid[1]
-    channels = dino_keys.shape[0] * dino_keys.shape[2]
-    if channels % heads:
-        raise VplError(f"--dense cass: the proxy model's {channels} key channels do not split into CLIP's {heads} "
-                       "heads; use a proxy whose width is a multiple of CLIP's head count (ViT-B/8 DINO for ViT-B/16)")
-    # the code regroups DINO's key channels into CLIP's heads (the same heads when both are ViT-B)
-    dk = dino_keys.to(k.dtype).permute(0, 2, 1).reshape(heads, channels // heads, *dino_grid)
-    dk = F.interpolate(dk, size=tuple(grid), mode="bilinear", align_corners=False).reshape(heads, -1, n)
-    dk = _range_like(dk.permute(0, 2, 1), k)
+    dk, cost = head_matching_cost(k, dino_keys, dino_grid, grid, cfg)
     clip_graph = torch.bmm(k, k.transpose(1, 2)) * scale
     dino_graph = torch.bmm(dk, dk.transpose(1, 2)) * scale
-    dino_spec, clip_spec = _spectra(dk, scale, cfg.k_eigen), _spectra(k, scale, cfg.k_eigen)
-    distance = (torch.sort(dino_spec, dim=-1)[0][:, None] - torch.sort(clip_spec, dim=-1)[0][None]).abs().sum(-1)
-    cost = (1 - distance).to(torch.float32).to(k.device)  # [dino head, clip head]
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     combined = torch.zeros_like(clip_graph)
     for idx in range(heads):
@@ -759,4 +779,4 @@ __all__ = ["DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing", "res
            "SelfCalibration", "lof_outliers", "repair_outliers", "unit_similarity", "aggregate",
            "self_calibrated_tokens", "scaled_levels", "ProxyAttention", "proxy_attention_tokens", "SpectralMatching",
            "TextShift", "SamAggregation", "splice_windows", "sam_affinity", "sam_aggregate", "cass_proxy_input",
-           "spectral_key_attention", "query_clusters", "object_presence_logits"]
+           "spectral_key_attention", "head_matching_cost", "query_clusters", "object_presence_logits"]
