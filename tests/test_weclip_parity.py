@@ -185,3 +185,32 @@ def test_loss_diffs_leave_out_a_reference_nan_term():
     ref.update(loss=1.4, cross_loss=0.0)
     out = weclip_parity.loss_diffs(mine, ref)
     assert out["loss"] == pytest.approx(0.1) and out["cross"] == 0.0 and "loss_of_finite_terms" not in out
+
+
+def test_sharpen_attention_scales_each_heads_logits_and_keeps_the_rest():
+    """The well-conditioned weights: each image-tower head's q and k rows times sqrt(g), g in [gain/spread,
+    gain*spread] (so its logits q k^T times g), fp16-exact values, text tower and values untouched; gain 1 and
+    spread 1 give the seed-0 init back."""
+    g = torch.Generator().manual_seed(0)
+    width = 128  # two heads of 64
+    state = {f"visual.transformer.resblocks.{i}.attn.in_proj_weight": torch.randn(3 * width, width, generator=g)
+             .half().float() for i in range(2)}
+    state["transformer.resblocks.0.attn.in_proj_weight"] = torch.randn(3 * 32, 32, generator=g)
+    assert weclip_parity.sharpen_attention(state, 1.0, 1.0) is state
+    out = weclip_parity.sharpen_attention(state, 16.0, 2.0)
+    assert torch.equal(out["transformer.resblocks.0.attn.in_proj_weight"],
+                       state["transformer.resblocks.0.attn.in_proj_weight"])
+    x = torch.randn(5, width, generator=g)
+    for i in range(2):
+        key = f"visual.transformer.resblocks.{i}.attn.in_proj_weight"
+        new, old = out[key], state[key]
+        assert torch.equal(new, new.half().float())  # fp16-exact
+        assert torch.equal(new[2 * width:], old[2 * width:])  # values untouched
+        gains = []
+        for h in range(2):
+            rows = slice(64 * h, 64 * (h + 1))
+            q0, k0 = x @ old[rows].T, x @ old[width:][rows].T
+            q1, k1 = x @ new[rows].T, x @ new[width:][rows].T
+            gains.append(float(((q1 @ k1.T) / (q0 @ k0.T)).median()))
+        assert all(8 * 0.99 <= v <= 32 * 1.01 for v in gains), gains
+        assert abs(gains[0] - gains[1]) > 0.1  # per head, not one factor
