@@ -1056,11 +1056,11 @@ def main(argv: list[str] | None = None) -> None:
                        "seconds": round(time.perf_counter() - start, 1), "vpltool_commit": commit_of(ROOT)}
     if old:
         kept = {k: old[k] for k in ("findings", "vpltool_commits", "machine_plus", "machine", "seconds",
-                                    "vpltool_commit", "seed0_init", "weights") if k in old}
+                                    "vpltool_commit", "seed0_init") if k in old}
         kept["reruns"] = [*old.get("reruns", []), rerun]
     print(json.dumps({
         "benchmark": "weclip-parity", "quick": args.quick, "machine": benchlib.machine("cpu"),
-        "model": "ViT-B-16-quickgelu", "weights": weights_record(args), "precision": "fp32",
+        "model": "ViT-B-16-quickgelu", "weights": weights_record(args, old), "precision": "fp32",
         "device": "cpu", "threads": args.threads, "crops": args.crops, "steps": args.steps, "photos": args.images,
         "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
         "test_photos": len(recipes["weclip"]["details"].get("test", {}).get("images", [])),
@@ -1068,11 +1068,13 @@ def main(argv: list[str] | None = None) -> None:
         "all_met": met, "recipes": recipes, "seconds": rerun["seconds"], **kept, **previous(args)}, indent=1))
 
 
-def weights_record(args) -> dict | str:
-    """The JSON's ``weights``: what the CLIP weights were and why (sharpen_attention), with the probe's figures."""
+def weights_record(args, old: dict | None = None) -> dict | str:
+    """The JSON's ``weights``: what the CLIP weights were and why (sharpen_attention), with the probe's figures
+    (``--probe-json``'s, or else those of the ``--update`` result)."""
     if args.qk_gain == 1 and args.qk_spread == 1:
         return "random (seed 0, fp16-exact values)"
-    probe = json.loads(args.probe_json.read_text())["probe"] if args.probe_json else None
+    probe = json.loads(args.probe_json.read_text())["probe"] if args.probe_json else \
+        (old or {}).get("weights", {}).get("probe") if isinstance((old or {}).get("weights"), dict) else None
     return {"clip": f"random (seed 0, fp16-exact values), the image tower's attention sharpened per head "
                     f"(sharpen_attention: gain {args.qk_gain:g} x {args.qk_spread:g}^U(-1,1))",
             "qk_gain": args.qk_gain, "qk_spread": args.qk_spread,
