@@ -1010,14 +1010,16 @@ def main(argv: list[str] | None = None) -> None:
             ref, info = run_reference(args.ref, work, pt, voc, args)
             reference.update(info)
         meta = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() else None
-        if old and old["reference"].get("commit"):  # the earlier run's reference stays; this run's parts beside it
+        ran = bool(old) and "weclip" in old["recipes"] and "all" not in old["recipes"]["weclip"].get("errors", {})
+        if ran:  # the earlier run's reference stays; this run's parts beside it
             reference = {**old["reference"], "rerun": {"parts": args.parts, "runner_meta": meta}}
+            reference["commit"] = reference.get("commit") or args.commit  # an exported tree: --commit names it
         else:
             reference["runner_meta"] = meta
 
         vt = Vpltool(st, load_pt(ref / "init.pt"))
         recipes["weclip"] = compare_all(vt, ref, voc, args.ref_test, args.parts.split(","))
-        if old and old["reference"].get("commit"):  # the parts not re-run keep the earlier result's figures
+        if ran:  # the parts not re-run keep the earlier result's figures
             keep(old["recipes"]["weclip"], recipes["weclip"], args.parts.split(","))
     elif old and "weclip" in old["recipes"]:  # not re-run: the earlier result whole, its reference with it
         recipes["weclip"] = old["recipes"]["weclip"]
@@ -1038,6 +1040,8 @@ def main(argv: list[str] | None = None) -> None:
         if old and "weclip+" in old["reference"]:  # the earlier run's reference stays, this run's parts beside it
             plus_ref = {**old["reference"]["weclip+"], "rerun": {"parts": args.parts,
                                                                  "runner_meta": plus_ref["runner_meta"]}}
+            dino = plus_ref.get("dino", {})
+            dino["commit"] = dino.get("commit") or args.dino_commit  # an exported tree: --dino-commit names it
         reference["weclip+"] = plus_ref
         vt = Vpltool(st, load_pt(ref / "init.pt"), recipe="weclip+", dino_weights=dino_st)
         recipes["weclip+"] = compare_all(vt, ref, voc, None, args.parts.split(","))

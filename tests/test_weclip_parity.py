@@ -117,6 +117,14 @@ def test_runner_stubs_leave_importable_modules():
 def test_committed_result_agrees_with_its_bars():
     result = json.loads(RESULT.read_text())
     assert result["benchmark"] == "weclip-parity" and set(result["recipes"]) == {"weclip", "weclip+"}
+    runs = [result] + ([result["seed0_init"]] if "seed0_init" in result else [])  # the first runs, kept
+    for one in runs:
+        check_result(one)
+    if "seed0_init" in result:  # the new weights are the sharpened ones; the kept run's are the seed-0 init
+        assert result["weights"]["qk_gain"] > 1 and result["seed0_init"]["weights"].startswith("random (seed 0")
+
+
+def check_result(result: dict) -> None:
     for recipe, body in result["recipes"].items():
         assert set(body["figures"]) == set(weclip_parity.BARS)
         for name, fig in body["figures"].items():
