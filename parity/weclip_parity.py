@@ -1090,12 +1090,15 @@ def weights_record(args, old: dict | None = None) -> dict | str:
 
 
 def previous(args) -> dict:
-    """``{"seed0_init": earlier result}`` when ``--previous`` names one (it keeps its own seed0_init, if any)."""
+    """``{"seed0_init": earlier result}`` when ``--previous`` names a result on the seed-0 init, or that result's own
+    ``seed0_init`` when it has one (``make parity`` passes the committed result: a rerun keeps the first runs)."""
     if not args.previous:
         return {}
-    old = json.loads(args.previous.read_text())
+    old = json.loads(args.previous.read_text()) if args.previous.is_file() else {}
     if "seed0_init" in old:
         return {"seed0_init": old["seed0_init"]}
+    if not isinstance(old.get("weights"), str):  # no result, or one on the sharpened weights: nothing to keep
+        return {}
     return {"seed0_init": {"label": "on the seed-0 init (qk gain 1: near-uniform attention; open_clip's in_proj std "
                                     "0.026): the first runs, kept as they were", **old}}
 

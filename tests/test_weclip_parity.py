@@ -222,3 +222,23 @@ def test_sharpen_attention_scales_each_heads_logits_and_keeps_the_rest():
             gains.append(float(((q1 @ k1.T) / (q0 @ k0.T)).median()))
         assert all(8 * 0.99 <= v <= 32 * 1.01 for v in gains), gains
         assert abs(gains[0] - gains[1]) > 0.1  # per head, not one factor
+
+
+def test_previous_keeps_the_seed0_runs_only(tmp_path):
+    """--previous: a result on the seed-0 init is kept whole under seed0_init, a result that already holds one passes
+    it on, and a result on the sharpened weights (or no file) adds nothing: a rerun never mislabels its runs."""
+    import argparse
+
+    def prev(body):
+        path = tmp_path / "old.json"
+        if body is not None:
+            path.write_text(json.dumps(body))
+        return weclip_parity.previous(argparse.Namespace(previous=path))
+
+    first = {"weights": "random (seed 0, fp16-exact values)", "recipes": {}, "findings": ["f"]}
+    kept = prev(first)["seed0_init"]
+    assert kept["findings"] == ["f"] and kept["weights"] == first["weights"] and "label" in kept
+    assert prev({"weights": {"qk_gain": 16.0}, "seed0_init": kept}) == {"seed0_init": kept}
+    assert prev({"weights": {"qk_gain": 16.0}}) == {}
+    (tmp_path / "old.json").unlink()
+    assert prev(None) == {}
