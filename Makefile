@@ -519,7 +519,7 @@ help:
 WECLIP_SEEDS ?= 0 1 2
 WECLIP_CHECK_SEEDS ?= 0
 WECLIP_ITERS ?= 100
-WECLIPPLUS_ITERS ?= 200
+WECLIPPLUS_ITERS ?= 500
 WECLIP_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16
 ## WeCLIP's and WeCLIP+'s (toy DINO) recipes on the demo world over WECLIP_SEEDS decoder seeds; mean ± spread
 weclip: $(foreach s,$(WECLIP_SEEDS),$(RUN)/metrics/weclip_seed$(s).json $(RUN)/metrics/weclipplus_seed$(s).json) \
