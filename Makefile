@@ -456,7 +456,7 @@ parity: setup
 	$(if $(PGSEG_REF),$(VENV)/bin/python parity/pgseg_parity.py --ref $(PGSEG_REF) --slide \
 	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) --out $(PARITY_OUT)/pgseg_parity.json > /dev/null)
 	$(if $(WECLIP_REF),$(VENV)/bin/python parity/weclip_parity.py --ref $(WECLIP_REF) $(if $(WECLIP_WORK),--work $(WECLIP_WORK)) \
-	  > $(PARITY_OUT)/weclip_parity.json.tmp && mv $(PARITY_OUT)/weclip_parity.json.tmp $(PARITY_OUT)/weclip_parity.json, \
+	  --previous $(PARITY_OUT)/weclip_parity.json > $(PARITY_OUT)/weclip_parity.json.tmp && mv $(PARITY_OUT)/weclip_parity.json.tmp $(PARITY_OUT)/weclip_parity.json, \
 	  @echo "make parity: pass WECLIP_REF=/path/to/a/clone/of/zbf1991/WeCLIP at 0f47db4 (docs/parity.md)")
 	$(VENV)/bin/python docgen/parity_page.py --results $(PARITY_OUT)
 
@@ -525,7 +525,7 @@ help:
 WECLIP_SEEDS ?= 0 1 2
 WECLIP_CHECK_SEEDS ?= 0
 WECLIP_ITERS ?= 100
-WECLIPPLUS_ITERS ?= 200
+WECLIPPLUS_ITERS ?= 500
 WECLIP_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16
 ## WeCLIP's and WeCLIP+'s (toy DINO) recipes on the demo world over WECLIP_SEEDS decoder seeds; mean ± spread
 weclip: $(foreach s,$(WECLIP_SEEDS),$(RUN)/metrics/weclip_seed$(s).json $(RUN)/metrics/weclipplus_seed$(s).json) \

@@ -59,6 +59,13 @@ def weclip_section(d: dict) -> list[str]:
            f"`{(d.get('vpltool_commit') or '?')[:7]}`; {d['crops']} training crops, {d['steps']} optimiser steps, "
            f"the test script on {d.get('test_photos', d['photos'])} photos; {d['machine'].get('cpu', '')} CPU, "
            f"{d['threads']} thread(s).", ""]
+    weights = d.get("weights")
+    if isinstance(weights, dict):  # sharpened attention (sharpen_attention); the seed-0 init's figures beside
+        out += [f"Weights: {weights['clip']}. Why: {weights['why']}."]
+        out += ["Probe (vpltool's side alone, gain x spread: crop scores fp32 vs float64): " +
+                ", ".join(f"{p['qk_gain']:g} x {p['qk_spread']:g}: {num(p['crop_scores_fp32_vs_fp64'])}"
+                          for p in weights.get("probe") or [])] if weights.get("probe") else []
+        out += [""]
     for recipe, body in d["recipes"].items():
         out += [f"### `{recipe}`", ""]
         plus = ref.get(recipe) if isinstance(ref.get(recipe), dict) else None  # a recipe run with its own settings
@@ -72,12 +79,23 @@ def weclip_section(d: dict) -> list[str]:
         rows = [[name, f["kind"] + f" {f['bar']:g}", f["value"],
                  ("met" if f["met"] else "NOT met") if f["compared"] else "not compared"]
                 for name, f in body["figures"].items()]
-        out += table(["figure", "bar", "value", ""], rows) + [""]
+        header = ["figure", "bar", "value", ""]
+        earlier = ((d.get("seed0_init") or {}).get("recipes") or {}).get(recipe)
+        if earlier:  # the same figures on the seed-0 init's near-uniform attention (the first runs)
+            header += ["on the seed-0 init", ""]
+            for row in rows:
+                f = earlier["figures"].get(row[0], {})
+                row += [f.get("value"), ("met" if f.get("met") else "NOT met") if f.get("compared") else
+                        "not compared"]
+        out += table(header, rows) + [""]
         notes = [f"- `{name}`: {f['note']}" for name, f in body["figures"].items() if f.get("note")]
         errors = [f"- {part}: {msg}" for part, msg in body.get("errors", {}).items()]
         out += (["Notes:", ""] + notes + [""] if notes else []) + \
             (["Not compared:", ""] + errors + [""] if errors else [])
     out += [f"- {line}" for line in d.get("findings", [])] + ([""] if d.get("findings") else [])
+    earlier = (d.get("seed0_init") or {}).get("findings")
+    if earlier:
+        out += ["On the seed-0 init (the first runs):", ""] + [f"- {line}" for line in earlier] + [""]
     return out
 
 

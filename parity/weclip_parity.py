@@ -3,15 +3,19 @@ JSON object (``parity/results/weclip_parity.json``).
 
     python parity/weclip_parity.py --ref DIR [--work DIR] [--images 12] [--crops 4] [--steps 3] [--threads 1]
     python parity/weclip_parity.py --quick      # plumbing only: no clone (the reference is not run)
+    python parity/weclip_parity.py --ref-out DIR --probe-qk 1:1,16:2   # vpltool's side alone per weights (no clone)
 
 ``--ref DIR`` is a clone of zbf1991/WeCLIP (the folder holding ``WeCLIP/`` and ``WeCLIP+/``). Its code never enters
 this repository: it runs in its own process through ``weclip_ref_runner.py`` (its module docstring says what is put
 around it: stubs of unused imports, ``.cuda()`` / ``.half()`` as the identity, fp32 on the CPU, Dropout2d off).
 
 Set-up: random ``ViT-B-16-quickgelu`` weights (seed 0, fp16-exact values, OpenAI's layout, as ``bench_cam.py`` makes
-them) and the 12 parity photos (``bench_cam.PHOTOS``) as a VOC root: ``JPEGImages``, ``SegmentationClassAug`` (one
-PNG per photo holding its VOC labels, which is where WeCLIP reads an image's labels from), ``train.txt`` /
-``val.txt`` and ``cls_labels_onehot.npy``.
+them), the image tower's attention sharpened per head (``--qk-gain 16 --qk-spread 2``: :func:`sharpen_attention`
+says why and what the probe measured; ``--qk-gain 1 --qk-spread 1`` is the seed-0 init the first runs used, whose
+near-uniform attention made the pseudo-mask figures measure fp32 rounding), and the 12 parity photos
+(``bench_cam.PHOTOS``) as a VOC root: ``JPEGImages``, ``SegmentationClassAug`` (one PNG per photo holding its VOC
+labels, which is where WeCLIP reads an image's labels from), ``train.txt`` / ``val.txt`` and
+``cls_labels_onehot.npy``. Both sides load the same weights file.
 
 The figures, each with its bar (:data:`BARS`), for each recipe:
 
@@ -139,14 +143,64 @@ def make_dino_weights(work: Path) -> tuple[Path, Path]:
     return st, hub
 
 
-def setup(work: Path, images: int, model: str = "ViT-B-16-quickgelu") -> tuple[Path, Path, Path]:
-    """Weights (.pt, .safetensors) and the VOC root in ``work``, made once."""
+QK_GAIN, QK_SPREAD = 16.0, 2.0  # the well-conditioned weights' attention sharpening (sharpen_attention)
+
+
+def sharpen_attention(state: dict, gain: float, spread: float) -> dict:
+    """``state`` (OpenAI's layout) with the image tower's attention logits scaled per head: block ``i``'s head ``h``
+    gets ``g = gain * spread ** u``, ``u ~ U(-1, 1)`` (``torch.Generator`` seeded ``i``), by multiplying that head's
+    query and key rows of ``in_proj_weight`` by ``sqrt(g)`` each (its logits ``q k^T / sqrt(d)`` by ``g``); the
+    result rounded to fp16 values again. ``gain`` 1 and ``spread`` 1 give ``state`` back unchanged (seed 0's init).
+
+    Why: the seed-0 init (``in_proj`` xavier, std 0.026) gives attention logits of std ~0.5: every block's head-mean
+    attention is near uniform (mean entropy 5.97 nats of 5.99 on the 401 tokens of a 320 crop), so the propagated
+    CAMs are near constant (range down to 2.7e-5) and their min-max multiplies the fp32 rounding of the propagation
+    by ~4e4: the pseudo-mask figures then measure rounding, not the two codes. Trained CLIP attends far more
+    sharply. vpltool's side alone on the reference's fixed batch (``--probe-qk``) gave, per gain (spread 1 unless
+    said): gain 1: entropy 5.97, range 2.7e-5, crop scores fp32 vs float64 1.4e-3; 4: 5.80, 2.0e-4, 6.0e-5; 8: 5.06,
+    9.2e-5, 1.5e-5; 16: 3.75, 4.4e-3, 6.5e-6; 16 with spread 2: 3.77, 4.2e-3, 5.4e-6; 32: 2.91, 2.0e-2, 3.6e-6. The
+    default (16, spread 2: heads from 8 to 32) leaves the fp32 floor of the crop scores ~20x under their 1e-4 bar.
+    The text tower is untouched (its attention does not enter the propagation): the text rows stay those of the
+    seed-0 init."""
+    import math
+
+    import torch
+
+    if gain == 1 and spread == 1:
+        return state
+    out = dict(state)
+    blocks = sorted({int(k.split(".")[3]) for k in state if k.startswith("visual.transformer.resblocks.")})
+    for i in blocks:
+        key = f"visual.transformer.resblocks.{i}.attn.in_proj_weight"
+        w = state[key].clone()
+        width = w.shape[1]
+        heads = width // 64  # ViT-B/16: 12 heads of 64
+        u = torch.rand(heads, generator=torch.Generator().manual_seed(i)) * 2 - 1
+        g = gain * torch.exp(u * math.log(spread))
+        rows = g.repeat_interleave(width // heads).sqrt()[:, None]  # [width, 1]
+        w[:width] *= rows  # queries
+        w[width:2 * width] *= rows  # keys
+        out[key] = w.half().float().contiguous()
+    return out
+
+
+def setup(work: Path, images: int, model: str = "ViT-B-16-quickgelu", qk_gain: float = QK_GAIN,
+          qk_spread: float = QK_SPREAD) -> tuple[Path, Path, Path]:
+    """Weights (.pt, .safetensors: ``bench_cam.make_weights``' seed-0 init, then :func:`sharpen_attention`) and the
+    VOC root in ``work``, made once."""
     import bench_cam
 
     pt, st, marker = work / "weights.pt", work / "weights.safetensors", work / "weights.json"
-    if not (pt.is_file() and st.is_file() and marker.is_file() and json.loads(marker.read_text()) == {"model": model}):
+    want = {"model": model, "qk_gain": qk_gain, "qk_spread": qk_spread}
+    if not (pt.is_file() and st.is_file() and marker.is_file() and json.loads(marker.read_text()) == want):
+        import torch
+        from safetensors.torch import save_file
+
         bench_cam.make_weights(work, model)
-        marker.write_text(json.dumps({"model": model}))
+        state = sharpen_attention(torch.load(pt, weights_only=True), qk_gain, qk_spread)
+        torch.save(state, pt)
+        save_file(state, str(st))
+        marker.write_text(json.dumps(want))
     voc = work / "voc"
     if not (voc / "ImageSets" / "Segmentation" / "cls_labels_onehot.npy").is_file() or \
             not (voc / "Annotations").is_dir() or \
@@ -539,6 +593,73 @@ def noise_gradients(vt: Vpltool, ref: Path, frozen, inputs, labels: dict) -> dic
             "labels_equal_fp32_vs_fp64_A": share[torch.float64, "A"]}
 
 
+def probe_weights(work: Path, ref: Path, voc: Path, settings: list[tuple[float, float]]) -> list[dict]:
+    """vpltool's side alone, per ``(gain, spread)`` of :func:`sharpen_attention`: how well conditioned WeCLIP's
+    pseudo-mask chain is on those weights, before any reference run. On the runner's fixed batch (``ref``'s
+    ``batch.pt``; its text rows from ``init.pt``: the text tower is not sharpened) and each crop's labels (its label
+    PNG): the mean entropy of the propagation's attention maps (nats; uniform over the 400 patches: 5.99), the
+    propagated CAMs' range (max - min, float64; the factor the min-max divides a difference by) and the crop scores
+    in fp32 against float64 (:func:`compare_noise`'s ``fp32_vs_fp64_A`` without PAR): the floor a second fp32 code
+    sits at, so whether ``crop_scores``' 1e-4 bar can be met at all."""
+    import bench_cam
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from vpltool.affinity import affinity, box_masks
+    from vpltool.kernels import minmax
+    from vpltool.train_decoder.online import frozen_online, propagation_attention
+
+    init, batch = load_pt(ref / "init.pt"), load_pt(ref / "batch.pt")
+    inputs = batch["inputs"].float()
+    labels = [[int(c) for c in np.unique(np.asarray(Image.open(voc / "SegmentationClassAug" / f"{n}.png")))
+               if 0 < c < 255] for n in batch["names"]]
+    folder = work / "probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    pt, _ = bench_cam.make_weights(folder, "ViT-B-16-quickgelu")
+    base = torch.load(pt, weights_only=True)
+    rows = []
+    for gain, spread in settings:
+        st = folder / "weights.safetensors"
+        save_file(sharpen_attention(base, gain, spread), str(st))
+        vt = Vpltool(st, init)
+        cfg = vt.cfg
+        frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
+                               cam_input_back=cfg.cam_input_back)
+        with torch.enable_grad():
+            cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
+                                      layer="input")
+        boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)
+        entropy, ranges, diffs = [], [], []
+        for b in range(len(labels)):
+            attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
+            used = attention[-cfg.cam_blocks:]
+            entropy.append(float(-(used.clamp_min(1e-12).log() * used).sum(-1).mean()))
+            maps = cam.image_maps(b).float()
+            box = boxes[cam.offsets[b]:cam.offsets[b + 1]].flatten(1).float()
+            got = {}
+            for dtype in (torch.float32, torch.float64):
+                trans = affinity(propagation_attention(attention.to(dtype), None, cfg.cam_blocks, cfg.rfm_blocks),
+                                 exact=True)
+                m, x = maps.to(dtype).flatten(1), box.to(dtype)
+                refined = torch.stack([(trans * x[i][None]) @ m[i] for i in range(len(m))]).view(maps.shape)
+                up = F.interpolate(minmax(refined)[None], size=inputs.shape[-2:], mode="bilinear",
+                                   align_corners=False)[0]
+                got[dtype] = (refined, torch.cat([1 - up.amax(0, keepdim=True), up]))
+            flat = got[torch.float64][0].flatten(1)
+            ranges += (flat.max(1).values - flat.min(1).values).tolist()
+            diffs.append(max_diff(got[torch.float32][1], got[torch.float64][1]))
+        rows.append({"qk_gain": gain, "qk_spread": spread,
+                     "attention_entropy_mean": round(sum(entropy) / len(entropy), 3),
+                     "uniform_entropy": round(float(np.log(inputs.shape[-1] // 16) * 2), 3),
+                     "refined_cam_range_min": min([r for r in ranges if r > 0] or [0.0]),
+                     "crop_scores_fp32_vs_fp64": worst(diffs), "crops": len(labels)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def compare_decoder(vt: Vpltool, ref: Path) -> dict:
     """The decoder's logits and affinity on WeCLIP's own frozen features (blocks 0-10 of the fixed batch)."""
     import torch
@@ -850,6 +971,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--update", type=Path, help="an earlier result: the parts not in --parts keep its figures")
     ap.add_argument("--commit", help="the clone's commit, when --ref is an exported tree without .git")
     ap.add_argument("--setup-only", action="store_true")
+    ap.add_argument("--qk-gain", type=float, default=QK_GAIN,
+                    help="the image tower's attention logits times this (per head, see sharpen_attention); 1: seed 0's "
+                         "init")
+    ap.add_argument("--probe-qk", help="GAIN:SPREAD,... : vpltool's side alone on those weights (probe_weights: "
+                                       "--ref-out's batch.pt and init.pt); prints a JSON list, runs no reference")
+    ap.add_argument("--probe-json", type=Path, help="a --probe-qk output: recorded under weights.probe")
+    ap.add_argument("--previous", type=Path, help="a whole earlier result on other weights (the seed-0 init): kept "
+                                                  "under seed0_init, its figures and findings as they were")
+    ap.add_argument("--qk-spread", type=float, default=QK_SPREAD, help="each head's gain is qk-gain x spread^U(-1,1)")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="which recipes to compare (the others keep "
                                                                     "--update's figures)")
     ap.add_argument("--dino-repo", type=Path, help="weclip+: a local facebookresearch/dinov2 clone (WeCLIP+ "
@@ -859,7 +989,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     work = args.work or Path("/tmp/weclip_parity")
     work.mkdir(parents=True, exist_ok=True)
-    pt, st, voc = setup(work, args.images)
+    pt, st, voc = setup(work, args.images, qk_gain=args.qk_gain, qk_spread=args.qk_spread)
+    if args.probe_qk:
+        settings = [tuple(float(v) for v in one.split(":")) for one in args.probe_qk.split(",")]
+        print(json.dumps({"probe": probe_weights(work, args.ref_out, voc, settings), "ref_out": str(args.ref_out),
+                          "machine": benchlib.machine("cpu")}, indent=1))
+        return
     if args.setup_only:
         print(json.dumps({"weights": str(pt), "voc": str(voc), "machine": benchlib.machine("cpu")}))
         return
@@ -875,14 +1010,16 @@ def main(argv: list[str] | None = None) -> None:
             ref, info = run_reference(args.ref, work, pt, voc, args)
             reference.update(info)
         meta = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() else None
-        if old:  # the earlier run's reference stays; this run's parts are recorded beside it
+        ran = bool(old) and "weclip" in old["recipes"] and "all" not in old["recipes"]["weclip"].get("errors", {})
+        if ran:  # the earlier run's reference stays; this run's parts beside it
             reference = {**old["reference"], "rerun": {"parts": args.parts, "runner_meta": meta}}
+            reference["commit"] = reference.get("commit") or args.commit  # an exported tree: --commit names it
         else:
             reference["runner_meta"] = meta
 
         vt = Vpltool(st, load_pt(ref / "init.pt"))
         recipes["weclip"] = compare_all(vt, ref, voc, args.ref_test, args.parts.split(","))
-        if old:  # the parts not re-run keep their figures from the earlier result
+        if ran:  # the parts not re-run keep the earlier result's figures
             keep(old["recipes"]["weclip"], recipes["weclip"], args.parts.split(","))
     elif old and "weclip" in old["recipes"]:  # not re-run: the earlier result whole, its reference with it
         recipes["weclip"] = old["recipes"]["weclip"]
@@ -903,13 +1040,17 @@ def main(argv: list[str] | None = None) -> None:
         if old and "weclip+" in old["reference"]:  # the earlier run's reference stays, this run's parts beside it
             plus_ref = {**old["reference"]["weclip+"], "rerun": {"parts": args.parts,
                                                                  "runner_meta": plus_ref["runner_meta"]}}
+            dino = plus_ref.get("dino", {})
+            dino["commit"] = dino.get("commit") or args.dino_commit  # an exported tree: --dino-commit names it
         reference["weclip+"] = plus_ref
         vt = Vpltool(st, load_pt(ref / "init.pt"), recipe="weclip+", dino_weights=dino_st)
         recipes["weclip+"] = compare_all(vt, ref, voc, None, args.parts.split(","))
         if old and "weclip+" in old["recipes"]:  # the parts not re-run keep their figures from the earlier result
             keep(old["recipes"]["weclip+"], recipes["weclip+"], args.parts.split(","))
-    elif old and "weclip+" in old["recipes"]:  # not re-run: the earlier result whole
+    elif old and "weclip+" in old["recipes"]:  # not re-run: the earlier result whole, its reference with it
         recipes["weclip+"] = old["recipes"]["weclip+"]
+        if "weclip+" in old["reference"]:
+            reference["weclip+"] = old["reference"]["weclip+"]
     else:
         recipes["weclip+"] = {"figures": summarise({}), "details": {}, "errors": {"all": NOT_RUN}}
     met = {r: all(f["met"] for f in v["figures"].values()) for r, v in recipes.items()}
@@ -919,16 +1060,47 @@ def main(argv: list[str] | None = None) -> None:
                        "seconds": round(time.perf_counter() - start, 1), "vpltool_commit": commit_of(ROOT)}
     if old:
         kept = {k: old[k] for k in ("findings", "vpltool_commits", "machine_plus", "machine", "seconds",
-                                    "vpltool_commit") if k in old}
+                                    "vpltool_commit", "seed0_init") if k in old}
         kept["reruns"] = [*old.get("reruns", []), rerun]
     print(json.dumps({
         "benchmark": "weclip-parity", "quick": args.quick, "machine": benchlib.machine("cpu"),
-        "model": "ViT-B-16-quickgelu", "weights": "random (seed 0, fp16-exact values)", "precision": "fp32",
+        "model": "ViT-B-16-quickgelu", "weights": weights_record(args, old), "precision": "fp32",
         "device": "cpu", "threads": args.threads, "crops": args.crops, "steps": args.steps, "photos": args.images,
         "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
         "test_photos": len(recipes["weclip"]["details"].get("test", {}).get("images", [])),
         "test_photos_plus": len(recipes["weclip+"]["details"].get("test", {}).get("images", [])),
-        "all_met": met, "recipes": recipes, "seconds": rerun["seconds"], **kept}, indent=1))
+        "all_met": met, "recipes": recipes, "seconds": rerun["seconds"], **kept, **previous(args)}, indent=1))
+
+
+def weights_record(args, old: dict | None = None) -> dict | str:
+    """The JSON's ``weights``: what the CLIP weights were and why (sharpen_attention), with the probe's figures
+    (``--probe-json``'s, or else those of the ``--update`` result)."""
+    if args.qk_gain == 1 and args.qk_spread == 1:
+        return "random (seed 0, fp16-exact values)"
+    probe = json.loads(args.probe_json.read_text())["probe"] if args.probe_json else \
+        (old or {}).get("weights", {}).get("probe") if isinstance((old or {}).get("weights"), dict) else None
+    return {"clip": f"random (seed 0, fp16-exact values), the image tower's attention sharpened per head "
+                    f"(sharpen_attention: gain {args.qk_gain:g} x {args.qk_spread:g}^U(-1,1))",
+            "qk_gain": args.qk_gain, "qk_spread": args.qk_spread,
+            "why": "the seed-0 init's attention is near uniform (entropy ~5.97 of 5.99 nats): its propagated CAMs' "
+                   "range is down to 2.7e-5 and the min-max multiplies fp32 rounding by ~4e4 (seed0_init's "
+                   "findings); trained CLIP attends far more sharply. The gain was chosen on vpltool's side alone "
+                   "before any reference run (probe: crop scores fp32 vs float64, the floor a second code sits at)",
+            "dino": "random (seed 0, make_dino_weights), as in seed0_init", "probe": probe}
+
+
+def previous(args) -> dict:
+    """``{"seed0_init": earlier result}`` when ``--previous`` names a result on the seed-0 init, or that result's own
+    ``seed0_init`` when it has one (``make parity`` passes the committed result: a rerun keeps the first runs)."""
+    if not args.previous:
+        return {}
+    old = json.loads(args.previous.read_text()) if args.previous.is_file() else {}
+    if "seed0_init" in old:
+        return {"seed0_init": old["seed0_init"]}
+    if not isinstance(old.get("weights"), str):  # no result, or one on the sharpened weights: nothing to keep
+        return {}
+    return {"seed0_init": {"label": "on the seed-0 init (qk gain 1: near-uniform attention; open_clip's in_proj std "
+                                    "0.026): the first runs, kept as they were", **old}}
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def test_references_all_background_and_chance():
 
 
 def test_make_weclip_runs_each_recipes_iterations_and_the_train_split_check():
-    """`make weclip`: WeCLIP 100 and WeCLIP+ 200 iterations (chosen on the training split), each seed's val
+    """`make weclip`: WeCLIP 100 and WeCLIP+ 500 iterations (chosen on the training split), each seed's val
     prediction, and the check seed's prediction of the training split (what the choice read)."""
     import re
     import subprocess
@@ -41,7 +41,7 @@ def test_make_weclip_runs_each_recipes_iterations_and_the_train_split_check():
     train = [c for c in cmds if " train-decoder " in c]
     assert len(train) == 4
     assert all("--iters 100" in c for c in train if "--recipe weclip " in c)
-    assert all("--iters 200" in c and "--dino-weights" in c for c in train if "--recipe weclip+ " in c)
+    assert all("--iters 500" in c and "--dino-weights" in c for c in train if "--recipe weclip+ " in c)
     predicts = [c for c in cmds if " predict " in c]
     assert sum("--split val" in c for c in predicts) == 4
     assert sorted(c.split()[2] for c in predicts if "--split train" in c) == [

@@ -117,6 +117,14 @@ def test_runner_stubs_leave_importable_modules():
 def test_committed_result_agrees_with_its_bars():
     result = json.loads(RESULT.read_text())
     assert result["benchmark"] == "weclip-parity" and set(result["recipes"]) == {"weclip", "weclip+"}
+    runs = [result] + ([result["seed0_init"]] if "seed0_init" in result else [])  # the first runs, kept
+    for one in runs:
+        check_result(one)
+    if "seed0_init" in result:  # the new weights are the sharpened ones; the kept run's are the seed-0 init
+        assert result["weights"]["qk_gain"] > 1 and result["seed0_init"]["weights"].startswith("random (seed 0")
+
+
+def check_result(result: dict) -> None:
     for recipe, body in result["recipes"].items():
         assert set(body["figures"]) == set(weclip_parity.BARS)
         for name, fig in body["figures"].items():
@@ -185,3 +193,52 @@ def test_loss_diffs_leave_out_a_reference_nan_term():
     ref.update(loss=1.4, cross_loss=0.0)
     out = weclip_parity.loss_diffs(mine, ref)
     assert out["loss"] == pytest.approx(0.1) and out["cross"] == 0.0 and "loss_of_finite_terms" not in out
+
+
+def test_sharpen_attention_scales_each_heads_logits_and_keeps_the_rest():
+    """The well-conditioned weights: each image-tower head's q and k rows times sqrt(g), g in [gain/spread,
+    gain*spread] (so its logits q k^T times g), fp16-exact values, text tower and values untouched; gain 1 and
+    spread 1 give the seed-0 init back."""
+    g = torch.Generator().manual_seed(0)
+    width = 128  # two heads of 64
+    state = {f"visual.transformer.resblocks.{i}.attn.in_proj_weight": torch.randn(3 * width, width, generator=g)
+             .half().float() for i in range(2)}
+    state["transformer.resblocks.0.attn.in_proj_weight"] = torch.randn(3 * 32, 32, generator=g)
+    assert weclip_parity.sharpen_attention(state, 1.0, 1.0) is state
+    out = weclip_parity.sharpen_attention(state, 16.0, 2.0)
+    assert torch.equal(out["transformer.resblocks.0.attn.in_proj_weight"],
+                       state["transformer.resblocks.0.attn.in_proj_weight"])
+    x = torch.randn(5, width, generator=g)
+    for i in range(2):
+        key = f"visual.transformer.resblocks.{i}.attn.in_proj_weight"
+        new, old = out[key], state[key]
+        assert torch.equal(new, new.half().float())  # fp16-exact
+        assert torch.equal(new[2 * width:], old[2 * width:])  # values untouched
+        gains = []
+        for h in range(2):
+            rows = slice(64 * h, 64 * (h + 1))
+            q0, k0 = x @ old[rows].T, x @ old[width:][rows].T
+            q1, k1 = x @ new[rows].T, x @ new[width:][rows].T
+            gains.append(float(((q1 @ k1.T) / (q0 @ k0.T)).median()))
+        assert all(8 * 0.99 <= v <= 32 * 1.01 for v in gains), gains
+        assert abs(gains[0] - gains[1]) > 0.1  # per head, not one factor
+
+
+def test_previous_keeps_the_seed0_runs_only(tmp_path):
+    """--previous: a result on the seed-0 init is kept whole under seed0_init, a result that already holds one passes
+    it on, and a result on the sharpened weights (or no file) adds nothing: a rerun never mislabels its runs."""
+    import argparse
+
+    def prev(body):
+        path = tmp_path / "old.json"
+        if body is not None:
+            path.write_text(json.dumps(body))
+        return weclip_parity.previous(argparse.Namespace(previous=path))
+
+    first = {"weights": "random (seed 0, fp16-exact values)", "recipes": {}, "findings": ["f"]}
+    kept = prev(first)["seed0_init"]
+    assert kept["findings"] == ["f"] and kept["weights"] == first["weights"] and "label" in kept
+    assert prev({"weights": {"qk_gain": 16.0}, "seed0_init": kept}) == {"seed0_init": kept}
+    assert prev({"weights": {"qk_gain": 16.0}}) == {}
+    (tmp_path / "old.json").unlink()
+    assert prev(None) == {}
