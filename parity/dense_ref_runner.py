@@ -52,11 +52,11 @@ import argparse
 import contextlib
 import importlib
 import json
-import os
 import sys
 import time
-import types
 from pathlib import Path
+
+from refstubs import in_clone, stub_module, stub_pkg_resources  # noqa: F401 (in_clone: trident_ref_runner.py uses it from here)
 
 
 # --------------------------------------------------------------------------------------------- OpenMMLab stubs
@@ -81,17 +81,12 @@ def install_openmmlab_stubs() -> None:
         def __init__(self, **kwargs):
             self.__dict__.update(kwargs)
 
-    def module(name: str, **attrs) -> None:
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-
     for name in ("mmseg", "mmseg.models", "mmengine"):
-        module(name)
-    module("mmseg.models.segmentors", BaseSegmentor=BaseSegmentor)
-    module("mmseg.models.data_preprocessor", SegDataPreProcessor=SegDataPreProcessor)
-    module("mmseg.registry", MODELS=Registry())
-    module("mmengine.structures", PixelData=PixelData)
+        stub_module(name)
+    stub_module("mmseg.models.segmentors", BaseSegmentor=BaseSegmentor)
+    stub_module("mmseg.models.data_preprocessor", SegDataPreProcessor=SegDataPreProcessor)
+    stub_module("mmseg.registry", MODELS=Registry())
+    stub_module("mmengine.structures", PixelData=PixelData)
 
 
 STUBBED: list[str] = []
@@ -101,13 +96,7 @@ def install_pkg_resources_stub() -> None:
     """SC-CLIP's ``clip/clip.py`` reads ``from pkg_resources import packaging`` (for a torch version check);
     setuptools >= 81 no longer ships ``pkg_resources``: where it is missing, a module holding the ``packaging``
     package stands in."""
-    try:
-        importlib.import_module("pkg_resources")
-    except ImportError:
-        import packaging.version
-
-        sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
-        sys.modules["pkg_resources"].packaging = packaging
+    if stub_pkg_resources():
         STUBBED.append("pkg_resources")
 
 
@@ -118,11 +107,10 @@ def stub_if_missing(name: str, **attrs) -> bool:
         return False
     except Exception:  # noqa: BLE001 - any failure of an unused optional import (ImportError, a missing file...)
         parts = name.split(".")
-        for i in range(1, len(parts) + 1):
-            sub = ".".join(parts[:i])
-            if sub not in sys.modules or i == len(parts):
-                sys.modules[sub] = types.ModuleType(sub)
-        sys.modules[name].__dict__.update(attrs)
+        for sub in (".".join(parts[:i]) for i in range(1, len(parts))):
+            if sub not in sys.modules:
+                stub_module(sub)
+        stub_module(name, **attrs)
         STUBBED.append(name)
         return True
 
@@ -185,18 +173,6 @@ def mmseg_input(path: Path, scale: tuple[int, int], pre: dict):
 
 
 # --------------------------------------------------------------------------------------------- patches
-@contextlib.contextmanager
-def in_clone(clone: Path):
-    saved = (list(sys.path), os.getcwd())
-    sys.path.insert(0, str(clone))
-    os.chdir(clone)
-    try:
-        yield
-    finally:
-        sys.path[:] = saved[0]
-        os.chdir(saved[1])
-
-
 @contextlib.contextmanager
 def clearclip_weights(weights: Path):
     """ClearCLIP: ``create_model(..., pretrained='openai', precision=...)`` reads ``weights`` in fp32 (point 2)."""

@@ -39,15 +39,9 @@ import argparse
 import importlib.util
 import os
 import sys
-import types
 from pathlib import Path
 
-
-def _module(name: str, **attrs) -> types.ModuleType:
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
+from refstubs import stub_module  # parity/ is the script's folder
 
 
 def install_stubs() -> None:
@@ -72,20 +66,20 @@ def install_stubs() -> None:
     class Config(dict):
         __getattr__ = dict.get
 
-    mmcv = _module("mmcv", Config=Config)
-    mmcv.utils = _module("mmcv.utils", Registry=Registry)
-    mmcv.image = _module("mmcv.image", tensor2imgs=None)
+    mmcv = stub_module("mmcv", Config=Config)
+    mmcv.utils = stub_module("mmcv.utils", Registry=Registry)
+    mmcv.image = stub_module("mmcv.image", tensor2imgs=None)
 
     class EncoderDecoder(nn.Module):
         pass
 
-    _module("mmseg")
-    _module("mmseg.models", EncoderDecoder=EncoderDecoder)
-    _module("omegaconf", OmegaConf=type("OmegaConf", (), {}))
-    _module("matplotlib")
-    _module("matplotlib.pyplot")
-    _module("diffdist")
-    _module("diffdist.functional", all_gather=lambda out_list, x: [x])
+    stub_module("mmseg")
+    stub_module("mmseg.models", EncoderDecoder=EncoderDecoder)
+    stub_module("omegaconf", OmegaConf=type("OmegaConf", (), {}))
+    stub_module("matplotlib")
+    stub_module("matplotlib.pyplot")
+    stub_module("diffdist")
+    stub_module("diffdist.functional", all_gather=lambda out_list, x: [x])
     dist.get_world_size = lambda *a, **k: 1
     dist.get_rank = lambda *a, **k: 0
 
@@ -93,7 +87,7 @@ def install_stubs() -> None:
         def info(self, *a, **k):
             pass
 
-    _module("utils", get_logger=lambda *a, **k: _Logger())
+    stub_module("utils", get_logger=lambda *a, **k: _Logger())
     torch.set_default_dtype(torch.float32)
 
 

@@ -67,11 +67,11 @@ import argparse
 import contextlib
 import importlib
 import json
-import os
 import sys
 import time
-import types
 from pathlib import Path
+
+from refstubs import in_clone, stub_module, stub_pkg_resources  # parity/ is the script's folder
 
 STUBBED: list[str] = []
 CONFIG = {"num_classes": 21, "embedding_dim": 256, "in_channels": [768, 768, 768, 768], "crop_size": 320,
@@ -81,19 +81,6 @@ CONFIG = {"num_classes": 21, "embedding_dim": 256, "in_channels": [768, 768, 768
 
 
 # --------------------------------------------------------------------------------------------- stubs
-def _module(name: str, **attrs) -> types.ModuleType:
-    import importlib.machinery
-
-    mod = types.ModuleType(name)
-    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # torch._dynamo's import scan calls find_spec
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    parent, _, child = name.rpartition(".")
-    if parent:
-        setattr(sys.modules[parent], child, mod)
-    return mod
-
-
 def install_stubs() -> None:
     """Point 1 of the module docstring."""
     import torch.nn as nn
@@ -103,50 +90,46 @@ def install_stubs() -> None:
             raise RuntimeError("mmcv's ConvModule is stubbed: WeCLIP's model does not build it")
 
     for name in ("mmcv", "ttach", "omegaconf"):
-        _module(name)
-    _module("mmcv.cnn", ConvModule=ConvModule)
+        stub_module(name)
+    stub_module("mmcv.cnn", ConvModule=ConvModule)
     sys.modules["omegaconf"].OmegaConf = None
     STUBBED.extend(["mmcv", "mmcv.cnn", "ttach", "omegaconf"])
     for name in ("mmseg", "mmseg.ops"):
-        _module(name)
+        stub_module(name)
     sys.modules["mmseg.ops"].resize = None
     STUBBED.append("mmseg.ops")
     try:
         importlib.import_module("numpy.lib.utils")
     except ImportError:  # datasets/voc.py imports numpy 1.x's deprecate (gone in numpy 2) and never calls it
-        _module("numpy.lib.utils", deprecate=lambda *a, **k: None)
+        stub_module("numpy.lib.utils", deprecate=lambda *a, **k: None)
         STUBBED.append("numpy.lib.utils.deprecate (numpy 2)")
     try:
         importlib.import_module("sklearn.metrics")
     except ImportError:  # utils/evaluate.py: only its unused f1 helper calls it
-        _module("sklearn")
-        _module("sklearn.metrics", f1_score=None)
+        stub_module("sklearn")
+        stub_module("sklearn.metrics", f1_score=None)
         STUBBED.append("sklearn.metrics")
     try:
         importlib.import_module("matplotlib.pyplot")
     except ImportError:  # utils/imutils.py: only its tensorboard pictures call it
-        _module("matplotlib")
-        _module("matplotlib.pyplot")
+        stub_module("matplotlib")
+        stub_module("matplotlib.pyplot")
         STUBBED.append("matplotlib.pyplot")
     try:
         importlib.import_module("joblib")
     except ImportError:  # test_msc_flip_voc.crf_proc runs its per-image CRF jobs through joblib: run them in turn
-        _module("joblib", Parallel=lambda *a, **k: (lambda jobs: [f(*fa, **fk) for f, fa, fk in jobs]),
+        stub_module("joblib", Parallel=lambda *a, **k: (lambda jobs: [f(*fa, **fk) for f, fa, fk in jobs]),
                 delayed=lambda f: (lambda *fa, **fk: (f, fa, fk)))
         STUBBED.append("joblib (its jobs run in turn)")
-    try:
-        importlib.import_module("pkg_resources")
-    except ImportError:  # clip/clip.py reads packaging.version from it (a torch version check)
-
-        _module("pkg_resources", packaging=importlib.import_module("packaging.version") and sys.modules["packaging"])
+    if stub_pkg_resources():  # clip/clip.py reads packaging.version from it (a torch version check)
         STUBBED.append("pkg_resources (packaging)")
     try:
         importlib.import_module("lxml.etree")
     except ImportError:
         import xml.etree.ElementTree as ElementTree
 
-        _module("lxml")
-        _module("lxml.etree", fromstring=ElementTree.fromstring)
+        stub_module("lxml")
+        stub_module("lxml.etree", fromstring=ElementTree.fromstring)
         STUBBED.append("lxml.etree (xml.etree.ElementTree)")
 
 
@@ -163,18 +146,6 @@ def cpu_fp32():
         yield
     finally:
         torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.half = saved
-
-
-@contextlib.contextmanager
-def in_clone(folder: Path):
-    saved = (list(sys.path), os.getcwd())
-    sys.path.insert(0, str(folder))
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        sys.path[:] = saved[0]
-        os.chdir(saved[1])
 
 
 # --------------------------------------------------------------------------------------------- capture

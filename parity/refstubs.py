@@ -1,0 +1,56 @@
+"""What the reference runners share: stand-in modules for imports whose code the compared arithmetic never reaches,
+and running from inside a peer's clone.
+
+Like the runners, it imports nothing from vpltool: a runner's process holds the peer's code alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.machinery
+import os
+import sys
+import types
+from pathlib import Path
+
+
+def stub_module(name: str, **attrs) -> types.ModuleType:
+    """Put a module ``name`` holding ``attrs`` into ``sys.modules``, and onto its parent when that is loaded.
+
+    Its ``__spec__`` is set because torch._dynamo's import scan calls ``importlib.util.find_spec`` on loaded modules.
+    """
+    mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    parent, _, child = name.rpartition(".")
+    if parent in sys.modules:
+        setattr(sys.modules[parent], child, mod)
+    return mod
+
+
+def stub_pkg_resources() -> bool:
+    """``from pkg_resources import packaging`` (the OpenAI CLIP copies' torch version check) where setuptools >= 81
+    no longer ships ``pkg_resources``: a module holding the ``packaging`` package stands in. True if stubbed."""
+    try:
+        importlib.import_module("pkg_resources")
+        return False
+    except ImportError:
+        import packaging.version  # noqa: F401 - loads the package's version submodule the check reads
+
+        stub_module("pkg_resources", packaging=sys.modules["packaging"])
+        return True
+
+
+@contextlib.contextmanager
+def in_clone(folder: Path):
+    """Run with ``folder`` first on ``sys.path`` and as the working directory (the clones read files relative to
+    their root); both restored afterwards."""
+    saved = (list(sys.path), os.getcwd())
+    sys.path.insert(0, str(folder))
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved[0]
+        os.chdir(saved[1])
