@@ -52,6 +52,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "bench")]
@@ -199,19 +200,42 @@ TRIDENT_DINO = "vit_base_patch16_224.dino"  # timm's name of torch.hub's dino_vi
 TRIDENT_PRE = {"mean": [122.771, 116.746, 104.094], "std": [68.501, 66.632, 70.323], "bgr_to_rgb": True}
 
 
+# Random DINO ViT-B/16 whose patch tokens do not collapse (see trident_weights): its positional embedding's std.
+# timm draws it with std 0.02, 1/26 to 1/40 of the random patch embedding's RMS on the photos; a trained ViT's
+# positions are of the order of its patch embeddings, which is what this restores
+TRIDENT_DINO_POS_STD = 1.0
+# Random SAM mask decoder: its IoU head's output bias moved by Trident's sam_iou_thresh (configs/base_config.py),
+# so that the random decoder's scores straddle it and both of sam_refinement's branches (kept, failed) run
+TRIDENT_SAM_IOU_SHIFT = 0.8
+
+
 def trident_weights(work: Path) -> tuple[Path, Path]:
-    """Random DINO ViT-B/16 (timm's init, seed 0, DINO's tensor names) and SAM ViT-B (segment-anything's
-    ``sam_model_registry['vit_b']``, seed 0; its zero-initialised ``pos_embed`` and ``rel_pos_*`` tables given
-    seeded noise of std 0.02, so that the parity exercises them) as ``work/dino_vitb16.pth``, ``work/sam_vit_b.pth``
-    (the whole Sam, as SAM's released files), made once."""
+    """Random DINO ViT-B/16 and SAM ViT-B (the whole Sam, as SAM's released files) as
+    ``work/dino_vitb16_pos1.pth`` and ``work/sam_vit_b_iou.pth``, made once.
+
+    DINO: timm's init (seed 0, DINO's tensor names), its ``pos_embed`` redrawn N(0, :data:`TRIDENT_DINO_POS_STD`)
+    (seed 2). With timm's std 0.02 the tokens of a smooth photo collapse: a random conv patch embedding answers
+    mostly a patch's mean colour (img_006: mean token cosine 0.93 before any block), the random blocks' near-uniform
+    attention adds one vector to every token (0.96 after them), and once the pooled mean cosine exceeds 1 / beta
+    (1 / 1.2) Trident's ``S - beta mean S`` is negative everywhere, the diagonal included: every softmax row is
+    all ``-inf``, the logits NaN on both sides (img_003, img_006, img_008 with std 0.02: pooled means 0.862,
+    0.958, 0.931; ``studies``-free diagnostic in docs/open-vocabulary.md). Both sides load this file.
+
+    SAM: ``sam_model_registry['vit_b']``, seed 0; the encoder's zero-initialised ``pos_embed`` and ``rel_pos_*``
+    tables given seeded noise of std 0.02 (seed 1), so that the parity exercises them; the mask decoder's IoU head
+    output bias plus :data:`TRIDENT_SAM_IOU_SHIFT`.
+    """
     import torch
 
-    dino, sam = work / "dino_vitb16.pth", work / "sam_vit_b.pth"
+    dino, sam = work / "dino_vitb16_pos1.pth", work / "sam_vit_b_iou.pth"
     if not dino.is_file():
         import timm
 
         torch.manual_seed(0)
-        torch.save(timm.create_model(TRIDENT_DINO, pretrained=False, num_classes=0).state_dict(), dino)
+        state = timm.create_model(TRIDENT_DINO, pretrained=False, num_classes=0).state_dict()
+        g = torch.Generator().manual_seed(2)
+        state["pos_embed"] = TRIDENT_DINO_POS_STD * torch.randn(state["pos_embed"].shape, generator=g)
+        torch.save(state, dino)
     if not sam.is_file():
         from segment_anything import sam_model_registry
 
@@ -221,11 +245,14 @@ def trident_weights(work: Path) -> tuple[Path, Path]:
         for k in sorted(state):
             if k.startswith("image_encoder.") and (k.endswith("pos_embed") or ".rel_pos_" in k):
                 state[k] = state[k] + 0.02 * torch.randn(state[k].shape, generator=g)
+        last = "mask_decoder.iou_prediction_head.layers.2.bias"
+        state[last] = state[last] + TRIDENT_SAM_IOU_SHIFT
         torch.save(state, sam)
     return dino, sam
 
 
-def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: Path, sam: Path) -> Path:
+def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: Path, sam: Path,
+                    first: Sequence[int] = ()) -> Path:
     """vpltool's logits of ``--dense trident`` on each photo (mmseg's test input at short side 448, Trident's
     pre-processor; SAM's input the photo read with OpenCV) into ``work/vpltool_trident/photo_NNN.pt``; a photo
     already there is kept."""
@@ -245,7 +272,9 @@ def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: 
     bb = vt.base.with_dense("trident", proxy=load_model("dino", DinoSpec(TRIDENT_DINO, str(dino)), "cpu"),
                             sam=load_model("sam", SamSpec("vit_b", str(sam)), "cpu"))
     text = vt.rows(words)
-    for i, path in enumerate(photos):
+    head = [i for i in first if 0 <= i < len(photos)]  # trident_ref_runner.run_order
+    for i in head + [i for i in range(len(photos)) if i not in head]:
+        path = photos[i]
         target = out / f"photo_{i:03d}.pt"
         if target.is_file():
             continue
@@ -281,7 +310,7 @@ def run_trident(work: Path, args) -> dict:
     dino, sam = trident_weights(work)
     ref = work / "ref" / "trident"
     stamp = {"commit": dp.commit_of(clone), "weights": dp.file_digest(pt), "sam": dp.file_digest(sam),
-             "dino": dp.file_digest(dino), "images": len(photos)}
+             "dino": dp.file_digest(dino), "images": len(photos), "refine_scales": args.refine_scales}
     proc = None
     if args.compare_only:
         pass
@@ -294,7 +323,8 @@ def run_trident(work: Path, args) -> dict:
         cmd = [args.ref_python, str(Path(__file__).parent / "trident_ref_runner.py"), "--clone", str(clone),
                "--weights", str(pt), "--dino-clone", str(dino_clone), "--dino-weights", str(dino), "--sam-weights",
                str(sam), "--photos", str(photos_dir), "--images", str(len(photos)), "--out", str(ref), "--threads",
-               str(args.threads)]
+               str(args.threads), "--first", ",".join(map(str, args.first)),
+               "--refine-scales", ",".join(f"{v:g}" for v in args.refine_scales)]
         log = open(work / "ref" / "trident.log", "w")
         proc = subprocess.Popen(cmd, env=dp._env(args.threads), stdout=log, stderr=log)
     vt = Vpltool(model, st, config_dir)
@@ -304,7 +334,7 @@ def run_trident(work: Path, args) -> dict:
         words, owners = words + names, owners + [c] * len(names)
     ours = work / "vpltool_trident"
     if not args.compare_only:
-        trident_vpltool(work, vt, photos, words, dino, sam)
+        trident_vpltool(work, vt, photos, words, dino, sam, args.first)
         if proc is not None:
             code = proc.wait()
             if code:
@@ -599,6 +629,11 @@ def main(argv: list[str] | None = None) -> None:
                                                     "model [default: --ref's dino folder]")
     ap.add_argument("--methods", default=",".join(VARIANTS), help="the variants to run, comma-separated; or trident "
                     "alone (run_trident)")
+    ap.add_argument("--first", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="--methods trident: photo indices both sides run first (a run stopped early has them)")
+    ap.add_argument("--refine-scales", type=lambda v: [float(x) for x in v.split(",") if x], default=[40.0, 150.0],
+                    help="--methods trident: the logit scales at which Trident's post-processing is also compared "
+                    "without and with its SAM refinement (eval.py --sam_refine)")
     ap.add_argument("--compare-only", action="store_true", help="--methods trident: compare the photos both sides "
                     "left in --work (a run cut short), run nothing")
     ap.add_argument("--shared-matching", action="store_true",
