@@ -251,6 +251,56 @@ def trident_weights(work: Path) -> tuple[Path, Path]:
     return dino, sam
 
 
+def dino_collapse(work: Path, args) -> dict:
+    """Why Trident's logits were NaN with timm's init (:func:`trident_weights`): per photo, the pooled mean cosine of
+    DINO ViT-B/16's final patch tokens over the photo's windows (Trident's ``torch.mean(similarity)``, on the input
+    vpltool's ``--dense trident`` gives DINO), with timm's ``pos_embed`` std 0.02 and with
+    :data:`TRIDENT_DINO_POS_STD`. Above ``1 / beta`` (1 / 1.2) every cosine, the diagonal's 1 included, is below
+    ``beta`` times the mean: every proxy-attention row is masked and its softmax NaN."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+    from dense_ref_runner import mmseg_input
+
+    from vpltool.backbone.dino import DinoSpec
+    from vpltool.backbone.registry import load_model
+    from vpltool.backbone.segmentor import trident_input, window_starts
+    from vpltool.config.dense import DENSE_SEGMENTORS
+
+    model, config_dir = dp.model_config(work, args.model, args.text_layers)
+    _, _, photos_dir = dp.setup(work, model, config_dir, args.images, 1.0)
+    photos = sorted(photos_dir.glob("*.jpg"))[: args.images]
+    dino, _ = trident_weights(work)
+    old = work / "dino_vitb16_timm.pth"
+    if not old.is_file():
+        torch.manual_seed(0)
+        torch.save(timm.create_model(TRIDENT_DINO, pretrained=False, num_classes=0).state_dict(), old)
+    s = DENSE_SEGMENTORS["trident"]
+    clip_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    clip_std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    out = {"threshold": 1 / 1.2, "pos_embed_std": {"timm": 0.02, "parity": TRIDENT_DINO_POS_STD}, "photos": []}
+    models = {"timm": load_model("dino", DinoSpec(TRIDENT_DINO, str(old)), "cpu"),
+              "parity": load_model("dino", DinoSpec(TRIDENT_DINO, str(dino)), "cpu")}
+    for path in photos:
+        x, _ = mmseg_input(path, (2048, s.short_side), TRIDENT_PRE)
+        x = trident_input(x, 16, s.slide_crop)
+        h, w = x.shape[-2:]
+        windows = torch.cat([x[:, :, a:b, c:e] for a, b in window_starts(h, s.slide_crop, s.slide_stride)
+                             for c, e in window_starts(w, s.slide_crop, s.slide_stride)])
+        raw = windows * clip_std + clip_mean
+        row = {"file": path.name}
+        for name, d in models.items():
+            mean, std = torch.tensor(d.mean).view(1, 3, 1, 1), torch.tensor(d.std).view(1, 3, 1, 1)
+            with torch.no_grad():
+                tokens, _ = d.final_tokens((raw - mean) / std)
+            unit = F.normalize(tokens, dim=-1)
+            row[name] = round(float((unit @ unit.transpose(1, 2)).mean()), 4)
+        out["photos"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    out["nan_photos"] = {k: [r["file"] for r in out["photos"] if r[k] > out["threshold"]] for k in models}
+    return out
+
+
 def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: Path, sam: Path,
                     first: Sequence[int] = ()) -> Path:
     """vpltool's logits of ``--dense trident`` on each photo (mmseg's test input at short side 448, Trident's
@@ -285,6 +335,71 @@ def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: 
             logits = segment_logits(bb, x, text, settings, [tuple(ori)], [sam_image(image)])[0]
         torch.save({"input": x, "logits": logits, "seconds": time.perf_counter() - tic}, target)
         print(f"vpltool trident {path.name}: {time.perf_counter() - tic:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[int], query_idx, n_classes: int,
+                       settings, sam: Path, scales: Sequence[float]) -> dict:
+    """Trident's post-processing at each logit scale of ``scales``, without and with its SAM refinement
+    (``eval.py --sam_refine``), as the reference's runner recorded it (``scale_S`` in its photo files), against
+    vpltool's on vpltool's own logits: :func:`~vpltool.backbone.segmentor.dense_probabilities`, then
+    :func:`~vpltool.backbone.sam_refine.refine` with SAM's encoding of :func:`~vpltool.backbone.segmentor.sam_image`
+    (the same pass as the aggregation's, :func:`~vpltool.backbone.segmentor.sam_attention` with ``features``) and
+    SAM's prompt encoder and mask decoder loaded through ``load_model('sam', SamSpec(..., prompt=True))``."""
+    import cv2
+    import torch
+
+    from vpltool.backbone.registry import load_model
+    from vpltool.backbone.sam import SamSpec
+    from vpltool.backbone.sam_refine import refine
+    from vpltool.backbone.segmentor import dense_probabilities, sam_attention, sam_image
+
+    out: dict = {"scales": {}, "photos": []}
+    todo = [i for i in indices if f"scale_{scales[0]:g}" in torch.load(ref / f"photo_{i:03d}.pt")] if scales else []
+    if not todo:
+        return out
+    model = load_model("sam", SamSpec("vit_b", str(sam), prompt=True), "cpu")
+    for i in todo:
+        theirs, mine = torch.load(ref / f"photo_{i:03d}.pt"), torch.load(ours / f"photo_{i:03d}.pt")
+        image = sam_image(cv2.cvtColor(cv2.imread(str(photos[i])), cv2.COLOR_BGR2RGB))
+        cached = ours / f"sam_{i:03d}.pt"  # SAM's encoding (a compare run again reuses it: same SAM file)
+        tic = time.perf_counter()
+        if cached.is_file() and torch.load(cached)["sam"] == dp.file_digest(sam):
+            features = torch.load(cached)["features"]
+        else:
+            features = sam_attention(model, image, features=True)[2]
+            torch.save({"sam": dp.file_digest(sam), "features": features}, cached)
+        row: dict = {"file": photos[i].name, "seconds_sam": round(time.perf_counter() - tic, 1)}
+        for scale in scales:
+            t = theirs[f"scale_{scale:g}"]
+            probs, labels = dense_probabilities(mine["logits"], query_idx, n_classes, scale, settings.prob_threshold,
+                                                settings.area_threshold)
+            seen: dict = {}
+            scores, refined = refine(probs, labels, model, features, image.shape[:2], settings.coarse_threshold,
+                                     settings.minimal_area, settings.sam_iou_threshold, settings.sam_mask_coeff,
+                                     stats=seen)
+            row[f"scale_{scale:g}"] = {
+                "probs": dp.max_abs(probs, t["probs"]),
+                "labels_equal": float((labels == t["pred"][0]).double().mean()),
+                "refined_scores": dp.max_abs(scores, t["refined_probs"]),
+                "refined_labels_equal": float((refined == t["refined_pred"][0]).double().mean()),
+                # how much the refinement moved the reference's own labels (0: nothing was refined)
+                "reference_changed": float((t["refined_pred"] != t["pred"]).double().mean()),
+                "reference_classes": {"coarse": int(t["pred"].unique().numel()),
+                                      "refined": int(t["refined_pred"].unique().numel())},
+                # vpltool's prompts: how many SAM kept (IoU above the threshold) and the IoUs' range
+                "prompts": seen}
+        out["photos"].append(row)
+    for scale in scales:
+        rows = [r[f"scale_{scale:g}"] for r in out["photos"]]
+        out["scales"][f"{scale:g}"] = {
+            "photos": len(rows), "probs_max_abs_diff": dp.worst(r["probs"] for r in rows),
+            "labels_equal_min": min(r["labels_equal"] for r in rows),
+            "refined_scores_max_abs_diff": dp.worst(r["refined_scores"] for r in rows),
+            "refined_labels_equal_min": min(r["refined_labels_equal"] for r in rows),
+            "refined_labels_bar_met": min(r["refined_labels_equal"] for r in rows) >= LABELS_BAR,
+            "photos_the_reference_refined": sum(r["reference_changed"] > 0 for r in rows),
+            "reference_changed_mean": sum(r["reference_changed"] for r in rows) / len(rows)}
     return out
 
 
@@ -355,9 +470,10 @@ def run_trident(work: Path, args) -> dict:
     query_idx = torch.tensor(meta["query_idx"])
     n_classes = int(query_idx.max()) + 1
     settings = DENSE_SEGMENTORS["trident"]
-    rows = []
+    rows, indices = [], []
     for i, shape in enumerate(meta["photos"]):
         i = shape.pop("index", i)
+        indices.append(i)
         theirs, mine = torch.load(ref / f"photo_{i:03d}.pt"), torch.load(ours / f"photo_{i:03d}.pt")
         shape = {"input_shape": list(theirs["input"].shape[-2:]), "ori_shape": list(theirs["pred"].shape[-2:]),
                  **shape}
@@ -375,6 +491,8 @@ def run_trident(work: Path, args) -> dict:
                      "labels_equal": float((labels == theirs["pred"][0]).double().mean()) if same else None,
                      "reference_label_classes": int(theirs["pred"].unique().numel()),
                      "seconds": {"vpltool": round(float(mine["seconds"]), 1), "reference": shape.get("seconds")}})
+    refinement = compare_refinement(ref, ours, photos, indices, query_idx, n_classes, settings, sam,
+                                    args.refine_scales)
     eff = meta["effective"]
     ours_settings = {"logit_scale": settings.logit_scale, "prob_thd": settings.prob_threshold,
                      "slide_crop": settings.slide_crop, "slide_stride": settings.slide_stride,
@@ -400,6 +518,7 @@ def run_trident(work: Path, args) -> dict:
         "settings_mismatched": {k: {"vpltool": v, "reference": theirs_settings.get(k)}
                                 for k, v in ours_settings.items() if eff and theirs_settings.get(k) != v},
         "reference_settings": theirs_settings, "photos": rows, "notes": meta.get("notes", []),
+        "refinement": refinement,
     }
     return {
         "benchmark": "ovss-parity", "machine": benchlib.machine("cpu"), "model": model,
@@ -634,6 +753,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refine-scales", type=lambda v: [float(x) for x in v.split(",") if x], default=[40.0, 150.0],
                     help="--methods trident: the logit scales at which Trident's post-processing is also compared "
                     "without and with its SAM refinement (eval.py --sam_refine)")
+    ap.add_argument("--dino-collapse", action="store_true", help="only the pooled mean DINO cosine per photo with "
+                    "timm's pos_embed and the parity's (why --methods trident was NaN), as JSON")
     ap.add_argument("--compare-only", action="store_true", help="--methods trident: compare the photos both sides "
                     "left in --work (a run cut short), run nothing")
     ap.add_argument("--shared-matching", action="store_true",
@@ -665,6 +786,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.dino_collapse:
+        work = args.work or Path(tempfile.mkdtemp(prefix="ovss_parity_"))
+        print(json.dumps(dino_collapse(work, args)))
+        return
     if args.methods == "trident":
         with tempfile.TemporaryDirectory(prefix="ovss_parity_") as tmp:
             work = args.work or Path(tmp)

@@ -102,7 +102,7 @@ def mask_prompt(class_probs: torch.Tensor, image_size: tuple[int, int], side: in
 
 def refine(probs: torch.Tensor, labels: torch.Tensor, sam, features: torch.Tensor, sam_size: tuple[int, int],
            coarse_threshold: float = 0.2, minimal_area: int = 225, iou_threshold: float = 0.8,
-           mask_coeff: float = 0.005) -> tuple[torch.Tensor, torch.Tensor]:
+           mask_coeff: float = 0.005, stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Trident's ``sam_refinement`` on one image (module docstring, steps 1-4).
 
     Args:
@@ -126,7 +126,7 @@ def refine(probs: torch.Tensor, labels: torch.Tensor, sam, features: torch.Tenso
         small = torch.where(small_p.max(0).values < coarse_threshold, torch.full_like(small, n_classes), small)
     side = 4 * (sam.img_size // sam.patch_size)  # SAM's low-resolution mask frame (256)
     input_size = preprocess_shape(sam_size[0], sam_size[1], sam.img_size)
-    kept_logits, owners, failed = [], [], []
+    kept_logits, owners, failed, ious = [], [], [], []
     for c in range(n_classes):
         if small_p[c].max() < coarse_threshold:
             continue
@@ -138,11 +138,15 @@ def refine(probs: torch.Tensor, labels: torch.Tensor, sam, features: torch.Tenso
         boxes = to_sam_frame(prompts.boxes.long().view(-1, 2, 2), (dh, dw), sam.img_size).view(-1, 4)
         _, iou, low = sam.predict(features, points, boxes, mask, input_size, tuple(sam_size))
         valid = (iou > iou_threshold)[:, 0].cpu()
+        ious += iou[:, 0].tolist() if stats is not None else []
         if not bool(valid.all()):
             failed.append(prompts.regions[~valid.to(prompts.regions.device)])
         if valid.any():
             kept_logits.append(low[valid.to(low.device)])
             owners += [c] * int(valid.sum())
+    if stats is not None:
+        stats.update(prompts=len(ious), kept=len(owners), iou_min=min(ious, default=None),
+                     iou_max=max(ious, default=None))
     if not kept_logits:
         return probs, labels
     low = torch.cat(kept_logits)
