@@ -209,6 +209,27 @@ TRIDENT_DINO_POS_STD = 1.0
 TRIDENT_SAM_IOU_SHIFT = 0.8
 
 
+# the run before TRIDENT_DINO_POS_STD (timm's pos_embed std 0.02; SAM's decoder not shifted; main at aa9dde3)
+TRIDENT_FINDINGS = [
+    "Before: DINO with timm's init (pos_embed std 0.02). img_003, img_006, img_008: logits NaN everywhere on both "
+    "sides (at the same pixels), so the headline max |d| was NaN and the bar not met; the 9 other photos: dense "
+    "logits 8.9e-8, probabilities 2.1e-7, labels 100 % equal, every photo labelled one class by both sides "
+    "(aa9dde3's parity/results/ovss_parity_trident.json).",
+    "Cause: the pooled mean cosine of DINO's final tokens over the photo's windows exceeded 1 / beta = 1 / 1.2 on "
+    "exactly those photos (ovss_parity.py --dino-collapse: parity/results/trident_dino_collapse.json), so "
+    "S - 1.2 mean S < 0 everywhere, the diagonal included: every proxy-attention row all -inf, softmax NaN, spread "
+    "over the photo by SAM's aggregation. A random conv patch embedding answers mostly a patch's mean colour (a "
+    "smooth photo's tokens near-parallel before any block) and the random blocks' near-uniform attention adds one "
+    "vector to every token; timm's 0.02 positional embedding is too small to tell the tokens apart.",
+    "Fix (both sides load the same file): pos_embed redrawn N(0, 1), seed 2 (TRIDENT_DINO_POS_STD); SAM's IoU head "
+    "output bias + 0.8 (TRIDENT_SAM_IOU_SHIFT) so that the refinement's IoU test has scores near its threshold.",
+    "Logit scale 150 beside the config's 40 for the post-processing and the refinement: with random CLIP the "
+    "queries' cosines differ little (reference_query_spread per photo), so at 40 no pixel reaches the 0.2 "
+    "threshold (reference_probs_max: every label background, coarse_thresh met nowhere, the refinement has "
+    "nothing to prompt); at 150 it does.",
+]
+
+
 def trident_weights(work: Path) -> tuple[Path, Path]:
     """Random DINO ViT-B/16 and SAM ViT-B (the whole Sam, as SAM's released files) as
     ``work/dino_vitb16_pos1.pth`` and ``work/sam_vit_b_iou.pth``, made once.
@@ -385,6 +406,7 @@ def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[
                 "refined_labels_equal": float((refined == t["refined_pred"][0]).double().mean()),
                 # how much the refinement moved the reference's own labels (0: nothing was refined)
                 "reference_changed": float((t["refined_pred"] != t["pred"]).double().mean()),
+                "reference_probs_max": float(t["probs"].max()),
                 "reference_classes": {"coarse": int(t["pred"].unique().numel()),
                                       "refined": int(t["refined_pred"].unique().numel())},
                 # vpltool's prompts: how many SAM kept (IoU above the threshold) and the IoUs' range
@@ -490,6 +512,9 @@ def run_trident(work: Path, args) -> dict:
                      "probs": dp.max_abs(probs, theirs["probs"]),
                      "labels_equal": float((labels == theirs["pred"][0]).double().mean()) if same else None,
                      "reference_label_classes": int(theirs["pred"].unique().numel()),
+                     # random CLIP: the mean over pixels of the queries' cosine range (max - min)
+                     "reference_query_spread": float((theirs["logits"][0].max(0).values
+                                                      - theirs["logits"][0].min(0).values).mean()),
                      "seconds": {"vpltool": round(float(mine["seconds"]), 1), "reference": shape.get("seconds")}})
     refinement = compare_refinement(ref, ours, photos, indices, query_idx, n_classes, settings, sam,
                                     args.refine_scales)
@@ -531,6 +556,7 @@ def run_trident(work: Path, args) -> dict:
                       "dino_clone": str(dino_clone), "missing": []},
         "methods": dp.summary({"trident": variant}, {"trident": ("trident",)}, LABELS_BAR),
         "variants": {"trident": variant}, "seconds": round(time.perf_counter() - start, 1),
+        "findings": TRIDENT_FINDINGS,
     }
 
 
