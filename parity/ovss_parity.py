@@ -376,7 +376,9 @@ def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[
     from vpltool.backbone.segmentor import dense_probabilities, sam_attention, sam_image
 
     out: dict = {"scales": {}, "photos": []}
-    todo = [i for i in indices if f"scale_{scales[0]:g}" in torch.load(ref / f"photo_{i:03d}.pt")] if scales else []
+    from trident_ref_runner import variant_key
+
+    todo = [i for i in indices if variant_key(scales[0]) in torch.load(ref / f"photo_{i:03d}.pt")] if scales else []
     if not todo:
         return out
     model = load_model("sam", SamSpec("vit_b", str(sam), prompt=True), "cpu")
@@ -391,15 +393,18 @@ def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[
             features = sam_attention(model, image, features=True)[2]
             torch.save({"sam": dp.file_digest(sam), "features": features}, cached)
         row: dict = {"file": photos[i].name, "seconds_sam": round(time.perf_counter() - tic, 1)}
-        for scale in scales:
-            t = theirs[f"scale_{scale:g}"]
-            probs, labels = dense_probabilities(mine["logits"], query_idx, n_classes, scale, settings.prob_threshold,
-                                                settings.area_threshold)
+        for spec in scales:
+            if variant_key(spec) not in theirs:  # a variant added after this photo's reference ran
+                continue
+            t = theirs[variant_key(spec)]
+            scale, _, iou = spec.partition(":")
+            probs, labels = dense_probabilities(mine["logits"], query_idx, n_classes, float(scale),
+                                                settings.prob_threshold, settings.area_threshold)
             seen: dict = {}
             scores, refined = refine(probs, labels, model, features, image.shape[:2], settings.coarse_threshold,
-                                     settings.minimal_area, settings.sam_iou_threshold, settings.sam_mask_coeff,
-                                     stats=seen)
-            row[f"scale_{scale:g}"] = {
+                                     settings.minimal_area, float(iou) if iou else settings.sam_iou_threshold,
+                                     settings.sam_mask_coeff, stats=seen)
+            row[variant_key(spec)] = {
                 "probs": dp.max_abs(probs, t["probs"]),
                 "labels_equal": float((labels == t["pred"][0]).double().mean()),
                 "refined_scores": dp.max_abs(scores, t["refined_probs"]),
@@ -412,9 +417,11 @@ def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[
                 # vpltool's prompts: how many SAM kept (IoU above the threshold) and the IoUs' range
                 "prompts": seen}
         out["photos"].append(row)
-    for scale in scales:
-        rows = [r[f"scale_{scale:g}"] for r in out["photos"]]
-        out["scales"][f"{scale:g}"] = {
+    for spec in scales:
+        rows = [r[variant_key(spec)] for r in out["photos"] if variant_key(spec) in r]
+        if not rows:
+            continue
+        out["scales"][spec] = {
             "photos": len(rows), "probs_max_abs_diff": dp.worst(r["probs"] for r in rows),
             "labels_equal_min": min(r["labels_equal"] for r in rows),
             "refined_scores_max_abs_diff": dp.worst(r["refined_scores"] for r in rows),
@@ -455,13 +462,15 @@ def run_trident(work: Path, args) -> dict:
             and json.loads((ref / "stamp.json").read_text()) == stamp):
         import shutil
 
-        shutil.rmtree(ref, ignore_errors=True)
-        ref.mkdir(parents=True)
+        if not args.keep_ref:
+            shutil.rmtree(ref, ignore_errors=True)
+        ref.mkdir(parents=True, exist_ok=True)
         cmd = [args.ref_python, str(Path(__file__).parent / "trident_ref_runner.py"), "--clone", str(clone),
                "--weights", str(pt), "--dino-clone", str(dino_clone), "--dino-weights", str(dino), "--sam-weights",
                str(sam), "--photos", str(photos_dir), "--images", str(len(photos)), "--out", str(ref), "--threads",
                str(args.threads), "--first", ",".join(map(str, args.first)),
-               "--refine-scales", ",".join(f"{v:g}" for v in args.refine_scales)]
+               "--refine-scales", ",".join(args.refine_scales)] + (["--skip-done"] if args.keep_ref
+                                                                                      else [])
         log = open(work / "ref" / "trident.log", "w")
         proc = subprocess.Popen(cmd, env=dp._env(args.threads), stdout=log, stderr=log)
     vt = Vpltool(model, st, config_dir)
@@ -776,11 +785,13 @@ def main(argv: list[str] | None = None) -> None:
                     "alone (run_trident)")
     ap.add_argument("--first", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                     help="--methods trident: photo indices both sides run first (a run stopped early has them)")
-    ap.add_argument("--refine-scales", type=lambda v: [float(x) for x in v.split(",") if x], default=[40.0, 150.0],
-                    help="--methods trident: the logit scales at which Trident's post-processing is also compared "
-                    "without and with its SAM refinement (eval.py --sam_refine)")
+    ap.add_argument("--refine-scales", type=lambda v: [x for x in v.split(",") if x], default=["40", "150", "150:0.5"],
+                    help="--methods trident: the logit scales (SCALE, or SCALE:SAM_IOU_THRESH) at which Trident's "
+                    "post-processing is also compared without and with its SAM refinement (eval.py --sam_refine)")
     ap.add_argument("--dino-collapse", action="store_true", help="only the pooled mean DINO cosine per photo with "
                     "timm's pos_embed and the parity's (why --methods trident was NaN), as JSON")
+    ap.add_argument("--keep-ref", action="store_true", help="--methods trident: resume the reference's run in "
+                    "--work (its finished photos kept; the caller vouches they are of the same weights and commit)")
     ap.add_argument("--compare-only", action="store_true", help="--methods trident: compare the photos both sides "
                     "left in --work (a run cut short), run nothing")
     ap.add_argument("--shared-matching", action="store_true",

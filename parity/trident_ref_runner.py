@@ -66,19 +66,28 @@ def run_order(n: int, first: list[int]) -> list[int]:
     return head + [i for i in range(n) if i not in head]
 
 
-def refined(seg, logits, sample, scales: list[float]) -> dict:
-    """Trident's own ``postprocess_result`` on the captured logits at each logit scale of ``scales``, without and
-    with ``sam_refine`` (``seg_utils.utils.sam_refinement`` with the predictor still holding this photo's image, as
-    ``predict`` leaves it): ``{"scale_S": {"probs", "pred", "refined_probs", "refined_pred"}}``. Outside
-    ``half_is_identity``: ``sam_refinement`` resizes the labels as fp16 (``.half()``), which must stay fp16."""
+def variant_key(spec: str) -> str:
+    """``"150"`` -> ``scale_150``; ``"150:0.5"`` (a logit scale and a ``sam_iou_thresh``) -> ``scale_150_iou_0.5``."""
+    scale, _, iou = spec.partition(":")
+    return f"scale_{float(scale):g}" + (f"_iou_{float(iou):g}" if iou else "")
+
+
+def refined(seg, logits, sample, specs: list[str]) -> dict:
+    """Trident's own ``postprocess_result`` on the captured logits for each of ``specs`` (a logit scale, or
+    ``scale:iou`` with its ``sam_iou_thresh`` too), without and with ``sam_refine`` (``seg_utils.utils.sam_refinement``
+    with the predictor still holding this photo's image, as ``predict`` leaves it): ``{variant_key(spec): {"probs",
+    "pred", "refined_probs", "refined_pred"}}``. Outside ``half_is_identity``: ``sam_refinement`` resizes the labels
+    as fp16 (``.half()``), which must stay fp16."""
     import torch
 
-    out, keep = {}, (seg.logit_scale, seg.sam_refine)
+    out, keep = {}, (seg.logit_scale, seg.sam_refine, seg.sam_iou_thresh)
     try:
-        for scale in scales:
+        for spec in specs:
+            scale, _, iou = spec.partition(":")
             row = {}
             for refine in (False, True):
-                seg.logit_scale, seg.sam_refine = scale, refine
+                seg.logit_scale, seg.sam_refine = float(scale), refine
+                seg.sam_iou_thresh = float(iou) if iou else keep[2]
                 s = drr.Sample(dict(sample.metainfo))
                 s.img_path = sample.img_path
                 with torch.no_grad():
@@ -86,9 +95,9 @@ def refined(seg, logits, sample, scales: list[float]) -> dict:
                 tag = "refined_" if refine else ""
                 row[tag + "probs"] = s.data["seg_logits"].data.float()
                 row[tag + "pred"] = s.data["pred_sem_seg"].data
-            out[f"scale_{scale:g}"] = row
+            out[variant_key(spec)] = row
     finally:
-        seg.logit_scale, seg.sam_refine = keep
+        seg.logit_scale, seg.sam_refine, seg.sam_iou_thresh = keep
     return out
 
 
@@ -114,6 +123,12 @@ def run(args) -> None:
         shapes = []
         for i in run_order(len(photos), args.first):
             path = photos[i]
+            done = out / f"photo_{i:03d}.pt"
+            if args.skip_done and done.is_file():  # a run resumed: the photo's record kept as it is
+                old = torch.load(done)
+                shapes.append({"index": i, "file": path.name, "ori_shape": list(old["pred"].shape[-2:]),
+                               "input_shape": list(old["input"].shape[-2:]), "seconds": None})
+                continue
             x, ori = drr.mmseg_input(path, cfg["scale"], pre)
             seen: dict = {}
             post = seg.postprocess_result
@@ -161,9 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--first", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                     help="photo indices to run before the others (a long run stopped early has them), comma-separated")
-    ap.add_argument("--refine-scales", type=lambda v: [float(x) for x in v.split(",") if x], default=[],
-                    help="also Trident's post-processing at these logit scales, without and with its SAM refinement "
-                    "(eval.py --sam_refine), comma-separated; empty: none")
+    ap.add_argument("--skip-done", action="store_true", help="keep the photos already in --out (a run resumed)")
+    ap.add_argument("--refine-scales", type=lambda v: [x for x in v.split(",") if x], default=[],
+                    help="also Trident's post-processing at these logit scales (SCALE or SCALE:SAM_IOU_THRESH), "
+                    "without and with its SAM refinement (eval.py --sam_refine), comma-separated; empty: none")
     run(ap.parse_args(argv))
 
 
