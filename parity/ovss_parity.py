@@ -222,7 +222,9 @@ TRIDENT_FINDINGS = [
     "smooth photo's tokens near-parallel before any block) and the random blocks' near-uniform attention adds one "
     "vector to every token; timm's 0.02 positional embedding is too small to tell the tokens apart.",
     "Fix (both sides load the same file): pos_embed redrawn N(0, 1), seed 2 (TRIDENT_DINO_POS_STD); SAM's IoU head "
-    "output bias + 0.8 (TRIDENT_SAM_IOU_SHIFT) so that the refinement's IoU test has scores near its threshold.",
+    "output bias + 0.8 (TRIDENT_SAM_IOU_SHIFT), meant to put the refinement's IoUs near its 0.8 threshold; they came "
+    "out below it on the photos (refinement.photos[].scale_150.prompts), so every prompt fails at 0.8 and the "
+    "variant 150:0.5 (sam_iou_thresh 0.5) is the one where SAM's masks are kept.",
     "Logit scale 150 beside the config's 40 for the post-processing and the refinement: with random CLIP the "
     "queries' cosines differ little (reference_query_spread per photo), so at 40 no pixel reaches the 0.2 "
     "threshold (reference_probs_max: every label background, coarse_thresh met nowhere, the refinement has "
