@@ -188,3 +188,22 @@ def test_segment_runs_trident_with_sam_refine(world, tiny_spec, tmp_path):
     for item in ds.items:
         mask = io.read_mask(io.mask_path(out, item.id), num_classes=len(ds.classes))
         assert mask.shape == io.load_image(item.image).shape[:2]
+
+
+def test_committed_refinement_parity_says_what_it_measured():
+    """The committed run against Trident's own ``sam_refinement``: each variant's summary is the worst of its photos,
+    its verdict follows the 99.9 % bar, and it says how many photos the reference's refinement changed."""
+    import json
+
+    result = json.loads((Path(__file__).resolve().parents[1] / "parity" / "results" /
+                         "ovss_parity_trident.json").read_text())
+    refinement = result["variants"]["trident"]["refinement"]
+    assert refinement["scales"], "no refinement variant was compared"
+    for spec, summary in refinement["scales"].items():
+        key = "scale_" + spec.replace(":", "_iou_")
+        rows = [p[key] for p in refinement["photos"] if key in p]
+        assert summary["photos"] == len(rows) > 0
+        assert summary["refined_labels_equal_min"] == min(r["refined_labels_equal"] for r in rows)
+        assert summary["refined_labels_bar_met"] == (summary["refined_labels_equal_min"] >= 0.999)
+        assert summary["refined_scores_max_abs_diff"] == max(r["refined_scores"] for r in rows)
+        assert summary["photos_the_reference_refined"] == sum(r["reference_changed"] > 0 for r in rows)
