@@ -207,3 +207,19 @@ def test_committed_refinement_parity_says_what_it_measured():
         assert summary["refined_labels_bar_met"] == (summary["refined_labels_equal_min"] >= 0.999)
         assert summary["refined_scores_max_abs_diff"] == max(r["refined_scores"] for r in rows)
         assert summary["photos_the_reference_refined"] == sum(r["reference_changed"] > 0 for r in rows)
+
+
+def test_failed_regions_take_their_probabilities_beside_kept_masks(sam):
+    """Some prompts kept, others failed (the threshold between their IoUs): the failed regions' pixels carry their
+    probabilities as scores (Trident's map_failed_regions), which no kept mask alone gives (sigmoid < 1)."""
+    probs, labels = _coarse(seed=1)
+    feats = sam.last_attention(sam.prepare(_image())[0], features=True)[2]
+    seen: dict = {}
+    refine(probs, labels, sam, feats, (70, 110), 0.2, 20, iou_threshold=-1e9, stats=seen)
+    assert seen["prompts"] >= 2 and seen["iou_min"] < seen["iou_max"]
+    middle = (seen["iou_min"] + seen["iou_max"]) / 2
+    mixed: dict = {}
+    scores, _ = refine(probs, labels, sam, feats, (70, 110), 0.2, 20, iou_threshold=middle, stats=mixed)
+    assert 0 < mixed["kept"] < mixed["prompts"]
+    kept_only, _ = refine(probs, labels, sam, feats, (70, 110), 0.2, 20, iou_threshold=-1e9)
+    assert bool(((scores == probs) & (probs > 0)).any()) and not bool(((kept_only == probs) & (probs > 0)).any())
