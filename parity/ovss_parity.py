@@ -55,6 +55,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "bench")]
@@ -204,19 +205,65 @@ TRIDENT_DINO = "vit_base_patch16_224.dino"  # timm's name of torch.hub's dino_vi
 TRIDENT_PRE = {"mean": [122.771, 116.746, 104.094], "std": [68.501, 66.632, 70.323], "bgr_to_rgb": True}
 
 
+# Random DINO ViT-B/16 whose patch tokens do not collapse (see trident_weights): its positional embedding's std.
+# timm draws it with std 0.02, 1/26 to 1/40 of the random patch embedding's RMS on the photos; a trained ViT's
+# positions are of the order of its patch embeddings, which is what this restores
+TRIDENT_DINO_POS_STD = 1.0
+# Random SAM mask decoder: its IoU head's output bias moved by Trident's sam_iou_thresh (configs/base_config.py),
+# so that the random decoder's scores straddle it and both of sam_refinement's branches (kept, failed) run
+TRIDENT_SAM_IOU_SHIFT = 0.8
+
+
+# the run before TRIDENT_DINO_POS_STD (timm's pos_embed std 0.02; SAM's decoder not shifted; main at aa9dde3)
+TRIDENT_FINDINGS = [
+    "Before: DINO with timm's init (pos_embed std 0.02). img_003, img_006, img_008: logits NaN everywhere on both "
+    "sides (at the same pixels), so the headline max |d| was NaN and the bar not met; the 9 other photos: dense "
+    "logits 8.9e-8, probabilities 2.1e-7, labels 100 % equal, every photo labelled one class by both sides "
+    "(aa9dde3's parity/results/ovss_parity_trident.json).",
+    "Cause: the pooled mean cosine of DINO's final tokens over the photo's windows exceeded 1 / beta = 1 / 1.2 on "
+    "exactly those photos (ovss_parity.py --dino-collapse: parity/results/trident_dino_collapse.json), so "
+    "S - 1.2 mean S < 0 everywhere, the diagonal included: every proxy-attention row all -inf, softmax NaN, spread "
+    "over the photo by SAM's aggregation. A random conv patch embedding answers mostly a patch's mean colour (a "
+    "smooth photo's tokens near-parallel before any block) and the random blocks' near-uniform attention adds one "
+    "vector to every token; timm's 0.02 positional embedding is too small to tell the tokens apart.",
+    "Fix (both sides load the same file): pos_embed redrawn N(0, 1), seed 2 (TRIDENT_DINO_POS_STD); SAM's IoU head "
+    "output bias + 0.8 (TRIDENT_SAM_IOU_SHIFT), meant to put the refinement's IoUs near its 0.8 threshold; they came "
+    "out below it on the photos (refinement.photos[].scale_150.prompts), so every prompt fails at 0.8 and the "
+    "variant 150:0.5 (sam_iou_thresh 0.5) is the one where SAM's masks are kept.",
+    "Logit scale 150 beside the config's 40 for the post-processing and the refinement: with random CLIP the "
+    "queries' cosines differ little (reference_query_spread per photo), so at 40 no pixel reaches the 0.2 "
+    "threshold (reference_probs_max: every label background, coarse_thresh met nowhere, the refinement has "
+    "nothing to prompt); at 150 it does.",
+]
+
+
 def trident_weights(work: Path) -> tuple[Path, Path]:
-    """Random DINO ViT-B/16 (timm's init, seed 0, DINO's tensor names) and SAM ViT-B (segment-anything's
-    ``sam_model_registry['vit_b']``, seed 0; its zero-initialised ``pos_embed`` and ``rel_pos_*`` tables given
-    seeded noise of std 0.02, so that the parity exercises them) as ``work/dino_vitb16.pth``, ``work/sam_vit_b.pth``
-    (the whole Sam, as SAM's released files), made once."""
+    """Random DINO ViT-B/16 and SAM ViT-B (the whole Sam, as SAM's released files) as
+    ``work/dino_vitb16_pos1.pth`` and ``work/sam_vit_b_iou.pth``, made once.
+
+    DINO: timm's init (seed 0, DINO's tensor names), its ``pos_embed`` redrawn N(0, :data:`TRIDENT_DINO_POS_STD`)
+    (seed 2). With timm's std 0.02 the tokens of a smooth photo collapse: a random conv patch embedding answers
+    mostly a patch's mean colour (img_006: mean token cosine 0.93 before any block), the random blocks' near-uniform
+    attention adds one vector to every token (0.96 after them), and once the pooled mean cosine exceeds 1 / beta
+    (1 / 1.2) Trident's ``S - beta mean S`` is negative everywhere, the diagonal included: every softmax row is
+    all ``-inf``, the logits NaN on both sides (img_003, img_006, img_008 with std 0.02: pooled means 0.862,
+    0.958, 0.931; ``studies``-free diagnostic in docs/open-vocabulary.md). Both sides load this file.
+
+    SAM: ``sam_model_registry['vit_b']``, seed 0; the encoder's zero-initialised ``pos_embed`` and ``rel_pos_*``
+    tables given seeded noise of std 0.02 (seed 1), so that the parity exercises them; the mask decoder's IoU head
+    output bias plus :data:`TRIDENT_SAM_IOU_SHIFT`.
+    """
     import torch
 
-    dino, sam = work / "dino_vitb16.pth", work / "sam_vit_b.pth"
+    dino, sam = work / "dino_vitb16_pos1.pth", work / "sam_vit_b_iou.pth"
     if not dino.is_file():
         import timm
 
         torch.manual_seed(0)
-        torch.save(timm.create_model(TRIDENT_DINO, pretrained=False, num_classes=0).state_dict(), dino)
+        state = timm.create_model(TRIDENT_DINO, pretrained=False, num_classes=0).state_dict()
+        g = torch.Generator().manual_seed(2)
+        state["pos_embed"] = TRIDENT_DINO_POS_STD * torch.randn(state["pos_embed"].shape, generator=g)
+        torch.save(state, dino)
     if not sam.is_file():
         from segment_anything import sam_model_registry
 
@@ -226,11 +273,64 @@ def trident_weights(work: Path) -> tuple[Path, Path]:
         for k in sorted(state):
             if k.startswith("image_encoder.") and (k.endswith("pos_embed") or ".rel_pos_" in k):
                 state[k] = state[k] + 0.02 * torch.randn(state[k].shape, generator=g)
+        last = "mask_decoder.iou_prediction_head.layers.2.bias"
+        state[last] = state[last] + TRIDENT_SAM_IOU_SHIFT
         torch.save(state, sam)
     return dino, sam
 
 
-def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: Path, sam: Path) -> Path:
+def dino_collapse(work: Path, args) -> dict:
+    """Why Trident's logits were NaN with timm's init (:func:`trident_weights`): per photo, the pooled mean cosine of
+    DINO ViT-B/16's final patch tokens over the photo's windows (Trident's ``torch.mean(similarity)``, on the input
+    vpltool's ``--dense trident`` gives DINO), with timm's ``pos_embed`` std 0.02 and with
+    :data:`TRIDENT_DINO_POS_STD`. Above ``1 / beta`` (1 / 1.2) every cosine, the diagonal's 1 included, is below
+    ``beta`` times the mean: every proxy-attention row is masked and its softmax NaN."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+    from dense_ref_runner import mmseg_input
+
+    from vpltool.backbone.dino import DinoSpec
+    from vpltool.backbone.registry import load_model
+    from vpltool.backbone.segmentor import trident_input, window_starts
+    from vpltool.config.dense import DENSE_SEGMENTORS
+
+    model, config_dir = dp.model_config(work, args.model, args.text_layers)
+    _, _, photos_dir = dp.setup(work, model, config_dir, args.images, 1.0)
+    photos = sorted(photos_dir.glob("*.jpg"))[: args.images]
+    dino, _ = trident_weights(work)
+    old = work / "dino_vitb16_timm.pth"
+    if not old.is_file():
+        torch.manual_seed(0)
+        torch.save(timm.create_model(TRIDENT_DINO, pretrained=False, num_classes=0).state_dict(), old)
+    s = DENSE_SEGMENTORS["trident"]
+    clip_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    clip_std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    out = {"threshold": 1 / 1.2, "pos_embed_std": {"timm": 0.02, "parity": TRIDENT_DINO_POS_STD}, "photos": []}
+    models = {"timm": load_model("dino", DinoSpec(TRIDENT_DINO, str(old)), "cpu"),
+              "parity": load_model("dino", DinoSpec(TRIDENT_DINO, str(dino)), "cpu")}
+    for path in photos:
+        x, _ = mmseg_input(path, (2048, s.short_side), TRIDENT_PRE)
+        x = trident_input(x, 16, s.slide_crop)
+        h, w = x.shape[-2:]
+        windows = torch.cat([x[:, :, a:b, c:e] for a, b in window_starts(h, s.slide_crop, s.slide_stride)
+                             for c, e in window_starts(w, s.slide_crop, s.slide_stride)])
+        raw = windows * clip_std + clip_mean
+        row = {"file": path.name}
+        for name, d in models.items():
+            mean, std = torch.tensor(d.mean).view(1, 3, 1, 1), torch.tensor(d.std).view(1, 3, 1, 1)
+            with torch.no_grad():
+                tokens, _ = d.final_tokens((raw - mean) / std)
+            unit = F.normalize(tokens, dim=-1)
+            row[name] = round(float((unit @ unit.transpose(1, 2)).mean()), 4)
+        out["photos"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    out["nan_photos"] = {k: [r["file"] for r in out["photos"] if r[k] > out["threshold"]] for k in models}
+    return out
+
+
+def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: Path, sam: Path,
+                    first: Sequence[int] = ()) -> Path:
     """vpltool's logits of ``--dense trident`` on each photo (mmseg's test input at short side 448, Trident's
     pre-processor; SAM's input the photo read with OpenCV) into ``work/vpltool_trident/photo_NNN.pt``; a photo
     already there is kept."""
@@ -250,7 +350,9 @@ def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: 
     bb = vt.base.with_dense("trident", proxy=load_model("dino", DinoSpec(TRIDENT_DINO, str(dino)), "cpu"),
                             sam=load_model("sam", SamSpec("vit_b", str(sam)), "cpu"))
     text = vt.rows(words)
-    for i, path in enumerate(photos):
+    head = [i for i in first if 0 <= i < len(photos)]  # trident_ref_runner.run_order
+    for i in head + [i for i in range(len(photos)) if i not in head]:
+        path = photos[i]
         target = out / f"photo_{i:03d}.pt"
         if target.is_file():
             continue
@@ -261,6 +363,79 @@ def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: 
             logits = segment_logits(bb, x, text, settings, [tuple(ori)], [sam_image(image)])[0]
         torch.save({"input": x, "logits": logits, "seconds": time.perf_counter() - tic}, target)
         print(f"vpltool trident {path.name}: {time.perf_counter() - tic:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[int], query_idx, n_classes: int,
+                       settings, sam: Path, scales: Sequence[float]) -> dict:
+    """Trident's post-processing at each logit scale of ``scales``, without and with its SAM refinement
+    (``eval.py --sam_refine``), as the reference's runner recorded it (``scale_S`` in its photo files), against
+    vpltool's on vpltool's own logits: :func:`~vpltool.backbone.segmentor.dense_probabilities`, then
+    :func:`~vpltool.backbone.sam_refine.refine` with SAM's encoding of :func:`~vpltool.backbone.segmentor.sam_image`
+    (the same pass as the aggregation's, :func:`~vpltool.backbone.segmentor.sam_attention` with ``features``) and
+    SAM's prompt encoder and mask decoder loaded through ``load_model('sam', SamSpec(..., prompt=True))``."""
+    import cv2
+    import torch
+
+    from vpltool.backbone.registry import load_model
+    from vpltool.backbone.sam import SamSpec
+    from vpltool.backbone.sam_refine import refine
+    from vpltool.backbone.segmentor import dense_probabilities, sam_attention, sam_image
+
+    out: dict = {"scales": {}, "photos": []}
+    from trident_ref_runner import variant_key
+
+    todo = [i for i in indices if variant_key(scales[0]) in torch.load(ref / f"photo_{i:03d}.pt")] if scales else []
+    if not todo:
+        return out
+    model = load_model("sam", SamSpec("vit_b", str(sam), prompt=True), "cpu")
+    for i in todo:
+        theirs, mine = torch.load(ref / f"photo_{i:03d}.pt"), torch.load(ours / f"photo_{i:03d}.pt")
+        image = sam_image(cv2.cvtColor(cv2.imread(str(photos[i])), cv2.COLOR_BGR2RGB))
+        cached = ours / f"sam_{i:03d}.pt"  # SAM's encoding (a compare run again reuses it: same SAM file)
+        tic = time.perf_counter()
+        if cached.is_file() and torch.load(cached)["sam"] == dp.file_digest(sam):
+            features = torch.load(cached)["features"]
+        else:
+            features = sam_attention(model, image, features=True)[2]
+            torch.save({"sam": dp.file_digest(sam), "features": features}, cached)
+        row: dict = {"file": photos[i].name, "seconds_sam": round(time.perf_counter() - tic, 1)}
+        for spec in scales:
+            if variant_key(spec) not in theirs:  # a variant added after this photo's reference ran
+                continue
+            t = theirs[variant_key(spec)]
+            scale, _, iou = spec.partition(":")
+            probs, labels = dense_probabilities(mine["logits"], query_idx, n_classes, float(scale),
+                                                settings.prob_threshold, settings.area_threshold)
+            seen: dict = {}
+            scores, refined = refine(probs, labels, model, features, image.shape[:2], settings.coarse_threshold,
+                                     settings.minimal_area, float(iou) if iou else settings.sam_iou_threshold,
+                                     settings.sam_mask_coeff, stats=seen)
+            row[variant_key(spec)] = {
+                "probs": dp.max_abs(probs, t["probs"]),
+                "labels_equal": float((labels == t["pred"][0]).double().mean()),
+                "refined_scores": dp.max_abs(scores, t["refined_probs"]),
+                "refined_labels_equal": float((refined == t["refined_pred"][0]).double().mean()),
+                # how much the refinement moved the reference's own labels (0: nothing was refined)
+                "reference_changed": float((t["refined_pred"] != t["pred"]).double().mean()),
+                "reference_probs_max": float(t["probs"].max()),
+                "reference_classes": {"coarse": int(t["pred"].unique().numel()),
+                                      "refined": int(t["refined_pred"].unique().numel())},
+                # vpltool's prompts: how many SAM kept (IoU above the threshold) and the IoUs' range
+                "prompts": seen}
+        out["photos"].append(row)
+    for spec in scales:
+        rows = [r[variant_key(spec)] for r in out["photos"] if variant_key(spec) in r]
+        if not rows:
+            continue
+        out["scales"][spec] = {
+            "photos": len(rows), "probs_max_abs_diff": dp.worst(r["probs"] for r in rows),
+            "labels_equal_min": min(r["labels_equal"] for r in rows),
+            "refined_scores_max_abs_diff": dp.worst(r["refined_scores"] for r in rows),
+            "refined_labels_equal_min": min(r["refined_labels_equal"] for r in rows),
+            "refined_labels_bar_met": min(r["refined_labels_equal"] for r in rows) >= LABELS_BAR,
+            "photos_the_reference_refined": sum(r["reference_changed"] > 0 for r in rows),
+            "reference_changed_mean": sum(r["reference_changed"] for r in rows) / len(rows)}
     return out
 
 
@@ -286,7 +461,7 @@ def run_trident(work: Path, args) -> dict:
     dino, sam = trident_weights(work)
     ref = work / "ref" / "trident"
     stamp = {"commit": dp.commit_of(clone), "weights": dp.file_digest(pt), "sam": dp.file_digest(sam),
-             "dino": dp.file_digest(dino), "images": len(photos)}
+             "dino": dp.file_digest(dino), "images": len(photos), "refine_scales": args.refine_scales}
     proc = None
     if args.compare_only:
         pass
@@ -294,12 +469,15 @@ def run_trident(work: Path, args) -> dict:
             and json.loads((ref / "stamp.json").read_text()) == stamp):
         import shutil
 
-        shutil.rmtree(ref, ignore_errors=True)
-        ref.mkdir(parents=True)
+        if not args.keep_ref:
+            shutil.rmtree(ref, ignore_errors=True)
+        ref.mkdir(parents=True, exist_ok=True)
         cmd = [args.ref_python, str(Path(__file__).parent / "trident_ref_runner.py"), "--clone", str(clone),
                "--weights", str(pt), "--dino-clone", str(dino_clone), "--dino-weights", str(dino), "--sam-weights",
                str(sam), "--photos", str(photos_dir), "--images", str(len(photos)), "--out", str(ref), "--threads",
-               str(args.threads)]
+               str(args.threads), "--first", ",".join(map(str, args.first)),
+               "--refine-scales", ",".join(args.refine_scales)] + (["--skip-done"] if args.keep_ref
+                                                                                      else [])
         log = open(work / "ref" / "trident.log", "w")
         proc = subprocess.Popen(cmd, env=dp._env(args.threads), stdout=log, stderr=log)
     vt = Vpltool(model, st, config_dir)
@@ -309,7 +487,7 @@ def run_trident(work: Path, args) -> dict:
         words, owners = words + names, owners + [c] * len(names)
     ours = work / "vpltool_trident"
     if not args.compare_only:
-        trident_vpltool(work, vt, photos, words, dino, sam)
+        trident_vpltool(work, vt, photos, words, dino, sam, args.first)
         if proc is not None:
             code = proc.wait()
             if code:
@@ -330,9 +508,10 @@ def run_trident(work: Path, args) -> dict:
     query_idx = torch.tensor(meta["query_idx"])
     n_classes = int(query_idx.max()) + 1
     settings = DENSE_SEGMENTORS["trident"]
-    rows = []
+    rows, indices = [], []
     for i, shape in enumerate(meta["photos"]):
         i = shape.pop("index", i)
+        indices.append(i)
         theirs, mine = torch.load(ref / f"photo_{i:03d}.pt"), torch.load(ours / f"photo_{i:03d}.pt")
         shape = {"input_shape": list(theirs["input"].shape[-2:]), "ori_shape": list(theirs["pred"].shape[-2:]),
                  **shape}
@@ -349,7 +528,12 @@ def run_trident(work: Path, args) -> dict:
                      "probs": dp.max_abs(probs, theirs["probs"]),
                      "labels_equal": float((labels == theirs["pred"][0]).double().mean()) if same else None,
                      "reference_label_classes": int(theirs["pred"].unique().numel()),
+                     # random CLIP: the mean over pixels of the queries' cosine range (max - min)
+                     "reference_query_spread": float((theirs["logits"][0].max(0).values
+                                                      - theirs["logits"][0].min(0).values).mean()),
                      "seconds": {"vpltool": round(float(mine["seconds"]), 1), "reference": shape.get("seconds")}})
+    refinement = compare_refinement(ref, ours, photos, indices, query_idx, n_classes, settings, sam,
+                                    args.refine_scales)
     eff = meta["effective"]
     ours_settings = {"logit_scale": settings.logit_scale, "prob_thd": settings.prob_threshold,
                      "slide_crop": settings.slide_crop, "slide_stride": settings.slide_stride,
@@ -375,6 +559,7 @@ def run_trident(work: Path, args) -> dict:
         "settings_mismatched": {k: {"vpltool": v, "reference": theirs_settings.get(k)}
                                 for k, v in ours_settings.items() if eff and theirs_settings.get(k) != v},
         "reference_settings": theirs_settings, "photos": rows, "notes": meta.get("notes", []),
+        "refinement": refinement,
     }
     return {
         "benchmark": "ovss-parity", "machine": benchlib.machine("cpu"), "model": model,
@@ -387,6 +572,7 @@ def run_trident(work: Path, args) -> dict:
                       "dino_clone": str(dino_clone), "missing": []},
         "methods": dp.summary({"trident": variant}, {"trident": ("trident",)}, LABELS_BAR),
         "variants": {"trident": variant}, "seconds": round(time.perf_counter() - start, 1),
+        "findings": TRIDENT_FINDINGS,
     }
 
 
@@ -611,6 +797,15 @@ def main(argv: list[str] | None = None) -> None:
                                                     "model [default: --ref's dino folder]")
     ap.add_argument("--methods", default=",".join(VARIANTS), help="the variants to run, comma-separated; or trident "
                     "alone (run_trident)")
+    ap.add_argument("--first", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="--methods trident: photo indices both sides run first (a run stopped early has them)")
+    ap.add_argument("--refine-scales", type=lambda v: [x for x in v.split(",") if x], default=["40", "150", "150:0.5"],
+                    help="--methods trident: the logit scales (SCALE, or SCALE:SAM_IOU_THRESH) at which Trident's "
+                    "post-processing is also compared without and with its SAM refinement (eval.py --sam_refine)")
+    ap.add_argument("--dino-collapse", action="store_true", help="only the pooled mean DINO cosine per photo with "
+                    "timm's pos_embed and the parity's (why --methods trident was NaN), as JSON")
+    ap.add_argument("--keep-ref", action="store_true", help="--methods trident: resume the reference's run in "
+                    "--work (its finished photos kept; the caller vouches they are of the same weights and commit)")
     ap.add_argument("--compare-only", action="store_true", help="--methods trident: compare the photos both sides "
                     "left in --work (a run cut short), run nothing")
     ap.add_argument("--shared-matching", action="store_true",
@@ -642,6 +837,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.dino_collapse:
+        work = args.work or Path(tempfile.mkdtemp(prefix="ovss_parity_"))
+        print(json.dumps(dino_collapse(work, args)))
+        return
     if args.methods == "trident":
         with tempfile.TemporaryDirectory(prefix="ovss_parity_") as tmp:
             work = args.work or Path(tmp)

@@ -47,14 +47,58 @@ def build(args, cfg: dict):
 
     kwargs = {k: v for k, v in cfg["model"].items() if k != "type"}
     kwargs["name_path"] = str((args.clone / kwargs["name_path"]).resolve())
-    kwargs.update(sam_ckpt=str(args.sam_weights.resolve()), sam_refinement=False, device="cpu")
+    # built with sam_refinement=True when refined outputs are asked for (its coarse_thresh, minimal_area and
+    # sam_mask_coff are kept only then); predict() itself runs with sam_refine off, the refinement after it (run)
+    kwargs.update(sam_ckpt=str(args.sam_weights.resolve()), sam_refinement=bool(args.refine_scales), device="cpu")
     mod = importlib.import_module("trident")
     hub = argparse.Namespace(proxy_clone=args.dino_clone, proxy_weights=args.dino_weights)
     with drr.clearclip_weights(args.weights) as create_fp32, torch.no_grad(), drr.proxy_hub(hub), \
             drr.half_is_identity():
         mod.create_model = create_fp32
         seg = mod.Trident(**kwargs)
+    seg.sam_refine = False  # predict() unrefined (inside half_is_identity); refined() turns it on for its calls
     return seg.eval(), kwargs
+
+
+def run_order(n: int, first: list[int]) -> list[int]:
+    """The photos' indices ``0..n-1`` with ``first`` (those below ``n``) moved to the front, in their order."""
+    head = [i for i in first if 0 <= i < n]
+    return head + [i for i in range(n) if i not in head]
+
+
+def variant_key(spec: str) -> str:
+    """``"150"`` -> ``scale_150``; ``"150:0.5"`` (a logit scale and a ``sam_iou_thresh``) -> ``scale_150_iou_0.5``."""
+    scale, _, iou = spec.partition(":")
+    return f"scale_{float(scale):g}" + (f"_iou_{float(iou):g}" if iou else "")
+
+
+def refined(seg, logits, sample, specs: list[str]) -> dict:
+    """Trident's own ``postprocess_result`` on the captured logits for each of ``specs`` (a logit scale, or
+    ``scale:iou`` with its ``sam_iou_thresh`` too), without and with ``sam_refine`` (``seg_utils.utils.sam_refinement``
+    with the predictor still holding this photo's image, as ``predict`` leaves it): ``{variant_key(spec): {"probs",
+    "pred", "refined_probs", "refined_pred"}}``. Outside ``half_is_identity``: ``sam_refinement`` resizes the labels
+    as fp16 (``.half()``), which must stay fp16."""
+    import torch
+
+    out, keep = {}, (seg.logit_scale, seg.sam_refine, seg.sam_iou_thresh)
+    try:
+        for spec in specs:
+            scale, _, iou = spec.partition(":")
+            row = {}
+            for refine in (False, True):
+                seg.logit_scale, seg.sam_refine = float(scale), refine
+                seg.sam_iou_thresh = float(iou) if iou else keep[2]
+                s = drr.Sample(dict(sample.metainfo))
+                s.img_path = sample.img_path
+                with torch.no_grad():
+                    seg.postprocess_result(logits.clone(), [s])
+                tag = "refined_" if refine else ""
+                row[tag + "probs"] = s.data["seg_logits"].data.float()
+                row[tag + "pred"] = s.data["pred_sem_seg"].data
+            out[variant_key(spec)] = row
+    finally:
+        seg.logit_scale, seg.sam_refine, seg.sam_iou_thresh = keep
+    return out
 
 
 def run(args) -> None:
@@ -77,7 +121,14 @@ def run(args) -> None:
         torch.save({"query_features": seg.query_features.float().clone()}, out / "text.pt")
         pre = seg.data_preprocessor.kwargs
         shapes = []
-        for i, path in enumerate(photos):
+        for i in run_order(len(photos), args.first):
+            path = photos[i]
+            done = out / f"photo_{i:03d}.pt"
+            if args.skip_done and done.is_file():  # a run resumed: the photo's record kept as it is
+                old = torch.load(done)
+                shapes.append({"index": i, "file": path.name, "ori_shape": list(old["pred"].shape[-2:]),
+                               "input_shape": list(old["input"].shape[-2:]), "seconds": None})
+                continue
             x, ori = drr.mmseg_input(path, cfg["scale"], pre)
             seen: dict = {}
             post = seg.postprocess_result
@@ -94,9 +145,11 @@ def run(args) -> None:
             with torch.no_grad(), drr.half_is_identity():
                 seg.predict(x, [sample])
             del seg.postprocess_result
-            torch.save({"input": x, "logits": seen["logits"], "probs": sample.data["seg_logits"].data.float(),
-                        "pred": sample.data["pred_sem_seg"].data}, out / f"photo_{i:03d}.pt")
-            shapes.append({"file": path.name, "ori_shape": list(ori), "input_shape": list(x.shape[-2:]),
+            record = {"input": x, "logits": seen["logits"], "probs": sample.data["seg_logits"].data.float(),
+                      "pred": sample.data["pred_sem_seg"].data}
+            record.update(refined(seg, seen["logits"], sample, args.refine_scales))
+            torch.save(record, out / f"photo_{i:03d}.pt")
+            shapes.append({"index": i, "file": path.name, "ori_shape": list(ori), "input_shape": list(x.shape[-2:]),
                            "seconds": round(time.perf_counter() - tic, 1)})
             print(f"trident {path.name}: {shapes[-1]['seconds']} s", file=sys.stderr, flush=True)
     effective = {k: getattr(seg, k) for k in ("logit_scale", "prob_thd", "slide_crop", "slide_stride", "beta",
@@ -121,6 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--first", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="photo indices to run before the others (a long run stopped early has them), comma-separated")
+    ap.add_argument("--skip-done", action="store_true", help="keep the photos already in --out (a run resumed)")
+    ap.add_argument("--refine-scales", type=lambda v: [x for x in v.split(",") if x], default=[],
+                    help="also Trident's post-processing at these logit scales (SCALE or SCALE:SAM_IOU_THRESH), "
+                    "without and with its SAM refinement (eval.py --sam_refine), comma-separated; empty: none")
     run(ap.parse_args(argv))
 
 

@@ -1454,6 +1454,22 @@ def _segment_trident_sam_size(ws: Workspace) -> Iterator[list[object]]:
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-weights", path]
 
 
+@case("segment --dense trident --sam-refine with an encoder-only SAM file (no prompt encoder, no mask decoder)",
+      "sam_encoder.safetensors", "image encoder only", "drop --sam-refine")
+def _segment_trident_refine_encoder_only(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+    from safetensors.torch import save_file
+
+    from vpltool.backbone.sam import SAM_ARCHS, _build
+
+    torch.manual_seed(0)
+    path = ws.root / "sam_encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in _build(SAM_ARCHS["test"]).state_dict().items()}, str(path))
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "test", "--sam-weights", path,
+           "--sam-refine"]
+
+
 @case("segment --dense trident without --sam-weights", "--dense trident needs SAM's image encoder",
       "--sam-weights FILE")
 def _segment_trident_no_sam(ws: Workspace) -> Iterator[list[object]]:

@@ -112,7 +112,8 @@ def dense_mixing_of(cfg: SegmentConfig):
     from .config.dense import CASS_KNOBS, SAM_METHODS, TRIDENT_KNOBS
 
     cass = {k: getattr(cfg, k) for k in CASS_KNOBS if getattr(cfg, k) is not None} if cfg.dense == "cass" else {}
-    sam = ({k: getattr(cfg, k) for k in TRIDENT_KNOBS if getattr(cfg, k) is not None}
+    # the aggregation's knobs; --sam-refine and --coarse-threshold are post-processing (DenseSettings)
+    sam = ({k: getattr(cfg, k) for k in TRIDENT_KNOBS[:3] if getattr(cfg, k) is not None}
            if cfg.dense in SAM_METHODS else {})
     if cfg.attention is None and cfg.residual is None and not cass and not sam:
         return cfg.dense
@@ -163,7 +164,8 @@ def sam_spec(cfg: SegmentConfig):
         raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass --sam-weights FILE (SAM's released "
                        f"checkpoint of --sam-model {cfg.sam_model}, e.g. sam_vit_b_01ec64.pth; none: random weights, "
                        "for tests only)")
-    spec = SamSpec(cfg.sam_model, cfg.sam_weights)
+    # --sam-refine prompts SAM's mask decoder: the file must hold it (one line for an encoder-only file)
+    spec = SamSpec(cfg.sam_model, cfg.sam_weights, prompt=cfg.resolved().sam_refine)
     check_model("sam", spec)
     return spec
 

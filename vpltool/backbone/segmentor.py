@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .. import io
 from ..batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size
+from ..config.dense import SAM_REFINE_FIELDS
 from ..device import autocast
 from ..errors import ContractError
 
@@ -150,26 +151,31 @@ def sam_image(image: np.ndarray, stride: int = 16) -> np.ndarray:
     return image if (th, tw) == (h, w) else cv2.resize(np.ascontiguousarray(image), (tw, th))
 
 
-def sam_attention(sam, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def sam_attention(sam, image: np.ndarray, features: bool = False) -> tuple[torch.Tensor, ...]:
     """SAM's last attention ``[heads, N, N]`` and values ``[heads, h, w, hd]`` of ``image`` (uint8 ``[H, W, 3]``),
-    cut to the ``h x w`` patches the image covers in SAM's padded input (Trident's ``get_sam_feat``)."""
+    cut to the ``h x w`` patches the image covers in SAM's padded input (Trident's ``get_sam_feat``); with
+    ``features`` third the encoder's output ``[1, C, S/16, S/16]`` of the same pass (``--sam-refine``)."""
     sam_pixels, (sh, sw) = sam.prepare(np.ascontiguousarray(image))
-    attn, values = sam.last_attention(sam_pixels)
+    attn, values, *rest = sam.last_attention(sam_pixels, features=features)
     g = sam.img_size // sam.patch_size
     heads = attn.shape[1]
     attn = attn[0].view(heads, g, g, g, g)[:, :sh, :sw, :sh, :sw].reshape(heads, sh * sw, sh * sw)
-    return attn, values[0, :, :sh, :sw]
+    return (attn, values[0, :, :sh, :sw], *rest)
 
 
 def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
-                   stride: int, sam_images: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
+                   stride: int, sam_images: Sequence[np.ndarray | torch.Tensor], sam_features: list | None = None
+                   ) -> list[torch.Tensor]:
     """Trident's ``get_trident_seg`` per image of a batch: per image ``[Q, H0, W0]`` float32 cosine logits.
 
     The input is made a patch multiple (:func:`trident_input`), cut into mmseg's windows (no padding), the windows'
     proxy-attention outputs spliced and aggregated by SAM on SAM's grid
     (:meth:`~vpltool.backbone.ClipBackbone.trident_features`): SAM sees ``sam_images[i]`` (:func:`sam_image` of the
     photo, uint8 ``[h, w, 3]``), its attention and values cut to the patches the image covers; the cosine with each
-    text row on that grid is resized bilinearly to the photo.
+    text row on that grid is resized bilinearly to the photo. ``sam_features`` (a list: ``--sam-refine``) receives
+    per image SAM's encoding of the image it saw and that image's ``(h, w)``
+    (:func:`~vpltool.backbone.sam_refine.refine`'s ``features`` and ``sam_size``): of the same pass, or with the
+    halves of the whole image, a pass of its own (as Trident's ``set_image(tmp_img)`` there).
     """
     sam, p = bb.sam, bb.patch_size
     if sam is None:
@@ -191,9 +197,13 @@ def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence
             seen = [sam_attention(sam, image[:, :half]), sam_attention(sam, image[:, half:])]
             attn, values = [a for a, _ in seen], [v for _, v in seen]
             sh, sw = values[0].shape[1], values[0].shape[2] + values[1].shape[2]
+            if sam_features is not None:
+                sam_features.append((sam.features(sam.prepare(np.ascontiguousarray(image))[0]), image.shape[:2]))
         else:
-            attn, values = sam_attention(sam, image)
+            attn, values, *encoded = sam_attention(sam, image, features=sam_features is not None)
             sh, sw = values.shape[1:3]
+            if sam_features is not None:
+                sam_features.append((encoded[0], image.shape[:2]))
         feats = bb.trident_features(windows, [(y0 // p, x0 // p, y1 // p, x1 // p) for y0, y1, x0, x1 in boxes],
                                     (height // p, width // p), attn, values).float()
         feats = feats / feats.norm(dim=-1, keepdim=True)
@@ -204,7 +214,7 @@ def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence
 
 def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
                  stride: int, pad: bool = False, whole: str = "input", pad_multiple: int = 0,
-                 sam_images: Sequence | None = None) -> list[torch.Tensor]:
+                 sam_images: Sequence | None = None, sam_features: list | None = None) -> list[torch.Tensor]:
     """Slide inference of a batch: per image ``[Q, H0, W0]`` float32 cosine logits at its own size.
 
     Args:
@@ -220,12 +230,12 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
             ``forward_feature(img, ori_shape)``).
 
     All windows of a batch have one size, so they run as one forward; nothing waits for the device. Trident
-    (``mixing.splice``) runs :func:`trident_logits` with ``sam_images``.
+    (``mixing.splice``) runs :func:`trident_logits` with ``sam_images`` (and ``sam_features``).
     """
     if getattr(bb.mixing, "splice", None) is not None:
         if sam_images is None:
             raise ContractError("--dense trident: the segmentor was given no SAM input images")
-        return trident_logits(bb, pixels, text, sizes, crop, stride, sam_images)
+        return trident_logits(bb, pixels, text, sizes, crop, stride, sam_images, sam_features)
     b, _, height, width = pixels.shape
     if crop <= 0:
         if whole == "direct":
@@ -360,13 +370,13 @@ def query_rows(bb, classes: Sequence[Sequence[str]], templates: Sequence[str], b
 
 
 def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: Sequence[tuple[int, int]],
-                   sam_images: Sequence | None = None) -> list[torch.Tensor]:
+                   sam_images: Sequence | None = None, sam_features: list | None = None) -> list[torch.Tensor]:
     """:func:`dense_logits` with a method's :class:`~vpltool.config.DenseSettings`, then its PAMR (when
     ``pamr_steps``) guided by each image's input resized back to it. Per image ``[Q, H0, W0]`` float32.
-    ``sam_images``: Trident's SAM inputs (:func:`sam_image`)."""
+    ``sam_images``: Trident's SAM inputs (:func:`sam_image`); ``sam_features``: :func:`trident_logits`'s."""
     logits = dense_logits(bb, pixels, text, sizes, settings.slide_crop, settings.slide_stride,
                           pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple,
-                          sam_images=sam_images)
+                          sam_images=sam_images, sam_features=sam_features)
     if not settings.pamr_steps:
         return logits
     return [pamr(guide_image(pixels[i], size), lg[None], settings.pamr_steps, settings.pamr_dilations)[0]
@@ -377,21 +387,39 @@ def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes
 def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
                  n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
                  sam_images: Sequence | None = None) -> list[torch.Tensor]:
-    """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (nothing waits for it)."""
+    """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (nothing waits for it unless
+    ``settings.sam_refine``: Trident's SAM prompt refinement, :func:`refined_labels`)."""
+    refine = bool(getattr(settings, "sam_refine", False))
+    encoded: list | None = [] if refine else None
     with torch.no_grad(), autocast(bb.device, dtype):
-        logits = segment_logits(bb, pixels, text, settings, sizes, sam_images)
+        logits = segment_logits(bb, pixels, text, settings, sizes, sam_images, encoded)
     masks = []
-    for lg in logits:
-        _, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
-                                        settings.prob_threshold, settings.area_threshold)
+    for i, lg in enumerate(logits):
+        probs, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
+                                            settings.prob_threshold, settings.area_threshold)
+        if refine:
+            labels = refined_labels(bb.sam, probs, labels, *encoded[i], settings)[1]
         masks.append(labels.to(torch.uint8))
     return masks
 
 
+def refined_labels(sam, probs: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
+                   sam_size: tuple[int, int], settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trident's ``--sam-refine`` on one image (:func:`~vpltool.backbone.sam_refine.refine` with ``settings``'s
+    thresholds), in float32: ``[C, H0, W0]`` probabilities and ``[H0, W0]`` labels -> refined scores, labels."""
+    from .sam_refine import refine
+
+    with torch.no_grad(), torch.autocast(probs.device.type, enabled=False):
+        return refine(probs.float(), labels, sam, features.float(), tuple(sam_size), settings.coarse_threshold,
+                      settings.minimal_area, settings.sam_iou_threshold, settings.sam_mask_coeff)
+
+
 def settings_params(settings) -> dict:
     """A :class:`~vpltool.config.DenseSettings` as recorded (JSON: tuples as lists, so a resume compares equal)."""
+    refine = getattr(settings, "sam_refine", False)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()
-            if not (k == "pad_multiple" and not v)}  # 0 (the patch size) is recorded as before the field existed
+            if not (k == "pad_multiple" and not v)  # 0 (the patch size) is recorded as before the field existed
+            and not (k in SAM_REFINE_FIELDS and not refine)}  # likewise the refinement's, when it is off
 
 
 def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset, classes: list[str], shard,

@@ -14,6 +14,7 @@ from .common import (
     BatchSize,
     ClassFileOpt,
     ClusterCutOpt,
+    CoarseThresholdOpt,
     CosFacOpt,
     Device,
     GlobalWeightOpt,
@@ -26,6 +27,7 @@ from .common import (
     RefineNegCosOpt,
     ResidualOpt,
     SamHalvesOpt,
+    SamRefineOpt,
     SamWeightsOpt,
     Shard,
     ShiftWeightOpt,
@@ -82,6 +84,8 @@ def benchmark_cmd(
     cos_fac: CosFacOpt = None,
     refine_neg_cos: RefineNegCosOpt = None,
     sam_halves: SamHalvesOpt = None,
+    sam_refine: SamRefineOpt = None,
+    coarse_threshold: CoarseThresholdOpt = None,
     proxy_model: ProxyModelOpt = None,
     proxy_weights: Annotated[Optional[str], typer.Option(
         "--proxy-weights", help="The proxy model's weights: hub (timm's local cache) | a local file | none (random, "
@@ -135,7 +139,8 @@ def benchmark_cmd(
                  "pamr_steps": pamr_steps, "class_file": class_file, "attention": attention, "residual": residual,
                  "global_weight": global_weight, "shift_weight": shift_weight, "cluster_cut": cluster_cut,
                  "stretch": stretch, "window_global": window_global, "cos_fac": cos_fac,
-                 "refine_neg_cos": refine_neg_cos, "sam_halves": sam_halves, "proxy_model": proxy_model,
+                 "refine_neg_cos": refine_neg_cos, "sam_halves": sam_halves, "sam_refine": sam_refine,
+                 "coarse_threshold": coarse_threshold, "proxy_model": proxy_model,
                  "proxy_weights": proxy_weights,
                  "sam_weights": sam_weights}
     methods = [m.strip() for m in method.split(",") if m.strip()]

@@ -622,6 +622,14 @@ RefineNegCosOpt = Annotated[Optional[bool], typer.Option(
 SamHalvesOpt = Annotated[Optional[bool], typer.Option(
     "--sam-halves/--sam-whole", help="--dense trident: SAM sees the photo's left and right halves apart, each half "
     "of the spliced map aggregated by its own (its Cityscapes) [default: whole].", show_default=False)]
+SamRefineOpt = Annotated[Optional[bool], typer.Option(
+    "--sam-refine/--no-sam-refine", help="--dense trident: its SAM prompt refinement (eval.py --sam_refine, which its "
+    "published figures use): each coarse region prompts SAM's mask decoder with a point, a box and its scores, and "
+    "confident masks relabel it; needs SAM's whole checkpoint in --sam-weights [default: off for segment; on in "
+    "benchmark's trident presets].", show_default=False)]
+CoarseThresholdOpt = Annotated[Optional[float], typer.Option(
+    "--coarse-threshold", help="--sam-refine: pixels and classes below this probability prompt nothing (its "
+    "coarse_thresh) [default: 0.2, cfg_voc21.py; benchmark: each preset's].", show_default=False)]
 WindowGlobalOpt = Annotated[Optional[bool], typer.Option(
     "--window-global/--input-global", help="--dense cass: each window's own image embedding (its Cityscapes) or the "
     "whole input's [default: input-global].", show_default=False)]

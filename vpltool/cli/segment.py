@@ -14,6 +14,7 @@ from .common import (
     AttentionOpt,
     ClassFileOpt,
     ClusterCutOpt,
+    CoarseThresholdOpt,
     CosFacOpt,
     DenseOpt,
     GlobalWeightOpt,
@@ -28,6 +29,7 @@ from .common import (
     ResidualOpt,
     SamHalvesOpt,
     SamModelOpt,
+    SamRefineOpt,
     SamWeightsOpt,
     Shard,
     ShiftWeightOpt,
@@ -98,6 +100,8 @@ def segment_cmd(
     cos_fac: CosFacOpt = None,
     refine_neg_cos: RefineNegCosOpt = None,
     sam_halves: SamHalvesOpt = None,
+    sam_refine: SamRefineOpt = None,
+    coarse_threshold: CoarseThresholdOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     pgseg: Annotated[Optional[Path], typer.Option(help="Segment with this PGSeg / GroupViT checkpoint instead (a "
@@ -155,7 +159,8 @@ def segment_cmd(
                         attention=attention, residual=residual, proxy_model=proxy_model, proxy_weights=proxy_weights,
                         global_weight=global_weight, shift_weight=shift_weight, cluster_cut=cluster_cut,
                         stretch=stretch, window_global=window_global, sam_model=sam_model, sam_weights=sam_weights,
-                        cos_fac=cos_fac, refine_neg_cos=refine_neg_cos, sam_halves=sam_halves)
+                        cos_fac=cos_fac, refine_neg_cos=refine_neg_cos, sam_halves=sam_halves,
+                        sam_refine=sam_refine, coarse_threshold=coarse_threshold)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

@@ -149,9 +149,11 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
     "trident": MethodPresets(
         "YuHengsss/Trident@a93b346",
         {"dense": "trident", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 224,
-         "pamr_steps": 0, "area_threshold": 0.0, "cos_fac": 1.2, "refine_neg_cos": True, "sam_halves": False},
-        "configs/base_config.py (slide_stride=224, slide_crop=336, cos_fac=1.2, refine_neg_cos=True) over "
-        "trident.py:29-33",
+         "pamr_steps": 0, "area_threshold": 0.0, "cos_fac": 1.2, "refine_neg_cos": True, "sam_halves": False,
+         "sam_refine": True, "coarse_threshold": 0.2},
+        "configs/base_config.py (slide_stride=224, slide_crop=336, cos_fac=1.2, refine_neg_cos=True, "
+        "coarse_thresh=0.2) over trident.py:29-33; sam_refine: dist_test.sh:3 (eval.py --sam_refine, its "
+        "published figures)",
         _per(_merge(_short({b: 15 for b in BENCHMARK_NAMES} | {"voc21": 16, "context60": 16, "coco-object": 16,
                             "voc20": 17, "cityscapes": 18, "ade20k": 16},
                            {"voc21": 448, "context60": 576, "coco-object": 448, "voc20": 336, "context59": 576,
@@ -160,14 +162,13 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
                      "coco-object": {"prob_threshold": (0.25, 7)},
                      "voc20": {"slide_stride": (112, 7), "cos_fac": (0.0, 8)},
                      "cityscapes": {"sam_halves": (True, 6), "cos_fac": (3.0, 7), "refine_neg_cos": (False, 8)},
-                     "ade20k": {"refine_neg_cos": (False, 6)}})),
-        None,
-        # the SAM prompt refinement's threshold (eval.py --sam_refine; not run by vpltool): recorded, not applied
-        {"voc21": {"coarse_thresh": 0.2}, "context60": {"coarse_thresh": 0.15},
-         "coco-object": {"coarse_thresh": 0.25}, "voc20": {"coarse_thresh": 0.2},
-         "cityscapes": {"coarse_thresh": 0.10},
-         "context59": {"coarse_thresh": 0.15}, "ade20k": {"coarse_thresh": 0.05},
-         "coco-stuff": {"coarse_thresh": 0.05}}),
+                     "ade20k": {"refine_neg_cos": (False, 6)}},
+                    # the SAM prompt refinement's coarse_thresh (--sam-refine, on: dist_test.sh)
+                    {"voc21": {"coarse_threshold": (0.2, 7)}, "context60": {"coarse_threshold": (0.15, 7)},
+                     "coco-object": {"coarse_threshold": (0.25, 6)}, "voc20": {"coarse_threshold": (0.2, 6)},
+                     "context59": {"coarse_threshold": (0.15, 6)}, "coco-stuff": {"coarse_threshold": (0.05, 6)},
+                     "cityscapes": {"coarse_threshold": (0.10, 9)}, "ade20k": {"coarse_threshold": (0.05, 7)}})),
+        None),
 }
 # MaskCLIP as ClearCLIP's harness runs it (model_type 'MaskCLIP', ignore_residual False): ClearCLIP's settings
 BENCHMARK_PRESETS["maskclip"] = MethodPresets(

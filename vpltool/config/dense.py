@@ -16,7 +16,8 @@ DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", 
 PROXY_METHODS = ("proxyclip", "cass", "trident")  # methods whose last block takes a proxy vision model
 SAM_METHODS = ("trident",)  # methods that also take SAM's image encoder (--sam-model, --sam-weights)
 CASS_KNOBS = ("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")  # SegmentConfig fields
-TRIDENT_KNOBS = ("cos_fac", "refine_neg_cos", "sam_halves")  # SegmentConfig fields: Trident's SAM aggregation
+# SegmentConfig fields: Trident's SAM aggregation and its SAM prompt refinement
+TRIDENT_KNOBS = ("cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold")
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
 # each proxy method's own (--proxy-model left out): Trident loads torch.hub's dino_vitb16
 PROXY_MODELS = {"proxyclip": DEFAULT_PROXY_MODEL, "cass": DEFAULT_PROXY_MODEL, "trident": "vit_base_patch16_224.dino"}
@@ -41,6 +42,16 @@ class DenseSettings:
     pamr_steps: int = 0  # PAMR propagation steps (0 = off)
     pamr_dilations: tuple[int, ...] = (8, 16)
     pad_multiple: int = 0  # crop_mode pad: windows zero-padded to a multiple of this (0 = the patch size)
+    # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.backbone.sam_refine), off by default as
+    # eval.py; thresholds of configs/base_config.py + cfg_voc21.py and trident.py's sam_mask_coff default
+    sam_refine: bool = False
+    coarse_threshold: float = 0.2  # coarse_thresh: a pixel below it prompts nothing; a class below it is not refined
+    minimal_area: int = 225  # minimal_area: a region's least size in half-resolution pixels
+    sam_iou_threshold: float = 0.8  # sam_iou_thresh: a SAM mask is kept when its predicted IoU exceeds it
+    sam_mask_coeff: float = 0.005  # sam_mask_coff: the mask prompt's scale
+
+
+SAM_REFINE_FIELDS = ("sam_refine", "coarse_threshold", "minimal_area", "sam_iou_threshold", "sam_mask_coeff")
 
 
 # ClearCLIP's harness (clearclip_segmentor.py, cfg_voc21.py) runs vanilla CLIP (model_type 'vanilla', our `none`) and
@@ -131,6 +142,8 @@ class SegmentConfig:
     cos_fac: float | None = None  # pairs kept where SAM's value cosine > cos_fac x the row's mean
     refine_neg_cos: bool | None = None  # a negative threshold kept (True) or replaced by 0.6 (False)
     sam_halves: bool | None = None  # SAM on the photo's left and right halves apart (its Cityscapes)
+    sam_refine: bool | None = None  # Trident's SAM prompt refinement (eval.py --sam_refine)
+    coarse_threshold: float | None = None  # its coarse_thresh (None = DenseSettings')
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
@@ -144,7 +157,8 @@ class SegmentConfig:
         # CLIP's own is 100 (learned, clamped there); beyond MAX_LOGIT_SCALE softmax is an argmax already, and the
         # product overflows float16 (65504) under --precision fp16 and float32 at ~3e38 (all-background masks)
         positive("--logit-scale", self.logit_scale, allow_none=True, upper=MAX_LOGIT_SCALE)
-        for option, value in (("--prob-threshold", self.prob_threshold), ("--area-threshold", self.area_threshold)):
+        for option, value in (("--prob-threshold", self.prob_threshold), ("--area-threshold", self.area_threshold),
+                              ("--coarse-threshold", self.coarse_threshold)):
             if value is not None:
                 fraction(option, value)
         at_least("--short-side", self.short_side, 16, allow_none=True, why=" pixels")
