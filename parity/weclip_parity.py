@@ -111,6 +111,8 @@ def write_annotation(path: Path, size: tuple[int, int], labels: list[str]) -> No
                     "</annotation>\n")
 
 
+PLUS_BATCH_SEED = 0  # weclip+'s fixed batch (the runner's --batch-seed): probe_batches chooses it
+
 DINO_TIMM, DINO_HUB = "vit_small_patch14_dinov2.lvd142m", "dinov2_vits14"  # WeCLIP+'s voc config: dinov2_vits14
 
 
@@ -221,7 +223,8 @@ def run_reference(clone: Path, work: Path, pt: Path, voc: Path, args, plus: tupl
            str(pt), "--voc", str(voc), "--out", str(out), "--crops", str(args.crops), "--steps", str(args.steps),
            "--images", str(args.images), "--threads", str(args.threads)]
     if plus:
-        cmd += ["--tree", "WeCLIP+", "--dino-repo", str(plus[0]), "--dino-weights", str(plus[1])]
+        cmd += ["--tree", "WeCLIP+", "--dino-repo", str(plus[0]), "--dino-weights", str(plus[1]),
+                "--batch-seed", str(args.plus_batch_seed)]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore",
            "CUDA_VISIBLE_DEVICES": ""}
     start = time.perf_counter()
@@ -660,6 +663,112 @@ def probe_weights(work: Path, ref: Path, voc: Path, settings: list[tuple[float, 
     return rows
 
 
+def par_margins(fp32, fp64) -> dict:
+    """How far a crop's labels are from a tie: PAR's outputs ``[1 + K, S, S]`` in float32 and float64 (the same
+    inputs). Per pixel, the float64 top-2 margin ``m`` (its two leading classes) and the float32 rounding of that
+    margin ``r`` = |the same two classes' difference in float32 - ``m``|: a second fp32 code's labels can differ
+    only where ``m`` is within its rounding. Returns ``margin_min`` (the smallest ``m``, and ``margin_at`` where),
+    ``rounding_max`` (the largest ``r`` anywhere), ``ratio_min`` (the smallest ``m / r`` over pixels with ``r`` > 0:
+    how many times its own rounding the closest pixel is from flipping) and ``pixels_ratio_under_10`` /
+    ``_100``."""
+    import torch
+
+    if len(fp64) < 2:  # one map: no second class to tie with
+        return {"margin_min": None, "margin_at": None, "rounding_max": 0.0, "ratio_min": None,
+                "pixels_ratio_under_10": 0, "pixels_ratio_under_100": 0}
+    top = torch.topk(fp64.double(), 2, dim=0)
+    margin = top.values[0] - top.values[1]  # [S, S]
+    a, b = (fp32.double().gather(0, top.indices[i][None])[0] for i in (0, 1))
+    rounding = ((a - b) - margin).abs()
+    ratio = margin / rounding.clamp_min(1e-300)
+    ratio = torch.where(rounding > 0, ratio, torch.full_like(ratio, float("inf")))
+    flat, worst_ratio = int(margin.argmin()), int(ratio.argmin())
+    width = margin.shape[1]
+    return {"margin_min": float(margin.min()), "margin_at": [flat // width, flat % width],
+            "rounding_max": float(rounding.max()), "ratio_min": float(ratio.min()),
+            "ratio_min_at": [worst_ratio // width, worst_ratio % width],
+            "margin_at_ratio_min": float(margin.flatten()[worst_ratio]),
+            "pixels_ratio_under_10": int((ratio < 10).sum()), "pixels_ratio_under_100": int((ratio < 100).sum())}
+
+
+def probe_batches(vt: Vpltool, ref: Path, voc: Path, batches: list[Path]) -> list[dict]:
+    """WeCLIP+'s first training step on vpltool's side alone, per candidate fixed batch (the runner's ``--parts
+    batch --batch-seed S`` files; the decoder ``ref``'s ``init.pt``, seed 0): how close its online pseudo labels
+    are to a tie, before any reference run. Per crop, from one fp32 frozen pass, DINO and decoder forward (the
+    guide and RFM affinity of iteration 0, as ``online_step`` draws them) and GradCAM: the propagated CAMs, crop
+    scores and PAR in float32 and in float64 (``compare_noise``'s order A); ``margin_min``: the smallest top-2 margin
+    of PAR's output over the crop's pixels and its ratio to the fp32 rounding of that margin pixel by pixel
+    (:func:`par_margins`), ``par_fp32_vs_fp64``: max |Δ| of PAR's output between the two precisions, the labels'
+    share equal, and the
+    first step's gradients given the fp32 labels against the float64 labels (:func:`noise_gradients`'s
+    ``fp32_vs_fp64_A``). A batch is well conditioned when every pixel's margin is far above its own fp32 rounding
+    (``ratio_min``: no label is near a flip between two fp32 codes) and the gradient difference far below the 1e-5
+    bar."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from vpltool.affinity import affinity
+    from vpltool.kernels import minmax
+    from vpltool.train_decoder.online import decoder_affinity, frozen_online, par, propagation_attention
+
+    cfg, init = vt.cfg, load_pt(ref / "init.pt")
+    model = vt.decoder(init["decoder"])
+    rows = []
+    for path in batches:
+        t0 = time.perf_counter()
+        batch = load_pt(path)
+        inputs = batch["inputs"].float()
+        labels = [[int(c) for c in np.unique(np.asarray(Image.open(voc / "SegmentationClassAug" / f"{n}.png")))
+                   if 0 < c < 255] for n in batch["names"]]
+        frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
+                               cam_input_back=cfg.cam_input_back)
+        with torch.no_grad():
+            fused, seg_clip, seg_dino = model.forward_plus(frozen.feats, vt.dino_tokens(inputs))
+            guide = F.softmax(0.5 * seg_dino.float() + 0.5 * seg_clip.float(), dim=1)
+            seg_aff = decoder_affinity(fused)  # WeCLIP+ refines from iteration 0 on
+        with torch.enable_grad():
+            cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
+                                      layer="input")
+        crops, crop_labels = [], {torch.float32: [], torch.float64: []}
+        for b in range(len(labels)):
+            attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
+            maps = cam.image_maps(b).float() * guide[b, labels[b]]
+            got = {}
+            for dtype in (torch.float32, torch.float64):
+                trans = affinity(propagation_attention(attention.to(dtype), seg_aff[b], cfg.cam_blocks,
+                                                       cfg.rfm_blocks), exact=True)
+                m = maps.to(dtype).flatten(1)
+                refined = torch.stack([trans @ m[i] for i in range(len(m))]).view(maps.shape)
+                up = F.interpolate(minmax(refined)[None], size=inputs.shape[-2:], mode="bilinear",
+                                   align_corners=False)[0]
+                scores = torch.cat([1 - up.amax(0, keepdim=True), up])
+                with torch.no_grad():
+                    got[dtype] = par(inputs[b][None].to(dtype), scores[None], iters=cfg.par_iters)[0]
+                crop_labels[dtype].append(torch.tensor([0, *labels[b]])[got[dtype].argmax(0)])
+            crops.append({"classes": labels[b], **par_margins(got[torch.float32], got[torch.float64]),
+                          "par_fp32_vs_fp64": max_diff(got[torch.float32], got[torch.float64]),
+                          "labels_equal_fp32_vs_fp64": share_equal(crop_labels[torch.float32][-1],
+                                                                   crop_labels[torch.float64][-1])})
+        vt.weclip_names = list(init["decoder"])
+        grads = noise_gradients(vt, ref, frozen, inputs, {(torch.float32, "A"): torch.stack(crop_labels[
+            torch.float32]), (torch.float32, "B"): torch.stack(crop_labels[torch.float32]),
+            (torch.float64, "A"): torch.stack(crop_labels[torch.float64])})
+        ratios = [c["ratio_min"] for c in crops if c["ratio_min"] is not None]
+        rows.append({"batch": str(path), "batch_seed": batch.get("batch_seed"), "names": list(map(str, batch["names"])),
+                     "crops": crops, "margin_min": worst((c["margin_min"] for c in crops if c["margin_min"] is not None), "min"),
+                     "rounding_max": max(c["rounding_max"] for c in crops),
+                     "ratio_min": min(ratios) if ratios else None,
+                     "pixels_ratio_under_10": sum(c["pixels_ratio_under_10"] for c in crops),
+                     "pixels_ratio_under_100": sum(c["pixels_ratio_under_100"] for c in crops),
+                     "grads_fp32_vs_fp64_labels": grads["fp32_vs_fp64_A"],
+                     "labels_equal_fp32_vs_fp64": grads["labels_equal_fp32_vs_fp64_A"],
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def compare_decoder(vt: Vpltool, ref: Path) -> dict:
     """The decoder's logits and affinity on WeCLIP's own frozen features (blocks 0-10 of the fixed batch)."""
     import torch
@@ -809,7 +918,8 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None
     from vpltool.predict import crf_config
 
     test_dir = test_dir or ref / "test"
-    init = load_pt(ref / "init.pt")
+    own = test_dir.parent / "init.pt"  # the test run's own initial decoder (a run apart: the same seed, the same)
+    init = load_pt(own if own.is_file() else ref / "init.pt")
     model = vt.decoder(init["decoder"])
     forward = decoder_forward(vt.bb, model, vt.blocks, torch.float32)
     crf = crf_config(PredictConfig())
@@ -976,6 +1086,11 @@ def main(argv: list[str] | None = None) -> None:
                          "init")
     ap.add_argument("--probe-qk", help="GAIN:SPREAD,... : vpltool's side alone on those weights (probe_weights: "
                                        "--ref-out's batch.pt and init.pt); prints a JSON list, runs no reference")
+    ap.add_argument("--plus-batch-seed", type=int, default=PLUS_BATCH_SEED,
+                    help="weclip+: the runner's --batch-seed (its fixed batch's augmentation; probe_batches chose it)")
+    ap.add_argument("--probe-batch", type=Path, nargs="+", help="weclip+: vpltool's side alone on these candidate "
+                    "batch.pt files (the runner's --parts batch; probe_batches; --ref-plus-out's init.pt): prints a "
+                    "JSON list, runs no reference")
     ap.add_argument("--probe-json", type=Path, help="a --probe-qk output: recorded under weights.probe")
     ap.add_argument("--previous", type=Path, help="a whole earlier result on other weights (the seed-0 init): kept "
                                                   "under seed0_init, its figures and findings as they were")
@@ -985,6 +1100,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dino-repo", type=Path, help="weclip+: a local facebookresearch/dinov2 clone (WeCLIP+ "
                                                    "hub-loads dinov2_vits14 from it)")
     ap.add_argument("--dino-commit", help="the dinov2 clone's commit, when it is an exported tree without .git")
+    ap.add_argument("--ref-plus-test", type=Path, help="the WeCLIP+ runner's test/ folder, when it ran apart")
     ap.add_argument("--ref-plus-out", type=Path, help="a finished WeCLIP+ runner output folder (not run again)")
     args = ap.parse_args(argv)
     work = args.work or Path("/tmp/weclip_parity")
@@ -994,6 +1110,12 @@ def main(argv: list[str] | None = None) -> None:
         settings = [tuple(float(v) for v in one.split(":")) for one in args.probe_qk.split(",")]
         print(json.dumps({"probe": probe_weights(work, args.ref_out, voc, settings), "ref_out": str(args.ref_out),
                           "machine": benchlib.machine("cpu")}, indent=1))
+        return
+    if args.probe_batch:
+        dino_st, _ = make_dino_weights(work)
+        vt = Vpltool(st, load_pt(args.ref_plus_out / "init.pt"), recipe="weclip+", dino_weights=dino_st)
+        print(json.dumps({"probe_batch": probe_batches(vt, args.ref_plus_out, voc, args.probe_batch),
+                          "ref_out": str(args.ref_plus_out), "machine": benchlib.machine("cpu")}, indent=1))
         return
     if args.setup_only:
         print(json.dumps({"weights": str(pt), "voc": str(voc), "machine": benchlib.machine("cpu")}))
@@ -1044,7 +1166,7 @@ def main(argv: list[str] | None = None) -> None:
             dino["commit"] = dino.get("commit") or args.dino_commit  # an exported tree: --dino-commit names it
         reference["weclip+"] = plus_ref
         vt = Vpltool(st, load_pt(ref / "init.pt"), recipe="weclip+", dino_weights=dino_st)
-        recipes["weclip+"] = compare_all(vt, ref, voc, None, args.parts.split(","))
+        recipes["weclip+"] = compare_all(vt, ref, voc, args.ref_plus_test, args.parts.split(","))
         if old and "weclip+" in old["recipes"]:  # the parts not re-run keep their figures from the earlier result
             keep(old["recipes"]["weclip+"], recipes["weclip+"], args.parts.split(","))
     elif old and "weclip+" in old["recipes"]:  # not re-run: the earlier result whole, its reference with it
