@@ -757,7 +757,8 @@ def probe_batches(vt: Vpltool, ref: Path, voc: Path, batches: list[Path]) -> lis
             (torch.float64, "A"): torch.stack(crop_labels[torch.float64])})
         ratios = [c["ratio_min"] for c in crops if c["ratio_min"] is not None]
         rows.append({"batch": str(path), "batch_seed": batch.get("batch_seed"), "names": list(map(str, batch["names"])),
-                     "crops": crops, "margin_min": worst((c["margin_min"] for c in crops if c["margin_min"] is not None), "min"),
+                     "crops": crops, "margin_min": worst((c["margin_min"] for c in crops
+                                                         if c["margin_min"] is not None), "min"),
                      "rounding_max": max(c["rounding_max"] for c in crops),
                      "ratio_min": min(ratios) if ratios else None,
                      "pixels_ratio_under_10": sum(c["pixels_ratio_under_10"] for c in crops),
