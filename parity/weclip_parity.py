@@ -1101,6 +1101,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dino-repo", type=Path, help="weclip+: a local facebookresearch/dinov2 clone (WeCLIP+ "
                                                    "hub-loads dinov2_vits14 from it)")
     ap.add_argument("--dino-commit", help="the dinov2 clone's commit, when it is an exported tree without .git")
+    ap.add_argument("--tied-plus", type=Path, help="weclip+: an earlier result whose WeCLIP+ run is kept whole under "
+                    "weclip_plus_tied (this run's reference is its own)")
+    ap.add_argument("--probe-batch-json", type=Path, help="a --probe-batch output: recorded under weights.plus_batch")
     ap.add_argument("--ref-plus-test", type=Path, help="the WeCLIP+ runner's test/ folder, when it ran apart")
     ap.add_argument("--ref-plus-out", type=Path, help="a finished WeCLIP+ runner output folder (not run again)")
     args = ap.parse_args(argv)
@@ -1160,7 +1163,14 @@ def main(argv: list[str] | None = None) -> None:
             plus_ref.update(info)
         plus_ref["runner_meta"] = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() \
             else None
-        if old and "weclip+" in old["reference"]:  # the earlier run's reference stays, this run's parts beside it
+        if args.ref_plus_test:  # a test run apart (one or several: their own runner metas)
+            plus_ref["test_runs"] = test_runs(args.ref_plus_test)
+        if args.tied_plus:  # a new WeCLIP+ run: its own reference record (the tied run's is kept beside it)
+            plus_ref["batch_seed"] = (plus_ref.get("runner_meta") or {}).get("batch_seed")
+            if old and "weclip+" in old["reference"] and "test_runs" in old["reference"]["weclip+"] \
+                    and "test_runs" not in plus_ref:
+                plus_ref["test_runs"] = old["reference"]["weclip+"]["test_runs"]
+        elif old and "weclip+" in old["reference"]:  # the earlier run's reference stays, this run's parts beside it
             plus_ref = {**old["reference"]["weclip+"], "rerun": {"parts": args.parts,
                                                                  "runner_meta": plus_ref["runner_meta"]}}
             dino = plus_ref.get("dino", {})
@@ -1189,10 +1199,40 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "weclip-parity", "quick": args.quick, "machine": benchlib.machine("cpu"),
         "model": "ViT-B-16-quickgelu", "weights": weights_record(args, old), "precision": "fp32",
         "device": "cpu", "threads": args.threads, "crops": args.crops, "steps": args.steps, "photos": args.images,
+        "crops_plus": ((reference.get("weclip+") or {}).get("runner_meta") or {}).get("crops"),
         "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
         "test_photos": len(recipes["weclip"]["details"].get("test", {}).get("images", [])),
         "test_photos_plus": len(recipes["weclip+"]["details"].get("test", {}).get("images", [])),
-        "all_met": met, "recipes": recipes, "seconds": rerun["seconds"], **kept, **previous(args)}, indent=1))
+        "all_met": met, "recipes": recipes, "seconds": rerun["seconds"], **kept, **previous(args),
+        **tied_plus(args, old)}, indent=1))
+
+
+def test_runs(test_dir: Path) -> list[dict]:
+    """The runner metas of the test runs whose outputs ``test_dir`` holds (a folder of links to several runs'
+    ``logit``/``prediction`` files, each run's ``meta.json`` beside its ``test/``), with their photos."""
+    runs: dict[Path, list[str]] = {}
+    for f in sorted((test_dir / "logit").glob("*.npy")):
+        runs.setdefault(f.resolve().parent.parent.parent, []).append(f.stem)
+    return [{"photos": names, "runner_meta": json.loads((run / "meta.json").read_text())
+             if (run / "meta.json").is_file() else None} for run, names in runs.items()]
+
+
+def tied_plus(args, old: dict | None) -> dict:
+    """``{"weclip_plus_tied": ...}``: the WeCLIP+ result of ``--tied-plus`` (the run on batch seed 0, whose one
+    pixel at a tie moved grads_online past its bar: probe_batches), kept whole beside the new run; or the one the
+    ``--update`` result already kept."""
+    if args.tied_plus:
+        tied = json.loads(args.tied_plus.read_text())
+        if "weclip_plus_tied" in tied:
+            return {"weclip_plus_tied": tied["weclip_plus_tied"]}
+        return {"weclip_plus_tied": {
+            "label": "the WeCLIP+ run on the fixed batch of --batch-seed 0 (2 crops, the test script on 2 photos): "
+                     "one pixel of crop 1 at a tie (probe_batches: top-2 margin 9.5e-7, 4.1 times its own fp32 "
+                     "rounding) moved the first step's gradients past their bar; kept as it was",
+            "crops": tied.get("crops_plus", 2), "test_photos": tied.get("test_photos_plus"),
+            "all_met": tied["all_met"].get("weclip+"), "reference": tied["reference"].get("weclip+"),
+            "recipe": tied["recipes"]["weclip+"], "vpltool_commit": tied.get("vpltool_commit")}}
+    return {"weclip_plus_tied": old["weclip_plus_tied"]} if old and "weclip_plus_tied" in old else {}
 
 
 def weights_record(args, old: dict | None = None) -> dict | str:
@@ -1209,7 +1249,33 @@ def weights_record(args, old: dict | None = None) -> dict | str:
                    "range is down to 2.7e-5 and the min-max multiplies fp32 rounding by ~4e4 (seed0_init's "
                    "findings); trained CLIP attends far more sharply. The gain was chosen on vpltool's side alone "
                    "before any reference run (probe: crop scores fp32 vs float64, the floor a second code sits at)",
-            "dino": "random (seed 0, make_dino_weights), as in seed0_init", "probe": probe}
+            "dino": "random (seed 0, make_dino_weights), as in seed0_init", "probe": probe,
+            **plus_batch_record(args, old)}
+
+
+def plus_batch_record(args, old: dict | None) -> dict:
+    """``{"plus_batch": ...}``: which fixed batch WeCLIP+'s run trains on and why, with ``--probe-batch-json``'s rows
+    (per batch seed: the smallest per-pixel margin / rounding ratio, the pixels under 10 and 100 times their
+    rounding, the gradients given fp32 vs float64 labels); else what the ``--update`` result recorded."""
+    if not args.probe_batch_json:
+        kept = ((old or {}).get("weights") or {})
+        return {"plus_batch": kept["plus_batch"]} if isinstance(kept, dict) and "plus_batch" in kept else {}
+    rows = json.loads(args.probe_batch_json.read_text())["probe_batch"]
+    keys = ("batch_seed", "ratio_min", "pixels_ratio_under_10", "pixels_ratio_under_100", "margin_min",
+            "rounding_max", "labels_equal_fp32_vs_fp64", "grads_fp32_vs_fp64_labels")
+    return {"plus_batch": {
+        "batch_seed": args.plus_batch_seed, "crops": args.crops,
+        "why": "WeCLIP+'s run on batch seed 0 missed grads_online (1.05e-5, bar 1e-5) by one pixel of its crop 1 whose "
+               "pseudo label sits at a tie: PAR's top-2 margin there is 9.5e-7, 4.1 times the fp32 rounding of that "
+               "margin (float32 against float64 PAR, the same inputs), so a second fp32 code flips it. The batch "
+               "seed (the runner's --batch-seed: the augmentation alone; the decoder's init stays seed 0, the test "
+               "script's) was chosen on vpltool's side alone before the reference ran (probe_batches, seeds 0-7 of "
+               "4 crops): the one whose every pixel's margin is the most times its own fp32 rounding (ratio_min), "
+               "with no pixel under 10 times; a bound on the margin against the largest rounding anywhere "
+               "(rounding_max, ~1e-5) is met by no seed (each crop has a class boundary, hence pixels near a tie)",
+        "probe": [{**{k: r.get(k) for k in keys}, "margin_min": min(c["margin_min"] for c in r["crops"]
+                                                                     if c["margin_min"] is not None)}
+                  for r in rows]}}
 
 
 def previous(args) -> dict:
