@@ -111,7 +111,7 @@ def write_annotation(path: Path, size: tuple[int, int], labels: list[str]) -> No
                     "</annotation>\n")
 
 
-PLUS_BATCH_SEED = 0  # weclip+'s fixed batch (the runner's --batch-seed): probe_batches chooses it
+PLUS_BATCH_SEED = 5  # weclip+'s fixed batch (the runner's --batch-seed): probe_batches chooses it
 
 DINO_TIMM, DINO_HUB = "vit_small_patch14_dinov2.lvd142m", "dinov2_vits14"  # WeCLIP+'s voc config: dinov2_vits14
 
@@ -1232,7 +1232,11 @@ def tied_plus(args, old: dict | None) -> dict:
             "crops": tied.get("crops_plus", 2), "test_photos": tied.get("test_photos_plus"),
             "all_met": tied["all_met"].get("weclip+"), "reference": tied["reference"].get("weclip+"),
             "recipe": tied["recipes"]["weclip+"], "vpltool_commit": tied.get("vpltool_commit")}}
-    return {"weclip_plus_tied": old["weclip_plus_tied"]} if old and "weclip_plus_tied" in old else {}
+    for earlier in (old, json.loads(args.previous.read_text()) if getattr(args, "previous", None) and
+                    args.previous.is_file() else None):  # an update, or make parity's --previous: passed on
+        if earlier and "weclip_plus_tied" in earlier:
+            return {"weclip_plus_tied": earlier["weclip_plus_tied"]}
+    return {}
 
 
 def weights_record(args, old: dict | None = None) -> dict | str:
