@@ -122,6 +122,11 @@ def test_committed_result_agrees_with_its_bars():
         check_result(one)
     if "seed0_init" in result:  # the new weights are the sharpened ones; the kept run's are the seed-0 init
         assert result["weights"]["qk_gain"] > 1 and result["seed0_init"]["weights"].startswith("random (seed 0")
+    tied = result.get("weclip_plus_tied")
+    if tied:  # the WeCLIP+ run kept beside the new one: its figures agree with their bars as well
+        check_result({"recipes": {"weclip+": tied["recipe"]}, "all_met": {"weclip+": tied["all_met"]},
+                      "reference": result["reference"]})
+        assert result["weights"]["plus_batch"]["batch_seed"] == result["reference"]["weclip+"]["batch_seed"]
 
 
 def check_result(result: dict) -> None:
