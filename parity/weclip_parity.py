@@ -1175,10 +1175,10 @@ def main(argv: list[str] | None = None) -> None:
             plus_ref.update(info)
         plus_ref["runner_meta"] = json.loads((ref / "meta.json").read_text()) if (ref / "meta.json").is_file() \
             else None
+        plus_ref["batch_seed"] = (plus_ref.get("runner_meta") or {}).get("batch_seed")
         if args.ref_plus_test:  # a test run apart (one or several: their own runner metas)
             plus_ref["test_runs"] = test_runs(args.ref_plus_test)
         if args.tied_plus:  # a new WeCLIP+ run: its own reference record (the tied run's is kept beside it)
-            plus_ref["batch_seed"] = (plus_ref.get("runner_meta") or {}).get("batch_seed")
             if old and "weclip+" in old["reference"] and "test_runs" in old["reference"]["weclip+"] \
                     and "test_runs" not in plus_ref:
                 plus_ref["test_runs"] = old["reference"]["weclip+"]["test_runs"]
