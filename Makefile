@@ -433,6 +433,8 @@ GROUPVIT_REF ?=
 # WECLIP_REF=/path/to/a/clone of zbf1991/WeCLIP (0f47db4): --recipe weclip against WeCLIP's own code (weclip_parity.py)
 WECLIP_REF ?=
 WECLIP_WORK ?=
+# WECLIP_DINO_REF=a clone of facebookresearch/dinov2 (b8931f7): adds --recipe weclip+ against WeCLIP+'s own code
+WECLIP_DINO_REF ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -456,6 +458,7 @@ parity: setup
 	$(if $(PGSEG_REF),$(VENV)/bin/python parity/pgseg_parity.py --ref $(PGSEG_REF) --slide \
 	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) --out $(PARITY_OUT)/pgseg_parity.json > /dev/null)
 	$(if $(WECLIP_REF),$(VENV)/bin/python parity/weclip_parity.py --ref $(WECLIP_REF) $(if $(WECLIP_WORK),--work $(WECLIP_WORK)) \
+	  $(if $(WECLIP_DINO_REF),--dino-repo $(WECLIP_DINO_REF)) \
 	  --previous $(PARITY_OUT)/weclip_parity.json > $(PARITY_OUT)/weclip_parity.json.tmp && mv $(PARITY_OUT)/weclip_parity.json.tmp $(PARITY_OUT)/weclip_parity.json, \
 	  @echo "make parity: pass WECLIP_REF=/path/to/a/clone/of/zbf1991/WeCLIP at 0f47db4 (docs/parity.md)")
 	$(VENV)/bin/python docgen/parity_page.py --results $(PARITY_OUT)

@@ -65,7 +65,17 @@ def weclip_section(d: dict) -> list[str]:
         out += ["Probe (vpltool's side alone, gain x spread: crop scores fp32 vs float64): " +
                 ", ".join(f"{p['qk_gain']:g} x {p['qk_spread']:g}: {num(p['crop_scores_fp32_vs_fp64'])}"
                           for p in weights.get("probe") or [])] if weights.get("probe") else []
+        batch = weights.get("plus_batch")
+        if batch:  # WeCLIP+'s fixed batch, chosen by probe_batches
+            out += ["", f"WeCLIP+'s fixed batch: the runner's `--batch-seed {batch['batch_seed']}`. "
+                    f"Why: {batch['why']}.",
+                    "Probe (vpltool's side alone, per batch seed: the smallest per-pixel top-2 margin over its own "
+                    "fp32 rounding; pixels under 10 and 100 times; labels fp32 vs float64 equal): " +
+                    ", ".join(f"{p['batch_seed']}: {num(p['ratio_min'])} ({p['pixels_ratio_under_10']}, "
+                              f"{p['pixels_ratio_under_100']}; {num(p['labels_equal_fp32_vs_fp64'])})"
+                              for p in batch.get("probe") or [])]
         out += [""]
+    tied = d.get("weclip_plus_tied")
     for recipe, body in d["recipes"].items():
         out += [f"### `{recipe}`", ""]
         plus = ref.get(recipe) if isinstance(ref.get(recipe), dict) else None  # a recipe run with its own settings
@@ -87,7 +97,15 @@ def weclip_section(d: dict) -> list[str]:
                 f = earlier["figures"].get(row[0], {})
                 row += [f.get("value"), ("met" if f.get("met") else "NOT met") if f.get("compared") else
                         "not compared"]
+        if recipe == "weclip+" and tied:  # the run before the batch was chosen (batch seed 0)
+            header += [f"tied run ({tied.get('crops')} crops)", ""]
+            for row in rows:
+                f = tied["recipe"]["figures"].get(row[0], {})
+                row += [f.get("value"), ("met" if f.get("met") else "NOT met") if f.get("compared") else
+                        "not compared"]
         out += table(header, rows) + [""]
+        if recipe == "weclip+" and tied:
+            out += [f"The tied run: {tied['label']}.", ""]
         notes = [f"- `{name}`: {f['note']}" for name, f in body["figures"].items() if f.get("note")]
         errors = [f"- {part}: {msg}" for part, msg in body.get("errors", {}).items()]
         out += (["Notes:", ""] + notes + [""] if notes else []) + \

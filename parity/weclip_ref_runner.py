@@ -36,7 +36,7 @@ around it:
    image's labels from ``Annotations/NAME.xml`` (``weclip_parity.py`` writes them). Its forward always refines
    (RFM), so ``pseudo.pt`` holds one pass (``rfm``) with ``seg_dino``, ``dino_tokens`` and ``dino_fts``; its
    training loop body is ``WeCLIP+/scripts/dist_clip_voc.py:260-292`` (:func:`plus_steps`). ``--parts crf`` runs the
-   test script's CRF alone on a finished ``test/logit``.
+   test script's CRF alone on a finished ``test/logit``; ``--parts batch`` writes ``batch.pt`` alone (no model).
 
 Outputs in ``--out`` (torch files of float32 tensors and a JSON):
 
@@ -263,15 +263,18 @@ def decoder_state(model) -> dict:
 
 
 def make_batch(args):
-    """``VOC12ClsDataset`` with the training augmentation, seeded; the first ``--crops`` items."""
+    """``VOC12ClsDataset`` with the training augmentation, seeded (``--batch-seed``, else ``--seed``: the
+    augmentation draws from ``random`` and ``numpy.random`` only, so the decoder's torch-seeded init does not move
+    with it); the first ``--crops`` items."""
     import random
 
     import numpy as np
     import torch
     from datasets import voc
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
+    seed = batch_seed(args)
+    random.seed(seed)
+    np.random.seed(seed)
     lists = str(args.voc.resolve() / "ImageSets" / "Segmentation")
     ds = voc.VOC12ClsDataset(root_dir=str(args.voc.resolve()), name_list_dir=lists, split="train", stage="train",
                              aug=True, rescale_range=CONFIG["rescale_range"], crop_size=CONFIG["crop_size"],
@@ -280,6 +283,10 @@ def make_batch(args):
     items = [ds[i] for i in range(min(args.crops, len(ds)))]
     inputs = torch.stack([torch.from_numpy(np.ascontiguousarray(it[1])) for it in items])
     return [it[0] for it in items], inputs, [np.asarray(it[3]).tolist() for it in items]
+
+
+def batch_seed(args) -> int:
+    return args.seed if args.batch_seed is None else args.batch_seed
 
 
 def pseudo(model, mod, names, inputs, rfm: bool) -> dict:
@@ -422,6 +429,12 @@ def run(args) -> None:
     install_stubs()
     folder = args.clone.resolve() / args.tree
     seconds = {}
+    if args.parts == "batch":  # the fixed batch alone (weclip_parity.py's --probe-batch): no model is built
+        with in_clone(folder):
+            names, inputs, boxes = make_batch(args)
+        torch.save({"inputs": inputs, "names": names, "img_box": boxes, "batch_seed": batch_seed(args)},
+                   out / "batch.pt")
+        return
     if args.parts == "crf":  # the test script's CRF alone on test/logit (its logits): no model is built
         with in_clone(folder), cpu_fp32():
             t = time.perf_counter()
@@ -440,7 +453,8 @@ def run(args) -> None:
         torch.save({"decoder": init, "bg_text_features": model.bg_text_features.detach().clone(),
                     "fg_text_features": model.fg_text_features.detach().clone()}, out / "init.pt")
         names, inputs, boxes = make_batch(args)
-        torch.save({"inputs": inputs, "names": names, "img_box": boxes}, out / "batch.pt")
+        torch.save({"inputs": inputs, "names": names, "img_box": boxes, "batch_seed": batch_seed(args)},
+                   out / "batch.pt")
         t = time.perf_counter()
         if "pseudo" in args.parts and args.tree == "WeCLIP+":  # its forward always runs RFM (one pass)
             torch.save({"rfm": pseudo(model, mod, names, inputs, rfm=True)}, out / "pseudo.pt")
@@ -466,6 +480,7 @@ def run_meta(args, seconds: dict, start: float) -> dict:
 
     plus = {"plus": PLUS, "dino_repo": str(args.dino_repo)} if args.tree == "WeCLIP+" else {}
     return {"tree": args.tree, "parts": args.parts, "config": CONFIG, **plus, "seed": args.seed,
+            "batch_seed": batch_seed(args),
             "crops": args.crops, "steps": args.steps, "images": args.images,
             "stubbed": STUBBED, "dropout": "off (model.eval())", "seconds": seconds,
             "total_seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
@@ -483,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=12, help="photos of val.txt the test script runs on (0: none)")
     ap.add_argument("--skip", type=int, default=0, help="the test script starts at this photo of val.txt")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-seed", type=int, help="seeds the fixed batch's augmentation alone (default: --seed)")
     ap.add_argument("--parts", default="pseudo,train,test", help="which outputs to make (comma-separated)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tree", choices=tuple(TREES), default="WeCLIP", help="which of the clone's two codes runs")

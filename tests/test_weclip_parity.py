@@ -122,6 +122,11 @@ def test_committed_result_agrees_with_its_bars():
         check_result(one)
     if "seed0_init" in result:  # the new weights are the sharpened ones; the kept run's are the seed-0 init
         assert result["weights"]["qk_gain"] > 1 and result["seed0_init"]["weights"].startswith("random (seed 0")
+    tied = result.get("weclip_plus_tied")
+    if tied:  # the WeCLIP+ run kept beside the new one: its figures agree with their bars as well
+        check_result({"recipes": {"weclip+": tied["recipe"]}, "all_met": {"weclip+": tied["all_met"]},
+                      "reference": result["reference"]})
+        assert result["weights"]["plus_batch"]["batch_seed"] == result["reference"]["weclip+"]["batch_seed"]
 
 
 def check_result(result: dict) -> None:
@@ -242,3 +247,48 @@ def test_previous_keeps_the_seed0_runs_only(tmp_path):
     assert prev({"weights": {"qk_gain": 16.0}}) == {}
     (tmp_path / "old.json").unlink()
     assert prev(None) == {}
+
+
+def test_par_margins_find_the_pixel_nearest_a_tie():
+    """probe_batches' conditioning measure: the float64 top-2 margin per pixel against its float32 rounding; the
+    pixel whose margin is the fewest times its own rounding is found, and one map has no tie to measure."""
+    g = torch.Generator().manual_seed(0)
+    fp64 = torch.rand(3, 8, 8, generator=g, dtype=torch.float64)
+    fp64[0], fp64[1] = fp64[0] + 2, fp64[1] + 1  # class 0 leads everywhere by ~1 ...
+    fp64[1, 5, 6] = fp64[0, 5, 6] - 1e-6  # ... but at one pixel, 1e-6 ahead of class 1
+    fp32 = fp64.clone()
+    fp32[1, 5, 6] += 4e-7  # its float32 rounding there: 4e-7 (the margin 2.5 times it)
+    fp32[2] += 1e-3  # a third class's rounding does not enter the top-2 margin
+    out = weclip_parity.par_margins(fp32, fp64)
+    assert out["margin_min"] == pytest.approx(1e-6) and out["margin_at"] == [5, 6]
+    assert out["ratio_min"] == pytest.approx(2.5, rel=1e-6) and out["ratio_min_at"] == [5, 6]
+    assert out["pixels_ratio_under_10"] == 1 and out["pixels_ratio_under_100"] == 1
+    assert out["rounding_max"] == pytest.approx(4e-7)
+    single = weclip_parity.par_margins(fp32[:1], fp64[:1])
+    assert single["margin_min"] is None and single["pixels_ratio_under_10"] == 0
+
+
+def test_tied_plus_keeps_the_earlier_weclip_plus_run_whole(tmp_path):
+    """--tied-plus: the earlier result's WeCLIP+ run (figures, reference) is kept under weclip_plus_tied, a result that
+    already holds one passes it on (--update or make parity's --previous), and without either nothing is added."""
+    import argparse
+
+    earlier = {"all_met": {"weclip+": False}, "recipes": {"weclip+": {"figures": {"grads_online": {"value": 1.05e-5}}}},
+               "reference": {"weclip+": {"tree": "WeCLIP+"}}, "test_photos_plus": 2, "vpltool_commit": "abc"}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(earlier))
+    kept = weclip_parity.tied_plus(argparse.Namespace(tied_plus=path, previous=None), None)["weclip_plus_tied"]
+    assert kept["recipe"] == earlier["recipes"]["weclip+"] and kept["reference"] == {"tree": "WeCLIP+"}
+    assert kept["all_met"] is False and kept["test_photos"] == 2 and "label" in kept
+    again = {"weclip_plus_tied": kept}
+    assert weclip_parity.tied_plus(argparse.Namespace(tied_plus=None, previous=None), again) == again
+    path.write_text(json.dumps(again))
+    assert weclip_parity.tied_plus(argparse.Namespace(tied_plus=None, previous=path), None) == again
+    assert weclip_parity.tied_plus(argparse.Namespace(tied_plus=None, previous=None), earlier) == {}
+
+
+def test_runner_batch_seed_defaults_to_the_seed():
+    import argparse
+
+    assert weclip_ref_runner.batch_seed(argparse.Namespace(seed=0, batch_seed=None)) == 0
+    assert weclip_ref_runner.batch_seed(argparse.Namespace(seed=0, batch_seed=5)) == 5
