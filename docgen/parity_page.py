@@ -67,7 +67,7 @@ def weclip_section(d: dict) -> list[str]:
                           for p in weights.get("probe") or [])] if weights.get("probe") else []
         batch = weights.get("plus_batch")
         if batch:  # WeCLIP+'s fixed batch, chosen by probe_batches
-            out += ["", f"WeCLIP+'s fixed batch: the runner's `--batch-seed {batch['batch_seed']}`. "
+            out += ["", f"WeCLIP+'s fixed batch: `parity/weclip_ref_runner.py --batch-seed {batch['batch_seed']}`. "
                     f"Why: {batch['why']}.",
                     "Probe (vpltool's side alone, per batch seed: the smallest per-pixel top-2 margin over its own "
                     "fp32 rounding; pixels under 10 and 100 times; labels fp32 vs float64 equal): " +
