@@ -170,7 +170,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc report voc coco bench parity docs toy-clip toy-dino \
+        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc report voc coco bench parity docs toy-clip toy-dino toy-sam \
         clean-demo weclip
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -474,6 +474,13 @@ toy-clip: setup
 toy-dino: runs/toy-dino/world/_stage.json
 	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world --overwrite
 runs/toy-dino/world/_stage.json: | setup
+	$(VPL) make-world $(@D)
+
+# (the default world's train masks, class-agnostic; no labels, no captions, no val)
+## Retrain the shipped toy SAM of `--dense trident` from its seed (not part of CI; bit-identical)
+toy-sam: runs/toy-sam/world/_stage.json
+	$(VPL) train-toy-sam vpltool/assets/toy-sam/model.safetensors --data runs/toy-sam/world --overwrite
+runs/toy-sam/world/_stage.json: | setup
 	$(VPL) make-world $(@D)
 
 ## Remove the demo run folder
