@@ -159,3 +159,28 @@ def test_shipped_toy_sam_segments_train_objects_from_one_point_or_a_box(world):
     # the trivial answers: the whole image for a point, the box itself for a box
     assert point > whole + 0.3, (point, whole)
     assert box > fill, (box, fill)
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped toy SAM is missing")
+@pytest.mark.parametrize("refine", [False, True])
+def test_segment_runs_trident_with_the_demo_worlds_toys(world, tmp_path, refine):
+    """`segment --dense trident` on the world with the toy CLIP, the toy DINO and the shipped toy SAM named as the
+    toy DINO is (``--sam-model toy --sam-weights FILE``); with ``--sam-refine`` its prompt encoder and mask decoder
+    load from the same file."""
+    from typer.testing import CliRunner
+
+    from vpltool import io
+    from vpltool.cli import app
+
+    toy_dino = SHIPPED.parents[1] / "toy-dino" / "model.safetensors"
+    out = tmp_path / "seg"
+    r = CliRunner().invoke(app, ["segment", str(world), "--split", "val", "-o", str(out), "--model", "vpltool-toy",
+                                 "--pretrained", "none", "--dense", "trident", "--short-side", "96", "--slide-crop",
+                                 "96", "--slide-stride", "96", "--templates", "a photo of a {}.", "--background",
+                                 "grass,sky,wall,water", "--proxy-model", "test_vit", "--proxy-weights",
+                                 str(toy_dino), "--sam-model", "toy", "--sam-weights", str(SHIPPED),
+                                 "--sam-refine" if refine else "--no-sam-refine", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    record = io.read_stage_record(out, "segment")["params"]
+    assert record["sam_model"] == "toy" and record["settings"]["sam_refine"] is refine
+    assert len(list(out.glob("*.png"))) == 3

@@ -608,7 +608,8 @@ StretchOpt = Annotated[Optional[bool], typer.Option(
     "dataset but VOC20 and Cityscapes) [default: stretch].", show_default=False)]
 # Trident's SAM encoder and its aggregation (segment, benchmark)
 SamModelOpt = Annotated[str, typer.Option("--sam-model", help="--dense trident's SAM image encoder: vit_b (the "
-                                          "reference's) | vit_l | vit_h.")]
+                                          "reference's) | vit_l | vit_h | toy (the demo world's: "
+                                          "vpltool/assets/toy-sam, `train-toy-sam`).")]
 SamWeightsOpt = Annotated[Optional[str], typer.Option(
     "--sam-weights", help="--dense trident: SAM's weights, a local file (SAM's released checkpoint, e.g. "
     "sam_vit_b_01ec64.pth, or the image encoder's tensors) | none (random, seeded: tests). Required with trident.",

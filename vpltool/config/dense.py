@@ -137,7 +137,7 @@ class SegmentConfig:
     window_global: bool | None = None  # each window's own image embedding (city_scapes) instead of the input's
     # Trident: SAM's image encoder (vpltool.backbone.sam) and its aggregation's knobs (None = its VOC21 values,
     # vpltool.backbone.dense.SamAggregation)
-    sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h
+    sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h | toy (the demo world's, vpltool/assets/toy-sam)
     sam_weights: str | None = None  # a local file (SAM's released checkpoint) | none (random, seeded: tests)
     cos_fac: float | None = None  # pairs kept where SAM's value cosine > cos_fac x the row's mean
     refine_neg_cos: bool | None = None  # a negative threshold kept (True) or replaced by 0.6 (False)
