@@ -182,5 +182,5 @@ def test_segment_runs_trident_with_the_demo_worlds_toys(world, tmp_path, refine)
                                  "--sam-refine" if refine else "--no-sam-refine", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     record = io.read_stage_record(out, "segment")["params"]
-    assert record["sam_model"] == "toy" and record["settings"]["sam_refine"] is refine
+    assert record["sam_model"] == "toy" and record["settings"].get("sam_refine", False) is refine
     assert len(list(out.glob("*.png"))) == 3
