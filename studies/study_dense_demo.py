@@ -5,7 +5,7 @@ seeds (labels known), each method's settings chosen on the TRAIN split, reported
         [--methods none,maskclip,sclip,clearclip,naclip] > studies/results/dense_demo.json
     python studies/study_dense_demo.py --run RUN --methods sc-clip,proxyclip > studies/results/dense_demo_ovss.json
     python studies/study_dense_demo.py --run RUN --methods cass > studies/results/dense_demo_cass.json
-    python studies/study_dense_demo.py --run RUN --methods none,trident,trident+refine \
+    python studies/study_dense_demo.py --run RUN --sides 96,144,192,scaled --methods none,trident,trident+refine \
         > studies/results/dense_demo_trident.json
 
 ``--dense proxyclip``, ``--dense cass`` and ``--dense trident`` take the toy DINO (``vpltool/assets/toy-dino``) as
