@@ -631,6 +631,10 @@ SamRefineOpt = Annotated[Optional[bool], typer.Option(
 CoarseThresholdOpt = Annotated[Optional[float], typer.Option(
     "--coarse-threshold", help="--sam-refine: pixels and classes below this probability prompt nothing (its "
     "coarse_thresh) [default: 0.2, cfg_voc21.py; benchmark: each preset's].", show_default=False)]
+MinimalAreaOpt = Annotated[Optional[int], typer.Option(
+    "--minimal-area", help="--sam-refine: a coarse region smaller than this, in half-resolution pixels, prompts "
+    "nothing (its minimal_area, set for photos of short side 448) [default: 225, base_config.py].",
+    show_default=False)]
 WindowGlobalOpt = Annotated[Optional[bool], typer.Option(
     "--window-global/--input-global", help="--dense cass: each window's own image embedding (its Cityscapes) or the "
     "whole input's [default: input-global].", show_default=False)]
