@@ -184,3 +184,14 @@ def test_segment_runs_trident_with_the_demo_worlds_toys(world, tmp_path, refine)
     record = io.read_stage_record(out, "segment")["params"]
     assert record["sam_model"] == "toy" and record["settings"].get("sam_refine", False) is refine
     assert len(list(out.glob("*.png"))) == 3
+
+
+def test_minimal_area_is_trident_refinements_option():
+    from vpltool.config import SegmentConfig
+
+    cfg = SegmentConfig(dense="trident", sam_refine=True, minimal_area=10)
+    assert cfg.resolved().minimal_area == 10
+    assert SegmentConfig(dense="trident").resolved().minimal_area == 225  # Trident's own (base_config.py)
+    assert "minimal_area" in SegmentConfig(dense="none", minimal_area=10).inert()
+    with pytest.raises(VplError, match="--minimal-area 0"):
+        SegmentConfig(dense="trident", minimal_area=0)
