@@ -195,3 +195,19 @@ def test_minimal_area_is_trident_refinements_option():
     assert "minimal_area" in SegmentConfig(dense="none", minimal_area=10).inert()
     with pytest.raises(VplError, match="--minimal-area 0"):
         SegmentConfig(dense="trident", minimal_area=0)
+
+
+def test_committed_parity_says_what_it_measured():
+    """parity/results/toysam_parity.json: the toy SAM against segment-anything's own SamPredictor; its verdict
+    follows its figures and the bar."""
+    import json
+
+    result = json.loads((Path(__file__).resolve().parents[1] / "parity" / "results" / "toysam_parity.json")
+                        .read_text())
+    assert result["photos"] == 12 and len(result["per_photo"]) == 12 and len(result["prompts"]) == 4
+    worst = max(result["max_abs_diff"].values())
+    per_photo = [v for row in result["per_photo"] for k, d in row.items() if k != "file"
+                 for v in (d.values() if isinstance(d, dict) else [d])]
+    assert worst == max(per_photo)  # the summary is the worst of the photos
+    assert result["met"] == (result["images_decoded_equal"] and worst <= 1e-4 and result["mask_agreement"] >= 0.999)
+    assert result["met"], result["max_abs_diff"]
