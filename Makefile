@@ -107,7 +107,7 @@ PRED_CLASSES ?=
 # (`cam --dense`, labels known) with their CRF masks, and score the decoder's classes through `predict --classes
 # --dense` (every class is unseen by a training-free method; the names come from DATA/classes.txt, a folder
 # dataset's, as the demo world's). Empty: none (make voc / make coco)
-DENSE ?= none maskclip sclip clearclip naclip sc-clip proxyclip cass
+DENSE ?= none maskclip sclip clearclip naclip sc-clip proxyclip cass trident
 DENSE_SEEDS ?= maskclip
 # each method's segmentor on the demo world, chosen on the training split (first 100 images; never val) by
 # studies/study_dense_demo.py (studies/results/dense_demo.json, with the toy CLIP shipped in round 11): the short
@@ -133,6 +133,13 @@ DENSE_THR_proxyclip ?= 0.3
 # CASS (studies/results/dense_demo_cass.json, chosen the same way: the whole image; its proxy the toy DINO)
 DENSE_SIZE_cass ?= --short-side 144 --proxy-model $(DINO_MODEL) --proxy-weights $(DINO_WEIGHTS)
 DENSE_THR_cass ?= 0.9
+# Trident with its SAM prompt refinement, as its published figures run (studies/results/dense_demo_trident.json,
+# chosen the same way, with --minimal-area: 225 or 10; its proxy the toy DINO, its SAM the shipped toy SAM)
+SAM_MODEL ?= toy
+SAM_WEIGHTS ?= vpltool/assets/toy-sam/model.safetensors
+DENSE_SIZE_trident ?= --short-side 144 --slide-crop 144 --slide-stride 144 --proxy-model $(DINO_MODEL) \
+  --proxy-weights $(DINO_WEIGHTS) --sam-model $(SAM_MODEL) --sam-weights $(SAM_WEIGHTS) --sam-refine --minimal-area 10
+DENSE_THR_trident ?= 0.4
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
@@ -170,7 +177,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc report voc coco bench parity docs toy-clip toy-dino \
+        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc report voc coco bench parity docs toy-clip toy-dino toy-sam \
         clean-demo weclip
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -477,6 +484,13 @@ toy-clip: setup
 toy-dino: runs/toy-dino/world/_stage.json
 	$(VPL) train-toy-dino vpltool/assets/toy-dino/model.safetensors --data runs/toy-dino/world --overwrite
 runs/toy-dino/world/_stage.json: | setup
+	$(VPL) make-world $(@D)
+
+# (the default world's train masks, class-agnostic; no labels, no captions, no val)
+## Retrain the shipped toy SAM of `--dense trident` from its seed (not part of CI; bit-identical)
+toy-sam: runs/toy-sam/world/_stage.json
+	$(VPL) train-toy-sam vpltool/assets/toy-sam/model.safetensors --data runs/toy-sam/world --overwrite
+runs/toy-sam/world/_stage.json: | setup
 	$(VPL) make-world $(@D)
 
 ## Remove the demo run folder

@@ -5,9 +5,15 @@ seeds (labels known), each method's settings chosen on the TRAIN split, reported
         [--methods none,maskclip,sclip,clearclip,naclip] > studies/results/dense_demo.json
     python studies/study_dense_demo.py --run RUN --methods sc-clip,proxyclip > studies/results/dense_demo_ovss.json
     python studies/study_dense_demo.py --run RUN --methods cass > studies/results/dense_demo_cass.json
+    python studies/study_dense_demo.py --run RUN --sides 96,144,192,scaled --methods none,trident,trident+refine \
+        > studies/results/dense_demo_trident.json
 
-``--dense proxyclip`` and ``--dense cass`` take the toy DINO (``vpltool/assets/toy-dino``) as their proxy model by
-default.
+``--dense proxyclip``, ``--dense cass`` and ``--dense trident`` take the toy DINO (``vpltool/assets/toy-dino``) as
+their proxy model by default, and Trident the toy SAM (``vpltool/assets/toy-sam``, ``--sam-model toy``) as its SAM;
+``trident+refine`` is Trident with its SAM prompt refinement (``--sam-refine``), whose ``minimal_area`` (225
+half-resolution pixels, set for 448-px photos) is chosen on train too, between its own and that area scaled to the
+toy's 96 px (``--refine-areas``). A numeric short side gives Trident a window of at most that side (its input is
+made at least the window: a 336-px window would blow a 96-px scene up to 336).
 
 RUN is a demo run with its world (``RUN/world``, `make world`). The queries are the demo's text prototypes' (the
 Makefile's ``TEMPLATES`` and ``BACKGROUND``), encoded by the toy CLIP (``--model vpltool-toy``).
@@ -42,10 +48,18 @@ from vpltool import io
 from vpltool.backbone import ModelSpec, load_backbone
 from vpltool.backbone.dino import DinoSpec
 from vpltool.backbone.registry import load_model
-from vpltool.backbone.segmentor import dense_probabilities, query_rows, segment_logits, short_side_size
+from vpltool.backbone.sam import SamSpec
+from vpltool.backbone.segmentor import (
+    dense_probabilities,
+    query_rows,
+    refined_labels,
+    sam_image,
+    segment_logits,
+    short_side_size,
+)
 from vpltool.cam.dense import dense_maps
 from vpltool.config import EvalConfig, SegmentConfig
-from vpltool.config.dense import PROXY_METHODS
+from vpltool.config.dense import PROXY_METHODS, SAM_METHODS
 from vpltool.data import open_dataset
 from vpltool.demo.report import chance_baselines
 from vpltool.kernels import MiouAccumulator, cams_to_labels
@@ -73,17 +87,25 @@ def _sized(method: str, side: str) -> SegmentConfig:
         return SegmentConfig(dense=method, short_side=scale(base.short_side),
                              slide_crop=scale(base.slide_crop) if base.slide_crop else 0,
                              slide_stride=scale(base.slide_stride))
+    if method in SAM_METHODS:  # its input is made at least the window: a window of at most the side
+        crop = min(base.slide_crop, int(side))
+        return SegmentConfig(dense=method, short_side=int(side), slide_crop=crop,
+                             slide_stride=min(base.slide_stride, crop))
     return SegmentConfig(dense=method, short_side=int(side))
 
 
-def _logits(bb, settings, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:
+def _logits(bb, settings, image: np.ndarray, text: torch.Tensor, encoded: list | None = None) -> torch.Tensor:
+    """``[Q, H, W]`` logits; Trident's SAM sees the image itself (and ``encoded`` receives its encoding)."""
     size = short_side_size(*image.shape[:2], settings.short_side)
+    sam = [sam_image(image)] if bb.sam is not None else None
     with torch.no_grad():
-        return segment_logits(bb, bb.preprocess(image, size)[None], text, settings, [image.shape[:2]])[0]
+        return segment_logits(bb, bb.preprocess(image, size)[None], text, settings, [image.shape[:2]], sam,
+                              encoded)[0]
 
 
 def _score(bb, settings, items, text, query_class, n_classes, thresholds, seeds: bool) -> dict:
-    """Zero-shot mIoU per threshold (and, with ``seeds``, the dense seeds' mIoU per background exponent)."""
+    """Zero-shot mIoU per threshold (and, with ``seeds``, the dense seeds' mIoU per background exponent); with
+    ``settings.sam_refine`` the labels are Trident's refined ones at each threshold."""
     zero = {t: MiouAccumulator(n_classes) for t in thresholds}
     seed = {a: MiouAccumulator(n_classes) for a in EvalConfig.bg_exponents}
     class_rows = {int(c): i for i, c in enumerate(query_class.tolist()) if c > 0}
@@ -91,10 +113,13 @@ def _score(bb, settings, items, text, query_class, n_classes, thresholds, seeds:
     start = time.perf_counter()
     for item in items:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
-        logits = _logits(bb, settings, image, text)
+        encoded: list | None = [] if settings.sam_refine else None
+        logits = _logits(bb, settings, image, text, encoded)
         for t, acc in zero.items():
-            _, labels = dense_probabilities(logits, query_class, n_classes, settings.logit_scale, t,
-                                            settings.area_threshold)
+            probs, labels = dense_probabilities(logits, query_class, n_classes, settings.logit_scale, t,
+                                                settings.area_threshold)
+            if settings.sam_refine:
+                labels = refined_labels(bb.sam, probs, labels, *encoded[0], settings)[1]
             acc.add(gt, labels.numpy().astype(np.uint8))
         if seeds:
             rows = torch.tensor([class_rows[c] for c in item.labels] + background)
@@ -124,6 +149,12 @@ def main() -> None:
                         "(default: the toy DINO shipped in vpltool/assets/toy-dino)")
     parser.add_argument("--proxy-weights", default=str(Path(__file__).resolve().parents[1] / "vpltool" / "assets"
                                                        / "toy-dino" / "model.safetensors"))
+    parser.add_argument("--sam-model", default="toy", help="--dense trident's SAM (default: the toy SAM)")
+    parser.add_argument("--sam-weights", default=str(Path(__file__).resolve().parents[1] / "vpltool" / "assets"
+                                                     / "toy-sam" / "model.safetensors"))
+    parser.add_argument("--refine-areas", default="225,10", help="trident+refine: the minimal_area values tried on "
+                        "train (half-resolution pixels; 225 is Trident's, 10 is 225 x (48/224)^2: the same share "
+                        "of a 96-px scene's half as of a 448-px photo's)")
     args = parser.parse_args()
     import vpltool.demo  # noqa: F401  (registers --model vpltool-toy)
 
@@ -138,24 +169,33 @@ def main() -> None:
               "baselines": {"train": chance_baselines(train, limit=len(choose)),
                             "val": chance_baselines(val, limit=len(val_items))},
               "methods": {}}
-    for method in args.methods.split(","):
-        proxy = None
+    for name in args.methods.split(","):
+        method, refine = name.removesuffix("+refine"), name.endswith("+refine")
+        proxy = sam = None
         if method in PROXY_METHODS:
             proxy = load_model("dino", DinoSpec(args.proxy_model, args.proxy_weights), "cpu")
             report["proxy"] = {"model": args.proxy_model, "weights": args.proxy_weights}
-        bb = base.with_dense(method, proxy=proxy)
+        if method in SAM_METHODS:
+            sam = load_model("sam", SamSpec(args.sam_model, args.sam_weights, prompt=refine), "cpu")
+            report["sam"] = {"model": args.sam_model, "weights": args.sam_weights}
+        bb = base.with_dense(method, proxy=proxy, sam=sam)
         tried = {}
         configs = {}
         for side in args.sides.split(","):
             cfg = _sized(method, side)
-            configs[str(cfg.resolved().short_side)] = cfg
-            tried[str(cfg.resolved().short_side)] = _score(bb, cfg.resolved(), choose, text, query_class, n,
-                                                           THRESHOLDS, True)
-            print(f"{method} side {cfg.resolved().short_side}: done", file=sys.stderr, flush=True)
+            resolved = cfg.resolved()
+            variants = {str(resolved.short_side): resolved}
+            if refine:
+                variants = {f"{resolved.short_side}:area{a}": replace(resolved, sam_refine=True, minimal_area=int(a))
+                            for a in args.refine_areas.split(",")}
+            for key, settings in variants.items():
+                configs[key] = settings
+                tried[key] = _score(bb, settings, choose, text, query_class, n, THRESHOLDS, not refine)
+                print(f"{name} {key}: done", file=sys.stderr, flush=True)
         best_side, best_t = max(((s, t) for s, r in tried.items() for t in r["zero_shot"]),
                                 key=lambda st: tried[st[0]]["zero_shot"][st[1]]["miou"])
-        seed_side = max(tried, key=lambda s: max(tried[s]["seeds"].values()))
-        settings = replace(configs[best_side], prob_threshold=float(best_t)).resolved()
+        seed_side = max(tried, key=lambda s: max(tried[s].get("seeds", {"-": float("nan")}).values()))
+        settings = replace(configs[best_side], prob_threshold=float(best_t))
         on_val = _score(bb, settings, val_items, text, query_class, n, (float(best_t),), False)
         result = on_val["zero_shot"][str(float(best_t))]
         by_seed = {}
@@ -166,15 +206,18 @@ def main() -> None:
                 r = _score(seeded, settings, val_items, text, query_class, n, (float(best_t),), False)
                 by_seed[str(seed)] = r["zero_shot"][str(float(best_t))]["miou"]
                 print(f"{method} svd seed {seed}: val {100 * by_seed[str(seed)]:.2f}", file=sys.stderr, flush=True)
-        report["methods"][method] = {
+        report["methods"][name] = {
             "train": {s: {"zero_shot_miou": {t: r["zero_shot"][t]["miou"] for t in r["zero_shot"]},
-                          "seeds_miou": r["seeds"], "seconds_per_image": r["seconds_per_image"]}
+                          **({"seeds_miou": r["seeds"]} if "seeds" in r else {}),
+                          "seconds_per_image": r["seconds_per_image"]}
                       for s, r in tried.items()},
-            "chosen": {"short_side": int(best_side), "prob_threshold": float(best_t),
+            "chosen": {"short_side": settings.short_side, "prob_threshold": float(best_t),
                        "slide_crop": settings.slide_crop, "slide_stride": settings.slide_stride,
+                       **({"minimal_area": settings.minimal_area, "coarse_threshold": settings.coarse_threshold,
+                           "sam_iou_threshold": settings.sam_iou_threshold} if refine else {}),
                        "train_zero_shot_miou": tried[best_side]["zero_shot"][best_t]["miou"],
-                       "seed_short_side": int(seed_side),
-                       "train_seeds_miou": max(tried[seed_side]["seeds"].values())},
+                       **({"seed_short_side": int(seed_side),
+                           "train_seeds_miou": max(tried[seed_side]["seeds"].values())} if not refine else {})},
             "val": {"zero_shot_miou": result["miou"], "iou": dict(zip(train.classes, result["iou"])),
                     "held_out_mean_iou": float(np.nanmean([np.nan if v is None else v for v in result["iou"][1:]])),
                     "seconds_per_image": on_val["seconds_per_image"],
@@ -182,7 +225,7 @@ def main() -> None:
                         "zero_shot_miou_mean": float(np.mean(list(by_seed.values()))),
                         "zero_shot_miou_spread": float(np.ptp(list(by_seed.values())))} if by_seed else {})},
         }
-        print(f"{method}: val {100 * result['miou']:.1f}", file=sys.stderr, flush=True)
+        print(f"{name}: val {100 * result['miou']:.1f}", file=sys.stderr, flush=True)
     print(json.dumps(report, indent=1))
 
 

@@ -3500,6 +3500,15 @@ def _dino_over_scores(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-toy-dino", ws.root / "dino_scores.safetensors", "--data", ws.world]
 
 
+# ---- train-toy-sam's outputs name their kind too
+@case("train-toy-sam OUT where OUT is the run's text prototypes (no --overwrite)", "text_for_sam.safetensors: "
+      "holds text prototypes (`text-prototypes`), not a toy SAM's weights (`train-toy-sam`), so it is not replaced")
+def _sam_over_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    target = ws.root / "text_for_sam.safetensors"
+    shutil.copyfile(ws.text, target)
+    yield ["train-toy-sam", target, "--data", ws.world]
+
+
 # ---- H4, H5: a dataset is known by its images' bytes, not their names and sizes (Dataset.content_sha)
 def _bmp_world(ws: Workspace) -> tuple[Path, Path]:
     """The workspace world with its images saved as BMP (a BMP's byte size is its pixel size: a flipped copy keeps

@@ -521,12 +521,15 @@ def splice_windows(tokens: torch.Tensor, proxy_grid: tuple[int, int], window_gri
     Returns:
         ``[1, width, gh r, gw r]``: the sum of the windows over the cells they cover divided by their count,
         ``r`` the proxy's patches per CLIP patch (``W // w`` when the sides divide, else the proxy's map is first
-        resized bilinearly to ``r`` times CLIP's window grid with ``r = round(H / h)``, as coded).
+        resized bilinearly to ``r`` times CLIP's window grid with ``r = round(H / h)``, as coded; where that is 0,
+        a proxy grid under half CLIP's, as the demo world's toy DINO (patch 16) against the toy CLIP (patch 8),
+        ``r`` = 1: the proxy's map resized to CLIP's window grid, where the reference's code would fail on an empty
+        map).
     """
     n, _, width = tokens.shape
     maps = tokens.transpose(1, 2).reshape(n, width, *proxy_grid)
     if proxy_grid[1] % window_grid[1] != 0:
-        ratio = int(round(proxy_grid[0] / window_grid[0]))
+        ratio = max(1, int(round(proxy_grid[0] / window_grid[0])))
         maps = F.interpolate(maps, size=(window_grid[0] * ratio, window_grid[1] * ratio), mode="bilinear",
                              align_corners=False)
     else:

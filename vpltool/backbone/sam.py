@@ -50,13 +50,18 @@ class SamArch:
     iou_hidden: int = 256
 
 
-# build_sam.py's three sizes; "test": a tiny encoder of the same code for the test suite (256 px, 16x16 patches)
+# build_sam.py's three sizes; "test": a tiny encoder of the same code for the test suite (256 px, 16x16 patches);
+# "toy": the demo world's trained toy
 SAM_ARCHS: dict[str, SamArch] = {
     "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
     "test": SamArch(32, 2, 2, (1,), img_size=256, window_size=4, out_chans=16, mask_in_chans=4, decoder_mlp=32,
                     decoder_heads=2, iou_hidden=16),
+    # the toy SAM of the demo world (vpltool/assets/toy-sam, `train-toy-sam`): a 96-px scene is resized to 192, a
+    # 12x12 grid (the toy CLIP's); windows of 6, the last block global (Trident's aggregation reads it)
+    "toy": SamArch(64, 4, 4, (1, 3), img_size=192, window_size=6, out_chans=64, mask_in_chans=8, decoder_mlp=256,
+                   decoder_heads=4, iou_hidden=64),
 }
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # Sam's pixel_mean / pixel_std (0..255 RGB)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -208,6 +213,24 @@ def load_sam(spec: SamSpec, device: torch.device | str = "cpu") -> SamEncoder:
     return SamEncoder(model, torch.device(device), spec, prompt, decoder)
 
 
+def sam_input(image: np.ndarray, img_size: int, device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """SamPredictor's ``set_image`` input: ``[H, W, 3]`` uint8 RGB -> (``[1, 3, S, S]`` float32, the image
+    resized so its long side is ``S`` = ``img_size`` (``ResizeLongestSide``: PIL bilinear), normalised with SAM's
+    pixel mean and std, zero-padded bottom and right; ``(h, w)`` the grid of patches the image covers: the resized
+    sides ``// 16``, as Trident's ``sam_valid_h``, ``sam_valid_w``)."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    resized = ResizeLongestSide(img_size).apply_image(np.ascontiguousarray(image))
+    x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+    mean = torch.tensor(PIXEL_MEAN, device=device).view(-1, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=device).view(-1, 1, 1)
+    x = (x - mean) / std
+    h, w = x.shape[-2:]
+    x = F.pad(x, (0, img_size - w, 0, img_size - h))
+    return x, (h // PATCH, w // PATCH)
+
+
 class SamEncoder:
     """A frozen SAM ``ImageEncoderViT`` and SAM's input transform; with ``prompt_encoder`` and ``mask_decoder``
     (``SamSpec.prompt``) also SamPredictor's ``predict_torch`` (:meth:`predict`)."""
@@ -223,20 +246,8 @@ class SamEncoder:
         self.num_heads = int(model.blocks[-1].attn.num_heads)
 
     def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """SamPredictor's ``set_image`` input: ``[H, W, 3]`` uint8 RGB -> (``[1, 3, S, S]`` float32, the image
-        resized so its long side is ``S`` (``ResizeLongestSide``: PIL bilinear), normalised with SAM's pixel mean
-        and std, zero-padded bottom and right; ``(h, w)`` the grid of patches the image covers: the resized
-        sides ``// 16``, as Trident's ``sam_valid_h``, ``sam_valid_w``)."""
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        resized = ResizeLongestSide(self.img_size).apply_image(np.ascontiguousarray(image))
-        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        mean = torch.tensor(PIXEL_MEAN, device=self.device).view(-1, 1, 1)
-        std = torch.tensor(PIXEL_STD, device=self.device).view(-1, 1, 1)
-        x = (x - mean) / std
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
-        return x, (h // PATCH, w // PATCH)
+        """SamPredictor's ``set_image`` input of ``image`` (:func:`sam_input` at this encoder's side)."""
+        return sam_input(image, self.img_size, self.device)
 
     @torch.no_grad()
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -291,33 +302,40 @@ class SamEncoder:
         return (*out, m.neck(x.permute(0, 3, 1, 2)))
 
     @torch.no_grad()
-    def predict(self, features: torch.Tensor, points: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
-                input_size: tuple[int, int], original_size: tuple[int, int]
+    def predict(self, features: torch.Tensor, points: torch.Tensor | None, boxes: torch.Tensor | None,
+                mask: torch.Tensor | None, input_size: tuple[int, int], original_size: tuple[int, int],
+                labels: torch.Tensor | None = None, multimask: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SamPredictor's ``predict_torch`` with one positive point, a box and a mask prompt each, one mask out
-        (``multimask_output=False``).
+        """SamPredictor's ``predict_torch``: by default (Trident's call) one positive point, a box and a mask prompt
+        each, one mask out (``multimask_output=False``).
 
         Args:
             features: ``[1, out_chans, S/16, S/16]`` the image's encoding (:meth:`last_attention`).
-            points: ``[N, 1, 2]`` float32 ``(x, y)`` in SAM's input frame; boxes ``[N, 4]`` ``x0, y0, x1, y1``
-                likewise.
+            points: ``[N, P, 2]`` float32 ``(x, y)`` in SAM's input frame, or None; boxes ``[N, 4]`` ``x0, y0, x1,
+                y1`` likewise, or None.
             mask: the mask prompt as the prompt encoder takes it (``[1, 4S/16, 4S/16]`` in Trident's call: see
-                :func:`vpltool.backbone.sam_refine.refine`).
+                :func:`vpltool.backbone.sam_refine.refine`), or None.
             input_size: the image's ``(h, w)`` in SAM's input (resized, before padding); original_size the
                 image's own.
+            labels: ``[N, P]`` the points' labels (1 foreground, 0 background); None: all foreground.
+            multimask: the decoder's three masks (``multimask_output=True``: what a single prompt asks for).
 
         Returns:
-            ``[N, 1, H, W]`` float32 mask logits at ``original_size`` (``postprocess_masks``; > 0 is the mask),
-            ``[N, 1]`` float32 the predicted IoU, ``[N, 1, 4S/16, 4S/16]`` the low-resolution logits.
+            ``[N, M, H, W]`` float32 mask logits at ``original_size`` (``postprocess_masks``; > 0 is the mask; M = 3
+            with ``multimask``, else 1), ``[N, M]`` float32 the predicted IoU, ``[N, M, 4S/16, 4S/16]`` the
+            low-resolution logits.
         """
         if self.prompt_encoder is None or self.mask_decoder is None:
             raise VplError(f"this SAM was loaded without its prompt encoder and mask decoder; {PROMPT_FIX}")
-        labels = torch.ones(points.shape[:2], device=self.device)
-        sparse, dense = self.prompt_encoder(points=(points.to(self.device), labels), boxes=boxes.to(self.device),
-                                            masks=mask.to(self.device))
+        point_prompt = None
+        if points is not None:
+            labels = torch.ones(points.shape[:2]) if labels is None else labels
+            point_prompt = (points.to(self.device), labels.to(self.device))
+        sparse, dense = self.prompt_encoder(points=point_prompt, boxes=None if boxes is None else boxes.to(self.device),
+                                            masks=None if mask is None else mask.to(self.device))
         low, iou = self.mask_decoder(image_embeddings=features.to(self.device),
                                      image_pe=self.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                                     dense_prompt_embeddings=dense, multimask_output=False)
+                                     dense_prompt_embeddings=dense, multimask_output=multimask)
         up = F.interpolate(low, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         up = up[..., : input_size[0], : input_size[1]]
         return F.interpolate(up, tuple(original_size), mode="bilinear", align_corners=False), iou, low
@@ -331,4 +349,4 @@ register_family("sam", load_sam, _check, summary="SAM (segment-anything): its en
                 "SamSpec.prompt its prompt encoder and mask decoder",
                 module=__name__)
 
-__all__ = ["SAM_ARCHS", "SamArch", "SamSpec", "SamEncoder", "check_sam", "load_sam"]
+__all__ = ["SAM_ARCHS", "SamArch", "SamSpec", "SamEncoder", "check_sam", "load_sam", "sam_input"]

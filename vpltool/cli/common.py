@@ -608,7 +608,8 @@ StretchOpt = Annotated[Optional[bool], typer.Option(
     "dataset but VOC20 and Cityscapes) [default: stretch].", show_default=False)]
 # Trident's SAM encoder and its aggregation (segment, benchmark)
 SamModelOpt = Annotated[str, typer.Option("--sam-model", help="--dense trident's SAM image encoder: vit_b (the "
-                                          "reference's) | vit_l | vit_h.")]
+                                          "reference's) | vit_l | vit_h | toy (the demo world's: "
+                                          "vpltool/assets/toy-sam, `train-toy-sam`).")]
 SamWeightsOpt = Annotated[Optional[str], typer.Option(
     "--sam-weights", help="--dense trident: SAM's weights, a local file (SAM's released checkpoint, e.g. "
     "sam_vit_b_01ec64.pth, or the image encoder's tensors) | none (random, seeded: tests). Required with trident.",
@@ -630,6 +631,10 @@ SamRefineOpt = Annotated[Optional[bool], typer.Option(
 CoarseThresholdOpt = Annotated[Optional[float], typer.Option(
     "--coarse-threshold", help="--sam-refine: pixels and classes below this probability prompt nothing (its "
     "coarse_thresh) [default: 0.2, cfg_voc21.py; benchmark: each preset's].", show_default=False)]
+MinimalAreaOpt = Annotated[Optional[int], typer.Option(
+    "--minimal-area", help="--sam-refine: a coarse region smaller than this, in half-resolution pixels, prompts "
+    "nothing (its minimal_area, set for photos of short side 448) [default: 225, base_config.py].",
+    show_default=False)]
 WindowGlobalOpt = Annotated[Optional[bool], typer.Option(
     "--window-global/--input-global", help="--dense cass: each window's own image embedding (its Cityscapes) or the "
     "whole input's [default: input-global].", show_default=False)]

@@ -1,4 +1,4 @@
-"""The demo world's commands: make-world, train-toy-clip, train-toy-dino, choose-pseudo, demo-report."""
+"""The demo world's commands: make-world, train-toy-clip, train-toy-dino, train-toy-sam, choose-pseudo, demo-report."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..demo.config import ToyClipConfig, ToyDinoConfig, WorldConfig
+from ..demo.config import ToyClipConfig, ToyDinoConfig, ToySamConfig, WorldConfig
 from .common import LogFile, Overwrite, OverwriteFile, Verbose, friendly_errors, progress, say
 from .root import app
 
@@ -15,6 +15,7 @@ DEMO = "Demo world"
 
 
 _W, _T, _D = WorldConfig(), ToyClipConfig(), ToyDinoConfig()
+_S = ToySamConfig()
 
 
 @app.command("make-world", rich_help_panel=DEMO)
@@ -143,6 +144,53 @@ def train_toy_dino_cmd(
         record = train_toy_dino(out, data, cfg, on_start=on_start, on_step=lambda step, loss: on_item(1))
     say(f"[green]✓[/] train-toy-dino: loss {record['final_loss']:.3f}, teacher entropy "
         f"{record['teacher_entropy']:.2f} nats, {record['seconds']:.0f} s → {out}")
+
+
+@app.command("train-toy-sam", rich_help_panel=DEMO)
+@friendly_errors
+def train_toy_sam_cmd(
+    out: Annotated[Path, typer.Argument(help="Weights file to write (safetensors, a whole Sam's tensor names; a "
+                                        ".json record beside it).")] = Path("vpltool/assets/toy-sam/model.safetensors"),
+    data: Annotated[Path, typer.Option(help="A make-world folder: its train masks, each object instance a "
+                                       "class-agnostic mask (no class labels, no captions, no val), are the "
+                                       "training set.")] = Path("runs/toy-sam/world"),
+    epochs: Annotated[int, typer.Option(help="Passes over the train images.")] = _S.epochs,
+    batch_size: Annotated[int, typer.Option(help="Images per step, each with all its masks.")] = _S.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (SAM's).")] = _S.lr,
+    point_rounds: Annotated[int, typer.Option(help="Rounds adding a point from the error region after the first "
+                                              "prompt (SAM's 8).")] = _S.point_rounds,
+    mask_rounds: Annotated[int, typer.Option(help="Rounds adding only the previous mask's logits (SAM's 2).")] =
+        _S.mask_rounds,
+    threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical.")] =
+        _S.threads,
+    seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped weights.")] = _S.seed,
+    overwrite: OverwriteFile = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train the demo world's toy SAM (segment-anything's modules, SAM's recipe) for `segment --dense trident`.
+
+    \b
+    Example:
+      vpltool train-toy-sam /tmp/sam.safetensors --data runs/demo/world
+      vpltool segment runs/demo/world -o S --model vpltool-toy --pretrained none --dense trident \\
+          --proxy-model test_vit --proxy-weights vpltool/assets/toy-dino/model.safetensors \\
+          --sam-model toy --sam-weights /tmp/sam.safetensors
+    """
+    from dataclasses import replace
+
+    from .. import io
+    from ..demo.train_toy_sam import KIND, RECORD_KIND, train_toy_sam
+
+    io.check_outputs("train-toy-sam", {"OUT": (out, "file", KIND), "OUT's record": (out.with_suffix(".json"), "file",
+                                                                                    RECORD_KIND)},
+                     inputs={"--data": data}, overwrite=overwrite)
+    cfg = replace(_S, epochs=epochs, batch_size=batch_size, lr=lr, point_rounds=point_rounds, mask_rounds=mask_rounds,
+                  threads=threads, seed=seed)
+    with progress("train-toy-sam", unit="steps") as (on_start, on_item):
+        record = train_toy_sam(out, data, cfg, on_start=on_start, on_step=lambda step, loss: on_item(1))
+    say(f"[green]✓[/] train-toy-sam: loss {record['final_loss']:.3f}, train-mask IoU {record['first_iou']:.3f} "
+        f"(first prompt) / {record['last_iou']:.3f} (last round), {record['seconds']:.0f} s → {out}")
 
 
 @app.command("choose-pseudo", rich_help_panel=DEMO)

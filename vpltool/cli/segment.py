@@ -19,6 +19,7 @@ from .common import (
     DenseOpt,
     GlobalWeightOpt,
     LogFile,
+    MinimalAreaOpt,
     ModelConfigDir,
     ModelOpt,
     OutDir,
@@ -102,6 +103,7 @@ def segment_cmd(
     sam_halves: SamHalvesOpt = None,
     sam_refine: SamRefineOpt = None,
     coarse_threshold: CoarseThresholdOpt = None,
+    minimal_area: MinimalAreaOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     pgseg: Annotated[Optional[Path], typer.Option(help="Segment with this PGSeg / GroupViT checkpoint instead (a "
@@ -160,7 +162,7 @@ def segment_cmd(
                         global_weight=global_weight, shift_weight=shift_weight, cluster_cut=cluster_cut,
                         stretch=stretch, window_global=window_global, sam_model=sam_model, sam_weights=sam_weights,
                         cos_fac=cos_fac, refine_neg_cos=refine_neg_cos, sam_halves=sam_halves,
-                        sam_refine=sam_refine, coarse_threshold=coarse_threshold)
+                        sam_refine=sam_refine, coarse_threshold=coarse_threshold, minimal_area=minimal_area)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

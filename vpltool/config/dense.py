@@ -17,7 +17,7 @@ PROXY_METHODS = ("proxyclip", "cass", "trident")  # methods whose last block tak
 SAM_METHODS = ("trident",)  # methods that also take SAM's image encoder (--sam-model, --sam-weights)
 CASS_KNOBS = ("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")  # SegmentConfig fields
 # SegmentConfig fields: Trident's SAM aggregation and its SAM prompt refinement
-TRIDENT_KNOBS = ("cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold")
+TRIDENT_KNOBS = ("cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold", "minimal_area")
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
 # each proxy method's own (--proxy-model left out): Trident loads torch.hub's dino_vitb16
 PROXY_MODELS = {"proxyclip": DEFAULT_PROXY_MODEL, "cass": DEFAULT_PROXY_MODEL, "trident": "vit_base_patch16_224.dino"}
@@ -137,13 +137,14 @@ class SegmentConfig:
     window_global: bool | None = None  # each window's own image embedding (city_scapes) instead of the input's
     # Trident: SAM's image encoder (vpltool.backbone.sam) and its aggregation's knobs (None = its VOC21 values,
     # vpltool.backbone.dense.SamAggregation)
-    sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h
+    sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h | toy (the demo world's, vpltool/assets/toy-sam)
     sam_weights: str | None = None  # a local file (SAM's released checkpoint) | none (random, seeded: tests)
     cos_fac: float | None = None  # pairs kept where SAM's value cosine > cos_fac x the row's mean
     refine_neg_cos: bool | None = None  # a negative threshold kept (True) or replaced by 0.6 (False)
     sam_halves: bool | None = None  # SAM on the photo's left and right halves apart (its Cityscapes)
     sam_refine: bool | None = None  # Trident's SAM prompt refinement (eval.py --sam_refine)
     coarse_threshold: float | None = None  # its coarse_thresh (None = DenseSettings')
+    minimal_area: int | None = None  # its minimal_area, half-resolution pixels (None = DenseSettings')
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
@@ -162,6 +163,7 @@ class SegmentConfig:
             if value is not None:
                 fraction(option, value)
         at_least("--short-side", self.short_side, 16, allow_none=True, why=" pixels")
+        at_least("--minimal-area", self.minimal_area, 1, allow_none=True, why=" half-resolution pixels")
         at_least("--slide-crop", self.slide_crop, 0, allow_none=True, why=" pixels (0 = the whole image)")
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
         at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")

@@ -142,6 +142,61 @@ class ToyDinoConfig:
 
 
 @dataclass(frozen=True)
+class ToySamConfig:
+    """How the toy SAM is trained (``vpltool train-toy-sam``, :mod:`vpltool.demo.train_toy_sam`); the defaults
+    rebuild the shipped weights (`make toy-sam`). SAM's recipe (Kirillov et al., ICCV 2023, appendix A) at toy size.
+
+    Attributes:
+        model: the ``sam`` family's architecture (:data:`vpltool.backbone.sam.SAM_ARCHS`; ``--sam-model``).
+        epochs: passes over the world's train images. batch_size: images per step (each with all its masks).
+        lr: AdamW peak learning rate (SAM's 8e-4; linear warmup over ``warmup`` steps, then divided by 10 at 2/3
+            and at 26/27 of the steps, SAM's 60k and 86.7k of 90k). weight_decay: SAM's 0.1, on matrices only.
+        point_rounds: the iterative rounds after the first prompt that add one point from the error region (SAM's
+            8). mask_rounds: rounds that add no point, only the previous mask's logits (SAM's 2: one among the
+            point rounds, one last).
+        focal_weight, dice_weight: the mask loss's mix (SAM's 20:1). iou_weight: the IoU head's MSE weight (SAM's 1).
+        box_noise: the box corners' noise std as a fraction of the box's side, capped at ``box_noise_max`` of the
+            image's long side (SAM's 10 %, at most 20 of 1024 px).
+        min_area: an instance smaller than this many pixels (a sliver cut off by another object) is not a mask.
+        seed: seeds the initial weights, the image order and the prompts. threads: CPU threads (a fixed count makes
+            the rebuild bit-identical).
+    """
+
+    model: str = "toy"
+    epochs: int = 24
+    batch_size: int = 16
+    lr: float = 8e-4
+    warmup: int = 50
+    weight_decay: float = 0.1
+    point_rounds: int = 2
+    mask_rounds: int = 1
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    box_noise: float = 0.1
+    box_noise_max: float = 20 / 1024
+    min_area: int = 16
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        at_least("--epochs", self.epochs, 1)
+        at_least("--batch-size", self.batch_size, 1)
+        at_least("--warmup", self.warmup, 0)
+        at_least("--point-rounds", self.point_rounds, 0)
+        at_least("--mask-rounds", self.mask_rounds, 0)
+        at_least("--min-area", self.min_area, 1, why=" pixels")
+        at_least("--threads", self.threads, 1)
+        seed_value("--seed", self.seed)
+        positive("--lr", self.lr, upper=MAX_LR)
+        for name, value in (("weight_decay", self.weight_decay), ("focal_weight", self.focal_weight),
+                            ("dice_weight", self.dice_weight), ("iou_weight", self.iou_weight)):
+            require(math.isfinite(value) and value >= 0, f"{name} {value}: must be a finite number >= 0")
+        fraction("--box-noise", self.box_noise)
+        fraction("--box-noise-max", self.box_noise_max)
+
+
+@dataclass(frozen=True)
 class WorldConfig:
     """What ``vpltool make-world`` renders (the Makefile's WORLD_TRAIN / WORLD_VAL / SEED match these)."""
 

@@ -44,6 +44,8 @@ FILE_KINDS = {
     "record": "a vpltool folder record",
     "toy-dino": "a toy DINO's weights (`train-toy-dino`)",
     "toy-dino-record": "a toy DINO's record (`train-toy-dino`)",
+    "toy-sam": "a toy SAM's weights (`train-toy-sam`)",
+    "toy-sam-record": "a toy SAM's record (`train-toy-sam`)",
 }
 
 
