@@ -49,6 +49,7 @@ CPU = PGSEG_RECIPES["cpu"]
 # background words (the Makefile's BACKGROUND, which its toy-CLIP rows query too) beside the classes; chosen on the
 # train split (docs/pgseg.md)
 DEMO_BACKGROUND = "grass,sky,wall,water"
+NOUNS = "nouns.txt"  # written in --run by write_nouns
 INFERENCE = {"": [], "_background": ["--background", DEMO_BACKGROUND]}
 # name -> (train-pgseg flags, the run it starts from: None = from scratch)
 METHODS = {"groupvit_scratch": (["--no-npr"], None), "groupvit": (["--no-npr"], "groupvit_scratch"),
@@ -87,6 +88,13 @@ def spread(values: list[float]) -> dict[str, float] | None:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def write_nouns(world: Path, path: Path) -> None:
+    """The demo's noun vocabulary for --multi-label (`train-pgseg --nouns`): the world's class names (background
+    excluded) and its background words, the nouns its captions use (nltk is not installed here)."""
+    names = [c for c in (world / "classes.txt").read_text().split() if c != "background"]
+    path.write_text("\n".join([*names, *DEMO_BACKGROUND.split(",")]) + "\n")
+
+
 def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) -> dict[str, dict]:
     """Train and score every method of one seed, in order ((B) and (C) start from (A)); one record per method."""
     runs: dict[str, dict] = {}
@@ -101,6 +109,8 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
                      str(args.finetune_warmup)]
         elif args.epochs:
             flags = [*flags, "--epochs", str(args.epochs)]
+        if args.multi_label:
+            flags = [*flags, "--multi-label", str(args.multi_label), "--nouns", str(args.run / NOUNS)]
         t0 = time.perf_counter()
         if not (out / "pgseg.safetensors").is_file():
             crop = ["--crop-size", str(args.crop_size)] if args.crop_size else []
@@ -151,6 +161,8 @@ def main() -> None:
     ap.add_argument("--crop-size", type=int, default=0, help="0: the cpu recipe's")
     ap.add_argument("--short-side", type=int, default=CPU["crop_size"], help="segment's; default: the recipe's crop")
     ap.add_argument("--scratch-pgseg", action="store_true", help="also PGSeg from scratch, (A)'s epochs")
+    ap.add_argument("--multi-label", type=int, default=0, help="GroupViT's multi-label (noun) loss with K noun "
+                    "prompts per caption in every run (--nouns: the world's shape and background words); 0: off")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = {**METHODS, **(SCRATCH_PGSEG if args.scratch_pgseg else {})}
@@ -159,6 +171,8 @@ def main() -> None:
         done = vpl("make-world", str(world), "--train", str(args.train), "--val", str(args.val))
         if done.returncode:
             sys.exit(last_error(done))
+    if args.multi_label:
+        write_nouns(world, args.run / NOUNS)
     runs: dict[str, dict[int, dict]] = {m: {} for m in methods}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # seeds side by side, each its own processes
         for seed, per_seed in zip(seeds, pool.map(lambda s: run_seed(args, methods, world, s), seeds)):
@@ -177,7 +191,9 @@ def main() -> None:
         "what": "val mIoU of zero-shot `segment --pgseg` after `train-pgseg --recipe cpu` on the demo world's train "
                 "pairs; groupvit_scratch = (A) --no-npr from scratch; groupvit / pgseg = (A) continued for "
                 "--finetune-epochs with --no-npr / --npr (the reference fine-tunes PGSeg from GroupViT)",
-        "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "finetune_warmup": args.finetune_warmup,
+        "epochs": args.epochs, "multi_label": args.multi_label,
+        "nouns": (args.run / NOUNS).read_text().split() if args.multi_label else None,
+        "finetune_epochs": args.finetune_epochs, "finetune_warmup": args.finetune_warmup,
         "command": " ".join(["python", "studies/study_pgseg_demo.py", *sys.argv[1:]]),
         "world": {"train": args.train, "val": args.val}, "seeds": seeds,
         "crop_size": args.crop_size or CPU["crop_size"], "min_scale": CPU["min_scale"],

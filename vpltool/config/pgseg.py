@@ -49,17 +49,21 @@ class PGSegTrainConfig:
     log_every: int = 10  # print_freq
     checkpoint_every: int = 0  # iterations between checkpoints; 0 = once per epoch (checkpoint.freq 1)
     truncate: bool = False  # cut captions longer than the context (the reference's Tokenize(truncate=True))
+    # GroupViT's multi-label (noun) loss: K noun prompts per caption (data.text_aug.multi_label: 0 in
+    # default_pgseg.yml, 3 in GroupViT's group_vit_gcc_yfcc_30e.yml), weighted (multi_label_loss_weight)
+    multi_label: int = 0
+    multi_label_weight: float = 1.0
 
     def __post_init__(self) -> None:
         choice("--recipe", self.recipe, tuple(PGSEG_RECIPES))
         choice("--preset", self.preset, PGSEG_PRESETS)
         for name in ("batch_size", "epochs", "crop_size", "log_every"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
-        for name in ("warmup_epochs", "checkpoint_every"):
+        for name in ("warmup_epochs", "checkpoint_every", "multi_label"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
         for name in ("lr", "eps"):
             positive(f"--{name.replace('_', '-')}", getattr(self, name))
-        for name in ("warmup_lr", "min_lr", "weight_decay", "clip_grad"):
+        for name in ("warmup_lr", "min_lr", "weight_decay", "clip_grad", "multi_label_weight"):
             non_negative(f"--{name.replace('_', '-')}", getattr(self, name))
         for name in ("beta1", "beta2"):
             fraction(f"--{name}", getattr(self, name))
