@@ -6,13 +6,14 @@ Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr
 of them warm-up), (B) GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): 1,020 steps per
 seed and method (each run's seconds in ``train_s``: train-pgseg's own log, so also for a model reused from the run
 folder). Trained on the world's train pairs (image + caption: no mask, no label); each model then segments val
-zero-shot by the class names (`segment --pgseg`), scored by `eval`: val mIoU and class IoU (mean, standard
-deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next to all-background and uniform random
-labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh initialisation:
+zero-shot by the class names (`segment --pgseg`), scored by `eval` (a score file newer than its model is reused):
+val mIoU and class IoU (mean, standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next
+to all-background and uniform random labels. ``--multi-label K``: every run with GroupViT's multi-label (noun) loss,
+the world's shape and background words as the noun vocabulary (`train-pgseg --nouns`). With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh initialisation:
 docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
 
     python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 3] [--train 400 --val 100]
-        [--epochs 0] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96]
+        [--epochs 0] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96] [--multi-label 0]
         > studies/results/pgseg_demo.json
 
 (A)'s length is the longest that the session's CPU budget allowed for three seeds; how the train-split proxies move
@@ -125,7 +126,11 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
         train_s = log[-1]["sec"] if log else time.perf_counter() - t0  # the training's own clock, reused or not
         scores, error = {}, None
         for suffix, flags in INFERENCE.items():  # the reference's zero-shot rule, then with background words
-            seg = out / f"segment_val{suffix}"
+            seg, scored = out / f"segment_val{suffix}", out / f"segment_val{suffix}.json"
+            if scored.is_file() and scored.stat().st_mtime >= (out / "pgseg.safetensors").stat().st_mtime:
+                found = io.read_json(scored)  # this model's scores, from an earlier run of the study
+                scores[f"miou{suffix}"], scores[f"iou{suffix}"] = found["miou"], found["iou"]
+                continue
             done = vpl("segment", str(world), "--split", "val", "--pgseg", str(out / "pgseg.safetensors"),
                        "--short-side", str(args.short_side), "-o", str(seg), "--device", "cpu", "--overwrite", *flags)
             if done.returncode:
