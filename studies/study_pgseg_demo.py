@@ -9,7 +9,8 @@ folder). Trained on the world's train pairs (image + caption: no mask, no label)
 zero-shot by the class names (`segment --pgseg`), scored by `eval` (a score file newer than its model is reused):
 val mIoU and class IoU (mean, standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next
 to all-background and uniform random labels. ``--multi-label K``: every run with GroupViT's multi-label (noun) loss,
-the world's shape and background words as the noun vocabulary (`train-pgseg --nouns`). With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh initialisation:
+the world's shape and background words as the noun vocabulary (`train-pgseg --nouns`).
+With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh initialisation:
 docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
 
     python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 3] [--train 400 --val 100]
