@@ -97,6 +97,13 @@ def write_nouns(world: Path, path: Path) -> None:
     path.write_text("\n".join([*names, *DEMO_BACKGROUND.split(",")]) + "\n")
 
 
+def trained_with(model: Path) -> int:
+    """The multi-label K a finished model was trained with (its header's config; 0 for files older than it)."""
+    from vpltool.io.tensors import read_header
+
+    return int(json.loads(read_header(model).get("vpltool.config", "{}")).get("multi_label", 0))
+
+
 def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) -> dict[str, dict]:
     """Train and score every method of one seed, in order ((B) and (C) start from (A)); one record per method."""
     runs: dict[str, dict] = {}
@@ -114,6 +121,8 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
         if args.multi_label:
             flags = [*flags, "--multi-label", str(args.multi_label), "--nouns", str(args.run / NOUNS)]
         t0 = time.perf_counter()
+        if (out / "pgseg.safetensors").is_file() and trained_with(out / "pgseg.safetensors") != args.multi_label:
+            (out / "pgseg.safetensors").unlink()  # a model of another setting is not reused: trained again
         if not (out / "pgseg.safetensors").is_file():
             crop = ["--crop-size", str(args.crop_size)] if args.crop_size else []
             done = vpl("train-pgseg", str(world), "-o", str(out / "train"), "--recipe", "cpu", *flags, "--seed",
