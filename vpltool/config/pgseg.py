@@ -19,7 +19,9 @@ PGSEG_RECIPES: dict[str, dict[str, Any]] = {
     # an idle core: about 3 CPU-minutes). The crop and scale were chosen on the train split (train loss, shapes
     # recognised, groups in use: docs/pgseg.md); the length, 2.5 times the earlier 360 steps, is what three seeds
     # of it fit in one session's CPU budget, the train-split proxies rising with it (studies/results/
-    # pgseg_length.json); nothing was tuned on val
+    # pgseg_length.json); nothing was tuned on val. The demo (make pgseg) adds GroupViT's multi-label noun loss,
+    # `--multi-label 3 --nouns FILE` (the world's shape and background words): a noun vocabulary is data, so the
+    # recipe keeps the reference's 0 (docs/pgseg.md: the demo's figures with and without it)
     "cpu": {"preset": "tiny", "batch_size": 32, "epochs": 75, "warmup_epochs": 3, "lr": 1e-3, "warmup_lr": 1e-5,
             "min_lr": 1e-4, "crop_size": 96, "min_scale": 1.0, "log_every": 5},
 }
