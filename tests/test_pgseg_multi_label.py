@@ -180,3 +180,25 @@ def test_cli_refuses_nouns_without_multi_label_and_a_missing_file_in_one_line(wo
     assert not (tmp_path / "out").exists()
     r = CliRunner().invoke(app, [*base, "--multi-label", "-1"])
     assert r.exit_code == 2 and "--multi-label" in r.output
+
+
+def test_multi_label_resume_is_bit_exact_and_needs_the_same_nouns(world, tmp_path):
+    """The noun draws are seeded by (seed, epoch, sample): stopped after iteration 1 and resumed gives the weights
+    of the run that went through; resuming with another noun file is refused in one line."""
+    from vpltool.backbone.pgseg import load_checkpoint
+    from vpltool.config import RuntimeConfig
+    from vpltool.train_pgseg import run_train_pgseg
+
+    (tmp_path / "nouns.txt").write_text("circle\nstar\nsquare\ntriangle\nring\ncross\nhexagon\ndiamond\n")
+    (tmp_path / "other.txt").write_text("circle\nstar\n")
+    cfg = pgseg_recipe("cpu", batch_size=4, epochs=1, warmup_epochs=0, crop_size=32, log_every=1, npr=False,
+                       multi_label=2, checkpoint_every=1)
+    rt = RuntimeConfig(device="cpu", workers=1)
+    whole = run_train_pgseg(world, tmp_path / "whole", cfg, rt, nouns=tmp_path / "nouns.txt").model
+    run_train_pgseg(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "nouns.txt", stop_after=1)
+    with pytest.raises(VplError, match="--nouns"):
+        run_train_pgseg(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "other.txt", resume=True)
+    s = run_train_pgseg(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "nouns.txt", resume=True)
+    assert s.start == 1 and s.iterations == 2
+    a, b = load_checkpoint(whole)[1], load_checkpoint(s.model)[1]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
