@@ -575,8 +575,10 @@ fuzz:
 	VPLTOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
 
 ## PGSeg vs plain GroupViT on a demo world (train-pgseg --recipe cpu, PGSEG_SEEDS): zero-shot val mIoU, class IoU
+## (with GroupViT's multi-label noun loss, PGSEG_MULTI_LABEL noun prompts per caption; 0 = off)
 PGSEG_RUN ?= runs/pgseg
 PGSEG_SEEDS ?= 0,1,2
+PGSEG_MULTI_LABEL ?= 3
 pgseg: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/python studies/study_pgseg_demo.py --run $(PGSEG_RUN) --seeds $(PGSEG_SEEDS) \
-	  > studies/results/pgseg_demo.json
+	  --multi-label $(PGSEG_MULTI_LABEL) > studies/results/pgseg_demo.json

@@ -280,6 +280,97 @@ def compare_groupvit(ref: dict, vt: dict) -> dict:
             "train": train, "bar_met": ok and vt["npr"] is False}
 
 
+def multi_label_texts(captions: list[str], k: int) -> list[list[str]]:
+    """``[caption, K noun prompts]`` per caption, drawn by vpltool's rule (:func:`vpltool.data.nouns.noun_prompts`)
+    with VOC's names as the noun vocabulary and ``RandomState(0)``: the one fixed batch both sides tokenise (a
+    one-object caption is padded with itself, as the reference pads)."""
+    import numpy as np
+
+    from vpltool.data.nouns import VocabularyNouns, noun_prompts
+
+    nouns, rng = VocabularyNouns(frozenset(VOC)), np.random.RandomState(0)
+    return [noun_prompts(c, nouns(c), k, rng) for c in captions]
+
+
+def groupvit_multi_label_side(ckpt: Path, ref: dict, images) -> dict:
+    """vpltool's ``npr=False`` model with ``multi_label`` = K from GroupViT's own checkpoint (its
+    ``multi_label_logit_scale``, which the family's key map drops for inference, set from the file): the loss alone
+    on the reference's features, then one ``forward_train`` + AdamW step on its tokens, as
+    :func:`pgseg_ref_runner.run_groupvit_multi_label`."""
+    from dataclasses import replace
+
+    import torch
+
+    from vpltool.backbone.pgseg import PGSeg, load_checkpoint
+
+    tokens = ref["tokens"]
+    cfg, state = load_checkpoint(ckpt)
+    cfg = replace(cfg, multi_label=tokens.shape[1] - 1)
+    model = PGSeg(cfg)
+    raw = torch.load(ckpt, map_location="cpu")["model"]
+    model.load_state_dict({**state, "multi_label_logit_scale": raw["multi_label_logit_scale"]}, strict=True)
+    f = ref["features"]
+    image_feat, text_feat = f["image_feat"].clone().requires_grad_(True), f["text_feat"].clone().requires_grad_(True)
+    alone = model.multi_label_loss(image_feat, text_feat)
+    alone.backward()
+    out = {"features": {"loss": alone.detach(), "grad_image_feat": image_feat.grad.clone(),
+                        "grad_text_feat": text_feat.grad.clone(),
+                        "grad_multi_label_logit_scale": model.multi_label_logit_scale.grad.clone()}}
+    model.zero_grad(set_to_none=True)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    torch.manual_seed(1)
+    losses = model.forward_train(images, tokens)
+    optimizer.zero_grad()
+    losses["loss"].backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    out["train"] = {"contrastive": losses["contrastive"].detach(), "multi_label": losses["multi_label"].detach(),
+                    "total": losses["loss"].detach(), "grads": grads,
+                    "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    return out
+
+
+def compare_groupvit_multi_label(ref: dict, vt: dict) -> dict:
+    rf, vf, rt, vtt = ref["features"], vt["features"], ref["train"], vt["train"]
+    alone = {k: max_abs(rf[k], vf[k]) for k in ("loss", "grad_image_feat", "grad_text_feat",
+                                                "grad_multi_label_logit_scale")}
+    train = {"contrastive_loss": max_abs(rt["loss"], vtt["contrastive"]),
+             "multi_label_loss": max_abs(rt["multi_label_loss"], vtt["multi_label"]),
+             "total_loss": max_abs(rt["total"], vtt["total"]),
+             "grad_params_same": sorted(rt["grads"]) == sorted(vtt["grads"]),
+             "grads": max(max_abs(rt["grads"][k], vtt["grads"][k]) for k in rt["grads"] if k in vtt["grads"]),
+             "state_keys_same": sorted(rt["after_step"]) == sorted(vtt["after_step"]),
+             "after_adamw_step": max(max_abs(v, vtt["after_step"][k]) for k, v in rt["after_step"].items()),
+             "multi_label_loss_value": float(rt["multi_label_loss"]), "total_value": float(rt["total"])}
+    ok = (max(alone.values()) <= BAR and max(train[k] for k in ("contrastive_loss", "multi_label_loss",
+                                                                  "total_loss", "grads", "after_adamw_step")) <= BAR
+          and train["grad_params_same"] and train["state_keys_same"])
+    tokens = ref["tokens"]
+    return {"reference": "NVlabs/GroupViT@13b7861 (multi_label_loss identical in Ferenas/PGSeg@9f167cd)",
+            "multi_label": int(tokens.shape[1] - 1), "texts_per_image": int(tokens.shape[1]),
+            "padded_prompts": int(sum(int((row[1:] == row[0]).all(dim=-1).sum()) for row in tokens)),
+            "loss_alone": alone, "train": train, "bar_met": ok}
+
+
+def run_multi_label(args, work: Path, inputs: dict) -> dict:
+    """GroupViT's multi-label loss against vpltool's: the runner's ``--groupvit --multi-label`` mode."""
+    import torch
+
+    inputs = {**inputs, "multi_label_texts": multi_label_texts(inputs["captions"], args.multi_label)}
+    torch.save(inputs, work / "inputs_ml.pt")
+    cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(args.groupvit),
+           "--inputs", str(work / "inputs_ml.pt"), "--out", str(work / "groupvit"), "--threads", str(args.threads),
+           "--groupvit", "--multi-label"] + (["--tiny"] if args.tiny else [])
+    if not (args.reuse and (work / "groupvit" / "groupvit_ml.pt").is_file()):
+        subprocess.run(cmd, check=True, stdout=sys.stderr,
+                       env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+    ref = torch.load(work / "groupvit" / "groupvit_ml.pt")
+    vt = groupvit_multi_label_side(work / "groupvit" / "groupvit_ml_checkpoint.pth", ref, inputs["images"])
+    return {**compare_groupvit_multi_label(ref, vt), "texts": inputs["multi_label_texts"],
+            "noun_rule": "vpltool's --nouns rule with VOC's names as the vocabulary, RandomState(0)"}
+
+
 def compare_slide(args, work: Path, inputs: dict) -> dict:
     """The reference's ``encode_decode`` through mmseg's slide inference (restated in the runner) against
     :func:`vpltool.backbone.pgseg.zero_shot_logits` with ``mode='slide'``."""
@@ -341,6 +432,10 @@ def main(argv: list[str] | None = None) -> None:
                     "against its own code, from its own checkpoint layout")
     ap.add_argument("--slide", action="store_true", help="also zero-shot in mmseg's slide mode (crop 448, "
                     "stride 224: the reference's VOC test_cfg)")
+    ap.add_argument("--multi-label", type=int, default=0, help="with --groupvit: also GroupViT's multi-label "
+                    "(noun) loss with K noun prompts per caption (its released config: 3)")
+    ap.add_argument("--multi-label-only", action="store_true", help="run only the multi-label comparison and add "
+                    "it to --out's JSON (its other keys kept as they are)")
     ap.add_argument("--reuse", action="store_true", help="reuse --work's reference outputs (same inputs) if there")
     ap.add_argument("--quick", action="store_true", help="no clone: vpltool against itself (tiny, 2 photos)")
     args = ap.parse_args(argv)
@@ -357,6 +452,19 @@ def main(argv: list[str] | None = None) -> None:
     size = 32 if args.tiny else 224
     inputs = make_inputs(work, args.images, size, 64 if args.tiny else args.seg_short)
     torch.save(inputs, work / "inputs.pt")
+    if args.multi_label_only:
+        if args.groupvit is None or args.out is None or args.multi_label < 1:
+            ap.error("--multi-label-only needs --groupvit DIR, --multi-label K and --out FILE")
+        result = json.loads(args.out.read_text()) if args.out.is_file() else {"bar_met": {}}
+        result["groupvit_multi_label"] = {**run_multi_label(args, work, inputs), "images": args.images,
+                                          "image_size": size, "config": "tiny (same code, smaller)" if args.tiny
+                                          else "GroupViT-S (group_vit_gcc_yfcc_30e.yml)",
+                                          "seconds": round(time.time() - t0, 1)}
+        result["bar_met"]["groupvit_multi_label"] = result["groupvit_multi_label"]["bar_met"]
+        text = json.dumps(result, indent=1)
+        args.out.write_text(text + "\n")
+        print(text)
+        return
     if args.quick:
         ref = self_reference(work, inputs)
     else:
@@ -394,6 +502,10 @@ def main(argv: list[str] | None = None) -> None:
         gvt = groupvit_side(work / "groupvit" / "groupvit_checkpoint.pth", inputs["images"], gref["tokens"])
         result["groupvit"] = compare_groupvit(gref, gvt)
         result["bar_met"]["groupvit"] = result["groupvit"]["bar_met"]
+        del gref, gvt
+        if args.multi_label:
+            result["groupvit_multi_label"] = run_multi_label(args, work, inputs)
+            result["bar_met"]["groupvit_multi_label"] = result["groupvit_multi_label"]["bar_met"]
         result["seconds"] = round(time.time() - t0, 1)
     text = json.dumps(result, indent=1)
     if args.out:

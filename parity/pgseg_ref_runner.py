@@ -22,7 +22,8 @@ norms are not special), BatchNorm variances kept positive. Its state dict is sav
 
 ``--groupvit``: the clone is NVlabs/GroupViT (13b7861); its own ``MultiLabelContrastive`` with its released
 config (``group_vit_gcc_yfcc_30e.yml``; ``--tiny`` as above), saved as ``groupvit_checkpoint.pth``; outputs in
-``groupvit.pt`` (see :func:`run_groupvit`).
+``groupvit.pt`` (see :func:`run_groupvit`); with ``--multi-label`` its multi-label (noun) loss alone and in one
+training step, in ``groupvit_ml.pt`` (see :func:`run_groupvit_multi_label`).
 
 Outputs (``OUT_DIR/ref.pt``): ``tokens`` (the captions through the clone's tokenizer), ``eval`` (the image
 encoder's final tokens, both stages' soft and hard assignment maps, the text encoder's EOT features, the projected
@@ -233,6 +234,55 @@ def run_groupvit(args, tokenize, inputs) -> None:
     print(f"wrote {args.out / 'groupvit.pt'}")
 
 
+def run_groupvit_multi_label(args, tokenize, inputs) -> None:
+    """NVlabs/GroupViT's ``MultiLabelContrastive`` with ``multi_label`` = K (its released config: 3), built as in
+    :func:`run_groupvit` (``groupvit_ml_checkpoint.pth``): (1) its ``multi_label_loss`` alone on seeded random
+    features ``[B, 1, D]`` / ``[B, K, D]`` with the gradients of both; (2) one ``forward_train`` on the batch with
+    the fixed texts ``inputs['multi_label_texts']`` (``[caption, K noun prompts]`` per image, tokens ``[B, 1 + K,
+    L]``), the sum of its losses (``parse_losses``), the gradient of every parameter and one AdamW step.
+    Outputs in ``groupvit_ml.pt``."""
+    import torch
+
+    models = importlib.import_module("models")
+    k = len(inputs["multi_label_texts"][0]) - 1
+    spec = {kk: v for kk, v in (MODEL_TINY if args.tiny else MODEL_FULL).items() if kk != "type"}
+    img = {kk: v for kk, v in spec["img_encoder"].items() if kk not in ("return_attn_o",)}
+    spec = {**spec, "img_encoder": {**img, "type": "GroupViT"}, "multi_label": k}
+    torch.manual_seed(0)
+    model = models.MultiLabelContrastive(**spec)
+    perturb(model)
+    state = {kk: v.clone() for kk, v in model.state_dict().items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state}, args.out / "groupvit_ml_checkpoint.pth")
+    g = torch.Generator().manual_seed(2)
+    b, d = len(inputs["multi_label_texts"]), spec["output_dim"]
+    image_feat = torch.randn(b, 1, d, generator=g).requires_grad_(True)
+    text_feat = torch.randn(b, k, d, generator=g).requires_grad_(True)
+    alone = model.multi_label_loss(image_feat, text_feat)
+    alone.backward()
+    result = {"features": {"image_feat": image_feat.detach(), "text_feat": text_feat.detach(),
+                           "loss": alone.detach(), "grad_image_feat": image_feat.grad.clone(),
+                           "grad_text_feat": text_feat.grad.clone(),
+                           "grad_multi_label_logit_scale": model.multi_label_logit_scale.grad.clone()}}
+    model.zero_grad(set_to_none=True)
+    texts = torch.stack([tokenize(t) for t in inputs["multi_label_texts"]])  # [B, 1 + K, L]
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    torch.manual_seed(1)
+    losses = model(inputs["images"], texts)
+    total = sum(v.mean() for kk, v in losses.items() if "loss" in kk)  # utils/misc.py parse_losses
+    optimizer.zero_grad()
+    total.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    result.update(tokens=texts, train={"loss": losses["loss"].detach(),
+                                       "multi_label_loss": losses["multi_label_loss"].detach(),
+                                       "total": total.detach(), "grads": grads,
+                                       "after_step": {kk: v.detach().clone() for kk, v in model.state_dict().items()}})
+    torch.save(result, args.out / "groupvit_ml.pt")
+    print(f"wrote {args.out / 'groupvit_ml.pt'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clone", required=True, type=Path)
@@ -243,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
                     "OUT_DIR/ref_checkpoint.pth (slide.pt)")
     ap.add_argument("--groupvit", action="store_true", help="the clone is NVlabs/GroupViT: its model, eval and "
                     "contrastive step only (groupvit.pt)")
+    ap.add_argument("--multi-label", action="store_true", help="with --groupvit: its multi-label (noun) loss on "
+                    "inputs' multi_label_texts (groupvit_ml.pt; see run_groupvit_multi_label)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     import torch
@@ -269,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
             out[i, :len(ids)] = torch.tensor(ids)
         return out
 
+    if args.groupvit and args.multi_label:
+        run_groupvit_multi_label(args, tokenize, inputs)
+        return
     if args.groupvit:
         run_groupvit(args, tokenize, inputs)
         return

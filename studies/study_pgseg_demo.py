@@ -6,13 +6,15 @@ Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr
 of them warm-up), (B) GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): 1,020 steps per
 seed and method (each run's seconds in ``train_s``: train-pgseg's own log, so also for a model reused from the run
 folder). Trained on the world's train pairs (image + caption: no mask, no label); each model then segments val
-zero-shot by the class names (`segment --pgseg`), scored by `eval`: val mIoU and class IoU (mean, standard
-deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next to all-background and uniform random
-labels. With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh initialisation:
+zero-shot by the class names (`segment --pgseg`), scored by `eval` (a score file newer than its model is reused):
+val mIoU and class IoU (mean, standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next
+to all-background and uniform random labels. ``--multi-label K``: every run with GroupViT's multi-label (noun) loss,
+the world's shape and background words as the noun vocabulary (`train-pgseg --nouns`).
+With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh initialisation:
 docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
 
     python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 3] [--train 400 --val 100]
-        [--epochs 0] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96]
+        [--epochs 0] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96] [--multi-label 0]
         > studies/results/pgseg_demo.json
 
 (A)'s length is the longest that the session's CPU budget allowed for three seeds; how the train-split proxies move
@@ -49,6 +51,7 @@ CPU = PGSEG_RECIPES["cpu"]
 # background words (the Makefile's BACKGROUND, which its toy-CLIP rows query too) beside the classes; chosen on the
 # train split (docs/pgseg.md)
 DEMO_BACKGROUND = "grass,sky,wall,water"
+NOUNS = "nouns.txt"  # written in --run by write_nouns
 INFERENCE = {"": [], "_background": ["--background", DEMO_BACKGROUND]}
 # name -> (train-pgseg flags, the run it starts from: None = from scratch)
 METHODS = {"groupvit_scratch": (["--no-npr"], None), "groupvit": (["--no-npr"], "groupvit_scratch"),
@@ -87,6 +90,20 @@ def spread(values: list[float]) -> dict[str, float] | None:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def write_nouns(world: Path, path: Path) -> None:
+    """The demo's noun vocabulary for --multi-label (`train-pgseg --nouns`): the world's class names (background
+    excluded) and its background words, the nouns its captions use (nltk is not installed here)."""
+    names = [c for c in (world / "classes.txt").read_text().split() if c != "background"]
+    path.write_text("\n".join([*names, *DEMO_BACKGROUND.split(",")]) + "\n")
+
+
+def trained_with(model: Path) -> int:
+    """The multi-label K a finished model was trained with (its header's config; 0 for files older than it)."""
+    from vpltool.io.tensors import read_header
+
+    return int(json.loads(read_header(model).get("vpltool.config", "{}")).get("multi_label", 0))
+
+
 def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) -> dict[str, dict]:
     """Train and score every method of one seed, in order ((B) and (C) start from (A)); one record per method."""
     runs: dict[str, dict] = {}
@@ -101,7 +118,11 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
                      str(args.finetune_warmup)]
         elif args.epochs:
             flags = [*flags, "--epochs", str(args.epochs)]
+        if args.multi_label:
+            flags = [*flags, "--multi-label", str(args.multi_label), "--nouns", str(args.run / NOUNS)]
         t0 = time.perf_counter()
+        if (out / "pgseg.safetensors").is_file() and trained_with(out / "pgseg.safetensors") != args.multi_label:
+            (out / "pgseg.safetensors").unlink()  # a model of another setting is not reused: trained again
         if not (out / "pgseg.safetensors").is_file():
             crop = ["--crop-size", str(args.crop_size)] if args.crop_size else []
             done = vpl("train-pgseg", str(world), "-o", str(out / "train"), "--recipe", "cpu", *flags, "--seed",
@@ -115,7 +136,11 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
         train_s = log[-1]["sec"] if log else time.perf_counter() - t0  # the training's own clock, reused or not
         scores, error = {}, None
         for suffix, flags in INFERENCE.items():  # the reference's zero-shot rule, then with background words
-            seg = out / f"segment_val{suffix}"
+            seg, scored = out / f"segment_val{suffix}", out / f"segment_val{suffix}.json"
+            if scored.is_file() and scored.stat().st_mtime >= (out / "pgseg.safetensors").stat().st_mtime:
+                found = io.read_json(scored)  # this model's scores, from an earlier run of the study
+                scores[f"miou{suffix}"], scores[f"iou{suffix}"] = found["miou"], found["iou"]
+                continue
             done = vpl("segment", str(world), "--split", "val", "--pgseg", str(out / "pgseg.safetensors"),
                        "--short-side", str(args.short_side), "-o", str(seg), "--device", "cpu", "--overwrite", *flags)
             if done.returncode:
@@ -151,6 +176,8 @@ def main() -> None:
     ap.add_argument("--crop-size", type=int, default=0, help="0: the cpu recipe's")
     ap.add_argument("--short-side", type=int, default=CPU["crop_size"], help="segment's; default: the recipe's crop")
     ap.add_argument("--scratch-pgseg", action="store_true", help="also PGSeg from scratch, (A)'s epochs")
+    ap.add_argument("--multi-label", type=int, default=0, help="GroupViT's multi-label (noun) loss with K noun "
+                    "prompts per caption in every run (--nouns: the world's shape and background words); 0: off")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = {**METHODS, **(SCRATCH_PGSEG if args.scratch_pgseg else {})}
@@ -159,6 +186,8 @@ def main() -> None:
         done = vpl("make-world", str(world), "--train", str(args.train), "--val", str(args.val))
         if done.returncode:
             sys.exit(last_error(done))
+    if args.multi_label:
+        write_nouns(world, args.run / NOUNS)
     runs: dict[str, dict[int, dict]] = {m: {} for m in methods}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # seeds side by side, each its own processes
         for seed, per_seed in zip(seeds, pool.map(lambda s: run_seed(args, methods, world, s), seeds)):
@@ -177,7 +206,9 @@ def main() -> None:
         "what": "val mIoU of zero-shot `segment --pgseg` after `train-pgseg --recipe cpu` on the demo world's train "
                 "pairs; groupvit_scratch = (A) --no-npr from scratch; groupvit / pgseg = (A) continued for "
                 "--finetune-epochs with --no-npr / --npr (the reference fine-tunes PGSeg from GroupViT)",
-        "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "finetune_warmup": args.finetune_warmup,
+        "epochs": args.epochs, "multi_label": args.multi_label,
+        "nouns": (args.run / NOUNS).read_text().split() if args.multi_label else None,
+        "finetune_epochs": args.finetune_epochs, "finetune_warmup": args.finetune_warmup,
         "command": " ".join(["python", "studies/study_pgseg_demo.py", *sys.argv[1:]]),
         "world": {"train": args.train, "val": args.val}, "seeds": seeds,
         "crop_size": args.crop_size or CPU["crop_size"], "min_scale": CPU["min_scale"],

@@ -3891,6 +3891,20 @@ def _pgseg_no_captions(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world / "images", "-o", ws.out("out"), *PGSEG_ARGS]
 
 
+@case("a missing noun vocabulary file (train-pgseg --multi-label --nouns)", "--nouns", "no such file",
+      "one noun a line")
+def _pgseg_nouns_missing(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--multi-label", "3", "--nouns", ws.root / "nouns.txt",
+           *PGSEG_ARGS]
+
+
+@case("an empty noun vocabulary file (train-pgseg --multi-label --nouns)", "--nouns", "holds no noun")
+def _pgseg_nouns_empty(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "nouns_empty.txt").write_text("# shapes\n\n")
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--multi-label", "3", "--nouns",
+           ws.root / "nouns_empty.txt", *PGSEG_ARGS]
+
+
 @case("a ViT's weights as --init (train-pgseg)", "not a PGSeg checkpoint")
 def _pgseg_init_other_architecture(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", ws.dino_weights("vit_as_pgseg.safetensors"),

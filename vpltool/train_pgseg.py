@@ -42,6 +42,7 @@ from . import io
 from .batches import die_with_parent
 from .config import RuntimeConfig
 from .config.pgseg import PGSegTrainConfig
+from .data.nouns import noun_prompts, noun_source
 from .data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
 from .device import seed_everything
 from .errors import VplError
@@ -86,12 +87,17 @@ def lr_at(cfg: PGSegTrainConfig, it: int, steps_per_epoch: int) -> float:
 # ------------------------------------------------------------------------------------------------ data
 class PairViews(torch.utils.data.Dataset):
     """Keys ``(index, epoch)`` -> ``(image [3, S, S] float32 normalised, tokens [L] int64)``; runs in the
-    DataLoader's workers. The crop is torchvision's, drawn from a torch RNG seeded by (seed, epoch, index)."""
+    DataLoader's workers. The crop is torchvision's, drawn from a torch RNG seeded by (seed, epoch, index).
+    With ``cfg.multi_label = K > 0`` and ``nouns`` (caption -> its nouns): tokens ``[1 + K, L]``, the caption
+    and ``K`` noun prompts (:func:`vpltool.data.nouns.noun_prompts`) drawn from a numpy RNG seeded by (seed,
+    epoch, index, 1)."""
 
-    def __init__(self, pairs: PairSet, tokenize: Callable, cfg: PGSegTrainConfig):
+    def __init__(self, pairs: PairSet, tokenize: Callable, cfg: PGSegTrainConfig,
+                 nouns: Callable[[str], list[str]] | None = None):
         from torchvision import transforms
 
         self.pairs, self.tokenize, self.seed = pairs.pairs, tokenize, cfg.seed
+        self.multi_label, self.nouns = cfg.multi_label, nouns
         self.transform = transforms.Compose([
             transforms.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0)),
             transforms.RandomHorizontalFlip(),
@@ -108,7 +114,10 @@ class PairViews(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):  # the caller's stream (the model's noise) is left as it was
             torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
             image = self.transform(decode_rgb(pair))
-        return image, self.tokenize([pair.caption])[0]
+        if self.multi_label == 0:
+            return image, self.tokenize([pair.caption])[0]
+        rng = np.random.RandomState(np.random.SeedSequence([self.seed, epoch, index, 1]).generate_state(1)[0])
+        return image, self.tokenize(noun_prompts(pair.caption, self.nouns(pair.caption), self.multi_label, rng))
 
 
 class GlobalBatches(torch.utils.data.Sampler):
@@ -193,7 +202,8 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
                        f"--crop-size {cfg.crop_size}; pass --crop-size {init_config.img_size}")
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
-    return fam.PGSegConfig.from_dict({**base, "npr": cfg.npr})
+    return fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
+                                      "multi_label_weight": cfg.multi_label_weight})
 
 
 def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
@@ -264,7 +274,7 @@ def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str,
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
             if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
     if io.by_content(f.meta("inputs")) != io.by_content(io.jsonable(inputs)):
-        said.append("other pairs or --init")
+        said.append("other pairs, --init or --nouns")
     if said:
         raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
                        "options and inputs, or start again without --resume (with --overwrite)")
@@ -296,6 +306,7 @@ def run_train_pgseg(
     *,
     split: str | None = "train",
     init: str | Path | None = None,
+    nouns: str | Path | None = None,
     resume: bool = False,
     tensorboard: str | Path | None = None,
     on_start: Callable[[int, int], None] | None = None,
@@ -310,6 +321,8 @@ def run_train_pgseg(
             processes (1 = in this process).
         init: a GroupViT or PGSeg checkpoint (the family's key maps read the released ``.pth`` files and its own
             safetensors) whose weights start the run; its architecture replaces ``cfg.preset``.
+        nouns: with ``cfg.multi_label > 0``, a noun vocabulary file (one noun a line): the caption's words in it
+            are its nouns; None: nltk's tagger when its data is installed (:mod:`vpltool.data.nouns`).
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         tensorboard: a folder for TensorBoard scalars (the ``tensorboard`` extra).
         on_start: rank 0, ``(total iterations, first iteration)`` when the iterations begin. on_iter: rank 0,
@@ -325,6 +338,10 @@ def run_train_pgseg(
                      inputs={"PAIRS": pairs.root, "--init": init}, protected=[pairs.root])
     if tensorboard is not None:
         io.check_tensorboard()
+    if nouns is not None and cfg.multi_label == 0:
+        raise VplError(f"--nouns {nouns}: the nouns feed the multi-label loss; pass --multi-label K (K > 0) too, "
+                       "or drop --nouns")
+    find_nouns, noun_rule = noun_source(nouns) if cfg.multi_label > 0 else (None, None)
     init_config, init_state = (None, None)
     if init is not None:
         if not Path(init).is_file():
@@ -335,6 +352,8 @@ def run_train_pgseg(
     check_pairs(pairs, length, context, truncate=cfg.truncate, workers=runtime.loader_workers("cpu"))
     params = asdict(cfg)
     inputs = {"pairs": pairs.identity(), "init": None if init is None else io.file_identity(init)}
+    if noun_rule is not None:  # (only then: the inputs of a run without the loss stay as they were)
+        inputs["nouns"] = io.file_identity(nouns) if nouns is not None else noun_rule
     with process_group(runtime.device) as (rank, world, device):
         per_epoch = steps_per_epoch(len(pairs.pairs), cfg.batch_size, world, pairs.root)
         total = cfg.epochs * per_epoch
@@ -369,7 +388,7 @@ def run_train_pgseg(
 
                 board = SummaryWriter(str(tensorboard), purge_step=start + 1)
             stop = total if stop_after is None else min(total, stop_after)
-            views = PairViews(pairs, tokenize, cfg)
+            views = PairViews(pairs, tokenize, cfg, find_nouns)
             batches = loader(views, GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed, start,
                                                   stop), runtime.loader_workers(device.type))
             every = cfg.checkpoint_every or per_epoch

@@ -71,6 +71,15 @@ def train_pgseg_cmd(
     clip_grad: Annotated[Optional[float], _opt("Gradient norm clip; 0 = none.", "clip_grad")] = None,
     crop_size: Annotated[Optional[int], _opt("RandomResizedCrop side.", "crop_size")] = None,
     min_scale: Annotated[Optional[float], _opt("RandomResizedCrop's smallest area fraction.", "min_scale")] = None,
+    multi_label: Annotated[Optional[int], _opt("GroupViT's multi-label (noun) loss: K noun prompts per caption "
+                                               "beside it (GroupViT's released config: 3); 0 = off.",
+                                               "multi_label")] = None,
+    multi_label_weight: Annotated[Optional[float], _opt("The multi-label loss's weight.",
+                                                        "multi_label_weight")] = None,
+    nouns: Annotated[Optional[Path], typer.Option(help="With --multi-label: a noun vocabulary file (one noun a "
+                                                  "line): a caption's nouns are its words found there. Without it, "
+                                                  "nltk's tagger as the reference (needs nltk and its tagger "
+                                                  "data).")] = None,
     truncate: Annotated[bool, typer.Option("--truncate", help="Cut captions longer than the text context (the "
                                            "reference does); without it such a caption is refused.")] = False,
     split: Annotated[str, typer.Option("--split", "-s", help="For a folder with split listings (the demo world): "
@@ -109,10 +118,11 @@ def train_pgseg_cmd(
                        warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr,
                        weight_decay=weight_decay, eps=eps, clip_grad=clip_grad, crop_size=crop_size,
                        min_scale=min_scale, truncate=truncate or None, checkpoint_every=checkpoint_every,
-                       log_every=log_every, seed=seed)
+                       log_every=log_every, seed=seed, multi_label=multi_label,
+                       multi_label_weight=multi_label_weight)
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
         s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
-                            init=init, resume=resume, tensorboard=tensorboard, on_start=on_start,
+                            init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,
                             on_iter=lambda i, rec: on_item(1))
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     what = "PGSeg" if cfg.npr else "GroupViT"

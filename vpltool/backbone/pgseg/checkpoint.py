@@ -7,7 +7,8 @@
   (keys ``img_encoder.*``, ``text_encoder.*``, ``img_projector.*``, ``text_projector.*``, ``logit_scale``; DDP's
   ``module.`` prefix where saved from the wrapper). The config is read from the tensors' shapes (a head is 64 wide,
   as in GroupViT-S and CLIP's text tower); ``npr`` is on when the NPR modules are there. GroupViT's multi-label
-  ``multi_label_logit_scale`` is dropped (its loss is off in PGSeg's setting).
+  ``multi_label_logit_scale`` is dropped (inference does not read it; `train-pgseg --init FILE --multi-label K`
+  starts that scale afresh, at 1 / 0.07).
 
 The pickled extras of a release (its OmegaConf config, optimiser state) are read by an unpickler that builds only
 tensors and plain containers (:class:`_WeightsUnpickler`): nothing of a file's pickle is executed.

@@ -3,7 +3,9 @@
 ``PGSeg`` mirrors the reference's ``MultiLabelContrastive`` (Ferenas/PGSeg at 9f167cd, ``configs/pgseg_specific.yml``:
 multi-label loss off) with the attribute names of its checkpoints: ``img_encoder``, ``text_encoder``,
 ``img_projector``, ``text_projector``, ``logit_scale``. ``npr=False`` is GroupViT (NVlabs/GroupViT) itself: no NPR
-module is built and the loss is the image-text contrastive loss alone.
+module is built and the loss is the image-text contrastive loss alone. ``multi_label=K > 0`` adds GroupViT's
+multi-label (noun) loss (``group_vit_gcc_yfcc_30e.yml``: ``multi_label: 3``) with its own ``multi_label_logit_scale``:
+each caption comes with ``K`` prompted nouns of it (:mod:`vpltool.data.nouns`), tokens ``[B, 1 + K, L]``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class PGSegConfig:
     npr_momentum: float = 0.9
     npr_weight: float = 0.1
     tokenizer: str = "clip"
+    multi_label: int = 0  # data.text_aug.multi_label: noun prompts per caption (0: no multi-label loss)
+    multi_label_weight: float = 1.0  # MultiLabelContrastive's multi_label_loss_weight (share_temperature False)
 
     def __post_init__(self):
         for name in ("depths", "num_heads", "num_group_tokens", "num_output_groups"):
@@ -66,6 +70,8 @@ class PGSegConfig:
                              "num_output_groups one per grouping stage")
         if self.npr and n != 3:
             raise ValueError("PGSegConfig: NPR needs exactly two grouping stages (three stages)")
+        if self.multi_label < 0:
+            raise ValueError("PGSegConfig: multi_label is a count of noun prompts (>= 0)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (tuples as lists)."""
@@ -113,6 +119,8 @@ class PGSeg(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / cfg.contrast_temperature))
         self.img_projector = ProjectMLP(cfg.embed_dim, cfg.proj_inner_dim, cfg.output_dim)
         self.text_projector = ProjectMLP(cfg.text_width, cfg.proj_inner_dim, cfg.output_dim)
+        if cfg.multi_label > 0:  # the reference's own temperature for the noun loss (share_temperature False)
+            self.multi_label_logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / cfg.contrast_temperature))
 
     def convert_sync_batchnorm(self) -> PGSeg:
         """The reference's multi-GPU set-up: the two contrastive projectors' BatchNorm synchronised across ranks
@@ -178,6 +186,42 @@ class PGSeg(nn.Module):
         return 0.5 * (F.cross_entropy(image_x @ all_text.t() * scale, labels)
                       + F.cross_entropy(text_x @ all_image.t() * scale, labels))
 
+    def multi_label_loss(self, image_feat: torch.Tensor, text_feat: torch.Tensor, gather: Gather | None = None,
+                         rank: int = 0) -> torch.Tensor:
+        """GroupViT's multi-label contrastive loss (``MultiLabelContrastive.multi_label_loss``), unweighted.
+
+        Args:
+            image_feat: ``[B, L1, D]`` (the pooled image embedding: ``L1`` = 1), unnormalised.
+            text_feat: ``[B, L2, D]`` (the ``K`` noun prompts of each caption), unnormalised.
+
+        Image row ``(b, l1)`` against every rank's ``(b', l2)`` texts: a soft target ``1 / L2`` on each of its own
+        sample's ``L2`` prompts (``L1``: the other way round); scale ``exp(multi_label_logit_scale)`` clamped at
+        100; the mean over rows of the soft cross-entropy (timm's ``SoftTargetCrossEntropy``), the two directions
+        averaged. Returns a scalar float32.
+        """
+        b, l1, l2 = image_feat.shape[0], image_feat.shape[1], text_feat.shape[1]
+        image_x = F.normalize(image_feat, dim=-1).flatten(0, 1)  # [(B L1), D]
+        text_x = F.normalize(text_feat, dim=-1).flatten(0, 1)  # [(B L2), D]
+        all_text = text_x if gather is None else gather(text_x)  # [(W B L2), D], rank by rank
+        all_image = image_x if gather is None else gather(image_x)
+        scale = torch.clamp(self.multi_label_logit_scale.exp(), max=100)
+        loss_img = self._soft_ce(image_x @ all_text.t() * scale, b, l1, l2, rank)
+        loss_text = self._soft_ce(text_x @ all_image.t() * scale, b, l2, l1, rank)
+        return 0.5 * (loss_img + loss_text)
+
+    @staticmethod
+    def _soft_ce(logits: torch.Tensor, b: int, rows: int, cols: int, rank: int) -> torch.Tensor:
+        """Soft cross-entropy of ``logits`` ``[(B rows), (W B cols)]`` against the target ``1 / cols`` on the
+        ``cols`` columns of the row's own sample on this rank (``rank * B * cols + b * cols + c``), 0 elsewhere.
+        The target is dense and the sum runs over every column, as timm's ``SoftTargetCrossEntropy`` sums (the
+        same arithmetic, so the gradients match the reference's to the last bit; it is as large as the logits)."""
+        target = torch.zeros(b, rows, logits.shape[1] // (b * cols), b, cols, dtype=logits.dtype,
+                             device=logits.device)  # [B, rows, W, B, cols]
+        own = torch.arange(b, device=logits.device)
+        target[own, :, rank, own, :] = 1.0 / cols
+        target = target.reshape(b * rows, -1)
+        return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
     def forward_train(self, images: torch.Tensor, tokens: torch.Tensor, gather: Gather | None = None,
                       rank: int | None = None) -> dict[str, torch.Tensor]:
         """One training forward on ``B`` image-caption pairs (call ``train()`` first: gumbel assignment, drop path,
@@ -185,30 +229,45 @@ class PGSeg(nn.Module):
 
         Args:
             images: ``[B, 3, img_size, img_size]`` float32, normalised.
-            tokens: ``[B, L]`` int64.
+            tokens: ``[B, L]`` int64; with ``cfg.multi_label = K > 0``, ``[B, 1 + K, L]``: the caption, then its
+                ``K`` noun prompts. All ``B (1 + K)`` texts go through the text encoder and projector together
+                (the projector's BatchNorm statistics over all of them), as the reference's ``encode_text``.
             gather: cross-rank all-gather along dim 0 that passes gradients (the reference's ``dist_collect``);
                 None = one process.
             rank: this process's rank (the contrastive labels' offset); None = ``torch.distributed``'s when a
                 ``gather`` is given and a group is initialised, else 0.
 
         Returns:
-            ``loss`` (total = ``contrastive`` + ``npr``), ``contrastive``, and with NPR ``npr``, ``npr_stage1``,
-            ``npr_stage2``, ``npr_text`` (scalars) and the matched indices ``match_stage1``/``match_stage2``/
-            ``match_text`` (int64 ``[B*G]``).
+            ``loss`` (total = ``contrastive`` + ``npr`` + ``multi_label``), ``contrastive``, with NPR ``npr``,
+            ``npr_stage1``, ``npr_stage2``, ``npr_text`` (scalars) and the matched indices ``match_stage1``/
+            ``match_stage2``/``match_text`` (int64 ``[B*G]``), with ``K > 0`` ``multi_label`` (weighted).
+            T-NPR's text prototypes come from the captions alone (``[:, 0]``): the reference computes them over
+            all ``B (1 + K)`` texts and then cannot match them to ``B`` images (its PGSeg config has ``K`` = 0).
         """
         if rank is None:
             dist = torch.distributed
             rank = dist.get_rank() if gather is not None and dist.is_available() and dist.is_initialized() else 0
-        eot = self.text_encoder(tokens)
-        text_mu = self.text_encoder.prototypes(eot, gather) if self.cfg.npr else None
-        text_x = self.text_projector(eot)
+        k = self.cfg.multi_label
+        if k > 0 and (tokens.ndim != 3 or tokens.shape[1] != 1 + k):
+            raise ValueError(f"multi_label={k}: tokens must be [B, {1 + k}, L], got {tuple(tokens.shape)}")
+        flat = tokens.flatten(0, 1) if k > 0 else tokens
+        eot = self.text_encoder(flat)  # [B (1 + K), width]
+        caption_eot = eot.unflatten(0, (-1, 1 + k))[:, 0] if k > 0 else eot
+        text_mu = self.text_encoder.prototypes(caption_eot, gather) if self.cfg.npr else None
+        text_all = self.text_projector(eot)
+        text_x = text_all.unflatten(0, (-1, 1 + k)) if k > 0 else None
         tokens_img, stages = self.img_encoder.forward_features(images)
         out: dict[str, torch.Tensor] = {}
         if self.cfg.npr:
             out.update(npr_losses(stages, text_mu, self.img_encoder.logit_scale, self.cfg.npr_weight))
         image_x = self.img_projector(self.img_encoder.pooled(tokens_img))
-        out["contrastive"] = self.contrastive_loss(image_x, text_x, gather, rank)
-        out["loss"] = out["contrastive"] + out["npr"] if self.cfg.npr else out["contrastive"]
+        out["contrastive"] = self.contrastive_loss(image_x, text_all if k == 0 else text_x[:, 0], gather, rank)
+        total = out["contrastive"] + out["npr"] if self.cfg.npr else out["contrastive"]
+        if k > 0:
+            out["multi_label"] = self.multi_label_loss(image_x.unsqueeze(1), text_x[:, 1:], gather, rank) \
+                * self.cfg.multi_label_weight
+            total = total + out["multi_label"]
+        out["loss"] = total
         return out
 
     def frozen(self) -> PGSeg:
