@@ -22,7 +22,6 @@ settings rebuild the same weights bit for bit (`make toy-dino`).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 from ..errors import VplError
 from .config import ToyDinoConfig
+from .toy_weights import write_toy
 from .toyclip import equal_query_key
 
 GRID = 12  # the toy CLIP's patch grid (96 px, patch 8): the DINO crops give its attention on the same grid
@@ -261,27 +261,9 @@ def _train(out: Path, images: torch.Tensor, cfg: ToyDinoConfig, on_step, source:
     record = {"model": cfg.model, "recipe": asdict(cfg), "data": source, "images": len(images), "steps": total,
               "final_loss": round(float(np.mean(losses[-10:])), 4), "teacher_entropy": round(entropy, 3),
               "seconds": round(seconds, 1)}
-    _write(out, teacher.backbone, record)
+    write_toy(out, teacher.backbone, record, KIND, RECORD_KIND)
     return {**record, "path": str(out)}
 
 
 KIND, RECORD_KIND = "toy-dino", "toy-dino-record"  # the file kinds of its weights and their record (io.marks)
 
-
-def _write(out: Path, model: torch.nn.Module, record: dict[str, Any]) -> None:
-    """The teacher's ViT as safetensors plus its ``.json`` record, each written whole or not at all."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path
-    from ..io.marks import marked
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out) as tmp:
-        # vpltool.kind: what the output guard reads, so that no other run replaces it by mistake (nor this one another
-        # file) without --overwrite
-        save_file(weights, str(tmp), metadata={"format": "pt", "model": record["model"], "vpltool.kind": KIND})
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(marked(record, RECORD_KIND), indent=1) + "\n")
-    for path in (out, out.with_suffix(".json")):
-        path.chmod(0o644)  # safetensors writes owner-only files; the package ships these

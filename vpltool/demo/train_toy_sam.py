@@ -37,7 +37,6 @@ shipped weights' 30-minute rebuild not repeated).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 
 from ..errors import VplError
 from .config import ToySamConfig
+from .toy_weights import write_toy
 
 WEIGHTS_FILE = "model.safetensors"
 IGNORE = 255  # the world's ignore band around each outline
@@ -367,27 +367,9 @@ def _train(out: Path, data: WorldMasks, cfg: ToySamConfig, on_step, source: str)
               "final_loss": round(float(np.mean(losses[-10:])), 4),
               "first_iou": round(float(np.mean(first)), 4) if first else None,
               "last_iou": round(float(np.mean(last)), 4) if last else None, "seconds": round(seconds, 1)}
-    _write(out, sam, record)
+    write_toy(out, sam, record, KIND, RECORD_KIND)
     return {**record, "path": str(out)}
 
 
 KIND, RECORD_KIND = "toy-sam", "toy-sam-record"  # the file kinds of its weights and their record (io.marks)
 
-
-def _write(out: Path, model: torch.nn.Module, record: dict[str, Any]) -> None:
-    """The whole toy Sam as safetensors plus its ``.json`` record, each written whole or not at all."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path
-    from ..io.marks import marked
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out) as tmp:
-        # vpltool.kind: what the output guard reads, so that no other run replaces it by mistake (nor this one
-        # another file) without --overwrite
-        save_file(weights, str(tmp), metadata={"format": "pt", "model": record["model"], "vpltool.kind": KIND})
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(marked(record, RECORD_KIND), indent=1) + "\n")
-    for path in (out, out.with_suffix(".json")):
-        path.chmod(0o644)  # safetensors writes owner-only files; the package ships these
