@@ -89,6 +89,22 @@ def max_abs(a, b) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
+def adamw_step(model, images, tokens) -> tuple[dict, dict, dict]:
+    """One ``forward_train`` (gumbel noise seeded 1) and one AdamW step (lr 1e-3, wd 0.05), as the reference runner
+    takes them: the detached losses, every parameter's gradient and the state dict after the step."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    torch.manual_seed(1)
+    losses = model.forward_train(images, tokens)
+    optimizer.zero_grad()
+    losses["loss"].backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    return ({k: v.detach() for k, v in losses.items()}, grads,
+            {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
 def vpltool_side(ckpt: Path, inputs: dict, ref_tokens, ref_class_tokens) -> dict:
     """The same quantities from vpltool's model loaded from the reference's checkpoint."""
     import torch
@@ -117,17 +133,8 @@ def vpltool_side(ckpt: Path, inputs: dict, ref_tokens, ref_class_tokens) -> dict
                        "text_x": model.text_projector(eot), "group_x": feats["groups"]}
     model.load_state_dict(state)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    torch.manual_seed(1)
-    losses = model.forward_train(images, ref_tokens)
-    optimizer.zero_grad()
-    losses["loss"].backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    optimizer.step()
-    del optimizer  # its two moments: as large as the model
-    out["train"] = {"losses": {k: v.detach() for k, v in losses.items()}, "grads": grads,
-                    "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-    del losses
+    losses, grads, after_step = adamw_step(model, images, ref_tokens)
+    out["train"] = {"losses": losses, "grads": grads, "after_step": after_step}
     model.load_state_dict(state)
     model.eval()
     text_emb = class_text_embeddings(model, ref_class_tokens)
@@ -253,15 +260,8 @@ def groupvit_side(ckpt: Path, images, tokens) -> dict:
                                         "image_x": feats["pooled"], "text_x": model.text_projector(eot),
                                         "group_x": feats["groups"]}}
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    torch.manual_seed(1)
-    losses = model.forward_train(images, tokens)
-    optimizer.zero_grad()
-    losses["loss"].backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    optimizer.step()
-    out["train"] = {"loss": losses["loss"].detach(), "grads": grads,
-                    "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    losses, grads, after_step = adamw_step(model, images, tokens)
+    out["train"] = {"loss": losses["loss"], "grads": grads, "after_step": after_step}
     return out
 
 
@@ -318,16 +318,9 @@ def groupvit_multi_label_side(ckpt: Path, ref: dict, images) -> dict:
                         "grad_multi_label_logit_scale": model.multi_label_logit_scale.grad.clone()}}
     model.zero_grad(set_to_none=True)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    torch.manual_seed(1)
-    losses = model.forward_train(images, tokens)
-    optimizer.zero_grad()
-    losses["loss"].backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    optimizer.step()
-    out["train"] = {"contrastive": losses["contrastive"].detach(), "multi_label": losses["multi_label"].detach(),
-                    "total": losses["loss"].detach(), "grads": grads,
-                    "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    losses, grads, after_step = adamw_step(model, images, tokens)
+    out["train"] = {"contrastive": losses["contrastive"], "multi_label": losses["multi_label"],
+                    "total": losses["loss"], "grads": grads, "after_step": after_step}
     return out
 
 

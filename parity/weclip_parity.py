@@ -483,6 +483,22 @@ def compare_resize(vt: Vpltool, ref: Path) -> dict:
             "refined_cam_range_max": max(ranges), "flat_maps": len(ranges) - len([r for r in ranges if r > 0])}
 
 
+def frozen_cams(vt: Vpltool, inputs, labels: list[list[int]]):
+    """vpltool's frozen CLIP pass over a batch ``inputs`` [B, 3, H, W] and its GradCAM for each crop's ``labels``
+    (online.py's first two steps, as ``online_masks`` takes them): ``(frozen, cam)``."""
+    import torch
+
+    from vpltool.train_decoder.online import frozen_online
+
+    cfg = vt.cfg
+    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
+                           cam_input_back=cfg.cam_input_back)
+    with torch.enable_grad():
+        cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
+                                  layer="input")
+    return frozen, cam
+
+
 def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
     """Why ``crop_scores`` and ``pseudo_labels`` miss their bars while ``refined_cams`` meets its own: vpltool
     against itself on the reference's fixed batch (the runner's ``batch.pt``; each crop's labels from its label PNG,
@@ -507,7 +523,7 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
 
     from vpltool.affinity import affinity, box_masks
     from vpltool.kernels import minmax
-    from vpltool.train_decoder.online import frozen_online, par, propagation_attention
+    from vpltool.train_decoder.online import par, propagation_attention
 
     batch, cfg = load_pt(ref / "batch.pt"), vt.cfg
     inputs = batch["inputs"].float()
@@ -515,11 +531,7 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
     for name in batch["names"]:
         png = np.asarray(Image.open(voc / "SegmentationClassAug" / f"{name}.png"))
         labels.append([int(c) for c in np.unique(png) if 0 < c < 255])
-    frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
-                           cam_input_back=cfg.cam_input_back)
-    with torch.enable_grad():
-        cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
-                                  layer="input")
+    frozen, cam = frozen_cams(vt, inputs, labels)
     boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)
     seg_aff = guide = None
     if vt.plus:  # the reference's RFM affinity and decoder probabilities of this very batch (compare_pseudo's)
@@ -625,7 +637,7 @@ def probe_weights(work: Path, ref: Path, voc: Path, settings: list[tuple[float, 
 
     from vpltool.affinity import affinity, box_masks
     from vpltool.kernels import minmax
-    from vpltool.train_decoder.online import frozen_online, propagation_attention
+    from vpltool.train_decoder.online import propagation_attention
 
     init, batch = load_pt(ref / "init.pt"), load_pt(ref / "batch.pt")
     inputs = batch["inputs"].float()
@@ -641,11 +653,7 @@ def probe_weights(work: Path, ref: Path, voc: Path, settings: list[tuple[float, 
         save_file(sharpen_attention(base, gain, spread), str(st))
         vt = Vpltool(st, init)
         cfg = vt.cfg
-        frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
-                               cam_input_back=cfg.cam_input_back)
-        with torch.enable_grad():
-            cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
-                                      layer="input")
+        frozen, cam = frozen_cams(vt, inputs, labels)
         boxes = box_masks(cam.maps, cfg.box_threshold, parity=True)
         entropy, ranges, diffs = [], [], []
         for b in range(len(labels)):
@@ -723,7 +731,7 @@ def probe_batches(vt: Vpltool, ref: Path, voc: Path, batches: list[Path]) -> lis
 
     from vpltool.affinity import affinity
     from vpltool.kernels import minmax
-    from vpltool.train_decoder.online import decoder_affinity, frozen_online, par, propagation_attention
+    from vpltool.train_decoder.online import decoder_affinity, par, propagation_attention
 
     cfg, init = vt.cfg, load_pt(ref / "init.pt")
     model = vt.decoder(init["decoder"])
@@ -734,15 +742,11 @@ def probe_batches(vt: Vpltool, ref: Path, voc: Path, batches: list[Path]) -> lis
         inputs = batch["inputs"].float()
         labels = [[int(c) for c in np.unique(np.asarray(Image.open(voc / "SegmentationClassAug" / f"{n}.png")))
                    if 0 < c < 255] for n in batch["names"]]
-        frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
-                               cam_input_back=cfg.cam_input_back)
+        frozen, cam = frozen_cams(vt, inputs, labels)
         with torch.no_grad():
             fused, seg_clip, seg_dino = model.forward_plus(frozen.feats, vt.dino_tokens(inputs))
             guide = F.softmax(0.5 * seg_dino.float() + 0.5 * seg_clip.float(), dim=1)
             seg_aff = decoder_affinity(fused)  # WeCLIP+ refines from iteration 0 on
-        with torch.enable_grad():
-            cam = vt.bb.gradcam_batch(frozen.last_input, frozen.grid, vt.rows.for_labels(labels), vt.temperature,
-                                      layer="input")
         crops, crop_labels = [], {torch.float32: [], torch.float64: []}
         for b in range(len(labels)):
             attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
