@@ -191,22 +191,45 @@ def run_slide(args, tokenize, inputs, seg_mod) -> None:
     print(f"wrote {args.out / 'slide.pt'}")
 
 
+def groupvit_model(args, multi_label: int, checkpoint: str):
+    """NVlabs/GroupViT's ``MultiLabelContrastive`` as the parity builds it (seed 0, perturbed, ``multi_label`` =
+    K), its initial state saved as ``args.out / checkpoint`` in the releases' layout: ``(model, spec)``."""
+    import torch
+
+    models = importlib.import_module("models")
+    spec = {k: v for k, v in (MODEL_TINY if args.tiny else MODEL_FULL).items() if k != "type"}
+    img = {k: v for k, v in spec["img_encoder"].items() if k not in ("return_attn_o",)}
+    spec = {**spec, "img_encoder": {**img, "type": "GroupViT"}, "multi_label": multi_label}
+    torch.manual_seed(0)
+    model = models.MultiLabelContrastive(**spec)
+    perturb(model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {k: v.clone() for k, v in model.state_dict().items()}}, args.out / checkpoint)
+    return model, spec
+
+
+def adamw_step(model, loss_fn):
+    """One AdamW step (lr 1e-3, wd 0.05) on ``loss_fn()``, run after ``torch.manual_seed(1)`` (the gumbel noise):
+    ``(loss, every parameter's gradient, the state dict after the step)``."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    torch.manual_seed(1)
+    loss = loss_fn()
+    optimizer.zero_grad()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    return loss, grads, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def run_groupvit(args, tokenize, inputs) -> None:
     """NVlabs/GroupViT's own ``MultiLabelContrastive`` (its released config: multi-label 3, so its state dict holds
     ``multi_label_logit_scale`` as the releases do): eval outputs, and its contrastive ``loss`` on the batch with
     gradients and one AdamW step (the multi-label loss needs the noun prompts its data pipeline makes: not run)."""
     import torch
 
-    models = importlib.import_module("models")
-    spec = {k: v for k, v in (MODEL_TINY if args.tiny else MODEL_FULL).items() if k != "type"}
-    img = {k: v for k, v in spec["img_encoder"].items() if k not in ("return_attn_o",)}
-    spec = {**spec, "img_encoder": {**img, "type": "GroupViT"}, "multi_label": 3}
-    torch.manual_seed(0)
-    model = models.MultiLabelContrastive(**spec)
-    perturb(model)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state}, args.out / "groupvit_checkpoint.pth")
+    model, _ = groupvit_model(args, 3, "groupvit_checkpoint.pth")
     tokens, images = tokenize(inputs["captions"]), inputs["images"]
     model.eval()
     with torch.no_grad():
@@ -218,18 +241,14 @@ def run_groupvit(args, tokenize, inputs) -> None:
                                              "text_x": model.text_projector(eot),
                                              "group_x": model.img_projector(enc["feat"])}}
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    torch.manual_seed(1)
-    image_x = model.encode_image(images, as_dict=True)["image_x"]  # forward_train's order: image, then text
-    text_x = model.encode_text(tokens, as_dict=True)["text_x"]
-    loss = model.loss(image_x, text_x)
-    optimizer.zero_grad()
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    optimizer.step()
-    result["train"] = {"loss": loss.detach(), "grads": grads,
-                       "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()
-                                      if k != "multi_label_logit_scale"}}
+
+    def contrastive():  # forward_train's order: image, then text
+        image_x = model.encode_image(images, as_dict=True)["image_x"]
+        return model.loss(image_x, model.encode_text(tokens, as_dict=True)["text_x"])
+
+    loss, grads, after_step = adamw_step(model, contrastive)
+    after_step.pop("multi_label_logit_scale")
+    result["train"] = {"loss": loss.detach(), "grads": grads, "after_step": after_step}
     torch.save(result, args.out / "groupvit.pt")
     print(f"wrote {args.out / 'groupvit.pt'}")
 
@@ -243,17 +262,8 @@ def run_groupvit_multi_label(args, tokenize, inputs) -> None:
     Outputs in ``groupvit_ml.pt``."""
     import torch
 
-    models = importlib.import_module("models")
     k = len(inputs["multi_label_texts"][0]) - 1
-    spec = {kk: v for kk, v in (MODEL_TINY if args.tiny else MODEL_FULL).items() if kk != "type"}
-    img = {kk: v for kk, v in spec["img_encoder"].items() if kk not in ("return_attn_o",)}
-    spec = {**spec, "img_encoder": {**img, "type": "GroupViT"}, "multi_label": k}
-    torch.manual_seed(0)
-    model = models.MultiLabelContrastive(**spec)
-    perturb(model)
-    state = {kk: v.clone() for kk, v in model.state_dict().items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state}, args.out / "groupvit_ml_checkpoint.pth")
+    model, spec = groupvit_model(args, k, "groupvit_ml_checkpoint.pth")
     g = torch.Generator().manual_seed(2)
     b, d = len(inputs["multi_label_texts"]), spec["output_dim"]
     image_feat = torch.randn(b, 1, d, generator=g).requires_grad_(True)
@@ -267,18 +277,16 @@ def run_groupvit_multi_label(args, tokenize, inputs) -> None:
     model.zero_grad(set_to_none=True)
     texts = torch.stack([tokenize(t) for t in inputs["multi_label_texts"]])  # [B, 1 + K, L]
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    torch.manual_seed(1)
-    losses = model(inputs["images"], texts)
-    total = sum(v.mean() for kk, v in losses.items() if "loss" in kk)  # utils/misc.py parse_losses
-    optimizer.zero_grad()
-    total.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    optimizer.step()
+    losses = {}
+
+    def forward_train():
+        losses.update(model(inputs["images"], texts))
+        return sum(v.mean() for kk, v in losses.items() if "loss" in kk)  # utils/misc.py parse_losses
+
+    total, grads, after_step = adamw_step(model, forward_train)
     result.update(tokens=texts, train={"loss": losses["loss"].detach(),
                                        "multi_label_loss": losses["multi_label_loss"].detach(),
-                                       "total": total.detach(), "grads": grads,
-                                       "after_step": {kk: v.detach().clone() for kk, v in model.state_dict().items()}})
+                                       "total": total.detach(), "grads": grads, "after_step": after_step})
     torch.save(result, args.out / "groupvit_ml.pt")
     print(f"wrote {args.out / 'groupvit_ml.pt'}")
 
@@ -375,18 +383,16 @@ def main(argv: list[str] | None = None) -> None:
         return out
 
     enc_mod.hug_match, enc_mod.closs, enc_mod.forward_with_NPR = hug_match, closs, forward_with_npr
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    torch.manual_seed(1)
-    losses = model(images, tokens)
-    total = sum(v.mean() for k, v in losses.items() if "loss" in k)  # utils/misc.py parse_losses
-    optimizer.zero_grad()
-    total.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    optimizer.step()
+    losses = {}
+
+    def forward_train():
+        losses.update(model(images, tokens))
+        return sum(v.mean() for k, v in losses.items() if "loss" in k)  # utils/misc.py parse_losses
+
+    total, grads, after_step = adamw_step(model, forward_train)
     result["train"] = {"loss": losses["loss"].detach(), "loss_pg": seen["loss_pg"], "total": total.detach(),
                        "closs": seen["closs"], "match": seen["match"], "mu": seen["mu"], "center": seen["center"],
-                       "text_mu": seen["text_mu"], "grads": grads,
-                       "after_step": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                       "text_mu": seen["text_mu"], "grads": grads, "after_step": after_step}
 
     # ---- zero-shot labels
     model.load_state_dict(state)
