@@ -88,10 +88,16 @@ def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background:
             cfg = replace(cfg, background="none")
         templates, background = check_queries(names, cfg)
         return class_synonyms(names), templates, background
-    from .data.class_files import class_file_queries
+    from .data.class_files import check_class_file, class_file_queries
 
     presets.check_class_names(class_names(names), "--classes")
     synonyms, background = class_file_queries(cfg.class_file, len(names))
+    if cfg.background != "auto":  # given: the file's own background line, or the file has none and it applies
+        if background:
+            raise VplError(f"--background {cfg.background}: --class-file {cfg.class_file} gives the background's "
+                           "queries on its first line; drop --background, or that line to use --background's")
+        background = resolve_background(cfg.background, None, [w for s in synonyms for w in s])
+    check_class_file(cfg.class_file, class_names(names), synonyms, background)
     return synonyms, resolve_templates(cfg.templates), background
 
 

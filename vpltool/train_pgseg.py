@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from . import io
 from .batches import die_with_parent
-from .config import RuntimeConfig
+from .config import RuntimeConfig, to_params
 from .config.pgseg import PGSegTrainConfig
 from .data.nouns import noun_prompts, noun_source
 from .data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
@@ -202,8 +202,13 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
                        f"--crop-size {cfg.crop_size}; pass --crop-size {init_config.img_size}")
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
-    return fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
-                                      "multi_label_weight": cfg.multi_label_weight})
+    out = fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
+                                     "multi_label_weight": cfg.multi_label_weight})
+    patch = getattr(out, "patch_size", 1)
+    if cfg.crop_size < patch:  # no patch token at all: a traceback in the first forward
+        raise VplError(f"--crop-size {cfg.crop_size}: smaller than the model's patch ({patch} px), so a crop holds "
+                       f"no patch; pass --crop-size {patch} or more")
+    return out
 
 
 def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
@@ -304,7 +309,7 @@ def run_train_pgseg(
     cfg: PGSegTrainConfig = PGSegTrainConfig(),
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
-    split: str | None = "train",
+    split: str | None = None,
     init: str | Path | None = None,
     nouns: str | Path | None = None,
     resume: bool = False,
@@ -313,8 +318,9 @@ def run_train_pgseg(
     on_iter: Callable[[int, dict[str, Any]], None] | None = None,
     stop_after: int | None = None,
 ) -> PGSegSummary:
-    """Train on the pairs of ``pairs_path`` (:func:`vpltool.data.pairs.open_pairs`, ``split`` of a folder with
-    listings); write ``out_dir/pgseg.safetensors``.
+    """Train on the pairs of ``pairs_path`` (:func:`vpltool.data.pairs.open_pairs`: ``split`` of a folder with
+    listings, None = ``train`` there; refused where there are none; recorded in ``inputs.pairs``); write
+    ``out_dir/pgseg.safetensors``.
 
     Args:
         cfg: see :class:`PGSegTrainConfig`; ``cfg.batch_size`` is per process. ``runtime.workers``: DataLoader
@@ -350,7 +356,9 @@ def run_train_pgseg(
     model_cfg = _model_config(fam, cfg, init_config)
     tokenize, length, context = _tokenizer(fam, model_cfg)
     check_pairs(pairs, length, context, truncate=cfg.truncate, workers=runtime.loader_workers("cpu"))
-    params = asdict(cfg)
+    params = to_params(cfg)  # options without effect (--multi-label-weight without the loss) left out
+    if init is not None:  # the --init file's architecture replaces --preset: its identity records it
+        params.pop("preset", None)
     inputs = {"pairs": pairs.identity(), "init": None if init is None else io.file_identity(init)}
     if noun_rule is not None:  # (only then: the inputs of a run without the loss stay as they were)
         inputs["nouns"] = io.file_identity(nouns) if nouns is not None else noun_rule

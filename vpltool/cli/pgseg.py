@@ -82,8 +82,11 @@ def train_pgseg_cmd(
                                                   "data).")] = None,
     truncate: Annotated[bool, typer.Option("--truncate", help="Cut captions longer than the text context (the "
                                            "reference does); without it such a caption is refused.")] = False,
-    split: Annotated[str, typer.Option("--split", "-s", help="For a folder with split listings (the demo world): "
-                                       "the split to train on.")] = "train",
+    split: Annotated[Optional[str], typer.Option("--split", "-s", help="For a folder with split listings "
+                                                 "(splits/<split>.txt: the demo world): the split to train on; an "
+                                                 "unknown one is refused, and so is a split where there is none "
+                                                 "(shards, a folder without listings) [default: train where there "
+                                                 "are listings].", show_default=False)] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from these weights: a GroupViT or PGSeg release (.pth) "
                                                  "or a train-pgseg file; its architecture replaces --preset.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "

@@ -59,7 +59,11 @@ class PGSegTrainConfig:
     def __post_init__(self) -> None:
         choice("--recipe", self.recipe, tuple(PGSEG_RECIPES))
         choice("--preset", self.preset, PGSEG_PRESETS)
-        for name in ("batch_size", "epochs", "crop_size", "log_every"):
+        # the contrastive projectors' BatchNorm (the reference's) cannot normalise one sample: a traceback at the
+        # first step, after the folder was made
+        at_least("--batch-size", self.batch_size, 2, why=" (the projectors' BatchNorm needs two pairs a batch on "
+                 "each process)")
+        for name in ("epochs", "crop_size", "log_every"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         for name in ("warmup_epochs", "checkpoint_every", "multi_label"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
@@ -72,6 +76,10 @@ class PGSegTrainConfig:
         fraction("--min-scale", self.min_scale)
         positive("--min-scale", self.min_scale)
         seed_value("--seed", self.seed)
+
+    def inert(self) -> dict[str, str]:
+        """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`)."""
+        return {} if self.multi_label else {"multi_label_weight": "without --multi-label K (K > 0)"}
 
 
 def pgseg_recipe(name: str, **changes: Any) -> PGSegTrainConfig:
