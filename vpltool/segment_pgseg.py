@@ -27,7 +27,14 @@ import torch.nn.functional as F
 
 from . import io, presets
 from .config import RuntimeConfig
-from .config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES
+from .config.pgseg import (
+    PGSEG_BACKGROUND,
+    PGSEG_BG_THRESH,
+    PGSEG_SHORT_SIDE,
+    PGSEG_SLIDE,
+    PGSEG_TEMPLATES,
+    check_pgseg_side,
+)
 from .data import Dataset
 from .device import resolve_device
 from .errors import VplError
@@ -67,8 +74,7 @@ def run_segment_pgseg(
 
     if not 0.0 <= bg_thresh <= 1.0:
         raise VplError(f"--bg-thresh {bg_thresh}: must be in [0, 1]")
-    if short_side < 1:
-        raise VplError(f"--short-side {short_side}: must be >= 1")
+    check_pgseg_side("--short-side", short_side)
     if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
         raise VplError(f"--slide-crop {slide[0]} --slide-stride {slide[1]}: the crop must be >= 0 (0 = the whole "
                        "image) and the stride between 1 and the crop")

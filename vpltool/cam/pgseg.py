@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .. import io, presets
 from ..batches import image_stage
 from ..config import RuntimeConfig
-from ..config.pgseg import PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES
+from ..config.pgseg import PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES, check_pgseg_side
 from ..data import open_dataset, open_recorded, recorded_folders
 from ..device import resolve_device, shard_from_env
 from ..errors import ContractError, VplError
@@ -61,8 +61,7 @@ def run_pgseg_cam(
     (``source`` + ``split``) or of the dataset an `extract` folder was made from. ``slide``: ``(crop, stride)``
     of the sliding window, crop 0 = the whole image. The checkpoint is read (its architecture checked) before any
     output."""
-    if short_side < 1:
-        raise VplError(f"--pgseg-side {short_side}: must be >= 1")
+    check_pgseg_side("--pgseg-side", short_side)
     if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
         raise VplError(f"cam --pgseg: window {slide[0]} at stride {slide[1]}: the crop must be >= 0 (0 = the whole "
                        "image) and the stride between 1 and the crop")

@@ -183,6 +183,7 @@ def friendly_errors(fn: Callable) -> Callable:
                 warnings.simplefilter("always", VplWarning)  # restored with the filters after the command
                 warnings.showwarning = functools.partial(_show_warning, warnings.showwarning, verbose)
                 _check_file_options(kwargs)
+                _check_given_options(fn, kwargs)
                 if log_file is not None:
                     try:  # alone; check_outputs checks it again in the run's context
                         io.check_log_target(log_file)
@@ -252,6 +253,46 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
             return fn(*args, **kwargs)
         with ranks.alone():  # rank 0 runs the whole command: nothing in it may take itself for a shard
             return fn(*args, **kwargs)
+
+
+def _check_given_options(fn: Callable, kwargs: dict) -> None:
+    """Every command's options checked once, before anything runs: a float that is not finite (nan, inf: every
+    comparison with it is False, so a bound check lets it through) is refused, and an option without effect in the
+    command's mode is warned about or refused (:mod:`vpltool.cli.applies`). Only under the CLI (a click
+    context); a library caller passes values to the configs, whose checks refuse a non-finite number too."""
+    from ..config.checks import finite_numbers
+    from .applies import check_options
+
+    ctx = _click_context()
+    if ctx is None:
+        return
+    opts = {p.name: max(p.opts, key=len) for p in ctx.command.params if p.name}
+
+    def spelled(name: str) -> str:
+        return opts.get(name, "--" + name.replace("_", "-"))
+
+    finite_numbers(kwargs, spelled)
+
+    def given(name: str) -> bool:
+        return getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+
+    command = ctx.info_name or fn.__name__.removesuffix("_cmd").replace("_", "-")
+    check_options(command, kwargs, given, spelled, lambda line: warnings.warn(VplWarning(line), stacklevel=2))
+
+
+def _click_context():
+    """The running command's click context (typer's own copy of click from typer 0.29, click's before), or None
+    (a library call)."""
+    import importlib
+
+    for name in ("typer._click.globals", "click.globals"):
+        try:
+            ctx = importlib.import_module(name).get_current_context(silent=True)
+        except ImportError:
+            continue
+        if ctx is not None:
+            return ctx
+    return None
 
 
 def _check_file_options(kwargs: dict) -> None:

@@ -280,8 +280,7 @@ def cam_cmd(
                                               "--dense-crop": dense_crop, "--dense-stride": dense_stride,
                                               "--dense-pamr": dense_pamr})
     if pgseg is not None:
-        _cam_pgseg(source, pgseg, out, split, pgseg_side, dense, prototypes, save_overlays, save_debug, parity, run,
-                   shard)
+        _cam_pgseg(source, pgseg, out, split, pgseg_side, run, shard)
         return
     if prototypes is None:
         raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --pgseg FILE")
@@ -310,18 +309,11 @@ def cam_cmd(
         f"{pending(out)}")
 
 
-def _cam_pgseg(source: Path, pgseg: Path, out: Path, split: str | None, side: int, dense: str,
-               prototypes: Path | None, save_overlays: Path | None, save_debug: Path | None, parity: str,
-               run: dict, shard) -> None:
-    """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.cam.pgseg)."""
+def _cam_pgseg(source: Path, pgseg: Path, out: Path, split: str | None, side: int, run: dict, shard) -> None:
+    """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.cam.pgseg); the options it does not
+    use were refused or warned about before (vpltool.cli.applies)."""
     from ..cam.pgseg import run_pgseg_cam
 
-    for option, value in (("--prototypes", prototypes), ("--dense", None if dense == "none" else dense),
-                          ("--save-overlays", save_overlays), ("--save-debug", save_debug),
-                          ("--parity", None if parity == "none" else parity)):
-        if value is not None:
-            raise VplError(f"{option}: not used with --pgseg (the checkpoint's own text encoder and group maps); "
-                           "drop one of them")
     with progress("cam") as (on_start, on_item):
         s = run_pgseg_cam(source, pgseg, out, runtime(**run), split=split, short_side=side, shard=shard_of(shard),
                           on_item=on_item, on_start=on_start)

@@ -44,6 +44,7 @@ from .common import (
     progress,
     runtime,
     say,
+    warn_inert,
 )
 from .root import app
 from .values import model_spec
@@ -163,6 +164,7 @@ def segment_cmd(
                         stretch=stretch, window_global=window_global, sam_model=sam_model, sam_weights=sam_weights,
                         cos_fac=cos_fac, refine_neg_cos=refine_neg_cos, sam_halves=sam_halves,
                         sam_refine=sam_refine, coarse_threshold=coarse_threshold, minimal_area=minimal_area)
+    warn_inert(cfg)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

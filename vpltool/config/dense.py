@@ -150,9 +150,13 @@ class SegmentConfig:
         choice("--dense", self.dense, DENSE_CHOICES)
         if self.proxy_model is None:  # the method's own, recorded as such
             object.__setattr__(self, "proxy_model", PROXY_MODELS.get(self.dense, DEFAULT_PROXY_MODEL))
-        if self.cos_fac is not None and self.cos_fac < 0:
+        if self.cos_fac is not None and not self.cos_fac >= 0:  # nan too (nan < 0 is False)
             require(False, f"--cos-fac {self.cos_fac}: give a factor >= 0 (Trident's own: 1.2; 0 keeps every pair "
                     "with a positive SAM cosine)")
+        # asked for, SAM's refinement would be silently skipped by any other method (it needs Trident's SAM pass)
+        require(not self.sam_refine or self.dense in SAM_METHODS,
+                f"--sam-refine: Trident's SAM prompt refinement needs SAM's image encoder, which --dense {self.dense} "
+                f"does not run; pass --dense {' or '.join(SAM_METHODS)}, or drop --sam-refine")
         if self.attention is not None:
             choice("--attention", self.attention, ATTENTION_CHOICES)
         # CLIP's own is 100 (learned, clamped there); beyond MAX_LOGIT_SCALE softmax is an argmax already, and the
@@ -187,8 +191,9 @@ class SegmentConfig:
     def resolved(self) -> DenseSettings:
         """The method's :class:`DenseSettings` with every option given here in place of its own."""
         base = DENSE_SEGMENTORS[self.dense]
+        inert = self.inert()  # an option of another method (--sam-refine without trident) is not applied
         given = {f.name: getattr(self, f.name) for f in fields(DenseSettings)
-                 if getattr(self, f.name, None) is not None}
+                 if getattr(self, f.name, None) is not None and f.name not in inert}
         if given.get("area_threshold") == 0:
             given["area_threshold"] = None
         out = replace(base, **given)

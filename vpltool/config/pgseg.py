@@ -96,6 +96,14 @@ PGSEG_BACKGROUND = "none"
 PGSEG_TEMPLATES = "simple"  # evaluate.seg.template of default_pgseg.yml
 PGSEG_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
 PGSEG_SLIDE = (448, 224)  # pascal_voc12.py test_cfg: mode='slide', crop_size (448, 448), stride (224, 224)
+PGSEG_MIN_SIDE = 32  # two of GroupViT-S's 16-px patches a side: below it the group maps have no patch to assign
+
+
+def check_pgseg_side(option: str, side: int) -> None:
+    """The short side a PGSeg image is resized to (`segment --pgseg --short-side`, `cam --pgseg-side`): at least
+    :data:`PGSEG_MIN_SIDE` (a side of 1 was a traceback in the patch embedding)."""
+    at_least(option, side, PGSEG_MIN_SIDE, why=" pixels (the model's patches need room)")
 
 __all__ = ["PGSEG_PRESETS", "PGSEG_RECIPES", "PGSegTrainConfig", "pgseg_recipe", "PGSEG_BG_THRESH",
-           "PGSEG_BACKGROUND", "PGSEG_TEMPLATES", "PGSEG_SHORT_SIDE", "PGSEG_SLIDE"]
+           "PGSEG_BACKGROUND", "PGSEG_TEMPLATES", "PGSEG_SHORT_SIDE", "PGSEG_SLIDE",
+           "PGSEG_MIN_SIDE", "check_pgseg_side"]
