@@ -191,9 +191,16 @@ def test_a_bad_class_file_for_any_benchmark_fails_before_the_first_is_segmented(
     bad = tmp_path / "cls.txt"
     bad.write_text("".join(f"class {i}\n" for i in range(21)))  # right for VOC21, 21 lines for ADE20K's 150
     with pytest.raises(VplError, match="21 lines for 150 classes"):
-        run_benchmark("naclip", {"voc21": minis["voc21"], "ade20k": minis["ade20k"]}, tmp_path / "out", tiny_spec,
-                      {"class_file": str(bad)})
+        run_benchmark("naclip", {"ade20k": minis["ade20k"]}, tmp_path / "out", tiny_spec, {"class_file": str(bad)})
+    # one file for several benchmarks is refused (VOC20 would get VOC21's background line); a set name is not
+    with pytest.raises(VplError, match="one file for 2 benchmarks"):
+        run_benchmark("naclip", {"voc21": minis["voc21"], "voc20": minis["voc20"]}, tmp_path / "out", tiny_spec,
+                      {"class_file": "sclip:voc21"})
     assert not (tmp_path / "out").exists()
+    from vpltool.benchmark import preset_config
+
+    assert preset_config("naclip", "voc20", {"class_file": "sclip"}).class_file == "sclip:voc20"
+    assert preset_config("naclip", "voc21", {"class_file": "clearclip"}).class_file == "clearclip:voc21"
 
 
 def test_background_words_stay_out_of_a_benchmark_without_background(minis):

@@ -21,6 +21,7 @@ from .config import RuntimeConfig, SegmentConfig
 from .config.benchmarks import BENCHMARK_PRESETS
 from .config.dense import DENSE_CHOICES
 from .data.benchmarks import BENCHMARK_ORDER, TITLES
+from .data.class_files import is_class_set
 from .errors import VplError
 
 STAGE = "benchmark"
@@ -37,7 +38,19 @@ def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | No
                        f"{', '.join(DENSE_CHOICES[1:])}); its presets are listed by `vpltool benchmark --presets`")
     known = {f.name for f in fields(SegmentConfig)}
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in known})
+    if settings.get("class_file") is not None and is_class_set(settings["class_file"]):  # each benchmark's own
+        settings["class_file"] = f"{settings['class_file']}:{benchmark}"
     return SegmentConfig(**settings)
+
+
+def check_class_file_option(class_file: str | None, names: Sequence[str]) -> None:
+    """``--class-file`` of a benchmark run: a set name (``sclip``: each benchmark's own file) for any number of
+    benchmarks, one file for one benchmark only (VOC20 would get VOC21's background line)."""
+    if class_file is None or is_class_set(class_file) or len(names) <= 1:
+        return
+    raise VplError(f"--class-file {class_file}: one file for {len(names)} benchmarks ({', '.join(names)}), whose "
+                   "classes differ; give a set name (sclip, clearclip: each benchmark's own file), or run one "
+                   "benchmark per --class-file")
 
 
 def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path, spec: ModelSpec,
@@ -69,6 +82,7 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
     out = io.check_folder_target(out)
     names = [n for n in BENCHMARK_ORDER if n in roots]
     # every dataset and every preset checked before the model loads (a wrong root fails in a second)
+    check_class_file_option((overrides or {}).get("class_file"), names)
     datasets = {n: open_dataset(f"{n}={roots[n]}") for n in names}
     configs = {n: preset_config(method, n, overrides) for n in names}
     for n in names:  # the class files and queries too (a bad file for the last benchmark fails now, not in an hour)
@@ -104,6 +118,10 @@ def run_benchmarks(methods: Sequence[str], roots: Mapping[str, str | Path], out:
                    on_benchmark: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
     """:func:`run_benchmark` for each of ``methods`` (one CLIP loaded for all), every method's presets checked first;
     one method writes into ``out``, several each into ``<out>/<method>/``. Returns their tables in order."""
+    twice = next((m for m in methods if list(methods).count(m) > 1), None)
+    if twice is not None:
+        raise VplError(f"benchmark: method {twice!r} is named {list(methods).count(twice)} times; give each once")
+    check_class_file_option((overrides or {}).get("class_file"), [n for n in BENCHMARK_ORDER if n in roots])
     for m in methods:
         for n in (n for n in roots if n in BENCHMARK_ORDER):
             preset_config(m, n, overrides)

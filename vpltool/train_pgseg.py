@@ -356,6 +356,10 @@ def run_train_pgseg(
     model_cfg = _model_config(fam, cfg, init_config)
     tokenize, length, context = _tokenizer(fam, model_cfg)
     check_pairs(pairs, length, context, truncate=cfg.truncate, workers=runtime.loader_workers("cpu"))
+    if nouns is not None and find_nouns is not None and not any(find_nouns(p.caption) for p in pairs.pairs):
+        # every noun prompt would be the caption itself: the multi-label loss a second contrastive loss, unsaid
+        raise VplError(f"--nouns {nouns}: none of its words is in any of the {len(pairs.pairs)} captions, so the "
+                       "multi-label loss would have no noun to prompt; give a vocabulary of the captions' nouns")
     params = to_params(cfg)  # options without effect (--multi-label-weight without the loss) left out
     if init is not None:  # the --init file's architecture replaces --preset: its identity records it
         params.pop("preset", None)

@@ -629,7 +629,9 @@ ProxyWeightsOpt = Annotated[str, typer.Option("--proxy-weights", help="Its weigh
 ClassFileOpt = Annotated[Optional[str], typer.Option(
     "--class-file", help="Queries as the references write them: a file of one line a class (the dataset's order; "
     "first line the background's words when it has one more line), comma-separated synonyms, or a bundled "
-    "SET:BENCHMARK (sclip:voc21, clearclip:voc21, ...); each class is still scored as the dataset's.",
+    "SET:BENCHMARK (sclip:voc21, clearclip:voc21, ...); each class is still scored as the dataset's. Queries "
+    "separated by ',' (SCLIP's files) or, in a file with a ';', by '; ' (ProxyCLIP's and Trident's). benchmark "
+    "also takes a set name alone (sclip: each benchmark's own file).",
     show_default=False)]
 AttentionOpt = Annotated[Optional[str], typer.Option(
     "--attention", help="The last block's attention in place of the --dense method's: qk (CLIP's own; ClearCLIP's "

@@ -50,6 +50,13 @@ def class_file_path(spec: str | os.PathLike) -> Path:
     return path
 
 
+def is_class_set(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names a bundled set alone (``sclip``, ``clearclip``, or a reference such as ``naclip``), not a
+    file: `benchmark` then takes each benchmark's own file of it (``sclip:voc20`` for VOC20)."""
+    text = os.fspath(spec)
+    return ":" not in text and not Path(text).exists() and (text in REFERENCE_SETS or (ASSETS / text).is_dir())
+
+
 def read_class_file(spec: str | os.PathLike) -> list[list[str]]:
     """The queries of each line of a class file, in order (``[[q, ...], ...]``, one list per class).
 
@@ -128,5 +135,5 @@ def class_file_queries(spec: str | os.PathLike, n_foreground: int) -> tuple[list
                    f"order ({n_foreground} lines, or {n_foreground + 1} with the background's words first)")
 
 
-__all__ = ["ASSETS", "REFERENCE_SETS", "class_file_path", "read_class_file", "query_separator", "check_class_file",
-           "class_file_queries"]
+__all__ = ["ASSETS", "REFERENCE_SETS", "is_class_set", "class_file_path", "read_class_file", "query_separator",
+           "check_class_file", "class_file_queries"]

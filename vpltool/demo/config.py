@@ -19,6 +19,7 @@ QK_BLOCKS = ("global", "all")
 LAYOUTS = ("folder", "voc")
 MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 the toy models only diverge (inf: NaN weights)
 MAX_SIZE = 2048  # scene side: 100000 asked for a 37 GiB array and died with a MemoryError traceback
+MAX_SCENES = 1_000_000  # train + val scenes of one world (its plan is held in memory before the first is drawn)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,9 @@ class WorldConfig:
     def __post_init__(self) -> None:
         at_least("--train", self.train, 1)
         at_least("--val", self.val, 0)
+        # the scenes are planned in memory before the first is written: a count of 2**31 grew without a word
+        require(self.train + self.val <= MAX_SCENES, f"--train {self.train} --val {self.val}: at most "
+                f"{MAX_SCENES:,} scenes in all (a demo world of 500 + 200 is the demo's); give smaller counts")
         at_least("--size", self.size, 32, why=" pixels")
         require(self.size <= MAX_SIZE, f"--size {self.size}: must be at most {MAX_SIZE} pixels (a scene is drawn "
                 "in memory, ~40 bytes per pixel; the toy CLIP is trained at 96)")

@@ -463,7 +463,9 @@ def run_train_decoder(
         io.check_tensorboard()
         io.check_events_folder(tensorboard, out_dir, resuming=resume and (out_dir / "checkpoints" /
                                                                           "last.safetensors").is_file())
-    protos = io.read_prototypes(prototypes, classes=dataset.classes)
+    # WeCLIP's GradCAM scores text prototypes (its classifier's rows are the class names' text embeddings)
+    protos = io.read_prototypes(prototypes, classes=dataset.classes, source="text" if online else None,
+                                option=f"--prototypes (--recipe {cfg.recipe})")
     check_crop(cfg.crop_size, ModelSpec.from_identity(protos.model).vision_value("patch_size"))  # before any output
     label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
     extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
