@@ -127,10 +127,10 @@ def test_a_split_is_checked_as_every_split_and_recorded(tmp_path):
 def test_a_split_where_there_is_nothing_to_split_is_refused(tmp_path):
     plain = _folder(tmp_path / "plain")
     assert len(open_pairs(plain).pairs) == 3 and open_pairs(plain).identity()["split"] is None
-    with pytest.raises(VplError, match="--split train: .* no split listings"):
+    with pytest.raises(VplError, match="--split train: .* without split listings"):
         open_pairs(plain, "train")
     shard = _shard(tmp_path / "s" / "00000.tar", {"k.png": _png(), "k.txt": b"a red square"})
-    with pytest.raises(VplError, match="has no split listings"):
+    with pytest.raises(VplError, match="a folder of shards: nothing to split"):
         open_pairs(shard.parent, "train")
 
 

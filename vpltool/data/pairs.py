@@ -119,8 +119,8 @@ def open_pairs(path: str | os.PathLike, split: str | None = None) -> PairSet:
 def _no_split(split: str | None, where: object, what: str) -> None:
     """A split given where there is nothing to split is refused: the run would train on every pair."""
     if split is not None:
-        raise VplError(f"--split {split}: {where} is {what}, which has no split listings, so every pair would be "
-                       "trained on; drop --split (or pass the split's own shards)")
+        raise VplError(f"--split {split}: {where} is {what}: nothing to split, so every pair would be trained on; "
+                       "drop --split (or pass the split's own shards or folder)")
 
 
 def _open_shards(root: Path, shards: Sequence[Path]) -> PairSet:
@@ -235,7 +235,7 @@ def _split_listing(root: Path, split: str | None) -> Path | None:
 
     folder = next((root / d for d in SPLIT_FOLDERS if (root / d).is_dir() and any((root / d).glob("*.txt"))), None)
     if folder is None:
-        _no_split(split, root, "a folder without split listings (splits/<split>.txt)")
+        _no_split(split, root, "a caption folder without split listings (splits/<split>.txt)")
         return None
     return split_file(folder, split or DEFAULT_SPLIT)
 
