@@ -235,3 +235,27 @@ def test_weclip_with_a_dino_branch_is_weclip_plus():
         decoder_recipe("weclip", dino_model="vit_small_patch14_dinov2.lvd142m")
     cfg = decoder_recipe("weclip", iters=10, rfm_start=10)
     assert "rfm_start" in __import__("vpltool.config", fromlist=["inert_fields"]).inert_fields(cfg)
+
+
+def test_a_weclip_plus_decoder_finds_its_dino_anywhere_or_is_told_where(tmp_path):
+    """The decoder records its DINO file by an absolute path and sha256; predict --dino-weights points at a moved
+    copy, checked by content."""
+    from types import SimpleNamespace
+
+    from vpltool import io
+    from vpltool.predict import decoder_dino_weights
+
+    dino = tmp_path / "dino.safetensors"
+    dino.write_bytes(b"weights")
+    ident = io.file_identity(dino.resolve())
+    f = SimpleNamespace(path=tmp_path / "decoder.safetensors", meta=lambda key, default=None: {"dino_weights": ident})
+    assert decoder_dino_weights(f, str(dino.resolve()), None) == str(dino.resolve())
+    moved = tmp_path / "elsewhere.safetensors"
+    dino.rename(moved)
+    with pytest.raises(VplError, match="pass --dino-weights FILE"):
+        decoder_dino_weights(f, ident["path"], None)
+    assert decoder_dino_weights(f, ident["path"], moved) == str(moved.resolve())
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"other weights")
+    with pytest.raises(VplError, match="sha256 differs"):
+        decoder_dino_weights(f, ident["path"], other)

@@ -171,6 +171,27 @@ def _open_split(f: io.TensorFile, data: str | Path | None, split: str | None, ch
     return dataset
 
 
+def decoder_dino_weights(f, recorded: str, given: str | Path | None) -> str:
+    """The DINO weights of a WeCLIP+ decoder ``f``: ``given`` (``--dino-weights``), else the ``recorded`` path (its
+    training resolves a file to an absolute path and records its sha256 in ``inputs.dino_weights``). A file whose
+    sha256 is not the recorded one is refused, and so is a recorded file that is not there, naming the option."""
+    inputs = f.meta("inputs", None)
+    ident = inputs.get("dino_weights") if isinstance(inputs, dict) else None
+    if given is None:
+        if recorded in ("hub", "none") or Path(recorded).is_file():
+            return recorded
+        raise VplError(f"{f.path}: its DINO weights {recorded} are not there (the path its training recorded); "
+                       "pass --dino-weights FILE (the same file)")
+    given = Path(given)
+    if not given.is_file():
+        raise VplError(f"--dino-weights {given}: no such file; give the DINO weights file the decoder was trained "
+                       "with")
+    if isinstance(ident, dict) and ident.get("sha256") and io.sha256_file(given) != ident["sha256"]:
+        raise VplError(f"--dino-weights {given}: not the file {f.path} was trained with (sha256 differs from "
+                       f"{ident['path']}'s); give that file")
+    return str(given.resolve())
+
+
 def run_predict(
     decoder_file: str | Path,
     data: str | Path | None,
@@ -181,6 +202,7 @@ def run_predict(
     *,
     overlays: str | Path | None = None,
     shard: tuple[int, int] | None = None,
+    dino_weights: str | Path | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
@@ -213,7 +235,7 @@ def run_predict(
                               backbone)
     model, f = load_decoder(decoder_file, device)
     if model.dino_width is not None:  # WeCLIP+: its frozen DINO, checked (one line offline) before any output
-        spec = DinoSpec(model.cfg.dino_model, model.cfg.dino_weights)
+        spec = DinoSpec(model.cfg.dino_model, decoder_dino_weights(f, model.cfg.dino_weights, dino_weights))
         check_model("dino", spec)
         model.dino_backbone = load_model("dino", spec, device)
     bb, classes = backbone, list(f.classes)

@@ -265,6 +265,10 @@ def predict_cmd(
                                                              show_default=False)] = None,
     dense_crop: DenseCrop = None,
     dense_stride: DenseStride = None,
+    dino_weights: Annotated[Optional[Path], typer.Option(
+        "--dino-weights", help="A WeCLIP+ decoder's DINO weights file, where it is not at the path its training "
+        "recorded (another machine or folder); it must be the very file (its sha256 is checked) [default: the "
+        "recorded path].", show_default=False)] = None,
     shard: Shard = None,
     run: dict = BATCHED,
     log_file: LogFile = None,
@@ -285,8 +289,8 @@ def predict_cmd(
                                    dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
                                    dense_stride=dense_stride))
     with progress("predict") as (on_start, on_item):
-        s = run_predict(decoder, data, split, out, cfg, runtime(**run),
-                        overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)
+        s = run_predict(decoder, data, split, out, cfg, runtime(**run), overlays=save_overlays,
+                        shard=shard_of(shard), dino_weights=dino_weights, on_item=on_item, on_start=on_start)
     say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
         f"{pending(out)}")
 

@@ -32,7 +32,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -447,6 +447,8 @@ def run_train_decoder(
         dataset = _online_dataset(pseudo_dir, split, cfg)
         if cfg.dino_model:  # WeCLIP+: its DINO's weights, before any output or model (one line when offline)
             check_model("dino", DinoSpec(cfg.dino_model, cfg.dino_weights))
+            if cfg.dino_weights not in ("hub", "none"):  # a file: by an absolute path, so predict finds it anywhere
+                cfg = replace(cfg, dino_weights=str(Path(cfg.dino_weights).expanduser().resolve()))
         dataset_id = dataset.identity()
     else:
         record = io.read_stage_record(pseudo_dir, MASK_STAGES)
@@ -473,7 +475,11 @@ def run_train_decoder(
         protos = drop_classes(protos, cfg.ignore_classes)
         extra_meta["held_out"] = list(cfg.ignore_classes)
     pseudo = "online" if online else io.file_identity(io.stage_record_path(pseudo_dir)) | {"path": str(pseudo_dir)}
-    inputs = {"pseudo": pseudo, "prototypes": io.file_identity(protos.path, source=protos.source),
+    if cfg.dino_model and cfg.dino_weights not in ("hub", "none"):  # its sha256 too (predict --dino-weights)
+        extra_inputs = {"dino_weights": io.file_identity(cfg.dino_weights)}
+    else:
+        extra_inputs = {}
+    inputs = {**extra_inputs, "pseudo": pseudo, "prototypes": io.file_identity(protos.path, source=protos.source),
               "dataset": dataset_id}
     val_items = []
     if val_split is not None:
