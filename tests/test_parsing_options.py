@@ -57,7 +57,7 @@ def test_a_class_file_refuses_the_marks_of_other_lists(tmp_path, line, message):
 
 
 def test_class_files_get_the_checks_classes_gets_and_background_is_applied_or_refused(tmp_path):
-    from vpltool.segment import resolve_queries
+    from vpltool.stages.segment import resolve_queries
 
     names = list(VOC_CLASSES)
     twice = tmp_path / "twice.txt"
@@ -243,7 +243,7 @@ def test_a_weclip_plus_decoder_finds_its_dino_anywhere_or_is_told_where(tmp_path
     from types import SimpleNamespace
 
     from vpltool import io
-    from vpltool.predict import decoder_dino_weights
+    from vpltool.stages.predict import decoder_dino_weights
 
     dino = tmp_path / "dino.safetensors"
     dino.write_bytes(b"weights")
