@@ -259,3 +259,12 @@ def test_a_weclip_plus_decoder_finds_its_dino_anywhere_or_is_told_where(tmp_path
     other.write_bytes(b"other weights")
     with pytest.raises(VplError, match="sha256 differs"):
         decoder_dino_weights(f, ident["path"], other)
+
+
+def test_a_schedule_that_climbs_is_warned_about():
+    from vpltool.config.pgseg import pgseg_recipe
+
+    with pytest.warns(UserWarning, match="--min-lr 0.1 is above --lr 0.001: the cosine climbs"):
+        pgseg_recipe("cpu", min_lr=0.1)
+    with pytest.warns(UserWarning, match="--warmup-lr 0.01 is above --lr 0.001: the warm-up descends"):
+        pgseg_recipe("cpu", warmup_lr=0.01)

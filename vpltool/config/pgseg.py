@@ -6,9 +6,11 @@ Torch-free (the CLI's ``--help`` reads these).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..errors import VplWarning
 from .checks import at_least, choice, fraction, non_negative, positive, seed_value
 
 PGSEG_PRESETS = ("groupvit-s", "tiny")  # the model family's configs: the reference's GroupViT-S, a tiny one
@@ -76,6 +78,19 @@ class PGSegTrainConfig:
         fraction("--min-scale", self.min_scale)
         positive("--min-scale", self.min_scale)
         seed_value("--seed", self.seed)
+        for problem in self.schedule_problems():
+            warnings.warn(VplWarning(problem), stacklevel=3)
+
+    def schedule_problems(self) -> list[str]:
+        """Learning-rate schedules that are legal but not what anyone means: a cosine that climbs (--min-lr above
+        --lr), a warm-up that descends (--warmup-lr above --lr). (A warm-up longer than a short test run is left
+        unsaid: every one-epoch smoke test would print it.)"""
+        out = []
+        if self.min_lr > self.lr:
+            out.append(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}: the cosine climbs instead of decaying")
+        if self.warmup_lr > self.lr:
+            out.append(f"--warmup-lr {self.warmup_lr:g} is above --lr {self.lr:g}: the warm-up descends")
+        return out
 
     def inert(self) -> dict[str, str]:
         """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`)."""
