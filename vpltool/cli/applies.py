@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config.checks import ignored_option
@@ -87,7 +88,8 @@ def check_options(command: str, values: dict[str, Any], given: Callable[[str], b
             said.add(name)
             value = values[name]
             shown = "" if isinstance(value, bool) else f" {value}"
-            if rule.refuse:
+            if rule.refuse:  # a path is named by the option alone (the fix is to drop it, not to rename it)
+                shown = "" if isinstance(value, Path) else shown
                 raise VplError(f"{spelled(name)}{shown}: not used {rule.why}; {rule.fix}")
             warn(ignored_option(spelled(name), shown.strip() or "", rule.why).replace("  ", " "))
 
