@@ -110,7 +110,7 @@ def quick(work: Path) -> dict:
     torch.set_num_threads(1)
     pairs, nouns = make_shard(work)
     cfg = pgseg_recipe("reference", preset="tiny", batch_size=4, epochs=6, warmup_epochs=2, lr=1e-3, warmup_lr=1e-5,
-                       min_lr=1e-4, clip_grad=3.0, crop_size=32, min_scale=0.5, log_every=1, multi_label=2)
+                       min_lr=1e-4, clip_grad=400.0, crop_size=32, min_scale=0.5, log_every=1, multi_label=2)
     init = save_checkpoint(work / "init.safetensors", build_model(tiny_config(multi_label=2), seed=3))
     logged: list[dict] = []
     run_train_pgseg(pairs, work / "run", cfg, RuntimeConfig(device="cpu", workers=1, overwrite=True), init=init,
