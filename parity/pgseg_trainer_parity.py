@@ -96,7 +96,7 @@ def make_plan(shards: Path, nouns: Path, cfg, world: int, port: int) -> dict:
 
     from vpltool.data.nouns import noun_source
     from vpltool.data.pairs import open_pairs
-    from vpltool.train_pgseg import GlobalBatches, PairViews, steps_per_epoch
+    from vpltool.stages.train_pgseg import GlobalBatches, PairViews, steps_per_epoch
 
     pairs = open_pairs(shards, None)
     said: list[list[str]] = []
@@ -195,8 +195,8 @@ def optimizer_names(cfg, init: Path) -> list[str]:
     """The parameter name of each index of vpltool's AdamW state (its groups' order, :func:`make_optimizer`)."""
     from dataclasses import replace
 
-    from vpltool.backbone.pgseg import PGSeg, load_checkpoint
-    from vpltool.train_pgseg import make_optimizer
+    from vpltool.models.pgseg import PGSeg, load_checkpoint
+    from vpltool.stages.train_pgseg import make_optimizer
 
     init_cfg, _ = load_checkpoint(init)
     model = PGSeg(replace(init_cfg, npr=cfg.npr, multi_label=cfg.multi_label))

@@ -60,10 +60,10 @@ def restated_loop(init: Path, pairs_path: Path, nouns: Path, cfg, ahead: int = 0
     import torch
     from timm.scheduler.cosine_lr import CosineLRScheduler
 
-    from vpltool.backbone.pgseg import PGSeg, load_checkpoint, tokenizer
     from vpltool.data.nouns import noun_source
     from vpltool.data.pairs import open_pairs
-    from vpltool.train_pgseg import GlobalBatches, PairViews
+    from vpltool.models.pgseg import PGSeg, load_checkpoint, tokenizer
+    from vpltool.stages.train_pgseg import GlobalBatches, PairViews
 
     model_cfg, state = load_checkpoint(init)
     model_cfg = replace(model_cfg, npr=cfg.npr, multi_label=cfg.multi_label)
@@ -102,10 +102,10 @@ def quick(work: Path) -> dict:
     import torch
 
     from vpltool import io
-    from vpltool.backbone.pgseg import build_model, save_checkpoint, tiny_config
     from vpltool.config import RuntimeConfig
     from vpltool.config.pgseg import pgseg_recipe
-    from vpltool.train_pgseg import run_train_pgseg
+    from vpltool.models.pgseg import build_model, save_checkpoint, tiny_config
+    from vpltool.stages.train_pgseg import run_train_pgseg
 
     torch.set_num_threads(1)
     pairs, nouns = make_shard(work)
