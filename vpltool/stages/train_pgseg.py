@@ -71,8 +71,8 @@ def schedule_lr(cfg: PGSegTrainConfig, t: int, steps_per_epoch: int) -> float:
     cycle_limit=1, t_in_epochs=False)`` at update ``t``: linear warm-up from ``warmup_lr``, then the cosine from
     ``lr`` to ``min_lr`` over the whole run (the warm-up counted in it, ``warmup_prefix`` False)."""
     total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
-    if t < warm:
-        return cfg.warmup_lr + t * (cfg.lr - cfg.warmup_lr) / warm
+    if t < warm:  # timm's order of operations: the step (lr - warmup_lr) / warm first, then times t
+        return cfg.warmup_lr + t * ((cfg.lr - cfg.warmup_lr) / warm)
     if t >= total:
         return cfg.min_lr
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total))
