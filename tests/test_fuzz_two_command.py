@@ -64,7 +64,7 @@ def assets(ws) -> dict[str, Path]:
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.backbone.sam import SAM_ARCHS, _build
+    from vpltool.models.sam import SAM_ARCHS, _build
 
     root = ws.root / "assets"
     root.mkdir(exist_ok=True)
@@ -327,13 +327,13 @@ STORIES = {
          "prototypes replaced": (_swapped_to("prototypes", "text1"), False),
          "dataset moved": (_moved("data"), True), "absolute paths": (_absolute, True)},
         lambda out: _tensors(out / "decoder.safetensors"), ("decoder.safetensors",), TRAINING,
-        "vpltool.train_decoder.save_checkpoint"),
+        "vpltool.stages.train_decoder.save_checkpoint"),
     "train-decoder on crf masks": Story(
         _vpl_setup, lambda i, o, m: ["train-decoder", i["pseudo"], "-p", i["prototypes"], "-o", o, *DECODER],
         lambda i, o, m: ["train-decoder", i["pseudo"], "-p", i["prototypes"], "-o", o, *DECODER, "--resume"],
         {"pseudo mask edited": (_edit_mask, False), "pseudo folder moved": (_moved("pseudo"), True)},
         lambda out: _tensors(out / "decoder.safetensors"), ("decoder.safetensors",), TRAINING,
-        "vpltool.train_decoder.save_checkpoint"),
+        "vpltool.stages.train_decoder.save_checkpoint"),
     "segment --dense proxyclip --shard": Story(
         _segment_setup("dino"), _proxy_first, _proxy_second,
         {"--proxy-weights replaced": (_swapped_to("weights", "dino1"), False),

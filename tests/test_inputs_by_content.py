@@ -21,7 +21,7 @@ from vpltool import io
 from vpltool.config.pgseg import pgseg_recipe
 from vpltool.data.pairs import open_pairs
 from vpltool.demo.make_world import write_dataset
-from vpltool.train_pgseg import run_train_pgseg
+from vpltool.stages.train_pgseg import run_train_pgseg
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
