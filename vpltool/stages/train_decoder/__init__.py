@@ -415,7 +415,7 @@ def _inputs(pseudo_dir: Path, pairs: list[tuple], protos: io.Prototypes, dataset
     pseudo masks (the folder's record and every mask's bytes) or, online, the dataset's images and labels
     (:meth:`vpltool.data.Dataset.content_sha`); the prototypes; the weights of the CLIP (when a file) and of
     WeCLIP+'s DINO."""
-    from ..data.common import content_sha
+    from ...data.common import content_sha
 
     if cfg.pseudo == "online":
         pseudo: Any = "online"
