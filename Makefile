@@ -574,9 +574,13 @@ $(RUN)/metrics/train_%.json: $(RUN)/predtrain_%/_stage.json
 
 ## The hostile-input generator, longer than the suite's bounded run (tests/test_fuzz.py; FUZZ_EXAMPLES per command)
 FUZZ_EXAMPLES ?= 40
+# then two commands with one input changed between them (tests/test_fuzz_two_command.py; FUZZ_TWO_EXAMPLES per
+# story; the largest story has 6 changes x 2 ways of stopping)
+FUZZ_TWO_EXAMPLES ?= 14
 .PHONY: fuzz
 fuzz:
 	VPLTOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
+	VPLTOOL_FUZZ_TWO_EXAMPLES=$(FUZZ_TWO_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz_two_command.py
 
 ## PGSeg vs plain GroupViT on a demo world (train-pgseg --recipe cpu, PGSEG_SEEDS): zero-shot val mIoU, class IoU
 ## (with GroupViT's multi-label noun loss, PGSEG_MULTI_LABEL noun prompts per caption; 0 = off)

@@ -3928,6 +3928,158 @@ def _pgseg_background_is_a_class(ws: Workspace) -> Iterator[list[object]]:
            "--background", "sky,star", "-o", ws.out("out"), *CPU]
 
 
+# ----------------------------------------------------------------------------------- inputs identified by content
+# a run records every input by content ({path, sha256}, vpltool.io.inputs): a resume, the next shard or the next stage
+# refuses, in one line naming the input, to go on from other bytes, and takes the same bytes by another path
+def _pgseg_run(ws: Workspace, pairs: Path, name: str, stop_after: int | None = None) -> Path:
+    """A finished (or, ``stop_after``, interrupted) train-pgseg run on ``pairs``, made with PGSEG_ARGS."""
+    out = ws.out(name)
+    if stop_after is None:
+        cli_ok("train-pgseg", pairs, "-o", out, *PGSEG_ARGS)
+    else:
+        from vpltool.config import RuntimeConfig
+        from vpltool.config.pgseg import pgseg_recipe
+        from vpltool.stages.train_pgseg import run_train_pgseg
+
+        run_train_pgseg(pairs, out, pgseg_recipe("cpu", batch_size=2, epochs=2, crop_size=32, checkpoint_every=1),
+                        RuntimeConfig(device="cpu", workers=1), stop_after=stop_after)
+    return out
+
+
+@case("train-pgseg --resume after captions.json was edited", "PAIRS:", "pairs_edited/captions.json changed",
+      "start again without --resume")
+def _pgseg_resume_captions_edited(ws: Workspace) -> Iterator[list[object]]:
+    pairs = ws.copy(ws.world, "pairs_edited")
+    run = _pgseg_run(ws, pairs, "run_edited")
+    table = json.loads((pairs / "captions.json").read_text())
+    table[sorted(table)[0]] = "a blue cross"
+    (pairs / "captions.json").write_text(json.dumps(table))
+    yield ["train-pgseg", pairs, "-o", run, *PGSEG_ARGS, "--resume"]
+
+
+@case("train-pgseg --resume after a shard was replaced by another of the same name and size", "PAIRS:",
+      "pairs_replaced/00000.tar changed")
+def _pgseg_resume_shard_replaced(ws: Workspace) -> Iterator[list[object]]:
+    pairs = _pgseg_shard(ws, "pairs_replaced", b"a red cross")
+    run = _pgseg_run(ws, pairs, "run_replaced")
+    size = (pairs / "00000.tar").stat().st_size
+    shutil.rmtree(pairs)
+    _pgseg_shard(ws, "pairs_replaced", b"a red ring!")
+    assert (pairs / "00000.tar").stat().st_size == size
+    yield ["train-pgseg", pairs, "-o", run, *PGSEG_ARGS, "--resume"]
+
+
+@case("train-pgseg --resume with the same pairs moved to another folder (accepted: the same bytes)",
+      "✓ train-pgseg", "(resumed)", exit_code=0,
+      leaves=("run_moved/*", "run_moved/checkpoints/*", "-run_moved/_run.json"))
+def _pgseg_resume_pairs_moved(ws: Workspace) -> Iterator[list[object]]:
+    pairs = ws.copy(ws.world, "pairs_before_move")
+    run = _pgseg_run(ws, pairs, "run_moved", stop_after=1)
+    moved = ws.out("pairs_moved")
+    pairs.rename(moved)
+    yield ["train-pgseg", moved, "-o", run, *PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
+
+
+@case("train-pgseg --resume under another world size (its checkpoint made by 2 torchrun processes)",
+      "2 process(es) there (global batch 4), 1 here (global batch 2)", "--nproc-per-node")
+def _pgseg_resume_other_world(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import load_file, save_file
+
+    run = _pgseg_run(ws, ws.world, "run_world2", stop_after=1)
+    ckpt = run / "checkpoints" / "last.safetensors"
+    _, meta = _tensors_and_meta(ckpt)
+    save_file(load_file(str(ckpt)), str(ckpt), metadata={**meta, "vpltool.world_size": "2"})
+    yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
+
+
+@case("train-pgseg --resume --lr 0.5 on a finished run (refused; no record of the refused settings written)",
+      "--lr 0.001 there, 0.5 here")
+def _pgseg_resume_other_lr(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_lr")
+    yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--resume", "--lr", "0.5"]
+
+
+@case("train-pgseg -o RUN --init RUN/pgseg.safetensors --overwrite (its own --init)",
+      "--init run_init/pgseg.safetensors", "deletes) that file of its --out folder", "pass the copy")
+def _pgseg_init_inside_out(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_init")
+    yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--init", run / "pgseg.safetensors", "--overwrite"]
+
+
+@case("train-decoder --recipe weclip --resume after one line of labels.csv was edited",
+      "the dataset's images and labels changed", "start again without --resume")
+def _weclip_resume_labels_edited(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_relabelled")
+    out = ws.out("decoder_relabelled")
+    cli_ok("train-decoder", world, "-p", ws.text, "-o", out, "--recipe", "weclip", *DECODER_ARGS)
+    lines = (world / "labels.csv").read_text().splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith("train_")]
+    other = next(i for i in rows if lines[i].split(",", 1)[1] != lines[rows[0]].split(",", 1)[1])
+    lines[rows[0]] = lines[rows[0]].split(",", 1)[0] + "," + lines[other].split(",", 1)[1]
+    (world / "labels.csv").write_text("\n".join(lines) + "\n")
+    yield ["train-decoder", world, "-p", ws.text, "-o", out, "--recipe", "weclip", *DECODER_ARGS, "--resume"]
+
+
+@case("train-decoder --recipe weclip with prototypes that have no background row (refused before a model loads)",
+      "text_no_background.safetensors: no background row", "--background")
+def _weclip_no_background_row(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "text_no_background.safetensors"
+    cli_ok("text-prototypes", ws.features, "-o", path, "--templates", "a photo of a {}.", "--background", "none",
+           *CPU)
+    yield ["train-decoder", ws.world, "-p", path, "-o", ws.out("decoder_no_bg"), "--recipe", "weclip",
+           *DECODER_ARGS]
+
+
+@case("segment --dense proxyclip: --proxy-weights replaced under its name between --shard 0/2 and 1/2",
+      "seg_proxy_shards", "proxy_weights differ", "--overwrite")
+def _segment_proxy_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.dino_weights("proxy_shards.safetensors", seed=0)
+    out = ws.out("seg_proxy_shards")
+    args = ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+            "proxyclip", "--proxy-model", DINO_MODEL, "--proxy-weights", path]
+    cli_ok(*args, "--shard", "0/2")
+    ws.dino_weights("proxy_shards.safetensors", seed=1)
+    yield [*args, "--shard", "1/2"]
+
+
+@case("segment --dense trident: --sam-weights replaced under its name between --shard 0/2 and 1/2",
+      "seg_sam_shards", "sam_weights differ", "--overwrite")
+def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+    from safetensors.torch import save_file
+
+    from vpltool.models.sam import SAM_ARCHS, _build
+
+    path = ws.root / "sam_shards.safetensors"
+
+    def write(seed: int) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            save_file({k: v.contiguous() for k, v in _build(SAM_ARCHS["test"]).state_dict().items()}, str(path))
+
+    write(0)
+    out = ws.out("seg_sam_shards")
+    args = ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+            "trident", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "test",
+            "--sam-weights", path]
+    cli_ok(*args, "--shard", "0/2")
+    write(1)
+    yield [*args, "--shard", "1/2"]
+
+
+@case("eval --data of a copy of the dataset whose ground-truth masks alone differ", "--data",
+      "a ground-truth mask differs under the same id", "an identical copy")
+def _eval_copy_other_masks(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool import io
+
+    copy = ws.copy(ws.world, "world_other_masks")
+    mask = sorted((copy / "masks").glob("train_*.png"))[0]
+    io.write_mask(mask, np.zeros_like(io.read_mask(mask)))
+    yield ["eval", ws.pseudo, "--data", copy]
+
+
 # --------------------------------------------------------------------------------------------- a CAM's labels
 @case("crf --backend torch of a CAM folder where one file holds its id but another image's labels",
       "CAMs for classes", "but the image is labelled", "re-run `vpltool cam`")

@@ -230,7 +230,11 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
         return fn(*args, **kwargs)
     import inspect
 
+    from ..device import tie_to_parent
     from ..runtime import ranks
+
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun rank dies with its agent: kill -9 of torchrun ends it
+        tie_to_parent(os.getppid(), watch=True)
 
     kind = getattr(fn, "vpl_ranks", None) or (ranks.SPLIT if "shard" in inspect.signature(fn).parameters else
                                                ranks.ONE)

@@ -82,8 +82,21 @@ class PairSet:
     split: str | None = None  # the split listing read (a folder with listings); None: every pair
 
     def identity(self) -> dict:
-        return {"root": str(self.root), "kind": self.kind, "split": self.split, "count": len(self.pairs),
-                "files": [str(p) for p in self.files]}
+        """What a run records of its pairs, by content (:mod:`vpltool.io.inputs`): ``files`` (each shard, or the
+        caption file, as ``{path, sha256}``) and ``sha256``, one digest over every pair's key, caption and image
+        bytes (a shard's through its file's digest, a folder's images each read once per process). The paths are
+        absolute and never compared: the same data by another path is the same input, a file replaced under the
+        same name and size is not."""
+        from ..io import file_identity, files_digest
+        from .common import content_sha
+
+        files = [file_identity(Path(p).resolve()) for p in self.files]
+        images = ([None] * len(self.pairs) if self.kind == "shards"
+                  else [content_sha(Path(p.source)) for p in self.pairs])
+        digest = files_digest([*(f["sha256"] for f in files),
+                               *([p.key, p.caption, p.span, sha] for p, sha in zip(self.pairs, images))])
+        return {"path": str(Path(self.root).resolve()), "kind": self.kind, "split": self.split,
+                "count": len(self.pairs), "files": files, "sha256": digest}
 
 
 def open_pairs(path: str | os.PathLike, split: str | None = None) -> PairSet:

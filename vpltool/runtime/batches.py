@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..device import tie_to_parent
 from ..errors import VplError
 from .host import cuda_paths, to_host
 
@@ -245,18 +246,12 @@ def die_with_parent(parent: int, worker_id: int = 0) -> None:
     multiprocessing's resource sharer, whose serving thread prints any error with ``sys.excepthook``; when the run
     is interrupted mid-handover it closes the connection, and the worker printed "ConnectionResetError" after the
     run's one resume line."""
-    import ctypes
     import signal
     import sys
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.excepthook = functools.partial(_quiet_hangup, sys.excepthook)
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: torch's own watchdog ends orphaned workers, later
-        return
-    if os.getppid() != parent:  # the run died between our fork and the prctl
-        os._exit(1)
+    tie_to_parent(parent)  # not Linux: torch's own watchdog ends orphaned workers, later
 
 
 def _quiet_hangup(default: Callable, kind: type, error: BaseException, tb) -> None:

@@ -193,6 +193,18 @@ def decoder_dino_weights(f, recorded: str, given: str | Path | None) -> str:
     return str(given.resolve())
 
 
+def _check_trained_with(f: io.TensorFile, key: str, weights: str) -> None:
+    """A model the decoder was trained beside (its ``inputs``' ``key``, by content: :mod:`vpltool.io.inputs`) is
+    loaded again only from the very bytes it was trained with: one line naming the file otherwise."""
+    inputs = f.meta("inputs", None)
+    recorded = inputs.get(key) if isinstance(inputs, dict) else None
+    now = io.weights_identity(weights)
+    if isinstance(recorded, dict) and io.by_content(recorded) != io.by_content(now):
+        raise VplError(f"{weights}: not the weights {f.path} was trained with ({recorded.get('path')}, sha256 "
+                       f"{str(recorded.get('sha256')).removeprefix('sha256:')[:12]}…): it changed since; restore "
+                       "that file, or re-train the decoder (train-decoder --overwrite)")
+
+
 def run_predict(
     decoder_file: str | Path,
     data: str | Path | None,
@@ -238,6 +250,7 @@ def run_predict(
     if model.dino_width is not None:  # WeCLIP+: its frozen DINO, checked (one line offline) before any output
         spec = DinoSpec(model.cfg.dino_model, decoder_dino_weights(f, model.cfg.dino_weights, dino_weights))
         check_model("dino", spec)
+        _check_trained_with(f, "dino_weights", spec.weights)
         model.dino_backbone = load_model("dino", spec, device)
     bb, classes = backbone, list(f.classes)
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written

@@ -46,6 +46,7 @@ from ..models.segmentor import (  # the segmentor's pure functions, importable f
 
 STAGE = "segment"
 SYNONYM_SEPARATOR = "|"  # 'tv monitor|television|screen': one class, three queries
+WEIGHTS_PARAMS = ("proxy_weights", "sam_weights")  # recorded as {path, sha256} (vpltool.io.inputs)
 
 
 def class_synonyms(names: Sequence[str]) -> list[list[str]]:
@@ -199,6 +200,9 @@ def run_segment(
               "template_list": templates, "background_words": background,
               **({"class_queries": synonyms} if cfg.class_file is not None else {}),
               **({"mixing": _mixing_params(mixing)} if not isinstance(mixing, str) else {})}
+    for key in WEIGHTS_PARAMS:  # a weights file by content: another path to it is the same run, other bytes are not
+        if key in params:
+            params[key] = io.weights_identity(params[key])
     return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
                             settings, lambda: (backbone or load_model("clip", spec, device)).with_dense(
                                 mixing, proxy=None if proxy is None else load_model("dino", proxy, device),

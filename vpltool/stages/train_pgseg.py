@@ -52,6 +52,13 @@ STAGE = "train-pgseg"
 FINAL = "pgseg.safetensors"
 CHECKPOINT = "checkpoints/last.safetensors"
 CHECKPOINT_KIND = "pgseg-checkpoint"
+LOG = "log.jsonl"
+# every file the run writes in --out, which --overwrite deletes first: each is declared to the output guard, so that
+# no input of the run (--init, --nouns) may be one of them (io.check_outputs)
+WRITES = {"--out model": (FINAL, "written"), "--out checkpoint": (CHECKPOINT, "file", CHECKPOINT_KIND),
+          "--out log": (LOG, "written")}
+# what the inputs of a run are called on the command line (messages)
+INPUT_OPTIONS = {"pairs": "PAIRS", "init": "--init", "nouns": "--nouns"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm IMAGENET_DEFAULT_MEAN / STD, the reference's Normalize
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # settings a resumed run may change (how often it logs and saves); every other must match the checkpoint's
@@ -252,8 +259,8 @@ def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world:
     return prepare_run_folder(out_dir, ckpt, [
         (final, "holds a trained model; pass --overwrite or choose another --out"),  # (it keeps its last checkpoint)
         (ckpt, "holds an interrupted run; pass --resume to continue or --overwrite"),
-    ], [ckpt, final, out_dir / "log.jsonl", io.stage_record_path(out_dir)], resume=resume, overwrite=overwrite,
-        rank=rank, world=world)
+    ], [*(out_dir / name for name, *_ in WRITES.values()), io.stage_record_path(out_dir)], resume=resume,
+        overwrite=overwrite, rank=rank, world=world)
 
 
 def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> None:
@@ -267,12 +274,18 @@ def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> 
     model.load_state_dict(state, strict=False)
 
 
-def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str, Any]) -> None:
+def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str, Any], world: int) -> None:
+    """Refuse a checkpoint of other settings, inputs (by content: :func:`vpltool.io.changed_inputs` names each) or
+    world size (the schedule's steps per epoch and the global batch follow from it), naming every difference at
+    once; before anything is written (a refused resume leaves the folder as it was)."""
     old = f.meta("train_config")
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
             if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
-    if io.by_content(f.meta("inputs")) != io.by_content(io.jsonable(inputs)):
-        said.append("other pairs, --init or --nouns")
+    said += io.changed_inputs(f.meta("inputs"), inputs, INPUT_OPTIONS)
+    was = f.meta("world_size", None)
+    if was is not None and was != world:
+        said.append(f"{was} process(es) there (global batch {was * params['batch_size']}), {world} here (global "
+                    f"batch {world * params['batch_size']}): resume with the same torchrun --nproc-per-node")
     if said:
         raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
                        "options and inputs, or start again without --resume (with --overwrite)")
@@ -332,9 +345,9 @@ def run_train_pgseg(
     fam = _family()
     pairs = open_pairs(pairs_path, split)
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
-                             "--out checkpoint": (out_dir / CHECKPOINT, "file", CHECKPOINT_KIND),
+                             **{option: (out_dir / name, *kind) for option, (name, *kind) in WRITES.items()},
                              "--tensorboard": (tensorboard, "side")},
-                     inputs={"PAIRS": pairs.root, "--init": init}, protected=[pairs.root])
+                     inputs={"PAIRS": pairs.root, "--init": init, "--nouns": nouns}, protected=[pairs.root])
     if tensorboard is not None:
         io.check_tensorboard()
     if nouns is not None and cfg.multi_label == 0:
@@ -365,6 +378,9 @@ def run_train_pgseg(
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
+            if ckpt is not None:  # checked before anything is written: a refused resume leaves no trace
+                _check_resumable(io.read_checkpoint(ckpt, kind=CHECKPOINT_KIND, header_only=True)[2], params,
+                                 inputs, world)
             if rank == 0:  # the folder is this command's from now on (the output guard reads it), finished or not
                 io.write_json(out_dir / io.RUN_RECORD, {"stage": STAGE, "params": params, "inputs": inputs})
             seed_everything(cfg.seed)
@@ -378,7 +394,6 @@ def run_train_pgseg(
             start = 0
             if ckpt is not None:
                 model_state, optim_state, f = io.read_checkpoint(ckpt, kind=CHECKPOINT_KIND)
-                _check_resumable(f, params, inputs)
                 model.load_state_dict(model_state, strict=True)
                 optimizer.load_state_dict(optim_state)
                 start = int(f.meta("iteration"))
@@ -397,7 +412,9 @@ def run_train_pgseg(
             batches = loader(views, GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed, start,
                                                   stop), runtime.loader_workers(device.type))
             every = cfg.checkpoint_every or per_epoch
-            log_path = out_dir / "log.jsonl"
+            log_path = out_dir / LOG
+            if rank == 0:  # the log of this run: to its checkpoint (a resume), or none (a fresh start)
+                io.trim_log(log_path, start)
             if on_start is not None and rank == 0:
                 on_start(total, start)
             first = last = None
@@ -434,7 +451,7 @@ def run_train_pgseg(
                     if rank == 0 and (n % every == 0 or n == total):
                         io.write_checkpoint(out_dir / CHECKPOINT, model.state_dict(), optimizer.state_dict(), n,
                                             classes=[], config=params, kind=CHECKPOINT_KIND, train_config=params,
-                                            model_config=model_cfg.to_dict(), inputs=inputs)
+                                            model_config=model_cfg.to_dict(), inputs=inputs, world_size=world)
                     if on_iter is not None and rank == 0:
                         on_iter(n, record)
             finally:

@@ -84,6 +84,10 @@ from .steps import (
 from .validation import evaluate, predict_labels
 
 STAGE = "train-decoder"
+CHECKPOINT = "checkpoints/last.safetensors"
+# every file the run writes in --out, which --overwrite deletes first: each is declared to the output guard, so that
+# no input of the run may be one of them (io.check_outputs)
+WRITES = {"--out decoder": "decoder.safetensors", "--out log": "log.jsonl", "--out curve": "curve.png"}
 MASK_STAGES = ("crf", "predict")  # pseudo masks: CRF output, or a decoder's own predictions (self-training)
 
 
@@ -145,7 +149,7 @@ def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world:
     return prepare_run_folder(out_dir, ckpt, [
         (ckpt, "holds an interrupted run; pass --resume to continue or --overwrite"),
         (final, "holds a trained decoder; pass --overwrite or choose another --out"),
-    ], [ckpt, final, out_dir / "log.jsonl", out_dir / "curve.png"], resume=resume, overwrite=overwrite, rank=rank,
+    ], [ckpt, *(out_dir / name for name in WRITES.values())], resume=resume, overwrite=overwrite, rank=rank,
         world=world)
 
 
@@ -209,17 +213,16 @@ class _Run:
 
     def meta(self) -> dict[str, Any]:
         # to_params: an option without effect in this combination is not recorded (as every stage records)
-        return {"decoder_config": to_params(self.cfg), "inputs": self.inputs, "model": self.protos.model}
+        return {"decoder_config": to_params(self.cfg), "inputs": self.inputs, "model": self.protos.model,
+                "world_size": self.world}
 
     def restore(self, ckpt: Path | None) -> int:
         """Load the checkpoint (if any) and trim the log to it; returns the first iteration to run."""
         start = 0
-        if ckpt is not None:
-            _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], self.cfg, self.inputs)
+        if ckpt is not None:  # (its settings and inputs were checked before the models loaded)
             start = int(load_checkpoint(ckpt, self.model, self.optimizer).meta("iteration"))
-        if self.rank == 0 and (start or self.log_path.exists()):  # a fresh start writes no empty log
-            kept = io.read_log(self.log_path, upto=start) if start else []
-            io.write_log(self.log_path, kept)
+        if self.rank == 0:
+            io.trim_log(self.log_path, start)
         return start
 
     def batches(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -394,6 +397,32 @@ def prompt_recipe(protos: io.Prototypes) -> dict[str, Any] | None:
             "synonyms": bool(params.get("synonyms", True)), "parity": params.get("parity", "none")}
 
 
+def _inputs(pseudo_dir: Path, pairs: list[tuple], protos: io.Prototypes, dataset, dataset_id: dict[str, Any],
+            cfg: DecoderConfig) -> dict[str, Any]:
+    """What the run depends on, by content (:mod:`vpltool.io.inputs`), as its checkpoints and decoder record it: the
+    pseudo masks (the folder's record and every mask's bytes) or, online, the dataset's images and labels
+    (:meth:`vpltool.data.Dataset.content_sha`); the prototypes; the weights of the CLIP (when a file) and of
+    WeCLIP+'s DINO."""
+    from ...data.common import content_sha
+
+    if cfg.pseudo == "online":
+        pseudo: Any = "online"
+    else:
+        masks = io.files_digest([item_id, content_sha(mask)] for item_id, _, mask in pairs)
+        pseudo = {"path": str(pseudo_dir.resolve()), "sha256": io.sha256_file(io.stage_record_path(pseudo_dir)),
+                  "masks": masks}
+    inputs = {"pseudo": pseudo, "prototypes": io.file_identity(protos.path, source=protos.source),
+              "dataset": dataset_id}
+    if cfg.pseudo == "online":
+        inputs["content"] = dataset.content_sha()  # every image's bytes and labels
+    spec = ModelSpec.from_identity(protos.model)
+    if spec.folder is None and Path(spec.pretrained).is_file():
+        inputs["clip_weights"] = io.weights_identity(spec.pretrained)
+    if cfg.dino_model:
+        inputs["dino_weights"] = io.weights_identity(cfg.dino_weights)
+    return inputs
+
+
 def run_train_decoder(
     pseudo_dir: str | Path,
     prototypes: str | Path,
@@ -442,12 +471,14 @@ def run_train_decoder(
         record = io.read_stage_record(pseudo_dir, MASK_STAGES)
         dataset = open_recorded(pseudo_dir)  # first: one line for a record that names no dataset
         dataset_id = record["inputs"]["dataset"]
+    dino_file = cfg.dino_weights if cfg.dino_model and cfg.dino_weights not in io.NOT_FILES else None
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
                              "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file",
                                                   "decoder-checkpoint"),
+                             **{option: (out_dir / name, "written") for option, name in WRITES.items()},
                              "--tensorboard": (tensorboard, "side")},
                      inputs={"the dataset" if online else "the pseudo-mask folder": pseudo_dir,
-                             "--prototypes": prototypes},
+                             "--prototypes": prototypes, "--dino-weights": dino_file},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     if tensorboard is not None:
         io.check_tensorboard()
@@ -456,29 +487,28 @@ def run_train_decoder(
     # WeCLIP's GradCAM scores text prototypes (its classifier's rows are the class names' text embeddings)
     protos = io.read_prototypes(prototypes, classes=dataset.classes, source="text" if online else None,
                                 option=f"--prototypes (--recipe {cfg.recipe})")
+    if online and not len(protos.background_rows()):  # GradCAM's softmax runs over the background rows too
+        raise VplError(f"--prototypes {prototypes}: no background row; --recipe {cfg.recipe} scores each image's "
+                       "classes against the background: pass text prototypes made with background words "
+                       "(`vpltool text-prototypes --background ...`)")
     check_crop(cfg.crop_size, ModelSpec.from_identity(protos.model).vision_value("patch_size"))  # before any output
     label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
     extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
     if cfg.ignore_classes:
         protos = drop_classes(protos, cfg.ignore_classes)
         extra_meta["held_out"] = list(cfg.ignore_classes)
-    pseudo = "online" if online else io.file_identity(io.stage_record_path(pseudo_dir)) | {"path": str(pseudo_dir)}
-    if cfg.dino_model and cfg.dino_weights not in ("hub", "none"):  # its sha256 too (predict --dino-weights)
-        extra_inputs = {"dino_weights": io.file_identity(cfg.dino_weights)}
+    if online:  # (id, image, image labels)
+        pairs = [(it.id, it.image, tuple(it.labels)) for it in dataset.items]
     else:
-        extra_inputs = {}
-    inputs = {**extra_inputs, "pseudo": pseudo, "prototypes": io.file_identity(protos.path, source=protos.source),
-              "dataset": dataset_id}
+        pairs = _training_pairs(dataset, pseudo_dir)
+    inputs = _inputs(pseudo_dir, pairs, protos, dataset, dataset_id, cfg)
     val_items = []
     if val_split is not None:
         val_set = open_dataset(pseudo_dir, val_split) if online else open_recorded(pseudo_dir, val_split)
         val_items = [it for it in val_set.items if it.gt is not None]
         if not val_items:
             raise VplError(f"{dataset_id['root']}: split {val_split!r} has no GT masks to validate on")
-    if online:  # (id, image, image labels)
-        pairs = [(it.id, it.image, tuple(it.labels)) for it in dataset.items]
-    else:
-        pairs = _training_pairs(dataset, pseudo_dir)
+    if not online:
         check_supervision(pairs, pseudo_dir, len(dataset.classes))
     with process_group(runtime.device) as (rank, world, device):
         batches_per_epoch(len(pairs), cfg.batch_size, world, pseudo_dir)  # before anything is created
@@ -488,6 +518,8 @@ def run_train_decoder(
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
+            if ckpt is not None:  # before any model loads: a refused resume costs nothing and leaves the folder
+                _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
                        extra_meta)
             start = run.restore(ckpt)

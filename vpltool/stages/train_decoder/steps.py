@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -316,22 +315,32 @@ def optimizer_state_from_file(model: SegDecoder, state: dict[str, Any]) -> dict[
     return {"state": slots, "param_groups": groups}
 
 
-def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any]) -> None:
-    """Refuse a checkpoint made with other settings or inputs, naming every difference at once (a second try must
+# what the inputs of a run are called on the command line (messages)
+INPUT_OPTIONS = {"pseudo": "PSEUDO (the pseudo masks)", "prototypes": "--prototypes", "dataset": "the dataset",
+                 "content": "the dataset's images and labels", "clip_weights": "the CLIP's weights",
+                 "dino_weights": "--dino-weights"}
+
+
+def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any], world: int = 1) -> None:
+    """Refuse a checkpoint made with other settings, inputs (by content, :func:`vpltool.io.changed_inputs`) or world
+    size (the batch plan and the global batch follow from it), naming every difference at once (a second try must
     not meet a second refusal): each option with its value there and here, and each input that changed."""
     old = f.meta("decoder_config")
     defaults = asdict(DecoderConfig())  # a field newer than the checkpoint reads as its default
     ignored = set(RESUMABLE_CHANGES) | set(inert_fields(cfg))  # an option without effect is never compared
+    if "dino_weights" in inputs:  # compared by content, as an input (another path to the same file is the same)
+        ignored.add("dino_weights")
     recipe = old.get("recipe", defaults["recipe"])
     if recipe != cfg.recipe:  # what each recipe sets follows from it (some of it has no option): named once, as it
         ignored |= {"recipe", *DECODER_RECIPES.get(recipe, {}), *DECODER_RECIPES.get(cfg.recipe, {})}
     said = [f"--recipe {recipe} there, {cfg.recipe} here"] if recipe != cfg.recipe else []
     said += [f"--{k.replace('_', '-')} {_shown(old.get(k, defaults[k]))} there, {_shown(v)} here"
             for k, v in asdict(cfg).items() if k not in ignored and old.get(k, _plain(defaults[k])) != _plain(v)]
-    before = io.by_content(f.meta("inputs"))
-    now = io.by_content(json.loads(json.dumps(inputs, default=str)))
-    what = {"pseudo": "pseudo masks", "prototypes": "prototypes", "dataset": "dataset"}
-    said += [f"other {what.get(k, k)}" for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+    said += io.changed_inputs(f.meta("inputs"), inputs, INPUT_OPTIONS)
+    was = f.meta("world_size", None)
+    if was is not None and was != world:
+        said.append(f"{was} process(es) there (global batch {was * cfg.batch_size}), {world} here (global batch "
+                    f"{world * cfg.batch_size}): resume with the same torchrun --nproc-per-node")
     if said:
         raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
                        "options and inputs, or start again without --resume (with --overwrite)")
