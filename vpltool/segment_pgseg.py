@@ -103,7 +103,7 @@ def run_segment_pgseg(
                 for item_id in todo:
                     image = io.load_image(items[item_id].image)
                     h0, w0 = image.shape[:2]
-                    x = fam.image_tensor(image, fam.resized_size(h0, w0, short_side)).to(device)
+                    x = fam.image_tensor(image, short_side).to(device)
                     logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
                                                   crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1, h, w]
                     logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)

@@ -87,7 +87,7 @@ def run_pgseg_cam(
         text = fam.class_text_embeddings(model, tokens)
         mode = "slide" if slide[0] else "whole"
         for item, (h0, w0) in zip(items, sizes):
-            x = fam.image_tensor(io.load_image(item.image), fam.resized_size(h0, w0, short_side)).to(device)
+            x = fam.image_tensor(io.load_image(item.image), short_side).to(device)
             with torch.no_grad():
                 logits = fam.zero_shot_logits(model, x, text, with_bg=False, mode=mode,
                                               crop=slide[0] or PGSEG_SLIDE[0], stride=slide[1])  # [1, N, h, w]
