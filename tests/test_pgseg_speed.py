@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from vpltool.backbone.pgseg import IMAGE_MEAN, IMAGE_STD, build_model, image_tensor, resized_size, tiny_config
-from vpltool.backbone.pgseg.groupvit import Attention, AttnBlock
 from vpltool.config.pgseg import PGSegTrainConfig
-from vpltool.train_pgseg import TrainStep, make_optimizer, train_step
+from vpltool.models.pgseg import IMAGE_MEAN, IMAGE_STD, build_model, image_tensor, resized_size, tiny_config
+from vpltool.models.pgseg.groupvit import Attention, AttnBlock
+from vpltool.stages.train_pgseg import TrainStep, make_optimizer, train_step
 
 
 @pytest.mark.parametrize(("h", "w", "short", "want"), [
