@@ -31,12 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 BAR = 1e-5
+FUSED_ATTENTION = False  # vpltool's side with the family's fused attention (--fused-attention)
 LABEL_BAR = 0.999
 REF_COMMIT = "9f167cd"
 REF_COMMIT_FULL = "9f167cd9de614e42340c22888650719579df3474"
@@ -121,7 +123,7 @@ def vpltool_side(ckpt: Path, inputs: dict, ref_tokens, ref_class_tokens) -> dict
     )
 
     cfg, state = load_checkpoint(ckpt)
-    model = model_from_state(cfg, state, str(ckpt))
+    model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state, str(ckpt))
     tok = tokenizer(cfg)
     tokens = tok(inputs["captions"])
     class_tokens = torch.stack([tok([f"a photo of a {c}."]) for c in inputs["classes"]])
@@ -156,7 +158,7 @@ def vpltool_train_internals(ckpt: Path, images, tokens) -> dict:
     from vpltool.models.pgseg import load_checkpoint, model_from_state
 
     cfg, state = load_checkpoint(ckpt)
-    model = model_from_state(cfg, state, str(ckpt)).train()
+    model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state, str(ckpt)).train()
     torch.manual_seed(1)
     with torch.no_grad():
         eot = model.text_encoder(tokens, move_prototypes=False)  # as forward_train: T-NPR once, below
@@ -254,7 +256,7 @@ def groupvit_side(ckpt: Path, images, tokens) -> dict:
     from vpltool.models.pgseg import load_checkpoint, model_from_state
 
     cfg, state = load_checkpoint(ckpt)
-    model = model_from_state(cfg, state, str(ckpt)).eval()
+    model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state, str(ckpt)).eval()
     with torch.no_grad():
         feats = model.image_features(images)
         maps = [{k: s["maps"][k] for k in ("soft", "hard")} for s in feats["stages"] if s["maps"] is not None]
@@ -390,7 +392,7 @@ def compare_slide(args, work: Path, inputs: dict) -> dict:
                        env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
     ref = torch.load(out / "slide.pt", mmap=True)
     cfg, state = load_checkpoint(out / "ref_checkpoint.pth")
-    model = model_from_state(cfg, state).eval()
+    model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state).eval()
     tok = tokenizer(cfg)
     emb = class_text_embeddings(model, torch.stack([tok([f"a photo of a {c}."]) for c in inputs["classes"]]))
     diffs, same, pixels, windows = [], 0.0, 0, 0
@@ -504,11 +506,15 @@ def main(argv: list[str] | None = None) -> None:
                     "whole and slide) against the reference's mmseg test pipeline on the same files")
     ap.add_argument("--files-only", action="store_true", help="run only the --files comparison and add it to "
                     "--out's JSON (its other keys kept as they are)")
+    ap.add_argument("--fused-attention", action="store_true", help="vpltool's side with the family's "
+                    "fused_attention=True (PyTorch's fused attention; not the default): what it moves")
     ap.add_argument("--reuse", action="store_true", help="reuse --work's reference outputs (same inputs) if there")
     ap.add_argument("--quick", action="store_true", help="no clone: vpltool against itself (tiny, 2 photos)")
     args = ap.parse_args(argv)
     import torch
 
+    global FUSED_ATTENTION
+    FUSED_ATTENTION = args.fused_attention
     torch.set_num_threads(args.threads)
     if args.quick:
         args.tiny, args.images = True, min(args.images, 2)
@@ -563,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(torch.manual_seed(1) before forward_train; drop path 0.1 drawn from the same generator)",
               "weights": "the reference's own seed-0 init plus seeded noise, saved as its releases ({'model': "
                          "state_dict}) and read by vpltool's key map",
-              "reused_reference": bool(args.reuse and not args.quick),
+              "reused_reference": bool(args.reuse and not args.quick), "fused_attention": args.fused_attention,
               **compare(ref, vt, internals), "seconds": round(time.time() - t0, 1)}
     del vt, internals, ref  # before the next comparisons: the machine is small
     if args.slide and not args.quick:
