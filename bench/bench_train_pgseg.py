@@ -236,12 +236,11 @@ def compare(name: str, args, root: Path) -> dict:
         for r in range(args.pairs):
             order = sides if r % 2 == 0 else sides[::-1]
             rounds.append({side: ask(procs[side], args.steps) for side in order})
+            print(json.dumps({"config": name, "round": r, **rounds[-1]}), file=sys.stderr, flush=True)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.stdin.write("0\n")
-                proc.stdin.close()
-                proc.wait(timeout=60)
+        for proc in procs.values():  # done with them: no need to wait for an interpreter's teardown on a busy host
+            proc.kill()
+            proc.wait()
     out = {"batch": conf["batch"], "image_size": size,
            "model": "the parity's tiny MultiLabelContrastive (pgseg_ref_runner.MODEL_TINY)" if conf["spec"] == "tiny"
            else {k: v for k, v in conf["spec"]["img_encoder"].items() if k != "type"} | {
