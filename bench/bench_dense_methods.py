@@ -9,7 +9,7 @@ queries, the window sums; no PAMR, no probabilities) on one photo resized to ``-
 scikit-image photo, CLIP-normalised), the same windows for every method, random ViT-B/16 weights (the arithmetic's
 cost does not depend on the values). For ProxyCLIP the proxy model's own forward on the same windows
 (:meth:`~vpltool.models.dino.DinoBackbone.final_tokens`, random DINO ViT-B/8) is timed apart; for CASS its
-DINO input (:func:`~vpltool.models.dense.cass_proxy_input`) and last-block keys
+DINO input (:func:`~vpltool.models.dense.cass.cass_proxy_input`) and last-block keys
 (:meth:`~vpltool.models.dino.DinoBackbone.last_keys`) per window; for Trident its DINO ViT-B/16's
 ``final_tokens`` on the windows plus SAM ViT-B's forward to its last attention
 (:meth:`~vpltool.models.sam.SamEncoder.last_attention`, on the photo at 1024 px, as Trident feeds it; the splicing
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from vpltool.config.dense import PROXY_METHODS
     from vpltool.models import ModelSpec, load_backbone
-    from vpltool.models.dense import cass_proxy_input
+    from vpltool.models.dense.cass import cass_proxy_input
     from vpltool.models.dino import DinoSpec
     from vpltool.models.registry import load_model
     from vpltool.models.segmentor import dense_logits, window_starts
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
 
     trident = "trident" in args.methods.split(",")
     if trident:
+        from vpltool.models.dense.trident import sam_image
         from vpltool.models.sam import SamSpec
-        from vpltool.models.segmentor import sam_image
 
         trident_dino = load_model("dino", DinoSpec(args.trident_proxy_model, weights), "cpu")
         sam = load_model("sam", SamSpec(args.sam_model, "none"), "cpu")

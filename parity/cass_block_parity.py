@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     import ovss_parity as op
     import torch
 
-    from vpltool.models.dense import cass_proxy_input, neighbourhood_bias, spectral_key_attention
+    from vpltool.models.dense import neighbourhood_bias
+    from vpltool.models.dense.cass import cass_proxy_input, spectral_key_attention
 
     import benchlib
 

@@ -108,7 +108,7 @@ def last_block_tokens(bb, x) -> tuple:
     import torch
     import torch.nn.functional as F
 
-    from vpltool.models.dense import cass_proxy_input
+    from vpltool.models.dense.cass import cass_proxy_input
     from vpltool.models.dino import _dino_attention
 
     p = bb.patch_size
@@ -204,7 +204,7 @@ def key_margins(tokens: dict, clip: dict, dino: dict) -> dict:
     from ovss_parity import ambiguity
     from scipy.optimize import linear_sum_assignment
 
-    from vpltool.models.dense import SpectralMatching, head_matching_cost
+    from vpltool.models.dense.cass import SpectralMatching, head_matching_cost
 
     def keys(t, state, key):
         k = F.linear(t.float(), state[key + "weight"][WIDTH : 2 * WIDTH], state[key + "bias"][WIDTH : 2 * WIDTH])

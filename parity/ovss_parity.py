@@ -291,9 +291,10 @@ def dino_collapse(work: Path, args) -> dict:
     from dense_ref_runner import mmseg_input
 
     from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.models.dense.trident import trident_input
     from vpltool.models.dino import DinoSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.segmentor import trident_input, window_starts
+    from vpltool.models.segmentor import window_starts
 
     model, config_dir = dp.model_config(work, args.model, args.text_layers)
     _, _, photos_dir = dp.setup(work, model, config_dir, args.images, 1.0)
@@ -339,10 +340,11 @@ def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: 
     from dense_ref_runner import mmseg_input
 
     from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.models.dense.trident import sam_image
     from vpltool.models.dino import DinoSpec
     from vpltool.models.registry import load_model
     from vpltool.models.sam import SamSpec
-    from vpltool.models.segmentor import sam_image, segment_logits
+    from vpltool.models.segmentor import segment_logits
 
     out = work / "vpltool_trident"
     out.mkdir(parents=True, exist_ok=True)
@@ -371,16 +373,17 @@ def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[
     """Trident's post-processing at each logit scale of ``scales``, without and with its SAM refinement
     (``eval.py --sam_refine``), as the reference's runner recorded it (``scale_S`` in its photo files), against
     vpltool's on vpltool's own logits: :func:`~vpltool.models.segmentor.dense_probabilities`, then
-    :func:`~vpltool.models.sam_refine.refine` with SAM's encoding of :func:`~vpltool.models.segmentor.sam_image`
-    (the same pass as the aggregation's, :func:`~vpltool.models.segmentor.sam_attention` with ``features``) and
+    :func:`~vpltool.models.sam_refine.refine` with SAM's encoding of :func:`~vpltool.models.dense.trident.sam_image`
+    (the same pass as the aggregation's, :func:`~vpltool.models.dense.trident.sam_attention` with ``features``) and
     SAM's prompt encoder and mask decoder loaded through ``load_model('sam', SamSpec(..., prompt=True))``."""
     import cv2
     import torch
 
+    from vpltool.models.dense.trident import sam_attention, sam_image
     from vpltool.models.registry import load_model
     from vpltool.models.sam import SamSpec
     from vpltool.models.sam_refine import refine
-    from vpltool.models.segmentor import dense_probabilities, sam_attention, sam_image
+    from vpltool.models.segmentor import dense_probabilities
 
     out: dict = {"scales": {}, "photos": []}
     from trident_ref_runner import variant_key

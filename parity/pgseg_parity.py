@@ -362,7 +362,7 @@ def run_multi_label(args, work: Path, inputs: dict) -> dict:
            "--groupvit", "--multi-label"] + (["--tiny"] if args.tiny else [])
     if not (args.reuse and (work / "groupvit" / "groupvit_ml.pt").is_file()):
         subprocess.run(cmd, check=True, stdout=sys.stderr,
-                       env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+                       env=ref_env(args.threads, args.timm))
     ref = torch.load(work / "groupvit" / "groupvit_ml.pt")
     vt = groupvit_multi_label_side(work / "groupvit" / "groupvit_ml_checkpoint.pth", ref, inputs["images"])
     return {**compare_groupvit_multi_label(ref, vt), "texts": inputs["multi_label_texts"],
@@ -389,7 +389,7 @@ def compare_slide(args, work: Path, inputs: dict) -> dict:
            "--slide-only"] + (["--tiny"] if args.tiny else [])
     if not (args.reuse and (out / "slide.pt").is_file()):
         subprocess.run(cmd, check=True, stdout=sys.stderr,
-                       env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+                       env=ref_env(args.threads, args.timm))
     ref = torch.load(out / "slide.pt", mmap=True)
     cfg, state = load_checkpoint(out / "ref_checkpoint.pth")
     model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state).eval()
@@ -430,8 +430,7 @@ def compare_files(args, work: Path, inputs: dict) -> dict:
            "--inputs", str(work / "inputs_files.pt"), "--out", str(out), "--threads", str(args.threads),
            "--files"] + (["--tiny"] if args.tiny else [])
     if not (args.reuse and (out / "files.pt").is_file()):
-        subprocess.run(cmd, check=True, stdout=sys.stderr,
-                       env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+        subprocess.run(cmd, check=True, stdout=sys.stderr, env=ref_env(args.threads, args.timm))
     ref = torch.load(out / "files.pt")
     ckpt = out / "ref_checkpoint.pth"
     env = {"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
@@ -474,14 +473,22 @@ def compare_files(args, work: Path, inputs: dict) -> dict:
                                                             ref["text_mu_after_embedding"]))}}
 
 
-def run_reference(clone: Path, inputs_pt: Path, out: Path, tiny: bool, threads: int, reuse: bool = False) -> dict:
+def ref_env(threads: int, timm: Path | None) -> dict:
+    """The reference process's environment: one thread count, and timm 0.4.12 (the version PGSeg and GroupViT pin:
+    its drop path draws its masks with ``torch.rand``, timm 1.x with ``bernoulli_``) first on its path."""
+    env = {"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
+    return env if timm is None else {**env, "PYTHONPATH": str(timm)}
+
+
+def run_reference(clone: Path, inputs_pt: Path, out: Path, tiny: bool, threads: int, reuse: bool = False,
+                  timm: Path | None = None) -> dict:
     import torch
 
     cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(clone),
            "--inputs", str(inputs_pt), "--out", str(out), "--threads", str(threads)] + (["--tiny"] if tiny else [])
     if not (reuse and (out / "ref.pt").is_file()):
         subprocess.run(cmd, check=True, stdout=sys.stderr,
-                       env={"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"})
+                       env=ref_env(threads, timm))
     return torch.load(out / "ref.pt", mmap=True)  # file-backed: the reference's ~0.8 GB need not sit in memory
 
 
@@ -510,6 +517,8 @@ def main(argv: list[str] | None = None) -> None:
                     "fused_attention=True (PyTorch's fused attention; not the default): what it moves")
     ap.add_argument("--reuse", action="store_true", help="reuse --work's reference outputs (same inputs) if there")
     ap.add_argument("--quick", action="store_true", help="no clone: vpltool against itself (tiny, 2 photos)")
+    ap.add_argument("--timm", type=Path, help="a folder holding timm 0.4.12 for the reference (default: pip-installed "
+                    "into --work once)")
     args = ap.parse_args(argv)
     import torch
 
@@ -522,6 +531,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--ref DIR (a clone of Ferenas/PGSeg) is required, or --quick")
     work = args.work or Path(tempfile.mkdtemp(prefix="pgseg_parity_"))
     work.mkdir(parents=True, exist_ok=True)
+    if not args.quick and args.timm is None:
+        from pgseg_trainer_parity import timm_0412
+
+        args.timm = timm_0412(work)
     t0 = time.time()
     size = 32 if args.tiny else 224
     inputs = make_inputs(work, args.images, size, 64 if args.tiny else args.seg_short)
@@ -553,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         ref = self_reference(work, inputs)
     else:
-        ref = run_reference(args.ref, work / "inputs.pt", work / "ref", args.tiny, args.threads, args.reuse)
+        ref = run_reference(args.ref, work / "inputs.pt", work / "ref", args.tiny, args.threads, args.reuse, args.timm)
     ckpt = work / "ref" / "ref_checkpoint.pth"
     vt = vpltool_side(ckpt, inputs, ref["tokens"], ref["class_tokens"])
     internals = vpltool_train_internals(ckpt, inputs["images"], ref["tokens"])
@@ -566,7 +579,8 @@ def main(argv: list[str] | None = None) -> None:
               "images": args.images, "image_size": size, "seg_short_side": 64 if args.tiny else args.seg_short,
               "device": "cpu", "dtype": "float32",
               "gumbel": "training-mode gumbel hard assignment on both sides, noise seeded identically "
-                        "(torch.manual_seed(1) before forward_train; drop path 0.1 drawn from the same generator)",
+                        "(torch.manual_seed(1) before forward_train; drop path 0.1 drawn from the same generator; the "
+                        "reference under timm 0.4.12, the version it pins)",
               "weights": "the reference's own seed-0 init plus seeded noise, saved as its releases ({'model': "
                          "state_dict}) and read by vpltool's key map",
               "reused_reference": bool(args.reuse and not args.quick), "fused_attention": args.fused_attention,
@@ -586,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
                "--groupvit"] + (["--tiny"] if args.tiny else [])
         if not (args.reuse and (work / "groupvit" / "groupvit.pt").is_file()):
             subprocess.run(cmd, check=True, stdout=sys.stderr,
-                           env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+                           env=ref_env(args.threads, args.timm))
         gref = torch.load(work / "groupvit" / "groupvit.pt", mmap=True)
         gvt = groupvit_side(work / "groupvit" / "groupvit_checkpoint.pth", inputs["images"], gref["tokens"])
         result["groupvit"] = compare_groupvit(gref, gvt)

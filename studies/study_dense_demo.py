@@ -50,17 +50,11 @@ from vpltool.config.dense import PROXY_METHODS, SAM_METHODS
 from vpltool.data import open_dataset
 from vpltool.demo.report import chance_baselines
 from vpltool.models import ModelSpec, load_backbone
+from vpltool.models.dense.trident import refined_labels, sam_image
 from vpltool.models.dino import DinoSpec
 from vpltool.models.registry import load_model
 from vpltool.models.sam import SamSpec
-from vpltool.models.segmentor import (
-    dense_probabilities,
-    query_rows,
-    refined_labels,
-    sam_image,
-    segment_logits,
-    short_side_size,
-)
+from vpltool.models.segmentor import dense_probabilities, query_rows, segment_logits, short_side_size
 from vpltool.ops.kernels import MiouAccumulator, cams_to_labels
 from vpltool.stages.cam.dense import dense_maps
 

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from vpltool.config import SegmentConfig
 from vpltool.errors import VplError
 from vpltool.models import load_backbone
-from vpltool.models.dense import (
-    DENSE_PRESETS,
+from vpltool.models.dense import DENSE_PRESETS, neighbourhood_bias
+from vpltool.models.dense.cass import (
     TextShift,
     cass_proxy_input,
-    neighbourhood_bias,
     object_presence_logits,
     query_clusters,
+    spectral_features,
 )
 
 TOY_DINO = "vpltool/assets/toy-dino/model.safetensors"
@@ -117,7 +117,7 @@ def test_cass_features_match_the_public_arithmetic(bb, dino):
     g = torch.Generator().manual_seed(3)
     pixels = torch.randn(1, 3, 5 * bb.patch_size, 6 * bb.patch_size, generator=g) * 0.5
     with torch.no_grad():
-        got, image = dense.spectral_features(pixels)
+        got, image = spectral_features(dense, pixels)
         enc = dense.encode(pixels, stop=bb.n_blocks - 1)
         dino_in = cass_proxy_input(pixels[0], dino.mean, dino.std, dino.patch_size)
         qkv = _ref_keys(dino.model, dino_in)
@@ -134,7 +134,7 @@ def test_cass_features_match_the_public_arithmetic(bb, dino):
     assert (image - want_image).abs().max().item() < 1e-6
     # each window is seeded: the same result alone or in a batch
     with torch.no_grad():
-        twice = dense.spectral_features(torch.cat([pixels, pixels]))[0]
+        twice = spectral_features(dense, torch.cat([pixels, pixels]))[0]
     assert torch.equal(twice[0], got[0]) and torch.equal(twice[1], got[0])
 
 
@@ -270,7 +270,7 @@ def test_one_window_covering_the_input_takes_its_own_embedding(bb, dino, monkeyp
 def test_spectra_from_the_gram_matrix_equal_the_key_graphs(d):
     """The top eigenvalues CASS takes of each ``N x N`` key graph equal those of the ``d x d`` Gram matrix (zeros
     after rank ``d``), normalised as its cost needs them."""
-    from vpltool.models.dense import _spectra
+    from vpltool.models.dense.cass import _spectra
 
     g = torch.Generator().manual_seed(7)
     keys = torch.randn(3, 50, d, generator=g) + torch.randn(3, 1, d, generator=g)
@@ -313,13 +313,13 @@ def test_cass_dino_sees_the_whole_window_with_the_remainder(bb, dino):
     cut = pixels[..., : 4 * p, : 5 * p]
     with torch.no_grad():
         got = grid_logits(dense, pixels, text)
-        whole = dense.spectral_features(cut, proxy_pixels=pixels)
-        cropped = dense.spectral_features(cut)
+        whole = spectral_features(dense, cut, proxy_pixels=pixels)
+        cropped = spectral_features(dense, cut)
     assert got.shape == (1, 3, 4, 5)
     assert not torch.equal(whole[0], cropped[0])  # the remainder changes DINO's input
     feats = F.normalize(whole[0][0], dim=-1)
     image = F.normalize(whole[1][0], dim=-1)
-    from vpltool.models.dense import object_presence_logits, query_clusters
+    from vpltool.models.dense.cass import object_presence_logits, query_clusters
 
     want = object_presence_logits(feats, image, text, query_clusters(text, 0.10), DENSE_PRESETS["cass"].text_shift)
     assert (got[0].reshape(3, -1).T - want).abs().max().item() < 1e-6

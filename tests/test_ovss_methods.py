@@ -10,13 +10,8 @@ import torch.nn.functional as F
 from vpltool.config import SegmentConfig
 from vpltool.errors import VplError
 from vpltool.models import load_backbone
-from vpltool.models.dense import (
-    DENSE_PRESETS,
-    SelfCalibration,
-    lof_outliers,
-    repair_outliers,
-    scaled_levels,
-)
+from vpltool.models.dense import DENSE_PRESETS
+from vpltool.models.dense.sc_clip import SelfCalibration, lof_outliers, repair_outliers, scaled_levels
 
 
 @pytest.fixture(scope="module")

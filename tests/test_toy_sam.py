@@ -54,7 +54,7 @@ def test_another_sam_size_is_refused_as_the_toy(tmp_path):
 
 def test_a_proxy_grid_coarser_than_clips_is_spliced_at_clips_grid():
     """The toy DINO (patch 16) against the toy CLIP (patch 8): the reference's ratio round(6 / 12) would be 0."""
-    from vpltool.models.dense import splice_windows
+    from vpltool.models.dense.trident import splice_windows
 
     tokens = torch.randn(1, 36, 5)
     out = splice_windows(tokens, (6, 6), (12, 12), [(0, 0, 12, 12)], (12, 12))

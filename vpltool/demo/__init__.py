@@ -3,7 +3,8 @@ toy CLIP (:mod:`.toyclip`) trained on their captions (:mod:`.train_toy_clip`), t
 (:mod:`.report`) and their settings (:mod:`.config`). A module per command, like the stages.
 
 It plugs into the core through the backbone's registration point (the ``vpltool.plugins`` entry point calls
-:func:`register`): ``--model vpltool-toy`` and the toy's word-level tokenizer. The core names neither.
+:func:`register`): ``--model vpltool-toy`` and the toy's word-level tokenizer (the toy CLIP's ``word`` and the
+toy PGSeg's ``toy-words``). The core names neither.
 """
 
 from __future__ import annotations
@@ -26,3 +27,4 @@ def register() -> None:
 
     register_model(TOY_MODEL, lambda: TOY_DIR)
     register_tokenizer("word", _word_tokenizer)
+    register_tokenizer("toy-words", _word_tokenizer)  # the toy PGSeg's (its config's tokenizer name)

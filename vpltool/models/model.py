@@ -33,19 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
-from .dense import (
-    DenseMixing,
-    dense_mixing,
-    mix_last_block,
-    neighbourhood_bias,
-    proxy_attention_tokens,
-    resize_positional,
-    self_calibrated_tokens,
-    spectral_key_attention,
-)
+from .dense import DenseMixing, dense_method, dense_mixing, mix_last_block, neighbourhood_bias, resize_positional
 from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
-from .loading import ModelSpec, tokenizer_factory
+from .loading import ModelSpec
 from .preprocess import Preprocess
+from .text_tower import TextTower
 
 
 @dataclass
@@ -65,8 +57,9 @@ class Encoded:
     blocks: list[torch.Tensor] = field(default_factory=list)
 
 
-class ClipBackbone:
-    """A frozen open_clip CLIP with the CLIP-ES surgery (see module docstring)."""
+class ClipBackbone(TextTower):
+    """A frozen open_clip CLIP with the CLIP-ES surgery (see module docstring); its text tower:
+    :class:`~vpltool.models.text_tower.TextTower`."""
 
     def __init__(self, model, spec: ModelSpec, device: torch.device, extra: dict[str, Any] | None = None,
                  dense: str | DenseMixing = "none"):
@@ -94,7 +87,8 @@ class ClipBackbone:
         self.window_size = int(window.get("size", 0))
         self.window_blocks = frozenset(int(b) for b in window.get("blocks", []))
         self._tokenizer = None
-        self.mixing = dense_mixing(dense)  # how the last block mixes its tokens (--dense; backbone.dense)
+        self.mixing = dense_mixing(dense)  # how the last block mixes its tokens (--dense; models.dense)
+        self.method = dense_method(self.mixing.method)  # its module (hooks), resolved once; None: pure mixing
         self.proxy = None  # ProxyCLIP's proxy vision model (a DinoBackbone), given by with_dense
         self.sam = None  # Trident's SAM encoder (a SamEncoder), given by with_dense
         self._pos_cache: dict[tuple, torch.Tensor] = {}
@@ -173,6 +167,7 @@ class ClipBackbone:
             return self
         clone = copy.copy(self)
         clone.mixing, clone.proxy, clone.sam = mixing, proxy, sam
+        clone.method = dense_method(mixing.method)
         clone._pos_cache, clone._bias_cache = {}, {}
         return clone
 
@@ -290,121 +285,22 @@ class ClipBackbone:
     def dense_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size) -> ``[B, h*w, D]``
         joint-space patch features (not normalised) of the ``--dense`` method: blocks ``0..L-2`` as always, then
-        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores. SC-CLIP
-        (``mixing.calibration``) takes every block's output into its last block
-        (:func:`~vpltool.models.dense.self_calibrated_tokens`)."""
-        if self.mixing.proxy is not None:
-            return self._proxy_features(pixels, fp16_pos)
-        if self.mixing.spectral is not None:
-            return self.spectral_features(pixels, fp16_pos)[0]
-        if self.mixing.calibration is not None:
-            grid = self.grid_of(pixels)
-            x, levels = self.embed(pixels, fp16_pos), []
-            for i in range(self.n_blocks - 1):
-                x = self.block(i, x, grid)[0]
-                levels.append(x)
-            tokens = self_calibrated_tokens(self.blocks[-1], levels, grid, self.mixing.calibration, self.mixing)
-            v = self.visual
-            out = v.ln_post(tokens)
-            return out @ v.proj.to(out.dtype) if v.proj is not None else out
+        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores. A method with a
+        module of its own (:mod:`vpltool.models.dense`) runs its ``features`` hook instead (SC-CLIP reads every
+        block's output, ProxyCLIP and CASS a proxy model's)."""
+        hook = getattr(self.method, "features", None)
+        if hook is not None:
+            return hook(self, pixels, fp16_pos)
         encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
         return self.dense(self.last_block(encoded.tokens, encoded.grid))
 
-    def spectral_features(self, pixels: torch.Tensor, fp16_pos: bool = False,
-                          proxy_pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """CASS: ``[B, 3, H, W]`` CLIP-normalised pixels -> (``[B, hw, D]`` patch features of the spectral last block,
-        ``[B, D]`` the image embedding: the class token through the ordinary last block, ``ln_post``, ``proj``;
-        neither normalised). Blocks ``0..L-2`` run once; per image the proxy DINO sees the window as CASS makes its
-        input (:func:`~vpltool.models.dense.cass_proxy_input`) and its last-block keys drive
-        :func:`~vpltool.models.dense.spectral_key_attention`, the SVD's basis seeded per image
-        (``mixing.spectral.seed``) so that a window's result does not depend on the batch. ``proxy_pixels``: the
-        window before its sides were cut to whole patches (CASS squares the whole window for its DINO; CLIP's patch
-        convolution drops the remainder); None: ``pixels``."""
-        from .dense import cass_proxy_input
-
-        if self.proxy is None:
-            raise VplError(f"--dense {self.mixing.method} needs a proxy vision model: pass --proxy-model and "
-                           "--proxy-weights (a DINO ViT, e.g. vit_base_patch8_224.dino)")
-        encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
-        x, grid, v = encoded.tokens, encoded.grid, self.visual
-        image = v.ln_post(self.class_token(self.n_blocks - 1, x, grid)[:, 0])
-        image = image @ v.proj.to(image.dtype) if v.proj is not None else image
-        blk, cfg = self.blocks[-1], self.mixing.spectral
-        bias = None
-        if self.mixing.gaussian_std > 0:
-            bias = neighbourhood_bias(grid, self.mixing.gaussian_std, x.device, torch.float32)[1:, 1:]
-        devices = [x.device] if x.device.type == "cuda" else []
-        out = []
-        for i in range(len(x)):
-            dino_in = cass_proxy_input((pixels if proxy_pixels is None else proxy_pixels)[i], self.proxy.mean,
-                                       self.proxy.std, self.proxy.patch_size)
-            keys, dino_grid = self.proxy.last_keys(dino_in.to(self.proxy.device))
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(cfg.seed)
-                out.append(spectral_key_attention(blk.attn, blk.ln_1(x[i : i + 1]), keys[0].to(x.device),
-                                                  dino_grid, grid, cfg, bias))
-        feats = v.ln_post(torch.cat(out))
-        return (feats @ v.proj.to(feats.dtype) if v.proj is not None else feats), image
-
     def feature_grid(self, size: tuple[int, int]) -> tuple[int, int]:
         """The grid of :meth:`dense_features` for an input of ``size`` ``(H, W)`` pixels: CLIP's patch grid, or
-        the proxy model's (ProxyCLIP's output is on its grid)."""
-        p = self.proxy.patch_size if self.mixing.proxy is not None and self.proxy is not None else self.patch_size
-        return int(size[0]) // p, int(size[1]) // p
-
-    def _proxy_features(self, pixels: torch.Tensor, fp16_pos: bool) -> torch.Tensor:
-        """ProxyCLIP: the proxy model's final tokens on the same pixels (CLIP's normalisation undone, the proxy's
-        applied, as its ``UnNormalize`` + ``Normalize``), then :func:`~vpltool.models.dense.proxy_attention_tokens`
-        -> ``[B, HW, D]`` on the proxy's grid."""
-        tokens = self.proxy_tokens(pixels, fp16_pos)[0]
-        v = self.visual
-        out = v.ln_post(tokens)
-        return out @ v.proj.to(out.dtype) if v.proj is not None else out
-
-    def proxy_tokens(self, pixels: torch.Tensor, fp16_pos: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The proxy-attention last block's output before ``ln_post`` (:meth:`_proxy_features`): ``[B, 3, H, W]``
-        CLIP-normalised pixels -> (``[B, HW, width]``, the proxy's grid ``(H', W')``)."""
-        if self.proxy is None:
-            raise VplError(f"--dense {self.mixing.method} needs a proxy vision model: pass --proxy-model and "
-                           "--proxy-weights (a DINO ViT, e.g. vit_base_patch8_224.dino)")
-        encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
-        raw = pixels.to(self.device).float() * self._stats[1] + self._stats[0]
-        mean = torch.tensor(self.proxy.mean, device=raw.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.proxy.std, device=raw.device).view(1, 3, 1, 1)
-        feats, grid = self.proxy.final_tokens(((raw - mean) / std).to(pixels.dtype))
-        tokens = proxy_attention_tokens(self.blocks[-1], encoded.tokens, encoded.grid, feats.to(encoded.tokens.dtype),
-                                        grid, self.mixing.proxy)
-        return tokens, grid
-
-    def trident_features(self, windows: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]],
-                         grid: tuple[int, int], attn, values) -> torch.Tensor:
-        """Trident (``mixing.splice``): one image's windows through the proxy-attention last block
-        (:meth:`proxy_tokens`), spliced over the input's patch ``grid`` (``boxes``: per window ``(y0, x0, y1, x1)``
-        in patches; :func:`~vpltool.models.dense.splice_windows`), aggregated on SAM's grid by SAM's last
-        attention ``attn`` ``[heads, N, N]`` and values ``[heads, h, w, hd]`` (cut to the patches the image
-        covers; :func:`~vpltool.models.dense.sam_aggregate`; lists of the two halves' with
-        ``SamAggregation.halves``), then ``ln_post`` and ``proj``.
-
-        Returns:
-            ``[h w, D]`` joint-space features on SAM's ``h x w`` grid, not normalised.
-        """
-        from .dense import sam_aggregate, splice_windows
-
-        if self.sam is None:
-            raise VplError(f"--dense {self.mixing.method} needs SAM's image encoder: pass --sam-weights FILE "
-                           "(e.g. sam_vit_b_01ec64.pth)")
-        tokens, proxy_grid = self.proxy_tokens(windows)
-        p = self.patch_size
-        window_grid = (windows.shape[-2] // p, windows.shape[-1] // p)
-        spliced = splice_windows(tokens, proxy_grid, window_grid, boxes, grid)
-        if isinstance(values, (list, tuple)):  # two halves (SamAggregation.halves)
-            attn, values = [a.to(spliced.device) for a in attn], [v.to(spliced.device) for v in values]
-        else:
-            attn, values = attn.to(spliced.device), values.to(spliced.device)
-        mixed = sam_aggregate(spliced, attn, values, self.mixing.splice)
-        v = self.visual
-        out = v.ln_post(mixed)
-        return out @ v.proj.to(out.dtype) if v.proj is not None else out
+        the method's (ProxyCLIP's output is on its proxy model's grid)."""
+        hook = getattr(self.method, "feature_grid", None)
+        if hook is not None:
+            return hook(self, size)
+        return int(size[0]) // self.patch_size, int(size[1]) // self.patch_size
 
     def encode(self, pixels: torch.Tensor, *, stop: int | None = None, attention_from: int | None = None,
                collect: Sequence[int] = (), fp16_pos: bool = False) -> Encoded:
@@ -487,8 +383,12 @@ class ClipBackbone:
     def dense(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens after the last block ``[B, 1+hw, width]`` -> patch features ``[B, hw, D]`` (joint space, not
         normalised)."""
+        return self.project(tokens[:, 1:])
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` then ``proj``: ``[..., width]`` tokens -> ``[..., D]`` in the joint image-text space."""
         v = self.visual
-        x = v.ln_post(tokens[:, 1:])
+        x = v.ln_post(tokens)
         return x @ v.proj.to(x.dtype) if v.proj is not None else x
 
     def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -504,78 +404,6 @@ class ClipBackbone:
                       temperature: float, layer: str = "input", precision: str = "fp32") -> BatchGradCam:
         """Softmax-GradCAM of B images of one grid: :func:`vpltool.models.gradcam.gradcam_batch`."""
         return gradcam_batch(self, last_block_input, grid, rows, temperature, layer, precision)
-
-    # ---- text
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            kind = self.extra.get("tokenizer")
-            if kind:
-                self._tokenizer = tokenizer_factory(kind)(self.extra, self._text_tower()["context_length"])
-            else:
-                from .loading import import_open_clip
-
-                self._tokenizer = import_open_clip().get_tokenizer(self.spec.model)
-        return self._tokenizer
-
-    def _text_tower(self) -> dict[str, Any]:
-        m = self.model
-        t = m.text if hasattr(m, "text") else m  # CustomTextCLIP keeps the tower in .text
-        return {
-            "token_embedding": t.token_embedding, "positional_embedding": t.positional_embedding,
-            "transformer": t.transformer, "ln_final": t.ln_final, "projection": t.text_projection,
-            "attn_mask": t.attn_mask, "pool": getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax")),
-            "context_length": t.positional_embedding.shape[0], "cls_emb": getattr(t, "cls_emb", None),
-        }
-
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256, grad: bool = False,
-                    exact: bool = False) -> torch.Tensor:
-        """Prompts -> ``[N, D]`` float32 L2-normalised text embeddings (``grad``: differentiable, for training).
-
-        ``exact`` repeats CLIP-ES's ``zeroshot_classifier`` (``--parity clip-es``): one prompt at a time, the full
-        context, every attention on the explicit path (:meth:`_encode_tokens_clip_es`): the same embeddings up to
-        rounding, and the same rounding.
-        """
-        with torch.set_grad_enabled(grad):
-            parts = self._text_tower()
-            if exact:
-                rows = [self._encode_tokens_clip_es(self.tokenizer([t]).to(self.device), parts) for t in texts]
-                out = torch.cat(rows).float() if rows else torch.zeros(0, self.embed_dim)
-                return out / out.norm(dim=-1, keepdim=True)
-            if parts["pool"] != "argmax" or parts["cls_emb"] is not None:  # unusual towers: open_clip's own path
-                tokens = self.tokenizer(list(texts)).to(self.device)
-                return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-            out = []
-            for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
-                out.append(self._encode_tokens(tokens, parts))
-            return F.normalize(torch.cat(out).float(), dim=-1)
-
-    def _encode_tokens_clip_es(self, tokens: torch.Tensor, parts: dict[str, Any]) -> torch.Tensor:
-        """The text tower as CLIP-ES runs it: the full context, and every block's attention on the explicit path
-        (its ``ResidualAttentionBlock`` asks for the attention weights, so torch never takes the fused kernel)."""
-        x = parts["token_embedding"](tokens) + parts["positional_embedding"]
-        mask = parts["attn_mask"]
-        for blk in parts["transformer"].resblocks:
-            h = blk.ln_1(x)
-            x = x + blk.ls_1(blk.attn(h, h, h, need_weights=True, attn_mask=mask)[0])
-            x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-        x = parts["ln_final"](x)[torch.arange(len(tokens), device=x.device), tokens.argmax(dim=-1)]
-        proj = parts["projection"]
-        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-
-    def _encode_tokens(self, tokens: torch.Tensor, parts: dict[str, Any]) -> torch.Tensor:
-        eot = tokens.argmax(dim=-1)  # the EOT token has the highest id in CLIP vocabularies
-        length = int(eot.max()) + 1  # causal mask: positions after EOT never influence it
-        tokens = tokens[:, :length]
-        x = parts["token_embedding"](tokens) + parts["positional_embedding"][:length]
-        mask = parts["attn_mask"]
-        x = parts["transformer"](x, attn_mask=None if mask is None else mask[:length, :length])
-        x = parts["ln_final"](x)[torch.arange(len(tokens), device=x.device), eot]
-        proj = parts["projection"]
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
 def _window_mask(h: int, w: int, size: int, device: str) -> torch.Tensor:

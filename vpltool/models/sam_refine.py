@@ -18,7 +18,7 @@ Per image, on the class probabilities ``P`` ``[C, H, W]`` and labels ``L`` ``[H,
    scores after that update, so its label swap never fires).
 
 The output's scores are those refined maps (zero outside every kept mask), not probabilities, as the reference
-hands them to mmseg. SAM sees the image of Trident's aggregation (:func:`~vpltool.models.segmentor.sam_image`),
+hands them to mmseg. SAM sees the image of Trident's aggregation (:func:`~vpltool.models.dense.trident.sam_image`),
 so one encoder pass serves both (:meth:`~vpltool.models.sam.SamEncoder.last_attention` with ``features``).
 """
 

@@ -67,24 +67,14 @@ def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor, image: torch.Tenso
     """``[B, 3, H, W]`` normalised pixels -> ``[B, Q, h, w]`` cosine of each patch with each unit row of ``text``
     ``[Q, D]`` (the remainder of a side that is no patch multiple dropped, as the patch convolution does).
 
-    A method with CASS's text shift (``mixing.text_shift``) gives instead its object-presence logits
-    (:func:`~vpltool.models.dense.object_presence_logits`), with ``image`` ``[B, D]`` the whole input's
-    embedding of each window, or (None) each window's own."""
+    A method with a ``grid_logits`` hook gives its own logits instead (CASS's object presence,
+    :func:`~vpltool.models.dense.cass.grid_logits`, with ``image`` ``[B, D]`` the whole input's embedding of each
+    window, or (None) each window's own)."""
     p = bb.patch_size
     h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
-    shift = getattr(bb.mixing, "text_shift", None)
-    if shift is not None:
-        from .dense import object_presence_logits, query_clusters
-
-        # CASS's DINO sees the whole window squared, the remainder of a side included (its conv1 drops it)
-        feats, own = bb.spectral_features(pixels[..., : h * p, : w * p], proxy_pixels=pixels)
-        feats, own = feats.float(), own.float()
-        glob = own if image is None or shift.window_global else image.float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        glob = glob / glob.norm(dim=-1, keepdim=True)
-        rows = text.to(feats.device, feats.dtype)
-        clusters = query_clusters(rows, shift.h_threshold)
-        logits = torch.stack([object_presence_logits(f, g, rows, clusters, shift) for f, g in zip(feats, glob)])
+    hook = getattr(getattr(bb, "method", None), "grid_logits", None)
+    if hook is not None:
+        logits = hook(bb, pixels, text, image)
     else:
         feats = bb.dense_features(pixels[..., : h * p, : w * p]).float()
         feats = feats / feats.norm(dim=-1, keepdim=True)
@@ -111,105 +101,10 @@ def window_logits(bb, pixels: torch.Tensor, text: torch.Tensor, pad: bool, multi
 
 
 def input_embedding(bb, pixels: torch.Tensor) -> torch.Tensor | None:
-    """CASS's whole-input embedding for its windows (``forward_feature(crop, img)``: the class token of the full
-    forward of the resized image, ``ln_post``, ``proj``) ``[B, D]``; None for the other methods, and for CASS's
-    per-window variant."""
-    shift = getattr(bb.mixing, "text_shift", None)
-    if shift is None or shift.window_global:
-        return None
-    p = bb.patch_size
-    h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
-    encoded = bb.encode(pixels[..., : h * p, : w * p], stop=bb.n_blocks - 1)
-    v = bb.visual
-    image = v.ln_post(bb.class_token(bb.n_blocks - 1, encoded.tokens, encoded.grid)[:, 0])
-    return image @ v.proj.to(image.dtype) if v.proj is not None else image
-
-
-def trident_input(pixels: torch.Tensor, stride: int, crop: int) -> torch.Tensor:
-    """Trident's ``preprocess_image``: ``[1, 3, H, W]`` normalised pixels whose sides are not both multiples of
-    ``stride`` are resized bilinearly (align_corners False) so that the long side is the next multiple, the short
-    one in proportion (truncated), each then rounded up to a multiple and to at least ``crop``; others pass as
-    they are."""
-    h, w = pixels.shape[-2:]
-    if h % stride == 0 and w % stride == 0:
-        return pixels
-    longer = max(h, w)
-    dst = longer if longer % stride == 0 else (longer // stride + 1) * stride
-    new_h, new_w = int(h * dst / longer), int(w * dst / longer)
-    new_h = new_h if new_h % stride == 0 else (new_h // stride + 1) * stride
-    new_w = new_w if new_w % stride == 0 else (new_w // stride + 1) * stride
-    return F.interpolate(pixels, (max(new_h, crop), max(new_w, crop)), mode="bilinear", align_corners=False)
-
-
-def sam_image(image: np.ndarray, stride: int = 16) -> np.ndarray:
-    """Trident's SAM input before SAM's own transform: the photo ``[H0, W0, 3]`` uint8 RGB resized (OpenCV,
-    bilinear) so that each side is the next multiple of ``stride``."""
-    import cv2
-
-    h, w = image.shape[:2]
-    th, tw = -(-h // stride) * stride, -(-w // stride) * stride
-    return image if (th, tw) == (h, w) else cv2.resize(np.ascontiguousarray(image), (tw, th))
-
-
-def sam_attention(sam, image: np.ndarray, features: bool = False) -> tuple[torch.Tensor, ...]:
-    """SAM's last attention ``[heads, N, N]`` and values ``[heads, h, w, hd]`` of ``image`` (uint8 ``[H, W, 3]``),
-    cut to the ``h x w`` patches the image covers in SAM's padded input (Trident's ``get_sam_feat``); with
-    ``features`` third the encoder's output ``[1, C, S/16, S/16]`` of the same pass (``--sam-refine``)."""
-    sam_pixels, (sh, sw) = sam.prepare(np.ascontiguousarray(image))
-    attn, values, *rest = sam.last_attention(sam_pixels, features=features)
-    g = sam.img_size // sam.patch_size
-    heads = attn.shape[1]
-    attn = attn[0].view(heads, g, g, g, g)[:, :sh, :sw, :sh, :sw].reshape(heads, sh * sw, sh * sw)
-    return (attn, values[0, :, :sh, :sw], *rest)
-
-
-def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
-                   stride: int, sam_images: Sequence[np.ndarray | torch.Tensor], sam_features: list | None = None
-                   ) -> list[torch.Tensor]:
-    """Trident's ``get_trident_seg`` per image of a batch: per image ``[Q, H0, W0]`` float32 cosine logits.
-
-    The input is made a patch multiple (:func:`trident_input`), cut into mmseg's windows (no padding), the windows'
-    proxy-attention outputs spliced and aggregated by SAM on SAM's grid
-    (:meth:`~vpltool.models.ClipBackbone.trident_features`): SAM sees ``sam_images[i]`` (:func:`sam_image` of the
-    photo, uint8 ``[h, w, 3]``), its attention and values cut to the patches the image covers; the cosine with each
-    text row on that grid is resized bilinearly to the photo. ``sam_features`` (a list: ``--sam-refine``) receives
-    per image SAM's encoding of the image it saw and that image's ``(h, w)``
-    (:func:`~vpltool.models.sam_refine.refine`'s ``features`` and ``sam_size``): of the same pass, or with the
-    halves of the whole image, a pass of its own (as Trident's ``set_image(tmp_img)`` there).
-    """
-    sam, p = bb.sam, bb.patch_size
-    if sam is None:
-        from ..errors import VplError
-
-        raise VplError(f"--dense {bb.mixing.method} needs SAM's image encoder: pass --sam-weights FILE")
-    rows_t = text.to(bb.device)
-    out = []
-    for i, size in enumerate(sizes):
-        x = trident_input(pixels[i : i + 1], p, crop)
-        height, width = x.shape[-2:]
-        boxes = [(y0, y1, x0, x1) for y0, y1 in window_starts(height, crop, stride)
-                 for x0, x1 in window_starts(width, crop, stride)]
-        windows = torch.cat([x[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])
-        image = sam_images[i]
-        image = image.cpu().numpy() if isinstance(image, torch.Tensor) else image
-        if bb.mixing.splice.halves:  # Trident's Cityscapes: SAM on the left and the right half apart
-            half = image.shape[1] // 2
-            seen = [sam_attention(sam, image[:, :half]), sam_attention(sam, image[:, half:])]
-            attn, values = [a for a, _ in seen], [v for _, v in seen]
-            sh, sw = values[0].shape[1], values[0].shape[2] + values[1].shape[2]
-            if sam_features is not None:
-                sam_features.append((sam.features(sam.prepare(np.ascontiguousarray(image))[0]), image.shape[:2]))
-        else:
-            attn, values, *encoded = sam_attention(sam, image, features=sam_features is not None)
-            sh, sw = values.shape[1:3]
-            if sam_features is not None:
-                sam_features.append((encoded[0], image.shape[:2]))
-        feats = bb.trident_features(windows, [(y0 // p, x0 // p, y1 // p, x1 // p) for y0, y1, x0, x1 in boxes],
-                                    (height // p, width // p), attn, values).float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        logits = (feats @ rows_t.to(feats.dtype).T).T.reshape(1, -1, sh, sw)
-        out.append(F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0])
-    return out
+    """The whole input's embedding a method gives its windows (its ``input_embedding`` hook: CASS's) ``[B, D]``;
+    None for the other methods."""
+    hook = getattr(getattr(bb, "method", None), "input_embedding", None)
+    return None if hook is None else hook(bb, pixels)
 
 
 def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
@@ -229,13 +124,13 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
             ``direct``: the patch grid's logits resized to the image at once (SCLIP's and ClearCLIP's
             ``forward_feature(img, ori_shape)``).
 
-    All windows of a batch have one size, so they run as one forward; nothing waits for the device. Trident
-    (``mixing.splice``) runs :func:`trident_logits` with ``sam_images`` (and ``sam_features``).
+    All windows of a batch have one size, so they run as one forward; nothing waits for the device. A method with
+    a ``dense_logits`` hook (Trident's, :func:`~vpltool.models.dense.trident.dense_logits`) runs it instead, with
+    ``sam_images`` (and ``sam_features``).
     """
-    if getattr(bb.mixing, "splice", None) is not None:
-        if sam_images is None:
-            raise ContractError("--dense trident: the segmentor was given no SAM input images")
-        return trident_logits(bb, pixels, text, sizes, crop, stride, sam_images, sam_features)
+    hook = getattr(getattr(bb, "method", None), "dense_logits", None)
+    if hook is not None:
+        return hook(bb, pixels, text, sizes, crop, stride, sam_images, sam_features)
     b, _, height, width = pixels.shape
     if crop <= 0:
         if whole == "direct":
@@ -373,7 +268,8 @@ def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes
                    sam_images: Sequence | None = None, sam_features: list | None = None) -> list[torch.Tensor]:
     """:func:`dense_logits` with a method's :class:`~vpltool.config.DenseSettings`, then its PAMR (when
     ``pamr_steps``) guided by each image's input resized back to it. Per image ``[Q, H0, W0]`` float32.
-    ``sam_images``: Trident's SAM inputs (:func:`sam_image`); ``sam_features``: :func:`trident_logits`'s."""
+    ``sam_images``: Trident's SAM inputs (:func:`~vpltool.models.dense.trident.sam_image`); ``sam_features``:
+    :func:`~vpltool.models.dense.trident.trident_logits`'s."""
     logits = dense_logits(bb, pixels, text, sizes, settings.slide_crop, settings.slide_stride,
                           pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple,
                           sam_images=sam_images, sam_features=sam_features)
@@ -388,7 +284,8 @@ def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
                  n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
                  sam_images: Sequence | None = None) -> list[torch.Tensor]:
     """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (nothing waits for it unless
-    ``settings.sam_refine``: Trident's SAM prompt refinement, :func:`refined_labels`)."""
+    ``settings.sam_refine``: Trident's SAM prompt refinement,
+    :func:`~vpltool.models.dense.trident.refined_labels`)."""
     refine = bool(getattr(settings, "sam_refine", False))
     encoded: list | None = [] if refine else None
     with torch.no_grad(), autocast(bb.device, dtype):
@@ -397,21 +294,10 @@ def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
     for i, lg in enumerate(logits):
         probs, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
                                             settings.prob_threshold, settings.area_threshold)
-        if refine:
-            labels = refined_labels(bb.sam, probs, labels, *encoded[i], settings)[1]
+        if refine:  # the method's post-processing (Trident's)
+            labels = bb.method.refined_labels(bb.sam, probs, labels, *encoded[i], settings)[1]
         masks.append(labels.to(torch.uint8))
     return masks
-
-
-def refined_labels(sam, probs: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
-                   sam_size: tuple[int, int], settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trident's ``--sam-refine`` on one image (:func:`~vpltool.models.sam_refine.refine` with ``settings``'s
-    thresholds), in float32: ``[C, H0, W0]`` probabilities and ``[H0, W0]`` labels -> refined scores, labels."""
-    from .sam_refine import refine
-
-    with torch.no_grad(), torch.autocast(probs.device.type, enabled=False):
-        return refine(probs.float(), labels, sam, features.float(), tuple(sam_size), settings.coarse_threshold,
-                      settings.minimal_area, settings.sam_iou_threshold, settings.sam_mask_coeff)
 
 
 def settings_params(settings) -> dict:
@@ -462,16 +348,14 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
     inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
     pre = bb.preprocessor
     text, query_class = text.to(bb.device), query_class.to(bb.device)
-    trident = getattr(bb.mixing, "splice", None) is not None
+    extra = getattr(bb.method, "extra_inputs", None)  # what the method adds per image (Trident: SAM's input)
 
     def load(i: int) -> dict:  # in a loading worker: the uint8 image resized (here or on the device)
         image = io.load_image(items[i].image)
         if tuple(image.shape[:2]) != tuple(sizes[i]):
             raise ContractError(f"{items[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
                                 f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
-        if trident:  # SAM's input: the photo itself at patch multiples (Trident reads the file again)
-            return {"pixels": pre.loaded(image, inputs[i]), "sam": torch.tensor(sam_image(image))}
-        return {"pixels": pre.loaded(image, inputs[i])}
+        return {"pixels": pre.loaded(image, inputs[i]), **(extra(image) if extra is not None else {})}
 
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
     runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
@@ -481,7 +365,7 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
                                   bb.device):
             index = batch["index"]
             pixels = bb.pixels(batch["pixels"], inputs[index[0]])
-            sams = list(batch["sam"]) if trident else None
+            sams = list(batch["sam"]) if "sam" in batch else None
 
             def run(part: slice, index=index, pixels=pixels, sams=sams) -> tuple[slice, list[torch.Tensor]]:
                 return part, labels_batch(bb, pixels[part], text, query_class, n_classes, settings,
@@ -501,6 +385,5 @@ def _writer(out: Path, ids: list[str]) -> Callable[[dict], None]:
 
 
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
-           "trident_input", "sam_image", "trident_logits",
            "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
            "segment_logits", "labels_batch", "write_dense_masks", "settings_params"]

@@ -29,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -224,5 +225,32 @@ def _quiet_c10d() -> Iterator[None]:
                 sys.stderr.write("\n".join(kept) + "\n")
 
 
+
+def prepare_run_folder(out_dir: Path, checkpoint: Path, refusals: Sequence[tuple[Path, str]],
+                       cleared: Sequence[Path], *, resume: bool, overwrite: bool, rank: int, world: int
+                       ) -> Path | None:
+    """A training run's folder before its first step, on every rank (train-decoder's and train-pgseg's).
+
+    Without ``--resume`` or ``--overwrite`` the first of ``refusals`` ``(file, why)`` that exists is refused in one
+    line (``"{out_dir}: {why}"``); with ``--overwrite`` (and not ``--resume``) rank 0 deletes ``cleared`` once every
+    rank has checked. Returns the checkpoint to resume from, or None (a fresh start): ``--resume`` without a
+    checkpoint starts afresh, so a preemptible job can always pass it.
+    """
+    import torch.distributed as dist
+
+    if not overwrite and not resume:
+        for path, why in refusals:
+            if path.is_file():
+                raise VplError(f"{out_dir}: {why}")
+    if world > 1:
+        dist.barrier()  # every rank checked before rank 0 deletes anything
+    if overwrite and not resume and rank == 0:
+        for path in cleared:
+            path.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    return checkpoint if resume and checkpoint.is_file() else None
+
+
 __all__ = ["SPLIT", "ONE", "ALL", "RENDEZVOUS_S", "PEER_WAIT_S", "in_group", "runs_here", "waiting_line",
-           "command_group", "alone", "peer_gone", "peer_lost", "process_group"]
+           "command_group", "alone", "peer_gone", "peer_lost", "process_group", "prepare_run_folder"]

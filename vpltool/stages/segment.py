@@ -106,31 +106,23 @@ def scored_background(dataset: Dataset) -> bool:
 
 def dense_mixing_of(cfg: SegmentConfig):
     """The last block's mixing: ``cfg.dense``'s preset, with ``--attention`` / ``--residual`` in place of its own
-    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``), and for CASS its
-    per-dataset knobs (``--global-weight``, ``--shift-weight``, ``--cluster-cut``, ``--stretch``,
-    ``--window-global``)."""
-    from ..config.dense import CASS_KNOBS, SAM_METHODS, TRIDENT_KNOBS
+    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``), and the method's own
+    knobs given (its spec row's ``knobs``, e.g. CASS's ``--global-weight``, Trident's ``--cos-fac``) through its
+    module's ``with_knobs``. The method's name when nothing is changed."""
+    from ..config.dense import DENSE_SPECS
 
-    cass = {k: getattr(cfg, k) for k in CASS_KNOBS if getattr(cfg, k) is not None} if cfg.dense == "cass" else {}
-    # the aggregation's knobs; --sam-refine and --coarse-threshold are post-processing (DenseSettings)
-    sam = ({k: getattr(cfg, k) for k in TRIDENT_KNOBS[:3] if getattr(cfg, k) is not None}
-           if cfg.dense in SAM_METHODS else {})
-    if cfg.attention is None and cfg.residual is None and not cass and not sam:
+    knobs = {k: getattr(cfg, k) for k in DENSE_SPECS[cfg.dense].knobs if getattr(cfg, k) is not None}
+    if cfg.attention is None and cfg.residual is None and not knobs:
         return cfg.dense
-    from ..models.dense import dense_mixing
+    from ..models.dense import dense_method, dense_mixing
 
     base = dense_mixing(cfg.dense)
+    with_knobs = getattr(dense_method(cfg.dense), "with_knobs", None)
+    out = with_knobs(base, knobs) if knobs and with_knobs is not None else base
+    if cfg.attention is None and cfg.residual is None:
+        return cfg.dense if out is base else out  # knobs of its post-processing alone change no mixing
     keep = base.residual if cfg.residual is None else cfg.residual
-    out = replace(base, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
-    if cass:  # CASS's per-dataset knobs (vpltool.config.dense.CASS_KNOBS) into its text shift and matching
-        shift = {"global_weight": "global_weight", "shift_weight": "mean_vector_weight",
-                 "cluster_cut": "h_threshold", "window_global": "window_global"}
-        out = replace(out, text_shift=replace(out.text_shift, **{shift[k]: v for k, v in cass.items() if k in shift}),
-                      spectral=replace(out.spectral, stretch=cass.get("stretch", out.spectral.stretch)))
-    if sam:  # Trident's per-dataset knobs (cos_fac, refine_neg_cos, sam_halves) into its SAM aggregation
-        out = replace(out, splice=replace(out.splice, **{"halves" if k == "sam_halves" else k: v
-                                                          for k, v in sam.items()}))
-    return out
+    return replace(out, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
 
 
 def proxy_spec(cfg: SegmentConfig):

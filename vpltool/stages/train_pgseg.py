@@ -46,7 +46,7 @@ from ..data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pai
 from ..device import seed_everything
 from ..errors import VplError
 from ..runtime.batches import die_with_parent
-from ..runtime.ranks import process_group
+from ..runtime.ranks import prepare_run_folder, process_group
 
 STAGE = "train-pgseg"
 FINAL = "pgseg.safetensors"
@@ -71,8 +71,8 @@ def schedule_lr(cfg: PGSegTrainConfig, t: int, steps_per_epoch: int) -> float:
     cycle_limit=1, t_in_epochs=False)`` at update ``t``: linear warm-up from ``warmup_lr``, then the cosine from
     ``lr`` to ``min_lr`` over the whole run (the warm-up counted in it, ``warmup_prefix`` False)."""
     total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
-    if t < warm:
-        return cfg.warmup_lr + t * (cfg.lr - cfg.warmup_lr) / warm
+    if t < warm:  # timm's order of operations: the step (lr - warmup_lr) / warm first, then times t
+        return cfg.warmup_lr + t * ((cfg.lr - cfg.warmup_lr) / warm)
     if t >= total:
         return cfg.min_lr
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total))
@@ -263,20 +263,13 @@ class PGSegSummary:
 
 
 def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world: int) -> Path | None:
+    """:func:`vpltool.runtime.ranks.prepare_run_folder` for this stage's files."""
     ckpt, final = out_dir / CHECKPOINT, out_dir / FINAL
-    if not overwrite and not resume:
-        if final.is_file():  # (a finished run keeps its last checkpoint too)
-            raise VplError(f"{out_dir}: holds a trained model; pass --overwrite or choose another --out")
-        if ckpt.is_file():
-            raise VplError(f"{out_dir}: holds an interrupted run; pass --resume to continue or --overwrite")
-    if world > 1:
-        dist.barrier()  # every rank checked before rank 0 deletes anything
-    if overwrite and not resume and rank == 0:
-        for path in (ckpt, final, out_dir / "log.jsonl", io.stage_record_path(out_dir)):
-            path.unlink(missing_ok=True)
-    if world > 1:
-        dist.barrier()
-    return ckpt if resume and ckpt.is_file() else None
+    return prepare_run_folder(out_dir, ckpt, [
+        (final, "holds a trained model; pass --overwrite or choose another --out"),  # (it keeps its last checkpoint)
+        (ckpt, "holds an interrupted run; pass --resume to continue or --overwrite"),
+    ], [ckpt, final, out_dir / "log.jsonl", io.stage_record_path(out_dir)], resume=resume, overwrite=overwrite,
+        rank=rank, world=world)
 
 
 def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> None:

@@ -43,7 +43,8 @@ DEFAULT_BG_THRESH = 0.95
 def tokenizer(cfg: PGSegConfig, vocabulary: Sequence[str] | None = None):
     """``texts -> [N, context_length]`` int64 ids. ``clip``: CLIP's BPE (open_clip's ``SimpleTokenizer``, the same
     BPE and cleaning as the reference's ``datasets/tokenizer.py``; ``[SOT] ids [EOT]``, truncated to the context with
-    EOT last, zero-padded). ``toy-words``: the demo's word tokenizer over ``vocabulary``."""
+    EOT last, zero-padded). ``toy-words``: the demo's word tokenizer over ``vocabulary``, which the demo registers
+    (:func:`~vpltool.models.register_tokenizer`); another name, any tokenizer a plugin registers."""
     if cfg.tokenizer == "clip":
         from open_clip.tokenizer import SimpleTokenizer
 
@@ -61,13 +62,15 @@ def tokenizer(cfg: PGSegConfig, vocabulary: Sequence[str] | None = None):
             return out
 
         return tokenize
-    if cfg.tokenizer == "toy-words":
-        from ...demo.tokenizer import WordTokenizer
+    from ..loading import tokenizer_factory  # the registration point plugins fill (the demo: toy-words)
 
-        if vocabulary is None:
-            raise VplError("the toy-words tokenizer needs the demo's vocabulary")
-        return WordTokenizer(vocabulary, cfg.context_length)
-    raise VplError(f"unknown PGSeg tokenizer {cfg.tokenizer!r}; known: clip, toy-words")
+    try:
+        factory = tokenizer_factory(cfg.tokenizer)
+    except VplError:
+        raise VplError(f"unknown PGSeg tokenizer {cfg.tokenizer!r}; known: clip, toy-words") from None
+    if vocabulary is None:
+        raise VplError(f"the {cfg.tokenizer} tokenizer needs the demo's vocabulary")
+    return factory({"vocabulary": list(vocabulary)}, cfg.context_length)
 
 
 def check_pgseg(spec: str | Path, **_: Any) -> PGSegConfig:

@@ -13,10 +13,31 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
 from .npr import NPR, ProjectMLP
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample, as timm 0.4.12 draws it (the version GroupViT and PGSeg pin): a mask
+    ``floor(keep + U[0, 1))`` from ``torch.rand([B, 1, ...])``, output ``x / keep * mask``. timm 1.x draws the same
+    distribution with ``bernoulli_``, another use of the RNG: with the same seed its masks are not the reference's
+    (the whole-trainer parity, parity/pgseg_trainer_parity.py, follows the reference's seeded steps bit for bit)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)).floor_()
+        return x.div(keep) * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
 
 
 class MixerMlp(Mlp):

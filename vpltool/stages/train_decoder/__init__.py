@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from ... import io, presets
@@ -55,7 +54,7 @@ from ...device import resolve_precision, seed_everything
 from ...errors import VplError
 from ...models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ...models.gradcam import PrototypeRows
-from ...runtime.ranks import process_group
+from ...runtime.ranks import prepare_run_folder, process_group
 from .board import Board, draw_curve, memory_gib
 from .data import (
     BatchPlan,
@@ -140,25 +139,14 @@ def _iteration_seed(seed: int, it: int, rank: int) -> int:
 
 
 def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world: int) -> Path | None:
-    """Refuse to clobber a finished or interrupted run; the checkpoint to resume from (None = fresh start).
-
-    ``--resume`` without a checkpoint starts afresh, so a preemptible job can always pass it.
-    """
-    ckpt = out_dir / "checkpoints" / "last.safetensors"
-    final = out_dir / "decoder.safetensors"
-    if not overwrite and not resume:
-        if ckpt.is_file():
-            raise VplError(f"{out_dir}: holds an interrupted run; pass --resume to continue or --overwrite")
-        if final.is_file():
-            raise VplError(f"{out_dir}: holds a trained decoder; pass --overwrite or choose another --out")
-    if world > 1:
-        dist.barrier()  # every rank checked before rank 0 deletes anything
-    if overwrite and not resume and rank == 0:
-        for path in (ckpt, final, out_dir / "log.jsonl", out_dir / "curve.png"):
-            path.unlink(missing_ok=True)
-    if world > 1:
-        dist.barrier()
-    return ckpt if resume and ckpt.is_file() else None
+    """Refuse to clobber a finished or interrupted run; the checkpoint to resume from (None = fresh start)
+    (:func:`vpltool.runtime.ranks.prepare_run_folder`)."""
+    ckpt, final = out_dir / "checkpoints" / "last.safetensors", out_dir / "decoder.safetensors"
+    return prepare_run_folder(out_dir, ckpt, [
+        (ckpt, "holds an interrupted run; pass --resume to continue or --overwrite"),
+        (final, "holds a trained decoder; pass --overwrite or choose another --out"),
+    ], [ckpt, final, out_dir / "log.jsonl", out_dir / "curve.png"], resume=resume, overwrite=overwrite, rank=rank,
+        world=world)
 
 
 def check_crop(crop: int, patch: int | None) -> None:
