@@ -59,7 +59,7 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
     for item in data.items[:n_images]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
         h0, w0 = image.shape[:2]
-        x = fam.image_tensor(image, fam.resized_size(h0, w0, short))
+        x = fam.image_tensor(image, short)
         feats = model.image_features(x)
         present = set(np.unique(gt).tolist()) - {0, 255}
         if present:  # the class of the best-matching name is in the scene

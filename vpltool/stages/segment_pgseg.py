@@ -2,8 +2,9 @@
 (`train-pgseg`'s ``pgseg.safetensors`` or a GroupViT / PGSeg release ``.pth``), as the reference's evaluation
 (Ferenas/PGSeg 9f167cd, ``segmentation/evaluation/pgseg_seg.py`` in mmseg's ``EncoderDecoder``):
 
-1. the image resized to ``short_side`` (mmseg's keep-ratio ``Resize``, bilinear; the reference's test scale is
-   448 on PASCAL VOC / Context), normalised with ImageNet statistics;
+1. the image file read as the reference's mmseg test pipeline reads it (:func:`vpltool.models.pgseg.image_tensor`):
+   resized to ``short_side`` (mmcv's keep-ratio ``imrescale``: ``cv2.resize`` bilinear on the uint8 image; the
+   reference's test scale is 448 on PASCAL VOC / Context), normalised as mmcv's ``imnormalize`` (0-255 statistics);
 2. each class name in the reference's ``simple`` template (``a photo of a {}.``), its text embedding;
 3. per window (sliding 448-px windows at stride 224, as the reference's VOC ``test_cfg``; ``slide`` (0, _) = the
    whole image), both grouping stages' maps combined, every pixel its final group, every group the class it
@@ -109,7 +110,7 @@ def run_segment_pgseg(
                 for item_id in todo:
                     image = io.load_image(items[item_id].image)
                     h0, w0 = image.shape[:2]
-                    x = fam.image_tensor(image, fam.resized_size(h0, w0, short_side)).to(device)
+                    x = fam.image_tensor(image, short_side).to(device)
                     logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
                                                   crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1, h, w]
                     logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)

@@ -25,6 +25,8 @@ from .checkpoint import from_reference, infer_config, load_checkpoint, model_fro
 from .model import PRESETS, PGSeg, PGSegConfig, build_model, tiny_config
 from .npr import closs, hrs, hungarian_match, npr_losses
 from .zeroshot import (
+    IMAGE_MEAN,
+    IMAGE_STD,
     TEMPLATES,
     class_text_embeddings,
     class_tokens,
@@ -36,9 +38,6 @@ from .zeroshot import (
 
 # the reference's evaluation settings (segmentation/configs/_base_/datasets/*.py, test_cfg)
 DEFAULT_BG_THRESH = 0.95
-# mmseg's img_norm_cfg of the reference's test pipeline, on 0-255 RGB
-IMAGE_MEAN = (123.675, 116.28, 103.53)
-IMAGE_STD = (58.395, 57.12, 57.375)
 
 
 def tokenizer(cfg: PGSegConfig, vocabulary: Sequence[str] | None = None):

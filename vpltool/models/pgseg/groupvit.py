@@ -82,12 +82,17 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 class Attention(nn.Module):
     """Multi-head attention; ``qkv_fuse``: one ``qkv`` linear (self-attention), else ``q_proj``/``k_proj``/``v_proj``
-    (cross-attention: queries ``[B, N, C]``, keys/values ``[B, S, C]``)."""
+    (cross-attention: queries ``[B, N, C]``, keys/values ``[B, S, C]``).
+
+    ``fused``: ``softmax(q k^T * scale) v`` through PyTorch's fused ``F.scaled_dot_product_attention`` (one kernel,
+    no ``[B, heads, N, S]`` map kept for the backward); False: the reference's explicit matmul-softmax-matmul, bit
+    for bit. The two agree to float rounding (~1e-7 in fp32); the fused path is taken only where no attention
+    dropout runs in training (its mask would be drawn differently)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, qkv_fuse: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, fused: bool = False):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.fused = num_heads, fused
         self.scale = (dim // num_heads) ** -0.5
         self.qkv_fuse = qkv_fuse
         if qkv_fuse:
@@ -109,18 +114,22 @@ class Attention(nn.Module):
             key = query if key is None else key
             q, k, v = (_heads(p(t), self.num_heads) for p, t in
                        ((self.q_proj, query), (self.k_proj, key), (self.v_proj, key)))
-        attn = self.attn_drop(((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1))
-        return self.proj_drop(self.proj(_merge(attn @ v)))
+        if self.fused and not (self.training and self.attn_drop.p > 0):
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            out = self.attn_drop(((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)) @ v
+        return self.proj_drop(self.proj(_merge(out)))
 
 
 class AttnBlock(nn.Module):
     """Pre-norm transformer block (fused qkv), stochastic depth on both branches."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, fused: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qkv_fuse=True, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qkv_fuse=True, attn_drop=attn_drop, proj_drop=drop,
+                              fused=fused)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
@@ -135,13 +144,13 @@ class CrossAttnBlock(nn.Module):
     block (no norm on q/k, a LayerNorm after the MLP)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
-                 post_norm: bool = False):
+                 post_norm: bool = False, fused: bool = False):
         super().__init__()
         if post_norm:
             self.norm_post, self.norm_q, self.norm_k = nn.LayerNorm(dim), nn.Identity(), nn.Identity()
         else:
             self.norm_q, self.norm_k, self.norm_post = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.Identity()
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, fused=fused)
         self.drop_path = nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
@@ -194,14 +203,16 @@ class GroupingBlock(nn.Module):
     ``[B, G, C]`` (``center``: what PGSeg's I-NPR and T-NPR match with prototypes)."""
 
     def __init__(self, dim: int, out_dim: int, num_heads: int, num_group_token: int, num_output_group: int,
-                 mlp_ratio: tuple[float, float] = (0.5, 4.0), hard: bool = True, gumbel: bool = True):
+                 mlp_ratio: tuple[float, float] = (0.5, 4.0), hard: bool = True, gumbel: bool = True,
+                 fused: bool = False):
         super().__init__()
         self.norm_tokens = nn.LayerNorm(dim)
         tokens_dim, channels_dim = (int(r * dim) for r in mlp_ratio)
         self.mlp_inter = Mlp(num_group_token, tokens_dim, num_output_group)
         self.norm_post_tokens = nn.LayerNorm(dim)
         self.norm_x = nn.LayerNorm(dim)
-        self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4, qkv_bias=True, post_norm=True)
+        self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4, qkv_bias=True, post_norm=True,
+                                              fused=fused)
         self.assign = AssignAttention(dim, qkv_bias=True, hard=hard, gumbel=gumbel)
         self.norm_new_x = nn.LayerNorm(dim)
         self.mlp_channels = Mlp(dim, channels_dim, out_dim)
@@ -226,7 +237,8 @@ class GroupingLayer(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, num_group_token: int, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: list[float],
-                 downsample: GroupingBlock | None, group_projector: nn.Module | None, npr: NPR | None):
+                 downsample: GroupingBlock | None, group_projector: nn.Module | None, npr: NPR | None,
+                 fused: bool = False):
         super().__init__()
         self.num_group_token = num_group_token
         if num_group_token > 0:
@@ -235,8 +247,8 @@ class GroupingLayer(nn.Module):
                 trunc_normal_(self.group_token, std=0.02)
         else:
             self.group_token = None
-        self.blocks = nn.ModuleList(AttnBlock(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i])
-                                    for i in range(depth))
+        self.blocks = nn.ModuleList(AttnBlock(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i],
+                                              fused) for i in range(depth))
         self.downsample = downsample
         self.downsample_spatial = npr
         self.group_projector = group_projector
@@ -317,7 +329,7 @@ class GroupViTEncoder(nn.Module):
             last = i == len(depths) - 1
             downsample = None if last else GroupingBlock(
                 dim, dim, cfg.num_heads[i], cfg.num_group_tokens[i], cfg.num_output_groups[i],
-                hard=cfg.hard_assignment, gumbel=cfg.hard_assignment)
+                hard=cfg.hard_assignment, gumbel=cfg.hard_assignment, fused=cfg.fused_attention)
             npr = None if (last or not cfg.npr) else NPR(
                 dim=dim, out_dim=dim, num_output_group=cfg.num_output_groups[i], iters=cfg.npr_iters,
                 momentum=cfg.npr_momentum)
@@ -327,7 +339,8 @@ class GroupViTEncoder(nn.Module):
                                                                       cfg.num_group_tokens[i]))
             self.layers.append(GroupingLayer(
                 dim, depth, cfg.num_heads[i], cfg.num_group_tokens[i], cfg.mlp_ratio, True, cfg.drop_rate,
-                cfg.attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample, projector, npr))
+                cfg.attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample, projector, npr,
+                cfg.fused_attention))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Identity()
         if cfg.npr:

@@ -60,6 +60,10 @@ class PGSegConfig:
     tokenizer: str = "clip"
     multi_label: int = 0  # data.text_aug.multi_label: noun prompts per caption (0: no multi-label loss)
     multi_label_weight: float = 1.0  # MultiLabelContrastive's multi_label_loss_weight (share_temperature False)
+    # how the image encoder's softmax attention is computed, not what: True = PyTorch's fused
+    # scaled_dot_product_attention (~1e-7 apart in fp32, which the hard assignment's argmax can turn into another
+    # group: docs/pgseg.md); False = the reference's explicit softmax(q k^T) v, bit for bit
+    fused_attention: bool = False
 
     def __post_init__(self):
         for name in ("depths", "num_heads", "num_group_tokens", "num_output_groups"):
@@ -251,7 +255,7 @@ class PGSeg(nn.Module):
         if k > 0 and (tokens.ndim != 3 or tokens.shape[1] != 1 + k):
             raise ValueError(f"multi_label={k}: tokens must be [B, {1 + k}, L], got {tuple(tokens.shape)}")
         flat = tokens.flatten(0, 1) if k > 0 else tokens
-        eot = self.text_encoder(flat)  # [B (1 + K), width]
+        eot = self.text_encoder(flat, move_prototypes=False)  # [B (1 + K), width]; T-NPR below, on the captions
         caption_eot = eot.unflatten(0, (-1, 1 + k))[:, 0] if k > 0 else eot
         text_mu = self.text_encoder.prototypes(caption_eot, gather) if self.cfg.npr else None
         text_all = self.text_projector(eot)

@@ -10,7 +10,8 @@ define the method as trained and released, and each is said where it happens:
 * T-NPR matches the mean over channels of the stage-2 group tokens (``[B, 8, 1]``) with the text prototypes
   (``[B, 8, 1]``): after L2 normalisation over an axis of size one, both are signs;
 * the image NPR's momentum update is defined but the reference never runs it (``is_training`` is never passed):
-  :attr:`NPR.update_buffer` is off unless asked; the text NPR's buffer moves on every training forward.
+  :attr:`NPR.update_buffer` is off unless asked; the text NPR's buffer moves on every text forward, evaluation
+  included (a model saved after it embedded class names holds the moved buffer, as the reference's would).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def momentum_update(buffer: torch.Tensor, batch: torch.Tensor, momentum: float, 
 class TextNPR(nn.Module):
     """T-NPR's text prototypes (``text_encoder.Atten``): the EOT embedding ``[N, C]`` read as ``C`` scalar tokens,
     clustered into ``G`` 1-d prototypes from buffer ``mu`` ``[1, G, 1]``. ``forward`` -> ``[N, G, 1]`` (no
-    gradient); in training the buffer then moves by momentum towards the (gathered) batch mean, as every forward of
-    the reference does."""
+    gradient); the buffer then moves by momentum towards the (gathered) batch mean, in training and in evaluation,
+    as every text forward of the reference does."""
 
     def __init__(self, num_output_group: int = 8, iters: int = 10, momentum: float = 0.9):
         super().__init__()
@@ -112,8 +113,7 @@ class TextNPR(nn.Module):
                 z = z / (1e-6 + z.sum(dim=1, keepdim=True))
                 mu = torch.matmul(z.permute(0, 2, 1), x_id)
                 mu = mu / (1e-6 + mu.norm(dim=1, keepdim=True))
-        if self.training:
-            self.mu = momentum_update(self.mu, mu, self.momentum, gather)
+        self.mu = momentum_update(self.mu, mu, self.momentum, gather)  # every call, training or not (the reference)
         return mu
 
 

@@ -71,12 +71,18 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.Atten = TextNPR(num_text_prototypes, npr_iters, npr_momentum) if npr else None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[N, L]`` int64 -> the EOT features ``[N, width]`` float32."""
+    def forward(self, tokens: torch.Tensor, move_prototypes: bool = True) -> torch.Tensor:
+        """``[N, L]`` int64 -> the EOT features ``[N, width]`` float32. With T-NPR, the forward also moves its
+        buffer towards these texts' prototypes, in training and in evaluation (``segment``, ``cam``, class
+        embeddings), as every text forward of the reference does; ``forward_train`` passes ``move_prototypes=False``
+        and moves it once through :meth:`prototypes`, on the captions alone."""
         x = self.token_embedding(tokens) + self.positional_embedding
         x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
         x = self.ln_final(x)
-        return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+        eot = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+        if move_prototypes and self.Atten is not None:
+            self.Atten(eot.detach())  # the reference's every text forward runs T-NPR: its buffer moves
+        return eot
 
     def prototypes(self, eot: torch.Tensor, gather: Gather | None = None) -> torch.Tensor:
         """T-NPR's text prototypes ``[N, G, 1]`` of the EOT features (detached, as the reference)."""

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from .model import PGSeg
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the reference's test pipeline normalisation, on [0, 1] RGB
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# mmseg's img_norm_cfg of the reference's test pipeline, on 0-255 RGB
+IMAGE_MEAN = (123.675, 116.28, 103.53)
+IMAGE_STD = (58.395, 57.12, 57.375)
 # the reference's class prompt sets (datasets/imagenet_template.py): 'simple' is what its seg evaluation uses
 TEMPLATES = {"simple": ("a photo of a {}.",), "identity": ("{}",)}
 
@@ -36,21 +37,29 @@ def class_tokens(names: Sequence[str], tokenize: Callable[[list[str]], torch.Ten
 
 
 def resized_size(h: int, w: int, short: int, long: int = 2048) -> tuple[int, int]:
-    """mmseg ``Resize(img_scale=(long, short), keep_ratio=True)``: the largest scale with the short side at most
-    ``short`` and the long side at most ``long``, rounded."""
+    """mmseg ``Resize(img_scale=(long, short), keep_ratio=True)`` = mmcv's ``rescale_size``: the factor
+    ``min(long / max(h, w), short / min(h, w))``, each side ``int(side * factor + 0.5)``."""
     scale = min(short / min(h, w), long / max(h, w))
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def image_tensor(image, size: tuple[int, int]) -> torch.Tensor:
-    """``[H0, W0, 3]`` uint8 numpy -> ``[1, 3, h, w]`` float32, bilinear-resized to ``size``, ImageNet-normalised."""
+def image_tensor(image, short_side: int, long_side: int = 2048) -> torch.Tensor:
+    """``[H0, W0, 3]`` uint8 RGB numpy -> ``[1, 3, h, w]`` float32: the reference's test pipeline (mmseg's
+    ``Resize(keep_ratio=True)`` then ``Normalize``, as mmcv computes them): the uint8 image resized by
+    ``cv2.resize(INTER_LINEAR)`` (bilinear, no antialiasing, fixed-point on uint8) to :func:`resized_size`, then
+    ``cv2.subtract`` the 0-255 mean and ``cv2.multiply`` by ``1 / std`` in float32 (mmcv's ``imnormalize_``).
+    ``segment --pgseg`` and ``cam --pgseg`` both read images through it."""
+    import cv2
     import numpy as np
 
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return (x - mean) / std
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w = resized_size(image.shape[0], image.shape[1], short_side, long_side)
+    if (h, w) != image.shape[:2]:
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    x = image.astype(np.float32)
+    cv2.subtract(x, np.float64(np.array(IMAGE_MEAN).reshape(1, -1)), x)
+    cv2.multiply(x, 1 / np.float64(np.array(IMAGE_STD).reshape(1, -1)), x)
+    return torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
 
 
 def _resize_maps(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:

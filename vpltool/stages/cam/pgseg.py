@@ -2,11 +2,12 @@
 format, so that `crf`, `learn-prototypes`, `train-decoder` and the report take them unchanged (as `cam --dense`).
 
 Per image with labels K (the dataset's, as `cam`), the family's :func:`vpltool.models.pgseg.zero_shot_logits`
-(the reference's ``pgseg_seg.py`` arithmetic, the one `segment --pgseg` runs): the image resized to ``short_side``
-(mmseg keep-ratio), both grouping stages' soft maps chained, every pixel its final group, every group its
-affinity to each of the dataset's foreground class names (``a photo of a {}.`` through the model's own text
-encoder; softmax over the image's top-5 classes times the prior softmax over all), in sliding windows averaged where
-they overlap. The K labelled classes' channels, in [0, 1], resized bilinearly to the image, are the maps. No
+(the reference's ``pgseg_seg.py`` arithmetic, the one `segment --pgseg` runs): the image read as `segment
+--pgseg` reads it (:func:`vpltool.models.pgseg.image_tensor`: mmcv's keep-ratio uint8 cv2 resize to
+``short_side``), both grouping stages' soft maps chained, every pixel its final group, every group its affinity
+to each of the dataset's foreground class names (``a photo of a {}.`` through the model's own text encoder;
+softmax over the image's top-5 classes times the prior softmax over all), in sliding windows averaged where they
+overlap. The K labelled classes' channels, in [0, 1], resized bilinearly to the image, are the maps. No
 background threshold (the CRF and eval choose the background, as for every other seed source); a labelled class
 outside the image's top 5 gets an all-zero map, as it gets no pixel in `segment --pgseg`.
 """
@@ -86,7 +87,7 @@ def run_pgseg_cam(
         text = fam.class_text_embeddings(model, tokens)
         mode = "slide" if slide[0] else "whole"
         for item, (h0, w0) in zip(items, sizes):
-            x = fam.image_tensor(io.load_image(item.image), fam.resized_size(h0, w0, short_side)).to(device)
+            x = fam.image_tensor(io.load_image(item.image), short_side).to(device)
             with torch.no_grad():
                 logits = fam.zero_shot_logits(model, x, text, with_bg=False, mode=mode,
                                               crop=slide[0] or PGSEG_SLIDE[0], stride=slide[1])  # [1, N, h, w]
