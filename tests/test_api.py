@@ -85,7 +85,7 @@ def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
         vpltool.segmenter("maskclip", box_threshold=0.4, **TOY)
     with pytest.raises(VplError, match="checkpoint=FILE"):
         vpltool.segmenter("pgseg")
-    with pytest.raises(VplError, match="not found"):
+    with pytest.raises(VplError, match="missing.safetensors: no such checkpoint file"):
         vpltool.segmenter("pgseg", checkpoint=tmp_path / "missing.safetensors")
     with pytest.raises(VplError, match=r"vpltool.api.cam: unknown option 'tau_i'"):
         vpltool.api.cam(tmp_path, tmp_path / "p.safetensors", tmp_path / "out", tau_i=0.1)
