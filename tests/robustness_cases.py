@@ -1353,7 +1353,7 @@ def _background_is_class(ws: Workspace) -> Iterator[list[object]]:
       "checkpoint was written yet", "re-running starts again from iteration 0", exit_code=130,
       leaves=("decoder_ctrl_c/", "decoder_ctrl_c/.vpltool.lock"))
 def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool import train_decoder
+    from vpltool.stages import train_decoder
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -1366,7 +1366,7 @@ def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
       "re-run the same command to continue from it", exit_code=130,
       leaves=("decoder_ctrl_c_resumed/log.jsonl",))
 def _decoder_ctrl_c_resumed(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool import train_decoder
+    from vpltool.stages import train_decoder
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -1442,7 +1442,7 @@ def _segment_trident_sam_size(ws: Workspace) -> Iterator[list[object]]:
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.backbone.sam import SAM_ARCHS, _build
+    from vpltool.models.sam import SAM_ARCHS, _build
 
     with torch.device("meta"):  # vit_b's tensor names, each of vit_l's width (written as 1-element stand-ins
         names = _build(SAM_ARCHS["vit_b"]).state_dict()  # but the first, so that the file stays small)
@@ -1460,7 +1460,7 @@ def _segment_trident_refine_encoder_only(ws: Workspace) -> Iterator[list[object]
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.backbone.sam import SAM_ARCHS, _build
+    from vpltool.models.sam import SAM_ARCHS, _build
 
     torch.manual_seed(0)
     path = ws.root / "sam_encoder.safetensors"
@@ -1723,7 +1723,7 @@ def _png_efbig(ws: Workspace) -> Iterator[list[object]]:
       "(iteration 1) is kept", leaves=("decoder_nan/", "decoder_nan/.vpltool.lock", "decoder_nan/checkpoints/",
                                        "decoder_nan/checkpoints/last.safetensors", "decoder_nan/log.jsonl"))
 def _decoder_diverges(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.train_decoder import steps
+    from vpltool.stages.train_decoder import steps
 
     real, calls = steps.compute_losses, [0]
 
@@ -2462,7 +2462,7 @@ def _decoder_no_master(ws: Workspace) -> Iterator[list[object]]:
 def _decoder_no_peer(ws: Workspace) -> Iterator[list[object]]:
     import socket
 
-    from vpltool import ranks
+    from vpltool.runtime import ranks
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -2476,7 +2476,7 @@ def _decoder_no_peer(ws: Workspace) -> Iterator[list[object]]:
       "interrupted (SIGTERM): finished items are kept; re-run the same command to resume", exit_code=143,
       leaves=("cams_term/", "cams_term/*"))
 def _sigterm(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.cam import stage
+    from vpltool.stages.cam import stage
 
     real, calls = stage.cams_for_batch, [0]
 

@@ -62,7 +62,7 @@ def test_segmenter_label_map_equals_the_cli_mask(world, tmp_path, method):
 
 
 def test_pgseg_segmenter_label_map_equals_the_cli_mask(world, tmp_path):
-    from vpltool.backbone import pgseg
+    from vpltool.models import pgseg
 
     ckpt = pgseg.save_checkpoint(tmp_path / "m.safetensors", pgseg.build_model(pgseg.tiny_config(), seed=3).eval())
     out = tmp_path / "seg"
@@ -101,8 +101,8 @@ def python_blocks(page: Path) -> list[str]:
 
 
 def test_every_example_of_docs_api_md_runs_on_the_toy_model(tmp_path, monkeypatch):
-    from vpltool.backbone import pgseg
     from vpltool.demo.make_world import write_dataset
+    from vpltool.models import pgseg
 
     blocks = python_blocks(ROOT / "docs" / "api.md")
     assert len(blocks) >= 5

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from vpltool import io
-from vpltool.backbone import pgseg
 from vpltool.data import open_dataset
 from vpltool.demo.make_world import write_dataset
+from vpltool.models import pgseg
 
 
 @pytest.fixture(scope="module")

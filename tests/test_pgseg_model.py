@@ -1,4 +1,4 @@
-"""The ``pgseg`` model family (vpltool.backbone.pgseg): shapes, NPR off = GroupViT, determinism, the losses'
+"""The ``pgseg`` model family (vpltool.models.pgseg): shapes, NPR off = GroupViT, determinism, the losses'
 pieces, checkpoints and the reference key map, one-line errors for other files. Tiny config, CPU, seeded."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vpltool.backbone import check_model, load_model
-from vpltool.backbone.pgseg import (
+from vpltool.errors import VplError
+from vpltool.models import check_model, load_model
+from vpltool.models.pgseg import (
     PGSeg,
     PGSegConfig,
     build_model,
@@ -28,7 +29,6 @@ from vpltool.backbone.pgseg import (
     zero_shot_labels,
     zero_shot_logits,
 )
-from vpltool.errors import VplError
 
 CAPTIONS = ["a photo of a cat", "a dog on a mat", "two red cars", "a boat at sea"]
 
@@ -306,7 +306,7 @@ def test_matched_indices_are_a_permutation(tok):
 
 
 def test_slide_windows_cover_the_image_as_mmseg():
-    from vpltool.backbone.pgseg.zeroshot import slide_windows
+    from vpltool.models.pgseg.zeroshot import slide_windows
 
     assert slide_windows(448, 597, 448, 224) == [(0, 448, 0, 448), (0, 448, 149, 597)]
     assert slide_windows(300, 200, 448, 224) == [(0, 300, 0, 200)]  # smaller than a crop: one window
@@ -337,7 +337,7 @@ def test_check_model_reads_shapes_on_the_meta_device(tmp_path, preset):
     included): a file of the model passes, a missing tensor is named."""
     import re
 
-    from vpltool.backbone.pgseg import PRESETS, build_model_shapes
+    from vpltool.models.pgseg import PRESETS, build_model_shapes
 
     model = build_model(PRESETS[preset](), seed=0)
     path = save_checkpoint(tmp_path / "m.safetensors", model)

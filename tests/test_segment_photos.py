@@ -72,7 +72,7 @@ def test_a_folder_of_photos_and_one_photo_give_masks_and_overlays_and_stay_untou
 
 
 def test_eval_says_plain_photos_cannot_be_scored_and_report_shows_them(photos, tmp_path):
-    from vpltool.report import run_report
+    from vpltool.stages.report import run_report
 
     out = tmp_path / "seg"
     assert invoke("segment", photos, "--classes", NAMES, "-o", out, *TOY).exit_code == 0

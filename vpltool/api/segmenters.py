@@ -3,9 +3,9 @@
 A training-free dense CLIP method (``"naclip"``, ``"maskclip"``, ... the names of ``segment --dense``) or a PGSeg /
 GroupViT checkpoint (``"pgseg"``, ``checkpoint=FILE``) is loaded once; each call takes a photo and class names and
 returns a :class:`Segmentation`. The settings are `segment`'s (:class:`vpltool.config.SegmentConfig`, defined once
-there) and the work per image is the CLI's own function (:func:`vpltool.backbone.segmentor.scores_batch`,
-:func:`vpltool.segment_pgseg.image_scores`), so a label map from here equals the mask `segment` writes for the same
-image and names.
+there) and the work per image is the CLI's own function (:func:`vpltool.models.segmentor.scores_batch`,
+:func:`vpltool.stages.segment_pgseg.image_scores`), so a label map from here equals the mask `segment` writes for
+the same image and names.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class DenseSegmenter(Segmenter):
 
     def __init__(self, spec, cfg: SegmentConfig, runtime: RuntimeConfig):
         from ..device import resolve_device, resolve_precision
-        from ..segment import check_dense, load_dense
+        from ..stages.segment import check_dense, load_dense
 
         self.method, self.cfg, self.settings = cfg.dense, cfg, cfg.resolved()
         checked = check_dense(cfg)  # one line for a missing proxy / SAM file, before any model loads
@@ -97,8 +97,8 @@ class DenseSegmenter(Segmenter):
 
     def queries(self, entries: list[str]):
         """The query rows of ``entries`` as `segment` makes them (templates, background words), cached."""
-        from ..backbone.segmentor import query_rows
-        from ..segment import resolve_queries
+        from ..models.segmentor import query_rows
+        from ..stages.segment import resolve_queries
 
         key = tuple(entries)
         if key not in self._queries:
@@ -107,8 +107,8 @@ class DenseSegmenter(Segmenter):
         return self._queries[key]
 
     def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
-        from ..backbone.segmentor import dense_input, scores_batch, short_side_size
-        from ..segment import class_names
+        from ..models.segmentor import dense_input, scores_batch, short_side_size
+        from ..stages.segment import class_names
 
         entries = class_entries(classes)
         text, query_class = self.queries(entries)
@@ -129,9 +129,9 @@ class PgsegSegmenter(Segmenter):
 
     def __init__(self, checkpoint: str | os.PathLike, runtime: RuntimeConfig, *, bg_thresh: float,
                  short_side: int, slide: tuple[int, int], background: str):
-        from ..backbone.registry import load_model
         from ..device import resolve_device
-        from ..segment_pgseg import check_options, pgseg_family
+        from ..models.registry import load_model
+        from ..stages.segment_pgseg import check_options, pgseg_family
 
         check_options(bg_thresh, short_side, slide)
         self.method, self.checkpoint = "pgseg", Path(checkpoint)
@@ -143,7 +143,7 @@ class PgsegSegmenter(Segmenter):
         self._queries: dict[tuple[str, ...], tuple] = {}
 
     def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
-        from ..segment_pgseg import image_scores, pgseg_queries
+        from ..stages.segment_pgseg import image_scores, pgseg_queries
 
         entries = tuple(class_entries(classes))
         if entries not in self._queries:
@@ -189,7 +189,7 @@ def segmenter(method: str = SegmentConfig.dense, *, model: str = DEFAULT_MODEL, 
                        f"{', '.join(sorted(known - {'dense'}))}")
     if "classes" in options:
         raise VplError("segmenter: the class names are given per call, seg(image, ['cat', 'dog'])")
-    from ..backbone import ModelSpec
+    from ..models import ModelSpec
 
     cfg = SegmentConfig(dense=method, **options)  # an unknown method: one line listing them
     spec = ModelSpec(model=model, pretrained=pretrained,

@@ -50,7 +50,7 @@ def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = T
 
 
 def _spec(model: str, pretrained: str, model_config_dir: PathLike | None):
-    from ..backbone import ModelSpec
+    from ..models import ModelSpec
 
     return ModelSpec(model=model, pretrained=pretrained,
                      config_dir=str(model_config_dir) if model_config_dir is not None else None)
@@ -61,7 +61,7 @@ def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: s
             labels_file: PathLike | None = None, **options: Any):
     """`vpltool extract DATA -o OUT`: the frozen CLIP's dense features of every image (:class:`ExtractConfig`)."""
     from ..data import open_dataset
-    from ..extract import run_extract
+    from ..stages.extract import run_extract
 
     cfg, rt = configs("extract", ExtractConfig, options)
     return run_extract(open_dataset(data, split, labels_file=labels_file), out,
@@ -71,7 +71,7 @@ def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: s
 def text_prototypes(features: PathLike, out: PathLike, **options: Any):
     """`vpltool text-prototypes FEATURES -o OUT`: the classes of an extract folder and background words, encoded
     by its CLIP (:class:`TextPrototypesConfig`). Returns the prototypes."""
-    from ..text_prototypes import extract_context, run_text_prototypes
+    from ..stages.text_prototypes import extract_context, run_text_prototypes
 
     cfg, rt = configs("text_prototypes", TextPrototypesConfig, options)
     _, spec, classes, _ = extract_context(features)
@@ -81,7 +81,7 @@ def text_prototypes(features: PathLike, out: PathLike, **options: Any):
 def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None, **options: Any):
     """`vpltool cam SOURCE -p PROTOTYPES -o OUT`: CLIP-ES's GradCAM (+ CAA, SSR's SGC) per labelled class
     (:class:`CamConfig`). ``source``: an extract folder or a dataset."""
-    from ..cam import run_cam
+    from ..stages.cam import run_cam
 
     cfg, rt = configs("cam", CamConfig, options)
     return run_cam(source, prototypes, out, cfg, rt, split=split)
@@ -90,7 +90,7 @@ def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | N
 def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: PathLike, **options: Any):
     """`vpltool learn-prototypes FEATURES --cams CAMS --text TEXT -o OUT`: VPL's vision prototypes
     (:class:`LearnPrototypesConfig`)."""
-    from ..learn_prototypes import run_learn_prototypes
+    from ..stages.learn_prototypes import run_learn_prototypes
 
     cfg, rt = configs("learn_prototypes", LearnPrototypesConfig, options)
     return run_learn_prototypes(features, cams, text, out, cfg, rt, overwrite=rt.overwrite)
@@ -98,7 +98,7 @@ def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: Pa
 
 def crf(cams: PathLike, out: PathLike, **options: Any):
     """`vpltool crf CAMS -o OUT`: dense-CRF pseudo masks from a cam folder (:class:`CrfConfig`)."""
-    from ..crf import run_crf
+    from ..stages.crf import run_crf
 
     cfg, rt = configs("crf", CrfConfig, options)
     return run_crf(cams, out, cfg, rt)
@@ -107,7 +107,7 @@ def crf(cams: PathLike, out: PathLike, **options: Any):
 def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resume: bool = False, **options: Any):
     """`vpltool train-decoder PSEUDO -p PROTOTYPES -o OUT`: the segmentation decoder on the pseudo masks
     (:class:`DecoderConfig`)."""
-    from ..train_decoder import run_train_decoder
+    from ..stages.train_decoder import run_train_decoder
 
     cfg, rt = configs("train_decoder", DecoderConfig, options)
     return run_train_decoder(pseudo, prototypes, out, cfg, rt, resume=resume)
@@ -117,7 +117,7 @@ def predict(decoder: PathLike, out: PathLike, *, data: PathLike | None = None, s
             **options: Any):
     """`vpltool predict DECODER -o OUT`: the decoder's masks (:class:`PredictConfig`); ``data`` / ``split``: other
     images than the decoder's dataset."""
-    from ..predict import run_predict
+    from ..stages.predict import run_predict
 
     cfg, rt = configs("predict", PredictConfig, options)
     return run_predict(decoder, data, split, out, cfg, rt)
@@ -127,7 +127,7 @@ def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | Non
              json_out: PathLike | None = None, overwrite: bool = False, **options: Any) -> dict[str, Any]:
     """`vpltool eval FOLDER`: mIoU and per-class IoU of a mask or CAM folder against ground truth
     (:class:`EvalConfig`). Returns the scores (``miou`` in [0, 1], ``iou`` per class, ...)."""
-    from ..eval import run_eval
+    from ..stages.eval import run_eval
 
     cfg, _ = configs("evaluate", EvalConfig, options, runtime=False)
     return run_eval(folder, data=data, split=split, cfg=cfg, json_out=json_out, overwrite=overwrite)[0]
@@ -150,15 +150,15 @@ def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None =
         return _segment_pgseg(dataset, out, entries, checkpoint, overlay, options)
     cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,
                                                  "classes": None if entries is None else tuple(entries)})
-    from ..segment import run_segment
+    from ..stages.segment import run_segment
 
     return run_segment(dataset, out, _spec(model, pretrained, model_config_dir), cfg, rt, overlay=overlay)
 
 
 def _segment_pgseg(dataset, out, entries, checkpoint, overlay: bool, options: dict):
     from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE
-    from ..segment import class_list
-    from ..segment_pgseg import run_segment_pgseg
+    from ..stages.segment import class_list
+    from ..stages.segment_pgseg import run_segment_pgseg
 
     if checkpoint is None:
         raise VplError("vpltool.api.segment(method='pgseg'): pass checkpoint=FILE")
@@ -178,7 +178,7 @@ def _segment_pgseg(dataset, out, entries, checkpoint, overlay: bool, options: di
 def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, **options: Any):
     """`vpltool report RUN`: the static HTML report of a run folder, or of one `segment` folder
     (:class:`ReportConfig`). Returns its summary (``index``: the page)."""
-    from ..report import run_report
+    from ..stages.report import run_report
 
     cfg, _ = configs("report", ReportConfig, options, runtime=False)
     return run_report(run, out, cfg, workers=workers)

@@ -113,9 +113,9 @@ def benchmark_cmd(
       vpltool benchmark naclip,sclip,clearclip --root voc20=data/VOCdevkit/VOC2012 -o runs/b
       vpltool benchmark --presets
     """
-    from ..benchmark import format_row, run_benchmarks
     from ..config.benchmarks import presets_table
     from ..errors import VplError
+    from ..stages.benchmark import format_row, run_benchmarks
 
     if presets:
         for row in presets_table(method):

@@ -221,7 +221,7 @@ def all_ranks(fn: Callable) -> Callable:
 
 
 def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
-    """Run a command on this rank of a torchrun launch (:mod:`vpltool.ranks`): the per-image stages, those with
+    """Run a command on this rank of a torchrun launch (:mod:`vpltool.runtime.ranks`): the per-image stages, those with
     ``--shard``, split their items over the ranks; a command marked :func:`all_ranks` meets them itself; every
     other command runs on rank 0 while the others say so in one line and wait. A rank whose peer died mid-command
     ends with one line (exit 2). Without ``RANK``/``WORLD_SIZE`` the command simply runs."""
@@ -229,7 +229,7 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
         return fn(*args, **kwargs)
     import inspect
 
-    from .. import ranks
+    from ..runtime import ranks
 
     kind = getattr(fn, "vpl_ranks", None) or (ranks.SPLIT if "shard" in inspect.signature(fn).parameters else
                                                ranks.ONE)

@@ -1,4 +1,4 @@
-"""`vpltool train-pgseg`: PGSeg / GroupViT from image–text pairs (vpltool.train_pgseg)."""
+"""`vpltool train-pgseg`: PGSeg / GroupViT from image–text pairs (vpltool.stages.train_pgseg)."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def train_pgseg_cmd(
       vpltool train-pgseg world --recipe cpu -o runs/pgseg
     """
     from ..config.pgseg import pgseg_recipe
-    from ..train_pgseg import run_train_pgseg
+    from ..stages.train_pgseg import run_train_pgseg
 
     cfg = pgseg_recipe(recipe, npr=npr, preset=preset, batch_size=batch_size, epochs=epochs,
                        warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr,

@@ -97,7 +97,7 @@ def extract_cmd(
       vpltool extract data/VOC2012 --split train -o runs/voc/features --model ViT-B-16 --pretrained openai
     """
     from ..data import open_dataset
-    from ..extract import run_extract
+    from ..stages.extract import run_extract
 
     spec = model_spec(model, pretrained, model_config_dir)
     depth = spec.depth() if attention_blocks is not None else None
@@ -149,7 +149,7 @@ def text_prototypes_cmd(
     Example:
       vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet
     """
-    from ..text_prototypes import extract_context, run_text_prototypes
+    from ..stages.text_prototypes import extract_context, run_text_prototypes
 
     if features is not None:
         # (--model-config-dir is left out: VPLTOOL_MODEL_CONFIGS sets it for every command)
@@ -255,7 +255,7 @@ def cam_cmd(
       vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
       vpltool cam data/VOC2012 --split train -p runs/voc/text.safetensors -o runs/voc/cams_text
     """
-    from ..cam import run_cam, run_dense_cam
+    from ..stages.cam import run_cam, run_dense_cam
 
     cam_cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity,
                         layer=layer, attention_blocks=attention_blocks, affinity=affinity,
@@ -298,8 +298,8 @@ def cam_cmd(
 def _cam_pgseg(source: Path, pgseg: Path, out: Path, split: str | None, side: int, dense: str,
                prototypes: Path | None, save_overlays: Path | None, save_debug: Path | None, parity: str,
                run: dict, shard) -> None:
-    """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.cam.pgseg)."""
-    from ..cam.pgseg import run_pgseg_cam
+    """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.stages.cam.pgseg)."""
+    from ..stages.cam.pgseg import run_pgseg_cam
 
     for option, value in (("--prototypes", prototypes), ("--dense", None if dense == "none" else dense),
                           ("--save-overlays", save_overlays), ("--save-debug", save_debug),
@@ -381,7 +381,7 @@ def learn_prototypes_cmd(
       vpltool learn-prototypes runs/voc/features -c runs/voc/cams_text -t runs/voc/text.safetensors \\
           -o runs/voc/vision.safetensors --tau-i 0.03 --iters 3000
     """
-    from ..learn_prototypes import run_learn_prototypes
+    from ..stages.learn_prototypes import run_learn_prototypes
 
     cfg = warn_inert(LearnPrototypesConfig(tau_i=tau_i, lr=lr, iters=iters, targets=targets, threshold=threshold,
                                            regularization=regularization, bg_exponent=bg_exponent,
@@ -443,7 +443,7 @@ def crf_cmd(
       vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8
       vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --backend torch --device cuda
     """
-    from ..crf import run_crf
+    from ..stages.crf import run_crf
 
     cfg = warn_inert(CrfConfig(iterations=iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
                                bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb,

@@ -140,12 +140,12 @@ def segment_cmd(
           --sam-weights sam_vit_b_01ec64.pth
     """
     from ..data import open_dataset
-    from ..predict import parse_class_names
-    from ..segment import class_list, run_segment
+    from ..stages.predict import parse_class_names
+    from ..stages.segment import class_list, run_segment
 
     dataset = open_dataset(data, split)
-    if pgseg is not None:  # PGSeg / GroupViT: zero-shot by group maps (vpltool.segment_pgseg)
-        from ..segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
+    if pgseg is not None:  # PGSeg / GroupViT: zero-shot by group maps (vpltool.stages.segment_pgseg)
+        from ..stages.segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
 
         names = class_list(dataset, None if classes is None else parse_class_names(classes))
         with progress("segment") as (on_start, on_item):

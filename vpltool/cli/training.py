@@ -156,7 +156,7 @@ def train_decoder_cmd(
       vpltool train-decoder runs/voc/pseudo -p runs/voc/vision.safetensors -o runs/voc/decoder
     """
     from ..config import decoder_recipe
-    from ..train_decoder import run_train_decoder
+    from ..stages.train_decoder import run_train_decoder
 
     timer = _slow_recipe_timer(device) if recipe is None and iters is None else None
     recipe = recipe or _D.recipe
@@ -276,7 +276,7 @@ def predict_cmd(
     Example:
       vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val
     """
-    from ..predict import parse_class_names, run_predict
+    from ..stages.predict import parse_class_names, run_predict
 
     cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
                                    long_side=long_side, resize=resize, crf=crf, crf_backend=crf_backend,
@@ -322,7 +322,7 @@ def eval_cmd(
     """
     from rich.console import Console
 
-    from ..eval import format_table, run_eval
+    from ..stages.eval import format_table, run_eval
 
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"), parity=parity)
     result, classes = run_eval(predictions, data=data, split=split, cfg=cfg, json_out=json_out,
@@ -360,7 +360,7 @@ def diagnose_cmd(
     """
     from rich.console import Console
 
-    from ..diagnose import format_result, run_diagnose
+    from ..stages.diagnose import format_result, run_diagnose
 
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"))
     with progress("diagnose") as (on_start, on_item):

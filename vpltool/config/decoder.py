@@ -287,7 +287,7 @@ class PredictConfig:
     crf_bilateral_compat: float = 4.0
     crf_backend: str = "auto"  # auto (torch on CUDA, pydensecrf on a CPU) | pydensecrf | torch (CRF_BACKENDS)
     # with --classes: none (the decoder scores the names' text rows) | a training-free dense method of the decoder's
-    # frozen CLIP (vpltool.backbone.dense), for names the decoder never trained on: the decoder is then not run
+    # frozen CLIP (vpltool.models.dense), for names the decoder never trained on: the decoder is then not run
     dense: str = "none"
     # the dense method's segmentor settings (vpltool.config.DENSE_SEGMENTORS); None = the method's own
     dense_side: int | None = None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
 
-# vpltool.backbone.DENSE_METHODS (torch-free)
+# vpltool.models.DENSE_METHODS (torch-free)
 DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass", "trident")
 PROXY_METHODS = ("proxyclip", "cass", "trident")  # methods whose last block takes a proxy vision model
 SAM_METHODS = ("trident",)  # methods that also take SAM's image encoder (--sam-model, --sam-weights)
@@ -23,7 +23,7 @@ DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the reference
 PROXY_MODELS = {"proxyclip": DEFAULT_PROXY_MODEL, "cass": DEFAULT_PROXY_MODEL, "trident": "vit_base_patch16_224.dino"}
 DEFAULT_SAM_MODEL = "vit_b"  # Trident's sam_model_type (configs/base_config.py)
 CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
-ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.backbone.dense.ATTENTIONS (torch-free)
+ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.models.dense.ATTENTIONS (torch-free)
 WHOLE_MODES = ("input", "direct")  # --slide-crop 0: logits via the input size (NACLIP) | straight to the image
 
 
@@ -42,7 +42,7 @@ class DenseSettings:
     pamr_steps: int = 0  # PAMR propagation steps (0 = off)
     pamr_dilations: tuple[int, ...] = (8, 16)
     pad_multiple: int = 0  # crop_mode pad: windows zero-padded to a multiple of this (0 = the patch size)
-    # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.backbone.sam_refine), off by default as
+    # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.models.sam_refine), off by default as
     # eval.py; thresholds of configs/base_config.py + cfg_voc21.py and trident.py's sam_mask_coff default
     sam_refine: bool = False
     coarse_threshold: float = 0.2  # coarse_thresh: a pixel below it prompts nothing; a class below it is not refined
@@ -129,14 +129,14 @@ class SegmentConfig:
     proxy_model: str | None = None
     proxy_weights: str = "hub"  # its weights: hub (timm's cache) | a local file | none (random, seeded: tests)
     # CASS's per-dataset knobs (its configs/cfg_*.py and dataset switches); None = its VOC21 values
-    # (vpltool.backbone.dense.TextShift / SpectralMatching)
+    # (vpltool.models.dense.TextShift / SpectralMatching)
     global_weight: float | None = None  # global_semantics_weight: the image embedding's share of the logits
     shift_weight: float | None = None  # mean_vector_weight: how far a query moves toward its top patches
     cluster_cut: float | None = None  # h_threshold: the Ward distance at which the queries' tree is cut
     stretch: bool | None = None  # the DINO graph's singular values stretched (all but voc20 and city_scapes)
     window_global: bool | None = None  # each window's own image embedding (city_scapes) instead of the input's
-    # Trident: SAM's image encoder (vpltool.backbone.sam) and its aggregation's knobs (None = its VOC21 values,
-    # vpltool.backbone.dense.SamAggregation)
+    # Trident: SAM's image encoder (vpltool.models.sam) and its aggregation's knobs (None = its VOC21 values,
+    # vpltool.models.dense.SamAggregation)
     sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h | toy (the demo world's, vpltool/assets/toy-sam)
     sam_weights: str | None = None  # a local file (SAM's released checkpoint) | none (random, seeded: tests)
     cos_fac: float | None = None  # pairs kept where SAM's value cosine > cos_fac x the row's mean

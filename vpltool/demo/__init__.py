@@ -21,8 +21,8 @@ def _word_tokenizer(extra: dict, context_length: int):
 
 
 def register() -> None:
-    """Register the toy CLIP alias and its tokenizer with :mod:`vpltool.backbone` (cheap: nothing is loaded)."""
-    from ..backbone import register_model, register_tokenizer
+    """Register the toy CLIP alias and its tokenizer with :mod:`vpltool.models` (cheap: nothing is loaded)."""
+    from ..models import register_model, register_tokenizer
 
     register_model(TOY_MODEL, lambda: TOY_DIR)
     register_tokenizer("word", _word_tokenizer)

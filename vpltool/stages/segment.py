@@ -1,0 +1,253 @@
+"""`vpltool segment`: open-vocabulary segmentation with no label and no training: a frozen CLIP whose last block
+mixes its tokens as a training-free dense method does (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP, and ProxyCLIP
+with a DINO proxy model: :mod:`vpltool.models.dense`), scored against text queries for any class names.
+
+Per image (each method's public segmentor, :mod:`vpltool.models.segmentor`):
+
+1. resized to the method's short side (mmseg's keep-ratio resize; the pixels by CLIP's Pillow bicubic, as every
+   vpltool stage), CLIP-normalised;
+2. slide inference (or the whole image): per window the dense method's patch features, their cosine with every
+   query row resized to the window, averaged over the windows, resized to the image;
+3. optional PAMR (NACLIP's default); ``softmax(logit_scale * cos)`` over the queries, each class the max over its
+   queries (a class's synonyms ``cat|kitten``; background words are queries of class 0), SCLIP's area filter, and
+   pixels whose top probability is below ``prob_threshold`` are background;
+4. a palette PNG over ``['background', *names]``, which ``_stage.json`` records: `eval` scores it by name.
+
+The queries are made like `text-prototypes` makes its rows (templates, background words: the same functions);
+the default templates are the methods' 80 ImageNet prompts. Images of one input size run as one batch on the shared
+pipeline (:mod:`vpltool.runtime.batches`), without a backward and without waiting for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .. import io, presets
+from ..config import RuntimeConfig, SegmentConfig, to_params
+from ..data import Dataset
+from ..device import resolve_device, resolve_precision
+from ..errors import VplError
+from ..io.overlays import overlay_folder, write_overlays
+from ..models import ClipBackbone, ModelSpec, load_model
+from ..models.prompts import resolve_background, resolve_templates
+from ..models.segmentor import (  # the segmentor's pure functions, importable from here too
+    class_probabilities,
+    dense_logits,
+    dense_mask_stage,
+    dense_probabilities,
+    pamr,
+    query_rows,
+    segment_logits,
+    settings_params,
+    short_side_size,
+    write_dense_masks,
+)
+
+STAGE = "segment"
+SYNONYM_SEPARATOR = "|"  # 'tv monitor|television|screen': one class, three queries
+
+
+def class_synonyms(names: Sequence[str]) -> list[list[str]]:
+    """``--classes`` entries -> per class its query names: split at ``|`` (synonyms), ``_`` read as a space
+    (``potted_plant``), blanks dropped. The class is named by its entry's first name."""
+    out = []
+    for entry in names:
+        words = [w.strip().replace("_", " ") for w in entry.split(SYNONYM_SEPARATOR) if w.strip()]
+        if not words:
+            raise VplError(f"--classes: {entry!r} names no class; give names like cat,dog or cat|kitten,dog")
+        out.append(words)
+    return out
+
+
+def class_names(names: Sequence[str]) -> list[str]:
+    """The class of each ``--classes`` entry: its first name, as given (the masks' and eval's name)."""
+    return [next((w.strip() for w in entry.split(SYNONYM_SEPARATOR) if w.strip()), "") for entry in names]
+
+
+def check_queries(names: Sequence[str], cfg: SegmentConfig) -> tuple[list[str], list[str]]:
+    """The classes' names, templates and background words checked before the model loads (one line each);
+    returns (templates, background words)."""
+    classes = ["background", *class_names(names)]
+    presets.check_class_names(classes[1:], "--classes", [[w.strip() for w in entry.split(SYNONYM_SEPARATOR)
+                                                          if w.strip()] for entry in names])
+    templates = resolve_templates(cfg.templates)
+    background = resolve_background(cfg.background, presets.preset_for(classes), [w for s in class_synonyms(names)
+                                                                                 for w in s])
+    return templates, background
+
+
+def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background: bool = True
+                    ) -> tuple[list[list[str]], list[str], list[str]]:
+    """``(queries per class 1..C, templates, background words)``: from ``cfg.class_file`` (the references' format,
+    :mod:`vpltool.data.class_files`) when given, else from the ``--classes`` entries and ``--background``. Checked
+    before the model loads. ``scored_background`` False (a benchmark without background, such as ADE20K):
+    ``--background auto`` means none, since a pixel given to class 0 there is wrong wherever it is."""
+    if cfg.class_file is None:
+        if not scored_background and cfg.background == "auto":
+            cfg = replace(cfg, background="none")
+        templates, background = check_queries(names, cfg)
+        return class_synonyms(names), templates, background
+    from ..data.class_files import class_file_queries
+
+    presets.check_class_names(class_names(names), "--classes")
+    synonyms, background = class_file_queries(cfg.class_file, len(names))
+    return synonyms, resolve_templates(cfg.templates), background
+
+
+def scored_background(dataset: Dataset) -> bool:
+    """False for a benchmark whose ground truth has no background class (VOC20, Context59, COCO-Stuff, Cityscapes,
+    ADE20K): vpltool's class 0 is never right there."""
+    from ..data.benchmarks import BENCHMARKS
+
+    bench = BENCHMARKS.get(dataset.kind)
+    return bench is None or bench.has_background
+
+
+def dense_mixing_of(cfg: SegmentConfig):
+    """The last block's mixing: ``cfg.dense``'s preset, with ``--attention`` / ``--residual`` in place of its own
+    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``), and for CASS its
+    per-dataset knobs (``--global-weight``, ``--shift-weight``, ``--cluster-cut``, ``--stretch``,
+    ``--window-global``)."""
+    from ..config.dense import CASS_KNOBS, SAM_METHODS, TRIDENT_KNOBS
+
+    cass = {k: getattr(cfg, k) for k in CASS_KNOBS if getattr(cfg, k) is not None} if cfg.dense == "cass" else {}
+    # the aggregation's knobs; --sam-refine and --coarse-threshold are post-processing (DenseSettings)
+    sam = ({k: getattr(cfg, k) for k in TRIDENT_KNOBS[:3] if getattr(cfg, k) is not None}
+           if cfg.dense in SAM_METHODS else {})
+    if cfg.attention is None and cfg.residual is None and not cass and not sam:
+        return cfg.dense
+    from ..models.dense import dense_mixing
+
+    base = dense_mixing(cfg.dense)
+    keep = base.residual if cfg.residual is None else cfg.residual
+    out = replace(base, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
+    if cass:  # CASS's per-dataset knobs (vpltool.config.dense.CASS_KNOBS) into its text shift and matching
+        shift = {"global_weight": "global_weight", "shift_weight": "mean_vector_weight",
+                 "cluster_cut": "h_threshold", "window_global": "window_global"}
+        out = replace(out, text_shift=replace(out.text_shift, **{shift[k]: v for k, v in cass.items() if k in shift}),
+                      spectral=replace(out.spectral, stretch=cass.get("stretch", out.spectral.stretch)))
+    if sam:  # Trident's per-dataset knobs (cos_fac, refine_neg_cos, sam_halves) into its SAM aggregation
+        out = replace(out, splice=replace(out.splice, **{"halves" if k == "sam_halves" else k: v
+                                                          for k, v in sam.items()}))
+    return out
+
+
+def proxy_spec(cfg: SegmentConfig):
+    """The proxy vision model of a ``--dense`` method that takes one (ProxyCLIP), its weights checked now (one line
+    for a missing file or another architecture, before any model loads); None for the others."""
+    from ..config.dense import PROXY_METHODS
+    from ..models.dino import DinoSpec
+    from ..models.registry import check_model
+
+    if cfg.dense not in PROXY_METHODS:
+        return None
+    spec = DinoSpec(cfg.proxy_model, cfg.proxy_weights)
+    try:
+        check_model("dino", spec)
+    except VplError as e:  # the dino family names its own options
+        raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
+                       .replace("--affinity dino", f"--dense {cfg.dense}")) from None
+    return spec
+
+
+def sam_spec(cfg: SegmentConfig):
+    """SAM's image encoder of a ``--dense`` method that takes one (Trident), its weights checked now (one line for
+    none given, a missing file or another architecture, before any model loads); None for the others."""
+    from ..config.dense import SAM_METHODS
+    from ..models.registry import check_model
+    from ..models.sam import SamSpec
+
+    if cfg.dense not in SAM_METHODS:
+        return None
+    if cfg.sam_weights is None:
+        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass --sam-weights FILE (SAM's released "
+                       f"checkpoint of --sam-model {cfg.sam_model}, e.g. sam_vit_b_01ec64.pth; none: random weights, "
+                       "for tests only)")
+    # --sam-refine prompts SAM's mask decoder: the file must hold it (one line for an encoder-only file)
+    spec = SamSpec(cfg.sam_model, cfg.sam_weights, prompt=cfg.resolved().sam_refine)
+    check_model("sam", spec)
+    return spec
+
+
+def check_dense(cfg: SegmentConfig) -> tuple:
+    """``cfg``'s dense method resolved once and checked before any model loads: ``(mixing, proxy spec, SAM spec)``
+    (:func:`dense_mixing_of`, :func:`proxy_spec`, :func:`sam_spec`; one line for a missing or foreign file)."""
+    return dense_mixing_of(cfg), proxy_spec(cfg), sam_spec(cfg)
+
+
+def load_dense(spec: ModelSpec, checked: tuple, device, backbone: ClipBackbone | None = None) -> ClipBackbone:
+    """The CLIP of ``spec`` (or ``backbone``, already loaded) with :func:`check_dense`'s method: its last block's
+    mixing, and its proxy model and SAM encoder when the method takes them."""
+    mixing, proxy, sam = checked
+    return (backbone or load_model("clip", spec, device)).with_dense(
+        mixing, proxy=None if proxy is None else load_model("dino", proxy, device),
+        sam=None if sam is None else load_model("sam", sam, device))
+
+
+def class_list(dataset: Dataset, cfg_classes: Sequence[str] | None, option: str = "--classes") -> list[str]:
+    """The classes to segment: ``cfg_classes`` when given, else the dataset's own; plain photos have none, so
+    there ``--classes`` is needed (one line, before any model loads)."""
+    if cfg_classes:
+        return list(cfg_classes)
+    if len(dataset.classes) < 2:
+        raise VplError(f"{dataset.root}: plain photos name no classes; pass {option} with the names to find, "
+                       "e.g. --classes cat,dog")
+    return list(dataset.classes[1:])
+
+
+def run_segment(
+    dataset: Dataset,
+    out: str | Path,
+    spec: ModelSpec,
+    cfg: SegmentConfig = SegmentConfig(),
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    shard: tuple[int, int] | None = None,
+    on_item: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    backbone: ClipBackbone | None = None,
+    overlay: bool = False,
+) -> io.StageSummary:
+    """Masks ``<out>/<id>.png`` for every image of ``dataset`` over ``['background', *names]`` (``cfg.classes``, by
+    default the dataset's own; plain photos need them), then ``_stage.json``; finished images are skipped unless
+    ``runtime.overwrite``. ``backbone``: reuse a loaded CLIP of ``spec`` (its ``--dense`` is set to ``cfg.dense``).
+    ``overlay``: also the coloured overlays ``<out>/overlays/<id>.jpg`` (:func:`vpltool.io.overlays.write_overlays`)."""
+    out = io.check_folder_target(out)
+    names = class_list(dataset, cfg.classes)
+    synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset))
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--overlay": (overlay_folder(out) if overlay else None, "side")},
+                     inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
+    checked = check_dense(cfg)
+    mixing = checked[0]
+    device = resolve_device(runtime.device)
+    dtype = resolve_precision(runtime.precision, device)
+    settings = cfg.resolved()
+    classes = ["background", *class_names(names)]
+    params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), "model": spec.identity(),
+              "template_list": templates, "background_words": background,
+              **({"class_queries": synonyms} if cfg.class_file is not None else {}),
+              **({"mixing": _mixing_params(mixing)} if not isinstance(mixing, str) else {})}
+    summary = dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
+                               settings, lambda: load_dense(spec, checked, device, backbone),
+                               (synonyms, templates, background),
+                               "--class-file / --templates" if cfg.class_file else
+                               "--classes / --templates / --background",
+                               on_start, on_item)
+    if overlay:
+        write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
+    return summary
+
+
+def _mixing_params(mixing) -> dict:
+    from dataclasses import asdict
+
+    return asdict(mixing)
+
+
+__all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec", "sam_spec", "check_dense",
+           "load_dense", "class_list", "run_segment", "settings_params", "class_synonyms", "class_names",
+           "check_queries",
+           "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
+           "segment_logits", "short_side_size", "write_dense_masks"]
