@@ -36,16 +36,19 @@ import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "open_clip", "timm", "torchvision", "segment_anything")
-STAGE_IMPORTS = ("import sys, json; import vpltool.cli; from vpltool.cam import run_cam; "
-                 "from vpltool.segment import run_segment; from vpltool.backbone.loading import import_open_clip; "
-                 f"import_open_clip(); print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+STAGE_IMPORTS = ("import sys, json, importlib; import vpltool.cli\n"
+                 "try: stages, models = 'vpltool.stages', 'vpltool.models'; importlib.import_module(stages)\n"
+                 "except ImportError: stages, models = 'vpltool', 'vpltool.backbone'\n"  # before the layer folders
+                 "importlib.import_module(stages + '.cam'); importlib.import_module(stages + '.segment')\n"
+                 "importlib.import_module(models + '.loading').import_open_clip()\n"
+                 f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
 
 
-def run(cmd: list[str], env: dict, expect: int = 0) -> tuple[float, float, str]:
+def run(cmd: list[str], env: dict, expect: int = 0, cwd: Path | None = None) -> tuple[float, float, str]:
     """Run ``cmd`` as its own process: (wall s, CPU s of that process, stdout); its exit code must be ``expect``."""
     before = os.times()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, cwd=cwd)
     wall = time.perf_counter() - start
     after = os.times()
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
@@ -61,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pythonpath", type=Path, default=ROOT, help="the checkout whose vpltool is timed")
     ap.add_argument("--stage-rounds", type=int, default=1, help="rounds of stage_imports (the slowest; 0 = skip)")
     args = ap.parse_args(argv)
-    env = {**os.environ, "PYTHONPATH": str(args.pythonpath), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS",
-                                                                                                  "1")}
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    env = {**os.environ, "PYTHONPATH": str(args.pythonpath.resolve()), "OMP_NUM_THREADS": threads}
     py = sys.executable
     vpl = [py, "-m", "vpltool"]
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, (cmd, expect) in commands.items():
             if name == "stage_imports" and r >= args.stage_rounds:
                 continue
-            wall, cpu, out = run(cmd, env, expect)
+            wall, cpu, out = run(cmd, env, expect, tmp)  # not in a checkout: '' on sys.path would shadow it
             walls[name].append(round(wall, 3))
             cpus[name].append(round(cpu, 3))
             if name == "stage_imports":

@@ -140,10 +140,11 @@ def segment_cmd(
           --sam-weights sam_vit_b_01ec64.pth
     """
     from ..data import open_dataset
+
+    dataset = open_dataset(data, split)  # torch-free: a missing or unreadable input is answered before torch loads
     from ..stages.predict import parse_class_names
     from ..stages.segment import class_list, run_segment
 
-    dataset = open_dataset(data, split)
     if pgseg is not None:  # PGSeg / GroupViT: zero-shot by group maps (vpltool.stages.segment_pgseg)
         from ..stages.segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
 
