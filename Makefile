@@ -1,9 +1,11 @@
 # vpltool — one file target per stage, so re-running `make` only redoes stale stages.
 # Make variables are the experiment config; each stage also records its params in its output's metadata.
 .DELETE_ON_ERROR:
-# every file a pattern rule makes (the CAM and mask folders of each refinement, their scores) is kept, not removed as
-# an intermediate
-.SECONDARY:
+# every file a pattern rule makes (the CAM and mask folders of each refinement, their scores, the decoders) is kept,
+# not removed as an intermediate. By pattern, not a bare `.SECONDARY:`: that makes every target an intermediate
+# file, which make never rebuilds while what depends on it is newer, so after `make demo` the rows of `make sgc`,
+# `make dense` and `make affinity` (missing metrics files under a newer metrics.json) were never made
+.PRECIOUS: %/_stage.json %.json %.safetensors
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 

@@ -4080,6 +4080,42 @@ def _eval_copy_other_masks(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", ws.pseudo, "--data", copy]
 
 
+# --------------------------------------------------------------------------------------------- plain photos
+@case("a text file where a photo belongs (segment PHOTO)", "notes.txt: not an image", "pass a photo")
+def _segment_not_a_photo(ws: Workspace) -> Iterator[list[object]]:
+    notes = ws.root / "notes.txt"
+    notes.write_text("not a photo")
+    yield ["segment", notes, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("an empty folder where photos belong (segment FOLDER)", "is empty: no image", "a folder of photos")
+def _segment_empty_folder(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "no_photos").mkdir()
+    yield ["segment", ws.root / "no_photos", "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a photo that is no image inside (segment PHOTO)", "broken.jpg")
+def _segment_unreadable_photo(ws: Workspace) -> Iterator[list[object]]:
+    broken = ws.root / "photos" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\xff\xd8 cut short")
+    yield ["segment", broken.parent, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("plain photos segmented without class names (segment FOLDER)", "plain photos name no classes",
+      "--classes")
+def _segment_photos_no_classes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world / "images", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("eval of masks made from plain photos (no ground truth)", "plain photos", "cannot be scored",
+      "vpltool report")
+def _eval_plain_photos(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.root / "photos_seg"
+    cli_ok("segment", ws.world / "images", "--classes", "star,circle", "-o", out, *TINY, *TEXT_ARGS, *CPU)
+    yield ["eval", out]
+
+
 # --------------------------------------------------------------------------------------------- a CAM's labels
 @case("crf --backend torch of a CAM folder where one file holds its id but another image's labels",
       "CAMs for classes", "but the image is labelled", "re-run `vpltool cam`")

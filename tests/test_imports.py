@@ -30,7 +30,7 @@ STAGES = tuple(sorted(p.stem for p in STAGE_DIR.iterdir()
 COMPOSITES = {"benchmark": {"segment", "eval"}}
 # the CLI and the front door: they may import anything. The package root is imported below for its __version__
 # alone (the circle check keeps the front door's imports lazy)
-TOP = ("vpltool", "vpltool.__main__", "vpltool.cli")
+TOP = ("vpltool", "vpltool.__main__", "vpltool.cli", "vpltool.api")  # the front doors: the CLI and the Python API
 PLUGINS = ("vpltool.demo",)  # imported only by the CLI (its commands) and the entry point
 
 

@@ -1,3 +1,32 @@
-"""vpltool: weakly-supervised semantic segmentation with CLIP (CLIP-ES + VPL), one stage per command."""
+"""vpltool: weakly-supervised semantic segmentation with CLIP (CLIP-ES + VPL), one stage per command, and a library.
+
+From Python (docs/api.md)::
+
+    import vpltool
+    seg = vpltool.segmenter("naclip", model="ViT-B-16", pretrained="openai")
+    result = seg("photo.jpg", ["cat", "dog"])   # result.labels: [H, W] int64, 0 = background
+
+and the stages as functions, ``vpltool.api.cam(...)``, ... Importing vpltool is cheap: these names load on first use
+(no torch at ``import vpltool``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = ("segmenter", "Segmenter", "Segmentation")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "api":
+        return importlib.import_module(".api", __name__)
+    if name in _API:  # from the module that defines them (no submodule of that name can shadow them)
+        return getattr(importlib.import_module(".api.segmenters", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "api", *_API})

@@ -56,21 +56,6 @@ from .values import model_spec
 from .values import shard as shard_of
 
 
-def _features_context(features: Path):
-    """(record, model spec, classes, dataset identity) of a finished extract folder."""
-    from .. import io
-    from ..errors import ContractError
-    from ..models import ModelSpec
-
-    record = io.read_stage_record(features, "extract")
-    spec = ModelSpec.from_identity(io.recorded_model(record, features))
-    if "classes" not in record or not isinstance(record["inputs"].get("dataset"), dict):
-        missing = "classes" if "classes" not in record else "dataset"
-        raise ContractError(f"{io.stage_record_path(features)}: names no {missing}; the folder is damaged: re-run "
-                            "`vpltool extract` there with --overwrite")
-    return record, spec, record["classes"], record["inputs"]["dataset"]
-
-
 # ============================================================================================= extract
 @app.command("extract")
 @friendly_errors
@@ -164,7 +149,7 @@ def text_prototypes_cmd(
     Example:
       vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet
     """
-    from ..stages.text_prototypes import run_text_prototypes
+    from ..stages.text_prototypes import extract_context, run_text_prototypes
 
     if features is not None:
         # (--model-config-dir is left out: VPLTOOL_MODEL_CONFIGS sets it for every command)
@@ -174,7 +159,7 @@ def text_prototypes_cmd(
             if value is not None:
                 warnings.warn(VplWarning(ignored_option(option, value, f"with an extract folder ({features} names "
                                                                        "the classes and the CLIP)")), stacklevel=2)
-        _, spec, class_list, _ = _features_context(features)
+        _, spec, class_list, _ = extract_context(features)
     elif classes:
         spec = model_spec(model, pretrained, model_config_dir)
         class_list = ["background"] + [c.strip() for c in classes.split(",") if c.strip()]

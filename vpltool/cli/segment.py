@@ -58,7 +58,8 @@ _METHOD = f"[default: the --dense method's. {dense_help()}]"
 @friendly_errors
 @option_blocks
 def segment_cmd(
-    data: Annotated[Path, typer.Argument(help="Dataset: a VOC root, a COCO root, a generic folder or manifest.json "
+    data: Annotated[Path, typer.Argument(help="A photo, a folder of photos (no labels needed: give --classes), or a "
+                                         "dataset: a VOC root, a COCO root, a generic folder or manifest.json "
                                          "(labels are not read).")],
     out: OutDir,
     split: Split = None,
@@ -115,6 +116,9 @@ def segment_cmd(
                                                   "reference's VOC test); the CLIP options are not used.")] = None,
     bg_thresh: Annotated[float, typer.Option(help="With --pgseg: a pixel whose best class affinity is below this "
                                              "(capped at the image's highest) is background.")] = PGSEG_BG_THRESH,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write each photo with its mask's colours and a "
+                                          "legend of the classes, OUT/overlays/<id>.jpg (the photos are only "
+                                          "read).")] = False,
     shard: Shard = None,
     run: dict = BATCHED,
     model_config_dir: ModelConfigDir = None,
@@ -129,6 +133,7 @@ def segment_cmd(
     \b
     Example:
       vpltool segment data/VOC2012 --split val -o runs/voc/naclip_val --dense naclip
+      vpltool segment photo.jpg --classes cat,dog -o runs/photo_seg --overlay
       vpltool segment photos/ --classes "cat|kitten,dog,sofa" -o runs/photos_seg
       vpltool segment voc20=data/VOC2012 -o runs/voc20 --dense sclip --class-file sclip:voc20
       vpltool segment photos/ -o runs/proxy --dense proxyclip --proxy-weights dino_vitbase8_pretrain.pth
@@ -136,21 +141,22 @@ def segment_cmd(
           --sam-weights sam_vit_b_01ec64.pth
     """
     from ..data import open_dataset
-    from ..stages.predict import parse_class_names
-    from ..stages.segment import run_segment
 
-    dataset = open_dataset(data, split)
+    dataset = open_dataset(data, split)  # torch-free: a missing or unreadable input is answered before torch loads
+    from ..stages.predict import parse_class_names
+    from ..stages.segment import class_list, run_segment
+
     if pgseg is not None:  # PGSeg / GroupViT: zero-shot by group maps (vpltool.stages.segment_pgseg)
         from ..stages.segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
 
-        names = parse_class_names(classes) if classes is not None else list(dataset.classes[1:])
+        names = class_list(dataset, None if classes is None else parse_class_names(classes))
         with progress("segment") as (on_start, on_item):
             s = run_segment_pgseg(dataset, out, pgseg, names, runtime(**run), bg_thresh=bg_thresh,
                                   short_side=short_side or DEFAULT_SHORT_SIDE,
                                   slide=(DEFAULT_SLIDE[0] if slide_crop is None else slide_crop,
                                          DEFAULT_SLIDE[1] if slide_stride is None else slide_stride),
                                   background=PGSEG_BACKGROUND if background is None else background,
-                                  on_start=on_start, on_item=on_item)
+                                  on_start=on_start, on_item=on_item, overlay=overlay)
         say(f"[green]✓[/] segment (pgseg): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → "
             f"{out}")
         return
@@ -168,6 +174,6 @@ def segment_cmd(
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),
-                        on_item=on_item, on_start=on_start)
+                        on_item=on_item, on_start=on_start, overlay=overlay)
     say(f"[green]✓[/] segment ({cfg.dense}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
         f"→ {out}{pending(out)}")

@@ -30,10 +30,11 @@ from .benchmarks import BENCHMARKS, open_benchmark, parse_benchmark_path
 from .coco import is_coco_root, open_coco
 from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders
 from .folder import open_folder
+from .images import is_plain, open_images
 from .manifest import open_manifest, write_manifest
 from .voc import find_voc_root, open_voc
 
-__all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "check_recorded", "check_sizes",
+__all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "check_recorded", "check_sizes", "is_plain",
            "open_dataset", "open_if_present", "reopen",
            "open_recorded", "recorded_folders", "write_manifest"]
 
@@ -43,7 +44,8 @@ def open_dataset(
     path: str | os.PathLike, split: str | None = None, *, labels_file: str | os.PathLike | None = None,
     allow_pickle: bool = False,
 ) -> Dataset:  # fmt: skip
-    """Open a manifest JSON, a VOC root, a COCO WSSS root or a generic folder, detected from what is on disk.
+    """Open a manifest JSON, a VOC root, a COCO WSSS root, a generic folder, or plain photos (one image file or a
+    folder of images: no labels, no ground truth; :mod:`vpltool.data.images`), detected from what is on disk.
 
     Args:
         path: the manifest file or the dataset folder.
@@ -73,8 +75,11 @@ def open_dataset(
         dataset = open_coco(path, split or "train", labels_file)
     elif (path / "images").is_dir():
         dataset = open_folder(path, split, labels_file)
-    else:
-        raise VplError(f"{path}: unknown dataset layout; expected a manifest .json, " + "; ".join(LAYOUTS))
+    else:  # one photo, or a folder of photos: no labels, no layout (one line for anything else)
+        if split is not None or labels_file is not None:
+            raise VplError(f"{path}: plain photos have no splits and no labels (no dataset layout found: "
+                           f"{'; '.join(LAYOUTS)}); drop --split / --labels-file")
+        dataset = open_images(path)
     _check_items(dataset)
     if labels_file is not None:
         dataset.sources = (labels_file,)

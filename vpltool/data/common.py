@@ -73,7 +73,7 @@ def content_sha(path: Path) -> str | None:
 class Dataset:
     """Classes (index 0 == 'background') and the items of one split."""
 
-    kind: str  # 'voc' | 'coco' | 'folder' | 'manifest'
+    kind: str  # 'voc' | 'coco' | 'folder' | 'manifest' | a benchmark's | 'image' / 'images' (plain photos)
     root: Path
     split: str | None
     classes: tuple[str, ...]
@@ -151,6 +151,8 @@ class Dataset:
         """This dataset's own paths, where no output may go (:func:`vpltool.io.check_outputs`): its root (a
         layout's folder with its label table, split files and class list; a manifest file), the folders its images,
         masks and annotations live in, and a label file given from elsewhere (``--labels-file``)."""
+        if self.kind == "image":  # one photo (vpltool.data.images): the file alone; outputs may lie beside it
+            return [Path(self.root)]
         found = {item.image.parent for item in self.items} | {item.gt.parent for item in self.items if item.gt}
         found |= set(layout_folders(self.kind, Path(self.root))) | {Path(self.root), *self.sources}
         return sorted(found)

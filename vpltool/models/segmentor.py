@@ -280,24 +280,44 @@ def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes
 
 
 
-def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
+def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
                  n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
-                 sam_images: Sequence | None = None) -> list[torch.Tensor]:
-    """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (nothing waits for it unless
-    ``settings.sam_refine``: Trident's SAM prompt refinement,
-    :func:`~vpltool.models.dense.trident.refined_labels`)."""
+                 sam_images: Sequence | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """B images of one input size (``[B, 3, H, W]`` normalised, :func:`dense_input` then ``bb.pixels``) -> per
+    image ``([C, H0, W0]`` float32 class probabilities in [0, 1], ``[H0, W0]`` int64 labels, 0 = background``)`` on
+    the device, at each image's size ``sizes[i]``; with ``settings.sam_refine`` Trident's SAM prompt refinement
+    (the method's ``refined_labels``: :func:`~vpltool.models.dense.trident.refined_labels`). The per-image work of
+    `segment` (:func:`labels_batch`) and of :class:`vpltool.api.Segmenter`: one function, so a photo segmented
+    from Python gets the CLI's mask."""
     refine = bool(getattr(settings, "sam_refine", False))
     encoded: list | None = [] if refine else None
     with torch.no_grad(), autocast(bb.device, dtype):
         logits = segment_logits(bb, pixels, text, settings, sizes, sam_images, encoded)
-    masks = []
+    out = []
     for i, lg in enumerate(logits):
         probs, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
                                             settings.prob_threshold, settings.area_threshold)
-        if refine:  # the method's post-processing (Trident's)
-            labels = bb.method.refined_labels(bb.sam, probs, labels, *encoded[i], settings)[1]
-        masks.append(labels.to(torch.uint8))
-    return masks
+        if refine:
+            probs, labels = bb.method.refined_labels(bb.sam, probs, labels, *encoded[i], settings)
+        out.append((probs, labels))
+    return out
+
+
+def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
+                 n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
+                 sam_images: Sequence | None = None) -> list[torch.Tensor]:
+    """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (:func:`scores_batch`'s labels;
+    nothing waits for the device unless ``settings.sam_refine``)."""
+    return [labels.to(torch.uint8) for _, labels in scores_batch(bb, pixels, text, query_class, n_classes, settings,
+                                                                 sizes, dtype, sam_images)]
+
+
+def dense_input(pre, image: np.ndarray, size: tuple[int, int], extra: Callable | None = None) -> dict:
+    """What one decoded ``[H0, W0, 3]`` uint8 image sends to the device for an input of ``size`` ``(H, W)``
+    (:meth:`~vpltool.models.preprocess.Preprocess.loaded`), with what the method adds per image (``extra``: its
+    module's ``extra_inputs``; Trident: SAM's input, :func:`~vpltool.models.dense.trident.sam_image`). Collated
+    into a batch, ``bb.pixels(batch["pixels"], size)``."""
+    return {"pixels": pre.loaded(image, size), **(extra(image) if extra is not None else {})}
 
 
 def settings_params(settings) -> dict:
@@ -355,7 +375,7 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
         if tuple(image.shape[:2]) != tuple(sizes[i]):
             raise ContractError(f"{items[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
                                 f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
-        return {"pixels": pre.loaded(image, inputs[i]), **(extra(image) if extra is not None else {})}
+        return dense_input(pre, image, inputs[i], extra)
 
     size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
     runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
@@ -386,4 +406,4 @@ def _writer(out: Path, ids: list[str]) -> Callable[[dict], None]:
 
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
            "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
-           "segment_logits", "labels_batch", "write_dense_masks", "settings_params"]
+           "segment_logits", "scores_batch", "labels_batch", "dense_input", "write_dense_masks", "settings_params"]

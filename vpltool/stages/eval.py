@@ -350,7 +350,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     (and the JSON) also says what was scored: ``folder``, ``stage``, ``record``, ``split`` (:func:`scored_what`).
     ``overwrite``: replace files of another kind there (:func:`vpltool.io.check_outputs`).
     """
-    from ..data import check_recorded, open_dataset, reopen
+    from ..data import check_recorded, is_plain, open_dataset, reopen
 
     folder, given = Path(predictions), data is not None
     if not folder.is_dir():
@@ -374,6 +374,9 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     elif split is None and recorded is not None and not Path(data).is_file():
         split = recorded.get("split")  # --data alone (a moved or copied dataset): the split it was made from
     opened = open_dataset(data, split) if given else reopen(recorded, split)  # its --labels-file, if any
+    if is_plain(opened):  # photos alone (vpltool.data.images): nothing to score against
+        raise VplError(f"{folder}: made from plain photos ({opened.root}), which have no ground truth: it cannot be "
+                       f"scored; look at its masks with `vpltool report {folder}`, or pass --data a dataset with masks")
     dataset = check_recorded(folder, opened, "--data" if given else None)
     io.check_outputs("eval", {"--json": (json_out, "file", "scores"),
                               "--per-image": (per_image_out, "file", "per-image-scores")},

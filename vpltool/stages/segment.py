@@ -29,6 +29,7 @@ from ..config import RuntimeConfig, SegmentConfig, to_params
 from ..data import Dataset
 from ..device import resolve_device, resolve_precision
 from ..errors import VplError
+from ..io.overlays import overlay_folder, write_overlays
 from ..models import ClipBackbone, ModelSpec, load_model
 from ..models.prompts import resolve_background, resolve_templates
 from ..models.segmentor import (  # the segmentor's pure functions, importable from here too
@@ -169,6 +170,32 @@ def sam_spec(cfg: SegmentConfig):
     return spec
 
 
+def check_dense(cfg: SegmentConfig) -> tuple:
+    """``cfg``'s dense method resolved once and checked before any model loads: ``(mixing, proxy spec, SAM spec)``
+    (:func:`dense_mixing_of`, :func:`proxy_spec`, :func:`sam_spec`; one line for a missing or foreign file)."""
+    return dense_mixing_of(cfg), proxy_spec(cfg), sam_spec(cfg)
+
+
+def load_dense(spec: ModelSpec, checked: tuple, device, backbone: ClipBackbone | None = None) -> ClipBackbone:
+    """The CLIP of ``spec`` (or ``backbone``, already loaded) with :func:`check_dense`'s method: its last block's
+    mixing, and its proxy model and SAM encoder when the method takes them."""
+    mixing, proxy, sam = checked
+    return (backbone or load_model("clip", spec, device)).with_dense(
+        mixing, proxy=None if proxy is None else load_model("dino", proxy, device),
+        sam=None if sam is None else load_model("sam", sam, device))
+
+
+def class_list(dataset: Dataset, cfg_classes: Sequence[str] | None, option: str = "--classes") -> list[str]:
+    """The classes to segment: ``cfg_classes`` when given, else the dataset's own; plain photos have none, so
+    there ``--classes`` is needed (one line, before any model loads)."""
+    if cfg_classes:
+        return list(cfg_classes)
+    if len(dataset.classes) < 2:
+        raise VplError(f"{dataset.root}: plain photos name no classes; pass {option} with the names to find, "
+                       "e.g. --classes cat,dog")
+    return list(dataset.classes[1:])
+
+
 def run_segment(
     dataset: Dataset,
     out: str | Path,
@@ -180,18 +207,19 @@ def run_segment(
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
+    overlay: bool = False,
 ) -> io.StageSummary:
     """Masks ``<out>/<id>.png`` for every image of ``dataset`` over ``['background', *names]`` (``cfg.classes``, by
-    default the dataset's own), then ``_stage.json``; finished images are skipped unless ``runtime.overwrite``.
-    ``backbone``: reuse a loaded CLIP of ``spec`` (its ``--dense`` is set to ``cfg.dense``)."""
+    default the dataset's own; plain photos need them), then ``_stage.json``; finished images are skipped unless
+    ``runtime.overwrite``. ``backbone``: reuse a loaded CLIP of ``spec`` (its ``--dense`` is set to ``cfg.dense``).
+    ``overlay``: also the coloured overlays ``<out>/overlays/<id>.jpg`` (:func:`vpltool.io.overlays.write_overlays`)."""
     out = io.check_folder_target(out)
-    names = list(cfg.classes) if cfg.classes else list(dataset.classes[1:])
+    names = class_list(dataset, cfg.classes)
     synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset))
-    mixing = dense_mixing_of(cfg)
-    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
-                     protected=dataset.folders(), overwrite=runtime.overwrite)
-    proxy = proxy_spec(cfg)
-    sam = sam_spec(cfg)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--overlay": (overlay_folder(out) if overlay else None, "side")},
+                     inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
+    checked = check_dense(cfg)
+    mixing = checked[0]
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     settings = cfg.resolved()
@@ -203,14 +231,15 @@ def run_segment(
     for key in WEIGHTS_PARAMS:  # a weights file by content: another path to it is the same run, other bytes are not
         if key in params:
             params[key] = io.weights_identity(params[key])
-    return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
-                            settings, lambda: (backbone or load_model("clip", spec, device)).with_dense(
-                                mixing, proxy=None if proxy is None else load_model("dino", proxy, device),
-                                sam=None if sam is None else load_model("sam", sam, device)),
-                            (synonyms, templates, background),
-                            "--class-file / --templates" if cfg.class_file else
-                            "--classes / --templates / --background",
-                            on_start, on_item)
+    summary = dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
+                               settings, lambda: load_dense(spec, checked, device, backbone),
+                               (synonyms, templates, background),
+                               "--class-file / --templates" if cfg.class_file else
+                               "--classes / --templates / --background",
+                               on_start, on_item)
+    if overlay:
+        write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
+    return summary
 
 
 def _mixing_params(mixing) -> dict:
@@ -219,7 +248,8 @@ def _mixing_params(mixing) -> dict:
     return asdict(mixing)
 
 
-__all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec", "sam_spec",
-           "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
+__all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec", "sam_spec", "check_dense",
+           "load_dense", "class_list", "run_segment", "settings_params", "class_synonyms", "class_names",
+           "check_queries",
            "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
            "segment_logits", "short_side_size", "write_dense_masks"]

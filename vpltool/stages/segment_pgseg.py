@@ -39,16 +39,40 @@ from ..config.pgseg import (
 from ..data import Dataset
 from ..device import resolve_device
 from ..errors import VplError
+from ..io.overlays import overlay_folder, write_overlays
 
 STAGE = "segment"
 DEFAULT_SHORT_SIDE = PGSEG_SHORT_SIDE
 DEFAULT_SLIDE = PGSEG_SLIDE
 
 
-def _family():
+def pgseg_family():
     from ..models import pgseg
 
     return pgseg
+
+
+def pgseg_names(entries: Sequence[str], background: str) -> tuple[list[str], list[str]]:
+    """``--classes`` entries -> (class names: each entry's first name, ``_`` read as a space; background words of
+    ``--background``), checked before any model loads."""
+    from ..models.prompts import resolve_background
+
+    names = [n.split("|")[0].strip().replace("_", " ") for n in entries]
+    presets.check_class_names(names, "--classes")
+    return names, resolve_background(background, presets.preset_for(["background", *names]), ["background", *names])
+
+
+def pgseg_text(fam, model, names: Sequence[str], bg_words: Sequence[str], device) -> torch.Tensor:
+    """The class then background-word text embeddings of the checkpoint (the reference's template)."""
+    templates = list(fam.TEMPLATES[PGSEG_TEMPLATES])
+    tokens = fam.class_tokens([*names, *bg_words], fam.tokenizer(model.cfg), templates).to(device)
+    return fam.class_text_embeddings(model, tokens)
+
+
+def pgseg_queries(fam, model, entries: Sequence[str], background: str, device) -> tuple[list[str], torch.Tensor]:
+    """(class names, text embeddings) of ``entries``: :func:`pgseg_names` then :func:`pgseg_text`."""
+    names, bg_words = pgseg_names(entries, background)
+    return names, pgseg_text(fam, model, names, bg_words, device)
 
 
 def run_segment_pgseg(
@@ -64,29 +88,24 @@ def run_segment_pgseg(
     background: str = PGSEG_BACKGROUND,
     on_start: Callable[[int], None] | None = None,
     on_item: Callable[[int], None] | None = None,
+    overlay: bool = False,
 ) -> io.StageSummary:
     """Masks ``<out>/<id>.png`` over ``['background', *names]`` for every image of ``dataset`` (module doc);
     finished images are skipped unless ``runtime.overwrite``. ``background``: background words as `segment`'s
     ``--background`` takes them (none | auto | voc | coco | a file | 'w1,w2'). The checkpoint is read (and its
-    architecture checked) before any output."""
+    architecture checked) before any output. ``overlay``: also `segment --overlay`'s coloured overlays."""
     from ..device import shard_from_env
-    from ..models.prompts import resolve_background
     from ..models.registry import load_model
 
-    if not 0.0 <= bg_thresh <= 1.0:
-        raise VplError(f"--bg-thresh {bg_thresh}: must be in [0, 1]")
-    check_pgseg_side("--short-side", short_side)
-    if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
-        raise VplError(f"--slide-crop {slide[0]} --slide-stride {slide[1]}: the crop must be >= 0 (0 = the whole "
-                       "image) and the stride between 1 and the crop")
+    check_options(bg_thresh, short_side, slide)
     out = io.check_folder_target(out)
-    names = [n.split("|")[0].strip().replace("_", " ") for n in names]
-    presets.check_class_names(names, "--classes")
+    names, bg_words = pgseg_names(names, background)
     classes = ["background", *names]
-    bg_words = resolve_background(background, presets.preset_for(classes), classes)
-    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root, "--pgseg": checkpoint},
+    io.check_outputs(STAGE, {"--out": (out, "stage"),
+                             "--overlay": (overlay_folder(out) if overlay else None, "side")},
+                     inputs={"the dataset": dataset.root, "--pgseg": checkpoint},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
-    fam = _family()
+    fam = pgseg_family()
     fam.load_checkpoint(checkpoint)  # one line for a missing file or another model's, before anything is written
     templates = list(fam.TEMPLATES[PGSEG_TEMPLATES])
     params = {"method": "pgseg", "classes": list(names), "bg_thresh": bg_thresh, "short_side": short_side,
@@ -103,25 +122,47 @@ def run_segment_pgseg(
         if todo:
             device = resolve_device(runtime.device)
             model = load_model("pgseg", checkpoint, device)
-            tokens = fam.class_tokens([*names, *bg_words], fam.tokenizer(model.cfg), templates).to(device)
-            text = fam.class_text_embeddings(model, tokens)
+            text = pgseg_text(fam, model, names, bg_words, device)
             items = dataset.by_id()
-            with torch.no_grad():
-                for item_id in todo:
-                    image = io.load_image(items[item_id].image)
-                    h0, w0 = image.shape[:2]
-                    x = fam.image_tensor(image, short_side).to(device)
-                    logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
-                                                  crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1, h, w]
-                    logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
-                    labels = logits[0].argmax(0)
-                    labels[labels > len(names)] = 0  # a background word's pixels (channels after the classes')
-                    io.write_mask(io.mask_path(out, item_id), labels.to(torch.uint8).cpu().numpy())
-                    if on_item:
-                        on_item(1)
+            for item_id in todo:
+                _, labels = image_scores(fam, model, io.load_image(items[item_id].image), text, len(names),
+                                         bg_thresh, short_side, slide, device)
+                io.write_mask(io.mask_path(out, item_id), labels.to(torch.uint8).cpu().numpy())
+                if on_item:
+                    on_item(1)
         folder.finish(ids, io.mask_path, index, count, classes=classes)
+    if overlay:
+        write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
     return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
                            seconds=time.perf_counter() - start)
 
 
-__all__ = ["run_segment_pgseg", "DEFAULT_SHORT_SIDE", "DEFAULT_SLIDE"]
+def image_scores(fam, model, image, text: torch.Tensor, n_names: int, bg_thresh: float, short_side: int,
+                 slide: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoded ``[H0, W0, 3]`` uint8 image -> (``[C + 1, H0, W0]`` float32 zero-shot logits of background and
+    the ``n_names`` classes, ``[H0, W0]`` int64 labels, 0 = background): the per-image work of `segment --pgseg`
+    and of :func:`vpltool.api.segmenter` ``("pgseg", ...)`` (module doc, steps 1, 3 and 4). ``text``: the class
+    then background-word embeddings (``fam.class_text_embeddings``)."""
+    h0, w0 = image.shape[:2]
+    with torch.no_grad():
+        x = fam.image_tensor(image, short_side).to(device)
+        logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
+                                      crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1(+words), h, w]
+        logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
+    labels = logits.argmax(0)
+    labels[labels > n_names] = 0  # a background word's pixels (channels after the classes')
+    return logits[: n_names + 1].float(), labels
+
+
+def check_options(bg_thresh: float, short_side: int, slide: tuple[int, int]) -> None:
+    """One line for an option out of range, before anything loads."""
+    if not 0.0 <= bg_thresh <= 1.0:
+        raise VplError(f"--bg-thresh {bg_thresh}: must be in [0, 1]")
+    check_pgseg_side("--short-side", short_side)
+    if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
+        raise VplError(f"--slide-crop {slide[0]} --slide-stride {slide[1]}: the crop must be >= 0 (0 = the whole "
+                       "image) and the stride between 1 and the crop")
+
+
+__all__ = ["run_segment_pgseg", "image_scores", "check_options", "pgseg_family", "pgseg_names", "pgseg_text",
+           "pgseg_queries", "DEFAULT_SHORT_SIDE", "DEFAULT_SLIDE"]

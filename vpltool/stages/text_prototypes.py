@@ -46,6 +46,20 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
                          temperature=1.0 / bb.logit_scale, source="text", model=bb.spec.identity(), params=params)
 
 
+def extract_context(features: str | Path) -> tuple[dict, ModelSpec, list[str], dict]:
+    """``(record, model spec, classes, dataset identity)`` of a finished `extract` folder: what `text-prototypes`
+    takes from it (its classes and its CLIP)."""
+    from ..errors import ContractError
+
+    record = io.read_stage_record(features, "extract")
+    spec = ModelSpec.from_identity(io.recorded_model(record, features))
+    if "classes" not in record or not isinstance(record["inputs"].get("dataset"), dict):
+        missing = "classes" if "classes" not in record else "dataset"
+        raise ContractError(f"{io.stage_record_path(features)}: names no {missing}; the folder is damaged: re-run "
+                            "`vpltool extract` there with --overwrite")
+    return record, spec, record["classes"], record["inputs"]["dataset"]
+
+
 def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec,
                         cfg: TextPrototypesConfig = TextPrototypesConfig(), device: str = "auto", *,
                         source: str | Path | None = None, overwrite: bool = False) -> io.Prototypes:
@@ -69,5 +83,6 @@ def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec
     return protos
 
 
-__all__ = ["template_problem", "TEMPLATE_FILE", "BACKGROUND_FILE", "resolve_templates", "check_class_names",
+__all__ = ["extract_context", "template_problem", "TEMPLATE_FILE", "BACKGROUND_FILE", "resolve_templates",
+           "check_class_names",
            "resolve_background", "encode_names", "build_text_prototypes", "run_text_prototypes"]

@@ -63,6 +63,11 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def default_out(run: Run) -> Path:
+    """``RUN/report``; for one stage folder given alone, ``<folder>_report`` beside it (never inside what is read)."""
+    return run.root.with_name(run.root.name + "_report") if run.single else run.root / "report"
+
+
 def check_out(out: Path, run: Run) -> None:
     """Refuse an output folder that lies in one of the folders the report reads (one line naming it), then the
     checks every stage makes (:func:`vpltool.io.check_outputs`: the dataset's folders, another stage's folder, a
@@ -71,10 +76,10 @@ def check_out(out: Path, run: Run) -> None:
     for folder in run.inputs:
         if _inside(real, Path(os.path.realpath(folder))):
             raise VplError(f"{out}: lies inside {folder}, which this report reads; choose another --out (default: "
-                           f"{run.root / 'report'})")
+                           f"{default_out(run)})")
     if real == Path(os.path.realpath(run.root)):
         raise VplError(f"{out}: is the run folder this report reads; choose another --out (default: "
-                       f"{run.root / 'report'})")
+                       f"{default_out(run)})")
     protected = [p for split in run.splits for p in split.dataset.folders()]
     # the run folder itself is no input here: the report's default folder lies in it (RUN/report), beside the
     # stage folders it reads, which are checked above one by one
@@ -170,7 +175,7 @@ def run_report(run: str | os.PathLike, out: str | os.PathLike | None = None, cfg
     start = time.perf_counter()
     workers = RuntimeConfig(workers=workers).worker_count  # crf's rule: a negative count is refused
     found = discover(run)
-    out = Path(out) if out is not None else found.root / "report"
+    out = Path(out) if out is not None else default_out(found)
     if out.is_symlink():  # a link the user made (RUN/report -> elsewhere) stays: the report replaces its target
         out = Path(os.path.realpath(out))
     check_out(out, found)

@@ -10,17 +10,17 @@ files record; a `crf` folder to the `cam` folder whose record it hashed. Metrics
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ... import io
 from ...config import EvalConfig
-from ...data import Dataset, check_recorded, open_recorded
+from ...data import Dataset, check_recorded, is_plain, open_recorded
 from ...errors import VplError
 from ...ops.kernels import class_name_map
 
-COLUMN_STAGES = ("cam", "crf", "predict")  # per-image outputs a row shows, in pipeline order
+COLUMN_STAGES = ("cam", "crf", "predict", "segment")  # per-image outputs a row shows, in pipeline order
 DATA_STAGES = ("extract", *COLUMN_STAGES)  # folders that name a dataset split
 # what two CAM folders may differ in and still be one refinement of two prototype sets (text vs vision)
 PROTOTYPE_PARAMS = ("prototypes", "temperature")
@@ -94,6 +94,7 @@ class Run:
     inputs: list[Path]  # every folder the report reads (the output may lie in none of them)
     metrics_file: Path | None
     metrics_files: dict[str, Path]
+    single: bool = False  # one stage folder given alone (`report OUT` of a `segment` on photos), not a run folder
 
 
 def _records(root: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -135,7 +136,7 @@ def _cam_title(source: str | None, params: dict[str, Any]) -> str:
     return f"{source or '?'} CAM{how}"
 
 
-TITLES = {"crf": "CRF pseudo mask", "predict": "decoder prediction"}
+TITLES = {"crf": "CRF pseudo mask", "predict": "decoder prediction", "segment": "open-vocabulary mask"}
 
 
 def _column(folder: Path, record: dict[str, Any], metrics: Path) -> Column:
@@ -232,7 +233,11 @@ def discover(run: str | Path) -> Run:
     root = Path(run)
     if not root.is_dir():
         raise VplError(f"{root}: not a folder; pass a run folder (the Makefile's RUN, e.g. runs/demo)")
-    records = [(f, r) for f, r in _records(root) if r.get("stage") in DATA_STAGES]
+    own = io.stage_record_path(root)
+    single = own.is_file() and io.read_record(own).get("stage") in COLUMN_STAGES
+    # one stage folder given alone (a `segment` of plain photos): the report of that folder, one column
+    records = [(root, io.read_record(own))] if single else \
+        [(f, r) for f, r in _records(root) if r.get("stage") in DATA_STAGES]
     if not records:
         raise VplError(f"{root}: not a vpltool run (no extract, cam, crf or predict folder with a "
                        f"{io.STAGE_RECORD} inside); pass the Makefile's RUN folder, e.g. runs/demo")
@@ -249,10 +254,12 @@ def discover(run: str | Path) -> Run:
         _same_items(key, found, dataset)
         for folder, _ in found[1:]:  # every folder shown, each made from the dataset as it is now
             check_recorded(folder, dataset)
+        if is_plain(dataset):  # photos name no classes: the masks' own (the first `segment` folder's)
+            dataset = replace(dataset, classes=tuple(found[0][1].get("classes") or dataset.classes))
         split = Split(key, name, dataset)
         split.columns = sorted((_column(f, r, metrics) for f, r in found if r["stage"] in COLUMN_STAGES), key=_order)
         for col in split.columns:
-            if col.stage == "predict":
+            if col.stage in ("predict", "segment"):
                 col.lut = class_name_map(col.record.get("classes"), dataset.classes, col.folder)
         split.pairs = _pairs(split.columns)
         splits.append(split)
@@ -263,7 +270,7 @@ def discover(run: str | Path) -> Run:
     inputs = [f for f, _ in records] + [c.debug for s in splits for c in s.columns if c.debug] + \
         ([metrics] if metrics.is_dir() else [])
     summary = root / "metrics.json"
-    return Run(root, splits, inputs, summary if summary.is_file() else None, files)
+    return Run(root, splits, inputs, summary if summary.is_file() else None, files, single)
 
 
 def _link(root: Path, splits: list[Split]) -> None:

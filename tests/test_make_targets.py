@@ -1,0 +1,137 @@
+"""The README's targets in the README's order on a fresh run folder: `make demo`, then `make sgc`, `make dense` and
+`make affinity`, each adding its own rows (its metrics files, then the table again).
+
+The real Makefile runs for real (its rules, timestamps, recursion, ``-j``) with ``VPL`` pointed at a stand-in that
+writes each command's output file instead of computing it and logs its command line, so the whole sequence takes a
+few seconds. What is checked is make's choice of what to build, the part the stand-in cannot change: under the old
+bare ``.SECONDARY:`` every target was an intermediate file, and ``make dense`` after ``make demo`` said "Nothing to
+be done for 'report'" and added no row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+
+# the stand-in vpltool: writes what each command's options name (a folder gets its _stage.json), logs its argv
+FAKE = textwrap.dedent("""\
+    #!{python}
+    import json, os, sys
+    from pathlib import Path
+
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_VPL_LOG"], "a") as log:
+        log.write(json.dumps(args) + "\\n")
+    cmd, rest = args[0], args[1:]
+
+    def touch(path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{{}}")
+
+    def folder(path):
+        touch(Path(path) / "_stage.json")
+        if cmd == "train-decoder":
+            touch(Path(path) / "decoder.safetensors")
+
+    out = next((rest[i + 1] for i, a in enumerate(rest) if a in ("-o", "--json")), None)
+    if cmd == "make-world":
+        folder(rest[0])
+    elif cmd == "demo-report":
+        touch(Path(rest[0]) / "metrics.json")
+    elif cmd == "report":
+        touch(Path(out) / "index.html")
+    elif cmd == "choose-pseudo":
+        print(Path(rest[0]) / "pseudo")
+    elif out is not None:
+        touch(out) if out.endswith((".json", ".safetensors")) else folder(out)
+    else:
+        sys.exit("fake vpltool: no output in " + " ".join(args))
+    """)
+
+
+def make(tmp: Path, target: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """``make TARGET`` on the run folder ``tmp/run`` with the stand-in; returns the result and the commands run."""
+    log = tmp / "log.jsonl"
+    log.write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env["FAKE_VPL_LOG"] = str(log)
+    result = pace.run(["make", "--no-print-directory", target, f"RUN={tmp / 'run'}", f"VENV={tmp / 'venv'}",
+                       f"VPL={tmp / 'vpltool'}", "WORKERS=2"], 120, cwd=ROOT, env=env, capture_output=True,
+                      text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def outputs(cmds: list[list[str]], name: str) -> list[str]:
+    """The output of each ``name`` command (its -o or --json), relative names under the run folder."""
+    found = []
+    for args in cmds:
+        if args[0] == name:
+            found.append(next(args[i + 1] for i, a in enumerate(args) if a in ("-o", "--json")))
+    return found
+
+
+@pytest.fixture()
+def world(tmp_path: Path) -> Path:
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / ".installed").write_text("")  # newer than pyproject.toml: `setup` is up to date
+    fake = tmp_path / "vpltool"
+    fake.write_text(FAKE.format(python=sys.executable))
+    fake.chmod(0o755)
+    return tmp_path
+
+
+def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
+    run = world / "run"
+    _, demo = make(world, "demo")
+    assert [a[0] for a in demo][-2:] == ["demo-report", "report"]
+    assert not any(a[0] == "segment" for a in demo)  # the demo itself leaves the open-vocabulary rows out
+    assert not any("caa+sgc" in a for a in demo) and not any("dino" in a for a in demo)
+
+    result, sgc = make(world, "sgc")
+    assert "Nothing to be done" not in result.stdout
+    assert f"{run}/metrics/caa+sgc/pseudo_val.json" in outputs(sgc, "eval")
+    assert any("caa+sgc" in a for a in sgc if a[0] == "cam")
+    assert [a[0] for a in sgc][-2:] == ["demo-report", "report"]
+
+    result, dense = make(world, "dense")
+    assert "Nothing to be done" not in result.stdout
+    segmented = outputs(dense, "segment")
+    methods = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass", "trident")
+    assert sorted(segmented) == sorted(f"{run}/dense/{m}/segment_val" for m in methods)
+    scored = outputs(dense, "eval")
+    assert {f"{run}/metrics/dense/{m}/segment_val.json" for m in methods} <= set(scored)
+    assert {f"{run}/metrics/dense/maskclip/{f}.json" for f in ("cams", "pseudo", "pred_val")} <= set(scored)
+    assert [a[0] for a in dense][-2:] == ["demo-report", "report"]
+    assert not any("caa+sgc" in a for a in dense)  # sgc's rows are not redone
+
+    result, affinity = make(world, "affinity")
+    assert "Nothing to be done" not in result.stdout
+    cams = [a for a in affinity if a[0] == "cam"]
+    assert {a[a.index("--affinity") + 1] for a in cams} == {"dino", "clip+dino"}
+    assert f"{run}/metrics/caa@dino/pseudo_val.json" in outputs(affinity, "eval")
+    assert not any(a[0] == "segment" for a in affinity)
+    assert [a[0] for a in affinity][-2:] == ["demo-report", "report"]
+
+    # nothing a rule made was removed as an intermediate (the CAM and mask folders of every refinement stay)
+    for args in demo + sgc + dense + affinity:
+        for out in outputs([args], args[0]) if args[0] not in ("make-world", "demo-report", "report",
+                                                               "choose-pseudo") else ():
+            assert Path(out).exists() or (Path(out) / "_stage.json").exists(), out
+    # and once everything is there, each target has nothing left to do
+    for target in ("demo", "sgc", "dense", "affinity"):
+        _, again = make(world, target)
+        assert again == [], (target, again)

@@ -1,0 +1,122 @@
+"""`segment` on a user's own photos: one image file or a plain folder of images (no labels, no layout), with
+`--overlay`; `eval` refuses them in one line, `report` shows them; bad input is one line naming the file, exit 2,
+nothing written. The shipped toy CLIP (``vpltool-toy``) on the demo world's photos, CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vpltool import io
+from vpltool.cli import app
+from vpltool.data import open_dataset
+
+TOY = ["--model", "vpltool-toy", "--pretrained", "none", "--dense", "maskclip", "--templates", "a photo of a {}.",
+       "--background", "grass,sky,wall,water", "--device", "cpu"]
+NAMES = "circle,star,square"
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture()
+def photos(world, tmp_path) -> Path:
+    """Three of the world's val photos in a plain folder, one re-encoded as a JPEG: no labels, no masks."""
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    images = sorted((Path(world) / "images").glob("val_*"))[:3]
+    for path in images[:2]:
+        shutil.copy(path, folder / path.name)
+    Image.open(images[2]).convert("RGB").save(folder / f"{images[2].stem}.jpg", quality=95)
+    return folder
+
+
+def test_a_folder_of_photos_and_one_photo_give_masks_and_overlays_and_stay_untouched(photos, tmp_path):
+    before = digests(photos)
+    out = tmp_path / "seg"
+    r = invoke("segment", photos, "--classes", NAMES, "-o", out, "--overlay", *TOY)
+    assert r.exit_code == 0, r.output
+    ids = sorted(p.stem for p in photos.iterdir())
+    record = io.read_stage_record(out, "segment")
+    assert record["classes"] == ["background", "circle", "star", "square"]
+    assert record["inputs"]["dataset"]["kind"] == "images"
+    for item_id in ids:
+        mask = io.read_mask(io.mask_path(out, item_id), num_classes=4)
+        image = io.load_image(next(photos.glob(f"{item_id}.*")))
+        assert mask.shape == image.shape[:2]
+        overlay = np.asarray(Image.open(out / "overlays" / f"{item_id}.jpg"))
+        assert overlay.shape[1] == image.shape[1] and overlay.shape[0] > image.shape[0]  # the legend below
+    assert digests(photos) == before  # the photos: byte-identical, and nothing added beside them
+    # one photo alone: the same mask as in the folder, its folder may hold the output
+    one = sorted(photos.iterdir())[0]
+    r = invoke("segment", one, "--classes", NAMES, "-o", photos.parent / "one", "--overlay", *TOY)
+    assert r.exit_code == 0, r.output
+    assert io.mask_path(photos.parent / "one", one.stem).read_bytes() == io.mask_path(out, one.stem).read_bytes()
+    assert (photos.parent / "one" / "overlays" / f"{one.stem}.jpg").is_file()
+    assert digests(photos) == before
+
+
+def test_eval_says_plain_photos_cannot_be_scored_and_report_shows_them(photos, tmp_path):
+    from vpltool.stages.report import run_report
+
+    out = tmp_path / "seg"
+    assert invoke("segment", photos, "--classes", NAMES, "-o", out, *TOY).exit_code == 0
+    r = invoke("eval", out)
+    assert r.exit_code == 2
+    (line,) = error_lines(r.output)
+    assert "plain photos" in line and "no ground truth" in line and "cannot be scored" in line
+    s = run_report(out, workers=1)
+    assert s.index == tmp_path / "seg_report" / "index.html" and s.index.is_file()
+    assert sum(s.images.values()) == 3 and [c for cols in s.columns.values() for c in cols] == ["seg"]
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt", "not an image"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "is empty: no image"),
+    (lambda d: (d / "docs").mkdir() or (d / "docs" / "a.txt").write_text("x") and d / "docs", "holds 1 other file"),
+    (lambda d: (d / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg") and d / "broken.jpg", "broken.jpg"),
+])
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, make, fragment):
+    bad = make(tmp_path)
+    out = tmp_path / "out"
+    r = invoke("segment", bad, "--classes", NAMES, "-o", out, *TOY)
+    assert r.exit_code == 2, r.output
+    (line,) = error_lines(r.output)
+    assert fragment in line and str(bad) in line
+    assert not out.exists()
+
+
+def test_plain_photos_need_class_names_and_keep_outputs_out_of_their_folder(photos, tmp_path):
+    r = invoke("segment", photos, "-o", tmp_path / "out", *TOY)
+    assert r.exit_code == 2 and "plain photos name no classes" in error_lines(r.output)[0]
+    r = invoke("segment", photos, "--classes", NAMES, "-o", photos / "seg", *TOY)
+    assert r.exit_code == 2 and "lies inside" in error_lines(r.output)[0]
+    r = invoke("segment", photos, "--split", "val", "--classes", NAMES, "-o", tmp_path / "out", *TOY)
+    assert r.exit_code == 2 and "no splits" in error_lines(r.output)[0]
+    assert not (tmp_path / "out").exists() and not (photos / "seg").exists()
+
+
+def test_plain_source_reads_only_the_folders_own_images(photos):
+    (photos / "sub").mkdir()
+    shutil.copy(next(photos.iterdir()), photos / "sub" / "x.png")
+    (photos / "readme.txt").write_text("not an image")
+    ds = open_dataset(photos)
+    assert ds.kind == "images" and ds.classes == ("background",)
+    assert sorted(item.id for item in ds.items) == sorted(p.stem for p in photos.iterdir()
+                                                          if p.suffix in (".png", ".jpg"))
+    assert all(item.labels == () and item.gt is None for item in ds.items)

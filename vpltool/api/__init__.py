@@ -1,0 +1,34 @@
+"""vpltool from Python (docs/api.md): a segmenter loaded once and called on photos, and the stages as functions.
+
+* :func:`segmenter` (``vpltool.segmenter``): ``seg = vpltool.segmenter("naclip", model="ViT-B-16",
+  pretrained="openai")``, then ``seg(photo, ["cat", "dog"])`` -> :class:`Segmentation` (an ``[H, W]`` int64 label
+  map, 0 = background, and ``[C + 1, H, W]`` scores); ``vpltool.segmenter("pgseg", checkpoint=FILE)`` for a PGSeg /
+  GroupViT checkpoint. The label map equals the mask `vpltool segment` writes for the same photo and names.
+* the stages (:mod:`vpltool.api.stages`): ``vpltool.api.extract``, ``text_prototypes``, ``cam``,
+  ``learn_prototypes``, ``crf``, ``train_decoder``, ``predict``, ``evaluate`` (`eval`), ``segment``, ``report``,
+  each over the library function its command calls, with the command's defaults.
+
+Nothing heavy is imported until a name is used (``import vpltool`` imports no torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SEGMENTER = ("segmenter", "Segmenter", "Segmentation")
+_STAGES = ("extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",
+           "segment", "report")
+__all__ = [*_SEGMENTER, *_STAGES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SEGMENTER:
+        return getattr(importlib.import_module(".segmenters", __name__), name)
+    if name in _STAGES:
+        return getattr(importlib.import_module(".stages", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,216 @@
+"""``vpltool.segmenter(...)``: segment one photo by class names from Python, with the per-image code `segment` runs.
+
+A training-free dense CLIP method (``"naclip"``, ``"maskclip"``, ... the names of ``segment --dense``) or a PGSeg /
+GroupViT checkpoint (``"pgseg"``, ``checkpoint=FILE``) is loaded once; each call takes a photo and class names and
+returns a :class:`Segmentation`. The settings are `segment`'s (:class:`vpltool.config.SegmentConfig`, defined once
+there) and the work per image is the CLI's own function (:func:`vpltool.models.segmentor.scores_batch`,
+:func:`vpltool.stages.segment_pgseg.image_scores`), so a label map from here equals the mask `segment` writes for
+the same image and names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, RuntimeConfig, SegmentConfig
+from ..errors import VplError
+
+PGSEG_METHODS = ("pgseg", "groupvit")  # a checkpoint of train-pgseg, or a GroupViT / PGSeg release
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One photo segmented.
+
+    Attributes:
+        labels: ``[H, W]`` int64 label map at the photo's size: 0 = background, ``c`` = ``classes[c]``.
+        scores: ``[C + 1, H, W]`` float32 per-class scores (dense methods: probabilities in [0, 1], each class the
+            max over its synonyms; PGSeg: its zero-shot logits), index 0 = background.
+        classes: ``('background', *names)``, the names as given (a synonym list ``cat|kitten`` by its first).
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    classes: tuple[str, ...]
+
+
+def class_entries(classes: str | Sequence[str]) -> list[str]:
+    """``"cat|kitten,dog"`` or ``["cat|kitten", "dog"]`` -> the ``--classes`` entries ``["cat|kitten", "dog"]``."""
+    entries = classes.split(",") if isinstance(classes, str) else list(classes)
+    entries = [str(e).strip() for e in entries if str(e).strip()]
+    if not entries:
+        raise VplError("classes: give at least one class name, e.g. ['cat', 'dog'] or 'cat,dog'")
+    return entries
+
+
+def as_rgb(image: Any) -> np.ndarray:
+    """A photo as ``[H, W, 3]`` uint8 RGB: a path (decoded as every stage decodes it, EXIF orientation applied), a
+    PIL image (any mode, its EXIF orientation applied), or an ``[H, W, 3]`` uint8 array (used as is)."""
+    from .. import io
+
+    if isinstance(image, (str, os.PathLike)):
+        return io.load_image(Path(image))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise VplError(f"image: an array of {image.dtype} {tuple(image.shape)}; give [H, W, 3] uint8 RGB")
+        return image
+    from PIL import Image, ImageOps
+
+    if isinstance(image, Image.Image):
+        from ..io.images import _to_rgb
+
+        return _to_rgb(ImageOps.exif_transpose(image))
+    raise VplError(f"image: a {type(image).__name__}; give a path, a PIL image or an [H, W, 3] uint8 array")
+
+
+class Segmenter:
+    """A loaded segmenter: ``seg(image, classes)`` -> :class:`Segmentation`. Made by :func:`segmenter`."""
+
+    method: str
+
+    def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<vpltool segmenter {self.method!r} on {self.device}>"
+
+
+class DenseSegmenter(Segmenter):
+    """A frozen CLIP with a training-free dense last block (``segment --dense METHOD``)."""
+
+    def __init__(self, spec, cfg: SegmentConfig, runtime: RuntimeConfig):
+        from ..device import resolve_device, resolve_precision
+        from ..stages.segment import check_dense, load_dense
+
+        self.method, self.cfg, self.settings = cfg.dense, cfg, cfg.resolved()
+        checked = check_dense(cfg)  # one line for a missing proxy / SAM file, before any model loads
+        self.device = resolve_device(runtime.device)
+        self.dtype = resolve_precision(runtime.precision, self.device)
+        self.model = load_dense(spec, checked, self.device)
+        self._queries: dict[tuple[str, ...], tuple] = {}
+
+    def queries(self, entries: list[str]):
+        """The query rows of ``entries`` as `segment` makes them (templates, background words), cached."""
+        from ..models.segmentor import query_rows
+        from ..stages.segment import resolve_queries
+
+        key = tuple(entries)
+        if key not in self._queries:
+            rows = query_rows(self.model, *resolve_queries(entries, self.cfg))
+            self._queries[key] = tuple(t.to(self.model.device) for t in rows)
+        return self._queries[key]
+
+    def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
+        from ..models.segmentor import dense_input, scores_batch, short_side_size
+        from ..stages.segment import class_names
+
+        entries = class_entries(classes)
+        text, query_class = self.queries(entries)
+        rgb = as_rgb(image)
+        h, w = rgb.shape[:2]
+        size = short_side_size(h, w, self.settings.short_side)
+        x = dense_input(self.model.preprocessor, rgb, size, getattr(self.model.method, "extra_inputs", None))
+        pixels = self.model.pixels(x["pixels"][None], size)
+        probs, labels = scores_batch(self.model, pixels, text, query_class, len(entries) + 1, self.settings,
+                                     [(h, w)], self.dtype, [x["sam"]] if "sam" in x else None)[0]
+        return Segmentation(labels.cpu().numpy().astype(np.int64), probs.float().cpu().numpy(),
+                            ("background", *class_names(entries)))
+
+
+class PgsegSegmenter(Segmenter):
+    """A PGSeg / GroupViT checkpoint segmenting by its group maps (``segment --pgseg FILE``)."""
+
+    def __init__(self, checkpoint: str | os.PathLike, runtime: RuntimeConfig, *, bg_thresh: float,
+                 short_side: int, slide: tuple[int, int], background: str):
+        from ..device import resolve_device
+        from ..models.registry import load_model
+        from ..stages.segment_pgseg import check_options, pgseg_family
+
+        check_options(bg_thresh, short_side, slide)
+        self.method, self.checkpoint = "pgseg", Path(checkpoint)
+        self.bg_thresh, self.short_side, self.slide, self.background = bg_thresh, short_side, slide, background
+        self.family = pgseg_family()
+        self.family.load_checkpoint(self.checkpoint)  # one line for a missing file or another model's
+        self.device = resolve_device(runtime.device)
+        self.model = load_model("pgseg", self.checkpoint, self.device)
+        self._queries: dict[tuple[str, ...], tuple] = {}
+
+    def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
+        from ..stages.segment_pgseg import image_scores, pgseg_queries
+
+        entries = tuple(class_entries(classes))
+        if entries not in self._queries:
+            self._queries[entries] = pgseg_queries(self.family, self.model, entries, self.background, self.device)
+        names, text = self._queries[entries]
+        logits, labels = image_scores(self.family, self.model, as_rgb(image), text, len(names), self.bg_thresh,
+                                      self.short_side, self.slide, self.device)
+        return Segmentation(labels.cpu().numpy().astype(np.int64), logits.cpu().numpy(), ("background", *names))
+
+
+_RUNTIME = ("device", "precision")
+
+
+def segmenter(method: str = SegmentConfig.dense, *, model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED,
+              checkpoint: str | os.PathLike | None = None, model_config_dir: str | os.PathLike | None = None,
+              **options: Any) -> Segmenter:
+    """Load a segmenter once; call it on photos.
+
+    Args:
+        method: a dense CLIP method of ``segment --dense`` (``maskclip``, ``sclip``, ``clearclip``, ``naclip``,
+            ``sc-clip``, ``proxyclip``, ``cass``, ``trident``, ``none``), or ``pgseg`` (a PGSeg / GroupViT
+            checkpoint, ``checkpoint=FILE``).
+        model, pretrained: the CLIP, as `segment`'s ``--model`` / ``--pretrained`` (``ViT-B-16`` / ``openai``;
+            ``vpltool-toy`` / ``none``: the demo world's toy CLIP).
+        checkpoint: ``pgseg``'s file (`train-pgseg`'s ``pgseg.safetensors`` or a GroupViT / PGSeg ``.pth``).
+        options: `segment`'s options by their Python names, with its defaults: for a dense method the fields of
+            :class:`vpltool.config.SegmentConfig` (``templates``, ``background``, ``prob_threshold``,
+            ``short_side``, ``slide_crop``, ``proxy_weights``, ...); for ``pgseg`` ``bg_thresh``, ``short_side``,
+            ``slide_crop``, ``slide_stride``, ``background``; and ``device`` / ``precision`` (``auto``).
+
+    Raises:
+        VplError: an unknown method or option, or a missing or foreign weights file: one line, before any load.
+    """
+    runtime = RuntimeConfig(**{k: options.pop(k) for k in _RUNTIME if k in options})
+    if method in PGSEG_METHODS:
+        return _pgseg(checkpoint, runtime, options)
+    if checkpoint is not None:
+        raise VplError(f"checkpoint: a {PGSEG_METHODS[0]} file; method {method!r} takes model= and pretrained=")
+    known = {f.name for f in fields(SegmentConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise VplError(f"segmenter({method!r}): unknown option {unknown[0]!r}; the options are segment's: "
+                       f"{', '.join(sorted(known - {'dense'}))}")
+    if "classes" in options:
+        raise VplError("segmenter: the class names are given per call, seg(image, ['cat', 'dog'])")
+    from ..models import ModelSpec
+
+    cfg = SegmentConfig(dense=method, **options)  # an unknown method: one line listing them
+    spec = ModelSpec(model=model, pretrained=pretrained,
+                     config_dir=str(model_config_dir) if model_config_dir is not None else None)
+    return DenseSegmenter(spec, cfg, runtime)
+
+
+def _pgseg(checkpoint, runtime: RuntimeConfig, options: dict) -> PgsegSegmenter:
+    from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE
+
+    if checkpoint is None:
+        raise VplError("segmenter('pgseg'): pass checkpoint=FILE (train-pgseg's pgseg.safetensors or a GroupViT / "
+                       "PGSeg release .pth)")
+    defaults = {"bg_thresh": PGSEG_BG_THRESH, "short_side": PGSEG_SHORT_SIDE, "slide_crop": PGSEG_SLIDE[0],
+                "slide_stride": PGSEG_SLIDE[1], "background": PGSEG_BACKGROUND}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise VplError(f"segmenter('pgseg'): unknown option {unknown[0]!r}; the options are "
+                       f"{', '.join(defaults)}, device, precision")
+    o = {**defaults, **options}
+    return PgsegSegmenter(checkpoint, runtime, bg_thresh=o["bg_thresh"], short_side=o["short_side"],
+                          slide=(o["slide_crop"], o["slide_stride"]), background=o["background"])
+
+
+__all__ = ["Segmentation", "Segmenter", "DenseSegmenter", "PgsegSegmenter", "segmenter", "as_rgb", "class_entries"]

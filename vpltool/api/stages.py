@@ -1,0 +1,188 @@
+"""The stages as Python functions, with the CLI's defaults: ``vpltool.api.cam(features, prototypes, out, ...)``.
+
+Each is a thin function over the stage's library function (the one its command calls: ``run_extract``,
+``run_cam``, ...). Options are the command's, by their Python names (``--box-threshold`` -> ``box_threshold``), and
+go into the stage's config dataclass (:mod:`vpltool.config`), where every default is defined once; ``device``,
+``precision``, ``batch_size``, ``workers`` and ``overwrite`` go into :class:`~vpltool.config.RuntimeConfig`. An
+unknown option is one line naming the options there are. Each returns what its library function returns (a summary
+with ``done``, ``skipped``, ``seconds``; `evaluate` the scores).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from ..config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    CamConfig,
+    CrfConfig,
+    DecoderConfig,
+    EvalConfig,
+    ExtractConfig,
+    LearnPrototypesConfig,
+    PredictConfig,
+    ReportConfig,
+    RuntimeConfig,
+    SegmentConfig,
+    TextPrototypesConfig,
+)
+from ..errors import VplError
+
+PathLike = str | os.PathLike
+_RUNTIME = tuple(f.name for f in fields(RuntimeConfig))
+
+
+def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = True) -> tuple[Any, RuntimeConfig]:
+    """``(config(**its options), RuntimeConfig(**the runtime ones))`` from ``options``; one line for an option
+    neither knows."""
+    own = {f.name for f in fields(config)}
+    allowed = own | (set(_RUNTIME) if runtime else set())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise VplError(f"vpltool.api.{stage}: unknown option {unknown[0]!r}; its options are "
+                       f"{', '.join(sorted(allowed))}")
+    rt = RuntimeConfig(**{k: v for k, v in options.items() if k in _RUNTIME})
+    return config(**{k: v for k, v in options.items() if k in own}), rt
+
+
+def _spec(model: str, pretrained: str, model_config_dir: PathLike | None):
+    from ..models import ModelSpec
+
+    return ModelSpec(model=model, pretrained=pretrained,
+                     config_dir=str(model_config_dir) if model_config_dir is not None else None)
+
+
+def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: str = DEFAULT_MODEL,
+            pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
+            labels_file: PathLike | None = None, **options: Any):
+    """`vpltool extract DATA -o OUT`: the frozen CLIP's dense features of every image (:class:`ExtractConfig`)."""
+    from ..data import open_dataset
+    from ..stages.extract import run_extract
+
+    cfg, rt = configs("extract", ExtractConfig, options)
+    return run_extract(open_dataset(data, split, labels_file=labels_file), out,
+                       _spec(model, pretrained, model_config_dir), cfg, rt)
+
+
+def text_prototypes(features: PathLike, out: PathLike, **options: Any):
+    """`vpltool text-prototypes FEATURES -o OUT`: the classes of an extract folder and background words, encoded
+    by its CLIP (:class:`TextPrototypesConfig`). Returns the prototypes."""
+    from ..stages.text_prototypes import extract_context, run_text_prototypes
+
+    cfg, rt = configs("text_prototypes", TextPrototypesConfig, options)
+    _, spec, classes, _ = extract_context(features)
+    return run_text_prototypes(classes, out, spec, cfg, device=rt.device, source=features, overwrite=rt.overwrite)
+
+
+def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None, **options: Any):
+    """`vpltool cam SOURCE -p PROTOTYPES -o OUT`: CLIP-ES's GradCAM (+ CAA, SSR's SGC) per labelled class
+    (:class:`CamConfig`). ``source``: an extract folder or a dataset."""
+    from ..stages.cam import run_cam
+
+    cfg, rt = configs("cam", CamConfig, options)
+    return run_cam(source, prototypes, out, cfg, rt, split=split)
+
+
+def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: PathLike, **options: Any):
+    """`vpltool learn-prototypes FEATURES --cams CAMS --text TEXT -o OUT`: VPL's vision prototypes
+    (:class:`LearnPrototypesConfig`)."""
+    from ..stages.learn_prototypes import run_learn_prototypes
+
+    cfg, rt = configs("learn_prototypes", LearnPrototypesConfig, options)
+    return run_learn_prototypes(features, cams, text, out, cfg, rt, overwrite=rt.overwrite)
+
+
+def crf(cams: PathLike, out: PathLike, **options: Any):
+    """`vpltool crf CAMS -o OUT`: dense-CRF pseudo masks from a cam folder (:class:`CrfConfig`)."""
+    from ..stages.crf import run_crf
+
+    cfg, rt = configs("crf", CrfConfig, options)
+    return run_crf(cams, out, cfg, rt)
+
+
+def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resume: bool = False, **options: Any):
+    """`vpltool train-decoder PSEUDO -p PROTOTYPES -o OUT`: the segmentation decoder on the pseudo masks
+    (:class:`DecoderConfig`)."""
+    from ..stages.train_decoder import run_train_decoder
+
+    cfg, rt = configs("train_decoder", DecoderConfig, options)
+    return run_train_decoder(pseudo, prototypes, out, cfg, rt, resume=resume)
+
+
+def predict(decoder: PathLike, out: PathLike, *, data: PathLike | None = None, split: str | None = None,
+            **options: Any):
+    """`vpltool predict DECODER -o OUT`: the decoder's masks (:class:`PredictConfig`); ``data`` / ``split``: other
+    images than the decoder's dataset."""
+    from ..stages.predict import run_predict
+
+    cfg, rt = configs("predict", PredictConfig, options)
+    return run_predict(decoder, data, split, out, cfg, rt)
+
+
+def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | None = None,
+             json_out: PathLike | None = None, overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """`vpltool eval FOLDER`: mIoU and per-class IoU of a mask or CAM folder against ground truth
+    (:class:`EvalConfig`). Returns the scores (``miou`` in [0, 1], ``iou`` per class, ...)."""
+    from ..stages.eval import run_eval
+
+    cfg, _ = configs("evaluate", EvalConfig, options, runtime=False)
+    return run_eval(folder, data=data, split=split, cfg=cfg, json_out=json_out, overwrite=overwrite)[0]
+
+
+def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None = None, *,
+            method: str = SegmentConfig.dense, split: str | None = None, model: str = DEFAULT_MODEL,
+            pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
+            checkpoint: PathLike | None = None, overlay: bool = False, **options: Any):
+    """`vpltool segment DATA --classes NAMES -o OUT`: open-vocabulary masks of a photo, a folder of photos or a
+    dataset (``classes`` None: the dataset's own) by a dense CLIP ``method`` (:class:`SegmentConfig`), or
+    ``method="pgseg"`` with ``checkpoint=FILE`` (options ``bg_thresh``, ``short_side``, ``slide_crop``,
+    ``slide_stride``, ``background``). ``overlay``: also ``OUT/overlays/<id>.jpg``."""
+    from ..data import open_dataset
+    from .segmenters import PGSEG_METHODS, class_entries
+
+    dataset = open_dataset(data, split)
+    entries = None if classes is None else class_entries(classes)
+    if method in PGSEG_METHODS:
+        return _segment_pgseg(dataset, out, entries, checkpoint, overlay, options)
+    cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,
+                                                 "classes": None if entries is None else tuple(entries)})
+    from ..stages.segment import run_segment
+
+    return run_segment(dataset, out, _spec(model, pretrained, model_config_dir), cfg, rt, overlay=overlay)
+
+
+def _segment_pgseg(dataset, out, entries, checkpoint, overlay: bool, options: dict):
+    from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE
+    from ..stages.segment import class_list
+    from ..stages.segment_pgseg import run_segment_pgseg
+
+    if checkpoint is None:
+        raise VplError("vpltool.api.segment(method='pgseg'): pass checkpoint=FILE")
+    own = {"bg_thresh": PGSEG_BG_THRESH, "short_side": PGSEG_SHORT_SIDE, "slide_crop": PGSEG_SLIDE[0],
+           "slide_stride": PGSEG_SLIDE[1], "background": PGSEG_BACKGROUND}
+    unknown = sorted(set(options) - set(own) - set(_RUNTIME))
+    if unknown:
+        raise VplError(f"vpltool.api.segment(method='pgseg'): unknown option {unknown[0]!r}; its options are "
+                       f"{', '.join(sorted({*own, *_RUNTIME}))}")
+    o = {**own, **{k: v for k, v in options.items() if k in own}}
+    rt = RuntimeConfig(**{k: v for k, v in options.items() if k in _RUNTIME})
+    return run_segment_pgseg(dataset, out, checkpoint, class_list(dataset, entries), rt, bg_thresh=o["bg_thresh"],
+                             short_side=o["short_side"], slide=(o["slide_crop"], o["slide_stride"]),
+                             background=o["background"], overlay=overlay)
+
+
+def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, **options: Any):
+    """`vpltool report RUN`: the static HTML report of a run folder, or of one `segment` folder
+    (:class:`ReportConfig`). Returns its summary (``index``: the page)."""
+    from ..stages.report import run_report
+
+    cfg, _ = configs("report", ReportConfig, options, runtime=False)
+    return run_report(run, out, cfg, workers=workers)
+
+
+__all__ = ["extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",
+           "segment", "report", "configs"]

@@ -1,0 +1,60 @@
+"""Plain images: one photo, or a folder of photos with no labels, no masks and no layout (``segment``'s input).
+
+A source like the others: :func:`open_images` gives a :class:`~vpltool.data.common.Dataset` whose classes are
+background alone (the class names come from ``--classes``) and whose items have no labels and no ground truth, so
+`segment` reads it as it reads a VOC root, `eval` says it cannot be scored and `report` shows its images and masks.
+Only the folder's own files are read (not its sub-folders); the photos are never written (the folder is protected
+like a dataset's root; a single photo, the file alone). Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import VplError
+from ..presets import BACKGROUND
+from .common import IMAGE_EXTS, LAYOUT_FOLDERS, LAYOUTS, Dataset, Item, index_files
+
+IMAGE = "image"  # Dataset.kind of one photo (its root is the file)
+IMAGES = "images"  # Dataset.kind of a folder of photos (its root is the folder)
+PLAIN = (IMAGE, IMAGES)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTS
+
+
+def open_images(path: Path) -> Dataset:
+    """One image file, or the image files directly inside a folder (by name; the id is the file stem).
+
+    Raises:
+        VplError: one line naming ``path`` and the fix: a file that is no image by its extension, a folder with no
+            image in it (the image extensions vpltool reads: ``IMAGE_EXTS``), two files of one stem.
+    """
+    if path.is_file():
+        if not is_image_file(path):
+            raise VplError(f"{path}: not an image (vpltool reads {', '.join(IMAGE_EXTS)}) and not a manifest .json; "
+                           "pass a photo, a folder of photos or a dataset")
+        return Dataset(IMAGE, path, None, (BACKGROUND,), [Item(path.stem, path, ())], None)
+    images = index_files(path, IMAGE_EXTS, strict=True)
+    if not images:
+        others = sorted(e.name for e in os.scandir(path) if not e.name.startswith("."))
+        what = f"holds {len(others)} other file{'s' if len(others) != 1 else ''} ({', '.join(others[:3])}" \
+            f"{', ...' if len(others) > 3 else ''})" if others else "is empty"
+        raise VplError(f"{path}: {what}: no image ({', '.join(IMAGE_EXTS)}) and no dataset layout; pass a folder "
+                       f"of photos, or {'; '.join(LAYOUTS)}")
+    items = [Item(stem, images[stem], ()) for stem in sorted(images)]
+    return Dataset(IMAGES, path, None, (BACKGROUND,), items, None)
+
+
+def is_plain(dataset: Dataset) -> bool:
+    """Photos alone (:func:`open_images`): no class list of their own and no ground truth."""
+    return dataset.kind in PLAIN
+
+
+# a photo's folder is not a dataset's: outputs may lie beside it (only the file itself is protected)
+LAYOUT_FOLDERS[IMAGE] = lambda root: []
+LAYOUT_FOLDERS[IMAGES] = lambda root: []
+
+__all__ = ["IMAGE", "IMAGES", "PLAIN", "is_image_file", "is_plain", "open_images"]
