@@ -46,6 +46,7 @@ from .data.nouns import noun_prompts, noun_source
 from .data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
 from .device import seed_everything
 from .errors import VplError
+from .presets import IMAGENET_TEMPLATES
 from .ranks import process_group
 
 STAGE = "train-pgseg"
@@ -70,7 +71,7 @@ def schedule_lr(cfg: PGSegTrainConfig, t: int, steps_per_epoch: int) -> float:
     """timm ``CosineLRScheduler(t_initial=epochs*steps, warmup_t=warmup_epochs*steps, lr_min, warmup_lr_init,
     cycle_limit=1, t_in_epochs=False)`` at update ``t``: linear warm-up from ``warmup_lr``, then the cosine from
     ``lr`` to ``min_lr`` over the whole run (the warm-up counted in it, ``warmup_prefix`` False)."""
-    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    total, warm = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     if t < warm:
         return cfg.warmup_lr + t * (cfg.lr - cfg.warmup_lr) / warm
     if t >= total:
@@ -98,9 +99,10 @@ class PairViews(torch.utils.data.Dataset):
 
         self.pairs, self.tokenize, self.seed = pairs.pairs, tokenize, cfg.seed
         self.multi_label, self.nouns = cfg.multi_label, nouns
+        self.templates = IMAGENET_TEMPLATES if cfg.noun_templates == "full" else _family().TEMPLATES["simple"]
         self.transform = transforms.Compose([
             transforms.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0)),
-            transforms.RandomHorizontalFlip(),
+            *([transforms.RandomHorizontalFlip()] if cfg.hflip else []),
             transforms.ToTensor(),
             transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ])
@@ -117,7 +119,8 @@ class PairViews(torch.utils.data.Dataset):
         if self.multi_label == 0:
             return image, self.tokenize([pair.caption])[0]
         rng = np.random.RandomState(np.random.SeedSequence([self.seed, epoch, index, 1]).generate_state(1)[0])
-        return image, self.tokenize(noun_prompts(pair.caption, self.nouns(pair.caption), self.multi_label, rng))
+        return image, self.tokenize(noun_prompts(pair.caption, self.nouns(pair.caption), self.multi_label, rng,
+                                                 self.templates))
 
 
 class GlobalBatches(torch.utils.data.Sampler):
@@ -203,7 +206,12 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
     return fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
-                                      "multi_label_weight": cfg.multi_label_weight})
+                                      "multi_label_weight": cfg.multi_label_weight,
+                                      "multi_positive": cfg.multi_positive, "multi_label_pool": cfg.multi_label_pool,
+                                      "contrast_temperature": cfg.temperature,
+                                      "hard_assignment": cfg.hard_assignment,
+                                      **({} if init_config is not None else
+                                         {"assign_qk_init": cfg.assign_qk_init, "qk_init": cfg.qk_init})})
 
 
 def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
