@@ -25,10 +25,14 @@ PGSEG_RECIPES: dict[str, dict[str, Any]] = {
     # pgseg_length.json); nothing was tuned on val. The demo (make pgseg) adds GroupViT's multi-label noun loss,
     # `--multi-label 3 --nouns FILE` (the world's shape and background words): a noun vocabulary is data, so the
     # recipe keeps the reference's 0 (docs/pgseg.md: the demo's figures with and without it)
-    # the demo world from `make-pairs` shards (docs/pgseg.md: how each value was chosen, on the train split)
+    # the demo world from `make-pairs` shards (32,000 pairs: one pass, 500 steps), chosen on the train split
+    # (docs/pgseg.md, studies/results/pgseg_recipe_probes.json): the toy CLIP's image tower size ("demo" preset),
+    # the whole 96 px views unflipped (their captions say left and right), GroupViT's multi-label loss (3 nouns)
+    # read on each image's best group (what segmentation reads), the assignment attention's mimetic init at gain 6
+    # (the others' at 2): with the reference's init every soft assignment stayed near uniform
     "demo": {"preset": "demo", "batch_size": 64, "epochs": 1, "warmup_epochs": 0.05, "lr": 1e-3, "warmup_lr": 1e-5,
              "min_lr": 1e-5, "crop_size": 96, "min_scale": 1.0, "hflip": False, "multi_label": 3,
-             "noun_templates": "simple", "multi_positive": True, "temperature": 0.01, "log_every": 10},
+             "multi_label_pool": "max", "assign_qk_init": 6.0, "qk_init": 2.0, "log_every": 10},
     "cpu": {"preset": "tiny", "batch_size": 32, "epochs": 75, "warmup_epochs": 3, "lr": 1e-3, "warmup_lr": 1e-5,
             "min_lr": 1e-4, "crop_size": 96, "min_scale": 1.0, "log_every": 5},
 }
