@@ -435,6 +435,7 @@ OVSS_REFS ?=
 OVSS_WORK ?=
 OVSS_PROXY_IMAGES ?= 12
 # PGSEG_REF=a clone of Ferenas/PGSeg (9f167cd), GROUPVIT_REF=one of NVlabs/GroupViT (13b7861): the pgseg family
+# (pgseg_parity.py) and the whole train-pgseg trainer against their training loops (pgseg_trainer_parity.py)
 PGSEG_REF ?=
 GROUPVIT_REF ?=
 # WECLIP_REF=/path/to/a/clone of zbf1991/WeCLIP (0f47db4): --recipe weclip against WeCLIP's own code (weclip_parity.py)
@@ -464,6 +465,9 @@ parity: setup
 	  && mv $(PARITY_OUT)/ovss_parity_cass.json.tmp $(PARITY_OUT)/ovss_parity_cass.json))
 	$(if $(PGSEG_REF),$(VENV)/bin/python parity/pgseg_parity.py --ref $(PGSEG_REF) --slide \
 	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) --out $(PARITY_OUT)/pgseg_parity.json > /dev/null)
+	$(if $(PGSEG_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/pgseg_trainer_parity.py --ref $(PGSEG_REF) \
+	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) > $(PARITY_OUT)/pgseg_trainer_parity.json.tmp \
+	  && mv $(PARITY_OUT)/pgseg_trainer_parity.json.tmp $(PARITY_OUT)/pgseg_trainer_parity.json)
 	$(if $(WECLIP_REF),$(VENV)/bin/python parity/weclip_parity.py --ref $(WECLIP_REF) $(if $(WECLIP_WORK),--work $(WECLIP_WORK)) \
 	  $(if $(WECLIP_DINO_REF),--dino-repo $(WECLIP_DINO_REF)) \
 	  --previous $(PARITY_OUT)/weclip_parity.json > $(PARITY_OUT)/weclip_parity.json.tmp && mv $(PARITY_OUT)/weclip_parity.json.tmp $(PARITY_OUT)/weclip_parity.json, \
@@ -570,9 +574,13 @@ $(RUN)/metrics/train_%.json: $(RUN)/predtrain_%/_stage.json
 
 ## The hostile-input generator, longer than the suite's bounded run (tests/test_fuzz.py; FUZZ_EXAMPLES per command)
 FUZZ_EXAMPLES ?= 40
+# then two commands with one input changed between them (tests/test_fuzz_two_command.py; FUZZ_TWO_EXAMPLES per
+# story; the largest story has 6 changes x 2 ways of stopping)
+FUZZ_TWO_EXAMPLES ?= 14
 .PHONY: fuzz
 fuzz:
 	VPLTOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
+	VPLTOOL_FUZZ_TWO_EXAMPLES=$(FUZZ_TWO_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz_two_command.py
 
 ## GroupViT, then PGSeg fine-tuned from it, on make-pairs shards (train-pgseg --recipe demo, PGSEG_SEEDS, PGSEG_JOBS
 ## seeds side by side): zero-shot val mIoU of the README's world next to the toy CLIP's MaskCLIP rows, NPR on train

@@ -144,7 +144,7 @@ def make_weights(folder: Path, model: str, config_dir: Path = ASSETS) -> tuple[P
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.backbone import ModelSpec, create_model
+    from vpltool.models import ModelSpec, create_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -161,10 +161,10 @@ def bare_forward_s(model: str, weights: Path, voc: Path, threads: int, device: s
     (on CUDA in bf16, as `cam`'s auto precision runs the frozen blocks)."""
     import torch
 
-    from vpltool.backbone import ModelSpec, load_backbone
     from vpltool.data import open_dataset
     from vpltool.device import autocast
     from vpltool.io import load_image
+    from vpltool.models import ModelSpec, load_backbone
 
     torch.set_num_threads(threads)
     bb = load_backbone(ModelSpec(model, str(weights), config_dir=str(ASSETS)), device)
@@ -189,8 +189,8 @@ def batched_floor(model: str, weights: Path, device: str, size: tuple[int, int] 
     tokens, a VOC photo), timed in this process on ``device``: the floor `cam`'s first pass is measured against."""
     import torch
 
-    from vpltool.backbone import ModelSpec, load_backbone
     from vpltool.device import autocast
+    from vpltool.models import ModelSpec, load_backbone
 
     bb = load_backbone(ModelSpec(model, str(weights), config_dir=str(ASSETS)), device)
     out = {}

@@ -118,7 +118,7 @@ class ChildPeakRss:
 
 def timed_run(cams: Path, out: Path, workers: int, peaks: PeakMemory) -> dict:
     from vpltool.config import CrfConfig, RuntimeConfig
-    from vpltool.crf import run_crf
+    from vpltool.stages.crf import run_crf
 
     name = "crf, 1 worker (in process)" if workers == 1 else f"crf, {workers} workers: the parent process"
     with ChildPeakRss() as rss, peaks.stage(name):
@@ -189,8 +189,8 @@ def gt_like_cams(item, rng: np.random.Generator) -> np.ndarray:
 def score(folder: Path, dataset) -> dict:
     """mIoU (255 counted wrong, as `vpltool eval`), labelled fraction, and mIoU restricted to labelled pixels."""
     from vpltool import io
-    from vpltool.eval import run_eval
-    from vpltool.kernels import MiouAccumulator
+    from vpltool.ops.kernels import MiouAccumulator
+    from vpltool.stages.eval import run_eval
 
     result, _ = run_eval(folder)
     n = len(dataset.classes)
@@ -207,10 +207,10 @@ def score(folder: Path, dataset) -> dict:
 def bench_quality(tmp: Path, n_scenes: int, workers: int, cams_dir: Path | None) -> dict:
     from vpltool import io
     from vpltool.config import CrfConfig, RuntimeConfig
-    from vpltool.crf import run_crf
     from vpltool.data import open_dataset
     from vpltool.demo.make_world import write_dataset
     from vpltool.demo.scenes import SceneConfig
+    from vpltool.stages.crf import run_crf
 
     if cams_dir is None:
         root = write_dataset(tmp / "world", n_train=n_scenes, n_val=0, seed=0,
@@ -235,7 +235,7 @@ def bench_quality(tmp: Path, n_scenes: int, workers: int, cams_dir: Path | None)
 def score_normalised_rule(cams_dir: Path, dataset, folder: Path) -> dict:
     """The rejected --no-crf rule: 255 where ``max(P / sum P) < 0.95``; scored like the stage outputs."""
     from vpltool import io
-    from vpltool.kernels import crf_probabilities, pseudo_labels
+    from vpltool.ops.kernels import crf_probabilities, pseudo_labels
 
     for item in dataset.items:
         maps = io.read_cam(io.cam_path(cams_dir, item.id), dataset.classes)

@@ -46,14 +46,14 @@ ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "model_confi
 os.environ.setdefault("VPLTOOL_MODEL_CONFIGS", str(ASSETS))
 
 from vpltool import io  # noqa: E402
-from vpltool.backbone import ModelSpec, load_backbone  # noqa: E402
 from vpltool.config import DecoderConfig, RuntimeConfig, TextPrototypesConfig  # noqa: E402
 from vpltool.data import open_dataset  # noqa: E402
 from vpltool.demo import TOY_DIR, TOY_MODEL  # noqa: E402
 from vpltool.demo.make_world import write_dataset  # noqa: E402
 from vpltool.demo.scenes import BACKGROUNDS  # noqa: E402
-from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
-from vpltool.train_decoder import run_train_decoder  # noqa: E402
+from vpltool.models import ModelSpec, load_backbone  # noqa: E402
+from vpltool.stages.text_prototypes import build_text_prototypes  # noqa: E402
+from vpltool.stages.train_decoder import run_train_decoder  # noqa: E402
 
 import benchlib  # noqa: E402
 from benchlib import PeakMemory, machine  # noqa: E402
@@ -175,7 +175,7 @@ def _op_parts(bb, protos: Path, cfg: DecoderConfig) -> dict:
     """Ops dispatched by the two parts of a step, on one stand-in batch: the frozen tower's forward and the
     decoder's forward, losses and backward."""
     from vpltool.decoder import SegDecoder, block_features, feature_blocks
-    from vpltool.train_decoder import compute_losses
+    from vpltool.stages.train_decoder import compute_losses
 
     w = io.read_prototypes(protos)
     blocks = feature_blocks(bb.n_blocks, cfg.include_last_block)
@@ -202,7 +202,7 @@ def host_cost(iters: int = 60, images: int = 24, warmup: int = 10, quick: bool =
     they imply:
     ``loading_cores_for_100_its`` = cores the augmentation needs to feed 100 it/s.
     """
-    from vpltool.train_decoder import PseudoMaskSet
+    from vpltool.stages.train_decoder import PseudoMaskSet
 
     torch.set_num_threads(1)  # the tiny model's ops on the loop's own thread: what thread_time measures
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
-"""Benchmark the dense CRF's two backends (vpltool.densecrf): does torch make pydensecrf's masks, and how fast; prints
-ONE JSON object.
+"""Benchmark the dense CRF's two backends (vpltool.ops.densecrf): does torch make pydensecrf's masks, and how fast;
+prints ONE JSON object.
 
     python bench/bench_densecrf.py                                   # this machine's CPU (minutes)
     python bench/bench_densecrf.py --device cuda --images 1000       # a GPU (about 2 minutes)
@@ -27,7 +27,7 @@ Demo mIoU (``demo_miou``): `crf` with each backend on the demo CAMs, scored by `
 it (lattice construction and the mean field timed apart); ``crf --backend pydensecrf`` with one process per core
 on ``--reference-images`` of them. ``iteration_cost``: bytes moved and float operations of one mean-field iteration
 for the lattices of a 500x375 photo at C = 2, 3 and 21 labels (21: VOC's classes, as `predict --crf` has them,
-though with its own kernel sizes), counted kernel by kernel as vpltool.densecrf runs them.
+though with its own kernel sizes), counted kernel by kernel as vpltool.ops.densecrf runs them.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def thin_set(size: tuple[int, int], seed: int = 0) -> list[tuple[str, np.ndarray
 
 # --------------------------------------------------------------------------------------------- agreement
 def _pydensecrf_q(job: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    from vpltool.densecrf import dense_crf
+    from vpltool.ops.densecrf import dense_crf
 
     return dense_crf(*job)
 
@@ -179,7 +179,7 @@ def torch_qs(items, probs, device: str, batch_size: int) -> list[np.ndarray]:
     """The torch backend's Q of every item, ``batch_size`` images per call on ``device``."""
     import torch
 
-    from vpltool.densecrf import image_tensor, mean_field, unary
+    from vpltool.ops.densecrf import image_tensor, mean_field, unary
 
     out = []
     for start in range(0, len(items), batch_size):
@@ -193,7 +193,7 @@ def torch_qs(items, probs, device: str, batch_size: int) -> list[np.ndarray]:
 def compare(reference: np.ndarray, q: np.ndarray, confidence: float = CONFIDENCE) -> dict:
     """Equal fraction of the masks (argmax + 255 below ``confidence``) and of the argmax; the largest pydensecrf
     margin among the pixels that differ; the largest |dQ|."""
-    from vpltool.kernels import pseudo_labels
+    from vpltool.ops.kernels import pseudo_labels
 
     ids = tuple(range(1, len(q)))
     a, b = pseudo_labels(reference, ids, confidence), pseudo_labels(q, ids, confidence)
@@ -220,7 +220,7 @@ def summarise(names: list[str], results: list[dict]) -> dict:
 
 
 def agreement(items, device: str, batch_size: int, workers: int) -> dict:
-    from vpltool.kernels import crf_probabilities
+    from vpltool.ops.kernels import crf_probabilities
 
     probs = [crf_probabilities(cams, 1.0) for _, _, cams in items]
     results = [compare(r, q) for r, q in zip(reference_qs(items, probs, workers),
@@ -243,14 +243,14 @@ def stage_agreement(a: Path, b: Path) -> dict:
 # --------------------------------------------------------------------------------------------- the demo world
 def toy_cams(tmp: Path, scenes: int, device: str) -> Path:
     """The demo world's text-prototype CAMs from the toy CLIP, as `make demo` makes them (REFINE=none)."""
-    from vpltool.backbone import ModelSpec
-    from vpltool.cam import run_cam
     from vpltool.config import CamConfig, ExtractConfig, RuntimeConfig, TextPrototypesConfig
     from vpltool.data import open_dataset
     from vpltool.demo import TOY_MODEL
     from vpltool.demo.make_world import write_dataset
-    from vpltool.extract import run_extract
-    from vpltool.text_prototypes import run_text_prototypes
+    from vpltool.models import ModelSpec
+    from vpltool.stages.cam import run_cam
+    from vpltool.stages.extract import run_extract
+    from vpltool.stages.text_prototypes import run_text_prototypes
 
     dataset = open_dataset(write_dataset(tmp / "world", n_train=scenes, n_val=0, seed=0), "train")
     spec, runtime = ModelSpec(TOY_MODEL, "none"), RuntimeConfig(device=device, workers=1)
@@ -288,8 +288,8 @@ def cam_items(cams: Path, limit: int | None = None) -> list[tuple[str, np.ndarra
 def demo_miou(cams: Path, out: Path, device: str, batch_size: int | None, processes: int) -> dict:
     """`crf` with each backend on ``cams``, scored by `eval`; the difference in mIoU points."""
     from vpltool.config import CrfConfig, RuntimeConfig
-    from vpltool.crf import run_crf
-    from vpltool.eval import run_eval
+    from vpltool.stages.crf import run_crf
+    from vpltool.stages.eval import run_eval
 
     miou = {}
     for backend in ("pydensecrf", "torch"):
@@ -349,8 +349,8 @@ def device_rate(cams: Path, device: str, batch_size: int, batches: int) -> dict:
     import torch
 
     from vpltool.config import CrfConfig
-    from vpltool.densecrf import crf_labels, image_tensor, pairwise_terms, unary
-    from vpltool.kernels import crf_probabilities
+    from vpltool.ops.densecrf import crf_labels, image_tensor, pairwise_terms, unary
+    from vpltool.ops.kernels import crf_probabilities
 
     items = cam_items(cams, batch_size * batches)
     cfg = CrfConfig()
@@ -387,7 +387,7 @@ def device_rate(cams: Path, device: str, batch_size: int, batches: int) -> dict:
 def throughput(tmp: Path, args, peaks) -> tuple[dict, dict]:
     """The stage with each backend and the device alone; also the agreement of the two stages' masks."""
     from vpltool.config import CrfConfig, RuntimeConfig
-    from vpltool.crf import run_crf
+    from vpltool.stages.crf import run_crf
 
     cams = voc_like(tmp, args.images, args.scale)
     reference = subset_folder(cams, tmp / "cams_reference", args.reference_images)
@@ -411,7 +411,7 @@ def throughput(tmp: Path, args, peaks) -> tuple[dict, dict]:
 def default_batch(device: str) -> int:
     import torch
 
-    from vpltool.batches import resolve_batch_size
+    from vpltool.runtime.batches import resolve_batch_size
 
     return resolve_batch_size(None, torch.device(device), cpu_default=1)
 
@@ -419,11 +419,11 @@ def default_batch(device: str) -> int:
 # --------------------------------------------------------------------------------------------- cost model
 def iteration_cost(labels: tuple[int, ...] = (2, 3, 21)) -> dict:
     """Bytes moved and float operations of one mean-field iteration on bench_cam.py's first photo (500x375) for each
-    label count C of ``labels``, kernel by kernel as :class:`vpltool.densecrf.Lattice` and
-    :func:`~vpltool.densecrf.iterate` run them (float32 values, int64 pixel-vertex indices, int32 neighbour
+    label count C of ``labels``, kernel by kernel as :class:`vpltool.ops.densecrf.Lattice` and
+    :func:`~vpltool.ops.densecrf.iterate` run them (float32 values, int64 pixel-vertex indices, int32 neighbour
     indices)."""
     from vpltool.config import CrfConfig
-    from vpltool.densecrf import image_tensor, lattice, pixel_features
+    from vpltool.ops.densecrf import image_tensor, lattice, pixel_features
 
     image = photo_set(1, 1.0)[0][1]
     n, cfg = image.shape[0] * image.shape[1], CrfConfig()

@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(tmp: Path, model: str, scale: float, device: str = "cpu") -> dict:
-    from vpltool.backbone import ModelSpec, load_backbone
-    from vpltool.cam import run_cam
     from vpltool.config import ExtractConfig, RuntimeConfig, TextPrototypesConfig
     from vpltool.data import open_dataset
-    from vpltool.extract import run_extract
-    from vpltool.text_prototypes import run_text_prototypes
+    from vpltool.models import ModelSpec, load_backbone
+    from vpltool.stages.cam import run_cam
+    from vpltool.stages.extract import run_extract
+    from vpltool.stages.text_prototypes import run_text_prototypes
 
     # the same 500x375 photo six times, with 1..6 labels: its own two, then other VOC classes
     labels = [tuple(["person", "aeroplane", "cat", "dog", "car", "bus"][:k]) for k in range(1, 7)]

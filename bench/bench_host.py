@@ -64,7 +64,7 @@ QUICK = {"images": 16, "warmup": 4, "repeats": 1}
 GOAL_MS = 5.0  # issue 28: CPU-ms per image for extract and cam
 SMALL_SCALE = 0.125  # the main thread's run: VOC's 500 x 375 photos become 63 x 47 (4 x 3 patches)
 SMALL_PHOTOS = 4  # ... on 4x as many photos (cheap at that size): a difference of two runs is less noisy
-TEST_SWITCH = "VPLTOOL_TEST_CUDA_PATHS"  # vpltool.batches.TEST_SWITCH: the CUDA-only steps on this CPU
+TEST_SWITCH = "VPLTOOL_TEST_CUDA_PATHS"  # vpltool.runtime.batches.TEST_SWITCH: the CUDA-only steps on this CPU
 
 
 def cpu_seconds(who: int) -> float:
@@ -247,14 +247,14 @@ def run_stages(tmp: Path, args, scale: float, images: int, count: bool = False) 
     """extract, cam and predict on ``images`` photos at ``scale`` (sides), each measured (:func:`measure`);
     ``count``: with the ops each dispatches per image (12-block stand-in)."""
     from vpltool import io
-    from vpltool.backbone import ModelSpec, load_backbone
-    from vpltool.cam import run_cam
     from vpltool.config import DecoderConfig, ExtractConfig, PredictConfig, RuntimeConfig, TextPrototypesConfig
     from vpltool.data import open_dataset
-    from vpltool.extract import run_extract
-    from vpltool.predict import run_predict
-    from vpltool.text_prototypes import run_text_prototypes
-    from vpltool.train_decoder import run_train_decoder
+    from vpltool.models import ModelSpec, load_backbone
+    from vpltool.stages.cam import run_cam
+    from vpltool.stages.extract import run_extract
+    from vpltool.stages.predict import run_predict
+    from vpltool.stages.text_prototypes import run_text_prototypes
+    from vpltool.stages.train_decoder import run_train_decoder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VPLTOOL_MODEL_CONFIGS", str(ASSETS))
@@ -316,10 +316,11 @@ def _decoder(tmp: Path, voc: Path, warm, protos: Path, spec, run_train_decoder, 
 
 def _ops_per_image(tmp: Path, voc: Path, protos: Path, runtime, stages: list[str], device: str) -> dict:
     """Ops per image the main thread dispatches with a 12-block stand-in (ViT-B/16's depth): its launches on a GPU."""
-    from vpltool import cam, extract, io
-    from vpltool.backbone import ModelSpec, load_backbone
+    from vpltool import io
     from vpltool.config import ExtractConfig
     from vpltool.data import open_dataset
+    from vpltool.models import ModelSpec, load_backbone
+    from vpltool.stages import cam, extract
 
     configs = tmp / "deep"
     configs.mkdir()

@@ -4,7 +4,7 @@ Default: 1M unit pixel features x 512-d in images of 1024 pixels with 1-3 of 20 
 (45 rows, VOC's layout), hard targets, resident in memory (fp32 on a CPU, the stage's choice when it fits).
 
 Timed, alternately, ``--pairs`` times: one full pass of the stage's iteration kernel
-(:func:`vpltool.learn_prototypes.descent.chunk_loss_grad`) and one full pass of its floor, the same two skinny
+(:func:`vpltool.stages.learn_prototypes.descent.chunk_loss_grad`) and one full pass of its floor, the same two skinny
 products on the same chunks and threads with nothing else (``skinny_products``). ``fraction_of_bound`` is bound
 time / stage time per pair (the issue's bar: >= 0.85); the 3000-iteration time (the paper's T_w) is the median
 iteration times 3001. Then ``--iters`` real descent iterations check that the loss goes down. Setup (data
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from vpltool.config import LearnPrototypesConfig
 from vpltool.device import resolve_device, resolve_precision
-from vpltool.learn_prototypes import CHUNK_PX, ChunkBuilder, MemorySource, descend, make_targets, project_rows
-from vpltool.learn_prototypes.descent import chunk_loss_grad, cpu_workers, loss_and_grad, skinny_products
+from vpltool.stages.learn_prototypes import CHUNK_PX, ChunkBuilder, MemorySource, descend, make_targets, project_rows
+from vpltool.stages.learn_prototypes.descent import chunk_loss_grad, cpu_workers, loss_and_grad, skinny_products
 
 from benchlib import PeakMemory, machine
 
@@ -139,7 +139,7 @@ def voc_launches(args: argparse.Namespace) -> dict:
     from bench_cam import VOC_LABEL_COUNTS as COUNTS
     from bench_decoder import OpCounter
 
-    from vpltool.learn_prototypes.descent import mean_loss_and_grad
+    from vpltool.stages.learn_prototypes.descent import mean_loss_and_grad
 
     rng = random.Random(0)
     sets = sorted((tuple(sorted(rng.sample(range(1, args.classes + 1),

@@ -30,13 +30,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     args = parser.parse_args()
 
-    from vpltool.backbone import ModelSpec
     from vpltool.config import RuntimeConfig, TextPrototypesConfig, decoder_recipe
     from vpltool.data import open_dataset
     from vpltool.demo.make_world import write_dataset
-    from vpltool.text_prototypes import run_text_prototypes
-    from vpltool.train_decoder import run_train_decoder
-    from vpltool.train_decoder.online import par
+    from vpltool.models import ModelSpec
+    from vpltool.stages.text_prototypes import run_text_prototypes
+    from vpltool.stages.train_decoder import run_train_decoder
+    from vpltool.stages.train_decoder.online import par
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

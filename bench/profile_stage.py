@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(tmp: Path, args, stages: list[str]) -> dict:
-    from vpltool.backbone import ModelSpec, load_backbone
-    from vpltool.cam import run_cam
     from vpltool.config import ExtractConfig, RuntimeConfig, TextPrototypesConfig
     from vpltool.data import open_dataset
-    from vpltool.extract import run_extract
-    from vpltool.text_prototypes import run_text_prototypes
+    from vpltool.models import ModelSpec, load_backbone
+    from vpltool.stages.cam import run_cam
+    from vpltool.stages.extract import run_extract
+    from vpltool.stages.text_prototypes import run_text_prototypes
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VPLTOOL_MODEL_CONFIGS", str(ASSETS))

@@ -44,8 +44,6 @@ from PIL import Image  # noqa: E402
 from torch.utils import flop_counter  # noqa: E402
 
 from vpltool import io, presets  # noqa: E402
-from vpltool.backbone import ModelSpec, load_backbone  # noqa: E402
-from vpltool.cam import run_cam  # noqa: E402
 from vpltool.config import (  # noqa: E402
     CamConfig,
     CrfConfig,
@@ -55,13 +53,15 @@ from vpltool.config import (  # noqa: E402
     PredictConfig,
     RuntimeConfig,
 )
-from vpltool.crf import run_crf  # noqa: E402
 from vpltool.data import open_dataset  # noqa: E402
-from vpltool.extract import run_extract  # noqa: E402
-from vpltool.learn_prototypes import run_learn_prototypes  # noqa: E402
-from vpltool.predict import run_predict  # noqa: E402
-from vpltool.text_prototypes import build_text_prototypes  # noqa: E402
-from vpltool.train_decoder import run_train_decoder  # noqa: E402
+from vpltool.models import ModelSpec, load_backbone  # noqa: E402
+from vpltool.stages.cam import run_cam  # noqa: E402
+from vpltool.stages.crf import run_crf  # noqa: E402
+from vpltool.stages.extract import run_extract  # noqa: E402
+from vpltool.stages.learn_prototypes import run_learn_prototypes  # noqa: E402
+from vpltool.stages.predict import run_predict  # noqa: E402
+from vpltool.stages.text_prototypes import build_text_prototypes  # noqa: E402
+from vpltool.stages.train_decoder import run_train_decoder  # noqa: E402
 
 import benchlib  # noqa: E402
 from benchlib import PeakMemory, machine, synchronize  # noqa: E402

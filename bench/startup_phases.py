@@ -46,16 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     mark("import_torch")
-    from vpltool.backbone.loading import import_open_clip
+    from vpltool.models.loading import import_open_clip
 
     import_open_clip()
     mark("import_open_clip")
     import vpltool.cli  # noqa: F401  (what the command imports before it runs)
     from vpltool import io
-    from vpltool.backbone import ModelSpec, load_backbone
-    from vpltool.cam import run_cam
     from vpltool.config import RuntimeConfig
     from vpltool.device import resolve_device
+    from vpltool.models import ModelSpec, load_backbone
+    from vpltool.stages.cam import run_cam
 
     mark("import_vpltool")
     device = resolve_device(args.device)

@@ -7,7 +7,7 @@
     python parity/cass_weights.py --base W --held-out 6    # also on inputs not shaped on (slide windows)
 
 Why. CASS matches DINO's 12 heads to CLIP's by ``linear_sum_assignment`` on ``1 - Σ|sorted spectrum_D - sorted
-spectrum_K|`` (vpltool's :func:`~vpltool.backbone.dense.head_matching_cost`), minimised as coded: it pairs the
+spectrum_K|`` (vpltool's :func:`~vpltool.models.dense.head_matching_cost`), minimised as coded: it pairs the
 most DISSIMILAR spectra. That cost is additive wherever, at every sorted position, the two DINO heads' values lie on
 one side of the two CLIP heads', and on timm's / open_clip's random init every head of a side has about the same
 spectrum, so many assignments tie (margin 0.0 on every parity input) and a 1e-7 difference of the two
@@ -108,8 +108,8 @@ def last_block_tokens(bb, x) -> tuple:
     import torch
     import torch.nn.functional as F
 
-    from vpltool.backbone.dense import cass_proxy_input
-    from vpltool.backbone.dino import _dino_attention
+    from vpltool.models.dense.cass import cass_proxy_input
+    from vpltool.models.dino import _dino_attention
 
     p = bb.patch_size
     px = x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p]
@@ -198,13 +198,13 @@ def shaped_states(states: tuple[dict, dict], moments: tuple, seed: int, lam: flo
 
 def key_margins(tokens: dict, clip: dict, dino: dict) -> dict:
     """Per input the ambiguity of CASS's matching (:func:`ovss_parity.ambiguity`) on vpltool's cost
-    (:func:`~vpltool.backbone.dense.head_matching_cost`) of the keys the given last key projections make."""
+    (:func:`~vpltool.models.dense.head_matching_cost`) of the keys the given last key projections make."""
     import numpy as np
     import torch.nn.functional as F
     from ovss_parity import ambiguity
     from scipy.optimize import linear_sum_assignment
 
-    from vpltool.backbone.dense import SpectralMatching, head_matching_cost
+    from vpltool.models.dense.cass import SpectralMatching, head_matching_cost
 
     def keys(t, state, key):
         k = F.linear(t.float(), state[key + "weight"][WIDTH : 2 * WIDTH], state[key + "bias"][WIDTH : 2 * WIDTH])

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from vpltool import io
-from vpltool.backbone import ModelSpec, load_backbone
-from vpltool.cam import affinity, refine
 from vpltool.config import CAM_ATTENTION_BLOCKS, CamConfig
 from vpltool.data import open_dataset
-from vpltool.kernels import upsample
+from vpltool.models import ModelSpec, load_backbone
+from vpltool.ops.kernels import upsample
+from vpltool.stages.cam import affinity, refine
 
 ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets" / "model_configs"
 

@@ -107,9 +107,9 @@ class Vpltool(dp.Vpltool):
         self.proxy, self._proxy_path = None, proxy
 
     def backbone(self, method: str):
-        from vpltool.backbone.dino import DinoSpec
-        from vpltool.backbone.registry import load_model
         from vpltool.config.dense import PROXY_METHODS
+        from vpltool.models.dino import DinoSpec
+        from vpltool.models.registry import load_model
 
         if method not in PROXY_METHODS:
             return self.base.with_dense(method)
@@ -151,7 +151,7 @@ def cached_outputs(cache: Path, compute):
     def outputs(vt, name, x, text, query_idx, n_classes, ori, renorm):
         import torch
 
-        from vpltool.backbone.segmentor import dense_probabilities
+        from vpltool.models.segmentor import dense_probabilities
 
         path = cache / f"{_key(name, x, text)}.pt"
         if not path.is_file():
@@ -175,7 +175,7 @@ def precompute(work: Path, args) -> None:
     import torch
     from dense_ref_runner import mmseg_input
 
-    from vpltool.backbone.segmentor import segment_logits
+    from vpltool.models.segmentor import segment_logits
 
     cache = work / "vpltool_cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -290,10 +290,11 @@ def dino_collapse(work: Path, args) -> dict:
     import torch.nn.functional as F
     from dense_ref_runner import mmseg_input
 
-    from vpltool.backbone.dino import DinoSpec
-    from vpltool.backbone.registry import load_model
-    from vpltool.backbone.segmentor import trident_input, window_starts
     from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.models.dense.trident import trident_input
+    from vpltool.models.dino import DinoSpec
+    from vpltool.models.registry import load_model
+    from vpltool.models.segmentor import window_starts
 
     model, config_dir = dp.model_config(work, args.model, args.text_layers)
     _, _, photos_dir = dp.setup(work, model, config_dir, args.images, 1.0)
@@ -338,11 +339,12 @@ def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: 
     import torch
     from dense_ref_runner import mmseg_input
 
-    from vpltool.backbone.dino import DinoSpec
-    from vpltool.backbone.registry import load_model
-    from vpltool.backbone.sam import SamSpec
-    from vpltool.backbone.segmentor import sam_image, segment_logits
     from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.models.dense.trident import sam_image
+    from vpltool.models.dino import DinoSpec
+    from vpltool.models.registry import load_model
+    from vpltool.models.sam import SamSpec
+    from vpltool.models.segmentor import segment_logits
 
     out = work / "vpltool_trident"
     out.mkdir(parents=True, exist_ok=True)
@@ -370,17 +372,18 @@ def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[
                        settings, sam: Path, scales: Sequence[float]) -> dict:
     """Trident's post-processing at each logit scale of ``scales``, without and with its SAM refinement
     (``eval.py --sam_refine``), as the reference's runner recorded it (``scale_S`` in its photo files), against
-    vpltool's on vpltool's own logits: :func:`~vpltool.backbone.segmentor.dense_probabilities`, then
-    :func:`~vpltool.backbone.sam_refine.refine` with SAM's encoding of :func:`~vpltool.backbone.segmentor.sam_image`
-    (the same pass as the aggregation's, :func:`~vpltool.backbone.segmentor.sam_attention` with ``features``) and
+    vpltool's on vpltool's own logits: :func:`~vpltool.models.segmentor.dense_probabilities`, then
+    :func:`~vpltool.models.sam_refine.refine` with SAM's encoding of :func:`~vpltool.models.dense.trident.sam_image`
+    (the same pass as the aggregation's, :func:`~vpltool.models.dense.trident.sam_attention` with ``features``) and
     SAM's prompt encoder and mask decoder loaded through ``load_model('sam', SamSpec(..., prompt=True))``."""
     import cv2
     import torch
 
-    from vpltool.backbone.registry import load_model
-    from vpltool.backbone.sam import SamSpec
-    from vpltool.backbone.sam_refine import refine
-    from vpltool.backbone.segmentor import dense_probabilities, sam_attention, sam_image
+    from vpltool.models.dense.trident import sam_attention, sam_image
+    from vpltool.models.registry import load_model
+    from vpltool.models.sam import SamSpec
+    from vpltool.models.sam_refine import refine
+    from vpltool.models.segmentor import dense_probabilities
 
     out: dict = {"scales": {}, "photos": []}
     from trident_ref_runner import variant_key
@@ -446,8 +449,8 @@ def run_trident(work: Path, args) -> dict:
 
     import torch
 
-    from vpltool.backbone.segmentor import dense_probabilities
     from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.models.segmentor import dense_probabilities
     from vpltool.presets import IMAGENET_TEMPLATES
 
     start = time.perf_counter()
@@ -643,7 +646,7 @@ def shared_matching(vt: Vpltool, ref: Path, only: list[int] | None = None) -> di
     the matching alone."""
     import torch
 
-    from vpltool.backbone.segmentor import grid_logits
+    from vpltool.models.segmentor import grid_logits
 
     meta = json.loads((ref / "meta.json").read_text())
     words, query_idx = meta["query_words"], torch.tensor(meta["query_idx"])

@@ -7,7 +7,7 @@
 docstring says what is stubbed: mmcv/mmseg/omegaconf/matplotlib imports, and the one-process collective). The
 reference builds its model (``configs/pgseg_specific.yml``: GroupViT-S; ``--tiny``: a smaller config of the same
 code) under seed 0 with its own initialisers plus seeded noise, and saves it as its releases are saved; vpltool
-reads that file through its key map (:func:`vpltool.backbone.pgseg.load_checkpoint`) and both run, fp32 on the CPU:
+reads that file through its key map (:func:`vpltool.models.pgseg.load_checkpoint`) and both run, fp32 on the CPU:
 
 a. ``eval``: the image encoder's final tokens, both stages' soft and hard assignment maps, the text encoder's EOT
    features, the projected embeddings, on the 12 parity photos at 224x224 with a caption each (bar <= 1e-5);
@@ -17,7 +17,10 @@ b. ``train``: one ``forward_train`` in training mode on that batch, gumbel noise
    gradient of every parameter; the parameters and buffers after one AdamW step (lr 1e-3, wd 0.05) (bar <= 1e-5);
 c. ``zero_shot``: VOC's 20 class names in the ``simple`` template, each photo at short side ``--seg-short``
    (448, the reference's test scale), ``PGSegInference.encode_decode`` (whole image) against
-   :func:`vpltool.backbone.pgseg.zero_shot_logits`: logits and the share of equal labels (bar >= 99.9 %).
+   :func:`vpltool.models.pgseg.zero_shot_logits`: logits and the share of equal labels (bar >= 99.9 %);
+d. ``zero_shot_files`` (``--files``): ``vpltool segment --pgseg`` run as a command on the photo FILES, whole image
+   and slide, against the reference's mmseg evaluation of the same files (its test pipeline restated with mmcv's
+   cv2 calls): the share of equal labels (bar >= 99.9 %), the test images, T-NPR's buffer after evaluation.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 BAR = 1e-5
+FUSED_ATTENTION = False  # vpltool's side with the family's fused attention (--fused-attention)
 LABEL_BAR = 0.999
 REF_COMMIT = "9f167cd"
 REF_COMMIT_FULL = "9f167cd9de614e42340c22888650719579df3474"
@@ -50,7 +55,7 @@ def make_inputs(work: Path, images: int, size: int, seg_short: int) -> dict:
     import torch
     from PIL import Image
 
-    from vpltool.backbone.pgseg import IMAGE_MEAN, IMAGE_STD
+    from vpltool.models.pgseg import IMAGE_MEAN, IMAGE_STD
 
     voc = work / "voc"
     if len(list((voc / "JPEGImages").glob("*.jpg"))) != images:
@@ -109,7 +114,7 @@ def vpltool_side(ckpt: Path, inputs: dict, ref_tokens, ref_class_tokens) -> dict
     """The same quantities from vpltool's model loaded from the reference's checkpoint."""
     import torch
 
-    from vpltool.backbone.pgseg import (
+    from vpltool.models.pgseg import (
         class_text_embeddings,
         load_checkpoint,
         model_from_state,
@@ -118,7 +123,7 @@ def vpltool_side(ckpt: Path, inputs: dict, ref_tokens, ref_class_tokens) -> dict
     )
 
     cfg, state = load_checkpoint(ckpt)
-    model = model_from_state(cfg, state, str(ckpt))
+    model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state, str(ckpt))
     tok = tokenizer(cfg)
     tokens = tok(inputs["captions"])
     class_tokens = torch.stack([tok([f"a photo of a {c}."]) for c in inputs["classes"]])
@@ -150,13 +155,13 @@ def vpltool_train_internals(ckpt: Path, images, tokens) -> dict:
     """The NPR internals of vpltool's training forward (prototypes, centres, text prototypes), seeded as above."""
     import torch
 
-    from vpltool.backbone.pgseg import load_checkpoint, model_from_state
+    from vpltool.models.pgseg import load_checkpoint, model_from_state
 
     cfg, state = load_checkpoint(ckpt)
-    model = model_from_state(cfg, state, str(ckpt)).train()
+    model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state, str(ckpt)).train()
     torch.manual_seed(1)
     with torch.no_grad():
-        eot = model.text_encoder(tokens)
+        eot = model.text_encoder(tokens, move_prototypes=False)  # as forward_train: T-NPR once, below
         text_mu = model.text_encoder.prototypes(eot)
         _, stages = model.img_encoder.forward_features(images)
     return {"mu": [stages[0]["mu"], stages[1]["mu"]], "center": [stages[0]["center"], stages[1]["center"]],
@@ -223,7 +228,7 @@ def self_reference(work: Path, inputs: dict) -> dict:
     the comparison's plumbing without the clone, every figure 0."""
     import torch
 
-    from vpltool.backbone.pgseg import build_model, tiny_config, tokenizer
+    from vpltool.models.pgseg import build_model, tiny_config, tokenizer
 
     model = build_model(tiny_config(), seed=0)
     ref = work / "ref"
@@ -248,10 +253,10 @@ def groupvit_side(ckpt: Path, images, tokens) -> dict:
     and one AdamW step, as :func:`pgseg_ref_runner.run_groupvit`."""
     import torch
 
-    from vpltool.backbone.pgseg import load_checkpoint, model_from_state
+    from vpltool.models.pgseg import load_checkpoint, model_from_state
 
     cfg, state = load_checkpoint(ckpt)
-    model = model_from_state(cfg, state, str(ckpt)).eval()
+    model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state, str(ckpt)).eval()
     with torch.no_grad():
         feats = model.image_features(images)
         maps = [{k: s["maps"][k] for k in ("soft", "hard")} for s in feats["stages"] if s["maps"] is not None]
@@ -301,7 +306,7 @@ def groupvit_multi_label_side(ckpt: Path, ref: dict, images) -> dict:
 
     import torch
 
-    from vpltool.backbone.pgseg import PGSeg, load_checkpoint
+    from vpltool.models.pgseg import PGSeg, load_checkpoint
 
     tokens = ref["tokens"]
     cfg, state = load_checkpoint(ckpt)
@@ -357,7 +362,7 @@ def run_multi_label(args, work: Path, inputs: dict) -> dict:
            "--groupvit", "--multi-label"] + (["--tiny"] if args.tiny else [])
     if not (args.reuse and (work / "groupvit" / "groupvit_ml.pt").is_file()):
         subprocess.run(cmd, check=True, stdout=sys.stderr,
-                       env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+                       env=ref_env(args.threads, args.timm))
     ref = torch.load(work / "groupvit" / "groupvit_ml.pt")
     vt = groupvit_multi_label_side(work / "groupvit" / "groupvit_ml_checkpoint.pth", ref, inputs["images"])
     return {**compare_groupvit_multi_label(ref, vt), "texts": inputs["multi_label_texts"],
@@ -366,17 +371,17 @@ def run_multi_label(args, work: Path, inputs: dict) -> dict:
 
 def compare_slide(args, work: Path, inputs: dict) -> dict:
     """The reference's ``encode_decode`` through mmseg's slide inference (restated in the runner) against
-    :func:`vpltool.backbone.pgseg.zero_shot_logits` with ``mode='slide'``."""
+    :func:`vpltool.models.pgseg.zero_shot_logits` with ``mode='slide'``."""
     import torch
 
-    from vpltool.backbone.pgseg import (
+    from vpltool.models.pgseg import (
         class_text_embeddings,
         load_checkpoint,
         model_from_state,
         tokenizer,
         zero_shot_logits,
     )
-    from vpltool.backbone.pgseg.zeroshot import slide_windows
+    from vpltool.models.pgseg.zeroshot import slide_windows
 
     out = work / "ref"
     cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(args.ref),
@@ -384,10 +389,10 @@ def compare_slide(args, work: Path, inputs: dict) -> dict:
            "--slide-only"] + (["--tiny"] if args.tiny else [])
     if not (args.reuse and (out / "slide.pt").is_file()):
         subprocess.run(cmd, check=True, stdout=sys.stderr,
-                       env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+                       env=ref_env(args.threads, args.timm))
     ref = torch.load(out / "slide.pt", mmap=True)
     cfg, state = load_checkpoint(out / "ref_checkpoint.pth")
-    model = model_from_state(cfg, state).eval()
+    model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state).eval()
     tok = tokenizer(cfg)
     emb = class_text_embeddings(model, torch.stack([tok([f"a photo of a {c}."]) for c in inputs["classes"]]))
     diffs, same, pixels, windows = [], 0.0, 0, 0
@@ -401,14 +406,89 @@ def compare_slide(args, work: Path, inputs: dict) -> dict:
             "labels_equal": same / pixels}
 
 
-def run_reference(clone: Path, inputs_pt: Path, out: Path, tiny: bool, threads: int, reuse: bool = False) -> dict:
+def compare_files(args, work: Path, inputs: dict) -> dict:
+    """`segment --pgseg` from the photo FILES (the command itself, in a process of its own; whole image and slide)
+    against the reference's evaluation of the same files (the runner's ``--files``: its mmseg test pipeline
+    restated with mmcv's cv2 calls, its model, mmseg's inference): the share of equal labels. Also the test images
+    themselves (vpltool's :func:`~vpltool.models.pgseg.image_tensor` of the decoded file against the
+    reference's pipeline) and T-NPR's text-prototype buffer after the class names were embedded (the reference
+    moves it in evaluation too)."""
+    import torch
+
+    from vpltool import io
+    from vpltool.models.pgseg import class_text_embeddings, class_tokens, image_tensor, tokenizer
+    from vpltool.models.registry import load_model
+
+    short = 64 if args.tiny else args.seg_short
+    crop, stride = (32, 16) if args.tiny else (448, 224)
+    voc = work / "voc"
+    files = sorted((voc / "JPEGImages").glob("*.jpg"))
+    torch.save({"classes": inputs["classes"], "files": [str(f) for f in files], "files_short": short,
+                "files_slide": (crop, stride)}, work / "inputs_files.pt")
+    out = work / "ref"
+    cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(args.ref),
+           "--inputs", str(work / "inputs_files.pt"), "--out", str(out), "--threads", str(args.threads),
+           "--files"] + (["--tiny"] if args.tiny else [])
+    if not (args.reuse and (out / "files.pt").is_file()):
+        subprocess.run(cmd, check=True, stdout=sys.stderr, env=ref_env(args.threads, args.timm))
+    ref = torch.load(out / "files.pt")
+    ckpt = out / "ref_checkpoint.pth"
+    env = {"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+           "HF_HUB_OFFLINE": "1"}
+    modes = {}
+    for mode, (c, st) in (("whole", (0, stride)), ("slide", (crop, stride))):
+        seg = work / f"segment_{mode}"
+        subprocess.run([sys.executable, "-m", "vpltool", "segment", str(voc), "--split", "train", "--pgseg",
+                        str(ckpt), "--classes", ",".join(inputs["classes"]), "-o", str(seg), "--short-side",
+                        str(short), "--slide-crop", str(c), "--slide-stride", str(st), "--device", "cpu",
+                        "--overwrite"], check=True, stdout=sys.stderr, env=env, cwd=ROOT)
+        photos, same, pixels = [], 0, 0
+        for r, f in zip(ref["photos"], files, strict=True):
+            mine = torch.from_numpy(io.read_mask(io.mask_path(seg, f.stem)).astype("uint8"))
+            eq = int((mine == r[mode]).sum()) if mine.shape == r[mode].shape else 0
+            same, pixels = same + eq, pixels + r[mode].numel()
+            photos.append({"file": r["file"], "labels_equal": eq / r[mode].numel(),
+                           "reference_classes": sorted(int(c) for c in r[mode].unique())})
+        modes[mode] = {"crop": c, "stride": st, "labels_equal": same / pixels,
+                       "labels_equal_min_photo": min(p["labels_equal"] for p in photos), "photos": photos}
+    pixels_d = [max_abs(r["input"], image_tensor(io.load_image(f), short)) for r, f in zip(ref["photos"], files,
+                                                                                            strict=True)]
+    model = load_model("pgseg", ckpt, "cpu")
+    before = model.text_encoder.Atten.mu.clone()
+    class_text_embeddings(model, class_tokens(inputs["classes"], tokenizer(model.cfg)))
+    return {"what": "vpltool segment --pgseg (the command, from the JPEG files) against the reference's mmseg "
+                    "evaluation of the same files: LoadImageFromFile (cv2), Resize keep_ratio to "
+                    f"(2048, {short}) by mmcv.imrescale (cv2 INTER_LINEAR on uint8), Normalize(to_rgb), "
+                    "EncoderDecoder whole / slide inference, bilinear to the original size, softmax, argmax",
+            "short_side": short, "photos": len(files), "modes": modes,
+            "labels_equal_min": min(m["labels_equal"] for m in modes.values()),
+            "test_image_max_abs_diff": max(pixels_d),
+            "input_shapes_equal": all(list(r["input"].shape) == list(image_tensor(io.load_image(f), short).shape)
+                                      for r, f in zip(ref["photos"], files, strict=True)),
+            "text_prototype_buffer": {
+                "before_max_abs_diff": max_abs(ref["text_mu_before"], before),
+                "after_class_embeddings_max_abs_diff": max_abs(ref["text_mu_after_embedding"],
+                                                               model.text_encoder.Atten.mu),
+                "moved_by_evaluation": bool(not torch.equal(ref["text_mu_before"],
+                                                            ref["text_mu_after_embedding"]))}}
+
+
+def ref_env(threads: int, timm: Path | None) -> dict:
+    """The reference process's environment: one thread count, and timm 0.4.12 (the version PGSeg and GroupViT pin:
+    its drop path draws its masks with ``torch.rand``, timm 1.x with ``bernoulli_``) first on its path."""
+    env = {"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
+    return env if timm is None else {**env, "PYTHONPATH": str(timm)}
+
+
+def run_reference(clone: Path, inputs_pt: Path, out: Path, tiny: bool, threads: int, reuse: bool = False,
+                  timm: Path | None = None) -> dict:
     import torch
 
     cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(clone),
            "--inputs", str(inputs_pt), "--out", str(out), "--threads", str(threads)] + (["--tiny"] if tiny else [])
     if not (reuse and (out / "ref.pt").is_file()):
         subprocess.run(cmd, check=True, stdout=sys.stderr,
-                       env={"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"})
+                       env=ref_env(threads, timm))
     return torch.load(out / "ref.pt", mmap=True)  # file-backed: the reference's ~0.8 GB need not sit in memory
 
 
@@ -429,11 +509,21 @@ def main(argv: list[str] | None = None) -> None:
                     "(noun) loss with K noun prompts per caption (its released config: 3)")
     ap.add_argument("--multi-label-only", action="store_true", help="run only the multi-label comparison and add "
                     "it to --out's JSON (its other keys kept as they are)")
+    ap.add_argument("--files", action="store_true", help="also `segment --pgseg` from the photo files (the command, "
+                    "whole and slide) against the reference's mmseg test pipeline on the same files")
+    ap.add_argument("--files-only", action="store_true", help="run only the --files comparison and add it to "
+                    "--out's JSON (its other keys kept as they are)")
+    ap.add_argument("--fused-attention", action="store_true", help="vpltool's side with the family's "
+                    "fused_attention=True (PyTorch's fused attention; not the default): what it moves")
     ap.add_argument("--reuse", action="store_true", help="reuse --work's reference outputs (same inputs) if there")
     ap.add_argument("--quick", action="store_true", help="no clone: vpltool against itself (tiny, 2 photos)")
+    ap.add_argument("--timm", type=Path, help="a folder holding timm 0.4.12 for the reference (default: pip-installed "
+                    "into --work once)")
     args = ap.parse_args(argv)
     import torch
 
+    global FUSED_ATTENTION
+    FUSED_ATTENTION = args.fused_attention
     torch.set_num_threads(args.threads)
     if args.quick:
         args.tiny, args.images = True, min(args.images, 2)
@@ -441,6 +531,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--ref DIR (a clone of Ferenas/PGSeg) is required, or --quick")
     work = args.work or Path(tempfile.mkdtemp(prefix="pgseg_parity_"))
     work.mkdir(parents=True, exist_ok=True)
+    if not args.quick and args.timm is None:
+        from pgseg_trainer_parity import timm_0412
+
+        args.timm = timm_0412(work)
     t0 = time.time()
     size = 32 if args.tiny else 224
     inputs = make_inputs(work, args.images, size, 64 if args.tiny else args.seg_short)
@@ -458,10 +552,21 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(text + "\n")
         print(text)
         return
+    if args.files_only:
+        if args.ref is None or args.out is None or not (work / "ref" / "ref_checkpoint.pth").is_file():
+            ap.error("--files-only needs --ref DIR, --out FILE and --work holding ref/ref_checkpoint.pth (a run "
+                     "before)")
+        result = json.loads(args.out.read_text()) if args.out.is_file() else {"bar_met": {}}
+        result["zero_shot_files"] = {**compare_files(args, work, inputs), "seconds": round(time.time() - t0, 1)}
+        result["bar_met"]["zero_shot_files"] = result["zero_shot_files"]["labels_equal_min"] >= LABEL_BAR
+        text = json.dumps(result, indent=1)
+        args.out.write_text(text + "\n")
+        print(text)
+        return
     if args.quick:
         ref = self_reference(work, inputs)
     else:
-        ref = run_reference(args.ref, work / "inputs.pt", work / "ref", args.tiny, args.threads, args.reuse)
+        ref = run_reference(args.ref, work / "inputs.pt", work / "ref", args.tiny, args.threads, args.reuse, args.timm)
     ckpt = work / "ref" / "ref_checkpoint.pth"
     vt = vpltool_side(ckpt, inputs, ref["tokens"], ref["class_tokens"])
     internals = vpltool_train_internals(ckpt, inputs["images"], ref["tokens"])
@@ -474,15 +579,20 @@ def main(argv: list[str] | None = None) -> None:
               "images": args.images, "image_size": size, "seg_short_side": 64 if args.tiny else args.seg_short,
               "device": "cpu", "dtype": "float32",
               "gumbel": "training-mode gumbel hard assignment on both sides, noise seeded identically "
-                        "(torch.manual_seed(1) before forward_train; drop path 0.1 drawn from the same generator)",
+                        "(torch.manual_seed(1) before forward_train; drop path 0.1 drawn from the same generator; the "
+                        "reference under timm 0.4.12, the version it pins)",
               "weights": "the reference's own seed-0 init plus seeded noise, saved as its releases ({'model': "
                          "state_dict}) and read by vpltool's key map",
-              "reused_reference": bool(args.reuse and not args.quick),
+              "reused_reference": bool(args.reuse and not args.quick), "fused_attention": args.fused_attention,
               **compare(ref, vt, internals), "seconds": round(time.time() - t0, 1)}
     del vt, internals, ref  # before the next comparisons: the machine is small
     if args.slide and not args.quick:
         result["zero_shot_slide"] = compare_slide(args, work, inputs)
         result["bar_met"]["zero_shot_slide"] = result["zero_shot_slide"]["labels_equal"] >= LABEL_BAR
+        result["seconds"] = round(time.time() - t0, 1)
+    if args.files and not args.quick:
+        result["zero_shot_files"] = compare_files(args, work, inputs)
+        result["bar_met"]["zero_shot_files"] = result["zero_shot_files"]["labels_equal_min"] >= LABEL_BAR
         result["seconds"] = round(time.time() - t0, 1)
     if args.groupvit is not None:
         cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(args.groupvit),
@@ -490,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
                "--groupvit"] + (["--tiny"] if args.tiny else [])
         if not (args.reuse and (work / "groupvit" / "groupvit.pt").is_file()):
             subprocess.run(cmd, check=True, stdout=sys.stderr,
-                           env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+                           env=ref_env(args.threads, args.timm))
         gref = torch.load(work / "groupvit" / "groupvit.pt", mmap=True)
         gvt = groupvit_side(work / "groupvit" / "groupvit_checkpoint.pth", inputs["images"], gref["tokens"])
         result["groupvit"] = compare_groupvit(gref, gvt)

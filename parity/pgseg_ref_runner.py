@@ -191,6 +191,65 @@ def run_slide(args, tokenize, inputs, seg_mod) -> None:
     print(f"wrote {args.out / 'slide.pt'}")
 
 
+def mmseg_test_image(path: Path, short: int, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)):
+    """The reference's test pipeline on one file (its dataset configs: ``LoadImageFromFile``, ``MultiScaleFlipAug(
+    img_scale=(2048, short))`` with ``Resize(keep_ratio=True)``, ``Normalize(to_rgb=True)``, ``ImageToTensor``),
+    restated from mmcv 1.x (not installed) with the same cv2 calls: ``imfrombytes`` (``cv2.imdecode``,
+    IMREAD_COLOR: BGR), ``imrescale`` = ``rescale_size`` (factor ``min(max(scale) / max(h, w), min(scale) /
+    min(h, w))``, each side ``int(side * factor + 0.5)``) then ``imresize`` (``cv2.resize``, INTER_LINEAR, on the
+    uint8 image), ``imnormalize`` (float32 copy; ``cvtColor`` BGR2RGB, ``cv2.subtract`` the float64 mean,
+    ``cv2.multiply`` by ``1 / std``). Returns ``([1, 3, h, w]`` float32, ``(H0, W0)``)."""
+    import cv2
+    import numpy as np
+    import torch
+
+    img = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    scale = (2048, short)
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    size = int(w * float(factor) + 0.5), int(h * float(factor) + 0.5)
+    img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+    img = img.copy().astype(np.float32)
+    cv2.cvtColor(img, cv2.COLOR_BGR2RGB, img)
+    cv2.subtract(img, np.float64(np.asarray(mean).reshape(1, -1)), img)
+    cv2.multiply(img, 1 / np.float64(np.asarray(std).reshape(1, -1)), img)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None], (h, w)
+
+
+def run_files(args, tokenize, inputs, seg_mod) -> None:
+    """Zero-shot labels from the image FILES as the reference's mmseg evaluation makes them (``mmseg_test_image``,
+    then mmseg 0.x's ``EncoderDecoder.inference`` restated: ``whole_inference`` or ``slide_inference``, the logits
+    resized bilinearly to the original size (``rescale=True``, ``align_corners`` False), softmax, argmax), from the
+    saved ``ref_checkpoint.pth``. Also T-NPR's text-prototype buffer before and after ``build_text_embedding``
+    (the reference's text forward moves it in evaluation too). Outputs in ``files.pt``."""
+    import torch
+    import torch.nn.functional as F
+
+    model = build(args.clone.resolve(), args.tiny)
+    model.load_state_dict(torch.load(args.out / "ref_checkpoint.pth")["model"])
+    model.eval()
+    class_tokens = torch.stack([tokenize([f"a photo of a {c}."]) for c in inputs["classes"]])
+    text_mu_before = model.text_encoder.Atten.mu.clone()
+    text_emb = model.build_text_embedding(class_tokens)
+    seg = seg_mod.PGSegInference(model, text_emb, with_bg=True)
+    seg.eval()
+    short, (crop, stride) = inputs["files_short"], inputs["files_slide"]
+    photos = []
+    with torch.no_grad():
+        for path in inputs["files"]:
+            x, (h0, w0) = mmseg_test_image(Path(path), short)
+            row = {"file": Path(path).name, "ori_shape": [h0, w0], "input_shape": list(x.shape[-2:]), "input": x}
+            for mode in ("whole", "slide"):
+                logits = seg.encode_decode(x, None) if mode == "whole" else slide_inference(seg, x, crop, stride)
+                logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
+                row[mode] = F.softmax(logits, dim=1).argmax(dim=1)[0].to(torch.uint8)
+            photos.append(row)
+    torch.save({"photos": photos, "short": short, "crop": crop, "stride": stride,
+                "text_mu_before": text_mu_before, "text_mu_after_embedding": model.text_encoder.Atten.mu.clone()},
+               args.out / "files.pt")
+    print(f"wrote {args.out / 'files.pt'}")
+
+
 def groupvit_model(args, multi_label: int, checkpoint: str):
     """NVlabs/GroupViT's ``MultiLabelContrastive`` as the parity builds it (seed 0, perturbed, ``multi_label`` =
     K), its initial state saved as ``args.out / checkpoint`` in the releases' layout: ``(model, spec)``."""
@@ -299,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--slide-only", action="store_true", help="zero-shot in mmseg's slide mode only, from "
                     "OUT_DIR/ref_checkpoint.pth (slide.pt)")
+    ap.add_argument("--files", action="store_true", help="zero-shot from inputs' image files through the "
+                    "reference's mmseg test pipeline (restated), whole and slide, from OUT_DIR/ref_checkpoint.pth "
+                    "(files.pt; see run_files)")
     ap.add_argument("--groupvit", action="store_true", help="the clone is NVlabs/GroupViT: its model, eval and "
                     "contrastive step only (groupvit.pt)")
     ap.add_argument("--multi-label", action="store_true", help="with --groupvit: its multi-label (noun) loss on "
@@ -337,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.slide_only:
         run_slide(args, tokenize, inputs, seg_mod)
+        return
+    if args.files:
+        run_files(args, tokenize, inputs, seg_mod)
         return
     model = build(clone, args.tiny)
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -327,10 +327,10 @@ class Vpltool:
         import torch
 
         from vpltool import io
-        from vpltool.backbone import DinoSpec, ModelSpec, load_backbone, load_model
-        from vpltool.cam.gradcam import PrototypeRows
         from vpltool.config.decoder import decoder_recipe
         from vpltool.decoder.network import feature_blocks
+        from vpltool.models import DinoSpec, ModelSpec, load_backbone, load_model
+        from vpltool.stages.cam.gradcam import PrototypeRows
 
         self.cfg = decoder_recipe(recipe, dropout=0.0,
                                   **({"dino_weights": str(dino_weights)} if dino_weights else {}),
@@ -408,9 +408,9 @@ def compare_pseudo(vt: Vpltool, ref: Path) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from vpltool.cam.caa import affinity, box_mask
-    from vpltool.kernels import minmax
-    from vpltool.train_decoder.online import frozen_online, online_masks, propagation_attention
+    from vpltool.ops.kernels import minmax
+    from vpltool.stages.cam.caa import affinity, box_mask
+    from vpltool.stages.train_decoder.online import frozen_online, online_masks, propagation_attention
 
     batch, pseudo = load_pt(ref / "batch.pt"), load_pt(ref / "pseudo.pt")
     inputs, cfg = batch["inputs"].float(), vt.cfg
@@ -461,13 +461,13 @@ def compare_pseudo(vt: Vpltool, ref: Path) -> dict:
 
 def compare_resize(vt: Vpltool, ref: Path) -> dict:
     """The step from the propagated CAMs ``[K, h, w]`` to the crop's scores, given WeCLIP's own propagated CAMs:
-    vpltool's min-max and bilinear resize (``online_pseudo_mask``'s, :func:`vpltool.kernels.minmax`) against
+    vpltool's min-max and bilinear resize (``online_pseudo_mask``'s, :func:`vpltool.ops.kernels.minmax`) against
     WeCLIP's ``generate_cam_label`` (``scale_cam_image``: min-max, ``cv2.resize``). Also each map's range
     (max - min) before the min-max: the factor by which it scales an absolute difference of the maps."""
     import torch
     import torch.nn.functional as F
 
-    from vpltool.kernels import minmax
+    from vpltool.ops.kernels import minmax
 
     pseudo, diffs, ranges = load_pt(ref / "pseudo.pt"), [], []
     for mode in pseudo:
@@ -488,7 +488,7 @@ def frozen_cams(vt: Vpltool, inputs, labels: list[list[int]]):
     (online.py's first two steps, as ``online_masks`` takes them): ``(frozen, cam)``."""
     import torch
 
-    from vpltool.train_decoder.online import frozen_online
+    from vpltool.stages.train_decoder.online import frozen_online
 
     cfg = vt.cfg
     frozen = frozen_online(vt.bb, inputs, vt.blocks, max(cfg.cam_blocks, cfg.rfm_blocks),
@@ -521,9 +521,9 @@ def compare_noise(vt: Vpltool, ref: Path, voc: Path) -> dict:
     import torch.nn.functional as F
     from PIL import Image
 
-    from vpltool.affinity import affinity, box_masks
-    from vpltool.kernels import minmax
-    from vpltool.train_decoder.online import par, propagation_attention
+    from vpltool.ops.affinity import affinity, box_masks
+    from vpltool.ops.kernels import minmax
+    from vpltool.stages.train_decoder.online import par, propagation_attention
 
     batch, cfg = load_pt(ref / "batch.pt"), vt.cfg
     inputs = batch["inputs"].float()
@@ -596,7 +596,7 @@ def noise_gradients(vt: Vpltool, ref: Path, frozen, inputs, labels: dict) -> dic
     order B, and against float64's order A (:func:`compare_noise`)."""
     import torch
 
-    from vpltool.train_decoder.online import weclip_plus_losses
+    from vpltool.stages.train_decoder.online import weclip_plus_losses
 
     init = load_pt(ref / "init.pt")
     vt.weclip_names = list(init["decoder"])
@@ -635,9 +635,9 @@ def probe_weights(work: Path, ref: Path, voc: Path, settings: list[tuple[float, 
     from PIL import Image
     from safetensors.torch import save_file
 
-    from vpltool.affinity import affinity, box_masks
-    from vpltool.kernels import minmax
-    from vpltool.train_decoder.online import propagation_attention
+    from vpltool.ops.affinity import affinity, box_masks
+    from vpltool.ops.kernels import minmax
+    from vpltool.stages.train_decoder.online import propagation_attention
 
     init, batch = load_pt(ref / "init.pt"), load_pt(ref / "batch.pt")
     inputs = batch["inputs"].float()
@@ -729,9 +729,9 @@ def probe_batches(vt: Vpltool, ref: Path, voc: Path, batches: list[Path]) -> lis
     import torch.nn.functional as F
     from PIL import Image
 
-    from vpltool.affinity import affinity
-    from vpltool.kernels import minmax
-    from vpltool.train_decoder.online import decoder_affinity, par, propagation_attention
+    from vpltool.ops.affinity import affinity
+    from vpltool.ops.kernels import minmax
+    from vpltool.stages.train_decoder.online import decoder_affinity, par, propagation_attention
 
     cfg, init = vt.cfg, load_pt(ref / "init.pt")
     model = vt.decoder(init["decoder"])
@@ -790,7 +790,7 @@ def compare_decoder(vt: Vpltool, ref: Path) -> dict:
     """The decoder's logits and affinity on WeCLIP's own frozen features (blocks 0-10 of the fixed batch)."""
     import torch
 
-    from vpltool.train_decoder.online import decoder_affinity
+    from vpltool.stages.train_decoder.online import decoder_affinity
 
     init, pseudo = load_pt(ref / "init.pt"), load_pt(ref / "pseudo.pt")
     pseudo = next(iter(pseudo.values()))  # the first pass (WeCLIP: plain; the decoder does not change)
@@ -851,8 +851,8 @@ def compare_training(vt: Vpltool, ref: Path) -> dict:
     WeCLIP's learning rate of that step (the schedule itself is compared in ``lr``)."""
     import torch
 
-    from vpltool.train_decoder.online import online_step
-    from vpltool.train_decoder.steps import lr_at, make_optimizer
+    from vpltool.stages.train_decoder.online import online_step
+    from vpltool.stages.train_decoder.steps import lr_at, make_optimizer
 
     init, batch, train = (load_pt(ref / f) for f in ("init.pt", "batch.pt", "train.pt"))
     pseudo = next(iter(load_pt(ref / "pseudo.pt").values()))
@@ -877,12 +877,13 @@ def compare_training(vt: Vpltool, ref: Path) -> dict:
 
 def compare_training_given_labels(vt: Vpltool, ref: Path) -> dict:
     """The training arithmetic alone: per step vpltool's decoder on its frozen features of the fixed batch,
-    :func:`~vpltool.train_decoder.online.weclip_losses` against the pseudo labels WeCLIP's loop drew at that step,
-    backward, and the recipe's AdamW (:func:`~vpltool.train_decoder.steps.make_optimizer`) at WeCLIP's rate of
+    :func:`~vpltool.stages.train_decoder.online.weclip_losses` against the pseudo labels WeCLIP's loop drew at that
+    step, backward, and the recipe's AdamW (:func:`~vpltool.stages.train_decoder.steps.make_optimizer`) at WeCLIP's rate
+    of
     that step: ``online_step``'s body with the masks given (compare_training runs it whole)."""
 
-    from vpltool.train_decoder.online import frozen_online, weclip_losses, weclip_plus_losses
-    from vpltool.train_decoder.steps import make_optimizer
+    from vpltool.stages.train_decoder.online import frozen_online, weclip_losses, weclip_plus_losses
+    from vpltool.stages.train_decoder.steps import make_optimizer
 
     init, batch, train = (load_pt(ref / f) for f in ("init.pt", "batch.pt", "train.pt"))
     model = vt.decoder(init["decoder"])
@@ -923,7 +924,7 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None
     """The test script's multi-scale + flip logits (its own 512-long-side input tensor, whole: vpltool's forward cuts
     it to whole patches after the flip, as WeCLIP's patch conv does) through vpltool's
     :func:`~vpltool.decoder.views.multiscale_logits`, and its CRF'd labels against
-    :func:`vpltool.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
+    :func:`vpltool.ops.densecrf.dense_crf` with ``predict``'s CRF settings on the same logits."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -931,8 +932,8 @@ def compare_test(vt: Vpltool, ref: Path, voc: Path, test_dir: Path | None = None
 
     from vpltool.config.decoder import PredictConfig
     from vpltool.decoder.views import decoder_forward, multiscale_logits
-    from vpltool.densecrf import dense_crf
-    from vpltool.predict import crf_config
+    from vpltool.ops.densecrf import dense_crf
+    from vpltool.stages.predict import crf_config
 
     test_dir = test_dir or ref / "test"
     own = test_dir.parent / "init.pt"  # the test run's own initial decoder (a run apart: the same seed, the same)

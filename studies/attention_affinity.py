@@ -4,18 +4,19 @@
         [--dino-model test_vit --dino-weights FILE] [--images N] [--json OUT]
 
 For every image of ``DATA``'s split (a `make-world` folder, or any dataset with ground-truth masks) and each
-affinity asked for, CAA's transition matrix ``T`` (:func:`vpltool.cam.caa.affinity`: the head-mean attention averaged
-over the last ``blocks`` blocks, CLS removed, then CLIP-ES's three Sinkhorn normalisations, symmetrisation and
+affinity asked for, CAA's transition matrix ``T`` (:func:`vpltool.stages.cam.caa.affinity`: the head-mean attention
+averaged over the last ``blocks`` blocks, CLS removed, then CLIP-ES's three Sinkhorn normalisations, symmetrisation and
 square) is compared with the ground truth on the patch grid (each patch labelled by its majority GT class,
-:func:`vpltool.cam.sgc.patch_majority`; a region = one class present, or the background):
+:func:`vpltool.stages.cam.sgc.patch_majority`; a region = one class present, or the background):
 
-* ``own``: the share of a patch's affinity mass on patches of its own region (:func:`vpltool.cam.caa.affinity_share`);
+* ``own``: the share of a patch's affinity mass on patches of its own region
+  (:func:`vpltool.stages.cam.caa.affinity_share`);
 * ``chance``: that region's share of the image's patches, what an affinity blind to regions gives;
 * both averaged over all patches, over object patches only (the ones CAA must keep from leaking into the
   background) and over background patches, and ``lift = own / chance`` over object patches.
 
 Affinities: ``clip-B`` (the CLIP model's own attention over its last B blocks, as `extract --attention-blocks B`
-records it) and, with ``--dino-model``, ``dino-B`` (:class:`vpltool.backbone.DinoBackbone`'s attention on the same
+records it) and, with ``--dino-model``, ``dino-B`` (:class:`vpltool.models.DinoBackbone`'s attention on the same
 grid, as `cam --affinity dino` builds it) and ``clip+dino-B`` (mixed 0.4 : 0.6, `--affinity clip+dino`'s default).
 ``blur-3x3`` is no model: each patch attends evenly to its 3x3 neighbourhood, a pure spatial blur for contrast.
 Nothing is learned or chosen here; run it on the TRAIN split to choose toys.
@@ -31,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vpltool.backbone import DinoSpec, ModelSpec, load_backbone, load_dino
-from vpltool.cam import affinity, affinity_share, mean_attention, patch_majority
 from vpltool.config import CamConfig
 from vpltool.data import open_dataset
 from vpltool.io import load_image, read_mask
+from vpltool.models import DinoSpec, ModelSpec, load_backbone, load_dino
+from vpltool.stages.cam import affinity, affinity_share, mean_attention, patch_majority
 
 
 class _Tally:

@@ -4,8 +4,8 @@
         > studies/results/caa_cause.json 2> studies/results/caa_cause.md
 
 On the first ``--images`` train images of a finished `make demo` run (nothing here reads val), CAA
-(:func:`vpltool.cam.caa.refine`, CLIP-ES's arithmetic) is applied to two kinds of class maps with several
-transition matrices, each built by :func:`vpltool.cam.caa.affinity` from an attention-like matrix:
+(:func:`vpltool.stages.cam.caa.refine`, CLIP-ES's arithmetic) is applied to two kinds of class maps with several
+transition matrices, each built by :func:`vpltool.stages.cam.caa.affinity` from an attention-like matrix:
 
 * maps: ``toy text`` / ``toy vision`` (the run's own GradCAM maps, ``cams_text`` / ``cams_vision`` made with
   ``--refine none``), and ``ideal`` (what CLIP-like CAMs look like: each present class's map is the core of its
@@ -35,13 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_affinity import blur_attention, clip_attention  # noqa: E402
 
-from vpltool.backbone import DinoSpec, ModelSpec, load_backbone, load_dino  # noqa: E402
-from vpltool.cam import affinity, patch_majority  # noqa: E402
-from vpltool.cam.caa import refine  # noqa: E402
 from vpltool.data import open_dataset  # noqa: E402
 from vpltool.io import load_image, read_json, read_mask, read_tensors  # noqa: E402
 from vpltool.io.kinds import upsample_maps  # noqa: E402
-from vpltool.kernels import MiouAccumulator, cams_to_labels  # noqa: E402
+from vpltool.models import DinoSpec, ModelSpec, load_backbone, load_dino  # noqa: E402
+from vpltool.ops.kernels import MiouAccumulator, cams_to_labels  # noqa: E402
+from vpltool.stages.cam import affinity, patch_majority  # noqa: E402
+from vpltool.stages.cam.caa import refine  # noqa: E402
 
 EXPONENTS = (1.0, 2.0)
 

@@ -83,9 +83,9 @@ def _tf32(x):
 def cams(features: Path, protos: Path, out: Path, refine: str, block: str = "fp32") -> Path:
     """`cam` on the batched path (batch 8) with GradCAM's block in fp32, bf16 (autocast) or TF32 (emulated), as CUDA
     would run it; everything else in fp32."""
-    from vpltool.backbone import model
-    from vpltool.cam import run_cam, stage
     from vpltool.config import CamConfig, RuntimeConfig
+    from vpltool.models import model
+    from vpltool.stages.cam import run_cam, stage
 
     real_precision, real_gradcam = stage.gradcam_precision, model.gradcam_batch
     stage.gradcam_precision = lambda device: "bf16" if block == "bf16" else "fp32"  # tf32 has no effect on a CPU
@@ -127,11 +127,11 @@ def compare(tmp: Path, extract, protos: Path, refines: tuple[str, ...], miou) ->
 
 
 def photos(tmp: Path, quick: bool) -> dict:
-    from vpltool.backbone import ModelSpec
     from vpltool.config import ExtractConfig, RuntimeConfig, TextPrototypesConfig
     from vpltool.data import open_dataset
-    from vpltool.extract import run_extract
-    from vpltool.text_prototypes import run_text_prototypes
+    from vpltool.models import ModelSpec
+    from vpltool.stages.extract import run_extract
+    from vpltool.stages.text_prototypes import run_text_prototypes
 
     model = "vpl-test-vit" if quick else "ViT-B-16-quickgelu"
     voc = make_voc(tmp / "voc", 3 if quick else 12, 0.25 if quick else 1.0)
@@ -151,14 +151,14 @@ def photos(tmp: Path, quick: bool) -> dict:
 
 
 def demo(tmp: Path, n_train: int) -> dict:
-    from vpltool.backbone import ModelSpec
     from vpltool.config import EvalConfig, ExtractConfig, RuntimeConfig, TextPrototypesConfig
     from vpltool.data import open_dataset
     from vpltool.demo import TOY_MODEL
     from vpltool.demo.make_world import write_dataset
-    from vpltool.eval import run_eval
-    from vpltool.extract import run_extract
-    from vpltool.text_prototypes import run_text_prototypes
+    from vpltool.models import ModelSpec
+    from vpltool.stages.eval import run_eval
+    from vpltool.stages.extract import run_extract
+    from vpltool.stages.text_prototypes import run_text_prototypes
 
     world = write_dataset(tmp / "world", n_train=n_train, n_val=1, seed=0)
     data = open_dataset(world, "train")

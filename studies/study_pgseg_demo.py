@@ -41,7 +41,7 @@ import numpy as np
 from vpltool import io
 from vpltool.config.pgseg import PGSEG_RECIPES
 from vpltool.data import open_dataset
-from vpltool.kernels import MiouAccumulator
+from vpltool.ops.kernels import MiouAccumulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vpltool import io  # noqa: E402
-from vpltool.backbone import pgseg as fam  # noqa: E402
 from vpltool.config.pgseg import PGSEG_RECIPES  # noqa: E402
 from vpltool.data import open_dataset  # noqa: E402
-from vpltool.kernels import MiouAccumulator  # noqa: E402
+from vpltool.models import pgseg as fam  # noqa: E402
+from vpltool.ops.kernels import MiouAccumulator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from benchlib import machine  # noqa: E402
@@ -68,7 +68,7 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
     for item in data.items[:n_images]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
         h0, w0 = image.shape[:2]
-        x = fam.image_tensor(image, fam.resized_size(h0, w0, short))
+        x = fam.image_tensor(image, short)
         feats = model.image_features(x)
         present = set(np.unique(gt).tolist()) - {0, 255}
         if present:  # the class of the best-matching name is in the scene

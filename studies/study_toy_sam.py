@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from vpltool.backbone.registry import load_model
-from vpltool.backbone.sam import SamSpec, sam_input
 from vpltool.data import open_dataset
 from vpltool.demo.train_toy_sam import IGNORE, instances
 from vpltool.io import load_image, read_mask
+from vpltool.models.registry import load_model
+from vpltool.models.sam import SamSpec, sam_input
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402

@@ -3,7 +3,7 @@
     python studies/study_trident_affinity.py --run RUN > studies/results/trident_affinity_demo.json
 
 Trident mixes the proxy block's output on SAM's patch grid by SAM's last attention, kept where SAM's values agree
-(:func:`vpltool.backbone.dense.sam_affinity`, its own settings). Per train image of RUN's world (the first
+(:func:`vpltool.models.dense.trident.sam_affinity`, its own settings). Per train image of RUN's world (the first
 ``--images``; labels read only for this diagnosis, after every choice), each patch of SAM's 12x12 grid takes the
 majority label of its 8x8 pixels (a patch whose majority is the ignore band is left out); per patch, the share of
 its row's weight on patches of its own label. Means over object patches and over background patches, for the
@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vpltool.backbone.dense import SamAggregation, sam_affinity
-from vpltool.backbone.registry import load_model
-from vpltool.backbone.sam import SamSpec
-from vpltool.backbone.segmentor import sam_attention, sam_image
 from vpltool.data import open_dataset
 from vpltool.io import load_image, read_mask
+from vpltool.models.dense.trident import SamAggregation, sam_affinity, sam_attention, sam_image
+from vpltool.models.registry import load_model
+from vpltool.models.sam import SamSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402

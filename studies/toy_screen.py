@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_affinity import measure  # noqa: E402
 
-from vpltool.backbone import ModelSpec  # noqa: E402
+from vpltool.models import ModelSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent

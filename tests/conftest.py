@@ -90,7 +90,7 @@ def _cpu_unless_marked_cuda(request, monkeypatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_spec():
     """The random tiny CLIP of tests/assets/model_configs (ViT, 3 blocks, width 64, 32-d joint space)."""
-    from vpltool.backbone import ModelSpec
+    from vpltool.models import ModelSpec
 
     return ModelSpec(TINY_MODEL, "none", config_dir=str(ASSETS / "model_configs"))
 
@@ -110,7 +110,7 @@ def features_dir(world, tiny_spec, tmp_path_factory) -> Path:
 
     from vpltool.config import ExtractConfig, RuntimeConfig
     from vpltool.data import open_dataset
-    from vpltool.extract import run_extract
+    from vpltool.stages.extract import run_extract
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("features")
@@ -126,7 +126,7 @@ def text_protos(world, tiny_spec, tmp_path_factory) -> Path:
 
     from vpltool.config import TextPrototypesConfig
     from vpltool.data import open_dataset
-    from vpltool.text_prototypes import run_text_prototypes
+    from vpltool.stages.text_prototypes import run_text_prototypes
 
     torch.manual_seed(0)
     classes = open_dataset(world, "train").classes

@@ -152,7 +152,7 @@ def install(monkeypatch=None):
     """Make `train-pgseg` use this module as the ``pgseg`` family."""
     import sys
 
-    import vpltool.train_pgseg as tp
+    import vpltool.stages.train_pgseg as tp
 
     module = sys.modules[__name__]
     if monkeypatch is not None:

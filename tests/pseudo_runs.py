@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vpltool import io
-from vpltool.eval import scored_what
+from vpltool.stages.eval import scored_what
 
 
 def candidate(root: Path, refine: str, miou: object, own: str = "none", split: str = "train") -> Path:

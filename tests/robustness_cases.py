@@ -1353,7 +1353,7 @@ def _background_is_class(ws: Workspace) -> Iterator[list[object]]:
       "checkpoint was written yet", "re-running starts again from iteration 0", exit_code=130,
       leaves=("decoder_ctrl_c/", "decoder_ctrl_c/.vpltool.lock"))
 def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool import train_decoder
+    from vpltool.stages import train_decoder
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -1366,7 +1366,7 @@ def _decoder_ctrl_c(ws: Workspace) -> Iterator[list[object]]:
       "re-run the same command to continue from it", exit_code=130,
       leaves=("decoder_ctrl_c_resumed/log.jsonl",))
 def _decoder_ctrl_c_resumed(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool import train_decoder
+    from vpltool.stages import train_decoder
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -1442,7 +1442,7 @@ def _segment_trident_sam_size(ws: Workspace) -> Iterator[list[object]]:
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.backbone.sam import SAM_ARCHS, _build
+    from vpltool.models.sam import SAM_ARCHS, _build
 
     with torch.device("meta"):  # vit_b's tensor names, each of vit_l's width (written as 1-element stand-ins
         names = _build(SAM_ARCHS["vit_b"]).state_dict()  # but the first, so that the file stays small)
@@ -1460,7 +1460,7 @@ def _segment_trident_refine_encoder_only(ws: Workspace) -> Iterator[list[object]
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.backbone.sam import SAM_ARCHS, _build
+    from vpltool.models.sam import SAM_ARCHS, _build
 
     torch.manual_seed(0)
     path = ws.root / "sam_encoder.safetensors"
@@ -1723,7 +1723,7 @@ def _png_efbig(ws: Workspace) -> Iterator[list[object]]:
       "(iteration 1) is kept", leaves=("decoder_nan/", "decoder_nan/.vpltool.lock", "decoder_nan/checkpoints/",
                                        "decoder_nan/checkpoints/last.safetensors", "decoder_nan/log.jsonl"))
 def _decoder_diverges(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.train_decoder import steps
+    from vpltool.stages.train_decoder import steps
 
     real, calls = steps.compute_losses, [0]
 
@@ -2462,7 +2462,7 @@ def _decoder_no_master(ws: Workspace) -> Iterator[list[object]]:
 def _decoder_no_peer(ws: Workspace) -> Iterator[list[object]]:
     import socket
 
-    from vpltool import ranks
+    from vpltool.runtime import ranks
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -2476,7 +2476,7 @@ def _decoder_no_peer(ws: Workspace) -> Iterator[list[object]]:
       "interrupted (SIGTERM): finished items are kept; re-run the same command to resume", exit_code=143,
       leaves=("cams_term/", "cams_term/*"))
 def _sigterm(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.cam import stage
+    from vpltool.stages.cam import stage
 
     real, calls = stage.cams_for_batch, [0]
 
@@ -3973,11 +3973,435 @@ def _pgseg_background_is_a_class(ws: Workspace) -> Iterator[list[object]]:
            "--background", "sky,star", "-o", ws.out("out"), *CPU]
 
 
+# ----------------------------------------------------------------------------------- inputs identified by content
+# a run records every input by content ({path, sha256}, vpltool.io.inputs): a resume, the next shard or the next stage
+# refuses, in one line naming the input, to go on from other bytes, and takes the same bytes by another path
+def _pgseg_run(ws: Workspace, pairs: Path, name: str, stop_after: int | None = None) -> Path:
+    """A finished (or, ``stop_after``, interrupted) train-pgseg run on ``pairs``, made with PGSEG_ARGS."""
+    out = ws.out(name)
+    if stop_after is None:
+        cli_ok("train-pgseg", pairs, "-o", out, *PGSEG_ARGS)
+    else:
+        from vpltool.config import RuntimeConfig
+        from vpltool.config.pgseg import pgseg_recipe
+        from vpltool.stages.train_pgseg import run_train_pgseg
+
+        run_train_pgseg(pairs, out, pgseg_recipe("cpu", batch_size=2, epochs=2, crop_size=32, checkpoint_every=1),
+                        RuntimeConfig(device="cpu", workers=1), stop_after=stop_after)
+    return out
+
+
+@case("train-pgseg --resume after captions.json was edited", "PAIRS:", "pairs_edited/captions.json changed",
+      "start again without --resume")
+def _pgseg_resume_captions_edited(ws: Workspace) -> Iterator[list[object]]:
+    pairs = ws.copy(ws.world, "pairs_edited")
+    run = _pgseg_run(ws, pairs, "run_edited")
+    table = json.loads((pairs / "captions.json").read_text())
+    table[sorted(table)[0]] = "a blue cross"
+    (pairs / "captions.json").write_text(json.dumps(table))
+    yield ["train-pgseg", pairs, "-o", run, *PGSEG_ARGS, "--resume"]
+
+
+@case("train-pgseg --resume after a shard was replaced by another of the same name and size", "PAIRS:",
+      "pairs_replaced/00000.tar changed")
+def _pgseg_resume_shard_replaced(ws: Workspace) -> Iterator[list[object]]:
+    pairs = _pgseg_shard(ws, "pairs_replaced", b"a red cross")
+    run = _pgseg_run(ws, pairs, "run_replaced")
+    size = (pairs / "00000.tar").stat().st_size
+    shutil.rmtree(pairs)
+    _pgseg_shard(ws, "pairs_replaced", b"a red ring!")
+    assert (pairs / "00000.tar").stat().st_size == size
+    yield ["train-pgseg", pairs, "-o", run, *PGSEG_ARGS, "--resume"]
+
+
+@case("train-pgseg --resume with the same pairs moved to another folder (accepted: the same bytes)",
+      "✓ train-pgseg", "(resumed)", exit_code=0,
+      leaves=("run_moved/*", "run_moved/checkpoints/*", "-run_moved/_run.json"))
+def _pgseg_resume_pairs_moved(ws: Workspace) -> Iterator[list[object]]:
+    pairs = ws.copy(ws.world, "pairs_before_move")
+    run = _pgseg_run(ws, pairs, "run_moved", stop_after=1)
+    moved = ws.out("pairs_moved")
+    pairs.rename(moved)
+    yield ["train-pgseg", moved, "-o", run, *PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
+
+
+@case("train-pgseg --resume under another world size (its checkpoint made by 2 torchrun processes)",
+      "2 process(es) there (global batch 4), 1 here (global batch 2)", "--nproc-per-node")
+def _pgseg_resume_other_world(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import load_file, save_file
+
+    run = _pgseg_run(ws, ws.world, "run_world2", stop_after=1)
+    ckpt = run / "checkpoints" / "last.safetensors"
+    _, meta = _tensors_and_meta(ckpt)
+    save_file(load_file(str(ckpt)), str(ckpt), metadata={**meta, "vpltool.world_size": "2"})
+    yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
+
+
+@case("train-pgseg --resume --lr 0.5 on a finished run (refused; no record of the refused settings written)",
+      "--lr 0.001 there, 0.5 here")
+def _pgseg_resume_other_lr(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_lr")
+    yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--resume", "--lr", "0.5"]
+
+
+@case("train-pgseg -o RUN --init RUN/pgseg.safetensors --overwrite (its own --init)",
+      "--init run_init/pgseg.safetensors", "deletes) that file of its --out folder", "pass the copy")
+def _pgseg_init_inside_out(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_init")
+    yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--init", run / "pgseg.safetensors", "--overwrite"]
+
+
+@case("train-decoder --recipe weclip --resume after one line of labels.csv was edited",
+      "the dataset's images and labels changed", "start again without --resume")
+def _weclip_resume_labels_edited(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_relabelled")
+    out = ws.out("decoder_relabelled")
+    cli_ok("train-decoder", world, "-p", ws.text, "-o", out, "--recipe", "weclip", *DECODER_ARGS)
+    lines = (world / "labels.csv").read_text().splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith("train_")]
+    other = next(i for i in rows if lines[i].split(",", 1)[1] != lines[rows[0]].split(",", 1)[1])
+    lines[rows[0]] = lines[rows[0]].split(",", 1)[0] + "," + lines[other].split(",", 1)[1]
+    (world / "labels.csv").write_text("\n".join(lines) + "\n")
+    yield ["train-decoder", world, "-p", ws.text, "-o", out, "--recipe", "weclip", *DECODER_ARGS, "--resume"]
+
+
+@case("train-decoder --recipe weclip with prototypes that have no background row (refused before a model loads)",
+      "text_no_background.safetensors: no background row", "--background")
+def _weclip_no_background_row(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.root / "text_no_background.safetensors"
+    cli_ok("text-prototypes", ws.features, "-o", path, "--templates", "a photo of a {}.", "--background", "none",
+           *CPU)
+    yield ["train-decoder", ws.world, "-p", path, "-o", ws.out("decoder_no_bg"), "--recipe", "weclip",
+           *DECODER_ARGS]
+
+
+@case("segment --dense proxyclip: --proxy-weights replaced under its name between --shard 0/2 and 1/2",
+      "seg_proxy_shards", "proxy_weights differ", "--overwrite")
+def _segment_proxy_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
+    path = ws.dino_weights("proxy_shards.safetensors", seed=0)
+    out = ws.out("seg_proxy_shards")
+    args = ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+            "proxyclip", "--proxy-model", DINO_MODEL, "--proxy-weights", path]
+    cli_ok(*args, "--shard", "0/2")
+    ws.dino_weights("proxy_shards.safetensors", seed=1)
+    yield [*args, "--shard", "1/2"]
+
+
+@case("segment --dense trident: --sam-weights replaced under its name between --shard 0/2 and 1/2",
+      "seg_sam_shards", "sam_weights differ", "--overwrite")
+def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+    from safetensors.torch import save_file
+
+    from vpltool.models.sam import SAM_ARCHS, _build
+
+    path = ws.root / "sam_shards.safetensors"
+
+    def write(seed: int) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            save_file({k: v.contiguous() for k, v in _build(SAM_ARCHS["test"]).state_dict().items()}, str(path))
+
+    write(0)
+    out = ws.out("seg_sam_shards")
+    args = ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+            "trident", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "test",
+            "--sam-weights", path]
+    cli_ok(*args, "--shard", "0/2")
+    write(1)
+    yield [*args, "--shard", "1/2"]
+
+
+@case("eval --data of a copy of the dataset whose ground-truth masks alone differ", "--data",
+      "a ground-truth mask differs under the same id", "an identical copy")
+def _eval_copy_other_masks(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool import io
+
+    copy = ws.copy(ws.world, "world_other_masks")
+    mask = sorted((copy / "masks").glob("train_*.png"))[0]
+    io.write_mask(mask, np.zeros_like(io.read_mask(mask)))
+    yield ["eval", ws.pseudo, "--data", copy]
+
+
 # --------------------------------------------------------------------------------------------- a CAM's labels
 @case("crf --backend torch of a CAM folder where one file holds its id but another image's labels",
       "CAMs for classes", "but the image is labelled", "re-run `vpltool cam`")
 def _crf_torch_relabelled_cam(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", _relabelled(ws, "cams_relabelled_torch"), "-o", ws.out("out"), "--backend", "torch", *CPU]
+
+
+# --------------------------------------------------------------------------------------------- parsing and options
+# one mechanism a class: split names and listings as every --split (pairs reuse data.voc.split_file / split_ids),
+# class files as the references split them and checked as --classes, a table of which options apply under which
+# mode (vpltool.cli.applies), every float option finite (config.checks.finite_numbers), pairs never dropped or picked
+def _pairs_folder(ws: Workspace, name: str, captions: dict[str, str] | None = None) -> Path:
+    """A caption folder of the world's first four train images (``images/``, ``captions.json``), no listings."""
+    folder = ws.root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "images").mkdir(parents=True)
+    table = json.loads((ws.world / "captions.json").read_text())
+    ids = sorted(k for k in table if k.startswith("train_"))[:4]
+    for i in ids:
+        shutil.copy(ws.world / "images" / f"{i}.png", folder / "images" / f"{i}.png")
+    (folder / "captions.json").write_text(json.dumps(captions if captions is not None else
+                                                     {i: table[i] for i in ids}))
+    return folder
+
+
+def _pairs_tar(ws: Workspace, name: str, members: dict[str, bytes]) -> Path:
+    import io as _io
+    import tarfile
+
+    folder = ws.root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, _io.BytesIO(data))
+    return folder
+
+
+def _picture(ws: Workspace) -> bytes:
+    return (ws.world / "images" / "train_000000.png").read_bytes()
+
+
+@case("train-pgseg --split tset (a typo) on the demo world", "splits/tset.txt: no split 'tset' here",
+      "found: train, val")
+def _pgseg_split_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "--split", "tset", "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg --split on shards, which have no split listings", "--split val:", "a folder of shards: "
+      "nothing to split", "drop --split")
+def _pgseg_split_on_shards(ws: Workspace) -> Iterator[list[object]]:
+    folder = _pairs_tar(ws, "pairs_split", {"k.png": _picture(ws), "k.txt": b"a red star"})
+    yield ["train-pgseg", folder, "--split", "val", "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg --split on a caption folder without split listings", "--split train:",
+      "a caption folder without split listings")
+def _pgseg_split_no_listing(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", _pairs_folder(ws, "pairs_nolist"), "--split", "train", "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: an id listed twice in splits/train.txt", "train.txt: id 'train_000000' is listed 2 times")
+def _pgseg_split_twice(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.copy(ws.world, "world_split_twice")
+    listing = folder / "splits" / "train.txt"
+    listing.write_text(listing.read_text() + "train_000000\n")
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: an id twice in captions.tsv", "captions.tsv: id 'train_000001' on lines 2 and 5")
+def _pgseg_tsv_twice(ws: Workspace) -> Iterator[list[object]]:
+    folder = _pairs_folder(ws, "pairs_tsv_twice")
+    table = json.loads((folder / "captions.json").read_text())
+    (folder / "captions.json").unlink()
+    rows = [f"{k}\t{v}" for k, v in table.items()] + ["train_000001\ta blue ring"]
+    (folder / "captions.tsv").write_text("\n".join(rows) + "\n")
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: captions.tsv saved as Latin-1", "captions.tsv: not UTF-8 text (byte 0xe9 on line 1)",
+      "iconv -f latin1")
+def _pgseg_tsv_latin1(ws: Workspace) -> Iterator[list[object]]:
+    folder = _pairs_folder(ws, "pairs_latin1")
+    table = json.loads((folder / "captions.json").read_text())
+    (folder / "captions.json").unlink()
+    text = "\n".join(f"{k}\t{v} near a café" for k, v in table.items()) + "\n"
+    (folder / "captions.tsv").write_bytes(text.encode("latin-1"))
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: captions.tsv saved as UTF-16", "captions.tsv: UTF-16 text", "iconv -f utf-16")
+def _pgseg_tsv_utf16(ws: Workspace) -> Iterator[list[object]]:
+    folder = _pairs_folder(ws, "pairs_utf16")
+    table = json.loads((folder / "captions.json").read_text())
+    (folder / "captions.json").unlink()
+    (folder / "captions.tsv").write_text("\n".join(f"{k}\t{v}" for k, v in table.items()) + "\n", encoding="utf-16")
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: captions.json beside a captions.tsv that says otherwise", "captions.tsv: disagrees with "
+      "captions.json", "remove one of them")
+def _pgseg_two_caption_files(ws: Workspace) -> Iterator[list[object]]:
+    folder = _pairs_folder(ws, "pairs_two_tables")
+    table = json.loads((folder / "captions.json").read_text())
+    (folder / "captions.tsv").write_text("\n".join(f"{k}\ta photo of grass" for k in table) + "\n")
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: a .jpg beside the .png of the same id", "a second image of id 'train_000000'")
+def _pgseg_two_images(ws: Workspace) -> Iterator[list[object]]:
+    folder = _pairs_folder(ws, "pairs_two_images")
+    from PIL import Image
+
+    Image.open(folder / "images" / "train_000000.png").convert("RGB").save(folder / "images" / "train_000000.jpg")
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: shard keys with a dot (webdataset cuts a key at its first dot)", "00000.tar:a.1.png: a key "
+      "with a dot", "rename its files without a dot")
+def _pgseg_dotted_keys(ws: Workspace) -> Iterator[list[object]]:
+    picture = _picture(ws)
+    folder = _pairs_tar(ws, "pairs_dots", {"a.1.png": picture, "a.1.txt": b"a red star", "a.2.png": picture,
+                                           "a.2.txt": b"a blue ring"})
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: a shard sample with both .txt and .text", "00000.tar:k: two captions (.text, .txt)")
+def _pgseg_txt_and_text(ws: Workspace) -> Iterator[list[object]]:
+    folder = _pairs_tar(ws, "pairs_two_texts", {"k.png": _picture(ws), "k.txt": b"a red star",
+                                                "k.text": b"a blue ring"})
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: a Latin-1 caption in a shard", "00000.tar:k.txt: the caption is not UTF-8 text (byte 0xe9)")
+def _pgseg_shard_latin1(ws: Workspace) -> Iterator[list[object]]:
+    folder = _pairs_tar(ws, "pairs_shard_latin1", {"k.png": _picture(ws), "k.txt": "a café".encode("latin-1")})
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg: an animated PNG in a shard", "00000.tar:k: the image does not decode (an animated PNG of 2 "
+      "frames)")
+def _pgseg_shard_animated(ws: Workspace) -> Iterator[list[object]]:
+    import io as _io
+
+    from PIL import Image
+
+    frames = [Image.new("RGB", (64, 64), (i * 100, 0, 0)) for i in range(2)]
+    buf = _io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    folder = _pairs_tar(ws, "pairs_animated", {"j.png": _picture(ws), "j.txt": b"a red star",
+                                               "k.png": buf.getvalue(), "k.txt": b"a blue ring"})
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("train-pgseg --batch-size 1 (the projectors' BatchNorm needs two)", "--batch-size 1: must be >= 2")
+def _pgseg_batch_one(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--batch-size", "1"]
+
+
+@case("train-pgseg --crop-size 7 (below the model's 8-pixel patch)", "--crop-size 7: smaller than the model's "
+      "patch (8 px)")
+def _pgseg_crop_below_patch(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--crop-size", "7"]
+
+
+@case("cam --pgseg FILE --pgseg-side 1", "--pgseg-side 1: must be >= 32")
+def _pgseg_cam_side_one(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.world, "--split", "train", "--pgseg", ws.dino_weights("vit_as_pgseg.safetensors"),
+           "--pgseg-side", "1", "-o", ws.out("out"), *CPU]
+
+
+@case("segment --sam-refine with a method other than trident", "--sam-refine: Trident's SAM prompt refinement "
+      "needs SAM's image encoder", "pass --dense trident")
+def _sam_refine_not_trident(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_sam_refine", "--classes", "star,circle", "--sam-refine")
+
+
+@case("segment --cos-fac nan", "--cos-fac nan: not a finite number")
+def _cos_fac_nan(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_nan", "--classes", "star,circle", "--dense", "trident", "--cos-fac", "nan")
+
+
+@case("segment --bg-thresh without --pgseg (warned, not recorded)", "--bg-thresh 0.5 has no effect without "
+      "--pgseg", exit_code=0, leaves=("seg_bg_thresh/", "seg_bg_thresh/*"))
+def _bg_thresh_without_pgseg(ws: Workspace) -> Iterator[list[object]]:
+    yield _segment(ws, "seg_bg_thresh", "--classes", "star,circle", "--bg-thresh", "0.5")
+
+
+@case("segment --pgseg FILE --class-file FILE (the file would be ignored whole)", "--class-file", "not used with "
+      "--pgseg", "drop one of them")
+def _pgseg_class_file(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "cls_pgseg.txt").write_text("star\ncircle\n")
+    yield ["segment", ws.world, "--split", "val", "--pgseg", ws.dino_weights("vit_as_pgseg.safetensors"),
+           "--class-file", ws.root / "cls_pgseg.txt", "-o", ws.out("out"), *CPU]
+
+
+@case("segment --pgseg FILE --classes with synonyms (they would be dropped)", "--classes star|sun,circle: not "
+      "used with --pgseg", "give one name a class")
+def _pgseg_synonyms(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--pgseg", ws.dino_weights("vit_as_pgseg.safetensors"),
+           "--classes", "star|sun,circle", "-o", ws.out("out"), *CPU]
+
+
+@case("cam --pgseg FILE -p PROTOTYPES", "--prototypes", "not used with --pgseg")
+def _pgseg_cam_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.world, "--split", "train", "--pgseg", ws.dino_weights("vit_as_pgseg.safetensors"), "-p",
+           ws.text, "-o", ws.out("out"), *CPU]
+
+
+@case("a class file in ProxyCLIP's and Trident's format ('; ' between queries) with --background as well",
+      "--background sky: --class-file", "gives the background's queries on its first line")
+def _class_file_semicolons_and_background(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    from vpltool.data.class_files import read_class_file
+    from vpltool.presets import VOC_CLASSES
+
+    path = ws.root / "cls_voc21_proxyclip.txt"
+    path.write_text("; ".join(read_class_file("sclip:voc21")[0]) + "\n" + "\n".join(VOC_CLASSES))
+    yield ["segment", f"voc21={root}", "-o", ws.out("out"), "--class-file", path, "--background", "sky", *TINY,
+           *CPU]
+
+
+@case("a class file querying one word for two classes", "'dog' is named twice", "give each class and synonym "
+      "once")
+def _class_file_query_twice(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    from vpltool.presets import VOC_CLASSES
+
+    path = ws.root / "cls_twice.txt"
+    path.write_text("\n".join(["dog", *VOC_CLASSES[1:]]) + "\n")
+    yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+
+
+@case("a class file with '|' (--classes' synonym mark)", "holds '|', --classes' synonym mark")
+def _class_file_bar(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    from vpltool.presets import VOC_CLASSES
+
+    path = ws.root / "cls_bar.txt"
+    path.write_text("\n".join(["aeroplane|jet", *VOC_CLASSES[1:]]) + "\n")
+    yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+
+
+@case("benchmark --class-file FILE for two benchmarks", "--class-file sclip:voc21: one file for 2 benchmarks",
+      "give a set name")
+def _benchmark_one_class_file(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    yield ["benchmark", "naclip", "--root", f"voc21={root}", "--root", f"voc20={root}", "--class-file",
+           "sclip:voc21", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("benchmark naclip,naclip", "method 'naclip' is named 2 times")
+def _benchmark_method_twice(ws: Workspace) -> Iterator[list[object]]:
+    root = _miniature(ws, "voc21")
+    yield ["benchmark", "naclip,naclip", "--root", f"voc21={root}", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("make-world --train 2147483648", "--train 2147483648 --val 200: at most 1,000,000 scenes")
+def _world_too_many(ws: Workspace) -> Iterator[list[object]]:
+    yield ["make-world", ws.out("world_huge"), "--train", "2147483648"]
+
+
+@case("train-pgseg --nouns FILE that matches no caption", "none of its words is in any of the 4 captions")
+def _pgseg_nouns_match_nothing(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "nouns_none.txt").write_text("zebra\ngiraffe\n")
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--multi-label", "3", "--nouns",
+           ws.root / "nouns_none.txt", *PGSEG_ARGS]
+
+
+@case("train-decoder --recipe weclip --dino-model (WeCLIP+'s two-branch decoder)", "--dino-model",
+      "pass --recipe weclip+")
+def _weclip_with_dino(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.world, "-p", ws.text, "-o", ws.out("out"), "--recipe", "weclip", "--dino-model",
+           DINO_MODEL, *DECODER_ARGS]
+
 
 
 # --------------------------------------------------------------------------------------------- the page

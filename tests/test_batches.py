@@ -1,4 +1,5 @@
-"""The shared per-image pipeline (vpltool/batches.py): planning, loading workers, OOM halving, the writer, shards."""
+"""The shared per-image pipeline (vpltool/runtime/batches.py): planning, loading workers, OOM halving, the writer,
+shards."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import threading
 import pytest
 import torch
 
-from vpltool.batches import (
+from vpltool.device import shard_from_env
+from vpltool.errors import ContractError, VplError
+from vpltool.runtime.batches import (
     BackgroundWriter,
     BatchRunner,
     Ragged,
@@ -15,8 +18,6 @@ from vpltool.batches import (
     plan_batches,
     resolve_batch_size,
 )
-from vpltool.device import shard_from_env
-from vpltool.errors import ContractError, VplError
 
 from pace import bound  # tests/ is on sys.path: hang bounds scaled to the machine's pace
 
@@ -143,7 +144,7 @@ def test_the_writers_queue_holds_whole_batches_and_blocks_when_full():
 def test_the_cuda_path_copies_a_batch_to_host_buffers_under_the_test_switch(monkeypatch):
     """``to_host`` on a CPU under VPLTOOL_TEST_CUDA_PATHS=1 runs the CUDA path: every tensor (lists too) copied to a
     host buffer of its own, one event for the batch; without the switch the CPU tensors pass as they are."""
-    from vpltool.batches import to_host
+    from vpltool.runtime.batches import to_host
 
     batch = {"maps": torch.arange(6.0).view(2, 3), "scores": [torch.ones(2), torch.zeros(3)], "n": 2, "none": None}
     host, event = to_host(batch)
@@ -195,7 +196,7 @@ def test_shard_from_torchrun_environment(monkeypatch):
 
 STUCK_WORKERS = """
 import time, torch
-from vpltool.batches import load_batches
+from vpltool.runtime.batches import load_batches
 
 def load(i):
     if i:

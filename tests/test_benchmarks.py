@@ -43,6 +43,7 @@ SCRIPTS = {
                                                "segment_img_per_s"}),
     "bench_host.py": ("host", {"stages", "goal_cpu_ms_extract_cam", "goal_met", "labels_per_image_mean"}),
     "profile_stage.py": ("profile", {"stages", "images", "model"}),
+    "bench_train_pgseg.py": ("train-pgseg", {"configs", "loader", "ratio", "bar_met", "threads", "precision"}),
     "bench_flops.py": ("flops", {"extract_gflop_per_image", "cam_gflop_per_image_voc", "cam_over_extract_voc",
                                  "batch_adds_up", "bar_met"}),
 }

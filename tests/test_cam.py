@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from vpltool import io
-from vpltool.backbone import load_backbone
-from vpltool.cam import affinity, box_mask, refine, run_cam
 from vpltool.config import ExtractConfig, RuntimeConfig
 from vpltool.errors import ContractError, VplError
-from vpltool.extract import run_extract
-from vpltool.kernels import minmax
+from vpltool.models import load_backbone
+from vpltool.ops.kernels import minmax
+from vpltool.stages.cam import affinity, box_mask, refine, run_cam
+from vpltool.stages.extract import run_extract
 
 
 def _stochastic(n: int, seed: int = 0) -> torch.Tensor:
@@ -140,7 +140,7 @@ def test_wrong_dimension_prototypes_are_refused(features_dir, text_protos, tmp_p
 
 
 def test_save_debug_writes_every_step(features_dir, text_protos, tmp_path):
-    from vpltool.kernels import upsample
+    from vpltool.ops.kernels import upsample
 
     run_cam(features_dir, text_protos, tmp_path / "cams", debug=tmp_path / "debug")
     protos = io.read_prototypes(text_protos)
@@ -244,7 +244,7 @@ def test_gradcam_batch_equals_gradcam_per_image(features_dir, text_protos, tiny_
     rounding of torch's batched attention product on the CPU (``bmm`` over rows x heads matrices rounds differently
     at some row counts, with autograd on; ~1e-7 in the raw scores): every product vpltool writes itself (the image
     embedding's projection, the GradCAM sum, CAA's propagation) is batch-invariant."""
-    from vpltool.cam import PrototypeRows
+    from vpltool.stages.cam import PrototypeRows
 
     bb = load_backbone(tiny_spec, "cpu")
     protos = io.read_prototypes(text_protos)
@@ -261,7 +261,7 @@ def test_gradcam_batch_equals_gradcam_per_image(features_dir, text_protos, tiny_
 
 
 def test_an_image_without_labels_gets_no_map_but_its_softmax(features_dir, text_protos, tiny_spec):
-    from vpltool.cam import PrototypeRows
+    from vpltool.stages.cam import PrototypeRows
 
     bb = load_backbone(tiny_spec, "cpu")
     protos = io.read_prototypes(text_protos)
@@ -280,7 +280,7 @@ def test_a_batch_costs_the_flops_of_its_images_alone(features_dir, text_protos, 
     cost grows linearly with its labels."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vpltool.cam import PrototypeRows
+    from vpltool.stages.cam import PrototypeRows
 
     bb = load_backbone(tiny_spec, "cpu")
     rows = PrototypeRows(io.read_prototypes(text_protos), bb.device)
@@ -302,7 +302,7 @@ def test_box_masks_on_the_device_equal_the_contour_boxes():
     (CLIP-ES's scoremap2bbox), on blobs, noise, rings with islands inside, empty and full maps, both box-end rules."""
     import cv2
 
-    from vpltool.cam import box_masks
+    from vpltool.stages.cam import box_masks
 
     rng = np.random.default_rng(0)
     maps = []
@@ -323,7 +323,7 @@ def test_box_masks_on_the_device_equal_the_contour_boxes():
 
 
 def test_a_hand_made_box_mask():
-    from vpltool.cam import box_masks
+    from vpltool.stages.cam import box_masks
 
     cam = torch.zeros(1, 5, 6)
     cam[0, 1, 1] = cam[0, 2, 2] = 1.0  # diagonal neighbours: one 8-connected component
@@ -370,7 +370,7 @@ def _serpentine(h: int, w: int, reverse: bool = False) -> np.ndarray:
 def test_components_label_long_paths_exactly_with_their_fixed_number_of_steps():
     """The fixed round count of :func:`components` (no convergence test, so no synchronisation) against scipy's
     labelling on the longest paths a grid holds, in every orientation, and on random maps of many component sizes."""
-    from vpltool.cam import components
+    from vpltool.stages.cam import components
 
     shapes = [_spiral(n) for n in (5, 9, 16, 24, 31)] + [np.rot90(_spiral(24), k) for k in (1, 2, 3)]
     shapes += [_serpentine(24, 32), _serpentine(24, 32, True), _serpentine(31, 17).T, _spiral(24)[::-1]]
@@ -392,7 +392,7 @@ def _same_partition(binary: np.ndarray, labels: np.ndarray) -> bool:
 def test_fewer_rounds_than_the_bound_can_leave_a_component_split():
     """The round count matters: on a random map near the percolation threshold the same steps stopped after two
     rounds leave a component split (so the tests above could fail); the bound, never an early stop, labels it."""
-    from vpltool.cam import components
+    from vpltool.stages.cam import components
 
     binary = np.random.default_rng(3).random((24, 32)) < 0.45
     assert not _same_partition(binary, components(torch.from_numpy(binary)[None], rounds=2)[0].numpy())
@@ -453,7 +453,7 @@ def test_two_identical_cam_runs_give_byte_identical_files(features_dir, text_pro
 
 
 def test_affinity_share_against_chance():
-    from vpltool.cam import affinity_share
+    from vpltool.stages.cam import affinity_share
 
     regions = np.array([0, 0, 0, 1])  # three background patches, one object patch
     blind = torch.full((4, 4), 0.25)  # attends evenly everywhere: own share = chance

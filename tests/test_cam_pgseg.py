@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from vpltool import io
-from vpltool.backbone import pgseg
 from vpltool.data import open_dataset
 from vpltool.demo.make_world import write_dataset
+from vpltool.models import pgseg
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_maps_are_the_zero_shot_channels_of_the_labelled_classes(world, checkpoi
         assert cam.labels == tuple(item.labels)
         image = io.load_image(item.image)
         h, w = image.shape[:2]
-        x = pgseg.image_tensor(image, pgseg.resized_size(h, w, 48))
+        x = pgseg.image_tensor(image, 48)
         logits = pgseg.zero_shot_logits(model, x, text, with_bg=False, mode="slide")
         want = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0]
         want = want[[c - 1 for c in item.labels]].numpy()

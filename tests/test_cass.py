@@ -11,17 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool.backbone import load_backbone
-from vpltool.backbone.dense import (
-    DENSE_PRESETS,
-    TextShift,
-    cass_proxy_input,
-    neighbourhood_bias,
-    object_presence_logits,
-    query_clusters,
-)
 from vpltool.config import SegmentConfig
 from vpltool.errors import VplError
+from vpltool.models import load_backbone
+from vpltool.models.dense import DENSE_PRESETS, neighbourhood_bias
+from vpltool.models.dense.cass import (
+    TextShift,
+    cass_proxy_input,
+    object_presence_logits,
+    query_clusters,
+    spectral_features,
+)
 
 TOY_DINO = "vpltool/assets/toy-dino/model.safetensors"
 
@@ -33,8 +33,8 @@ def bb(tiny_spec):
 
 @pytest.fixture(scope="module")
 def dino():
-    from vpltool.backbone.dino import DinoSpec
-    from vpltool.backbone.registry import load_model
+    from vpltool.models.dino import DinoSpec
+    from vpltool.models.registry import load_model
 
     return load_model("dino", DinoSpec("test_vit", str(Path(__file__).resolve().parents[1] / TOY_DINO)), "cpu")
 
@@ -117,7 +117,7 @@ def test_cass_features_match_the_public_arithmetic(bb, dino):
     g = torch.Generator().manual_seed(3)
     pixels = torch.randn(1, 3, 5 * bb.patch_size, 6 * bb.patch_size, generator=g) * 0.5
     with torch.no_grad():
-        got, image = dense.spectral_features(pixels)
+        got, image = spectral_features(dense, pixels)
         enc = dense.encode(pixels, stop=bb.n_blocks - 1)
         dino_in = cass_proxy_input(pixels[0], dino.mean, dino.std, dino.patch_size)
         qkv = _ref_keys(dino.model, dino_in)
@@ -134,7 +134,7 @@ def test_cass_features_match_the_public_arithmetic(bb, dino):
     assert (image - want_image).abs().max().item() < 1e-6
     # each window is seeded: the same result alone or in a batch
     with torch.no_grad():
-        twice = dense.spectral_features(torch.cat([pixels, pixels]))[0]
+        twice = spectral_features(dense, torch.cat([pixels, pixels]))[0]
     assert torch.equal(twice[0], got[0]) and torch.equal(twice[1], got[0])
 
 
@@ -206,7 +206,7 @@ def test_segment_runs_cass_end_to_end(world, tiny_spec, tmp_path, crop):
     from vpltool import io
     from vpltool.config import RuntimeConfig
     from vpltool.data import open_dataset
-    from vpltool.segment import run_segment
+    from vpltool.stages.segment import run_segment
 
     ds = open_dataset(world, "val")
     proxy = str(Path(__file__).resolve().parents[1] / TOY_DINO)
@@ -222,8 +222,8 @@ def test_segment_runs_cass_end_to_end(world, tiny_spec, tmp_path, crop):
 
 
 def test_cass_knobs_reach_the_mixing_and_the_benchmark_presets_set_them():
-    from vpltool.benchmark import preset_config
-    from vpltool.segment import dense_mixing_of
+    from vpltool.stages.benchmark import preset_config
+    from vpltool.stages.segment import dense_mixing_of
 
     m = dense_mixing_of(SegmentConfig(dense="cass", global_weight=0.4, shift_weight=0.02, cluster_cut=0.14,
                                       stretch=False, window_global=True))
@@ -243,8 +243,8 @@ def test_cass_knobs_reach_the_mixing_and_the_benchmark_presets_set_them():
 def test_one_window_covering_the_input_takes_its_own_embedding(bb, dino, monkeypatch):
     """A slide window as large as the input: its image embedding is the input's, so no second forward of the input
     is made for it; the logits equal the whole-image path's, and the explicit input embedding's to fp32."""
-    from vpltool.backbone import segmentor
-    from vpltool.backbone.segmentor import dense_logits, input_embedding, window_logits
+    from vpltool.models import segmentor
+    from vpltool.models.segmentor import dense_logits, input_embedding, window_logits
 
     dense = bb.with_dense("cass", proxy=dino)
     g = torch.Generator().manual_seed(5)
@@ -270,7 +270,7 @@ def test_one_window_covering_the_input_takes_its_own_embedding(bb, dino, monkeyp
 def test_spectra_from_the_gram_matrix_equal_the_key_graphs(d):
     """The top eigenvalues CASS takes of each ``N x N`` key graph equal those of the ``d x d`` Gram matrix (zeros
     after rank ``d``), normalised as its cost needs them."""
-    from vpltool.backbone.dense import _spectra
+    from vpltool.models.dense.cass import _spectra
 
     g = torch.Generator().manual_seed(7)
     keys = torch.randn(3, 50, d, generator=g) + torch.randn(3, 1, d, generator=g)
@@ -286,7 +286,7 @@ def test_spectra_from_the_gram_matrix_equal_the_key_graphs(d):
 def test_class_token_of_a_block_equals_the_full_blocks(bb, toy):
     """CASS's image embedding runs the last block for the class token alone: the full block's class row, for the
     tiny CLIP and for the toy CLIP (whose first blocks are windowed: their masks' class row)."""
-    from vpltool.backbone import ModelSpec
+    from vpltool.models import ModelSpec
 
     model = load_backbone(ModelSpec("vpltool-toy", "none"), "cpu") if toy else bb
     g = torch.Generator().manual_seed(11)
@@ -303,7 +303,7 @@ def test_class_token_of_a_block_equals_the_full_blocks(bb, toy):
 def test_cass_dino_sees_the_whole_window_with_the_remainder(bb, dino):
     """CASS squares the whole window for its DINO (``inv_image.resize((min(w, h),) * 2)`` of the uncut input) while
     CLIP's patch convolution drops a side's remainder: a window 3 pixels past whole patches feeds DINO all of it."""
-    from vpltool.backbone.segmentor import grid_logits
+    from vpltool.models.segmentor import grid_logits
 
     dense = bb.with_dense("cass", proxy=dino)
     g = torch.Generator().manual_seed(13)
@@ -313,13 +313,13 @@ def test_cass_dino_sees_the_whole_window_with_the_remainder(bb, dino):
     cut = pixels[..., : 4 * p, : 5 * p]
     with torch.no_grad():
         got = grid_logits(dense, pixels, text)
-        whole = dense.spectral_features(cut, proxy_pixels=pixels)
-        cropped = dense.spectral_features(cut)
+        whole = spectral_features(dense, cut, proxy_pixels=pixels)
+        cropped = spectral_features(dense, cut)
     assert got.shape == (1, 3, 4, 5)
     assert not torch.equal(whole[0], cropped[0])  # the remainder changes DINO's input
     feats = F.normalize(whole[0][0], dim=-1)
     image = F.normalize(whole[1][0], dim=-1)
-    from vpltool.backbone.dense import object_presence_logits, query_clusters
+    from vpltool.models.dense.cass import object_presence_logits, query_clusters
 
     want = object_presence_logits(feats, image, text, query_clusters(text, 0.10), DENSE_PRESETS["cass"].text_shift)
     assert (got[0].reshape(3, -1).T - want).abs().max().item() < 1e-6

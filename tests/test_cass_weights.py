@@ -19,7 +19,7 @@ import cass_weights as cw  # noqa: E402
 from ovss_parity import ambiguity  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
-from vpltool.backbone.dense import SpectralMatching, head_matching_cost  # noqa: E402
+from vpltool.models.dense.cass import SpectralMatching, head_matching_cost  # noqa: E402
 
 
 def _tokens(seed: int, dominant: int, strength: float, n: int = 300) -> torch.Tensor:

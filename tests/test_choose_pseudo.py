@@ -60,7 +60,7 @@ def _deleted(run):
 def _cams_as_candidate(run):
     io.write_stage_record(run / "caa" / "pseudo", "cam", params={"refine": "caa"}, inputs={}, count=0)
     candidate_json = run / "metrics" / "caa" / "pseudo.json"
-    from vpltool.eval import scored_what
+    from vpltool.stages.eval import scored_what
 
     io.write_json(candidate_json, {"miou": 0.5, **scored_what(run / "caa" / "pseudo", "cam", "train")})
 
@@ -88,7 +88,7 @@ def _other_cams(run):
 def _wrong_refinement(run):
     import shutil
 
-    from vpltool.eval import scored_what
+    from vpltool.stages.eval import scored_what
 
     candidate(run, "caa+sgc", 0.6)
     shutil.rmtree(run / "caa")
@@ -161,7 +161,7 @@ def test_by_decoder_the_best_decoder_on_train_wins_whatever_its_masks_score(tmp_
     io.write_stage_record(run / "caa" / "pseudo", "crf", params={"confidence": 0.5}, count=0,
                           inputs=io.read_record(run / "caa" / "pseudo" / "_stage.json")["inputs"])
     candidate_score = run / "metrics" / "caa" / "pseudo.json"
-    from vpltool.eval import scored_what
+    from vpltool.stages.eval import scored_what
 
     io.write_json(candidate_score, {"miou": 0.36, **scored_what(run / "caa" / "pseudo", "crf", "train")})
     with pytest.raises(VplError, match=re.escape("caa/decoder/decoder.safetensors: not trained on")):

@@ -164,7 +164,7 @@ def test_off_a_terminal_extract_prints_progress_while_a_batch_is_slow(world, tmp
     batch takes 0.4 s: each batch must be covered by at least one line."""
     import time
 
-    import vpltool.extract as extract
+    import vpltool.stages.extract as extract
     from vpltool.cli import common
 
     assert common.PROGRESS_EVERY_S <= 30
@@ -198,7 +198,7 @@ def test_off_a_terminal_extract_prints_progress_while_a_batch_is_slow(world, tmp
 
 def test_a_model_folder_or_alias_records_no_pretrained_tag():
     """`extract --model vpltool-toy` without `--pretrained none` once recorded "pretrained": "openai"."""
-    from vpltool.backbone import ModelSpec
+    from vpltool.models import ModelSpec
 
     assert ModelSpec("vpltool-toy").identity() == {"model": "vpltool-toy", "pretrained": "none"}
     assert ModelSpec("local-dir:/somewhere").identity()["pretrained"] == "none"

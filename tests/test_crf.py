@@ -14,11 +14,11 @@ from PIL import Image
 
 from vpltool import io
 from vpltool.config import CrfConfig, RuntimeConfig
-from vpltool.crf import refine_image, run_crf
-from vpltool.densecrf import dense_crf
 from vpltool.errors import ContractError, MissingDependencyError, VplError
 from vpltool.io import mask_path
-from vpltool.kernels import cams_to_labels, clip_es_image, crf_probabilities, pseudo_labels
+from vpltool.ops.densecrf import dense_crf
+from vpltool.ops.kernels import cams_to_labels, clip_es_image, crf_probabilities, pseudo_labels
+from vpltool.stages.crf import refine_image, run_crf
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
                                reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
@@ -199,7 +199,7 @@ def test_finished_items_are_skipped_and_params_guarded(pseudo_dir, cams_dir, tmp
 
 @needs_crf
 def test_eval_scores_the_pseudo_masks(pseudo_dir):
-    from vpltool.eval import run_eval
+    from vpltool.stages.eval import run_eval
 
     result, _ = run_eval(pseudo_dir)
     assert result["kind"] == "mask" and result["n_images"] == 4 and result["miou"] > 0.5

@@ -30,8 +30,8 @@ from vpltool.decoder import (
     view_logits,
 )
 from vpltool.errors import ContractError, VplError
-from vpltool.predict import run_predict
-from vpltool.train_decoder import BatchPlan, compute_losses, lr_at, make_optimizer, run_train_decoder, train_step
+from vpltool.stages.predict import run_predict
+from vpltool.stages.train_decoder import BatchPlan, compute_losses, lr_at, make_optimizer, run_train_decoder, train_step
 
 TINY = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=4, checkpoint_every=2,
                      log_every=1, warmup_iters=2, lr=0.05)
@@ -67,7 +67,7 @@ def test_decoder_shapes_and_dtypes():
 
 
 def test_block_features_shape(tiny_spec):
-    from vpltool.backbone import load_backbone
+    from vpltool.models import load_backbone
 
     bb = load_backbone(tiny_spec, "cpu")
     blocks = feature_blocks(bb.n_blocks, include_last=False)
@@ -266,7 +266,7 @@ def test_flip_averaging_unflips():
 
 
 def test_predict_writes_masks_that_eval_reads(trained, tmp_path):
-    from vpltool.eval import run_eval
+    from vpltool.stages.eval import run_eval
 
     out = tmp_path / "pred"
     summary = run_predict(trained / "decoder.safetensors", None, "val", out, PredictConfig(), CPU,
@@ -329,7 +329,7 @@ def test_crop_first_augmentation_gives_the_views_of_resize_then_crop(shape):
     """The same draws, the same window, the same padding; the pixels up to PIL's rounding of the box corners."""
     from PIL import Image
 
-    from vpltool.train_decoder.data import augment, sample_rng
+    from vpltool.stages.train_decoder.data import augment, sample_rng
 
     cfg = replace(TINY, crop_size=64)
     g = np.random.default_rng(0)
@@ -351,7 +351,7 @@ def test_crop_first_augmentation_gives_the_views_of_resize_then_crop(shape):
 
 
 def test_views_are_normalised_on_the_device_as_numpy_did():
-    from vpltool.train_decoder.data import normalize_views
+    from vpltool.stages.train_decoder.data import normalize_views
 
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     pixels = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
@@ -370,7 +370,7 @@ def test_image_tower_in_bf16_is_as_close_to_fp32_as_autocast_and_runs_fused_atte
     caller's backbone in fp32."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from vpltool.backbone import load_backbone
+    from vpltool.models import load_backbone
 
     class Ops(TorchDispatchMode):
         def __init__(self):
@@ -519,9 +519,9 @@ def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_pr
 def test_an_iteration_compiles_to_one_graph_per_part(tiny_spec, text_protos):
     """The frozen forward and the losses (decoder forward, CE, RSC) each trace into one graph without a break: what
     ``--compile reduce-overhead`` needs to replay an iteration as CUDA graphs (a break leaves eager launches)."""
-    from vpltool.backbone import load_backbone
     from vpltool.decoder import block_features, feature_blocks
-    from vpltool.train_decoder import compute_losses
+    from vpltool.models import load_backbone
+    from vpltool.stages.train_decoder import compute_losses
 
     bb = load_backbone(tiny_spec, "cpu")
     cfg = replace(TINY, lambda_rsc=0.1)
@@ -622,7 +622,7 @@ def test_files_keep_the_per_block_names_and_the_modules_initialisation():
 def test_checkpoint_optimizer_state_is_per_file_parameter_and_round_trips(optimizer, tmp_path):
     """The optimizer's slots of a stacked parameter are written one row per file parameter (the layout of the
     per-block modules: earlier checkpoints resume) and come back equal."""
-    from vpltool.train_decoder.steps import optimizer_state_from_file, optimizer_state_to_file
+    from vpltool.stages.train_decoder.steps import optimizer_state_from_file, optimizer_state_to_file
 
     model = _decoder(replace(TINY, optimizer=optimizer))
     opt = make_optimizer(model, model.cfg)
@@ -638,7 +638,7 @@ def test_checkpoint_optimizer_state_is_per_file_parameter_and_round_trips(optimi
     assert back["param_groups"] == state["param_groups"]
     assert all(torch.equal(back["state"][j][k], v) for j, s in state["state"].items() for k, v in s.items())
     path = tmp_path / "last.safetensors"  # through the file (safetensors refuses two views of one tensor)
-    from vpltool.train_decoder import load_checkpoint, save_checkpoint
+    from vpltool.stages.train_decoder import load_checkpoint, save_checkpoint
 
     save_checkpoint(path, model, opt, 1, ["background"] + [f"c{i}" for i in range(1, 9)],
                     {"decoder_config": {}, "inputs": {}, "model": {}})

@@ -1,4 +1,4 @@
-"""The dense CLIP family on the backbone's last block (vpltool.backbone.dense): each method's arithmetic against a
+"""The dense CLIP family on the backbone's last block (vpltool.models.dense): each method's arithmetic against a
 plain restatement of its public code, Ω, the positional interpolation, and ``none`` unchanged."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool.backbone import DENSE_METHODS, dense_mixing, load_backbone
-from vpltool.backbone.dense import neighbourhood_bias, resize_positional
 from vpltool.config.dense import PROXY_METHODS
 from vpltool.errors import VplError
+from vpltool.models import DENSE_METHODS, dense_mixing, load_backbone
+from vpltool.models.dense import neighbourhood_bias, resize_positional
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vpltool.config import CrfConfig, PredictConfig
-from vpltool.densecrf import (
+from vpltool.errors import VplError
+from vpltool.ops.densecrf import (
     crf_labels,
     dense_crf,
     iterate,
@@ -20,9 +21,8 @@ from vpltool.densecrf import (
     torch_unary,
     unary,
 )
-from vpltool.errors import VplError
-from vpltool.kernels import crf_probabilities
-from vpltool.predict import crf_config
+from vpltool.ops.kernels import crf_probabilities
+from vpltool.stages.predict import crf_config
 
 WECLIP = crf_config(PredictConfig())  # predict's test-time kernels (sxy 3 / 64, srgb 5)
 # measured: every label equal and max |dQ| <= 2.5e-5 on these cases (ulp-level differences of exp and of the

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vpltool import io
-from vpltool.diagnose import pixel_labels, run_diagnose
 from vpltool.errors import VplError
 from vpltool.io.marks import marked
+from vpltool.stages.diagnose import pixel_labels, run_diagnose
 
 
 def test_pixel_labels_are_the_argmax_row_with_background_rows_as_zero():
@@ -26,7 +26,7 @@ def gt_prototypes(features_dir, text_protos, tmp_path_factory):
     import cv2
 
     from vpltool.data import open_recorded
-    from vpltool.diagnose import region_centroids
+    from vpltool.stages.diagnose import region_centroids
 
     text = io.read_prototypes(text_protos)
     classes = text.classes

@@ -15,7 +15,7 @@ from vpltool.config import ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
 from vpltool.demo.make_world import write_dataset
 from vpltool.errors import ContractError, VplWarning
-from vpltool.extract import run_extract
+from vpltool.stages.extract import run_extract
 
 CPU = RuntimeConfig(device="cpu", precision="fp32", workers=1)  # fp32 also where auto is bf16 (AMX, CUDA)
 
@@ -160,7 +160,7 @@ def test_fp16_on_the_cpu_is_refused(train, tiny_spec, tmp_path):
 
 def test_an_unreadable_image_is_refused_before_the_model_loads(tiny_spec, tmp_path, monkeypatch):
     """A zero-byte image: the message came only after loading the model, and left a folder and a lock file."""
-    import vpltool.extract as extract
+    import vpltool.stages.extract as extract
 
     root = write_dataset(tmp_path / "data", n_train=3, n_val=1, seed=0)
     (root / "images" / "train_000001.png").write_bytes(b"")

@@ -71,7 +71,32 @@ def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
         "eval": [ws.pseudo, "--json", out / "scores.json"],
         "make-world": [out, "--train", "2", "--val", "1"],
         "train-toy-dino": [out / "dino.safetensors", "--data", ws.world, "--epochs", "1", "--batch-size", "2"],
+        "train-toy-sam": [out / "sam.safetensors", "--data", ws.world, "--epochs", "1", "--batch-size", "2"],
+        "train-pgseg": [ws.world, "-o", out, *rc.PGSEG_ARGS],
+        "benchmark": ["naclip", "--root", f"voc21={rc._miniature(ws, 'voc21')}", "-o", out, *rc.TINY, *rc.CPU],
+        "diagnose": [ws.features, "-p", ws.text, "--json", out / "diagnose.json", *rc.CPU],
     }.get(name)
+
+
+def _valid_choices(ws: rc.Workspace, command: str) -> dict[str, list[str]]:
+    """The valid values of the choice-like options, drawn beside the edge values so that every path runs: each
+    --dense method, each --recipe of the command, a trained PGSeg checkpoint for --pgseg."""
+    from vpltool.config import DECODER_RECIPES
+    from vpltool.config.dense import DENSE_CHOICES
+    from vpltool.config.pgseg import PGSEG_RECIPES
+
+    recipes = {"train-decoder": list(DECODER_RECIPES), "train-pgseg": list(PGSEG_RECIPES)}.get(command, [])
+    return {"--dense": list(DENSE_CHOICES), "--recipe": recipes, "--refine": ["none", "caa", "caa+sgc"],
+            "--pgseg": [str(_pgseg_checkpoint(ws))], "--class-file": ["sclip:voc21", "sclip"],
+            "--affinity": ["clip", "dino", "clip+dino"]}
+
+
+def _pgseg_checkpoint(ws: rc.Workspace) -> Path:
+    """A tiny PGSeg trained on the workspace world (one epoch), made once: the --pgseg of the drawn runs."""
+    path = ws.root / "fuzz_pgseg_model" / "pgseg.safetensors"
+    if not path.is_file():
+        rc.cli_ok("train-pgseg", ws.world, "-o", path.parent, *rc.PGSEG_ARGS)
+    return path
 
 
 def _pool(ws: rc.Workspace) -> list[Path]:
@@ -80,11 +105,16 @@ def _pool(ws: rc.Workspace) -> list[Path]:
             ws.world / "labels.csv", ws.first_feature_file(), ws.root / "nowhere", Path("")]
 
 
-def _option_values(option, ws: rc.Workspace) -> st.SearchStrategy[list[str]]:
-    """The words one option is given as: its flag alone, or its name and an edge value of its declared type."""
+def _option_values(option, ws: rc.Workspace, command: str = "") -> st.SearchStrategy[list[str]]:
+    """The words one option is given as: its flag alone, or its name and an edge value of its declared type, or
+    one of its valid values (:func:`_valid_choices`)."""
     name = max(option.opts, key=len)
     if option.is_flag:
         return st.just([name])
+    valid = _valid_choices(ws, command).get(name) if name in ("--dense", "--recipe", "--refine", "--pgseg",
+                                                               "--class-file", "--affinity") else None
+    if valid:
+        return st.one_of(st.sampled_from(valid), st.sampled_from(STRINGS)).map(lambda v: [name, v])
     kind = getattr(getattr(option, "type_descriptor", None), "annotation", str)
     if kind is int:
         values = st.sampled_from(INTS)
@@ -110,7 +140,7 @@ def _invocation(ws: rc.Workspace, name: str, out: Path) -> st.SearchStrategy[lis
         head = st.just([str(a) for a in base])
     picked = st.lists(st.sampled_from(options), min_size=1, max_size=3, unique_by=lambda p: p.name) \
         if options else st.just([])
-    return st.tuples(head, picked.flatmap(lambda ps: st.tuples(*[_option_values(p, ws) for p in ps]))).map(
+    return st.tuples(head, picked.flatmap(lambda ps: st.tuples(*[_option_values(p, ws, name) for p in ps]))).map(
         lambda t: [name, *t[0], *(w for words in t[1] for w in words)])
 
 

@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from vpltool import io
-from vpltool.cam import run_cam
 from vpltool.cli import app
 from vpltool.config import (
     CamConfig,
@@ -24,14 +23,15 @@ from vpltool.config import (
     ReportConfig,
     RuntimeConfig,
 )
-from vpltool.crf import run_crf
 from vpltool.data import open_recorded
 from vpltool.demo.report import run_demo_report
-from vpltool.eval import run_eval
-from vpltool.learn_prototypes import run_learn_prototypes
-from vpltool.predict import run_predict
-from vpltool.report import run_report
-from vpltool.train_decoder import run_train_decoder
+from vpltool.stages.cam import run_cam
+from vpltool.stages.crf import run_crf
+from vpltool.stages.eval import run_eval
+from vpltool.stages.learn_prototypes import run_learn_prototypes
+from vpltool.stages.predict import run_predict
+from vpltool.stages.report import run_report
+from vpltool.stages.train_decoder import run_train_decoder
 
 CPU = RuntimeConfig(device="cpu", workers=1)
 TINY_DECODER = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=4, checkpoint_every=2,

@@ -1,4 +1,10 @@
-"""The import graph of vpltool's own modules: no circle, and no stage module importing another.
+"""The import graph of vpltool's own modules: no circle, and no arrow running up the three layers.
+
+The layers are folders: the CLI (``vpltool/cli/``, and the front door ``vpltool/__init__.py``, ``__main__.py``) on
+top, the stages (``vpltool/stages/``: one module or package per command, peers) below it, the core (every other
+package and module: models, data, io, config, runtime, ops, decoder, errors, device, presets) at the bottom. The demo
+world (``vpltool/demo/``) is a plugin: it registers itself through the entry point, and nothing below the CLI names
+it. The stage list is read from the folder, so a new stage is checked the day it lands.
 
 Read from the source with ``ast`` (nothing is imported), every ``import`` and ``from ... import`` counted, the lazy
 ones inside functions too: a lazy import only hides a circle until the day it runs first. An edge goes to the
@@ -15,9 +21,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vpltool"
-# the stage modules: one per command (or per group of the demo world's commands), peers that never import each other
-STAGES = ("extract", "text_prototypes", "cam", "learn_prototypes", "crf", "segment", "train_decoder", "predict",
-          "eval", "diagnose", "report", "demo")
+STAGE_DIR = PACKAGE / "stages"
+# the stage modules and packages, read from the folder: peers that never import each other
+STAGES = tuple(sorted(p.stem for p in STAGE_DIR.iterdir()
+                      if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()))
+# a stage that runs others, and the stages it runs (and nothing else): `benchmark` is `segment` then `eval` per
+# dataset, the same functions the two commands call
+COMPOSITES = {"benchmark": {"segment", "eval"}}
+# the CLI and the front door: they may import anything. The package root is imported below for its __version__
+# alone (the circle check keeps the front door's imports lazy)
+TOP = ("vpltool", "vpltool.__main__", "vpltool.cli")
+PLUGINS = ("vpltool.demo",)  # imported only by the CLI (its commands) and the entry point
 
 
 def modules(root: Path = PACKAGE) -> dict[str, tuple[Path, bool]]:
@@ -106,17 +120,53 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _module(stage: str) -> str:
+    return f"vpltool.stages.{stage}"
+
+
 def _stage(module: str) -> str | None:
+    """The stage ``module`` belongs to (``vpltool.stages.cam.caa`` -> ``cam``); None outside the stages."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+    return parts[2] if len(parts) > 2 and parts[1] == "stages" and parts[2] in STAGES else None
+
+
+def _under(module: str, roots: tuple[str, ...]) -> bool:
+    return any(module == r or module.startswith(r + ".") for r in roots if r != "vpltool") or module in roots
+
+
+def layer(module: str) -> int:
+    """2: the CLI and the front door; 1: a stage (or the stages package); 0: the core. Plugins are their own."""
+    if _under(module, TOP):
+        return 2
+    return 1 if module == "vpltool.stages" or _stage(module) else 0
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every arrow that runs up: a core module importing a stage, the CLI or a plugin; a stage importing the CLI,
+    a plugin, or another stage (a composite only the stages it runs)."""
+    bad = []
+    for m, targets in graph.items():
+        if _under(m, PLUGINS):
+            bad += [f"{m} -> {t}" for t in sorted(targets) if layer(t) > 0]  # a plugin sits on the core alone
+            continue
+        for t in sorted(targets - {"vpltool"}):
+            if _under(t, PLUGINS) and layer(m) < 2:
+                bad.append(f"{m} -> {t}")
+            elif layer(t) > layer(m):
+                bad.append(f"{m} -> {t}")
+            elif layer(m) == layer(t) == 1 and _stage(m) != _stage(t) and t != "vpltool.stages":
+                if _stage(t) not in COMPOSITES.get(_stage(m) or "", ()):
+                    bad.append(f"{m} -> {t}")
+    return bad
 
 
 def test_the_graph_is_read():
     graph = import_graph()
-    assert "vpltool.io.stage" in graph["vpltool.crf"] or "vpltool.io" in graph["vpltool.crf"]
+    assert "vpltool.io.stage" in graph["vpltool.stages.crf"] or "vpltool.io" in graph["vpltool.stages.crf"]
     assert "vpltool.device" in graph["vpltool.io.stage"]  # a lazy import, inside a function, is an edge too
-    assert all(_stage(f"vpltool.{s}") == s for s in STAGES)
-    assert all(f"vpltool.{s}" in graph for s in STAGES)
+    assert all(_stage(_module(s)) == s for s in STAGES)
+    assert all(_module(s) in graph for s in STAGES)
+    assert {"extract", "cam", "segment", "train_pgseg", "segment_pgseg", "benchmark"} <= set(STAGES)
 
 
 def test_no_import_circle_among_vpltool_modules():
@@ -126,8 +176,33 @@ def test_no_import_circle_among_vpltool_modules():
 
 def test_stage_modules_never_import_each_other():
     crossings = [f"{m} -> {t}" for m, targets in import_graph().items() for t in sorted(targets)
-                 if _stage(m) and _stage(t) and _stage(m) != _stage(t)]
+                 if _stage(m) and _stage(t) and _stage(m) != _stage(t)
+                 and _stage(t) not in COMPOSITES.get(_stage(m), ())]
     assert not crossings, "a stage imports another stage (move what they share into the core): " + ", ".join(crossings)
+
+
+def test_no_import_runs_up_the_layers():
+    """Core never imports a stage, the CLI or the demo plugin; a stage never imports the CLI or the demo."""
+    found = upward(import_graph())
+    assert not found, "imports running up the layers (register through the plugin point, or move the shared piece " \
+                      "down into the core): " + ", ".join(found)
+
+
+@pytest.mark.parametrize("edge, up", [
+    (("vpltool.models.pgseg", "vpltool.demo.tokenizer"), True),  # a model family naming the demo plugin
+    (("vpltool.io.stage", "vpltool.stages.crf"), True),  # the core reaching a stage
+    (("vpltool.stages.crf", "vpltool.cli.common"), True),  # a stage reaching the CLI
+    (("vpltool.stages.crf", "vpltool.stages.cam.caa"), True),  # a stage reaching a peer
+    (("vpltool.stages.benchmark", "vpltool.stages.segment"), False),  # a composite and the stages it runs
+    (("vpltool.stages.benchmark", "vpltool.stages.cam"), True),  # ... and no other
+    (("vpltool.cli.segment", "vpltool.stages.segment"), False),
+    (("vpltool.demo.toyclip", "vpltool.models"), False),  # a plugin on the core
+    (("vpltool.cli.demo", "vpltool.demo"), False),
+    (("vpltool.stages.cam.stage", "vpltool.stages.cam.caa"), False),  # inside one stage
+    (("vpltool.io.stage", "vpltool"), False),  # the version
+])
+def test_the_check_finds_an_upward_arrow(edge, up):
+    assert bool(upward({edge[0]: {edge[1]}})) == up
 
 
 @pytest.mark.parametrize("files, circle", [

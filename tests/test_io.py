@@ -537,7 +537,7 @@ def test_eval_results_read_back_through_the_checked_reader(world, tmp_path):
     import shutil
 
     from vpltool.data import open_dataset
-    from vpltool.eval import run_eval
+    from vpltool.stages.eval import run_eval
 
     masks = tmp_path / "masks"
     masks.mkdir()

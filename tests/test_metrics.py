@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from vpltool.errors import ContractError, VplError
-from vpltool.eval import evaluate_cams, evaluate_masks, format_table
 from vpltool.io import write_mask, write_tensors
-from vpltool.kernels import MiouAccumulator, cams_to_labels, confusion_matrix, scores
+from vpltool.ops.kernels import MiouAccumulator, cams_to_labels, confusion_matrix, scores
+from vpltool.stages.eval import evaluate_cams, evaluate_masks, format_table
 
 CLASSES = ["background", "cat", "dog"]
 X = 255  # ignore
@@ -197,7 +197,7 @@ def test_the_table_in_a_pipe_keeps_its_first_and_last_lines_whole():
 def test_per_image_figures_are_each_images_own():
     """``MiouAccumulator(per_image=True)`` keeps each image's own IoU (what `eval --per-image` and the report show)
     beside the dataset's; worked by hand: class 0 1/2, class 1 2/3."""
-    from vpltool.kernels import image_scores
+    from vpltool.ops.kernels import image_scores
 
     acc = MiouAccumulator(3, per_image=True)
     gt, pred = np.array([[0, 0], [1, 1]]), np.array([[0, 1], [1, 1]])
@@ -215,7 +215,7 @@ def test_precision_recall_and_the_most_confused_pairs():
     (IoU alone does not) and names the largest confusions."""
     from rich.console import Console
 
-    from vpltool.eval import confused_pairs
+    from vpltool.stages.eval import confused_pairs
 
     gt = np.array([[1, 1, 1, 1], [0, 0, 0, 0]], np.uint8)
     pred = np.array([[1, 1, 0, 255], [1, 1, 0, 0]], np.uint8)  # half of class 1 found, and two background pixels

@@ -24,9 +24,9 @@ from vpltool.decoder import (
     spherical_kmeans,
 )
 from vpltool.errors import VplError
-from vpltool.predict import parse_class_names, run_predict
-from vpltool.train_decoder import compute_losses, run_train_decoder
-from vpltool.train_decoder.data import held_out_label_map
+from vpltool.stages.predict import parse_class_names, run_predict
+from vpltool.stages.train_decoder import compute_losses, run_train_decoder
+from vpltool.stages.train_decoder.data import held_out_label_map
 
 TINY = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=4, checkpoint_every=2,
                      log_every=1, warmup_iters=2, lr=0.05)
@@ -201,7 +201,7 @@ def test_parse_class_names(tmp_path):
 
 def test_open_vocabulary_predict_and_eval_by_name(held_out, world, tmp_path):
     from vpltool.data import open_dataset
-    from vpltool.eval import run_eval
+    from vpltool.stages.eval import run_eval
 
     classes = list(open_dataset(world, "val").classes)
     names = tuple(reversed(classes[1:]))  # every class, 'star' (held out) included, in another order
@@ -232,7 +232,7 @@ def test_open_vocabulary_predict_and_eval_by_name(held_out, world, tmp_path):
 def test_eval_maps_a_reordered_class_list_by_name(world, tmp_path):
     """GT masks written under a permuted class list (and recorded so) score 1.0; unmapped they would not."""
     from vpltool.data import open_dataset
-    from vpltool.eval import run_eval
+    from vpltool.stages.eval import run_eval
 
     dataset = open_dataset(world, "val")
     classes = list(dataset.classes)
@@ -251,7 +251,7 @@ def test_eval_maps_a_reordered_class_list_by_name(world, tmp_path):
 
 
 def test_prompt_recipe_of_vision_prototypes_reads_their_text_file(text_protos, tmp_path):
-    from vpltool.train_decoder import prompt_recipe
+    from vpltool.stages.train_decoder import prompt_recipe
 
     text = io.read_prototypes(text_protos)
     vision = io.Prototypes(text.vectors, text.row_class, text.row_names, classes=text.classes, temperature=0.03,

@@ -34,9 +34,9 @@ def _invoke(*args: object):
 @pytest.mark.parametrize("blocks, cache", [(2, "full"), (1, "light")])
 def test_cam_takes_the_attention_blocks_of_its_extract_folder(world, tiny_spec, text_protos, tmp_path, blocks,
                                                               cache):
-    from vpltool.cam import run_cam
     from vpltool.data import open_dataset
-    from vpltool.extract import run_extract
+    from vpltool.stages.cam import run_cam
+    from vpltool.stages.extract import run_extract
 
     features = tmp_path / "features"
     run_extract(open_dataset(world, "train"), features, tiny_spec, ExtractConfig(attention_blocks=blocks, cache=cache),
@@ -52,7 +52,7 @@ def test_cam_takes_the_attention_blocks_of_its_extract_folder(world, tiny_spec, 
 
 
 def test_cam_on_a_dataset_averages_clip_es_8_blocks_by_default(world, text_protos, tmp_path):
-    from vpltool.cam import run_cam
+    from vpltool.stages.cam import run_cam
 
     run_cam(world, text_protos, tmp_path / "cams", CamConfig(refine="caa"), CPU, split="train")
     assert io.read_stage_record(tmp_path / "cams", "cam")["params"]["attention_blocks"] == 8
@@ -65,9 +65,9 @@ def test_cam_help_shows_attention_blocks():
 
 # --------------------------------------------------------------------------------------------- learn-prototypes
 def test_a_descent_that_does_not_move_is_refused_and_writes_nothing(features_dir, text_protos, tmp_path):
-    from vpltool.cam import run_cam
     from vpltool.config import LearnPrototypesConfig
-    from vpltool.learn_prototypes import run_learn_prototypes
+    from vpltool.stages.cam import run_cam
+    from vpltool.stages.learn_prototypes import run_learn_prototypes
 
     cams = tmp_path / "cams"
     run_cam(features_dir, text_protos, cams, CamConfig(refine="none"), CPU)
@@ -84,7 +84,7 @@ def test_a_descent_that_does_not_move_is_refused_and_writes_nothing(features_dir
 
 def test_check_descent_refuses_a_non_finite_last_loss():
     from vpltool.config import LearnPrototypesConfig
-    from vpltool.learn_prototypes import check_descent
+    from vpltool.stages.learn_prototypes import check_descent
 
     with pytest.raises(VplError, match="the loss became nan after the last iteration"):
         check_descent([1.0, 0.5, math.nan], LearnPrototypesConfig(iters=2))
@@ -199,7 +199,7 @@ def test_make_world_with_a_negative_seed_leaves_nothing(tmp_path):
     ("a {} }", "not a valid format string"),
 ])
 def test_templates_hold_exactly_one_plain_field(template, words):
-    from vpltool.text_prototypes import resolve_templates
+    from vpltool.stages.text_prototypes import resolve_templates
 
     with pytest.raises(VplError, match="--templates") as e:
         resolve_templates(template)
@@ -208,7 +208,7 @@ def test_templates_hold_exactly_one_plain_field(template, words):
 
 
 def test_a_bad_template_in_a_file_is_named_with_its_line(tmp_path):
-    from vpltool.text_prototypes import resolve_templates
+    from vpltool.stages.text_prototypes import resolve_templates
 
     path = tmp_path / "t.txt"
     path.write_text("a photo of a {}.\n\na {} and a {}.\n")
@@ -222,7 +222,7 @@ def test_a_bad_template_in_a_file_is_named_with_its_line(tmp_path):
     (["cat"], "must start with 'background'"),
 ])
 def test_class_names_are_unique_and_background_only_first(classes, words):
-    from vpltool.text_prototypes import check_class_names
+    from vpltool.stages.text_prototypes import check_class_names
 
     with pytest.raises(VplError) as e:
         check_class_names(classes)
@@ -231,7 +231,7 @@ def test_class_names_are_unique_and_background_only_first(classes, words):
 
 def test_background_words_that_are_classes_are_refused_but_presets_drop_them():
     from vpltool.presets import VOC_CLASSES
-    from vpltool.text_prototypes import resolve_background
+    from vpltool.stages.text_prototypes import resolve_background
 
     with pytest.raises(VplError, match="'Sky' is also a class"):
         resolve_background("grass,Sky", None, ["background", "sky", "tree"])
@@ -253,7 +253,7 @@ def test_a_device_from_the_environment_is_named_as_such(monkeypatch):
 def test_train_decoder_reads_every_mask_with_the_class_count(tmp_path):
     import numpy as np
 
-    from vpltool.train_decoder.data import check_supervision
+    from vpltool.stages.train_decoder.data import check_supervision
 
     good, bad = tmp_path / "a.png", tmp_path / "b.png"
     io.write_mask(good, np.ones((8, 8), np.uint8))

@@ -64,7 +64,7 @@ def test_a_root_of_another_layout_is_one_line_naming_what_is_missing(minis):
 
 
 def test_eval_scores_a_benchmark_through_its_label_map(minis, tmp_path):
-    from vpltool.eval import evaluate_masks
+    from vpltool.stages.eval import evaluate_masks
 
     ds = open_dataset(f"cityscapes={minis['cityscapes']}")
     for item in ds.items:  # predictions = the ground truth as vpltool reads it: mIoU 1
@@ -109,7 +109,7 @@ def test_a_class_file_of_another_length_is_refused(tmp_path):
 
 
 def test_presets_name_their_source_and_options_override_them():
-    from vpltool.benchmark import preset_config
+    from vpltool.stages.benchmark import preset_config
 
     cfg = preset_config("sclip", "voc21")
     assert (cfg.logit_scale, cfg.prob_threshold, cfg.area_threshold, cfg.short_side) == (65.0, 0.1, 0.1, 336)
@@ -126,7 +126,7 @@ def test_presets_name_their_source_and_options_override_them():
 
 def test_clearclip_shipped_mixing_is_an_option():
     from vpltool.config import SegmentConfig
-    from vpltool.segment import dense_mixing_of
+    from vpltool.stages.segment import dense_mixing_of
 
     m = dense_mixing_of(SegmentConfig(dense="clearclip", attention="qk"))  # model_type vanilla, ignore_residual
     assert (m.attention, m.residual, m.ffn, m.pos_interpolation) == ("qk", False, False, "bicubic-dino")
@@ -137,7 +137,7 @@ def test_clearclip_shipped_mixing_is_an_option():
 
 def test_segment_with_a_class_file_writes_the_datasets_classes(minis, tiny_spec, tmp_path):
     from vpltool.config import RuntimeConfig, SegmentConfig
-    from vpltool.segment import run_segment
+    from vpltool.stages.segment import run_segment
 
     ds = open_dataset(f"voc21={minis['voc21']}")
     cfg = SegmentConfig(dense="sclip", class_file="sclip:voc21", short_side=32, slide_crop=0)
@@ -186,19 +186,26 @@ def test_the_docs_presets_table_is_the_presets():
 
 
 def test_a_bad_class_file_for_any_benchmark_fails_before_the_first_is_segmented(minis, tiny_spec, tmp_path):
-    from vpltool.benchmark import run_benchmark
+    from vpltool.stages.benchmark import run_benchmark
 
     bad = tmp_path / "cls.txt"
     bad.write_text("".join(f"class {i}\n" for i in range(21)))  # right for VOC21, 21 lines for ADE20K's 150
     with pytest.raises(VplError, match="21 lines for 150 classes"):
-        run_benchmark("naclip", {"voc21": minis["voc21"], "ade20k": minis["ade20k"]}, tmp_path / "out", tiny_spec,
-                      {"class_file": str(bad)})
+        run_benchmark("naclip", {"ade20k": minis["ade20k"]}, tmp_path / "out", tiny_spec, {"class_file": str(bad)})
+    # one file for several benchmarks is refused (VOC20 would get VOC21's background line); a set name is not
+    with pytest.raises(VplError, match="one file for 2 benchmarks"):
+        run_benchmark("naclip", {"voc21": minis["voc21"], "voc20": minis["voc20"]}, tmp_path / "out", tiny_spec,
+                      {"class_file": "sclip:voc21"})
     assert not (tmp_path / "out").exists()
+    from vpltool.stages.benchmark import preset_config
+
+    assert preset_config("naclip", "voc20", {"class_file": "sclip"}).class_file == "sclip:voc20"
+    assert preset_config("naclip", "voc21", {"class_file": "clearclip"}).class_file == "clearclip:voc21"
 
 
 def test_background_words_stay_out_of_a_benchmark_without_background(minis):
     from vpltool.config import SegmentConfig
-    from vpltool.segment import resolve_queries, scored_background
+    from vpltool.stages.segment import resolve_queries, scored_background
 
     ade, voc = open_dataset(f"ade20k={minis['ade20k']}"), open_dataset(f"voc21={minis['voc21']}")
     assert not scored_background(ade) and scored_background(voc)

@@ -7,16 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool.backbone import load_backbone
-from vpltool.backbone.dense import (
-    DENSE_PRESETS,
-    SelfCalibration,
-    lof_outliers,
-    repair_outliers,
-    scaled_levels,
-)
 from vpltool.config import SegmentConfig
 from vpltool.errors import VplError
+from vpltool.models import load_backbone
+from vpltool.models.dense import DENSE_PRESETS
+from vpltool.models.dense.sc_clip import SelfCalibration, lof_outliers, repair_outliers, scaled_levels
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +170,8 @@ TOY_DINO = "vpltool/assets/toy-dino/model.safetensors"
 def dino():
     from pathlib import Path
 
-    from vpltool.backbone.dino import DinoSpec
-    from vpltool.backbone.registry import load_model
+    from vpltool.models.dino import DinoSpec
+    from vpltool.models.registry import load_model
 
     root = Path(__file__).resolve().parents[1]
     return load_model("dino", DinoSpec("test_vit", str(root / TOY_DINO)), "cpu")
@@ -283,7 +278,7 @@ def test_segment_runs_each_new_method_end_to_end(world, tiny_spec, tmp_path, met
     from vpltool import io
     from vpltool.config import RuntimeConfig
     from vpltool.data import open_dataset
-    from vpltool.segment import run_segment
+    from vpltool.stages.segment import run_segment
 
     ds = open_dataset(world, "val")
     proxy = str(Path(__file__).resolve().parents[1] / TOY_DINO)

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from vpltool import io
-from vpltool.cam import run_cam
 from vpltool.config import CamConfig, ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
-from vpltool.densecrf import unary
 from vpltool.errors import VplError
-from vpltool.extract import run_extract
-from vpltool.kernels import cams_to_labels, crf_probabilities, gradcam_scale, minmax
+from vpltool.ops.densecrf import unary
+from vpltool.ops.kernels import cams_to_labels, crf_probabilities, gradcam_scale, minmax
+from vpltool.stages.cam import run_cam
+from vpltool.stages.extract import run_extract
 
 
 def _scale_cam_image(cam: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_eval_background_power_in_float16_like_clip_es():
 
 
 def test_positional_embedding_rounded_to_float16(tiny_spec):
-    from vpltool.backbone import load_backbone
+    from vpltool.models import load_backbone
 
     bb = load_backbone(tiny_spec)
     exact = bb.positional_embedding((3, 5))
@@ -107,7 +107,7 @@ def test_cam_parity_needs_a_parity_extract(features_dir, text_protos, tmp_path):
 
 def test_clip_es_operation_order_gives_the_same_maps_and_text(tiny_spec, features_dir, text_protos):
     """The exact paths (CLIP-ES's order of operations) compute the same values as the fast ones, to rounding."""
-    from vpltool.backbone import load_backbone
+    from vpltool.models import load_backbone
 
     bb = load_backbone(tiny_spec)
     path = next(p for p in sorted(features_dir.glob("*.safetensors")) if len(io.read_features(p).labels) >= 2)

@@ -1,4 +1,4 @@
-"""The ``pgseg`` model family (vpltool.backbone.pgseg): shapes, NPR off = GroupViT, determinism, the losses'
+"""The ``pgseg`` model family (vpltool.models.pgseg): shapes, NPR off = GroupViT, determinism, the losses'
 pieces, checkpoints and the reference key map, one-line errors for other files. Tiny config, CPU, seeded."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vpltool.backbone import check_model, load_model
-from vpltool.backbone.pgseg import (
+from vpltool.errors import VplError
+from vpltool.models import check_model, load_model
+from vpltool.models.pgseg import (
     PGSeg,
     PGSegConfig,
     build_model,
@@ -28,7 +29,6 @@ from vpltool.backbone.pgseg import (
     zero_shot_labels,
     zero_shot_logits,
 )
-from vpltool.errors import VplError
 
 CAPTIONS = ["a photo of a cat", "a dog on a mat", "two red cars", "a boat at sea"]
 
@@ -134,17 +134,34 @@ def test_deterministic_for_a_seed(tok):
     assert torch.equal(outs[0], outs[1])
 
 
-def test_text_prototypes_move_by_momentum_in_training_only(tok):
+def test_text_prototypes_move_on_every_text_forward_evaluation_included(tok):
+    """The reference's text forward runs T-NPR (``Atten``) each time: the buffer moves by momentum towards the
+    texts' prototypes in eval (class embeddings) as in training; forward_train moves it exactly once."""
+    from vpltool.models.pgseg.npr import TextNPR
+
     model = build_model(tiny_config())
     before = model.text_encoder.Atten.mu.clone()
+    tokens = tok(CAPTIONS)
     model.eval()
     with torch.no_grad():
-        model.encode_text(tok(CAPTIONS))
-    assert torch.equal(model.text_encoder.Atten.mu, before)
-    model.train()
+        eot = model.text_encoder(tokens, move_prototypes=False)
+        assert torch.equal(model.text_encoder.Atten.mu, before)  # the switch forward_train uses
+        plain = TextNPR(8)
+        plain.mu = before.clone()
+        want_mu = plain(eot)  # the prototypes from the old buffer, then one momentum step
+        model.encode_text(tokens)
+    moved = model.text_encoder.Atten.mu
+    assert not torch.equal(moved, before)
+    torch.testing.assert_close(moved, 0.9 * before + 0.1 * want_mu.mean(dim=0, keepdim=True), rtol=0, atol=1e-7)
+    torch.testing.assert_close(moved, plain.mu, rtol=0, atol=0)
+    model = build_model(tiny_config()).train()
     torch.manual_seed(0)
-    model.forward_train(batch(), tok(CAPTIONS))
-    assert not torch.equal(model.text_encoder.Atten.mu, before)
+    model.forward_train(batch(), tokens)
+    once = TextNPR(8)
+    once.mu = before.clone()
+    with torch.no_grad():
+        once(model.text_encoder(tokens, move_prototypes=False))  # (no dropout in the text encoder: same EOT)
+    torch.testing.assert_close(model.text_encoder.Atten.mu, once.mu, rtol=0, atol=1e-6)
     image_mu = [layer.downsample_spatial.mu for layer in model.img_encoder.layers[:2]]
     assert all(torch.equal(m, build_model(tiny_config()).img_encoder.layers[i].downsample_spatial.mu)
                for i, m in enumerate(image_mu))  # the reference never updates the image prototypes
@@ -306,7 +323,7 @@ def test_matched_indices_are_a_permutation(tok):
 
 
 def test_slide_windows_cover_the_image_as_mmseg():
-    from vpltool.backbone.pgseg.zeroshot import slide_windows
+    from vpltool.models.pgseg.zeroshot import slide_windows
 
     assert slide_windows(448, 597, 448, 224) == [(0, 448, 0, 448), (0, 448, 149, 597)]
     assert slide_windows(300, 200, 448, 224) == [(0, 300, 0, 200)]  # smaller than a crop: one window
@@ -337,7 +354,7 @@ def test_check_model_reads_shapes_on_the_meta_device(tmp_path, preset):
     included): a file of the model passes, a missing tensor is named."""
     import re
 
-    from vpltool.backbone.pgseg import PRESETS, build_model_shapes
+    from vpltool.models.pgseg import PRESETS, build_model_shapes
 
     model = build_model(PRESETS[preset](), seed=0)
     path = save_checkpoint(tmp_path / "m.safetensors", model)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vpltool.backbone.pgseg import build_model, tiny_config, tokenizer
 from vpltool.config.pgseg import pgseg_recipe
 from vpltool.data.nouns import NltkNouns, VocabularyNouns, noun_prompts, noun_source, read_vocabulary
 from vpltool.demo.make_world import write_dataset
 from vpltool.errors import VplError
+from vpltool.models.pgseg import build_model, tiny_config, tokenizer
 from vpltool.presets import IMAGENET_TEMPLATES
 
 
@@ -152,9 +152,9 @@ def world(tmp_path_factory) -> Path:
 
 
 def test_train_pgseg_with_multi_label_writes_a_model_with_its_scale(world, tmp_path):
-    from vpltool.backbone.pgseg import load_checkpoint
     from vpltool.config import RuntimeConfig
-    from vpltool.train_pgseg import run_train_pgseg
+    from vpltool.models.pgseg import load_checkpoint
+    from vpltool.stages.train_pgseg import run_train_pgseg
 
     (tmp_path / "nouns.txt").write_text("circle\nstar\nsquare\ntriangle\nring\ncross\nhexagon\ndiamond\n")
     cfg = pgseg_recipe("cpu", batch_size=4, epochs=1, warmup_epochs=0, crop_size=32, log_every=1, npr=False,
@@ -185,9 +185,9 @@ def test_cli_refuses_nouns_without_multi_label_and_a_missing_file_in_one_line(wo
 def test_multi_label_resume_is_bit_exact_and_needs_the_same_nouns(world, tmp_path):
     """The noun draws are seeded by (seed, epoch, sample): stopped after iteration 1 and resumed gives the weights
     of the run that went through; resuming with another noun file is refused in one line."""
-    from vpltool.backbone.pgseg import load_checkpoint
     from vpltool.config import RuntimeConfig
-    from vpltool.train_pgseg import run_train_pgseg
+    from vpltool.models.pgseg import load_checkpoint
+    from vpltool.stages.train_pgseg import run_train_pgseg
 
     (tmp_path / "nouns.txt").write_text("circle\nstar\nsquare\ntriangle\nring\ncross\nhexagon\ndiamond\n")
     (tmp_path / "other.txt").write_text("circle\nstar\n")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from vpltool.backbone.pgseg import build_model, tiny_config
-from vpltool.backbone.pgseg.groupvit import AssignAttention, Attention
-from vpltool.backbone.pgseg.model import positive_targets
 from vpltool.config.pgseg import PGSegTrainConfig, pgseg_recipe
 from vpltool.errors import VplError
+from vpltool.models.pgseg import build_model, tiny_config
+from vpltool.models.pgseg.groupvit import AssignAttention, Attention
+from vpltool.models.pgseg.model import positive_targets
 
 
 def _model(**kw):

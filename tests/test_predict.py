@@ -7,15 +7,16 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from vpltool import io, predict
+from vpltool import io
 from vpltool.config import DecoderConfig, PredictConfig, RuntimeConfig
+from vpltool.stages import predict
 
 
 def test_photos_of_different_sizes_with_the_same_view_grid_share_a_batch_and_keep_their_masks(
         world, gt_pseudo, text_protos, tmp_path, monkeypatch):
     """A 96x96 and a 95x93 photo both make 112x112 views (long side 102 = 1.6 x the 64-px crop, sides rounded up to
     the patch): one batch, and each mask at its own size, as when predicted one by one."""
-    from vpltool.train_decoder import run_train_decoder
+    from vpltool.stages.train_decoder import run_train_decoder
 
     data = tmp_path / "world"
     shutil.copytree(world, data)

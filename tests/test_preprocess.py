@@ -1,4 +1,4 @@
-"""Pillow's bicubic resize on a torch device (vpltool.backbone.preprocess): the same bytes as Pillow, so moving the
+"""Pillow's bicubic resize on a torch device (vpltool.models.preprocess): the same bytes as Pillow, so moving the
 resize from the loading workers to the device (where the CUDA path runs) changes no output."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from vpltool import io
-from vpltool.backbone import load_backbone
-from vpltool.backbone.preprocess import Preprocess, bicubic_taps, resize_uint8
 from vpltool.config import ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
+from vpltool.models import load_backbone
+from vpltool.models.preprocess import Preprocess, bicubic_taps, resize_uint8
 
 SIZES = [  # (H0, W0) -> (H, W): VOC's up-scaling to patch multiples, odd sizes, one side, one-pixel sides, none
     ((375, 500), (384, 512)), ((500, 333), (512, 336)), ((281, 500), (288, 512)), ((97, 131), (112, 144)),
@@ -100,7 +100,7 @@ def test_extract_and_cam_are_the_same_when_the_device_resizes(odd_world, tiny_sp
                                                               monkeypatch):
     """The CUDA path (the test switch: the workers send the photos as decoded, the device resizes them) writes the
     same features and CAMs as the CPU path (Pillow in the workers)."""
-    from vpltool import cam, extract
+    from vpltool.stages import cam, extract
 
     data = open_dataset(odd_world, "train")
     run = RuntimeConfig(device="cpu", precision="fp32", batch_size=4, workers=1)

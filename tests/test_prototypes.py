@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from vpltool import io
-from vpltool import learn_prototypes as prototypes
 from vpltool.config import LearnPrototypesConfig, RuntimeConfig
 from vpltool.errors import ContractError, VplError
-from vpltool.learn_prototypes import (
+from vpltool.stages import learn_prototypes as prototypes
+from vpltool.stages.learn_prototypes import (
     Chunk,
     ChunkBuilder,
     MemorySource,
@@ -158,7 +158,7 @@ def test_class_level_equals_instance_level_when_classes_are_compact():
         pairs[labels] = pairs.get(labels, 0) + (t.T @ t).double()
         anchor_sum.index_add_(0, rows, (t.T @ x).double())
     builder.flush()
-    from vpltool.learn_prototypes import Scan
+    from vpltool.stages.learn_prototypes import Scan
 
     scan = Scan(100, 0.0, torch.zeros(3, 6), torch.zeros(3), anchor_sum, pairs)
     pseudo = class_level_chunk(scan, torch.arange(3), torch.tensor([3]))
@@ -329,8 +329,8 @@ def test_bf16_storage_on_cpu_stays_close_to_fp32(problem, tmp_path):
 
 def test_cam_runs_on_learned_prototypes(features_dir, text_protos, tmp_path):
     """End to end on the tiny random CLIP: text CAMs -> vision prototypes -> CAMs from them."""
-    from vpltool.cam import run_cam
     from vpltool.config import CamConfig
+    from vpltool.stages.cam import run_cam
 
     run_cam(features_dir, text_protos, tmp_path / "cams_text", CamConfig(refine="none"), CPU)
     out = tmp_path / "vision.safetensors"

@@ -1,4 +1,4 @@
-"""The one registry of model families (vpltool.backbone.registry): which families there are, that each loads
+"""The one registry of model families (vpltool.models.registry): which families there are, that each loads
 offline from a local file, and that a name it does not know or a file of another architecture is one line (exit 2
 from the CLI), never a random model."""
 
@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from vpltool.backbone import ClipBackbone, DinoBackbone, DinoSpec, ModelSpec, check_model, families, load_model
-from vpltool.backbone.registry import family
 from vpltool.cli import app
 from vpltool.errors import VplError
+from vpltool.models import ClipBackbone, DinoBackbone, DinoSpec, ModelSpec, check_model, families, load_model
+from vpltool.models.registry import family
 
 ASSETS = Path(__file__).resolve().parents[1] / "vpltool" / "assets"
 TOY_CLIP = ASSETS / "toy-clip"

@@ -9,11 +9,11 @@ from PIL import Image
 from pseudo_runs import candidate  # tests/ is on sys.path
 
 from vpltool import io
-from vpltool.cam import run_cam
 from vpltool.config import RuntimeConfig
 from vpltool.demo.report import format_report, run_demo_report
-from vpltool.eval import run_eval
 from vpltool.io.marks import marked
+from vpltool.stages.cam import run_cam
+from vpltool.stages.eval import run_eval
 
 
 @pytest.fixture(scope="module")

@@ -243,7 +243,7 @@ def test_loading_workers_take_sigterms_default_action():
     import sys
 
     code = ("import os, signal\n"
-            "from vpltool.batches import die_with_parent\n"
+            "from vpltool.runtime.batches import die_with_parent\n"
             "signal.signal(signal.SIGTERM, lambda *a: 1 / 0)\n"
             "die_with_parent(os.getppid())\n"
             "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
@@ -259,7 +259,7 @@ def test_a_loading_worker_is_silent_when_the_run_hangs_up_and_loud_otherwise():
     import sys
 
     code = ("import os, sys\n"
-            "from vpltool.batches import die_with_parent\n"
+            "from vpltool.runtime.batches import die_with_parent\n"
             "die_with_parent(os.getppid())\n"
             "for kind in (ConnectionResetError, BrokenPipeError, ValueError):\n"
             "    try:\n"

@@ -1,4 +1,4 @@
-"""The ``sam`` model family (vpltool.backbone.sam): SAM's image encoder from the segment-anything package, loaded
+"""The ``sam`` model family (vpltool.models.sam): SAM's image encoder from the segment-anything package, loaded
 offline from a local file (a whole Sam checkpoint or the encoder's tensors), its last global attention as the
 package's own block computes it, and a file of another architecture refused in one line before anything is built."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vpltool.backbone import check_model, families, load_model
-from vpltool.backbone.sam import SAM_ARCHS, SamEncoder, SamSpec
 from vpltool.errors import VplError
+from vpltool.models import check_model, families, load_model
+from vpltool.models.sam import SAM_ARCHS, SamEncoder, SamSpec
 
 TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 

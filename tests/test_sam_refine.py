@@ -1,4 +1,4 @@
-"""Trident's SAM prompt refinement (``--sam-refine``, vpltool.backbone.sam_refine) and the ``sam`` family's prompt
+"""Trident's SAM prompt refinement (``--sam-refine``, vpltool.models.sam_refine) and the ``sam`` family's prompt
 encoder and mask decoder: loaded from a whole Sam file (an encoder-only file refused in one line), SamPredictor's
 ``predict_torch`` reproduced, the refinement's steps on tiny seeded inputs, and the segment stage end to end with a
 tiny random SAM. The bit-level parity with Trident's own ``sam_refinement`` is parity/ovss_parity.py's."""
@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vpltool.backbone import check_model, load_model
-from vpltool.backbone.sam import SAM_ARCHS, SamSpec, _build, _build_prompt
-from vpltool.backbone.sam_refine import class_prompts, mask_prompt, preprocess_shape, refine, to_sam_frame
 from vpltool.config import SegmentConfig
 from vpltool.config.benchmarks import BENCHMARK_PRESETS
 from vpltool.errors import VplError
+from vpltool.models import check_model, load_model
+from vpltool.models.sam import SAM_ARCHS, SamSpec, _build, _build_prompt
+from vpltool.models.sam_refine import class_prompts, mask_prompt, preprocess_shape, refine, to_sam_frame
 
 TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 
@@ -174,7 +174,7 @@ def test_segment_runs_trident_with_sam_refine(world, tiny_spec, tmp_path):
     from vpltool import io
     from vpltool.config import RuntimeConfig
     from vpltool.data import open_dataset
-    from vpltool.segment import run_segment
+    from vpltool.stages.segment import run_segment
 
     ds = open_dataset(world, "val")
     cfg = SegmentConfig(dense="trident", templates="a photo of a {}.", background="grass,sky", short_side=64,

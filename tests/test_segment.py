@@ -10,11 +10,11 @@ import pytest
 from stalls import StallCounter
 
 from vpltool import io
-from vpltool.backbone import segmentor
 from vpltool.config import DecoderConfig, PredictConfig, RuntimeConfig, SegmentConfig
 from vpltool.data import open_dataset
 from vpltool.errors import VplError
-from vpltool.segment import class_names, class_synonyms, run_segment
+from vpltool.models import segmentor
+from vpltool.stages.segment import class_names, class_synonyms, run_segment
 
 CPU = RuntimeConfig(device="cpu", workers=1)
 SMALL = dict(templates="a photo of a {}.", background="grass,sky", short_side=48)
@@ -26,7 +26,7 @@ def test_synonyms_parse():
 
 
 def test_segment_end_to_end_is_scored_by_name(world, tiny_spec, tmp_path):
-    from vpltool.eval import run_eval
+    from vpltool.stages.eval import run_eval
 
     ds = open_dataset(world, "val")
     names = list(ds.classes[1:])
@@ -76,9 +76,9 @@ def test_segment_refuses_bad_input_before_the_model(world, tiny_spec, tmp_path):
 
 
 def test_dense_cams_feed_crf(world, text_protos, tmp_path):
-    from vpltool.cam import run_dense_cam
     from vpltool.config import CrfConfig
-    from vpltool.crf import run_crf
+    from vpltool.stages.cam import run_dense_cam
+    from vpltool.stages.crf import run_crf
 
     cams = tmp_path / "cams"
     s = run_dense_cam(world, text_protos, cams, SegmentConfig(dense="clearclip", short_side=48, slide_crop=32,
@@ -97,8 +97,8 @@ def test_dense_cams_feed_crf(world, text_protos, tmp_path):
 
 
 def test_predict_classes_through_the_dense_path(world, gt_pseudo, text_protos, tmp_path):
-    from vpltool.predict import run_predict
-    from vpltool.train_decoder import run_train_decoder
+    from vpltool.stages.predict import run_predict
+    from vpltool.stages.train_decoder import run_train_decoder
 
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
     run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, CPU)
@@ -118,7 +118,7 @@ def test_predict_classes_through_the_dense_path(world, gt_pseudo, text_protos, t
 def test_segment_and_dense_cam_loops_never_stall(world, tiny_spec, text_protos, tmp_path, monkeypatch):
     """The main thread's loops of the dense segmentor and of `cam --dense` dispatch no op that waits for the device
     (tests/stalls.py)."""
-    from vpltool.cam import dense as dense_cam
+    from vpltool.stages.cam import dense as dense_cam
 
     monkeypatch.setenv("VPLTOOL_TEST_CUDA_PATHS", "1")
     counters, real = [], segmentor.load_batches
@@ -149,7 +149,7 @@ def test_the_dense_loops_never_synchronise_on_a_gpu(world, tiny_spec, text_proto
     batch, no call of the main loop waits for the device (torch raises on one)."""
     import torch
 
-    from vpltool.cam import dense as dense_cam
+    from vpltool.stages.cam import dense as dense_cam
 
     def checked(real):
         def wrapped(*args, **kwargs):
@@ -177,7 +177,7 @@ def test_the_dense_loops_never_synchronise_on_a_gpu(world, tiny_spec, text_proto
 
 
 def test_a_class_is_named_by_its_first_non_blank_synonym():
-    from vpltool.segment import class_names, class_synonyms
+    from vpltool.stages.segment import class_names, class_synonyms
 
     assert class_names(["|star", " circle | ring", "cat|"]) == ["star", "circle", "cat"]
     assert class_synonyms(["|star", "circle|ring"]) == [["star"], ["circle", "ring"]]

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from vpltool import io
-from vpltool.backbone import DinoBackbone, DinoSpec, check_dino, load_backbone, load_dino
-from vpltool.cam import (
+from vpltool.config import CamConfig, ExtractConfig
+from vpltool.errors import VplError
+from vpltool.models import DinoBackbone, DinoSpec, check_dino, load_backbone, load_dino
+from vpltool.stages.cam import (
     affinity,
     caa_attention,
     caa_transition,
@@ -21,8 +23,6 @@ from vpltool.cam import (
     run_cam,
     superpixel_groups,
 )
-from vpltool.config import CamConfig, ExtractConfig
-from vpltool.errors import VplError
 
 timm = pytest.importorskip("timm")
 

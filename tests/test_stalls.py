@@ -13,9 +13,9 @@ import pytest
 import torch
 from stalls import StallCounter
 
-from vpltool import cam, extract, predict
 from vpltool.config import DecoderConfig, ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
+from vpltool.stages import cam, extract, predict
 
 IMAGES = 8
 
@@ -77,7 +77,7 @@ def test_cam_from_a_dataset_never_stalls(cuda_paths, world8, text_protos, tmp_pa
 
 
 def test_predict_loop_never_stalls(cuda_paths, world8, gt_pseudo, text_protos, tmp_path, monkeypatch):
-    from vpltool.train_decoder import run_train_decoder
+    from vpltool.stages.train_decoder import run_train_decoder
 
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
     run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cpu", workers=1))
@@ -112,7 +112,7 @@ def test_the_steady_state_loops_never_synchronise_on_a_gpu(world8, tiny_spec, te
                                                            monkeypatch):
     """extract, cam (cached tokens, light cache, dataset) and predict on CUDA at batch 2: after the first batch,
     no call of the main loop waits for the device (torch raises on one)."""
-    from vpltool.train_decoder import run_train_decoder
+    from vpltool.stages.train_decoder import run_train_decoder
 
     gpu = RuntimeConfig(device="cuda", batch_size=2, workers=2)
     dataset = open_dataset(world8, "train")

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from vpltool import io, presets
-from vpltool.backbone import load_backbone
 from vpltool.config import TextPrototypesConfig
 from vpltool.errors import VplError
-from vpltool.text_prototypes import (
+from vpltool.models import load_backbone
+from vpltool.stages.text_prototypes import (
     build_text_prototypes,
     encode_names,
     resolve_background,
@@ -126,7 +126,7 @@ def test_run_refuses_classes_without_background(tiny_spec, tmp_path):
 @pytest.mark.parametrize("kind", ["folder", "fifo"])
 def test_a_bad_output_is_refused_before_the_model_loads(tiny_spec, tmp_path, monkeypatch, kind):
     """`-o EXISTING_FOLDER` once failed with IsADirectoryError after loading the model."""
-    import vpltool.text_prototypes as tp
+    import vpltool.stages.text_prototypes as tp
 
     out = tmp_path / "out"
     out.mkdir() if kind == "folder" else os.mkfifo(out)

@@ -47,7 +47,7 @@ STAGES = [
     ["predict", "{run}/decoder/decoder.safetensors", "--split", "val", "-o", "{run}/pred", *_M],
 ]
 # one worker per node runs every stage in turn, in one process (torch imported once): the CLI's commands as a job
-# script would run them, each meeting the other rank in its own group (vpltool.ranks)
+# script would run them, each meeting the other rank in its own group (vpltool.runtime.ranks)
 DRIVER = """
 import json, sys
 from typer.main import get_command
@@ -262,7 +262,7 @@ def test_each_command_kind_on_a_rank_without_a_group(monkeypatch, capsys):
 
 
 def test_what_torch_says_of_a_lost_peer_is_one_line():
-    from vpltool.ranks import peer_gone, peer_lost
+    from vpltool.runtime.ranks import peer_gone, peer_lost
 
     gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
                         "[127.0.0.1]:52949. This is typically caused by a remote worker crashing. GLHF!")

@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("timm")
 
-from vpltool.backbone import DinoSpec, load_dino  # noqa: E402
 from vpltool.demo.config import ToyDinoConfig  # noqa: E402
 from vpltool.demo.train_toy_dino import DinoHead, dino_loss, train_toy_dino  # noqa: E402
 from vpltool.errors import VplError  # noqa: E402
+from vpltool.models import DinoSpec, load_dino  # noqa: E402
 
 TINY = ToyDinoConfig(epochs=1, batch_size=3, local_crops=1, out_dim=16)
 

@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("segment_anything")
 
-from vpltool.backbone import check_model, load_model  # noqa: E402
-from vpltool.backbone.sam import SamSpec  # noqa: E402
 from vpltool.demo.config import ToySamConfig  # noqa: E402
 from vpltool.demo.train_toy_sam import focal_dice, instances, noisy_boxes, round_kinds, train_toy_sam  # noqa: E402
 from vpltool.errors import VplError  # noqa: E402
+from vpltool.models import check_model, load_model  # noqa: E402
+from vpltool.models.sam import SamSpec  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-sam" / "model.safetensors"
 TINY = ToySamConfig(epochs=1, batch_size=3, warmup=1, point_rounds=1, mask_rounds=1)
@@ -54,7 +54,7 @@ def test_another_sam_size_is_refused_as_the_toy(tmp_path):
 
 def test_a_proxy_grid_coarser_than_clips_is_spliced_at_clips_grid():
     """The toy DINO (patch 16) against the toy CLIP (patch 8): the reference's ratio round(6 / 12) would be 0."""
-    from vpltool.backbone.dense import splice_windows
+    from vpltool.models.dense.trident import splice_windows
 
     tokens = torch.randn(1, 36, 5)
     out = splice_windows(tokens, (6, 6), (12, 12), [(0, 0, 12, 12)], (12, 12))
@@ -127,9 +127,9 @@ def test_shipped_toy_sam_segments_train_objects_from_one_point_or_a_box(world):
     single prompt: of its three masks the one it predicts best."""
     from scipy import ndimage
 
-    from vpltool.backbone.sam import sam_input
     from vpltool.data import open_dataset
     from vpltool.io import load_image, read_mask
+    from vpltool.models.sam import sam_input
 
     sam = load_model("sam", SamSpec("toy", str(SHIPPED), prompt=True), "cpu")
     point_iou, box_iou, whole_iou, box_fill_iou = [], [], [], []

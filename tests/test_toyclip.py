@@ -12,13 +12,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vpltool.backbone import EXTRA_CONFIG, ModelSpec, load_backbone
 from vpltool.demo import toyclip  # noqa: E402
 from vpltool.demo import train_toy_clip as trainer  # noqa: E402
 from vpltool.demo.config import ToyClipConfig  # noqa: E402
 from vpltool.demo.scenes import Placement, SceneConfig, compose, generate_scenes  # noqa: E402
 from vpltool.demo.tokenizer import WordTokenizer  # noqa: E402
 from vpltool.errors import VplError  # noqa: E402
+from vpltool.models import EXTRA_CONFIG, ModelSpec, load_backbone
 
 SHIPPED = Path(toyclip.__file__).resolve().parents[1] / "assets" / "toy-clip"
 

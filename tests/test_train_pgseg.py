@@ -27,7 +27,7 @@ from vpltool.config.pgseg import pgseg_recipe
 from vpltool.data.pairs import check_pairs, open_pairs
 from vpltool.demo.make_world import write_dataset
 from vpltool.errors import VplError
-from vpltool.train_pgseg import GlobalBatches, lr_at, run_train_pgseg, schedule_lr
+from vpltool.stages.train_pgseg import GlobalBatches, lr_at, run_train_pgseg, schedule_lr
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -194,7 +194,7 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, fami
     whole = run_train_pgseg(world, tmp_path / "whole", _cfg()).model
     run = tmp_path / "killed"
     # a run slowed down after each iteration, killed with -9 once its second checkpoint (iteration 4) is on disk
-    body = ("import time; from vpltool.config.pgseg import pgseg_recipe; from vpltool.train_pgseg import "
+    body = ("import time; from vpltool.config.pgseg import pgseg_recipe; from vpltool.stages.train_pgseg import "
             f"run_train_pgseg; run_train_pgseg({str(world)!r}, {str(run)!r}, pgseg_recipe('cpu', **{SMALL!r}), "
             "on_iter=lambda i, r: time.sleep(0.5))")
     proc = subprocess.Popen(_script(body), env=_env())
@@ -230,7 +230,7 @@ DDP_ATOL = 1e-6
 def test_torchrun_two_ranks_give_one_process_weights(world, tmp_path, family):
     cfg = dict(SMALL, batch_size=2)
     body = ("import pgseg_stand_in as f; f.NOISE = False; from vpltool.config.pgseg import "
-            "pgseg_recipe; from vpltool.config import RuntimeConfig; from vpltool.train_pgseg import "
+            "pgseg_recipe; from vpltool.config import RuntimeConfig; from vpltool.stages.train_pgseg import "
             f"run_train_pgseg; run_train_pgseg({str(world)!r}, {str(tmp_path / 'ddp')!r}, pgseg_recipe('cpu', "
             f"**{cfg!r}), RuntimeConfig(device='cpu', workers=1))")
     script = tmp_path / "ddp.py"
@@ -320,7 +320,7 @@ def test_segment_pgseg_refuses_another_file_before_writing(world, tmp_path):
 def test_real_family_resume_is_bit_exact(world, tmp_path):
     """The family's tiny GroupViT (gumbel noise, drop path): stopped after iteration 2 (its checkpoint) and resumed
     gives the weights of the run that went through."""
-    from vpltool.backbone import pgseg
+    from vpltool.models import pgseg
 
     cfg = _cfg(npr=False, epochs=1, checkpoint_every=2)
     whole = run_train_pgseg(world, tmp_path / "whole", cfg).model
@@ -333,7 +333,7 @@ def test_real_family_resume_is_bit_exact(world, tmp_path):
 
 
 def test_init_at_another_crop_is_one_line(world, tmp_path):
-    from vpltool.backbone import pgseg
+    from vpltool.models import pgseg
 
     init = pgseg.save_checkpoint(tmp_path / "init.safetensors", pgseg.build_model(pgseg.tiny_config(img_size=48)))
     with pytest.raises(VplError, match="trains at 48 px .* pass --crop-size 48"):
@@ -344,7 +344,7 @@ def test_init_at_another_crop_is_one_line(world, tmp_path):
 def test_an_empty_t_npr_selection_is_not_a_divergence():
     """T-NPR's closs is NaN when HRS keeps no row (the reference's mean over none) and gives no gradient: the run
     goes on; a non-finite gradient norm or contrastive loss stops it."""
-    from vpltool.train_pgseg import diverged
+    from vpltool.stages.train_pgseg import diverged
 
     nan = float("nan")
     assert not diverged({"loss": nan, "contrastive": 2.0, "npr_text": nan}, 5.0)
@@ -358,14 +358,14 @@ def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, tmp_path):
     under torchrun, 2 gloo ranks x batch 2: a run stopped after its iteration-2 checkpoint and resumed gives the
     weights of the run that went through. (Not compared with one process at batch 4: on the CPU the projectors'
     BatchNorm keeps per-rank statistics and each rank draws its own noise, so those weights differ by design.)"""
-    from vpltool.backbone import pgseg
+    from vpltool.models import pgseg
 
     cfg = dict(SMALL, batch_size=2, epochs=1)
 
     def launch(name: str, extra: str) -> None:
         body = ("import faulthandler; faulthandler.enable(all_threads=True); from vpltool.config.pgseg import "
                 "pgseg_recipe; from vpltool.config import RuntimeConfig; from "
-                f"vpltool.train_pgseg import run_train_pgseg; run_train_pgseg({str(world)!r}, "
+                f"vpltool.stages.train_pgseg import run_train_pgseg; run_train_pgseg({str(world)!r}, "
                 f"{str(tmp_path / name)!r}, pgseg_recipe('cpu', **{cfg!r}), RuntimeConfig(device='cpu', "
                 f"workers=1){extra})")
         script = tmp_path / f"{name}{len(extra)}.py"

@@ -14,9 +14,9 @@ from stalls import StallCounter
 
 from vpltool.config import DecoderConfig, RuntimeConfig
 from vpltool.errors import VplError
-from vpltool.learn_prototypes import ChunkBuilder, MemorySource, descend, make_targets, project_rows
-from vpltool.learn_prototypes import descent as descent_module
-from vpltool.train_decoder import LossWindow, run_train_decoder
+from vpltool.stages.learn_prototypes import ChunkBuilder, MemorySource, descend, make_targets, project_rows
+from vpltool.stages.learn_prototypes import descent as descent_module
+from vpltool.stages.train_decoder import LossWindow, run_train_decoder
 
 TINY = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=8, log_every=4,
                      checkpoint_every=8, val_every=1000, warmup_iters=2, lr=0.05)
@@ -26,7 +26,7 @@ CPU = RuntimeConfig(device="cpu", workers=1)
 def test_train_decoder_waits_only_at_its_reads(gt_pseudo, text_protos, tmp_path, monkeypatch):
     """Iterations 2..8 (1 includes the set-up): one wait at each read (4 and 8), none elsewhere; the checkpoint's
     own file checks (io's finiteness test of the tensors it writes) are left out by a stand-in."""
-    import vpltool.train_decoder as td
+    import vpltool.stages.train_decoder as td
 
     saved = []
     monkeypatch.setattr(td, "save_checkpoint", lambda path, model, opt, n, *a: saved.append(n))
@@ -41,7 +41,7 @@ def test_train_decoder_waits_only_at_its_reads(gt_pseudo, text_protos, tmp_path,
 
 def test_train_decoder_with_rsc_and_cmpa_waits_only_at_its_reads(gt_pseudo, text_protos, tmp_path, monkeypatch):
     """CMPA's loss too (its bank refresh, every proto_every iterations, reads on purpose: not in iterations 2..3)."""
-    import vpltool.train_decoder as td
+    import vpltool.stages.train_decoder as td
 
     monkeypatch.setattr(td, "save_checkpoint", lambda *a: None)
     totals = {}
@@ -133,7 +133,7 @@ def _sync_warnings_per_call(run, monkeypatch) -> dict[int, int]:
 
 @pytest.mark.cuda
 def test_train_decoder_on_cuda_synchronises_only_at_its_reads(gt_pseudo, text_protos, tmp_path, monkeypatch):
-    import vpltool.train_decoder as td
+    import vpltool.stages.train_decoder as td
 
     monkeypatch.setattr(td, "save_checkpoint", lambda *a: None)  # its copies to the host are no iteration's
     waits = _sync_warnings_per_call(lambda on_iter: run_train_decoder(

@@ -12,12 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool.backbone import load_backbone, load_model
-from vpltool.backbone.dense import DENSE_PRESETS, SamAggregation, sam_affinity, sam_aggregate, splice_windows
-from vpltool.backbone.sam import SamSpec
-from vpltool.backbone.segmentor import sam_image, trident_input
 from vpltool.config import SegmentConfig
 from vpltool.errors import VplError
+from vpltool.models import load_backbone, load_model
+from vpltool.models.dense import DENSE_PRESETS
+from vpltool.models.dense.trident import (
+    SamAggregation,
+    sam_affinity,
+    sam_aggregate,
+    sam_image,
+    splice_windows,
+    trident_features,
+    trident_input,
+)
+from vpltool.models.sam import SamSpec
 
 TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 
@@ -116,8 +124,8 @@ def test_trident_settings_are_its_voc21_config():
     assert SegmentConfig(dense="trident").proxy_model == "vit_base_patch16_224.dino"
     assert SegmentConfig(dense="proxyclip").proxy_model == "vit_base_patch8_224.dino"
     assert DENSE_PRESETS["trident"].splice == SamAggregation(cos_fac=1.2, refine_neg_cos=True)
-    from vpltool.benchmark import preset_config
-    from vpltool.segment import dense_mixing_of
+    from vpltool.stages.benchmark import preset_config
+    from vpltool.stages.segment import dense_mixing_of
 
     voc20 = preset_config("trident", "voc20")
     assert (voc20.cos_fac, voc20.short_side, voc20.slide_stride) == (0.0, 336, 112)
@@ -128,7 +136,7 @@ def test_trident_settings_are_its_voc21_config():
 
 
 def test_trident_without_sam_weights_is_one_line():
-    from vpltool.segment import sam_spec
+    from vpltool.stages.segment import sam_spec
 
     with pytest.raises(VplError, match="--dense trident needs SAM's image encoder: pass --sam-weights"):
         sam_spec(SegmentConfig(dense="trident"))
@@ -138,15 +146,15 @@ def test_trident_without_sam_weights_is_one_line():
 def test_trident_on_a_backbone_without_sam_is_one_line(tiny_spec):
     bb = load_backbone(tiny_spec, "cpu").with_dense("trident")
     with pytest.raises(VplError, match="needs SAM's image encoder"):
-        bb.trident_features(torch.zeros(1, 3, 32, 32), [(0, 0, 2, 2)], (2, 2), torch.zeros(1, 4, 4),
-                            torch.zeros(1, 2, 2, 1))
+        trident_features(bb, torch.zeros(1, 3, 32, 32), [(0, 0, 2, 2)], (2, 2), torch.zeros(1, 4, 4),
+                         torch.zeros(1, 2, 2, 1))
 
 
 def test_segment_runs_trident_end_to_end(world, tiny_spec, tmp_path):
     from vpltool import io
     from vpltool.config import RuntimeConfig
     from vpltool.data import open_dataset
-    from vpltool.segment import run_segment
+    from vpltool.stages.segment import run_segment
 
     ds = open_dataset(world, "val")
     cfg = SegmentConfig(dense="trident", templates="a photo of a {}.", background="grass,sky", short_side=64,
@@ -165,9 +173,9 @@ def test_segment_runs_trident_end_to_end(world, tiny_spec, tmp_path):
 def test_trident_logits_follow_sams_grid(tiny_spec):
     """The logits come from SAM's grid: two photos that differ only where SAM looks differ in their logits, and a
     SAM of other weights changes them (the aggregation is used, not bypassed)."""
-    from vpltool.backbone.dino import DinoSpec
-    from vpltool.backbone.segmentor import trident_logits
-    from vpltool.segment import dense_mixing_of
+    from vpltool.models.dense.trident import trident_logits
+    from vpltool.models.dino import DinoSpec
+    from vpltool.stages.segment import dense_mixing_of
 
     bb = load_backbone(tiny_spec, "cpu")
     dino = load_model("dino", DinoSpec("test_vit", str(TOY_DINO)), "cpu")
@@ -212,7 +220,7 @@ def _ref_custom_attn(attn_layer, x, ex_feats, beta=1.2, gamma=3.0, token_size=(3
 def test_trident_proxy_attention_takes_the_mean_over_all_windows(tiny_spec):
     """Trident runs an image's windows as one batch through ProxyCLIP's block, so ``mean S`` is over all of them
     (its ``torch.mean(similarity)``); ProxyCLIP's own is per window."""
-    from vpltool.backbone.dense import proxy_attention_tokens
+    from vpltool.models.dense.proxyclip import proxy_attention_tokens
 
     bb = load_backbone(tiny_spec, "cpu")
     blk = bb.blocks[-1]

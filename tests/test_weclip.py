@@ -19,10 +19,10 @@ from vpltool import io
 from vpltool.config import DecoderConfig, PredictConfig, RuntimeConfig, decoder_recipe, to_params
 from vpltool.decoder import SegDecoder, load_decoder
 from vpltool.errors import VplError
-from vpltool.eval import run_eval
-from vpltool.predict import run_predict
-from vpltool.train_decoder import run_train_decoder
-from vpltool.train_decoder.online import (
+from vpltool.stages.eval import run_eval
+from vpltool.stages.predict import run_predict
+from vpltool.stages.train_decoder import run_train_decoder
+from vpltool.stages.train_decoder.online import (
     affinity_loss,
     affinity_targets,
     decoder_affinity,
@@ -207,7 +207,7 @@ def test_resume_with_another_recipe_is_one_line(weclip_run, gt_pseudo, text_prot
 
 def test_online_views_pad_black_at_a_random_offset(world):
     from vpltool.data import open_dataset
-    from vpltool.train_decoder.online import LabelledImages
+    from vpltool.stages.train_decoder.online import LabelledImages
 
     items = [(it.id, it.image, it.labels) for it in open_dataset(world, "train").items]
     cfg = replace(WECLIP, crop_size=128, scale_min=0.5, scale_max=0.5)  # 96 px scenes -> 48 px: padding
@@ -222,8 +222,8 @@ def test_online_views_pad_black_at_a_random_offset(world):
 
 
 def test_weclip_test_views_truncate_sizes_and_stay_whole(tiny_spec):
-    from vpltool.backbone import load_backbone
     from vpltool.decoder import weclip_views
+    from vpltool.models import load_backbone
 
     bb = load_backbone(tiny_spec, "cpu").with_normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     image = np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8)
@@ -238,8 +238,8 @@ def test_weclip_test_views_truncate_sizes_and_stay_whole(tiny_spec):
 def test_decoder_forward_cuts_to_patches_after_the_flip(tiny_spec, monkeypatch):
     """WeCLIP's test script flips the whole view and its patch conv then drops the last < 16 columns: of the
     mirror image, the original's first columns go. The CLIP sees the cut batch; the flip happens before."""
-    from vpltool.backbone import load_backbone
     from vpltool.decoder import views
+    from vpltool.models import load_backbone
 
     bb = load_backbone(tiny_spec, "cpu")
     seen = []
@@ -276,7 +276,7 @@ def test_predict_picks_weclip_views_for_a_weclip_decoder(weclip_run, tmp_path):
 
 
 def test_par_neighbours_are_the_one_hot_dilated_convolution_exactly():
-    from vpltool.train_decoder.online import NEIGHBOURS, _neighbours
+    from vpltool.stages.train_decoder.online import NEIGHBOURS, _neighbours
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 11, 17)
@@ -293,7 +293,7 @@ def test_par_neighbours_are_the_one_hot_dilated_convolution_exactly():
 def test_par_gives_the_values_of_par_py_stacked_arithmetic_exactly():
     """PAR.py's round is ``(neighbours stacked [B, K, n, h, w] * aff).sum(2)`` on weights computed batch-wise; the
     run-by-run sum, the weights image by image and a batch of crops padded to one K give the same float32 values."""
-    from vpltool.train_decoder.online import _neighbours, par_affinity, par_step
+    from vpltool.stages.train_decoder.online import _neighbours, par_affinity, par_step
 
     def stacked_affinity(image, dilations):  # PAR.py:forward before its loop, the whole batch at once
         b, _, h, w = image.shape
@@ -323,7 +323,7 @@ def test_par_gives_the_values_of_par_py_stacked_arithmetic_exactly():
 
 
 def test_batched_online_masks_are_each_crops_own():
-    from vpltool.train_decoder.online import online_crop_scores, par_labels
+    from vpltool.stages.train_decoder.online import online_crop_scores, par_labels
 
     torch.manual_seed(1)
     attention = torch.softmax(torch.randn(8, 16, 16) * 3, dim=-1)
@@ -345,14 +345,14 @@ def test_weclip_learning_rate_is_polywarmupadamw():
             return 2e-3 * (1 - (1 - t / 50) * (1 - 1e-6))
         return 2e-3 * (1 - t / 1000) ** 1.0
 
-    from vpltool.train_decoder import lr_at
+    from vpltool.stages.train_decoder import lr_at
 
     assert lr_at(cfg, 0) == pytest.approx(2e-9)
     assert all(lr_at(cfg, t) == pytest.approx(weclip(t), rel=1e-12) for t in (0, 1, 25, 49, 50, 51, 500, 999))
 
 
 def test_online_mask_boxes_on_the_device_are_opencvs():
-    from vpltool.cam.caa import box_mask, box_masks
+    from vpltool.stages.cam.caa import box_mask, box_masks
 
     torch.manual_seed(3)
     cams = torch.rand(5, 9, 11) ** 3  # scattered peaks: several contours per map, some at the border
@@ -373,7 +373,7 @@ PLUS = replace(decoder_recipe("weclip+", iters=4, batch_size=2, crop_size=64, di
 
 
 def test_dice_loss_is_weclip_plus_formula():
-    from vpltool.train_decoder.online import dice_loss
+    from vpltool.stages.train_decoder.online import dice_loss
 
     torch.manual_seed(0)
     logits, labels = torch.randn(2, 3, 5, 5), torch.randint(0, 3, (2, 5, 5))
@@ -394,8 +394,8 @@ def test_weclip_plus_recipe_settings():
 
 
 def test_gradcam_input_two_blocks_back_is_that_blocks_output(tiny_spec):
-    from vpltool.backbone import load_backbone
-    from vpltool.train_decoder.online import frozen_online
+    from vpltool.models import load_backbone
+    from vpltool.stages.train_decoder.online import frozen_online
 
     bb = load_backbone(tiny_spec, "cpu")
     pixels = torch.randn(2, 3, 64, 64)
@@ -446,7 +446,7 @@ def test_dino_patch_tokens_resize_positions_as_dinov2():
     """WeCLIP+ hub-loads DINOv2, whose interpolate_pos_encoding resizes the positions bicubically with a scale factor
     of (grid + 0.1) / native grid; timm's resample maps the grid otherwise (0.28 max |diff| on a random ViT-S/14 at
     22x22). At the native grid both are the model's own forward."""
-    from vpltool.backbone import DinoSpec, load_model
+    from vpltool.models import DinoSpec, load_model
 
     dino = load_model("dino", DinoSpec("test_vit", str(TOY_DINO)), "cpu")
     m, p = dino.model, dino.patch_size

@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import re
+import time
 
 import numpy as np
 import torch
@@ -72,6 +73,34 @@ def torchrun_rank() -> tuple[int, int] | None:
     if not 0 <= index < count:
         raise VplError(f"RANK={rank} WORLD_SIZE={world}: RANK must be in 0..WORLD_SIZE-1 (0..{count - 1}); {fix}")
     return index, count
+
+
+def tie_to_parent(parent: int, watch: bool = False) -> bool:
+    """Be killed (SIGKILL) when the process ``parent`` ends (Linux ``PR_SET_PDEATHSIG``), and exit at once if it
+    is gone already; False where the kernel has no such call. ``watch``: also a daemon thread that checks the
+    parent once a second (the kernel's signal follows the parent's thread that forked us, and exists on Linux
+    only). Loading workers (:func:`vpltool.runtime.batches.die_with_parent`) and the ranks of a torchrun launch
+    (:func:`vpltool.cli.common._on_ranks`, with ``watch``) call it, so that ``kill -9`` of the run (or of torchrun's
+    agent) leaves nothing running that could go on writing, or certify a model, alone."""
+    import ctypes
+    import signal
+
+    if watch:
+        import threading
+
+        def watchdog() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watchdog, name="vpltool-parent-watch", daemon=True).start()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(1)
+    return True
 
 
 def shard_from_env(shard: tuple[int, int] | None = None) -> tuple[int, int]:

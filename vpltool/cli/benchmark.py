@@ -19,8 +19,10 @@ from .common import (
     Device,
     GlobalWeightOpt,
     LogFile,
+    MinimalAreaOpt,
     ModelConfigDir,
     ModelOpt,
+    Overwrite,
     Precision,
     PretrainedOpt,
     ProxyModelOpt,
@@ -86,11 +88,15 @@ def benchmark_cmd(
     sam_halves: SamHalvesOpt = None,
     sam_refine: SamRefineOpt = None,
     coarse_threshold: CoarseThresholdOpt = None,
+    minimal_area: MinimalAreaOpt = None,
     proxy_model: ProxyModelOpt = None,
     proxy_weights: Annotated[Optional[str], typer.Option(
         "--proxy-weights", help="The proxy model's weights: hub (timm's local cache) | a local file | none (random, "
         "seeded: tests) [default: hub].",
         show_default=False)] = None,
+    sam_model: Annotated[Optional[str], typer.Option(
+        "--sam-model", help="--dense trident's SAM image encoder: vit_b | vit_l | vit_h | toy [default: vit_b, "
+        "Trident's].", show_default=False)] = None,
     sam_weights: SamWeightsOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
@@ -99,6 +105,7 @@ def benchmark_cmd(
     precision: Precision = _R.precision,
     batch_size: BatchSize = _R.batch_size,
     workers: Workers = _R.workers,
+    overwrite: Overwrite = False,
     model_config_dir: ModelConfigDir = None,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -113,9 +120,9 @@ def benchmark_cmd(
       vpltool benchmark naclip,sclip,clearclip --root voc20=data/VOCdevkit/VOC2012 -o runs/b
       vpltool benchmark --presets
     """
-    from ..benchmark import format_row, run_benchmarks
     from ..config.benchmarks import presets_table
     from ..errors import VplError
+    from ..stages.benchmark import format_row, run_benchmarks
 
     if presets:
         for row in presets_table(method):
@@ -140,12 +147,13 @@ def benchmark_cmd(
                  "global_weight": global_weight, "shift_weight": shift_weight, "cluster_cut": cluster_cut,
                  "stretch": stretch, "window_global": window_global, "cos_fac": cos_fac,
                  "refine_neg_cos": refine_neg_cos, "sam_halves": sam_halves, "sam_refine": sam_refine,
-                 "coarse_threshold": coarse_threshold, "proxy_model": proxy_model,
+                 "coarse_threshold": coarse_threshold, "minimal_area": minimal_area, "sam_model": sam_model,
+                 "proxy_model": proxy_model,
                  "proxy_weights": proxy_weights,
                  "sam_weights": sam_weights}
     methods = [m.strip() for m in method.split(",") if m.strip()]
     tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), overrides,
-                            runtime(device, precision, batch_size, workers, False), shard=shard_of(shard),
+                            runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
                             on_benchmark=lambda m, n: say(f"benchmark {m}: {n}"))
     lines = [format_row(t) for t in tables]
     typer.echo(lines[0][0])

@@ -183,6 +183,7 @@ def friendly_errors(fn: Callable) -> Callable:
                 warnings.simplefilter("always", VplWarning)  # restored with the filters after the command
                 warnings.showwarning = functools.partial(_show_warning, warnings.showwarning, verbose)
                 _check_file_options(kwargs)
+                _check_given_options(fn, kwargs)
                 if log_file is not None:
                     try:  # alone; check_outputs checks it again in the run's context
                         io.check_log_target(log_file)
@@ -221,7 +222,7 @@ def all_ranks(fn: Callable) -> Callable:
 
 
 def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
-    """Run a command on this rank of a torchrun launch (:mod:`vpltool.ranks`): the per-image stages, those with
+    """Run a command on this rank of a torchrun launch (:mod:`vpltool.runtime.ranks`): the per-image stages, those with
     ``--shard``, split their items over the ranks; a command marked :func:`all_ranks` meets them itself; every
     other command runs on rank 0 while the others say so in one line and wait. A rank whose peer died mid-command
     ends with one line (exit 2). Without ``RANK``/``WORLD_SIZE`` the command simply runs."""
@@ -229,7 +230,11 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
         return fn(*args, **kwargs)
     import inspect
 
-    from .. import ranks
+    from ..device import tie_to_parent
+    from ..runtime import ranks
+
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun rank dies with its agent: kill -9 of torchrun ends it
+        tie_to_parent(os.getppid(), watch=True)
 
     kind = getattr(fn, "vpl_ranks", None) or (ranks.SPLIT if "shard" in inspect.signature(fn).parameters else
                                                ranks.ONE)
@@ -252,6 +257,46 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
             return fn(*args, **kwargs)
         with ranks.alone():  # rank 0 runs the whole command: nothing in it may take itself for a shard
             return fn(*args, **kwargs)
+
+
+def _check_given_options(fn: Callable, kwargs: dict) -> None:
+    """Every command's options checked once, before anything runs: a float that is not finite (nan, inf: every
+    comparison with it is False, so a bound check lets it through) is refused, and an option without effect in the
+    command's mode is warned about or refused (:mod:`vpltool.cli.applies`). Only under the CLI (a click
+    context); a library caller passes values to the configs, whose checks refuse a non-finite number too."""
+    from ..config.checks import finite_numbers
+    from .applies import check_options
+
+    ctx = _click_context()
+    if ctx is None:
+        return
+    opts = {p.name: max(p.opts, key=len) for p in ctx.command.params if p.name}
+
+    def spelled(name: str) -> str:
+        return opts.get(name, "--" + name.replace("_", "-"))
+
+    finite_numbers(kwargs, spelled)
+
+    def given(name: str) -> bool:
+        return getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+
+    command = ctx.info_name or fn.__name__.removesuffix("_cmd").replace("_", "-")
+    check_options(command, kwargs, given, spelled, lambda line: warnings.warn(VplWarning(line), stacklevel=2))
+
+
+def _click_context():
+    """The running command's click context (typer's own copy of click from typer 0.29, click's before), or None
+    (a library call)."""
+    import importlib
+
+    for name in ("typer._click.globals", "click.globals"):
+        try:
+            ctx = importlib.import_module(name).get_current_context(silent=True)
+        except ImportError:
+            continue
+        if ctx is not None:
+            return ctx
+    return None
 
 
 def _check_file_options(kwargs: dict) -> None:
@@ -588,7 +633,9 @@ ProxyWeightsOpt = Annotated[str, typer.Option("--proxy-weights", help="Its weigh
 ClassFileOpt = Annotated[Optional[str], typer.Option(
     "--class-file", help="Queries as the references write them: a file of one line a class (the dataset's order; "
     "first line the background's words when it has one more line), comma-separated synonyms, or a bundled "
-    "SET:BENCHMARK (sclip:voc21, clearclip:voc21, ...); each class is still scored as the dataset's.",
+    "SET:BENCHMARK (sclip:voc21, clearclip:voc21, ...); each class is still scored as the dataset's. Queries "
+    "separated by ',' (SCLIP's files) or, in a file with a ';', by '; ' (ProxyCLIP's and Trident's). benchmark "
+    "also takes a set name alone (sclip: each benchmark's own file).",
     show_default=False)]
 AttentionOpt = Annotated[Optional[str], typer.Option(
     "--attention", help="The last block's attention in place of the --dense method's: qk (CLIP's own; ClearCLIP's "

@@ -1,4 +1,4 @@
-"""`vpltool train-pgseg`: PGSeg / GroupViT from image–text pairs (vpltool.train_pgseg)."""
+"""`vpltool train-pgseg`: PGSeg / GroupViT from image–text pairs (vpltool.stages.train_pgseg)."""
 
 from __future__ import annotations
 
@@ -108,8 +108,11 @@ def train_pgseg_cmd(
                                                   "data).")] = None,
     truncate: Annotated[bool, typer.Option("--truncate", help="Cut captions longer than the text context (the "
                                            "reference does); without it such a caption is refused.")] = False,
-    split: Annotated[str, typer.Option("--split", "-s", help="For a folder with split listings (the demo world): "
-                                       "the split to train on.")] = "train",
+    split: Annotated[Optional[str], typer.Option("--split", "-s", help="For a folder with split listings "
+                                                 "(splits/<split>.txt: the demo world): the split to train on; an "
+                                                 "unknown one is refused, and so is a split where there is none "
+                                                 "(shards, a folder without listings) [default: train where there "
+                                                 "are listings].", show_default=False)] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from these weights: a GroupViT or PGSeg release (.pth) "
                                                  "or a train-pgseg file; its architecture replaces --preset.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
@@ -138,7 +141,7 @@ def train_pgseg_cmd(
       vpltool train-pgseg world --recipe cpu -o runs/pgseg
     """
     from ..config.pgseg import pgseg_recipe
-    from ..train_pgseg import run_train_pgseg
+    from ..stages.train_pgseg import run_train_pgseg
 
     cfg = pgseg_recipe(recipe, npr=npr, preset=preset, batch_size=batch_size, epochs=epochs,
                        warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr,

@@ -59,8 +59,8 @@ from .values import shard as shard_of
 def _features_context(features: Path):
     """(record, model spec, classes, dataset identity) of a finished extract folder."""
     from .. import io
-    from ..backbone import ModelSpec
     from ..errors import ContractError
+    from ..models import ModelSpec
 
     record = io.read_stage_record(features, "extract")
     spec = ModelSpec.from_identity(io.recorded_model(record, features))
@@ -112,7 +112,7 @@ def extract_cmd(
       vpltool extract data/VOC2012 --split train -o runs/voc/features --model ViT-B-16 --pretrained openai
     """
     from ..data import open_dataset
-    from ..extract import run_extract
+    from ..stages.extract import run_extract
 
     spec = model_spec(model, pretrained, model_config_dir)
     depth = spec.depth() if attention_blocks is not None else None
@@ -164,7 +164,7 @@ def text_prototypes_cmd(
     Example:
       vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet
     """
-    from ..text_prototypes import run_text_prototypes
+    from ..stages.text_prototypes import run_text_prototypes
 
     if features is not None:
         # (--model-config-dir is left out: VPLTOOL_MODEL_CONFIGS sets it for every command)
@@ -270,7 +270,7 @@ def cam_cmd(
       vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
       vpltool cam data/VOC2012 --split train -p runs/voc/text.safetensors -o runs/voc/cams_text
     """
-    from ..cam import run_cam, run_dense_cam
+    from ..stages.cam import run_cam, run_dense_cam
 
     cam_cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity,
                         layer=layer, attention_blocks=attention_blocks, affinity=affinity,
@@ -280,8 +280,7 @@ def cam_cmd(
                                               "--dense-crop": dense_crop, "--dense-stride": dense_stride,
                                               "--dense-pamr": dense_pamr})
     if pgseg is not None:
-        _cam_pgseg(source, pgseg, out, split, pgseg_side, dense, prototypes, save_overlays, save_debug, parity, run,
-                   shard)
+        _cam_pgseg(source, pgseg, out, split, pgseg_side, run, shard)
         return
     if prototypes is None:
         raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --pgseg FILE")
@@ -310,18 +309,11 @@ def cam_cmd(
         f"{pending(out)}")
 
 
-def _cam_pgseg(source: Path, pgseg: Path, out: Path, split: str | None, side: int, dense: str,
-               prototypes: Path | None, save_overlays: Path | None, save_debug: Path | None, parity: str,
-               run: dict, shard) -> None:
-    """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.cam.pgseg)."""
-    from ..cam.pgseg import run_pgseg_cam
+def _cam_pgseg(source: Path, pgseg: Path, out: Path, split: str | None, side: int, run: dict, shard) -> None:
+    """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.stages.cam.pgseg); the options it
+    does not use were refused or warned about before (vpltool.cli.applies)."""
+    from ..stages.cam.pgseg import run_pgseg_cam
 
-    for option, value in (("--prototypes", prototypes), ("--dense", None if dense == "none" else dense),
-                          ("--save-overlays", save_overlays), ("--save-debug", save_debug),
-                          ("--parity", None if parity == "none" else parity)):
-        if value is not None:
-            raise VplError(f"{option}: not used with --pgseg (the checkpoint's own text encoder and group maps); "
-                           "drop one of them")
     with progress("cam") as (on_start, on_item):
         s = run_pgseg_cam(source, pgseg, out, runtime(**run), split=split, short_side=side, shard=shard_of(shard),
                           on_item=on_item, on_start=on_start)
@@ -396,7 +388,7 @@ def learn_prototypes_cmd(
       vpltool learn-prototypes runs/voc/features -c runs/voc/cams_text -t runs/voc/text.safetensors \\
           -o runs/voc/vision.safetensors --tau-i 0.03 --iters 3000
     """
-    from ..learn_prototypes import run_learn_prototypes
+    from ..stages.learn_prototypes import run_learn_prototypes
 
     cfg = warn_inert(LearnPrototypesConfig(tau_i=tau_i, lr=lr, iters=iters, targets=targets, threshold=threshold,
                                            regularization=regularization, bg_exponent=bg_exponent,
@@ -458,7 +450,7 @@ def crf_cmd(
       vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --workers 8
       vpltool crf runs/voc/cams_vision -o runs/voc/pseudo --backend torch --device cuda
     """
-    from ..crf import run_crf
+    from ..stages.crf import run_crf
 
     cfg = warn_inert(CrfConfig(iterations=iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
                                bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb,

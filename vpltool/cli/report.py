@@ -41,7 +41,7 @@ def report_cmd(
     Example:
       vpltool report runs/demo && xdg-open runs/demo/report/index.html
     """
-    from ..report import run_report
+    from ..stages.report import run_report
 
     cfg = ReportConfig(thumb_size=thumb_size, detail_size=detail_size, quality=quality, cam_grid=cam_grid,
                        page_size=page_size)

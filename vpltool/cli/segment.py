@@ -44,6 +44,7 @@ from .common import (
     progress,
     runtime,
     say,
+    warn_inert,
 )
 from .root import app
 from .values import model_spec
@@ -135,12 +136,12 @@ def segment_cmd(
           --sam-weights sam_vit_b_01ec64.pth
     """
     from ..data import open_dataset
-    from ..predict import parse_class_names
-    from ..segment import run_segment
+    from ..stages.predict import parse_class_names
+    from ..stages.segment import run_segment
 
     dataset = open_dataset(data, split)
-    if pgseg is not None:  # PGSeg / GroupViT: zero-shot by group maps (vpltool.segment_pgseg)
-        from ..segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
+    if pgseg is not None:  # PGSeg / GroupViT: zero-shot by group maps (vpltool.stages.segment_pgseg)
+        from ..stages.segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
 
         names = parse_class_names(classes) if classes is not None else list(dataset.classes[1:])
         with progress("segment") as (on_start, on_item):
@@ -163,6 +164,7 @@ def segment_cmd(
                         stretch=stretch, window_global=window_global, sam_model=sam_model, sam_weights=sam_weights,
                         cos_fac=cos_fac, refine_neg_cos=refine_neg_cos, sam_halves=sam_halves,
                         sam_refine=sam_refine, coarse_threshold=coarse_threshold, minimal_area=minimal_area)
+    warn_inert(cfg)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

@@ -156,7 +156,7 @@ def train_decoder_cmd(
       vpltool train-decoder runs/voc/pseudo -p runs/voc/vision.safetensors -o runs/voc/decoder
     """
     from ..config import decoder_recipe
-    from ..train_decoder import run_train_decoder
+    from ..stages.train_decoder import run_train_decoder
 
     timer = _slow_recipe_timer(device) if recipe is None and iters is None else None
     recipe = recipe or _D.recipe
@@ -265,6 +265,10 @@ def predict_cmd(
                                                              show_default=False)] = None,
     dense_crop: DenseCrop = None,
     dense_stride: DenseStride = None,
+    dino_weights: Annotated[Optional[Path], typer.Option(
+        "--dino-weights", help="A WeCLIP+ decoder's DINO weights file, where it is not at the path its training "
+        "recorded (another machine or folder); it must be the very file (its sha256 is checked) [default: the "
+        "recorded path].", show_default=False)] = None,
     shard: Shard = None,
     run: dict = BATCHED,
     log_file: LogFile = None,
@@ -276,7 +280,7 @@ def predict_cmd(
     Example:
       vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val
     """
-    from ..predict import parse_class_names, run_predict
+    from ..stages.predict import parse_class_names, run_predict
 
     cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
                                    long_side=long_side, resize=resize, crf=crf, crf_backend=crf_backend,
@@ -285,8 +289,8 @@ def predict_cmd(
                                    dense_side=dense_side, dense_threshold=dense_threshold, dense_crop=dense_crop,
                                    dense_stride=dense_stride))
     with progress("predict") as (on_start, on_item):
-        s = run_predict(decoder, data, split, out, cfg, runtime(**run),
-                        overlays=save_overlays, shard=shard_of(shard), on_item=on_item, on_start=on_start)
+        s = run_predict(decoder, data, split, out, cfg, runtime(**run), overlays=save_overlays,
+                        shard=shard_of(shard), dino_weights=dino_weights, on_item=on_item, on_start=on_start)
     say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
         f"{pending(out)}")
 
@@ -322,7 +326,7 @@ def eval_cmd(
     """
     from rich.console import Console
 
-    from ..eval import format_table, run_eval
+    from ..stages.eval import format_table, run_eval
 
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"), parity=parity)
     result, classes = run_eval(predictions, data=data, split=split, cfg=cfg, json_out=json_out,
@@ -360,7 +364,7 @@ def diagnose_cmd(
     """
     from rich.console import Console
 
-    from ..diagnose import format_result, run_diagnose
+    from ..stages.diagnose import format_result, run_diagnose
 
     cfg = EvalConfig(bg_exponents=parse_floats(bg_exponents, "--bg-exponents"))
     with progress("diagnose") as (on_start, on_item):

@@ -34,7 +34,7 @@ def shard(value: str | None) -> tuple[int, int] | None:
 
 
 def model_spec(model: str, pretrained: str, config_dir: Path | None):
-    from ..backbone import ModelSpec
+    from ..models import ModelSpec
 
     return ModelSpec(model=model, pretrained=pretrained, config_dir=str(config_dir) if config_dir else None)
 

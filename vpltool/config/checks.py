@@ -52,6 +52,16 @@ def non_negative(option: str, value: float, upper: float = math.inf, why: str = 
     require(value <= upper, f"{option} {value:g}: must be at most {upper:g}{why}")
 
 
+def finite_numbers(values: dict[str, Any], spelled: Any = None) -> None:
+    """Every float of ``values`` (option name -> value; ``spelled(name)`` the option as typed) finite: nan passes
+    every bound check written as a comparison (``nan < 0`` is False), so each command's float options are
+    checked here once, before the per-option bounds (the CLI calls this for every command)."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            option = spelled(name) if spelled is not None else name
+            raise VplError(f"{option} {value}: not a finite number; give a number")
+
+
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds: a negative one is refused by numpy deep inside, a traceback
 
 

@@ -142,6 +142,9 @@ class DecoderConfig:
         require(self.dino_model is None or self.pseudo == "online",
                 "--dino-model: the DINO branch is WeCLIP+'s, trained on online masks; use --recipe weclip+")
         require(self.dino_model is None or bool(self.dino_model.strip()), "--dino-model is empty: give a timm ViT")
+        require(self.dino_model is None or self.recipe != "weclip",
+                f"--dino-model {self.dino_model}: a DINO branch makes WeCLIP+'s two-branch decoder, which --recipe "
+                "weclip would record as WeCLIP; pass --recipe weclip+ (or drop --dino-model)")
         at_least("read_blocks", self.read_blocks, 0)
         at_least("cam_input_back", self.cam_input_back, 1)
         at_least("self_label_start", self.self_label_start, 0, allow_none=True)
@@ -198,6 +201,9 @@ class DecoderConfig:
         if self.pseudo == "offline":
             out.update({name: "with offline pseudo masks" for name in ("box_threshold", "cam_blocks", "rfm_blocks",
                                                                         "rfm_start", "par_iters", "cam_input_back")})
+        elif self.rfm_start is not None and self.rfm_start >= self.iters:
+            out.update({name: f"at or past --iters {self.iters} (RFM never runs)" for name in ("rfm_start",
+                                                                                               "rfm_blocks")})
         if self.dino_model is None:
             out.update({name: "without --dino-model" for name in ("dino_model", "dino_weights", "self_label_start",
                                                                    "self_label_threshold", "lambda_dice",
@@ -287,7 +293,7 @@ class PredictConfig:
     crf_bilateral_compat: float = 4.0
     crf_backend: str = "auto"  # auto (torch on CUDA, pydensecrf on a CPU) | pydensecrf | torch (CRF_BACKENDS)
     # with --classes: none (the decoder scores the names' text rows) | a training-free dense method of the decoder's
-    # frozen CLIP (vpltool.backbone.dense), for names the decoder never trained on: the decoder is then not run
+    # frozen CLIP (vpltool.models.dense), for names the decoder never trained on: the decoder is then not run
     dense: str = "none"
     # the dense method's segmentor settings (vpltool.config.DENSE_SEGMENTORS); None = the method's own
     dense_side: int | None = None

@@ -11,19 +11,10 @@ from dataclasses import dataclass, fields, replace
 from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
 
-# vpltool.backbone.DENSE_METHODS (torch-free)
-DENSE_CHOICES = ("none", "maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "cass", "trident")
-PROXY_METHODS = ("proxyclip", "cass", "trident")  # methods whose last block takes a proxy vision model
-SAM_METHODS = ("trident",)  # methods that also take SAM's image encoder (--sam-model, --sam-weights)
-CASS_KNOBS = ("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")  # SegmentConfig fields
-# SegmentConfig fields: Trident's SAM aggregation and its SAM prompt refinement
-TRIDENT_KNOBS = ("cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold", "minimal_area")
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
-# each proxy method's own (--proxy-model left out): Trident loads torch.hub's dino_vitb16
-PROXY_MODELS = {"proxyclip": DEFAULT_PROXY_MODEL, "cass": DEFAULT_PROXY_MODEL, "trident": "vit_base_patch16_224.dino"}
 DEFAULT_SAM_MODEL = "vit_b"  # Trident's sam_model_type (configs/base_config.py)
 CROP_MODES = ("pad", "floor")  # a window that is no patch multiple: zero-padded (ClearCLIP) | remainder dropped
-ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.backbone.dense.ATTENTIONS (torch-free)
+ATTENTION_CHOICES = ("qk", "identity", "qq+kk", "qq", "kk")  # vpltool.models.dense.ATTENTIONS (torch-free)
 WHOLE_MODES = ("input", "direct")  # --slide-crop 0: logits via the input size (NACLIP) | straight to the image
 
 
@@ -42,7 +33,7 @@ class DenseSettings:
     pamr_steps: int = 0  # PAMR propagation steps (0 = off)
     pamr_dilations: tuple[int, ...] = (8, 16)
     pad_multiple: int = 0  # crop_mode pad: windows zero-padded to a multiple of this (0 = the patch size)
-    # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.backbone.sam_refine), off by default as
+    # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.models.sam_refine), off by default as
     # eval.py; thresholds of configs/base_config.py + cfg_voc21.py and trident.py's sam_mask_coff default
     sam_refine: bool = False
     coarse_threshold: float = 0.2  # coarse_thresh: a pixel below it prompts nothing; a class below it is not refined
@@ -54,36 +45,66 @@ class DenseSettings:
 SAM_REFINE_FIELDS = ("sam_refine", "coarse_threshold", "minimal_area", "sam_iou_threshold", "sam_mask_coeff")
 
 
+@dataclass(frozen=True)
+class DenseMethodSpec:
+    """One ``--dense`` method as the CLI, the benchmarks and the segmentor know it (torch-free): a row of
+    :data:`DENSE_SPECS`."""
+
+    settings: DenseSettings  # its segmentor, as its code runs VOC21
+    module: str | None = None  # its module in vpltool.models.dense; None: a pure-mixing preset (dense/mixing.py)
+    proxy_model: str | None = None  # the proxy vision model it takes (timm's name, --proxy-model's default); None: none
+    sam: bool = False  # it takes SAM's image encoder too (--sam-model, --sam-weights)
+    knobs: tuple[str, ...] = ()  # SegmentConfig fields only it reads (its per-dataset knobs; the module's with_knobs)
+
+
 # ClearCLIP's harness (clearclip_segmentor.py, cfg_voc21.py) runs vanilla CLIP (model_type 'vanilla', our `none`) and
 # MaskCLIP (model_type 'MaskCLIP', ignore_residual False) with its own settings
 _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_side=448, slide_crop=448,
                                    slide_stride=224, crop_mode="pad", whole="direct")
-DENSE_SEGMENTORS: dict[str, DenseSettings] = {
-    "none": _CLEARCLIP_HARNESS,
-    "maskclip": _CLEARCLIP_HARNESS,
+# the spec table: every --dense method, in --help's order. A new method is a row here (and, unless it only mixes
+# the last block, a module in vpltool/models/dense/)
+DENSE_SPECS: dict[str, DenseMethodSpec] = {
+    "none": DenseMethodSpec(_CLEARCLIP_HARNESS),
+    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS),
     # clip_segmentor.py + cfg_voc21.py: logit scale 65 (40 elsewhere), prob_thd 0.1, area_thd 0.1, 224/112, short 336
-    "sclip": DenseSettings(logit_scale=65.0, prob_threshold=0.1, short_side=336, slide_crop=224, slide_stride=112,
-                           crop_mode="floor", whole="direct", area_threshold=0.1),
-    "clearclip": _CLEARCLIP_HARNESS,
+    "sclip": DenseMethodSpec(DenseSettings(logit_scale=65.0, prob_threshold=0.1, short_side=336, slide_crop=224,
+                                           slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1)),
+    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS),
     # naclip.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, the whole image (slide_crop 0), PAMR 10 steps (8, 16)
-    "naclip": DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0, slide_stride=112,
-                            crop_mode="floor", whole="input", pamr_steps=10),
+    "naclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
+                                            slide_stride=112, crop_mode="floor", whole="input", pamr_steps=10)),
     # scclip_segmentor.py + cfg_voc21.py: logit scale 50, prob_thd 0.15, area_thd 0.1, slide 224/112, short 336
-    "sc-clip": DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224, slide_stride=112,
-                             crop_mode="floor", whole="direct", area_threshold=0.1),
+    "sc-clip": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224,
+                                             slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
+                               module="sc_clip"),
     # proxyclip_segmentor.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112 (windows padded to a
     # multiple of 56), short side 336
-    "proxyclip": DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336, slide_stride=112,
-                               crop_mode="pad", whole="direct", pad_multiple=56),
+    "proxyclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
+                                               slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
+                                 module="proxyclip", proxy_model=DEFAULT_PROXY_MODEL),
     # cass_segmentor.py + cfg_voc21.py (eval.py --pamr off): logit scale 40, prob_thd 0.1, the whole image
     # (slide_crop 0), short side 336; the logits resized to the input, then to the image
-    "cass": DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0, slide_stride=112,
-                          crop_mode="floor", whole="input"),
+    "cass": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
+                                          slide_stride=112, crop_mode="floor", whole="input"),
+                            module="cass", proxy_model=DEFAULT_PROXY_MODEL,
+                            knobs=("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")),
     # trident.py + configs/base_config.py + cfg_voc21.py (eval.py without --sam_refine): logit scale 40, prob_thd
-    # 0.2, slide 336/224 spliced (windows never padded), short side 448; logits on SAM's grid resized to the image
-    "trident": DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=448, slide_crop=336, slide_stride=224,
-                             crop_mode="floor", whole="direct"),
+    # 0.2, slide 336/224 spliced (windows never padded), short side 448; logits on SAM's grid resized to the image;
+    # torch.hub's dino_vitb16 as its proxy; its SAM aggregation's knobs, then its SAM prompt refinement's
+    "trident": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=448, slide_crop=336,
+                                             slide_stride=224, crop_mode="floor", whole="direct"),
+                               module="trident", proxy_model="vit_base_patch16_224.dino", sam=True,
+                               knobs=("cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold",
+                                      "minimal_area")),
 }
+# what the rest of vpltool reads, each derived from the table
+DENSE_CHOICES = tuple(DENSE_SPECS)
+DENSE_SEGMENTORS: dict[str, DenseSettings] = {name: spec.settings for name, spec in DENSE_SPECS.items()}
+PROXY_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.proxy_model)  # take a proxy vision model
+PROXY_MODELS = {name: spec.proxy_model for name, spec in DENSE_SPECS.items() if spec.proxy_model}
+SAM_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.sam)  # take SAM's image encoder too
+CASS_KNOBS = DENSE_SPECS["cass"].knobs  # SegmentConfig fields
+TRIDENT_KNOBS = DENSE_SPECS["trident"].knobs
 
 
 def dense_help() -> str:
@@ -129,14 +150,14 @@ class SegmentConfig:
     proxy_model: str | None = None
     proxy_weights: str = "hub"  # its weights: hub (timm's cache) | a local file | none (random, seeded: tests)
     # CASS's per-dataset knobs (its configs/cfg_*.py and dataset switches); None = its VOC21 values
-    # (vpltool.backbone.dense.TextShift / SpectralMatching)
+    # (vpltool.models.dense.cass.TextShift / SpectralMatching)
     global_weight: float | None = None  # global_semantics_weight: the image embedding's share of the logits
     shift_weight: float | None = None  # mean_vector_weight: how far a query moves toward its top patches
     cluster_cut: float | None = None  # h_threshold: the Ward distance at which the queries' tree is cut
     stretch: bool | None = None  # the DINO graph's singular values stretched (all but voc20 and city_scapes)
     window_global: bool | None = None  # each window's own image embedding (city_scapes) instead of the input's
-    # Trident: SAM's image encoder (vpltool.backbone.sam) and its aggregation's knobs (None = its VOC21 values,
-    # vpltool.backbone.dense.SamAggregation)
+    # Trident: SAM's image encoder (vpltool.models.sam) and its aggregation's knobs (None = its VOC21 values,
+    # vpltool.models.dense.trident.SamAggregation)
     sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h | toy (the demo world's, vpltool/assets/toy-sam)
     sam_weights: str | None = None  # a local file (SAM's released checkpoint) | none (random, seeded: tests)
     cos_fac: float | None = None  # pairs kept where SAM's value cosine > cos_fac x the row's mean
@@ -150,9 +171,13 @@ class SegmentConfig:
         choice("--dense", self.dense, DENSE_CHOICES)
         if self.proxy_model is None:  # the method's own, recorded as such
             object.__setattr__(self, "proxy_model", PROXY_MODELS.get(self.dense, DEFAULT_PROXY_MODEL))
-        if self.cos_fac is not None and self.cos_fac < 0:
+        if self.cos_fac is not None and not self.cos_fac >= 0:  # nan too (nan < 0 is False)
             require(False, f"--cos-fac {self.cos_fac}: give a factor >= 0 (Trident's own: 1.2; 0 keeps every pair "
                     "with a positive SAM cosine)")
+        # asked for, SAM's refinement would be silently skipped by any other method (it needs Trident's SAM pass)
+        require(not self.sam_refine or self.dense in SAM_METHODS,
+                f"--sam-refine: Trident's SAM prompt refinement needs SAM's image encoder, which --dense {self.dense} "
+                f"does not run; pass --dense {' or '.join(SAM_METHODS)}, or drop --sam-refine")
         if self.attention is not None:
             choice("--attention", self.attention, ATTENTION_CHOICES)
         # CLIP's own is 100 (learned, clamped there); beyond MAX_LOGIT_SCALE softmax is an argmax already, and the
@@ -174,11 +199,13 @@ class SegmentConfig:
         positive("--cluster-cut", self.cluster_cut, allow_none=True)
 
     def inert(self) -> dict[str, str]:
-        """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), CASS's knobs without
-        ``--dense cass``."""
-        out = {} if self.dense == "cass" else {k: "without --dense cass" for k in CASS_KNOBS}
-        if self.dense not in SAM_METHODS:
-            out.update({k: "without --dense trident" for k in (*TRIDENT_KNOBS, "sam_model", "sam_weights")})
+        """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), a method's knobs
+        without that method (:data:`DENSE_SPECS`)."""
+        out = {}
+        for name, spec in DENSE_SPECS.items():  # each method's knobs (SAM's options with SAM's methods)
+            if name != self.dense:
+                out.update({k: f"without --dense {name}" for k in (*spec.knobs, *(("sam_model", "sam_weights")
+                                                                                   if spec.sam else ()))})
         if self.dense in PROXY_METHODS:
             return out
         why = f"without --dense {' or '.join(PROXY_METHODS)}"
@@ -187,8 +214,9 @@ class SegmentConfig:
     def resolved(self) -> DenseSettings:
         """The method's :class:`DenseSettings` with every option given here in place of its own."""
         base = DENSE_SEGMENTORS[self.dense]
+        inert = self.inert()  # an option of another method (--sam-refine without trident) is not applied
         given = {f.name: getattr(self, f.name) for f in fields(DenseSettings)
-                 if getattr(self, f.name, None) is not None}
+                 if getattr(self, f.name, None) is not None and f.name not in inert}
         if given.get("area_threshold") == 0:
             given["area_threshold"] = None
         out = replace(base, **given)

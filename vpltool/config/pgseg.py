@@ -6,9 +6,11 @@ Torch-free (the CLI's ``--help`` reads these).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..errors import VplWarning
 from .checks import at_least, choice, fraction, non_negative, positive, seed_value
 
 PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
@@ -84,7 +86,11 @@ class PGSegTrainConfig:
     def __post_init__(self) -> None:
         choice("--recipe", self.recipe, tuple(PGSEG_RECIPES))
         choice("--preset", self.preset, PGSEG_PRESETS)
-        for name in ("batch_size", "epochs", "crop_size", "log_every"):
+        # the contrastive projectors' BatchNorm (the reference's) cannot normalise one sample: a traceback at the
+        # first step, after the folder was made
+        at_least("--batch-size", self.batch_size, 2, why=" (the projectors' BatchNorm needs two pairs a batch on "
+                 "each process)")
+        for name in ("epochs", "crop_size", "log_every"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         for name in ("checkpoint_every", "multi_label"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
@@ -101,6 +107,23 @@ class PGSegTrainConfig:
         fraction("--min-scale", self.min_scale)
         positive("--min-scale", self.min_scale)
         seed_value("--seed", self.seed)
+        for problem in self.schedule_problems():
+            warnings.warn(VplWarning(problem), stacklevel=3)
+
+    def schedule_problems(self) -> list[str]:
+        """Learning-rate schedules that are legal but not what anyone means: a cosine that climbs (--min-lr above
+        --lr), a warm-up that descends (--warmup-lr above --lr). (A warm-up longer than a short test run is left
+        unsaid: every one-epoch smoke test would print it.)"""
+        out = []
+        if self.min_lr > self.lr:
+            out.append(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}: the cosine climbs instead of decaying")
+        if self.warmup_lr > self.lr:
+            out.append(f"--warmup-lr {self.warmup_lr:g} is above --lr {self.lr:g}: the warm-up descends")
+        return out
+
+    def inert(self) -> dict[str, str]:
+        """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`)."""
+        return {} if self.multi_label else {"multi_label_weight": "without --multi-label K (K > 0)"}
 
 
 def pgseg_recipe(name: str, **changes: Any) -> PGSegTrainConfig:
@@ -117,6 +140,14 @@ PGSEG_BACKGROUND = "none"
 PGSEG_TEMPLATES = "simple"  # evaluate.seg.template of default_pgseg.yml
 PGSEG_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
 PGSEG_SLIDE = (448, 224)  # pascal_voc12.py test_cfg: mode='slide', crop_size (448, 448), stride (224, 224)
+PGSEG_MIN_SIDE = 32  # two of GroupViT-S's 16-px patches a side: below it the group maps have no patch to assign
+
+
+def check_pgseg_side(option: str, side: int) -> None:
+    """The short side a PGSeg image is resized to (`segment --pgseg --short-side`, `cam --pgseg-side`): at least
+    :data:`PGSEG_MIN_SIDE` (a side of 1 was a traceback in the patch embedding)."""
+    at_least(option, side, PGSEG_MIN_SIDE, why=" pixels (the model's patches need room)")
 
 __all__ = ["PGSEG_PRESETS", "PGSEG_RECIPES", "PGSegTrainConfig", "pgseg_recipe", "PGSEG_BG_THRESH",
-           "PGSEG_BACKGROUND", "PGSEG_TEMPLATES", "PGSEG_SHORT_SIDE", "PGSEG_SLIDE"]
+           "PGSEG_BACKGROUND", "PGSEG_TEMPLATES", "PGSEG_SHORT_SIDE", "PGSEG_SLIDE",
+           "PGSEG_MIN_SIDE", "check_pgseg_side"]

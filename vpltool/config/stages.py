@@ -289,7 +289,7 @@ class LearnPrototypesConfig:
         return {"bg_exponent": "with --targets hard"} if self.targets == "hard" else {}
 
 
-# the dense CRF's implementations (vpltool.densecrf): auto = torch on CUDA, pydensecrf on a CPU and under
+# the dense CRF's implementations (vpltool.ops.densecrf): auto = torch on CUDA, pydensecrf on a CPU and under
 # --parity clip-es; torch is the same model as pydensecrf (same lattice, parameters and iterations), batched on a GPU
 CRF_BACKENDS = ("auto", "pydensecrf", "torch")
 

@@ -143,6 +143,8 @@ def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | No
       what a moved or copied dataset keeps; the ground-truth masks are what `eval` scores against, not an input);
     * each image's bytes (``content``, a sha256 per image, computed once per process): a copy with the same ids,
       names and byte sizes but other pixels (every image flipped) is another dataset;
+    * for a copy elsewhere (``eval --data``): each ground-truth mask's bytes too (``masks``): a copy whose masks
+      alone differ would be scored against other ground truth;
     * at the recorded place: each image's modification time too (``items``). Digests a record of an older vpltool
       lacks are not compared.
 
@@ -183,6 +185,10 @@ def _dataset_change(inputs: dict, ident: dict, now: dict, found: dict) -> str | 
         return "an image's name or size, or its labels, differ under the same id"
     if "content" in inputs and inputs["content"] != found["content"]:
         return "an image's content differs under the same id, name and byte size"
+    if ident.get("root") != now["root"] and "masks" in inputs and inputs["masks"] != found["masks"]:
+        # a copy in its place must be identical, its ground truth too (at the recorded place, corrected masks are
+        # what `eval` scores, as they are)
+        return "a ground-truth mask differs under the same id"
     if ident.get("root") == now["root"] and "items" in inputs and inputs["items"] != found["items"]:
         return "an image was replaced or touched since (its modification time differs)"
     return None

@@ -4,9 +4,14 @@ NACLIP ask for VOC's boat as 'ship', give person seven phrasings, and put 26 bac
 a benchmark with background; ClearCLIP asks 'background'). Each query is its own text row; the class scores as the
 max over its rows (the references' ``query_idx``) and is written, and scored by `eval`, as the dataset's class.
 
-The references split a line at ``', '`` (SCLIP, NACLIP) or ``','`` (ClearCLIP, without stripping); here a line is
-split at ``','`` and each query stripped, which reads every file they ship the same way. An empty line or an empty
-query (a trailing comma) is refused: the references would encode the empty string as a query.
+Two separators, as the references' own readers (each ``get_cls_idx``) split: SCLIP, NACLIP and ClearCLIP split a
+line at ``', '`` or ``','``; ProxyCLIP and Trident at ``'; '`` (their VOC21 background line is 26 words separated by
+``; ``, and their ADE20K-847 names such as ``building, edifice`` are one query each). A file with a ``;`` on any
+line is read in the second format (every line split at ``;``, commas kept inside a query), any other file in the
+first (split at ``,``); each query is stripped (CLIP's tokenizer drops the spaces the references keep). An empty
+line or an empty query (a trailing separator) is refused: the references would encode the empty string as a
+query. A ``|`` (``--classes``' synonym mark) or a query starting with ``#`` (a comment in every other list file)
+is refused too, rather than encoded as text.
 
 The files they ship are bundled (``vpltool/assets/class_files/<set>/<benchmark>.txt``) and named
 ``SET:BENCHMARK``: ``sclip:voc21`` (SCLIP's, NACLIP's, SC-CLIP's and CASS's files are byte-identical) or
@@ -40,9 +45,16 @@ def class_file_path(spec: str | os.PathLike) -> Path:
                        f"{', '.join(sorted(p.stem for p in (ASSETS / 'sclip').glob('*.txt')))}, or a file path")
     path = Path(text).expanduser()
     if not path.is_file():
-        raise VplError(f"--class-file {path}: not found; give a file with one line a class (comma-separated "
-                       "queries) or a bundled SET:BENCHMARK such as sclip:voc21")
+        raise VplError(f"--class-file {path}: not found; give a file with one line a class (queries separated by "
+                       "',' or '; ') or a bundled SET:BENCHMARK such as sclip:voc21")
     return path
+
+
+def is_class_set(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names a bundled set alone (``sclip``, ``clearclip``, or a reference such as ``naclip``), not a
+    file: `benchmark` then takes each benchmark's own file of it (``sclip:voc20`` for VOC20)."""
+    text = os.fspath(spec)
+    return ":" not in text and not Path(text).exists() and (text in REFERENCE_SETS or (ASSETS / text).is_dir())
 
 
 def read_class_file(spec: str | os.PathLike) -> list[list[str]]:
@@ -59,18 +71,51 @@ def read_class_file(spec: str | os.PathLike) -> list[list[str]]:
     lines = text.split("\n")
     if lines and lines[-1] == "":  # the newline that ends the last line (readlines() gives no line for it)
         lines.pop()
+    sep = query_separator(lines)
     out = []
     for number, line in enumerate(lines, start=1):
-        queries = [q.strip() for q in line.rstrip("\r").split(",")]
+        queries = [q.strip() for q in line.rstrip("\r").split(sep)]
         if not any(queries):
-            raise VplError(f"{path}: line {number} is empty; each line is one class (its queries comma-separated): "
-                           "remove the line or name the class")
+            raise VplError(f"{path}: line {number} is empty; each line is one class (its queries separated by "
+                           f"'{sep} '): remove the line or name the class")
         if not all(queries):
-            raise VplError(f"{path}: line {number} has an empty query ({line.strip()!r}); remove the extra comma")
+            raise VplError(f"{path}: line {number} has an empty query ({line.strip()!r}); remove the extra '{sep}'")
+        odd = next((q for q in queries if "|" in q or q.startswith("#")), None)
+        if odd is not None:
+            why = ("holds '|', --classes' synonym mark; in a class file a line's queries are separated by "
+                   f"'{sep} ': write {odd.replace('|', sep + ' ')!r}" if "|" in odd else
+                   "starts with '#', which would be encoded as text (class files have no comments): remove it")
+            raise VplError(f"{path}: line {number}: query {odd!r} {why}")
         out.append(queries)
     if not out:
         raise VplError(f"{path}: no classes; write one line a class")
     return out
+
+
+def query_separator(lines: list[str]) -> str:
+    """``';'`` for a file in ProxyCLIP's and Trident's format (a ``;`` on any line), else ``','`` (SCLIP's,
+    NACLIP's, ClearCLIP's): one separator for the whole file, so a comma inside a ``;``-separated query is kept."""
+    return ";" if any(";" in line for line in lines) else ","
+
+
+def check_class_file(spec: str | os.PathLike, names: list[str], synonyms: list[list[str]],
+                     background: list[str]) -> None:
+    """The checks ``--classes`` gets (:func:`vpltool.presets.check_class_names`), for a class file laid over the
+    dataset's class ``names``: a query in two classes, or 'background' as a class's query, is one line. A
+    background query that is also a class's query is warned about, not refused: SCLIP's own coco-object file asks
+    ``bed`` on both lines, and a reference's file is run as it ships."""
+    import warnings
+
+    from .. import presets
+    from ..errors import VplWarning
+
+    path = class_file_path(spec)
+    presets.check_class_names(names, f"--class-file {path}", synonyms)
+    clash = presets.clashing_word([presets.BACKGROUND, *(q for s in synonyms for q in s)], background)
+    if clash is not None:
+        warnings.warn(VplWarning(f"--class-file {path}: {clash!r} is a query of the background's line and of a "
+                                 "class's; the background row takes part of that class's probability (kept, as "
+                                 "the references run it)"), stacklevel=2)
 
 
 def class_file_queries(spec: str | os.PathLike, n_foreground: int) -> tuple[list[list[str]], list[str]]:
@@ -90,4 +135,5 @@ def class_file_queries(spec: str | os.PathLike, n_foreground: int) -> tuple[list
                    f"order ({n_foreground} lines, or {n_foreground + 1} with the background's words first)")
 
 
-__all__ = ["ASSETS", "REFERENCE_SETS", "class_file_path", "read_class_file", "class_file_queries"]
+__all__ = ["ASSETS", "REFERENCE_SETS", "is_class_set", "class_file_path", "read_class_file", "query_separator",
+           "check_class_file", "class_file_queries"]

@@ -119,12 +119,23 @@ class Dataset:
             h.update(json.dumps([item.id, list(item.labels), item.content()]).encode() + b"\n")
         return "sha256:" + h.hexdigest()
 
+    def masks_sha(self) -> str:
+        """A digest of every item's id and ground-truth mask bytes (None for an item without one): what `eval`
+        scores against, so that a copy of the dataset given in its place (``eval --data``) must hold the same
+        masks as well as the same images. Reads every mask once per process."""
+        h = hashlib.sha256()
+        for item in self.items:
+            h.update(json.dumps([item.id, None if item.gt is None else content_sha(item.gt)]).encode() + b"\n")
+        return "sha256:" + h.hexdigest()
+
     def inputs(self) -> dict[str, Any]:
         """What a stage records of the dataset it read (its record's ``inputs``): ``dataset`` (:meth:`identity`),
-        ``items`` (:meth:`items_sha`), ``files`` (:meth:`files_sha`) and ``content`` (:meth:`content_sha`);
-        :func:`vpltool.data.check_recorded` compares them with the dataset a later stage reads."""
+        ``items`` (:meth:`items_sha`), ``files`` (:meth:`files_sha`), ``content`` (:meth:`content_sha`) and
+        ``masks`` (:meth:`masks_sha`); :func:`vpltool.data.check_recorded` compares them with the dataset a later
+        stage reads."""
         items, files = self._digests()
-        return {"dataset": self.identity(), "items": items, "files": files, "content": self.content_sha()}
+        return {"dataset": self.identity(), "items": items, "files": files, "content": self.content_sha(),
+                "masks": self.masks_sha()}
 
     def _digests(self) -> tuple[str, str]:
         """``(items_sha, files_sha)`` from one pass, one ``stat`` per image (a network file system pays per call)."""

@@ -45,11 +45,11 @@ def block_features(bb, pixels: Tensor, blocks: Sequence[int], dtype: torch.dtype
     """Frozen forward collecting the patch tokens of ``blocks``.
 
     Args:
-        bb: a :class:`~vpltool.backbone.ClipBackbone`.
+        bb: a :class:`~vpltool.models.ClipBackbone`.
         pixels: ``[B, 3, H, W]`` CLIP-normalised, ``H`` and ``W`` multiples of the patch size.
         blocks: increasing block indices.
         dtype: the frozen blocks' precision (bf16 / fp16 / fp32): an image tower stored in ``dtype``
-            (:meth:`~vpltool.backbone.ClipBackbone.with_image_tower_in`) runs as it is, another under autocast.
+            (:meth:`~vpltool.models.ClipBackbone.with_image_tower_in`) runs as it is, another under autocast.
 
     Returns:
         ``[B, L, h, w, width]`` (L = len(blocks)) on the backbone's device: ``dtype`` for a tower stored in it, else

@@ -114,7 +114,7 @@ def predict_logits(bb, model: SegDecoder, blocks: Sequence[int], image, scales: 
     """Multi-scale (+ flip) class scores of one image at its own resolution (WeCLIP's test protocol).
 
     Args:
-        bb: the frozen :class:`~vpltool.backbone.ClipBackbone` the decoder was trained on.
+        bb: the frozen :class:`~vpltool.models.ClipBackbone` the decoder was trained on.
         image: ``[H0, W0, 3]`` uint8 RGB.
 
     Returns:

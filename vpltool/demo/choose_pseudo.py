@@ -156,7 +156,7 @@ def check_score_consistent(scored: Path, result: dict[str, Any], fix: str) -> No
     if "confusion" in result:  # the counts themselves: IoUs edited together with the mIoU still contradict them
         import numpy as np
 
-        from ..kernels import scores
+        from ..ops.kernels import scores
 
         try:
             again = scores(np.asarray(result["confusion"], dtype=np.int64))["miou"]

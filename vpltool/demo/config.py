@@ -19,6 +19,7 @@ QK_BLOCKS = ("global", "all")
 LAYOUTS = ("folder", "voc")
 MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 the toy models only diverge (inf: NaN weights)
 MAX_SIZE = 2048  # scene side: 100000 asked for a 37 GiB array and died with a MemoryError traceback
+MAX_SCENES = 1_000_000  # train + val scenes of one world (its plan is held in memory before the first is drawn)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class ToySamConfig:
     rebuild the shipped weights (`make toy-sam`). SAM's recipe (Kirillov et al., ICCV 2023, appendix A) at toy size.
 
     Attributes:
-        model: the ``sam`` family's architecture (:data:`vpltool.backbone.sam.SAM_ARCHS`; ``--sam-model``).
+        model: the ``sam`` family's architecture (:data:`vpltool.models.sam.SAM_ARCHS`; ``--sam-model``).
         epochs: passes over the world's train images. batch_size: images per step (each with all its masks).
         lr: AdamW peak learning rate (SAM's 8e-4; linear warmup over ``warmup`` steps, then divided by 10 at 2/3
             and at 26/27 of the steps, SAM's 60k and 86.7k of 90k). weight_decay: SAM's 0.1, on matrices only.
@@ -242,6 +243,9 @@ class WorldConfig:
     def __post_init__(self) -> None:
         at_least("--train", self.train, 1)
         at_least("--val", self.val, 0)
+        # the scenes are planned in memory before the first is written: a count of 2**31 grew without a word
+        require(self.train + self.val <= MAX_SCENES, f"--train {self.train} --val {self.val}: at most "
+                f"{MAX_SCENES:,} scenes in all (a demo world of 500 + 200 is the demo's); give smaller counts")
         at_least("--size", self.size, 32, why=" pixels")
         require(self.size <= MAX_SIZE, f"--size {self.size}: must be at most {MAX_SIZE} pixels (a scene is drawn "
                 "in memory, ~40 bytes per pixel; the toy CLIP is trained at 96)")

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from .. import io
 from ..config import EvalConfig
 from ..data import open_recorded
-from ..kernels import MiouAccumulator, cams_to_labels
+from ..ops.kernels import MiouAccumulator, cams_to_labels
 from .choose_pseudo import CHOICE_FILE, describe
 
 CHANCE_IMAGES = 500  # a floor needs no more; the demo world's default train split has exactly 500

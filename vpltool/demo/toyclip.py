@@ -2,7 +2,7 @@
 
 The model (patch 8 on 96 px -> 12x12 tokens, width 128, 4 blocks; word-level text tower) is saved as an open_clip
 ``local-dir:`` folder plus our ``vpltool.json`` (tokenizer, vocabulary, attention window, training record) that
-:func:`vpltool.backbone.load_backbone` reads. This module builds it, writes and swaps checkpoint folders, and scores
+:func:`vpltool.models.load_backbone` reads. This module builds it, writes and swaps checkpoint folders, and scores
 a toy (label-set retrieval, GradCAM mIoU); :mod:`.train_toy_clip` trains it.
 
 * **Windowed attention.** In blocks 0..L-2 a patch attends only to its 3x3 patch neighbourhood (:func:`toy_window`);
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backbone import EXTRA_CONFIG, ClipBackbone, ModelSpec, mimetic
 from ..errors import VplError
-from ..kernels import MiouAccumulator, cams_to_labels, upsample
+from ..models import EXTRA_CONFIG, ClipBackbone, ModelSpec, mimetic
+from ..ops.kernels import MiouAccumulator, cams_to_labels, upsample
 from .scenes import (
     BACKGROUNDS,
     CLASSES,

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backbone import EXTRA_CONFIG, ClipBackbone, ModelSpec
 from ..errors import VplError
+from ..models import EXTRA_CONFIG, ClipBackbone, ModelSpec
 from .config import ToyClipConfig
 from .scenes import BACKGROUNDS, CLASSES, Scene, SceneConfig, detailed_caption, generate_scenes, make_caption
 from .toyclip import (
@@ -416,7 +416,7 @@ def _train(out_dir: Path, cfg: ToyClipConfig, data_dir, n_scenes, scene_cfg, eva
 def _save_and_score(out: Path, model: torch.nn.Module, training: dict[str, Any], seed: int, cfg: SceneConfig,
                     eval_scenes: int, cam_scenes: int, arch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the checkpoint beside ``out``, score the weights *as saved* (fp16), record the scores, swap it in."""
-    from ..backbone import load_model
+    from ..models import load_model
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

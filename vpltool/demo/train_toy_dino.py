@@ -46,7 +46,7 @@ WEIGHTS_FILE = "model.safetensors"
 def build_student(cfg: ToyDinoConfig) -> torch.nn.Module:
     """The timm ViT as `--dino-model` builds it (no classifier, any input size), randomly initialised, its query and
     key weights made equal when ``cfg.qk_init`` > 0 (:func:`mimetic_qk`)."""
-    from ..backbone.dino import import_timm
+    from ..models.dino import import_timm
 
     model = import_timm().create_model(cfg.model, num_classes=0, dynamic_img_size=True, pretrained=False)
     if cfg.qk_init > 0:
@@ -163,7 +163,7 @@ def _photometric(x: torch.Tensor, gen: torch.Generator, jitter: float, solarize:
 def views(images: torch.Tensor, cfg: ToyDinoConfig, patch: int, gen: torch.Generator,
           mean: torch.Tensor, std: torch.Tensor) -> list[torch.Tensor]:
     """The multi-crop views of a batch ``[B, 3, H, W]``: 2 global ``[B, 3, 12p, 12p]`` then the local ones
-    ``[B, 3, 6p, 6p]``, normalised as :class:`vpltool.backbone.DinoBackbone` normalises."""
+    ``[B, 3, 6p, 6p]``, normalised as :class:`vpltool.models.DinoBackbone` normalises."""
     g, loc = GRID * patch, GRID * patch // 2
     out = []
     for v in range(2 + cfg.local_crops):

@@ -7,6 +7,7 @@
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
 * :mod:`~vpltool.io.metrics`: `eval --json` results and a run's ``metrics.json``, checked on read.
 * :mod:`~vpltool.io.events`: TensorBoard event files (the optional ``tensorboard`` extra).
+* :mod:`~vpltool.io.inputs`: a run's inputs by content, and which one changed since a record.
 * :mod:`~vpltool.io.guard`: the one check of every path a stage writes (:func:`check_outputs`).
 * :mod:`~vpltool.io.records`: the records a folder holds (``_stage.json``, ``_run.json``, ``_side.json``, shard
   records, the lock): their names and the reader that checks them.
@@ -41,6 +42,7 @@ from .files import (
     read_log,
     sha256_file,
     text_lines,
+    trim_log,
     write_json,
     write_log,
     write_text,
@@ -60,6 +62,7 @@ from .images import (
     write_picture,
     write_png,
 )
+from .inputs import NOT_FILES, changed_inputs, files_digest, weights_identity
 from .kinds import (
     CAM_DEBUG_KIND,
     CAM_KIND,
@@ -140,7 +143,8 @@ __all__ = [
     "append_line", "append_log", "atomic_path", "atomic_write", "check_folder_target", "check_writable_target",
     "comment_problem",
     "file_identity",
-    "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "write_json", "write_log",
+    "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "trim_log", "write_json",
+    "write_log",
     "write_text",
     "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file",
     "numbered_lines", "text_lines",
@@ -165,4 +169,5 @@ __all__ = [
     "save_tensor_file", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
     "check_eval_metrics", "is_eval_metrics", "read_eval_metrics", "read_run_metrics",
+    "NOT_FILES", "changed_inputs", "files_digest", "weights_identity",
 ]  # fmt: skip

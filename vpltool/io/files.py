@@ -443,6 +443,16 @@ def write_log(path: str | os.PathLike, records: list[Mapping[str, Any]]) -> Path
     return Path(path)
 
 
+def trim_log(path: str | os.PathLike, start: int) -> None:
+    """A training run's ``log.jsonl`` as the run starting at iteration ``start`` continues it: the records up to its
+    checkpoint kept (a resume), none for a fresh start (``start`` 0: a killed run's lines go); nothing is written
+    for a fresh start with no log. Both trainers call it once, before their first iteration, so that a log never
+    holds an iteration twice or another run's lines."""
+    path = Path(path)
+    if start or path.exists():
+        write_log(path, read_log(path, upto=start) if start else [])
+
+
 def append_log(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """One record appended to a ``log.jsonl`` (one JSON object per line)."""
     append_line(path, json.dumps(record))

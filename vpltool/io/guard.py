@@ -8,8 +8,11 @@ How a stage (or a new command) uses it: name every path the run writes and every
                      protected=dataset.folders())
 
 * ``outputs``: option -> ``(path or None, kind)``. Kinds: ``stage`` (a folder of per-item outputs with vpltool
-  records, written through :class:`vpltool.io.StageFolder`), ``side`` (a folder of extra files: overlays, debug
-  maps, TensorBoard events; :func:`vpltool.io.write_side_record` marks it when the run makes it), ``file`` (one
+  records, written through :class:`vpltool.io.StageFolder`), ``written`` (a file the run writes, or deletes under
+  ``--overwrite``, inside its own stage folder: a trainer's model and log; compared with the run's inputs only, so
+  that ``--init RUN/pgseg.safetensors -o RUN --overwrite`` is refused instead of deleting its own input), ``side``
+  (a folder of extra files: overlays, debug maps, TensorBoard events; :func:`vpltool.io.write_side_record` marks
+  it when the run makes it), ``file`` (one
   file, replaced atomically through :func:`vpltool.io.atomic_path`), ``log`` (one file, appended to). A ``file``
   output names the kind of file it writes, ``(path, "file", "scores")`` (:mod:`vpltool.io.marks`: the file records
   it), and the run passes ``overwrite``.
@@ -67,7 +70,7 @@ from .files import (
 from .marks import describe_kind, file_kind
 from .records import DECODER_FILES, LOCK_FILE, RUN_RECORD, SHARD_RECORD, SIDE_RECORD, STAGE_RECORD, read_record
 
-KINDS = ("stage", "side", "file", "log")
+KINDS = ("stage", "side", "file", "log", "written")
 
 PathLike = str | os.PathLike
 Outputs = Mapping[str, "tuple[PathLike | None, str] | tuple[PathLike | None, str, str]"]
@@ -331,8 +334,13 @@ class _Guard:
         _check_path(path, option)
         real = _real(path)
         if real in self.inputs:
+            if kind == "written":  # a file inside the run's own folder: the input is what must move
+                raise VplError(f"{self.inputs[real]} {path}: this run writes (or, with --overwrite, deletes) that "
+                               f"file of its {option.split()[0]} folder; copy it elsewhere and pass the copy")
             raise VplError(f"{path}: is also this run's input ({self.inputs[real]}); writing there would destroy it: "
                            f"choose another {option}")
+        if kind == "written":
+            return  # checked with its folder (the stage output) otherwise
         dataset = [d for d in self.protected if _inside(real, d)]
         if dataset:
             folder = max(dataset, key=lambda d: len(d.parts))  # the most specific: "is the dataset's folder masks"

@@ -342,7 +342,7 @@ def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | Non
 
 
 # what a record keeps of its dataset (vpltool.data.Dataset.inputs)
-DATASET_INPUTS = ("dataset", "items", "files", "content")
+DATASET_INPUTS = ("dataset", "items", "files", "content", "masks")
 
 
 def dataset_inputs(record: Mapping[str, Any]) -> dict[str, Any]:

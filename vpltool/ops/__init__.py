@@ -1,0 +1,1 @@
+"""Torch kernels shared by the stages: min-max, CRF kernels, affinity, dense CRF."""

@@ -1,0 +1,1 @@
+"""How work is run: batches, background writers, ranks and shards."""

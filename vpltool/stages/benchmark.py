@@ -1,0 +1,154 @@
+"""`vpltool benchmark`: one training-free method on the field's eight benchmarks (VOC21, Context60, COCO-Object, VOC20,
+Context59, COCO-Stuff, Cityscapes, ADE20K), each with the settings the method's own config uses for it
+(:mod:`vpltool.config.benchmarks`), scored, and the table printed with its mean.
+
+Per benchmark given a root: the dataset (:mod:`vpltool.data.benchmarks`) and the preset are checked first, for all
+of them, before the model loads; then `segment`'s stage body writes ``<out>/<benchmark>/`` (resumable, and split by
+rank under torchrun as every per-image stage), and once every image of it has a mask, `eval` writes
+``<out>/<benchmark>.json``. The table is ``<out>/table.json``. The CLIP is loaded once and shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .. import io
+from ..config import RuntimeConfig, SegmentConfig
+from ..config.benchmarks import BENCHMARK_PRESETS
+from ..config.dense import DENSE_CHOICES
+from ..data.benchmarks import BENCHMARK_ORDER, TITLES
+from ..data.class_files import is_class_set
+from ..errors import VplError
+from ..models import ModelSpec
+
+STAGE = "benchmark"
+
+
+def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | None = None) -> SegmentConfig:
+    """The :class:`SegmentConfig` of ``method`` on ``benchmark``: its preset, with every non-None ``overrides``
+    value (the command line's options) in its place."""
+    if method not in BENCHMARK_PRESETS:
+        raise VplError(f"benchmark: no presets for method {method!r}; choose one of {', '.join(BENCHMARK_PRESETS)}")
+    settings = BENCHMARK_PRESETS[method].settings(benchmark)
+    if settings["dense"] not in DENSE_CHOICES:
+        raise VplError(f"benchmark {method}: --dense {settings['dense']} is not in this vpltool (it has "
+                       f"{', '.join(DENSE_CHOICES[1:])}); its presets are listed by `vpltool benchmark --presets`")
+    known = {f.name for f in fields(SegmentConfig)}
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in known})
+    if settings.get("class_file") is not None and is_class_set(settings["class_file"]):  # each benchmark's own
+        settings["class_file"] = f"{settings['class_file']}:{benchmark}"
+    return SegmentConfig(**settings)
+
+
+def check_class_file_option(class_file: str | None, names: Sequence[str]) -> None:
+    """``--class-file`` of a benchmark run: a set name (``sclip``: each benchmark's own file) for any number of
+    benchmarks, one file for one benchmark only (VOC20 would get VOC21's background line)."""
+    if class_file is None or is_class_set(class_file) or len(names) <= 1:
+        return
+    raise VplError(f"--class-file {class_file}: one file for {len(names)} benchmarks ({', '.join(names)}), whose "
+                   "classes differ; give a set name (sclip, clearclip: each benchmark's own file), or run one "
+                   "benchmark per --class-file")
+
+
+def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path, spec: ModelSpec,
+                  overrides: Mapping[str, Any] | None = None, runtime: RuntimeConfig = RuntimeConfig(), *,
+                  shard: tuple[int, int] | None = None, on_benchmark: Callable[[str], None] | None = None,
+                  backbone=None, keep: dict | None = None) -> dict[str, Any]:
+    """Segment and score each benchmark of ``roots`` (name -> root) with ``method``'s preset for it; ``backbone``:
+    a loaded CLIP of ``spec`` to reuse (each benchmark sets its ``--dense``), else loaded when there is work.
+
+    Returns:
+        ``{"method", "model", "columns": [names in the table's order], "miou": {name: fraction in [0, 1] or None
+        (not scored yet: another rank's images are still to come)}, "mean": fraction or None (the mean over the
+        benchmarks scored, None until all given are), "settings": {name: SegmentConfig fields}}``, also written to
+        ``<out>/table.json`` once every benchmark given is scored. ``keep``: a dict that receives the CLIP loaded (or
+        given) as ``keep["backbone"]``, for the next method.
+    """
+    from ..data import open_dataset
+    from ..device import resolve_device
+    from ..models import load_model
+    from .eval import run_eval
+    from .segment import resolve_queries, run_segment, scored_background
+
+    unknown = [n for n in roots if n not in BENCHMARK_ORDER]
+    if unknown:
+        raise VplError(f"--root {unknown[0]}=...: unknown benchmark; give NAME=ROOT with NAME one of "
+                       f"{', '.join(BENCHMARK_ORDER)}")
+    if not roots:
+        raise VplError(f"no benchmark given; pass --root NAME=ROOT for some of {', '.join(BENCHMARK_ORDER)}")
+    out = io.check_folder_target(out)
+    names = [n for n in BENCHMARK_ORDER if n in roots]
+    # every dataset and every preset checked before the model loads (a wrong root fails in a second)
+    check_class_file_option((overrides or {}).get("class_file"), names)
+    datasets = {n: open_dataset(f"{n}={roots[n]}") for n in names}
+    configs = {n: preset_config(method, n, overrides) for n in names}
+    for n in names:  # the class files and queries too (a bad file for the last benchmark fails now, not in an hour)
+        resolve_queries(list(datasets[n].classes[1:]), configs[n], scored_background(datasets[n]))
+    miou: dict[str, float | None] = {}
+    for n in names:
+        if on_benchmark:
+            on_benchmark(n)
+        if backbone is None:
+            backbone = load_model("clip", spec, resolve_device(runtime.device))
+        folder = out / n
+        run_segment(datasets[n], folder, spec, configs[n], runtime, shard=shard, backbone=backbone)
+        if all(io.mask_path(folder, it.id).is_file() for it in datasets[n].items) and io.stage_record_path(
+                folder).is_file():
+            result, _ = run_eval(folder, json_out=out / f"{n}.json", overwrite=True)
+            miou[n] = result["miou"]
+        else:
+            miou[n] = None
+    scored = [v for v in miou.values() if v is not None]
+    table = {"method": method, "model": spec.identity(), "columns": names, "titles": [TITLES[n] for n in names],
+             "miou": miou, "mean": sum(scored) / len(scored) if len(scored) == len(names) else None,
+             "settings": {n: _config_dict(configs[n]) for n in names}}
+    if table["mean"] is not None:
+        io.write_json(out / "table.json", table, kind="benchmark-table")
+    if keep is not None:
+        keep["backbone"] = backbone
+    return table
+
+
+def run_benchmarks(methods: Sequence[str], roots: Mapping[str, str | Path], out: str | Path, spec: ModelSpec,
+                   overrides: Mapping[str, Any] | None = None, runtime: RuntimeConfig = RuntimeConfig(), *,
+                   shard: tuple[int, int] | None = None,
+                   on_benchmark: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+    """:func:`run_benchmark` for each of ``methods`` (one CLIP loaded for all), every method's presets checked first;
+    one method writes into ``out``, several each into ``<out>/<method>/``. Returns their tables in order."""
+    twice = next((m for m in methods if list(methods).count(m) > 1), None)
+    if twice is not None:
+        raise VplError(f"benchmark: method {twice!r} is named {list(methods).count(twice)} times; give each once")
+    check_class_file_option((overrides or {}).get("class_file"), [n for n in BENCHMARK_ORDER if n in roots])
+    for m in methods:
+        for n in (n for n in roots if n in BENCHMARK_ORDER):
+            preset_config(m, n, overrides)
+    keep: dict = {}
+    tables = []
+    for m in methods:
+        folder = Path(out) / m if len(methods) > 1 else Path(out)
+        tables.append(run_benchmark(m, roots, folder, spec, overrides, runtime, shard=shard, keep=keep,
+                                    backbone=keep.get("backbone"),
+                                    on_benchmark=None if on_benchmark is None else lambda n, m=m: on_benchmark(m, n)))
+    return tables
+
+
+def _config_dict(cfg: SegmentConfig) -> dict:
+    return {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(cfg)
+            if (v := getattr(cfg, f.name)) is not None}
+
+
+def format_row(table: Mapping[str, Any]) -> list[str]:
+    """The table as text lines: a header of the benchmarks' titles and Avg, then the method's mIoU in percent (one
+    decimal; '-' where not scored yet)."""
+    titles = [*table["titles"], "Avg"]
+    cells = [table["miou"][n] for n in table["columns"]] + [table["mean"]]
+    width = max(8, *(len(t) + 1 for t in titles))
+    head = f"{'method':<12}" + "".join(f"{t:>{width}}" for t in titles)
+    row = f"{table['method']:<12}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>{width}}" for v in cells)
+    return [head, row]
+
+
+__all__ = ["STAGE", "run_benchmark", "run_benchmarks", "preset_config", "format_row"]

@@ -1,0 +1,140 @@
+"""`cam --dense METHOD`: seeds from a training-free dense CLIP (MaskCLIP, SCLIP, ClearCLIP, NACLIP) instead of
+GradCAM, in the CAM file format, so `crf`, `learn-prototypes`, `train-decoder` and the report take them unchanged.
+
+Per image with labels K (the dataset's, as `cam`), through the method's segmentor
+(:func:`vpltool.models.segmentor.segment_logits`: its resize, slide windows and PAMR): the cosine logits of every
+row of the prototypes file; then ``softmax(logit_scale * cos)`` over the image's K class rows and every background
+row; the K class probabilities are the maps, in [0, 1], stored at image size (no gradient, no CAA: the dense
+methods' own maps). The logit scale and windows are the method's (:data:`vpltool.config.DENSE_SEGMENTORS`) unless
+given; the probability threshold is not used (the CRF and eval choose the background).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ... import io
+from ...config import RuntimeConfig, SegmentConfig
+from ...data import open_dataset, open_recorded, recorded_folders
+from ...device import autocast, resolve_device, resolve_precision, shard_from_env
+from ...errors import ContractError, VplError
+from ...models import ClipBackbone, ModelSpec, load_model
+from ...models.segmentor import segment_logits, settings_params, short_side_size
+from ...runtime.batches import (
+    BackgroundWriter,
+    BatchRunner,
+    image_stage,
+    load_batches,
+    plan_batches,
+    resolve_batch_size,
+)
+from .sources import is_extract_folder
+
+STAGE = "cam"
+
+
+def dense_maps(logits: torch.Tensor, rows: torch.Tensor, n_labels: int, logit_scale: float) -> torch.Tensor:
+    """One image's ``[R, H, W]`` cosine logits of every prototype row -> ``[K, H, W]`` maps: the softmax over the
+    rows ``rows`` (``[K + M]`` on the device: the image's K class rows, then the M background rows), first K."""
+    return (logits.index_select(0, rows) * logit_scale).softmax(0)[:n_labels]
+
+
+def run_dense_cam(
+    source: str | Path,
+    prototypes: str | Path,
+    out: str | Path,
+    cfg: SegmentConfig,
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    split: str | None = None,
+    shard: tuple[int, int] | None = None,
+    on_item: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    backbone: ClipBackbone | None = None,
+) -> io.StageSummary:
+    """Dense CAMs ``<out>/<id>.safetensors`` (kind ``cam``) for every image of a dataset (``source`` + ``split``) or
+    of the dataset an `extract` folder was made from; the CLIP is the one the prototypes were made with."""
+    from ...config.dense import PROXY_METHODS
+
+    if cfg.dense in PROXY_METHODS:
+        raise VplError(f"cam --dense {cfg.dense}: the method needs a proxy vision model, which only `vpltool "
+                       "segment` loads (--proxy-model); choose another --dense method for seeds")
+    source, out = Path(source), Path(out)
+    dataset = open_recorded(source, split) if is_extract_folder(source) else open_dataset(source, split)
+    protos = io.read_prototypes(prototypes, classes=dataset.classes)
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the source": source, "--prototypes": prototypes},
+                     protected=[*dataset.folders(), *recorded_folders(source)], overwrite=runtime.overwrite)
+    settings = cfg.resolved()
+    device = resolve_device(runtime.device)
+    dtype = resolve_precision(runtime.precision, device)
+    params = {"source": "dense", "dense": cfg.dense,
+              "settings": settings_params(settings),
+              "prototypes": io.file_identity(protos.path, source=protos.source)}
+    inputs = dataset.inputs()
+
+    def work(items: list, sizes: list[tuple[int, int]]) -> None:
+        bb = (backbone or load_model("clip", ModelSpec.from_identity(protos.model), device)).with_dense(cfg.dense)
+        if bb.embed_dim != protos.dim:
+            raise ContractError(f"{protos.path}: prototypes are {protos.dim}-d but the model's features are "
+                                f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
+        _run(bb, items, sizes, protos, settings, dataset.classes, params, out, runtime, dtype, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard_from_env(shard))
+    return image_stage(folder, dataset, io.cam_path, runtime.loader_workers(device), work, on_start, inputs=inputs)
+
+
+def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, settings, classes, params: dict, out: Path,
+         runtime: RuntimeConfig, dtype: torch.dtype, on_item) -> None:
+    inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
+    pre = bb.preprocessor
+    vectors = protos.vectors.to(bb.device)
+    # each class's row and the background rows as device tensors, made once: an image's rows are then gathered on
+    # the device, with no host-to-device copy per image
+    class_rows = [r.view(1) for r in protos.class_rows().to(bb.device)]
+    background = (protos.row_class == 0).nonzero().flatten().to(bb.device)
+
+    def load(i: int) -> dict:
+        return {"pixels": pre.loaded(io.load_image(items[i].image), inputs[i])}
+
+    def maps_of(pixels: torch.Tensor, index: list[int]) -> list[torch.Tensor]:
+        with torch.no_grad(), autocast(bb.device, dtype):
+            logits = segment_logits(bb, pixels, vectors, settings, [sizes[i] for i in index])
+        out_maps = []
+        for lg, i in zip(logits, index):
+            labels = items[i].labels
+            rows = torch.cat([*(class_rows[c - 1] for c in labels), background])
+            out_maps.append(dense_maps(lg.float(), rows, len(labels), settings.logit_scale))
+        return out_maps
+
+    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
+    runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
+                         advice="pass a smaller --short-side or --slide-crop, or a smaller --batch-size")
+    with BackgroundWriter(on_item) as writer:
+        for batch in load_batches(len(items), plan_batches(inputs, size), load, runtime.loader_workers(bb.device),
+                                  bb.device):
+            index = batch["index"]
+            pixels = bb.pixels(batch["pixels"], inputs[index[0]])
+            for part, maps in runner(len(index), lambda s, index=index, pixels=pixels: (s, maps_of(pixels[s],
+                                                                                                  index[s]))):
+                finite = [torch.isfinite(m).all() for m in maps]
+                writer.submit({"maps": maps, "finite": finite},
+                              _writer(out, [items[i] for i in index[part]], [sizes[i] for i in index[part]], classes,
+                                      params), n=len(maps))
+
+
+def _writer(out: Path, items: list, sizes: list, classes, params: dict) -> Callable[[dict], None]:
+    def write(t: dict) -> None:
+        for item, size, maps, ok in zip(items, sizes, t["maps"], t["finite"]):
+            if not bool(ok):
+                raise ContractError(f"{io.cam_path(out, item.id)}: the dense CAMs of {item.id} hold NaN or inf; not "
+                                    "written (broken weights or prototypes: try --precision fp32)")
+            io.write_cam(io.cam_path(out, item.id), maps, item.labels, image_size=list(size), classes=classes,
+                         params=params, checked=True, id=item.id)
+
+    return write
+
+
+__all__ = ["run_dense_cam", "dense_maps"]

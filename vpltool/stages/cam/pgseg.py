@@ -1,0 +1,110 @@
+"""`cam --pgseg FILE`: seeds from a PGSeg / GroupViT checkpoint's zero-shot maps instead of GradCAM, in the CAM file
+format, so that `crf`, `learn-prototypes`, `train-decoder` and the report take them unchanged (as `cam --dense`).
+
+Per image with labels K (the dataset's, as `cam`), the family's :func:`vpltool.models.pgseg.zero_shot_logits`
+(the reference's ``pgseg_seg.py`` arithmetic, the one `segment --pgseg` runs): the image read as `segment
+--pgseg` reads it (:func:`vpltool.models.pgseg.image_tensor`: mmcv's keep-ratio uint8 cv2 resize to
+``short_side``), both grouping stages' soft maps chained, every pixel its final group, every group its affinity
+to each of the dataset's foreground class names (``a photo of a {}.`` through the model's own text encoder;
+softmax over the image's top-5 classes times the prior softmax over all), in sliding windows averaged where they
+overlap. The K labelled classes' channels, in [0, 1], resized bilinearly to the image, are the maps. No
+background threshold (the CRF and eval choose the background, as for every other seed source); a labelled class
+outside the image's top 5 gets an all-zero map, as it gets no pixel in `segment --pgseg`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ... import io, presets
+from ...config import RuntimeConfig
+from ...config.pgseg import PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES, check_pgseg_side
+from ...data import open_dataset, open_recorded, recorded_folders
+from ...device import resolve_device, shard_from_env
+from ...errors import ContractError, VplError
+from ...runtime.batches import image_stage
+from .sources import is_extract_folder
+
+STAGE = "cam"
+
+
+def _family():
+    from ...models import pgseg
+
+    return pgseg
+
+
+def pgseg_maps(logits: torch.Tensor, labels: list[int]) -> torch.Tensor:
+    """``[N, H, W]`` foreground logits over the dataset's N classes (class ``c`` of ``labels`` is channel ``c - 1``)
+    -> ``[K, H, W]``: the image's labelled classes, in label order."""
+    index = torch.as_tensor([c - 1 for c in labels], dtype=torch.long, device=logits.device)
+    return logits.index_select(0, index)
+
+
+def run_pgseg_cam(
+    source: str | Path,
+    checkpoint: str | Path,
+    out: str | Path,
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    split: str | None = None,
+    short_side: int = PGSEG_SHORT_SIDE,
+    slide: tuple[int, int] = PGSEG_SLIDE,
+    shard: tuple[int, int] | None = None,
+    on_item: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> io.StageSummary:
+    """PGSeg CAMs ``<out>/<id>.safetensors`` (kind ``cam``, maps at image size) for every image of a dataset
+    (``source`` + ``split``) or of the dataset an `extract` folder was made from. ``slide``: ``(crop, stride)``
+    of the sliding window, crop 0 = the whole image. The checkpoint is read (its architecture checked) before any
+    output."""
+    check_pgseg_side("--pgseg-side", short_side)
+    if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
+        raise VplError(f"cam --pgseg: window {slide[0]} at stride {slide[1]}: the crop must be >= 0 (0 = the whole "
+                       "image) and the stride between 1 and the crop")
+    source, out = Path(source), Path(out)
+    dataset = open_recorded(source, split) if is_extract_folder(source) else open_dataset(source, split)
+    names = [n.replace("_", " ") for n in dataset.classes[1:]]
+    presets.check_class_names(names, "the dataset's classes")
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the source": source, "--pgseg": checkpoint},
+                     protected=[*dataset.folders(), *recorded_folders(source)], overwrite=runtime.overwrite)
+    fam = _family()
+    fam.check_pgseg(checkpoint)  # one line for a missing file or another model's, before anything is written
+    templates = list(fam.TEMPLATES[PGSEG_TEMPLATES])
+    params = {"source": "pgseg", "pgseg": io.file_identity(checkpoint), "short_side": short_side,
+              "slide_crop": slide[0], "slide_stride": slide[1], "template_list": templates}
+    device = resolve_device(runtime.device)
+
+    def work(items: list, sizes: list[tuple[int, int]]) -> None:
+        from ...models.registry import load_model
+
+        model = load_model("pgseg", checkpoint, device)
+        tokens = fam.class_tokens(names, fam.tokenizer(model.cfg), templates).to(device)
+        text = fam.class_text_embeddings(model, tokens)
+        mode = "slide" if slide[0] else "whole"
+        for item, (h0, w0) in zip(items, sizes):
+            x = fam.image_tensor(io.load_image(item.image), short_side).to(device)
+            with torch.no_grad():
+                logits = fam.zero_shot_logits(model, x, text, with_bg=False, mode=mode,
+                                              crop=slide[0] or PGSEG_SLIDE[0], stride=slide[1])  # [1, N, h, w]
+                logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
+            maps = pgseg_maps(logits, list(item.labels))
+            if not bool(torch.isfinite(maps).all()):
+                raise ContractError(f"{io.cam_path(out, item.id)}: the PGSeg maps of {item.id} hold NaN or inf; not "
+                                    "written (broken weights)")
+            io.write_cam(io.cam_path(out, item.id), maps.cpu(), item.labels, image_size=[h0, w0],
+                         classes=dataset.classes, params=params, checked=True, id=item.id)
+            if on_item:
+                on_item(1)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
+                            shard=shard_from_env(shard))
+    return image_stage(folder, dataset, io.cam_path, runtime.loader_workers(device), work, on_start,
+                       inputs=dataset.inputs())
+
+
+__all__ = ["run_pgseg_cam", "pgseg_maps"]

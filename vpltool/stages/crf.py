@@ -1,0 +1,326 @@
+"""`vpltool crf`: pseudo-mask PNGs from CAM files + images with a dense CRF (CLIP-ES ``eval_cam_with_crf.py``).
+
+Per image (K image-level labels, C = K + 1 rows with background first; the rules are in :mod:`vpltool.ops.kernels`,
+the CRF in :mod:`vpltool.ops.densecrf`):
+
+1. ``P = [(1 - max_k cam_k)^a ; cam_1 .. cam_K]`` ``[C, H, W]``, not renormalised (CLIP-ES feeds it as is).
+2. Unary ``-log(clip(P, 1e-5, 1))``; ``DenseCRF2D`` with a Gaussian (sxy 1, compat 3) and a bilateral
+   (sxy 67, srgb 3, compat 4) Potts term, 10 mean-field iterations -> ``Q`` ``[C, H, W]``.
+3. ``label = [0, labels...][argmax Q]``; pixels with ``max Q < 0.95`` -> 255 (ignored by the decoder's loss).
+
+``--parity clip-es`` gives the bilateral term CLIP-ES's image: the BGR photo minus the Caffe means, cast to uint8
+so negative values wrap around (:func:`vpltool.ops.kernels.clip_es_image`), and builds step 1 and the unary in float16
+like CLIP-ES (its CAM files are float16); the default gives it the RGB photo and computes in float32.
+``--no-crf`` skips steps 2-3: ``label = [0, labels...][argmax P]`` with no ignore pixel, i.e. exactly the
+masks ``vpltool eval`` scores for the CAM folder at the same exponent (the paper's rows without CRF).
+
+Two backends compute step 2 (``--backend``, :func:`vpltool.ops.densecrf.resolve_backend`; ``_stage.json`` records the
+one that ran, since they differ in float rounding):
+
+* ``pydensecrf``: a pool of spawned processes, each reading its CAM file and image and writing its PNG itself,
+  one image at a time; the result of an image never depends on the worker that made it. Workers never import
+  torch (~0.3 s to start instead of ~2 s).
+* ``torch``: the shared per-image pipeline (:mod:`vpltool.runtime.batches`): DataLoader workers read the CAM files and
+  images and build the unaries, the device runs batches of images at once (:func:`vpltool.ops.densecrf.crf_labels`),
+  a thread writes the PNGs behind it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import io
+from ..config import IGNORE_INDEX, CrfConfig, RuntimeConfig, ignored_option, to_params, worker_count
+from ..data import open_recorded
+from ..errors import ContractError, VplError, VplWarning
+from ..ops.densecrf import dense_crf, densecrf_module, resolve_backend, unary
+from ..ops.kernels import clip_es_image, crf_probabilities, pseudo_labels
+
+STAGE = "crf"
+MAX_CHUNK = 8  # images per pool task: amortises the task round trip, small enough to keep workers balanced
+
+
+def refine_image(image: np.ndarray, cams: np.ndarray, labels: Sequence[int], cfg: CrfConfig = CrfConfig()
+                 ) -> np.ndarray:
+    """One pseudo mask: steps 1-3 of the module docstring (or the ``no_crf`` argmax).
+
+    Args:
+        image: ``[H, W, 3]`` uint8 RGB photo.
+        cams: ``[K, H, W]`` float in [0, 1] at image resolution.
+        labels: K class ids of the maps.
+
+    Returns:
+        ``[H, W]`` uint8 mask (0 background, class ids, 255 ignore).
+    """
+    parity = cfg.parity == "clip-es"
+    probs = crf_probabilities(cams, cfg.bg_exponent, fp16=parity)
+    if cfg.no_crf:
+        return pseudo_labels(probs, labels, None)
+    seen = clip_es_image(image) if parity else image
+    return pseudo_labels(dense_crf(seen, probs, cfg), labels, cfg.confidence)
+
+
+def read_item(cams_dir: str | Path, item_id: str, image_path: str, labels: Sequence[int], classes: Sequence[str]
+              ) -> tuple[np.ndarray, io.CamMaps]:
+    """One image (``[H, W, 3]`` uint8) and its CAMs (``labels``: the item's image-level labels, which the file's
+    must be); ContractError when they or the sizes differ."""
+    maps = io.read_cam(io.cam_path(cams_dir, item_id), classes, labels)
+    image = io.load_image(image_path)
+    if image.shape[:2] != maps.cams.shape[1:]:
+        raise ContractError(
+            f"{maps.file.path}: CAMs are for a {maps.cams.shape[1]}x{maps.cams.shape[2]} image but {image_path} is "
+            f"{image.shape[0]}x{image.shape[1]}; the image changed after `cam`: re-run `vpltool cam`"
+        )
+    return image, maps
+
+
+def write_item(out: str | Path, item_id: str, mask: np.ndarray) -> tuple[int, int]:
+    """Write ``<out>/<id>.png`` (atomically); returns ``(ignored, total)`` pixels of the mask (255 = below
+    ``cfg.confidence``)."""
+    io.write_mask(io.mask_path(out, item_id), mask, item_id)
+    return int((mask == IGNORE_INDEX).sum()), mask.size
+
+
+def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, labels: Sequence[int], classes: Sequence[str],
+             cfg: CrfConfig) -> tuple[int, int]:
+    """Read one CAM file and its image, write its mask with pydensecrf (:func:`refine_image`, :func:`write_item`)."""
+    image, maps = read_item(cams_dir, item_id, image_path, labels, classes)
+    return write_item(out, item_id, refine_image(image, maps.cams, maps.labels, cfg))
+
+
+Todo = list[tuple[str, str, tuple[int, ...]]]  # (id, image path, image-level labels) of the images to refine
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One pool task: only ids and paths cross the process boundary, never images or maps."""
+
+    cams_dir: str
+    out: str
+    classes: tuple[str, ...]
+    cfg: CrfConfig
+    items: tuple[tuple[str, str, tuple[int, ...]], ...]  # (id, image path, image-level labels)
+
+
+def _run_chunk(chunk: _Chunk) -> tuple[int, int, int]:
+    """``(images, ignored pixels, pixels)`` of one chunk."""
+    ignored = total = 0
+    for item_id, image_path, labels in chunk.items:
+        i, t = crf_item(chunk.cams_dir, chunk.out, item_id, image_path, labels, chunk.classes, chunk.cfg)
+        ignored, total = ignored + i, total + t
+    return len(chunk.items), ignored, total
+
+
+def _chunks(items: Todo, workers: int, **common: Any) -> list[_Chunk]:
+    """About 4 tasks per worker so that a slow last task cannot leave the other workers idle for long."""
+    size = max(1, min(MAX_CHUNK, len(items) // (4 * workers)))
+    return [_Chunk(items=tuple(items[i:i + size]), **common) for i in range(0, len(items), size)]
+
+
+def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], None] | None
+                ) -> tuple[int, int, int]:
+    """Run the chunks in this process (1 worker) or in a spawned pool; the first error stops the run.
+
+    Returns:
+        The number of processes that ran them, and the ignored and total pixels of the masks written.
+    """
+    counts = [0, 0]
+
+    def tick(done: tuple[int, int, int]) -> None:
+        counts[0], counts[1] = counts[0] + done[1], counts[1] + done[2]
+        if on_item:
+            on_item(done[0])
+
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            tick(_run_chunk(chunk))
+        return 1, *counts
+    workers = min(workers, len(chunks))
+    # spawn, not fork: the parent may hold torch's thread pools, and forking after they start can deadlock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_chunk, chunk) for chunk in chunks]
+        try:
+            for future in as_completed(futures):
+                tick(future.result())
+        except BrokenProcessPool:
+            raise VplError(f"a CRF worker process died (out of memory?); retry with fewer --workers than {workers}; "
+                           "finished masks are kept") from None
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return workers, *counts
+
+
+def _run_torch(todo: Todo, cams_dir: Path, out: Path, classes: Sequence[str], cfg: CrfConfig, runtime: RuntimeConfig,
+               on_item: Callable[[int], None] | None) -> tuple[int, int, int]:
+    """The torch backend over ``todo``, batched by label count (a batch holds images with as many labels and pads
+    none): load ahead, run batches on ``runtime.device``, write behind.
+
+    Returns:
+        The number of loader processes, and the ignored and total pixels of the masks written.
+    """
+    import torch
+
+    from ..device import resolve_device
+    from ..ops.densecrf import crf_labels, image_tensor
+    from ..runtime.batches import (
+        BackgroundWriter,
+        BatchRunner,
+        load_batches,
+        loader_workers,
+        plan_batches,
+        resolve_batch_size,
+    )
+
+    device = resolve_device(runtime.device)
+    counts = [0, 0]
+
+    def load(i: int) -> dict[str, Any]:
+        image, maps = read_item(cams_dir, *todo[i], classes)
+        probs = crf_probabilities(maps.cams, cfg.bg_exponent)
+        return {"image": image_tensor(image), "unary": torch.from_numpy(unary(probs)).view(probs.shape),
+                "rows": (0, *maps.labels)}
+
+    def writer(item_id: str) -> Callable[[dict[str, Any]], None]:
+        def write(t: dict[str, Any]) -> None:
+            ignored, total = write_item(out, item_id, t["mask"].numpy())
+            counts[0], counts[1] = counts[0] + ignored, counts[1] + total  # only the writer thread adds
+
+        return write
+
+    size = resolve_batch_size(runtime.batch_size, device, cpu_default=1)
+    runner = BatchRunner(size, describe=lambda i: todo[i][1], advice="pass a smaller --batch-size")
+    batches = plan_batches([len(labels) for _, _, labels in todo], size)
+    with BackgroundWriter(on_item) as out_queue:
+        for batch in load_batches(len(todo), batches, load, runtime.worker_count, device):
+            images = [batch["image"][b].to(device, non_blocking=True) for b in range(len(batch["index"]))]
+            unaries = [batch["unary"][b].to(device, non_blocking=True) for b in range(len(batch["index"]))]
+
+            def run(part: slice) -> tuple[slice, list]:
+                return part, crf_labels(images[part], unaries[part], batch["rows"][part], cfg, cfg.confidence)
+
+            for part, masks in runner(len(images), run):
+                for b, mask in enumerate(masks):
+                    out_queue.submit({"mask": mask}, writer(todo[batch["index"][part.start + b]][0]))
+    return max(1, loader_workers(runtime.worker_count)), *counts
+
+
+@dataclass
+class CrfSummary(io.StageSummary):
+    workers: int = 1  # processes that ran (1 = in this process): CRF workers (pydensecrf) or image loaders (torch)
+    ignored: float | None = None  # share of the pixels written this run that are 255 (None when none was written)
+    backend: str = "pydensecrf"  # the CRF that ran (torch or pydensecrf)
+
+
+def resolve_workers(workers: int) -> int:
+    """``workers`` 0 means one per CPU core (:func:`vpltool.config.worker_count`)."""
+    return worker_count(workers)
+
+
+def with_backend(cfg: CrfConfig, device: str) -> CrfConfig:
+    """``cfg`` with ``backend`` resolved (auto -> torch on CUDA, else pydensecrf): the one recorded in
+    ``_stage.json``. ``--no-crf`` runs no CRF: its backend stays as given."""
+    if cfg.no_crf:
+        return cfg
+    return replace(cfg, backend=resolve_backend(cfg.backend, device, cfg.parity))
+
+
+def run_crf(
+    cams_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: CrfConfig = CrfConfig(),
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    shard: tuple[int, int] | None = None,
+    on_item: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> CrfSummary:
+    """Pseudo masks ``<out>/<id>.png`` for every CAM file of a `cam` folder, then ``<out>/_stage.json``.
+
+    Args:
+        cams_dir: output folder of `vpltool cam`; its ``_stage.json`` names the dataset holding the images.
+        out: output folder (created); finished masks are kept unless ``runtime.overwrite``.
+        cfg: CRF parameters (recorded in ``_stage.json``, with the backend that ran).
+        runtime: ``workers`` processes (0 = one per core; 1 = in this process): CRF processes with pydensecrf,
+            image loaders with torch; ``device`` and ``batch_size`` (torch); ``overwrite``.
+        shard: ``(i, n)``: every n-th mask from the i-th (``--shard i/n``; under torchrun the rank, see
+            :func:`vpltool.device.shard_from_env`); the folder completes when every shard's masks are there.
+        on_item: called with the number of images just finished. on_start: called once with the number to do.
+
+    Raises:
+        MissingDependencyError: pydensecrf is not installed (and its backend is asked for).
+        ContractError: a CAM file of the wrong kind/classes, or whose size differs from its image.
+    """
+    from ..device import shard_from_env  # here: the CRF worker processes import this module, never torch
+
+    cams_dir, out = Path(cams_dir), Path(out)
+    shard = shard_from_env(shard)
+    cfg = with_backend(cfg, runtime.device)
+    on_torch = cfg.backend == "torch" and not cfg.no_crf
+    if runtime.batch_size is not None and not on_torch:  # batches are the torch backend's alone
+        why = "with --no-crf" if cfg.no_crf else "with the pydensecrf backend (one image per process)"
+        warnings.warn(VplWarning(ignored_option("--batch-size", runtime.batch_size, why)), stacklevel=2)
+    if not cfg.no_crf and not on_torch:
+        densecrf_module()  # fail in one line before any folder is touched
+    record = io.read_stage_record(cams_dir, "cam")
+    dataset = open_recorded(cams_dir)
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the cam folder": cams_dir},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
+    ids = io.item_ids(cams_dir)
+    items = dataset.by_id()
+    unknown = [i for i in ids if i not in items]
+    if unknown:
+        raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
+                       f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
+    start = time.perf_counter()
+    inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
+    with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
+                        shard=shard) as folder:
+        todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo(ids, io.mask_path)]
+        if on_start:
+            on_start(len(todo))
+        if on_torch:
+            workers, ignored, total = _run_torch(todo, cams_dir, out, dataset.classes, cfg, runtime, on_item)
+        else:
+            workers = resolve_workers(runtime.workers)
+            chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes),
+                             cfg=cfg)
+            workers, ignored, total = _run_chunks(chunks, workers, on_item)
+        done, mine = {item[0] for item in todo}, folder.mine(ids)
+        ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in mine if i not in done],
+                                                   resolve_workers(runtime.workers))
+        folder.finish(ids, io.mask_path)
+    total += total_kept
+    return CrfSummary(done=len(todo), skipped=len(mine) - len(todo), seconds=time.perf_counter() - start,
+                      workers=workers, ignored=(ignored + ignored_kept) / total if total else None,
+                      backend="none" if cfg.no_crf else cfg.backend)
+
+
+def _ignored_pixels(masks: list[Path], workers: int) -> tuple[int, int]:
+    """``(255 pixels, pixels)`` of the masks a resumed run kept, so that the share it reports covers the whole
+    folder train-decoder reads, not only this run's masks (read by ``workers`` threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def count(path: Path) -> tuple[int, int]:
+        mask = io.read_mask(path)
+        return int((mask == IGNORE_INDEX).sum()), mask.size
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        counts = list(pool.map(count, masks))
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
+__all__ = ["STAGE", "refine_image", "read_item", "write_item", "crf_item", "CrfSummary", "resolve_workers",
+           "with_backend", "run_crf"]

@@ -1,0 +1,225 @@
+"""`vpltool segment`: open-vocabulary segmentation with no label and no training: a frozen CLIP whose last block
+mixes its tokens as a training-free dense method does (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP, and ProxyCLIP
+with a DINO proxy model: :mod:`vpltool.models.dense`), scored against text queries for any class names.
+
+Per image (each method's public segmentor, :mod:`vpltool.models.segmentor`):
+
+1. resized to the method's short side (mmseg's keep-ratio resize; the pixels by CLIP's Pillow bicubic, as every
+   vpltool stage), CLIP-normalised;
+2. slide inference (or the whole image): per window the dense method's patch features, their cosine with every
+   query row resized to the window, averaged over the windows, resized to the image;
+3. optional PAMR (NACLIP's default); ``softmax(logit_scale * cos)`` over the queries, each class the max over its
+   queries (a class's synonyms ``cat|kitten``; background words are queries of class 0), SCLIP's area filter, and
+   pixels whose top probability is below ``prob_threshold`` are background;
+4. a palette PNG over ``['background', *names]``, which ``_stage.json`` records: `eval` scores it by name.
+
+The queries are made like `text-prototypes` makes its rows (templates, background words: the same functions);
+the default templates are the methods' 80 ImageNet prompts. Images of one input size run as one batch on the shared
+pipeline (:mod:`vpltool.runtime.batches`), without a backward and without waiting for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .. import io, presets
+from ..config import RuntimeConfig, SegmentConfig, to_params
+from ..data import Dataset
+from ..device import resolve_device, resolve_precision
+from ..errors import VplError
+from ..models import ClipBackbone, ModelSpec, load_model
+from ..models.prompts import resolve_background, resolve_templates
+from ..models.segmentor import (  # the segmentor's pure functions, importable from here too
+    class_probabilities,
+    dense_logits,
+    dense_mask_stage,
+    dense_probabilities,
+    pamr,
+    query_rows,
+    segment_logits,
+    settings_params,
+    short_side_size,
+    write_dense_masks,
+)
+
+STAGE = "segment"
+SYNONYM_SEPARATOR = "|"  # 'tv monitor|television|screen': one class, three queries
+WEIGHTS_PARAMS = ("proxy_weights", "sam_weights")  # recorded as {path, sha256} (vpltool.io.inputs)
+
+
+def class_synonyms(names: Sequence[str]) -> list[list[str]]:
+    """``--classes`` entries -> per class its query names: split at ``|`` (synonyms), ``_`` read as a space
+    (``potted_plant``), blanks dropped. The class is named by its entry's first name."""
+    out = []
+    for entry in names:
+        words = [w.strip().replace("_", " ") for w in entry.split(SYNONYM_SEPARATOR) if w.strip()]
+        if not words:
+            raise VplError(f"--classes: {entry!r} names no class; give names like cat,dog or cat|kitten,dog")
+        out.append(words)
+    return out
+
+
+def class_names(names: Sequence[str]) -> list[str]:
+    """The class of each ``--classes`` entry: its first name, as given (the masks' and eval's name)."""
+    return [next((w.strip() for w in entry.split(SYNONYM_SEPARATOR) if w.strip()), "") for entry in names]
+
+
+def check_queries(names: Sequence[str], cfg: SegmentConfig) -> tuple[list[str], list[str]]:
+    """The classes' names, templates and background words checked before the model loads (one line each);
+    returns (templates, background words)."""
+    classes = ["background", *class_names(names)]
+    presets.check_class_names(classes[1:], "--classes", [[w.strip() for w in entry.split(SYNONYM_SEPARATOR)
+                                                          if w.strip()] for entry in names])
+    templates = resolve_templates(cfg.templates)
+    background = resolve_background(cfg.background, presets.preset_for(classes), [w for s in class_synonyms(names)
+                                                                                 for w in s])
+    return templates, background
+
+
+def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background: bool = True
+                    ) -> tuple[list[list[str]], list[str], list[str]]:
+    """``(queries per class 1..C, templates, background words)``: from ``cfg.class_file`` (the references' format,
+    :mod:`vpltool.data.class_files`) when given, else from the ``--classes`` entries and ``--background``. Checked
+    before the model loads. ``scored_background`` False (a benchmark without background, such as ADE20K):
+    ``--background auto`` means none, since a pixel given to class 0 there is wrong wherever it is."""
+    if cfg.class_file is None:
+        if not scored_background and cfg.background == "auto":
+            cfg = replace(cfg, background="none")
+        templates, background = check_queries(names, cfg)
+        return class_synonyms(names), templates, background
+    from ..data.class_files import check_class_file, class_file_queries
+
+    presets.check_class_names(class_names(names), "--classes")
+    synonyms, background = class_file_queries(cfg.class_file, len(names))
+    if cfg.background != "auto":  # given: the file's own background line, or the file has none and it applies
+        if background:
+            raise VplError(f"--background {cfg.background}: --class-file {cfg.class_file} gives the background's "
+                           "queries on its first line; drop --background, or that line to use --background's")
+        background = resolve_background(cfg.background, None, [w for s in synonyms for w in s])
+    check_class_file(cfg.class_file, class_names(names), synonyms, background)
+    return synonyms, resolve_templates(cfg.templates), background
+
+
+def scored_background(dataset: Dataset) -> bool:
+    """False for a benchmark whose ground truth has no background class (VOC20, Context59, COCO-Stuff, Cityscapes,
+    ADE20K): vpltool's class 0 is never right there."""
+    from ..data.benchmarks import BENCHMARKS
+
+    bench = BENCHMARKS.get(dataset.kind)
+    return bench is None or bench.has_background
+
+
+def dense_mixing_of(cfg: SegmentConfig):
+    """The last block's mixing: ``cfg.dense``'s preset, with ``--attention`` / ``--residual`` in place of its own
+    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``), and the method's own
+    knobs given (its spec row's ``knobs``, e.g. CASS's ``--global-weight``, Trident's ``--cos-fac``) through its
+    module's ``with_knobs``. The method's name when nothing is changed."""
+    from ..config.dense import DENSE_SPECS
+
+    knobs = {k: getattr(cfg, k) for k in DENSE_SPECS[cfg.dense].knobs if getattr(cfg, k) is not None}
+    if cfg.attention is None and cfg.residual is None and not knobs:
+        return cfg.dense
+    from ..models.dense import dense_method, dense_mixing
+
+    base = dense_mixing(cfg.dense)
+    with_knobs = getattr(dense_method(cfg.dense), "with_knobs", None)
+    out = with_knobs(base, knobs) if knobs and with_knobs is not None else base
+    if cfg.attention is None and cfg.residual is None:
+        return cfg.dense if out is base else out  # knobs of its post-processing alone change no mixing
+    keep = base.residual if cfg.residual is None else cfg.residual
+    return replace(out, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
+
+
+def proxy_spec(cfg: SegmentConfig):
+    """The proxy vision model of a ``--dense`` method that takes one (ProxyCLIP), its weights checked now (one line
+    for a missing file or another architecture, before any model loads); None for the others."""
+    from ..config.dense import PROXY_METHODS
+    from ..models.dino import DinoSpec
+    from ..models.registry import check_model
+
+    if cfg.dense not in PROXY_METHODS:
+        return None
+    spec = DinoSpec(cfg.proxy_model, cfg.proxy_weights)
+    try:
+        check_model("dino", spec)
+    except VplError as e:  # the dino family names its own options
+        raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
+                       .replace("--affinity dino", f"--dense {cfg.dense}")) from None
+    return spec
+
+
+def sam_spec(cfg: SegmentConfig):
+    """SAM's image encoder of a ``--dense`` method that takes one (Trident), its weights checked now (one line for
+    none given, a missing file or another architecture, before any model loads); None for the others."""
+    from ..config.dense import SAM_METHODS
+    from ..models.registry import check_model
+    from ..models.sam import SamSpec
+
+    if cfg.dense not in SAM_METHODS:
+        return None
+    if cfg.sam_weights is None:
+        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass --sam-weights FILE (SAM's released "
+                       f"checkpoint of --sam-model {cfg.sam_model}, e.g. sam_vit_b_01ec64.pth; none: random weights, "
+                       "for tests only)")
+    # --sam-refine prompts SAM's mask decoder: the file must hold it (one line for an encoder-only file)
+    spec = SamSpec(cfg.sam_model, cfg.sam_weights, prompt=cfg.resolved().sam_refine)
+    check_model("sam", spec)
+    return spec
+
+
+def run_segment(
+    dataset: Dataset,
+    out: str | Path,
+    spec: ModelSpec,
+    cfg: SegmentConfig = SegmentConfig(),
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    shard: tuple[int, int] | None = None,
+    on_item: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    backbone: ClipBackbone | None = None,
+) -> io.StageSummary:
+    """Masks ``<out>/<id>.png`` for every image of ``dataset`` over ``['background', *names]`` (``cfg.classes``, by
+    default the dataset's own), then ``_stage.json``; finished images are skipped unless ``runtime.overwrite``.
+    ``backbone``: reuse a loaded CLIP of ``spec`` (its ``--dense`` is set to ``cfg.dense``)."""
+    out = io.check_folder_target(out)
+    names = list(cfg.classes) if cfg.classes else list(dataset.classes[1:])
+    synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset))
+    mixing = dense_mixing_of(cfg)
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
+    proxy = proxy_spec(cfg)
+    sam = sam_spec(cfg)
+    device = resolve_device(runtime.device)
+    dtype = resolve_precision(runtime.precision, device)
+    settings = cfg.resolved()
+    classes = ["background", *class_names(names)]
+    params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), "model": spec.identity(),
+              "template_list": templates, "background_words": background,
+              **({"class_queries": synonyms} if cfg.class_file is not None else {}),
+              **({"mixing": _mixing_params(mixing)} if not isinstance(mixing, str) else {})}
+    for key in WEIGHTS_PARAMS:  # a weights file by content: another path to it is the same run, other bytes are not
+        if key in params:
+            params[key] = io.weights_identity(params[key])
+    return dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
+                            settings, lambda: (backbone or load_model("clip", spec, device)).with_dense(
+                                mixing, proxy=None if proxy is None else load_model("dino", proxy, device),
+                                sam=None if sam is None else load_model("sam", sam, device)),
+                            (synonyms, templates, background),
+                            "--class-file / --templates" if cfg.class_file else
+                            "--classes / --templates / --background",
+                            on_start, on_item)
+
+
+def _mixing_params(mixing) -> dict:
+    from dataclasses import asdict
+
+    return asdict(mixing)
+
+
+__all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec", "sam_spec",
+           "run_segment", "settings_params", "class_synonyms", "class_names", "check_queries",
+           "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
+           "segment_logits", "short_side_size", "write_dense_masks"]

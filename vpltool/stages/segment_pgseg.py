@@ -1,0 +1,127 @@
+"""`vpltool segment --pgseg FILE`: zero-shot segmentation by class names with a PGSeg / GroupViT checkpoint
+(`train-pgseg`'s ``pgseg.safetensors`` or a GroupViT / PGSeg release ``.pth``), as the reference's evaluation
+(Ferenas/PGSeg 9f167cd, ``segmentation/evaluation/pgseg_seg.py`` in mmseg's ``EncoderDecoder``):
+
+1. the image file read as the reference's mmseg test pipeline reads it (:func:`vpltool.models.pgseg.image_tensor`):
+   resized to ``short_side`` (mmcv's keep-ratio ``imrescale``: ``cv2.resize`` bilinear on the uint8 image; the
+   reference's test scale is 448 on PASCAL VOC / Context), normalised as mmcv's ``imnormalize`` (0-255 statistics);
+2. each class name in the reference's ``simple`` template (``a photo of a {}.``), its text embedding;
+3. per window (sliding 448-px windows at stride 224, as the reference's VOC ``test_cfg``; ``slide`` (0, _) = the
+   whole image), both grouping stages' maps combined, every pixel its final group, every group the class it
+   matches among the image's top 5, background where the best affinity is below ``bg_thresh`` (0.95, capped at
+   the image's highest affinity): :func:`vpltool.models.pgseg.zero_shot_logits`; with ``background`` words
+   (not the reference's: segment --dense's background queries) each word is one more query, in the top-5 and the
+   threshold as a class, and a pixel that takes one is background;
+4. the windows' logits averaged where they overlap (mmseg's ``slide_inference``, the family's ``mode="slide"``),
+   resized (bilinear) to the image, argmax: a palette PNG over ``['background', *names]``, recorded in
+   ``_stage.json`` so that `eval` scores it by name as it scores `segment --dense`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import io, presets
+from ..config import RuntimeConfig
+from ..config.pgseg import (
+    PGSEG_BACKGROUND,
+    PGSEG_BG_THRESH,
+    PGSEG_SHORT_SIDE,
+    PGSEG_SLIDE,
+    PGSEG_TEMPLATES,
+    check_pgseg_side,
+)
+from ..data import Dataset
+from ..device import resolve_device
+from ..errors import VplError
+
+STAGE = "segment"
+DEFAULT_SHORT_SIDE = PGSEG_SHORT_SIDE
+DEFAULT_SLIDE = PGSEG_SLIDE
+
+
+def _family():
+    from ..models import pgseg
+
+    return pgseg
+
+
+def run_segment_pgseg(
+    dataset: Dataset,
+    out: str | Path,
+    checkpoint: str | Path,
+    names: Sequence[str],
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    bg_thresh: float = PGSEG_BG_THRESH,
+    short_side: int = DEFAULT_SHORT_SIDE,
+    slide: tuple[int, int] = DEFAULT_SLIDE,
+    background: str = PGSEG_BACKGROUND,
+    on_start: Callable[[int], None] | None = None,
+    on_item: Callable[[int], None] | None = None,
+) -> io.StageSummary:
+    """Masks ``<out>/<id>.png`` over ``['background', *names]`` for every image of ``dataset`` (module doc);
+    finished images are skipped unless ``runtime.overwrite``. ``background``: background words as `segment`'s
+    ``--background`` takes them (none | auto | voc | coco | a file | 'w1,w2'). The checkpoint is read (and its
+    architecture checked) before any output."""
+    from ..device import shard_from_env
+    from ..models.prompts import resolve_background
+    from ..models.registry import load_model
+
+    if not 0.0 <= bg_thresh <= 1.0:
+        raise VplError(f"--bg-thresh {bg_thresh}: must be in [0, 1]")
+    check_pgseg_side("--short-side", short_side)
+    if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
+        raise VplError(f"--slide-crop {slide[0]} --slide-stride {slide[1]}: the crop must be >= 0 (0 = the whole "
+                       "image) and the stride between 1 and the crop")
+    out = io.check_folder_target(out)
+    names = [n.split("|")[0].strip().replace("_", " ") for n in names]
+    presets.check_class_names(names, "--classes")
+    classes = ["background", *names]
+    bg_words = resolve_background(background, presets.preset_for(classes), classes)
+    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the dataset": dataset.root, "--pgseg": checkpoint},
+                     protected=dataset.folders(), overwrite=runtime.overwrite)
+    fam = _family()
+    fam.load_checkpoint(checkpoint)  # one line for a missing file or another model's, before anything is written
+    templates = list(fam.TEMPLATES[PGSEG_TEMPLATES])
+    params = {"method": "pgseg", "classes": list(names), "bg_thresh": bg_thresh, "short_side": short_side,
+              "slide_crop": slide[0], "slide_stride": slide[1], "background": bg_words,
+              "template_list": templates, "pgseg": io.file_identity(checkpoint),
+              "model": {"model": "pgseg", "pretrained": str(checkpoint)}}  # the records' model: a family and a file
+    index, count = shard_from_env(None)
+    ids = [it.id for it in dataset.items]
+    start = time.perf_counter()
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs()) as folder:
+        todo = folder.todo(ids, io.mask_path)
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            device = resolve_device(runtime.device)
+            model = load_model("pgseg", checkpoint, device)
+            tokens = fam.class_tokens([*names, *bg_words], fam.tokenizer(model.cfg), templates).to(device)
+            text = fam.class_text_embeddings(model, tokens)
+            items = dataset.by_id()
+            with torch.no_grad():
+                for item_id in todo:
+                    image = io.load_image(items[item_id].image)
+                    h0, w0 = image.shape[:2]
+                    x = fam.image_tensor(image, short_side).to(device)
+                    logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
+                                                  crop=slide[0] or DEFAULT_SLIDE[0], stride=slide[1])  # [1, C+1, h, w]
+                    logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
+                    labels = logits[0].argmax(0)
+                    labels[labels > len(names)] = 0  # a background word's pixels (channels after the classes')
+                    io.write_mask(io.mask_path(out, item_id), labels.to(torch.uint8).cpu().numpy())
+                    if on_item:
+                        on_item(1)
+        folder.finish(ids, io.mask_path, index, count, classes=classes)
+    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
+                           seconds=time.perf_counter() - start)
+
+
+__all__ = ["run_segment_pgseg", "DEFAULT_SHORT_SIDE", "DEFAULT_SLIDE"]

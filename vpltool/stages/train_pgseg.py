@@ -1,0 +1,491 @@
+"""`vpltool train-pgseg`: PGSeg (or, with ``npr=False``, plain GroupViT) trained from image–text pairs alone.
+
+The reference's loop (Ferenas/PGSeg 9f167cd, main_pg_seg.py ``train_one_epoch``), per iteration: a batch of pairs
+(RandomResizedCrop + horizontal flip, ImageNet normalisation: ``deit_aug: false`` in default_pgseg.yml, so its
+RandAugment / colour jitter / random erasing keys are not applied), ``loss = model(image, text)`` (the image–text
+contrastive loss over every rank's batch, plus NPR's terms), backward, gradient norm clipped to ``clip_grad``,
+AdamW, then the cosine schedule's ``step_update(epoch * steps + idx)``: the rate of step ``i`` is the schedule's
+value at ``i - 1`` (its warm-up start at step 0), as timm's ``CosineLRScheduler`` (``t_in_epochs=False``) gives it.
+
+* The model comes from the ``pgseg`` family (:mod:`vpltool.models.pgseg`, through :func:`_family`): its config
+  preset, tokenizer, ``forward_train(images, tokens, gather)`` and checkpoint files.
+* Determinism: an epoch's order is a seeded permutation (:func:`vpltool.data.pairs.epoch_order`) cut into global
+  batches and each global batch into the ranks' shares, a sample's augmentation is seeded by (seed, epoch, index)
+  and the torch RNG (gumbel noise, drop path) by (seed, iteration, rank): a resumed run repeats the uninterrupted
+  one bit for bit, and N ranks at batch B see the samples one process sees at batch N x B.
+* ``torchrun``: DistributedDataParallel (``broadcast_buffers=False``, ``find_unused_parameters=True`` as the
+  reference), the model's cross-rank gather is torch's functional autograd all-gather (the reference's
+  ``dist_collect``); rank 0 alone writes the log, checkpoints and the final model.
+
+Outputs in ``out_dir``: ``pgseg.safetensors`` (the family's file, what ``segment --pgseg`` takes), ``_stage.json``
+(the run's record), ``checkpoints/last.safetensors`` (model + AdamW, kind ``pgseg-checkpoint``), ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .. import io
+from ..config import RuntimeConfig, to_params
+from ..config.pgseg import PGSegTrainConfig
+from ..data.nouns import noun_prompts, noun_source
+from ..data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
+from ..device import seed_everything
+from ..errors import VplError
+from ..presets import IMAGENET_TEMPLATES
+from ..runtime.batches import die_with_parent
+from ..runtime.ranks import prepare_run_folder, process_group
+
+STAGE = "train-pgseg"
+FINAL = "pgseg.safetensors"
+CHECKPOINT = "checkpoints/last.safetensors"
+CHECKPOINT_KIND = "pgseg-checkpoint"
+LOG = "log.jsonl"
+# every file the run writes in --out, which --overwrite deletes first: each is declared to the output guard, so that
+# no input of the run (--init, --nouns) may be one of them (io.check_outputs)
+WRITES = {"--out model": (FINAL, "written"), "--out checkpoint": (CHECKPOINT, "file", CHECKPOINT_KIND),
+          "--out log": (LOG, "written")}
+# what the inputs of a run are called on the command line (messages)
+INPUT_OPTIONS = {"pairs": "PAIRS", "init": "--init", "nouns": "--nouns"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm IMAGENET_DEFAULT_MEAN / STD, the reference's Normalize
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# settings a resumed run may change (how often it logs and saves); every other must match the checkpoint's
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
+
+
+def _family():
+    """The ``pgseg`` model family module (tests put a small stand-in here)."""
+    from ..models import pgseg
+
+    return pgseg
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+def schedule_lr(cfg: PGSegTrainConfig, t: int, steps_per_epoch: int) -> float:
+    """timm ``CosineLRScheduler(t_initial=epochs*steps, warmup_t=warmup_epochs*steps, lr_min, warmup_lr_init,
+    cycle_limit=1, t_in_epochs=False)`` at update ``t``: linear warm-up from ``warmup_lr``, then the cosine from
+    ``lr`` to ``min_lr`` over the whole run (the warm-up counted in it, ``warmup_prefix`` False)."""
+    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    if t < warm:  # timm's order of operations: the step (lr - warmup_lr) / warm first, then times t
+        return cfg.warmup_lr + t * ((cfg.lr - cfg.warmup_lr) / warm)
+    if t >= total:
+        return cfg.min_lr
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total))
+
+
+def lr_at(cfg: PGSegTrainConfig, it: int, steps_per_epoch: int) -> float:
+    """The rate of iteration ``it`` (0-based): the schedule is updated after each step, so step ``it`` runs at
+    its value for ``it - 1`` (step 0 at the warm-up's start, set when the scheduler is built)."""
+    return schedule_lr(cfg, max(it - 1, 0), steps_per_epoch)
+
+
+# ------------------------------------------------------------------------------------------------ data
+class PairViews(torch.utils.data.Dataset):
+    """Keys ``(index, epoch)`` -> ``(image [3, S, S] float32 normalised, tokens [L] int64)``; runs in the
+    DataLoader's workers. The crop is torchvision's, drawn from a torch RNG seeded by (seed, epoch, index).
+    With ``cfg.multi_label = K > 0`` and ``nouns`` (caption -> its nouns): tokens ``[1 + K, L]``, the caption
+    and ``K`` noun prompts (:func:`vpltool.data.nouns.noun_prompts`) drawn from a numpy RNG seeded by (seed,
+    epoch, index, 1)."""
+
+    def __init__(self, pairs: PairSet, tokenize: Callable, cfg: PGSegTrainConfig,
+                 nouns: Callable[[str], list[str]] | None = None):
+        from torchvision import transforms
+
+        self.pairs, self.tokenize, self.seed = pairs.pairs, tokenize, cfg.seed
+        self.multi_label, self.nouns = cfg.multi_label, nouns
+        self.templates = IMAGENET_TEMPLATES if cfg.noun_templates == "full" else _family().TEMPLATES["simple"]
+        self.transform = transforms.Compose([
+            transforms.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0)),
+            *([transforms.RandomHorizontalFlip()] if cfg.hflip else []),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, epoch = key
+        pair = self.pairs[index]
+        with torch.random.fork_rng(devices=[]):  # the caller's stream (the model's noise) is left as it was
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
+            image = self.transform(decode_rgb(pair))
+        if self.multi_label == 0:
+            return image, self.tokenize([pair.caption])[0]
+        rng = np.random.RandomState(np.random.SeedSequence([self.seed, epoch, index, 1]).generate_state(1)[0])
+        return image, self.tokenize(noun_prompts(pair.caption, self.nouns(pair.caption), self.multi_label, rng,
+                                                 self.templates))
+
+
+class GlobalBatches(torch.utils.data.Sampler):
+    """This rank's share of iterations ``start .. stop - 1``: global batch ``b`` of an epoch is
+    ``order[b*G:(b+1)*G]`` (``G = batch * world``, the last partial one dropped) and rank ``r`` takes its ``r``-th
+    slice of ``batch``; independent of the world size but for the cut."""
+
+    def __init__(self, n: int, batch: int, world: int, rank: int, seed: int, start: int, stop: int):
+        self.n, self.batch, self.world, self.rank, self.seed = n, batch, world, rank, seed
+        self.start, self.stop = start, stop
+        self.per_epoch = steps_per_epoch(n, batch, world)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for it in range(self.start, self.stop):
+            epoch, b = divmod(it, self.per_epoch)
+            order = epoch_order(self.n, self.seed, epoch)
+            first = b * self.batch * self.world + self.rank * self.batch
+            yield [(int(i), epoch) for i in order[first:first + self.batch]]
+
+
+def steps_per_epoch(n: int, batch: int, world: int, where: object = "") -> int:
+    """Full global batches per epoch; one line when not even one fits."""
+    steps = n // (batch * world)
+    if steps == 0:
+        raise VplError(f"{where}: {n} pairs cannot fill a batch of {batch} on each of {world} process(es); lower "
+                       f"--batch-size (at most {max(1, n // world)})")
+    return steps
+
+
+def loader(views: PairViews, plan: GlobalBatches, workers: int, pin: bool = False) -> torch.utils.data.DataLoader:
+    """``pin``: page-locked batches (a GPU run), so that their copy to the device does not wait for the host."""
+    return torch.utils.data.DataLoader(views, batch_sampler=plan, num_workers=workers if workers > 1 else 0,
+                                       pin_memory=pin, worker_init_fn=functools.partial(die_with_parent, os.getpid()))
+
+
+# ------------------------------------------------------------------------------------------------ model pieces
+class TrainStep(torch.nn.Module):
+    """``forward(images, tokens) -> losses``: the family's ``forward_train`` as a module's forward, so that DDP's
+    forward hooks (unused parameters, gradient sync) run as around the reference's ``model(**samples)``."""
+
+    def __init__(self, model: torch.nn.Module, gather: Callable[[Tensor], Tensor] | None):
+        super().__init__()
+        self.model, self.gather = model, gather
+
+    def forward(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        return self.model.forward_train(images, tokens, gather=self.gather)
+
+
+def gather_ranks(x: Tensor) -> Tensor:
+    """``[b, ...]`` of every rank -> ``[world * b, ...]`` rank by rank, gradients flowing back to each rank's
+    rows (torch's functional all-gather: its backward is a reduce-scatter, the sum of every rank's gradient of each
+    row). The group is named at the call: the command's own, not the one of the import. (torch.distributed.nn's
+    all_gather, which torch deprecates for this one, kept the group object in the autograd graph.)"""
+    import torch.distributed._functional_collectives as fc
+
+    out = fc.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
+    return out.wait() if isinstance(out, fc.AsyncCollectiveTensor) else out  # a plain tensor, gathered now
+
+
+def make_optimizer(model: torch.nn.Module, cfg: PGSegTrainConfig) -> torch.optim.AdamW:
+    """AdamW over two groups as utils/optimizer.py ``set_weight_decay``: weight decay on the matrices, none on
+    biases and 1-d parameters (norms, scales). PyTorch's multi-tensor (``foreach``) AdamW: a few kernels over
+    all parameters instead of a dozen small ones per parameter, bit for bit the reference's per-parameter loop
+    (the fused AdamW is faster still but rounds otherwise, which the hard assignment's argmax can amplify)."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return torch.optim.AdamW([{"params": decay}, {"params": plain, "weight_decay": 0.0}], lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
+               tokens: Tensor, lr: float, clip_grad: float | None) -> tuple[dict[str, Tensor], Tensor]:
+    """One iteration of the reference's loop on a batch already on the device: ``losses = step(images, tokens)``,
+    backward, the gradient norm clipped to ``clip_grad`` (None / 0: measured only), AdamW at rate ``lr``. Returns
+    the losses and the norm as tensors: nothing here waits for the device (the caller reads them when it logs)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    step.train()
+    losses = step(images, tokens)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip_grad, foreach=True) if clip_grad \
+        else torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    optimizer.step()
+    return losses, norm
+
+
+def _iteration_seed(seed: int, it: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, it, rank]).generate_state(1)[0])
+
+
+def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
+    """The family's config: the ``--init`` file's architecture, else ``cfg.preset`` at ``cfg.crop_size`` (its
+    position table's side); NPR as ``cfg.npr``."""
+    if init_config is not None and init_config.img_size != cfg.crop_size:
+        raise VplError(f"--init: its model trains at {init_config.img_size} px (its position table), not "
+                       f"--crop-size {cfg.crop_size}; pass --crop-size {init_config.img_size}")
+    base = init_config.to_dict() if init_config is not None else \
+        {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
+    out = fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
+                                     "multi_label_weight": cfg.multi_label_weight})
+    patch = getattr(out, "patch_size", 1)
+    if cfg.crop_size < patch:  # no patch token at all: a traceback in the first forward
+        raise VplError(f"--crop-size {cfg.crop_size}: smaller than the model's patch ({patch} px), so a crop holds "
+                       f"no patch; pass --crop-size {patch} or more")
+    return out
+
+
+def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
+    """``(tokenize(texts) -> [N, L] int64, length(text) -> its tokens with start and end before any cut,
+    context L)`` of the family's tokenizer for ``model_cfg``."""
+    tokenize = fam.tokenizer(model_cfg)
+    if model_cfg.tokenizer == "clip":
+        from open_clip.tokenizer import SimpleTokenizer
+
+        bpe = SimpleTokenizer()
+        return tokenize, lambda text: len(bpe.encode(text)) + 2, model_cfg.context_length
+
+    def length(text: str) -> int:
+        tokenize([text])  # a word the vocabulary lacks is refused here, named
+        return len(tokenize.split(text)) + 2
+
+    return tokenize, length, model_cfg.context_length
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class PGSegSummary:
+    iterations: int
+    start: int
+    seconds: float
+    first_loss: float | None
+    loss: float | None
+    model: Path | None
+    world_size: int
+    pairs: int
+
+    @property
+    def iters_per_s(self) -> float:
+        done = self.iterations - self.start
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world: int) -> Path | None:
+    """:func:`vpltool.runtime.ranks.prepare_run_folder` for this stage's files."""
+    ckpt, final = out_dir / CHECKPOINT, out_dir / FINAL
+    return prepare_run_folder(out_dir, ckpt, [
+        (final, "holds a trained model; pass --overwrite or choose another --out"),  # (it keeps its last checkpoint)
+        (ckpt, "holds an interrupted run; pass --resume to continue or --overwrite"),
+    ], [*(out_dir / name for name, *_ in WRITES.values()), io.stage_record_path(out_dir)], resume=resume,
+        overwrite=overwrite, rank=rank, world=world)
+
+
+def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> None:
+    """``--init``'s weights into ``model``: keys it lacks are left as initialised (a GroupViT release has no NPR
+    prototypes); a key of no parameter here, or of another shape, is another architecture: one line."""
+    own = model.state_dict()
+    foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
+    if foreign:
+        raise VplError(f"--init {where}: {len(foreign)} tensors do not fit this model (first {foreign[0]!r}); pass "
+                       "a GroupViT / PGSeg checkpoint of the same size, or drop --preset")
+    model.load_state_dict(state, strict=False)
+
+
+def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str, Any], world: int) -> None:
+    """Refuse a checkpoint of other settings, inputs (by content: :func:`vpltool.io.changed_inputs` names each) or
+    world size (the schedule's steps per epoch and the global batch follow from it), naming every difference at
+    once; before anything is written (a refused resume leaves the folder as it was)."""
+    old = f.meta("train_config")
+    said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
+            if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
+    said += io.changed_inputs(f.meta("inputs"), inputs, INPUT_OPTIONS)
+    was = f.meta("world_size", None)
+    if was is not None and was != world:
+        said.append(f"{was} process(es) there (global batch {was * params['batch_size']}), {world} here (global "
+                    f"batch {world * params['batch_size']}): resume with the same torchrun --nproc-per-node")
+    if said:
+        raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
+                       "options and inputs, or start again without --resume (with --overwrite)")
+
+
+def diverged(losses: dict[str, float], grad_norm: float) -> bool:
+    """A step that broke the model: a non-finite gradient norm or contrastive loss. A non-finite NPR term alone is
+    not one: T-NPR's ``closs`` is a mean over the rows HRS keeps, NaN when it keeps none in the batch (the
+    reference's arithmetic), and contributes no gradient then (the step is the other terms'); the log records
+    that NaN as it is."""
+    return not math.isfinite(grad_norm) or not math.isfinite(losses.get("contrastive", losses["loss"]))
+
+
+def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
+    """The scalar losses, averaged over the ranks."""
+    names = sorted(k for k, v in losses.items() if v.ndim == 0 and v.is_floating_point())  # not the matches
+    row = torch.stack([losses[k].detach().double() for k in names])
+    if world > 1:
+        dist.all_reduce(row)
+        row /= world
+    return dict(zip(names, row.tolist()))
+
+
+def run_train_pgseg(
+    pairs_path: str | Path,
+    out_dir: str | Path,
+    cfg: PGSegTrainConfig = PGSegTrainConfig(),
+    runtime: RuntimeConfig = RuntimeConfig(),
+    *,
+    split: str | None = None,
+    init: str | Path | None = None,
+    nouns: str | Path | None = None,
+    resume: bool = False,
+    tensorboard: str | Path | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_iter: Callable[[int, dict[str, Any]], None] | None = None,
+    stop_after: int | None = None,
+) -> PGSegSummary:
+    """Train on the pairs of ``pairs_path`` (:func:`vpltool.data.pairs.open_pairs`: ``split`` of a folder with
+    listings, None = ``train`` there; refused where there are none; recorded in ``inputs.pairs``); write
+    ``out_dir/pgseg.safetensors``.
+
+    Args:
+        cfg: see :class:`PGSegTrainConfig`; ``cfg.batch_size`` is per process. ``runtime.workers``: DataLoader
+            processes (1 = in this process).
+        init: a GroupViT or PGSeg checkpoint (the family's key maps read the released ``.pth`` files and its own
+            safetensors) whose weights start the run; its architecture replaces ``cfg.preset``.
+        nouns: with ``cfg.multi_label > 0``, a noun vocabulary file (one noun a line): the caption's words in it
+            are its nouns; None: nltk's tagger when its data is installed (:mod:`vpltool.data.nouns`).
+        resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
+        tensorboard: a folder for TensorBoard scalars (the ``tensorboard`` extra).
+        on_start: rank 0, ``(total iterations, first iteration)`` when the iterations begin. on_iter: rank 0,
+            ``(iteration, log record)`` after each.
+        stop_after: end (without the final file) after this iteration, as a kill would: for tests of --resume.
+    """
+    out_dir = Path(out_dir)
+    fam = _family()
+    pairs = open_pairs(pairs_path, split)
+    io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
+                             **{option: (out_dir / name, *kind) for option, (name, *kind) in WRITES.items()},
+                             "--tensorboard": (tensorboard, "side")},
+                     inputs={"PAIRS": pairs.root, "--init": init, "--nouns": nouns}, protected=[pairs.root])
+    if tensorboard is not None:
+        io.check_tensorboard()
+    if nouns is not None and cfg.multi_label == 0:
+        raise VplError(f"--nouns {nouns}: the nouns feed the multi-label loss; pass --multi-label K (K > 0) too, "
+                       "or drop --nouns")
+    find_nouns, noun_rule = noun_source(nouns) if cfg.multi_label > 0 else (None, None)
+    init_config, init_state = (None, None)
+    if init is not None:
+        if not Path(init).is_file():
+            raise VplError(f"--init {init}: no such file; pass a GroupViT or PGSeg checkpoint (.pth or .safetensors)")
+        init_config, init_state = fam.load_checkpoint(init)
+    model_cfg = _model_config(fam, cfg, init_config)
+    tokenize, length, context = _tokenizer(fam, model_cfg)
+    check_pairs(pairs, length, context, truncate=cfg.truncate, workers=runtime.loader_workers("cpu"))
+    if nouns is not None and find_nouns is not None and not any(find_nouns(p.caption) for p in pairs.pairs):
+        # every noun prompt would be the caption itself: the multi-label loss a second contrastive loss, unsaid
+        raise VplError(f"--nouns {nouns}: none of its words is in any of the {len(pairs.pairs)} captions, so the "
+                       "multi-label loss would have no noun to prompt; give a vocabulary of the captions' nouns")
+    params = to_params(cfg)  # options without effect (--multi-label-weight without the loss) left out
+    if init is not None:  # the --init file's architecture replaces --preset: its identity records it
+        params.pop("preset", None)
+    inputs = {"pairs": pairs.identity(), "init": None if init is None else io.file_identity(init)}
+    if noun_rule is not None:  # (only then: the inputs of a run without the loss stay as they were)
+        inputs["nouns"] = io.file_identity(nouns) if nouns is not None else noun_rule
+    with process_group(runtime.device) as (rank, world, device):
+        per_epoch = steps_per_epoch(len(pairs.pairs), cfg.batch_size, world, pairs.root)
+        total = cfg.epochs * per_epoch
+        io.make_folder(out_dir)
+        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+            ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
+            if ckpt is not None:  # checked before anything is written: a refused resume leaves no trace
+                _check_resumable(io.read_checkpoint(ckpt, kind=CHECKPOINT_KIND, header_only=True)[2], params,
+                                 inputs, world)
+            if rank == 0:  # the folder is this command's from now on (the output guard reads it), finished or not
+                io.write_json(out_dir / io.RUN_RECORD, {"stage": STAGE, "params": params, "inputs": inputs})
+            seed_everything(cfg.seed)
+            model = fam.build_model(model_cfg, seed=cfg.seed)  # the same initial weights on every rank
+            if init_state is not None:
+                _load_init(model, init_state, init)
+            if world > 1 and device.type == "cuda":
+                model.convert_sync_batchnorm()  # the reference's projectors (SyncBatchNorm has no CPU kernels)
+            model = model.to(device)
+            optimizer = make_optimizer(model, cfg)
+            start = 0
+            if ckpt is not None:
+                model_state, optim_state, f = io.read_checkpoint(ckpt, kind=CHECKPOINT_KIND)
+                model.load_state_dict(model_state, strict=True)
+                optimizer.load_state_dict(optim_state)
+                start = int(f.meta("iteration"))
+            step = TrainStep(model, gather_ranks if world > 1 else None)
+            if world > 1:
+                step = torch.nn.parallel.DistributedDataParallel(
+                    step, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+                    find_unused_parameters=True)
+            board = None
+            if tensorboard is not None and rank == 0:
+                from torch.utils.tensorboard import SummaryWriter
+
+                board = SummaryWriter(str(tensorboard), purge_step=start + 1)
+            stop = total if stop_after is None else min(total, stop_after)
+            views = PairViews(pairs, tokenize, cfg, find_nouns)
+            batches = loader(views, GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed, start,
+                                                  stop), runtime.loader_workers(device.type), pin=device.type == "cuda")
+            every = cfg.checkpoint_every or per_epoch
+            log_path = out_dir / LOG
+            if rank == 0:  # the log of this run: to its checkpoint (a resume), or none (a fresh start)
+                io.trim_log(log_path, start)
+            if on_start is not None and rank == 0:
+                on_start(total, start)
+            first = last = None
+            t0 = time.perf_counter()
+            try:
+                for it, (images, tokens) in zip(range(start, stop), batches):
+                    torch.manual_seed(_iteration_seed(cfg.seed, it, rank))  # gumbel noise, drop path
+                    lr = lr_at(cfg, it, per_epoch)
+                    losses, norm = train_step(step, model, optimizer, images.to(device, non_blocking=True),
+                                              tokens.to(device, non_blocking=True), lr, cfg.clip_grad)
+                    n = it + 1
+                    record: dict[str, Any] = {"iter": n}
+                    if n % cfg.log_every == 0 or n == stop or n == start + 1:
+                        got = _mean_losses(losses, world)
+                        if diverged(got, float(norm)):
+                            raise VplError(f"{out_dir}: training diverged at iteration {n} (loss {got['loss']}, "
+                                           f"gradient norm {float(norm)}); lower --lr and re-run with --overwrite")
+                        record = {"iter": n, "epoch": it // per_epoch, **got, "grad_norm": float(norm), "lr": lr,
+                                  "sec": round(time.perf_counter() - t0, 3)}
+                        first = got["loss"] if first is None else first
+                        last = got["loss"]
+                        if rank == 0:
+                            io.append_log(log_path, record)
+                            if board is not None:
+                                for k, v in {**got, "lr": lr, "grad_norm": float(norm)}.items():
+                                    board.add_scalar(f"train/{k}", v, n)
+                    if rank == 0 and (n % every == 0 or n == total):
+                        io.write_checkpoint(out_dir / CHECKPOINT, model.state_dict(), optimizer.state_dict(), n,
+                                            classes=[], config=params, kind=CHECKPOINT_KIND, train_config=params,
+                                            model_config=model_cfg.to_dict(), inputs=inputs, world_size=world)
+                    if on_iter is not None and rank == 0:
+                        on_iter(n, record)
+            finally:
+                if board is not None:
+                    board.close()
+            seconds = time.perf_counter() - t0
+            path = None
+            if rank == 0 and stop == total:
+                path = fam.save_checkpoint(out_dir / FINAL, model, {"train_config": params, "inputs": inputs,
+                                                                   "iterations": total})
+                io.write_stage_record(out_dir, STAGE, params=params, inputs=inputs, count=len(pairs.pairs),
+                                      model=str(out_dir / FINAL), model_config=model_cfg.to_dict(),
+                                      iterations=total, world_size=world)
+                (out_dir / io.RUN_RECORD).unlink(missing_ok=True)  # complete: the run record goes
+    return PGSegSummary(iterations=stop, start=start, seconds=seconds, first_loss=first, loss=last, model=path,
+                        world_size=world, pairs=len(pairs.pairs))
+
+
+__all__ = ["STAGE", "FINAL", "CHECKPOINT", "PGSegSummary", "run_train_pgseg", "schedule_lr", "lr_at", "diverged",
+           "PairViews", "GlobalBatches", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "steps_per_epoch"]
