@@ -51,8 +51,9 @@ def train_pgseg_cmd(
                                           "(the demo world).")],
     out: OutDir,
     recipe: Annotated[str, typer.Option(help="reference (Ferenas/PGSeg's default_pgseg.yml: GroupViT-S, batch 1024 "
-                                        "per process, 30 epochs: GPU days) | cpu (the family's tiny model on "
-                                        "the whole 96 px scenes, batch 32: minutes on the demo world).")] = _T.recipe,
+                                        "per process, 30 epochs: GPU days) | demo (make-pairs shards: the demo "
+                                        "preset, batch 64, one pass; make pgseg's) | cpu (the family's tiny model "
+                                        "on the whole 96 px scenes, batch 32: minutes on a demo world).")] = _T.recipe,
     npr: Annotated[Optional[bool], typer.Option("--npr/--no-npr", show_default=False,
                                                 help="PGSeg's non-learnable prototypical regularisation; --no-npr "
                                                 "trains plain GroupViT [default: --npr].")] = None,
