@@ -242,7 +242,7 @@ def open_pair_source(path: str | Path, batch_size: int, captions: str) -> Any:
     from .tokenizer import WordTokenizer
     from .toyclip import context_length
 
-    pairs = open_pairs(path, "train")
+    pairs = open_pairs(path)  # a folder with split listings: its train split
     if len(pairs.pairs) < batch_size:
         raise VplError(f"{pairs.root}: {len(pairs.pairs)} pairs cannot fill one batch of {batch_size}; write more "
                        f"(make-pairs --scenes) or lower --batch-size")
