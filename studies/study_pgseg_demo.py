@@ -1,26 +1,25 @@
-"""PGSeg against plain GroupViT on the demo world, with the same recipe and budget, as the reference trains PGSeg:
-fine-tuned with NPR from a trained GroupViT (default_pgseg.yml ``checkpoint.resume``: GroupViT's release).
+"""GroupViT and PGSeg on the demo world, trained from `make-pairs` shards with the demo recipe, as the reference
+trains PGSeg: fine-tuned with NPR from a trained GroupViT (default_pgseg.yml ``checkpoint.resume``: GroupViT's
+release).
 
-Per training seed: (A) GroupViT from scratch (`train-pgseg --recipe cpu --no-npr`, the pgseg family's tiny model:
-75 epochs, 900 steps on the 400 train pairs), then from A's weights, for the same extra epochs (10: 120 steps, 2
-of them warm-up), (B) GroupViT continued (`--no-npr --init A`) and (C) PGSeg (`--npr --init A`): 1,020 steps per
-seed and method (each run's seconds in ``train_s``: train-pgseg's own log, so also for a model reused from the run
-folder). Trained on the world's train pairs (image + caption: no mask, no label); each model then segments val
-zero-shot by the class names (`segment --pgseg`), scored by `eval` (a score file newer than its model is reused):
-val mIoU and class IoU (mean, standard deviation, min, max over the seeds), PGSeg - GroupViT per seed (C - B), next
-to all-background and uniform random labels. ``--multi-label K``: every run with GroupViT's multi-label (noun) loss,
-the world's shape and background words as the noun vocabulary (`train-pgseg --nouns`).
-With ``--scratch-pgseg`` PGSeg from scratch is tried too (its T-NPR gradient at a fresh initialisation:
-docs/pgseg.md). ``--jobs``: seeds trained side by side (each in its own processes).
+Data: ``make-pairs RUN/pairs --scenes N`` (fresh scenes fed as the toy CLIP is fed: detailed captions, half of them
+re-captioned crops; never a scene of the world) and the README's world (``make-world --train 500 --val 200``, seed
+0), whose val split alone is scored and whose train split gives the proxies. Per training seed: (A) GroupViT from
+scratch (`train-pgseg RUN/pairs --recipe demo --no-npr`: one pass over the N pairs), then from A's weights, on the
+first ``--finetune-shards`` shards for ``--finetune-epochs``, (B) GroupViT continued (`--no-npr --init A`) and (C)
+PGSeg (`--npr --init A`): the same recipe, budget and start (each run's seconds in ``train_s``, CPU-seconds in
+``cpu_s``). Each model segments val zero-shot by the class names (`segment --pgseg`) by the reference's rule and with
+the background words, scored by `eval`, next to all-background, uniform random labels and the toy CLIP's MaskCLIP
+row (`segment --dense maskclip`, the Makefile's settings) for the shipped toy CLIP and for one trained on the same
+shards (`train-toy-clip --pairs`, ``--toy-steps`` x 64 pairs). Then, on the first ``--proxy-images`` TRAIN scenes,
+NPR's mechanism for B and C (:func:`study_pgseg_groups.group_stats`): groups per object (compactness), the largest
+share of an object in one group and the group oracle (completeness). ``--jobs``: seeds trained side by side.
 
-    python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 3] [--train 400 --val 100]
-        [--epochs 0] [--finetune-epochs 10] [--finetune-warmup 2] [--short-side 96] [--multi-label 0]
+    python studies/study_pgseg_demo.py --run runs/pgseg [--seeds 0,1,2] [--jobs 2] [--scenes 32000]
         > studies/results/pgseg_demo.json
 
-(A)'s length is the longest that the session's CPU budget allowed for three seeds; how the train-split proxies move
-along one such run: studies/study_pgseg_groups.py on its checkpoints (studies/results/pgseg_length.json). Val is
-only scored. A finished model found in the run folder is reused. A run that fails or diverges is recorded with its
-error line (and no score), never dropped. Prints one JSON object.
+A finished model found in the run folder is reused (train-pgseg's own log gives its seconds). A run that fails or
+diverges is recorded with its error line (and no score), never dropped. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,17 +46,20 @@ from vpltool.ops.kernels import MiouAccumulator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402
 
-CPU = PGSEG_RECIPES["cpu"]
+RECIPE = "demo"
+DEMO = PGSEG_RECIPES[RECIPE]
 # segment's flags per scoring: '' the reference's rule (pgseg_seg.py: bg_thresh only), '_background' the demo's
-# background words (the Makefile's BACKGROUND, which its toy-CLIP rows query too) beside the classes; chosen on the
-# train split (docs/pgseg.md)
+# background words (the Makefile's BACKGROUND, which its toy-CLIP rows query too) beside the classes
 DEMO_BACKGROUND = "grass,sky,wall,water"
 NOUNS = "nouns.txt"  # written in --run by write_nouns
 INFERENCE = {"": [], "_background": ["--background", DEMO_BACKGROUND]}
 # name -> (train-pgseg flags, the run it starts from: None = from scratch)
 METHODS = {"groupvit_scratch": (["--no-npr"], None), "groupvit": (["--no-npr"], "groupvit_scratch"),
            "pgseg": (["--npr"], "groupvit_scratch")}
-SCRATCH_PGSEG = {"pgseg_scratch": (["--npr"], None)}
+# the toy CLIP's MaskCLIP row: the Makefile's settings for it (DENSE_SIZE_maskclip, DENSE_THR_maskclip, TEMPLATES)
+MASKCLIP = ["--dense", "maskclip", "--pretrained", "none", "--templates", "a photo of a {}.", "--background",
+            DEMO_BACKGROUND, "--short-side", "192", "--slide-crop", "192", "--slide-stride", "96",
+            "--prob-threshold", "0.5"]
 
 
 def vpl(*args: str) -> subprocess.CompletedProcess:
@@ -91,24 +94,38 @@ def spread(values: list[float]) -> dict[str, float] | None:
 
 
 def write_nouns(world: Path, path: Path) -> None:
-    """The demo's noun vocabulary for --multi-label (`train-pgseg --nouns`): the world's class names (background
-    excluded) and its background words, the nouns its captions use (nltk is not installed here)."""
+    """The demo's noun vocabulary for the multi-label loss (`train-pgseg --nouns`): the world's class names
+    (background excluded) and its background words, the nouns its captions use (nltk is not installed here)."""
     names = [c for c in (world / "classes.txt").read_text().split() if c != "background"]
     path.write_text("\n".join([*names, *DEMO_BACKGROUND.split(",")]) + "\n")
 
 
-def trained_with(model: Path) -> int:
-    """The multi-label K a finished model was trained with (its header's config; 0 for files older than it)."""
-    from vpltool.io.tensors import read_header
+def scored(out: Path, model: Path, world: Path, flags: list[str], suffix: str) -> dict | str:
+    """`segment` val into ``out/segment_val{suffix}`` with ``flags``, `eval` it; a score newer than the model is
+    reused. Returns the eval JSON, or the error line."""
+    seg, score = out / f"segment_val{suffix}", out / f"segment_val{suffix}.json"
+    if score.is_file() and score.stat().st_mtime >= model.stat().st_mtime:
+        return io.read_json(score)
+    done = vpl("segment", str(world), "--split", "val", *flags, "-o", str(seg), "--device", "cpu", "--overwrite")
+    if done.returncode:
+        return last_error(done)
+    done = vpl("eval", str(seg), "--json", str(score), "--overwrite")
+    return io.read_json(score) if not done.returncode else last_error(done)
 
-    return int(json.loads(read_header(model).get("vpltool.config", "{}")).get("multi_label", 0))
+
+def child_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
-def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) -> dict[str, dict]:
+def run_seed(args: argparse.Namespace, world: Path, seed: int) -> dict[str, dict]:
     """Train and score every method of one seed, in order ((B) and (C) start from (A)); one record per method."""
     runs: dict[str, dict] = {}
-    for method, (flags, start) in methods.items():
+    pairs = str(args.run / "pairs")
+    finetune = f"{pairs}/{{00000..{args.finetune_shards - 1:05d}}}.tar"
+    for method, (flags, start) in METHODS.items():
         out = args.run / method / f"seed{seed}"
+        data = pairs
         if start is not None:
             init = args.run / start / f"seed{seed}" / "pgseg.safetensors"
             if not init.is_file():
@@ -116,17 +133,12 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
                 continue
             flags = [*flags, "--init", str(init), "--epochs", str(args.finetune_epochs), "--warmup-epochs",
                      str(args.finetune_warmup)]
-        elif args.epochs:
-            flags = [*flags, "--epochs", str(args.epochs)]
-        if args.multi_label:
-            flags = [*flags, "--multi-label", str(args.multi_label), "--nouns", str(args.run / NOUNS)]
+            data = finetune
         t0 = time.perf_counter()
-        if (out / "pgseg.safetensors").is_file() and trained_with(out / "pgseg.safetensors") != args.multi_label:
-            (out / "pgseg.safetensors").unlink()  # a model of another setting is not reused: trained again
         if not (out / "pgseg.safetensors").is_file():
-            crop = ["--crop-size", str(args.crop_size)] if args.crop_size else []
-            done = vpl("train-pgseg", str(world), "-o", str(out / "train"), "--recipe", "cpu", *flags, "--seed",
-                       str(seed), *crop, "--device", "cpu", "--workers", "1", "--overwrite")
+            done = vpl("train-pgseg", data, "-o", str(out / "train"), "--recipe", RECIPE, *flags, "--nouns",
+                       str(args.run / NOUNS), "--seed", str(seed), "--device", "cpu", "--workers", "1",
+                       "--overwrite")
             if done.returncode:
                 runs[method] = {"error": last_error(done), "train_s": round(time.perf_counter() - t0, 1)}
                 print(f"{method} seed {seed}: {last_error(done)}", file=sys.stderr)
@@ -135,19 +147,13 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
         log = io.read_log(out / "train" / "log.jsonl") if (out / "train" / "log.jsonl").is_file() else []
         train_s = log[-1]["sec"] if log else time.perf_counter() - t0  # the training's own clock, reused or not
         scores, error = {}, None
-        for suffix, flags in INFERENCE.items():  # the reference's zero-shot rule, then with background words
-            seg, scored = out / f"segment_val{suffix}", out / f"segment_val{suffix}.json"
-            if scored.is_file() and scored.stat().st_mtime >= (out / "pgseg.safetensors").stat().st_mtime:
-                found = io.read_json(scored)  # this model's scores, from an earlier run of the study
-                scores[f"miou{suffix}"], scores[f"iou{suffix}"] = found["miou"], found["iou"]
-                continue
-            done = vpl("segment", str(world), "--split", "val", "--pgseg", str(out / "pgseg.safetensors"),
-                       "--short-side", str(args.short_side), "-o", str(seg), "--device", "cpu", "--overwrite", *flags)
-            if done.returncode:
-                error = last_error(done)
+        for suffix, extra in INFERENCE.items():  # the reference's zero-shot rule, then with background words
+            found = scored(out, out / "pgseg.safetensors", world,
+                           ["--pgseg", str(out / "pgseg.safetensors"), "--short-side", str(args.short_side), *extra],
+                           suffix)
+            if isinstance(found, str):
+                error = found
                 break
-            done = vpl("eval", str(seg), "--json", str(out / f"segment_val{suffix}.json"), "--overwrite")
-            found = io.read_json(out / f"segment_val{suffix}.json")
             scores[f"miou{suffix}"], scores[f"iou{suffix}"] = found["miou"], found["iou"]
         if error:
             runs[method] = {"error": error}
@@ -163,58 +169,101 @@ def run_seed(args: argparse.Namespace, methods: dict, world: Path, seed: int) ->
     return runs
 
 
+def toy_clip_rows(args: argparse.Namespace, world: Path) -> dict[str, dict]:
+    """MaskCLIP (the Makefile's settings) with the shipped toy CLIP and with one trained on the same shards."""
+    toy = args.run / "toy_clip_pairs"
+    rows: dict[str, dict] = {}
+    if not (toy / "open_clip_config.json").is_file():
+        t0 = time.perf_counter()
+        done = vpl("train-toy-clip", str(toy), "--pairs", str(args.run / "pairs"), "--steps", str(args.toy_steps))
+        if done.returncode:
+            return {"toy CLIP on the shards": {"error": last_error(done)}}
+        print(f"toy CLIP on the shards: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    for name, model in (("shipped toy CLIP", "vpltool-toy"), ("toy CLIP on the shards", f"local-dir:{toy}")):
+        out = args.run / "maskclip" / ("shipped" if model == "vpltool-toy" else "pairs")
+        anchor = toy / "open_clip_model.safetensors" if model != "vpltool-toy" else world / "_stage.json"
+        out.mkdir(parents=True, exist_ok=True)
+        found = scored(out, anchor, world, ["--model", model, *MASKCLIP], "")
+        rows[name] = {"error": found} if isinstance(found, str) else {"miou": found["miou"], "iou": found["iou"]}
+    training = json.loads((toy / "vpltool.json").read_text())["training"]
+    rows["toy CLIP on the shards"]["training"] = {k: training.get(k) for k in (
+        "steps", "batch_size", "data", "seconds", "final_loss", "label_set_accuracy", "gradcam_miou")}
+    return rows
+
+
+def npr_mechanism(args: argparse.Namespace, world: Path, seeds: list[int]) -> dict:
+    """On the first --proxy-images TRAIN scenes, per seed, B and C: groups per object, an object's largest share in
+    one group, the group oracle, and the train proxies of study_pgseg_groups.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from study_pgseg_groups import group_stats, load_any
+
+    data = open_dataset(world, "train")
+    out: dict[str, dict] = {}
+    for method in ("groupvit", "pgseg"):
+        out[method] = {}
+        for seed in seeds:
+            model = args.run / method / f"seed{seed}" / "pgseg.safetensors"
+            if model.is_file():
+                out[method][seed] = group_stats(load_any(model), data, args.proxy_images, args.short_side,
+                                                DEMO_BACKGROUND.split(","))
+    keys = ("groups_per_object", "object_in_one_group", "group_oracle_miou", "largest_final_group_share",
+            "final_groups_used", "zero_shot_miou", "zero_shot_miou_background")
+    paired = {k: spread([out["pgseg"][s][k] - out["groupvit"][s][k] for s in seeds
+                         if s in out["pgseg"] and s in out["groupvit"]]) for k in keys}
+    return {"images": args.proxy_images, "split": "train", "per_seed": out, "pgseg_minus_groupvit": paired}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=Path("runs/pgseg"))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--train", type=int, default=400)
-    ap.add_argument("--val", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=0, help="(A)'s epochs (0: the cpu recipe's)")
-    ap.add_argument("--finetune-epochs", type=int, default=10, help="(B) and (C)'s epochs, from (A)")
-    ap.add_argument("--finetune-warmup", type=int, default=2, help="(B) and (C)'s warm-up epochs")
+    ap.add_argument("--train", type=int, default=500, help="the world's train scenes (the proxies read them)")
+    ap.add_argument("--val", type=int, default=200, help="the world's val scenes (scored)")
+    ap.add_argument("--scenes", type=int, default=32000, help="make-pairs samples (A: one pass)")
+    ap.add_argument("--finetune-shards", type=int, default=4, help="(B) and (C) train on the first shards")
+    ap.add_argument("--finetune-epochs", type=int, default=2, help="(B) and (C)'s epochs, from (A)")
+    ap.add_argument("--finetune-warmup", type=float, default=0.1, help="(B) and (C)'s warm-up epochs")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
-    ap.add_argument("--crop-size", type=int, default=0, help="0: the cpu recipe's")
-    ap.add_argument("--short-side", type=int, default=CPU["crop_size"], help="segment's; default: the recipe's crop")
-    ap.add_argument("--scratch-pgseg", action="store_true", help="also PGSeg from scratch, (A)'s epochs")
-    ap.add_argument("--multi-label", type=int, default=0, help="GroupViT's multi-label (noun) loss with K noun "
-                    "prompts per caption in every run (--nouns: the world's shape and background words); 0: off")
+    ap.add_argument("--short-side", type=int, default=DEMO["crop_size"], help="segment's; default: the recipe's crop")
+    ap.add_argument("--proxy-images", type=int, default=100, help="train scenes for NPR's mechanism")
+    ap.add_argument("--toy-steps", type=int, default=400, help="the equal-data toy CLIP's steps (x 64 pairs)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    methods = {**METHODS, **(SCRATCH_PGSEG if args.scratch_pgseg else {})}
     world = args.run / "world"
-    if not io.stage_record_path(world).is_file():
-        done = vpl("make-world", str(world), "--train", str(args.train), "--val", str(args.val))
+    for command in (["make-world", str(world), "--train", str(args.train), "--val", str(args.val)],
+                    ["make-pairs", str(args.run / "pairs"), "--scenes", str(args.scenes)]):
+        done = vpl(*command)
         if done.returncode:
             sys.exit(last_error(done))
-    if args.multi_label:
-        write_nouns(world, args.run / NOUNS)
-    runs: dict[str, dict[int, dict]] = {m: {} for m in methods}
+    write_nouns(world, args.run / NOUNS)
+    runs: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # seeds side by side, each its own processes
-        for seed, per_seed in zip(seeds, pool.map(lambda s: run_seed(args, methods, world, s), seeds)):
+        for seed, per_seed in zip(seeds, pool.map(lambda s: run_seed(args, world, s), seeds)):
             for method, record in per_seed.items():
                 runs[method][seed] = record
     summary, paired, class_iou = {}, {}, {}
     for suffix in INFERENCE:
         key, iou = f"miou{suffix}", f"iou{suffix}"
-        summary[key] = {m: spread([r[key] for r in runs[m].values() if key in r]) for m in methods}
+        summary[key] = {m: spread([r[key] for r in runs[m].values() if key in r]) for m in METHODS}
         paired[key] = spread([runs["pgseg"][s][key] - runs["groupvit"][s][key] for s in seeds
                               if key in runs["pgseg"].get(s, {}) and key in runs["groupvit"].get(s, {})])
-        classes = sorted({c for m in methods for r in runs[m].values() for c in r.get(iou, {})})
+        classes = sorted({c for m in METHODS for r in runs[m].values() for c in r.get(iou, {})})
         class_iou[iou] = {m: {c: spread([r[iou][c] for r in runs[m].values() if c in r.get(iou, {})])
-                              for c in classes} for m in methods}
+                              for c in classes} for m in METHODS}
     print(json.dumps({
-        "what": "val mIoU of zero-shot `segment --pgseg` after `train-pgseg --recipe cpu` on the demo world's train "
-                "pairs; groupvit_scratch = (A) --no-npr from scratch; groupvit / pgseg = (A) continued for "
-                "--finetune-epochs with --no-npr / --npr (the reference fine-tunes PGSeg from GroupViT)",
-        "epochs": args.epochs, "multi_label": args.multi_label,
-        "nouns": (args.run / NOUNS).read_text().split() if args.multi_label else None,
+        "what": "val mIoU of zero-shot `segment --pgseg` after `train-pgseg --recipe demo` on make-pairs shards; "
+                "groupvit_scratch = (A) --no-npr from scratch; groupvit / pgseg = (A) continued on the first "
+                "--finetune-shards for --finetune-epochs with --no-npr / --npr (the reference fine-tunes PGSeg from "
+                "GroupViT)",
+        "recipe": {RECIPE: DEMO}, "scenes": args.scenes, "finetune_shards": args.finetune_shards,
         "finetune_epochs": args.finetune_epochs, "finetune_warmup": args.finetune_warmup,
+        "nouns": (args.run / NOUNS).read_text().split(),
         "command": " ".join(["python", "studies/study_pgseg_demo.py", *sys.argv[1:]]),
-        "world": {"train": args.train, "val": args.val}, "seeds": seeds,
-        "crop_size": args.crop_size or CPU["crop_size"], "min_scale": CPU["min_scale"],
-        "short_side": args.short_side, "baselines": baselines(world),
+        "world": {"train": args.train, "val": args.val}, "seeds": seeds, "short_side": args.short_side,
+        "baselines": baselines(world), "toy_clip_maskclip": toy_clip_rows(args, world),
         "inference": {f"miou{k}": ["segment --pgseg", *v] for k, v in INFERENCE.items()}, "miou": summary,
-        "pgseg_minus_groupvit": paired, "class_iou": class_iou, "runs": runs, "machine": machine("cpu"),
+        "pgseg_minus_groupvit": paired, "npr_mechanism": npr_mechanism(args, world, seeds),
+        "class_iou": class_iou, "runs": runs, "cpu_s_children": round(child_cpu_s(), 1), "machine": machine("cpu"),
     }, indent=1))
 
 

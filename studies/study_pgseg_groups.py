@@ -16,6 +16,12 @@ scenes (whole image at ``--short-side``): ``zero_shot_miou`` by the reference's 
 with ``--background`` words queried too: the train-split proxy the demo's recipe and inference were chosen by;
 ``largest_group_background_miou``: those labels with the pixels of the image's largest final group made background
 (a diagnosis of the collapse, not an inference rule: how much the one big group's class name costs).
+``stage{i}_assignment_max``: a patch's largest soft assignment at stage i, averaged (1 / groups when every
+assignment is uniform: no grouping at all, and the argmax then follows a group's small bias everywhere).
+NPR's claims per object (each class present in a scene): ``groups_per_object``, the final groups holding at least 10 %
+of the object's pixels (compactness: 1 is one group per object, more are redundant groups), and
+``object_in_one_group``, the largest share of the object's pixels in one group (completeness; the group oracle is
+the image-level one).
 Prints one JSON object.
 """
 
@@ -43,11 +49,14 @@ from vpltool.ops.kernels import MiouAccumulator  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from benchlib import machine  # noqa: E402
 
+OBJECT_SHARE = 0.1  # a group "covers" an object when it holds at least this share of the object's pixels
+
 
 @torch.no_grad()
 def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: list[str],
                 thresholds: tuple[float, ...] = (fam.DEFAULT_BG_THRESH,)) -> dict[str, float]:
     largest, used, stage1, oracle = [], [], [], MiouAccumulator(len(data.classes))
+    per_object, completeness, sharp = [], [], {}
     names = list(data.classes[1:])
     queries = fam.class_text_embeddings(model, fam.class_tokens([*names, *background], fam.tokenizer(model.cfg)))
     text = queries[:len(names)]  # [C, D]: the class names alone (the reference's queries)
@@ -69,6 +78,8 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
         counts = torch.bincount(groups, minlength=combined.shape[-1])
         largest.append(counts.max().item() / groups.numel())
         used.append(int((counts > 0).sum()))
+        for i, stage in enumerate(s for s in feats["stages"] if s["maps"] is not None):
+            sharp.setdefault(i, []).append(stage["maps"]["soft"][0, 0].max(0).values.mean().item())
         first = feats["stages"][0]["maps"]["soft"][0, 0].argmax(0)  # [G1, L] -> each patch's stage-1 group
         stage1.append(torch.bincount(first).max().item() / first.numel())
         p = model.cfg.patch_size
@@ -78,6 +89,10 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
         for g in np.unique(pixel_group):
             pred[pixel_group == g] = np.bincount(gt[pixel_group == g]).argmax()
         oracle.add(gt, pred)
+        for c in present:  # NPR's claims, per object: compact (few groups share it), complete (one group holds it)
+            shares = np.bincount(pixel_group[gt == c]) / (gt == c).sum()
+            per_object.append(int((shares >= OBJECT_SHARE).sum()))
+            completeness.append(float(shares.max()))
         for (suffix, emb), (t, tag) in itertools.product((("", text), ("_background", queries)), tags.items()):
             logits = F.interpolate(fam.zero_shot_logits(model, x, emb, t), size=(h0, w0), mode="bilinear",
                                    align_corners=False)[0].argmax(0)  # `segment --pgseg`'s labels, whole image
@@ -89,6 +104,8 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
     return {"largest_final_group_share": statistics.fmean(largest), "final_groups_used": statistics.fmean(used),
             "largest_stage1_group_share": statistics.fmean(stage1), "group_oracle_miou": oracle.result()["miou"],
             "pooled_top1_in_scene": statistics.fmean(top1),
+            "groups_per_object": statistics.fmean(per_object), "object_in_one_group": statistics.fmean(completeness),
+            **{f"stage{i + 1}_assignment_max": statistics.fmean(v) for i, v in sharp.items()},
             **{f"zero_shot_miou{k}": acc.result()["miou"] for k, acc in zero_shot.items()},
             **{f"largest_group_background_miou{k}": acc.result()["miou"] for k, acc in largest_bg.items()}}
 

@@ -3891,6 +3891,51 @@ def _pgseg_no_captions(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world / "images", "-o", ws.out("out"), *PGSEG_ARGS]
 
 
+def _all_empty_shard(ws: Workspace, name: str) -> Path:
+    """A folder with one img2dataset-style shard of two world images whose captions are both blank."""
+    import io as _io
+    import tarfile
+
+    folder = ws.root / name
+    folder.mkdir()
+    picture = (ws.world / "images" / "train_000000.png").read_bytes()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for key, ext, data in (("000000000", "png", picture), ("000000000", "txt", b""),
+                               ("000000001", "png", picture), ("000000001", "txt", b" \n")):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, _io.BytesIO(data))
+    return folder
+
+
+@case("shards whose captions are all empty (train-pgseg)", "00000.tar:000000000: empty caption")
+def _pgseg_all_empty_captions(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", _all_empty_shard(ws, "pairs_all_empty"), "-o", ws.out("out"), *PGSEG_ARGS]
+
+
+@case("a world too small for one batch (train-pgseg --batch-size 8 on 4 train pairs)",
+      "4 pairs cannot fill a batch of 8", "lower --batch-size (at most 4)")
+def _pgseg_world_too_small(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--batch-size", "8"]
+
+
+@case("shards whose captions are all empty (train-toy-clip --pairs)", "00000.tar:000000000: empty caption")
+def _toy_clip_all_empty_captions(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy"), "--pairs", _all_empty_shard(ws, "toy_pairs_all_empty"), "--steps", "1",
+           "--batch-size", "2"]
+
+
+@case("pairs too few for one batch (train-toy-clip --pairs, 4 pairs, batch 64)", "4 pairs cannot fill one batch of 64",
+      "make-pairs --scenes")
+def _toy_clip_pairs_too_few(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy"), "--pairs", ws.world, "--steps", "1"]
+
+
+@case("make-pairs --scenes 0", "--scenes 0: must be >= 1")
+def _make_pairs_no_scenes(ws: Workspace) -> Iterator[list[object]]:
+    yield ["make-pairs", ws.out("pairs"), "--scenes", "0"]
+
+
 @case("a missing noun vocabulary file (train-pgseg --multi-label --nouns)", "--nouns", "no such file",
       "one noun a line")
 def _pgseg_nouns_missing(ws: Workspace) -> Iterator[list[object]]:

@@ -1,4 +1,5 @@
-"""The demo world's commands: make-world, train-toy-clip, train-toy-dino, train-toy-sam, choose-pseudo, demo-report."""
+"""The demo world's commands: make-world, make-pairs, train-toy-clip, train-toy-dino, train-toy-sam, choose-pseudo,
+demo-report."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..demo.config import ToyClipConfig, ToyDinoConfig, ToySamConfig, WorldConfig
+from ..demo.config import PairsConfig, ToyClipConfig, ToyDinoConfig, ToySamConfig, WorldConfig
 from .common import LogFile, Overwrite, OverwriteFile, Verbose, friendly_errors, progress, say
 from .root import app
 
@@ -16,6 +17,7 @@ DEMO = "Demo world"
 
 _W, _T, _D = WorldConfig(), ToyClipConfig(), ToyDinoConfig()
 _S = ToySamConfig()
+_P = PairsConfig()
 
 
 @app.command("make-world", rich_help_panel=DEMO)
@@ -49,6 +51,39 @@ def make_world_cmd(
     say(f"[green]✓[/] make-world: {train} train + {val} val scenes ({layout} layout) → {out}")
 
 
+@app.command("make-pairs", rich_help_panel=DEMO)
+@friendly_errors
+def make_pairs_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write the webdataset shards into.")],
+    scenes: Annotated[int, typer.Option(help="Samples, one fresh scene each (never a make-world scene).")] =
+        _P.scenes,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives byte-identical shards.")] = _P.seed,
+    shard_size: Annotated[int, typer.Option(help="Samples per .tar shard.")] = _P.shard_size,
+    crop_prob: Annotated[float, typer.Option(help="Share of samples that are a random crop re-captioned with what "
+                                             "it shows.")] = _P.crop_prob,
+    detail: Annotated[float, typer.Option(help="Probability of each look, size and position phrase per object.")] =
+        _P.detail,
+    size: Annotated[int, typer.Option(help="Scene side in pixels.")] = _P.size,
+    overwrite: Overwrite = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Write image-caption pairs of fresh demo scenes as webdataset shards (img2dataset's layout), fed as the toy
+    CLIP is fed: detailed captions, half of the images re-captioned crops. A killed run resumes.
+
+    \b
+    Example:
+      vpltool make-pairs runs/pairs --scenes 25600 && vpltool train-pgseg runs/pairs -o runs/gv --recipe demo
+    """
+    from ..demo.make_pairs import write_pairs
+
+    cfg = PairsConfig(scenes=scenes, seed=seed, shard_size=shard_size, crop_prob=crop_prob, detail=detail,
+                      size=size)
+    with progress("make-pairs", unit="pairs") as (on_start, on_item):
+        write_pairs(out, cfg, overwrite=overwrite, on_start=on_start, on_shard=on_item)
+    say(f"[green]✓[/] make-pairs: {scenes} pairs in {-(-scenes // shard_size)} shard(s) → {out}")
+
+
 @app.command("train-toy-clip", rich_help_panel=DEMO)
 @friendly_errors
 def train_toy_clip_cmd(
@@ -78,6 +113,9 @@ def train_toy_clip_cmd(
     threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical (0: all "
                                          "cores).")] = _T.threads,
     seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped checkpoint.")] = _T.seed,
+    pairs: Annotated[Optional[Path], typer.Option(help="Train on these image-caption pairs (make-pairs shards, "
+                                                  "each image and caption as stored) instead of scenes rendered "
+                                                  "on the fly.")] = None,
     log_file: LogFile = None,
     verbose: Verbose = False,
 ) -> None:
@@ -97,9 +135,13 @@ def train_toy_clip_cmd(
     cfg = ToyClipConfig(steps=steps, batch_size=batch_size, lr=lr, crop_prob=crop_prob, seed=seed,
                         logit_scale=logit_scale, layers=layers, global_blocks=global_blocks, window=window,
                         qk_init=qk_init, qk_blocks=qk_blocks, captions=captions, pool=pool, loss=loss, threads=threads)
+    if pairs is not None:  # checked before the first progress line too
+        from ..demo.train_toy_clip import open_pair_source
+
+        pairs = open_pair_source(pairs, cfg.batch_size, cfg.captions)
     with progress("train-toy-clip", unit="steps") as (on_start, on_item):
         on_start(cfg.steps)
-        metrics = train_toy_clip(out, cfg, on_step=lambda step, loss: on_item(1))
+        metrics = train_toy_clip(out, cfg, on_step=lambda step, loss: on_item(1), pairs=pairs)
     say(f"[green]✓[/] train-toy-clip: loss {metrics['final_loss']:.3f}, label-set accuracy "
         f"{metrics['label_set_accuracy']:.2f}, GradCAM mIoU {metrics['gradcam_miou']:.3f}, "
         f"{metrics['seconds']:.0f} s → {out}")

@@ -51,8 +51,9 @@ def train_pgseg_cmd(
                                           "(the demo world).")],
     out: OutDir,
     recipe: Annotated[str, typer.Option(help="reference (Ferenas/PGSeg's default_pgseg.yml: GroupViT-S, batch 1024 "
-                                        "per process, 30 epochs: GPU days) | cpu (the family's tiny model on "
-                                        "the whole 96 px scenes, batch 32: minutes on the demo world).")] = _T.recipe,
+                                        "per process, 30 epochs: GPU days) | demo (make-pairs shards: the demo "
+                                        "preset, batch 64, one pass; make pgseg's) | cpu (the family's tiny model "
+                                        "on the whole 96 px scenes, batch 32: minutes on a demo world).")] = _T.recipe,
     npr: Annotated[Optional[bool], typer.Option("--npr/--no-npr", show_default=False,
                                                 help="PGSeg's non-learnable prototypical regularisation; --no-npr "
                                                 "trains plain GroupViT [default: --npr].")] = None,
@@ -60,7 +61,7 @@ def train_pgseg_cmd(
     batch_size: Annotated[Optional[int], _opt("Pairs per process (the global batch is this x the ranks).",
                                               "batch_size")] = None,
     epochs: Annotated[Optional[int], _opt("Epochs.", "epochs")] = None,
-    warmup_epochs: Annotated[Optional[int], _opt("Linear warm-up epochs (counted in the cosine).",
+    warmup_epochs: Annotated[Optional[float], _opt("Linear warm-up epochs, a fraction allowed (counted in the cosine).",
                                                  "warmup_epochs")] = None,
     lr: Annotated[Optional[float], _opt("AdamW's peak learning rate (not scaled by the batch).", "lr")] = None,
     warmup_lr: Annotated[Optional[float], _opt("The warm-up's first rate.", "warmup_lr")] = None,
@@ -76,6 +77,32 @@ def train_pgseg_cmd(
                                                "multi_label")] = None,
     multi_label_weight: Annotated[Optional[float], _opt("The multi-label loss's weight.",
                                                         "multi_label_weight")] = None,
+    noun_templates: Annotated[Optional[str], _opt("The noun prompts' templates: full (CLIP's 80 ImageNet ones, the "
+                                                  "reference's) | simple ('a photo of a {}.', segmentation's).",
+                                                  "noun_templates")] = None,
+    multi_label_pool: Annotated[Optional[str], _opt("The multi-label loss's image side: mean (the pooled embedding, "
+                                                    "the reference's) | max (each image's best final group, as "
+                                                    "segmentation matches groups to names).",
+                                                    "multi_label_pool")] = None,
+    multi_positive: Annotated[Optional[bool], typer.Option(
+        "--multi-positive/--single-positive", show_default=False,
+        help="Every text of the batch equal to one of a sample's own (a repeated caption or noun prompt) is a "
+             f"positive of its image, not a negative [default: {_default('multi_positive')}; the reference: "
+             "single].")] = None,
+    assign_qk_init: Annotated[Optional[float], _opt("Mimetic init of the grouping's assignment attention (W_q = "
+                                                    "W_k, this gain: a patch starts in the group it looks like); "
+                                                    "0 = the reference's init.", "assign_qk_init")] = None,
+    qk_init: Annotated[Optional[float], _opt("Mimetic init of every other attention (gain); 0 = the reference's.",
+                                             "qk_init")] = None,
+    temperature: Annotated[Optional[float], _opt("The contrastive losses' initial temperature (1 / exp(logit "
+                                                 "scale), trainable, scale clamped at 100).", "temperature")] = None,
+    hard_assignment: Annotated[Optional[bool], typer.Option(
+        "--hard-assignment/--soft-assignment", show_default=False,
+        help="Patches to groups in training: gumbel noise and a straight-through hard assignment (the reference's) "
+             f"or the plain softmax [default: {_default('hard_assignment')}].")] = None,
+    hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", show_default=False,
+                                                  help="Random horizontal flips (off for captions that say left "
+                                                  f"and right) [default: {_default('hflip')}].")] = None,
     nouns: Annotated[Optional[Path], typer.Option(help="With --multi-label: a noun vocabulary file (one noun a "
                                                   "line): a caption's nouns are its words found there. Without it, "
                                                   "nltk's tagger as the reference (needs nltk and its tagger "
@@ -122,7 +149,10 @@ def train_pgseg_cmd(
                        weight_decay=weight_decay, eps=eps, clip_grad=clip_grad, crop_size=crop_size,
                        min_scale=min_scale, truncate=truncate or None, checkpoint_every=checkpoint_every,
                        log_every=log_every, seed=seed, multi_label=multi_label,
-                       multi_label_weight=multi_label_weight)
+                       multi_label_weight=multi_label_weight, noun_templates=noun_templates,
+                       multi_positive=multi_positive, multi_label_pool=multi_label_pool,
+                       assign_qk_init=assign_qk_init, qk_init=qk_init, temperature=temperature, hflip=hflip,
+                       hard_assignment=hard_assignment)
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
         s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
                             init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,

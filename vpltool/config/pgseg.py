@@ -13,7 +13,10 @@ from typing import Any
 from ..errors import VplWarning
 from .checks import at_least, choice, fraction, non_negative, positive, seed_value
 
-PGSEG_PRESETS = ("groupvit-s", "tiny")  # the model family's configs: the reference's GroupViT-S, a tiny one
+PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
+# the demo world's (the toy CLIP's image tower size)
+NOUN_TEMPLATES = ("full", "simple")  # the noun prompts' templates: CLIP's 80 ImageNet ones (the reference's), or
+# segmentation's one "a photo of a {}."
 PGSEG_RECIPES: dict[str, dict[str, Any]] = {
     "reference": {},
     # the demo world on 2 shared CPU cores: the family's tiny model on the whole 96 px scenes (min_scale 1: a crop
@@ -24,6 +27,14 @@ PGSEG_RECIPES: dict[str, dict[str, Any]] = {
     # pgseg_length.json); nothing was tuned on val. The demo (make pgseg) adds GroupViT's multi-label noun loss,
     # `--multi-label 3 --nouns FILE` (the world's shape and background words): a noun vocabulary is data, so the
     # recipe keeps the reference's 0 (docs/pgseg.md: the demo's figures with and without it)
+    # the demo world from `make-pairs` shards (32,000 pairs: one pass, 500 steps), chosen on the train split
+    # (docs/pgseg.md, studies/results/pgseg_recipe_probes.json): the toy CLIP's image tower size ("demo" preset),
+    # the whole 96 px views unflipped (their captions say left and right), GroupViT's multi-label loss (3 nouns)
+    # read on each image's best group (what segmentation reads), the assignment attention's mimetic init at gain 6
+    # (the others' at 2): with the reference's init every soft assignment stayed near uniform
+    "demo": {"preset": "demo", "batch_size": 64, "epochs": 1, "warmup_epochs": 0.05, "lr": 1e-3, "warmup_lr": 1e-5,
+             "min_lr": 1e-5, "crop_size": 96, "min_scale": 1.0, "hflip": False, "multi_label": 3,
+             "multi_label_pool": "max", "assign_qk_init": 6.0, "qk_init": 2.0, "log_every": 10},
     "cpu": {"preset": "tiny", "batch_size": 32, "epochs": 75, "warmup_epochs": 3, "lr": 1e-3, "warmup_lr": 1e-5,
             "min_lr": 1e-4, "crop_size": 96, "min_scale": 1.0, "log_every": 5},
 }
@@ -38,7 +49,7 @@ class PGSegTrainConfig:
     npr: bool = True  # False: plain GroupViT (the image-text contrastive loss alone)
     batch_size: int = 1024  # data.batch_size: per process (each rank's WebLoader batches this many)
     epochs: int = 30  # train.epochs
-    warmup_epochs: int = 10  # train.warmup_epochs
+    warmup_epochs: float = 10  # train.warmup_epochs (a fraction allowed: the warm-up is rounded to steps)
     lr: float = 1e-4  # train.base_lr; not scaled by the batch (main_pg_seg.py leaves the scaling commented out)
     warmup_lr: float = 1e-6  # train.warmup_lr: the warm-up's first value
     min_lr: float = 1e-5  # train.min_lr: the cosine's floor
@@ -57,6 +68,20 @@ class PGSegTrainConfig:
     # default_pgseg.yml, 3 in GroupViT's group_vit_gcc_yfcc_30e.yml), weighted (multi_label_loss_weight)
     multi_label: int = 0
     multi_label_weight: float = 1.0
+    noun_templates: str = "full"  # the noun prompts' templates (NOUN_TEMPLATES): "full", the reference's template_set
+    # both contrastive losses with every same-text pair of the batch a positive (PGSegConfig.multi_positive); False:
+    # the reference's one positive per row
+    multi_positive: bool = False
+    multi_label_pool: str = "mean"  # the multi-label loss's image side (PGSegConfig.multi_label_pool): "mean", the
+    # reference's pooled embedding; "max", each image's best final group
+    # mimetic query-key init gains (PGSegConfig.assign_qk_init / qk_init): the assignment attention's, every other
+    # attention's; 0: the reference's init
+    assign_qk_init: float = 0.0
+    qk_init: float = 0.0
+    temperature: float = 0.07  # model.contrast_temperature: the initial 1 / exp(logit_scale) of both losses
+    hard_assignment: bool = True  # model.img_encoder.hard_assignment: gumbel noise + straight-through hard
+    # assignment of the patches to the groups in training (the reference's); False: the plain softmax
+    hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
 
     def __post_init__(self) -> None:
         choice("--recipe", self.recipe, tuple(PGSEG_RECIPES))
@@ -67,11 +92,15 @@ class PGSegTrainConfig:
                  "each process)")
         for name in ("epochs", "crop_size", "log_every"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
-        for name in ("warmup_epochs", "checkpoint_every", "multi_label"):
+        for name in ("checkpoint_every", "multi_label"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
-        for name in ("lr", "eps"):
+        non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
+        choice("--noun-templates", self.noun_templates, NOUN_TEMPLATES)
+        choice("--multi-label-pool", self.multi_label_pool, ("mean", "max"))
+        for name in ("lr", "eps", "temperature"):
             positive(f"--{name.replace('_', '-')}", getattr(self, name))
-        for name in ("warmup_lr", "min_lr", "weight_decay", "clip_grad", "multi_label_weight"):
+        for name in ("warmup_lr", "min_lr", "weight_decay", "clip_grad", "multi_label_weight", "assign_qk_init",
+                     "qk_init"):
             non_negative(f"--{name.replace('_', '-')}", getattr(self, name))
         for name in ("beta1", "beta2"):
             fraction(f"--{name}", getattr(self, name))

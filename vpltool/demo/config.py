@@ -198,6 +198,38 @@ class ToySamConfig:
 
 
 @dataclass(frozen=True)
+class PairsConfig:
+    """What ``vpltool make-pairs`` writes: image-caption pairs of fresh demo scenes as webdataset shards, fed as the
+    toy CLIP is fed (:func:`vpltool.demo.train_toy_clip.detailed_view`).
+
+    Attributes:
+        scenes: samples to write, one fresh scene each (never a scene of a `make-world` split).
+        seed: seeds the scenes (:func:`vpltool.demo.toyclip.scene_seed` purpose ``"pairs"``), crops and captions.
+        shard_size: samples per ``.tar`` shard (img2dataset's ``number_sample_per_shard``, 10,000 there).
+        crop_prob: share of samples that are a random crop of their scene, re-captioned with what it shows (the toy
+            CLIP's 0.5).
+        detail: the probability of each look, size and position phrase per object (the toy CLIP's 0.5).
+        size: scene side in pixels (the toy CLIP's 96).
+    """
+
+    scenes: int = 25600
+    seed: int = 0
+    shard_size: int = 1000
+    crop_prob: float = 0.5
+    detail: float = 0.5
+    size: int = 96
+
+    def __post_init__(self) -> None:
+        at_least("--scenes", self.scenes, 1)
+        at_least("--shard-size", self.shard_size, 1)
+        seed_value("--seed", self.seed)
+        fraction("--crop-prob", self.crop_prob)
+        fraction("--detail", self.detail)
+        at_least("--size", self.size, 48, why=" pixels (a crop is at least 48 px)")
+        require(self.size <= MAX_SIZE, f"--size {self.size}: must be at most {MAX_SIZE} pixels")
+
+
+@dataclass(frozen=True)
 class WorldConfig:
     """What ``vpltool make-world`` renders (the Makefile's WORLD_TRAIN / WORLD_VAL / SEED match these)."""
 

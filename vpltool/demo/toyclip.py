@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
-from ..models import EXTRA_CONFIG, ClipBackbone, ModelSpec
+from ..models import EXTRA_CONFIG, ClipBackbone, ModelSpec, mimetic
 from ..ops.kernels import MiouAccumulator, cams_to_labels, upsample
 from .scenes import (
     BACKGROUNDS,
@@ -138,11 +138,8 @@ def equal_query_key(weight: torch.Tensor, bias: torch.Tensor | None, gain: float
     ``in_proj_weight``, timm's ``qkv.weight``) and its bias: ``W_q = W_k = gain * G / sqrt(width)``, G standard
     normal (one draw), query and key biases 0; the value rows are left as they are."""
     width = weight.shape[1]
-    w = torch.randn(width, width) * (gain / math.sqrt(width))
-    weight[:width] = w
-    weight[width:2 * width] = w
-    if bias is not None:
-        bias[: 2 * width] = 0
+    halves = (bias[:width], bias[width:2 * width]) if bias is not None else (None, None)
+    mimetic.equal_query_key(weight[:width], weight[width:2 * width], *halves, gain)
 
 
 def encode_images(bb: ClipBackbone, pixels: torch.Tensor, pool: str = "mean") -> torch.Tensor:
@@ -175,8 +172,9 @@ def to_pixels(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN, std: Sequen
 
 # --------------------------------------------------------------------------------------------- data
 def scene_seed(seed: int, purpose: str) -> int:
-    """The scene seed of the toy CLIP's ``"train"`` or ``"heldout"`` scenes, disjoint from the demo's splits."""
-    index = ("train", "heldout").index(purpose)
+    """The scene seed of the toy CLIP's ``"train"`` or ``"heldout"`` scenes, or of `make-pairs`' ``"pairs"``:
+    disjoint from each other and from the demo world's splits (:func:`vpltool.demo.scenes.split_seed`)."""
+    index = ("train", "heldout", "pairs").index(purpose)
     return int(np.random.SeedSequence([seed, 0x70C11B, index]).generate_state(1, np.uint64)[0])
 
 

@@ -166,17 +166,22 @@ def crop_with_mask(scene: Scene, rng: np.random.Generator, min_side: int = 48,
     return (_resized(scene.image[window], scene, Image.BICUBIC), _resized(scene.mask[window], scene, Image.NEAREST))
 
 
+def detailed_view(scene: Scene, rng: np.random.Generator, crop_prob: float, detail: float) -> tuple[np.ndarray, str]:
+    """One training view of ``scene``: with probability ``crop_prob`` a random crop (:func:`crop_with_mask`),
+    flipped half of the time (here, since a caption may say left or right), described from its mask
+    (:func:`vpltool.demo.scenes.detailed_caption`). Returns ``[H, W, 3]`` uint8 and the caption. `make-pairs`
+    writes these views as shards."""
+    image, mask = crop_with_mask(scene, rng) if rng.random() < crop_prob else (scene.image, scene.mask)
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    return image, detailed_caption(rng, mask, scene.labels, scene.background, detail)
+
+
 def _detailed_views(batch: Sequence[Scene], rng: np.random.Generator, crop_prob: float,
                     detail: float) -> tuple[np.ndarray, list[str]]:
-    """Like :func:`_views`, but flipped here (a caption may say left or right) and described from the mask."""
-    images, captions = [], []
-    for scene in batch:
-        image, mask = crop_with_mask(scene, rng) if rng.random() < crop_prob else (scene.image, scene.mask)
-        if rng.random() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        images.append(image)
-        captions.append(detailed_caption(rng, mask, scene.labels, scene.background, detail))
-    return np.stack(images), captions
+    """Like :func:`_views`, each scene's view by :func:`detailed_view`."""
+    views = [detailed_view(scene, rng, crop_prob, detail) for scene in batch]
+    return np.stack([v[0] for v in views]), [v[1] for v in views]
 
 
 def _flip(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -229,9 +234,55 @@ def _schedule(steps: int) -> Callable[[int], float]:
     return factor
 
 
+def open_pair_source(path: str | Path, batch_size: int, captions: str) -> Any:
+    """The pairs of ``path`` (`make-pairs` shards, any webdataset shards or caption folder:
+    :func:`vpltool.data.pairs.open_pairs`), checked before training: a sample without a caption, a caption with a
+    word outside the toy CLIP's vocabulary or too long for its context, fewer pairs than one batch: one line."""
+    from ..data.pairs import open_pairs
+    from .tokenizer import WordTokenizer
+    from .toyclip import context_length
+
+    pairs = open_pairs(path)  # a folder with split listings: its train split
+    if len(pairs.pairs) < batch_size:
+        raise VplError(f"{pairs.root}: {len(pairs.pairs)} pairs cannot fill one batch of {batch_size}; write more "
+                       f"(make-pairs --scenes) or lower --batch-size")
+    vocabulary, context = set(toy_vocabulary(captions)), context_length(captions)
+    split = WordTokenizer([], context).split
+    for p in pairs.pairs:
+        words = split(p.caption)
+        if not words:
+            raise VplError(f"{p.where()}: empty caption; write one, or drop the sample")
+        unknown = sorted(set(words) - vocabulary)
+        if unknown:
+            raise VplError(f"{p.where()}: caption words {unknown} are not in the toy CLIP's vocabulary; pass pairs "
+                           "of the demo world (make-pairs)")
+        if len(words) + 2 > context:
+            raise VplError(f"{p.where()}: caption of {len(words)} words is longer than the toy CLIP's context "
+                           f"({context - 2} words); shorten it")
+    return pairs
+
+
+def _pair_batches(pairs: Any, steps: int, batch_size: int,
+                  gen: torch.Generator) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """``steps`` batches of ``([B, H, W, 3] uint8, B captions)`` read in a seeded order, every pair once per pass (a
+    pass's last partial batch dropped), decoded as they are needed."""
+    from ..data.pairs import decode_rgb
+
+    per_pass = len(pairs.pairs) // batch_size
+    order: list[int] = []
+    for step in range(steps):
+        if step % per_pass == 0:
+            order = torch.randperm(len(pairs.pairs), generator=gen).tolist()
+        chosen = [pairs.pairs[i] for i in order[(step % per_pass) * batch_size:][:batch_size]]
+        yield np.stack([np.asarray(decode_rgb(p)) for p in chosen]), [p.caption for p in chosen]
+
+
 def _batches(steps: int, batch_size: int, seed: int, data_dir: str | Path | None, n_scenes: int | None,
-             cfg: SceneConfig, gen: torch.Generator) -> tuple[Iterator[list[Scene]], str]:
-    """The training batches and a one-line description of where they come from (recorded in vpltool.json)."""
+             cfg: SceneConfig, gen: torch.Generator, pairs: Any = None) -> tuple[Iterator, str]:
+    """The training batches (of scenes; of ready views with ``pairs``) and a one-line description of where they
+    come from (recorded in vpltool.json)."""
+    if pairs is not None:
+        return _pair_batches(pairs, steps, batch_size, gen), f"{len(pairs.pairs)} pairs in {Path(pairs.root).resolve()}"
     if data_dir is not None:
         pool = _world_pool(data_dir)
         return _pool_batches(pool, steps, batch_size, gen), f"world folder {Path(data_dir).resolve()}"
@@ -277,6 +328,7 @@ def train_toy_clip(
     out_dir: str | Path, cfg: ToyClipConfig = ToyClipConfig(), *, data_dir: str | Path | None = None,
     n_scenes: int | None = None, scene_cfg: SceneConfig = SceneConfig(), eval_scenes: int = 500,
     cam_scenes: int = 200, device: str = "cpu", on_step: Callable[[int, float], None] | None = None,
+    pairs: str | Path | Any = None,
 ) -> dict[str, Any]:
     """Train the toy CLIP on demo-world captions and save it as a ``local-dir:`` model folder.
 
@@ -292,6 +344,10 @@ def train_toy_clip(
         cam_scenes: held-out scenes for the GradCAM mIoU (0 skips it).
         device: 'cpu' (default, reproducible), 'cuda', or 'auto'.
         on_step: called as ``on_step(step, loss)`` after every step (1-based).
+        pairs: image-caption pairs to train on instead (`make-pairs` shards, or the PairSet
+            :func:`open_pair_source` opened and checked), each image
+            and caption as stored (no crop, no flip, no re-captioning: the shards hold the views); needs
+            ``cfg.captions`` 'detailed' for their words.
 
     Returns:
         ``final_loss`` (mean of the last 10 steps), ``caption_accuracy`` (top-1 over every label-set x background
@@ -299,17 +355,22 @@ def train_toy_clip(
         ``seconds`` (training only), ``steps``, ``path``; all but the path are also in ``vpltool.json``.
     """
     check_out_dir(Path(out_dir))
+    if pairs is not None and (data_dir is not None or n_scenes is not None):
+        raise VplError("--pairs: the pairs are the training data; drop the world folder / scene pool")
+    if pairs is not None and isinstance(pairs, (str, Path)):
+        pairs = open_pair_source(pairs, cfg.batch_size, cfg.captions)
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(Path(out_dir), cfg, data_dir, n_scenes, scene_cfg, eval_scenes, cam_scenes, device, on_step)
+        return _train(Path(out_dir), cfg, data_dir, n_scenes, scene_cfg, eval_scenes, cam_scenes, device, on_step,
+                      pairs)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(out_dir: Path, cfg: ToyClipConfig, data_dir, n_scenes, scene_cfg, eval_scenes, cam_scenes, device,
-           on_step) -> dict[str, Any]:
+           on_step, pairs=None) -> dict[str, Any]:
     """:func:`train_toy_clip` once the output folder is checked and the thread count is set."""
     from ..device import resolve_device
 
@@ -322,11 +383,13 @@ def _train(out_dir: Path, cfg: ToyClipConfig, data_dir, n_scenes, scene_cfg, eva
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 0xC409])  # crops and their captions
-    batches, source = _batches(cfg.steps, cfg.batch_size, cfg.seed, data_dir, n_scenes, scene_cfg, gen)
+    batches, source = _batches(cfg.steps, cfg.batch_size, cfg.seed, data_dir, n_scenes, scene_cfg, gen, pairs)
     losses: list[float] = []
     start = time.perf_counter()
     for step, batch in enumerate(batches, 1):
-        if cfg.captions == "names":
+        if pairs is not None:
+            views = batch
+        elif cfg.captions == "names":
             views = _views(batch, rng, cfg.crop_prob)
         else:
             views = _detailed_views(batch, rng, cfg.crop_prob, cfg.detail)

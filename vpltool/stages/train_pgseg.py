@@ -45,6 +45,7 @@ from ..data.nouns import noun_prompts, noun_source
 from ..data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
 from ..device import seed_everything
 from ..errors import VplError
+from ..presets import IMAGENET_TEMPLATES
 from ..runtime.batches import die_with_parent
 from ..runtime.ranks import prepare_run_folder, process_group
 
@@ -105,9 +106,10 @@ class PairViews(torch.utils.data.Dataset):
 
         self.pairs, self.tokenize, self.seed = pairs.pairs, tokenize, cfg.seed
         self.multi_label, self.nouns = cfg.multi_label, nouns
+        self.templates = IMAGENET_TEMPLATES if cfg.noun_templates == "full" else _family().TEMPLATES["simple"]
         self.transform = transforms.Compose([
             transforms.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0)),
-            transforms.RandomHorizontalFlip(),
+            *([transforms.RandomHorizontalFlip()] if cfg.hflip else []),
             transforms.ToTensor(),
             transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ])
@@ -124,7 +126,8 @@ class PairViews(torch.utils.data.Dataset):
         if self.multi_label == 0:
             return image, self.tokenize([pair.caption])[0]
         rng = np.random.RandomState(np.random.SeedSequence([self.seed, epoch, index, 1]).generate_state(1)[0])
-        return image, self.tokenize(noun_prompts(pair.caption, self.nouns(pair.caption), self.multi_label, rng))
+        return image, self.tokenize(noun_prompts(pair.caption, self.nouns(pair.caption), self.multi_label, rng,
+                                                 self.templates))
 
 
 class GlobalBatches(torch.utils.data.Sampler):

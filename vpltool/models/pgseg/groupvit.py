@@ -346,6 +346,7 @@ class GroupViTEncoder(nn.Module):
         if cfg.npr:
             self.mapping_text = ProjectMLP(in_dim=dim, out_dim=256)  # defined (and saved) by PGSeg, never called
         self.apply(_init_weights)
+        _mimetic(self, cfg.assign_qk_init, cfg.qk_init)
         if cfg.npr:
             self.logit_scale = nn.Parameter(torch.ones([]) * torch.log(torch.tensor(1 / 0.1)))
 
@@ -369,6 +370,24 @@ class GroupViTEncoder(nn.Module):
     def pooled(tokens: torch.Tensor) -> torch.Tensor:
         """``[B, G, C]`` -> ``[B, C]``: the mean over the final groups (the image embedding before projection)."""
         return tokens.mean(dim=1)
+
+
+def _mimetic(encoder: nn.Module, assign_gain: float, gain: float) -> None:
+    """The config's mimetic query-key inits (:func:`vpltool.models.mimetic.equal_query_key`), in module order:
+    ``assign_gain`` on every :class:`AssignAttention`, ``gain`` on every other attention (fused or not); a gain
+    of 0 leaves those as initialised (the reference)."""
+    from ..mimetic import equal_query_key
+
+    for m in encoder.modules():
+        g = assign_gain if isinstance(m, AssignAttention) else gain if isinstance(m, Attention) else 0.0
+        if g == 0:
+            continue
+        if getattr(m, "qkv_fuse", False):
+            w, b, width = m.qkv.weight, m.qkv.bias, m.qkv.weight.shape[1]
+            equal_query_key(w[:width], w[width:2 * width], None if b is None else b[:width],
+                            None if b is None else b[width:2 * width], g)
+        else:
+            equal_query_key(m.q_proj.weight, m.k_proj.weight, m.q_proj.bias, m.k_proj.bias, g)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -60,6 +60,18 @@ class PGSegConfig:
     tokenizer: str = "clip"
     multi_label: int = 0  # data.text_aug.multi_label: noun prompts per caption (0: no multi-label loss)
     multi_label_weight: float = 1.0  # MultiLabelContrastive's multi_label_loss_weight (share_temperature False)
+    # both contrastive losses' targets: False, the reference's (each image's own texts alone); True, every text of
+    # the batch with the same token ids as one of its own is a positive too (a duplicated caption or noun prompt
+    # is then no negative), the target spread evenly over them (the toy CLIP's multi-positive InfoNCE)
+    multi_positive: bool = False
+    # the image side of the multi-label loss: "mean", the reference's (the pooled embedding: the mean of the final
+    # groups, projected); "max", each final group projected and an image's similarity to a noun prompt its best
+    # group's (what zero-shot segmentation reads: each group matched to the class names)
+    multi_label_pool: str = "mean"
+    # mimetic query-key init (W_q = W_k, this gain: vpltool.models.mimetic) of every grouping block's assignment
+    # attention (assign_qk_init) and of every other attention, self and cross (qk_init); 0: the reference's init
+    assign_qk_init: float = 0.0
+    qk_init: float = 0.0
     # how the image encoder's softmax attention is computed, not what: True = PyTorch's fused
     # scaled_dot_product_attention (~1e-7 apart in fp32, which the hard assignment's argmax can turn into another
     # group: docs/pgseg.md); False = the reference's explicit softmax(q k^T) v, bit for bit
@@ -76,6 +88,8 @@ class PGSegConfig:
             raise ValueError("PGSegConfig: NPR needs exactly two grouping stages (three stages)")
         if self.multi_label < 0:
             raise ValueError("PGSegConfig: multi_label is a count of noun prompts (>= 0)")
+        if self.multi_label_pool not in ("mean", "max"):
+            raise ValueError("PGSegConfig: multi_label_pool is mean or max")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (tuples as lists)."""
@@ -102,8 +116,20 @@ def tiny_config(**overrides: Any) -> PGSegConfig:
     return PGSegConfig(**base)
 
 
+def demo_config(**overrides: Any) -> PGSegConfig:
+    """The demo world's model (`train-pgseg --recipe demo`): the toy CLIP's image tower size (96 px images in 8 px
+    patches: 144 tokens, width 128 in 2 heads of 64, 4 blocks in all: 2, 1, 1 per stage) with groups for scenes of
+    at most 3 objects on a background (8 then 4), a 2-layer 128-wide text encoder over 48 tokens (a detailed
+    caption has at most 35 of CLIP's BPE), 128-wide projector hidden layers. Every other setting is GroupViT's."""
+    base = dict(img_size=96, patch_size=8, embed_dim=128, depths=(2, 1, 1), num_heads=(2, 2, 2),
+                num_group_tokens=(8, 4, 0), num_output_groups=(8, 4), text_width=128, text_layers=2,
+                context_length=48, output_dim=64, proj_inner_dim=128)
+    base.update(overrides)
+    return PGSegConfig(**base)
+
+
 PRESETS = {"groupvit-s": lambda: PGSegConfig(npr=False), "pgseg-s": PGSegConfig, "tiny": tiny_config,
-           "tiny-groupvit": lambda: tiny_config(npr=False)}
+           "tiny-groupvit": lambda: tiny_config(npr=False), "demo": demo_config}
 
 
 class PGSeg(nn.Module):
@@ -178,20 +204,28 @@ class PGSeg(nn.Module):
 
     # ------------------------------------------------------------------ training
     def contrastive_loss(self, image_x: torch.Tensor, text_x: torch.Tensor, gather: Gather | None = None,
-                         rank: int = 0) -> torch.Tensor:
+                         rank: int = 0, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """The symmetric image-text InfoNCE of the reference (``loss``): ``[B, D]`` each, the other side gathered
-        across ranks, labels offset by ``B * rank``, scale ``exp(logit_scale)`` clamped at 100."""
+        across ranks, labels offset by ``B * rank``, scale ``exp(logit_scale)`` clamped at 100.
+
+        ``tokens`` (``[B, L]`` the captions' ids) with ``cfg.multi_positive``: every caption of the batch with the
+        same ids as sample ``b``'s is a positive of image ``b`` (and their images of text ``b``), the target
+        ``1 / n`` over the ``n`` of them (:func:`positive_targets`); with no duplicate it is the reference's loss."""
         b = image_x.shape[0]
-        labels = torch.arange(b, dtype=torch.long, device=image_x.device) + b * rank
         image_x, text_x = F.normalize(image_x, dim=-1), F.normalize(text_x, dim=-1)
         all_text = text_x if gather is None else gather(text_x)
         all_image = image_x if gather is None else gather(image_x)
         scale = torch.clamp(self.logit_scale.exp(), max=100)
+        if self.cfg.multi_positive and tokens is not None:
+            target = positive_targets(tokens[:, None], _gathered(tokens[:, None], gather))  # [B, W B]
+            return 0.5 * (_soft_target_ce(image_x @ all_text.t() * scale, target)
+                          + _soft_target_ce(text_x @ all_image.t() * scale, target))
+        labels = torch.arange(b, dtype=torch.long, device=image_x.device) + b * rank
         return 0.5 * (F.cross_entropy(image_x @ all_text.t() * scale, labels)
                       + F.cross_entropy(text_x @ all_image.t() * scale, labels))
 
     def multi_label_loss(self, image_feat: torch.Tensor, text_feat: torch.Tensor, gather: Gather | None = None,
-                         rank: int = 0) -> torch.Tensor:
+                         rank: int = 0, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """GroupViT's multi-label contrastive loss (``MultiLabelContrastive.multi_label_loss``), unweighted.
 
         Args:
@@ -202,15 +236,37 @@ class PGSeg(nn.Module):
         sample's ``L2`` prompts (``L1``: the other way round); scale ``exp(multi_label_logit_scale)`` clamped at
         100; the mean over rows of the soft cross-entropy (timm's ``SoftTargetCrossEntropy``), the two directions
         averaged. Returns a scalar float32.
+
+        ``tokens`` (``[B, L2, L]``, the prompts' ids; ``L1`` = 1) with ``cfg.multi_positive``: image ``b``'s target
+        is spread over every prompt of the batch whose ids equal one of its own prompts' (the same noun in the same
+        template), prompt ``(b, l)``'s over every image one of whose prompts it equals (:func:`positive_targets`).
+
+        With ``cfg.multi_label_pool`` "max", ``image_feat`` is ``[B, G, D]`` (each final group projected) and
+        image ``b``'s logit for a prompt is its best group's, ``max_g``: one row per image (``L1`` = 1 in the
+        targets).
         """
         b, l1, l2 = image_feat.shape[0], image_feat.shape[1], text_feat.shape[1]
-        image_x = F.normalize(image_feat, dim=-1).flatten(0, 1)  # [(B L1), D]
         text_x = F.normalize(text_feat, dim=-1).flatten(0, 1)  # [(B L2), D]
         all_text = text_x if gather is None else gather(text_x)  # [(W B L2), D], rank by rank
-        all_image = image_x if gather is None else gather(image_x)
         scale = torch.clamp(self.multi_label_logit_scale.exp(), max=100)
-        loss_img = self._soft_ce(image_x @ all_text.t() * scale, b, l1, l2, rank)
-        loss_text = self._soft_ce(text_x @ all_image.t() * scale, b, l2, l1, rank)
+        if self.cfg.multi_label_pool == "max":
+            groups = F.normalize(image_feat, dim=-1)  # [B, G, D]
+            all_groups = groups if gather is None else gather(groups)  # [W B, G, D]
+            i2t = torch.einsum("bgd,nd->bgn", groups, all_text).amax(1)  # [B, W B L2]
+            t2i = torch.einsum("nd,mgd->nmg", text_x, all_groups).amax(2)  # [(B L2), W B]
+            l1 = 1
+        else:
+            image_x = F.normalize(image_feat, dim=-1).flatten(0, 1)  # [(B L1), D]
+            all_image = image_x if gather is None else gather(image_x)
+            i2t, t2i = image_x @ all_text.t(), text_x @ all_image.t()
+        if self.cfg.multi_positive and tokens is not None and l1 == 1:
+            all_tokens = _gathered(tokens, gather)  # [W B, L2, L]
+            to_text = positive_targets(tokens, all_tokens)  # [B, (W B L2)]
+            # prompt (b, l) -> image b': positive when it equals one of b''s prompts
+            to_image = positive_targets(tokens.flatten(0, 1)[:, None], all_tokens, per="sample")  # [(B L2), W B]
+            return 0.5 * (_soft_target_ce(i2t * scale, to_text) + _soft_target_ce(t2i * scale, to_image))
+        loss_img = self._soft_ce(i2t * scale, b, l1, l2, rank)
+        loss_text = self._soft_ce(t2i * scale, b, l2, l1, rank)
         return 0.5 * (loss_img + loss_text)
 
     @staticmethod
@@ -265,11 +321,14 @@ class PGSeg(nn.Module):
         if self.cfg.npr:
             out.update(npr_losses(stages, text_mu, self.img_encoder.logit_scale, self.cfg.npr_weight))
         image_x = self.img_projector(self.img_encoder.pooled(tokens_img))
-        out["contrastive"] = self.contrastive_loss(image_x, text_all if k == 0 else text_x[:, 0], gather, rank)
+        out["contrastive"] = self.contrastive_loss(image_x, text_all if k == 0 else text_x[:, 0], gather, rank,
+                                                   tokens if k == 0 else tokens[:, 0])
         total = out["contrastive"] + out["npr"] if self.cfg.npr else out["contrastive"]
         if k > 0:
-            out["multi_label"] = self.multi_label_loss(image_x.unsqueeze(1), text_x[:, 1:], gather, rank) \
-                * self.cfg.multi_label_weight
+            image_feat = self.img_projector(tokens_img) if self.cfg.multi_label_pool == "max" else \
+                image_x.unsqueeze(1)
+            out["multi_label"] = self.multi_label_loss(image_feat, text_x[:, 1:], gather, rank,
+                                                       tokens[:, 1:]) * self.cfg.multi_label_weight
             total = total + out["multi_label"]
         out["loss"] = total
         return out
@@ -277,6 +336,28 @@ class PGSeg(nn.Module):
     def frozen(self) -> PGSeg:
         """Eval mode, no gradients (what :func:`~vpltool.models.registry.load_model` hands the stages)."""
         return self.eval().requires_grad_(False)
+
+
+def _gathered(tokens: torch.Tensor, gather: Gather | None) -> torch.Tensor:
+    """Every rank's token ids, rank by rank (exact through float32: ids < 2**24)."""
+    if gather is None:
+        return tokens
+    return gather(tokens.float()).round().long()
+
+
+def positive_targets(own: torch.Tensor, batch: torch.Tensor, per: str = "text") -> torch.Tensor:
+    """Multi-positive targets from token ids: ``own`` ``[R, A, L]`` (each row's own texts), ``batch`` ``[N, C, L]``
+    (every sample's texts). ``per="text"`` -> ``[R, N * C]``: weight ``1 / n`` on each of the ``n`` texts ``(j, c)``
+    equal to one of row ``r``'s own ``A`` texts; ``per="sample"`` -> ``[R, N]``: ``1 / n`` on each of the ``n``
+    samples ``j`` one of whose texts equals one of row ``r``'s. float32, 0 elsewhere, rows sum to 1."""
+    same = (own[:, None, :, None, :] == batch[None, :, None, :, :]).all(-1).any(2)  # [R, N, C]
+    same = (same.flatten(1) if per == "text" else same.any(2)).float()
+    return same / same.sum(1, keepdim=True).clamp(min=1)
+
+
+def _soft_target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """timm's ``SoftTargetCrossEntropy``: the mean over rows of ``-sum(target * log_softmax(logits))``."""
+    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
 def build_model(cfg: PGSegConfig, seed: int = 0) -> PGSeg:

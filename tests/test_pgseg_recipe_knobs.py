@@ -1,0 +1,125 @@
+"""The pgseg family's demo knobs, each off by default (the reference's arithmetic): multi-positive targets,
+the multi-label loss on the best group, the mimetic query-key init, and `train-pgseg`'s options for them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vpltool.config.pgseg import PGSegTrainConfig, pgseg_recipe
+from vpltool.errors import VplError
+from vpltool.models.pgseg import build_model, tiny_config
+from vpltool.models.pgseg.groupvit import AssignAttention, Attention
+from vpltool.models.pgseg.model import positive_targets
+
+
+def _model(**kw):
+    model = build_model(tiny_config(npr=False, **kw))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(5.0))
+        if kw.get("multi_label"):
+            model.multi_label_logit_scale.fill_(math.log(5.0))
+    return model
+
+
+def test_positive_targets_spread_over_equal_texts():
+    tok = torch.tensor([[1, 2], [3, 4], [1, 2]])[:, None]  # captions 0 and 2 equal
+    got = positive_targets(tok, tok)
+    assert torch.equal(got, torch.tensor([[0.5, 0, 0.5], [0, 1, 0], [0.5, 0, 0.5]]))
+    prompts = torch.tensor([[[1], [2]], [[2], [3]]])  # sample 0: nouns 1, 2; sample 1: 2, 3
+    third = 1 / 3  # sample 0's prompts 1, 2 equal texts (0,0), (0,1), (1,0); sample 1's 2, 3: (0,1), (1,0), (1,1)
+    assert torch.allclose(positive_targets(prompts, prompts),
+                          torch.tensor([[third, third, third, 0], [0, third, third, third]]))
+    per_sample = positive_targets(prompts.flatten(0, 1)[:, None], prompts, per="sample")
+    assert torch.equal(per_sample, torch.tensor([[1, 0], [0.5, 0.5], [0.5, 0.5], [0, 1]]))
+
+
+def test_multi_positive_contrastive_is_the_reference_without_duplicates_and_not_with_them():
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(4, 32, generator=g), torch.randn(4, 32, generator=g)
+    distinct = torch.arange(4)[:, None].repeat(1, 5)
+    ref, multi = _model(), _model(multi_positive=True)
+    assert multi.contrastive_loss(img, txt, tokens=distinct).item() == pytest.approx(
+        ref.contrastive_loss(img, txt).item(), rel=1e-6)
+    dup = distinct.clone()
+    dup[1] = dup[0]  # captions 0 and 1 identical: each other's positive now
+    want = _hand_multi(img, txt, [0, 0, 2, 3], 5.0)
+    assert multi.contrastive_loss(img, txt, tokens=dup).item() == pytest.approx(want, rel=1e-5)
+    assert want != pytest.approx(ref.contrastive_loss(img, txt).item(), rel=1e-3)
+
+
+def _hand_multi(img, txt, keys, scale):
+    """The multi-positive InfoNCE written out (float64): target 1/n over the n rows with the same key."""
+    a = torch.nn.functional.normalize(img.double(), dim=-1).numpy()
+    b = torch.nn.functional.normalize(txt.double(), dim=-1).numpy()
+    logits = scale * a @ b.T
+    same = np.array([[float(p == q) for q in keys] for p in keys])
+    target = same / same.sum(1, keepdims=True)
+
+    def ce(x):
+        logp = x - np.log(np.exp(x).sum(1, keepdims=True))
+        return -(target * logp).sum(1).mean()
+
+    return 0.5 * (ce(logits) + ce(logits.T))
+
+
+def test_multi_label_max_pool_reads_the_best_group():
+    g = torch.Generator().manual_seed(1)
+    groups, txt = torch.randn(2, 4, 32, generator=g), torch.randn(2, 3, 32, generator=g)
+    model = _model(multi_label=3, multi_label_pool="max")
+    got = model.multi_label_loss(groups, txt).item()
+    gn = torch.nn.functional.normalize(groups, dim=-1)
+    tn = torch.nn.functional.normalize(txt, dim=-1).flatten(0, 1)
+    best = torch.einsum("bgd,nd->bgn", gn, tn).amax(1)  # [2, 6]: each image's best group per prompt
+    mean_model = _model(multi_label=3)
+    # the reference's loss on these per-image similarities: the pooled path with image_x . text = best
+    i2t = mean_model._soft_ce(best * 5.0, 2, 1, 3, 0)
+    t2i = mean_model._soft_ce(best.T * 5.0, 2, 3, 1, 0)
+    assert got == pytest.approx(0.5 * (i2t + t2i).item(), rel=1e-5)
+    best = torch.einsum("gd,nd->gn", gn[0], tn).argmax(0)  # image 0's best group per prompt
+    moved = groups.clone()
+    moved[0, best[0]] = txt[0, 0]  # the best group of prompt (0, 0) becomes it
+    assert model.multi_label_loss(moved, txt).item() != pytest.approx(got, rel=1e-6)
+
+
+def test_forward_train_with_the_max_pool_trains_through_the_groups():
+    model = _model(multi_label=2, multi_label_pool="max").train()
+    images, tokens = torch.randn(2, 3, 32, 32), torch.randint(1, 100, (2, 3, 77))
+    out = model.forward_train(images, tokens)
+    out["loss"].backward()
+    assert math.isfinite(out["multi_label"].item())
+    assert model.multi_label_logit_scale.grad.abs() > 0
+    assign = next(m for m in model.img_encoder.modules() if isinstance(m, AssignAttention))
+    assert assign.q_proj.weight.grad.abs().sum() > 0  # the groups' assignment learns from the loss
+
+
+def test_mimetic_init_equal_query_key_and_gain_zero_is_the_reference():
+    ref = build_model(tiny_config(npr=False), seed=3)
+    same = build_model(tiny_config(npr=False, assign_qk_init=0.0, qk_init=0.0), seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), same.state_dict().values()))
+    both = build_model(tiny_config(npr=False, assign_qk_init=2.0, qk_init=1.0), seed=3)
+    for m in both.img_encoder.modules():
+        if isinstance(m, AssignAttention) or (isinstance(m, Attention) and not m.qkv_fuse):
+            assert torch.equal(m.q_proj.weight, m.k_proj.weight) and not m.q_proj.bias.any()
+        elif isinstance(m, Attention):
+            w = m.qkv.weight.shape[1]
+            assert torch.equal(m.qkv.weight[:w], m.qkv.weight[w:2 * w])
+    assign = next(m for m in both.img_encoder.modules() if isinstance(m, AssignAttention))
+    assert assign.q_proj.weight.std().item() == pytest.approx(2.0 / math.sqrt(assign.q_proj.weight.shape[1]),
+                                                              rel=0.2)
+
+
+def test_train_config_knobs_default_to_the_reference_and_refuse_bad_values():
+    cfg = PGSegTrainConfig()
+    assert (cfg.multi_positive, cfg.multi_label_pool, cfg.noun_templates, cfg.temperature, cfg.hflip,
+            cfg.hard_assignment, cfg.assign_qk_init, cfg.qk_init) == (False, "mean", "full", 0.07, True, True, 0.0,
+                                                                      0.0)
+    assert pgseg_recipe("demo").preset == "demo"
+    for bad, words in (({"multi_label_pool": "sum"}, "--multi-label-pool"), ({"temperature": 0.0}, "--temperature"),
+                       ({"noun_templates": "some"}, "--noun-templates"), ({"qk_init": -1.0}, "--qk-init"),
+                       ({"warmup_epochs": -0.5}, "--warmup-epochs")):
+        with pytest.raises(VplError, match=words):
+            PGSegTrainConfig(**bad)
