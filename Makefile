@@ -2,10 +2,7 @@
 # Make variables are the experiment config; each stage also records its params in its output's metadata.
 .DELETE_ON_ERROR:
 # every file a pattern rule makes (the CAM and mask folders of each refinement, their scores, the decoders) is kept,
-# not removed as an intermediate. By pattern, not a bare `.SECONDARY:`: that makes every target an intermediate
-# file, which make never rebuilds while what depends on it is newer, so after `make demo` the rows of `make sgc`,
-# `make dense` and `make affinity` (missing metrics files under a newer metrics.json) were never made
-.PRECIOUS: %/_stage.json %.json %.safetensors
+# not removed as an intermediate: .PRECIOUS at the end of this file lists every pattern rule's target pattern
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -593,3 +590,38 @@ pgseg: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/python studies/study_pgseg_demo.py --run $(PGSEG_RUN) --seeds $(PGSEG_SEEDS) \
 	  --jobs $(PGSEG_JOBS) > studies/results/pgseg_demo.json.tmp && \
 	  mv studies/results/pgseg_demo.json.tmp studies/results/pgseg_demo.json
+
+# every pattern rule's target pattern (above), so that make keeps what they make instead of deleting it as an
+# intermediate. make 4.3 matches .PRECIOUS against a rule's own target pattern, not a file's name (`%.json`
+# would keep nothing here), and has no .NOTINTERMEDIATE. Not a bare `.SECONDARY:`: that makes every target an
+# intermediate file, which make never rebuilds while what depends on it is newer, so after `make demo` the rows
+# of `make sgc`, `make dense` and `make affinity` (missing metrics files under a newer metrics.json) were never
+# made. A new pattern rule adds its target here (tests/test_make_targets.py checks that none is deleted)
+.PRECIOUS: %/cams_text/_stage.json \
+  %/cams_vision/_stage.json \
+  %/cams_text_val/_stage.json \
+  %/cams_vision_val/_stage.json \
+  %/pseudo/_stage.json \
+  %/pseudo_val/_stage.json \
+  %/pseudo_text/_stage.json \
+  %/pseudo_text_val/_stage.json \
+  $(RUN)/metrics/%_val.json \
+  $(RUN)/metrics/%.json \
+  %/decoder/decoder.safetensors \
+  %/pred_train/_stage.json \
+  $(RUN)/dense/%/segment_val/_stage.json \
+  $(RUN)/dense/%/cams/_stage.json \
+  $(RUN)/dense/%/crf/_stage.json \
+  $(RUN)/dense/%/pred_val/_stage.json \
+  $(RUN)/metrics/dense/%/segment_val.json \
+  $(RUN)/metrics/dense/%/pred_val.json \
+  $(RUN)/metrics/dense/%/cams.json \
+  $(RUN)/metrics/dense/%/pseudo.json \
+  $(RUN)/weclip_seed%/decoder.safetensors \
+  $(RUN)/pred_weclip_seed%/_stage.json \
+  $(RUN)/metrics/weclip_seed%.json \
+  $(RUN)/weclipplus_seed%/decoder.safetensors \
+  $(RUN)/pred_weclipplus_seed%/_stage.json \
+  $(RUN)/metrics/weclipplus_seed%.json \
+  $(RUN)/predtrain_%/_stage.json \
+  $(RUN)/metrics/train_%.json

@@ -135,3 +135,15 @@ def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
     for target in ("demo", "sgc", "dense", "affinity"):
         _, again = make(world, target)
         assert again == [], (target, again)
+
+
+@pytest.mark.parametrize("target", ["demo", "sgc", "dense", "affinity", "weclip", "pgseg", "voc"])
+def test_no_target_deletes_what_a_pattern_rule_made(target):
+    """Every pattern rule's target is in .PRECIOUS: make deletes no CAM folder record, mask record or decoder as an
+    intermediate (with `.PRECIOUS: %.json %.safetensors`, which make 4.3 does not match against a rule's own
+    pattern, `make -n weclip` ended in `rm runs/x/weclip_seed0/decoder.safetensors ...`)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    dry = subprocess.run(["make", "-n", target, "RUN=runs/x", "DEVICE=cpu"], cwd=ROOT, capture_output=True,
+                         text=True, env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert not [line for line in dry.stdout.splitlines() if line.startswith("rm ")], dry.stdout[-2000:]
