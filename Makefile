@@ -414,6 +414,10 @@ bench: setup
 	$(call run_bench,bench_flops.py,,flops.json)
 	$(call run_bench,bench_demo.py,--toy-clip,demo.json)
 	$(call run_bench,bench_report.py,,report.json)
+	# train-pgseg's step against the reference's fp32 loop (PGSEG_REF: a clone of Ferenas/PGSeg; without it vpltool's
+	# side alone): on the CPU whatever BENCH_DEVICE says, as the reference's loop runs without apex there
+	$(BENCH)/bench_train_pgseg.py --device cpu $(if $(PGSEG_REF),--ref $(PGSEG_REF) --fused) $(BENCH_ARGS) \
+	  > $(BENCH_OUT)/train_pgseg.json.tmp && mv $(BENCH_OUT)/train_pgseg.json.tmp $(BENCH_OUT)/train_pgseg.json
 	# a VOC-scale run of every stage (10,582 photos), and where cam's and extract's time goes on the device (torch's
 	# profiler): on a GPU only (BENCH_DEVICE=cuda), or smoke-tested (--quick)
 	$(if $(BENCH_GPU_ONLY),$(call run_bench,bench_gpu_pipeline.py,,gpu_pipeline.json))

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     result["bar_met"] = all(r < 1.0 for r in ratios.values()) if ratios else None
     result["peak_memory"] = peaks.as_list()
     result["seconds"] = round(time.time() - t0, 1)
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -272,7 +272,8 @@ def test_empty_dataset_and_unknown_layout(tmp_path):
     with pytest.raises(VplError, match="empty"):
         open_dataset(root)
     (tmp_path / "junk").mkdir()
-    with pytest.raises(VplError, match=r"junk: unknown dataset layout.*VOC.*COCO.*labels\.csv"):
+    # an empty folder is not a folder of photos either: one line naming it and every layout it could have been
+    with pytest.raises(VplError, match=r"junk: is empty: no image .*photos.*VOC.*COCO.*labels\.csv"):
         open_dataset(tmp_path / "junk")
 
 

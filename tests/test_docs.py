@@ -93,8 +93,10 @@ def unknown_options(page: Path, table: dict[str, set[str]]) -> list[str]:
                 options, where = words[words.index(script) + 1:], script
             elif Path(words[0]).name in FOREIGN or words[:3] == ["python", "-m", "pytest"]:
                 continue
-            else:  # options quoted in prose (`--dim` 256, `--flip/--no-flip`): some command must have them
-                allowed, options, where = every, words, "any command"
+            else:  # options quoted in prose (`--dim` 256, `--flip/--no-flip`): some command must have them, up to
+                # a foreign command named inside the span (an error message's "the same torchrun --nproc-per-node")
+                foreign = next((i for i, w in enumerate(words) if w in FOREIGN), len(words))
+                allowed, options, where = every, words[:foreign], "any command"
             for word in options:
                 for option in OPTION.findall(word):
                     if not _known(option, allowed):
