@@ -4474,12 +4474,12 @@ def _cell(text: str) -> str:
 
 
 def _stable(text: str) -> str:
-    """``text`` with each shortened sha256 (``sha256 1c9daaf6d13e…``) shown as ``sha256 …``: a digest of a file the
-    workspace wrote (prototypes, checkpoints carry their own digests and times) differs from run to run, and the
-    page must not."""
+    """``text`` with each shortened sha256 shown as ``…``: ``sha256 1c9daaf6d13e… there, 474521d14289… here``
+    becomes ``sha256 … there, … here``. A digest of a file the workspace wrote (prototypes, checkpoints carry their
+    own digests and times) differs from run to run, and the page must not."""
     import re
 
-    return re.sub(r"sha256 [0-9a-f]{12}…", "sha256 …", text)
+    return re.sub(r"\b[0-9a-f]{12}…", "…", text)
 
 
 def render(rows: list[tuple[Case, str, Outcome]]) -> str:
