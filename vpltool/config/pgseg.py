@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import VplWarning
+from ..errors import VplError, VplWarning
 from .checks import at_least, choice, fraction, non_negative, positive, seed_value
 
 PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
@@ -78,6 +78,8 @@ class PGSegTrainConfig:
     # attention's; 0: the reference's init
     assign_qk_init: float = 0.0
     qk_init: float = 0.0
+    attention_window: int = 0  # the first stage's attention window in patches (PGSegConfig.attention_window); 0:
+    # global, the reference's
     temperature: float = 0.07  # model.contrast_temperature: the initial 1 / exp(logit_scale) of both losses
     hard_assignment: bool = True  # model.img_encoder.hard_assignment: gumbel noise + straight-through hard
     # assignment of the patches to the groups in training (the reference's); False: the plain softmax
@@ -92,7 +94,10 @@ class PGSegTrainConfig:
                  "each process)")
         for name in ("epochs", "crop_size", "log_every"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
-        for name in ("checkpoint_every", "multi_label"):
+        if self.attention_window and self.attention_window % 2 == 0:
+            raise VplError(f"--attention-window {self.attention_window}: a window is centred on its patch, so it "
+                           f"spans an odd number of patches; pass {self.attention_window + 1} (or 0: global)")
+        for name in ("checkpoint_every", "multi_label", "attention_window"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
         non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
         choice("--noun-templates", self.noun_templates, NOUN_TEMPLATES)

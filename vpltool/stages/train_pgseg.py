@@ -234,7 +234,14 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
     out = fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
-                                     "multi_label_weight": cfg.multi_label_weight})
+                                     "multi_label_weight": cfg.multi_label_weight,
+                                     "multi_positive": cfg.multi_positive, "multi_label_pool": cfg.multi_label_pool,
+                                     "contrast_temperature": cfg.temperature,
+                                     "hard_assignment": cfg.hard_assignment,
+                                     # an init's weights are trained: its own init gains stay as recorded
+                                     **({} if init_config is not None else
+                                        {"assign_qk_init": cfg.assign_qk_init, "qk_init": cfg.qk_init,
+                                         "attention_window": cfg.attention_window})})
     patch = getattr(out, "patch_size", 1)
     if cfg.crop_size < patch:  # no patch token at all: a traceback in the first forward
         raise VplError(f"--crop-size {cfg.crop_size}: smaller than the model's patch ({patch} px), so a crop holds "

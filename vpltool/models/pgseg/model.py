@@ -72,6 +72,10 @@ class PGSegConfig:
     # attention (assign_qk_init) and of every other attention, self and cross (qk_init); 0: the reference's init
     assign_qk_init: float = 0.0
     qk_init: float = 0.0
+    # how the first stage's blocks mix the patch tokens: 0, globally (the reference's); k (odd), each patch token
+    # attends to its k x k patch neighbourhood alone while the group tokens attend to everything (the toy CLIP's
+    # windowed early blocks, whose patch tokens stay local: what its dense read-out segments with)
+    attention_window: int = 0
     # how the image encoder's softmax attention is computed, not what: True = PyTorch's fused
     # scaled_dot_product_attention (~1e-7 apart in fp32, which the hard assignment's argmax can turn into another
     # group: docs/pgseg.md); False = the reference's explicit softmax(q k^T) v, bit for bit
@@ -90,6 +94,8 @@ class PGSegConfig:
             raise ValueError("PGSegConfig: multi_label is a count of noun prompts (>= 0)")
         if self.multi_label_pool not in ("mean", "max"):
             raise ValueError("PGSegConfig: multi_label_pool is mean or max")
+        if self.attention_window < 0 or (self.attention_window and self.attention_window % 2 == 0):
+            raise ValueError("PGSegConfig: attention_window is 0 (global) or an odd patch count")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (tuples as lists)."""
