@@ -166,3 +166,33 @@ def test_attention_window_keeps_the_first_stages_patch_tokens_local():
     assert not torch.allclose(q0, q1)
     with pytest.raises(VplError, match="--attention-window 4: .*pass 5"):
         PGSegTrainConfig(attention_window=4)
+
+
+def test_same_caption_nouns_keys_captions_by_their_nouns(monkeypatch):
+    """``--same-caption nouns``: each view carries its caption's key, the sorted set of its vocabulary nouns, so
+    two captions of the same shapes on the same background are one caption to the multi-positive loss, whatever
+    else they say; the key needs --multi-positive and the noun loss."""
+    from types import SimpleNamespace
+
+    from vpltool.data.nouns import VocabularyNouns
+    from vpltool.models import pgseg as fam
+    from vpltool.stages import train_pgseg
+    from vpltool.stages.train_pgseg import PairViews
+
+    with pytest.raises(VplError, match="--same-caption nouns: needs --multi-positive"):
+        pgseg_recipe("demo", same_caption="nouns")
+    cfg = pgseg_recipe("cpu", multi_label=2, multi_positive=True, same_caption="nouns", noun_templates="simple")
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 40))
+    pairs = SimpleNamespace(pairs=[SimpleNamespace(caption=c, image=image) for c in (
+        "a red star and a big circle on grass", "a small circle left of a blue star on grass",
+        "a red star and a big circle on sky")])
+    tokenize = fam.tokenizer(tiny_config())
+    views = PairViews(pairs, tokenize, cfg, VocabularyNouns(["star", "circle", "grass", "sky"]))
+    monkeypatch.setattr(train_pgseg, "decode_rgb", lambda pair: pair.image)
+    items = [views[(i, 0)] for i in range(3)]
+    assert all(len(item) == 3 for item in items)
+    keys = [item[2] for item in items]
+    assert torch.equal(keys[0], keys[1]) and not torch.equal(keys[0], keys[2])
+    assert not torch.equal(items[0][1][0], items[1][1][0])  # the captions themselves differ

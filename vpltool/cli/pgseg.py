@@ -89,6 +89,9 @@ def train_pgseg_cmd(
         help="Every text of the batch equal to one of a sample's own (a repeated caption or noun prompt) is a "
              f"positive of its image, not a negative [default: {_default('multi_positive')}; the reference: "
              "single].")] = None,
+    same_caption: Annotated[Optional[str], _opt("Which captions --multi-positive counts as the same: text (equal "
+                                                "token ids) or nouns (the same set of --nouns words, whatever else "
+                                                "they say: the toy CLIP's caption key).", "same_caption")] = None,
     assign_qk_init: Annotated[Optional[float], _opt("Mimetic init of the grouping's assignment attention (W_q = "
                                                     "W_k, this gain: a patch starts in the group it looks like); "
                                                     "0 = the reference's init.", "assign_qk_init")] = None,
@@ -154,7 +157,7 @@ def train_pgseg_cmd(
                        min_scale=min_scale, truncate=truncate or None, checkpoint_every=checkpoint_every,
                        log_every=log_every, seed=seed, multi_label=multi_label,
                        multi_label_weight=multi_label_weight, noun_templates=noun_templates,
-                       multi_positive=multi_positive, multi_label_pool=multi_label_pool,
+                       multi_positive=multi_positive, same_caption=same_caption, multi_label_pool=multi_label_pool,
                        assign_qk_init=assign_qk_init, qk_init=qk_init, attention_window=attention_window,
                        temperature=temperature, hflip=hflip,
                        hard_assignment=hard_assignment)

@@ -15,6 +15,7 @@ from .checks import at_least, choice, fraction, non_negative, positive, seed_val
 
 PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
 # the demo world's (the toy CLIP's image tower size)
+SAME_CAPTION = ("text", "nouns")  # what makes two captions the same for --multi-positive
 NOUN_TEMPLATES = ("full", "simple")  # the noun prompts' templates: CLIP's 80 ImageNet ones (the reference's), or
 # segmentation's one "a photo of a {}."
 PGSEG_RECIPES: dict[str, dict[str, Any]] = {
@@ -72,6 +73,10 @@ class PGSegTrainConfig:
     # both contrastive losses with every same-text pair of the batch a positive (PGSegConfig.multi_positive); False:
     # the reference's one positive per row
     multi_positive: bool = False
+    # which captions are the same one to --multi-positive's contrastive loss: "text", equal token ids; "nouns", the
+    # same set of noun-vocabulary words (the toy CLIP's caption key: two captions of the same shapes on the same
+    # background, whatever their colours and places)
+    same_caption: str = "text"
     multi_label_pool: str = "mean"  # the multi-label loss's image side (PGSegConfig.multi_label_pool): "mean", the
     # reference's pooled embedding; "max", each image's best final group
     # mimetic query-key init gains (PGSegConfig.assign_qk_init / qk_init): the assignment attention's, every other
@@ -102,6 +107,10 @@ class PGSegTrainConfig:
         non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
         choice("--noun-templates", self.noun_templates, NOUN_TEMPLATES)
         choice("--multi-label-pool", self.multi_label_pool, ("mean", "max"))
+        choice("--same-caption", self.same_caption, SAME_CAPTION)
+        if self.same_caption == "nouns" and not (self.multi_positive and self.multi_label):
+            raise VplError("--same-caption nouns: needs --multi-positive (it says which captions are positives of "
+                           "each other) and --multi-label K with nouns (it reads the nouns); pass both")
         for name in ("lr", "eps", "temperature"):
             positive(f"--{name.replace('_', '-')}", getattr(self, name))
         for name in ("warmup_lr", "min_lr", "weight_decay", "clip_grad", "multi_label_weight", "assign_qk_init",

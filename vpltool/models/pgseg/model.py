@@ -289,7 +289,7 @@ class PGSeg(nn.Module):
         return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
     def forward_train(self, images: torch.Tensor, tokens: torch.Tensor, gather: Gather | None = None,
-                      rank: int | None = None) -> dict[str, torch.Tensor]:
+                      rank: int | None = None, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One training forward on ``B`` image-caption pairs (call ``train()`` first: gumbel assignment, drop path,
         batch statistics, the text prototypes' momentum update).
 
@@ -302,6 +302,8 @@ class PGSeg(nn.Module):
                 None = one process.
             rank: this process's rank (the contrastive labels' offset); None = ``torch.distributed``'s when a
                 ``gather`` is given and a group is initialised, else 0.
+            keys: ``[B, Lk]`` int64, what makes two captions the same for ``cfg.multi_positive`` (equal rows:
+                positives of each other's images); None = the captions' own token ids.
 
         Returns:
             ``loss`` (total = ``contrastive`` + ``npr`` + ``multi_label``), ``contrastive``, with NPR ``npr``,
@@ -327,8 +329,9 @@ class PGSeg(nn.Module):
         if self.cfg.npr:
             out.update(npr_losses(stages, text_mu, self.img_encoder.logit_scale, self.cfg.npr_weight))
         image_x = self.img_projector(self.img_encoder.pooled(tokens_img))
+        caption_keys = keys if keys is not None else tokens if k == 0 else tokens[:, 0]
         out["contrastive"] = self.contrastive_loss(image_x, text_all if k == 0 else text_x[:, 0], gather, rank,
-                                                   tokens if k == 0 else tokens[:, 0])
+                                                   caption_keys)
         total = out["contrastive"] + out["npr"] if self.cfg.npr else out["contrastive"]
         if k > 0:
             image_feat = self.img_projector(tokens_img) if self.cfg.multi_label_pool == "max" else \
