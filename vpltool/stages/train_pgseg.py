@@ -47,7 +47,7 @@ from ..device import seed_everything
 from ..errors import VplError
 from ..presets import IMAGENET_TEMPLATES
 from ..runtime.batches import die_with_parent
-from ..runtime.ranks import prepare_run_folder, process_group
+from ..runtime.ranks import check_resumable, prepare_run_folder, process_group
 
 STAGE = "train-pgseg"
 FINAL = "pgseg.safetensors"
@@ -305,14 +305,7 @@ def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str,
     old = f.meta("train_config")
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
             if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
-    said += io.changed_inputs(f.meta("inputs"), inputs, INPUT_OPTIONS)
-    was = f.meta("world_size", None)
-    if was is not None and was != world:
-        said.append(f"{was} process(es) there (global batch {was * params['batch_size']}), {world} here (global "
-                    f"batch {world * params['batch_size']}): resume with the same torchrun --nproc-per-node")
-    if said:
-        raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
-                       "options and inputs, or start again without --resume (with --overwrite)")
+    check_resumable(f, said, inputs, INPUT_OPTIONS, world, params["batch_size"])
 
 
 def diverged(losses: dict[str, float], grad_norm: float) -> bool:
