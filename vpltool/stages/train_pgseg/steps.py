@@ -43,8 +43,8 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.model, self.gather = model, gather
 
-    def forward(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
-        return self.model.forward_train(images, tokens, gather=self.gather)
+    def forward(self, images: Tensor, tokens: Tensor, keys: Tensor | None = None) -> dict[str, Tensor]:
+        return self.model.forward_train(images, tokens, gather=self.gather, keys=keys)
 
 
 def gather_ranks(x: Tensor) -> Tensor:
@@ -72,14 +72,15 @@ def make_optimizer(model: torch.nn.Module, cfg: PGSegTrainConfig) -> torch.optim
 
 
 def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
-               tokens: Tensor, lr: float, clip_grad: float | None) -> tuple[dict[str, Tensor], Tensor]:
+               tokens: Tensor, lr: float, clip_grad: float | None,
+               keys: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """One iteration of the reference's loop on a batch already on the device: ``losses = step(images, tokens)``,
     backward, the gradient norm clipped to ``clip_grad`` (None / 0: measured only), AdamW at rate ``lr``. Returns
     the losses and the norm as tensors: nothing here waits for the device (the caller reads them when it logs)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     step.train()
-    losses = step(images, tokens)
+    losses = step(images, tokens) if keys is None else step(images, tokens, keys)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     params = [p for p in model.parameters() if p.grad is not None]
