@@ -117,8 +117,10 @@ MODEL_TINY = dict(
     contrast_temperature=0.07, proj_num_layers=2, output_dim=32, multi_label=0)
 
 
-def perturb(model, seed: int = 0) -> None:
-    """Seeded noise on every float parameter and buffer (BatchNorm variances stay positive)."""
+def perturb(model, seed: int = 0, kept: tuple[str, ...] = ()) -> None:
+    """Seeded noise on every float parameter and buffer (BatchNorm variances stay positive); the NPR prototypes
+    (``.mu``: the reference's own random unit rows) and the tensors named in ``kept`` are left as drawn (their noise
+    is drawn all the same, so the others' is the same whatever is kept)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -129,21 +131,34 @@ def perturb(model, seed: int = 0) -> None:
             noise = torch.randn(t.shape, generator=g) * 0.02
             if name.endswith("running_var"):
                 t.copy_(1.0 + torch.rand(t.shape, generator=g) * 0.5)
-            elif name.endswith(".mu"):
-                continue  # the NPR prototypes: the reference's own random unit rows
+            elif name.endswith(".mu") or name in kept:
+                continue
             else:
                 t.add_(noise)
 
 
-def build(clone: Path, tiny: bool):
+def reference_model(spec: dict, groupvit: bool = False, multi_label: int | None = None, kept: tuple[str, ...] = ()):
+    """The clone's ``MultiLabelContrastive`` as every PGSeg / GroupViT parity builds it: ``spec`` (:data:`MODEL_TINY`
+    or :data:`MODEL_FULL`), with ``groupvit`` NVlabs/GroupViT's image encoder (the same sizes, no ``return_attn_o``),
+    ``multi_label`` when given, made under seed 0 and perturbed (:func:`perturb`, ``kept`` left as drawn). Shared by
+    this runner and pgseg_trainer_ref_runner.py. Returns ``(model, spec)``, the spec as passed to the class."""
     import torch
 
     models = importlib.import_module("models")
-    spec = dict(MODEL_TINY if tiny else MODEL_FULL)
+    spec = {k: v for k, v in spec.items() if k != "type"}
+    if groupvit:
+        img = {k: v for k, v in spec["img_encoder"].items() if k != "return_attn_o"}
+        spec["img_encoder"] = {**img, "type": "GroupViT"}
+    if multi_label is not None:
+        spec["multi_label"] = multi_label
     torch.manual_seed(0)
-    model = models.MultiLabelContrastive(**{k: v for k, v in spec.items() if k != "type"})
-    perturb(model)
-    return model
+    model = models.MultiLabelContrastive(**spec)
+    perturb(model, kept=kept)
+    return model, spec
+
+
+def build(clone: Path, tiny: bool):
+    return reference_model(MODEL_TINY if tiny else MODEL_FULL)[0]
 
 
 def slide_inference(seg, img, crop: int, stride: int):
@@ -255,13 +270,7 @@ def groupvit_model(args, multi_label: int, checkpoint: str):
     K), its initial state saved as ``args.out / checkpoint`` in the releases' layout: ``(model, spec)``."""
     import torch
 
-    models = importlib.import_module("models")
-    spec = {k: v for k, v in (MODEL_TINY if args.tiny else MODEL_FULL).items() if k != "type"}
-    img = {k: v for k, v in spec["img_encoder"].items() if k not in ("return_attn_o",)}
-    spec = {**spec, "img_encoder": {**img, "type": "GroupViT"}, "multi_label": multi_label}
-    torch.manual_seed(0)
-    model = models.MultiLabelContrastive(**spec)
-    perturb(model)
+    model, spec = reference_model(MODEL_TINY if args.tiny else MODEL_FULL, groupvit=True, multi_label=multi_label)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": {k: v.clone() for k, v in model.state_dict().items()}}, args.out / checkpoint)
     return model, spec

@@ -4,13 +4,14 @@ the CPU, for one or several processes (gloo).
     python pgseg_trainer_ref_runner.py --clone DIR --plan plan.pt --out OUT [--groupvit] [--timm DIR]
     torchrun --nproc-per-node 2 pgseg_trainer_ref_runner.py ...          (two processes)
 
-It imports nothing from vpltool. What runs is the clone's code: ``main_pg_seg.py`` (``--groupvit``:
-``main_group_vit.py``) imported as a module and its ``train_one_epoch`` called once per epoch as its ``train()``
-does, with the clone's ``utils.build_optimizer`` (AdamW, weight decay off for 1-d parameters and biases) and
-``utils.build_scheduler`` (timm's ``CosineLRScheduler``, stepped by ``step_update(epoch * steps + idx)``), its
+It imports nothing from vpltool; its model is the one pgseg_ref_runner.py builds (``reference_model``: seed 0 and
+seeded noise, ``multi_label_logit_scale`` left at 1 / 0.07). What runs is the clone's code: ``main_pg_seg.py``
+(``--groupvit``: ``main_group_vit.py``) imported as a module and its ``train_one_epoch`` called once per epoch as its
+``train()`` does, with the clone's ``utils.build_optimizer`` (AdamW, weight decay off for 1-d parameters and biases)
+and ``utils.build_scheduler`` (timm's ``CosineLRScheduler``, stepped by ``step_update(epoch * steps + idx)``), its
 ``parse_losses``, its gradient clipping, its ``MultiLabelContrastive`` with ``dist_collect`` through the real
-``diffdist`` all-gather, its image transform (``datasets/builder.py build_img_transform``, ``deit_aug: false``)
-and ``Tokenize``. ``--timm DIR``: a folder holding timm 0.4.12 (the version both repositories pin; its
+``diffdist`` all-gather, its image transform (``datasets/builder.py build_img_transform``, ``deit_aug: false``) and
+``Tokenize``. ``--timm DIR``: a folder holding timm 0.4.12 (the version both repositories pin; its
 ``CosineLRScheduler`` takes ``t_mul``, which timm 1.x renamed), put first on ``sys.path``.
 
 Stubbed or changed, none of it in the compared arithmetic:
@@ -49,7 +50,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from refstubs import stub_module  # parity/ is the script's folder
+from pgseg_ref_runner import MODEL_TINY, reference_model  # parity/ is the script's folder
+from refstubs import stub_module
 
 
 def install_stubs() -> None:
@@ -109,34 +111,6 @@ class Attr(dict):
     def __getattr__(self, name):
         value = self[name]
         return Attr(value) if isinstance(value, dict) else value
-
-
-MODEL_TINY = dict(
-    img_encoder=dict(type="PGSeg", img_size=32, patch_size=8, embed_dim=64, embed_factors=[1, 1, 1],
-                     num_heads=[1, 1, 1], depths=[1, 1, 1], num_group_tokens=[16, 8, 0], num_output_groups=[16, 8],
-                     drop_rate=0.0, drop_path_rate=0.1, return_attn_o=True),
-    text_encoder=dict(type="TextTransformer", context_length=77, width=64, layers=1, vocab_size=49408),
-    contrast_temperature=0.07, proj_num_layers=2, output_dim=32, multi_label=0)
-
-
-def perturb(model, seed: int = 0) -> None:
-    """Seeded noise on every float parameter and buffer (pgseg_ref_runner.py's), BatchNorm variances positive,
-    the NPR prototypes as drawn; ``multi_label_logit_scale`` kept at 1 / 0.07 (vpltool's ``--init`` starts that
-    scale afresh: GroupViT's releases are read for inference)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.state_dict(keep_vars=True).items()):
-            if not t.is_floating_point():
-                continue
-            noise = torch.randn(t.shape, generator=g) * 0.02
-            if name.endswith("running_var"):
-                t.copy_(1.0 + torch.rand(t.shape, generator=g) * 0.5)
-            elif name.endswith(".mu") or name == "multi_label_logit_scale":
-                continue
-            else:
-                t.add_(noise)
 
 
 def plain_batchnorm(module):
@@ -231,18 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(clone)
     install_stubs()
     main_mod = importlib.import_module("main_group_vit" if args.groupvit else "main_pg_seg")
-    models = importlib.import_module("models")
     builder = importlib.import_module("datasets.builder")
     utils = importlib.import_module("utils")
 
-    spec = {k: v for k, v in MODEL_TINY.items()}
-    if args.groupvit:
-        img = {k: v for k, v in spec["img_encoder"].items() if k != "return_attn_o"}
-        spec["img_encoder"] = {**img, "type": "GroupViT"}
-    spec["multi_label"] = plan["multi_label"]
-    torch.manual_seed(0)
-    model = models.MultiLabelContrastive(**spec)
-    perturb(model)
+    # multi_label_logit_scale kept at 1 / 0.07: vpltool's --init starts that scale afresh (GroupViT's releases are
+    # read for inference)
+    model, _ = reference_model(MODEL_TINY, groupvit=args.groupvit, multi_label=plan["multi_label"],
+                               kept=("multi_label_logit_scale",))
     if rank == 0:
         torch.save({"model": {k: v.clone() for k, v in model.state_dict().items()}}, out / "ref_checkpoint.pth")
     plain_batchnorm(model)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from vpltool import io
 from vpltool.config import DecoderConfig, PredictConfig, RuntimeConfig
+from vpltool.runtime import batches
 from vpltool.stages import predict
 
 
@@ -26,14 +27,14 @@ def test_photos_of_different_sizes_with_the_same_view_grid_share_a_batch_and_kee
     io.write_mask(mask, np.asarray(Image.open(mask).resize((93, 95), Image.NEAREST)))
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
     run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cpu", workers=1))
-    sizes, real = [], predict.load_batches
+    sizes, real = [], batches.load_batches  # the loop of predict: run_image_batches
 
     def recording(*args, **kwargs):
         for batch in real(*args, **kwargs):
             sizes.append(len(batch["index"]))
             yield batch
 
-    monkeypatch.setattr(predict, "load_batches", recording)
+    monkeypatch.setattr(batches, "load_batches", recording)
     decoder = tmp_path / "d" / "decoder.safetensors"
     runs = {}
     for batch in (1, 6):

@@ -13,7 +13,7 @@ from vpltool import io
 from vpltool.config import DecoderConfig, PredictConfig, RuntimeConfig, SegmentConfig
 from vpltool.data import open_dataset
 from vpltool.errors import VplError
-from vpltool.models import segmentor
+from vpltool.runtime import batches
 from vpltool.stages.segment import class_names, class_synonyms, run_segment
 
 CPU = RuntimeConfig(device="cpu", workers=1)
@@ -116,12 +116,12 @@ def test_predict_classes_through_the_dense_path(world, gt_pseudo, text_protos, t
 
 
 def test_segment_and_dense_cam_loops_never_stall(world, tiny_spec, text_protos, tmp_path, monkeypatch):
-    """The main thread's loops of the dense segmentor and of `cam --dense` dispatch no op that waits for the device
-    (tests/stalls.py)."""
+    """The main thread's loops of the dense segmentor and of `cam --dense` (both the shared
+    :func:`vpltool.runtime.batches.run_image_batches`) dispatch no op that waits for the device (tests/stalls.py)."""
     from vpltool.stages.cam import dense as dense_cam
 
     monkeypatch.setenv("VPLTOOL_TEST_CUDA_PATHS", "1")
-    counters, real = [], segmentor.load_batches
+    counters, real = [], batches.load_batches
 
     def counting(*args, **kwargs):
         counter = StallCounter()
@@ -130,8 +130,7 @@ def test_segment_and_dense_cam_loops_never_stall(world, tiny_spec, text_protos, 
             with counter:
                 yield batch
 
-    monkeypatch.setattr(segmentor, "load_batches", counting)
-    monkeypatch.setattr(dense_cam, "load_batches", counting)
+    monkeypatch.setattr(batches, "load_batches", counting)
     ds = open_dataset(world, "train")
     for method in ("naclip", "sclip"):  # PAMR; the area filter and slide windows
         run_segment(ds, tmp_path / method, tiny_spec, SegmentConfig(dense=method, slide_crop=32, slide_stride=16,
@@ -165,8 +164,7 @@ def test_the_dense_loops_never_synchronise_on_a_gpu(world, tiny_spec, text_proto
                 torch.cuda.set_sync_debug_mode("default")
         return wrapped
 
-    monkeypatch.setattr(segmentor, "load_batches", checked(segmentor.load_batches))
-    monkeypatch.setattr(dense_cam, "load_batches", checked(dense_cam.load_batches))
+    monkeypatch.setattr(batches, "load_batches", checked(batches.load_batches))
     gpu = RuntimeConfig(device="cuda", batch_size=2, workers=2)
     ds = open_dataset(world, "train")
     for method in ("naclip", "sclip"):

@@ -15,6 +15,7 @@ from stalls import StallCounter
 
 from vpltool.config import DecoderConfig, ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
+from vpltool.runtime import batches
 from vpltool.stages import cam, extract, predict
 
 IMAGES = 8
@@ -81,7 +82,7 @@ def test_predict_loop_never_stalls(cuda_paths, world8, gt_pseudo, text_protos, t
 
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
     run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cpu", workers=1))
-    counted = _counted(monkeypatch, predict)
+    counted = _counted(monkeypatch, batches)  # predict's loop: run_image_batches
     summary = predict.run_predict(tmp_path / "d" / "decoder.safetensors", world8, "train", tmp_path / "p", runtime=RUN)
     assert summary.done == IMAGES
     _check(counted)
@@ -126,6 +127,6 @@ def test_the_steady_state_loops_never_synchronise_on_a_gpu(world8, tiny_spec, te
     assert cam.run_cam(world8, text_protos, tmp_path / "cd", split="train", runtime=gpu).done == IMAGES
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
     run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cuda", workers=1))
-    seen = _sync_checked(monkeypatch, predict)
+    seen = _sync_checked(monkeypatch, batches)  # predict's loop: run_image_batches
     assert predict.run_predict(tmp_path / "d" / "decoder.safetensors", world8, "train", tmp_path / "p",
                                runtime=gpu).done == IMAGES

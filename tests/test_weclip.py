@@ -27,11 +27,11 @@ from vpltool.stages.train_decoder.online import (
     affinity_targets,
     decoder_affinity,
     online_pseudo_mask,
-    par,
     propagation_attention,
     radius_mask,
     weclip_losses,
 )
+from vpltool.stages.train_decoder.par import par
 
 CPU = RuntimeConfig(device="cpu", workers=1)
 WECLIP = replace(decoder_recipe("weclip", iters=4, batch_size=2, crop_size=64, dim=16, layers=1, heads=2,
@@ -276,7 +276,7 @@ def test_predict_picks_weclip_views_for_a_weclip_decoder(weclip_run, tmp_path):
 
 
 def test_par_neighbours_are_the_one_hot_dilated_convolution_exactly():
-    from vpltool.stages.train_decoder.online import NEIGHBOURS, _neighbours
+    from vpltool.stages.train_decoder.par import NEIGHBOURS, _neighbours
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 11, 17)
@@ -293,7 +293,7 @@ def test_par_neighbours_are_the_one_hot_dilated_convolution_exactly():
 def test_par_gives_the_values_of_par_py_stacked_arithmetic_exactly():
     """PAR.py's round is ``(neighbours stacked [B, K, n, h, w] * aff).sum(2)`` on weights computed batch-wise; the
     run-by-run sum, the weights image by image and a batch of crops padded to one K give the same float32 values."""
-    from vpltool.stages.train_decoder.online import _neighbours, par_affinity, par_step
+    from vpltool.stages.train_decoder.par import _neighbours, par_affinity, par_step
 
     def stacked_affinity(image, dilations):  # PAR.py:forward before its loop, the whole batch at once
         b, _, h, w = image.shape

@@ -1,9 +1,9 @@
 """The file contract: the only package that reads or writes vpltool's formats (docs/file-formats.md).
 
-* :mod:`~vpltool.io.files`: atomic writes (regular files only, the umask respected), JSON, hashes, logs.
+* :mod:`~vpltool.io.files`: atomic writes (regular files only, the umask respected), JSON, hashes.
 * :mod:`~vpltool.io.tensors`: safetensors with contract metadata (kind, format, version, classes, params).
 * :mod:`~vpltool.io.kinds`: ``features``, ``prototypes``, ``cam``, ``cam-debug``, one reader and one writer each.
-* :mod:`~vpltool.io.training`: ``decoder`` and ``decoder-checkpoint``.
+* :mod:`~vpltool.io.training`: a training run's ``log.jsonl``, ``decoder`` and ``decoder-checkpoint``.
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
 * :mod:`~vpltool.io.metrics`: `eval --json` results and a run's ``metrics.json``, checked on read.
 * :mod:`~vpltool.io.events`: TensorBoard event files (the optional ``tensorboard`` extra).
@@ -21,7 +21,6 @@ from .events import check_events_folder, check_tensorboard, open_events
 from .files import (
     NAME_MAX,
     append_line,
-    append_log,
     atomic_path,
     atomic_write,
     by_content,
@@ -39,12 +38,9 @@ from .files import (
     numbered_lines,
     raise_write_error,
     read_json,
-    read_log,
     sha256_file,
     text_lines,
-    trim_log,
     write_json,
-    write_log,
     write_text,
 )
 from .guard import check_log_target, check_outputs, folder_owner, run_outputs
@@ -133,10 +129,14 @@ from .tensors import (
 from .training import (
     CHECKPOINT_KIND,
     DECODER_KIND,
+    append_log,
     read_checkpoint,
     read_decoder,
+    read_log,
+    trim_log,
     write_checkpoint,
     write_decoder,
+    write_log,
 )
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Plain files: atomic writes (regular files only, the umask respected), JSON, hashes and file identities, logs.
+"""Plain files: atomic writes (regular files only, the umask respected), JSON, hashes and file identities.
 
 Every file vpltool writes goes through :func:`atomic_path`: a temporary name in the same folder, renamed into place
 only once complete, so a crash never leaves a file that looks finished.
@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -420,39 +420,3 @@ def by_content(obj: Any) -> Any:
     if isinstance(obj, list):
         return [by_content(v) for v in obj]
     return obj
-
-
-def read_log(path: str | os.PathLike, upto: int | None = None) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl`` (those whose ``iter`` is <= ``upto`` when given).
-
-    A last line without its newline is dropped: a write cut short (disk full, power loss) must not stop
-    ``--resume``, and that iteration is past the checkpoint anyway.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text().split("\n")[:-1]  # the piece after the last newline is empty or torn
-    records = [json.loads(line) for line in lines if line.strip()]
-    return [r for r in records if upto is None or r["iter"] <= upto]
-
-
-def write_log(path: str | os.PathLike, records: list[Mapping[str, Any]]) -> Path:
-    """Replace a ``log.jsonl`` by ``records``, atomically (a resumed run trims the log to its checkpoint)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return Path(path)
-
-
-def trim_log(path: str | os.PathLike, start: int) -> None:
-    """A training run's ``log.jsonl`` as the run starting at iteration ``start`` continues it: the records up to its
-    checkpoint kept (a resume), none for a fresh start (``start`` 0: a killed run's lines go); nothing is written
-    for a fresh start with no log. Both trainers call it once, before their first iteration, so that a log never
-    holds an iteration twice or another run's lines."""
-    path = Path(path)
-    if start or path.exists():
-        write_log(path, read_log(path, upto=start) if start else [])
-
-
-def append_log(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """One record appended to a ``log.jsonl`` (one JSON object per line)."""
-    append_line(path, json.dumps(record))

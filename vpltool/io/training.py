@@ -1,17 +1,20 @@
-"""The files of a decoder run: the trained decoder, its checkpoint (kinds ``decoder``, ``decoder-checkpoint``).
+"""The files of a training run: the ``log.jsonl`` both trainers write (:func:`read_log`, :func:`trim_log`,
+:func:`append_log`), and a decoder run's trained decoder and checkpoint (kinds ``decoder``, ``decoder-checkpoint``).
 
 The decoder module itself (:class:`vpltool.decoder.SegDecoder`) is rebuilt from these by ``vpltool.decoder``; this
-module only reads and writes the tensors and their metadata. ``log.jsonl`` is in :mod:`vpltool.io.files`.
+module only reads and writes the tensors and their metadata.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ContractError
+from .files import append_line, atomic_path
 from .tensors import TensorFile, check_finite, read_tensors, write_tensors
 
 DECODER_KIND = "decoder"
@@ -101,3 +104,39 @@ def read_checkpoint(path: str | os.PathLike, *, header_only: bool = False, kind:
             _, pid, name = key.split(".", 2)
             slots.setdefault(int(pid), {})[name] = value
     return model, {"state": slots, "param_groups": f.meta("optim_groups")}, f
+
+
+def read_log(path: str | os.PathLike, upto: int | None = None) -> list[dict[str, Any]]:
+    """The records of a ``log.jsonl`` (those whose ``iter`` is <= ``upto`` when given).
+
+    A last line without its newline is dropped: a write cut short (disk full, power loss) must not stop
+    ``--resume``, and that iteration is past the checkpoint anyway.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # the piece after the last newline is empty or torn
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in records if upto is None or r["iter"] <= upto]
+
+
+def write_log(path: str | os.PathLike, records: list[Mapping[str, Any]]) -> Path:
+    """Replace a ``log.jsonl`` by ``records``, atomically (a resumed run trims the log to its checkpoint)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return Path(path)
+
+
+def trim_log(path: str | os.PathLike, start: int) -> None:
+    """A training run's ``log.jsonl`` as the run starting at iteration ``start`` continues it: the records up to its
+    checkpoint kept (a resume), none for a fresh start (``start`` 0: a killed run's lines go); nothing is written
+    for a fresh start with no log. Both trainers call it once, before their first iteration, so that a log never
+    holds an iteration twice or another run's lines."""
+    path = Path(path)
+    if start or path.exists():
+        write_log(path, read_log(path, upto=start) if start else [])
+
+
+def append_log(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """One record appended to a ``log.jsonl`` (one JSON object per line)."""
+    append_line(path, json.dumps(record))

@@ -33,7 +33,7 @@ from .. import io
 from ..config.dense import SAM_REFINE_FIELDS
 from ..device import autocast
 from ..errors import ContractError
-from ..runtime.batches import BackgroundWriter, BatchRunner, load_batches, plan_batches, resolve_batch_size
+from ..runtime.batches import run_image_batches
 
 MMSEG_LONG_EDGE = 2048  # the methods' configs: Resize(scale=(2048, short), keep_ratio=True)
 
@@ -377,31 +377,20 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
                                 f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
         return dense_input(pre, image, inputs[i], extra)
 
-    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
-    runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
-                         advice="pass a smaller --short-side or --slide-crop, or a smaller --batch-size")
-    with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(items), plan_batches(inputs, size), load, runtime.loader_workers(bb.device),
-                                  bb.device):
-            index = batch["index"]
-            pixels = bb.pixels(batch["pixels"], inputs[index[0]])
-            sams = list(batch["sam"]) if "sam" in batch else None
+    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its masks
+        index = batch["index"]
+        pixels = bb.pixels(batch["pixels"], inputs[index[0]])
+        sams = list(batch["sam"]) if "sam" in batch else None
+        return lambda part: {"masks": labels_batch(bb, pixels[part], text, query_class, n_classes, settings,
+                                                   [sizes[i] for i in index[part]], dtype,
+                                                   None if sams is None else sams[part])}
 
-            def run(part: slice, index=index, pixels=pixels, sams=sams) -> tuple[slice, list[torch.Tensor]]:
-                return part, labels_batch(bb, pixels[part], text, query_class, n_classes, settings,
-                                          [sizes[i] for i in index[part]], dtype,
-                                          None if sams is None else sams[part])
+    def write(index: list[int], t: dict) -> None:  # on a writer thread
+        for i, mask in zip(index, t["masks"]):
+            io.write_mask(io.mask_path(out, items[i].id), np.asarray(mask.numpy(), dtype=np.uint8), items[i].id)
 
-            for part, masks in runner(len(index), run):
-                writer.submit({"masks": masks}, _writer(out, [items[i].id for i in index[part]]), n=len(masks))
-
-
-def _writer(out: Path, ids: list[str]) -> Callable[[dict], None]:
-    def write(t: dict) -> None:
-        for item_id, mask in zip(ids, t["masks"]):
-            io.write_mask(io.mask_path(out, item_id), np.asarray(mask.numpy(), dtype=np.uint8), item_id)
-
-    return write
+    run_image_batches(items, sizes, inputs, load, run, write, bb.device, runtime,
+                      "pass a smaller --short-side or --slide-crop, or a smaller --batch-size", on_item)
 
 
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",

@@ -29,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -252,5 +253,26 @@ def prepare_run_folder(out_dir: Path, checkpoint: Path, refusals: Sequence[tuple
     return checkpoint if resume and checkpoint.is_file() else None
 
 
+def check_resumable(checkpoint, said: Sequence[str], inputs: Mapping[str, Any], input_options: Mapping[str, str],
+                    world: int, batch_size: int) -> None:
+    """Refuse to resume a training run from ``checkpoint`` (a :class:`vpltool.io.TensorFile`'s header) made with other
+    settings, inputs or world size, naming every difference at once (a second try must not meet a second refusal):
+    ``said``, the trainer's own (each option with its value there and here), then each input of ``inputs`` whose
+    content differs from the checkpoint's record (:func:`vpltool.io.changed_inputs`, ``input_options`` naming the
+    option of each), then the world size (the global batch, ``world x batch_size``, follows from it). Before
+    anything is written: a refused resume leaves the folder as it was. Shared by train-decoder and train-pgseg."""
+    from ..io import changed_inputs
+
+    said = [*said, *changed_inputs(checkpoint.meta("inputs"), inputs, input_options)]
+    was = checkpoint.meta("world_size", None)
+    if was is not None and was != world:
+        said.append(f"{was} process(es) there (global batch {was * batch_size}), {world} here (global batch "
+                    f"{world * batch_size}): resume with the same torchrun --nproc-per-node")
+    if said:
+        raise VplError(f"{checkpoint.path}: made with other settings or inputs ({'; '.join(said)}); resume with the "
+                       "same options and inputs, or start again without --resume (with --overwrite)")
+
+
 __all__ = ["SPLIT", "ONE", "ALL", "RENDEZVOUS_S", "PEER_WAIT_S", "in_group", "runs_here", "waiting_line",
-           "command_group", "alone", "peer_gone", "peer_lost", "process_group", "prepare_run_folder"]
+           "command_group", "alone", "peer_gone", "peer_lost", "process_group", "prepare_run_folder",
+           "check_resumable"]

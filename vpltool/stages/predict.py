@@ -28,6 +28,7 @@ per scale, then each image's scores resized to its own size), through the shared
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -52,15 +53,7 @@ from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
 from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
-from ..runtime.batches import (
-    BackgroundWriter,
-    BatchRunner,
-    image_stage,
-    load_batches,
-    plan_batches,
-    resolve_batch_size,
-    to_device,
-)
+from ..runtime.batches import BackgroundWriter, image_stage, run_image_batches, to_device
 
 STAGE = "predict"
 
@@ -325,25 +318,22 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
         resized = {f"view{j}": pre.loaded(image, size) for j, size in enumerate(views[i])}
         return {**resized, **({"image": image} if keep_image else {})}
 
-    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
-    runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
-                         advice="pass a smaller --long-side or --scales, or a smaller --batch-size")
-    with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(items), plan_batches(views, size), load, runtime.loader_workers(bb.device),
-                                  bb.device):
-            index = batch["index"]
-            pixels = [bb.pixels(batch[f"view{j}"], views[index[0]][j]) for j in range(len(cfg.scales))]
+    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its scores
+        index = batch["index"]
+        pixels = [bb.pixels(batch[f"view{j}"], views[index[0]][j]) for j in range(len(cfg.scales))]
 
-            def run(part: slice) -> tuple[slice, list[torch.Tensor]]:
-                grid = multiscale_logits(forward, [p[part] for p in pixels], cfg.flip)  # [b, C+1, h0, w0]
-                scores = [_image_scores(grid[b : b + 1], sizes[index[part.start + b]], cfg.crf)
-                          for b in range(part.stop - part.start)]
-                return part, (_crf_masks(scores, batch["image"][part], cfg) if crf_on_device else scores)
+        def chunk(part: slice) -> dict:
+            grid = multiscale_logits(forward, [p[part] for p in pixels], cfg.flip)  # [b, C+1, h0, w0]
+            scores = [_image_scores(grid[b : b + 1], sizes[index[part.start + b]], cfg.crf)
+                      for b in range(part.stop - part.start)]
+            images = batch["image"][part] if keep_image else [None] * len(scores)
+            return {"scores": _crf_masks(scores, images, cfg) if crf_on_device else scores, "image": images}
 
-            for part, scores in runner(len(index), run):
-                images = batch["image"][part] if keep_image else [None] * len(scores)
-                writer.submit({"scores": scores}, _writer(out, [items[i].id for i in index[part]], images, cfg,
-                                                          overlays), n=len(scores))
+        return chunk
+
+    write = _writer(out, [item.id for item in items], cfg, overlays)
+    run_image_batches(items, sizes, views, load, run, write, bb.device, runtime,
+                      "pass a smaller --long-side or --scales, or a smaller --batch-size", on_item)
 
 
 def _predict_weclip(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int,
@@ -353,15 +343,16 @@ def _predict_weclip(bb: ClipBackbone, model, blocks, items: list, sizes: list[tu
     :func:`_predict`."""
     keep_image = cfg.crf or overlays is not None
     forward = decoder_forward(bb, model, blocks, dtype)
+    write = _writer(out, [item.id for item in items], cfg, overlays)
     with BackgroundWriter(on_item) as writer:
-        for item, size in zip(items, sizes):
+        for i, (item, size) in enumerate(zip(items, sizes)):
             image = io.load_image(item.image)
             grid = multiscale_logits(forward, weclip_views(bb, image, long_side, cfg.scales), cfg.flip)
             scores = [_image_scores(grid, size, cfg.crf)]
             if cfg.crf and cfg.crf_backend == "torch":
                 scores = _crf_masks(scores, [image], cfg)
-            writer.submit({"scores": scores}, _writer(out, [item.id], [image if keep_image else None], cfg,
-                                                      overlays), n=1)
+            writer.submit({"scores": scores, "image": [image if keep_image else None]}, functools.partial(write, [i]),
+                          n=1)
 
 
 def _image_scores(logits: torch.Tensor, size: tuple[int, int], crf: bool) -> torch.Tensor:
@@ -379,18 +370,19 @@ def _crf_masks(probs: list[torch.Tensor], images: list[np.ndarray], cfg: Predict
                       crf_config(cfg), None)
 
 
-def _writer(out: Path, ids: list[str], images: list, cfg: PredictConfig, overlays):
-    """A batch's masks, on a writer thread: ``scores`` are the masks, or with ``cfg.crf`` and pydensecrf the
-    probabilities the CRF runs on here."""
+def _writer(out: Path, ids: list[str], cfg: PredictConfig, overlays) -> Callable[[list[int], dict], None]:
+    """Writes a chunk's masks, on a writer thread: ``write(index, t)`` for the images ``index`` of ``ids``, ``t``'s
+    ``scores`` the masks, or with ``cfg.crf`` and pydensecrf the probabilities the CRF runs on here, and its
+    ``image`` the decoded images (None unless the CRF or the overlays need them)."""
 
-    def write(t: dict) -> None:
-        for item_id, image, scores in zip(ids, images, t["scores"]):
+    def write(index: list[int], t: dict) -> None:
+        for i, image, scores in zip(index, t["image"], t["scores"]):
             if cfg.crf and cfg.crf_backend == "pydensecrf":
                 mask = dense_crf(image, scores.float().numpy(), crf_config(cfg)).argmax(0).astype(np.uint8)
             else:
                 mask = scores.numpy()
-            io.write_mask(io.mask_path(out, item_id), mask, item_id)
+            io.write_mask(io.mask_path(out, ids[i]), mask, ids[i])
             if overlays is not None:
-                io.write_png(io.mask_path(overlays, item_id), overlay(image, mask))
+                io.write_png(io.mask_path(overlays, ids[i]), overlay(image, mask))
 
     return write

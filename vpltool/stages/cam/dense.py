@@ -23,14 +23,7 @@ from ...device import autocast, resolve_device, resolve_precision, shard_from_en
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
 from ...models.segmentor import segment_logits, settings_params, short_side_size
-from ...runtime.batches import (
-    BackgroundWriter,
-    BatchRunner,
-    image_stage,
-    load_batches,
-    plan_batches,
-    resolve_batch_size,
-)
+from ...runtime.batches import image_stage, run_image_batches
 from .sources import is_extract_folder
 
 STAGE = "cam"
@@ -109,32 +102,27 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
             out_maps.append(dense_maps(lg.float(), rows, len(labels), settings.logit_scale))
         return out_maps
 
-    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1)
-    runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})",
-                         advice="pass a smaller --short-side or --slide-crop, or a smaller --batch-size")
-    with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(items), plan_batches(inputs, size), load, runtime.loader_workers(bb.device),
-                                  bb.device):
-            index = batch["index"]
-            pixels = bb.pixels(batch["pixels"], inputs[index[0]])
-            for part, maps in runner(len(index), lambda s, index=index, pixels=pixels: (s, maps_of(pixels[s],
-                                                                                                  index[s]))):
-                finite = [torch.isfinite(m).all() for m in maps]
-                writer.submit({"maps": maps, "finite": finite},
-                              _writer(out, [items[i] for i in index[part]], [sizes[i] for i in index[part]], classes,
-                                      params), n=len(maps))
+    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its maps
+        index = batch["index"]
+        pixels = bb.pixels(batch["pixels"], inputs[index[0]])
 
+        def chunk(part: slice) -> dict:
+            maps = maps_of(pixels[part], index[part])
+            return {"maps": maps, "finite": [torch.isfinite(m).all() for m in maps]}
 
-def _writer(out: Path, items: list, sizes: list, classes, params: dict) -> Callable[[dict], None]:
-    def write(t: dict) -> None:
-        for item, size, maps, ok in zip(items, sizes, t["maps"], t["finite"]):
+        return chunk
+
+    def write(index: list[int], t: dict) -> None:  # on a writer thread
+        for i, maps, ok in zip(index, t["maps"], t["finite"]):
+            item = items[i]
             if not bool(ok):
                 raise ContractError(f"{io.cam_path(out, item.id)}: the dense CAMs of {item.id} hold NaN or inf; not "
                                     "written (broken weights or prototypes: try --precision fp32)")
-            io.write_cam(io.cam_path(out, item.id), maps, item.labels, image_size=list(size), classes=classes,
+            io.write_cam(io.cam_path(out, item.id), maps, item.labels, image_size=list(sizes[i]), classes=classes,
                          params=params, checked=True, id=item.id)
 
-    return write
+    run_image_batches(items, sizes, inputs, load, run, write, bb.device, runtime,
+                      "pass a smaller --short-side or --slide-crop, or a smaller --batch-size", on_item)
 
 
 __all__ = ["run_dense_cam", "dense_maps"]

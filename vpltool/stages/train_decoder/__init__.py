@@ -18,17 +18,17 @@ in DataLoader workers, sent as uint8, normalised on the device) runs through the
 * ``cache_features``: the frozen features of every image resized to ``crop x crop`` and of its mirror are computed
   once; iterations then cost no CLIP forward but see no rescale and no crop.
 
-Modules: :mod:`.data` (augmentation, batch plan, loading, feature cache: the one owner of the data path),
-:mod:`.steps` (learning rate, losses, step, loss reads, checkpoints, DDP), :mod:`.board` (TensorBoard); this one
-runs the stage. Outputs in ``out_dir``: ``decoder.safetensors`` (kind ``decoder``), ``checkpoints/last.safetensors``
-(model + optimizer, kind ``decoder-checkpoint``), ``log.jsonl`` and ``curve.png``; with ``tensorboard``, event files
-there.
+Modules: :mod:`.inputs` (what the run reads and records, its run folder), :mod:`.data` (augmentation, batch plan,
+loading, feature cache: the one owner of the data path), :mod:`.steps` (learning rate, losses, step, loss reads,
+checkpoints, DDP), :mod:`.online` and :mod:`.par` (WeCLIP's masks made in the loop), :mod:`.board` (TensorBoard);
+this one runs the stage. Outputs in ``out_dir``: ``decoder.safetensors`` (kind ``decoder``),
+``checkpoints/last.safetensors`` (model + optimizer, kind ``decoder-checkpoint``), ``log.jsonl`` and ``curve.png``;
+with ``tensorboard``, event files there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ... import io, presets
-from ...config import MAX_TOKENS, DecoderConfig, RuntimeConfig, to_params
+from ... import io
+from ...config import DecoderConfig, RuntimeConfig, to_params
 from ...data import open_dataset, open_recorded
 from ...decoder import (
     SegDecoder,
@@ -54,7 +54,7 @@ from ...device import resolve_precision, seed_everything
 from ...errors import VplError
 from ...models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ...models.gradcam import PrototypeRows
-from ...runtime.ranks import prepare_run_folder, process_group
+from ...runtime.ranks import process_group
 from .board import Board, draw_curve, memory_gib
 from .data import (
     BatchPlan,
@@ -67,6 +67,17 @@ from .data import (
     held_out_label_map,
     normalize_views,
     training_views,
+)
+from .inputs import (
+    CHECKPOINT,
+    WRITES,
+    check_crop,
+    drop_classes,
+    online_dataset,
+    prepare_out,
+    prompt_recipe,
+    run_inputs,
+    training_pairs,
 )
 from .online import LabelledImages, labelled_views, online_step
 from .steps import (
@@ -84,10 +95,6 @@ from .steps import (
 from .validation import evaluate, predict_labels
 
 STAGE = "train-decoder"
-CHECKPOINT = "checkpoints/last.safetensors"
-# every file the run writes in --out, which --overwrite deletes first: each is declared to the output guard, so that
-# no input of the run may be one of them (io.check_outputs)
-WRITES = {"--out decoder": "decoder.safetensors", "--out log": "log.jsonl", "--out curve": "curve.png"}
 MASK_STAGES = ("crf", "predict")  # pseudo masks: CRF output, or a decoder's own predictions (self-training)
 
 
@@ -109,63 +116,13 @@ class TrainSummary:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-def _training_pairs(dataset, pseudo_dir: Path) -> list[tuple[str, Path, Path]]:
-    """``(id, image, mask)`` of every mask the folder's record lists (a missing one is an error, never skipped)."""
-    ids = set(io.recorded_ids(pseudo_dir, io.MASK_SUFFIX))
-    pairs = [(it.id, it.image, io.mask_path(pseudo_dir, it.id)) for it in dataset.items if it.id in ids]
-    if not pairs:
-        raise VplError(f"{pseudo_dir}: no pseudo mask matches an image of its dataset; re-run `vpltool crf`")
-    return pairs
-
-
 def dino_width(dino) -> int:
     """The width of a frozen DINO's patch tokens (timm's ``num_features``)."""
     return int(getattr(dino.model, "num_features", None) or dino.model.embed_dim)
 
 
-def _online_dataset(path: Path, split: str | None, cfg: DecoderConfig):
-    """The dataset WeCLIP's online masks train on: refused when ``path`` is a stage folder (online masks take no
-    pseudo masks) or when no image has a label."""
-    record = io.stage_record_path(path)
-    stage = json.loads(record.read_text()).get("stage") if record.is_file() else None
-    if stage is not None and stage != "make-world":  # a crf / predict / extract ... folder, not a dataset
-        raise VplError(f"{path}: a `{stage}` folder; --recipe {cfg.recipe} makes its pseudo masks online from image "
-                       "labels and takes none: give the dataset itself (the folder or manifest `extract` read)")
-    dataset = open_dataset(path, split or "train")
-    if not any(it.labels for it in dataset.items):
-        raise VplError(f"{path}: no image of split {split or 'train'!r} has a class label; online pseudo masks need "
-                       "image-level labels")
-    return dataset
-
-
 def _iteration_seed(seed: int, it: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, it, rank]).generate_state(1)[0])
-
-
-def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world: int) -> Path | None:
-    """Refuse to clobber a finished or interrupted run; the checkpoint to resume from (None = fresh start)
-    (:func:`vpltool.runtime.ranks.prepare_run_folder`)."""
-    ckpt, final = out_dir / "checkpoints" / "last.safetensors", out_dir / "decoder.safetensors"
-    return prepare_run_folder(out_dir, ckpt, [
-        (ckpt, "holds an interrupted run; pass --resume to continue or --overwrite"),
-        (final, "holds a trained decoder; pass --overwrite or choose another --out"),
-    ], [ckpt, *(out_dir / name for name in WRITES.values())], resume=resume, overwrite=overwrite, rank=rank,
-        world=world)
-
-
-def check_crop(crop: int, patch: int | None) -> None:
-    """``--crop-size``: a multiple of the CLIP's patch size, and at most ``MAX_TOKENS`` patch tokens, the rule
-    extract and predict apply to an image (:func:`vpltool.config.check_tokens`: attention memory grows with its
-    square; 4096 pixels at patch 16 asked for 549 GB). ``patch`` None (unknown before the model loads): no check."""
-    if patch is None:
-        return
-    if crop % patch:
-        raise VplError(f"--crop-size {crop} is not a multiple of the CLIP patch size {patch}")
-    side = crop // patch
-    if side * side > MAX_TOKENS:
-        raise VplError(f"--crop-size {crop}: {side * side:,} patch tokens ({side}x{side} at patch {patch}), above the "
-                       f"{MAX_TOKENS} the stages run the frozen CLIP on (attention memory grows with its square); give "
-                       f"--crop-size {patch * math.isqrt(MAX_TOKENS)} or less")
 
 
 class _Run:
@@ -332,8 +289,7 @@ class _Run:
         if val and self.board is not None:
             self.board.previews(n, self.predict_labels)
         if checkpoint:
-            save_checkpoint(self.out_dir / "checkpoints" / "last.safetensors", self.inner, self.optimizer, n,
-                            self.protos.classes, self.meta())
+            save_checkpoint(self.out_dir / CHECKPOINT, self.inner, self.optimizer, n, self.protos.classes, self.meta())
             self.saved_at = n
 
     def predict_labels(self, image: np.ndarray) -> np.ndarray:
@@ -348,7 +304,7 @@ class _Run:
             return
         bad = "the weights are no longer finite" if "weights" in got.bad else \
             ", ".join(f"{k} {v}" for k, v in got.bad.items() if not math.isfinite(v))
-        ckpt = self.out_dir / "checkpoints" / "last.safetensors"
+        ckpt = self.out_dir / CHECKPOINT
         kept = (f"the last good checkpoint {ckpt} (iteration {self.saved_at}) is kept" if ckpt.is_file()
                 else "no checkpoint was written")
         raise VplError(f"{self.out_dir}: training diverged at iteration {got.diverged_at} ({bad}); {kept}; lower "
@@ -363,64 +319,6 @@ class _Run:
                             val_miou=self.val_miou, **self.extra_meta)
         draw_curve(io.read_log(self.log_path), self.out_dir / "curve.png")
         return path
-
-
-def drop_classes(protos: io.Prototypes, held_out: tuple[str, ...]) -> io.Prototypes:
-    """The prototypes without the rows of the held-out classes; the other classes renumbered 1..C' in order."""
-    kept = [c for c in protos.classes if c not in held_out]
-    new_index = {c: i for i, c in enumerate(kept)}
-    old_to_new = torch.tensor([new_index.get(c, -1) for c in protos.classes])
-    new_class = old_to_new[protos.row_class]
-    keep = new_class >= 0
-    names = [n for n, k in zip(protos.row_names, keep.tolist()) if k]
-    return io.Prototypes(protos.vectors[keep], new_class[keep], names, classes=kept,
-                         temperature=protos.temperature, source=protos.source, model=protos.model,
-                         params=protos.params, path=protos.path)
-
-
-def prompt_recipe(protos: io.Prototypes) -> dict[str, Any] | None:
-    """The templates and background words of the text prototypes behind ``protos`` (themselves, or for vision
-    prototypes the text file they were learned from, when it is still there); None when not recorded."""
-    params = protos.params
-    if protos.source != "text":
-        path = (params.get("text_prototypes") or {}).get("path")
-        if not path or not Path(path).is_file():
-            return None
-        params = io.read_prototypes(path).params
-    spec = params.get("templates") or ""
-    named = {"clip-es": [presets.CLIP_ES_TEMPLATE], "imagenet": list(presets.IMAGENET_TEMPLATES)}
-    # files older than the recorded list: the named sets and a literal template can be rebuilt, a file cannot
-    templates = params.get("template_list") or named.get(spec) or ([spec] if "{}" in spec else None)
-    if not templates or "background_words" not in params:
-        return None
-    return {"templates": list(templates), "background_words": list(params["background_words"]),
-            "synonyms": bool(params.get("synonyms", True)), "parity": params.get("parity", "none")}
-
-
-def _inputs(pseudo_dir: Path, pairs: list[tuple], protos: io.Prototypes, dataset, dataset_id: dict[str, Any],
-            cfg: DecoderConfig) -> dict[str, Any]:
-    """What the run depends on, by content (:mod:`vpltool.io.inputs`), as its checkpoints and decoder record it: the
-    pseudo masks (the folder's record and every mask's bytes) or, online, the dataset's images and labels
-    (:meth:`vpltool.data.Dataset.content_sha`); the prototypes; the weights of the CLIP (when a file) and of
-    WeCLIP+'s DINO."""
-    from ...data.common import content_sha
-
-    if cfg.pseudo == "online":
-        pseudo: Any = "online"
-    else:
-        masks = io.files_digest([item_id, content_sha(mask)] for item_id, _, mask in pairs)
-        pseudo = {"path": str(pseudo_dir.resolve()), "sha256": io.sha256_file(io.stage_record_path(pseudo_dir)),
-                  "masks": masks}
-    inputs = {"pseudo": pseudo, "prototypes": io.file_identity(protos.path, source=protos.source),
-              "dataset": dataset_id}
-    if cfg.pseudo == "online":
-        inputs["content"] = dataset.content_sha()  # every image's bytes and labels
-    spec = ModelSpec.from_identity(protos.model)
-    if spec.folder is None and Path(spec.pretrained).is_file():
-        inputs["clip_weights"] = io.weights_identity(spec.pretrained)
-    if cfg.dino_model:
-        inputs["dino_weights"] = io.weights_identity(cfg.dino_weights)
-    return inputs
 
 
 def run_train_decoder(
@@ -461,7 +359,7 @@ def run_train_decoder(
     pseudo_dir, out_dir = Path(pseudo_dir), Path(out_dir)
     online = cfg.pseudo == "online"
     if online:  # WeCLIP: image labels only, the masks are made in the loop
-        dataset = _online_dataset(pseudo_dir, split, cfg)
+        dataset = online_dataset(pseudo_dir, split, cfg)
         if cfg.dino_model:  # WeCLIP+: its DINO's weights, before any output or model (one line when offline)
             check_model("dino", DinoSpec(cfg.dino_model, cfg.dino_weights))
             if cfg.dino_weights not in ("hub", "none"):  # a file: by an absolute path, so predict finds it anywhere
@@ -473,8 +371,7 @@ def run_train_decoder(
         dataset_id = record["inputs"]["dataset"]
     dino_file = cfg.dino_weights if cfg.dino_model and cfg.dino_weights not in io.NOT_FILES else None
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
-                             "--out checkpoint": (out_dir / "checkpoints" / "last.safetensors", "file",
-                                                  "decoder-checkpoint"),
+                             "--out checkpoint": (out_dir / CHECKPOINT, "file", "decoder-checkpoint"),
                              **{option: (out_dir / name, "written") for option, name in WRITES.items()},
                              "--tensorboard": (tensorboard, "side")},
                      inputs={"the dataset" if online else "the pseudo-mask folder": pseudo_dir,
@@ -482,8 +379,7 @@ def run_train_decoder(
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     if tensorboard is not None:
         io.check_tensorboard()
-        io.check_events_folder(tensorboard, out_dir, resuming=resume and (out_dir / "checkpoints" /
-                                                                          "last.safetensors").is_file())
+        io.check_events_folder(tensorboard, out_dir, resuming=resume and (out_dir / CHECKPOINT).is_file())
     # WeCLIP's GradCAM scores text prototypes (its classifier's rows are the class names' text embeddings)
     protos = io.read_prototypes(prototypes, classes=dataset.classes, source="text" if online else None,
                                 option=f"--prototypes (--recipe {cfg.recipe})")
@@ -500,8 +396,8 @@ def run_train_decoder(
     if online:  # (id, image, image labels)
         pairs = [(it.id, it.image, tuple(it.labels)) for it in dataset.items]
     else:
-        pairs = _training_pairs(dataset, pseudo_dir)
-    inputs = _inputs(pseudo_dir, pairs, protos, dataset, dataset_id, cfg)
+        pairs = training_pairs(dataset, pseudo_dir)
+    inputs = run_inputs(pseudo_dir, pairs, protos, dataset, dataset_id, cfg)
     val_items = []
     if val_split is not None:
         val_set = open_dataset(pseudo_dir, val_split) if online else open_recorded(pseudo_dir, val_split)
@@ -517,7 +413,7 @@ def run_train_decoder(
                            "DistributedDataParallel); run it without torchrun")
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
-            ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
+            ckpt = prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             if ckpt is not None:  # before any model loads: a refused resume costs nothing and leaves the folder
                 _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,

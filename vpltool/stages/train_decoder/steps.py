@@ -28,7 +28,7 @@ from ...decoder import (
     upsample_logits,
 )
 from ...device import autocast
-from ...errors import VplError
+from ...runtime.ranks import check_resumable
 
 RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  # fields a resumed run may change
 
@@ -336,14 +336,7 @@ def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any
     said = [f"--recipe {recipe} there, {cfg.recipe} here"] if recipe != cfg.recipe else []
     said += [f"--{k.replace('_', '-')} {_shown(old.get(k, defaults[k]))} there, {_shown(v)} here"
             for k, v in asdict(cfg).items() if k not in ignored and old.get(k, _plain(defaults[k])) != _plain(v)]
-    said += io.changed_inputs(f.meta("inputs"), inputs, INPUT_OPTIONS)
-    was = f.meta("world_size", None)
-    if was is not None and was != world:
-        said.append(f"{was} process(es) there (global batch {was * cfg.batch_size}), {world} here (global batch "
-                    f"{world * cfg.batch_size}): resume with the same torchrun --nproc-per-node")
-    if said:
-        raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
-                       "options and inputs, or start again without --resume (with --overwrite)")
+    check_resumable(f, said, inputs, INPUT_OPTIONS, world, cfg.batch_size)
 
 
 def _shown(value: Any) -> str:

@@ -17,15 +17,16 @@ value at ``i - 1`` (its warm-up start at step 0), as timm's ``CosineLRScheduler`
   reference), the model's cross-rank gather is torch's functional autograd all-gather (the reference's
   ``dist_collect``); rank 0 alone writes the log, checkpoints and the final model.
 
-Outputs in ``out_dir``: ``pgseg.safetensors`` (the family's file, what ``segment --pgseg`` takes), ``_stage.json``
-(the run's record), ``checkpoints/last.safetensors`` (model + AdamW, kind ``pgseg-checkpoint``), ``log.jsonl``.
+Modules: :mod:`.steps` (the schedule, the iteration, the cross-rank gather); this one holds the data path and runs
+the stage. Outputs in ``out_dir``: ``pgseg.safetensors`` (the family's file, what ``segment --pgseg`` takes),
+``_stage.json`` (the run's record), ``checkpoints/last.safetensors`` (model + AdamW, kind ``pgseg-checkpoint``),
+``log.jsonl``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -35,19 +36,29 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from .. import io
-from ..config import RuntimeConfig, to_params
-from ..config.pgseg import PGSegTrainConfig
-from ..data.nouns import noun_prompts, noun_source
-from ..data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
-from ..device import seed_everything
-from ..errors import VplError
-from ..presets import IMAGENET_TEMPLATES
-from ..runtime.batches import die_with_parent
-from ..runtime.ranks import prepare_run_folder, process_group
+from ... import io
+from ...config import RuntimeConfig, to_params
+from ...config.pgseg import PGSegTrainConfig
+from ...data.nouns import noun_prompts, noun_source
+from ...data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
+from ...device import seed_everything
+from ...errors import VplError
+from ...presets import IMAGENET_TEMPLATES
+from ...runtime.batches import die_with_parent
+from ...runtime.ranks import check_resumable, prepare_run_folder, process_group
+from .steps import (
+    TrainStep,
+    _iteration_seed,
+    _mean_losses,
+    diverged,
+    gather_ranks,
+    lr_at,
+    make_optimizer,
+    schedule_lr,
+    train_step,
+)
 
 STAGE = "train-pgseg"
 FINAL = "pgseg.safetensors"
@@ -68,28 +79,9 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
 
 def _family():
     """The ``pgseg`` model family module (tests put a small stand-in here)."""
-    from ..models import pgseg
+    from ...models import pgseg
 
     return pgseg
-
-
-# ------------------------------------------------------------------------------------------------ schedule
-def schedule_lr(cfg: PGSegTrainConfig, t: int, steps_per_epoch: int) -> float:
-    """timm ``CosineLRScheduler(t_initial=epochs*steps, warmup_t=warmup_epochs*steps, lr_min, warmup_lr_init,
-    cycle_limit=1, t_in_epochs=False)`` at update ``t``: linear warm-up from ``warmup_lr``, then the cosine from
-    ``lr`` to ``min_lr`` over the whole run (the warm-up counted in it, ``warmup_prefix`` False)."""
-    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
-    if t < warm:  # timm's order of operations: the step (lr - warmup_lr) / warm first, then times t
-        return cfg.warmup_lr + t * ((cfg.lr - cfg.warmup_lr) / warm)
-    if t >= total:
-        return cfg.min_lr
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total))
-
-
-def lr_at(cfg: PGSegTrainConfig, it: int, steps_per_epoch: int) -> float:
-    """The rate of iteration ``it`` (0-based): the schedule is updated after each step, so step ``it`` runs at
-    its value for ``it - 1`` (step 0 at the warm-up's start, set when the scheduler is built)."""
-    return schedule_lr(cfg, max(it - 1, 0), steps_per_epoch)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -167,66 +159,6 @@ def loader(views: PairViews, plan: GlobalBatches, workers: int, pin: bool = Fals
     """``pin``: page-locked batches (a GPU run), so that their copy to the device does not wait for the host."""
     return torch.utils.data.DataLoader(views, batch_sampler=plan, num_workers=workers if workers > 1 else 0,
                                        pin_memory=pin, worker_init_fn=functools.partial(die_with_parent, os.getpid()))
-
-
-# ------------------------------------------------------------------------------------------------ model pieces
-class TrainStep(torch.nn.Module):
-    """``forward(images, tokens) -> losses``: the family's ``forward_train`` as a module's forward, so that DDP's
-    forward hooks (unused parameters, gradient sync) run as around the reference's ``model(**samples)``."""
-
-    def __init__(self, model: torch.nn.Module, gather: Callable[[Tensor], Tensor] | None):
-        super().__init__()
-        self.model, self.gather = model, gather
-
-    def forward(self, images: Tensor, tokens: Tensor, keys: Tensor | None = None) -> dict[str, Tensor]:
-        return self.model.forward_train(images, tokens, gather=self.gather, keys=keys)
-
-
-def gather_ranks(x: Tensor) -> Tensor:
-    """``[b, ...]`` of every rank -> ``[world * b, ...]`` rank by rank, gradients flowing back to each rank's
-    rows (torch's functional all-gather: its backward is a reduce-scatter, the sum of every rank's gradient of each
-    row). The group is named at the call: the command's own, not the one of the import. (torch.distributed.nn's
-    all_gather, which torch deprecates for this one, kept the group object in the autograd graph.)"""
-    import torch.distributed._functional_collectives as fc
-
-    out = fc.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
-    return out.wait() if isinstance(out, fc.AsyncCollectiveTensor) else out  # a plain tensor, gathered now
-
-
-def make_optimizer(model: torch.nn.Module, cfg: PGSegTrainConfig) -> torch.optim.AdamW:
-    """AdamW over two groups as utils/optimizer.py ``set_weight_decay``: weight decay on the matrices, none on
-    biases and 1-d parameters (norms, scales). PyTorch's multi-tensor (``foreach``) AdamW: a few kernels over
-    all parameters instead of a dozen small ones per parameter, bit for bit the reference's per-parameter loop
-    (the fused AdamW is faster still but rounds otherwise, which the hard assignment's argmax can amplify)."""
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (plain if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-    return torch.optim.AdamW([{"params": decay}, {"params": plain, "weight_decay": 0.0}], lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
-
-
-def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
-               tokens: Tensor, lr: float, clip_grad: float | None,
-               keys: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
-    """One iteration of the reference's loop on a batch already on the device: ``losses = step(images, tokens)``,
-    backward, the gradient norm clipped to ``clip_grad`` (None / 0: measured only), AdamW at rate ``lr``. Returns
-    the losses and the norm as tensors: nothing here waits for the device (the caller reads them when it logs)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    step.train()
-    losses = step(images, tokens) if keys is None else step(images, tokens, keys)
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, clip_grad, foreach=True) if clip_grad \
-        else torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-    optimizer.step()
-    return losses, norm
-
-
-def _iteration_seed(seed: int, it: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, it, rank]).generate_state(1)[0])
 
 
 def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
@@ -316,32 +248,7 @@ def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str,
     old = f.meta("train_config")
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
             if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
-    said += io.changed_inputs(f.meta("inputs"), inputs, INPUT_OPTIONS)
-    was = f.meta("world_size", None)
-    if was is not None and was != world:
-        said.append(f"{was} process(es) there (global batch {was * params['batch_size']}), {world} here (global "
-                    f"batch {world * params['batch_size']}): resume with the same torchrun --nproc-per-node")
-    if said:
-        raise VplError(f"{f.path}: made with other settings or inputs ({'; '.join(said)}); resume with the same "
-                       "options and inputs, or start again without --resume (with --overwrite)")
-
-
-def diverged(losses: dict[str, float], grad_norm: float) -> bool:
-    """A step that broke the model: a non-finite gradient norm or contrastive loss. A non-finite NPR term alone is
-    not one: T-NPR's ``closs`` is a mean over the rows HRS keeps, NaN when it keeps none in the batch (the
-    reference's arithmetic), and contributes no gradient then (the step is the other terms'); the log records
-    that NaN as it is."""
-    return not math.isfinite(grad_norm) or not math.isfinite(losses.get("contrastive", losses["loss"]))
-
-
-def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
-    """The scalar losses, averaged over the ranks."""
-    names = sorted(k for k, v in losses.items() if v.ndim == 0 and v.is_floating_point())  # not the matches
-    row = torch.stack([losses[k].detach().double() for k in names])
-    if world > 1:
-        dist.all_reduce(row)
-        row /= world
-    return dict(zip(names, row.tolist()))
+    check_resumable(f, said, inputs, INPUT_OPTIONS, world, params["batch_size"])
 
 
 def run_train_pgseg(
