@@ -47,6 +47,25 @@ def test_python_dash_m_runs_the_cli():
     assert r.returncode == 0 and "text-prototypes" in r.stdout
 
 
+_REFUSED = ("import sys\nfrom vpltool.cli import main\nsys.argv = ['vpltool', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch', 'torch' in sys.modules)\n")
+
+
+def test_a_refused_cam_or_segment_answers_before_torch_loads(world, tmp_path):
+    """A source or a prototypes file that is not there is one line and exit 2 before torch is imported: what a typo
+    costs is the CLI's start-up, not torch's (bench/bench_startup.py times it)."""
+    missing = tmp_path / "no-such"
+    protos = tmp_path / "p.safetensors"
+    for args, named in ((["cam", missing, "-p", protos, "-o", tmp_path / "c1"], missing),
+                        (["cam", world, "-p", protos, "-o", tmp_path / "c2"], protos),
+                        (["segment", tmp_path / "no-photo.jpg", "--classes", "cat,dog", "-o", tmp_path / "s"],
+                         tmp_path / "no-photo.jpg")):
+        r = pace.run([sys.executable, "-c", _REFUSED, *map(str, args)], 120, capture_output=True, text=True)
+        assert r.stdout.strip() == "exit 2 torch False", (args, r.stdout, r.stderr)
+        assert _error_lines(r.stderr) == [r.stderr.strip()] and str(named) in r.stderr, r.stderr
+    assert not any(tmp_path.glob("c?")) and not (tmp_path / "s").exists()
+
+
 def test_corrupt_image_is_one_error_line_naming_the_file(tmp_path):
     root = write_dataset(tmp_path / "data", n_train=2, n_val=1, seed=0)
     bad = root / "images" / "train_000001.png"

@@ -255,8 +255,6 @@ def cam_cmd(
       vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
       vpltool cam data/VOC2012 --split train -p runs/voc/text.safetensors -o runs/voc/cams_text
     """
-    from ..stages.cam import run_cam, run_dense_cam
-
     cam_cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity,
                         layer=layer, attention_blocks=attention_blocks, affinity=affinity,
                         affinity_weight=affinity_weight, dino_model=dino_model, dino_weights=dino_weights,
@@ -264,11 +262,14 @@ def cam_cmd(
     _warn_unused_dense_block(dense, cam_cfg, {"--dense-side": dense_side, "--dense-scale": dense_scale,
                                               "--dense-crop": dense_crop, "--dense-stride": dense_stride,
                                               "--dense-pamr": dense_pamr})
+    if pgseg is None and prototypes is None:
+        raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --pgseg FILE")
+    source, split = _open_source(source, split, prototypes)
     if pgseg is not None:
         _cam_pgseg(source, pgseg, out, split, pgseg_side, run, shard)
         return
-    if prototypes is None:
-        raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --pgseg FILE")
+    from ..stages.cam import run_cam, run_dense_cam
+
     if dense != "none":
         from ..config import dense_config
 
@@ -294,7 +295,21 @@ def cam_cmd(
         f"{pending(out)}")
 
 
-def _cam_pgseg(source: Path, pgseg: Path, out: Path, split: str | None, side: int, run: dict, shard) -> None:
+def _open_source(source: Path, split: str | None, prototypes: Path | None):
+    """What `cam` reads first, checked torch-free before the stage (and torch) loads, as `segment` does: a source
+    or a prototypes file that is not there is answered in a fraction of a second. A dataset is opened here once and
+    handed to the stage as ``(dataset, None)``; an `extract` folder stays a path (the stage reads its record)."""
+    from .. import io
+    from ..data import is_extract_folder, open_dataset
+
+    if not is_extract_folder(source):
+        source, split = open_dataset(source, split), None
+    if prototypes is not None:
+        io.read_header(prototypes)  # there and a safetensors file; the stage checks the rest
+    return source, split
+
+
+def _cam_pgseg(source, pgseg: Path, out: Path, split: str | None, side: int, run: dict, shard) -> None:
     """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.stages.cam.pgseg); the options it
     does not use were refused or warned about before (vpltool.cli.applies)."""
     from ..stages.cam.pgseg import run_pgseg_cam
