@@ -253,7 +253,7 @@ def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
         return tokenize, lambda text: len(bpe.encode(text)) + 2, model_cfg.context_length
 
     def length(text: str) -> int:
-        tokenize([text])  # a word the vocabulary lacks is refused here, named
+        tokenize([text])  # a word the vocabulary lacks is named here (the toy's word tokenizer warns once)
         return len(tokenize.split(text)) + 2
 
     return tokenize, length, model_cfg.context_length
