@@ -67,10 +67,10 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
 
 
 def _family():
-    """The ``pgseg`` model family module (tests put a small stand-in here)."""
-    from ..models import pgseg
+    """The ``pgseg`` model family's module, through the registry (tests put a small stand-in here)."""
+    from ..models.registry import family_module
 
-    return pgseg
+    return family_module("pgseg")
 
 
 # ------------------------------------------------------------------------------------------------ schedule

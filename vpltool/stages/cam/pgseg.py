@@ -32,9 +32,10 @@ STAGE = "cam"
 
 
 def _family():
-    from ...models import pgseg
+    """The ``pgseg`` family's module, through the registry."""
+    from ...models.registry import family_module
 
-    return pgseg
+    return family_module("pgseg")
 
 
 def pgseg_maps(logits: torch.Tensor, labels: list[int]) -> torch.Tensor:
