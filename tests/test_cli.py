@@ -47,6 +47,25 @@ def test_python_dash_m_runs_the_cli():
     assert r.returncode == 0 and "text-prototypes" in r.stdout
 
 
+_REFUSED = ("import sys\nfrom vpltool.cli import main\nsys.argv = ['vpltool', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch', 'torch' in sys.modules)\n")
+
+
+def test_a_refused_cam_or_segment_answers_before_torch_loads(world, tmp_path):
+    """A source or a prototypes file that is not there is one line and exit 2 before torch is imported: what a typo
+    costs is the CLI's start-up, not torch's (bench/bench_startup.py times it)."""
+    missing = tmp_path / "no-such"
+    protos = tmp_path / "p.safetensors"
+    for args, named in ((["cam", missing, "-p", protos, "-o", tmp_path / "c1"], missing),
+                        (["cam", world, "-p", protos, "-o", tmp_path / "c2"], protos),
+                        (["segment", tmp_path / "no-photo.jpg", "--classes", "cat,dog", "-o", tmp_path / "s"],
+                         tmp_path / "no-photo.jpg")):
+        r = pace.run([sys.executable, "-c", _REFUSED, *map(str, args)], 120, capture_output=True, text=True)
+        assert r.stdout.strip() == "exit 2 torch False", (args, r.stdout, r.stderr)
+        assert _error_lines(r.stderr) == [r.stderr.strip()] and str(named) in r.stderr, r.stderr
+    assert not any(tmp_path.glob("c?")) and not (tmp_path / "s").exists()
+
+
 def test_corrupt_image_is_one_error_line_naming_the_file(tmp_path):
     root = write_dataset(tmp_path / "data", n_train=2, n_val=1, seed=0)
     bad = root / "images" / "train_000001.png"
@@ -165,12 +184,12 @@ def test_off_a_terminal_extract_prints_progress_while_a_batch_is_slow(world, tmp
     import time
 
     import vpltool.stages.extract as extract
-    from vpltool.cli import common
+    from vpltool.cli import output
 
-    assert common.PROGRESS_EVERY_S <= 30
-    monkeypatch.setattr(common, "PROGRESS_EVERY_S", 0.05)
+    assert output.PROGRESS_EVERY_S <= 30
+    monkeypatch.setattr(output, "PROGRESS_EVERY_S", 0.05)
     printed, batches = [], []
-    real_print, real_encode = common.err.print, extract.encode_batch
+    real_print, real_encode = output.err.print, extract.encode_batch
 
     def record_print(text, *args, **kwargs):
         printed.append((time.monotonic(), str(text)))
@@ -183,12 +202,12 @@ def test_off_a_terminal_extract_prints_progress_while_a_batch_is_slow(world, tmp
         batches.append((t0, time.monotonic()))
         return out
 
-    monkeypatch.setattr(common.err, "print", record_print)
+    monkeypatch.setattr(output.err, "print", record_print)
     monkeypatch.setattr(extract, "encode_batch", slow_encode)
     r = _invoke("extract", world, "--split", "train", "-o", tmp_path / "f", *TINY, "--device", "cpu",
                 "--batch-size", "2", "--workers", "1")
     assert r.exit_code == 0, r.output
-    assert not common.err.is_terminal and len(batches) == 3
+    assert not output.err.is_terminal and len(batches) == 3
     progress = [(t, text) for t, text in printed if text.startswith("extract: ")]
     for t0, t1 in batches:
         assert any(t0 <= t <= t1 for t, _ in progress), (t0, t1, progress)
@@ -226,7 +245,7 @@ def test_a_second_call_in_one_process_logs_to_the_current_stderr(monkeypatch):
     import io as stdio
     import logging
 
-    from vpltool.cli.common import friendly_errors
+    from vpltool.cli.errors import friendly_errors
 
     @friendly_errors
     def command(**kwargs) -> None:
@@ -266,7 +285,7 @@ def test_library_warnings_are_one_line_each(tmp_path, monkeypatch):
     import logging
     import warnings
 
-    from vpltool.cli.common import friendly_errors
+    from vpltool.cli.errors import friendly_errors
 
     @friendly_errors
     def command(**kwargs) -> None:
@@ -283,9 +302,9 @@ def test_library_warnings_are_one_line_each(tmp_path, monkeypatch):
 def test_a_run_that_fails_its_first_check_draws_no_progress_bar(world, tmp_path, monkeypatch):
     """On a terminal the bar appears with the first total, once the checks passed: a refused run prints its one
     line only (under TERM=dumb too, where the frame could not even be erased)."""
-    from vpltool.cli import common
+    from vpltool.cli import output
 
-    monkeypatch.setattr(type(common.err), "is_terminal", property(lambda self: True))
+    monkeypatch.setattr(type(output.err), "is_terminal", property(lambda self: True))
     r = _invoke("extract", world, "--split", "nope", "-o", tmp_path / "f", *TINY, "--device", "cpu")
     assert r.exit_code == 2 and [line for line in r.output.splitlines() if line.strip()] == _error_lines(r.output)
 
@@ -305,11 +324,11 @@ def test_a_file_option_takes_its_default_and_refuses_a_folder_spelling(tmp_path,
 def test_progress_counts_a_resumed_run_on_and_its_rate_from_the_start_call(monkeypatch):
     """A resumed run's progress starts at its checkpoint (661/1500 was shown at about 1461), and the rate counts
     only this run's items from the moment the work began (model loading excluded, as in the final it/s)."""
-    from vpltool.cli import common
+    from vpltool.cli import output
 
     now = [0.0]
-    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
-    lines = common._Lines("train-decoder", "iterations", echo=False)  # t=0: the command starts
+    monkeypatch.setattr(output.time, "monotonic", lambda: now[0])
+    lines = output._Lines("train-decoder", "iterations", echo=False)  # t=0: the command starts
     now[0] = 100.0
     lines.start_with(1500, 800)  # the model loaded, the checkpoint at 800 restored
     now[0] = 102.0
@@ -318,7 +337,7 @@ def test_progress_counts_a_resumed_run_on_and_its_rate_from_the_start_call(monke
 
 
 def test_an_interrupted_train_decoder_says_whether_a_checkpoint_is_kept(tmp_path):
-    from vpltool.cli.common import interrupted_hint
+    from vpltool.cli.errors import interrupted_hint
 
     assert interrupted_hint({"resume": False, "out": tmp_path}).startswith("no checkpoint was written yet")
     (tmp_path / "checkpoints").mkdir()

@@ -280,7 +280,7 @@ def test_help_command_and_short_version():
 
 
 def test_interrupted_hint_names_resume_where_a_stage_needs_it():
-    from vpltool.cli.common import interrupted_hint
+    from vpltool.cli.errors import interrupted_hint
 
     assert "--resume" in interrupted_hint({"resume": False})
     assert "--resume" not in interrupted_hint({"resume": True})

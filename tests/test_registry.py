@@ -106,3 +106,28 @@ def test_cli_another_architecture_is_one_line_and_exit_2(world, features_dir, te
     assert r.exit_code == 2, r.output
     assert len(_error_lines(r.output)) == 1
     assert not cams.exists()
+
+
+def test_the_segmenting_families_are_named_once_in_the_registry():
+    """PGSeg and GroupViT are the pgseg family's, any other method name the clip family's (a --dense method); the
+    stages get the pgseg family's module through the registry."""
+    import vpltool.models.pgseg as pgseg
+    from vpltool.models.registry import SEGMENTERS, family_module, segmenter_family
+    from vpltool.stages import segment_pgseg
+    from vpltool.stages.cam import pgseg as cam_pgseg
+
+    assert [segmenter_family(m) for m in ("pgseg", "groupvit", "naclip", "maskclip", "none")] == \
+        ["pgseg", "pgseg", "clip", "clip", "clip"]
+    assert set(SEGMENTERS.values()) <= set(families())
+    assert family_module("pgseg") is pgseg is segment_pgseg.pgseg_family() is cam_pgseg._family()
+    with pytest.raises(VplError, match="unknown model family 'nope'"):
+        family_module("nope")
+
+
+def test_benchmark_of_a_pgseg_method_says_how_to_score_one_in_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["benchmark", "groupvit", "--root", f"voc21={tmp_path}", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2, r.output
+    (line,) = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert "benchmark groupvit: a PGSeg / GroupViT checkpoint has no per-benchmark presets" in line
+    assert "--pgseg FILE" in line and "vpltool eval" in line
+    assert not (tmp_path / "b").exists()

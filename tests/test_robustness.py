@@ -281,7 +281,7 @@ def test_a_sigchld_pending_when_the_loader_checks_go_is_not_an_error():
     import sys
 
     code = ("import os, signal\n"
-            "from vpltool.cli.common import _quiet_loader_checks\n"
+            "from vpltool.cli.errors import _quiet_loader_checks\n"
             "signal.signal(signal.SIGCHLD, lambda *a: None)\n"
             "signal.signal(signal.SIGUSR1, lambda *a: _quiet_loader_checks())\n"
             "both = {signal.SIGUSR1, signal.SIGCHLD}\n"

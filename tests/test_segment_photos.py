@@ -71,6 +71,32 @@ def test_a_folder_of_photos_and_one_photo_give_masks_and_overlays_and_stay_untou
     assert digests(photos) == before
 
 
+def test_the_readme_command_on_a_photo_and_a_folder_of_jpegs_with_words_the_toy_does_not_know(world, tmp_path):
+    """The issue's bar, as typed: `segment photo.jpg --classes cat,dog -o out --model vpltool-toy --pretrained none
+    --dense maskclip` (the default templates and background) and the same on a folder of plain JPEGs exit 0, write
+    one mask per image and leave the photos byte-identical; the toy CLIP's unknown words are one warning line."""
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    for path in sorted((Path(world) / "images").glob("val_*"))[:2]:
+        Image.open(path).convert("RGB").save(folder / f"{path.stem}.jpg", quality=90)
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(next(folder.iterdir()), photo)
+    before = {**digests(folder), "photo.jpg": hashlib.sha256(photo.read_bytes()).hexdigest()}
+    toy = ["--model", "vpltool-toy", "--pretrained", "none", "--dense", "maskclip", "--device", "cpu"]
+    for source, out, ids in ((photo, tmp_path / "out", ["photo"]),
+                             (folder, tmp_path / "out_folder", sorted(p.stem for p in folder.iterdir()))):
+        r = invoke("segment", source, "--classes", "cat,dog", "-o", out, *toy)
+        assert r.exit_code == 0, r.output
+        assert not error_lines(r.output)
+        unknown = [line for line in r.output.splitlines() if "does not know" in line]
+        assert len(unknown) == 1 and unknown[0].startswith("warning:") and "'cat'" in unknown[0] \
+            and "'dog'" in unknown[0] and "demo world" in unknown[0], r.output
+        assert sorted(p.stem for p in out.glob("*.png")) == ids
+        for item_id in ids:
+            assert io.read_mask(io.mask_path(out, item_id), num_classes=3).ndim == 2
+    assert {**digests(folder), "photo.jpg": hashlib.sha256(photo.read_bytes()).hexdigest()} == before
+
+
 def test_eval_says_plain_photos_cannot_be_scored_and_report_shows_them(photos, tmp_path):
     from vpltool.stages.report import run_report
 

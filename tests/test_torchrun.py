@@ -240,7 +240,7 @@ def test_a_node_killed_mid_stage_ends_the_other_in_one_line_and_a_rerun_resumes(
 def test_each_command_kind_on_a_rank_without_a_group(monkeypatch, capsys):
     """RANK/WORLD_SIZE of a job script (no MASTER_ADDR): a command with --shard takes the rank's shard; any other
     runs whole on rank 0 (a stage folder it writes sees no ranks: all the items) and is one line on the others."""
-    from vpltool.cli.common import _on_ranks
+    from vpltool.cli.errors import _on_ranks
     from vpltool.device import shard_from_env
 
     seen = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,28 @@ def test_training_path_matches_inference_path(shipped, scene_pixels):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_unknown_prompt_word_is_a_one_line_error(shipped):
-    with pytest.raises(VplError, match="zebra"):
-        shipped.encode_text(["a photo of a zebra."])
+def test_an_unknown_prompt_word_is_the_unknown_id_with_one_warning_naming_it():
+    from vpltool.demo.tokenizer import UNKNOWN
+    from vpltool.errors import VplWarning
+
+    tok = WordTokenizer(["a", "photo", "of", "star"], context_length=8)
+    with pytest.warns(VplWarning) as said:
+        ids = tok(["a photo of a zebra.", "a bad photo of a zebra.", "a photo of a star."])
+    assert [str(w.message) for w in said if "does not know" in str(w.message)] == [str(said[0].message)]
+    line = str(said[0].message)
+    assert line.startswith("the toy CLIP does not know 'zebra', 'bad':")  # the most used first
+    assert "demo world's 4 words (a, photo, of, star" in line
+    assert ids[0].tolist() == [5, 1, 2, 3, 1, UNKNOWN, 6, 0] and ids[2, 5].item() == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second call with unknown words: no second warning
+        assert tok(["a photo of a giraffe."]).tolist() == ids[:1].tolist()
+
+
+def test_names_the_toy_does_not_know_look_alike_to_it(shipped):
+    with warnings.catch_warnings(record=True):  # the one warning, if this tokenizer did not say it already
+        zebra, giraffe, star = shipped.encode_text(["a photo of a zebra.", "a photo of a giraffe.",
+                                                    "a photo of a star."])
+    assert torch.equal(zebra, giraffe) and not torch.allclose(zebra, star)
 
 
 def test_caption_key_ignores_wording_and_loss_counts_duplicates_as_positives():

@@ -80,7 +80,7 @@ def tie_to_parent(parent: int, watch: bool = False) -> bool:
     is gone already; False where the kernel has no such call. ``watch``: also a daemon thread that checks the
     parent once a second (the kernel's signal follows the parent's thread that forked us, and exists on Linux
     only). Loading workers (:func:`vpltool.runtime.batches.die_with_parent`) and the ranks of a torchrun launch
-    (:func:`vpltool.cli.common._on_ranks`, with ``watch``) call it, so that ``kill -9`` of the run (or of torchrun's
+    (:func:`vpltool.cli.errors._on_ranks`, with ``watch``) call it, so that ``kill -9`` of the run (or of torchrun's
     agent) leaves nothing running that could go on writing, or certify a model, alone."""
     import ctypes
     import signal

@@ -21,8 +21,6 @@ import numpy as np
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, RuntimeConfig, SegmentConfig
 from ..errors import VplError
 
-PGSEG_METHODS = ("pgseg", "groupvit")  # a checkpoint of train-pgseg, or a GroupViT / PGSeg release
-
 
 @dataclass(frozen=True)
 class Segmentation:
@@ -177,10 +175,12 @@ def segmenter(method: str = SegmentConfig.dense, *, model: str = DEFAULT_MODEL, 
         VplError: an unknown method or option, or a missing or foreign weights file: one line, before any load.
     """
     runtime = RuntimeConfig(**{k: options.pop(k) for k in _RUNTIME if k in options})
-    if method in PGSEG_METHODS:
+    from ..models.registry import segmenter_family
+
+    if segmenter_family(method) == "pgseg":
         return _pgseg(checkpoint, runtime, options)
     if checkpoint is not None:
-        raise VplError(f"checkpoint: a {PGSEG_METHODS[0]} file; method {method!r} takes model= and pretrained=")
+        raise VplError(f"checkpoint: a pgseg file; method {method!r} takes model= and pretrained=")
     known = {f.name for f in fields(SegmentConfig)}
     unknown = sorted(set(options) - known)
     if unknown:

@@ -142,11 +142,12 @@ def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None =
     ``method="pgseg"`` with ``checkpoint=FILE`` (options ``bg_thresh``, ``short_side``, ``slide_crop``,
     ``slide_stride``, ``background``). ``overlay``: also ``OUT/overlays/<id>.jpg``."""
     from ..data import open_dataset
-    from .segmenters import PGSEG_METHODS, class_entries
+    from ..models.registry import segmenter_family
+    from .segmenters import class_entries
 
     dataset = open_dataset(data, split)
     entries = None if classes is None else class_entries(classes)
-    if method in PGSEG_METHODS:
+    if segmenter_family(method) == "pgseg":
         return _segment_pgseg(dataset, out, entries, checkpoint, overlay, options)
     cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,
                                                  "classes": None if entries is None else tuple(entries)})

@@ -1,23 +1,49 @@
-"""The `vpltool` command line: a thin typer layer over the library, one command per stage.
+"""The `vpltool` command line: a thin typer layer over the library, one function per command, assembled here.
 
-Commands are defined in :mod:`.pipeline` (extract, text-prototypes, cam, learn-prototypes, crf), :mod:`.training`
-(train-decoder, predict, eval), :mod:`.report` and :mod:`.demo`, each registering on the app of :mod:`.root`;
-:mod:`.common` holds what they share (option types, one-line errors, progress). Heavy imports happen inside the
-commands, so ``vpltool --help`` stays fast.
+Each command is a plain function in the module of its stage (:mod:`.pipeline`, :mod:`.cam`, :mod:`.segment`,
+:mod:`.training`, :mod:`.report`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.pgseg`); what they share is split by job:
+:mod:`.options` (option types and blocks, with the dense methods' in :mod:`.dense_options`), :mod:`.errors` (one-line
+errors, signals, ranks) and :mod:`.output` (lines, progress, ``--log``). Heavy imports happen inside the commands, so
+``vpltool --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import os
 
+from . import benchmark, cam, demo, pgseg, pipeline, report, segment, training
+from .errors import friendly_errors
+from .options import option_blocks
 from .root import app, help_cmd
 
-# the commands register themselves on `app`, in this order: the stages in pipeline order, then the demo world's
-# isort: off
-from . import pipeline, segment, training, report, demo  # noqa: E402,F401
-from . import benchmark  # noqa: E402,F401
-from . import pgseg  # noqa: E402,F401  (train-pgseg)
-# isort: on
+DEMO = "Demo world"
+# name, function, help panel; `vpltool --help` lists them in this order: the stages in pipeline order, then the demo
+# world's, then the benchmarks and PGSeg's trainer
+COMMANDS = (
+    ("extract", pipeline.extract_cmd, None),
+    ("text-prototypes", pipeline.text_prototypes_cmd, None),
+    ("cam", cam.cam_cmd, None),
+    ("learn-prototypes", pipeline.learn_prototypes_cmd, None),
+    ("crf", pipeline.crf_cmd, None),
+    ("segment", segment.segment_cmd, None),
+    ("train-decoder", training.train_decoder_cmd, None),
+    ("predict", training.predict_cmd, None),
+    ("eval", training.eval_cmd, None),
+    ("diagnose", training.diagnose_cmd, None),
+    ("report", report.report_cmd, None),
+    ("make-world", demo.make_world_cmd, DEMO),
+    ("make-pairs", demo.make_pairs_cmd, DEMO),
+    ("train-toy-clip", demo.train_toy_clip_cmd, DEMO),
+    ("train-toy-dino", demo.train_toy_dino_cmd, DEMO),
+    ("train-toy-sam", demo.train_toy_sam_cmd, DEMO),
+    ("choose-pseudo", demo.choose_pseudo_cmd, DEMO),
+    ("demo-report", demo.demo_report_cmd, DEMO),
+    ("benchmark", benchmark.benchmark_cmd, None),
+    ("train-pgseg", pgseg.train_pgseg_cmd, None),
+)
+for _name, _command, _panel in COMMANDS:
+    # option_blocks: a block parameter becomes its options; friendly_errors: one line and exit 2 for a user's mistake
+    app.command(_name, rich_help_panel=_panel)(friendly_errors(option_blocks(_command)))
 app.command("help")(help_cmd)  # last in the list: `vpltool help` and `vpltool help COMMAND`
 
 
@@ -38,4 +64,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "main"]
+__all__ = ["COMMANDS", "app", "main"]

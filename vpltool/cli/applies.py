@@ -1,5 +1,5 @@
 """Which options apply under which mode: one table, checked once for every command (:func:`check_options`, from
-:func:`vpltool.cli.common.friendly_errors`) before anything runs.
+:func:`vpltool.cli.errors.friendly_errors`) before anything runs.
 
 An option the user gave (on the command line or from its environment variable; never a default) that has no
 effect in the command's mode is warned about in one line and is not recorded (the mode's code path never puts it

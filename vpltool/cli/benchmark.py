@@ -8,48 +8,13 @@ import typer
 
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..config.benchmarks import BENCHMARK_NAMES, BENCHMARK_PRESETS
-from .common import (
-    _R,
-    AttentionOpt,
-    BatchSize,
-    ClassFileOpt,
-    ClusterCutOpt,
-    CoarseThresholdOpt,
-    CosFacOpt,
-    Device,
-    GlobalWeightOpt,
-    LogFile,
-    MinimalAreaOpt,
-    ModelConfigDir,
-    ModelOpt,
-    Overwrite,
-    Precision,
-    PretrainedOpt,
-    ProxyModelOpt,
-    RefineNegCosOpt,
-    ResidualOpt,
-    SamHalvesOpt,
-    SamRefineOpt,
-    SamWeightsOpt,
-    Shard,
-    ShiftWeightOpt,
-    StretchOpt,
-    Verbose,
-    WindowGlobalOpt,
-    Workers,
-    friendly_errors,
-    runtime,
-    say,
-)
-from .root import app
+from .dense_options import DENSE_PRESET
+from .options import BATCHED, LogFile, ModelConfigDir, ModelOpt, PretrainedOpt, Shard, Verbose, runtime
+from .output import say
 from .values import model_spec
 from .values import shard as shard_of
 
-_PRESET = "[default: the method's preset for each benchmark; `--presets` lists them]"
 
-
-@app.command("benchmark")
-@friendly_errors
 def benchmark_cmd(
     method: Annotated[Optional[str], typer.Argument(
         help=f"The method, or several comma-separated (one row each, in <out>/<method>/): "
@@ -62,50 +27,11 @@ def benchmark_cmd(
                                                "<benchmark>.json scores, table.json.", show_default=False)] = None,
     presets: Annotated[bool, typer.Option("--presets", help="List every method's per-benchmark settings and where "
                                           "each comes from (file:line of its config), then exit.")] = False,
-    logit_scale: Annotated[Optional[float], typer.Option(help="softmax(scale * cosine). " + _PRESET,
-                                                         show_default=False)] = None,
-    prob_threshold: Annotated[Optional[float], typer.Option(help="Background below this top probability. " + _PRESET,
-                                                            show_default=False)] = None,
-    area_threshold: Annotated[Optional[float], typer.Option(help="SCLIP's area filter (0 = off). " + _PRESET,
-                                                            show_default=False)] = None,
-    short_side: Annotated[Optional[int], typer.Option(help="Short side of the resize. " + _PRESET,
-                                                      show_default=False)] = None,
-    slide_crop: Annotated[Optional[int], typer.Option(help="Window side (0 = whole image). " + _PRESET,
-                                                      show_default=False)] = None,
-    slide_stride: Annotated[Optional[int], typer.Option(help="Window stride. " + _PRESET, show_default=False)] = None,
-    pamr_steps: Annotated[Optional[int], typer.Option(help="PAMR steps (0 = off). " + _PRESET,
-                                                      show_default=False)] = None,
-    class_file: ClassFileOpt = None,
-    attention: AttentionOpt = None,
-    residual: ResidualOpt = None,
-    global_weight: GlobalWeightOpt = None,
-    shift_weight: ShiftWeightOpt = None,
-    cluster_cut: ClusterCutOpt = None,
-    stretch: StretchOpt = None,
-    window_global: WindowGlobalOpt = None,
-    cos_fac: CosFacOpt = None,
-    refine_neg_cos: RefineNegCosOpt = None,
-    sam_halves: SamHalvesOpt = None,
-    sam_refine: SamRefineOpt = None,
-    coarse_threshold: CoarseThresholdOpt = None,
-    minimal_area: MinimalAreaOpt = None,
-    proxy_model: ProxyModelOpt = None,
-    proxy_weights: Annotated[Optional[str], typer.Option(
-        "--proxy-weights", help="The proxy model's weights: hub (timm's local cache) | a local file | none (random, "
-        "seeded: tests) [default: hub].",
-        show_default=False)] = None,
-    sam_model: Annotated[Optional[str], typer.Option(
-        "--sam-model", help="--dense trident's SAM image encoder: vit_b | vit_l | vit_h | toy [default: vit_b, "
-        "Trident's].", show_default=False)] = None,
-    sam_weights: SamWeightsOpt = None,
+    knobs: dict = DENSE_PRESET,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
-    device: Device = _R.device,
-    precision: Precision = _R.precision,
-    batch_size: BatchSize = _R.batch_size,
-    workers: Workers = _R.workers,
-    overwrite: Overwrite = False,
+    run: dict = BATCHED,
     model_config_dir: ModelConfigDir = None,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -141,19 +67,9 @@ def benchmark_cmd(
         if name in roots:
             raise VplError(f"--root {name}=...: given twice; give each benchmark once")
         roots[name] = path
-    overrides = {"logit_scale": logit_scale, "prob_threshold": prob_threshold, "area_threshold": area_threshold,
-                 "short_side": short_side, "slide_crop": slide_crop, "slide_stride": slide_stride,
-                 "pamr_steps": pamr_steps, "class_file": class_file, "attention": attention, "residual": residual,
-                 "global_weight": global_weight, "shift_weight": shift_weight, "cluster_cut": cluster_cut,
-                 "stretch": stretch, "window_global": window_global, "cos_fac": cos_fac,
-                 "refine_neg_cos": refine_neg_cos, "sam_halves": sam_halves, "sam_refine": sam_refine,
-                 "coarse_threshold": coarse_threshold, "minimal_area": minimal_area, "sam_model": sam_model,
-                 "proxy_model": proxy_model,
-                 "proxy_weights": proxy_weights,
-                 "sam_weights": sam_weights}
     methods = [m.strip() for m in method.split(",") if m.strip()]
-    tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), overrides,
-                            runtime(device, precision, batch_size, workers, overwrite), shard=shard_of(shard),
+    tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), knobs,
+                            runtime(**run), shard=shard_of(shard),
                             on_benchmark=lambda m, n: say(f"benchmark {m}: {n}"))
     lines = [format_row(t) for t in tables]
     typer.echo(lines[0][0])

@@ -9,19 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from ..demo.config import PairsConfig, ToyClipConfig, ToyDinoConfig, ToySamConfig, WorldConfig
-from .common import LogFile, Overwrite, OverwriteFile, Verbose, friendly_errors, progress, say
-from .root import app
-
-DEMO = "Demo world"
-
+from .options import LogFile, Overwrite, OverwriteFile, Verbose
+from .output import progress, say
 
 _W, _T, _D = WorldConfig(), ToyClipConfig(), ToyDinoConfig()
 _S = ToySamConfig()
 _P = PairsConfig()
 
 
-@app.command("make-world", rich_help_panel=DEMO)
-@friendly_errors
 def make_world_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
     train: Annotated[int, typer.Option(help="Training scenes.")] = _W.train,
@@ -51,8 +46,6 @@ def make_world_cmd(
     say(f"[green]✓[/] make-world: {train} train + {val} val scenes ({layout} layout) → {out}")
 
 
-@app.command("make-pairs", rich_help_panel=DEMO)
-@friendly_errors
 def make_pairs_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the webdataset shards into.")],
     scenes: Annotated[int, typer.Option(help="Samples, one fresh scene each (never a make-world scene).")] =
@@ -84,8 +77,6 @@ def make_pairs_cmd(
     say(f"[green]✓[/] make-pairs: {scenes} pairs in {-(-scenes // shard_size)} shard(s) → {out}")
 
 
-@app.command("train-toy-clip", rich_help_panel=DEMO)
-@friendly_errors
 def train_toy_clip_cmd(
     out: Annotated[Path, typer.Argument(help="Model folder to write (open_clip local-dir + vpltool.json).")] =
         Path("vpltool/assets/toy-clip"),
@@ -147,8 +138,6 @@ def train_toy_clip_cmd(
         f"{metrics['seconds']:.0f} s → {out}")
 
 
-@app.command("train-toy-dino", rich_help_panel=DEMO)
-@friendly_errors
 def train_toy_dino_cmd(
     out: Annotated[Path, typer.Argument(help="Weights file to write (safetensors; a .json record beside it).")] =
         Path("vpltool/assets/toy-dino/model.safetensors"),
@@ -188,8 +177,6 @@ def train_toy_dino_cmd(
         f"{record['teacher_entropy']:.2f} nats, {record['seconds']:.0f} s → {out}")
 
 
-@app.command("train-toy-sam", rich_help_panel=DEMO)
-@friendly_errors
 def train_toy_sam_cmd(
     out: Annotated[Path, typer.Argument(help="Weights file to write (safetensors, a whole Sam's tensor names; a "
                                         ".json record beside it).")] = Path("vpltool/assets/toy-sam/model.safetensors"),
@@ -235,8 +222,6 @@ def train_toy_sam_cmd(
         f"(first prompt) / {record['last_iou']:.3f} (last round), {record['seconds']:.0f} s → {out}")
 
 
-@app.command("choose-pseudo", rich_help_panel=DEMO)
-@friendly_errors
 def choose_pseudo_cmd(
     run: Annotated[Path, typer.Argument(help="A Make run folder (the Makefile's RUN).")],
     among: Annotated[list[str], typer.Argument(help="Refinements to choose among (the Makefile's REFINES); their "
@@ -272,8 +257,6 @@ def choose_pseudo_cmd(
     typer.echo(choice["folder"])
 
 
-@app.command("demo-report", rich_help_panel=DEMO)
-@friendly_errors
 def demo_report_cmd(
     run: Annotated[Path, typer.Argument(help="A demo run folder (the Makefile's RUN).")] = Path("runs/demo"),
     overwrite: OverwriteFile = False,

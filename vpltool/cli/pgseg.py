@@ -8,21 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config.pgseg import PGSEG_PRESETS, PGSEG_RECIPES, PGSegTrainConfig
-from .common import (
-    _R,
-    Device,
-    LogFile,
-    OutDir,
-    Overwrite,
-    Verbose,
-    Workers,
-    all_ranks,
-    friendly_errors,
-    progress,
-    runtime,
-    say,
-)
-from .root import app
+from .errors import all_ranks
+from .options import _R, Device, LogFile, OutDir, Overwrite, Verbose, Workers, runtime
+from .output import progress, say
 
 _T = PGSegTrainConfig()
 
@@ -41,8 +29,6 @@ def _opt(help_text: str, name: str, *flags: str) -> Any:
     return typer.Option(*flags, help=f"{help_text} {_default(name)}", show_default=False)
 
 
-@app.command("train-pgseg")
-@friendly_errors
 @all_ranks
 def train_pgseg_cmd(
     pairs: Annotated[Path, typer.Argument(help="Image–text pairs: a folder of webdataset .tar shards as img2dataset "

@@ -8,14 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import ReportConfig
-from .common import RUNTIME, LogFile, Verbose, friendly_errors, progress, say
-from .root import app
+from .options import RUNTIME, LogFile, Verbose
+from .output import progress, say
 
 _P = ReportConfig()
 
 
-@app.command("report")
-@friendly_errors
 def report_cmd(
     run: Annotated[Path, typer.Argument(help="A run folder (the Makefile's RUN): its extract, cam, crf and predict "
                                         "folders, metrics.json and metrics/ are shown, whichever exist.")],

@@ -7,56 +7,29 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig, dense_help
+from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig
 from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH
-from .common import (
+from .dense_options import DENSE, DenseOpt
+from .options import (
     BATCHED,
-    AttentionOpt,
-    ClassFileOpt,
-    ClusterCutOpt,
-    CoarseThresholdOpt,
-    CosFacOpt,
-    DenseOpt,
-    GlobalWeightOpt,
     LogFile,
-    MinimalAreaOpt,
     ModelConfigDir,
     ModelOpt,
     OutDir,
     PretrainedOpt,
-    ProxyModelOpt,
-    ProxyWeightsOpt,
-    RefineNegCosOpt,
-    ResidualOpt,
-    SamHalvesOpt,
-    SamModelOpt,
-    SamRefineOpt,
-    SamWeightsOpt,
     Shard,
-    ShiftWeightOpt,
     Split,
-    StretchOpt,
     Verbose,
-    WindowGlobalOpt,
-    friendly_errors,
-    option_blocks,
-    pending,
-    progress,
     runtime,
-    say,
     warn_inert,
 )
-from .root import app
+from .output import pending, progress, say
 from .values import model_spec
 from .values import shard as shard_of
 
 _S = SegmentConfig
-_METHOD = f"[default: the --dense method's. {dense_help()}]"
 
 
-@app.command("segment")
-@friendly_errors
-@option_blocks
 def segment_cmd(
     data: Annotated[Path, typer.Argument(help="A photo, a folder of photos (no labels needed: give --classes), or a "
                                          "dataset: a VOC root, a COCO root, a generic folder or manifest.json "
@@ -73,39 +46,7 @@ def segment_cmd(
     background: Annotated[Optional[str], typer.Option(
         help="Background words (queries of class 0): auto | voc | coco | none | a file | 'w1,w2,...' [default: "
              f"{_S.background}; with --pgseg {PGSEG_BACKGROUND} (the reference's)].", show_default=False)] = None,
-    logit_scale: Annotated[Optional[float], typer.Option(help="softmax(scale * cosine) over the queries. " + _METHOD,
-                                                         show_default=False)] = None,
-    prob_threshold: Annotated[Optional[float], typer.Option(help="A pixel whose top class probability is below this "
-                                                            "is background.", show_default=False)] = None,
-    area_threshold: Annotated[Optional[float], typer.Option(help="SCLIP's filter: a class covering at most this share "
-                                                            "of the foreground is dropped (0 = off).",
-                                                            show_default=False)] = None,
-    short_side: Annotated[Optional[int], typer.Option(help="Images resized to this short side first (mmseg keep-ratio "
-                                                      "resize, long side at most 2048).", show_default=False)] = None,
-    slide_crop: Annotated[Optional[int], typer.Option(help="Sliding window side in pixels (0 = the whole image).",
-                                                      show_default=False)] = None,
-    slide_stride: Annotated[Optional[int], typer.Option(help="Sliding window stride in pixels.",
-                                                        show_default=False)] = None,
-    pamr_steps: Annotated[Optional[int], typer.Option(help="PAMR refinement steps (0 = off; dilations 8, 16).",
-                                                      show_default=False)] = None,
-    class_file: ClassFileOpt = None,
-    attention: AttentionOpt = None,
-    residual: ResidualOpt = None,
-    global_weight: GlobalWeightOpt = None,
-    shift_weight: ShiftWeightOpt = None,
-    cluster_cut: ClusterCutOpt = None,
-    stretch: StretchOpt = None,
-    window_global: WindowGlobalOpt = None,
-    proxy_model: ProxyModelOpt = None,
-    proxy_weights: ProxyWeightsOpt = _S.proxy_weights,
-    sam_model: SamModelOpt = _S.sam_model,
-    sam_weights: SamWeightsOpt = None,
-    cos_fac: CosFacOpt = None,
-    refine_neg_cos: RefineNegCosOpt = None,
-    sam_halves: SamHalvesOpt = None,
-    sam_refine: SamRefineOpt = None,
-    coarse_threshold: CoarseThresholdOpt = None,
-    minimal_area: MinimalAreaOpt = None,
+    knobs: dict = DENSE,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     pgseg: Annotated[Optional[Path], typer.Option(help="Segment with this PGSeg / GroupViT checkpoint instead (a "
@@ -152,24 +93,17 @@ def segment_cmd(
         names = class_list(dataset, None if classes is None else parse_class_names(classes))
         with progress("segment") as (on_start, on_item):
             s = run_segment_pgseg(dataset, out, pgseg, names, runtime(**run), bg_thresh=bg_thresh,
-                                  short_side=short_side or DEFAULT_SHORT_SIDE,
-                                  slide=(DEFAULT_SLIDE[0] if slide_crop is None else slide_crop,
-                                         DEFAULT_SLIDE[1] if slide_stride is None else slide_stride),
+                                  short_side=knobs["short_side"] or DEFAULT_SHORT_SIDE,
+                                  slide=(_or(knobs["slide_crop"], DEFAULT_SLIDE[0]),
+                                         _or(knobs["slide_stride"], DEFAULT_SLIDE[1])),
                                   background=PGSEG_BACKGROUND if background is None else background,
                                   on_start=on_start, on_item=on_item, overlay=overlay)
         say(f"[green]✓[/] segment (pgseg): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → "
             f"{out}")
         return
     cfg = SegmentConfig(dense=dense, templates=templates,
-                        background=_S.background if background is None else background, logit_scale=logit_scale,
-                        prob_threshold=prob_threshold, area_threshold=area_threshold, short_side=short_side,
-                        slide_crop=slide_crop, slide_stride=slide_stride, pamr_steps=pamr_steps,
-                        classes=None if classes is None else parse_class_names(classes), class_file=class_file,
-                        attention=attention, residual=residual, proxy_model=proxy_model, proxy_weights=proxy_weights,
-                        global_weight=global_weight, shift_weight=shift_weight, cluster_cut=cluster_cut,
-                        stretch=stretch, window_global=window_global, sam_model=sam_model, sam_weights=sam_weights,
-                        cos_fac=cos_fac, refine_neg_cos=refine_neg_cos, sam_halves=sam_halves,
-                        sam_refine=sam_refine, coarse_threshold=coarse_threshold, minimal_area=minimal_area)
+                        background=_S.background if background is None else background,
+                        classes=None if classes is None else parse_class_names(classes), **knobs)
     warn_inert(cfg)
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
@@ -177,3 +111,7 @@ def segment_cmd(
                         on_item=on_item, on_start=on_start, overlay=overlay)
     say(f"[green]✓[/] segment ({cfg.dense}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
         f"→ {out}{pending(out)}")
+
+
+def _or(value, default):
+    return default if value is None else value

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import DECODER_RECIPES, DecoderConfig, EvalConfig, PredictConfig
-from .common import (
+from .errors import all_ranks
+from .options import (
     _R,
     BATCHED,
     DenseCrop,
@@ -25,16 +26,10 @@ from .common import (
     Split,
     Verbose,
     Workers,
-    all_ranks,
-    friendly_errors,
-    option_blocks,
-    pending,
-    progress,
     runtime,
-    say,
     warn_inert,
 )
-from .root import app
+from .output import pending, progress, say
 from .values import floats_text, parse_floats
 from .values import shard as shard_of
 
@@ -56,8 +51,6 @@ def _opt(help_text: str, name: str, **kw) -> Any:
     return typer.Option(help=f"{help_text} {_recipe_default(name)}", show_default=False, **kw)
 
 
-@app.command("train-decoder")
-@friendly_errors
 @all_ranks
 def train_decoder_cmd(
     pseudo: Annotated[Path, typer.Argument(help="A `crf` folder of pseudo masks (255 = ignored); with --recipe "
@@ -222,9 +215,6 @@ def _hours(seconds: float) -> str:
         f"{seconds:.0f} s"
 
 
-@app.command("predict")
-@friendly_errors
-@option_blocks
 def predict_cmd(
     decoder: Annotated[Path, typer.Argument(help="A decoder file from `train-decoder`.")],
     out: OutDir,
@@ -295,8 +285,6 @@ def predict_cmd(
         f"{pending(out)}")
 
 
-@app.command("eval")
-@friendly_errors
 def eval_cmd(
     predictions: Annotated[Path, typer.Argument(help="A folder of mask PNGs (crf/predict) or CAM files (cam).")],
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Dataset with ground truth; default: the one "
@@ -336,8 +324,6 @@ def eval_cmd(
     say(f"[green]✓[/] eval: mIoU {100 * result['miou']:.2f} over {result['n_images']} images{extra}")
 
 
-@app.command("diagnose")
-@friendly_errors
 def diagnose_cmd(
     features: Annotated[Path, typer.Argument(help="An `extract` folder of a split with ground-truth masks.")],
     prototypes: Annotated[list[Path], typer.Option("--prototypes", "-p", help="Prototypes file(s) to diagnose "

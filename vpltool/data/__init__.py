@@ -17,10 +17,12 @@ from ..config import MIN_IMAGE_SIDE
 from ..errors import ContractError, VplError, VplWarning
 from ..io import (
     feature_path,
+    finished_shards,
     image_orientation,
     mask_size,
     read_header,
     read_record,
+    record_stage,
     recorded_dataset_identity,
     sha256_file,
     stage_record_path,
@@ -35,7 +37,7 @@ from .manifest import open_manifest, write_manifest
 from .voc import find_voc_root, open_voc
 
 __all__ = ["IMAGE_EXTS", "LAYOUTS", "MANIFEST_FORMAT", "Dataset", "Item", "check_recorded", "check_sizes", "is_plain",
-           "open_dataset", "open_if_present", "reopen",
+           "is_extract_folder", "open_dataset", "open_if_present", "open_source", "reopen",
            "open_recorded", "recorded_folders", "write_manifest"]
 
 
@@ -84,6 +86,28 @@ def open_dataset(
     if labels_file is not None:
         dataset.sources = (labels_file,)
     return dataset
+
+
+def is_extract_folder(path: str | os.PathLike) -> bool:
+    """An `extract` output folder, finished or not (its completion record, the record of a run under way, or a
+    finished shard's record), rather than a dataset: a half-made one then gets `extract`'s own message."""
+    path = Path(path)
+    if record_stage(path) == "extract":
+        return True
+    return bool(finished_shards(path)) if path.is_dir() else False
+
+
+def open_source(source: str | os.PathLike | Dataset, split: str | None = None) -> tuple[Path, Dataset]:
+    """A stage's source as ``(its path, its dataset)``: a :class:`Dataset` already opened (the command line opens
+    it before torch loads, so a typo is answered at once), the dataset an `extract` folder was made from, or a
+    dataset's path opened with ``split``."""
+    if isinstance(source, Dataset):
+        if split is not None and split != source.split:
+            raise VplError(f"{source.root}: opened as split {source.split!r}, asked for {split!r}; open the "
+                           "dataset with the split wanted")
+        return Path(source.root), source
+    path = Path(source)
+    return path, (open_recorded(path, split) if is_extract_folder(path) else open_dataset(path, split))
 
 
 def open_recorded(folder: str | os.PathLike, split: str | None = None) -> Dataset:

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
-from ..errors import VplError
+from ..errors import VplWarning
+
+UNKNOWN = 0  # a word outside the vocabulary: the padding id, whose row no training prompt ever held inside it
+SHOWN = 12  # unknown words a warning names (then how many more)
 
 
 class WordTokenizer:
     """Word-level tokenizer of the toy CLIP: ``[SOT] words [EOT] 0...``; EOT has the highest id so that
-    open_clip's argmax text pooling finds it."""
+    open_clip's argmax text pooling finds it.
+
+    The toy knows only the demo world's words. A word outside them is read as :data:`UNKNOWN` (the toy has no row of
+    its own for it), so names made of such words look alike to it: one warning line says so, once per tokenizer (a
+    command encodes its names and its background words in several calls), naming the first call's unknown words,
+    the most used first (a class name is in every prompt of its class, a template's word in one per class), instead
+    of refusing a photo's class names outright.
+    """
 
     def __init__(self, vocabulary: Sequence[str], context_length: int):
         self.words = list(vocabulary)
         self.index = {w: i + 1 for i, w in enumerate(self.words)}  # 0 = padding
         self.sot, self.eot = len(self.words) + 1, len(self.words) + 2
         self.context_length = context_length
+        self.warned = False
 
     @property
     def vocab_size(self) -> int:
@@ -28,13 +41,23 @@ class WordTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        unknown: Counter[str] = Counter()  # prompts per unknown word, in order of first use
         for row, text in enumerate(texts):
             words = self.split(text)
-            unknown = [w for w in words if w not in self.index]
-            if unknown:
-                raise VplError(f"prompt {text!r}: words {unknown} are not in the toy CLIP's vocabulary (it knows only "
-                               f"the demo world's {len(self.words)} words: {', '.join(self.words)}); use it on the "
-                               "demo world, or change --templates / --background to those words")
-            ids = [self.sot] + [self.index[w] for w in words][: self.context_length - 2] + [self.eot]
+            unknown.update(list(dict.fromkeys(w for w in words if w not in self.index)))  # once a prompt
+            ids = [self.sot] + [self.index.get(w, UNKNOWN) for w in words][: self.context_length - 2] + [self.eot]
             out[row, : len(ids)] = torch.tensor(ids)
+        if unknown and not self.warned:
+            self.warned = True
+            warnings.warn(VplWarning(self.unknown_line([w for w, _ in unknown.most_common()])), stacklevel=2)
         return out
+
+    def unknown_line(self, words: list[str]) -> str:
+        """The one warning line for ``words`` outside the vocabulary."""
+        shown = ", ".join(repr(w) for w in words[:SHOWN]) + (f" and {len(words) - SHOWN} more" if len(words) > SHOWN
+                                                               else "")
+        known = ", ".join(self.words[:SHOWN]) + (", ..." if len(self.words) > SHOWN else "")
+        return (f"the toy CLIP does not know {shown}: each is read as one unknown-word token (so is any other word "
+                "outside its vocabulary), so names made of such words look alike to it; it knows only the demo "
+                f"world's {len(self.words)} words ({known}: the 'vocabulary' of its vpltool.json), so use it on the "
+                "demo world's shapes, colours and backgrounds")

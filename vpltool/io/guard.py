@@ -75,7 +75,7 @@ KINDS = ("stage", "side", "file", "log", "written")
 PathLike = str | os.PathLike
 Outputs = Mapping[str, "tuple[PathLike | None, str] | tuple[PathLike | None, str, str]"]
 
-# the first bytes of a file vpltool's --log wrote: "2025-01-31 12:00:00 " (cli.common stamps every line)
+# the first bytes of a file vpltool's --log wrote: "2025-01-31 12:00:00 " (cli.output stamps every line)
 _LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from ..errors import VplError
@@ -75,6 +76,24 @@ def family(name: str) -> Family:
     return _FAMILIES[name]
 
 
+def family_module(name: str) -> ModuleType:
+    """The module of family ``name``, registered (its whole interface, beyond ``load`` and ``check``: PGSeg's
+    tokenizer, templates and zero-shot maps); the stages ask for it here, never by importing it themselves."""
+    family(name)
+    return importlib.import_module(_MODULES[name])
+
+
+# the models that segment by class names, as the command line and :func:`vpltool.segmenter` name them: PGSeg and
+# GroupViT are the pgseg family's (a checkpoint: ``segment --pgseg FILE``, ``segmenter("pgseg", checkpoint=FILE)``);
+# any other name is a dense method of the clip family (``--dense``)
+SEGMENTERS = {"pgseg": "pgseg", "groupvit": "pgseg"}
+
+
+def segmenter_family(method: str) -> str:
+    """The family that segments with ``method``: ``pgseg`` for PGSeg / GroupViT, else ``clip``."""
+    return SEGMENTERS.get(method, "clip")
+
+
 def families() -> list[str]:
     """Every family's name (registered or registrable), sorted."""
     return sorted({*_FAMILIES, *_MODULES})
@@ -92,4 +111,5 @@ def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any
     return family(name).load(spec, device, **options)
 
 
-__all__ = ["Family", "register_family", "family", "families", "check_model", "load_model"]
+__all__ = ["Family", "SEGMENTERS", "register_family", "family", "family_module", "families", "check_model",
+           "load_model", "segmenter_family"]

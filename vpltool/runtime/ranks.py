@@ -2,7 +2,7 @@
 on them, across GPUs and nodes.
 
 Every command is one of three kinds (:data:`SPLIT`, :data:`ONE`, :data:`ALL`; the CLI says which, see
-:func:`vpltool.cli.common._on_ranks`, which every command goes through):
+:func:`vpltool.cli.errors._on_ranks`, which every command goes through):
 
 * :data:`SPLIT`, the per-image stages (those with ``--shard``: extract, cam, crf, predict, ...): rank r of n runs
   shard r/n of the items (:func:`vpltool.device.shard_from_env`, :class:`vpltool.io.StageFolder`); the last shard to

@@ -23,6 +23,7 @@ from ..data.benchmarks import BENCHMARK_ORDER, TITLES
 from ..data.class_files import is_class_set
 from ..errors import VplError
 from ..models import ModelSpec
+from ..models.registry import segmenter_family
 
 STAGE = "benchmark"
 
@@ -31,6 +32,10 @@ def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | No
     """The :class:`SegmentConfig` of ``method`` on ``benchmark``: its preset, with every non-None ``overrides``
     value (the command line's options) in its place."""
     if method not in BENCHMARK_PRESETS:
+        if segmenter_family(method) != "clip":  # PGSeg / GroupViT: a checkpoint, no benchmark presets
+            raise VplError(f"benchmark {method}: a PGSeg / GroupViT checkpoint has no per-benchmark presets here; "
+                           "segment each benchmark with `vpltool segment NAME=ROOT --pgseg FILE -o OUT`, then score "
+                           "it with `vpltool eval OUT`")
         raise VplError(f"benchmark: no presets for method {method!r}; choose one of {', '.join(BENCHMARK_PRESETS)}")
     settings = BENCHMARK_PRESETS[method].settings(benchmark)
     if settings["dense"] not in DENSE_CHOICES:

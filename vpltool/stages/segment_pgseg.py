@@ -47,9 +47,10 @@ DEFAULT_SLIDE = PGSEG_SLIDE
 
 
 def pgseg_family():
-    from ..models import pgseg
+    """The ``pgseg`` family's module, through the registry."""
+    from ..models.registry import family_module
 
-    return pgseg
+    return family_module("pgseg")
 
 
 def pgseg_names(entries: Sequence[str], background: str) -> tuple[list[str], list[str]]:

@@ -18,13 +18,12 @@ import torch
 
 from ... import io
 from ...config import RuntimeConfig, SegmentConfig
-from ...data import open_dataset, open_recorded, recorded_folders
+from ...data import Dataset, open_source, recorded_folders
 from ...device import autocast, resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
 from ...models.segmentor import segment_logits, settings_params, short_side_size
 from ...runtime.batches import image_stage, run_image_batches
-from .sources import is_extract_folder
 
 STAGE = "cam"
 
@@ -36,7 +35,7 @@ def dense_maps(logits: torch.Tensor, rows: torch.Tensor, n_labels: int, logit_sc
 
 
 def run_dense_cam(
-    source: str | Path,
+    source: str | Path | Dataset,
     prototypes: str | Path,
     out: str | Path,
     cfg: SegmentConfig,
@@ -55,8 +54,7 @@ def run_dense_cam(
     if cfg.dense in PROXY_METHODS:
         raise VplError(f"cam --dense {cfg.dense}: the method needs a proxy vision model, which only `vpltool "
                        "segment` loads (--proxy-model); choose another --dense method for seeds")
-    source, out = Path(source), Path(out)
-    dataset = open_recorded(source, split) if is_extract_folder(source) else open_dataset(source, split)
+    (source, dataset), out = open_source(source, split), Path(out)
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the source": source, "--prototypes": prototypes},
                      protected=[*dataset.folders(), *recorded_folders(source)], overwrite=runtime.overwrite)

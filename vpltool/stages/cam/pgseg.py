@@ -23,19 +23,19 @@ import torch.nn.functional as F
 from ... import io, presets
 from ...config import RuntimeConfig
 from ...config.pgseg import PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES, check_pgseg_side
-from ...data import open_dataset, open_recorded, recorded_folders
+from ...data import Dataset, open_source, recorded_folders
 from ...device import resolve_device, shard_from_env
 from ...errors import ContractError, VplError
 from ...runtime.batches import image_stage
-from .sources import is_extract_folder
 
 STAGE = "cam"
 
 
 def _family():
-    from ...models import pgseg
+    """The ``pgseg`` family's module, through the registry."""
+    from ...models.registry import family_module
 
-    return pgseg
+    return family_module("pgseg")
 
 
 def pgseg_maps(logits: torch.Tensor, labels: list[int]) -> torch.Tensor:
@@ -46,7 +46,7 @@ def pgseg_maps(logits: torch.Tensor, labels: list[int]) -> torch.Tensor:
 
 
 def run_pgseg_cam(
-    source: str | Path,
+    source: str | Path | Dataset,
     checkpoint: str | Path,
     out: str | Path,
     runtime: RuntimeConfig = RuntimeConfig(),
@@ -66,8 +66,7 @@ def run_pgseg_cam(
     if slide[0] < 0 or (slide[0] > 0 and not 0 < slide[1] <= slide[0]):
         raise VplError(f"cam --pgseg: window {slide[0]} at stride {slide[1]}: the crop must be >= 0 (0 = the whole "
                        "image) and the stride between 1 and the crop")
-    source, out = Path(source), Path(out)
-    dataset = open_recorded(source, split) if is_extract_folder(source) else open_dataset(source, split)
+    (source, dataset), out = open_source(source, split), Path(out)
     names = [n.replace("_", " ") for n in dataset.classes[1:]]
     presets.check_class_names(names, "the dataset's classes")
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the source": source, "--pgseg": checkpoint},

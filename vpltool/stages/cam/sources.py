@@ -19,7 +19,7 @@ import torch
 
 from ... import io
 from ...config import CAM_ATTENTION_BLOCKS, CamConfig, ExtractConfig, check_tokens, from_params
-from ...data import open_if_present, open_recorded, recorded_folders
+from ...data import Dataset, open_if_present, open_recorded, recorded_folders
 from ...device import autocast
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone
@@ -76,14 +76,6 @@ def attention_blocks_for(cfg: CamConfig, extract_cfg: ExtractConfig, features: P
     raise VplError(f"cam --attention-blocks {wanted}: {features} was extracted with --attention-blocks {made}, so CAA "
                    f"can average {made} blocks (drop the option) or 1 (the last block alone); for {wanted}, re-run "
                    f"extract with --attention-blocks {wanted}")
-
-
-def is_extract_folder(path: Path) -> bool:
-    """An `extract` output folder, finished or not (its completion record, the record of a run under way, or a
-    finished shard's record), rather than a dataset: a half-made one then gets `extract`'s own message."""
-    if io.record_stage(path) == "extract":
-        return True
-    return bool(io.finished_shards(path)) if path.is_dir() else False
 
 
 class FromFeatures:
@@ -145,10 +137,10 @@ class FromFeatures:
 class FromDataset:
     """`cam` straight from a dataset: one process, one frozen pass per image, no cache written."""
 
-    def __init__(self, root: Path, split: str | None, prototypes, cfg: CamConfig):
-        from ...data import open_dataset
+    def __init__(self, root: Path | Dataset, split: str | None, prototypes, cfg: CamConfig):
+        from ...data import open_source
 
-        self.data = open_dataset(root, split)
+        _, self.data = open_source(root, split)  # a Dataset given is taken as it is
         self.classes = list(self.data.classes)
         self.protos = io.read_prototypes(prototypes, classes=self.classes)
         self.model = self.protos.model

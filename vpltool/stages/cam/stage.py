@@ -26,6 +26,7 @@ import torch
 
 from ... import io
 from ...config import CAM_ATTENTION_BLOCKS, GRADCAM_CUDA_PRECISION, CamConfig, RuntimeConfig, to_params
+from ...data import Dataset, is_extract_folder
 from ...device import resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
@@ -40,7 +41,7 @@ from ...runtime.batches import (
 )
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
-from .sources import FromDataset, FromFeatures, attention_blocks_for, frozen_tokens, is_extract_folder
+from .sources import FromDataset, FromFeatures, attention_blocks_for, frozen_tokens
 
 STAGE = "cam"
 
@@ -103,7 +104,7 @@ def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n
 
 
 def run_cam(
-    source: str | Path,
+    source: str | Path | Dataset,
     prototypes: str | Path,
     out: str | Path,
     cfg: CamConfig = CamConfig(),
@@ -121,16 +122,17 @@ def run_cam(
 
     Args:
         source: an `extract` folder (its cache, its model), or a dataset (VOC/COCO root, folder, manifest) with
-            ``split``: the frozen blocks then run here, in this one process, and nothing is cached; the CLIP model
-            is the one the prototypes were made with.
+            ``split`` (or a :class:`vpltool.data.Dataset` already opened): the frozen blocks then run here, in this
+            one process, and nothing is cached; the CLIP model is the one the prototypes were made with.
         overlays: a folder for heat-map PNGs. debug: a folder for each image's intermediate maps (kind
             ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
         shard: ``(i, n)``: every n-th image from the i-th (``--shard i/n``; under torchrun the rank, see
             :func:`vpltool.device.shard_from_env`); the folder completes when every shard's images are there.
     """
-    source, out = Path(source), Path(out)
+    out = Path(out)
     check_affinity(cfg)
-    if is_extract_folder(source):
+    if not isinstance(source, Dataset) and is_extract_folder(source):
+        source = Path(source)
         if split is not None:
             raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
         src = FromFeatures(source, prototypes, cfg)
@@ -138,6 +140,7 @@ def run_cam(
     else:
         cfg = replace(cfg, attention_blocks=cfg.attention_blocks or CAM_ATTENTION_BLOCKS)
         src = FromDataset(source, split, prototypes, cfg)
+        source = Path(source.root if isinstance(source, Dataset) else source)
     dino_file = cfg.dino_weights if cfg.affinity != "clip" and cfg.dino_weights not in ("hub", "none") else None
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side"),
                              "--save-debug": (debug, "side")},

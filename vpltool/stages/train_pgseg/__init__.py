@@ -78,10 +78,10 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
 
 
 def _family():
-    """The ``pgseg`` model family module (tests put a small stand-in here)."""
-    from ...models import pgseg
+    """The ``pgseg`` model family's module, through the registry (tests put a small stand-in here)."""
+    from ...models.registry import family_module
 
-    return pgseg
+    return family_module("pgseg")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -196,7 +196,7 @@ def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
         return tokenize, lambda text: len(bpe.encode(text)) + 2, model_cfg.context_length
 
     def length(text: str) -> int:
-        tokenize([text])  # a word the vocabulary lacks is refused here, named
+        tokenize([text])  # a word the vocabulary lacks is named here (the toy's word tokenizer warns once)
         return len(tokenize.split(text)) + 2
 
     return tokenize, length, model_cfg.context_length
