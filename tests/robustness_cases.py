@@ -457,7 +457,7 @@ def _interrupted_cams(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("an extract folder where one of two shards is done (cam)", "features_half: no _stage.json yet",
-      "runs in 2 shards and only shard(s) 0 finished", "run the pending --shard 1/2")
+      "runs in 2 shards and only shard(s) 0 finished", "run `vpltool extract` with the pending --shard 1/2")
 def _half_sharded(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.out("features_half")
     cli_ok("extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--shard", "0/2")
@@ -1852,8 +1852,8 @@ def _crf_after_labels_file(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", run / "cams", "-o", ws.out("pseudo_labels_file"), "--workers", "1"]
 
 
-@case("crf after the --labels-file given to extract was edited", "labels_elsewhere.csv: the label file dataset "
-      "world was read with (--labels-file) is gone or changed since")
+@case("crf after the --labels-file given to extract was edited", "labels_elsewhere.csv: dataset world was read "
+      "with this label file (`vpltool extract --labels-file`), which is gone or changed since")
 def _crf_after_labels_file_edit(ws: Workspace) -> Iterator[list[object]]:
     labels, run = _labels_elsewhere(ws)
     with labels.open("a") as fh:
@@ -2100,7 +2100,7 @@ def _classes_background(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("a word the toy CLIP does not know (predict --classes star,zebra)", "--classes: prompt 'a photo of a zebra.'",
-      "words ['zebra'] are not in the toy CLIP's vocabulary")
+      "words ['zebra'] are not in the toy CLIP's vocabulary", "keep the prompts (templates, class names")
 def _classes_unknown_word(ws: Workspace) -> Iterator[list[object]]:
     toy = ws.root / "toy"
     if not (toy / "decoder" / "decoder.safetensors").is_file():
@@ -3693,7 +3693,7 @@ def _gt_all_ignore(ws: Workspace) -> Iterator[list[object]]:
 
 # ---- M12: eval of a half-sharded folder names the pending shard
 @case("eval of a segment folder where only shard 0 of 2 finished", "seg_half: no _stage.json yet: `vpltool segment` "
-      "runs in 2 shards and only shard(s) 0 finished; run the pending --shard 1/2")
+      "runs in 2 shards and only shard(s) 0 finished; run `vpltool segment` with the pending --shard 1/2")
 def _eval_half_segment(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.out("seg_half")
     cli_ok(*_segment(ws, "seg_half", "--classes", "star,circle", "--shard", "0/2"))
@@ -3701,7 +3701,7 @@ def _eval_half_segment(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("eval of a predict folder where only shard 1 of 2 finished", "pred_half: no _stage.json yet: `vpltool "
-      "predict` runs in 2 shards and only shard(s) 1 finished; run the pending --shard 0/2")
+      "predict` runs in 2 shards and only shard(s) 1 finished; run `vpltool predict` with the pending --shard 0/2")
 def _eval_half_predict(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.out("pred_half")
     cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", folder, *CPU, "--shard", "1/2")

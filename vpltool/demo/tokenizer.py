@@ -32,9 +32,12 @@ class WordTokenizer:
             words = self.split(text)
             unknown = [w for w in words if w not in self.index]
             if unknown:
+                # no option named: the prompts come from --templates, --classes, --background, a class file, a
+                # decoder's record or captions, depending on the command
                 raise VplError(f"prompt {text!r}: words {unknown} are not in the toy CLIP's vocabulary (it knows only "
                                f"the demo world's {len(self.words)} words: {', '.join(self.words)}); use it on the "
-                               "demo world, or change --templates / --background to those words")
+                               "demo world, or keep the prompts (templates, class names, background words) to those "
+                               "words")
             ids = [self.sot] + [self.index[w] for w in words][: self.context_length - 2] + [self.eot]
             out[row, : len(ids)] = torch.tensor(ids)
         return out
