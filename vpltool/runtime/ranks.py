@@ -19,6 +19,9 @@ spares torchrun's agent its 300 s wait for the dead node). Without ``MASTER_ADDR
 job script; ``srun`` waits for every task) the per-image stages split all the same and the other stages run on
 rank 0 only, with no group.
 
+A bad input fails every rank with the same line; under torchrun the first rank of each node prints it and the
+others of that node exit 2 silently (:func:`error_said_once`), while a line only one rank has is printed by it.
+
 Several commands may run one after the other in one torchrun worker (``torchrun ... --no-python bash
 pipeline.sh``): each command's group lives under its own prefix of the agent's store (the count of commands this
 rank ran so far, the same on every rank), so no command reads another's keys.
