@@ -4427,6 +4427,12 @@ def _world_too_many(ws: Workspace) -> Iterator[list[object]]:
     yield ["make-world", ws.out("world_huge"), "--train", "2147483648"]
 
 
+@case("train-toy-clip --batch-size 2147483648 (each step renders its batch in memory)",
+      "--batch-size 2147483648: at most 4,096 scenes per step", "give a smaller batch")
+def _toy_clip_batch_too_big(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_huge_batch"), "--steps", "1", "--batch-size", "2147483648"]
+
+
 @case("train-pgseg --nouns FILE that matches no caption", "none of its words is in any of the 4 captions")
 def _pgseg_nouns_match_nothing(ws: Workspace) -> Iterator[list[object]]:
     (ws.root / "nouns_none.txt").write_text("zebra\ngiraffe\n")
