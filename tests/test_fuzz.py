@@ -59,7 +59,7 @@ def ws(tmp_path_factory) -> rc.Workspace:
 def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
     """A valid invocation of ``name`` on the workspace, writing ``out`` (None: none known, draw the arguments)."""
     decoder = ws.decoder / "decoder.safetensors"
-    made = {"choose-pseudo": lambda: [_scored_run(ws, out), "none", "--by", "masks"],  # made in out on demand
+    made = {"choose-pseudo": lambda: [_scored_run(ws, out), "none", "--refine", "none", "--by", "masks"],
             "demo-report": lambda: [_demo_run(ws, out)]}
     if name in made:
         return made[name]()
@@ -97,9 +97,14 @@ def _run_of(ws: rc.Workspace) -> Path:
 
 
 def _scored_run(ws: rc.Workspace, out: Path) -> Path:
-    """``out`` as a run folder whose own pseudo masks eval scored on train: what `choose-pseudo` chooses among
-    (it writes ``out/metrics/pseudo_choice.json``)."""
-    shutil.copytree(ws.pseudo, out / "pseudo")
+    """``out`` as a run folder whose own pseudo masks (``out/pseudo``, CRF of ``out/cams_vision``) eval scored on
+    train: what `choose-pseudo` chooses among (it writes ``out/metrics/pseudo_choice.json``). The CAMs and masks are
+    made once and copied."""
+    base = ws.root / "fuzz_choice_base"
+    if not (base / "pseudo" / "_stage.json").is_file():
+        rc.cli_ok("cam", ws.features, "-p", ws.text, "-o", base / "cams_vision", "--refine", "none", *rc.CPU)
+        rc.cli_ok("crf", base / "cams_vision", "-o", base / "pseudo", "--workers", "1")
+    shutil.copytree(base, out)
     rc.cli_ok("eval", out / "pseudo", "--json", out / "metrics" / "pseudo.json")
     return out
 
