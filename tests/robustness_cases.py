@@ -4433,6 +4433,27 @@ def _toy_clip_batch_too_big(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-toy-clip", ws.out("toy_huge_batch"), "--steps", "1", "--batch-size", "2147483648"]
 
 
+@case("train-toy-dino OUT where OUT is the toy DINO vpltool ships (no --overwrite; a link to it in the workspace)",
+      "shipped_dino.safetensors: is the toy model vpltool ships (vpltool/assets/toy-dino/model.safetensors), so it "
+      "is not replaced")
+def _toy_dino_over_shipped(ws: Workspace) -> Iterator[list[object]]:
+    import vpltool
+
+    link = ws.root / "shipped_dino.safetensors"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path(vpltool.__file__).parent / "assets" / "toy-dino" / "model.safetensors")
+    yield ["train-toy-dino", link, "--data", ws.world, "--epochs", "1", "--batch-size", "2"]
+
+
+@case("train-decoder -o a train-pgseg folder whose records are gone (its checkpoints and log have a decoder's names)",
+      "run_pgseg_bare: holds `train-pgseg` output; choose another --out")
+def _decoder_into_bare_pgseg_run(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_pgseg_bare")
+    for record in ("_stage.json", "_run.json"):
+        (run / record).unlink(missing_ok=True)
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", run, *DECODER_ARGS]
+
+
 @case("train-pgseg --nouns FILE that matches no caption", "none of its words is in any of the 4 captions")
 def _pgseg_nouns_match_nothing(ws: Workspace) -> Iterator[list[object]]:
     (ws.root / "nouns_none.txt").write_text("zebra\ngiraffe\n")
