@@ -10,7 +10,11 @@ a patch, the largest stage-1 group's share, and the group-oracle mIoU (every fin
 class most of its pixels have): the best any group-to-class assignment could score with these groups, so an upper
 bound of the text side; and whether the model recognises the shapes at all: on the scenes with an object, how often
 the class whose 'a photo of a {}.' embedding best matches the pooled image embedding is one of the scene's classes
-(``pooled_top1_in_scene``; chance, a class drawn at random, is ``chance_top1_in_scene``). ``--untrained``: a freshly
+(``pooled_top1_in_scene``; chance, a class drawn at random, is ``chance_top1_in_scene``); and whether its groups
+are named: of the final groups more than half of whose pixels are one object (``object_groups_per_image`` of them),
+the share whose best-matching class name is that object's (``object_group_named_right``) and their mean top
+probability at the model's ``logit_scale`` (``object_group_top_probability``: the reference's rule calls a group
+background below 0.95 unless it is the image's most confident one). ``--untrained``: a freshly
 initialised tiny GroupViT at the cpu recipe's crop too (seed 0). And `segment --pgseg`'s own labels on these train
 scenes (whole image at ``--short-side``): ``zero_shot_miou`` by the reference's rule, ``zero_shot_miou_background``
 with ``--background`` words queried too: the train-split proxy the demo's recipe and inference were chosen by;
@@ -64,7 +68,8 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
     tags = {t: "" if t == fam.DEFAULT_BG_THRESH else f"_t{t:g}" for t in thresholds}
     zero_shot = {f"{s}{tag}": MiouAccumulator(len(data.classes)) for tag in tags.values() for s in ("", "_background")}
     largest_bg = {"": MiouAccumulator(len(data.classes)), "_background": MiouAccumulator(len(data.classes))}
-    top1 = []
+    top1, group_right, group_prob = [], [], []
+    scale = float(model.logit_scale.exp().clamp(max=100))
     for item in data.items[:n_images]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
         h0, w0 = image.shape[:2]
@@ -86,8 +91,13 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
         maps = combined.T.reshape(1, -1, x.shape[-2] // p, x.shape[-1] // p)
         pixel_group = F.interpolate(maps, size=(h0, w0), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
         pred = np.zeros_like(gt)
+        group_text = F.normalize(feats["groups"][0], dim=-1) @ text.T  # [G, C]: each final group's class cosines
         for g in np.unique(pixel_group):
-            pred[pixel_group == g] = np.bincount(gt[pixel_group == g]).argmax()
+            holds = np.bincount(gt[pixel_group == g], minlength=len(names) + 1) / (pixel_group == g).sum()
+            pred[pixel_group == g] = holds.argmax()
+            if holds.argmax() not in (0, 255) and holds.max() > 0.5:  # an object's group: is it named right?
+                group_right.append(int(group_text[g].argmax()) + 1 == holds.argmax())
+                group_prob.append(float((group_text[g] * scale).softmax(-1).max()))
         oracle.add(gt, pred)
         for c in present:  # NPR's claims, per object: compact (few groups share it), complete (one group holds it)
             shares = np.bincount(pixel_group[gt == c]) / (gt == c).sum()
@@ -103,7 +113,10 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
                 largest_bg[suffix].add(gt, logits.to(torch.uint8).numpy())
     return {"largest_final_group_share": statistics.fmean(largest), "final_groups_used": statistics.fmean(used),
             "largest_stage1_group_share": statistics.fmean(stage1), "group_oracle_miou": oracle.result()["miou"],
-            "pooled_top1_in_scene": statistics.fmean(top1),
+            "pooled_top1_in_scene": statistics.fmean(top1), "logit_scale": scale,
+            "object_groups_per_image": len(group_right) / n_images,
+            "object_group_named_right": statistics.fmean(group_right) if group_right else None,
+            "object_group_top_probability": statistics.fmean(group_prob) if group_prob else None,
             "groups_per_object": statistics.fmean(per_object), "object_in_one_group": statistics.fmean(completeness),
             **{f"stage{i + 1}_assignment_max": statistics.fmean(v) for i, v in sharp.items()},
             **{f"zero_shot_miou{k}": acc.result()["miou"] for k, acc in zero_shot.items()},

@@ -12,7 +12,7 @@ import torch
 from vpltool.config.pgseg import PGSegTrainConfig, pgseg_recipe
 from vpltool.errors import VplError
 from vpltool.models.pgseg import build_model, tiny_config
-from vpltool.models.pgseg.groupvit import AssignAttention, Attention
+from vpltool.models.pgseg.groupvit import AssignAttention, Attention, window_mask
 from vpltool.models.pgseg.model import positive_targets
 
 
@@ -123,3 +123,76 @@ def test_train_config_knobs_default_to_the_reference_and_refuse_bad_values():
                        ({"warmup_epochs": -0.5}, "--warmup-epochs")):
         with pytest.raises(VplError, match=words):
             PGSegTrainConfig(**bad)
+
+
+def test_the_trainers_knobs_reach_the_model_it_builds():
+    """Every family knob of `train-pgseg` lands in the model config it trains and saves (a merge once dropped them:
+    the demo recipe then trained the reference's model under the recipe's name)."""
+    from vpltool.models import pgseg as fam
+    from vpltool.stages.train_pgseg import _model_config
+
+    cfg = pgseg_recipe("demo", multi_positive=True, temperature=0.05, hard_assignment=False)
+    out = _model_config(fam, cfg, None)
+    assert (out.multi_positive, out.multi_label_pool, out.contrast_temperature, out.hard_assignment,
+            out.assign_qk_init, out.qk_init, out.multi_label) == (True, "max", 0.05, False, 6.0, 2.0, 3)
+    assert out.attention_window == cfg.attention_window
+    trained = fam.PGSegConfig.from_dict({**out.to_dict(), "assign_qk_init": 1.5})
+    again = _model_config(fam, cfg, trained)  # an --init's own init gains stay as its file records them
+    assert again.assign_qk_init == 1.5
+
+
+def test_attention_window_keeps_the_first_stages_patch_tokens_local():
+    """With ``attention_window`` 3 a patch token after the first stage's blocks depends on its 3x3 patch
+    neighbourhood alone (one block: changing a far patch leaves it unchanged), while the group tokens still see
+    every patch; 0 is the reference's global attention (the far patch then reaches it)."""
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, 32, 32)  # tiny config: 8 px patches, a 4x4 grid, one block in stage 1
+    moved = images.clone()
+    moved[:, :, 24:, 24:] += 1.0  # patch (3, 3): far from patch (0, 0)
+
+    def stage1(window: int, x: torch.Tensor):
+        enc = build_model(tiny_config(npr=False, attention_window=window), seed=0).img_encoder.eval()
+        tokens, hw = enc.patch_embed(x)
+        layer = enc.layers[0]
+        cat = torch.cat([tokens + enc.pos_embed, layer.group_token.expand(1, -1, -1)], dim=1)
+        mask = window_mask(hw, window, layer.num_group_token, cat.device)
+        with torch.no_grad():
+            out = layer.blocks[0](cat, mask)
+        return out[0, 0], out[0, -1]  # patch (0, 0), the last group token
+
+    (p0, g0), (p1, g1) = stage1(3, images), stage1(3, moved)
+    assert torch.equal(p0, p1) and not torch.allclose(g0, g1)
+    (q0, _), (q1, _) = stage1(0, images), stage1(0, moved)
+    assert not torch.allclose(q0, q1)
+    with pytest.raises(VplError, match="--attention-window 4: .*pass 5"):
+        PGSegTrainConfig(attention_window=4)
+
+
+def test_same_caption_nouns_keys_captions_by_their_nouns(monkeypatch):
+    """``--same-caption nouns``: each view carries its caption's key, the sorted set of its vocabulary nouns, so
+    two captions of the same shapes on the same background are one caption to the multi-positive loss, whatever
+    else they say; the key needs --multi-positive and the noun loss."""
+    from types import SimpleNamespace
+
+    from vpltool.data.nouns import VocabularyNouns
+    from vpltool.models import pgseg as fam
+    from vpltool.stages import train_pgseg
+    from vpltool.stages.train_pgseg import PairViews
+
+    with pytest.raises(VplError, match="--same-caption nouns: needs --multi-positive"):
+        pgseg_recipe("demo", same_caption="nouns")
+    cfg = pgseg_recipe("cpu", multi_label=2, multi_positive=True, same_caption="nouns", noun_templates="simple")
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 40))
+    pairs = SimpleNamespace(pairs=[SimpleNamespace(caption=c, image=image) for c in (
+        "a red star and a big circle on grass", "a small circle left of a blue star on grass",
+        "a red star and a big circle on sky")])
+    tokenize = fam.tokenizer(tiny_config())
+    views = PairViews(pairs, tokenize, cfg, VocabularyNouns(["star", "circle", "grass", "sky"]))
+    monkeypatch.setattr(train_pgseg, "decode_rgb", lambda pair: pair.image)
+    items = [views[(i, 0)] for i in range(3)]
+    assert all(len(item) == 3 for item in items)
+    keys = [item[2] for item in items]
+    assert torch.equal(keys[0], keys[1]) and not torch.equal(keys[0], keys[2])
+    assert not torch.equal(items[0][1][0], items[1][1][0])  # the captions themselves differ

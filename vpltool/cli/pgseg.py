@@ -89,11 +89,18 @@ def train_pgseg_cmd(
         help="Every text of the batch equal to one of a sample's own (a repeated caption or noun prompt) is a "
              f"positive of its image, not a negative [default: {_default('multi_positive')}; the reference: "
              "single].")] = None,
+    same_caption: Annotated[Optional[str], _opt("Which captions --multi-positive counts as the same: text (equal "
+                                                "token ids) or nouns (the same set of --nouns words, whatever else "
+                                                "they say: the toy CLIP's caption key).", "same_caption")] = None,
     assign_qk_init: Annotated[Optional[float], _opt("Mimetic init of the grouping's assignment attention (W_q = "
                                                     "W_k, this gain: a patch starts in the group it looks like); "
                                                     "0 = the reference's init.", "assign_qk_init")] = None,
     qk_init: Annotated[Optional[float], _opt("Mimetic init of every other attention (gain); 0 = the reference's.",
                                              "qk_init")] = None,
+    attention_window: Annotated[Optional[int], _opt("The first stage's attention window, in patches (odd): a patch "
+                                                    "token sees its k x k neighbourhood, the group tokens see "
+                                                    "everything; 0 = global, the reference's.",
+                                                    "attention_window")] = None,
     temperature: Annotated[Optional[float], _opt("The contrastive losses' initial temperature (1 / exp(logit "
                                                  "scale), trainable, scale clamped at 100).", "temperature")] = None,
     hard_assignment: Annotated[Optional[bool], typer.Option(
@@ -150,8 +157,9 @@ def train_pgseg_cmd(
                        min_scale=min_scale, truncate=truncate or None, checkpoint_every=checkpoint_every,
                        log_every=log_every, seed=seed, multi_label=multi_label,
                        multi_label_weight=multi_label_weight, noun_templates=noun_templates,
-                       multi_positive=multi_positive, multi_label_pool=multi_label_pool,
-                       assign_qk_init=assign_qk_init, qk_init=qk_init, temperature=temperature, hflip=hflip,
+                       multi_positive=multi_positive, same_caption=same_caption, multi_label_pool=multi_label_pool,
+                       assign_qk_init=assign_qk_init, qk_init=qk_init, attention_window=attention_window,
+                       temperature=temperature, hflip=hflip,
                        hard_assignment=hard_assignment)
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
         s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,

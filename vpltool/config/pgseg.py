@@ -10,11 +10,12 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import VplWarning
+from ..errors import VplError, VplWarning
 from .checks import at_least, choice, fraction, non_negative, positive, seed_value
 
 PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
 # the demo world's (the toy CLIP's image tower size)
+SAME_CAPTION = ("text", "nouns")  # what makes two captions the same for --multi-positive
 NOUN_TEMPLATES = ("full", "simple")  # the noun prompts' templates: CLIP's 80 ImageNet ones (the reference's), or
 # segmentation's one "a photo of a {}."
 PGSEG_RECIPES: dict[str, dict[str, Any]] = {
@@ -72,12 +73,18 @@ class PGSegTrainConfig:
     # both contrastive losses with every same-text pair of the batch a positive (PGSegConfig.multi_positive); False:
     # the reference's one positive per row
     multi_positive: bool = False
+    # which captions are the same one to --multi-positive's contrastive loss: "text", equal token ids; "nouns", the
+    # same set of noun-vocabulary words (the toy CLIP's caption key: two captions of the same shapes on the same
+    # background, whatever their colours and places)
+    same_caption: str = "text"
     multi_label_pool: str = "mean"  # the multi-label loss's image side (PGSegConfig.multi_label_pool): "mean", the
     # reference's pooled embedding; "max", each image's best final group
     # mimetic query-key init gains (PGSegConfig.assign_qk_init / qk_init): the assignment attention's, every other
     # attention's; 0: the reference's init
     assign_qk_init: float = 0.0
     qk_init: float = 0.0
+    attention_window: int = 0  # the first stage's attention window in patches (PGSegConfig.attention_window); 0:
+    # global, the reference's
     temperature: float = 0.07  # model.contrast_temperature: the initial 1 / exp(logit_scale) of both losses
     hard_assignment: bool = True  # model.img_encoder.hard_assignment: gumbel noise + straight-through hard
     # assignment of the patches to the groups in training (the reference's); False: the plain softmax
@@ -92,11 +99,18 @@ class PGSegTrainConfig:
                  "each process)")
         for name in ("epochs", "crop_size", "log_every"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
-        for name in ("checkpoint_every", "multi_label"):
+        if self.attention_window and self.attention_window % 2 == 0:
+            raise VplError(f"--attention-window {self.attention_window}: a window is centred on its patch, so it "
+                           f"spans an odd number of patches; pass {self.attention_window + 1} (or 0: global)")
+        for name in ("checkpoint_every", "multi_label", "attention_window"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
         non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
         choice("--noun-templates", self.noun_templates, NOUN_TEMPLATES)
         choice("--multi-label-pool", self.multi_label_pool, ("mean", "max"))
+        choice("--same-caption", self.same_caption, SAME_CAPTION)
+        if self.same_caption == "nouns" and not (self.multi_positive and self.multi_label):
+            raise VplError("--same-caption nouns: needs --multi-positive (it says which captions are positives of "
+                           "each other) and --multi-label K with nouns (it reads the nouns); pass both")
         for name in ("lr", "eps", "temperature"):
             positive(f"--{name.replace('_', '-')}", getattr(self, name))
         for name in ("warmup_lr", "min_lr", "weight_decay", "clip_grad", "multi_label_weight", "assign_qk_init",

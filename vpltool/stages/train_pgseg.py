@@ -98,14 +98,16 @@ class PairViews(torch.utils.data.Dataset):
     DataLoader's workers. The crop is torchvision's, drawn from a torch RNG seeded by (seed, epoch, index).
     With ``cfg.multi_label = K > 0`` and ``nouns`` (caption -> its nouns): tokens ``[1 + K, L]``, the caption
     and ``K`` noun prompts (:func:`vpltool.data.nouns.noun_prompts`) drawn from a numpy RNG seeded by (seed,
-    epoch, index, 1)."""
+    epoch, index, 1). With ``cfg.same_caption`` "nouns", a third item: the caption's key ``[L]`` int64, its
+    nouns sorted and tokenised (captions naming the same nouns are then the same caption to the contrastive loss's
+    ``--multi-positive``: the toy CLIP's caption key)."""
 
     def __init__(self, pairs: PairSet, tokenize: Callable, cfg: PGSegTrainConfig,
                  nouns: Callable[[str], list[str]] | None = None):
         from torchvision import transforms
 
         self.pairs, self.tokenize, self.seed = pairs.pairs, tokenize, cfg.seed
-        self.multi_label, self.nouns = cfg.multi_label, nouns
+        self.multi_label, self.nouns, self.keyed = cfg.multi_label, nouns, cfg.same_caption == "nouns"
         self.templates = IMAGENET_TEMPLATES if cfg.noun_templates == "full" else _family().TEMPLATES["simple"]
         self.transform = transforms.Compose([
             transforms.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0)),
@@ -117,7 +119,7 @@ class PairViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, ...]:
         index, epoch = key
         pair = self.pairs[index]
         with torch.random.fork_rng(devices=[]):  # the caller's stream (the model's noise) is left as it was
@@ -126,8 +128,9 @@ class PairViews(torch.utils.data.Dataset):
         if self.multi_label == 0:
             return image, self.tokenize([pair.caption])[0]
         rng = np.random.RandomState(np.random.SeedSequence([self.seed, epoch, index, 1]).generate_state(1)[0])
-        return image, self.tokenize(noun_prompts(pair.caption, self.nouns(pair.caption), self.multi_label, rng,
-                                                 self.templates))
+        nouns = self.nouns(pair.caption)
+        tokens = self.tokenize(noun_prompts(pair.caption, nouns, self.multi_label, rng, self.templates))
+        return (image, tokens, self.tokenize([" ".join(sorted(set(nouns)))])[0]) if self.keyed else (image, tokens)
 
 
 class GlobalBatches(torch.utils.data.Sampler):
@@ -175,8 +178,8 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.model, self.gather = model, gather
 
-    def forward(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
-        return self.model.forward_train(images, tokens, gather=self.gather)
+    def forward(self, images: Tensor, tokens: Tensor, keys: Tensor | None = None) -> dict[str, Tensor]:
+        return self.model.forward_train(images, tokens, gather=self.gather, keys=keys)
 
 
 def gather_ranks(x: Tensor) -> Tensor:
@@ -204,14 +207,15 @@ def make_optimizer(model: torch.nn.Module, cfg: PGSegTrainConfig) -> torch.optim
 
 
 def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
-               tokens: Tensor, lr: float, clip_grad: float | None) -> tuple[dict[str, Tensor], Tensor]:
+               tokens: Tensor, lr: float, clip_grad: float | None,
+               keys: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """One iteration of the reference's loop on a batch already on the device: ``losses = step(images, tokens)``,
     backward, the gradient norm clipped to ``clip_grad`` (None / 0: measured only), AdamW at rate ``lr``. Returns
     the losses and the norm as tensors: nothing here waits for the device (the caller reads them when it logs)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     step.train()
-    losses = step(images, tokens)
+    losses = step(images, tokens) if keys is None else step(images, tokens, keys)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     params = [p for p in model.parameters() if p.grad is not None]
@@ -234,7 +238,14 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
     out = fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
-                                     "multi_label_weight": cfg.multi_label_weight})
+                                     "multi_label_weight": cfg.multi_label_weight,
+                                     "multi_positive": cfg.multi_positive, "multi_label_pool": cfg.multi_label_pool,
+                                     "contrast_temperature": cfg.temperature,
+                                     "hard_assignment": cfg.hard_assignment,
+                                     # an init's weights are trained: its own init gains stay as recorded
+                                     **({} if init_config is not None else
+                                        {"assign_qk_init": cfg.assign_qk_init, "qk_init": cfg.qk_init,
+                                         "attention_window": cfg.attention_window})})
     patch = getattr(out, "patch_size", 1)
     if cfg.crop_size < patch:  # no patch token at all: a traceback in the first forward
         raise VplError(f"--crop-size {cfg.crop_size}: smaller than the model's patch ({patch} px), so a crop holds "
@@ -456,11 +467,12 @@ def run_train_pgseg(
             first = last = None
             t0 = time.perf_counter()
             try:
-                for it, (images, tokens) in zip(range(start, stop), batches):
+                for it, (images, tokens, *keys) in zip(range(start, stop), batches):
                     torch.manual_seed(_iteration_seed(cfg.seed, it, rank))  # gumbel noise, drop path
                     lr = lr_at(cfg, it, per_epoch)
                     losses, norm = train_step(step, model, optimizer, images.to(device, non_blocking=True),
-                                              tokens.to(device, non_blocking=True), lr, cfg.clip_grad)
+                                              tokens.to(device, non_blocking=True), lr, cfg.clip_grad,
+                                              *(k.to(device, non_blocking=True) for k in keys))
                     n = it + 1
                     record: dict[str, Any] = {"iter": n}
                     if n % cfg.log_every == 0 or n == stop or n == start + 1:

@@ -105,7 +105,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: an additive ``[N, S]`` float mask (``-inf`` where a query may not look), or None."""
         if self.qkv_fuse:
             b, n, c = query.shape
             qkv = self.qkv(query).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
@@ -115,9 +117,10 @@ class Attention(nn.Module):
             q, k, v = (_heads(p(t), self.num_heads) for p, t in
                        ((self.q_proj, query), (self.k_proj, key), (self.v_proj, key)))
         if self.fused and not (self.training and self.attn_drop.p > 0):
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         else:
-            out = self.attn_drop(((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)) @ v
+            logits = (q @ k.transpose(-2, -1)) * self.scale
+            out = self.attn_drop((logits if mask is None else logits + mask).softmax(dim=-1)) @ v
         return self.proj_drop(self.proj(_merge(out)))
 
 
@@ -134,8 +137,8 @@ class AttnBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), mask=mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -253,10 +256,11 @@ class GroupingLayer(nn.Module):
         self.downsample_spatial = npr
         self.group_projector = group_projector
 
-    def forward(self, x: torch.Tensor, prev_group_token: torch.Tensor | None):
+    def forward(self, x: torch.Tensor, prev_group_token: torch.Tensor | None, mask: torch.Tensor | None = None):
         """``x`` ``[B, L, C]`` -> ``(x_next, group_tokens [B, S, C] | None, stage dict)``; the dict holds ``maps``
         (the assignment, None in the last stage), ``center`` (projected group tokens) and ``mu`` (NPR prototypes
-        ``[B, G, C]``) where they exist."""
+        ``[B, G, C]``) where they exist. ``mask``: the blocks' additive ``[L + S, L + S]`` attention mask, or
+        None (global)."""
         group_token = None
         if self.group_token is not None:
             group_token = self.group_token.expand(x.size(0), -1, -1)
@@ -265,7 +269,7 @@ class GroupingLayer(nn.Module):
         inp_x = x
         cat_x = x if group_token is None else torch.cat([x, group_token], dim=1)
         for blk in self.blocks:
-            cat_x = blk(cat_x)
+            cat_x = blk(cat_x, mask)
         if self.group_token is not None:
             x, group_token = cat_x[:, :-self.num_group_token], cat_x[:, -self.num_group_token:]
         else:
@@ -319,6 +323,7 @@ class GroupViTEncoder(nn.Module):
         super().__init__()
         depths, dim = list(cfg.depths), cfg.embed_dim
         self.num_group_tokens = list(cfg.num_group_tokens)
+        self.attention_window = cfg.attention_window
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, 3, dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, dim))
         trunc_normal_(self.pos_embed, std=0.02)
@@ -361,8 +366,10 @@ class GroupViTEncoder(nn.Module):
         pos = self.pos_embed if self.training else interpolate_pos_encoding(self.pos_embed, *hw)
         x = self.pos_drop(x + pos)
         group_token, stages = None, []
-        for layer in self.layers:
-            x, group_token, stage = layer(x, group_token)
+        for i, layer in enumerate(self.layers):
+            # only the first stage's tokens are patches on a grid; the later stages' are groups
+            mask = window_mask(hw, self.attention_window, layer.num_group_token, x.device) if i == 0 else None
+            x, group_token, stage = layer(x, group_token, mask)
             stages.append(stage)
         return self.norm(x), stages
 
@@ -370,6 +377,23 @@ class GroupViTEncoder(nn.Module):
     def pooled(tokens: torch.Tensor) -> torch.Tensor:
         """``[B, G, C]`` -> ``[B, C]``: the mean over the final groups (the image embedding before projection)."""
         return tokens.mean(dim=1)
+
+
+def window_mask(hw: tuple[int, int], size: int, groups: int, device: torch.device) -> torch.Tensor | None:
+    """The first stage's additive attention mask over ``[h*w patch tokens; groups group tokens]``, ``[L, L]``
+    float32 with ``L = h*w + groups``: a patch token sees the patches of its ``size x size`` neighbourhood (none of
+    the group tokens, so that what it carries stays local), a group token sees every token. None when ``size`` is 0
+    (global attention: the reference's)."""
+    if size < 1:
+        return None
+    h, w = hw
+    rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+    r = size // 2
+    near = ((rows[:, None] - rows[None, :]).abs() <= r) & ((cols[:, None] - cols[None, :]).abs() <= r)
+    allowed = torch.ones(h * w + groups, h * w + groups, dtype=torch.bool)
+    allowed[:h * w] = False
+    allowed[:h * w, :h * w] = near
+    return torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf")).to(device)
 
 
 def _mimetic(encoder: nn.Module, assign_gain: float, gain: float) -> None:

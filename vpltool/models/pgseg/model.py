@@ -72,6 +72,10 @@ class PGSegConfig:
     # attention (assign_qk_init) and of every other attention, self and cross (qk_init); 0: the reference's init
     assign_qk_init: float = 0.0
     qk_init: float = 0.0
+    # how the first stage's blocks mix the patch tokens: 0, globally (the reference's); k (odd), each patch token
+    # attends to its k x k patch neighbourhood alone while the group tokens attend to everything (the toy CLIP's
+    # windowed early blocks, whose patch tokens stay local: what its dense read-out segments with)
+    attention_window: int = 0
     # how the image encoder's softmax attention is computed, not what: True = PyTorch's fused
     # scaled_dot_product_attention (~1e-7 apart in fp32, which the hard assignment's argmax can turn into another
     # group: docs/pgseg.md); False = the reference's explicit softmax(q k^T) v, bit for bit
@@ -90,6 +94,8 @@ class PGSegConfig:
             raise ValueError("PGSegConfig: multi_label is a count of noun prompts (>= 0)")
         if self.multi_label_pool not in ("mean", "max"):
             raise ValueError("PGSegConfig: multi_label_pool is mean or max")
+        if self.attention_window < 0 or (self.attention_window and self.attention_window % 2 == 0):
+            raise ValueError("PGSegConfig: attention_window is 0 (global) or an odd patch count")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (tuples as lists)."""
@@ -283,7 +289,7 @@ class PGSeg(nn.Module):
         return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
     def forward_train(self, images: torch.Tensor, tokens: torch.Tensor, gather: Gather | None = None,
-                      rank: int | None = None) -> dict[str, torch.Tensor]:
+                      rank: int | None = None, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One training forward on ``B`` image-caption pairs (call ``train()`` first: gumbel assignment, drop path,
         batch statistics, the text prototypes' momentum update).
 
@@ -296,6 +302,8 @@ class PGSeg(nn.Module):
                 None = one process.
             rank: this process's rank (the contrastive labels' offset); None = ``torch.distributed``'s when a
                 ``gather`` is given and a group is initialised, else 0.
+            keys: ``[B, Lk]`` int64, what makes two captions the same for ``cfg.multi_positive`` (equal rows:
+                positives of each other's images); None = the captions' own token ids.
 
         Returns:
             ``loss`` (total = ``contrastive`` + ``npr`` + ``multi_label``), ``contrastive``, with NPR ``npr``,
@@ -321,8 +329,9 @@ class PGSeg(nn.Module):
         if self.cfg.npr:
             out.update(npr_losses(stages, text_mu, self.img_encoder.logit_scale, self.cfg.npr_weight))
         image_x = self.img_projector(self.img_encoder.pooled(tokens_img))
+        caption_keys = keys if keys is not None else tokens if k == 0 else tokens[:, 0]
         out["contrastive"] = self.contrastive_loss(image_x, text_all if k == 0 else text_x[:, 0], gather, rank,
-                                                   tokens if k == 0 else tokens[:, 0])
+                                                   caption_keys)
         total = out["contrastive"] + out["npr"] if self.cfg.npr else out["contrastive"]
         if k > 0:
             image_feat = self.img_projector(tokens_img) if self.cfg.multi_label_pool == "max" else \
