@@ -625,6 +625,12 @@ def _weclip_on_pseudo(ws: Workspace) -> Iterator[list[object]]:
            *DECODER_ARGS]
 
 
+@case("feature folder given to train-decoder --recipe weclip", "features: an `extract` folder", "takes none")
+def _weclip_on_features(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.features, "-p", ws.text, "-o", ws.out("decoder_weclip_f"), "--recipe", "weclip",
+           *DECODER_ARGS]
+
+
 @case("--resume of a vpl decoder run with --recipe weclip", "decoder_vpl", "--recipe vpl there, weclip here",
       "PSEUDO (the pseudo masks)")
 def _weclip_resumes_vpl(ws: Workspace) -> Iterator[list[object]]:
