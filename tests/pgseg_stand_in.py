@@ -105,7 +105,7 @@ class PGSeg(nn.Module):
         side = images.shape[-1] // self.cfg.patch
         return self.groups(p).softmax(-1).transpose(1, 2).reshape(len(images), 4, -1, side)
 
-    def forward_train(self, images, tokens, gather=None):
+    def forward_train(self, images, tokens, gather=None, keys=None):
         feats = self._patches(images).mean(1)
         if NOISE:
             feats = feats + 0.05 * torch.randn_like(feats)
