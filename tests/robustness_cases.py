@@ -457,7 +457,7 @@ def _interrupted_cams(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("an extract folder where one of two shards is done (cam)", "features_half: no _stage.json yet",
-      "runs in 2 shards and only shard(s) 0 finished", "run the pending --shard 1/2")
+      "runs in 2 shards and only shard(s) 0 finished", "run `vpltool extract` with the pending --shard 1/2")
 def _half_sharded(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.out("features_half")
     cli_ok("extract", ws.world, "--split", "train", "-o", folder, *TINY, *CPU, "--shard", "0/2")
@@ -622,6 +622,12 @@ def _interrupted_decoder(ws: Workspace) -> Iterator[list[object]]:
       "give the dataset itself")
 def _weclip_on_pseudo(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_weclip"), "--recipe", "weclip",
+           *DECODER_ARGS]
+
+
+@case("feature folder given to train-decoder --recipe weclip", "features: an `extract` folder", "takes none")
+def _weclip_on_features(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-decoder", ws.features, "-p", ws.text, "-o", ws.out("decoder_weclip_f"), "--recipe", "weclip",
            *DECODER_ARGS]
 
 
@@ -1853,8 +1859,8 @@ def _crf_after_labels_file(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", run / "cams", "-o", ws.out("pseudo_labels_file"), "--workers", "1"]
 
 
-@case("crf after the --labels-file given to extract was edited", "labels_elsewhere.csv: the label file dataset "
-      "world was read with (--labels-file) is gone or changed since")
+@case("crf after the --labels-file given to extract was edited", "labels_elsewhere.csv: dataset world was read "
+      "with this label file (`vpltool extract --labels-file`), which is gone or changed since")
 def _crf_after_labels_file_edit(ws: Workspace) -> Iterator[list[object]]:
     labels, run = _labels_elsewhere(ws)
     with labels.open("a") as fh:
@@ -3695,7 +3701,7 @@ def _gt_all_ignore(ws: Workspace) -> Iterator[list[object]]:
 
 # ---- M12: eval of a half-sharded folder names the pending shard
 @case("eval of a segment folder where only shard 0 of 2 finished", "seg_half: no _stage.json yet: `vpltool segment` "
-      "runs in 2 shards and only shard(s) 0 finished; run the pending --shard 1/2")
+      "runs in 2 shards and only shard(s) 0 finished; run `vpltool segment` with the pending --shard 1/2")
 def _eval_half_segment(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.out("seg_half")
     cli_ok(*_segment(ws, "seg_half", "--classes", "star,circle", "--shard", "0/2"))
@@ -3703,7 +3709,7 @@ def _eval_half_segment(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("eval of a predict folder where only shard 1 of 2 finished", "pred_half: no _stage.json yet: `vpltool "
-      "predict` runs in 2 shards and only shard(s) 1 finished; run the pending --shard 0/2")
+      "predict` runs in 2 shards and only shard(s) 1 finished; run `vpltool predict` with the pending --shard 0/2")
 def _eval_half_predict(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.out("pred_half")
     cli_ok("predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", folder, *CPU, "--shard", "1/2")
@@ -4427,6 +4433,33 @@ def _benchmark_method_twice(ws: Workspace) -> Iterator[list[object]]:
 @case("make-world --train 2147483648", "--train 2147483648 --val 200: at most 1,000,000 scenes")
 def _world_too_many(ws: Workspace) -> Iterator[list[object]]:
     yield ["make-world", ws.out("world_huge"), "--train", "2147483648"]
+
+
+@case("train-toy-clip --batch-size 2147483648 (each step renders its batch in memory)",
+      "--batch-size 2147483648: at most 4,096 scenes per step", "give a smaller batch")
+def _toy_clip_batch_too_big(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-toy-clip", ws.out("toy_huge_batch"), "--steps", "1", "--batch-size", "2147483648"]
+
+
+@case("train-toy-dino OUT where OUT is the toy DINO vpltool ships (no --overwrite; a link to it in the workspace)",
+      "shipped_dino.safetensors: is the toy model vpltool ships (vpltool/assets/toy-dino/model.safetensors), so it "
+      "is not replaced")
+def _toy_dino_over_shipped(ws: Workspace) -> Iterator[list[object]]:
+    import vpltool
+
+    link = ws.root / "shipped_dino.safetensors"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path(vpltool.__file__).parent / "assets" / "toy-dino" / "model.safetensors")
+    yield ["train-toy-dino", link, "--data", ws.world, "--epochs", "1", "--batch-size", "2"]
+
+
+@case("train-decoder -o a train-pgseg folder whose records are gone (its checkpoints and log have a decoder's names)",
+      "run_pgseg_bare: holds `train-pgseg` output; choose another --out")
+def _decoder_into_bare_pgseg_run(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_pgseg_bare")
+    for record in ("_stage.json", "_run.json"):
+        (run / record).unlink(missing_ok=True)
+    yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", run, *DECODER_ARGS]
 
 
 @case("train-pgseg --nouns FILE that matches no caption", "none of its words is in any of the 4 captions")

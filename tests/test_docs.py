@@ -104,6 +104,59 @@ def unknown_options(page: Path, table: dict[str, set[str]]) -> list[str]:
     return bad
 
 
+# a word that ends a clause of a message: options after it are again the command's own
+_CLAUSE_END = re.compile(r"[);]$|,$")
+_PUNCT = "`'\"(),;:."
+
+
+def misnamed_options(command: str, message: str, table: dict[str, set[str]]) -> list[str]:
+    """``"--option (of CMD)"`` for each option an error or warning line of ``vpltool COMMAND`` names that its
+    command does not have. An option belongs to ``COMMAND``, or to the vpltool command the message names just before
+    it (```vpltool crf` with a lower --confidence``, ``(make-pairs --scenes)``) up to the end of that clause (``)``,
+    ``;``, or a comma before a word that is not an option); one after a foreign program's name (torchrun) is
+    its."""
+    bad = []
+    owner: str | None = command
+    words = message.split()
+    for i, raw in enumerate(words):
+        word, after = raw.strip(_PUNCT), words[i + 1] if i + 1 < len(words) else ""
+        if word in FOREIGN:
+            owner = None
+        elif word == "vpltool" and after.strip(_PUNCT) in table:
+            owner = after.strip(_PUNCT)
+        elif word in table and word and after.startswith("--") and not _CLAUSE_END.search(raw):
+            owner = word
+        for option in OPTION.findall(raw):
+            if owner is not None and not _known(option, table[owner]):
+                bad.append(f"{option} (of {owner})")
+        if _CLAUSE_END.search(raw.rstrip("`")) and not after.startswith("--"):
+            owner = command
+    return bad
+
+
+def test_the_hint_check_tells_another_commands_options_from_a_wrong_one():
+    table = command_options()
+    wrong = {  # as printed before the fix
+        "predict": "error: --classes: prompt 'a zebra.': words ['zebra'] are not in the toy CLIP's vocabulary; use "
+                   "it on the demo world, or change --templates / --background to those words",
+        "eval": "error: seg_half: no _stage.json yet: `vpltool segment` runs in 2 shards and only shard(s) 0 "
+                "finished; run the pending --shard 1/2 (or wait for them) to complete it",
+        "crf": "error: x.csv: the label file dataset world was read with (--labels-file) is gone; restore it",
+        "train-decoder": "error: out: pass --overwritten or choose another --out",
+    }
+    assert {cmd: misnamed_options(cmd, line, table) for cmd, line in wrong.items()} == {
+        "predict": ["--templates (of predict)", "--background (of predict)"], "eval": ["--shard (of eval)"],
+        "crf": ["--labels-file (of crf)"], "train-decoder": ["--overwritten (of train-decoder)"]}
+    right = {
+        "train-decoder": "error: p: every pixel is 255; re-run `vpltool crf` with a lower --confidence (default 0.95)",
+        "train-toy-clip": "error: w: 4 pairs; write more (make-pairs --scenes) or lower --batch-size",
+        "eval": "error: x: re-run `vpltool extract` and the stages after it with --overwrite, or pass --data D",
+        "train-pgseg": "error: rank 1: re-run the same torchrun --nproc-per-node 2 with --resume",
+        "report": "error: m.json: re-make it with `vpltool eval FOLDER --json m.json`",
+    }
+    assert {cmd: misnamed_options(cmd, line, table) for cmd, line in right.items()} == dict.fromkeys(right, [])
+
+
 def test_every_option_the_readme_and_docs_quote_exists():
     table = command_options()
     bad = [line for page in PAGES for line in unknown_options(page, table)]

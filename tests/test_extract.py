@@ -85,7 +85,8 @@ def test_shards_split_the_work_and_the_last_one_writes_the_record(train, tiny_sp
     assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == [it.id for it in train.items[0::2]]
     assert not io.stage_record_path(tmp_path).exists()
     assert io.finished_shards(tmp_path) == [(0, 2)]  # so a later stage says which shard is pending
-    with pytest.raises(ContractError, match=r"only shard\(s\) 0 finished; run the pending --shard 1/2"):
+    with pytest.raises(ContractError, match=r"only shard\(s\) 0 finished; run `vpltool extract` with the pending "
+                                            r"--shard 1/2"):
         io.read_stage_record(tmp_path, "extract")
     s1 = _run(train, tmp_path, tiny_spec, shard=(1, 2))
     assert (s1.done, s1.complete) == (3, True)

@@ -22,6 +22,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from test_docs import command_options, misnamed_options  # noqa: E402
 
 import robustness_cases as rc  # noqa: E402
 
@@ -46,6 +47,7 @@ def _command_table():
 
 
 COMMANDS = _command_table()
+OPTIONS = command_options()
 
 
 # --------------------------------------------------------------------------------------------- the workspace
@@ -57,6 +59,10 @@ def ws(tmp_path_factory) -> rc.Workspace:
 def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
     """A valid invocation of ``name`` on the workspace, writing ``out`` (None: none known, draw the arguments)."""
     decoder = ws.decoder / "decoder.safetensors"
+    made = {"choose-pseudo": lambda: [_scored_run(ws, out), "none", "--refine", "none", "--by", "masks"],
+            "demo-report": lambda: [_demo_run(ws, out)]}
+    if name in made:
+        return made[name]()
     return {
         "extract": [ws.world, "--split", "val", "-o", out, *rc.TINY, *rc.CPU, "--workers", "1"],
         "text-prototypes": [ws.features, "-o", out / "text.safetensors", *rc.TEXT_ARGS, *rc.CPU],
@@ -75,7 +81,40 @@ def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
         "train-pgseg": [ws.world, "-o", out, *rc.PGSEG_ARGS],
         "benchmark": ["naclip", "--root", f"voc21={rc._miniature(ws, 'voc21')}", "-o", out, *rc.TINY, *rc.CPU],
         "diagnose": [ws.features, "-p", ws.text, "--json", out / "diagnose.json", *rc.CPU],
+        "report": [_run_of(ws), "-o", out, "--workers", "1"],
+        "make-pairs": [out, "--scenes", "2"],
+        "train-toy-clip": [out, "--steps", "1", "--batch-size", "4"],
     }.get(name)
+
+
+def _run_of(ws: rc.Workspace) -> Path:
+    """A run folder as the Makefile leaves it (features, CAMs, pseudo masks), made once: what `report` reads."""
+    run = ws.root / "fuzz_run"
+    for folder in (ws.features, ws.cams, ws.pseudo):
+        if not (run / folder.name).is_dir():
+            shutil.copytree(folder, run / folder.name)
+    return run
+
+
+def _scored_run(ws: rc.Workspace, out: Path) -> Path:
+    """``out`` as a run folder whose own pseudo masks (``out/pseudo``, CRF of ``out/cams_vision``) eval scored on
+    train: what `choose-pseudo` chooses among (it writes ``out/metrics/pseudo_choice.json``). The CAMs and masks are
+    made once and copied."""
+    base = ws.root / "fuzz_choice_base"
+    if not (base / "pseudo" / "_stage.json").is_file():
+        rc.cli_ok("cam", ws.features, "-p", ws.text, "-o", base / "cams_vision", "--refine", "none", *rc.CPU)
+        rc.cli_ok("crf", base / "cams_vision", "-o", base / "pseudo", "--workers", "1")
+    shutil.copytree(base, out)
+    rc.cli_ok("eval", out / "pseudo", "--json", out / "metrics" / "pseudo.json")
+    return out
+
+
+def _demo_run(ws: rc.Workspace, out: Path) -> Path:
+    """``out`` as a demo run folder (features, text CAMs, pseudo masks): `demo-report` writes its metrics.json and
+    contact sheets there."""
+    for name, source in (("features", ws.features), ("cams_text", ws.cams), ("pseudo", ws.pseudo)):
+        shutil.copytree(source, out / name)
+    return out
 
 
 def _valid_choices(ws: rc.Workspace, command: str) -> dict[str, list[str]]:
@@ -145,9 +184,9 @@ def _invocation(ws: rc.Workspace, name: str, out: Path) -> st.SearchStrategy[lis
 
 
 # --------------------------------------------------------------------------------------------- the property
-def _holds(ws: rc.Workspace, args: list[str], out: Path, own: tuple[Path, ...] = ()) -> None:
+def _holds(ws: rc.Workspace, args: list[str], out: Path, own: tuple[Path, ...] = ()) -> tuple[int, str]:
     """Run ``vpltool ARGS`` and check the promise (module doc); ``own``: paths the run may change besides
-    ``out``."""
+    ``out``. Returns the exit code and the output."""
     before = rc.disk_state(ws.root)
     r = rc.invoke(*args)
     after = rc.disk_state(ws.root)
@@ -160,11 +199,14 @@ def _holds(ws: rc.Workspace, args: list[str], out: Path, own: tuple[Path, ...] =
         errors = rc.error_lines(r.output)
         assert usage or (len(errors) == 1 and lines[-1] == errors[0]), shown
         assert not (out / "_stage.json").exists(), shown
+        # a fix that names an option names one of this command (or of the vpltool command it names)
+        assert not [w for line in errors for w in misnamed_options(args[0], line, OPTIONS)], shown
     mine = [str(p.relative_to(ws.root)) for p in (out, *own)]
     changed = [p for p in rc.disk_changes(before, after)
                if not any(p.lstrip("-").startswith(m) for m in mine)]
     assert not changed, (shown, changed)
     assert not [p for p in after if p.endswith(".tmp")], shown
+    return r.exit_code, r.output
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -192,6 +234,34 @@ def _mutations(ws: rc.Workspace):
         "pseudo": lambda copy, out: ["eval", copy, "--json", out / "scores.json"],
         "pseudo-decoder": lambda copy, out: ["train-decoder", copy, "-p", ws.text, "-o", out, *rc.DECODER_ARGS],
     }
+
+
+def _result(out: Path, output: str) -> dict[str, object]:
+    """What a run made in ``out``, as a user reads it: each item's tensors or mask pixels, the scores of an eval
+    JSON, the figures it printed (``output``'s lines with an IoU); the folder's own files (records, lock, log) left
+    out, since they name the inputs by path and digest."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    made: dict[str, object] = {"printed": [line for line in output.splitlines() if "IoU" in line]}
+    for path in sorted(out.rglob("*")):
+        name = str(path.relative_to(out))
+        if not path.is_file() or path.name.startswith(("_", ".")) or path.suffix in (".jsonl", ".log"):
+            continue
+        if path.suffix == ".safetensors":
+            made[name] = {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in load_file(str(path)).items()}
+        elif path.suffix == ".png":
+            from PIL import Image
+
+            made[name] = np.asarray(Image.open(path)).tobytes()
+        elif path.suffix == ".json":
+            scores = json.loads(path.read_text())
+            made[name] = {k: scores.get(k) for k in ("miou", "iou", "classes", "n_images")}
+        else:
+            made[name] = path.read_bytes()
+    return made
 
 
 def _mutate(folder: Path, how: str, pick: int, cut: float) -> None:
@@ -222,6 +292,11 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
     source = {"features": ws.features, "cams": ws.cams, "cams-eval": ws.cams, "pseudo": ws.pseudo,
               "pseudo-decoder": ws.pseudo}[kind]
     copy, out = ws.root / f"damaged_{kind}", ws.root / f"fuzz_damaged_{kind}"
+    # the command on the clean input, at the same paths: what an exit 0 on a damaged copy must have made
+    shutil.copytree(source, copy)
+    code, output = _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
+    clean = _result(out, output)
+    assert code == 0 and len(clean) > 1 or clean["printed"], (kind, output)
 
     @FUZZ
     @given(how=st.sampled_from(["truncate", "other item", "other format", "record"]), pick=st.integers(0, 50),
@@ -231,9 +306,12 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(source, copy)
         _mutate(copy, how, pick, cut)
-        _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
+        code, output = _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
         # a damaged input is never certified: whatever it let through, it did not finish
         if how in ("other item", "other format") or (how == "truncate" and cut < 0.99):
             assert not (out / "_stage.json").exists() and not (out / "scores.json").exists(), (kind, how, pick, cut)
+        # what it let through (an edit the command does not read) made the clean input's result, not another one
+        if code == 0:
+            assert _result(out, output) == clean, (kind, how, pick, cut)
 
     run()

@@ -438,6 +438,18 @@ def test_bad_input_message_exit_code_and_what_is_left(case_rows, index):
     assert not case.unexpected(outcome), (command, case.unexpected(outcome))
 
 
+def test_every_option_a_message_names_is_one_of_its_command(case_rows):
+    """A fix that names an option names one the command has (or the vpltool command it names: "re-run `vpltool
+    crf` with a lower --confidence"): `benchmark` said "pass --overwrite", `predict` "change --templates"."""
+    from test_docs import command_options, misnamed_options
+
+    table = command_options()
+    bad = [f"{command}: {', '.join(wrong)}: {line[:300]}" for case, command, outcome in case_rows
+           for line in outcome.error_lines + outcome.warning_lines
+           if (wrong := misnamed_options(command.split("vpltool ", 1)[1].split()[0], line, table))]
+    assert not bad, "\n".join(bad)
+
+
 def test_messages_are_printed_verbatim(case_rows):
     """Square brackets in a message are text, not rich markup (which would print "pip install 'vpltool'")."""
     [(_, _, outcome)] = [row for row in case_rows if row[0].name.startswith("CRF extra")]

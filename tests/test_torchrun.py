@@ -275,3 +275,51 @@ def test_what_torch_says_of_a_lost_peer_is_one_line():
     assert peer_gone(gloo) and not peer_gone(RuntimeError("CUDA out of memory"))
     assert "did not answer within 86400 s" in peer_lost(0, 2, RuntimeError("Rank 1 failed to pass monitoredBarrier"))
     assert peer_lost(0, 2, gloo, "re-run it").endswith("read the other rank's message, then re-run it")
+
+
+def test_a_bad_input_is_one_error_line_from_the_first_rank(tmp_path):
+    """The same bad input fails both ranks of a one-node launch: one ``error:`` line (rank 0's), not one per rank;
+    both exit non-zero (torchrun's own report follows)."""
+    port = _free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port), "--no-python", sys.executable, "-c", "from vpltool.cli import main; main()",
+         "extract", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out"), *rc.TINY, *rc.CPU],
+        env=_env(), capture_output=True, text=True, timeout=bound(120, cap=280))
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+    assert done.returncode != 0
+    assert errors == [f"error: {tmp_path / 'nowhere'}: not found; pass a dataset folder or a manifest .json"], \
+        done.stderr[-3000:]
+
+
+def test_a_rank_keeps_an_error_line_to_itself_only_when_its_nodes_first_rank_says_the_same(monkeypatch):
+    """:func:`error_said_once` against a real store: the first rank of a node records its line and prints it; another
+    rank of that node is silent for the same line, and prints a line of its own (a bad image in its shard) after
+    the wait; another node's ranks print their own."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from vpltool.runtime import ranks
+
+    port = _free_port()
+    store = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=10), wait_for_workers=False)
+    monkeypatch.setattr(ranks, "ECHO_WAIT_S", 0.5)
+    env = {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": "4", "GROUP_RANK": "0", "TORCHELASTIC_RESTART_COUNT": "0"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    def said_once(rank: int, local: int, node: int, line: str) -> bool:
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(local))
+        monkeypatch.setenv("GROUP_RANK", str(node))
+        return ranks.error_said_once(line)
+
+    assert not said_once(0, 0, 0, "x: not found")  # the first rank prints
+    assert said_once(1, 1, 0, "x: not found")  # the same line on its node: silent
+    assert not said_once(1, 1, 0, "img_7.png: unreadable image")  # its own line: printed
+    assert not said_once(3, 1, 1, "x: not found")  # another node's log gets the line from its own first rank
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")  # not torchrun's agent store: every rank prints
+    assert not said_once(1, 1, 0, "x: not found")
+    del store

@@ -280,6 +280,11 @@ def interrupted_hint(kwargs: dict) -> str:
 def _error_line(e: VplError) -> NoReturn:
     from rich.markup import escape
 
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        from ..runtime.ranks import error_said_once
+
+        if error_said_once(str(e)):  # torchrun: the node's first rank says it, once for all (same code here)
+            raise typer.Exit(code=2) from None
     # escaped: rich would take "[crf]" in "pip install 'vpltool[crf]'" for a style tag and drop it
     say(f"[bold red]error:[/] {escape(str(e))}")
     raise typer.Exit(code=2) from None

@@ -144,8 +144,9 @@ def reopen(ident: dict, split: str | None = None) -> Dataset:
         return open_dataset(ident["root"], split)
     path = Path(str(labels.get("path")))
     if not path.is_file() or sha256_file(path) != labels.get("sha256"):
-        raise ContractError(f"{path}: the label file dataset {ident['root']} was read with (--labels-file) is gone or "
-                            "changed since; restore it, or re-run `vpltool extract` and the stages after it")
+        raise ContractError(f"{path}: dataset {ident['root']} was read with this label file (`vpltool extract "
+                            "--labels-file`), which is gone or changed since; restore it, or re-run `vpltool extract` "
+                            "and the stages after it")
     return open_dataset(ident["root"], split, labels_file=path, allow_pickle=path.suffix.lower() == ".npy")
 
 

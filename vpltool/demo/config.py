@@ -20,6 +20,9 @@ LAYOUTS = ("folder", "voc")
 MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 the toy models only diverge (inf: NaN weights)
 MAX_SIZE = 2048  # scene side: 100000 asked for a 37 GiB array and died with a MemoryError traceback
 MAX_SCENES = 1_000_000  # train + val scenes of one world (its plan is held in memory before the first is drawn)
+# scenes of one train-toy-clip step: each is rendered and held in memory with the batch x batch similarities (4096 at
+# 96 px: 0.45 GB of float pixels, 64 MB of logits); 2147483648 grew memory for minutes before the first step
+MAX_TOY_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class ToyClipConfig:
         at_least("--steps", self.steps, 1)
         seed_value("--seed", self.seed)
         at_least("--batch-size", self.batch_size, 2)
+        require(self.batch_size <= MAX_TOY_BATCH, f"--batch-size {self.batch_size}: at most {MAX_TOY_BATCH:,} scenes "
+                "per step (each is rendered and held in memory, with a batch x batch similarity matrix); give a "
+                "smaller batch")
         at_least("--layers", self.layers, 2)
         require(1 <= self.global_blocks <= self.layers, f"--global-blocks {self.global_blocks}: must be 1..--layers")
         at_least("--threads", self.threads, 0)

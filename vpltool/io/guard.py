@@ -92,6 +92,11 @@ def _hidden_ours(name: str) -> bool:
     return name.startswith(LOCK_FILE) or (name.startswith(".") and name.endswith(".tmp"))
 
 
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the toy models vpltool ships
+_PGSEG_KINDS = ("pgseg-model", "pgseg-checkpoint")  # train-pgseg's final model and checkpoint
+_LAST_CHECKPOINT = "checkpoints/last.safetensors"
+
+
 def folder_owner(folder: PathLike) -> str | None:
     """The vpltool stage that made ``folder`` (from its records), None when it is empty (lock and temporary files
     aside), ``""`` when it holds files but no vpltool record (the user's folder)."""
@@ -105,7 +110,9 @@ def folder_owner(folder: PathLike) -> str | None:
             stage = record.get("stage") if isinstance(record, dict) else None
             return stage if isinstance(stage, str) and stage else ""
     if any((folder / name).exists() for name in DECODER_FILES):
-        return "train-decoder"
+        # train-pgseg's checkpoints and log have train-decoder's names: its files' kind tells the two apart
+        pgseg = any(file_kind(folder / name) in _PGSEG_KINDS for name in ("pgseg.safetensors", _LAST_CHECKPOINT))
+        return "train-pgseg" if pgseg else "train-decoder"
     with os.scandir(folder) as entries:
         return "" if any(not _hidden_ours(e.name) for e in entries) else None
 
@@ -227,6 +234,8 @@ def _check_file_kind(path: Path, option: str, kind: str | None) -> None:
     if found is not None and (kind is None or found == kind):
         return
     held = f"holds {describe_kind(found)}" if found is not None else "exists and was not written by vpltool"
+    if found is None and path.resolve().is_relative_to(_ASSETS):  # shipped before files recorded their kind
+        held = f"is the toy model vpltool ships ({path.resolve().relative_to(_ASSETS.parent.parent)})"
     instead = f", not {describe_kind(kind)}" if found is not None and kind is not None else ""
     where = f"choose another {option}" if option.startswith("-") else "move it away"
     raise VplError(f"{path}: {held}{instead}, so it is not replaced; {where}, or pass --overwrite to replace it")

@@ -71,8 +71,8 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
             done, todo = [i for i, _ in shards], [i for i in range(count) if (i, count) not in shards]
             listed = ", ".join(f"--shard {i}/{count}" for i in todo)
             raise ContractError(f"{folder}: no {STAGE_RECORD} yet: `vpltool {stages[0]}` runs in {count} shards and "
-                                f"only shard(s) {', '.join(map(str, done))} finished; run the pending {listed} (or "
-                                "wait for them) to complete it")
+                                f"only shard(s) {', '.join(map(str, done))} finished; run `vpltool {stages[0]}` with "
+                                f"the pending {listed} (or wait for them) to complete it")
         pending = folder / RUN_RECORD
         why = "was interrupted or is still running" if pending.is_file() else "did not finish there"
         raise ContractError(f"{folder}: no {STAGE_RECORD}; `vpltool {stages[0]}` {why} (re-run it)")

@@ -19,6 +19,9 @@ spares torchrun's agent its 300 s wait for the dead node). Without ``MASTER_ADDR
 job script; ``srun`` waits for every task) the per-image stages split all the same and the other stages run on
 rank 0 only, with no group.
 
+A bad input fails every rank with the same line; under torchrun the first rank of each node prints it and the
+others of that node exit 2 silently (:func:`error_said_once`), while a line only one rank has is printed by it.
+
 Several commands may run one after the other in one torchrun worker (``torchrun ... --no-python bash
 pipeline.sh``): each command's group lives under its own prefix of the agent's store (the count of commands this
 rank ran so far, the same on every rank), so no command reads another's keys.
@@ -48,6 +51,11 @@ RENDEZVOUS_S = 300
 # command on a slow node (the whole of learn-prototypes on rank 0, a shard's CRF on a CPU node)
 PEER_WAIT_S = 24 * 3600
 _CALLS = "vpltool/calls/{rank}"  # per-rank count of the commands run in this torchrun worker (the group's prefix)
+# how long a torchrun rank that fails waits to learn whether its node's first rank failed with the same line (the same
+# bad input fails every rank within a second of each other); a rank whose failure is its own (a bad image in its
+# shard) prints its line this much later
+ECHO_WAIT_S = 10
+_ERROR_KEY = "vpltool/error/{restart}/{node}/{digest}"  # in the agent's store: when a node's first rank failed
 
 
 def in_group() -> tuple[int, int] | None:
@@ -108,6 +116,41 @@ def alone() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
+
+
+def error_said_once(line: str) -> bool:
+    """Whether this torchrun rank keeps the error ``line`` to itself, because the first rank of its node
+    (``LOCAL_RANK`` 0: rank 0 on one node) prints the same line: the same bad input fails every rank, and one line
+    says it. The first rank of a node records when it failed with ``line`` in torchrun's agent store and prints it;
+    any other rank waits up to :data:`ECHO_WAIT_S` seconds for that record and stays silent if it finds one from the
+    same moment, so a line that only this rank has (a bad image in its shard, a file missing on its node) is still
+    printed. Outside torchrun, or if the store cannot be reached, every rank prints (False)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or torchrun_rank() is None:
+        return False
+    import hashlib
+    import time
+
+    import torch.distributed as dist
+
+    now = time.time()
+    key = _ERROR_KEY.format(restart=os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
+                            node=os.environ.get("GROUP_RANK", "0"),
+                            digest=hashlib.sha256(line.encode()).hexdigest()[:16])
+    leader = os.environ.get("LOCAL_RANK", "0") == "0"
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=ECHO_WAIT_S))
+        if leader:
+            store.set(key, repr(now))
+            return False
+        while time.time() - now < ECHO_WAIT_S:
+            # a record older than the wait is an earlier command's (several commands in one worker)
+            if store.check([key]) and abs(float(store.get(key)) - now) < ECHO_WAIT_S:
+                return True
+            time.sleep(0.05)
+    except (RuntimeError, ValueError, KeyError, OSError):  # no store to meet at (the agent gone): say it here
+        return False
+    return False
 
 
 def peer_gone(e: BaseException) -> bool:
@@ -273,6 +316,6 @@ def check_resumable(checkpoint, said: Sequence[str], inputs: Mapping[str, Any], 
                        "same options and inputs, or start again without --resume (with --overwrite)")
 
 
-__all__ = ["SPLIT", "ONE", "ALL", "RENDEZVOUS_S", "PEER_WAIT_S", "in_group", "runs_here", "waiting_line",
-           "command_group", "alone", "peer_gone", "peer_lost", "process_group", "prepare_run_folder",
-           "check_resumable"]
+__all__ = ["SPLIT", "ONE", "ALL", "RENDEZVOUS_S", "PEER_WAIT_S", "ECHO_WAIT_S", "in_group", "runs_here",
+           "waiting_line", "command_group", "alone", "error_said_once", "peer_gone", "peer_lost", "process_group",
+           "prepare_run_folder", "check_resumable"]

@@ -40,8 +40,9 @@ def online_dataset(path: Path, split: str | None, cfg: DecoderConfig):
     record = io.stage_record_path(path)
     stage = json.loads(record.read_text()).get("stage") if record.is_file() else None
     if stage is not None and stage != "make-world":  # a crf / predict / extract ... folder, not a dataset
-        raise VplError(f"{path}: a `{stage}` folder; --recipe {cfg.recipe} makes its pseudo masks online from image "
-                       "labels and takes none: give the dataset itself (the folder or manifest `extract` read)")
+        article = "an" if stage[:1] in "aeiou" else "a"  # "an `extract` folder"
+        raise VplError(f"{path}: {article} `{stage}` folder; --recipe {cfg.recipe} makes its pseudo masks online from "
+                       "image labels and takes none: give the dataset itself (the folder or manifest `extract` read)")
     dataset = open_dataset(path, split or "train")
     if not any(it.labels for it in dataset.items):
         raise VplError(f"{path}: no image of split {split or 'train'!r} has a class label; online pseudo masks need "

@@ -13,9 +13,9 @@ value at ``i - 1`` (its warm-up start at step 0), as timm's ``CosineLRScheduler`
   batches and each global batch into the ranks' shares, a sample's augmentation is seeded by (seed, epoch, index)
   and the torch RNG (gumbel noise, drop path) by (seed, iteration, rank): a resumed run repeats the uninterrupted
   one bit for bit, and N ranks at batch B see the samples one process sees at batch N x B.
-* ``torchrun``: DistributedDataParallel (``broadcast_buffers=False``, ``find_unused_parameters=True`` as the
-  reference), the model's cross-rank gather is torch's functional autograd all-gather (the reference's
-  ``dist_collect``); rank 0 alone writes the log, checkpoints and the final model.
+* ``torchrun``: DistributedDataParallel (no buffer sync at each forward, ``find_unused_parameters=True`` as the
+  reference: :func:`_data_parallel`), the model's cross-rank gather is torch's functional autograd all-gather (the
+  reference's ``dist_collect``); rank 0 alone writes the log, checkpoints and the final model.
 
 Modules: :mod:`.steps` (the schedule, the iteration, the cross-rank gather); this one holds the data path and runs
 the stage. Outputs in ``out_dir``: ``pgseg.safetensors`` (the family's file, what ``segment --pgseg`` takes),
@@ -185,6 +185,20 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
     return out
 
 
+def _data_parallel(step: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``step`` in DistributedDataParallel as the reference wraps it: buffers not synced at each forward (its
+    ``broadcast_buffers=False``), ``find_unused_parameters=True``. torch 2.14 renamed the first
+    ``forward_sync_buffers`` (the old name warns on every rank); the new one also syncs the buffers once at
+    init, which changes nothing here: every rank builds the same seeded model or loads the same checkpoint."""
+    import inspect
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else \
+        "broadcast_buffers"
+    return ddp(step, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
+               **{no_sync: False})
+
+
 def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
     """``(tokenize(texts) -> [N, L] int64, length(text) -> its tokens with start and end before any cut,
     context L)`` of the family's tokenizer for ``model_cfg``."""
@@ -341,9 +355,7 @@ def run_train_pgseg(
                 start = int(f.meta("iteration"))
             step = TrainStep(model, gather_ranks if world > 1 else None)
             if world > 1:
-                step = torch.nn.parallel.DistributedDataParallel(
-                    step, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-                    find_unused_parameters=True)
+                step = _data_parallel(step, device)
             board = None
             if tensorboard is not None and rank == 0:
                 from torch.utils.tensorboard import SummaryWriter
