@@ -73,8 +73,7 @@ def train_pgseg_cmd(
     multi_positive: Annotated[Optional[bool], typer.Option(
         "--multi-positive/--single-positive", show_default=False,
         help="Every text of the batch equal to one of a sample's own (a repeated caption or noun prompt) is a "
-             f"positive of its image, not a negative [default: {_default('multi_positive')}; the reference: "
-             "single].")] = None,
+             f"positive of its image, not a negative (the reference: single) {_default('multi_positive')}.")] = None,
     same_caption: Annotated[Optional[str], _opt("Which captions --multi-positive counts as the same: text (equal "
                                                 "token ids) or nouns (the same set of --nouns words, whatever else "
                                                 "they say: the toy CLIP's caption key).", "same_caption")] = None,
@@ -92,10 +91,10 @@ def train_pgseg_cmd(
     hard_assignment: Annotated[Optional[bool], typer.Option(
         "--hard-assignment/--soft-assignment", show_default=False,
         help="Patches to groups in training: gumbel noise and a straight-through hard assignment (the reference's) "
-             f"or the plain softmax [default: {_default('hard_assignment')}].")] = None,
+             f"or the plain softmax {_default('hard_assignment')}.")] = None,
     hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", show_default=False,
                                                   help="Random horizontal flips (off for captions that say left "
-                                                  f"and right) [default: {_default('hflip')}].")] = None,
+                                                  f"and right) {_default('hflip')}.")] = None,
     nouns: Annotated[Optional[Path], typer.Option(help="With --multi-label: a noun vocabulary file (one noun a "
                                                   "line): a caption's nouns are its words found there. Without it, "
                                                   "nltk's tagger as the reference (needs nltk and its tagger "
