@@ -821,12 +821,12 @@ def _read_only(ws: Workspace) -> Iterator[list[object]]:
       "no space left on device writing decoder_full/log.jsonl",
       leaves=("decoder_full/", "decoder_full/.vpltool.lock"))  # the first iteration's line is the first write
 def _log_full(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.io import files
+    from vpltool.io import training
 
     def append_line(path, line):  # an OSError no library code converted: the CLI's last line of defence
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    with mock.patch.object(files, "append_line", append_line):
+    with mock.patch.object(training, "append_line", append_line):  # where append_log finds it
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_full"), *DECODER_ARGS]
 
 
