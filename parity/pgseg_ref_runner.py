@@ -42,7 +42,7 @@ import os
 import sys
 from pathlib import Path
 
-from refstubs import stub_module  # parity/ is the script's folder
+from refstubs import MmcvConfig, MmcvRegistry, stub_module  # parity/ is the script's folder
 
 
 def install_stubs() -> None:
@@ -50,25 +50,8 @@ def install_stubs() -> None:
     import torch.distributed as dist
     from torch import nn
 
-    class Registry:
-        def __init__(self, name):
-            self.name, self.classes = name, {}
-
-        def register_module(self, *a, **k):
-            def deco(cls):
-                self.classes[cls.__name__] = cls
-                return cls
-            return deco
-
-        def build(self, cfg):
-            cfg = dict(cfg)
-            return self.classes[cfg.pop("type")](**cfg)
-
-    class Config(dict):
-        __getattr__ = dict.get
-
-    mmcv = stub_module("mmcv", Config=Config)
-    mmcv.utils = stub_module("mmcv.utils", Registry=Registry)
+    mmcv = stub_module("mmcv", Config=MmcvConfig)
+    mmcv.utils = stub_module("mmcv.utils", Registry=MmcvRegistry)
     mmcv.image = stub_module("mmcv.image", tensor2imgs=None)
 
     class EncoderDecoder(nn.Module):

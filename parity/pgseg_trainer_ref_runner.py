@@ -51,35 +51,18 @@ import tarfile
 from pathlib import Path
 
 from pgseg_ref_runner import MODEL_TINY, reference_model  # parity/ is the script's folder
-from refstubs import stub_module
+from refstubs import MmcvConfig, MmcvRegistry, stub_module
 
 
 def install_stubs() -> None:
     import torch
     from torch import nn
 
-    class Registry:
-        def __init__(self, name):
-            self.name, self.classes = name, {}
-
-        def register_module(self, *a, **k):
-            def deco(cls):
-                self.classes[cls.__name__] = cls
-                return cls
-            return deco
-
-        def build(self, cfg):
-            cfg = dict(cfg)
-            return self.classes[cfg.pop("type")](**cfg)
-
-    class Config(dict):
-        __getattr__ = dict.get
-
     def never(*a, **k):
         raise RuntimeError("stubbed: not on the training loop's path")
 
-    mmcv = stub_module("mmcv", Config=Config)
-    mmcv.utils = stub_module("mmcv.utils", Registry=Registry, get_logger=lambda *a, **k: logging.getLogger("ref"),
+    mmcv = stub_module("mmcv", Config=MmcvConfig)
+    mmcv.utils = stub_module("mmcv.utils", Registry=MmcvRegistry, get_logger=lambda *a, **k: logging.getLogger("ref"),
                              collect_env=never, get_git_hash=never)
     mmcv.image = stub_module("mmcv.image", tensor2imgs=None)
     mmcv.parallel = stub_module("mmcv.parallel", collate=never, DataContainer=never,

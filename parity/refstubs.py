@@ -29,6 +29,30 @@ def stub_module(name: str, **attrs) -> types.ModuleType:
     return mod
 
 
+class MmcvRegistry:
+    """mmcv's ``Registry`` as PGSeg's and GroupViT's code use it: ``register_module()`` keeps the class by its name,
+    ``build(dict)`` calls ``cls(**rest)`` for the dict's ``type``."""
+
+    def __init__(self, name):
+        self.name, self.classes = name, {}
+
+    def register_module(self, *a, **k):
+        def deco(cls):
+            self.classes[cls.__name__] = cls
+            return cls
+        return deco
+
+    def build(self, cfg):
+        cfg = dict(cfg)
+        return self.classes[cfg.pop("type")](**cfg)
+
+
+class MmcvConfig(dict):
+    """mmcv's ``Config`` as the runners need it: a dict with attribute access (a missing key reads None)."""
+
+    __getattr__ = dict.get
+
+
 def stub_pkg_resources() -> bool:
     """``from pkg_resources import packaging`` (the OpenAI CLIP copies' torch version check) where setuptools >= 81
     no longer ships ``pkg_resources``: a module holding the ``packaging`` package stands in. True if stubbed."""

@@ -38,6 +38,7 @@ from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec
 from .preprocess import Preprocess
 from .text_tower import TextTower
+from .windows import window_attention_mask
 
 
 @dataclass
@@ -238,7 +239,8 @@ class ClipBackbone(TextTower):
         themselves), not the CLS token; the CLS token sees everything. ``None`` for ordinary global blocks."""
         if block not in self.window_blocks or self.window_size < 1:
             return None
-        return _window_mask(grid[0], grid[1], self.window_size, str(device))
+        # the CLS token gathers globally; patches stay local so early features stay local
+        return window_attention_mask(grid[0], grid[1], self.window_size, lead=1).to(device)
 
     def block(self, i: int, x: torch.Tensor, grid: tuple[int, int], need_weights: bool = False,
               keep_ln1: bool = False):
@@ -404,15 +406,3 @@ class ClipBackbone(TextTower):
                       temperature: float, layer: str = "input", precision: str = "fp32") -> BatchGradCam:
         """Softmax-GradCAM of B images of one grid: :func:`vpltool.models.gradcam.gradcam_batch`."""
         return gradcam_batch(self, last_block_input, grid, rows, temperature, layer, precision)
-
-
-def _window_mask(h: int, w: int, size: int, device: str) -> torch.Tensor:
-    rows = torch.arange(h).repeat_interleave(w)
-    cols = torch.arange(w).repeat(h)
-    r = size // 2
-    near = ((rows[:, None] - rows[None, :]).abs() <= r) & ((cols[:, None] - cols[None, :]).abs() <= r)
-    allowed = torch.zeros(1 + h * w, 1 + h * w, dtype=torch.bool)
-    allowed[0, :] = True  # CLS gathers globally; patches stay local so early features stay local
-    allowed[1:, 1:] = near
-    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
-    return mask.to(device)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
+from ..windows import window_attention_mask
 from .npr import NPR, ProjectMLP
 
 
@@ -380,20 +381,12 @@ class GroupViTEncoder(nn.Module):
 
 
 def window_mask(hw: tuple[int, int], size: int, groups: int, device: torch.device) -> torch.Tensor | None:
-    """The first stage's additive attention mask over ``[h*w patch tokens; groups group tokens]``, ``[L, L]``
-    float32 with ``L = h*w + groups``: a patch token sees the patches of its ``size x size`` neighbourhood (none of
-    the group tokens, so that what it carries stays local), a group token sees every token. None when ``size`` is 0
-    (global attention: the reference's)."""
+    """The first stage's additive attention mask over ``[h*w patch tokens; groups group tokens]``
+    (:func:`vpltool.models.windows.window_attention_mask`: a patch token sees its ``size x size`` neighbourhood, a
+    group token every token). None when ``size`` is 0 (global attention: the reference's)."""
     if size < 1:
         return None
-    h, w = hw
-    rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
-    r = size // 2
-    near = ((rows[:, None] - rows[None, :]).abs() <= r) & ((cols[:, None] - cols[None, :]).abs() <= r)
-    allowed = torch.ones(h * w + groups, h * w + groups, dtype=torch.bool)
-    allowed[:h * w] = False
-    allowed[:h * w, :h * w] = near
-    return torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf")).to(device)
+    return window_attention_mask(hw[0], hw[1], size, trail=groups).to(device)
 
 
 def _mimetic(encoder: nn.Module, assign_gain: float, gain: float) -> None:
