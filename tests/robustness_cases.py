@@ -3982,6 +3982,29 @@ def _pgseg_background_is_a_class(ws: Workspace) -> Iterator[list[object]]:
            "--background", "sky,star", "-o", ws.out("out"), *CPU]
 
 
+@case("segment --model pgseg:FILE, the file missing", "missing.safetensors", "no such checkpoint file")
+def _pgseg_model_missing_file(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--model", f"pgseg:{ws.root / 'missing.safetensors'}", "-o",
+           ws.out("out"), *CPU]
+
+
+@case("segment --model pgseg: (no file after the family)", "--model pgseg:", "give --model pgseg:FILE")
+def _pgseg_model_no_file(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--model", "pgseg:", "-o", ws.out("out"), *CPU]
+
+
+@case("segment --model pgseg:A --pgseg B (two checkpoints)", "two checkpoints", "alias of --model pgseg:FILE")
+def _pgseg_model_and_alias_differ(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--model", f"pgseg:{ws.root / 'a.safetensors'}", "--pgseg",
+           ws.root / "b.safetensors", "-o", ws.out("out"), *CPU]
+
+
+@case("cam --model with a CLIP's name (cam's CLIP is the prototypes file's)", "--model ViT-B-16",
+      "cam's CLIP is the one its --prototypes file names")
+def _cam_model_clip_name(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.world, "--split", "train", "--model", "ViT-B-16", "-o", ws.out("out"), *CPU]
+
+
 # ----------------------------------------------------------------------------------- inputs identified by content
 # a run records every input by content ({path, sha256}, vpltool.io.inputs): a resume, the next shard or the next stage
 # refuses, in one line naming the input, to go on from other bytes, and takes the same bytes by another path

@@ -124,10 +124,9 @@ def test_the_segmenting_families_are_named_once_in_the_registry():
         family_module("nope")
 
 
-def test_benchmark_of_a_pgseg_method_says_how_to_score_one_in_one_line(tmp_path):
+def test_benchmark_of_a_pgseg_method_without_its_checkpoint_says_how_in_one_line(tmp_path):
     r = CliRunner().invoke(app, ["benchmark", "groupvit", "--root", f"voc21={tmp_path}", "-o", str(tmp_path / "b")])
     assert r.exit_code == 2, r.output
     (line,) = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
-    assert "benchmark groupvit: a PGSeg / GroupViT checkpoint has no per-benchmark presets" in line
-    assert "--pgseg FILE" in line and "vpltool eval" in line
+    assert "benchmark groupvit: give its checkpoint, --model groupvit:FILE" in line
     assert not (tmp_path / "b").exists()

@@ -1,11 +1,11 @@
 """``vpltool.segmenter(...)``: segment one photo by class names from Python, with the per-image code `segment` runs.
 
 A training-free dense CLIP method (``"naclip"``, ``"maskclip"``, ... the names of ``segment --dense``) or a PGSeg /
-GroupViT checkpoint (``"pgseg"``, ``checkpoint=FILE``) is loaded once; each call takes a photo and class names and
-returns a :class:`Segmentation`. The settings are `segment`'s (:class:`vpltool.config.SegmentConfig`, defined once
-there) and the work per image is the CLI's own function (:func:`vpltool.models.segmentor.scores_batch`,
-:func:`vpltool.stages.segment_pgseg.image_scores`), so a label map from here equals the mask `segment` writes for
-the same image and names.
+GroupViT checkpoint (``"pgseg"``, ``checkpoint=FILE``, or ``model="pgseg:FILE"`` as ``segment --model``) is loaded once;
+each call takes a photo and class names and returns a :class:`Segmentation`. The settings are `segment`'s
+(:class:`vpltool.config.SegmentConfig`, defined once there) and the work per image is the CLI's own function
+(:func:`vpltool.models.segmentor.scores_batch`, :func:`vpltool.stages.segment_pgseg.image_scores`), so a label map from
+here equals the mask `segment` writes for the same image and names.
 """
 
 from __future__ import annotations
@@ -154,17 +154,18 @@ class PgsegSegmenter(Segmenter):
 _RUNTIME = ("device", "precision")
 
 
-def segmenter(method: str = SegmentConfig.dense, *, model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED,
+def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED,
               checkpoint: str | os.PathLike | None = None, model_config_dir: str | os.PathLike | None = None,
               **options: Any) -> Segmenter:
     """Load a segmenter once; call it on photos.
 
     Args:
         method: a dense CLIP method of ``segment --dense`` (``maskclip``, ``sclip``, ``clearclip``, ``naclip``,
-            ``sc-clip``, ``proxyclip``, ``cass``, ``trident``, ``none``), or ``pgseg`` (a PGSeg / GroupViT
-            checkpoint, ``checkpoint=FILE``).
+            ``sc-clip``, ``proxyclip``, ``cass``, ``trident``, ``none``; default `segment`'s), or ``pgseg`` (a PGSeg
+            / GroupViT checkpoint, ``checkpoint=FILE``).
         model, pretrained: the CLIP, as `segment`'s ``--model`` / ``--pretrained`` (``ViT-B-16`` / ``openai``;
-            ``vpltool-toy`` / ``none``: the demo world's toy CLIP).
+            ``vpltool-toy`` / ``none``: the demo world's toy CLIP); or ``model="pgseg:FILE"`` (``groupvit:FILE``),
+            as `segment --model pgseg:FILE`: the same as ``segmenter("pgseg", checkpoint=FILE)``.
         checkpoint: ``pgseg``'s file (`train-pgseg`'s ``pgseg.safetensors`` or a GroupViT / PGSeg ``.pth``).
         options: `segment`'s options by their Python names, with its defaults: for a dense method the fields of
             :class:`vpltool.config.SegmentConfig` (``templates``, ``background``, ``prob_threshold``,
@@ -175,9 +176,8 @@ def segmenter(method: str = SegmentConfig.dense, *, model: str = DEFAULT_MODEL, 
         VplError: an unknown method or option, or a missing or foreign weights file: one line, before any load.
     """
     runtime = RuntimeConfig(**{k: options.pop(k) for k in _RUNTIME if k in options})
-    from ..models.registry import segmenter_family
-
-    if segmenter_family(method) == "pgseg":
+    family, method, checkpoint = segmenting(method, model, checkpoint)
+    if family == "pgseg":
         return _pgseg(checkpoint, runtime, options)
     if checkpoint is not None:
         raise VplError(f"checkpoint: a pgseg file; method {method!r} takes model= and pretrained=")
@@ -194,6 +194,25 @@ def segmenter(method: str = SegmentConfig.dense, *, model: str = DEFAULT_MODEL, 
     spec = ModelSpec(model=model, pretrained=pretrained,
                      config_dir=str(model_config_dir) if model_config_dir is not None else None)
     return DenseSegmenter(spec, cfg, runtime)
+
+
+def segmenting(method: str | None, model: str, checkpoint: str | os.PathLike | None) -> tuple[str, str, Any]:
+    """``(method, model, checkpoint)`` as :func:`segmenter` takes them -> ``(family, method, checkpoint)``:
+    ``model="pgseg:FILE"`` (:func:`vpltool.models.registry.model_family`) is ``method="pgseg", checkpoint=FILE``;
+    a dense method beside it, or another checkpoint, is one line. ``method`` None: `segment`'s default method."""
+    from ..models.registry import model_family, segmenter_family
+
+    family, spec = model_family(model)
+    if family == "clip":
+        method = SegmentConfig.dense if method is None else method
+        return segmenter_family(method), method, checkpoint
+    if method is not None and segmenter_family(method) != family:
+        raise VplError(f"model={model!r} is a {family} checkpoint, which segments as method 'pgseg'; drop method "
+                       f"{method!r} (a dense CLIP method)")
+    if checkpoint is not None and os.path.abspath(checkpoint) != os.path.abspath(spec):
+        raise VplError(f"model={model!r} and checkpoint={str(checkpoint)!r}: two checkpoints; give one "
+                       "(model='pgseg:FILE' is checkpoint=FILE)")
+    return family, method or model.partition(":")[0].lower(), spec
 
 
 def _pgseg(checkpoint, runtime: RuntimeConfig, options: dict) -> PgsegSegmenter:
@@ -213,4 +232,5 @@ def _pgseg(checkpoint, runtime: RuntimeConfig, options: dict) -> PgsegSegmenter:
                           slide=(o["slide_crop"], o["slide_stride"]), background=o["background"])
 
 
-__all__ = ["Segmentation", "Segmenter", "DenseSegmenter", "PgsegSegmenter", "segmenter", "as_rgb", "class_entries"]
+__all__ = ["Segmentation", "Segmenter", "DenseSegmenter", "PgsegSegmenter", "segmenter", "segmenting", "as_rgb",
+           "class_entries"]

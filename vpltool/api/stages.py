@@ -134,20 +134,20 @@ def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | Non
 
 
 def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None = None, *,
-            method: str = SegmentConfig.dense, split: str | None = None, model: str = DEFAULT_MODEL,
+            method: str | None = None, split: str | None = None, model: str = DEFAULT_MODEL,
             pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
             checkpoint: PathLike | None = None, overlay: bool = False, **options: Any):
     """`vpltool segment DATA --classes NAMES -o OUT`: open-vocabulary masks of a photo, a folder of photos or a
     dataset (``classes`` None: the dataset's own) by a dense CLIP ``method`` (:class:`SegmentConfig`), or
-    ``method="pgseg"`` with ``checkpoint=FILE`` (options ``bg_thresh``, ``short_side``, ``slide_crop``,
-    ``slide_stride``, ``background``). ``overlay``: also ``OUT/overlays/<id>.jpg``."""
+    ``method="pgseg"`` with ``checkpoint=FILE`` or ``model="pgseg:FILE"`` (options ``bg_thresh``, ``short_side``,
+    ``slide_crop``, ``slide_stride``, ``background``). ``overlay``: also ``OUT/overlays/<id>.jpg``."""
     from ..data import open_dataset
-    from ..models.registry import segmenter_family
-    from .segmenters import class_entries
+    from .segmenters import class_entries, segmenting
 
+    family, method, checkpoint = segmenting(method, model, checkpoint)  # model="pgseg:FILE": checkpoint=FILE
     dataset = open_dataset(data, split)
     entries = None if classes is None else class_entries(classes)
-    if segmenter_family(method) == "pgseg":
+    if family == "pgseg":
         return _segment_pgseg(dataset, out, entries, checkpoint, overlay, options)
     cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,
                                                  "classes": None if entries is None else tuple(entries)})

@@ -33,15 +33,25 @@ class Rule:
     fix: str = "drop one of them"
 
 
+def _model_family(values: dict[str, Any]) -> str:
+    """The family of ``--model`` (``pgseg`` for ``pgseg:FILE`` / ``groupvit:FILE``, :mod:`vpltool.models.registry`,
+    torch-free); ``clip`` when it is a CLIP's name or not given."""
+    from ..models.registry import model_family
+
+    model = values.get("model")
+    return "clip" if model is None else model_family(model)[0]
+
+
 def _pgseg(values: dict[str, Any]) -> bool:
-    return values.get("pgseg") is not None
+    """A PGSeg / GroupViT checkpoint segments: ``--pgseg FILE`` or its spelling ``--model pgseg:FILE``."""
+    return values.get("pgseg") is not None or _model_family(values) == "pgseg"
 
 
 def _no_pgseg(values: dict[str, Any]) -> bool:
-    return values.get("pgseg") is None
+    return not _pgseg(values)
 
 
-_SEGMENT_CLIP = ("dense", "model", "pretrained", "model_config_dir", "templates", "logit_scale", "prob_threshold",
+_SEGMENT_CLIP = ("dense", "pretrained", "model_config_dir", "templates", "logit_scale", "prob_threshold",
                  "area_threshold", "pamr_steps", "attention", "residual", "proxy_model", "proxy_weights",
                  "global_weight", "shift_weight", "cluster_cut", "stretch", "window_global", "sam_model",
                  "sam_weights", "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold",
@@ -50,10 +60,17 @@ _CAM_GRADCAM = ("refine", "affinity", "affinity_weight", "dino_model", "dino_wei
                 "sgc_clusters", "sgc_position", "box_threshold", "layer", "temperature", "attention_blocks",
                 "dense_side", "dense_scale", "dense_crop", "dense_stride", "dense_pamr")
 _PGSEG_WHY = "with --pgseg (the checkpoint's own text encoder, template and group maps)"
+# benchmark's options that a PGSeg checkpoint does not read (it takes --short-side, --slide-crop, --slide-stride)
+_BENCHMARK_CLIP = ("pretrained", "model_config_dir", "logit_scale", "prob_threshold", "area_threshold", "pamr_steps",
+                   "attention", "residual", "global_weight", "shift_weight", "cluster_cut", "stretch", "window_global",
+                   "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold", "minimal_area",
+                   "proxy_model", "proxy_weights", "sam_model", "sam_weights")
+_PGSEG_MODEL_WHY = "with --model pgseg:FILE (the checkpoint's own text encoder, template and group maps)"
 
 RULES: dict[str, tuple[Rule, ...]] = {
     "segment": (
         Rule(_SEGMENT_CLIP, _pgseg, _PGSEG_WHY),
+        Rule(("model",), lambda v: _pgseg(v) and _model_family(v) == "clip", _PGSEG_WHY),
         Rule(("class_file",), _pgseg, "with --pgseg, which queries one name a class (--classes)", refuse=True),
         Rule(("classes",), lambda v: _pgseg(v) and "|" in str(v.get("classes") or ""),
              "with --pgseg, which queries one name a class (its synonyms would be dropped)", refuse=True,
@@ -66,6 +83,11 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(("parity",), lambda v: _pgseg(v) and v.get("parity") not in (None, "none"), _PGSEG_WHY, refuse=True),
         Rule(_CAM_GRADCAM, _pgseg, "with --pgseg (its seeds are the group maps: no GradCAM, no CAA)"),
         Rule(("pgseg_side",), _no_pgseg, "without --pgseg"),
+    ),
+    "benchmark": (
+        Rule(_BENCHMARK_CLIP, _pgseg, _PGSEG_MODEL_WHY),
+        Rule(("class_file",), _pgseg, "with --model pgseg:FILE, which queries one name a class", refuse=True),
+        Rule(("shard",), _pgseg, "with --model pgseg:FILE (one process segments every image)", refuse=True),
     ),
     "train-pgseg": (
         Rule(("multi_label_weight",), lambda v: not v.get("multi_label"), "without --multi-label K (K > 0)"),

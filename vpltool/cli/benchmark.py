@@ -9,7 +9,7 @@ import typer
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..config.benchmarks import BENCHMARK_NAMES, BENCHMARK_PRESETS
 from .dense_options import DENSE_PRESET
-from .options import BATCHED, LogFile, ModelConfigDir, ModelOpt, PretrainedOpt, Shard, Verbose, runtime
+from .options import BATCHED, MODEL, LogFile, ModelConfigDir, PretrainedOpt, Shard, Verbose, runtime
 from .output import say
 from .values import model_spec
 from .values import shard as shard_of
@@ -19,7 +19,8 @@ def benchmark_cmd(
     method: Annotated[Optional[str], typer.Argument(
         help=f"The method, or several comma-separated (one row each, in <out>/<method>/): "
              f"{' | '.join(BENCHMARK_PRESETS)} (those not in this vpltool's --dense list are listed by --presets "
-             "only).", show_default=False)] = None,
+             "only); or pgseg (alone) with --model pgseg:FILE [default with --model pgseg:FILE: pgseg].",
+        show_default=False)] = None,
     root: Annotated[Optional[list[str]], typer.Option(
         "--root", help=f"NAME=ROOT, once per benchmark (NAME: {', '.join(BENCHMARK_NAMES)}); e.g. "
         "voc21=data/VOCdevkit/VOC2012 (docs/benchmarks.md: the layouts).", show_default=False)] = None,
@@ -28,7 +29,12 @@ def benchmark_cmd(
     presets: Annotated[bool, typer.Option("--presets", help="List every method's per-benchmark settings and where "
                                           "each comes from (file:line of its config), then exit.")] = False,
     knobs: dict = DENSE_PRESET,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(
+        "--model", rich_help_panel=MODEL,
+        help="A CLIP for the --dense methods (an open_clip architecture, local-dir:/path, hf-hub:ORG/REPO, or "
+             "vpltool-toy), or FAMILY:FILE for method pgseg: pgseg:FILE or groupvit:FILE, a PGSeg / GroupViT "
+             "checkpoint (a train-pgseg pgseg.safetensors or a release .pth) run with `segment --model "
+             "pgseg:FILE`'s settings on every benchmark (--presets lists them).")] = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
     run: dict = BATCHED,
@@ -38,17 +44,20 @@ def benchmark_cmd(
 ) -> None:
     """Run a training-free method on the eight open-vocabulary benchmarks (VOC21, Context60, COCO-Object, VOC20,
     Context59, COCO-Stuff, Cityscapes, ADE20K) with the settings its own config uses for each, score each, and print
-    the table with its mean. Resumable; under torchrun each rank segments its share.
+    the table with its mean; or a PGSeg / GroupViT checkpoint (--model pgseg:FILE) with `segment`'s settings for
+    it. Resumable; under torchrun each rank segments its share.
 
     \b
     Example:
       vpltool benchmark naclip --root voc21=data/VOCdevkit/VOC2012 --root ade20k=data/ADEChallengeData2016 -o runs/b
       vpltool benchmark naclip,sclip,clearclip --root voc20=data/VOCdevkit/VOC2012 -o runs/b
+      vpltool benchmark pgseg --model pgseg:runs/gv/pgseg.safetensors --root voc21=data/VOCdevkit/VOC2012 -o runs/b
       vpltool benchmark --presets
     """
     from ..config.benchmarks import presets_table
     from ..errors import VplError
-    from ..stages.benchmark import format_row, run_benchmarks
+    from ..models.registry import segmenter_family
+    from ..stages.benchmark import run_benchmarks
 
     if presets:
         for row in presets_table(method):
@@ -56,7 +65,14 @@ def benchmark_cmd(
             extra = (" [" + ", ".join(f"{k}={v}" for k, v in row["extra"].items()) + "]") if row["extra"] else ""
             typer.echo(f"{row['method']:<10} {row['benchmark']:<12} {s}{extra}\n{'':<23}from {row['repo']}: "
                        f"{row['source']}")
+        if method is None or segmenter_family(method) == "pgseg":
+            _print_pgseg_presets()
         return
+    from ..models.registry import model_family
+
+    family, checkpoint = model_family(model)  # pgseg:FILE / groupvit:FILE: a PGSeg / GroupViT checkpoint
+    if family == "pgseg" and method is None:
+        method = model.partition(":")[0].lower()  # the row's name: the family prefix given
     if method is None or out is None:
         raise VplError("benchmark: give METHOD and --out (or --presets to list the presets)")
     roots = {}
@@ -68,9 +84,37 @@ def benchmark_cmd(
             raise VplError(f"--root {name}=...: given twice; give each benchmark once")
         roots[name] = path
     methods = [m.strip() for m in method.split(",") if m.strip()]
+    if family == "pgseg":
+        from ..stages.benchmark import run_pgseg_benchmark
+
+        if len(methods) != 1:
+            raise VplError(f"benchmark {method} --model {model}: one checkpoint is one method; give one (pgseg)")
+        tables = [run_pgseg_benchmark(methods[0], roots, out, checkpoint, knobs, runtime(**run),
+                                      on_benchmark=lambda n: say(f"benchmark {methods[0]}: {n}"))]
+        _print_tables(tables)
+        return
     tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), knobs,
                             runtime(**run), shard=shard_of(shard),
                             on_benchmark=lambda m, n: say(f"benchmark {m}: {n}"))
+    _print_tables(tables)
+
+
+def _print_pgseg_presets() -> None:
+    """`--presets`: a PGSeg / GroupViT checkpoint's settings (`segment --model pgseg:FILE`'s, on every benchmark)."""
+    from ..data.benchmarks import BENCHMARKS
+    from ..stages.benchmark import pgseg_settings
+
+    for b in BENCHMARK_NAMES:
+        s = ", ".join(f"{k}={v}" for k, v in pgseg_settings(b).items() if k != "method")
+        why = ("; bg_thresh 0 (vpltool's): this benchmark has no background class" if not
+               BENCHMARKS[b].has_background else "")
+        typer.echo(f"{'pgseg':<10} {b:<12} {s}\n{'':<23}from Ferenas/PGSeg@9f167cd: segment --model pgseg:FILE's "
+                   f"(pgseg_seg.py, pascal_voc12.py test_cfg){why}")
+
+
+def _print_tables(tables: list[dict]) -> None:
+    from ..stages.benchmark import format_row
+
     lines = [format_row(t) for t in tables]
     typer.echo(lines[0][0])
     for line in lines:

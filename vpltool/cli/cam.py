@@ -1,5 +1,5 @@
 """The `cam` command: seeds for each image's labelled classes: GradCAM + CAA (CLIP-ES, VPL, SSR), a training-free
-dense CLIP (--dense) or a PGSeg / GroupViT checkpoint (--pgseg)."""
+dense CLIP (--dense) or a PGSeg / GroupViT checkpoint (--model pgseg:FILE, alias --pgseg FILE)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..config.pgseg import PGSEG_SHORT_SIDE
 from ..errors import VplError, VplWarning
 from .options import (
     BATCHED,
+    MODEL,
     DenseCrop,
     DenseSide,
     DenseStride,
@@ -30,6 +31,7 @@ from .options import (
     warn_inert,
 )
 from .output import pending, progress, say
+from .values import segmenting_model
 from .values import shard as shard_of
 
 
@@ -40,7 +42,8 @@ def cam_cmd(
     out: OutDir,
     prototypes: Annotated[Optional[Path], typer.Option("--prototypes", "-p", help="A prototypes file: "
                                                        "`text-prototypes` or `learn-prototypes` output; with a "
-                                                       "dataset it also names the CLIP. Required unless --pgseg.",
+                                                       "dataset it also names the CLIP. Required unless --model "
+                                                       "pgseg:FILE.",
                                                        show_default=False)] = None,
     split: Split = None,
     refine: Annotated[str, typer.Option(help="caa (CLIP-ES) | caa+sgc (SSR: CAA propagates only inside K-means "
@@ -87,13 +90,16 @@ def cam_cmd(
     dense_stride: DenseStride = None,
     dense_pamr: Annotated[Optional[int], typer.Option(help="--dense: PAMR steps (0 = off) [default: the "
                                                             "method's].", show_default=False)] = None,
-    pgseg: Annotated[Optional[Path], typer.Option(help="Seeds from this PGSeg / GroupViT checkpoint instead (a "
-                                                  "train-pgseg pgseg.safetensors or a release .pth): its zero-shot "
-                                                  "maps of each image's labelled classes among the dataset's class "
-                                                  "names, as `segment --pgseg` computes them, at image size; no "
-                                                  "--prototypes, the GradCAM/CAA options are unused.",
-                                                  show_default=False)] = None,
-    pgseg_side: Annotated[int, typer.Option(help="--pgseg: images resized to this short side first (the "
+    model: Annotated[Optional[str], typer.Option(
+        "--model", rich_help_panel=MODEL, show_default=False,
+        help="FAMILY:FILE: seeds from a checkpoint of a text-supervised family instead, pgseg:FILE or "
+             "groupvit:FILE (a train-pgseg pgseg.safetensors or a release .pth): its zero-shot maps of each image's "
+             "labelled classes among the dataset's class names, as `segment --model pgseg:FILE` computes them, at "
+             "image size; no --prototypes, the GradCAM/CAA options are unused. (cam's CLIP is the one its "
+             "--prototypes file names; a CLIP name is not taken here.)")] = None,
+    pgseg: Annotated[Optional[Path], typer.Option(help="The alias of --model pgseg:FILE (the same run).",
+                                                  rich_help_panel=MODEL, show_default=False)] = None,
+    pgseg_side: Annotated[int, typer.Option(help="--model pgseg:FILE: images resized to this short side first (the "
                                             "reference's test scale; sliding 448-px windows at stride 224).")] =
         PGSEG_SHORT_SIDE,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
@@ -111,6 +117,7 @@ def cam_cmd(
     Examples:
       vpltool cam runs/voc/features -p runs/voc/text.safetensors -o runs/voc/cams_text
       vpltool cam data/VOC2012 --split train -p runs/voc/text.safetensors -o runs/voc/cams_text
+      vpltool cam data/VOC2012 --split train --model pgseg:runs/gv/pgseg.safetensors -o runs/voc/cams_pgseg
     """
     cam_cfg = CamConfig(refine=refine, box_threshold=box_threshold, temperature=temperature, parity=parity,
                         layer=layer, attention_blocks=attention_blocks, affinity=affinity,
@@ -119,11 +126,17 @@ def cam_cmd(
     _warn_unused_dense_block(dense, cam_cfg, {"--dense-side": dense_side, "--dense-scale": dense_scale,
                                               "--dense-crop": dense_crop, "--dense-stride": dense_stride,
                                               "--dense-pamr": dense_pamr})
-    if pgseg is None and prototypes is None:
-        raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --pgseg FILE")
+    family, checkpoint = segmenting_model(model, pgseg)  # --pgseg FILE is --model pgseg:FILE; two files: one line
+    if model is not None and family == "clip":
+        raise VplError(f"--model {model}: cam's CLIP is the one its --prototypes file names (or the extract "
+                       "folder's); drop --model, or give --model pgseg:FILE for seeds from a PGSeg / GroupViT "
+                       "checkpoint")
+    if family != "pgseg" and prototypes is None:
+        raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --model pgseg:FILE "
+                       "(alias --pgseg FILE)")
     source, split = _open_source(source, split, prototypes)
-    if pgseg is not None:
-        _cam_pgseg(source, pgseg, out, split, pgseg_side, run, shard)
+    if family == "pgseg":
+        _cam_pgseg(source, checkpoint, out, split, pgseg_side, run, shard)
         return
     from ..stages.cam import run_cam, run_dense_cam
 

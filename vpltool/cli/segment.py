@@ -12,9 +12,9 @@ from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH
 from .dense_options import DENSE, DenseOpt
 from .options import (
     BATCHED,
+    MODEL,
     LogFile,
     ModelConfigDir,
-    ModelOpt,
     OutDir,
     PretrainedOpt,
     Shard,
@@ -24,10 +24,18 @@ from .options import (
     warn_inert,
 )
 from .output import pending, progress, say
-from .values import model_spec
+from .values import model_spec, segmenting_model
 from .values import shard as shard_of
 
 _S = SegmentConfig
+SegmentModelOpt = Annotated[str, typer.Option(
+    "--model", rich_help_panel=MODEL,
+    help="The model that segments: a CLIP (an open_clip architecture, local-dir:/path, hf-hub:ORG/REPO, or "
+         "vpltool-toy: the demo world's toy CLIP) with a --dense method, or FAMILY:FILE, a checkpoint of a "
+         "text-supervised family: pgseg:FILE or groupvit:FILE (a train-pgseg pgseg.safetensors or a GroupViT / "
+         "PGSeg release .pth), segmenting as the reference's pgseg_seg.py: group maps, the 'a photo of a {}.' "
+         "template, --bg-thresh; there --short-side 448, --slide-crop 448 and --slide-stride 224 by default (the "
+         "reference's VOC test) and the CLIP options are not used.")]
 
 
 def segment_cmd(
@@ -45,18 +53,16 @@ def segment_cmd(
                                            "a file, one template per line.")] = _S.templates,
     background: Annotated[Optional[str], typer.Option(
         help="Background words (queries of class 0): auto | voc | coco | none | a file | 'w1,w2,...' [default: "
-             f"{_S.background}; with --pgseg {PGSEG_BACKGROUND} (the reference's)].", show_default=False)] = None,
+             f"{_S.background}; with --model pgseg:FILE {PGSEG_BACKGROUND} (the reference's)].",
+        show_default=False)] = None,
     knobs: dict = DENSE,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: SegmentModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
-    pgseg: Annotated[Optional[Path], typer.Option(help="Segment with this PGSeg / GroupViT checkpoint instead (a "
-                                                  "train-pgseg pgseg.safetensors or a GroupViT / PGSeg release "
-                                                  ".pth), as the reference's pgseg_seg.py: group maps, the 'a photo "
-                                                  "of a {}.' template, --bg-thresh; there --short-side 448, "
-                                                  "--slide-crop 448 and --slide-stride 224 by default (the "
-                                                  "reference's VOC test); the CLIP options are not used.")] = None,
-    bg_thresh: Annotated[float, typer.Option(help="With --pgseg: a pixel whose best class affinity is below this "
-                                             "(capped at the image's highest) is background.")] = PGSEG_BG_THRESH,
+    pgseg: Annotated[Optional[Path], typer.Option(help="The alias of --model pgseg:FILE (the same run).",
+                                                  rich_help_panel=MODEL, show_default=False)] = None,
+    bg_thresh: Annotated[float, typer.Option(help="With --model pgseg:FILE: a pixel whose best class affinity is "
+                                             "below this (capped at the image's highest) is background.")] =
+        PGSEG_BG_THRESH,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write each photo with its mask's colours and a "
                                           "legend of the classes, OUT/overlays/<id>.jpg (the photos are only "
                                           "read).")] = False,
@@ -68,7 +74,7 @@ def segment_cmd(
 ) -> None:
     """Segment any class names with no labels and no training: CLIP with a training-free dense last block
     (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP; ProxyCLIP and CASS with a DINO proxy model; Trident with DINO
-    and SAM's image encoder) against text queries;
+    and SAM's image encoder) against text queries, or a PGSeg / GroupViT checkpoint (--model pgseg:FILE);
     palette PNGs that `eval` scores by class name.
 
     \b
@@ -76,6 +82,7 @@ def segment_cmd(
       vpltool segment data/VOC2012 --split val -o runs/voc/naclip_val --dense naclip
       vpltool segment photo.jpg --classes cat,dog -o runs/photo_seg --overlay
       vpltool segment photos/ --classes "cat|kitten,dog,sofa" -o runs/photos_seg
+      vpltool segment photos/ --classes cat,dog -o runs/gv_seg --model pgseg:runs/gv/pgseg.safetensors
       vpltool segment voc20=data/VOC2012 -o runs/voc20 --dense sclip --class-file sclip:voc20
       vpltool segment photos/ -o runs/proxy --dense proxyclip --proxy-weights dino_vitbase8_pretrain.pth
       vpltool segment photos/ -o runs/trident --dense trident --proxy-weights dino_vitbase16_pretrain.pth \\
@@ -83,16 +90,17 @@ def segment_cmd(
     """
     from ..data import open_dataset
 
+    family, checkpoint = segmenting_model(model, pgseg)  # --pgseg FILE is --model pgseg:FILE; two files: one line
     dataset = open_dataset(data, split)  # torch-free: a missing or unreadable input is answered before torch loads
     from ..stages.predict import parse_class_names
     from ..stages.segment import class_list, run_segment
 
-    if pgseg is not None:  # PGSeg / GroupViT: zero-shot by group maps (vpltool.stages.segment_pgseg)
+    if family == "pgseg":  # PGSeg / GroupViT: zero-shot by group maps (vpltool.stages.segment_pgseg)
         from ..stages.segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
 
         names = class_list(dataset, None if classes is None else parse_class_names(classes))
         with progress("segment") as (on_start, on_item):
-            s = run_segment_pgseg(dataset, out, pgseg, names, runtime(**run), bg_thresh=bg_thresh,
+            s = run_segment_pgseg(dataset, out, checkpoint, names, runtime(**run), bg_thresh=bg_thresh,
                                   short_side=knobs["short_side"] or DEFAULT_SHORT_SIDE,
                                   slide=(_or(knobs["slide_crop"], DEFAULT_SLIDE[0]),
                                          _or(knobs["slide_stride"], DEFAULT_SLIDE[1])),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -37,6 +38,22 @@ def model_spec(model: str, pretrained: str, config_dir: Path | None):
     from ..models import ModelSpec
 
     return ModelSpec(model=model, pretrained=pretrained, config_dir=str(config_dir) if config_dir else None)
+
+
+def segmenting_model(model: str | None, pgseg: Path | None = None) -> tuple[str, object]:
+    """``--model`` with its alias ``--pgseg FILE`` -> ``(family, spec)`` (:func:`vpltool.models.registry.model_family`:
+    ``pgseg:FILE`` / ``groupvit:FILE`` -> ``("pgseg", Path(FILE))``, any other value -> ``("clip", value)``).
+    ``--pgseg FILE`` is ``--model pgseg:FILE``; both naming different files is one line, before anything loads. A
+    CLIP ``--model`` beside ``--pgseg`` is left to :mod:`.applies` (warned: not used)."""
+    from ..models.registry import model_family
+
+    family, spec = ("clip", None) if model is None else model_family(model)
+    if pgseg is None:
+        return family, spec
+    if family != "clip" and os.path.abspath(spec) != os.path.abspath(pgseg):
+        raise VplError(f"--model {model} and --pgseg {pgseg}: two checkpoints; give one (--pgseg FILE is the "
+                       "alias of --model pgseg:FILE)")
+    return "pgseg", pgseg
 
 
 def floats_text(values: tuple[float, ...]) -> str:

@@ -11,7 +11,7 @@ family     what it is                                             used by
 ========== ====================================================== ==============================================
 clip       open_clip ViTs, local files and folders, the toy CLIP  every CLIP stage; ``--dense`` is a parameter
 dino       a timm ViT (DINO, DINOv2, the toy DINO)                SSR's ``--affinity dino``; proxy attention
-pgseg      PGSeg / GroupViT (vpltool.models.pgseg)              ``train-pgseg``, ``segment`` with a PGSeg model
+pgseg      PGSeg / GroupViT (vpltool.models.pgseg)              ``train-pgseg``, ``--model pgseg:FILE``
 sam        SAM's image encoder (segment-anything), a local file   ``--dense trident``'s affinity
 ========== ====================================================== ==============================================
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -84,14 +85,29 @@ def family_module(name: str) -> ModuleType:
 
 
 # the models that segment by class names, as the command line and :func:`vpltool.segmenter` name them: PGSeg and
-# GroupViT are the pgseg family's (a checkpoint: ``segment --pgseg FILE``, ``segmenter("pgseg", checkpoint=FILE)``);
-# any other name is a dense method of the clip family (``--dense``)
+# GroupViT are the pgseg family's (a checkpoint: ``--model pgseg:FILE`` (:func:`model_family`), ``segmenter("pgseg",
+# checkpoint=FILE)``); any other name is a dense method of the clip family (``--dense``). A second text-supervised
+# family is one more row here (and its ``_MODULES`` entry)
 SEGMENTERS = {"pgseg": "pgseg", "groupvit": "pgseg"}
 
 
 def segmenter_family(method: str) -> str:
     """The family that segments with ``method``: ``pgseg`` for PGSeg / GroupViT, else ``clip``."""
     return SEGMENTERS.get(method, "clip")
+
+
+def model_family(value: str) -> tuple[str, Any]:
+    """A ``--model`` value -> ``(family, spec)``: ``NAME:FILE`` for a name of :data:`SEGMENTERS` (``pgseg:FILE``,
+    ``groupvit:FILE``: the checkpoint, `train-pgseg`'s ``pgseg.safetensors`` or a release ``.pth``) ->
+    ``(SEGMENTERS[NAME], Path(FILE))``; anything else -> ``("clip", value)`` unchanged (an open_clip name,
+    ``local-dir:/path``, ``hf-hub:org/repo``, ``vpltool-toy``). A family prefix with no file is one line."""
+    prefix, sep, rest = value.partition(":")
+    if not sep or prefix.lower() not in SEGMENTERS:
+        return "clip", value
+    if not rest.strip():
+        raise VplError(f"--model {value}: no checkpoint file after {prefix}:; give --model {prefix}:FILE (a "
+                       "train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth)")
+    return SEGMENTERS[prefix.lower()], Path(rest)
 
 
 def families() -> list[str]:
@@ -112,4 +128,4 @@ def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any
 
 
 __all__ = ["Family", "SEGMENTERS", "register_family", "family", "family_module", "families", "check_model",
-           "load_model", "segmenter_family"]
+           "load_model", "model_family", "segmenter_family"]

@@ -6,6 +6,9 @@ Per benchmark given a root: the dataset (:mod:`vpltool.data.benchmarks`) and the
 of them, before the model loads; then `segment`'s stage body writes ``<out>/<benchmark>/`` (resumable, and split by
 rank under torchrun as every per-image stage), and once every image of it has a mask, `eval` writes
 ``<out>/<benchmark>.json``. The table is ``<out>/table.json``. The CLIP is loaded once and shared.
+
+A PGSeg / GroupViT checkpoint (``benchmark pgseg --model pgseg:FILE``, :func:`run_pgseg_benchmark`) runs the same way
+with `segment --model pgseg:FILE`'s stage body and settings (:func:`pgseg_settings`) in the same table.
 """
 
 from __future__ import annotations
@@ -33,9 +36,8 @@ def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | No
     value (the command line's options) in its place."""
     if method not in BENCHMARK_PRESETS:
         if segmenter_family(method) != "clip":  # PGSeg / GroupViT: a checkpoint, no benchmark presets
-            raise VplError(f"benchmark {method}: a PGSeg / GroupViT checkpoint has no per-benchmark presets here; "
-                           "segment each benchmark with `vpltool segment NAME=ROOT --pgseg FILE -o OUT`, then score "
-                           "it with `vpltool eval OUT`")
+            raise VplError(f"benchmark {method}: give its checkpoint, --model {method}:FILE (a train-pgseg "
+                           "pgseg.safetensors or a GroupViT / PGSeg release .pth)")
         raise VplError(f"benchmark: no presets for method {method!r}; choose one of {', '.join(BENCHMARK_PRESETS)}")
     settings = BENCHMARK_PRESETS[method].settings(benchmark)
     if settings["dense"] not in DENSE_CHOICES:
@@ -72,11 +74,77 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
         ``<out>/table.json`` once every benchmark given is scored. ``keep``: a dict that receives the CLIP loaded (or
         given) as ``keep["backbone"]``, for the next method.
     """
-    from ..data import open_dataset
     from ..device import resolve_device
     from ..models import load_model
-    from .eval import run_eval
     from .segment import resolve_queries, run_segment, scored_background
+
+    names, datasets, out = _open_benchmarks(roots, out)
+    # every dataset and every preset checked before the model loads (a wrong root fails in a second)
+    check_class_file_option((overrides or {}).get("class_file"), names)
+    configs = {n: preset_config(method, n, overrides) for n in names}
+    for n in names:  # the class files and queries too (a bad file for the last benchmark fails now, not in an hour)
+        resolve_queries(list(datasets[n].classes[1:]), configs[n], scored_background(datasets[n]))
+    loaded = {"backbone": backbone}
+
+    def segment(n: str, folder: Path) -> None:
+        if loaded["backbone"] is None:
+            loaded["backbone"] = load_model("clip", spec, resolve_device(runtime.device))
+        run_segment(datasets[n], folder, spec, configs[n], runtime, shard=shard, backbone=loaded["backbone"])
+
+    table = _score(method, spec.identity(), names, datasets, out, segment,
+                   {n: _config_dict(configs[n]) for n in names}, on_benchmark)
+    if keep is not None:
+        keep["backbone"] = loaded["backbone"]
+    return table
+
+
+def pgseg_settings(benchmark: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`segment --model pgseg:FILE`'s settings on ``benchmark`` (the reference's, :mod:`vpltool.config.pgseg`), with
+    ``short_side`` / ``slide_crop`` / ``slide_stride`` of ``overrides`` where given. A benchmark whose ground truth
+    has no background class (VOC20, Context59, COCO-Stuff, Cityscapes, ADE20K, where class 0 is never right) gets
+    ``bg_thresh`` 0: no pixel is background, each takes its best class."""
+    from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE
+    from ..data.benchmarks import BENCHMARKS
+
+    o = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return {"method": "pgseg", "bg_thresh": PGSEG_BG_THRESH if BENCHMARKS[benchmark].has_background else 0.0,
+            "short_side": o.get("short_side", PGSEG_SHORT_SIDE), "slide_crop": o.get("slide_crop", PGSEG_SLIDE[0]),
+            "slide_stride": o.get("slide_stride", PGSEG_SLIDE[1]), "background": PGSEG_BACKGROUND}
+
+
+def run_pgseg_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path, checkpoint: str | Path,
+                        overrides: Mapping[str, Any] | None = None, runtime: RuntimeConfig = RuntimeConfig(), *,
+                        on_benchmark: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """:func:`run_benchmark` for a PGSeg / GroupViT ``checkpoint`` (``benchmark pgseg --model pgseg:FILE``): each
+    benchmark segmented by `segment --model pgseg:FILE`'s stage body with :func:`pgseg_settings` (the dataset's
+    class names, one query each), then scored; the same table (its ``"model"``: ``{"model": "pgseg", "pretrained":
+    FILE}``, as the segment records name it)."""
+    from .segment_pgseg import check_options, pgseg_family, pgseg_names, run_segment_pgseg
+
+    if segmenter_family(method) != "pgseg":
+        raise VplError(f"benchmark {method} --model pgseg:{checkpoint}: a PGSeg / GroupViT checkpoint runs as method "
+                       f"pgseg (benchmark pgseg --model pgseg:FILE); {method} needs a CLIP --model")
+    names, datasets, out = _open_benchmarks(roots, out)
+    settings = {n: pgseg_settings(n, overrides) for n in names}
+    for n in names:  # every option and class list checked, and the checkpoint read, before anything is written
+        s = settings[n]
+        check_options(s["bg_thresh"], s["short_side"], (s["slide_crop"], s["slide_stride"]))
+        pgseg_names(list(datasets[n].classes[1:]), s["background"])
+    pgseg_family().load_checkpoint(checkpoint)
+
+    def segment(n: str, folder: Path) -> None:
+        s = settings[n]
+        run_segment_pgseg(datasets[n], folder, checkpoint, list(datasets[n].classes[1:]), runtime,
+                          bg_thresh=s["bg_thresh"], short_side=s["short_side"],
+                          slide=(s["slide_crop"], s["slide_stride"]), background=s["background"])
+
+    return _score(method, {"model": "pgseg", "pretrained": str(checkpoint)}, names, datasets, out, segment,
+                  settings, on_benchmark)
+
+
+def _open_benchmarks(roots: Mapping[str, str | Path], out: str | Path) -> tuple[list[str], dict, Path]:
+    """The benchmarks of ``roots`` in the table's order, each opened (a wrong root: one line), and ``out`` checked."""
+    from ..data import open_dataset
 
     unknown = [n for n in roots if n not in BENCHMARK_ORDER]
     if unknown:
@@ -86,20 +154,23 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
         raise VplError(f"no benchmark given; pass --root NAME=ROOT for some of {', '.join(BENCHMARK_ORDER)}")
     out = io.check_folder_target(out)
     names = [n for n in BENCHMARK_ORDER if n in roots]
-    # every dataset and every preset checked before the model loads (a wrong root fails in a second)
-    check_class_file_option((overrides or {}).get("class_file"), names)
-    datasets = {n: open_dataset(f"{n}={roots[n]}") for n in names}
-    configs = {n: preset_config(method, n, overrides) for n in names}
-    for n in names:  # the class files and queries too (a bad file for the last benchmark fails now, not in an hour)
-        resolve_queries(list(datasets[n].classes[1:]), configs[n], scored_background(datasets[n]))
+    return names, {n: open_dataset(f"{n}={roots[n]}") for n in names}, out
+
+
+def _score(method: str, model: dict, names: list[str], datasets: dict, out: Path,
+           segment: Callable[[str, Path], None], settings: dict, on_benchmark: Callable[[str], None] | None
+           ) -> dict[str, Any]:
+    """Each benchmark segmented into ``<out>/<name>/`` (``segment(name, folder)``) and, once every image has its
+    mask, scored by `eval` into ``<out>/<name>.json``; the table (:func:`run_benchmark`'s), ``table.json`` once all
+    are scored."""
+    from .eval import run_eval
+
     miou: dict[str, float | None] = {}
     for n in names:
         if on_benchmark:
             on_benchmark(n)
-        if backbone is None:
-            backbone = load_model("clip", spec, resolve_device(runtime.device))
         folder = out / n
-        run_segment(datasets[n], folder, spec, configs[n], runtime, shard=shard, backbone=backbone)
+        segment(n, folder)
         if all(io.mask_path(folder, it.id).is_file() for it in datasets[n].items) and io.stage_record_path(
                 folder).is_file():
             result, _ = run_eval(folder, json_out=out / f"{n}.json", overwrite=True)
@@ -107,13 +178,11 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
         else:
             miou[n] = None
     scored = [v for v in miou.values() if v is not None]
-    table = {"method": method, "model": spec.identity(), "columns": names, "titles": [TITLES[n] for n in names],
+    table = {"method": method, "model": model, "columns": names, "titles": [TITLES[n] for n in names],
              "miou": miou, "mean": sum(scored) / len(scored) if len(scored) == len(names) else None,
-             "settings": {n: _config_dict(configs[n]) for n in names}}
+             "settings": settings}
     if table["mean"] is not None:
         io.write_json(out / "table.json", table, kind="benchmark-table")
-    if keep is not None:
-        keep["backbone"] = backbone
     return table
 
 
@@ -156,4 +225,5 @@ def format_row(table: Mapping[str, Any]) -> list[str]:
     return [head, row]
 
 
-__all__ = ["STAGE", "run_benchmark", "run_benchmarks", "preset_config", "format_row"]
+__all__ = ["STAGE", "run_benchmark", "run_benchmarks", "run_pgseg_benchmark", "pgseg_settings", "preset_config",
+           "format_row"]
