@@ -3988,7 +3988,8 @@ def _pgseg_model_missing_file(ws: Workspace) -> Iterator[list[object]]:
            ws.out("out"), *CPU]
 
 
-@case("segment --model pgseg: (no file after the family)", "--model pgseg:", "give --model pgseg:FILE")
+@case("segment --model pgseg: (no file after the family)", "no checkpoint file after 'pgseg:'",
+      "give --model pgseg:FILE")
 def _pgseg_model_no_file(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "--model", "pgseg:", "-o", ws.out("out"), *CPU]
 

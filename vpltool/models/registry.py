@@ -105,7 +105,7 @@ def model_family(value: str) -> tuple[str, Any]:
     if not sep or prefix.lower() not in SEGMENTERS:
         return "clip", value
     if not rest.strip():
-        raise VplError(f"--model {value}: no checkpoint file after {prefix}:; give --model {prefix}:FILE (a "
+        raise VplError(f"--model {value!r}: no checkpoint file after '{prefix}:'; give --model {prefix}:FILE (a "
                        "train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth)")
     return SEGMENTERS[prefix.lower()], Path(rest)
 
