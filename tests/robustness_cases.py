@@ -3959,6 +3959,18 @@ def _pgseg_nouns_empty(ws: Workspace) -> Iterator[list[object]]:
            ws.root / "nouns_empty.txt", *PGSEG_ARGS]
 
 
+@case("an even attention window (train-pgseg --attention-window 4)", "--attention-window 4", "odd number",
+      "pass 5 (or 0: global)")
+def _pgseg_even_window(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--attention-window", "4"]
+
+
+@case("captions keyed by nouns without their positives (train-pgseg --same-caption nouns)",
+      "--same-caption nouns: needs --multi-positive", "pass both")
+def _pgseg_same_caption_alone(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--same-caption", "nouns"]
+
+
 @case("a ViT's weights as --init (train-pgseg)", "not a PGSeg checkpoint")
 def _pgseg_init_other_architecture(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", ws.dino_weights("vit_as_pgseg.safetensors"),

@@ -121,6 +121,28 @@ def test_cli_bad_values_are_one_line_and_write_nothing(tmp_path):
         assert not (tmp_path / "p").exists()
 
 
+def test_a_run_too_big_for_the_disk_is_refused_before_a_shard_is_written(tmp_path, monkeypatch):
+    from vpltool.cli import app
+    from vpltool.demo import make_pairs
+
+    per_pair = make_pairs.sample_bytes(PairsConfig())
+    assert 5_000 < per_pair < 100_000  # a 96 px scene's PNG and its two text members (~21 KB a pair on disk)
+    result = CliRunner().invoke(app, ["make-pairs", str(tmp_path / "p"), "--scenes", "2147483648"])
+    assert result.exit_code == 2 and "--scenes 2147483648 needs about" in result.output, result.output
+    assert "lower --scenes" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()
+    # a resumed run needs room for its missing shards alone
+    out = write_pairs(tmp_path / "q", CFG)
+    (out / "00001.tar").unlink()
+    (out / "_stage.json").rename(out / "_run.json")
+    monkeypatch.setattr(make_pairs, "_free_bytes", lambda _: per_pair * 2)  # room for 4 pairs at the margin of 2
+    write_pairs(out, CFG)  # 3 pairs missing: resumed
+    monkeypatch.setattr(make_pairs, "_free_bytes", lambda _: per_pair)
+    with pytest.raises(VplError, match="needs about"):
+        write_pairs(tmp_path / "r", CFG)  # 7 pairs > 2 x 1
+    assert not (tmp_path / "r").exists()
+
+
 def test_toy_clip_trains_on_the_shards_and_refuses_bad_pairs(tmp_path):
     from vpltool.demo.config import ToyClipConfig
     from vpltool.demo.train_toy_clip import open_pair_source, train_toy_clip
