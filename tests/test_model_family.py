@@ -179,7 +179,6 @@ def test_benchmark_pgseg_refuses_a_missing_checkpoint_a_dense_method_or_a_clip(c
         "missing": (["pgseg", "--model", f"pgseg:{tmp_path / 'missing.safetensors'}"], "missing.safetensors"),
         "dense": (["naclip", "--model", f"pgseg:{checkpoint}"], "a PGSeg / GroupViT checkpoint runs as method pgseg"),
         "clip": (["groupvit"], "give its checkpoint, --model groupvit:FILE"),
-        "shard": (["pgseg", "--model", f"pgseg:{checkpoint}", "--shard", "0/2"], "--shard"),
     }
     for name, (args, words) in cases.items():
         r = runner.invoke(app, ["benchmark", *args, "--root", f"voc21={root}", "-o", str(tmp_path / name)])
@@ -189,6 +188,32 @@ def test_benchmark_pgseg_refuses_a_missing_checkpoint_a_dense_method_or_a_clip(c
         assert not (tmp_path / name).exists(), name
     r = runner.invoke(app, ["benchmark", "--presets", "pgseg"])
     assert r.exit_code == 0 and "pgseg      voc21        bg_thresh=0.95, short_side=448" in r.output, r.output
+
+
+def test_pgseg_in_two_shards_is_the_run_in_one_piece(world, checkpoint, tmp_path):
+    """`segment --model pgseg:FILE --shard i/n` and `benchmark pgseg --shard i/n` split the images (each shard once:
+    they were ignored, so under torchrun every rank segmented every image); the folder completes with the last."""
+    from vpltool.data.miniature import make_miniature
+
+    runner = CliRunner()
+    one = runner.invoke(app, ["segment", str(world), "--split", "val", "--model", f"pgseg:{checkpoint}", *FAST,
+                              "-o", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    for i in (0, 1):
+        r = runner.invoke(app, ["segment", str(world), "--split", "val", "--model", f"pgseg:{checkpoint}", *FAST,
+                                "-o", str(tmp_path / "two"), "--shard", f"{i}/2"])
+        assert r.exit_code == 0 and "1 masks" in r.output, r.output  # 2 val images: one each
+        assert io.stage_record_path(tmp_path / "two").is_file() == (i == 1)
+    assert _masks(tmp_path / "two") == _masks(tmp_path / "one") and len(_masks(tmp_path / "one")) == 2
+    root = make_miniature("voc21", tmp_path / "mini")
+    bench = ["benchmark", "pgseg", "--model", f"pgseg:{checkpoint}", "--root", f"voc21={root}", "--short-side", "48"]
+    whole = runner.invoke(app, [*bench, "-o", str(tmp_path / "b1")])
+    first = runner.invoke(app, [*bench, "-o", str(tmp_path / "b2"), "--shard", "0/2"])
+    assert first.exit_code == 0 and "not scored yet" in first.output, first.output
+    last = runner.invoke(app, [*bench, "-o", str(tmp_path / "b2"), "--shard", "1/2"])
+    assert last.exit_code == 0 and whole.exit_code == 0, (last.output, whole.output)
+    assert _masks(tmp_path / "b2" / "voc21") == _masks(tmp_path / "b1" / "voc21")
+    assert io.read_json(tmp_path / "b2" / "table.json")["miou"] == io.read_json(tmp_path / "b1" / "table.json")["miou"]
 
 
 # ------------------------------------------------------------------------------------------------ Python

@@ -87,7 +87,6 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "benchmark": (
         Rule(_BENCHMARK_CLIP, _pgseg, _PGSEG_MODEL_WHY),
         Rule(("class_file",), _pgseg, "with --model pgseg:FILE, which queries one name a class", refuse=True),
-        Rule(("shard",), _pgseg, "with --model pgseg:FILE (one process segments every image)", refuse=True),
     ),
     "train-pgseg": (
         Rule(("multi_label_weight",), lambda v: not v.get("multi_label"), "without --multi-label K (K > 0)"),

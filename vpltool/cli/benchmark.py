@@ -89,7 +89,7 @@ def benchmark_cmd(
 
         if len(methods) != 1:
             raise VplError(f"benchmark {method} --model {model}: one checkpoint is one method; give one (pgseg)")
-        tables = [run_pgseg_benchmark(methods[0], roots, out, checkpoint, knobs, runtime(**run),
+        tables = [run_pgseg_benchmark(methods[0], roots, out, checkpoint, knobs, runtime(**run), shard=shard_of(shard),
                                       on_benchmark=lambda n: say(f"benchmark {methods[0]}: {n}"))]
         _print_tables(tables)
         return

@@ -105,9 +105,9 @@ def segment_cmd(
                                   slide=(_or(knobs["slide_crop"], DEFAULT_SLIDE[0]),
                                          _or(knobs["slide_stride"], DEFAULT_SLIDE[1])),
                                   background=PGSEG_BACKGROUND if background is None else background,
-                                  on_start=on_start, on_item=on_item, overlay=overlay)
+                                  on_start=on_start, on_item=on_item, overlay=overlay, shard=shard_of(shard))
         say(f"[green]✓[/] segment (pgseg): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → "
-            f"{out}")
+            f"{out}{pending(out)}")
         return
     cfg = SegmentConfig(dense=dense, templates=templates,
                         background=_S.background if background is None else background,

@@ -114,11 +114,13 @@ def pgseg_settings(benchmark: str, overrides: Mapping[str, Any] | None = None) -
 
 def run_pgseg_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path, checkpoint: str | Path,
                         overrides: Mapping[str, Any] | None = None, runtime: RuntimeConfig = RuntimeConfig(), *,
+                        shard: tuple[int, int] | None = None,
                         on_benchmark: Callable[[str], None] | None = None) -> dict[str, Any]:
     """:func:`run_benchmark` for a PGSeg / GroupViT ``checkpoint`` (``benchmark pgseg --model pgseg:FILE``): each
     benchmark segmented by `segment --model pgseg:FILE`'s stage body with :func:`pgseg_settings` (the dataset's
     class names, one query each), then scored; the same table (its ``"model"``: ``{"model": "pgseg", "pretrained":
-    FILE}``, as the segment records name it)."""
+    FILE}``, as the segment records name it). ``shard``: this process's share of each benchmark's images (a
+    benchmark is scored once all its shards are in)."""
     from .segment_pgseg import check_options, pgseg_family, pgseg_names, run_segment_pgseg
 
     if segmenter_family(method) != "pgseg":
@@ -136,7 +138,7 @@ def run_pgseg_benchmark(method: str, roots: Mapping[str, str | Path], out: str |
         s = settings[n]
         run_segment_pgseg(datasets[n], folder, checkpoint, list(datasets[n].classes[1:]), runtime,
                           bg_thresh=s["bg_thresh"], short_side=s["short_side"],
-                          slide=(s["slide_crop"], s["slide_stride"]), background=s["background"])
+                          slide=(s["slide_crop"], s["slide_stride"]), background=s["background"], shard=shard)
 
     return _score(method, {"model": "pgseg", "pretrained": str(checkpoint)}, names, datasets, out, segment,
                   settings, on_benchmark)

@@ -90,11 +90,14 @@ def run_segment_pgseg(
     on_start: Callable[[int], None] | None = None,
     on_item: Callable[[int], None] | None = None,
     overlay: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> io.StageSummary:
     """Masks ``<out>/<id>.png`` over ``['background', *names]`` for every image of ``dataset`` (module doc);
     finished images are skipped unless ``runtime.overwrite``. ``background``: background words as `segment`'s
     ``--background`` takes them (none | auto | voc | coco | a file | 'w1,w2'). The checkpoint is read (and its
-    architecture checked) before any output. ``overlay``: also `segment --overlay`'s coloured overlays."""
+    architecture checked) before any output. ``overlay``: also `segment --overlay`'s coloured overlays.
+    ``shard``: ``(i, n)``, this process's share of the images (`segment --shard i/n`; None: torchrun's rank, or
+    every image)."""
     from ..device import shard_from_env
     from ..models.registry import load_model
 
@@ -113,10 +116,11 @@ def run_segment_pgseg(
               "slide_crop": slide[0], "slide_stride": slide[1], "background": bg_words,
               "template_list": templates, "pgseg": io.file_identity(checkpoint),
               "model": {"model": "pgseg", "pretrained": str(checkpoint)}}  # the records' model: a family and a file
-    index, count = shard_from_env(None)
+    index, count = shard_from_env(shard)
     ids = [it.id for it in dataset.items]
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs()) as folder:
+    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
+                         shard=(index, count)) as folder:
         todo = folder.todo(ids, io.mask_path)
         if on_start:
             on_start(len(todo))
