@@ -156,7 +156,7 @@ def install(monkeypatch=None):
 
     module = sys.modules[__name__]
     if monkeypatch is not None:
-        monkeypatch.setattr(tp, "_family", lambda: module)
+        monkeypatch.setattr(tp, "_family", lambda *_: module)
     else:
-        tp._family = lambda: module
+        tp._family = lambda *_: module
     return module

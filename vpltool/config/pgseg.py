@@ -13,6 +13,9 @@ from typing import Any
 from ..errors import VplError, VplWarning
 from .checks import at_least, choice, fraction, non_negative, positive, seed_value
 
+# the text-supervised model families `train-pgseg` trains (vpltool.models.registry names; a recipe names its own):
+# a second one (TCL, CoDe) is a model package that registers there plus a recipe row with its "family"
+TEXT_SUPERVISED = ("pgseg",)
 PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
 # the demo world's (the toy CLIP's image tower size)
 SAME_CAPTION = ("text", "nouns")  # what makes two captions the same for --multi-positive
@@ -46,6 +49,7 @@ class PGSegTrainConfig:
     """One `train-pgseg` run. Defaults: the reference's (its YAML key in the comment)."""
 
     recipe: str = "reference"
+    family: str = "pgseg"  # the model family trained (TEXT_SUPERVISED): its package builds the model and its losses
     preset: str = "groupvit-s"  # model.img_encoder / text_encoder of pgseg_specific.yml
     npr: bool = True  # False: plain GroupViT (the image-text contrastive loss alone)
     batch_size: int = 1024  # data.batch_size: per process (each rank's WebLoader batches this many)
@@ -92,6 +96,7 @@ class PGSegTrainConfig:
 
     def __post_init__(self) -> None:
         choice("--recipe", self.recipe, tuple(PGSEG_RECIPES))
+        choice("the recipe's family", self.family, TEXT_SUPERVISED)
         choice("--preset", self.preset, PGSEG_PRESETS)
         # the contrastive projectors' BatchNorm (the reference's) cannot normalise one sample: a traceback at the
         # first step, after the folder was made
@@ -162,6 +167,6 @@ def check_pgseg_side(option: str, side: int) -> None:
     :data:`PGSEG_MIN_SIDE` (a side of 1 was a traceback in the patch embedding)."""
     at_least(option, side, PGSEG_MIN_SIDE, why=" pixels (the model's patches need room)")
 
-__all__ = ["PGSEG_PRESETS", "PGSEG_RECIPES", "PGSegTrainConfig", "pgseg_recipe", "PGSEG_BG_THRESH",
+__all__ = ["TEXT_SUPERVISED", "PGSEG_PRESETS", "PGSEG_RECIPES", "PGSegTrainConfig", "pgseg_recipe", "PGSEG_BG_THRESH",
            "PGSEG_BACKGROUND", "PGSEG_TEMPLATES", "PGSEG_SHORT_SIDE", "PGSEG_SLIDE",
            "PGSEG_MIN_SIDE", "check_pgseg_side"]

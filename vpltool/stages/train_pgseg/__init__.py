@@ -30,7 +30,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
 
 
-def _family():
-    """The ``pgseg`` model family's module, through the registry (tests put a small stand-in here)."""
+def _family(name: str = "pgseg"):
+    """Model family ``name``'s module (the recipe's ``family``: what the trainer builds, trains and saves), through
+    the registry (tests put a small stand-in here)."""
     from ...models.registry import family_module
 
-    return family_module("pgseg")
+    return family_module(name)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -100,7 +101,7 @@ class PairViews(torch.utils.data.Dataset):
 
         self.pairs, self.tokenize, self.seed = pairs.pairs, tokenize, cfg.seed
         self.multi_label, self.nouns, self.keyed = cfg.multi_label, nouns, cfg.same_caption == "nouns"
-        self.templates = IMAGENET_TEMPLATES if cfg.noun_templates == "full" else _family().TEMPLATES["simple"]
+        self.templates = IMAGENET_TEMPLATES if cfg.noun_templates == "full" else _family(cfg.family).TEMPLATES["simple"]
         self.transform = transforms.Compose([
             transforms.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0)),
             *([transforms.RandomHorizontalFlip()] if cfg.hflip else []),
@@ -260,6 +261,8 @@ def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str,
     world size (the schedule's steps per epoch and the global batch follow from it), naming every difference at
     once; before anything is written (a refused resume leaves the folder as it was)."""
     old = f.meta("train_config")
+    # a setting added after the checkpoint was written reads as its default there (the run used the default)
+    old = {**io.jsonable(asdict(PGSegTrainConfig())), **old}
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
             if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
     check_resumable(f, said, inputs, INPUT_OPTIONS, world, params["batch_size"])
@@ -298,7 +301,7 @@ def run_train_pgseg(
         stop_after: end (without the final file) after this iteration, as a kill would: for tests of --resume.
     """
     out_dir = Path(out_dir)
-    fam = _family()
+    fam = _family(cfg.family)
     pairs = open_pairs(pairs_path, split)
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
                              **{option: (out_dir / name, *kind) for option, (name, *kind) in WRITES.items()},
