@@ -96,6 +96,16 @@ def tiny_spec():
 
 
 @pytest.fixture(scope="session")
+def tiny_pgseg_checkpoint(tmp_path_factory) -> Path:
+    """A seeded random tiny PGSeg on CLIP's BPE, saved as `train-pgseg` saves (zero-shot maps and seeds need no
+    training); read-only."""
+    from vpltool.models import pgseg
+
+    model = pgseg.build_model(pgseg.tiny_config(), seed=3).eval()
+    return pgseg.save_checkpoint(tmp_path_factory.mktemp("pgseg") / "m.safetensors", model)
+
+
+@pytest.fixture(scope="session")
 def world(tmp_path_factory) -> Path:
     """A demo-world folder dataset: 6 train + 3 val scenes of 96x96 px, 8 classes, exact GT masks."""
     from vpltool.demo.make_world import write_dataset

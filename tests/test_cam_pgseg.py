@@ -22,10 +22,8 @@ def world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A seeded random tiny PGSeg on CLIP's BPE (the maps' arithmetic does not need training)."""
-    model = pgseg.build_model(pgseg.tiny_config(), seed=3).eval()
-    return pgseg.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors", model)
+def checkpoint(tiny_pgseg_checkpoint) -> Path:
+    return tiny_pgseg_checkpoint
 
 
 def test_maps_are_the_zero_shot_channels_of_the_labelled_classes(world, checkpoint, tmp_path):

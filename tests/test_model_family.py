@@ -31,12 +31,8 @@ def world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A seeded random tiny PGSeg (the zero-shot arithmetic does not need training)."""
-    from vpltool.models import pgseg
-
-    model = pgseg.build_model(pgseg.tiny_config(), seed=3).eval()
-    return pgseg.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors", model)
+def checkpoint(tiny_pgseg_checkpoint) -> Path:
+    return tiny_pgseg_checkpoint
 
 
 def _masks(folder: Path) -> dict[str, bytes]:
