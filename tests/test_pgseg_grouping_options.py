@@ -97,3 +97,27 @@ def test_one_assignment_step_is_the_reference_arithmetic_and_more_steps_move_the
 def test_assign_steps_below_one_are_refused():
     with pytest.raises(ValueError, match="assign_iters"):
         tiny_config(assign_iters=0)
+
+
+def test_without_the_centre_residual_a_group_is_what_it_holds():
+    """``center_residual`` False: a group that holds no token outputs the same vector for every image (it has seen
+    the image through attention, but says nothing of it); with the reference's residual it differs per image."""
+    from vpltool.models.pgseg.groupvit import GroupingBlock
+
+    torch.manual_seed(0)
+    outs = {}
+    for residual in (True, False):
+        block = GroupingBlock(16, 16, 1, 4, 3, center_residual=residual).eval()
+        with torch.no_grad():
+            block.assign.q_proj.weight.zero_()
+            block.assign.q_proj.bias.copy_(torch.tensor([0.0] * 16))
+            block.assign.k_proj.weight.zero_()
+            block.assign.k_proj.bias.zero_()
+        # every logit 0: the argmax takes group 0 for every token, groups 1 and 2 hold nothing
+        torch.manual_seed(1)
+        x, tokens = torch.randn(2, 10, 16), torch.randn(2, 4, 16)
+        out, maps, _ = block(x, tokens)
+        assert maps["hard"][:, 0, 0].sum().item() == 20
+        outs[residual] = out
+    assert torch.allclose(outs[False][0, 1:], outs[False][1, 1:])
+    assert not torch.allclose(outs[True][0, 1:], outs[True][1, 1:])

@@ -93,6 +93,10 @@ def train_pgseg_cmd(
     assign_iters: Annotated[Optional[int], _opt("The grouping's assignment steps: 1 (the reference's: once, from "
                                                 "the group tokens) | n > 1 (n - 1 k-means steps of the group "
                                                 "queries over the tokens' keys first).", "assign_iters")] = None,
+    center_residual: Annotated[Optional[bool], typer.Option(
+        "--center-residual/--no-center-residual", show_default=False,
+        help="A grouping block's output: the group token plus the tokens assigned to it (the reference's) or the "
+             f"assigned tokens alone (a group is what it holds) {_default('center_residual')}.")] = None,
     hard_assignment: Annotated[Optional[bool], typer.Option(
         "--hard-assignment/--soft-assignment", show_default=False,
         help="Patches to groups in training: gumbel noise and a straight-through hard assignment (the reference's) "
@@ -150,7 +154,8 @@ def train_pgseg_cmd(
                        multi_positive=multi_positive, same_caption=same_caption, multi_label_pool=multi_label_pool,
                        assign_qk_init=assign_qk_init, qk_init=qk_init, attention_window=attention_window,
                        temperature=temperature, hflip=hflip,
-                       hard_assignment=hard_assignment, assign_iters=assign_iters)
+                       hard_assignment=hard_assignment, assign_iters=assign_iters,
+                       center_residual=center_residual)
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
         s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
                             init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,

@@ -95,6 +95,8 @@ class PGSegTrainConfig:
     # assignment of the patches to the groups in training (the reference's); False: the plain softmax
     assign_iters: int = 1  # the grouping's assignment steps (PGSegConfig.assign_iters): 1, the reference's; n > 1,
     # n - 1 k-means steps of the group queries before the assignment
+    center_residual: bool = True  # a grouping block's output (PGSegConfig.center_residual): the group token plus its
+    # tokens (the reference's); False: its tokens alone
     hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
 
     def __post_init__(self) -> None:

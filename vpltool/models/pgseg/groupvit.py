@@ -215,7 +215,7 @@ class GroupingBlock(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, num_heads: int, num_group_token: int, num_output_group: int,
                  mlp_ratio: tuple[float, float] = (0.5, 4.0), hard: bool = True, gumbel: bool = True,
-                 fused: bool = False, assign_iters: int = 1):
+                 fused: bool = False, assign_iters: int = 1, center_residual: bool = True):
         super().__init__()
         self.norm_tokens = nn.LayerNorm(dim)
         tokens_dim, channels_dim = (int(r * dim) for r in mlp_ratio)
@@ -225,6 +225,7 @@ class GroupingBlock(nn.Module):
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4, qkv_bias=True, post_norm=True,
                                               fused=fused)
         self.assign = AssignAttention(dim, qkv_bias=True, hard=hard, gumbel=gumbel, iters=assign_iters)
+        self.center_residual = center_residual
         self.norm_new_x = nn.LayerNorm(dim)
         self.mlp_channels = Mlp(dim, channels_dim, out_dim)
         self.reduction = (nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim, bias=False))
@@ -236,7 +237,8 @@ class GroupingBlock(nn.Module):
         center = self.norm_post_tokens(self.mlp_inter(group_tokens.transpose(1, 2)).transpose(1, 2))
         center = self.pre_assign_attn(center, x)
         new_x, maps = self.assign(center, x)
-        new_x = new_x + center
+        if self.center_residual:  # the reference's: a group is its token plus what it gathered
+            new_x = new_x + center
         new_x = self.reduction(new_x) + self.mlp_channels(self.norm_new_x(new_x))
         return new_x, maps, center
 
@@ -343,7 +345,7 @@ class GroupViTEncoder(nn.Module):
             downsample = None if last else GroupingBlock(
                 dim, dim, cfg.num_heads[i], cfg.num_group_tokens[i], cfg.num_output_groups[i],
                 hard=cfg.hard_assignment, gumbel=cfg.hard_assignment, fused=cfg.fused_attention,
-                assign_iters=cfg.assign_iters)
+                assign_iters=cfg.assign_iters, center_residual=cfg.center_residual)
             npr = None if (last or not cfg.npr) else NPR(
                 dim=dim, out_dim=dim, num_output_group=cfg.num_output_groups[i], iters=cfg.npr_iters,
                 momentum=cfg.npr_momentum)

@@ -87,6 +87,10 @@ class PGSegConfig:
     # (the reference's); n > 1, n - 1 k-means steps first, each query moved to the soft-assigned mean of the keys
     # (differentiable; a group holding no token keeps its query), then the (gumbel) assignment from those queries
     assign_iters: int = 1
+    # what a grouping block outputs: True, each group token (which has seen the whole image through attention)
+    # plus the tokens assigned to it (the reference's); False, the assigned tokens alone, so that what a group
+    # says about the image comes from the patches it holds (an empty group says nothing)
+    center_residual: bool = True
 
     def __post_init__(self):
         for name in ("depths", "num_heads", "num_group_tokens", "num_output_groups"):

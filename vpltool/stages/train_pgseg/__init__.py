@@ -179,7 +179,7 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
                                      "multi_positive": cfg.multi_positive, "multi_label_pool": cfg.multi_label_pool,
                                      "contrast_temperature": cfg.temperature,
                                      "hard_assignment": cfg.hard_assignment,
-                                     "assign_iters": cfg.assign_iters,
+                                     "assign_iters": cfg.assign_iters, "center_residual": cfg.center_residual,
                                      # an init's weights are trained: its own init gains stay as recorded
                                      **({} if init_config is not None else
                                         {"assign_qk_init": cfg.assign_qk_init, "qk_init": cfg.qk_init,
