@@ -93,6 +93,9 @@ def train_pgseg_cmd(
     assign_iters: Annotated[Optional[int], _opt("The grouping's assignment steps: 1 (the reference's: once, from "
                                                 "the group tokens) | n > 1 (n - 1 k-means steps of the group "
                                                 "queries over the tokens' keys first).", "assign_iters")] = None,
+    assign_metric: Annotated[Optional[str], _opt("A token's affinity to a group: dot (the query-key product, the "
+                                                 "reference's) | distance (minus the squared query-key distance: "
+                                                 "the nearest centre, as k-means).", "assign_metric")] = None,
     center_residual: Annotated[Optional[bool], typer.Option(
         "--center-residual/--no-center-residual", show_default=False,
         help="A grouping block's output: the group token plus the tokens assigned to it (the reference's) or the "
@@ -155,7 +158,7 @@ def train_pgseg_cmd(
                        assign_qk_init=assign_qk_init, qk_init=qk_init, attention_window=attention_window,
                        temperature=temperature, hflip=hflip,
                        hard_assignment=hard_assignment, assign_iters=assign_iters,
-                       center_residual=center_residual)
+                       center_residual=center_residual, assign_metric=assign_metric)
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
         s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
                             init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,

@@ -20,6 +20,7 @@ PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: th
 # the demo world's (the toy CLIP's image tower size)
 SAME_CAPTION = ("text", "nouns")  # what makes two captions the same for --multi-positive
 MULTI_LABEL_POOLS = ("mean", "max", "match")  # the multi-label loss's image side (PGSegConfig.multi_label_pool)
+ASSIGN_METRICS = ("dot", "distance")  # a token's affinity to a group (PGSegConfig.assign_metric)
 NOUN_TEMPLATES = ("full", "simple")  # the noun prompts' templates: CLIP's 80 ImageNet ones (the reference's), or
 # segmentation's one "a photo of a {}."
 PGSEG_RECIPES: dict[str, dict[str, Any]] = {
@@ -97,6 +98,8 @@ class PGSegTrainConfig:
     # n - 1 k-means steps of the group queries before the assignment
     center_residual: bool = True  # a grouping block's output (PGSegConfig.center_residual): the group token plus its
     # tokens (the reference's); False: its tokens alone
+    assign_metric: str = "dot"  # a token's affinity to a group (PGSegConfig.assign_metric): "dot", the reference's;
+    # "distance", the nearest centre
     hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
 
     def __post_init__(self) -> None:
@@ -117,6 +120,7 @@ class PGSegTrainConfig:
         non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
         choice("--noun-templates", self.noun_templates, NOUN_TEMPLATES)
         choice("--multi-label-pool", self.multi_label_pool, MULTI_LABEL_POOLS)
+        choice("--assign-metric", self.assign_metric, ASSIGN_METRICS)
         choice("--same-caption", self.same_caption, SAME_CAPTION)
         if self.multi_label_pool == "match" and not self.multi_label:
             raise VplError("--multi-label-pool match: matches the noun prompts to groups; pass --multi-label K "

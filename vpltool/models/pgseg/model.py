@@ -91,6 +91,9 @@ class PGSegConfig:
     # plus the tokens assigned to it (the reference's); False, the assigned tokens alone, so that what a group
     # says about the image comes from the patches it holds (an empty group says nothing)
     center_residual: bool = True
+    # how a token's affinity to a group is read: "dot", the query-key product (the reference's: the query of largest
+    # norm takes every token on its side); "distance", minus the squared query-key distance (the nearest centre)
+    assign_metric: str = "dot"
 
     def __post_init__(self):
         for name in ("depths", "num_heads", "num_group_tokens", "num_output_groups"):
@@ -108,6 +111,8 @@ class PGSegConfig:
         if self.multi_label_pool == "match" and self.multi_label > self.num_output_groups[-1]:
             raise ValueError(f"PGSegConfig: multi_label_pool 'match' gives each of the {self.multi_label} noun "
                              f"prompts its own final group; there are {self.num_output_groups[-1]}")
+        if self.assign_metric not in ASSIGN_METRICS:
+            raise ValueError(f"PGSegConfig: assign_metric is one of {', '.join(ASSIGN_METRICS)}")
         if self.assign_iters < 1:
             raise ValueError("PGSegConfig: assign_iters is 1 (the reference's) or more")
         if self.attention_window < 0 or (self.attention_window and self.attention_window % 2 == 0):
@@ -155,6 +160,7 @@ PRESETS = {"groupvit-s": lambda: PGSegConfig(npr=False), "pgseg-s": PGSegConfig,
 
 
 MULTI_LABEL_POOLS = ("mean", "max", "match")
+ASSIGN_METRICS = ("dot", "distance")
 
 
 class PGSeg(nn.Module):
