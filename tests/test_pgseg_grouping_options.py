@@ -121,3 +121,19 @@ def test_without_the_centre_residual_a_group_is_what_it_holds():
         outs[residual] = out
     assert torch.allclose(outs[False][0, 1:], outs[False][1, 1:])
     assert not torch.allclose(outs[True][0, 1:], outs[True][1, 1:])
+
+
+def test_by_distance_the_nearest_centre_takes_a_token_not_the_longest_query():
+    from vpltool.models.pgseg.groupvit import AssignAttention
+
+    blocks = {m: AssignAttention(4, metric=m).eval() for m in ("dot", "distance")}
+    for block in blocks.values():
+        with torch.no_grad():
+            for proj in (block.q_proj, block.k_proj):
+                proj.weight.copy_(torch.eye(4))
+                proj.bias.zero_()
+    near = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    query = torch.stack([torch.tensor([10.0, 0.0, 0.0, 0.0]), near])[None]  # [1, 2, 4]: a long query, a near one
+    key = (near + 0.1 * torch.randn(5, 4, generator=torch.Generator().manual_seed(0)))[None]
+    picks = {m: b(query, key)[1]["soft"][0, 0].argmax(0).tolist() for m, b in blocks.items()}
+    assert picks == {"dot": [0] * 5, "distance": [1] * 5}
