@@ -53,7 +53,7 @@ from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
 from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
-from ..runtime.batches import BackgroundWriter, image_stage, run_image_batches, to_device
+from ..runtime.batches import BackgroundWriter, image_names, image_stage, run_image_batches, to_device
 
 STAGE = "predict"
 
@@ -332,7 +332,7 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
         return chunk
 
     write = _writer(out, [item.id for item in items], cfg, overlays)
-    run_image_batches(items, sizes, views, load, run, write, bb.device, runtime,
+    run_image_batches(views, load, run, write, bb.device, runtime, image_names(items, sizes),
                       "pass a smaller --long-side or --scales, or a smaller --batch-size", on_item)
 
 

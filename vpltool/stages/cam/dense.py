@@ -23,7 +23,7 @@ from ...device import autocast, resolve_device, resolve_precision, shard_from_en
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
 from ...models.segmentor import segment_logits, settings_params, short_side_size
-from ...runtime.batches import image_stage, run_image_batches
+from ...runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "cam"
 
@@ -119,7 +119,7 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
             io.write_cam(io.cam_path(out, item.id), maps, item.labels, image_size=list(sizes[i]), classes=classes,
                          params=params, checked=True, id=item.id)
 
-    run_image_batches(items, sizes, inputs, load, run, write, bb.device, runtime,
+    run_image_batches(inputs, load, run, write, bb.device, runtime, image_names(items, sizes),
                       "pass a smaller --short-side or --slide-crop, or a smaller --batch-size", on_item)
 
 
