@@ -26,7 +26,7 @@ from ...config.pgseg import PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES, chec
 from ...data import Dataset, open_source, recorded_folders
 from ...device import resolve_device, shard_from_env
 from ...errors import ContractError, VplError
-from ...runtime.batches import image_stage
+from ...runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "cam"
 
@@ -85,20 +85,32 @@ def run_pgseg_cam(
         tokens = fam.class_tokens(names, fam.tokenizer(model.cfg), templates).to(device)
         text = fam.class_text_embeddings(model, tokens)
         mode = "slide" if slide[0] else "whole"
-        for item, (h0, w0) in zip(items, sizes):
-            x = fam.image_tensor(io.load_image(item.image), short_side).to(device)
-            with torch.no_grad():
-                logits = fam.zero_shot_logits(model, x, text, with_bg=False, mode=mode,
-                                              crop=slide[0] or PGSEG_SLIDE[0], stride=slide[1])  # [1, N, h, w]
-                logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
-            maps = pgseg_maps(logits, list(item.labels))
-            if not bool(torch.isfinite(maps).all()):
-                raise ContractError(f"{io.cam_path(out, item.id)}: the PGSeg maps of {item.id} hold NaN or inf; not "
-                                    "written (broken weights)")
-            io.write_cam(io.cam_path(out, item.id), maps.cpu(), item.labels, image_size=[h0, w0],
-                         classes=dataset.classes, params=params, checked=True, id=item.id)
-            if on_item:
-                on_item(1)
+
+        def run(batch: dict) -> Callable[[slice], dict]:  # one image a batch (PGSeg reads each at its own size)
+            i = batch["index"][0]
+            x = fam.image_tensor(batch["image"][0], short_side).to(device)
+
+            def chunk(part: slice) -> dict:
+                with torch.no_grad():
+                    logits = fam.zero_shot_logits(model, x, text, with_bg=False, mode=mode,
+                                                  crop=slide[0] or PGSEG_SLIDE[0], stride=slide[1])  # [1, N, h, w]
+                    logits = F.interpolate(logits, size=tuple(sizes[i]), mode="bilinear", align_corners=False)[0]
+                maps = pgseg_maps(logits, list(items[i].labels))
+                return {"maps": [maps], "finite": [torch.isfinite(maps).all()]}
+
+            return chunk
+
+        def write(index: list[int], t: dict) -> None:  # on a writer thread
+            for i, maps, ok in zip(index, t["maps"], t["finite"]):
+                item = items[i]
+                if not bool(ok):
+                    raise ContractError(f"{io.cam_path(out, item.id)}: the PGSeg maps of {item.id} hold NaN or inf; "
+                                        "not written (broken weights)")
+                io.write_cam(io.cam_path(out, item.id), maps.cpu(), item.labels, image_size=list(sizes[i]),
+                             classes=dataset.classes, params=params, checked=True, id=item.id)
+
+        run_image_batches(sizes, lambda i: {"image": io.load_image(items[i].image)}, run, write, device, runtime,
+                          image_names(items, sizes), "pass a smaller --pgseg-side", on_item, batch_size=1)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
                             shard=shard_from_env(shard))
