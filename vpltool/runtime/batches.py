@@ -1,5 +1,5 @@
-"""The per-image pipeline every image stage shares (extract, cam, predict, diagnose): plan, load ahead, run, write
-behind. The device is a parameter; the CPU and CUDA run the same code.
+"""The per-image pipeline every image stage shares (extract, cam, crf, segment, predict, diagnose): plan, load
+ahead, run, write behind. The device is a parameter; the CPU and CUDA run the same code.
 
 * :func:`plan_batches`: images grouped by network input size (VOC has a handful of shapes), so a batch is one
   tensor; planned from image headers or feature-file headers before anything is decoded.
@@ -11,9 +11,8 @@ behind. The device is a parameter; the CPU and CUDA run the same code.
   image that fits no chunk is a one-line error naming it, its size and ``--max-side``.
 * :class:`BackgroundWriter`: a batch's outputs copied device-to-host without blocking (pinned memory, one CUDA
   event per batch) and written by a few threads, so the device never waits on the disk and nothing synchronises.
-* :func:`run_image_batches`: the four put together, the one batched loop of every image stage (`extract`, `cam`
-  and `cam --dense`, `crf --backend torch`, `segment`, `predict`, `diagnose`): plan, load, run in chunks, write
-  behind, one progress step per image written.
+* :func:`run_image_batches`: the four put together, the one per-image loop of every image stage (docs/architecture.md
+  lists them): plan, load, run in chunks, write behind, one progress step per image written.
 
 The CUDA-only steps (pinned buffers, events, the GradCAM block in bf16) also run on a CPU when the environment
 variable ``VPLTOOL_TEST_CUDA_PATHS=1`` is set (:func:`cuda_paths`): a switch for the tests, so that CI, which has no
