@@ -25,8 +25,9 @@ from ...config import RuntimeConfig
 from ...config.pgseg import PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES, check_pgseg_side
 from ...data import Dataset, open_source, recorded_folders
 from ...device import resolve_device, shard_from_env
-from ...errors import ContractError, VplError
+from ...errors import VplError
 from ...runtime.batches import image_names, image_stage, run_image_batches
+from .dense import maps_writer
 
 STAGE = "cam"
 
@@ -100,15 +101,7 @@ def run_pgseg_cam(
 
             return chunk
 
-        def write(index: list[int], t: dict) -> None:  # on a writer thread
-            for i, maps, ok in zip(index, t["maps"], t["finite"]):
-                item = items[i]
-                if not bool(ok):
-                    raise ContractError(f"{io.cam_path(out, item.id)}: the PGSeg maps of {item.id} hold NaN or inf; "
-                                        "not written (broken weights)")
-                io.write_cam(io.cam_path(out, item.id), maps.cpu(), item.labels, image_size=list(sizes[i]),
-                             classes=dataset.classes, params=params, checked=True, id=item.id)
-
+        write = maps_writer(out, items, sizes, dataset.classes, params, "PGSeg maps", "broken weights")
         run_image_batches(sizes, lambda i: {"image": io.load_image(items[i].image)}, run, write, device, runtime,
                           image_names(items, sizes), "pass a smaller --pgseg-side", on_item, batch_size=1)
 
