@@ -96,31 +96,21 @@ def header_sizes(paths: Sequence[os.PathLike], workers: int) -> list[tuple[int, 
 def image_stage(folder, dataset, path_of: Callable[[Any, str], Any], loader_workers: int,
                 work: Callable[[list, list[tuple[int, int]]], None], on_start: Callable[[int], None] | None = None,
                 **finish: Any):
-    """The per-image stage body shared by `segment`, `predict` and `cam --dense`: inside ``folder`` (a
-    :class:`vpltool.io.StageFolder`, entered here: its lock, records and shard) the ids of ``dataset`` whose output
-    ``path_of(out, id)`` is missing, ``on_start(len(todo))``, then, when there is work, their ``(H, W)`` header sizes
-    (:func:`header_sizes`, before any model loads) and ``work(items, sizes)``; last ``folder.finish`` (``finish``:
-    what it records besides, e.g. ``classes=``).
+    """The per-image stage body of the stages whose items are a dataset's images (`extract`, `segment`, `predict`,
+    `cam --dense`, `cam --pgseg`): :meth:`vpltool.io.StageFolder.run` over the ids of ``dataset`` (outputs
+    ``path_of(out, id)``; ``finish``: what the record holds besides, e.g. ``classes=``), whose work is: the
+    ``(H, W)`` header sizes of the items to do (:func:`header_sizes`, before any model loads), then ``work(items,
+    sizes)``.
 
     Returns:
-        :class:`vpltool.io.StageSummary`: the items done, those already there, the seconds.
+        :class:`vpltool.io.StageSummary`: the items done, those already there, the seconds, whether complete.
     """
-    import time
+    def todo_work(todo: list[str]) -> None:
+        items = dataset.by_id()
+        todo_items = [items[i] for i in todo]
+        work(todo_items, header_sizes([it.image for it in todo_items], loader_workers))
 
-    from ..io import StageSummary
-
-    ids = [it.id for it in dataset.items]
-    start = time.perf_counter()
-    with folder:
-        todo = folder.todo(ids, path_of)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            items = dataset.by_id()
-            todo_items = [items[i] for i in todo]
-            work(todo_items, header_sizes([it.image for it in todo_items], loader_workers))
-        folder.finish(ids, path_of, **finish)
-    return StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo), seconds=time.perf_counter() - start)
+    return folder.run([it.id for it in dataset.items], path_of, todo_work, on_start, **finish)
 
 
 # --------------------------------------------------------------------------------------------- loading
