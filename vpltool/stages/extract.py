@@ -14,10 +14,8 @@ Per image ``<out>/<id>.safetensors`` (kind ``features``):
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +27,12 @@ from ..data import Dataset, Item, check_sizes
 from ..device import autocast, resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError, VplWarning
 from ..models import ClipBackbone, ModelSpec, load_model
-from ..runtime.batches import header_sizes, image_names, run_image_batches
+from ..runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "extract"
 
 
-@dataclass
-class ExtractSummary(io.StageSummary):
-    complete: bool = False  # every item of the whole dataset (all shards) is present
+ExtractSummary = io.StageSummary  # its ``complete``: every item of the whole dataset (all shards) is present
 
 
 @torch.no_grad()
@@ -95,26 +91,20 @@ def run_extract(
     # a resume compares the dataset, not its item digest: a finished item is checked on its own (its image and
     # labels, :func:`_refuse_stale`), so that repairing an image not yet extracted does not void the others
     inputs = {"dataset": dataset.identity()}
-    part = dataset.shard(index, count)
-    start = time.perf_counter()
+    mine = dataset.shard(index, count).items  # (a shard out of range is refused here)
     if not runtime.overwrite:  # before the folder is touched: a refused run leaves it as it was
-        _refuse_stale(out, [it for it in part.items if io.feature_path(out, it.id).is_file()])
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
-                        not_compared=NOT_COMPARED, inputs=inputs) as folder:
-        todo_ids = set(folder.todo([it.id for it in dataset.items], io.feature_path))
-        todo = [it for it in part.items if it.id in todo_ids]
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            sizes = header_sizes([it.image for it in todo], runtime.loader_workers(device))
-            check_sizes(todo, sizes, runtime.loader_workers(device))
-            bb = backbone or load_model("clip", spec, device)
-            check_for_model(bb, cfg)
-            _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
-        seconds = time.perf_counter() - start
-        complete = folder.finish([it.id for it in dataset.items], io.feature_path, index, count,
-                                 inputs=dataset.inputs(), classes=list(dataset.classes))
-    return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
+        _refuse_stale(out, [it for it in mine if io.feature_path(out, it.id).is_file()])
+
+    def work(todo: list[Item], sizes: list[tuple[int, int]]) -> None:  # the sizes read before the model loads
+        check_sizes(todo, sizes, runtime.loader_workers(device))
+        bb = backbone or load_model("clip", spec, device)
+        check_for_model(bb, cfg)
+        _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
+                            not_compared=NOT_COMPARED, inputs=inputs)
+    return image_stage(folder, dataset, io.feature_path, runtime.loader_workers(device), work, on_start,
+                       inputs=dataset.inputs(), classes=list(dataset.classes))
 
 
 def check_for_model(bb: ClipBackbone, cfg: ExtractConfig) -> None:
