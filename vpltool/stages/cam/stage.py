@@ -15,7 +15,6 @@ Each image's maps are written by the writer thread (:func:`vpltool.io.write_cam`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -165,22 +164,18 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
         params["dino_weights"] = "file"
     need_images = src.need_images or overlays is not None
     items = src.dataset().by_id() if need_images else {}
-    start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
-                        sides={"--save-overlays": overlays, "--save-debug": debug}) as folder:
-        todo = folder.todo(src.ids, io.cam_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            bb = backbone or load_model("clip", ModelSpec.from_identity(src.model), device)
-            if bb.embed_dim != src.protos.dim:
-                raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
-                                    f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
-            plan = src.plan(bb, todo, items, runtime.loader_workers(bb.device))
-            _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
-        folder.finish(src.ids, io.cam_path, inputs=inputs)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(src.ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+
+    def work(todo: list[str]) -> None:
+        bb = backbone or load_model("clip", ModelSpec.from_identity(src.model), device)
+        if bb.embed_dim != src.protos.dim:
+            raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
+                                f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
+        plan = src.plan(bb, todo, items, runtime.loader_workers(bb.device))
+        _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
+                            sides={"--save-overlays": overlays, "--save-debug": debug})
+    return folder.run(src.ids, io.cam_path, work, on_start, inputs=inputs)
 
 
 def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamConfig, runtime: RuntimeConfig,
