@@ -117,25 +117,20 @@ def run_segment_pgseg(
               "slide_crop": slide[0], "slide_stride": slide[1], "background": bg_words,
               "template_list": templates, "pgseg": io.file_identity(checkpoint),
               "model": {"model": "pgseg", "pretrained": str(checkpoint)}}  # the records' model: a family and a file
-    index, count = shard_from_env(shard)
-    ids = [it.id for it in dataset.items]
+    def work(todo: list[str]) -> None:
+        device = resolve_device(runtime.device)
+        model = load_model("pgseg", checkpoint, device)
+        text = pgseg_text(fam, model, names, bg_words, device)
+        _masks(dataset, todo, out, fam, model, text, len(names), bg_thresh, short_side, slide, device, runtime, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
+                            shard=shard_from_env(shard))
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
-                         shard=(index, count)) as folder:
-        todo = folder.todo(ids, io.mask_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            device = resolve_device(runtime.device)
-            model = load_model("pgseg", checkpoint, device)
-            text = pgseg_text(fam, model, names, bg_words, device)
-            _masks(dataset, todo, out, fam, model, text, len(names), bg_thresh, short_side, slide, device, runtime,
-                   on_item)
-        folder.finish(ids, io.mask_path, index, count, classes=classes)
+    summary = folder.run([it.id for it in dataset.items], io.mask_path, work, on_start, classes=classes)
     if overlay:
         write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+        summary.seconds = time.perf_counter() - start  # the run's time holds the overlays'
+    return summary
 
 
 def _masks(dataset: Dataset, todo: list[str], out: Path, fam, model, text: torch.Tensor, n_names: int,
