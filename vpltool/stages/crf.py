@@ -280,6 +280,8 @@ def run_crf(
                        f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
     start = time.perf_counter()
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
+    # the skeleton written out, not StageFolder.run: the masks a resume kept are counted inside the folder's lock
+    # (a run with --overwrite may be removing them otherwise), also when nothing is left to do
     with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
                         shard=shard) as folder:
         todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo(ids, io.mask_path)]
