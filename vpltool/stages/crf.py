@@ -297,9 +297,10 @@ def run_crf(
         done, mine = {item[0] for item in todo}, folder.mine(ids)
         ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in mine if i not in done],
                                                    resolve_workers(runtime.workers))
-        folder.finish(ids, io.mask_path)
+        complete = folder.finish(ids, io.mask_path)
     total += total_kept
     return CrfSummary(done=len(todo), skipped=len(mine) - len(todo), seconds=time.perf_counter() - start,
+                      complete=complete,
                       workers=workers, ignored=(ignored + ignored_kept) / total if total else None,
                       backend="none" if cfg.no_crf else cfg.backend)
 
