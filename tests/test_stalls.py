@@ -62,17 +62,17 @@ RUN = RuntimeConfig(device="cpu", precision="fp32", batch_size=IMAGES, workers=2
 @pytest.mark.parametrize("cache", ["full", "light"])
 def test_extract_and_cam_loops_never_stall(cache, cuda_paths, world8, tiny_spec, text_protos, tmp_path, monkeypatch):
     dataset = open_dataset(world8, "train")
-    counted = _counted(monkeypatch, extract)
+    counted = _counted(monkeypatch, batches)  # the loop of extract and of cam: run_image_batches
     extract.run_extract(dataset, tmp_path / "f", tiny_spec, ExtractConfig(cache=cache), RUN)
     _check(counted)
-    counted = _counted(monkeypatch, cam.stage)
+    before = len(counted)
     summary = cam.run_cam(tmp_path / "f", text_protos, tmp_path / "c", runtime=RUN)
-    assert summary.done == IMAGES
+    assert summary.done == IMAGES and len(counted) > before  # cam's loop ran, counted
     _check(counted)
 
 
 def test_cam_from_a_dataset_never_stalls(cuda_paths, world8, text_protos, tmp_path, monkeypatch):
-    counted = _counted(monkeypatch, cam.stage)
+    counted = _counted(monkeypatch, batches)  # cam's loop: run_image_batches
     assert cam.run_cam(world8, text_protos, tmp_path / "c", split="train", runtime=RUN).done == IMAGES
     _check(counted)
 
@@ -117,16 +117,17 @@ def test_the_steady_state_loops_never_synchronise_on_a_gpu(world8, tiny_spec, te
 
     gpu = RuntimeConfig(device="cuda", batch_size=2, workers=2)
     dataset = open_dataset(world8, "train")
+    seen = _sync_checked(monkeypatch, batches)  # the loop of extract, cam and predict: run_image_batches
     for cache in ("full", "light"):
-        seen = _sync_checked(monkeypatch, extract)
+        seen.clear()  # each run's first batch warms up
         extract.run_extract(dataset, tmp_path / cache, tiny_spec, ExtractConfig(cache=cache), gpu)
         assert sum(seen) == IMAGES and len(seen) > 1
-        seen = _sync_checked(monkeypatch, cam.stage)
+        seen.clear()
         assert cam.run_cam(tmp_path / cache, text_protos, tmp_path / f"c{cache}", runtime=gpu).done == IMAGES
-    seen = _sync_checked(monkeypatch, cam.stage)
+    seen.clear()
     assert cam.run_cam(world8, text_protos, tmp_path / "cd", split="train", runtime=gpu).done == IMAGES
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
     run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cuda", workers=1))
-    seen = _sync_checked(monkeypatch, batches)  # predict's loop: run_image_batches
+    seen.clear()
     assert predict.run_predict(tmp_path / "d" / "decoder.safetensors", world8, "train", tmp_path / "p",
                                runtime=gpu).done == IMAGES

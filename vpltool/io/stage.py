@@ -7,6 +7,9 @@ The skeleton every per-image stage follows is written once, in :class:`StageFold
             ...                                                    # write each item atomically
         folder.complete(inputs=..., count=...)                     # _stage.json, last
 
+:meth:`StageFolder.run` is that skeleton in one call (the stage gives the work on the ids to do), which the per-image
+stages use.
+
 * ``_run.json`` holds the parameters of the run under way. A re-run with other parameters is refused (or, with
   ``--overwrite``, redoes the folder), so an interrupted folder never ends up half one setting, half another.
 * ``_stage.json`` is written last: the Make target and the proof that every item is complete.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,7 @@ class StageSummary:
     done: int
     skipped: int
     seconds: float
+    complete: bool = False  # every item of the stage (all shards) is there: ``_stage.json`` was written
 
     @property
     def images_per_s(self) -> float:
@@ -290,6 +295,23 @@ class StageFolder:
             return mine
         present = _names(self.folder)
         return [i for i in mine if path_of(self.folder, i).name not in present]
+
+    def run(self, ids: Sequence[str], path_of: Callable[[str | os.PathLike, str], Path],
+            work: Callable[[list[str]], None], on_start: Callable[[int], None] | None = None,
+            **finish: Any) -> StageSummary:
+        """The skeleton in one call, for a per-image stage: inside the folder (its lock, records and shard) the ids of
+        this shard whose output is missing (:meth:`todo`), ``on_start(len(todo))``, ``work(todo)`` when there is
+        work (a model loads only then), last :meth:`finish` (``finish``: what it records besides)."""
+        start = time.perf_counter()
+        with self:
+            todo = self.todo(ids, path_of)
+            if on_start:
+                on_start(len(todo))
+            if todo:
+                work(todo)
+            complete = self.finish(ids, path_of, **finish)
+        return StageSummary(done=len(todo), skipped=len(self.mine(ids)) - len(todo),
+                            seconds=time.perf_counter() - start, complete=complete)
 
     def finish(self, ids: Sequence[str], path_of: Callable[[str | os.PathLike, str], Path], index: int | None = None,
                count: int | None = None, *, inputs: Mapping[str, Any] | None = None, **extra: Any) -> bool:

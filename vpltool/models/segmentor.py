@@ -33,7 +33,7 @@ from .. import io
 from ..config.dense import SAM_REFINE_FIELDS
 from ..device import autocast
 from ..errors import ContractError
-from ..runtime.batches import run_image_batches
+from ..runtime.batches import image_names, run_image_batches
 
 MMSEG_LONG_EDGE = 2048  # the methods' configs: Resize(scale=(2048, short), keep_ratio=True)
 
@@ -389,7 +389,7 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
         for i, mask in zip(index, t["masks"]):
             io.write_mask(io.mask_path(out, items[i].id), np.asarray(mask.numpy(), dtype=np.uint8), items[i].id)
 
-    run_image_batches(items, sizes, inputs, load, run, write, bb.device, runtime,
+    run_image_batches(inputs, load, run, write, bb.device, runtime, image_names(items, sizes),
                       "pass a smaller --short-side or --slide-crop, or a smaller --batch-size", on_item)
 
 

@@ -1,5 +1,5 @@
-"""The per-image pipeline every image stage shares (extract, cam, predict, diagnose): plan, load ahead, run, write
-behind. The device is a parameter; the CPU and CUDA run the same code.
+"""The per-image pipeline every image stage shares (extract, cam, crf, segment, predict, diagnose): plan, load
+ahead, run, write behind. The device is a parameter; the CPU and CUDA run the same code.
 
 * :func:`plan_batches`: images grouped by network input size (VOC has a handful of shapes), so a batch is one
   tensor; planned from image headers or feature-file headers before anything is decoded.
@@ -11,8 +11,8 @@ behind. The device is a parameter; the CPU and CUDA run the same code.
   image that fits no chunk is a one-line error naming it, its size and ``--max-side``.
 * :class:`BackgroundWriter`: a batch's outputs copied device-to-host without blocking (pinned memory, one CUDA
   event per batch) and written by a few threads, so the device never waits on the disk and nothing synchronises.
-* :func:`run_image_batches`: the four put together for a stage whose items are images (`segment`, `cam --dense`,
-  `predict`): plan, load, run in chunks, write behind, one progress step per image written.
+* :func:`run_image_batches`: the four put together, the one per-image loop of every image stage (docs/architecture.md
+  lists them): plan, load, run in chunks, write behind, one progress step per image written.
 
 The CUDA-only steps (pinned buffers, events, the GradCAM block in bf16) also run on a CPU when the environment
 variable ``VPLTOOL_TEST_CUDA_PATHS=1`` is set (:func:`cuda_paths`): a switch for the tests, so that CI, which has no
@@ -96,31 +96,21 @@ def header_sizes(paths: Sequence[os.PathLike], workers: int) -> list[tuple[int, 
 def image_stage(folder, dataset, path_of: Callable[[Any, str], Any], loader_workers: int,
                 work: Callable[[list, list[tuple[int, int]]], None], on_start: Callable[[int], None] | None = None,
                 **finish: Any):
-    """The per-image stage body shared by `segment`, `predict` and `cam --dense`: inside ``folder`` (a
-    :class:`vpltool.io.StageFolder`, entered here: its lock, records and shard) the ids of ``dataset`` whose output
-    ``path_of(out, id)`` is missing, ``on_start(len(todo))``, then, when there is work, their ``(H, W)`` header sizes
-    (:func:`header_sizes`, before any model loads) and ``work(items, sizes)``; last ``folder.finish`` (``finish``:
-    what it records besides, e.g. ``classes=``).
+    """The per-image stage body of the stages whose items are a dataset's images (`extract`, `segment`, `predict`,
+    `cam --dense`, `cam --pgseg`): :meth:`vpltool.io.StageFolder.run` over the ids of ``dataset`` (outputs
+    ``path_of(out, id)``; ``finish``: what the record holds besides, e.g. ``classes=``), whose work is: the
+    ``(H, W)`` header sizes of the items to do (:func:`header_sizes`, before any model loads), then ``work(items,
+    sizes)``.
 
     Returns:
-        :class:`vpltool.io.StageSummary`: the items done, those already there, the seconds.
+        :class:`vpltool.io.StageSummary`: the items done, those already there, the seconds, whether complete.
     """
-    import time
+    def todo_work(todo: list[str]) -> None:
+        items = dataset.by_id()
+        todo_items = [items[i] for i in todo]
+        work(todo_items, header_sizes([it.image for it in todo_items], loader_workers))
 
-    from ..io import StageSummary
-
-    ids = [it.id for it in dataset.items]
-    start = time.perf_counter()
-    with folder:
-        todo = folder.todo(ids, path_of)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            items = dataset.by_id()
-            todo_items = [items[i] for i in todo]
-            work(todo_items, header_sizes([it.image for it in todo_items], loader_workers))
-        folder.finish(ids, path_of, **finish)
-    return StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo), seconds=time.perf_counter() - start)
+    return folder.run([it.id for it in dataset.items], path_of, todo_work, on_start, **finish)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -318,26 +308,36 @@ class BatchRunner:
         return out
 
 
-def run_image_batches(items: Sequence, sizes: Sequence[tuple[int, int]], keys: Sequence[Hashable],
-                      load: Callable[[int], dict[str, Any]], run: Callable[[dict[str, Any]], Callable[[slice], dict]],
-                      write: Callable[[list[int], dict[str, Any]], None], device: torch.device, runtime, advice: str,
-                      on_item: Callable[[int], None] | None = None) -> None:
-    """The batched per-image loop of an image stage, on ``device``: ``items`` (with ``.image``, their ``(H0, W0)``
-    header ``sizes``) grouped by ``keys`` (the network input size of each: :func:`plan_batches`) in batches of
-    ``runtime.batch_size`` (:func:`resolve_batch_size`, 1 on a CPU when auto), loaded ahead by
-    ``runtime.loader_workers(device)`` processes (:func:`load_batches`, ``load(i)`` in a worker), then per batch
-    ``run(batch)`` on the device returns the function of a chunk (a slice of the batch) to its outputs, a dict of
-    lists of one entry per image (tensors on the device, or anything else: passed as it is), run in chunks that
-    halve on out-of-memory (:class:`BatchRunner`; an image that fits alone in no chunk is one line naming it, its size
-    and ``advice``). ``write(index, outputs)`` writes a chunk's images (``index``: their positions in ``items``) on a
-    writer thread from host copies (:class:`BackgroundWriter`), then ``on_item(len(index))``."""
-    size = resolve_batch_size(runtime.batch_size, device, cpu_default=1)
-    runner = BatchRunner(size, describe=lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})", advice=advice)
+def run_image_batches(keys: Sequence[Hashable], load: Callable[[int], dict[str, Any]],
+                      run: Callable[[dict[str, Any]], Callable[[slice], dict]],
+                      write: Callable[[list[int], dict[str, Any]], None], device: torch.device, runtime,
+                      describe: Callable[[int], str], advice: str = BatchRunner.advice,
+                      on_item: Callable[[int], None] | None = None, *, batch_size: int | None = None,
+                      cpu_default: int = 1, workers: int | None = None) -> None:
+    """The batched per-image loop of every image stage, on ``device``: the images ``0..len(keys)-1`` grouped by
+    ``keys`` (each one's network input size, or whatever a batch must share: :func:`plan_batches`) in batches of
+    ``batch_size`` (default ``runtime.batch_size``, :func:`resolve_batch_size` with ``cpu_default`` when auto),
+    loaded ahead by ``workers`` loading processes (default ``runtime.loader_workers(device)``; :func:`load_batches`,
+    ``load(i)`` in a worker), then per batch ``run(batch)`` on the device returns the function of a chunk (a slice
+    of the batch) to its outputs, a dict (tensors on the device, lists of them, or anything else: passed as it is),
+    run in chunks that halve on out-of-memory (:class:`BatchRunner`; an image that fits alone in no chunk is one
+    line: ``describe(i)``, its path and size, and ``advice``). ``write(index, outputs)`` writes a chunk's images
+    (``index``: their positions) on a writer thread from host copies (:class:`BackgroundWriter`), then
+    ``on_item(len(index))``."""
+    if batch_size is None:
+        batch_size = resolve_batch_size(runtime.batch_size, device, cpu_default)
+    workers = runtime.loader_workers(device) if workers is None else workers
+    runner = BatchRunner(batch_size, describe=describe, advice=advice)
     with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(items), plan_batches(keys, size), load, runtime.loader_workers(device), device):
+        for batch in load_batches(len(keys), plan_batches(keys, batch_size), load, workers, device):
             index, chunk = batch["index"], run(batch)
             for part, outputs in runner(len(index), functools.partial(_tagged, chunk)):
                 writer.submit(outputs, functools.partial(write, index[part]), n=part.stop - part.start)
+
+
+def image_names(items: Sequence, sizes: Sequence[tuple[int, int]]) -> Callable[[int], str]:
+    """``describe`` of :func:`run_image_batches` for ``items`` with an ``.image`` path and their ``(H, W)``."""
+    return lambda i: f"{items[i].image} ({sizes[i][0]}x{sizes[i][1]})"
 
 
 def _tagged(chunk: Callable[[slice], Any], part: slice) -> tuple[slice, Any]:
@@ -425,4 +425,4 @@ class BackgroundWriter:
 
 __all__ = ["AUTO_BATCH_CUDA", "WRITE_DEPTH", "WRITE_THREADS", "cuda_paths", "resolve_batch_size", "plan_batches",
            "header_sizes", "image_stage", "collate", "Ragged", "load_batches", "loader_workers", "to_device",
-           "die_with_parent", "BatchRunner", "run_image_batches", "BackgroundWriter", "to_host"]
+           "die_with_parent", "BatchRunner", "run_image_batches", "image_names", "BackgroundWriter", "to_host"]

@@ -19,10 +19,14 @@ one that ran, since they differ in float rounding):
 
 * ``pydensecrf``: a pool of spawned processes, each reading its CAM file and image and writing its PNG itself,
   one image at a time; the result of an image never depends on the worker that made it. Workers never import
-  torch (~0.3 s to start instead of ~2 s).
-* ``torch``: the shared per-image pipeline (:mod:`vpltool.runtime.batches`): DataLoader workers read the CAM files and
-  images and build the unaries, the device runs batches of images at once (:func:`vpltool.ops.densecrf.crf_labels`),
-  a thread writes the PNGs behind it.
+  torch (~0.3 s to start instead of ~2 s). This backend is not on the shared loop of the image stages
+  (:func:`vpltool.runtime.batches.run_image_batches`), on purpose: that loop runs the work on one device in the
+  main process and only loads and writes beside it, while here the work itself (a CPU-bound CRF per image) is what
+  must spread over the cores, in processes without torch; its resume and shards are the shared
+  :class:`vpltool.io.StageFolder`'s all the same.
+* ``torch``: the shared per-image loop (:func:`vpltool.runtime.batches.run_image_batches`): DataLoader workers read
+  the CAM files and images and build the unaries, the device runs batches of images at once
+  (:func:`vpltool.ops.densecrf.crf_labels`), threads write the PNGs behind it.
 """
 
 from __future__ import annotations
@@ -130,7 +134,8 @@ def _chunks(items: Todo, workers: int, **common: Any) -> list[_Chunk]:
 
 def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], None] | None
                 ) -> tuple[int, int, int]:
-    """Run the chunks in this process (1 worker) or in a spawned pool; the first error stops the run.
+    """Run the chunks in this process (1 worker) or in a spawned pool; the first error stops the run. (The
+    pydensecrf backend's own loop, not :func:`vpltool.runtime.batches.run_image_batches`: see the module doc.)
 
     Returns:
         The number of processes that ran them, and the ignored and total pixels of the masks written.
@@ -165,27 +170,23 @@ def _run_chunks(chunks: list[_Chunk], workers: int, on_item: Callable[[int], Non
 
 def _run_torch(todo: Todo, cams_dir: Path, out: Path, classes: Sequence[str], cfg: CrfConfig, runtime: RuntimeConfig,
                on_item: Callable[[int], None] | None) -> tuple[int, int, int]:
-    """The torch backend over ``todo``, batched by label count (a batch holds images with as many labels and pads
-    none): load ahead, run batches on ``runtime.device``, write behind.
+    """The torch backend over ``todo`` on the shared loop (:func:`vpltool.runtime.batches.run_image_batches`),
+    batched by label count (a batch holds images with as many labels and pads none): load ahead (the CAM file, the
+    image, the unary), run batches on ``runtime.device``, write behind.
 
     Returns:
         The number of loader processes, and the ignored and total pixels of the masks written.
     """
+    import threading
+
     import torch
 
     from ..device import resolve_device
     from ..ops.densecrf import crf_labels, image_tensor
-    from ..runtime.batches import (
-        BackgroundWriter,
-        BatchRunner,
-        load_batches,
-        loader_workers,
-        plan_batches,
-        resolve_batch_size,
-    )
+    from ..runtime.batches import loader_workers, run_image_batches
 
     device = resolve_device(runtime.device)
-    counts = [0, 0]
+    counts, lock = [0, 0], threading.Lock()  # added by the writer threads
 
     def load(i: int) -> dict[str, Any]:
         image, maps = read_item(cams_dir, *todo[i], classes)
@@ -193,27 +194,20 @@ def _run_torch(todo: Todo, cams_dir: Path, out: Path, classes: Sequence[str], cf
         return {"image": image_tensor(image), "unary": torch.from_numpy(unary(probs)).view(probs.shape),
                 "rows": (0, *maps.labels)}
 
-    def writer(item_id: str) -> Callable[[dict[str, Any]], None]:
-        def write(t: dict[str, Any]) -> None:
-            ignored, total = write_item(out, item_id, t["mask"].numpy())
-            counts[0], counts[1] = counts[0] + ignored, counts[1] + total  # only the writer thread adds
+    def run(batch: dict[str, Any]) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its masks
+        images = [batch["image"][b].to(device, non_blocking=True) for b in range(len(batch["index"]))]
+        unaries = [batch["unary"][b].to(device, non_blocking=True) for b in range(len(batch["index"]))]
+        return lambda part: {"masks": crf_labels(images[part], unaries[part], batch["rows"][part], cfg,
+                                                 cfg.confidence)}
 
-        return write
+    def write(index: list[int], t: dict[str, Any]) -> None:  # on a writer thread
+        for i, mask in zip(index, t["masks"]):
+            ignored, total = write_item(out, todo[i][0], mask.numpy())
+            with lock:
+                counts[0], counts[1] = counts[0] + ignored, counts[1] + total
 
-    size = resolve_batch_size(runtime.batch_size, device, cpu_default=1)
-    runner = BatchRunner(size, describe=lambda i: todo[i][1], advice="pass a smaller --batch-size")
-    batches = plan_batches([len(labels) for _, _, labels in todo], size)
-    with BackgroundWriter(on_item) as out_queue:
-        for batch in load_batches(len(todo), batches, load, runtime.worker_count, device):
-            images = [batch["image"][b].to(device, non_blocking=True) for b in range(len(batch["index"]))]
-            unaries = [batch["unary"][b].to(device, non_blocking=True) for b in range(len(batch["index"]))]
-
-            def run(part: slice) -> tuple[slice, list]:
-                return part, crf_labels(images[part], unaries[part], batch["rows"][part], cfg, cfg.confidence)
-
-            for part, masks in runner(len(images), run):
-                for b, mask in enumerate(masks):
-                    out_queue.submit({"mask": mask}, writer(todo[batch["index"][part.start + b]][0]))
+    run_image_batches([len(labels) for _, _, labels in todo], load, run, write, device, runtime,
+                      lambda i: todo[i][1], "pass a smaller --batch-size", on_item, workers=runtime.worker_count)
     return max(1, loader_workers(runtime.worker_count)), *counts
 
 
@@ -286,6 +280,8 @@ def run_crf(
                        f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
     start = time.perf_counter()
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
+    # the skeleton written out, not StageFolder.run: the masks a resume kept are counted inside the folder's lock
+    # (a run with --overwrite may be removing them otherwise), also when nothing is left to do
     with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
                         shard=shard) as folder:
         todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo(ids, io.mask_path)]
@@ -301,9 +297,10 @@ def run_crf(
         done, mine = {item[0] for item in todo}, folder.mine(ids)
         ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in mine if i not in done],
                                                    resolve_workers(runtime.workers))
-        folder.finish(ids, io.mask_path)
+        complete = folder.finish(ids, io.mask_path)
     total += total_kept
     return CrfSummary(done=len(todo), skipped=len(mine) - len(todo), seconds=time.perf_counter() - start,
+                      complete=complete,
                       workers=workers, ignored=(ignored + ignored_kept) / total if total else None,
                       backend="none" if cfg.no_crf else cfg.backend)
 

@@ -33,7 +33,7 @@ from ..device import resolve_device
 from ..errors import VplError
 from ..models import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_model
 from ..ops.kernels import MiouAccumulator, cams_to_labels, upsample
-from ..runtime.batches import load_batches
+from ..runtime.batches import run_image_batches
 
 KINDS = ("pixel", *(f"gradcam_{layer}" for layer in GRADCAM_LAYERS))
 
@@ -153,22 +153,31 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     scores = [_Scores(len(classes), cfg.bg_exponents) for _ in files]
     if on_start:
         on_start(len(ids))
+
     def load(i: int) -> dict:  # in the shared pipeline's loading workers, ahead of the scoring
         item = items[ids[i]]
         feats = io.read_features(io.feature_path(features, ids[i]), classes=classes)
         image = io.load_image(item.image) if feats.last_block_input is None else None
         return {"feats": feats, "image": image, "gt": io.read_mask(item.gt, num_classes=len(classes))}
 
-    one_by_one = [[i] for i in range(len(ids))]  # the scores are per image; loading is what runs ahead
-    for batch in load_batches(len(ids), one_by_one, load, runtime.loader_workers(bb.device), bb.device):
+    def run(batch: dict) -> Callable[[slice], dict]:  # one image a batch: its figures, added to ``scores`` here
         feats, image, gt = batch["feats"][0], batch["image"][0], batch["gt"][0]
-        if image is not None:
-            bb.fill_tokens(feats, image, extract_cfg.attention_blocks, extract_cfg.parity)
-        for protos, score in zip(files, scores):
-            _score_image(bb, feats, gt.numpy() if isinstance(gt, torch.Tensor) else gt, protos, score,
-                         cfg.bg_exponents)
-        if on_item:
-            on_item(1)
+
+        def score(part: slice) -> dict:
+            if image is not None:
+                bb.fill_tokens(feats, image, extract_cfg.attention_blocks, extract_cfg.parity)
+            for protos, acc in zip(files, scores):
+                _score_image(bb, feats, gt.numpy() if isinstance(gt, torch.Tensor) else gt, protos, acc,
+                             cfg.bg_exponents)
+            return {}
+
+        return score
+
+    # the shared loop with one image a batch (the scores are per image; loading is what runs ahead) and nothing
+    # written per image: the figures are summed over the images, on this thread
+    run_image_batches(ids, load, run, lambda index, t: None, bb.device, runtime,
+                      lambda i: str(io.feature_path(features, ids[i])), "run diagnose with --device cpu", on_item,
+                      batch_size=1)
     centroids, counts = region_centroids(features, items, classes)
     rows = [{"prototypes": str(p), "source": f.source, **s.result(), **gap_figures(f, text_protos, centroids, counts)}
             for p, f, s in zip(paths, files, scores)]

@@ -14,10 +14,8 @@ Per image ``<out>/<id>.safetensors`` (kind ``features``):
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +27,12 @@ from ..data import Dataset, Item, check_sizes
 from ..device import autocast, resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError, VplWarning
 from ..models import ClipBackbone, ModelSpec, load_model
-from ..runtime.batches import (
-    BackgroundWriter,
-    BatchRunner,
-    header_sizes,
-    load_batches,
-    plan_batches,
-    resolve_batch_size,
-)
+from ..runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "extract"
 
 
-@dataclass
-class ExtractSummary(io.StageSummary):
-    complete: bool = False  # every item of the whole dataset (all shards) is present
+ExtractSummary = io.StageSummary  # its ``complete``: every item of the whole dataset (all shards) is present
 
 
 @torch.no_grad()
@@ -102,26 +91,20 @@ def run_extract(
     # a resume compares the dataset, not its item digest: a finished item is checked on its own (its image and
     # labels, :func:`_refuse_stale`), so that repairing an image not yet extracted does not void the others
     inputs = {"dataset": dataset.identity()}
-    part = dataset.shard(index, count)
-    start = time.perf_counter()
+    mine = dataset.shard(index, count).items  # (a shard out of range is refused here)
     if not runtime.overwrite:  # before the folder is touched: a refused run leaves it as it was
-        _refuse_stale(out, [it for it in part.items if io.feature_path(out, it.id).is_file()])
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
-                        not_compared=NOT_COMPARED, inputs=inputs) as folder:
-        todo_ids = set(folder.todo([it.id for it in dataset.items], io.feature_path))
-        todo = [it for it in part.items if it.id in todo_ids]
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            sizes = header_sizes([it.image for it in todo], runtime.loader_workers(device))
-            check_sizes(todo, sizes, runtime.loader_workers(device))
-            bb = backbone or load_model("clip", spec, device)
-            check_for_model(bb, cfg)
-            _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
-        seconds = time.perf_counter() - start
-        complete = folder.finish([it.id for it in dataset.items], io.feature_path, index, count,
-                                 inputs=dataset.inputs(), classes=list(dataset.classes))
-    return ExtractSummary(done=len(todo), skipped=len(part.items) - len(todo), seconds=seconds, complete=complete)
+        _refuse_stale(out, [it for it in mine if io.feature_path(out, it.id).is_file()])
+
+    def work(todo: list[Item], sizes: list[tuple[int, int]]) -> None:  # the sizes read before the model loads
+        check_sizes(todo, sizes, runtime.loader_workers(device))
+        bb = backbone or load_model("clip", spec, device)
+        check_for_model(bb, cfg)
+        _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
+                            not_compared=NOT_COMPARED, inputs=inputs)
+    return image_stage(folder, dataset, io.feature_path, runtime.loader_workers(device), work, on_start,
+                       inputs=dataset.inputs(), classes=list(dataset.classes))
 
 
 def check_for_model(bb: ClipBackbone, cfg: ExtractConfig) -> None:
@@ -155,8 +138,8 @@ def _refuse_stale(out: Path, done: list[Item]) -> None:
 
 def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[tuple[int, int]], out: Path,
              cfg: ExtractConfig, runtime: RuntimeConfig, dtype: torch.dtype, params: dict, on_item) -> None:
-    """Every image checked, then same-size batches decoded ahead, encoded (halving on out-of-memory), cast and
-    checked on the device, and written behind (:mod:`vpltool.runtime.batches`)."""
+    """Every image checked, then on the shared loop (:func:`vpltool.runtime.batches.run_image_batches`): same-size
+    batches decoded ahead, encoded (halving on out-of-memory), cast and checked on the device, written behind."""
     meta = extract_metadata(bb, cfg, min(cfg.attention_blocks, bb.n_blocks) - 1)
     inputs = [bb.input_size(h, w, cfg.image_size, cfg.max_side) for h, w in sizes]
     for item, (h, w), (input_h, input_w) in zip(todo, sizes, inputs):  # every image, before the first forward
@@ -171,38 +154,41 @@ def _extract(bb: ClipBackbone, dataset: Dataset, todo: list[Item], sizes: list[t
                                 f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
         return {"pixels": pre.loaded(image, inputs[i])}
 
-    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=CPU_BATCH)
-    runner = BatchRunner(size, describe=lambda i: f"{todo[i].image} ({sizes[i][0]}x{sizes[i][1]})")
     stored = {"dense": torch.float16, "last_block_input": io.token_dtype(cfg.parity),
               "attention": io.token_dtype(cfg.parity)}
-    workers = runtime.loader_workers(bb.device)
-    with BackgroundWriter(on_item) as writer:
-        for batch in load_batches(len(todo), plan_batches(inputs, size), load, workers, bb.device):
-            pixels = bb.pixels(batch["pixels"], inputs[batch["index"][0]])
-            parts = runner(len(pixels), lambda s: (s, encode_batch(bb, pixels[s], cfg, dtype)))
-            for part, result in parts:
-                tensors = {k: v.to(stored[k]) for k, v in result.items()}  # as stored, cast on the device
-                # one finiteness flag per image, on the device: NaN from broken weights, inf from an fp16 overflow
-                finite = torch.stack([torch.isfinite(v).flatten(1).all(1) for v in tensors.values()]).all(0)
-                index = batch["index"][part]
-                writer.submit({**tensors, "finite": finite},
-                              _writer(out, dataset, [todo[i] for i in index], [sizes[i] for i in index],
-                                      [inputs[i] for i in index], params, meta), n=len(index))
+
+    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its tensors as stored
+        pixels = bb.pixels(batch["pixels"], inputs[batch["index"][0]])
+
+        def chunk(part: slice) -> dict:
+            tensors = {k: v.to(stored[k]) for k, v in encode_batch(bb, pixels[part], cfg, dtype).items()}
+            # one finiteness flag per image, on the device: NaN from broken weights, inf from an fp16 overflow
+            finite = torch.stack([torch.isfinite(v).flatten(1).all(1) for v in tensors.values()]).all(0)
+            return {**tensors, "finite": finite}
+
+        return chunk
+
+    write = _writer(out, dataset, todo, sizes, inputs, params, meta)
+    run_image_batches(inputs, load, run, write, bb.device, runtime, image_names(todo, sizes), on_item=on_item,
+                      cpu_default=CPU_BATCH)
 
 
 def _writer(out: Path, dataset: Dataset, items: list[Item], image_sizes: list[tuple[int, int]],
-            input_sizes: list[tuple[int, int]], params: dict, meta: dict) -> Callable[[dict], None]:
-    """The files of one batch (on a writer thread): every image's tensors were cast and checked on the device."""
+            input_sizes: list[tuple[int, int]], params: dict, meta: dict) -> Callable[[list[int], dict], None]:
+    """Writes a chunk's files on a writer thread, ``write(index, tensors)`` for the images ``index`` of ``items``:
+    every image's tensors were cast and checked on the device."""
 
-    def write(tensors: dict[str, torch.Tensor]) -> None:
-        for b, (item, image_size, size) in enumerate(zip(items, image_sizes, input_sizes)):
+    def write(index: list[int], tensors: dict[str, torch.Tensor]) -> None:
+        for b, i in enumerate(index):
+            item = items[i]
             if not bool(tensors["finite"][b]):
                 raise ContractError(f"{item.image}: CLIP features contain NaN/inf (broken weights or fp16 overflow); "
                                     "try --precision fp32")
             one = {k: v[b] for k, v in tensors.items() if k != "finite"}
             io.write_features(io.feature_path(out, item.id), one, dtypes={k: v.dtype for k, v in one.items()},
                               classes=dataset.classes, params=params, checked=True, id=item.id,
-                              image_size=list(image_size), input_size=list(size), grid=list(one["dense"].shape[:2]),
-                              labels=list(item.labels), image_stamp=item.stamp(), **meta)
+                              image_size=list(image_sizes[i]), input_size=list(input_sizes[i]),
+                              grid=list(one["dense"].shape[:2]), labels=list(item.labels), image_stamp=item.stamp(),
+                              **meta)
 
     return write

@@ -28,7 +28,6 @@ per scale, then each image's scores resized to its own size), through the shared
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -53,7 +52,7 @@ from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
 from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
-from ..runtime.batches import BackgroundWriter, image_stage, run_image_batches, to_device
+from ..runtime.batches import image_names, image_stage, run_image_batches, to_device
 
 STAGE = "predict"
 
@@ -332,27 +331,33 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
         return chunk
 
     write = _writer(out, [item.id for item in items], cfg, overlays)
-    run_image_batches(items, sizes, views, load, run, write, bb.device, runtime,
+    run_image_batches(views, load, run, write, bb.device, runtime, image_names(items, sizes),
                       "pass a smaller --long-side or --scales, or a smaller --batch-size", on_item)
 
 
 def _predict_weclip(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int,
                     out: Path, cfg: PredictConfig, runtime: RuntimeConfig, dtype, overlays, on_item) -> None:
     """WeCLIP's test views (:func:`vpltool.decoder.weclip_views`: bilinear on the normalised tensor, sizes
-    truncated), image by image (each image's views have their own sizes); scores, CRF and writing as
-    :func:`_predict`."""
+    truncated), on the shared loop with one image a batch (each image's views have their own sizes), decoded ahead;
+    scores, CRF and writing as :func:`_predict`."""
     keep_image = cfg.crf or overlays is not None
     forward = decoder_forward(bb, model, blocks, dtype)
-    write = _writer(out, [item.id for item in items], cfg, overlays)
-    with BackgroundWriter(on_item) as writer:
-        for i, (item, size) in enumerate(zip(items, sizes)):
-            image = io.load_image(item.image)
+
+    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: the batch's one image -> its scores
+        image, size = batch["image"][0], sizes[batch["index"][0]]
+
+        def chunk(part: slice) -> dict:
             grid = multiscale_logits(forward, weclip_views(bb, image, long_side, cfg.scales), cfg.flip)
             scores = [_image_scores(grid, size, cfg.crf)]
             if cfg.crf and cfg.crf_backend == "torch":
                 scores = _crf_masks(scores, [image], cfg)
-            writer.submit({"scores": scores, "image": [image if keep_image else None]}, functools.partial(write, [i]),
-                          n=1)
+            return {"scores": scores, "image": [image if keep_image else None]}
+
+        return chunk
+
+    run_image_batches(sizes, lambda i: {"image": io.load_image(items[i].image)}, run,
+                      _writer(out, [item.id for item in items], cfg, overlays), bb.device, runtime,
+                      image_names(items, sizes), "pass a smaller --long-side or --scales", on_item, batch_size=1)
 
 
 def _image_scores(logits: torch.Tensor, size: tuple[int, int], crf: bool) -> torch.Tensor:

@@ -40,6 +40,7 @@ from ..data import Dataset
 from ..device import resolve_device
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
+from ..runtime.batches import run_image_batches
 
 STAGE = "segment"
 DEFAULT_SHORT_SIDE = PGSEG_SHORT_SIDE
@@ -116,30 +117,42 @@ def run_segment_pgseg(
               "slide_crop": slide[0], "slide_stride": slide[1], "background": bg_words,
               "template_list": templates, "pgseg": io.file_identity(checkpoint),
               "model": {"model": "pgseg", "pretrained": str(checkpoint)}}  # the records' model: a family and a file
-    index, count = shard_from_env(shard)
-    ids = [it.id for it in dataset.items]
+    def work(todo: list[str]) -> None:
+        device = resolve_device(runtime.device)
+        model = load_model("pgseg", checkpoint, device)
+        text = pgseg_text(fam, model, names, bg_words, device)
+        _masks(dataset, todo, out, fam, model, text, len(names), bg_thresh, short_side, slide, device, runtime, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
+                            shard=shard_from_env(shard))
     start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
-                         shard=(index, count)) as folder:
-        todo = folder.todo(ids, io.mask_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            device = resolve_device(runtime.device)
-            model = load_model("pgseg", checkpoint, device)
-            text = pgseg_text(fam, model, names, bg_words, device)
-            items = dataset.by_id()
-            for item_id in todo:
-                _, labels = image_scores(fam, model, io.load_image(items[item_id].image), text, len(names),
-                                         bg_thresh, short_side, slide, device)
-                io.write_mask(io.mask_path(out, item_id), labels.to(torch.uint8).cpu().numpy())
-                if on_item:
-                    on_item(1)
-        folder.finish(ids, io.mask_path, index, count, classes=classes)
+    summary = folder.run([it.id for it in dataset.items], io.mask_path, work, on_start, classes=classes)
     if overlay:
         write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+        summary.seconds = time.perf_counter() - start  # the run's time holds the overlays'
+    return summary
+
+
+def _masks(dataset: Dataset, todo: list[str], out: Path, fam, model, text: torch.Tensor, n_names: int,
+           bg_thresh: float, short_side: int, slide: tuple[int, int], device, runtime: RuntimeConfig,
+           on_item) -> None:
+    """The masks of the ids ``todo`` on the shared loop (:func:`vpltool.runtime.batches.run_image_batches`), one
+    image a batch (each is read at its own size): decoded ahead, segmented (:func:`image_scores`), written behind."""
+    by_id = dataset.by_id()
+    items = [by_id[i] for i in todo]
+
+    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: the batch's one image -> its mask
+        image = batch["image"][0]
+        return lambda part: {"masks": [image_scores(fam, model, image, text, n_names, bg_thresh, short_side, slide,
+                                                    device)[1].to(torch.uint8)]}
+
+    def write(index: list[int], t: dict) -> None:  # on a writer thread
+        for i, mask in zip(index, t["masks"]):
+            io.write_mask(io.mask_path(out, items[i].id), mask.cpu().numpy())
+
+    run_image_batches([0] * len(items), lambda i: {"image": io.load_image(items[i].image)}, run, write, device,
+                      runtime, lambda i: str(items[i].image), "pass a smaller --short-side or --slide-crop", on_item,
+                      batch_size=1)
 
 
 def image_scores(fam, model, image, text: torch.Tensor, n_names: int, bg_thresh: float, short_side: int,

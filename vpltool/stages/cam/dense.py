@@ -23,7 +23,7 @@ from ...device import autocast, resolve_device, resolve_precision, shard_from_en
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
 from ...models.segmentor import segment_logits, settings_params, short_side_size
-from ...runtime.batches import image_stage, run_image_batches
+from ...runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "cam"
 
@@ -110,17 +110,29 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
 
         return chunk
 
-    def write(index: list[int], t: dict) -> None:  # on a writer thread
+    write = maps_writer(out, items, sizes, classes, params, "dense CAMs",
+                        "broken weights or prototypes: try --precision fp32")
+    run_image_batches(inputs, load, run, write, bb.device, runtime, image_names(items, sizes),
+                      "pass a smaller --short-side or --slide-crop, or a smaller --batch-size", on_item)
+
+
+def maps_writer(out: Path, items: list, sizes: list, classes, params: dict, what: str, why: str
+                ) -> Callable[[list[int], dict], None]:
+    """Writes a chunk's CAM files at image size on a writer thread (`cam --dense`, `cam --pgseg`): ``write(index,
+    t)`` for the images ``index`` of ``items`` (``sizes``: their ``(H, W)``), ``t["maps"]`` one ``[K, H, W]`` each
+    and ``t["finite"]`` its flag, made on the device; maps with NaN or inf are one line naming the file, ``what``
+    they are and ``why`` (the likely cause and fix), and are not written."""
+
+    def write(index: list[int], t: dict) -> None:
         for i, maps, ok in zip(index, t["maps"], t["finite"]):
             item = items[i]
             if not bool(ok):
-                raise ContractError(f"{io.cam_path(out, item.id)}: the dense CAMs of {item.id} hold NaN or inf; not "
-                                    "written (broken weights or prototypes: try --precision fp32)")
+                raise ContractError(f"{io.cam_path(out, item.id)}: the {what} of {item.id} hold NaN or inf; not "
+                                    f"written ({why})")
             io.write_cam(io.cam_path(out, item.id), maps, item.labels, image_size=list(sizes[i]), classes=classes,
                          params=params, checked=True, id=item.id)
 
-    run_image_batches(items, sizes, inputs, load, run, write, bb.device, runtime,
-                      "pass a smaller --short-side or --slide-crop, or a smaller --batch-size", on_item)
+    return write
 
 
 __all__ = ["run_dense_cam", "dense_maps"]

@@ -25,8 +25,9 @@ from ...config import RuntimeConfig
 from ...config.pgseg import PGSEG_SHORT_SIDE, PGSEG_SLIDE, PGSEG_TEMPLATES, check_pgseg_side
 from ...data import Dataset, open_source, recorded_folders
 from ...device import resolve_device, shard_from_env
-from ...errors import ContractError, VplError
-from ...runtime.batches import image_stage
+from ...errors import VplError
+from ...runtime.batches import image_names, image_stage, run_image_batches
+from .dense import maps_writer
 
 STAGE = "cam"
 
@@ -85,20 +86,24 @@ def run_pgseg_cam(
         tokens = fam.class_tokens(names, fam.tokenizer(model.cfg), templates).to(device)
         text = fam.class_text_embeddings(model, tokens)
         mode = "slide" if slide[0] else "whole"
-        for item, (h0, w0) in zip(items, sizes):
-            x = fam.image_tensor(io.load_image(item.image), short_side).to(device)
-            with torch.no_grad():
-                logits = fam.zero_shot_logits(model, x, text, with_bg=False, mode=mode,
-                                              crop=slide[0] or PGSEG_SLIDE[0], stride=slide[1])  # [1, N, h, w]
-                logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
-            maps = pgseg_maps(logits, list(item.labels))
-            if not bool(torch.isfinite(maps).all()):
-                raise ContractError(f"{io.cam_path(out, item.id)}: the PGSeg maps of {item.id} hold NaN or inf; not "
-                                    "written (broken weights)")
-            io.write_cam(io.cam_path(out, item.id), maps.cpu(), item.labels, image_size=[h0, w0],
-                         classes=dataset.classes, params=params, checked=True, id=item.id)
-            if on_item:
-                on_item(1)
+
+        def run(batch: dict) -> Callable[[slice], dict]:  # one image a batch (PGSeg reads each at its own size)
+            i = batch["index"][0]
+            x = fam.image_tensor(batch["image"][0], short_side).to(device)
+
+            def chunk(part: slice) -> dict:
+                with torch.no_grad():
+                    logits = fam.zero_shot_logits(model, x, text, with_bg=False, mode=mode,
+                                                  crop=slide[0] or PGSEG_SLIDE[0], stride=slide[1])  # [1, N, h, w]
+                    logits = F.interpolate(logits, size=tuple(sizes[i]), mode="bilinear", align_corners=False)[0]
+                maps = pgseg_maps(logits, list(items[i].labels))
+                return {"maps": [maps], "finite": [torch.isfinite(maps).all()]}
+
+            return chunk
+
+        write = maps_writer(out, items, sizes, dataset.classes, params, "PGSeg maps", "broken weights")
+        run_image_batches(sizes, lambda i: {"image": io.load_image(items[i].image)}, run, write, device, runtime,
+                          image_names(items, sizes), "pass a smaller --pgseg-side", on_item, batch_size=1)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
                             shard=shard_from_env(shard))

@@ -15,7 +15,6 @@ Each image's maps are written by the writer thread (:func:`vpltool.io.write_cam`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,15 +29,7 @@ from ...data import Dataset, is_extract_folder
 from ...device import resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
-from ...runtime.batches import (
-    BackgroundWriter,
-    BatchRunner,
-    cuda_paths,
-    load_batches,
-    plan_batches,
-    resolve_batch_size,
-    to_device,
-)
+from ...runtime.batches import cuda_paths, run_image_batches, to_device
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
 from .sources import FromDataset, FromFeatures, attention_blocks_for, frozen_tokens
@@ -173,51 +164,56 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
         params["dino_weights"] = "file"
     need_images = src.need_images or overlays is not None
     items = src.dataset().by_id() if need_images else {}
-    start = time.perf_counter()
-    with io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
-                        sides={"--save-overlays": overlays, "--save-debug": debug}) as folder:
-        todo = folder.todo(src.ids, io.cam_path)
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            bb = backbone or load_model("clip", ModelSpec.from_identity(src.model), device)
-            if bb.embed_dim != src.protos.dim:
-                raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
-                                    f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
-            plan = src.plan(bb, todo, items, runtime.loader_workers(bb.device))
-            _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
-        folder.finish(src.ids, io.cam_path, inputs=inputs)
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(src.ids)) - len(todo),
-                           seconds=time.perf_counter() - start)
+
+    def work(todo: list[str]) -> None:
+        bb = backbone or load_model("clip", ModelSpec.from_identity(src.model), device)
+        if bb.embed_dim != src.protos.dim:
+            raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
+                                f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
+        plan = src.plan(bb, todo, items, runtime.loader_workers(bb.device))
+        _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
+
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
+                            sides={"--save-overlays": overlays, "--save-debug": debug})
+    return folder.run(src.ids, io.cam_path, work, on_start, inputs=inputs)
 
 
 def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamConfig, runtime: RuntimeConfig,
                  temperature: float, dtype: torch.dtype, params: dict, overlays, debug, on_item) -> None:
-    """Plan same-grid batches, load them ahead, run each batched (halving on out-of-memory), write behind."""
+    """The images of ``plan`` on the shared loop (:func:`vpltool.runtime.batches.run_image_batches`): same-grid
+    batches loaded ahead, run batched (:func:`cams_for_batch`, chunks halved on out-of-memory) or one image a batch
+    (:func:`cams_for_image`), written behind."""
     batched = batched_mode(cfg)
-    size = resolve_batch_size(runtime.batch_size, bb.device, cpu_default=1) if batched else 1
     need_image = overlays is not None or (src.need_images and not batched)
     pre, rows, block = bb.preprocessor, PrototypeRows(src.protos, bb.device), gradcam_precision(bb.device)
-    runner = BatchRunner(size, describe=lambda i: _describe(plan[i]))
-    with BackgroundWriter(on_item) as writer:
-        batches = load_batches(len(plan), plan_batches([e["grid"] for e in plan], size),
-                               lambda i: src.load(plan[i], pre, need_image, batched),
-                               runtime.loader_workers(bb.device), bb.device)
-        for batch in batches:
-            entries = [plan[i] for i in batch["index"]]
-            images = batch.get("image", [None] * len(entries))
-            if not batched:
-                for entry, image in zip(entries, images):
-                    tokens = src.tokens(bb, entry["id"], entry["item"], image, dtype)
-                    result = cams_for_image(bb, tokens, src.protos, cfg, temperature, image, block)
-                    writer.submit(_result_tensors(result), _writer(out, entry, image, src, params, overlays, debug))
-                continue
-            chunks = runner(len(entries), lambda s: _chunk(bb, batch, s, entries, src, rows, cfg, temperature, dtype,
-                                                           block))
-            for part, cams in chunks:
-                writer.submit(_batch_tensors(cams, debug is not None),
-                              _batch_writer(out, entries[part], images[part], cams.offsets, src, params, overlays,
-                                            debug, cfg), n=part.stop - part.start)
+
+    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> what the writer needs
+        entries = [plan[i] for i in batch["index"]]
+        images = batch.get("image", [None] * len(entries))
+        if not batched:  # one image a batch: its tokens, then its maps
+            def one(part: slice) -> dict:
+                tokens = src.tokens(bb, entries[0]["id"], entries[0]["item"], images[0], dtype)
+                result = cams_for_image(bb, tokens, src.protos, cfg, temperature, images[0], block)
+                return {**_result_tensors(result), "image": images}
+
+            return one
+
+        def chunk(part: slice) -> dict:
+            cams = _chunk(bb, batch, part, entries, src, rows, cfg, temperature, dtype, block)
+            return {**_batch_tensors(cams, debug is not None), "offsets": cams.offsets, "image": images[part]}
+
+        return chunk
+
+    def write(index: list[int], t: dict) -> None:  # on a writer thread
+        entries = [plan[i] for i in index]
+        if batched:
+            _batch_writer(out, entries, t["image"], t["offsets"], src, params, overlays, debug, cfg)(t)
+        else:
+            _writer(out, entries[0], t["image"][0], src, params, overlays, debug)(t)
+
+    run_image_batches([e["grid"] for e in plan], lambda i: src.load(plan[i], pre, need_image, batched), run, write,
+                      bb.device, runtime, lambda i: _describe(plan[i]), on_item=on_item,
+                      batch_size=None if batched else 1)
 
 
 def gradcam_precision(device: torch.device) -> str:
@@ -234,7 +230,7 @@ def _describe(entry: dict) -> str:
 
 
 def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src, rows: PrototypeRows,
-           cfg: CamConfig, temperature: float, dtype: torch.dtype, block: str) -> tuple[slice, CamBatch]:
+           cfg: CamConfig, temperature: float, dtype: torch.dtype, block: str) -> CamBatch:
     """:func:`cams_for_batch` on ``batch[part]``: the frozen pass first where the cache holds no tokens (the
     loaders' uint8 pixels resized, where the device does it, and normalised on the device)."""
     grid = tuple(entries[part.start]["grid"])
@@ -246,7 +242,7 @@ def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src,
     else:
         pixels = bb.pixels(batch["pixels"][part], tuple(entries[part.start]["input_size"]))
         tokens, prev, n_prev = frozen_tokens(bb, pixels, src, cfg, dtype)
-    return part, cams_for_batch(bb, tokens, prev, n_prev, grid, labels, rows, cfg, temperature, block)
+    return cams_for_batch(bb, tokens, prev, n_prev, grid, labels, rows, cfg, temperature, block)
 
 
 def _batch_tensors(cams: CamBatch, debug: bool) -> dict:
