@@ -26,6 +26,11 @@ NPR's claims per object (each class present in a scene): ``groups_per_object``, 
 of the object's pixels (compactness: 1 is one group per object, more are redundant groups), and
 ``object_in_one_group``, the largest share of the object's pixels in one group (completeness; the group oracle is
 the image-level one).
+``--kmeans K``: could these features be grouped at all? The group oracle of K-means clusters (K groups, 20 Lloyd
+steps from K tokens drawn with seed 0) of each image's first-stage tokens as the first grouping block receives them
+(``kmeans_oracle_features``) and of its patches' mean colours (``kmeans_oracle_colours``), next to the model's
+own ``group_oracle_miou``: a features figure far above the model's says the tokens separate the objects and its
+assignment does not.
 Prints one JSON object.
 """
 
@@ -123,6 +128,44 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
             **{f"largest_group_background_miou{k}": acc.result()["miou"] for k, acc in largest_bg.items()}}
 
 
+def kmeans(x: torch.Tensor, k: int, steps: int = 20, seed: int = 0) -> torch.Tensor:
+    """``[N, C]`` float -> ``[N]`` int64 cluster of each row (Lloyd's steps from ``k`` rows drawn at ``seed``)."""
+    centres = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()
+    for _ in range(steps):
+        near = torch.cdist(x, centres).argmin(1)
+        for j in range(len(centres)):
+            if (near == j).any():
+                centres[j] = x[near == j].mean(0)
+    return torch.cdist(x, centres).argmin(1)
+
+
+@torch.no_grad()
+def kmeans_oracles(model: fam.PGSeg, data, n_images: int, short: int, k: int) -> dict[str, float]:
+    """The group oracle of ``k``-means on the first grouping block's input tokens and on the patch colours."""
+    seen: dict[str, torch.Tensor] = {}
+    hook = model.img_encoder.layers[0].downsample.register_forward_hook(
+        lambda module, inputs, output: seen.__setitem__("tokens", inputs[0]))
+    acc = {name: MiouAccumulator(len(data.classes)) for name in ("features", "colours")}
+    p = model.cfg.patch_size
+    try:
+        for item in data.items[:n_images]:
+            image, gt = io.load_image(item.image), io.read_mask(item.gt)
+            x = fam.image_tensor(image, short)
+            model.image_features(x)
+            h, w = x.shape[-2] // p, x.shape[-1] // p
+            colours = F.avg_pool2d(x, p)[0].flatten(1).T  # [h*w, 3]
+            for name, tokens in (("features", seen["tokens"][0]), ("colours", colours)):
+                groups = F.one_hot(kmeans(tokens, k), k).T.float().reshape(1, k, h, w)
+                pixel = F.interpolate(groups, size=gt.shape, mode="nearest")[0].argmax(0).numpy()
+                pred = np.zeros_like(gt)
+                for g in np.unique(pixel):
+                    pred[pixel == g] = np.bincount(gt[pixel == g], minlength=len(data.classes) + 1)[:256].argmax()
+                acc[name].add(gt, pred)
+    finally:
+        hook.remove()
+    return {f"kmeans_oracle_{name}": a.result()["miou"] for name, a in acc.items()}
+
+
 def load_any(path: Path) -> fam.PGSeg:
     """A `train-pgseg` model file, or one of its run's checkpoints (``checkpoints/last.safetensors``, kind
     ``pgseg-checkpoint``, copied as training goes: the proxies along one run)."""
@@ -142,6 +185,8 @@ def main() -> None:
     ap.add_argument("--background", default="grass,sky,wall,water", help="background words (zero_shot_miou_background)")
     ap.add_argument("--bg-thresh", default=str(fam.DEFAULT_BG_THRESH),
                     help="segment --pgseg's background thresholds, comma-separated (each scored)")
+    ap.add_argument("--kmeans", type=int, default=0, help="K: the group oracle of K-means on the first grouping "
+                    "block's tokens and on the patch colours (0: not measured)")
     ap.add_argument("--short-side", type=int, default=PGSEG_RECIPES["cpu"]["crop_size"])
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -161,8 +206,13 @@ def main() -> None:
         crop = PGSEG_RECIPES["cpu"]["crop_size"]
         model = fam.build_model(fam.tiny_config(img_size=crop, npr=False), seed=0).frozen()
         rows["untrained (seed 0)"] = group_stats(model, data, args.images, args.short_side, words, thresholds)
+        if args.kmeans:
+            rows["untrained (seed 0)"].update(kmeans_oracles(model, data, args.images, args.short_side, args.kmeans))
     for path in args.models:
-        rows[str(path)] = group_stats(load_any(path), data, args.images, args.short_side, words, thresholds)
+        model = load_any(path)
+        rows[str(path)] = group_stats(model, data, args.images, args.short_side, words, thresholds)
+        if args.kmeans:
+            rows[str(path)].update(kmeans_oracles(model, data, args.images, args.short_side, args.kmeans))
     print(json.dumps({"command": " ".join(["python", "studies/study_pgseg_groups.py", *sys.argv[1:]]),
                       "split": "train", "images": args.images, "short_side": args.short_side,
                       "background": words, "bg_thresh": thresholds,

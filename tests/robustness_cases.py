@@ -3971,6 +3971,20 @@ def _pgseg_same_caption_alone(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--same-caption", "nouns"]
 
 
+@case("matched noun prompts without noun prompts (train-pgseg --multi-label-pool match)",
+      "--multi-label-pool match", "pass --multi-label K")
+def _pgseg_match_without_nouns(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--multi-label-pool", "match"]
+
+
+@case("more noun prompts than final groups to match them to (train-pgseg --multi-label-pool match)",
+      "its own final group", "pass --multi-label 8 or fewer")
+def _pgseg_match_too_many_nouns(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "nouns_match.txt").write_text("circle\nsquare\n")
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--multi-label-pool", "match",
+           "--multi-label", "9", "--nouns", ws.root / "nouns_match.txt"]
+
+
 @case("a ViT's weights as --init (train-pgseg)", "not a PGSeg checkpoint")
 def _pgseg_init_other_architecture(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", ws.dino_weights("vit_as_pgseg.safetensors"),

@@ -68,7 +68,9 @@ def train_pgseg_cmd(
                                                   "noun_templates")] = None,
     multi_label_pool: Annotated[Optional[str], _opt("The multi-label loss's image side: mean (the pooled embedding, "
                                                     "the reference's) | max (each image's best final group, as "
-                                                    "segmentation matches groups to names).",
+                                                    "segmentation matches groups to names) | match (each noun "
+                                                    "prompt its own final group, matched one to one; needs K <= "
+                                                    "the final groups).",
                                                     "multi_label_pool")] = None,
     multi_positive: Annotated[Optional[bool], typer.Option(
         "--multi-positive/--single-positive", show_default=False,
@@ -88,6 +90,16 @@ def train_pgseg_cmd(
                                                     "attention_window")] = None,
     temperature: Annotated[Optional[float], _opt("The contrastive losses' initial temperature (1 / exp(logit "
                                                  "scale), trainable, scale clamped at 100).", "temperature")] = None,
+    assign_iters: Annotated[Optional[int], _opt("The grouping's assignment steps: 1 (the reference's: once, from "
+                                                "the group tokens) | n > 1 (n - 1 k-means steps of the group "
+                                                "queries over the tokens' keys first).", "assign_iters")] = None,
+    assign_metric: Annotated[Optional[str], _opt("A token's affinity to a group: dot (the query-key product, the "
+                                                 "reference's) | distance (minus the squared query-key distance: "
+                                                 "the nearest centre, as k-means).", "assign_metric")] = None,
+    center_residual: Annotated[Optional[bool], typer.Option(
+        "--center-residual/--no-center-residual", show_default=False,
+        help="A grouping block's output: the group token plus the tokens assigned to it (the reference's) or the "
+             f"assigned tokens alone (a group is what it holds) {_default('center_residual')}.")] = None,
     hard_assignment: Annotated[Optional[bool], typer.Option(
         "--hard-assignment/--soft-assignment", show_default=False,
         help="Patches to groups in training: gumbel noise and a straight-through hard assignment (the reference's) "
@@ -145,7 +157,8 @@ def train_pgseg_cmd(
                        multi_positive=multi_positive, same_caption=same_caption, multi_label_pool=multi_label_pool,
                        assign_qk_init=assign_qk_init, qk_init=qk_init, attention_window=attention_window,
                        temperature=temperature, hflip=hflip,
-                       hard_assignment=hard_assignment)
+                       hard_assignment=hard_assignment, assign_iters=assign_iters,
+                       center_residual=center_residual, assign_metric=assign_metric)
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
         s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
                             init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,

@@ -19,6 +19,8 @@ TEXT_SUPERVISED = ("pgseg",)
 PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
 # the demo world's (the toy CLIP's image tower size)
 SAME_CAPTION = ("text", "nouns")  # what makes two captions the same for --multi-positive
+MULTI_LABEL_POOLS = ("mean", "max", "match")  # the multi-label loss's image side (PGSegConfig.multi_label_pool)
+ASSIGN_METRICS = ("dot", "distance")  # a token's affinity to a group (PGSegConfig.assign_metric)
 NOUN_TEMPLATES = ("full", "simple")  # the noun prompts' templates: CLIP's 80 ImageNet ones (the reference's), or
 # segmentation's one "a photo of a {}."
 PGSEG_RECIPES: dict[str, dict[str, Any]] = {
@@ -92,6 +94,12 @@ class PGSegTrainConfig:
     temperature: float = 0.07  # model.contrast_temperature: the initial 1 / exp(logit_scale) of both losses
     hard_assignment: bool = True  # model.img_encoder.hard_assignment: gumbel noise + straight-through hard
     # assignment of the patches to the groups in training (the reference's); False: the plain softmax
+    assign_iters: int = 1  # the grouping's assignment steps (PGSegConfig.assign_iters): 1, the reference's; n > 1,
+    # n - 1 k-means steps of the group queries before the assignment
+    center_residual: bool = True  # a grouping block's output (PGSegConfig.center_residual): the group token plus its
+    # tokens (the reference's); False: its tokens alone
+    assign_metric: str = "dot"  # a token's affinity to a group (PGSegConfig.assign_metric): "dot", the reference's;
+    # "distance", the nearest centre
     hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
 
     def __post_init__(self) -> None:
@@ -102,7 +110,7 @@ class PGSegTrainConfig:
         # first step, after the folder was made
         at_least("--batch-size", self.batch_size, 2, why=" (the projectors' BatchNorm needs two pairs a batch on "
                  "each process)")
-        for name in ("epochs", "crop_size", "log_every"):
+        for name in ("epochs", "crop_size", "log_every", "assign_iters"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         if self.attention_window and self.attention_window % 2 == 0:
             raise VplError(f"--attention-window {self.attention_window}: a window is centred on its patch, so it "
@@ -111,8 +119,12 @@ class PGSegTrainConfig:
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
         non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
         choice("--noun-templates", self.noun_templates, NOUN_TEMPLATES)
-        choice("--multi-label-pool", self.multi_label_pool, ("mean", "max"))
+        choice("--multi-label-pool", self.multi_label_pool, MULTI_LABEL_POOLS)
+        choice("--assign-metric", self.assign_metric, ASSIGN_METRICS)
         choice("--same-caption", self.same_caption, SAME_CAPTION)
+        if self.multi_label_pool == "match" and not self.multi_label:
+            raise VplError("--multi-label-pool match: matches the noun prompts to groups; pass --multi-label K "
+                           "(K > 0) with --nouns FILE")
         if self.same_caption == "nouns" and not (self.multi_positive and self.multi_label):
             raise VplError("--same-caption nouns: needs --multi-positive (it says which captions are positives of "
                            "each other) and --multi-label K with nouns (it reads the nouns); pass both")

@@ -174,7 +174,7 @@ class AssignAttention(nn.Module):
     """
 
     def __init__(self, dim: int, qkv_bias: bool = True, hard: bool = True, gumbel: bool = True,
-                 gumbel_tau: float = 1.0, assign_eps: float = 1.0):
+                 gumbel_tau: float = 1.0, assign_eps: float = 1.0, iters: int = 1, metric: str = "dot"):
         super().__init__()
         self.num_heads = 1
         self.scale = dim ** -0.5
@@ -185,6 +185,17 @@ class AssignAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(0.0)
         self.hard, self.gumbel, self.gumbel_tau, self.assign_eps = hard, gumbel, gumbel_tau, assign_eps
+        self.iters, self.metric = iters, metric
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, G, c]``, ``[B, 1, L, c]`` -> ``[B, 1, G, L]``: ``q . k`` scaled (the reference's), or with
+        ``metric`` "distance" ``q . k - |q|^2 / 2`` scaled, which differs from ``-|q - k|^2 / 2`` by a term of the
+        token alone: over the groups it is the nearest-centre (k-means) assignment, where in the dot product the
+        query of largest norm takes every token on its side."""
+        raw = q @ k.transpose(-2, -1)
+        if self.metric == "distance":
+            raw = raw - 0.5 * q.pow(2).sum(-1, keepdim=True)
+        return raw * self.scale
 
     def _assign(self, raw: torch.Tensor, gumbel: bool, hard: bool) -> torch.Tensor:
         if gumbel and self.training:
@@ -193,7 +204,13 @@ class AssignAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         q, k, v = _heads(self.q_proj(query), 1), _heads(self.k_proj(key), 1), _heads(self.v_proj(key), 1)
-        raw = (q @ k.transpose(-2, -1)) * self.scale  # [B, 1, G, L]
+        raw = self._logits(q, k)  # [B, 1, G, L]
+        for _ in range(self.iters - 1):  # k-means steps in the key space: each query moves to its tokens' mean key
+            soft = F.softmax(raw, dim=-2)  # [B, 1, G, L]
+            mass = soft.sum(-1, keepdim=True)  # [B, 1, G, 1]
+            # a group that holds (almost) no token keeps its query: a mean over nothing is no centre
+            q = torch.where(mass > 1e-3, (soft @ k) / mass.clamp(min=1e-3), q)
+            raw = self._logits(q, k)
         attn = self._assign(raw, self.gumbel, self.hard)
         maps = {"hard": attn.clone(), "soft": self._assign(raw, gumbel=False, hard=False)}
         attn = self.attn_drop(attn / (attn.sum(dim=-1, keepdim=True) + self.assign_eps))
@@ -208,7 +225,8 @@ class GroupingBlock(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, num_heads: int, num_group_token: int, num_output_group: int,
                  mlp_ratio: tuple[float, float] = (0.5, 4.0), hard: bool = True, gumbel: bool = True,
-                 fused: bool = False):
+                 fused: bool = False, assign_iters: int = 1, center_residual: bool = True,
+                 assign_metric: str = "dot"):
         super().__init__()
         self.norm_tokens = nn.LayerNorm(dim)
         tokens_dim, channels_dim = (int(r * dim) for r in mlp_ratio)
@@ -217,7 +235,9 @@ class GroupingBlock(nn.Module):
         self.norm_x = nn.LayerNorm(dim)
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4, qkv_bias=True, post_norm=True,
                                               fused=fused)
-        self.assign = AssignAttention(dim, qkv_bias=True, hard=hard, gumbel=gumbel)
+        self.assign = AssignAttention(dim, qkv_bias=True, hard=hard, gumbel=gumbel, iters=assign_iters,
+                                      metric=assign_metric)
+        self.center_residual = center_residual
         self.norm_new_x = nn.LayerNorm(dim)
         self.mlp_channels = Mlp(dim, channels_dim, out_dim)
         self.reduction = (nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim, bias=False))
@@ -229,7 +249,8 @@ class GroupingBlock(nn.Module):
         center = self.norm_post_tokens(self.mlp_inter(group_tokens.transpose(1, 2)).transpose(1, 2))
         center = self.pre_assign_attn(center, x)
         new_x, maps = self.assign(center, x)
-        new_x = new_x + center
+        if self.center_residual:  # the reference's: a group is its token plus what it gathered
+            new_x = new_x + center
         new_x = self.reduction(new_x) + self.mlp_channels(self.norm_new_x(new_x))
         return new_x, maps, center
 
@@ -335,7 +356,9 @@ class GroupViTEncoder(nn.Module):
             last = i == len(depths) - 1
             downsample = None if last else GroupingBlock(
                 dim, dim, cfg.num_heads[i], cfg.num_group_tokens[i], cfg.num_output_groups[i],
-                hard=cfg.hard_assignment, gumbel=cfg.hard_assignment, fused=cfg.fused_attention)
+                hard=cfg.hard_assignment, gumbel=cfg.hard_assignment, fused=cfg.fused_attention,
+                assign_iters=cfg.assign_iters, center_residual=cfg.center_residual,
+                assign_metric=cfg.assign_metric)
             npr = None if (last or not cfg.npr) else NPR(
                 dim=dim, out_dim=dim, num_output_group=cfg.num_output_groups[i], iters=cfg.npr_iters,
                 momentum=cfg.npr_momentum)

@@ -66,7 +66,10 @@ class PGSegConfig:
     multi_positive: bool = False
     # the image side of the multi-label loss: "mean", the reference's (the pooled embedding: the mean of the final
     # groups, projected); "max", each final group projected and an image's similarity to a noun prompt its best
-    # group's (what zero-shot segmentation reads: each group matched to the class names)
+    # group's (what zero-shot segmentation reads: each group matched to the class names); "match", each image's
+    # distinct noun prompts matched one to one to distinct final groups (the assignment that maximises their summed
+    # similarity, no gradient through it) and the loss read group by group, every other group of the batch a
+    # negative: one group cannot stand for two nouns of its image (:meth:`PGSeg.matched_label_loss`)
     multi_label_pool: str = "mean"
     # mimetic query-key init (W_q = W_k, this gain: vpltool.models.mimetic) of every grouping block's assignment
     # attention (assign_qk_init) and of every other attention, self and cross (qk_init); 0: the reference's init
@@ -80,6 +83,17 @@ class PGSegConfig:
     # scaled_dot_product_attention (~1e-7 apart in fp32, which the hard assignment's argmax can turn into another
     # group: docs/pgseg.md); False = the reference's explicit softmax(q k^T) v, bit for bit
     fused_attention: bool = False
+    # how many times each grouping block assigns the tokens to its groups: 1, once from the group tokens' queries
+    # (the reference's); n > 1, n - 1 k-means steps first, each query moved to the soft-assigned mean of the keys
+    # (differentiable; a group holding no token keeps its query), then the (gumbel) assignment from those queries
+    assign_iters: int = 1
+    # what a grouping block outputs: True, each group token (which has seen the whole image through attention)
+    # plus the tokens assigned to it (the reference's); False, the assigned tokens alone, so that what a group
+    # says about the image comes from the patches it holds (an empty group says nothing)
+    center_residual: bool = True
+    # how a token's affinity to a group is read: "dot", the query-key product (the reference's: the query of largest
+    # norm takes every token on its side); "distance", minus the squared query-key distance (the nearest centre)
+    assign_metric: str = "dot"
 
     def __post_init__(self):
         for name in ("depths", "num_heads", "num_group_tokens", "num_output_groups"):
@@ -92,8 +106,15 @@ class PGSegConfig:
             raise ValueError("PGSegConfig: NPR needs exactly two grouping stages (three stages)")
         if self.multi_label < 0:
             raise ValueError("PGSegConfig: multi_label is a count of noun prompts (>= 0)")
-        if self.multi_label_pool not in ("mean", "max"):
-            raise ValueError("PGSegConfig: multi_label_pool is mean or max")
+        if self.multi_label_pool not in MULTI_LABEL_POOLS:
+            raise ValueError(f"PGSegConfig: multi_label_pool is one of {', '.join(MULTI_LABEL_POOLS)}")
+        if self.multi_label_pool == "match" and self.multi_label > self.num_output_groups[-1]:
+            raise ValueError(f"PGSegConfig: multi_label_pool 'match' gives each of the {self.multi_label} noun "
+                             f"prompts its own final group; there are {self.num_output_groups[-1]}")
+        if self.assign_metric not in ASSIGN_METRICS:
+            raise ValueError(f"PGSegConfig: assign_metric is one of {', '.join(ASSIGN_METRICS)}")
+        if self.assign_iters < 1:
+            raise ValueError("PGSegConfig: assign_iters is 1 (the reference's) or more")
         if self.attention_window < 0 or (self.attention_window and self.attention_window % 2 == 0):
             raise ValueError("PGSegConfig: attention_window is 0 (global) or an odd patch count")
 
@@ -136,6 +157,10 @@ def demo_config(**overrides: Any) -> PGSegConfig:
 
 PRESETS = {"groupvit-s": lambda: PGSegConfig(npr=False), "pgseg-s": PGSegConfig, "tiny": tiny_config,
            "tiny-groupvit": lambda: tiny_config(npr=False), "demo": demo_config}
+
+
+MULTI_LABEL_POOLS = ("mean", "max", "match")
+ASSIGN_METRICS = ("dot", "distance")
 
 
 class PGSeg(nn.Module):
@@ -275,6 +300,58 @@ class PGSeg(nn.Module):
         loss_text = self._soft_ce(t2i * scale, b, l2, l1, rank)
         return 0.5 * (loss_img + loss_text)
 
+    def matched_label_loss(self, group_feat: torch.Tensor, text_feat: torch.Tensor, tokens: torch.Tensor,
+                           gather: Gather | None = None) -> torch.Tensor:
+        """The multi-label loss read group by group (``cfg.multi_label_pool`` "match"; not the reference's).
+
+        Args:
+            group_feat: ``[B, G, D]`` each final group projected, unnormalised.
+            text_feat: ``[B, K, D]`` the noun prompts projected, unnormalised.
+            tokens: ``[B, 1 + K, L]`` int64, the caption then its prompts (a prompt equal to the caption is the
+                reference's padding, and a repeat of an earlier prompt of the image is the same noun: neither has
+                a row).
+
+        Each image's distinct prompts take distinct groups, the one-to-one assignment of largest summed cosine
+        (:func:`match_groups`, no gradient). Then a symmetric soft cross-entropy over the batch (every rank's):
+        a prompt against every group, its target spread over the groups matched to a prompt with its ids; a
+        matched group against every valid prompt, its target spread over the prompts with its prompt's ids. Every
+        other group of the image is a negative, so the nouns of one image pull apart into groups of their own.
+        Scale ``exp(multi_label_logit_scale)`` clamped at 100. Returns a scalar float32 (0 with no valid prompt).
+        """
+        b, g, _ = group_feat.shape
+        groups = F.normalize(group_feat, dim=-1)
+        text = F.normalize(text_feat, dim=-1)
+        prompts = tokens[:, 1:]  # [B, K, L]
+        valid = distinct_prompts(prompts, tokens[:, 0])  # [B, K] bool
+        matched = match_groups(torch.einsum("bkd,bgd->bkg", text, groups).detach(), valid)  # [B, K] int64
+        if gather is not None:
+            all_groups, all_text = gather(groups), gather(text)
+            all_prompts, all_valid = _gathered(prompts, gather), _gathered(valid.long(), gather).bool()
+            all_matched = _gathered(matched, gather)
+        else:
+            all_groups, all_text, all_prompts, all_valid, all_matched = groups, text, prompts, valid, matched
+        n = all_groups.shape[0]
+        # which valid prompts of the batch are the same text: [B, K, N, K]
+        same = (prompts[:, :, None, None] == all_prompts[None, None]).all(-1) & valid[:, :, None, None] & \
+            all_valid[None, None]
+        # prompt -> groups: the groups matched to an equal prompt, [B, K, N, G]
+        to_group = torch.zeros(b, prompts.shape[1], n, g, dtype=groups.dtype, device=groups.device)
+        to_group.scatter_add_(3, all_matched[None, None].expand(b, prompts.shape[1], -1, -1),
+                              same.to(groups.dtype))
+        scale = torch.clamp(self.multi_label_logit_scale.exp(), max=100)
+        rows = valid.flatten()
+        if not bool(rows.any()):
+            return group_feat.sum() * 0.0
+        t2g = torch.einsum("bkd,ngd->bkng", text, all_groups).flatten(2)[valid] * scale  # [P, N G]
+        target_t2g = to_group.flatten(2)[valid]
+        # matched group -> prompts: the valid prompts equal to its own, [P, N K]
+        own = torch.gather(groups, 1, matched[..., None].expand(-1, -1, groups.shape[-1]))[valid]  # [P, D]
+        g2t = (own @ all_text.flatten(0, 1).t()) * scale
+        g2t = g2t.masked_fill(~all_valid.flatten()[None], float("-inf"))
+        target_g2t = same.flatten(2)[valid].to(groups.dtype)
+        return 0.5 * (_soft_target_ce(t2g, _rows_sum_to_one(target_t2g))
+                      + _soft_target_ce(g2t.clamp(min=-1e4), _rows_sum_to_one(target_g2t)))
+
     @staticmethod
     def _soft_ce(logits: torch.Tensor, b: int, rows: int, cols: int, rank: int) -> torch.Tensor:
         """Soft cross-entropy of ``logits`` ``[(B rows), (W B cols)]`` against the target ``1 / cols`` on the
@@ -333,7 +410,11 @@ class PGSeg(nn.Module):
         out["contrastive"] = self.contrastive_loss(image_x, text_all if k == 0 else text_x[:, 0], gather, rank,
                                                    caption_keys)
         total = out["contrastive"] + out["npr"] if self.cfg.npr else out["contrastive"]
-        if k > 0:
+        if k > 0 and self.cfg.multi_label_pool == "match":
+            out["multi_label"] = self.matched_label_loss(self.img_projector(tokens_img), text_x[:, 1:], tokens,
+                                                         gather) * self.cfg.multi_label_weight
+            total = total + out["multi_label"]
+        elif k > 0:
             image_feat = self.img_projector(tokens_img) if self.cfg.multi_label_pool == "max" else \
                 image_x.unsqueeze(1)
             out["multi_label"] = self.multi_label_loss(image_feat, text_x[:, 1:], gather, rank,
@@ -362,6 +443,36 @@ def positive_targets(own: torch.Tensor, batch: torch.Tensor, per: str = "text") 
     same = (own[:, None, :, None, :] == batch[None, :, None, :, :]).all(-1).any(2)  # [R, N, C]
     same = (same.flatten(1) if per == "text" else same.any(2)).float()
     return same / same.sum(1, keepdim=True).clamp(min=1)
+
+
+def distinct_prompts(prompts: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
+    """``[B, K, L]`` prompt ids and ``[B, L]`` caption ids -> ``[B, K]`` bool: the prompt is a noun prompt (not the
+    caption that pads a caption of fewer than K nouns) and not a repeat of an earlier prompt of its image."""
+    not_caption = ~(prompts == caption[:, None]).all(-1)
+    equal = (prompts[:, :, None] == prompts[:, None]).all(-1)  # [B, K, K]
+    earlier = torch.tril(equal, diagonal=-1).any(-1)
+    return not_caption & ~earlier
+
+
+def match_groups(similarity: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B, K, G]`` prompt-group similarities, ``[B, K]`` bool -> ``[B, K]`` int64: each image's valid prompts
+    assigned to distinct groups so that their summed similarity is largest (the Hungarian method:
+    ``scipy.optimize.linear_sum_assignment``); an invalid prompt's entry is 0 and never read."""
+    from scipy.optimize import linear_sum_assignment
+
+    sim = similarity.float().cpu().numpy()
+    keep = valid.cpu().numpy()
+    out = torch.zeros(valid.shape, dtype=torch.long)
+    for i in range(sim.shape[0]):
+        k = keep[i].nonzero()[0]
+        if len(k):
+            rows, cols = linear_sum_assignment(sim[i, k], maximize=True)
+            out[i, torch.as_tensor(k[rows])] = torch.as_tensor(cols, dtype=torch.long)
+    return out.to(similarity.device)
+
+
+def _rows_sum_to_one(target: torch.Tensor) -> torch.Tensor:
+    return target / target.sum(1, keepdim=True).clamp(min=1e-12)
 
 
 def _soft_target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -170,11 +170,17 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
                        f"--crop-size {cfg.crop_size}; pass --crop-size {init_config.img_size}")
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
+    groups = list(base.get("num_output_groups") or [0])[-1]
+    if cfg.multi_label_pool == "match" and cfg.multi_label > groups:
+        raise VplError(f"--multi-label-pool match: each of the {cfg.multi_label} noun prompts takes its own final "
+                       f"group and the model has {groups}; pass --multi-label {groups} or fewer")
     out = fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
                                      "multi_label_weight": cfg.multi_label_weight,
                                      "multi_positive": cfg.multi_positive, "multi_label_pool": cfg.multi_label_pool,
                                      "contrast_temperature": cfg.temperature,
                                      "hard_assignment": cfg.hard_assignment,
+                                     "assign_iters": cfg.assign_iters, "center_residual": cfg.center_residual,
+                                     "assign_metric": cfg.assign_metric,
                                      # an init's weights are trained: its own init gains stay as recorded
                                      **({} if init_config is not None else
                                         {"assign_qk_init": cfg.assign_qk_init, "qk_init": cfg.qk_init,
