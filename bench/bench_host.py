@@ -104,9 +104,12 @@ def _profile(run, n: int) -> dict:
                                             if line.strip() and line.strip()[0].isdigit()][:12]}
 
 
-def count_ops(module, run) -> int:
-    """Ops the main thread dispatches in the body of ``module``'s loop over batches (its ``load_batches``), while
-    ``run()`` runs: what the loop costs a GPU host in launches, set-up excluded."""
+def count_ops(run) -> int:
+    """Ops the main thread dispatches in the body of the image stages' one loop over batches
+    (:func:`vpltool.runtime.batches.run_image_batches`, over its ``load_batches``) while ``run()`` runs: what the loop
+    costs a GPU host in launches, set-up excluded."""
+    from vpltool.runtime import batches as module
+
     counter, real = OpCounter(), module.load_batches
 
     def counting(*args, **kwargs):
@@ -331,14 +334,14 @@ def _ops_per_image(tmp: Path, voc: Path, protos: Path, runtime, stages: list[str
     bb = load_backbone(deep, device)
     data = open_dataset(voc, "train")  # every photo: batches as full as this many photos make them
     n = len(data.items)
-    out = {"extract": count_ops(extract, lambda: extract.run_extract(data, tmp / "deep_f", deep, ExtractConfig(),
-                                                                     runtime, backbone=bb)) / n}
+    out = {"extract": count_ops(lambda: extract.run_extract(data, tmp / "deep_f", deep, ExtractConfig(), runtime,
+                                                            backbone=bb)) / n}
     if "cam" in stages:
         p = io.read_prototypes(protos)
         p.model = deep.identity()
         io.write_prototypes(tmp / "deep_text.safetensors", p)
-        out["cam"] = count_ops(cam.stage, lambda: cam.run_cam(tmp / "deep_f", tmp / "deep_text.safetensors",
-                                                              tmp / "deep_c", runtime=runtime, backbone=bb)) / n
+        out["cam"] = count_ops(lambda: cam.run_cam(tmp / "deep_f", tmp / "deep_text.safetensors", tmp / "deep_c",
+                                                   runtime=runtime, backbone=bb)) / n
     return {k: round(v) for k, v in out.items()}
 
 
