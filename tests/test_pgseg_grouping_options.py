@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool.models.pgseg.model import build_model, distinct_prompts, match_groups, tiny_config
+from vpltool.models.pgseg.model import build_model, tiny_config
+from vpltool.models.pgseg.targets import distinct_prompts, match_groups
 
 
 def test_padding_captions_and_repeated_prompts_get_no_row():

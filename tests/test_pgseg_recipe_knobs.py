@@ -13,7 +13,7 @@ from vpltool.config.pgseg import PGSegTrainConfig, pgseg_recipe
 from vpltool.errors import VplError
 from vpltool.models.pgseg import build_model, tiny_config
 from vpltool.models.pgseg.groupvit import AssignAttention, Attention, window_mask
-from vpltool.models.pgseg.model import positive_targets
+from vpltool.models.pgseg.targets import positive_targets
 
 
 def _model(**kw):
