@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config.pgseg import ASSIGN_METRICS, MULTI_LABEL_POOLS
 from .groupvit import GroupViTEncoder
 from .npr import Gather, ProjectMLP, npr_losses
 from .targets import gathered_ids, matched_label_loss, positive_targets, soft_target_ce
@@ -158,10 +159,6 @@ def demo_config(**overrides: Any) -> PGSegConfig:
 
 PRESETS = {"groupvit-s": lambda: PGSegConfig(npr=False), "pgseg-s": PGSegConfig, "tiny": tiny_config,
            "tiny-groupvit": lambda: tiny_config(npr=False), "demo": demo_config}
-
-
-MULTI_LABEL_POOLS = ("mean", "max", "match")
-ASSIGN_METRICS = ("dot", "distance")
 
 
 class PGSeg(nn.Module):
