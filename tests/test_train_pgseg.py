@@ -213,7 +213,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1"}
 
 
-def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, family):
+@pytest.fixture
+def one_thread():
+    """This process on one thread, as the killed run's (_env), whatever the caller's OMP_NUM_THREADS: another
+    thread count sums in another order, and bit-exact means the same order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, family, one_thread):
     whole = run_train_pgseg(world, tmp_path / "whole", _cfg()).model
     run = tmp_path / "killed"
     # a run slowed down after each iteration, killed with -9 once its second checkpoint (iteration 4) is on disk
