@@ -84,19 +84,45 @@ MAIN = ("sc-clip", "cass")  # every photo; ProxyCLIP (a DINO ViT-B/8 per window)
 METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",), "cass": ("cass",)}
 
 
-def proxy_weights(work: Path) -> Path:
+def proxy_weights(work: Path, pos_std: float | None = None) -> Path:
     """Random DINO ViT-B/8 weights (seed 0; timm's init, DINO's tensor names) as ``work/dino_vitb8.pth``, made once.
     CASS's free run uses a copy whose last key projection (and CLIP's) ``cass_weights.py`` shaped; it leaves it in
-    its work folder, where this then finds it."""
+    its work folder, where this then finds it.
+
+    ``pos_std`` (``--proxy-pos-std``): the same weights with ``pos_embed`` redrawn N(0, pos_std), seed 2, as
+    ``work/dino_vitb8_pos{pos_std:g}.pth``: ProxyCLIP's proxy attention masks ``S - beta mean S < 0`` as Trident's
+    does (:data:`TRIDENT_FINDINGS`), so with timm's 0.02 positions the tokens of a smooth photo collapse and every
+    row of it is ``-inf`` on both sides (:data:`PROXYCLIP_FINDINGS`)."""
+    import torch
+
     path = work / "dino_vitb8.pth"
     if not path.is_file():
         import timm
-        import torch
 
         torch.manual_seed(0)
         model = timm.create_model(PROXY_MODEL, pretrained=False, num_classes=0)
         torch.save(model.state_dict(), path)
-    return path
+    if pos_std is None:
+        return path
+    moved = work / f"dino_vitb8_pos{pos_std:g}.pth"
+    if not moved.is_file():
+        state = torch.load(path, map_location="cpu")
+        g = torch.Generator().manual_seed(2)
+        state["pos_embed"] = pos_std * torch.randn(state["pos_embed"].shape, generator=g)
+        torch.save(state, moved)
+    return moved
+
+
+# the ProxyCLIP run before --proxy-pos-std (timm's DINO init; main at b7cc17c)
+PROXYCLIP_FINDINGS = [
+    "Before: DINO ViT-B/8 with timm's init (pos_embed std 0.02). img_003, img_006, img_008: logits NaN on both "
+    "sides, so the headline max |d| was NaN and the bar not met (an earlier run's headline, 9.7e-8, had skipped "
+    "them: Python's max passes over NaN; dense_parity.worst now lets NaN win); the 9 other photos: dense logits "
+    "1.1e-7, probabilities 2.3e-7 or less, labels 100 % equal.",
+    "Cause: ProxyCLIP's proxy attention is Trident's, (S - beta mean S) gamma with the negatives -inf (beta 1.2): "
+    "on those photos the random DINO's tokens collapse (TRIDENT_FINDINGS, the same three photos) and every row is "
+    "masked. Fix: --proxy-pos-std 1, DINO's pos_embed redrawn N(0, 1), seed 2, both sides loading the file.",
+]
 
 
 class Vpltool(dp.Vpltool):
@@ -182,7 +208,7 @@ def precompute(work: Path, args) -> None:
     with harness():
         model, config_dir = dp.model_config(work, args.model, args.text_layers)
         _, st, photos = dp.setup(work, model, config_dir, args.images, 1.0)
-        vt = Vpltool(model, st, config_dir, proxy_weights(work))
+        vt = Vpltool(model, st, config_dir, proxy_weights(work, args.proxy_pos_std))
         clones = find_clones(args.ref)
         pre = {"mean": [122.771, 116.746, 104.094], "std": [68.501, 66.632, 70.323], "rgb_to_bgr": True}
         for name in args.methods.split(","):
@@ -748,7 +774,7 @@ def run(work: Path, args, argv: list[str] | None = None) -> dict:
             selected = args.methods.split(",")
             clones = {c: path for c, path in find_clones(args.ref).items()
                       if any(v[0] == c and n in selected for n, v in VARIANTS.items())}
-            dino = proxy_weights(work)
+            dino = proxy_weights(work, args.proxy_pos_std)
             vt = Vpltool(model, st, config_dir, dino)
             dino_clone = args.dino_clone or next((p for p in args.ref.iterdir() if p.name.lower() == "dino"), None)
             if "ProxyCLIP" in clones and "proxyclip" in selected and dino_clone is None:
@@ -772,6 +798,10 @@ def run(work: Path, args, argv: list[str] | None = None) -> dict:
         "benchmark": "ovss-parity", "quick": args.quick, "machine": benchlib.machine("cpu"), "model": model,
         "text_layers": None if args.quick else args.text_layers,
         "weights": weights_of(work), "precision": "fp32", "device": "cpu",
+        "proxy_weights": ("DINO ViT-B/8, timm's init (seed 0)" if args.proxy_pos_std is None else
+                          f"DINO ViT-B/8, timm's init (seed 0), pos_embed N(0, {args.proxy_pos_std:g}) (seed 2)"),
+        **({"findings": PROXYCLIP_FINDINGS} if args.proxy_pos_std is not None and "proxyclip" in args.methods
+           else {}),
         "threads": args.threads, "photos": {n: len(v["photos"]) for n, v in variants.items()},
         "argv": sys.argv[1:] if argv is None else argv,
         "bar": f"max abs difference of the dense logits <= {BAR:g} and equal labels >= {LABELS_BAR:.1%} (fp32, CPU)",
@@ -796,6 +826,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (and per clone)")
     ap.add_argument("--jobs", type=int, default=2, help="variants compared at once (threads) on vpltool's side")
     ap.add_argument("--model", default="ViT-B-16-quickgelu")
+    ap.add_argument("--proxy-pos-std", type=float, help="the proxy DINO's pos_embed redrawn N(0, S), seed 2, on both "
+                    "sides (ProxyCLIP: with timm's 0.02 its proxy attention is all -inf on smooth photos; default: "
+                    "timm's init)")
     ap.add_argument("--dino-clone", type=Path, help="a clone of facebookresearch/dino for ProxyCLIP's torch.hub "
                                                     "model [default: --ref's dino folder]")
     ap.add_argument("--methods", default=",".join(VARIANTS), help="the variants to run, comma-separated; or trident "

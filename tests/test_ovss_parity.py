@@ -138,3 +138,21 @@ def test_replayed_matchings_hand_back_the_reference_columns_and_their_gap():
     assert cols.tolist() == [1, 0] and not calls  # the reference's matching, consumed
     assert seen[0]["differs"] and seen[0]["gap"] == 2.0 and seen[0]["cost_max_abs_diff"] == 0.5
     assert scipy.optimize.linear_sum_assignment(cost)[1].tolist() == [0, 1]  # restored
+
+
+def test_proxy_pos_std_redraws_only_the_positions_of_the_same_dino(tmp_path, monkeypatch):
+    """``--proxy-pos-std S``: the proxy DINO of the default file with its ``pos_embed`` alone redrawn N(0, S) (seed
+    2), written once beside it; without it the default file (timm's init) is what both sides load."""
+    import timm
+
+    # the real ViT-B/8 is 86 M parameters: a tiny ViT of the same names stands in
+    monkeypatch.setattr(timm, "create_model", lambda name, **kw: timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=0))
+    plain = ovss_parity.proxy_weights(tmp_path)
+    assert plain == tmp_path / "dino_vitb8.pth"
+    moved = ovss_parity.proxy_weights(tmp_path, 1.0)
+    assert moved.name == "dino_vitb8_pos1.pth" and ovss_parity.proxy_weights(tmp_path, 1.0) == moved
+    a, b = torch.load(plain), torch.load(moved)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "pos_embed")
+    assert 0.8 < b["pos_embed"].std().item() < 1.2 and a["pos_embed"].std().item() < 0.05
