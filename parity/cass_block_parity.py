@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = np.arange(len(p_vt))
     print(json.dumps({
         "benchmark": "cass-block-parity", "machine": benchlib.machine("cpu"), "precision": "fp32",
-        "weights": "random (seed 0): CLIP ViT-B/16 (one text block), DINO ViT-B/8", "input": list(x.shape[-2:]),
+        # the work folder's own weights (cass_weights.py may have shaped them): what both sides loaded
+        "weights": f"{op.weights_of(work)}: CLIP ViT-B/16 (one text block), DINO ViT-B/8",
+        "input": list(x.shape[-2:]),
         "dino_keys_max_abs_diff": float((keys - qkv[1][:, :, 1:]).abs().max()),
         "spectral_block_max_abs_diff": float((ours - theirs).abs().max()),
         "spectral_block_scale": float(theirs.abs().max()),
