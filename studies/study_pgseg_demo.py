@@ -38,10 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vpltool import io
-from vpltool.config.pgseg import PGSEG_RECIPES
-from vpltool.data import open_dataset
-from vpltool.ops.kernels import MiouAccumulator
+# this checkout's vpltool, as the `-m vpltool` commands it runs from here take it (not another one installed)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vpltool import io  # noqa: E402
+from vpltool.config.pgseg import PGSEG_RECIPES  # noqa: E402
+from vpltool.data import open_dataset  # noqa: E402
+from vpltool.ops.kernels import MiouAccumulator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402
@@ -224,7 +226,10 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=2, help="(B) and (C)'s epochs, from (A)")
     ap.add_argument("--finetune-warmup", type=float, default=0.1, help="(B) and (C)'s warm-up epochs")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
-    ap.add_argument("--short-side", type=int, default=DEMO["crop_size"], help="segment's; default: the recipe's crop")
+    # the reference tests at twice its training side (448 against 224 crops); the demo likewise (chosen on train:
+    # docs/pgseg.md, studies/results/pgseg_token_seed_probes.json)
+    ap.add_argument("--short-side", type=int, default=2 * DEMO["crop_size"],
+                    help="segment's and the proxies' short side; default: twice the recipe's crop, as the reference")
     ap.add_argument("--proxy-images", type=int, default=100, help="train scenes for NPR's mechanism")
     ap.add_argument("--toy-steps", type=int, default=400, help="the equal-data toy CLIP's steps (x 64 pairs)")
     args = ap.parse_args()

@@ -3985,6 +3985,13 @@ def _pgseg_match_too_many_nouns(ws: Workspace) -> Iterator[list[object]]:
            "--multi-label", "9", "--nouns", ws.root / "nouns_match.txt"]
 
 
+@case("centres seeded from the tokens with the centre residual on (train-pgseg --assign-init tokens)",
+      "--assign-init tokens", "pass --no-center-residual --assign-metric distance")
+def _pgseg_token_seeds_with_residual(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--assign-init", "tokens",
+           "--assign-metric", "distance"]
+
+
 @case("a ViT's weights as --init (train-pgseg)", "not a PGSeg checkpoint")
 def _pgseg_init_other_architecture(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", ws.dino_weights("vit_as_pgseg.safetensors"),

@@ -138,3 +138,102 @@ def test_by_distance_the_nearest_centre_takes_a_token_not_the_longest_query():
     key = (near + 0.1 * torch.randn(5, 4, generator=torch.Generator().manual_seed(0)))[None]
     picks = {m: b(query, key)[1]["soft"][0, 0].argmax(0).tolist() for m, b in blocks.items()}
     assert picks == {"dot": [0] * 5, "distance": [1] * 5}
+
+
+def _clusters(sizes: list[int], dim: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[1, sum(sizes), dim]`` tokens in tight clusters around far-apart centres, and each token's cluster."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 10 * torch.eye(dim)[:len(sizes)]
+    label = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    tokens = centres[label] + 0.1 * torch.randn(len(label), dim, generator=g)
+    perm = torch.randperm(len(label), generator=g)
+    return tokens[perm][None], label[perm]
+
+
+def test_farthest_point_seeds_take_one_token_of_each_cluster_small_ones_first():
+    """A large background cluster and three small object clusters: four seeds land one in each, and the first
+    is not the background's (the farthest key from the image's mean lies in a small cluster)."""
+    from vpltool.models.pgseg.groupvit import farthest_point_seeds
+
+    tokens, label = _clusters([130, 5, 5, 4])
+    seeds = farthest_point_seeds(tokens, 4)[0]
+    assert sorted(label[seeds].tolist()) == [0, 1, 2, 3]
+    assert label[seeds[0]].item() != 0
+
+
+def test_seeded_from_the_tokens_each_cluster_gets_its_own_group_whatever_the_group_tokens():
+    """``init`` "tokens": the groups follow the image's own clusters even when every group token is the same
+    vector; from the group tokens' queries (the reference's) equal queries put every token in one group."""
+    from vpltool.models.pgseg.groupvit import AssignAttention
+
+    tokens, label = _clusters([100, 6, 6, 4])
+    groups = {}
+    for init in ("query", "tokens"):
+        block = AssignAttention(8, metric="distance", iters=3, init=init).eval()
+        with torch.no_grad():
+            for proj in (block.q_proj, block.k_proj):
+                proj.weight.copy_(torch.eye(8))
+                proj.bias.zero_()
+        query = torch.ones(1, 4, 8)  # four identical group tokens
+        groups[init] = block(query, tokens)[1]["hard"][0, 0].argmax(0)
+    assert groups["query"].unique().numel() == 1
+    found = groups["tokens"]
+    # one group per cluster, and every token of a cluster in its cluster's group
+    assert found.unique().numel() == 4
+    for c in range(4):
+        assert found[label == c].unique().numel() == 1
+
+
+def test_seeded_from_the_tokens_the_keys_get_gradients():
+    """The seeds and the k-means memberships carry no gradient, the centres (means of keys) and the assignment
+    do: the key projection learns from the loss."""
+    from vpltool.models.pgseg.groupvit import AssignAttention
+
+    torch.manual_seed(0)
+    block = AssignAttention(8, metric="distance", iters=2, init="tokens").train()
+    out, _ = block(torch.randn(2, 4, 8), torch.randn(2, 20, 8))
+    out.pow(2).sum().backward()
+    assert block.k_proj.weight.grad.abs().sum() > 0
+    assert block.v_proj.weight.grad.abs().sum() > 0
+    assert block.q_proj.weight.grad is None  # the group tokens' queries are not read
+
+
+@pytest.mark.parametrize("overrides", [dict(assign_init="tokens", assign_metric="distance"),
+                                       dict(assign_init="tokens", center_residual=False),
+                                       dict(assign_init="centres")])
+def test_token_seeds_without_distance_or_with_the_centre_residual_are_refused(overrides):
+    with pytest.raises(ValueError, match="assign_init"):
+        tiny_config(**overrides)
+
+
+def test_a_model_seeded_from_the_tokens_trains_a_step():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(npr=False, assign_init="tokens", assign_metric="distance",
+                                    center_residual=False, assign_iters=2)).train()
+    feats = model.image_features(torch.randn(3, 3, 32, 32))
+    feats["pooled"].pow(2).sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "assign.k_proj" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_seeded_from_the_tokens_a_centre_is_the_mean_of_its_tokens_and_an_empty_group_keeps_its_token():
+    """NPR matches the grouping's centres with its prototypes through normalised similarities: with token seeds
+    a group's centre is the mean of the (normalised) tokens it holds, and a group that holds none keeps its group
+    token, never a zero vector (whose normalisation has no finite gradient)."""
+    from vpltool.models.pgseg.groupvit import GroupingBlock
+
+    torch.manual_seed(0)
+    block = GroupingBlock(8, 8, 1, 6, 6, center_residual=False, assign_metric="distance", assign_iters=2,
+                          assign_init="tokens").eval()
+    a, b = torch.randn(2, 8)
+    tokens = torch.stack([a] * 20 + [b] * 5)[None]  # two distinct tokens, six groups: four hold nothing
+    with torch.no_grad():
+        _, maps, center = block(tokens, torch.randn(1, 6, 8))
+        held = maps["hard"][0, 0]  # [G, L]
+        normed = block.norm_x(tokens)[0]
+    assert (held.sum(-1) == 0).any()
+    for g in range(6):
+        if held[g].sum() > 0:
+            assert torch.allclose(center[0, g], normed[held[g] > 0].mean(0), atol=1e-5)
+        else:
+            assert center[0, g].norm() > 0.1

@@ -134,7 +134,9 @@ def test_the_trainers_knobs_reach_the_model_it_builds():
     cfg = pgseg_recipe("demo", multi_positive=True, temperature=0.05, hard_assignment=False)
     out = _model_config(fam, cfg, None)
     assert (out.multi_positive, out.multi_label_pool, out.contrast_temperature, out.hard_assignment,
-            out.assign_qk_init, out.qk_init, out.multi_label) == (True, "max", 0.05, False, 6.0, 2.0, 3)
+            out.assign_qk_init, out.qk_init, out.multi_label) == (True, "match", 0.05, False, 6.0, 2.0, 4)
+    assert (out.assign_init, out.assign_metric, out.assign_iters, out.center_residual) == ("tokens", "distance", 3,
+                                                                                            False)
     assert out.attention_window == cfg.attention_window
     trained = fam.PGSegConfig.from_dict({**out.to_dict(), "assign_qk_init": 1.5})
     again = _model_config(fam, cfg, trained)  # an --init's own init gains stay as its file records them
@@ -180,7 +182,7 @@ def test_same_caption_nouns_keys_captions_by_their_nouns(monkeypatch):
     from vpltool.stages.train_pgseg import PairViews
 
     with pytest.raises(VplError, match="--same-caption nouns: needs --multi-positive"):
-        pgseg_recipe("demo", same_caption="nouns")
+        pgseg_recipe("cpu", same_caption="nouns")
     cfg = pgseg_recipe("cpu", multi_label=2, multi_positive=True, same_caption="nouns", noun_templates="simple")
     from PIL import Image
 

@@ -96,6 +96,11 @@ def train_pgseg_cmd(
     assign_metric: Annotated[Optional[str], _opt("A token's affinity to a group: dot (the query-key product, the "
                                                  "reference's) | distance (minus the squared query-key distance: "
                                                  "the nearest centre, as k-means).", "assign_metric")] = None,
+    assign_init: Annotated[Optional[str], _opt("Where the grouping's centres start: query (the group tokens', the "
+                                               "reference's) | tokens (farthest-point seeds among the image's "
+                                               "token keys, then --assign-iters - 1 k-means steps; needs "
+                                               "--no-center-residual --assign-metric distance).",
+                                               "assign_init")] = None,
     center_residual: Annotated[Optional[bool], typer.Option(
         "--center-residual/--no-center-residual", show_default=False,
         help="A grouping block's output: the group token plus the tokens assigned to it (the reference's) or the "
@@ -158,7 +163,7 @@ def train_pgseg_cmd(
                        assign_qk_init=assign_qk_init, qk_init=qk_init, attention_window=attention_window,
                        temperature=temperature, hflip=hflip,
                        hard_assignment=hard_assignment, assign_iters=assign_iters,
-                       center_residual=center_residual, assign_metric=assign_metric)
+                       center_residual=center_residual, assign_metric=assign_metric, assign_init=assign_init)
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
         s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
                             init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,

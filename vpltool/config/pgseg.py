@@ -21,6 +21,7 @@ PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: th
 SAME_CAPTION = ("text", "nouns")  # what makes two captions the same for --multi-positive
 MULTI_LABEL_POOLS = ("mean", "max", "match")  # the multi-label loss's image side (PGSegConfig.multi_label_pool)
 ASSIGN_METRICS = ("dot", "distance")  # a token's affinity to a group (PGSegConfig.assign_metric)
+ASSIGN_INITS = ("query", "tokens")  # where the assignment's centres start (PGSegConfig.assign_init)
 NOUN_TEMPLATES = ("full", "simple")  # the noun prompts' templates: CLIP's 80 ImageNet ones (the reference's), or
 # segmentation's one "a photo of a {}."
 PGSEG_RECIPES: dict[str, dict[str, Any]] = {
@@ -33,14 +34,18 @@ PGSEG_RECIPES: dict[str, dict[str, Any]] = {
     # pgseg_length.json); nothing was tuned on val. The demo (make pgseg) adds GroupViT's multi-label noun loss,
     # `--multi-label 3 --nouns FILE` (the world's shape and background words): a noun vocabulary is data, so the
     # recipe keeps the reference's 0 (docs/pgseg.md: the demo's figures with and without it)
-    # the demo world from `make-pairs` shards (32,000 pairs: one pass, 500 steps), chosen on the train split
-    # (docs/pgseg.md, studies/results/pgseg_recipe_probes.json): the toy CLIP's image tower size ("demo" preset),
-    # the whole 96 px views unflipped (their captions say left and right), GroupViT's multi-label loss (3 nouns)
-    # read on each image's best group (what segmentation reads), the assignment attention's mimetic init at gain 6
-    # (the others' at 2): with the reference's init every soft assignment stayed near uniform
-    "demo": {"preset": "demo", "batch_size": 64, "epochs": 1, "warmup_epochs": 0.05, "lr": 1e-3, "warmup_lr": 1e-5,
-             "min_lr": 1e-5, "crop_size": 96, "min_scale": 1.0, "hflip": False, "multi_label": 3,
-             "multi_label_pool": "max", "assign_qk_init": 6.0, "qk_init": 2.0, "log_every": 10},
+    # the demo world from `make-pairs` shards (32,000 pairs: one pass at batch 32, 1,000 steps, a 50-step warm-up),
+    # chosen on the train split (docs/pgseg.md, studies/results/pgseg_token_seed_probes.json): the toy CLIP's image
+    # tower size ("demo" preset), the whole 96 px views unflipped (their captions say left and right), the
+    # assignment's centres seeded from each image's tokens with k-means steps (assign_init "tokens", the nearest
+    # centre, each group the tokens it holds: with the group tokens' queries, the reference's, the objects, 8 % of
+    # a scene, got no group of their own), GroupViT's multi-label loss with 4 nouns each matched to its own final
+    # group, equal noun prompts (one template) as positives, the mimetic init (assignment gain 6, others 2)
+    "demo": {"preset": "demo", "batch_size": 32, "epochs": 1, "warmup_epochs": 0.05, "lr": 1e-3, "warmup_lr": 1e-5,
+             "min_lr": 1e-5, "crop_size": 96, "min_scale": 1.0, "hflip": False, "multi_label": 4,
+             "multi_label_pool": "match", "noun_templates": "simple", "multi_positive": True,
+             "assign_init": "tokens", "assign_metric": "distance", "assign_iters": 3, "center_residual": False,
+             "assign_qk_init": 6.0, "qk_init": 2.0, "log_every": 10},
     "cpu": {"preset": "tiny", "batch_size": 32, "epochs": 75, "warmup_epochs": 3, "lr": 1e-3, "warmup_lr": 1e-5,
             "min_lr": 1e-4, "crop_size": 96, "min_scale": 1.0, "log_every": 5},
 }
@@ -100,6 +105,8 @@ class PGSegTrainConfig:
     # tokens (the reference's); False: its tokens alone
     assign_metric: str = "dot"  # a token's affinity to a group (PGSegConfig.assign_metric): "dot", the reference's;
     # "distance", the nearest centre
+    assign_init: str = "query"  # where the assignment's centres start (PGSegConfig.assign_init): "query", the
+    # group tokens' (the reference's); "tokens", farthest-point seeds among the image's tokens + k-means steps
     hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
 
     def __post_init__(self) -> None:
@@ -121,6 +128,10 @@ class PGSegTrainConfig:
         choice("--noun-templates", self.noun_templates, NOUN_TEMPLATES)
         choice("--multi-label-pool", self.multi_label_pool, MULTI_LABEL_POOLS)
         choice("--assign-metric", self.assign_metric, ASSIGN_METRICS)
+        choice("--assign-init", self.assign_init, ASSIGN_INITS)
+        if self.assign_init == "tokens" and (self.center_residual or self.assign_metric != "distance"):
+            raise VplError("--assign-init tokens: its centres are clusters of the image's tokens, which no group "
+                           "token stands for; pass --no-center-residual --assign-metric distance with it")
         choice("--same-caption", self.same_caption, SAME_CAPTION)
         if self.multi_label_pool == "match" and not self.multi_label:
             raise VplError("--multi-label-pool match: matches the noun prompts to groups; pass --multi-label K "

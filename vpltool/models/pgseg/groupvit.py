@@ -69,6 +69,22 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
     return y_hard - y_soft.detach() + y_soft
 
 
+@torch.no_grad()
+def farthest_point_seeds(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """``[B, L, c]`` -> ``[B, count]`` int64: farthest-point seeds in each image's key space (no gradient). The
+    first is the key farthest from the image's mean key (an object among a large background), each next one the
+    key farthest from every seed chosen so far: k-means++'s spread without its draw, so a run stays seeded alike."""
+    b, n, c = keys.shape
+    seeds = torch.empty(b, count, dtype=torch.long, device=keys.device)
+    nearest = (keys - keys.mean(1, keepdim=True)).pow(2).sum(-1)  # [B, L]: the first seed's score
+    for j in range(count):
+        seeds[:, j] = nearest.argmax(1)
+        chosen = keys.gather(1, seeds[:, j, None, None].expand(b, 1, c))  # [B, 1, c]
+        gap = (keys - chosen).pow(2).sum(-1)
+        nearest = gap if j == 0 else torch.minimum(nearest, gap)
+    return seeds
+
+
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """``[B, N, C]`` -> ``[B, heads, N, C // heads]``."""
     b, n, c = x.shape
@@ -174,7 +190,8 @@ class AssignAttention(nn.Module):
     """
 
     def __init__(self, dim: int, qkv_bias: bool = True, hard: bool = True, gumbel: bool = True,
-                 gumbel_tau: float = 1.0, assign_eps: float = 1.0, iters: int = 1, metric: str = "dot"):
+                 gumbel_tau: float = 1.0, assign_eps: float = 1.0, iters: int = 1, metric: str = "dot",
+                 init: str = "query"):
         super().__init__()
         self.num_heads = 1
         self.scale = dim ** -0.5
@@ -185,7 +202,7 @@ class AssignAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(0.0)
         self.hard, self.gumbel, self.gumbel_tau, self.assign_eps = hard, gumbel, gumbel_tau, assign_eps
-        self.iters, self.metric = iters, metric
+        self.iters, self.metric, self.init = iters, metric, init
 
     def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """``[B, 1, G, c]``, ``[B, 1, L, c]`` -> ``[B, 1, G, L]``: ``q . k`` scaled (the reference's), or with
@@ -202,15 +219,33 @@ class AssignAttention(nn.Module):
             return gumbel_softmax(raw, dim=-2, hard=hard, tau=self.gumbel_tau)
         return hard_softmax(raw, dim=-2) if hard else F.softmax(raw, dim=-2)
 
+    def _token_centres(self, k: torch.Tensor, groups: int) -> torch.Tensor:
+        """``init`` "tokens": ``[B, 1, L, c]`` keys -> ``[B, 1, G, c]`` centres: farthest-point seeds among the
+        keys, then ``iters - 1`` hard k-means steps (each centre the mean key of the tokens nearest it; the choice
+        carries no gradient, the means do; a centre that holds no token stays where it is)."""
+        seeds = farthest_point_seeds(k[:, 0].detach(), groups)  # [B, G]
+        q = k[:, 0].gather(1, seeds[..., None].expand(-1, -1, k.shape[-1]))[:, None]  # [B, 1, G, c]
+        for _ in range(self.iters - 1):
+            with torch.no_grad():
+                near = torch.cdist(k[:, 0], q[:, 0]).argmin(-1)  # [B, L]
+                member = F.one_hot(near, groups).transpose(1, 2)[:, None].to(k.dtype)  # [B, 1, G, L]
+                mass = member.sum(-1, keepdim=True)
+            q = torch.where(mass > 0, (member @ k) / mass.clamp(min=1), q)
+        return q
+
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        q, k, v = _heads(self.q_proj(query), 1), _heads(self.k_proj(key), 1), _heads(self.v_proj(key), 1)
-        raw = self._logits(q, k)  # [B, 1, G, L]
-        for _ in range(self.iters - 1):  # k-means steps in the key space: each query moves to its tokens' mean key
-            soft = F.softmax(raw, dim=-2)  # [B, 1, G, L]
-            mass = soft.sum(-1, keepdim=True)  # [B, 1, G, 1]
-            # a group that holds (almost) no token keeps its query: a mean over nothing is no centre
-            q = torch.where(mass > 1e-3, (soft @ k) / mass.clamp(min=1e-3), q)
-            raw = self._logits(q, k)
+        k, v = _heads(self.k_proj(key), 1), _heads(self.v_proj(key), 1)
+        if self.init == "tokens":  # the centres come from this image's tokens, not from the group tokens
+            raw = self._logits(self._token_centres(k, query.shape[1]), k)
+        else:
+            q = _heads(self.q_proj(query), 1)
+            raw = self._logits(q, k)  # [B, 1, G, L]
+            for _ in range(self.iters - 1):  # k-means steps in the key space: each query moves to its tokens' mean
+                soft = F.softmax(raw, dim=-2)  # [B, 1, G, L]
+                mass = soft.sum(-1, keepdim=True)  # [B, 1, G, 1]
+                # a group that holds (almost) no token keeps its query: a mean over nothing is no centre
+                q = torch.where(mass > 1e-3, (soft @ k) / mass.clamp(min=1e-3), q)
+                raw = self._logits(q, k)
         attn = self._assign(raw, self.gumbel, self.hard)
         maps = {"hard": attn.clone(), "soft": self._assign(raw, gumbel=False, hard=False)}
         attn = self.attn_drop(attn / (attn.sum(dim=-1, keepdim=True) + self.assign_eps))
@@ -221,12 +256,13 @@ class GroupingBlock(nn.Module):
     """Merge ``L`` image tokens into ``G`` groups: project the stage's ``S`` group tokens to ``G`` (token MLP),
     cross-attend them to the image tokens, assign every image token to one group (:class:`AssignAttention`), then
     a residual MLP. ``[B, L, C]``, ``[B, S, C]`` -> ``[B, G, C_out]``, the maps, and the projected group tokens
-    ``[B, G, C]`` (``center``: what PGSeg's I-NPR and T-NPR match with prototypes)."""
+    ``[B, G, C]`` (``center``: what PGSeg's I-NPR and T-NPR match with prototypes; with ``assign_init`` "tokens"
+    the mean of each group's tokens)."""
 
     def __init__(self, dim: int, out_dim: int, num_heads: int, num_group_token: int, num_output_group: int,
                  mlp_ratio: tuple[float, float] = (0.5, 4.0), hard: bool = True, gumbel: bool = True,
                  fused: bool = False, assign_iters: int = 1, center_residual: bool = True,
-                 assign_metric: str = "dot"):
+                 assign_metric: str = "dot", assign_init: str = "query"):
         super().__init__()
         self.norm_tokens = nn.LayerNorm(dim)
         tokens_dim, channels_dim = (int(r * dim) for r in mlp_ratio)
@@ -236,7 +272,7 @@ class GroupingBlock(nn.Module):
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4, qkv_bias=True, post_norm=True,
                                               fused=fused)
         self.assign = AssignAttention(dim, qkv_bias=True, hard=hard, gumbel=gumbel, iters=assign_iters,
-                                      metric=assign_metric)
+                                      metric=assign_metric, init=assign_init)
         self.center_residual = center_residual
         self.norm_new_x = nn.LayerNorm(dim)
         self.mlp_channels = Mlp(dim, channels_dim, out_dim)
@@ -249,6 +285,12 @@ class GroupingBlock(nn.Module):
         center = self.norm_post_tokens(self.mlp_inter(group_tokens.transpose(1, 2)).transpose(1, 2))
         center = self.pre_assign_attn(center, x)
         new_x, maps = self.assign(center, x)
+        if self.assign.init == "tokens":  # the groups are clusters of x, which no group token stands for: a
+            # group's centre (what NPR matches with its prototypes) is the mean of the tokens it holds; a group
+            # that holds none keeps its group token (a zero centre would blow up NPR's normalised similarities)
+            hard = maps["hard"][:, 0]  # [B, G, L]
+            mass = hard.sum(-1, keepdim=True)  # [B, G, 1]
+            center = torch.where(mass > 0, (hard @ x) / mass.clamp(min=1), center)
         if self.center_residual:  # the reference's: a group is its token plus what it gathered
             new_x = new_x + center
         new_x = self.reduction(new_x) + self.mlp_channels(self.norm_new_x(new_x))
@@ -358,7 +400,7 @@ class GroupViTEncoder(nn.Module):
                 dim, dim, cfg.num_heads[i], cfg.num_group_tokens[i], cfg.num_output_groups[i],
                 hard=cfg.hard_assignment, gumbel=cfg.hard_assignment, fused=cfg.fused_attention,
                 assign_iters=cfg.assign_iters, center_residual=cfg.center_residual,
-                assign_metric=cfg.assign_metric)
+                assign_metric=cfg.assign_metric, assign_init=cfg.assign_init)
             npr = None if (last or not cfg.npr) else NPR(
                 dim=dim, out_dim=dim, num_output_group=cfg.num_output_groups[i], iters=cfg.npr_iters,
                 momentum=cfg.npr_momentum)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.pgseg import ASSIGN_METRICS, MULTI_LABEL_POOLS
+from ...config.pgseg import ASSIGN_INITS, ASSIGN_METRICS, MULTI_LABEL_POOLS
 from .groupvit import GroupViTEncoder
 from .npr import Gather, ProjectMLP, npr_losses
 from .targets import gathered_ids, matched_label_loss, positive_targets, soft_target_ce
@@ -96,6 +96,11 @@ class PGSegConfig:
     # how a token's affinity to a group is read: "dot", the query-key product (the reference's: the query of largest
     # norm takes every token on its side); "distance", minus the squared query-key distance (the nearest centre)
     assign_metric: str = "dot"
+    # where a grouping block's assignment centres start: "query", the group tokens' queries (the reference's);
+    # "tokens", farthest-point seeds among this image's token keys refined by assign_iters - 1 hard k-means steps
+    # (the group tokens then only gather context through attention; the centre residual pairs no group token with a
+    # cluster, so it must be off, and the affinity must be the distance)
+    assign_init: str = "query"
 
     def __post_init__(self):
         for name in ("depths", "num_heads", "num_group_tokens", "num_output_groups"):
@@ -115,6 +120,11 @@ class PGSegConfig:
                              f"prompts its own final group; there are {self.num_output_groups[-1]}")
         if self.assign_metric not in ASSIGN_METRICS:
             raise ValueError(f"PGSegConfig: assign_metric is one of {', '.join(ASSIGN_METRICS)}")
+        if self.assign_init not in ASSIGN_INITS:
+            raise ValueError(f"PGSegConfig: assign_init is one of {', '.join(ASSIGN_INITS)}")
+        if self.assign_init == "tokens" and (self.center_residual or self.assign_metric != "distance"):
+            raise ValueError("PGSegConfig: assign_init 'tokens' needs center_residual False and assign_metric "
+                             "'distance'")
         if self.assign_iters < 1:
             raise ValueError("PGSegConfig: assign_iters is 1 (the reference's) or more")
         if self.attention_window < 0 or (self.attention_window and self.attention_window % 2 == 0):

@@ -180,7 +180,7 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
                                      "contrast_temperature": cfg.temperature,
                                      "hard_assignment": cfg.hard_assignment,
                                      "assign_iters": cfg.assign_iters, "center_residual": cfg.center_residual,
-                                     "assign_metric": cfg.assign_metric,
+                                     "assign_metric": cfg.assign_metric, "assign_init": cfg.assign_init,
                                      # an init's weights are trained: its own init gains stay as recorded
                                      **({} if init_config is not None else
                                         {"assign_qk_init": cfg.assign_qk_init, "qk_init": cfg.qk_init,
