@@ -455,7 +455,7 @@ parity: setup
 	$(if $(OVSS_REFS),$(VENV)/bin/python parity/benchmarks_parity.py --ref $(OVSS_REFS) \
 	  > $(PARITY_OUT)/benchmarks_parity.json.tmp && mv $(PARITY_OUT)/benchmarks_parity.json.tmp $(PARITY_OUT)/benchmarks_parity.json)
 	$(if $(OVSS_REFS),$(VENV)/bin/python parity/ovss_parity.py --ref $(OVSS_REFS) $(if $(OVSS_WORK),--work $(OVSS_WORK)) \
-	  --methods sc-clip,proxyclip --proxy-images $(OVSS_PROXY_IMAGES) > $(PARITY_OUT)/ovss_parity.json.tmp \
+	  --methods sc-clip,proxyclip --proxy-images $(OVSS_PROXY_IMAGES) --proxy-pos-std 1 > $(PARITY_OUT)/ovss_parity.json.tmp \
 	  && mv $(PARITY_OUT)/ovss_parity.json.tmp $(PARITY_OUT)/ovss_parity.json, \
 	  @echo "make parity: pass OVSS_REFS=/folder/of/clones (SC-CLIP @0417ba9, ProxyCLIP @e7b767f, dino: docs/open-vocabulary.md)")
 	$(if $(OVSS_REFS),$(if $(OVSS_WORK),$(VENV)/bin/python parity/cass_block_parity.py --clone $(OVSS_REFS)/CASS \
