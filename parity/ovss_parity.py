@@ -84,6 +84,17 @@ MAIN = ("sc-clip", "cass")  # every photo; ProxyCLIP (a DINO ViT-B/8 per window)
 METHODS = {"sc-clip": ("sc-clip",), "proxyclip": ("proxyclip",), "cass": ("cass",)}
 
 
+def redrawn_positions(state: dict, std: float) -> dict:
+    """A random DINO's state dict with its ``pos_embed`` redrawn N(0, ``std``) from its own generator, seed 2 (in
+    place; returned): positions of the order of the patch embeddings, so that a smooth photo's tokens do not
+    collapse (:data:`TRIDENT_FINDINGS`). Trident's and ProxyCLIP's parity weights both take it."""
+    import torch
+
+    g = torch.Generator().manual_seed(2)
+    state["pos_embed"] = std * torch.randn(state["pos_embed"].shape, generator=g)
+    return state
+
+
 def proxy_weights(work: Path, pos_std: float | None = None) -> Path:
     """Random DINO ViT-B/8 weights (seed 0; timm's init, DINO's tensor names) as ``work/dino_vitb8.pth``, made once.
     CASS's free run uses a copy whose last key projection (and CLIP's) ``cass_weights.py`` shaped; it leaves it in
@@ -106,10 +117,7 @@ def proxy_weights(work: Path, pos_std: float | None = None) -> Path:
         return path
     moved = work / f"dino_vitb8_pos{pos_std:g}.pth"
     if not moved.is_file():
-        state = torch.load(path, map_location="cpu")
-        g = torch.Generator().manual_seed(2)
-        state["pos_embed"] = pos_std * torch.randn(state["pos_embed"].shape, generator=g)
-        torch.save(state, moved)
+        torch.save(redrawn_positions(torch.load(path, map_location="cpu"), pos_std), moved)
     return moved
 
 
@@ -287,9 +295,7 @@ def trident_weights(work: Path) -> tuple[Path, Path]:
 
         torch.manual_seed(0)
         state = timm.create_model(TRIDENT_DINO, pretrained=False, num_classes=0).state_dict()
-        g = torch.Generator().manual_seed(2)
-        state["pos_embed"] = TRIDENT_DINO_POS_STD * torch.randn(state["pos_embed"].shape, generator=g)
-        torch.save(state, dino)
+        torch.save(redrawn_positions(state, TRIDENT_DINO_POS_STD), dino)
     if not sam.is_file():
         from segment_anything import sam_model_registry
 
