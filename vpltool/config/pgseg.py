@@ -107,6 +107,9 @@ class PGSegTrainConfig:
     # "distance", the nearest centre
     assign_init: str = "query"  # where the assignment's centres start (PGSegConfig.assign_init): "query", the
     # group tokens' (the reference's); "tokens", farthest-point seeds among the image's tokens + k-means steps
+    # the group tokens of each grouping stage, which are also its output groups (num_group_tokens /
+    # num_output_groups of the model's YAML); (): the preset's (GroupViT-S: 64, 8; demo: 8, 4)
+    groups: tuple[int, ...] = ()
     hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
 
     def __post_init__(self) -> None:
@@ -122,6 +125,12 @@ class PGSegTrainConfig:
         if self.attention_window and self.attention_window % 2 == 0:
             raise VplError(f"--attention-window {self.attention_window}: a window is centred on its patch, so it "
                            f"spans an odd number of patches; pass {self.attention_window + 1} (or 0: global)")
+        for count in self.groups:
+            at_least("--groups", count, 1, why=" (each grouping stage needs a group)")
+        if list(self.groups) != sorted(self.groups, reverse=True):
+            raise VplError(f"--groups {','.join(map(str, self.groups))}: each stage merges the groups of the one "
+                           f"before, so no stage may have more; pass them largest first, e.g. "
+                           f"{','.join(map(str, sorted(self.groups, reverse=True)))}")
         for name in ("checkpoint_every", "multi_label", "attention_window"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
         non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
@@ -164,8 +173,10 @@ class PGSegTrainConfig:
         return out
 
     def inert(self) -> dict[str, str]:
-        """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`)."""
-        return {} if self.multi_label else {"multi_label_weight": "without --multi-label K (K > 0)"}
+        """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`); no
+        ``--groups`` is the preset's, recorded as it was before the option (a run of then resumes now)."""
+        out = {} if self.multi_label else {"multi_label_weight": "without --multi-label K (K > 0)"}
+        return out if self.groups else {**out, "groups": "when empty (the preset's)"}
 
 
 def pgseg_recipe(name: str, **changes: Any) -> PGSegTrainConfig:
