@@ -214,10 +214,10 @@ def test_groups_set_each_stages_group_tokens_and_refuse_what_cannot_be_built(tmp
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         assert model.image_features(x)["groups"].shape[:2] == (2, 8)
-    plain = _model_config(fam, pgseg_recipe("demo"), None)
+    assert pgseg_recipe("demo").groups == (16, 8)  # the demo recipe's; () is the preset's
+    plain = _model_config(fam, pgseg_recipe("demo", groups=()), None)
     assert (tuple(plain.num_group_tokens), tuple(plain.num_output_groups)) == ((8, 4, 0), (8, 4))
-    assert "groups" not in to_params(pgseg_recipe("demo")) and to_params(pgseg_recipe("demo", groups=(16, 8)))[
-        "groups"] == [16, 8]
+    assert "groups" not in to_params(pgseg_recipe("cpu")) and to_params(pgseg_recipe("demo"))["groups"] == [16, 8]
     with pytest.raises(VplError, match="largest first, e.g. 16,8"):
         PGSegTrainConfig(groups=(8, 16))
     with pytest.raises(VplError, match="--groups 0: must be >= 1"):

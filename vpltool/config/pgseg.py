@@ -40,12 +40,14 @@ PGSEG_RECIPES: dict[str, dict[str, Any]] = {
     # assignment's centres seeded from each image's tokens with k-means steps (assign_init "tokens", the nearest
     # centre, each group the tokens it holds: with the group tokens' queries, the reference's, the objects, 8 % of
     # a scene, got no group of their own), GroupViT's multi-label loss with 4 nouns each matched to its own final
-    # group, equal noun prompts (one template) as positives, the mimetic init (assignment gain 6, others 2)
+    # group, equal noun prompts (one template) as positives, the mimetic init (assignment gain 6, others 2), and
+    # 16 then 8 groups (the preset's 4 final groups, one per object and the background, left the objects inside
+    # background groups, which the reference's rule then named: docs/pgseg.md, pgseg_group_count_probes.json)
     "demo": {"preset": "demo", "batch_size": 32, "epochs": 1, "warmup_epochs": 0.05, "lr": 1e-3, "warmup_lr": 1e-5,
              "min_lr": 1e-5, "crop_size": 96, "min_scale": 1.0, "hflip": False, "multi_label": 4,
              "multi_label_pool": "match", "noun_templates": "simple", "multi_positive": True,
              "assign_init": "tokens", "assign_metric": "distance", "assign_iters": 3, "center_residual": False,
-             "assign_qk_init": 6.0, "qk_init": 2.0, "log_every": 10},
+             "assign_qk_init": 6.0, "qk_init": 2.0, "groups": (16, 8), "log_every": 10},
     "cpu": {"preset": "tiny", "batch_size": 32, "epochs": 75, "warmup_epochs": 3, "lr": 1e-3, "warmup_lr": 1e-5,
             "min_lr": 1e-4, "crop_size": 96, "min_scale": 1.0, "log_every": 5},
 }
