@@ -12,7 +12,8 @@ import torch
 from vpltool.config.pgseg import PGSegTrainConfig, pgseg_recipe
 from vpltool.errors import VplError
 from vpltool.models.pgseg import build_model, tiny_config
-from vpltool.models.pgseg.groupvit import AssignAttention, Attention, window_mask
+from vpltool.models.pgseg.assign import AssignAttention
+from vpltool.models.pgseg.groupvit import Attention, window_mask
 from vpltool.models.pgseg.targets import positive_targets
 
 
