@@ -1214,7 +1214,8 @@ def main(argv: list[str] | None = None) -> None:
         kept["reruns"] = [*old.get("reruns", []), rerun]
     print(json.dumps({
         "benchmark": "weclip-parity", "quick": args.quick, "machine": benchlib.machine("cpu"),
-        "model": "ViT-B-16-quickgelu", "weights": weights_record(args, old), "precision": "fp32",
+        "model": "ViT-B-16-quickgelu", "weights": weights_record(args, old or previous_result(args)),
+        "precision": "fp32",
         "device": "cpu", "threads": args.threads, "crops": args.crops, "steps": args.steps, "photos": args.images,
         "crops_plus": ((reference.get("weclip+") or {}).get("runner_meta") or {}).get("crops"),
         "reference": reference, "vpltool_commit": commit_of(ROOT), "bars": {k: list(v) for k, v in BARS.items()},
@@ -1256,9 +1257,16 @@ def tied_plus(args, old: dict | None) -> dict:
     return {}
 
 
+def previous_result(args) -> dict | None:
+    """``--previous``'s result (make parity passes the committed one), or None: a whole rerun keeps the records of
+    its probes (weights.probe, weights.plus_batch), which ran on vpltool's side alone and are not run again."""
+    path = getattr(args, "previous", None)
+    return json.loads(path.read_text()) if path and path.is_file() else None
+
+
 def weights_record(args, old: dict | None = None) -> dict | str:
     """The JSON's ``weights``: what the CLIP weights were and why (sharpen_attention), with the probe's figures
-    (``--probe-json``'s, or else those of the ``--update`` result)."""
+    (``--probe-json``'s, or else those of ``old``: the ``--update`` result, or else ``--previous``'s)."""
     if args.qk_gain == 1 and args.qk_spread == 1:
         return "random (seed 0, fp16-exact values)"
     probe = json.loads(args.probe_json.read_text())["probe"] if args.probe_json else \

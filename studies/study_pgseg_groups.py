@@ -26,6 +26,10 @@ NPR's claims per object (each class present in a scene): ``groups_per_object``, 
 of the object's pixels (compactness: 1 is one group per object, more are redundant groups), and
 ``object_in_one_group``, the largest share of the object's pixels in one group (completeness; the group oracle is
 the image-level one).
+Where the reference's rule errs, at its threshold (0.95): ``false_object_pixels_per_object_pixel``, the background
+pixels it names a class per object pixel of the scenes; ``false_object_share_in_background_groups``,
+the share of those in final groups most of whose pixels are background (an object named with the background it
+shares a group with); ``object_pixels_missed``, the object pixels it calls background.
 ``--kmeans K``: could these features be grouped at all? The group oracle of K-means clusters (K groups, 20 Lloyd
 steps from K tokens drawn with seed 0) of each image's first-stage tokens as the first grouping block receives them
 (``kmeans_oracle_features``) and of its patches' mean colours (``kmeans_oracle_colours``), next to the model's
@@ -74,6 +78,8 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
     zero_shot = {f"{s}{tag}": MiouAccumulator(len(data.classes)) for tag in tags.values() for s in ("", "_background")}
     largest_bg = {"": MiouAccumulator(len(data.classes)), "_background": MiouAccumulator(len(data.classes))}
     top1, group_right, group_prob = [], [], []
+    false_object = {"in_background_groups": 0, "in_object_groups": 0}
+    object_pixels, object_missed = 0, 0
     scale = float(model.logit_scale.exp().clamp(max=100))
     for item in data.items[:n_images]:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
@@ -113,6 +119,17 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
                                    align_corners=False)[0].argmax(0)  # `segment --pgseg`'s labels, whole image
             logits[logits > len(names)] = 0  # a background word's pixels
             zero_shot[suffix + tag].add(gt, logits.to(torch.uint8).numpy())
+            if suffix == "" and tag == "":  # where the reference's rule calls background an object
+                labels = logits.numpy()
+                wrong = (gt == 0) & (labels > 0) & (labels <= len(names))
+                background_led = np.array([(gt[pixel_group == g] == 0).mean() > 0.5 if (pixel_group == g).any()
+                                           else False for g in range(combined.shape[-1])])
+                in_bg = int((wrong & background_led[pixel_group]).sum())
+                false_object["in_background_groups"] += in_bg
+                false_object["in_object_groups"] += int(wrong.sum()) - in_bg
+                objects = (gt > 0) & (gt != 255)
+                object_pixels += int(objects.sum())
+                object_missed += int((objects & (labels == 0)).sum())
             if tag == "":  # a diagnosis, no inference rule: the same labels with the largest group's pixels background
                 logits[torch.from_numpy(pixel_group == int(counts.argmax()))] = 0
                 largest_bg[suffix].add(gt, logits.to(torch.uint8).numpy())
@@ -124,6 +141,12 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
             "object_group_top_probability": statistics.fmean(group_prob) if group_prob else None,
             "groups_per_object": statistics.fmean(per_object), "object_in_one_group": statistics.fmean(completeness),
             **{f"stage{i + 1}_assignment_max": statistics.fmean(v) for i, v in sharp.items()},
+            # the reference's rule's false objects: background pixels named a class, per object pixel, and the
+            # share of them in groups most of whose pixels are background; the object pixels it calls background
+            "false_object_pixels_per_object_pixel": sum(false_object.values()) / max(object_pixels, 1),
+            "false_object_share_in_background_groups":
+                false_object["in_background_groups"] / max(sum(false_object.values()), 1),
+            "object_pixels_missed": object_missed / max(object_pixels, 1),
             **{f"zero_shot_miou{k}": acc.result()["miou"] for k, acc in zero_shot.items()},
             **{f"largest_group_background_miou{k}": acc.result()["miou"] for k, acc in largest_bg.items()}}
 

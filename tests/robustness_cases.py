@@ -3992,6 +3992,23 @@ def _pgseg_token_seeds_with_residual(ws: Workspace) -> Iterator[list[object]]:
            "--assign-metric", "distance"]
 
 
+@case("group counts that rise (train-pgseg --groups)", "--groups 4,8", "largest first, e.g. 8,4")
+def _pgseg_rising_groups(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--groups", "4,8"]
+
+
+@case("group counts for another number of grouping stages (train-pgseg --groups)", "--groups 8",
+      "grouping stage(s), so give")
+def _pgseg_groups_other_stages(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--groups", "8"]
+
+
+@case("group counts that are not whole numbers (train-pgseg --groups)", "--groups '8,four'",
+      "comma-separated whole numbers")
+def _pgseg_groups_not_numbers(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--groups", "8,four"]
+
+
 @case("a ViT's weights as --init (train-pgseg)", "not a PGSeg checkpoint")
 def _pgseg_init_other_architecture(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", ws.dino_weights("vit_as_pgseg.safetensors"),

@@ -220,3 +220,10 @@ def test_the_check_finds_a_circle(tmp_path, files, circle):
         (root / name).write_text(text)
     assert circles(import_graph(root)) == ([circle] if circle else [])
 
+
+
+def test_no_module_is_over_450_lines():
+    """docs/architecture.md's rule: a module a reader takes in at once (a bigger one is split by what its parts do)."""
+    long = {str(p.relative_to(PACKAGE)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 450}
+    assert not long, long

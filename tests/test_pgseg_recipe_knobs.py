@@ -12,7 +12,8 @@ import torch
 from vpltool.config.pgseg import PGSegTrainConfig, pgseg_recipe
 from vpltool.errors import VplError
 from vpltool.models.pgseg import build_model, tiny_config
-from vpltool.models.pgseg.groupvit import AssignAttention, Attention, window_mask
+from vpltool.models.pgseg.assign import AssignAttention
+from vpltool.models.pgseg.groupvit import Attention, window_mask
 from vpltool.models.pgseg.targets import positive_targets
 
 
@@ -198,3 +199,43 @@ def test_same_caption_nouns_keys_captions_by_their_nouns(monkeypatch):
     keys = [item[2] for item in items]
     assert torch.equal(keys[0], keys[1]) and not torch.equal(keys[0], keys[2])
     assert not torch.equal(items[0][1][0], items[1][1][0])  # the captions themselves differ
+
+
+def test_groups_set_each_stages_group_tokens_and_refuse_what_cannot_be_built(tmp_path):
+    """`--groups 16,8`: the grouping stages' tokens and output groups (the last stage keeps its 0 tokens); the
+    preset's when not given, and recorded only when given (a run of before the option resumes); refused in one line
+    when increasing, of another stage count, against an --init's own, or below --multi-label match's nouns."""
+    from vpltool.config import to_params
+    from vpltool.models import pgseg as fam
+    from vpltool.stages.train_pgseg import _model_config
+
+    out = _model_config(fam, pgseg_recipe("demo", groups=(16, 8)), None)
+    assert (tuple(out.num_group_tokens), tuple(out.num_output_groups)) == ((16, 8, 0), (16, 8))
+    model = build_model(out)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert model.image_features(x)["groups"].shape[:2] == (2, 8)
+    assert pgseg_recipe("demo").groups == (16, 8)  # the demo recipe's; () is the preset's
+    plain = _model_config(fam, pgseg_recipe("demo", groups=()), None)
+    assert (tuple(plain.num_group_tokens), tuple(plain.num_output_groups)) == ((8, 4, 0), (8, 4))
+    assert "groups" not in to_params(pgseg_recipe("cpu")) and to_params(pgseg_recipe("demo"))["groups"] == [16, 8]
+    with pytest.raises(VplError, match="largest first, e.g. 16,8"):
+        PGSegTrainConfig(groups=(8, 16))
+    with pytest.raises(VplError, match="--groups 0: must be >= 1"):
+        PGSegTrainConfig(groups=(0,))
+    with pytest.raises(VplError, match="2 grouping stage.*give 2 counts"):
+        _model_config(fam, pgseg_recipe("demo", groups=(8,)), None)
+    with pytest.raises(VplError, match="--init checkpoint's model has 8,4 groups"):
+        _model_config(fam, pgseg_recipe("demo", groups=(16, 8)), plain)
+    assert tuple(_model_config(fam, pgseg_recipe("demo", groups=(8, 4)), plain).num_output_groups) == (8, 4)
+    with pytest.raises(VplError, match="--multi-label-pool match: each of the 4 noun prompts.*model has 2"):
+        _model_config(fam, pgseg_recipe("demo", groups=(8, 2)), None)
+
+
+def test_groups_option_reads_whole_numbers_in_one_line():
+    from vpltool.cli.values import parse_ints
+
+    assert parse_ints("16, 8", "--groups") == (16, 8) and parse_ints("", "--groups") == ()
+    for bad in ("16,x", "1.5", "-4", "١٦"):
+        with pytest.raises(VplError, match="--groups .*comma-separated whole numbers"):
+            parse_ints(bad, "--groups")

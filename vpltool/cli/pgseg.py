@@ -11,6 +11,7 @@ from ..config.pgseg import PGSEG_PRESETS, PGSEG_RECIPES, PGSegTrainConfig
 from .errors import all_ranks
 from .options import _R, Device, LogFile, OutDir, Overwrite, Verbose, Workers, runtime
 from .output import progress, say
+from .values import parse_ints
 
 _T = PGSegTrainConfig()
 
@@ -20,9 +21,12 @@ def _default(name: str) -> str:
     values: dict[Any, list[str]] = {}
     for recipe, changes in PGSEG_RECIPES.items():
         values.setdefault(changes.get(name, getattr(_T, name)), []).append(recipe)
+    def shown(v: Any) -> str:  # a tuple as the option spells it; empty: the preset's
+        return (",".join(map(str, v)) or "the preset's") if isinstance(v, tuple) else str(v)
+
     if len(values) == 1:
-        return f"[default: {next(iter(values))}]"
-    return "[default: " + ", ".join(f"{v} ({'/'.join(r)})" for v, r in values.items()) + "]"
+        return f"[default: {shown(next(iter(values)))}]"
+    return "[default: " + ", ".join(f"{shown(v)} ({'/'.join(r)})" for v, r in values.items()) + "]"
 
 
 def _opt(help_text: str, name: str, *flags: str) -> Any:
@@ -101,6 +105,9 @@ def train_pgseg_cmd(
                                                "token keys, then --assign-iters - 1 k-means steps; needs "
                                                "--no-center-residual --assign-metric distance).",
                                                "assign_init")] = None,
+    groups: Annotated[Optional[str], _opt("Each grouping stage's group tokens (its output groups), largest first, "
+                                          "e.g. 16,8; empty = the preset's (groupvit-s 64,8; demo 8,4).",
+                                          "groups")] = None,
     center_residual: Annotated[Optional[bool], typer.Option(
         "--center-residual/--no-center-residual", show_default=False,
         help="A grouping block's output: the group token plus the tokens assigned to it (the reference's) or the "
@@ -163,7 +170,8 @@ def train_pgseg_cmd(
                        assign_qk_init=assign_qk_init, qk_init=qk_init, attention_window=attention_window,
                        temperature=temperature, hflip=hflip,
                        hard_assignment=hard_assignment, assign_iters=assign_iters,
-                       center_residual=center_residual, assign_metric=assign_metric, assign_init=assign_init)
+                       center_residual=center_residual, assign_metric=assign_metric, assign_init=assign_init,
+                       groups=None if groups is None else parse_ints(groups, "--groups", "16,8"))
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
         s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
                             init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,

@@ -20,6 +20,14 @@ def parse_floats(value: str, option: str, example: str = "1,2") -> tuple[float, 
     return values
 
 
+def parse_ints(value: str, option: str, example: str = "16,8") -> tuple[int, ...]:
+    """``"16,8"`` -> ``(16, 8)``; ``""`` -> ``()``; a VplError naming the option for anything else (ASCII digits)."""
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    if not all(re.fullmatch(r"[0-9]+", v, flags=re.ASCII) for v in parts):
+        raise VplError(f"{option} {value!r}: give comma-separated whole numbers, e.g. {example}")
+    return tuple(int(v) for v in parts)
+
+
 def shard(value: str | None) -> tuple[int, int] | None:
     """``--shard i/n`` as ``(i, n)`` (None when not given: then torchrun's RANK/WORLD_SIZE decide); ASCII digits
     only, so that ``1_0/20`` (Python's int reads 10) or other scripts' digits never pick a shard by surprise."""

@@ -40,12 +40,14 @@ PGSEG_RECIPES: dict[str, dict[str, Any]] = {
     # assignment's centres seeded from each image's tokens with k-means steps (assign_init "tokens", the nearest
     # centre, each group the tokens it holds: with the group tokens' queries, the reference's, the objects, 8 % of
     # a scene, got no group of their own), GroupViT's multi-label loss with 4 nouns each matched to its own final
-    # group, equal noun prompts (one template) as positives, the mimetic init (assignment gain 6, others 2)
+    # group, equal noun prompts (one template) as positives, the mimetic init (assignment gain 6, others 2), and
+    # 16 then 8 groups (the preset's 4 final groups, one per object and the background, left the objects inside
+    # background groups, which the reference's rule then named: docs/pgseg.md, pgseg_group_count_probes.json)
     "demo": {"preset": "demo", "batch_size": 32, "epochs": 1, "warmup_epochs": 0.05, "lr": 1e-3, "warmup_lr": 1e-5,
              "min_lr": 1e-5, "crop_size": 96, "min_scale": 1.0, "hflip": False, "multi_label": 4,
              "multi_label_pool": "match", "noun_templates": "simple", "multi_positive": True,
              "assign_init": "tokens", "assign_metric": "distance", "assign_iters": 3, "center_residual": False,
-             "assign_qk_init": 6.0, "qk_init": 2.0, "log_every": 10},
+             "assign_qk_init": 6.0, "qk_init": 2.0, "groups": (16, 8), "log_every": 10},
     "cpu": {"preset": "tiny", "batch_size": 32, "epochs": 75, "warmup_epochs": 3, "lr": 1e-3, "warmup_lr": 1e-5,
             "min_lr": 1e-4, "crop_size": 96, "min_scale": 1.0, "log_every": 5},
 }
@@ -107,6 +109,9 @@ class PGSegTrainConfig:
     # "distance", the nearest centre
     assign_init: str = "query"  # where the assignment's centres start (PGSegConfig.assign_init): "query", the
     # group tokens' (the reference's); "tokens", farthest-point seeds among the image's tokens + k-means steps
+    # the group tokens of each grouping stage, which are also its output groups (num_group_tokens /
+    # num_output_groups of the model's YAML); (): the preset's (GroupViT-S: 64, 8; demo: 8, 4)
+    groups: tuple[int, ...] = ()
     hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
 
     def __post_init__(self) -> None:
@@ -122,6 +127,12 @@ class PGSegTrainConfig:
         if self.attention_window and self.attention_window % 2 == 0:
             raise VplError(f"--attention-window {self.attention_window}: a window is centred on its patch, so it "
                            f"spans an odd number of patches; pass {self.attention_window + 1} (or 0: global)")
+        for count in self.groups:
+            at_least("--groups", count, 1, why=" (each grouping stage needs a group)")
+        if list(self.groups) != sorted(self.groups, reverse=True):
+            raise VplError(f"--groups {','.join(map(str, self.groups))}: each stage merges the groups of the one "
+                           f"before, so no stage may have more; pass them largest first, e.g. "
+                           f"{','.join(map(str, sorted(self.groups, reverse=True)))}")
         for name in ("checkpoint_every", "multi_label", "attention_window"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
         non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
@@ -164,8 +175,10 @@ class PGSegTrainConfig:
         return out
 
     def inert(self) -> dict[str, str]:
-        """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`)."""
-        return {} if self.multi_label else {"multi_label_weight": "without --multi-label K (K > 0)"}
+        """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`); no
+        ``--groups`` is the preset's, recorded as it was before the option (a run of then resumes now)."""
+        out = {} if self.multi_label else {"multi_label_weight": "without --multi-label K (K > 0)"}
+        return out if self.groups else {**out, "groups": "when empty (the preset's)"}
 
 
 def pgseg_recipe(name: str, **changes: Any) -> PGSegTrainConfig:

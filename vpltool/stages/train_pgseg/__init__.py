@@ -170,6 +170,8 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
                        f"--crop-size {cfg.crop_size}; pass --crop-size {init_config.img_size}")
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
+    if cfg.groups:
+        base = {**base, **_groups(base, cfg.groups, init_config is not None)}
     groups = list(base.get("num_output_groups") or [0])[-1]
     if cfg.multi_label_pool == "match" and cfg.multi_label > groups:
         raise VplError(f"--multi-label-pool match: each of the {cfg.multi_label} noun prompts takes its own final "
@@ -190,6 +192,21 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
         raise VplError(f"--crop-size {cfg.crop_size}: smaller than the model's patch ({patch} px), so a crop holds "
                        f"no patch; pass --crop-size {patch} or more")
     return out
+
+
+def _groups(base: dict[str, Any], groups: tuple[int, ...], from_init: bool) -> dict[str, Any]:
+    """``--groups``: each grouping stage's group tokens and output groups (GroupViT's ``num_group_tokens`` /
+    ``num_output_groups``; the last stage, which groups nothing, keeps its 0 tokens)."""
+    now = tuple(base.get("num_output_groups") or ())
+    given = ",".join(map(str, groups))
+    if from_init and now != groups:
+        raise VplError(f"--groups {given}: the --init checkpoint's model has {','.join(map(str, now))} groups and "
+                       f"its weights need them; drop --groups or pass --groups {','.join(map(str, now))}")
+    if len(groups) != len(now):
+        raise VplError(f"--groups {given}: the model has {len(now)} grouping stage(s), so give {len(now)} counts "
+                       f"(its own: {','.join(map(str, now))})")
+    tokens = list(base.get("num_group_tokens") or ())
+    return {"num_output_groups": list(groups), "num_group_tokens": [*groups, *tokens[len(groups):]]}
 
 
 def _data_parallel(step: torch.nn.Module, device: torch.device) -> torch.nn.Module:
