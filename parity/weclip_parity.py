@@ -1250,8 +1250,7 @@ def tied_plus(args, old: dict | None) -> dict:
             "crops": tied.get("crops_plus", 2), "test_photos": tied.get("test_photos_plus"),
             "all_met": tied["all_met"].get("weclip+"), "reference": tied["reference"].get("weclip+"),
             "recipe": tied["recipes"]["weclip+"], "vpltool_commit": tied.get("vpltool_commit")}}
-    for earlier in (old, json.loads(args.previous.read_text()) if getattr(args, "previous", None) and
-                    args.previous.is_file() else None):  # an update, or make parity's --previous: passed on
+    for earlier in (old, previous_result(args)):  # an update, or make parity's --previous: passed on
         if earlier and "weclip_plus_tied" in earlier:
             return {"weclip_plus_tied": earlier["weclip_plus_tied"]}
     return {}
@@ -1312,7 +1311,7 @@ def previous(args) -> dict:
     ``seed0_init`` when it has one (``make parity`` passes the committed result: a rerun keeps the first runs)."""
     if not args.previous:
         return {}
-    old = json.loads(args.previous.read_text()) if args.previous.is_file() else {}
+    old = previous_result(args) or {}
     if "seed0_init" in old:
         return {"seed0_init": old["seed0_init"]}
     if not isinstance(old.get("weights"), str):  # no result, or one on the sharpened weights: nothing to keep

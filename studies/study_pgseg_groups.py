@@ -102,10 +102,12 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
         maps = combined.T.reshape(1, -1, x.shape[-2] // p, x.shape[-1] // p)
         pixel_group = F.interpolate(maps, size=(h0, w0), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
         pred = np.zeros_like(gt)
+        background_share = np.zeros(combined.shape[-1])  # per final group: its pixels' share of background
         group_text = F.normalize(feats["groups"][0], dim=-1) @ text.T  # [G, C]: each final group's class cosines
         for g in np.unique(pixel_group):
             holds = np.bincount(gt[pixel_group == g], minlength=len(names) + 1) / (pixel_group == g).sum()
             pred[pixel_group == g] = holds.argmax()
+            background_share[g] = holds[0]
             if holds.argmax() not in (0, 255) and holds.max() > 0.5:  # an object's group: is it named right?
                 group_right.append(int(group_text[g].argmax()) + 1 == holds.argmax())
                 group_prob.append(float((group_text[g] * scale).softmax(-1).max()))
@@ -122,9 +124,7 @@ def group_stats(model: fam.PGSeg, data, n_images: int, short: int, background: l
             if suffix == "" and tag == "":  # where the reference's rule calls background an object
                 labels = logits.numpy()
                 wrong = (gt == 0) & (labels > 0) & (labels <= len(names))
-                background_led = np.array([(gt[pixel_group == g] == 0).mean() > 0.5 if (pixel_group == g).any()
-                                           else False for g in range(combined.shape[-1])])
-                in_bg = int((wrong & background_led[pixel_group]).sum())
+                in_bg = int((wrong & (background_share > 0.5)[pixel_group]).sum())
                 false_object["in_background_groups"] += in_bg
                 false_object["in_object_groups"] += int(wrong.sum()) - in_bg
                 objects = (gt > 0) & (gt != 255)
