@@ -60,3 +60,26 @@ def test_mimetic_init_makes_queries_equal_keys():
     torch.manual_seed(0)
     plain = build_student(ToyDinoConfig(qk_init=0.0)).blocks[0].attn.qkv.weight
     assert not torch.equal(plain[:width], plain[width:2 * width])
+
+
+def test_dino_pos_resize_antialias_is_dinov2_regs_and_timms_own():
+    """``pos_resize="bicubic-antialias"`` (DINOv2's *_reg hub models: to the size, antialiased) is what timm's own
+    dynamic-size forward does, the toy DINO's (no registers, 10x10 table at 12x12) and a DINOv2-reg4 timm model's
+    (class position folded into the token); the +0.1 mode of plain DINOv2 is not; an unknown mode is one line."""
+    import timm
+
+    pixels = torch.randn(1, 3, 192, 192, generator=torch.Generator().manual_seed(0))
+    toy = {m: load_dino(DinoSpec("test_vit", "none", m)) for m in ("bicubic-dino", "bicubic-antialias")}
+    timms = toy["bicubic-dino"].model.forward_features(pixels)[:, 1:]
+    assert (toy["bicubic-antialias"]._dino_forward(pixels)[0] - timms).abs().max() < 1e-5
+    assert (toy["bicubic-dino"]._dino_forward(pixels)[0] - timms).abs().max() > 1e-3
+    torch.manual_seed(0)
+    reg = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=98, depth=1,
+                            dynamic_img_size=True)
+    from vpltool.models.dino import DinoBackbone
+
+    bb = DinoBackbone(reg, torch.device("cpu"), DinoSpec("vit_small_patch14_reg4_dinov2", "none", "bicubic-antialias"))
+    small = pixels[..., :84, :84]
+    assert bb.n_prefix == 5 and (bb._dino_forward(small)[0] - reg.forward_features(small)[:, 5:]).abs().max() < 1e-5
+    with pytest.raises(VplError, match="positional resize"):
+        load_dino(DinoSpec("test_vit", "none", "nearest"))

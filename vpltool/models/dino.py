@@ -32,12 +32,21 @@ from .registry import register_family
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
+# how DINO's own forward (:meth:`DinoBackbone._dino_forward`) resizes the positional embedding to another grid
+# (:func:`vpltool.models.dense.resize_positional`): "bicubic-dino", the +0.1 scale factor of DINO and of DINOv2's
+# plain hub models; "bicubic-antialias", to the size with the antialiased kernel, as DINOv2's *_reg hub models
+# (interpolate_offset 0, interpolate_antialias True) and timm's own resample
+DINO_POS_RESIZE = ("bicubic-dino", "bicubic-antialias")
+
+
 @dataclass(frozen=True)
 class DinoSpec:
-    """Which timm ViT: ``model`` a timm name (``vit_small_patch16_224.dino``); ``weights`` ``hub`` | FILE | ``none``."""
+    """Which timm ViT: ``model`` a timm name (``vit_small_patch16_224.dino``); ``weights`` ``hub`` | FILE | ``none``;
+    ``pos_resize`` how DINO's own forward resizes its positional embedding (:data:`DINO_POS_RESIZE`)."""
 
     model: str
     weights: str = "hub"
+    pos_resize: str = "bicubic-dino"
 
 
 def import_timm():
@@ -88,6 +97,8 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     is no plain ViT, weights that are missing or offline, a weights file whose tensors are not that architecture's
     (:func:`_file_weights`). Returns the weights file to load (None: random weights, or a hub download the network
     allows). ``report``: warn about a stripped key prefix. ``overrides``: timm model kwargs (tests' tiny models)."""
+    if spec.pos_resize not in DINO_POS_RESIZE:
+        raise VplError(f"DINO positional resize {spec.pos_resize!r}: choose one of {', '.join(DINO_POS_RESIZE)}")
     timm = import_timm()
     if not timm.is_model(spec.model):
         raise VplError(f"--dino-model {spec.model!r} is not a timm model; {EXAMPLES}")
@@ -182,6 +193,7 @@ class DinoBackbone:
         ps = model.patch_embed.patch_size
         self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
         self.n_prefix = int(getattr(model, "num_prefix_tokens", 1))
+        self.pos_resize = spec.pos_resize if spec is not None else "bicubic-dino"
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
@@ -218,10 +230,13 @@ class DinoBackbone:
 
     def _dino_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """DINO's / DINOv2's ``prepare_tokens`` on timm's modules: ``[B, 3, H, W]`` -> (``[B, prefix + hw, C]``,
-        ``(h, w)``). The positional embedding resized bicubically with the ``+0.1`` scale factor (DINOv2's
-        ``interpolate_pos_encoding``; timm's resample maps the grid differently: 0.28 max |Δ| on a random ViT-S/14
-        at 22x22, parity/weclip_parity.py), register tokens inserted after the class token once the positions are
-        added; a side that is no patch multiple loses its remainder."""
+        ``(h, w)``). The positional embedding resized as :attr:`pos_resize` says: ``bicubic-dino``, bicubic with the
+        ``+0.1`` scale factor (DINOv2's plain ``interpolate_pos_encoding``; timm's resample maps the grid
+        differently: 0.28 max |Δ| on a random ViT-S/14 at 22x22, parity/weclip_parity.py), or
+        ``bicubic-antialias``, to the size antialiased (DINOv2's ``*_reg`` models). Register tokens inserted after
+        the class token once the positions are added; a side that is no patch multiple loses its remainder. timm's
+        DINOv2 ``*_reg`` conversion (``no_embed_class``) keeps the class token's position inside the token and the
+        table for the patches alone: the same sums."""
         from .dense import resize_positional
 
         m = self.model
@@ -229,11 +244,15 @@ class DinoBackbone:
         grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
         pixels = pixels[..., : grid[0] * p, : grid[1] * p]
         x = m.patch_embed.proj(pixels.to(m.patch_embed.proj.weight.dtype)).flatten(2).transpose(1, 2)
-        x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        pos = m.pos_embed[0]
+        pos = m.pos_embed[0].float()
+        if getattr(m, "no_embed_class", False):  # a zero class row, dropped again below
+            pos = torch.cat([pos.new_zeros(1, pos.shape[-1]), pos])
         native = m.patch_embed.grid_size
-        x = x + resize_positional(pos.float(), (int(native[0]), int(native[1])), grid,
-                                  "bicubic-dino").to(x.dtype)[None]
+        pos = resize_positional(pos, (int(native[0]), int(native[1])), grid, self.pos_resize).to(x.dtype)
+        if getattr(m, "no_embed_class", False):
+            x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x + pos[None, 1:]], dim=1)
+        else:
+            x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1) + pos[None]
         registers = getattr(m, "reg_token", None)
         if registers is not None:  # DINOv2's *_reg models: registers between the class token and the patches
             x = torch.cat([x[:, :1], registers.expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1:]], dim=1)
@@ -259,8 +278,7 @@ class DinoBackbone:
         """``[B, 3, H, W]`` normalised pixels -> ``[B, H // p, W // p, C]`` float32: the final-norm patch tokens
         (DINOv2's ``forward_features(x)["x_norm_patchtokens"]``, :meth:`_dino_forward`; prefix and register tokens
         dropped). WeCLIP+ first resizes its crop to whole patches (bilinear, :meth:`resized`), which callers do."""
-        if getattr(self.model, "cls_token", None) is None or not hasattr(self.model, "pos_embed") or \
-                getattr(self.model, "no_embed_class", False):
+        if getattr(self.model, "cls_token", None) is None or not hasattr(self.model, "pos_embed"):
             name = self.spec.model if self.spec else type(self.model).__name__
             raise VplError(f"--dino-model {name}: no class token with an absolute positional embedding; use a "
                            "DINO / DINOv2 ViT such as vit_small_patch14_dinov2.lvd142m")
@@ -322,4 +340,4 @@ def _check(spec: DinoSpec, *, report: bool = True, **overrides) -> None:
 register_family("dino", load_dino, _check, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
                 module=__name__)
 
-__all__ = ["DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]
+__all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]

@@ -59,7 +59,7 @@ from ...errors import VplError
 
 DENSE_METHODS = DENSE_CHOICES  # the spec table's names (vpltool.config.dense.DENSE_SPECS)
 ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy", "spectral")
-POS_INTERPOLATIONS = ("bilinear", "bicubic-dino")
+POS_INTERPOLATIONS = ("bilinear", "bicubic-dino", "bicubic-antialias")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ class DenseMixing:
             ``gaussian_std > 0``).
         residual: the block's output adds its input (``x + attn``); False: the attention output alone.
         ffn: the block's MLP (``+ mlp(ln_2(.))``) runs after the attention.
-        pos_interpolation: ``bilinear`` (CLIP-ES: resized to the grid) or ``bicubic-dino`` (the +0.1 scale factor).
+        pos_interpolation: ``bilinear`` (CLIP-ES: resized to the grid), ``bicubic-dino`` (the +0.1 scale factor) or
+            ``bicubic-antialias`` (to the size, antialiased: :func:`resize_positional`).
         gaussian_std: std in patches of NACLIP's neighbourhood bias Ω added to the attention logits; 0: none.
         calibration: SC-CLIP's outlier repair, similarity prior and multi-level fusion
             (:func:`.sc_clip.self_calibrated_tokens`), with ``attention='prior+kk'``
@@ -133,7 +134,10 @@ def resize_positional(pos: torch.Tensor, native: tuple[int, int], grid: tuple[in
 
     ``bilinear``: CLIP-ES (``upsample_pos_emb``), resized to the size. ``bicubic-dino``: the dense methods' (DINO's)
     ``interpolate_pos_encoding``: bicubic with the scale factor ``(h + 0.1) / gh``, not recomputed from the size,
-    so the sampling positions are those of that factor.
+    so the sampling positions are those of that factor. ``bicubic-antialias``: bicubic to the size with torch's
+    antialiased kernel (``interpolate_offset=0, interpolate_antialias=True``: the DINOv2 ``*_reg`` hub models', and
+    timm's own ``resample_abs_pos_embed``); that kernel is not the plain one even when it enlarges (its cubic
+    coefficient is PIL's -0.5, the plain kernel's -0.75).
     """
     if tuple(grid) == tuple(native):
         return pos
@@ -141,6 +145,8 @@ def resize_positional(pos: torch.Tensor, native: tuple[int, int], grid: tuple[in
     patches = pos[1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
     if mode == "bilinear":
         patches = F.interpolate(patches, size=tuple(grid), mode="bilinear", align_corners=False)
+    elif mode == "bicubic-antialias":
+        patches = F.interpolate(patches, size=tuple(grid), mode="bicubic", align_corners=False, antialias=True)
     else:
         patches = F.interpolate(patches, scale_factor=((grid[0] + 0.1) / gh, (grid[1] + 0.1) / gw), mode="bicubic",
                                 align_corners=False, recompute_scale_factor=False)
