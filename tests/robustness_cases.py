@@ -543,6 +543,72 @@ def _other_clip(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", path, "-o", ws.out("out"), *CPU]
 
 
+def _local_clip(ws: Workspace, name: str) -> Path:
+    """A copy of the shipped toy CLIP's folder (``--model local-dir:FOLDER``)."""
+    from vpltool.models.loading import registered_folder
+
+    return ws.copy(registered_folder("vpltool-toy"), name)
+
+
+def _replace_weights(folder: Path) -> None:
+    """Other weights saved under the same name (one tensor moved): what a retrained model copied over looks like."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "open_clip_model.safetensors"
+    state = load_file(path)
+    key = sorted(state)[0]
+    state[key] = state[key] + 0.5
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+@case("a local-dir CLIP's weights replaced under the same name between segment --shard 0/2 and --shard 1/2",
+      "seg_shard: an interrupted run made with other parameters (model (its weights' content) differ)")
+def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
+    clip, out = _local_clip(ws, "clip_shard"), ws.out("seg_shard")
+    args = ["segment", ws.world, "--split", "val", "-o", out, "--model", f"local-dir:{clip}", *CPU]
+    cli_ok(*args, "--shard", "0/2")
+    _replace_weights(clip)
+    yield [*args, "--shard", "1/2"]
+
+
+def _features_then_new_weights(ws: Workspace) -> tuple[Path, Path, Path]:
+    """``extract`` and ``text-prototypes`` with a local-dir CLIP, then its weights replaced (made once)."""
+    clip, features, text = ws.root / "clip_stages", ws.root / "features_local", ws.root / "text_local.safetensors"
+    if not text.is_file():
+        _local_clip(ws, "clip_stages")
+        cli_ok("extract", ws.world, "--split", "val", "-o", ws.out("features_local"), "--model", f"local-dir:{clip}",
+               *CPU, "--workers", "1")
+        cli_ok("text-prototypes", features, "-o", text, *CPU)
+        _replace_weights(clip)
+    return clip, features, text
+
+
+@case("the local-dir CLIP's weights replaced after extract (text-prototypes)",
+      "features_local: made with the CLIP local-dir:clip_stages, whose weights changed since",
+      "restore those weights, or re-make features_local")
+def _weights_before_text_prototypes(ws: Workspace) -> Iterator[list[object]]:
+    _, features, _ = _features_then_new_weights(ws)
+    yield ["text-prototypes", features, "-o", ws.out("text_new.safetensors"), *CPU]
+
+
+@case("the local-dir CLIP's weights replaced after extract and text-prototypes (cam)",
+      "features_local: made with the CLIP local-dir:clip_stages, whose weights changed since")
+def _weights_before_cam(ws: Workspace) -> Iterator[list[object]]:
+    _, features, text = _features_then_new_weights(ws)
+    yield ["cam", features, "-p", text, "-o", ws.out("out"), *CPU]
+
+
+@case("prototypes of the same local-dir CLIP name with other weights than the features' (cam)",
+      "text_local.safetensors: made with other weights of CLIP local-dir:clip_stages", "same model")
+def _prototypes_of_other_weights(ws: Workspace) -> Iterator[list[object]]:
+    clip, _, text = _features_then_new_weights(ws)
+    features = ws.root / "features_local_new"
+    if not (features / "_stage.json").is_file():
+        cli_ok("extract", ws.world, "--split", "val", "-o", ws.out("features_local_new"), "--model",
+               f"local-dir:{clip}", *CPU, "--workers", "1")
+    yield ["cam", features, "-p", text, "-o", ws.out("out"), *CPU]
+
+
 @case("prototypes made for other classes", "cat_dog.safetensors", "2 classes", "same dataset")
 def _other_classes(ws: Workspace) -> Iterator[list[object]]:
     path = ws.root / "cat_dog.safetensors"

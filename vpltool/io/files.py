@@ -7,7 +7,6 @@ only once complete, so a crash never leaves a file that looks finished.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import ContractError, VplError, write_error
+from .digests import sha256_file  # noqa: F401 (a large file's digest kept by stat: model weights)
 
 # the longest file name (one path component) Linux file systems take, in bytes (ext4, xfs, btrfs, tmpfs)
 NAME_MAX = 255
@@ -391,14 +391,6 @@ def read_json(path: str | os.PathLike) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else " (not UTF-8 text)"
         raise ContractError(f"{path}: not valid JSON{where}") from None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def file_identity(path: str | os.PathLike, **extra: Any) -> dict[str, Any]:

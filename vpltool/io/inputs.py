@@ -9,9 +9,10 @@ one line naming the input that changed (:func:`changed_inputs`), to go on from a
 never finished on data it did not start with.
 
 Cost: each file is read once per run (its sha256; a dataset's images through the per-process cache of
-:func:`vpltool.data.common.content_sha`). No digest is taken from an earlier run by file name, size and modification
-time: a copy made with ``cp -p`` or ``rsync -t`` keeps all three over other bytes, which is the change this module
-exists to notice.
+:func:`vpltool.data.common.content_sha`); a file of 1 MiB or more (model weights) once at all, its digest kept by
+:mod:`vpltool.io.digests` under its size, modification *and change* times, inode and device. Name, size and
+modification time alone would not do: a copy made with ``cp -p`` or ``rsync -t`` keeps all three over other bytes,
+which is the change this module exists to notice; no copy keeps the change time.
 """
 
 from __future__ import annotations

@@ -194,8 +194,17 @@ def write_prototypes(path: str | os.PathLike, p: Prototypes, **extra: Any) -> Pa
 
 
 def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two recorded CLIP identities name the same weights (architecture and pretrained tag or file)."""
-    return (a.get("model"), a.get("pretrained", "none")) == (b.get("model"), b.get("pretrained", "none"))
+    """Whether two recorded CLIP identities name the same weights: architecture, pretrained tag or file, and the
+    digest of local bytes (``"weights"``, :mod:`vpltool.models.local_weights`) where both record one (a record of
+    an older vpltool has none: compared by name, as it was made)."""
+    digests = a.get("weights"), b.get("weights")
+    return ((a.get("model"), a.get("pretrained", "none")) == (b.get("model"), b.get("pretrained", "none"))
+            and (None in digests or digests[0] == digests[1]))
+
+
+def _digest(model: Mapping[str, Any]) -> str:
+    weights = model.get("weights")
+    return f", sha256 {str(weights).removeprefix('sha256:')[:12]}…" if weights else ""
 
 
 PROTOTYPE_SOURCES = {"text": "`vpltool text-prototypes`", "vision": "`vpltool learn-prototypes`"}
@@ -263,9 +272,10 @@ def read_prototypes(path: str | os.PathLike, classes: Sequence[str] | None = Non
     if not torch.allclose(vectors.norm(dim=1), torch.ones(len(vectors)), atol=1e-3):
         raise ContractError(f"{path}: prototype rows are not unit-norm; the file is damaged")
     if model is not None and not same_model(made_with, model):
-        raise ContractError(f"{path}: made with CLIP {made_with.get('model')} ({made_with.get('pretrained')}), but the "
-                            f"features come from {model.get('model')} ({model.get('pretrained')}); make prototypes "
-                            "with the same model")
+        other = "other weights of " if made_with.get("model") == model.get("model") else ""
+        raise ContractError(f"{path}: made with {other}CLIP {made_with.get('model')} ({made_with.get('pretrained')}"
+                            f"{_digest(made_with)}), but the features come from {model.get('model')} "
+                            f"({model.get('pretrained')}{_digest(model)}); make prototypes with the same model")
     return Prototypes(vectors, row_class, row_names, classes=f.classes, temperature=temperature,
                       source=found_source, model=made_with, params=f.params, path=f.path)
 

@@ -110,7 +110,25 @@ def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: 
     (:func:`vpltool.io.files.by_content`). ``ignore``: keys never compared. A key only ``old`` has is one the new
     run does not record: an option without effect in its combination (or a record of an older vpltool)."""
     old, new = by_content(jsonable(old or {})), by_content(jsonable(new))
-    return sorted(k for k in new if old.get(k) != new[k] and k not in ignore)
+    return sorted(_label(k, old.get(k), new[k]) for k in new if old.get(k) != _as_recorded(old.get(k), new[k])
+                  and k not in ignore)
+
+
+def _as_recorded(old: Any, new: Any) -> Any:
+    """``new`` as ``old`` could record it: a model identity of an older vpltool has no ``"weights"`` digest
+    (:mod:`vpltool.models.local_weights`) and is compared by name, as it was made."""
+    if isinstance(old, dict) and isinstance(new, dict) and "weights" in new and "weights" not in old \
+            and "model" in new:
+        return {k: v for k, v in new.items() if k != "weights"}
+    return new
+
+
+def _label(key: str, old: Any, new: Any) -> str:
+    """``key``, or ``key (its weights' content)`` for a model identity whose name is the same and bytes are not."""
+    if isinstance(old, dict) and isinstance(new, dict) and "weights" in old and "weights" in new and \
+            {k: v for k, v in old.items() if k != "weights"} == {k: v for k, v in new.items() if k != "weights"}:
+        return f"{key} (its weights' content)"
+    return key
 
 
 def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,

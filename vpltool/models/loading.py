@@ -26,6 +26,7 @@ import torch
 
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..errors import VplError
+from .fast_load import assign_loaded_weights, no_weight_init  # noqa: F401 (imported from here too)
 
 EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
 _HUB_HOST = "huggingface.co"
@@ -88,11 +89,13 @@ class ModelSpec:
             an OpenAI JIT archive), or ``none`` for random weights. Ignored (recorded as ``none``) for folders and
             aliases, whose weights are in the folder.
         config_dir: a folder of extra open_clip JSON model configs (tiny test architectures).
+        weights: the digest of the local bytes a record named (:meth:`from_identity`); None for a model given now.
     """
 
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
     config_dir: str | None = None
+    weights: str | None = None
 
     @property
     def folder(self) -> Path | None:
@@ -125,15 +128,27 @@ class ModelSpec:
     def identity(self) -> dict[str, str]:
         """What is stored in every output file, so downstream stages rebuild the same model. The config folder is
         recorded only when it defines this model (``<model>.json`` there): set by ``VPLTOOL_MODEL_CONFIGS`` on one
-        run and not the next, it changes nothing for vpltool-toy or ViT-B-16, so a resume must not refuse it."""
+        run and not the next, it changes nothing for vpltool-toy or ViT-B-16, so a resume must not refuse it.
+        Weights from local bytes (a folder, an alias, a file) add ``"weights"``: their digest
+        (:mod:`vpltool.models.local_weights`), so that other bytes under the same name are another model."""
+        from .local_weights import weights_digest
+
         ident = {"model": self.model, "pretrained": "none" if self.folder is not None else self.pretrained}
         if self.config_dir and self.folder is None and (Path(self.config_dir) / f"{self.model}.json").is_file():
             ident["config_dir"] = str(self.config_dir)
-        return ident
+        digest = self.weights or weights_digest(self)
+        return {**ident, "weights": digest} if digest else ident
 
     @classmethod
-    def from_identity(cls, ident: dict[str, str]) -> ModelSpec:
-        return cls(model=ident["model"], pretrained=ident.get("pretrained", "none"), config_dir=ident.get("config_dir"))
+    def from_identity(cls, ident: dict[str, str], where: str | os.PathLike = "the record") -> ModelSpec:
+        """The model a record names (``ident``: an :meth:`identity`), its local bytes checked against the recorded
+        digest now, before anything loads: one line naming ``where`` (the record's file or folder) otherwise."""
+        from .local_weights import check_recorded
+
+        spec = cls(model=ident["model"], pretrained=ident.get("pretrained", "none"),
+                   config_dir=ident.get("config_dir"), weights=ident.get("weights"))
+        check_recorded(spec, str(where))
+        return spec
 
 
 def _register_config_dir(config_dir: str | None) -> None:
@@ -218,62 +233,6 @@ def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
             f"download them elsewhere and pass the file: --pretrained /path/to/{model}.safetensors"
         )
     return None, preprocess
-
-
-_INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-                   "xavier_normal_", "constant_", "zeros_", "ones_", "orthogonal_")
-
-
-@contextlib.contextmanager
-def no_weight_init() -> Iterator[None]:
-    """Skip the random initialisation of modules built inside (``torch.nn.init`` fills do nothing).
-
-    For a model whose every weight is then loaded from a checkpoint (open_clip loads strictly: a missing key is an
-    error), the random draws are wasted work: 1.6 s of ViT-B/16's start-up on a CPU. Memory is still allocated.
-    The same device as Hugging Face transformers' ``no_init_weights``. Modules that bound an init function by name
-    at import (``torch.nn.MultiheadAttention`` calls its own ``xavier_uniform_``) are patched too.
-    """
-    import torch.nn.init as init
-
-    saved = {name: getattr(init, name) for name in _INIT_FUNCTIONS}
-    skip = lambda tensor, *args, **kwargs: tensor  # noqa: E731
-    patched = [(module, name) for module in (init, *_init_importers()) for name, fn in saved.items()
-               if getattr(module, name, None) is fn]
-    for module, name in patched:
-        setattr(module, name, skip)
-    try:
-        yield
-    finally:
-        for module, name in patched:
-            setattr(module, name, saved[name])
-
-
-def _init_importers() -> list[Any]:
-    """The loaded ``torch.nn`` modules (and open_clip's) other than ``torch.nn.init`` itself."""
-    return [m for name, m in list(sys.modules.items()) if m is not None and name != "torch.nn.init"
-            and name.startswith(("torch.nn.", "open_clip."))]
-
-
-@contextlib.contextmanager
-def assign_loaded_weights() -> Iterator[None]:
-    """``Module.load_state_dict`` takes the checkpoint's tensors (``assign=True``) instead of copying them into
-    the freshly built ones: no second copy of the weights in memory (0.6 GB for ViT-B/16) and 0.35 s less start-up
-    on a CPU. Each tensor is first cast to the dtype of the one it replaces, so an fp16 file still gives an fp32
-    model; shape and key checks are torch's, unchanged.
-    """
-    original = torch.nn.Module.load_state_dict
-
-    def load(module, state_dict, strict=True, assign=False):
-        own = module.state_dict()
-        cast = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() and own[k].is_floating_point() else v
-                for k, v in state_dict.items()}
-        return original(module, cast, strict=strict, assign=True)
-
-    torch.nn.Module.load_state_dict = load  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.nn.Module.load_state_dict = original  # type: ignore[method-assign]
 
 
 def import_open_clip():

@@ -149,7 +149,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
         raise VplError(f"{features}: none of its images has a ground-truth mask; diagnose needs a labelled split "
                        "(extract e.g. --split val or train with masks)")
     extract_cfg = from_params(ExtractConfig, record["params"], io.stage_record_path(features))
-    bb = backbone or load_model("clip", ModelSpec.from_identity(model), resolve_device(runtime.device))
+    bb = backbone or load_model("clip", ModelSpec.from_identity(model, features), resolve_device(runtime.device))
     scores = [_Scores(len(classes), cfg.bg_exponents) for _ in files]
     if on_start:
         on_start(len(ids))

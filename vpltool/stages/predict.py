@@ -245,13 +245,14 @@ def run_predict(
         _check_trained_with(f, "dino_weights", spec.weights)
         model.dino_backbone = load_model("dino", spec, device)
     bb, classes = backbone, list(f.classes)
+    clip_spec = ModelSpec.from_identity(f.meta("model"), f.path)  # its weights are still those it was trained on
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
         if model.cfg.classifier == "conv":
             raise VplError(f"{f.path}: a decoder with a conv classifier (--recipe weclip) scores its own classes only; "
                            "--classes needs one trained with --classifier prototypes")
         prompts = recorded_prompts(f)
         check_vocabulary(cfg.classes, prompts, f.path)
-        bb = bb or load_model("clip", ModelSpec.from_identity(f.meta("model")), device)
+        bb = bb or load_model("clip", clip_spec, device)
         classes = open_vocabulary(model, bb, cfg.classes, prompts)
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
@@ -259,7 +260,7 @@ def run_predict(
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:  # the sizes read before the CLIP loads
-        clip = bb or load_model("clip", ModelSpec.from_identity(f.meta("model")), device)
+        clip = bb or load_model("clip", clip_spec, device)
         stats = model.cfg.input_stats()  # WeCLIP's decoders see ImageNet's mean / std, as in training
         clip = clip.with_normalization(*stats) if stats else clip
         arch = f.meta("decoder_arch")
@@ -293,7 +294,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     params = {**to_params(cfg), "decoder": decoder_id,
               "settings": settings_params(settings)}
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
-    model = ModelSpec.from_identity(f.meta("model"))
+    model = ModelSpec.from_identity(f.meta("model"), f.path)
     synonyms = [[n.replace("_", " ")] for n in cfg.classes]
     return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
                             lambda: (backbone or load_model("clip", model, device)).with_dense(cfg.dense),

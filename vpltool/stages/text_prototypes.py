@@ -52,7 +52,7 @@ def extract_context(features: str | Path) -> tuple[dict, ModelSpec, list[str], d
     from ..errors import ContractError
 
     record = io.read_stage_record(features, "extract")
-    spec = ModelSpec.from_identity(io.recorded_model(record, features))
+    spec = ModelSpec.from_identity(io.recorded_model(record, features), features)
     if "classes" not in record or not isinstance(record["inputs"].get("dataset"), dict):
         missing = "classes" if "classes" not in record else "dataset"
         raise ContractError(f"{io.stage_record_path(features)}: names no {missing}; the folder is damaged: re-run "

@@ -65,9 +65,10 @@ def run_dense_cam(
               "settings": settings_params(settings),
               "prototypes": io.file_identity(protos.path, source=protos.source)}
     inputs = dataset.inputs()
+    spec = ModelSpec.from_identity(protos.model, protos.path)  # its weights are still those it recorded
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
-        bb = (backbone or load_model("clip", ModelSpec.from_identity(protos.model), device)).with_dense(cfg.dense)
+        bb = (backbone or load_model("clip", spec, device)).with_dense(cfg.dense)
         if bb.embed_dim != protos.dim:
             raise ContractError(f"{protos.path}: prototypes are {protos.dim}-d but the model's features are "
                                 f"{bb.embed_dim}-d; make prototypes with the same CLIP model")

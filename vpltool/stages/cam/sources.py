@@ -22,7 +22,7 @@ from ...config import CAM_ATTENTION_BLOCKS, CamConfig, ExtractConfig, check_toke
 from ...data import Dataset, open_if_present, open_recorded, recorded_folders
 from ...device import autocast
 from ...errors import ContractError, VplError
-from ...models import ClipBackbone
+from ...models import ClipBackbone, ModelSpec
 from ...runtime.batches import header_sizes
 from .caa import needs_image
 from .gradcam import ImageTokens
@@ -86,6 +86,7 @@ class FromFeatures:
         self.features, self.classes = features, self.record["classes"]
         self.model = io.recorded_model(self.record, features)
         self.protos = io.read_prototypes(prototypes, classes=self.classes, model=self.model)
+        self.spec = ModelSpec.from_identity(self.model, features)  # its weights are still those it recorded
         self.extract_cfg = from_params(ExtractConfig, self.record["params"], io.stage_record_path(features))
         if cfg.parity == "clip-es" and self.extract_cfg.parity != "clip-es":
             raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
@@ -144,6 +145,7 @@ class FromDataset:
         self.classes = list(self.data.classes)
         self.protos = io.read_prototypes(prototypes, classes=self.classes)
         self.model = self.protos.model
+        self.spec = ModelSpec.from_identity(self.model, self.protos.path)
         self.ids = [it.id for it in self.data.items]
         self.need_images, self.cfg = True, cfg
         self.inputs = self.data.inputs()

@@ -28,7 +28,7 @@ from ...config import CAM_ATTENTION_BLOCKS, GRADCAM_CUDA_PRECISION, CamConfig, R
 from ...data import Dataset, is_extract_folder
 from ...device import resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
-from ...models import ClipBackbone, ModelSpec, load_model
+from ...models import ClipBackbone, load_model
 from ...runtime.batches import cuda_paths, run_image_batches, to_device
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
@@ -166,7 +166,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     items = src.dataset().by_id() if need_images else {}
 
     def work(todo: list[str]) -> None:
-        bb = backbone or load_model("clip", ModelSpec.from_identity(src.model), device)
+        bb = backbone or load_model("clip", src.spec, device)
         if bb.embed_dim != src.protos.dim:
             raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
                                 f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")

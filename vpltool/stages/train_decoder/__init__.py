@@ -138,7 +138,7 @@ class _Run:
         self.online = cfg.pseudo == "online"
         # frozen: its image tower is kept in the run's precision (a copy when the caller's backbone is given); with
         # online masks in float32, under autocast: GradCAM re-runs the last block in float32
-        bb = backbone or load_model("clip", ModelSpec.from_identity(protos.model), device)
+        bb = backbone or load_model("clip", ModelSpec.from_identity(protos.model, protos.path), device)
         bb = bb if self.online else bb.with_image_tower_in(self.dtype)
         stats = cfg.input_stats()  # WeCLIP: ImageNet's mean / std
         self.bb = bb.with_normalization(*stats) if stats else bb
@@ -387,7 +387,8 @@ def run_train_decoder(
         raise VplError(f"--prototypes {prototypes}: no background row; --recipe {cfg.recipe} scores each image's "
                        "classes against the background: pass text prototypes made with background words "
                        "(`vpltool text-prototypes --background ...`)")
-    check_crop(cfg.crop_size, ModelSpec.from_identity(protos.model).vision_value("patch_size"))  # before any output
+    # before any output: the crop against the patch size, and the CLIP's weights against the prototypes' record
+    check_crop(cfg.crop_size, ModelSpec.from_identity(protos.model, protos.path).vision_value("patch_size"))
     label_map = held_out_label_map(list(dataset.classes), cfg.ignore_classes, dataset_id["root"])
     extra_meta = {"prompts": prompt_recipe(protos)}  # what `predict --classes` encodes new names with
     if cfg.ignore_classes:

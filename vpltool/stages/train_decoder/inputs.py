@@ -126,7 +126,7 @@ def run_inputs(pseudo_dir: Path, pairs: list[tuple], protos: io.Prototypes, data
               "dataset": dataset_id}
     if cfg.pseudo == "online":
         inputs["content"] = dataset.content_sha()  # every image's bytes and labels
-    spec = ModelSpec.from_identity(protos.model)
+    spec = ModelSpec.from_identity(protos.model, protos.path)
     if spec.folder is None and Path(spec.pretrained).is_file():
         inputs["clip_weights"] = io.weights_identity(spec.pretrained)
     if cfg.dino_model:
