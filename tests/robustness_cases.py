@@ -4556,6 +4556,50 @@ def _class_file_bar(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
 
 
+def _world_class_file(ws: Workspace, name: str, lines: Callable[[list[str]], list[str]]) -> Path:
+    """A class file for the demo world: ``lines(class names)`` written one a line."""
+    from vpltool.data import open_dataset
+
+    path = ws.root / name
+    path.write_text("\n".join(lines(list(open_dataset(ws.world, "val").classes[1:]))) + "\n")
+    return path
+
+
+@case("a class file one line short: the background's line kept, the last class dropped (segment)",
+      "line 2 (class 'star') asks only 'circle', the name of class 'circle'",
+      "a line missing or one too many shifts every class after it")
+def _class_file_one_short(ws: Workspace) -> Iterator[list[object]]:
+    path = _world_class_file(ws, "cls_short.txt", lambda names: ["grass, sky, wall, water", *names[:-1]])
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+
+
+@case("a class file whose first line is marked 'background:', one class short (segment)",
+      "cls_marked_short.txt: 8 lines for the background and 8 classes: one class line is missing")
+def _class_file_marked_short(ws: Workspace) -> Iterator[list[object]]:
+    path = _world_class_file(ws, "cls_marked_short.txt", lambda names: ["background: grass, sky", *names[:-1]])
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+
+
+@case("benchmark --class-file: VOC21's file without its last line (20 lines)",
+      "cls_voc21_short.txt: 20 lines for 20 classes and the background, which this benchmark scores")
+def _benchmark_class_file_short(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data.class_files import class_file_path
+
+    root = _miniature(ws, "voc21")
+    path = ws.root / "cls_voc21_short.txt"
+    path.write_text("\n".join(class_file_path("sclip:voc21").read_text().splitlines()[:-1]) + "\n")
+    yield ["benchmark", "naclip", "--root", f"voc21={root}", "--class-file", path, "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("a class file without a background line and no --background (segment): the default words, said",
+      "cls_no_background.txt has no background line: the background is scored by the default background words",
+      "--background none", exit_code=0, leaves=("seg_no_background/", "seg_no_background/*"))
+def _class_file_no_background(ws: Workspace) -> Iterator[list[object]]:
+    path = _world_class_file(ws, "cls_no_background.txt", lambda names: names)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_no_background"), "--class-file", path, *TINY,
+           *CPU]
+
+
 @case("benchmark --class-file FILE for two benchmarks", "--class-file sclip:voc21: one file for 2 benchmarks",
       "give a set name")
 def _benchmark_one_class_file(ws: Workspace) -> Iterator[list[object]]:

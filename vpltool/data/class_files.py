@@ -13,6 +13,14 @@ line or an empty query (a trailing separator) is refused: the references would e
 query. A ``|`` (``--classes``' synonym mark) or a query starting with ``#`` (a comment in every other list file)
 is refused too, rather than encoded as text.
 
+Which line is the background's is never guessed. The first line is the background's when it is marked
+(``background: sky, wall, ...``, or a line whose only query is ``background``, as ClearCLIP's), or when the file has
+one line more than the dataset has classes (the references' files). A benchmark decides the rest by its class
+count: VOC21, Context60 and COCO-Object score a background class, so their file takes the background's line; a file
+one line short is refused rather than read shifted. On another dataset a file of one line a class has no background
+line; a class line whose only query is the name of another class (what a missing or extra line makes of a file of
+names) is refused.
+
 The files they ship are bundled (``vpltool/assets/class_files/<set>/<benchmark>.txt``) and named
 ``SET:BENCHMARK``: ``sclip:voc21`` (SCLIP's, NACLIP's, SC-CLIP's and CASS's files are byte-identical) or
 ``clearclip:voc21`` (ClearCLIP's, which differ for voc21, voc20 and coco-object). Torch-free.
@@ -25,6 +33,7 @@ from pathlib import Path
 
 from ..errors import VplError
 
+BACKGROUND_WORD = "background"
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "class_files"
 # a reference -> the bundled set its configs/ ship (verified byte for byte: parity/results/benchmarks_parity.json)
 REFERENCE_SETS = {"sclip": "sclip", "naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "clearclip": "clearclip",
@@ -57,12 +66,22 @@ def is_class_set(spec: str | os.PathLike) -> bool:
     return ":" not in text and not Path(text).exists() and (text in REFERENCE_SETS or (ASSETS / text).is_dir())
 
 
+BACKGROUND_MARK = "background:"  # at the start of the first line: the line is the background's queries
+
+
 def read_class_file(spec: str | os.PathLike) -> list[list[str]]:
-    """The queries of each line of a class file, in order (``[[q, ...], ...]``, one list per class).
+    """The queries of each line of a class file, in order (``[[q, ...], ...]``, one list per class); a first
+    line's :data:`BACKGROUND_MARK` is dropped (:func:`read_class_lines` says whether it was there).
 
     Raises:
         VplError: an empty line or an empty query (one line naming the file and the line), or an unreadable file.
     """
+    return read_class_lines(spec)[0]
+
+
+def read_class_lines(spec: str | os.PathLike) -> tuple[list[list[str]], bool]:
+    """``(queries of each line, whether the first line is marked as the background's)``: marked by
+    :data:`BACKGROUND_MARK` or by ``background`` as its only query. The mark on a later line is refused."""
     path = class_file_path(spec)
     try:
         text = path.read_text(encoding="utf-8")
@@ -71,6 +90,14 @@ def read_class_file(spec: str | os.PathLike) -> list[list[str]]:
     lines = text.split("\n")
     if lines and lines[-1] == "":  # the newline that ends the last line (readlines() gives no line for it)
         lines.pop()
+    marked = bool(lines) and lines[0].lstrip().casefold().startswith(BACKGROUND_MARK)
+    if marked:
+        lines[0] = lines[0].lstrip()[len(BACKGROUND_MARK):]
+    late = next((n for n, line in enumerate(lines[1:], start=2)
+                 if line.lstrip().casefold().startswith(BACKGROUND_MARK)), None)
+    if late is not None:
+        raise VplError(f"{path}: line {late} is marked '{BACKGROUND_MARK}', but the background's line is the first; "
+                       "move it to the top")
     sep = query_separator(lines)
     out = []
     for number, line in enumerate(lines, start=1):
@@ -89,7 +116,7 @@ def read_class_file(spec: str | os.PathLike) -> list[list[str]]:
         out.append(queries)
     if not out:
         raise VplError(f"{path}: no classes; write one line a class")
-    return out
+    return out, marked or [q.casefold() for q in out[0]] == [BACKGROUND_WORD]
 
 
 def query_separator(lines: list[str]) -> str:
@@ -101,7 +128,8 @@ def query_separator(lines: list[str]) -> str:
 def check_class_file(spec: str | os.PathLike, names: list[str], synonyms: list[list[str]],
                      background: list[str]) -> None:
     """The checks ``--classes`` gets (:func:`vpltool.presets.check_class_names`), for a class file laid over the
-    dataset's class ``names``: a query in two classes, or 'background' as a class's query, is one line. A
+    dataset's class ``names``: a query in two classes, or 'background' as a class's query, is one line; so is a
+    class whose only query is another class's name (the file is shifted by a missing or extra line). A
     background query that is also a class's query is warned about, not refused: SCLIP's own coco-object file asks
     ``bed`` on both lines, and a reference's file is run as it ships."""
     import warnings
@@ -111,6 +139,16 @@ def check_class_file(spec: str | os.PathLike, names: list[str], synonyms: list[l
 
     path = class_file_path(spec)
     presets.check_class_names(names, f"--class-file {path}", synonyms)
+    key = lambda word: word.replace("_", " ").strip().casefold()  # noqa: E731 (as check_class_names compares)
+    index = {key(name): i for i, name in enumerate(names)}
+    first = len(read_class_file(spec)) - len(names) + 1  # the file's line of class 1
+    for i, queries in enumerate(synonyms):
+        other = index.get(key(queries[0])) if len(queries) == 1 else None
+        if other is not None and other != i:
+            raise VplError(f"--class-file {path}: line {first + i} (class {names[i]!r}) asks only {queries[0]!r}, the "
+                           f"name of class {names[other]!r}: a line missing or one too many shifts every class "
+                           "after it; give one line a class in the dataset's order (the background's first, marked "
+                           f"'{BACKGROUND_MARK}')")
     clash = presets.clashing_word([presets.BACKGROUND, *(q for s in synonyms for q in s)], background)
     if clash is not None:
         warnings.warn(VplWarning(f"--class-file {path}: {clash!r} is a query of the background's line and of a "
@@ -118,22 +156,33 @@ def check_class_file(spec: str | os.PathLike, names: list[str], synonyms: list[l
                                  "the references run it)"), stacklevel=2)
 
 
-def class_file_queries(spec: str | os.PathLike, n_foreground: int) -> tuple[list[list[str]], list[str]]:
+def class_file_queries(spec: str | os.PathLike, n_foreground: int, background_line: bool | None = None
+                       ) -> tuple[list[list[str]], list[str]]:
     """A class file laid over ``n_foreground`` classes: ``(queries of classes 1..C, background queries)``.
 
-    A file of ``C + 1`` lines gives class 0 (background) its first line; a file of ``C`` lines has no background
-    queries (as the references run a benchmark without background: class 0 then only through
-    ``--prob-threshold``). Any other count is one line.
+    A file of ``C + 1`` lines, or one whose first line is marked (:data:`BACKGROUND_MARK`, or ``background``
+    alone), gives class 0 (background) its first line. ``background_line``: whether the benchmark read has a
+    background class (True: VOC21, Context60, COCO-Object, whose file must hold the background's line; False:
+    one without); None for any other dataset, where a file of ``C`` lines has no background queries (class 0 then
+    by ``--background`` or ``--prob-threshold``). Any other count is one line.
     """
-    lines = read_class_file(spec)
+    lines, marked = read_class_lines(spec)
+    path = class_file_path(spec)
     if len(lines) == n_foreground + 1:
         return lines[1:], lines[0]
+    if len(lines) == n_foreground and marked:
+        raise VplError(f"{path}: {len(lines)} lines for the background and {n_foreground} classes: one class line is "
+                       f"missing; give one line a class in the dataset's order ({n_foreground + 1} lines in all)")
+    if len(lines) == n_foreground and background_line:
+        raise VplError(f"{path}: {len(lines)} lines for {n_foreground} classes and the background, which this "
+                       f"benchmark scores: give the background's queries on the first line, then one line a class "
+                       f"in the dataset's order ({n_foreground + 1} lines in all)")
     if len(lines) == n_foreground:
         return lines, []
-    path = class_file_path(spec)
     raise VplError(f"{path}: {len(lines)} lines for {n_foreground} classes; give one line a class in the dataset's "
                    f"order ({n_foreground} lines, or {n_foreground + 1} with the background's words first)")
 
 
-__all__ = ["ASSETS", "REFERENCE_SETS", "is_class_set", "class_file_path", "read_class_file", "query_separator",
+__all__ = ["ASSETS", "BACKGROUND_MARK", "REFERENCE_SETS", "is_class_set", "class_file_path", "read_class_file",
+           "read_class_lines", "query_separator",
            "check_class_file", "class_file_queries"]

@@ -76,14 +76,15 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
     """
     from ..device import resolve_device
     from ..models import load_model
-    from .segment import resolve_queries, run_segment, scored_background
+    from .segment import is_benchmark, resolve_queries, run_segment, scored_background
 
     names, datasets, out = _open_benchmarks(roots, out)
     # every dataset and every preset checked before the model loads (a wrong root fails in a second)
     check_class_file_option((overrides or {}).get("class_file"), names)
     configs = {n: preset_config(method, n, overrides) for n in names}
     for n in names:  # the class files and queries too (a bad file for the last benchmark fails now, not in an hour)
-        resolve_queries(list(datasets[n].classes[1:]), configs[n], scored_background(datasets[n]))
+        resolve_queries(list(datasets[n].classes[1:]), configs[n], scored_background(datasets[n]),
+                        is_benchmark(datasets[n]))
     loaded = {"backbone": backbone}
 
     def segment(n: str, folder: Path) -> None:

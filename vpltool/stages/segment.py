@@ -79,12 +79,18 @@ def check_queries(names: Sequence[str], cfg: SegmentConfig) -> tuple[list[str], 
     return templates, background
 
 
-def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background: bool = True
-                    ) -> tuple[list[list[str]], list[str], list[str]]:
+def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background: bool = True,
+                    benchmark: bool = False) -> tuple[list[list[str]], list[str], list[str]]:
     """``(queries per class 1..C, templates, background words)``: from ``cfg.class_file`` (the references' format,
     :mod:`vpltool.data.class_files`) when given, else from the ``--classes`` entries and ``--background``. Checked
     before the model loads. ``scored_background`` False (a benchmark without background, such as ADE20K):
-    ``--background auto`` means none, since a pixel given to class 0 there is wrong wherever it is."""
+    ``--background auto`` means none, since a pixel given to class 0 there is wrong wherever it is. ``benchmark``:
+    the dataset is one of the benchmarks, whose class count decides whether a class file holds the background's
+    line (:func:`vpltool.data.class_files.class_file_queries`).
+
+    A class file without a background line, on a dataset that scores its background, under ``--background auto``:
+    the background is scored by the default background words (as without a class file), said in one warning, and
+    recorded as the run's ``background_words``; ``--background none`` scores it by ``--prob-threshold`` alone."""
     if cfg.class_file is None:
         if not scored_background and cfg.background == "auto":
             cfg = replace(cfg, background="none")
@@ -93,14 +99,35 @@ def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background:
     from ..data.class_files import check_class_file, class_file_queries
 
     presets.check_class_names(class_names(names), "--classes")
-    synonyms, background = class_file_queries(cfg.class_file, len(names))
-    if cfg.background != "auto":  # given: the file's own background line, or the file has none and it applies
+    synonyms, background = class_file_queries(cfg.class_file, len(names), scored_background if benchmark else None)
+    if cfg.background != "auto" or (not background and scored_background):  # the file has no background line
         if background:
             raise VplError(f"--background {cfg.background}: --class-file {cfg.class_file} gives the background's "
                            "queries on its first line; drop --background, or that line to use --background's")
-        background = resolve_background(cfg.background, None, [w for s in synonyms for w in s])
+        classes = ["background", *class_names(names)]
+        background = resolve_background(cfg.background, presets.preset_for(classes), [w for s in synonyms for w in s])
+        if cfg.background == "auto":
+            _say_default_background(cfg.class_file, background)
     check_class_file(cfg.class_file, class_names(names), synonyms, background)
     return synonyms, resolve_templates(cfg.templates), background
+
+
+def _say_default_background(class_file: str, words: Sequence[str]) -> None:
+    import warnings
+
+    from ..errors import VplWarning
+
+    shown = ", ".join(words[:4]) + (f" and {len(words) - 4} more" if len(words) > 4 else "")
+    warnings.warn(VplWarning(f"--class-file {class_file} has no background line: the background is scored by the "
+                             f"default background words ({shown}), as without a class file; pass --background none "
+                             "to score it by --prob-threshold alone, or --background WORDS"), stacklevel=3)
+
+
+def is_benchmark(dataset: Dataset) -> bool:
+    """Whether ``dataset`` is one of the benchmarks (its class count decides a class file's background line)."""
+    from ..data.benchmarks import BENCHMARKS
+
+    return dataset.kind in BENCHMARKS
 
 
 def scored_background(dataset: Dataset) -> bool:
@@ -215,7 +242,7 @@ def run_segment(
     ``overlay``: also the coloured overlays ``<out>/overlays/<id>.jpg`` (:func:`vpltool.io.overlays.write_overlays`)."""
     out = io.check_folder_target(out)
     names = class_list(dataset, cfg.classes)
-    synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset))
+    synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset), is_benchmark(dataset))
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--overlay": (overlay_folder(out) if overlay else None, "side")},
                      inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
     checked = check_dense(cfg)

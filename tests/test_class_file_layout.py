@@ -1,0 +1,63 @@
+"""Which line of a class file is the background's is never guessed (a mark, or a benchmark's class count), a file
+shifted by a missing line is refused, and a file without a background line says what scores the background."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from vpltool.config import SegmentConfig
+from vpltool.data.benchmarks import BENCHMARKS
+from vpltool.data.class_files import ASSETS, check_class_file, class_file_queries, read_class_lines
+from vpltool.errors import VplError, VplWarning
+from vpltool.stages.segment import resolve_queries
+
+NAMES = ["circle", "star", "square"]
+
+
+def _file(tmp_path, *lines: str):
+    path = tmp_path / "cls.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_a_file_one_line_short_is_refused_whichever_way_its_background_is_given(tmp_path):
+    with pytest.raises(VplError, match="line 2 \\(class 'star'\\) asks only 'circle', the name of class 'circle'"):
+        resolve_queries(NAMES, SegmentConfig(class_file=_file(tmp_path, "grass, sky", "circle", "star")))
+    with pytest.raises(VplError, match="3 lines for the background and 3 classes: one class line is missing"):
+        class_file_queries(_file(tmp_path, "background: grass, sky", "circle", "star"), 3)
+    with pytest.raises(VplError, match="one class line is missing"):  # ClearCLIP's mark: 'background' alone
+        class_file_queries(_file(tmp_path, "background", "circle", "star"), 3)
+    with pytest.raises(VplError, match="3 lines for 3 classes and the background, which this benchmark scores"):
+        class_file_queries(_file(tmp_path, "grass, sky", "round", "pointy"), 3, background_line=True)
+    with pytest.raises(VplError, match="line 3 is marked 'background:'"):
+        class_file_queries(_file(tmp_path, "circle", "star", "background: sky"), 3)
+    fg, bg = class_file_queries(_file(tmp_path, "Background: grass, sky", "circle", "star", "square"), 3)
+    assert bg == ["grass", "sky"] and fg == [["circle"], ["star"], ["square"]]
+    assert class_file_queries(_file(tmp_path, "round", "pointy", "boxy"), 3, background_line=False)[1] == []
+
+
+def test_every_bundled_file_reads_with_its_benchmarks_layout_and_passes_the_checks():
+    for folder in sorted(p for p in ASSETS.iterdir() if p.is_dir()):
+        for path in sorted(folder.glob("*.txt")):
+            bench = BENCHMARKS[path.stem]
+            names = list(bench.classes[1:] if bench.has_background else bench.classes)
+            spec = f"{folder.name}:{path.stem}"
+            fg, bg = class_file_queries(spec, len(names), background_line=bench.has_background)
+            lines, _ = read_class_lines(spec)
+            assert fg == lines[-len(names):] and bool(bg) == (len(lines) == len(names) + 1), spec
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", VplWarning)  # SCLIP's coco-object asks 'bed' twice, as it ships
+                check_class_file(spec, names, fg, bg)
+
+
+def test_a_file_without_a_background_line_takes_the_default_words_and_says_so(tmp_path):
+    path = _file(tmp_path, "circle", "star", "square")
+    with pytest.warns(VplWarning, match="has no background line: the background is scored by the default"):
+        _, _, bg = resolve_queries(NAMES, SegmentConfig(class_file=path))
+    assert bg == resolve_queries(NAMES, SegmentConfig())[2] and bg  # the words of a run without a class file
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VplWarning)
+        assert resolve_queries(NAMES, SegmentConfig(class_file=path, background="none"))[2] == []
+        assert resolve_queries(NAMES, SegmentConfig(class_file=path), scored_background=False)[2] == []
