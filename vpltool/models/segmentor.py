@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from ..config.dense import SAM_REFINE_FIELDS
 from ..device import autocast
 from ..errors import ContractError
 from ..runtime.batches import image_names, run_image_batches
+from .bands import WHOLE_BUDGET, banded_probabilities, class_probabilities, logit_bands, whole_bytes
 
 MMSEG_LONG_EDGE = 2048  # the methods' configs: Resize(scale=(2048, short), keep_ratio=True)
 
@@ -126,34 +128,38 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
 
     All windows of a batch have one size, so they run as one forward; nothing waits for the device. A method with
     a ``dense_logits`` hook (Trident's, :func:`~vpltool.models.dense.trident.dense_logits`) runs it instead, with
-    ``sam_images`` (and ``sam_features``).
+    ``sam_images`` (and ``sam_features``). The last resize, per image, is :func:`source_logits`'s output resized
+    bilinearly to its size (what :mod:`vpltool.models.bands` does a band of columns at a time).
     """
     hook = getattr(getattr(bb, "method", None), "dense_logits", None)
     if hook is not None:
         return hook(bb, pixels, text, sizes, crop, stride, sam_images, sam_features)
+    return [F.interpolate(s[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+            for s, size in zip(source_logits(bb, pixels, text, crop, stride, pad, whole, pad_multiple), sizes)]
+
+
+def source_logits(bb, pixels: torch.Tensor, text: torch.Tensor, crop: int, stride: int, pad: bool = False,
+                  whole: str = "input", pad_multiple: int = 0) -> list[torch.Tensor]:
+    """:func:`dense_logits` before its last resize: per image ``[Q, h, w]`` float32, the logits at the input's
+    size (slide windows averaged, or NACLIP's whole input) or at the patch grid (``whole`` ``direct``)."""
     b, _, height, width = pixels.shape
     if crop <= 0:
         if whole == "direct":
-            grid = grid_logits(bb, pixels, text)
-            return [F.interpolate(grid[i : i + 1], size=tuple(s), mode="bilinear", align_corners=False)[0]
-                    for i, s in enumerate(sizes)]
-        full = window_logits(bb, pixels, text, pad=False)
-    else:
-        rows, cols = window_starts(height, crop, stride), window_starts(width, crop, stride)
-        boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
-        windows = torch.cat([pixels[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])  # [n * B, 3, ch, cw]
-        # CASS: one window covering the input has the input's embedding as its own (no second forward of it)
-        image = input_embedding(bb, pixels) if len(boxes) > 1 else None
-        logits = window_logits(bb, windows, text, pad, pad_multiple,
-                               None if image is None else image.repeat(len(boxes), 1))
-        full = logits.new_zeros(b, logits.shape[1], height, width)
-        count = logits.new_zeros(1, 1, height, width)
-        for n, (y0, y1, x0, x1) in enumerate(boxes):
-            full[:, :, y0:y1, x0:x1] += logits[n * b : (n + 1) * b]
-            count[:, :, y0:y1, x0:x1] += 1
-        full = full / count
-    return [F.interpolate(full[i : i + 1], size=tuple(s), mode="bilinear", align_corners=False)[0]
-            for i, s in enumerate(sizes)]
+            return list(grid_logits(bb, pixels, text))
+        return list(window_logits(bb, pixels, text, pad=False))
+    rows, cols = window_starts(height, crop, stride), window_starts(width, crop, stride)
+    boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
+    windows = torch.cat([pixels[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])  # [n * B, 3, ch, cw]
+    # CASS: one window covering the input has the input's embedding as its own (no second forward of it)
+    image = input_embedding(bb, pixels) if len(boxes) > 1 else None
+    logits = window_logits(bb, windows, text, pad, pad_multiple,
+                           None if image is None else image.repeat(len(boxes), 1))
+    full = logits.new_zeros(b, logits.shape[1], height, width)
+    count = logits.new_zeros(1, 1, height, width)
+    for n, (y0, y1, x0, x1) in enumerate(boxes):
+        full[:, :, y0:y1, x0:x1] += logits[n * b : (n + 1) * b]
+        count[:, :, y0:y1, x0:x1] += 1
+    return list(full / count)
 
 
 def guide_image(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -210,15 +216,6 @@ def _propagate(mask: torch.Tensor, affinity: torch.Tensor, dilations: Sequence[i
                 out = term if out is None else out + term
                 n += 1
     return out
-
-
-def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, n_classes: int, logit_scale: float
-                        ) -> torch.Tensor:
-    """``[Q, H, W]`` cosine logits -> ``[C, H, W]``: ``softmax(logit_scale * logits)`` over the queries, each class
-    the max over its queries (``query_class [Q]`` int64 in ``0..C-1``; a class without a query gets 0)."""
-    probs = (logits * logit_scale).softmax(0)
-    index = query_class.to(probs.device).view(-1, *[1] * (probs.dim() - 1)).expand_as(probs)
-    return probs.new_zeros(n_classes, *probs.shape[1:]).scatter_reduce_(0, index, probs, "amax", include_self=True)
 
 
 def dense_probabilities(logits: torch.Tensor, query_class: torch.Tensor, n_classes: int, logit_scale: float,
@@ -280,26 +277,60 @@ def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes
 
 
 
+def photo_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: Sequence[tuple[int, int]],
+                 sam_images: Sequence | None = None, sam_features: list | None = None, budget: int | None = None
+                 ) -> list:
+    """:func:`segment_logits` in bounded memory: per image, its ``[Q, H0, W0]`` logits when the whole computation
+    needs at most ``budget`` bytes (:data:`~vpltool.models.bands.WHOLE_BUDGET`; a method's ``dense_logits`` hook
+    always), else a function that starts a pass over them in column bands (``(x0, x1, [Q, H0, x1 - x0])``,
+    :func:`~vpltool.models.bands.logit_bands`: the same arithmetic)."""
+    budget = WHOLE_BUDGET if budget is None else budget
+    steps = settings.pamr_steps
+    if getattr(getattr(bb, "method", None), "dense_logits", None) is not None or all(
+            whole_bytes(len(text), h, w, steps) <= budget for h, w in sizes):
+        return segment_logits(bb, pixels, text, settings, sizes, sam_images, sam_features)
+    sources = source_logits(bb, pixels, text, settings.slide_crop, settings.slide_stride,
+                            pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple)
+    out = []
+    for i, (src, size) in enumerate(zip(sources, sizes)):
+        # a photo smaller than the model's input is computed whole: torch's kernel shrinking rows is not separable
+        if whole_bytes(len(text), *size, steps) <= budget or src.shape[-2] > size[0] or src.shape[-1] > size[1]:
+            lg = F.interpolate(src[None], size=tuple(size), mode="bilinear", align_corners=False)
+            out.append(pamr(guide_image(pixels[i], size), lg, steps, settings.pamr_dilations)[0] if steps else lg[0])
+        else:
+            out.append(partial(logit_bands, src.float(), tuple(size), pixels[i].float() if steps else None, steps,
+                               settings.pamr_dilations))
+    return out
+
+
 def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
                  n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
-                 sam_images: Sequence | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                 sam_images: Sequence | None = None, scores: bool = True, budget: int | None = None
+                 ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
     """B images of one input size (``[B, 3, H, W]`` normalised, :func:`dense_input` then ``bb.pixels``) -> per
-    image ``([C, H0, W0]`` float32 class probabilities in [0, 1], ``[H0, W0]`` int64 labels, 0 = background``)`` on
-    the device, at each image's size ``sizes[i]``; with ``settings.sam_refine`` Trident's SAM prompt refinement
-    (the method's ``refined_labels``: :func:`~vpltool.models.dense.trident.refined_labels`). The per-image work of
-    `segment` (:func:`labels_batch`) and of :class:`vpltool.api.Segmenter`: one function, so a photo segmented
-    from Python gets the CLI's mask."""
+    image ``([C, H0, W0]`` float32 class probabilities in [0, 1] (None unless ``scores``), ``[H0, W0]`` int64
+    labels, 0 = background``)`` on the device, at each image's size ``sizes[i]``; with ``settings.sam_refine``
+    Trident's SAM prompt refinement (the method's ``refined_labels``:
+    :func:`~vpltool.models.dense.trident.refined_labels`). The per-image work of `segment` (:func:`labels_batch`)
+    and of :class:`vpltool.api.Segmenter`: one function, so a photo segmented from Python gets the CLI's mask. A
+    photo too large to compute whole in ``budget`` bytes is computed in column bands (:func:`photo_logits`)."""
     refine = bool(getattr(settings, "sam_refine", False))
     encoded: list | None = [] if refine else None
     with torch.no_grad(), autocast(bb.device, dtype):
-        logits = segment_logits(bb, pixels, text, settings, sizes, sam_images, encoded)
+        logits = photo_logits(bb, pixels, text, settings, sizes, sam_images, encoded, budget)
     out = []
     for i, lg in enumerate(logits):
-        probs, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
-                                            settings.prob_threshold, settings.area_threshold)
+        if isinstance(lg, torch.Tensor):
+            probs, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
+                                                settings.prob_threshold, settings.area_threshold)
+        else:
+            with torch.no_grad(), autocast(bb.device, dtype):
+                probs, labels = banded_probabilities(lg, sizes[i], query_class, n_classes, settings.logit_scale,
+                                                     settings.prob_threshold, settings.area_threshold,
+                                                     scores or refine)
         if refine:
             probs, labels = bb.method.refined_labels(bb.sam, probs, labels, *encoded[i], settings)
-        out.append((probs, labels))
+        out.append((probs if scores else None, labels))
     return out
 
 
@@ -309,7 +340,7 @@ def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
     """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (:func:`scores_batch`'s labels;
     nothing waits for the device unless ``settings.sam_refine``)."""
     return [labels.to(torch.uint8) for _, labels in scores_batch(bb, pixels, text, query_class, n_classes, settings,
-                                                                 sizes, dtype, sam_images)]
+                                                                 sizes, dtype, sam_images, scores=False)]
 
 
 def dense_input(pre, image: np.ndarray, size: tuple[int, int], extra: Callable | None = None) -> dict:
@@ -395,4 +426,5 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
 
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
            "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
-           "segment_logits", "scores_batch", "labels_batch", "dense_input", "write_dense_masks", "settings_params"]
+           "segment_logits", "source_logits", "photo_logits", "scores_batch", "labels_batch", "dense_input",
+           "write_dense_masks", "settings_params"]

@@ -1,12 +1,13 @@
-"""`cam --dense METHOD`: seeds from a training-free dense CLIP (MaskCLIP, SCLIP, ClearCLIP, NACLIP) instead of
-GradCAM, in the CAM file format, so `crf`, `learn-prototypes`, `train-decoder` and the report take them unchanged.
+"""`cam --dense METHOD`: seeds from a training-free dense CLIP (MaskCLIP, SCLIP, ClearCLIP, NACLIP) instead of GradCAM,
+in the CAM file format, so `crf`, `learn-prototypes`, `train-decoder` and the report take them unchanged.
 
 Per image with labels K (the dataset's, as `cam`), through the method's segmentor
-(:func:`vpltool.models.segmentor.segment_logits`: its resize, slide windows and PAMR): the cosine logits of every
-row of the prototypes file; then ``softmax(logit_scale * cos)`` over the image's K class rows and every background
-row; the K class probabilities are the maps, in [0, 1], stored at image size (no gradient, no CAA: the dense
-methods' own maps). The logit scale and windows are the method's (:data:`vpltool.config.DENSE_SEGMENTORS`) unless
-given; the probability threshold is not used (the CRF and eval choose the background).
+(:func:`vpltool.models.segmentor.segment_logits`: its resize, slide windows and PAMR; a large photo's in column
+bands, :mod:`vpltool.models.bands`): the cosine logits of every row of the prototypes file; then
+``softmax(logit_scale * cos)`` over the image's K class rows and every background row; the K class probabilities are
+the maps, in [0, 1], stored at image size (no gradient, no CAA: the dense methods' own maps). The logit scale and
+windows are the method's (:data:`vpltool.config.DENSE_SEGMENTORS`) unless given; the probability threshold is not
+used (the CRF and eval choose the background).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ...data import Dataset, open_source, recorded_folders
 from ...device import autocast, resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
-from ...models.segmentor import segment_logits, settings_params, short_side_size
+from ...models.segmentor import photo_logits, settings_params, short_side_size
 from ...runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "cam"
@@ -92,13 +93,20 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
         return {"pixels": pre.loaded(io.load_image(items[i].image), inputs[i])}
 
     def maps_of(pixels: torch.Tensor, index: list[int]) -> list[torch.Tensor]:
-        with torch.no_grad(), autocast(bb.device, dtype):
-            logits = segment_logits(bb, pixels, vectors, settings, [sizes[i] for i in index])
+        with torch.no_grad(), autocast(bb.device, dtype):  # a large photo's logits come in column bands
+            logits = photo_logits(bb, pixels, vectors, settings, [sizes[i] for i in index])
         out_maps = []
         for lg, i in zip(logits, index):
             labels = items[i].labels
             rows = torch.cat([*(class_rows[c - 1] for c in labels), background])
-            out_maps.append(dense_maps(lg.float(), rows, len(labels), settings.logit_scale))
+            if isinstance(lg, torch.Tensor):
+                out_maps.append(dense_maps(lg.float(), rows, len(labels), settings.logit_scale))
+                continue
+            maps = torch.empty(len(labels), *sizes[i], device=bb.device)
+            with torch.no_grad(), autocast(bb.device, dtype):
+                for x0, x1, band in lg():
+                    maps[:, :, x0:x1] = dense_maps(band.float(), rows, len(labels), settings.logit_scale)
+            out_maps.append(maps)
         return out_maps
 
     def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its maps

@@ -1,0 +1,85 @@
+"""A photo in column bands (vpltool.models.bands) against the whole-photo computation (the unbanded functions of
+vpltool.models.segmentor, the reference): upsampling equal bit for bit, PAMR to float rounding, labels equal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vpltool.config import SegmentConfig
+from vpltool.models import load_backbone
+from vpltool.models.bands import ColumnUpsampler, band_bytes, logit_bands, whole_bytes
+from vpltool.models.segmentor import dense_probabilities, guide_image, pamr, scores_batch, segment_logits
+
+
+def _whole(src, size, guide, steps):
+    up = F.interpolate(src[None], size=size, mode="bilinear", align_corners=False)
+    return (pamr(guide_image(guide, size), up, steps) if steps else up)[0]
+
+
+def _joined(src, size, guide, steps, band):
+    parts = list(logit_bands(src, size, guide, steps, (8, 16), band))
+    assert [p[0] for p in parts] == list(range(0, size[1], band))  # left to right, no gap
+    return torch.cat([p[2] for p in parts], dim=-1)
+
+
+# (3 channels take another of torch's kernels, one that is not separable: the guide's, equal to float rounding)
+@pytest.mark.parametrize("source,size", [((6, 21, 32), (301, 437)), ((4, 336, 448), (337, 1333)),
+                                         ((2, 9, 5), (97, 70))])
+def test_upsampling_in_bands_is_the_whole_upsampling_bit_for_bit(source, size):
+    src = torch.randn(*source, generator=torch.Generator().manual_seed(0))
+    whole = F.interpolate(src[None], size=size, mode="bilinear", align_corners=False)[0]
+    assert torch.equal(_joined(src, size, None, 0, 16), whole)
+    # any columns, in any order, repeats allowed (PAMR's replicated borders)
+    index = torch.tensor([size[1] - 1, 0, 0, 3 % size[1]])
+    assert torch.equal(ColumnUpsampler(src, size).columns(index), whole[..., index])
+
+
+@pytest.mark.parametrize("size,steps,band", [((150, 230), 10, 32), ((90, 47), 3, 16), ((64, 400), 10, 400)])
+def test_pamr_in_bands_reaches_across_bands(size, steps, band):
+    g = torch.Generator().manual_seed(1)
+    src, guide = torch.randn(5, 12, 18, generator=g), torch.randn(3, 12, 18, generator=g)
+    whole = _whole(src, size, guide, steps)
+    got = _joined(src, size, guide, steps, band)
+    # the same arithmetic; only torch's vectorised reductions may round the last bit of a pixel differently
+    assert (got - whole).abs().max() < 1e-5
+    # PAMR moves the logits well beyond that, and across band borders (its reach is 10 x 16 columns)
+    assert (whole - _whole(src, size, guide, 0)).abs().max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def naclip(tiny_spec):
+    return load_backbone(tiny_spec, "cpu", dense="naclip")
+
+
+@pytest.mark.parametrize("dense", ["naclip", "sclip"])  # PAMR on the input's logits; slide windows, grid, area filter
+def test_banded_labels_equal_the_whole_photos(tiny_spec, naclip, dense):
+    bb = naclip if dense == "naclip" else load_backbone(tiny_spec, "cpu", dense=dense)
+    settings = SegmentConfig(dense=dense).resolved()
+    g = torch.Generator().manual_seed(2)
+    text = F.normalize(torch.randn(7, bb.embed_dim, generator=g), dim=-1)
+    query_class = torch.tensor([1, 1, 2, 3, 0, 0, 0])
+    pixels = torch.randn(1, 3, 48, 80, generator=g)
+    size = (150, 260)
+    with torch.no_grad():
+        reference = segment_logits(bb, pixels, text, settings, [size])[0]  # today's whole-photo code
+    want_p, want = dense_probabilities(reference, query_class, 4, settings.logit_scale, settings.prob_threshold,
+                                       settings.area_threshold)
+    for budget in (0, 2**40):  # forced into bands (64 columns); the whole photo
+        probs, labels = scores_batch(bb, pixels, text, query_class, 4, settings, [size], torch.float32,
+                                     budget=budget)[0]
+        assert torch.equal(labels, want)
+        assert (probs - want_p).abs().max() < 1e-5
+        if budget:
+            assert torch.equal(probs, want_p)  # the whole photo: today's code, bit for bit
+    assert len(want.unique()) > 1
+    assert scores_batch(bb, pixels, text, query_class, 4, settings, [size], torch.float32, scores=False,
+                        budget=0)[0][0] is None
+
+
+def test_the_bands_hold_no_photo_sized_tensor():
+    # 24 MP with 27 queries and PAMR: the whole computation would need about 30 GB, the bands well under 1 GB
+    assert whole_bytes(27, 4000, 6000, 10) > 25 * 2**30
+    assert band_bytes(27, 4000, 10, (8, 16)) < 2**30
+    assert band_bytes(27, 4000, 10, (8, 16)) == band_bytes(27, 4000, 10, (8, 16))  # no width in it

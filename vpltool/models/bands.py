@@ -1,0 +1,302 @@
+"""The segmentor's photo-size work in column bands: a photo of any size in bounded memory, with the whole
+photo's arithmetic.
+
+:func:`vpltool.models.segmentor.segment_logits` makes every query's logits at the photo's size, ``[Q, H0, W0]``
+float32, and PAMR's neighbourhoods at that size (about 1 KB a photo pixel with 27 queries). Here the same numbers
+are made a band of ``band`` columns at a time, left to right, and reduced to what a caller keeps (labels, class
+probabilities, CAM maps) before the next band is made:
+
+* **upsampling** (bilinear, ``align_corners`` False, the logits and PAMR's guide): torch's kernel is separable, so
+  ``F.interpolate(x, (H0, W0))`` equals ``F.interpolate(F.interpolate(x, (h, W0)), (H0, W0))`` bit for bit; the
+  first pass is kept (``[Q, h, W0]``, ``h`` the model's input height), and the second is run on the band's columns
+  alone (:class:`ColumnUpsampler`): exact, as each output column of the second pass reads its own column. (A photo
+  smaller than the model's input, whose logits shrink, is computed whole; it is small.)
+* **PAMR**: its reach is ``steps x max(dilations)`` pixels. Each step is a level of a pipeline that keeps a few
+  bands per level (:class:`_Levels`): step ``k`` of a band needs step ``k - 1`` of it and ``max(dilations)``
+  columns either side, so no column is computed twice; the photo's left and right borders are replicated as the
+  whole computation's padding does, and its top and bottom are whole in every band.
+* **softmax, the query->class max, the argmax** per band (the area filter of SCLIP needs the whole photo's argmax
+  areas first: the bands are made twice).
+
+Per pixel the operations and their order are the whole computation's; torch's vectorised reductions (the
+softmaxes, PAMR's channel mean) may round a pixel at the end of a vector row differently when the rows are
+shorter, so a probability can differ in its last bit (labels equal: ``tests/test_bands.py``). A photo whose whole
+computation fits :data:`WHOLE_BUDGET` is computed whole, by the unbanded functions, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+WHOLE_BUDGET = 512 * 2**20  # bytes: a photo whose whole computation needs no more is computed in one piece
+BAND_COLUMNS = 64  # columns per band: with 27 queries, 10 PAMR steps and 4000 rows about 0.4 GB in flight
+
+
+def whole_bytes(n_queries: int, height: int, width: int, pamr_steps: int) -> int:
+    """What the unbanded computation holds for one ``height x width`` photo at its peak, in bytes (float32): the
+    queries' logits twice and PAMR's neighbourhoods (18 shifted copies of the 3-channel guide, its 16 affinities,
+    the mask, its padded copy and the step's sum), or the logits, the softmax and the class maximum."""
+    per_pixel = n_queries * 4 * 5 + 3 * 4 * (18 + 16 + 16 + 2) + 16 * 4 if pamr_steps else n_queries * 4 * 3
+    return per_pixel * height * width
+
+
+def band_bytes(n_queries: int, height: int, pamr_steps: int, dilations: Sequence[int], band: int = BAND_COLUMNS
+               ) -> int:
+    """What :func:`logit_bands` holds in flight for a photo of ``height`` rows, in bytes (float32)."""
+    reach = max(dilations) if pamr_steps else 0
+    width = band + 2 * reach
+    levels = (pamr_steps + 1) * width + 6 * width  # a buffer per PAMR step, the step's padded source and sums
+    affinity = (pamr_steps * reach + band) * 16 + width * 3 * (18 + 16 + 16 + 2)
+    return 4 * height * (n_queries * levels + affinity)
+
+
+def _axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch's bilinear taps along one axis (``align_corners`` False): per output index the two source indices
+    ``[n_out]`` int64 and their weights ``[n_out]`` float32, as its CPU kernel computes them (the source position
+    ``scale * (i + 0.5) - 0.5`` rounded once, ``scale`` the float32 ``n_in / n_out``)."""
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
+    src = (scale.double() * (torch.arange(n_out, dtype=torch.float64) + 0.5) - 0.5).float().clamp_(min=0)
+    i0 = src.long()
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    w1 = src - i0.float()
+    return i0, i1, 1 - w1, w1
+
+
+def _fused(a: torch.Tensor, wa: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``a * wa + p`` rounded once to float32 (the fused multiply-add of torch's kernel), from float32 tensors:
+    the sum in float64 with its rounding error (Knuth's two-sum), which settles a float32 tie the float64 sum
+    would otherwise round twice."""
+    x, y = a.double() * wa.double(), p.double()  # the product is exact in float64
+    s = x + y
+    back = s - x
+    err = (x - (s - back)) + (y - back)
+    f = s.float()
+    g = torch.nextafter(f, torch.where(s > f.double(), torch.inf, -torch.inf).float())  # the float on s's other side
+    tie = (s == (f.double() + g.double()) * 0.5) & (err != 0)
+    return torch.where(tie & ((err > 0) == (g > f)), g, f)
+
+
+class ColumnUpsampler:
+    """``F.interpolate(source[None], size, mode="bilinear", align_corners=False)[0]`` column by column.
+
+    torch's CPU kernel is separable: the whole resize equals the rows resized to the photo's width, then the
+    columns to its height, bit for bit. The first pass is torch's (``[1, C, h, W0]``, kept); the second is
+    restated per column (torch's kernel takes another path for a narrow tensor) with its taps and its rounding:
+    ``fma(t[i0], w0, round(t[i1] * w1))``. ``tests/test_bands.py`` holds it equal to the whole resize.
+
+    Args:
+        source: ``[C, h, w]`` float32 (the logits at the model's input or patch grid, or the normalised input),
+            no larger than ``size`` (torch's kernel shrinking rows takes another path).
+        size: the photo's ``(H0, W0)``.
+    """
+
+    def __init__(self, source: torch.Tensor, size: tuple[int, int]):
+        self.height, self.width = int(size[0]), int(size[1])
+        self.rows = F.interpolate(source[None].float(), size=(source.shape[-2], self.width), mode="bilinear",
+                                  align_corners=False)
+        i0, i1, w0, w1 = _axis(source.shape[-2], self.height)
+        device = self.rows.device
+        self.i0, self.i1 = i0.to(device), i1.to(device)
+        self.w0, self.w1 = w0.to(device)[:, None], w1.to(device)[:, None]
+
+    def columns(self, index: torch.Tensor) -> torch.Tensor:
+        """``[n]`` int64 column indices (any order, repeats allowed) -> ``[C, H0, n]`` those columns of the whole
+        upsampled image."""
+        picked = self.rows[0].index_select(2, index.to(self.rows.device))  # [C, h, n]
+        return _fused(picked.index_select(1, self.i0), self.w0, picked.index_select(1, self.i1) * self.w1)
+
+
+def _clamped(start: int, stop: int, width: int, device) -> torch.Tensor:
+    """Column indices ``start..stop-1`` with those outside the photo replaced by its border column (the
+    replicate padding of the whole computation)."""
+    return torch.arange(start, stop, device=device).clamp_(0, width - 1)
+
+
+def _rows_padded(x: torch.Tensor, d: int) -> torch.Tensor:
+    """``[B, C, H, n]`` -> ``[B, C, H + 2d, n]``: the top and bottom rows replicated ``d`` times."""
+    return F.pad(x, (0, 0, d, d), mode="replicate")
+
+
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def _shifted(xp: torch.Tensor, d: int, reach: int, n: int, centre: bool) -> torch.Tensor:
+    """``xp`` ``[B, C, H + 2d, n + 2 reach]`` (rows padded by ``d``, columns ``reach`` either side of the band) ->
+    ``[B, C, P, H, n]`` the values at the 8 neighbours (and the centre) at dilation ``d``, in the order of
+    :func:`vpltool.models.segmentor._shifted`."""
+    height = xp.shape[-2] - 2 * d
+    return torch.stack([xp[..., d + dy * d : d + dy * d + height, reach + dx * d : reach + dx * d + n]
+                        for dy, dx in _OFFSETS if centre or (dy, dx) != (0, 0)], dim=2)
+
+
+def band_affinity(guide: torch.Tensor, reach: int, n: int, dilations: Sequence[int]) -> torch.Tensor:
+    """PAMR's affinity of ``n`` columns: ``guide`` ``[1, 3, H, n + 2 reach]`` (the band's columns and ``reach``
+    more either side) -> ``[1, 1, P, H, n]``, as :func:`vpltool.models.segmentor.pamr` computes it."""
+    image = guide[..., reach : reach + n]
+    padded = {d: _rows_padded(guide, d) for d in dilations}
+    std = torch.cat([_shifted(padded[d], d, reach, n, True) for d in dilations], dim=2).std(2, keepdim=True)
+    diff = torch.cat([(image[:, :, None] - _shifted(padded[d], d, reach, n, False)).abs() for d in dilations], dim=2)
+    return F.softmax((-diff / (1e-8 + 0.1 * std)).mean(1, keepdim=True), dim=2)
+
+
+def band_step(mask: torch.Tensor, affinity: torch.Tensor, reach: int, dilations: Sequence[int]) -> torch.Tensor:
+    """One PAMR step of a band: ``mask`` ``[1, C, H, n + 2 reach]`` (the previous step, ``reach`` columns either
+    side) and ``affinity`` ``[1, 1, P, H, n]`` -> ``[1, C, H, n]``, the sum over the neighbours in
+    :func:`vpltool.models.segmentor._propagate`'s order."""
+    n = affinity.shape[-1]
+    out, k = None, 0
+    for d in dilations:
+        xp = _rows_padded(mask, d)
+        height = xp.shape[-2] - 2 * d
+        for dy, dx in _OFFSETS:
+            if (dy, dx) == (0, 0):
+                continue
+            term = xp[..., d + dy * d : d + dy * d + height, reach + dx * d : reach + dx * d + n] * affinity[:, :, k]
+            out = term if out is None else out + term
+            k += 1
+    return out
+
+
+class _Buffer:
+    """Columns ``lo..hi-1`` of one ``[1, C, H, W0]`` quantity, extended to the right and trimmed on the left."""
+
+    def __init__(self):
+        self.data: torch.Tensor | None = None
+        self.lo = self.hi = 0
+
+    def add(self, new: torch.Tensor) -> None:
+        self.data = new if self.data is None else torch.cat([self.data, new], dim=-1)
+        self.hi += new.shape[-1]
+
+    def trim(self, lo: int) -> None:
+        if self.data is not None and lo > self.lo:
+            lo = min(lo, self.hi)
+            self.data = self.data[..., lo - self.lo :].contiguous()
+            self.lo = lo
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        return self.data.index_select(-1, index - self.lo)
+
+
+class _Levels:
+    """PAMR as a pipeline over column bands: level 0 the upsampled logits, level ``k`` step ``k``; each level
+    extends only as far as the next one needs, and forgets what no level will read again."""
+
+    def __init__(self, logits: ColumnUpsampler, guide: ColumnUpsampler, steps: int, dilations: Sequence[int]):
+        self.logits, self.guide, self.steps, self.dilations = logits, guide, steps, tuple(dilations)
+        self.reach, self.width = max(dilations), logits.width
+        self.device = logits.rows.device
+        self.levels = [_Buffer() for _ in range(steps + 1)]
+        self.affinity = _Buffer()
+
+    def _extend_affinity(self, stop: int) -> None:
+        a = self.affinity
+        if stop <= a.hi:
+            return
+        index = _clamped(a.hi - self.reach, stop + self.reach, self.width, self.device)
+        a.add(band_affinity(self.guide.columns(index)[None], self.reach, stop - a.hi, self.dilations))
+
+    def extend(self, k: int, stop: int) -> None:
+        """Level ``k`` computed up to column ``stop`` (at most the photo's width)."""
+        stop = min(stop, self.width)
+        level = self.levels[k]
+        if stop <= level.hi:
+            return
+        start = level.hi
+        if k == 0:
+            level.add(self.logits.columns(torch.arange(start, stop, device=self.device))[None])
+            return
+        below = self.levels[k - 1]
+        self.extend(k - 1, stop + self.reach)
+        self._extend_affinity(stop)
+        source = below.take(_clamped(start - self.reach, stop + self.reach, self.width, self.device))
+        affinity = self.affinity.data[..., start - self.affinity.lo : stop - self.affinity.lo]
+        level.add(band_step(source, affinity, self.reach, self.dilations))
+        below.trim(level.hi - self.reach)  # level k's next band reads level k - 1 from here on
+
+    def band(self, start: int, stop: int) -> torch.Tensor:
+        """Columns ``start..stop-1`` of the last step ``[C, H0, n]``; the bands are asked for left to right."""
+        top = self.levels[-1]
+        self.extend(self.steps, stop)
+        out = top.take(torch.arange(start, stop, device=self.device))[0]
+        top.trim(stop)
+        self.affinity.trim(top.hi)
+        return out
+
+
+def logit_bands(source: torch.Tensor, size: tuple[int, int], guide: torch.Tensor | None = None, steps: int = 0,
+                dilations: Sequence[int] = (8, 16), band: int = BAND_COLUMNS
+                ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The photo's query logits (after PAMR) a band of columns at a time.
+
+    Args:
+        source: ``[Q, h, w]`` float32 logits that :func:`vpltool.models.segmentor.dense_logits` resizes to ``size``
+            (the model's input size, or its patch grid).
+        size: the photo's ``(H0, W0)``.
+        guide: PAMR's guide, ``[3, h', w']`` the normalised input (resized to ``size`` as
+            :func:`vpltool.models.segmentor.guide_image`); needed when ``steps``.
+        steps, dilations: PAMR's.
+        band: columns per band.
+
+    Yields:
+        ``(x0, x1, [Q, H0, x1 - x0])`` float32, left to right, covering ``0..W0``.
+    """
+    logits = ColumnUpsampler(source, size)
+    width = logits.width
+    if steps:
+        levels = _Levels(logits, ColumnUpsampler(guide, size), steps, dilations)
+    for x0 in range(0, width, band):
+        x1 = min(x0 + band, width)
+        if steps:
+            yield x0, x1, levels.band(x0, x1)
+        else:
+            yield x0, x1, logits.columns(torch.arange(x0, x1, device=logits.rows.device))
+
+
+def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, n_classes: int, logit_scale: float
+                        ) -> torch.Tensor:
+    """``[Q, H, W]`` cosine logits -> ``[C, H, W]``: ``softmax(logit_scale * logits)`` over the queries, each class
+    the max over its queries (``query_class [Q]`` int64 in ``0..C-1``; a class without a query gets 0)."""
+    probs = (logits * logit_scale).softmax(0)
+    index = query_class.to(probs.device).view(-1, *[1] * (probs.dim() - 1)).expand_as(probs)
+    return probs.new_zeros(n_classes, *probs.shape[1:]).scatter_reduce_(0, index, probs, "amax", include_self=True)
+
+
+def banded_probabilities(bands: Callable[[], Iterator[tuple[int, int, torch.Tensor]]], size: tuple[int, int],
+                         query_class: torch.Tensor, n_classes: int, logit_scale: float, prob_threshold: float,
+                         area_threshold: float | None = None, scores: bool = True
+                         ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """:func:`vpltool.models.segmentor.dense_probabilities` over :func:`logit_bands`: ``bands()`` starts a fresh
+    pass over the bands. Returns ``([C, H0, W0]`` float32 class probabilities, or None unless ``scores``; ``[H0, W0]``
+    int64 labels``)``. With ``area_threshold`` the bands are made twice: the argmax areas of the whole photo first."""
+    height, width = size
+    keep = None
+    if area_threshold is not None:
+        area = None
+        for _, _, logits in bands():
+            top = class_probabilities(logits.float(), query_class, n_classes, logit_scale).argmax(0)
+            counts = (top[None] == torch.arange(n_classes, device=top.device)[:, None, None]).flatten(1).sum(1)
+            area = counts if area is None else area + counts
+        area = area[1:].float()
+        keep = area > area_threshold * area.sum()
+    labels = probs = None
+    for x0, x1, logits in bands():
+        p = class_probabilities(logits.float(), query_class, n_classes, logit_scale)
+        if keep is not None:
+            p = torch.cat([p[:1], p[1:] * keep.to(p.dtype)[:, None, None]])
+        top, lab = p.max(0)
+        lab = torch.where(top < prob_threshold, torch.zeros_like(lab), lab)
+        if labels is None:
+            labels = lab.new_empty(height, width)
+            probs = p.new_empty(n_classes, height, width) if scores else None
+        labels[:, x0:x1] = lab
+        if probs is not None:
+            probs[:, :, x0:x1] = p
+    return probs, labels
+
+
+__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "whole_bytes", "band_bytes", "ColumnUpsampler", "band_affinity",
+           "band_step", "logit_bands", "class_probabilities", "banded_probabilities"]
