@@ -83,3 +83,17 @@ def test_dino_pos_resize_antialias_is_dinov2_regs_and_timms_own():
     assert bb.n_prefix == 5 and (bb._dino_forward(small)[0] - reg.forward_features(small)[:, 5:]).abs().max() < 1e-5
     with pytest.raises(VplError, match="positional resize"):
         load_dino(DinoSpec("test_vit", "none", "nearest"))
+
+
+def test_tokens_and_last_qkv_are_the_forward_and_what_a_hook_on_the_last_qkv_sees():
+    dino = load_dino(DinoSpec("test_vit", "none", "bicubic-antialias"))
+    pixels = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    seen = []
+    hook = dino.model.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        theirs = dino.model.forward_features(pixels)
+    finally:
+        hook.remove()
+    tokens, qkv, grid = dino.tokens_and_last_qkv(pixels)
+    assert grid == (4, 5) and qkv.shape == seen[0].shape == (2, 21, 3 * 64)
+    assert (tokens - theirs[:, 1:]).abs().max() < 1e-5 and (qkv - seen[0]).abs().max() < 1e-5

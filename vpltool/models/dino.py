@@ -258,6 +258,22 @@ class DinoBackbone:
             x = torch.cat([x[:, :1], registers.expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1:]], dim=1)
         return x, grid
 
+    def tokens_and_last_qkv(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """DINO's own forward (:meth:`_dino_forward`) that also keeps what the last block's fused ``qkv`` linear
+        returned (a forward hook on ``blocks[-1].attn.qkv``, as Talk2DINO reads it): ``[B, 3, H, W]`` normalised
+        pixels -> (``[B, hw, C]`` final-norm patch tokens, ``[B, prefix + hw, 3C]`` the last block's qkv (prefix
+        tokens first), ``(h, w)``). Gradients flow where the caller enables them."""
+        m = self.model
+        x, grid = self._dino_tokens(pixels.to(self.device))
+        qkv = None
+        for i, blk in enumerate(m.blocks):
+            h = blk.norm1(x)
+            if i == len(m.blocks) - 1:
+                qkv = blk.attn.qkv(h)
+            x = x + blk.ls1(_dino_attention(blk.attn, h))
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return m.norm(x)[:, self.n_prefix:], qkv, grid
+
     def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
         normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the prefix tokens, ``(h, w)``),
