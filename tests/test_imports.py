@@ -25,9 +25,9 @@ STAGE_DIR = PACKAGE / "stages"
 # the stage modules and packages, read from the folder: peers that never import each other
 STAGES = tuple(sorted(p.stem for p in STAGE_DIR.iterdir()
                       if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()))
-# a stage that runs others, and the stages it runs (and nothing else): `benchmark` is `segment` (a CLIP's, or a PGSeg
-# checkpoint's: segment_pgseg) then `eval` per dataset, the same functions the two commands call
-COMPOSITES = {"benchmark": {"segment", "segment_pgseg", "eval"}}
+# a stage that runs others, and the stages it runs (and nothing else): `benchmark` is `segment` (a CLIP's, or a
+# text-supervised family's checkpoint: segment_text) then `eval` per dataset, the same functions the two commands call
+COMPOSITES = {"benchmark": {"segment", "segment_text", "eval"}}
 # the CLI and the front door: they may import anything. The package root is imported below for its __version__
 # alone (the circle check keeps the front door's imports lazy)
 TOP = ("vpltool", "vpltool.__main__", "vpltool.cli", "vpltool.api")  # the front doors: the CLI and the Python API
@@ -166,7 +166,7 @@ def test_the_graph_is_read():
     assert "vpltool.device" in graph["vpltool.io.stage"]  # a lazy import, inside a function, is an edge too
     assert all(_stage(_module(s)) == s for s in STAGES)
     assert all(_module(s) in graph for s in STAGES)
-    assert {"extract", "cam", "segment", "train_pgseg", "segment_pgseg", "benchmark"} <= set(STAGES)
+    assert {"extract", "cam", "segment", "train_pgseg", "segment_text", "benchmark"} <= set(STAGES)
 
 
 def test_no_import_circle_among_vpltool_modules():

@@ -110,16 +110,19 @@ def test_cli_another_architecture_is_one_line_and_exit_2(world, features_dir, te
 
 def test_the_segmenting_families_are_named_once_in_the_registry():
     """PGSeg and GroupViT are the pgseg family's, any other method name the clip family's (a --dense method); the
-    stages get the pgseg family's module through the registry."""
+    stages get the pgseg family's hooks through the registry."""
     import vpltool.models.pgseg as pgseg
     from vpltool.models.registry import SEGMENTERS, family_module, segmenter_family
-    from vpltool.stages import segment_pgseg
-    from vpltool.stages.cam import pgseg as cam_pgseg
+    from vpltool.models.text_family import text_family
+    from vpltool.stages import segment_text
+    from vpltool.stages.cam import text as cam_text
 
     assert [segmenter_family(m) for m in ("pgseg", "groupvit", "naclip", "maskclip", "none")] == \
         ["pgseg", "pgseg", "clip", "clip", "clip"]
     assert set(SEGMENTERS.values()) <= set(families())
-    assert family_module("pgseg") is pgseg is segment_pgseg.pgseg_family() is cam_pgseg._family()
+    assert family_module("pgseg") is pgseg
+    assert text_family("pgseg") is segment_text.text_family_of("pgseg") is cam_text._family("pgseg")
+    assert isinstance(text_family("pgseg"), pgseg.PGSegFamily)
     with pytest.raises(VplError, match="unknown model family 'nope'"):
         family_module("nope")
 

@@ -169,29 +169,6 @@ def test_no_npr_trains_groupvit_without_the_npr_term(world, tmp_path, family):
     assert not cfg.npr and "npr" not in io.read_log(tmp_path / "run" / "log.jsonl")[0]
 
 
-def test_a_recipe_names_the_family_the_trainer_builds_through_the_registry(world, tmp_path, monkeypatch):
-    """A second text-supervised family is a model package that registers plus a recipe row naming it: the trainer
-    asks the registry for the recipe's family (here the stand-in, registered as "second"), nothing else changes."""
-    import vpltool.config.pgseg as config
-    import vpltool.stages.train_pgseg as tp
-    from vpltool.models import registry
-
-    monkeypatch.setattr(config, "TEXT_SUPERVISED", ("pgseg", "second"))
-    monkeypatch.setitem(config.PGSEG_RECIPES, "second-demo", {**config.PGSEG_RECIPES["cpu"], "family": "second"})
-    monkeypatch.setitem(registry._MODULES, "second", "pgseg_stand_in")
-    monkeypatch.setitem(registry._FAMILIES, "second", registry.Family("second", lambda *a, **k: None))
-    asked = []
-    monkeypatch.setattr(tp, "_family", lambda name="pgseg": asked.append(name) or registry.family_module(name))
-    cfg = pgseg_recipe("second-demo", **SMALL)
-    assert cfg.family == "second"
-    run_train_pgseg(world, tmp_path / "run", cfg)
-    assert set(asked) == {"second"}  # the recipe's family alone, never the default pgseg
-    assert set(_weights(tmp_path / "run" / "pgseg.safetensors")) == set(pgseg_stand_in.build_model(
-        pgseg_stand_in.PGSegConfig()).state_dict())  # the stand-in's model was built, trained and saved
-    with pytest.raises(VplError, match="family"):
-        config.PGSegTrainConfig(family="tcl")  # a family no recipe may name yet: one line
-
-
 def test_refuses_to_clobber_and_resume_with_other_settings(world, tmp_path, family):
     run_train_pgseg(world, tmp_path / "done", _cfg(epochs=1))
     with pytest.raises(VplError, match="holds a trained model; pass --overwrite"):

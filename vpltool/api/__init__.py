@@ -2,8 +2,9 @@
 
 * :func:`segmenter` (``vpltool.segmenter``): ``seg = vpltool.segmenter("naclip", model="ViT-B-16",
   pretrained="openai")``, then ``seg(photo, ["cat", "dog"])`` -> :class:`Segmentation` (an ``[H, W]`` int64 label
-  map, 0 = background, and ``[C + 1, H, W]`` scores); ``vpltool.segmenter("pgseg", checkpoint=FILE)`` for a PGSeg /
-  GroupViT checkpoint. The label map equals the mask `vpltool segment` writes for the same photo and names.
+  map, 0 = background, and ``[C + 1, H, W]`` scores); ``vpltool.segmenter(NAME, checkpoint=FILE)`` for the
+  checkpoint of a text-supervised family (``pgseg``: PGSeg / GroupViT). The label map equals the mask
+  `vpltool segment` writes for the same photo and names.
 * the stages (:mod:`vpltool.api.stages`): ``vpltool.api.extract``, ``text_prototypes``, ``cam``,
   ``learn_prototypes``, ``crf``, ``train_decoder``, ``predict``, ``evaluate`` (`eval`), ``segment``, ``report``,
   each over the library function its command calls, with the command's defaults.

@@ -1,10 +1,11 @@
 """``vpltool.segmenter(...)``: segment one photo by class names from Python, with the per-image code `segment` runs.
 
-A training-free dense CLIP method (``"naclip"``, ``"maskclip"``, ... the names of ``segment --dense``) or a PGSeg /
-GroupViT checkpoint (``"pgseg"``, ``checkpoint=FILE``, or ``model="pgseg:FILE"`` as ``segment --model``) is loaded once;
+A training-free dense CLIP method (``naclip``, ``maskclip``, ... the names of ``segment --dense``) or the checkpoint
+of a text-supervised family (PGSeg / GroupViT: method ``pgseg`` with ``checkpoint=FILE``, or ``model="pgseg:FILE"``
+as ``segment --model``; any family's NAME:FILE) is loaded once;
 each call takes a photo and class names and returns a :class:`Segmentation`. The settings are `segment`'s
 (:class:`vpltool.config.SegmentConfig`, defined once there) and the work per image is the CLI's own function
-(:func:`vpltool.models.segmentor.scores_batch`, :func:`vpltool.stages.segment_pgseg.image_scores`), so a label map from
+(:func:`vpltool.models.segmentor.scores_batch`, :func:`vpltool.stages.segment_text.image_scores`), so a label map from
 here equals the mask `segment` writes for the same image and names.
 """
 
@@ -121,34 +122,38 @@ class DenseSegmenter(Segmenter):
                             ("background", *class_names(entries)))
 
 
-class PgsegSegmenter(Segmenter):
-    """A PGSeg / GroupViT checkpoint segmenting by its group maps (``segment --pgseg FILE``)."""
+class TextSegmenter(Segmenter):
+    """A text-supervised family's checkpoint segmenting by class names (``segment --model NAME:FILE``; PGSeg /
+    GroupViT by its group maps). ``family``: a name of :data:`vpltool.models.registry.TEXT_FAMILIES`."""
 
-    def __init__(self, checkpoint: str | os.PathLike, runtime: RuntimeConfig, *, bg_thresh: float,
+    def __init__(self, family: str, checkpoint: str | os.PathLike, runtime: RuntimeConfig, *, bg_thresh: float,
                  short_side: int, slide: tuple[int, int], background: str):
         from ..device import resolve_device
-        from ..models.registry import load_model
-        from ..stages.segment_pgseg import check_options, pgseg_family
+        from ..stages.segment_text import check_options, text_family_of
 
-        check_options(bg_thresh, short_side, slide)
-        self.method, self.checkpoint = "pgseg", Path(checkpoint)
+        self.family = text_family_of(family)
+        check_options(bg_thresh, short_side, slide, self.family.TrainConfig.ZERO_SHOT.min_side)
+        self.method, self.checkpoint = family, Path(checkpoint)
         self.bg_thresh, self.short_side, self.slide, self.background = bg_thresh, short_side, slide, background
-        self.family = pgseg_family()
-        self.family.load_checkpoint(self.checkpoint)  # one line for a missing file or another model's
+        self.family.check_checkpoint(self.checkpoint)  # one line for a missing file or another model's
         self.device = resolve_device(runtime.device)
-        self.model = load_model("pgseg", self.checkpoint, self.device)
+        self.model = self.family.load_model(self.checkpoint, self.device)
         self._queries: dict[tuple[str, ...], tuple] = {}
 
     def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
-        from ..stages.segment_pgseg import image_scores, pgseg_queries
+        from ..stages.segment_text import image_scores, text_names, text_queries
 
         entries = tuple(class_entries(classes))
         if entries not in self._queries:
-            self._queries[entries] = pgseg_queries(self.family, self.model, entries, self.background, self.device)
+            names, bg_words = text_names(entries, self.background)
+            self._queries[entries] = names, text_queries(self.family, self.model, names, bg_words, self.device)
         names, text = self._queries[entries]
         logits, labels = image_scores(self.family, self.model, as_rgb(image), text, len(names), self.bg_thresh,
                                       self.short_side, self.slide, self.device)
         return Segmentation(labels.cpu().numpy().astype(np.int64), logits.cpu().numpy(), ("background", *names))
+
+
+PgsegSegmenter = TextSegmenter  # its name before other text-supervised families
 
 
 _RUNTIME = ("device", "precision")
@@ -161,26 +166,29 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
 
     Args:
         method: a dense CLIP method of ``segment --dense`` (``maskclip``, ``sclip``, ``clearclip``, ``naclip``,
-            ``sc-clip``, ``proxyclip``, ``cass``, ``trident``, ``none``; default `segment`'s), or ``pgseg`` (a PGSeg
-            / GroupViT checkpoint, ``checkpoint=FILE``).
+            ``sc-clip``, ``proxyclip``, ``cass``, ``trident``, ``none``; default `segment`'s), or a text-supervised
+            family's name (``pgseg``: a PGSeg / GroupViT checkpoint, ``checkpoint=FILE``).
         model, pretrained: the CLIP, as `segment`'s ``--model`` / ``--pretrained`` (``ViT-B-16`` / ``openai``;
             ``vpltool-toy`` / ``none``: the demo world's toy CLIP); or ``model="pgseg:FILE"`` (``groupvit:FILE``),
-            as `segment --model pgseg:FILE`: the same as ``segmenter("pgseg", checkpoint=FILE)``.
-        checkpoint: ``pgseg``'s file (`train-pgseg`'s ``pgseg.safetensors`` or a GroupViT / PGSeg ``.pth``).
+            as `segment --model pgseg:FILE`: the same as ``segmenter(NAME, checkpoint=FILE)``.
+        checkpoint: a text-supervised family's file (PGSeg: `train-pgseg`'s ``pgseg.safetensors`` or a GroupViT /
+            PGSeg ``.pth``).
         options: `segment`'s options by their Python names, with its defaults: for a dense method the fields of
             :class:`vpltool.config.SegmentConfig` (``templates``, ``background``, ``prob_threshold``,
-            ``short_side``, ``slide_crop``, ``proxy_weights``, ...); for ``pgseg`` ``bg_thresh``, ``short_side``,
-            ``slide_crop``, ``slide_stride``, ``background``; and ``device`` / ``precision`` (``auto``).
+            ``short_side``, ``slide_crop``, ``proxy_weights``, ...); for a text-supervised family ``bg_thresh``,
+            ``short_side``, ``slide_crop``, ``slide_stride``, ``background`` (its defaults: its ``ZERO_SHOT``);
+            and ``device`` / ``precision`` (``auto``).
 
     Raises:
         VplError: an unknown method or option, or a missing or foreign weights file: one line, before any load.
     """
     runtime = RuntimeConfig(**{k: options.pop(k) for k in _RUNTIME if k in options})
     family, method, checkpoint = segmenting(method, model, checkpoint)
-    if family == "pgseg":
-        return _pgseg(checkpoint, runtime, options)
+    if family != "clip":  # a text-supervised family's checkpoint
+        return _text_segmenter(family, method, checkpoint, runtime, options)
     if checkpoint is not None:
-        raise VplError(f"checkpoint: a pgseg file; method {method!r} takes model= and pretrained=")
+        raise VplError(f"checkpoint: a text-supervised family's file (pgseg, ...); method {method!r} takes model= "
+                       "and pretrained=")
     known = {f.name for f in fields(SegmentConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -198,7 +206,7 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
 
 def segmenting(method: str | None, model: str, checkpoint: str | os.PathLike | None) -> tuple[str, str, Any]:
     """``(method, model, checkpoint)`` as :func:`segmenter` takes them -> ``(family, method, checkpoint)``:
-    ``model="pgseg:FILE"`` (:func:`vpltool.models.registry.model_family`) is ``method="pgseg", checkpoint=FILE``;
+    ``model="NAME:FILE"`` (:func:`vpltool.models.registry.model_family`) is ``method=NAME, checkpoint=FILE``;
     a dense method beside it, or another checkpoint, is one line. ``method`` None: `segment`'s default method."""
     from ..models.registry import model_family, segmenter_family
 
@@ -207,30 +215,37 @@ def segmenting(method: str | None, model: str, checkpoint: str | os.PathLike | N
         method = SegmentConfig.dense if method is None else method
         return segmenter_family(method), method, checkpoint
     if method is not None and segmenter_family(method) != family:
-        raise VplError(f"model={model!r} is a {family} checkpoint, which segments as method 'pgseg'; drop method "
+        raise VplError(f"model={model!r} is a {family} checkpoint, which segments as method {family!r}; drop method "
                        f"{method!r} (a dense CLIP method)")
     if checkpoint is not None and os.path.abspath(checkpoint) != os.path.abspath(spec):
         raise VplError(f"model={model!r} and checkpoint={str(checkpoint)!r}: two checkpoints; give one "
-                       "(model='pgseg:FILE' is checkpoint=FILE)")
+                       f"(model='{family}:FILE' is checkpoint=FILE)")
     return family, method or model.partition(":")[0].lower(), spec
 
 
-def _pgseg(checkpoint, runtime: RuntimeConfig, options: dict) -> PgsegSegmenter:
-    from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE
+def text_options(family: str, options: dict, where: str) -> dict:
+    """A text-supervised family's zero-shot options (``bg_thresh``, ``short_side``, ``slide_crop``,
+    ``slide_stride``, ``background``) over its defaults (its configuration's ``ZERO_SHOT``); an unknown option is
+    one line naming them."""
+    from ..models.registry import text_config
 
-    if checkpoint is None:
-        raise VplError("segmenter('pgseg'): pass checkpoint=FILE (train-pgseg's pgseg.safetensors or a GroupViT / "
-                       "PGSeg release .pth)")
-    defaults = {"bg_thresh": PGSEG_BG_THRESH, "short_side": PGSEG_SHORT_SIDE, "slide_crop": PGSEG_SLIDE[0],
-                "slide_stride": PGSEG_SLIDE[1], "background": PGSEG_BACKGROUND}
+    defaults = text_config(family).ZERO_SHOT.options()
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise VplError(f"segmenter('pgseg'): unknown option {unknown[0]!r}; the options are "
-                       f"{', '.join(defaults)}, device, precision")
-    o = {**defaults, **options}
-    return PgsegSegmenter(checkpoint, runtime, bg_thresh=o["bg_thresh"], short_side=o["short_side"],
-                          slide=(o["slide_crop"], o["slide_stride"]), background=o["background"])
+        raise VplError(f"{where}: unknown option {unknown[0]!r}; the options are {', '.join(defaults)}, device, "
+                       "precision")
+    return {**defaults, **options}
 
 
-__all__ = ["Segmentation", "Segmenter", "DenseSegmenter", "PgsegSegmenter", "segmenter", "segmenting", "as_rgb",
-           "class_entries"]
+def _text_segmenter(family: str, method: str, checkpoint, runtime: RuntimeConfig, options: dict) -> TextSegmenter:
+    from ..models.registry import TEXT_FAMILIES
+
+    if checkpoint is None:
+        raise VplError(f"segmenter({method!r}): pass checkpoint=FILE ({TEXT_FAMILIES[family].files})")
+    o = text_options(family, options, f"segmenter({method!r})")
+    return TextSegmenter(family, checkpoint, runtime, bg_thresh=o["bg_thresh"], short_side=o["short_side"],
+                         slide=(o["slide_crop"], o["slide_stride"]), background=o["background"])
+
+
+__all__ = ["Segmentation", "Segmenter", "DenseSegmenter", "TextSegmenter", "PgsegSegmenter", "segmenter", "segmenting",
+           "as_rgb", "class_entries"]

@@ -139,16 +139,17 @@ def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None =
             checkpoint: PathLike | None = None, overlay: bool = False, **options: Any):
     """`vpltool segment DATA --classes NAMES -o OUT`: open-vocabulary masks of a photo, a folder of photos or a
     dataset (``classes`` None: the dataset's own) by a dense CLIP ``method`` (:class:`SegmentConfig`), or
-    ``method="pgseg"`` with ``checkpoint=FILE`` or ``model="pgseg:FILE"`` (options ``bg_thresh``, ``short_side``,
-    ``slide_crop``, ``slide_stride``, ``background``). ``overlay``: also ``OUT/overlays/<id>.jpg``."""
+    a text-supervised family's checkpoint: ``method=NAME`` with ``checkpoint=FILE`` or ``model="NAME:FILE"``
+    (``pgseg``; options ``bg_thresh``, ``short_side``, ``slide_crop``, ``slide_stride``, ``background``).
+    ``overlay``: also ``OUT/overlays/<id>.jpg``."""
     from ..data import open_dataset
     from .segmenters import class_entries, segmenting
 
-    family, method, checkpoint = segmenting(method, model, checkpoint)  # model="pgseg:FILE": checkpoint=FILE
+    family, method, checkpoint = segmenting(method, model, checkpoint)  # model="NAME:FILE": checkpoint=FILE
     dataset = open_dataset(data, split)
     entries = None if classes is None else class_entries(classes)
-    if family == "pgseg":
-        return _segment_pgseg(dataset, out, entries, checkpoint, overlay, options)
+    if family != "clip":  # a text-supervised family's checkpoint
+        return _segment_text(family, dataset, out, entries, checkpoint, overlay, options)
     cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,
                                                  "classes": None if entries is None else tuple(entries)})
     from ..stages.segment import run_segment
@@ -156,24 +157,21 @@ def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None =
     return run_segment(dataset, out, _spec(model, pretrained, model_config_dir), cfg, rt, overlay=overlay)
 
 
-def _segment_pgseg(dataset, out, entries, checkpoint, overlay: bool, options: dict):
-    from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE
+def _segment_text(family: str, dataset, out, entries, checkpoint, overlay: bool, options: dict):
+    from ..models.registry import TEXT_FAMILIES
     from ..stages.segment import class_list
-    from ..stages.segment_pgseg import run_segment_pgseg
+    from ..stages.segment_text import run_segment_text
+    from .segmenters import text_options
 
     if checkpoint is None:
-        raise VplError("vpltool.api.segment(method='pgseg'): pass checkpoint=FILE")
-    own = {"bg_thresh": PGSEG_BG_THRESH, "short_side": PGSEG_SHORT_SIDE, "slide_crop": PGSEG_SLIDE[0],
-           "slide_stride": PGSEG_SLIDE[1], "background": PGSEG_BACKGROUND}
-    unknown = sorted(set(options) - set(own) - set(_RUNTIME))
-    if unknown:
-        raise VplError(f"vpltool.api.segment(method='pgseg'): unknown option {unknown[0]!r}; its options are "
-                       f"{', '.join(sorted({*own, *_RUNTIME}))}")
-    o = {**own, **{k: v for k, v in options.items() if k in own}}
+        raise VplError(f"vpltool.api.segment(method={family!r}): pass checkpoint=FILE "
+                       f"({TEXT_FAMILIES[family].files})")
+    where = f"vpltool.api.segment(method={family!r})"
+    o = text_options(family, {k: v for k, v in options.items() if k not in _RUNTIME}, where)
     rt = RuntimeConfig(**{k: v for k, v in options.items() if k in _RUNTIME})
-    return run_segment_pgseg(dataset, out, checkpoint, class_list(dataset, entries), rt, bg_thresh=o["bg_thresh"],
-                             short_side=o["short_side"], slide=(o["slide_crop"], o["slide_stride"]),
-                             background=o["background"], overlay=overlay)
+    return run_segment_text(dataset, out, family, checkpoint, class_list(dataset, entries), rt,
+                            bg_thresh=o["bg_thresh"], short_side=o["short_side"],
+                            slide=(o["slide_crop"], o["slide_stride"]), background=o["background"], overlay=overlay)
 
 
 def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, **options: Any):

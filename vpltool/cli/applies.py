@@ -6,7 +6,7 @@ effect in the command's mode is warned about in one line and is not recorded (th
 in a record); one that contradicts the mode (it would change what is asked, and would be dropped) is refused in
 one line, exit 2. Options that live in a stage config say the same through the config's ``inert()``
 (:func:`vpltool.config.inert_fields`); this table covers the options that switch a command to another path
-(``--pgseg``), where no config of the other path is built.
+(``--model NAME:FILE``, ``--pgseg``), where no config of the other path is built.
 """
 
 from __future__ import annotations
@@ -34,21 +34,22 @@ class Rule:
 
 
 def _model_family(values: dict[str, Any]) -> str:
-    """The family of ``--model`` (``pgseg`` for ``pgseg:FILE`` / ``groupvit:FILE``, :mod:`vpltool.models.registry`,
-    torch-free); ``clip`` when it is a CLIP's name or not given."""
+    """The family of ``--model`` (a text-supervised family's for ``NAME:FILE``: ``pgseg`` for ``pgseg:FILE`` /
+    ``groupvit:FILE``, :mod:`vpltool.models.registry`, torch-free); ``clip`` when it is a CLIP's name or not
+    given."""
     from ..models.registry import model_family
 
     model = values.get("model")
     return "clip" if model is None else model_family(model)[0]
 
 
-def _pgseg(values: dict[str, Any]) -> bool:
-    """A PGSeg / GroupViT checkpoint segments: ``--pgseg FILE`` or its spelling ``--model pgseg:FILE``."""
-    return values.get("pgseg") is not None or _model_family(values) == "pgseg"
+def _text(values: dict[str, Any]) -> bool:
+    """A text-supervised family's checkpoint segments: ``--model NAME:FILE`` or PGSeg's alias ``--pgseg FILE``."""
+    return values.get("pgseg") is not None or _model_family(values) != "clip"
 
 
-def _no_pgseg(values: dict[str, Any]) -> bool:
-    return not _pgseg(values)
+def _no_text(values: dict[str, Any]) -> bool:
+    return not _text(values)
 
 
 _SEGMENT_CLIP = ("dense", "pretrained", "model_config_dir", "templates", "logit_scale", "prob_threshold",
@@ -59,34 +60,37 @@ _SEGMENT_CLIP = ("dense", "pretrained", "model_config_dir", "templates", "logit_
 _CAM_GRADCAM = ("refine", "affinity", "affinity_weight", "dino_model", "dino_weights", "sgc_segments",
                 "sgc_clusters", "sgc_position", "box_threshold", "layer", "temperature", "attention_blocks",
                 "dense_side", "dense_scale", "dense_crop", "dense_stride", "dense_pamr")
-_PGSEG_WHY = "with --pgseg (the checkpoint's own text encoder, template and group maps)"
+_TEXT_WHY = "with --pgseg or a FAMILY:FILE checkpoint (a text-supervised one: its own text encoder, template and maps)"
 # benchmark's options that a PGSeg checkpoint does not read (it takes --short-side, --slide-crop, --slide-stride)
 _BENCHMARK_CLIP = ("pretrained", "model_config_dir", "logit_scale", "prob_threshold", "area_threshold", "pamr_steps",
                    "attention", "residual", "global_weight", "shift_weight", "cluster_cut", "stretch", "window_global",
                    "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold", "minimal_area",
                    "proxy_model", "proxy_weights", "sam_model", "sam_weights")
-_PGSEG_MODEL_WHY = "with --model pgseg:FILE (the checkpoint's own text encoder, template and group maps)"
+_TEXT_MODEL_WHY = "with a FAMILY:FILE checkpoint (a text-supervised one: its own text encoder, template and maps)"
 
 RULES: dict[str, tuple[Rule, ...]] = {
     "segment": (
-        Rule(_SEGMENT_CLIP, _pgseg, _PGSEG_WHY),
-        Rule(("model",), lambda v: _pgseg(v) and _model_family(v) == "clip", _PGSEG_WHY),
-        Rule(("class_file",), _pgseg, "with --pgseg, which queries one name a class (--classes)", refuse=True),
-        Rule(("classes",), lambda v: _pgseg(v) and "|" in str(v.get("classes") or ""),
-             "with --pgseg, which queries one name a class (its synonyms would be dropped)", refuse=True,
+        Rule(_SEGMENT_CLIP, _text, _TEXT_WHY),
+        Rule(("model",), lambda v: _text(v) and _model_family(v) == "clip", _TEXT_WHY),
+        Rule(("class_file",), _text, "with --pgseg or a FAMILY:FILE checkpoint, which queries one name a class "
+             "(--classes)", refuse=True),
+        Rule(("classes",), lambda v: _text(v) and "|" in str(v.get("classes") or ""),
+             "with --pgseg or a FAMILY:FILE checkpoint, which queries one name a class (its synonyms would be dropped)",
+             refuse=True,
              fix="give one name a class (no '|')"),
-        Rule(("bg_thresh",), _no_pgseg, "without --pgseg"),
+        Rule(("bg_thresh",), _no_text, "without --pgseg or a FAMILY:FILE checkpoint"),
     ),
     "cam": (
-        Rule(("prototypes", "save_overlays", "save_debug"), _pgseg, _PGSEG_WHY, refuse=True),
-        Rule(("dense",), lambda v: _pgseg(v) and v.get("dense") not in (None, "none"), _PGSEG_WHY, refuse=True),
-        Rule(("parity",), lambda v: _pgseg(v) and v.get("parity") not in (None, "none"), _PGSEG_WHY, refuse=True),
-        Rule(_CAM_GRADCAM, _pgseg, "with --pgseg (its seeds are the group maps: no GradCAM, no CAA)"),
-        Rule(("pgseg_side",), _no_pgseg, "without --pgseg"),
+        Rule(("prototypes", "save_overlays", "save_debug"), _text, _TEXT_WHY, refuse=True),
+        Rule(("dense",), lambda v: _text(v) and v.get("dense") not in (None, "none"), _TEXT_WHY, refuse=True),
+        Rule(("parity",), lambda v: _text(v) and v.get("parity") not in (None, "none"), _TEXT_WHY, refuse=True),
+        Rule(_CAM_GRADCAM, _text, "with --pgseg or a FAMILY:FILE checkpoint (its seeds are the checkpoint's maps: no "
+             "GradCAM, no CAA)"),
+        Rule(("pgseg_side",), _no_text, "without --pgseg or a FAMILY:FILE checkpoint"),
     ),
     "benchmark": (
-        Rule(_BENCHMARK_CLIP, _pgseg, _PGSEG_MODEL_WHY),
-        Rule(("class_file",), _pgseg, "with --model pgseg:FILE, which queries one name a class", refuse=True),
+        Rule(_BENCHMARK_CLIP, _text, _TEXT_MODEL_WHY),
+        Rule(("class_file",), _text, "with a FAMILY:FILE checkpoint, which queries one name a class", refuse=True),
     ),
     "train-pgseg": (
         Rule(("multi_label_weight",), lambda v: not v.get("multi_label"), "without --multi-label K (K > 0)"),

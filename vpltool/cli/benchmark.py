@@ -19,7 +19,8 @@ def benchmark_cmd(
     method: Annotated[Optional[str], typer.Argument(
         help=f"The method, or several comma-separated (one row each, in <out>/<method>/): "
              f"{' | '.join(BENCHMARK_PRESETS)} (those not in this vpltool's --dense list are listed by --presets "
-             "only); or pgseg (alone) with --model pgseg:FILE [default with --model pgseg:FILE: pgseg].",
+             "only); or a text-supervised family (alone) with its checkpoint, e.g. pgseg with --model pgseg:FILE "
+             "[default with --model NAME:FILE: NAME].",
         show_default=False)] = None,
     root: Annotated[Optional[list[str]], typer.Option(
         "--root", help=f"NAME=ROOT, once per benchmark (NAME: {', '.join(BENCHMARK_NAMES)}); e.g. "
@@ -32,9 +33,9 @@ def benchmark_cmd(
     model: Annotated[str, typer.Option(
         "--model", rich_help_panel=MODEL,
         help="A CLIP for the --dense methods (an open_clip architecture, local-dir:/path, hf-hub:ORG/REPO, or "
-             "vpltool-toy), or FAMILY:FILE for method pgseg: pgseg:FILE or groupvit:FILE, a PGSeg / GroupViT "
-             "checkpoint (a train-pgseg pgseg.safetensors or a release .pth) run with `segment --model "
-             "pgseg:FILE`'s settings on every benchmark (--presets lists them).")] = DEFAULT_MODEL,
+             "vpltool-toy), or FAMILY:FILE, a text-supervised family's checkpoint (pgseg:FILE or groupvit:FILE: a "
+             "PGSeg / GroupViT checkpoint, a train-pgseg pgseg.safetensors or a release .pth) run with `segment "
+             "--model FAMILY:FILE`'s settings on every benchmark (--presets lists them).")] = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     shard: Shard = None,
     run: dict = BATCHED,
@@ -44,8 +45,8 @@ def benchmark_cmd(
 ) -> None:
     """Run a training-free method on the eight open-vocabulary benchmarks (VOC21, Context60, COCO-Object, VOC20,
     Context59, COCO-Stuff, Cityscapes, ADE20K) with the settings its own config uses for each, score each, and print
-    the table with its mean; or a PGSeg / GroupViT checkpoint (--model pgseg:FILE) with `segment`'s settings for
-    it. Resumable; under torchrun each rank segments its share.
+    the table with its mean; or a text-supervised family's checkpoint (PGSeg / GroupViT: --model pgseg:FILE) with
+    `segment`'s settings for it. Resumable; under torchrun each rank segments its share.
 
     \b
     Example:
@@ -65,13 +66,13 @@ def benchmark_cmd(
             extra = (" [" + ", ".join(f"{k}={v}" for k, v in row["extra"].items()) + "]") if row["extra"] else ""
             typer.echo(f"{row['method']:<10} {row['benchmark']:<12} {s}{extra}\n{'':<23}from {row['repo']}: "
                        f"{row['source']}")
-        if method is None or segmenter_family(method) == "pgseg":
-            _print_pgseg_presets()
+        if method is None or segmenter_family(method) != "clip":
+            _print_text_presets(None if method is None else segmenter_family(method))
         return
     from ..models.registry import model_family
 
-    family, checkpoint = model_family(model)  # pgseg:FILE / groupvit:FILE: a PGSeg / GroupViT checkpoint
-    if family == "pgseg" and method is None:
+    family, checkpoint = model_family(model)  # NAME:FILE: a text-supervised family's checkpoint (pgseg:FILE)
+    if family != "clip" and method is None:
         method = model.partition(":")[0].lower()  # the row's name: the family prefix given
     if method is None or out is None:
         raise VplError("benchmark: give METHOD and --out (or --presets to list the presets)")
@@ -84,13 +85,13 @@ def benchmark_cmd(
             raise VplError(f"--root {name}=...: given twice; give each benchmark once")
         roots[name] = path
     methods = [m.strip() for m in method.split(",") if m.strip()]
-    if family == "pgseg":
-        from ..stages.benchmark import run_pgseg_benchmark
+    if family != "clip":
+        from ..stages.benchmark import run_text_benchmark
 
         if len(methods) != 1:
-            raise VplError(f"benchmark {method} --model {model}: one checkpoint is one method; give one (pgseg)")
-        tables = [run_pgseg_benchmark(methods[0], roots, out, checkpoint, knobs, runtime(**run), shard=shard_of(shard),
-                                      on_benchmark=lambda n: say(f"benchmark {methods[0]}: {n}"))]
+            raise VplError(f"benchmark {method} --model {model}: one checkpoint is one method; give one ({family})")
+        tables = [run_text_benchmark(methods[0], family, roots, out, checkpoint, knobs, runtime(**run),
+                                     shard=shard_of(shard), on_benchmark=lambda n: say(f"benchmark {methods[0]}: {n}"))]
         _print_tables(tables)
         return
     tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), knobs,
@@ -99,17 +100,20 @@ def benchmark_cmd(
     _print_tables(tables)
 
 
-def _print_pgseg_presets() -> None:
-    """`--presets`: a PGSeg / GroupViT checkpoint's settings (`segment --model pgseg:FILE`'s, on every benchmark)."""
+def _print_text_presets(family: str | None) -> None:
+    """`--presets`: a text-supervised family's checkpoint settings (`segment --model NAME:FILE`'s, on every
+    benchmark), for ``family`` or every family."""
     from ..data.benchmarks import BENCHMARKS
-    from ..stages.benchmark import pgseg_settings
+    from ..models.registry import TEXT_FAMILIES, text_config
+    from ..stages.benchmark import text_settings
 
-    for b in BENCHMARK_NAMES:
-        s = ", ".join(f"{k}={v}" for k, v in pgseg_settings(b).items() if k != "method")
-        why = ("; bg_thresh 0 (vpltool's): this benchmark has no background class" if not
-               BENCHMARKS[b].has_background else "")
-        typer.echo(f"{'pgseg':<10} {b:<12} {s}\n{'':<23}from Ferenas/PGSeg@9f167cd: segment --model pgseg:FILE's "
-                   f"(pgseg_seg.py, pascal_voc12.py test_cfg){why}")
+    for name in [family] if family is not None else list(TEXT_FAMILIES):
+        source = text_config(name).ZERO_SHOT.source
+        for b in BENCHMARK_NAMES:
+            s = ", ".join(f"{k}={v}" for k, v in text_settings(name, b).items() if k != "method")
+            why = ("; bg_thresh 0 (vpltool's): this benchmark has no background class" if not
+                   BENCHMARKS[b].has_background else "")
+            typer.echo(f"{name:<10} {b:<12} {s}\n{'':<23}from {source}: segment --model {name}:FILE's{why}")
 
 
 def _print_tables(tables: list[dict]) -> None:

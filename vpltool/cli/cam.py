@@ -14,7 +14,6 @@ from ..config import (
     MIN_TEMPERATURE,
     CamConfig,
 )
-from ..config.pgseg import PGSEG_SHORT_SIDE
 from ..errors import VplError, VplWarning
 from .options import (
     BATCHED,
@@ -31,7 +30,7 @@ from .options import (
     warn_inert,
 )
 from .output import pending, progress, say
-from .values import segmenting_model
+from .values import segmenting_model, text_defaults
 from .values import shard as shard_of
 
 
@@ -99,9 +98,10 @@ def cam_cmd(
              "--prototypes file names; a CLIP name is not taken here.)")] = None,
     pgseg: Annotated[Optional[Path], typer.Option(help="The alias of --model pgseg:FILE (the same run).",
                                                   rich_help_panel=MODEL, show_default=False)] = None,
-    pgseg_side: Annotated[int, typer.Option(help="--model pgseg:FILE: images resized to this short side first (the "
-                                            "reference's test scale; sliding 448-px windows at stride 224).")] =
-        PGSEG_SHORT_SIDE,
+    pgseg_side: Annotated[Optional[int], typer.Option(
+        help="--model FAMILY:FILE: images resized to this short side first (the family's reference test scale; "
+             "its sliding windows) [default: the family's: " + text_defaults("short_side") + "].",
+        show_default=False)] = None,
     save_overlays: Annotated[Optional[Path], typer.Option(help="Also write heat-map-over-image PNGs here.")] = None,
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
@@ -131,12 +131,12 @@ def cam_cmd(
         raise VplError(f"--model {model}: cam's CLIP is the one its --prototypes file names (or the extract "
                        "folder's); drop --model, or give --model pgseg:FILE for seeds from a PGSeg / GroupViT "
                        "checkpoint")
-    if family != "pgseg" and prototypes is None:
+    if family == "clip" and prototypes is None:
         raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --model pgseg:FILE "
                        "(alias --pgseg FILE)")
     source, split = _open_source(source, split, prototypes)
-    if family == "pgseg":
-        _cam_pgseg(source, checkpoint, out, split, pgseg_side, run, shard)
+    if family != "clip":  # a text-supervised family's checkpoint
+        _cam_text(source, family, checkpoint, out, split, pgseg_side, run, shard)
         return
     from ..stages.cam import run_cam, run_dense_cam
 
@@ -179,16 +179,18 @@ def _open_source(source: Path, split: str | None, prototypes: Path | None):
     return source, split
 
 
-def _cam_pgseg(source, pgseg: Path, out: Path, split: str | None, side: int, run: dict, shard) -> None:
-    """`cam --pgseg FILE`: the seeds of a PGSeg / GroupViT checkpoint (vpltool.stages.cam.pgseg); the options it
-    does not use were refused or warned about before (vpltool.cli.applies)."""
-    from ..stages.cam.pgseg import run_pgseg_cam
+def _cam_text(source, family: str, checkpoint: Path, out: Path, split: str | None, side: int | None, run: dict,
+              shard) -> None:
+    """`cam --model NAME:FILE` (PGSeg's alias `--pgseg FILE`): the seeds of a text-supervised family's checkpoint
+    (vpltool.stages.cam.text); the options it does not use were refused or warned about before
+    (vpltool.cli.applies)."""
+    from ..stages.cam.text import run_text_cam
 
     with progress("cam") as (on_start, on_item):
-        s = run_pgseg_cam(source, pgseg, out, runtime(**run), split=split, short_side=side, shard=shard_of(shard),
-                          on_item=on_item, on_start=on_start)
-    say(f"[green]✓[/] cam --pgseg: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
-        f"{pending(out)}")
+        s = run_text_cam(source, family, checkpoint, out, runtime(**run), split=split, short_side=side,
+                         shard=shard_of(shard), on_item=on_item, on_start=on_start)
+    say(f"[green]✓[/] cam --model {family}: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done "
+        f"→ {out}{pending(out)}")
 
 
 def _warn_unused_dense_block(dense: str, cam_cfg: CamConfig, dense_options: dict) -> None:

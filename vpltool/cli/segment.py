@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, SegmentConfig
-from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH
 from .dense_options import DENSE, DenseOpt
 from .options import (
     BATCHED,
@@ -24,7 +23,7 @@ from .options import (
     warn_inert,
 )
 from .output import pending, progress, say
-from .values import model_spec, segmenting_model
+from .values import model_spec, segmenting_model, text_defaults
 from .values import shard as shard_of
 
 _S = SegmentConfig
@@ -33,9 +32,10 @@ SegmentModelOpt = Annotated[str, typer.Option(
     help="The model that segments: a CLIP (an open_clip architecture, local-dir:/path, hf-hub:ORG/REPO, or "
          "vpltool-toy: the demo world's toy CLIP) with a --dense method, or FAMILY:FILE, a checkpoint of a "
          "text-supervised family: pgseg:FILE or groupvit:FILE (a train-pgseg pgseg.safetensors or a GroupViT / "
-         "PGSeg release .pth), segmenting as the reference's pgseg_seg.py: group maps, the 'a photo of a {}.' "
-         "template, --bg-thresh; there --short-side 448, --slide-crop 448 and --slide-stride 224 by default (the "
-         "reference's VOC test) and the CLIP options are not used.")]
+         "PGSeg release .pth, segmenting as the reference's pgseg_seg.py: group maps, the 'a photo of a {}.' "
+         "template, --bg-thresh), each family as its reference evaluates; there --short-side, --slide-crop and "
+         f"--slide-stride default to the family's ({text_defaults('short_side')}; {text_defaults('slide_crop')}; "
+         f"{text_defaults('slide_stride')}: the references' VOC test) and the CLIP options are not used.")]
 
 
 def segment_cmd(
@@ -53,16 +53,17 @@ def segment_cmd(
                                            "a file, one template per line.")] = _S.templates,
     background: Annotated[Optional[str], typer.Option(
         help="Background words (queries of class 0): auto | voc | coco | none | a file | 'w1,w2,...' [default: "
-             f"{_S.background}; with --model pgseg:FILE {PGSEG_BACKGROUND} (the reference's)].",
+             f"{_S.background}; with --model FAMILY:FILE the family's: {text_defaults('background')}].",
         show_default=False)] = None,
     knobs: dict = DENSE,
     model: SegmentModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     pgseg: Annotated[Optional[Path], typer.Option(help="The alias of --model pgseg:FILE (the same run).",
                                                   rich_help_panel=MODEL, show_default=False)] = None,
-    bg_thresh: Annotated[float, typer.Option(help="With --model pgseg:FILE: a pixel whose best class affinity is "
-                                             "below this (capped at the image's highest) is background.")] =
-        PGSEG_BG_THRESH,
+    bg_thresh: Annotated[Optional[float], typer.Option(
+        help="With --model FAMILY:FILE: a pixel whose best class score is below this is background (PGSeg: capped "
+             f"at the image's highest affinity) [default: the family's: {text_defaults('bg_thresh')}].",
+        show_default=False)] = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write each photo with its mask's colours and a "
                                           "legend of the classes, OUT/overlays/<id>.jpg (the photos are only "
                                           "read).")] = False,
@@ -74,7 +75,8 @@ def segment_cmd(
 ) -> None:
     """Segment any class names with no labels and no training: CLIP with a training-free dense last block
     (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP; ProxyCLIP and CASS with a DINO proxy model; Trident with DINO
-    and SAM's image encoder) against text queries, or a PGSeg / GroupViT checkpoint (--model pgseg:FILE);
+    and SAM's image encoder) against text queries, or a text-supervised family's checkpoint (PGSeg / GroupViT:
+    --model pgseg:FILE);
     palette PNGs that `eval` scores by class name.
 
     \b
@@ -95,19 +97,17 @@ def segment_cmd(
     from ..stages.predict import parse_class_names
     from ..stages.segment import class_list, run_segment
 
-    if family == "pgseg":  # PGSeg / GroupViT: zero-shot by group maps (vpltool.stages.segment_pgseg)
-        from ..stages.segment_pgseg import DEFAULT_SHORT_SIDE, DEFAULT_SLIDE, run_segment_pgseg
+    if family != "clip":  # a text-supervised family's checkpoint (vpltool.stages.segment_text)
+        from ..stages.segment_text import run_segment_text
 
         names = class_list(dataset, None if classes is None else parse_class_names(classes))
+        own = _slide(family, knobs["slide_crop"], knobs["slide_stride"])
         with progress("segment") as (on_start, on_item):
-            s = run_segment_pgseg(dataset, out, checkpoint, names, runtime(**run), bg_thresh=bg_thresh,
-                                  short_side=knobs["short_side"] or DEFAULT_SHORT_SIDE,
-                                  slide=(_or(knobs["slide_crop"], DEFAULT_SLIDE[0]),
-                                         _or(knobs["slide_stride"], DEFAULT_SLIDE[1])),
-                                  background=PGSEG_BACKGROUND if background is None else background,
-                                  on_start=on_start, on_item=on_item, overlay=overlay, shard=shard_of(shard))
-        say(f"[green]✓[/] segment (pgseg): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → "
-            f"{out}{pending(out)}")
+            s = run_segment_text(dataset, out, family, checkpoint, names, runtime(**run), bg_thresh=bg_thresh,
+                                 short_side=knobs["short_side"], slide=own, background=background,
+                                 on_start=on_start, on_item=on_item, overlay=overlay, shard=shard_of(shard))
+        say(f"[green]✓[/] segment ({family}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
+            f"→ {out}{pending(out)}")
         return
     cfg = SegmentConfig(dense=dense, templates=templates,
                         background=_S.background if background is None else background,
@@ -121,5 +121,12 @@ def segment_cmd(
         f"→ {out}{pending(out)}")
 
 
-def _or(value, default):
-    return default if value is None else value
+def _slide(family: str, crop: int | None, stride: int | None) -> tuple[int, int] | None:
+    """``--slide-crop`` / ``--slide-stride`` with a text-supervised family's checkpoint: what is not given is the
+    family's (its configuration's ``ZERO_SHOT``); None when neither is given."""
+    from ..models.registry import text_config
+
+    if crop is None and stride is None:
+        return None
+    own = text_config(family).ZERO_SHOT.slide
+    return (own[0] if crop is None else crop, own[1] if stride is None else stride)

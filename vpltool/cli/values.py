@@ -50,9 +50,9 @@ def model_spec(model: str, pretrained: str, config_dir: Path | None):
 
 def segmenting_model(model: str | None, pgseg: Path | None = None) -> tuple[str, object]:
     """``--model`` with its alias ``--pgseg FILE`` -> ``(family, spec)`` (:func:`vpltool.models.registry.model_family`:
-    ``pgseg:FILE`` / ``groupvit:FILE`` -> ``("pgseg", Path(FILE))``, any other value -> ``("clip", value)``).
-    ``--pgseg FILE`` is ``--model pgseg:FILE``; both naming different files is one line, before anything loads. A
-    CLIP ``--model`` beside ``--pgseg`` is left to :mod:`.applies` (warned: not used)."""
+    ``NAME:FILE`` of a text-supervised family -> ``(its family, Path(FILE))``, any other value -> ``("clip",
+    value)``). ``--pgseg FILE`` is ``--model pgseg:FILE``; both naming different files is one line, before anything
+    loads. A CLIP ``--model`` beside ``--pgseg`` is left to :mod:`.applies` (warned: not used)."""
     from ..models.registry import model_family
 
     family, spec = ("clip", None) if model is None else model_family(model)
@@ -61,7 +61,15 @@ def segmenting_model(model: str | None, pgseg: Path | None = None) -> tuple[str,
     if family != "clip" and os.path.abspath(spec) != os.path.abspath(pgseg):
         raise VplError(f"--model {model} and --pgseg {pgseg}: two checkpoints; give one (--pgseg FILE is the "
                        "alias of --model pgseg:FILE)")
-    return "pgseg", pgseg
+    return model_family(f"pgseg:{pgseg}")  # the alias is that spelling, read as every --model is
+
+
+def text_defaults(setting: str) -> str:
+    """``--help``'s default of a zero-shot setting (``bg_thresh``, ``short_side``, ``slide_crop``, ...) with a
+    text-supervised family's checkpoint: each family's (its configuration's ``ZERO_SHOT``), e.g. ``pgseg 0.95``."""
+    from ..models.registry import TEXT_FAMILIES, text_config
+
+    return ", ".join(f"{name} {text_config(name).ZERO_SHOT.options()[setting]}" for name in TEXT_FAMILIES)
 
 
 def floats_text(values: tuple[float, ...]) -> str:

@@ -1,21 +1,19 @@
-"""`train-pgseg`'s defaults (the reference's, Ferenas/PGSeg 9f167cd configs/default_pgseg.yml + pgseg_specific.yml)
-and its small CPU recipe; `segment --pgseg`'s background threshold.
+"""The ``pgseg`` family's configuration: its training defaults (the reference's, Ferenas/PGSeg 9f167cd
+configs/default_pgseg.yml + pgseg_specific.yml) and recipes, and its zero-shot defaults (`segment --model
+pgseg:FILE`'s background threshold, side and window): :class:`PGSegTrainConfig`, which the registry's row names.
 
 Torch-free (the CLI's ``--help`` reads these).
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from ..errors import VplError, VplWarning
-from .checks import at_least, choice, fraction, non_negative, positive, seed_value
+from ..errors import VplError
+from .checks import at_least, choice, non_negative, positive
+from .text import TextTrainConfig, ZeroShotSettings
 
-# the text-supervised model families `train-pgseg` trains (vpltool.models.registry names; a recipe names its own):
-# a second one (TCL, CoDe) is a model package that registers there plus a recipe row with its "family"
-TEXT_SUPERVISED = ("pgseg",)
 PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
 # the demo world's (the toy CLIP's image tower size)
 SAME_CAPTION = ("text", "nouns")  # what makes two captions the same for --multi-positive
@@ -53,31 +51,39 @@ PGSEG_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class PGSegTrainConfig:
-    """One `train-pgseg` run. Defaults: the reference's (its YAML key in the comment)."""
+PGSEG_BG_THRESH = 0.95  # segmentation/evaluation/pgseg_seg.py: bg_thresh, capped at each image's highest affinity
+# background words queried beside the classes (a group that matches one is background): none in the reference; the
+# demo also scores its own words (`--background grass,sky,wall,water`, chosen on the train split: docs/pgseg.md)
+PGSEG_BACKGROUND = "none"
+PGSEG_TEMPLATES = "simple"  # evaluate.seg.template of default_pgseg.yml
+PGSEG_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
+PGSEG_SLIDE = (448, 224)  # pascal_voc12.py test_cfg: mode='slide', crop_size (448, 448), stride (224, 224)
+PGSEG_MIN_SIDE = 32  # two of GroupViT-S's 16-px patches a side: below it the group maps have no patch to assign
+PGSEG_ZERO_SHOT = ZeroShotSettings(
+    bg_thresh=PGSEG_BG_THRESH, short_side=PGSEG_SHORT_SIDE, slide=PGSEG_SLIDE, templates=PGSEG_TEMPLATES,
+    background=PGSEG_BACKGROUND, min_side=PGSEG_MIN_SIDE,
+    source="Ferenas/PGSeg@9f167cd: pgseg_seg.py, pascal_voc12.py test_cfg")
 
-    recipe: str = "reference"
-    family: str = "pgseg"  # the model family trained (TEXT_SUPERVISED): its package builds the model and its losses
+
+@dataclass(frozen=True)
+class PGSegTrainConfig(TextTrainConfig):
+    """One PGSeg / GroupViT training run (`train-text --family pgseg`, alias `train-pgseg`): the shared loop's
+    fields (:class:`~vpltool.config.text.TextTrainConfig`, the reference's defaults) and PGSeg's own. Defaults:
+    the reference's (its YAML key in the comment)."""
+
+    RECIPES: ClassVar[dict[str, dict[str, Any]]] = PGSEG_RECIPES
+    ZERO_SHOT: ClassVar[ZeroShotSettings] = PGSEG_ZERO_SHOT
+    # the names its run folders and files have had since train-pgseg: kept, so that every run of then resumes
+    STAGE: ClassVar[str] = "train-pgseg"
+    FINAL: ClassVar[str] = "pgseg.safetensors"
+    CHECKPOINT_KIND: ClassVar[str] = "pgseg-checkpoint"
+    FILE_KINDS: ClassVar[dict[str, str]] = {
+        "pgseg-model": "a trained PGSeg / GroupViT (`train-pgseg`)",
+        "pgseg-checkpoint": "a PGSeg training checkpoint (`train-pgseg`)"}
+
+    family: str = "pgseg"  # the model family trained: its package builds the model and its losses
     preset: str = "groupvit-s"  # model.img_encoder / text_encoder of pgseg_specific.yml
     npr: bool = True  # False: plain GroupViT (the image-text contrastive loss alone)
-    batch_size: int = 1024  # data.batch_size: per process (each rank's WebLoader batches this many)
-    epochs: int = 30  # train.epochs
-    warmup_epochs: float = 10  # train.warmup_epochs (a fraction allowed: the warm-up is rounded to steps)
-    lr: float = 1e-4  # train.base_lr; not scaled by the batch (main_pg_seg.py leaves the scaling commented out)
-    warmup_lr: float = 1e-6  # train.warmup_lr: the warm-up's first value
-    min_lr: float = 1e-5  # train.min_lr: the cosine's floor
-    weight_decay: float = 0.05  # train.weight_decay (0 for biases and 1-d weights: utils/optimizer.py)
-    eps: float = 1e-8  # train.optimizer.eps
-    beta1: float = 0.9  # train.optimizer.betas
-    beta2: float = 0.999
-    clip_grad: float = 5.0  # train.clip_grad: max gradient norm; 0 = no clipping
-    crop_size: int = 224  # data.img_aug.img_size: RandomResizedCrop's side
-    min_scale: float = 0.08  # data.img_aug.img_scale[0]: RandomResizedCrop's smallest area fraction
-    seed: int = 0  # train.seed
-    log_every: int = 10  # print_freq
-    checkpoint_every: int = 0  # iterations between checkpoints; 0 = once per epoch (checkpoint.freq 1)
-    truncate: bool = False  # cut captions longer than the context (the reference's Tokenize(truncate=True))
     # GroupViT's multi-label (noun) loss: K noun prompts per caption (data.text_aug.multi_label: 0 in
     # default_pgseg.yml, 3 in GroupViT's group_vit_gcc_yfcc_30e.yml), weighted (multi_label_loss_weight)
     multi_label: int = 0
@@ -112,18 +118,15 @@ class PGSegTrainConfig:
     # the group tokens of each grouping stage, which are also its output groups (num_group_tokens /
     # num_output_groups of the model's YAML); (): the preset's (GroupViT-S: 64, 8; demo: 8, 4)
     groups: tuple[int, ...] = ()
-    hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
 
     def __post_init__(self) -> None:
-        choice("--recipe", self.recipe, tuple(PGSEG_RECIPES))
-        choice("the recipe's family", self.family, TEXT_SUPERVISED)
+        super().__post_init__()
         choice("--preset", self.preset, PGSEG_PRESETS)
         # the contrastive projectors' BatchNorm (the reference's) cannot normalise one sample: a traceback at the
         # first step, after the folder was made
         at_least("--batch-size", self.batch_size, 2, why=" (the projectors' BatchNorm needs two pairs a batch on "
                  "each process)")
-        for name in ("epochs", "crop_size", "log_every", "assign_iters"):
-            at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        at_least("--assign-iters", self.assign_iters, 1)
         if self.attention_window and self.attention_window % 2 == 0:
             raise VplError(f"--attention-window {self.attention_window}: a window is centred on its patch, so it "
                            f"spans an odd number of patches; pass {self.attention_window + 1} (or 0: global)")
@@ -133,9 +136,8 @@ class PGSegTrainConfig:
             raise VplError(f"--groups {','.join(map(str, self.groups))}: each stage merges the groups of the one "
                            f"before, so no stage may have more; pass them largest first, e.g. "
                            f"{','.join(map(str, sorted(self.groups, reverse=True)))}")
-        for name in ("checkpoint_every", "multi_label", "attention_window"):
+        for name in ("multi_label", "attention_window"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 0)
-        non_negative("--warmup-epochs", self.warmup_epochs)  # a fraction of an epoch: a few steps of a long epoch
         choice("--noun-templates", self.noun_templates, NOUN_TEMPLATES)
         choice("--multi-label-pool", self.multi_label_pool, MULTI_LABEL_POOLS)
         choice("--assign-metric", self.assign_metric, ASSIGN_METRICS)
@@ -150,29 +152,14 @@ class PGSegTrainConfig:
         if self.same_caption == "nouns" and not (self.multi_positive and self.multi_label):
             raise VplError("--same-caption nouns: needs --multi-positive (it says which captions are positives of "
                            "each other) and --multi-label K with nouns (it reads the nouns); pass both")
-        for name in ("lr", "eps", "temperature"):
-            positive(f"--{name.replace('_', '-')}", getattr(self, name))
-        for name in ("warmup_lr", "min_lr", "weight_decay", "clip_grad", "multi_label_weight", "assign_qk_init",
-                     "qk_init"):
+        positive("--temperature", self.temperature)
+        for name in ("multi_label_weight", "assign_qk_init", "qk_init"):
             non_negative(f"--{name.replace('_', '-')}", getattr(self, name))
-        for name in ("beta1", "beta2"):
-            fraction(f"--{name}", getattr(self, name))
-        fraction("--min-scale", self.min_scale)
-        positive("--min-scale", self.min_scale)
-        seed_value("--seed", self.seed)
-        for problem in self.schedule_problems():
-            warnings.warn(VplWarning(problem), stacklevel=3)
 
-    def schedule_problems(self) -> list[str]:
-        """Learning-rate schedules that are legal but not what anyone means: a cosine that climbs (--min-lr above
-        --lr), a warm-up that descends (--warmup-lr above --lr). (A warm-up longer than a short test run is left
-        unsaid: every one-epoch smoke test would print it.)"""
-        out = []
-        if self.min_lr > self.lr:
-            out.append(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}: the cosine climbs instead of decaying")
-        if self.warmup_lr > self.lr:
-            out.append(f"--warmup-lr {self.warmup_lr:g} is above --lr {self.lr:g}: the warm-up descends")
-        return out
+    def noun_prompts(self) -> tuple[int, str, bool]:
+        """GroupViT's multi-label loss reads ``multi_label`` noun prompts per caption (its ``noun_templates``),
+        and ``--same-caption nouns`` each caption's nouns as its key."""
+        return self.multi_label, self.noun_templates, self.same_caption == "nouns"
 
     def inert(self) -> dict[str, str]:
         """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`); no
@@ -183,19 +170,7 @@ class PGSegTrainConfig:
 
 def pgseg_recipe(name: str, **changes: Any) -> PGSegTrainConfig:
     """The recipe's config with ``changes`` (None values: the recipe's own)."""
-    choice("--recipe", name, tuple(PGSEG_RECIPES))
-    base = replace(PGSegTrainConfig(), recipe=name, **PGSEG_RECIPES[name])
-    return replace(base, **{k: v for k, v in changes.items() if v is not None})
-
-
-PGSEG_BG_THRESH = 0.95  # segmentation/evaluation/pgseg_seg.py: bg_thresh, capped at each image's highest affinity
-# background words queried beside the classes (a group that matches one is background): none in the reference; the
-# demo also scores its own words (`--background grass,sky,wall,water`, chosen on the train split: docs/pgseg.md)
-PGSEG_BACKGROUND = "none"
-PGSEG_TEMPLATES = "simple"  # evaluate.seg.template of default_pgseg.yml
-PGSEG_SHORT_SIDE = 448  # the reference's test scale (pascal_voc12.py / pascal_context.py: img_scale (2048, 448))
-PGSEG_SLIDE = (448, 224)  # pascal_voc12.py test_cfg: mode='slide', crop_size (448, 448), stride (224, 224)
-PGSEG_MIN_SIDE = 32  # two of GroupViT-S's 16-px patches a side: below it the group maps have no patch to assign
+    return PGSegTrainConfig.recipe_config(name, **changes)
 
 
 def check_pgseg_side(option: str, side: int) -> None:
@@ -203,6 +178,6 @@ def check_pgseg_side(option: str, side: int) -> None:
     :data:`PGSEG_MIN_SIDE` (a side of 1 was a traceback in the patch embedding)."""
     at_least(option, side, PGSEG_MIN_SIDE, why=" pixels (the model's patches need room)")
 
-__all__ = ["TEXT_SUPERVISED", "PGSEG_PRESETS", "PGSEG_RECIPES", "PGSegTrainConfig", "pgseg_recipe", "PGSEG_BG_THRESH",
+__all__ = ["PGSEG_PRESETS", "PGSEG_RECIPES", "PGSegTrainConfig", "pgseg_recipe", "PGSEG_BG_THRESH",
            "PGSEG_BACKGROUND", "PGSEG_TEMPLATES", "PGSEG_SHORT_SIDE", "PGSEG_SLIDE",
-           "PGSEG_MIN_SIDE", "check_pgseg_side"]
+           "PGSEG_MIN_SIDE", "PGSEG_ZERO_SHOT", "check_pgseg_side"]

@@ -23,7 +23,8 @@ from pathlib import Path
 MARK = "vpltool_file"  # the JSON field and the PNG text chunk that name a file's kind
 PNG_MARK = "vpltool"
 
-# kind -> what it is, for messages (kinds outside this table are named as they are)
+# kind -> what it is, for messages (the text-supervised families' kinds come from their configurations, and kinds
+# outside both are named as they are)
 FILE_KINDS = {
     "prototypes:text": "text prototypes (`text-prototypes`)",
     "prototypes:vision": "vision prototypes (`learn-prototypes`)",
@@ -32,8 +33,6 @@ FILE_KINDS = {
     "cam-debug": "an image's CAM steps (`cam --save-debug`)",
     "decoder": "a trained decoder (`train-decoder`)",
     "decoder-checkpoint": "a decoder checkpoint (`train-decoder`)",
-    "pgseg": "a trained PGSeg / GroupViT (`train-pgseg`)",
-    "pgseg-checkpoint": "a PGSeg training checkpoint (`train-pgseg`)",
     "scores": "scores (`eval --json`)",
     "per-image-scores": "per-image scores (`eval --per-image`)",
     "diagnosis": "a diagnosis (`diagnose --json`)",
@@ -50,7 +49,13 @@ FILE_KINDS = {
 
 
 def describe_kind(kind: str) -> str:
-    return FILE_KINDS.get(kind, f"a vpltool `{kind}` file")
+    """What a file of ``kind`` is, for messages: this table's kinds, then the text-supervised families' (each
+    family's configuration names the files its training writes: :func:`vpltool.models.registry.text_file_kinds`)."""
+    if kind in FILE_KINDS:
+        return FILE_KINDS[kind]
+    from ..models.registry import text_file_kinds
+
+    return text_file_kinds().get(kind, f"a vpltool `{kind}` file")
 
 
 def marked(obj: dict, kind: str) -> dict:

@@ -11,9 +11,13 @@ family     what it is                                             used by
 ========== ====================================================== ==============================================
 clip       open_clip ViTs, local files and folders, the toy CLIP  every CLIP stage; ``--dense`` is a parameter
 dino       a timm ViT (DINO, DINOv2, the toy DINO)                SSR's ``--affinity dino``; proxy attention
-pgseg      PGSeg / GroupViT (vpltool.models.pgseg)              ``train-pgseg``, ``--model pgseg:FILE``
+pgseg      PGSeg / GroupViT (vpltool.models.pgseg)              ``train-text``, ``--model pgseg:FILE``
 sam        SAM's image encoder (segment-anything), a local file   ``--dense trident``'s affinity
 ========== ====================================================== ==============================================
+
+The text-supervised families (:data:`TEXT_FAMILIES`, one row each) have one more interface,
+:class:`vpltool.models.text_family.TextSegFamily`, which the stages ask for through
+:func:`vpltool.models.text_family.text_family`.
 
 The families that later modules add register themselves when :func:`load_model` first names them (the module is
 imported by name from :data:`_MODULES`), so importing the registry costs nothing.
@@ -49,10 +53,38 @@ class Family:
     summary: str = ""
 
 
+@dataclass(frozen=True)
+class TextFamilyRow:
+    """A text-supervised family's row (torch-free: what the CLI reads before torch loads).
+
+    Args:
+        module: the module that registers the family (:func:`vpltool.models.text_family.register_text_family`),
+            imported the first time the family is named.
+        config: ``"module:Class"``, its configuration class (a torch-free
+            :class:`~vpltool.config.text.TextTrainConfig` subclass: training fields, recipes, zero-shot
+            defaults, files).
+        segmenters: the names it segments under: ``--model NAME:FILE``, ``segmenter(NAME, checkpoint=FILE)``.
+        title: its name in messages.
+        files: what a checkpoint of it is, for messages ("a train-pgseg pgseg.safetensors or ...").
+    """
+
+    module: str
+    config: str
+    segmenters: tuple[str, ...]
+    title: str
+    files: str
+
+
+# the text-supervised families, one row each: a new family is its package and its row here
+TEXT_FAMILIES: dict[str, TextFamilyRow] = {
+    "pgseg": TextFamilyRow("vpltool.models.pgseg", "vpltool.config.pgseg:PGSegTrainConfig", ("pgseg", "groupvit"),
+                           "PGSeg / GroupViT", "a train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth"),
+}
+
 _FAMILIES: dict[str, Family] = {}
 # the module that registers each family, imported the first time the family is named
-_MODULES = {"clip": "vpltool.models.clip", "dino": "vpltool.models.dino", "pgseg": "vpltool.models.pgseg",
-            "sam": "vpltool.models.sam"}
+_MODULES = {"clip": "vpltool.models.clip", "dino": "vpltool.models.dino", "sam": "vpltool.models.sam",
+            **{name: row.module for name, row in TEXT_FAMILIES.items()}}
 
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
@@ -84,30 +116,50 @@ def family_module(name: str) -> ModuleType:
     return importlib.import_module(_MODULES[name])
 
 
-# the models that segment by class names, as the command line and :func:`vpltool.segmenter` name them: PGSeg and
-# GroupViT are the pgseg family's (a checkpoint: ``--model pgseg:FILE`` (:func:`model_family`), ``segmenter("pgseg",
-# checkpoint=FILE)``); any other name is a dense method of the clip family (``--dense``). A second text-supervised
-# family is one more row here (and its ``_MODULES`` entry)
-SEGMENTERS = {"pgseg": "pgseg", "groupvit": "pgseg"}
+# the models that segment by class names from a checkpoint, as the command line and :func:`vpltool.segmenter` name
+# them (``--model NAME:FILE``, ``segmenter(NAME, checkpoint=FILE)``) -> their text-supervised family, read from
+# :data:`TEXT_FAMILIES`; any other name is a dense method of the clip family (``--dense``)
+SEGMENTERS = {name: family for family, row in TEXT_FAMILIES.items() for name in row.segmenters}
 
 
 def segmenter_family(method: str) -> str:
-    """The family that segments with ``method``: ``pgseg`` for PGSeg / GroupViT, else ``clip``."""
+    """The family that segments with ``method``: a text-supervised family for one of its names (PGSeg, GroupViT:
+    ``pgseg``), else ``clip``."""
     return SEGMENTERS.get(method, "clip")
+
+
+def text_config(family: str) -> type:
+    """The configuration class (a :class:`~vpltool.config.text.TextTrainConfig` subclass) of text-supervised
+    family ``family``, imported from its row (torch-free); one line naming the known families."""
+    from ..config.text import TextTrainConfig
+
+    if family not in TEXT_FAMILIES:
+        raise VplError(f"unknown text-supervised family {family!r}; known: {', '.join(TEXT_FAMILIES)}")
+    module, _, name = TEXT_FAMILIES[family].config.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, TextTrainConfig)):
+        raise TypeError(f"{TEXT_FAMILIES[family].config}: not a TextTrainConfig subclass")
+    return cls
+
+
+def text_file_kinds() -> dict[str, str]:
+    """Every kind of file the text-supervised families write -> what it is (messages), from their configs."""
+    return {kind: what for family in TEXT_FAMILIES for kind, what in text_config(family).FILE_KINDS.items()}
 
 
 def model_family(value: str) -> tuple[str, Any]:
     """A ``--model`` value -> ``(family, spec)``: ``NAME:FILE`` for a name of :data:`SEGMENTERS` (``pgseg:FILE``,
-    ``groupvit:FILE``: the checkpoint, `train-pgseg`'s ``pgseg.safetensors`` or a release ``.pth``) ->
+    ``groupvit:FILE``: the checkpoint, `train-text`'s final file or a release the family reads) ->
     ``(SEGMENTERS[NAME], Path(FILE))``; anything else -> ``("clip", value)`` unchanged (an open_clip name,
     ``local-dir:/path``, ``hf-hub:org/repo``, ``vpltool-toy``). A family prefix with no file is one line."""
     prefix, sep, rest = value.partition(":")
     if not sep or prefix.lower() not in SEGMENTERS:
         return "clip", value
+    family = SEGMENTERS[prefix.lower()]
     if not rest.strip():
-        raise VplError(f"--model {value!r}: no checkpoint file after '{prefix}:'; give --model {prefix}:FILE (a "
-                       "train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth)")
-    return SEGMENTERS[prefix.lower()], Path(rest)
+        raise VplError(f"--model {value!r}: no checkpoint file after '{prefix}:'; give --model {prefix}:FILE "
+                       f"({TEXT_FAMILIES[family].files})")
+    return family, Path(rest)
 
 
 def families() -> list[str]:
@@ -127,5 +179,6 @@ def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any
     return family(name).load(spec, device, **options)
 
 
-__all__ = ["Family", "SEGMENTERS", "register_family", "family", "family_module", "families", "check_model",
-           "load_model", "model_family", "segmenter_family"]
+__all__ = ["Family", "SEGMENTERS", "TEXT_FAMILIES", "TextFamilyRow", "text_config", "text_file_kinds",
+           "register_family", "family", "family_module", "families", "check_model", "load_model", "model_family",
+           "segmenter_family"]

@@ -7,8 +7,9 @@ of them, before the model loads; then `segment`'s stage body writes ``<out>/<ben
 rank under torchrun as every per-image stage), and once every image of it has a mask, `eval` writes
 ``<out>/<benchmark>.json``. The table is ``<out>/table.json``. The CLIP is loaded once and shared.
 
-A PGSeg / GroupViT checkpoint (``benchmark pgseg --model pgseg:FILE``, :func:`run_pgseg_benchmark`) runs the same way
-with `segment --model pgseg:FILE`'s stage body and settings (:func:`pgseg_settings`) in the same table.
+A text-supervised family's checkpoint (``benchmark pgseg --model pgseg:FILE``, :func:`run_text_benchmark`) runs the
+same way with `segment --model NAME:FILE`'s stage body and the family's settings (:func:`text_settings`) in the same
+table.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | No
     """The :class:`SegmentConfig` of ``method`` on ``benchmark``: its preset, with every non-None ``overrides``
     value (the command line's options) in its place."""
     if method not in BENCHMARK_PRESETS:
-        if segmenter_family(method) != "clip":  # PGSeg / GroupViT: a checkpoint, no benchmark presets
-            raise VplError(f"benchmark {method}: give its checkpoint, --model {method}:FILE (a train-pgseg "
-                           "pgseg.safetensors or a GroupViT / PGSeg release .pth)")
+        if segmenter_family(method) != "clip":  # a text-supervised family's: a checkpoint, no benchmark presets
+            from ..models.registry import TEXT_FAMILIES
+
+            raise VplError(f"benchmark {method}: give its checkpoint, --model {method}:FILE "
+                           f"({TEXT_FAMILIES[segmenter_family(method)].files})")
         raise VplError(f"benchmark: no presets for method {method!r}; choose one of {', '.join(BENCHMARK_PRESETS)}")
     settings = BENCHMARK_PRESETS[method].settings(benchmark)
     if settings["dense"] not in DENSE_CHOICES:
@@ -99,49 +102,54 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
     return table
 
 
-def pgseg_settings(benchmark: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """`segment --model pgseg:FILE`'s settings on ``benchmark`` (the reference's, :mod:`vpltool.config.pgseg`), with
-    ``short_side`` / ``slide_crop`` / ``slide_stride`` of ``overrides`` where given. A benchmark whose ground truth
-    has no background class (VOC20, Context59, COCO-Stuff, Cityscapes, ADE20K, where class 0 is never right) gets
-    ``bg_thresh`` 0: no pixel is background, each takes its best class."""
-    from ..config.pgseg import PGSEG_BACKGROUND, PGSEG_BG_THRESH, PGSEG_SHORT_SIDE, PGSEG_SLIDE
+def text_settings(family: str, benchmark: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`segment --model NAME:FILE`'s settings on ``benchmark`` for text-supervised family ``family`` (its
+    configuration's ``ZERO_SHOT``: PGSeg's are the reference's, :mod:`vpltool.config.pgseg`), with ``short_side`` /
+    ``slide_crop`` / ``slide_stride`` of ``overrides`` where given. A benchmark whose ground truth has no background
+    class (VOC20, Context59, COCO-Stuff, Cityscapes, ADE20K, where class 0 is never right) gets ``bg_thresh`` 0: no
+    pixel is background, each takes its best class."""
     from ..data.benchmarks import BENCHMARKS
+    from ..models.registry import text_config
 
+    own = text_config(family).ZERO_SHOT
     o = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return {"method": "pgseg", "bg_thresh": PGSEG_BG_THRESH if BENCHMARKS[benchmark].has_background else 0.0,
-            "short_side": o.get("short_side", PGSEG_SHORT_SIDE), "slide_crop": o.get("slide_crop", PGSEG_SLIDE[0]),
-            "slide_stride": o.get("slide_stride", PGSEG_SLIDE[1]), "background": PGSEG_BACKGROUND}
+    return {"method": family, "bg_thresh": own.bg_thresh if BENCHMARKS[benchmark].has_background else 0.0,
+            "short_side": o.get("short_side", own.short_side), "slide_crop": o.get("slide_crop", own.slide[0]),
+            "slide_stride": o.get("slide_stride", own.slide[1]), "background": own.background}
 
 
-def run_pgseg_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path, checkpoint: str | Path,
-                        overrides: Mapping[str, Any] | None = None, runtime: RuntimeConfig = RuntimeConfig(), *,
-                        shard: tuple[int, int] | None = None,
-                        on_benchmark: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """:func:`run_benchmark` for a PGSeg / GroupViT ``checkpoint`` (``benchmark pgseg --model pgseg:FILE``): each
-    benchmark segmented by `segment --model pgseg:FILE`'s stage body with :func:`pgseg_settings` (the dataset's
-    class names, one query each), then scored; the same table (its ``"model"``: ``{"model": "pgseg", "pretrained":
-    FILE}``, as the segment records name it). ``shard``: this process's share of each benchmark's images (a
-    benchmark is scored once all its shards are in)."""
-    from .segment_pgseg import check_options, pgseg_family, pgseg_names, run_segment_pgseg
+def run_text_benchmark(method: str, family: str, roots: Mapping[str, str | Path], out: str | Path,
+                       checkpoint: str | Path, overrides: Mapping[str, Any] | None = None,
+                       runtime: RuntimeConfig = RuntimeConfig(), *, shard: tuple[int, int] | None = None,
+                       on_benchmark: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """:func:`run_benchmark` for the ``family`` checkpoint ``checkpoint`` (``benchmark NAME --model NAME:FILE``,
+    e.g. ``benchmark pgseg --model pgseg:FILE``): each benchmark segmented by `segment --model NAME:FILE`'s stage
+    body with :func:`text_settings` (the dataset's class names, one query each), then scored; the same table (its
+    ``"model"``: ``{"model": family, "pretrained": FILE}``, as the segment records name it). ``shard``: this
+    process's share of each benchmark's images (a benchmark is scored once all its shards are in)."""
+    from ..models.registry import TEXT_FAMILIES
+    from .segment_text import check_options, run_segment_text, text_family_of, text_names
 
-    if segmenter_family(method) != "pgseg":
-        raise VplError(f"benchmark {method} --model pgseg:{checkpoint}: a PGSeg / GroupViT checkpoint runs as method "
-                       f"pgseg (benchmark pgseg --model pgseg:FILE); {method} needs a CLIP --model")
+    if segmenter_family(method) != family:
+        raise VplError(f"benchmark {method} --model {family}:{checkpoint}: a {TEXT_FAMILIES[family].title} "
+                       f"checkpoint runs as method {family} (benchmark {family} --model {family}:FILE); {method} "
+                       "needs a CLIP --model")
     names, datasets, out = _open_benchmarks(roots, out)
-    settings = {n: pgseg_settings(n, overrides) for n in names}
+    settings = {n: text_settings(family, n, overrides) for n in names}
+    min_side = text_family_of(family).TrainConfig.ZERO_SHOT.min_side
     for n in names:  # every option and class list checked, and the checkpoint read, before anything is written
         s = settings[n]
-        check_options(s["bg_thresh"], s["short_side"], (s["slide_crop"], s["slide_stride"]))
-        pgseg_names(list(datasets[n].classes[1:]), s["background"])
-    pgseg_family().load_checkpoint(checkpoint)
+        check_options(s["bg_thresh"], s["short_side"], (s["slide_crop"], s["slide_stride"]), min_side)
+        text_names(list(datasets[n].classes[1:]), s["background"])
+    text_family_of(family).check_checkpoint(checkpoint)
 
     def segment(n: str, folder: Path) -> None:
         s = settings[n]
-        run_segment_pgseg(datasets[n], folder, checkpoint, list(datasets[n].classes[1:]), runtime,
-                          bg_thresh=s["bg_thresh"], short_side=s["short_side"],
-                          slide=(s["slide_crop"], s["slide_stride"]), background=s["background"], shard=shard)
+        run_segment_text(datasets[n], folder, family, checkpoint, list(datasets[n].classes[1:]), runtime,
+                         bg_thresh=s["bg_thresh"], short_side=s["short_side"],
+                         slide=(s["slide_crop"], s["slide_stride"]), background=s["background"], shard=shard)
 
-    return _score(method, {"model": "pgseg", "pretrained": str(checkpoint)}, names, datasets, out, segment,
+    return _score(method, {"model": family, "pretrained": str(checkpoint)}, names, datasets, out, segment,
                   settings, on_benchmark)
 
 
@@ -228,5 +236,5 @@ def format_row(table: Mapping[str, Any]) -> list[str]:
     return [head, row]
 
 
-__all__ = ["STAGE", "run_benchmark", "run_benchmarks", "run_pgseg_benchmark", "pgseg_settings", "preset_config",
+__all__ = ["STAGE", "run_benchmark", "run_benchmarks", "run_text_benchmark", "text_settings", "preset_config",
            "format_row"]

@@ -77,7 +77,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
 
 
-def _family(name: str = "pgseg"):
+def _family(name: str):
     """Model family ``name``'s module (the recipe's ``family``: what the trainer builds, trains and saves), through
     the registry (tests put a small stand-in here)."""
     from ...models.registry import family_module
