@@ -21,7 +21,7 @@ def _whole(src, size, guide, steps):
 def _joined(src, size, guide, steps, band):
     parts = list(logit_bands(src, size, guide, steps, (8, 16), band))
     assert [p[0] for p in parts] == list(range(0, size[1], band))  # left to right, no gap
-    return torch.cat([p[2] for p in parts], dim=-1)
+    return torch.cat([p[2] for p in parts], dim=-2).transpose(1, 2)  # the bands are transposed
 
 
 # (3 channels take another of torch's kernels, one that is not separable: the guide's, equal to float rounding)
@@ -33,7 +33,7 @@ def test_upsampling_in_bands_is_the_whole_upsampling_bit_for_bit(source, size):
     assert torch.equal(_joined(src, size, None, 0, 16), whole)
     # any columns, in any order, repeats allowed (PAMR's replicated borders)
     index = torch.tensor([size[1] - 1, 0, 0, 3 % size[1]])
-    assert torch.equal(ColumnUpsampler(src, size).columns(index), whole[..., index])
+    assert torch.equal(ColumnUpsampler(src, size).columns(index), whole[..., index].transpose(1, 2))
 
 
 @pytest.mark.parametrize("size,steps,band", [((150, 230), 10, 32), ((90, 47), 3, 16), ((64, 400), 10, 400)])

@@ -53,39 +53,13 @@ def band_bytes(n_queries: int, height: int, pamr_steps: int, dilations: Sequence
     return 4 * height * (n_queries * levels + affinity)
 
 
-def _axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """torch's bilinear taps along one axis (``align_corners`` False): per output index the two source indices
-    ``[n_out]`` int64 and their weights ``[n_out]`` float32, as its CPU kernel computes them (the source position
-    ``scale * (i + 0.5) - 0.5`` rounded once, ``scale`` the float32 ``n_in / n_out``)."""
-    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
-    src = (scale.double() * (torch.arange(n_out, dtype=torch.float64) + 0.5) - 0.5).float().clamp_(min=0)
-    i0 = src.long()
-    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
-    w1 = src - i0.float()
-    return i0, i1, 1 - w1, w1
-
-
-def _fused(a: torch.Tensor, wa: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``a * wa + p`` rounded once to float32 (the fused multiply-add of torch's kernel), from float32 tensors:
-    the sum in float64 with its rounding error (Knuth's two-sum), which settles a float32 tie the float64 sum
-    would otherwise round twice."""
-    x, y = a.double() * wa.double(), p.double()  # the product is exact in float64
-    s = x + y
-    back = s - x
-    err = (x - (s - back)) + (y - back)
-    f = s.float()
-    g = torch.nextafter(f, torch.where(s > f.double(), torch.inf, -torch.inf).float())  # the float on s's other side
-    tie = (s == (f.double() + g.double()) * 0.5) & (err != 0)
-    return torch.where(tie & ((err > 0) == (g > f)), g, f)
-
-
 class ColumnUpsampler:
     """``F.interpolate(source[None], size, mode="bilinear", align_corners=False)[0]`` column by column.
 
     torch's CPU kernel is separable: the whole resize equals the rows resized to the photo's width, then the
-    columns to its height, bit for bit. The first pass is torch's (``[1, C, h, W0]``, kept); the second is
-    restated per column (torch's kernel takes another path for a narrow tensor) with its taps and its rounding:
-    ``fma(t[i0], w0, round(t[i1] * w1))``. ``tests/test_bands.py`` holds it equal to the whole resize.
+    columns to its height, bit for bit. The first pass is kept (``[1, C, h, W0]``); the second is run on a band's
+    columns alone, transposed (a column of the photo a row of the band: the kernel's long-row path, which
+    ``tests/test_bands.py`` holds equal to the whole resize; a narrow untransposed band takes another path).
 
     Args:
         source: ``[C, h, w]`` float32 (the logits at the model's input or patch grid, or the normalised input),
@@ -97,16 +71,12 @@ class ColumnUpsampler:
         self.height, self.width = int(size[0]), int(size[1])
         self.rows = F.interpolate(source[None].float(), size=(source.shape[-2], self.width), mode="bilinear",
                                   align_corners=False)
-        i0, i1, w0, w1 = _axis(source.shape[-2], self.height)
-        device = self.rows.device
-        self.i0, self.i1 = i0.to(device), i1.to(device)
-        self.w0, self.w1 = w0.to(device)[:, None], w1.to(device)[:, None]
 
     def columns(self, index: torch.Tensor) -> torch.Tensor:
-        """``[n]`` int64 column indices (any order, repeats allowed) -> ``[C, H0, n]`` those columns of the whole
-        upsampled image."""
-        picked = self.rows[0].index_select(2, index.to(self.rows.device))  # [C, h, n]
-        return _fused(picked.index_select(1, self.i0), self.w0, picked.index_select(1, self.i1) * self.w1)
+        """``[n]`` int64 column indices (any order, repeats allowed) -> ``[C, n, H0]``: those columns of the whole
+        upsampled image, each a row (a band's layout here)."""
+        picked = self.rows.index_select(3, index.to(self.rows.device)).transpose(2, 3).contiguous()  # [1, C, n, h]
+        return F.interpolate(picked, size=(len(index), self.height), mode="bilinear", align_corners=False)[0]
 
 
 def _clamped(start: int, stop: int, width: int, device) -> torch.Tensor:
@@ -116,26 +86,26 @@ def _clamped(start: int, stop: int, width: int, device) -> torch.Tensor:
 
 
 def _rows_padded(x: torch.Tensor, d: int) -> torch.Tensor:
-    """``[B, C, H, n]`` -> ``[B, C, H + 2d, n]``: the top and bottom rows replicated ``d`` times."""
-    return F.pad(x, (0, 0, d, d), mode="replicate")
+    """A band ``[B, C, n, H]`` -> ``[B, C, n, H + 2d]``: the photo's top and bottom rows replicated ``d`` times."""
+    return F.pad(x, (d, d, 0, 0), mode="replicate")
 
 
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
 def _shifted(xp: torch.Tensor, d: int, reach: int, n: int, centre: bool) -> torch.Tensor:
-    """``xp`` ``[B, C, H + 2d, n + 2 reach]`` (rows padded by ``d``, columns ``reach`` either side of the band) ->
-    ``[B, C, P, H, n]`` the values at the 8 neighbours (and the centre) at dilation ``d``, in the order of
+    """``xp`` ``[B, C, n + 2 reach, H + 2d]`` (a band with ``reach`` columns either side, rows padded by ``d``)
+    -> ``[B, C, P, n, H]`` the values at the 8 neighbours (and the centre) at dilation ``d``, in the order of
     :func:`vpltool.models.segmentor._shifted`."""
-    height = xp.shape[-2] - 2 * d
-    return torch.stack([xp[..., d + dy * d : d + dy * d + height, reach + dx * d : reach + dx * d + n]
+    height = xp.shape[-1] - 2 * d
+    return torch.stack([xp[..., reach + dx * d : reach + dx * d + n, d + dy * d : d + dy * d + height]
                         for dy, dx in _OFFSETS if centre or (dy, dx) != (0, 0)], dim=2)
 
 
 def band_affinity(guide: torch.Tensor, reach: int, n: int, dilations: Sequence[int]) -> torch.Tensor:
-    """PAMR's affinity of ``n`` columns: ``guide`` ``[1, 3, H, n + 2 reach]`` (the band's columns and ``reach``
-    more either side) -> ``[1, 1, P, H, n]``, as :func:`vpltool.models.segmentor.pamr` computes it."""
-    image = guide[..., reach : reach + n]
+    """PAMR's affinity of ``n`` columns: ``guide`` ``[1, 3, n + 2 reach, H]`` (the band's columns and ``reach``
+    more either side) -> ``[1, 1, P, n, H]``, as :func:`vpltool.models.segmentor.pamr` computes it."""
+    image = guide[..., reach : reach + n, :]
     padded = {d: _rows_padded(guide, d) for d in dilations}
     std = torch.cat([_shifted(padded[d], d, reach, n, True) for d in dilations], dim=2).std(2, keepdim=True)
     diff = torch.cat([(image[:, :, None] - _shifted(padded[d], d, reach, n, False)).abs() for d in dilations], dim=2)
@@ -143,42 +113,47 @@ def band_affinity(guide: torch.Tensor, reach: int, n: int, dilations: Sequence[i
 
 
 def band_step(mask: torch.Tensor, affinity: torch.Tensor, reach: int, dilations: Sequence[int]) -> torch.Tensor:
-    """One PAMR step of a band: ``mask`` ``[1, C, H, n + 2 reach]`` (the previous step, ``reach`` columns either
-    side) and ``affinity`` ``[1, 1, P, H, n]`` -> ``[1, C, H, n]``, the sum over the neighbours in
-    :func:`vpltool.models.segmentor._propagate`'s order."""
-    n = affinity.shape[-1]
-    out, k = None, 0
+    """One PAMR step of a band: ``mask`` ``[1, C, n + 2 reach, H]`` (the previous step, ``reach`` columns either
+    side) and ``affinity`` ``[1, 1, P, n, H]`` -> ``[1, C, n, H]``, the sum over the neighbours in
+    :func:`vpltool.models.segmentor._propagate`'s order (each product rounded, then added: the same numbers)."""
+    n = affinity.shape[-2]
+    out, term, k = None, None, 0
     for d in dilations:
         xp = _rows_padded(mask, d)
-        height = xp.shape[-2] - 2 * d
+        height = xp.shape[-1] - 2 * d
         for dy, dx in _OFFSETS:
             if (dy, dx) == (0, 0):
                 continue
-            term = xp[..., d + dy * d : d + dy * d + height, reach + dx * d : reach + dx * d + n] * affinity[:, :, k]
-            out = term if out is None else out + term
+            shifted = xp[..., reach + dx * d : reach + dx * d + n, d + dy * d : d + dy * d + height]
+            if out is None:
+                out = shifted * affinity[:, :, k]
+                term = torch.empty_like(out)
+            else:
+                out += torch.mul(shifted, affinity[:, :, k], out=term)
             k += 1
     return out
 
 
 class _Buffer:
-    """Columns ``lo..hi-1`` of one ``[1, C, H, W0]`` quantity, extended to the right and trimmed on the left."""
+    """Columns ``lo..hi-1`` of one quantity of the photo, a band ``[1, C, n, H0]``, extended to the right and
+    trimmed on the left."""
 
     def __init__(self):
         self.data: torch.Tensor | None = None
         self.lo = self.hi = 0
 
     def add(self, new: torch.Tensor) -> None:
-        self.data = new if self.data is None else torch.cat([self.data, new], dim=-1)
-        self.hi += new.shape[-1]
+        self.data = new if self.data is None else torch.cat([self.data, new], dim=-2)
+        self.hi += new.shape[-2]
 
     def trim(self, lo: int) -> None:
         if self.data is not None and lo > self.lo:
             lo = min(lo, self.hi)
-            self.data = self.data[..., lo - self.lo :].contiguous()
+            self.data = self.data[..., lo - self.lo :, :].contiguous()
             self.lo = lo
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
-        return self.data.index_select(-1, index - self.lo)
+        return self.data.index_select(-2, index - self.lo)
 
 
 class _Levels:
@@ -213,12 +188,12 @@ class _Levels:
         self.extend(k - 1, stop + self.reach)
         self._extend_affinity(stop)
         source = below.take(_clamped(start - self.reach, stop + self.reach, self.width, self.device))
-        affinity = self.affinity.data[..., start - self.affinity.lo : stop - self.affinity.lo]
+        affinity = self.affinity.data[..., start - self.affinity.lo : stop - self.affinity.lo, :]
         level.add(band_step(source, affinity, self.reach, self.dilations))
         below.trim(level.hi - self.reach)  # level k's next band reads level k - 1 from here on
 
     def band(self, start: int, stop: int) -> torch.Tensor:
-        """Columns ``start..stop-1`` of the last step ``[C, H0, n]``; the bands are asked for left to right."""
+        """Columns ``start..stop-1`` of the last step ``[C, n, H0]``; the bands are asked for left to right."""
         top = self.levels[-1]
         self.extend(self.steps, stop)
         out = top.take(torch.arange(start, stop, device=self.device))[0]
@@ -242,7 +217,8 @@ def logit_bands(source: torch.Tensor, size: tuple[int, int], guide: torch.Tensor
         band: columns per band.
 
     Yields:
-        ``(x0, x1, [Q, H0, x1 - x0])`` float32, left to right, covering ``0..W0``.
+        ``(x0, x1, [Q, x1 - x0, H0])`` float32, left to right, covering ``0..W0``: a band transposed (the
+        photo's column ``x0 + i`` is row ``i``), so that its rows are long.
     """
     logits = ColumnUpsampler(source, size)
     width = logits.width
@@ -292,9 +268,9 @@ def banded_probabilities(bands: Callable[[], Iterator[tuple[int, int, torch.Tens
         if labels is None:
             labels = lab.new_empty(height, width)
             probs = p.new_empty(n_classes, height, width) if scores else None
-        labels[:, x0:x1] = lab
+        labels[:, x0:x1] = lab.T
         if probs is not None:
-            probs[:, :, x0:x1] = p
+            probs[:, :, x0:x1] = p.transpose(1, 2)
     return probs, labels
 
 

@@ -282,7 +282,7 @@ def photo_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: 
                  ) -> list:
     """:func:`segment_logits` in bounded memory: per image, its ``[Q, H0, W0]`` logits when the whole computation
     needs at most ``budget`` bytes (:data:`~vpltool.models.bands.WHOLE_BUDGET`; a method's ``dense_logits`` hook
-    always), else a function that starts a pass over them in column bands (``(x0, x1, [Q, H0, x1 - x0])``,
+    always), else a function that starts a pass over them in column bands (``(x0, x1, [Q, x1 - x0, H0])``,
     :func:`~vpltool.models.bands.logit_bands`: the same arithmetic)."""
     budget = WHOLE_BUDGET if budget is None else budget
     steps = settings.pamr_steps

@@ -105,7 +105,8 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
             maps = torch.empty(len(labels), *sizes[i], device=bb.device)
             with torch.no_grad(), autocast(bb.device, dtype):
                 for x0, x1, band in lg():
-                    maps[:, :, x0:x1] = dense_maps(band.float(), rows, len(labels), settings.logit_scale)
+                    band_maps = dense_maps(band.float(), rows, len(labels), settings.logit_scale)  # [K, n, H0]
+                    maps[:, :, x0:x1] = band_maps.transpose(1, 2)
             out_maps.append(maps)
         return out_maps
 
