@@ -4116,6 +4116,57 @@ def _pgseg_model_and_alias_differ(ws: Workspace) -> Iterator[list[object]]:
            ws.root / "b.safetensors", "-o", ws.out("out"), *CPU]
 
 
+def _pgseg_release(ws: Workspace, name: str, edit: Callable[[dict], None]) -> Path:
+    """A seeded tiny PGSeg saved as GroupViT / PGSeg save their releases (``torch.save({"model": state})``, the
+    reference's key names), ``edit`` applied to its state dict."""
+    import torch
+
+    from vpltool.models import pgseg
+
+    state = dict(pgseg.build_model(pgseg.tiny_config(), seed=3).state_dict())
+    edit(state)
+    path = ws.root / name
+    torch.save({"model": state}, path)
+    return path
+
+
+@case("a GroupViT/PGSeg release .pth lacking img_encoder.patch_embed.proj.weight (segment --model pgseg:FILE)",
+      "release_no_patch.pth: lacks tensor 'img_encoder.patch_embed.proj.weight'", "re-download it")
+def _pgseg_release_missing_patch(ws: Workspace) -> Iterator[list[object]]:
+    path = _pgseg_release(ws, "release_no_patch.pth", lambda s: s.pop("img_encoder.patch_embed.proj.weight"))
+    yield ["segment", ws.world, "--split", "val", "--model", f"pgseg:{path}", "-o", ws.out("out"), *CPU]
+
+
+@case("a GroupViT/PGSeg release .pth lacking text_encoder.positional_embedding (train-pgseg --init)",
+      "release_no_text_pos.pth: lacks tensor 'text_encoder.positional_embedding'")
+def _pgseg_release_missing_text(ws: Workspace) -> Iterator[list[object]]:
+    path = _pgseg_release(ws, "release_no_text_pos.pth", lambda s: s.pop("text_encoder.positional_embedding"))
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", path, *PGSEG_ARGS]
+
+
+@case("a GroupViT/PGSeg release .pth with a NaN in one tensor (segment --model pgseg:FILE)",
+      "release_nan.pth: tensor 'img_encoder.pos_embed' holds NaN or inf")
+def _pgseg_release_nan(ws: Workspace) -> Iterator[list[object]]:
+    path = _pgseg_release(ws, "release_nan.pth", lambda s: s["img_encoder.pos_embed"].view(-1)[0].fill_(float("nan")))
+    yield ["segment", ws.world, "--split", "val", "--model", f"pgseg:{path}", "-o", ws.out("out"), *CPU]
+
+
+@case("train-pgseg --no-npr --init a PGSeg checkpoint (its NPR modules)", "--init: a PGSeg checkpoint (it holds NPR",
+      "pass --npr to fine-tune it as PGSeg")
+def _pgseg_no_npr_init(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.models import pgseg
+
+    path = pgseg.save_checkpoint(ws.root / "pgseg_npr.safetensors", pgseg.build_model(pgseg.tiny_config(), seed=3))
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", path, "--no-npr", *PGSEG_ARGS]  # 32 px, as tiny
+
+
+@case("train-pgseg --npr on small batches, where T-NPR keeps no row (its term NaN)", "T-NPR had no rows",
+      "the losses logged and shown are the other terms", exit_code=0, leaves=("pgseg_npr_run/", "pgseg_npr_run/*",
+                                                                            "pgseg_npr_run/checkpoints/*"))
+def _pgseg_empty_text_npr(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("pgseg_npr_run"), "--npr", "--log-every", "1", *PGSEG_ARGS]
+
+
 @case("cam --model with a CLIP's name (cam's CLIP is the prototypes file's)", "--model ViT-B-16",
       "cam's CLIP is the one its --prototypes file names")
 def _cam_model_clip_name(ws: Workspace) -> Iterator[list[object]]:

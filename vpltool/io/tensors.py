@@ -140,6 +140,37 @@ def read_weights(path: Path, shapes_only: bool, fix: str, containers: Sequence[s
     return {k: (tuple(v.shape) if shapes_only else v) for k, v in state.items()}
 
 
+def check_weights(path: str | os.PathLike, state: Mapping[str, Any], expected: Mapping[str, Any] | None = None,
+                  fix: str = "re-download it, or pass the file of that model") -> None:
+    """The one scrutiny of a model file loaded from outside (a release ``.pth``, a weights file, a checkpoint):
+    ``state`` (name -> tensor) against ``expected`` (the built model's ``state_dict()``, when known): every key
+    there (the first missing named), no other, each shape; then every tensor's dtype (a floating-point tensor
+    where the model has one, never a complex one) and every floating-point value finite. One line naming
+    ``path`` and the tensor, ending with ``fix``; nothing is loaded from a file that fails."""
+    import torch
+
+    if expected is not None:
+        missing = [k for k in expected if k not in state]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise VplError(f"{path}: lacks tensor {missing[0]!r}{more}, which this model needs; {fix}")
+        unknown = [k for k in state if k not in expected]
+        if unknown:
+            raise VplError(f"{path}: holds tensor {unknown[0]!r}, which this model does not have ({len(unknown)} "
+                           f"such); {fix}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise VplError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; {fix}")
+        want = expected.get(key) if expected is not None else None
+        if want is not None and tuple(value.shape) != tuple(want.shape):
+            raise VplError(f"{path}: tensor {key!r} is {list(value.shape)}, this model's is {list(want.shape)}; {fix}")
+        if value.is_complex() or (want is not None and want.is_floating_point() and not value.is_floating_point()):
+            raise VplError(f"{path}: tensor {key!r} is {str(value.dtype).removeprefix('torch.')}, not the "
+                           f"floating-point weights this model holds; {fix}")
+        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+            raise VplError(f"{path}: tensor {key!r} holds NaN or inf; {fix}")
+
+
 class TensorFile:
     """A validated safetensors file: ``tensors`` (dict of torch tensors) and parsed ``meta``."""
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import VplError, VplWarning
-from ..io import is_regular_file, read_weights
+from ..io import check_weights, is_regular_file, read_weights
 from .loading import _offline
 from .registry import register_family
 
@@ -152,6 +152,8 @@ def _file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bo
     if stripped and report:
         warnings.warn(VplWarning(f"--dino-weights {path}: tensor names prefixed {''.join(stripped)!r} (a training "
                                  "checkpoint); the prefix was stripped"), stacklevel=3)
+    if not shapes_only:  # the tensors themselves, as they load: dtypes and finite values
+        check_weights(path, state, expected, DINO_WEIGHTS_FIX)
     return state
 
 

@@ -361,7 +361,7 @@ def create_model(spec: ModelSpec):
         if not (folder / "open_clip_config.json").is_file():
             raise VplError(f"{folder}: not an open_clip model folder (needs open_clip_config.json + weights)")
         with no_weight_init(), assign_loaded_weights():
-            return open_clip.create_model(f"local-dir:{folder}"), folder
+            return _finite(open_clip.create_model(f"local-dir:{folder}"), folder), folder
     if spec.model not in open_clip.list_models():
         raise VplError(f"--model {spec.model!r} unknown to open_clip; e.g. ViT-B-16, ViT-L-14, or local-dir:/path")
     pretrained = spec.pretrained
@@ -377,7 +377,7 @@ def create_model(spec: ModelSpec):
             raise VplError(f"{path}: weights file not found")
         try:
             with no_weight_init(), assign_loaded_weights():
-                return open_clip.create_model(spec.model, pretrained=str(path)), path.parent
+                return _finite(open_clip.create_model(spec.model, pretrained=str(path)), path), path.parent
         except (RuntimeError, KeyError) as e:
             msg = str(e).splitlines()[0][:200]
             raise VplError(f"{path}: does not hold {spec.model} weights ({msg}); check --model") from None
@@ -386,6 +386,15 @@ def create_model(spec: ModelSpec):
         if cached is not None:
             return open_clip.create_model(spec.model, pretrained=cached, force_preprocess_cfg=preprocess), None
         return open_clip.create_model(spec.model, pretrained=pretrained), None
+
+
+def _finite(model, where: Path):
+    """``model``, loaded from local bytes, once every weight is a finite number (:func:`vpltool.io.check_weights`;
+    open_clip has checked the names and shapes): a NaN in a file would otherwise give NaN masks, certified."""
+    from ..io import check_weights
+
+    check_weights(where, model.state_dict(), fix="re-download or re-train that model")
+    return model
 
 
 def load_extra_config(folder: Path | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
-from ..io import is_regular_file, read_weights
+from ..io import check_weights, is_regular_file, read_weights
 from .registry import register_family
 
 
@@ -131,6 +131,8 @@ def _prompt_state(path: Path, spec: SamSpec, expected: dict[str, torch.Tensor], 
         first = (missing or unknown or bad)[0]
         raise VplError(f"{path}: not the SAM {spec.model} prompt encoder and mask decoder ({len(missing)} tensors "
                        f"missing, {len(unknown)} unknown, {len(bad)} of another shape; first {first!r}); {FIX}")
+    if not shapes_only:  # the tensors themselves, as they load: dtypes and finite values
+        check_weights(path, state, expected, FIX)
     return state
 
 
@@ -165,6 +167,8 @@ def _encoder_state(path: Path, spec: SamSpec, expected: dict[str, torch.Tensor],
             raise VplError(f"{path}: tensor {key!r} is {list(shape)}, the SAM {spec.model} encoder's is "
                            f"{list(expected[key].shape)} (another SAM size?); {FIX}, or the --sam-model it "
                            "belongs to")
+    if not shapes_only:  # the tensors themselves, as they load: dtypes and finite values
+        check_weights(path, state, expected, FIX)
     return state
 
 

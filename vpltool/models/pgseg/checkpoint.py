@@ -48,9 +48,15 @@ def load_checkpoint(path: str | Path) -> tuple[PGSegConfig, dict[str, torch.Tens
     path = Path(path)
     if not path.is_file():
         raise VplError(f"{path}: no such checkpoint file; pass a PGSeg/GroupViT checkpoint (.safetensors or .pth)")
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    return from_reference(_read_pth(path), str(path))
+    from ...io.tensors import check_weights
+
+    cfg, state = _load_safetensors(path) if path.suffix == ".safetensors" else from_reference(_read_pth(path),
+                                                                                               str(path))
+    check_weights(path, state, fix=RELEASE_FIX)  # dtypes and finite values; keys and shapes in model_from_state
+    return cfg, state
+
+
+RELEASE_FIX = "pass a complete GroupViT/PGSeg release (re-download it) or a train-pgseg checkpoint"
 
 
 def _load_safetensors(path: Path) -> tuple[PGSegConfig, dict[str, torch.Tensor]]:
@@ -138,7 +144,7 @@ def from_reference(obj: Any, where: str = "checkpoint") -> tuple[PGSegConfig, di
     if strange:
         raise VplError(f"{where}: unexpected keys for GroupViT/PGSeg ({', '.join(strange[:3])}); pass a GroupViT "
                        "or PGSeg release")
-    return infer_config(state), state
+    return infer_config(state, where), state
 
 
 def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
@@ -146,35 +152,47 @@ def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def infer_config(state: dict[str, torch.Tensor]) -> PGSegConfig:
-    """The :class:`PGSegConfig` a reference-format state dict was built with (heads 64 wide)."""
-    pos = state["img_encoder.pos_embed"]
+def infer_config(state: dict[str, torch.Tensor], where: str = "checkpoint") -> PGSegConfig:
+    """The :class:`PGSegConfig` a reference-format state dict was built with (heads 64 wide). A tensor it reads
+    that the file lacks is one line naming ``where`` and the key."""
+
+    def need(key: str, dims: int) -> torch.Tensor:
+        if key not in state:
+            raise VplError(f"{where}: lacks tensor {key!r}, which every GroupViT/PGSeg release holds; {RELEASE_FIX}")
+        if state[key].ndim < dims:
+            raise VplError(f"{where}: tensor {key!r} is {list(state[key].shape)}, not {dims}-d as in a "
+                           f"GroupViT/PGSeg release; {RELEASE_FIX}")
+        return state[key]
+
+    pos = need("img_encoder.pos_embed", 2)
     embed = pos.shape[-1]
-    patch = state["img_encoder.patch_embed.proj.weight"].shape[-1]
+    patch = need("img_encoder.patch_embed.proj.weight", 4).shape[-1]
     n_stages = _count(state, r"img_encoder\.layers\.(\d+)\.")
     depths = tuple(_count(state, rf"img_encoder\.layers\.{i}\.blocks\.(\d+)\.") for i in range(n_stages))
-    groups = tuple(int(state[f"img_encoder.layers.{i}.group_token"].shape[1])
+    groups = tuple(int(need(f"img_encoder.layers.{i}.group_token", 2).shape[1])
                    if f"img_encoder.layers.{i}.group_token" in state else 0 for i in range(n_stages))
-    outputs = tuple(int(state[f"img_encoder.layers.{i}.downsample.mlp_inter.fc2.weight"].shape[0])
+    outputs = tuple(int(need(f"img_encoder.layers.{i}.downsample.mlp_inter.fc2.weight", 1).shape[0])
                     for i in range(n_stages - 1))
-    tpos = state["text_encoder.positional_embedding"]
+    tpos = need("text_encoder.positional_embedding", 2)
     proj = state["img_projector.linear_hidden.0.weight"] if "img_projector.linear_hidden.0.weight" in state else None
     return PGSegConfig(
         img_size=int(round(pos.shape[1] ** 0.5)) * patch, patch_size=patch, embed_dim=embed, depths=depths,
         num_heads=tuple(max(embed // 64, 1) for _ in range(n_stages)), num_group_tokens=groups,
         num_output_groups=outputs, context_length=tpos.shape[0], text_width=tpos.shape[1],
         text_layers=_count(state, r"text_encoder\.transformer\.resblocks\.(\d+)\."),
-        vocab_size=state["text_encoder.token_embedding.weight"].shape[0],
-        output_dim=state["img_projector.linear_out.weight"].shape[0],
+        vocab_size=need("text_encoder.token_embedding.weight", 1).shape[0],
+        output_dim=need("img_projector.linear_out.weight", 1).shape[0],
         proj_inner_dim=proj.shape[0] if proj is not None else 4096,
         npr=any(".downsample_spatial." in k for k in state))
 
 
 def model_from_state(cfg: PGSegConfig, state: dict[str, torch.Tensor], where: str = "checkpoint") -> PGSeg:
     """Build ``cfg``'s model and load ``state`` strictly; a mismatch is one line naming the first keys."""
+    from ...io.tensors import check_weights
     from .model import build_model
 
     model = build_model(cfg)
+    check_weights(where, state, model.state_dict(), fix="pass a checkpoint of this model")  # the key, shape, values
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape

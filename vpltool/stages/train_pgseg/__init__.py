@@ -30,7 +30,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from ...presets import IMAGENET_TEMPLATES
 from ...runtime.batches import die_with_parent
 from ...runtime.ranks import check_resumable, prepare_run_folder, process_group
 from .steps import (
+    PGSegSummary,
     TrainStep,
     _iteration_seed,
     _mean_losses,
@@ -57,6 +58,7 @@ from .steps import (
     lr_at,
     make_optimizer,
     schedule_lr,
+    shown_losses,
     train_step,
 )
 
@@ -168,6 +170,9 @@ def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
     if init_config is not None and init_config.img_size != cfg.crop_size:
         raise VplError(f"--init: its model trains at {init_config.img_size} px (its position table), not "
                        f"--crop-size {cfg.crop_size}; pass --crop-size {init_config.img_size}")
+    if init_config is not None and init_config.npr and not cfg.npr:  # the file's architecture, NPR included
+        raise VplError("--init: a PGSeg checkpoint (it holds NPR modules), which a model trained with --no-npr "
+                       "lacks; pass --npr to fine-tune it as PGSeg, or a GroupViT checkpoint for --no-npr")
     base = init_config.to_dict() if init_config is not None else \
         {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
     if cfg.groups:
@@ -241,23 +246,6 @@ def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-@dataclass
-class PGSegSummary:
-    iterations: int
-    start: int
-    seconds: float
-    first_loss: float | None
-    loss: float | None
-    model: Path | None
-    world_size: int
-    pairs: int
-
-    @property
-    def iters_per_s(self) -> float:
-        done = self.iterations - self.start
-        return done / self.seconds if self.seconds > 0 else 0.0
-
-
 def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world: int) -> Path | None:
     """:func:`vpltool.runtime.ranks.prepare_run_folder` for this stage's files."""
     ckpt, final = out_dir / CHECKPOINT, out_dir / FINAL
@@ -274,8 +262,9 @@ def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> 
     own = model.state_dict()
     foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
     if foreign:
-        raise VplError(f"--init {where}: {len(foreign)} tensors do not fit this model (first {foreign[0]!r}); pass "
-                       "a GroupViT / PGSeg checkpoint of the same size, or drop --preset")
+        raise VplError(f"--init {where}: {len(foreign)} tensors do not fit this model (first {foreign[0]!r}); the "
+                       "model is the file's architecture with --npr / --no-npr and --groups as given: pass those "
+                       "the file was trained with, or a checkpoint of the architecture you want")
     model.load_state_dict(state, strict=False)
 
 
@@ -398,7 +387,7 @@ def run_train_pgseg(
             if on_start is not None and rank == 0:
                 on_start(total, start)
             first = last = None
-            t0 = time.perf_counter()
+            empty_text, t0 = 0, time.perf_counter()
             try:
                 for it, (images, tokens, *keys) in zip(range(start, stop), batches):
                     torch.manual_seed(_iteration_seed(cfg.seed, it, rank))  # gumbel noise, drop path
@@ -409,7 +398,8 @@ def run_train_pgseg(
                     n = it + 1
                     record: dict[str, Any] = {"iter": n}
                     if n % cfg.log_every == 0 or n == stop or n == start + 1:
-                        got = _mean_losses(losses, world)
+                        got, no_rows = shown_losses(_mean_losses(losses, world), model_cfg)
+                        empty_text += no_rows
                         if diverged(got, float(norm)):
                             raise VplError(f"{out_dir}: training diverged at iteration {n} (loss {got['loss']}, "
                                            f"gradient norm {float(norm)}); lower --lr and re-run with --overwrite")
@@ -441,8 +431,9 @@ def run_train_pgseg(
                                       iterations=total, world_size=world)
                 (out_dir / io.RUN_RECORD).unlink(missing_ok=True)  # complete: the run record goes
     return PGSegSummary(iterations=stop, start=start, seconds=seconds, first_loss=first, loss=last, model=path,
-                        world_size=world, pairs=len(pairs.pairs))
+                        world_size=world, pairs=len(pairs.pairs), empty_text_npr=empty_text)
 
 
 __all__ = ["STAGE", "FINAL", "CHECKPOINT", "PGSegSummary", "run_train_pgseg", "schedule_lr", "lr_at", "diverged",
-           "PairViews", "GlobalBatches", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "steps_per_epoch"]
+           "PairViews", "GlobalBatches", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "steps_per_epoch",
+           "shown_losses"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,6 +104,41 @@ def diverged(losses: dict[str, float], grad_norm: float) -> bool:
     return not math.isfinite(grad_norm) or not math.isfinite(losses.get("contrastive", losses["loss"]))
 
 
+def shown_losses(got: dict[str, float], model_cfg) -> tuple[dict[str, float], bool]:
+    """The losses a step logs and prints, and whether T-NPR had no rows. T-NPR's term (``npr_text``) is NaN when
+    HRS keeps no row of the batch (a mean over nothing: the reference's arithmetic, kept in the model's losses for
+    parity) and adds no gradient then; it is left out, and ``npr`` and ``loss`` are the finite terms that made the
+    step (``npr = w * (stage1 + stage2)``, ``w`` the config's ``npr_weight``): a log of NaN says nothing."""
+    text = got.get("npr_text")
+    if text is None or math.isfinite(text) or not all(math.isfinite(got.get(k, 0.0)) for k in
+                                                          ("npr_stage1", "npr_stage2", "contrastive", "multi_label")):
+        return got, False
+    npr = model_cfg.npr_weight * (got["npr_stage1"] + got["npr_stage2"])
+    shown = {k: v for k, v in got.items() if k != "npr_text"}
+    return {**shown, "npr": npr, "loss": got["contrastive"] + npr + got.get("multi_label", 0.0)}, True
+
+
+@dataclass
+class PGSegSummary:
+    """What a train-pgseg run did: ``first_loss`` / ``loss`` the first and last logged losses (their finite terms,
+    :func:`shown_losses`); ``empty_text_npr`` the logged iterations whose T-NPR term had no rows."""
+
+    iterations: int
+    start: int
+    seconds: float
+    first_loss: float | None
+    loss: float | None
+    model: Path | None
+    world_size: int
+    pairs: int
+    empty_text_npr: int = 0
+
+    @property
+    def iters_per_s(self) -> float:
+        done = self.iterations - self.start
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
 def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
     """The scalar losses, averaged over the ranks."""
     names = sorted(k for k, v in losses.items() if v.ndim == 0 and v.is_floating_point())  # not the matches
@@ -112,4 +149,5 @@ def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
     return dict(zip(names, row.tolist()))
 
 
-__all__ = ["schedule_lr", "lr_at", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "diverged"]
+__all__ = ["schedule_lr", "lr_at", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "diverged",
+           "shown_losses", "PGSegSummary"]

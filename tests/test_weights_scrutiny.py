@@ -1,0 +1,57 @@
+"""Every model file loaded from outside gets one scrutiny (io.check_weights): keys, shapes, dtypes, finite values;
+a GroupViT / PGSeg release lacking a tensor is one line naming the file and the key, never a KeyError."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vpltool.errors import VplError
+from vpltool.io import check_weights
+
+
+def test_the_checker_names_the_file_and_the_tensor():
+    want = {"a.weight": torch.zeros(2, 3), "b.bias": torch.zeros(2)}
+    cases = [({"a.weight": torch.zeros(2, 3)}, "lacks tensor 'b.bias'"),
+             ({**want, "c": torch.zeros(1)}, "holds tensor 'c', which this model does not have"),
+             ({**want, "b.bias": torch.zeros(3)}, "tensor 'b.bias' is \\[3\\], this model's is \\[2\\]"),
+             ({**want, "b.bias": torch.zeros(2, dtype=torch.int64)}, "tensor 'b.bias' is int64, not the float"),
+             ({**want, "a.weight": torch.full((2, 3), float("inf"))}, "tensor 'a.weight' holds NaN or inf")]
+    for state, message in cases:
+        with pytest.raises(VplError, match=f"^m.pth: {message}"):
+            check_weights("m.pth", state, want, fix="fix it")
+    check_weights("m.pth", {k: v.half() for k, v in want.items()}, want)  # fp16 weights of an fp32 model: fine
+
+
+@pytest.mark.parametrize("key", ["img_encoder.patch_embed.proj.weight", "text_encoder.positional_embedding",
+                                 "img_encoder.layers.0.downsample.mlp_inter.fc2.weight",
+                                 "img_projector.linear_out.weight"])
+def test_a_release_lacking_a_tensor_it_is_read_by_is_one_line(tmp_path, key):
+    from vpltool.models import pgseg
+
+    state = dict(pgseg.build_model(pgseg.tiny_config(), seed=3).state_dict())
+    assert key in state
+    del state[key]
+    path = tmp_path / "release.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(VplError, match=f"release.pth: lacks tensor '{key}'") as e:
+        pgseg.load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_clip_folder_with_a_nan_weight_is_refused(tmp_path):
+    from vpltool.models import ModelSpec
+    from vpltool.models.loading import create_model, registered_folder
+
+    folder = tmp_path / "clip"
+    shutil.copytree(registered_folder("vpltool-toy"), folder)
+    weights = folder / "open_clip_model.safetensors"
+    state = load_file(weights)
+    key = sorted(state)[-1]
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(VplError, match=f"clip: tensor '{key}' holds NaN or inf"):
+        create_model(ModelSpec(f"local-dir:{folder}"))
