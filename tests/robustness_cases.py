@@ -4362,6 +4362,19 @@ def _eval_plain_photos(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", out]
 
 
+@case("report on a segment folder of plain photos, one photo changed since (names `segment`, not `extract`)",
+      "photos_changed_seg: made from", "re-run `vpltool segment` and the stages after it with --overwrite")
+def _report_changed_photo(ws: Workspace) -> Iterator[list[object]]:
+    photos = ws.copy(ws.world / "images", "photos_changed")
+    out = ws.out("photos_changed_seg")
+    cli_ok("segment", photos, "--classes", "star,circle", "-o", out, *TINY, *TEXT_ARGS, *CPU)
+    first = sorted(photos.glob("*.png"))[0]
+    from PIL import Image
+
+    Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(first)
+    yield ["report", out, "-o", ws.out("report_changed"), "--workers", "1"]
+
+
 # --------------------------------------------------------------------------------------------- a CAM's labels
 @case("crf --backend torch of a CAM folder where one file holds its id but another image's labels",
       "CAMs for classes", "but the image is labelled", "re-run `vpltool cam`")

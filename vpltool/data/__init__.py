@@ -198,8 +198,22 @@ def check_recorded(folder: str | os.PathLike, dataset: Dataset, option: str | No
                             f"its {path.name} says): {problem}; pass that dataset or an identical copy")
     changed = _first_changed(folder, record, dataset)
     first = f" (first: {changed})" if changed is not None else ""
-    raise ContractError(f"{folder}: made from {dataset.root} as it was before a change: {problem}{first}; re-run "
-                        "`vpltool extract` and the stages after it with --overwrite, or restore the dataset")
+    raise ContractError(f"{folder}: made from {dataset.root} as it was before a change: {problem}{first}; "
+                        f"{_remake(record)}, or restore the dataset")
+
+
+# the inputs by which a record names an earlier stage's folder: its items were made from that folder, not from the
+# dataset itself, so the fix starts where the dataset was read
+_EARLIER_FOLDERS = ("features", "cams", "pseudo")
+
+
+def _remake(record: dict) -> str:
+    """The command that makes a folder again from the changed dataset: its own stage when it read the dataset
+    itself (`segment` or `predict` of photos, `cam` on a dataset, `extract`), else `extract` and the ones after."""
+    stage = record.get("stage")
+    if isinstance(stage, str) and not any(k in record["inputs"] for k in _EARLIER_FOLDERS):
+        return f"re-run `vpltool {stage}` and the stages after it with --overwrite"
+    return "re-run `vpltool extract` and the stages after it with --overwrite"
 
 
 def _dataset_change(inputs: dict, ident: dict, now: dict, found: dict) -> str | None:
