@@ -79,6 +79,9 @@ class TextFamilyRow:
 TEXT_FAMILIES: dict[str, TextFamilyRow] = {
     "pgseg": TextFamilyRow("vpltool.models.pgseg", "vpltool.config.pgseg:PGSegTrainConfig", ("pgseg", "groupvit"),
                            "PGSeg / GroupViT", "a train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth"),
+    "talk2dino": TextFamilyRow("vpltool.models.talk2dino.family",
+                               "vpltool.models.talk2dino.config:Talk2DINOTrainConfig", ("talk2dino",), "Talk2DINO",
+                               "a talk2dino.safetensors of train-text --family talk2dino or a Talk2DINO release .pth"),
 }
 
 _FAMILIES: dict[str, Family] = {}
