@@ -1476,6 +1476,38 @@ def _segment_background_class(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_bg"), *TINY, *CPU, "--classes", "background,cat"]
 
 
+@case("segment a 24-megapixel photo with 1 GB of memory free (a 6000x4000 JPEG)",
+      "photo_24mp.jpg: a 6000x4000 photo (24 megapixels) needs about 1.5 GB to segment (27 queries) and 1.0 GB are "
+      "free", "free memory, or segment a copy of the photo with half its width and height")
+def _photo_over_memory(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    from vpltool.models import bands
+
+    photo = ws.root / "photo_24mp.jpg"
+    if not photo.exists():
+        Image.new("RGB", (6000, 4000), (90, 120, 60)).save(photo, quality=50)
+    # refused from the photo's header and the free memory, before any model loads: the same on any machine
+    with mock.patch.object(bands, "available_bytes", lambda: 2**30):
+        yield ["segment", photo, "--classes", "cat,dog", "-o", ws.out("seg_24mp"), *TINY, *CPU]
+
+
+@case("a resume right after segment was killed with -9 (as the OOM killer ends a run)", "✓ segment (naclip): 1 masks",
+      "1 already done", exit_code=0, leaves=("seg_killed/*", "-seg_killed/_run.json"))
+def _segment_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("seg_killed")
+    args = ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "cat,dog"]
+    proc = paced_cli(args)
+    try:
+        wait_until(proc, lambda: any(out.glob("*.png")))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # as the OOM killer ends a run: no handler runs, the lock file stays
+        proc.communicate()
+    for path in sorted(out.glob("*.png"))[1:] + sorted(out.glob(".*.tmp")):
+        path.unlink()  # one finished mask, whenever the kill landed: the same page every time
+    yield args
+
+
 @case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
 def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]

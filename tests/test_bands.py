@@ -83,3 +83,16 @@ def test_the_bands_hold_no_photo_sized_tensor():
     assert whole_bytes(27, 4000, 6000, 10) > 25 * 2**30
     assert band_bytes(27, 4000, 10, (8, 16)) < 2**30
     assert band_bytes(27, 4000, 10, (8, 16)) == band_bytes(27, 4000, 10, (8, 16))  # no width in it
+
+
+def test_a_photo_too_large_for_the_free_memory_is_refused_in_one_line():
+    from vpltool.errors import VplError
+    from vpltool.models.bands import check_photo_memory, photo_bytes
+
+    settings = SegmentConfig().resolved()
+    need = photo_bytes(4000, 6000, 27, settings)
+    assert 2**30 < need < 3 * 2**30  # the photo, its labels and the bands: the 24 MP bar with room for the model
+    check_photo_memory(["p.jpg"], [(4000, 6000)], 27, settings, available=need)
+    with pytest.raises(VplError, match=r"p.jpg: a 6000x4000 photo \(24 megapixels\) needs about 1.5 GB .* free "
+                                       "memory, or segment a copy"):
+        check_photo_memory(["p.jpg"], [(4000, 6000)], 27, settings, available=need - 1)

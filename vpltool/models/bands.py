@@ -53,6 +53,49 @@ def band_bytes(n_queries: int, height: int, pamr_steps: int, dilations: Sequence
     return 4 * height * (n_queries * levels + affinity)
 
 
+def photo_bytes(height: int, width: int, n_queries: int, settings) -> int:
+    """What segmenting one ``height x width`` photo holds beyond the model, in bytes: the decoded photo (and its
+    RGB copy), the labels (int64, then the uint8 mask), and the logits' work: whole (:func:`whole_bytes`) when that
+    fits :data:`WHOLE_BUDGET`, else the bands' (:func:`band_bytes`) and the kept first pass of the upsampling
+    (``[Q + 3, h, W0]``, ``h`` the model's input height). ``settings``: a :class:`~vpltool.config.DenseSettings`."""
+    steps = settings.pamr_steps
+    whole = whole_bytes(n_queries, height, width, steps)
+    if whole > WHOLE_BUDGET:
+        rows = min(settings.short_side, height)
+        whole = band_bytes(n_queries, height, steps, settings.pamr_dilations) + 4 * (n_queries + 3) * rows * width
+    return height * width * (3 + 3 + 8 + 1) + whole
+
+
+def available_bytes() -> int | None:
+    """The memory the system can give without swapping (``MemAvailable`` of /proc/meminfo); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_photo_memory(photos: Sequence, sizes: Sequence[tuple[int, int]], n_queries: int, settings,
+                       available: int | None = None) -> None:
+    """Refuse, before a model loads, a photo whose segmentation (:func:`photo_bytes`) needs more memory than is
+    free (``available``, by default :func:`available_bytes`): one line naming the photo, the memory and the fix."""
+    from ..errors import VplError
+
+    free = available_bytes() if available is None else available
+    if free is None:
+        return
+    for photo, (height, width) in zip(photos, sizes):
+        need = photo_bytes(height, width, n_queries, settings)
+        if need > free:
+            raise VplError(f"{photo}: a {width}x{height} photo ({height * width / 1e6:.0f} megapixels) needs about "
+                           f"{need / 2**30:.1f} GB to segment ({n_queries} queries) and {free / 2**30:.1f} GB are "
+                           "free; free memory, or segment a copy of the photo with half its width and height (a "
+                           "quarter of the memory)")
+
+
 class ColumnUpsampler:
     """``F.interpolate(source[None], size, mode="bilinear", align_corners=False)[0]`` column by column.
 
@@ -274,5 +317,6 @@ def banded_probabilities(bands: Callable[[], Iterator[tuple[int, int, torch.Tens
     return probs, labels
 
 
-__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "whole_bytes", "band_bytes", "ColumnUpsampler", "band_affinity",
+__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "whole_bytes", "band_bytes", "photo_bytes", "available_bytes",
+           "check_photo_memory", "ColumnUpsampler", "band_affinity",
            "band_step", "logit_bands", "class_probabilities", "banded_probabilities"]

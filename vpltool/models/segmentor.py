@@ -376,8 +376,10 @@ def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset,
     from ..device import shard_from_env
     from ..errors import VplError
     from ..runtime.batches import image_stage
+    from .bands import check_photo_memory
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
+        check_photo_memory([it.image for it in items], sizes, sum(map(len, queries[0])) + len(queries[2]), settings)
         bb = backbone()
         try:
             text, query_class = query_rows(bb, *queries)

@@ -23,6 +23,7 @@ from ...data import Dataset, open_source, recorded_folders
 from ...device import autocast, resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
+from ...models.bands import check_photo_memory
 from ...models.segmentor import photo_logits, settings_params, short_side_size
 from ...runtime.batches import image_names, image_stage, run_image_batches
 
@@ -69,6 +70,7 @@ def run_dense_cam(
     spec = ModelSpec.from_identity(protos.model, protos.path)  # its weights are still those it recorded
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
+        check_photo_memory([it.image for it in items], sizes, len(protos.vectors), settings)  # before the model
         bb = (backbone or load_model("clip", spec, device)).with_dense(cfg.dense)
         if bb.embed_dim != protos.dim:
             raise ContractError(f"{protos.path}: prototypes are {protos.dim}-d but the model's features are "
