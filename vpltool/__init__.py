@@ -13,9 +13,14 @@ and the stages as functions, ``vpltool.api.cam(...)``, ... Importing vpltool is 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+# the process that started this one, read at import, before anything slow loads: a torchrun rank ties its life to
+# its agent (vpltool.cli.errors), and a rank whose agent died while it was still starting (importing torch takes
+# seconds on a loaded machine) must see that, not tie itself to init, which adopted it
+LAUNCHED_BY = os.getppid()
 
 _API = ("segmenter", "Segmenter", "Segmentation")
 

@@ -110,7 +110,12 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
     from ..runtime import ranks
 
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun rank dies with its agent: kill -9 of torchrun ends it
-        tie_to_parent(os.getppid(), watch=True)
+        from .. import LAUNCHED_BY
+
+        if os.getppid() != LAUNCHED_BY:  # orphaned while it started: init (or a subreaper) adopted it
+            raise VplError(f"torchrun's agent (pid {LAUNCHED_BY}), which started this rank, has ended; the rank "
+                           "stops without running: start the command again")
+        tie_to_parent(LAUNCHED_BY, watch=True)
 
     kind = getattr(fn, "vpl_ranks", None) or (ranks.SPLIT if "shard" in inspect.signature(fn).parameters else
                                                ranks.ONE)
