@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default="sc-clip,proxyclip,cass,trident")
     benchlib.add_common_args(ap, "the tiny test ViT and the toy DINO, 64x64, one repeat", "cpu only")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
+    from dataclasses import replace
+
     import torch
 
-    from vpltool.config.dense import PROXY_METHODS
+    from vpltool.config.dense import DENSE_SEGMENTORS, PROXY_METHODS
     from vpltool.models import ModelSpec, load_backbone
     from vpltool.models.dense.cass import cass_proxy_input
     from vpltool.models.dino import DinoSpec
@@ -117,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     def run(method: str):
         if method == "trident":
             b = bb.with_dense(method, proxy=trident_dino, sam=sam)
-            return lambda: dense_logits(b, x, text, [(args.size, args.size)], args.crop, args.stride,
-                                        sam_images=[sam_input])
+            s = replace(DENSE_SEGMENTORS["trident"], slide_crop=args.crop, slide_stride=args.stride)
+            return lambda: b.hooks.dense_logits(b, x, text, [(args.size, args.size)], s, [{"sam": sam_input}])
         b = bb.with_dense(method, proxy=proxy if method in PROXY_METHODS else None)
         return lambda: dense_logits(b, x, text, [(args.size, args.size)], args.crop, args.stride)
 

@@ -394,7 +394,7 @@ def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: 
         image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         tic = time.perf_counter()
         with torch.no_grad():
-            logits = segment_logits(bb, x, text, settings, [tuple(ori)], [sam_image(image)])[0]
+            logits = segment_logits(bb, x, text, settings, [tuple(ori)], [{"sam": sam_image(image)}])[0]
         torch.save({"input": x, "logits": logits, "seconds": time.perf_counter() - tic}, target)
         print(f"vpltool trident {path.name}: {time.perf_counter() - tic:.1f} s", file=sys.stderr, flush=True)
     return out

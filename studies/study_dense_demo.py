@@ -50,7 +50,7 @@ from vpltool.config.dense import PROXY_METHODS, SAM_METHODS
 from vpltool.data import open_dataset
 from vpltool.demo.report import chance_baselines
 from vpltool.models import ModelSpec, load_backbone
-from vpltool.models.dense.trident import refined_labels, sam_image
+from vpltool.models.dense.trident import refined_labels
 from vpltool.models.dino import DinoSpec
 from vpltool.models.registry import load_model
 from vpltool.models.sam import SamSpec
@@ -89,12 +89,15 @@ def _sized(method: str, side: str) -> SegmentConfig:
 
 
 def _logits(bb, settings, image: np.ndarray, text: torch.Tensor, encoded: list | None = None) -> torch.Tensor:
-    """``[Q, H, W]`` logits; Trident's SAM sees the image itself (and ``encoded`` receives its encoding)."""
+    """``[Q, H, W]`` logits; the method's extra inputs made from the image itself (Trident's SAM input), and
+    ``encoded`` receives what its hooks left beside them (Trident's SAM encoding, with ``--sam-refine``)."""
     size = short_side_size(*image.shape[:2], settings.short_side)
-    sam = [sam_image(image)] if bb.sam is not None else None
+    extras = [bb.hooks.extra_inputs(None, image)]
     with torch.no_grad():
-        return segment_logits(bb, bb.preprocess(image, size)[None], text, settings, [image.shape[:2]], sam,
-                              encoded)[0]
+        logits = segment_logits(bb, bb.preprocess(image, size)[None], text, settings, [image.shape[:2]], extras)[0]
+    if encoded is not None and "sam_encoding" in extras[0]:
+        encoded.append(extras[0]["sam_encoding"])
+    return logits
 
 
 def _score(bb, settings, items, text, query_class, n_classes, thresholds, seeds: bool) -> dict:

@@ -68,6 +68,16 @@ def as_rgb(image: Any) -> np.ndarray:
     raise VplError(f"image: a {type(image).__name__}; give a path, a PIL image or an [H, W, 3] uint8 array")
 
 
+def photo_item(image: Any):
+    """The dataset item a method's ``extra_inputs`` hook gets for a photo given to a segmenter: ``id`` the file's
+    stem (``image`` its path) for a path, else ``"image"`` (``image`` None)."""
+    from ..data.common import Item
+
+    if isinstance(image, (str, os.PathLike)):
+        return Item(Path(image).stem, Path(image), ())
+    return Item("image", None, ())  # type: ignore[arg-type]
+
+
 class Segmenter:
     """A loaded segmenter: ``seg(image, classes)`` -> :class:`Segmentation`. Made by :func:`segmenter`."""
 
@@ -88,10 +98,10 @@ class DenseSegmenter(Segmenter):
         from ..stages.segment import check_dense, load_dense
 
         self.method, self.cfg, self.settings = cfg.dense, cfg, cfg.resolved()
-        checked = check_dense(cfg)  # one line for a missing proxy / SAM file, before any model loads
+        self.dense = check_dense(cfg)  # resolved once; one line for a missing proxy / SAM file, before any load
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_precision(runtime.precision, self.device)
-        self.model = load_dense(spec, checked, self.device)
+        self.model = load_dense(spec, self.dense, self.device)
         self._queries: dict[tuple[str, ...], tuple] = {}
 
     def queries(self, entries: list[str]):
@@ -106,7 +116,7 @@ class DenseSegmenter(Segmenter):
         return self._queries[key]
 
     def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
-        from ..models.segmentor import dense_input, scores_batch, short_side_size
+        from ..models.segmentor import batch_extras, dense_input, scores_batch, short_side_size
         from ..stages.segment import class_names
 
         entries = class_entries(classes)
@@ -114,10 +124,10 @@ class DenseSegmenter(Segmenter):
         rgb = as_rgb(image)
         h, w = rgb.shape[:2]
         size = short_side_size(h, w, self.settings.short_side)
-        x = dense_input(self.model.preprocessor, rgb, size, getattr(self.model.method, "extra_inputs", None))
+        x = dense_input(self.model.preprocessor, rgb, size, self.dense.hooks.extra_inputs(photo_item(image), rgb))
         pixels = self.model.pixels(x["pixels"][None], size)
         probs, labels = scores_batch(self.model, pixels, text, query_class, len(entries) + 1, self.settings,
-                                     [(h, w)], self.dtype, [x["sam"]] if "sam" in x else None)[0]
+                                     [(h, w)], self.dtype, batch_extras({k: [v] for k, v in x.items()}, 1))[0]
         return Segmentation(labels.cpu().numpy().astype(np.int64), probs.float().cpu().numpy(),
                             ("background", *class_names(entries)))
 

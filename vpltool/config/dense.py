@@ -54,7 +54,9 @@ class DenseMethodSpec:
     module: str | None = None  # its module in vpltool.models.dense; None: a pure-mixing preset (dense/mixing.py)
     proxy_model: str | None = None  # the proxy vision model it takes (timm's name, --proxy-model's default); None: none
     sam: bool = False  # it takes SAM's image encoder too (--sam-model, --sam-weights)
-    knobs: tuple[str, ...] = ()  # SegmentConfig fields only it reads (its per-dataset knobs; the module's with_knobs)
+    knobs: tuple[str, ...] = ()  # SegmentConfig fields only it reads (its per-dataset knobs; its with_knobs hook)
+    # its reference's bundled class-file set (vpltool/assets/class_files/<set>/): its benchmark presets' queries
+    class_files: str | None = None
 
 
 # ClearCLIP's harness (clearclip_segmentor.py, cfg_voc21.py) runs vanilla CLIP (model_type 'vanilla', our `none`) and

@@ -33,7 +33,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
-from .dense import DenseMixing, dense_method, dense_mixing, mix_last_block, neighbourhood_bias, resize_positional
+from .dense import (
+    DenseHooks,
+    DenseMixing,
+    dense_hooks,
+    dense_mixing,
+    mix_last_block,
+    neighbourhood_bias,
+    resize_positional,
+)
 from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec
 from .preprocess import Preprocess
@@ -89,7 +97,7 @@ class ClipBackbone(TextTower):
         self.window_blocks = frozenset(int(b) for b in window.get("blocks", []))
         self._tokenizer = None
         self.mixing = dense_mixing(dense)  # how the last block mixes its tokens (--dense; models.dense)
-        self.method = dense_method(self.mixing.method)  # its module (hooks), resolved once; None: pure mixing
+        self.hooks: DenseHooks = dense_hooks(self.mixing.method)  # its hooks (models.dense.hooks), resolved once
         self.proxy = None  # ProxyCLIP's proxy vision model (a DinoBackbone), given by with_dense
         self.sam = None  # Trident's SAM encoder (a SamEncoder), given by with_dense
         self._pos_cache: dict[tuple, torch.Tensor] = {}
@@ -157,18 +165,20 @@ class ClipBackbone(TextTower):
         """The ``--dense`` method of the last block (``none``: CLIP-ES's vanilla block)."""
         return self.mixing.method
 
-    def with_dense(self, dense: str | DenseMixing, proxy=None, sam=None) -> ClipBackbone:
+    def with_dense(self, dense: str | DenseMixing, proxy=None, sam=None, hooks: DenseHooks | None = None
+                   ) -> ClipBackbone:
         """A copy of this backbone (sharing the model) whose last block mixes its tokens as ``dense`` says
         (:mod:`vpltool.models.dense`); the positional embedding follows the method's interpolation. ``proxy``: the
         proxy vision model of a method with proxy attention (ProxyCLIP: a
         :class:`~vpltool.models.dino.DinoBackbone`); ``sam``: Trident's SAM encoder (a
-        :class:`~vpltool.models.sam.SamEncoder`)."""
+        :class:`~vpltool.models.sam.SamEncoder`); ``hooks``: the method's hooks made with the run's config
+        (:class:`~vpltool.models.dense.method.DenseMethod`), by default the method's own without one."""
         mixing = dense_mixing(dense)
-        if mixing == self.mixing and proxy is self.proxy and sam is self.sam:
+        if mixing == self.mixing and proxy is self.proxy and sam is self.sam and hooks in (None, self.hooks):
             return self
         clone = copy.copy(self)
         clone.mixing, clone.proxy, clone.sam = mixing, proxy, sam
-        clone.method = dense_method(mixing.method)
+        clone.hooks = hooks if hooks is not None else dense_hooks(mixing.method)
         clone._pos_cache, clone._bias_cache = {}, {}
         return clone
 
@@ -287,22 +297,15 @@ class ClipBackbone(TextTower):
     def dense_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size) -> ``[B, h*w, D]``
         joint-space patch features (not normalised) of the ``--dense`` method: blocks ``0..L-2`` as always, then
-        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores. A method with a
-        module of its own (:mod:`vpltool.models.dense`) runs its ``features`` hook instead (SC-CLIP reads every
-        block's output, ProxyCLIP and CASS a proxy model's)."""
-        hook = getattr(self.method, "features", None)
-        if hook is not None:
-            return hook(self, pixels, fp16_pos)
-        encoded = self.encode(pixels, stop=self.n_blocks - 1, fp16_pos=fp16_pos)
-        return self.dense(self.last_block(encoded.tokens, encoded.grid))
+        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores. The method's
+        ``features`` hook (:class:`~vpltool.models.dense.DenseHooks`; SC-CLIP reads every block's output, ProxyCLIP
+        and CASS a proxy model's)."""
+        return self.hooks.features(self, pixels, fp16_pos)
 
     def feature_grid(self, size: tuple[int, int]) -> tuple[int, int]:
         """The grid of :meth:`dense_features` for an input of ``size`` ``(H, W)`` pixels: CLIP's patch grid, or
-        the method's (ProxyCLIP's output is on its proxy model's grid)."""
-        hook = getattr(self.method, "feature_grid", None)
-        if hook is not None:
-            return hook(self, size)
-        return int(size[0]) // self.patch_size, int(size[1]) // self.patch_size
+        the method's (its ``feature_grid`` hook: ProxyCLIP's output is on its proxy model's grid)."""
+        return self.hooks.feature_grid(self, size)
 
     def encode(self, pixels: torch.Tensor, *, stop: int | None = None, attention_from: int | None = None,
                collect: Sequence[int] = (), fp16_pos: bool = False) -> Encoded:

@@ -69,18 +69,11 @@ def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor, image: torch.Tenso
     """``[B, 3, H, W]`` normalised pixels -> ``[B, Q, h, w]`` cosine of each patch with each unit row of ``text``
     ``[Q, D]`` (the remainder of a side that is no patch multiple dropped, as the patch convolution does).
 
-    A method with a ``grid_logits`` hook gives its own logits instead (CASS's object presence,
-    :func:`~vpltool.models.dense.cass.grid_logits`, with ``image`` ``[B, D]`` the whole input's embedding of each
-    window, or (None) each window's own)."""
+    The method's ``grid_logits`` hook (:class:`~vpltool.models.dense.DenseHooks`; CASS's object presence, with
+    ``image`` ``[B, D]`` the whole input's embedding of each window, or (None) each window's own)."""
     p = bb.patch_size
     h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
-    hook = getattr(getattr(bb, "method", None), "grid_logits", None)
-    if hook is not None:
-        logits = hook(bb, pixels, text, image)
-    else:
-        feats = bb.dense_features(pixels[..., : h * p, : w * p]).float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        logits = feats @ text.to(feats.device, feats.dtype).T  # [B, hw, Q]
+    logits = bb.hooks.grid_logits(bb, pixels, text, image)  # [B, hw, Q]
     h, w = bb.feature_grid((h * p, w * p))  # ProxyCLIP: the proxy model's grid
     return logits.transpose(1, 2).reshape(len(pixels), -1, h, w)
 
@@ -105,13 +98,11 @@ def window_logits(bb, pixels: torch.Tensor, text: torch.Tensor, pad: bool, multi
 def input_embedding(bb, pixels: torch.Tensor) -> torch.Tensor | None:
     """The whole input's embedding a method gives its windows (its ``input_embedding`` hook: CASS's) ``[B, D]``;
     None for the other methods."""
-    hook = getattr(getattr(bb, "method", None), "input_embedding", None)
-    return None if hook is None else hook(bb, pixels)
+    return bb.hooks.input_embedding(bb, pixels)
 
 
 def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
-                 stride: int, pad: bool = False, whole: str = "input", pad_multiple: int = 0,
-                 sam_images: Sequence | None = None, sam_features: list | None = None) -> list[torch.Tensor]:
+                 stride: int, pad: bool = False, whole: str = "input", pad_multiple: int = 0) -> list[torch.Tensor]:
     """Slide inference of a batch: per image ``[Q, H0, W0]`` float32 cosine logits at its own size.
 
     Args:
@@ -126,14 +117,12 @@ def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[t
             ``direct``: the patch grid's logits resized to the image at once (SCLIP's and ClearCLIP's
             ``forward_feature(img, ori_shape)``).
 
-    All windows of a batch have one size, so they run as one forward; nothing waits for the device. A method with
-    a ``dense_logits`` hook (Trident's, :func:`~vpltool.models.dense.trident.dense_logits`) runs it instead, with
-    ``sam_images`` (and ``sam_features``). The last resize, per image, is :func:`source_logits`'s output resized
-    bilinearly to its size (what :mod:`vpltool.models.bands` does a band of columns at a time).
+    All windows of a batch have one size, so they run as one forward; nothing waits for the device. This is the
+    default of the ``dense_logits`` hook (:class:`~vpltool.models.dense.DenseHooks`), which :func:`segment_logits`
+    calls: a method with a segmentor of its own (Trident) replaces it there. The last resize, per image, is
+    :func:`source_logits`'s output resized bilinearly to its size (what :mod:`vpltool.models.bands` does a band of
+    columns at a time).
     """
-    hook = getattr(getattr(bb, "method", None), "dense_logits", None)
-    if hook is not None:
-        return hook(bb, pixels, text, sizes, crop, stride, sam_images, sam_features)
     return [F.interpolate(s[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
             for s, size in zip(source_logits(bb, pixels, text, crop, stride, pad, whole, pad_multiple), sizes)]
 
@@ -262,14 +251,14 @@ def query_rows(bb, classes: Sequence[Sequence[str]], templates: Sequence[str], b
 
 
 def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: Sequence[tuple[int, int]],
-                   sam_images: Sequence | None = None, sam_features: list | None = None) -> list[torch.Tensor]:
-    """:func:`dense_logits` with a method's :class:`~vpltool.config.DenseSettings`, then its PAMR (when
-    ``pamr_steps``) guided by each image's input resized back to it. Per image ``[Q, H0, W0]`` float32.
-    ``sam_images``: Trident's SAM inputs (:func:`~vpltool.models.dense.trident.sam_image`); ``sam_features``:
-    :func:`~vpltool.models.dense.trident.trident_logits`'s."""
-    logits = dense_logits(bb, pixels, text, sizes, settings.slide_crop, settings.slide_stride,
-                          pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple,
-                          sam_images=sam_images, sam_features=sam_features)
+                   extras: list[dict] | None = None) -> list[torch.Tensor]:
+    """The method's ``dense_logits`` hook (by default :func:`dense_logits`) with its
+    :class:`~vpltool.config.DenseSettings`, then its PAMR (when ``pamr_steps``) guided by each image's input resized
+    back to it. Per image ``[Q, H0, W0]`` float32. ``extras``: per image its ``extra_inputs`` by key (Trident:
+    ``{"sam": ...}``, :func:`~vpltool.models.dense.trident.sam_image`), which the hook may add to."""
+    if extras is None:
+        extras = [{} for _ in sizes]
+    logits = bb.hooks.dense_logits(bb, pixels, text, sizes, settings, extras)
     if not settings.pamr_steps:
         return logits
     return [pamr(guide_image(pixels[i], size), lg[None], settings.pamr_steps, settings.pamr_dilations)[0]
@@ -278,17 +267,15 @@ def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes
 
 
 def photo_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: Sequence[tuple[int, int]],
-                 sam_images: Sequence | None = None, sam_features: list | None = None, budget: int | None = None
-                 ) -> list:
+                 extras: list[dict] | None = None, budget: int | None = None) -> list:
     """:func:`segment_logits` in bounded memory: per image, its ``[Q, H0, W0]`` logits when the whole computation
-    needs at most ``budget`` bytes (:data:`~vpltool.models.bands.WHOLE_BUDGET`; a method's ``dense_logits`` hook
-    always), else a function that starts a pass over them in column bands (``(x0, x1, [Q, x1 - x0, H0])``,
-    :func:`~vpltool.models.bands.logit_bands`: the same arithmetic)."""
+    needs at most ``budget`` bytes (:data:`~vpltool.models.bands.WHOLE_BUDGET`; a method with a ``dense_logits``
+    hook of its own always, ``extras`` given to it), else a function that starts a pass over them in column bands
+    (``(x0, x1, [Q, x1 - x0, H0])``, :func:`~vpltool.models.bands.logit_bands`: the same arithmetic)."""
     budget = WHOLE_BUDGET if budget is None else budget
     steps = settings.pamr_steps
-    if getattr(getattr(bb, "method", None), "dense_logits", None) is not None or all(
-            whole_bytes(len(text), h, w, steps) <= budget for h, w in sizes):
-        return segment_logits(bb, pixels, text, settings, sizes, sam_images, sam_features)
+    if bb.hooks.own_segmentor or all(whole_bytes(len(text), h, w, steps) <= budget for h, w in sizes):
+        return segment_logits(bb, pixels, text, settings, sizes, extras)
     sources = source_logits(bb, pixels, text, settings.slide_crop, settings.slide_stride,
                             pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple)
     out = []
@@ -305,19 +292,19 @@ def photo_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: 
 
 def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
                  n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
-                 sam_images: Sequence | None = None, scores: bool = True, budget: int | None = None
+                 extras: Sequence[dict] | None = None, scores: bool = True, budget: int | None = None
                  ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
     """B images of one input size (``[B, 3, H, W]`` normalised, :func:`dense_input` then ``bb.pixels``) -> per
     image ``([C, H0, W0]`` float32 class probabilities in [0, 1] (None unless ``scores``), ``[H0, W0]`` int64
-    labels, 0 = background``)`` on the device, at each image's size ``sizes[i]``; with ``settings.sam_refine``
-    Trident's SAM prompt refinement (the method's ``refined_labels``:
-    :func:`~vpltool.models.dense.trident.refined_labels`). The per-image work of `segment` (:func:`labels_batch`)
-    and of :class:`vpltool.api.Segmenter`: one function, so a photo segmented from Python gets the CLI's mask. A
-    photo too large to compute whole in ``budget`` bytes is computed in column bands (:func:`photo_logits`)."""
-    refine = bool(getattr(settings, "sam_refine", False))
-    encoded: list | None = [] if refine else None
+    labels, 0 = background``)`` on the device, at each image's size ``sizes[i]``, after the method's
+    ``postprocess`` hook (Trident's ``--sam-refine``). ``extras``: per image its ``extra_inputs`` (copied: the hooks
+    may add to them). The per-image work of `segment` (:func:`labels_batch`) and of :class:`vpltool.api.Segmenter`:
+    one function, so a photo segmented from Python gets the CLI's mask. A photo too large to compute whole in
+    ``budget`` bytes is computed in column bands (:func:`photo_logits`)."""
+    extras = [dict(e) for e in extras] if extras is not None else [{} for _ in sizes]
+    post = bb.hooks.own_postprocess
     with torch.no_grad(), autocast(bb.device, dtype):
-        logits = photo_logits(bb, pixels, text, settings, sizes, sam_images, encoded, budget)
+        logits = photo_logits(bb, pixels, text, settings, sizes, extras, budget)
     out = []
     for i, lg in enumerate(logits):
         if isinstance(lg, torch.Tensor):
@@ -327,28 +314,35 @@ def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
             with torch.no_grad(), autocast(bb.device, dtype):
                 probs, labels = banded_probabilities(lg, sizes[i], query_class, n_classes, settings.logit_scale,
                                                      settings.prob_threshold, settings.area_threshold,
-                                                     scores or refine)
-        if refine:
-            probs, labels = bb.method.refined_labels(bb.sam, probs, labels, *encoded[i], settings)
+                                                     scores or post)
+        if post:
+            probs, labels = bb.hooks.postprocess(bb, probs, labels, extras[i], settings)
         out.append((probs if scores else None, labels))
     return out
 
 
 def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
                  n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
-                 sam_images: Sequence | None = None) -> list[torch.Tensor]:
+                 extras: Sequence[dict] | None = None) -> list[torch.Tensor]:
     """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (:func:`scores_batch`'s labels;
-    nothing waits for the device unless ``settings.sam_refine``)."""
+    nothing waits for the device unless the method's ``postprocess`` does)."""
     return [labels.to(torch.uint8) for _, labels in scores_batch(bb, pixels, text, query_class, n_classes, settings,
-                                                                 sizes, dtype, sam_images, scores=False)]
+                                                                 sizes, dtype, extras, scores=False)]
 
 
-def dense_input(pre, image: np.ndarray, size: tuple[int, int], extra: Callable | None = None) -> dict:
+def dense_input(pre, image: np.ndarray, size: tuple[int, int], extras: dict | None = None) -> dict:
     """What one decoded ``[H0, W0, 3]`` uint8 image sends to the device for an input of ``size`` ``(H, W)``
-    (:meth:`~vpltool.models.preprocess.Preprocess.loaded`), with what the method adds per image (``extra``: its
-    module's ``extra_inputs``; Trident: SAM's input, :func:`~vpltool.models.dense.trident.sam_image`). Collated
-    into a batch, ``bb.pixels(batch["pixels"], size)``."""
-    return {"pixels": pre.loaded(image, size), **(extra(image) if extra is not None else {})}
+    (:meth:`~vpltool.models.preprocess.Preprocess.loaded`), with what the method adds per image (``extras``: its
+    ``extra_inputs`` hook's, by key; Trident: ``sam``). Collated into a batch, ``bb.pixels(batch["pixels"], size)``;
+    :func:`batch_extras` gives each image's back."""
+    return {"pixels": pre.loaded(image, size), **(extras or {})}
+
+
+def batch_extras(batch: dict, n: int) -> list[dict]:
+    """A collated batch of :func:`dense_input` dicts -> per image (``n``) its extras by key (all but ``pixels`` and
+    the loader's ``index``)."""
+    keys = [k for k in batch if k not in ("pixels", "index")]
+    return [{k: batch[k][i] for k in keys} for i in range(n)]
 
 
 def settings_params(settings) -> dict:
@@ -401,22 +395,20 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
     inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
     pre = bb.preprocessor
     text, query_class = text.to(bb.device), query_class.to(bb.device)
-    extra = getattr(bb.method, "extra_inputs", None)  # what the method adds per image (Trident: SAM's input)
 
     def load(i: int) -> dict:  # in a loading worker: the uint8 image resized (here or on the device)
         image = io.load_image(items[i].image)
         if tuple(image.shape[:2]) != tuple(sizes[i]):
             raise ContractError(f"{items[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
                                 f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
-        return dense_input(pre, image, inputs[i], extra)
+        return dense_input(pre, image, inputs[i], bb.hooks.extra_inputs(items[i], image))
 
     def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its masks
         index = batch["index"]
         pixels = bb.pixels(batch["pixels"], inputs[index[0]])
-        sams = list(batch["sam"]) if "sam" in batch else None
+        extras = batch_extras(batch, len(index))  # what the method's extra_inputs hook added per image
         return lambda part: {"masks": labels_batch(bb, pixels[part], text, query_class, n_classes, settings,
-                                                   [sizes[i] for i in index[part]], dtype,
-                                                   None if sams is None else sams[part])}
+                                                   [sizes[i] for i in index[part]], dtype, extras[part])}
 
     def write(index: list[int], t: dict) -> None:  # on a writer thread
         for i, mask in zip(index, t["masks"]):
@@ -429,4 +421,4 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
 __all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
            "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
            "segment_logits", "source_logits", "photo_logits", "scores_batch", "labels_batch", "dense_input",
-           "write_dense_masks", "settings_params"]
+           "batch_extras", "write_dense_masks", "settings_params"]

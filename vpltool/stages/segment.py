@@ -30,7 +30,8 @@ from ..data import Dataset
 from ..device import resolve_device, resolve_precision
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
-from ..models import ClipBackbone, ModelSpec, load_model
+from ..models import ClipBackbone, ModelSpec
+from ..models.dense.method import proxy_spec, sam_spec  # noqa: F401 (importable from here too)
 from ..models.prompts import resolve_background, resolve_templates
 from ..models.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
@@ -140,76 +141,27 @@ def scored_background(dataset: Dataset) -> bool:
 
 
 def dense_mixing_of(cfg: SegmentConfig):
-    """The last block's mixing: ``cfg.dense``'s preset, with ``--attention`` / ``--residual`` in place of its own
-    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``), and the method's own
-    knobs given (its spec row's ``knobs``, e.g. CASS's ``--global-weight``, Trident's ``--cos-fac``) through its
-    module's ``with_knobs``. The method's name when nothing is changed."""
-    from ..config.dense import DENSE_SPECS
+    """The last block's mixing of ``cfg`` (:func:`vpltool.models.dense.method.method_mixing`): a
+    :class:`~vpltool.models.dense.DenseMixing` when an option changes the preset, else the method's name."""
+    from ..models.dense import dense_hooks
+    from ..models.dense.method import method_mixing
 
-    knobs = {k: getattr(cfg, k) for k in DENSE_SPECS[cfg.dense].knobs if getattr(cfg, k) is not None}
-    if cfg.attention is None and cfg.residual is None and not knobs:
-        return cfg.dense
-    from ..models.dense import dense_method, dense_mixing
-
-    base = dense_mixing(cfg.dense)
-    with_knobs = getattr(dense_method(cfg.dense), "with_knobs", None)
-    out = with_knobs(base, knobs) if knobs and with_knobs is not None else base
-    if cfg.attention is None and cfg.residual is None:
-        return cfg.dense if out is base else out  # knobs of its post-processing alone change no mixing
-    keep = base.residual if cfg.residual is None else cfg.residual
-    return replace(out, attention=cfg.attention or base.attention, residual=keep, ffn=keep)
+    mixing, changed = method_mixing(cfg, dense_hooks(cfg.dense, cfg))
+    return mixing if changed else cfg.dense
 
 
-def proxy_spec(cfg: SegmentConfig):
-    """The proxy vision model of a ``--dense`` method that takes one (ProxyCLIP), its weights checked now (one line
-    for a missing file or another architecture, before any model loads); None for the others."""
-    from ..config.dense import PROXY_METHODS
-    from ..models.dino import DinoSpec
-    from ..models.registry import check_model
+def check_dense(cfg: SegmentConfig):
+    """``cfg``'s dense method resolved once and checked before any model loads: one
+    :class:`~vpltool.models.dense.method.DenseMethod` (one line for a missing or foreign proxy / SAM file)."""
+    from ..models.dense.method import resolve_method
 
-    if cfg.dense not in PROXY_METHODS:
-        return None
-    spec = DinoSpec(cfg.proxy_model, cfg.proxy_weights)
-    try:
-        check_model("dino", spec)
-    except VplError as e:  # the dino family names its own options
-        raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
-                       .replace("--affinity dino", f"--dense {cfg.dense}")) from None
-    return spec
+    return resolve_method(cfg)
 
 
-def sam_spec(cfg: SegmentConfig):
-    """SAM's image encoder of a ``--dense`` method that takes one (Trident), its weights checked now (one line for
-    none given, a missing file or another architecture, before any model loads); None for the others."""
-    from ..config.dense import SAM_METHODS
-    from ..models.registry import check_model
-    from ..models.sam import SamSpec
-
-    if cfg.dense not in SAM_METHODS:
-        return None
-    if cfg.sam_weights is None:
-        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass --sam-weights FILE (SAM's released "
-                       f"checkpoint of --sam-model {cfg.sam_model}, e.g. sam_vit_b_01ec64.pth; none: random weights, "
-                       "for tests only)")
-    # --sam-refine prompts SAM's mask decoder: the file must hold it (one line for an encoder-only file)
-    spec = SamSpec(cfg.sam_model, cfg.sam_weights, prompt=cfg.resolved().sam_refine)
-    check_model("sam", spec)
-    return spec
-
-
-def check_dense(cfg: SegmentConfig) -> tuple:
-    """``cfg``'s dense method resolved once and checked before any model loads: ``(mixing, proxy spec, SAM spec)``
-    (:func:`dense_mixing_of`, :func:`proxy_spec`, :func:`sam_spec`; one line for a missing or foreign file)."""
-    return dense_mixing_of(cfg), proxy_spec(cfg), sam_spec(cfg)
-
-
-def load_dense(spec: ModelSpec, checked: tuple, device, backbone: ClipBackbone | None = None) -> ClipBackbone:
-    """The CLIP of ``spec`` (or ``backbone``, already loaded) with :func:`check_dense`'s method: its last block's
-    mixing, and its proxy model and SAM encoder when the method takes them."""
-    mixing, proxy, sam = checked
-    return (backbone or load_model("clip", spec, device)).with_dense(
-        mixing, proxy=None if proxy is None else load_model("dino", proxy, device),
-        sam=None if sam is None else load_model("sam", sam, device))
+def load_dense(spec: ModelSpec, method, device, backbone: ClipBackbone | None = None) -> ClipBackbone:
+    """The CLIP of ``spec`` (or ``backbone``, already loaded) with :func:`check_dense`'s method
+    (:meth:`~vpltool.models.dense.method.DenseMethod.load`)."""
+    return method.load(spec, device, backbone)
 
 
 def class_list(dataset: Dataset, cfg_classes: Sequence[str] | None, option: str = "--classes") -> list[str]:
@@ -245,8 +197,7 @@ def run_segment(
     synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset), is_benchmark(dataset))
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--overlay": (overlay_folder(out) if overlay else None, "side")},
                      inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
-    checked = check_dense(cfg)
-    mixing = checked[0]
+    method = check_dense(cfg)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     settings = cfg.resolved()
@@ -254,12 +205,12 @@ def run_segment(
     params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), "model": spec.identity(),
               "template_list": templates, "background_words": background,
               **({"class_queries": synonyms} if cfg.class_file is not None else {}),
-              **({"mixing": _mixing_params(mixing)} if not isinstance(mixing, str) else {})}
+              **({"mixing": _mixing_params(method.mixing)} if method.changed else {}), **method.hooks.record()}
     for key in WEIGHTS_PARAMS:  # a weights file by content: another path to it is the same run, other bytes are not
         if key in params:
             params[key] = io.weights_identity(params[key])
     summary = dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
-                               settings, lambda: load_dense(spec, checked, device, backbone),
+                               settings, lambda: load_dense(spec, method, device, backbone),
                                (synonyms, templates, background),
                                "--class-file / --templates" if cfg.class_file else
                                "--classes / --templates / --background",

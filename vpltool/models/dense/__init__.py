@@ -2,16 +2,17 @@
 
 * :mod:`.mixing`: how the last block mixes its tokens (:class:`DenseMixing`), the four pure-mixing presets
   (MaskCLIP, SCLIP, ClearCLIP, NACLIP, and CLIP's own block ``none``) as data, and the one forward that runs them.
+* :mod:`.hooks`: :class:`DenseHooks`, the written extension points (every hook the backbone and the segmentor
+  call, each with its default) and their registry.
 * one module per method that reads more than the last block's input: :mod:`.sc_clip`, :mod:`.proxyclip`,
-  :mod:`.cass`, :mod:`.trident`. Each holds its config, kernels, preset (``PRESET``) and hooks, which the backbone
-  and the segmentor call when present: ``features(bb, pixels, fp16_pos)`` (the patch features),
-  ``feature_grid(bb, size)``, ``grid_logits`` and ``input_embedding`` (a window's logits), ``dense_logits`` (a whole
-  segmentor), ``extra_inputs(image)`` (what the loading workers add), ``with_knobs(mixing, knobs)`` (its
-  ``SegmentConfig`` knobs) and ``refined_labels`` (a post-processing).
+  :mod:`.cass`, :mod:`.trident`. Each holds its config, kernels, preset (``PRESET``) and one :class:`DenseHooks`
+  subclass naming itself (``class Hooks(DenseHooks, method="trident", preset=PRESET)``).
+* :mod:`.method`: :func:`~.method.resolve_method`, a ``--dense`` name resolved once into one
+  :class:`~.method.DenseMethod` (spec row, settings, mixing, hooks, proxy and SAM specs, class-file set, presets).
 
 Which module holds a method is a row of the torch-free spec table :data:`vpltool.config.dense.DENSE_SPECS`, which also
-gives the choices, ``--help``'s defaults, the proxy and SAM models each takes and its knob names. A new method is
-a module here plus a spec row (docs/architecture.md).
+gives the choices, ``--help``'s defaults, the proxy and SAM models each takes, its knobs and its class-file set. A
+new method is a module here plus a spec row (docs/architecture.md).
 
 Stable API (used by ``parity/dense_parity.py``): :data:`DENSE_METHODS`, :data:`DENSE_PRESETS`, :func:`dense_mixing`,
 ``load_backbone(spec, device, dense="naclip")`` or ``bb.with_dense("naclip")``, ``bb.dense_features(pixels)``
@@ -24,10 +25,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
-from types import ModuleType
+from typing import Any
 
 from ...config.dense import DENSE_SPECS
-from ...errors import VplError
+from ...errors import ContractError, VplError
+from .hooks import HOOK_NAMES, DenseHooks, hooks_class
 from .mixing import (
     ATTENTIONS,
     DENSE_METHODS,
@@ -41,12 +43,18 @@ from .mixing import (
 )
 
 
-def dense_method(name: str) -> ModuleType | None:
-    """The module of ``--dense name`` (imported the first time it is asked for); None for a pure-mixing preset."""
+def dense_hooks(name: str, cfg: Any = None) -> DenseHooks:
+    """The hooks of ``--dense name`` (its module imported the first time it is asked for; the defaults for a
+    pure-mixing preset), made with the run's ``cfg`` (a :class:`~vpltool.config.SegmentConfig`, or None)."""
     spec = DENSE_SPECS.get(name)
     if spec is None or spec.module is None:
-        return None
-    return importlib.import_module(f".{spec.module}", __name__)
+        return DenseHooks(cfg)
+    module = importlib.import_module(f".{spec.module}", __name__)
+    cls = hooks_class(name)
+    if cls is None:
+        raise ContractError(f"{module.__name__}: --dense {name}'s module defines no hooks class; add "
+                            f"class Hooks(DenseHooks, method={name!r}, preset=PRESET)")
+    return cls(cfg)
 
 
 class _Presets(Mapping):
@@ -55,10 +63,9 @@ class _Presets(Mapping):
     def __getitem__(self, name: str) -> DenseMixing:
         if name in PURE_PRESETS:
             return PURE_PRESETS[name]
-        module = dense_method(name)
-        if module is None:
+        if name not in DENSE_SPECS:
             raise KeyError(name)
-        return module.PRESET
+        return type(dense_hooks(name)).preset
 
     def __iter__(self) -> Iterator[str]:
         return iter(DENSE_METHODS)
@@ -79,5 +86,6 @@ def dense_mixing(method: str | DenseMixing) -> DenseMixing:
     return DENSE_PRESETS[method]
 
 
-__all__ = ["DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing", "dense_method", "resize_positional",
+__all__ = ["DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing", "dense_hooks", "DenseHooks",
+           "HOOK_NAMES", "resize_positional",
            "neighbourhood_bias", "mixed_attention", "mix_last_block", "ATTENTIONS", "POS_INTERPOLATIONS"]

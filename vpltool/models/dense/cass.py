@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
+from .hooks import DenseHooks
 from .mixing import DenseMixing, neighbourhood_bias
 
 
@@ -346,6 +347,22 @@ def input_embedding(bb, pixels: torch.Tensor) -> torch.Tensor | None:
     return bb.project(bb.class_token(bb.n_blocks - 1, encoded.tokens, encoded.grid)[:, 0])
 
 
-__all__ = ["SpectralMatching", "TextShift", "PRESET", "with_knobs", "cass_proxy_input", "head_matching_cost",
+class Hooks(DenseHooks, method="cass", preset=PRESET):
+    """CASS's hooks: its knobs, its spectral feature forward and its object-presence window logits."""
+
+    def with_knobs(self, mixing: DenseMixing, knobs: dict) -> DenseMixing:
+        return with_knobs(mixing, knobs)
+
+    def features(self, bb, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
+        return features(bb, pixels, fp16_pos)
+
+    def grid_logits(self, bb, pixels: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        return grid_logits(bb, pixels, text, image)
+
+    def input_embedding(self, bb, pixels: torch.Tensor) -> torch.Tensor | None:
+        return input_embedding(bb, pixels)
+
+
+__all__ = ["Hooks", "SpectralMatching", "TextShift", "PRESET", "with_knobs", "cass_proxy_input", "head_matching_cost",
            "spectral_key_attention", "query_clusters", "object_presence_logits", "spectral_features", "features",
            "grid_logits", "input_embedding"]

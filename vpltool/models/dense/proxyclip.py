@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
+from .hooks import DenseHooks
 from .mixing import DenseMixing
 
 
@@ -103,4 +104,14 @@ def feature_grid(bb, size: tuple[int, int]) -> tuple[int, int]:
     return int(size[0]) // p, int(size[1]) // p
 
 
-__all__ = ["ProxyAttention", "proxy_attention_tokens", "PRESET", "proxy_tokens", "features", "feature_grid"]
+class Hooks(DenseHooks, method="proxyclip", preset=PRESET):
+    """ProxyCLIP's hooks: its feature forward on the proxy's grid (:func:`features`, :func:`feature_grid`)."""
+
+    def features(self, bb, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
+        return features(bb, pixels, fp16_pos)
+
+    def feature_grid(self, bb, size: tuple[int, int]) -> tuple[int, int]:
+        return feature_grid(bb, size)
+
+
+__all__ = ["Hooks", "ProxyAttention", "proxy_attention_tokens", "PRESET", "proxy_tokens", "features", "feature_grid"]

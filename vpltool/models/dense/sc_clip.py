@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
+from .hooks import DenseHooks
 from .mixing import DenseMixing, mixed_attention
 
 
@@ -169,5 +170,12 @@ def features(bb, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
     return bb.project(tokens)
 
 
-__all__ = ["SelfCalibration", "lof_outliers", "repair_outliers", "unit_similarity", "aggregate", "scaled_levels",
-           "self_calibrated_tokens", "PRESET", "features"]
+class Hooks(DenseHooks, method="sc-clip", preset=PRESET):
+    """SC-CLIP's hooks: its feature forward (:func:`features`)."""
+
+    def features(self, bb, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
+        return features(bb, pixels, fp16_pos)
+
+
+__all__ = ["Hooks", "SelfCalibration", "lof_outliers", "repair_outliers", "unit_similarity", "aggregate",
+           "scaled_levels", "self_calibrated_tokens", "PRESET", "features"]

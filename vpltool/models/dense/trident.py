@@ -2,11 +2,11 @@
 mixed on SAM's grid by SAM's last attention, and an optional SAM prompt refinement.
 
 Its parts: :class:`SamAggregation` (its config), :func:`splice_windows`, :func:`sam_affinity` and
-:func:`sam_aggregate` (its kernels), :func:`trident_features` (its feature hook), :func:`dense_logits` (its
-segmentor: ``get_trident_seg``), :func:`with_knobs` (``--cos-fac``, ``--refine-neg-cos``, ``--sam-halves``) and
-:func:`refined_labels` (``--sam-refine``, through :mod:`vpltool.models.sam_refine`). The backbone needs a proxy DINO
-and SAM's image encoder (``with_dense("trident", proxy=..., sam=...)``). Its segmentor settings, proxy model and knob
-names are the spec table's (:data:`vpltool.config.dense.DENSE_SPECS`).
+:func:`sam_aggregate` (its kernels), :func:`trident_features`, :func:`trident_logits` (its segmentor:
+``get_trident_seg``), :func:`with_knobs` (``--cos-fac``, ``--refine-neg-cos``, ``--sam-halves``) and
+:func:`refined_labels` (``--sam-refine``, through :mod:`vpltool.models.sam_refine`), which its hooks (:class:`Hooks`)
+call. The backbone needs a proxy DINO and SAM's image encoder (``with_dense("trident", proxy=..., sam=...)``). Its
+segmentor settings, proxy model and knob names are the spec table's (:data:`vpltool.config.dense.DENSE_SPECS`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ...errors import ContractError, VplError
 from ..segmentor import window_starts
+from .hooks import DenseHooks
 from .mixing import DenseMixing
 from .proxyclip import ProxyAttention, feature_grid, features, proxy_tokens
 
@@ -256,21 +257,6 @@ def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence
     return out
 
 
-def dense_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]], crop: int,
-                 stride: int, sam_images: Sequence | None, sam_features: list | None = None) -> list[torch.Tensor]:
-    """The segmentor hook (:func:`vpltool.models.segmentor.dense_logits`): :func:`trident_logits`, which needs
-    each image's SAM input (:func:`sam_image`, made by the loading workers: :func:`extra_inputs`)."""
-    if sam_images is None:
-        raise ContractError("--dense trident: the segmentor was given no SAM input images")
-    return trident_logits(bb, pixels, text, sizes, crop, stride, sam_images, sam_features)
-
-
-def extra_inputs(image: np.ndarray) -> dict[str, torch.Tensor]:
-    """What a loading worker adds for this method from the photo ``[H0, W0, 3]`` uint8: SAM's input, the photo
-    itself at patch multiples (Trident reads the file again)."""
-    return {"sam": torch.tensor(sam_image(image))}
-
-
 def refined_labels(sam, probs: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
                    sam_size: tuple[int, int], settings) -> tuple[torch.Tensor, torch.Tensor]:
     """``--sam-refine`` on one image (:func:`~vpltool.models.sam_refine.refine` with ``settings``'s thresholds), in
@@ -282,6 +268,42 @@ def refined_labels(sam, probs: torch.Tensor, labels: torch.Tensor, features: tor
                       settings.minimal_area, settings.sam_iou_threshold, settings.sam_mask_coeff)
 
 
-__all__ = ["SamAggregation", "PRESET", "with_knobs", "splice_windows", "sam_affinity", "sam_aggregate",
-           "trident_features", "trident_input", "sam_image", "sam_attention", "trident_logits", "dense_logits",
-           "extra_inputs", "refined_labels", "features", "feature_grid"]
+class Hooks(DenseHooks, method="trident", preset=PRESET):
+    """Trident's hooks: its knobs, SAM's input per photo (:func:`sam_image`, made by the loading workers under the
+    key ``sam``), its whole segmentor (:func:`trident_logits`), ProxyCLIP's feature forward, and ``--sam-refine``
+    after the argmax (:func:`refined_labels`, on SAM's encoding of the same pass, left under ``sam_encoding``)."""
+
+    def with_knobs(self, mixing: DenseMixing, knobs: dict) -> DenseMixing:
+        return with_knobs(mixing, knobs)
+
+    def extra_inputs(self, item, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """SAM's input: the photo itself at patch multiples (Trident reads the file again)."""
+        return {"sam": torch.tensor(sam_image(image))}
+
+    def dense_logits(self, bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                     settings, extras: list[dict]) -> list[torch.Tensor]:
+        if any("sam" not in e for e in extras):
+            raise ContractError("--dense trident: the segmentor was given no SAM input images")
+        encoded: list | None = [] if settings.sam_refine else None
+        out = trident_logits(bb, pixels, text, sizes, settings.slide_crop, settings.slide_stride,
+                             [e["sam"] for e in extras], encoded)
+        for e, enc in zip(extras, encoded or ()):
+            e["sam_encoding"] = enc  # (SAM's features of the image it saw, that image's (h, w))
+        return out
+
+    def features(self, bb, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
+        return features(bb, pixels, fp16_pos)
+
+    def feature_grid(self, bb, size: tuple[int, int]) -> tuple[int, int]:
+        return feature_grid(bb, size)
+
+    def postprocess(self, bb, probs: torch.Tensor, labels: torch.Tensor, extras: dict, settings
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not settings.sam_refine:
+            return probs, labels
+        return refined_labels(bb.sam, probs, labels, *extras["sam_encoding"], settings)
+
+
+__all__ = ["Hooks", "SamAggregation", "PRESET", "with_knobs", "splice_windows", "sam_affinity", "sam_aggregate",
+           "trident_features", "trident_input", "sam_image", "sam_attention", "trident_logits", "refined_labels",
+           "features", "feature_grid"]

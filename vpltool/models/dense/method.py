@@ -1,0 +1,132 @@
+"""A ``--dense`` name resolved once: :class:`DenseMethod`, the one object `segment`, the Python door and the
+benchmarks pass down (its spec row, resolved settings, last-block mixing, hooks, the proxy and SAM models it takes,
+its class-file set and its benchmark presets), made and checked by :func:`resolve_method` before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ...config.dense import DENSE_SPECS, DenseMethodSpec, DenseSettings, SegmentConfig
+from ...errors import VplError
+from . import dense_hooks, dense_mixing
+from .hooks import DenseHooks
+from .mixing import DenseMixing
+
+
+@dataclass(frozen=True)
+class DenseMethod:
+    """One ``--dense`` method as a run uses it.
+
+    Attributes:
+        name: its ``DENSE_SPECS`` name.
+        spec: its spec row (defaults, module, proxy model, SAM, knob names, class-file set).
+        cfg: the run's :class:`~vpltool.config.SegmentConfig`; ``settings`` its :meth:`~SegmentConfig.resolved`.
+        mixing: the last block's :class:`~.mixing.DenseMixing`: the preset with ``--attention`` / ``--residual``
+            and the method's knobs applied (its ``with_knobs`` hook).
+        changed: ``mixing`` differs from the preset (the stage records it then).
+        hooks: its :class:`~.hooks.DenseHooks`, made with ``cfg``.
+        proxy, sam: the proxy DINO's :class:`~vpltool.models.dino.DinoSpec` and SAM's
+            :class:`~vpltool.models.sam.SamSpec`, checked; None when the method takes none.
+    """
+
+    name: str
+    spec: DenseMethodSpec
+    cfg: SegmentConfig
+    settings: DenseSettings
+    mixing: DenseMixing
+    changed: bool
+    hooks: DenseHooks
+    proxy: Any = None
+    sam: Any = None
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """The ``SegmentConfig`` fields only this method reads (its spec row's)."""
+        return self.spec.knobs
+
+    @property
+    def class_files(self) -> str | None:
+        """Its reference's bundled class-file set (``vpltool/assets/class_files/<set>/``), or None."""
+        return self.spec.class_files
+
+    @property
+    def presets(self) -> dict:
+        """Its per-benchmark presets (:data:`vpltool.config.benchmarks.BENCHMARK_PRESETS`), ``{}`` for none."""
+        from ...config.benchmarks import BENCHMARK_PRESETS
+
+        return BENCHMARK_PRESETS.get(self.name, {})
+
+    def load(self, model, device, backbone=None):
+        """The CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`; or ``backbone``, already loaded) with this
+        method: its mixing, its hooks, and its proxy model and SAM encoder when it takes them."""
+        from ..registry import load_model
+
+        return (backbone or load_model("clip", model, device)).with_dense(
+            self.mixing, proxy=None if self.proxy is None else load_model("dino", self.proxy, device),
+            sam=None if self.sam is None else load_model("sam", self.sam, device), hooks=self.hooks)
+
+
+def method_mixing(cfg: SegmentConfig, hooks: DenseHooks) -> tuple[DenseMixing, bool]:
+    """The last block's mixing: ``cfg.dense``'s preset with the method's own knobs given (its spec row's
+    ``knobs``, through its ``with_knobs`` hook) and ``--attention`` / ``--residual`` in place of its own
+    (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``); and whether anything
+    was given that changes it (the hook returned another object, or an attention switch was given)."""
+    base = dense_mixing(cfg.dense)
+    knobs = {k: getattr(cfg, k) for k in DENSE_SPECS[cfg.dense].knobs if getattr(cfg, k) is not None}
+    out = hooks.with_knobs(base, knobs) if knobs else base
+    if cfg.attention is None and cfg.residual is None:
+        return out, out is not base  # knobs of its post-processing alone change no mixing
+    keep = base.residual if cfg.residual is None else cfg.residual
+    return replace(out, attention=cfg.attention or base.attention, residual=keep, ffn=keep), True
+
+
+def proxy_spec(cfg: SegmentConfig):
+    """The proxy vision model of a method that takes one (its spec row's ``proxy_model``), its weights checked now
+    (one line for a missing file or another architecture, before any model loads); None for the others."""
+    from ..dino import DinoSpec
+    from ..registry import check_model
+
+    if not DENSE_SPECS[cfg.dense].proxy_model:
+        return None
+    spec = DinoSpec(cfg.proxy_model, cfg.proxy_weights)
+    try:
+        check_model("dino", spec)
+    except VplError as e:  # the dino family names its own options
+        raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
+                       .replace("--affinity dino", f"--dense {cfg.dense}")) from None
+    return spec
+
+
+def sam_spec(cfg: SegmentConfig):
+    """SAM's image encoder of a method that takes one (its spec row's ``sam``), its weights checked now (one line
+    for none given, a missing file or another architecture, before any model loads); None for the others."""
+    from ..registry import check_model
+    from ..sam import SamSpec
+
+    if not DENSE_SPECS[cfg.dense].sam:
+        return None
+    if cfg.sam_weights is None:
+        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass --sam-weights FILE (SAM's released "
+                       f"checkpoint of --sam-model {cfg.sam_model}, e.g. sam_vit_b_01ec64.pth; none: random weights, "
+                       "for tests only)")
+    # --sam-refine prompts SAM's mask decoder: the file must hold it (one line for an encoder-only file)
+    spec = SamSpec(cfg.sam_model, cfg.sam_weights, prompt=cfg.resolved().sam_refine)
+    check_model("sam", spec)
+    return spec
+
+
+def resolve_method(cfg: SegmentConfig) -> DenseMethod:
+    """``cfg.dense`` resolved once into a :class:`DenseMethod` and checked before any model loads: its settings,
+    mixing and hooks, its proxy and SAM files (:func:`proxy_spec`, :func:`sam_spec`), then its hooks' own
+    ``check`` (one line for a missing or foreign file)."""
+    hooks = dense_hooks(cfg.dense, cfg)
+    mixing, changed = method_mixing(cfg, hooks)
+    method = DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks,
+                         proxy_spec(cfg), sam_spec(cfg))
+    hooks.check()
+    return method
+
+
+__all__ = ["DenseMethod", "resolve_method", "method_mixing", "proxy_spec", "sam_spec"]
