@@ -41,7 +41,9 @@ def test_a_file_one_line_short_is_refused_whichever_way_its_background_is_given(
 def test_every_bundled_file_reads_with_its_benchmarks_layout_and_passes_the_checks():
     for folder in sorted(p for p in ASSETS.iterdir() if p.is_dir()):
         for path in sorted(folder.glob("*.txt")):
-            bench = BENCHMARKS[path.stem]
+            bench = BENCHMARKS.get(path.stem)
+            if bench is None:  # a set's file for a benchmark vpltool has no loader for: read by path alone
+                continue
             names = list(bench.classes[1:] if bench.has_background else bench.classes)
             spec = f"{folder.name}:{path.stem}"
             fg, bg = class_file_queries(spec, len(names), background_line=bench.has_background)
