@@ -167,6 +167,14 @@ class Workspace:
         cli_ok("crf", self.cams, "-o", self.pseudo, "--workers", "1")
         cli_ok("train-decoder", self.pseudo, "-p", self.text, "-o", self.decoder, *DECODER_ARGS)
 
+    def segmenter(self):
+        """``seg`` of the Python cases (:data:`PY_SEGMENTER`), made on first use."""
+        if getattr(self, "_segmenter", None) is None:
+            import vpltool  # noqa: F401 (PY_SEGMENTER names it)
+
+            self._segmenter = eval(PY_SEGMENTER)
+        return self._segmenter
+
     def copy(self, source: Path, name: str) -> Path:
         """A private copy of a workspace folder for a case to damage."""
         target = self.root / name
@@ -224,12 +232,17 @@ class Case:
     expect: tuple[str, ...] = ()
     leaves: tuple[str, ...] = ()
     exit_code: int = 2
+    python: bool = False  # ``build`` yields lines of Python (the front door, docs/api.md), not CLI arguments
 
     def run(self, ws: Workspace) -> tuple[list[object], Outcome]:
         outside = dict(os.environ)
         with self.build(ws) as args:
             env = _env_changes(outside, dict(os.environ))
             before = disk_state(ws.root)
+            if self.python:
+                outcome = run_python(ws, [str(a) for a in args])
+                outcome.left = disk_changes(before, disk_state(ws.root))
+                return args, outcome
             r = invoke(*args)
             after = disk_state(ws.root)
         lines = [_steady(ws.relative(line)) for line in r.output.splitlines() if line.strip()]
@@ -242,7 +255,9 @@ class Case:
 
     def command(self, ws: Workspace, args: list[object], env: list[str] = ()) -> str:
         """The command line as a shell would run it, with the environment the case set (``VAR=value``, or
-        ``env -u VAR`` for one it removed)."""
+        ``env -u VAR`` for one it removed); a Python case's lines after ``>>>``."""
+        if self.python:
+            return _steady(ws.relative(">>> " + "; ".join(map(str, args))))
         return _steady(ws.relative(shlex.join([*env, "vpltool", *map(str, args)])))
 
     def unexpected(self, outcome: Outcome) -> list[str]:
@@ -256,14 +271,51 @@ class Case:
 CASES: list[Case] = []
 
 
-def case(name: str, *expect: str, leaves: tuple[str, ...] = (), exit_code: int = 2):
+def case(name: str, *expect: str, leaves: tuple[str, ...] = (), exit_code: int = 2, python: bool = False):
     """Register a generator function as a :class:`Case` (in the order of this file: the order of the table)."""
 
     def register(fn):
-        CASES.append(Case(name, contextlib.contextmanager(fn), expect, leaves, exit_code))
+        CASES.append(Case(name, contextlib.contextmanager(fn), expect, leaves, exit_code, python))
         return fn
 
     return register
+
+
+# the segmenter a Python case calls ``seg`` (made once per workspace: Workspace.segmenter)
+PY_SEGMENTER = ('vpltool.segmenter("maskclip", model="vpl-test-vit", pretrained="none", device="cpu", '
+                'templates="a photo of a {}.", background="grass,sky,wall,water")')
+
+
+def run_python(ws: Workspace, lines: list[str]) -> Outcome:
+    """A Python case's lines run in this process, in the workspace folder, with ``vpltool``, ``np``, ``torch`` and
+    ``seg`` (:data:`PY_SEGMENTER`) at hand: exit code 2 and the exception's line for a ``VplError``, 0 and the last
+    line printed otherwise; ``VplWarning``s as the warning lines; any other exception is a traceback."""
+    import io as _io
+    import warnings
+
+    import numpy as np
+    import torch
+
+    import vpltool
+    from vpltool.errors import VplError, VplWarning
+
+    namespace = {"vpltool": vpltool, "np": np, "torch": torch, "seg": ws.segmenter()}
+    printed, error, traceback = _io.StringIO(), [], False
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed), \
+            contextlib.chdir(ws.root):
+        warnings.simplefilter("always", VplWarning)
+        try:
+            exec("\n".join(lines), namespace)
+        except VplError as e:
+            error = [f"VplError: {e}"]
+        except Exception as e:  # noqa: BLE001 (what the row must never show)
+            error, traceback = [f"{type(e).__name__}: {e}"], True
+    shown = [ln for ln in printed.getvalue().splitlines() if ln.strip()]
+    return Outcome(exit_code=2 if error else 0, error_lines=[_steady(ws.relative(e)) for e in error],
+                   last_line=_steady(ws.relative(error[0] if error else (shown[-1] if shown else ""))),
+                   traceback=traceback, env=[],
+                   warning_lines=[_steady(ws.relative(f"VplWarning: {w.message}")) for w in caught
+                                  if issubclass(w.category, VplWarning)])
 
 
 def _env_changes(outside: dict[str, str], inside: dict[str, str]) -> list[str]:
@@ -4380,6 +4432,125 @@ def _segment_unreadable_photo(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", broken.parent, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
 
 
+def _tif(path: Path, seed: int = 0) -> Path:
+    """A 48x64 RGB TIFF photo (Pillow writes it)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path, format="TIFF")
+    return path
+
+
+@case("a TIFF photo (segment PHOTO; once refused as no image)", "✓ segment (maskclip): 1 masks", exit_code=0,
+      leaves=("out_tif/", "out_tif/*"))
+def _segment_tif_photo(ws: Workspace) -> Iterator[list[object]]:
+    photo = _tif(ws.root / "photo.tif")
+    yield ["segment", photo, "--classes", "star", "-o", ws.out("out_tif"), "--dense", "maskclip", *TINY,
+           *TEXT_ARGS, *CPU]
+
+
+@case("a folder of 2 PNGs and a TIFF (segment FOLDER; the TIFF was skipped without a word)",
+      "✓ segment (maskclip): 3 masks", exit_code=0, leaves=("out_tifs/", "out_tifs/*"))
+def _segment_tif_in_folder(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.root / "photos_tif"
+    folder.mkdir()
+    for src in sorted((ws.world / "images").glob("val_*.png"))[:2]:
+        shutil.copy(src, folder / src.name)
+    _tif(folder / "c.tif")
+    yield ["segment", folder, "--classes", "star", "-o", ws.out("out_tifs"), "--dense", "maskclip", *TINY,
+           *TEXT_ARGS, *CPU]
+
+
+@case("a folder of photos holding a .heic and a .txt (segment FOLDER: what is skipped is named)",
+      "2 files skipped (d.heic, notes.txt), not an image vpltool reads", exit_code=0,
+      leaves=("out_heic/", "out_heic/*"))
+def _segment_skipped_files(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.root / "photos_heic"
+    folder.mkdir()
+    shutil.copy(sorted((ws.world / "images").glob("val_*.png"))[0], folder / "a.png")
+    (folder / "d.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (folder / "notes.txt").write_text("holiday photos\n")
+    yield ["segment", folder, "--classes", "star", "-o", ws.out("out_heic"), "--dense", "maskclip", *TINY,
+           *TEXT_ARGS, *CPU]
+
+
+@case("segment --dense naclp (a typo)", "--dense 'naclp': did you mean 'naclip'?")
+def _segment_dense_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world / "images", "--classes", "star", "-o", ws.out("out"), "--dense", "naclp", *TINY, *CPU]
+
+
+# the Python door (docs/api.md): every check of the CLI, with its line
+@case("Python: an 8x8 array given to a segmenter", "image (a ndarray): 8x8 pixels, too small to segment",
+      python=True)
+def _py_tiny_array(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((8, 8, 3), np.uint8), ['star'])"]
+
+
+@case("Python: a 1x500 strip given to a segmenter", "image (a ndarray): 1x500 pixels, too small to segment",
+      python=True)
+def _py_strip_array(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((1, 500, 3), np.uint8), ['star'])"]
+
+
+@case("Python: a 0x0 array given to a segmenter (once a ZeroDivisionError)",
+      "image (a ndarray): 0x0 pixels, too small to segment", python=True)
+def _py_empty_array(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((0, 0, 3), np.uint8), ['star'])"]
+
+
+@case("Python: a float tensor of 0..255 values in a list of photos", "images[1] (a Tensor): float values from 0 "
+      "to 255; a float photo is in [0, 1]", python=True)
+def _py_float_tensor_255(ws: Workspace) -> Iterator[list[object]]:
+    yield ["photo = torch.arange(3 * 32 * 32.0).reshape(3, 32, 32) % 256",
+           "seg([np.zeros((32, 32, 3), np.uint8), photo], ['star'])"]
+
+
+@case("Python: a text file given to a segmenter", "notes_py.txt: not an image", "pass a photo", python=True)
+def _py_not_a_photo(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "notes_py.txt").write_text("not a photo")
+    yield ["seg('notes_py.txt', ['star'])"]
+
+
+@case("Python: a [3, H, W] uint8 tensor and a TIFF path in one list (once both refused)", "2 (48, 64)",
+      exit_code=0, python=True)
+def _py_tensor_and_tif(ws: Workspace) -> Iterator[list[object]]:
+    _tif(ws.root / "photo_py.tif")
+    yield ["photo = torch.zeros(3, 48, 64, dtype=torch.uint8)",
+           "results = seg([photo, 'photo_py.tif'], ['star'])",
+           "print(len(results), results[1].labels.shape)"]
+
+
+@case("Python: vpltool.segmenter('naclp') (a typo)", "method 'naclp': did you mean 'naclip'?",
+      "vpltool.list_methods()", python=True)
+def _py_method_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.segmenter('naclp', model='vpl-test-vit', pretrained='none')"]
+
+
+@case("Python: a mistyped option (slide_crp)", "unknown option 'slide_crp'; did you mean 'slide_crop'?",
+      python=True)
+def _py_option_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.segmenter('naclip', model='vpl-test-vit', pretrained='none', slide_crp=224)"]
+
+
+@case("Python: api.segment(..., dense='maskclip') (once NACLIP ran, and was recorded)", "maskclip", exit_code=0,
+      leaves=("out_py_dense/", "out_py_dense/*"), python=True)
+def _py_segment_dense(ws: Workspace) -> Iterator[list[object]]:
+    photo = sorted((ws.world / "images").glob("val_*.png"))[0].relative_to(ws.root)
+    ws.out("out_py_dense")
+    yield [f"vpltool.api.segment({str(photo)!r}, 'out_py_dense', ['star'], dense='maskclip', "
+           "model='vpl-test-vit', pretrained='none', templates='a photo of a {}.', background='grass,sky', "
+           "device='cpu', progress=False)",
+           "import json; print(json.load(open('out_py_dense/_stage.json'))['params']['dense'])"]
+
+
+@case("Python: api.segment with method= and dense= that differ", "method='naclip' and dense='maskclip'; give one",
+      python=True)
+def _py_segment_two_methods(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.api.segment('world/images', 'out', ['star'], method='naclip', dense='maskclip')"]
+
+
 @case("plain photos segmented without class names (segment FOLDER)", "plain photos name no classes",
       "--classes")
 def _segment_photos_no_classes(ws: Workspace) -> Iterator[list[object]]:
@@ -4765,6 +4936,9 @@ Generated by `python docgen/robustness_table.py` from the cases in `tests/robust
 where the input has a documented meaning), the words of the message, and everything the run left on disk (the
 scratch folder is compared before and after); it fails when this page is out of date. Each case runs the real CLI
 on a 4-image demo world and the tiny random test CLIP `vpl-test-vit`; paths are relative to that scratch folder.
+A command after `>>>` is Python (the front door, docs/api.md), run in that folder with `seg` =
+`vpltool.segmenter("maskclip", model="vpl-test-vit", pretrained="none")` (the templates and background words of the
+CLI cases): it shows the exception it raises, or the last line it prints, and exit code 2 stands for a `VplError`.
 Faults marked *simulated* are injected in-process (the tests run as root, where `chmod` denies nothing, and a disk
 cannot be filled on demand); the file-system error itself is real Python `OSError`, and the vpltool code that
 handles it is the shipped one.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import vpltool
@@ -28,6 +29,7 @@ NAMES = ["circle", "star|diamond", "square"]
 def test_import_vpltool_imports_no_torch_and_names_load_on_use():
     code = ("import sys, vpltool; assert 'torch' not in sys.modules, 'torch at import'; "
             "assert callable(vpltool.segmenter) and 'torch' not in sys.modules; "
+            "assert 'naclip' in vpltool.list_methods() and 'torch' not in sys.modules; "
             "from vpltool import api; assert callable(api.cam) and 'torch' not in sys.modules; print('ok')")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -79,8 +81,15 @@ def test_pgseg_segmenter_label_map_equals_the_cli_mask(world, tmp_path):
 
 
 def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
-    with pytest.raises(VplError, match="--dense"):
+    with pytest.raises(VplError, match=r"method 'no-such-method': choose one of none, maskclip"):
         vpltool.segmenter("no-such-method", **TOY)
+    with pytest.raises(VplError, match=r"method 'naclp': did you mean 'naclip'\?"):
+        vpltool.segmenter("naclp", **TOY)
+    with pytest.raises(VplError, match=r"unknown option 'slide_crp'; did you mean 'slide_crop'\? its options are "
+                                       r"templates, .*pamr_steps, class_file, attention, residual, device"):
+        vpltool.segmenter("naclip", slide_crp=224, **TOY)  # naclip's options: not CASS's or Trident's knobs
+    with pytest.raises(VplError, match="method='naclip' and dense='maskclip'; give one"):
+        vpltool.segmenter("naclip", dense="maskclip", **TOY)
     with pytest.raises(VplError, match="unknown option 'box_threshold'"):
         vpltool.segmenter("maskclip", box_threshold=0.4, **TOY)
     with pytest.raises(VplError, match="checkpoint=FILE"):
@@ -89,11 +98,83 @@ def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
         vpltool.segmenter("pgseg", checkpoint=tmp_path / "missing.safetensors")
     with pytest.raises(VplError, match=r"vpltool.api.cam: unknown option 'tau_i'"):
         vpltool.api.cam(tmp_path, tmp_path / "p.safetensors", tmp_path / "out", tau_i=0.1)
+    with pytest.raises(VplError, match=r"vpltool.api.segment: method='naclip' and dense='maskclip'; give one"):
+        vpltool.api.segment(tmp_path, tmp_path / "out", "circle", method="naclip", dense="maskclip", **TOY)
     seg = vpltool.segmenter("maskclip", device="cpu", **TOY)
     with pytest.raises(VplError, match=r"\[H, W, 3\] uint8"):
         seg(np.zeros((8, 8), dtype=np.float32), ["circle"])
     with pytest.raises(VplError, match="at least one class"):
         seg(np.zeros((32, 32, 3), dtype=np.uint8), " , ")
+    # the CLI's size check and its line: 8x8, a 1x500 strip and 0x0 (once a ZeroDivisionError)
+    for shape in ((8, 8, 3), (1, 500, 3), (0, 0, 3)):
+        with pytest.raises(VplError, match=rf"image \(a ndarray\): {shape[0]}x{shape[1]} pixels, too small to "
+                                           r"segment \(at least 16 pixels a side"):
+            seg(np.zeros(shape, dtype=np.uint8), ["circle"])
+    with pytest.raises(VplError, match=r"images\[1\] \(a Tensor\): float values from 0 to 255; a float photo is in "
+                                       r"\[0, 1\]"):
+        seg([np.zeros((32, 32, 3), np.uint8), torch.arange(3 * 32 * 32.0).reshape(3, 32, 32) % 256], ["circle"])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(VplError, match=r"notes.txt: not an image \(vpltool reads .jpg, .*\.tif"):
+        seg(tmp_path / "notes.txt", ["circle"])
+    with pytest.raises(VplError, match="return_tensors='tf': choose 'np'"):
+        seg(np.zeros((32, 32, 3), dtype=np.uint8), ["circle"], return_tensors="tf")
+
+
+def test_list_methods_lists_every_method_and_filters_as_timm():
+    names = vpltool.list_methods()
+    assert names[:2] == ["none", "maskclip"] and {"naclip", "trident", "pgseg", "groupvit"} <= set(names)
+    assert vpltool.list_methods("*CLIP*") == ["maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip"]
+    assert vpltool.list_methods(family="pgseg") == ["pgseg", "groupvit"]
+    assert vpltool.list_methods(["sc*", "cass"]) == ["sclip", "sc-clip", "cass"]
+    with pytest.raises(VplError, match="list_methods.family='dino'.: choose clip, pgseg"):
+        vpltool.list_methods(family="dino")
+
+
+def test_segmenter_takes_lists_tensors_folders_and_gives_numpy_torch_or_pipeline_output(world, tmp_path):
+    """A list gives a result per photo (in batches of one input size: the same labels as one by one); a [3, H, W]
+    uint8 or float tensor is the photo it holds; ``return_tensors="pt"`` gives torch; ``to_pipeline`` gives
+    transformers' list; ``map`` walks a folder lazily; ``.to`` and ``.model`` are torch's."""
+    from PIL import Image
+
+    seg = vpltool.segmenter("maskclip", device="cpu", batch_size=2, short_side=112, **TOY)  # 7x7 patches: cheap
+    assert isinstance(seg.model, torch.nn.Module) and seg.to("cpu") is seg and str(seg.device) == "cpu"
+    paths = sorted((world / "images").glob("val_*.png"))[:2]
+    one = [seg(p, NAMES) for p in paths]  # a batch of one each
+    two = seg(paths, NAMES)  # one batch of two
+    assert isinstance(two, list) and len(two) == 2
+    for a, b in zip(one, two):
+        assert np.array_equal(a.labels, b.labels) and np.allclose(a.scores, b.scores, atol=1e-5)
+    rgb = np.asarray(Image.open(paths[0]).convert("RGB"))
+    chw = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    from_uint8, from_float = seg([chw, chw.float() / 255], NAMES, return_tensors="pt")
+    assert from_uint8.labels.dtype == torch.int64 and isinstance(from_uint8.scores, torch.Tensor)
+    assert torch.equal(from_uint8.labels, torch.from_numpy(one[0].labels))
+    assert torch.equal(from_float.labels, from_uint8.labels)
+    assert np.array_equal(from_uint8.numpy().labels, one[0].labels)
+    pipe = one[0].to_pipeline()
+    present = np.unique(one[0].labels)
+    assert [d["label"] for d in pipe] == [one[0].classes[c] for c in present]
+    for d, c in zip(pipe, present):
+        mask = np.asarray(d["mask"])
+        assert d["mask"].mode == "L" and np.array_equal(mask == 255, one[0].labels == c)
+        assert d["score"] == pytest.approx(float(one[0].scores[c][one[0].labels == c].mean()))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in paths:
+        (folder / p.name).write_bytes(p.read_bytes())
+    lazy = seg.map(folder, NAMES, progress=False)
+    assert iter(lazy) is lazy  # a generator: nothing runs before it is asked
+    assert [(Path(p).name, r.labels.tolist()) for p, r in lazy] == [(p.name, a.labels.tolist())
+                                                                     for p, a in zip(paths, one)]
+
+
+def test_api_segment_takes_dense_as_the_command_line_names_it(world, tmp_path):
+    """``dense="maskclip"`` runs MaskCLIP (it was dropped for the default NACLIP, and recorded so)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(sorted((world / "images").glob("val_*.png"))[0].read_bytes())
+    vpltool.api.segment(photos, tmp_path / "out", NAMES, dense="maskclip", device="cpu", progress=False, **TOY)
+    assert io.read_json(tmp_path / "out" / "_stage.json")["params"]["dense"] == "maskclip"
 
 
 def python_blocks(page: Path) -> list[str]:

@@ -445,7 +445,7 @@ def test_every_option_a_message_names_is_one_of_its_command(case_rows):
 
     table = command_options()
     bad = [f"{command}: {', '.join(wrong)}: {line[:300]}" for case, command, outcome in case_rows
-           for line in outcome.error_lines + outcome.warning_lines
+           if not case.python for line in outcome.error_lines + outcome.warning_lines
            if (wrong := misnamed_options(command.split("vpltool ", 1)[1].split()[0], line, table))]
     assert not bad, "\n".join(bad)
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from vpltool import io
 from vpltool.cli import app
 from vpltool.data import open_dataset
+from vpltool.errors import VplWarning
 
 TOY = ["--model", "vpltool-toy", "--pretrained", "none", "--dense", "maskclip", "--templates", "a photo of a {}.",
        "--background", "grass,sky,wall,water", "--device", "cpu"]
@@ -141,7 +142,8 @@ def test_plain_source_reads_only_the_folders_own_images(photos):
     (photos / "sub").mkdir()
     shutil.copy(next(photos.iterdir()), photos / "sub" / "x.png")
     (photos / "readme.txt").write_text("not an image")
-    ds = open_dataset(photos)
+    with pytest.warns(VplWarning, match=r"1 file skipped \(readme.txt\), not an image vpltool reads \(.jpg, .*\.tif"):
+        ds = open_dataset(photos)  # what is not read is named, so "2 masks" for 3 files says why
     assert ds.kind == "images" and ds.classes == ("background",)
     assert sorted(item.id for item in ds.items) == sorted(p.stem for p in photos.iterdir()
                                                           if p.suffix in (".png", ".jpg"))

@@ -5,6 +5,8 @@ From Python (docs/api.md)::
     import vpltool
     seg = vpltool.segmenter("naclip", model="ViT-B-16", pretrained="openai")
     result = seg("photo.jpg", ["cat", "dog"])   # result.labels: [H, W] int64, 0 = background
+    results = seg(["a.jpg", "b.jpg"], "cat,dog")  # a list: one result each
+    vpltool.list_methods()                       # the methods segmenter() takes
 
 and the stages as functions, ``vpltool.api.cam(...)``, ... Importing vpltool is cheap: these names load on first use
 (no torch at ``import vpltool``).
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 LAUNCHED_BY = os.getppid()
 
 _API = ("segmenter", "Segmenter", "Segmentation")
+_METHODS = ("list_methods",)
 
 
 def __getattr__(name: str) -> Any:
@@ -30,8 +33,10 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(".api", __name__)
     if name in _API:  # from the module that defines them (no submodule of that name can shadow them)
         return getattr(importlib.import_module(".api.segmenters", __name__), name)
+    if name in _METHODS:
+        return getattr(importlib.import_module(".api.methods", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "api", *_API})
+    return sorted({*globals(), "api", *_API, *_METHODS})

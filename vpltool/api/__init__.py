@@ -2,9 +2,11 @@
 
 * :func:`segmenter` (``vpltool.segmenter``): ``seg = vpltool.segmenter("naclip", model="ViT-B-16",
   pretrained="openai")``, then ``seg(photo, ["cat", "dog"])`` -> :class:`Segmentation` (an ``[H, W]`` int64 label
-  map, 0 = background, and ``[C + 1, H, W]`` scores); ``vpltool.segmenter(NAME, checkpoint=FILE)`` for the
-  checkpoint of a text-supervised family (``pgseg``: PGSeg / GroupViT). The label map equals the mask
-  `vpltool segment` writes for the same photo and names.
+  map, 0 = background, and ``[C + 1, H, W]`` scores; numpy, or torch with ``return_tensors="pt"``), ``seg([a, b],
+  names)`` -> a list, ``seg.map(folder, names)`` -> lazily, with a progress bar; ``vpltool.segmenter(NAME,
+  checkpoint=FILE)`` for the checkpoint of a text-supervised family (``pgseg``: PGSeg / GroupViT). The label map
+  equals the mask `vpltool segment` writes for the same photo and names. :func:`list_methods`
+  (``vpltool.list_methods``) lists the methods.
 * the stages (:mod:`vpltool.api.stages`): ``vpltool.api.extract``, ``text_prototypes``, ``cam``,
   ``learn_prototypes``, ``crf``, ``train_decoder``, ``predict``, ``evaluate`` (`eval`), ``segment``, ``report``,
   each over the library function its command calls, with the command's defaults.
@@ -18,14 +20,17 @@ import importlib
 from typing import Any
 
 _SEGMENTER = ("segmenter", "Segmenter", "Segmentation")
+_METHODS = ("list_methods",)
 _STAGES = ("extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",
            "segment", "report")
-__all__ = [*_SEGMENTER, *_STAGES]
+__all__ = [*_SEGMENTER, *_METHODS, *_STAGES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _SEGMENTER:
         return getattr(importlib.import_module(".segmenters", __name__), name)
+    if name in _METHODS:
+        return getattr(importlib.import_module(".methods", __name__), name)
     if name in _STAGES:
         return getattr(importlib.import_module(".stages", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,42 +1,30 @@
-"""``vpltool.segmenter(...)``: segment one photo by class names from Python, with the per-image code `segment` runs.
+"""``vpltool.segmenter(...)``: segment photos by class names from Python, with the per-image code `segment` runs.
 
-A training-free dense CLIP method (``naclip``, ``maskclip``, ... the names of ``segment --dense``) or the checkpoint
-of a text-supervised family (PGSeg / GroupViT: method ``pgseg`` with ``checkpoint=FILE``, or ``model="pgseg:FILE"``
-as ``segment --model``; any family's NAME:FILE) is loaded once;
-each call takes a photo and class names and returns a :class:`Segmentation`. The settings are `segment`'s
-(:class:`vpltool.config.SegmentConfig`, defined once there) and the work per image is the CLI's own function
-(:func:`vpltool.models.segmentor.scores_batch`, :func:`vpltool.stages.segment_text.image_scores`), so a label map from
-here equals the mask `segment` writes for the same image and names.
+A training-free dense CLIP method (``naclip``, ``maskclip``, ... the names of ``segment --dense``;
+:func:`vpltool.list_methods`) or the checkpoint of a text-supervised family (PGSeg / GroupViT: method ``pgseg`` with
+``checkpoint=FILE``, or ``model="pgseg:FILE"`` as ``segment --model``; any family's NAME:FILE) is loaded once; each
+call takes one photo or a list and class names and returns a :class:`Segmentation` or a list of them (numpy, or
+torch with ``return_tensors="pt"``), and :meth:`Segmenter.map` walks a folder or an iterable lazily, with a progress
+bar. The settings are `segment`'s (:class:`vpltool.config.SegmentConfig`, defined once there) and the work per image
+is the CLI's own function (:func:`vpltool.models.segmentor.scores_batch`,
+:func:`vpltool.stages.segment_text.image_scores`), so a label map from here equals the mask `segment` writes for the
+same image and names.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, RuntimeConfig, SegmentConfig
+from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, DENSE_CHOICES, RuntimeConfig, SegmentConfig
 from ..errors import VplError
+from .images import as_rgb, chunks, folder_photos, is_batch, name_of, photo_item, photos
+from .results import Segmentation
 
-
-@dataclass(frozen=True)
-class Segmentation:
-    """One photo segmented.
-
-    Attributes:
-        labels: ``[H, W]`` int64 label map at the photo's size: 0 = background, ``c`` = ``classes[c]``.
-        scores: ``[C + 1, H, W]`` float32 per-class scores (dense methods: probabilities in [0, 1], each class the
-            max over its synonyms; PGSeg: its zero-shot logits), index 0 = background.
-        classes: ``('background', *names)``, the names as given (a synonym list ``cat|kitten`` by its first).
-    """
-
-    labels: np.ndarray
-    scores: np.ndarray
-    classes: tuple[str, ...]
+RETURN_TENSORS = ("np", "pt")  # transformers' names: numpy arrays on the host, torch tensors on the device
 
 
 def class_entries(classes: str | Sequence[str]) -> list[str]:
@@ -48,46 +36,87 @@ def class_entries(classes: str | Sequence[str]) -> list[str]:
     return entries
 
 
-def as_rgb(image: Any) -> np.ndarray:
-    """A photo as ``[H, W, 3]`` uint8 RGB: a path (decoded as every stage decodes it, EXIF orientation applied), a
-    PIL image (any mode, its EXIF orientation applied), or an ``[H, W, 3]`` uint8 array (used as is)."""
-    from .. import io
-
-    if isinstance(image, (str, os.PathLike)):
-        return io.load_image(Path(image))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise VplError(f"image: an array of {image.dtype} {tuple(image.shape)}; give [H, W, 3] uint8 RGB")
-        return image
-    from PIL import Image, ImageOps
-
-    if isinstance(image, Image.Image):
-        from ..io.images import _to_rgb
-
-        return _to_rgb(ImageOps.exif_transpose(image))
-    raise VplError(f"image: a {type(image).__name__}; give a path, a PIL image or an [H, W, 3] uint8 array")
-
-
-def photo_item(image: Any):
-    """The dataset item a method's ``extra_inputs`` hook gets for a photo given to a segmenter: ``id`` the file's
-    stem (``image`` its path) for a path, else ``"image"`` (``image`` None)."""
-    from ..data.common import Item
-
-    if isinstance(image, (str, os.PathLike)):
-        return Item(Path(image).stem, Path(image), ())
-    return Item("image", None, ())  # type: ignore[arg-type]
-
-
 class Segmenter:
-    """A loaded segmenter: ``seg(image, classes)`` -> :class:`Segmentation`. Made by :func:`segmenter`."""
+    """A loaded segmenter: ``seg(images, classes)`` -> a :class:`Segmentation` per photo. Made by :func:`segmenter`.
+
+    ``seg.model`` is the network (an ``nn.Module``: the CLIP of a dense method, the PGSeg / GroupViT model);
+    ``seg.to(device)`` moves it; ``seg.device`` says where it is."""
 
     method: str
+    device: Any
+    batch_size: int | None = None  # photos per forward; None: `segment`'s (1 on a CPU, 32 on CUDA)
 
-    def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
+    def __call__(self, images: Any, classes: str | Sequence[str], *, return_tensors: str = "np"
+                 ) -> Segmentation | list[Segmentation]:
+        """Segment one photo or several.
+
+        Args:
+            images: a photo (a path, a PIL image, an ``[H, W, 3]`` uint8 array, a ``[3, H, W]`` uint8 or float
+                tensor in [0, 1]) or a list of them (or a ``[B, H, W, 3]`` array / ``[B, 3, H, W]`` tensor); photos
+                of one input size run as one batch.
+            classes: ``["cat", "dog"]`` or ``"cat,dog"``; synonyms ``"cat|kitten"``.
+            return_tensors: ``"np"``: numpy arrays on the host; ``"pt"``: torch tensors on :attr:`device`.
+
+        Returns:
+            One :class:`Segmentation` for one photo, a list for a list.
+        """
+        tensors = _check_return(return_tensors)
+        entries = class_entries(classes)
+        if not is_batch(images):
+            return self._run([as_rgb(images)], [(None, images)], entries, tensors)[0]
+        batch = list(enumerate(photos(images)))
+        return self._run([as_rgb(im, i) for i, im in batch], batch, entries, tensors)
+
+    def map(self, source: str | os.PathLike | Iterable, classes: str | Sequence[str], *,
+            progress: bool | None = None, return_tensors: str = "np") -> Iterator[tuple[Any, Segmentation]]:
+        """Segment a folder of photos (its images as `segment` lists them) or any iterable of photos, lazily:
+        yields ``(path or index, Segmentation)`` as each batch is done, so the photos are read as they are used.
+        ``progress``: a bar on stderr (None: on a terminal; False: never)."""
+        from .progress import hooks
+
+        tensors = _check_return(return_tensors)
+        entries = class_entries(classes)
+        items, total, key = folder_photos(source)
+        size = self.batch_size or 1
+        with hooks(progress, f"segment ({self.method})") as (on_start, on_item):
+            if on_start is not None and total is not None:
+                on_start(total)
+            for chunk in chunks(enumerate(items), max(size, 1)):
+                rgbs = [as_rgb(photo, i) for i, photo in chunk]
+                results = self._run(rgbs, chunk, entries, tensors)
+                if on_item is not None:
+                    on_item(len(chunk))
+                for (i, photo), result in zip(chunk, results):
+                    yield key(i, photo), result
+
+    def to(self, device: Any) -> Segmenter:
+        """Move the model (and what the segmenter keeps on its device) to ``device``; returns the segmenter."""
+        raise NotImplementedError
+
+    def _run(self, rgbs: list, given: list, entries: list[str], tensors: bool) -> list[Segmentation]:
+        """``rgbs``: the photos decoded; ``given``: each as ``(its index in the caller's list, or None for one
+        photo; the photo as given)``: a path names it in a message, and is the item a method's ``extra_inputs``
+        hook gets."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<vpltool segmenter {self.method!r} on {self.device}>"
+
+
+def _check_return(return_tensors: str) -> bool:
+    if return_tensors not in RETURN_TENSORS:
+        raise VplError(f"return_tensors={return_tensors!r}: choose 'np' (numpy arrays) or 'pt' (torch tensors)")
+    return return_tensors == "pt"
+
+
+def _result(scores, labels, classes: tuple[str, ...], tensors: bool) -> Segmentation:
+    """A :class:`Segmentation` from the device's ``[C + 1, H, W]`` scores and ``[H, W]`` labels."""
+    import numpy as np
+    import torch
+
+    if tensors:
+        return Segmentation(labels.to(torch.int64), scores.float(), classes)
+    return Segmentation(labels.cpu().numpy().astype(np.int64), scores.float().cpu().numpy(), classes)
 
 
 class DenseSegmenter(Segmenter):
@@ -99,10 +128,33 @@ class DenseSegmenter(Segmenter):
 
         self.method, self.cfg, self.settings = cfg.dense, cfg, cfg.resolved()
         self.dense = check_dense(cfg)  # resolved once; one line for a missing proxy / SAM file, before any load
+        self.precision, self.batch_size = runtime.precision, runtime.batch_size
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_precision(runtime.precision, self.device)
-        self.model = load_dense(spec, self.dense, self.device)
+        self.backbone = load_dense(spec, self.dense, self.device)
         self._queries: dict[tuple[str, ...], tuple] = {}
+
+    @property
+    def model(self):
+        """The CLIP (open_clip's ``nn.Module``) whose last block the method mixes; ProxyCLIP's and CASS's DINO and
+        Trident's SAM are ``seg.backbone.proxy.model`` and ``seg.backbone.sam.model``."""
+        return self.backbone.model
+
+    def to(self, device: Any) -> DenseSegmenter:
+        from ..device import resolve_device, resolve_precision
+
+        self.device = resolve_device(str(device))
+        self.dtype = resolve_precision(self.precision, self.device)
+        self.backbone = self.backbone.to(self.device)
+        self._queries = {k: tuple(t.to(self.device) for t in v) for k, v in self._queries.items()}
+        return self
+
+    def _ready(self):
+        """The backbone, following its model where ``seg.model.to(...)`` moved it alone."""
+        weights = next(self.backbone.model.parameters())
+        if weights.device != self.backbone.device:
+            self.to(weights.device)
+        return self.backbone
 
     def queries(self, entries: list[str]):
         """The query rows of ``entries`` as `segment` makes them (templates, background words), cached."""
@@ -111,25 +163,42 @@ class DenseSegmenter(Segmenter):
 
         key = tuple(entries)
         if key not in self._queries:
-            rows = query_rows(self.model, *resolve_queries(entries, self.cfg))
-            self._queries[key] = tuple(t.to(self.model.device) for t in rows)
+            rows = query_rows(self.backbone, *resolve_queries(entries, self.cfg))
+            self._queries[key] = tuple(t.to(self.backbone.device) for t in rows)
         return self._queries[key]
 
-    def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
-        from ..models.segmentor import batch_extras, dense_input, scores_batch, short_side_size
+    def _run(self, rgbs: list, given: list, entries: list[str], tensors: bool) -> list[Segmentation]:
+        """Photos of one input size (`segment`'s short side) in batches of :attr:`batch_size`, as `segment` runs
+        them (:func:`~vpltool.models.segmentor.scores_batch`; out of device memory, the batches halve)."""
+        from ..models.segmentor import dense_input, scores_batch, short_side_size
+        from ..runtime.batches import BatchRunner, plan_batches, resolve_batch_size
         from ..stages.segment import class_names
 
-        entries = class_entries(classes)
+        bb = self._ready()
         text, query_class = self.queries(entries)
-        rgb = as_rgb(image)
-        h, w = rgb.shape[:2]
-        size = short_side_size(h, w, self.settings.short_side)
-        x = dense_input(self.model.preprocessor, rgb, size, self.dense.hooks.extra_inputs(photo_item(image), rgb))
-        pixels = self.model.pixels(x["pixels"][None], size)
-        probs, labels = scores_batch(self.model, pixels, text, query_class, len(entries) + 1, self.settings,
-                                     [(h, w)], self.dtype, batch_extras({k: [v] for k, v in x.items()}, 1))[0]
-        return Segmentation(labels.cpu().numpy().astype(np.int64), probs.float().cpu().numpy(),
-                            ("background", *class_names(entries)))
+        classes = ("background", *class_names(entries))
+        names = [name_of(photo, i) for i, photo in given]
+        sizes = [tuple(rgb.shape[:2]) for rgb in rgbs]
+        inputs = [short_side_size(h, w, self.settings.short_side) for h, w in sizes]
+        out: list[Any] = [None] * len(rgbs)
+        limit = resolve_batch_size(self.batch_size, bb.device, 1)
+        for index in plan_batches(inputs, limit):
+            xs = [dense_input(bb.preprocessor, rgbs[i], inputs[i],
+                              self.dense.hooks.extra_inputs(photo_item(given[i][1]), rgbs[i])) for i in index]
+            pixels = bb.pixels([x["pixels"] for x in xs], inputs[index[0]])
+            extras = [{k: v for k, v in x.items() if k != "pixels"} for x in xs]  # a method's own, by key
+            runner = BatchRunner(limit, describe=lambda j, index=index: f"{names[index[j]]} "
+                                 f"({sizes[index[j]][0]}x{sizes[index[j]][1]})",
+                                 advice="pass a smaller short_side or slide_crop, or a smaller batch_size")
+
+            def chunk(part: slice, index=index, pixels=pixels, extras=extras) -> list:
+                return scores_batch(bb, pixels[part], text, query_class, len(classes), self.settings,
+                                    [sizes[i] for i in index[part]], self.dtype, extras[part])
+
+            done = [pair for part in runner(len(index), chunk) for pair in part]
+            for i, (probs, labels) in zip(index, done):
+                out[i] = _result(probs, labels, classes, tensors)
+        return out
 
 
 class TextSegmenter(Segmenter):
@@ -147,26 +216,41 @@ class TextSegmenter(Segmenter):
         self.bg_thresh, self.short_side, self.slide, self.background = bg_thresh, short_side, slide, background
         self.family.check_checkpoint(self.checkpoint)  # one line for a missing file or another model's
         self.device = resolve_device(runtime.device)
+        self.batch_size = runtime.batch_size
         self.model = self.family.load_model(self.checkpoint, self.device)
         self._queries: dict[tuple[str, ...], tuple] = {}
 
-    def __call__(self, image: Any, classes: str | Sequence[str]) -> Segmentation:
+    def to(self, device: Any) -> TextSegmenter:
+        from ..device import resolve_device
+
+        self.device = resolve_device(str(device))
+        self.model.to(self.device)
+        self._queries = {k: (names, text.to(self.device)) for k, (names, text) in self._queries.items()}
+        return self
+
+    def _run(self, rgbs: list, given: list, entries: list[str], tensors: bool) -> list[Segmentation]:
         from ..stages.segment_text import image_scores, text_names, text_queries
 
-        entries = tuple(class_entries(classes))
-        if entries not in self._queries:
-            names, bg_words = text_names(entries, self.background)
-            self._queries[entries] = names, text_queries(self.family, self.model, names, bg_words, self.device)
-        names, text = self._queries[entries]
-        logits, labels = image_scores(self.family, self.model, as_rgb(image), text, len(names), self.bg_thresh,
-                                      self.short_side, self.slide, self.device)
-        return Segmentation(labels.cpu().numpy().astype(np.int64), logits.cpu().numpy(), ("background", *names))
+        weights = next(self.model.parameters())
+        if weights.device != self.device:  # seg.model.to(...) alone: follow it
+            self.to(weights.device)
+        key = tuple(entries)
+        if key not in self._queries:
+            classes, bg_words = text_names(key, self.background)
+            self._queries[key] = classes, text_queries(self.family, self.model, classes, bg_words, self.device)
+        classes, text = self._queries[key]
+        out = []
+        for rgb in rgbs:  # one photo a forward, as `segment --model NAME:FILE` runs them
+            logits, labels = image_scores(self.family, self.model, rgb, text, len(classes), self.bg_thresh,
+                                          self.short_side, self.slide, self.device)
+            out.append(_result(logits, labels, ("background", *classes), tensors))
+        return out
 
 
 PgsegSegmenter = TextSegmenter  # its name before other text-supervised families
 
 
-_RUNTIME = ("device", "precision")
+_RUNTIME = ("device", "precision", "batch_size")
 
 
 def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED,
@@ -177,7 +261,9 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
     Args:
         method: a dense CLIP method of ``segment --dense`` (``maskclip``, ``sclip``, ``clearclip``, ``naclip``,
             ``sc-clip``, ``proxyclip``, ``cass``, ``trident``, ``none``; default `segment`'s), or a text-supervised
-            family's name (``pgseg``: a PGSeg / GroupViT checkpoint, ``checkpoint=FILE``).
+            family's name (``pgseg``: a PGSeg / GroupViT checkpoint, ``checkpoint=FILE``): :func:`vpltool.list_methods`.
+            ``dense=`` is the same, as ``--dense`` names it; ``pgseg=FILE`` is ``method`` pgseg with
+            ``checkpoint=FILE``, as ``--pgseg FILE``.
         model, pretrained: the CLIP, as `segment`'s ``--model`` / ``--pretrained`` (``ViT-B-16`` / ``openai``;
             ``vpltool-toy`` / ``none``: the demo world's toy CLIP); or ``model="pgseg:FILE"`` (``groupvit:FILE``),
             as `segment --model pgseg:FILE`: the same as ``segmenter(NAME, checkpoint=FILE)``.
@@ -187,11 +273,14 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
             :class:`vpltool.config.SegmentConfig` (``templates``, ``background``, ``prob_threshold``,
             ``short_side``, ``slide_crop``, ``proxy_weights``, ...); for a text-supervised family ``bg_thresh``,
             ``short_side``, ``slide_crop``, ``slide_stride``, ``background`` (its defaults: its ``ZERO_SHOT``);
-            and ``device`` / ``precision`` (``auto``).
+            and ``device`` / ``precision`` (``auto``), ``batch_size`` (photos per forward; `segment`'s: 1 on a
+            CPU, 32 on CUDA).
 
     Raises:
-        VplError: an unknown method or option, or a missing or foreign weights file: one line, before any load.
+        VplError: an unknown method or option (with the closest name), or a missing or foreign weights file: one
+            line, before any load.
     """
+    method, checkpoint = method_option("segmenter", method, checkpoint, options)
     runtime = RuntimeConfig(**{k: options.pop(k) for k in _RUNTIME if k in options})
     family, method, checkpoint = segmenting(method, model, checkpoint)
     if family != "clip":  # a text-supervised family's checkpoint
@@ -199,19 +288,57 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
     if checkpoint is not None:
         raise VplError(f"checkpoint: a text-supervised family's file (pgseg, ...); method {method!r} takes model= "
                        "and pretrained=")
-    known = {f.name for f in fields(SegmentConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise VplError(f"segmenter({method!r}): unknown option {unknown[0]!r}; the options are segment's: "
-                       f"{', '.join(sorted(known - {'dense'}))}")
     if "classes" in options:
         raise VplError("segmenter: the class names are given per call, seg(image, ['cat', 'dog'])")
+    unknown = sorted(set(options) - {f.name for f in fields(SegmentConfig)})
+    if unknown:
+        raise unknown_option(f"segmenter({method!r})", unknown[0], dense_options(method))
     from ..models import ModelSpec
 
-    cfg = SegmentConfig(dense=method, **options)  # an unknown method: one line listing them
+    cfg = SegmentConfig(dense=method, **options)
     spec = ModelSpec(model=model, pretrained=pretrained,
                      config_dir=str(model_config_dir) if model_config_dir is not None else None)
     return DenseSegmenter(spec, cfg, runtime)
+
+
+def method_option(where: str, method: str | None, checkpoint: Any, options: dict) -> tuple[str | None, Any]:
+    """``(method, checkpoint)`` with the command line's names popped from ``options``: ``dense=`` (``--dense``) is
+    ``method=``, and a text-supervised family's name as a keyword (``pgseg=FILE``, as ``--pgseg FILE``) is
+    ``method=NAME, checkpoint=FILE``; two different values for one thing are one line, never one dropped."""
+    from ..models.registry import SEGMENTERS
+
+    dense = options.pop("dense", None)
+    if dense is not None:
+        if method is not None and method != dense:
+            raise VplError(f"{where}: method={method!r} and dense={dense!r}; give one (dense= is method=, as "
+                           "--dense names it)")
+        method = dense
+    for name in [n for n in SEGMENTERS if n in options]:
+        given = options.pop(name)
+        if checkpoint is not None and os.path.abspath(checkpoint) != os.path.abspath(given):
+            raise VplError(f"{where}: checkpoint={str(checkpoint)!r} and {name}={str(given)!r}; give one ({name}=FILE "
+                           f"is checkpoint=FILE, as --{name} names it)")
+        if method is not None and method != name:
+            raise VplError(f"{where}: method={method!r} and {name}=FILE; give one ({name}=FILE is method={name!r}, "
+                           "checkpoint=FILE)")
+        method, checkpoint = name, given
+    return method, checkpoint
+
+
+def dense_options(method: str) -> list[str]:
+    """The options a dense ``method`` reads: `segment`'s, less the other methods' own knobs
+    (:meth:`SegmentConfig.inert`), and the runtime's."""
+    inert = SegmentConfig(dense=method).inert() if method in DENSE_CHOICES else {}
+    own = [f.name for f in fields(SegmentConfig) if f.name not in ("dense", "classes") and f.name not in inert]
+    return [*own, *_RUNTIME]
+
+
+def unknown_option(where: str, name: str, options: Sequence[str]) -> VplError:
+    """One line for an option nobody knows: the closest of ``options`` (difflib), then the list."""
+    from ..config.checks import did_you_mean
+
+    hint = did_you_mean(name, options)
+    return VplError(f"{where}: unknown option {name!r};{hint} its options are {', '.join(options)}")
 
 
 def segmenting(method: str | None, model: str, checkpoint: str | os.PathLike | None) -> tuple[str, str, Any]:
@@ -219,7 +346,10 @@ def segmenting(method: str | None, model: str, checkpoint: str | os.PathLike | N
     ``model="NAME:FILE"`` (:func:`vpltool.models.registry.model_family`) is ``method=NAME, checkpoint=FILE``;
     a dense method beside it, or another checkpoint, is one line. ``method`` None: `segment`'s default method."""
     from ..models.registry import model_family, segmenter_family
+    from .methods import check_method
 
+    if method is not None:
+        check_method(method)  # one line with the closest name, before anything loads
     family, spec = model_family(model)
     if family == "clip":
         method = SegmentConfig.dense if method is None else method
@@ -236,14 +366,13 @@ def segmenting(method: str | None, model: str, checkpoint: str | os.PathLike | N
 def text_options(family: str, options: dict, where: str) -> dict:
     """A text-supervised family's zero-shot options (``bg_thresh``, ``short_side``, ``slide_crop``,
     ``slide_stride``, ``background``) over its defaults (its configuration's ``ZERO_SHOT``); an unknown option is
-    one line naming them."""
+    one line with the closest name and the options."""
     from ..models.registry import text_config
 
     defaults = text_config(family).ZERO_SHOT.options()
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise VplError(f"{where}: unknown option {unknown[0]!r}; the options are {', '.join(defaults)}, device, "
-                       "precision")
+        raise unknown_option(where, unknown[0], [*defaults, *_RUNTIME])
     return {**defaults, **options}
 
 
@@ -258,4 +387,4 @@ def _text_segmenter(family: str, method: str, checkpoint, runtime: RuntimeConfig
 
 
 __all__ = ["Segmentation", "Segmenter", "DenseSegmenter", "TextSegmenter", "PgsegSegmenter", "segmenter", "segmenting",
-           "as_rgb", "class_entries"]
+           "as_rgb", "class_entries", "method_option", "dense_options", "unknown_option", "text_options"]

@@ -4,8 +4,9 @@ Each is a thin function over the stage's library function (the one its command c
 ``run_cam``, ...). Options are the command's, by their Python names (``--box-threshold`` -> ``box_threshold``), and
 go into the stage's config dataclass (:mod:`vpltool.config`), where every default is defined once; ``device``,
 ``precision``, ``batch_size``, ``workers`` and ``overwrite`` go into :class:`~vpltool.config.RuntimeConfig`. An
-unknown option is one line naming the options there are. Each returns what its library function returns (a summary
-with ``done``, ``skipped``, ``seconds``; `evaluate` the scores).
+unknown option is one line with the closest name and the options there are. ``progress``: the command's progress
+bar on stderr (None, the default: on a terminal; False: never). Each returns what its library function returns (a
+summary with ``done``, ``skipped``, ``seconds``; `evaluate` the scores).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..config import (
     TextPrototypesConfig,
 )
 from ..errors import VplError
+from .progress import hooks
 
 PathLike = str | os.PathLike
 _RUNTIME = tuple(f.name for f in fields(RuntimeConfig))
@@ -43,8 +45,9 @@ def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = T
     allowed = own | (set(_RUNTIME) if runtime else set())
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise VplError(f"vpltool.api.{stage}: unknown option {unknown[0]!r}; its options are "
-                       f"{', '.join(sorted(allowed))}")
+        from .segmenters import unknown_option
+
+        raise unknown_option(f"vpltool.api.{stage}", unknown[0], sorted(allowed))
     rt = RuntimeConfig(**{k: v for k, v in options.items() if k in _RUNTIME})
     return config(**{k: v for k, v in options.items() if k in own}), rt
 
@@ -58,14 +61,15 @@ def _spec(model: str, pretrained: str, model_config_dir: PathLike | None):
 
 def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: str = DEFAULT_MODEL,
             pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
-            labels_file: PathLike | None = None, **options: Any):
+            labels_file: PathLike | None = None, progress: bool | None = None, **options: Any):
     """`vpltool extract DATA -o OUT`: the frozen CLIP's dense features of every image (:class:`ExtractConfig`)."""
     from ..data import open_dataset
     from ..stages.extract import run_extract
 
     cfg, rt = configs("extract", ExtractConfig, options)
-    return run_extract(open_dataset(data, split, labels_file=labels_file), out,
-                       _spec(model, pretrained, model_config_dir), cfg, rt)
+    with hooks(progress, "extract") as (on_start, on_item):
+        return run_extract(open_dataset(data, split, labels_file=labels_file), out,
+                           _spec(model, pretrained, model_config_dir), cfg, rt, on_item=on_item, on_start=on_start)
 
 
 def text_prototypes(features: PathLike, out: PathLike, **options: Any):
@@ -78,49 +82,59 @@ def text_prototypes(features: PathLike, out: PathLike, **options: Any):
     return run_text_prototypes(classes, out, spec, cfg, device=rt.device, source=features, overwrite=rt.overwrite)
 
 
-def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None, **options: Any):
+def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None,
+        progress: bool | None = None, **options: Any):
     """`vpltool cam SOURCE -p PROTOTYPES -o OUT`: CLIP-ES's GradCAM (+ CAA, SSR's SGC) per labelled class
     (:class:`CamConfig`). ``source``: an extract folder or a dataset."""
     from ..stages.cam import run_cam
 
     cfg, rt = configs("cam", CamConfig, options)
-    return run_cam(source, prototypes, out, cfg, rt, split=split)
+    with hooks(progress, "cam") as (on_start, on_item):
+        return run_cam(source, prototypes, out, cfg, rt, split=split, on_item=on_item, on_start=on_start)
 
 
-def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: PathLike, **options: Any):
+def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: PathLike, *,
+                     progress: bool | None = None, **options: Any):
     """`vpltool learn-prototypes FEATURES --cams CAMS --text TEXT -o OUT`: VPL's vision prototypes
     (:class:`LearnPrototypesConfig`)."""
     from ..stages.learn_prototypes import run_learn_prototypes
 
     cfg, rt = configs("learn_prototypes", LearnPrototypesConfig, options)
-    return run_learn_prototypes(features, cams, text, out, cfg, rt, overwrite=rt.overwrite)
+    with hooks(progress, "learn-prototypes", unit="iterations") as (on_start, on_item):
+        return run_learn_prototypes(features, cams, text, out, cfg, rt, overwrite=rt.overwrite, on_start=on_start,
+                                    on_iter=None if on_item is None else lambda i, loss: on_item(1))
 
 
-def crf(cams: PathLike, out: PathLike, **options: Any):
+def crf(cams: PathLike, out: PathLike, *, progress: bool | None = None, **options: Any):
     """`vpltool crf CAMS -o OUT`: dense-CRF pseudo masks from a cam folder (:class:`CrfConfig`)."""
     from ..stages.crf import run_crf
 
     cfg, rt = configs("crf", CrfConfig, options)
-    return run_crf(cams, out, cfg, rt)
+    with hooks(progress, "crf") as (on_start, on_item):
+        return run_crf(cams, out, cfg, rt, on_item=on_item, on_start=on_start)
 
 
-def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resume: bool = False, **options: Any):
+def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resume: bool = False,
+                  progress: bool | None = None, **options: Any):
     """`vpltool train-decoder PSEUDO -p PROTOTYPES -o OUT`: the segmentation decoder on the pseudo masks
     (:class:`DecoderConfig`)."""
     from ..stages.train_decoder import run_train_decoder
 
     cfg, rt = configs("train_decoder", DecoderConfig, options)
-    return run_train_decoder(pseudo, prototypes, out, cfg, rt, resume=resume)
+    with hooks(progress, "train-decoder", unit="iterations") as (on_start, on_item):
+        return run_train_decoder(pseudo, prototypes, out, cfg, rt, resume=resume, on_start=on_start,
+                                 on_iter=None if on_item is None else lambda i, rec: on_item(1))
 
 
 def predict(decoder: PathLike, out: PathLike, *, data: PathLike | None = None, split: str | None = None,
-            **options: Any):
+            progress: bool | None = None, **options: Any):
     """`vpltool predict DECODER -o OUT`: the decoder's masks (:class:`PredictConfig`); ``data`` / ``split``: other
     images than the decoder's dataset."""
     from ..stages.predict import run_predict
 
     cfg, rt = configs("predict", PredictConfig, options)
-    return run_predict(decoder, data, split, out, cfg, rt)
+    with hooks(progress, "predict") as (on_start, on_item):
+        return run_predict(decoder, data, split, out, cfg, rt, on_item=on_item, on_start=on_start)
 
 
 def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | None = None,
@@ -136,28 +150,34 @@ def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | Non
 def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None = None, *,
             method: str | None = None, split: str | None = None, model: str = DEFAULT_MODEL,
             pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
-            checkpoint: PathLike | None = None, overlay: bool = False, **options: Any):
+            checkpoint: PathLike | None = None, overlay: bool = False, progress: bool | None = None,
+            **options: Any):
     """`vpltool segment DATA --classes NAMES -o OUT`: open-vocabulary masks of a photo, a folder of photos or a
-    dataset (``classes`` None: the dataset's own) by a dense CLIP ``method`` (:class:`SegmentConfig`), or
-    a text-supervised family's checkpoint: ``method=NAME`` with ``checkpoint=FILE`` or ``model="NAME:FILE"``
-    (``pgseg``; options ``bg_thresh``, ``short_side``, ``slide_crop``, ``slide_stride``, ``background``).
-    ``overlay``: also ``OUT/overlays/<id>.jpg``."""
+    dataset (``classes`` None: the dataset's own) by a dense CLIP ``method`` (``dense=``, as ``--dense`` names it;
+    :class:`SegmentConfig`), or a text-supervised family's checkpoint: ``method=NAME`` with ``checkpoint=FILE``
+    (``NAME=FILE``, as ``--pgseg FILE``) or ``model="NAME:FILE"`` (``pgseg``; options ``bg_thresh``,
+    ``short_side``, ``slide_crop``, ``slide_stride``, ``background``). ``overlay``: also
+    ``OUT/overlays/<id>.jpg``."""
     from ..data import open_dataset
-    from .segmenters import class_entries, segmenting
+    from .segmenters import class_entries, method_option, segmenting
 
+    method, checkpoint = method_option("vpltool.api.segment", method, checkpoint, options)
     family, method, checkpoint = segmenting(method, model, checkpoint)  # model="NAME:FILE": checkpoint=FILE
     dataset = open_dataset(data, split)
     entries = None if classes is None else class_entries(classes)
     if family != "clip":  # a text-supervised family's checkpoint
-        return _segment_text(family, dataset, out, entries, checkpoint, overlay, options)
+        return _segment_text(family, dataset, out, entries, checkpoint, overlay, options, progress)
     cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,
                                                  "classes": None if entries is None else tuple(entries)})
     from ..stages.segment import run_segment
 
-    return run_segment(dataset, out, _spec(model, pretrained, model_config_dir), cfg, rt, overlay=overlay)
+    with hooks(progress, f"segment ({method})") as (on_start, on_item):
+        return run_segment(dataset, out, _spec(model, pretrained, model_config_dir), cfg, rt, overlay=overlay,
+                           on_item=on_item, on_start=on_start)
 
 
-def _segment_text(family: str, dataset, out, entries, checkpoint, overlay: bool, options: dict):
+def _segment_text(family: str, dataset, out, entries, checkpoint, overlay: bool, options: dict,
+                  progress: bool | None):
     from ..models.registry import TEXT_FAMILIES
     from ..stages.segment import class_list
     from ..stages.segment_text import run_segment_text
@@ -169,18 +189,22 @@ def _segment_text(family: str, dataset, out, entries, checkpoint, overlay: bool,
     where = f"vpltool.api.segment(method={family!r})"
     o = text_options(family, {k: v for k, v in options.items() if k not in _RUNTIME}, where)
     rt = RuntimeConfig(**{k: v for k, v in options.items() if k in _RUNTIME})
-    return run_segment_text(dataset, out, family, checkpoint, class_list(dataset, entries), rt,
-                            bg_thresh=o["bg_thresh"], short_side=o["short_side"],
-                            slide=(o["slide_crop"], o["slide_stride"]), background=o["background"], overlay=overlay)
+    with hooks(progress, f"segment ({family})") as (on_start, on_item):
+        return run_segment_text(dataset, out, family, checkpoint, class_list(dataset, entries), rt,
+                                bg_thresh=o["bg_thresh"], short_side=o["short_side"],
+                                slide=(o["slide_crop"], o["slide_stride"]), background=o["background"],
+                                overlay=overlay, on_start=on_start, on_item=on_item)
 
 
-def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, **options: Any):
+def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, progress: bool | None = None,
+           **options: Any):
     """`vpltool report RUN`: the static HTML report of a run folder, or of one `segment` folder
     (:class:`ReportConfig`). Returns its summary (``index``: the page)."""
     from ..stages.report import run_report
 
     cfg, _ = configs("report", ReportConfig, options, runtime=False)
-    return run_report(run, out, cfg, workers=workers)
+    with hooks(progress, "report") as (on_start, on_item):
+        return run_report(run, out, cfg, workers=workers, on_start=on_start, on_item=on_item)
 
 
 __all__ = ["extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",

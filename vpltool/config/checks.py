@@ -11,6 +11,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import asdict, fields, replace
 from typing import Any
 
@@ -22,9 +23,22 @@ def require(ok: bool, message: str) -> None:
         raise VplError(message)
 
 
+def did_you_mean(value: Any, choices: Iterable[str]) -> str:
+    """``" did you mean 'naclip'?"`` for a mistyped ``value`` (difflib's closest of ``choices``, case aside), or
+    ``""`` when none is close: the help a one-line error gives besides the list."""
+    import difflib
+
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
 def choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value in choices:
+        return
     listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
-    require(value in choices, f"{option} {value!r}: choose {listed}")
+    hint = did_you_mean(value, choices)
+    require(False, f"{option} {value!r}:{hint} choose {listed}" if hint else f"{option} {value!r}: choose {listed}")
 
 
 def positive(option: str, value: float | None, *, allow_none: bool = False, upper: float = math.inf) -> None:

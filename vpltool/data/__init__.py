@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..config import MIN_IMAGE_SIDE
 from ..errors import ContractError, VplError, VplWarning
 from ..io import (
+    check_image_side,
     feature_path,
     finished_shards,
     image_orientation,
@@ -296,9 +296,7 @@ def check_sizes(items: Sequence[Item], sizes: Sequence[tuple[int, int]], workers
             or a ground-truth mask of another size than its image (once caught only by `eval`, the last stage).
     """
     for item, (h, w) in zip(items, sizes):
-        if min(h, w) < MIN_IMAGE_SIDE:
-            raise VplError(f"{item.image}: {h}x{w} pixels, too small to segment (at least {MIN_IMAGE_SIDE} pixels a "
-                           "side, one CLIP patch); remove it from the split or use the full-size image")
+        check_image_side(item.image, h, w)
     with_gt = [(item, tuple(size)) for item, size in zip(items, sizes) if item.gt is not None and item.gt.is_file()]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         gt_sizes = list(pool.map(lambda pair: mask_size(pair[0].gt), with_gt))

@@ -19,7 +19,9 @@ from ..io.files import check_id, comment_problem, not_utf8, sha256_file, text_li
 from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# every still-photo format Pillow decodes by itself (vpltool.io.images reads them all alike); the earlier of two
+# files of one stem wins where a layout allows it
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
 LAYOUTS = (
     "a VOC root (JPEGImages/ + ImageSets/Segmentation/)", "a COCO root (JPEGImages/ or train2014/ + train.txt)",
     "a folder (images/ + labels.csv or labels.json)")  # fmt: skip

@@ -10,9 +10,10 @@ like a dataset's root; a single photo, the file alone). Torch-free.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-from ..errors import VplError
+from ..errors import VplError, VplWarning
 from ..presets import BACKGROUND
 from .common import IMAGE_EXTS, LAYOUT_FOLDERS, LAYOUTS, Dataset, Item, index_files
 
@@ -44,8 +45,23 @@ def open_images(path: Path) -> Dataset:
             f"{', ...' if len(others) > 3 else ''})" if others else "is empty"
         raise VplError(f"{path}: {what}: no image ({', '.join(IMAGE_EXTS)}) and no dataset layout; pass a folder "
                        f"of photos, or {'; '.join(LAYOUTS)}")
+    _warn_skipped(path, images)
     items = [Item(stem, images[stem], ()) for stem in sorted(images)]
     return Dataset(IMAGES, path, None, (BACKGROUND,), items, None)
+
+
+def _warn_skipped(path: Path, images: dict[str, Path]) -> None:
+    """A warning naming the folder's other files (no image by their extension: a .heic, a .txt), so that "2 masks"
+    for a folder of 3 files says why."""
+    kept = {p.name for p in images.values()}
+    others = sorted(e.name for e in os.scandir(path)
+                    if not e.name.startswith(".") and e.name not in kept and e.is_file())
+    if others:
+        one = len(others) == 1
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        warnings.warn(VplWarning(f"{path}: {len(others)} file{'' if one else 's'} skipped ({shown}), not an image "
+                                 f"vpltool reads ({', '.join(IMAGE_EXTS)}); convert {'it' if one else 'them'} to one "
+                                 f"of these to segment {'it' if one else 'them'} too"), stacklevel=2)
 
 
 def is_plain(dataset: Dataset) -> bool:

@@ -46,6 +46,7 @@ from .files import (
 from .guard import check_log_target, check_outputs, folder_owner, run_outputs
 from .images import (
     MASK_SUFFIX,
+    check_image_side,
     image_orientation,
     image_size,
     load_image,
@@ -150,7 +151,7 @@ __all__ = [
     "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file",
     "numbered_lines", "text_lines",
     "check_log_target", "run_outputs",
-    "MASK_SUFFIX", "image_orientation",
+    "MASK_SUFFIX", "check_image_side", "image_orientation",
     "image_size", "load_image", "mask_path", "read_mask", "voc_palette", "write_chart", "write_mask",
     "write_picture", "write_png", "mask_size",
     "CAM_DEBUG_KIND", "CAM_KIND", "FEATURES_KIND", "PROTOTYPES_KIND", "CamMaps", "Features", "Prototypes",

@@ -176,8 +176,20 @@ def _header(path: str | os.PathLike) -> tuple[int, int, int]:
     return height, width, orientation
 
 
-# what the image extensions vpltool reads hold (MPO: a camera's JPEG with extra views; its first is the photo)
-_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP")
+# what the image extensions vpltool reads hold (vpltool.data.common.IMAGE_EXTS; MPO: a camera's JPEG with extra
+# views, its first is the photo): every still-photo format Pillow decodes by itself, without a plugin or a program
+# (not GIF: a palette of 256 colours is no photo, and a GIF is refused under any name)
+_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "PPM", "TGA")
+
+
+def check_image_side(where: object, height: int, width: int) -> None:
+    """The one line for an image too small to segment (``MIN_IMAGE_SIDE`` pixels a side, one CLIP patch; 0x0 and
+    a 1x500 strip too), the same for a file (``where``: its path) and a Python image (``where``: its name)."""
+    from ..config import MIN_IMAGE_SIDE
+
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise VplError(f"{where}: {height}x{width} pixels, too small to segment (at least {MIN_IMAGE_SIDE} pixels a "
+                       "side, one CLIP patch); remove it from the split or use the full-size image")
 
 
 def _check_still(img: Image.Image, path: Path) -> None:
@@ -185,10 +197,12 @@ def _check_still(img: Image.Image, path: Path) -> None:
     would be decoded as its first frame without a word (which frame the labels describe, nobody knows)."""
     if img.format not in _FORMATS:
         raise ContractError(f"{path}: a {img.format} image under a {path.suffix} name; convert it to one of .jpg, "
-                            ".png, .bmp, .webp (a still image) or remove it from the split")
+                            ".png, .tif, .webp (a still image) or remove it from the split")
     frames = getattr(img, "n_frames", 1)
     if img.format != "MPO" and frames > 1:
-        raise ContractError(f"{path}: an animated {img.format} of {frames} frames; save the frame its labels "
+        what = f"a {img.format} of {frames} pages" if img.format == "TIFF" else \
+            f"an animated {img.format} of {frames} frames"
+        raise ContractError(f"{path}: {what}; save the {'page' if img.format == 'TIFF' else 'frame'} its labels "
                             "describe as a still image, or remove it from the split")
 
 

@@ -14,6 +14,7 @@ raised by :func:`check_dino` before any model is built.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,12 @@ class DinoBackbone:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def to(self, device: torch.device | str) -> DinoBackbone:
+        """This model on ``device`` (moved in place, as ``nn.Module.to``; a copy of the wrapper says where)."""
+        clone = copy.copy(self)
+        clone.model, clone.device = self.model.to(device), torch.device(device)
+        return clone
 
     def preprocess(self, image: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         """``[H0, W0, 3]`` uint8 RGB -> ``[1, 3, h*p, w*p]`` float32, bicubic-resized so the patch grid is ``grid``."""

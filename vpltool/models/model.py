@@ -182,6 +182,19 @@ class ClipBackbone(TextTower):
         clone._pos_cache, clone._bias_cache = {}, {}
         return clone
 
+    def to(self, device: torch.device | str) -> ClipBackbone:
+        """This backbone on ``device``: its model (and a proxy model's and SAM's, when it has them) moved there, in
+        place as ``nn.Module.to`` moves, and a copy of the wrapper whose tensors kept per device are remade there."""
+        device = torch.device(device)
+        self.model.to(device)
+        clone = copy.copy(self)
+        clone.device = device
+        clone._stats = tuple(s.to(device) for s in self._stats)
+        clone._pos_cache, clone._bias_cache = {}, {}
+        clone.proxy = None if self.proxy is None else self.proxy.to(device)
+        clone.sam = None if self.sam is None else self.sam.to(device)
+        return clone
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """A batch of :meth:`Preprocess.resize` outputs ``[B, H, W, 3]`` uint8 (on the model's device) ->
         ``[B, 3, H, W]`` float32 CLIP-normalised, the same values as :meth:`preprocess`."""

@@ -17,6 +17,7 @@ loads as a random model in its place.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -248,6 +249,16 @@ class SamEncoder:
         self.img_size = int(model.img_size)
         self.patch_size = PATCH
         self.num_heads = int(model.blocks[-1].attn.num_heads)
+
+    def to(self, device: torch.device | str) -> SamEncoder:
+        """This encoder (and its prompt encoder and mask decoder) on ``device``, moved in place as
+        ``nn.Module.to``; a copy of the wrapper says where."""
+        clone = copy.copy(self)
+        clone.device = torch.device(device)
+        for part in (self.model, self.prompt_encoder, self.mask_decoder):
+            if part is not None:
+                part.to(clone.device)
+        return clone
 
     def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """SamPredictor's ``set_image`` input of ``image`` (:func:`sam_input` at this encoder's side)."""

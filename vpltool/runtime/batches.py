@@ -80,16 +80,12 @@ def header_sizes(paths: Sequence[os.PathLike], workers: int) -> list[tuple[int, 
     every stage that reads images alike."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..config import MIN_IMAGE_SIDE
-    from ..errors import VplError
-    from ..io import image_size
+    from ..io import check_image_side, image_size
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         sizes = list(pool.map(image_size, paths))
     for path, (h, w) in zip(paths, sizes):
-        if min(h, w) < MIN_IMAGE_SIDE:
-            raise VplError(f"{path}: {h}x{w} pixels, too small to segment (at least {MIN_IMAGE_SIDE} pixels a side, "
-                           "one CLIP patch); remove it from the split or use the full-size image")
+        check_image_side(path, h, w)
     return sizes
 
 

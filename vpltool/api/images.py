@@ -1,0 +1,152 @@
+"""What the Python door takes as a photo, and how one is told from a batch: the CLI's checks, the CLI's lines.
+
+A photo is a path (checked and decoded as `segment` checks and decodes a file: its extension, its header, its size,
+EXIF orientation applied), a PIL image (any mode, its EXIF orientation applied), an ``[H, W, 3]`` uint8 numpy array,
+or a torch tensor ``[3, H, W]``: uint8 0..255 or float in [0, 1] (torchvision's ``to_tensor`` / ``read_image``
+layouts). Every one is checked for the size `segment` refuses (:func:`vpltool.io.check_image_side`). Torch is
+imported only when a tensor is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import VplError
+
+TAKES = "a path, a PIL image, an [H, W, 3] uint8 array or a [3, H, W] uint8 or float tensor"
+
+
+def is_batch(images: Any) -> bool:
+    """Whether ``images`` is several photos (a list or tuple) rather than one. A 4-D array or tensor
+    ``[B, H, W, 3]`` / ``[B, 3, H, W]`` is a batch too, as a vision model's input is."""
+    if isinstance(images, (list, tuple)):
+        return True
+    shape = getattr(images, "shape", None)
+    return shape is not None and len(shape) == 4 and not isinstance(images, (str, os.PathLike))
+
+
+def photos(images: Any) -> list:
+    """``images`` as a list of single photos (a 4-D array or tensor split along its first axis)."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images[i] for i in range(images.shape[0])]
+
+
+def name_of(image: Any, index: int | None = None) -> str:
+    """How a one-line error names a photo: its path, or ``image`` / ``images[i]`` and its kind."""
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    where = "image" if index is None else f"images[{index}]"
+    return f"{where} (a {type(image).__name__})"
+
+
+def photo_item(image: Any):
+    """The dataset item a method's ``extra_inputs`` hook gets for a photo given to a segmenter: ``id`` the file's
+    stem (``image`` its path) for a path, else ``"image"`` (``image`` None)."""
+    from ..data.common import Item
+
+    if isinstance(image, (str, os.PathLike)):
+        return Item(Path(image).stem, Path(image), ())
+    return Item("image", None, ())  # type: ignore[arg-type]
+
+
+def as_rgb(image: Any, index: int | None = None) -> np.ndarray:
+    """One photo (module doc) as ``[H, W, 3]`` uint8 RGB, checked as `segment` checks a file (one line naming
+    it and the fix); ``index``: its place in a batch, for the message."""
+    if isinstance(image, (str, os.PathLike)):
+        return _from_path(Path(image))
+    where = name_of(image, index)
+    if isinstance(image, np.ndarray):
+        rgb = _from_array(image, where)
+    elif type(image).__module__.split(".")[0] == "torch":
+        rgb = _from_tensor(image, where)
+    else:
+        from PIL import Image, ImageOps
+
+        if not isinstance(image, Image.Image):
+            raise VplError(f"{where}: not a photo; give {TAKES}")
+        from ..io.images import _to_rgb
+
+        rgb = _to_rgb(ImageOps.exif_transpose(image))
+    from ..io import check_image_side
+
+    check_image_side(where, rgb.shape[0], rgb.shape[1])
+    return rgb
+
+
+def _from_path(path: Path) -> np.ndarray:
+    """A photo file as `segment PHOTO` reads it: refused by its extension, its header or its size (the CLI's
+    lines), then decoded."""
+    from .. import io
+    from ..data.images import open_images
+
+    if not path.is_file():
+        if path.is_dir():
+            raise VplError(f"{path}: a folder; segment its photos with seg.map({str(path)!r}, classes)")
+        raise VplError(f"{path}: image not found; check the path")
+    open_images(path)  # one line for a file that is no image by its extension
+    io.check_image_side(path, *io.image_size(path))
+    return io.load_image(path)
+
+
+def _from_array(a: np.ndarray, where: str) -> np.ndarray:
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise VplError(f"{where}: an array of {a.dtype} {tuple(a.shape)}; give [H, W, 3] uint8 RGB")
+    return a
+
+
+def _from_tensor(t: Any, where: str) -> np.ndarray:
+    """A ``[3, H, W]`` tensor (uint8 0..255, or float in [0, 1]) -> ``[H, W, 3]`` uint8, rounded as torchvision's
+    ``to_pil_image`` does not (it truncates): ``round(255 * x)``, so that uint8 -> float -> here is lossless."""
+    import torch
+
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise VplError(f"{where}: a tensor of shape {tuple(t.shape)}; give [3, H, W] (channels first), uint8 or "
+                       "float in [0, 1]")
+    t = t.detach().cpu()
+    if t.dtype == torch.uint8:
+        return np.ascontiguousarray(t.permute(1, 2, 0).numpy())
+    if not t.is_floating_point():
+        raise VplError(f"{where}: a {t.dtype} tensor; give uint8 (0..255) or float in [0, 1]")
+    t = t.float()
+    if t.numel() and not (torch.isfinite(t).all() and t.min() >= 0 and t.max() <= 1):
+        lo, hi = (float(t.min()), float(t.max())) if torch.isfinite(t).all() else (float("nan"), float("nan"))
+        raise VplError(f"{where}: float values from {lo:g} to {hi:g}; a float photo is in [0, 1] (divide a 0..255 "
+                       "tensor by 255, or give it as uint8)")
+    return np.ascontiguousarray((t * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def folder_photos(source: Any) -> tuple[Iterable, int | None, Any]:
+    """What :meth:`~vpltool.api.segmenters.Segmenter.map` walks: ``(photos, how many or None, name of each)``.
+    A folder (or one photo file): its images as `segment` lists them (:func:`vpltool.data.open_images`: a warning
+    naming what it skips), named by their paths; an iterable: its items as they come, lazily."""
+    if isinstance(source, (str, os.PathLike)):
+        from ..data.images import open_images
+
+        path = Path(source)
+        if not path.exists():
+            raise VplError(f"{path}: no such folder or photo; check the path")
+        items = open_images(path).items
+        return [item.image for item in items], len(items), lambda i, photo: photo
+    total = len(source) if hasattr(source, "__len__") else None
+    return source, total, lambda i, photo: photo if isinstance(photo, (str, os.PathLike)) else i
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last shorter), drawn lazily."""
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+__all__ = ["TAKES", "as_rgb", "chunks", "folder_photos", "is_batch", "name_of", "photo_item", "photos"]
