@@ -15,8 +15,8 @@ random images and captions that both read from the same file:
   ``clip_grad_norm_`` (5.0), ``step``, ``step_update``, the meters' ``loss.item()`` (``torch.cuda.synchronize``,
   a CUDA call, is left out on the CPU);
 * ``vpltool``: the same weights read from the reference's checkpoint through the family's key map; one step is
-  `train-pgseg`'s iteration (:func:`vpltool.stages.train_pgseg.train_step`: the iteration's seed, its rate, forward,
-  backward, clipping, the optimizer of :func:`~vpltool.stages.train_pgseg.make_optimizer`), the losses read on every
+  `train-pgseg`'s iteration (:func:`vpltool.stages.train_text.train_step`: the iteration's seed, its rate, forward,
+  backward, clipping, the optimizer of :func:`~vpltool.stages.train_text.make_optimizer`), the losses read on every
   ``log_every``-th step as the command logs them. ``vpltool-fused`` (``--fused``): the same with the family's
   ``fused_attention=True`` (PyTorch's fused attention; not the default, see docs/pgseg.md), to show what it buys.
 
@@ -25,7 +25,7 @@ order alternating between rounds). A round's figure is the process's CPU-seconds
 other processes on a shared host do not inflate as they inflate wall time (wall is recorded too). ``ratio`` is the
 median over rounds of vpltool's step over the reference's in the same round: < 1 is faster.
 
-``loader``: `train-pgseg`'s data path (:class:`vpltool.stages.train_pgseg.PairViews` through its DataLoader in-process:
+``loader``: `train-pgseg`'s data path (:class:`vpltool.stages.train_text.PairViews` through its DataLoader in-process:
 JPEG decode, RandomResizedCrop, flip, normalisation, tokenisation) on synthetic 500x375 JPEGs, images per
 CPU-second = images per second per core, at the reference's crop (224) and at the tiny model's (32).
 """
@@ -145,7 +145,7 @@ def vpltool_side(work: Path, fused: bool):
 
     from vpltool.config.pgseg import PGSegTrainConfig
     from vpltool.models.pgseg import load_checkpoint, model_from_state
-    from vpltool.stages import train_pgseg as tp
+    from vpltool.stages import train_text as tp
 
     cfg, state = load_checkpoint(work / "ref_checkpoint.pth")
     model = model_from_state(replace(cfg, fused_attention=fused), state).train()
@@ -282,7 +282,7 @@ def loader_rate(folder: Path, crop: int, batch: int, steps: int) -> dict:
     from vpltool.config.pgseg import PGSegTrainConfig
     from vpltool.data.pairs import open_pairs
     from vpltool.models.pgseg import tiny_config, tokenizer
-    from vpltool.stages import train_pgseg as tp
+    from vpltool.stages import train_text as tp
 
     pairs = open_pairs(folder, None)
     cfg = PGSegTrainConfig(crop_size=crop, batch_size=batch)

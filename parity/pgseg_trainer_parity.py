@@ -23,7 +23,7 @@ by ``(seed, iteration, rank)``. The schedule is warm-up then cosine within the r
 (two processes: ``torchrun --nproc-per-node 2 -m vpltool train-pgseg``); its final state is read from its last
 checkpoint (model and AdamW state). Bar: every weight and buffer <= 1e-5.
 
-``--quick`` (no clone, seconds): ``run_train_pgseg`` on a tiny model against a loop restated from the reference's
+``--quick`` (no clone, seconds): ``run_train_text`` on a tiny model against a loop restated from the reference's
 recipe with other code (timm's ``CosineLRScheduler`` stepped as ``step_update(epoch * steps + idx)``, AdamW over
 ``set_weight_decay``'s two groups, ``clip_grad_norm_``), on the same batches (tests/test_pgseg_trainer_parity.py).
 """
@@ -96,7 +96,7 @@ def make_plan(shards: Path, nouns: Path, cfg, world: int, port: int) -> dict:
 
     from vpltool.data.nouns import noun_source
     from vpltool.data.pairs import open_pairs
-    from vpltool.stages.train_pgseg import GlobalBatches, PairViews, steps_per_epoch
+    from vpltool.stages.train_text import GlobalBatches, PairViews, steps_per_epoch
 
     pairs = open_pairs(shards, None)
     said: list[list[str]] = []
@@ -196,7 +196,7 @@ def optimizer_names(cfg, init: Path) -> list[str]:
     from dataclasses import replace
 
     from vpltool.models.pgseg import PGSeg, load_checkpoint
-    from vpltool.stages.train_pgseg import make_optimizer
+    from vpltool.stages.train_text import make_optimizer
 
     init_cfg, _ = load_checkpoint(init)
     model = PGSeg(replace(init_cfg, npr=cfg.npr, multi_label=cfg.multi_label))

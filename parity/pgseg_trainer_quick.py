@@ -1,6 +1,6 @@
 """``pgseg_trainer_parity.py --quick``: `train-pgseg` against the reference's recipe restated with other code, no clone.
 
-``run_train_pgseg`` (the library behind the command) trains a tiny PGSeg with I-NPR, T-NPR and a multi-label loss on
+``run_train_text`` (the library behind the command) trains a tiny PGSeg with I-NPR, T-NPR and a multi-label loss on
 a shard of 8 drawn pictures; the restated loop trains the same starting weights on the same batches with the
 reference's loop as ``main_pg_seg.py`` writes it, built from other code than the trainer's: AdamW over
 ``utils/optimizer.py``'s two groups (no weight decay for 1-d parameters and biases), timm's own
@@ -63,7 +63,7 @@ def restated_loop(init: Path, pairs_path: Path, nouns: Path, cfg, ahead: int = 0
     from vpltool.data.nouns import noun_source
     from vpltool.data.pairs import open_pairs
     from vpltool.models.pgseg import PGSeg, load_checkpoint, tokenizer
-    from vpltool.stages.train_pgseg import GlobalBatches, PairViews
+    from vpltool.stages.train_text import GlobalBatches, PairViews
 
     model_cfg, state = load_checkpoint(init)
     model_cfg = replace(model_cfg, npr=cfg.npr, multi_label=cfg.multi_label)
@@ -105,7 +105,7 @@ def quick(work: Path) -> dict:
     from vpltool.config import RuntimeConfig
     from vpltool.config.pgseg import pgseg_recipe
     from vpltool.models.pgseg import build_model, save_checkpoint, tiny_config
-    from vpltool.stages.train_pgseg import run_train_pgseg
+    from vpltool.stages.train_text import run_train_text
 
     torch.set_num_threads(1)
     pairs, nouns = make_shard(work)
@@ -113,7 +113,7 @@ def quick(work: Path) -> dict:
                        min_lr=1e-4, clip_grad=400.0, crop_size=32, min_scale=0.5, log_every=1, multi_label=2)
     init = save_checkpoint(work / "init.safetensors", build_model(tiny_config(multi_label=2), seed=3))
     logged: list[dict] = []
-    run_train_pgseg(pairs, work / "run", cfg, RuntimeConfig(device="cpu", workers=1, overwrite=True), init=init,
+    run_train_text(pairs, work / "run", cfg, RuntimeConfig(device="cpu", workers=1, overwrite=True), init=init,
                     nouns=nouns, split=None, on_iter=lambda n, rec: logged.append(rec))
     trained, _, _ = io.read_checkpoint(work / "run" / "checkpoints" / "last.safetensors", kind="pgseg-checkpoint")
     out = {"steps": len(logged), "clip": cfg.clip_grad,

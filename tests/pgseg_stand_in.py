@@ -1,5 +1,5 @@
-"""A tiny stand-in for the ``pgseg`` model family (tests only): the API `train-pgseg` and `segment --pgseg` call
-(config presets, tokenizer, ``forward_train(images, tokens, gather)``, checkpoint files), with arithmetic small
+"""A tiny stand-in for the ``pgseg`` model family (tests only): every hook the trainer and `segment` call
+(:class:`StandInFamily`: tokenizer, ``forward_train``, checkpoint files, zero-shot maps), with arithmetic small
 enough for a test: patch features pooled, a bag-of-words text tower, the reference's image–text contrastive loss
 over every rank's batch (labels offset by the rank, as multi_label_contrastive.py ``loss``) and, with ``npr``, an
 extra regulariser term. :data:`NOISE`: a random term drawn from the torch RNG (as gumbel noise is), to prove the RNG is
@@ -11,7 +11,7 @@ Install it with :func:`install` (in-process) or run a script under ``STAND_IN=1`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpltool import io
+from vpltool.config.pgseg import PGSegTrainConfig
 
 NOISE = True  # module-wide: the DDP test turns it off (each rank draws its own noise, as the reference's gumbel)
 
@@ -148,15 +149,90 @@ def zero_shot_labels(model: PGSeg, images: torch.Tensor, text: torch.Tensor, bg_
     return F.interpolate(label[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0].long()
 
 
+class StandInFamily:
+    """Every hook of :class:`vpltool.models.text_family.TextSegFamily` over this module's model, as the ``pgseg``
+    family (:func:`install` hands it to the trainer; tests/text_family_stand_in.py registers it under a name of
+    its own)."""
+
+    name = "pgseg"
+    TrainConfig = PGSegTrainConfig
+    TEMPLATES = {"simple": ("a photo of a {}.",)}
+
+    def tokenizer(self, cfg, vocabulary=None):
+        return tokenizer(cfg)
+
+    def caption_length(self, cfg):
+        return tokenizer(cfg).length, cfg.context_length
+
+    def class_tokens(self, names, tokenize, templates):
+        return torch.stack([tokenize([t.format(n) for t in templates]) for n in names])
+
+    def class_text_embeddings(self, model, tokens):
+        n, t, length = tokens.shape
+        with torch.no_grad():
+            emb = model.encode_text(tokens.reshape(n * t, length)).reshape(n, t, -1).mean(1)
+        return F.normalize(emb, dim=-1)
+
+    def image_tensor(self, image, short_side):
+        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
+        h, w = image.shape[:2]
+        scale = short_side / min(h, w)
+        return F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False)
+
+    def zero_shot_logits(self, model, images, text, bg_thresh=0.3, with_bg=True, mode="whole", crop=448,
+                         stride=224):
+        with torch.no_grad():
+            p = model.cfg.patch
+            x = images[:, :, : images.shape[2] // p * p, : images.shape[3] // p * p]
+            patches = model._patches(x)  # [B, h*w, C]
+            maps = model.groups(patches).softmax(-1)  # [B, h*w, 4]
+            groups = torch.einsum("bng,bnc->bgc", maps, patches) / maps.sum(1)[..., None]
+            sim = (F.normalize(model.img_proj(groups), dim=-1) @ text.t()).softmax(-1)  # [B, 4, N]
+            pix = torch.einsum("bng,bgk->bkn", maps, sim).reshape(len(x), -1, x.shape[2] // p, x.shape[3] // p)
+            pix = F.interpolate(pix, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            if not with_bg:
+                return pix
+            bg = (pix.max(1, keepdim=True).values < bg_thresh).to(pix.dtype)
+            return torch.cat([bg, pix], dim=1)
+
+    def check_checkpoint(self, path):
+        return load_checkpoint(path)[0]
+
+    def load_checkpoint(self, path):
+        return load_checkpoint(path)
+
+    def load_model(self, path, device="cpu"):
+        cfg, state = load_checkpoint(path)
+        model = PGSeg(cfg)
+        model.load_state_dict(state)
+        return model.eval().requires_grad_(False).to(device)
+
+    def save_checkpoint(self, path, model, extra=None) -> Path:
+        return save_checkpoint(path, model, extra)
+
+    def model_config(self, cfg, init=None):
+        return replace(init if init is not None else PGSegConfig(img_size=cfg.crop_size), npr=cfg.npr)
+
+    def build_model(self, cfg, seed=0):
+        return build_model(cfg, seed)
+
+    def forward_train(self, model, images, tokens, gather=None, keys=None):
+        return model.forward_train(images, tokens, gather=gather, keys=keys)
+
+    def for_ranks(self, model):
+        return model
+
+
 def install(monkeypatch=None):
-    """Make `train-pgseg` use this module as the ``pgseg`` family."""
+    """Make the trainer (`train-pgseg`, `train-text --family pgseg`) use this module's :class:`StandInFamily` as
+    the ``pgseg`` family; returns this module."""
     import sys
 
-    import vpltool.stages.train_pgseg as tp
+    import vpltool.stages.train_text as tp
 
-    module = sys.modules[__name__]
+    family = StandInFamily()
     if monkeypatch is not None:
-        monkeypatch.setattr(tp, "_family", lambda *_: module)
+        monkeypatch.setattr(tp, "_family", lambda *_: family)
     else:
-        tp._family = lambda *_: module
-    return module
+        tp._family = lambda *_: family
+    return sys.modules[__name__]

@@ -4268,9 +4268,9 @@ def _pgseg_run(ws: Workspace, pairs: Path, name: str, stop_after: int | None = N
     else:
         from vpltool.config import RuntimeConfig
         from vpltool.config.pgseg import pgseg_recipe
-        from vpltool.stages.train_pgseg import run_train_pgseg
+        from vpltool.stages.train_text import run_train_text
 
-        run_train_pgseg(pairs, out, pgseg_recipe("cpu", batch_size=2, epochs=2, crop_size=32, checkpoint_every=1),
+        run_train_text(pairs, out, pgseg_recipe("cpu", batch_size=2, epochs=2, crop_size=32, checkpoint_every=1),
                         RuntimeConfig(device="cpu", workers=1), stop_after=stop_after)
     return out
 

@@ -166,7 +166,7 @@ def test_the_graph_is_read():
     assert "vpltool.device" in graph["vpltool.io.stage"]  # a lazy import, inside a function, is an edge too
     assert all(_stage(_module(s)) == s for s in STAGES)
     assert all(_module(s) in graph for s in STAGES)
-    assert {"extract", "cam", "segment", "train_pgseg", "segment_text", "benchmark"} <= set(STAGES)
+    assert {"extract", "cam", "segment", "train_text", "segment_text", "benchmark"} <= set(STAGES)
 
 
 def test_no_import_circle_among_vpltool_modules():

@@ -21,7 +21,7 @@ from vpltool import io
 from vpltool.config.pgseg import pgseg_recipe
 from vpltool.data.pairs import open_pairs
 from vpltool.demo.make_world import write_dataset
-from vpltool.stages.train_pgseg import run_train_pgseg
+from vpltool.stages.train_text import run_train_text
 
 import pace  # tests/ is on sys.path: bounds in idle-machine seconds
 
@@ -79,14 +79,14 @@ def _cfg(**kw):
 def test_pgseg_log_holds_each_iteration_once_after_a_resume_and_none_of_a_dead_run(world, tmp_path, monkeypatch):
     pgseg_stand_in.install(monkeypatch)
     run = tmp_path / "run"
-    run_train_pgseg(world, run, _cfg(), stop_after=3)  # checkpoint at 2, iteration 3 logged then lost
+    run_train_text(world, run, _cfg(), stop_after=3)  # checkpoint at 2, iteration 3 logged then lost
     assert [r["iter"] for r in io.read_log(run / "log.jsonl")] == [1, 2, 3]
-    s = run_train_pgseg(world, run, _cfg(), resume=True)
+    s = run_train_text(world, run, _cfg(), resume=True)
     assert s.start == 2 and [r["iter"] for r in io.read_log(run / "log.jsonl")] == list(range(1, s.iterations + 1))
     dead = tmp_path / "dead"
-    run_train_pgseg(world, dead, _cfg(checkpoint_every=100), stop_after=3)  # killed before any checkpoint
+    run_train_text(world, dead, _cfg(checkpoint_every=100), stop_after=3)  # killed before any checkpoint
     assert not (dead / "checkpoints" / "last.safetensors").exists()
-    run_train_pgseg(world, dead, _cfg(checkpoint_every=100))  # a new run, not a resume: the dead run's lines go
+    run_train_text(world, dead, _cfg(checkpoint_every=100))  # a new run, not a resume: the dead run's lines go
     iters = [r["iter"] for r in io.read_log(dead / "log.jsonl")]
     assert iters == list(range(1, len(iters) + 1))
 

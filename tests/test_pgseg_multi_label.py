@@ -154,12 +154,12 @@ def world(tmp_path_factory) -> Path:
 def test_train_pgseg_with_multi_label_writes_a_model_with_its_scale(world, tmp_path):
     from vpltool.config import RuntimeConfig
     from vpltool.models.pgseg import load_checkpoint
-    from vpltool.stages.train_pgseg import run_train_pgseg
+    from vpltool.stages.train_text import run_train_text
 
     (tmp_path / "nouns.txt").write_text("circle\nstar\nsquare\ntriangle\nring\ncross\nhexagon\ndiamond\n")
     cfg = pgseg_recipe("cpu", batch_size=4, epochs=1, warmup_epochs=0, crop_size=32, log_every=1, npr=False,
                        multi_label=2)
-    s = run_train_pgseg(world, tmp_path / "out", cfg, RuntimeConfig(device="cpu", workers=1),
+    s = run_train_text(world, tmp_path / "out", cfg, RuntimeConfig(device="cpu", workers=1),
                         nouns=tmp_path / "nouns.txt")
     model_cfg, state = load_checkpoint(s.model)
     assert model_cfg.multi_label == 2 and "multi_label_logit_scale" in state
@@ -187,18 +187,18 @@ def test_multi_label_resume_is_bit_exact_and_needs_the_same_nouns(world, tmp_pat
     of the run that went through; resuming with another noun file is refused in one line."""
     from vpltool.config import RuntimeConfig
     from vpltool.models.pgseg import load_checkpoint
-    from vpltool.stages.train_pgseg import run_train_pgseg
+    from vpltool.stages.train_text import run_train_text
 
     (tmp_path / "nouns.txt").write_text("circle\nstar\nsquare\ntriangle\nring\ncross\nhexagon\ndiamond\n")
     (tmp_path / "other.txt").write_text("circle\nstar\n")
     cfg = pgseg_recipe("cpu", batch_size=4, epochs=1, warmup_epochs=0, crop_size=32, log_every=1, npr=False,
                        multi_label=2, checkpoint_every=1)
     rt = RuntimeConfig(device="cpu", workers=1)
-    whole = run_train_pgseg(world, tmp_path / "whole", cfg, rt, nouns=tmp_path / "nouns.txt").model
-    run_train_pgseg(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "nouns.txt", stop_after=1)
+    whole = run_train_text(world, tmp_path / "whole", cfg, rt, nouns=tmp_path / "nouns.txt").model
+    run_train_text(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "nouns.txt", stop_after=1)
     with pytest.raises(VplError, match="--nouns"):
-        run_train_pgseg(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "other.txt", resume=True)
-    s = run_train_pgseg(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "nouns.txt", resume=True)
+        run_train_text(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "other.txt", resume=True)
+    s = run_train_text(world, tmp_path / "cut", cfg, rt, nouns=tmp_path / "nouns.txt", resume=True)
     assert s.start == 1 and s.iterations == 2
     a, b = load_checkpoint(whole)[1], load_checkpoint(s.model)[1]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

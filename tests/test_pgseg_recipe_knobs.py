@@ -11,7 +11,7 @@ import torch
 
 from vpltool.config.pgseg import PGSegTrainConfig, pgseg_recipe
 from vpltool.errors import VplError
-from vpltool.models.pgseg import build_model, tiny_config
+from vpltool.models.pgseg import PGSegConfig, build_model, tiny_config
 from vpltool.models.pgseg.assign import AssignAttention
 from vpltool.models.pgseg.groupvit import Attention, window_mask
 from vpltool.models.pgseg.targets import positive_targets
@@ -129,18 +129,18 @@ def test_train_config_knobs_default_to_the_reference_and_refuse_bad_values():
 def test_the_trainers_knobs_reach_the_model_it_builds():
     """Every family knob of `train-pgseg` lands in the model config it trains and saves (a merge once dropped them:
     the demo recipe then trained the reference's model under the recipe's name)."""
-    from vpltool.models import pgseg as fam
-    from vpltool.stages.train_pgseg import _model_config
+    from vpltool.models.text_family import text_family
 
+    fam = text_family("pgseg")
     cfg = pgseg_recipe("demo", multi_positive=True, temperature=0.05, hard_assignment=False)
-    out = _model_config(fam, cfg, None)
+    out = fam.model_config(cfg, None)
     assert (out.multi_positive, out.multi_label_pool, out.contrast_temperature, out.hard_assignment,
             out.assign_qk_init, out.qk_init, out.multi_label) == (True, "match", 0.05, False, 6.0, 2.0, 4)
     assert (out.assign_init, out.assign_metric, out.assign_iters, out.center_residual) == ("tokens", "distance", 3,
                                                                                             False)
     assert out.attention_window == cfg.attention_window
-    trained = fam.PGSegConfig.from_dict({**out.to_dict(), "assign_qk_init": 1.5})
-    again = _model_config(fam, cfg, trained)  # an --init's own init gains stay as its file records them
+    trained = PGSegConfig.from_dict({**out.to_dict(), "assign_qk_init": 1.5})
+    again = fam.model_config(cfg, trained)  # an --init's own init gains stay as its file records them
     assert again.assign_qk_init == 1.5
 
 
@@ -179,8 +179,8 @@ def test_same_caption_nouns_keys_captions_by_their_nouns(monkeypatch):
 
     from vpltool.data.nouns import VocabularyNouns
     from vpltool.models import pgseg as fam
-    from vpltool.stages import train_pgseg
-    from vpltool.stages.train_pgseg import PairViews
+    from vpltool.stages import train_text as train_pgseg
+    from vpltool.stages.train_text import PairViews
 
     with pytest.raises(VplError, match="--same-caption nouns: needs --multi-positive"):
         pgseg_recipe("cpu", same_caption="nouns")
@@ -206,17 +206,17 @@ def test_groups_set_each_stages_group_tokens_and_refuse_what_cannot_be_built(tmp
     preset's when not given, and recorded only when given (a run of before the option resumes); refused in one line
     when increasing, of another stage count, against an --init's own, or below --multi-label match's nouns."""
     from vpltool.config import to_params
-    from vpltool.models import pgseg as fam
-    from vpltool.stages.train_pgseg import _model_config
+    from vpltool.models.text_family import text_family
 
-    out = _model_config(fam, pgseg_recipe("demo", groups=(16, 8)), None)
+    fam = text_family("pgseg")
+    out = fam.model_config(pgseg_recipe("demo", groups=(16, 8)), None)
     assert (tuple(out.num_group_tokens), tuple(out.num_output_groups)) == ((16, 8, 0), (16, 8))
     model = build_model(out)
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         assert model.image_features(x)["groups"].shape[:2] == (2, 8)
     assert pgseg_recipe("demo").groups == (16, 8)  # the demo recipe's; () is the preset's
-    plain = _model_config(fam, pgseg_recipe("demo", groups=()), None)
+    plain = fam.model_config(pgseg_recipe("demo", groups=()), None)
     assert (tuple(plain.num_group_tokens), tuple(plain.num_output_groups)) == ((8, 4, 0), (8, 4))
     assert "groups" not in to_params(pgseg_recipe("cpu")) and to_params(pgseg_recipe("demo"))["groups"] == [16, 8]
     with pytest.raises(VplError, match="largest first, e.g. 16,8"):
@@ -224,12 +224,12 @@ def test_groups_set_each_stages_group_tokens_and_refuse_what_cannot_be_built(tmp
     with pytest.raises(VplError, match="--groups 0: must be >= 1"):
         PGSegTrainConfig(groups=(0,))
     with pytest.raises(VplError, match="2 grouping stage.*give 2 counts"):
-        _model_config(fam, pgseg_recipe("demo", groups=(8,)), None)
+        fam.model_config(pgseg_recipe("demo", groups=(8,)), None)
     with pytest.raises(VplError, match="--init checkpoint's model has 8,4 groups"):
-        _model_config(fam, pgseg_recipe("demo", groups=(16, 8)), plain)
-    assert tuple(_model_config(fam, pgseg_recipe("demo", groups=(8, 4)), plain).num_output_groups) == (8, 4)
+        fam.model_config(pgseg_recipe("demo", groups=(16, 8)), plain)
+    assert tuple(fam.model_config(pgseg_recipe("demo", groups=(8, 4)), plain).num_output_groups) == (8, 4)
     with pytest.raises(VplError, match="--multi-label-pool match: each of the 4 noun prompts.*model has 2"):
-        _model_config(fam, pgseg_recipe("demo", groups=(8, 2)), None)
+        fam.model_config(pgseg_recipe("demo", groups=(8, 2)), None)
 
 
 def test_groups_option_reads_whole_numbers_in_one_line():

@@ -12,7 +12,7 @@ import torch
 from vpltool.config.pgseg import PGSegTrainConfig
 from vpltool.models.pgseg import IMAGE_MEAN, IMAGE_STD, build_model, image_tensor, resized_size, tiny_config
 from vpltool.models.pgseg.groupvit import Attention, AttnBlock
-from vpltool.stages.train_pgseg import TrainStep, make_optimizer, train_step
+from vpltool.stages.train_text import TrainStep, make_optimizer, train_step
 
 
 @pytest.mark.parametrize(("h", "w", "short", "want"), [

@@ -1,4 +1,4 @@
-"""parity/pgseg_trainer_parity.py without the clones: ``--quick`` (run_train_pgseg against the reference's loop
+"""parity/pgseg_trainer_parity.py without the clones: ``--quick`` (run_train_text against the reference's loop
 restated with timm's scheduler, plus a negative control), the drop path the references' timm draws, and the committed
 JSON's figures against the bars."""
 

@@ -128,3 +128,26 @@ def test_pgseg_is_named_in_few_modules_outside_its_package():
     outside = sorted(p for p in out if not p.startswith("vpltool/models/pgseg/"))
     assert len(outside) <= 5, outside
     assert not [p for p in outside if re.match(r"vpltool/(stages|api|io)/", p)], outside
+
+
+def test_train_text_trains_a_family_that_is_its_module_and_row(family, world, tmp_path):
+    """The shared trainer takes a family by name (`train-text --family toytext`): its recipe, its own setting by
+    --set, its file names and kinds; `segment --model toytext:FILE` takes the result; a foreign key is one line."""
+    runner = CliRunner()
+    args = ["train-text", str(world), "--family", "toytext", "--recipe", "tiny", "--device", "cpu", "--workers", "1"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "run"), "--set", "npr=true", "--epochs", "1"])
+    assert r.exit_code == 0 and "train-text (toytext): 2 pairs" in r.output, r.output
+    record = io.read_record(io.stage_record_path(tmp_path / "run"))
+    assert record["stage"] == "train-text" and record["params"]["npr"] is True and record["params"]["epochs"] == 1
+    assert record["params"]["family"] == "toytext" and record["params"]["batch_size"] == 2  # its recipe's
+    _, _, ckpt = io.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors", kind="toytext-checkpoint")
+    assert ckpt.meta("iteration") == 1
+    model = tmp_path / "run" / "toytext.safetensors"
+    seg = runner.invoke(app, ["segment", str(world), "--split", "val", "--model", f"toytext:{model}", "-o",
+                              str(tmp_path / "seg"), "--device", "cpu"])
+    assert seg.exit_code == 0, seg.output
+    bad = runner.invoke(app, [*args, "-o", str(tmp_path / "bad"), "--set", "multi_label=3"])
+    assert bad.exit_code == 2 and "--set multi_label: not a setting of this family" in bad.output, bad.output
+    assert not (tmp_path / "bad").exists()
+    knobs = runner.invoke(app, ["train-text", "--family", "toytext", "--knobs"])
+    assert knobs.exit_code == 0 and "npr" in knobs.output and "--set npr=..." in knobs.output, knobs.output

@@ -27,7 +27,7 @@ from vpltool.config.pgseg import pgseg_recipe
 from vpltool.data.pairs import check_pairs, open_pairs
 from vpltool.demo.make_world import write_dataset
 from vpltool.errors import VplError
-from vpltool.stages.train_pgseg import GlobalBatches, lr_at, run_train_pgseg, schedule_lr
+from vpltool.stages.train_text import GlobalBatches, lr_at, run_train_text, schedule_lr
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -149,7 +149,7 @@ def test_ranks_share_the_global_batch():
 
 # ------------------------------------------------------------------------------------------------ training
 def test_training_writes_model_checkpoint_record_and_log(world, tmp_path, family):
-    s = run_train_pgseg(world, tmp_path / "run", _cfg())
+    s = run_train_text(world, tmp_path / "run", _cfg())
     assert s.iterations == 8 and s.model == tmp_path / "run" / "pgseg.safetensors"
     cfg, weights = family.load_checkpoint(s.model)
     assert cfg.npr and set(weights) == set(family.PGSeg(cfg).state_dict())
@@ -164,20 +164,20 @@ def test_training_writes_model_checkpoint_record_and_log(world, tmp_path, family
 
 
 def test_no_npr_trains_groupvit_without_the_npr_term(world, tmp_path, family):
-    s = run_train_pgseg(world, tmp_path / "run", _cfg(npr=False, epochs=1))
+    s = run_train_text(world, tmp_path / "run", _cfg(npr=False, epochs=1))
     cfg, _ = family.load_checkpoint(s.model)
     assert not cfg.npr and "npr" not in io.read_log(tmp_path / "run" / "log.jsonl")[0]
 
 
 def test_refuses_to_clobber_and_resume_with_other_settings(world, tmp_path, family):
-    run_train_pgseg(world, tmp_path / "done", _cfg(epochs=1))
+    run_train_text(world, tmp_path / "done", _cfg(epochs=1))
     with pytest.raises(VplError, match="holds a trained model; pass --overwrite"):
-        run_train_pgseg(world, tmp_path / "done", _cfg(epochs=1))
-    run_train_pgseg(world, tmp_path / "run", _cfg(epochs=1), stop_after=2)
+        run_train_text(world, tmp_path / "done", _cfg(epochs=1))
+    run_train_text(world, tmp_path / "run", _cfg(epochs=1), stop_after=2)
     with pytest.raises(VplError, match="interrupted run"):
-        run_train_pgseg(world, tmp_path / "run", _cfg(epochs=1))
+        run_train_text(world, tmp_path / "run", _cfg(epochs=1))
     with pytest.raises(VplError, match="--lr 0.001 there, 0.002 here"):
-        run_train_pgseg(world, tmp_path / "run", _cfg(epochs=1, lr=2e-3), resume=True)
+        run_train_text(world, tmp_path / "run", _cfg(epochs=1, lr=2e-3), resume=True)
 
 
 def _script(body: str) -> list[str]:
@@ -201,11 +201,11 @@ def one_thread():
 
 
 def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, family, one_thread):
-    whole = run_train_pgseg(world, tmp_path / "whole", _cfg()).model
+    whole = run_train_text(world, tmp_path / "whole", _cfg()).model
     run = tmp_path / "killed"
     # a run slowed down after each iteration, killed with -9 once its second checkpoint (iteration 4) is on disk
-    body = ("import time; from vpltool.config.pgseg import pgseg_recipe; from vpltool.stages.train_pgseg import "
-            f"run_train_pgseg; run_train_pgseg({str(world)!r}, {str(run)!r}, pgseg_recipe('cpu', **{SMALL!r}), "
+    body = ("import time; from vpltool.config.pgseg import pgseg_recipe; from vpltool.stages.train_text import "
+            f"run_train_text; run_train_text({str(world)!r}, {str(run)!r}, pgseg_recipe('cpu', **{SMALL!r}), "
             "on_iter=lambda i, r: time.sleep(0.5))")
     proc = subprocess.Popen(_script(body), env=_env())
     ckpt = run / "checkpoints" / "last.safetensors"
@@ -219,7 +219,7 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, fami
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "pgseg.safetensors").exists()
-    s = run_train_pgseg(world, run, _cfg(), resume=True)
+    s = run_train_text(world, run, _cfg(), resume=True)
     assert 4 <= s.start < 8 and s.iterations == 8
     a, b = _weights(whole), _weights(s.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -240,8 +240,8 @@ DDP_ATOL = 1e-6
 def test_torchrun_two_ranks_give_one_process_weights(world, tmp_path, family):
     cfg = dict(SMALL, batch_size=2)
     body = ("import pgseg_stand_in as f; f.NOISE = False; from vpltool.config.pgseg import "
-            "pgseg_recipe; from vpltool.config import RuntimeConfig; from vpltool.stages.train_pgseg import "
-            f"run_train_pgseg; run_train_pgseg({str(world)!r}, {str(tmp_path / 'ddp')!r}, pgseg_recipe('cpu', "
+            "pgseg_recipe; from vpltool.config import RuntimeConfig; from vpltool.stages.train_text import "
+            f"run_train_text; run_train_text({str(world)!r}, {str(tmp_path / 'ddp')!r}, pgseg_recipe('cpu', "
             f"**{cfg!r}), RuntimeConfig(device='cpu', workers=1))")
     script = tmp_path / "ddp.py"
     script.write_text(_script(body)[2].replace("; ", "\n"))
@@ -253,7 +253,7 @@ def test_torchrun_two_ranks_give_one_process_weights(world, tmp_path, family):
     monkey = pytest.MonkeyPatch()
     monkey.setattr(pgseg_stand_in, "NOISE", False)
     try:
-        one = run_train_pgseg(world, tmp_path / "one", _cfg(batch_size=4)).model
+        one = run_train_text(world, tmp_path / "one", _cfg(batch_size=4)).model
     finally:
         monkey.undo()
     a, b = _weights(one), _weights(tmp_path / "ddp" / "pgseg.safetensors")
@@ -278,6 +278,40 @@ def test_cli_trains_and_refuses_bad_pairs_in_one_line(world, tmp_path, family):
     bad = runner.invoke(app, ["train-pgseg", str(tmp_path / "sh"), "-o", str(tmp_path / "run2"), *args])
     assert bad.exit_code == 2 and "00000.tar:k0: empty caption" in bad.output
     assert not (tmp_path / "run2").exists()
+
+
+def test_train_text_family_pgseg_is_train_pgseg(world, tmp_path, family):
+    """`train-pgseg` is the alias of `train-text --family pgseg`: the same options give the same weights, files and
+    records (the stage a run folder records stays train-pgseg, so runs of either resume with the other)."""
+    from vpltool.cli import app
+
+    runner = CliRunner()
+    args = ["--recipe", "cpu", "--batch-size", "4", "--epochs", "1", "--crop-size", "32", "--device", "cpu",
+            "--workers", "1"]
+    old = runner.invoke(app, ["train-pgseg", str(world), "-o", str(tmp_path / "old"), "--no-npr", *args])
+    new = runner.invoke(app, ["train-text", str(world), "-o", str(tmp_path / "new"), "--family", "pgseg",
+                              "--set", "npr=false", *args])
+    assert old.exit_code == 0 and new.exit_code == 0, (old.output, new.output)
+    a, b = _weights(tmp_path / "old" / "pgseg.safetensors"), _weights(tmp_path / "new" / "pgseg.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    records = [io.read_record(io.stage_record_path(tmp_path / d)) for d in ("old", "new")]
+    assert records[0]["stage"] == records[1]["stage"] == "train-pgseg"
+    assert records[0]["params"] == records[1]["params"] and records[0]["params"]["npr"] is False
+
+
+def test_a_run_folder_of_before_train_text_resumes(world, tmp_path, family, one_thread):
+    """A run folder written by `train-pgseg` before the trainer served every family (tests/assets/old_runs: its
+    checkpoint at iteration 2, kind pgseg-checkpoint, its record's stage train-pgseg) resumes, and ends with the
+    weights of a run of today's code that went through."""
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(TESTS / "assets" / "old_runs" / "train_pgseg_stand_in", run)
+    s = run_train_text(world, run, _cfg(), resume=True)
+    assert s.start == 2 and s.iterations == 8 and s.model == run / "pgseg.safetensors"
+    whole = run_train_text(world, tmp_path / "whole", _cfg()).model
+    a, b = _weights(whole), _weights(s.model)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------------------------ the real family
@@ -334,9 +368,9 @@ def test_real_family_resume_is_bit_exact(world, tmp_path):
     from vpltool.models import pgseg
 
     cfg = _cfg(npr=False, epochs=1, checkpoint_every=2)
-    whole = run_train_pgseg(world, tmp_path / "whole", cfg).model
-    run_train_pgseg(world, tmp_path / "cut", cfg, stop_after=2)
-    s = run_train_pgseg(world, tmp_path / "cut", cfg, resume=True)
+    whole = run_train_text(world, tmp_path / "whole", cfg).model
+    run_train_text(world, tmp_path / "cut", cfg, stop_after=2)
+    s = run_train_text(world, tmp_path / "cut", cfg, resume=True)
     assert s.start == 2 and s.iterations == 4
     a, b = pgseg.load_checkpoint(whole)[1], pgseg.load_checkpoint(s.model)[1]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -348,14 +382,14 @@ def test_init_at_another_crop_is_one_line(world, tmp_path):
 
     init = pgseg.save_checkpoint(tmp_path / "init.safetensors", pgseg.build_model(pgseg.tiny_config(img_size=48)))
     with pytest.raises(VplError, match="trains at 48 px .* pass --crop-size 48"):
-        run_train_pgseg(world, tmp_path / "run", _cfg(npr=False), init=init)
+        run_train_text(world, tmp_path / "run", _cfg(npr=False), init=init)
     assert not (tmp_path / "run").exists()
 
 
 def test_an_empty_t_npr_selection_is_not_a_divergence():
     """T-NPR's closs is NaN when HRS keeps no row (the reference's mean over none) and gives no gradient: the run
     goes on; a non-finite gradient norm or contrastive loss stops it."""
-    from vpltool.stages.train_pgseg import diverged
+    from vpltool.stages.train_text import diverged
 
     nan = float("nan")
     assert not diverged({"loss": nan, "contrastive": 2.0, "npr_text": nan}, 5.0)
@@ -376,7 +410,7 @@ def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, tmp_path):
     def launch(name: str, extra: str) -> None:
         body = ("import faulthandler; faulthandler.enable(all_threads=True); from vpltool.config.pgseg import "
                 "pgseg_recipe; from vpltool.config import RuntimeConfig; from "
-                f"vpltool.stages.train_pgseg import run_train_pgseg; run_train_pgseg({str(world)!r}, "
+                f"vpltool.stages.train_text import run_train_text; run_train_text({str(world)!r}, "
                 f"{str(tmp_path / name)!r}, pgseg_recipe('cpu', **{cfg!r}), RuntimeConfig(device='cpu', "
                 f"workers=1){extra})")
         script = tmp_path / f"{name}{len(extra)}.py"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from vpltool.stages.train_pgseg import shown_losses
+from vpltool.stages.train_text import shown_losses
 
 
 def test_a_nan_t_npr_term_is_left_out_of_the_logged_losses():

@@ -1,7 +1,8 @@
 """The `vpltool` command line: a thin typer layer over the library, one function per command, assembled here.
 
 Each command is a plain function in the module of its stage (:mod:`.pipeline`, :mod:`.cam`, :mod:`.segment`,
-:mod:`.training`, :mod:`.report`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.pgseg`); what they share is split by job:
+:mod:`.training`, :mod:`.report`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.train_text`, :mod:`.pgseg`); what they
+share is split by job:
 :mod:`.options` (option types and blocks, with the dense methods' in :mod:`.dense_options`), :mod:`.errors` (one-line
 errors, signals, ranks) and :mod:`.output` (lines, progress, ``--log``). Heavy imports happen inside the commands, so
 ``vpltool --help`` stays fast.
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import os
 
-from . import benchmark, cam, demo, pgseg, pipeline, report, segment, training
+from . import benchmark, cam, demo, pgseg, pipeline, report, segment, train_text, training
 from .errors import friendly_errors
 from .options import option_blocks
 from .root import app, help_cmd
 
 DEMO = "Demo world"
 # name, function, help panel; `vpltool --help` lists them in this order: the stages in pipeline order, then the demo
-# world's, then the benchmarks and PGSeg's trainer
+# world's, then the benchmarks and the text-supervised families' trainer (and PGSeg's alias of it)
 COMMANDS = (
     ("extract", pipeline.extract_cmd, None),
     ("text-prototypes", pipeline.text_prototypes_cmd, None),
@@ -39,6 +40,7 @@ COMMANDS = (
     ("choose-pseudo", demo.choose_pseudo_cmd, DEMO),
     ("demo-report", demo.demo_report_cmd, DEMO),
     ("benchmark", benchmark.benchmark_cmd, None),
+    ("train-text", train_text.train_text_cmd, None),
     ("train-pgseg", pgseg.train_pgseg_cmd, None),
 )
 for _name, _command, _panel in COMMANDS:

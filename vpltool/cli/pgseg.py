@@ -1,4 +1,5 @@
-"""`vpltool train-pgseg`: PGSeg / GroupViT from image–text pairs (vpltool.stages.train_pgseg)."""
+"""`vpltool train-pgseg`: PGSeg / GroupViT from image–text pairs, the alias of `train-text --family pgseg` with
+PGSeg's settings spelled as options (vpltool.stages.train_text)."""
 
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def train_pgseg_cmd(
       vpltool train-pgseg world --recipe cpu -o runs/pgseg
     """
     from ..config.pgseg import pgseg_recipe
-    from ..stages.train_pgseg import run_train_pgseg
+    from ..stages.train_text import run_train_text
 
     cfg = pgseg_recipe(recipe, npr=npr, preset=preset, batch_size=batch_size, epochs=epochs,
                        warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr,
@@ -173,7 +174,7 @@ def train_pgseg_cmd(
                        center_residual=center_residual, assign_metric=assign_metric, assign_init=assign_init,
                        groups=None if groups is None else parse_ints(groups, "--groups", "16,8"))
     with progress("train-pgseg", unit="iterations") as (on_start, on_item):
-        s = run_train_pgseg(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
+        s = run_train_text(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
                             init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,
                             on_iter=lambda i, rec: on_item(1))
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"

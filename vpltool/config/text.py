@@ -148,24 +148,26 @@ class TextTrainConfig:
         return tuple(f.name for f in fields(cls) if f.name not in loop)
 
 
-def parse_settings(cls: type[TextTrainConfig], given: list[str] | None) -> dict[str, Any]:
-    """``--set KEY=VALUE`` entries -> ``{field: value}`` of ``cls``'s own fields, each value read as its field's
-    type (bool: true/false/1/0/yes/no; tuple: comma-separated); an unknown key or a bad value is one line naming
+def parse_settings(cls: type[TextTrainConfig], given: list[str] | None,
+                   options: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``--set KEY=VALUE`` entries -> ``{field: value}`` of ``cls``'s fields, each value read as its field's type
+    (bool: true/false/1/0/yes/no; tuple: comma-separated); ``options``: the fields the command spells as options
+    (``--lr``), refused here so that one value has one spelling. An unknown key or a bad value is one line naming
     the family's keys."""
     import typing
 
     hints = typing.get_type_hints(cls)
-    own = cls.family_fields()
+    keys = [f.name for f in fields(cls) if f.name not in ("recipe", "family", *options)]
     out: dict[str, Any] = {}
     for entry in given or []:
         key, sep, text = entry.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
-            raise VplError(f"--set {entry}: give KEY=VALUE, e.g. --set {own[0] if own else 'key'}=...")
-        if key not in own:
-            listed = ", ".join(own) if own else "none"
-            raise VplError(f"--set {key}: not a setting of this family; its settings: {listed} (the loop's, such as "
-                           "--lr, are options)")
+            raise VplError(f"--set {entry}: give KEY=VALUE, e.g. --set {keys[-1]}=...")
+        if key in options:
+            raise VplError(f"--set {key}: it is an option; pass --{key.replace('_', '-')} {text.strip()}")
+        if key not in keys:
+            raise VplError(f"--set {key}: not a setting of this family; its settings: {', '.join(keys)}")
         out[key] = _read(hints[key], text.strip(), f"--set {key}")
     return out
 

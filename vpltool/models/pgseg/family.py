@@ -134,6 +134,9 @@ class PGSegFamily:
         if init is not None and init.img_size != cfg.crop_size:
             raise VplError(f"--init: its model trains at {init.img_size} px (its position table), not "
                            f"--crop-size {cfg.crop_size}; pass --crop-size {init.img_size}")
+        if init is not None and init.npr and not cfg.npr:  # the file's architecture, NPR included
+            raise VplError("--init: a PGSeg checkpoint (it holds NPR modules), which a model trained with --no-npr "
+                           "lacks; pass --npr to fine-tune it as PGSeg, or a GroupViT checkpoint for --no-npr")
         base = init.to_dict() if init is not None else {**PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
         if cfg.groups:
             base = {**base, **_groups(base, cfg.groups, init is not None)}

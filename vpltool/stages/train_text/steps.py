@@ -1,6 +1,7 @@
-"""train-pgseg's iteration: the reference's learning-rate schedule, the step (forward through DDP, backward, clipping,
-AdamW), the cross-rank gather of the contrastive loss, the iteration's seed and the losses' read
-(Ferenas/PGSeg 9f167cd, main_pg_seg.py ``train_one_epoch``; :mod:`vpltool.stages.train_pgseg` runs them)."""
+"""The shared trainer's iteration (`train-text`, `train-pgseg`): the reference's learning-rate schedule, the step
+(forward through DDP, backward, clipping, AdamW), the cross-rank gather of the contrastive loss, the iteration's seed
+and the losses' read (Ferenas/PGSeg 9f167cd, main_pg_seg.py ``train_one_epoch``; :mod:`vpltool.stages.train_text`
+runs them)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ...config.pgseg import PGSegTrainConfig
+from ...config.text import TextTrainConfig
 
 
 # ------------------------------------------------------------------------------------------------ schedule
-def schedule_lr(cfg: PGSegTrainConfig, t: int, steps_per_epoch: int) -> float:
+def schedule_lr(cfg: TextTrainConfig, t: int, steps_per_epoch: int) -> float:
     """timm ``CosineLRScheduler(t_initial=epochs*steps, warmup_t=warmup_epochs*steps, lr_min, warmup_lr_init,
     cycle_limit=1, t_in_epochs=False)`` at update ``t``: linear warm-up from ``warmup_lr``, then the cosine from
     ``lr`` to ``min_lr`` over the whole run (the warm-up counted in it, ``warmup_prefix`` False)."""
@@ -30,7 +31,7 @@ def schedule_lr(cfg: PGSegTrainConfig, t: int, steps_per_epoch: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total))
 
 
-def lr_at(cfg: PGSegTrainConfig, it: int, steps_per_epoch: int) -> float:
+def lr_at(cfg: TextTrainConfig, it: int, steps_per_epoch: int) -> float:
     """The rate of iteration ``it`` (0-based): the schedule is updated after each step, so step ``it`` runs at
     its value for ``it - 1`` (step 0 at the warm-up's start, set when the scheduler is built)."""
     return schedule_lr(cfg, max(it - 1, 0), steps_per_epoch)
@@ -39,14 +40,19 @@ def lr_at(cfg: PGSegTrainConfig, it: int, steps_per_epoch: int) -> float:
 # ------------------------------------------------------------------------------------------------ model pieces
 class TrainStep(torch.nn.Module):
     """``forward(images, tokens) -> losses``: the family's ``forward_train`` as a module's forward, so that DDP's
-    forward hooks (unused parameters, gradient sync) run as around the reference's ``model(**samples)``."""
+    forward hooks (unused parameters, gradient sync) run as around the reference's ``model(**samples)``.
+    ``forward_train``: the family's hook (:meth:`TextSegFamily.forward_train`); None: the model's own
+    ``forward_train`` method (PGSeg's, which the hook calls)."""
 
-    def __init__(self, model: torch.nn.Module, gather: Callable[[Tensor], Tensor] | None):
+    def __init__(self, model: torch.nn.Module, gather: Callable[[Tensor], Tensor] | None,
+                 forward_train: Callable[..., dict[str, Tensor]] | None = None):
         super().__init__()
-        self.model, self.gather = model, gather
+        self.model, self.gather, self.forward_train = model, gather, forward_train
 
     def forward(self, images: Tensor, tokens: Tensor, keys: Tensor | None = None) -> dict[str, Tensor]:
-        return self.model.forward_train(images, tokens, gather=self.gather, keys=keys)
+        if self.forward_train is None:
+            return self.model.forward_train(images, tokens, gather=self.gather, keys=keys)
+        return self.forward_train(self.model, images, tokens, gather=self.gather, keys=keys)
 
 
 def gather_ranks(x: Tensor) -> Tensor:
@@ -60,7 +66,7 @@ def gather_ranks(x: Tensor) -> Tensor:
     return out.wait() if isinstance(out, fc.AsyncCollectiveTensor) else out  # a plain tensor, gathered now
 
 
-def make_optimizer(model: torch.nn.Module, cfg: PGSegTrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TextTrainConfig) -> torch.optim.AdamW:
     """AdamW over two groups as utils/optimizer.py ``set_weight_decay``: weight decay on the matrices, none on
     biases and 1-d parameters (norms, scales). PyTorch's multi-tensor (``foreach``) AdamW: a few kernels over
     all parameters instead of a dozen small ones per parameter, bit for bit the reference's per-parameter loop
@@ -119,8 +125,8 @@ def shown_losses(got: dict[str, float], model_cfg) -> tuple[dict[str, float], bo
 
 
 @dataclass
-class PGSegSummary:
-    """What a train-pgseg run did: ``first_loss`` / ``loss`` the first and last logged losses (their finite terms,
+class TextTrainSummary:
+    """What a training run did (train-text, train-pgseg): ``first_loss`` / ``loss`` the first and last logged losses (their finite terms,
     :func:`shown_losses`); ``empty_text_npr`` the logged iterations whose T-NPR term had no rows."""
 
     iterations: int
@@ -150,4 +156,4 @@ def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
 
 
 __all__ = ["schedule_lr", "lr_at", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "diverged",
-           "shown_losses", "PGSegSummary"]
+           "shown_losses", "TextTrainSummary"]

@@ -1,14 +1,19 @@
-"""`vpltool train-pgseg`: PGSeg (or, with ``npr=False``, plain GroupViT) trained from image–text pairs alone.
+"""`vpltool train-text --family NAME` (PGSeg's alias `train-pgseg`): a text-supervised family trained from
+image–text pairs alone, by one loop for every family.
 
-The reference's loop (Ferenas/PGSeg 9f167cd, main_pg_seg.py ``train_one_epoch``), per iteration: a batch of pairs
-(RandomResizedCrop + horizontal flip, ImageNet normalisation: ``deit_aug: false`` in default_pgseg.yml, so its
-RandAugment / colour jitter / random erasing keys are not applied), ``loss = model(image, text)`` (the image–text
-contrastive loss over every rank's batch, plus NPR's terms), backward, gradient norm clipped to ``clip_grad``,
-AdamW, then the cosine schedule's ``step_update(epoch * steps + idx)``: the rate of step ``i`` is the schedule's
-value at ``i - 1`` (its warm-up start at step 0), as timm's ``CosineLRScheduler`` (``t_in_epochs=False``) gives it.
+The loop is PGSeg's reference's (Ferenas/PGSeg 9f167cd, main_pg_seg.py ``train_one_epoch``), per iteration: a batch
+of pairs (RandomResizedCrop + horizontal flip, ImageNet normalisation: ``deit_aug: false`` in default_pgseg.yml, so
+its RandAugment / colour jitter / random erasing keys are not applied), the family's ``forward_train`` (PGSeg: the
+image–text contrastive loss over every rank's batch, plus NPR's terms), backward, gradient norm clipped to
+``clip_grad``, AdamW over the parameters that train, then the cosine schedule's ``step_update(epoch * steps +
+idx)``: the rate of step ``i`` is the schedule's value at ``i - 1`` (its warm-up start at step 0), as timm's
+``CosineLRScheduler`` (``t_in_epochs=False``) gives it.
 
-* The model comes from the ``pgseg`` family (:mod:`vpltool.models.pgseg`, through :func:`_family`): its config
-  preset, tokenizer, ``forward_train(images, tokens, gather)`` and checkpoint files.
+* The model comes from the config's family (``cfg.family``, through :func:`_family`: the registry's
+  :class:`~vpltool.models.text_family.TextSegFamily`): its model config (``model_config``), tokenizer,
+  ``build_model``, ``forward_train(model, images, tokens, gather, keys)`` and checkpoint files; the config's
+  class names the files (``FINAL``, ``CHECKPOINT_KIND``) and the stage its folders record (``STAGE``: PGSeg's
+  ``train-pgseg``, so that every run of then resumes).
 * Determinism: an epoch's order is a seeded permutation (:func:`vpltool.data.pairs.epoch_order`) cut into global
   batches and each global batch into the ranks' shares, a sample's augmentation is seeded by (seed, epoch, index)
   and the torch RNG (gumbel noise, drop path) by (seed, iteration, rank): a resumed run repeats the uninterrupted
@@ -18,9 +23,9 @@ value at ``i - 1`` (its warm-up start at step 0), as timm's ``CosineLRScheduler`
   reference's ``dist_collect``); rank 0 alone writes the log, checkpoints and the final model.
 
 Modules: :mod:`.steps` (the schedule, the iteration, the cross-rank gather); this one holds the data path and runs
-the stage. Outputs in ``out_dir``: ``pgseg.safetensors`` (the family's file, what ``segment --pgseg`` takes),
-``_stage.json`` (the run's record), ``checkpoints/last.safetensors`` (model + AdamW, kind ``pgseg-checkpoint``),
-``log.jsonl``.
+the stage. Outputs in ``out_dir``: the family's final file (``cfg.FINAL``: PGSeg's ``pgseg.safetensors``, what
+``segment --model pgseg:FILE`` takes), ``_stage.json`` (the run's record), ``checkpoints/last.safetensors`` (model
++ AdamW, kind ``cfg.CHECKPOINT_KIND``: PGSeg's ``pgseg-checkpoint``), ``log.jsonl``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from torch import Tensor
 
 from ... import io
 from ...config import RuntimeConfig, to_params
-from ...config.pgseg import PGSegTrainConfig
+from ...config.text import TextTrainConfig
 from ...data.nouns import noun_prompts, noun_source
 from ...data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
 from ...device import seed_everything
@@ -49,7 +54,7 @@ from ...presets import IMAGENET_TEMPLATES
 from ...runtime.batches import die_with_parent
 from ...runtime.ranks import check_resumable, prepare_run_folder, process_group
 from .steps import (
-    PGSegSummary,
+    TextTrainSummary,
     TrainStep,
     _iteration_seed,
     _mean_losses,
@@ -62,15 +67,18 @@ from .steps import (
     train_step,
 )
 
-STAGE = "train-pgseg"
-FINAL = "pgseg.safetensors"
 CHECKPOINT = "checkpoints/last.safetensors"
-CHECKPOINT_KIND = "pgseg-checkpoint"
 LOG = "log.jsonl"
-# every file the run writes in --out, which --overwrite deletes first: each is declared to the output guard, so that
-# no input of the run (--init, --nouns) may be one of them (io.check_outputs)
-WRITES = {"--out model": (FINAL, "written"), "--out checkpoint": (CHECKPOINT, "file", CHECKPOINT_KIND),
-          "--out log": (LOG, "written")}
+
+
+def writes(cfg: TextTrainConfig) -> dict[str, tuple[str, ...]]:
+    """Every file the run writes in --out, which --overwrite deletes first: each is declared to the output guard,
+    so that no input of the run (--init, --nouns) may be one of them (io.check_outputs). The names are the family
+    config's (PGSeg's have not changed since train-pgseg)."""
+    return {"--out model": (cfg.FINAL, "written"), "--out checkpoint": (CHECKPOINT, "file", cfg.CHECKPOINT_KIND),
+            "--out log": (LOG, "written")}
+
+
 # what the inputs of a run are called on the command line (messages)
 INPUT_OPTIONS = {"pairs": "PAIRS", "init": "--init", "nouns": "--nouns"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm IMAGENET_DEFAULT_MEAN / STD, the reference's Normalize
@@ -80,30 +88,34 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
 
 
 def _family(name: str):
-    """Model family ``name``'s module (the recipe's ``family``: what the trainer builds, trains and saves), through
+    """Text-supervised family ``name`` (the config's ``family``: what the trainer builds, trains and saves), through
     the registry (tests put a small stand-in here)."""
-    from ...models.registry import family_module
+    from ...models.text_family import text_family
 
-    return family_module(name)
+    return text_family(name)
 
 
 # ------------------------------------------------------------------------------------------------ data
 class PairViews(torch.utils.data.Dataset):
     """Keys ``(index, epoch)`` -> ``(image [3, S, S] float32 normalised, tokens [L] int64)``; runs in the
     DataLoader's workers. The crop is torchvision's, drawn from a torch RNG seeded by (seed, epoch, index).
-    With ``cfg.multi_label = K > 0`` and ``nouns`` (caption -> its nouns): tokens ``[1 + K, L]``, the caption
-    and ``K`` noun prompts (:func:`vpltool.data.nouns.noun_prompts`) drawn from a numpy RNG seeded by (seed,
-    epoch, index, 1). With ``cfg.same_caption`` "nouns", a third item: the caption's key ``[L]`` int64, its
-    nouns sorted and tokenised (captions naming the same nouns are then the same caption to the contrastive loss's
-    ``--multi-positive``: the toy CLIP's caption key)."""
+    With ``K > 0`` noun prompts (``cfg.noun_prompts()``: PGSeg's ``multi_label``) and ``nouns`` (caption -> its
+    nouns): tokens ``[1 + K, L]``, the caption and ``K`` noun prompts (:func:`vpltool.data.nouns.noun_prompts`)
+    drawn from a numpy RNG seeded by (seed, epoch, index, 1). When the config keys captions by their nouns (PGSeg's
+    ``same_caption`` "nouns"), a third item: the caption's key ``[L]`` int64, its nouns sorted and tokenised
+    (captions naming the same nouns are then the same caption to the contrastive loss's ``--multi-positive``: the
+    toy CLIP's caption key)."""
 
-    def __init__(self, pairs: PairSet, tokenize: Callable, cfg: PGSegTrainConfig,
+    def __init__(self, pairs: PairSet, tokenize: Callable, cfg: TextTrainConfig,
                  nouns: Callable[[str], list[str]] | None = None):
         from torchvision import transforms
 
         self.pairs, self.tokenize, self.seed = pairs.pairs, tokenize, cfg.seed
-        self.multi_label, self.nouns, self.keyed = cfg.multi_label, nouns, cfg.same_caption == "nouns"
-        self.templates = IMAGENET_TEMPLATES if cfg.noun_templates == "full" else _family(cfg.family).TEMPLATES["simple"]
+        self.multi_label, templates, self.keyed = cfg.noun_prompts()
+        self.nouns = nouns
+        # "full": CLIP's 80 ImageNet templates (GroupViT's noun prompts); else the family's segmentation template
+        self.templates = IMAGENET_TEMPLATES if templates == "full" else \
+            _family(cfg.family).TEMPLATES[cfg.ZERO_SHOT.templates]
         self.transform = transforms.Compose([
             transforms.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0)),
             *([transforms.RandomHorizontalFlip()] if cfg.hflip else []),
@@ -164,56 +176,6 @@ def loader(views: PairViews, plan: GlobalBatches, workers: int, pin: bool = Fals
                                        pin_memory=pin, worker_init_fn=functools.partial(die_with_parent, os.getpid()))
 
 
-def _model_config(fam, cfg: PGSegTrainConfig, init_config: Any | None):
-    """The family's config: the ``--init`` file's architecture, else ``cfg.preset`` at ``cfg.crop_size`` (its
-    position table's side); NPR as ``cfg.npr``."""
-    if init_config is not None and init_config.img_size != cfg.crop_size:
-        raise VplError(f"--init: its model trains at {init_config.img_size} px (its position table), not "
-                       f"--crop-size {cfg.crop_size}; pass --crop-size {init_config.img_size}")
-    if init_config is not None and init_config.npr and not cfg.npr:  # the file's architecture, NPR included
-        raise VplError("--init: a PGSeg checkpoint (it holds NPR modules), which a model trained with --no-npr "
-                       "lacks; pass --npr to fine-tune it as PGSeg, or a GroupViT checkpoint for --no-npr")
-    base = init_config.to_dict() if init_config is not None else \
-        {**fam.PRESETS[cfg.preset]().to_dict(), "img_size": cfg.crop_size}
-    if cfg.groups:
-        base = {**base, **_groups(base, cfg.groups, init_config is not None)}
-    groups = list(base.get("num_output_groups") or [0])[-1]
-    if cfg.multi_label_pool == "match" and cfg.multi_label > groups:
-        raise VplError(f"--multi-label-pool match: each of the {cfg.multi_label} noun prompts takes its own final "
-                       f"group and the model has {groups}; pass --multi-label {groups} or fewer")
-    out = fam.PGSegConfig.from_dict({**base, "npr": cfg.npr, "multi_label": cfg.multi_label,
-                                     "multi_label_weight": cfg.multi_label_weight,
-                                     "multi_positive": cfg.multi_positive, "multi_label_pool": cfg.multi_label_pool,
-                                     "contrast_temperature": cfg.temperature,
-                                     "hard_assignment": cfg.hard_assignment,
-                                     "assign_iters": cfg.assign_iters, "center_residual": cfg.center_residual,
-                                     "assign_metric": cfg.assign_metric, "assign_init": cfg.assign_init,
-                                     # an init's weights are trained: its own init gains stay as recorded
-                                     **({} if init_config is not None else
-                                        {"assign_qk_init": cfg.assign_qk_init, "qk_init": cfg.qk_init,
-                                         "attention_window": cfg.attention_window})})
-    patch = getattr(out, "patch_size", 1)
-    if cfg.crop_size < patch:  # no patch token at all: a traceback in the first forward
-        raise VplError(f"--crop-size {cfg.crop_size}: smaller than the model's patch ({patch} px), so a crop holds "
-                       f"no patch; pass --crop-size {patch} or more")
-    return out
-
-
-def _groups(base: dict[str, Any], groups: tuple[int, ...], from_init: bool) -> dict[str, Any]:
-    """``--groups``: each grouping stage's group tokens and output groups (GroupViT's ``num_group_tokens`` /
-    ``num_output_groups``; the last stage, which groups nothing, keeps its 0 tokens)."""
-    now = tuple(base.get("num_output_groups") or ())
-    given = ",".join(map(str, groups))
-    if from_init and now != groups:
-        raise VplError(f"--groups {given}: the --init checkpoint's model has {','.join(map(str, now))} groups and "
-                       f"its weights need them; drop --groups or pass --groups {','.join(map(str, now))}")
-    if len(groups) != len(now):
-        raise VplError(f"--groups {given}: the model has {len(now)} grouping stage(s), so give {len(now)} counts "
-                       f"(its own: {','.join(map(str, now))})")
-    tokens = list(base.get("num_group_tokens") or ())
-    return {"num_output_groups": list(groups), "num_group_tokens": [*groups, *tokens[len(groups):]]}
-
-
 def _data_parallel(step: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``step`` in DistributedDataParallel as the reference wraps it: buffers not synced at each forward (its
     ``broadcast_buffers=False``), ``find_unused_parameters=True``. torch 2.14 renamed the first
@@ -231,29 +193,27 @@ def _data_parallel(step: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
     """``(tokenize(texts) -> [N, L] int64, length(text) -> its tokens with start and end before any cut,
     context L)`` of the family's tokenizer for ``model_cfg``."""
-    tokenize = fam.tokenizer(model_cfg)
-    if model_cfg.tokenizer == "clip":
-        from open_clip.tokenizer import SimpleTokenizer
-
-        bpe = SimpleTokenizer()
-        return tokenize, lambda text: len(bpe.encode(text)) + 2, model_cfg.context_length
-
-    def length(text: str) -> int:
-        tokenize([text])  # a word the vocabulary lacks is named here (the toy's word tokenizer warns once)
-        return len(tokenize.split(text)) + 2
-
-    return tokenize, length, model_cfg.context_length
+    length, context = fam.caption_length(model_cfg)
+    return fam.tokenizer(model_cfg), length, context
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def _prepare_out(out_dir: Path, resume: bool, overwrite: bool, rank: int, world: int) -> Path | None:
+def _prepare_out(out_dir: Path, cfg: TextTrainConfig, resume: bool, overwrite: bool, rank: int,
+                 world: int) -> Path | None:
     """:func:`vpltool.runtime.ranks.prepare_run_folder` for this stage's files."""
-    ckpt, final = out_dir / CHECKPOINT, out_dir / FINAL
+    ckpt, final = out_dir / CHECKPOINT, out_dir / cfg.FINAL
     return prepare_run_folder(out_dir, ckpt, [
         (final, "holds a trained model; pass --overwrite or choose another --out"),  # (it keeps its last checkpoint)
         (ckpt, "holds an interrupted run; pass --resume to continue or --overwrite"),
-    ], [*(out_dir / name for name, *_ in WRITES.values()), io.stage_record_path(out_dir)], resume=resume,
+    ], [*(out_dir / name for name, *_ in writes(cfg).values()), io.stage_record_path(out_dir)], resume=resume,
         overwrite=overwrite, rank=rank, world=world)
+
+
+def _files(family: str) -> str:
+    """What a checkpoint of ``family`` is, for messages (its registry row's words)."""
+    from ...models.registry import TEXT_FAMILIES
+
+    return TEXT_FAMILIES[family].files
 
 
 def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> None:
@@ -263,27 +223,28 @@ def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> 
     foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
     if foreign:
         raise VplError(f"--init {where}: {len(foreign)} tensors do not fit this model (first {foreign[0]!r}); the "
-                       "model is the file's architecture with --npr / --no-npr and --groups as given: pass those "
-                       "the file was trained with, or a checkpoint of the architecture you want")
+                       "model is the file's architecture with the settings given (PGSeg: --npr / --no-npr and "
+                       "--groups): pass those the file was trained with, or a checkpoint of the architecture you want")
     model.load_state_dict(state, strict=False)
 
 
-def _check_resumable(f: io.TensorFile, params: dict[str, Any], inputs: dict[str, Any], world: int) -> None:
+def _check_resumable(f: io.TensorFile, cfg: TextTrainConfig, params: dict[str, Any], inputs: dict[str, Any],
+                     world: int) -> None:
     """Refuse a checkpoint of other settings, inputs (by content: :func:`vpltool.io.changed_inputs` names each) or
     world size (the schedule's steps per epoch and the global batch follow from it), naming every difference at
     once; before anything is written (a refused resume leaves the folder as it was)."""
     old = f.meta("train_config")
     # a setting added after the checkpoint was written reads as its default there (the run used the default)
-    old = {**io.jsonable(asdict(PGSegTrainConfig())), **old}
+    old = {**io.jsonable(asdict(type(cfg)())), **old}
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
             if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
     check_resumable(f, said, inputs, INPUT_OPTIONS, world, params["batch_size"])
 
 
-def run_train_pgseg(
+def run_train_text(
     pairs_path: str | Path,
     out_dir: str | Path,
-    cfg: PGSegTrainConfig = PGSegTrainConfig(),
+    cfg: TextTrainConfig,
     runtime: RuntimeConfig = RuntimeConfig(),
     *,
     split: str | None = None,
@@ -294,18 +255,20 @@ def run_train_pgseg(
     on_start: Callable[[int, int], None] | None = None,
     on_iter: Callable[[int, dict[str, Any]], None] | None = None,
     stop_after: int | None = None,
-) -> PGSegSummary:
-    """Train on the pairs of ``pairs_path`` (:func:`vpltool.data.pairs.open_pairs`: ``split`` of a folder with
-    listings, None = ``train`` there; refused where there are none; recorded in ``inputs.pairs``); write
-    ``out_dir/pgseg.safetensors``.
+) -> TextTrainSummary:
+    """Train family ``cfg.family`` on the pairs of ``pairs_path`` (:func:`vpltool.data.pairs.open_pairs`:
+    ``split`` of a folder with listings, None = ``train`` there; refused where there are none; recorded in
+    ``inputs.pairs``); write ``out_dir/<cfg.FINAL>`` (PGSeg's ``pgseg.safetensors``).
 
     Args:
-        cfg: see :class:`PGSegTrainConfig`; ``cfg.batch_size`` is per process. ``runtime.workers``: DataLoader
-            processes (1 = in this process).
-        init: a GroupViT or PGSeg checkpoint (the family's key maps read the released ``.pth`` files and its own
-            safetensors) whose weights start the run; its architecture replaces ``cfg.preset``.
-        nouns: with ``cfg.multi_label > 0``, a noun vocabulary file (one noun a line): the caption's words in it
-            are its nouns; None: nltk's tagger when its data is installed (:mod:`vpltool.data.nouns`).
+        cfg: the family's configuration (a :class:`~vpltool.config.text.TextTrainConfig` subclass: PGSeg's
+            :class:`~vpltool.config.pgseg.PGSegTrainConfig`); ``cfg.batch_size`` is per process.
+            ``runtime.workers``: DataLoader processes (1 = in this process).
+        init: a checkpoint the family reads (PGSeg: a GroupViT or PGSeg release ``.pth`` or its own safetensors)
+            whose weights start the run; its architecture replaces the config's (PGSeg's ``preset``).
+        nouns: with noun prompts (``cfg.noun_prompts()``: PGSeg's ``multi_label > 0``), a noun vocabulary file
+            (one noun a line): the caption's words in it are its nouns; None: nltk's tagger when its data is
+            installed (:mod:`vpltool.data.nouns`).
         resume: continue from ``out_dir/checkpoints/last.safetensors`` (a fresh start when there is none).
         tensorboard: a folder for TensorBoard scalars (the ``tensorboard`` extra).
         on_start: rank 0, ``(total iterations, first iteration)`` when the iterations begin. on_iter: rank 0,
@@ -314,23 +277,28 @@ def run_train_pgseg(
     """
     out_dir = Path(out_dir)
     fam = _family(cfg.family)
+    if not isinstance(cfg, fam.TrainConfig):
+        raise VplError(f"train-text --family {cfg.family}: its settings are a {fam.TrainConfig.__name__}, not a "
+                       f"{type(cfg).__name__}; build them with {fam.TrainConfig.__name__}.recipe_config(...)")
+    stage = cfg.STAGE
+    multi_label = cfg.noun_prompts()[0]
     pairs = open_pairs(pairs_path, split)
-    io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
-                             **{option: (out_dir / name, *kind) for option, (name, *kind) in WRITES.items()},
+    io.check_outputs(stage, {"--out": (out_dir, "stage"),
+                             **{option: (out_dir / name, *kind) for option, (name, *kind) in writes(cfg).items()},
                              "--tensorboard": (tensorboard, "side")},
                      inputs={"PAIRS": pairs.root, "--init": init, "--nouns": nouns}, protected=[pairs.root])
     if tensorboard is not None:
         io.check_tensorboard()
-    if nouns is not None and cfg.multi_label == 0:
+    if nouns is not None and multi_label == 0:
         raise VplError(f"--nouns {nouns}: the nouns feed the multi-label loss; pass --multi-label K (K > 0) too, "
                        "or drop --nouns")
-    find_nouns, noun_rule = noun_source(nouns) if cfg.multi_label > 0 else (None, None)
+    find_nouns, noun_rule = noun_source(nouns) if multi_label > 0 else (None, None)
     init_config, init_state = (None, None)
     if init is not None:
         if not Path(init).is_file():
-            raise VplError(f"--init {init}: no such file; pass a GroupViT or PGSeg checkpoint (.pth or .safetensors)")
+            raise VplError(f"--init {init}: no such file; pass {_files(cfg.family)}")
         init_config, init_state = fam.load_checkpoint(init)
-    model_cfg = _model_config(fam, cfg, init_config)
+    model_cfg = fam.model_config(cfg, init_config)
     tokenize, length, context = _tokenizer(fam, model_cfg)
     check_pairs(pairs, length, context, truncate=cfg.truncate, workers=runtime.loader_workers("cpu"))
     if nouns is not None and find_nouns is not None and not any(find_nouns(p.caption) for p in pairs.pairs):
@@ -339,7 +307,7 @@ def run_train_pgseg(
                        "multi-label loss would have no noun to prompt; give a vocabulary of the captions' nouns")
     params = to_params(cfg)  # options without effect (--multi-label-weight without the loss) left out
     if init is not None:  # the --init file's architecture replaces --preset: its identity records it
-        params.pop("preset", None)
+        params.pop("preset", None)  # (a family without presets has none to drop)
     inputs = {"pairs": pairs.identity(), "init": None if init is None else io.file_identity(init)}
     if noun_rule is not None:  # (only then: the inputs of a run without the loss stay as they were)
         inputs["nouns"] = io.file_identity(nouns) if nouns is not None else noun_rule
@@ -348,27 +316,27 @@ def run_train_pgseg(
         total = cfg.epochs * per_epoch
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
-            ckpt = _prepare_out(out_dir, resume, runtime.overwrite, rank, world)
+            ckpt = _prepare_out(out_dir, cfg, resume, runtime.overwrite, rank, world)
             if ckpt is not None:  # checked before anything is written: a refused resume leaves no trace
-                _check_resumable(io.read_checkpoint(ckpt, kind=CHECKPOINT_KIND, header_only=True)[2], params,
-                                 inputs, world)
+                _check_resumable(io.read_checkpoint(ckpt, kind=cfg.CHECKPOINT_KIND, header_only=True)[2], cfg,
+                                 params, inputs, world)
             if rank == 0:  # the folder is this command's from now on (the output guard reads it), finished or not
-                io.write_json(out_dir / io.RUN_RECORD, {"stage": STAGE, "params": params, "inputs": inputs})
+                io.write_json(out_dir / io.RUN_RECORD, {"stage": stage, "params": params, "inputs": inputs})
             seed_everything(cfg.seed)
             model = fam.build_model(model_cfg, seed=cfg.seed)  # the same initial weights on every rank
             if init_state is not None:
                 _load_init(model, init_state, init)
             if world > 1 and device.type == "cuda":
-                model.convert_sync_batchnorm()  # the reference's projectors (SyncBatchNorm has no CPU kernels)
+                model = fam.for_ranks(model)  # PGSeg: its projectors' SyncBatchNorm (no CPU kernels)
             model = model.to(device)
             optimizer = make_optimizer(model, cfg)
             start = 0
             if ckpt is not None:
-                model_state, optim_state, f = io.read_checkpoint(ckpt, kind=CHECKPOINT_KIND)
+                model_state, optim_state, f = io.read_checkpoint(ckpt, kind=cfg.CHECKPOINT_KIND)
                 model.load_state_dict(model_state, strict=True)
                 optimizer.load_state_dict(optim_state)
                 start = int(f.meta("iteration"))
-            step = TrainStep(model, gather_ranks if world > 1 else None)
+            step = TrainStep(model, gather_ranks if world > 1 else None, fam.forward_train)
             if world > 1:
                 step = _data_parallel(step, device)
             board = None
@@ -414,7 +382,7 @@ def run_train_pgseg(
                                     board.add_scalar(f"train/{k}", v, n)
                     if rank == 0 and (n % every == 0 or n == total):
                         io.write_checkpoint(out_dir / CHECKPOINT, model.state_dict(), optimizer.state_dict(), n,
-                                            classes=[], config=params, kind=CHECKPOINT_KIND, train_config=params,
+                                            classes=[], config=params, kind=cfg.CHECKPOINT_KIND, train_config=params,
                                             model_config=model_cfg.to_dict(), inputs=inputs, world_size=world)
                     if on_iter is not None and rank == 0:
                         on_iter(n, record)
@@ -424,16 +392,16 @@ def run_train_pgseg(
             seconds = time.perf_counter() - t0
             path = None
             if rank == 0 and stop == total:
-                path = fam.save_checkpoint(out_dir / FINAL, model, {"train_config": params, "inputs": inputs,
-                                                                   "iterations": total})
-                io.write_stage_record(out_dir, STAGE, params=params, inputs=inputs, count=len(pairs.pairs),
-                                      model=str(out_dir / FINAL), model_config=model_cfg.to_dict(),
+                path = fam.save_checkpoint(out_dir / cfg.FINAL, model, {"train_config": params, "inputs": inputs,
+                                                                       "iterations": total})
+                io.write_stage_record(out_dir, stage, params=params, inputs=inputs, count=len(pairs.pairs),
+                                      model=str(out_dir / cfg.FINAL), model_config=model_cfg.to_dict(),
                                       iterations=total, world_size=world)
                 (out_dir / io.RUN_RECORD).unlink(missing_ok=True)  # complete: the run record goes
-    return PGSegSummary(iterations=stop, start=start, seconds=seconds, first_loss=first, loss=last, model=path,
-                        world_size=world, pairs=len(pairs.pairs), empty_text_npr=empty_text)
+    return TextTrainSummary(iterations=stop, start=start, seconds=seconds, first_loss=first, loss=last, model=path,
+                        world_size=world, pairs=len(pairs.pairs))
 
 
-__all__ = ["STAGE", "FINAL", "CHECKPOINT", "PGSegSummary", "run_train_pgseg", "schedule_lr", "lr_at", "diverged",
-           "PairViews", "GlobalBatches", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "steps_per_epoch",
-           "shown_losses"]
+__all__ = ["CHECKPOINT", "writes", "TextTrainSummary", "run_train_text", "schedule_lr", "lr_at", "diverged",
+           "PairViews", "GlobalBatches", "TrainStep", "gather_ranks", "make_optimizer", "train_step",
+           "steps_per_epoch", "shown_losses"]
