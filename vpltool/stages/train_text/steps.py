@@ -126,8 +126,9 @@ def shown_losses(got: dict[str, float], model_cfg) -> tuple[dict[str, float], bo
 
 @dataclass
 class TextTrainSummary:
-    """What a training run did (train-text, train-pgseg): ``first_loss`` / ``loss`` the first and last logged losses (their finite terms,
-    :func:`shown_losses`); ``empty_text_npr`` the logged iterations whose T-NPR term had no rows."""
+    """What a training run did (train-text, train-pgseg): ``first_loss`` / ``loss`` the first and last logged
+    losses (their finite terms, :func:`shown_losses`); ``empty_text_npr`` the logged iterations whose T-NPR term
+    had no rows (PGSeg's)."""
 
     iterations: int
     start: int
