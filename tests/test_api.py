@@ -74,10 +74,15 @@ def test_pgseg_segmenter_label_map_equals_the_cli_mask(world, tmp_path):
     seg = vpltool.segmenter("pgseg", checkpoint=ckpt, device="cpu")
     from vpltool.data import open_dataset
 
-    for item in open_dataset(world, "val").items:
+    items = open_dataset(world, "val").items
+    for item in items:
         result = seg(item.image, ["circle", "star", "square"])
         assert np.array_equal(result.labels, io.read_mask(io.mask_path(out, item.id))), item.id
         assert result.scores.shape == (4, *result.labels.shape)
+    both = seg([items[0].image, items[1].image], "circle,star,square", return_tensors="pt")  # a list, as torch
+    assert all(isinstance(r.labels, torch.Tensor) for r in both)
+    assert [np.array_equal(r.labels.numpy(), io.read_mask(io.mask_path(out, it.id))) for r, it in zip(both, items[:2])
+            ] == [True, True]
 
 
 def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):

@@ -72,16 +72,17 @@ class Segmenter:
         """Segment a folder of photos (its images as `segment` lists them) or any iterable of photos, lazily:
         yields ``(path or index, Segmentation)`` as each batch is done, so the photos are read as they are used.
         ``progress``: a bar on stderr (None: on a terminal; False: never)."""
+        from ..runtime.batches import resolve_batch_size
         from .progress import hooks
 
         tensors = _check_return(return_tensors)
         entries = class_entries(classes)
         items, total, key = folder_photos(source)
-        size = self.batch_size or 1
+        size = resolve_batch_size(self.batch_size, self.device, 1)  # photos read ahead: one batch's worth
         with hooks(progress, f"segment ({self.method})") as (on_start, on_item):
             if on_start is not None and total is not None:
                 on_start(total)
-            for chunk in chunks(enumerate(items), max(size, 1)):
+            for chunk in chunks(enumerate(items), size):
                 rgbs = [as_rgb(photo, i) for i, photo in chunk]
                 results = self._run(rgbs, chunk, entries, tensors)
                 if on_item is not None:
