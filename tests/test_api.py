@@ -135,7 +135,7 @@ def test_list_methods_lists_every_method_and_filters_as_timm():
         vpltool.list_methods(family="dino")
 
 
-def test_segmenter_takes_lists_tensors_folders_and_gives_numpy_torch_or_pipeline_output(world, tmp_path):
+def test_segmenter_takes_lists_tensors_folders_and_gives_numpy_torch_or_pipeline_output(world, tmp_path, capfd):
     """A list gives a result per photo (in batches of one input size: the same labels as one by one); a [3, H, W]
     uint8 or float tensor is the photo it holds; ``return_tensors="pt"`` gives torch; ``to_pipeline`` gives
     transformers' list; ``map`` walks a folder lazily; ``.to`` and ``.model`` are torch's."""
@@ -171,6 +171,9 @@ def test_segmenter_takes_lists_tensors_folders_and_gives_numpy_torch_or_pipeline
     assert iter(lazy) is lazy  # a generator: nothing runs before it is asked
     assert [(Path(p).name, r.labels.tolist()) for p, r in lazy] == [(p.name, a.labels.tolist())
                                                                      for p, a in zip(paths, one)]
+    assert "segment (maskclip)" not in capfd.readouterr().err  # progress=False: nothing printed
+    assert len(list(seg.map(folder, NAMES, progress=True))) == 2
+    assert "segment (maskclip): 2/2 images (100%)" in capfd.readouterr().err  # the CLI's progress lines
 
 
 def test_api_segment_takes_dense_as_the_command_line_names_it(world, tmp_path):
