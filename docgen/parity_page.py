@@ -153,14 +153,28 @@ def benchmarks_section(d: dict) -> list[str]:
     return out + table(["reference", "commit", "values compared", "mismatches"], rows) + [""]
 
 
+def page_section(d: dict) -> list[str]:
+    """A runner's JSON that describes its own section (a new method's runner needs no code here): its ``page``
+    block ``{"title", "command", "bar", "rows": [[figure, value], ...]}`` and its ``bar_met``."""
+    p = d["page"]
+    out = [f"## {p['title']}", "", p["command"], "", f"Bar: {p['bar']}.", ""]
+    return out + table(["figure", "value"], p["rows"]) + ["", f"Every bar met: {num(bool(d.get('bar_met')))}.", ""]
+
+
 def render(results: Path) -> str:
     lines = [INTRO]
-    for name, section in (("dense_parity.json", dense_section), ("ovss_parity.json", ovss_section),
-                          ("pgseg_parity.json", pgseg_section), ("weclip_parity.json", weclip_section),
-                          ("benchmarks_parity.json", benchmarks_section)):
+    known = (("dense_parity.json", dense_section), ("ovss_parity.json", ovss_section),
+             ("pgseg_parity.json", pgseg_section), ("weclip_parity.json", weclip_section),
+             ("benchmarks_parity.json", benchmarks_section))
+    for name, section in known:
         path = results / name
         if path.is_file():
             lines += section(json.loads(path.read_text()))
+    for path in sorted(results.glob("*.json")):  # any other runner that writes its own section
+        if path.name not in dict(known):
+            d = json.loads(path.read_text())
+            if isinstance(d, dict) and isinstance(d.get("page"), dict):
+                lines += page_section(d)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -106,7 +106,15 @@ _SETTINGS = (
     ("pamr_steps", int, "PAMR refinement steps (0 = off; dilations 8, 16).", "PAMR steps (0 = off). " + _PRESET),
 )
 # the references' queries, the last block's switches and CASS's knobs; then Trident's
+# a method's class-agnostic region masks per image (segment, benchmark)
+RegionMasksOpt = Annotated[Optional[str], typer.Option(
+    "--region-masks", help="--dense corrclip's class-agnostic region masks: a folder of one <image stem>.npz per "
+    "image (key instance_mask, an int map at the image's size, the smallest id unsegmented: the reference's "
+    "precomputed masks) | sam (segment-anything's automatic mask generator on --sam-model / --sam-weights, with the "
+    "reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting keeps 1) | sam2[:CONFIG] (SAM2's, "
+    "where the sam2 package is installed; --sam-weights its checkpoint).", show_default=False)]
 _KNOBS = (("class_file", ClassFileOpt, None), ("attention", AttentionOpt, None), ("residual", ResidualOpt, None),
+          ("region_masks", RegionMasksOpt, None),
           ("global_weight", GlobalWeightOpt, None), ("shift_weight", ShiftWeightOpt, None),
           ("cluster_cut", ClusterCutOpt, None), ("stretch", StretchOpt, None),
           ("window_global", WindowGlobalOpt, None))

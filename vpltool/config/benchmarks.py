@@ -176,6 +176,19 @@ BENCHMARK_PRESETS["maskclip"] = MethodPresets(
     BENCHMARK_PRESETS["clearclip"].defaults_source, BENCHMARK_PRESETS["clearclip"].benchmarks, "clearclip")
 
 
+
+def _spec_rows() -> None:
+    """The presets a method keeps in its spec row (``DenseMethodSpec.presets``): a new method adds no line here."""
+    from .dense import DENSE_SPECS
+
+    for name, spec in DENSE_SPECS.items():
+        if spec.presets is not None and name not in BENCHMARK_PRESETS:
+            BENCHMARK_PRESETS[name] = MethodPresets(**spec.presets)
+
+
+_spec_rows()
+
+
 def source_summary(method: str, benchmark: str) -> str:
     """Where a preset's values come from, compactly: ``cfg_voc21.py:6 prob_threshold, :16 short_side; the rest
     naclip.py:20-22 (...)``."""

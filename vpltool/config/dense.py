@@ -57,6 +57,10 @@ class DenseMethodSpec:
     knobs: tuple[str, ...] = ()  # SegmentConfig fields only it reads (its per-dataset knobs; its with_knobs hook)
     # its reference's bundled class-file set (vpltool/assets/class_files/<set>/): its benchmark presets' queries
     class_files: str | None = None
+    # its per-benchmark presets, kept with its row (vpltool.config.benchmarks.MethodPresets' arguments: repo,
+    # defaults, defaults_source, benchmarks {name: {SegmentConfig field: (value, "configs/cfg_x.py:line")}},
+    # class_set); None: none here (the older methods' are written in vpltool/config/benchmarks.py)
+    presets: dict | None = None
 
 
 # ClearCLIP's harness (clearclip_segmentor.py, cfg_voc21.py) runs vanilla CLIP (model_type 'vanilla', our `none`) and
@@ -168,6 +172,10 @@ class SegmentConfig:
     sam_refine: bool | None = None  # Trident's SAM prompt refinement (eval.py --sam_refine)
     coarse_threshold: float | None = None  # its coarse_thresh (None = DenseSettings')
     minimal_area: int | None = None  # its minimal_area, half-resolution pixels (None = DenseSettings')
+    # a method's class-agnostic region masks per image (CorrCLIP's: vpltool.models.dense.corrclip.regions): a folder
+    # of <image stem>.npz files (key instance_mask) | sam (segment-anything's automatic mask generator: --sam-model,
+    # --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
+    region_masks: str | None = None
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
@@ -204,10 +212,13 @@ class SegmentConfig:
         """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), a method's knobs
         without that method (:data:`DENSE_SPECS`)."""
         out = {}
+        own = DENSE_SPECS[self.dense]  # a method's own knobs (and SAM's options) are never another's to leave out
+        mine = {*own.knobs, *(("sam_model", "sam_weights") if own.sam else ())}
         for name, spec in DENSE_SPECS.items():  # each method's knobs (SAM's options with SAM's methods)
             if name != self.dense:
                 out.update({k: f"without --dense {name}" for k in (*spec.knobs, *(("sam_model", "sam_weights")
-                                                                                   if spec.sam else ()))})
+                                                                                   if spec.sam else ()))
+                            if k not in mine})
         if self.dense in PROXY_METHODS:
             return out
         why = f"without --dense {' or '.join(PROXY_METHODS)}"

@@ -198,6 +198,7 @@ def run_segment(
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--overlay": (overlay_folder(out) if overlay else None, "side")},
                      inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
     method = check_dense(cfg)
+    method.hooks.check_items(dataset.items)  # a method's per-image inputs, before any model loads
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     settings = cfg.resolved()

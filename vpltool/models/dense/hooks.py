@@ -13,8 +13,9 @@ go in the module, or start with ``_``. A pure-mixing preset (``mixing.py``) has 
 When each hook runs, for one image of ``segment`` (``[B, 3, H, W]`` float32 CLIP-normalised ``pixels`` after the
 method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's size ``(H0, W0)``):
 
-1. :meth:`~DenseHooks.check` once, before any model loads (a missing input folder is one line there), and
-   :meth:`~DenseHooks.record`: what the stage record adds (a folder's identity by content);
+1. :meth:`~DenseHooks.check` once, before any model loads (a missing input folder is one line there), then
+   :meth:`~DenseHooks.check_items` with the items `segment` will segment (a per-image file missing or malformed is
+   one line there), and :meth:`~DenseHooks.record`: what the stage record adds (a folder's identity by content);
 2. :meth:`~DenseHooks.extra_inputs` in a loading worker, per image: the item (its id, its path) and its decoded
    photo -> a dict of per-image inputs by key (SAM's input, region masks, ...), collated beside the pixels;
 3. :meth:`~DenseHooks.dense_logits` on the device, per batch: the whole segmentor, by default mmseg's slide
@@ -40,8 +41,8 @@ import torch
 from ...errors import ContractError
 
 # every hook, in the order it runs; a subclass's public names must be among them
-HOOK_NAMES = ("check", "record", "with_knobs", "extra_inputs", "dense_logits", "input_embedding", "grid_logits",
-              "features", "feature_grid", "postprocess")
+HOOK_NAMES = ("check", "check_items", "record", "with_knobs", "extra_inputs", "dense_logits", "input_embedding",
+              "grid_logits", "features", "feature_grid", "postprocess")
 _REGISTRY: dict[str, type[DenseHooks]] = {}
 
 
@@ -79,6 +80,12 @@ class DenseHooks:
     def check(self) -> None:
         """Once, before any model loads: the method's own inputs checked (a folder it reads, a file's kind), one
         :class:`~vpltool.errors.VplError` line naming the file and the fix. Default: nothing to check."""
+
+    def check_items(self, items: Sequence[Any]) -> None:
+        """Once, before any model loads, with the dataset items the run will segment (each ``id`` and ``image``
+        path, :class:`vpltool.data.common.Item`): the method's per-image inputs checked (a file per image it reads:
+        present, readable, of the image's size), one :class:`~vpltool.errors.VplError` line naming the file and the
+        fix. Runs before :meth:`record`. Default: nothing to check."""
 
     def record(self) -> dict[str, Any]:
         """Entries the stage record (``_stage.json``'s params) adds for this method, JSON values: the identity by
