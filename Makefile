@@ -446,6 +446,11 @@ WECLIP_REF ?=
 WECLIP_WORK ?=
 # WECLIP_DINO_REF=a clone of facebookresearch/dinov2 (b8931f7): adds --recipe weclip+ against WeCLIP+'s own code
 WECLIP_DINO_REF ?=
+# CORRCLIP_REF=a clone of zdk258/CorrCLIP (103bc18), CORRCLIP_DINO_REF=one of facebookresearch/dino: --dense corrclip
+# against CorrCLIPv1's own code (corrclip_parity.py; CORRCLIP_WORK keeps both sides' outputs for a later run)
+CORRCLIP_REF ?=
+CORRCLIP_DINO_REF ?=
+CORRCLIP_WORK ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -475,6 +480,10 @@ parity: setup
 	  $(if $(WECLIP_DINO_REF),--dino-repo $(WECLIP_DINO_REF)) \
 	  --previous $(PARITY_OUT)/weclip_parity.json > $(PARITY_OUT)/weclip_parity.json.tmp && mv $(PARITY_OUT)/weclip_parity.json.tmp $(PARITY_OUT)/weclip_parity.json, \
 	  @echo "make parity: pass WECLIP_REF=/path/to/a/clone/of/zbf1991/WeCLIP at 0f47db4 (docs/parity.md)")
+	$(if $(CORRCLIP_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/corrclip_parity.py --ref $(CORRCLIP_REF)/CorrCLIPv1 \
+	  --dino-ref $(CORRCLIP_DINO_REF) $(if $(CORRCLIP_WORK),--work $(CORRCLIP_WORK)) \
+	  --out $(PARITY_OUT)/corrclip_parity.json > /dev/null, \
+	  @echo "make parity: pass CORRCLIP_REF=/path/to/a/clone/of/zdk258/CorrCLIP at 103bc18 and CORRCLIP_DINO_REF (docs/parity.md)")
 	$(VENV)/bin/python docgen/parity_page.py --results $(PARITY_OUT)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases

@@ -67,6 +67,34 @@ class DenseMethodSpec:
 # MaskCLIP (model_type 'MaskCLIP', ignore_residual False) with its own settings
 _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_side=448, slide_crop=448,
                                    slide_stride=224, crop_mode="pad", whole="direct")
+
+
+def _corrclip_benchmarks() -> dict:
+    """zdk258/CorrCLIP CorrCLIPv1/configs/cfg_*.py: each benchmark's Resize short side (448 on ADE20K and
+    Cityscapes), its prob_thd where set (VOC21, Context60, COCO-Object), Cityscapes' windows; each with its line."""
+    files = {"voc21": ("cfg_voc21.py", 16), "context60": ("cfg_context60.py", 16),
+             "coco-object": ("cfg_coco_object.py", 16), "voc20": ("cfg_voc20.py", 15),
+             "context59": ("cfg_context59.py", 15), "coco-stuff": ("cfg_coco_stuff164k.py", 15),
+             "cityscapes": ("cfg_city_scapes.py", 17), "ade20k": ("cfg_ade20k.py", 15)}
+    thresholds = {"voc21": 0.2, "context60": 0.15, "coco-object": 0.25}
+    out = {}
+    for bench, (cfg, line) in files.items():
+        row = {"short_side": (448 if bench in ("ade20k", "cityscapes") else 336, f"configs/{cfg}:{line}")}
+        if bench in thresholds:
+            row["prob_threshold"] = (thresholds[bench], f"configs/{cfg}:7")
+        if bench == "cityscapes":
+            row.update(slide_stride=(112, f"configs/{cfg}:7"), slide_crop=(224, f"configs/{cfg}:8"))
+        out[bench] = row
+    return out
+
+
+# its segmentor's __init__ defaults under each benchmark's config (vpltool.config.benchmarks.MethodPresets)
+_CORRCLIP_PRESETS = {"repo": "zdk258/CorrCLIP@103bc18 (CorrCLIPv1)",
+                     "defaults": {"dense": "corrclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336,
+                                  "slide_stride": 112, "pamr_steps": 0, "area_threshold": 0.0},
+                     "defaults_source": "corrclip_segmentor.py:46-47 (__init__ defaults)",
+                     "benchmarks": _corrclip_benchmarks(), "class_set": "corrclip"}
+
 # the spec table: every --dense method, in --help's order. A new method is a row here (and, unless it only mixes
 # the last block, a module in vpltool/models/dense/)
 DENSE_SPECS: dict[str, DenseMethodSpec] = {
@@ -102,6 +130,12 @@ DENSE_SPECS: dict[str, DenseMethodSpec] = {
                                module="trident", proxy_model="vit_base_patch16_224.dino", sam=True,
                                knobs=("cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold",
                                       "minimal_area")),
+    # corrclip_segmentor.py + configs/base_config.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112
+    # (windows padded to a multiple of 56), short side 336; torch.hub's dino_vitb8 as its proxy
+    "corrclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
+                                              slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
+                                module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
+                                knobs=("region_masks", "sam_model", "sam_weights"), presets=_CORRCLIP_PRESETS),
 }
 # what the rest of vpltool reads, each derived from the table
 DENSE_CHOICES = tuple(DENSE_SPECS)
@@ -219,6 +253,8 @@ class SegmentConfig:
                 out.update({k: f"without --dense {name}" for k in (*spec.knobs, *(("sam_model", "sam_weights")
                                                                                    if spec.sam else ()))
                             if k not in mine})
+        if self.dense == "corrclip" and not (self.region_masks or "").startswith("sam"):  # its SAM makes masks
+            out.update({k: "without --region-masks sam or sam2" for k in ("sam_model", "sam_weights")})
         if self.dense in PROXY_METHODS:
             return out
         why = f"without --dense {' or '.join(PROXY_METHODS)}"

@@ -1,0 +1,100 @@
+"""CorrCLIP (``--dense corrclip``; zdk258/CorrCLIP ``CorrCLIPv1/``): CLIP's last block mixed by a proxy DINO's
+patch correlation restricted to class-agnostic regions, a spatial branch of the middle blocks, a semantic branch of
+one class-token copy per region, and a map correction after the argmax.
+
+Its parts: :mod:`.kernels` (the forward and the post-process, restated from a reading of its code) and
+:mod:`.regions` (where the region masks come from: a folder of the reference's ``.npz`` files, segment-anything's
+automatic mask generator, or SAM2). The backbone needs a proxy DINO (``with_dense("corrclip", proxy=...)``); each
+image needs its region map (the ``regions`` extra input). Its segmentor settings and proxy model are the spec
+table's (:data:`vpltool.config.dense.DENSE_SPECS`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ....errors import VplError
+from ..hooks import DenseHooks
+from ..mixing import DenseMixing
+from .kernels import (
+    Correlation,
+    corrclip_logits,
+    dbscan_labels,
+    dino_query_keys,
+    map_correction,
+    merge_regions,
+    region_attention_mask,
+    scope_attention,
+    spatial_blocks,
+    window_features,
+)
+
+# corrclip_segmentor.py + its open_clip: the DINO-style positional resize (interpolate_pos_encoding, +0.1)
+PRESET = DenseMixing("corrclip", "proxy", False, False, "bicubic-dino")
+CORRELATION = Correlation()
+
+
+def input_regions(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A photo's ``[H0, W0]`` int region map -> ``[H, W]`` int32 at the network input's ``size`` (nearest,
+    ``F.interpolate``'s floor indexing, as the reference's ``predict``)."""
+    return F.interpolate(ids.view(1, 1, *ids.shape[-2:]).float(), size=tuple(size), mode="nearest").int()[0, 0]
+
+
+def _source(cfg, load: bool = True):
+    from .regions import region_source
+
+    if cfg is None:
+        raise VplError("--dense corrclip needs its region masks: run it through segment or vpltool.segmenter with "
+                       "--region-masks (a backbone made by name alone has none)")
+    return region_source(cfg.region_masks, cfg.sam_model, cfg.sam_weights, load=load)
+
+
+class Hooks(DenseHooks, method="corrclip", preset=PRESET):
+    """CorrCLIP's hooks: each image's region map (``regions``, the photo's ``[H0, W0]`` int64 ids), its segmentor
+    (:func:`corrclip_logits`) and its map correction after the argmax (:func:`map_correction`)."""
+
+    _digest: str | None = None
+
+    def check(self) -> None:
+        _source(self.cfg, load=False)  # the value, the SAM file's kind, the sam2 package
+
+    def check_items(self, items) -> None:
+        from pathlib import Path
+
+        from ....io import image_size
+        from .regions import FolderRegions
+
+        source = _source(self.cfg, load=False)
+        if isinstance(source, FolderRegions):
+            self._digest = source.check([(Path(it.image), image_size(it.image)) for it in items])
+
+    def record(self) -> dict:
+        from .regions import source_record
+
+        out = source_record(self.cfg.region_masks, self.cfg.sam_model, self.cfg.sam_weights)
+        if self._digest is not None:
+            out["files_sha256"] = self._digest
+        return {"region_source": out}
+
+    def extra_inputs(self, item, image) -> dict:
+        if getattr(item, "image", None) is None and not (self.cfg.region_masks or "").startswith("sam"):
+            raise VplError(f"--region-masks {self.cfg.region_masks}: a photo given as an array has no file name to "
+                           "find its <stem>.npz by; pass the photo's path, or --region-masks sam")
+        return {"regions": torch.from_numpy(_source(self.cfg).region_map(getattr(item, "image", None), image))}
+
+    def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+        ids = [input_regions(torch.as_tensor(e["regions"]), pixels.shape[-2:]) for e in extras]
+        return corrclip_logits(bb, pixels, text, ids, sizes, settings.slide_crop, settings.slide_stride, CORRELATION)
+
+    def features(self, bb, pixels, fp16_pos=False):
+        raise VplError("--dense corrclip has no features without each image's region map: its segmentor (segment, "
+                       "vpltool.segmenter) gives them their masks")
+
+    def postprocess(self, bb, probs, labels, extras, settings):
+        return probs, map_correction(labels, torch.as_tensor(extras["regions"]))
+
+
+__all__ = ["Hooks", "PRESET", "CORRELATION", "Correlation", "input_regions", "corrclip_logits", "dbscan_labels",
+           "dino_query_keys", "map_correction", "merge_regions", "region_attention_mask", "scope_attention",
+           "spatial_blocks", "window_features"]

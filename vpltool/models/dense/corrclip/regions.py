@@ -1,0 +1,204 @@
+"""Where CorrCLIP's class-agnostic region maps come from (``--region-masks``), each recorded by content.
+
+A region map is one photo's ``[H0, W0]`` int array at its original size: one id a region, the smallest id the union
+of the pixels no region covers (the reference's ``instance_mask``). Three generators:
+
+* a folder of the reference's mask files (its paper numbers use these: SAM2's masks, published precomputed):
+  ``<folder>/<image stem>.npz``, key ``instance_mask`` (:class:`FolderRegions`); every file is read and checked
+  against its image's size before a model loads, and the files' bytes are the recorded digest;
+* segment-anything's automatic mask generator with CorrCLIP's SAM2 settings (8 points a side, predicted-IoU and
+  stability thresholds 0.4), its masks painted as the reference paints SAM2's (:func:`paint_masks`)
+  (:class:`SamRegions`; the demo world's toy SAM serves it). segment-anything v1 has no ``multimask_output``
+  switch: it keeps three masks per point where CorrCLIP's SAM2 setting asks for one, so its set of masks differs;
+* SAM2's ``SAM2AutomaticMaskGenerator`` with those settings and ``multimask_output=False``, where the ``sam2``
+  package is installed (:class:`Sam2Regions`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ....errors import VplError
+
+NPZ_KEY = "instance_mask"
+FORMAT = (f"one <image stem>.npz per image with an int array '{NPZ_KEY}' of the image's height x width "
+          "(np.savez(path, instance_mask=ids); the smallest id = unsegmented)")
+# corrclip_segmentor.py's SAM2AutomaticMaskGenerator arguments
+SAM_SETTINGS = {"points_per_side": 8, "pred_iou_thresh": 0.4, "stability_score_thresh": 0.4}
+
+
+def read_region_file(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """One region-mask file -> ``[H0, W0]`` int64 ids; ``shape``: its image's ``(H0, W0)``, checked. A missing,
+    unreadable or malformed file is one line naming it and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise VplError(f"{path}: no region-mask file for this image; give --region-masks a folder with {FORMAT}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if NPZ_KEY not in data.files:
+                raise VplError(f"{path}: no '{NPZ_KEY}' array (it holds {', '.join(data.files) or 'nothing'}); "
+                               f"write {FORMAT}")
+            ids = data[NPZ_KEY]
+    except VplError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise VplError(f"{path}: not a readable .npz file ({type(e).__name__}); write it again as {FORMAT}") from None
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise VplError(f"{path}: '{NPZ_KEY}' is {ids.dtype} of shape {ids.shape}, not a 2-D int array; write "
+                       f"{FORMAT}")
+    if shape is not None and tuple(ids.shape) != tuple(shape):
+        raise VplError(f"{path}: a {ids.shape[0]}x{ids.shape[1]} region map for a {shape[0]}x{shape[1]} image; the "
+                       "map must be at the image's original size (regenerate it from that image)")
+    return ids.astype(np.int64)
+
+
+def paint_masks(records: list[dict], shape: tuple[int, int]) -> np.ndarray:
+    """An automatic mask generator's records -> ``[H0, W0]`` int64 ids, as the reference converts SAM2's: sorted
+    by ascending ``area`` (stable), painted with ids 1..N in that order (a larger mask over the smaller ones it
+    covers); pixels no mask covers stay 0."""
+    ids = np.zeros(tuple(shape), dtype=np.int64)
+    for k, rec in enumerate(sorted(records, key=lambda r: r["area"]), start=1):
+        ids[np.asarray(rec["segmentation"], dtype=bool)] = k
+    return ids
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class FolderRegions:
+    """Precomputed region maps: ``folder/<image stem>.npz``."""
+
+    folder: Path
+
+    def check(self, images: list[tuple[Path, tuple[int, int]]]) -> str:
+        """Every image's file read and checked (``(image path, (H0, W0))`` each), before a model loads; returns the
+        digest of the files' names and bytes (sha256)."""
+        if not Path(self.folder).is_dir():
+            raise VplError(f"--region-masks {self.folder}: not a folder; give a folder with {FORMAT}, or sam")
+        h = hashlib.sha256()
+        for image, shape in images:
+            path = self.path(image)
+            read_region_file(path, shape)
+            h.update(f"{path.name}:{file_digest(path)}\n".encode())
+        return h.hexdigest()
+
+    def path(self, image: Path) -> Path:
+        return Path(self.folder) / f"{Path(image).stem}.npz"
+
+    def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
+        return read_region_file(self.path(image_path), tuple(image.shape[:2]))
+
+    def record(self) -> dict:
+        return {"generator": "folder", "folder": str(self.folder)}
+
+
+class SamRegions:
+    """segment-anything's ``SamAutomaticMaskGenerator`` (:data:`SAM_SETTINGS`) on a whole SAM (``load_sam`` with
+    its prompt encoder and mask decoder: a released checkpoint, or the demo's toy SAM)."""
+
+    def __init__(self, sam):
+        from segment_anything import SamAutomaticMaskGenerator
+        from segment_anything.modeling import Sam
+
+        from ...sam import PIXEL_MEAN, PIXEL_STD
+
+        model = Sam(sam.model, sam.prompt_encoder, sam.mask_decoder, list(PIXEL_MEAN), list(PIXEL_STD))
+        self.generator = SamAutomaticMaskGenerator(model.eval().to(sam.device), **SAM_SETTINGS)
+
+    def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return paint_masks(self.generator.generate(np.ascontiguousarray(image)), image.shape[:2])
+
+
+def import_sam2():
+    """The ``sam2`` package's builder and generator, or one line naming the fix."""
+    try:
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+        from sam2.build_sam import build_sam2
+    except ImportError:
+        raise VplError("--region-masks sam2: the sam2 package is not installed; pip install "
+                       "'git+https://github.com/facebookresearch/sam2', or give --region-masks a folder of .npz "
+                       "region masks or sam") from None
+    return build_sam2, SAM2AutomaticMaskGenerator
+
+
+class Sam2Regions:
+    """SAM2's automatic mask generator as CorrCLIP configures it (``multimask_output=False``,
+    ``apply_postprocessing=False``), from a model config and a checkpoint file."""
+
+    def __init__(self, config: str, checkpoint: Path, device="cpu"):
+        build_sam2, generator = import_sam2()
+        model = build_sam2(config, str(checkpoint), device=str(device), apply_postprocessing=False)
+        self.generator = generator(model=model, multimask_output=False, **SAM_SETTINGS)
+
+    def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return paint_masks(self.generator.generate(np.ascontiguousarray(image)), image.shape[:2])
+
+
+_SOURCES: dict[tuple, object] = {}  # per process (a loading worker builds its SAM once)
+NEED = ("--dense corrclip needs class-agnostic region masks: pass --region-masks FOLDER (" + FORMAT + "), or "
+        "--region-masks sam with --sam-model and --sam-weights (segment-anything's automatic mask generator)")
+
+
+def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str | None = None, load: bool = True):
+    """The generator ``--region-masks value`` names: a folder (:class:`FolderRegions`), ``sam``
+    (:class:`SamRegions` on ``--sam-model`` / ``--sam-weights``, its prompt encoder and mask decoder included) or
+    ``sam2[:CONFIG]`` (:class:`Sam2Regions`, ``--sam-weights`` its checkpoint; CONFIG SAM2's model config, by default
+    the reference's ``sam2_hiera_l.yaml``). ``load`` False: checked only (the SAM file's kind, the package), nothing
+    built. One line naming the fix for a value that is none of these."""
+    if not value:
+        raise VplError(NEED)
+    if value == "sam" or value.startswith("sam2"):
+        if sam_weights is None:
+            raise VplError(f"--region-masks {value} needs the model's weights: pass --sam-weights FILE (SAM's "
+                           "released checkpoint, or SAM2's with sam2)")
+        if value == "sam":
+            from ...registry import check_model
+            from ...sam import SamSpec
+
+            spec = SamSpec(sam_model, sam_weights, prompt=True)
+            check_model("sam", spec)
+            key = ("sam", sam_model, sam_weights)
+            if load and key not in _SOURCES:
+                from ...registry import load_model
+
+                _SOURCES[key] = SamRegions(load_model("sam", spec, "cpu"))
+            return _SOURCES.get(key)
+        import_sam2()
+        config = value.partition(":")[2] or "sam2_hiera_l.yaml"
+        key = ("sam2", config, sam_weights)
+        if load and key not in _SOURCES:
+            _SOURCES[key] = Sam2Regions(config, Path(sam_weights))
+        return _SOURCES.get(key)
+    return FolderRegions(Path(value).expanduser())
+
+
+def source_record(value: str, sam_model: str, sam_weights: str | None) -> dict:
+    """How the run names its generator in its record: a folder by its files' digest (added by
+    :meth:`FolderRegions.check`), SAM by its weights' bytes."""
+    if value == "sam" or value.startswith("sam2"):
+        # segment-anything v1 always predicts three masks a point; SAM2 runs with multimask_output=False
+        return {"generator": value, "settings": dict(SAM_SETTINGS, multimask_output=value == "sam"),
+                "sam_model": sam_model if value == "sam" else None,
+                "weights_sha256": file_digest(Path(sam_weights)) if sam_weights else None}
+    return {"generator": "folder"}
+
+
+__all__ = ["NPZ_KEY", "SAM_SETTINGS", "read_region_file", "paint_masks", "FolderRegions", "SamRegions",
+           "Sam2Regions", "import_sam2", "file_digest", "region_source", "source_record"]
