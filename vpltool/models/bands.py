@@ -103,6 +103,8 @@ class ColumnUpsampler:
     columns to its height, bit for bit. The first pass is kept (``[1, C, h, W0]``); the second is run on a band's
     columns alone, transposed (a column of the photo a row of the band: the kernel's long-row path, which
     ``tests/test_bands.py`` holds equal to the whole resize; a narrow untransposed band takes another path).
+    Three channels (PAMR's guide) are resized as four: the kernel torch uses for them on several threads; on one
+    thread it takes a channels-last kernel that is not separable, and the whole photo's guide rounds differently.
 
     Args:
         source: ``[C, h, w]`` float32 (the logits at the model's input or patch grid, or the normalised input),
@@ -111,15 +113,18 @@ class ColumnUpsampler:
     """
 
     def __init__(self, source: torch.Tensor, size: tuple[int, int]):
-        self.height, self.width = int(size[0]), int(size[1])
-        self.rows = F.interpolate(source[None].float(), size=(source.shape[-2], self.width), mode="bilinear",
-                                  align_corners=False)
+        self.height, self.width, self.channels = int(size[0]), int(size[1]), len(source)
+        source = source[None].float()
+        if self.channels == 3:  # torch resizes 3 channels on one thread by another kernel, one that is not
+            source = torch.cat([source, source[:, :1]], dim=1)  # separable; on several threads by this one
+        self.rows = F.interpolate(source, size=(source.shape[-2], self.width), mode="bilinear", align_corners=False)
 
     def columns(self, index: torch.Tensor) -> torch.Tensor:
         """``[n]`` int64 column indices (any order, repeats allowed) -> ``[C, n, H0]``: those columns of the whole
         upsampled image, each a row (a band's layout here)."""
         picked = self.rows.index_select(3, index.to(self.rows.device)).transpose(2, 3).contiguous()  # [1, C, n, h]
-        return F.interpolate(picked, size=(len(index), self.height), mode="bilinear", align_corners=False)[0]
+        return F.interpolate(picked, size=(len(index), self.height), mode="bilinear",
+                             align_corners=False)[0, : self.channels]
 
 
 def _clamped(start: int, stop: int, width: int, device) -> torch.Tensor:
