@@ -393,6 +393,24 @@ def _poison(path: Path, tensor: str) -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
+def rewrite_mask(path: Path, labels) -> None:
+    """``labels`` ([H, W] uint8) written over the mask at ``path`` with its text chunks (the item's id and run)
+    kept: a mask damaged in place, which its folder's record still claims."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from vpltool import io
+
+    with Image.open(path) as img:
+        chunks = dict(img.text)
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    picture = Image.fromarray(labels, mode="L").convert("P")
+    picture.putpalette(io.voc_palette())
+    picture.save(path, format="PNG", pnginfo=info)
+
+
 def interrupted_copy(ws: Workspace, source: Path, name: str, n_missing: int = 2) -> Path:
     """A copy of a finished stage folder as a killed run leaves it: items missing, no ``_stage.json``, the run's
     parameters in ``_run.json``."""
@@ -403,7 +421,8 @@ def interrupted_copy(ws: Workspace, source: Path, name: str, n_missing: int = 2)
     (folder / io.STAGE_RECORD).unlink()
     for path in sorted(p for p in folder.iterdir() if not p.name.startswith(("_", ".")))[-n_missing:]:
         path.unlink()
-    io.write_json(folder / io.RUN_RECORD, {"stage": record["stage"], "params": record["params"]})
+    run = {k: record[k] for k in ("stage", "params", io.RUN_DIGEST) if k in record}
+    io.write_json(folder / io.RUN_RECORD, run)
     return folder
 
 
@@ -724,7 +743,7 @@ def _all_ignored(ws: Workspace) -> Iterator[list[object]]:
 
     pseudo = ws.copy(ws.pseudo, "pseudo_255")
     for png in sorted(pseudo.glob("*.png")):
-        io.write_mask(png, np.full_like(io.read_mask(png), 255))
+        rewrite_mask(png, np.full_like(io.read_mask(png), 255))
     yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("decoder_255"), *DECODER_ARGS]
 
 
@@ -823,7 +842,7 @@ def _masks_out_of_range(ws: Workspace) -> Iterator[list[object]]:
     masks = ws.copy(ws.pseudo, "masks_out_of_range")
     mask = io.read_mask(masks / "train_000001.png").copy()
     mask[0, :5] = 50
-    io.write_mask(masks / "train_000001.png", mask.astype(np.uint8))
+    rewrite_mask(masks / "train_000001.png", mask.astype(np.uint8))
     yield ["eval", masks]
 
 
@@ -1425,7 +1444,7 @@ def _pseudo_out_of_range(ws: Workspace) -> Iterator[list[object]]:
     pseudo = ws.copy(ws.pseudo, "pseudo_50")
     mask = io.read_mask(pseudo / "train_000002.png").copy()
     mask[-1, -1] = 50  # one corner pixel: a random crop may never sample it, every mask is checked first
-    io.write_mask(pseudo / "train_000002.png", mask.astype(np.uint8))
+    rewrite_mask(pseudo / "train_000002.png", mask.astype(np.uint8))
     yield ["train-decoder", pseudo, "-p", ws.text, "-o", ws.out("decoder_50"), *DECODER_ARGS]
 
 
@@ -2885,12 +2904,14 @@ def _eval_data_keeps_split(ws: Workspace) -> Iterator[list[object]]:
 @case("a prediction mask of another size than its image (eval)", "pred_small/val_000001.png: is 48x48 but image "
       "'val_000001'", "and its ground truth are 96x96", "wrong --data or --split")
 def _eval_prediction_size(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
     from PIL import Image
 
     pred = ws.copy(ws.predictions(), "pred_small")
     mask = pred / "val_000001.png"
     with Image.open(mask) as img:
-        img.resize((48, 48), Image.NEAREST).save(mask)
+        small = img.resize((48, 48), Image.NEAREST)
+    rewrite_mask(mask, np.asarray(small))  # its id and run kept: the folder's own mask, damaged
     yield ["eval", pred]
 
 
@@ -2957,12 +2978,14 @@ def _report_workers_negative(ws: Workspace) -> Iterator[list[object]]:
 @case("report: a pseudo mask of another size than its image names the mask", "run_size/pseudo/train_000001.png: is "
       "48x48 but image 'train_000001'", "re-run the stage that wrote it")
 def _report_mask_size(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
     from PIL import Image
 
     run = _run_folder(ws, "run_size")
     mask = run / "pseudo" / "train_000001.png"
     with Image.open(mask) as img:
-        img.resize((48, 48), Image.NEAREST).save(mask)
+        small = img.resize((48, 48), Image.NEAREST)
+    rewrite_mask(mask, np.asarray(small))  # its id and run kept: the folder's own mask, damaged
     yield ["report", run, "--workers", "1"]
 
 
@@ -4926,6 +4949,74 @@ def _weclip_with_dino(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-decoder", ws.world, "-p", ws.text, "-o", ws.out("out"), "--recipe", "weclip", "--dino-model",
            DINO_MODEL, *DECODER_ARGS]
 
+
+
+# ---- a foreign item in a finished folder: each item records the digest of the run that wrote it (its stage,
+# parameters and inputs); every reader compares it with the folder's record (vpltool.io.provenance)
+def _foreign(ws: Workspace, source: Path, name: str, other: Path, suffix: str) -> Path:
+    """A copy of the finished folder ``source`` whose first item is replaced by the same image's item of ``other``,
+    another run of the same stage (its id and labels fit; its parameters do not)."""
+    folder = ws.copy(source, name)
+    first = sorted(p.name for p in folder.glob(f"*{suffix}") if not p.name.startswith(("_", ".")))[0]
+    shutil.copyfile(other / first, folder / first)
+    return folder
+
+
+def _other_cams(ws: Workspace) -> Path:
+    """`cam` of the workspace features with other prototypes (other templates) and --refine none, made once."""
+    out, text = ws.root / "cams_other_run", ws.root / "text_other_run.safetensors"
+    if not (out / "_stage.json").is_file():
+        cli_ok("text-prototypes", ws.features, "-o", text, "--templates", "a picture of a {}.", "--background",
+               "grass,sky,wall,water", *CPU)
+        cli_ok("cam", ws.features, "-p", text, "-o", out, "--refine", "none", *CPU)
+    return out
+
+
+@case("eval of a finished CAM folder where one file is the same image's CAM of another cam run (other prototypes, "
+      "--refine none)", "cams_foreign_eval/train_000000.safetensors: made by another run than its folder's",
+      "remove it and re-run `vpltool cam` with the folder's options", "or pass --overwrite")
+def _eval_foreign_cam(ws: Workspace) -> Iterator[list[object]]:
+    yield ["eval", _foreign(ws, ws.cams, "cams_foreign_eval", _other_cams(ws), ".safetensors")]
+
+
+@case("crf of a finished CAM folder where one file is the same image's CAM of another cam run",
+      "cams_foreign_crf/train_000000.safetensors: made by another run than its folder's")
+def _crf_foreign_cam(ws: Workspace) -> Iterator[list[object]]:
+    folder = _foreign(ws, ws.cams, "cams_foreign_crf", _other_cams(ws), ".safetensors")
+    yield ["crf", folder, "-o", ws.out("pseudo_of_foreign"), "--workers", "1"]
+
+
+@case("cam of a features folder where one file is the same image's features of another extract run (--cache "
+      "light)", "features_foreign/train_000000.safetensors: made by another run than its folder's",
+      "re-run `vpltool extract`")
+def _cam_foreign_features(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.root / "features_light_run"
+    if not (other / "_stage.json").is_file():
+        cli_ok("extract", ws.world, "--split", "train", "-o", other, *TINY, *CPU, "--workers", "1", "--cache",
+               "light")
+    folder = _foreign(ws, ws.features, "features_foreign", other, ".safetensors")
+    yield ["cam", folder, "-p", ws.text, "-o", ws.out("cams_of_foreign"), *CPU]
+
+
+@case("train-decoder on a pseudo-mask folder where one mask is the same image's mask of another crf run (--no-crf)",
+      "pseudo_foreign/train_000000.png: made by another run than its folder's", "re-run `vpltool crf`")
+def _decoder_foreign_mask(ws: Workspace) -> Iterator[list[object]]:
+    other = ws.root / "pseudo_no_crf_run"
+    if not (other / "_stage.json").is_file():
+        cli_ok("crf", ws.cams, "-o", other, "--no-crf", "--workers", "1")
+    folder = _foreign(ws, ws.pseudo, "pseudo_foreign", other, ".png")
+    yield ["train-decoder", folder, "-p", ws.text, "-o", ws.out("decoder_foreign"), *DECODER_ARGS]
+
+
+@case("eval of a segment folder where one mask is the same image's mask of another segment run (--dense naclip)",
+      "seg_foreign/val_000000.png: made by another run than its folder's", "re-run `vpltool segment`")
+def _eval_foreign_segment_mask(ws: Workspace) -> Iterator[list[object]]:
+    mine, other = ws.root / "seg_maskclip_run", ws.root / "seg_naclip_run"
+    for out, dense in ((mine, "maskclip"), (other, "naclip")):
+        if not (out / "_stage.json").is_file():
+            cli_ok("segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--dense", dense, "--classes",
+                   ",".join(SHAPES))
+    yield ["eval", _foreign(ws, mine, "seg_foreign", other, ".png")]
 
 
 # --------------------------------------------------------------------------------------------- the page

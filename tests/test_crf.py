@@ -189,7 +189,8 @@ def test_finished_items_are_skipped_and_params_guarded(pseudo_dir, cams_dir, tmp
     shutil.copytree(pseudo_dir, out)
     record = io.read_json(out / io.STAGE_RECORD)
     (out / io.STAGE_RECORD).unlink()
-    io.write_json(out / io.RUN_RECORD, {"stage": "crf", "params": record["params"]})
+    io.write_json(out / io.RUN_RECORD, {"stage": "crf", "params": record["params"],
+                                        io.RUN_DIGEST: record[io.RUN_DIGEST]})  # as the killed run left it
     next(out.glob("*.png")).unlink()  # an interrupted run: one mask and the record missing, the run's record kept
     summary = run_crf(cams_dir, out, runtime=ONE)
     assert (summary.done, summary.skipped) == (1, len(list(out.glob("*.png"))) - 1)

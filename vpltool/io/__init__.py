@@ -9,6 +9,7 @@
 * :mod:`~vpltool.io.events`: TensorBoard event files (the optional ``tensorboard`` extra).
 * :mod:`~vpltool.io.inputs`: a run's inputs by content, and which one changed since a record.
 * :mod:`~vpltool.io.guard`: the one check of every path a stage writes (:func:`check_outputs`).
+* :mod:`~vpltool.io.provenance`: the image and the run each per-item file records, checked on every read.
 * :mod:`~vpltool.io.records`: the records a folder holds (``_stage.json``, ``_run.json``, ``_side.json``, shard
   records, the lock): their names and the reader that checks them.
 * :mod:`~vpltool.io.stage`: stage folders (lock, run and completion records, resume) and the dataset they record
@@ -89,9 +90,11 @@ from .kinds import (
 )
 from .locks import output_lock, replace_lock
 from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, read_run_metrics
+from .provenance import ITEM_WRITERS, check_item, run_digest, writing_digest
 from .records import (
     DECODER_FILES,
     LOCK_FILE,
+    RUN_DIGEST,
     RUN_RECORD,
     SHARD_RECORD,
     SIDE_RECORD,
@@ -106,6 +109,7 @@ from .stage import (
     DATASET_INPUTS,
     StageFolder,
     StageSummary,
+    begin_stage_run,
     changed_keys,
     dataset_inputs,
     finished_shards,
@@ -173,4 +177,5 @@ __all__ = [
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
     "check_eval_metrics", "is_eval_metrics", "read_eval_metrics", "read_run_metrics",
     "NOT_FILES", "changed_inputs", "files_digest", "weights_identity",
+    "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
 ]  # fmt: skip

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 from ..errors import ContractError, VplError, VplWarning
 from . import files
 from .marks import png_info
-from .tensors import check_item_id
+from .provenance import RUN_META, check_item, writing_digest
 
 MASK_SUFFIX = ".png"
 
@@ -50,13 +50,15 @@ _PALETTE = voc_palette()
 
 
 ID_CHUNK = "vpltool.id"  # a stage's mask records the id of its image in this PNG text chunk
+RUN_CHUNK = f"vpltool.{RUN_META}"  # ... and the run that made it (vpltool.io.provenance)
 
 
 def write_mask(path: str | os.PathLike, labels: np.ndarray, item_id: str | None = None) -> Path:
     """Save an ``[H, W]`` uint8 label map as a VOC-palette PNG (0 = background, 255 = ignore), atomically.
 
     ``item_id``: the image the mask was made for (a stage's output), recorded in the text chunk ``vpltool.id`` so
-    that :func:`read_mask` refuses the mask when it lies under another item's name."""
+    that :func:`read_mask` refuses the mask when it lies under another item's name, with the digest of the run
+    under way in the mask's folder (``vpltool.run``), so that it refuses a mask of another run too."""
     if labels.dtype != np.uint8 or labels.ndim != 2:
         raise ContractError(f"{path}: a mask must be HxW uint8, got {labels.dtype} {labels.shape}")
     img = Image.fromarray(labels, mode="L").convert("P")
@@ -67,6 +69,8 @@ def write_mask(path: str | os.PathLike, labels: np.ndarray, item_id: str | None 
 
         extra["pnginfo"] = PngInfo()
         extra["pnginfo"].add_text(ID_CHUNK, item_id)
+        if (run := writing_digest(Path(path).parent)) is not None:
+            extra["pnginfo"].add_text(RUN_CHUNK, run)
     with files.atomic_path(path) as tmp:
         img.save(tmp, format="PNG", optimize=False, **extra)
     return Path(path)
@@ -88,12 +92,12 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
                     f"{path}: masks must be palette (P) or grayscale (L) PNGs holding class indices, not {img.mode}"
                 )
             arr = np.asarray(img)
-            recorded = img.info.get(ID_CHUNK)
+            recorded, run = img.info.get(ID_CHUNK), img.info.get(RUN_CHUNK)
     except FileNotFoundError:
         raise VplError(f"{path}: mask file not found") from None
     except (OSError, SyntaxError) as e:
         raise ContractError(f"{path}: unreadable mask ({e}); re-create it") from None
-    check_item_id(path, recorded, "mask")
+    check_item(path, recorded, run, "mask")
     if arr.dtype != np.uint8:
         if arr.max(initial=0) > 255:
             raise ContractError(f"{path}: mask values above 255; class indices must fit in uint8")

@@ -1,7 +1,8 @@
 """The records a vpltool folder holds, with one owner: their names, and the reader that checks their shape.
 
 * ``_stage.json``: a stage folder is complete (written last, :func:`write_stage_record`).
-* ``_run.json``: the parameters of the run under way in a stage folder.
+* ``_run.json``: the parameters of the run under way in a stage folder (and its ``run_digest``, which every item it
+  writes records: :mod:`vpltool.io.provenance`).
 * ``_side.json``: a side folder (``--save-overlays``, ``--save-debug``) and the stage and option that made it.
 * ``_shard.{i}-of-{n}.json``: shard i of n finished (``--shard i/n``, torchrun ranks).
 * ``.vpltool.lock``: the ``flock`` a writer holds on the folder.
@@ -18,14 +19,27 @@ from typing import Any
 from .. import __version__
 from ..errors import ContractError
 from .files import id_problem, read_json, write_json
-from .tensors import FORMAT_VERSION, check_format
 
+FORMAT_VERSION = "1"  # of files (`vpltool.format`) and records (`format`)
 STAGE_RECORD = "_stage.json"
 RUN_RECORD = "_run.json"
 LOCK_FILE = ".vpltool.lock"
 SHARD_RECORD = "_shard.{index}-of-{count}.json"  # a shard (--shard i/n) finished; removed with the others' records
 SIDE_RECORD = "_side.json"  # a side folder's record: {"stage": ..., "option": ...}
+RUN_DIGEST = "run_digest"  # the run that writes the items (vpltool.io.provenance), in _run.json and _stage.json
 DECODER_FILES = ("decoder.safetensors", "checkpoints", "log.jsonl")  # what marks a train-decoder folder
+
+
+def check_format(path: Path, found: object, version: object) -> None:
+    """Refuse a file or record of a newer format than this vpltool reads (``vpltool.format``, a record's
+    ``format``): its fields may mean something else now, and reading it silently could certify a wrong result.
+    Older formats, and files that record none, are read as they always were."""
+    if isinstance(found, int) and not isinstance(found, bool):
+        found = str(found)
+    if isinstance(found, str) and found.isdigit() and int(found) > int(FORMAT_VERSION):
+        by = f" by vpltool {version}" if isinstance(version, str) else ""
+        raise ContractError(f"{path}: written in format {found}{by}, newer than the format {FORMAT_VERSION} this "
+                            f"vpltool ({__version__}) reads; upgrade vpltool (pip install -U vpltool) to read it")
 
 
 def stage_record_path(folder: str | os.PathLike) -> Path:
@@ -59,6 +73,10 @@ def _record_problem(record: Any, keys: Mapping[str, tuple[type, str]]) -> str | 
             return f"no '{key}'"
         if not isinstance(record[key], kind) or isinstance(record[key], bool):
             return f"'{key}' is not {what}"
+    digest = record.get(RUN_DIGEST)
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 16
+                                   and all(c in "0123456789abcdef" for c in digest)):
+        return f"'{RUN_DIGEST}' is {json.dumps(digest)[:40]}, not 16 hex digits"
     for problem in (_dataset_problem(record), _classes_problem(record.get("classes")), _ids_problem(record),
                     _params_problem(record)):
         if problem is not None:

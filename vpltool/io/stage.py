@@ -36,8 +36,10 @@ from .. import __version__
 from ..errors import ContractError, VplError
 from .files import by_content, jsonable, make_folder, read_json, write_json
 from .locks import SHARD_NAME, output_lock
+from .provenance import run_digest
 from .records import (
     LOCK_FILE,
+    RUN_DIGEST,
     RUN_RECORD,
     SHARD_RECORD,
     SIDE_RECORD,
@@ -133,6 +135,13 @@ def _label(key: str, old: Any, new: Any) -> str:
 
 def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
                       not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None) -> Path:
+    """Create ``folder`` for a stage run (see :func:`begin_stage_run`, which also returns the run's digest)."""
+    return begin_stage_run(folder, stage, params, overwrite, not_compared, inputs)[0]
+
+
+def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
+                    not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None
+                    ) -> tuple[Path, str | None]:
     """Create ``folder`` for a stage run; refuse to mix parameter sets or inputs unless ``overwrite``.
 
     Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
@@ -142,8 +151,13 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
     A resume therefore never skips items made from other inputs, and never rewrites the record over them. With
     ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete; a folder of
     another stage is refused even then (``--overwrite`` never turns it into this stage's).
+
+    Returns the folder and the run's digest (:mod:`vpltool.io.provenance`), recorded in ``_run.json``: every item
+    the run writes carries it. A resume continues its folder's run and keeps the folder's digest (none, for a folder
+    begun before run digests, so that its items stay alike); a new run computes it (:func:`run_digest`).
     """
     folder = make_folder(folder)
+    kept: list[dict[str, Any]] = []  # the records of the run this one continues
     if not os.access(folder, os.W_OK):
         raise VplError(f"permission denied writing {folder}: fix the folder's permissions or choose another --out")
     for name, what in ((STAGE_RECORD, "made"), (RUN_RECORD, "an interrupted run made")):
@@ -171,9 +185,13 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
                 changed := changed_keys({k: v for k, v in old["inputs"].items() if k in inputs}, inputs)):
             raise VplError(f"{folder}: {what} from other inputs ({', '.join(changed)} changed since), so its items "
                            "are stale; pass --overwrite to redo every item, or choose another --out")
+        kept.append(old)
+    digest = kept[0].get(RUN_DIGEST) if kept else run_digest(stage, params, inputs, not_compared)
     run = {"stage": stage, "vpltool": __version__, "params": dict(params)}
-    write_json(folder / RUN_RECORD, run if inputs is None else {**run, "inputs": dict(inputs)})
-    return folder
+    if inputs is not None:
+        run["inputs"] = dict(inputs)
+    write_json(folder / RUN_RECORD, run if digest is None else {**run, RUN_DIGEST: digest})
+    return folder, digest
 
 
 def write_side_record(folder: Path, stage: str, option: str) -> None:
@@ -251,6 +269,7 @@ class StageFolder:
         self.not_compared = tuple(not_compared)
         self._stack = contextlib.ExitStack()
         self._created = False
+        self.digest: str | None = None  # the run's digest (:func:`begin_stage_run`), set on entering
 
     def __enter__(self) -> StageFolder:
         self._created = not self.folder.exists()
@@ -258,8 +277,8 @@ class StageFolder:
         self._stack.enter_context(output_lock(self.folder, self.shard, also=self.sides.values()))
         try:
             self._refuse_other_shard_count()
-            prepare_stage_dir(self.folder, self.stage, self.params, self.overwrite and self.reset, self.not_compared,
-                              self.inputs)
+            _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
+                                             self.not_compared, self.inputs)
             for option, path in self.sides.items():
                 write_side_record(path, self.stage, option)
         except BaseException:
@@ -352,6 +371,8 @@ class StageFolder:
         items from the record (:func:`recorded_ids`), not from whatever files lie in the folder."""
         if "ids" in extra:
             extra["ids"] = sorted(extra["ids"])
+        if self.digest is not None:  # the run every item records (vpltool.io.provenance)
+            extra[RUN_DIGEST] = self.digest
         path = write_stage_record(self.folder, self.stage, params=self.params,
                                   inputs=self.inputs if inputs is None else inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)

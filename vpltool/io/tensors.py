@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..errors import ContractError, VplError
 from . import files
-
-FORMAT_VERSION = "1"
+from .provenance import ITEM_WRITERS, RUN_META, check_item, writing_digest
+from .records import FORMAT_VERSION, check_format
 
 
 def write_tensors(
@@ -51,6 +51,8 @@ def write_tensors(
     }
     meta.update({f"vpltool.{k}": v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)
                  for k, v in extra.items()})
+    if kind in ITEM_WRITERS and (run := writing_digest(Path(path).parent)) is not None:
+        meta[f"vpltool.{RUN_META}"] = run  # the run under way in the item's folder (vpltool.io.provenance)
     import torch
 
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -254,7 +256,7 @@ def read_tensors(
         what = " or ".join(repr(k) for k in kinds)
         raise ContractError(f"{path}: expected a {what} file, found {found!r}; did you pass another stage's output?")
     check_format(path, meta.get("vpltool.format"), meta.get("vpltool.version"))
-    check_item_id(path, meta.get("vpltool.id"), found)
+    check_item(path, meta.get("vpltool.id"), meta.get(f"vpltool.{RUN_META}"), found)
     if classes is not None:
         file_classes = header_classes(path, meta)
         if list(file_classes) != list(classes):
@@ -269,40 +271,6 @@ def read_tensors(
     except Exception as e:  # a file truncated after its header
         raise ContractError(f"{path}: damaged safetensors file ({e}); re-run the stage that wrote it") from None
     return TensorFile(path, tensors, meta)
-
-
-def check_format(path: Path, found: object, version: object) -> None:
-    """Refuse a file or record of a newer format than this vpltool reads (``vpltool.format``, a record's
-    ``format``): its fields may mean something else now, and reading it silently could certify a wrong result.
-    Older formats, and files that record none, are read as they always were."""
-    if isinstance(found, int) and not isinstance(found, bool):
-        found = str(found)
-    if isinstance(found, str) and found.isdigit() and int(found) > int(FORMAT_VERSION):
-        by = f" by vpltool {version}" if isinstance(version, str) else ""
-        raise ContractError(f"{path}: written in format {found}{by}, newer than the format {FORMAT_VERSION} this "
-                            f"vpltool ({__version__}) reads; upgrade vpltool (pip install -U vpltool) to read it")
-
-
-# The stage that writes each per-item kind (one file per image, ``<folder>/<id><suffix>``), for messages.
-ITEM_WRITERS = {"features": "extract", "cam": "cam", "cam-debug": "cam --save-debug", "mask": "crf, predict, segment"}
-
-
-def check_item_id(path: Path, recorded: object, kind: str | None) -> None:
-    """Refuse a per-item file whose recorded id is not the item it is read for (its name, ``<id><suffix>``).
-
-    Every per-item file a stage writes records the id of the image it was made from (``vpltool.id``; a mask's PNG
-    text chunk). A file copied or renamed over another item's name (same-size images make it fit) would otherwise be
-    scored, refined or trained on as that item. Files without a recorded id (made before ids were recorded, a user's
-    own masks) are not checked: there is nothing to compare.
-    """
-    if not isinstance(recorded, str) or kind not in ITEM_WRITERS:
-        return
-    suffix = ".safetensors" if path.name.endswith(".safetensors") else path.suffix
-    name = path.name[:-len(suffix)] if suffix else path.name
-    if recorded != name:
-        fix = "re-run the stage that wrote it" if kind == "mask" else f"re-run `vpltool {ITEM_WRITERS[kind]}`"
-        raise ContractError(f"{path}: holds item {recorded!r}'s {kind} (its recorded id), not {name!r}'s: a file "
-                            f"copied or renamed over another item's; {fix} with --overwrite, or restore the file")
 
 
 def header_classes(path: Path, meta: Mapping[str, str]) -> list[str]:

@@ -148,7 +148,7 @@ def _masks(dataset: Dataset, todo: list[str], out: Path, fam, model, text: torch
 
     def write(index: list[int], t: dict) -> None:  # on a writer thread
         for i, mask in zip(index, t["masks"]):
-            io.write_mask(io.mask_path(out, items[i].id), mask.cpu().numpy())
+            io.write_mask(io.mask_path(out, items[i].id), mask.cpu().numpy(), items[i].id)
 
     run_image_batches([0] * len(items), lambda i: {"image": io.load_image(items[i].image)}, run, write, device,
                       runtime, lambda i: str(items[i].image), "pass a smaller --short-side or --slide-crop", on_item,
