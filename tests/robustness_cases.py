@@ -999,8 +999,10 @@ def _missing_weights(ws: Workspace) -> Iterator[list[object]]:
            "--pretrained", ws.root / "missing.safetensors", *CPU]
 
 
-@case("the toy CLIP on words outside the demo world (said once, read as its unknown-word token)",
-      "warning: the toy CLIP does not know 'clean', 'origami', 'camera'", "one unknown-word token",
+@case("the toy CLIP on words outside the demo world (said once, read as its unknown-word token; the words of the "
+      "default template, which the user never typed, counted, not named)",
+      "warning: the toy CLIP does not know 'camera':", "one unknown-word token", "and 2 words of vpltool's default "
+      "templates",
       "it knows only the demo world's 56 words", exit_code=0,
       leaves=("toy.safetensors",))
 def _toy_words(ws: Workspace) -> Iterator[list[object]]:
@@ -4506,6 +4508,7 @@ def _segment_dense_typo(ws: Workspace) -> Iterator[list[object]]:
 
 # the Python door (docs/api.md): every check of the CLI, with its line
 @case("Python: an 8x8 array given to a segmenter", "image (a ndarray): 8x8 pixels, too small to segment",
+      "use the full-size image or pass a larger image",
       python=True)
 def _py_tiny_array(ws: Workspace) -> Iterator[list[object]]:
     yield ["seg(np.zeros((8, 8, 3), np.uint8), ['star'])"]
@@ -5018,6 +5021,123 @@ def _eval_foreign_segment_mask(ws: Workspace) -> Iterator[list[object]]:
                    ",".join(SHAPES))
     yield ["eval", _foreign(ws, mine, "seg_foreign", other, ".png")]
 
+
+# ---- small ones: a refused run's new parents, the fix a photo's message gives, the toy's warning, PGSeg's groups
+@contextlib.contextmanager
+def _no_model_load() -> Iterator[None]:
+    """While the case runs, loading a CLIP fails loudly (a traceback, which the case test refuses): what the case
+    refuses must be refused before any model loads."""
+    import open_clip
+
+    with mock.patch.object(open_clip, "create_model", side_effect=AssertionError("a model loaded")):
+        yield
+
+
+def _cut_jpeg(ws: Workspace, path: Path) -> Path:
+    """A world image saved as a JPEG, then cut to two thirds of its bytes (a broken download)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(ws.world / "images" / "train_000000.png").convert("RGB").save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])
+    return path
+
+
+@case("segment of one truncated JPEG into runs_new/photo, where runs_new/ is new (found from the file before a "
+      "model loads; the new parent removed again)", "cut_photo.jpg: cut short (no end-of-image marker after its "
+      "image data): the file is truncated", "re-download it or pass another photo")
+def _segment_cut_photo(ws: Workspace) -> Iterator[list[object]]:
+    photo = _cut_jpeg(ws, ws.root / "cut_photo.jpg")
+    shutil.rmtree(ws.root / "runs_new", ignore_errors=True)
+    with _no_model_load():
+        yield ["segment", photo, "--classes", "star", "-o", ws.root / "runs_new" / "photo", *TINY, *CPU]
+
+
+@case("segment of a folder of photos, one a truncated JPEG", "photos_cut/b.jpg: cut short", "re-download it or "
+      "move it out of the folder")
+def _segment_folder_cut_photo(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.root / "photos_cut"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    shutil.copyfile(ws.world / "images" / "train_000001.png", folder / "a.png")
+    _cut_jpeg(ws, folder / "b.jpg")
+    with _no_model_load():
+        yield ["segment", folder, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("extract of a truncated PNG in a dataset's split (the fix: the split)", "world_cut_png/images/"
+      "train_000000.png: cut short (its IDAT chunk runs past the end of the file)", "re-download it or remove it "
+      "from the split")
+def _extract_cut_png(ws: Workspace) -> Iterator[list[object]]:
+    world = ws.copy(ws.world, "world_cut_png")
+    path = world / "images" / "train_000000.png"
+    path.write_bytes(path.read_bytes()[:-200])
+    with _no_model_load():
+        yield ["extract", world, "--split", "train", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("segment of a 8x8 photo alone (the fix names no split)", "tiny_photo.png: 8x8 pixels, too small to segment",
+      "use the full-size image or pass another photo")
+def _segment_tiny_photo(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(ws.root / "tiny_photo.png")
+    yield ["segment", ws.root / "tiny_photo.png", "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("segment FOLDER whose photos are in sub-folders (they are named sub-folders, not other files)",
+      "photos_nested: holds 2 sub-folders (a, b) and 1 other file (notes.txt)", "its sub-folders are not read: pass "
+      "the one that holds the photos")
+def _segment_nested_photos(ws: Workspace) -> Iterator[list[object]]:
+    folder = ws.root / "photos_nested"
+    shutil.rmtree(folder, ignore_errors=True)
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        shutil.copyfile(ws.world / "images" / "train_000000.png", folder / name / "x.png")
+    (folder / "notes.txt").write_text("holiday\n")
+    yield ["segment", folder, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+
+
+@case("train-pgseg --groups 1,1 (a one-group model gives every pixel one class)", "--groups 1,1: the last stage's "
+      "groups are the segments the model names", "pass at least 2 last")
+def _pgseg_one_group(ws: Workspace) -> Iterator[list[object]]:
+    yield ["train-pgseg", ws.world, "-o", ws.out("out"), *PGSEG_ARGS, "--groups", "1,1"]
+
+
+@case("train-pgseg --resume --groups 16,8 of a run made without --groups (the preset's own 16, 8: no change)",
+      "(resumed)", exit_code=0, leaves=("run_pgseg_own_groups/*",))
+def _pgseg_resume_own_groups(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_pgseg_own_groups")
+    yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--resume", "--groups", "16,8"]
+
+
+@case("segment --model pgseg:FILE with one tensor of another shape (both shapes named whole)",
+      "pgseg_bad_shape.safetensors: does not fit the PGSeg/GroupViT architecture it declares "
+      "(img_encoder.layers.0.blocks.0.attn.proj.weight is [64, 63] in the file, [64, 64] in the model)")
+def _pgseg_bad_shape(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = ws.root / "run_pgseg_own_groups"  # the run of the case before, or one made here
+    if not (run / "pgseg.safetensors").is_file():
+        _pgseg_run(ws, ws.world, "run_pgseg_own_groups")
+    with safe_open(str(run / "pgseg.safetensors"), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    key = "img_encoder.layers.0.blocks.0.attn.proj.weight"
+    tensors[key] = tensors[key][:, :-1].contiguous()
+    save_file(tensors, str(ws.root / "pgseg_bad_shape.safetensors"), metadata=meta)
+    yield ["segment", ws.world, "--split", "val", "--model", f"pgseg:{ws.root / 'pgseg_bad_shape.safetensors'}",
+           "--classes", "star", "-o", ws.out("out"), *CPU]
+
+
+@case("report on a folder of run folders, as `benchmark -o` of two methods leaves it (one a method)",
+      "bench_two: holds 2 run folders (maskclip, naclip), not stage folders; pass one of them")
+def _report_benchmark_folder(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("bench_two")
+    for method in ("naclip", "maskclip"):  # each a run folder: a stage folder (as benchmark's <method>/voc21/)
+        shutil.copytree(ws.cams, out / method / "voc21")
+    yield ["report", out, "-o", ws.out("report_bench"), "--workers", "1"]
 
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees

@@ -132,6 +132,10 @@ class PGSegTrainConfig(TextTrainConfig):
                            f"spans an odd number of patches; pass {self.attention_window + 1} (or 0: global)")
         for count in self.groups:
             at_least("--groups", count, 1, why=" (each grouping stage needs a group)")
+        if self.groups and self.groups[-1] < 2:  # trained and certified, it would give every pixel one class
+            raise VplError(f"--groups {','.join(map(str, self.groups))}: the last stage's groups are the segments "
+                           "the model names, and one group gives every pixel of a photo the same class; pass at "
+                           "least 2 last, e.g. 16,8")
         if list(self.groups) != sorted(self.groups, reverse=True):
             raise VplError(f"--groups {','.join(map(str, self.groups))}: each stage merges the groups of the one "
                            f"before, so no stage may have more; pass them largest first, e.g. "

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import VplError, VplWarning
+from ..io import note_source
 from ..presets import BACKGROUND
 from .common import IMAGE_EXTS, LAYOUT_FOLDERS, LAYOUTS, Dataset, Item, index_files
 
@@ -37,14 +38,19 @@ def open_images(path: Path) -> Dataset:
         if not is_image_file(path):
             raise VplError(f"{path}: not an image (vpltool reads {', '.join(IMAGE_EXTS)}) and not a manifest .json; "
                            "pass a photo, a folder of photos or a dataset")
+        note_source(path, "pass another photo")  # a fix about it: not "remove it from the split"
         return Dataset(IMAGE, path, None, (BACKGROUND,), [Item(path.stem, path, ())], None)
     images = index_files(path, IMAGE_EXTS, strict=True)
     if not images:
-        others = sorted(e.name for e in os.scandir(path) if not e.name.startswith("."))
-        what = f"holds {len(others)} other file{'s' if len(others) != 1 else ''} ({', '.join(others[:3])}" \
-            f"{', ...' if len(others) > 3 else ''})" if others else "is empty"
-        raise VplError(f"{path}: {what}: no image ({', '.join(IMAGE_EXTS)}) and no dataset layout; pass a folder "
-                       f"of photos, or {'; '.join(LAYOUTS)}")
+        entries = sorted((e.name, e.is_dir()) for e in os.scandir(path) if not e.name.startswith("."))
+        folders, others = [n for n, d in entries if d], [n for n, d in entries if not d]
+        held = [_listed(folders, "sub-folder"), _listed(others, "other file")]
+        what = f"holds {' and '.join(h for h in held if h)}" if entries else "is empty"
+        fix = "its sub-folders are not read: pass the one that holds the photos" if folders else \
+            "pass a folder of photos"
+        raise VplError(f"{path}: {what}: no image ({', '.join(IMAGE_EXTS)}) and no dataset layout; {fix}, or "
+                       f"{'; '.join(LAYOUTS)}")
+    note_source(path, "move it out of the folder")
     _warn_skipped(path, images)
     items = [Item(stem, images[stem], ()) for stem in sorted(images)]
     return Dataset(IMAGES, path, None, (BACKGROUND,), items, None)
@@ -62,6 +68,14 @@ def _warn_skipped(path: Path, images: dict[str, Path]) -> None:
         warnings.warn(VplWarning(f"{path}: {len(others)} file{'' if one else 's'} skipped ({shown}), not an image "
                                  f"vpltool reads ({', '.join(IMAGE_EXTS)}); convert {'it' if one else 'them'} to one "
                                  f"of these to segment {'it' if one else 'them'} too"), stacklevel=2)
+
+
+def _listed(names: list[str], what: str) -> str:
+    """``2 sub-folders (a, b)``: how many ``names`` of ``what`` and the first three; empty for none."""
+    if not names:
+        return ""
+    more = ", ..." if len(names) > 3 else ""
+    return f"{len(names)} {what}{'s' if len(names) != 1 else ''} ({', '.join(names[:3])}{more})"
 
 
 def is_plain(dataset: Dataset) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import presets
 from ..errors import VplWarning
 
 UNKNOWN = 0  # a word outside the vocabulary: the padding id, whose row no training prompt ever held inside it
@@ -53,11 +54,31 @@ class WordTokenizer:
         return out
 
     def unknown_line(self, words: list[str]) -> str:
-        """The one warning line for ``words`` outside the vocabulary."""
-        shown = ", ".join(repr(w) for w in words[:SHOWN]) + (f" and {len(words) - SHOWN} more" if len(words) > SHOWN
-                                                               else "")
+        """The one warning line for ``words`` outside the vocabulary: the words of vpltool's own default templates
+        and background words (which the user never typed) are counted, not named."""
+        typed = [w for w in words if w not in _DEFAULT_WORDS]
+        n_default = len(words) - len(typed)
         known = ", ".join(self.words[:SHOWN]) + (", ..." if len(self.words) > SHOWN else "")
+        knows = (f"it knows only the demo world's {len(self.words)} words ({known}: the 'vocabulary' of its "
+                 "vpltool.json)")
+        if not typed:
+            return (f"the toy CLIP does not know {n_default} word{'s' if n_default != 1 else ''} of vpltool's default "
+                    f"templates and background words: each is read as one unknown-word token; {knows}, so give "
+                    "templates and background words in them")
+        shown = ", ".join(repr(w) for w in typed[:SHOWN]) + (f" and {len(typed) - SHOWN} more" if len(typed) > SHOWN
+                                                             else "")
+        plural = "s" if n_default != 1 else ""
+        defaults = f", and {n_default} word{plural} of vpltool's default templates and background words" if n_default \
+            else ""
         return (f"the toy CLIP does not know {shown}: each is read as one unknown-word token (so is any other word "
-                "outside its vocabulary), so names made of such words look alike to it; it knows only the demo "
-                f"world's {len(self.words)} words ({known}: the 'vocabulary' of its vpltool.json), so use it on the "
-                "demo world's shapes, colours and backgrounds")
+                f"outside its vocabulary{defaults}), so names made of such words look alike to it; {knows}, so use it "
+                "on the demo world's shapes, colours and backgrounds")
+
+
+def _words(texts) -> set[str]:
+    return {w for text in texts for w in "".join(c if c.isalnum() else " " for c in text.lower()).split()}
+
+
+# the words of the prompts vpltool makes by itself (its default templates and background words): not the user's
+_DEFAULT_WORDS = _words((*presets.IMAGENET_TEMPLATES, presets.CLIP_ES_TEMPLATE, *presets.VOC_BACKGROUND,
+                         *presets.COCO_BACKGROUND))

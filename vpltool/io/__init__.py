@@ -5,6 +5,7 @@
 * :mod:`~vpltool.io.kinds`: ``features``, ``prototypes``, ``cam``, ``cam-debug``, one reader and one writer each.
 * :mod:`~vpltool.io.training`: a training run's ``log.jsonl``, ``decoder`` and ``decoder-checkpoint``.
 * :mod:`~vpltool.io.images`: photos in, masks (VOC palette PNGs), charts and sheets out.
+* :mod:`~vpltool.io.photo_files`: a photo file cut short, found before decoding; how a fix says to leave it out.
 * :mod:`~vpltool.io.metrics`: `eval --json` results and a run's ``metrics.json``, checked on read.
 * :mod:`~vpltool.io.events`: TensorBoard event files (the optional ``tensorboard`` extra).
 * :mod:`~vpltool.io.inputs`: a run's inputs by content, and which one changed since a record.
@@ -90,6 +91,7 @@ from .kinds import (
 )
 from .locks import output_lock, replace_lock
 from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, read_run_metrics
+from .photo_files import cut_short, leave_out, note_source
 from .provenance import ITEM_WRITERS, check_item, run_digest, writing_digest
 from .records import (
     DECODER_FILES,
@@ -177,5 +179,6 @@ __all__ = [
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
     "check_eval_metrics", "is_eval_metrics", "read_eval_metrics", "read_run_metrics",
     "NOT_FILES", "changed_inputs", "files_digest", "weights_identity",
+    "cut_short", "leave_out", "note_source",
     "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
 ]  # fmt: skip

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 from ..errors import ContractError, VplError, VplWarning
 from . import files
 from .marks import png_info
+from .photo_files import cut_short, leave_out
 from .provenance import RUN_META, check_item, writing_digest
 
 MASK_SUFFIX = ".png"
@@ -119,7 +120,7 @@ _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 def _unreadable(path: Path, e: Exception) -> ContractError:
     if isinstance(e, Image.DecompressionBombError):
         return _too_many_pixels(path, e)
-    return ContractError(f"{path}: unreadable image ({e}); re-download or remove it from the split")
+    return ContractError(f"{path}: unreadable image ({e}); re-download it or {leave_out(path)}")
 
 
 def _too_many_pixels(path: Path, e: Exception) -> ContractError:
@@ -173,10 +174,13 @@ def _header(path: str | os.PathLike) -> tuple[int, int, int]:
             width, height = img.size
             orientation = _orientation(img, path)
             _check_still(img, path)
+            why = cut_short(path, img.format)
     except FileNotFoundError:
-        raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
+        raise VplError(f"{path}: image not found; restore it or {leave_out(path)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _unreadable(path, e) from None
+    if why is not None:  # found here, before a model loads, not when a loader decodes it
+        raise ContractError(f"{path}: cut short ({why}): the file is truncated; re-download it or {leave_out(path)}")
     return height, width, orientation
 
 
@@ -191,9 +195,10 @@ def check_image_side(where: object, height: int, width: int) -> None:
     a 1x500 strip too), the same for a file (``where``: its path) and a Python image (``where``: its name)."""
     from ..config import MIN_IMAGE_SIDE
 
-    if min(height, width) < MIN_IMAGE_SIDE:
+    if min(height, width) < MIN_IMAGE_SIDE:  # a file: left out as its source says (io.leave_out)
+        leave = leave_out(where) if isinstance(where, os.PathLike) else "pass a larger image"
         raise VplError(f"{where}: {height}x{width} pixels, too small to segment (at least {MIN_IMAGE_SIDE} pixels a "
-                       "side, one CLIP patch); remove it from the split or use the full-size image")
+                       f"side, one CLIP patch); use the full-size image or {leave}")
 
 
 def _check_still(img: Image.Image, path: Path) -> None:
@@ -201,13 +206,13 @@ def _check_still(img: Image.Image, path: Path) -> None:
     would be decoded as its first frame without a word (which frame the labels describe, nobody knows)."""
     if img.format not in _FORMATS:
         raise ContractError(f"{path}: a {img.format} image under a {path.suffix} name; convert it to one of .jpg, "
-                            ".png, .tif, .webp (a still image) or remove it from the split")
+                            f".png, .tif, .webp (a still image) or {leave_out(path)}")
     frames = getattr(img, "n_frames", 1)
     if img.format != "MPO" and frames > 1:
         what = f"a {img.format} of {frames} pages" if img.format == "TIFF" else \
             f"an animated {img.format} of {frames} frames"
         raise ContractError(f"{path}: {what}; save the {'page' if img.format == 'TIFF' else 'frame'} its labels "
-                            "describe as a still image, or remove it from the split")
+                            f"describe as a still image, or {leave_out(path)}")
 
 
 _PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # chunks Pillow reads EXIF or XMP orientation from
@@ -259,7 +264,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             ImageOps.exif_transpose(img, in_place=True)  # in place: an upright photo is not copied
             rgb = _to_rgb(img, path)
     except FileNotFoundError:
-        raise VplError(f"{path}: image not found; restore it or remove it from the split") from None
+        raise VplError(f"{path}: image not found; restore it or {leave_out(path)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _unreadable(path, e) from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -278,7 +283,7 @@ def _to_rgb(img: Image.Image, path: Path | None = None) -> np.ndarray:
         if path is not None and rgba.size and rgba[:, :, 3].max() == 0:
             # kept (it is a valid image) but said: a blank export or a mask saved as a photo, not a picture
             warnings.warn(VplWarning(f"{path}: fully transparent (alpha 0 in every pixel), so it decodes to a black "
-                                     "image; remove it from the split, or save it without its alpha channel if its "
+                                     f"image; {leave_out(path)}, or save it without its alpha channel if its "
                                      "colours are the picture"), stacklevel=2)
         # composite on black: colour * alpha, so hidden pixels (alpha 0) are black, not their stored colour
         return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)

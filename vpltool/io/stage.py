@@ -274,6 +274,9 @@ class StageFolder:
     def __enter__(self) -> StageFolder:
         self._created = not self.folder.exists()
         self._sides_created = [path for path in self.sides.values() if not path.exists()]
+        # the parents this run makes too (`-o runs/photo` where runs/ is new): a refused run removes them again
+        self._parents_created = [p for p in (*self.folder.parents, *(q for s in self._sides_created for q in s.parents))
+                                 if not p.exists()]
         self._stack.enter_context(output_lock(self.folder, self.shard, also=self.sides.values()))
         try:
             self._refuse_other_shard_count()
@@ -294,6 +297,9 @@ class StageFolder:
                 self._remove_if_untouched(path, {SIDE_RECORD})
             if self._created:
                 self._remove_if_untouched(self.folder, {LOCK_FILE, RUN_RECORD})
+            for path in sorted(set(self._parents_created), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):  # only when empty: the deepest first
+                    path.rmdir()
 
     def _refuse_other_shard_count(self) -> None:
         """Shards of one folder have one count: ``--shard 1/3`` into a folder where shard 0 of 2 finished would

@@ -232,15 +232,22 @@ def discover(run: str | Path) -> Run:
     """
     root = Path(run)
     if not root.is_dir():
-        raise VplError(f"{root}: not a folder; pass a run folder (the Makefile's RUN, e.g. runs/demo)")
+        raise VplError(f"{root}: not a folder; pass a run folder (the folders of one pipeline run, e.g. runs/demo)")
     own = io.stage_record_path(root)
     single = own.is_file() and io.read_record(own).get("stage") in COLUMN_STAGES
     # one stage folder given alone (a `segment` of plain photos): the report of that folder, one column
     records = [(root, io.read_record(own))] if single else \
         [(f, r) for f, r in _records(root) if r.get("stage") in DATA_STAGES]
     if not records:
-        raise VplError(f"{root}: not a vpltool run (no extract, cam, crf or predict folder with a "
-                       f"{io.STAGE_RECORD} inside); pass the Makefile's RUN folder, e.g. runs/demo")
+        inner = [f for f in sorted(p for p in root.iterdir() if p.is_dir())
+                 if any(r.get("stage") in DATA_STAGES for _, r in _records(f))]
+        if inner:  # `benchmark -o` of several methods: a folder of runs, one a method
+            names = ", ".join(f.name for f in inner[:3]) + (", ..." if len(inner) > 3 else "")
+            raise VplError(f"{root}: holds {len(inner)} run folder{'s' if len(inner) != 1 else ''} ({names}), not "
+                           f"stage folders; pass one of them, e.g. {inner[0]}")
+        raise VplError(f"{root}: not a vpltool run (no extract, cam, crf, predict or segment folder with a "
+                       f"{io.STAGE_RECORD} inside); pass a run folder (the folders of one pipeline run, e.g. "
+                       "runs/demo) or one segment folder")
     metrics = root / METRICS
     by_key: dict[tuple[str, str | None], list[tuple[Path, dict[str, Any]]]] = {}
     for folder, record in records:

@@ -35,7 +35,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +299,9 @@ def run_train_text(
             raise VplError(f"--init {init}: no such file; pass {_files(cfg.family)}")
         init_config, init_state = fam.load_checkpoint(init)
     model_cfg = fam.model_config(cfg, init_config)
+    if "groups" in {f.name for f in fields(cfg)} and cfg.groups and \
+            fam.model_config(replace(cfg, groups=()), init_config) == model_cfg:
+        cfg = replace(cfg, groups=())  # the model's own groups: recorded as a run without --groups (a resume matches)
     tokenize, length, context = _tokenizer(fam, model_cfg)
     check_pairs(pairs, length, context, truncate=cfg.truncate, workers=runtime.loader_workers("cpu"))
     if nouns is not None and find_nouns is not None and not any(find_nouns(p.caption) for p in pairs.pairs):
