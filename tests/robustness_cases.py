@@ -5113,8 +5113,8 @@ def _pgseg_resume_own_groups(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("segment --model pgseg:FILE with one tensor of another shape (both shapes named whole)",
-      "pgseg_bad_shape.safetensors: does not fit the PGSeg/GroupViT architecture it declares "
-      "(img_encoder.layers.0.blocks.0.attn.proj.weight is [64, 63] in the file, [64, 64] in the model)")
+      "pgseg_bad_shape.safetensors: tensor 'img_encoder.layers.0.blocks.0.attn.proj.weight' is [64, 63], this "
+      "model's is [64, 64]; pass a checkpoint of this model")
 def _pgseg_bad_shape(ws: Workspace) -> Iterator[list[object]]:
     from safetensors import safe_open
     from safetensors.torch import save_file

@@ -56,12 +56,13 @@ def tokenizer(cfg: PGSegConfig, vocabulary: Sequence[str] | None = None):
 
 def check_pgseg(spec: str | Path, **_: Any) -> PGSegConfig:
     """The config of checkpoint ``spec`` (read and validated; no model built)."""
+    from ...io.tensors import check_weights
+
     cfg, state = load_checkpoint(spec)
-    expected = build_model_shapes(cfg)
-    bad = [k for k, shape in expected.items() if k not in state or tuple(state[k].shape) != shape]
-    if bad or set(state) - set(expected):
-        raise VplError(f"{spec}: does not fit the PGSeg/GroupViT architecture it declares (first mismatched keys "
-                       f"{(bad or sorted(set(state) - set(expected)))[:3]}); pass a checkpoint of this model")
+    with torch.device("meta"):  # the model's keys, shapes and dtypes: no memory, no init
+        expected = PGSeg(cfg).state_dict()
+    # the one scrutiny of a model file: the first wrong tensor named with both shapes whole (not a cut key list)
+    check_weights(spec, state, expected, fix="pass a checkpoint of this model")
     return cfg
 
 
