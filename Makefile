@@ -441,6 +441,10 @@ OVSS_PROXY_IMAGES ?= 12
 # (pgseg_parity.py) and the whole train-pgseg trainer against their training loops (pgseg_trainer_parity.py)
 PGSEG_REF ?=
 GROUPVIT_REF ?=
+# TALK2DINO_REF=a clone of lorebianchi98/Talk2DINO (4918c2d), DINOV2_REF=one of facebookresearch/dinov2 (b8931f7, what
+# its torch.hub.load fetches): the talk2dino family against its training and zero-shot code (talk2dino_parity.py)
+TALK2DINO_REF ?=
+DINOV2_REF ?=
 # WECLIP_REF=/path/to/a/clone of zbf1991/WeCLIP (0f47db4): --recipe weclip against WeCLIP's own code (weclip_parity.py)
 WECLIP_REF ?=
 WECLIP_WORK ?=
@@ -476,6 +480,9 @@ parity: setup
 	$(if $(PGSEG_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/pgseg_trainer_parity.py --ref $(PGSEG_REF) \
 	  $(if $(GROUPVIT_REF),--groupvit $(GROUPVIT_REF)) > $(PARITY_OUT)/pgseg_trainer_parity.json.tmp \
 	  && mv $(PARITY_OUT)/pgseg_trainer_parity.json.tmp $(PARITY_OUT)/pgseg_trainer_parity.json)
+	$(if $(TALK2DINO_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/talk2dino_parity.py --ref $(TALK2DINO_REF) \
+	  --dinov2 $(DINOV2_REF) > $(PARITY_OUT)/talk2dino_parity.json.tmp \
+	  && mv $(PARITY_OUT)/talk2dino_parity.json.tmp $(PARITY_OUT)/talk2dino_parity.json)
 	$(if $(WECLIP_REF),$(VENV)/bin/python parity/weclip_parity.py --ref $(WECLIP_REF) $(if $(WECLIP_WORK),--work $(WECLIP_WORK)) \
 	  $(if $(WECLIP_DINO_REF),--dino-repo $(WECLIP_DINO_REF)) \
 	  --previous $(PARITY_OUT)/weclip_parity.json > $(PARITY_OUT)/weclip_parity.json.tmp && mv $(PARITY_OUT)/weclip_parity.json.tmp $(PARITY_OUT)/weclip_parity.json, \

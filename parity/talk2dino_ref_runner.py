@@ -195,7 +195,7 @@ def training(inputs: dict, feats) -> dict:
         h.remove()
     return {"ann_feats": ann, "loss": loss0, "train_mean_loss": mean_loss, "heads": heads, "grads": grads,
             "after": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "projected": model.project_clip_txt(ann.float()).detach()}
+            "projected": model.project_clip_txt(ann.float()).detach()}  # after the step
 
 
 def zero_shot(clone: Path, inputs: dict, work: Path) -> dict:
@@ -225,7 +225,8 @@ def zero_shot(clone: Path, inputs: dict, work: Path) -> dict:
     os.chdir(work)  # DINOText reads configs/<proj_class>.yaml from the working directory
     try:
         for name, setting in inputs["zero_shot"].items():
-            model = DINOText(inputs["dino"]["name"], inputs["resize_dim"], "ViT-B/16", "talk2dino_parity",
+            seg_scale = inputs["seg"]
+            model = DINOText(inputs["dino"]["name"], seg_scale["resize_dim"], "ViT-B/16", "talk2dino_parity",
                              "talk2dino_parity", "ProjectionLayer", pre_trained=False,
                              with_bg_clean=setting["bg_clean"])
             model.proj.load_state_dict({k: v.clone() for k, v in inputs["proj_state"].items()})
@@ -234,16 +235,17 @@ def zero_shot(clone: Path, inputs: dict, work: Path) -> dict:
             text = model.build_text_embedding(tokens)
             seg = DINOTextSegInference(model, text, inputs["classes"], with_bg=True, pamr=setting["pamr"],
                                        bg_thresh=setting["bg_thresh"],
-                                       test_cfg={"mode": "slide", "stride": (224, 224), "crop_size": (448, 448)})
+                                       test_cfg={"mode": "slide", "stride": (seg_scale["stride"],) * 2,
+                                                 "crop_size": (seg_scale["crop"],) * 2})
             rows = []
-            for path in inputs["photos"]:
+            for path in inputs["photos"][:seg_scale["photos"]]:
                 bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 h0, w0 = bgr.shape[:2]
-                scale = min(2048 / max(h0, w0), 448 / min(h0, w0))
+                scale = min(2048 / max(h0, w0), seg_scale["short_side"] / min(h0, w0))
                 size = (int(w0 * scale + 0.5), int(h0 * scale + 0.5))
                 img = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR) if size != (w0, h0) else bgr
                 img = torch.from_numpy(np.ascontiguousarray(img.astype(np.float32).transpose(2, 0, 1)))[None]
-                logits = slide(seg, img, 448, 224)
+                logits = slide(seg, img, seg_scale["crop"], seg_scale["stride"])
                 logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
                 probs = F.softmax(logits, dim=1)
                 rows.append({"logits": logits[0], "labels": probs.argmax(dim=1)[0]})
