@@ -4,6 +4,10 @@ The property is the promise of docs/robustness.md itself, for any input: the com
 ``error:`` line (the last) or click's usage error, never a traceback; no temporary file is left anywhere; a
 refused run leaves no ``_stage.json`` in its output; and nothing outside the run's own output changes.
 
+The damaged inputs reach past the stage folders: a dataset's photo, and an item of another run of the same stage
+copied into a finished folder (same image, same id: only its run differs). An exit 0 must have done what the options
+asked: a damaged input it read is never certified, and what it certified is what the clean input gives.
+
 The commands and their options are read from the typer app, so a new command or option is fuzzed without editing
 this file (a command without a base invocation below gets its positional arguments drawn from the workspace's
 folders and files). The run here is bounded and derandomized (``VPLTOOL_FUZZ_EXAMPLES`` examples per command, 2 by
@@ -20,7 +24,7 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_docs import command_options, misnamed_options  # noqa: E402
 
@@ -226,14 +230,37 @@ def test_every_option_at_its_edge_values_keeps_the_promise(ws, name):
 
 # --------------------------------------------------------------------------------------------- damaged inputs
 def _mutations(ws: rc.Workspace):
-    """(stage input folder, base invocation on a copy of it) for the stages that read a folder of items."""
+    """(stage input folder, base invocation on a copy of it) for the stages that read a folder of items, a folder of
+    photos (a copy of the world: its ``images/`` is damaged)."""
     return {
         "features": lambda copy, out: ["cam", copy, "-p", ws.text, "-o", out, *rc.CPU],
         "cams": lambda copy, out: ["crf", copy, "-o", out, "--workers", "1"],
         "cams-eval": lambda copy, out: ["eval", copy],
         "pseudo": lambda copy, out: ["eval", copy, "--json", out / "scores.json"],
         "pseudo-decoder": lambda copy, out: ["train-decoder", copy, "-p", ws.text, "-o", out, *rc.DECODER_ARGS],
+        "photos": lambda copy, out: ["extract", copy, "--split", "val", "-o", out, *rc.TINY, *rc.CPU, "--workers",
+                                     "1"],
     }
+
+
+def _sources(ws: rc.Workspace) -> dict[str, Path]:
+    return {"features": ws.features, "cams": ws.cams, "cams-eval": ws.cams, "pseudo": ws.pseudo,
+            "pseudo-decoder": ws.pseudo, "photos": ws.world}
+
+
+def _other_run(ws: rc.Workspace, kind: str) -> Path | None:
+    """A finished folder of another run of the stage that made ``kind``'s folder (other options, same images, made
+    once): where an item of another run comes from. None for the inputs that are no stage folder."""
+    made = {"features": ("extract", ws.world, "--split", "train", *rc.TINY, *rc.CPU, "--workers", "1"),
+            "cams": ("cam", ws.features, "-p", ws.text, "--refine", "none", *rc.CPU),
+            "pseudo": ("crf", ws.cams, "--no-crf", "--workers", "1")}
+    stage = {"cams-eval": "cams", "pseudo-decoder": "pseudo"}.get(kind, kind)
+    if stage not in made:
+        return None
+    out = ws.root / f"fuzz_other_{stage}"
+    if not (out / "_stage.json").is_file():
+        rc.cli_ok(*made[stage][:2], "-o", out, *made[stage][2:])
+    return out
 
 
 def _result(out: Path, output: str) -> dict[str, object]:
@@ -264,14 +291,19 @@ def _result(out: Path, output: str) -> dict[str, object]:
     return made
 
 
-def _mutate(folder: Path, how: str, pick: int, cut: float) -> None:
-    """Damage one file of a copied stage folder: truncate it, put another item's file or a file of another format
-    in its place, or edit a field of the folder's record."""
+def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = None, prefix: str = "") -> None:
+    """Damage one file of a copied stage folder: truncate it, put another item's file, the same item's file of
+    another run (``other``, a finished folder of the same stage) or a file of another format in its place, or edit
+    a field of the folder's record. ``prefix``: only files whose name starts with it (the images the command
+    reads)."""
     import json
 
-    items = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+    items = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(("_", "."))
+                   and p.name.startswith(prefix))
     target = items[pick % len(items)]
-    if how == "truncate":
+    if how == "other run":
+        shutil.copyfile(other / target.name, target)
+    elif how == "truncate":
         data = target.read_bytes()
         target.write_bytes(data[:int(len(data) * cut)])
     elif how == "other item":
@@ -280,6 +312,8 @@ def _mutate(folder: Path, how: str, pick: int, cut: float) -> None:
         target.write_bytes(b"\x89PNG\r\n\x1a\n" if target.suffix != ".png" else b'{"vpltool_file": "scores"}')
     else:  # a field of the record edited
         record = folder / "_stage.json"
+        if not record.is_file():
+            return  # a folder without a record (photos, a model): nothing to edit
         data = json.loads(record.read_text())
         keys = sorted(data)
         key = keys[pick % len(keys)]
@@ -287,31 +321,44 @@ def _mutate(folder: Path, how: str, pick: int, cut: float) -> None:
         record.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("kind", ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder"])
+KINDS = ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder", "photos"]
+# what a damage makes of each kind of input: an unreadable file (never certified) or a valid one of other content
+# (a photo or a model replaced by another is another input, and may be certified as such)
+UNREADABLE = ("other format", "truncate")
+FOREIGN = ("other item", "other run")  # another item's file, the same item's file of another run: never certified
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
-    source = {"features": ws.features, "cams": ws.cams, "cams-eval": ws.cams, "pseudo": ws.pseudo,
-              "pseudo-decoder": ws.pseudo}[kind]
+    source = _sources(ws)[kind]
     copy, out = ws.root / f"damaged_{kind}", ws.root / f"fuzz_damaged_{kind}"
+    inner = (lambda root: root / "images") if kind == "photos" else (lambda root: root)  # where the damage goes
     # the command on the clean input, at the same paths: what an exit 0 on a damaged copy must have made
     shutil.copytree(source, copy)
     code, output = _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
     clean = _result(out, output)
     assert code == 0 and len(clean) > 1 or clean["printed"], (kind, output)
+    other = _other_run(ws, kind)
 
     @FUZZ
-    @given(how=st.sampled_from(["truncate", "other item", "other format", "record"]), pick=st.integers(0, 50),
-           cut=st.sampled_from([0.0, 0.01, 0.5, 0.99]))
+    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run"]),
+           pick=st.integers(0, 50), cut=st.sampled_from([0.0, 0.01, 0.5, 0.99]))
+    @example(how="other run", pick=0, cut=0.5)  # every time: a finished folder holding another run's item
     def run(how, pick, cut):
+        if how == "other run" and other is None:
+            return  # photos and models have no run
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(source, copy)
-        _mutate(copy, how, pick, cut)
+        _mutate(inner(copy), how, pick, cut, other, "val_" if kind == "photos" else "")
         code, output = _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
         # a damaged input is never certified: whatever it let through, it did not finish
-        if how in ("other item", "other format") or (how == "truncate" and cut < 0.99):
+        stage_folder = kind != "photos"
+        unreadable = how == "other format" or (how == "truncate" and cut < 0.99)
+        if unreadable or (how in FOREIGN and stage_folder):
             assert not (out / "_stage.json").exists() and not (out / "scores.json").exists(), (kind, how, pick, cut)
         # what it let through (an edit the command does not read) made the clean input's result, not another one
-        if code == 0:
+        if code == 0 and (stage_folder or how == "record"):
             assert _result(out, output) == clean, (kind, how, pick, cut)
 
     run()

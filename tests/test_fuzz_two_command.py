@@ -4,7 +4,10 @@ mixed.
 A *story* is a command whose run a second command continues: a training run (killed after a checkpoint, or
 finished) and its ``--resume``; ``--shard 0/2`` and the next shard (or a plain run that finishes the folder). A
 *change* replaces, edits or moves one file the story depends on between the two: an image, a caption, a label, a
-pseudo mask, a shard, a noun file, the ``--init`` weights, the prototypes, the weights of a model the run loads.
+pseudo mask, a shard, a noun file, the ``--init`` weights, the prototypes, the weights of a model the run loads (a
+CLIP read from local bytes, ``--model local-dir:DIR``, included). A story's first command may also be killed with
+``kill -9`` of its whole process group, or finish before the change, the second then running the same command on the
+finished folder.
 
 The property, for every (story, change, way of stopping) drawn:
 
@@ -15,6 +18,10 @@ The property, for every (story, change, way of stopping) drawn:
   inputs;
 * a change that keeps every byte (the data moved, or named by an absolute path where the first run had a relative
   one) is accepted: exit 0, and the same result.
+
+A *chain* runs the stages of the pipeline one after the other (extract, text-prototypes, cam, eval) and replaces
+the weights of the CLIP they read between two of them: every later stage refuses in one line, or the chain's end
+equals a clean chain run on the new weights alone.
 
 Bounded and derandomized here (``VPLTOOL_FUZZ_TWO_EXAMPLES`` draws per story, 2 by default); ``make fuzz`` runs a
 longer one. A fault it finds is fixed as a class and becomes a row of ``robustness_cases.py``.
@@ -36,7 +43,7 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 import pgseg_stand_in  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import robustness_cases as rc  # noqa: E402
@@ -86,12 +93,38 @@ def assets(ws) -> dict[str, Path]:
             state = _build(SAM_ARCHS["test"]).state_dict()
         out[f"sam{seed}"] = root / f"sam{seed}.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(out[f"sam{seed}"]))
+    out["clip0"], out["clip1"] = _toy_clip(), root / "clip1.safetensors"
+    _perturbed(out["clip0"] / "open_clip_model.safetensors", out["clip1"])
+    out["clip0w"] = out["clip0"] / "open_clip_model.safetensors"  # the same bytes, copied anew (a new mtime)
     out["text0"], out["text1"] = ws.text, root / "text1.safetensors"
     rc.cli_ok("text-prototypes", ws.features, "-o", out["text1"], "--templates", "a picture of a {}.",
               "--background", "grass,sky,wall,water", *rc.CPU)
     (root / "nouns.txt").write_text("star\ncircle\nsquare\ntriangle\ncross\n")
     out["nouns"] = root / "nouns.txt"
     return out
+
+
+def _toy_clip() -> Path:
+    """The toy CLIP vpltool ships: a ``local-dir`` model folder (config, vocabulary, weights)."""
+    import vpltool
+
+    return Path(vpltool.__file__).parent / "assets" / "toy-clip"
+
+
+def _perturbed(weights: Path, out: Path) -> None:
+    """``weights`` with seeded noise (2% of each float tensor's spread) added: the same architecture, other values,
+    what a retrained model under the same name holds."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    gen = torch.Generator().manual_seed(7)
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel() > 1:
+            tensors[name] = (t + 0.02 * t.float().std() * torch.randn(t.shape, generator=gen)).to(t.dtype)
+    save_file(tensors, str(out), metadata=meta)
 
 
 def _shards(world: Path, folder: Path, captions: dict[str, str]) -> Path:
@@ -134,7 +167,11 @@ def _tensors(path: Path) -> dict:
 
 
 def _masks(out: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
+    """Each mask's pixels (as a user reads them; its file also records the run that wrote it)."""
+    import numpy as np
+    from PIL import Image
+
+    return {p.name: np.asarray(Image.open(p)).tobytes() for p in sorted(out.glob("*.png"))}
 
 
 def _copy_world(ws, root: Path, name: str = "world") -> Path:
@@ -164,6 +201,14 @@ def _swapped_to(key: str, other: str) -> Callable:
     """The file of ``key`` replaced, under its name, by the asset ``other`` (another file of the same kind)."""
     def apply(inputs: dict, root: Path, assets: dict) -> dict:
         shutil.copyfile(assets[other], inputs[key])
+        return inputs
+    return apply
+
+
+def _weights_replaced(key: str, name: str, other: str) -> Callable:
+    """The file ``name`` of the model folder ``key`` replaced, under its name, by the asset ``other``."""
+    def apply(inputs: dict, root: Path, assets: dict) -> dict:
+        shutil.copyfile(assets[other], inputs[key] / name)
         return inputs
     return apply
 
@@ -290,6 +335,20 @@ def _segment_args(dense: list[str]) -> tuple[Callable, Callable]:
     return first, second
 
 
+def _clip_setup(ws, assets, root: Path) -> dict:
+    shutil.copytree(assets["clip0"], root / "clip")
+    return {"clip": root / "clip", "world": ws.world}
+
+
+def _clip_args(inputs, out, mode: str, first: bool) -> list:
+    """`segment` with the toy CLIP read from its folder: the first command shard 0 of 2 (or, ``finished`` and
+    ``killed``, the whole run), the second shard 1 (``next shard``) or the whole run."""
+    shard = ["--shard", "0/2"] if first and mode in ("next shard", "plain run") else \
+        ["--shard", "1/2"] if mode == "next shard" else []
+    return ["segment", inputs["world"], "--split", "val", "-o", out, "--model", f"local-dir:{inputs['clip']}",
+            "--dense", "maskclip", "--classes", "star,circle", *rc.TEXT_ARGS, *rc.CPU, *shard]
+
+
 def _resumed(args_of: Callable) -> Callable:
     return lambda inputs, out, mode: [*args_of(inputs, out, mode), "--resume"]
 
@@ -300,6 +359,7 @@ _sam_first, _sam_second = _segment_args(["--dense", "trident", "--proxy-model", 
                                          "none", "--sam-model", "test", "--sam-weights", "WEIGHTS"])
 TRAINING = ("interrupted", "finished")
 SHARDS = ("next shard", "plain run")
+RERUNS = ("next shard", "plain run", "finished", "killed")  # killed: kill -9 of the first command's process group
 
 STORIES = {
     "train-pgseg on a caption folder": Story(
@@ -339,6 +399,13 @@ STORIES = {
         {"--proxy-weights replaced": (_swapped_to("weights", "dino1"), False),
          "--proxy-weights moved": (_moved("weights"), True)},
         _masks, ("_stage.json",), SHARDS),
+    "segment --model local-dir:DIR (a CLIP from local bytes)": Story(
+        _clip_setup, lambda i, o, m: _clip_args(i, o, m, True), lambda i, o, m: _clip_args(i, o, m, False),
+        {"weights replaced under their name": (_weights_replaced("clip", "open_clip_model.safetensors", "clip1"),
+                                               False),
+         "weights rewritten, the same bytes": (_weights_replaced("clip", "open_clip_model.safetensors", "clip0w"),
+                                               True)},
+        _masks, ("_stage.json",), RERUNS, stand_in=False),
     "segment --dense trident --shard": Story(
         _segment_setup("sam"), _sam_first, _sam_second,
         {"--sam-weights replaced": (_swapped_to("weights", "sam1"), False),
@@ -365,8 +432,27 @@ def _interrupting(target: str):
     return mock.patch(target, write_then_stop)
 
 
-def _run(story: Story, args: list, mode: str, first: bool):
-    """One command; the first of an interrupted story stops after its checkpoint (exit 130)."""
+def _killed(args: list, out: Path) -> None:
+    """``vpltool ARGS`` in a child process in its own session (paced, :data:`robustness_cases.PACED_CLI`), killed
+    with ``kill -9`` of its whole process group once its first item is on disk; no process of it survives."""
+    import signal
+
+    proc = rc.paced_cli(args)
+    try:
+        rc.wait_until(proc, lambda: any(Path(out).glob("*.png")))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not rc.session_processes(proc.pid)
+
+
+def _run(story: Story, args: list, mode: str, first: bool, kill: bool = True):
+    """One command; the first of an interrupted story stops after its checkpoint (exit 130), the first of a
+    ``killed`` one is killed with kill -9 mid-run (``kill``: else it runs whole)."""
+    if first and mode == "killed" and kill:
+        _killed(args, args[args.index("-o") + 1])
+        return None
     if first and mode == "interrupted":
         with _interrupting(story.interrupt):
             r = rc.invoke(*args)
@@ -389,7 +475,7 @@ def _clean_result(story: Story, ws, assets, root: Path, changes: list[str], mode
         inputs = story.changes[change][0](inputs, root, assets)
     out = root / "out"
     for n, args_of in enumerate((story.first, story.second)):
-        r = _run(story, args_of(inputs, out, mode), mode, n == 0)
+        r = _run(story, args_of(inputs, out, mode), mode, n == 0, kill=False)  # nothing changed: run it whole
         assert n == 0 or r.exit_code == 0, r.output[-1500:]
     return story.result(out)
 
@@ -401,8 +487,6 @@ def test_a_changed_input_is_refused_or_recomputed_never_certified_mixed(ws, asse
         pgseg_stand_in.install(monkeypatch)
     counter = iter(range(10**6))
 
-    @FUZZ
-    @given(change=st.sampled_from(sorted(story.changes)), mode=st.sampled_from(story.modes))
     def run(change, mode):
         root = tmp_path / f"ex{next(counter)}"
         root.mkdir()
@@ -433,5 +517,72 @@ def test_a_changed_input_is_refused_or_recomputed_never_certified_mixed(ws, asse
         monkeypatch.chdir(clean)
         want = _clean_result(story, ws, assets, clean, [change], mode)
         assert got == want, f"certified a result of mixed inputs (differs from a clean run on the new ones): {shown}"
+
+    for forced in reversed(FORCED.get(name, ())):  # drawn every time, beside the draws
+        run = example(**forced)(run)
+    FUZZ(given(change=st.sampled_from(sorted(story.changes)), mode=st.sampled_from(story.modes))(run))()
+
+
+# the draws each run makes whatever hypothesis draws: a model's weights replaced under their name between two shards,
+# and before a finished folder's re-run, and after the first command was killed with kill -9
+FORCED = {"segment --model local-dir:DIR (a CLIP from local bytes)": (
+    {"change": "weights replaced under their name", "mode": "next shard"},
+    {"change": "weights replaced under their name", "mode": "finished"},
+    {"change": "weights replaced under their name", "mode": "killed"})}
+
+
+# --------------------------------------------------------------------------------------------- a chain of stages
+def _chain(clip: Path, world: Path) -> list[list]:
+    """The pipeline's stages on the toy CLIP read from ``clip`` (``local-dir``), each reading the one before; the
+    later stages take the CLIP from the records (text-prototypes from the features folder's)."""
+    return [["extract", world, "--split", "val", "-o", "features", "--model", f"local-dir:{clip}", *rc.CPU,
+             "--workers", "1", "--cache", "full"],
+            ["text-prototypes", "features", "-o", "text.safetensors", *rc.TEXT_ARGS, *rc.CPU],
+            ["cam", "features", "-p", "text.safetensors", "-o", "cams", *rc.CPU],
+            ["eval", "cams", "--json", "scores.json"]]
+
+
+def _chain_result(root: Path) -> dict:
+    """What the chain certified: every CAM's maps, and the scores."""
+    scores = json.loads((root / "scores.json").read_text())
+    return {**{p.name: _tensors(p) for p in sorted((root / "cams").glob("*.safetensors"))},
+            "scores": (scores.get("miou"), scores.get("iou"))}
+
+
+def test_a_chain_whose_model_changes_between_stages_is_refused_or_recomputed(ws, assets, tmp_path, monkeypatch):
+    """The CLIP's weights replaced between two stages of a chain (after extract, after text-prototypes): a later
+    stage refuses in one line, or the chain certifies what a clean chain on the new weights alone does. The same
+    bytes written anew are accepted."""
+    counter = iter(range(10**6))
+
+    @settings(FUZZ, max_examples=1)
+    @given(change=st.sampled_from(["clip1", "clip0w"]), at=st.sampled_from([1, 2]))
+    @example(change="clip1", at=1)  # every time: the weights replaced right after extract
+    def run(change, at):
+        root = tmp_path / f"chain{next(counter)}"
+        (root / "clip").parent.mkdir(parents=True)
+        shutil.copytree(assets["clip0"], root / "clip")
+        monkeypatch.chdir(root)
+        stages = _chain(Path("clip"), ws.world)
+        for n, args in enumerate(stages):
+            if n == at:
+                shutil.copyfile(assets[change], root / "clip" / "open_clip_model.safetensors")
+            r = rc.invoke(*args)
+            shown = f"chain: {change} before {args[0]}\n{r.output[-1500:]}"
+            print(f"chain | {change} before stage {at} | {args[0]} | exit {r.exit_code} | "
+                  f"{r.output.strip().splitlines()[-1][:200]}")
+            assert "Traceback" not in r.output and r.exit_code in (0, 2), shown
+            if r.exit_code == 2:
+                lines = [line for line in r.output.splitlines() if line.strip()]
+                assert len(rc.error_lines(r.output)) == 1 and lines[-1].startswith("error:"), shown
+                assert change != "clip0w", f"the same bytes written anew were refused: {shown}"
+                return
+        got = _chain_result(root)
+        clean = root / "clean"
+        shutil.copytree(root / "clip", clean / "clip")
+        monkeypatch.chdir(clean)
+        for args in _chain(Path("clip"), ws.world):
+            rc.cli_ok(*args)
+        assert got == _chain_result(clean), f"the chain certified a mix of two CLIPs ({change} before stage {at})"
 
     run()
