@@ -362,3 +362,57 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
             assert _result(out, output) == clean, (kind, how, pick, cut)
 
     run()
+
+
+# --------------------------------------------------------------------------------------------- class files
+def _class_file(names: list[str], how: str, at: int, marked: bool) -> list[str]:
+    """A class file for classes ``names`` as a user writes one (the background's words first, marked
+    ``background:`` or not, then one line a class asking its name), with one line dropped, doubled or moved to the
+    end (``at``: which), or kept whole."""
+    lines = [("background: " if marked else "") + "grass, sky, wall, water", *names]
+    at %= len(lines)
+    if how == "drop":
+        return lines[:at] + lines[at + 1:]
+    if how == "double":
+        return lines[:at + 1] + lines[at:]
+    if how == "to the end":
+        return lines[:at] + lines[at + 1:] + [lines[at]]
+    return lines
+
+
+def test_a_damaged_class_file_is_refused_or_read_as_written(ws, tmp_path):
+    """``segment --class-file``: exit 2 in one line, or exit 0 having done what the file asked: each class queried
+    by its own line (its name among the queries recorded for it), the background by the first line's words when
+    the file has that line."""
+    from hypothesis import assume
+
+    from vpltool import io
+    from vpltool.data import open_dataset
+
+    names = list(open_dataset(ws.world, "val").classes[1:])
+
+    @FUZZ
+    @given(how=st.sampled_from(["drop", "double", "to the end", "whole"]), at=st.integers(0, 20),
+           marked=st.booleans())
+    @example(how="drop", at=len(names), marked=False)  # every time: one line short, its last class missing
+    def run(how, at, marked):
+        # an unmarked file without its first class's line is a valid file without a background line whose first
+        # class asks the background's words: no reader can tell it from one (a background line is marked)
+        assume(marked or how != "drop" or at % (len(names) + 1) in (0, len(names)))
+        lines = _class_file(names, how, at, marked)
+        path, out = ws.root / "fuzz_classes.txt", ws.root / "fuzz_class_seg"  # inside the workspace _holds watches
+        shutil.rmtree(out, ignore_errors=True)
+        path.write_text("\n".join(lines) + "\n")
+        code, output = _holds(ws, ["segment", str(ws.world), "--split", "val", "-o", str(out), *rc.TINY, *rc.CPU,
+                                   "--dense", "maskclip", "--class-file", str(path)], out)
+        if code != 0:
+            return
+        params = io.read_record(out / io.STAGE_RECORD)["params"]
+        queries = params["class_queries"]
+        assert len(queries) == len(names), (lines, output)
+        for name, asked in zip(names, queries):  # each class asks its own line
+            assert name in asked, (lines, name, asked)
+        if lines[0].endswith("grass, sky, wall, water"):  # the background's line, kept first
+            assert params["background_words"] == ["grass", "sky", "wall", "water"], (lines, params)
+
+    run()
