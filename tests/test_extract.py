@@ -109,20 +109,20 @@ def test_fixed_image_size(train, tiny_spec, tmp_path):
     assert feats.input_size == (64, 64) and feats.grid == (4, 4) and feats.image_size == (96, 96)
 
 
-def test_corrupt_image_stops_the_run_naming_it_and_keeps_finished_items(tiny_spec, tmp_path):
+def test_corrupt_image_is_refused_naming_it_before_anything_is_written(tiny_spec, tmp_path):
     root = write_dataset(tmp_path / "data", n_train=4, n_val=1, seed=0)
     bad = root / "images" / "train_000002.png"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
     data, out = open_dataset(root, "train"), tmp_path / "out"
     with pytest.raises(ContractError, match="train_000002.png"):
         _run(data, out, tiny_spec, ExtractConfig(cache="full"), RuntimeConfig(device="cpu", workers=1, batch_size=1))
-    assert sorted(p.stem for p in out.glob("*.safetensors")) == ["train_000000", "train_000001"]
-    for p in out.glob("*.safetensors"):
-        io.read_features(p, need_tokens=True)  # the finished ones are whole
-    assert _leftovers(out) == [] and not io.stage_record_path(out).exists()
-    shutil.copy(root / "images" / "train_000003.png", bad)  # repaired: the re-run does only what is missing
+    # a file cut short is found from its structure before the model loads: nothing is written, nothing half-written
+    assert not out.exists()
+    shutil.copy(root / "images" / "train_000003.png", bad)  # repaired: the re-run does the whole split
     summary = _run(data, out, tiny_spec, ExtractConfig(cache="full"))
-    assert (summary.done, summary.skipped, summary.complete) == (2, 2, True)
+    assert (summary.done, summary.skipped, summary.complete) == (4, 0, True)
+    for p in out.glob("*.safetensors"):
+        io.read_features(p, need_tokens=True)
 
 
 def test_odd_image_modes_go_through(tiny_spec, tmp_path):
