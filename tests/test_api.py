@@ -128,7 +128,8 @@ def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
 def test_list_methods_lists_every_method_and_filters_as_timm():
     names = vpltool.list_methods()
     assert names[:2] == ["none", "maskclip"] and {"naclip", "trident", "pgseg", "groupvit"} <= set(names)
-    assert vpltool.list_methods("*CLIP*") == ["maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "corrclip"]
+    assert vpltool.list_methods("*CLIP*") == ["maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip",
+                                              "corrclip"]
     assert vpltool.list_methods(family="pgseg") == ["pgseg", "groupvit"]
     assert vpltool.list_methods(["sc*", "cass"]) == ["sclip", "sc-clip", "cass"]
     with pytest.raises(VplError, match="list_methods.family='dino'.: choose clip, pgseg"):
