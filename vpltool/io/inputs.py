@@ -92,9 +92,18 @@ def changed_inputs(before: Mapping[str, Any] | None, now: Mapping[str, Any],
     old, new = jsonable(dict(before or {})), jsonable(dict(now))
     said = []
     for key in dict.fromkeys([*old, *new]):
-        if by_content(old.get(key)) != by_content(new.get(key)):
+        if by_content(_placed(key, old)) != by_content(_placed(key, new)):
             said.append(_describe(options.get(key, key), old.get(key), new.get(key)))
     return said
+
+
+def _placed(key: str, inputs: Mapping[str, Any]) -> Any:
+    """``inputs[key]``, less the dataset's ``root`` where ``inputs`` also records every image's bytes and labels
+    (``content``): then the data is compared by content, and a dataset moved with the same bytes is the same."""
+    value = inputs.get(key)
+    if key == "dataset" and "content" in inputs and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "root"}
+    return value
 
 
 __all__ = ["NOT_FILES", "changed_inputs", "files_digest", "weights_identity"]
