@@ -402,7 +402,7 @@ def run_train_text(
                                       iterations=total, world_size=world)
                 (out_dir / io.RUN_RECORD).unlink(missing_ok=True)  # complete: the run record goes
     return TextTrainSummary(iterations=stop, start=start, seconds=seconds, first_loss=first, loss=last, model=path,
-                        world_size=world, pairs=len(pairs.pairs))
+                        world_size=world, pairs=len(pairs.pairs), empty_text_npr=empty_text)
 
 
 __all__ = ["CHECKPOINT", "writes", "TextTrainSummary", "run_train_text", "schedule_lr", "lr_at", "diverged",
