@@ -4859,11 +4859,36 @@ def _world_class_file(ws: Workspace, name: str, lines: Callable[[list[str]], lis
 
 
 @case("a class file one line short: the background's line kept, the last class dropped (segment)",
-      "line 2 (class 'star') asks only 'circle', the name of class 'circle'",
-      "a line missing or one too many shifts every class after it")
+      "cls_short.txt: 8 lines for 8 classes, the first not marked as the background's",
+      "mark that line 'background: WORDS'")
 def _class_file_one_short(ws: Workspace) -> Iterator[list[object]]:
     path = _world_class_file(ws, "cls_short.txt", lambda names: ["grass, sky, wall, water", *names[:-1]])
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+
+
+@case("a class file without its first class: the background's line kept, unmarked (segment; once read with the "
+      "background's words as the first class's)", "cls_no_first.txt: 8 lines for 8 classes, the first not marked",
+      "--background WORDS, voc or coco")
+def _class_file_no_first_class(ws: Workspace) -> Iterator[list[object]]:
+    path = _world_class_file(ws, "cls_no_first.txt", lambda names: ["grass, sky, wall, water", *names[1:]])
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+
+
+@case("a class file without its first class, its lines of synonyms (segment; no line asks only another class's "
+      "name)", "cls_synonyms_short.txt: 8 lines for 8 classes, the first not marked")
+def _class_file_synonyms_short(ws: Workspace) -> Iterator[list[object]]:
+    path = _world_class_file(ws, "cls_synonyms_short.txt",
+                             lambda names: ["grass, sky", *(f"{n}, a {n} shape" for n in names[1:])])
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+
+
+@case("Python: a class file without its first class, the background's line unmarked",
+      "cls_py_short.txt: 2 lines for 2 classes, the first not marked", python=True)
+def _py_class_file_short(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "cls_py_short.txt").write_text("grass, sky\nstar\n")
+    yield ['s = vpltool.segmenter("maskclip", model="vpl-test-vit", pretrained="none", device="cpu", '
+           'templates="a photo of a {}.", class_file="cls_py_short.txt")',
+           "s(np.zeros((32, 32, 3), np.uint8), ['circle', 'star'])"]
 
 
 @case("a class file whose first line is marked 'background:', one class short (segment)",
@@ -4884,13 +4909,19 @@ def _benchmark_class_file_short(ws: Workspace) -> Iterator[list[object]]:
     yield ["benchmark", "naclip", "--root", f"voc21={root}", "--class-file", path, "-o", ws.out("out"), *TINY, *CPU]
 
 
-@case("a class file without a background line and no --background (segment): the default words, said",
-      "cls_no_background.txt has no background line: the background is scored by the default background words",
-      "--background none", exit_code=0, leaves=("seg_no_background/", "seg_no_background/*"))
+@case("a class file of one line a class and no --background (segment): which it is is not guessed",
+      "cls_no_background.txt: 8 lines for 8 classes, the first not marked", "--background WORDS, voc or coco")
 def _class_file_no_background(ws: Workspace) -> Iterator[list[object]]:
     path = _world_class_file(ws, "cls_no_background.txt", lambda names: names)
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_no_background"), "--class-file", path, *TINY,
-           *CPU]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+
+
+@case("a class file of one line a class with --background none (segment): read as one line a class", "✓ segment",
+      exit_code=0, leaves=("seg_no_background/", "seg_no_background/*"))
+def _class_file_background_given(ws: Workspace) -> Iterator[list[object]]:
+    path = _world_class_file(ws, "cls_no_background.txt", lambda names: names)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_no_background"), "--class-file", path,
+           "--background", "none", *TINY, *CPU]
 
 
 @case("benchmark --class-file FILE for two benchmarks", "--class-file sclip:voc21: one file for 2 benchmarks",

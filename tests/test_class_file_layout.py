@@ -1,5 +1,5 @@
-"""Which line of a class file is the background's is never guessed (a mark, or a benchmark's class count), a file
-shifted by a missing line is refused, and a file without a background line says what scores the background."""
+"""Which line of a class file is the background's is never guessed (a mark, the line count, a benchmark's class
+count, or --background given), and a file shifted by a missing line is refused."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def _file(tmp_path, *lines: str):
 
 def test_a_file_one_line_short_is_refused_whichever_way_its_background_is_given(tmp_path):
     with pytest.raises(VplError, match="line 2 \\(class 'star'\\) asks only 'circle', the name of class 'circle'"):
-        resolve_queries(NAMES, SegmentConfig(class_file=_file(tmp_path, "grass, sky", "circle", "star")))
+        resolve_queries(NAMES, SegmentConfig(class_file=_file(tmp_path, "grass, sky", "circle", "star"),
+                                             background="none"))
     with pytest.raises(VplError, match="3 lines for the background and 3 classes: one class line is missing"):
         class_file_queries(_file(tmp_path, "background: grass, sky", "circle", "star"), 3)
     with pytest.raises(VplError, match="one class line is missing"):  # ClearCLIP's mark: 'background' alone
@@ -36,6 +37,8 @@ def test_a_file_one_line_short_is_refused_whichever_way_its_background_is_given(
     fg, bg = class_file_queries(_file(tmp_path, "Background: grass, sky", "circle", "star", "square"), 3)
     assert bg == ["grass", "sky"] and fg == [["circle"], ["star"], ["square"]]
     assert class_file_queries(_file(tmp_path, "round", "pointy", "boxy"), 3, background_line=False)[1] == []
+    with pytest.raises(VplError, match="3 lines for 3 classes, the first not marked"):  # not known: not guessed
+        class_file_queries(_file(tmp_path, "round", "pointy", "boxy"), 3)
 
 
 def test_every_bundled_file_reads_with_its_benchmarks_layout_and_passes_the_checks():
@@ -54,12 +57,19 @@ def test_every_bundled_file_reads_with_its_benchmarks_layout_and_passes_the_chec
                 check_class_file(spec, names, fg, bg)
 
 
-def test_a_file_without_a_background_line_takes_the_default_words_and_says_so(tmp_path):
+def test_a_file_of_one_line_a_class_is_read_so_only_when_background_says_how_class_0_is_scored(tmp_path):
+    # the background's line kept, the first class's missing: every reading but the file's own is refused, even with
+    # synonyms on every line (no line asks only another class's name)
+    for lines in (("grass, sky", "star", "square"), ("grass, sky", "star, pointy", "square, boxy"),
+                  ("circle", "star", "square")):
+        with pytest.raises(VplError, match="3 lines for 3 classes, the first not marked as the background's: .* "
+                                           "mark that line 'background: WORDS'.*--background WORDS"):
+            resolve_queries(NAMES, SegmentConfig(class_file=_file(tmp_path, *lines)))
     path = _file(tmp_path, "circle", "star", "square")
-    with pytest.warns(VplWarning, match="has no background line: the background is scored by the default"):
-        _, _, bg = resolve_queries(NAMES, SegmentConfig(class_file=path))
-    assert bg == resolve_queries(NAMES, SegmentConfig())[2] and bg  # the words of a run without a class file
     with warnings.catch_warnings():
         warnings.simplefilter("error", VplWarning)
         assert resolve_queries(NAMES, SegmentConfig(class_file=path, background="none"))[2] == []
+        synonyms, _, bg = resolve_queries(NAMES, SegmentConfig(class_file=path, background="voc"))
+        assert bg == resolve_queries(NAMES, SegmentConfig())[2] and bg  # the words of a run without a class file
+        assert synonyms == [["circle"], ["star"], ["square"]]
         assert resolve_queries(NAMES, SegmentConfig(class_file=path), scored_background=False)[2] == []

@@ -63,7 +63,7 @@ def test_class_files_get_the_checks_classes_gets_and_background_is_applied_or_re
     twice = tmp_path / "twice.txt"
     twice.write_text("\n".join(["dog", *VOC_CLASSES[1:]]))  # 'dog' queried by aeroplane's line and dog's
     with pytest.raises(VplError, match="'dog' is named twice"):
-        resolve_queries(names, SegmentConfig(class_file=str(twice)))
+        resolve_queries(names, SegmentConfig(class_file=str(twice), background="none"))
     pc = _proxyclip_voc21(tmp_path / "pc.txt")
     with pytest.raises(VplError, match="gives the background's queries on its first line"):
         resolve_queries(names, SegmentConfig(class_file=str(pc), background="sky,wall"))

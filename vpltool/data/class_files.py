@@ -17,9 +17,11 @@ Which line is the background's is never guessed. The first line is the backgroun
 (``background: sky, wall, ...``, or a line whose only query is ``background``, as ClearCLIP's), or when the file has
 one line more than the dataset has classes (the references' files). A benchmark decides the rest by its class
 count: VOC21, Context60 and COCO-Object score a background class, so their file takes the background's line; a file
-one line short is refused rather than read shifted. On another dataset a file of one line a class has no background
-line; a class line whose only query is the name of another class (what a missing or extra line makes of a file of
-names) is refused.
+one line short is refused rather than read shifted. On another dataset a file of one line a class, none marked,
+reads the same as a file whose first line is the background's and which lacks one class line (its first class then
+asks the background's words): it is refused, unless the run says how its background is scored (``--background``
+given: the file has no background line). A class line whose only query is the name of another class (what a missing
+or extra line makes of a file of names) is refused.
 
 The files they ship are bundled (``vpltool/assets/class_files/<set>/<benchmark>.txt``) and named
 ``SET:BENCHMARK``: ``sclip:voc21`` (SCLIP's, NACLIP's, SC-CLIP's and CASS's files are byte-identical) or
@@ -161,10 +163,11 @@ def class_file_queries(spec: str | os.PathLike, n_foreground: int, background_li
     """A class file laid over ``n_foreground`` classes: ``(queries of classes 1..C, background queries)``.
 
     A file of ``C + 1`` lines, or one whose first line is marked (:data:`BACKGROUND_MARK`, or ``background``
-    alone), gives class 0 (background) its first line. ``background_line``: whether the benchmark read has a
-    background class (True: VOC21, Context60, COCO-Object, whose file must hold the background's line; False:
-    one without); None for any other dataset, where a file of ``C`` lines has no background queries (class 0 then
-    by ``--background`` or ``--prob-threshold``). Any other count is one line.
+    alone), gives class 0 (background) its first line. ``background_line``: whether the file must hold the
+    background's line (True: a benchmark with a background class, VOC21, Context60, COCO-Object), must not (False:
+    a benchmark without one, or a run whose ``--background`` gives class 0's queries), or is not known (None: any
+    other dataset under ``--background auto``). Unknown, a file of ``C`` unmarked lines is refused: it reads the
+    same as the background's line followed by ``C - 1`` class lines, one missing. Any other count is one line.
     """
     lines, marked = read_class_lines(spec)
     path = class_file_path(spec)
@@ -177,6 +180,12 @@ def class_file_queries(spec: str | os.PathLike, n_foreground: int, background_li
         raise VplError(f"{path}: {len(lines)} lines for {n_foreground} classes and the background, which this "
                        f"benchmark scores: give the background's queries on the first line, then one line a class "
                        f"in the dataset's order ({n_foreground + 1} lines in all)")
+    if len(lines) == n_foreground and background_line is None:
+        raise VplError(f"{path}: {len(lines)} lines for {n_foreground} classes, the first not marked as the "
+                       "background's: a file whose first line is the background's and which lacks one class line "
+                       "reads the same; mark that line 'background: WORDS' (and give every class a line), or, if "
+                       "every line is a class, say how the background is scored: --background WORDS, voc or coco (the "
+                       "default lists) or none (--prob-threshold alone)")
     if len(lines) == n_foreground:
         return lines, []
     raise VplError(f"{path}: {len(lines)} lines for {n_foreground} classes; give one line a class in the dataset's "

@@ -89,9 +89,11 @@ def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background:
     the dataset is one of the benchmarks, whose class count decides whether a class file holds the background's
     line (:func:`vpltool.data.class_files.class_file_queries`).
 
-    A class file without a background line, on a dataset that scores its background, under ``--background auto``:
-    the background is scored by the default background words (as without a class file), said in one warning, and
-    recorded as the run's ``background_words``; ``--background none`` scores it by ``--prob-threshold`` alone."""
+    A class file on another dataset holds the background's line when marked or one line longer than the classes;
+    a file of one unmarked line a class is taken as one without only when ``--background`` (not ``auto``) says how
+    the background is scored (its words, or ``none``: ``--prob-threshold`` alone), and refused otherwise (it reads
+    the same as a file with the background's line and one class line missing). The words used are recorded as the
+    run's ``background_words``."""
     if cfg.class_file is None:
         if not scored_background and cfg.background == "auto":
             cfg = replace(cfg, background="none")
@@ -100,28 +102,18 @@ def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background:
     from ..data.class_files import check_class_file, class_file_queries
 
     presets.check_class_names(class_names(names), "--classes")
-    synonyms, background = class_file_queries(cfg.class_file, len(names), scored_background if benchmark else None)
-    if cfg.background != "auto" or (not background and scored_background):  # the file has no background line
+    # the background's line: a benchmark's class count decides; elsewhere a mark, the count, or --background given
+    given = cfg.background != "auto" or not scored_background
+    synonyms, background = class_file_queries(cfg.class_file, len(names),
+                                              scored_background if benchmark else (False if given else None))
+    if cfg.background != "auto":  # the file has no background line (class_file_queries: else one line)
         if background:
             raise VplError(f"--background {cfg.background}: --class-file {cfg.class_file} gives the background's "
                            "queries on its first line; drop --background, or that line to use --background's")
         classes = ["background", *class_names(names)]
         background = resolve_background(cfg.background, presets.preset_for(classes), [w for s in synonyms for w in s])
-        if cfg.background == "auto":
-            _say_default_background(cfg.class_file, background)
     check_class_file(cfg.class_file, class_names(names), synonyms, background)
     return synonyms, resolve_templates(cfg.templates), background
-
-
-def _say_default_background(class_file: str, words: Sequence[str]) -> None:
-    import warnings
-
-    from ..errors import VplWarning
-
-    shown = ", ".join(words[:4]) + (f" and {len(words) - 4} more" if len(words) > 4 else "")
-    warnings.warn(VplWarning(f"--class-file {class_file} has no background line: the background is scored by the "
-                             f"default background words ({shown}), as without a class file; pass --background none "
-                             "to score it by --prob-threshold alone, or --background WORDS"), stacklevel=3)
 
 
 def is_benchmark(dataset: Dataset) -> bool:
