@@ -642,6 +642,35 @@ def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
     yield [*args, "--shard", "1/2"]
 
 
+@case("a local-dir CLIP's weights replaced under the same name between benchmark --shard 0/2 and --shard 1/2",
+      "made with other parameters", "model (its weights' content) differ")
+def _weights_between_benchmark_shards(ws: Workspace) -> Iterator[list[object]]:
+    clip, out = _local_clip(ws, "clip_bench_shard"), ws.out("bench_shard")
+    args = ["benchmark", "naclip", "--root", f"voc21={_miniature(ws, 'voc21')}", "-o", out, "--model",
+            f"local-dir:{clip}", *CPU]
+    cli_ok(*args, "--shard", "0/2")
+    _replace_weights(clip)
+    yield [*args, "--shard", "1/2"]
+
+
+@case("a local-dir CLIP's weights replaced under the same name after train-decoder (predict)",
+      "decoder.safetensors: made with the CLIP local-dir:clip_predict, whose weights changed since",
+      "restore those weights")
+def _weights_before_predict(ws: Workspace) -> Iterator[list[object]]:
+    clip, run = ws.root / "clip_predict", ws.root / "run_local"
+    if not (run / "decoder" / "_stage.json").is_file():
+        _local_clip(ws, "clip_predict")
+        cli_ok("extract", ws.world, "--split", "val", "-o", run / "features", "--model", f"local-dir:{clip}", *CPU,
+               "--workers", "1")
+        cli_ok("text-prototypes", run / "features", "-o", run / "text.safetensors", *CPU)
+        cli_ok("cam", run / "features", "-p", run / "text.safetensors", "-o", run / "cams", *CPU)
+        cli_ok("crf", run / "cams", "-o", run / "pseudo", "--workers", "1")
+        cli_ok("train-decoder", run / "pseudo", "-p", run / "text.safetensors", "-o", run / "decoder",
+               *DECODER_ARGS)
+        _replace_weights(clip)
+    yield ["predict", run / "decoder" / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), *CPU]
+
+
 def _features_then_new_weights(ws: Workspace) -> tuple[Path, Path, Path]:
     """``extract`` and ``text-prototypes`` with a local-dir CLIP, then its weights replaced (made once)."""
     clip, features, text = ws.root / "clip_stages", ws.root / "features_local", ws.root / "text_local.safetensors"
