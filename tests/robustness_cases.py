@@ -1594,6 +1594,40 @@ def _photo_over_memory(ws: Workspace) -> Iterator[list[object]]:
         yield ["segment", photo, "--classes", "cat,dog", "-o", ws.out("seg_24mp"), *TINY, *CPU]
 
 
+def _world_with_24mp_photo(ws: Workspace, name: str) -> Path:
+    """A copy of the world whose train_000001 is a 6000x4000 PNG (one colour: a small file), its mask removed."""
+    from PIL import Image
+
+    world = ws.copy(ws.world, name)
+    Image.new("RGB", (6000, 4000), (90, 120, 60)).save(world / "images" / "train_000001.png", compress_level=1)
+    (world / "masks" / "train_000001.png").unlink()  # its 96x96 mask would be refused first (another case)
+    return world
+
+
+@case("cam --dense of a 24-megapixel photo with 256 MB of memory free",
+      "world_cam_24mp/images/train_000001.png: a 6000x4000 photo (24 megapixels) needs about",
+      "and 0.2 GB are free", "free memory, or segment a copy of the photo")
+def _cam_dense_over_memory(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.models import bands
+
+    world = _world_with_24mp_photo(ws, "world_cam_24mp")
+    with mock.patch.object(bands, "available_bytes", lambda: 2**28):  # before the model loads: any machine
+        yield ["cam", world, "--split", "train", "-p", ws.text, "-o", ws.out("cams_24mp"), "--dense", "maskclip",
+               *CPU]
+
+
+@case("predict --dense of a 24-megapixel photo with 256 MB of memory free",
+      "world_pred_24mp/images/train_000001.png: a 6000x4000 photo (24 megapixels) needs about",
+      "and 0.2 GB are free", "free memory, or segment a copy of the photo")
+def _predict_dense_over_memory(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.models import bands
+
+    world = _world_with_24mp_photo(ws, "world_pred_24mp")
+    with mock.patch.object(bands, "available_bytes", lambda: 2**28):  # before the model loads: any machine
+        yield ["predict", ws.decoder / "decoder.safetensors", "--data", world, "--split", "train", "-o",
+               ws.out("pred_24mp"), *CPU, "--dense", "maskclip", "--classes", "star"]
+
+
 @case("a resume right after segment was killed with -9 (as the OOM killer ends a run)", "✓ segment (naclip): 1 masks",
       "1 already done", exit_code=0, leaves=("seg_killed/*", "-seg_killed/_run.json"))
 def _segment_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -123,6 +124,15 @@ def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
         seg(tmp_path / "notes.txt", ["circle"])
     with pytest.raises(VplError, match="return_tensors='tf': choose 'np'"):
         seg(np.zeros((32, 32, 3), dtype=np.uint8), ["circle"], return_tensors="tf")
+    # `segment`'s check of the memory a photo needs, its one line, before any photo of the call runs
+    from vpltool.models import bands
+
+    big = np.zeros((4000, 6000, 3), dtype=np.uint8)  # 24 MP, its pages never touched
+    with mock.patch.object(bands, "available_bytes", lambda: 2**28), \
+            mock.patch("vpltool.models.segmentor.scores_batch", side_effect=AssertionError("a photo ran")):
+        with pytest.raises(VplError, match=r"^images\[1\] \(a ndarray\): a 6000x4000 photo \(24 megapixels\) needs "
+                                           r"about 1\.\d GB to segment \(7 queries\) and 0\.2 GB are free; free"):
+            seg([np.zeros((32, 32, 3), dtype=np.uint8), big], ["circle", "star|diamond"])
 
 
 def test_list_methods_lists_every_method_and_filters_as_timm():

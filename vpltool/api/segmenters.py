@@ -134,6 +134,7 @@ class DenseSegmenter(Segmenter):
         self.dtype = resolve_precision(runtime.precision, self.device)
         self.backbone = load_dense(spec, self.dense, self.device)
         self._queries: dict[tuple[str, ...], tuple] = {}
+        self._words: dict[tuple[str, ...], tuple] = {}
 
     @property
     def model(self):
@@ -160,26 +161,39 @@ class DenseSegmenter(Segmenter):
     def queries(self, entries: list[str]):
         """The query rows of ``entries`` as `segment` makes them (templates, background words), cached."""
         from ..models.segmentor import query_rows
-        from ..stages.segment import resolve_queries
 
         key = tuple(entries)
         if key not in self._queries:
-            rows = query_rows(self.backbone, *resolve_queries(entries, self.cfg))
+            rows = query_rows(self.backbone, *self.query_words(entries))
             self._queries[key] = tuple(t.to(self.backbone.device) for t in rows)
         return self._queries[key]
+
+    def query_words(self, entries: list[str]) -> tuple:
+        """``(names per class, templates, background words)`` of ``entries``, resolved and checked as `segment`
+        does before its model loads (cached: a class file's warning is said once)."""
+        from ..stages.segment import resolve_queries
+
+        key = tuple(entries)
+        if key not in self._words:
+            self._words[key] = resolve_queries(entries, self.cfg)
+        return self._words[key]
 
     def _run(self, rgbs: list, given: list, entries: list[str], tensors: bool) -> list[Segmentation]:
         """Photos of one input size (`segment`'s short side) in batches of :attr:`batch_size`, as `segment` runs
         them (:func:`~vpltool.models.segmentor.scores_batch`; out of device memory, the batches halve)."""
+        from ..models.bands import check_photo_memory
         from ..models.segmentor import dense_input, scores_batch, short_side_size
         from ..runtime.batches import BatchRunner, plan_batches, resolve_batch_size
         from ..stages.segment import class_names
 
-        bb = self._ready()
-        text, query_class = self.queries(entries)
         classes = ("background", *class_names(entries))
         names = [name_of(photo, i) for i, photo in given]
         sizes = [tuple(rgb.shape[:2]) for rgb in rgbs]
+        synonyms, _, background = self.query_words(entries)  # as `segment` counts them, before anything runs
+        check_photo_memory(names, sizes, sum(map(len, synonyms)) + len(background), self.settings,
+                           scores=len(classes))
+        bb = self._ready()
+        text, query_class = self.queries(entries)
         inputs = [short_side_size(h, w, self.settings.short_side) for h, w in sizes]
         out: list[Any] = [None] * len(rgbs)
         limit = resolve_batch_size(self.batch_size, bb.device, 1)

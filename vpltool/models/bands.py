@@ -53,17 +53,20 @@ def band_bytes(n_queries: int, height: int, pamr_steps: int, dilations: Sequence
     return 4 * height * (n_queries * levels + affinity)
 
 
-def photo_bytes(height: int, width: int, n_queries: int, settings) -> int:
+def photo_bytes(height: int, width: int, n_queries: int, settings, scores: int = 0) -> int:
     """What segmenting one ``height x width`` photo holds beyond the model, in bytes: the decoded photo (and its
     RGB copy), the labels (int64, then the uint8 mask), and the logits' work: whole (:func:`whole_bytes`) when that
     fits :data:`WHOLE_BUDGET`, else the bands' (:func:`band_bytes`) and the kept first pass of the upsampling
-    (``[Q + 3, h, W0]``, ``h`` the model's input height). ``settings``: a :class:`~vpltool.config.DenseSettings`."""
+    (``[Q + 3, h, W0]``, ``h`` the model's input height). ``settings``: a :class:`~vpltool.config.DenseSettings`.
+    ``scores``: the classes whose ``[C, H0, W0]`` float32 probabilities are kept (the Python segmenter's result,
+    and its int64 labels' copy; 0: the CLI's masks alone)."""
     steps = settings.pamr_steps
     whole = whole_bytes(n_queries, height, width, steps)
     if whole > WHOLE_BUDGET:
         rows = min(settings.short_side, height)
         whole = band_bytes(n_queries, height, steps, settings.pamr_dilations) + 4 * (n_queries + 3) * rows * width
-    return height * width * (3 + 3 + 8 + 1) + whole
+    kept = 4 * scores + 8 if scores else 0
+    return height * width * (3 + 3 + 8 + 1 + kept) + whole
 
 
 def available_bytes() -> int | None:
@@ -79,16 +82,17 @@ def available_bytes() -> int | None:
 
 
 def check_photo_memory(photos: Sequence, sizes: Sequence[tuple[int, int]], n_queries: int, settings,
-                       available: int | None = None) -> None:
-    """Refuse, before a model loads, a photo whose segmentation (:func:`photo_bytes`) needs more memory than is
-    free (``available``, by default :func:`available_bytes`): one line naming the photo, the memory and the fix."""
+                       available: int | None = None, scores: int = 0) -> None:
+    """Refuse, before a model loads (the Python segmenter: before a photo is run), a photo whose segmentation
+    (:func:`photo_bytes`, ``scores`` as there) needs more memory than is free (``available``, by default
+    :func:`available_bytes`): one line naming the photo, the memory and the fix."""
     from ..errors import VplError
 
     free = available_bytes() if available is None else available
     if free is None:
         return
     for photo, (height, width) in zip(photos, sizes):
-        need = photo_bytes(height, width, n_queries, settings)
+        need = photo_bytes(height, width, n_queries, settings, scores)
         if need > free:
             raise VplError(f"{photo}: a {width}x{height} photo ({height * width / 1e6:.0f} megapixels) needs about "
                            f"{need / 2**30:.1f} GB to segment ({n_queries} queries) and {free / 2**30:.1f} GB are "
