@@ -430,7 +430,7 @@ bench: setup
 DENSE_REFS ?=
 DENSE_WORK ?=
 # OVSS_REFS=/folder/of/clones: the benchmarks' configs and class files (NACLIP, SCLIP, ClearCLIP, ProxyCLIP,
-# SC-CLIP, CASS, Trident: benchmarks_parity.py) and SC-CLIP's and ProxyCLIP's dense logits (with
+# SC-CLIP, CASS, Trident, CorrCLIP: benchmarks_parity.py) and SC-CLIP's and ProxyCLIP's dense logits (with
 # facebookresearch/dino as dino: ovss_parity.py; ProxyCLIP's DINO ViT-B/8 per window makes its photos the costly
 # part: OVSS_PROXY_IMAGES); with OVSS_WORK also CASS's block parity and its free run on weights shaped so that its head
 # matching is unique (cass_weights.py into $(OVSS_WORK)-cass, then ovss_parity.py --methods cass)

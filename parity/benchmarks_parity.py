@@ -4,7 +4,8 @@ JSON object.
     python parity/benchmarks_parity.py --ref DIR
 
 ``--ref DIR`` holds clones named ``NACLIP``, ``SCLIP``, ``ClearCLIP``, ``ProxyCLIP``, ``SC-CLIP``, ``CASS``,
-``Trident`` (any case; a ``owner+name`` folder works too); a missing one is reported, not compared. Each clone is
+``Trident``, ``CorrCLIP`` (its ``CorrCLIPv1/`` read; any case; a ``owner+name`` folder works too); a missing one is
+reported, not compared. Each clone is
 read in its own process by ``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports
 of ``custom_datasets.py``; the configs are executed as the Python files they are; ``get_cls_idx`` runs alone).
 
@@ -48,7 +49,9 @@ from vpltool.data.class_files import class_file_path, read_class_file  # noqa: E
 REFS = {"naclip": ("NACLIP", "naclip.py"), "sclip": ("SCLIP", "clip_segmentor.py"),
         "clearclip": ("ClearCLIP", "clearclip_segmentor.py"), "proxyclip": ("ProxyCLIP", "proxyclip_segmentor.py"),
         "sc-clip": ("SC-CLIP", "scclip_segmentor.py"), "cass": ("CASS", "cass_segmentor.py"),
-        "trident": ("Trident", "trident.py")}
+        "trident": ("Trident", "trident.py"), "corrclip": ("CorrCLIP", "corrclip_segmentor.py")}
+# a reference whose code is a folder of its repository (CorrCLIP's v1, beside its v2)
+SUBFOLDER = {"corrclip": "CorrCLIPv1"}
 KEYS = {"logit_scale": "logit_scale", "prob_threshold": "prob_thd", "area_threshold": "area_thd",
         "slide_crop": "slide_crop", "slide_stride": "slide_stride", "pamr_steps": "pamr_steps"}
 # what the references' own evaluation scripts set over the configs: CASS's eval_all.sh runs eval.py --pamr off,
@@ -177,6 +180,7 @@ def main() -> None:
         commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True)
         if commit.returncode != 0 and (clone / ".commit").is_file():  # an exported tree records its commit there
             commit.stdout = (clone / ".commit").read_text()
+        clone = clone / SUBFOLDER.get(method, "")
         proc = subprocess.run([sys.executable, str(runner), "--clone", str(clone), "--segmentor", seg],
                               capture_output=True, text=True)
         if proc.returncode != 0:

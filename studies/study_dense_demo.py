@@ -50,7 +50,6 @@ from vpltool.config.dense import PROXY_METHODS, SAM_METHODS
 from vpltool.data import open_dataset
 from vpltool.demo.report import chance_baselines
 from vpltool.models import ModelSpec, load_backbone
-from vpltool.models.dense.trident import refined_labels
 from vpltool.models.dino import DinoSpec
 from vpltool.models.registry import load_model
 from vpltool.models.sam import SamSpec
@@ -88,21 +87,20 @@ def _sized(method: str, side: str) -> SegmentConfig:
     return SegmentConfig(dense=method, short_side=int(side))
 
 
-def _logits(bb, settings, image: np.ndarray, text: torch.Tensor, encoded: list | None = None) -> torch.Tensor:
-    """``[Q, H, W]`` logits; the method's extra inputs made from the image itself (Trident's SAM input), and
-    ``encoded`` receives what its hooks left beside them (Trident's SAM encoding, with ``--sam-refine``)."""
+def _logits(bb, settings, item, image: np.ndarray, text: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``[Q, H, W]`` logits and the image's extras: the method's extra inputs (its ``extra_inputs`` hook: Trident's
+    SAM input) with what its segmentor left beside them (Trident's SAM encoding, with ``--sam-refine``)."""
     size = short_side_size(*image.shape[:2], settings.short_side)
-    extras = [bb.hooks.extra_inputs(None, image)]
+    extras = [bb.hooks.extra_inputs(item, image)]
     with torch.no_grad():
         logits = segment_logits(bb, bb.preprocess(image, size)[None], text, settings, [image.shape[:2]], extras)[0]
-    if encoded is not None and "sam_encoding" in extras[0]:
-        encoded.append(extras[0]["sam_encoding"])
-    return logits
+    return logits, extras[0]
 
 
 def _score(bb, settings, items, text, query_class, n_classes, thresholds, seeds: bool) -> dict:
-    """Zero-shot mIoU per threshold (and, with ``seeds``, the dense seeds' mIoU per background exponent); with
-    ``settings.sam_refine`` the labels are Trident's refined ones at each threshold."""
+    """Zero-shot mIoU per threshold (and, with ``seeds``, the dense seeds' mIoU per background exponent); the
+    labels after the method's ``postprocess`` hook at each threshold (Trident's refined ones with
+    ``settings.sam_refine``)."""
     zero = {t: MiouAccumulator(n_classes) for t in thresholds}
     seed = {a: MiouAccumulator(n_classes) for a in EvalConfig.bg_exponents}
     class_rows = {int(c): i for i, c in enumerate(query_class.tolist()) if c > 0}
@@ -110,13 +108,11 @@ def _score(bb, settings, items, text, query_class, n_classes, thresholds, seeds:
     start = time.perf_counter()
     for item in items:
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
-        encoded: list | None = [] if settings.sam_refine else None
-        logits = _logits(bb, settings, image, text, encoded)
+        logits, extras = _logits(bb, settings, item, image, text)
         for t, acc in zero.items():
             probs, labels = dense_probabilities(logits, query_class, n_classes, settings.logit_scale, t,
                                                 settings.area_threshold)
-            if settings.sam_refine:
-                labels = refined_labels(bb.sam, probs, labels, *encoded[0], settings)[1]
+            labels = bb.hooks.postprocess(bb, probs, labels, extras, replace(settings, prob_threshold=t))[1]
             acc.add(gt, labels.numpy().astype(np.uint8))
         if seeds:
             rows = torch.tensor([class_rows[c] for c in item.labels] + background)

@@ -168,6 +168,11 @@ def test_the_table_command_prints_eight_columns_and_a_mean(tmp_path):
     table = json.loads((tmp_path / "out" / "table.json").read_text())
     assert table["columns"] == list(BENCHMARK_ORDER) and all(v is not None for v in table["miou"].values())
     assert all((tmp_path / "out" / f"{n}.json").is_file() for n in BENCHMARK_ORDER)
+    # each benchmark's number with what made it: NACLIP's reference's class file, the options given over its preset
+    assert table["made_with"]["voc21"] == {"class_file": "sclip:voc21", "short_side": 32, "window": "whole image",
+                                           "threshold": 0.1, "logit_scale": 40.0}
+    assert "  VOC21: class file sclip:voc21, short side 32, window whole image, threshold 0.1, logit scale 40" in (
+        r.output)
     # resumable: a second run segments nothing and prints the same row
     r2 = CliRunner().invoke(app, args)
     assert r2.exit_code == 0 and row in r2.output

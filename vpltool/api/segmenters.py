@@ -274,8 +274,8 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
     """Load a segmenter once; call it on photos.
 
     Args:
-        method: a dense CLIP method of ``segment --dense`` (``maskclip``, ``sclip``, ``clearclip``, ``naclip``,
-            ``sc-clip``, ``proxyclip``, ``cass``, ``trident``, ``none``; default `segment`'s), or a text-supervised
+        method: a dense CLIP method of ``segment --dense`` (one of :data:`vpltool.config.dense.DENSE_CHOICES`,
+            the spec table's names: ``naclip``, ``proxyclip``, ...; default `segment`'s), or a text-supervised
             family's name (``pgseg``: a PGSeg / GroupViT checkpoint, ``checkpoint=FILE``): :func:`vpltool.list_methods`.
             ``dense=`` is the same, as ``--dense`` names it; ``pgseg=FILE`` is ``method`` pgseg with
             ``checkpoint=FILE``, as ``--pgseg FILE``.

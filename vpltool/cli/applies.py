@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.checks import ignored_option
+from ..config.dense import KNOBS
 from ..errors import VplError
 
 
@@ -52,20 +53,18 @@ def _no_text(values: dict[str, Any]) -> bool:
     return not _text(values)
 
 
+# every --dense method's own knobs (their spec rows, vpltool.config.dense.DENSE_SPECS)
+_DENSE_KNOBS = tuple(KNOBS)
 _SEGMENT_CLIP = ("dense", "pretrained", "model_config_dir", "templates", "logit_scale", "prob_threshold",
                  "area_threshold", "pamr_steps", "attention", "residual", "proxy_model", "proxy_weights",
-                 "global_weight", "shift_weight", "cluster_cut", "stretch", "window_global", "sam_model",
-                 "sam_weights", "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold",
-                 "minimal_area")
+                 "sam_model", "sam_weights", *_DENSE_KNOBS)
 _CAM_GRADCAM = ("refine", "affinity", "affinity_weight", "dino_model", "dino_weights", "sgc_segments",
                 "sgc_clusters", "sgc_position", "box_threshold", "layer", "temperature", "attention_blocks",
                 "dense_side", "dense_scale", "dense_crop", "dense_stride", "dense_pamr")
 _TEXT_WHY = "with --pgseg or a FAMILY:FILE checkpoint (a text-supervised one: its own text encoder, template and maps)"
 # benchmark's options that a PGSeg checkpoint does not read (it takes --short-side, --slide-crop, --slide-stride)
 _BENCHMARK_CLIP = ("pretrained", "model_config_dir", "logit_scale", "prob_threshold", "area_threshold", "pamr_steps",
-                   "attention", "residual", "global_weight", "shift_weight", "cluster_cut", "stretch", "window_global",
-                   "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold", "minimal_area",
-                   "proxy_model", "proxy_weights", "sam_model", "sam_weights")
+                   "attention", "residual", *_DENSE_KNOBS, "proxy_model", "proxy_weights", "sam_model", "sam_weights")
 _TEXT_MODEL_WHY = "with a FAMILY:FILE checkpoint (a text-supervised one: its own text encoder, template and maps)"
 
 RULES: dict[str, tuple[Rule, ...]] = {

@@ -121,7 +121,7 @@ def _print_tables(tables: list[dict]) -> None:
 
     lines = [format_row(t) for t in tables]
     typer.echo(lines[0][0])
-    for line in lines:
-        typer.echo(line[1])
+    for line in lines:  # the method's row, then what made each benchmark's number
+        typer.echo("\n".join(line[1:]))
     if any(t["mean"] is None for t in tables):
         say("[yellow]some benchmarks are not scored yet (other shards still running); run again when they finish[/]")

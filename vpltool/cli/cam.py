@@ -14,6 +14,7 @@ from ..config import (
     MIN_TEMPERATURE,
     CamConfig,
 )
+from ..config.dense import PLAIN_METHODS
 from ..errors import VplError, VplWarning
 from .options import (
     BATCHED,
@@ -77,8 +78,8 @@ def cam_cmd(
         CamConfig.attention_blocks,
     parity: Annotated[str, typer.Option(help="none | clip-es (reproduce CLIP-ES's arithmetic; an extract folder "
                                         "must be made with --parity clip-es too).")] = CamConfig.parity,
-    dense: Annotated[str, typer.Option("--dense", help="none (GradCAM + CAA) | maskclip | sclip | clearclip | naclip | "
-                                       "sc-clip: seeds from that training-free dense CLIP instead: the softmax over "
+    dense: Annotated[str, typer.Option("--dense", help="none (GradCAM + CAA) | " + " | ".join(PLAIN_METHODS[1:])
+                                       + ": seeds from that training-free dense CLIP instead: the softmax over "
                                        "the image's class rows and the background rows, at image size, with the "
                                        "method's segmentor settings (`vpltool segment --help`); the GradCAM/CAA "
                                        "options are then unused.")] = "none",

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import DECODER_RECIPES, DecoderConfig, EvalConfig, PredictConfig
+from ..config.dense import PLAIN_METHODS
 from .errors import all_ranks
 from .options import (
     _R,
@@ -245,8 +246,7 @@ def predict_cmd(
                                                    "background words) [default: the decoder's classes].",
                                                    show_default=False)] = None,
     dense: Annotated[str, typer.Option("--dense", help="With --classes: none (the decoder scores the names) | "
-                                       "maskclip | sclip | clearclip | naclip | sc-clip (the decoder's frozen CLIP "
-                                       "with that "
+                                       + " | ".join(PLAIN_METHODS[1:]) + " (the decoder's frozen CLIP with that "
                                        "training-free dense last block scores them instead, with the method's "
                                        "segmentor settings: for names the decoder never trained on).")] = _P.dense,
     dense_side: DenseSide = None,

@@ -10,41 +10,11 @@ Trident's thresholds) recorded for the methods another module runs. Torch-free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import replace
 
-BENCHMARK_NAMES = ("voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff", "cityscapes", "ade20k")
-_CFG = {"voc21": "cfg_voc21.py", "context60": "cfg_context60.py", "coco-object": "cfg_coco_object.py",
-        "voc20": "cfg_voc20.py", "context59": "cfg_context59.py", "coco-stuff": "cfg_coco_stuff164k.py",
-        "cityscapes": "cfg_city_scapes.py", "ade20k": "cfg_ade20k.py"}
-
-
-@dataclass(frozen=True)
-class MethodPresets:
-    """One reference: its repository (and commit when pinned), its segmentor's defaults, and per benchmark the
-    values its config sets, each with ``file:line``."""
-
-    repo: str
-    defaults: dict
-    defaults_source: str
-    benchmarks: dict  # name -> {key: (value, "cfg_x.py:line")}
-    class_set: str | None  # the bundled class files (SET of SET:BENCHMARK); None: the repository's own
-    extra: dict = field(default_factory=dict)  # name -> {knob: value}, not run by vpltool's dense segmentor
-
-    def settings(self, benchmark: str) -> dict:
-        """The preset of ``benchmark``: SegmentConfig fields (``class_file`` included when bundled)."""
-        out = dict(self.defaults)
-        out.update({k: v for k, (v, _) in self.benchmarks.get(benchmark, {}).items()})
-        if self.class_set is not None:
-            out["class_file"] = f"{self.class_set}:{benchmark}"
-        return out
-
-    def sources(self, benchmark: str) -> dict:
-        """``{key: "file:line"}`` of every value of :meth:`settings`."""
-        out = {k: self.defaults_source for k in self.defaults}
-        out.update({k: src for k, (_, src) in self.benchmarks.get(benchmark, {}).items()})
-        if self.class_set is not None:
-            out["class_file"] = f"configs/cls_*.txt ({_CFG[benchmark]} name_path)"
-        return out
+from .dense import DENSE_SPECS, KNOBS
+from .method_presets import BENCHMARK_NAMES, MethodPresets
+from .method_presets import CFG_FILES as _CFG
 
 
 def _per(values: dict) -> dict:
@@ -65,8 +35,8 @@ def _merge(*parts: dict) -> dict:
     return out
 
 
-# SegmentConfig fields of one method's own knobs, shown beside the common columns (vpltool.config.dense.CASS_KNOBS)
-_METHOD_KNOBS = ("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")
+# SegmentConfig fields of the methods' own knobs, shown beside the common columns (their spec rows' knobs)
+_METHOD_KNOBS = tuple(KNOBS)
 _MMSEG_LINES = {"voc21": 16, "context60": 15, "coco-object": 15, "voc20": 15, "context59": 14, "coco-stuff": 14,
                 "cityscapes": 14, "ade20k": 14}
 _S336 = {b: 336 for b in BENCHMARK_NAMES} | {"cityscapes": 560}
@@ -80,8 +50,7 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
         _per(_merge(_short(_MMSEG_LINES, _S336),
                     {"voc21": {"prob_threshold": (0.1, 6), "slide_crop": (0, 7)},
                      "context60": {"prob_threshold": (0.1, 6)}, "coco-object": {"prob_threshold": (0.1, 6)},
-                     "voc20": {"slide_crop": (0, 6)}})),
-        "sclip"),
+                     "voc20": {"slide_crop": (0, 6)}}))),
     "sclip": MethodPresets(
         "wangf3014/SCLIP",
         {"dense": "sclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
@@ -91,8 +60,7 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
                            _S336 | {"coco-stuff": 448}),
                     {"voc21": {"logit_scale": (65.0, 6), "prob_threshold": (0.1, 7), "area_threshold": (0.1, 8)},
                      "context60": {"logit_scale": (50.0, 6), "prob_threshold": (0.1, 7)},
-                     "coco-object": {"logit_scale": (50.0, 6), "prob_threshold": (0.1, 7)}})),
-        "sclip"),
+                     "coco-object": {"logit_scale": (50.0, 6), "prob_threshold": (0.1, 7)}}))),
     "clearclip": MethodPresets(
         "mc-lan/ClearCLIP",
         {"dense": "clearclip", "logit_scale": 50.0, "prob_threshold": 0.0, "slide_crop": 448, "slide_stride": 224,
@@ -101,8 +69,7 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
         _per(_merge(_short(_MMSEG_LINES | {"voc21": 15, "voc20": 14, "cityscapes": 15},
                            {b: 448 for b in BENCHMARK_NAMES}),
                     {"voc21": {"prob_threshold": (0.5, 6)}, "context60": {"prob_threshold": (0.15, 6)},
-                     "coco-object": {"prob_threshold": (0.4, 6)}, "cityscapes": {"slide_crop": (224, 6)}})),
-        "clearclip"),
+                     "coco-object": {"prob_threshold": (0.4, 6)}, "cityscapes": {"slide_crop": (224, 6)}}))),
     "proxyclip": MethodPresets(
         "mc-lan/ProxyCLIP@e7b767f",
         {"dense": "proxyclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 112,
@@ -113,7 +80,7 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
                     {"voc21": {"prob_threshold": (0.2, 6)}, "context60": {"prob_threshold": (0.15, 6)},
                      "coco-object": {"prob_threshold": (0.25, 6)},
                      "cityscapes": {"slide_stride": (112, 6), "slide_crop": (224, 7)}})),
-        None, {b: {"beta": 1.2, "gamma": 3.0} for b in BENCHMARK_NAMES}),
+        {b: {"beta": 1.2, "gamma": 3.0} for b in BENCHMARK_NAMES}),
     "sc-clip": MethodPresets(
         "SuleBai/SC-CLIP@0417ba9",
         {"dense": "sc-clip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
@@ -122,8 +89,7 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
         _per(_merge(_short(_MMSEG_LINES | {"voc20": 14}, _S336),
                     {"voc21": {"area_threshold": (0.1, 6), "logit_scale": (50.0, 7), "prob_threshold": (0.15, 7)},
                      "context60": {"prob_threshold": (0.15, 6)},
-                     "coco-object": {"logit_scale": (55.0, 6), "prob_threshold": (0.35, 6)}})),
-        "sclip"),
+                     "coco-object": {"logit_scale": (55.0, 6), "prob_threshold": (0.35, 6)}}))),
     "cass": MethodPresets(
         "MICV-yonsei/CASS@228ecdd",
         {"dense": "cass", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
@@ -144,8 +110,7 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
             {"voc20": {"stretch": (False, "clip/model.py:467 (_scale_singular_values: voc20 kept)")},
              "cityscapes": {"stretch": (False, "clip/model.py:467 (_scale_singular_values: city_scapes kept)"),
                             "window_global": (True, "cass_segmentor.py:231 (city_scapes: forward_feature(crop, "
-                                                    "None))")}}),
-        "sclip"),
+                                                    "None))")}})),
     "trident": MethodPresets(
         "YuHengsss/Trident@a93b346",
         {"dense": "trident", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 224,
@@ -167,26 +132,18 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
                     {"voc21": {"coarse_threshold": (0.2, 7)}, "context60": {"coarse_threshold": (0.15, 7)},
                      "coco-object": {"coarse_threshold": (0.25, 6)}, "voc20": {"coarse_threshold": (0.2, 6)},
                      "context59": {"coarse_threshold": (0.15, 6)}, "coco-stuff": {"coarse_threshold": (0.05, 6)},
-                     "cityscapes": {"coarse_threshold": (0.10, 9)}, "ade20k": {"coarse_threshold": (0.05, 7)}})),
-        None),
+                     "cityscapes": {"coarse_threshold": (0.10, 9)}, "ade20k": {"coarse_threshold": (0.05, 7)}}))),
 }
 # MaskCLIP as ClearCLIP's harness runs it (model_type 'MaskCLIP', ignore_residual False): ClearCLIP's settings
 BENCHMARK_PRESETS["maskclip"] = MethodPresets(
     "mc-lan/ClearCLIP (model_type='MaskCLIP')", {**BENCHMARK_PRESETS["clearclip"].defaults, "dense": "maskclip"},
-    BENCHMARK_PRESETS["clearclip"].defaults_source, BENCHMARK_PRESETS["clearclip"].benchmarks, "clearclip")
-
-
-
-def _spec_rows() -> None:
-    """The presets a method keeps in its spec row (``DenseMethodSpec.presets``): a new method adds no line here."""
-    from .dense import DENSE_SPECS
-
-    for name, spec in DENSE_SPECS.items():
-        if spec.presets is not None and name not in BENCHMARK_PRESETS:
-            BENCHMARK_PRESETS[name] = MethodPresets(**spec.presets)
-
-
-_spec_rows()
+    BENCHMARK_PRESETS["clearclip"].defaults_source, BENCHMARK_PRESETS["clearclip"].benchmarks)
+# the presets a method keeps in its spec row (DenseMethodSpec.presets): a new method adds no line here
+BENCHMARK_PRESETS.update({name: spec.presets for name, spec in DENSE_SPECS.items()
+                          if spec.presets is not None and name not in BENCHMARK_PRESETS})
+# each preset's queries: its method's reference's class-file set, named once in the spec row (class_files)
+BENCHMARK_PRESETS.update({name: replace(p, class_set=DENSE_SPECS[p.defaults["dense"]].class_files)
+                          for name, p in BENCHMARK_PRESETS.items()})
 
 
 def source_summary(method: str, benchmark: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
+from .method_presets import MethodPresets
 
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
 DEFAULT_SAM_MODEL = "vit_b"  # Trident's sam_model_type (configs/base_config.py)
@@ -46,6 +47,20 @@ SAM_REFINE_FIELDS = ("sam_refine", "coarse_threshold", "minimal_area", "sam_iou_
 
 
 @dataclass(frozen=True)
+class Knob:
+    """One knob of one method: a :class:`SegmentConfig` field only that method reads, and its command-line option
+    (`segment` and `benchmark` make it from this row; its type is the field's)."""
+
+    field: str  # the SegmentConfig field (None there = the method's value, or the benchmark preset's)
+    option: str  # its option: "--cos-fac", or "--stretch/--no-stretch" for a switch
+    help: str  # --help's text after "--dense METHOD: ", with the method's default in [default: ...]
+    # shared options (SegmentConfig fields whose options are made elsewhere) that this knob's value reads when it
+    # starts with one of `when` (CorrCLIP's --region-masks sam reads --sam-model and --sam-weights); inert otherwise
+    uses: tuple[str, ...] = ()
+    when: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DenseMethodSpec:
     """One ``--dense`` method as the CLI, the benchmarks and the segmentor know it (torch-free): a row of
     :data:`DENSE_SPECS`."""
@@ -54,13 +69,13 @@ class DenseMethodSpec:
     module: str | None = None  # its module in vpltool.models.dense; None: a pure-mixing preset (dense/mixing.py)
     proxy_model: str | None = None  # the proxy vision model it takes (timm's name, --proxy-model's default); None: none
     sam: bool = False  # it takes SAM's image encoder too (--sam-model, --sam-weights)
-    knobs: tuple[str, ...] = ()  # SegmentConfig fields only it reads (its per-dataset knobs; its with_knobs hook)
-    # its reference's bundled class-file set (vpltool/assets/class_files/<set>/): its benchmark presets' queries
+    knobs: tuple[Knob, ...] = ()  # SegmentConfig fields only it reads (its per-dataset knobs; its with_knobs hook)
+    # its reference's class-file set (vpltool/assets/class_files/<set>/, its configs/cls_*.txt copied byte for
+    # byte): its benchmark presets' queries. A new set is a folder there, named here; None: the dataset's names
     class_files: str | None = None
-    # its per-benchmark presets, kept with its row (vpltool.config.benchmarks.MethodPresets' arguments: repo,
-    # defaults, defaults_source, benchmarks {name: {SegmentConfig field: (value, "configs/cfg_x.py:line")}},
-    # class_set); None: none here (the older methods' are written in vpltool/config/benchmarks.py)
-    presets: dict | None = None
+    # its per-benchmark presets (its reference's configs/cfg_*.py), kept with its row; None: none here (the older
+    # methods' rows are written in vpltool/config/benchmarks.py)
+    presets: MethodPresets | None = None
 
 
 # ClearCLIP's harness (clearclip_segmentor.py, cfg_voc21.py) runs vanilla CLIP (model_type 'vanilla', our `none`) and
@@ -88,54 +103,88 @@ def _corrclip_benchmarks() -> dict:
     return out
 
 
-# its segmentor's __init__ defaults under each benchmark's config (vpltool.config.benchmarks.MethodPresets)
-_CORRCLIP_PRESETS = {"repo": "zdk258/CorrCLIP@103bc18 (CorrCLIPv1)",
-                     "defaults": {"dense": "corrclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336,
-                                  "slide_stride": 112, "pamr_steps": 0, "area_threshold": 0.0},
-                     "defaults_source": "corrclip_segmentor.py:46-47 (__init__ defaults)",
-                     "benchmarks": _corrclip_benchmarks(), "class_set": "corrclip"}
+# its segmentor's __init__ defaults under each benchmark's config
+_CORRCLIP_PRESETS = MethodPresets(
+    "zdk258/CorrCLIP@103bc18 (CorrCLIPv1)",
+    {"dense": "corrclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 112,
+     "pamr_steps": 0, "area_threshold": 0.0},
+    "corrclip_segmentor.py:46-47 (__init__ defaults)", _corrclip_benchmarks())
 
 # the spec table: every --dense method, in --help's order. A new method is a row here (and, unless it only mixes
 # the last block, a module in vpltool/models/dense/)
 DENSE_SPECS: dict[str, DenseMethodSpec] = {
-    "none": DenseMethodSpec(_CLEARCLIP_HARNESS),
-    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS),
+    "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
+    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
     # clip_segmentor.py + cfg_voc21.py: logit scale 65 (40 elsewhere), prob_thd 0.1, area_thd 0.1, 224/112, short 336
     "sclip": DenseMethodSpec(DenseSettings(logit_scale=65.0, prob_threshold=0.1, short_side=336, slide_crop=224,
-                                           slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1)),
-    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS),
+                                           slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
+                             class_files="sclip"),
+    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
     # naclip.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, the whole image (slide_crop 0), PAMR 10 steps (8, 16)
     "naclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
-                                            slide_stride=112, crop_mode="floor", whole="input", pamr_steps=10)),
+                                            slide_stride=112, crop_mode="floor", whole="input", pamr_steps=10),
+                              class_files="sclip"),
     # scclip_segmentor.py + cfg_voc21.py: logit scale 50, prob_thd 0.15, area_thd 0.1, slide 224/112, short 336
     "sc-clip": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224,
                                              slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
-                               module="sc_clip"),
+                               module="sc_clip", class_files="sclip"),
     # proxyclip_segmentor.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112 (windows padded to a
     # multiple of 56), short side 336
     "proxyclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
                                                slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
-                                 module="proxyclip", proxy_model=DEFAULT_PROXY_MODEL),
+                                 module="proxyclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="proxyclip"),
     # cass_segmentor.py + cfg_voc21.py (eval.py --pamr off): logit scale 40, prob_thd 0.1, the whole image
     # (slide_crop 0), short side 336; the logits resized to the input, then to the image
     "cass": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
                                           slide_stride=112, crop_mode="floor", whole="input"),
-                            module="cass", proxy_model=DEFAULT_PROXY_MODEL,
-                            knobs=("global_weight", "shift_weight", "cluster_cut", "stretch", "window_global")),
+                            module="cass", proxy_model=DEFAULT_PROXY_MODEL, class_files="sclip", knobs=(
+        Knob("global_weight", "--global-weight", "the image embedding's share of each patch's logits (its "
+             "global_semantics_weight) [default: 0.1, cfg_voc21.py]."),
+        Knob("shift_weight", "--shift-weight", "how far the query nearest the image moves toward its 2 most similar "
+             "patches, per query cluster (its mean_vector_weight) [default: 0.03]."),
+        Knob("cluster_cut", "--cluster-cut", "the Ward distance cutting the queries into clusters (its h_threshold) "
+             "[default: 0.10]."),
+        Knob("stretch", "--stretch/--no-stretch", "stretch the DINO graph's singular values (its code does for every "
+             "dataset but VOC20 and Cityscapes) [default: stretch]."),
+        Knob("window_global", "--window-global/--input-global", "each window's own image embedding (its "
+             "Cityscapes) or the whole input's [default: input-global].")),
+    ),
     # trident.py + configs/base_config.py + cfg_voc21.py (eval.py without --sam_refine): logit scale 40, prob_thd
     # 0.2, slide 336/224 spliced (windows never padded), short side 448; logits on SAM's grid resized to the image;
     # torch.hub's dino_vitb16 as its proxy; its SAM aggregation's knobs, then its SAM prompt refinement's
     "trident": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=448, slide_crop=336,
                                              slide_stride=224, crop_mode="floor", whole="direct"),
                                module="trident", proxy_model="vit_base_patch16_224.dino", sam=True,
-                               knobs=("cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_threshold",
-                                      "minimal_area")),
+                               class_files="proxyclip", knobs=(
+        Knob("cos_fac", "--cos-fac", "SAM's attention kept where its value cosine exceeds this times the row's "
+             "mean (its cos_fac) [default: 1.2, base_config.py]."),
+        Knob("refine_neg_cos", "--refine-neg-cos/--no-refine-neg-cos", "keep a negative cosine threshold (its "
+             "refine_neg_cos; off: 0.6 in its place) [default: on]."),
+        Knob("sam_halves", "--sam-halves/--sam-whole", "SAM sees the photo's left and right halves apart, each half "
+             "of the spliced map aggregated by its own (its Cityscapes) [default: whole]."),
+        Knob("sam_refine", "--sam-refine/--no-sam-refine", "its SAM prompt refinement (eval.py --sam_refine, which "
+             "its published figures use): each coarse region prompts SAM's mask decoder with a point, a box and its "
+             "scores, and confident masks relabel it; needs SAM's whole checkpoint in --sam-weights [default: off "
+             "for segment; on in benchmark's trident presets]."),
+        Knob("coarse_threshold", "--coarse-threshold", "with --sam-refine: pixels and classes below this "
+             "probability prompt nothing (its coarse_thresh) [default: 0.2, cfg_voc21.py; benchmark: each "
+             "preset's]."),
+        Knob("minimal_area", "--minimal-area", "with --sam-refine: a coarse region smaller than this, in "
+             "half-resolution pixels, prompts nothing (its minimal_area, set for photos of short side 448) "
+             "[default: 225, base_config.py].")),
+    ),
     # corrclip_segmentor.py + configs/base_config.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112
-    # (windows padded to a multiple of 56), short side 336; torch.hub's dino_vitb8 as its proxy
+    # (windows padded to a multiple of 56), short side 336; torch.hub's dino_vitb8 as its proxy; its region masks
     "corrclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
                                               slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
-                                module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
-                                knobs=("region_masks", "sam_model", "sam_weights"), presets=_CORRCLIP_PRESETS),
+                                module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip", knobs=(
+        Knob("region_masks", "--region-masks", "its class-agnostic region masks: a folder of one <image stem>.npz "
+             "per image (key instance_mask, an int map at the image's size, the smallest id unsegmented: the "
+             "reference's precomputed masks) | sam (segment-anything's automatic mask generator on --sam-model / "
+             "--sam-weights, with the reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting "
+             "keeps 1) | sam2[:CONFIG] (SAM2's, where the sam2 package is installed; --sam-weights its checkpoint).",
+             uses=("sam_model", "sam_weights"), when=("sam", "sam2")),),
+                                presets=_CORRCLIP_PRESETS),
 }
 # what the rest of vpltool reads, each derived from the table
 DENSE_CHOICES = tuple(DENSE_SPECS)
@@ -143,8 +192,12 @@ DENSE_SEGMENTORS: dict[str, DenseSettings] = {name: spec.settings for name, spec
 PROXY_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.proxy_model)  # take a proxy vision model
 PROXY_MODELS = {name: spec.proxy_model for name, spec in DENSE_SPECS.items() if spec.proxy_model}
 SAM_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.sam)  # take SAM's image encoder too
-CASS_KNOBS = DENSE_SPECS["cass"].knobs  # SegmentConfig fields
-TRIDENT_KNOBS = DENSE_SPECS["trident"].knobs
+# the methods that need no side model (cam --dense seeds, predict --dense)
+PLAIN_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if not spec.proxy_model and not spec.sam)
+KNOBS: dict[str, Knob] = {k.field: k for spec in DENSE_SPECS.values() for k in spec.knobs}  # every method's
+KNOB_METHOD = {k.field: name for name, spec in DENSE_SPECS.items() for k in spec.knobs}  # the method that reads it
+# the bundled class-file sets the rows name (vpltool/assets/class_files/<set>/), in the table's order
+CLASS_SETS = tuple(dict.fromkeys(spec.class_files for spec in DENSE_SPECS.values() if spec.class_files))
 
 
 def dense_help() -> str:
@@ -247,14 +300,15 @@ class SegmentConfig:
         without that method (:data:`DENSE_SPECS`)."""
         out = {}
         own = DENSE_SPECS[self.dense]  # a method's own knobs (and SAM's options) are never another's to leave out
-        mine = {*own.knobs, *(("sam_model", "sam_weights") if own.sam else ())}
+        mine = {*(k.field for k in own.knobs), *(u for k in own.knobs for u in k.uses),
+                *(("sam_model", "sam_weights") if own.sam else ())}
         for name, spec in DENSE_SPECS.items():  # each method's knobs (SAM's options with SAM's methods)
             if name != self.dense:
-                out.update({k: f"without --dense {name}" for k in (*spec.knobs, *(("sam_model", "sam_weights")
-                                                                                   if spec.sam else ()))
-                            if k not in mine})
-        if self.dense == "corrclip" and not (self.region_masks or "").startswith("sam"):  # its SAM makes masks
-            out.update({k: "without --region-masks sam or sam2" for k in ("sam_model", "sam_weights")})
+                fields_ = (*(k.field for k in spec.knobs), *(("sam_model", "sam_weights") if spec.sam else ()))
+                out.update({k: f"without --dense {name}" for k in fields_ if k not in mine})
+        for knob in own.knobs:  # shared options that only some values of its knob read
+            if knob.uses and not str(getattr(self, knob.field) or "").startswith(knob.when):
+                out.update({k: f"without {knob.option} {' or '.join(knob.when)}" for k in knob.uses})
         if self.dense in PROXY_METHODS:
             return out
         why = f"without --dense {' or '.join(PROXY_METHODS)}"

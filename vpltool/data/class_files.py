@@ -24,8 +24,13 @@ given: the file has no background line). A class line whose only query is the na
 or extra line makes of a file of names) is refused.
 
 The files they ship are bundled (``vpltool/assets/class_files/<set>/<benchmark>.txt``) and named
-``SET:BENCHMARK``: ``sclip:voc21`` (SCLIP's, NACLIP's, SC-CLIP's and CASS's files are byte-identical) or
-``clearclip:voc21`` (ClearCLIP's, which differ for voc21, voc20 and coco-object). Torch-free.
+``SET:BENCHMARK``: ``sclip:voc21`` (SCLIP's, NACLIP's, SC-CLIP's and CASS's files are byte-identical),
+``clearclip:voc21`` (ClearCLIP's, which differ for voc21, voc20 and coco-object), ``proxyclip:voc21``
+(mc-lan/ProxyCLIP@e7b767f's ``configs/cls_*.txt``, which Trident ships too: one query for person and for tvmonitor,
+a 26-word background line separated by ``; ``; also ``proxyclip:ade847`` and ``proxyclip:context459``) or
+``corrclip:voc21`` (zdk258/CorrCLIP@103bc18's ``CorrCLIPv1/configs/cls_*.txt``: "people" where the others ask
+"person"). A method names its reference's set in its spec row (:data:`vpltool.config.dense.DENSE_SPECS`,
+``class_files``), so a new set is a folder of files here and one name there. Torch-free.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config.dense import DENSE_SPECS
 from ..errors import VplError
 
 BACKGROUND_WORD = "background"
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "class_files"
-# a reference -> the bundled set its configs/ ship (verified byte for byte: parity/results/benchmarks_parity.json)
-REFERENCE_SETS = {"sclip": "sclip", "naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "clearclip": "clearclip",
-                  "maskclip": "clearclip", "none": "clearclip"}
+# a method -> the bundled set its reference's configs/ ship: its spec row's (verified byte for byte:
+# parity/results/benchmarks_parity.json); a set is also named by its folder
+REFERENCE_SETS = {name: spec.class_files for name, spec in DENSE_SPECS.items() if spec.class_files}
 
 
 def class_file_path(spec: str | os.PathLike) -> Path:

@@ -58,9 +58,12 @@ def check_class_file_option(class_file: str | None, names: Sequence[str]) -> Non
     benchmarks, one file for one benchmark only (VOC20 would get VOC21's background line)."""
     if class_file is None or is_class_set(class_file) or len(names) <= 1:
         return
+    from ..config.dense import CLASS_SETS
+
+    sets = ", ".join(CLASS_SETS)
     raise VplError(f"--class-file {class_file}: one file for {len(names)} benchmarks ({', '.join(names)}), whose "
-                   "classes differ; give a set name (sclip, clearclip: each benchmark's own file), or run one "
-                   "benchmark per --class-file")
+                   f"classes differ; give a set name ({sets}: each benchmark's own file), or run one benchmark per "
+                   "--class-file")
 
 
 def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path, spec: ModelSpec,
@@ -96,7 +99,8 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
         run_segment(datasets[n], folder, spec, configs[n], runtime, shard=shard, backbone=loaded["backbone"])
 
     table = _score(method, spec.identity(), names, datasets, out, segment,
-                   {n: _config_dict(configs[n]) for n in names}, on_benchmark)
+                   {n: _config_dict(configs[n]) for n in names}, on_benchmark,
+                   {n: made_with(configs[n]) for n in names})
     if keep is not None:
         keep["backbone"] = loaded["backbone"]
     return table
@@ -149,8 +153,11 @@ def run_text_benchmark(method: str, family: str, roots: Mapping[str, str | Path]
                          bg_thresh=s["bg_thresh"], short_side=s["short_side"],
                          slide=(s["slide_crop"], s["slide_stride"]), background=s["background"], shard=shard)
 
+    made = {n: {"class_file": None, "short_side": s["short_side"],
+                "window": _window(s["slide_crop"], s["slide_stride"]), "threshold": s["bg_thresh"], "logit_scale": None}
+            for n, s in settings.items()}
     return _score(method, {"model": family, "pretrained": str(checkpoint)}, names, datasets, out, segment,
-                  settings, on_benchmark)
+                  settings, on_benchmark, made)
 
 
 def _open_benchmarks(roots: Mapping[str, str | Path], out: str | Path) -> tuple[list[str], dict, Path]:
@@ -168,9 +175,22 @@ def _open_benchmarks(roots: Mapping[str, str | Path], out: str | Path) -> tuple[
     return names, {n: open_dataset(f"{n}={roots[n]}") for n in names}, out
 
 
+def _window(crop: int, stride: int) -> str:
+    return f"{crop}/{stride}" if crop else "whole image"
+
+
+def made_with(cfg: SegmentConfig) -> dict[str, Any]:
+    """What makes a benchmark's number, as its table row names it: the class file (``SET:BENCHMARK``; None: the
+    dataset's names), the short side, the window (``crop/stride`` or ``whole image``), the threshold and the logit
+    scale that ran (the preset's, with the command line's options)."""
+    s = cfg.resolved()
+    return {"class_file": cfg.class_file, "short_side": s.short_side, "window": _window(s.slide_crop, s.slide_stride),
+            "threshold": s.prob_threshold, "logit_scale": s.logit_scale}
+
+
 def _score(method: str, model: dict, names: list[str], datasets: dict, out: Path,
-           segment: Callable[[str, Path], None], settings: dict, on_benchmark: Callable[[str], None] | None
-           ) -> dict[str, Any]:
+           segment: Callable[[str, Path], None], settings: dict, on_benchmark: Callable[[str], None] | None,
+           made: dict) -> dict[str, Any]:
     """Each benchmark segmented into ``<out>/<name>/`` (``segment(name, folder)``) and, once every image has its
     mask, scored by `eval` into ``<out>/<name>.json``; the table (:func:`run_benchmark`'s), ``table.json`` once all
     are scored."""
@@ -191,7 +211,7 @@ def _score(method: str, model: dict, names: list[str], datasets: dict, out: Path
     scored = [v for v in miou.values() if v is not None]
     table = {"method": method, "model": model, "columns": names, "titles": [TITLES[n] for n in names],
              "miou": miou, "mean": sum(scored) / len(scored) if len(scored) == len(names) else None,
-             "settings": settings}
+             "made_with": made, "settings": settings}
     if table["mean"] is not None:
         io.write_json(out / "table.json", table, kind="benchmark-table")
     return table
@@ -227,13 +247,20 @@ def _config_dict(cfg: SegmentConfig) -> dict:
 
 def format_row(table: Mapping[str, Any]) -> list[str]:
     """The table as text lines: a header of the benchmarks' titles and Avg, then the method's mIoU in percent (one
-    decimal; '-' where not scored yet)."""
+    decimal; '-' where not scored yet), then per benchmark what made its number (:func:`made_with`)."""
     titles = [*table["titles"], "Avg"]
     cells = [table["miou"][n] for n in table["columns"]] + [table["mean"]]
     width = max(8, *(len(t) + 1 for t in titles))
     head = f"{'method':<12}" + "".join(f"{t:>{width}}" for t in titles)
     row = f"{table['method']:<12}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>{width}}" for v in cells)
-    return [head, row]
+    made = []
+    for n, title in zip(table["columns"], table["titles"]):
+        m = table.get("made_with", {}).get(n)
+        if m is not None:
+            scale = "" if m["logit_scale"] is None else f", logit scale {m['logit_scale']:g}"
+            made.append(f"  {title}: class file {m['class_file'] or 'the dataset names'}, short side "
+                        f"{m['short_side']}, window {m['window']}, threshold {m['threshold']:g}{scale}")
+    return [head, row, *made]
 
 
 __all__ = ["STAGE", "run_benchmark", "run_benchmarks", "run_text_benchmark", "text_settings", "preset_config",

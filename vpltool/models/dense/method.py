@@ -44,7 +44,7 @@ class DenseMethod:
     @property
     def knobs(self) -> tuple[str, ...]:
         """The ``SegmentConfig`` fields only this method reads (its spec row's)."""
-        return self.spec.knobs
+        return tuple(k.field for k in self.spec.knobs)
 
     @property
     def class_files(self) -> str | None:
@@ -74,7 +74,8 @@ def method_mixing(cfg: SegmentConfig, hooks: DenseHooks) -> tuple[DenseMixing, b
     (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``); and whether anything
     was given that changes it (the hook returned another object, or an attention switch was given)."""
     base = dense_mixing(cfg.dense)
-    knobs = {k: getattr(cfg, k) for k in DENSE_SPECS[cfg.dense].knobs if getattr(cfg, k) is not None}
+    given = ((k.field, getattr(cfg, k.field)) for k in DENSE_SPECS[cfg.dense].knobs)
+    knobs = {name: value for name, value in given if value is not None}
     out = hooks.with_knobs(base, knobs) if knobs else base
     if cfg.attention is None and cfg.residual is None:
         return out, out is not base  # knobs of its post-processing alone change no mixing

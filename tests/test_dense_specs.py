@@ -1,0 +1,87 @@
+"""What derives from the --dense spec table (vpltool.config.dense.DENSE_SPECS): --dense's help and the knob options,
+each method's class-file set (the references' own files, bundled), and what a benchmark row names beside its number."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import typer
+
+from vpltool.config.dense import DENSE_CHOICES, DENSE_SPECS, KNOB_METHOD, KNOBS
+from vpltool.data.class_files import ASSETS, REFERENCE_SETS, read_class_file
+
+# md5 of mc-lan/ProxyCLIP@e7b767f configs/cls_*.txt (copied byte for byte)
+PROXYCLIP_MD5 = {"voc21": "ea6e671fbb6d61ac6ac45667ff030f69"}
+
+
+def _command(name: str):
+    from vpltool.cli import app
+
+    return typer.main.get_command(app).commands[name]
+
+
+def test_dense_help_names_every_method_of_the_spec_table():
+    (dense,) = [p for p in _command("segment").params if p.name == "dense"]
+    assert " | ".join(DENSE_CHOICES) in dense.help
+
+
+@pytest.mark.parametrize("command", ["segment", "benchmark"])
+def test_every_method_knob_is_an_option_made_from_its_spec_row(command):
+    params = {p.name: p for p in _command(command).params}
+    for field, knob in KNOBS.items():
+        assert field in params, field
+        assert knob.option.split("/")[0] in params[field].opts
+        assert params[field].help.startswith(f"--dense {KNOB_METHOD[field]}: ")
+        assert params[field].default is None  # the method's (or the preset's) value
+
+
+def test_each_method_names_its_reference_s_class_file_set():
+    from vpltool.config.benchmarks import BENCHMARK_PRESETS
+
+    expected = {"naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "sclip": "sclip", "clearclip": "clearclip",
+                "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip"}
+    assert {m: REFERENCE_SETS[m] for m in expected} == expected
+    for spec in DENSE_SPECS.values():  # a named set is a folder of files
+        assert spec.class_files is None or (ASSETS / spec.class_files / "voc21.txt").is_file()
+    for m, p in BENCHMARK_PRESETS.items():  # each preset asks its reference's queries by default
+        assert p.settings("coco-object")["class_file"] == f"{expected.get(m, 'clearclip')}:coco-object", m
+
+
+def test_a_knob_value_that_reads_a_shared_option_makes_it_live():
+    from vpltool.config import SegmentConfig
+
+    (knob,) = DENSE_SPECS["corrclip"].knobs  # --region-masks sam reads --sam-model / --sam-weights
+    assert knob.uses == ("sam_model", "sam_weights")
+    assert "sam_weights" not in SegmentConfig(dense="corrclip", region_masks="sam").inert()
+    assert SegmentConfig(dense="corrclip", region_masks="masks/").inert()["sam_weights"] == (
+        "without --region-masks sam or sam2")
+    assert "region_masks" in SegmentConfig(dense="naclip").inert()  # another method's knob
+
+
+def test_the_proxyclip_set_is_the_references_files():
+    folder = ASSETS / "proxyclip"
+    names = sorted(p.stem for p in folder.glob("*.txt"))
+    assert names == sorted(["voc21", "voc20", "context60", "context59", "coco-object", "coco-stuff", "cityscapes",
+                            "ade20k", "ade847", "context459"])
+    assert hashlib.md5((folder / "voc21.txt").read_bytes()).hexdigest() == PROXYCLIP_MD5["voc21"]
+    voc21 = read_class_file("proxyclip:voc21")
+    assert len(voc21) == 21 and len(voc21[0]) == 26 and voc21[15] == ["person"]  # one query, the '; ' reading
+    assert len(read_class_file("proxyclip:ade847")) == 847 and len(read_class_file("proxyclip:context459")) == 459
+    # the same class counts as the SCLIP set on the eight benchmarks
+    for b in ("voc21", "voc20", "context60", "context59", "coco-object", "coco-stuff", "cityscapes", "ade20k"):
+        assert len(read_class_file(f"proxyclip:{b}")) == len(read_class_file(f"sclip:{b}")), b
+
+
+def test_a_benchmark_row_names_what_makes_its_number():
+    from vpltool.stages.benchmark import format_row, made_with, preset_config
+
+    made = made_with(preset_config("trident", "voc21"))
+    assert made == {"class_file": "proxyclip:voc21", "short_side": 448, "window": "336/224", "threshold": 0.2,
+                    "logit_scale": 40.0}
+    assert made_with(preset_config("proxyclip", "ade20k"))["class_file"] == "proxyclip:ade20k"
+    assert made_with(preset_config("naclip", "voc21", {"logit_scale": 50.0}))["window"] == "whole image"
+    table = {"method": "trident", "columns": ["voc21"], "titles": ["VOC21"], "miou": {"voc21": 0.5}, "mean": 0.5,
+             "made_with": {"voc21": made}}
+    assert format_row(table)[2] == ("  VOC21: class file proxyclip:voc21, short side 448, window 336/224, "
+                                    "threshold 0.2, logit scale 40")
