@@ -191,13 +191,16 @@ $(VENV)/.installed: pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check vpltool tests bench studies parity docgen
 
-## Lint, then run the test suite (CPU, offline; includes the slow demo-world quality check)
+# TEST_WORKERS processes (pytest-xdist; a test file is one unit of work; 0 = in pytest's own process)
+TEST_WORKERS ?= 2
+TEST_ARGS = -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+## Lint, then run the test suite (CPU, offline; includes the slow demo-world quality check) in TEST_WORKERS processes
 test: lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest $(TEST_ARGS)
 
 ## Run the test suite without the slow demo-world check
 test-fast: lint
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest $(TEST_ARGS) -m "not slow"
 
 ## The whole pipeline on the offline demo world, then a table of mIoU per stage next to chance
 # two stages at a time where neither needs the other (the text CAMs of every refinement while VPL phase 1 learns W,
@@ -525,7 +528,7 @@ quoted = $(subst ','"'"',$(1))
 # `make help` documents these variables (the README's `make report RUN=... DATA=... DATA_DEP= ...` line sets them);
 # their defaults are those above, the demo world's; the comments above each say more
 HELP_VARS = RUN DATA DATA_DEP MODEL PRETRAINED MODEL_DEP DEVICE TRAIN_SPLIT EVAL_SPLIT VAL_SPLIT TEMPLATES BACKGROUND \
-  REFINE REFINES PSEUDO_REFINE ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS
+  REFINE REFINES PSEUDO_REFINE ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS TEST_WORKERS
 doc_RUN = the run folder: every stage writes its folder here
 doc_DATA = the dataset (a VOC or COCO root, a folder or a manifest); the demo renders its world here
 doc_DATA_DEP = the file the features depend on: the rendered world; empty (DATA_DEP=) for a real dataset
@@ -533,6 +536,7 @@ doc_MODEL = the CLIP (open_clip name, local-dir:PATH, or vpltool-toy, the demo w
 doc_PRETRAINED = its weights: an open_clip tag (openai), a file, or none
 doc_MODEL_DEP = the file the features depend on besides the data: the toy CLIP; empty (MODEL_DEP=) for another
 doc_DEVICE = auto | cpu | cuda | cuda:N
+doc_TEST_WORKERS = make test's processes (pytest-xdist, one test file each at a time); 0 = one process
 doc_TRAIN_SPLIT = the split the train-side stages run on (VOC: train_aug)
 doc_EVAL_SPLIT = the split they are scored on; empty = the one they ran on (VOC: train)
 doc_VAL_SPLIT = the held-out split predict and the held-out scores use

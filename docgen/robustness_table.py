@@ -2,7 +2,9 @@
 
     python docgen/robustness_table.py [--out docs/robustness.md]
 
-The same cases run in tests/test_robustness.py, which fails when the page is out of date. CPU, offline, ~10 s.
+The same cases run in tests/test_robustness.py, which fails when the page is out of date; with
+``VPLTOOL_WRITE_DOCS=1`` that test rewrites the page from the rows it has just run (a whole-suite run then also
+regenerates it). CPU, offline, ~15 minutes on two cores.
 """
 
 from __future__ import annotations

@@ -65,13 +65,14 @@ class Outcome:
     last_line: str
     traceback: bool
     warning_lines: list[str] = field(default_factory=list)
+    note_lines: list[str] = field(default_factory=list)  # ``note:`` lines, printed before a run's ✓ summary
     left: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)  # the environment the case set: ["VAR=value", "env", "-u", "X"]
 
     @property
     def seen(self) -> str:
-        """The line(s) the table shows: the error, else the warnings, else the last line."""
-        return " / ".join(self.error_lines or self.warning_lines) or self.last_line
+        """The line(s) the table shows: the error, else the warnings, else the notes and the last line."""
+        return " / ".join(self.error_lines or self.warning_lines or [*self.note_lines, self.last_line])
 
 
 def invoke(*args: object):
@@ -251,6 +252,7 @@ class Case:
                              traceback="Traceback" in r.output or (r.exception is not None
                                                                    and not isinstance(r.exception, SystemExit)),
                              warning_lines=[ln for ln in lines if ln.startswith("warning:")],
+                             note_lines=[ln for ln in lines if ln.startswith("note:")],
                              left=disk_changes(before, after), env=env)
 
     def command(self, ws: Workspace, args: list[object], env: list[str] = ()) -> str:

@@ -181,7 +181,6 @@ def train_pgseg_cmd(
     what = "PGSeg" if cfg.npr else "GroupViT"
     loss = "" if s.loss is None else f", loss {s.first_loss:.4f} → {s.loss:.4f}"
     written = s.model if s.model is not None else f"{out} (rank 0 writes the files)"
+    for note in s.notes():
+        say(note)
     say(f"[green]✓[/] train-pgseg: {what}, {s.pairs} pairs, {done} ({s.iters_per_s:.2f} it/s){loss} → {written}")
-    if s.empty_text_npr:
-        say(f"note: T-NPR had no rows (HRS kept none) in {s.empty_text_npr} logged iteration(s): its term is NaN "
-            "there and adds no gradient; the losses logged and shown are the other terms")

@@ -166,6 +166,8 @@ def train_text_cmd(
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     loss = "" if s.loss is None else f", loss {s.first_loss:.4f} → {s.loss:.4f}"
     written = s.model if s.model is not None else f"{out} (rank 0 writes the files)"
+    for note in s.notes():
+        say(note)
     say(f"[green]✓[/] train-text ({family}): {s.pairs} pairs, {done} ({s.iters_per_s:.2f} it/s){loss} → {written}")
 
 

@@ -145,6 +145,13 @@ class TextTrainSummary:
         done = self.iterations - self.start
         return done / self.seconds if self.seconds > 0 else 0.0
 
+    def notes(self) -> list[str]:
+        """One-line notes the command prints before its summary line (a run's last line is its ✓ summary)."""
+        if not self.empty_text_npr:
+            return []
+        return [f"note: T-NPR had no rows (HRS kept none) in {self.empty_text_npr} logged iteration(s): its term is "
+                "NaN there and adds no gradient; the losses logged and shown are the other terms"]
+
 
 def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
     """The scalar losses, averaged over the ranks."""
