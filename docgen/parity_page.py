@@ -143,33 +143,6 @@ def pgseg_section(d: dict) -> list[str]:
     return out + table(["figure", "value"], rows) + ["", f"Every bar met: {num(met)}.", ""]
 
 
-def talk2dino_section(d: dict) -> list[str]:
-    """parity/talk2dino_parity.py: Talk2DINO's own code against the talk2dino family."""
-    out = ["## Talk2DINO (the `talk2dino` family)", "",
-           "`python parity/talk2dino_parity.py --ref DIR --dinov2 DIR` (`parity/talk2dino_ref_runner.py` runs the "
-           f"clone). Reference: {d['reference']}@{d['commit']} with {d['dinov2']}; a DINOv2 with "
-           f"{d['dino']['registers']} registers ({d['dino']['depth']} blocks, width {d['dino']['width']}), seeded "
-           f"random weights, the toy CLIP's text tower; {len(d['photos'])} photos (zero-shot on the first "
-           f"{d['zero_shot_scale']['photos']} at short side {d['zero_shot_scale']['short_side']}, windows "
-           f"{d['zero_shot_scale']['crop']} / {d['zero_shot_scale']['stride']}).", "",
-           f"Bar: training max abs diff <= {d['bars']['training_max_abs']:g}, zero-shot labels equal >= "
-           f"{d['bars']['labels_equal']:.1%}. Found on the way: " + "; ".join(d["hazards"]) + ".", ""]
-    t = d["train"]
-    rows = [[f"training: {k}", t[k]] for k in ("features_max_abs", "text_features_max_abs",
-                                               "projected_text_after_step_max_abs", "loss_abs_diff", "heads_equal",
-                                               "grad_max_abs_relative", "max_abs")]
-    rows += [["training: gradients max abs diff", max(t["grad_max_abs"].values())],
-             ["training: weights after one Adam step, max abs diff", max(t["after_step_max_abs"].values())]]
-    for name, z in d["zero_shot"].items():
-        rows += [[f"zero-shot {name} (cleaning {num(z['bg_clean'])}, PAMR {num(z['pamr'])}, bg_thresh "
-                  f"{z['bg_thresh']}): labels equal, worst photo", f"{z['labels_equal_min']:.4%}"],
-                 [f"zero-shot {name}: logits max abs diff", z["logits_max_abs"]],
-                 [f"zero-shot {name}: labels present per photo", ", ".join(str(p["classes_present"])
-                                                                           for p in z["photos"])]]
-    met = all(d["bar_met"].values())
-    return out + table(["figure", "value"], rows) + ["", f"Every bar met: {num(met)}.", ""]
-
-
 def benchmarks_section(d: dict) -> list[str]:
     """parity/benchmarks_parity.py: the eight benchmarks' class lists, files and conversions against the clones."""
     out = ["## The eight benchmarks (class files, label maps, conversions)", "",
@@ -185,21 +158,39 @@ def page_section(d: dict) -> list[str]:
     block ``{"title", "command", "bar", "rows": [[figure, value], ...]}`` and its ``bar_met``."""
     p = d["page"]
     out = [f"## {p['title']}", "", p["command"], "", f"Bar: {p['bar']}.", ""]
-    return out + table(["figure", "value"], p["rows"]) + ["", f"Every bar met: {num(bool(d.get('bar_met')))}.", ""]
+    met = d.get("bar_met")
+    met = all(met.values()) if isinstance(met, dict) else bool(met)  # one bar, or {bar: met}
+    return out + table(["figure", "value"], p["rows"]) + ["", f"Every bar met: {num(met)}.", ""]
+
+
+def runner_page(stem: str, d: dict) -> dict | None:
+    """The ``page`` block of a JSON written before its runner wrote one: ``page(d)`` of the runner that wrote it
+    (``parity/<stem>.py``), when it defines one (so a method's runner, not this file, says how its figures read)."""
+    import importlib.util
+
+    path = ROOT / "parity" / f"{stem}.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"_parity_{stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.page(d) if callable(getattr(module, "page", None)) else None
 
 
 def render(results: Path) -> str:
     lines = [INTRO]
     known = (("dense_parity.json", dense_section), ("ovss_parity.json", ovss_section),
-             ("pgseg_parity.json", pgseg_section), ("talk2dino_parity.json", talk2dino_section),
-             ("weclip_parity.json", weclip_section), ("benchmarks_parity.json", benchmarks_section))
+             ("pgseg_parity.json", pgseg_section), ("weclip_parity.json", weclip_section),
+             ("benchmarks_parity.json", benchmarks_section))
     for name, section in known:
         path = results / name
         if path.is_file():
             lines += section(json.loads(path.read_text()))
-    for path in sorted(results.glob("*.json")):  # any other runner that writes its own section
+    for path in sorted(results.glob("*.json")):  # any other runner: its JSON's own section, or its runner's
         if path.name not in dict(known):
             d = json.loads(path.read_text())
+            if isinstance(d, dict) and not isinstance(d.get("page"), dict):
+                d = {**d, "page": runner_page(path.stem, d)}
             if isinstance(d, dict) and isinstance(d.get("page"), dict):
                 lines += page_section(d)
     return "\n".join(lines).rstrip() + "\n"

@@ -219,7 +219,7 @@ def main() -> None:
                       "logits_max_abs": max(r_["logits_max_abs"] for r_ in rows)}
     bars = {"training": train_worst <= TRAIN_BAR and train["heads_equal"],
             "zero_shot": all(z["labels_equal_min"] >= LABEL_BAR for z in zero.values())}
-    print(json.dumps({
+    result = {
         "what": "vpltool.models.talk2dino against Talk2DINO's own code: training features from image files, text "
                 "features, loss, selected heads, every gradient, one Adam step; zero-shot labels of photo files "
                 "(mmseg's slide restated, DINOTextSegInference.encode_decode per window)",
@@ -240,7 +240,36 @@ def main() -> None:
             "dino_extraction_v2.py tests torch.cuda.is_available without calling it: it always picks cuda",
         ],
         "seconds": round(time.perf_counter() - t0, 1), "machine": machine("cpu"),
-    }, indent=1))
+    }
+    print(json.dumps({**result, "page": page(result)}, indent=1))
+
+
+def page(d: dict) -> dict:
+    """Its section of docs/parity.md (docgen/parity_page.py): ``{"title", "command", "bar", "rows"}`` read from
+    this runner's JSON ``d``."""
+    out = {"title": "Talk2DINO (the `talk2dino` family)",
+           "command": "`python parity/talk2dino_parity.py --ref DIR --dinov2 DIR` (`parity/talk2dino_ref_runner.py` "
+                      f"runs the clone). Reference: {d['reference']}@{d['commit']} with {d['dinov2']}; a DINOv2 with "
+                      f"{d['dino']['registers']} registers ({d['dino']['depth']} blocks, width {d['dino']['width']}), "
+                      f"seeded random weights, the toy CLIP's text tower; {len(d['photos'])} photos (zero-shot on the "
+                      f"first {d['zero_shot_scale']['photos']} at short side {d['zero_shot_scale']['short_side']}, "
+                      f"windows {d['zero_shot_scale']['crop']} / {d['zero_shot_scale']['stride']}).",
+           "bar": f"training max abs diff <= {d['bars']['training_max_abs']:g}, zero-shot labels equal >= "
+                  f"{d['bars']['labels_equal']:.1%}. Found on the way: " + "; ".join(d["hazards"])}
+    t = d["train"]
+    rows = [[f"training: {k}", t[k]] for k in ("features_max_abs", "text_features_max_abs",
+                                               "projected_text_after_step_max_abs", "loss_abs_diff", "heads_equal",
+                                               "grad_max_abs_relative", "max_abs")]
+    rows += [["training: gradients max abs diff", max(t["grad_max_abs"].values())],
+             ["training: weights after one Adam step, max abs diff", max(t["after_step_max_abs"].values())]]
+    for name, z in d["zero_shot"].items():
+        rows += [[f"zero-shot {name} (cleaning {'yes' if z['bg_clean'] else 'no'}, PAMR "
+                  f"{'yes' if z['pamr'] else 'no'}, bg_thresh {z['bg_thresh']}): labels equal, worst photo",
+                  f"{z['labels_equal_min']:.4%}"],
+                 [f"zero-shot {name}: logits max abs diff", z["logits_max_abs"]],
+                 [f"zero-shot {name}: labels present per photo", ", ".join(str(p["classes_present"])
+                                                                           for p in z["photos"])]]
+    return {**out, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -85,3 +85,23 @@ def test_a_benchmark_row_names_what_makes_its_number():
              "made_with": {"voc21": made}}
     assert format_row(table)[2] == ("  VOC21: class file proxyclip:voc21, short side 448, window 336/224, "
                                     "threshold 0.2, logit scale 40")
+
+
+def test_a_runner_renders_its_own_parity_section_with_no_code_in_the_page_generator(tmp_path):
+    """docs/parity.md's section of a method's runner comes from its JSON's ``page`` or its runner's ``page(d)``:
+    docgen/parity_page.py names no method added since (a new method touches its runner, not the generator)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "docgen"))
+    import parity_page
+
+    source = (root / "docgen" / "parity_page.py").read_text().lower()
+    assert "talk2dino" not in source and "corrclip" not in source
+    for name in ("talk2dino_parity.json", "corrclip_parity.json"):
+        shutil.copy(root / "parity" / "results" / name, tmp_path / name)
+    page = parity_page.render(tmp_path)
+    assert "## Talk2DINO (the `talk2dino` family)" in page and "| training: loss_abs_diff | 3.7e-09 |" in page
+    assert "## CorrCLIP" in page and page.count("Every bar met: yes.") == 2
