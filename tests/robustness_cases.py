@@ -625,9 +625,13 @@ def _local_clip(ws: Workspace, name: str) -> Path:
 
 def _replace_weights(folder: Path) -> None:
     """Other weights saved under the same name (one tensor moved): what a retrained model copied over looks like."""
+    _replace_weights_file(folder / "open_clip_model.safetensors")
+
+
+def _replace_weights_file(path: Path) -> None:
+    """A safetensors file saved again under its name with one tensor moved."""
     from safetensors.torch import load_file, save_file
 
-    path = folder / "open_clip_model.safetensors"
     state = load_file(path)
     key = sorted(state)[0]
     state[key] = state[key] + 0.5
@@ -671,6 +675,23 @@ def _weights_before_predict(ws: Workspace) -> Iterator[list[object]]:
                *DECODER_ARGS)
         _replace_weights(clip)
     yield ["predict", run / "decoder" / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), *CPU]
+
+
+@case("a Talk2DINO checkpoint's DINO weights file replaced under the same name between segment --shard 0/2 and "
+      "--shard 1/2", "a Talk2DINO projection learnt over the DINO weights", "whose bytes changed since",
+      "re-train the projection")
+def _talk2dino_dino_between_shards(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.models.text_family import text_family
+
+    fam, dino = text_family("talk2dino"), ws.root / "dino_t2d.safetensors"
+    shutil.copy(Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors", dino)
+    cfg = fam.model_config(fam.TrainConfig.recipe_config("demo", dino_weights=str(dino), crop_size=64))
+    model = fam.save_checkpoint(ws.root / "talk2dino.safetensors", fam.build_model(cfg, 0))
+    args = ["segment", ws.world, "--split", "val", "-o", ws.out("seg_t2d"), "--model", f"talk2dino:{model}",
+            "--short-side", "64", "--slide-crop", "0", *CPU]
+    cli_ok(*args, "--shard", "0/2")
+    _replace_weights_file(dino)
+    yield [*args, "--shard", "1/2"]
 
 
 def _features_then_new_weights(ws: Workspace) -> tuple[Path, Path, Path]:

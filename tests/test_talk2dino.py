@@ -172,3 +172,45 @@ def test_segment_model_talk2dino_file_writes_masks_by_the_references_rule(toy_ch
     r = CliRunner().invoke(app, ["segment", str(world), "--split", "val", "--model", f"talk2dino:{world / 'nope'}",
                                  "-o", str(tmp_path / "seg2"), "--device", "cpu"])
     assert r.exit_code == 2 and "no such Talk2DINO checkpoint" in r.output, r.output
+
+
+def _other_bytes(path: Path) -> None:
+    """Other weights saved under the same name (one tensor moved)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path)
+    key = sorted(state)[0]
+    state[key] = state[key] + 0.5
+    save_file(state, str(path))
+
+
+def test_a_checkpoint_over_other_backbone_bytes_under_the_same_names_is_refused(tmp_path):
+    import shutil
+
+    from vpltool import io
+    from vpltool.models.loading import registered_folder
+
+    fam = text_family("talk2dino")
+    dino, clip = tmp_path / "dino.safetensors", tmp_path / "clip"
+    shutil.copy(TOY_DINO, dino)
+    shutil.copytree(registered_folder("vpltool-toy"), clip)
+    train = fam.TrainConfig.recipe_config("demo", dino_weights=str(dino), clip_model=f"local-dir:{clip}",
+                                          crop_size=64)
+    cfg = fam.model_config(train)
+    assert cfg.dino_digest == io.sha256_file(dino) and cfg.clip_digest.startswith("sha256:")
+    path = fam.save_checkpoint(tmp_path / "t.safetensors", fam.build_model(cfg, 0))
+    assert fam.check_checkpoint(path) == cfg and fam.model_config(train, cfg) == cfg  # the same bytes: read, --init
+    _other_bytes(dino)
+    for read in (fam.check_checkpoint, fam.load_model):  # segment, cam, benchmark, the Python API
+        with pytest.raises(VplError, match=r"t.safetensors: a Talk2DINO projection learnt over the DINO weights "
+                                           r".*dino.safetensors, whose bytes changed since \(sha256 "):
+            read(path)
+    with pytest.raises(VplError, match="--init: a Talk2DINO projection learnt over the DINO weights"):
+        fam.model_config(train, cfg)
+    shutil.copy(TOY_DINO, dino)  # restored: read again
+    assert fam.check_checkpoint(path) == cfg
+    _other_bytes(clip / "open_clip_model.safetensors")
+    with pytest.raises(VplError, match=r"learnt over the CLIP local-dir:.*clip, whose bytes changed since"):
+        fam.check_checkpoint(path)
+    # a release's backbones are named by tags (published weights): nothing to compare
+    assert load_checkpoint(path)[0].dino_digest and Talk2DINOConfig().clip_digest is None

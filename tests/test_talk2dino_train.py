@@ -106,3 +106,24 @@ def test_torchrun_two_gloo_ranks_give_one_process_weights(world, tmp_path, one_t
     gaps = {k: (a[k] - b[k]).abs().max().item() for k in a}
     assert max(gaps.values()) <= 1e-6, gaps  # the same loss summed in another order
     assert io.read_record(io.stage_record_path(tmp_path / "ddp"))["world_size"] == 2
+
+
+def test_a_resume_over_other_backbone_bytes_under_the_same_names_is_refused(world, tmp_path, one_thread):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from vpltool.errors import VplError
+
+    dino, run = tmp_path / "dino.safetensors", tmp_path / "run"
+    shutil.copy(TOY_DINO, dino)
+    cfg = _cfg(dino_weights=str(dino), epochs=1)
+    run_train_text(world, run, cfg, RuntimeConfig(device="cpu", workers=1), stop_after=2)
+    state = load_file(dino)
+    state["cls_token"] = state["cls_token"] + 0.5  # other weights under the same name
+    save_file(state, str(dino))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    with pytest.raises(VplError, match=r"last.safetensors: made with other settings or inputs \(the model's "
+                                       r"dino_digest [0-9a-f]{12}… there, [0-9a-f]{12}… here"):
+        run_train_text(world, run, cfg, RuntimeConfig(device="cpu", workers=1), resume=True)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before  # nothing written

@@ -5,9 +5,9 @@ embedding onto a frozen DINO's patch space from image–caption pairs alone. Rea
 
 Package layout: :mod:`.model` the config, the projection, the training features and the loss; :mod:`.net` the
 module over the frozen backbones; :mod:`.zeroshot` zero-shot segmentation as its evaluation runs it;
-:mod:`.checkpoint` the files; :mod:`.training` its train view and optimiser; :mod:`.config` its training
-configuration (torch-free); :mod:`.family` its hooks of :class:`vpltool.models.text_family.TextSegFamily`,
-registered there (the registry's ``talk2dino`` row names it).
+:mod:`.checkpoint` the files; :mod:`.backbones` the digests of the frozen backbones' bytes; :mod:`.training` its
+train view and optimiser; :mod:`.config` its training configuration (torch-free); :mod:`.family` its hooks of
+:class:`vpltool.models.text_family.TextSegFamily`, registered there (the registry's ``talk2dino`` row names it).
 
 Importing the package costs nothing (the CLI reads :mod:`.config` before torch loads): the names below load on
 first use.

@@ -14,6 +14,7 @@ import torch
 from ...errors import VplError
 from ..text_family import register_text_family
 from . import zeroshot as _zs
+from .backbones import check_backbones, with_digests
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Talk2DINOTrainConfig
 from .model import Projection, Talk2DINOConfig
@@ -51,6 +52,7 @@ def _backbones(cfg: Any) -> tuple[Any, Any]:
 def check_talk2dino(path: str | Path) -> Talk2DINOConfig:
     """The config of checkpoint ``path``, its tensors checked against the projection it declares (no backbone)."""
     cfg, state = load_checkpoint(path)
+    check_backbones(cfg, str(path))  # the DINO and CLIP it names are still the bytes it was learnt over
     with torch.device("meta"):
         expected = {f"proj.{k}": tuple(v.shape) for k, v in Projection(cfg.text_dim, cfg.dino_dim,
                                                                        cfg.hidden_layers).state_dict().items()}
@@ -128,22 +130,23 @@ class Talk2DINOFamily:
 
     def model_config(self, cfg: Talk2DINOTrainConfig, init: Talk2DINOConfig | None = None) -> Talk2DINOConfig:
         """``init``'s architecture (a checkpoint to continue), else the backbones ``cfg`` names, their widths read
-        from them; ``resize_dim`` is ``cfg.crop_size``; the zero-shot knobs as ``cfg`` says."""
+        from them; ``resize_dim`` is ``cfg.crop_size``; the zero-shot knobs as ``cfg`` says; the digests of the
+        backbones' bytes now (``init``'s recorded ones checked first: :mod:`.backbones`)."""
         if init is not None:
             if init.resize_dim != cfg.crop_size:
                 raise VplError(f"--init: its DINO reads {init.resize_dim}-px squares, not --crop-size "
                                f"{cfg.crop_size}; pass --crop-size {init.resize_dim}")
-            return replace(init, pamr=cfg.pamr, bg_clean=cfg.bg_clean)
+            return with_digests(replace(init, pamr=cfg.pamr, bg_clean=cfg.bg_clean), "--init")
         dino, clip = _backbones(cfg)
         width = int(getattr(dino.model, "embed_dim", 0) or dino.model.num_features)
         if cfg.crop_size < dino.patch_size:
             raise VplError(f"--crop-size {cfg.crop_size}: smaller than the DINO's patch ({dino.patch_size} px); "
                            f"pass --crop-size {dino.patch_size} or more")
-        return Talk2DINOConfig(dino_model=cfg.dino_model, dino_weights=cfg.dino_weights,
-                               dino_pos_resize=cfg.dino_pos_resize, clip_model=cfg.clip_model,
-                               clip_pretrained=cfg.clip_pretrained, text_dim=int(clip.embed_dim), dino_dim=width,
-                               hidden_layers=cfg.hidden_layers, resize_dim=cfg.crop_size, pamr=cfg.pamr,
-                               bg_clean=cfg.bg_clean)
+        return with_digests(Talk2DINOConfig(
+            dino_model=cfg.dino_model, dino_weights=cfg.dino_weights, dino_pos_resize=cfg.dino_pos_resize,
+            clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained, text_dim=int(clip.embed_dim),
+            dino_dim=width, hidden_layers=cfg.hidden_layers, resize_dim=cfg.crop_size, pamr=cfg.pamr,
+            bg_clean=cfg.bg_clean))
 
     def build_model(self, cfg: Talk2DINOConfig, seed: int = 0) -> Talk2DINO:
         from .net import build_model

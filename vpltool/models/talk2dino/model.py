@@ -54,6 +54,10 @@ class Talk2DINOConfig:
         pamr: zero-shot masks refined by PAMR (the reference's ``*_pamr.yml`` evaluations, all of its README's).
         bg_clean: zero-shot background cleaning (``with_bg_clean``, a model key of the reference's VOC21 and
             COCO-Object configs alone).
+        clip_digest, dino_digest: ``sha256:<hex>`` of the local bytes the CLIP and the DINO were loaded from when
+            the projection was made (:mod:`.backbones`); None for one named by a tag (``openai``, ``hub``), random
+            weights, or a file written before digests were kept. A checkpoint over other bytes under the same
+            names is refused: its projection was learnt against those.
     """
 
     dino_model: str = "vit_base_patch14_reg4_dinov2.lvd142m"
@@ -67,6 +71,8 @@ class Talk2DINOConfig:
     resize_dim: int = 448
     pamr: bool = True
     bg_clean: bool = False
+    clip_digest: str | None = None
+    dino_digest: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("text_dim", "dino_dim", "resize_dim"):

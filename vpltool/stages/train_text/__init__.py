@@ -229,15 +229,21 @@ def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> 
 
 
 def _check_resumable(f: io.TensorFile, cfg: TextTrainConfig, params: dict[str, Any], inputs: dict[str, Any],
-                     world: int) -> None:
-    """Refuse a checkpoint of other settings, inputs (by content: :func:`vpltool.io.changed_inputs` names each) or
-    world size (the schedule's steps per epoch and the global batch follow from it), naming every difference at
-    once; before anything is written (a refused resume leaves the folder as it was)."""
+                     world: int, model_config: dict[str, Any]) -> None:
+    """Refuse a checkpoint of other settings, inputs (by content: :func:`vpltool.io.changed_inputs` names each),
+    model (``model_config``: what the family builds from them, the digests of its frozen backbones' bytes included,
+    compared where both configs have the key and the settings do not already say it) or world size (the schedule's
+    steps per epoch and the global batch follow from it), naming every difference at once; before anything is
+    written (a refused resume leaves the folder as it was)."""
     old = f.meta("train_config")
     # a setting added after the checkpoint was written reads as its default there (the run used the default)
     old = {**io.jsonable(asdict(type(cfg)())), **old}
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
             if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
+    was, now = f.meta("model_config", None) or {}, io.jsonable(model_config)
+    short = lambda v: str(v).removeprefix("sha256:")[:12] + "…" if str(v).startswith("sha256:") else v  # noqa: E731
+    said += [f"the model's {k} {short(was[k])} there, {short(now[k])} here (a file it names changed)"
+             for k in sorted(set(was) & set(now)) if k not in params and was[k] != now[k]]
     check_resumable(f, said, inputs, INPUT_OPTIONS, world, params["batch_size"])
 
 
@@ -322,7 +328,7 @@ def run_train_text(
             ckpt = _prepare_out(out_dir, cfg, resume, runtime.overwrite, rank, world)
             if ckpt is not None:  # checked before anything is written: a refused resume leaves no trace
                 _check_resumable(io.read_checkpoint(ckpt, kind=cfg.CHECKPOINT_KIND, header_only=True)[2], cfg,
-                                 params, inputs, world)
+                                 params, inputs, world, model_cfg.to_dict())
             if rank == 0:  # the folder is this command's from now on (the output guard reads it), finished or not
                 io.write_json(out_dir / io.RUN_RECORD, {"stage": stage, "params": params, "inputs": inputs})
             seed_everything(cfg.seed)
