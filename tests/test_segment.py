@@ -115,6 +115,43 @@ def test_predict_classes_through_the_dense_path(world, gt_pseudo, text_protos, t
     assert mask.dtype == np.uint8
 
 
+def test_cam_and_predict_dense_check_the_methods_per_image_inputs_before_the_model(world, text_protos, tmp_path,
+                                                                                  monkeypatch):
+    """`cam --dense` and `predict --classes --dense` resolve the method as `segment` does: its hooks' check_items
+    sees the items before any model loads, and its one line stops the run with nothing written."""
+    from vpltool.models import registry
+    from vpltool.models.dense.hooks import DenseHooks
+    from vpltool.stages.cam import run_dense_cam
+    from vpltool.stages.predict import _predict_dense
+
+    seen = []
+
+    def check_items(self, items):
+        seen.append(len(items))
+        raise VplError(f"{self.method or 'default'}: a per-image input is missing")
+
+    monkeypatch.setattr(DenseHooks, "check_items", check_items)  # naclip's hooks are the defaults
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: pytest.fail("a model loaded before the check"))
+    with pytest.raises(VplError, match="per-image input is missing"):
+        run_dense_cam(world, text_protos, tmp_path / "cams", SegmentConfig(dense="naclip", short_side=48), CPU,
+                      split="train")
+    assert seen == [len(open_dataset(world, "train").items)] and not (tmp_path / "cams").exists()
+    monkeypatch.setattr(io, "read_tensors", lambda *a, **k: _Decoder())  # no decoder needed to reach the check
+    with pytest.raises(VplError, match="per-image input is missing"):
+        _predict_dense("decoder.safetensors", open_dataset(world, "val"), tmp_path / "p",
+                       PredictConfig(classes=("circle",), dense="naclip"), CPU, "cpu", None, None, None, None, None)
+    assert seen[1] == len(open_dataset(world, "val").items) and not (tmp_path / "p").exists()
+
+
+class _Decoder:
+    """A decoder file's stand-in for `predict --dense`: the prompts it recorded (``recorded_prompts``)."""
+
+    path = "decoder.safetensors"
+
+    def meta(self, key, default=None):
+        return {"prompts": {"templates": ["a photo of a {}."], "background_words": ["grass"]}}.get(key, default)
+
+
 def test_segment_and_dense_cam_loops_never_stall(world, tiny_spec, text_protos, tmp_path, monkeypatch):
     """The main thread's loops of the dense segmentor and of `cam --dense` (both the shared
     :func:`vpltool.runtime.batches.run_image_batches`) dispatch no op that waits for the device (tests/stalls.py)."""

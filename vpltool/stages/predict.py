@@ -283,21 +283,24 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     """``--classes`` with ``--dense METHOD``: the names scored by the decoder's frozen CLIP with that training-free
     dense last block (:mod:`vpltool.models.segmentor`, the method's settings), the decoder's own text templates
     and background words as queries; the decoder itself is not run (names it never trained on)."""
+    from ..models.dense.method import resolve_method
     from ..models.segmentor import dense_mask_stage, settings_params
 
     f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())
     prompts = recorded_prompts(f)
     check_vocabulary(cfg.classes, prompts, f.path)
-    settings = cfg.segment_config().resolved()
+    method = resolve_method(cfg.segment_config())  # the method resolved once: its own check, then its per-image
+    method.hooks.check_items(dataset.items)  # inputs' check, both before any model loads (as segment's)
+    settings = method.settings
     classes = ["background", *cfg.classes]
     decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id,
-              "settings": settings_params(settings)}
+              "settings": settings_params(settings), **method.hooks.record()}
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     model = ModelSpec.from_identity(f.meta("model"), f.path)
     synonyms = [[n.replace("_", " ")] for n in cfg.classes]
     return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
-                            lambda: (backbone or load_model("clip", model, device)).with_dense(cfg.dense),
+                            lambda: method.load(model, device, backbone),
                             (synonyms, prompts["templates"], prompts["background_words"]), "--classes", on_start,
                             on_item)
 

@@ -14,8 +14,9 @@ When each hook runs, for one image of ``segment`` (``[B, 3, H, W]`` float32 CLIP
 method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's size ``(H0, W0)``):
 
 1. :meth:`~DenseHooks.check` once, before any model loads (a missing input folder is one line there), then
-   :meth:`~DenseHooks.check_items` with the items `segment` will segment (a per-image file missing or malformed is
-   one line there), and :meth:`~DenseHooks.record`: what the stage record adds (a folder's identity by content);
+   :meth:`~DenseHooks.check_items` with the items the run will segment (`segment`, `cam --dense`, `predict --dense`;
+   a per-image file missing or malformed is one line there), and :meth:`~DenseHooks.record`: what the stage record
+   adds (a folder's identity by content);
 2. :meth:`~DenseHooks.extra_inputs` in a loading worker, per image: the item (its id, its path) and its decoded
    photo -> a dict of per-image inputs by key (SAM's input, region masks, ...), collated beside the pixels;
 3. :meth:`~DenseHooks.dense_logits` on the device, per batch: the whole segmentor, by default mmseg's slide

@@ -22,9 +22,9 @@ from ...config import RuntimeConfig, SegmentConfig
 from ...data import Dataset, open_source, recorded_folders
 from ...device import autocast, resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
-from ...models import ClipBackbone, ModelSpec, load_model
+from ...models import ClipBackbone, ModelSpec
 from ...models.bands import check_photo_memory
-from ...models.segmentor import photo_logits, settings_params, short_side_size
+from ...models.segmentor import batch_extras, dense_input, photo_logits, settings_params, short_side_size
 from ...runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "cam"
@@ -52,6 +52,7 @@ def run_dense_cam(
     """Dense CAMs ``<out>/<id>.safetensors`` (kind ``cam``) for every image of a dataset (``source`` + ``split``) or
     of the dataset an `extract` folder was made from; the CLIP is the one the prototypes were made with."""
     from ...config.dense import PROXY_METHODS
+    from ...models.dense.method import resolve_method
 
     if cfg.dense in PROXY_METHODS:
         raise VplError(f"cam --dense {cfg.dense}: the method needs a proxy vision model, which only `vpltool "
@@ -60,18 +61,20 @@ def run_dense_cam(
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the source": source, "--prototypes": prototypes},
                      protected=[*dataset.folders(), *recorded_folders(source)], overwrite=runtime.overwrite)
+    method = resolve_method(cfg)  # the method resolved once: its own check, then its per-image inputs' check,
+    method.hooks.check_items(dataset.items)  # both before any model loads (as segment's)
     settings = cfg.resolved()
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
     params = {"source": "dense", "dense": cfg.dense,
               "settings": settings_params(settings),
-              "prototypes": io.file_identity(protos.path, source=protos.source)}
+              "prototypes": io.file_identity(protos.path, source=protos.source), **method.hooks.record()}
     inputs = dataset.inputs()
     spec = ModelSpec.from_identity(protos.model, protos.path)  # its weights are still those it recorded
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
         check_photo_memory([it.image for it in items], sizes, len(protos.vectors), settings)  # before the model
-        bb = (backbone or load_model("clip", spec, device)).with_dense(cfg.dense)
+        bb = method.load(spec, device, backbone)  # its mixing, and its hooks made with the run's config
         if bb.embed_dim != protos.dim:
             raise ContractError(f"{protos.path}: prototypes are {protos.dim}-d but the model's features are "
                                 f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
@@ -91,12 +94,13 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
     class_rows = [r.view(1) for r in protos.class_rows().to(bb.device)]
     background = (protos.row_class == 0).nonzero().flatten().to(bb.device)
 
-    def load(i: int) -> dict:
-        return {"pixels": pre.loaded(io.load_image(items[i].image), inputs[i])}
+    def load(i: int) -> dict:  # with what the method's extra_inputs hook adds per image (as segment's)
+        image = io.load_image(items[i].image)
+        return dense_input(pre, image, inputs[i], bb.hooks.extra_inputs(items[i], image))
 
-    def maps_of(pixels: torch.Tensor, index: list[int]) -> list[torch.Tensor]:
+    def maps_of(pixels: torch.Tensor, index: list[int], extras: list[dict]) -> list[torch.Tensor]:
         with torch.no_grad(), autocast(bb.device, dtype):  # a large photo's logits come in column bands
-            logits = photo_logits(bb, pixels, vectors, settings, [sizes[i] for i in index])
+            logits = photo_logits(bb, pixels, vectors, settings, [sizes[i] for i in index], extras)
         out_maps = []
         for lg, i in zip(logits, index):
             labels = items[i].labels
@@ -115,9 +119,10 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
     def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its maps
         index = batch["index"]
         pixels = bb.pixels(batch["pixels"], inputs[index[0]])
+        extras = batch_extras(batch, len(index))
 
         def chunk(part: slice) -> dict:
-            maps = maps_of(pixels[part], index[part])
+            maps = maps_of(pixels[part], index[part], extras[part])
             return {"maps": maps, "finite": [torch.isfinite(m).all() for m in maps]}
 
         return chunk
