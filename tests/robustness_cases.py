@@ -638,6 +638,28 @@ def _replace_weights_file(path: Path) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
+@case("a local-dir CLIP whose weights file lacks a tensor (segment; once a RuntimeError traceback)",
+      "clip_no_tensor: its weights do not load as the model its open_clip_config.json describes",
+      "Missing key(s) in state_dict: \"positional_embedding\"", "re-download or re-train that model")
+def _local_clip_missing_tensor(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import load_file, save_file
+
+    clip = _local_clip(ws, "clip_no_tensor")
+    state = load_file(clip / "open_clip_model.safetensors")
+    del state["positional_embedding"]
+    save_file(state, str(clip / "open_clip_model.safetensors"))
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--model", f"local-dir:{clip}", *CPU]
+
+
+@case("a local-dir CLIP whose weights file is cut short (segment; once a SafetensorError traceback)",
+      "clip_cut: its weights do not load as the model its open_clip_config.json describes", "not fully covered")
+def _local_clip_cut_short(ws: Workspace) -> Iterator[list[object]]:
+    clip = _local_clip(ws, "clip_cut")
+    weights = clip / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--model", f"local-dir:{clip}", *CPU]
+
+
 @case("a local-dir CLIP's weights replaced under the same name between segment --shard 0/2 and --shard 1/2",
       "seg_shard: an interrupted run made with other parameters (model (its weights' content) differ)")
 def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
@@ -4137,6 +4159,19 @@ def _pgseg_shard(ws: Workspace, name: str, caption: bytes, image: bytes | None =
             info.size = len(data)
             tar.addfile(info, _io.BytesIO(data))
     return folder
+
+
+@case("a shard cut short between two samples (train-pgseg; once read as a shard that ends there, its last sample "
+      "never trained on)", "00000.tar: cut short after member 000000000.txt", "re-download it or leave it out")
+def _pgseg_shard_cut_between_samples(ws: Workspace) -> Iterator[list[object]]:
+    import tarfile
+
+    folder = _pgseg_shard(ws, "pairs_cut", b"a blue ring")
+    shard = folder / "00000.tar"
+    with tarfile.open(shard) as tar:
+        first = tar.getmember("000000000.txt")
+    shard.write_bytes(shard.read_bytes()[:first.offset_data + 512])  # the first sample's blocks, whole
+    yield ["train-pgseg", folder, "-o", ws.out("out"), *PGSEG_ARGS]
 
 
 @case("a shard sample with an empty caption (train-pgseg)", "00000.tar:000000001: empty caption")

@@ -4,9 +4,11 @@ The property is the promise of docs/robustness.md itself, for any input: the com
 ``error:`` line (the last) or click's usage error, never a traceback; no temporary file is left anywhere; a
 refused run leaves no ``_stage.json`` in its output; and nothing outside the run's own output changes.
 
-The damaged inputs reach past the stage folders: a dataset's photo, and an item of another run of the same stage
-copied into a finished folder (same image, same id: only its run differs). An exit 0 must have done what the options
-asked: a damaged input it read is never certified, and what it certified is what the clean input gives.
+The damaged inputs reach past the stage folders: a dataset's photo, an item of another run of the same stage copied
+into a finished folder (same image, same id: only its run differs), a model file (cut short, a tensor missing,
+reshaped or NaN) and an img2dataset shard (cut between or inside members, a member removed, a header garbled). An
+exit 0 must have done what the options asked: a damaged input it read is never certified, and what it certified is
+what the clean input gives.
 
 The commands and their options are read from the typer app, so a new command or option is fuzzed without editing
 this file (a command without a base invocation below gets its positional arguments drawn from the workspace's
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -410,5 +413,130 @@ def test_a_damaged_class_file_is_refused_or_read_as_written(ws, tmp_path):
             assert name in asked, (lines, name, asked)
         if lines[0].endswith("grass, sky, wall, water"):  # the background's line, kept first
             assert params["background_words"] == ["grass", "sky", "wall", "water"], (lines, params)
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- damaged model files
+MODEL_DAMAGES = ["truncated", "a tensor missing", "a tensor reshaped", "a tensor not finite"]
+
+
+def _damage_model(path: Path, how: str, pick: int, cut: float) -> None:
+    """A model file (safetensors, or a release's ``torch.save({"model": state})``) damaged as a broken download or a
+    careless edit leaves it: cut short, or re-saved with one floating-point tensor dropped, one value short, or one
+    value NaN (``pick``: which tensor and value)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[:int(len(data) * cut)])
+        return
+    release = path.suffix != ".safetensors"
+    state = torch.load(path, weights_only=True)["model"] if release else load_file(str(path))
+    floats = sorted(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    key = floats[pick % len(floats)]
+    if how == "a tensor missing":
+        del state[key]
+    elif how == "a tensor reshaped":
+        state[key] = state[key].reshape(-1)[:-1].clone()
+    else:
+        state[key] = state[key].clone()
+        state[key].view(-1)[pick % state[key].numel()] = float("nan")
+    torch.save({"model": state}, path) if release else save_file(state, str(path))
+
+
+def _model_targets(ws: rc.Workspace) -> dict[str, tuple[Path, Callable[[Path], Path], Callable[[Path, Path], list]]]:
+    """name -> (the clean model, the file in a copy of it to damage, the command that reads the copy)."""
+    from vpltool.models.loading import registered_folder
+
+    seg = ["segment", ws.world, "--split", "val", *rc.CPU, "--classes", "star,circle", "-o"]
+    release = ws.root / "fuzz_release.pth"
+    if not release.is_file():
+        rc._pgseg_release(ws, release.name, lambda state: None)
+    return {
+        "local-dir CLIP (segment --model local-dir:DIR)": (
+            registered_folder("vpltool-toy"), lambda copy: copy / "open_clip_model.safetensors",
+            lambda copy, out: [*seg, out, "--model", f"local-dir:{copy}", "--dense", "maskclip"]),
+        "GroupViT/PGSeg release (segment --model pgseg:FILE)": (
+            release, lambda copy: copy, lambda copy, out: [*seg, out, "--model", f"pgseg:{copy}"]),
+    }
+
+
+@pytest.mark.parametrize("target", ["local-dir CLIP (segment --model local-dir:DIR)",
+                                    "GroupViT/PGSeg release (segment --model pgseg:FILE)"])
+def test_a_damaged_model_file_is_refused_in_one_line(ws, target):
+    """A model file cut short, or missing a tensor, or one of another shape, or holding a NaN: never run, never a
+    traceback; one line naming the file (the keys, shapes and values of every model loaded from outside)."""
+    clean, damaged, command = _model_targets(ws)[target]
+    copy, out = ws.root / f"fuzz_model_{clean.name}", ws.root / "fuzz_model_out"
+
+    @settings(FUZZ, max_examples=max(1, EXAMPLES // 2))  # a few draws: each a command
+    @given(how=st.sampled_from(MODEL_DAMAGES), pick=st.integers(0, 500), cut=st.sampled_from([0.0, 0.3, 0.999]))
+    @example(how="a tensor missing", pick=0, cut=0.5)  # every time: a tensor missing
+    def run(how, pick, cut):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True) if copy.is_dir() else copy.unlink(missing_ok=True)
+        (shutil.copytree if clean.is_dir() else shutil.copyfile)(clean, copy)
+        _damage_model(damaged(copy), how, pick, cut)
+        code, output = _holds(ws, [str(a) for a in command(copy, out)], out, own=(copy,))
+        assert code == 2 and copy.name in rc.error_lines(output)[0], (target, how, pick, cut, output[-600:])
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- damaged shards
+SHARD_DAMAGES = ["cut between members", "cut inside a member", "a member removed", "a header's bytes flipped"]
+
+
+def _damage_shard(path: Path, how: str, pick: int) -> None:
+    """An img2dataset shard damaged as a broken download or copy leaves it: cut at the end of a member's blocks
+    (tar's reader takes that for the end), cut inside one, rewritten without one member, or a member's header
+    garbled."""
+    import io as _io
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    m = members[pick % len(members)][0]
+    data = path.read_bytes()
+    if how == "cut between members":
+        path.write_bytes(data[:m.offset_data + -(-m.size // 512) * 512])
+    elif how == "cut inside a member":
+        path.write_bytes(data[:m.offset_data + m.size // 2])
+    elif how == "a member removed":
+        with tarfile.open(path, "w") as tar:
+            for info, body in members:
+                if info is not m:
+                    tar.addfile(info, _io.BytesIO(body))
+    else:
+        path.write_bytes(data[:m.offset] + bytes(b ^ 0x5A for b in data[m.offset:m.offset + 100])
+                         + data[m.offset + 100:])
+
+
+def test_a_damaged_shard_is_refused_or_every_sample_trained_on(ws):
+    """`train-pgseg` on img2dataset shards, one damaged: exit 2 in one line, or exit 0 having trained on every sample
+    the undamaged shards hold (the record's count)."""
+    from vpltool import io
+    from vpltool.data.pairs import open_pairs
+
+    picture = (ws.world / "images" / "train_000000.png").read_bytes()
+    clean = rc._pairs_tar(ws, "fuzz_shards", {"a.png": picture, "a.txt": b"a red star", "b.png": picture,
+                                              "b.txt": b"a blue ring", "c.png": picture, "c.txt": b"a red ring"})
+    count = len(open_pairs(clean).pairs)
+    copy, out = ws.root / "fuzz_shards_damaged", ws.root / "fuzz_shards_out"
+
+    @settings(FUZZ, max_examples=max(1, EXAMPLES // 2))  # a few draws: each a command
+    @given(how=st.sampled_from(SHARD_DAMAGES), pick=st.integers(0, 50))
+    @example(how="cut between members", pick=3)  # every time: a download stopped between two samples
+    def run(how, pick):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(clean, copy)
+        _damage_shard(copy / "00000.tar", how, pick)
+        code, output = _holds(ws, ["train-pgseg", str(copy), "-o", str(out), *map(str, rc.PGSEG_ARGS)], out,
+                              own=(copy,))
+        if code == 0:
+            assert io.read_record(out / io.STAGE_RECORD)["count"] == count, (how, pick, output[-600:])
 
     run()

@@ -153,6 +153,7 @@ def _shard_pairs(shard: Path) -> Iterator[Pair]:
     known = (*SHARD_IMAGE_EXTS, *SHARD_TEXT_EXTS)
     try:
         with tarfile.open(shard, "r:") as tar:
+            _check_end(shard, tar.getmembers())
             members = [m for m in tar.getmembers() if m.isfile()]
             for m in members:
                 prefix, ext = base_plus_ext(m.name)
@@ -189,6 +190,23 @@ def _shard_pairs(shard: Path) -> Iterator[Pair]:
                 yield Pair(name, str(shard), (image.offset_data, image.size), caption)
     except tarfile.TarError as e:
         raise VplError(f"{shard}: not a readable tar shard ({e}); re-download it or leave it out") from None
+
+
+def _check_end(shard: Path, members: list[tarfile.TarInfo]) -> None:
+    """Refuse a shard without a zero block after its last member: Python's tarfile (and webdataset over it) reads a
+    tar cut short at a block boundary, or whose next header is garbage, as one that ends there, so a broken download
+    would lose its last samples without a word. Every tar writer ends the archive with zero blocks."""
+    if not members:
+        return
+    last = max(members, key=lambda m: m.offset_data)
+    end = last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    with open(shard, "rb") as f:
+        f.seek(end)
+        tail = f.read(tarfile.BLOCKSIZE)
+    if len(tail) < tarfile.BLOCKSIZE or tail.count(0) != len(tail):
+        why = "the file ends" if len(tail) < tarfile.BLOCKSIZE else "what follows is no tar header"
+        raise VplError(f"{shard}: cut short after member {last.name} ({why} without the archive's end blocks): a "
+                       "broken download or copy, whose later samples would be lost; re-download it or leave it out")
 
 
 def _caption_text(path: Path) -> str:

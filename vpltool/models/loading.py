@@ -360,8 +360,12 @@ def create_model(spec: ModelSpec):
     if folder is not None:
         if not (folder / "open_clip_config.json").is_file():
             raise VplError(f"{folder}: not an open_clip model folder (needs open_clip_config.json + weights)")
-        with no_weight_init(), assign_loaded_weights():
-            return _finite(open_clip.create_model(f"local-dir:{folder}"), folder), folder
+        try:
+            with no_weight_init(), assign_loaded_weights():
+                return _finite(open_clip.create_model(f"local-dir:{folder}"), folder), folder
+        except _LOAD_ERRORS as e:  # a weights file cut short, a tensor missing or of another shape
+            raise VplError(f"{folder}: its weights do not load as the model its open_clip_config.json describes "
+                           f"({_first_line(e)}); re-download or re-train that model") from None
     if spec.model not in open_clip.list_models():
         raise VplError(f"--model {spec.model!r} unknown to open_clip; e.g. ViT-B-16, ViT-L-14, or local-dir:/path")
     pretrained = spec.pretrained
@@ -378,14 +382,29 @@ def create_model(spec: ModelSpec):
         try:
             with no_weight_init(), assign_loaded_weights():
                 return _finite(open_clip.create_model(spec.model, pretrained=str(path)), path), path.parent
-        except (RuntimeError, KeyError) as e:
-            msg = str(e).splitlines()[0][:200]
-            raise VplError(f"{path}: does not hold {spec.model} weights ({msg}); check --model") from None
+        except _LOAD_ERRORS as e:
+            raise VplError(f"{path}: does not hold {spec.model} weights ({_first_line(e)}); check --model") from None
     cached, preprocess = _resolve_tag(spec.model, pretrained)
     with no_weight_init(), assign_loaded_weights():
         if cached is not None:
             return open_clip.create_model(spec.model, pretrained=cached, force_preprocess_cfg=preprocess), None
         return open_clip.create_model(spec.model, pretrained=pretrained), None
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return RuntimeError, KeyError, IndexError, ValueError, SafetensorError
+
+
+# what open_clip raises for weights that do not fit its model (torch's load_state_dict: RuntimeError; its own
+# conversions of an older layout: KeyError, IndexError; a file cut short: SafetensorError, or a zip's RuntimeError)
+_LOAD_ERRORS = _load_errors()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:200] or type(e).__name__
 
 
 def _finite(model, where: Path):
