@@ -675,7 +675,7 @@ def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
 def _weights_between_benchmark_shards(ws: Workspace) -> Iterator[list[object]]:
     clip, out = _local_clip(ws, "clip_bench_shard"), ws.out("bench_shard")
     args = ["benchmark", "naclip", "--root", f"voc21={_miniature(ws, 'voc21')}", "-o", out, "--model",
-            f"local-dir:{clip}", *CPU]
+            f"local-dir:{clip}", "--short-side", "64", "--slide-crop", "0", *CPU]
     cli_ok(*args, "--shard", "0/2")
     _replace_weights(clip)
     yield [*args, "--shard", "1/2"]
