@@ -57,6 +57,13 @@ def window_starts(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
     return out
 
 
+def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg's slide windows over a ``height x width`` image: ``(y1, y2, x1, x2)`` row by row, each axis's as
+    :func:`window_starts` (the last flush with the border, one where the side is no larger than ``crop``)."""
+    return [(y1, y2, x1, x2) for y1, y2 in window_starts(height, crop, stride)
+            for x1, x2 in window_starts(width, crop, stride)]
+
+
 def pad_size(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
     """ClearCLIP's ``compute_padsize``: ``(left, right, top, bottom)`` zeros up to the next multiple of ``patch``,
     the odd pixel at the right / bottom."""
@@ -418,7 +425,7 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
                       "pass a smaller --short-side or --slide-crop, or a smaller --batch-size", on_item)
 
 
-__all__ = ["short_side_size", "window_starts", "pad_size", "grid_logits", "window_logits", "dense_logits",
-           "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE", "query_rows",
-           "segment_logits", "source_logits", "photo_logits", "scores_batch", "labels_batch", "dense_input",
-           "batch_extras", "write_dense_masks", "settings_params"]
+__all__ = ["short_side_size", "window_starts", "slide_windows", "pad_size", "grid_logits", "window_logits",
+           "dense_logits", "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE",
+           "query_rows", "segment_logits", "source_logits", "photo_logits", "scores_batch", "labels_batch",
+           "dense_input", "batch_extras", "write_dense_masks", "settings_params"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ContractError, VplError
-from ..segmentor import window_starts
+from ..segmentor import slide_windows
 from .hooks import DenseHooks
 from .mixing import DenseMixing
 from .proxyclip import ProxyAttention, feature_grid, features, proxy_tokens
@@ -232,8 +232,7 @@ def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence
     for i, size in enumerate(sizes):
         x = trident_input(pixels[i : i + 1], p, crop)
         height, width = x.shape[-2:]
-        boxes = [(y0, y1, x0, x1) for y0, y1 in window_starts(height, crop, stride)
-                 for x0, x1 in window_starts(width, crop, stride)]
+        boxes = slide_windows(height, width, crop, stride)
         windows = torch.cat([x[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])
         image = sam_images[i]
         image = image.cpu().numpy() if isinstance(image, torch.Tensor) else image

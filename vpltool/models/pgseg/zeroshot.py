@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..segmentor import slide_windows
 from .model import PGSeg
 
 # mmseg's img_norm_cfg of the reference's test pipeline, on 0-255 RGB
@@ -65,19 +66,6 @@ def image_tensor(image, short_side: int, long_side: int = 2048) -> torch.Tensor:
 def _resize_maps(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """``[B, G, h', w']`` -> ``[B, G, h, w]`` bilinear, align_corners False (``resize_attn_map``)."""
     return F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def slide_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """mmseg's sliding windows ``(y1, y2, x1, x2)``: a ``crop`` square every ``stride`` pixels, the last one of a
-    row or column moved back inside the image, one window per axis where the image is smaller than ``crop``."""
-    rows = max(h - crop + stride - 1, 0) // stride + 1
-    cols = max(w - crop + stride - 1, 0) // stride + 1
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
-            out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
-    return out
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..segmentor import pamr
+from ..segmentor import pamr, slide_windows
 from .net import Talk2DINO, interpolate_square
 
 # datasets/templates.py sub_imagenet_template: the evaluation's prompts (evaluate.template)
@@ -119,19 +119,6 @@ def crop_masks(model: Talk2DINO, crop: Tensor, text: Tensor, bg_clean: bool = Fa
         for c0 in range(0, mask.shape[1], PAMR_CHUNK):
             mask[:, c0:c0 + PAMR_CHUNK] = pamr(guide, mask[:, c0:c0 + PAMR_CHUNK], PAMR_STEPS, PAMR_DILATIONS)
     return mask
-
-
-def slide_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """mmseg ``slide_inference``'s windows ``(y1, y2, x1, x2)``: a ``crop`` square every ``stride`` pixels, the last
-    moved back inside the image, one per axis where the image is smaller (crops are not padded)."""
-    rows = max(h - crop + stride - 1, 0) // stride + 1
-    cols = max(w - crop + stride - 1, 0) // stride + 1
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
-            out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
-    return out
 
 
 @torch.no_grad()
