@@ -75,6 +75,8 @@ LogFile = Annotated[Optional[Path], typer.Option("--log", envvar="VPLTOOL_LOG", 
 JsonFile = Annotated[Optional[Path], typer.Option("--json", parser=file_path, metavar="<path>",
                                                   help="Write the full result as JSON here.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.", rich_help_panel=RUNTIME)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh start "
+                                      "when there is none).")]
 Split = Annotated[Optional[str], typer.Option("--split", "-s", help="Dataset split (VOC: train, train_aug, val; "
                                               "generic: splits/<name>.txt). Default: the layout's default.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="open_clip architecture, local-dir:/path, or vpltool-toy "

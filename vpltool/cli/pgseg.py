@@ -10,8 +10,8 @@ import typer
 
 from ..config.pgseg import PGSEG_PRESETS, PGSEG_RECIPES, PGSegTrainConfig
 from .errors import all_ranks
-from .options import _R, Device, LogFile, OutDir, Overwrite, Verbose, Workers, runtime
-from .output import progress, say
+from .options import _R, Device, LogFile, OutDir, Overwrite, Resume, Verbose, Workers, runtime
+from .train_text import TextTensorboard, train_and_report
 from .values import parse_ints
 
 _T = PGSegTrainConfig()
@@ -133,13 +133,11 @@ def train_pgseg_cmd(
                                                  "are listings].", show_default=False)] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from these weights: a GroupViT or PGSeg release (.pth) "
                                                  "or a train-pgseg file; its architecture replaces --preset.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
-                                         "start when there is none).")] = False,
+    resume: Resume = False,
     checkpoint_every: Annotated[Optional[int], _opt("Iterations between checkpoints; 0 = once per epoch.",
                                                     "checkpoint_every")] = None,
     log_every: Annotated[Optional[int], _opt("Iterations between log lines (OUT/log.jsonl).", "log_every")] = None,
-    tensorboard: Annotated[Optional[Path], typer.Option(help="Also write TensorBoard scalars here (pip install "
-                                                        "'vpltool[tensorboard]').")] = None,
+    tensorboard: TextTensorboard = None,
     seed: Annotated[Optional[int], _opt("Seed.", "seed")] = None,
     device: Device = _R.device,
     workers: Workers = _R.workers,
@@ -159,7 +157,6 @@ def train_pgseg_cmd(
       vpltool train-pgseg world --recipe cpu -o runs/pgseg
     """
     from ..config.pgseg import pgseg_recipe
-    from ..stages.train_text import run_train_text
 
     cfg = pgseg_recipe(recipe, npr=npr, preset=preset, batch_size=batch_size, epochs=epochs,
                        warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr,
@@ -173,14 +170,7 @@ def train_pgseg_cmd(
                        hard_assignment=hard_assignment, assign_iters=assign_iters,
                        center_residual=center_residual, assign_metric=assign_metric, assign_init=assign_init,
                        groups=None if groups is None else parse_ints(groups, "--groups", "16,8"))
-    with progress("train-pgseg", unit="iterations") as (on_start, on_item):
-        s = run_train_text(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
-                            init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,
-                            on_iter=lambda i, rec: on_item(1))
-    done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     what = "PGSeg" if cfg.npr else "GroupViT"
-    loss = "" if s.loss is None else f", loss {s.first_loss:.4f} → {s.loss:.4f}"
-    written = s.model if s.model is not None else f"{out} (rank 0 writes the files)"
-    for note in s.notes():
-        say(note)
-    say(f"[green]✓[/] train-pgseg: {what}, {s.pairs} pairs, {done} ({s.iters_per_s:.2f} it/s){loss} → {written}")
+    train_and_report("train-pgseg", f"train-pgseg: {what},", pairs, out, cfg,
+                     runtime(device, workers=workers, overwrite=overwrite), split=split, init=init, nouns=nouns,
+                     resume=resume, tensorboard=tensorboard)

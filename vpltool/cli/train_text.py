@@ -10,10 +10,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..config import RuntimeConfig
 from ..config.text import TextTrainConfig
 from ..models.registry import TEXT_FAMILIES, text_config
 from .errors import all_ranks
-from .options import _R, Device, LogFile, Overwrite, Verbose, Workers, runtime
+from .options import _R, Device, LogFile, Overwrite, Resume, Verbose, Workers, runtime
 from .output import progress, say
 
 
@@ -47,6 +48,27 @@ def _families_help() -> str:
         rows.append(f"{family} ({row.title}; recipes {', '.join(cls.RECIPES)}; settings "
                     f"{', '.join(cls.family_fields()) or 'none'})")
     return "; ".join(rows)
+
+
+# spelled the same by train-text and its alias train-pgseg
+TextTensorboard = Annotated[Optional[Path], typer.Option(help="Also write TensorBoard scalars here (pip install "
+                                                         "'vpltool[tensorboard]').")]
+
+
+def train_and_report(command: str, head: str, pairs: Path, out: Path, cfg: Any, rt: RuntimeConfig,
+                     **inputs: Any) -> None:
+    """Run the shared text trainer (``run_train_text(pairs, out, cfg, rt, **inputs)``) under ``command``'s
+    progress bar, then print its notes and the ✓ line, ``head`` first (``train-text (pgseg):``)."""
+    from ..stages.train_text import run_train_text
+
+    with progress(command, unit="iterations") as (on_start, on_item):
+        s = run_train_text(pairs, out, cfg, rt, on_start=on_start, on_iter=lambda i, rec: on_item(1), **inputs)
+    done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
+    loss = "" if s.loss is None else f", loss {s.first_loss:.4f} → {s.loss:.4f}"
+    written = s.model if s.model is not None else f"{out} (rank 0 writes the files)"
+    for note in s.notes():
+        say(note)
+    say(f"[green]✓[/] {head} {s.pairs} pairs, {done} ({s.iters_per_s:.2f} it/s){loss} → {written}")
 
 
 # the loop's settings that train-text spells as options (the others, and the family's own, are --set KEY=VALUE)
@@ -114,13 +136,11 @@ def train_text_cmd(
                                                  "its architecture replaces the recipe's.")] = None,
     nouns: Annotated[Optional[Path], typer.Option(help="With noun prompts (PGSeg: --set multi_label=K): a noun "
                                                   "vocabulary file (one noun a line).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
-                                         "start when there is none).")] = False,
+    resume: Resume = False,
     checkpoint_every: Annotated[Optional[int], _opt("Iterations between checkpoints; 0 = once per epoch.",
                                                     "checkpoint_every")] = None,
     log_every: Annotated[Optional[int], _opt("Iterations between log lines (OUT/log.jsonl).", "log_every")] = None,
-    tensorboard: Annotated[Optional[Path], typer.Option(help="Also write TensorBoard scalars here (pip install "
-                                                        "'vpltool[tensorboard]').")] = None,
+    tensorboard: TextTensorboard = None,
     seed: Annotated[Optional[int], _opt("Seed.", "seed")] = None,
     device: Device = _R.device,
     workers: Workers = _R.workers,
@@ -143,7 +163,6 @@ def train_text_cmd(
     """
     from ..config.text import parse_settings
     from ..errors import VplError
-    from ..stages.train_text import run_train_text
 
     if family is None:
         raise VplError(f"train-text: give --family NAME ({', '.join(TEXT_FAMILIES)})")
@@ -159,16 +178,9 @@ def train_text_cmd(
                 min_scale=min_scale, hflip=hflip, truncate=truncate or None, checkpoint_every=checkpoint_every,
                 log_every=log_every, seed=seed)
     cfg = cls.recipe_config(recipe, family=family, **loop, **parse_settings(cls, settings, OPTIONS))
-    with progress("train-text", unit="iterations") as (on_start, on_item):
-        s = run_train_text(pairs, out, cfg, runtime(device, workers=workers, overwrite=overwrite), split=split,
-                           init=init, nouns=nouns, resume=resume, tensorboard=tensorboard, on_start=on_start,
-                           on_iter=lambda i, rec: on_item(1))
-    done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
-    loss = "" if s.loss is None else f", loss {s.first_loss:.4f} → {s.loss:.4f}"
-    written = s.model if s.model is not None else f"{out} (rank 0 writes the files)"
-    for note in s.notes():
-        say(note)
-    say(f"[green]✓[/] train-text ({family}): {s.pairs} pairs, {done} ({s.iters_per_s:.2f} it/s){loss} → {written}")
+    train_and_report("train-text", f"train-text ({family}):", pairs, out, cfg,
+                     runtime(device, workers=workers, overwrite=overwrite), split=split, init=init, nouns=nouns,
+                     resume=resume, tensorboard=tensorboard)
 
 
-__all__ = ["train_text_cmd", "knobs_table"]
+__all__ = ["train_text_cmd", "knobs_table", "train_and_report", "TextTensorboard"]

@@ -23,6 +23,7 @@ from .options import (
     Overwrite,
     OverwriteFile,
     Precision,
+    Resume,
     Shard,
     Split,
     Verbose,
@@ -127,8 +128,7 @@ def train_decoder_cmd(
     val_split: Annotated[Optional[str], typer.Option(help="Validate on this split of the same dataset.")] = None,
     split: Annotated[Optional[str], typer.Option("--split", "-s", help="With --recipe weclip: the dataset split to "
                                                  "train on [default: train].", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.safetensors (a fresh "
-                                         "start when there is none).")] = False,
+    resume: Resume = False,
     tensorboard: Annotated[Optional[Path], typer.Option(
         help="Also write TensorBoard event files here: each loss, lr, it/s, memory, and previews of a few fixed "
         "images with their prediction (pip install 'vpltool[tensorboard]').")] = None,
