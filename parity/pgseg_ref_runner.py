@@ -42,7 +42,7 @@ import os
 import sys
 from pathlib import Path
 
-from refstubs import MmcvConfig, MmcvRegistry, stub_module  # parity/ is the script's folder
+from refstubs import MmcvConfig, MmcvRegistry, slide_inference, stub_module  # parity/ is the script's folder
 
 
 def install_stubs() -> None:
@@ -142,29 +142,6 @@ def reference_model(spec: dict, groupvit: bool = False, multi_label: int | None 
 
 def build(clone: Path, tiny: bool):
     return reference_model(MODEL_TINY if tiny else MODEL_FULL)[0]
-
-
-def slide_inference(seg, img, crop: int, stride: int):
-    """mmseg 0.x ``EncoderDecoder.slide_inference`` (mmseg is not installed: restated), the reference's
-    ``encode_decode`` on each window: windows every ``stride`` pixels, the last moved back inside, logits padded
-    into place and divided by the number of windows covering each pixel."""
-    import torch.nn.functional as F
-
-    _, _, h_img, w_img = img.shape
-    h_grids = max(h_img - crop + stride - 1, 0) // stride + 1
-    w_grids = max(w_img - crop + stride - 1, 0) // stride + 1
-    preds = img.new_zeros((img.shape[0], seg.num_classes, h_img, w_img))
-    count = img.new_zeros((img.shape[0], 1, h_img, w_img))
-    for h_idx in range(h_grids):
-        for w_idx in range(w_grids):
-            y1, x1 = h_idx * stride, w_idx * stride
-            y2, x2 = min(y1 + crop, h_img), min(x1 + crop, w_img)
-            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            logit = seg.encode_decode(img[:, :, y1:y2, x1:x2], None)
-            preds += F.pad(logit, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
-            count[:, :, y1:y2, x1:x2] += 1
-    assert (count == 0).sum() == 0
-    return preds / count
 
 
 def run_slide(args, tokenize, inputs, seg_mod) -> None:

@@ -1,5 +1,5 @@
 """What the reference runners share: stand-in modules for imports whose code the compared arithmetic never reaches,
-and running from inside a peer's clone.
+running from inside a peer's clone, and mmseg 0.x's sliding-window inference restated.
 
 Like the runners, it imports nothing from vpltool: a runner's process holds the peer's code alone.
 """
@@ -78,3 +78,27 @@ def in_clone(folder: Path):
     finally:
         sys.path[:] = saved[0]
         os.chdir(saved[1])
+
+
+def slide_inference(seg, img, crop: int, stride: int):
+    """mmseg 0.x ``EncoderDecoder.slide_inference`` (mmseg is not installed: restated), the reference's
+    ``encode_decode`` on each window: windows every ``stride`` pixels, the last moved back inside, logits padded
+    into place and divided by the number of windows covering each pixel; ``seg.num_classes`` stands for the
+    ``out_channels`` mmseg reads from the decode head."""
+    import torch.nn.functional as F
+
+    _, _, h_img, w_img = img.shape
+    h_grids = max(h_img - crop + stride - 1, 0) // stride + 1
+    w_grids = max(w_img - crop + stride - 1, 0) // stride + 1
+    preds = img.new_zeros((img.shape[0], seg.num_classes, h_img, w_img))
+    count = img.new_zeros((img.shape[0], 1, h_img, w_img))
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * stride, w_idx * stride
+            y2, x2 = min(y1 + crop, h_img), min(x1 + crop, w_img)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            logit = seg.encode_decode(img[:, :, y1:y2, x1:x2], None)
+            preds += F.pad(logit, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
+            count[:, :, y1:y2, x1:x2] += 1
+    assert (count == 0).sum() == 0
+    return preds / count

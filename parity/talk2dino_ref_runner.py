@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refstubs import MmcvConfig, MmcvRegistry, stub_module  # noqa: E402 - parity/ is the script's folder
+from refstubs import MmcvConfig, MmcvRegistry, slide_inference, stub_module  # noqa: E402 - parity/ is the script's folder
 
 
 class _Falsy:
@@ -245,7 +245,7 @@ def zero_shot(clone: Path, inputs: dict, work: Path) -> dict:
                 size = (int(w0 * scale + 0.5), int(h0 * scale + 0.5))
                 img = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR) if size != (w0, h0) else bgr
                 img = torch.from_numpy(np.ascontiguousarray(img.astype(np.float32).transpose(2, 0, 1)))[None]
-                logits = slide(seg, img, seg_scale["crop"], seg_scale["stride"])
+                logits = slide_inference(seg, img, seg_scale["crop"], seg_scale["stride"])
                 logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
                 probs = F.softmax(logits, dim=1)
                 rows.append({"logits": logits[0], "labels": probs.argmax(dim=1)[0]})
@@ -253,27 +253,6 @@ def zero_shot(clone: Path, inputs: dict, work: Path) -> dict:
     finally:
         os.chdir(cwd)
     return out
-
-
-def slide(seg, img, crop: int, stride: int):
-    """mmseg 0.x ``EncoderDecoder.slide_inference`` with ``num_classes`` for the ``out_channels`` it cannot read."""
-    import torch.nn.functional as F
-
-    b, _, h, w = img.shape
-    rows = max(h - crop + stride - 1, 0) // stride + 1
-    cols = max(w - crop + stride - 1, 0) // stride + 1
-    preds = img.new_zeros((b, seg.num_classes, h, w))
-    count = img.new_zeros((b, 1, h, w))
-    for r in range(rows):
-        for c in range(cols):
-            y1, x1 = r * stride, c * stride
-            y2, x2 = min(y1 + crop, h), min(x1 + crop, w)
-            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            logit = seg.encode_decode(img[:, :, y1:y2, x1:x2], None)
-            preds += F.pad(logit, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
-            count[:, :, y1:y2, x1:x2] += 1
-    assert (count == 0).sum() == 0
-    return preds / count
 
 
 def main() -> None:
