@@ -42,6 +42,7 @@ from dense_ref_runner import (  # noqa: E402
     Sample,
     half_is_identity,
     install_openmmlab_stubs,
+    logits_seen,
     mmseg_input,
     proxy_hub,
     read_config,
@@ -124,20 +125,12 @@ def run(args) -> None:
         shapes = []
         for i, path in enumerate(photos):
             x, ori = mmseg_input(path, cfg["scale"], pre)
-            seen: dict = {}
-            post = seg.postprocess_result
-
-            def capture(seg_logits, data_samples, post=post, seen=seen):
-                seen["logits"] = seg_logits.detach().float().clone()
-                return post(seg_logits, data_samples)
-
-            seg.postprocess_result = capture
             sample = Sample({"ori_shape": ori, "img_shape": tuple(x.shape[-2:]), "img_path": str(path)})
             sample.img_path = str(path)  # mmseg's SegDataSample reads its metainfo as attributes
             calls: list = []
-            with torch.no_grad(), half_is_identity(), recorded_dbscan("open_clip.transformer", calls):
+            with torch.no_grad(), half_is_identity(), recorded_dbscan("open_clip.transformer", calls), \
+                    logits_seen(seg) as seen:
                 seg.predict(x, [sample])
-            del seg.postprocess_result
             # its own post-processing again on the same logits with prob_thd 0 (the argmax, then the map
             # correction): with random weights the config's threshold may leave every pixel background
             argmax = Sample(sample.metainfo)

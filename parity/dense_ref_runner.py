@@ -280,6 +280,24 @@ def half_is_identity():
 
 
 @contextlib.contextmanager
+def logits_seen(seg):
+    """Within the block ``seg.postprocess_result`` keeps a float32 copy of the logits ``predict`` hands it
+    (``seen["logits"]`` of the dict yielded), then runs as before; the method's own again afterwards."""
+    seen: dict = {}
+    post = seg.postprocess_result
+
+    def capture(seg_logits, data_samples, *rest, **kwargs):  # Trident's takes a third, debug_img_path
+        seen["logits"] = seg_logits.detach().float().clone()
+        return post(seg_logits, data_samples, *rest, **kwargs)
+
+    seg.postprocess_result = capture
+    try:
+        yield seen
+    finally:
+        del seg.postprocess_result
+
+
+@contextlib.contextmanager
 def capture_bilinear(record: list):
     """Record the input of every bilinear ``F.interpolate`` call (the patch-level logits of ``forward_feature``)."""
     import torch.nn.functional as F
@@ -390,20 +408,11 @@ def run_variant(args, cfg: dict, variant: dict, photos: list[Path], out: Path) -
     torch.save(saved, out / "patch.pt")
     shapes = []
     for i, ((x, ori), path) in enumerate(zip(inputs, photos)):
-        seen: dict = {}
-        post = seg.postprocess_result
-
-        def capture(seg_logits, data_samples, post=post, seen=seen):
-            seen["logits"] = seg_logits.detach().float().clone()
-            return post(seg_logits, data_samples)
-
-        seg.postprocess_result = capture
         sample = Sample({"ori_shape": ori, "img_shape": tuple(x.shape[-2:]), "pad_shape": tuple(x.shape[-2:]),
                          "padding_size": [0, 0, 0, 0], "img_path": str(path)})
-        with torch.no_grad(), half_is_identity():
+        with torch.no_grad(), half_is_identity(), logits_seen(seg) as seen:
             seed_cass(args)
             seg.predict(x, [sample])
-        del seg.postprocess_result
         result = {"input": x, "logits": seen["logits"], "probs": sample.data["seg_logits"].data.float(),
                   "pred": sample.data["pred_sem_seg"].data}
         if matchings is not None:

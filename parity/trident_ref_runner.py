@@ -130,21 +130,12 @@ def run(args) -> None:
                                "input_shape": list(old["input"].shape[-2:]), "seconds": None})
                 continue
             x, ori = drr.mmseg_input(path, cfg["scale"], pre)
-            seen: dict = {}
-            post = seg.postprocess_result
-
-            def capture(seg_logits, data_samples, debug_img_path=None, post=post, seen=seen):
-                seen["logits"] = seg_logits.detach().float().clone()
-                return post(seg_logits, data_samples, debug_img_path)
-
-            seg.postprocess_result = capture
             sample = drr.Sample({"ori_shape": ori, "img_shape": tuple(x.shape[-2:]), "pad_shape": tuple(x.shape[-2:]),
                                  "padding_size": [0, 0, 0, 0], "img_path": str(path)})
             sample.img_path = str(path)  # Trident reads data_samples[0].img_path itself
             tic = time.perf_counter()
-            with torch.no_grad(), drr.half_is_identity():
+            with torch.no_grad(), drr.half_is_identity(), drr.logits_seen(seg) as seen:
                 seg.predict(x, [sample])
-            del seg.postprocess_result
             record = {"input": x, "logits": seen["logits"], "probs": sample.data["seg_logits"].data.float(),
                       "pred": sample.data["pred_sem_seg"].data}
             record.update(refined(seg, seen["logits"], sample, args.refine_scales))
