@@ -5,15 +5,13 @@ the same global batch; on a tiny world with the toy DINO and the toy CLIP."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from killed_runs import free_port, kill_at_checkpoint
 
 from vpltool import io
 from vpltool.config import RuntimeConfig
@@ -65,27 +63,13 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, one_
             f"run_train_text({str(world)!r}, {str(run)!r}, cfg, RuntimeConfig(device='cpu', workers=1), "
             "on_iter=lambda i, r: time.sleep(0.5))")
     proc = subprocess.Popen([sys.executable, "-c", body], env=_env())
-    ckpt = run / "checkpoints" / "last.safetensors"
     kind = text_family("talk2dino").TrainConfig.CHECKPOINT_KIND
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        if ckpt.is_file() and io.read_checkpoint(ckpt, header_only=True, kind=kind)[2].meta("iteration") >= 4:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(proc, run / "checkpoints" / "last.safetensors", kind, 4, seconds=180)
     assert not (run / "talk2dino.safetensors").exists()
     s = run_train_text(world, run, _cfg(), RuntimeConfig(device="cpu", workers=1), resume=True)
     assert 4 <= s.start < 8 and s.iterations == 8
     a, b = _weights(whole), _weights(s.model)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow  # two torchrun ranks and a third process: 27 CPU-s
@@ -98,8 +82,8 @@ def test_torchrun_two_gloo_ranks_give_one_process_weights(world, tmp_path, one_t
         f"cfg = text_family('talk2dino').TrainConfig.recipe_config('demo', **{cfg!r})",
         f"run_train_text({str(world)!r}, {str(tmp_path / 'ddp')!r}, cfg, RuntimeConfig(device='cpu', workers=1))"]))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                           "127.0.0.1", "--master-port", str(_port()), str(script)], env=_env(), capture_output=True,
-                          text=True, timeout=300)
+                           "127.0.0.1", "--master-port", str(free_port()), str(script)], env=_env(),
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     one = run_train_text(world, tmp_path / "one", _cfg(batch_size=4), RuntimeConfig(device="cpu", workers=1)).model
     a, b = _weights(one), _weights(tmp_path / "ddp" / "talk2dino.safetensors")

@@ -7,18 +7,16 @@ from __future__ import annotations
 import io as _io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pgseg_stand_in
 import pytest
 import torch
+from killed_runs import free_port, kill_at_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -208,27 +206,12 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, fami
             f"run_train_text; run_train_text({str(world)!r}, {str(run)!r}, pgseg_recipe('cpu', **{SMALL!r}), "
             "on_iter=lambda i, r: time.sleep(0.5))")
     proc = subprocess.Popen(_script(body), env=_env())
-    ckpt = run / "checkpoints" / "last.safetensors"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if ckpt.is_file() and io.read_checkpoint(ckpt, header_only=True, kind="pgseg-checkpoint")[2].meta(
-                "iteration") >= 4:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(proc, run / "checkpoints" / "last.safetensors", "pgseg-checkpoint", 4, seconds=120)
     assert not (run / "pgseg.safetensors").exists()
     s = run_train_text(world, run, _cfg(), resume=True)
     assert 4 <= s.start < 8 and s.iterations == 8
     a, b = _weights(whole), _weights(s.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # DDP on 2 ranks x batch 2 against one process x batch 4: the same loss (each rank's rows against every rank's
@@ -246,7 +229,7 @@ def test_torchrun_two_ranks_give_one_process_weights(world, tmp_path, family):
     script = tmp_path / "ddp.py"
     script.write_text(_script(body)[2].replace("; ", "\n"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_port()), str(script)]
+           "--master-port", str(free_port()), str(script)]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-8000:]
     assert "Warning" not in done.stderr, done.stderr[-8000:]  # torch's FutureWarning of broadcast_buffers, per rank
@@ -416,7 +399,7 @@ def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, tmp_path):
         script = tmp_path / f"{name}{len(extra)}.py"
         script.write_text(body.replace("; ", "\n"))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_port()), str(script)]
+               "--master-port", str(free_port()), str(script)]
         done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-8000:]
 
