@@ -10,6 +10,8 @@ GradCAM (:meth:`ClipBackbone.gradcam`) and its text tower (:meth:`ClipBackbone.e
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Callable
 from typing import Any
 
 # each public name -> the submodule that defines it, imported on first use: `import vpltool.models.registry` (the
@@ -27,12 +29,22 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def lazy_getattr(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A package's module ``__getattr__`` (PEP 562) over ``table``, public name -> the submodule that defines it:
+    the submodule is imported on the name's first use and the name kept in the package (this one's, and a model
+    family's that keeps its import free: :mod:`.talk2dino`)."""
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            value = getattr(importlib.import_module(f".{table[name]}", package), name)
+            setattr(sys.modules[package], name, value)
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)  # the public names are the lazy table's: one list, not two kept in step

@@ -15,8 +15,7 @@ first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .. import lazy_getattr
 
 _LAZY = {
     **dict.fromkeys(("ATTN_SCALE", "LOGIT_SCALE", "Projection", "Talk2DINOConfig", "cls_attention_logits",
@@ -30,12 +29,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)
