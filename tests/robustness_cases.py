@@ -1673,25 +1673,39 @@ def _predict_dense_over_memory(ws: Workspace) -> Iterator[list[object]]:
                ws.out("pred_24mp"), *CPU, "--dense", "maskclip", "--classes", "star"]
 
 
-@case("a resume right after segment was killed with -9 (as the OOM killer ends a run)", "✓ segment (naclip): 1 masks",
-      "1 already done", exit_code=0, leaves=("seg_killed/*", "-seg_killed/_run.json"))
+@case("a resume right after segment of a photo folder was killed with -9 (as the OOM killer ends a run; its "
+      "loaders orphaned)", "✓ segment (naclip): 2 masks", "1 already done", exit_code=0,
+      leaves=("seg_killed/*", "-seg_killed/_run.json"))
 def _segment_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    photos = ws.root / "killed photos"
+    if not photos.exists():
+        photos.mkdir()
+        for i in range(3):  # camera-like JPEGs, named as a phone names them
+            Image.open(ws.world / "images" / f"train_00000{i}.png").convert("RGB").resize((192, 144)).save(
+                photos / f"IMG_000{i}.jpg", quality=90)
     out = ws.out("seg_killed")
-    args = ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "cat,dog"]
+    args = ["segment", photos, "--classes", "cat,dog", "-o", out, *TINY, *CPU, "--workers", "2"]
     proc = paced_cli(args)
     try:
         wait_until(proc, lambda: any(out.glob("*.png")))
     finally:
-        os.kill(proc.pid, signal.SIGKILL)  # as the OOM killer ends a run: no handler runs, the lock file stays
+        os.kill(proc.pid, signal.SIGKILL)  # the main process alone, as the OOM killer does: its loaders live on
         proc.communicate()
     for path in sorted(out.glob("*.png"))[1:] + sorted(out.glob(".*.tmp")):
         path.unlink()  # one finished mask, whenever the kill landed: the same page every time
-    yield args
+    yield args  # the same command at once: the lock the killed run held does not block it
 
 
 @case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
 def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]
+
+
+@case("segment --max-side 10 (a working size PAMR's dilations have no room in)", "--max-side 10: must be >= 64")
+def _segment_max_side_small(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_max_side"), *TINY, *CPU, "--max-side", "10"]
 
 
 @case("segment with a stride larger than its window", "--slide-stride 500 is larger than --slide-crop 224")

@@ -92,7 +92,7 @@ def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
     with pytest.raises(VplError, match=r"method 'naclp': did you mean 'naclip'\?"):
         vpltool.segmenter("naclp", **TOY)
     with pytest.raises(VplError, match=r"unknown option 'slide_crp'; did you mean 'slide_crop'\? its options are "
-                                       r"templates, .*pamr_steps, class_file, attention, residual, device"):
+                                       r"templates, .*pamr_steps, max_side, class_file, attention, residual, device"):
         vpltool.segmenter("naclip", slide_crp=224, **TOY)  # naclip's options: not CASS's or Trident's knobs
     with pytest.raises(VplError, match="method='naclip' and dense='maskclip'; give one"):
         vpltool.segmenter("naclip", dense="maskclip", **TOY)

@@ -110,3 +110,35 @@ def test_a_photo_too_large_for_the_free_memory_is_refused_in_one_line():
     with pytest.raises(VplError, match=r"p.jpg: a 6000x4000 photo \(24 megapixels\) needs about 1.5 GB .* free "
                                        "memory, or segment a copy"):
         check_photo_memory(["p.jpg"], [(4000, 6000)], 27, settings, available=need - 1)
+
+
+def test_max_side_segments_a_larger_photo_at_its_working_size_and_enlarges_the_labels(naclip):
+    from dataclasses import replace
+
+    from vpltool.models.bands import enlarge, photo_bytes, working_size
+    from vpltool.models.segmentor import settings_params
+
+    settings = SegmentConfig(dense="naclip").resolved()
+    g = torch.Generator().manual_seed(4)
+    text = F.normalize(torch.randn(5, naclip.embed_dim, generator=g), dim=-1)
+    query_class, pixels = torch.tensor([1, 2, 3, 0, 0]), torch.randn(1, 3, 48, 80, generator=g)
+
+    def run(s, size):
+        return scores_batch(naclip, pixels, text, query_class, 4, s, [size], torch.float32)[0]
+
+    with torch.no_grad():
+        own_probs, own = run(settings, (150, 260))
+        small_probs, small = run(settings, (75, 130))
+        probs, labels = run(replace(settings, max_side=130), (150, 260))
+        unmoved = run(replace(settings, max_side=260), (150, 260))[1]  # the long side is not above it: off
+    assert working_size(150, 260, 130) == (75, 130) and working_size(150, 260, 0) == (150, 260)
+    assert labels.shape == (150, 260) and torch.equal(labels, enlarge(small, (150, 260)))
+    assert torch.equal(probs, enlarge(small_probs, (150, 260))) and torch.equal(unmoved, own)
+    assert not torch.equal(labels, own) and len(labels.unique()) > 1  # other labels: a smaller working size
+    # nearest as torch picks it, for labels and probabilities alike
+    x = torch.rand(2, 7, 11, generator=g)
+    assert torch.equal(enlarge(x, (30, 17)), F.interpolate(x[None], size=(30, 17), mode="nearest")[0])
+    # the memory it needs goes with the working size; the recorded settings hold it only when it is set
+    assert photo_bytes(4000, 6000, 27, replace(settings, max_side=2048)) < 0.6 * photo_bytes(4000, 6000, 27, settings)
+    assert "max_side" not in settings_params(settings)
+    assert settings_params(replace(settings, max_side=2048))["max_side"] == 2048

@@ -86,6 +86,11 @@ _SETTINGS = (
     ("slide_stride", int, "Sliding window stride in pixels.", "Window stride. " + _PRESET),
     ("pamr_steps", int, "PAMR refinement steps (0 = off; dilations 8, 16).", "PAMR steps (0 = off). " + _PRESET),
 )
+# segment's alone (benchmark's photos are the benchmarks' sizes)
+MaxSideOpt = Annotated[Optional[int], typer.Option(
+    "--max-side", help="A photo whose long side is above this is segmented at this long side and its mask enlarged "
+    "(nearest) to the photo: time and memory go with the smaller size; its labels differ from the photo's own "
+    "size's (edges, small regions) [default: none: every photo at its own size].", show_default=False)]
 # the references' queries and the last block's switches
 _KNOBS = (("class_file", ClassFileOpt, None), ("attention", AttentionOpt, None), ("residual", ResidualOpt, None))
 
@@ -124,5 +129,5 @@ def _settings(column: int) -> tuple:
 
 # segment's and benchmark's (whose --help lists the proxy models last): the values are SegmentConfig's fields by name,
 # given to it (segment) or as the presets' overrides (benchmark)
-DENSE = OptionBlock(*_settings(0), *_KNOBS, *_PROXY, *_METHOD_KNOBS)
+DENSE = OptionBlock(*_settings(0), ("max_side", MaxSideOpt, _S.max_side), *_KNOBS, *_PROXY, *_METHOD_KNOBS)
 DENSE_PRESET = OptionBlock(*_settings(1), *_KNOBS, *_METHOD_KNOBS, *_PROXY_PRESET)

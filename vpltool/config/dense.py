@@ -34,6 +34,10 @@ class DenseSettings:
     pamr_steps: int = 0  # PAMR propagation steps (0 = off)
     pamr_dilations: tuple[int, ...] = (8, 16)
     pad_multiple: int = 0  # crop_mode pad: windows zero-padded to a multiple of this (0 = the patch size)
+    # a photo whose long side is above this is segmented at this long side (the model's input is the same; the
+    # upsampled logits, PAMR and the argmax run on fewer pixels) and its labels enlarged, nearest, to the photo
+    # (0 = off: the photo's own size, the references' arithmetic)
+    max_side: int = 0
     # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.models.sam_refine), off by default as
     # eval.py; thresholds of configs/base_config.py + cfg_voc21.py and trident.py's sam_mask_coff default
     sam_refine: bool = False
@@ -214,6 +218,7 @@ def dense_help() -> str:
 
 
 MAX_LOGIT_SCALE = 1000.0
+MIN_MAX_SIDE = 64  # segment --max-side: a smaller working size leaves PAMR's dilations (8, 16) little room
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,7 @@ class SegmentConfig:
     slide_crop: int | None = None
     slide_stride: int | None = None
     pamr_steps: int | None = None
+    max_side: int | None = None  # None = off: each photo at its own size (DenseSettings.max_side)
     classes: tuple[str, ...] | None = None  # None = the dataset's own classes
     # the references' class file (one line a class, comma-separated queries; vpltool.data.class_files): the
     # queries of each class, which is still written and scored as the dataset's class; None = --classes/--background
@@ -289,6 +295,7 @@ class SegmentConfig:
         at_least("--slide-crop", self.slide_crop, 0, allow_none=True, why=" pixels (0 = the whole image)")
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
         at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")
+        at_least("--max-side", self.max_side, MIN_MAX_SIDE, allow_none=True, why=" pixels")
         require(bool(self.templates.strip()), "--templates is empty: give imagenet, clip-es, a template or a file")
         for option, value in (("--global-weight", self.global_weight), ("--shift-weight", self.shift_weight)):
             if value is not None:

@@ -53,20 +53,43 @@ def band_bytes(n_queries: int, height: int, pamr_steps: int, dilations: Sequence
     return 4 * height * (n_queries * levels + affinity)
 
 
+def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """The size a ``height x width`` photo is segmented at under ``--max-side`` (0: its own): the long side
+    ``max_side``, the short one scaled with it and rounded (at least 1)."""
+    long = max(height, width)
+    if not max_side or long <= max_side:
+        return height, width
+    return max(1, round(height * max_side / long)), max(1, round(width * max_side / long))
+
+
+def enlarge(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[..., h, w]`` (labels of any dtype, or probabilities) -> ``[..., H0, W0]`` by nearest neighbour: output
+    row ``i`` is source row ``floor(i * h / H0)`` (``F.interpolate``'s "nearest" rule, which takes no int64)."""
+    h, w = x.shape[-2:]
+
+    def index(n: int, m: int) -> torch.Tensor:
+        return (torch.arange(n, device=x.device, dtype=torch.float64) * (m / n)).floor().long().clamp_(max=m - 1)
+
+    return x.index_select(-2, index(size[0], h)).index_select(-1, index(size[1], w))
+
+
 def photo_bytes(height: int, width: int, n_queries: int, settings, scores: int = 0) -> int:
     """What segmenting one ``height x width`` photo holds beyond the model, in bytes: the decoded photo (and its
     RGB copy), the labels (int64, then the uint8 mask), and the logits' work: whole (:func:`whole_bytes`) when that
     fits :data:`WHOLE_BUDGET`, else the bands' (:func:`band_bytes`) and the kept first pass of the upsampling
     (``[Q + 3, h, W0]``, ``h`` the model's input height). ``settings``: a :class:`~vpltool.config.DenseSettings`.
     ``scores``: the classes whose ``[C, H0, W0]`` float32 probabilities are kept (the Python segmenter's result,
-    and its int64 labels' copy; 0: the CLI's masks alone)."""
+    and its int64 labels' copy; 0: the CLI's masks alone). Under ``settings.max_side`` the logits' work is at the
+    :func:`working_size`, the labels (twice: at that size and enlarged) at the photo's."""
     steps = settings.pamr_steps
-    whole = whole_bytes(n_queries, height, width, steps)
+    h, w = working_size(height, width, getattr(settings, "max_side", 0))
+    whole = whole_bytes(n_queries, h, w, steps)
     if whole > WHOLE_BUDGET:
-        rows = min(settings.short_side, height)
-        whole = band_bytes(n_queries, height, steps, settings.pamr_dilations) + 4 * (n_queries + 3) * rows * width
+        rows = min(settings.short_side, h)
+        whole = band_bytes(n_queries, h, steps, settings.pamr_dilations) + 4 * (n_queries + 3) * rows * w
     kept = 4 * scores + 8 if scores else 0
-    return height * width * (3 + 3 + 8 + 1 + kept) + whole
+    small = (h * w * (8 + 4 * scores)) if (h, w) != (height, width) else 0
+    return height * width * (3 + 3 + 8 + 1 + kept) + whole + small
 
 
 def available_bytes() -> int | None:
@@ -326,6 +349,7 @@ def banded_probabilities(bands: Callable[[], Iterator[tuple[int, int, torch.Tens
     return probs, labels
 
 
-__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "whole_bytes", "band_bytes", "photo_bytes", "available_bytes",
+__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "whole_bytes", "band_bytes", "working_size", "enlarge", "photo_bytes",
+           "available_bytes",
            "check_photo_memory", "ColumnUpsampler", "band_affinity",
            "band_step", "logit_bands", "class_probabilities", "banded_probabilities"]

@@ -35,7 +35,15 @@ from ..config.dense import SAM_REFINE_FIELDS
 from ..device import autocast
 from ..errors import ContractError
 from ..runtime.batches import image_names, run_image_batches
-from .bands import WHOLE_BUDGET, banded_probabilities, class_probabilities, logit_bands, whole_bytes
+from .bands import (
+    WHOLE_BUDGET,
+    banded_probabilities,
+    class_probabilities,
+    enlarge,
+    logit_bands,
+    whole_bytes,
+    working_size,
+)
 
 MMSEG_LONG_EDGE = 2048  # the methods' configs: Resize(scale=(2048, short), keep_ratio=True)
 
@@ -307,11 +315,13 @@ def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
     ``postprocess`` hook (Trident's ``--sam-refine``). ``extras``: per image its ``extra_inputs`` (copied: the hooks
     may add to them). The per-image work of `segment` (:func:`labels_batch`) and of :class:`vpltool.api.Segmenter`:
     one function, so a photo segmented from Python gets the CLI's mask. A photo too large to compute whole in
-    ``budget`` bytes is computed in column bands (:func:`photo_logits`)."""
+    ``budget`` bytes is computed in column bands (:func:`photo_logits`). Under ``settings.max_side`` a larger photo
+    is computed at its :func:`~vpltool.models.bands.working_size`, and its labels (and scores) enlarged, nearest."""
     extras = [dict(e) for e in extras] if extras is not None else [{} for _ in sizes]
     post = bb.hooks.own_postprocess
+    work = [working_size(h, w, settings.max_side) for h, w in sizes]
     with torch.no_grad(), autocast(bb.device, dtype):
-        logits = photo_logits(bb, pixels, text, settings, sizes, extras, budget)
+        logits = photo_logits(bb, pixels, text, settings, work, extras, budget)
     out = []
     for i, lg in enumerate(logits):
         if isinstance(lg, torch.Tensor):
@@ -319,11 +329,14 @@ def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
                                                 settings.prob_threshold, settings.area_threshold)
         else:
             with torch.no_grad(), autocast(bb.device, dtype):
-                probs, labels = banded_probabilities(lg, sizes[i], query_class, n_classes, settings.logit_scale,
+                probs, labels = banded_probabilities(lg, work[i], query_class, n_classes, settings.logit_scale,
                                                      settings.prob_threshold, settings.area_threshold,
                                                      scores or post)
         if post:
             probs, labels = bb.hooks.postprocess(bb, probs, labels, extras[i], settings)
+        if work[i] != tuple(sizes[i]):
+            labels = enlarge(labels, sizes[i])
+            probs = enlarge(probs, sizes[i]) if scores else None
         out.append((probs if scores else None, labels))
     return out
 
@@ -356,7 +369,7 @@ def settings_params(settings) -> dict:
     """A :class:`~vpltool.config.DenseSettings` as recorded (JSON: tuples as lists, so a resume compares equal)."""
     refine = getattr(settings, "sam_refine", False)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()
-            if not (k == "pad_multiple" and not v)  # 0 (the patch size) is recorded as before the field existed
+            if not (k in ("pad_multiple", "max_side") and not v)  # 0 (the default) recorded as before the field
             and not (k in SAM_REFINE_FIELDS and not refine)}  # likewise the refinement's, when it is off
 
 
