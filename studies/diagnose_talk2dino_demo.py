@@ -12,6 +12,10 @@ the ground truth at its centre (nearest); the scenes split in two halves. Printe
   (:func:`~vpltool.models.talk2dino.head_embeddings`), per head: its entropy over the patches divided by ln(patches)
   (1 = uniform: the target is the mean patch token) and its mass on foreground patches, beside their share of the
   patches (``fg_area``);
+* ``pixel_prototype_miou``: the same oracle embeddings through the family's zero-shot
+  (:func:`~vpltool.models.talk2dino.zero_shot_logits`, no PAMR) on the first half's scenes at pixel level, per
+  window of the 192-px image (``192``: one window; ``96``: half-image windows, stride 48, each resized to the
+  DINO's square), the first ``--pixel-images`` scenes;
 * ``linear_probe_miou``: a logistic regression on the first half's tokens, scored on the second half's patches
   (what the tokens hold at all);
 * the toy CLIP's class-prompt embeddings: their mean and largest pairwise cosine (``simple`` and the reference's
@@ -40,6 +44,7 @@ def main() -> None:
     ap.add_argument("--world", type=Path, required=True)
     ap.add_argument("--images", type=int, default=200, help="train scenes")
     ap.add_argument("--sides", default="192,288,384", help="squares the DINO sees")
+    ap.add_argument("--pixel-images", type=int, default=60, help="scenes scored at pixel level")
     args = ap.parse_args()
     import torch
     import torch.nn.functional as F
@@ -50,7 +55,14 @@ def main() -> None:
     from vpltool.models.dino import DinoSpec
     from vpltool.models.loading import ModelSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.talk2dino import TEMPLATES, build_model, class_tokens, config_for
+    from vpltool.models.talk2dino import (
+        TEMPLATES,
+        build_model,
+        class_tokens,
+        config_for,
+        image_tensor,
+        zero_shot_logits,
+    )
     from vpltool.models.talk2dino.net import interpolate_square
     from vpltool.ops.kernels import MiouAccumulator
 
@@ -107,6 +119,20 @@ def main() -> None:
         top, arg = score.max(1)
         rows = [(miou(y[half:].numpy(), torch.where(top > t, arg + 1, 0).numpy()), float(t)) for t in THRESHOLDS]
         best = max(rows)
+        pixel = {}
+        some = min(args.pixel_images, len(images) // 2)
+        gt_all = np.concatenate([g.ravel() for g in gts[:some]])[None]
+        for crop, stride in ((192, 96), (96, 48)):
+            tops, args_ = [], []
+            for image in images[:some]:
+                with torch.no_grad():
+                    lg = zero_shot_logits(model, image_tensor(image, 192), protos, with_bg=False, use_pamr=False,
+                                          crop=crop, stride=stride)
+                top, arg = F.interpolate(lg, size=image.shape[:2], mode="bilinear", align_corners=False)[0].max(0)
+                tops.append(top.numpy().ravel())
+                args_.append(arg.numpy().ravel() + 1)
+            top, arg = np.concatenate(tops)[None], np.concatenate(args_)[None]
+            pixel[str(crop)] = round(max(miou(gt_all, np.where(top > t, arg, 0)) for t in THRESHOLDS), 4)
         clf = LogisticRegression(max_iter=300).fit(x[:half].numpy(), y[:half].numpy())
         out["sides"].append({"side": side, "grid": grid, "dino_cpu_s_per_image": round(cpu / len(images), 4),
                              "common": round(float(xn.mean(0).norm()), 3),
@@ -114,6 +140,7 @@ def main() -> None:
                                                "fg_mass": [round(float(v), 3) for v in torch.stack(mass).mean(0)],
                                                "fg_area": round(float(torch.stack(area).mean()), 3)},
                              "prototype_miou": round(best[0], 4), "prototype_thresh": round(best[1], 4),
+                             "pixel_prototype_miou": pixel,
                              "linear_probe_miou": round(miou(y[half:].numpy(), clf.predict(x[half:].numpy())), 4)})
         print(json.dumps(out["sides"][-1]), file=sys.stderr)
     print(json.dumps(out, indent=1))

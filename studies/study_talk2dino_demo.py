@@ -3,18 +3,23 @@ same `make-pairs` shards as `make pgseg`, with the toy CLIP's text tower and the
 reference's rule, every setting chosen on the train split.
 
 Data: ``make-pairs RUN/pairs --scenes N`` and the README's world (``make-world --train 500 --val 200``), as
-study_pgseg_demo.py makes them (an existing folder is reused). Per seed: one training run (``--epochs``). Then, on
-the first ``--probe-images`` TRAIN scenes and seed 0's model alone, the zero-shot settings: the prompt templates
-(the reference's 7 ``sub_imagenet`` ones, most of whose words the toy CLIP does not know, or ``a photo of a {}.``),
-PAMR on or off, background cleaning on or off, and ``bg_thresh`` on a grid; the best train mIoU is kept. Every seed
-is then scored on val with those settings by the reference's rule (a constant ``bg_thresh`` background channel, the
-class masks averaged over mmseg's sliding windows, resized, argmax: :mod:`vpltool.models.talk2dino.zeroshot`), next
-to the baselines of ``studies/results/pgseg_demo.json`` (GroupViT, PGSeg, the toy CLIP's MaskCLIP, all-background,
-uniform random labels: that study's figures, on the same world and pairs).
+study_pgseg_demo.py makes them (an existing folder is reused); ``--shards`` trains on a brace pattern of those shards
+(the recipe's pairs, chosen on train by probe_talk2dino_recipe.py). Per seed: one training run (``--jobs`` seeds side
+by side). Then, on the first ``--probe-images`` TRAIN scenes and seed 0's model alone, the zero-shot settings: the
+prompt templates (the reference's 7 ``sub_imagenet`` ones, most of whose words the toy CLIP does not know, or ``a
+photo of a {}.``), PAMR on or off, background cleaning on or off, the square the DINO sees (``--sides``), and
+``bg_thresh`` on a 0.0025 grid; the best train mIoU is kept. Every seed is then scored on val with those settings by
+the reference's rule (a constant ``bg_thresh`` background channel, the class masks averaged over mmseg's sliding
+windows, resized, argmax: :mod:`vpltool.models.talk2dino.zeroshot`), next to all-background and uniform random labels
+(computed here, on the same val) and the baselines of ``studies/results/pgseg_demo.json`` (GroupViT, PGSeg, the toy
+CLIP's MaskCLIP: that study's figures, on the same world and the same 32,000 pairs).
 
-    python studies/study_talk2dino_demo.py --run runs/talk2dino [--seeds 0,1,2] > studies/results/talk2dino_demo.json
+    python studies/study_talk2dino_demo.py --run runs/talk2dino [--seeds 0,1,2] [--jobs 3] \
+        > studies/results/talk2dino_demo.json
 
-Prints one JSON object; the training commands' CPU-seconds are their own (``cpu_s``: user + system of the child).
+Prints one JSON object. CPU-seconds per seed: ``train_cpu_s`` (user + system of its `train-text` process, from
+wait4) and ``val_cpu_s`` (this process's, scoring val with the chosen settings); the settings' choice on train is
+counted once (``choice_cpu_s``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,8 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from benchlib import machine  # noqa: E402
 
 RECIPE = "demo"
-SHORT_SIDE, SLIDE = 192, (192, 96)  # the demo's scale of the reference's 448 / (448, 224): the toy CLIP rows' own
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.30, 0.91, 0.05))
+SHORT_SIDE = 192  # the demo's scale of the reference's 448: the toy CLIP rows' own
+# mmseg's sliding windows on the 192-px image, (crop, stride): the demo's scale of the reference's (448, 224), one
+# window; or half the image a window, each resized to the DINO's square (the toy DINO sees the shapes larger)
+WINDOWS = ((192, 96), (96, 48))
+# sigmoid(cos) lies in (0.27, 0.73): a 0.05 step there is a step of about 0.2 in cosine, too coarse to choose on
+THRESHOLDS = tuple(round(float(t), 4) for t in np.arange(0.50, 0.7501, 0.0025))
 TEMPLATE_KEYS = ("sub_imagenet", "simple")
 
 
@@ -72,20 +82,30 @@ def children_cpu() -> float:
 def train(args, seed: int) -> dict:
     out = args.run / f"seed{seed}"
     model = out / "talk2dino.safetensors"
-    t0, c0 = time.perf_counter(), children_cpu()
+    t0 = time.perf_counter()
+    cpu = None
     if not model.is_file():
-        done = vpl("train-text", str(args.run / "pairs"), "--family", "talk2dino", "--recipe", RECIPE, "-o",
-                   str(out), "--seed", str(seed), "--epochs", str(args.epochs), "--device", "cpu", "--workers", "1",
-                   "--overwrite")
-        if done.returncode:
-            return {"error": last_error(done)}
+        command = [sys.executable, "-m", "vpltool", "train-text", args.shards or str(args.run / "pairs"), "--family",
+                   "talk2dino", "--recipe", RECIPE, "-o", str(out), "--seed", str(seed), "--device", "cpu",
+                   "--workers", "1", "--overwrite", *(["--epochs", str(args.epochs)] if args.epochs else [])]
+        log = out.parent / f"seed{seed}.train.log"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as sink:
+            child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+            _, status, usage = os.wait4(child.pid, 0)  # this child's own CPU, whatever runs beside it
+        cpu = round(usage.ru_utime + usage.ru_stime, 1)
+        if os.waitstatus_to_exitcode(status):
+            lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+            return {"error": lines[-1] if lines else "no output"}
     log = io.read_log(out / "log.jsonl") if (out / "log.jsonl").is_file() else []
-    return {"model": str(model), "train_s": round(time.perf_counter() - t0, 1),
-            "cpu_s": round(children_cpu() - c0, 1), "iterations": log[-1]["iter"] if log else None,
+    return {"model": str(model), "train_s": round(time.perf_counter() - t0, 1), "train_cpu_s": cpu,
+            "iterations": log[-1]["iter"] if log else None,
             "first_loss": log[0]["loss"] if log else None, "last_loss": log[-1]["loss"] if log else None}
 
 
-def foreground(fam, model, images, names, templates: str, pamr: bool, bg_clean: bool) -> list:
+def foreground(fam, model, images, names, templates: str, pamr: bool, bg_clean: bool, side: int,
+               window: tuple[int, int]) -> list:
     """Per image ``[N, H0, W0]`` the class scores at the image's size (channel 0's constant left out: any
     ``bg_thresh`` is then a threshold on their maximum, the reference's argmax with background first)."""
     import torch
@@ -93,24 +113,30 @@ def foreground(fam, model, images, names, templates: str, pamr: bool, bg_clean: 
 
     from vpltool.models.text_family import class_embeddings
 
-    model.cfg = replace(model.cfg, pamr=pamr, bg_clean=bg_clean)
+    model.cfg = replace(model.cfg, pamr=pamr, bg_clean=bg_clean, resize_dim=side)
     text = class_embeddings(fam, model, names, fam.TEMPLATES[templates], "cpu")
     out = []
     for image in images:
         x = fam.image_tensor(image, SHORT_SIDE)
         with torch.no_grad():
-            logits = fam.zero_shot_logits(model, x, text, 0.0, with_bg=False, mode="slide", crop=SLIDE[0],
-                                          stride=SLIDE[1])
+            logits = fam.zero_shot_logits(model, x, text, 0.0, with_bg=False, mode="slide", crop=window[0],
+                                          stride=window[1])
             out.append(F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)[0])
     return out
 
 
-def miou(scores: list, gts: list, n_classes: int, thresh: float) -> dict:
+def top_classes(scores: list) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's pixels in one row: the best class score and its label (1-based: 0 is the background)."""
+    tops = [s.max(dim=0) for s in scores]
+    return (np.concatenate([t.numpy().ravel() for t, _ in tops])[None],
+            np.concatenate([a.numpy().ravel() + 1 for _, a in tops])[None])
+
+
+def miou(tops: tuple[np.ndarray, np.ndarray], gt: np.ndarray, n_classes: int, thresh: float) -> dict:
+    """mIoU over all images at once (one confusion matrix: the same as image by image); ``gt`` [1, pixels]."""
     acc = MiouAccumulator(n_classes)
-    for s, gt in zip(scores, gts):
-        top, arg = s.max(dim=0)
-        labels = np.where(top.numpy() > thresh, arg.numpy() + 1, 0).astype(np.uint8)
-        acc.add(gt, labels)
+    top, arg = tops
+    acc.add(gt, np.where(top > thresh, arg, 0).astype(np.uint8))
     return acc.result()
 
 
@@ -123,11 +149,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=Path("runs/talk2dino"))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=1, help="passes over the pairs (the recipe's unless given)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
+    ap.add_argument("--epochs", type=int, default=0, help="passes over the pairs (0: the recipe's)")
+    ap.add_argument("--shards", default=None, help="a brace pattern of RUN/pairs' shards to train on (default all)")
     ap.add_argument("--scenes", type=int, default=32000)
     ap.add_argument("--train", type=int, default=500)
     ap.add_argument("--val", type=int, default=200)
-    ap.add_argument("--probe-images", type=int, default=100, help="train scenes the settings are chosen on")
+    ap.add_argument("--sides", default="384", help="squares the DINO may see at zero-shot time (chosen on train)")
+    ap.add_argument("--probe-images", type=int, default=60, help="train scenes the settings are chosen on")
     ap.add_argument("--baselines", type=Path, default=Path("studies/results/pgseg_demo.json"))
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -137,48 +166,82 @@ def main() -> None:
         done = vpl(*command)
         if done.returncode and "exists" not in last_error(done):
             sys.exit(last_error(done))
-    runs = {s: train(args, s) for s in seeds}
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        runs = dict(zip(seeds, pool.map(lambda s: train(args, s), seeds)))
+    train_wall = round(time.perf_counter() - t0, 1)
     from vpltool.models.text_family import text_family
 
     fam = text_family("talk2dino")
     train_data, val_data = open_dataset(world, "train"), open_dataset(world, "val")
     names = [c for c in train_data.classes if c != "background"]
     n = len(train_data.classes)
-    first = next(s for s in seeds if "model" in runs[s])
-    model = fam.load_model(runs[first]["model"])
+    first = next((s for s in seeds if "model" in runs[s]), None)
+    if first is None:
+        sys.exit(f"no seed trained: {runs}")
+    fam.load_model(runs[first]["model"])  # every import done here, once: a first import in two threads breaks
     images, gts = load(train_data, args.probe_images)
-    probe = []
-    for templates, pamr, bg_clean in itertools.product(TEMPLATE_KEYS, (True, False), (False, True)):
-        scores = foreground(fam, model, images, names, templates, pamr, bg_clean)
-        for t in THRESHOLDS:
-            probe.append({"templates": templates, "pamr": pamr, "bg_clean": bg_clean, "bg_thresh": t,
-                          "train_miou": miou(scores, gts, n, t)["miou"]})
+    gt = np.concatenate([g.ravel() for g in gts])[None]
+
+    def choose(setting: tuple) -> dict:
+        """One zero-shot setting's best train mIoU over ``bg_thresh`` (seed ``first``'s model, its own copy)."""
+        side, window, templates, pamr, bg_clean = setting
+        c0 = time.thread_time()
+        model = fam.load_model(runs[first]["model"])
+        tops = top_classes(foreground(fam, model, images, names, templates, pamr, bg_clean, side, window))
+        score, thresh = max((miou(tops, gt, n, t)["miou"], t) for t in THRESHOLDS)
+        row = {"side": side, "window": list(window), "templates": templates, "pamr": pamr, "bg_clean": bg_clean,
+               "bg_thresh": thresh, "train_miou": score, "cpu_s": round(time.thread_time() - c0, 1)}
+        print(json.dumps(row), file=sys.stderr)
+        return row
+
+    settings = [(side, window, templates, pamr, bg_clean)
+                for side, window, templates, pamr, bg_clean in itertools.product(
+                    [int(x) for x in args.sides.split(",")], WINDOWS, TEMPLATE_KEYS, (False, True), (False, True))
+                if not (pamr and window != WINDOWS[0])]  # PAMR per small window: too slow for the demo
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # torch frees the GIL: side by side
+        probe = list(pool.map(choose, settings))
     best = max(probe, key=lambda r: r["train_miou"])
+    choice_cpu = round(sum(r["cpu_s"] for r in probe), 1)
     val_images, val_gts = load(val_data, None)
-    for s in seeds:
-        if "model" not in runs[s]:
-            continue
+    val_gt = np.concatenate([g.ravel() for g in val_gts])[None]
+
+    def score_val(s: int) -> None:
+        c0 = time.thread_time()
         model = fam.load_model(runs[s]["model"])
-        scores = foreground(fam, model, val_images, names, best["templates"], best["pamr"], best["bg_clean"])
-        got = miou(scores, val_gts, n, best["bg_thresh"])
-        runs[s].update({"val_miou": got["miou"], "val_iou": got["iou"]})
+        scores = foreground(fam, model, val_images, names, best["templates"], best["pamr"], best["bg_clean"],
+                            best["side"], tuple(best["window"]))
+        got = miou(top_classes(scores), val_gt, n, best["bg_thresh"])
+        runs[s].update({"val_miou": got["miou"], "val_iou": got["iou"],
+                        "val_cpu_s": round(time.thread_time() - c0, 1)})
         print(f"seed {s}: val mIoU {100 * got['miou']:.2f}", file=sys.stderr)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(score_val, [s for s in seeds if "model" in runs[s]]))
+    for r in runs.values():
+        if "val_cpu_s" in r:
+            r["cpu_s"] = round((r["train_cpu_s"] or 0) + r["val_cpu_s"], 1)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from study_pgseg_demo import baselines
+
     base = json.loads(args.baselines.read_text()) if args.baselines.is_file() else {}
     print(json.dumps({
         "what": "val mIoU of Talk2DINO's zero-shot segmentation (the reference's rule) after `train-text --family "
                 "talk2dino --recipe demo` on make-pairs shards, settings chosen on the train split",
         "command": " ".join(["python", "studies/study_talk2dino_demo.py", *sys.argv[1:]]),
-        "scenes": args.scenes, "epochs": args.epochs, "seeds": seeds, "short_side": SHORT_SIDE, "slide": SLIDE,
+        "scenes": args.scenes, "shards": args.shards, "epochs": args.epochs or "the recipe's", "seeds": seeds,
+        "short_side": SHORT_SIDE, "windows": WINDOWS,
         "chosen_on_train": {**best, "images": args.probe_images, "split": "train", "seed": first},
-        "probe": probe,
+        "choice_cpu_s": choice_cpu, "probe": probe,
         "val_miou": spread([r["val_miou"] for r in runs.values() if "val_miou" in r]),
-        "baselines": {"from": str(args.baselines), **({
+        "val_baselines": baselines(world),
+        "comparison": {"from": str(args.baselines), **({
             "all background": base["baselines"]["all background"],
             "uniform random labels": base["baselines"]["uniform random labels"],
             "groupvit_scratch (A)": base["miou"]["miou"]["groupvit_scratch"],
             "groupvit (B)": base["miou"]["miou"]["groupvit"], "pgseg (C)": base["miou"]["miou"]["pgseg"],
             "toy CLIP MaskCLIP": base["toy_clip_maskclip"]["shipped toy CLIP"]["miou"]} if base else {})},
-        "runs": runs, "cpu_s_children": round(children_cpu(), 1), "machine": machine("cpu"),
+        "runs": runs, "train_wall_s": train_wall, "jobs": args.jobs, "machine": machine("cpu"),
     }, indent=1))
 
 
