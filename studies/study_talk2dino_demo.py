@@ -14,8 +14,8 @@ windows, resized, argmax: :mod:`vpltool.models.talk2dino.zeroshot`), next to all
 (computed here, on the same val) and the baselines of ``studies/results/pgseg_demo.json`` (GroupViT, PGSeg, the toy
 CLIP's MaskCLIP: that study's figures, on the same world and the same 32,000 pairs).
 
-    python studies/study_talk2dino_demo.py --run runs/talk2dino [--seeds 0,1,2] [--jobs 3] \
-        > studies/results/talk2dino_demo.json
+    python studies/study_talk2dino_demo.py --run runs/talk2dino [--seeds 0,1,2] [--jobs 3] \\
+        [--shards 'runs/talk2dino/pairs/{00000..00007}.tar'] > studies/results/talk2dino_demo.json
 
 Prints one JSON object. CPU-seconds per seed: ``train_cpu_s`` (user + system of its `train-text` process, from
 wait4) and ``val_cpu_s`` (this process's, scoring val with the chosen settings); the settings' choice on train is
