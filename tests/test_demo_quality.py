@@ -31,7 +31,9 @@ def demo_metrics(tmp_path_factory) -> dict:
     run = tmp_path_factory.mktemp("demo")
     venv = Path(sys.executable).parent.parent
     env = {k: v for k, v in os.environ.items() if k != "VPLTOOL_MODEL_CONFIGS"}
-    env.pop("OMP_NUM_THREADS", None)  # the pipeline should use every core, as `make demo` does
+    env.pop("OMP_NUM_THREADS", None)  # the pipeline should use every core, as `make demo` does ...
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # ... unless another test process shares them (`make test`): then
+        env["OMP_NUM_THREADS"] = "1"  # one thread a stage, as OpenMP's barriers spin on an oversubscribed core
     # -j2 as `make demo` runs it: two independent stages at a time
     # `make demo`'s rows (its DEMO_ROWS): the open-vocabulary (DENSE), DINO-affinity and SSR (caa+sgc) rows are
     # `make dense`'s, `make affinity`'s and `make sgc`'s. One caa+sgc row is made first, the one a bar below reads
