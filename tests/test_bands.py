@@ -142,3 +142,27 @@ def test_max_side_segments_a_larger_photo_at_its_working_size_and_enlarges_the_l
     assert photo_bytes(4000, 6000, 27, replace(settings, max_side=2048)) < 0.6 * photo_bytes(4000, 6000, 27, settings)
     assert "max_side" not in settings_params(settings)
     assert settings_params(replace(settings, max_side=2048))["max_side"] == 2048
+
+
+def test_text_family_labels_in_bands_equal_the_whole_upsampling(tiny_pgseg_checkpoint, monkeypatch):
+    """`segment --model pgseg:FILE` above the budget: its labels upsampled and reduced in column bands equal the
+    whole photo's (every budget forced to 0 here; a photo wider than one band, not a multiple of it)."""
+    import numpy as np
+    import torch
+
+    from vpltool.stages import segment_text as st
+
+    fam = st.text_family_of("pgseg")
+    model = fam.load_model(tiny_pgseg_checkpoint, "cpu")
+    text = st.text_queries(fam, model, ["circle", "star"], ["grass", "sky"], "cpu")
+    image = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    args = (fam, model, image, text, 99, 0.0, 64, (0, 0), "cpu")  # every query kept apart (none read as background)
+    whole = st.image_scores(*args)[1]
+    monkeypatch.setattr(st, "WHOLE_BUDGET", 0)
+    banded = st.image_labels(*args)
+    assert banded.shape == whole.shape == (150, 200) and banded.dtype == torch.int64
+    assert torch.equal(banded, whole)  # the random tiny model's map is one label: logits with many follow
+    small = torch.randn(1, 6, 19, 23, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(st, "_model_logits", lambda *a: small)
+    whole, banded = st.image_scores(*args)[1], st.image_labels(*args)
+    assert torch.equal(banded, whole) and len(whole.unique()) == 6

@@ -33,6 +33,7 @@ from ..data import Dataset
 from ..device import resolve_device
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
+from ..models.bands import BAND_COLUMNS, WHOLE_BUDGET, ColumnUpsampler
 from ..models.registry import text_config
 from ..runtime.batches import run_image_batches
 
@@ -143,8 +144,8 @@ def _masks(dataset: Dataset, todo: list[str], out: Path, fam, model, text: torch
 
     def run(batch: dict) -> Callable[[slice], dict]:  # on the device: the batch's one image -> its mask
         image = batch["image"][0]
-        return lambda part: {"masks": [image_scores(fam, model, image, text, n_names, bg_thresh, short_side, slide,
-                                                    device)[1].to(torch.uint8)]}
+        return lambda part: {"masks": [image_labels(fam, model, image, text, n_names, bg_thresh, short_side, slide,
+                                                    device).to(torch.uint8)]}
 
     def write(index: list[int], t: dict) -> None:  # on a writer thread
         for i, mask in zip(index, t["masks"]):
@@ -155,22 +156,49 @@ def _masks(dataset: Dataset, todo: list[str], out: Path, fam, model, text: torch
                       batch_size=1)
 
 
+def _model_logits(fam, model, image, text: torch.Tensor, bg_thresh: float, short_side: int,
+                  slide: tuple[int, int], device) -> torch.Tensor:
+    """One decoded ``[H0, W0, 3]`` uint8 image -> ``[1, C + 1 (+ words), h, w]`` zero-shot logits at the model's
+    input size (module doc, steps 1 and 3)."""
+    with torch.no_grad():
+        x = fam.image_tensor(image, short_side).to(device)
+        return fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
+                                    crop=slide[0] or fam.TrainConfig.ZERO_SHOT.slide[0], stride=slide[1])
+
+
 def image_scores(fam, model, image, text: torch.Tensor, n_names: int, bg_thresh: float, short_side: int,
                  slide: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoded ``[H0, W0, 3]`` uint8 image -> (``[C + 1, H0, W0]`` float32 zero-shot logits of background and
-    the ``n_names`` classes, ``[H0, W0]`` int64 labels, 0 = background): the per-image work of `segment --model
-    NAME:FILE` and of :func:`vpltool.api.segmenter` (module doc, steps 1, 3 and 4). ``text``: the class then
-    background-word embeddings (:func:`text_queries`)."""
+    the ``n_names`` classes, ``[H0, W0]`` int64 labels, 0 = background): the per-image work of
+    :func:`vpltool.api.segmenter` (module doc, steps 1, 3 and 4). ``text``: the class then background-word
+    embeddings (:func:`text_queries`)."""
     h0, w0 = image.shape[:2]
+    logits = _model_logits(fam, model, image, text, bg_thresh, short_side, slide, device)
     with torch.no_grad():
-        x = fam.image_tensor(image, short_side).to(device)
-        logits = fam.zero_shot_logits(model, x, text, bg_thresh, mode="slide" if slide[0] else "whole",
-                                      crop=slide[0] or fam.TrainConfig.ZERO_SHOT.slide[0],
-                                      stride=slide[1])  # [1, C+1(+words), h, w]
         logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
     labels = logits.argmax(0)
     labels[labels > n_names] = 0  # a background word's pixels (channels after the classes')
     return logits[: n_names + 1].float(), labels
+
+
+def image_labels(fam, model, image, text: torch.Tensor, n_names: int, bg_thresh: float, short_side: int,
+                 slide: tuple[int, int], device) -> torch.Tensor:
+    """:func:`image_scores`' ``[H0, W0]`` int64 labels alone, the per-image work of `segment --model NAME:FILE`.
+    A photo whose upsampled logits (every query's, float32) pass :data:`vpltool.models.bands.WHOLE_BUDGET` is
+    upsampled and reduced in column bands (:class:`vpltool.models.bands.ColumnUpsampler`, the whole resize's
+    values bit for bit), so that memory does not grow with the photo's pixels beyond its labels."""
+    h0, w0 = image.shape[:2]
+    logits = _model_logits(fam, model, image, text, bg_thresh, short_side, slide, device)[0]  # [Q, h, w]
+    with torch.no_grad():
+        if 4 * len(logits) * h0 * w0 <= WHOLE_BUDGET or logits.shape[-2] > h0 or logits.shape[-1] > w0:
+            labels = F.interpolate(logits[None], size=(h0, w0), mode="bilinear", align_corners=False)[0].argmax(0)
+        else:
+            up, labels = ColumnUpsampler(logits.cpu(), (h0, w0)), torch.empty(h0, w0, dtype=torch.int64)
+            for start in range(0, w0, BAND_COLUMNS):
+                stop = min(start + BAND_COLUMNS, w0)
+                labels[:, start:stop] = up.columns(torch.arange(start, stop)).argmax(0).T  # [n, H0] -> [H0, n]
+    labels[labels > n_names] = 0  # a background word's pixels (channels after the classes')
+    return labels
 
 
 def check_options(bg_thresh: float, short_side: int, slide: tuple[int, int], min_side: int = 32,
