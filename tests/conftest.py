@@ -67,6 +67,7 @@ def pytest_sessionfinish(session) -> None:
         session.config.workeroutput["vpltool_cpu"] = json.dumps({"total": _cpu_s(), "tests": _CPU_S})
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: the suite also runs without it (TEST_WORKERS=0)
 def pytest_testnodedown(node, error) -> None:
     got = getattr(node, "workeroutput", {}).get("vpltool_cpu")
     if got:
