@@ -1625,7 +1625,8 @@ def _segment_background_class(ws: Workspace) -> Iterator[list[object]]:
 
 @case("segment a 24-megapixel photo with 1 GB of memory free (a 6000x4000 JPEG)",
       "photo_24mp.jpg: a 6000x4000 photo (24 megapixels) needs about 1.5 GB to segment (27 queries) and 1.0 GB are "
-      "free", "free memory, or segment a copy of the photo with half its width and height")
+      "free", "pass --max-side 3136 (the photo is segmented at that long side and its mask enlarged to the photo), "
+      "or free memory")
 def _photo_over_memory(ws: Workspace) -> Iterator[list[object]]:
     from PIL import Image
 

@@ -133,6 +133,10 @@ def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
         with pytest.raises(VplError, match=r"^images\[1\] \(a ndarray\): a 6000x4000 photo \(24 megapixels\) needs "
                                            r"about 1\.\d GB to segment \(7 queries\) and 0\.2 GB are free; free"):
             seg([np.zeros((32, 32, 3), dtype=np.uint8), big], ["circle", "star|diamond"])
+        with mock.patch.object(bands, "available_bytes", lambda: 2**30):  # room for a smaller working size: named
+            with pytest.raises(VplError, match=r"and 1\.0 GB are free; pass vpltool\.segmenter\(\.\.\., "
+                                               r"max_side=\d+\) \(the photo is segmented at that long side"):
+                seg(big, ["circle", "star|diamond"])
 
 
 def test_list_methods_lists_every_method_and_filters_as_timm():

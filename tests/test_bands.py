@@ -112,6 +112,23 @@ def test_a_photo_too_large_for_the_free_memory_is_refused_in_one_line():
         check_photo_memory(["p.jpg"], [(4000, 6000)], 27, settings, available=need - 1)
 
 
+def test_the_refusal_names_the_largest_max_side_that_fits():
+    from dataclasses import replace
+
+    from vpltool.errors import VplError
+    from vpltool.models.bands import check_photo_memory, photo_bytes
+
+    settings = SegmentConfig().resolved()
+    with pytest.raises(VplError, match=r"1.0 GB are free; pass --max-side 3136 \(the photo is segmented at that long "
+                                       r"side and its mask enlarged to the photo\), or free memory$"):
+        check_photo_memory(["p.jpg"], [(4000, 6000)], 27, settings, available=2**30, max_side_option="--max-side {}")
+    assert photo_bytes(4000, 6000, 27, replace(settings, max_side=3136)) <= 2**30  # the side named fits,
+    assert photo_bytes(4000, 6000, 27, replace(settings, max_side=3200)) > 2**30  # the next one does not
+    # the photo and its labels alone over the free memory: no working size helps, and none is named
+    with pytest.raises(VplError, match="GB are free; free memory, or segment a copy"):
+        check_photo_memory(["p.jpg"], [(4000, 6000)], 27, settings, available=2**27, max_side_option="--max-side {}")
+
+
 def test_max_side_segments_a_larger_photo_at_its_working_size_and_enlarges_the_labels(naclip):
     from dataclasses import replace
 

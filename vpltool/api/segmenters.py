@@ -191,7 +191,7 @@ class DenseSegmenter(Segmenter):
         sizes = [tuple(rgb.shape[:2]) for rgb in rgbs]
         synonyms, _, background = self.query_words(entries)  # as `segment` counts them, before anything runs
         check_photo_memory(names, sizes, sum(map(len, synonyms)) + len(background), self.settings,
-                           scores=len(classes))
+                           scores=len(classes), max_side_option="vpltool.segmenter(..., max_side={})")
         bb = self._ready()
         text, query_class = self.queries(entries)
         inputs = [short_side_size(h, w, self.settings.short_side) for h, w in sizes]

@@ -133,11 +133,31 @@ def available_bytes() -> int | None:
     return None
 
 
+def fitting_max_side(height: int, width: int, n_queries: int, settings, free: int, scores: int = 0) -> int | None:
+    """The largest ``max_side`` (a multiple of 64, at least ``MIN_MAX_SIDE``, below the photo's long side) at which
+    :func:`photo_bytes` fits ``free`` bytes; None when none does (the photo and its labels alone are too large)."""
+    from dataclasses import replace
+
+    from ..config.dense import MIN_MAX_SIDE
+
+    def fits(side: int) -> bool:
+        return photo_bytes(height, width, n_queries, replace(settings, max_side=side), scores) <= free
+
+    sides = range(MIN_MAX_SIDE, max(height, width), 64)  # photo_bytes grows with the side: bisect
+    lo, hi = 0, len(sides)  # sides[:lo] fit, sides[hi:] do not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if fits(sides[mid]) else (lo, mid)
+    return sides[lo - 1] if lo else None
+
+
 def check_photo_memory(photos: Sequence, sizes: Sequence[tuple[int, int]], n_queries: int, settings,
-                       available: int | None = None, scores: int = 0) -> None:
+                       available: int | None = None, scores: int = 0, max_side_option: str | None = None) -> None:
     """Refuse, before a model loads (the Python segmenter: before a photo is run), a photo whose segmentation
     (:func:`photo_bytes`, ``scores`` as there) needs more memory than is free (``available``, by default
-    :func:`available_bytes`): one line naming the photo, the memory and the fix."""
+    :func:`available_bytes`): one line naming the photo, the memory and the fix. ``max_side_option``: how the
+    caller spells the working-size cap (``--max-side {}``, ``max_side={}``), whose largest fitting value the line
+    then names; None where the command has none (a smaller copy of the photo is the fix)."""
     from ..errors import VplError
 
     free = available_bytes() if available is None else available
@@ -146,10 +166,14 @@ def check_photo_memory(photos: Sequence, sizes: Sequence[tuple[int, int]], n_que
     for photo, (height, width) in zip(photos, sizes):
         need = photo_bytes(height, width, n_queries, settings, scores)
         if need > free:
+            side = fitting_max_side(height, width, n_queries, settings, free, scores) if max_side_option else None
+            fix = (f"pass {max_side_option.format(side)} (the photo is segmented at that long side and its mask "
+                   "enlarged to the photo), or free memory" if side else
+                   "free memory, or segment a copy of the photo with half its width and height (a quarter of the "
+                   "memory)")
             raise VplError(f"{photo}: a {width}x{height} photo ({height * width / 1e6:.0f} megapixels) needs about "
                            f"{need / 2**30:.1f} GB to segment ({n_queries} queries) and {free / 2**30:.1f} GB are "
-                           "free; free memory, or segment a copy of the photo with half its width and height (a "
-                           "quarter of the memory)")
+                           f"free; {fix}")
 
 
 class ColumnUpsampler:
@@ -378,7 +402,8 @@ def banded_probabilities(bands: Callable[[], Iterator[tuple[int, int, torch.Tens
     return probs, labels
 
 
-__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "KEEP_FREED", "keep_freed_memory", "whole_bytes", "band_bytes",
+__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "KEEP_FREED", "keep_freed_memory", "fitting_max_side", "whole_bytes",
+           "band_bytes",
            "working_size", "enlarge", "photo_bytes",
            "available_bytes",
            "check_photo_memory", "ColumnUpsampler", "band_affinity",

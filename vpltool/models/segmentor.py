@@ -377,13 +377,14 @@ def settings_params(settings) -> dict:
 
 def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset, classes: list[str], shard,
                      runtime, device, dtype, settings, backbone, queries: tuple, query_options: str,
-                     on_start=None, on_item=None):
+                     on_start=None, on_item=None, max_side_option: str | None = None):
     """The stage body of `segment` and of `predict --classes --dense`: the stage folder of ``stage`` in ``out``
     (``params``, ``inputs``, the rank's or ``shard``'s slice), then for the images not done yet their header sizes,
     the CLIP (``backbone()``, called only when there is work: it returns the model with its ``--dense`` set), the
     query rows of ``queries`` = ``(synonyms per class, templates, background words)`` and the masks
     (:func:`write_dense_masks`) over ``classes``. A query the tokenizer refuses is one line naming
-    ``query_options``.
+    ``query_options``; a photo too large for the free memory, one naming ``max_side_option`` (`segment`'s
+    ``--max-side {}``) at the value that fits, where the command has it.
 
     Returns:
         :class:`vpltool.io.StageSummary`.
@@ -395,7 +396,8 @@ def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset,
     from .bands import check_photo_memory
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
-        check_photo_memory([it.image for it in items], sizes, sum(map(len, queries[0])) + len(queries[2]), settings)
+        check_photo_memory([it.image for it in items], sizes, sum(map(len, queries[0])) + len(queries[2]), settings,
+                           max_side_option=max_side_option)
         bb = backbone()
         try:
             text, query_class = query_rows(bb, *queries)
