@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--images", type=int, default=60, help="train scenes each model's bg_thresh is chosen on")
     ap.add_argument("--settings", type=Path, default=ROOT / "studies/results/talk2dino_demo.json")
+    ap.add_argument("--dino-weights", type=Path, default=None, help="another toy DINO (default: the recipe's)")
     args = ap.parse_args()
     import torch
 
@@ -118,7 +119,8 @@ def main() -> None:
     recipe = Talk2DINOTrainConfig(**RECIPES["demo"])
     chosen = json.loads(args.settings.read_text())["chosen_on_train"]
     setting = (chosen["templates"], chosen["pamr"], chosen["bg_clean"], chosen["side"], tuple(chosen["window"]))
-    dino = load_model("dino", DinoSpec(recipe.dino_model, str(ROOT / recipe.dino_weights), recipe.dino_pos_resize))
+    weights = args.dino_weights or ROOT / recipe.dino_weights
+    dino = load_model("dino", DinoSpec(recipe.dino_model, str(weights), recipe.dino_pos_resize))
     clip = load_model("clip", ModelSpec(recipe.clip_model))
     cfg = config_for(dino, clip, resize_dim=recipe.crop_size, pamr=False)
     probe = build_model(cfg, 0, backbones=(dino, clip))
@@ -165,6 +167,7 @@ def main() -> None:
                 "foreground patches' mean (a class token that attends to the shapes), all else equal; val mIoU by "
                 "the reference's rule, each model's bg_thresh chosen on train",
         "command": " ".join(["python", "studies/ceiling_talk2dino_attention.py", *sys.argv[1:]]),
+        "dino_weights": str(args.dino_weights or recipe.dino_weights),
         "pairs": len(pairs), "re_rendered_pairs_differing": differ, "zero_shot": dict(zip(
             ("templates", "pamr", "bg_clean", "side", "window"), setting)), "train_images": args.images,
         "summary": summary, "val_gain_foreground_over_own": {"mean": statistics.fmean(gains), "per_seed": gains},

@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200, help="train scenes")
     ap.add_argument("--sides", default="192,288,384", help="squares the DINO sees")
     ap.add_argument("--pixel-images", type=int, default=60, help="scenes scored at pixel level")
+    ap.add_argument("--dino-weights", default="vpltool/assets/toy-dino/model.safetensors")
     args = ap.parse_args()
     import torch
     import torch.nn.functional as F
@@ -67,7 +68,7 @@ def main() -> None:
     from vpltool.ops.kernels import MiouAccumulator
 
     torch.set_num_threads(1)
-    dino = load_model("dino", DinoSpec("test_vit", "vpltool/assets/toy-dino/model.safetensors", "bicubic-antialias"))
+    dino = load_model("dino", DinoSpec("test_vit", args.dino_weights, "bicubic-antialias"))
     clip = load_model("clip", ModelSpec("vpltool-toy"))
     data = open_dataset(args.world, "train")
     n_cls = len(data.classes)
