@@ -99,18 +99,21 @@ def test_bench_dense_methods_quick_prints_one_json_object():
     for name in ("proxyclip", "cass", "trident"):
         assert result["methods"][name]["proxy_forward_seconds"] > 0
     assert result["methods"]["sc-clip"]["proxy_forward_seconds"] == 0
+    # the rounds are printed to 0.1 ms and the ratios to 0.001: a ratio recomputed from the printed rounds may differ
+    # by that rounding over the shortest round (on a fast CPU a quick round's method and proxy times round equal)
+    slack = 1.1e-4 / min(result["none_rounds"]) + 1e-3
     for m in result["methods"].values():  # the verdict follows the figures
         base = result["none_seconds"] + m["proxy_forward_seconds"]
         assert m["ratio_to_none_plus_proxy"] == pytest.approx(m["seconds"] / base, rel=0.1)  # rounded to 0.1 ms
         # the verdict: the median over the alternating rounds of (method - its proxy's forward) / none
         pairs = sorted((t - p) / n for t, p, n in zip(m["rounds"]["seconds"], m["rounds"]["proxy_forward_seconds"],
                                                        result["none_rounds"]))
-        assert m["ratio_to_none_after_proxy_median"] == pytest.approx(pairs[len(pairs) // 2], rel=0.1)
+        assert m["ratio_to_none_after_proxy_median"] == pytest.approx(pairs[len(pairs) // 2], rel=0.1, abs=slack)
         verdict = m.get("ratio_to_none_keys_cached_median", m["ratio_to_none_after_proxy_median"])
         assert m["bar_met"] == (verdict <= 1.2)
     cass = result["methods"]["cass"]  # CASS's verdict: with its DINO's keys memoised, against none, per round
     ratios = sorted(t / n for t, n in zip(cass["rounds_keys_cached"], result["none_rounds"]))
-    assert cass["ratio_to_none_keys_cached_median"] == pytest.approx(ratios[len(ratios) // 2], rel=0.1)
+    assert cass["ratio_to_none_keys_cached_median"] == pytest.approx(ratios[len(ratios) // 2], rel=0.1, abs=slack)
 
 
 def test_ambiguity_tells_a_separable_cost_from_a_unique_optimum():

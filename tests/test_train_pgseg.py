@@ -285,7 +285,7 @@ def test_train_text_family_pgseg_is_train_pgseg(world, tmp_path, family):
 def test_a_run_folder_of_before_train_text_resumes(world, tmp_path, family, one_thread):
     """A run folder written by `train-pgseg` before the trainer served every family (tests/assets/old_runs: its
     checkpoint at iteration 2, kind pgseg-checkpoint, its record's stage train-pgseg) resumes, and ends with the
-    weights of a run of today's code that went through."""
+    weights of a run of today's code that went through (within float rounding: below)."""
     import shutil
 
     run = tmp_path / "old"
@@ -294,7 +294,16 @@ def test_a_run_folder_of_before_train_text_resumes(world, tmp_path, family, one_
     assert s.start == 2 and s.iterations == 8 and s.model == run / "pgseg.safetensors"
     whole = run_train_text(world, tmp_path / "whole", _cfg()).model
     a, b = _weights(whole), _weights(s.model)
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    # the asset's first two iterations ran on the CPU that wrote it: on another vector unit their float sums round
+    # differently (3e-8 at most, measured on an AVX-512 EPYC), so equal within 1e-6, not bit for bit; a resume that
+    # lost the optimiser's moments or restarted the schedule is off by the learning rate's order
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    from safetensors.torch import load_file
+
+    start = load_file(TESTS / "assets" / "old_runs" / "train_pgseg_stand_in" / "checkpoints" / "last.safetensors")
+    assert max(float((a[k] - start[f"model.{k}"]).abs().max()) for k in a) > 1e-3  # 6 steps move far beyond 1e-6
 
 
 # ------------------------------------------------------------------------------------------------ the real family
