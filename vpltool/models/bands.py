@@ -134,8 +134,9 @@ def available_bytes() -> int | None:
 
 
 def fitting_max_side(height: int, width: int, n_queries: int, settings, free: int, scores: int = 0) -> int | None:
-    """The largest ``max_side`` (a multiple of 64, at least ``MIN_MAX_SIDE``, below the photo's long side) at which
-    :func:`photo_bytes` fits ``free`` bytes; None when none does (the photo and its labels alone are too large)."""
+    """A ``max_side`` (``MIN_MAX_SIDE`` plus a multiple of 64, below the photo's long side) at which :func:`photo_bytes`
+    fits ``free`` bytes, the largest where the bytes grow with the side; None when none fits (the photo and its
+    labels alone are too large)."""
     from dataclasses import replace
 
     from ..config.dense import MIN_MAX_SIDE
@@ -143,8 +144,10 @@ def fitting_max_side(height: int, width: int, n_queries: int, settings, free: in
     def fits(side: int) -> bool:
         return photo_bytes(height, width, n_queries, replace(settings, max_side=side), scores) <= free
 
-    sides = range(MIN_MAX_SIDE, max(height, width), 64)  # photo_bytes grows with the side: bisect
-    lo, hi = 0, len(sides)  # sides[:lo] fit, sides[hi:] do not
+    # photo_bytes grows with the side (but for a step where the whole computation gives way to bands): bisect. The
+    # side named is always one that was tried and fits; where the step breaks the order, a larger one might too
+    sides = range(MIN_MAX_SIDE, max(height, width), 64)
+    lo, hi = 0, len(sides)  # sides[lo - 1] was tried and fits; sides[hi] (when tried) does not
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if fits(sides[mid]) else (lo, mid)
