@@ -3,6 +3,12 @@ vpltool.models.segmentor, the reference): upsampling equal bit for bit, PAMR to 
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,3 +189,33 @@ def test_text_family_labels_in_bands_equal_the_whole_upsampling(tiny_pgseg_check
     monkeypatch.setattr(st, "_model_logits", lambda *a: small)
     whole, banded = st.image_scores(*args)[1], st.image_labels(*args)
     assert torch.equal(banded, whole) and len(whole.unique()) == 6
+
+
+_HEAP_PROBE = """
+import sys, torch
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+if sys.argv[1] == "keep":
+    from vpltool.models.bands import keep_freed_memory
+    keep_freed_memory()
+x = torch.ones(64 * 2**18)  # a band's 64 MB block, freed
+del x
+before = rss_mb()
+y = torch.ones(48 * 2**18)  # the next band's, a little smaller
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not platform.libc_ver()[0] == "glibc",
+                    reason="glibc's mallopt")
+def test_a_freed_band_block_is_reused_not_faulted_in_anew():
+    """bands.keep_freed_memory: a band's freed block stays in the heap and the next band's tensors reuse its pages.
+    Without it glibc hands any block over 32 MB back to the kernel, and the next band faults (and the kernel zeroes)
+    its pages anew: what made CPU-seconds per megapixel rise with the photo (bench/results/photo.json)."""
+    def new_pages(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return float(out.stdout.split()[-1])
+
+    assert new_pages("keep") < 8  # MB: the freed block's pages, reused
+    assert new_pages("plain") > 40  # the probe tells the two apart: glibc's own behaviour faults the 48 MB in
