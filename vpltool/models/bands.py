@@ -88,7 +88,7 @@ def photo_bytes(height: int, width: int, n_queries: int, settings, scores: int =
     and its int64 labels' copy; 0: the CLI's masks alone). Under ``settings.max_side`` the logits' work is at the
     :func:`working_size`, the labels (twice: at that size and enlarged) at the photo's."""
     steps = settings.pamr_steps
-    h, w = working_size(height, width, getattr(settings, "max_side", 0))
+    h, w = working_size(height, width, settings.max_side)
     whole = whole_bytes(n_queries, h, w, steps)
     if whole > WHOLE_BUDGET:
         rows = min(settings.short_side, h)
@@ -405,9 +405,7 @@ def banded_probabilities(bands: Callable[[], Iterator[tuple[int, int, torch.Tens
     return probs, labels
 
 
-__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "KEEP_FREED", "keep_freed_memory", "fitting_max_side", "whole_bytes",
-           "band_bytes",
-           "working_size", "enlarge", "photo_bytes",
-           "available_bytes",
-           "check_photo_memory", "ColumnUpsampler", "band_affinity",
-           "band_step", "logit_bands", "class_probabilities", "banded_probabilities"]
+__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "KEEP_FREED", "keep_freed_memory", "whole_bytes", "band_bytes",
+           "working_size", "enlarge", "photo_bytes", "available_bytes", "fitting_max_side", "check_photo_memory",
+           "ColumnUpsampler", "band_affinity", "band_step", "logit_bands", "class_probabilities",
+           "banded_probabilities"]

@@ -33,7 +33,7 @@ from ..data import Dataset
 from ..device import resolve_device
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
-from ..models.bands import BAND_COLUMNS, WHOLE_BUDGET, ColumnUpsampler
+from ..models.bands import WHOLE_BUDGET, logit_bands
 from ..models.registry import text_config
 from ..runtime.batches import run_image_batches
 
@@ -185,18 +185,17 @@ def image_labels(fam, model, image, text: torch.Tensor, n_names: int, bg_thresh:
                  slide: tuple[int, int], device) -> torch.Tensor:
     """:func:`image_scores`' ``[H0, W0]`` int64 labels alone, the per-image work of `segment --model NAME:FILE`.
     A photo whose upsampled logits (every query's, float32) pass :data:`vpltool.models.bands.WHOLE_BUDGET` is
-    upsampled and reduced in column bands (:class:`vpltool.models.bands.ColumnUpsampler`, the whole resize's
-    values bit for bit), so that memory does not grow with the photo's pixels beyond its labels."""
+    upsampled and reduced in column bands (:func:`vpltool.models.bands.logit_bands` without PAMR, the whole
+    resize's values bit for bit), so that memory does not grow with the photo's pixels beyond its labels."""
     h0, w0 = image.shape[:2]
     logits = _model_logits(fam, model, image, text, bg_thresh, short_side, slide, device)[0]  # [Q, h, w]
     with torch.no_grad():
         if 4 * len(logits) * h0 * w0 <= WHOLE_BUDGET or logits.shape[-2] > h0 or logits.shape[-1] > w0:
             labels = F.interpolate(logits[None], size=(h0, w0), mode="bilinear", align_corners=False)[0].argmax(0)
         else:
-            up, labels = ColumnUpsampler(logits.cpu(), (h0, w0)), torch.empty(h0, w0, dtype=torch.int64)
-            for start in range(0, w0, BAND_COLUMNS):
-                stop = min(start + BAND_COLUMNS, w0)
-                labels[:, start:stop] = up.columns(torch.arange(start, stop)).argmax(0).T  # [n, H0] -> [H0, n]
+            labels = torch.empty(h0, w0, dtype=torch.int64)
+            for x0, x1, band in logit_bands(logits.cpu(), (h0, w0)):  # [Q, n, H0]: the photo's columns x0..x1
+                labels[:, x0:x1] = band.argmax(0).T
     labels[labels > n_names] = 0  # a background word's pixels (channels after the classes')
     return labels
 
