@@ -213,3 +213,52 @@ def test_segment_with_a_folder_of_region_masks_and_a_bad_file(world, tiny_spec, 
     with pytest.raises(VplError, match=f"{bad}.*5x5 region map"):
         run_segment(ds, tmp_path / "again", tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert not (tmp_path / "again").exists() or not any((tmp_path / "again").iterdir())
+
+
+def test_sam2_regions_are_its_generator_painted_as_the_reference(tmp_path):
+    """``--region-masks sam2:CONFIG`` where the sam2 package is installed (skipped where it is not, as in CI): a
+    seeded random SAM2 hiera-t from the package's own config, loaded from a checkpoint file as the reference loads
+    SAM2-L; the region map equals the package's generator, run with CorrCLIP's settings and ``multimask_output=False``,
+    painted as corrclip_segmentor.py's SAM2 branch paints (ascending area, ids 1..N, larger masks last).
+
+    Random decoders give masks that are neither stable nor confident, so the generator would keep none: the
+    hypernetworks' last layers are scaled by 200 and the IoU head's bias set to 3, which lets their masks pass the
+    0.4 thresholds (the masks themselves stay the random model's)."""
+    pytest.importorskip("sam2")
+    import skimage.data
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from sam2.build_sam import build_sam2
+
+    from vpltool.models.dense.corrclip.regions import _SOURCES, SAM_SETTINGS, region_source, source_record
+
+    torch.manual_seed(0)
+    model = build_sam2("sam2_hiera_t.yaml", None, device="cpu")
+    with torch.no_grad():
+        for mlp in model.sam_mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(200.0)
+        model.sam_mask_decoder.iou_prediction_head.layers[-1].bias.fill_(3.0)
+    checkpoint = tmp_path / "sam2_hiera_t_random.pt"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    image = np.ascontiguousarray(skimage.data.astronaut()[::8, ::8])  # 64 x 64
+
+    source = region_source("sam2:sam2_hiera_t.yaml", sam_weights=str(checkpoint))
+    try:
+        assert source.generator.multimask_output is False
+        assert (source.generator.pred_iou_thresh, source.generator.stability_score_thresh) == (0.4, 0.4)
+        got = source.region_map(tmp_path / "astronaut.png", image)
+    finally:
+        _SOURCES.clear()
+
+    reference = SAM2AutomaticMaskGenerator(
+        model=build_sam2("sam2_hiera_t.yaml", str(checkpoint), device="cpu", apply_postprocessing=False),
+        multimask_output=False, **SAM_SETTINGS)
+    with torch.no_grad():
+        records = reference.generate(image)
+    want = np.zeros(image.shape[:2], dtype=int)
+    for k, rec in enumerate(sorted(records, key=lambda r: r["area"]), start=1):
+        want[rec["segmentation"]] = k
+    assert records and got.max() == len(records)
+    assert np.array_equal(got, want)
+    record = source_record("sam2:sam2_hiera_t.yaml", "vit_b", str(checkpoint))
+    assert record["settings"]["multimask_output"] is False and record["sam_model"] is None
+    assert len(record["weights_sha256"]) == 64
