@@ -150,6 +150,16 @@ def session_processes(session: int) -> list[int]:
     return found
 
 
+def survivors(session: int, seconds: float = 5) -> list[int]:
+    """:func:`session_processes` once they have had ``seconds`` (idle-machine seconds, at the current pace) to end:
+    a process sent SIGKILL is still listed while the kernel tears it down (seen on CI: one child of a killed
+    `segment`, still running right after its parent's exit status came back)."""
+    budget = Budget(seconds)
+    while (found := session_processes(session)) and not budget.expired():
+        time.sleep(0.05)
+    return found
+
+
 # --------------------------------------------------------------------------------------------- workspace
 class Workspace:
     """A scratch folder holding a 4 + 2 scene world and every stage's finished output (built in ~3 s)."""

@@ -19,8 +19,6 @@ from vpltool.runtime.batches import (
     resolve_batch_size,
 )
 
-from pace import bound  # tests/ is on sys.path: hang bounds scaled to the machine's pace
-
 
 def test_plan_groups_equal_sizes_in_input_order():
     keys = ["a", "b", "a", "a", "b", "c", "a"]
@@ -216,7 +214,6 @@ def test_loading_workers_die_with_their_run():
     import signal
     import subprocess
     import sys
-    import time
 
     import robustness_cases as rc  # tests/ is on sys.path
 
@@ -228,7 +225,4 @@ def test_loading_workers_die_with_their_run():
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    deadline = time.monotonic() + bound(5, cap=60)  # without the signal they would sleep on for 2 minutes
-    while rc.session_processes(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert rc.session_processes(proc.pid) == []
+    assert rc.survivors(proc.pid) == []  # without the signal its workers would sleep on for 2 minutes

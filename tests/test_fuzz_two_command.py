@@ -444,7 +444,7 @@ def _killed(args: list, out: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-    assert proc.returncode == -signal.SIGKILL and not rc.session_processes(proc.pid)
+    assert proc.returncode == -signal.SIGKILL and not rc.survivors(proc.pid)
 
 
 def _run(story: Story, args: list, mode: str, first: bool, kill: bool = True):
