@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "studies"))
 sys.path.insert(0, str(ROOT / "bench"))
-from study_talk2dino_demo import THRESHOLDS, foreground, load, miou, spread, top_classes  # noqa: E402
+from study_talk2dino_demo import load, score_own_threshold, spread  # noqa: E402
 
 from benchlib import machine  # noqa: E402
 
@@ -151,9 +151,8 @@ def main() -> None:
                 loss.backward()
                 opt.step()
             model.eval()
-            tops = top_classes(foreground(fam, model, images, names, *setting))
-            train_miou, thresh = max((miou(tops, gt, n, t)["miou"], t) for t in THRESHOLDS)
-            got = miou(top_classes(foreground(fam, model, val_images, names, *setting)), val_gt, n, thresh)
+            train_miou, thresh, got = score_own_threshold(fam, model, names, setting, n, (images, gt),
+                                                          (val_images, val_gt))
             rows.append({"target": kind, "seed": seed, "bg_thresh": thresh, "train_miou": train_miou,
                          "val_miou": got["miou"], "val_iou": got["iou"],
                          "cpu_s": round(time.process_time() - m0, 1)})

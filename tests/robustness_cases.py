@@ -152,8 +152,8 @@ def session_processes(session: int) -> list[int]:
 
 def survivors(session: int, seconds: float = 5) -> list[int]:
     """:func:`session_processes` once they have had ``seconds`` (idle-machine seconds, at the current pace) to end:
-    a process sent SIGKILL is still listed while the kernel tears it down (seen on CI: one child of a killed
-    `segment`, still running right after its parent's exit status came back)."""
+    a process sent SIGKILL is still listed while the kernel tears it down (seen once in a fresh clone's
+    `.ci/run`: one child of a killed `segment`, still listed right after its parent's exit status came back)."""
     budget = Budget(seconds)
     while (found := session_processes(session)) and not budget.expired():
         time.sleep(0.05)
