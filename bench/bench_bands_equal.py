@@ -3,7 +3,7 @@
     python bench/bench_bands_equal.py [--long-side 1024] [--quick]
 
 Four of scikit-image's photos (astronaut, chelsea, coffee, rocket), resized with Pillow (bicubic) to ``--long-side``,
-segmented by `segment`'s per-image function (:func:`vpltool.models.segmentor.scores_batch`, NACLIP's defaults with
+segmented by `segment`'s per-image function (:func:`vpltool.models.dense.segmentor.scores_batch`, NACLIP's defaults with
 PAMR) on the toy CLIP twice: whole (today's unbanded code) and in bands of 64 columns. The queries are 27 seeded
 random unit rows over 4 classes (the toy CLIP knows only the demo world's words; random rows give varied labels).
 Prints one JSON object: per photo the pixels whose label differs, the largest probability difference, CPU seconds.
@@ -28,7 +28,7 @@ def main() -> None:
 
     from vpltool.config import SegmentConfig
     from vpltool.models import ModelSpec, load_backbone
-    from vpltool.models.segmentor import dense_input, scores_batch, short_side_size
+    from vpltool.models.dense.segmentor import dense_input, scores_batch, short_side_size
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--long-side", type=int, default=1024)

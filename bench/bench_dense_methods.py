@@ -4,16 +4,16 @@
     python bench/bench_dense_methods.py [--size 224] [--crop 224] [--stride 112] [--repeats 3] [--threads 2]
     python bench/bench_dense_methods.py --quick      # smoke test: the tiny test ViT and the toy DINO
 
-What is timed: :func:`vpltool.models.segmentor.dense_logits` (every window's forward, the cosine with the
+What is timed: :func:`vpltool.models.dense.segmentor.dense_logits` (every window's forward, the cosine with the
 queries, the window sums; no PAMR, no probabilities) on one photo resized to ``--size`` x ``--size`` (a
 scikit-image photo, CLIP-normalised), the same windows for every method, random ViT-B/16 weights (the arithmetic's
 cost does not depend on the values). For ProxyCLIP the proxy model's own forward on the same windows
-(:meth:`~vpltool.models.dino.DinoBackbone.final_tokens`, random DINO ViT-B/8) is timed apart; for CASS its
+(:meth:`~vpltool.models.backbones.dino.DinoBackbone.final_tokens`, random DINO ViT-B/8) is timed apart; for CASS its
 DINO input (:func:`~vpltool.models.dense.cass.cass_proxy_input`) and last-block keys
-(:meth:`~vpltool.models.dino.DinoBackbone.last_keys`) per window; for Trident its DINO ViT-B/16's
+(:meth:`~vpltool.models.backbones.dino.DinoBackbone.last_keys`) per window; for Trident its DINO ViT-B/16's
 ``final_tokens`` on the windows plus SAM ViT-B's forward to its last attention
-(:meth:`~vpltool.models.sam.SamEncoder.last_attention`, on the photo at 1024 px, as Trident feeds it; the splicing
-and the SAM-affinity aggregation are Trident's own cost, inside its time). The bar: a method's
+(:meth:`~vpltool.models.backbones.sam.SamEncoder.last_attention`, on the photo at 1024 px, as Trident feeds it; the
+splicing and the SAM-affinity aggregation are Trident's own cost, inside its time). The bar: a method's
 time at most 1.2x ``none``'s plus its proxy model's forward. The runs alternate: each of ``--repeats`` rounds times
 ``none``, the proxies' forwards and every method in turn (after one warm-up each); each figure is the median over
 the rounds, and the verdict is the median over the rounds of ``(method - its proxy's forward) / none``
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from vpltool.config.dense import DENSE_SEGMENTORS, PROXY_METHODS
     from vpltool.models import ModelSpec, load_backbone
+    from vpltool.models.backbones.dino import DinoSpec
     from vpltool.models.dense.cass import cass_proxy_input
-    from vpltool.models.dino import DinoSpec
+    from vpltool.models.dense.segmentor import dense_logits, window_starts
     from vpltool.models.registry import load_model
-    from vpltool.models.segmentor import dense_logits, window_starts
 
     if not args.quick:
         torch.set_num_threads(args.threads)
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
 
     trident = "trident" in args.methods.split(",")
     if trident:
+        from vpltool.models.backbones.sam import SamSpec
         from vpltool.models.dense.trident import sam_image
-        from vpltool.models.sam import SamSpec
 
         trident_dino = load_model("dino", DinoSpec(args.trident_proxy_model, weights), "cpu")
         sam = load_model("sam", SamSpec(args.sam_model, "none"), "cpu")

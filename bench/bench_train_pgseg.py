@@ -144,7 +144,7 @@ def vpltool_side(work: Path, fused: bool):
     import torch
 
     from vpltool.config.pgseg import PGSegTrainConfig
-    from vpltool.models.pgseg import load_checkpoint, model_from_state
+    from vpltool.models.text.pgseg import load_checkpoint, model_from_state
     from vpltool.stages import train_text as tp
 
     cfg, state = load_checkpoint(work / "ref_checkpoint.pth")
@@ -225,7 +225,7 @@ def compare(name: str, args, root: Path) -> dict:
     make_batch(work / "batch.pt", conf["batch"], size)
     sides = (["ref"] if args.ref is not None else []) + ["vpltool"] + (["vpltool-fused"] if args.fused else [])
     if args.ref is None:  # --quick without a clone: vpltool's own tiny model stands in for the reference's file
-        from vpltool.models.pgseg import build_model, tiny_config
+        from vpltool.models.text.pgseg import build_model, tiny_config
 
         torch.save({"model": build_model(tiny_config(proj_inner_dim=4096)).state_dict()}, work / "ref_checkpoint.pth")
     procs = {}
@@ -281,7 +281,7 @@ def loader_rate(folder: Path, crop: int, batch: int, steps: int) -> dict:
     """`train-pgseg`'s data path in this process (one core): images per CPU-second."""
     from vpltool.config.pgseg import PGSegTrainConfig
     from vpltool.data.pairs import open_pairs
-    from vpltool.models.pgseg import tiny_config, tokenizer
+    from vpltool.models.text.pgseg import tiny_config, tokenizer
     from vpltool.stages import train_text as tp
 
     pairs = open_pairs(folder, None)

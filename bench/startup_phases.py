@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     mark("import_torch")
-    from vpltool.models.loading import import_open_clip
+    from vpltool.models.backbones.loading import import_open_clip
 
     import_open_clip()
     mark("import_open_clip")

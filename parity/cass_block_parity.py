@@ -11,7 +11,7 @@ weights ``W/dino_vitb8.pth``) to CASS's ``custom_attn`` and to vpltool's ``spect
 (its randomised SVD), fp32, CPU. It also records the two CLIP implementations' token difference and the matching
 each token set gives (with the total cost of both assignments under the reference's costs).
 
-The clone's ``clip`` package is imported in this process (vpltool's is ``vpltool.models.clip``); OpenMMLab,
+The clone's ``clip`` package is imported in this process (vpltool's is ``vpltool.models.backbones.clip``); OpenMMLab,
 ``requests`` and scikit-learn are stubbed as in ``dense_ref_runner.py``; DINO's URL fetch reads the file.
 """
 

@@ -108,8 +108,8 @@ def last_block_tokens(bb, x) -> tuple:
     import torch
     import torch.nn.functional as F
 
+    from vpltool.models.backbones.dino import _dino_attention
     from vpltool.models.dense.cass import cass_proxy_input
-    from vpltool.models.dino import _dino_attention
 
     p = bb.patch_size
     px = x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p]

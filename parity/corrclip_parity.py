@@ -19,7 +19,7 @@ The clone runs in its own process (``corrclip_ref_runner.py``: stub OpenMMLab im
 ``configs/cfg_voc21.py``: logit scale 40, threshold 0.2, slide 336/112 padded to 56, short side 336, its own class
 file). vpltool gets the same normalised input tensors and the same region maps, its own text rows of the same
 query words, and runs `segment`'s path (``resolve_method``; the method's hooks through
-:func:`vpltool.models.segmentor.segment_logits`, the shared probabilities, its ``postprocess``) with
+:func:`vpltool.models.dense.segmentor.segment_logits`, the shared probabilities, its ``postprocess``) with
 ``--dense corrclip``'s settings.
 
 Compared per photo: the cosine logits the segmentor hands ``postprocess_result`` (``seg_logits``), the class
@@ -143,12 +143,12 @@ def max_abs(a, b) -> float:
 def vpltool_outputs(bb, x, text, idx, n_classes: int, ids, ori: tuple[int, int], settings):
     """vpltool's logits ``[Q, H0, W0]``, probabilities ``[C, H0, W0]`` and corrected labels ``[H0, W0]`` of one
     input ``x`` ``[1, 3, H, W]`` with the photo's region map ``ids`` ``[H0, W0]``, through `segment`'s path: the
-    method's hooks (:func:`~vpltool.models.segmentor.segment_logits`, then what
-    :func:`~vpltool.models.segmentor.scores_batch` does after it: the shared probabilities and the method's
+    method's hooks (:func:`~vpltool.models.dense.segmentor.segment_logits`, then what
+    :func:`~vpltool.models.dense.segmentor.scores_batch` does after it: the shared probabilities and the method's
     ``postprocess``)."""
     import torch
 
-    from vpltool.models.segmentor import dense_probabilities, segment_logits
+    from vpltool.models.dense.segmentor import dense_probabilities, segment_logits
 
     extras = [{"regions": ids}]
     with torch.no_grad():
@@ -164,10 +164,10 @@ def output_key(x, text, ids, settings) -> str:
     cached output is reused only when all are the same)."""
     import hashlib
 
+    import vpltool.models.backbones.dino as dino
+    import vpltool.models.backbones.model as model
     import vpltool.models.dense.corrclip as pkg
-    import vpltool.models.dino as dino
-    import vpltool.models.model as model
-    import vpltool.models.segmentor as seg
+    import vpltool.models.dense.segmentor as seg
 
     h = hashlib.sha256(repr(settings).encode())
     for t in (x, text, ids):
@@ -201,9 +201,9 @@ def compare(args, s: dict, ref: Path, work: Path) -> dict:
     import torch
 
     from vpltool.models import ModelSpec
+    from vpltool.models.backbones.prompts import encode_names
     from vpltool.models.dense.corrclip import dbscan_labels, map_correction
-    from vpltool.models.prompts import encode_names
-    from vpltool.models.segmentor import dense_probabilities
+    from vpltool.models.dense.segmentor import dense_probabilities
     from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(args.threads)

@@ -27,17 +27,17 @@ class file with its synonyms and background words); the variants (:data:`VARIANT
 Compared per variant, vpltool given the same normalised input tensors and its own text rows:
 
 a. ``patch_logits``: the patch-level cosine logits ``[Q, h, w]`` of one ``forward_feature`` (the first photo's
-   input cropped to 224x224, and whole) against :func:`vpltool.models.segmentor.grid_logits`;
+   input cropped to 224x224, and whole) against :func:`vpltool.models.dense.segmentor.grid_logits`;
 b. ``seg_logits``: per photo the cosine logits at the photo's size that the segmentor hands its
    ``postprocess_result`` (slide or whole image, PAMR where on) against
-   :func:`vpltool.models.segmentor.segment_logits` with vpltool's settings of the method; ``probs`` and
-   ``labels_equal`` against :func:`vpltool.models.segmentor.dense_probabilities` (NACLIP divides its
+   :func:`vpltool.models.dense.segmentor.segment_logits` with vpltool's settings of the method; ``probs`` and
+   ``labels_equal`` against :func:`vpltool.models.dense.segmentor.dense_probabilities` (NACLIP divides its
    probabilities by their sum over classes after the argmax: vpltool's are compared after the same division);
    ``settings``: vpltool's defaults of the method against the segmentor's own (its instance's values);
 c. ``text_rows``: the segmentor's query rows (80 ImageNet templates, per-template normalised, mean, normalised)
-   against :func:`vpltool.models.prompts.encode_names` with vpltool's ``imagenet`` templates;
+   against :func:`vpltool.models.backbones.prompts.encode_names` with vpltool's ``imagenet`` templates;
 d. ``preprocessing`` (not part of a, b): mmseg's input (cv2 decode, ``Resize`` = cv2 bilinear, mmseg's mean/std in
-   0-255) against vpltool's own (Pillow decode, :func:`~vpltool.models.segmentor.short_side_size`, Pillow bicubic,
+   0-255) against vpltool's own (Pillow decode, :func:`~vpltool.models.dense.segmentor.short_side_size`, Pillow bicubic,
    CLIP's mean/std): the sizes, the pixels' difference, and the labels vpltool gives from its own input.
 
 The headline ``methods`` is each method's max |Δ| over its patch and seg logits (the bar: <= 1e-4, fp32, CPU).
@@ -270,7 +270,7 @@ class Vpltool:
 
     def rows(self, words: list[str]):
         """``[Q, D]`` unit rows of ``words`` with vpltool's ``imagenet`` templates."""
-        from vpltool.models.prompts import encode_names
+        from vpltool.models.backbones.prompts import encode_names
         from vpltool.presets import IMAGENET_TEMPLATES
 
         key = tuple(words)
@@ -286,7 +286,7 @@ def vpltool_outputs(vt: Vpltool, name: str, x, text, query_idx, n_classes: int, 
     """vpltool's logits ``[Q, H0, W0]``, probabilities ``[C, H0, W0]`` and labels ``[H0, W0]`` of one input."""
     import torch
 
-    from vpltool.models.segmentor import dense_probabilities, segment_logits
+    from vpltool.models.dense.segmentor import dense_probabilities, segment_logits
 
     settings = settings_for(name)
     bb = vt.backbone(VARIANTS[name][4])
@@ -304,7 +304,7 @@ def write_self_reference(vt: Vpltool, work: Path, photos: Path, images: int) -> 
     import torch
     from dense_ref_runner import mmseg_input, patch_inputs
 
-    from vpltool.models.segmentor import grid_logits
+    from vpltool.models.dense.segmentor import grid_logits
     from vpltool.presets import IMAGENET_TEMPLATES
 
     words = ["grass", "sky", "aeroplane", "cat", "person", "man"]  # background words, then classes and a synonym
@@ -383,7 +383,7 @@ def compare_variant(vt: Vpltool, name: str, ref: Path) -> dict:
     """Points a-c of the module docstring for one variant whose reference outputs are in ``ref``."""
     import torch
 
-    from vpltool.models.segmentor import grid_logits
+    from vpltool.models.dense.segmentor import grid_logits
     from vpltool.presets import IMAGENET_TEMPLATES
 
     meta = json.loads((ref / "meta.json").read_text())
@@ -475,7 +475,7 @@ def preprocessing(vt: Vpltool, work: Path, photos: Path, images: int, label_vari
     from dense_ref_runner import mmseg_input
 
     from vpltool.io import load_image
-    from vpltool.models.segmentor import short_side_size
+    from vpltool.models.dense.segmentor import short_side_size
 
     files = sorted(photos.glob("*.jpg"))[:images]
     pre = vt.base.preprocessor

@@ -142,7 +142,7 @@ class Vpltool(dp.Vpltool):
 
     def backbone(self, method: str):
         from vpltool.config.dense import PROXY_METHODS
-        from vpltool.models.dino import DinoSpec
+        from vpltool.models.backbones.dino import DinoSpec
         from vpltool.models.registry import load_model
 
         if method not in PROXY_METHODS:
@@ -185,7 +185,7 @@ def cached_outputs(cache: Path, compute):
     def outputs(vt, name, x, text, query_idx, n_classes, ori, renorm):
         import torch
 
-        from vpltool.models.segmentor import dense_probabilities
+        from vpltool.models.dense.segmentor import dense_probabilities
 
         path = cache / f"{_key(name, x, text)}.pt"
         if not path.is_file():
@@ -209,7 +209,7 @@ def precompute(work: Path, args) -> None:
     import torch
     from dense_ref_runner import mmseg_input
 
-    from vpltool.models.segmentor import segment_logits
+    from vpltool.models.dense.segmentor import segment_logits
 
     cache = work / "vpltool_cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -323,10 +323,10 @@ def dino_collapse(work: Path, args) -> dict:
     from dense_ref_runner import mmseg_input
 
     from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.models.backbones.dino import DinoSpec
+    from vpltool.models.dense.segmentor import window_starts
     from vpltool.models.dense.trident import trident_input
-    from vpltool.models.dino import DinoSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.segmentor import window_starts
 
     model, config_dir = dp.model_config(work, args.model, args.text_layers)
     _, _, photos_dir = dp.setup(work, model, config_dir, args.images, 1.0)
@@ -372,11 +372,11 @@ def trident_vpltool(work: Path, vt, photos: list[Path], words: list[str], dino: 
     from dense_ref_runner import mmseg_input
 
     from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.models.backbones.dino import DinoSpec
+    from vpltool.models.backbones.sam import SamSpec
+    from vpltool.models.dense.segmentor import segment_logits
     from vpltool.models.dense.trident import sam_image
-    from vpltool.models.dino import DinoSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.sam import SamSpec
-    from vpltool.models.segmentor import segment_logits
 
     out = work / "vpltool_trident"
     out.mkdir(parents=True, exist_ok=True)
@@ -404,18 +404,19 @@ def compare_refinement(ref: Path, ours: Path, photos: list[Path], indices: list[
                        settings, sam: Path, scales: Sequence[float]) -> dict:
     """Trident's post-processing at each logit scale of ``scales``, without and with its SAM refinement
     (``eval.py --sam_refine``), as the reference's runner recorded it (``scale_S`` in its photo files), against
-    vpltool's on vpltool's own logits: :func:`~vpltool.models.segmentor.dense_probabilities`, then
-    :func:`~vpltool.models.sam_refine.refine` with SAM's encoding of :func:`~vpltool.models.dense.trident.sam_image`
-    (the same pass as the aggregation's, :func:`~vpltool.models.dense.trident.sam_attention` with ``features``) and
-    SAM's prompt encoder and mask decoder loaded through ``load_model('sam', SamSpec(..., prompt=True))``."""
+    vpltool's on vpltool's own logits: :func:`~vpltool.models.dense.segmentor.dense_probabilities`, then
+    :func:`~vpltool.models.dense.sam_refine.refine` with SAM's encoding of
+    :func:`~vpltool.models.dense.trident.sam_image` (the same pass as the aggregation's,
+    :func:`~vpltool.models.dense.trident.sam_attention` with ``features``) and SAM's prompt encoder and mask decoder
+    loaded through ``load_model('sam', SamSpec(..., prompt=True))``."""
     import cv2
     import torch
 
+    from vpltool.models.backbones.sam import SamSpec
+    from vpltool.models.dense.sam_refine import refine
+    from vpltool.models.dense.segmentor import dense_probabilities
     from vpltool.models.dense.trident import sam_attention, sam_image
     from vpltool.models.registry import load_model
-    from vpltool.models.sam import SamSpec
-    from vpltool.models.sam_refine import refine
-    from vpltool.models.segmentor import dense_probabilities
 
     out: dict = {"scales": {}, "photos": []}
     from trident_ref_runner import variant_key
@@ -482,7 +483,7 @@ def run_trident(work: Path, args) -> dict:
     import torch
 
     from vpltool.config.dense import DENSE_SEGMENTORS
-    from vpltool.models.segmentor import dense_probabilities
+    from vpltool.models.dense.segmentor import dense_probabilities
     from vpltool.presets import IMAGENET_TEMPLATES
 
     start = time.perf_counter()
@@ -678,7 +679,7 @@ def shared_matching(vt: Vpltool, ref: Path, only: list[int] | None = None) -> di
     the matching alone."""
     import torch
 
-    from vpltool.models.segmentor import grid_logits
+    from vpltool.models.dense.segmentor import grid_logits
 
     meta = json.loads((ref / "meta.json").read_text())
     words, query_idx = meta["query_words"], torch.tensor(meta["query_idx"])

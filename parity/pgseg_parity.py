@@ -7,7 +7,7 @@
 docstring says what is stubbed: mmcv/mmseg/omegaconf/matplotlib imports, and the one-process collective). The
 reference builds its model (``configs/pgseg_specific.yml``: GroupViT-S; ``--tiny``: a smaller config of the same
 code) under seed 0 with its own initialisers plus seeded noise, and saves it as its releases are saved; vpltool
-reads that file through its key map (:func:`vpltool.models.pgseg.load_checkpoint`) and both run, fp32 on the CPU:
+reads that file through its key map (:func:`vpltool.models.text.pgseg.load_checkpoint`) and both run, fp32 on the CPU:
 
 a. ``eval``: the image encoder's final tokens, both stages' soft and hard assignment maps, the text encoder's EOT
    features, the projected embeddings, on the 12 parity photos at 224x224 with a caption each (bar <= 1e-5);
@@ -17,7 +17,7 @@ b. ``train``: one ``forward_train`` in training mode on that batch, gumbel noise
    gradient of every parameter; the parameters and buffers after one AdamW step (lr 1e-3, wd 0.05) (bar <= 1e-5);
 c. ``zero_shot``: VOC's 20 class names in the ``simple`` template, each photo at short side ``--seg-short``
    (448, the reference's test scale), ``PGSegInference.encode_decode`` (whole image) against
-   :func:`vpltool.models.pgseg.zero_shot_logits`: logits and the share of equal labels (bar >= 99.9 %);
+   :func:`vpltool.models.text.pgseg.zero_shot_logits`: logits and the share of equal labels (bar >= 99.9 %);
 d. ``zero_shot_files`` (``--files``): ``vpltool segment --pgseg`` run as a command on the photo FILES, whole image
    and slide, against the reference's mmseg evaluation of the same files (its test pipeline restated with mmcv's
    cv2 calls): the share of equal labels (bar >= 99.9 %), the test images, T-NPR's buffer after evaluation.
@@ -55,7 +55,7 @@ def make_inputs(work: Path, images: int, size: int, seg_short: int) -> dict:
     import torch
     from PIL import Image
 
-    from vpltool.models.pgseg import IMAGE_MEAN, IMAGE_STD
+    from vpltool.models.text.pgseg import IMAGE_MEAN, IMAGE_STD
 
     voc = work / "voc"
     if len(list((voc / "JPEGImages").glob("*.jpg"))) != images:
@@ -114,7 +114,7 @@ def vpltool_side(ckpt: Path, inputs: dict, ref_tokens, ref_class_tokens) -> dict
     """The same quantities from vpltool's model loaded from the reference's checkpoint."""
     import torch
 
-    from vpltool.models.pgseg import (
+    from vpltool.models.text.pgseg import (
         class_text_embeddings,
         load_checkpoint,
         model_from_state,
@@ -155,7 +155,7 @@ def vpltool_train_internals(ckpt: Path, images, tokens) -> dict:
     """The NPR internals of vpltool's training forward (prototypes, centres, text prototypes), seeded as above."""
     import torch
 
-    from vpltool.models.pgseg import load_checkpoint, model_from_state
+    from vpltool.models.text.pgseg import load_checkpoint, model_from_state
 
     cfg, state = load_checkpoint(ckpt)
     model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state, str(ckpt)).train()
@@ -228,7 +228,7 @@ def self_reference(work: Path, inputs: dict) -> dict:
     the comparison's plumbing without the clone, every figure 0."""
     import torch
 
-    from vpltool.models.pgseg import build_model, tiny_config, tokenizer
+    from vpltool.models.text.pgseg import build_model, tiny_config, tokenizer
 
     model = build_model(tiny_config(), seed=0)
     ref = work / "ref"
@@ -253,7 +253,7 @@ def groupvit_side(ckpt: Path, images, tokens) -> dict:
     and one AdamW step, as :func:`pgseg_ref_runner.run_groupvit`."""
     import torch
 
-    from vpltool.models.pgseg import load_checkpoint, model_from_state
+    from vpltool.models.text.pgseg import load_checkpoint, model_from_state
 
     cfg, state = load_checkpoint(ckpt)
     model = model_from_state(replace(cfg, fused_attention=FUSED_ATTENTION), state, str(ckpt)).eval()
@@ -306,7 +306,7 @@ def groupvit_multi_label_side(ckpt: Path, ref: dict, images) -> dict:
 
     import torch
 
-    from vpltool.models.pgseg import PGSeg, load_checkpoint
+    from vpltool.models.text.pgseg import PGSeg, load_checkpoint
 
     tokens = ref["tokens"]
     cfg, state = load_checkpoint(ckpt)
@@ -371,17 +371,17 @@ def run_multi_label(args, work: Path, inputs: dict) -> dict:
 
 def compare_slide(args, work: Path, inputs: dict) -> dict:
     """The reference's ``encode_decode`` through mmseg's slide inference (restated in the runner) against
-    :func:`vpltool.models.pgseg.zero_shot_logits` with ``mode='slide'``."""
+    :func:`vpltool.models.text.pgseg.zero_shot_logits` with ``mode='slide'``."""
     import torch
 
-    from vpltool.models.pgseg import (
+    from vpltool.models.text.pgseg import (
         class_text_embeddings,
         load_checkpoint,
         model_from_state,
         tokenizer,
         zero_shot_logits,
     )
-    from vpltool.models.pgseg.zeroshot import slide_windows
+    from vpltool.models.text.pgseg.zeroshot import slide_windows
 
     out = work / "ref"
     cmd = [sys.executable, str(Path(__file__).with_name("pgseg_ref_runner.py")), "--clone", str(args.ref),
@@ -410,14 +410,14 @@ def compare_files(args, work: Path, inputs: dict) -> dict:
     """`segment --pgseg` from the photo FILES (the command itself, in a process of its own; whole image and slide)
     against the reference's evaluation of the same files (the runner's ``--files``: its mmseg test pipeline
     restated with mmcv's cv2 calls, its model, mmseg's inference): the share of equal labels. Also the test images
-    themselves (vpltool's :func:`~vpltool.models.pgseg.image_tensor` of the decoded file against the
+    themselves (vpltool's :func:`~vpltool.models.text.pgseg.image_tensor` of the decoded file against the
     reference's pipeline) and T-NPR's text-prototype buffer after the class names were embedded (the reference
     moves it in evaluation too)."""
     import torch
 
     from vpltool import io
-    from vpltool.models.pgseg import class_text_embeddings, class_tokens, image_tensor, tokenizer
     from vpltool.models.registry import load_model
+    from vpltool.models.text.pgseg import class_text_embeddings, class_tokens, image_tensor, tokenizer
 
     short = 64 if args.tiny else args.seg_short
     crop, stride = (32, 16) if args.tiny else (448, 224)

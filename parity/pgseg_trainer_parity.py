@@ -195,7 +195,7 @@ def optimizer_names(cfg, init: Path) -> list[str]:
     """The parameter name of each index of vpltool's AdamW state (its groups' order, :func:`make_optimizer`)."""
     from dataclasses import replace
 
-    from vpltool.models.pgseg import PGSeg, load_checkpoint
+    from vpltool.models.text.pgseg import PGSeg, load_checkpoint
     from vpltool.stages.train_text import make_optimizer
 
     init_cfg, _ = load_checkpoint(init)

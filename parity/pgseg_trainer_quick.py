@@ -62,7 +62,7 @@ def restated_loop(init: Path, pairs_path: Path, nouns: Path, cfg, ahead: int = 0
 
     from vpltool.data.nouns import noun_source
     from vpltool.data.pairs import open_pairs
-    from vpltool.models.pgseg import PGSeg, load_checkpoint, tokenizer
+    from vpltool.models.text.pgseg import PGSeg, load_checkpoint, tokenizer
     from vpltool.stages.train_text import GlobalBatches, PairViews
 
     model_cfg, state = load_checkpoint(init)
@@ -104,7 +104,7 @@ def quick(work: Path) -> dict:
     from vpltool import io
     from vpltool.config import RuntimeConfig
     from vpltool.config.pgseg import pgseg_recipe
-    from vpltool.models.pgseg import build_model, save_checkpoint, tiny_config
+    from vpltool.models.text.pgseg import build_model, save_checkpoint, tiny_config
     from vpltool.stages.train_text import run_train_text
 
     torch.set_num_threads(1)

@@ -1,5 +1,5 @@
-"""The ``talk2dino`` family (:mod:`vpltool.models.talk2dino`) against Talk2DINO's own code (lorebianchi98/Talk2DINO at
-4918c2d), fp32 on the CPU, on seeded random weights and real photos (scikit-image's, written as PNG files).
+"""The ``talk2dino`` family (:mod:`vpltool.models.text.talk2dino`) against Talk2DINO's own code (lorebianchi98/Talk2DINO
+at 4918c2d), fp32 on the CPU, on seeded random weights and real photos (scikit-image's, written as PNG files).
 
     python parity/talk2dino_parity.py --ref /path/to/Talk2DINO --dinov2 /path/to/dinov2 [--work DIR] \\
         > parity/results/talk2dino_parity.json
@@ -20,7 +20,7 @@ Compared:
   side 224, windows 224 / 112, the DINO at 224; the code is the same at any crop) on the first 3 photos: per photo,
   VOC21's setting (background channel,
   background cleaning, PAMR, ``bg_thresh`` 0.55) and Context60's (no cleaning), ``DINOTextSegInference.encode_decode``
-  per window of mmseg's slide against :func:`vpltool.models.talk2dino.zero_shot_labels`, the class names the demo
+  per window of mmseg's slide against :func:`vpltool.models.text.talk2dino.zero_shot_labels`, the class names the demo
   world's shapes (words the toy CLIP knows) in the reference's ``sub_imagenet`` template.
 """
 
@@ -99,10 +99,10 @@ def dino_weights(work: Path):
 
 
 def train_view(path: Path, side: int):
-    """The photo through vpltool's train view (:func:`vpltool.models.talk2dino.training.train_view`)."""
+    """The photo through vpltool's train view (:func:`vpltool.models.text.talk2dino.training.train_view`)."""
     from PIL import Image
 
-    from vpltool.models.talk2dino.training import train_view as view
+    from vpltool.models.text.talk2dino.training import train_view as view
 
     return view(side)(Image.open(path).convert("RGB"))
 
@@ -121,10 +121,10 @@ def main() -> None:
     import torch
 
     from vpltool import io
-    from vpltool.models.dino import DinoSpec, load_dino
-    from vpltool.models.loading import ModelSpec
+    from vpltool.models.backbones.dino import DinoSpec, load_dino
+    from vpltool.models.backbones.loading import ModelSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.talk2dino import (
+    from vpltool.models.text.talk2dino import (
         TEMPLATES,
         build_model,
         class_text_embeddings,
@@ -132,7 +132,7 @@ def main() -> None:
         config_for,
         zero_shot_labels,
     )
-    from vpltool.models.talk2dino.training import make_optimizer
+    from vpltool.models.text.talk2dino.training import make_optimizer
 
     from benchlib import machine
 
@@ -220,7 +220,7 @@ def main() -> None:
     bars = {"training": train_worst <= TRAIN_BAR and train["heads_equal"],
             "zero_shot": all(z["labels_equal_min"] >= LABEL_BAR for z in zero.values())}
     result = {
-        "what": "vpltool.models.talk2dino against Talk2DINO's own code: training features from image files, text "
+        "what": "vpltool.models.text.talk2dino against Talk2DINO's own code: training features from image files, text "
                 "features, loss, selected heads, every gradient, one Adam step; zero-shot labels of photo files "
                 "(mmseg's slide restated, DINOTextSegInference.encode_decode per window)",
         "reference": "lorebianchi98/Talk2DINO", "commit": "4918c2d", "dinov2": "facebookresearch/dinov2 b8931f7",

@@ -8,7 +8,7 @@ clone's own ``Sam`` at the toy's shapes, loads ``vpltool/assets/toy-sam/model.sa
 ``SamPredictor`` (``set_image``, ``predict(..., return_logits=True)``) on the 12 parity photos (``bench_cam.PHOTOS``)
 with four prompts each (a point; a box; a point and a box, one mask; a foreground and a background point, one
 mask). vpltool loads the same file through the registry (``load_model("sam", SamSpec("toy", FILE, prompt=True))``)
-and answers the same prompts with :meth:`vpltool.models.sam.SamEncoder.features` and ``predict``. fp32, CPU.
+and answers the same prompts with :meth:`vpltool.models.backbones.sam.SamEncoder.features` and ``predict``. fp32, CPU.
 
 What is compared: the decoded photo; the image embedding; per prompt the mask logits at the photo's size, the
 predicted IoUs, the low-resolution logits, and the masks (logits > 0). What is not: the training
@@ -78,8 +78,8 @@ def main() -> None:
     import bench_cam
 
     from vpltool.io import load_image
+    from vpltool.models.backbones.sam import SamSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.sam import SamSpec
 
     torch.set_num_threads(args.threads)
     voc = args.work / "voc"

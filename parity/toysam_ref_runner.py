@@ -7,7 +7,7 @@ It imports nothing from vpltool: run it as its own process. The clone (facebookr
 first on ``sys.path`` and its package is checked to be the one imported; its code is never copied or edited. Its
 ``build_sam`` fixes ViT-B/L/H's prompt and decoder widths (256, mlp 2048, 1024 px), so the toy's ``Sam`` is built
 from the clone's own modules as ``_build_sam`` builds them, with the toy's shapes (below, the numbers of
-``SAM_ARCHS["toy"]`` in ``vpltool/models/sam.py``), and its state dict loaded strictly from the file.
+``SAM_ARCHS["toy"]`` in ``vpltool/models/backbones/sam.py``), and its state dict loaded strictly from the file.
 
 Per photo (PIL, RGB uint8), ``SamPredictor.set_image`` then ``predict(..., return_logits=True)`` for the prompts of
 :data:`PROMPTS` (in the photo's pixels): ``photo_NNN.pt`` holds the image, ``features`` (``predictor.features``)
@@ -22,7 +22,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-# the toy's shapes (vpltool/models/sam.py SAM_ARCHS["toy"]); patch 16, mlp ratio 4, qkv bias, rel pos, as
+# the toy's shapes (vpltool/models/backbones/sam.py SAM_ARCHS["toy"]); patch 16, mlp ratio 4, qkv bias, rel pos, as
 # _build_sam
 TOY = {"embed_dim": 64, "depth": 4, "num_heads": 4, "global_attn_indexes": (1, 3), "img_size": 192,
        "window_size": 6, "out_chans": 64, "mask_in_chans": 8, "decoder_mlp": 256, "decoder_heads": 4,

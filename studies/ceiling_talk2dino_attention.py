@@ -1,6 +1,6 @@
 """What holds Talk2DINO back on the demo: its training target. The same projection, loss, optimiser, pairs and zero-shot
 rule, trained twice per seed: once on the family's own target (per head, the toy DINO's class-token attention over the
-patch tokens, :func:`vpltool.models.talk2dino.model.head_embeddings`), once on the mean of the patches the rendered
+patch tokens, :func:`vpltool.models.text.talk2dino.model.head_embeddings`), once on the mean of the patches the rendered
 scene's mask calls foreground (what a DINO whose class token attends to the shapes would give; a view with no shape
 falls back to the mean of all patches). A paired comparison: only the target differs.
 
@@ -60,7 +60,7 @@ def extract(model, clip, pairs, side: int, patch: int):
 
     from vpltool.data.pairs import decode_rgb
     from vpltool.demo.make_pairs import PairsConfig
-    from vpltool.models.talk2dino.training import train_view
+    from vpltool.models.text.talk2dino.training import train_view
 
     cfg, view = PairsConfig(), train_view(side)
     tokens, logits, fg, texts, differ = [], [], [], [], 0
@@ -85,7 +85,7 @@ def extract(model, clip, pairs, side: int, patch: int):
 
 def targets(kind: str, tokens, logits, fg):
     """``[N, H, C]`` training targets: the family's head embeddings, or the foreground patches' mean (one head)."""
-    from vpltool.models.talk2dino.model import head_embeddings
+    from vpltool.models.text.talk2dino.model import head_embeddings
 
     if kind == "own":
         return head_embeddings(tokens, logits)
@@ -107,12 +107,12 @@ def main() -> None:
 
     from vpltool.data import open_dataset
     from vpltool.data.pairs import open_pairs
-    from vpltool.models.dino import DinoSpec
-    from vpltool.models.loading import ModelSpec
+    from vpltool.models.backbones.dino import DinoSpec
+    from vpltool.models.backbones.loading import ModelSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.talk2dino import build_model, config_for, talk2dino_loss
-    from vpltool.models.talk2dino.config import RECIPES, Talk2DINOTrainConfig
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
+    from vpltool.models.text.talk2dino import build_model, config_for, talk2dino_loss
+    from vpltool.models.text.talk2dino.config import RECIPES, Talk2DINOTrainConfig
 
     torch.set_num_threads(1)
     c0 = time.process_time()

@@ -9,11 +9,11 @@ the ground truth at its centre (nearest); the scenes split in two halves. Printe
   first half, scored on the second half's patches (``sigmoid(cos) > t`` else background, the best ``t`` on a
   0.0025 grid): the most the rule can give with these tokens and one direction per class, before any text;
 * ``cls_attention``: the last block's CLS-to-patch attention that makes each training target
-  (:func:`~vpltool.models.talk2dino.head_embeddings`), per head: its entropy over the patches divided by ln(patches)
-  (1 = uniform: the target is the mean patch token) and its mass on foreground patches, beside their share of the
-  patches (``fg_area``);
+  (:func:`~vpltool.models.text.talk2dino.head_embeddings`), per head: its entropy over the patches divided by
+  ln(patches) (1 = uniform: the target is the mean patch token) and its mass on foreground patches, beside their share
+  of the patches (``fg_area``);
 * ``pixel_prototype_miou``: the same oracle embeddings through the family's zero-shot
-  (:func:`~vpltool.models.talk2dino.zero_shot_logits`, no PAMR) on the first half's scenes at pixel level, per
+  (:func:`~vpltool.models.text.talk2dino.zero_shot_logits`, no PAMR) on the first half's scenes at pixel level, per
   window of the 192-px image (``192``: one window; ``96``: half-image windows, stride 48, each resized to the
   DINO's square), the first ``--pixel-images`` scenes;
 * ``linear_probe_miou``: a logistic regression on the first half's tokens, scored on the second half's patches
@@ -53,10 +53,10 @@ def main() -> None:
 
     from vpltool import io
     from vpltool.data import open_dataset
-    from vpltool.models.dino import DinoSpec
-    from vpltool.models.loading import ModelSpec
+    from vpltool.models.backbones.dino import DinoSpec
+    from vpltool.models.backbones.loading import ModelSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.talk2dino import (
+    from vpltool.models.text.talk2dino import (
         TEMPLATES,
         build_model,
         class_tokens,
@@ -64,7 +64,7 @@ def main() -> None:
         image_tensor,
         zero_shot_logits,
     )
-    from vpltool.models.talk2dino.net import interpolate_square
+    from vpltool.models.text.talk2dino.net import interpolate_square
     from vpltool.ops.kernels import MiouAccumulator
 
     torch.set_num_threads(1)

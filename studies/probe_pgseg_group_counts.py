@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpltool.models.pgseg import model as pgseg_model  # noqa: E402
+from vpltool.models.text.pgseg import model as pgseg_model  # noqa: E402
 
 
 def main() -> None:

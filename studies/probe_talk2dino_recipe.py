@@ -1,6 +1,6 @@
 """Talk2DINO's demo recipe, chosen on the TRAIN split: the projection trained in process on features extracted once
 (the reference's own design: ``dino_extraction_v2.py`` then ``train.py`` on the saved features; the loss and the
-optimiser are the family's, :func:`vpltool.models.talk2dino.talk2dino_loss` and Adam), for several squares the DINO
+optimiser are the family's, :func:`vpltool.models.text.talk2dino.talk2dino_loss` and Adam), for several squares the DINO
 sees in training and at zero-shot time, learning rates, batch sizes and epochs, each scored by zero-shot mIoU on the
 first ``--images`` TRAIN scenes of the world (no val scene is read). What it picks is the `--recipe demo` of
 `train-text --family talk2dino` and the zero-shot side of studies/study_talk2dino_demo.py.
@@ -52,10 +52,10 @@ def main() -> None:
     from vpltool import io
     from vpltool.data import open_dataset
     from vpltool.data.pairs import decode_rgb, open_pairs
-    from vpltool.models.dino import DinoSpec
-    from vpltool.models.loading import ModelSpec
+    from vpltool.models.backbones.dino import DinoSpec
+    from vpltool.models.backbones.loading import ModelSpec
     from vpltool.models.registry import load_model
-    from vpltool.models.talk2dino import (
+    from vpltool.models.text.talk2dino import (
         TEMPLATES,
         build_model,
         class_text_embeddings,
@@ -65,7 +65,7 @@ def main() -> None:
         talk2dino_loss,
         zero_shot_logits,
     )
-    from vpltool.models.talk2dino.training import train_view
+    from vpltool.models.text.talk2dino.training import train_view
     from vpltool.ops.kernels import MiouAccumulator
 
     torch.set_num_threads(1)
@@ -90,7 +90,7 @@ def main() -> None:
 
     import torch.nn.functional as F
 
-    from vpltool.models.talk2dino.net import interpolate_square
+    from vpltool.models.text.talk2dino.net import interpolate_square
 
     n_cls = len(data.classes)
     gt_all = np.concatenate(gts)  # every scene is the world's size: one confusion over all of them

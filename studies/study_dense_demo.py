@@ -18,7 +18,7 @@ made at least the window: a 336-px window would blow a 96-px scene up to 336).
 RUN is a demo run with its world (``RUN/world``, `make world`). The queries are the demo's text prototypes' (the
 Makefile's ``TEMPLATES`` and ``BACKGROUND``), encoded by the toy CLIP (``--model vpltool-toy``).
 
-* **Zero-shot** (`vpltool segment`'s arithmetic, :mod:`vpltool.models.segmentor`): per method, the short side
+* **Zero-shot** (`vpltool segment`'s arithmetic, :mod:`vpltool.models.dense.segmentor`): per method, the short side
   (the toy's native 96 px, or the method's own scaled by 96/224 with its windows: ``--sides``) and the probability
   threshold are chosen by the mIoU of the first
   ``--choose-images`` training images; the method's other settings (logit scale, windows, PAMR) are its own. The
@@ -50,10 +50,10 @@ from vpltool.config.dense import PROXY_METHODS, SAM_METHODS
 from vpltool.data import open_dataset
 from vpltool.demo.report import chance_baselines
 from vpltool.models import ModelSpec, load_backbone
-from vpltool.models.dino import DinoSpec
+from vpltool.models.backbones.dino import DinoSpec
+from vpltool.models.backbones.sam import SamSpec
+from vpltool.models.dense.segmentor import dense_probabilities, query_rows, segment_logits, short_side_size
 from vpltool.models.registry import load_model
-from vpltool.models.sam import SamSpec
-from vpltool.models.segmentor import dense_probabilities, query_rows, segment_logits, short_side_size
 from vpltool.ops.kernels import MiouAccumulator, cams_to_labels
 from vpltool.stages.cam.dense import dense_maps
 

@@ -84,7 +84,7 @@ def cams(features: Path, protos: Path, out: Path, refine: str, block: str = "fp3
     """`cam` on the batched path (batch 8) with GradCAM's block in fp32, bf16 (autocast) or TF32 (emulated), as CUDA
     would run it; everything else in fp32."""
     from vpltool.config import CamConfig, RuntimeConfig
-    from vpltool.models import model
+    from vpltool.models.backbones import model
     from vpltool.stages.cam import run_cam, stage
 
     real_precision, real_gradcam = stage.gradcam_precision, model.gradcam_batch

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vpltool import io  # noqa: E402
 from vpltool.config.pgseg import PGSEG_RECIPES  # noqa: E402
 from vpltool.data import open_dataset  # noqa: E402
-from vpltool.models import pgseg as fam  # noqa: E402
+from vpltool.models.text import pgseg as fam  # noqa: E402
 from vpltool.ops.kernels import MiouAccumulator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import torch
 
-    from vpltool.models.pgseg import PRESETS, build_model, tokenizer
+    from vpltool.models.text.pgseg import PRESETS, build_model, tokenizer
 
     torch.set_num_threads(1)
     runs = []

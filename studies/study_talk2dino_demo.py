@@ -11,9 +11,9 @@ templates (the reference's 7 ``sub_imagenet`` ones, most of whose words the toy 
 0.0025 grid; the best train mIoU is kept. Each seed then chooses its own ``bg_thresh`` on the same train scenes with
 those settings (the place of sigmoid(cos)'s narrow range differs from model to model), and is scored on val by the
 reference's rule (a constant ``bg_thresh`` background channel, the class masks averaged over mmseg's sliding windows,
-resized, argmax: :mod:`vpltool.models.talk2dino.zeroshot`), next to all-background and uniform random labels (computed
-here, on the same val) and the baselines of ``studies/results/pgseg_demo.json`` (GroupViT, PGSeg, the toy CLIP's
-MaskCLIP: that study's figures, on the same world and the same 32,000 pairs).
+resized, argmax: :mod:`vpltool.models.text.talk2dino.zeroshot`), next to all-background and uniform random labels
+(computed here, on the same val) and the baselines of ``studies/results/pgseg_demo.json`` (GroupViT, PGSeg, the toy
+CLIP's MaskCLIP: that study's figures, on the same world and the same 32,000 pairs).
 
     python studies/study_talk2dino_demo.py --run runs/talk2dino [--seeds 0,1,2] [--jobs 3] \\
         [--shards 'runs/talk2dino/pairs/{00000..00007}.tar'] > studies/results/talk2dino_demo.json
@@ -112,7 +112,7 @@ def foreground(fam, model, images, names, templates: str, pamr: bool, bg_clean: 
     import torch
     import torch.nn.functional as F
 
-    from vpltool.models.text_family import class_embeddings
+    from vpltool.models.text.family import class_embeddings
 
     model.cfg = replace(model.cfg, pamr=pamr, bg_clean=bg_clean, resize_dim=side)
     text = class_embeddings(fam, model, names, fam.TEMPLATES[templates], "cpu")
@@ -190,7 +190,7 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         runs = dict(zip(seeds, pool.map(lambda s: train(args, s), seeds)))
     train_wall = round(time.perf_counter() - t0, 1)
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
 
     fam = text_family("talk2dino")
     train_data, val_data = open_dataset(world, "train"), open_dataset(world, "val")

@@ -25,8 +25,8 @@ from scipy import ndimage
 from vpltool.data import open_dataset
 from vpltool.demo.train_toy_sam import IGNORE, instances
 from vpltool.io import load_image, read_mask
+from vpltool.models.backbones.sam import SamSpec, sam_input
 from vpltool.models.registry import load_model
-from vpltool.models.sam import SamSpec, sam_input
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402

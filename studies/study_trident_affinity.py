@@ -23,9 +23,9 @@ import torch
 
 from vpltool.data import open_dataset
 from vpltool.io import load_image, read_mask
+from vpltool.models.backbones.sam import SamSpec
 from vpltool.models.dense.trident import SamAggregation, sam_affinity, sam_attention, sam_image
 from vpltool.models.registry import load_model
-from vpltool.models.sam import SamSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
 from benchlib import machine  # noqa: E402

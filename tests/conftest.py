@@ -131,7 +131,7 @@ def tiny_spec():
 def tiny_pgseg_checkpoint(tmp_path_factory) -> Path:
     """A seeded random tiny PGSeg on CLIP's BPE, saved as `train-pgseg` saves (zero-shot maps and seeds need no
     training); read-only."""
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     model = pgseg.build_model(pgseg.tiny_config(), seed=3).eval()
     return pgseg.save_checkpoint(tmp_path_factory.mktemp("pgseg") / "m.safetensors", model)

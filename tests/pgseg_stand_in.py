@@ -150,7 +150,7 @@ def zero_shot_labels(model: PGSeg, images: torch.Tensor, text: torch.Tensor, bg_
 
 
 class StandInFamily:
-    """Every hook of :class:`vpltool.models.text_family.TextSegFamily` over this module's model, as the ``pgseg``
+    """Every hook of :class:`vpltool.models.text.family.TextSegFamily` over this module's model, as the ``pgseg``
     family (:func:`install` hands it to the trainer; tests/text_family_stand_in.py registers it under a name of
     its own)."""
 

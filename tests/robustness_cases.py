@@ -628,7 +628,7 @@ def _other_clip(ws: Workspace) -> Iterator[list[object]]:
 
 def _local_clip(ws: Workspace, name: str) -> Path:
     """A copy of the shipped toy CLIP's folder (``--model local-dir:FOLDER``)."""
-    from vpltool.models.loading import registered_folder
+    from vpltool.models.backbones.loading import registered_folder
 
     return ws.copy(registered_folder("vpltool-toy"), name)
 
@@ -713,7 +713,7 @@ def _weights_before_predict(ws: Workspace) -> Iterator[list[object]]:
       "--shard 1/2", "a Talk2DINO projection learnt over the DINO weights", "whose bytes changed since",
       "re-train the projection")
 def _talk2dino_dino_between_shards(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
 
     fam, dino = text_family("talk2dino"), ws.root / "dino_t2d.safetensors"
     shutil.copy(Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors", dino)
@@ -1640,7 +1640,7 @@ def _segment_background_class(ws: Workspace) -> Iterator[list[object]]:
 def _photo_over_memory(ws: Workspace) -> Iterator[list[object]]:
     from PIL import Image
 
-    from vpltool.models import bands
+    from vpltool.models.dense import bands
 
     photo = ws.root / "photo_24mp.jpg"
     if not photo.exists():
@@ -1664,7 +1664,7 @@ def _world_with_24mp_photo(ws: Workspace, name: str) -> Path:
       "world_cam_24mp/images/train_000001.png: a 6000x4000 photo (24 megapixels) needs about",
       "and 0.2 GB are free", "free memory, or segment a copy of the photo")
 def _cam_dense_over_memory(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.models import bands
+    from vpltool.models.dense import bands
 
     world = _world_with_24mp_photo(ws, "world_cam_24mp")
     with mock.patch.object(bands, "available_bytes", lambda: 2**28):  # before the model loads: any machine
@@ -1676,7 +1676,7 @@ def _cam_dense_over_memory(ws: Workspace) -> Iterator[list[object]]:
       "world_pred_24mp/images/train_000001.png: a 6000x4000 photo (24 megapixels) needs about",
       "and 0.2 GB are free", "free memory, or segment a copy of the photo")
 def _predict_dense_over_memory(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.models import bands
+    from vpltool.models.dense import bands
 
     world = _world_with_24mp_photo(ws, "world_pred_24mp")
     with mock.patch.object(bands, "available_bytes", lambda: 2**28):  # before the model loads: any machine
@@ -1755,7 +1755,7 @@ def _segment_trident_sam_size(ws: Workspace) -> Iterator[list[object]]:
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.models.sam import SAM_ARCHS, _build
+    from vpltool.models.backbones.sam import SAM_ARCHS, _build
 
     with torch.device("meta"):  # vit_b's tensor names, each of vit_l's width (written as 1-element stand-ins
         names = _build(SAM_ARCHS["vit_b"]).state_dict()  # but the first, so that the file stays small)
@@ -1773,7 +1773,7 @@ def _segment_trident_refine_encoder_only(ws: Workspace) -> Iterator[list[object]
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.models.sam import SAM_ARCHS, _build
+    from vpltool.models.backbones.sam import SAM_ARCHS, _build
 
     torch.manual_seed(0)
     path = ws.root / "sam_encoder.safetensors"
@@ -4376,7 +4376,7 @@ def _pgseg_release(ws: Workspace, name: str, edit: Callable[[dict], None]) -> Pa
     reference's key names), ``edit`` applied to its state dict."""
     import torch
 
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     state = dict(pgseg.build_model(pgseg.tiny_config(), seed=3).state_dict())
     edit(state)
@@ -4409,7 +4409,7 @@ def _pgseg_release_nan(ws: Workspace) -> Iterator[list[object]]:
 @case("train-pgseg --no-npr --init a PGSeg checkpoint (its NPR modules)", "--init: a PGSeg checkpoint (it holds NPR",
       "pass --npr to fine-tune it as PGSeg")
 def _pgseg_no_npr_init(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     path = pgseg.save_checkpoint(ws.root / "pgseg_npr.safetensors", pgseg.build_model(pgseg.tiny_config(), seed=3))
     yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", path, "--no-npr", *PGSEG_ARGS]  # 32 px, as tiny
@@ -4549,7 +4549,7 @@ def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.models.sam import SAM_ARCHS, _build
+    from vpltool.models.backbones.sam import SAM_ARCHS, _build
 
     path = ws.root / "sam_shards.safetensors"
 

@@ -65,7 +65,7 @@ def test_segmenter_label_map_equals_the_cli_mask(world, tmp_path, method):
 
 
 def test_pgseg_segmenter_label_map_equals_the_cli_mask(world, tmp_path):
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     ckpt = pgseg.save_checkpoint(tmp_path / "m.safetensors", pgseg.build_model(pgseg.tiny_config(), seed=3).eval())
     out = tmp_path / "seg"
@@ -125,11 +125,11 @@ def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
     with pytest.raises(VplError, match="return_tensors='tf': choose 'np'"):
         seg(np.zeros((32, 32, 3), dtype=np.uint8), ["circle"], return_tensors="tf")
     # `segment`'s check of the memory a photo needs, its one line, before any photo of the call runs
-    from vpltool.models import bands
+    from vpltool.models.dense import bands
 
     big = np.zeros((4000, 6000, 3), dtype=np.uint8)  # 24 MP, its pages never touched
     with mock.patch.object(bands, "available_bytes", lambda: 2**28), \
-            mock.patch("vpltool.models.segmentor.scores_batch", side_effect=AssertionError("a photo ran")):
+            mock.patch("vpltool.models.dense.segmentor.scores_batch", side_effect=AssertionError("a photo ran")):
         with pytest.raises(VplError, match=r"^images\[1\] \(a ndarray\): a 6000x4000 photo \(24 megapixels\) needs "
                                            r"about 1\.\d GB to segment \(7 queries\) and 0\.2 GB are free; free"):
             seg([np.zeros((32, 32, 3), dtype=np.uint8), big], ["circle", "star|diamond"])
@@ -206,7 +206,7 @@ def python_blocks(page: Path) -> list[str]:
 
 def test_every_example_of_docs_api_md_runs_on_the_toy_model(tmp_path, monkeypatch):
     from vpltool.demo.make_world import write_dataset
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     blocks = python_blocks(ROOT / "docs" / "api.md")
     assert len(blocks) >= 5

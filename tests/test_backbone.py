@@ -186,7 +186,7 @@ def test_random_weights_are_the_same_in_every_load(tiny_spec):
 
 def test_weights_loaded_without_random_init_are_the_checkpoints(tiny_spec, tmp_path, monkeypatch):
     """no_weight_init skips the random draws only: every parameter still comes from the file, bit for bit."""
-    from vpltool.models.loading import no_weight_init
+    from vpltool.models.backbones.loading import no_weight_init
 
     saved = load_backbone(tiny_spec).model.state_dict()
     path = tmp_path / "tiny.safetensors"
@@ -209,7 +209,7 @@ def test_open_clip_import_defers_dynamo_and_leaves_it_working():
     leaves the real module importable: torchvision's reference resolves to it, torch.compile still exists."""
     code = (
         "import sys\n"
-        "from vpltool.models.loading import import_open_clip\n"
+        "from vpltool.models.backbones.loading import import_open_clip\n"
         "import_open_clip()\n"
         "assert 'torch._dynamo' not in sys.modules and 'timm' not in sys.modules\n"
         "import torch\n"

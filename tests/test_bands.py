@@ -1,5 +1,5 @@
-"""A photo in column bands (vpltool.models.bands) against the whole-photo computation (the unbanded functions of
-vpltool.models.segmentor, the reference): upsampling equal bit for bit, PAMR to float rounding, labels equal."""
+"""A photo in column bands (vpltool.models.dense.bands) against the whole-photo computation (the unbanded functions of
+vpltool.models.dense.segmentor, the reference): upsampling equal bit for bit, PAMR to float rounding, labels equal."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from vpltool.config import SegmentConfig
 from vpltool.models import load_backbone
-from vpltool.models.bands import ColumnUpsampler, band_bytes, logit_bands, whole_bytes
-from vpltool.models.segmentor import dense_probabilities, guide_image, pamr, scores_batch, segment_logits
+from vpltool.models.dense.bands import ColumnUpsampler, band_bytes, logit_bands, whole_bytes
+from vpltool.models.dense.segmentor import dense_probabilities, guide_image, pamr, scores_batch, segment_logits
 
 
 def _whole(src, size, guide, steps):
@@ -107,7 +107,7 @@ def test_the_bands_hold_no_photo_sized_tensor():
 
 def test_a_photo_too_large_for_the_free_memory_is_refused_in_one_line():
     from vpltool.errors import VplError
-    from vpltool.models.bands import check_photo_memory, photo_bytes
+    from vpltool.models.dense.bands import check_photo_memory, photo_bytes
 
     settings = SegmentConfig().resolved()
     need = photo_bytes(4000, 6000, 27, settings)
@@ -122,7 +122,7 @@ def test_the_refusal_names_the_largest_max_side_that_fits():
     from dataclasses import replace
 
     from vpltool.errors import VplError
-    from vpltool.models.bands import check_photo_memory, photo_bytes
+    from vpltool.models.dense.bands import check_photo_memory, photo_bytes
 
     settings = SegmentConfig().resolved()
     with pytest.raises(VplError, match=r"1.0 GB are free; pass --max-side 3136 \(the photo is segmented at that long "
@@ -138,8 +138,8 @@ def test_the_refusal_names_the_largest_max_side_that_fits():
 def test_max_side_segments_a_larger_photo_at_its_working_size_and_enlarges_the_labels(naclip):
     from dataclasses import replace
 
-    from vpltool.models.bands import enlarge, photo_bytes, working_size
-    from vpltool.models.segmentor import settings_params
+    from vpltool.models.dense.bands import enlarge, photo_bytes, working_size
+    from vpltool.models.dense.segmentor import settings_params
 
     settings = SegmentConfig(dense="naclip").resolved()
     g = torch.Generator().manual_seed(4)
@@ -196,7 +196,7 @@ import sys, torch
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 if sys.argv[1] == "keep":
-    from vpltool.models.bands import keep_freed_memory
+    from vpltool.models.dense.bands import keep_freed_memory
     keep_freed_memory()
 x = torch.ones(64 * 2**18)  # a band's 64 MB block, freed
 del x

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from vpltool import io
 from vpltool.data import open_dataset
 from vpltool.demo.make_world import write_dataset
-from vpltool.models import pgseg
+from vpltool.models.text import pgseg
 
 
 @pytest.fixture(scope="module")

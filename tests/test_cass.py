@@ -33,7 +33,7 @@ def bb(tiny_spec):
 
 @pytest.fixture(scope="module")
 def dino():
-    from vpltool.models.dino import DinoSpec
+    from vpltool.models.backbones.dino import DinoSpec
     from vpltool.models.registry import load_model
 
     return load_model("dino", DinoSpec("test_vit", str(Path(__file__).resolve().parents[1] / TOY_DINO)), "cpu")
@@ -243,8 +243,8 @@ def test_cass_knobs_reach_the_mixing_and_the_benchmark_presets_set_them():
 def test_one_window_covering_the_input_takes_its_own_embedding(bb, dino, monkeypatch):
     """A slide window as large as the input: its image embedding is the input's, so no second forward of the input
     is made for it; the logits equal the whole-image path's, and the explicit input embedding's to fp32."""
-    from vpltool.models import segmentor
-    from vpltool.models.segmentor import dense_logits, input_embedding, window_logits
+    from vpltool.models.dense import segmentor
+    from vpltool.models.dense.segmentor import dense_logits, input_embedding, window_logits
 
     dense = bb.with_dense("cass", proxy=dino)
     g = torch.Generator().manual_seed(5)
@@ -303,7 +303,7 @@ def test_class_token_of_a_block_equals_the_full_blocks(bb, toy):
 def test_cass_dino_sees_the_whole_window_with_the_remainder(bb, dino):
     """CASS squares the whole window for its DINO (``inv_image.resize((min(w, h),) * 2)`` of the uncut input) while
     CLIP's patch convolution drops a side's remainder: a window 3 pixels past whole patches feeds DINO all of it."""
-    from vpltool.models.segmentor import grid_logits
+    from vpltool.models.dense.segmentor import grid_logits
 
     dense = bb.with_dense("cass", proxy=dino)
     g = torch.Generator().manual_seed(13)

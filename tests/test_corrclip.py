@@ -155,8 +155,8 @@ def test_region_files_and_their_refusals(tmp_path):
 
 def test_a_forward_on_the_test_clip_with_the_depth_rule(tiny_spec):
     from vpltool.models import load_backbone, load_model
+    from vpltool.models.backbones.dino import DinoSpec
     from vpltool.models.dense.corrclip import CORRELATION, corrclip_logits, input_regions
-    from vpltool.models.dino import DinoSpec
 
     proxy = load_model("dino", DinoSpec("test_vit", str(TOY_DINO)), "cpu")
     bb = load_backbone(tiny_spec, "cpu").with_dense("corrclip", proxy=proxy)

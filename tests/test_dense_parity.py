@@ -71,7 +71,7 @@ def test_a_changed_reference_shows_up_in_each_figure(quick):
 def test_mmseg_resize_size_is_vpltools_short_side_size(tmp_path):
     import cv2
 
-    from vpltool.models.segmentor import short_side_size
+    from vpltool.models.dense.segmentor import short_side_size
 
     pre = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "bgr_to_rgb": True}
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The training-free segmentor (vpltool.models.segmentor): windows, padding, slide averaging, probabilities with
+"""The training-free segmentor (vpltool.models.dense.segmentor): windows, padding, slide averaging, probabilities with
 synonyms / threshold / area filter, and PAMR against a convolution restatement."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vpltool.models import load_backbone
-from vpltool.models.segmentor import (
+from vpltool.models.dense.segmentor import (
     class_probabilities,
     dense_logits,
     dense_probabilities,

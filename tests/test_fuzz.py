@@ -448,7 +448,7 @@ def _damage_model(path: Path, how: str, pick: int, cut: float) -> None:
 
 def _model_targets(ws: rc.Workspace) -> dict[str, tuple[Path, Callable[[Path], Path], Callable[[Path, Path], list]]]:
     """name -> (the clean model, the file in a copy of it to damage, the command that reads the copy)."""
-    from vpltool.models.loading import registered_folder
+    from vpltool.models.backbones.loading import registered_folder
 
     seg = ["segment", ws.world, "--split", "val", *rc.CPU, "--classes", "star,circle", "-o"]
     release = ws.root / "fuzz_release.pth"

@@ -71,7 +71,7 @@ def assets(ws) -> dict[str, Path]:
     import torch
     from safetensors.torch import save_file
 
-    from vpltool.models.sam import SAM_ARCHS, _build
+    from vpltool.models.backbones.sam import SAM_ARCHS, _build
 
     root = ws.root / "assets"
     root.mkdir(exist_ok=True)

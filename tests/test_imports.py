@@ -189,7 +189,7 @@ def test_no_import_runs_up_the_layers():
 
 
 @pytest.mark.parametrize("edge, up", [
-    (("vpltool.models.pgseg", "vpltool.demo.tokenizer"), True),  # a model family naming the demo plugin
+    (("vpltool.models.text.pgseg", "vpltool.demo.tokenizer"), True),  # a model family naming the demo plugin
     (("vpltool.io.stage", "vpltool.stages.crf"), True),  # the core reaching a stage
     (("vpltool.stages.crf", "vpltool.cli.output"), True),  # a stage reaching the CLI
     (("vpltool.stages.crf", "vpltool.stages.cam.caa"), True),  # a stage reaching a peer

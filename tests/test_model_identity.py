@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from vpltool.errors import VplError
 from vpltool.io import digests
 from vpltool.models import ModelSpec
-from vpltool.models.loading import registered_folder
+from vpltool.models.backbones.loading import registered_folder
 
 
 @pytest.fixture

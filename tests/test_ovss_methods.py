@@ -170,7 +170,7 @@ TOY_DINO = "vpltool/assets/toy-dino/model.safetensors"
 def dino():
     from pathlib import Path
 
-    from vpltool.models.dino import DinoSpec
+    from vpltool.models.backbones.dino import DinoSpec
     from vpltool.models.registry import load_model
 
     root = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool.models.pgseg.model import build_model, tiny_config
-from vpltool.models.pgseg.targets import distinct_prompts, match_groups
+from vpltool.models.text.pgseg.model import build_model, tiny_config
+from vpltool.models.text.pgseg.targets import distinct_prompts, match_groups
 
 
 def test_padding_captions_and_repeated_prompts_get_no_row():
@@ -74,7 +74,7 @@ def test_more_prompts_than_final_groups_is_refused():
 def test_one_assignment_step_is_the_reference_arithmetic_and_more_steps_move_the_queries():
     """``assign_iters`` 1 is the reference's assignment to the bit; with 3 the queries take k-means steps first,
     so the assignment differs, and a group that holds no token keeps its query (no division by nothing)."""
-    from vpltool.models.pgseg.assign import AssignAttention
+    from vpltool.models.text.pgseg.assign import AssignAttention
 
     torch.manual_seed(0)
     one, three = AssignAttention(16, iters=1).eval(), AssignAttention(16, iters=3).eval()
@@ -103,7 +103,7 @@ def test_assign_steps_below_one_are_refused():
 def test_without_the_centre_residual_a_group_is_what_it_holds():
     """``center_residual`` False: a group that holds no token outputs the same vector for every image (it has seen
     the image through attention, but says nothing of it); with the reference's residual it differs per image."""
-    from vpltool.models.pgseg.groupvit import GroupingBlock
+    from vpltool.models.text.pgseg.groupvit import GroupingBlock
 
     torch.manual_seed(0)
     outs = {}
@@ -125,7 +125,7 @@ def test_without_the_centre_residual_a_group_is_what_it_holds():
 
 
 def test_by_distance_the_nearest_centre_takes_a_token_not_the_longest_query():
-    from vpltool.models.pgseg.assign import AssignAttention
+    from vpltool.models.text.pgseg.assign import AssignAttention
 
     blocks = {m: AssignAttention(4, metric=m).eval() for m in ("dot", "distance")}
     for block in blocks.values():
@@ -153,7 +153,7 @@ def _clusters(sizes: list[int], dim: int = 8, seed: int = 0) -> tuple[torch.Tens
 def test_farthest_point_seeds_take_one_token_of_each_cluster_small_ones_first():
     """A large background cluster and three small object clusters: four seeds land one in each, and the first
     is not the background's (the farthest key from the image's mean lies in a small cluster)."""
-    from vpltool.models.pgseg.assign import farthest_point_seeds
+    from vpltool.models.text.pgseg.assign import farthest_point_seeds
 
     tokens, label = _clusters([130, 5, 5, 4])
     seeds = farthest_point_seeds(tokens, 4)[0]
@@ -164,7 +164,7 @@ def test_farthest_point_seeds_take_one_token_of_each_cluster_small_ones_first():
 def test_seeded_from_the_tokens_each_cluster_gets_its_own_group_whatever_the_group_tokens():
     """``init`` "tokens": the groups follow the image's own clusters even when every group token is the same
     vector; from the group tokens' queries (the reference's) equal queries put every token in one group."""
-    from vpltool.models.pgseg.assign import AssignAttention
+    from vpltool.models.text.pgseg.assign import AssignAttention
 
     tokens, label = _clusters([100, 6, 6, 4])
     groups = {}
@@ -187,7 +187,7 @@ def test_seeded_from_the_tokens_each_cluster_gets_its_own_group_whatever_the_gro
 def test_seeded_from_the_tokens_the_keys_get_gradients():
     """The seeds and the k-means memberships carry no gradient, the centres (means of keys) and the assignment
     do: the key projection learns from the loss."""
-    from vpltool.models.pgseg.assign import AssignAttention
+    from vpltool.models.text.pgseg.assign import AssignAttention
 
     torch.manual_seed(0)
     block = AssignAttention(8, metric="distance", iters=2, init="tokens").train()
@@ -220,7 +220,7 @@ def test_seeded_from_the_tokens_a_centre_is_the_mean_of_its_tokens_and_an_empty_
     """NPR matches the grouping's centres with its prototypes through normalised similarities: with token seeds
     a group's centre is the mean of the (normalised) tokens it holds, and a group that holds none keeps its group
     token, never a zero vector (whose normalisation has no finite gradient)."""
-    from vpltool.models.pgseg.groupvit import GroupingBlock
+    from vpltool.models.text.pgseg.groupvit import GroupingBlock
 
     torch.manual_seed(0)
     block = GroupingBlock(8, 8, 1, 6, 6, center_residual=False, assign_metric="distance", assign_iters=2,

@@ -1,4 +1,4 @@
-"""The ``pgseg`` model family (vpltool.models.pgseg): shapes, NPR off = GroupViT, determinism, the losses'
+"""The ``pgseg`` model family (vpltool.models.text.pgseg): shapes, NPR off = GroupViT, determinism, the losses'
 pieces, checkpoints and the reference key map, one-line errors for other files. Tiny config, CPU, seeded."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from vpltool.errors import VplError
 from vpltool.models import check_model, load_model
-from vpltool.models.pgseg import (
+from vpltool.models.text.pgseg import (
     PGSeg,
     PGSegConfig,
     build_model,
@@ -137,7 +137,7 @@ def test_deterministic_for_a_seed(tok):
 def test_text_prototypes_move_on_every_text_forward_evaluation_included(tok):
     """The reference's text forward runs T-NPR (``Atten``) each time: the buffer moves by momentum towards the
     texts' prototypes in eval (class embeddings) as in training; forward_train moves it exactly once."""
-    from vpltool.models.pgseg.npr import TextNPR
+    from vpltool.models.text.pgseg.npr import TextNPR
 
     model = build_model(tiny_config())
     before = model.text_encoder.Atten.mu.clone()
@@ -323,7 +323,7 @@ def test_matched_indices_are_a_permutation(tok):
 
 
 def test_slide_windows_cover_the_image_as_mmseg():
-    from vpltool.models.pgseg.zeroshot import slide_windows
+    from vpltool.models.text.pgseg.zeroshot import slide_windows
 
     assert slide_windows(448, 597, 448, 224) == [(0, 448, 0, 448), (0, 448, 149, 597)]
     assert slide_windows(300, 200, 448, 224) == [(0, 300, 0, 200)]  # smaller than a crop: one window
@@ -354,7 +354,7 @@ def test_check_model_reads_shapes_on_the_meta_device(tmp_path, preset):
     included): a file of the model passes, a missing tensor is named."""
     import re
 
-    from vpltool.models.pgseg import PRESETS, build_model_shapes
+    from vpltool.models.text.pgseg import PRESETS, build_model_shapes
 
     model = build_model(PRESETS[preset](), seed=0)
     path = save_checkpoint(tmp_path / "m.safetensors", model)

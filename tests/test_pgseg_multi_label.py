@@ -16,7 +16,7 @@ from vpltool.config.pgseg import pgseg_recipe
 from vpltool.data.nouns import NltkNouns, VocabularyNouns, noun_prompts, noun_source, read_vocabulary
 from vpltool.demo.make_world import write_dataset
 from vpltool.errors import VplError
-from vpltool.models.pgseg import build_model, tiny_config, tokenizer
+from vpltool.models.text.pgseg import build_model, tiny_config, tokenizer
 from vpltool.presets import IMAGENET_TEMPLATES
 
 
@@ -153,7 +153,7 @@ def world(tmp_path_factory) -> Path:
 
 def test_train_pgseg_with_multi_label_writes_a_model_with_its_scale(world, tmp_path):
     from vpltool.config import RuntimeConfig
-    from vpltool.models.pgseg import load_checkpoint
+    from vpltool.models.text.pgseg import load_checkpoint
     from vpltool.stages.train_text import run_train_text
 
     (tmp_path / "nouns.txt").write_text("circle\nstar\nsquare\ntriangle\nring\ncross\nhexagon\ndiamond\n")
@@ -186,7 +186,7 @@ def test_multi_label_resume_is_bit_exact_and_needs_the_same_nouns(world, tmp_pat
     """The noun draws are seeded by (seed, epoch, sample): stopped after iteration 1 and resumed gives the weights
     of the run that went through; resuming with another noun file is refused in one line."""
     from vpltool.config import RuntimeConfig
-    from vpltool.models.pgseg import load_checkpoint
+    from vpltool.models.text.pgseg import load_checkpoint
     from vpltool.stages.train_text import run_train_text
 
     (tmp_path / "nouns.txt").write_text("circle\nstar\nsquare\ntriangle\nring\ncross\nhexagon\ndiamond\n")

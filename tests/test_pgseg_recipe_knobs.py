@@ -11,10 +11,10 @@ import torch
 
 from vpltool.config.pgseg import PGSegTrainConfig, pgseg_recipe
 from vpltool.errors import VplError
-from vpltool.models.pgseg import PGSegConfig, build_model, tiny_config
-from vpltool.models.pgseg.assign import AssignAttention
-from vpltool.models.pgseg.groupvit import Attention, window_mask
-from vpltool.models.pgseg.targets import positive_targets
+from vpltool.models.text.pgseg import PGSegConfig, build_model, tiny_config
+from vpltool.models.text.pgseg.assign import AssignAttention
+from vpltool.models.text.pgseg.groupvit import Attention, window_mask
+from vpltool.models.text.pgseg.targets import positive_targets
 
 
 def _model(**kw):
@@ -129,7 +129,7 @@ def test_train_config_knobs_default_to_the_reference_and_refuse_bad_values():
 def test_the_trainers_knobs_reach_the_model_it_builds():
     """Every family knob of `train-pgseg` lands in the model config it trains and saves (a merge once dropped them:
     the demo recipe then trained the reference's model under the recipe's name)."""
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
 
     fam = text_family("pgseg")
     cfg = pgseg_recipe("demo", multi_positive=True, temperature=0.05, hard_assignment=False)
@@ -178,7 +178,7 @@ def test_same_caption_nouns_keys_captions_by_their_nouns(monkeypatch):
     from types import SimpleNamespace
 
     from vpltool.data.nouns import VocabularyNouns
-    from vpltool.models import pgseg as fam
+    from vpltool.models.text import pgseg as fam
     from vpltool.stages import train_text as train_pgseg
     from vpltool.stages.train_text import PairViews
 
@@ -206,7 +206,7 @@ def test_groups_set_each_stages_group_tokens_and_refuse_what_cannot_be_built(tmp
     preset's when not given, and recorded only when given (a run of before the option resumes); refused in one line
     when increasing, of another stage count, against an --init's own, or below --multi-label match's nouns."""
     from vpltool.config import to_params
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
 
     fam = text_family("pgseg")
     out = fam.model_config(pgseg_recipe("demo", groups=(16, 8)), None)

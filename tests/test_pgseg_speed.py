@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vpltool.config.pgseg import PGSegTrainConfig
-from vpltool.models.pgseg import IMAGE_MEAN, IMAGE_STD, build_model, image_tensor, resized_size, tiny_config
-from vpltool.models.pgseg.groupvit import Attention, AttnBlock
+from vpltool.models.text.pgseg import IMAGE_MEAN, IMAGE_STD, build_model, image_tensor, resized_size, tiny_config
+from vpltool.models.text.pgseg.groupvit import Attention, AttnBlock
 from vpltool.stages.train_text import TrainStep, make_optimizer, train_step
 
 

@@ -41,7 +41,7 @@ def test_a_schedule_one_step_off_is_seen(quick):
 def test_drop_path_draws_as_timm_0412():
     """``keep + rand`` floored, ``x / keep * mask`` (timm 0.4.12's ``drop_path``): masks from the same generator
     call as the references', so a seeded step drops the same samples."""
-    from vpltool.models.pgseg.groupvit import DropPath
+    from vpltool.models.text.pgseg.groupvit import DropPath
 
     x = torch.randn(64, 3, 5)
     layer = DropPath(0.3).train()

@@ -1,5 +1,5 @@
-"""Pillow's bicubic resize on a torch device (vpltool.models.preprocess): the same bytes as Pillow, so moving the
-resize from the loading workers to the device (where the CUDA path runs) changes no output."""
+"""Pillow's bicubic resize on a torch device (vpltool.models.backbones.preprocess): the same bytes as Pillow, so moving
+the resize from the loading workers to the device (where the CUDA path runs) changes no output."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from vpltool import io
 from vpltool.config import ExtractConfig, RuntimeConfig
 from vpltool.data import open_dataset
 from vpltool.models import load_backbone
-from vpltool.models.preprocess import Preprocess, bicubic_taps, resize_uint8
+from vpltool.models.backbones.preprocess import Preprocess, bicubic_taps, resize_uint8
 
 SIZES = [  # (H0, W0) -> (H, W): VOC's up-scaling to patch multiples, odd sizes, one side, one-pixel sides, none
     ((375, 500), (384, 512)), ((500, 333), (512, 336)), ((281, 500), (288, 512)), ((97, 131), (112, 144)),

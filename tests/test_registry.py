@@ -111,9 +111,9 @@ def test_cli_another_architecture_is_one_line_and_exit_2(world, features_dir, te
 def test_the_segmenting_families_are_named_once_in_the_registry():
     """PGSeg and GroupViT are the pgseg family's, any other method name the clip family's (a --dense method); the
     stages get the pgseg family's hooks through the registry."""
-    import vpltool.models.pgseg as pgseg
+    import vpltool.models.text.pgseg as pgseg
     from vpltool.models.registry import SEGMENTERS, family_module, segmenter_family
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
     from vpltool.stages import segment_text
     from vpltool.stages.cam import text as cam_text
 

@@ -1,5 +1,5 @@
-"""The ``sam`` model family (vpltool.models.sam): SAM's image encoder from the segment-anything package, loaded
-offline from a local file (a whole Sam checkpoint or the encoder's tensors), its last global attention as the
+"""The ``sam`` model family (vpltool.models.backbones.sam): SAM's image encoder from the segment-anything package,
+loaded offline from a local file (a whole Sam checkpoint or the encoder's tensors), its last global attention as the
 package's own block computes it, and a file of another architecture refused in one line before anything is built."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from vpltool.errors import VplError
 from vpltool.models import check_model, families, load_model
-from vpltool.models.sam import SAM_ARCHS, SamEncoder, SamSpec
+from vpltool.models.backbones.sam import SAM_ARCHS, SamEncoder, SamSpec
 
 TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 

@@ -1,4 +1,4 @@
-"""Trident's SAM prompt refinement (``--sam-refine``, vpltool.models.sam_refine) and the ``sam`` family's prompt
+"""Trident's SAM prompt refinement (``--sam-refine``, vpltool.models.dense.sam_refine) and the ``sam`` family's prompt
 encoder and mask decoder: loaded from a whole Sam file (an encoder-only file refused in one line), SamPredictor's
 ``predict_torch`` reproduced, the refinement's steps on tiny seeded inputs, and the segment stage end to end with a
 tiny random SAM. The bit-level parity with Trident's own ``sam_refinement`` is parity/ovss_parity.py's."""
@@ -16,8 +16,8 @@ from vpltool.config import SegmentConfig
 from vpltool.config.benchmarks import BENCHMARK_PRESETS
 from vpltool.errors import VplError
 from vpltool.models import check_model, load_model
-from vpltool.models.sam import SAM_ARCHS, SamSpec, _build, _build_prompt
-from vpltool.models.sam_refine import class_prompts, mask_prompt, preprocess_shape, refine, to_sam_frame
+from vpltool.models.backbones.sam import SAM_ARCHS, SamSpec, _build, _build_prompt
+from vpltool.models.dense.sam_refine import class_prompts, mask_prompt, preprocess_shape, refine, to_sam_frame
 
 TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 

@@ -1,4 +1,4 @@
-"""The ``talk2dino`` family (vpltool.models.talk2dino): its projection, head selection and loss against a direct
+"""The ``talk2dino`` family (vpltool.models.text.talk2dino): its projection, head selection and loss against a direct
 restatement, its cross-rank loss against the one-process one, its checkpoints (vpltool's and the reference's release
 layout), its zero-shot pieces; on tiny tensors (the whole model against the reference: parity/talk2dino_parity.py)."""
 
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from vpltool.errors import VplError
-from vpltool.models.talk2dino import (
+from vpltool.models.text.family import text_family
+from vpltool.models.text.talk2dino import (
     Projection,
     Talk2DINO,
     Talk2DINOConfig,
@@ -24,8 +25,7 @@ from vpltool.models.talk2dino import (
     slide_windows,
     talk2dino_loss,
 )
-from vpltool.models.talk2dino.zeroshot import clean_background
-from vpltool.models.text_family import text_family
+from vpltool.models.text.talk2dino.zeroshot import clean_background
 
 
 def _batch(b=4, heads=3, d=8, text=6, seed=0):
@@ -145,7 +145,7 @@ TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-din
 @pytest.fixture(scope="module")
 def toy_checkpoint(tmp_path_factory) -> Path:
     """A Talk2DINO over the toy DINO and the toy CLIP (its projection seeded), as a checkpoint file."""
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
 
     fam = text_family("talk2dino")
     cfg = fam.model_config(fam.TrainConfig.recipe_config("demo", dino_weights=str(TOY_DINO), crop_size=64))
@@ -188,7 +188,7 @@ def test_a_checkpoint_over_other_backbone_bytes_under_the_same_names_is_refused(
     import shutil
 
     from vpltool import io
-    from vpltool.models.loading import registered_folder
+    from vpltool.models.backbones.loading import registered_folder
 
     fam = text_family("talk2dino")
     dino, clip = tmp_path / "dino.safetensors", tmp_path / "clip"

@@ -15,7 +15,7 @@ from killed_runs import free_port, kill_at_checkpoint
 
 from vpltool import io
 from vpltool.config import RuntimeConfig
-from vpltool.models.text_family import text_family
+from vpltool.models.text.family import text_family
 from vpltool.stages.train_text import run_train_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, one_
         text_family("talk2dino").model_config(_cfg()), seed=_cfg().seed).state_dict()
     assert any(not torch.equal(fresh[k], _weights(whole)[k]) for k in fresh)  # it learnt something
     run = tmp_path / "killed"
-    body = ("import time; from vpltool.models.text_family import text_family; from vpltool.config import "
+    body = ("import time; from vpltool.models.text.family import text_family; from vpltool.config import "
             "RuntimeConfig; from vpltool.stages.train_text import run_train_text; "
             f"cfg = text_family('talk2dino').TrainConfig.recipe_config('demo', **{SMALL!r}); "
             f"run_train_text({str(world)!r}, {str(run)!r}, cfg, RuntimeConfig(device='cpu', workers=1), "
@@ -77,7 +77,7 @@ def test_torchrun_two_gloo_ranks_give_one_process_weights(world, tmp_path, one_t
     cfg = dict(SMALL, batch_size=2)
     script = tmp_path / "ddp.py"
     script.write_text("\n".join([
-        "from vpltool.models.text_family import text_family", "from vpltool.config import RuntimeConfig",
+        "from vpltool.models.text.family import text_family", "from vpltool.config import RuntimeConfig",
         "from vpltool.stages.train_text import run_train_text",
         f"cfg = text_family('talk2dino').TrainConfig.recipe_config('demo', **{cfg!r})",
         f"run_train_text({str(world)!r}, {str(tmp_path / 'ddp')!r}, cfg, RuntimeConfig(device='cpu', workers=1))"]))

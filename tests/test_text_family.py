@@ -1,4 +1,4 @@
-"""The text-supervised family interface: one typed Protocol (:class:`vpltool.models.text_family.TextSegFamily`),
+"""The text-supervised family interface: one typed Protocol (:class:`vpltool.models.text.family.TextSegFamily`),
 checked at registration, and a family that is only its module plus its registry row (``toytext``, tests/
 text_family_stand_in.py) segments through `segment --model toytext:FILE`, `cam` and ``vpltool.segmenter`` as PGSeg
 does, with its own defaults and records."""
@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from vpltool import io
 from vpltool.cli import app
-from vpltool.models.text_family import HOOKS, register_text_family, text_family
+from vpltool.models.text.family import HOOKS, register_text_family, text_family
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_pgseg_is_named_in_few_modules_outside_its_package():
     --pgseg alias and train-pgseg (the bar: at most 5 modules)."""
     out = subprocess.run(["grep", "-rl", '"pgseg"', "--include=*.py", "vpltool"], capture_output=True, text=True,
                          cwd=ROOT).stdout.split()
-    outside = sorted(p for p in out if not p.startswith("vpltool/models/pgseg/"))
+    outside = sorted(p for p in out if not p.startswith("vpltool/models/text/pgseg/"))
     assert len(outside) <= 5, outside
     assert not [p for p in outside if re.match(r"vpltool/(stages|api|io)/", p)], outside
 

@@ -76,7 +76,7 @@ def test_dino_pos_resize_antialias_is_dinov2_regs_and_timms_own():
     torch.manual_seed(0)
     reg = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=98, depth=1,
                             dynamic_img_size=True)
-    from vpltool.models.dino import DinoBackbone
+    from vpltool.models.backbones.dino import DinoBackbone
 
     bb = DinoBackbone(reg, torch.device("cpu"), DinoSpec("vit_small_patch14_reg4_dinov2", "none", "bicubic-antialias"))
     small = pixels[..., :84, :84]

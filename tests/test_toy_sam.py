@@ -16,7 +16,7 @@ from vpltool.demo.config import ToySamConfig  # noqa: E402
 from vpltool.demo.train_toy_sam import focal_dice, instances, noisy_boxes, round_kinds, train_toy_sam  # noqa: E402
 from vpltool.errors import VplError  # noqa: E402
 from vpltool.models import check_model, load_model  # noqa: E402
-from vpltool.models.sam import SamSpec  # noqa: E402
+from vpltool.models.backbones.sam import SamSpec  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-sam" / "model.safetensors"
 TINY = ToySamConfig(epochs=1, batch_size=3, warmup=1, point_rounds=1, mask_rounds=1)
@@ -129,7 +129,7 @@ def test_shipped_toy_sam_segments_train_objects_from_one_point_or_a_box(world):
 
     from vpltool.data import open_dataset
     from vpltool.io import load_image, read_mask
-    from vpltool.models.sam import sam_input
+    from vpltool.models.backbones.sam import sam_input
 
     sam = load_model("sam", SamSpec("toy", str(SHIPPED), prompt=True), "cpu")
     point_iou, box_iou, whole_iou, box_fill_iou = [], [], [], []

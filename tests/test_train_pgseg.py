@@ -357,7 +357,7 @@ def test_segment_pgseg_refuses_another_file_before_writing(world, tmp_path):
 def test_real_family_resume_is_bit_exact(world, tmp_path):
     """The family's tiny GroupViT (gumbel noise, drop path): stopped after iteration 2 (its checkpoint) and resumed
     gives the weights of the run that went through."""
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     cfg = _cfg(npr=False, epochs=1, checkpoint_every=2)
     whole = run_train_text(world, tmp_path / "whole", cfg).model
@@ -370,7 +370,7 @@ def test_real_family_resume_is_bit_exact(world, tmp_path):
 
 
 def test_init_at_another_crop_is_one_line(world, tmp_path):
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     init = pgseg.save_checkpoint(tmp_path / "init.safetensors", pgseg.build_model(pgseg.tiny_config(img_size=48)))
     with pytest.raises(VplError, match="trains at 48 px .* pass --crop-size 48"):
@@ -395,7 +395,7 @@ def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, tmp_path):
     under torchrun, 2 gloo ranks x batch 2: a run stopped after its iteration-2 checkpoint and resumed gives the
     weights of the run that went through. (Not compared with one process at batch 4: on the CPU the projectors'
     BatchNorm keeps per-rank statistics and each rank draws its own noise, so those weights differ by design.)"""
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     cfg = dict(SMALL, batch_size=2, epochs=1)
 

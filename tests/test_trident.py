@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from vpltool.config import SegmentConfig
 from vpltool.errors import VplError
 from vpltool.models import load_backbone, load_model
+from vpltool.models.backbones.sam import SamSpec
 from vpltool.models.dense import DENSE_PRESETS
 from vpltool.models.dense.trident import (
     SamAggregation,
@@ -25,7 +26,6 @@ from vpltool.models.dense.trident import (
     trident_features,
     trident_input,
 )
-from vpltool.models.sam import SamSpec
 
 TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 
@@ -173,8 +173,8 @@ def test_segment_runs_trident_end_to_end(world, tiny_spec, tmp_path):
 def test_trident_logits_follow_sams_grid(tiny_spec):
     """The logits come from SAM's grid: two photos that differ only where SAM looks differ in their logits, and a
     SAM of other weights changes them (the aggregation is used, not bypassed)."""
+    from vpltool.models.backbones.dino import DinoSpec
     from vpltool.models.dense.trident import trident_logits
-    from vpltool.models.dino import DinoSpec
     from vpltool.stages.segment import dense_mixing_of
 
     bb = load_backbone(tiny_spec, "cpu")

@@ -30,7 +30,7 @@ def test_the_checker_names_the_file_and_the_tensor():
                                  "img_encoder.layers.0.downsample.mlp_inter.fc2.weight",
                                  "img_projector.linear_out.weight"])
 def test_a_release_lacking_a_tensor_it_is_read_by_is_one_line(tmp_path, key):
-    from vpltool.models import pgseg
+    from vpltool.models.text import pgseg
 
     state = dict(pgseg.build_model(pgseg.tiny_config(), seed=3).state_dict())
     assert key in state
@@ -44,7 +44,7 @@ def test_a_release_lacking_a_tensor_it_is_read_by_is_one_line(tmp_path, key):
 
 def test_a_clip_folder_with_a_nan_weight_is_refused(tmp_path):
     from vpltool.models import ModelSpec
-    from vpltool.models.loading import create_model, registered_folder
+    from vpltool.models.backbones.loading import create_model, registered_folder
 
     folder = tmp_path / "clip"
     shutil.copytree(registered_folder("vpltool-toy"), folder)

@@ -1,5 +1,5 @@
 """A second text-supervised family for tests, ``toytext``: every hook of
-:class:`vpltool.models.text_family.TextSegFamily` over the tiny model of :mod:`pgseg_stand_in` (patch features, a
+:class:`vpltool.models.text.family.TextSegFamily` over the tiny model of :mod:`pgseg_stand_in` (patch features, a
 bag-of-words text tower, four soft groups). It proves that a family is its module plus its registry row: install
 the row with :func:`install_row` (what a new family writes in ``vpltool/models/registry.py``) and `segment
 --model toytext:FILE`, `cam`, ``vpltool.segmenter`` and the shared trainer take it with no other edit.

@@ -2,6 +2,6 @@
 
 from text_family_stand_in import ToyTextFamily
 
-from vpltool.models.text_family import register_text_family
+from vpltool.models.text.family import register_text_family
 
 FAMILY = register_text_family(ToyTextFamily())

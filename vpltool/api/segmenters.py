@@ -6,7 +6,7 @@ A training-free dense CLIP method (``naclip``, ``maskclip``, ... the names of ``
 call takes one photo or a list and class names and returns a :class:`Segmentation` or a list of them (numpy, or
 torch with ``return_tensors="pt"``), and :meth:`Segmenter.map` walks a folder or an iterable lazily, with a progress
 bar. The settings are `segment`'s (:class:`vpltool.config.SegmentConfig`, defined once there) and the work per image
-is the CLI's own function (:func:`vpltool.models.segmentor.scores_batch`,
+is the CLI's own function (:func:`vpltool.models.dense.segmentor.scores_batch`,
 :func:`vpltool.stages.segment_text.image_scores`), so a label map from here equals the mask `segment` writes for the
 same image and names.
 """
@@ -160,7 +160,7 @@ class DenseSegmenter(Segmenter):
 
     def queries(self, entries: list[str]):
         """The query rows of ``entries`` as `segment` makes them (templates, background words), cached."""
-        from ..models.segmentor import query_rows
+        from ..models.dense.segmentor import query_rows
 
         key = tuple(entries)
         if key not in self._queries:
@@ -180,9 +180,9 @@ class DenseSegmenter(Segmenter):
 
     def _run(self, rgbs: list, given: list, entries: list[str], tensors: bool) -> list[Segmentation]:
         """Photos of one input size (`segment`'s short side) in batches of :attr:`batch_size`, as `segment` runs
-        them (:func:`~vpltool.models.segmentor.scores_batch`; out of device memory, the batches halve)."""
-        from ..models.bands import check_photo_memory
-        from ..models.segmentor import dense_input, scores_batch, short_side_size
+        them (:func:`~vpltool.models.dense.segmentor.scores_batch`; out of device memory, the batches halve)."""
+        from ..models.dense.bands import check_photo_memory
+        from ..models.dense.segmentor import dense_input, scores_batch, short_side_size
         from ..runtime.batches import BatchRunner, plan_batches, resolve_batch_size
         from ..stages.segment import class_names
 

@@ -38,7 +38,7 @@ class DenseSettings:
     # upsampled logits, PAMR and the argmax run on fewer pixels) and its labels enlarged, nearest, to the photo
     # (0 = off: the photo's own size, the references' arithmetic)
     max_side: int = 0
-    # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.models.sam_refine), off by default as
+    # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.models.dense.sam_refine), off by default as
     # eval.py; thresholds of configs/base_config.py + cfg_voc21.py and trident.py's sam_mask_coff default
     sam_refine: bool = False
     coarse_threshold: float = 0.2  # coarse_thresh: a pixel below it prompts nothing; a class below it is not refined
@@ -255,7 +255,7 @@ class SegmentConfig:
     cluster_cut: float | None = None  # h_threshold: the Ward distance at which the queries' tree is cut
     stretch: bool | None = None  # the DINO graph's singular values stretched (all but voc20 and city_scapes)
     window_global: bool | None = None  # each window's own image embedding (city_scapes) instead of the input's
-    # Trident: SAM's image encoder (vpltool.models.sam) and its aggregation's knobs (None = its VOC21 values,
+    # Trident: SAM's image encoder (vpltool.models.backbones.sam) and its aggregation's knobs (None = its VOC21 values,
     # vpltool.models.dense.trident.SamAggregation)
     sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h | toy (the demo world's, vpltool/assets/toy-sam)
     sam_weights: str | None = None  # a local file (SAM's released checkpoint) | none (random, seeded: tests)

@@ -154,7 +154,7 @@ class ToySamConfig:
     rebuild the shipped weights (`make toy-sam`). SAM's recipe (Kirillov et al., ICCV 2023, appendix A) at toy size.
 
     Attributes:
-        model: the ``sam`` family's architecture (:data:`vpltool.models.sam.SAM_ARCHS`; ``--sam-model``).
+        model: the ``sam`` family's architecture (:data:`vpltool.models.backbones.sam.SAM_ARCHS`; ``--sam-model``).
         epochs: passes over the world's train images. batch_size: images per step (each with all its masks).
         lr: AdamW peak learning rate (SAM's 8e-4; linear warmup over ``warmup`` steps, then divided by 10 at 2/3
             and at 26/27 of the steps, SAM's 60k and 86.7k of 90k). weight_decay: SAM's 0.1, on matrices only.

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VplError
-from ..models import EXTRA_CONFIG, ClipBackbone, ModelSpec, mimetic
+from ..models import EXTRA_CONFIG, ClipBackbone, ModelSpec
+from ..models.backbones import mimetic
 from ..ops.kernels import MiouAccumulator, cams_to_labels, upsample
 from .scenes import (
     BACKGROUNDS,

@@ -46,7 +46,7 @@ WEIGHTS_FILE = "model.safetensors"
 def build_student(cfg: ToyDinoConfig) -> torch.nn.Module:
     """The timm ViT as `--dino-model` builds it (no classifier, any input size), randomly initialised, its query and
     key weights made equal when ``cfg.qk_init`` > 0 (:func:`mimetic_qk`)."""
-    from ..models.dino import import_timm
+    from ..models.backbones.dino import import_timm
 
     model = import_timm().create_model(cfg.model, num_classes=0, dynamic_img_size=True, pretrained=False)
     if cfg.qk_init > 0:

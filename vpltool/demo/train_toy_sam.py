@@ -2,8 +2,8 @@
 
 Trident's SAM (`segment --dense trident`, and its `--sam-refine`) for the demo world: segment-anything's own
 ``ImageEncoderViT``, ``PromptEncoder`` and ``MaskDecoder`` at the ``sam`` family's ``toy`` size
-(:data:`vpltool.models.sam.SAM_ARCHS`), trained from scratch on a CPU and saved as one safetensors file with a whole
-Sam checkpoint's tensor names, so that the existing path loads it unchanged: ``--sam-model toy --sam-weights
+(:data:`vpltool.models.backbones.sam.SAM_ARCHS`), trained from scratch on a CPU and saved as one safetensors file with a
+whole Sam checkpoint's tensor names, so that the existing path loads it unchanged: ``--sam-model toy --sam-weights
 vpltool/assets/toy-sam/model.safetensors``.
 
 The data: every object instance of the world's train scenes (a connected component of one class in the exact
@@ -59,10 +59,10 @@ FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0  # sigmoid focal loss as SAM's (DETR's / Re
 # ---------------------------------------------------------------------------------------------- model
 class ToySam(torch.nn.Module):
     """segment-anything's three modules under a whole Sam checkpoint's names (``image_encoder.``,
-    ``prompt_encoder.``, ``mask_decoder.``), built exactly as :mod:`vpltool.models.sam` builds them."""
+    ``prompt_encoder.``, ``mask_decoder.``), built exactly as :mod:`vpltool.models.backbones.sam` builds them."""
 
     def __init__(self, model: str):
-        from ..models.sam import SAM_ARCHS, _build, _build_prompt, import_sam
+        from ..models.backbones.sam import SAM_ARCHS, _build, _build_prompt, import_sam
 
         import_sam()
         if model not in SAM_ARCHS:
@@ -79,8 +79,8 @@ class WorldMasks:
     """The train split as SAM sees it.
 
     Attributes:
-        pixels: ``[N, 3, S, S]`` float32, each image as :meth:`vpltool.models.sam.SamEncoder.prepare` makes it.
-        masks: per image ``[K, H, W]`` bool, its instances (K may be 0). valid: ``[N, H, W]`` bool, not the
+        pixels: ``[N, 3, S, S]`` float32, each image as :meth:`vpltool.models.backbones.sam.SamEncoder.prepare` makes
+        it. masks: per image ``[K, H, W]`` bool, its instances (K may be 0). valid: ``[N, H, W]`` bool, not the
             ignore band. scale: SAM's input pixels per image pixel (``S / max(H, W)``). size: the images' ``(H,
             W)``; input_size: theirs in SAM's input, before its padding.
     """
@@ -115,7 +115,7 @@ def world_masks(data_dir: str | Path, model: str, min_area: int) -> WorldMasks:
     labels, the captions and the val split unread)."""
     from ..data import open_dataset
     from ..io import load_image, read_mask
-    from ..models.sam import SAM_ARCHS, sam_input
+    from ..models.backbones.sam import SAM_ARCHS, sam_input
 
     items = [it for it in open_dataset(Path(data_dir), "train").items if it.gt is not None]
     if not items:

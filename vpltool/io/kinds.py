@@ -195,8 +195,8 @@ def write_prototypes(path: str | os.PathLike, p: Prototypes, **extra: Any) -> Pa
 
 def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two recorded CLIP identities name the same weights: architecture, pretrained tag or file, and the
-    digest of local bytes (``"weights"``, :mod:`vpltool.models.local_weights`) where both record one (a record of
-    an older vpltool has none: compared by name, as it was made)."""
+    digest of local bytes (``"weights"``, :mod:`vpltool.models.backbones.local_weights`) where both record one (a record
+    of an older vpltool has none: compared by name, as it was made)."""
     digests = a.get("weights"), b.get("weights")
     return ((a.get("model"), a.get("pretrained", "none")) == (b.get("model"), b.get("pretrained", "none"))
             and (None in digests or digests[0] == digests[1]))

@@ -118,7 +118,7 @@ def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: 
 
 def _as_recorded(old: Any, new: Any) -> Any:
     """``new`` as ``old`` could record it: a model identity of an older vpltool has no ``"weights"`` digest
-    (:mod:`vpltool.models.local_weights`) and is compared by name, as it was made."""
+    (:mod:`vpltool.models.backbones.local_weights`) and is compared by name, as it was made."""
     if isinstance(old, dict) and isinstance(new, dict) and "weights" in new and "weights" not in old \
             and "model" in new:
         return {k: v for k, v in new.items() if k != "weights"}

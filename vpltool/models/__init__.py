@@ -1,7 +1,7 @@
-"""The frozen CLIP backbone with the CLIP-ES surgery: loading (:mod:`.loading`), the model (:mod:`.model`), its
-GradCAM (:mod:`.gradcam`), the training-free dense methods of its last block (:mod:`.dense`: MaskCLIP, SCLIP,
-ClearCLIP, NACLIP) and the DINO ViT of SSR's affinity (:mod:`.dino`). Model families (``clip``: :mod:`.clip`,
-``dino``: :mod:`.dino`) are named through the one registry, :mod:`.registry`. The names below load on first use.
+"""The model families behind one registry (:mod:`.registry`), in three folders by kind: :mod:`.backbones` (the frozen
+encoders: the CLIP with the CLIP-ES surgery, its loading, model, GradCAM and text tower; the DINO of SSR's affinity
+and the proxies; SAM), :mod:`.dense` (the training-free ``--dense`` methods and the segmentor they share) and
+:mod:`.text` (the text-supervised families: PGSeg / GroupViT, Talk2DINO). The names below load on first use.
 
 The only package that creates open_clip models; stages share its forward (:meth:`ClipBackbone.encode`), its
 GradCAM (:meth:`ClipBackbone.gradcam`) and its text tower (:meth:`ClipBackbone.encode_text`).
@@ -18,13 +18,13 @@ from typing import Any
 # CLI's family names, :func:`.registry.model_family`) stays torch-free, and a stage pays for torch, open_clip and timm
 # only when it names what needs them
 _LAZY = {
-    "load_backbone": "clip",
+    "load_backbone": "backbones.clip",
     **dict.fromkeys(("DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing"), "dense"),
-    **dict.fromkeys(("DinoBackbone", "DinoSpec", "check_dino", "load_dino"), "dino"),
-    **dict.fromkeys(("GRADCAM_LAYERS", "BatchGradCam", "GradCam", "SoftmaxRows"), "gradcam"),
+    **dict.fromkeys(("DinoBackbone", "DinoSpec", "check_dino", "load_dino"), "backbones.dino"),
+    **dict.fromkeys(("GRADCAM_LAYERS", "BatchGradCam", "GradCam", "SoftmaxRows"), "backbones.gradcam"),
     **dict.fromkeys(("EXTRA_CONFIG", "ModelSpec", "create_model", "load_extra_config", "register_model",
-                     "register_tokenizer"), "loading"),
-    **dict.fromkeys(("ClipBackbone", "Encoded"), "model"),
+                     "register_tokenizer"), "backbones.loading"),
+    **dict.fromkeys(("ClipBackbone", "Encoded"), "backbones.model"),
     **dict.fromkeys(("check_model", "families", "load_model", "register_family"), "registry"),
 }
 

@@ -11,13 +11,13 @@ family     what it is                                             used by
 ========== ====================================================== ==============================================
 clip       open_clip ViTs, local files and folders, the toy CLIP  every CLIP stage; ``--dense`` is a parameter
 dino       a timm ViT (DINO, DINOv2, the toy DINO)                SSR's ``--affinity dino``; proxy attention
-pgseg      PGSeg / GroupViT (vpltool.models.pgseg)              ``train-text``, ``--model pgseg:FILE``
+pgseg      PGSeg / GroupViT (vpltool.models.text.pgseg)              ``train-text``, ``--model pgseg:FILE``
 sam        SAM's image encoder (segment-anything), a local file   ``--dense trident``'s affinity
 ========== ====================================================== ==============================================
 
 The text-supervised families (:data:`TEXT_FAMILIES`, one row each) have one more interface,
-:class:`vpltool.models.text_family.TextSegFamily`, which the stages ask for through
-:func:`vpltool.models.text_family.text_family`.
+:class:`vpltool.models.text.family.TextSegFamily`, which the stages ask for through
+:func:`vpltool.models.text.family.text_family`.
 
 The families that later modules add register themselves when :func:`load_model` first names them (the module is
 imported by name from :data:`_MODULES`), so importing the registry costs nothing.
@@ -58,7 +58,7 @@ class TextFamilyRow:
     """A text-supervised family's row (torch-free: what the CLI reads before torch loads).
 
     Args:
-        module: the module that registers the family (:func:`vpltool.models.text_family.register_text_family`),
+        module: the module that registers the family (:func:`vpltool.models.text.family.register_text_family`),
             imported the first time the family is named.
         config: ``"module:Class"``, its configuration class (a torch-free
             :class:`~vpltool.config.text.TextTrainConfig` subclass: training fields, recipes, zero-shot
@@ -77,16 +77,16 @@ class TextFamilyRow:
 
 # the text-supervised families, one row each: a new family is its package and its row here
 TEXT_FAMILIES: dict[str, TextFamilyRow] = {
-    "pgseg": TextFamilyRow("vpltool.models.pgseg", "vpltool.config.pgseg:PGSegTrainConfig", ("pgseg", "groupvit"),
+    "pgseg": TextFamilyRow("vpltool.models.text.pgseg", "vpltool.config.pgseg:PGSegTrainConfig", ("pgseg", "groupvit"),
                            "PGSeg / GroupViT", "a train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth"),
-    "talk2dino": TextFamilyRow("vpltool.models.talk2dino.family",
-                               "vpltool.models.talk2dino.config:Talk2DINOTrainConfig", ("talk2dino",), "Talk2DINO",
+    "talk2dino": TextFamilyRow("vpltool.models.text.talk2dino.family",
+                               "vpltool.models.text.talk2dino.config:Talk2DINOTrainConfig", ("talk2dino",), "Talk2DINO",
                                "a talk2dino.safetensors of train-text --family talk2dino or a Talk2DINO release .pth"),
 }
 
 _FAMILIES: dict[str, Family] = {}
 # the module that registers each family, imported the first time the family is named
-_MODULES = {"clip": "vpltool.models.clip", "dino": "vpltool.models.dino", "sam": "vpltool.models.sam",
+_MODULES = {**{name: f"vpltool.models.backbones.{name}" for name in ("clip", "dino", "sam")},
             **{name: row.module for name, row in TEXT_FAMILIES.items()}}
 
 

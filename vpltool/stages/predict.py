@@ -281,10 +281,10 @@ def run_predict(
 def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime: RuntimeConfig, device, dtype,
                    shard, on_item, on_start, backbone) -> io.StageSummary:
     """``--classes`` with ``--dense METHOD``: the names scored by the decoder's frozen CLIP with that training-free
-    dense last block (:mod:`vpltool.models.segmentor`, the method's settings), the decoder's own text templates
+    dense last block (:mod:`vpltool.models.dense.segmentor`, the method's settings), the decoder's own text templates
     and background words as queries; the decoder itself is not run (names it never trained on)."""
     from ..models.dense.method import resolve_method
-    from ..models.segmentor import dense_mask_stage, settings_params
+    from ..models.dense.segmentor import dense_mask_stage, settings_params
 
     f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())
     prompts = recorded_prompts(f)

@@ -2,7 +2,7 @@
 mixes its tokens as a training-free dense method does (MaskCLIP, SCLIP, ClearCLIP, NACLIP, SC-CLIP, and ProxyCLIP
 with a DINO proxy model: :mod:`vpltool.models.dense`), scored against text queries for any class names.
 
-Per image (each method's public segmentor, :mod:`vpltool.models.segmentor`):
+Per image (each method's public segmentor, :mod:`vpltool.models.dense.segmentor`):
 
 1. resized to the method's short side (mmseg's keep-ratio resize; the pixels by CLIP's Pillow bicubic, as every
    vpltool stage), CLIP-normalised;
@@ -31,9 +31,9 @@ from ..device import resolve_device, resolve_precision
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
 from ..models import ClipBackbone, ModelSpec
+from ..models.backbones.prompts import resolve_background, resolve_templates
 from ..models.dense.method import proxy_spec, sam_spec  # noqa: F401 (importable from here too)
-from ..models.prompts import resolve_background, resolve_templates
-from ..models.segmentor import (  # the segmentor's pure functions, importable from here too
+from ..models.dense.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
     dense_logits,
     dense_mask_stage,

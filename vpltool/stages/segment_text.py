@@ -1,7 +1,7 @@
 """`vpltool segment --model NAME:FILE`: zero-shot segmentation by class names with the checkpoint of a
 text-supervised family (PGSeg / GroupViT: `train-pgseg`'s ``pgseg.safetensors`` or a release ``.pth``; any family
 of :data:`vpltool.models.registry.TEXT_FAMILIES`), as the family's reference evaluates it. The family is named,
-never assumed: its hooks (:class:`vpltool.models.text_family.TextSegFamily`) do the work and its configuration's
+never assumed: its hooks (:class:`vpltool.models.text.family.TextSegFamily`) do the work and its configuration's
 ``ZERO_SHOT`` gives the defaults.
 
 1. the image file read as the family's reference reads it (``image_tensor``: PGSeg's is mmseg's keep-ratio uint8
@@ -33,7 +33,7 @@ from ..data import Dataset
 from ..device import resolve_device
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
-from ..models.bands import WHOLE_BUDGET, logit_bands
+from ..models.dense.bands import WHOLE_BUDGET, logit_bands
 from ..models.registry import text_config
 from ..runtime.batches import run_image_batches
 
@@ -46,8 +46,8 @@ def zero_shot_settings(family: str) -> ZeroShotSettings:
 
 
 def text_family_of(family: str):
-    """The :class:`~vpltool.models.text_family.TextSegFamily` of ``family``, through the registry."""
-    from ..models.text_family import text_family
+    """The :class:`~vpltool.models.text.family.TextSegFamily` of ``family``, through the registry."""
+    from ..models.text.family import text_family
 
     return text_family(family)
 
@@ -55,7 +55,7 @@ def text_family_of(family: str):
 def text_names(entries: Sequence[str], background: str) -> tuple[list[str], list[str]]:
     """``--classes`` entries -> (class names: each entry's first name, ``_`` read as a space; background words of
     ``--background``), checked before any model loads."""
-    from ..models.prompts import resolve_background
+    from ..models.backbones.prompts import resolve_background
 
     names = [n.split("|")[0].strip().replace("_", " ") for n in entries]
     presets.check_class_names(names, "--classes")
@@ -65,7 +65,7 @@ def text_names(entries: Sequence[str], background: str) -> tuple[list[str], list
 def text_queries(fam, model, names: Sequence[str], bg_words: Sequence[str], device) -> torch.Tensor:
     """``[N + W, D]`` float32: the class then background-word text embeddings of the checkpoint (the family's
     template, its configuration's ``ZERO_SHOT.templates``)."""
-    from ..models.text_family import class_embeddings
+    from ..models.text.family import class_embeddings
 
     templates = fam.TEMPLATES[fam.TrainConfig.ZERO_SHOT.templates]
     return class_embeddings(fam, model, [*names, *bg_words], templates, device)
@@ -184,8 +184,8 @@ def image_scores(fam, model, image, text: torch.Tensor, n_names: int, bg_thresh:
 def image_labels(fam, model, image, text: torch.Tensor, n_names: int, bg_thresh: float, short_side: int,
                  slide: tuple[int, int], device) -> torch.Tensor:
     """:func:`image_scores`' ``[H0, W0]`` int64 labels alone, the per-image work of `segment --model NAME:FILE`.
-    A photo whose upsampled logits (every query's, float32) pass :data:`vpltool.models.bands.WHOLE_BUDGET` is
-    upsampled and reduced in column bands (:func:`vpltool.models.bands.logit_bands` without PAMR, the whole
+    A photo whose upsampled logits (every query's, float32) pass :data:`vpltool.models.dense.bands.WHOLE_BUDGET` is
+    upsampled and reduced in column bands (:func:`vpltool.models.dense.bands.logit_bands` without PAMR, the whole
     resize's values bit for bit), so that memory does not grow with the photo's pixels beyond its labels."""
     h0, w0 = image.shape[:2]
     logits = _model_logits(fam, model, image, text, bg_thresh, short_side, slide, device)[0]  # [Q, h, w]

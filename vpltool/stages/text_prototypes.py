@@ -18,7 +18,7 @@ from ..config import TextPrototypesConfig, to_params
 from ..data import recorded_folders
 from ..device import resolve_device
 from ..models import ClipBackbone, ModelSpec, load_model
-from ..models.prompts import (  # the prompt rules, shared with `segment` and `cam --dense` on the core
+from ..models.backbones.prompts import (  # the prompt rules, shared with `segment` and `cam --dense` on the core
     BACKGROUND_FILE,
     TEMPLATE_FILE,
     check_class_names,

@@ -17,7 +17,7 @@ new method is a module here plus a spec row (docs/architecture.md).
 Stable API (used by ``parity/dense_parity.py``): :data:`DENSE_METHODS`, :data:`DENSE_PRESETS`, :func:`dense_mixing`,
 ``load_backbone(spec, device, dense="naclip")`` or ``bb.with_dense("naclip")``, ``bb.dense_features(pixels)``
 (``[B, 3, H, W]`` CLIP-normalised pixels, sides multiples of the patch -> ``[B, h*w, D]`` joint-space patch
-features, not normalised), the segmentor (:mod:`vpltool.models.segmentor`), and each method's own names from its
+features, not normalised), the segmentor (:mod:`vpltool.models.dense.segmentor`), and each method's own names from its
 module (``from vpltool.models.dense.sc_clip import SelfCalibration``).
 """
 

@@ -319,8 +319,8 @@ def features(bb, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
 
 
 def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
-    """The segmentor hook (:func:`vpltool.models.segmentor.grid_logits`): ``[B, 3, H, W]`` windows -> ``[B, hw, Q]``
-    object-presence logits (:func:`object_presence_logits`), with ``image`` ``[B, D]`` the whole input's embedding
+    """The segmentor hook (:func:`vpltool.models.dense.segmentor.grid_logits`): ``[B, 3, H, W]`` windows -> ``[B, hw,
+    Q]`` object-presence logits (:func:`object_presence_logits`), with ``image`` ``[B, D]`` the whole input's embedding
     of each window, or (None, or :attr:`TextShift.window_global`) each window's own."""
     p = bb.patch_size
     h, w = pixels.shape[-2] // p, pixels.shape[-1] // p

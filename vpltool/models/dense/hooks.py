@@ -20,9 +20,9 @@ method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's si
 2. :meth:`~DenseHooks.extra_inputs` in a loading worker, per image: the item (its id, its path) and its decoded
    photo -> a dict of per-image inputs by key (SAM's input, region masks, ...), collated beside the pixels;
 3. :meth:`~DenseHooks.dense_logits` on the device, per batch: the whole segmentor, by default mmseg's slide
-   inference (:func:`vpltool.models.segmentor.dense_logits`), which calls per window :meth:`~DenseHooks.grid_logits`
-   (by default the cosine of :meth:`~DenseHooks.features` with the text, on :meth:`~DenseHooks.feature_grid`) and
-   once per input :meth:`~DenseHooks.input_embedding`;
+   inference (:func:`vpltool.models.dense.segmentor.dense_logits`), which calls per window
+   :meth:`~DenseHooks.grid_logits` (by default the cosine of :meth:`~DenseHooks.features` with the text, on
+   :meth:`~DenseHooks.feature_grid`) and once per input :meth:`~DenseHooks.input_embedding`;
 4. PAMR, the softmax over the queries, the threshold and the argmax (shared), then
    :meth:`~DenseHooks.postprocess` per image, with the image's extras (what step 3 left in them too).
 
@@ -122,8 +122,8 @@ class DenseHooks:
 
         ``settings``: the run's :class:`~vpltool.config.DenseSettings`; ``extras[i]``: image i's
         :meth:`extra_inputs`, a dict this hook may add to (what :meth:`postprocess` needs from the same pass).
-        Default: mmseg's slide inference (:func:`vpltool.models.segmentor.dense_logits`)."""
-        from ..segmentor import dense_logits
+        Default: mmseg's slide inference (:func:`vpltool.models.dense.segmentor.dense_logits`)."""
+        from .segmentor import dense_logits
 
         return dense_logits(bb, pixels, text, sizes, settings.slide_crop, settings.slide_stride,
                             pad=settings.crop_mode == "pad", whole=settings.whole, pad_multiple=settings.pad_multiple)

@@ -27,8 +27,8 @@ class DenseMethod:
             and the method's knobs applied (its ``with_knobs`` hook).
         changed: ``mixing`` differs from the preset (the stage records it then).
         hooks: its :class:`~.hooks.DenseHooks`, made with ``cfg``.
-        proxy, sam: the proxy DINO's :class:`~vpltool.models.dino.DinoSpec` and SAM's
-            :class:`~vpltool.models.sam.SamSpec`, checked; None when the method takes none.
+        proxy, sam: the proxy DINO's :class:`~vpltool.models.backbones.dino.DinoSpec` and SAM's
+            :class:`~vpltool.models.backbones.sam.SamSpec`, checked; None when the method takes none.
     """
 
     name: str
@@ -86,7 +86,7 @@ def method_mixing(cfg: SegmentConfig, hooks: DenseHooks) -> tuple[DenseMixing, b
 def proxy_spec(cfg: SegmentConfig):
     """The proxy vision model of a method that takes one (its spec row's ``proxy_model``), its weights checked now
     (one line for a missing file or another architecture, before any model loads); None for the others."""
-    from ..dino import DinoSpec
+    from ..backbones.dino import DinoSpec
     from ..registry import check_model
 
     if not DENSE_SPECS[cfg.dense].proxy_model:
@@ -103,8 +103,8 @@ def proxy_spec(cfg: SegmentConfig):
 def sam_spec(cfg: SegmentConfig):
     """SAM's image encoder of a method that takes one (its spec row's ``sam``), its weights checked now (one line
     for none given, a missing file or another architecture, before any model loads); None for the others."""
+    from ..backbones.sam import SamSpec
     from ..registry import check_model
-    from ..sam import SamSpec
 
     if not DENSE_SPECS[cfg.dense].sam:
         return None

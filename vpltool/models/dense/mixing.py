@@ -39,7 +39,7 @@ Stable API (used by ``parity/dense_parity.py``):
 * ``load_backbone(spec, device, dense="naclip")`` or ``bb.with_dense("naclip")``;
 * ``bb.dense_features(pixels)``: ``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size)
   -> ``[B, h*w, D]`` joint-space patch features, not normalised;
-* the segmentor (:mod:`vpltool.models.segmentor`, also importable from :mod:`vpltool.stages.segment`):
+* the segmentor (:mod:`vpltool.models.dense.segmentor`, also importable from :mod:`vpltool.stages.segment`):
   ``segment_logits(bb, pixels, text, settings, sizes)`` (slide inference + PAMR with a method's
   :class:`~vpltool.config.DenseSettings`; ``SegmentConfig(dense=M).resolved()`` gives the method's own) or
   ``dense_logits(bb, pixels, text, sizes, crop, stride, pad, whole)`` -> per image ``[Q, H0, W0]`` cosine logits at

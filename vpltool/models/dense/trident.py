@@ -4,9 +4,10 @@ mixed on SAM's grid by SAM's last attention, and an optional SAM prompt refineme
 Its parts: :class:`SamAggregation` (its config), :func:`splice_windows`, :func:`sam_affinity` and
 :func:`sam_aggregate` (its kernels), :func:`trident_features`, :func:`trident_logits` (its segmentor:
 ``get_trident_seg``), :func:`with_knobs` (``--cos-fac``, ``--refine-neg-cos``, ``--sam-halves``) and
-:func:`refined_labels` (``--sam-refine``, through :mod:`vpltool.models.sam_refine`), which its hooks (:class:`Hooks`)
-call. The backbone needs a proxy DINO and SAM's image encoder (``with_dense("trident", proxy=..., sam=...)``). Its
-segmentor settings, proxy model and knob names are the spec table's (:data:`vpltool.config.dense.DENSE_SPECS`).
+:func:`refined_labels` (``--sam-refine``, through :mod:`vpltool.models.dense.sam_refine`), which its hooks
+(:class:`Hooks`) call. The backbone needs a proxy DINO and SAM's image encoder (``with_dense("trident", proxy=...,
+sam=...)``). Its segmentor settings, proxy model and knob names are the spec table's
+(:data:`vpltool.config.dense.DENSE_SPECS`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ContractError, VplError
-from ..segmentor import slide_windows
 from .hooks import DenseHooks
 from .mixing import DenseMixing
 from .proxyclip import ProxyAttention, feature_grid, features, proxy_tokens
+from .segmentor import slide_windows
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence
     photo, uint8 ``[h, w, 3]``), its attention and values cut to the patches the image covers; the cosine with each
     text row on that grid is resized bilinearly to the photo. ``sam_features`` (a list: ``--sam-refine``) receives
     per image SAM's encoding of the image it saw and that image's ``(h, w)``
-    (:func:`~vpltool.models.sam_refine.refine`'s ``features`` and ``sam_size``): of the same pass, or with the
+    (:func:`~vpltool.models.dense.sam_refine.refine`'s ``features`` and ``sam_size``): of the same pass, or with the
     halves of the whole image, a pass of its own (as Trident's ``set_image(tmp_img)`` there).
     """
     sam, p = bb.sam, bb.patch_size
@@ -258,9 +259,9 @@ def trident_logits(bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence
 
 def refined_labels(sam, probs: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
                    sam_size: tuple[int, int], settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """``--sam-refine`` on one image (:func:`~vpltool.models.sam_refine.refine` with ``settings``'s thresholds), in
-    float32: ``[C, H0, W0]`` probabilities and ``[H0, W0]`` labels -> refined scores, labels."""
-    from ..sam_refine import refine
+    """``--sam-refine`` on one image (:func:`~vpltool.models.dense.sam_refine.refine` with ``settings``'s thresholds),
+    in float32: ``[C, H0, W0]`` probabilities and ``[H0, W0]`` labels -> refined scores, labels."""
+    from .sam_refine import refine
 
     with torch.no_grad(), torch.autocast(probs.device.type, enabled=False):
         return refine(probs.float(), labels, sam, features.float(), tuple(sam_size), settings.coarse_threshold,

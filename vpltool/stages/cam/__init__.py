@@ -22,7 +22,7 @@ Options from SSR (Semantic and Spatial Rectification, AAAI 2026; no code publish
   group (:func:`group_mask`), and ``refined_k = minmax((T * M * B_k[None, :]) @ cam_k)``: activation does not
   propagate across groups.
 * ``--affinity dino|clip+dino``: ``T`` is built from a timm ViT's attention on the same patch grid
-  (:mod:`vpltool.models.dino`), or from ``w * Att_clip + (1 - w) * Att_dino``.
+  (:mod:`vpltool.models.backbones.dino`), or from ``w * Att_clip + (1 - w) * Att_dino``.
 
 The files, in the order a reader meets the method:
 

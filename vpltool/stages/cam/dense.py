@@ -2,8 +2,8 @@
 in the CAM file format, so `crf`, `learn-prototypes`, `train-decoder` and the report take them unchanged.
 
 Per image with labels K (the dataset's, as `cam`), through the method's segmentor
-(:func:`vpltool.models.segmentor.segment_logits`: its resize, slide windows and PAMR; a large photo's in column
-bands, :mod:`vpltool.models.bands`): the cosine logits of every row of the prototypes file; then
+(:func:`vpltool.models.dense.segmentor.segment_logits`: its resize, slide windows and PAMR; a large photo's in column
+bands, :mod:`vpltool.models.dense.bands`): the cosine logits of every row of the prototypes file; then
 ``softmax(logit_scale * cos)`` over the image's K class rows and every background row; the K class probabilities are
 the maps, in [0, 1], stored at image size (no gradient, no CAA: the dense methods' own maps). The logit scale and
 windows are the method's (:data:`vpltool.config.DENSE_SEGMENTORS`) unless given; the probability threshold is not
@@ -23,8 +23,8 @@ from ...data import Dataset, open_source, recorded_folders
 from ...device import autocast, resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec
-from ...models.bands import check_photo_memory
-from ...models.segmentor import batch_extras, dense_input, photo_logits, settings_params, short_side_size
+from ...models.dense.bands import check_photo_memory
+from ...models.dense.segmentor import batch_extras, dense_input, photo_logits, settings_params, short_side_size
 from ...runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "cam"

@@ -18,7 +18,7 @@ import torch
 from ... import io
 from ...config import CamConfig
 from ...models import ClipBackbone
-from ...models.gradcam import PrototypeRows
+from ...models.backbones.gradcam import PrototypeRows
 
 
 @dataclass

@@ -51,7 +51,7 @@ class CamResult:
 def cams_for_image(bb: ClipBackbone, tokens: ImageTokens, protos: io.Prototypes, cfg: CamConfig,
                    temperature: float, image: np.ndarray | None = None, precision: str = "fp32") -> CamResult:
     """Steps 1-3 of :mod:`vpltool.stages.cam` for one image (the maps on the host, as stored); ``precision``: GradCAM's
-    block (:func:`vpltool.models.gradcam.gradcam_batch`; fp32 under ``--parity clip-es``)."""
+    block (:func:`vpltool.models.backbones.gradcam.gradcam_batch`; fp32 under ``--parity clip-es``)."""
     labels = tokens.labels
     cam = gradcam_image(bb, tokens, protos, cfg, temperature, precision)
     maps, refined = cam.maps, None
@@ -84,7 +84,7 @@ def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n
     Args:
         tokens: ``[B, 1 + hw, width]`` entering the last block. prev: ``[B, hw, hw]`` mean attention of the
             ``n_prev`` blocks before it. labels: each image's K_b classes. rows: the prototypes on the device.
-        precision: GradCAM's block (:func:`vpltool.models.gradcam.gradcam_batch`).
+        precision: GradCAM's block (:func:`vpltool.models.backbones.gradcam.gradcam_batch`).
     """
     cam = gradcam_batch(bb, tokens, grid, labels, rows, cfg, temperature, precision)
     if cfg.refine == "none" or not len(cam.maps):

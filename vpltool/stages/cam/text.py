@@ -3,7 +3,7 @@ family's checkpoint instead of GradCAM, in the CAM file format, so that `crf`, `
 `train-decoder` and the report take them unchanged (as `cam --dense`).
 
 Per image with labels K (the dataset's, as `cam`), the family's ``zero_shot_logits`` without the background channel
-(:class:`vpltool.models.text_family.TextSegFamily`; the arithmetic `segment --model NAME:FILE` runs): the image
+(:class:`vpltool.models.text.family.TextSegFamily`; the arithmetic `segment --model NAME:FILE` runs): the image
 read as `segment` reads it (the family's ``image_tensor``), the dataset's foreground class names embedded in the
 family's template through the model's own text tower, in sliding windows averaged where they overlap. The K
 labelled classes' channels, resized bilinearly to the image, are the maps. No background threshold (the CRF and
@@ -33,8 +33,8 @@ STAGE = "cam"
 
 
 def _family(family: str):
-    """The :class:`~vpltool.models.text_family.TextSegFamily` of ``family``, through the registry."""
-    from ...models.text_family import text_family
+    """The :class:`~vpltool.models.text.family.TextSegFamily` of ``family``, through the registry."""
+    from ...models.text.family import text_family
 
     return text_family(family)
 
@@ -86,7 +86,7 @@ def run_text_cam(
     device = resolve_device(runtime.device)
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
-        from ...models.text_family import class_embeddings
+        from ...models.text.family import class_embeddings
 
         model = fam.load_model(checkpoint, device)
         text = class_embeddings(fam, model, names, templates, device)

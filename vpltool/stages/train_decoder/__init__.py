@@ -53,7 +53,7 @@ from ...decoder import (
 from ...device import resolve_precision, seed_everything
 from ...errors import VplError
 from ...models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
-from ...models.gradcam import PrototypeRows
+from ...models.backbones.gradcam import PrototypeRows
 from ...runtime.ranks import process_group
 from .board import Board, draw_curve, memory_gib
 from .data import (

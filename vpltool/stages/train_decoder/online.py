@@ -39,7 +39,7 @@ from ... import io
 from ...config import IGNORE_INDEX, DecoderConfig
 from ...decoder.losses import balanced_ce_loss, ce_loss, upsample_logits
 from ...device import autocast
-from ...models.gradcam import PrototypeRows
+from ...models.backbones.gradcam import PrototypeRows
 from ...ops.affinity import affinity, box_masks
 from ...ops.kernels import minmax
 from ...runtime.batches import die_with_parent

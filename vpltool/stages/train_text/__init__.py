@@ -10,7 +10,7 @@ idx)``: the rate of step ``i`` is the schedule's value at ``i - 1`` (its warm-up
 ``CosineLRScheduler`` (``t_in_epochs=False``) gives it.
 
 * The model comes from the config's family (``cfg.family``, through :func:`_family`: the registry's
-  :class:`~vpltool.models.text_family.TextSegFamily`): its model config (``model_config``), tokenizer,
+  :class:`~vpltool.models.text.family.TextSegFamily`): its model config (``model_config``), tokenizer,
   ``build_model``, ``forward_train(model, images, tokens, gather, keys)`` and checkpoint files; the config's
   class names the files (``FINAL``, ``CHECKPOINT_KIND``) and the stage its folders record (``STAGE``: PGSeg's
   ``train-pgseg``, so that every run of then resumes).
@@ -90,7 +90,7 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
 def _family(name: str):
     """Text-supervised family ``name`` (the config's ``family``: what the trainer builds, trains and saves), through
     the registry (tests put a small stand-in here)."""
-    from ...models.text_family import text_family
+    from ...models.text.family import text_family
 
     return text_family(name)
 

@@ -111,7 +111,7 @@ class SamRegions:
         from segment_anything import SamAutomaticMaskGenerator
         from segment_anything.modeling import Sam
 
-        from ...sam import PIXEL_MEAN, PIXEL_STD
+        from ...backbones.sam import PIXEL_MEAN, PIXEL_STD
 
         model = Sam(sam.model, sam.prompt_encoder, sam.mask_decoder, list(PIXEL_MEAN), list(PIXEL_STD))
         self.generator = SamAutomaticMaskGenerator(model.eval().to(sam.device), **SAM_SETTINGS)
@@ -169,8 +169,8 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
             raise VplError(f"--region-masks {value} needs the model's weights: pass --sam-weights FILE (SAM's "
                            "released checkpoint, or SAM2's with sam2)")
         if value == "sam":
+            from ...backbones.sam import SamSpec
             from ...registry import check_model
-            from ...sam import SamSpec
 
             spec = SamSpec(sam_model, sam_weights, prompt=True)
             check_model("sam", spec)

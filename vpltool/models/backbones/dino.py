@@ -1,0 +1,368 @@
+"""A second, image-only backbone for CAA's affinity (SSR, AAAI 2026): a timm ViT such as DINO, used for its attention.
+
+Only the attention maps are taken: the head-mean self-attention ``softmax(q k^T * scale)`` of the last blocks, prefix
+tokens (class token, registers) removed, on **the same patch grid as the CLIP pass**: the image is resized to
+``(h * p, w * p)`` pixels for the DINO patch size ``p`` (16 for ViT-S/16, 14 for DINOv2), so token ``i`` of both
+backbones covers the same image region. timm interpolates its positional embedding to that size
+(``dynamic_img_size``).
+
+timm is an optional dependency (``pip install 'vpltool[dino]'``; open_clip usually brings it). Weights: timm's
+pretrained tag of the name (``hub``; read from the local Hugging Face cache when offline), a local file, or ``none``
+(random, seeded: tests). Every way the weights can be unavailable is a one-line :class:`~vpltool.errors.VplError`,
+raised by :func:`check_dino` before any model is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ...errors import VplError, VplWarning
+from ...io import check_weights, is_regular_file, read_weights
+from ..registry import register_family
+from .loading import _offline
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+# how DINO's own forward (:meth:`DinoBackbone._dino_forward`) resizes the positional embedding to another grid
+# (:func:`vpltool.models.dense.resize_positional`): "bicubic-dino", the +0.1 scale factor of DINO and of DINOv2's
+# plain hub models; "bicubic-antialias", to the size with the antialiased kernel, as DINOv2's *_reg hub models
+# (interpolate_offset 0, interpolate_antialias True) and timm's own resample
+DINO_POS_RESIZE = ("bicubic-dino", "bicubic-antialias")
+
+
+@dataclass(frozen=True)
+class DinoSpec:
+    """Which timm ViT: ``model`` a timm name (``vit_small_patch16_224.dino``); ``weights`` ``hub`` | FILE | ``none``;
+    ``pos_resize`` how DINO's own forward resizes its positional embedding (:data:`DINO_POS_RESIZE`)."""
+
+    model: str
+    weights: str = "hub"
+    pos_resize: str = "bicubic-dino"
+
+
+def import_timm():
+    try:
+        import timm
+    except ImportError:
+        raise VplError("--affinity dino needs timm, which is not installed: pip install 'vpltool[dino]'") from None
+    return timm
+
+
+def _cached_hub_file(timm, name: str) -> str | None:
+    """The locally cached weights file of timm model ``name``'s pretrained tag, or None."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _WEIGHT_FILES:
+        found = try_to_load_from_cache(hub.split("@")[0], filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+EXAMPLES = "e.g. vit_small_patch16_224.dino, vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m"
+# prefixes a training checkpoint puts before the backbone's keys (DINO's teacher/student, DDP's module., a model
+# wrapper's backbone.): stripped, and said so; any key left that the architecture lacks, or one it lacks, is refused
+KEY_PREFIXES = ("module.", "teacher.", "student.", "backbone.", "model.", "encoder.")
+
+
+def _create(timm, spec: DinoSpec, overrides: dict, **kwargs):
+    """``timm.create_model`` as a frozen affinity backbone is built (no head, any input size); one line for a
+    model that cannot be (a CNN such as resnet18 takes no ``dynamic_img_size``)."""
+    try:
+        return timm.create_model(spec.model, num_classes=0, dynamic_img_size=True, **overrides, **kwargs)
+    except (TypeError, RuntimeError, KeyError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if isinstance(e, TypeError):
+            raise VplError(f"--dino-model {spec.model}: not a plain ViT ({msg}); use a timm vision_transformer, "
+                           f"{EXAMPLES}") from None
+        raise VplError(f"--dino-model {spec.model} --dino-weights {spec.weights}: cannot load ({msg}); check that "
+                       "the file holds that architecture") from None
+
+
+def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | None:
+    """Refuse at once (one line) when ``spec`` cannot be loaded, before any model is: an unknown name, a model that
+    is no plain ViT, weights that are missing or offline, a weights file whose tensors are not that architecture's
+    (:func:`_file_weights`). Returns the weights file to load (None: random weights, or a hub download the network
+    allows). ``report``: warn about a stripped key prefix. ``overrides``: timm model kwargs (tests' tiny models)."""
+    if spec.pos_resize not in DINO_POS_RESIZE:
+        raise VplError(f"DINO positional resize {spec.pos_resize!r}: choose one of {', '.join(DINO_POS_RESIZE)}")
+    timm = import_timm()
+    if not timm.is_model(spec.model):
+        raise VplError(f"--dino-model {spec.model!r} is not a timm model; {EXAMPLES}")
+    with torch.device("meta"):  # the architecture's tensor names and shapes, without the memory or the init
+        model = _create(timm, spec, overrides)
+    _check_plain_vit(model, spec.model)
+    if spec.weights == "none":
+        return None
+    if spec.weights != "hub":
+        path = Path(spec.weights).expanduser()
+        if not is_regular_file(path):
+            raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
+        _file_weights(path, model.state_dict(), shapes_only=True, report=report)
+        return str(path)
+    cached = _cached_hub_file(timm, spec.model)
+    if cached is None and _offline():
+        raise VplError(f"weights for --dino-model {spec.model} are not in the local cache and the hub is "
+                       "unreachable (offline); download them elsewhere and pass the file: --dino-weights "
+                       "/path/to/model.safetensors")
+    return cached
+
+
+DINO_WEIGHTS_FIX = "pass a timm or DINO weights file (.safetensors, or a torch checkpoint) to --dino-weights"
+
+
+def _file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bool = False,
+                  report: bool = False) -> dict[str, Any]:
+    """The file's tensors under the architecture's names: exactly ``expected``'s keys and shapes, after stripping
+    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which). A weights file of another model (a
+    prototypes file, another ViT) is refused in one line: timm loaded it as a random model with a warning."""
+    state = read_weights(path, shapes_only, DINO_WEIGHTS_FIX, containers=("teacher", "state_dict", "model"))
+    stripped = []
+    while state and not set(state) & set(expected):
+        prefix = next((p for p in KEY_PREFIXES if any(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # a head beside: dropped
+        stripped.append(prefix)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = [f"{len(missing)} of its tensors missing (first: {missing[0]!r})" if missing else "",
+                 f"{len(unexpected)} unknown (first: {unexpected[0]!r})" if unexpected else ""]
+        raise VplError(f"{path}: not weights of this --dino-model ({'; '.join(p for p in parts if p)}); pass the "
+                       "weights of that architecture, or the --dino-model they belong to")
+    for key, value in state.items():
+        shape = tuple(value) if shapes_only else tuple(value.shape)
+        if shape != tuple(expected[key].shape):
+            raise VplError(f"{path}: tensor {key!r} is {list(shape)}, the --dino-model's is "
+                           f"{list(expected[key].shape)}; pass the weights of that architecture")
+    if stripped and report:
+        warnings.warn(VplWarning(f"--dino-weights {path}: tensor names prefixed {''.join(stripped)!r} (a training "
+                                 "checkpoint); the prefix was stripped"), stacklevel=3)
+    if not shapes_only:  # the tensors themselves, as they load: dtypes and finite values
+        check_weights(path, state, expected, DINO_WEIGHTS_FIX)
+    return state
+
+
+def _check_plain_vit(model, name: str) -> None:
+    blocks = list(getattr(model, "blocks", []))
+    if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
+        raise VplError(f"--dino-model {name}: not a plain ViT (blocks with a fused qkv attention); use a timm "
+                       "vision_transformer such as vit_small_patch16_224.dino")
+
+
+def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -> DinoBackbone:
+    """Build the frozen :class:`DinoBackbone` for ``spec`` (``overrides``: timm model kwargs, e.g. a tiny ``depth``
+    and ``embed_dim`` for tests). A weights file is loaded strictly (:func:`_file_weights`); the model is seeded
+    first, so that nothing of it is ever an unseeded random init."""
+    timm = import_timm()
+    weights = check_dino(spec, report=False, **overrides)
+    with torch.random.fork_rng(devices=[]):  # the same random model in every process
+        torch.manual_seed(0)
+        if spec.weights == "none" or (spec.weights != "hub" and weights is not None):
+            model = _create(timm, spec, overrides, pretrained=False)
+        else:
+            model = _create(timm, spec, overrides, pretrained=True)
+    if spec.weights not in ("none", "hub"):
+        model.load_state_dict(_file_weights(Path(weights), model.state_dict()), strict=True)
+    return DinoBackbone(model, torch.device(device), spec)
+
+
+class DinoBackbone:
+    """A frozen timm ViT whose head-mean attention :meth:`attention` returns on a given patch grid."""
+
+    def __init__(self, model, device: torch.device, spec: DinoSpec | None = None):
+        blocks = list(getattr(model, "blocks", []))
+        if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
+            name = spec.model if spec else type(model).__name__
+            raise VplError(f"--dino-model {name}: not a plain ViT (blocks with a fused qkv attention); use a timm "
+                           "vision_transformer such as vit_small_patch16_224.dino")
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.spec, self.device, self.blocks = spec, device, blocks
+        ps = model.patch_embed.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        self.n_prefix = int(getattr(model, "num_prefix_tokens", 1))
+        self.pos_resize = spec.pos_resize if spec is not None else "bicubic-dino"
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def to(self, device: torch.device | str) -> DinoBackbone:
+        """This model on ``device`` (moved in place, as ``nn.Module.to``; a copy of the wrapper says where)."""
+        clone = copy.copy(self)
+        clone.model, clone.device = self.model.to(device), torch.device(device)
+        return clone
+
+    def preprocess(self, image: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+        """``[H0, W0, 3]`` uint8 RGB -> ``[1, 3, h*p, w*p]`` float32, bicubic-resized so the patch grid is ``grid``."""
+        h, w = grid[0] * self.patch_size, grid[1] * self.patch_size
+        if image.shape[:2] != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
+        x = (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        return x[None].to(self.device)
+
+    def final_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A proxy model's patch tokens as DINO's own ``get_intermediate_layers(x)[0]`` gives them (ProxyCLIP):
+        ``[B, 3, H, W]`` pixels normalised with :attr:`mean` / :attr:`std` -> (``[B, hw, C]`` the final ``norm``
+        output without the prefix tokens, ``(h, w)``) (:meth:`_dino_forward`)."""
+        if self.n_prefix != 1 or getattr(self.model, "cls_token", None) is None:
+            name = self.spec.model if self.spec else type(self.model).__name__
+            raise VplError(f"--proxy-model {name}: {self.n_prefix} prefix tokens; the proxy attention takes a DINO "
+                           "ViT with one class token and no registers, e.g. vit_base_patch8_224.dino")
+        return self._dino_forward(pixels)
+
+    def _dino_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """DINO's / DINOv2's own forward on timm's modules (:meth:`_dino_tokens`, then every block with attention
+        as ``softmax((q kᵀ) scale) v``, then the final norm): ``[B, 3, H, W]`` -> (``[B, hw, C]`` final-norm patch
+        tokens, grid)."""
+        m = self.model
+        x, grid = self._dino_tokens(pixels)
+        for blk in m.blocks:
+            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return m.norm(x)[:, self.n_prefix :], grid
+
+    def _dino_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """DINO's / DINOv2's ``prepare_tokens`` on timm's modules: ``[B, 3, H, W]`` -> (``[B, prefix + hw, C]``,
+        ``(h, w)``). The positional embedding resized as :attr:`pos_resize` says: ``bicubic-dino``, bicubic with the
+        ``+0.1`` scale factor (DINOv2's plain ``interpolate_pos_encoding``; timm's resample maps the grid
+        differently: 0.28 max |Δ| on a random ViT-S/14 at 22x22, parity/weclip_parity.py), or
+        ``bicubic-antialias``, to the size antialiased (DINOv2's ``*_reg`` models). Register tokens inserted after
+        the class token once the positions are added; a side that is no patch multiple loses its remainder. timm's
+        DINOv2 ``*_reg`` conversion (``no_embed_class``) keeps the class token's position inside the token and the
+        table for the patches alone: the same sums."""
+        from ..dense import resize_positional
+
+        m = self.model
+        p = self.patch_size
+        grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+        pixels = pixels[..., : grid[0] * p, : grid[1] * p]
+        x = m.patch_embed.proj(pixels.to(m.patch_embed.proj.weight.dtype)).flatten(2).transpose(1, 2)
+        pos = m.pos_embed[0].float()
+        if getattr(m, "no_embed_class", False):  # a zero class row, dropped again below
+            pos = torch.cat([pos.new_zeros(1, pos.shape[-1]), pos])
+        native = m.patch_embed.grid_size
+        pos = resize_positional(pos, (int(native[0]), int(native[1])), grid, self.pos_resize).to(x.dtype)
+        if getattr(m, "no_embed_class", False):
+            x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x + pos[None, 1:]], dim=1)
+        else:
+            x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1) + pos[None]
+        registers = getattr(m, "reg_token", None)
+        if registers is not None:  # DINOv2's *_reg models: registers between the class token and the patches
+            x = torch.cat([x[:, :1], registers.expand(x.shape[0], -1, -1).to(x.dtype), x[:, 1:]], dim=1)
+        return x, grid
+
+    def tokens_and_last_qkv(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """DINO's own forward (:meth:`_dino_forward`) that also keeps what the last block's fused ``qkv`` linear
+        returned (a forward hook on ``blocks[-1].attn.qkv``, as Talk2DINO reads it): ``[B, 3, H, W]`` normalised
+        pixels -> (``[B, hw, C]`` final-norm patch tokens, ``[B, prefix + hw, 3C]`` the last block's qkv (prefix
+        tokens first), ``(h, w)``). Gradients flow where the caller enables them."""
+        m = self.model
+        x, grid = self._dino_tokens(pixels.to(self.device))
+        qkv = None
+        for i, blk in enumerate(m.blocks):
+            h = blk.norm1(x)
+            if i == len(m.blocks) - 1:
+                qkv = blk.attn.qkv(h)
+            x = x + blk.ls1(_dino_attention(blk.attn, h))
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return m.norm(x)[:, self.n_prefix:], qkv, grid
+
+    def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
+        normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the prefix tokens, ``(h, w)``),
+        DINO's arithmetic as in :meth:`_dino_forward`."""
+        m = self.model
+        x, grid = self._dino_tokens(pixels)
+        for blk in m.blocks[:-1]:
+            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        attn = m.blocks[-1].attn
+        b, n, c = x.shape
+        qkv = attn.qkv(m.blocks[-1].norm1(x)).reshape(b, n, 3, attn.num_heads, c // attn.num_heads)
+        keys = attn.k_norm(qkv.permute(2, 0, 3, 1, 4)[1])
+        return keys[:, :, self.n_prefix :], grid
+
+    @torch.no_grad()
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` normalised pixels -> ``[B, H // p, W // p, C]`` float32: the final-norm patch tokens
+        (DINOv2's ``forward_features(x)["x_norm_patchtokens"]``, :meth:`_dino_forward`; prefix and register tokens
+        dropped). WeCLIP+ first resizes its crop to whole patches (bilinear, :meth:`resized`), which callers do."""
+        if getattr(self.model, "cls_token", None) is None or not hasattr(self.model, "pos_embed"):
+            name = self.spec.model if self.spec else type(self.model).__name__
+            raise VplError(f"--dino-model {name}: no class token with an absolute positional embedding; use a "
+                           "DINO / DINOv2 ViT such as vit_small_patch14_dinov2.lvd142m")
+        tokens, grid = self._dino_forward(pixels.to(self.device))
+        return tokens.float().unflatten(1, grid)
+
+    def resized(self, pixels: torch.Tensor) -> torch.Tensor:
+        """WeCLIP+'s DINO input: ``pixels`` bilinearly resized to whole patches (``(H // p) p``, no antialias)."""
+        h, w = (pixels.shape[-2] // self.patch_size) * self.patch_size, (pixels.shape[-1] // self.patch_size) * \
+            self.patch_size
+        if (h, w) == tuple(pixels.shape[-2:]):
+            return pixels
+        return F.interpolate(pixels, size=(h, w), mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def attention(self, image: np.ndarray, grid: tuple[int, int], n_blocks: int) -> torch.Tensor:
+        """``[hw, hw]`` float32: the mean over the last ``n_blocks`` blocks of the head-mean attention, prefix
+        tokens removed (rows then sum to a little under 1, as CLIP's maps without CLS)."""
+        wanted = self.blocks[-min(n_blocks, len(self.blocks)):]
+        inputs: list[torch.Tensor] = []
+        hooks = [b.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for b in wanted]
+        try:
+            self.model.forward_features(self.preprocess(image, grid))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        maps = [_attention_weights(b.attn, x)[0, self.n_prefix:, self.n_prefix:] for b, x in zip(wanted, inputs)]
+        att = torch.stack(maps).mean(0)
+        if att.shape[0] != grid[0] * grid[1]:
+            raise VplError(f"--dino-model: {att.shape[0]} patch tokens for a {grid[0]}x{grid[1]} grid; the model "
+                           "pads or pools its patches, use a plain ViT")
+        return att
+
+
+def _dino_attention(attn, x: torch.Tensor) -> torch.Tensor:
+    """DINO's ``Attention.forward`` on timm's ``Attention`` module: ``proj(softmax((q kᵀ) scale) v)``."""
+    b, n, c = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
+    weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)
+    return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
+    """``[B, N, N]`` head-mean ``softmax(q k^T * scale)`` of timm ``Attention`` module ``attn`` on its input ``x``
+    ``[B, N, C]`` (recomputed: the fused kernel does not return the weights)."""
+    b, n, _ = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)
+
+
+def _check(spec: DinoSpec, *, report: bool = True, **overrides) -> None:
+    check_dino(spec, report=report, **overrides)
+
+
+register_family("dino", load_dino, _check, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
+                module=__name__)
+
+__all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]

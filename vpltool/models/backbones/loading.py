@@ -1,0 +1,427 @@
+"""Which CLIP to load and how: open_clip architectures and tags, local weight files and folders, registered aliases.
+
+The only place open_clip models are created. Everything that can go wrong offline (an unknown tag, weights not
+in the cache, a file that holds another architecture) is a one-line :class:`~vpltool.errors.VplError`.
+
+**Registration point.** Packages plug models and tokenizers in without the core knowing their names:
+:func:`register_model` maps an alias (``--model NAME``) to a local open_clip folder, :func:`register_tokenizer`
+maps the ``"tokenizer"`` kind named in a folder's ``vpltool.json`` to a factory. Plugins are found through the
+``vpltool.plugins`` entry-point group (the demo world registers its toy CLIP there) the first time a name is not
+known otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ...errors import VplError
+from .fast_load import assign_loaded_weights, no_weight_init  # noqa: F401 (imported from here too)
+
+EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
+_HUB_HOST = "huggingface.co"
+PLUGIN_GROUP = "vpltool.plugins"
+
+_MODELS: dict[str, Callable[[], Path]] = {}
+_TOKENIZERS: dict[str, Callable[[dict[str, Any], int], Any]] = {}
+_plugins_loaded = False
+
+
+def register_model(alias: str, folder: Callable[[], Path]) -> None:
+    """``--model alias`` loads the open_clip ``local-dir`` folder that ``folder()`` returns (weights, config and
+    ``vpltool.json``); the recorded identity stays ``alias`` so later stages rebuild the same model."""
+    _MODELS[alias] = folder
+
+
+def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any]) -> None:
+    """A folder whose ``vpltool.json`` says ``"tokenizer": kind`` gets ``factory(extra_config, context_length)``:
+    a callable from a list of strings to ``[N, context_length]`` int64 token ids (EOT the highest id per row)."""
+    _TOKENIZERS[kind] = factory
+
+
+def _load_plugins() -> None:
+    """Call every ``vpltool.plugins`` entry point once (they call the two register functions)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        ep.load()()
+
+
+def registered_folder(alias: str) -> Path | None:
+    """The local folder of a registered alias, or None."""
+    if alias not in _MODELS:
+        _load_plugins()
+    return _MODELS[alias]() if alias in _MODELS else None
+
+
+def tokenizer_factory(kind: str) -> Callable[[dict[str, Any], int], Any]:
+    if kind not in _TOKENIZERS:
+        _load_plugins()
+    if kind not in _TOKENIZERS:
+        raise VplError(f"tokenizer {kind!r} (named by a model's {EXTRA_CONFIG}) is not registered; install the "
+                       "package that provides it")
+    return _TOKENIZERS[kind]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which CLIP to load.
+
+    Args:
+        model: an open_clip architecture name (``ViT-B-16``), ``local-dir:/path`` (open_clip's folder format:
+            ``open_clip_config.json`` + ``open_clip_model.safetensors``), or a registered alias (``vpltool-toy``,
+            the demo world's toy CLIP).
+        pretrained: an open_clip tag (``openai``), a local weights file (``.safetensors``, ``.pt``, ``.bin``,
+            an OpenAI JIT archive), or ``none`` for random weights. Ignored (recorded as ``none``) for folders and
+            aliases, whose weights are in the folder.
+        config_dir: a folder of extra open_clip JSON model configs (tiny test architectures).
+        weights: the digest of the local bytes a record named (:meth:`from_identity`); None for a model given now.
+    """
+
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    config_dir: str | None = None
+    weights: str | None = None
+
+    @property
+    def folder(self) -> Path | None:
+        """The local model folder of a ``local-dir:`` model or a registered alias; None for open_clip names."""
+        if self.model.startswith("local-dir:"):
+            return Path(self.model[len("local-dir:"):])
+        return registered_folder(self.model)
+
+    def vision_value(self, key: str) -> int | None:
+        """A whole number of the image tower's config (``layers``: its blocks, ``patch_size``) from the model's
+        config alone (open_clip's JSON, or a local folder's ``open_clip_config.json``), so that an option it bounds
+        is checked before the model loads; None when the config does not say (a timm tower, a hub model without a
+        local config)."""
+        folder = self.folder
+        try:
+            if folder is not None:
+                cfg = json.loads((folder / "open_clip_config.json").read_text()).get("model_cfg", {})
+            else:
+                _register_config_dir(self.config_dir)
+                cfg = import_open_clip().get_model_config(self.model) or {}
+        except (OSError, ValueError, AttributeError):
+            return None
+        value = (cfg.get("vision_cfg") or {}).get(key) if isinstance(cfg, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    def depth(self) -> int | None:
+        """The image tower's number of blocks (:meth:`vision_value`), None when the config does not say."""
+        return self.vision_value("layers")
+
+    def identity(self) -> dict[str, str]:
+        """What is stored in every output file, so downstream stages rebuild the same model. The config folder is
+        recorded only when it defines this model (``<model>.json`` there): set by ``VPLTOOL_MODEL_CONFIGS`` on one
+        run and not the next, it changes nothing for vpltool-toy or ViT-B-16, so a resume must not refuse it.
+        Weights from local bytes (a folder, an alias, a file) add ``"weights"``: their digest
+        (:mod:`vpltool.models.backbones.local_weights`), so that other bytes under the same name are another model."""
+        from .local_weights import weights_digest
+
+        ident = {"model": self.model, "pretrained": "none" if self.folder is not None else self.pretrained}
+        if self.config_dir and self.folder is None and (Path(self.config_dir) / f"{self.model}.json").is_file():
+            ident["config_dir"] = str(self.config_dir)
+        digest = self.weights or weights_digest(self)
+        return {**ident, "weights": digest} if digest else ident
+
+    @classmethod
+    def from_identity(cls, ident: dict[str, str], where: str | os.PathLike = "the record") -> ModelSpec:
+        """The model a record names (``ident``: an :meth:`identity`), its local bytes checked against the recorded
+        digest now, before anything loads: one line naming ``where`` (the record's file or folder) otherwise."""
+        from .local_weights import check_recorded
+
+        spec = cls(model=ident["model"], pretrained=ident.get("pretrained", "none"),
+                   config_dir=ident.get("config_dir"), weights=ident.get("weights"))
+        check_recorded(spec, str(where))
+        return spec
+
+
+def _register_config_dir(config_dir: str | None) -> None:
+    open_clip = import_open_clip()
+
+    for d in filter(None, [config_dir, os.environ.get("VPLTOOL_MODEL_CONFIGS")]):
+        if not Path(d).is_dir():
+            raise VplError(f"{d}: model config folder not found")
+        check_config_dir(Path(d))
+        open_clip.add_model_config(d)
+
+
+CONFIG_SOURCE = "the model config folder (--model-config-dir, VPLTOOL_MODEL_CONFIGS)"
+CONFIG_PARTS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip needs to list a config as a model
+# whole numbers >= 1 wherever a config gives them, null for open_clip's default (open_clip fails deep inside, or
+# allocates nonsense, otherwise)
+CONFIG_WHOLE = {"": ("embed_dim",), "vision_cfg": ("layers", "width", "head_width", "patch_size"),
+                "text_cfg": ("context_length", "vocab_size", "width", "heads", "layers")}
+
+
+def check_config_dir(folder: Path) -> None:
+    """Every ``*.json`` open_clip will read from ``folder`` (it reads them all, and one that fails to parse fails
+    every model): valid JSON, an object with :data:`CONFIG_PARTS`, and whole numbers where :data:`CONFIG_WHOLE`
+    says; one line naming the file and where the folder came from otherwise."""
+    from ... import io
+
+    fix = f"fix or remove it ({CONFIG_SOURCE})"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            cfg = io.read_json(path)
+        except VplError as e:
+            raise VplError(f"{e}; {fix}") from None
+        if not isinstance(cfg, dict) or not all(k in cfg for k in CONFIG_PARTS):
+            raise VplError(f"{path}: not an open_clip model config (an object with {', '.join(CONFIG_PARTS)}); {fix}")
+        for part, keys in CONFIG_WHOLE.items():
+            where = cfg if not part else cfg[part]
+            if not isinstance(where, dict):
+                raise VplError(f"{path}: '{part}' is {json.dumps(where)[:40]}, not an object; {fix}")
+            for key in keys:
+                value = where.get(key)
+                if value is None:  # absent or null: open_clip's default (a ResNet has no patch size)
+                    continue
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1  # ResNet layers: a list
+                           for v in (value if isinstance(value, list) and value else [value])):
+                    name = f"{part}.{key}" if part else key
+                    raise VplError(f"{path}: '{name}' is {json.dumps(value)[:40]}, not a whole number >= 1; {fix}")
+
+
+def _offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    try:  # a failed name lookup answers at once; open_clip would otherwise retry the hub for ~47 s
+        socket.getaddrinfo(_HUB_HOST, 443)
+        return False
+    except OSError:
+        return True
+
+
+def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
+    """A pretrained tag -> (cached local file or None, preprocessing overrides). Raises when unusable offline."""
+    open_clip = import_open_clip()
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        raise VplError(
+            f"--pretrained {tag!r} is neither a file nor a tag of {model}; tags: {', '.join(tags) or 'none'}"
+        )
+    preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation") if k in cfg}
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        for name in ("open_clip_model.safetensors", filename or "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return found, preprocess
+    if _offline():
+        raise VplError(
+            f"weights for {model} --pretrained {tag} are not in the local cache and the hub is unreachable; "
+            f"download them elsewhere and pass the file: --pretrained /path/to/{model}.safetensors"
+        )
+    return None, preprocess
+
+
+def import_open_clip():
+    """``open_clip``, imported without two optional costs it does not need here (a third of its import time).
+
+    * timm: open_clip imports it if installed only to offer timm image towers (plain ViT towers are what vpltool
+      supports) and falls back cleanly when it cannot be imported.
+    * ``torch._dynamo`` (~2 s of a 3 s import on a 2-core CPU): open_clip imports torchvision, whose
+      ``ops.roi_align`` imports ``torch._dynamo.utils.is_compile_supported`` at import time (torchvision's own
+      comment there: importing dynamo is best avoided for eager-mode users). A stand-in module serves that one
+      name during this import and resolves the real function on first call.
+
+    * transformers (seconds on a machine that has it: issue 19 measured 5.5 s of start-up compiling imports on a
+      GPU host): open_clip imports it only for Hugging Face text towers; :func:`create_model` imports open_clip
+      again with it for a model whose config names one (:func:`_needs_transformers`).
+
+    All last only for this import: ``import timm`` and ``torch._dynamo`` / ``torch.compile`` work normally after.
+    Should the stand-in ever be short of a name (a torchvision release that wants more), the import is retried
+    the plain way.
+    """
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    before = set(sys.modules)
+    try:
+        with _without("timm"), _without("transformers"), _dynamo_deferred():
+            import open_clip
+    except (AttributeError, ImportError):
+        for name in set(sys.modules) - before:  # the half-imported packages, then the plain import
+            del sys.modules[name]
+        with _without("timm"), _without("transformers"):
+            import open_clip
+    return open_clip
+
+
+def _needs_transformers(open_clip, spec: ModelSpec) -> bool:
+    """Whether the model's text tower is a Hugging Face model (``text_cfg.hf_model_name``)."""
+    if spec.folder is not None:
+        try:
+            cfg = json.loads((spec.folder / "open_clip_config.json").read_text()).get("model_cfg", {})
+        except (OSError, ValueError):
+            return False
+    else:
+        cfg = open_clip.get_model_config(spec.model) or {}
+    return bool((cfg.get("text_cfg") or {}).get("hf_model_name"))
+
+
+def _with_transformers(open_clip):
+    """open_clip imported again the plain way (transformers included), for a Hugging Face text tower."""
+    if getattr(open_clip.hf_model, "transformers", None) is not None:
+        return open_clip
+    for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
+        del sys.modules[name]
+    with _without("timm"):
+        import open_clip as plain
+    return plain
+
+
+@contextlib.contextmanager
+def _without(package: str) -> Iterator[None]:
+    """Make ``import package`` fail (``sys.modules[name] = None``, Python's documented way) for the block."""
+    blocked = package not in sys.modules
+    if blocked:
+        sys.modules[package] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if blocked:
+            del sys.modules[package]
+
+
+def _compile_supported(device_type: str) -> bool:
+    from torch._dynamo.utils import is_compile_supported  # the real one: dynamo is imported when first needed
+
+    return is_compile_supported(device_type)
+
+
+@contextlib.contextmanager
+def _dynamo_deferred() -> Iterator[None]:
+    """Serve ``torch._dynamo.utils.is_compile_supported`` from a stand-in module for the block, unless dynamo is
+    already imported; afterwards ``torch._dynamo`` imports for real (torch resolves it lazily)."""
+    import types
+
+    if "torch._dynamo" in sys.modules:
+        yield
+        return
+    dynamo, utils = types.ModuleType("torch._dynamo"), types.ModuleType("torch._dynamo.utils")
+    utils.is_compile_supported = _compile_supported  # type: ignore[attr-defined]
+    dynamo.utils = utils  # type: ignore[attr-defined]
+    dynamo.__path__ = []  # a package, so that the submodule import resolves
+    sys.modules.update({"torch._dynamo": dynamo, "torch._dynamo.utils": utils})
+    try:
+        yield
+    finally:
+        for name, stub in (("torch._dynamo", dynamo), ("torch._dynamo.utils", utils)):
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+        if torch.__dict__.get("_dynamo") is dynamo:
+            delattr(torch, "_dynamo")
+
+
+@contextlib.contextmanager
+def _quiet_root_log(prefix: str) -> Iterator[None]:
+    """Drop the root logger's records that start with ``prefix`` while the block runs (open_clip logs there)."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def create_model(spec: ModelSpec):
+    """``(open_clip model, its local folder or None)`` for ``spec``; one-line VplErrors for every way it fails."""
+    open_clip = import_open_clip()
+    _register_config_dir(spec.config_dir)
+    if _needs_transformers(open_clip, spec):
+        open_clip = _with_transformers(open_clip)
+        _register_config_dir(spec.config_dir)
+    folder = spec.folder
+    if folder is not None:
+        if not (folder / "open_clip_config.json").is_file():
+            raise VplError(f"{folder}: not an open_clip model folder (needs open_clip_config.json + weights)")
+        try:
+            with no_weight_init(), assign_loaded_weights():
+                return _finite(open_clip.create_model(f"local-dir:{folder}"), folder), folder
+        except _LOAD_ERRORS as e:  # a weights file cut short, a tensor missing or of another shape
+            raise VplError(f"{folder}: its weights do not load as the model its open_clip_config.json describes "
+                           f"({_first_line(e)}); re-download or re-train that model") from None
+    if spec.model not in open_clip.list_models():
+        raise VplError(f"--model {spec.model!r} unknown to open_clip; e.g. ViT-B-16, ViT-L-14, or local-dir:/path")
+    pretrained = spec.pretrained
+    if pretrained in (None, "", "none"):
+        # random weights must be the same in every process: `cam` rebuilds the model `extract` used; open_clip's
+        # "No pretrained weights loaded ... initialized randomly" says what --pretrained none asked for: not shown
+        with torch.random.fork_rng(devices=[]), _quiet_root_log("No pretrained weights loaded"):
+            torch.manual_seed(0)
+            return open_clip.create_model(spec.model, pretrained=None), None
+    path = Path(pretrained).expanduser()
+    if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
+        if not path.is_file():
+            raise VplError(f"{path}: weights file not found")
+        try:
+            with no_weight_init(), assign_loaded_weights():
+                return _finite(open_clip.create_model(spec.model, pretrained=str(path)), path), path.parent
+        except _LOAD_ERRORS as e:
+            raise VplError(f"{path}: does not hold {spec.model} weights ({_first_line(e)}); check --model") from None
+    cached, preprocess = _resolve_tag(spec.model, pretrained)
+    with no_weight_init(), assign_loaded_weights():
+        if cached is not None:
+            return open_clip.create_model(spec.model, pretrained=cached, force_preprocess_cfg=preprocess), None
+        return open_clip.create_model(spec.model, pretrained=pretrained), None
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return RuntimeError, KeyError, IndexError, ValueError, SafetensorError
+
+
+# what open_clip raises for weights that do not fit its model (torch's load_state_dict: RuntimeError; its own
+# conversions of an older layout: KeyError, IndexError; a file cut short: SafetensorError, or a zip's RuntimeError)
+_LOAD_ERRORS = _load_errors()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:200] or type(e).__name__
+
+
+def _finite(model, where: Path):
+    """``model``, loaded from local bytes, once every weight is a finite number (:func:`vpltool.io.check_weights`;
+    open_clip has checked the names and shapes): a NaN in a file would otherwise give NaN masks, certified."""
+    from ...io import check_weights
+
+    check_weights(where, model.state_dict(), fix="re-download or re-train that model")
+    return model
+
+
+def load_extra_config(folder: Path | None) -> dict[str, Any]:
+    """The ``vpltool.json`` beside a local model: ``{"tokenizer": kind, "vocabulary": [...], "attention_window":
+    {...}}``; a ``vocabulary`` without a ``tokenizer`` means the ``word`` tokenizer (checkpoints before the key)."""
+    if folder is None or not (folder / EXTRA_CONFIG).is_file():
+        return {}
+    extra = json.loads((folder / EXTRA_CONFIG).read_text())
+    if extra.get("vocabulary") and "tokenizer" not in extra:
+        extra["tokenizer"] = "word"
+    return extra

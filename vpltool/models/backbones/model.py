@@ -1,0 +1,424 @@
+"""The frozen CLIP with the CLIP-ES surgery, and the GradCAM every stage takes from it.
+
+What is taken where (ViT-B/16 numbers; every open_clip ViT with standard blocks works the same way):
+
+* :meth:`ClipBackbone.embed`: ``conv1`` patches + class token + the positional embedding **bilinearly resized**
+  (align_corners False, as CLIP-ES ``clip/model.py:upsample_pos_emb``) from the native 14x14 grid to the input's
+  ``h x w`` grid, then ``ln_pre``. Output ``[B, 1 + h*w, width]``, token 0 = CLS.
+* :meth:`ClipBackbone.encode`: the one frozen forward loop. Blocks ``0..stop-1``; it keeps the **head-averaged**
+  attention ``[B, 1+hw, 1+hw]`` (rows sum to 1) of the blocks from ``attention_from`` on, as
+  ``nn.MultiheadAttention(need_weights=True)`` gives it, and the patch tokens of the blocks in ``collect``.
+* :meth:`ClipBackbone.dense`: ``ln_post`` on the patch tokens, then ``@ proj`` -> ``[B, hw, D]`` in the joint
+  image-text space. The **image embedding is the mean of these** (CLIP-ES replaces the class token by the patch
+  mean; since ``proj`` is linear, mean-then-project equals project-then-mean).
+* :meth:`ClipBackbone.gradcam`: softmax-GradCAM of CLIP-ES re-running only the last block, all classes from one
+  forward of it; its arithmetic is in :mod:`vpltool.models.backbones.gradcam`.
+* :meth:`ClipBackbone.encode_text`: the text tower, with the context truncated to the longest prompt in the batch
+  (the causal mask makes later positions irrelevant: same embeddings, ~10x faster).
+
+A model folder's ``vpltool.json`` can add a tokenizer (see :mod:`vpltool.models.backbones.loading`) and a local
+attention window in early blocks (``{"attention_window": {"size": 3, "blocks": [0, 1, 2]}}``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import VplError
+from ..dense import (
+    DenseHooks,
+    DenseMixing,
+    dense_hooks,
+    dense_mixing,
+    mix_last_block,
+    neighbourhood_bias,
+    resize_positional,
+)
+from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
+from .loading import ModelSpec
+from .preprocess import Preprocess
+from .text_tower import TextTower
+from .windows import window_attention_mask
+
+
+@dataclass
+class Encoded:
+    """What :meth:`ClipBackbone.encode` kept of one frozen forward.
+
+    Attributes:
+        tokens: ``[B, 1 + hw, width]`` after the last block run (the input of block ``stop``).
+        attentions: head-mean attention ``[B, 1 + hw, 1 + hw]`` of each block from ``attention_from`` on.
+        blocks: patch tokens ``[B, hw, width]`` of each block in ``collect`` (its output), in order.
+        grid: ``(h, w)``.
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    attentions: list[torch.Tensor] = field(default_factory=list)
+    blocks: list[torch.Tensor] = field(default_factory=list)
+
+
+class ClipBackbone(TextTower):
+    """A frozen open_clip CLIP with the CLIP-ES surgery (see module docstring); its text tower:
+    :class:`~vpltool.models.backbones.text_tower.TextTower`."""
+
+    def __init__(self, model, spec: ModelSpec, device: torch.device, extra: dict[str, Any] | None = None,
+                 dense: str | DenseMixing = "none"):
+        visual = model.visual
+        if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+            raise VplError(f"--model {spec.model}: only ViT image towers are supported (no ResNet/timm towers)")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise VplError(f"--model {spec.model}: attentional-pooling towers (CoCa) are not supported")
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.spec, self.device, self.extra = spec, device, extra or {}
+        self.visual = visual
+        self.blocks = list(visual.transformer.resblocks)
+        self.n_blocks = len(self.blocks)
+        ps = visual.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        self.width = int(visual.conv1.out_channels)
+        self.embed_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.width
+        self.logit_scale = float(model.logit_scale.exp().item())
+        pp = getattr(visual, "preprocess_cfg", {}) or {}
+        self.mean = tuple(pp.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+        self.std = tuple(pp.get("std", (0.26862954, 0.26130258, 0.27577711)))
+        grid = visual.grid_size
+        self.native_grid = (int(grid[0]), int(grid[1])) if isinstance(grid, (tuple, list)) else (int(grid), int(grid))
+        window = self.extra.get("attention_window") or {}
+        self.window_size = int(window.get("size", 0))
+        self.window_blocks = frozenset(int(b) for b in window.get("blocks", []))
+        self._tokenizer = None
+        self.mixing = dense_mixing(dense)  # how the last block mixes its tokens (--dense; models.dense)
+        self.hooks: DenseHooks = dense_hooks(self.mixing.method)  # its hooks (models.dense.hooks), resolved once
+        self.proxy = None  # ProxyCLIP's proxy vision model (a DinoBackbone), given by with_dense
+        self.sam = None  # Trident's SAM encoder (a SamEncoder), given by with_dense
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+        # CLIP's mean and std on the device, once: made per batch they would be a host-to-device copy each time
+        self._stats = (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
+                       torch.tensor(self.std, device=device).view(1, 3, 1, 1))
+
+    # ---- images
+    def input_size(self, height: int, width: int, image_size: int | None = None, max_side: int | None = None):
+        """CLIP-ES input size: each side rounded **up** to a multiple of the patch size (or a fixed square)."""
+        p = self.patch_size
+        if image_size:
+            side = int(math.ceil(image_size / p) * p)
+            return side, side
+        if max_side and max(height, width) > max_side:
+            scale = max_side / max(height, width)
+            height, width = max(1, round(height * scale)), max(1, round(width * scale))
+        return int(math.ceil(height / p) * p), int(math.ceil(width / p) * p)
+
+    def preprocess(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """``[H0, W0, 3]`` uint8 RGB -> ``[3, H, W]`` float32, bicubic-resized to ``size`` and CLIP-normalised."""
+        return self.preprocessor(image, size)
+
+    @property
+    def preprocessor(self) -> Preprocess:
+        """:meth:`preprocess` as a small object without the model, for the data-loading workers."""
+        from ...runtime.batches import cuda_paths
+
+        return Preprocess(self.mean, self.std, on_device=cuda_paths(self.device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the image tower's weights are stored in (float32 unless :meth:`with_image_tower_in`)."""
+        return self.visual.conv1.weight.dtype
+
+    def with_normalization(self, mean: Sequence[float], std: Sequence[float]) -> ClipBackbone:
+        """A copy of this backbone whose inputs are normalised with ``mean`` / ``std`` (3 values each, on [0, 1]
+        pixels) instead of CLIP's own: WeCLIP feeds its frozen CLIP ImageNet's statistics. The model is shared."""
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if (mean, std) == (self.mean, self.std):
+            return self
+        clone = copy.copy(self)
+        clone.mean, clone.std = mean, std
+        clone._stats = (torch.tensor(mean, device=self.device).view(1, 3, 1, 1),
+                        torch.tensor(std, device=self.device).view(1, 3, 1, 1))
+        return clone
+
+    def with_image_tower_in(self, dtype: torch.dtype) -> ClipBackbone:
+        """A copy of this backbone whose image tower is stored and run in ``dtype`` (bf16 / fp16): the residual
+        stream, LayerNorms and attention in ``dtype`` without autocast, as OpenAI's CLIP runs in fp16 (WeCLIP's
+        frozen encoder), so that ``nn.MultiheadAttention`` takes its fused inference path (one kernel sequence per
+        block, flash attention on CUDA) and no weight is cast per forward. The text tower and this backbone are
+        untouched (GradCAM needs fp32). For forwards that keep no attention map (train-decoder)."""
+        if dtype == self.dtype:
+            return self
+        clone = copy.copy(self)
+        clone.visual = copy.deepcopy(self.visual).to(dtype)
+        clone.blocks = list(clone.visual.transformer.resblocks)
+        clone._pos_cache = {}
+        return clone
+
+    @property
+    def dense_method(self) -> str:
+        """The ``--dense`` method of the last block (``none``: CLIP-ES's vanilla block)."""
+        return self.mixing.method
+
+    def with_dense(self, dense: str | DenseMixing, proxy=None, sam=None, hooks: DenseHooks | None = None
+                   ) -> ClipBackbone:
+        """A copy of this backbone (sharing the model) whose last block mixes its tokens as ``dense`` says
+        (:mod:`vpltool.models.dense`); the positional embedding follows the method's interpolation. ``proxy``: the
+        proxy vision model of a method with proxy attention (ProxyCLIP: a
+        :class:`~vpltool.models.backbones.dino.DinoBackbone`); ``sam``: Trident's SAM encoder (a
+        :class:`~vpltool.models.backbones.sam.SamEncoder`); ``hooks``: the method's hooks made with the run's config
+        (:class:`~vpltool.models.dense.method.DenseMethod`), by default the method's own without one."""
+        mixing = dense_mixing(dense)
+        if mixing == self.mixing and proxy is self.proxy and sam is self.sam and hooks in (None, self.hooks):
+            return self
+        clone = copy.copy(self)
+        clone.mixing, clone.proxy, clone.sam = mixing, proxy, sam
+        clone.hooks = hooks if hooks is not None else dense_hooks(mixing.method)
+        clone._pos_cache, clone._bias_cache = {}, {}
+        return clone
+
+    def to(self, device: torch.device | str) -> ClipBackbone:
+        """This backbone on ``device``: its model (and a proxy model's and SAM's, when it has them) moved there, in
+        place as ``nn.Module.to`` moves, and a copy of the wrapper whose tensors kept per device are remade there."""
+        device = torch.device(device)
+        self.model.to(device)
+        clone = copy.copy(self)
+        clone.device = device
+        clone._stats = tuple(s.to(device) for s in self._stats)
+        clone._pos_cache, clone._bias_cache = {}, {}
+        clone.proxy = None if self.proxy is None else self.proxy.to(device)
+        clone.sam = None if self.sam is None else self.sam.to(device)
+        return clone
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A batch of :meth:`Preprocess.resize` outputs ``[B, H, W, 3]`` uint8 (on the model's device) ->
+        ``[B, 3, H, W]`` float32 CLIP-normalised, the same values as :meth:`preprocess`."""
+        return self.preprocessor.normalize(pixels, self._stats)
+
+    def pixels(self, loaded: torch.Tensor | Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """A batch as the loading workers sent it (:meth:`Preprocess.loaded`, collated: ``[B, H0, W0, 3]`` uint8, or
+        B images of several sizes, a :class:`~vpltool.runtime.batches.Ragged` or a list) -> ``[B, 3, H, W]`` float32
+        CLIP-normalised on the model's device, resized to ``size`` ``(H, W)`` there where the workers did not (the
+        same values as :meth:`preprocess`)."""
+        from ...runtime.batches import Ragged, to_device
+        from .preprocess import resize_uint8
+
+        if isinstance(loaded, torch.Tensor):
+            return self.normalize(resize_uint8(to_device(loaded, self.device), size))
+        if isinstance(loaded, Ragged):  # a worker's batch of several decoded sizes: one copy to the device
+            loaded = loaded.to_device(self.device)
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(loaded):  # photos of one network size may differ by a few pixels: one call each
+            shapes.setdefault(tuple(image.shape), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(loaded)
+        for members in shapes.values():
+            group = torch.stack([to_device(loaded[i], self.device) for i in members])
+            for i, image in zip(members, resize_uint8(group, size)):
+                out[i] = image
+        return self.normalize(torch.stack(out))
+
+    def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor:
+        """``[1 + h*w, width]``: CLS row kept, patch rows resized from the native grid (bilinearly, or as the
+        ``--dense`` method's code does: :func:`vpltool.models.dense.resize_positional`).
+
+        At the native grid (and without rounding) this is the parameter itself, so a model being trained (the toy
+        CLIP) gets its gradient; resized grids are cached, detached. ``fp16_round`` reproduces CLIP-ES, which
+        casts the resized embedding to fp16 even in fp32 runs.
+        """
+        if tuple(grid) == self.native_grid and not fp16_round:
+            return self.visual.positional_embedding
+        mode = self.mixing.pos_interpolation
+        key = (grid[0], grid[1], fp16_round, mode)
+        if key not in self._pos_cache:
+            pos = self.visual.positional_embedding.detach().float()
+            out = resize_positional(pos, self.native_grid, tuple(grid), mode)
+            if fp16_round:
+                out = out.half().float()
+            self._pos_cache[key] = out
+        return self._pos_cache[key]
+
+    def grid_of(self, pixels: torch.Tensor) -> tuple[int, int]:
+        p = self.patch_size
+        if pixels.shape[-2] % p or pixels.shape[-1] % p:
+            raise VplError(f"input {tuple(pixels.shape[-2:])} is not a multiple of the patch size {p}")
+        return pixels.shape[-2] // p, pixels.shape[-1] // p
+
+    def embed(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
+        """``[B, 3, H, W]`` normalised pixels -> ``[B, 1 + h*w, width]`` tokens entering block 0."""
+        v = self.visual
+        grid = self.grid_of(pixels)
+        x = v.conv1(pixels.to(self.device, v.conv1.weight.dtype))  # [B, width, h, w]
+        x = x.flatten(2).transpose(1, 2)  # [B, hw, width]
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+        return v.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding(grid, fp16_pos).to(x.device, x.dtype))
+
+    def attention_mask(self, block: int, grid: tuple[int, int], device) -> torch.Tensor | None:
+        """Additive ``[L, L]`` mask for a windowed block (toy CLIP): patches see a ``k x k`` neighbourhood (k = 1:
+        themselves), not the CLS token; the CLS token sees everything. ``None`` for ordinary global blocks."""
+        if block not in self.window_blocks or self.window_size < 1:
+            return None
+        # the CLS token gathers globally; patches stay local so early features stay local
+        return window_attention_mask(grid[0], grid[1], self.window_size, lead=1).to(device)
+
+    def block(self, i: int, x: torch.Tensor, grid: tuple[int, int], need_weights: bool = False,
+              keep_ln1: bool = False):
+        """Run block ``i`` on ``[B, L, width]``.
+
+        Returns:
+            (x_out ``[B, L, width]``, head-mean attention ``[B, L, L]`` or None, ln_1 output or None).
+        """
+        blk = self.blocks[i]
+        mask = self.attention_mask(i, grid, x.device)
+        h = blk.ln_1(x)
+        attn_out, attn = blk.attn(h, h, h, need_weights=need_weights, average_attn_weights=True,
+                                  attn_mask=None if mask is None else mask.to(h.dtype))
+        x = x + blk.ls_1(attn_out)
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        return x, attn, (h if keep_ln1 else None)
+
+    def class_token(self, i: int, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Block ``i``'s output for the class token alone: ``[B, L, width]`` -> ``[B, 1, width]``, its attention
+        over every token then its MLP; the patch rows, which CASS's image embedding does not read, are not made
+        (the values of ``block(i, x, grid)[0][:, :1]`` up to the float order of the products)."""
+        blk = self.blocks[i]
+        mask = self.attention_mask(i, grid, x.device)
+        h = blk.ln_1(x)
+        out, _ = blk.attn(h[:, :1], h, h, need_weights=False,
+                          attn_mask=None if mask is None else mask[:1].to(h.dtype))
+        x = x[:, :1] + blk.ls_1(out)
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+    def last_block(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The last block on ``[B, 1 + hw, width]`` tokens, mixing them as ``--dense`` says: the vanilla
+        :meth:`block` for ``none``, :func:`vpltool.models.dense.mix_last_block` otherwise. Returns
+        ``[B, 1 + hw, width]``."""
+        if self.mixing.vanilla:
+            return self.block(self.n_blocks - 1, x, grid)[0]
+        bias = None
+        if self.mixing.gaussian_std > 0:
+            key = (tuple(grid), self.mixing.gaussian_std, str(x.device), x.dtype)
+            if key not in self._bias_cache:
+                self._bias_cache[key] = neighbourhood_bias(grid, self.mixing.gaussian_std, x.device, x.dtype)
+            bias = self._bias_cache[key]
+        return mix_last_block(self.blocks[-1], x, self.mixing, bias)
+
+    def dense_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
+        """``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size) -> ``[B, h*w, D]``
+        joint-space patch features (not normalised) of the ``--dense`` method: blocks ``0..L-2`` as always, then
+        :meth:`last_block`, ``ln_post`` and ``proj``. For ``none`` the values `extract` stores. The method's
+        ``features`` hook (:class:`~vpltool.models.dense.DenseHooks`; SC-CLIP reads every block's output, ProxyCLIP
+        and CASS a proxy model's)."""
+        return self.hooks.features(self, pixels, fp16_pos)
+
+    def feature_grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The grid of :meth:`dense_features` for an input of ``size`` ``(H, W)`` pixels: CLIP's patch grid, or
+        the method's (its ``feature_grid`` hook: ProxyCLIP's output is on its proxy model's grid)."""
+        return self.hooks.feature_grid(self, size)
+
+    def encode(self, pixels: torch.Tensor, *, stop: int | None = None, attention_from: int | None = None,
+               collect: Sequence[int] = (), fp16_pos: bool = False) -> Encoded:
+        """The frozen forward: embed, then blocks ``0..stop-1`` (all by default). Runs under the caller's grad
+        mode and autocast; see :class:`Encoded` for what is kept."""
+        grid = self.grid_of(pixels)
+        stop = self.n_blocks if stop is None else stop
+        x, out = self.embed(pixels, fp16_pos), Encoded(None, grid)
+        wanted = set(collect)
+        for i in range(stop):
+            need = attention_from is not None and i >= attention_from
+            x, attn, _ = self.block(i, x, grid, need_weights=need)
+            if need:
+                out.attentions.append(attn)
+            if i in wanted:
+                out.blocks.append(x[:, 1:])
+        out.tokens = x
+        return out
+
+    def frozen_pass(self, pixels: torch.Tensor, attention_blocks: int, fp16_pos: bool = False,
+                    keep_maps: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """What GradCAM and CAA need from the frozen blocks ``0..L-2``.
+
+        Returns:
+            ``last_block_input`` ``[B, 1 + hw, width]``, ``attention`` ``[B, hw, hw]`` float32 (the mean of the
+            head-averaged maps of the ``attention_blocks - 1`` blocks before the last, CLS row and column removed;
+            zeros for a one-block model; with ``keep_maps`` the maps themselves ``[B, n, hw, hw]``, so that CAA can
+            average all of them at once as CLIP-ES does) and the grid. CAA adds the last block's own map (CLIP-ES
+            averages the last ``attention_blocks`` maps).
+
+        The mean is a running sum in float32 divided at the end: one ``[B, hw, hw]`` buffer, not one per block, and
+        the same values as stacking the maps and taking their mean.
+        """
+        n_prev = min(attention_blocks, self.n_blocks) - 1
+        grid, stop = self.grid_of(pixels), self.n_blocks - 1
+        x, total, maps = self.embed(pixels, fp16_pos), None, []
+        for i in range(stop):
+            need = i >= stop - n_prev
+            x, attn, _ = self.block(i, x, grid, need_weights=need)
+            if not need:
+                continue
+            if keep_maps:
+                maps.append(attn[:, 1:, 1:].float())
+            elif total is None:
+                total = attn[:, 1:, 1:].float().clone()
+            else:
+                total += attn[:, 1:, 1:]
+        if keep_maps and maps:
+            attention = torch.stack(maps, 1)
+        elif total is not None:
+            attention = total / n_prev
+        else:
+            hw = grid[0] * grid[1]
+            attention = torch.zeros(len(pixels), hw, hw, device=x.device)
+        return x, attention, grid
+
+    @torch.no_grad()
+    def fill_tokens(self, feats, image: np.ndarray, attention_blocks: int, parity: str = "none") -> None:
+        """Give a features record of a light cache (``feats.last_block_input is None``) its tokens and attention.
+
+        Args:
+            feats: a :class:`vpltool.io.Features`, changed in place.
+            image: ``[H0, W0, 3]`` uint8, the image the features were extracted from.
+            attention_blocks, parity: the `extract` settings recorded for those features.
+
+        The values are rounded like `extract`'s full cache stores them (:func:`vpltool.io.token_dtype`), so a stage
+        gives the same maps with and without cached tokens.
+        """
+        from ...io import token_dtype
+
+        if feats.last_block_input is not None:
+            return
+        pixels = self.preprocess(image, feats.input_size)[None]
+        exact = parity == "clip-es"
+        tokens, attention, _ = self.frozen_pass(pixels, attention_blocks, fp16_pos=exact, keep_maps=exact)
+        dtype = token_dtype(parity)
+        feats.last_block_input = tokens[0].cpu().to(dtype).float()
+        feats.attention = attention[0].cpu().to(dtype).float()
+
+    def dense(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block ``[B, 1+hw, width]`` -> patch features ``[B, hw, D]`` (joint space, not
+        normalised)."""
+        return self.project(tokens[:, 1:])
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` then ``proj``: ``[..., width]`` tokens -> ``[..., D]`` in the joint image-text space."""
+        v = self.visual
+        x = v.ln_post(tokens)
+        return x @ v.proj.to(x.dtype) if v.proj is not None else x
+
+    def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` unit image embeddings: CLIP-ES's mean of the projected patch tokens."""
+        return F.normalize(self.dense(tokens).mean(1), dim=-1)
+
+    def gradcam(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor, n_classes: int,
+                temperature: float, layer: str = "input", exact: bool = False, precision: str = "fp32") -> GradCam:
+        """One image's softmax-GradCAM: :func:`vpltool.models.backbones.gradcam.gradcam`."""
+        return gradcam(self, last_block_input, grid, rows, n_classes, temperature, layer, exact, precision)
+
+    def gradcam_batch(self, last_block_input: torch.Tensor, grid: tuple[int, int], rows: SoftmaxRows,
+                      temperature: float, layer: str = "input", precision: str = "fp32") -> BatchGradCam:
+        """Softmax-GradCAM of B images of one grid: :func:`vpltool.models.backbones.gradcam.gradcam_batch`."""
+        return gradcam_batch(self, last_block_input, grid, rows, temperature, layer, precision)
