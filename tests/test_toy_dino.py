@@ -97,3 +97,21 @@ def test_tokens_and_last_qkv_are_the_forward_and_what_a_hook_on_the_last_qkv_see
     tokens, qkv, grid = dino.tokens_and_last_qkv(pixels)
     assert grid == (4, 5) and qkv.shape == seen[0].shape == (2, 21, 3 * 64)
     assert (tokens - theirs[:, 1:]).abs().max() < 1e-5 and (qkv - seen[0]).abs().max() < 1e-5
+
+
+def test_last_block_input_is_what_the_last_block_receives():
+    dino = load_dino(DinoSpec("test_vit", "none", "bicubic-antialias"))
+    pixels = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(2))
+    seen = []
+    hook = dino.model.blocks[-1].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    try:
+        dino.model.forward_features(pixels)
+    finally:
+        hook.remove()
+    x, grid = dino.last_block_input(pixels)
+    assert grid == (4, 5) and x.shape == seen[0].shape == (2, 21, 64)
+    assert (x - seen[0]).abs().max() < 1e-5
+    keys, _ = dino.last_keys(pixels)  # built on it: the last block's keys of those tokens
+    attn = dino.model.blocks[-1].attn
+    qkv = attn.qkv(dino.model.blocks[-1].norm1(x)).reshape(2, 21, 3, attn.num_heads, -1)
+    assert torch.equal(keys, qkv.permute(2, 0, 3, 1, 4)[1][:, :, 1:])

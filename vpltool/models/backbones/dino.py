@@ -283,15 +283,24 @@ class DinoBackbone:
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))
         return m.norm(x)[:, self.n_prefix:], qkv, grid
 
+    def last_block_input(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The tokens the last block receives, for a method that rebuilds that block itself (CASS's keys,
+        OV-Stitcher's penultimate tokens and stitched ``qkv``): blocks ``0..L-2`` of :meth:`_dino_forward` on
+        ``[B, 3, H, W]`` pixels normalised with :attr:`mean` / :attr:`std` -> (``[B, prefix + hw, C]``, the prefix
+        tokens first, no final norm; ``(h, w)``). The last block itself is not run."""
+        m = self.model
+        x, grid = self._dino_tokens(pixels.to(self.device))
+        for blk in m.blocks[:-1]:
+            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return x, grid
+
     def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
         normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the prefix tokens, ``(h, w)``),
         DINO's arithmetic as in :meth:`_dino_forward`."""
         m = self.model
-        x, grid = self._dino_tokens(pixels)
-        for blk in m.blocks[:-1]:
-            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
-            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        x, grid = self.last_block_input(pixels)
         attn = m.blocks[-1].attn
         b, n, c = x.shape
         qkv = attn.qkv(m.blocks[-1].norm1(x)).reshape(b, n, 3, attn.num_heads, c // attn.num_heads)
