@@ -133,3 +133,23 @@ def test_a_bad_output_is_refused_before_the_model_loads(tiny_spec, tmp_path, mon
     monkeypatch.setattr(tp, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(VplError, match=f"^{out}: (is a folder|exists and is not a regular file)"):
         run_text_prototypes(("background", "cat"), out, tiny_spec, device="cpu")
+
+
+def test_class_templates_add_each_words_own_sentences(bb):
+    from vpltool.models.backbones.prompts import ClassTemplates
+
+    templates = ClassTemplates(["a photo of a {}.", "{}"], {"cat": ("a small furry animal", "whiskers")}, "t")
+    got = encode_names(bb, ["cat", "dog"], templates)
+    cat = bb.encode_text(["a photo of a cat.", "cat", "a small furry animal", "whiskers"])
+    assert torch.allclose(got[0], F.normalize(cat.mean(0), dim=0), atol=1e-6)
+    assert torch.allclose(got[1], encode_names(bb, ["dog"], ["a photo of a {}.", "{}"])[0], atol=1e-6)  # no entry
+
+
+def test_ov_stitcher_templates_are_the_80_and_its_sentences():
+    templates = resolve_templates("ov-stitcher")
+    assert list(templates) == list(presets.IMAGENET_TEMPLATES) and templates.name == "ov-stitcher"
+    assert len(templates.extra) == 309 and sum(map(len, templates.extra.values())) == 4625
+    assert templates.extra["people"][0] == "a two-legged human with a head and body"
+    assert "background" in templates.extra and "person" not in templates.extra  # its class files say 'people'
+    with pytest.raises(VplError, match="ov-stitcher: its per-class sentences are for the dense segmentor"):
+        resolve_templates("ov-stitcher", per_class=False)

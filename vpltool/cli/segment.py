@@ -49,8 +49,9 @@ def segment_cmd(
                                                    "masks are over background + these [default: the dataset's "
                                                    "classes].", show_default=False)] = None,
     dense: DenseOpt = _S.dense,
-    templates: Annotated[str, typer.Option(help="imagenet (the methods' 80 prompts) | clip-es | a template with {} | "
-                                           "a file, one template per line.")] = _S.templates,
+    templates: Annotated[str, typer.Option(help="imagenet (the methods' 80 prompts) | clip-es | ov-stitcher (the 80 "
+                                           "and, per query word, OV-Stitcher's class-biased sentences) | a template "
+                                           "with {} | a file, one template per line.")] = _S.templates,
     background: Annotated[Optional[str], typer.Option(
         help="Background words (queries of class 0): auto | voc | coco | none | a file | 'w1,w2,...' [default: "
              f"{_S.background}; with --model FAMILY:FILE the family's: {text_defaults('background')}].",

@@ -296,7 +296,8 @@ class SegmentConfig:
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
         at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")
         at_least("--max-side", self.max_side, MIN_MAX_SIDE, allow_none=True, why=" pixels")
-        require(bool(self.templates.strip()), "--templates is empty: give imagenet, clip-es, a template or a file")
+        require(bool(self.templates.strip()),
+                "--templates is empty: give imagenet, clip-es, ov-stitcher, a template or a file")
         for option, value in (("--global-weight", self.global_weight), ("--shift-weight", self.shift_weight)):
             if value is not None:
                 fraction(option, value)

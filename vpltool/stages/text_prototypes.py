@@ -34,7 +34,7 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
     """Text prototypes for ``classes`` (index 0 = background): C class rows, then the background-word rows."""
     preset = presets.preset_for(classes)
     names = presets.prompt_names(classes, preset if cfg.synonyms else None)
-    templates = resolve_templates(cfg.templates)
+    templates = resolve_templates(cfg.templates, per_class=False)
     background = resolve_background(cfg.background, preset, classes)
     exact = cfg.parity == "clip-es"
     vectors = torch.cat([encode_names(bb, names, templates, exact), encode_names(bb, background, templates, exact)])
@@ -75,7 +75,7 @@ def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec
                              **{option: spec for option, spec in files.items() if io.is_regular_file(spec)}},
                      protected=recorded_folders(source) if source is not None else ())
     check_class_names(classes)
-    resolve_templates(cfg.templates)
+    resolve_templates(cfg.templates, per_class=False)
     resolve_background(cfg.background, presets.preset_for(classes), classes)
     bb = load_model("clip", spec, resolve_device(device))
     protos = build_text_prototypes(bb, classes, cfg)

@@ -3,8 +3,11 @@ class-name rules, and the per-name mean of normalised prompt embeddings (:func:`
 
 from __future__ import annotations
 
+import json
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -25,12 +28,44 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-TEMPLATE_FILE = "a template with '{}', clip-es, imagenet, or a file with one template per line"
+TEMPLATE_FILE = "a template with '{}', clip-es, imagenet, ov-stitcher, or a file with one template per line"
 BACKGROUND_FILE = "auto, voc, coco, none, words a,b,c, or a file with one word per line"
 
+# per-class prompt sets (vpltool/assets/prompts/): the 80 ImageNet templates, and for a query word of the file's
+# keys its whole sentences too (OV-Stitcher's prompts/class_biased_template.json, byte for byte: 309 words, 10 to 15
+# sentences each; its configs/base_config.py template_path, used for every benchmark)
+CLASS_PROMPT_SETS = {"ov-stitcher": "ov_stitcher_class_biased.json"}
+PROMPT_ASSETS = Path(__file__).resolve().parents[2] / "assets" / "prompts"
 
-def resolve_templates(spec: str) -> list[str]:
-    """'clip-es' | 'imagenet' | a literal template containing '{}' | a file with one template per line.
+
+class ClassTemplates(list):
+    """Templates with ``{}`` (the list itself) and, per query word, whole sentences that join that word's prompts
+    (:attr:`extra`: ``{word: (sentence, ...)}``, looked up by the exact word; a word without an entry has the
+    templates alone). :func:`encode_names` averages a word's normalised prompt embeddings over both. Recorded as its
+    templates (a list); its name is the run's ``--templates``."""
+
+    def __init__(self, templates: Sequence[str], extra: Mapping[str, Sequence[str]], name: str):
+        super().__init__(templates)
+        self.extra = {str(k): tuple(v) for k, v in extra.items()}
+        self.name = name
+
+
+@lru_cache(maxsize=None)
+def _class_sentences(name: str) -> dict[str, tuple[str, ...]]:
+    data = json.loads((PROMPT_ASSETS / CLASS_PROMPT_SETS[name]).read_text(encoding="utf-8"))
+    return {k: tuple(v) for k, v in data.items()}
+
+
+def class_templates(name: str) -> ClassTemplates:
+    """The bundled per-class prompt set ``name`` (:data:`CLASS_PROMPT_SETS`): the 80 ImageNet templates and its
+    sentences per word."""
+    return ClassTemplates(presets.IMAGENET_TEMPLATES, _class_sentences(name), name)
+
+
+def resolve_templates(spec: str, per_class: bool = True) -> list[str]:
+    """'clip-es' | 'imagenet' | 'ov-stitcher' (:func:`class_templates`) | a literal template containing '{}' | a
+    file with one template per line. ``per_class`` False: a per-class set is refused (text-prototypes records its
+    templates as a list, which ``predict`` re-encodes new names with).
 
     Each template holds exactly one ``{}`` and no other format field (a second ``{}`` made an IndexError deep in
     the encoder); a bad one is named, with its line in a file."""
@@ -38,6 +73,11 @@ def resolve_templates(spec: str) -> list[str]:
         return [presets.CLIP_ES_TEMPLATE]
     if spec == "imagenet":
         return list(presets.IMAGENET_TEMPLATES)
+    if spec in CLASS_PROMPT_SETS:
+        if not per_class:
+            raise VplError(f"--templates {spec}: its per-class sentences are for the dense segmentor (segment, "
+                           "benchmark, vpltool.segmenter); give clip-es, imagenet, a template or a file here")
+        return class_templates(spec)
     path = io.named_file(spec, "--templates", TEMPLATE_FILE) if "{" not in spec or io.is_regular_file(spec) \
         else None
     if path is None:
@@ -86,14 +126,16 @@ def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = (
 def encode_names(bb, names: Sequence[str], templates: Sequence[str], exact: bool = False
                  ) -> torch.Tensor:
     """``[len(names), D]`` float32 unit rows: per name, the mean of its normalised prompt embeddings (``exact``:
-    CLIP-ES's ``zeroshot_classifier`` arithmetic, see :meth:`vpltool.models.ClipBackbone.encode_text`)."""
+    CLIP-ES's ``zeroshot_classifier`` arithmetic, see :meth:`vpltool.models.ClipBackbone.encode_text`). A name's
+    prompts are the templates filled with it, and with :class:`ClassTemplates` its own sentences after them."""
     if not names:
         return torch.zeros(0, bb.embed_dim)
-    prompts = [t.format(n) for n in names for t in templates]
-    emb = bb.encode_text(prompts, exact=exact).view(len(names), len(templates), -1)
-    mean = emb.mean(1)
+    extra = getattr(templates, "extra", None) or {}
+    per_name = [[t.format(n) for t in templates] + list(extra.get(n, ())) for n in names]
+    emb = bb.encode_text([p for prompts in per_name for p in prompts], exact=exact)
+    mean = torch.stack([rows.mean(0) for rows in emb.split([len(p) for p in per_name])])
     return (mean / mean.norm(dim=-1, keepdim=True)).cpu()
 
 
-__all__ = ["template_problem", "TEMPLATE_FILE", "BACKGROUND_FILE", "resolve_templates", "check_class_names",
-           "resolve_background", "encode_names"]
+__all__ = ["template_problem", "TEMPLATE_FILE", "BACKGROUND_FILE", "CLASS_PROMPT_SETS", "ClassTemplates",
+           "class_templates", "resolve_templates", "check_class_names", "resolve_background", "encode_names"]
