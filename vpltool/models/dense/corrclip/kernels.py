@@ -50,17 +50,18 @@ class Correlation:
     pad_multiple: int = 56
 
 
-def spatial_blocks(n_blocks: int) -> range:
+def spatial_blocks(n_blocks: int, method: str = "corrclip") -> range:
     """The blocks whose outputs the spatial branch averages: ``L-2-n .. L-3`` with ``n`` 5, 12, 28 for 12, 24, 32
     blocks and ``L-4`` otherwise (the reference's rule).
 
     Depth rule (vpltool's, for towers under 5 blocks, where the reference's ``L-4`` leaves the range empty and its
     ``torch.stack([])`` fails): ``n`` is at least 1, so the branch is block ``L-3``'s output alone (the toy CLIP's 4
-    blocks: block 1; the test CLIP's 3: block 0). Fewer than 3 blocks have no such block."""
+    blocks: block 1; the test CLIP's 3: block 0). Fewer than 3 blocks have no such block (``method``: the one
+    refused, OV-Stitcher's rule being the same)."""
     n = {12: 5, 24: 12, 32: 28}.get(n_blocks, n_blocks - 4)
     n = max(n, 1)
     if n_blocks < 3:
-        raise VplError(f"--dense corrclip: the image tower has {n_blocks} blocks; its spatial branch needs at least 3 "
+        raise VplError(f"--dense {method}: the image tower has {n_blocks} blocks; its spatial branch needs at least 3 "
                        "(a ViT-B/16 has 12): pass another --model")
     return range(n_blocks - 2 - n, n_blocks - 2)
 

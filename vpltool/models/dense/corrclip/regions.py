@@ -1,7 +1,9 @@
 """Where CorrCLIP's class-agnostic region maps come from (``--region-masks``), each recorded by content.
 
 A region map is one photo's ``[H0, W0]`` int array at its original size: one id a region, the smallest id the union
-of the pixels no region covers (the reference's ``instance_mask``). Three generators:
+of the pixels no region covers (the reference's ``instance_mask``). OV-Stitcher reads the same maps the same way; a
+generator takes its method's SAM2 settings (``settings``: CorrCLIP's :data:`SAM_SETTINGS` by default) and its name
+for messages. Three generators:
 
 * a folder of the reference's mask files (its paper numbers use these: SAM2's masks, published precomputed):
   ``<folder>/<image stem>.npz``, key ``instance_mask`` (:class:`FolderRegions`); every file is read and checked
@@ -28,7 +30,7 @@ from ....errors import VplError
 NPZ_KEY = "instance_mask"
 FORMAT = (f"one <image stem>.npz per image with an int array '{NPZ_KEY}' of the image's height x width "
           "(np.savez(path, instance_mask=ids); the smallest id = unsegmented)")
-# corrclip_segmentor.py's SAM2AutomaticMaskGenerator arguments
+# corrclip_segmentor.py's SAM2AutomaticMaskGenerator arguments (a method's own: region_source's settings)
 SAM_SETTINGS = {"points_per_side": 8, "pred_iou_thresh": 0.4, "stability_score_thresh": 0.4}
 
 
@@ -104,17 +106,17 @@ class FolderRegions:
 
 
 class SamRegions:
-    """segment-anything's ``SamAutomaticMaskGenerator`` (:data:`SAM_SETTINGS`) on a whole SAM (``load_sam`` with
-    its prompt encoder and mask decoder: a released checkpoint, or the demo's toy SAM)."""
+    """segment-anything's ``SamAutomaticMaskGenerator`` (``settings``, by default :data:`SAM_SETTINGS`) on a whole
+    SAM (``load_sam`` with its prompt encoder and mask decoder: a released checkpoint, or the demo's toy SAM)."""
 
-    def __init__(self, sam):
+    def __init__(self, sam, settings: dict = SAM_SETTINGS):
         from segment_anything import SamAutomaticMaskGenerator
         from segment_anything.modeling import Sam
 
         from ...backbones.sam import PIXEL_MEAN, PIXEL_STD
 
         model = Sam(sam.model, sam.prompt_encoder, sam.mask_decoder, list(PIXEL_MEAN), list(PIXEL_STD))
-        self.generator = SamAutomaticMaskGenerator(model.eval().to(sam.device), **SAM_SETTINGS)
+        self.generator = SamAutomaticMaskGenerator(model.eval().to(sam.device), **settings)
 
     def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
         import torch
@@ -136,13 +138,13 @@ def import_sam2():
 
 
 class Sam2Regions:
-    """SAM2's automatic mask generator as CorrCLIP configures it (``multimask_output=False``,
-    ``apply_postprocessing=False``), from a model config and a checkpoint file."""
+    """SAM2's automatic mask generator as CorrCLIP and OV-Stitcher configure it (``multimask_output=False``,
+    ``apply_postprocessing=False``, the method's ``settings``), from a model config and a checkpoint file."""
 
-    def __init__(self, config: str, checkpoint: Path, device="cpu"):
+    def __init__(self, config: str, checkpoint: Path, device="cpu", settings: dict = SAM_SETTINGS):
         build_sam2, generator = import_sam2()
         model = build_sam2(config, str(checkpoint), device=str(device), apply_postprocessing=False)
-        self.generator = generator(model=model, multimask_output=False, **SAM_SETTINGS)
+        self.generator = generator(model=model, multimask_output=False, **settings)
 
     def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
         import torch
@@ -152,18 +154,20 @@ class Sam2Regions:
 
 
 _SOURCES: dict[tuple, object] = {}  # per process (a loading worker builds its SAM once)
-NEED = ("--dense corrclip needs class-agnostic region masks: pass --region-masks FOLDER (" + FORMAT + "), or "
+NEED = ("--dense {method} needs class-agnostic region masks: pass --region-masks FOLDER (" + FORMAT + "), or "
         "--region-masks sam with --sam-model and --sam-weights (segment-anything's automatic mask generator)")
 
 
-def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str | None = None, load: bool = True):
+def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str | None = None, load: bool = True,
+                  settings: dict = SAM_SETTINGS, method: str = "corrclip"):
     """The generator ``--region-masks value`` names: a folder (:class:`FolderRegions`), ``sam``
     (:class:`SamRegions` on ``--sam-model`` / ``--sam-weights``, its prompt encoder and mask decoder included) or
     ``sam2[:CONFIG]`` (:class:`Sam2Regions`, ``--sam-weights`` its checkpoint; CONFIG SAM2's model config, by default
     the reference's ``sam2_hiera_l.yaml``). ``load`` False: checked only (the SAM file's kind, the package), nothing
-    built. One line naming the fix for a value that is none of these."""
+    built. ``settings``: the method's SAM2 generator arguments; ``method``: its name, for the message. One line
+    naming the fix for a value that is none of these."""
     if not value:
-        raise VplError(NEED)
+        raise VplError(NEED.format(method=method))
     if value == "sam" or value.startswith("sam2"):
         if sam_weights is None:
             raise VplError(f"--region-masks {value} needs the model's weights: pass --sam-weights FILE (SAM's "
@@ -174,27 +178,27 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
 
             spec = SamSpec(sam_model, sam_weights, prompt=True)
             check_model("sam", spec)
-            key = ("sam", sam_model, sam_weights)
+            key = ("sam", sam_model, sam_weights, tuple(sorted(settings.items())))
             if load and key not in _SOURCES:
                 from ...registry import load_model
 
-                _SOURCES[key] = SamRegions(load_model("sam", spec, "cpu"))
+                _SOURCES[key] = SamRegions(load_model("sam", spec, "cpu"), settings)
             return _SOURCES.get(key)
         import_sam2()
         config = value.partition(":")[2] or "sam2_hiera_l.yaml"
-        key = ("sam2", config, sam_weights)
+        key = ("sam2", config, sam_weights, tuple(sorted(settings.items())))
         if load and key not in _SOURCES:
-            _SOURCES[key] = Sam2Regions(config, Path(sam_weights))
+            _SOURCES[key] = Sam2Regions(config, Path(sam_weights), settings=settings)
         return _SOURCES.get(key)
     return FolderRegions(Path(value).expanduser())
 
 
-def source_record(value: str, sam_model: str, sam_weights: str | None) -> dict:
+def source_record(value: str, sam_model: str, sam_weights: str | None, settings: dict = SAM_SETTINGS) -> dict:
     """How the run names its generator in its record: a folder by its files' digest (added by
     :meth:`FolderRegions.check`), SAM by its weights' bytes."""
     if value == "sam" or value.startswith("sam2"):
         # segment-anything v1 always predicts three masks a point; SAM2 runs with multimask_output=False
-        return {"generator": value, "settings": dict(SAM_SETTINGS, multimask_output=value == "sam"),
+        return {"generator": value, "settings": dict(settings, multimask_output=value == "sam"),
                 "sam_model": sam_model if value == "sam" else None,
                 "weights_sha256": file_digest(Path(sam_weights)) if sam_weights else None}
     return {"generator": "folder"}
