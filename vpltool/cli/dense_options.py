@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import SegmentConfig, dense_help
-from ..config.dense import CLASS_SETS, DENSE_CHOICES, KNOB_METHOD, KNOBS, PROXY_MODELS, SAM_METHODS
+from ..config.dense import CLASS_SETS, DENSE_CHOICES, KNOB_METHODS, KNOBS, PROXY_MODELS, SAM_METHODS
 from .options import OptionBlock
 
 _S = SegmentConfig
@@ -55,8 +55,8 @@ AttentionOpt = Annotated[Optional[str], typer.Option(
     "model_type vanilla) | identity (MaskCLIP) | qq+kk (SCLIP) | qq (ClearCLIP) | kk (NACLIP).", show_default=False)]
 # the SAM encoder of the methods that take one, and of the knob values that read it (segment, benchmark)
 _SAM = _methods(SAM_METHODS)
-_SAM_USERS = "".join(f" (and of {k.option} {k.when[0]} of --dense {KNOB_METHOD[k.field]})" for k in KNOBS.values()
-                     if "sam_model" in k.uses)
+_SAM_USERS = "".join(f" (and of {k.option} {k.when[0]} of --dense {_methods(KNOB_METHODS[k.field])})"
+                     for k in KNOBS.values() if "sam_model" in k.uses)
 SamModelOpt = Annotated[str, typer.Option("--sam-model", help=f"The SAM image encoder of --dense {_SAM}{_SAM_USERS}: "
                                           "vit_b (Trident's) | vit_l | vit_h | toy (the demo world's: "
                                           "vpltool/assets/toy-sam, `train-toy-sam`).")]
@@ -101,8 +101,8 @@ def _knob_type(field: str) -> object:
     kind = typing.get_type_hints(SegmentConfig)[field]
     if isinstance(kind, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    knob = KNOBS[field]
-    return Annotated[Optional[kind], typer.Option(knob.option, help=f"--dense {KNOB_METHOD[field]}: {knob.help}",
+    knob, methods = KNOBS[field], " or ".join(KNOB_METHODS[field])
+    return Annotated[Optional[kind], typer.Option(knob.option, help=f"--dense {methods}: {knob.help}",
                                                   show_default=False)]
 
 

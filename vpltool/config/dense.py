@@ -199,7 +199,15 @@ SAM_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.sam)  # t
 # the methods that need no side model (cam --dense seeds, predict --dense)
 PLAIN_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if not spec.proxy_model and not spec.sam)
 KNOBS: dict[str, Knob] = {k.field: k for spec in DENSE_SPECS.values() for k in spec.knobs}  # every method's
-KNOB_METHOD = {k.field: name for name, spec in DENSE_SPECS.items() for k in spec.knobs}  # the method that reads it
+# the methods that read each knob, in the table's order: a knob several methods share (their rows name the same
+# Knob: CorrCLIP's and OV-Stitcher's --region-masks) is one option
+KNOB_METHODS: dict[str, tuple[str, ...]] = {}
+for _name, _spec in DENSE_SPECS.items():
+    for _knob in _spec.knobs:
+        if KNOBS[_knob.field] != _knob:
+            raise ValueError(f"DENSE_SPECS: --dense {_name}'s knob {_knob.field} differs from another method's row of "
+                             "the same field; rows that share a knob name the same Knob")
+        KNOB_METHODS[_knob.field] = (*KNOB_METHODS.get(_knob.field, ()), _name)
 # the bundled class-file sets the rows name (vpltool/assets/class_files/<set>/), in the table's order
 CLASS_SETS = tuple(dict.fromkeys(spec.class_files for spec in DENSE_SPECS.values() if spec.class_files))
 
@@ -310,10 +318,14 @@ class SegmentConfig:
         own = DENSE_SPECS[self.dense]  # a method's own knobs (and SAM's options) are never another's to leave out
         mine = {*(k.field for k in own.knobs), *(u for k in own.knobs for u in k.uses),
                 *(("sam_model", "sam_weights") if own.sam else ())}
+        users: dict[str, list[str]] = {}
         for name, spec in DENSE_SPECS.items():  # each method's knobs (SAM's options with SAM's methods)
             if name != self.dense:
                 fields_ = (*(k.field for k in spec.knobs), *(("sam_model", "sam_weights") if spec.sam else ()))
-                out.update({k: f"without --dense {name}" for k in fields_ if k not in mine})
+                for k in fields_:
+                    if k not in mine:
+                        users.setdefault(k, []).append(name)
+        out.update({k: f"without --dense {' or '.join(names)}" for k, names in users.items()})
         for knob in own.knobs:  # shared options that only some values of its knob read
             if knob.uses and not str(getattr(self, knob.field) or "").startswith(knob.when):
                 out.update({k: f"without {knob.option} {' or '.join(knob.when)}" for k in knob.uses})
