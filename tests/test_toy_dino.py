@@ -111,6 +111,8 @@ def test_last_block_input_is_what_the_last_block_receives():
     x, grid = dino.last_block_input(pixels)
     assert grid == (4, 5) and x.shape == seen[0].shape == (2, 21, 64)
     assert (x - seen[0]).abs().max() < 1e-5
+    fused, _ = dino.last_block_input(pixels, fused=True)  # torch's fused attention: the same up to rounding
+    assert (fused - x).abs().max() < 1e-5
     keys, _ = dino.last_keys(pixels)  # built on it: the last block's keys of those tokens
     attn = dino.model.blocks[-1].attn
     qkv = attn.qkv(dino.model.blocks[-1].norm1(x)).reshape(2, 21, 3, attn.num_heads, -1)
