@@ -458,6 +458,12 @@ WECLIP_DINO_REF ?=
 CORRCLIP_REF ?=
 CORRCLIP_DINO_REF ?=
 CORRCLIP_WORK ?=
+# OVSTITCHER_REF=the OV-Stitcher clone of parity/ov_stitcher_parity.py's docstring (atw617/OV-Stitcher 91a9489),
+# OVSTITCHER_DINO_REF=one of facebookresearch/dino: --dense ov-stitcher against its own code (OVSTITCHER_WORK keeps
+# both sides' outputs for a later run)
+OVSTITCHER_REF ?=
+OVSTITCHER_DINO_REF ?=
+OVSTITCHER_WORK ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -494,6 +500,13 @@ parity: setup
 	  --dino-ref $(CORRCLIP_DINO_REF) $(if $(CORRCLIP_WORK),--work $(CORRCLIP_WORK)) \
 	  --out $(PARITY_OUT)/corrclip_parity.json > /dev/null, \
 	  @echo "make parity: pass CORRCLIP_REF=/path/to/a/clone/of/zdk258/CorrCLIP at 103bc18 and CORRCLIP_DINO_REF (docs/parity.md)")
+	$(if $(OVSTITCHER_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/ov_stitcher_parity.py --ref $(OVSTITCHER_REF) \
+	  --dino-ref $(OVSTITCHER_DINO_REF) $(if $(OVSTITCHER_WORK),--work $(OVSTITCHER_WORK)) \
+	  --out $(PARITY_OUT)/ov_stitcher_parity.json > /dev/null, \
+	  @echo "make parity: pass OVSTITCHER_REF=/path/to/the/OV-Stitcher/clone and OVSTITCHER_DINO_REF (docs/parity.md)")
+	$(if $(OVSTITCHER_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/ov_stitcher_parity.py --ref $(OVSTITCHER_REF) \
+	  --dino-ref $(OVSTITCHER_DINO_REF) $(if $(OVSTITCHER_WORK),--work $(OVSTITCHER_WORK)/448) --images 2 \
+	  --short-side 448 --slide-crop 336 --slide-stride 112 --out $(PARITY_OUT)/ov_stitcher_parity_448.json > /dev/null)
 	$(VENV)/bin/python docgen/parity_page.py --results $(PARITY_OUT)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases

@@ -4,8 +4,8 @@ JSON object.
     python parity/benchmarks_parity.py --ref DIR
 
 ``--ref DIR`` holds clones named ``NACLIP``, ``SCLIP``, ``ClearCLIP``, ``ProxyCLIP``, ``SC-CLIP``, ``CASS``,
-``Trident``, ``CorrCLIP`` (its ``CorrCLIPv1/`` read; any case; a ``owner+name`` folder works too); a missing one is
-reported, not compared. Each clone is
+``Trident``, ``CorrCLIP`` (its ``CorrCLIPv1/`` read), ``OV-Stitcher`` (the folder of ``ov_stitcher_parity.py``'s
+docstring; any case; a ``owner+name`` folder works too); a missing one is reported, not compared. Each clone is
 read in its own process by ``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports
 of ``custom_datasets.py``; the configs are executed as the Python files they are; ``get_cls_idx`` runs alone).
 
@@ -17,6 +17,8 @@ Compared, per reference:
 * ``class_files``: the bundled file's bytes (sha256) against the clone's ``name_path`` file, and vpltool's reading
   of it (:func:`vpltool.data.class_files.read_class_file`, flattened) against the clone's ``get_cls_idx``: the
   same queries (stripped: see ``notes``) with the same class indices;
+* ``templates``: a reference whose config names per-class prompt templates (OV-Stitcher's ``template_path``): the
+  bundled prompt set its presets name (``--templates``) against that file, byte for byte;
 * ``datasets``: for each benchmark the image and label folders (``data_prefix``), the split file (``ann_file``),
   ``reduce_zero_label`` (the pipeline's ``LoadAnnotations``, the dataset's argument, else the class's default) and
   the suffixes and class lists of the clone's own dataset classes (VOC20, Context60/59, COCO-Object) against
@@ -49,7 +51,8 @@ from vpltool.data.class_files import class_file_path, read_class_file  # noqa: E
 REFS = {"naclip": ("NACLIP", "naclip.py"), "sclip": ("SCLIP", "clip_segmentor.py"),
         "clearclip": ("ClearCLIP", "clearclip_segmentor.py"), "proxyclip": ("ProxyCLIP", "proxyclip_segmentor.py"),
         "sc-clip": ("SC-CLIP", "scclip_segmentor.py"), "cass": ("CASS", "cass_segmentor.py"),
-        "trident": ("Trident", "trident.py"), "corrclip": ("CorrCLIP", "corrclip_segmentor.py")}
+        "trident": ("Trident", "trident.py"), "corrclip": ("CorrCLIP", "corrclip_segmentor.py"),
+        "ov-stitcher": ("OV-Stitcher", "ov_stitcher_segmentor.py")}
 # a reference whose code is a folder of its repository (CorrCLIP's v1, beside its v2)
 SUBFOLDER = {"corrclip": "CorrCLIPv1"}
 KEYS = {"logit_scale": "logit_scale", "prob_threshold": "prob_thd", "area_threshold": "area_thd",
@@ -111,6 +114,25 @@ def compare_class_files(method: str, ref: dict, out: list) -> int:
         spaced = [q for q in c["queries"] if q != q.strip()]
         if spaced:
             NOTES.add(f"{c['file']}: get_cls_idx keeps spaces around {spaced} (the tokenizer drops them)")
+    return n
+
+
+def compare_templates(method: str, ref: dict, clone: Path, out: list) -> int:
+    """The prompt set each preset names against the clone's ``template_path`` file, byte for byte (0 compared for a
+    reference whose configs name none and whose presets name none)."""
+    from vpltool.models.backbones.prompts import CLASS_PROMPT_SETS, PROMPT_ASSETS
+
+    spec = BENCHMARK_PRESETS[method].defaults.get("templates")
+    n = 0
+    for bench, c in ref["configs"].items():
+        path = c["model"].get("template_path")
+        if spec is None and path is None:
+            continue
+        n += 1
+        if spec not in CLASS_PROMPT_SETS or path is None:
+            out.append(f"{method} {bench} templates: vpltool {spec!r}, template_path {path!r}")
+        elif (PROMPT_ASSETS / CLASS_PROMPT_SETS[spec]).read_bytes() != (clone / path).read_bytes():
+            out.append(f"{method} {bench} templates: bundled {CLASS_PROMPT_SETS[spec]} differs from {path}")
     return n
 
 
@@ -189,7 +211,8 @@ def main() -> None:
         ref = json.loads(proc.stdout)
         before = len(result["mismatches"])
         n = (compare_presets(method, ref, result["mismatches"]) + compare_class_files(method, ref,
-             result["mismatches"]) + compare_datasets(method, ref, result["mismatches"]))
+             result["mismatches"]) + compare_templates(method, ref, clone, result["mismatches"])
+             + compare_datasets(method, ref, result["mismatches"]))
         result["compared"] += n
         result["refs"][method] = {"clone": clone.name, "commit": commit.stdout.strip() or None, "compared": n,
                                   "mismatches": len(result["mismatches"]) - before}

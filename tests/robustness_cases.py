@@ -1796,6 +1796,38 @@ def _segment_cass_bad_weight(ws: Workspace) -> Iterator[list[object]]:
            "--global-weight", "1.5"]
 
 
+@case("segment --dense ov-stitcher without --region-masks", "--dense ov-stitcher needs class-agnostic region masks",
+      "--region-masks FOLDER")
+def _segment_ov_stitcher_no_masks(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *TINY, *CPU, "--dense", "ov-stitcher",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", "none"]
+
+
+@case("segment --dense ov-stitcher --slide-crop 300 (its windows are stitched whole: a multiple of 56)",
+      "--slide-crop 300: --dense ov-stitcher stitches whole windows", "a positive multiple of 56")
+def _segment_ov_stitcher_crop(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "ovs_masks").mkdir(exist_ok=True)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *TINY, *CPU, "--dense", "ov-stitcher",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--region-masks", ws.root / "ovs_masks",
+           "--slide-crop", "300"]
+
+
+@case("segment --dense ov-stitcher --short-side 224 with its 336-pixel windows (they would be padded)",
+      "--short-side 224 is smaller than --slide-crop 336", "pass --short-side 336 or more")
+def _segment_ov_stitcher_short(ws: Workspace) -> Iterator[list[object]]:
+    (ws.root / "ovs_masks").mkdir(exist_ok=True)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *TINY, *CPU, "--dense", "ov-stitcher",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--region-masks", ws.root / "ovs_masks",
+           "--short-side", "224"]
+
+
+@case("text-prototypes --templates ov-stitcher (per-class sentences, which predict could not re-encode)",
+      "--templates ov-stitcher: its per-class sentences are for the dense segmentor", "give clip-es, imagenet")
+def _text_ov_stitcher_templates(ws: Workspace) -> Iterator[list[object]]:
+    yield ["text-prototypes", ws.features, "-o", ws.out("text_ovs.safetensors"), "--templates", "ov-stitcher",
+           "--background", "sky", *CPU]
+
+
 @case("cam --dense proxyclip (its proxy model is segment's)", "cam --dense proxyclip", "only `vpltool segment`")
 def _cam_dense_proxy(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_proxy"), "--dense", "proxyclip", *CPU]

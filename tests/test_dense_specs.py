@@ -40,7 +40,7 @@ def test_each_method_names_its_reference_s_class_file_set():
     from vpltool.config.benchmarks import BENCHMARK_PRESETS
 
     expected = {"naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "sclip": "sclip", "clearclip": "clearclip",
-                "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip"}
+                "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip", "ov-stitcher": "corrclip"}
     assert {m: REFERENCE_SETS[m] for m in expected} == expected
     for spec in DENSE_SPECS.values():  # a named set is a folder of files
         assert spec.class_files is None or (ASSETS / spec.class_files / "voc21.txt").is_file()
@@ -57,6 +57,20 @@ def test_a_knob_value_that_reads_a_shared_option_makes_it_live():
     assert SegmentConfig(dense="corrclip", region_masks="masks/").inert()["sam_weights"] == (
         "without --region-masks sam or sam2")
     assert "region_masks" in SegmentConfig(dense="naclip").inert()  # another method's knob
+
+
+def test_a_knob_two_methods_read_is_one_option_naming_both():
+    from vpltool.config import SegmentConfig
+    from vpltool.config.dense import KNOB_METHODS
+
+    assert DENSE_SPECS["corrclip"].knobs == DENSE_SPECS["ov-stitcher"].knobs  # the same Knob
+    assert KNOB_METHODS["region_masks"] == ("corrclip", "ov-stitcher")
+    assert SegmentConfig(dense="naclip").inert()["region_masks"] == "without --dense corrclip or ov-stitcher"
+    assert "region_masks" not in SegmentConfig(dense="ov-stitcher").inert()
+    assert SegmentConfig(dense="ov-stitcher", region_masks="masks/").inert()["sam_model"] == (
+        "without --region-masks sam or sam2")
+    params = {p.name: p for p in _command("segment").params}
+    assert params["region_masks"].help.startswith("--dense corrclip or ov-stitcher: ")
 
 
 def test_the_proxyclip_set_is_the_references_files():

@@ -176,7 +176,8 @@ def presets_markdown() -> str:
     for row in presets_table():
         s = row["settings"]
         window = f"{s['slide_crop']} / {s['slide_stride']}" if s["slide_crop"] else "whole image"
-        knobs = {**{k: s[k] for k in _METHOD_KNOBS if k in s}, **row["extra"]}  # CASS's, then the not-run ones
+        # CASS's knobs, a preset's prompt set (OV-Stitcher's templates), then the not-run ones
+        knobs = {**{k: s[k] for k in (*_METHOD_KNOBS, "templates") if k in s}, **row["extra"]}
         extra = (" (+ " + ", ".join(f"{k} {v}" for k, v in knobs.items()) + ")") if knobs else ""
         lines.append(f"| {row['method']} | {row['benchmark']} | {s['short_side']} | {window} | {s['logit_scale']:g} | "
                      f"{s['prob_threshold']:g} | {s['area_threshold'] or '-'} | {s['pamr_steps'] or '-'} | "

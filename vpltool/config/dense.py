@@ -107,6 +107,47 @@ def _corrclip_benchmarks() -> dict:
     return out
 
 
+# CorrCLIP's and OV-Stitcher's region masks: one knob, their rows name it (each method's SAM2 settings its own)
+_REGION_MASKS = Knob(
+    "region_masks", "--region-masks", "its class-agnostic region masks: a folder of one <image stem>.npz per image "
+    "(key instance_mask, an int map at the image's size, the smallest id unsegmented: the reference's precomputed "
+    "masks) | sam (segment-anything's automatic mask generator on --sam-model / --sam-weights, with the method's "
+    "reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting keeps 1) | sam2[:CONFIG] (SAM2's, "
+    "where the sam2 package is installed; --sam-weights its checkpoint).",
+    uses=("sam_model", "sam_weights"), when=("sam", "sam2"))
+
+
+def _ov_stitcher_benchmarks() -> dict:
+    """atw617/OV-Stitcher configs/cfg_*.py (the stored 2bb6586): each benchmark's Resize short side (448; 560 on
+    Cityscapes), its prob_thd where set (VOC21 and Context60 0.1, COCO-Object 0.2), its windows (336/112; 224/112 on
+    Cityscapes, 336/224 on COCO-Stuff); each with its line."""
+    files = {"voc21": ("cfg_voc21.py", 18), "context60": ("cfg_context60.py", 18),
+             "coco-object": ("cfg_coco_object.py", 18), "voc20": ("cfg_voc20.py", 17),
+             "context59": ("cfg_context59.py", 17), "coco-stuff": ("cfg_coco_stuff164k.py", 17),
+             "cityscapes": ("cfg_city_scapes.py", 17), "ade20k": ("cfg_ade20k.py", 17)}
+    thresholds = {"voc21": 0.1, "context60": 0.1, "coco-object": 0.2}
+    windows = {"cityscapes": (224, 112), "coco-stuff": (336, 224)}
+    out = {}
+    for bench, (cfg, line) in files.items():
+        row = {"short_side": (560 if bench == "cityscapes" else 448, f"configs/{cfg}:{line}")}
+        shift = 0
+        if bench in thresholds:
+            row["prob_threshold"] = (thresholds[bench], f"configs/{cfg}:7")
+            shift = 1
+        crop, stride = windows.get(bench, (336, 112))
+        row.update(slide_stride=(stride, f"configs/{cfg}:{7 + shift}"), slide_crop=(crop, f"configs/{cfg}:{8 + shift}"))
+        out[bench] = row
+    return out
+
+
+# its segmentor's __init__ defaults (and base_config.py's class-biased templates) under each benchmark's config
+_OV_STITCHER_PRESETS = MethodPresets(
+    "atw617/OV-Stitcher@91a9489 (cfg_*.py: 2bb6586)",
+    {"dense": "ov-stitcher", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 112,
+     "pamr_steps": 0, "area_threshold": 0.0, "templates": "ov-stitcher"},
+    "ov_stitcher_segmentor.py:47 (__init__ defaults); configs/base_config.py:8 (template_path)",
+    _ov_stitcher_benchmarks())
+
 # its segmentor's __init__ defaults under each benchmark's config
 _CORRCLIP_PRESETS = MethodPresets(
     "zdk258/CorrCLIP@103bc18 (CorrCLIPv1)",
@@ -181,14 +222,15 @@ DENSE_SPECS: dict[str, DenseMethodSpec] = {
     # (windows padded to a multiple of 56), short side 336; torch.hub's dino_vitb8 as its proxy; its region masks
     "corrclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
                                               slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
-                                module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip", knobs=(
-        Knob("region_masks", "--region-masks", "its class-agnostic region masks: a folder of one <image stem>.npz "
-             "per image (key instance_mask, an int map at the image's size, the smallest id unsegmented: the "
-             "reference's precomputed masks) | sam (segment-anything's automatic mask generator on --sam-model / "
-             "--sam-weights, with the reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting "
-             "keeps 1) | sam2[:CONFIG] (SAM2's, where the sam2 package is installed; --sam-weights its checkpoint).",
-             uses=("sam_model", "sam_weights"), when=("sam", "sam2")),),
-                                presets=_CORRCLIP_PRESETS),
+                                module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
+                                knobs=(_REGION_MASKS,), presets=_CORRCLIP_PRESETS),
+    # ov_stitcher_segmentor.py + configs/base_config.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, slide 336/112
+    # (unpadded windows stitched), short side 448; torch.hub's dino_vitb8; CorrCLIP's class files and region masks
+    # (its SAM2 settings its own); benchmark sets its class-biased templates (--templates ov-stitcher)
+    "ov-stitcher": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=448, slide_crop=336,
+                                                 slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
+                                   module="ov_stitcher", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
+                                   knobs=(_REGION_MASKS,), presets=_OV_STITCHER_PRESETS),
 }
 # what the rest of vpltool reads, each derived from the table
 DENSE_CHOICES = tuple(DENSE_SPECS)
@@ -273,7 +315,7 @@ class SegmentConfig:
     sam_refine: bool | None = None  # Trident's SAM prompt refinement (eval.py --sam_refine)
     coarse_threshold: float | None = None  # its coarse_thresh (None = DenseSettings')
     minimal_area: int | None = None  # its minimal_area, half-resolution pixels (None = DenseSettings')
-    # a method's class-agnostic region masks per image (CorrCLIP's: vpltool.models.dense.corrclip.regions): a folder
+    # a method's class-agnostic region masks per image (CorrCLIP's, OV-Stitcher's: dense/corrclip/regions.py): a folder
     # of <image stem>.npz files (key instance_mask) | sam (segment-anything's automatic mask generator: --sam-model,
     # --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
     region_masks: str | None = None

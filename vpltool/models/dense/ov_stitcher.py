@@ -1,0 +1,340 @@
+"""OV-Stitcher (``--dense ov-stitcher``; atw617/OV-Stitcher@91a9489, CVPR'26 Findings): CorrCLIP's correlation,
+branches and map correction computed once for the whole image, its sliding windows' features stitched together
+inside the last blocks rather than their logits averaged afterwards.
+
+Restated from a reading of its ``ov_stitcher_segmentor.py`` and patched ``open_clip/transformer.py``
+(``VisionTransformer.forward``); the parts it shares with CorrCLIP are CorrCLIP's package
+(:mod:`vpltool.models.dense.corrclip`: the region merging, the scope-restricted correlation, the semantic branch's
+mask, the depth rule, the region maps and the map correction). One image:
+
+1. mmseg's windows (``slide_crop`` / ``slide_stride``, none padded: see :func:`check_windows`);
+2. the proxy DINO's blocks ``0..L-2`` on every window; the last block's input (final-normed) and its ``q``, ``k``,
+   ``v`` **stitched**: each window's map placed at its top-left patch, the overlaps averaged (:func:`stitch`);
+   the last block rebuilt once on the stitched grid (global attention, its projection and MLP), L2-normalised
+   (:func:`dino_features`);
+3. the region ids on that grid merged by DBSCAN, the correlation ``softmax(4 S)`` restricted to the merged regions
+   (CorrCLIP's :func:`~vpltool.models.dense.corrclip.merge_regions`, :func:`~.corrclip.scope_attention`);
+4. CLIP's blocks ``0..L-2`` on every window with one class-token copy per merged region of the whole image
+   prepended; before each block of the spatial range its input, ``q``, ``k`` and ``v`` stitched and one
+   single-head global attention (scale ``head_dim^-0.5``), projection and MLP run on them: the spatial branch, the
+   mean of those outputs;
+5. the last block: the stitched main path's and the spatial branch's values, resized to the DINO grid and mixed
+   by the correlation, then ``out_proj``; each region token's last-block output spread over its region per window
+   and stitched (the semantic branch); ``ln_post`` of each, ``main + 1.0 spatial + 0.5 semantic``, ``proj``;
+6. the cosine with the queries on the DINO grid, resized bilinearly to the input, then to the photo; after the
+   argmax, CorrCLIP's map correction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import VplError
+from .corrclip import (
+    Correlation,
+    input_regions,
+    map_correction,
+    merge_regions,
+    region_attention_mask,
+    scope_attention,
+    spatial_blocks,
+)
+from .hooks import DenseHooks
+from .mixing import DenseMixing
+from .segmentor import slide_windows
+
+METHOD = "ov-stitcher"
+# ov_stitcher_segmentor.py + its open_clip: CorrCLIP's DINO-style positional resize (interpolate_pos_encoding, +0.1)
+PRESET = DenseMixing(METHOD, "proxy", False, False, "bicubic-dino")
+CORRELATION = Correlation()  # its transformer.py's ALPHA 1, BETA 0.5, TAU 4, DBSCAN eps 0.2; windows of 56 pixels
+# ov_stitcher_segmentor.py's SAM2AutomaticMaskGenerator arguments (set_mask_generator('sam2'))
+SAM_SETTINGS = {"points_per_side": 64, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.7}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """OV-Stitcher's own settings, as its hooks read them from the run's :class:`~vpltool.config.SegmentConfig`
+    (the option is made from its spec row, :data:`vpltool.config.dense.DENSE_SPECS`; it shares CorrCLIP's)."""
+
+    region_masks: str | None = field(default=None, metadata={
+        "option": "--region-masks", "help": "its class-agnostic region masks: a folder of <image stem>.npz files | "
+        "sam | sam2[:CONFIG], with its SAM2 settings (64 points a side, thresholds 0.7)"})
+    sam_model: str = "vit_b"
+    sam_weights: str | None = None
+
+    @classmethod
+    def of(cls, cfg) -> Knobs:
+        if cfg is None:
+            raise VplError(f"--dense {METHOD} needs its region masks: run it through segment or vpltool.segmenter with "
+                           "--region-masks (a backbone made by name alone has none)")
+        return cls(cfg.region_masks, cfg.sam_model, cfg.sam_weights)
+
+
+def check_windows(crop: int, short_side: int, multiple: int) -> None:
+    """The windows OV-Stitcher's code can stitch: ``crop`` a positive multiple of ``multiple`` (its 56-pixel
+    padding, and both models' patches: 112 for a ViT-B/16 and a DINO ViT-B/8) no larger than the short side. Its
+    code pads a smaller window and then fails (a stitched grid with unfilled cells, or a token count that is no
+    reshape of the padded window), so these are refused, in one line."""
+    if crop <= 0 or crop % multiple:
+        raise VplError(f"--slide-crop {crop}: --dense {METHOD} stitches whole windows; give a positive multiple of "
+                       f"{multiple} (its 56-pixel windows and both models' patches), e.g. 336 or 224")
+    if short_side < crop:
+        raise VplError(f"--short-side {short_side} is smaller than --slide-crop {crop}: --dense {METHOD}'s windows "
+                       f"would be padded, which its code cannot stitch; pass --short-side {crop} or more, or a smaller "
+                       "--slide-crop")
+
+
+def stitch(maps: torch.Tensor, boxes, patch: int, size: tuple[int, int]) -> torch.Tensor:
+    """The reference's ``stitch_features_from_batch`` for unpadded windows: per window ``[N, C, h, w]`` maps on its
+    own patch grid -> ``[C, H // patch, W // patch]``, each window added at ``(y0 // patch, x0 // patch)`` in window
+    order and the sums divided by the count of windows over each cell. ``boxes``: the windows' ``(y0, y1, x0, x1)``
+    pixels; ``size``: the input's ``(H, W)``."""
+    c = maps.shape[1]
+    grid = (size[0] // patch, size[1] // patch)
+    out = maps.new_zeros(c, *grid)
+    count = maps.new_zeros(1, *grid)
+    for m, (y0, y1, x0, x1) in zip(maps, boxes):
+        h, w = (y1 - y0) // patch, (x1 - x0) // patch
+        out[:, y0 // patch : y0 // patch + h, x0 // patch : x0 // patch + w] += m[:, :h, :w]
+        count[:, y0 // patch : y0 // patch + h, x0 // patch : x0 // patch + w] += 1
+    return out / count
+
+
+def _grid_maps(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``[N, hw, C]`` tokens -> ``[N, C, h, w]`` maps."""
+    return tokens.transpose(1, 2).unflatten(2, grid)
+
+
+def dino_features(proxy, pixels: torch.Tensor, boxes, size: tuple[int, int]) -> tuple[torch.Tensor, tuple]:
+    """The proxy DINO's last block on the stitched grid (the reference's ``forward_feature`` before CLIP).
+
+    Args:
+        proxy: a :class:`~vpltool.models.backbones.dino.DinoBackbone`.
+        pixels: ``[N, 3, c, c]`` windows normalised with the proxy's mean and std.
+        boxes, size: the windows and the input's ``(H, W)`` (:func:`stitch`).
+
+    Returns:
+        (``[H // p * W // p, C]`` float32 unit features, the grid ``(H // p, W // p)``).
+    """
+    x, grid = proxy.last_block_input(pixels, fused=True)  # [N, prefix + hw, C]
+    blk, k = proxy.model.blocks[-1], proxy.n_prefix
+    c = x.shape[-1]
+    # what the reference stitches: get_intermediate_layers(n=2)[0] (the final norm of this input) and the last
+    # block's fused qkv (its forward hook), the prefix tokens dropped; one stitch for all four
+    parts = torch.cat([proxy.model.norm(x), blk.attn.qkv(blk.norm1(x))], dim=-1)[:, k:]
+    st = stitch(_grid_maps(parts, grid), boxes, proxy.patch_size, size)
+    fgrid = tuple(st.shape[-2:])
+    base, q, kk, v = st.flatten(1).T.split(c, dim=-1)  # [n, C] each
+    heads = blk.attn.num_heads
+
+    def split(t):
+        return t.view(-1, heads, c // heads).transpose(0, 1)[None]  # [1, heads, n, hd]
+
+    att = F.scaled_dot_product_attention(blk.attn.q_norm(split(q)), blk.attn.k_norm(split(kk)), split(v),
+                                         scale=blk.attn.scale)
+    y = base + blk.ls1(blk.attn.proj(att[0].transpose(0, 1).reshape(-1, c)))
+    y = y + blk.ls2(blk.mlp(blk.norm2(y)))
+    return F.normalize(y.float(), dim=-1), fgrid
+
+
+def _attend(attn, qkv: torch.Tensor, mask: torch.Tensor | None, rows: slice = slice(None)) -> torch.Tensor:
+    """``nn.MultiheadAttention``'s arithmetic on its input projection's output ``qkv`` ``[N, L, 3 width]`` with a
+    bool ``mask`` ``[N, L, L]`` (True = masked), for the query rows ``rows`` -> ``[N, rows, width]`` after
+    ``out_proj``."""
+    n, length, width3 = qkv.shape
+    heads, width = attn.num_heads, width3 // 3
+    q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(1, 2) for t in qkv.split(width, dim=-1))
+    keep = None if mask is None else ~mask[:, None, rows]
+    out = F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=keep)
+    return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _block(blk, x: torch.Tensor, mask: torch.Tensor | None, qkv: torch.Tensor | None = None) -> torch.Tensor:
+    """One open_clip block on ``[N, L, width]`` with a per-window bool mask ``[N, L, L]`` (True = masked), its
+    input projection ``qkv`` given when already made (the spatial branch reads the same)."""
+    if qkv is None:
+        qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
+    x = x + blk.ls_1(_attend(blk.attn, qkv, mask))
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+def _spatial(blk, x: torch.Tensor, qkv: torch.Tensor, boxes, patch: int, size, grid) -> torch.Tensor:
+    """The reference's stitched spatial branch at one block: the windows' patch tokens ``x`` ``[N, hw, width]`` and
+    their ``q``, ``k``, ``v`` (``qkv`` ``[N, hw, 3 width]``) stitched, one single-head attention over the whole
+    grid (scale ``head_dim^-0.5``), ``out_proj`` and the MLP -> ``[n, width]``."""
+    width = x.shape[-1]
+    st = stitch(_grid_maps(torch.cat([x, qkv], dim=-1), grid), boxes, patch, size).flatten(1).T
+    sx, q, k, v = st.split(width, dim=-1)
+    scale = (width // blk.attn.num_heads) ** -0.5
+    att = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0]
+    s = sx + blk.ls_1(blk.attn.out_proj(att))
+    return s + blk.ls_2(blk.mlp(blk.ln_2(s)))
+
+
+def image_features(bb, pixels: torch.Tensor, ids: torch.Tensor, crop: int, stride: int, cfg: Correlation
+                   ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """OV-Stitcher's image tower on one input.
+
+    Args:
+        bb: a :class:`~vpltool.models.ClipBackbone` with a proxy DINO (``bb.proxy``).
+        pixels: ``[1, 3, H, W]`` CLIP-normalised, both sides at least ``crop``.
+        ids: ``[H, W]`` int region ids at the input's size (the smallest = unsegmented).
+        crop, stride: the windows (:func:`check_windows`).
+
+    Returns:
+        (``[n, D]`` joint-space features on the DINO grid, not normalised; that grid ``(H // 8, W // 8)`` for DINO
+        ViT-B/8).
+    """
+    if bb.proxy is None:
+        raise VplError(f"--dense {METHOD} needs a proxy vision model: pass --proxy-model and --proxy-weights (a DINO "
+                       "ViT, e.g. vit_base_patch8_224.dino)")
+    size = tuple(pixels.shape[-2:])
+    p, dp = bb.patch_size, bb.proxy.patch_size
+    check_windows(crop, crop, math.lcm(cfg.pad_multiple, p, dp))
+    if min(size) < crop:  # a photo so long that mmseg's resize capped its long side at 2048
+        raise VplError(f"a {size[0]}x{size[1]} input (its long side capped at 2048 by the resize) is narrower than "
+                       f"--slide-crop {crop}: --dense {METHOD} cannot stitch padded windows; pass a smaller "
+                       "--slide-crop")
+    boxes = slide_windows(*size, crop, stride)
+    wins = torch.cat([pixels[..., y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]).to(bb.device)
+    raw = wins.float() * bb._stats[1] + bb._stats[0]
+    mean = torch.tensor(bb.proxy.mean, device=raw.device).view(1, 3, 1, 1)
+    std = torch.tensor(bb.proxy.std, device=raw.device).view(1, 3, 1, 1)
+    dino, fgrid = dino_features(bb.proxy, ((raw - mean) / std).to(pixels.dtype), boxes, size)
+    ids_f = F.interpolate(ids.view(1, 1, *size).to(bb.device).float(), size=fgrid, mode="nearest").int().flatten()
+    with torch.autocast(bb.device.type, enabled=False):  # the regions' clustering in float32 under --precision bf16
+        merged = merge_regions(ids_f, dino, cfg)
+        weights = scope_attention(dino, merged, cfg.temperature)
+
+    # the region tokens: the merged map at the input's size, cut into the windows, on CLIP's grid of each
+    grid = (crop // p, crop // p)
+    full = F.interpolate(merged.view(1, 1, *fgrid).float(), size=size, mode="nearest")
+    cut = torch.cat([full[..., y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])
+    tok = F.interpolate(cut, size=grid, mode="nearest").int().flatten(1)  # [N, hw]
+    regions = tok[:, None, :] == torch.unique(merged)[None, :, None]  # [N, R, hw]
+    r = regions.shape[1]
+    x = bb.embed(wins)  # [N, 1 + hw, width]
+    x = torch.cat([x[:, :1].expand(-1, r, -1), x], dim=1)
+    plain = None  # the windows' masks where the block has no local window of its own (every block of a CLIP)
+
+    def masks(i: int) -> torch.Tensor:
+        nonlocal plain
+        window = bb.attention_mask(i, grid, x.device)
+        if window is None and plain is not None:
+            return plain
+        out = torch.stack([region_attention_mask(reg, window) for reg in regions])
+        if window is None:
+            plain = out
+        return out
+
+    spatial, wanted = [], set(spatial_blocks(bb.n_blocks, METHOD))
+    for i, blk in enumerate(bb.blocks[:-1]):
+        qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
+        if i in wanted:
+            spatial.append(_spatial(blk, x[:, r + 1 :], qkv[:, r + 1 :], boxes, p, size, grid))
+        x = _block(blk, x, masks(i), qkv)
+    last = bb.blocks[-1]
+    width = x.shape[-1]
+    wv, bv = last.attn.in_proj_weight[2 * width :], last.attn.in_proj_bias[2 * width :]
+    v_main = stitch(_grid_maps(F.linear(last.ln_1(x[:, r + 1 :]), wv, bv), grid), boxes, p, size)
+    v_spatial = F.linear(last.ln_1(torch.stack(spatial).mean(0)), wv, bv).T.reshape(v_main.shape)
+    v = F.interpolate(torch.stack([v_main, v_spatial]), size=fgrid, mode="bilinear", align_corners=False)
+    pair = last.attn.out_proj(torch.bmm(weights.to(v.dtype).expand(2, -1, -1), v.flatten(2).transpose(1, 2)))
+
+    # the semantic branch: each region token's last-block output (its query rows only), spread over its region
+    qkv = F.linear(last.ln_1(x), last.attn.in_proj_weight, last.attn.in_proj_bias)
+    tokens = x[:, :r] + last.ls_1(_attend(last.attn, qkv, masks(bb.n_blocks - 1), slice(0, r)))
+    tokens = tokens + last.ls_2(last.mlp(last.ln_2(tokens)))  # [N, R, width]
+    spread = F.interpolate(regions.unflatten(2, grid).to(tokens.dtype), size=(crop // dp, crop // dp),
+                           mode="nearest").flatten(2)  # [N, R, c8 * c8]
+    semantic = stitch(_grid_maps(spread.transpose(1, 2) @ tokens, (crop // dp, crop // dp)), boxes, dp, size)
+    y = bb.visual.ln_post(torch.cat([pair, semantic.flatten(1).T[None]]))
+    y = y[0] + y[1] * cfg.spatial_weight + y[2] * cfg.semantic_weight
+    proj = bb.visual.proj
+    return (y @ proj.to(y.dtype) if proj is not None else y), fgrid
+
+
+def ov_stitcher_logits(bb, pixels: torch.Tensor, text: torch.Tensor, ids, sizes, crop: int, stride: int,
+                       cfg: Correlation = CORRELATION) -> list[torch.Tensor]:
+    """The reference's ``forward_slide`` per image: per image ``[Q, H0, W0]`` float32 cosine logits.
+
+    Args:
+        pixels: ``[B, 3, H, W]`` CLIP-normalised inputs. text: ``[Q, D]`` unit query rows.
+        ids: per image ``[H, W]`` int region ids at the input's size. sizes: each photo's ``(H0, W0)``.
+        crop, stride: the windows.
+
+    The cosine of the normalised features with ``text`` on the DINO grid is resized bilinearly to the input, then
+    to the photo.
+    """
+    rows = text.to(bb.device).float()
+    out = []
+    for i, size in enumerate(sizes):
+        feats, fgrid = image_features(bb, pixels[i : i + 1], ids[i], crop, stride, cfg)
+        logits = (F.normalize(feats.float(), dim=-1) @ rows.T).T.reshape(1, -1, *fgrid)
+        logits = F.interpolate(logits, size=tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False)
+        out.append(F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0].float())
+    return out
+
+
+def _source(cfg, load: bool = True):
+    from .corrclip.regions import region_source
+
+    k = Knobs.of(cfg)
+    return region_source(k.region_masks, k.sam_model, k.sam_weights, load=load, settings=SAM_SETTINGS,
+                         method=METHOD)
+
+
+class Hooks(DenseHooks, method=METHOD, preset=PRESET):
+    """OV-Stitcher's hooks: its windows checked, each image's region map (``regions``, the photo's ``[H0, W0]``
+    int64 ids), its segmentor (:func:`ov_stitcher_logits`) and CorrCLIP's map correction after the argmax."""
+
+    _digest: str | None = None
+
+    def check(self) -> None:
+        _source(self.cfg, load=False)  # the value, the SAM file's kind, the sam2 package
+        s = self.cfg.resolved()
+        check_windows(s.slide_crop, s.short_side, CORRELATION.pad_multiple)
+
+    def check_items(self, items) -> None:
+        from pathlib import Path
+
+        from ...io import image_size
+        from .corrclip.regions import FolderRegions
+
+        source = _source(self.cfg, load=False)
+        if isinstance(source, FolderRegions):
+            self._digest = source.check([(Path(it.image), image_size(it.image)) for it in items])
+
+    def record(self) -> dict:
+        from .corrclip.regions import source_record
+
+        k = Knobs.of(self.cfg)
+        out = source_record(k.region_masks, k.sam_model, k.sam_weights, SAM_SETTINGS)
+        if self._digest is not None:
+            out["files_sha256"] = self._digest
+        return {"region_source": out}
+
+    def extra_inputs(self, item, image) -> dict:
+        if getattr(item, "image", None) is None and not (self.cfg.region_masks or "").startswith("sam"):
+            raise VplError(f"--region-masks {self.cfg.region_masks}: a photo given as an array has no file name to "
+                           "find its <stem>.npz by; pass the photo's path, or --region-masks sam")
+        return {"regions": torch.from_numpy(_source(self.cfg).region_map(getattr(item, "image", None), image))}
+
+    def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+        ids = [input_regions(torch.as_tensor(e["regions"]), pixels.shape[-2:]) for e in extras]
+        return ov_stitcher_logits(bb, pixels, text, ids, sizes, settings.slide_crop, settings.slide_stride)
+
+    def features(self, bb, pixels, fp16_pos=False):
+        raise VplError(f"--dense {METHOD} has no features without each image's region map: its segmentor (segment, "
+                       "vpltool.segmenter) gives them their masks")
+
+    def postprocess(self, bb, probs, labels, extras, settings):
+        return probs, map_correction(labels, torch.as_tensor(extras["regions"]))
+
+
+__all__ = ["Hooks", "Knobs", "PRESET", "CORRELATION", "SAM_SETTINGS", "check_windows", "stitch", "dino_features",
+           "image_features", "ov_stitcher_logits"]
