@@ -4,14 +4,16 @@
         [--short-side 224] [--slide-crop 224] [--slide-stride 112]
 
 The same set-up as ``parity/ov_stitcher_parity.py`` (its random ViT-B/16 and DINO ViT-B/8 weights, the parity
-photos and region-mask files, in ``--work``). Each round runs the reference (``ov_stitcher_ref_runner.py``, its
-own process) and then vpltool (this file with ``--worker``, its own process) on the same photos, one thread each,
-fp32; each side times every photo's whole ``predict`` in CPU-seconds (``time.process_time``): the reference's
+photos and region-mask files, in ``--work``). Two processes stay up, one thread each, fp32: the reference
+(``ov_stitcher_ref_runner.py --serve``: its segmentor built once, its class-biased text encoded) and vpltool (this
+file with ``--serve``: `segment`'s method resolved and loaded once, the same query words encoded with
+``--templates ov-stitcher``). Photo by photo they are asked in turn, the order swapped every other pair, to run one
+photo's whole prediction and say its CPU-seconds (``time.process_time``): the reference's
 ``OVStitcherSegmentation.predict`` (its region file read, its windows, both models, the map correction) and
-vpltool's `segment` path (:func:`corrclip_parity.vpltool_outputs`: the method's hooks, the shared probabilities,
-its ``postprocess``, the region map read from the same file). Loading the models and encoding the text are not
-timed on either side. The rounds alternate the two sides; the verdict is the median over the rounds of
-``vpltool / reference`` (the sums over the photos), against the goal 0.8.
+vpltool's `segment` path (:func:`corrclip_parity.vpltool_outputs`: the region file read, the method's hooks, the
+shared probabilities, its ``postprocess``). Loading and text are not timed on either side. A pair's ratio is
+``vpltool / reference`` on the same photo moments apart, so a shared machine's load moves both sides alike; the
+verdict is the median over every pair of every round, against the goal 0.8.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ sys.path[:0] = [str(ROOT / "parity"), str(HERE)]
 GOAL = 0.8
 
 
-def worker(args) -> None:
-    """vpltool's side of one round: every photo's `segment` path timed, printed as JSON."""
+def serve(args) -> None:
+    """vpltool's side: the method loaded once, then per photo index read from stdin its `segment` path timed, one
+    JSON line each, until ``quit``."""
     import numpy as np
     import ov_stitcher_parity as op
     import torch
@@ -50,15 +53,44 @@ def worker(args) -> None:
     words, idx = meta["query_words"], torch.tensor(meta["query_idx"])
     with torch.no_grad():
         text = encode_names(bb, words, resolve_templates(method.cfg.templates))
-    seconds = []
-    for i, mask_path in enumerate(s["masks"][: args.images]):
-        r = torch.load(args.ref_out / f"photo_{i:03d}.pt")
+    inputs = [torch.load(args.ref_out / f"photo_{i:03d}.pt")["input"] for i in range(args.images)]
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        i = int(line)
         start = time.process_time()
-        ids = torch.from_numpy(np.load(mask_path)["instance_mask"])
-        vpltool_outputs(bb, r["input"], text, idx, int(idx.max()) + 1, ids, tuple(meta["photos"][i]["ori_shape"]),
+        ids = torch.from_numpy(np.load(s["masks"][i])["instance_mask"])
+        vpltool_outputs(bb, inputs[i], text, idx, int(idx.max()) + 1, ids, tuple(meta["photos"][i]["ori_shape"]),
                         method.settings)
-        seconds.append(round(time.process_time() - start, 3))
-    print(json.dumps({"cpu_seconds": seconds}))
+        print(json.dumps({"i": i, "cpu_seconds": time.process_time() - start}), flush=True)
+
+
+class Worker:
+    """A serving process: ``ask(i)`` -> its CPU-seconds for photo ``i``."""
+
+    def __init__(self, cmd: list[str], env: dict):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=env)
+        self._read()
+
+    def _read(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"{self.proc.args[1]} stopped (exit {self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def ask(self, i: int) -> float:
+        self.proc.stdin.write(f"{i}\n")
+        self.proc.stdin.flush()
+        return float(self._read()["cpu_seconds"])
+
+    def close(self) -> None:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,12 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--short-side", type=int, default=224)
     ap.add_argument("--slide-crop", type=int, default=224)
     ap.add_argument("--slide-stride", type=int, default=112)
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ref-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.work = args.work.resolve()
-    if args.worker:
-        worker(args)
+    if args.serve:
+        serve(args)
         return
     import ov_stitcher_parity as op
     from corrclip_parity import setup
@@ -85,33 +117,42 @@ def main(argv: list[str] | None = None) -> None:
 
     args.ref, args.dino_ref, args.threads, args.dino_commit = args.ref.resolve(), args.dino_ref.resolve(), 1, "7c446df"
     s = setup(args.work, args.images, 1)
+    ref_out = args.work / f"ref_{args.short_side}_{args.slide_crop}_{args.slide_stride}"
+    op.run_reference(args, s, ref_out)  # the parity's run (reused when there): its inputs and query words
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "CUDA_VISIBLE_DEVICES": ""}
-    rounds = []
+    ref = Worker([sys.executable, str(ROOT / "parity" / "ov_stitcher_ref_runner.py"), "--serve", "--clone",
+                  str(args.ref), "--dino-clone", str(args.dino_ref), "--dino-weights", str(s["dino"]),
+                  "--clip-weights", str(s["pt"]), "--model-config", str(Path(s["config_dir"]) / f"{s['name']}.json"),
+                  "--masks", str(s["masks"][0].parent), "--out", str(args.work / "bench_serve"), "--threads", "1",
+                  "--short-side", str(args.short_side), "--overrides", json.dumps(op.overrides(args)),
+                  *map(str, s["photos"])], env)
+    ours = Worker([sys.executable, __file__, "--serve", "--work", str(args.work), "--ref-out", str(ref_out),
+                   "--images", str(args.images), "--short-side", str(args.short_side), "--slide-crop",
+                   str(args.slide_crop), "--slide-stride", str(args.slide_stride)], env)
+    pairs = []
     for r in range(args.rounds):
-        out = args.work / f"bench_ref_{args.short_side}_{args.slide_crop}_{args.slide_stride}_{r}"
-        (out / "stamp.json").unlink(missing_ok=True)  # a fresh run each round: its own timing
-        op.run_reference(args, s, out)
-        theirs = json.loads((out / "meta.json").read_text())["cpu_seconds"]
-        cmd = [sys.executable, __file__, "--worker", "--work", str(args.work), "--ref-out", str(out),
-               "--images", str(args.images), "--short-side", str(args.short_side), "--slide-crop",
-               str(args.slide_crop), "--slide-stride", str(args.slide_stride)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"vpltool's worker failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        ours = json.loads(proc.stdout.strip().splitlines()[-1])["cpu_seconds"]
-        rounds.append({"reference": theirs, "vpltool": ours, "ratio": round(sum(ours) / sum(theirs), 3)})
-    ratio = statistics.median(r["ratio"] for r in rounds)
+        for i in range(args.images):
+            first_ref = (r + i) % 2 == 0
+            a = ref.ask(i) if first_ref else ours.ask(i)
+            b = ours.ask(i) if first_ref else ref.ask(i)
+            theirs, mine = (a, b) if first_ref else (b, a)
+            pairs.append({"round": r, "photo": i, "reference": round(theirs, 3), "vpltool": round(mine, 3),
+                          "ratio": round(mine / theirs, 4)})
+    ref.close()
+    ours.close()
+    sums = {side: [sum(p[side] for p in pairs if p["round"] == r) for r in range(args.rounds)]
+            for side in ("reference", "vpltool")}
+    ratio = statistics.median(p["ratio"] for p in pairs)
     result = {"benchmark": "ov_stitcher", "machine": benchlib.machine("cpu"), "threads": 1, "precision": "fp32",
               "reference": {"repo": op.REPO, "commit": op.COMMIT, "config_commit": op.CONFIG_COMMIT},
-              "model": s["name"], "proxy": op.PROXY_MODEL, "images": args.images,
+              "model": s["name"], "proxy": op.PROXY_MODEL, "images": args.images, "rounds": args.rounds,
               "run": {"short_side": args.short_side, "slide_crop": args.slide_crop,
                       "slide_stride": args.slide_stride},
-              "rounds": rounds,
-              "median_cpu_seconds_per_photo": {
-                  "reference": round(statistics.median(sum(r["reference"]) for r in rounds) / args.images, 2),
-                  "vpltool": round(statistics.median(sum(r["vpltool"]) for r in rounds) / args.images, 2)},
-              "ratio_median": ratio, "goal": GOAL, "goal_met": bool(ratio <= GOAL)}
+              "median_cpu_seconds_per_photo": {side: round(statistics.median(p[side] for p in pairs), 2)
+                                               for side in ("reference", "vpltool")},
+              "ratio_of_round_sums": [round(m / t, 3) for m, t in zip(sums["vpltool"], sums["reference"])],
+              "ratio_median": round(ratio, 3), "goal": GOAL, "goal_met": bool(ratio <= GOAL), "pairs": pairs}
     print(json.dumps(result, indent=1))
 
 

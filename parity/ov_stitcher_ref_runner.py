@@ -84,6 +84,9 @@ def run(args) -> None:
         torch.save({"query_features": seg.query_features.float().clone()}, out / "text.pt")
         words, idx = mod.get_cls_idx(kwargs["name_path"])
         pre = seg.data_preprocessor.kwargs
+        if args.serve:
+            serve(seg, photos, cfg["scale"], pre)
+            return
         shapes, seconds = [], []
         for i, path in enumerate(photos):
             x, ori = mmseg_input(path, cfg["scale"], pre)
@@ -114,6 +117,26 @@ def run(args) -> None:
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
 
 
+def serve(seg, photos: list[Path], scale, pre) -> None:
+    """``--serve`` (``bench/bench_ov_stitcher.py``'s timing): the segmentor built once, then per photo index read
+    from stdin its whole ``predict`` run and its CPU-seconds printed as one JSON line, until ``quit``."""
+    import torch
+
+    inputs = [mmseg_input(p, scale, pre) for p in photos]
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        i = int(line)
+        x, ori = inputs[i]
+        sample = Sample({"ori_shape": ori, "img_shape": tuple(x.shape[-2:]), "img_path": str(photos[i])})
+        sample.img_path = str(photos[i])
+        start = time.process_time()
+        with torch.no_grad(), half_is_identity():
+            seg.predict(x, [sample])
+        print(json.dumps({"i": i, "cpu_seconds": time.process_time() - start}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("photos", type=Path, nargs="+")
@@ -128,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overrides", default="{}", help="JSON: segmentor keyword arguments over the config's")
     ap.add_argument("--short-side", type=int, default=0, help="the Resize's short side in place of the config's")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--serve", action="store_true", help="time predict per photo index read from stdin (no outputs)")
     run(ap.parse_args(argv))
 
 

@@ -39,7 +39,6 @@ from .corrclip import (
     input_regions,
     map_correction,
     merge_regions,
-    region_attention_mask,
     scope_attention,
     spatial_blocks,
 )
@@ -141,25 +140,29 @@ def dino_features(proxy, pixels: torch.Tensor, boxes, size: tuple[int, int]) -> 
     return F.normalize(y.float(), dim=-1), fgrid
 
 
-def _attend(attn, qkv: torch.Tensor, mask: torch.Tensor | None, rows: slice = slice(None)) -> torch.Tensor:
-    """``nn.MultiheadAttention``'s arithmetic on its input projection's output ``qkv`` ``[N, L, 3 width]`` with a
-    bool ``mask`` ``[N, L, L]`` (True = masked), for the query rows ``rows`` -> ``[N, rows, width]`` after
-    ``out_proj``."""
-    n, length, width3 = qkv.shape
-    heads, width = attn.num_heads, width3 // 3
-    q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(1, 2) for t in qkv.split(width, dim=-1))
-    keep = None if mask is None else ~mask[:, None, rows]
-    out = F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=keep)
+def _attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``nn.MultiheadAttention``'s arithmetic after its input projection: ``[N, Lq, width]`` queries over ``[N, Lk,
+    width]`` keys and values, ``mask`` broadcast to ``[N, heads, Lq, Lk]`` (bool, True = attended; or additive, the
+    toy CLIP's windows), ``out_proj`` -> ``[N, Lq, width]``."""
+    heads = attn.num_heads
+
+    def split(t):
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
-def _block(blk, x: torch.Tensor, mask: torch.Tensor | None, qkv: torch.Tensor | None = None) -> torch.Tensor:
-    """One open_clip block on ``[N, L, width]`` with a per-window bool mask ``[N, L, L]`` (True = masked), its
-    input projection ``qkv`` given when already made (the spatial branch reads the same)."""
-    if qkv is None:
-        qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
-    x = x + blk.ls_1(_attend(blk.attn, qkv, mask))
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+def _regions_step(blk, reg: torch.Tensor, qkv: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """One block for the region tokens ``reg`` ``[N, R, width]``: each attends to the class token and its region's
+    patches of its window (``seen`` ``[N, 1, R, 1 + hw]`` bool), their keys and values the ordinary tokens' of the
+    same block (``qkv`` ``[N, 1 + hw, 3 width]``), then the block's residuals and MLP. In the reference the region
+    tokens share one sequence with the ordinary tokens, which never attend to them and which they attend to as here:
+    the same arithmetic, without the keys and values no token reads."""
+    width = reg.shape[-1]
+    q = F.linear(blk.ln_1(reg), blk.attn.in_proj_weight[:width], blk.attn.in_proj_bias[:width])
+    reg = reg + blk.ls_1(_attention(blk.attn, q, qkv[..., width : 2 * width], qkv[..., 2 * width :], seen))
+    return reg + blk.ls_2(blk.mlp(blk.ln_2(reg)))
 
 
 def _spatial(blk, x: torch.Tensor, qkv: torch.Tensor, boxes, patch: int, size, grid) -> torch.Tensor:
@@ -216,39 +219,31 @@ def image_features(bb, pixels: torch.Tensor, ids: torch.Tensor, crop: int, strid
     cut = torch.cat([full[..., y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])
     tok = F.interpolate(cut, size=grid, mode="nearest").int().flatten(1)  # [N, hw]
     regions = tok[:, None, :] == torch.unique(merged)[None, :, None]  # [N, R, hw]
-    r = regions.shape[1]
-    x = bb.embed(wins)  # [N, 1 + hw, width]
-    x = torch.cat([x[:, :1].expand(-1, r, -1), x], dim=1)
-    plain = None  # the windows' masks where the block has no local window of its own (every block of a CLIP)
-
-    def masks(i: int) -> torch.Tensor:
-        nonlocal plain
-        window = bb.attention_mask(i, grid, x.device)
-        if window is None and plain is not None:
-            return plain
-        out = torch.stack([region_attention_mask(reg, window) for reg in regions])
-        if window is None:
-            plain = out
-        return out
-
+    x = bb.embed(wins)  # [N, 1 + hw, width]: the ordinary tokens
+    reg = x[:, :1].expand(-1, regions.shape[1], -1)  # [N, R, width]: a copy of the class token per region
+    seen = torch.cat([regions.new_ones(*regions.shape[:2], 1), regions], dim=2)[:, None]  # [N, 1, R, 1 + hw]
     spatial, wanted = [], set(spatial_blocks(bb.n_blocks, METHOD))
     for i, blk in enumerate(bb.blocks[:-1]):
+        width = x.shape[-1]
         qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
         if i in wanted:
-            spatial.append(_spatial(blk, x[:, r + 1 :], qkv[:, r + 1 :], boxes, p, size, grid))
-        x = _block(blk, x, masks(i), qkv)
+            spatial.append(_spatial(blk, x[:, 1:], qkv[:, 1:], boxes, p, size, grid))
+        reg = _regions_step(blk, reg, qkv, seen)
+        window = bb.attention_mask(i, grid, x.device)  # the toy CLIP's local windows; None for a CLIP's blocks
+        x = x + blk.ls_1(_attention(blk.attn, *qkv.split(width, dim=-1), None if window is None else
+                                    window.to(qkv.dtype)))
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
     last = bb.blocks[-1]
     width = x.shape[-1]
+    qkv = F.linear(last.ln_1(x), last.attn.in_proj_weight, last.attn.in_proj_bias)
     wv, bv = last.attn.in_proj_weight[2 * width :], last.attn.in_proj_bias[2 * width :]
-    v_main = stitch(_grid_maps(F.linear(last.ln_1(x[:, r + 1 :]), wv, bv), grid), boxes, p, size)
+    v_main = stitch(_grid_maps(qkv[:, 1:, 2 * width :], grid), boxes, p, size)
     v_spatial = F.linear(last.ln_1(torch.stack(spatial).mean(0)), wv, bv).T.reshape(v_main.shape)
     v = F.interpolate(torch.stack([v_main, v_spatial]), size=fgrid, mode="bilinear", align_corners=False)
     pair = last.attn.out_proj(torch.bmm(weights.to(v.dtype).expand(2, -1, -1), v.flatten(2).transpose(1, 2)))
 
-    # the semantic branch: each region token's last-block output (its query rows only), spread over its region
-    qkv = F.linear(last.ln_1(x), last.attn.in_proj_weight, last.attn.in_proj_bias)
-    tokens = x[:, :r] + last.ls_1(_attend(last.attn, qkv, masks(bb.n_blocks - 1), slice(0, r)))
-    tokens = tokens + last.ls_2(last.mlp(last.ln_2(tokens)))  # [N, R, width]
+    # the semantic branch: each region token's last-block output, spread over its region in each window
+    tokens = _regions_step(last, reg, qkv, seen)  # [N, R, width]
     spread = F.interpolate(regions.unflatten(2, grid).to(tokens.dtype), size=(crop // dp, crop // dp),
                            mode="nearest").flatten(2)  # [N, R, c8 * c8]
     semantic = stitch(_grid_maps(spread.transpose(1, 2) @ tokens, (crop // dp, crop // dp)), boxes, dp, size)
