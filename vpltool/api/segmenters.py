@@ -128,7 +128,7 @@ class DenseSegmenter(Segmenter):
         from ..stages.segment import check_dense, load_dense
 
         self.method, self.cfg, self.settings = cfg.dense, cfg, cfg.resolved()
-        self.dense = check_dense(cfg)  # resolved once; one line for a missing proxy / SAM file, before any load
+        self.dense = check_dense(cfg, spec)  # resolved once; one line for a missing proxy / SAM file, before any load
         self.precision, self.batch_size = runtime.precision, runtime.batch_size
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_precision(runtime.precision, self.device)

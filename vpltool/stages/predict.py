@@ -298,6 +298,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
               "settings": settings_params(settings), **method.hooks.record()}
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     model = ModelSpec.from_identity(f.meta("model"), f.path)
+    method.check_backbone(model)  # its CLIP takes the method (a timm tower: the mixing presets), before it loads
     synonyms = [[n.replace("_", " ")] for n in cfg.classes]
     return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
                             lambda: method.load(model, device, backbone),

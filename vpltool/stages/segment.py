@@ -142,12 +142,13 @@ def dense_mixing_of(cfg: SegmentConfig):
     return mixing if changed else cfg.dense
 
 
-def check_dense(cfg: SegmentConfig):
+def check_dense(cfg: SegmentConfig, spec: ModelSpec | None = None):
     """``cfg``'s dense method resolved once and checked before any model loads: one
-    :class:`~vpltool.models.dense.method.DenseMethod` (one line for a missing or foreign proxy / SAM file)."""
+    :class:`~vpltool.models.dense.method.DenseMethod` (one line for a CLIP of ``spec`` whose tower does not take the
+    method, or a missing or foreign proxy / SAM file)."""
     from ..models.dense.method import resolve_method
 
-    return resolve_method(cfg)
+    return resolve_method(cfg, spec)
 
 
 def load_dense(spec: ModelSpec, method, device, backbone: ClipBackbone | None = None) -> ClipBackbone:
@@ -189,7 +190,7 @@ def run_segment(
     synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset), is_benchmark(dataset))
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--overlay": (overlay_folder(out) if overlay else None, "side")},
                      inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
-    method = check_dense(cfg)
+    method = check_dense(cfg, spec)
     method.hooks.check_items(dataset.items)  # a method's per-image inputs, before any model loads
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)

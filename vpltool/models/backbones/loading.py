@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from ...config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ...errors import VplError
 from .fast_load import assign_loaded_weights, no_weight_init  # noqa: F401 (imported from here too)
+from .open_clip_import import import_open_clip, timm_tower_name, with_timm, with_transformers
 
 EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
 _HUB_HOST = "huggingface.co"
@@ -114,7 +114,7 @@ class ModelSpec:
             if folder is not None:
                 cfg = json.loads((folder / "open_clip_config.json").read_text()).get("model_cfg", {})
             else:
-                _register_config_dir(self.config_dir)
+                register_config_dir(self.config_dir)
                 cfg = import_open_clip().get_model_config(self.model) or {}
         except (OSError, ValueError, AttributeError):
             return None
@@ -151,7 +151,7 @@ class ModelSpec:
         return spec
 
 
-def _register_config_dir(config_dir: str | None) -> None:
+def register_config_dir(config_dir: str | None) -> None:
     open_clip = import_open_clip()
 
     for d in filter(None, [config_dir, os.environ.get("VPLTOOL_MODEL_CONFIGS")]):
@@ -235,102 +235,23 @@ def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
     return None, preprocess
 
 
-def import_open_clip():
-    """``open_clip``, imported without two optional costs it does not need here (a third of its import time).
-
-    * timm: open_clip imports it if installed only to offer timm image towers (plain ViT towers are what vpltool
-      supports) and falls back cleanly when it cannot be imported.
-    * ``torch._dynamo`` (~2 s of a 3 s import on a 2-core CPU): open_clip imports torchvision, whose
-      ``ops.roi_align`` imports ``torch._dynamo.utils.is_compile_supported`` at import time (torchvision's own
-      comment there: importing dynamo is best avoided for eager-mode users). A stand-in module serves that one
-      name during this import and resolves the real function on first call.
-
-    * transformers (seconds on a machine that has it: issue 19 measured 5.5 s of start-up compiling imports on a
-      GPU host): open_clip imports it only for Hugging Face text towers; :func:`create_model` imports open_clip
-      again with it for a model whose config names one (:func:`_needs_transformers`).
-
-    All last only for this import: ``import timm`` and ``torch._dynamo`` / ``torch.compile`` work normally after.
-    Should the stand-in ever be short of a name (a torchvision release that wants more), the import is retried
-    the plain way.
-    """
-    if "open_clip" in sys.modules:
-        return sys.modules["open_clip"]
-    before = set(sys.modules)
-    try:
-        with _without("timm"), _without("transformers"), _dynamo_deferred():
-            import open_clip
-    except (AttributeError, ImportError):
-        for name in set(sys.modules) - before:  # the half-imported packages, then the plain import
-            del sys.modules[name]
-        with _without("timm"), _without("transformers"):
-            import open_clip
-    return open_clip
-
-
-def _needs_transformers(open_clip, spec: ModelSpec) -> bool:
-    """Whether the model's text tower is a Hugging Face model (``text_cfg.hf_model_name``)."""
+def model_config(open_clip, spec: ModelSpec) -> dict[str, Any]:
+    """The open_clip model config of ``spec`` (a local folder's ``open_clip_config.json``, else open_clip's own or
+    the config folder's), ``{}`` when none can be read."""
     if spec.folder is not None:
         try:
             cfg = json.loads((spec.folder / "open_clip_config.json").read_text()).get("model_cfg", {})
         except (OSError, ValueError):
-            return False
+            return {}
     else:
         cfg = open_clip.get_model_config(spec.model) or {}
-    return bool((cfg.get("text_cfg") or {}).get("hf_model_name"))
+    return cfg if isinstance(cfg, dict) else {}
 
 
-def _with_transformers(open_clip):
-    """open_clip imported again the plain way (transformers included), for a Hugging Face text tower."""
-    if getattr(open_clip.hf_model, "transformers", None) is not None:
-        return open_clip
-    for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
-        del sys.modules[name]
-    with _without("timm"):
-        import open_clip as plain
-    return plain
+def _needs_transformers(open_clip, spec: ModelSpec) -> bool:
+    """Whether the model's text tower is a Hugging Face model (``text_cfg.hf_model_name``)."""
+    return bool((model_config(open_clip, spec).get("text_cfg") or {}).get("hf_model_name"))
 
-
-@contextlib.contextmanager
-def _without(package: str) -> Iterator[None]:
-    """Make ``import package`` fail (``sys.modules[name] = None``, Python's documented way) for the block."""
-    blocked = package not in sys.modules
-    if blocked:
-        sys.modules[package] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        if blocked:
-            del sys.modules[package]
-
-
-def _compile_supported(device_type: str) -> bool:
-    from torch._dynamo.utils import is_compile_supported  # the real one: dynamo is imported when first needed
-
-    return is_compile_supported(device_type)
-
-
-@contextlib.contextmanager
-def _dynamo_deferred() -> Iterator[None]:
-    """Serve ``torch._dynamo.utils.is_compile_supported`` from a stand-in module for the block, unless dynamo is
-    already imported; afterwards ``torch._dynamo`` imports for real (torch resolves it lazily)."""
-    import types
-
-    if "torch._dynamo" in sys.modules:
-        yield
-        return
-    dynamo, utils = types.ModuleType("torch._dynamo"), types.ModuleType("torch._dynamo.utils")
-    utils.is_compile_supported = _compile_supported  # type: ignore[attr-defined]
-    dynamo.utils = utils  # type: ignore[attr-defined]
-    dynamo.__path__ = []  # a package, so that the submodule import resolves
-    sys.modules.update({"torch._dynamo": dynamo, "torch._dynamo.utils": utils})
-    try:
-        yield
-    finally:
-        for name, stub in (("torch._dynamo", dynamo), ("torch._dynamo.utils", utils)):
-            if sys.modules.get(name) is stub:
-                del sys.modules[name]
-        if torch.__dict__.get("_dynamo") is dynamo:
-            delattr(torch, "_dynamo")
 
 
 @contextlib.contextmanager
@@ -352,10 +273,12 @@ def _quiet_root_log(prefix: str) -> Iterator[None]:
 def create_model(spec: ModelSpec):
     """``(open_clip model, its local folder or None)`` for ``spec``; one-line VplErrors for every way it fails."""
     open_clip = import_open_clip()
-    _register_config_dir(spec.config_dir)
+    register_config_dir(spec.config_dir)
     if _needs_transformers(open_clip, spec):
-        open_clip = _with_transformers(open_clip)
-        _register_config_dir(spec.config_dir)
+        open_clip = with_transformers(open_clip)
+        register_config_dir(spec.config_dir)
+    if timm_tower_name(model_config(open_clip, spec)):
+        with_timm(open_clip)
     folder = spec.folder
     if folder is not None:
         if not (folder / "open_clip_config.json").is_file():

@@ -58,11 +58,21 @@ class DenseMethod:
 
         return BENCHMARK_PRESETS.get(self.name, {})
 
+    def check_backbone(self, model) -> None:
+        """One line, before any model loads, when the CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`) cannot
+        run this method (a timm tower such as SigLIP 2 takes the last block's mixing alone:
+        :func:`vpltool.models.backbones.clip.check_backbone`)."""
+        from ..registry import check_model
+
+        check_model("clip", model, dense=self.mixing)
+
     def load(self, model, device, backbone=None):
         """The CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`; or ``backbone``, already loaded) with this
         method: its mixing, its hooks, and its proxy model and SAM encoder when it takes them."""
         from ..registry import load_model
 
+        if backbone is None:
+            self.check_backbone(model)
         return (backbone or load_model("clip", model, device)).with_dense(
             self.mixing, proxy=None if self.proxy is None else load_model("dino", self.proxy, device),
             sam=None if self.sam is None else load_model("sam", self.sam, device), hooks=self.hooks)
@@ -118,12 +128,16 @@ def sam_spec(cfg: SegmentConfig):
     return spec
 
 
-def resolve_method(cfg: SegmentConfig) -> DenseMethod:
+def resolve_method(cfg: SegmentConfig, model=None) -> DenseMethod:
     """``cfg.dense`` resolved once into a :class:`DenseMethod` and checked before any model loads: its settings,
-    mixing and hooks, its proxy and SAM files (:func:`proxy_spec`, :func:`sam_spec`), then its hooks' own
-    ``check`` (one line for a missing or foreign file)."""
+    mixing and hooks, the CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`, when given: its tower takes the
+    method, :meth:`DenseMethod.check_backbone`), its proxy and SAM files (:func:`proxy_spec`, :func:`sam_spec`), then
+    its hooks' own ``check`` (one line for a missing or foreign file)."""
     hooks = dense_hooks(cfg.dense, cfg)
     mixing, changed = method_mixing(cfg, hooks)
+    if model is not None:
+        DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks).check_backbone(
+            model)
     method = DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks,
                          proxy_spec(cfg), sam_spec(cfg))
     hooks.check()

@@ -61,8 +61,9 @@ def run_dense_cam(
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the source": source, "--prototypes": prototypes},
                      protected=[*dataset.folders(), *recorded_folders(source)], overwrite=runtime.overwrite)
-    method = resolve_method(cfg)  # the method resolved once: its own check, then its per-image inputs' check,
-    method.hooks.check_items(dataset.items)  # both before any model loads (as segment's)
+    spec = ModelSpec.from_identity(protos.model, protos.path)  # its weights are still those it recorded
+    method = resolve_method(cfg, spec)  # the method resolved once: its own check (and the CLIP's), then its
+    method.hooks.check_items(dataset.items)  # per-image inputs' check, both before any model loads (as segment's)
     settings = cfg.resolved()
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
@@ -70,7 +71,6 @@ def run_dense_cam(
               "settings": settings_params(settings),
               "prototypes": io.file_identity(protos.path, source=protos.source), **method.hooks.record()}
     inputs = dataset.inputs()
-    spec = ModelSpec.from_identity(protos.model, protos.path)  # its weights are still those it recorded
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
         check_photo_memory([it.image for it in items], sizes, len(protos.vectors), settings)  # before the model

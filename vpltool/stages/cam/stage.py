@@ -89,7 +89,7 @@ def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n
     cam = gradcam_batch(bb, tokens, grid, labels, rows, cfg, temperature, precision)
     if cfg.refine == "none" or not len(cam.maps):
         return CamBatch(cam.maps, cam.maps, cam.probs, None, cam.offsets)
-    attention = mean_attention(prev, n_prev, cam.attention, cfg.attention_blocks, bb.n_blocks)
+    attention = mean_attention(prev, n_prev, cam.attention, cfg.attention_blocks, bb.n_blocks, n_prefix=bb.n_prefix)
     maps, before = refine_batch(cam.maps, affinity(attention), cam.image_of, cfg.box_threshold)
     return CamBatch(maps, cam.maps, cam.probs, before, cam.offsets)
 
