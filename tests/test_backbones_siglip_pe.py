@@ -143,3 +143,18 @@ def test_a_dense_method_the_tower_cannot_take_is_refused_before_any_model_loads(
     check_model("clip", ModelSpec("PE-Core-B-16", "none"), dense="naclip")  # a mixing preset: fine
     with pytest.raises(VplError, match="--attention prior"):
         check_model("clip", ModelSpec("PE-Core-B-16", "none"), dense=DenseMixing("naclip", "prior+kk"))
+
+
+@pytest.mark.parametrize("model,tag", [("ViT-B-16-quickgelu", "metaclip_fullcc"),
+                                       ("ViT-L-14-quickgelu", "metaclip_400m")])
+def test_metaclip_names_resolve_and_missing_weights_are_one_line(model, tag):
+    """MetaCLIP as CorrCLIP names it (configs/base_config.py: model_type ViT-B-16-quickgelu, clip_type
+    metaclip_fullcc): the tag is known, and offline its missing weights are one line naming the fix; the tag on the
+    GELU config (ViT-B-16) is refused before anything loads, with the QuickGELU name to pass instead."""
+    check_model("clip", ModelSpec(model, tag))
+    with pytest.raises(VplError, match="not in the local cache and the hub is unreachable") as e:
+        load_model("clip", ModelSpec(model, tag))
+    assert "\n" not in str(e.value)
+    gelu = model.removesuffix("-quickgelu")
+    with pytest.raises(VplError, match=f"pass --model {model} --pretrained {tag}"):
+        check_model("clip", ModelSpec(gelu, tag))

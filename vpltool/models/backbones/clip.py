@@ -18,7 +18,15 @@ import torch
 from ...errors import VplError
 from ..dense import DenseMixing, dense_mixing
 from ..registry import register_family
-from .loading import ModelSpec, create_model, import_open_clip, load_extra_config, model_config, register_config_dir
+from .loading import (
+    ModelSpec,
+    check_quick_gelu,
+    create_model,
+    import_open_clip,
+    load_extra_config,
+    model_config,
+    register_config_dir,
+)
 from .model import ClipBackbone
 from .open_clip_import import timm_tower_name
 from .timm_tower import TIMM_METHODS
@@ -27,14 +35,18 @@ TIMM_ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk")  # the last-block atte
 
 
 def check_backbone(spec: ModelSpec, dense: str | DenseMixing | None = None) -> None:
-    """Refuse, from the model's config alone and before any model loads, an image tower vpltool does not read (a
-    ResNet, CoCa's attentional pooling, a timm tower without an attention-pooling head) and a ``--dense`` method its
-    tower does not take: a timm tower (SigLIP 2, PE-Core) runs the last block's token mixing alone
+    """Refuse, from the model's config alone and before any model loads, a pretrained tag of the other activation
+    (MetaCLIP's tags are QuickGELU models: ``ViT-B-16-quickgelu``, not ``ViT-B-16``:
+    :func:`~.loading.check_quick_gelu`), an image tower vpltool does not read (a ResNet, CoCa's attentional pooling,
+    a timm tower without an attention-pooling head) and a ``--dense`` method its tower does not take: a timm tower
+    (SigLIP 2, PE-Core) runs the last block's token mixing alone
     (:data:`~vpltool.models.backbones.timm_tower.TIMM_METHODS`); the other methods read open_clip's attention
     modules or the class token. A name open_clip does not know passes here (:func:`create_model` says so)."""
     open_clip = import_open_clip()
     register_config_dir(spec.config_dir)
     cfg = model_config(open_clip, spec)
+    if spec.folder is None and spec.pretrained not in (None, "", "none"):  # a tag of the other activation
+        check_quick_gelu(open_clip, spec.model, spec.pretrained)
     vision = cfg.get("vision_cfg") or {}
     if isinstance(vision.get("layers"), (list, tuple)):
         raise VplError(f"--model {spec.model}: a ResNet image tower; vpltool reads ViT towers only (e.g. ViT-B-16)")

@@ -6,6 +6,17 @@ tokens (class token, registers) removed, on **the same patch grid as the CLIP pa
 backbones covers the same image region. timm interpolates its positional embedding to that size
 (``dynamic_img_size``).
 
+The same family takes timm's RoPE and register models, DINOv3 (``vit_*_patch16_dinov3``: ``eva.Eva``, a class token and
+4 registers, RoPE on the patches' q and k, no positional table) and C-RADIOv3 (``naflexvit_*_radio_v3``: NaFlexViT, a
+class token and 7 registers, its own patch and position embedding). Their tokens come from timm's own forward at the
+input's size (``forward_features``; :attr:`DinoBackbone.own_forward`), and what a method reads of a block (its
+attention map, its q and k) is recomputed from the block's input and the RoPE tensor that forward gave it (forward
+pre-hooks), in timm's order (:mod:`.timm_blocks`): the similarity the model computes. Their prefix tokens (class token
+and registers) are dropped together wherever patches are read. The mixing of both kinds is one function of two
+parameters, the prefix count and the RoPE tensor, so one family module serves them; DINO and DINOv2 keep vpltool's
+own forward below (their positional resize is the references' own, not timm's). tests/test_dino_rope.py checks the
+attention, keys and final tokens against forward hooks on timm's forward.
+
 timm is an optional dependency (``pip install 'vpltool[dino]'``; open_clip usually brings it). Weights: timm's
 pretrained tag of the name (``hub``; read from the local Hugging Face cache when offline), a local file, or ``none``
 (random, seeded: tests). Every way the weights can be unavailable is a one-line :class:`~vpltool.errors.VplError`,
@@ -29,6 +40,7 @@ from ...errors import VplError, VplWarning
 from ...io import check_weights, is_regular_file, read_weights
 from ..registry import register_family
 from .loading import _offline
+from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
@@ -73,7 +85,8 @@ def _cached_hub_file(timm, name: str) -> str | None:
     return None
 
 
-EXAMPLES = "e.g. vit_small_patch16_224.dino, vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m"
+EXAMPLES = ("e.g. vit_small_patch16_224.dino, vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m, "
+            "vit_small_patch16_dinov3, naflexvit_base_patch16_radio_v3")
 # prefixes a training checkpoint puts before the backbone's keys (DINO's teacher/student, DDP's module., a model
 # wrapper's backbone.): stripped, and said so; any key left that the architecture lacks, or one it lacks, is refused
 KEY_PREFIXES = ("module.", "teacher.", "student.", "backbone.", "model.", "encoder.")
@@ -83,7 +96,12 @@ def _create(timm, spec: DinoSpec, overrides: dict, **kwargs):
     """``timm.create_model`` as a frozen affinity backbone is built (no head, any input size); one line for a
     model that cannot be (a CNN such as resnet18 takes no ``dynamic_img_size``)."""
     try:
-        return timm.create_model(spec.model, num_classes=0, dynamic_img_size=True, **overrides, **kwargs)
+        try:
+            return timm.create_model(spec.model, num_classes=0, dynamic_img_size=True, **overrides, **kwargs)
+        except TypeError as e:  # NaFlexViT (C-RADIOv3) takes any size by construction, and no dynamic_img_size
+            if not str(e).startswith("NaFlexVit"):
+                raise
+            return timm.create_model(spec.model, num_classes=0, **overrides, **kwargs)
     except (TypeError, RuntimeError, KeyError, OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         if isinstance(e, TypeError):
@@ -193,7 +211,12 @@ class DinoBackbone:
                            "vision_transformer such as vit_small_patch16_224.dino")
         self.model = model.eval().requires_grad_(False).to(device)
         self.spec, self.device, self.blocks = spec, device, blocks
-        ps = model.patch_embed.patch_size
+        # timm's own forward for a model whose tokens vpltool's DINO forward does not make (RoPE: DINOv3; its own
+        # embedding: C-RADIOv3's NaFlexViT); its blocks must be ones whose mixing timm_blocks repeats
+        self.own_forward = getattr(model, "rope", None) is not None or not hasattr(model, "patch_embed")
+        if self.own_forward:
+            check_blocks(blocks, f"--dino-model {spec.model if spec else type(model).__name__}")
+        ps = (model.patch_embed if hasattr(model, "patch_embed") else model.embeds).patch_size
         self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
         self.n_prefix = int(getattr(model, "num_prefix_tokens", 1))
         self.pos_resize = spec.pos_resize if spec is not None else "bicubic-dino"
@@ -219,7 +242,10 @@ class DinoBackbone:
     def final_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """A proxy model's patch tokens as DINO's own ``get_intermediate_layers(x)[0]`` gives them (ProxyCLIP):
         ``[B, 3, H, W]`` pixels normalised with :attr:`mean` / :attr:`std` -> (``[B, hw, C]`` the final ``norm``
-        output without the prefix tokens, ``(h, w)``) (:meth:`_dino_forward`)."""
+        output without the prefix tokens, ``(h, w)``) (:meth:`_dino_forward`; DINOv3 and C-RADIOv3: timm's own, its
+        class token and registers dropped)."""
+        if self.own_forward:
+            return self._timm_forward(pixels)[0], self._grid(pixels)
         if self.n_prefix != 1 or getattr(self.model, "cls_token", None) is None:
             name = self.spec.model if self.spec else type(self.model).__name__
             raise VplError(f"--proxy-model {name}: {self.n_prefix} prefix tokens; the proxy attention takes a DINO "
@@ -271,7 +297,13 @@ class DinoBackbone:
         """DINO's own forward (:meth:`_dino_forward`) that also keeps what the last block's fused ``qkv`` linear
         returned (a forward hook on ``blocks[-1].attn.qkv``, as Talk2DINO reads it): ``[B, 3, H, W]`` normalised
         pixels -> (``[B, hw, C]`` final-norm patch tokens, ``[B, prefix + hw, 3C]`` the last block's qkv (prefix
-        tokens first), ``(h, w)``). Gradients flow where the caller enables them."""
+        tokens first), ``(h, w)``). Gradients flow where the caller enables them. DINOv3: q and k as the attention
+        uses them, after its RoPE (:meth:`_timm_last_qkv`)."""
+        if self.own_forward:
+            tokens, (q, k, v) = self._timm_forward(pixels.to(self.device), last_qkv=True)
+            b, heads, n, hd = q.shape
+            return tokens, torch.stack([q, k, v], 2).permute(0, 3, 2, 1, 4).reshape(b, n, 3 * heads * hd), \
+                self._grid(pixels)
         m = self.model
         x, grid = self._dino_tokens(pixels.to(self.device))
         qkv = None
@@ -286,7 +318,9 @@ class DinoBackbone:
     def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
         normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the prefix tokens, ``(h, w)``),
-        DINO's arithmetic as in :meth:`_dino_forward`."""
+        DINO's arithmetic as in :meth:`_dino_forward`; DINOv3's keys after its RoPE."""
+        if self.own_forward:
+            return self._timm_forward(pixels, last_qkv=True)[1][1][:, :, self.n_prefix:], self._grid(pixels)
         m = self.model
         x, grid = self._dino_tokens(pixels)
         for blk in m.blocks[:-1]:
@@ -303,6 +337,8 @@ class DinoBackbone:
         """``[B, 3, H, W]`` normalised pixels -> ``[B, H // p, W // p, C]`` float32: the final-norm patch tokens
         (DINOv2's ``forward_features(x)["x_norm_patchtokens"]``, :meth:`_dino_forward`; prefix and register tokens
         dropped). WeCLIP+ first resizes its crop to whole patches (bilinear, :meth:`resized`), which callers do."""
+        if self.own_forward:
+            return self._timm_forward(pixels.to(self.device))[0].float().unflatten(1, self._grid(pixels))
         if getattr(self.model, "cls_token", None) is None or not hasattr(self.model, "pos_embed"):
             name = self.spec.model if self.spec else type(self.model).__name__
             raise VplError(f"--dino-model {name}: no class token with an absolute positional embedding; use a "
@@ -322,6 +358,13 @@ class DinoBackbone:
     def attention(self, image: np.ndarray, grid: tuple[int, int], n_blocks: int) -> torch.Tensor:
         """``[hw, hw]`` float32: the mean over the last ``n_blocks`` blocks of the head-mean attention, prefix
         tokens removed (rows then sum to a little under 1, as CLIP's maps without CLS)."""
+        if self.own_forward:
+            first = len(self.blocks) - min(n_blocks, len(self.blocks))
+            _, seen = forward_capturing(self.model, self.preprocess(image, grid), range(first, len(self.blocks)))
+            n = self.n_prefix
+            maps = [attention_weights(self.blocks[i].attn, self.blocks[i].norm1(x), rope).mean(1)[0, n:, n:]
+                    for i, (x, rope) in sorted(seen.items())]
+            return torch.stack(maps).mean(0)
         wanted = self.blocks[-min(n_blocks, len(self.blocks)):]
         inputs: list[torch.Tensor] = []
         hooks = [b.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for b in wanted]
@@ -336,6 +379,27 @@ class DinoBackbone:
             raise VplError(f"--dino-model: {att.shape[0]} patch tokens for a {grid[0]}x{grid[1]} grid; the model "
                            "pads or pools its patches, use a plain ViT")
         return att
+
+
+    def _grid(self, pixels: torch.Tensor) -> tuple[int, int]:
+        return pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+
+    def _timm_forward(self, pixels: torch.Tensor, last_qkv: bool = False):
+        """timm's own forward (DINOv3, C-RADIOv3): ``[B, 3, H, W]`` pixels (sides whole patches) -> ``[B, hw, C]``
+        final tokens without the prefix tokens; with ``last_qkv`` also the last block's ``(q, k, v)``, each ``[B,
+        heads, N, hd]``, q and k after its norms and RoPE (:func:`.timm_blocks.heads_qkv`)."""
+        p, last = self.patch_size, len(self.blocks) - 1
+        pixels = pixels[..., : pixels.shape[-2] // p * p, : pixels.shape[-1] // p * p]
+        out, seen = forward_capturing(self.model, pixels.to(self.model_dtype), [last] if last_qkv else [])
+        tokens = out[:, self.n_prefix:]
+        if not last_qkv:
+            return tokens, None
+        x, rope = seen[last]
+        return tokens, heads_qkv(self.blocks[last].attn, self.blocks[last].norm1(x), rope)
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
 
 def _dino_attention(attn, x: torch.Tensor) -> torch.Tensor:

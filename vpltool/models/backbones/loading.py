@@ -207,6 +207,24 @@ def _offline() -> bool:
         return True
 
 
+def check_quick_gelu(open_clip, model: str, tag: str, cfg: dict[str, Any] | None = None) -> None:
+    """One line when tag ``tag`` was trained with QuickGELU and ``model``'s config uses GELU, or the other way round
+    (MetaCLIP's tags sit on both ``ViT-B-16`` and ``ViT-B-16-quickgelu``): open_clip only warns, and loads the
+    weights into the other activation, a silently different model."""
+    cfg = open_clip.get_pretrained_cfg(model, tag) if cfg is None else cfg
+    if not cfg or tag == "openai":
+        # vpltool's default, ViT-B-16 with OpenAI's weights, runs GELU (open_clip's known small accuracy drop) and is
+        # what every earlier run recorded, so it stays; docs/backbones.md names ViT-B-16-quickgelu for OpenAI's own
+        return
+    trained = bool(cfg.get("quick_gelu", False))
+    if trained == bool((open_clip.get_model_config(model) or {}).get("quick_gelu", False)):
+        return
+    other = f"{model}-quickgelu" if trained else model.removesuffix("-quickgelu")
+    fix = f"--model {other}" if tag in open_clip.list_pretrained_tags_by_model(other) else "another --model"
+    raise VplError(f"--pretrained {tag} was trained with{'' if trained else 'out'} QuickGELU, --model {model} "
+                   f"runs {'GELU' if trained else 'QuickGELU'}; pass {fix} --pretrained {tag}")
+
+
 def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
     """A pretrained tag -> (cached local file or None, preprocessing overrides). Raises when unusable offline."""
     open_clip = import_open_clip()
@@ -217,6 +235,7 @@ def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
         raise VplError(
             f"--pretrained {tag!r} is neither a file nor a tag of {model}; tags: {', '.join(tags) or 'none'}"
         )
+    check_quick_gelu(open_clip, model, tag, cfg)
     preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation") if k in cfg}
     hub = cfg.get("hf_hub", "")
     if hub:

@@ -18,7 +18,7 @@ k or the attention map must read what the model computes, so :func:`heads_qkv` r
 
 A block's output is timm's own module forward (:func:`run_block`): the attention map, when asked for, is recomputed
 beside it from :func:`heads_qkv` (the fused kernel returns none), so the tokens are timm's bit for bit.
-tests/test_timm_blocks.py checks every model kind against a forward hook on timm's own forward.
+tests/test_dino_rope.py checks every model kind against forward hooks on timm's own forward.
 """
 
 from __future__ import annotations
@@ -121,5 +121,23 @@ def run_block(blk, x: torch.Tensor, rope: torch.Tensor | None = None, need_weigh
     return x, weights, (h if keep_norm1 else None)
 
 
-__all__ = ["BLOCKS", "ATTENTIONS", "check_blocks", "heads_qkv", "attention_weights", "attention_output", "scale_1",
-           "scale_2", "run_block"]
+def forward_capturing(model, pixels: torch.Tensor, wanted) -> tuple[torch.Tensor, dict[int, tuple]]:
+    """timm's own ``model.forward_features(pixels)``, keeping what blocks ``wanted`` (indices) were given: their
+    input tokens and the ``rope`` tensor (a forward pre-hook with keyword arguments: exactly what the model's forward
+    passed, at the input's own size). Returns (the final tokens ``[B, N, C]``, ``{i: (x_i, rope_i)}``)."""
+    seen: dict[int, tuple] = {}
+
+    def keep(i):
+        return lambda _m, args, kwargs: seen.__setitem__(i, (args[0], kwargs.get("rope")))
+
+    hooks = [model.blocks[i].register_forward_pre_hook(keep(i), with_kwargs=True) for i in wanted]
+    try:
+        out = model.forward_features(pixels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, seen
+
+
+__all__ = ["forward_capturing", "BLOCKS", "ATTENTIONS", "check_blocks", "heads_qkv", "attention_weights",
+           "attention_output", "scale_1", "scale_2", "run_block"]
