@@ -1714,6 +1714,29 @@ def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]
 
 
+@case("segment --dense proxyclip on SigLIP 2 (a timm tower: no class token, no nn.MultiheadAttention)",
+      "--dense proxyclip reads open_clip's own attention modules", "on it choose --dense none, maskclip")
+def _segment_siglip2_proxyclip(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_siglip2"), "--model", "ViT-B-16-SigLIP2",
+           "--pretrained", "none", *CPU, "--dense", "proxyclip", "--proxy-model", DINO_MODEL, "--proxy-weights",
+           "none"]
+
+
+@case("segment --dense trident with SAM 2 as its SAM", "--sam-model sam2_hiera_t: SAM 2's Hiera encoder",
+      "--region-masks sam2:CONFIG")
+def _segment_trident_sam2(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident_sam2"), *TINY, *CPU, "--dense",
+           "trident", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "sam2_hiera_t",
+           "--sam-weights", "none"]
+
+
+@case("extract with MetaCLIP's tag on the GELU config (ViT-B-16, not ViT-B-16-quickgelu)",
+      "--pretrained metaclip_fullcc was trained with QuickGELU", "pass --model ViT-B-16-quickgelu")
+def _extract_metaclip_gelu(ws: Workspace) -> Iterator[list[object]]:
+    yield ["extract", ws.world, "--split", "train", "-o", ws.out("feat_metaclip"), "--model", "ViT-B-16",
+           "--pretrained", "metaclip_fullcc", *CPU]
+
+
 @case("segment --max-side 10 (a working size PAMR's dilations have no room in)", "--max-side 10: must be >= 64")
 def _segment_max_side_small(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_max_side"), *TINY, *CPU, "--max-side", "10"]

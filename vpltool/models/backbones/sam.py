@@ -8,6 +8,10 @@ Trident (``--dense trident``) takes two things from it: the last block's global 
 ``last_v``). :meth:`SamEncoder.last_attention` recomputes them from the installed package's modules, with the same
 arithmetic; :meth:`SamEncoder.features` is the encoder's own output (the neck's 256 channels).
 
+SAM 2 (``--sam-model sam2...``) is refused in one line (:data:`SAM2_REFUSAL`): its Hiera encoder has no counterpart of
+that attention, and the methods built on SAM 2 read its masks, which CorrCLIP's ``--region-masks sam2:CONFIG`` runs
+(``pip install 'vpltool[sam2]'``).
+
 Weights: SAM's released checkpoints (``sam_vit_b_01ec64.pth``: the whole Sam, whose ``image_encoder.`` tensors are
 taken, and its prompt encoder and mask decoder when ``prompt`` is set, else dropped), a file of the encoder's
 tensors alone (not with ``prompt``: one line), or ``none`` (seeded random: tests and parity). A file of another
@@ -137,7 +141,19 @@ def _prompt_state(path: Path, spec: SamSpec, expected: dict[str, torch.Tensor], 
     return state
 
 
+# SAM 2 has no place in Trident's aggregation: its Hiera encoder is hierarchical (pooled stages, windowed blocks
+# around a few global ones) and has no "last global attention on the prompt grid" Trident reads of SAM's ViT; the
+# methods that use SAM 2 take its masks alone (TextRegion @ e392cd2, TextRegionSegmenter.py L92-108 and L544: its
+# automatic mask generator; CorrCLIP @ 103bc18, CorrCLIPv1/corrclip_segmentor.py L263-276), which vpltool runs as
+# CorrCLIP's --region-masks sam2:CONFIG (vpltool.models.dense.corrclip.regions)
+SAM2_REFUSAL = ("SAM 2's Hiera encoder has no counterpart of the last global attention Trident reads of SAM's ViT "
+                "(the methods built on SAM 2 take its masks alone); pass --sam-model vit_b, vit_l or vit_h (SAM), "
+                "or use SAM 2 for CorrCLIP's regions: --dense corrclip --region-masks sam2:CONFIG")
+
+
 def _arch(spec: SamSpec) -> SamArch:
+    if spec.model.lower().startswith("sam2"):
+        raise VplError(f"--sam-model {spec.model}: {SAM2_REFUSAL}")
     if spec.model not in SAM_ARCHS:
         raise VplError(f"--sam-model {spec.model!r} is not a SAM encoder; choose one of {', '.join(SAM_ARCHS)}")
     return SAM_ARCHS[spec.model]

@@ -129,8 +129,8 @@ def import_sam2():
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
         from sam2.build_sam import build_sam2
     except ImportError:
-        raise VplError("--region-masks sam2: the sam2 package is not installed; pip install "
-                       "'git+https://github.com/facebookresearch/sam2', or give --region-masks a folder of .npz "
+        raise VplError("--region-masks sam2: the sam2 package is not installed; pip install 'vpltool[sam2]' "
+                       "(SAM2_BUILD_CUDA=0 where there is no CUDA), or give --region-masks a folder of .npz "
                        "region masks or sam") from None
     return build_sam2, SAM2AutomaticMaskGenerator
 
