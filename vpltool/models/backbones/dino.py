@@ -26,24 +26,20 @@ raised by :func:`check_dino` before any model is built.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...errors import VplError, VplWarning
-from ...io import check_weights, is_regular_file, read_weights
+from ...errors import VplError
+from ...io import is_regular_file
 from ..registry import register_family
+from .dino_weights import cached_hub_file, file_weights
 from .loading import _offline
 from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
-
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
-
 
 # how DINO's own forward (:meth:`DinoBackbone._dino_forward`) resizes the positional embedding to another grid
 # (:func:`vpltool.models.dense.resize_positional`): "bicubic-dino", the +0.1 scale factor of DINO and of DINOv2's
@@ -70,28 +66,8 @@ def import_timm():
     return timm
 
 
-def _cached_hub_file(timm, name: str) -> str | None:
-    """The locally cached weights file of timm model ``name``'s pretrained tag, or None."""
-    cfg = timm.models.get_pretrained_cfg(name)
-    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not hub:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in _WEIGHT_FILES:
-        found = try_to_load_from_cache(hub.split("@")[0], filename)
-        if isinstance(found, str):
-            return found
-    return None
-
-
 EXAMPLES = ("e.g. vit_small_patch16_224.dino, vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m, "
             "vit_small_patch16_dinov3, naflexvit_base_patch16_radio_v3")
-# prefixes a training checkpoint puts before the backbone's keys (DINO's teacher/student, DDP's module., a model
-# wrapper's backbone.): stripped, and said so; any key left that the architecture lacks, or one it lacks, is refused
-KEY_PREFIXES = ("module.", "teacher.", "student.", "backbone.", "model.", "encoder.")
-
-
 def _create(timm, spec: DinoSpec, overrides: dict, **kwargs):
     """``timm.create_model`` as a frozen affinity backbone is built (no head, any input size); one line for a
     model that cannot be (a CNN such as resnet18 takes no ``dynamic_img_size``)."""
@@ -130,50 +106,14 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
         path = Path(spec.weights).expanduser()
         if not is_regular_file(path):
             raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
-        _file_weights(path, model.state_dict(), shapes_only=True, report=report)
+        file_weights(path, model.state_dict(), shapes_only=True, report=report)
         return str(path)
-    cached = _cached_hub_file(timm, spec.model)
+    cached = cached_hub_file(timm, spec.model)
     if cached is None and _offline():
         raise VplError(f"weights for --dino-model {spec.model} are not in the local cache and the hub is "
                        "unreachable (offline); download them elsewhere and pass the file: --dino-weights "
                        "/path/to/model.safetensors")
     return cached
-
-
-DINO_WEIGHTS_FIX = "pass a timm or DINO weights file (.safetensors, or a torch checkpoint) to --dino-weights"
-
-
-def _file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bool = False,
-                  report: bool = False) -> dict[str, Any]:
-    """The file's tensors under the architecture's names: exactly ``expected``'s keys and shapes, after stripping
-    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which). A weights file of another model (a
-    prototypes file, another ViT) is refused in one line: timm loaded it as a random model with a warning."""
-    state = read_weights(path, shapes_only, DINO_WEIGHTS_FIX, containers=("teacher", "state_dict", "model"))
-    stripped = []
-    while state and not set(state) & set(expected):
-        prefix = next((p for p in KEY_PREFIXES if any(k.startswith(p) for k in state)), None)
-        if prefix is None:
-            break
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # a head beside: dropped
-        stripped.append(prefix)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = [f"{len(missing)} of its tensors missing (first: {missing[0]!r})" if missing else "",
-                 f"{len(unexpected)} unknown (first: {unexpected[0]!r})" if unexpected else ""]
-        raise VplError(f"{path}: not weights of this --dino-model ({'; '.join(p for p in parts if p)}); pass the "
-                       "weights of that architecture, or the --dino-model they belong to")
-    for key, value in state.items():
-        shape = tuple(value) if shapes_only else tuple(value.shape)
-        if shape != tuple(expected[key].shape):
-            raise VplError(f"{path}: tensor {key!r} is {list(shape)}, the --dino-model's is "
-                           f"{list(expected[key].shape)}; pass the weights of that architecture")
-    if stripped and report:
-        warnings.warn(VplWarning(f"--dino-weights {path}: tensor names prefixed {''.join(stripped)!r} (a training "
-                                 "checkpoint); the prefix was stripped"), stacklevel=3)
-    if not shapes_only:  # the tensors themselves, as they load: dtypes and finite values
-        check_weights(path, state, expected, DINO_WEIGHTS_FIX)
-    return state
 
 
 def _check_plain_vit(model, name: str) -> None:
@@ -196,7 +136,7 @@ def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -
         else:
             model = _create(timm, spec, overrides, pretrained=True)
     if spec.weights not in ("none", "hub"):
-        model.load_state_dict(_file_weights(Path(weights), model.state_dict()), strict=True)
+        model.load_state_dict(file_weights(Path(weights), model.state_dict()), strict=True)
     return DinoBackbone(model, torch.device(device), spec)
 
 
@@ -380,6 +320,18 @@ class DinoBackbone:
                            "pads or pools its patches, use a plain ViT")
         return att
 
+
+    def summary_and_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """The final tokens split as RADIO's adaptors read them (C-RADIOv3's ``(summary, features)``; NVlabs/RADIO's
+        hub code feeds its language (SigLIP 2) and SAM adaptors these two): ``[B, 3, H, W]`` pixels -> (``[B,
+        n_prefix, C]`` the prefix tokens, class token first, ``[B, hw, C]`` the patches, ``(h, w)``). Timm's own
+        forward (:meth:`_timm_forward`; DINOv3 and C-RADIOv3 only)."""
+        if not self.own_forward:
+            raise VplError("summary_and_patches reads timm's own forward: DINOv3 or C-RADIOv3 models only")
+        p = self.patch_size
+        pixels = pixels[..., : pixels.shape[-2] // p * p, : pixels.shape[-1] // p * p]
+        out = self.model.forward_features(pixels.to(self.device, self.model_dtype))
+        return out[:, : self.n_prefix], out[:, self.n_prefix:], self._grid(pixels)
 
     def _grid(self, pixels: torch.Tensor) -> tuple[int, int]:
         return pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
