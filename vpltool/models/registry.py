@@ -9,8 +9,9 @@ refused before a model loads). Families today:
 ========== ====================================================== ==============================================
 family     what it is                                             used by
 ========== ====================================================== ==============================================
-clip       open_clip ViTs, local files and folders, the toy CLIP  every CLIP stage; ``--dense`` is a parameter
-dino       a timm ViT (DINO, DINOv2, the toy DINO)                SSR's ``--affinity dino``; proxy attention
+clip       open_clip ViTs (SigLIP 2, PE-Core: its timm towers),   every CLIP stage; ``--dense`` is a parameter
+           local files and folders, the toy CLIP
+dino       a timm ViT (DINO, DINOv2, DINOv3, C-RADIOv3, toy DINO) SSR's ``--affinity dino``; proxy attention
 pgseg      PGSeg / GroupViT (vpltool.models.text.pgseg)              ``train-text``, ``--model pgseg:FILE``
 sam        SAM's image encoder (segment-anything), a local file   ``--dense trident``'s affinity
 ========== ====================================================== ==============================================
