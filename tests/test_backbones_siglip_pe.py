@@ -158,3 +158,22 @@ def test_metaclip_names_resolve_and_missing_weights_are_one_line(model, tag):
     gelu = model.removesuffix("-quickgelu")
     with pytest.raises(VplError, match=f"pass --model {model} --pretrained {tag}"):
         check_model("clip", ModelSpec(gelu, tag))
+
+
+def test_weights_from_a_file_take_the_normalisation_every_tag_of_the_model_agrees_on(tmp_path, monkeypatch):
+    """A local file names no tag: SigLIP 2's and PE-Core's are normalised with their tags' 0.5 / 0.5 (open_clip's
+    default is OpenAI's); a model whose tags disagree, or that has none, keeps open_clip's default."""
+    from safetensors.torch import save_file
+
+    from vpltool.models.backbones.loading import import_open_clip, tags_preprocess
+
+    oc = import_open_clip()
+    assert tags_preprocess(oc, "ViT-B-16-SigLIP2") == {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+    assert tags_preprocess(oc, "PE-Core-T-16-384") == {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+    assert tags_preprocess(oc, "vpl-test-sl2") == {}
+    path = tmp_path / "sl2.safetensors"
+    save_file({k: v.contiguous() for k, v in _bb("vpl-test-sl2").model.state_dict().items()}, str(path))
+    monkeypatch.setattr(oc, "list_pretrained_tags_by_model", lambda model: ["webli"])
+    monkeypatch.setattr(oc, "get_pretrained_cfg", lambda model, tag: {"mean": (0.5,) * 3, "std": (0.5,) * 3})
+    bb = load_model("clip", ModelSpec("vpl-test-sl2", str(path), config_dir=CONFIGS))
+    assert bb.mean == (0.5,) * 3 and bb.std == (0.5,) * 3

@@ -225,6 +225,16 @@ def check_quick_gelu(open_clip, model: str, tag: str, cfg: dict[str, Any] | None
                    f"runs {'GELU' if trained else 'QuickGELU'}; pass {fix} --pretrained {tag}")
 
 
+def tags_preprocess(open_clip, model: str) -> dict[str, Any]:
+    """The input normalisation every pretrained tag of ``model`` agrees on (``mean``, ``std``), for its weights
+    from a local file, which name no tag: SigLIP's and PE's 0.5 / 0.5 instead of open_clip's OpenAI default; ``{}``
+    where the tags differ or there are none (open_clip's default then, as before)."""
+    seen = {tuple((k, tuple(cfg[k])) for k in ("mean", "std") if k in cfg)
+            for tag in open_clip.list_pretrained_tags_by_model(model)
+            if (cfg := open_clip.get_pretrained_cfg(model, tag))}
+    return dict((k, v) for k, v in next(iter(seen))) if len(seen) == 1 else {}
+
+
 def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
     """A pretrained tag -> (cached local file or None, preprocessing overrides). Raises when unusable offline."""
     open_clip = import_open_clip()
@@ -323,7 +333,9 @@ def create_model(spec: ModelSpec):
             raise VplError(f"{path}: weights file not found")
         try:
             with no_weight_init(), assign_loaded_weights():
-                return _finite(open_clip.create_model(spec.model, pretrained=str(path)), path), path.parent
+                model = open_clip.create_model(spec.model, pretrained=str(path),
+                                               force_preprocess_cfg=tags_preprocess(open_clip, spec.model))
+                return _finite(model, path), path.parent
         except _LOAD_ERRORS as e:
             raise VplError(f"{path}: does not hold {spec.model} weights ({_first_line(e)}); check --model") from None
     cached, preprocess = _resolve_tag(spec.model, pretrained)
