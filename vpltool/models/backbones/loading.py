@@ -213,8 +213,8 @@ def check_quick_gelu(open_clip, model: str, tag: str, cfg: dict[str, Any] | None
     weights into the other activation, a silently different model."""
     cfg = open_clip.get_pretrained_cfg(model, tag) if cfg is None else cfg
     if not cfg or tag == "openai":
-        # vpltool's default, ViT-B-16 with OpenAI's weights, runs GELU (open_clip's known small accuracy drop) and is
-        # what every earlier run recorded, so it stays; docs/backbones.md names ViT-B-16-quickgelu for OpenAI's own
+        # vpltool's default, ViT-B-16 with OpenAI's weights, runs GELU where OpenAI trained QuickGELU, and is what
+        # every earlier run recorded, so it stays; docs/backbones.md names ViT-B-16-quickgelu for OpenAI's own
         return
     trained = bool(cfg.get("quick_gelu", False))
     if trained == bool((open_clip.get_model_config(model) or {}).get("quick_gelu", False)):
