@@ -1730,13 +1730,6 @@ def _segment_trident_sam2(ws: Workspace) -> Iterator[list[object]]:
            "--sam-weights", "none"]
 
 
-@case("extract with MetaCLIP's tag on the GELU config (ViT-B-16, not ViT-B-16-quickgelu)",
-      "--pretrained metaclip_fullcc was trained with QuickGELU", "pass --model ViT-B-16-quickgelu")
-def _extract_metaclip_gelu(ws: Workspace) -> Iterator[list[object]]:
-    yield ["extract", ws.world, "--split", "train", "-o", ws.out("feat_metaclip"), "--model", "ViT-B-16",
-           "--pretrained", "metaclip_fullcc", *CPU]
-
-
 @case("segment --max-side 10 (a working size PAMR's dilations have no room in)", "--max-side 10: must be >= 64")
 def _segment_max_side_small(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_max_side"), *TINY, *CPU, "--max-side", "10"]

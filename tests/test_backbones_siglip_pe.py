@@ -149,15 +149,41 @@ def test_a_dense_method_the_tower_cannot_take_is_refused_before_any_model_loads(
                                        ("ViT-L-14-quickgelu", "metaclip_400m")])
 def test_metaclip_names_resolve_and_missing_weights_are_one_line(model, tag):
     """MetaCLIP as CorrCLIP names it (configs/base_config.py: model_type ViT-B-16-quickgelu, clip_type
-    metaclip_fullcc): the tag is known, and offline its missing weights are one line naming the fix; the tag on the
-    GELU config (ViT-B-16) is refused before anything loads, with the QuickGELU name to pass instead."""
+    metaclip_fullcc): the tag is known, and offline its missing weights are one line naming the fix."""
     check_model("clip", ModelSpec(model, tag))
     with pytest.raises(VplError, match="not in the local cache and the hub is unreachable") as e:
         load_model("clip", ModelSpec(model, tag))
     assert "\n" not in str(e.value)
-    gelu = model.removesuffix("-quickgelu")
-    with pytest.raises(VplError, match=f"pass --model {model} --pretrained {tag}"):
-        check_model("clip", ModelSpec(gelu, tag))
+
+
+@pytest.mark.parametrize("model,tag,quick", [("ViT-B-16", "openai", True), ("ViT-B-16-quickgelu", "openai", False),
+                                             ("ViT-B-16", "metaclip_fullcc", True),
+                                             ("ViT-B-16", "laion2b_s34b_b88k", False)])
+def test_a_tag_is_built_with_the_activation_it_was_trained_with(monkeypatch, model, tag, quick):
+    """OpenAI's and MetaCLIP's weights were trained with QuickGELU: on open_clip's GELU config (``ViT-B-16``, the
+    default's) they are built with QuickGELU, as ``clip.load`` and the references built on it run them (open_clip
+    3 only warns, and would run GELU), and the record says so (``activation``: a run made with GELU is another
+    model); a tag trained with GELU, or one on its own QuickGELU config, is built as it is."""
+    import huggingface_hub
+
+    from vpltool.models.backbones import loading
+
+    oc = loading.import_open_clip()
+    made = {}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: "/cache/weights.bin")
+    monkeypatch.setattr(oc, "create_model", lambda name, pretrained=None, **kw: made.update(kw, name=name) or "m")
+    spec = ModelSpec(model, tag)
+    assert loading.create_model(spec) == ("m", None)
+    assert made["force_quick_gelu"] is quick and made["name"] == model
+    assert spec.identity().get("activation") == ("quickgelu" if quick else None)
+
+
+def test_a_tag_trained_with_gelu_on_a_quickgelu_config_is_one_line():
+    """The one pairing that cannot be built as trained: a GELU-trained tag on a config that runs QuickGELU."""
+    from vpltool.models.backbones import loading
+
+    with pytest.raises(VplError, match="trained without QuickGELU, --model roberta-ViT-B-32 runs QuickGELU"):
+        loading.check_quick_gelu(loading.import_open_clip(), "roberta-ViT-B-32", "laion2b_s12b_b32k")
 
 
 def test_weights_from_a_file_take_the_normalisation_every_tag_of_the_model_agrees_on(tmp_path, monkeypatch):

@@ -35,9 +35,9 @@ TIMM_ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk")  # the last-block atte
 
 
 def check_backbone(spec: ModelSpec, dense: str | DenseMixing | None = None) -> None:
-    """Refuse, from the model's config alone and before any model loads, a pretrained tag of the other activation
-    (MetaCLIP's tags are QuickGELU models: ``ViT-B-16-quickgelu``, not ``ViT-B-16``:
-    :func:`~.loading.check_quick_gelu`), an image tower vpltool does not read (a ResNet, CoCa's attentional pooling,
+    """Refuse, from the model's config alone and before any model loads, a tag trained with GELU on a config that
+    runs QuickGELU (:func:`~.loading.check_quick_gelu`; a QuickGELU tag on a GELU config is built with QuickGELU),
+    an image tower vpltool does not read (a ResNet, CoCa's attentional pooling,
     a timm tower without an attention-pooling head) and a ``--dense`` method its tower does not take: a timm tower
     (SigLIP 2, PE-Core) runs the last block's token mixing alone
     (:data:`~vpltool.models.backbones.timm_tower.TIMM_METHODS`); the other methods read open_clip's attention
@@ -45,7 +45,7 @@ def check_backbone(spec: ModelSpec, dense: str | DenseMixing | None = None) -> N
     open_clip = import_open_clip()
     register_config_dir(spec.config_dir)
     cfg = model_config(open_clip, spec)
-    if spec.folder is None and spec.pretrained not in (None, "", "none"):  # a tag of the other activation
+    if spec.folder is None and spec.pretrained not in (None, "", "none"):  # a GELU tag on a QuickGELU config
         check_quick_gelu(open_clip, spec.model, spec.pretrained)
     vision = cfg.get("vision_cfg") or {}
     if isinstance(vision.get("layers"), (list, tuple)):

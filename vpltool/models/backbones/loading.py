@@ -129,11 +129,14 @@ class ModelSpec:
         """What is stored in every output file, so downstream stages rebuild the same model. The config folder is
         recorded only when it defines this model (``<model>.json`` there): set by ``VPLTOOL_MODEL_CONFIGS`` on one
         run and not the next, it changes nothing for vpltool-toy or ViT-B-16, so a resume must not refuse it.
-        Weights from local bytes (a folder, an alias, a file) add ``"weights"``: their digest
+        A tag built with QuickGELU on a GELU config (OpenAI's on ``ViT-B-16``) adds ``"activation"``. Weights from
+        local bytes (a folder, an alias, a file) add ``"weights"``: their digest
         (:mod:`vpltool.models.backbones.local_weights`), so that other bytes under the same name are another model."""
         from .local_weights import weights_digest
 
         ident = {"model": self.model, "pretrained": "none" if self.folder is not None else self.pretrained}
+        if self.folder is None and (activation := tag_activation(self.model, self.pretrained)):
+            ident["activation"] = activation  # the tag's weights on a config of the other activation
         if self.config_dir and self.folder is None and (Path(self.config_dir) / f"{self.model}.json").is_file():
             ident["config_dir"] = str(self.config_dir)
         digest = self.weights or weights_digest(self)
@@ -207,22 +210,33 @@ def _offline() -> bool:
         return True
 
 
-def check_quick_gelu(open_clip, model: str, tag: str, cfg: dict[str, Any] | None = None) -> None:
-    """One line when tag ``tag`` was trained with QuickGELU and ``model``'s config uses GELU, or the other way round
-    (MetaCLIP's tags sit on both ``ViT-B-16`` and ``ViT-B-16-quickgelu``): open_clip only warns, and loads the
-    weights into the other activation, a silently different model."""
+def check_quick_gelu(open_clip, model: str, tag: str, cfg: dict[str, Any] | None = None) -> bool:
+    """Whether tag ``tag``'s weights need QuickGELU on ``model``'s GELU config: True for a tag trained with QuickGELU
+    on a config that runs GELU (OpenAI's own ``ViT-B-16 --pretrained openai``, as ``clip.load`` and every reference
+    built on it, CLIP-ES included, run it; MetaCLIP's tags on ``ViT-B-16``), which :func:`create_model` then builds
+    with QuickGELU, as the weights were trained (open_clip only warns, and would run them with GELU: a silently
+    different model). One line for a tag trained with GELU on a ``-quickgelu`` config, which cannot be undone."""
     cfg = open_clip.get_pretrained_cfg(model, tag) if cfg is None else cfg
-    if not cfg or tag == "openai":
-        # vpltool's default, ViT-B-16 with OpenAI's weights, runs GELU where OpenAI trained QuickGELU, and is what
-        # every earlier run recorded, so it stays; docs/backbones.md names ViT-B-16-quickgelu for OpenAI's own
-        return
+    if not cfg:
+        return False
     trained = bool(cfg.get("quick_gelu", False))
-    if trained == bool((open_clip.get_model_config(model) or {}).get("quick_gelu", False)):
-        return
-    other = f"{model}-quickgelu" if trained else model.removesuffix("-quickgelu")
+    runs = bool((open_clip.get_model_config(model) or {}).get("quick_gelu", False))
+    if trained or not runs:
+        return trained and not runs
+    other = model.removesuffix("-quickgelu")
     fix = f"--model {other}" if tag in open_clip.list_pretrained_tags_by_model(other) else "another --model"
-    raise VplError(f"--pretrained {tag} was trained with{'' if trained else 'out'} QuickGELU, --model {model} "
-                   f"runs {'GELU' if trained else 'QuickGELU'}; pass {fix} --pretrained {tag}")
+    raise VplError(f"--pretrained {tag} was trained without QuickGELU, --model {model} runs QuickGELU; pass {fix} "
+                   f"--pretrained {tag}")
+
+
+def tag_activation(model: str, tag: str) -> str | None:
+    """``"quickgelu"`` when tag ``tag`` of open_clip name ``model`` is built with QuickGELU on a GELU config
+    (:func:`check_quick_gelu`), else None: recorded in the model's identity, so that a run made before vpltool
+    followed the tag (GELU) is another model."""
+    if tag in ("", "none") or Path(tag).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(tag).exists():
+        return None
+    open_clip = import_open_clip()
+    return "quickgelu" if check_quick_gelu(open_clip, model, tag) else None
 
 
 def tags_preprocess(open_clip, model: str) -> dict[str, Any]:
@@ -236,7 +250,8 @@ def tags_preprocess(open_clip, model: str) -> dict[str, Any]:
 
 
 def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
-    """A pretrained tag -> (cached local file or None, preprocessing overrides). Raises when unusable offline."""
+    """A pretrained tag -> (cached local file or None, open_clip's ``create_model`` options: the preprocessing
+    overrides and the tag's activation). Raises when unusable offline."""
     open_clip = import_open_clip()
 
     cfg = open_clip.get_pretrained_cfg(model, tag)
@@ -245,8 +260,9 @@ def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
         raise VplError(
             f"--pretrained {tag!r} is neither a file nor a tag of {model}; tags: {', '.join(tags) or 'none'}"
         )
-    check_quick_gelu(open_clip, model, tag, cfg)
+    quick = check_quick_gelu(open_clip, model, tag, cfg)
     preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation") if k in cfg}
+    options = {"force_preprocess_cfg": preprocess, "force_quick_gelu": quick}
     hub = cfg.get("hf_hub", "")
     if hub:
         from huggingface_hub import try_to_load_from_cache
@@ -255,13 +271,13 @@ def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
         for name in ("open_clip_model.safetensors", filename or "open_clip_pytorch_model.bin"):
             found = try_to_load_from_cache(repo, name)
             if isinstance(found, str):
-                return found, preprocess
+                return found, options
     if _offline():
         raise VplError(
             f"weights for {model} --pretrained {tag} are not in the local cache and the hub is unreachable; "
             f"download them elsewhere and pass the file: --pretrained /path/to/{model}.safetensors"
         )
-    return None, preprocess
+    return None, {"force_quick_gelu": quick}
 
 
 def model_config(open_clip, spec: ModelSpec) -> dict[str, Any]:
@@ -338,11 +354,9 @@ def create_model(spec: ModelSpec):
                 return _finite(model, path), path.parent
         except _LOAD_ERRORS as e:
             raise VplError(f"{path}: does not hold {spec.model} weights ({_first_line(e)}); check --model") from None
-    cached, preprocess = _resolve_tag(spec.model, pretrained)
+    cached, options = _resolve_tag(spec.model, pretrained)
     with no_weight_init(), assign_loaded_weights():
-        if cached is not None:
-            return open_clip.create_model(spec.model, pretrained=cached, force_preprocess_cfg=preprocess), None
-        return open_clip.create_model(spec.model, pretrained=pretrained), None
+        return open_clip.create_model(spec.model, pretrained=cached or pretrained, **options), None
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
