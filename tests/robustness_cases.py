@@ -4186,6 +4186,16 @@ def _class_file_blank_line(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", ws.root / "classes_blank.txt", *TINY,
            *CPU]
 
+@case("a class file with blank lines after its last class (accepted: they name no class)",
+      "✓ segment (naclip): 3 masks", exit_code=0, leaves=("seg_trailing/", "seg_trailing/*"))
+def _class_file_trailing_blank(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data.class_files import class_file_path
+
+    path = ws.root / "classes_trailing.txt"
+    path.write_text(class_file_path("sclip:voc21").read_text().rstrip("\n") + "\n\n\n")
+    yield ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", ws.out("seg_trailing"), "--class-file", path, *TINY,
+           *CPU, "--short-side", "64", "--slide-crop", "0"]
+
 # --------------------------------------------------------------------------------------------- train-pgseg
 PGSEG_ARGS = ["--recipe", "cpu", "--batch-size", "2", "--epochs", "1", "--crop-size", "32", "--workers", "1", *CPU]
 
