@@ -4587,6 +4587,15 @@ def _pgseg_resume_other_lr(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--resume", "--lr", "0.5"]
 
 
+@case("train-pgseg --resume --crop-size 64 of a run made at 32 (the setting said once, not as \"a file it names "
+      "changed\")", "made with other settings or inputs (--crop-size 32 there, 64 here); resume with the same options")
+def _pgseg_resume_other_crop(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_crop", stop_after=1)
+    args = [*PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
+    args[args.index("--crop-size") + 1] = "64"
+    yield ["train-pgseg", ws.world, "-o", run, *args]
+
+
 @case("train-pgseg -o RUN --init RUN/pgseg.safetensors --overwrite (its own --init)",
       "--init run_init/pgseg.safetensors", "deletes) that file of its --out folder", "pass the copy")
 def _pgseg_init_inside_out(ws: Workspace) -> Iterator[list[object]]:
