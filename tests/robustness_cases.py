@@ -1748,6 +1748,18 @@ def _segment_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
     yield args  # the same command at once: the lock the killed run held does not block it
 
 
+@case("segment run again on its finished folder with another run's mask copied in (it said ✓ \"2 already done\")",
+      "seg_foreign/val_000000.png: made by another run than its folder's", "a file copied in",
+      "remove it and re-run `vpltool segment` with the folder's options")
+def _segment_foreign_mask(ws: Workspace) -> Iterator[list[object]]:
+    args = ["segment", ws.world, "--split", "val", *TINY, *CPU, "--short-side", "64", "--slide-crop", "0"]
+    out, other = ws.out("seg_foreign"), ws.out("seg_foreign_other")
+    cli_ok(*args, "-o", out, "--classes", "star,circle")
+    cli_ok(*args, "-o", other, "--classes", "circle,star")  # other classes: another run
+    shutil.copyfile(other / "val_000000.png", out / "val_000000.png")
+    yield [*args, "-o", out, "--classes", "star,circle"]
+
+
 @case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
 def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]
@@ -2907,7 +2919,7 @@ def _interrupted_dino_cam(ws: Workspace, name: str) -> tuple[Path, Path]:
     (out / io.STAGE_RECORD).unlink()
     for path in sorted(out.glob("*.safetensors"))[2:]:
         path.unlink()
-    io.write_json(out / io.RUN_RECORD, {k: record[k] for k in ("stage", "params", "inputs")})
+    io.write_json(out / io.RUN_RECORD, {k: record[k] for k in ("stage", "params", "inputs", io.RUN_DIGEST)})
     return out, weights
 
 

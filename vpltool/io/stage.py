@@ -37,7 +37,7 @@ from ..errors import ContractError, VplError
 from .files import make_folder, read_json, write_json
 from .inputs import changed_keys, param_changes, placed
 from .locks import SHARD_NAME, output_lock
-from .provenance import run_digest
+from .provenance import check_present, run_digest
 from .records import (
     LOCK_FILE,
     RUN_DIGEST,
@@ -233,11 +233,16 @@ class StageFolder:
         inputs: the identity of the inputs (recorded in ``_run.json`` and ``_stage.json``; a resume must match).
         sides: option -> side folder (``--save-overlays``, ``--save-debug``; None = not given), marked as this
             stage's when made.
+        items: ``(ids, path_of)``, every item of the stage and its file (:meth:`run` gives them): the files present
+            (a resume keeps them as done, and the record will vouch for them) are checked on entering, before the
+            folder changes, to be the folder's run's (:func:`vpltool.io.provenance.check_present`: a file of another
+            run copied in is one line).
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
                  shard: tuple[int, int] | None = None, not_compared: Sequence[str] = (),
-                 inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {}):
+                 inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {},
+                 items: tuple[Sequence[str], Callable[[str | os.PathLike, str], Path]] | None = None):
         self.folder, self.stage, self.params = Path(folder), stage, dict(params)
         self.inputs = None if inputs is None else dict(inputs)
         self.sides = {option: Path(path) for option, path in sides.items() if path is not None}
@@ -246,7 +251,7 @@ class StageFolder:
 
             shard = shard_from_env()
         self.overwrite, self.shard, self.reset = overwrite, tuple(shard), shard[0] == 0
-        self.not_compared = tuple(not_compared)
+        self.not_compared, self.items = tuple(not_compared), items
         self._stack = contextlib.ExitStack()
         self._created = False
         self.digest: str | None = None  # the run's digest (:func:`begin_stage_run`), set on entering
@@ -260,6 +265,10 @@ class StageFolder:
         self._stack.enter_context(output_lock(self.folder, self.shard, also=self.sides.values()))
         try:
             self._refuse_other_shard_count()
+            if self.items is not None and not self.overwrite:  # before _run.json: a refused run changes nothing
+                ids, path_of = self.items
+                present = _names(self.folder)
+                check_present(self.folder, [n for i in ids if (n := path_of(self.folder, i).name) in present])
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
                                              self.not_compared, self.inputs)
             for option, path in self.sides.items():
@@ -312,7 +321,7 @@ class StageFolder:
     def todo(self, ids: Iterable[str], path_of: Callable[[str | os.PathLike, str], Path]) -> list[str]:
         """The ids of this shard (:meth:`mine`; ``ids``: all of the stage's) whose output ``path_of(folder, id)`` is
         missing (all of them under ``overwrite``): one listing of the folder, not a stat per id (outputs are
-        written atomically, so a name present is a finished item)."""
+        written atomically, so a name present is a finished item: ``items`` has them checked on entering)."""
         mine = self.mine(ids)
         if self.overwrite:
             return mine
@@ -326,6 +335,7 @@ class StageFolder:
         this shard whose output is missing (:meth:`todo`), ``on_start(len(todo))``, ``work(todo)`` when there is
         work (a model loads only then), last :meth:`finish` (``finish``: what it records besides)."""
         start = time.perf_counter()
+        self.items = (ids, path_of)
         with self:
             todo = self.todo(ids, path_of)
             if on_start:
