@@ -2878,6 +2878,71 @@ def _sigterm(ws: Workspace) -> Iterator[list[object]]:
         yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_term"), *CPU]
 
 
+def _benchmark_shard_args(ws: Workspace, out: Path) -> list[object]:
+    return ["benchmark", "naclip", "--root", f"voc21={_miniature(ws, 'voc21')}", "-o", out, *TINY, *CPU,
+            "--short-side", "64", "--slide-crop", "0", "--batch-size", "1", "--shard", "0/2"]
+
+
+@contextlib.contextmanager
+def _signal_at_second_batch(sig: int) -> Iterator[None]:
+    """``sig`` sent to this process when the segmentor starts its second batch: where a Ctrl-C or a job scheduler's
+    SIGTERM lands mid-run."""
+    from vpltool.models.dense import segmentor
+
+    real, calls = segmentor.labels_batch, [0]
+
+    def labels_batch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+
+    # Python's own Ctrl-C handler, as in a command typed at a terminal: a shell starts a background job (`make ... &`)
+    # with SIGINT ignored, and the cases would inherit it
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with mock.patch.object(segmentor, "labels_batch", labels_batch):
+            yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@case("benchmark --shard 0/2 stopped by Ctrl-C (SIGINT) mid-run", "interrupted: finished items are kept; re-run the "
+      "same command to resume", exit_code=130, leaves=("bench_int/", "bench_int/voc21/", "bench_int/voc21/*"))
+def _benchmark_shard_sigint(ws: Workspace) -> Iterator[list[object]]:
+    with _signal_at_second_batch(signal.SIGINT):
+        yield _benchmark_shard_args(ws, ws.out("bench_int"))
+
+
+@case("benchmark --shard 0/2 stopped by SIGTERM mid-run (Slurm's preemption)", "interrupted (SIGTERM): finished "
+      "items are kept; re-run the same command to resume", exit_code=143,
+      leaves=("bench_term/", "bench_term/voc21/", "bench_term/voc21/*"))
+def _benchmark_shard_sigterm(ws: Workspace) -> Iterator[list[object]]:
+    with _signal_at_second_batch(signal.SIGTERM):
+        yield _benchmark_shard_args(ws, ws.out("bench_term"))
+
+
+@case("a resume right after benchmark --shard 0/2 --workers 2 was killed with -9 (its loaders orphaned; its "
+      "temporary and shard claim removed)", "some benchmarks are not scored yet (other shards still running)",
+      exit_code=0, leaves=("bench_killed/voc21/*", "-bench_killed/voc21/.*.tmp",
+                           "-bench_killed/voc21/.vpltool.lock.0-of-2"))
+def _benchmark_shard_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("bench_killed")
+    args = [*_benchmark_shard_args(ws, out), "--workers", "2"]
+    proc = paced_cli(args)
+    try:
+        wait_until(proc, lambda: any((out / "voc21").glob("*.png")))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the main process alone, as the OOM killer does: its loaders live on
+        proc.communicate()
+    if left := survivors(proc.pid):
+        raise RuntimeError(f"processes of the killed run outlived it: {left}")
+    for path in sorted((out / "voc21").glob("*.png"))[1:] + sorted((out / "voc21").glob(".*.tmp")):
+        path.unlink()  # one finished mask and one temporary, whenever the kill landed: the same page every time
+    (out / "voc21" / ".2007_000061.png.k9a1b2c3.tmp").write_bytes(b"half a mask")
+    yield args  # the same command at once: the lock the killed run held does not block it
+
+
 @case("a resume after kill -9 removes the temporaries the kill left", "✓ cam: 2 images", "2 already done",
       exit_code=0, leaves=("cams_tmp/*", "-cams_tmp/_run.json", "-cams_tmp/.train_000003.safetensors.k9a1b2c3.tmp"))
 def _leftover_tmp(ws: Workspace) -> Iterator[list[object]]:
