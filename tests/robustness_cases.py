@@ -671,7 +671,8 @@ def _local_clip_cut_short(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("a local-dir CLIP's weights replaced under the same name between segment --shard 0/2 and --shard 1/2",
-      "seg_shard: an interrupted run made with other parameters (model (its weights' content) differ)")
+      "seg_shard: an interrupted run made from other inputs (model local-dir:clip_shard: its weights' content "
+      "changed (sha256 ")
 def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
     clip, out = _local_clip(ws, "clip_shard"), ws.out("seg_shard")
     args = ["segment", ws.world, "--split", "val", "-o", out, "--model", f"local-dir:{clip}", *CPU]
@@ -681,7 +682,8 @@ def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("a local-dir CLIP's weights replaced under the same name between benchmark --shard 0/2 and --shard 1/2",
-      "made with other parameters", "model (its weights' content) differ")
+      "bench_shard/voc21: an interrupted run made from other inputs", "model local-dir:clip_bench_shard: its "
+      "weights' content changed")
 def _weights_between_benchmark_shards(ws: Workspace) -> Iterator[list[object]]:
     clip, out = _local_clip(ws, "clip_bench_shard"), ws.out("bench_shard")
     args = ["benchmark", "naclip", "--root", f"voc21={_miniature(ws, 'voc21')}", "-o", out, "--model",
@@ -689,6 +691,43 @@ def _weights_between_benchmark_shards(ws: Workspace) -> Iterator[list[object]]:
     cli_ok(*args, "--shard", "0/2")
     _replace_weights(clip)
     yield [*args, "--shard", "1/2"]
+
+
+# the same bytes by another path are the same model: a folder reached through a symlink, or renamed (io.by_content)
+@case("the same local-dir CLIP through a symlink for segment --shard 1/2 (accepted: the same bytes)",
+      "✓ segment (naclip): 1 masks", exit_code=0,
+      leaves=("seg_clip_link/*", "-seg_clip_link/_run.json", "-seg_clip_link/_shard.0-of-2.json"))
+def _clip_through_symlink(ws: Workspace) -> Iterator[list[object]]:
+    clip, out, link = _local_clip(ws, "clip_linked"), ws.out("seg_clip_link"), ws.root / "clip_link"
+    args = ["segment", ws.world, "--split", "val", "-o", out, *CPU, *TEXT_ARGS, "--short-side", "64", "--slide-crop",
+            "0"]
+    cli_ok(*args, "--model", f"local-dir:{clip}", "--shard", "0/2")
+    if not link.is_symlink():
+        link.symlink_to(clip, target_is_directory=True)
+    yield [*args, "--model", f"local-dir:{link}", "--shard", "1/2"]
+
+
+@case("the dataset's folder renamed between segment --shard 0/2 and --shard 1/2 (accepted: every image and label "
+      "the same bytes)", "✓ segment (naclip): 1 masks", exit_code=0,
+      leaves=("seg_world_moved/*", "-seg_world_moved/_run.json", "-seg_world_moved/_shard.0-of-2.json"))
+def _dataset_renamed_between_shards(ws: Workspace) -> Iterator[list[object]]:
+    world, out, moved = ws.copy(ws.world, "world_before_move"), ws.out("seg_world_moved"), ws.out("world_after_move")
+    args = ["-o", out, *TINY, *CPU, *TEXT_ARGS, "--classes", "star,circle", "--short-side", "64", "--slide-crop", "0"]
+    cli_ok("segment", world, "--split", "val", *args, "--shard", "0/2")
+    world.rename(moved)
+    yield ["segment", moved, "--split", "val", *args, "--shard", "1/2"]
+
+
+@case("the same local-dir CLIP renamed between segment --shard 0/2 and --shard 1/2 (accepted: the same bytes)",
+      "✓ segment (naclip): 1 masks", exit_code=0,
+      leaves=("seg_clip_renamed/*", "-seg_clip_renamed/_run.json", "-seg_clip_renamed/_shard.0-of-2.json"))
+def _clip_renamed(ws: Workspace) -> Iterator[list[object]]:
+    clip, out, renamed = _local_clip(ws, "clip_before_rename"), ws.out("seg_clip_renamed"), ws.out("clip_renamed")
+    args = ["segment", ws.world, "--split", "val", "-o", out, *CPU, *TEXT_ARGS, "--short-side", "64", "--slide-crop",
+            "0"]
+    cli_ok(*args, "--model", f"local-dir:{clip}", "--shard", "0/2")
+    clip.rename(renamed)
+    yield [*args, "--model", f"local-dir:{renamed}", "--shard", "1/2"]
 
 
 @case("a local-dir CLIP's weights replaced under the same name after train-decoder (predict)",
@@ -1707,6 +1746,18 @@ def _segment_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
     for path in sorted(out.glob("*.png"))[1:] + sorted(out.glob(".*.tmp")):
         path.unlink()  # one finished mask, whenever the kill landed: the same page every time
     yield args  # the same command at once: the lock the killed run held does not block it
+
+
+@case("segment run again on its finished folder with another run's mask copied in (it said ✓ \"2 already done\")",
+      "seg_foreign/val_000000.png: made by another run than its folder's", "a file copied in",
+      "remove it and re-run `vpltool segment` with the folder's options")
+def _segment_foreign_mask(ws: Workspace) -> Iterator[list[object]]:
+    args = ["segment", ws.world, "--split", "val", *TINY, *CPU, "--short-side", "64", "--slide-crop", "0"]
+    out, other = ws.out("seg_foreign"), ws.out("seg_foreign_other")
+    cli_ok(*args, "-o", out, "--classes", "star,circle")
+    cli_ok(*args, "-o", other, "--classes", "circle,star")  # other classes: another run
+    shutil.copyfile(other / "val_000000.png", out / "val_000000.png")
+    yield [*args, "-o", out, "--classes", "star,circle"]
 
 
 @case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
@@ -2820,6 +2871,71 @@ def _sigterm(ws: Workspace) -> Iterator[list[object]]:
         yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_term"), *CPU]
 
 
+def _benchmark_shard_args(ws: Workspace, out: Path) -> list[object]:
+    return ["benchmark", "naclip", "--root", f"voc21={_miniature(ws, 'voc21')}", "-o", out, *TINY, *CPU,
+            "--short-side", "64", "--slide-crop", "0", "--batch-size", "1", "--shard", "0/2"]
+
+
+@contextlib.contextmanager
+def _signal_at_second_batch(sig: int) -> Iterator[None]:
+    """``sig`` sent to this process when the segmentor starts its second batch: where a Ctrl-C or a job scheduler's
+    SIGTERM lands mid-run."""
+    from vpltool.models.dense import segmentor
+
+    real, calls = segmentor.labels_batch, [0]
+
+    def labels_batch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+
+    # Python's own Ctrl-C handler, as in a command typed at a terminal: a shell starts a background job (`make ... &`)
+    # with SIGINT ignored, and the cases would inherit it
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with mock.patch.object(segmentor, "labels_batch", labels_batch):
+            yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@case("benchmark --shard 0/2 stopped by Ctrl-C (SIGINT) mid-run", "interrupted: finished items are kept; re-run the "
+      "same command to resume", exit_code=130, leaves=("bench_int/", "bench_int/voc21/", "bench_int/voc21/*"))
+def _benchmark_shard_sigint(ws: Workspace) -> Iterator[list[object]]:
+    with _signal_at_second_batch(signal.SIGINT):
+        yield _benchmark_shard_args(ws, ws.out("bench_int"))
+
+
+@case("benchmark --shard 0/2 stopped by SIGTERM mid-run (Slurm's preemption)", "interrupted (SIGTERM): finished "
+      "items are kept; re-run the same command to resume", exit_code=143,
+      leaves=("bench_term/", "bench_term/voc21/", "bench_term/voc21/*"))
+def _benchmark_shard_sigterm(ws: Workspace) -> Iterator[list[object]]:
+    with _signal_at_second_batch(signal.SIGTERM):
+        yield _benchmark_shard_args(ws, ws.out("bench_term"))
+
+
+@case("a resume right after benchmark --shard 0/2 --workers 2 was killed with -9 (its loaders orphaned; its "
+      "temporary and shard claim removed)", "some benchmarks are not scored yet (other shards still running)",
+      exit_code=0, leaves=("bench_killed/voc21/*", "-bench_killed/voc21/.*.tmp",
+                           "-bench_killed/voc21/.vpltool.lock.0-of-2"))
+def _benchmark_shard_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("bench_killed")
+    args = [*_benchmark_shard_args(ws, out), "--workers", "2"]
+    proc = paced_cli(args)
+    try:
+        wait_until(proc, lambda: any((out / "voc21").glob("*.png")))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the main process alone, as the OOM killer does: its loaders live on
+        proc.communicate()
+    if left := survivors(proc.pid):
+        raise RuntimeError(f"processes of the killed run outlived it: {left}")
+    for path in sorted((out / "voc21").glob("*.png"))[1:] + sorted((out / "voc21").glob(".*.tmp")):
+        path.unlink()  # one finished mask and one temporary, whenever the kill landed: the same page every time
+    (out / "voc21" / ".2007_000061.png.k9a1b2c3.tmp").write_bytes(b"half a mask")
+    yield args  # the same command at once: the lock the killed run held does not block it
+
+
 @case("a resume after kill -9 removes the temporaries the kill left", "✓ cam: 2 images", "2 already done",
       exit_code=0, leaves=("cams_tmp/*", "-cams_tmp/_run.json", "-cams_tmp/.train_000003.safetensors.k9a1b2c3.tmp"))
 def _leftover_tmp(ws: Workspace) -> Iterator[list[object]]:
@@ -2861,7 +2977,7 @@ def _interrupted_dino_cam(ws: Workspace, name: str) -> tuple[Path, Path]:
     (out / io.STAGE_RECORD).unlink()
     for path in sorted(out.glob("*.safetensors"))[2:]:
         path.unlink()
-    io.write_json(out / io.RUN_RECORD, {k: record[k] for k in ("stage", "params", "inputs")})
+    io.write_json(out / io.RUN_RECORD, {k: record[k] for k in ("stage", "params", "inputs", io.RUN_DIGEST)})
     return out, weights
 
 
@@ -4179,6 +4295,16 @@ def _class_file_blank_line(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", ws.root / "classes_blank.txt", *TINY,
            *CPU]
 
+@case("a class file with blank lines after its last class (accepted: they name no class)",
+      "✓ segment (naclip): 3 masks", exit_code=0, leaves=("seg_trailing/", "seg_trailing/*"))
+def _class_file_trailing_blank(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data.class_files import class_file_path
+
+    path = ws.root / "classes_trailing.txt"
+    path.write_text(class_file_path("sclip:voc21").read_text().rstrip("\n") + "\n\n\n")
+    yield ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", ws.out("seg_trailing"), "--class-file", path, *TINY,
+           *CPU, "--short-side", "64", "--slide-crop", "0"]
+
 # --------------------------------------------------------------------------------------------- train-pgseg
 PGSEG_ARGS = ["--recipe", "cpu", "--batch-size", "2", "--epochs", "1", "--crop-size", "32", "--workers", "1", *CPU]
 
@@ -4496,6 +4622,21 @@ def _pgseg_resume_pairs_moved(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", moved, "-o", run, *PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
 
 
+@case("train-pgseg --resume given another pairs folder, run from the workspace (the files named as typed, relative "
+      "to the current folder)", "PAIRS: pairs_other/captions.json differs from the record's pairs_first/captions.json "
+      "(sha256 ", "start again without --resume")
+def _pgseg_resume_other_pairs(ws: Workspace) -> Iterator[list[object]]:
+    first = ws.copy(ws.world, "pairs_first")
+    run = _pgseg_run(ws, first, "run_other_pairs", stop_after=1)
+    other = ws.copy(ws.world, "pairs_other")
+    table = json.loads((other / "captions.json").read_text())
+    table[sorted(table)[0]] = "a blue cross"
+    (other / "captions.json").write_text(json.dumps(table))
+    with contextlib.chdir(ws.root):
+        yield ["train-pgseg", other.name, "-o", run.name, *PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1",
+               "--resume"]
+
+
 @case("train-pgseg --resume under another world size (its checkpoint made by 2 torchrun processes)",
       "2 process(es) there (global batch 4), 1 here (global batch 2)",
       "resume with the same torchrun --nproc-per-node")
@@ -4514,6 +4655,15 @@ def _pgseg_resume_other_world(ws: Workspace) -> Iterator[list[object]]:
 def _pgseg_resume_other_lr(ws: Workspace) -> Iterator[list[object]]:
     run = _pgseg_run(ws, ws.world, "run_lr")
     yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--resume", "--lr", "0.5"]
+
+
+@case("train-pgseg --resume --crop-size 64 of a run made at 32 (the setting said once, not as \"a file it names "
+      "changed\")", "made with other settings or inputs (--crop-size 32 there, 64 here); resume with the same options")
+def _pgseg_resume_other_crop(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_crop", stop_after=1)
+    args = [*PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
+    args[args.index("--crop-size") + 1] = "64"
+    yield ["train-pgseg", ws.world, "-o", run, *args]
 
 
 @case("train-pgseg -o RUN --init RUN/pgseg.safetensors --overwrite (its own --init)",
@@ -4548,7 +4698,8 @@ def _weclip_no_background_row(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("segment --dense proxyclip: --proxy-weights replaced under its name between --shard 0/2 and 1/2",
-      "seg_proxy_shards", "proxy_weights differ", "--overwrite")
+      "seg_proxy_shards: an interrupted run made from other inputs (proxy_weights proxy_shards.safetensors: its "
+      "content changed (sha256 ", "--overwrite")
 def _segment_proxy_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     path = ws.dino_weights("proxy_shards.safetensors", seed=0)
     out = ws.out("seg_proxy_shards")
@@ -4559,8 +4710,56 @@ def _segment_proxy_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     yield [*args, "--shard", "1/2"]
 
 
+def _region_folder(ws: Workspace, name: str) -> Path:
+    """CorrCLIP's region masks for the world's val images: ``<name>/<stem>.npz`` (two regions each), made anew."""
+    import numpy as np
+
+    from vpltool import io
+
+    folder = ws.out(name)
+    folder.mkdir()
+    for image in sorted((ws.world / "images").glob("val_*.png")):
+        h, w = io.load_image(image).shape[:2]
+        ids = np.ones((h, w), np.int32)
+        ids[:, w // 2:] = 2
+        np.savez(folder / f"{image.stem}.npz", instance_mask=ids)
+    return folder
+
+
+def _corrclip_args(ws: Workspace, out: Path) -> list[object]:
+    return ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+            "corrclip", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--short-side", "64", "--slide-crop",
+            "0"]
+
+
+@case("the same --region-masks folder given by its absolute path to segment --shard 1/2, by a relative one to "
+      "--shard 0/2 (accepted: the same bytes)", "✓ segment (corrclip): 1 masks", exit_code=0,
+      leaves=("seg_regions_abs/*", "-seg_regions_abs/_run.json", "-seg_regions_abs/_shard.0-of-2.json"))
+def _region_folder_absolute(ws: Workspace) -> Iterator[list[object]]:
+    folder, out = _region_folder(ws, "regions_rel"), ws.out("seg_regions_abs")
+    with contextlib.chdir(ws.root):
+        cli_ok(*_corrclip_args(ws, out), "--region-masks", folder.name, "--shard", "0/2")
+    yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
+
+
+@case("a --region-masks file rewritten between segment --shard 0/2 and 1/2 (named as a changed input, not as "
+      "\"other parameters\")", "seg_regions_changed: an interrupted run made from other inputs (region_masks: "
+      "regions_changed/val_000001.npz changed (sha256 ", "pass --overwrite to redo every item")
+def _region_file_changed(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    folder, out = _region_folder(ws, "regions_changed"), ws.out("seg_regions_changed")
+    cli_ok(*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "0/2")
+    path = folder / "val_000001.npz"
+    ids = np.load(path)["instance_mask"]
+    ids[:2] = 3  # a third region along the top
+    np.savez(path, instance_mask=ids)
+    yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
+
+
 @case("segment --dense trident: --sam-weights replaced under its name between --shard 0/2 and 1/2",
-      "seg_sam_shards", "sam_weights differ", "--overwrite")
+      "seg_sam_shards: an interrupted run made from other inputs (sam_weights sam_shards.safetensors: its content "
+      "changed (sha256 ", "--overwrite")
 def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     import torch
     from safetensors.torch import save_file

@@ -202,7 +202,9 @@ def test_segment_with_a_folder_of_region_masks_and_a_bad_file(world, tiny_spec, 
     s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert s.done == len(ds.items)
     params = io.read_stage_record(out, "segment")["params"]
-    assert params["region_source"]["generator"] == "folder" and len(params["region_source"]["files_sha256"]) == 64
+    assert params["region_source"] == {"generator": "folder"}  # the folder by content: its path, digest, files
+    assert params["region_masks"]["path"] == str(masks.resolve()) and len(params["region_masks"]["sha256"]) == 64
+    assert [name for name, _ in params["region_masks"]["files"]] == [f"{it.id}.npz" for it in ds.items]
     for item in ds.items:  # the map correction: each region one label
         mask = io.read_mask(io.mask_path(out, item.id), num_classes=len(ds.classes))
         ids = np.load(masks / f"{item.id}.npz")["instance_mask"]

@@ -61,7 +61,7 @@ from .images import (
     write_picture,
     write_png,
 )
-from .inputs import NOT_FILES, changed_inputs, files_digest, weights_identity
+from .inputs import NOT_FILES, changed_inputs, files_digest, param_changes, shown_path, weights_identity
 from .kinds import (
     CAM_DEBUG_KIND,
     CAM_KIND,
@@ -178,7 +178,7 @@ __all__ = [
     "save_tensor_file", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
     "check_eval_metrics", "is_eval_metrics", "read_eval_metrics", "read_run_metrics",
-    "NOT_FILES", "changed_inputs", "files_digest", "weights_identity",
+    "NOT_FILES", "changed_inputs", "files_digest", "param_changes", "shown_path", "weights_identity",
     "cut_short", "leave_out", "note_source",
     "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
 ]  # fmt: skip

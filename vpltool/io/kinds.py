@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContractError
+from .files import by_content, jsonable
 from .stage import recorded_ids
 from .tensors import TensorFile, check_finite, read_header, read_tensors, write_tensors
 
@@ -194,12 +195,18 @@ def write_prototypes(path: str | os.PathLike, p: Prototypes, **extra: Any) -> Pa
 
 
 def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two recorded CLIP identities name the same weights: architecture, pretrained tag or file, and the
-    digest of local bytes (``"weights"``, :mod:`vpltool.models.backbones.local_weights`) where both record one (a record
-    of an older vpltool has none: compared by name, as it was made)."""
-    digests = a.get("weights"), b.get("weights")
-    return ((a.get("model"), a.get("pretrained", "none")) == (b.get("model"), b.get("pretrained", "none"))
-            and (None in digests or digests[0] == digests[1]))
+    """Whether two recorded CLIP identities name the same weights: by content (:func:`vpltool.io.by_content`: the
+    digest of local bytes, ``"weights"``, and a file's architecture; a folder reached by another path is the same
+    model) where both record a digest; by architecture and pretrained tag or file otherwise (a tag names published
+    weights; a record of an older vpltool has no digest and is compared by name, as it was made)."""
+    if isinstance(a.get("weights"), str) and isinstance(b.get("weights"), str):
+        return by_content(jsonable(_named(a))) == by_content(jsonable(_named(b)))
+    return (a.get("model"), a.get("pretrained", "none")) == (b.get("model"), b.get("pretrained", "none"))
+
+
+def _named(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """What names a CLIP's weights in ``identity`` (its config folder only says where its config was found)."""
+    return {k: identity[k] for k in ("model", "pretrained", "weights") if k in identity}
 
 
 def _digest(model: Mapping[str, Any]) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import ContractError
 from .files import by_content, jsonable
+from .marks import item_marks
 from .records import RUN_DIGEST, RUN_RECORD, STAGE_RECORD, read_record
 
 RUN_META = "run"  # the item's metadata key (``vpltool.run``) and, prefixed, its PNG text chunk (``vpltool.run``)
@@ -120,4 +121,20 @@ def check_item(path: Path, recorded_id: object, recorded_run: object, kind: str 
                         "or pass --overwrite to redo the folder")
 
 
-__all__ = ["ITEM_WRITERS", "RUN_META", "check_item", "run_digest", "writing_digest"]
+def check_present(folder: Path, names: Sequence[str]) -> None:
+    """:func:`check_item` on each of ``names`` (files of ``folder`` that a resume would keep as done), from their
+    headers (:func:`vpltool.io.marks.item_marks`: a mask's text chunks, a safetensors header; no pixel read): a
+    resume, or the same command on a finished folder, must not certify an item of another run copied in (the
+    folder's record would vouch for it). Raises :func:`check_item`'s one line for the first such file."""
+    for name in names:
+        path = folder / name
+        marks = item_marks(path)
+        if marks is None and (found := _record_run(folder, (STAGE_RECORD, RUN_RECORD))) is not None:
+            raise ContractError(f"{path}: not a file `vpltool {found[1]}` wrote (its header does not read); remove it "
+                                f"and re-run `vpltool {found[1]}` with the folder's options to remake it, or pass "
+                                "--overwrite to redo the folder")
+        kind = (marks or {}).get("vpltool.kind") or ("mask" if path.suffix == ".png" else None)
+        check_item(path, (marks or {}).get("vpltool.id"), (marks or {}).get(f"vpltool.{RUN_META}"), kind)
+
+
+__all__ = ["ITEM_WRITERS", "RUN_META", "check_item", "check_present", "run_digest", "writing_digest"]

@@ -283,7 +283,7 @@ def run_crf(
     # the skeleton written out, not StageFolder.run: the masks a resume kept are counted inside the folder's lock
     # (a run with --overwrite may be removing them otherwise), also when nothing is left to do
     with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
-                        shard=shard) as folder:
+                        shard=shard, items=(ids, io.mask_path)) as folder:
         todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo(ids, io.mask_path)]
         if on_start:
             on_start(len(todo))

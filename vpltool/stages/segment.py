@@ -48,7 +48,8 @@ from ..models.dense.segmentor import (  # the segmentor's pure functions, import
 
 STAGE = "segment"
 SYNONYM_SEPARATOR = "|"  # 'tv monitor|television|screen': one class, three queries
-WEIGHTS_PARAMS = ("proxy_weights", "sam_weights")  # recorded as {path, sha256} (vpltool.io.inputs)
+# options naming a file, recorded as {path, sha256} (vpltool.io.inputs) when they do: compared by content
+FILE_PARAMS = ("proxy_weights", "sam_weights", "class_file")
 
 
 def class_synonyms(names: Sequence[str]) -> list[list[str]]:
@@ -200,7 +201,7 @@ def run_segment(
               "template_list": templates, "background_words": background,
               **({"class_queries": synonyms} if cfg.class_file is not None else {}),
               **({"mixing": _mixing_params(method.mixing)} if method.changed else {}), **method.hooks.record()}
-    for key in WEIGHTS_PARAMS:  # a weights file by content: another path to it is the same run, other bytes are not
+    for key in FILE_PARAMS:  # a file by content: another path to it is the same run, other bytes are not
         if key in params:
             params[key] = io.weights_identity(params[key])
     summary = dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,

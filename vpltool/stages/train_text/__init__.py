@@ -241,9 +241,14 @@ def _check_resumable(f: io.TensorFile, cfg: TextTrainConfig, params: dict[str, A
     said = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} here" for k, v in params.items()
             if k not in RESUMABLE_CHANGES and old.get(k) != io.jsonable(v)]
     was, now = f.meta("model_config", None) or {}, io.jsonable(model_config)
-    short = lambda v: str(v).removeprefix("sha256:")[:12] + "…" if str(v).startswith("sha256:") else v  # noqa: E731
-    said += [f"the model's {k} {short(was[k])} there, {short(now[k])} here (a file it names changed)"
-             for k in sorted(set(was) & set(now)) if k not in params and was[k] != now[k]]
+    digest = lambda v: str(v).startswith("sha256:")  # noqa: E731 (a file's bytes, which no setting makes)
+    short = lambda v: str(v).removeprefix("sha256:")[:12] + "…" if digest(v) else v  # noqa: E731
+    differ = [k for k in sorted(set(was) & set(now)) if k not in params and was[k] != now[k]]
+    # a digest that differs is a file the model names (its DINO, its CLIP) changed; another value follows from the
+    # settings (--crop-size makes the model's img_size), said once by the setting when one differs
+    said += [f"the model's {k} {short(was[k])} there, {short(now[k])} here"
+             + (" (a file it names changed)" if digest(was[k]) or digest(now[k]) else "")
+             for k in differ if digest(was[k]) or digest(now[k]) or not said]
     check_resumable(f, said, inputs, INPUT_OPTIONS, world, params["batch_size"])
 
 

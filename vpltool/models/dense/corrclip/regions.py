@@ -81,17 +81,20 @@ class FolderRegions:
 
     folder: Path
 
-    def check(self, images: list[tuple[Path, tuple[int, int]]]) -> str:
+    def check(self, images: list[tuple[Path, tuple[int, int]]]) -> dict:
         """Every image's file read and checked (``(image path, (H0, W0))`` each), before a model loads; returns the
-        digest of the files' names and bytes (sha256)."""
+        folder's identity by content (:mod:`vpltool.io.inputs`): ``{"path": the folder, absolute, "sha256": a digest
+        of the files' names and bytes, "files": [[name, sha256], ...]}``, so that the folder given by another path is
+        the same input and a file changed is named."""
         if not Path(self.folder).is_dir():
             raise VplError(f"--region-masks {self.folder}: not a folder; give a folder with {FORMAT}, or sam")
-        h = hashlib.sha256()
+        h, files = hashlib.sha256(), []
         for image, shape in images:
             path = self.path(image)
             read_region_file(path, shape)
-            h.update(f"{path.name}:{file_digest(path)}\n".encode())
-        return h.hexdigest()
+            files.append([path.name, file_digest(path)])
+            h.update(f"{path.name}:{files[-1][1]}\n".encode())
+        return {"path": str(Path(self.folder).resolve()), "sha256": h.hexdigest(), "files": files}
 
     def path(self, image: Path) -> Path:
         return Path(self.folder) / f"{Path(image).stem}.npz"
@@ -190,8 +193,8 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
 
 
 def source_record(value: str, sam_model: str, sam_weights: str | None) -> dict:
-    """How the run names its generator in its record: a folder by its files' digest (added by
-    :meth:`FolderRegions.check`), SAM by its weights' bytes."""
+    """How the run names its generator in its record: SAM by its weights' bytes; a folder's files by content are
+    its ``region_masks`` (:meth:`FolderRegions.check`)."""
     if value == "sam" or value.startswith("sam2"):
         # segment-anything v1 always predicts three masks a point; SAM2 runs with multimask_output=False
         return {"generator": value, "settings": dict(SAM_SETTINGS, multimask_output=value == "sam"),
