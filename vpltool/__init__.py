@@ -6,7 +6,10 @@ From Python (docs/api.md)::
     seg = vpltool.segmenter("naclip", model="ViT-B-16", pretrained="openai")
     result = seg("photo.jpg", ["cat", "dog"])   # result.labels: [H, W] int64, 0 = background
     results = seg(["a.jpg", "b.jpg"], "cat,dog")  # a list: one result each
+    emb = seg.embed("photo.jpg")                 # the photo's image side, once
+    seg(emb, ["sofa", "cat"])                    # ... for another class list: only the text side runs
     vpltool.list_methods()                       # the methods segmenter() takes
+    vpltool.list_models()                        # the models it can load
 
 and the stages as functions, ``vpltool.api.cam(...)``, ... Importing vpltool is cheap: these names load on first use
 (no torch at ``import vpltool``).
@@ -24,8 +27,9 @@ __version__ = "0.1.0"
 # seconds on a loaded machine) must see that, not tie itself to init, which adopted it
 LAUNCHED_BY = os.getppid()
 
-_API = ("segmenter", "Segmenter", "Segmentation")
+_API = ("segmenter", "Segmenter", "Segmentation", "Embedding")
 _METHODS = ("list_methods",)
+_MODELS = ("list_models", "list_pretrained")
 
 
 def __getattr__(name: str) -> Any:
@@ -35,8 +39,10 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".api.segmenters", __name__), name)
     if name in _METHODS:
         return getattr(importlib.import_module(".api.methods", __name__), name)
+    if name in _MODELS:
+        return getattr(importlib.import_module(".api.models", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "api", *_API, *_METHODS})
+    return sorted({*globals(), "api", *_API, *_METHODS, *_MODELS})

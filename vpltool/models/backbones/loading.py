@@ -61,6 +61,12 @@ def _load_plugins() -> None:
         ep.load()()
 
 
+def registered_models() -> list[str]:
+    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models)."""
+    _load_plugins()
+    return list(_MODELS)
+
+
 def registered_folder(alias: str) -> Path | None:
     """The local folder of a registered alias, or None."""
     if alias not in _MODELS:
