@@ -50,7 +50,9 @@ def _command_table():
     from vpltool.cli import app
 
     group = typer.main.get_command(app)
-    return {name: cmd for name, cmd in group.commands.items() if name != "help"}
+    # `app` serves its page until interrupted: a valid draw would never return (its refusals, made before it serves,
+    # are robustness_cases' `app` rows)
+    return {name: cmd for name, cmd in group.commands.items() if name not in ("help", "app")}
 
 
 COMMANDS = _command_table()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from . import app as app_command
 from . import benchmark, cam, demo, pgseg, pipeline, report, segment, train_text, training
 from .errors import friendly_errors
 from .options import option_blocks
@@ -32,6 +33,7 @@ COMMANDS = (
     ("eval", training.eval_cmd, None),
     ("diagnose", training.diagnose_cmd, None),
     ("report", report.report_cmd, None),
+    ("app", app_command.app_cmd, None),
     ("make-world", demo.make_world_cmd, DEMO),
     ("make-pairs", demo.make_pairs_cmd, DEMO),
     ("train-toy-clip", demo.train_toy_clip_cmd, DEMO),
