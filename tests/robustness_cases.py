@@ -4938,6 +4938,109 @@ def _py_segment_two_methods(ws: Workspace) -> Iterator[list[object]]:
     yield ["vpltool.api.segment('world/images', 'out', ['star'], method='naclip', dense='maskclip')"]
 
 
+# the Python door's second pass: transformers', open_clip's and SAM's habits, and a Python caller's lines
+_PY_TOY = ("vpltool.segmenter('maskclip', model='vpltool-toy', pretrained='none', device='cpu', short_side=112, "
+           "templates='a photo of a {}.', background='grass,sky,wall,water')")
+
+
+@case("Python: vpltool.segmenter(device=0) on a machine without CUDA (once an AttributeError)",
+      "device cuda:0 asked for, but CUDA is not available; use device auto or cpu", python=True)
+def _py_device_index(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device=0)"]
+
+
+@case("Python: vpltool.segmenter(device=-1) and device=torch.device('cpu') (once AttributeErrors)", "cpu cpu",
+      exit_code=0, python=True)
+def _py_device_minus_one(ws: Workspace) -> Iterator[list[object]]:
+    yield ["a = vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device=-1)",
+           "b = vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device=torch.device('cpu'))",
+           "print(a.device, b.device)"]
+
+
+@case("Python: seg(photo, None) (once a TypeError)", "classes: give the class names", python=True)
+def _py_classes_none(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), None)"]
+
+
+@case("Python: a class named '' (the CLI refuses it; once dropped, shifting the indices)",
+      "classes: an empty class name", python=True)
+def _py_empty_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star', ''])"]
+
+
+@case("Python: a set of class names (its order, the class indices, changes from run to run)",
+      "classes: a set has no order", "give a list, e.g. sorted(names)", python=True)
+def _py_classes_set(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), {'star', 'circle'})"]
+
+
+@case("Python: batch_size=0 in a call (the line names the keyword, not --batch-size)", "batch_size 0: must be",
+      python=True)
+def _py_batch_size_zero(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star'], batch_size=0)"]
+
+
+@case("Python: a name the toy CLIP does not know in a later call (once said for the first list only)",
+      "does not know 'giraffe'", exit_code=0, python=True)
+def _py_toy_later_unknown(ws: Workspace) -> Iterator[list[object]]:
+    yield [f"toy = {_PY_TOY}", "toy(np.zeros((32, 32, 3), np.uint8), ['star'])",
+           "print(toy(np.zeros((32, 32, 3), np.uint8), ['giraffe', 'star']).classes)"]
+
+
+@case("Python: a URL while offline (once 'image not found', https:// shown as https:/)",
+      "https://127.0.0.1:", "/photo.jpg: could not download it", "download the photo and pass its path", python=True)
+def _py_url_offline(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg('https://127.0.0.1:9/photo.jpg', ['star'])"]  # port 9 (discard): nothing listens
+
+
+@case("Python: image_format='BGR' with a file (its order is its own)", "image_format='BGR' is for arrays and "
+      "tensors", python=True)
+def _py_bgr_file(ws: Workspace) -> Iterator[list[object]]:
+    photo = sorted((ws.world / "images").glob("val_*.png"))[0].relative_to(ws.root)
+    yield [f"seg({str(photo)!r}, ['star'], image_format='BGR')"]
+
+
+@case("Python: torch_dtype=torch.float16 (transformers' name)", "torch_dtype=torch.float16: vpltool names the "
+      "compute dtype precision=; pass precision='fp16'", python=True)
+def _py_torch_dtype(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', torch_dtype=torch.float16)"]
+
+
+@case("Python: a mistyped per-call option (treshold)", "unknown option 'treshold'; did you mean 'threshold'?",
+      python=True)
+def _py_call_option_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star'], treshold=0.5)"]
+
+
+@case("Python: seg.embed on a method whose window logits read the names (CASS)", "embed: method 'cass' reads the "
+      "class names inside its own window logits", "call seg(photo, names) for each class list", python=True)
+def _py_embed_cass(ws: Workspace) -> Iterator[list[object]]:
+    yield [f"cass = vpltool.segmenter('cass', model='vpl-test-vit', pretrained='none', device='cpu', "
+           f"proxy_model={DINO_MODEL!r}, proxy_weights='none')", "cass.embed(np.zeros((32, 32, 3), np.uint8))"]
+
+
+@case("Python: result.save('mask.jpg') (a mask is lossless)", "mask_py.jpg: a mask is saved as a .png",
+      python=True)
+def _py_save_jpg(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star']).save('mask_py.jpg')"]
+
+
+# vpltool app: refused before the page is served (and before Gradio is imported)
+@case("app --port 70000", "--port 70000: a TCP port is at most 65535")
+def _app_port(ws: Workspace) -> Iterator[list[object]]:
+    yield ["app", "--port", "70000"]
+
+
+@case("app --method naclp (a typo)", "method 'naclp': did you mean 'naclip'?")
+def _app_method_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["app", "--method", "naclp"]
+
+
+@case("app --model with weights that are not there", "missing_app.safetensors")
+def _app_missing_weights(ws: Workspace) -> Iterator[list[object]]:
+    yield ["app", "--model", "vpl-test-vit", "--pretrained", ws.root / "missing_app.safetensors"]
+
+
 @case("plain photos segmented without class names (segment FOLDER)", "plain photos name no classes",
       "--classes")
 def _segment_photos_no_classes(ws: Workspace) -> Iterator[list[object]]:
