@@ -220,3 +220,5 @@ def test_every_example_of_docs_api_md_runs_on_the_toy_model(tmp_path, monkeypatc
     assert (tmp_path / "run" / "shapes" / "overlays").is_dir()
     assert (tmp_path / "run" / "shapes_report" / "index.html").is_file()
     assert 0.0 <= namespace["scores"]["miou"] <= 1.0
+    assert isinstance(namespace["emb"], vpltool.Embedding) and namespace["emb"].kept  # the second pass's examples
+    assert np.array_equal(io.read_mask(tmp_path / "val_000000_mask.png"), namespace["a"].labels)  # same photo, names

@@ -1,8 +1,8 @@
 """The `vpltool` command line: a thin typer layer over the library, one function per command, assembled here.
 
 Each command is a plain function in the module of its stage (:mod:`.pipeline`, :mod:`.cam`, :mod:`.segment`,
-:mod:`.training`, :mod:`.report`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.train_text`, :mod:`.pgseg`); what they
-share is split by job:
+:mod:`.training`, :mod:`.report`, :mod:`.app`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.train_text`,
+:mod:`.pgseg`); what they share is split by job:
 :mod:`.options` (option types and blocks, with the dense methods' in :mod:`.dense_options`), :mod:`.errors` (one-line
 errors, signals, ranks) and :mod:`.output` (lines, progress, ``--log``). Heavy imports happen inside the commands, so
 ``vpltool --help`` stays fast.
