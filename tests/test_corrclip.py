@@ -195,9 +195,9 @@ def test_segment_with_a_folder_of_region_masks_and_a_bad_file(world, tiny_spec, 
 
     ds = open_dataset(world, "val")
     masks = _region_folder(ds, tmp_path / "masks")
-    cfg = SegmentConfig(dense="corrclip", templates="a photo of a {}.", background="grass,sky", short_side=64,
-                        slide_crop=64, slide_stride=32, proxy_model="test_vit", proxy_weights=str(TOY_DINO),
-                        region_masks=str(masks), prob_threshold=0.0)
+    cfg = SegmentConfig.of(dense="corrclip", templates="a photo of a {}.", background="grass,sky", short_side=64,
+                           slide_crop=64, slide_stride=32, proxy_model="test_vit", proxy_weights=str(TOY_DINO),
+                           region_masks=str(masks), prob_threshold=0.0)
     out = tmp_path / "corrclip"
     s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert s.done == len(ds.items)

@@ -53,10 +53,10 @@ def test_a_knob_value_that_reads_a_shared_option_makes_it_live():
 
     (knob,) = DENSE_SPECS["corrclip"].knobs  # --region-masks sam reads --sam-model / --sam-weights
     assert knob.uses == ("sam_model", "sam_weights")
-    assert "sam_weights" not in SegmentConfig(dense="corrclip", region_masks="sam").inert()
-    assert SegmentConfig(dense="corrclip", region_masks="masks/").inert()["sam_weights"] == (
+    assert "sam_weights" not in SegmentConfig.of(dense="corrclip", region_masks="sam").inert()
+    assert SegmentConfig.of(dense="corrclip", region_masks="masks/").inert()["sam_weights"] == (
         "without --region-masks sam or sam2")
-    assert "region_masks" in SegmentConfig(dense="naclip").inert()  # another method's knob
+    assert "sam_weights" in SegmentConfig(dense="naclip").inert()  # SAM's options without a method that reads them
 
 
 def test_the_proxyclip_set_is_the_references_files():

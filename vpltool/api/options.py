@@ -19,7 +19,6 @@ import inspect
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any
 
 from ..config import DENSE_CHOICES, SegmentConfig
@@ -36,8 +35,8 @@ TEXT_PER_CALL = ("bg_thresh",)  # a text-supervised family's: its background thr
 TEXT_ALIASES = {"threshold": "bg_thresh"}
 # the command line's names of the Python door's keywords, where they differ (--dense is method=)
 _KEYWORD_OF = {"dense": "method", "pgseg": "checkpoint"}
-_KEYWORDS = {f.name for f in fields(SegmentConfig)} | {*RUNTIME, *_KEYWORD_OF, "model", "pretrained", "checkpoint",
-                                                      "model_config_dir", "bg_thresh", "workers", "overwrite"}
+_KEYWORDS = {*SegmentConfig.option_names(), *RUNTIME, *_KEYWORD_OF, "model", "pretrained", "checkpoint",
+             "model_config_dir", "bg_thresh", "workers", "overwrite"}  # every method's knobs too, by name
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 
 
@@ -179,10 +178,12 @@ def method_option(where: str, method: str | None, checkpoint: Any, options: dict
 
 
 def dense_options(method: str) -> list[str]:
-    """The options a dense ``method`` reads: `segment`'s, less the other methods' own knobs
-    (:meth:`SegmentConfig.inert`), and the runtime's."""
-    inert = SegmentConfig(dense=method).inert() if method in DENSE_CHOICES else {}
-    own = [f.name for f in fields(SegmentConfig) if f.name not in ("dense", "classes") and f.name not in inert]
+    """The options a dense ``method`` reads: `segment`'s shared ones and its own knobs (not the other methods'),
+    less those without effect for it (:meth:`SegmentConfig.inert`), and the runtime's."""
+    if method not in DENSE_CHOICES:
+        return [*(n for n in SegmentConfig.option_names() if n not in ("dense", "classes")), *RUNTIME]
+    inert = SegmentConfig(dense=method).inert()
+    own = [n for n in SegmentConfig.option_names(method) if n not in ("dense", "classes") and n not in inert]
     return [*own, *RUNTIME]
 
 

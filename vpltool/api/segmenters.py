@@ -16,7 +16,7 @@ same image and names.
 from __future__ import annotations
 
 import os
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -300,12 +300,12 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
                        "and pretrained=")
     if "classes" in options:
         raise VplError("segmenter: the class names are given per call, seg(image, ['cat', 'dog'])")
-    unknown = sorted(set(options) - {f.name for f in fields(SegmentConfig)})
+    unknown = sorted(set(options) - set(SegmentConfig.option_names()))
     if unknown:
         raise unknown_option(f"segmenter({method!r})", unknown[0], dense_options(method))
     from ..models import ModelSpec
 
-    cfg = SegmentConfig(dense=method, **options)
+    cfg = SegmentConfig.of(dense=method, **options)
     spec = ModelSpec(model=model, pretrained=pretrained,
                      config_dir=str(model_config_dir) if model_config_dir is not None else None)
     return DenseSegmenter(spec, cfg, runtime)

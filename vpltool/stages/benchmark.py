@@ -15,7 +15,6 @@ table.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,11 @@ def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | No
     if settings["dense"] not in DENSE_CHOICES:
         raise VplError(f"benchmark {method}: --dense {settings['dense']} is not in this vpltool (it has "
                        f"{', '.join(DENSE_CHOICES[1:])}); its presets are listed by `vpltool benchmark --presets`")
-    known = {f.name for f in fields(SegmentConfig)}
+    known = set(SegmentConfig.option_names(settings["dense"]))  # another method's knobs are not this one's
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in known})
     if settings.get("class_file") is not None and is_class_set(settings["class_file"]):  # each benchmark's own
         settings["class_file"] = f"{settings['class_file']}:{benchmark}"
-    return SegmentConfig(**settings)
+    return SegmentConfig.of(**settings)
 
 
 def check_class_file_option(class_file: str | None, names: Sequence[str]) -> None:
@@ -241,8 +240,7 @@ def run_benchmarks(methods: Sequence[str], roots: Mapping[str, str | Path], out:
 
 
 def _config_dict(cfg: SegmentConfig) -> dict:
-    return {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(cfg)
-            if (v := getattr(cfg, f.name)) is not None}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.flat().items() if v is not None}
 
 
 def format_row(table: Mapping[str, Any]) -> list[str]:

@@ -26,9 +26,9 @@ method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's si
 4. PAMR, the softmax over the queries, the threshold and the argmax (shared), then
    :meth:`~DenseHooks.postprocess` per image, with the image's extras (what step 3 left in them too).
 
-:meth:`~DenseHooks.with_knobs` applies the method's ``SegmentConfig`` knobs (its spec row's ``knobs``) to its
-preset before the backbone is made. ``self.cfg`` is the run's :class:`~vpltool.config.SegmentConfig` (None when the
-backbone was made by name alone, ``bb.with_dense("trident")``).
+:meth:`~DenseHooks.with_knobs` applies the method's own settings (``cfg.knobs``, an instance of its spec row's
+``knobs_class``) to its preset before the backbone is made. ``self.cfg`` is the run's
+:class:`~vpltool.config.SegmentConfig` (None when the backbone was made by name alone, ``bb.with_dense("trident")``).
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ class DenseHooks:
         return {}
 
     def with_knobs(self, mixing: Any, knobs: dict[str, Any]) -> Any:
-        """``mixing`` (the method's ``DenseMixing``) with the given knobs (``{SegmentConfig field: value}`` of its
-        spec row's ``knobs``, None left out) applied. Default: unchanged (knobs read by other hooks)."""
+        """``mixing`` (the method's ``DenseMixing``) with the given knobs (``{field: value}`` of the run's
+        ``cfg.knobs``, its spec row's ``knobs_class``, None left out) applied. Default: unchanged (knobs read by
+        other hooks, as ``self.cfg.knobs.<field>``)."""
         return mixing
 
     # ---- per image, in a loading worker

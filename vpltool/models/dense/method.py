@@ -43,7 +43,7 @@ class DenseMethod:
 
     @property
     def knobs(self) -> tuple[str, ...]:
-        """The ``SegmentConfig`` fields only this method reads (its spec row's)."""
+        """The names of the knobs only this method reads (its spec row's ``knobs_class``' fields)."""
         return tuple(k.field for k in self.spec.knobs)
 
     @property
@@ -79,13 +79,12 @@ class DenseMethod:
 
 
 def method_mixing(cfg: SegmentConfig, hooks: DenseHooks) -> tuple[DenseMixing, bool]:
-    """The last block's mixing: ``cfg.dense``'s preset with the method's own knobs given (its spec row's
-    ``knobs``, through its ``with_knobs`` hook) and ``--attention`` / ``--residual`` in place of its own
+    """The last block's mixing: ``cfg.dense``'s preset with the method's own knobs given (``cfg.knobs``, through
+    its ``with_knobs`` hook) and ``--attention`` / ``--residual`` in place of its own
     (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``); and whether anything
     was given that changes it (the hook returned another object, or an attention switch was given)."""
     base = dense_mixing(cfg.dense)
-    given = ((k.field, getattr(cfg, k.field)) for k in DENSE_SPECS[cfg.dense].knobs)
-    knobs = {name: value for name, value in given if value is not None}
+    knobs = cfg.knobs.given()  # the method's own settings (its MethodKnobs), those given
     out = hooks.with_knobs(base, knobs) if knobs else base
     if cfg.attention is None and cfg.residual is None:
         return out, out is not base  # knobs of its post-processing alone change no mixing
