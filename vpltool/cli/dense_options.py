@@ -127,5 +127,10 @@ def _settings(column: int) -> tuple:
 
 # segment's and benchmark's (whose --help lists the proxy models last): the values are SegmentConfig's fields by name,
 # given to it (segment) or as the presets' overrides (benchmark)
-DENSE = OptionBlock(*_settings(0), ("max_side", MaxSideOpt, _S.max_side), *_KNOBS, *_PROXY, *_METHOD_KNOBS)
-DENSE_PRESET = OptionBlock(*_settings(1), *_KNOBS, *_METHOD_KNOBS, *_PROXY_PRESET)
+# a plugin's knob (no method of vpltool's reads it), with its distribution: left out, in one line, where a command
+# already spells its option (vpltool.cli.options.option_blocks)
+_PLUGIN_KNOBS = {field: DENSE_SPECS.plugin(methods[0]) for field, methods in KNOB_METHODS.items()
+                 if all(DENSE_SPECS.plugin(m) for m in methods)}
+DENSE = OptionBlock(*_settings(0), ("max_side", MaxSideOpt, _S.max_side), *_KNOBS, *_PROXY, *_METHOD_KNOBS,
+                    plugins=_PLUGIN_KNOBS)
+DENSE_PRESET = OptionBlock(*_settings(1), *_KNOBS, *_METHOD_KNOBS, *_PROXY_PRESET, plugins=_PLUGIN_KNOBS)

@@ -6,10 +6,13 @@ An option left at None takes the method's value (:meth:`SegmentConfig.resolved`)
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import MISSING, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
+from ..entry_points import DerivedMap, DerivedTuple, PluginTable
 from ..errors import VplError, VplWarning
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
 from .dense_knobs import CassKnobs, CorrCLIPKnobs, TridentKnobs
@@ -98,6 +101,9 @@ class DenseMethodSpec:
     # its per-benchmark presets (its reference's configs/cfg_*.py), kept with its row; None: none here (the older
     # methods' rows are written in vpltool/config/benchmarks.py)
     presets: MethodPresets | None = None
+    # the distribution of a plugin's method ("vpltool-example 0.1.0"; set when it registers, for messages), whose
+    # module is then a full dotted name; None: vpltool's own (module relative to vpltool.models.dense)
+    plugin: str | None = None
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -138,8 +144,9 @@ _CORRCLIP_PRESETS = MethodPresets(
     "corrclip_segmentor.py:46-47 (__init__ defaults)", _corrclip_benchmarks())
 
 # the spec table: every --dense method, in --help's order. A new method is a row here (and, unless it only mixes
-# the last block, a module in vpltool/models/dense/)
-DENSE_SPECS: dict[str, DenseMethodSpec] = {
+# the last block, a module in vpltool/models/dense/); a plugin's method is a row its package registers
+# (vpltool.plugins.register_dense_method), after these
+_OWN_SPECS: dict[str, DenseMethodSpec] = {
     "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
     "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
     # clip_segmentor.py + cfg_voc21.py: logit scale 65 (40 elsewhere), prob_thd 0.1, area_thd 0.1, 224/112, short 336
@@ -181,22 +188,55 @@ DENSE_SPECS: dict[str, DenseMethodSpec] = {
                                 knobs_class=CorrCLIPKnobs,
                                 presets=_CORRCLIP_PRESETS),
 }
-# what the rest of vpltool reads, each derived from the table
-DENSE_CHOICES = tuple(DENSE_SPECS)
-DENSE_SEGMENTORS: dict[str, DenseSettings] = {name: spec.settings for name, spec in DENSE_SPECS.items()}
-PROXY_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.proxy_model)  # take a proxy vision model
-PROXY_MODELS = {name: spec.proxy_model for name, spec in DENSE_SPECS.items() if spec.proxy_model}
-SAM_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.sam)  # take SAM's image encoder too
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
+
+
+def _plugin_spec(name: str, spec: Any, dist: str) -> DenseMethodSpec:
+    """A plugin's spec row checked (:class:`~vpltool.entry_points.PluginTable`): one line for what is wrong."""
+    if not isinstance(spec, DenseMethodSpec):
+        raise VplError(f"register_dense_method takes a DenseMethodSpec, not a {type(spec).__name__}")
+    if not _NAME.fullmatch(name):
+        raise VplError("a --dense name is lower-case letters, digits and - _ . + (no comma, no space)")
+    if not spec.module or spec.module.startswith("."):
+        raise VplError("its spec row names no module: give module='your_package.your_method', the module of its "
+                       "DenseHooks class (imported when the method is used)")
+    check_knobs_class(spec.knobs_class, {k.field: k for row in DENSE_SPECS.rows_so_far().values()
+                                         for k in row.knobs})
+    if spec.presets is not None and spec.presets.defaults.get("dense") != name:
+        raise VplError(f"its presets' defaults name --dense {spec.presets.defaults.get('dense')!r}; give "
+                       f"dense={name!r} there")
+    if spec.class_files is not None:
+        if not (Path(__file__).resolve().parents[1] / "assets" / "class_files" / spec.class_files).is_dir():
+            raise VplError(f"class_files={spec.class_files!r} is no set of vpltool's (a plugin names one of "
+                           "vpltool/assets/class_files/, or None)")
+    return replace(spec, plugin=dist)
+
+
+DENSE_SPECS: PluginTable = PluginTable("dense", _OWN_SPECS, _plugin_spec, "--dense method")
+# what the rest of vpltool reads, each derived from the table (with the plugins' rows, read on first use)
+DENSE_CHOICES = DerivedTuple(lambda: tuple(DENSE_SPECS), DENSE_SPECS)
+DENSE_SEGMENTORS: DerivedMap = DerivedMap(lambda: {name: spec.settings for name, spec in DENSE_SPECS.items()},
+                                          DENSE_SPECS)
+# take a proxy vision model
+PROXY_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.proxy_model),
+                             DENSE_SPECS)
+PROXY_MODELS = DerivedMap(lambda: {name: spec.proxy_model for name, spec in DENSE_SPECS.items()
+                                   if spec.proxy_model}, DENSE_SPECS)
+SAM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.sam),
+                           DENSE_SPECS)  # take SAM's image encoder too
 # the methods that need no side model (cam --dense seeds, predict --dense)
-PLAIN_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if not spec.proxy_model and not spec.sam)
-KNOBS: dict[str, Knob] = {k.field: k for spec in DENSE_SPECS.values() for k in spec.knobs}  # every method's
-KNOB_METHODS: dict[str, tuple[str, ...]] = {}  # the methods that read each (one, unless two name a knob alike)
-for _name, _spec in DENSE_SPECS.items():
-    for _knob in _spec.knobs:
-        KNOB_METHODS[_knob.field] = (*KNOB_METHODS.get(_knob.field, ()), _name)
-KNOB_METHOD = {field: methods[0] for field, methods in KNOB_METHODS.items()}  # the first method that reads it
+PLAIN_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items()
+                                           if not spec.proxy_model and not spec.sam), DENSE_SPECS)
+# every method's knobs by field
+KNOBS = DerivedMap(lambda: {k.field: k for spec in DENSE_SPECS.values() for k in spec.knobs}, DENSE_SPECS)
+# the methods that read each knob (one, unless two name a knob alike), and the first of them
+KNOB_METHODS = DerivedMap(lambda: {field: tuple(name for name, spec in DENSE_SPECS.items()
+                                                if field in {k.field for k in spec.knobs}) for field in KNOBS},
+                          DENSE_SPECS)
+KNOB_METHOD = DerivedMap(lambda: {field: methods[0] for field, methods in KNOB_METHODS.items()}, DENSE_SPECS)
 # the bundled class-file sets the rows name (vpltool/assets/class_files/<set>/), in the table's order
-CLASS_SETS = tuple(dict.fromkeys(spec.class_files for spec in DENSE_SPECS.values() if spec.class_files))
+CLASS_SETS = DerivedTuple(lambda: tuple(dict.fromkeys(spec.class_files for spec in DENSE_SPECS.values()
+                                                      if spec.class_files)), DENSE_SPECS)
 
 
 def dense_help() -> str:

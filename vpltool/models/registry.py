@@ -33,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..entry_points import DerivedMap, PluginTable
 from ..errors import VplError
 
 
@@ -76,8 +77,9 @@ class TextFamilyRow:
     files: str
 
 
-# the text-supervised families, one row each: a new family is its package and its row here
-TEXT_FAMILIES: dict[str, TextFamilyRow] = {
+# the text-supervised families, one row each: a new family is its package and its row here (a plugin's family is a
+# row its package registers: vpltool.plugins.register_text_family)
+_OWN_TEXT_FAMILIES: dict[str, TextFamilyRow] = {
     "pgseg": TextFamilyRow("vpltool.models.text.pgseg", "vpltool.config.pgseg:PGSegTrainConfig", ("pgseg", "groupvit"),
                            "PGSeg / GroupViT", "a train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth"),
     "talk2dino": TextFamilyRow("vpltool.models.text.talk2dino.family",
@@ -85,10 +87,61 @@ TEXT_FAMILIES: dict[str, TextFamilyRow] = {
                                "a talk2dino.safetensors of train-text --family talk2dino or a Talk2DINO release .pth"),
 }
 
+
+
+def _plugin_text_row(name: str, row: Any, dist: str) -> TextFamilyRow:
+    """A plugin's text-supervised family row checked: one line for what is wrong."""
+    from ..config.dense import DENSE_SPECS
+
+    if not isinstance(row, TextFamilyRow):
+        raise VplError(f"register_text_family takes a TextFamilyRow, not a {type(row).__name__}")
+    if ":" not in row.config or not row.module:
+        raise VplError("its row names its module and its configuration class as 'module:Class'")
+    from ..config.text import TextTrainConfig
+
+    module, _, cls_name = row.config.partition(":")
+    try:  # torch-free by the interface's contract: the command line reads it for --help
+        cls = getattr(importlib.import_module(module), cls_name)
+    except Exception as e:  # the plugin's own code
+        raise VplError(f"its configuration {row.config} cannot be imported ({type(e).__name__}: "
+                       f"{(str(e).strip().splitlines() or [''])[0]})") from None
+    if not (isinstance(cls, type) and issubclass(cls, TextTrainConfig)):
+        raise VplError(f"its configuration {row.config} is no TextTrainConfig subclass")
+    if name in BACKBONES:
+        raise VplError(f"{name!r} is the model family {name!r} already")
+    taken = {n for other in TEXT_FAMILIES.rows_so_far().values() for n in other.segmenters}
+    for other in (n for n in row.segmenters if n in taken or n in DENSE_SPECS):
+        raise VplError(f"it segments as {other!r}, which is already a method's name (vpltool.list_methods())")
+    return row
+
+
+def _plugin_backbone(name: str, module: Any, dist: str) -> str:
+    """A plugin's model family (its module's dotted name) checked."""
+    if not isinstance(module, str) or not module or module.startswith("."):
+        raise VplError("register_backbone_family takes the family's module as a full dotted name")
+    if name in TEXT_FAMILIES.rows_so_far():
+        raise VplError(f"{name!r} is a text-supervised family's name")
+    return module
+
+
+TEXT_FAMILIES: PluginTable = PluginTable("text", _OWN_TEXT_FAMILIES, _plugin_text_row, "text-supervised family")
+# the backbone families' modules, each imported the first time its family is named (a plugin's: a module its
+# package registers, vpltool.plugins.register_backbone_family)
+BACKBONES: PluginTable = PluginTable("family", {name: f"vpltool.models.backbones.{name}"
+                                                for name in ("clip", "dino", "sam")}, _plugin_backbone,
+                                     "model family")
 _FAMILIES: dict[str, Family] = {}
-# the module that registers each family, imported the first time the family is named
-_MODULES = {**{name: f"vpltool.models.backbones.{name}" for name in ("clip", "dino", "sam")},
-            **{name: row.module for name, row in TEXT_FAMILIES.items()}}
+_MODULES: dict[str, str] = {}  # the modules register_family() named for families outside the tables
+
+
+def _module_of(name: str) -> str | None:
+    """The module that registers family ``name``: a backbone's, a text-supervised family's row's, or the one its
+    registration named; None for an unknown name."""
+    if name in _MODULES:
+        return _MODULES[name]
+    if name in TEXT_FAMILIES:
+        return TEXT_FAMILIES[name].module
+    return BACKBONES.get(name)
 
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
@@ -99,31 +152,54 @@ def register_family(name: str, load: Callable[..., Any], check: Callable[..., An
         raise ValueError(f"model family {name!r} registered twice")
     family = Family(name, load, check, summary)
     _FAMILIES[name] = family
-    if module:
-        _MODULES.setdefault(name, module)
+    if module and _module_of(name) is None:
+        _MODULES[name] = module
     return family
 
 
 def family(name: str) -> Family:
     """The registered family ``name`` (its module imported on first use); one line naming the known ones."""
-    if name not in _FAMILIES and name in _MODULES:
-        importlib.import_module(_MODULES[name])
+    module = _module_of(name)
+    if name not in _FAMILIES and module is not None:
+        _import_family(name, module)
     if name not in _FAMILIES:
         raise VplError(f"unknown model family {name!r}; known: {', '.join(families())}")
     return _FAMILIES[name]
+
+
+def _import_family(name: str, module: str) -> None:
+    """Import family ``name``'s module; a plugin's that fails (or registers no family ``name``) is one line naming
+    its distribution and the fix."""
+    from ..entry_points import uninstall_hint
+
+    dist = BACKBONES.plugin(name) or TEXT_FAMILIES.plugin(name)
+    if dist is None:
+        importlib.import_module(module)
+        return
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # the plugin's own code
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VplError(f"plugin {dist}: the model family {name!r}'s module {module} cannot be used ({text}); fix "
+                       f"the plugin{uninstall_hint(dist)}") from None
+    if name not in _FAMILIES:
+        raise VplError(f"plugin {dist}: its module {module} registers no model family {name!r} (it calls "
+                       f"vpltool.models.register_family({name!r}, load, ...) once); fix the plugin"
+                       f"{uninstall_hint(dist)}")
 
 
 def family_module(name: str) -> ModuleType:
     """The module of family ``name``, registered (its whole interface, beyond ``load`` and ``check``: PGSeg's
     tokenizer, templates and zero-shot maps); the stages ask for it here, never by importing it themselves."""
     family(name)
-    return importlib.import_module(_MODULES[name])
+    return importlib.import_module(_module_of(name))
 
 
 # the models that segment by class names from a checkpoint, as the command line and :func:`vpltool.segmenter` name
 # them (``--model NAME:FILE``, ``segmenter(NAME, checkpoint=FILE)``) -> their text-supervised family, read from
 # :data:`TEXT_FAMILIES`; any other name is a dense method of the clip family (``--dense``)
-SEGMENTERS = {name: family for family, row in TEXT_FAMILIES.items() for name in row.segmenters}
+SEGMENTERS = DerivedMap(lambda: {name: family for family, row in TEXT_FAMILIES.items() for name in row.segmenters},
+                        TEXT_FAMILIES)
 
 
 def segmenter_family(method: str) -> str:
@@ -168,7 +244,7 @@ def model_family(value: str) -> tuple[str, Any]:
 
 def families() -> list[str]:
     """Every family's name (registered or registrable), sorted."""
-    return sorted({*_FAMILIES, *_MODULES})
+    return sorted({*_FAMILIES, *_MODULES, *BACKBONES, *TEXT_FAMILIES})
 
 
 def check_model(name: str, spec: Any, **options: Any) -> None:
@@ -183,6 +259,6 @@ def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any
     return family(name).load(spec, device, **options)
 
 
-__all__ = ["Family", "SEGMENTERS", "TEXT_FAMILIES", "TextFamilyRow", "text_config", "text_file_kinds",
+__all__ = ["Family", "SEGMENTERS", "TEXT_FAMILIES", "BACKBONES", "TextFamilyRow", "text_config", "text_file_kinds",
            "register_family", "family", "family_module", "families", "check_model", "load_model", "model_family",
            "segmenter_family"]

@@ -66,6 +66,13 @@ class DenseHooks:
                                 "(a helper goes in the module, or starts with '_')")
         if method in _REGISTRY and _REGISTRY[method].__qualname__ != cls.__qualname__:
             raise ContractError(f"{where}: --dense {method!r} already has hooks ({_REGISTRY[method].__module__})")
+        from ...config.dense import DENSE_SPECS
+
+        spec = DENSE_SPECS.get(method)  # a method's hooks live in the module its spec row names (a plugin's too)
+        if spec is not None and spec.module is not None and not cls.__module__.startswith(("vpltool.", "__main__")) \
+                and cls.__module__ != spec.module:
+            raise ContractError(f"{where}: --dense {method!r} is {'vpltool' if spec.plugin is None else spec.plugin}"
+                                f"'s method (module {spec.module}); name the class's own method")
         cls.method, cls.preset = method, preset
         cls.own_segmentor = cls.dense_logits is not DenseHooks.dense_logits
         cls.own_postprocess = cls.postprocess is not DenseHooks.postprocess

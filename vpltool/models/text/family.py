@@ -159,12 +159,10 @@ def register_text_family(impl: TextSegFamily) -> TextSegFamily:
 def text_family(name: str) -> TextSegFamily:
     """The registered text-supervised family ``name`` (its module imported on first use); one line naming the
     known ones."""
-    import importlib
-
-    from ..registry import TEXT_FAMILIES
+    from ..registry import TEXT_FAMILIES, _import_family
 
     if name not in _REGISTERED and name in TEXT_FAMILIES:
-        importlib.import_module(TEXT_FAMILIES[name].module)
+        _import_family(name, TEXT_FAMILIES[name].module)  # a plugin's that fails: one line naming it
     if name not in _REGISTERED:
         raise VplError(f"unknown text-supervised family {name!r}; known: {', '.join(TEXT_FAMILIES)}")
     return _REGISTERED[name]
