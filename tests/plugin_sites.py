@@ -54,6 +54,14 @@ BROKEN = {
                            "class Hooks(DenseHooks, method='misspelt', preset=DENSE_PRESETS['naclip']):\n"
                            "    def dense_logit(self, bb, pixels, text, sizes, settings, extras):\n"
                            "        return []\n"}),
+    "vpltool-bad-knob": ("bad_knob:register", {"bad_knob": SPEC + (
+        "from dataclasses import dataclass\n"
+        "from vpltool.plugins import MethodKnobs, knob\n"
+        "@dataclass(frozen=True)\n"
+        "class Knobs(MethodKnobs):\n"
+        "    spread: float | None = knob('--overlay', 'an option segment has already')\n"
+        "def register():\n    register_dense_method('badknob', DenseMethodSpec(DENSE_SEGMENTORS['naclip'], "
+        "module='bad_knob', knobs_class=Knobs))\n")}),
     "vpltool-bad-text": ("bad_text:register", {
         "bad_text": "from vpltool.plugins import TextFamilyRow, register_text_family\n"
                     "def register():\n    register_text_family('badtext', TextFamilyRow('bad_text_family', "

@@ -115,9 +115,10 @@ def test_a_broken_plugin_is_one_line_naming_it_and_the_other_commands_run(exampl
     code, output = got["plain"]
     assert code == 0, output
     lines = [line for line in output.splitlines() if line.startswith("warning: plugin ")]
-    assert len(lines) == 3, output  # the misspelt hook is found when its method runs, not before
+    assert len(lines) == 4, output  # the misspelt hook is found when its method runs, not before
     words = {"vpltool-broken-import 0.1.0": "failed (ModuleNotFoundError: No module named 'no_such_package_xyz')",
              "vpltool-clash 0.1.0": "--dense method 'naclip' is vpltool's own; the plugin's is not loaded",
+             "vpltool-bad-knob 0.1.0": "its option --overlay is already one of vpltool's; it is left out",
              "vpltool-bad-text 0.1.0": "its configuration bad_text_config:Config cannot be imported"}
     for dist, said in words.items():
         (line,) = [x for x in lines if x.startswith(f"warning: plugin {dist}:")]
@@ -129,6 +130,7 @@ def test_a_broken_plugin_is_one_line_naming_it_and_the_other_commands_run(exampl
                                 "cannot be used (") and "'dense_logit' is no dense hook" in errors[0]
     assert got["clash"][0] == 2 and "--dense 'clash'" in got["clash"][1]  # its method is not there: no such name
     assert "misspelt" in got["methods"] and "example-smooth" in got["methods"] and "badtext" not in got["methods"]
+    assert "badknob" in got["methods"]  # its method stays, with its knob at its default
     assert set(BROKEN) >= {d.split()[0] for d in words}
 
 
