@@ -100,8 +100,10 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, cfg: Correlation) -> t
     if len(values) <= 2:
         return ids
     regions = [ids == v for v in values]
-    means = F.normalize(torch.stack([feats[m].mean(dim=0) for m in regions]), dim=1)[1:]
-    sim = means @ means.T
+    # in float32 whatever the run's precision: DBSCAN's <= eps is a knife-edge comparison, and numpy has no bfloat16
+    with torch.autocast(feats.device.type, enabled=False):
+        means = F.normalize(torch.stack([feats[m].float().mean(dim=0) for m in regions]), dim=1)[1:]
+        sim = means @ means.T
     cluster = torch.from_numpy(dbscan_labels((sim.max() - sim).cpu().numpy(), cfg.eps)).to(ids)
     out = ids.clone()
     for region, c in zip(regions[1:], cluster):
