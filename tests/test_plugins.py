@@ -7,7 +7,7 @@ line naming its distribution and the fix, and the other commands run."""
 from __future__ import annotations
 
 import pytest
-from plugin_sites import BROKEN, TINY, install_example, run_with, write_broken
+from plugin_sites import BROKEN, TINY, fake_dist, install_example, run_with, write_broken
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +191,36 @@ def test_a_clash_or_a_malformed_row_is_one_problem_line_and_is_left_out(own_prob
                   "--dense method 'test-dict': register_dense_method takes a DenseMethodSpec, not a dict"):
         (line,) = [x for x in said if words in x]
         assert line.startswith("plugin this process: ") and "\n" not in line
+
+
+TEXT_RUN = """
+import json, sys
+from typer.testing import CliRunner
+import vpltool
+from vpltool.cli import app
+from vpltool.models.text.family import text_family
+import text_family_stand_in as toy
+world, out = sys.argv[1:]
+fam = text_family("toytext")  # its module, named by the plugin's row, registers it
+ckpt = fam.save_checkpoint(out + "/toy.safetensors", fam.build_model(fam.model_config(toy.ToyTextTrainConfig(
+    crop_size=32)), seed=0))
+r = CliRunner().invoke(app, ["segment", world, "--split", "val", "--model", f"toytext:{ckpt}", "-o", out + "/seg",
+                             "--classes", "circle,star", "--device", "cpu"])
+seg = vpltool.segmenter("toytext", checkpoint=str(ckpt), device="cpu")
+photo = sorted(__import__("pathlib").Path(world, "images").glob("val_*"))[0]
+print(json.dumps({"exit": r.exit_code, "output": r.output[-800:], "methods": vpltool.list_methods(family="toytext"),
+                  "labels": list(seg(str(photo), ["circle", "star"]).labels.shape)}))
+"""
+
+
+def test_a_text_family_from_a_plugin_segments_by_its_checkpoint(world, tmp_path):
+    """A distribution whose entry point registers the tests' stand-in family (its row: its module and its
+    configuration class): `segment --model toytext:FILE` and ``vpltool.segmenter("toytext", checkpoint=FILE)``."""
+    site = tmp_path / "site"
+    fake_dist(site, "vpltool-toytext", "toytext_plugin:register", {"toytext_plugin": (
+        "from vpltool.plugins import TextFamilyRow, register_text_family\n"
+        "def register():\n    register_text_family('toytext', TextFamilyRow('text_family_stand_in_register', "
+        "'text_family_stand_in:ToyTextTrainConfig', ('toytext',), 'the toy text family', 'a toytext file'))\n")})
+    got = run_with([site], TEXT_RUN, str(world), str(tmp_path))
+    assert got["exit"] == 0 and "segment (toytext): 3 masks" in got["output"], got["output"]
+    assert got["methods"] == ["toytext"] and got["labels"] == [96, 96]
