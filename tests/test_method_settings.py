@@ -45,7 +45,10 @@ def test_the_knobs_are_each_method_s_own_class_not_segment_config_fields():
     assert cfg.knobs == CassKnobs(global_weight=0.2, stretch=False) and SegmentConfig(dense="cass").knobs == CassKnobs()
     assert cfg == SegmentConfig(dense="cass", knobs=CassKnobs(global_weight=0.2, stretch=False))
     with pytest.raises(VplError, match="knobs is a TridentKnobs; give CassKnobs"):
-        SegmentConfig(dense="cass", knobs=TridentKnobs())
+        SegmentConfig(dense="cass", knobs=TridentKnobs(cos_fac=2.0))
+    from dataclasses import replace  # another method's settings with nothing given: the method's own defaults
+
+    assert replace(SegmentConfig(dense="naclip"), dense="trident").knobs == TridentKnobs()
 
 
 def test_of_takes_the_method_s_knobs_by_name_and_says_what_it_ignores():

@@ -296,7 +296,8 @@ class SegmentConfig:
         if self.proxy_model is None:  # the method's own, recorded as such
             object.__setattr__(self, "proxy_model", PROXY_MODELS.get(self.dense, DEFAULT_PROXY_MODEL))
         own = DENSE_SPECS[self.dense].knobs_class
-        if self.knobs is None:
+        if self.knobs is None or (type(self.knobs) is not own and isinstance(self.knobs, MethodKnobs)
+                                  and not self.knobs.given()):  # none given (replace(cfg, dense=...)): its own
             object.__setattr__(self, "knobs", own())
         elif type(self.knobs) is not own:
             raise VplError(f"SegmentConfig(dense={self.dense!r}): knobs is a {type(self.knobs).__name__}; give "
