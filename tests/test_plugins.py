@@ -33,6 +33,7 @@ out = {"dense_help": seg["dense"].help, "smooth": seg["smooth_size"].opts, "smoo
        "benchmark": "smooth_size" in {p.name for p in cli["benchmark"].params},
        "presets": "example-smooth" in BENCHMARK_PRESETS, "cam": cli["cam"].params[0].name,
        "methods": list_methods(), "families": families(), "installed": plugins.installed(),
+       "summary": list_methods("example*", details=True)["example-smooth"],
        "heavy": [m for m in ("torch", "vpltool_example.method", "vpltool_example.family") if m in sys.modules]}
 print(json.dumps(out))
 """
@@ -46,6 +47,7 @@ def test_the_example_is_listed_and_its_knob_is_an_option_without_importing_its_m
     assert "example-smooth" in got["methods"] and got["methods"].index("example-smooth") < got["methods"].index("pgseg")
     assert "example-mean" in got["families"]
     assert got["installed"]["dense"] == {"example-smooth": "vpltool-example 0.1.0"}
+    assert got["summary"].startswith("a dense CLIP method of the plugin vpltool-example 0.1.0; its segmentor: ")
     assert got["heavy"] == []  # the light module alone: torch and its method load when the method runs
 
 
