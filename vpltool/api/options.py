@@ -33,8 +33,9 @@ PER_CALL = ("prob_threshold", "logit_scale", "area_threshold", "short_side", "sl
 ALIASES = {"threshold": "prob_threshold"}
 TEXT_PER_CALL = ("bg_thresh",)  # a text-supervised family's: its background threshold (transformers' `threshold`)
 TEXT_ALIASES = {"threshold": "bg_thresh"}
-# the command line's names of the Python door's keywords, where they differ (--dense is method=)
-_KEYWORD_OF = {"dense": "method", "pgseg": "checkpoint"}
+# the command line's names of the Python door's keywords, where they differ (--dense is method=; a text-supervised
+# family's alias of --model NAME:FILE, --pgseg FILE, is checkpoint=: :func:`keyword_line` reads those from the registry)
+_KEYWORD_OF = {"dense": "method"}
 _KEYWORDS = {*SegmentConfig.option_names(), *RUNTIME, *_KEYWORD_OF, "model", "pretrained", "checkpoint",
              "model_config_dir", "bg_thresh", "workers", "overwrite"}  # every method's knobs too, by name
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
@@ -43,9 +44,13 @@ _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 def keyword_line(message: str) -> str:
     """A library line as a Python caller reads it: each ``--option`` the Python door takes as a keyword named by
     that keyword (``--batch-size`` -> ``batch_size``, ``--dense`` -> ``method``); other text unchanged."""
+    from ..models.registry import TEXT_FAMILIES
+
     def name(m: re.Match) -> str:
         key = m.group(1).replace("-", "_")
-        return _KEYWORD_OF.get(key, key) if key in _KEYWORDS else m.group(0)
+        if key in _KEYWORDS:
+            return _KEYWORD_OF.get(key, key)
+        return "checkpoint" if key in TEXT_FAMILIES else m.group(0)
 
     return _FLAG.sub(name, message)
 
