@@ -61,16 +61,23 @@ class DenseMethod:
     def check_backbone(self, model) -> None:
         """One line, before any model loads, when the CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`) cannot
         run this method (a timm tower such as SigLIP 2 takes the last block's mixing alone:
-        :func:`vpltool.models.backbones.clip.check_backbone`)."""
+        :func:`vpltool.models.backbones.clip.check_backbone`); nothing for a method that runs on no CLIP."""
         from ..registry import check_model
 
+        if self.hooks.own_backbone:  # a method on no CLIP checks its own model in its check hook
+            return
         check_model("clip", model, dense=self.mixing)
 
     def load(self, model, device, backbone=None):
         """The CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`; or ``backbone``, already loaded) with this
-        method: its mixing, its hooks, and its proxy model and SAM encoder when it takes them."""
+        method: its mixing, its hooks, and its proxy model and SAM encoder when it takes them. A method whose hooks
+        give their own model (:meth:`~.hooks.DenseHooks.backbone`) gets that model instead, ``model`` unread."""
         from ..registry import load_model
 
+        if self.hooks.own_backbone:  # RADSeg: C-RADIOv3 and its language adaptor, no CLIP
+            if backbone is not None and backbone.hooks is self.hooks:
+                return backbone
+            return self.hooks.backbone(device)
         if backbone is None:
             self.check_backbone(model)
         return (backbone or load_model("clip", model, device)).with_dense(

@@ -328,8 +328,7 @@ def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
     out = []
     for i, lg in enumerate(logits):
         if isinstance(lg, torch.Tensor):
-            probs, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
-                                                settings.prob_threshold, settings.area_threshold)
+            probs, labels = bb.hooks.probabilities(bb, lg.float(), query_class, n_classes, settings)
         else:
             with torch.no_grad(), autocast(bb.device, dtype):
                 probs, labels = banded_probabilities(lg, work[i], query_class, n_classes, settings.logit_scale,
