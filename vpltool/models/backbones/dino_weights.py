@@ -42,9 +42,16 @@ DINO_WEIGHTS_FIX = "pass a timm or DINO weights file (.safetensors, or a torch c
 def file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bool = False,
                   report: bool = False) -> dict[str, Any]:
     """The file's tensors under the architecture's names: exactly ``expected``'s keys and shapes, after stripping
-    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which). A weights file of another model (a
-    prototypes file, another ViT) is refused in one line: timm loaded it as a random model with a warning."""
-    state = read_weights(path, shapes_only, DINO_WEIGHTS_FIX, containers=("teacher", "state_dict", "model"))
+    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which); NVlabs/RADIO's own checkpoint
+    (``c-radio_v3-b_half.pth.tar``) read as timm's ``naflexvit_*_radio_v3`` holds it (:mod:`.radio`). A weights
+    file of another model (a prototypes file, another ViT) is refused in one line: timm loaded it as a random model
+    with a warning."""
+    from .radio import backbone_state, is_radio_file, read_checkpoint
+
+    if is_radio_file(path):  # NVlabs/RADIO's own checkpoint (C-RADIOv3): its backbone under timm's names
+        state = backbone_state(read_checkpoint(path, shapes_only))
+    else:
+        state = read_weights(path, shapes_only, DINO_WEIGHTS_FIX, containers=("teacher", "state_dict", "model"))
     stripped = []
     while state and not set(state) & set(expected):
         prefix = next((p for p in KEY_PREFIXES if any(k.startswith(p) for k in state)), None)
