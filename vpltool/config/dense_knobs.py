@@ -99,4 +99,25 @@ class CorrCLIPKnobs(MethodKnobs):
         uses=("sam_model", "sam_weights"), when=("sam", "sam2"))
 
 
-__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs"]
+@dataclass(frozen=True)
+class RadsegKnobs(MethodKnobs):
+    """RADSeg's files and scales (:mod:`vpltool.models.dense.radseg`; None = its own: scales 10, eval.py); its
+    configs' constants (the prompt-denoising threshold 0.5, the ``siglip2`` adaptor) are the module's."""
+
+    language_model: str | None = knob(
+        "--language-model", "SigLIP 2's text tower and tokenizer, as RADIO's siglip2 adaptor loads them: a local "
+        "folder of google/siglip2-giant-opt-patch16-384 (config.json, model.safetensors, the tokenizer's files); "
+        "--proxy-weights is NVlabs/RADIO's checkpoint (e.g. c-radio_v3-b_half.pth.tar).")
+    scra_scale: float | None = knob(
+        "--scra-scale", "the last block's self-correlating attention: the scale of its token cosines (its "
+        "scra_scaling) [default: 10, eval.py].")
+    scga_scale: float | None = knob(
+        "--scga-scale", "the global aggregation: the scale of its centred patch cosines (its scga_scaling) "
+        "[default: 10, eval.py].")
+
+    def __post_init__(self) -> None:
+        positive("--scra-scale", self.scra_scale, allow_none=True, upper=1000.0)
+        positive("--scga-scale", self.scga_scale, allow_none=True, upper=1000.0)
+
+
+__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "RadsegKnobs"]
