@@ -458,6 +458,11 @@ WECLIP_DINO_REF ?=
 CORRCLIP_REF ?=
 CORRCLIP_DINO_REF ?=
 CORRCLIP_WORK ?=
+# RADSEG_REF=a clone of RADSeg-OVSS/RADSeg (05ec86f), RADSEG_RADIO_REF=one of NVlabs/RADIO (c0f3701): --dense radseg
+# against RADSeg's own code on RADIO's own hub code (radseg_parity.py; RADSEG_WORK keeps both sides' files)
+RADSEG_REF ?=
+RADSEG_RADIO_REF ?=
+RADSEG_WORK ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -494,6 +499,10 @@ parity: setup
 	  --dino-ref $(CORRCLIP_DINO_REF) $(if $(CORRCLIP_WORK),--work $(CORRCLIP_WORK)) \
 	  --out $(PARITY_OUT)/corrclip_parity.json > /dev/null, \
 	  @echo "make parity: pass CORRCLIP_REF=/path/to/a/clone/of/zdk258/CorrCLIP at 103bc18 and CORRCLIP_DINO_REF (docs/parity.md)")
+	$(if $(RADSEG_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/radseg_parity.py --ref $(RADSEG_REF) \
+	  --radio-ref $(RADSEG_RADIO_REF) $(if $(RADSEG_WORK),--work $(RADSEG_WORK)) \
+	  --out $(PARITY_OUT)/radseg_parity.json > /dev/null, \
+	  @echo "make parity: pass RADSEG_REF=/path/to/a/clone/of/RADSeg-OVSS/RADSeg at 05ec86f and RADSEG_RADIO_REF (docs/parity.md)")
 	$(VENV)/bin/python docgen/parity_page.py --results $(PARITY_OUT)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
