@@ -184,7 +184,8 @@ def compare(args, s: dict, ref: Path) -> dict:
 
 PRESET_FILES = {"voc20": ("cfg_voc20.py", "cls_voc20.txt"), "context59": ("cfg_context59.py", "cls_context59.txt"),
                 "coco-stuff": ("cfg_cocostuff.py", "cls_coco_stuff.txt"),
-                "cityscapes": ("cfg_city_scapes.py", "cls_city_scapes.txt"), "ade20k": ("cfg_ade20k.py", "cls_ade20k.txt")}
+                "cityscapes": ("cfg_city_scapes.py", "cls_city_scapes.txt"),
+                "ade20k": ("cfg_ade20k.py", "cls_ade20k.txt")}
 
 
 def compare_presets(clone: Path) -> dict:
