@@ -203,6 +203,11 @@ class RadsegBackbone:
 
         return ClipBackbone.pixels(self, loaded, size)
 
+    @property
+    def tokenizer(self):
+        """SigLIP 2's tokenizer (Hugging Face's: it warns of no unknown word)."""
+        return self.text.tokenizer
+
     def encode_text(self, prompts, exact: bool = False) -> torch.Tensor:
         """Prompts -> ``[N, D]`` float32 unit rows of SigLIP 2's text tower (``exact`` has no other path here)."""
         return F.normalize(self.text.encode(list(prompts)), dim=-1)
