@@ -43,8 +43,8 @@ def test_a_release_lacking_a_tensor_it_is_read_by_is_one_line(tmp_path, key):
 
 
 def test_a_clip_folder_with_a_nan_weight_is_refused(tmp_path):
-    from vpltool.models import ModelSpec
-    from vpltool.models.backbones.loading import create_model, registered_folder
+    from vpltool.models import ModelSpec, load_model
+    from vpltool.models.backbones.loading import registered_folder
 
     folder = tmp_path / "clip"
     shutil.copytree(registered_folder("vpltool-toy"), folder)
@@ -54,4 +54,4 @@ def test_a_clip_folder_with_a_nan_weight_is_refused(tmp_path):
     state[key].view(-1)[0] = float("nan")
     save_file(state, str(weights), metadata={"format": "pt"})
     with pytest.raises(VplError, match=f"clip: tensor '{key}' holds NaN or inf"):
-        create_model(ModelSpec(f"local-dir:{folder}"))
+        load_model("clip", ModelSpec(f"local-dir:{folder}"))

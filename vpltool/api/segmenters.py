@@ -196,6 +196,7 @@ class TextSegmenter(Segmenter):
     def __init__(self, family: str, checkpoint: str | os.PathLike, runtime: RuntimeConfig, *, bg_thresh: float,
                  short_side: int, slide: tuple[int, int], background: str):
         from ..device import resolve_device
+        from ..models.registry import load_model
         from ..stages.segment_text import check_options, text_family_of
 
         self.family = text_family_of(family)
@@ -205,7 +206,7 @@ class TextSegmenter(Segmenter):
         self.family.check_checkpoint(self.checkpoint)  # one line for a missing file or another model's
         self.device = resolve_device(runtime.device)
         self.batch_size = runtime.batch_size
-        self.model = self.family.load_model(self.checkpoint, self.device)
+        self.model = load_model(family, self.checkpoint, self.device)  # the registry's door: every weight checked
         self._queries: dict[tuple[str, ...], tuple] = {}
 
     def _to(self, device: str) -> TextSegmenter:

@@ -27,7 +27,8 @@ imported by name from :data:`_MODULES`), so importing the registry costs nothing
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,8 @@ from typing import Any
 
 from ..entry_points import DerivedMap, PluginTable
 from ..errors import VplError
+
+DEFAULT_FIX = "re-download it, or pass the file of that model"
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,17 @@ class Family:
         check: ``check(spec, **options)`` -> None; raises a one-line :class:`~vpltool.errors.VplError` for weights
             that are missing offline or hold another architecture, without building the model. None: ``load`` checks.
         summary: one line for listings and ``--help``.
+        files: ``files(spec)`` -> the local files the model is read from (named in the messages of
+            :func:`load_model`, watched while it loads); None: ``spec`` itself when it is a path to a file.
+        fix: how to mend a damaged weights file of this family (the end of those messages).
     """
 
     name: str
     load: Callable[..., Any]
     check: Callable[..., Any] | None = None
     summary: str = ""
+    files: Callable[[Any], list[Path]] | None = None
+    fix: str = DEFAULT_FIX
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,9 @@ BACKBONES: PluginTable = PluginTable("family", {name: f"vpltool.models.backbones
                                                 for name in ("clip", "dino", "sam")}, _plugin_backbone,
                                      "model family")
 _FAMILIES: dict[str, Family] = {}
-_MODULES: dict[str, str] = {}  # the modules register_family() named for families outside the tables
+# the modules register_family() named for families outside the tables, and the trained decoder's (predict loads it
+# through the registry)
+_MODULES: dict[str, str] = {"decoder": "vpltool.decoder"}
 
 
 def _module_of(name: str) -> str | None:
@@ -145,16 +155,17 @@ def _module_of(name: str) -> str | None:
 
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
-                    summary: str = "", module: str | None = None) -> Family:
+                    summary: str = "", module: str | None = None, files: Callable[[Any], list[Path]] | None = None,
+                    fix: str = DEFAULT_FIX) -> Family:
     """Register family ``name`` (called once, by the family's own module). ``module``: where it lives, so that a
-    later :func:`load_model` finds it without an import elsewhere."""
+    later :func:`load_model` finds it without an import elsewhere; ``files``, ``fix``: see :class:`Family`."""
     if name in _FAMILIES and _FAMILIES[name].load is not load:
         raise ValueError(f"model family {name!r} registered twice")
-    family = Family(name, load, check, summary)
-    _FAMILIES[name] = family
+    fam = Family(name, load, check, summary, files, fix)
+    _FAMILIES[name] = fam
     if module and _module_of(name) is None:
         _MODULES[name] = module
-    return family
+    return fam
 
 
 def family(name: str) -> Family:
@@ -255,10 +266,68 @@ def check_model(name: str, spec: Any, **options: Any) -> None:
 
 
 def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any:
-    """The frozen model of family ``name`` built from ``spec`` on ``device``."""
-    return family(name).load(spec, device, **options)
+    """The frozen model of family ``name`` built from ``spec`` on ``device``, once every weight it holds is a
+    finite number and the files it was read from are the bytes this run named them by (:func:`certify`): the one
+    door every family's model comes through, so a new family is checked without a line of its own."""
+    from ..io.digests import check_loaded_files, file_stamp
+
+    fam = family(name)
+    files = model_files(fam, spec)
+    before = {path: file_stamp(path) for path in files}
+    model = fam.load(spec, device, **options)
+    certify(model, where(fam, spec, files), fam.fix)
+    check_loaded_files(before)
+    return model
 
 
-__all__ = ["Family", "SEGMENTERS", "TEXT_FAMILIES", "BACKBONES", "TextFamilyRow", "text_config", "text_file_kinds",
-           "register_family", "family", "family_module", "families", "check_model", "load_model", "model_family",
-           "segmenter_family"]
+def model_files(fam: Family, spec: Any) -> list[Path]:
+    """The local files ``spec``'s model is read from (:attr:`Family.files`; by default ``spec`` when it is a path
+    to a file)."""
+    if fam.files is not None:
+        return list(fam.files(spec))
+    return [Path(spec)] if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file() else []
+
+
+def where(fam: Family, spec: Any, files: list[Path]) -> str:
+    """A model's weights as messages name them: its one file (or the folder of several), else its spec."""
+    if len(files) == 1:
+        return str(files[0])
+    parents = {p.parent for p in files}
+    return str(parents.pop()) if len(parents) == 1 else str(spec)
+
+
+def certify(model: Any, where: str, fix: str = DEFAULT_FIX) -> Any:
+    """``model`` (a module, or an object or tuple holding modules, as a family's ``load`` returns it), once every
+    floating-point tensor of its state (parameters and persistent buffers) is finite (the rule of
+    :func:`vpltool.io.check_weight_values`: one line naming ``where``, the tensor and ``fix``). A model whose state
+    holds no tensor at all is refused as a :class:`TypeError`: its family would escape the rule unseen."""
+    from ..io.tensors import check_weight_values
+
+    states = list(_states(model))
+    if not states:
+        raise TypeError(f"{type(model).__name__}: no torch module in what the family's load returned, so its weights "
+                        "cannot be checked; return the module (or an object whose attributes hold it)")
+    for state in states:
+        check_weight_values(where, state.items(), fix)
+    return model
+
+
+def _states(model: Any) -> Iterator[dict[str, Any]]:
+    """The ``state_dict()`` of each module ``model`` is or holds (itself, the items of a tuple or list, or its
+    attributes one level down)."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        yield model.state_dict()
+    elif isinstance(model, (tuple, list)):
+        for part in model:
+            yield from _states(part) if isinstance(part, torch.nn.Module) else ()
+    else:
+        for value in getattr(model, "__dict__", {}).values():
+            if isinstance(value, torch.nn.Module):
+                yield value.state_dict()
+
+
+__all__ = ["DEFAULT_FIX", "Family", "SEGMENTERS", "TEXT_FAMILIES", "BACKBONES", "TextFamilyRow", "text_config",
+           "text_file_kinds", "certify", "model_files", "register_family", "family", "family_module", "families",
+           "check_model", "load_model", "model_family", "segmenter_family"]

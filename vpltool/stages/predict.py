@@ -43,7 +43,6 @@ from ..decoder import (
     SegDecoder,
     decoder_forward,
     input_long_side,
-    load_decoder,
     multiscale_logits,
     view_size,
     weclip_views,
@@ -238,7 +237,8 @@ def run_predict(
                            "shows the masks over the images)")
         return _predict_dense(decoder_file, dataset, out, cfg, runtime, device, dtype, shard, on_item, on_start,
                               backbone)
-    model, f = load_decoder(decoder_file, device)
+    decoder_id = io.file_identity(decoder_file)  # named by its bytes before they load: the record is what loads
+    model, f = load_model("decoder", decoder_file, device)
     if model.dino_width is not None:  # WeCLIP+: its frozen DINO, checked (one line offline) before any output
         spec = DinoSpec(model.cfg.dino_model, decoder_dino_weights(f, model.cfg.dino_weights, dino_weights))
         check_model("dino", spec)
@@ -254,7 +254,6 @@ def run_predict(
         check_vocabulary(cfg.classes, prompts, f.path)
         bb = bb or load_model("clip", clip_spec, device)
         classes = open_vocabulary(model, bb, cfg.classes, prompts)
-    decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
     shard = shard_from_env(shard)  # before anything is written: a --shard at odds with torchrun's rank is refused
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}

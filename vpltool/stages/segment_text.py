@@ -34,7 +34,7 @@ from ..device import resolve_device
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
 from ..models.dense.bands import WHOLE_BUDGET, logit_bands
-from ..models.registry import text_config
+from ..models.registry import load_model, text_config
 from ..runtime.batches import run_image_batches
 
 STAGE = "segment"
@@ -120,7 +120,7 @@ def run_segment_text(
 
     def work(todo: list[str]) -> None:
         device = resolve_device(runtime.device)
-        model = fam.load_model(checkpoint, device)
+        model = load_model(family, checkpoint, device)  # the registry's door: every weight checked
         text = text_queries(fam, model, names, bg_words, device)
         _masks(dataset, todo, out, fam, model, text, len(names), bg_thresh, short_side, slide, device, runtime, on_item)
 

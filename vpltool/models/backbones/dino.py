@@ -378,7 +378,12 @@ def _check(spec: DinoSpec, *, report: bool = True, **overrides) -> None:
     check_dino(spec, report=report, **overrides)
 
 
+def _files(spec: DinoSpec) -> list[Path]:
+    """The weights file a spec names (none for the hub's cache, whose files timm reads, or random weights)."""
+    return [] if spec.weights in ("hub", "none") else [Path(spec.weights).expanduser()]
+
+
 register_family("dino", load_dino, _check, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
-                module=__name__)
+                module=__name__, files=_files, fix=DINO_WEIGHTS_FIX)
 
 __all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]

@@ -293,7 +293,7 @@ def create_model(spec: ModelSpec):
             raise VplError(f"{folder}: not an open_clip model folder (needs open_clip_config.json + weights)")
         try:
             with no_weight_init(), assign_loaded_weights():
-                return _finite(open_clip.create_model(f"local-dir:{folder}"), folder), folder
+                return open_clip.create_model(f"local-dir:{folder}"), folder
         except _LOAD_ERRORS as e:  # a weights file cut short, a tensor missing or of another shape
             raise VplError(f"{folder}: its weights do not load as the model its open_clip_config.json describes "
                            f"({_first_line(e)}); re-download or re-train that model") from None
@@ -312,9 +312,8 @@ def create_model(spec: ModelSpec):
             raise VplError(f"{path}: weights file not found")
         try:
             with no_weight_init(), assign_loaded_weights():
-                model = open_clip.create_model(spec.model, pretrained=str(path),
-                                               force_preprocess_cfg=tags_preprocess(open_clip, spec.model))
-                return _finite(model, path), path.parent
+                return open_clip.create_model(spec.model, pretrained=str(path),
+                                              force_preprocess_cfg=tags_preprocess(open_clip, spec.model)), path.parent
         except _LOAD_ERRORS as e:
             raise VplError(f"{path}: does not hold {spec.model} weights ({_first_line(e)}); check --model") from None
     cached, options = _resolve_tag(spec.model, pretrained)
@@ -337,14 +336,6 @@ def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return " ".join(lines[:2])[:200] or type(e).__name__
 
-
-def _finite(model, where: Path):
-    """``model``, loaded from local bytes, once every weight is a finite number (:func:`vpltool.io.check_weights`;
-    open_clip has checked the names and shapes): a NaN in a file would otherwise give NaN masks, certified."""
-    from ...io import check_weights
-
-    check_weights(where, model.state_dict(), fix="re-download or re-train that model")
-    return model
 
 
 def load_extra_config(folder: Path | None) -> dict[str, Any]:

@@ -86,9 +86,10 @@ def run_text_cam(
     device = resolve_device(runtime.device)
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
+        from ...models.registry import load_model
         from ...models.text.family import class_embeddings
 
-        model = fam.load_model(checkpoint, device)
+        model = load_model(family, checkpoint, device)  # the registry's door: every weight checked
         text = class_embeddings(fam, model, names, templates, device)
         mode = "slide" if slide[0] else "whole"
 

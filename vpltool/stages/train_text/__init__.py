@@ -309,6 +309,8 @@ def run_train_text(
         if not Path(init).is_file():
             raise VplError(f"--init {init}: no such file; pass {_files(cfg.family)}")
         init_config, init_state = fam.load_checkpoint(init)
+        # the values rule of every model file (the registry's, for the models it loads), for every family's --init
+        io.check_weight_values(init, init_state.items(), f"pass {_files(cfg.family)}")
     model_cfg = fam.model_config(cfg, init_config)
     if "groups" in {f.name for f in fields(cfg)} and cfg.groups and \
             fam.model_config(replace(cfg, groups=()), init_config) == model_cfg:
