@@ -37,7 +37,7 @@ from PIL import Image
 from ...errors import VplError
 from ...io import is_regular_file
 from ..registry import register_family
-from .dino_weights import cached_hub_file, file_weights
+from .dino_weights import DINO_WEIGHTS_FIX, cached_hub_file, file_weights
 from .loading import _offline
 from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
 

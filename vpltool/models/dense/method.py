@@ -80,9 +80,20 @@ class DenseMethod:
             return self.hooks.backbone(device)
         if backbone is None:
             self.check_backbone(model)
-        return (backbone or load_model("clip", model, device)).with_dense(
-            self.mixing, proxy=None if self.proxy is None else load_model("dino", self.proxy, device),
-            sam=None if self.sam is None else load_model("sam", self.sam, device), hooks=self.hooks)
+        bb = backbone or load_model("clip", model, device)
+        try:  # the proxy's weights are checked again as they load (their values: the registry's rule)
+            proxy = None if self.proxy is None else load_model("dino", self.proxy, device)
+        except VplError as e:
+            raise proxy_error(e, self.name) from None
+        return bb.with_dense(self.mixing, proxy=proxy,
+                             sam=None if self.sam is None else load_model("sam", self.sam, device), hooks=self.hooks)
+
+
+def proxy_error(e: VplError, dense: str) -> VplError:
+    """The dino family's one line about a ``--dense`` method's proxy, with the options that gave it (the family
+    names its own, ``--dino-model`` and ``--dino-weights``)."""
+    return VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
+                    .replace("--affinity dino", f"--dense {dense}"))
 
 
 def method_mixing(cfg: SegmentConfig, hooks: DenseHooks) -> tuple[DenseMixing, bool]:
@@ -111,8 +122,7 @@ def proxy_spec(cfg: SegmentConfig):
     try:
         check_model("dino", spec)
     except VplError as e:  # the dino family names its own options
-        raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
-                       .replace("--affinity dino", f"--dense {cfg.dense}")) from None
+        raise proxy_error(e, cfg.dense) from None
     return spec
 
 
