@@ -15,10 +15,12 @@ or written is ignored, never an error: it only saves time. It keeps the :data:`M
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import secrets
+import stat
 import time
 from pathlib import Path
 
@@ -115,6 +117,37 @@ def _seen(real: str, stamp: list[int], digest: str) -> str:
     return digest
 
 
+def note_digest(path: str | os.PathLike, stamp: list[int], digest: str) -> None:
+    """Record that this process named ``path`` (as it was at ``stamp``) by ``digest`` (a digest taken elsewhere, as
+    a dataset's images are), for :func:`read_as_named`."""
+    _seen(os.path.realpath(path), stamp, digest)
+
+
+def read_as_named(path: str | os.PathLike) -> bytes:
+    """A per-image input's bytes, read once, and the same bytes the run named it by: when this process took the
+    file's digest earlier (:func:`sha256_file`, :func:`note_digest`: a record's inputs, made before the work
+    started) and the file has been written since, the bytes just read are hashed and must be those; else one line
+    (a file rewritten while the run goes would make its output from other bytes than its record names). Files it
+    never named are read as they are. ``OSError`` as ``open`` raises it."""
+    with open(path, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a device never ends: /dev/zero is no image
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        data = fh.read()
+        stamp = _stamp(os.fstat(fh.fileno()))  # of the file read (a rename over it leaves this one whole)
+    real = os.path.realpath(path)
+    seen = _SEEN.get(real)
+    if seen is None or seen[0] == stamp:
+        return data
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if digest != seen[1]:
+        short = lambda d: d.removeprefix("sha256:")[:12] + "…"  # noqa: E731
+        raise VplError(f"{path}: changed while this run was using it (sha256 {short(seen[1])} when the run named it, "
+                       f"{short(digest)} now), so its output would not be what its record names; run the command "
+                       "again once the file is as it should be")
+    _seen(real, stamp, digest)  # the same bytes written again (touched)
+    return data
+
+
 def file_stamp(path: str | os.PathLike) -> list[int] | None:
     """The ``stat`` that tells a file's bytes apart (size, modification and change times, inode, device), or None
     for a file that is not there."""
@@ -144,4 +177,5 @@ def check_loaded_files(before: dict[Path, list[int] | None], fix: str = "run it 
                            f"then, {short(digest)} now), so the model loaded is not the one the run records; {fix}")
 
 
-__all__ = ["CACHED_BYTES", "CACHE_ENV", "cache_file", "check_loaded_files", "file_stamp", "sha256_file"]
+__all__ = ["CACHED_BYTES", "CACHE_ENV", "cache_file", "check_loaded_files", "file_stamp", "note_digest",
+           "read_as_named", "sha256_file"]
