@@ -765,6 +765,182 @@ def _talk2dino_dino_between_shards(ws: Workspace) -> Iterator[list[object]]:
     yield [*args, "--shard", "1/2"]
 
 
+# ---- no model file is trusted for its name alone; a per-image input is read once, as the run named it
+TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
+
+
+def _talk2dino_model(ws: Workspace, name: str, edit: Callable[[dict], dict] | None = None) -> Path:
+    """A Talk2DINO projection over the toy DINO and toy CLIP (seeded), saved as ``name``; ``edit``: its tensors
+    changed before saving, the header kept."""
+    from safetensors.torch import save_file
+
+    from vpltool.models.text_family import text_family
+
+    fam = text_family("talk2dino")
+    cfg = fam.model_config(fam.TrainConfig.recipe_config("demo", dino_weights=str(TOY_DINO), crop_size=64))
+    path = fam.save_checkpoint(ws.root / name, fam.build_model(cfg, 0))
+    if edit is not None:
+        tensors, meta = _tensors_and_meta(path)
+        save_file(edit(tensors), str(path), metadata=meta)
+    return path
+
+
+def _all_nan(tensors: dict) -> dict:
+    """Every floating-point tensor times NaN (the header, shapes and dtypes kept)."""
+    return {k: v * float("nan") if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+@case("a Talk2DINO checkpoint whose every weight is NaN, the same header (segment --model talk2dino:FILE; was ✓ "
+      "with every pixel class 1, and eval's mIoU 0.08)", "t2d_nan.safetensors: tensor 'proj.linear_layer.weight' "
+      "holds NaN or inf", "pass a talk2dino.safetensors")
+def _talk2dino_nan(ws: Workspace) -> Iterator[list[object]]:
+    model = _talk2dino_model(ws, "t2d_nan.safetensors", _all_nan)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--model", f"talk2dino:{model}",
+           "--short-side", "64", "--slide-crop", "0", *CPU]
+
+
+@case("Python: a Talk2DINO checkpoint whose every weight is NaN (vpltool.segmenter(model='talk2dino:FILE'); was "
+      "a segmenter of class 1 everywhere)", "t2d_nan_py.safetensors: tensor 'proj.linear_layer.weight' holds NaN or "
+      "inf", python=True)
+def _talk2dino_nan_python(ws: Workspace) -> Iterator[list[object]]:
+    _talk2dino_model(ws, "t2d_nan_py.safetensors", _all_nan)
+    yield ["vpltool.segmenter(model='talk2dino:t2d_nan_py.safetensors', device='cpu')"]
+
+
+@case("a decoder.safetensors whose every weight is NaN, the same header (predict)",
+      "decoder_nan.safetensors: tensor", "holds NaN or inf", "re-run `vpltool train-decoder`")
+def _decoder_nan(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    path = ws.root / "decoder_nan.safetensors"
+    tensors, meta = _tensors_and_meta(ws.decoder / "decoder.safetensors")
+    save_file(_all_nan(tensors), str(path), metadata=meta)
+    yield ["predict", path, "--split", "val", "-o", ws.out("out"), *CPU]
+
+
+def _regions(ws: Workspace, name: str, ids_of: Callable[[int, int], object], save: Callable | None = None) -> Path:
+    """A folder of region masks for the world's val images: ``ids_of(h, w)`` each image's ids, written with
+    ``save(path, ids)`` (default ``np.savez(path, instance_mask=ids)``)."""
+    import numpy as np
+
+    from vpltool import io
+
+    folder = ws.root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for image in sorted((ws.world / "images").glob("val_*.png")):
+        ids = ids_of(*io.image_size(image))
+        path = folder / f"{image.stem}.npz"
+        (save or (lambda p, a: np.savez(p, instance_mask=a)))(path, ids)
+        if save is not None and not path.exists():  # np.save appended .npy: the file a user named .npz
+            path.with_name(path.name + ".npy").rename(path)
+    return folder
+
+
+def _halves(dtype: str = "int64", low: int = 0):
+    """Region ids of a left and a right half: ``low`` and ``low + 1`` (as ``dtype``)."""
+    import numpy as np
+
+    def ids_of(h: int, w: int):
+        ids = np.full((h, w), low, dtype=dtype)
+        ids[:, w // 2:] = np.array(low, dtype=dtype) + np.array(1, dtype=dtype)
+        return ids
+
+    return ids_of
+
+
+CORRCLIP = ["--dense", "corrclip", "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, *TINY, *CPU]
+
+
+@case("an np.save file named .npz as a region mask (segment --dense corrclip --region-masks; was a TypeError "
+      "traceback)", "regions_npy/val_000000.npz: one bare array (np.save's .npy format), not an .npz archive",
+      "np.savez(path, instance_mask=ids)")
+def _regions_np_save(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    folder = _regions(ws, "regions_npy", _halves(), save=np.save)
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--region-masks",
+           folder, *CORRCLIP]
+
+
+@case("segment --dense corrclip --region-masks sam --sam-model toy --sam-weights none (random SAM weights, for "
+      "tests; was a FileNotFoundError traceback)", "✓ segment (corrclip): 1 masks", exit_code=0,
+      leaves=("out/", "out/*"))
+def _regions_sam_none(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--shard", "0/2",
+           "--region-masks", "sam", "--sam-model", "toy", "--sam-weights", "none", *CORRCLIP]
+
+
+@case("a region-mask file rewritten while segment --dense corrclip runs (after the run named the folder by its "
+      "bytes; was ✓ with the old digest recorded and the mask made from the new bytes)",
+      "regions_rewritten/val_000000.npz: changed while this run was using it", "run the command again",
+      leaves=("regions_rewritten/val_000000.npz",))
+def _regions_rewritten(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool.models.dense import corrclip
+
+    folder = _regions(ws, "regions_rewritten", _halves())
+    real = corrclip.Hooks.check_items
+
+    def check_then_rewrite(self, items):  # the run has named every file by its digest: another writes one now
+        real(self, items)
+        with np.load(folder / "val_000000.npz") as data:
+            ids = data["instance_mask"]
+        np.savez(folder / "val_000000.npz", instance_mask=ids[:, ::-1].copy())  # the halves swapped
+
+    with mock.patch.object(corrclip.Hooks, "check_items", check_then_rewrite):
+        yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"),
+               "--region-masks", folder, *CORRCLIP]
+
+
+@case("a photo rewritten while segment runs (after the run named the dataset by its bytes; was ✓ with the old "
+      "digest recorded)", "world_rewritten/images/val_000000.png: changed while this run was using it",
+      leaves=("world_rewritten/images/val_000000.png",))
+def _photo_rewritten(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.io import stage
+
+    world = ws.copy(ws.world, "world_rewritten")
+    real = stage.StageFolder.todo
+
+    def todo_then_rewrite(self, *args, **kwargs):  # the record names every image's bytes: one is rewritten now
+        found = real(self, *args, **kwargs)
+        shutil.copyfile(world / "images" / "val_000001.png", world / "images" / "val_000000.png")
+        return found
+
+    with mock.patch.object(stage.StageFolder, "todo", todo_then_rewrite):
+        yield ["segment", world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--dense",
+               "maskclip", *TINY, *CPU]
+
+
+@case("region ids past 2^24 and uint64 ids past 2^63 (segment --dense corrclip; ids 2^24 and 2^24 + 1 merged "
+      "through float32, and uint64 ids wrapped to negative ones): read exactly", "✓ segment (corrclip): 2 masks",
+      exit_code=0, leaves=("out/", "out/*"))
+def _regions_large_ids(ws: Workspace) -> Iterator[list[object]]:
+    folder = _regions(ws, "regions_uint64", _halves("uint64", 1 << 63))
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--region-masks",
+           folder, *CORRCLIP]
+
+
+@case("train-text --family talk2dino --recipe demo from a folder outside the checkout (once its toy DINO, a path "
+      "relative to the checkout, was not found there)", "✓ train-text", exit_code=0,
+      leaves=("t2d_demo/", "t2d_demo/*", "t2d_demo/checkpoints/", "t2d_demo/checkpoints/*"))
+def _talk2dino_demo_elsewhere(ws: Workspace) -> Iterator[list[object]]:
+    pairs = _pairs_folder(ws, "pairs_t2d")
+    with contextlib.chdir(ws.root):  # not the checkout: the recipe's toy DINO is found from the package
+        yield ["train-text", pairs.name, "--family", "talk2dino", "--recipe", "demo", "-o", "t2d_demo", "--batch-size",
+               "2", "--crop-size", "64", "--workers", "1", *CPU]
+
+
+@case("train-text --family talk2dino --set dino_weights= a file that is not there (once the line named "
+      "--dino-weights, which train-text does not have)", "gone_dino.safetensors: DINO weights file not found",
+      "--set dino_weights=FILE")
+def _talk2dino_dino_missing(ws: Workspace) -> Iterator[list[object]]:
+    pairs = _pairs_folder(ws, "pairs_t2d")
+    yield ["train-text", pairs, "--family", "talk2dino", "--recipe", "demo", "-o", ws.out("out"), "--set",
+           f"dino_weights={ws.root / 'gone_dino.safetensors'}", "--batch-size", "2", *CPU]
+
+
 def _features_then_new_weights(ws: Workspace) -> tuple[Path, Path, Path]:
     """``extract`` and ``text-prototypes`` with a local-dir CLIP, then its weights replaced (made once)."""
     clip, features, text = ws.root / "clip_stages", ws.root / "features_local", ws.root / "text_local.safetensors"
