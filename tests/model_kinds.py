@@ -21,6 +21,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "vpltool" / "assets"
 TOY_DINO = ASSETS / "toy-dino" / "model.safetensors"  # timm's test_vit, trained on the demo world
 TOY_SAM = ASSETS / "toy-sam" / "model.safetensors"  # --sam-model toy, a whole Sam
 SEG = ["--split", "val", *rc.CPU, "--classes", "star,circle"]
+# the trained toy CLIP, so that a command's masks tell one set of another family's weights from another
+TOY = ["--model", "vpltool-toy", *rc.TEXT_ARGS]
 
 # a model file damaged as a broken download, a careless edit or a copy over it leaves it
 DAMAGES = ("every weight NaN", "one value NaN", "one value inf", "cut short", "a tensor missing",
@@ -38,6 +40,7 @@ class Kind:
     clean: Callable[[rc.Workspace], Path]
     command: Callable[[rc.Workspace, Path, Path], list[object]]
     weights: str | None = None
+    noise: float = 0.5  # the other model's distance (in each tensor's spread), enough that the command's masks differ
 
     def weights_file(self, model: Path) -> Path:
         return model / self.weights if self.weights else model
@@ -82,18 +85,22 @@ KINDS: dict[str, Kind] = {
         "segment", ws.world, *SEG, "-o", out, "--model", f"local-dir:{m}", "--dense", "maskclip", *rc.TEXT_ARGS],
         weights="open_clip_model.safetensors"),
     "dino": Kind(lambda ws: _once(ws, "dino.safetensors", lambda p: shutil.copy(TOY_DINO, p)),
-                 lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *rc.TINY, "--dense", "proxyclip",
+                 lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "proxyclip",
                                      "--proxy-model", "test_vit", "--proxy-weights", m]),
+    # CorrCLIP's regions from SAM's automatic mask generator: masks that move with SAM's weights (Trident's
+    # affinity barely does on the toy world)
     "sam": Kind(lambda ws: _once(ws, "sam.safetensors", lambda p: shutil.copy(TOY_SAM, p)),
-                lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *rc.TINY, "--dense", "trident",
-                                    "--proxy-model", "test_vit", "--proxy-weights", "none", "--sam-model", "toy",
-                                    "--sam-weights", m]),
-    "pgseg": Kind(_pgseg, lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, "--model", f"pgseg:{m}"]),
+                lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "corrclip",
+                                    "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--region-masks", "sam",
+                                    "--sam-model", "toy", "--sam-weights", m]),
+    # --bg-thresh 0: every pixel a class, so that the masks tell one set of weights from another
+    "pgseg": Kind(_pgseg, lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, "--model", f"pgseg:{m}",
+                                              "--bg-thresh", "0"]),
     "talk2dino": Kind(_talk2dino, lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, "--model",
                                                       f"talk2dino:{m}", "--short-side", "64", "--slide-crop", "0"]),
     "decoder": Kind(lambda ws: _once(ws, "decoder.safetensors",
                                      lambda p: shutil.copy(ws.decoder / "decoder.safetensors", p)),
-                    lambda ws, m, out: ["predict", m, "--split", "val", "-o", out, *rc.CPU]),
+                    lambda ws, m, out: ["predict", m, "--split", "val", "-o", out, *rc.CPU], noise=1.0),
 }
 
 
@@ -133,9 +140,9 @@ def damage(path: Path, how: str, pick: int = 0, cut: float = 0.5) -> None:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=meta)
 
 
-def replace_with_another(path: Path, seed: int = 7) -> None:
-    """Another model of the same architecture saved over ``path`` (each float tensor moved by seeded noise, the
-    header kept): what a retrained model copied over the file looks like."""
+def replace_with_another(path: Path, noise: float = 0.5, seed: int = 7) -> None:
+    """Another model of the same architecture saved over ``path`` (each float tensor moved by seeded noise of
+    ``noise`` times its spread, the header kept): what a retrained model copied over the file looks like."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -145,7 +152,7 @@ def replace_with_another(path: Path, seed: int = 7) -> None:
     def moved(t):
         if not t.is_floating_point() or t.numel() < 2:
             return t
-        return (t.float() + 0.05 * (t.float().std() + 1e-3) * torch.randn(t.shape, generator=gen)).to(t.dtype)
+        return (t.float() + noise * (t.float().std() + 1e-3) * torch.randn(t.shape, generator=gen)).to(t.dtype)
 
     if path.suffix != ".safetensors":
         saved = torch.load(path, weights_only=True)

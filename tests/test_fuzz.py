@@ -492,14 +492,14 @@ def test_a_model_file_replaced_under_its_name_is_refused_or_used_whole(ws, famil
     if when == "replaced between a run and its resume":
         code, output = _holds(ws, [*args, "--shard", "0/2"], out, own=(model,))
         assert code == 0, output[-1500:]
-        mk.replace_with_another(kind.weights_file(model))
+        mk.replace_with_another(kind.weights_file(model), kind.noise)
         second = [*args, "--shard", "1/2"]
     elif when == "replaced between check and load":  # after the command checked it and named it by its digest
         real, done = registry.model_files, []
 
         def replace_then_list(fam, spec):  # where the registry's load_model begins
             if fam.name == family and not done:
-                done.append(mk.replace_with_another(kind.weights_file(model)))
+                done.append(mk.replace_with_another(kind.weights_file(model), kind.noise))
             return real(fam, spec)
 
         monkeypatch.setattr(registry, "model_files", replace_then_list)
@@ -508,7 +508,7 @@ def test_a_model_file_replaced_under_its_name_is_refused_or_used_whole(ws, famil
         fam = registry.family(family)
 
         def load_after_a_replace(spec, *a, **kw):
-            mk.replace_with_another(kind.weights_file(model))
+            mk.replace_with_another(kind.weights_file(model), kind.noise)
             return fam.load(spec, *a, **kw)
 
         monkeypatch.setitem(registry._FAMILIES, family, dataclasses.replace(fam, load=load_after_a_replace))
