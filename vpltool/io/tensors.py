@@ -8,8 +8,10 @@ classes) from the header before loading any tensor.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -138,6 +140,53 @@ def read_weights(path: Path, shapes_only: bool, fix: str, containers: Sequence[s
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise VplError(f"{path}: holds no name -> tensor mapping; {fix}")
     return {k: (tuple(v.shape) if shapes_only else v) for k, v in state.items()}
+
+
+# safetensors' dtype names -> torch's (torch.uint16/32/64 exist from torch 2.3)
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                       "U16": "uint16", "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3fn",
+                       "F8_E5M2": "float8_e5m2"}
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """A safetensors file's tensors in this process's own memory: the file read once into one buffer, each tensor
+    a view of it. ``safetensors.torch.load_file`` maps the file instead, so a model that keeps its tensors (a load
+    with ``assign``) computes with the file's pages: a file rewritten in place during a run changed the weights
+    under it, and one cut short killed the run with SIGBUS. A file this reader cannot make sense of (cut short, a
+    header it does not know) is handed to the library, whose error says what is wrong."""
+    import torch
+
+    path = Path(path)
+    if sys.byteorder != "little":  # the format's byte order is this machine's: views need no swap
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    with open(path, "rb") as fh:
+        buffer = bytearray(os.fstat(fh.fileno()).st_size)
+        got = fh.readinto(buffer)
+    try:
+        size = int.from_bytes(buffer[:8], "little")
+        header = json.loads(bytes(buffer[8:8 + size])) if got == len(buffer) and 8 + size <= got else None
+        start, out = 8 + size, {}
+        for name, entry in (header or {}).items():
+            if name == "__metadata__":
+                continue
+            dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+            begin, end = entry["data_offsets"]
+            shape = [int(d) for d in entry["shape"]]
+            count = math.prod(shape)
+            if not 0 <= begin <= end <= got - start or end - begin != count * dtype.itemsize:
+                raise ValueError(name)
+            out[name] = (torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin).reshape(shape)
+                         if count else torch.empty(shape, dtype=dtype))
+        if header is not None:
+            return out
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError):
+        pass
+    from safetensors.torch import load_file
+
+    return load_file(str(path))  # raises the library's own error for a damaged file
 
 
 def check_weights(path: str | os.PathLike, state: Mapping[str, Any], expected: Mapping[str, Any] | None = None,
