@@ -80,8 +80,10 @@ def text_prototypes(features: PathLike, out: PathLike, **options: Any):
     from ..stages.text_prototypes import extract_context, run_text_prototypes
 
     cfg, rt = configs("text_prototypes", TextPrototypesConfig, options)
-    _, spec, classes, _ = extract_context(features)
-    return run_text_prototypes(classes, out, spec, cfg, device=rt.device, source=features, overwrite=rt.overwrite)
+    with hooks(False, "text-prototypes"):  # one run (no bar: one model, one pass)
+        _, spec, classes, _ = extract_context(features)
+        return run_text_prototypes(classes, out, spec, cfg, device=rt.device, source=features,
+                                   overwrite=rt.overwrite)
 
 
 def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None,
@@ -146,7 +148,8 @@ def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | Non
     from ..stages.eval import run_eval
 
     cfg, _ = configs("evaluate", EvalConfig, options, runtime=False)
-    return run_eval(folder, data=data, split=split, cfg=cfg, json_out=json_out, overwrite=overwrite)[0]
+    with hooks(False, "eval"):  # one run (no bar)
+        return run_eval(folder, data=data, split=split, cfg=cfg, json_out=json_out, overwrite=overwrite)[0]
 
 
 def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None = None, *,

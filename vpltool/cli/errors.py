@@ -54,7 +54,7 @@ def friendly_errors(fn: Callable) -> Callable:
         log_file = kwargs.get("log_file")
         _LOG.start(log_file)
         try:
-            with warnings.catch_warnings(), _sigterm_as_interrupt(), \
+            with warnings.catch_warnings(), _sigterm_as_interrupt(), io.naming_scope(), \
                     io.run_outputs({"--log": (log_file, "log")}, on_checked=_LOG.checked):
                 warnings.simplefilter("always", VplWarning)  # restored with the filters after the command
                 warnings.showwarning = functools.partial(_show_warning, warnings.showwarning, verbose)

@@ -19,7 +19,7 @@
 No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
 """
 
-from .digests import check_loaded_files, file_stamp, note_digest, read_as_named
+from .digests import check_loaded_files, file_stamp, naming_scope, note_digest, read_as_named
 from .events import check_events_folder, check_tensorboard, open_events
 from .files import (
     NAME_MAX,
@@ -152,7 +152,7 @@ from .training import (
 )
 
 __all__ = [
-    "check_loaded_files", "file_stamp", "note_digest", "read_as_named",
+    "check_loaded_files", "file_stamp", "naming_scope", "note_digest", "read_as_named",
     "append_line", "append_log", "atomic_path", "atomic_write", "check_folder_target", "check_writable_target",
     "comment_problem",
     "file_identity",

@@ -15,6 +15,7 @@ or written is ignored, never an error: it only saves time. It keeps the :data:`M
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -22,6 +23,7 @@ import os
 import secrets
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import VplError
@@ -117,6 +119,26 @@ def _seen(real: str, stamp: list[int], digest: str) -> str:
     return digest
 
 
+_SCOPE = [0]  # how many runs are open in this process (a command, a Python stage; benchmark opens segment's)
+
+
+@contextlib.contextmanager
+def naming_scope() -> Iterator[None]:
+    """One run's span: what it names by content inside (:func:`sha256_file`, :func:`note_digest`) is what
+    :func:`read_as_named` and :func:`check_loaded_files` hold its later reads to; nothing is held outside a run (a
+    long-lived process, a notebook, may change a file between two runs: the next run names it anew). The CLI opens
+    one around each command, the Python door around each stage; runs inside a run share the outer one."""
+    if not _SCOPE[0]:
+        _SEEN.clear()
+    _SCOPE[0] += 1
+    try:
+        yield
+    finally:
+        _SCOPE[0] -= 1
+        if not _SCOPE[0]:
+            _SEEN.clear()
+
+
 def note_digest(path: str | os.PathLike, stamp: list[int], digest: str) -> None:
     """Record that this process named ``path`` (as it was at ``stamp``) by ``digest`` (a digest taken elsewhere, as
     a dataset's images are), for :func:`read_as_named`."""
@@ -135,7 +157,7 @@ def read_as_named(path: str | os.PathLike) -> bytes:
         data = fh.read()
         stamp = _stamp(os.fstat(fh.fileno()))  # of the file read (a rename over it leaves this one whole)
     real = os.path.realpath(path)
-    seen = _SEEN.get(real)
+    seen = _SEEN.get(real) if _SCOPE[0] else None
     if seen is None or seen[0] == stamp:
         return data
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -167,7 +189,7 @@ def check_loaded_files(before: dict[Path, list[int] | None], fix: str = "run it 
         now = file_stamp(path)
         if now != stamp:
             raise VplError(f"{path}: changed while it was being loaded; {fix}")
-        seen = _SEEN.get(os.path.realpath(path)) if now is not None else None
+        seen = _SEEN.get(os.path.realpath(path)) if now is not None and _SCOPE[0] else None
         if seen is None or seen[0] == now:
             continue
         digest = sha256_file(path)
@@ -177,5 +199,5 @@ def check_loaded_files(before: dict[Path, list[int] | None], fix: str = "run it 
                            f"then, {short(digest)} now), so the model loaded is not the one the run records; {fix}")
 
 
-__all__ = ["CACHED_BYTES", "CACHE_ENV", "cache_file", "check_loaded_files", "file_stamp", "note_digest",
+__all__ = ["CACHED_BYTES", "CACHE_ENV", "cache_file", "check_loaded_files", "file_stamp", "naming_scope", "note_digest",
            "read_as_named", "sha256_file"]

@@ -301,7 +301,7 @@ def certify(model: Any, where: str, fix: str = DEFAULT_FIX) -> Any:
     floating-point tensor of its state (parameters and persistent buffers) is finite (the rule of
     :func:`vpltool.io.check_weight_values`: one line naming ``where``, the tensor and ``fix``). A model whose state
     holds no tensor at all is refused as a :class:`TypeError`: its family would escape the rule unseen."""
-    from ..io.tensors import check_weight_values
+    from ..io.values import check_weight_values
 
     states = list(_states(model))
     if not states:

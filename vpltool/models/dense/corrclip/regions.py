@@ -119,9 +119,10 @@ class FolderRegions:
         h, files = hashlib.sha256(), []
         for image, shape in images:
             path = self.path(image)
+            digest = file_digest(path) if path.is_file() else None  # named first: the reads are held to it
             read_region_file(path, shape)
-            files.append([path.name, file_digest(path)])
-            h.update(f"{path.name}:{files[-1][1]}\n".encode())
+            files.append([path.name, digest])
+            h.update(f"{path.name}:{digest}\n".encode())
         return {"path": str(Path(self.folder).resolve()), "sha256": h.hexdigest(), "files": files}
 
     def path(self, image: Path) -> Path:
