@@ -172,8 +172,12 @@ class Sam2Regions:
     ``apply_postprocessing=False``), from a model config and a checkpoint file."""
 
     def __init__(self, config: str, checkpoint: Path, device="cpu"):
+        from ...registry import certify
+
         build_sam2, generator = import_sam2()
         model = build_sam2(config, str(checkpoint), device=str(device), apply_postprocessing=False)
+        # the sam2 package reads its checkpoint itself: the registry's weights rule, as for every family's model
+        certify(model, str(checkpoint), "pass SAM2's released checkpoint (re-download it) to --sam-weights")
         self.generator = generator(model=model, multimask_output=False, **SAM_SETTINGS)
 
     def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
