@@ -55,7 +55,7 @@ def main() -> None:
 
     from vpltool.io import read_safetensors
     from vpltool.models import ModelSpec, load_model
-    from vpltool.models.loading import import_open_clip
+    from vpltool.models.backbones.loading import import_open_clip
     from vpltool.models.registry import certify
 
     open_clip = import_open_clip()

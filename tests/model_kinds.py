@@ -56,7 +56,7 @@ def _once(ws: rc.Workspace, name: str, make: Callable[[Path], None]) -> Path:
 
 
 def _toy_clip(ws: rc.Workspace) -> Path:
-    from vpltool.models.loading import registered_folder
+    from vpltool.models.backbones.loading import registered_folder
 
     return _once(ws, "clip", lambda p: shutil.copytree(registered_folder("vpltool-toy"), p))
 
@@ -64,7 +64,7 @@ def _toy_clip(ws: rc.Workspace) -> Path:
 def _talk2dino(ws: rc.Workspace) -> Path:
     """A Talk2DINO projection over the toy DINO (its own copy, so a damage elsewhere never touches it) and the toy
     CLIP, seeded."""
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
 
     def make(path: Path) -> None:
         fam = text_family("talk2dino")

@@ -774,7 +774,7 @@ def _talk2dino_model(ws: Workspace, name: str, edit: Callable[[dict], dict] | No
     changed before saving, the header kept."""
     from safetensors.torch import save_file
 
-    from vpltool.models.text_family import text_family
+    from vpltool.models.text.family import text_family
 
     fam = text_family("talk2dino")
     cfg = fam.model_config(fam.TrainConfig.recipe_config("demo", dino_weights=str(TOY_DINO), crop_size=64))

@@ -62,7 +62,7 @@ def test_a_loaded_clip_holds_its_own_copy_of_the_weights(tmp_path):
     model, taken as they are) changed with the file when the file was rewritten in place during a run (and died of
     SIGBUS when it was cut short). What the registry checked and the run recorded must be what it computes with."""
     from vpltool.models import ModelSpec, load_model
-    from vpltool.models.loading import registered_folder
+    from vpltool.models.backbones.loading import registered_folder
 
     folder = tmp_path / "clip32"
     shutil.copytree(registered_folder("vpltool-toy"), folder)

@@ -72,7 +72,7 @@ def assign_loaded_weights() -> Iterator[None]:
     def read_checkpoint(checkpoint_path, *args, **kwargs):  # open_clip's reader, a safetensors file read not mapped
         if not str(checkpoint_path).endswith(".safetensors"):
             return read(checkpoint_path, *args, **kwargs)  # torch.load reads into memory already
-        from ..io.tensors import read_safetensors
+        from ...io.tensors import read_safetensors
 
         state = read_safetensors(checkpoint_path)
         if state and next(iter(state)).startswith("module"):  # as open_clip strips a DDP prefix

@@ -71,7 +71,7 @@ def backbone_options(cfg: Any) -> Iterator[None]:
     the dino and clip families' own (which `train-text` does not have): ``--set dino_weights=FILE`` and the like
     while training (``cfg`` a training config); for a checkpoint's backbones, that setting of the `train-text` run
     that would re-make it over other ones."""
-    from ...config.text import TextTrainConfig
+    from ....config.text import TextTrainConfig
 
     try:
         yield

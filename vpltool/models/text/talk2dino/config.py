@@ -25,7 +25,7 @@ POS_RESIZE = ("bicubic-dino", "bicubic-antialias")  # vpltool.models.backbones.d
 # studies/probe_talk2dino_recipe.py (studies/results/talk2dino_recipe_probe.json, docs/talk2dino.md)
 # the shipped toy DINO found from the package, so the recipe works from any folder (a path relative to the checkout
 # did not: `train-text --recipe demo` outside it could not find it)
-TOY_DINO = str(Path(__file__).resolve().parents[2] / "assets" / "toy-dino" / "model.safetensors")
+TOY_DINO = str(Path(__file__).resolve().parents[3] / "assets" / "toy-dino" / "model.safetensors")
 DEMO = {"dino_model": "test_vit", "dino_weights": TOY_DINO,
         "clip_model": "vpltool-toy", "clip_pretrained": "none", "crop_size": 192}
 RECIPES: dict[str, dict[str, Any]] = {
