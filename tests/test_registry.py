@@ -181,3 +181,32 @@ def test_the_rule_finds_the_modules_a_family_returns():
     for model in (bad, (good, bad), holder):
         with pytest.raises(VplError, match="^w: tensor 'weight' holds NaN or inf"):
             certify(model, "w")
+
+
+def test_no_model_is_loaded_around_the_registrys_door():
+    """A family's own load function is called by its registration alone: everything else asks the registry's
+    load_model, where every weight is checked (RADSeg's backbone hook called load_dino itself, its weights unchecked).
+    A new loader called directly elsewhere fails here."""
+    import ast
+
+    loads = {"load_backbone", "load_dino", "load_sam", "load_pgseg", "load_talk2dino", "load_decoder", "create_model"}
+    registrations = {("vpltool/decoder/__init__.py", "load_decoder"), ("vpltool/models/backbones/clip.py",
+                                                                       "create_model"),
+                     ("vpltool/models/text/family.py", "impl.load_model"),
+                     ("vpltool/models/text/pgseg/family.py", "load_pgseg"),
+                     ("vpltool/models/text/talk2dino/family.py", "load_talk2dino")}
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for path in sorted((root / "vpltool").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            f, name = node.func, None
+            if isinstance(f, ast.Name) and f.id in loads:
+                name = f.id
+            elif isinstance(f, ast.Attribute) and f.attr == "load_model" and ast.unparse(f.value) != "registry":
+                name = ast.unparse(f)  # a text family's own hook (fam.load_model), not the registry's
+            if name:
+                found.add((path.relative_to(root).as_posix(), name))
+    assert found - registrations == set(), sorted(found - registrations)
+    assert registrations <= found  # the list names real call sites: a moved one is updated here

@@ -271,15 +271,19 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
                 "language_model": {p.name: file_identity(p)["sha256"] for p in texts}}
 
     def backbone(self, device):
-        from ..backbones.dino import DinoSpec, load_dino
-        from ..backbones.radio import SigLIP2Text, feature_normalizer
+        from ..backbones.dino import DinoSpec
+        from ..backbones.radio import RADIO_FIX, SigLIP2Text, feature_normalizer
+        from ..registry import certify, load_model
 
         chk, head, folder = _files(self.cfg)
         knobs = knobs_of(self.cfg)
-        # RADIO's hub code (RADSeg's torch.hub.load) resizes the position table without align_corners
-        dino = load_dino(DinoSpec(self.cfg.proxy_model, self.cfg.proxy_weights), device,
-                         pos_embed_align_corners=False)
-        text = SigLIP2Text(folder, device)
+        # RADIO's hub code (RADSeg's torch.hub.load) resizes the position table without align_corners; the dino
+        # family's load through the registry's door, and the weights rule on the adaptor's head and the text tower
+        dino = load_model("dino", DinoSpec(self.cfg.proxy_model, self.cfg.proxy_weights), device,
+                          pos_embed_align_corners=False)
+        certify(head, str(chk.path), RADIO_FIX)
+        text = certify(SigLIP2Text(folder, device), str(folder), "pass a local folder of "
+                       "google/siglip2-giant-opt-patch16-384 (re-download it)")
         width = head.final[-1].out_features if head.version == "v2" else head.fc2.out_features
         if width != text.dim:
             raise VplError(f"{chk.path}: its {knobs.adaptor} head maps patches to {width}-d rows, --language-model "
