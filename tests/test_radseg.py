@@ -22,8 +22,6 @@ pytest.importorskip("transformers")
 from vpltool.config import SegmentConfig  # noqa: E402
 from vpltool.errors import VplError  # noqa: E402
 
-TEXT = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=64, projection_size=48)
 CLASSES = ["person", "grass", "sky"]
 
 
@@ -32,8 +30,7 @@ def files(tmp_path_factory):
     import radseg_files as rf
 
     work = tmp_path_factory.mktemp("radseg")
-    ckpt = rf.write_radio_checkpoint(work / "radio.pth.tar", model=tiny_towers.RADIO, text_dim=48, hidden=64)
-    text = rf.write_text_folder(work / "text", TEXT, rf.prompt_words(CLASSES))
+    ckpt, text = rf.tiny_files(work, tiny_towers.RADIO, CLASSES)
     return {"ckpt": ckpt, "text": text, "work": work}
 
 
@@ -154,7 +151,7 @@ def test_a_text_tower_of_another_width_is_refused(files, tmp_path):
 
     from vpltool.models.dense.method import resolve_method
 
-    other = rf.write_text_folder(tmp_path / "text64", {**TEXT, "projection_size": 64}, rf.prompt_words(CLASSES))
+    other = rf.write_text_folder(tmp_path / "text64", {**rf.TINY_TEXT, "projection_size": 64}, rf.prompt_words(CLASSES))
     method = resolve_method(_cfg(files, language_model=str(other)))
     with pytest.raises(VplError, match="48-d rows.*64-d"):
         method.load(None, "cpu")
