@@ -158,9 +158,18 @@ def run_cell(method: str, stage: str, precision: str, inputs: Inputs, device: st
         return _cli(["predict", inputs.decoder, "--split", "val", "-o", out, "--classes", ",".join(CLASSES),
                      "--dense", method, "--dense-side", SIDE, *run], out, "*.png")
     if stage == "benchmark":
-        return _cli(["benchmark", method, "--root", f"voc21={inputs.voc21}", "-o", out, *tiny, "--short-side", SIDE,
-                     *_flags(own), *run], out, "table.json")
+        return _cli(["benchmark", method, "--root", f"{_voc(method)}={inputs.voc21}", "-o", out, *tiny,
+                     "--short-side", SIDE, *_flags(own), *run], out, "table.json")
     return _python(method, precision, inputs, own, device)
+
+
+def _voc(method: str) -> str:
+    """The VOC miniature's benchmark for ``method``: voc21, or voc20 (the same root) where its presets have no voc21
+    (RADSeg's reference runs no benchmark with a background class)."""
+    from vpltool.config.benchmarks import BENCHMARK_PRESETS
+
+    p = BENCHMARK_PRESETS.get(method)
+    return "voc20" if p is not None and "voc21" not in p.names else "voc21"
 
 
 def _python(method: str, precision: str, inputs: Inputs, own: dict, device: str) -> tuple[str, str]:
