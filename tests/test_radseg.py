@@ -134,7 +134,7 @@ def test_radseg_through_segment_writes_masks(files, tmp_path):
 
 @pytest.mark.parametrize("change, words", [
     ({"language_model": None}, "--language-model"),
-    ({"proxy_weights": "hub"}, "--proxy-weights"),  # offline: the dino family's line; online: RADSeg's
+    ({"proxy_weights": "hub"}, "--proxy-weights hub: give NVlabs/RADIO.s checkpoint"),  # offline or not
     ({"language_model": "/no/such/folder"}, "not a folder"),
 ])
 def test_radseg_s_files_are_refused_in_one_line_before_any_model(files, change, words):
@@ -152,6 +152,5 @@ def test_a_text_tower_of_another_width_is_refused(files, tmp_path):
     from vpltool.models.dense.method import resolve_method
 
     other = rf.write_text_folder(tmp_path / "text64", {**rf.TINY_TEXT, "projection_size": 64}, rf.prompt_words(CLASSES))
-    method = resolve_method(_cfg(files, language_model=str(other)))
-    with pytest.raises(VplError, match="48-d rows.*64-d"):
-        method.load(None, "cpu")
+    with pytest.raises(VplError, match="48-d rows.*64-d"):  # from the folder's config.json: before any model
+        resolve_method(_cfg(files, language_model=str(other)))
