@@ -26,6 +26,9 @@ TEACHERS = [{"name": "clip", "type": "open_clip"}, {"name": "siglip2", "type": "
 SIGLIP2_G_TEXT = dict(vocab_size=256000, hidden_size=1152, intermediate_size=4304, num_attention_heads=16,
                       max_position_embeddings=64, projection_size=1536, hidden_act="gelu_pytorch_tanh",
                       layer_norm_eps=1e-6)  # ViT-gopt-16-SigLIP2-384's text tower (27 blocks)
+# the tests' text tower: SigLIP's layout at a few dozen widths, its rows as wide as tiny_files' adaptor head's
+TINY_TEXT = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 max_position_embeddings=64, projection_size=48)
 
 
 def mlp2_state(dim_in: int, hidden: int, dim_out: int, inner: int, gen) -> dict:
@@ -146,5 +149,15 @@ def write_text_folder(folder: Path, text: dict, words: list[str], seed: int = 0)
     return folder
 
 
-__all__ = ["TEACHERS", "SIGLIP2_G_TEXT", "mlp2_state", "radio_state", "write_radio_checkpoint", "prompt_words",
-           "write_text_folder"]
+def tiny_files(folder: Path, model: str, classes: list[str]) -> tuple[Path, Path]:
+    """The tests' pair in ``folder``: ``radio.pth.tar`` of timm ``model`` (a tiny ``naflexvit_*_radio_v3`` the
+    caller registered) with a 64 -> 48 ``siglip2`` head, and ``text/`` (:data:`TINY_TEXT`) knowing ``classes``'
+    words."""
+    folder = Path(folder)
+    ckpt = write_radio_checkpoint(folder / "radio.pth.tar", model=model, text_dim=TINY_TEXT["projection_size"],
+                                  hidden=64)
+    return ckpt, write_text_folder(folder / "text", TINY_TEXT, prompt_words(list(classes)))
+
+
+__all__ = ["TEACHERS", "SIGLIP2_G_TEXT", "TINY_TEXT", "tiny_files", "mlp2_state", "radio_state",
+           "write_radio_checkpoint", "prompt_words", "write_text_folder"]

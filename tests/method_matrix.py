@@ -9,6 +9,7 @@ in a second interpreter that sees a plugin (tests/test_method_matrix.py's exampl
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +24,11 @@ CLASSES = ("circle", "star")
 SIDE = 32  # every method's short side here (its windows as its own settings, cut to the image)
 STAGES = ("segment", "cam", "predict", "benchmark", "python")
 # what a method needs beyond its spec row to run here: its proxy model and SAM follow from the row (the toy DINO,
-# a random test SAM), region masks are CorrCLIP's knob; a new method that needs more adds its row
-NEEDS = {"corrclip": {"region_masks": "{regions}"}}
+# a random test SAM), region masks are CorrCLIP's knob, RADSeg's model is a RADIO checkpoint (a tiny C-RADIOv3 of
+# tests/tiny_towers.py) with SigLIP 2's text tower beside it; a new method that needs more adds its row
+NEEDS = {"corrclip": {"region_masks": "{regions}"},
+         "radseg": {"proxy_model": "vpl_test_radio_v3", "proxy_weights": "{radio}",
+                    "language_model": "{language_model}"}}
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Inputs:
     decoder: str  # a decoder over the tiny CLIP (predict --classes --dense)
     voc21: str  # the VOC21 miniature (benchmark)
     model_config_dir: str
+    radio: str = ""  # a tiny C-RADIOv3 as NVlabs/RADIO's hub checkpoint ("": transformers missing, not made)
+    language_model: str = ""  # a tiny SigLIP 2 text tower's Hugging Face folder beside it
 
 
 def make_inputs(root: Path, world: Path, prototypes: Path, decoder: Path) -> Inputs:
@@ -58,7 +64,29 @@ def make_inputs(root: Path, world: Path, prototypes: Path, decoder: Path) -> Inp
         ids[h // 4: 3 * h // 4, w // 4: 3 * w // 4], ids[: h // 4], ids[3 * h // 4:, : w // 2] = 1, 2, 3
         np.savez_compressed(regions / f"{stem}.npz", instance_mask=ids)
     return Inputs(str(root), str(photos), str(regions), str(world), str(prototypes), str(decoder), str(voc21),
-                  str(TESTS / "assets" / "model_configs"))
+                  str(TESTS / "assets" / "model_configs"), *_radseg_files(root / "radseg"))
+
+
+def _radseg_files(folder: Path) -> tuple[str, str]:
+    """RADSeg's two inputs, tiny and seeded (``parity/radseg_files.py``'s :func:`tiny_files`); ``("", "")`` without
+    transformers (its cells are then skipped)."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("transformers") is None:
+        return "", ""
+    import tiny_towers
+
+    sys.path.insert(0, str(TESTS.parent / "parity"))
+    import radseg_files as rf
+
+    return tuple(map(str, rf.tiny_files(folder, tiny_towers.RADIO, CLASSES)))
+
+
+def missing_inputs(method: str, inputs: Inputs) -> list[str]:
+    """The :class:`Inputs` fields ``method``'s :data:`NEEDS` row reads that were not made here."""
+    fields = [f for v in NEEDS.get(method, {}).values() for f in re.findall(r"{(\w+)}", v)]
+    return [f for f in fields if not getattr(inputs, f)]
 
 
 def method_options(method: str, inputs: Inputs) -> dict:
@@ -130,9 +158,18 @@ def run_cell(method: str, stage: str, precision: str, inputs: Inputs, device: st
         return _cli(["predict", inputs.decoder, "--split", "val", "-o", out, "--classes", ",".join(CLASSES),
                      "--dense", method, "--dense-side", SIDE, *run], out, "*.png")
     if stage == "benchmark":
-        return _cli(["benchmark", method, "--root", f"voc21={inputs.voc21}", "-o", out, *tiny, "--short-side", SIDE,
-                     *_flags(own), *run], out, "table.json")
+        return _cli(["benchmark", method, "--root", f"{_voc(method)}={inputs.voc21}", "-o", out, *tiny,
+                     "--short-side", SIDE, *_flags(own), *run], out, "table.json")
     return _python(method, precision, inputs, own, device)
+
+
+def _voc(method: str) -> str:
+    """The VOC miniature's benchmark for ``method``: voc21, or voc20 (the same root) where its presets have no voc21
+    (RADSeg's reference runs no benchmark with a background class)."""
+    from vpltool.config.benchmarks import BENCHMARK_PRESETS
+
+    p = BENCHMARK_PRESETS.get(method)
+    return "voc20" if p is not None and "voc21" not in p.names else "voc21"
 
 
 def _python(method: str, precision: str, inputs: Inputs, own: dict, device: str) -> tuple[str, str]:

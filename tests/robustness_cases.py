@@ -4959,6 +4959,164 @@ def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     yield [*args, "--shard", "1/2"]
 
 
+# ---- RADSeg's two files: NVlabs/RADIO's checkpoint (--proxy-weights) and SigLIP 2's text folder (--language-model)
+def _radseg_files(ws: Workspace) -> tuple[Path, Path]:
+    """A tiny C-RADIOv3 as RADIO's hub checkpoint and a tiny SigLIP 2 text folder (parity/radseg_files.py), made
+    once per workspace under ``radseg/``."""
+    folder = ws.root / "radseg"
+    if not (folder / "text" / "model.safetensors").is_file():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parity"))
+        import radseg_files
+        import tiny_towers
+
+        radseg_files.tiny_files(folder, tiny_towers.RADIO, list(SHAPES))
+    return folder / "radio.pth.tar", folder / "text"
+
+
+def _radseg_args(ws: Workspace, name: str, weights: object, language: object | None) -> list[object]:
+    import tiny_towers
+
+    return ["segment", ws.world, "--split", "val", "-o", ws.out(name), *CPU, "--classes", "star,circle", "--dense",
+            "radseg", "--proxy-model", tiny_towers.RADIO, "--proxy-weights", weights,
+            *(["--language-model", language] if language is not None else [])]
+
+
+@contextlib.contextmanager
+def _no_radseg_load() -> Iterator[None]:
+    """While the case runs, building RADSeg's model (or a CLIP) fails loudly: its refusal comes before."""
+    from vpltool.models.dense import radseg
+
+    with _no_model_load(), mock.patch.object(radseg.Hooks, "backbone", side_effect=AssertionError("a model loaded")):
+        yield
+
+
+@case("segment --dense radseg with a RADIO checkpoint that is not there", "radseg_gone.pth.tar: RADIO checkpoint "
+      "not found", "pass an existing file to --proxy-weights")
+def _radseg_no_checkpoint(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.root / "radseg_gone.pth.tar", text)
+
+
+@case("segment --dense radseg with its RADIO checkpoint cut short (a broken download)", "radseg_cut.pth.tar: not a "
+      "torch checkpoint (no zip archive: cut short", "re-download NVlabs/RADIO's checkpoint")
+def _radseg_cut_checkpoint(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    cut = ws.root / "radseg_cut.pth.tar"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size * 2 // 3])
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", cut, text)
+
+
+@case("segment --dense radseg with --proxy-weights a timm weights file (no language adaptor in it)",
+      "give NVlabs/RADIO's checkpoint", "the language adaptor RADSeg reads is in it")
+def _radseg_timm_weights(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.dino_weights("radseg_timm.safetensors"), text)
+
+
+@case("segment --dense radseg with a RADIO checkpoint that has no siglip2 adaptor", "radseg_nosiglip.pth.tar: no "
+      "adaptor 'siglip2'; its teachers are clip, dino_v2, sam")
+def _radseg_no_adaptor(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+
+    ckpt, text = _radseg_files(ws)
+    chk = torch.load(ckpt, weights_only=False)
+    chk["args"].teachers = [t for t in chk["args"].teachers if t["name"] != "siglip2"]
+    torch.save(chk, ws.root / "radseg_nosiglip.pth.tar")
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.root / "radseg_nosiglip.pth.tar", text)
+
+
+@case("segment --dense radseg without --language-model", "--dense radseg needs SigLIP 2's text tower: pass "
+      "--language-model")
+def _radseg_no_language_model(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, _ = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, None)
+
+
+@case("segment --dense radseg with --language-model a folder that is not there", "--language-model radseg_gone: "
+      "not a folder", "pass a local folder of google/siglip2-giant-opt-patch16-384")
+def _radseg_language_gone(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, _ = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, ws.root / "radseg_gone")
+
+
+@case("segment --dense radseg with a text folder that lacks its tokenizer", "--language-model radseg_notok: lacks "
+      "tokenizer.json")
+def _radseg_no_tokenizer(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_notok")
+    (folder / "tokenizer.json").unlink()
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg with the text folder's model.safetensors cut short", "--language-model "
+      "radseg_cuttext/model.safetensors: not a readable safetensors file", "re-download it")
+def _radseg_cut_text(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_cuttext")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg with the text tower of another width than the adaptor's", "its siglip2 head maps "
+      "patches to 48-d rows, --language-model radseg_text64's text rows are 64-d", "pass the text tower of that "
+      "adaptor's teacher")
+def _radseg_other_width(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_text64")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["projection_size"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg --scra-scale 0", "--scra-scale 0.0: must be a number above 0")
+def _radseg_scale_zero(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield [*_radseg_args(ws, "seg_radseg", ckpt, text), "--scra-scale", "0"]
+
+
+@case("segment --dense naclip with RADSeg's --language-model (warned, ignored, not recorded)", "--language-model "
+      "radseg/text has no effect without --dense radseg", exit_code=0, leaves=("seg_radseg_naclip/*",))
+def _radseg_option_elsewhere(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_radseg_naclip"), *TINY, *CPU, "--classes",
+           "star,circle", "--dense", "naclip", "--language-model", text]
+
+
+@case("benchmark radseg on VOC21 (RADSeg's configs are VOC20, Context59, COCO-Stuff, Cityscapes, ADE20K)",
+      "RADSeg-OVSS/RADSeg@05ec86f has no config for voc21", "give one of those, or run segment --dense radseg")
+def _radseg_benchmark_voc21(ws: Workspace) -> Iterator[list[object]]:
+    import tiny_towers
+
+    ckpt, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield ["benchmark", "radseg", "--root", f"voc21={ws.world}", "-o", ws.out("bench_radseg"), *CPU,
+               "--proxy-model", tiny_towers.RADIO, "--proxy-weights", ckpt, "--language-model", text]
+
+
+@case("vpltool.segmenter('radseg') with RADIO's checkpoint and no language_model", "VplError: method radseg needs "
+      "SigLIP 2's text tower: pass language_model", python=True)
+def _radseg_python_no_language(ws: Workspace) -> Iterator[list[str]]:
+    import tiny_towers
+
+    _radseg_files(ws)  # the case runs in the workspace folder
+    ws.segmenter()  # every Python case's seg, made before loading is forbidden
+    with _no_radseg_load():
+        yield [f"vpltool.segmenter('radseg', proxy_model={tiny_towers.RADIO!r}, "
+               "proxy_weights='radseg/radio.pth.tar')"]
+
+
 @case("eval --data of a copy of the dataset whose ground-truth masks alone differ", "--data",
       "a ground-truth mask differs under the same id", "an identical copy")
 def _eval_copy_other_masks(ws: Workspace) -> Iterator[list[object]]:

@@ -22,8 +22,6 @@ pytest.importorskip("transformers")
 from vpltool.config import SegmentConfig  # noqa: E402
 from vpltool.errors import VplError  # noqa: E402
 
-TEXT = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=64, projection_size=48)
 CLASSES = ["person", "grass", "sky"]
 
 
@@ -32,8 +30,7 @@ def files(tmp_path_factory):
     import radseg_files as rf
 
     work = tmp_path_factory.mktemp("radseg")
-    ckpt = rf.write_radio_checkpoint(work / "radio.pth.tar", model=tiny_towers.RADIO, text_dim=48, hidden=64)
-    text = rf.write_text_folder(work / "text", TEXT, rf.prompt_words(CLASSES))
+    ckpt, text = rf.tiny_files(work, tiny_towers.RADIO, CLASSES)
     return {"ckpt": ckpt, "text": text, "work": work}
 
 
@@ -137,7 +134,7 @@ def test_radseg_through_segment_writes_masks(files, tmp_path):
 
 @pytest.mark.parametrize("change, words", [
     ({"language_model": None}, "--language-model"),
-    ({"proxy_weights": "hub"}, "--proxy-weights"),  # offline: the dino family's line; online: RADSeg's
+    ({"proxy_weights": "hub"}, "--proxy-weights hub: give NVlabs/RADIO.s checkpoint"),  # offline or not
     ({"language_model": "/no/such/folder"}, "not a folder"),
 ])
 def test_radseg_s_files_are_refused_in_one_line_before_any_model(files, change, words):
@@ -154,7 +151,6 @@ def test_a_text_tower_of_another_width_is_refused(files, tmp_path):
 
     from vpltool.models.dense.method import resolve_method
 
-    other = rf.write_text_folder(tmp_path / "text64", {**TEXT, "projection_size": 64}, rf.prompt_words(CLASSES))
-    method = resolve_method(_cfg(files, language_model=str(other)))
-    with pytest.raises(VplError, match="48-d rows.*64-d"):
-        method.load(None, "cpu")
+    other = rf.write_text_folder(tmp_path / "text64", {**rf.TINY_TEXT, "projection_size": 64}, rf.prompt_words(CLASSES))
+    with pytest.raises(VplError, match="48-d rows.*64-d"):  # from the folder's config.json: before any model
+        resolve_method(_cfg(files, language_model=str(other)))

@@ -160,9 +160,9 @@ def source_summary(method: str, benchmark: str) -> str:
     """Where a preset's values come from, compactly: ``cfg_voc21.py:6 prob_threshold, :16 short_side; the rest
     naclip.py:20-22 (...)``."""
     p = BENCHMARK_PRESETS[method]
+    cfg = p.config_file(benchmark)
     own = sorted(((src.rsplit(":", 1)[1], k) for k, src in p.sources(benchmark).items()
-                  if src.startswith("configs/cfg_")), key=lambda t: int(t[0]))
-    cfg = f"configs/{_CFG[benchmark]}"
+                  if src.startswith(f"{cfg}:")), key=lambda t: int(t[0]))
     head = (cfg + ":" + ", :".join(f"{line} {k}" for line, k in own)) if own else f"{cfg}: nothing"
     return f"{head}; the rest {p.defaults_source}" + ("; class file: its configs/cls_*.txt" if p.class_set else "")
 
@@ -173,7 +173,7 @@ def presets_table(method: str | None = None) -> list[dict]:
     for name, p in BENCHMARK_PRESETS.items():
         if method is not None and name != method:
             continue
-        for b in BENCHMARK_NAMES:
+        for b in p.names:
             rows.append({"method": name, "repo": p.repo, "benchmark": b, "settings": p.settings(b),
                          "sources": p.sources(b), "source": source_summary(name, b), "extra": p.extra.get(b, {})})
     return rows

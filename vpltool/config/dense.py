@@ -16,6 +16,7 @@ from ..entry_points import DerivedMap, DerivedTuple, PluginTable
 from ..errors import VplError, VplWarning
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
 from .dense_knobs import CassKnobs, CorrCLIPKnobs, RadsegKnobs, TridentKnobs
+from .dense_presets import CORRCLIP_PRESETS, RADSEG_PRESETS
 from .knobs import Knob, MethodKnobs, knob  # noqa: F401 (the knobs of a method are written with these)
 from .method_presets import MethodPresets
 
@@ -117,71 +118,6 @@ _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_s
                                    slide_stride=224, crop_mode="pad", whole="direct")
 
 
-def _corrclip_benchmarks() -> dict:
-    """zdk258/CorrCLIP CorrCLIPv1/configs/cfg_*.py: each benchmark's Resize short side (448 on ADE20K and
-    Cityscapes), its prob_thd where set (VOC21, Context60, COCO-Object), Cityscapes' windows; each with its line."""
-    files = {"voc21": ("cfg_voc21.py", 16), "context60": ("cfg_context60.py", 16),
-             "coco-object": ("cfg_coco_object.py", 16), "voc20": ("cfg_voc20.py", 15),
-             "context59": ("cfg_context59.py", 15), "coco-stuff": ("cfg_coco_stuff164k.py", 15),
-             "cityscapes": ("cfg_city_scapes.py", 17), "ade20k": ("cfg_ade20k.py", 15)}
-    thresholds = {"voc21": 0.2, "context60": 0.15, "coco-object": 0.25}
-    out = {}
-    for bench, (cfg, line) in files.items():
-        row = {"short_side": (448 if bench in ("ade20k", "cityscapes") else 336, f"configs/{cfg}:{line}")}
-        if bench in thresholds:
-            row["prob_threshold"] = (thresholds[bench], f"configs/{cfg}:7")
-        if bench == "cityscapes":
-            row.update(slide_stride=(112, f"configs/{cfg}:7"), slide_crop=(224, f"configs/{cfg}:8"))
-        out[bench] = row
-    return out
-
-
-# its segmentor's __init__ defaults under each benchmark's config
-_CORRCLIP_PRESETS = MethodPresets(
-    "zdk258/CorrCLIP@103bc18 (CorrCLIPv1)",
-    {"dense": "corrclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 112,
-     "pamr_steps": 0, "area_threshold": 0.0},
-    "corrclip_segmentor.py:46-47 (__init__ defaults)", _corrclip_benchmarks())
-
-def _radseg_benchmarks() -> dict:
-    """RADSeg-OVSS/RADSeg evaluation/2d/configs/mid_res_configs/cfg_*.py (eval.py's default config folder): each
-    benchmark's Resize short side and its windows where set (base_config.py's 336/224 otherwise), each with its
-    line; its low- and high-resolution configs are the presets' ``extra``."""
-    mid = {"voc20": (336, 112), "context59": (576, None), "coco-stuff": (448, None), "cityscapes": (688, None),
-           "ade20k": (576, None)}
-    files = {"voc20": "cfg_voc20.py", "context59": "cfg_context59.py", "coco-stuff": "cfg_cocostuff.py",
-             "cityscapes": "cfg_city_scapes.py", "ade20k": "cfg_ade20k.py"}
-    out = {}
-    for bench, (side, stride) in mid.items():
-        where = f"evaluation/2d/configs/mid_res_configs/{files[bench]}"
-        row = {"short_side": (side, f"{where}:{12 if stride else 5}")}
-        if stride:
-            row["slide_stride"] = (stride, f"{where}:5")
-        out[bench] = row
-    return out
-
-
-# RADSeg's low- and high-resolution configs (not the presets: eval.py's default is mid_res_configs), and each
-# dataset config's coarse_thresh (RADSeg+'s SAM refinement, which vpltool does not run), recorded beside its rows
-_RADSEG_EXTRA = {
-    "voc20": {"low_res": "short 336, slide 224/112", "high_res": "short 672 (long 2016), slide 336/224",
-              "coarse_thresh": 0.2},
-    "context59": {"low_res": "short 336, slide 224/112", "high_res": "short 672 (long 2016), slide 336/224",
-                  "coarse_thresh": 0.15},
-    "coco-stuff": {"low_res": "short 336, slide 224/112", "high_res": "short 896 (long 1334), slide 336/224",
-                   "coarse_thresh": 0.05},
-    "cityscapes": {"low_res": "short 560, slide 224/112", "high_res": "short 1344 (long 2688), slide 336/224",
-                   "coarse_thresh": 0.10},
-    "ade20k": {"low_res": "short 336, slide 224/112", "high_res": "short 672 (long 2016), slide 336/224",
-               "coarse_thresh": 0.05},
-}
-_RADSEG_PRESETS = MethodPresets(
-    "RADSeg-OVSS/RADSeg@05ec86f",
-    {"dense": "radseg", "logit_scale": 100.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 224,
-     "pamr_steps": 0, "area_threshold": 0.0},
-    "evaluation/2d/configs/base_config.py:3-12 (slide 336/224; radseg/radseg.py compute_cos_sim's softmax(100 sim),"
-    " prediction_thresh 0)", _radseg_benchmarks(), _RADSEG_EXTRA)
-
 # the spec table: every --dense method, in --help's order. A new method is a row here (and, unless it only mixes
 # the last block, a module in vpltool/models/dense/); a plugin's method is a row its package registers
 # (vpltool.plugins.register_dense_method), after these
@@ -225,7 +161,7 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
                                               slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
                                 module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
                                 knobs_class=CorrCLIPKnobs,
-                                presets=_CORRCLIP_PRESETS),
+                                presets=CORRCLIP_PRESETS),
     # radseg/radseg.py + evaluation/2d/configs/base_config.py: softmax(100 cos) over the prompts, no threshold
     # (prediction_thresh 0), slide 336/224 in feature space, short side 336 (mid_res cfg_voc20.py); C-RADIOv3-B
     # (NVlabs/RADIO's checkpoint, --proxy-weights) and its SigLIP 2 adaptor's text tower (--language-model)
@@ -233,7 +169,7 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
                                             slide_stride=224, crop_mode="floor", whole="direct"),
                               module="radseg", proxy_model="naflexvit_base_patch16_radio_v3", class_files="proxyclip",
                               knobs_class=RadsegKnobs,
-                              presets=_RADSEG_PRESETS),
+                              presets=RADSEG_PRESETS),
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
 

@@ -41,7 +41,12 @@ def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | No
             raise VplError(f"benchmark {method}: give its checkpoint, --model {method}:FILE "
                            f"({TEXT_FAMILIES[segmenter_family(method)].files})")
         raise VplError(f"benchmark: no presets for method {method!r}; choose one of {', '.join(BENCHMARK_PRESETS)}")
-    settings = BENCHMARK_PRESETS[method].settings(benchmark)
+    presets = BENCHMARK_PRESETS[method]
+    if benchmark not in presets.names:
+        raise VplError(f"benchmark {method} --root {benchmark}=...: {presets.repo} has no config for {benchmark} "
+                       f"(its presets: {', '.join(presets.names)}); give one of those, or run segment --dense "
+                       f"{presets.defaults['dense']} on its images")
+    settings = presets.settings(benchmark)
     if settings["dense"] not in DENSE_CHOICES:
         raise VplError(f"benchmark {method}: --dense {settings['dense']} is not in this vpltool (it has "
                        f"{', '.join(DENSE_CHOICES[1:])}); its presets are listed by `vpltool benchmark --presets`")

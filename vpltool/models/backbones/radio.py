@@ -272,7 +272,42 @@ def check_text_folder(folder: str | Path) -> Path:
     if missing:
         raise VplError(f"--language-model {path}: lacks {', '.join(missing)}; pass a local folder of "
                        "google/siglip2-giant-opt-patch16-384 as the hub keeps it")
+    _check_text_files(path)
     return path
+
+
+def _check_text_files(path: Path) -> None:
+    """One line for a config that is no JSON object or a weights file that safetensors cannot open (cut short, a
+    download's error page): read cheaply (the JSON, the safetensors headers), before any model is built."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    redo = "re-download it from google/siglip2-giant-opt-patch16-384"
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        why = " ".join(str(e).split())[:100]
+        raise VplError(f"--language-model {path / 'config.json'}: not a readable JSON file ({why}); {redo}") from None
+    if not isinstance(config, dict):
+        raise VplError(f"--language-model {path / 'config.json'}: not a model config (a JSON object); {redo}")
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            why = " ".join(str(e).split())[:100]
+            raise VplError(f"--language-model {weights}: not a readable safetensors file ({why}); {redo}") from None
+
+
+def text_width(folder: Path) -> int | None:
+    """The width of the text rows a checked folder's ``config.json`` names (its ``text_config``'s
+    ``projection_size``, else ``hidden_size``), read without transformers; None when it names neither."""
+    import json
+
+    text = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("text_config") or {}
+    width = text.get("projection_size") or text.get("hidden_size") if isinstance(text, dict) else None
+    return int(width) if isinstance(width, int) else None
 
 
 def describe(chk: RadioCheckpoint) -> dict[str, Any]:
@@ -282,4 +317,5 @@ def describe(chk: RadioCheckpoint) -> dict[str, Any]:
 
 
 __all__ = ["RADIO_FIX", "RadioCheckpoint", "is_radio_file", "read_checkpoint", "backbone_state", "feature_normalizer",
-           "AdaptorMLP", "summary_head", "canonical", "SigLIP2Text", "check_text_folder", "describe", "TEXT_LENGTH"]
+           "AdaptorMLP", "summary_head", "canonical", "SigLIP2Text", "check_text_folder", "text_width", "describe",
+           "TEXT_LENGTH"]

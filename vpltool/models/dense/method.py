@@ -147,17 +147,16 @@ def sam_spec(cfg: SegmentConfig):
 def resolve_method(cfg: SegmentConfig, model=None) -> DenseMethod:
     """``cfg.dense`` resolved once into a :class:`DenseMethod` and checked before any model loads: its settings,
     mixing and hooks, the CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`, when given: its tower takes the
-    method, :meth:`DenseMethod.check_backbone`), its proxy and SAM files (:func:`proxy_spec`, :func:`sam_spec`), then
-    its hooks' own ``check`` (one line for a missing or foreign file)."""
+    method, :meth:`DenseMethod.check_backbone`), its hooks' own ``check`` (one line for a missing or foreign file),
+    then its proxy and SAM files (:func:`proxy_spec`, :func:`sam_spec`)."""
     hooks = dense_hooks(cfg.dense, cfg)
     mixing, changed = method_mixing(cfg, hooks)
     if model is not None:
         DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks).check_backbone(
             model)
-    method = DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks,
-                         proxy_spec(cfg), sam_spec(cfg))
-    hooks.check()
-    return method
+    hooks.check()  # its own files first: what it needs is said in its words (RADSeg: RADIO's checkpoint)
+    return DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks,
+                       proxy_spec(cfg), sam_spec(cfg))
 
 
 __all__ = ["DenseMethod", "resolve_method", "method_mixing", "proxy_spec", "sam_spec"]

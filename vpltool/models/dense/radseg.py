@@ -233,15 +233,32 @@ class RadsegBackbone:
         return clone
 
 
+def _head(path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(9)
+
+
 def _files(cfg):
     """The run's RADIO checkpoint and SigLIP 2 folder, checked (one line each), before any model is built."""
-    from ..backbones.radio import check_text_folder, is_radio_file, read_checkpoint, summary_head
+    import zipfile
+    from pathlib import Path
+
+    from ...io import is_regular_file
+    from ..backbones.radio import check_text_folder, is_radio_file, read_checkpoint, summary_head, text_width
 
     if cfg is None:
         raise VplError("--dense radseg runs on C-RADIOv3 and SigLIP 2's text tower: run it through segment or "
                        "vpltool.segmenter with --proxy-weights and --language-model")
-    if cfg.proxy_weights in ("hub", "none") or not is_radio_file(cfg.proxy_weights):
-        raise VplError(f"--dense radseg --proxy-weights {cfg.proxy_weights}: give NVlabs/RADIO's checkpoint (e.g. "
+    weights = cfg.proxy_weights
+    if weights not in ("hub", "none") and not is_regular_file(Path(weights).expanduser()):
+        raise VplError(f"{weights}: RADIO checkpoint not found; pass an existing file to --proxy-weights "
+                       "(NVlabs/RADIO's, e.g. c-radio_v3-b_half.pth.tar)")
+    if weights not in ("hub", "none") and not zipfile.is_zipfile(Path(weights).expanduser()) \
+            and _head(Path(weights).expanduser())[8:9] != b"{":  # neither torch's zip nor safetensors
+        raise VplError(f"{weights}: not a torch checkpoint (no zip archive: cut short, or another format); "
+                       "re-download NVlabs/RADIO's checkpoint (e.g. c-radio_v3-b_half.pth.tar) for --proxy-weights")
+    if weights in ("hub", "none") or not is_radio_file(weights):
+        raise VplError(f"--dense radseg --proxy-weights {weights}: give NVlabs/RADIO's checkpoint (e.g. "
                        "c-radio_v3-b_half.pth.tar, as its hub entry downloads it): the language adaptor RADSeg "
                        "reads is in it, beside the backbone")
     language = getattr(cfg.knobs, "language_model", None)
@@ -249,8 +266,20 @@ def _files(cfg):
         raise VplError("--dense radseg needs SigLIP 2's text tower: pass --language-model, a local folder of "
                        "google/siglip2-giant-opt-patch16-384")
     chk = read_checkpoint(cfg.proxy_weights)
-    head = summary_head(chk, knobs_of(cfg).adaptor)
-    return chk, head, check_text_folder(language)
+    adaptor = knobs_of(cfg).adaptor
+    head = summary_head(chk, adaptor)
+    folder = check_text_folder(language)
+    _check_widths(chk, adaptor, head, folder, text_width(folder))
+    return chk, head, folder
+
+
+def _check_widths(chk, adaptor: str, head, folder, rows: int | None) -> None:
+    """One line unless the adaptor head's output is as wide as the text tower's rows (``rows``; None: unknown)."""
+    width = head.final[-1].out_features if head.version == "v2" else head.fc2.out_features
+    if rows is not None and width != rows:
+        raise VplError(f"{chk.path}: its {adaptor} head maps patches to {width}-d rows, "
+                       f"--language-model {folder}'s text rows are {rows}-d; pass the text tower of that adaptor's "
+                       "teacher")
 
 
 class Hooks(DenseHooks, method="radseg", preset=PRESET):
@@ -284,10 +313,7 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
         certify(head, str(chk.path), RADIO_FIX)
         text = certify(SigLIP2Text(folder, device), str(folder), "pass a local folder of "
                        "google/siglip2-giant-opt-patch16-384 (re-download it)")
-        width = head.final[-1].out_features if head.version == "v2" else head.fc2.out_features
-        if width != text.dim:
-            raise VplError(f"{chk.path}: its {knobs.adaptor} head maps patches to {width}-d rows, --language-model "
-                           f"{folder}'s text rows are {text.dim}-d; pass the text tower of that adaptor's teacher")
+        _check_widths(chk, knobs.adaptor, head, folder, text.dim)  # the loaded config's, defaults included
         return RadsegBackbone(dino, head, feature_normalizer(chk), text, self, knobs.scra_scale)
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
