@@ -224,8 +224,11 @@ class Workspace:
         return path
 
     def relative(self, text: str) -> str:
-        """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``."""
-        return text.replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
+        """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``, and the
+        checkout's as ``<checkout>`` (the toy DINO's weights are the package's own), so the page reads the same
+        from every clone."""
+        text = text.replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
+        return text.replace(str(CHECKOUT), "<checkout>")
 
 
 # --------------------------------------------------------------------------------------------- the cases
@@ -766,7 +769,8 @@ def _talk2dino_dino_between_shards(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- no model file is trusted for its name alone; a per-image input is read once, as the run named it
-TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
+CHECKOUT = Path(__file__).resolve().parents[1]
+TOY_DINO = CHECKOUT / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 
 
 def _talk2dino_model(ws: Workspace, name: str, edit: Callable[[dict], dict] | None = None) -> Path:
