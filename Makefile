@@ -81,6 +81,12 @@ WORKERS ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null 
 # demo's commands several times slower. One each, unless the environment says otherwise (OMP_NUM_THREADS=4 make ...)
 OMP_NUM_THREADS ?= 1
 export OMP_NUM_THREADS
+# reproducible mode (`vpltool --reproducible`, docs/reproduce.md) for every command of the run: --precision auto is
+# fp32 and each library is capped at AVX2 with one thread, so the figures are the same bits on every x86-64 CPU (AVX2,
+# AVX-512, AMX). `make demo`, `make sgc`, `make affinity` and `make dense`, whose figures the README quotes, turn it
+# on (REPRODUCIBLE=0 runs them fast); a run of `make report`, `make voc` or `make coco` is fast unless REPRODUCIBLE=1
+REPRODUCIBLE ?= $(if $(filter 1,$(VPLTOOL_REPRODUCIBLE)),1,0)
+export VPLTOOL_REPRODUCIBLE := $(if $(filter 1,$(REPRODUCIBLE)),1,0)
 WORLD_TRAIN ?= 500
 WORLD_VAL ?= 200
 SEED ?= 0
@@ -214,15 +220,17 @@ test-fast: lint
 DEMO_REFINES = $(call pick,REFINES,none caa)
 DEMO_ROWS = DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)'
 demo: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report $(DEMO_ROWS)
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report $(DEMO_ROWS) REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## The demo's DINO affinity rows (AFFINITY_ROWS: CAA from DINO's attention), then the table again
 affinity: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= REFINES='$(DEMO_REFINES)'
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= REFINES='$(DEMO_REFINES)' \
+	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## The demo's SSR rows (REFINES with caa+sgc: its CAMs, CRF masks and decoder, a third candidate), then the table
 sgc: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS=
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= \
+	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## Render the demo world (synthetic scenes with exact masks)
 world: $(RUN)/world/_stage.json
@@ -344,7 +352,8 @@ dense_size = $(subst --short-side,--dense-side,$(subst --slide-crop,--dense-crop
 DENSE_METRICS = $(foreach m,$(DENSE),$(RUN)/metrics/dense/$(m)/segment_val.json) \
   $(foreach m,$(DENSE_SEEDS),$(addprefix $(RUN)/metrics/dense/$(m)/,cams.json pseudo.json pred_val.json))
 dense: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report AFFINITY_ROWS= REFINES='$(DEMO_REFINES)'
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
+	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 dense-metrics: $(DENSE_METRICS)
 $(RUN)/dense/%/segment_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
 	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense $* --model $(MODEL) --pretrained $(PRETRAINED) \

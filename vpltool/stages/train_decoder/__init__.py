@@ -54,6 +54,7 @@ from ...device import resolve_precision, seed_everything
 from ...errors import VplError
 from ...models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ...models.backbones.gradcam import PrototypeRows
+from ...numerics import run_numerics
 from ...runtime.ranks import process_group
 from .board import Board, draw_curve, memory_gib
 from .data import (
@@ -171,7 +172,7 @@ class _Run:
     def meta(self) -> dict[str, Any]:
         # to_params: an option without effect in this combination is not recorded (as every stage records)
         return {"decoder_config": to_params(self.cfg), "inputs": self.inputs, "model": self.protos.model,
-                "world_size": self.world}
+                "world_size": self.world, **{k: v for k, v in self.extra_meta.items() if k == io.NUMERICS}}
 
     def restore(self, ckpt: Path | None) -> int:
         """Load the checkpoint (if any) and trim the log to it; returns the first iteration to run."""
@@ -412,11 +413,18 @@ def run_train_decoder(
         if world > 1 and cfg.dino_model:
             raise VplError("--recipe weclip+ trains in one process (its two-branch step runs outside "
                            "DistributedDataParallel); run it without torchrun")
+        # the masks' and prototypes' dtype and mode must be this run's (checked before anything is created)
+        numerics = run_numerics(resolve_precision(runtime.precision, device), runtime.precision)
+        io.check_numerics(numerics, *([] if online else [(pseudo_dir, record.get(io.NUMERICS), record["stage"])]),
+                          protos.made())
+        extra_meta["numerics"] = numerics  # in the decoder and its checkpoints
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             if ckpt is not None:  # before any model loads: a refused resume costs nothing and leaves the folder
-                _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world)
+                head = io.read_checkpoint(ckpt, header_only=True)[2]
+                io.check_numerics(numerics, (ckpt, io.header_numerics(head.raw_meta), "train-decoder"))
+                _check_resumable(head, cfg, inputs, world)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
                        extra_meta)
             start = run.restore(ckpt)
