@@ -16,7 +16,9 @@ one after the other (the records name their folder), then keeps its files for th
 * ``reproducible-amx``: the same with ``VPLTOOL_ASSUME_AMX=1`` (``--precision auto`` as a CPU with AMX resolves
   it), which reproducible mode must ignore;
 * ``fast`` and ``fast-avx2``: the negative control, the same pair in fast mode (``REPRODUCIBLE=0``): they must
-  differ, else the emulation changes nothing and the pair above proves nothing.
+  differ, else the emulation changes nothing and the pair above proves nothing;
+* ``fast-threads2``: fast mode with two intra-op threads a command (``OMP_NUM_THREADS=2``) where the others run one:
+  what the thread count alone changes (measured, not checked).
 
 The emulation's instruction caps are the settings reproducible mode sets itself (:data:`vpltool.numerics.ISA_PINS`,
 the libraries' documented caps); in fast mode they are the only difference between the two runs of a pair.
@@ -55,9 +57,11 @@ VARIANTS = {
     "reproducible-amx": {"REPRODUCIBLE": "1", "avx2": False, "amx": "1"},
     "fast": {"REPRODUCIBLE": "0", "avx2": False, "amx": None},
     "fast-avx2": {"REPRODUCIBLE": "0", "avx2": True, "amx": None},
+    "fast-threads2": {"REPRODUCIBLE": "0", "avx2": False, "amx": None, "threads": "2"},
 }
+# (a, b, expected): "same" and "differ" are checked; "measured" only says what the threads change
 PAIRS = (("reproducible", "reproducible-avx2", "same"), ("reproducible", "reproducible-amx", "same"),
-         ("fast", "fast-avx2", "differ"))
+         ("fast", "fast-avx2", "differ"), ("fast", "fast-threads2", "measured"))
 
 
 def avx2_machine() -> dict[str, str]:
@@ -73,8 +77,9 @@ def avx2_machine() -> dict[str, str]:
 def run_variant(name: str, run: Path, venv: Path, settings: tuple[str, ...]) -> dict:
     """``make RUN/metrics.json`` with the variant's environment into ``run`` (fresh); wall and CPU seconds."""
     spec = VARIANTS[name]
-    env = {k: v for k, v in os.environ.items() if k not in numerics.pinned_environment() or k == "OMP_NUM_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k not in numerics.pinned_environment()}
     env.pop(numerics.ASSUME_AMX_ENV, None)
+    env["OMP_NUM_THREADS"] = spec.get("threads", "1")  # the Makefile's own default: one thread a command
     if spec["avx2"]:
         env.update(avx2_machine())
     if spec["amx"] is not None:
@@ -167,7 +172,8 @@ def main() -> None:
         if a in names and b in names:
             result = compare(args.work / a, args.work / b)
             same = result["files_differ"] == 0
-            pairs.append({"a": a, "b": b, "expect": expect, "ok": same == (expect == "same"), **result})
+            ok = None if expect == "measured" else same == (expect == "same")
+            pairs.append({"a": a, "b": b, "expect": expect, "ok": ok, **result})
     print(json.dumps({"benchmark": "reproducible", "machine": benchlib.machine("cpu"), "settings": list(settings),
                       "variants": timings, "digests": {n: digest(args.work / n) for n in names}, "pairs": pairs},
                      indent=1))
