@@ -4,10 +4,12 @@
 
     python bench/bench_reproducible.py [--work /tmp/bench-repro] [--variants A,B,...] [--quick]
 
-Each variant runs the Makefile's demo pipeline (``make RUN/metrics.json``: the world, extract, text prototypes, text
-and vision CAMs of refinements none and caa, their CRF masks on both splits, the decoder of each and the one chosen
-on train predicting val, `demo-report`) on a reduced world and schedule (:data:`REDUCED`), in the same run folder
-one after the other (the records name their folder), then keeps its files for the comparison:
+Each variant renders the reduced world (its scenes are compared with those of a master world rendered once), then
+runs the Makefile's demo pipeline (``make RUN/metrics.json``: extract, text prototypes, text and vision CAMs of
+refinements none and caa, their CRF masks on both splits, the decoder of each and the one chosen on train predicting
+val, `demo-report`) on a reduced schedule (:data:`REDUCED`) over a copy of the master world (file times kept: the
+records' dataset digests hold them), in the same run folder one after the other (the records name their folder),
+and keeps its files for the comparison:
 
 * ``reproducible``: ``make demo``'s mode (``REPRODUCIBLE=1``), this machine as it is (AVX-512, no AMX here);
 * ``reproducible-avx2``: the same with an AVX2-only machine emulated from the start: every library's instructions
@@ -74,8 +76,8 @@ def avx2_machine() -> dict[str, str]:
     return env
 
 
-def run_variant(name: str, run: Path, venv: Path, settings: tuple[str, ...]) -> dict:
-    """``make RUN/metrics.json`` with the variant's environment into ``run`` (fresh); wall and CPU seconds."""
+def variant_env(name: str) -> dict[str, str]:
+    """The environment a variant's commands run in (the mode's variables of this shell left out)."""
     spec = VARIANTS[name]
     env = {k: v for k, v in os.environ.items() if k not in numerics.pinned_environment()}
     env.pop(numerics.ASSUME_AMX_ENV, None)
@@ -84,17 +86,44 @@ def run_variant(name: str, run: Path, venv: Path, settings: tuple[str, ...]) -> 
         env.update(avx2_machine())
     if spec["amx"] is not None:
         env[numerics.ASSUME_AMX_ENV] = spec["amx"]
-    shutil.rmtree(run, ignore_errors=True)
+    return env
+
+
+def make(name: str, target: str, run: Path, venv: Path, settings: tuple[str, ...]) -> dict:
+    """``make TARGET RUN=run`` with the variant's environment and mode; wall and CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", f"{run}/metrics.json", f"RUN={run}",
-                           f"VENV={venv}", f"REPRODUCIBLE={spec['REPRODUCIBLE']}", *settings], env=env,
+    proc = subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", target, f"RUN={run}", f"VENV={venv}",
+                           f"REPRODUCIBLE={VARIANTS[name]['REPRODUCIBLE']}", *settings], env=variant_env(name),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise SystemExit(f"{name}: make failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{name}: make {target} failed:\n{proc.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1)}
+
+
+def world_files(world: Path) -> dict[str, bytes]:
+    """The rendered scenes: every image and mask PNG and the class list."""
+    return {str(p.relative_to(world)): p.read_bytes() for p in sorted(world.rglob("*"))
+            if p.suffix in (".png", ".jpg", ".txt")}
+
+
+def run_variant(name: str, work: Path, master: Path, venv: Path, settings: tuple[str, ...]) -> dict:
+    """The variant's world rendered (its scenes compared with the master world's), then the pipeline in
+    ``work/run`` on a copy of the master world (modification times kept: the records' dataset digests hold them,
+    so every run's records and file headers can be the same bytes), kept as ``work/NAME``."""
+    scratch = work / "worlds" / name
+    shutil.rmtree(scratch.parent, ignore_errors=True)
+    make(name, f"{scratch}/world/_stage.json", scratch, venv, settings)
+    same_world = world_files(scratch / "world") == world_files(master)
+    run = work / "run"  # every variant runs here: the records name the folder
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(master, run / "world", copy_function=shutil.copy2)
+    timing = make(name, f"{run}/metrics.json", run, venv, settings)
+    shutil.rmtree(work / name, ignore_errors=True)
+    run.rename(work / name)
+    return {**timing, "world_scenes_identical": same_world}
 
 
 def outputs(folder: Path) -> dict[str, Path]:
@@ -158,14 +187,13 @@ def main() -> None:
     args = ap.parse_args()
     venv = Path(sys.executable).parent.parent
     settings = QUICK if args.quick else REDUCED
-    run = args.work / "run"  # every variant runs here: the records name the folder
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    master = args.work / "master" / "world"  # the world every variant's pipeline reads: rendered once, reproducibly
+    if not (master / "_stage.json").is_file():
+        make("reproducible", f"{master}/_stage.json", master.parent, venv, settings)
     timings = {}
     for name in names:
-        timings[name] = run_variant(name, run, venv, settings)
-        kept = args.work / name
-        shutil.rmtree(kept, ignore_errors=True)
-        run.rename(kept)
+        timings[name] = run_variant(name, args.work, master, venv, settings)
         print(f"{name}: {timings[name]}", file=sys.stderr)
     pairs = []
     for a, b, expect in PAIRS:
