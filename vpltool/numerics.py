@@ -140,6 +140,9 @@ def _not_pinned() -> list[str]:
         on = [name for name in ISA_PINS["NPY_DISABLE_CPU_FEATURES"].split() if have.get(name)]
         if on:
             why.append(f"numpy dispatches {', '.join(on)}")
+    if "cv2" in sys.modules and "AVX512F" in pinned_environment().get("OPENCV_CPU_DISABLE", ""):
+        if sys.modules["cv2"].checkHardwareSupport(13):  # cv::CPU_AVX_512F
+            why.append("OpenCV dispatches AVX512F")
     return sorted(set(why), key=why.index)
 
 
