@@ -39,6 +39,7 @@ def test_import_vpltool_imports_no_torch_and_names_load_on_use():
         vpltool.no_such_name  # noqa: B018
 
 
+@pytest.mark.numeric  # both at --precision auto: bf16 on a CPU with AMX, where a path in another dtype would show
 @pytest.mark.parametrize("method", ["maskclip", "naclip"])
 def test_segmenter_label_map_equals_the_cli_mask(world, tmp_path, method):
     out = tmp_path / "seg"

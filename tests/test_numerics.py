@@ -18,7 +18,6 @@ from vpltool.device import cpu_has_amx, resolve_precision
 from vpltool.errors import ContractError, VplError
 
 CPU = torch.device("cpu")
-pytestmark = pytest.mark.numeric
 
 
 def _fresh(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -17,8 +17,8 @@ import pytest
 
 from vpltool import numerics
 
-pytestmark = [pytest.mark.numeric,
-              pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="x86-64 with AVX2")]
+# (not marked numeric: it sets the AMX switch itself, and clears it from the environment it is given)
+pytestmark = pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="x86-64 with AVX2")
 
 TINY = ["--model", "vpl-test-vit", "--pretrained", "none", "--device", "cpu"]
 RUN = """
