@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     run = args.run.resolve()
     choice = json.loads((run / "metrics" / "pseudo_choice.json").read_text())
-    pseudo = Path(choice["folder"])
+    pseudo = Path(choice["folder"]).resolve()  # as choose-pseudo recorded it (relative to where make ran)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = {seed: val_miou(run, pseudo, seed) for seed in seeds}
     values = list(rows.values())
