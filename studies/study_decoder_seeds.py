@@ -44,7 +44,7 @@ def _vpl(*args: object) -> None:
 def val_miou(run: Path, pseudo: Path, seed: int) -> float:
     """mIoU % on val of the decoder of ``seed`` (seed 0: the run's own, scored by `make demo`)."""
     if seed == 0 and (run / "metrics" / "pred_val.json").is_file():
-        return round(100 * json.loads((run / "metrics" / "pred_val.json").read_text())["miou"], 2)
+        return 100 * json.loads((run / "metrics" / "pred_val.json").read_text())["miou"]
     tag = run / "decoder_seeds" / f"seed{seed}"
     decoder = tag / "decoder" / "decoder.safetensors"
     if not decoder.is_file():
@@ -54,7 +54,7 @@ def val_miou(run: Path, pseudo: Path, seed: int) -> float:
     if not scored.is_file():
         _vpl("predict", decoder, "--split", "val", "-o", tag / "pred_val", "--device", "cpu", "--overwrite")
         _vpl("eval", tag / "pred_val", "--json", scored)
-    return round(100 * json.loads(scored.read_text())["miou"], 2)
+    return 100 * json.loads(scored.read_text())["miou"]
 
 
 def main() -> None:
@@ -66,14 +66,14 @@ def main() -> None:
     choice = json.loads((run / "metrics" / "pseudo_choice.json").read_text())
     pseudo = Path(choice["folder"]).resolve()  # as choose-pseudo recorded it (relative to where make ran)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = {seed: val_miou(run, pseudo, seed) for seed in seeds}
+    rows = {seed: val_miou(run, pseudo, seed) for seed in seeds}  # unrounded: each figure is rounded once, shown
     values = list(rows.values())
-    summary = {"mean": round(statistics.fmean(values), 2),
-               "sd": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+    summary = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
                "min": min(values), "max": max(values), "n": len(values)}
     print(json.dumps({"study": "decoder_seeds", "machine": machine("cpu"), "run": str(args.run),
                       "pseudo": str(pseudo.relative_to(run)), "chosen": choice.get("chosen"),
-                      "val_miou_by_seed": {str(k): v for k, v in rows.items()}, "val_miou": summary}, indent=1))
+                      "val_miou_by_seed": {str(k): round(v, 4) for k, v in rows.items()},
+                      "val_miou": {k: v if k == "n" else round(v, 4) for k, v in summary.items()}}, indent=1))
     lines = ["| decoder seed | val mIoU % |", "|---|---|", *(f"| {k} | {v:.1f} |" for k, v in rows.items()),
              f"| mean ± sd (n={summary['n']}) | {summary['mean']:.1f} ± {summary['sd']:.1f} "
              f"(min {summary['min']:.1f}, max {summary['max']:.1f}) |"]
