@@ -5972,6 +5972,52 @@ def _report_benchmark_folder(ws: Workspace) -> Iterator[list[object]]:
         shutil.copytree(ws.cams, out / method / "voc21")
     yield ["report", out, "-o", ws.out("report_bench"), "--workers", "1"]
 
+# ---- the dtype and numeric mode a file was made in (vpltool.numerics): a later stage never mixes them unsaid
+@case("cam on features made at bf16 by --precision auto on a CPU with AMX, on a CPU without (auto: fp32)",
+      "features_amx: made at bf16 (--precision auto on a CPU with AMX); this run is at fp32 (--precision auto): pass "
+      "--precision bf16 to this command, or re-run `vpltool extract` (and what it was made from) with --precision "
+      "fp32")
+def _cam_on_amx_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.root / "features_amx"
+    if not (features / "_stage.json").is_file():
+        with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):  # as an AMX machine makes them
+            cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1")
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "0"}):  # this run: a CPU without AMX, whatever runs it
+        yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_of_amx"), *CPU]
+
+
+@case("cam (fast mode) on features made by `vpltool --reproducible extract`",
+      "features_reproducible: made in reproducible mode; this run is in fast mode: run this command in reproducible "
+      "mode too (vpltool --reproducible ..., or VPLTOOL_REPRODUCIBLE=1), or re-run `vpltool extract` without it")
+def _cam_on_reproducible_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.root / "features_reproducible"
+    if not (features / "_stage.json").is_file():  # a process of its own: the mode pins libraries before they load
+        env = {k: v for k, v in os.environ.items() if k != "VPLTOOL_ASSUME_AMX"}
+        subprocess.run([sys.executable, "-m", "vpltool", "--reproducible", "extract", ws.world, "--split", "train",
+                        "-o", features, *TINY, *CPU, "--workers", "1"], check=True, env=env, capture_output=True)
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_of_reproducible"), *CPU]
+
+
+@case("segment --dense corrclip at --precision auto on a CPU with AMX (bf16: DBSCAN reads its distances widened "
+      "exactly to fp32)", "✓ segment (corrclip): 2 masks", exit_code=0, leaves=("corrclip_amx/", "corrclip_amx/*"))
+def _corrclip_at_bf16(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    masks = ws.root / "corrclip_regions"
+    if not masks.is_dir():  # each val image: its left and right halves, and an unsegmented top band
+        masks.mkdir()
+        for image in sorted((ws.world / "images").glob("val_*")):
+            ids = np.ones((96, 96), np.int32)
+            ids[:, 48:], ids[:24] = 2, 0
+            np.savez(masks / f"{image.stem}.npz", instance_mask=ids)
+    dino = ws.root / "dino_corrclip.safetensors"
+    shutil.copy(Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors", dino)
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):
+        yield ["segment", ws.world, "--split", "val", "-o", ws.out("corrclip_amx"), *TINY, *CPU, "--dense", "corrclip",
+               "--classes", ",".join(SHAPES), "--proxy-model", "test_vit", "--proxy-weights", dino, "--region-masks",
+               masks, "--short-side", "64", "--slide-crop", "64", "--slide-stride", "32"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
@@ -5996,7 +6042,9 @@ docs/file-formats.md): never an input of the run, inside an input folder or insi
 stage's folder or a non-empty folder vpltool did not make (`--overwrite` included). Records are checked like input,
 one lock per folder serves plain runs and shards alike and dies with its run, an option without effect is warned
 about and not recorded, and a resume whose inputs changed since the folder's record is refused before any item is
-skipped. A command shown with `VAR=value` (or `env -u VAR`) ran with that environment.
+skipped. A command shown with `VAR=value` (or `env -u VAR`) ran with that environment. A figure that follows the
+CPU's float arithmetic (an mIoU, a loss: the dtype `--precision auto` picks and the kernels each CPU runs) is shown
+as `·`, so that the page is the same on every machine.
 """
 
 
@@ -6017,13 +6065,16 @@ def _stable(text: str) -> str:
 
 def without_scores(text: str) -> str:
     """``text`` with each mIoU and loss figure shown as ``·`` (``mIoU 14.68`` → ``mIoU ·``, ``loss 2.06 → 4.62`` →
-    ``loss · → ·``). These come from float sums whose last bit follows the machine's BLAS and CPU (CI printed
-    14.67 where this machine printed 14.68), so the page keeps the figures one run printed and the up-to-date check
-    compares everything else."""
+    ``loss · → ·``, ``(2.984e+28 → 2.984e+28 nats)`` → ``(· → · nats)``). These come from float sums whose last
+    bits follow the machine's BLAS and CPU (CI printed 14.67 where this machine printed 14.68) and from the dtype
+    ``--precision auto`` resolves to (bf16 on a CPU with AMX: 2.997e+28 nats where fp32 gives 2.984e+28), so the
+    page shows neither (:func:`render`) and is the same on every machine."""
     import re
 
-    return re.sub(r"\b(mIoU|loss) [0-9]+\.[0-9]+((?: → [0-9]+\.[0-9]+)*)",
+    text = re.sub(r"\b(mIoU|loss) [0-9]+\.[0-9]+((?: → [0-9]+\.[0-9]+)*)",
                   lambda m: f"{m.group(1)} ·" + " → ·" * m.group(2).count("→"), text)
+    return re.sub(r"\(([0-9.]+(?:e[+-]?[0-9]+)?(?: → )?)+ nats\)",
+                  lambda m: "(" + " → ".join("·" for _ in m.group(0).split("→")) + " nats)", text)
 
 
 def render(rows: list[tuple[Case, str, Outcome]]) -> str:
@@ -6031,7 +6082,8 @@ def render(rows: list[tuple[Case, str, Outcome]]) -> str:
     lines = [HEADER, "| case | command | exit code | what the user sees | left on disk |", "|---|---|---|---|---|"]
     for c, command, outcome in rows:
         left = _cell(describe_left(outcome.left)) if outcome.left else "nothing"
-        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(_stable(outcome.seen))} | {left} |")
+        seen = without_scores(_stable(outcome.seen))
+        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} | {left} |")
     return "\n".join(lines) + "\n"
 
 

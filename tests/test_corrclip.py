@@ -221,6 +221,7 @@ def _region_folder(ds, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.numeric  # at --precision auto: bf16 on a CPU with AMX (its DBSCAN hand-off once raised there)
 def test_segment_with_a_folder_of_region_masks_and_a_bad_file(world, tiny_spec, tmp_path):
     from vpltool import io
     from vpltool.config import RuntimeConfig, SegmentConfig

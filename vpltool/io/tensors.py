@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..errors import ContractError, VplError
 from . import files
-from .provenance import ITEM_WRITERS, RUN_META, check_item, writing_digest
-from .records import FORMAT_VERSION, check_format
+from .provenance import ITEM_WRITERS, RUN_META, check_item, writing_digest, writing_numerics
+from .records import FORMAT_VERSION, NUMERICS, check_format
 from .values import check_weight_values, is_finite
 
 
@@ -43,7 +43,9 @@ def write_tensors(
         kind: the file kind (``features``, ``prototypes``, ``cam``, ``decoder``, ...).
         classes: class names, index 0 = background.
         params: the producing stage's parameters (JSON-able).
-        extra: more ``vpltool.<key>`` metadata; non-strings are JSON-encoded.
+        extra: more ``vpltool.<key>`` metadata; non-strings are JSON-encoded. ``numerics``: the dtype and mode of
+            the run that made the file (:func:`vpltool.numerics.run_numerics`); an item of a stage folder takes its
+            run's from the folder's ``_run.json`` when not given.
     """
     meta = {
         "vpltool.format": FORMAT_VERSION,
@@ -56,6 +58,9 @@ def write_tensors(
                  for k, v in extra.items()})
     if kind in ITEM_WRITERS and (run := writing_digest(Path(path).parent)) is not None:
         meta[f"vpltool.{RUN_META}"] = run  # the run under way in the item's folder (vpltool.io.provenance)
+    if kind in ITEM_WRITERS and f"vpltool.{NUMERICS}" not in meta \
+            and (made := writing_numerics(Path(path).parent)) is not None:
+        meta[f"vpltool.{NUMERICS}"] = json.dumps(made, sort_keys=True)  # the dtype and mode of that run
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     for name, tensor in data.items():  # a diverged run must not leave a file that poisons every later stage
         if not checked and not is_finite(tensor):
@@ -320,6 +325,27 @@ def read_tensors(
     except Exception as e:  # a file truncated after its header
         raise ContractError(f"{path}: damaged safetensors file ({e}); re-run the stage that wrote it") from None
     return TensorFile(path, tensors, meta)
+
+
+def header_numerics(meta: Mapping[str, str]) -> Any:
+    """``vpltool.numerics`` of a header (the dtype and mode of the run that made the file), decoded; None for a file
+    of a vpltool before numerics were recorded (:func:`vpltool.io.check_numerics` names a damaged one)."""
+    raw = meta.get(f"vpltool.{NUMERICS}")
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def file_numerics(path: str | os.PathLike) -> Any:
+    """The numerics a model file records (:func:`header_numerics`), None for a file that records none or is not a
+    safetensors file (a released checkpoint)."""
+    try:
+        return header_numerics(read_header(path))
+    except VplError:
+        return None
 
 
 def header_classes(path: Path, meta: Mapping[str, str]) -> list[str]:

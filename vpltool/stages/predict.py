@@ -50,6 +50,7 @@ from ..decoder import (
 from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
 from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
+from ..numerics import run_numerics
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
 from ..runtime.batches import image_names, image_stage, run_image_batches, to_device
 
@@ -227,6 +228,8 @@ def run_predict(
                      overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
+    numerics = run_numerics(dtype, runtime.precision)  # the decoder's dtype and mode must be this run's
+    io.check_numerics(numerics, (decoder_file, io.header_numerics(io.read_header(decoder_file)), "train-decoder"))
     if cfg.crf:  # the backend that runs is recorded: the two differ in float rounding
         cfg = replace(cfg, crf_backend=resolve_backend(cfg.crf_backend, device.type))
         if cfg.crf_backend == "pydensecrf":
@@ -273,7 +276,7 @@ def run_predict(
         run(clip, model, arch["blocks"], items, sizes, long_side, out, cfg, runtime, dtype, overlays, on_item)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                            shard=shard, sides={"--save-overlays": overlays})
+                            shard=shard, sides={"--save-overlays": overlays}, numerics=numerics)
     return image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start, classes=classes)
 
 

@@ -25,6 +25,7 @@ from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec
 from ...models.dense.bands import check_photo_memory
 from ...models.dense.segmentor import batch_extras, dense_input, photo_logits, settings_params, short_side_size
+from ...numerics import run_numerics
 from ...runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "cam"
@@ -93,6 +94,8 @@ def run_dense_cam(
     settings = cfg.resolved()
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
+    numerics = run_numerics(dtype, runtime.precision)
+    io.check_numerics(numerics, protos.made())
     params = {"source": "dense", "dense": cfg.dense,
               "settings": settings_params(settings),
               "prototypes": io.file_identity(protos.path, source=protos.source), **method.hooks.record()}
@@ -106,7 +109,8 @@ def run_dense_cam(
                                 f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
         _run(bb, items, sizes, protos, settings, dataset.classes, params, out, runtime, dtype, on_item)
 
-    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard_from_env(shard))
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard_from_env(shard),
+                            numerics=numerics)
     return image_stage(folder, dataset, io.cam_path, runtime.loader_workers(device), work, on_start, inputs=inputs)
 
 

@@ -100,11 +100,11 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, cfg: Correlation) -> t
     if len(values) <= 2:
         return ids
     regions = [ids == v for v in values]
-    # in float32 whatever the run's precision: DBSCAN's <= eps is a knife-edge comparison, and numpy has no bfloat16
-    with torch.autocast(feats.device.type, enabled=False):
-        means = F.normalize(torch.stack([feats[m].float().mean(dim=0) for m in regions]), dim=1)[1:]
-        sim = means @ means.T
-    cluster = torch.from_numpy(dbscan_labels((sim.max() - sim).cpu().numpy(), cfg.eps)).to(ids)
+    means = F.normalize(torch.stack([feats[m].mean(dim=0) for m in regions]), dim=1)[1:]
+    sim = means @ means.T
+    # the distances as the run's dtype made them (the reference hands DBSCAN its fp16 matrix); numpy has no bf16,
+    # and widening bf16 to float32 is exact, so DBSCAN sees the same values at --precision bf16 as any other
+    cluster = torch.from_numpy(dbscan_labels((sim.max() - sim).float().cpu().numpy(), cfg.eps)).to(ids)
     out = ids.clone()
     for region, c in zip(regions[1:], cluster):
         out[region] = c + cfg.pad_id
