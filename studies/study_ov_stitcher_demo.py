@@ -87,9 +87,9 @@ def main() -> None:
     tried, configs, bb = {}, {}, None
     for triple in args.settings.split(","):
         side, crop, stride = (int(v) for v in triple.split("/"))
-        cfg = SegmentConfig(dense="ov-stitcher", templates=TEMPLATES[0], background=",".join(BACKGROUND),
-                            short_side=side, slide_crop=crop, slide_stride=stride, proxy_model="test_vit",
-                            proxy_weights=str(TOY_DINO), region_masks=str(folder))
+        cfg = SegmentConfig.of(dense="ov-stitcher", templates=TEMPLATES[0], background=",".join(BACKGROUND),
+                               short_side=side, slide_crop=crop, slide_stride=stride, proxy_model="test_vit",
+                               proxy_weights=str(TOY_DINO), region_masks=str(folder))
         method = resolve_method(cfg)
         bb = method.load(spec, "cpu", bb)
         text, query_class = query_rows(bb, [[c] for c in train.classes[1:]], TEMPLATES, BACKGROUND)

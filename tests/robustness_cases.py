@@ -224,8 +224,11 @@ class Workspace:
         return path
 
     def relative(self, text: str) -> str:
-        """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``."""
-        return text.replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
+        """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``, and the
+        checkout's as ``<checkout>`` (the toy DINO's weights are the package's own), so the page reads the same
+        from every clone."""
+        text = text.replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
+        return text.replace(str(CHECKOUT), "<checkout>")
 
 
 # --------------------------------------------------------------------------------------------- the cases
@@ -671,7 +674,8 @@ def _local_clip_cut_short(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("a local-dir CLIP's weights replaced under the same name between segment --shard 0/2 and --shard 1/2",
-      "seg_shard: an interrupted run made with other parameters (model (its weights' content) differ)")
+      "seg_shard: an interrupted run made from other inputs (model local-dir:clip_shard: its weights' content "
+      "changed (sha256 ")
 def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
     clip, out = _local_clip(ws, "clip_shard"), ws.out("seg_shard")
     args = ["segment", ws.world, "--split", "val", "-o", out, "--model", f"local-dir:{clip}", *CPU]
@@ -681,7 +685,8 @@ def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("a local-dir CLIP's weights replaced under the same name between benchmark --shard 0/2 and --shard 1/2",
-      "made with other parameters", "model (its weights' content) differ")
+      "bench_shard/voc21: an interrupted run made from other inputs", "model local-dir:clip_bench_shard: its "
+      "weights' content changed")
 def _weights_between_benchmark_shards(ws: Workspace) -> Iterator[list[object]]:
     clip, out = _local_clip(ws, "clip_bench_shard"), ws.out("bench_shard")
     args = ["benchmark", "naclip", "--root", f"voc21={_miniature(ws, 'voc21')}", "-o", out, "--model",
@@ -689,6 +694,43 @@ def _weights_between_benchmark_shards(ws: Workspace) -> Iterator[list[object]]:
     cli_ok(*args, "--shard", "0/2")
     _replace_weights(clip)
     yield [*args, "--shard", "1/2"]
+
+
+# the same bytes by another path are the same model: a folder reached through a symlink, or renamed (io.by_content)
+@case("the same local-dir CLIP through a symlink for segment --shard 1/2 (accepted: the same bytes)",
+      "✓ segment (naclip): 1 masks", exit_code=0,
+      leaves=("seg_clip_link/*", "-seg_clip_link/_run.json", "-seg_clip_link/_shard.0-of-2.json"))
+def _clip_through_symlink(ws: Workspace) -> Iterator[list[object]]:
+    clip, out, link = _local_clip(ws, "clip_linked"), ws.out("seg_clip_link"), ws.root / "clip_link"
+    args = ["segment", ws.world, "--split", "val", "-o", out, *CPU, *TEXT_ARGS, "--short-side", "64", "--slide-crop",
+            "0"]
+    cli_ok(*args, "--model", f"local-dir:{clip}", "--shard", "0/2")
+    if not link.is_symlink():
+        link.symlink_to(clip, target_is_directory=True)
+    yield [*args, "--model", f"local-dir:{link}", "--shard", "1/2"]
+
+
+@case("the dataset's folder renamed between segment --shard 0/2 and --shard 1/2 (accepted: every image and label "
+      "the same bytes)", "✓ segment (naclip): 1 masks", exit_code=0,
+      leaves=("seg_world_moved/*", "-seg_world_moved/_run.json", "-seg_world_moved/_shard.0-of-2.json"))
+def _dataset_renamed_between_shards(ws: Workspace) -> Iterator[list[object]]:
+    world, out, moved = ws.copy(ws.world, "world_before_move"), ws.out("seg_world_moved"), ws.out("world_after_move")
+    args = ["-o", out, *TINY, *CPU, *TEXT_ARGS, "--classes", "star,circle", "--short-side", "64", "--slide-crop", "0"]
+    cli_ok("segment", world, "--split", "val", *args, "--shard", "0/2")
+    world.rename(moved)
+    yield ["segment", moved, "--split", "val", *args, "--shard", "1/2"]
+
+
+@case("the same local-dir CLIP renamed between segment --shard 0/2 and --shard 1/2 (accepted: the same bytes)",
+      "✓ segment (naclip): 1 masks", exit_code=0,
+      leaves=("seg_clip_renamed/*", "-seg_clip_renamed/_run.json", "-seg_clip_renamed/_shard.0-of-2.json"))
+def _clip_renamed(ws: Workspace) -> Iterator[list[object]]:
+    clip, out, renamed = _local_clip(ws, "clip_before_rename"), ws.out("seg_clip_renamed"), ws.out("clip_renamed")
+    args = ["segment", ws.world, "--split", "val", "-o", out, *CPU, *TEXT_ARGS, "--short-side", "64", "--slide-crop",
+            "0"]
+    cli_ok(*args, "--model", f"local-dir:{clip}", "--shard", "0/2")
+    clip.rename(renamed)
+    yield [*args, "--model", f"local-dir:{renamed}", "--shard", "1/2"]
 
 
 @case("a local-dir CLIP's weights replaced under the same name after train-decoder (predict)",
@@ -724,6 +766,183 @@ def _talk2dino_dino_between_shards(ws: Workspace) -> Iterator[list[object]]:
     cli_ok(*args, "--shard", "0/2")
     _replace_weights_file(dino)
     yield [*args, "--shard", "1/2"]
+
+
+# ---- no model file is trusted for its name alone; a per-image input is read once, as the run named it
+CHECKOUT = Path(__file__).resolve().parents[1]
+TOY_DINO = CHECKOUT / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
+
+
+def _talk2dino_model(ws: Workspace, name: str, edit: Callable[[dict], dict] | None = None) -> Path:
+    """A Talk2DINO projection over the toy DINO and toy CLIP (seeded), saved as ``name``; ``edit``: its tensors
+    changed before saving, the header kept."""
+    from safetensors.torch import save_file
+
+    from vpltool.models.text.family import text_family
+
+    fam = text_family("talk2dino")
+    cfg = fam.model_config(fam.TrainConfig.recipe_config("demo", dino_weights=str(TOY_DINO), crop_size=64))
+    path = fam.save_checkpoint(ws.root / name, fam.build_model(cfg, 0))
+    if edit is not None:
+        tensors, meta = _tensors_and_meta(path)
+        save_file(edit(tensors), str(path), metadata=meta)
+    return path
+
+
+def _all_nan(tensors: dict) -> dict:
+    """Every floating-point tensor times NaN (the header, shapes and dtypes kept)."""
+    return {k: v * float("nan") if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+@case("a Talk2DINO checkpoint whose every weight is NaN, the same header (segment --model talk2dino:FILE; was ✓ "
+      "with every pixel class 1, and eval's mIoU 0.08)", "t2d_nan.safetensors: tensor 'proj.linear_layer.weight' "
+      "holds NaN or inf", "pass a talk2dino.safetensors")
+def _talk2dino_nan(ws: Workspace) -> Iterator[list[object]]:
+    model = _talk2dino_model(ws, "t2d_nan.safetensors", _all_nan)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--model", f"talk2dino:{model}",
+           "--short-side", "64", "--slide-crop", "0", *CPU]
+
+
+@case("Python: a Talk2DINO checkpoint whose every weight is NaN (vpltool.segmenter(model='talk2dino:FILE'); was "
+      "a segmenter of class 1 everywhere)", "t2d_nan_py.safetensors: tensor 'proj.linear_layer.weight' holds NaN or "
+      "inf", python=True)
+def _talk2dino_nan_python(ws: Workspace) -> Iterator[list[object]]:
+    _talk2dino_model(ws, "t2d_nan_py.safetensors", _all_nan)
+    yield ["vpltool.segmenter(model='talk2dino:t2d_nan_py.safetensors', device='cpu')"]
+
+
+@case("a decoder.safetensors whose every weight is NaN, the same header (predict)",
+      "decoder_nan.safetensors: tensor", "holds NaN or inf", "re-run `vpltool train-decoder`")
+def _decoder_nan(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    path = ws.root / "decoder_nan.safetensors"
+    tensors, meta = _tensors_and_meta(ws.decoder / "decoder.safetensors")
+    save_file(_all_nan(tensors), str(path), metadata=meta)
+    yield ["predict", path, "--split", "val", "-o", ws.out("out"), *CPU]
+
+
+def _regions(ws: Workspace, name: str, ids_of: Callable[[int, int], object], save: Callable | None = None) -> Path:
+    """A folder of region masks for the world's val images: ``ids_of(h, w)`` each image's ids, written with
+    ``save(path, ids)`` (default ``np.savez(path, instance_mask=ids)``)."""
+    import numpy as np
+
+    from vpltool import io
+
+    folder = ws.root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for image in sorted((ws.world / "images").glob("val_*.png")):
+        ids = ids_of(*io.image_size(image))
+        path = folder / f"{image.stem}.npz"
+        (save or (lambda p, a: np.savez(p, instance_mask=a)))(path, ids)
+        if save is not None and not path.exists():  # np.save appended .npy: the file a user named .npz
+            path.with_name(path.name + ".npy").rename(path)
+    return folder
+
+
+def _halves(dtype: str = "int64", low: int = 0):
+    """Region ids of a left and a right half: ``low`` and ``low + 1`` (as ``dtype``)."""
+    import numpy as np
+
+    def ids_of(h: int, w: int):
+        ids = np.full((h, w), low, dtype=dtype)
+        ids[:, w // 2:] = np.array(low, dtype=dtype) + np.array(1, dtype=dtype)
+        return ids
+
+    return ids_of
+
+
+CORRCLIP = ["--dense", "corrclip", "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, *TINY, *CPU]
+
+
+@case("an np.save file named .npz as a region mask (segment --dense corrclip --region-masks; was a TypeError "
+      "traceback)", "regions_npy/val_000000.npz: one bare array (np.save's .npy format), not an .npz archive",
+      "np.savez(path, instance_mask=ids)")
+def _regions_np_save(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    folder = _regions(ws, "regions_npy", _halves(), save=np.save)
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--region-masks",
+           folder, *CORRCLIP]
+
+
+@case("segment --dense corrclip --region-masks sam --sam-model toy --sam-weights none (random SAM weights, for "
+      "tests; was a FileNotFoundError traceback)", "✓ segment (corrclip): 1 masks", exit_code=0,
+      leaves=("out/", "out/*"))
+def _regions_sam_none(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--shard", "0/2",
+           "--region-masks", "sam", "--sam-model", "toy", "--sam-weights", "none", *CORRCLIP]
+
+
+@case("a region-mask file rewritten while segment --dense corrclip runs (after the run named the folder by its "
+      "bytes; was ✓ with the old digest recorded and the mask made from the new bytes)",
+      "regions_rewritten/val_000000.npz: changed while this run was using it", "run the command again",
+      leaves=("regions_rewritten/val_000000.npz",))
+def _regions_rewritten(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool.models.dense import corrclip
+
+    folder = _regions(ws, "regions_rewritten", _halves())
+    real = corrclip.Hooks.check_items
+
+    def check_then_rewrite(self, items):  # the run has named every file by its digest: another writes one now
+        real(self, items)
+        with np.load(folder / "val_000000.npz") as data:
+            ids = data["instance_mask"]
+        np.savez(folder / "val_000000.npz", instance_mask=ids[:, ::-1].copy())  # the halves swapped
+
+    with mock.patch.object(corrclip.Hooks, "check_items", check_then_rewrite):
+        yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"),
+               "--region-masks", folder, *CORRCLIP]
+
+
+@case("a photo rewritten while segment runs (after the run named the dataset by its bytes; was ✓ with the old "
+      "digest recorded)", "world_rewritten/images/val_000000.png: changed while this run was using it",
+      leaves=("world_rewritten/images/val_000000.png",))
+def _photo_rewritten(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.io import stage
+
+    world = ws.copy(ws.world, "world_rewritten")
+    real = stage.StageFolder.todo
+
+    def todo_then_rewrite(self, *args, **kwargs):  # the record names every image's bytes: one is rewritten now
+        found = real(self, *args, **kwargs)
+        shutil.copyfile(world / "images" / "val_000001.png", world / "images" / "val_000000.png")
+        return found
+
+    with mock.patch.object(stage.StageFolder, "todo", todo_then_rewrite):
+        yield ["segment", world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--dense",
+               "maskclip", *TINY, *CPU]
+
+
+@case("region ids past 2^24 and uint64 ids past 2^63 (segment --dense corrclip; ids 2^24 and 2^24 + 1 merged "
+      "through float32, and uint64 ids wrapped to negative ones): read exactly", "✓ segment (corrclip): 2 masks",
+      exit_code=0, leaves=("out/", "out/*"))
+def _regions_large_ids(ws: Workspace) -> Iterator[list[object]]:
+    folder = _regions(ws, "regions_uint64", _halves("uint64", 1 << 63))
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--region-masks",
+           folder, *CORRCLIP]
+
+
+@case("train-text --family talk2dino --recipe demo from a folder outside the checkout (once its toy DINO, a path "
+      "relative to the checkout, was not found there)", "✓ train-text", exit_code=0,
+      leaves=("t2d_demo/", "t2d_demo/*", "t2d_demo/checkpoints/", "t2d_demo/checkpoints/*"))
+def _talk2dino_demo_elsewhere(ws: Workspace) -> Iterator[list[object]]:
+    pairs = _pairs_folder(ws, "pairs_t2d")
+    with contextlib.chdir(ws.root):  # not the checkout: the recipe's toy DINO is found from the package
+        yield ["train-text", pairs.name, "--family", "talk2dino", "--recipe", "demo", "-o", "t2d_demo", "--batch-size",
+               "2", "--crop-size", "64", "--workers", "1", *CPU]
+
+
+@case("train-text --family talk2dino --set dino_weights= a file that is not there (once the line named "
+      "--dino-weights, which train-text does not have)", "gone_dino.safetensors: DINO weights file not found",
+      "--set dino_weights=FILE")
+def _talk2dino_dino_missing(ws: Workspace) -> Iterator[list[object]]:
+    pairs = _pairs_folder(ws, "pairs_t2d")
+    yield ["train-text", pairs, "--family", "talk2dino", "--recipe", "demo", "-o", ws.out("out"), "--set",
+           f"dino_weights={ws.root / 'gone_dino.safetensors'}", "--batch-size", "2", *CPU]
 
 
 def _features_then_new_weights(ws: Workspace) -> tuple[Path, Path, Path]:
@@ -1709,9 +1928,37 @@ def _segment_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
     yield args  # the same command at once: the lock the killed run held does not block it
 
 
+@case("segment run again on its finished folder with another run's mask copied in (it said ✓ \"2 already done\")",
+      "seg_foreign/val_000000.png: made by another run than its folder's", "a file copied in",
+      "remove it and re-run `vpltool segment` with the folder's options")
+def _segment_foreign_mask(ws: Workspace) -> Iterator[list[object]]:
+    args = ["segment", ws.world, "--split", "val", *TINY, *CPU, "--short-side", "64", "--slide-crop", "0"]
+    out, other = ws.out("seg_foreign"), ws.out("seg_foreign_other")
+    cli_ok(*args, "-o", out, "--classes", "star,circle")
+    cli_ok(*args, "-o", other, "--classes", "circle,star")  # other classes: another run
+    shutil.copyfile(other / "val_000000.png", out / "val_000000.png")
+    yield [*args, "-o", out, "--classes", "star,circle"]
+
+
 @case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
 def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]
+
+
+@case("segment --dense proxyclip on SigLIP 2 (a timm tower: no class token, no nn.MultiheadAttention)",
+      "--dense proxyclip reads open_clip's own attention modules", "on it choose --dense none, maskclip")
+def _segment_siglip2_proxyclip(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_siglip2"), "--model", "ViT-B-16-SigLIP2",
+           "--pretrained", "none", *CPU, "--dense", "proxyclip", "--proxy-model", DINO_MODEL, "--proxy-weights",
+           "none"]
+
+
+@case("segment --dense trident with SAM 2 as its SAM", "--sam-model sam2_hiera_t: SAM 2's Hiera encoder",
+      "--region-masks sam2:CONFIG")
+def _segment_trident_sam2(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident_sam2"), *TINY, *CPU, "--dense",
+           "trident", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "sam2_hiera_t",
+           "--sam-weights", "none"]
 
 
 @case("segment --max-side 10 (a working size PAMR's dilations have no room in)", "--max-side 10: must be >= 64")
@@ -2836,6 +3083,71 @@ def _sigterm(ws: Workspace) -> Iterator[list[object]]:
         yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_term"), *CPU]
 
 
+def _benchmark_shard_args(ws: Workspace, out: Path) -> list[object]:
+    return ["benchmark", "naclip", "--root", f"voc21={_miniature(ws, 'voc21')}", "-o", out, *TINY, *CPU,
+            "--short-side", "64", "--slide-crop", "0", "--batch-size", "1", "--shard", "0/2"]
+
+
+@contextlib.contextmanager
+def _signal_at_second_batch(sig: int) -> Iterator[None]:
+    """``sig`` sent to this process when the segmentor starts its second batch: where a Ctrl-C or a job scheduler's
+    SIGTERM lands mid-run."""
+    from vpltool.models.dense import segmentor
+
+    real, calls = segmentor.labels_batch, [0]
+
+    def labels_batch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+
+    # Python's own Ctrl-C handler, as in a command typed at a terminal: a shell starts a background job (`make ... &`)
+    # with SIGINT ignored, and the cases would inherit it
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with mock.patch.object(segmentor, "labels_batch", labels_batch):
+            yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@case("benchmark --shard 0/2 stopped by Ctrl-C (SIGINT) mid-run", "interrupted: finished items are kept; re-run the "
+      "same command to resume", exit_code=130, leaves=("bench_int/", "bench_int/voc21/", "bench_int/voc21/*"))
+def _benchmark_shard_sigint(ws: Workspace) -> Iterator[list[object]]:
+    with _signal_at_second_batch(signal.SIGINT):
+        yield _benchmark_shard_args(ws, ws.out("bench_int"))
+
+
+@case("benchmark --shard 0/2 stopped by SIGTERM mid-run (Slurm's preemption)", "interrupted (SIGTERM): finished "
+      "items are kept; re-run the same command to resume", exit_code=143,
+      leaves=("bench_term/", "bench_term/voc21/", "bench_term/voc21/*"))
+def _benchmark_shard_sigterm(ws: Workspace) -> Iterator[list[object]]:
+    with _signal_at_second_batch(signal.SIGTERM):
+        yield _benchmark_shard_args(ws, ws.out("bench_term"))
+
+
+@case("a resume right after benchmark --shard 0/2 --workers 2 was killed with -9 (its loaders orphaned; its "
+      "temporary and shard claim removed)", "some benchmarks are not scored yet (other shards still running)",
+      exit_code=0, leaves=("bench_killed/voc21/*", "-bench_killed/voc21/.*.tmp",
+                           "-bench_killed/voc21/.vpltool.lock.0-of-2"))
+def _benchmark_shard_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
+    out = ws.out("bench_killed")
+    args = [*_benchmark_shard_args(ws, out), "--workers", "2"]
+    proc = paced_cli(args)
+    try:
+        wait_until(proc, lambda: any((out / "voc21").glob("*.png")))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the main process alone, as the OOM killer does: its loaders live on
+        proc.communicate()
+    if left := survivors(proc.pid):
+        raise RuntimeError(f"processes of the killed run outlived it: {left}")
+    for path in sorted((out / "voc21").glob("*.png"))[1:] + sorted((out / "voc21").glob(".*.tmp")):
+        path.unlink()  # one finished mask and one temporary, whenever the kill landed: the same page every time
+    (out / "voc21" / ".2007_000061.png.k9a1b2c3.tmp").write_bytes(b"half a mask")
+    yield args  # the same command at once: the lock the killed run held does not block it
+
+
 @case("a resume after kill -9 removes the temporaries the kill left", "✓ cam: 2 images", "2 already done",
       exit_code=0, leaves=("cams_tmp/*", "-cams_tmp/_run.json", "-cams_tmp/.train_000003.safetensors.k9a1b2c3.tmp"))
 def _leftover_tmp(ws: Workspace) -> Iterator[list[object]]:
@@ -2877,7 +3189,7 @@ def _interrupted_dino_cam(ws: Workspace, name: str) -> tuple[Path, Path]:
     (out / io.STAGE_RECORD).unlink()
     for path in sorted(out.glob("*.safetensors"))[2:]:
         path.unlink()
-    io.write_json(out / io.RUN_RECORD, {k: record[k] for k in ("stage", "params", "inputs")})
+    io.write_json(out / io.RUN_RECORD, {k: record[k] for k in ("stage", "params", "inputs", io.RUN_DIGEST)})
     return out, weights
 
 
@@ -4195,6 +4507,16 @@ def _class_file_blank_line(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", ws.root / "classes_blank.txt", *TINY,
            *CPU]
 
+@case("a class file with blank lines after its last class (accepted: they name no class)",
+      "✓ segment (naclip): 3 masks", exit_code=0, leaves=("seg_trailing/", "seg_trailing/*"))
+def _class_file_trailing_blank(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data.class_files import class_file_path
+
+    path = ws.root / "classes_trailing.txt"
+    path.write_text(class_file_path("sclip:voc21").read_text().rstrip("\n") + "\n\n\n")
+    yield ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", ws.out("seg_trailing"), "--class-file", path, *TINY,
+           *CPU, "--short-side", "64", "--slide-crop", "0"]
+
 # --------------------------------------------------------------------------------------------- train-pgseg
 PGSEG_ARGS = ["--recipe", "cpu", "--batch-size", "2", "--epochs", "1", "--crop-size", "32", "--workers", "1", *CPU]
 
@@ -4512,6 +4834,21 @@ def _pgseg_resume_pairs_moved(ws: Workspace) -> Iterator[list[object]]:
     yield ["train-pgseg", moved, "-o", run, *PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
 
 
+@case("train-pgseg --resume given another pairs folder, run from the workspace (the files named as typed, relative "
+      "to the current folder)", "PAIRS: pairs_other/captions.json differs from the record's pairs_first/captions.json "
+      "(sha256 ", "start again without --resume")
+def _pgseg_resume_other_pairs(ws: Workspace) -> Iterator[list[object]]:
+    first = ws.copy(ws.world, "pairs_first")
+    run = _pgseg_run(ws, first, "run_other_pairs", stop_after=1)
+    other = ws.copy(ws.world, "pairs_other")
+    table = json.loads((other / "captions.json").read_text())
+    table[sorted(table)[0]] = "a blue cross"
+    (other / "captions.json").write_text(json.dumps(table))
+    with contextlib.chdir(ws.root):
+        yield ["train-pgseg", other.name, "-o", run.name, *PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1",
+               "--resume"]
+
+
 @case("train-pgseg --resume under another world size (its checkpoint made by 2 torchrun processes)",
       "2 process(es) there (global batch 4), 1 here (global batch 2)",
       "resume with the same torchrun --nproc-per-node")
@@ -4530,6 +4867,15 @@ def _pgseg_resume_other_world(ws: Workspace) -> Iterator[list[object]]:
 def _pgseg_resume_other_lr(ws: Workspace) -> Iterator[list[object]]:
     run = _pgseg_run(ws, ws.world, "run_lr")
     yield ["train-pgseg", ws.world, "-o", run, *PGSEG_ARGS, "--resume", "--lr", "0.5"]
+
+
+@case("train-pgseg --resume --crop-size 64 of a run made at 32 (the setting said once, not as \"a file it names "
+      "changed\")", "made with other settings or inputs (--crop-size 32 there, 64 here); resume with the same options")
+def _pgseg_resume_other_crop(ws: Workspace) -> Iterator[list[object]]:
+    run = _pgseg_run(ws, ws.world, "run_crop", stop_after=1)
+    args = [*PGSEG_ARGS, "--epochs", "2", "--checkpoint-every", "1", "--resume"]
+    args[args.index("--crop-size") + 1] = "64"
+    yield ["train-pgseg", ws.world, "-o", run, *args]
 
 
 @case("train-pgseg -o RUN --init RUN/pgseg.safetensors --overwrite (its own --init)",
@@ -4564,7 +4910,8 @@ def _weclip_no_background_row(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("segment --dense proxyclip: --proxy-weights replaced under its name between --shard 0/2 and 1/2",
-      "seg_proxy_shards", "proxy_weights differ", "--overwrite")
+      "seg_proxy_shards: an interrupted run made from other inputs (proxy_weights proxy_shards.safetensors: its "
+      "content changed (sha256 ", "--overwrite")
 def _segment_proxy_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     path = ws.dino_weights("proxy_shards.safetensors", seed=0)
     out = ws.out("seg_proxy_shards")
@@ -4575,8 +4922,56 @@ def _segment_proxy_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     yield [*args, "--shard", "1/2"]
 
 
+def _region_folder(ws: Workspace, name: str) -> Path:
+    """CorrCLIP's region masks for the world's val images: ``<name>/<stem>.npz`` (two regions each), made anew."""
+    import numpy as np
+
+    from vpltool import io
+
+    folder = ws.out(name)
+    folder.mkdir()
+    for image in sorted((ws.world / "images").glob("val_*.png")):
+        h, w = io.load_image(image).shape[:2]
+        ids = np.ones((h, w), np.int32)
+        ids[:, w // 2:] = 2
+        np.savez(folder / f"{image.stem}.npz", instance_mask=ids)
+    return folder
+
+
+def _corrclip_args(ws: Workspace, out: Path) -> list[object]:
+    return ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+            "corrclip", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--short-side", "64", "--slide-crop",
+            "0"]
+
+
+@case("the same --region-masks folder given by its absolute path to segment --shard 1/2, by a relative one to "
+      "--shard 0/2 (accepted: the same bytes)", "✓ segment (corrclip): 1 masks", exit_code=0,
+      leaves=("seg_regions_abs/*", "-seg_regions_abs/_run.json", "-seg_regions_abs/_shard.0-of-2.json"))
+def _region_folder_absolute(ws: Workspace) -> Iterator[list[object]]:
+    folder, out = _region_folder(ws, "regions_rel"), ws.out("seg_regions_abs")
+    with contextlib.chdir(ws.root):
+        cli_ok(*_corrclip_args(ws, out), "--region-masks", folder.name, "--shard", "0/2")
+    yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
+
+
+@case("a --region-masks file rewritten between segment --shard 0/2 and 1/2 (named as a changed input, not as "
+      "\"other parameters\")", "seg_regions_changed: an interrupted run made from other inputs (region_masks: "
+      "regions_changed/val_000001.npz changed (sha256 ", "pass --overwrite to redo every item")
+def _region_file_changed(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    folder, out = _region_folder(ws, "regions_changed"), ws.out("seg_regions_changed")
+    cli_ok(*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "0/2")
+    path = folder / "val_000001.npz"
+    ids = np.load(path)["instance_mask"]
+    ids[:2] = 3  # a third region along the top
+    np.savez(path, instance_mask=ids)
+    yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
+
+
 @case("segment --dense trident: --sam-weights replaced under its name between --shard 0/2 and 1/2",
-      "seg_sam_shards", "sam_weights differ", "--overwrite")
+      "seg_sam_shards: an interrupted run made from other inputs (sam_weights sam_shards.safetensors: its content "
+      "changed (sha256 ", "--overwrite")
 def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     import torch
     from safetensors.torch import save_file
@@ -4598,6 +4993,164 @@ def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     cli_ok(*args, "--shard", "0/2")
     write(1)
     yield [*args, "--shard", "1/2"]
+
+
+# ---- RADSeg's two files: NVlabs/RADIO's checkpoint (--proxy-weights) and SigLIP 2's text folder (--language-model)
+def _radseg_files(ws: Workspace) -> tuple[Path, Path]:
+    """A tiny C-RADIOv3 as RADIO's hub checkpoint and a tiny SigLIP 2 text folder (parity/radseg_files.py), made
+    once per workspace under ``radseg/``."""
+    folder = ws.root / "radseg"
+    if not (folder / "text" / "model.safetensors").is_file():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parity"))
+        import radseg_files
+        import tiny_towers
+
+        radseg_files.tiny_files(folder, tiny_towers.RADIO, list(SHAPES))
+    return folder / "radio.pth.tar", folder / "text"
+
+
+def _radseg_args(ws: Workspace, name: str, weights: object, language: object | None) -> list[object]:
+    import tiny_towers
+
+    return ["segment", ws.world, "--split", "val", "-o", ws.out(name), *CPU, "--classes", "star,circle", "--dense",
+            "radseg", "--proxy-model", tiny_towers.RADIO, "--proxy-weights", weights,
+            *(["--language-model", language] if language is not None else [])]
+
+
+@contextlib.contextmanager
+def _no_radseg_load() -> Iterator[None]:
+    """While the case runs, building RADSeg's model (or a CLIP) fails loudly: its refusal comes before."""
+    from vpltool.models.dense import radseg
+
+    with _no_model_load(), mock.patch.object(radseg.Hooks, "backbone", side_effect=AssertionError("a model loaded")):
+        yield
+
+
+@case("segment --dense radseg with a RADIO checkpoint that is not there", "radseg_gone.pth.tar: RADIO checkpoint "
+      "not found", "pass an existing file to --proxy-weights")
+def _radseg_no_checkpoint(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.root / "radseg_gone.pth.tar", text)
+
+
+@case("segment --dense radseg with its RADIO checkpoint cut short (a broken download)", "radseg_cut.pth.tar: not a "
+      "torch checkpoint (no zip archive: cut short", "re-download NVlabs/RADIO's checkpoint")
+def _radseg_cut_checkpoint(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    cut = ws.root / "radseg_cut.pth.tar"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size * 2 // 3])
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", cut, text)
+
+
+@case("segment --dense radseg with --proxy-weights a timm weights file (no language adaptor in it)",
+      "give NVlabs/RADIO's checkpoint", "the language adaptor RADSeg reads is in it")
+def _radseg_timm_weights(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.dino_weights("radseg_timm.safetensors"), text)
+
+
+@case("segment --dense radseg with a RADIO checkpoint that has no siglip2 adaptor", "radseg_nosiglip.pth.tar: no "
+      "adaptor 'siglip2'; its teachers are clip, dino_v2, sam")
+def _radseg_no_adaptor(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+
+    ckpt, text = _radseg_files(ws)
+    chk = torch.load(ckpt, weights_only=False)
+    chk["args"].teachers = [t for t in chk["args"].teachers if t["name"] != "siglip2"]
+    torch.save(chk, ws.root / "radseg_nosiglip.pth.tar")
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.root / "radseg_nosiglip.pth.tar", text)
+
+
+@case("segment --dense radseg without --language-model", "--dense radseg needs SigLIP 2's text tower: pass "
+      "--language-model")
+def _radseg_no_language_model(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, _ = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, None)
+
+
+@case("segment --dense radseg with --language-model a folder that is not there", "--language-model radseg_gone: "
+      "not a folder", "pass a local folder of google/siglip2-giant-opt-patch16-384")
+def _radseg_language_gone(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, _ = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, ws.root / "radseg_gone")
+
+
+@case("segment --dense radseg with a text folder that lacks its tokenizer", "--language-model radseg_notok: lacks "
+      "tokenizer.json")
+def _radseg_no_tokenizer(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_notok")
+    (folder / "tokenizer.json").unlink()
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg with the text folder's model.safetensors cut short", "--language-model "
+      "radseg_cuttext/model.safetensors: not a readable safetensors file", "re-download it")
+def _radseg_cut_text(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_cuttext")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg with the text tower of another width than the adaptor's", "its siglip2 head maps "
+      "patches to 48-d rows, --language-model radseg_text64's text rows are 64-d", "pass the text tower of that "
+      "adaptor's teacher")
+def _radseg_other_width(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_text64")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["projection_size"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg --scra-scale 0", "--scra-scale 0.0: must be a number above 0")
+def _radseg_scale_zero(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield [*_radseg_args(ws, "seg_radseg", ckpt, text), "--scra-scale", "0"]
+
+
+@case("segment --dense naclip with RADSeg's --language-model (warned, ignored, not recorded)", "--language-model "
+      "radseg/text has no effect without --dense radseg", exit_code=0, leaves=("seg_radseg_naclip/*",))
+def _radseg_option_elsewhere(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_radseg_naclip"), *TINY, *CPU, "--classes",
+           "star,circle", "--dense", "naclip", "--language-model", text]
+
+
+@case("benchmark radseg on VOC21 (RADSeg's configs are VOC20, Context59, COCO-Stuff, Cityscapes, ADE20K)",
+      "RADSeg-OVSS/RADSeg@05ec86f has no config for voc21", "give one of those, or run segment --dense radseg")
+def _radseg_benchmark_voc21(ws: Workspace) -> Iterator[list[object]]:
+    import tiny_towers
+
+    ckpt, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield ["benchmark", "radseg", "--root", f"voc21={ws.world}", "-o", ws.out("bench_radseg"), *CPU,
+               "--proxy-model", tiny_towers.RADIO, "--proxy-weights", ckpt, "--language-model", text]
+
+
+@case("vpltool.segmenter('radseg') with RADIO's checkpoint and no language_model", "VplError: method radseg needs "
+      "SigLIP 2's text tower: pass language_model", python=True)
+def _radseg_python_no_language(ws: Workspace) -> Iterator[list[str]]:
+    import tiny_towers
+
+    _radseg_files(ws)  # the case runs in the workspace folder
+    ws.segmenter()  # every Python case's seg, made before loading is forbidden
+    with _no_radseg_load():
+        yield [f"vpltool.segmenter('radseg', proxy_model={tiny_towers.RADIO!r}, "
+               "proxy_weights='radseg/radio.pth.tar')"]
 
 
 @case("eval --data of a copy of the dataset whose ground-truth masks alone differ", "--data",
@@ -4753,6 +5306,109 @@ def _py_segment_dense(ws: Workspace) -> Iterator[list[object]]:
       python=True)
 def _py_segment_two_methods(ws: Workspace) -> Iterator[list[object]]:
     yield ["vpltool.api.segment('world/images', 'out', ['star'], method='naclip', dense='maskclip')"]
+
+
+# the Python door's second pass: transformers', open_clip's and SAM's habits, and a Python caller's lines
+_PY_TOY = ("vpltool.segmenter('maskclip', model='vpltool-toy', pretrained='none', device='cpu', short_side=112, "
+           "templates='a photo of a {}.', background='grass,sky,wall,water')")
+
+
+@case("Python: vpltool.segmenter(device=0) on a machine without CUDA (once an AttributeError)",
+      "device cuda:0 asked for, but CUDA is not available; use device auto or cpu", python=True)
+def _py_device_index(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device=0)"]
+
+
+@case("Python: vpltool.segmenter(device=-1) and device=torch.device('cpu') (once AttributeErrors)", "cpu cpu",
+      exit_code=0, python=True)
+def _py_device_minus_one(ws: Workspace) -> Iterator[list[object]]:
+    yield ["a = vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device=-1)",
+           "b = vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device=torch.device('cpu'))",
+           "print(a.device, b.device)"]
+
+
+@case("Python: seg(photo, None) (once a TypeError)", "classes: give the class names", python=True)
+def _py_classes_none(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), None)"]
+
+
+@case("Python: a class named '' (the CLI refuses it; once dropped, shifting the indices)",
+      "classes: an empty class name", python=True)
+def _py_empty_class(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star', ''])"]
+
+
+@case("Python: a set of class names (its order, the class indices, changes from run to run)",
+      "classes: a set has no order", "give a list, e.g. sorted(names)", python=True)
+def _py_classes_set(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), {'star', 'circle'})"]
+
+
+@case("Python: batch_size=0 in a call (the line names the keyword, not --batch-size)", "batch_size 0: must be",
+      python=True)
+def _py_batch_size_zero(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star'], batch_size=0)"]
+
+
+@case("Python: a name the toy CLIP does not know in a later call (once said for the first list only)",
+      "does not know 'giraffe'", exit_code=0, python=True)
+def _py_toy_later_unknown(ws: Workspace) -> Iterator[list[object]]:
+    yield [f"toy = {_PY_TOY}", "toy(np.zeros((32, 32, 3), np.uint8), ['star'])",
+           "print(toy(np.zeros((32, 32, 3), np.uint8), ['giraffe', 'star']).classes)"]
+
+
+@case("Python: a URL while offline (once 'image not found', https:// shown as https:/)",
+      "https://127.0.0.1:", "/photo.jpg: could not download it", "download the photo and pass its path", python=True)
+def _py_url_offline(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg('https://127.0.0.1:9/photo.jpg', ['star'])"]  # port 9 (discard): nothing listens
+
+
+@case("Python: image_format='BGR' with a file (its order is its own)", "image_format='BGR' is for arrays and "
+      "tensors", python=True)
+def _py_bgr_file(ws: Workspace) -> Iterator[list[object]]:
+    photo = sorted((ws.world / "images").glob("val_*.png"))[0].relative_to(ws.root)
+    yield [f"seg({str(photo)!r}, ['star'], image_format='BGR')"]
+
+
+@case("Python: torch_dtype=torch.float16 (transformers' name)", "torch_dtype=torch.float16: vpltool names the "
+      "compute dtype precision=; pass precision='fp16'", python=True)
+def _py_torch_dtype(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', torch_dtype=torch.float16)"]
+
+
+@case("Python: a mistyped per-call option (treshold)", "unknown option 'treshold'; did you mean 'threshold'?",
+      python=True)
+def _py_call_option_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star'], treshold=0.5)"]
+
+
+@case("Python: seg.embed on a method whose window logits read the names (CASS)", "embed: method 'cass' reads the "
+      "class names inside its own window logits", "call seg(photo, names) for each class list", python=True)
+def _py_embed_cass(ws: Workspace) -> Iterator[list[object]]:
+    yield [f"cass = vpltool.segmenter('cass', model='vpl-test-vit', pretrained='none', device='cpu', "
+           f"proxy_model={DINO_MODEL!r}, proxy_weights='none')", "cass.embed(np.zeros((32, 32, 3), np.uint8))"]
+
+
+@case("Python: result.save('mask.jpg') (a mask is lossless)", "mask_py.jpg: a mask is saved as a .png",
+      python=True)
+def _py_save_jpg(ws: Workspace) -> Iterator[list[object]]:
+    yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star']).save('mask_py.jpg')"]
+
+
+# vpltool app: refused before the page is served (and before Gradio is imported)
+@case("app --port 70000", "--port 70000: a TCP port is at most 65535")
+def _app_port(ws: Workspace) -> Iterator[list[object]]:
+    yield ["app", "--port", "70000"]
+
+
+@case("app --method naclp (a typo)", "method 'naclp': did you mean 'naclip'?")
+def _app_method_typo(ws: Workspace) -> Iterator[list[object]]:
+    yield ["app", "--method", "naclp"]
+
+
+@case("app --model with weights that are not there", "missing_app.safetensors")
+def _app_missing_weights(ws: Workspace) -> Iterator[list[object]]:
+    yield ["app", "--model", "vpl-test-vit", "--pretrained", ws.root / "missing_app.safetensors"]
 
 
 @case("plain photos segmented without class names (segment FOLDER)", "plain photos name no classes",
@@ -5348,6 +6004,52 @@ def _report_benchmark_folder(ws: Workspace) -> Iterator[list[object]]:
         shutil.copytree(ws.cams, out / method / "voc21")
     yield ["report", out, "-o", ws.out("report_bench"), "--workers", "1"]
 
+# ---- the dtype and numeric mode a file was made in (vpltool.numerics): a later stage never mixes them unsaid
+@case("cam on features made at bf16 by --precision auto on a CPU with AMX, on a CPU without (auto: fp32)",
+      "features_amx: made at bf16 (--precision auto on a CPU with AMX); this run is at fp32 (--precision auto): pass "
+      "--precision bf16 to this command, or re-run `vpltool extract` (and what it was made from) with --precision "
+      "fp32")
+def _cam_on_amx_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.root / "features_amx"
+    if not (features / "_stage.json").is_file():
+        with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):  # as an AMX machine makes them
+            cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1")
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "0"}):  # this run: a CPU without AMX, whatever runs it
+        yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_of_amx"), *CPU]
+
+
+@case("cam (fast mode) on features made by `vpltool --reproducible extract`",
+      "features_reproducible: made in reproducible mode; this run is in fast mode: run this command in reproducible "
+      "mode too (vpltool --reproducible ..., or VPLTOOL_REPRODUCIBLE=1), or re-run `vpltool extract` without it")
+def _cam_on_reproducible_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.root / "features_reproducible"
+    if not (features / "_stage.json").is_file():  # a process of its own: the mode pins libraries before they load
+        env = {k: v for k, v in os.environ.items() if k != "VPLTOOL_ASSUME_AMX"}
+        subprocess.run([sys.executable, "-m", "vpltool", "--reproducible", "extract", ws.world, "--split", "train",
+                        "-o", features, *TINY, *CPU, "--workers", "1"], check=True, env=env, capture_output=True)
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_of_reproducible"), *CPU]
+
+
+@case("segment --dense corrclip at --precision auto on a CPU with AMX (bf16: DBSCAN reads its distances widened "
+      "exactly to fp32)", "✓ segment (corrclip): 2 masks", exit_code=0, leaves=("corrclip_amx/", "corrclip_amx/*"))
+def _corrclip_at_bf16(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    masks = ws.root / "corrclip_regions"
+    if not masks.is_dir():  # each val image: its left and right halves, and an unsegmented top band
+        masks.mkdir()
+        for image in sorted((ws.world / "images").glob("val_*")):
+            ids = np.ones((96, 96), np.int32)
+            ids[:, 48:], ids[:24] = 2, 0
+            np.savez(masks / f"{image.stem}.npz", instance_mask=ids)
+    dino = ws.root / "dino_corrclip.safetensors"
+    shutil.copy(Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors", dino)
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):
+        yield ["segment", ws.world, "--split", "val", "-o", ws.out("corrclip_amx"), *TINY, *CPU, "--dense", "corrclip",
+               "--classes", ",".join(SHAPES), "--proxy-model", "test_vit", "--proxy-weights", dino, "--region-masks",
+               masks, "--short-side", "64", "--slide-crop", "64", "--slide-stride", "32"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
@@ -5372,7 +6074,9 @@ docs/file-formats.md): never an input of the run, inside an input folder or insi
 stage's folder or a non-empty folder vpltool did not make (`--overwrite` included). Records are checked like input,
 one lock per folder serves plain runs and shards alike and dies with its run, an option without effect is warned
 about and not recorded, and a resume whose inputs changed since the folder's record is refused before any item is
-skipped. A command shown with `VAR=value` (or `env -u VAR`) ran with that environment.
+skipped. A command shown with `VAR=value` (or `env -u VAR`) ran with that environment. A figure that follows the
+CPU's float arithmetic (an mIoU, a loss: the dtype `--precision auto` picks and the kernels each CPU runs) is shown
+as `·`, so that the page is the same on every machine.
 """
 
 
@@ -5393,13 +6097,16 @@ def _stable(text: str) -> str:
 
 def without_scores(text: str) -> str:
     """``text`` with each mIoU and loss figure shown as ``·`` (``mIoU 14.68`` → ``mIoU ·``, ``loss 2.06 → 4.62`` →
-    ``loss · → ·``). These come from float sums whose last bit follows the machine's BLAS and CPU (CI printed
-    14.67 where this machine printed 14.68), so the page keeps the figures one run printed and the up-to-date check
-    compares everything else."""
+    ``loss · → ·``, ``(2.984e+28 → 2.984e+28 nats)`` → ``(· → · nats)``). These come from float sums whose last
+    bits follow the machine's BLAS and CPU (CI printed 14.67 where this machine printed 14.68) and from the dtype
+    ``--precision auto`` resolves to (bf16 on a CPU with AMX: 2.997e+28 nats where fp32 gives 2.984e+28), so the
+    page shows neither (:func:`render`) and is the same on every machine."""
     import re
 
-    return re.sub(r"\b(mIoU|loss) [0-9]+\.[0-9]+((?: → [0-9]+\.[0-9]+)*)",
+    text = re.sub(r"\b(mIoU|loss) [0-9]+\.[0-9]+((?: → [0-9]+\.[0-9]+)*)",
                   lambda m: f"{m.group(1)} ·" + " → ·" * m.group(2).count("→"), text)
+    return re.sub(r"\(([0-9.]+(?:e[+-]?[0-9]+)?(?: → )?)+ nats\)",
+                  lambda m: "(" + " → ".join("·" for _ in m.group(0).split("→")) + " nats)", text)
 
 
 def render(rows: list[tuple[Case, str, Outcome]]) -> str:
@@ -5407,7 +6114,8 @@ def render(rows: list[tuple[Case, str, Outcome]]) -> str:
     lines = [HEADER, "| case | command | exit code | what the user sees | left on disk |", "|---|---|---|---|---|"]
     for c, command, outcome in rows:
         left = _cell(describe_left(outcome.left)) if outcome.left else "nothing"
-        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(_stable(outcome.seen))} | {left} |")
+        seen = without_scores(_stable(outcome.seen))
+        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} | {left} |")
     return "\n".join(lines) + "\n"
 
 

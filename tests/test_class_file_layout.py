@@ -73,3 +73,16 @@ def test_a_file_of_one_line_a_class_is_read_so_only_when_background_says_how_cla
         assert bg == resolve_queries(NAMES, SegmentConfig())[2] and bg  # the words of a run without a class file
         assert synonyms == [["circle"], ["star"], ["square"]]
         assert resolve_queries(NAMES, SegmentConfig(class_file=path), scored_background=False)[2] == []
+
+
+def test_blank_lines_at_the_end_are_no_lines_and_a_blank_line_within_is_refused(tmp_path):
+    """An editor's (or a copy's) blank lines after the last class were refused as "line N is empty"; they name no
+    class and shift none. A blank line between two classes would shift every class after it: still refused."""
+    lines = ("background: grass, sky", "circle", "star", "square")
+    want = class_file_queries(_file(tmp_path, *lines), 3)
+    for tail in ("\n", "\n\n", "\r\n", "  \n\t\n"):
+        path = tmp_path / "trailing.txt"
+        path.write_text("\n".join(lines) + "\n" + tail)
+        assert class_file_queries(str(path), 3) == want, repr(tail)
+    with pytest.raises(VplError, match="line 3 is empty"):
+        class_file_queries(_file(tmp_path, "background: grass, sky", "circle", "", "star", "square"), 3)

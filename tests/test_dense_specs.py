@@ -40,7 +40,8 @@ def test_each_method_names_its_reference_s_class_file_set():
     from vpltool.config.benchmarks import BENCHMARK_PRESETS
 
     expected = {"naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "sclip": "sclip", "clearclip": "clearclip",
-                "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip", "ov-stitcher": "corrclip"}
+                "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip", "ov-stitcher": "corrclip",
+                "radseg": "proxyclip"}  # RADSeg's five cls_*.txt are ProxyCLIP's bytes (radseg_parity.py checks)
     assert {m: REFERENCE_SETS[m] for m in expected} == expected
     for spec in DENSE_SPECS.values():  # a named set is a folder of files
         assert spec.class_files is None or (ASSETS / spec.class_files / "voc21.txt").is_file()
@@ -53,22 +54,24 @@ def test_a_knob_value_that_reads_a_shared_option_makes_it_live():
 
     (knob,) = DENSE_SPECS["corrclip"].knobs  # --region-masks sam reads --sam-model / --sam-weights
     assert knob.uses == ("sam_model", "sam_weights")
-    assert "sam_weights" not in SegmentConfig(dense="corrclip", region_masks="sam").inert()
-    assert SegmentConfig(dense="corrclip", region_masks="masks/").inert()["sam_weights"] == (
+    assert "sam_weights" not in SegmentConfig.of(dense="corrclip", region_masks="sam").inert()
+    assert SegmentConfig.of(dense="corrclip", region_masks="masks/").inert()["sam_weights"] == (
         "without --region-masks sam or sam2")
-    assert "region_masks" in SegmentConfig(dense="naclip").inert()  # another method's knob
+    assert "sam_weights" in SegmentConfig(dense="naclip").inert()  # SAM's options without a method that reads them
 
 
 def test_a_knob_two_methods_read_is_one_option_naming_both():
     from vpltool.config import SegmentConfig
     from vpltool.config.dense import KNOB_METHODS
+    from vpltool.errors import VplWarning
 
-    assert DENSE_SPECS["corrclip"].knobs == DENSE_SPECS["ov-stitcher"].knobs  # the same Knob
+    assert DENSE_SPECS["corrclip"].knobs == DENSE_SPECS["ov-stitcher"].knobs  # the same option and help
     assert KNOB_METHODS["region_masks"] == ("corrclip", "ov-stitcher")
-    assert SegmentConfig(dense="naclip").inert()["region_masks"] == "without --dense corrclip or ov-stitcher"
-    assert "region_masks" not in SegmentConfig(dense="ov-stitcher").inert()
-    assert SegmentConfig(dense="ov-stitcher", region_masks="masks/").inert()["sam_model"] == (
-        "without --region-masks sam or sam2")
+    with pytest.warns(VplWarning, match="without --dense corrclip or ov-stitcher"):
+        SegmentConfig.of(dense="naclip", region_masks="masks/")
+    cfg = SegmentConfig.of(dense="ov-stitcher", region_masks="masks/")
+    assert cfg.knobs.region_masks == "masks/" and "region_masks" not in cfg.inert()
+    assert cfg.inert()["sam_model"] == "without --region-masks sam or sam2"
     params = {p.name: p for p in _command("segment").params}
     assert params["region_masks"].help.startswith("--dense corrclip or ov-stitcher: ")
 

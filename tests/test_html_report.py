@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
+from chromium import chromium, wait_for
 from typer.testing import CliRunner
 
 from vpltool import io
@@ -209,44 +209,8 @@ def test_the_default_output_is_the_run_s_report_folder(tiny_run, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- the page, in Chromium
-CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000")
-
-
-@pytest.fixture
-def browser():
-    """Headless Chromium through Selenium and the system's chromedriver (Debian: chromium, chromium-driver)."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e "
-                                    "'.[test]')")
-    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    driver = shutil.which("chromedriver")
-    if binary is None or driver is None:
-        pytest.skip("no Chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver; "
-                    ".ci/run installs them when it runs as root)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    profile = tempfile.mkdtemp(prefix="vpltool-chromium-")
-    for arg in (*CHROMIUM_ARGS, f"--user-data-dir={profile}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        chrome = webdriver.Chrome(service=Service(driver), options=options)
-    except Exception as e:  # a browser that cannot start here (no display libraries, a sandbox): say why
-        shutil.rmtree(profile, ignore_errors=True)
-        pytest.skip(f"Chromium did not start: {str(e).splitlines()[0]}")
-    chrome.set_page_load_timeout(30)
-    yield chrome
-    chrome.quit()
-    shutil.rmtree(profile, ignore_errors=True)
-
-
-def _wait(chrome, script: str, timeout: float = 10.0):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(chrome, timeout).until(lambda d: d.execute_script(script))
+browser = pytest.fixture(chromium)
+_wait = wait_for
 
 
 def _shown(chrome) -> list[tuple[str, str]]:

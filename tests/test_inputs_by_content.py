@@ -21,6 +21,7 @@ from vpltool import io
 from vpltool.config.pgseg import pgseg_recipe
 from vpltool.data.pairs import open_pairs
 from vpltool.demo.make_world import write_dataset
+from vpltool.errors import VplError
 from vpltool.stages.train_text import run_train_text
 
 import pace  # tests/ is on sys.path: bounds in idle-machine seconds
@@ -48,6 +49,60 @@ def test_changed_inputs_compares_content_not_paths(tmp_path):
     assert added.startswith("--nouns: none there")
 
 
+def test_a_stage_record_tells_a_changed_input_from_another_setting(tmp_path, monkeypatch):
+    """A file a parameter names (by content: {path, sha256}) whose bytes changed is a changed input, said with the
+    file (relative to the current folder, as typed); another value is another setting; a path an older record kept
+    is the same input where it is the same file now."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    path = tmp_path / "w" / "proxy.safetensors"
+    path.write_bytes(b"weights")
+    made = {"proxy_weights": io.weights_identity(str(path)), "max_side": None}
+    assert io.param_changes(made, {**made, "proxy_weights": io.weights_identity("w/proxy.safetensors")}) == ([], [])
+    path.write_bytes(b"other weights")
+    settings, [(key, said)] = io.param_changes(made, {**made, "proxy_weights": io.weights_identity(str(path))})
+    assert settings == [] and key == "proxy_weights"
+    assert said.startswith("proxy_weights w/proxy.safetensors: its content changed (sha256 ")
+    assert io.param_changes(made, {**made, "proxy_weights": "hub", "max_side": 512}) == (
+        ["max_side", "proxy_weights"], [])
+    older = {"class_file": "w/proxy.safetensors"}  # a record of an older vpltool: the path as given
+    assert io.param_changes(older, {"class_file": io.weights_identity(str(path))}) == ([], [])
+    assert io.param_changes(older, {"class_file": "sclip:voc21"}) == (["class_file"], [])
+    assert io.shown_path(path) == "w/proxy.safetensors" and io.shown_path("/elsewhere/x") == "/elsewhere/x"
+
+
+def test_a_stage_folder_refuses_a_resume_over_a_changed_file_as_a_changed_input(tmp_path):
+    out, weights = tmp_path / "seg", tmp_path / "proxy.safetensors"
+    weights.write_bytes(b"weights")
+    params = {"dense": "proxyclip", "proxy_weights": io.weights_identity(str(weights))}
+    with io.StageFolder(out, "segment", params, shard=(0, 2)):
+        pass
+    weights.write_bytes(b"other weights")
+    with pytest.raises(VplError) as e:
+        with io.StageFolder(out, "segment", {**params, "proxy_weights": io.weights_identity(str(weights))},
+                            shard=(1, 2)):
+            pass
+    msg = str(e.value)
+    assert msg.startswith(f"{out}: an interrupted run made from other inputs (proxy_weights {weights}: its content "
+                          "changed (sha256 ") and "other parameters" not in msg and "--overwrite" in msg
+
+
+def test_a_dataset_moved_between_shards_is_the_same_input_where_its_content_is_recorded(world, tmp_path):
+    from vpltool.data import open_dataset
+
+    moved = shutil.copytree(world, tmp_path / "moved")
+    out = tmp_path / "seg"
+    with io.StageFolder(out, "segment", {"a": 1}, shard=(0, 2), inputs=open_dataset(world, "val").inputs()):
+        pass
+    with io.StageFolder(out, "segment", {"a": 1}, shard=(1, 2), inputs=open_dataset(moved, "val").inputs()):
+        pass  # the same bytes elsewhere: the same run
+    image = sorted((moved / "images").glob("val_*.png"))
+    shutil.copyfile(image[1], image[0])  # then another picture under the same name
+    with pytest.raises(VplError, match="made from other inputs \\(content changed since"):
+        with io.StageFolder(out, "segment", {"a": 1}, shard=(1, 2), inputs=open_dataset(moved, "val").inputs()):
+            pass
+
+
 def test_weights_identity_is_a_file_by_content_or_the_value(tmp_path):
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"x")
@@ -69,6 +124,12 @@ def test_pairs_are_identified_by_every_caption_and_image(world, tmp_path):
     (copy / "captions.json").write_text(json.dumps(table))
     [said] = io.changed_inputs({"pairs": there}, {"pairs": open_pairs(copy).identity()}, {"pairs": "PAIRS"})
     assert said.startswith(f"PAIRS: {(copy / 'captions.json').resolve()} changed")
+    # resumed on another folder: its file named as the user reaches it (relative to the current folder), and the
+    # record's beside it, not "changed"
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(tmp_path)
+        [said] = io.changed_inputs({"pairs": here}, {"pairs": open_pairs("copy").identity()}, {"pairs": "PAIRS"})
+    assert said.startswith(f"PAIRS: copy/captions.json differs from the record's {world.resolve()}/captions.json")
 
 
 def _cfg(**kw):
@@ -162,3 +223,24 @@ def test_kill_9_of_torchrun_ends_its_ranks_and_certifies_nothing(world, tmp_path
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         agent.wait()
+
+
+def test_an_input_is_read_as_the_run_named_it(tmp_path):
+    """io.read_as_named: inside a run (a command, a Python stage: io.naming_scope), the bytes of a file the run
+    named by its digest are those bytes, or one line (a file rewritten while the run goes); the same bytes written
+    again pass; a file never named is read as it is. Outside a run nothing is held (a notebook may change a file
+    between two runs, and the next run names it anew)."""
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"first")
+    with io.naming_scope():
+        assert io.read_as_named(path) == b"first"  # never named: as it is
+        io.sha256_file(path)  # the run names it (its record)
+        path.write_bytes(b"first")  # touched: the same bytes
+        assert io.read_as_named(path) == b"first"
+        path.write_bytes(b"other")
+        with pytest.raises(VplError, match="x.bin: changed while this run was using it"):
+            io.read_as_named(path)
+    assert io.read_as_named(path) == b"other"  # the run is over
+    with io.naming_scope():  # the next run names it anew
+        io.sha256_file(path)
+        assert io.read_as_named(path) == b"other"

@@ -114,3 +114,32 @@ def test_identities_compare_weights_where_both_record_them():
     assert changed_keys({"model": a}, {"model": b}) == ["model (its weights' content)"]
     assert changed_keys({"model": old}, {"model": b}) == []  # an older record: compared by name
     assert changed_keys({"model": old}, {"model": {**b, "model": "local-dir:n"}}) == ["model"]
+
+
+def test_a_local_dir_clip_through_a_symlink_or_renamed_is_the_same_model(cache, tmp_path):
+    """The same bytes by another path (a symlink to the folder, the folder renamed, a --pretrained file moved)
+    are the same model wherever identities are compared (a resume, the next shard, a later stage); other bytes
+    under the same name are a changed input, said so, not "other parameters"."""
+    from vpltool.io import by_content, changed_keys, param_changes, same_model
+
+    folder = tmp_path / "clip"
+    shutil.copytree(registered_folder("vpltool-toy"), folder)
+    made = ModelSpec(f"local-dir:{folder}").identity()
+    (tmp_path / "link").symlink_to(folder, target_is_directory=True)
+    linked = ModelSpec(f"local-dir:{tmp_path / 'link'}").identity()
+    folder.rename(tmp_path / "renamed")
+    renamed = ModelSpec(f"local-dir:{tmp_path / 'renamed'}").identity()
+    for other in (linked, renamed):
+        assert other["model"] != made["model"] and by_content(other) == by_content(made)
+        assert same_model(made, other) and param_changes({"model": made}, {"model": other}) == ([], [])
+    shutil.copy(registered_folder("vpltool-toy") / "open_clip_model.safetensors", tmp_path / "w.safetensors")
+    moved = ModelSpec("vpl-test-vit", str(tmp_path / "w.safetensors")).identity()
+    (tmp_path / "w.safetensors").rename(tmp_path / "w2.safetensors")
+    assert same_model(moved, ModelSpec("vpl-test-vit", str(tmp_path / "w2.safetensors")).identity())
+    assert not same_model(moved, {**moved, "model": "ViT-B-16"})  # a file's architecture is no location
+    _perturbed(tmp_path / "renamed")
+    changed = ModelSpec(f"local-dir:{tmp_path / 'renamed'}").identity()
+    assert not same_model(made, changed)
+    settings, [(key, said)] = param_changes({"model": made}, {"model": changed})
+    assert settings == [] and key == "model" and said.startswith("model ") and "its weights' content changed" in said
+    assert changed_keys({"model": made}, {"model": changed}) == ["model (its weights' content)"]

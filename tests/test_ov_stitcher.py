@@ -136,15 +136,16 @@ def test_segment_runs_on_real_photos_with_region_masks(tiny_spec, tmp_path):
     base = dict(dense="ov-stitcher", classes=("cat", "cup"), templates="ov-stitcher", background="wall,floor",
                 proxy_model="test_vit", proxy_weights=str(TOY_DINO), region_masks=str(root / "masks"))
     with pytest.raises(VplError, match="--short-side 112 is smaller than --slide-crop 336"):
-        run_segment(ds, tmp_path / "refused", tiny_spec, SegmentConfig(**base, short_side=112),
+        run_segment(ds, tmp_path / "refused", tiny_spec, SegmentConfig.of(**base, short_side=112),
                     RuntimeConfig(device="cpu", workers=1))
     assert not (tmp_path / "refused").exists()
-    cfg = SegmentConfig(**base, short_side=112, slide_crop=112, slide_stride=56, prob_threshold=0.0)
+    cfg = SegmentConfig.of(**base, short_side=112, slide_crop=112, slide_stride=56, prob_threshold=0.0)
     out = tmp_path / "ov"
     s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert s.done == 2
     params = io.read_stage_record(out, "segment")["params"]
-    assert params["region_source"]["generator"] == "folder" and len(params["region_source"]["files_sha256"]) == 64
+    assert params["region_source"] == {"generator": "folder"}  # the folder by content: its path, digest, files
+    assert len(params["region_masks"]["sha256"]) == 64
     assert params["templates"] == "ov-stitcher"
     for item in ds.items:
         mask = io.read_mask(io.mask_path(out, item.id), num_classes=3)

@@ -53,6 +53,36 @@ def test_a_cam_of_another_run_copied_into_a_finished_folder_is_refused_and_the_f
     assert _read_all(mine) == [0.5] * 3
 
 
+def _run_again(out: Path, params: dict) -> io.StageSummary:
+    """The stage run again on its folder through :meth:`vpltool.io.StageFolder.run` (a finished folder: nothing to
+    do, the folder certified again)."""
+    folder = io.StageFolder(out, "cam", params, inputs={"features": {"sha256": "f" * 64}})
+    return folder.run(IDS, io.cam_path, lambda todo: None)
+
+
+@pytest.mark.parametrize("copied", ["another run's item", "a file that records no run"])
+def test_a_stage_run_again_on_a_folder_holding_another_runs_item_refuses_it_and_changes_nothing(tmp_path, copied):
+    """Re-running the stage on a finished folder with an item copied in said "3 already done" and certified it
+    again; its header is read when the folder is entered (not its tensors), before anything is written."""
+    mine, other = tmp_path / "cams", tmp_path / "cams_other"
+    _cam_folder(mine, {"v": 0.5})
+    _cam_folder(other, {"v": 0.25})
+    assert _run_again(mine, {"v": 0.5}).skipped == 3  # its own items: done, and certified again
+    if copied == "another run's item":
+        shutil.copyfile(other / "b.safetensors", mine / "b.safetensors")
+    else:
+        (mine / "b.safetensors").write_bytes(b"not a vpltool file")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    said = ("made by another run than its folder's" if copied == "another run's item" else
+            "not a file `vpltool cam` wrote")
+    with pytest.raises(ContractError, match=rf"b\.safetensors: {said}.*remove it and re-run `vpltool cam`"):
+        _run_again(mine, {"v": 0.5})
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before  # no _run.json left, nothing rewritten
+    (mine / "b.safetensors").unlink()  # the fix the line gives
+    _cam_folder(mine, {"v": 0.5})
+    assert _run_again(mine, {"v": 0.5}).skipped == 3 and _read_all(mine) == [0.5] * 3
+
+
 def test_shards_a_resume_and_a_copy_of_the_whole_folder_agree(tmp_path):
     out = tmp_path / "cams"
     params = {"v": 0.5}

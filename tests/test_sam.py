@@ -132,3 +132,12 @@ def test_an_unknown_size_is_one_line():
     with pytest.raises(VplError) as e:
         check_model("sam", SamSpec("vit_x", "none"))
     assert all(name in _one_line(e) for name in SAM_ARCHS)
+
+
+def test_sam2_as_tridents_sam_is_one_line_naming_where_sam2_goes():
+    """SAM 2's Hiera has no counterpart of the last global attention Trident reads: refused before anything is
+    built, the line naming SAM's sizes and SAM 2's place (CorrCLIP's --region-masks sam2:CONFIG)."""
+    for name in ("sam2_hiera_t", "sam2.1_hiera_l"):
+        with pytest.raises(VplError, match="--region-masks sam2:CONFIG") as e:
+            check_model("sam", SamSpec(name, "none"))
+        assert "\n" not in str(e.value) and "vit_b" in str(e.value)

@@ -176,6 +176,11 @@ def test_refuses_to_clobber_and_resume_with_other_settings(world, tmp_path, fami
         run_train_text(world, tmp_path / "run", _cfg(epochs=1))
     with pytest.raises(VplError, match="--lr 0.001 there, 0.002 here"):
         run_train_text(world, tmp_path / "run", _cfg(epochs=1, lr=2e-3), resume=True)
+    # a setting that also changes the model it builds (the crop side is its img_size) is said once, as the setting:
+    # "the model's img_size ... (a file it names changed)" was said too, though no file changed
+    with pytest.raises(VplError) as e:
+        run_train_text(world, tmp_path / "run", _cfg(epochs=1, crop_size=2 * SMALL["crop_size"]), resume=True)
+    assert f"(--crop-size {SMALL['crop_size']} there, {2 * SMALL['crop_size']} here); " in str(e.value)
 
 
 def _script(body: str) -> list[str]:

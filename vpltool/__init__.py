@@ -6,7 +6,10 @@ From Python (docs/api.md)::
     seg = vpltool.segmenter("naclip", model="ViT-B-16", pretrained="openai")
     result = seg("photo.jpg", ["cat", "dog"])   # result.labels: [H, W] int64, 0 = background
     results = seg(["a.jpg", "b.jpg"], "cat,dog")  # a list: one result each
+    emb = seg.embed("photo.jpg")                 # the photo's image side, once
+    seg(emb, ["sofa", "cat"])                    # ... for another class list: only the text side runs
     vpltool.list_methods()                       # the methods segmenter() takes
+    vpltool.list_models()                        # the models it can load
 
 and the stages as functions, ``vpltool.api.cam(...)``, ... Importing vpltool is cheap: these names load on first use
 (no torch at ``import vpltool``).
@@ -23,9 +26,15 @@ __version__ = "0.1.0"
 # its agent (vpltool.cli.errors), and a rank whose agent died while it was still starting (importing torch takes
 # seconds on a loaded machine) must see that, not tie itself to init, which adopted it
 LAUNCHED_BY = os.getppid()
+# reproducible mode pins each library's instructions and threads before torch, numpy and OpenCV load (vpltool.numerics)
+if os.environ.get("VPLTOOL_REPRODUCIBLE", "").strip() == "1":
+    from .numerics import ask_reproducible
 
-_API = ("segmenter", "Segmenter", "Segmentation")
+    ask_reproducible()
+
+_API = ("segmenter", "Segmenter", "Segmentation", "Embedding")
 _METHODS = ("list_methods",)
+_MODELS = ("list_models", "list_pretrained")
 
 
 def __getattr__(name: str) -> Any:
@@ -35,8 +44,10 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".api.segmenters", __name__), name)
     if name in _METHODS:
         return getattr(importlib.import_module(".api.methods", __name__), name)
+    if name in _MODELS:
+        return getattr(importlib.import_module(".api.models", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "api", *_API, *_METHODS})
+    return sorted({*globals(), "api", *_API, *_METHODS, *_MODELS})

@@ -5,8 +5,9 @@
   map, 0 = background, and ``[C + 1, H, W]`` scores; numpy, or torch with ``return_tensors="pt"``), ``seg([a, b],
   names)`` -> a list, ``seg.map(folder, names)`` -> lazily, with a progress bar; ``vpltool.segmenter(NAME,
   checkpoint=FILE)`` for the checkpoint of a text-supervised family (``pgseg``: PGSeg / GroupViT). The label map
-  equals the mask `vpltool segment` writes for the same photo and names. :func:`list_methods`
-  (``vpltool.list_methods``) lists the methods.
+  equals the mask `vpltool segment` writes for the same photo and names; ``seg.embed(photo)`` keeps a photo's
+  image side for many class lists. :func:`list_methods` (``vpltool.list_methods``) lists the methods,
+  :func:`list_models` and :func:`list_pretrained` the models it can load.
 * the stages (:mod:`vpltool.api.stages`): ``vpltool.api.extract``, ``text_prototypes``, ``cam``,
   ``learn_prototypes``, ``crf``, ``train_decoder``, ``predict``, ``evaluate`` (`eval`), ``segment``, ``report``,
   each over the library function its command calls, with the command's defaults.
@@ -19,11 +20,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SEGMENTER = ("segmenter", "Segmenter", "Segmentation")
+_SEGMENTER = ("segmenter", "Segmenter", "Segmentation", "Embedding")
 _METHODS = ("list_methods",)
+_MODELS = ("list_models", "list_pretrained")
 _STAGES = ("extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",
            "segment", "report")
-__all__ = [*_SEGMENTER, *_METHODS, *_STAGES]
+__all__ = [*_SEGMENTER, *_METHODS, *_MODELS, *_STAGES]
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +33,8 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".segmenters", __name__), name)
     if name in _METHODS:
         return getattr(importlib.import_module(".methods", __name__), name)
+    if name in _MODELS:
+        return getattr(importlib.import_module(".models", __name__), name)
     if name in _STAGES:
         return getattr(importlib.import_module(".stages", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,13 +19,15 @@ def method_families() -> dict[str, str]:
     return {**{name: "clip" for name in DENSE_CHOICES}, **SEGMENTERS}
 
 
-def list_methods(filter: str | Sequence[str] = "", family: str | None = None) -> list[str]:
+def list_methods(filter: str | Sequence[str] = "", family: str | None = None, details: bool = False
+                 ) -> list[str] | dict[str, str]:
     """The methods :func:`vpltool.segmenter` takes, as ``timm.list_models(filter)`` lists models.
 
     Args:
         filter: a wildcard pattern (``"*clip*"``; case aside) or several: the names matching any; ``""``: all.
         family: ``"clip"`` (the dense CLIP methods of ``segment --dense``) or a text-supervised family
             (``pgseg``: PGSeg and GroupViT checkpoints); None: every family.
+        details: a dict of each name and one line saying what it is (:func:`method_summary`) instead of a list.
 
     Returns:
         The names, dense methods first in ``--help``'s order, then the text-supervised ones.
@@ -35,8 +37,35 @@ def list_methods(filter: str | Sequence[str] = "", family: str | None = None) ->
         raise VplError(f"list_methods(family={family!r}): choose {', '.join(sorted(set(table.values())))}")
     patterns = [filter] if isinstance(filter, str) else list(filter)
     patterns = [p.lower() for p in patterns if p] or ["*"]
-    return [name for name, fam in table.items() if (family is None or fam == family)
-            and any(fnmatch.fnmatchcase(name.lower(), p) for p in patterns)]
+    names = [name for name, fam in table.items() if (family is None or fam == family)
+             and any(fnmatch.fnmatchcase(name.lower(), p) for p in patterns)]
+    return {name: method_summary(name) for name in names} if details else names
+
+
+def method_summary(method: str) -> str:
+    """One line saying what ``method`` is, read from its spec row (:data:`vpltool.config.dense.DENSE_SPECS`: its
+    segmentor's defaults, its side models) or its text-supervised family's row."""
+    from ..config.dense import DENSE_SPECS
+    from ..models.registry import SEGMENTERS, TEXT_FAMILIES
+
+    check_method(method)
+    if method in SEGMENTERS:
+        row = TEXT_FAMILIES[SEGMENTERS[method]]
+        return f"a {row.title} checkpoint, trained on image-text pairs (model='{method}:FILE': {row.files})"
+    spec = DENSE_SPECS[method]
+    s = spec.settings
+    crop = f"windows {s.slide_crop}/{s.slide_stride}" if s.slide_crop else "the whole image"
+    extra = (f", area {s.area_threshold:g}" if s.area_threshold else "") + (
+        f", PAMR {s.pamr_steps}" if s.pamr_steps else "")
+    what = ("CLIP's own last block, unchanged: no dense method, the baseline (CLIP-ES's path)" if method == "none"
+            else "a training-free dense CLIP method: CLIP's last block mixed as its paper does")
+    if spec.plugin is not None:  # a method of a package outside vpltool (vpltool.plugins)
+        what = f"a dense CLIP method of the plugin {spec.plugin}"
+    sides = [f"a DINO proxy ({spec.proxy_model})" if spec.proxy_model else "", "SAM's image encoder" if spec.sam
+             else ""]
+    with_ = " and ".join(x for x in sides if x)
+    return (f"{what}{', with ' + with_ if with_ else ''}; its segmentor: short side {s.short_side}, {crop}, scale "
+            f"{s.logit_scale:g}, threshold {s.prob_threshold:g}{extra}")
 
 
 def check_method(method: str) -> str:
@@ -50,4 +79,4 @@ def check_method(method: str) -> str:
     return method
 
 
-__all__ = ["check_method", "list_methods", "method_families"]
+__all__ = ["check_method", "list_methods", "method_families", "method_summary"]

@@ -1,4 +1,5 @@
-"""A segmented photo (:class:`Segmentation`), as numpy or torch, and as transformers' ``image-segmentation`` output.
+"""A segmented photo (:class:`Segmentation`), as numpy or torch, as transformers' ``image-segmentation`` output, as
+`segment`'s mask file and overlay, and each class's area and box.
 
 Torch-free until torch is asked for: :meth:`Segmentation.torch` imports it, :meth:`Segmentation.numpy` needs it only
 when the result holds tensors (a segmenter called with ``return_tensors="pt"``).
@@ -6,10 +7,14 @@ when the result holds tensors (a segmenter called with ``return_tensors="pt"``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..errors import VplError
 
 
 @dataclass(frozen=True)
@@ -23,11 +28,14 @@ class Segmentation:
             [0, 1], each class the max over its synonyms; PGSeg / GroupViT: its zero-shot logits, not
             probabilities); numpy or torch as ``labels``.
         classes: ``('background', *names)``, the names as given (a synonym list ``cat|kitten`` by its first).
+        image: the photo segmented, ``[H, W, 3]`` uint8 RGB (numpy), which :meth:`overlay` draws on; None for a
+            result made by hand.
     """
 
     labels: Any
     scores: Any
     classes: tuple[str, ...]
+    image: Any = field(default=None, repr=False, compare=False)
 
     def numpy(self) -> Segmentation:
         """The same result as numpy arrays on the host (itself when it holds them already)."""
@@ -70,9 +78,65 @@ class Segmentation:
 
         from ..io.images import voc_palette
 
-        img = Image.fromarray(self.numpy().labels.astype(np.uint8))  # mode L, made P by its palette
+        img = Image.fromarray(self._mask())  # mode L, made P by its palette
         img.putpalette(voc_palette())
         return img
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the label map as `segment` writes a mask: a palette PNG (the VOC colours, index = class, 0 =
+        background; :func:`vpltool.io.write_mask`, atomically). Returns the path."""
+        from ..io import write_mask
+
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            raise VplError(f"{path}: a mask is saved as a .png (a palette PNG, lossless); name it "
+                           f"{path.with_suffix('.png').name}")
+        return write_mask(path, self._mask())
+
+    def overlay(self, image: Any = None, alpha: float | None = None):
+        """The photo with its mask's colours blended in and a legend of the classes it holds below it, as a PIL RGB
+        image: what `segment --overlay` writes (:func:`vpltool.io.overlays.class_overlay`, the same function) before
+        its JPEG encoding. ``image``: the photo (any the segmenter takes; None: the one segmented); ``alpha``: the
+        colours' share of each pixel (None: `segment`'s, 0.5)."""
+        from PIL import Image
+
+        from ..io.overlays import ALPHA, class_overlay
+        from .images import as_rgb
+
+        photo = self.image if image is None else as_rgb(image)
+        if photo is None:
+            raise VplError("overlay: this result holds no photo; pass it, result.overlay(photo)")
+        mask = self._mask()
+        if tuple(photo.shape[:2]) != mask.shape:
+            raise VplError(f"overlay: the photo is {photo.shape[0]}x{photo.shape[1]} and the mask "
+                           f"{mask.shape[0]}x{mask.shape[1]}; pass the photo that was segmented")
+        return Image.fromarray(class_overlay(photo, mask, self.classes, ALPHA if alpha is None else alpha))
+
+    def areas(self, normalize: bool = True) -> dict[str, float]:
+        """Each class's area, in class order (background first, absent classes 0): its share of the photo's
+        pixels in [0, 1], or (``normalize=False``) its pixel count."""
+        labels = self.numpy().labels
+        counts = np.bincount(labels.ravel(), minlength=len(self.classes))[: len(self.classes)]
+        total = max(labels.size, 1)
+        return {name: (float(n) / total if normalize else int(n)) for name, n in zip(self.classes, counts.tolist())}
+
+    def boxes(self) -> dict[str, tuple[int, int, int, int] | None]:
+        """Each class's bounding box in class order (background first): ``(left, top, right, bottom)`` in pixels,
+        right and bottom exclusive (PIL's ``crop`` box: ``photo.crop(box)`` is the class's rectangle); None for a
+        class the label map does not hold."""
+        labels = self.numpy().labels
+        out: dict[str, tuple[int, int, int, int] | None] = {}
+        for c, name in enumerate(self.classes):
+            rows, cols = np.nonzero((labels == c).any(axis=1))[0], np.nonzero((labels == c).any(axis=0))[0]
+            out[name] = None if not len(rows) else (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+        return out
+
+    def _mask(self) -> np.ndarray:
+        """The label map as `segment`'s mask: ``[H, W]`` uint8 (class indices below 255)."""
+        labels = self.numpy().labels
+        if len(self.classes) > 255:
+            raise VplError(f"a mask PNG holds at most 255 classes (255 = ignore); this result has {len(self.classes)}")
+        return labels.astype(np.uint8)
 
 
 __all__ = ["Segmentation"]

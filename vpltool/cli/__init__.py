@@ -1,8 +1,8 @@
 """The `vpltool` command line: a thin typer layer over the library, one function per command, assembled here.
 
 Each command is a plain function in the module of its stage (:mod:`.pipeline`, :mod:`.cam`, :mod:`.segment`,
-:mod:`.training`, :mod:`.report`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.train_text`, :mod:`.pgseg`); what they
-share is split by job:
+:mod:`.training`, :mod:`.report`, :mod:`.app`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.train_text`,
+:mod:`.pgseg`); what they share is split by job:
 :mod:`.options` (option types and blocks, with the dense methods' in :mod:`.dense_options`), :mod:`.errors` (one-line
 errors, signals, ranks) and :mod:`.output` (lines, progress, ``--log``). Heavy imports happen inside the commands, so
 ``vpltool --help`` stays fast.
@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import os
 
-from . import benchmark, cam, demo, pgseg, pipeline, report, segment, train_text, training
-from .errors import friendly_errors
-from .options import option_blocks
-from .root import app, help_cmd
+from .. import entry_points
+
+# the options below are made from the method tables, the plugins' rows with them: a broken plugin's line is shown
+# per command, as one warning line (friendly_errors), not by Python's display while this module imports
+entry_points.hold_warnings()
+
+from . import app as app_command  # noqa: E402
+from . import benchmark, cam, demo, pgseg, pipeline, report, segment, train_text, training  # noqa: E402
+from .errors import friendly_errors  # noqa: E402
+from .options import option_blocks  # noqa: E402
+from .root import app, help_cmd  # noqa: E402
 
 DEMO = "Demo world"
 # name, function, help panel; `vpltool --help` lists them in this order: the stages in pipeline order, then the demo
@@ -32,6 +39,7 @@ COMMANDS = (
     ("eval", training.eval_cmd, None),
     ("diagnose", training.diagnose_cmd, None),
     ("report", report.report_cmd, None),
+    ("app", app_command.app_cmd, None),
     ("make-world", demo.make_world_cmd, DEMO),
     ("make-pairs", demo.make_pairs_cmd, DEMO),
     ("train-toy-clip", demo.train_toy_clip_cmd, DEMO),

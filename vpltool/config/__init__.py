@@ -9,10 +9,12 @@ Field comments say *why* a value is what it is; docs/pipeline.md cites where eac
   defaults (extract, text-prototypes, cam, eval, learn-prototypes, crf) and the report's.
 * :mod:`~vpltool.config.decoder`: the decoder's defaults, for training (and its recipes) and for predict.
 * :mod:`~vpltool.config.dense`: the training-free dense segmentor's defaults, one set per ``--dense`` method.
+* :mod:`~vpltool.config.app`: `vpltool app`'s, the interactive page's.
 * :mod:`~vpltool.config.checks`: the rules (one-line errors naming the option), and configs to and from the
   parameters a stage records.
 """
 
+from .app import APP_MODEL, APP_PRETRAINED, AppConfig
 from .checks import (
     MAX_SEED,
     at_least,
@@ -77,6 +79,7 @@ from .stages import (
 )
 
 __all__ = [
+    "APP_MODEL", "APP_PRETRAINED", "AppConfig",
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
     "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "GPU_WORKERS", "ExtractConfig",
     "CPU_BATCH", "NOT_COMPARED", "check_tokens",

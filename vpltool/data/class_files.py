@@ -10,8 +10,8 @@ line at ``', '`` or ``','``; ProxyCLIP and Trident at ``'; '`` (their VOC21 back
 line is read in the second format (every line split at ``;``, commas kept inside a query), any other file in the
 first (split at ``,``); each query is stripped (CLIP's tokenizer drops the spaces the references keep). An empty
 line or an empty query (a trailing separator) is refused: the references would encode the empty string as a
-query. A ``|`` (``--classes``' synonym mark) or a query starting with ``#`` (a comment in every other list file)
-is refused too, rather than encoded as text.
+query. Blank lines at the end of the file are no lines (they shift no class). A ``|`` (``--classes``' synonym mark)
+or a query starting with ``#`` (a comment in every other list file) is refused too, rather than encoded as text.
 
 Which line is the background's is never guessed. The first line is the background's when it is marked
 (``background: sky, wall, ...``, or a line whose only query is ``background``, as ClearCLIP's), or when the file has
@@ -39,13 +39,15 @@ import os
 from pathlib import Path
 
 from ..config.dense import DENSE_SPECS
+from ..entry_points import DerivedMap
 from ..errors import VplError
 
 BACKGROUND_WORD = "background"
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "class_files"
 # a method -> the bundled set its reference's configs/ ship: its spec row's (verified byte for byte:
 # parity/results/benchmarks_parity.json); a set is also named by its folder
-REFERENCE_SETS = {name: spec.class_files for name, spec in DENSE_SPECS.items() if spec.class_files}
+REFERENCE_SETS = DerivedMap(lambda: {name: spec.class_files for name, spec in DENSE_SPECS.items() if spec.class_files},
+                            DENSE_SPECS)
 
 
 def class_file_path(spec: str | os.PathLike) -> Path:
@@ -96,8 +98,8 @@ def read_class_lines(spec: str | os.PathLike) -> tuple[list[list[str]], bool]:
     except (OSError, UnicodeDecodeError) as e:
         raise VplError(f"{path}: unreadable class file ({e}); save it as UTF-8 text") from None
     lines = text.split("\n")
-    if lines and lines[-1] == "":  # the newline that ends the last line (readlines() gives no line for it)
-        lines.pop()
+    while lines and not lines[-1].strip():  # the newline that ends the last line (readlines() gives no line for it),
+        lines.pop()  # and blank lines after it (an editor's, or a copy's): they name no class, nor shift one
     marked = bool(lines) and lines[0].lstrip().casefold().startswith(BACKGROUND_MARK)
     if marked:
         lines[0] = lines[0].lstrip()[len(BACKGROUND_MARK):]

@@ -23,7 +23,8 @@ class WordTokenizer:
     its own for it), so names made of such words look alike to it: one warning line says so, once per tokenizer (a
     command encodes its names and its background words in several calls), naming the first call's unknown words,
     the most used first (a class name is in every prompt of its class, a template's word in one per class), instead
-    of refusing a photo's class names outright.
+    of refusing a photo's class names outright. :meth:`warn_again` opens another such scope (the Python door, for
+    each new list of class names): its first call with words not named yet warns again, naming only those.
     """
 
     def __init__(self, vocabulary: Sequence[str], context_length: int):
@@ -32,6 +33,7 @@ class WordTokenizer:
         self.sot, self.eot = len(self.words) + 1, len(self.words) + 2
         self.context_length = context_length
         self.warned = False
+        self.named: set[str] = set()  # unknown words a warning has named (or counted) already
 
     @property
     def vocab_size(self) -> int:
@@ -48,10 +50,17 @@ class WordTokenizer:
             unknown.update(list(dict.fromkeys(w for w in words if w not in self.index)))  # once a prompt
             ids = [self.sot] + [self.index.get(w, UNKNOWN) for w in words][: self.context_length - 2] + [self.eot]
             out[row, : len(ids)] = torch.tensor(ids)
-        if unknown and not self.warned:
+        new = [w for w, _ in unknown.most_common() if w not in self.named]
+        if new and not self.warned:
             self.warned = True
-            warnings.warn(VplWarning(self.unknown_line([w for w, _ in unknown.most_common()])), stacklevel=2)
+            self.named.update(new)
+            warnings.warn(VplWarning(self.unknown_line(new)), stacklevel=2)
         return out
+
+    def warn_again(self) -> None:
+        """Let the next call that meets unknown words not named yet warn again (naming only those): a Python
+        segmenter calls it for each new list of class names, which a command gives once."""
+        self.warned = False
 
     def unknown_line(self, words: list[str]) -> str:
         """The one warning line for ``words`` outside the vocabulary: the words of vpltool's own default templates

@@ -404,11 +404,29 @@ def jsonable(obj: Any) -> Any:
 
 
 def by_content(obj: Any) -> Any:
-    """``obj`` (as read back from JSON) with every file identity reduced to its content: the ``path`` of a dict
-    holding a ``sha256`` dropped, so that ``-p ./t.safetensors`` and ``-p /abs/t.safetensors`` compare equal and a
-    file replaced under the same name does not."""
+    """``obj`` (as read back from JSON) with every identity of local bytes reduced to its content, the one rule by
+    which records are compared (a resume, the next shard, the next stage): the same bytes by another path are the
+    same input, other bytes under the same name are not.
+
+    * a file or folder (a dict holding a ``sha256``): its ``path`` dropped, so that ``-p ./t.safetensors`` and
+      ``-p /abs/t.safetensors`` compare equal;
+    * a CLIP whose weights are local bytes (a dict holding ``weights``, their digest:
+      :mod:`vpltool.models.backbones.local_weights`): where they were read from dropped, so that a ``local-dir:`` folder
+      reached through a symlink or renamed, or a ``--pretrained`` file moved, is the same model. That is
+      ``pretrained`` (the file, or ``none`` for a folder) and, for a folder (``pretrained`` ``none``), ``model``
+      (``local-dir:DIR`` or a registered alias: its config is among the digested files); a file's ``model`` is its
+      architecture, and stays."""
     if isinstance(obj, dict):
-        return {k: by_content(v) for k, v in obj.items() if not (k == "path" and "sha256" in obj)}
+        return {k: by_content(v) for k, v in obj.items() if k not in _located(obj)}
     if isinstance(obj, list):
         return [by_content(v) for v in obj]
     return obj
+
+
+def _located(identity: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of ``identity`` that say where its bytes lie rather than what they are (:func:`by_content`)."""
+    if "sha256" in identity:
+        return ("path",)
+    if isinstance(identity.get("weights"), str) and "model" in identity:
+        return ("pretrained", "model") if identity.get("pretrained", "none") == "none" else ("pretrained",)
+    return ()

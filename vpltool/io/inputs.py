@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,31 +50,63 @@ def _short(sha: Any) -> str:
     return str(sha).removeprefix("sha256:")[:12] + "…" if isinstance(sha, str) else json.dumps(sha)
 
 
+def shown_path(path: Any) -> str:
+    """A recorded path as a message shows it: relative to the current folder when it lies inside it (records keep
+    absolute paths, so that a later stage finds them from anywhere; the user typed a short one), else as recorded."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    try:
+        rel = os.path.relpath(text)
+    except ValueError:  # another drive (Windows)
+        return text
+    return text if rel == ".." or rel.startswith(".." + os.sep) else rel
+
+
+def _member(folder: Any, entry: Any) -> Any:
+    """A collection's file entry as a path: an identity's ``path``, or a ``[name, digest]`` pair's name in
+    ``folder``."""
+    if isinstance(entry, dict):
+        return entry.get("path")
+    if isinstance(entry, list) and entry and isinstance(entry[0], str):
+        return os.path.join(str(folder), entry[0]) if folder else entry[0]
+    return entry
+
+
 def _describe(option: str, before: Any, now: Any) -> str:
     """One input's change in words: the file, its digest there and here; for a collection (``files``), the first
-    file whose content differs."""
+    file whose content differs; for a CLIP (``weights``), its weights. Paths as :func:`shown_path` shows them."""
     if isinstance(now, dict) and isinstance(before, dict):
         old_files, new_files = before.get("files"), now.get("files")
+        where = shown_path(now.get("path", ""))
         if isinstance(old_files, list) and isinstance(new_files, list):
             if len(old_files) != len(new_files):
-                return f"{option} {now.get('path', '')}: {len(new_files)} files where the record has {len(old_files)}"
+                return f"{option} {where}: {len(new_files)} files where the record has {len(old_files)}"
             for old, new in zip(old_files, new_files):
                 if by_content(old) != by_content(new):
-                    name = new.get("path") if isinstance(new, dict) else new
-                    return f"{option}: {name} changed (sha256 {_short(_sha(old))} there, {_short(_sha(new))} here)"
+                    name, was = _member(now.get("path"), new), _member(before.get("path"), old)
+                    change = "changed" if name == was else f"differs from the record's {shown_path(was)}"
+                    return (f"{option}: {shown_path(name)} {change} (sha256 {_short(_sha(old))} there, "
+                            f"{_short(_sha(new))} here)")
         if "count" in now and before.get("count") != now.get("count"):
-            return f"{option} {now.get('path', '')}: {now['count']} items where the record has {before.get('count')}"
+            return f"{option} {where}: {now['count']} items where the record has {before.get('count')}"
         if "sha256" in now:
-            return (f"{option} {now.get('path', '')}: its content changed (sha256 {_short(before.get('sha256'))} "
+            return (f"{option} {where}: its content changed (sha256 {_short(before.get('sha256'))} "
                     f"there, {_short(now['sha256'])} here)")
+        if "weights" in now and "weights" in before:
+            name = now.get("model") if now.get("pretrained", "none") == "none" else now.get("pretrained")
+            return (f"{option} {shown_path(name)}: its weights' content changed (sha256 "
+                    f"{_short(before['weights'])} there, {_short(now['weights'])} here)")
     if isinstance(now, dict) and "sha256" in now:
-        return f"{option} {now.get('path')}: other content than the record's {_shown(before)}"
+        return f"{option} {shown_path(now.get('path'))}: other content than the record's {_shown(before)}"
     if isinstance(now, str) and isinstance(before, str) and now.startswith("sha256:"):
         return f"{option} changed (sha256 {_short(before)} there, {_short(now)} here)"
     return f"{option}: {_shown(before)} there, {_shown(now)} here"
 
 
 def _sha(value: Any) -> Any:
+    if isinstance(value, list) and len(value) == 2:  # a [name, digest] pair
+        return value[1]
     return value.get("sha256") if isinstance(value, dict) else value
 
 
@@ -97,6 +129,71 @@ def changed_inputs(before: Mapping[str, Any] | None, now: Mapping[str, Any],
     return said
 
 
+def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """Keys of ``new`` whose values differ in ``old``, as they read back from JSON, local bytes compared by content
+    (:func:`vpltool.io.files.by_content`). ``ignore``: keys never compared. A key only ``old`` has is one the new
+    run does not record: an option without effect in its combination (or a record of an older vpltool)."""
+    settings, contents = param_changes(old, new, ignore)
+    return sorted([*settings, *(_label(k, v) for k, v in contents)])
+
+
+def param_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Sequence[str] = ()
+                  ) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(settings, contents)``: the keys of ``new`` whose values differ in ``old`` (see :func:`changed_keys`), split
+    into settings (their keys) and local bytes whose content changed under the same description (a file, a folder,
+    a CLIP's weights: ``(key, the change in words naming the file)``, as :func:`changed_inputs` says it). A content
+    change is not another parameter: the run's options are the same, its inputs are not."""
+    old, new = jsonable(dict(old or {})), jsonable(dict(new))
+    settings, contents = [], []
+    for key in sorted(new):
+        was, now = old.get(key), _as_recorded(old.get(key), new[key])
+        if key in ignore or by_content(was) == by_content(now):
+            continue
+        if _same_but_bytes(was, now):
+            contents.append((key, _describe(key, was, now)))
+        else:
+            settings.append(key)
+    return settings, contents
+
+
+_DIGESTS = ("sha256", "weights", "files")  # what an identity of local bytes holds of their content
+
+
+def _same_but_bytes(old: Any, new: Any) -> bool:
+    """Whether two recorded identities of local bytes (a dict holding a digest) differ only in their bytes: the same
+    kind of input, other content."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return False
+    if not any(isinstance(old.get(k), str) and isinstance(new.get(k), str) for k in ("sha256", "weights")):
+        return False
+    strip = lambda d: {k: v for k, v in by_content(d).items() if k not in _DIGESTS}  # noqa: E731
+    return strip(old) == strip(new)
+
+
+def _as_recorded(old: Any, new: Any) -> Any:
+    """``new`` as ``old`` could record it, for a record of an older vpltool: a model identity without a
+    ``"weights"`` digest (:mod:`vpltool.models.backbones.local_weights`) is compared by name, as it was made; a file or
+    folder recorded by its path alone is compared by that path (the same file now is the same input)."""
+    if isinstance(old, dict) and isinstance(new, dict) and "weights" in new and "weights" not in old \
+            and "model" in new:
+        return {k: v for k, v in new.items() if k != "weights"}
+    if isinstance(old, str) and isinstance(new, dict) and isinstance(new.get("path"), str) and "sha256" in new \
+            and os.path.realpath(os.path.expanduser(old)) == os.path.realpath(new["path"]):
+        return old
+    return new
+
+
+def _label(key: str, change: str) -> str:
+    """``key``, or ``key (its weights' content)`` for a CLIP whose weights alone changed."""
+    return f"{key} (its weights' content)" if "its weights' content changed" in change else key
+
+
+def placed(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's ``inputs`` as they are compared: each value as :func:`_placed` gives it (a dataset whose every
+    image is recorded by content, less its root)."""
+    return {key: _placed(key, inputs) for key in inputs}
+
+
 def _placed(key: str, inputs: Mapping[str, Any]) -> Any:
     """``inputs[key]``, less the dataset's ``root`` where ``inputs`` also records every image's bytes and labels
     (``content``): then the data is compared by content, and a dataset moved with the same bytes is the same."""
@@ -106,4 +203,5 @@ def _placed(key: str, inputs: Mapping[str, Any]) -> Any:
     return value
 
 
-__all__ = ["NOT_FILES", "changed_inputs", "files_digest", "weights_identity"]
+__all__ = ["NOT_FILES", "changed_inputs", "changed_keys", "files_digest", "param_changes", "placed", "shown_path",
+           "weights_identity"]

@@ -90,6 +90,27 @@ def file_kind(path: str | os.PathLike) -> str | None:
         return None
 
 
+def item_marks(path: str | os.PathLike) -> dict[str, str] | None:
+    """What a per-item file records about itself (``vpltool.id``, ``vpltool.run``, ``vpltool.kind``: see
+    :mod:`vpltool.io.provenance`), from its header alone (a PNG's text chunks, which vpltool writes before the
+    pixels; a safetensors file's metadata): no pixel or tensor is read. ``{}`` for a file that records nothing,
+    None for one that cannot be read as a PNG or a safetensors file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if not head.startswith(b"\x89PNG") and len(head) == 8 and (n := struct.unpack("<Q", head)[0]) < 100_000_000:
+                meta = json.loads(fh.read(n)).get("__metadata__") or {}
+                return {k: v for k, v in meta.items() if isinstance(v, str)}
+        if not head.startswith(b"\x89PNG"):
+            return None
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return {k: v for k, v in img.info.items() if isinstance(k, str) and isinstance(v, str)}
+    except (OSError, SyntaxError, ValueError, AttributeError):
+        return None
+
+
 def _safetensors_kind(header: bytes) -> str | None:
     """``vpltool.kind`` of a safetensors header (and ``:source`` of a prototypes file: both stored as plain
     strings, :func:`vpltool.io.write_tensors`)."""
@@ -126,4 +147,4 @@ def _png_kind(path: Path) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-__all__ = ["FILE_KINDS", "MARK", "describe_kind", "file_kind", "marked", "png_info"]
+__all__ = ["FILE_KINDS", "MARK", "describe_kind", "file_kind", "item_marks", "marked", "png_info"]

@@ -34,11 +34,14 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ContractError, VplError
-from .files import by_content, jsonable, make_folder, read_json, write_json
+from ..numerics import describe, mismatch
+from .files import make_folder, read_json, write_json
+from .inputs import changed_keys, param_changes, placed
 from .locks import SHARD_NAME, output_lock
-from .provenance import run_digest
+from .provenance import check_present, run_digest
 from .records import (
     LOCK_FILE,
+    NUMERICS,
     RUN_DIGEST,
     RUN_RECORD,
     SHARD_RECORD,
@@ -107,41 +110,16 @@ def _remove_shard_records(folder: Path) -> None:
         (folder / SHARD_RECORD.format(index=index, count=count)).unlink(missing_ok=True)
 
 
-def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
-    """Keys of ``new`` whose values differ in ``old``, as they read back from JSON, files compared by content
-    (:func:`vpltool.io.files.by_content`). ``ignore``: keys never compared. A key only ``old`` has is one the new
-    run does not record: an option without effect in its combination (or a record of an older vpltool)."""
-    old, new = by_content(jsonable(old or {})), by_content(jsonable(new))
-    return sorted(_label(k, old.get(k), new[k]) for k in new if old.get(k) != _as_recorded(old.get(k), new[k])
-                  and k not in ignore)
-
-
-def _as_recorded(old: Any, new: Any) -> Any:
-    """``new`` as ``old`` could record it: a model identity of an older vpltool has no ``"weights"`` digest
-    (:mod:`vpltool.models.backbones.local_weights`) and is compared by name, as it was made."""
-    if isinstance(old, dict) and isinstance(new, dict) and "weights" in new and "weights" not in old \
-            and "model" in new:
-        return {k: v for k, v in new.items() if k != "weights"}
-    return new
-
-
-def _label(key: str, old: Any, new: Any) -> str:
-    """``key``, or ``key (its weights' content)`` for a model identity whose name is the same and bytes are not."""
-    if isinstance(old, dict) and isinstance(new, dict) and "weights" in old and "weights" in new and \
-            {k: v for k, v in old.items() if k != "weights"} == {k: v for k, v in new.items() if k != "weights"}:
-        return f"{key} (its weights' content)"
-    return key
-
-
 def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
-                      not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None) -> Path:
+                      not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None,
+                      numerics: Mapping[str, Any] | None = None) -> Path:
     """Create ``folder`` for a stage run (see :func:`begin_stage_run`, which also returns the run's digest)."""
-    return begin_stage_run(folder, stage, params, overwrite, not_compared, inputs)[0]
+    return begin_stage_run(folder, stage, params, overwrite, not_compared, inputs, numerics)[0]
 
 
 def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
-                    not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None
-                    ) -> tuple[Path, str | None]:
+                    not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None,
+                    numerics: Mapping[str, Any] | None = None) -> tuple[Path, str | None]:
     """Create ``folder`` for a stage run; refuse to mix parameter sets or inputs unless ``overwrite``.
 
     Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
@@ -152,9 +130,14 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
     ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete; a folder of
     another stage is refused even then (``--overwrite`` never turns it into this stage's).
 
+    ``numerics`` (the run's dtype and numeric mode, :func:`vpltool.numerics.run_numerics`) is recorded in both
+    records and by every item the run writes; a folder made in another dtype or mode is refused like other
+    parameters (a folder of a vpltool that recorded none is resumed as before).
+
     Returns the folder and the run's digest (:mod:`vpltool.io.provenance`), recorded in ``_run.json``: every item
     the run writes carries it. A resume continues its folder's run and keeps the folder's digest (none, for a folder
-    begun before run digests, so that its items stay alike); a new run computes it (:func:`run_digest`).
+    begun before run digests, so that its items stay alike); a new run computes it (:func:`run_digest`, over the
+    dtype and mode too).
     """
     folder = make_folder(folder)
     kept: list[dict[str, Any]] = []  # the records of the run this one continues
@@ -177,19 +160,37 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
         old = read_record(record, run=name == RUN_RECORD)
         if old.get("stage") != stage:
             raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
-        elif changed := changed_keys(old.get("params"), params, not_compared):
+        settings, contents = param_changes(old.get("params"), params, not_compared)
+        if settings:
             resume = " to resume" if name == RUN_RECORD else ""
-            raise VplError(f"{folder}: {what} with other parameters ({', '.join(changed)} differ); re-run with the "
-                           f"same options{resume}, pass --overwrite to redo it, or choose another --out")
-        elif inputs is not None and isinstance(old.get("inputs"), dict) and (
-                changed := changed_keys({k: v for k, v in old["inputs"].items() if k in inputs}, inputs)):
-            raise VplError(f"{folder}: {what} from other inputs ({', '.join(changed)} changed since), so its items "
-                           "are stale; pass --overwrite to redo every item, or choose another --out")
+            changed = ", ".join(changed_keys(old.get("params"), params, not_compared))
+            raise VplError(f"{folder}: {what} with other parameters ({changed} differ); re-run with the same "
+                           f"options{resume}, pass --overwrite to redo it, or choose another --out")
+        if inputs is not None and isinstance(old.get("inputs"), dict):  # the keys given (a stage records more)
+            more, also = param_changes(placed({k: v for k, v in old["inputs"].items() if k in inputs}), placed(inputs))
+            contents += [(k, f"{k} changed since") for k in more] + also
+        if contents:  # the same options, other bytes: the inputs changed, not the parameters
+            said = "; ".join(change for _, change in contents)
+            raise VplError(f"{folder}: {what} from other inputs ({said}), so its items are stale; pass --overwrite "
+                           "to redo every item, or choose another --out")
+        if numerics is not None and (differ := mismatch(old.get(NUMERICS), numerics)) is not None:
+            resume = " to resume" if name == RUN_RECORD else ""
+            same = "--precision" if differ == "dtype" else "mode"
+            raise VplError(f"{folder}: {what} {describe(old[NUMERICS], differ)}, this run is "
+                           f"{describe(numerics, differ)}; re-run with the same {same}{resume}, pass --overwrite to "
+                           "redo it, or choose another --out")
         kept.append(old)
-    digest = kept[0].get(RUN_DIGEST) if kept else run_digest(stage, params, inputs, not_compared)
+    if kept:
+        digest = kept[0].get(RUN_DIGEST)
+    else:  # the dtype and mode are part of what makes two runs' items interchangeable
+        made_in = None if numerics is None else {k: numerics.get(k) for k in ("dtype", "mode")}
+        digest = run_digest(stage, params, inputs if made_in is None else {**(inputs or {}), NUMERICS: made_in},
+                            not_compared)
     run = {"stage": stage, "vpltool": __version__, "params": dict(params)}
     if inputs is not None:
         run["inputs"] = dict(inputs)
+    if numerics is not None:
+        run[NUMERICS] = dict(numerics)
     write_json(folder / RUN_RECORD, run if digest is None else {**run, RUN_DIGEST: digest})
     return folder, digest
 
@@ -253,12 +254,21 @@ class StageFolder:
         inputs: the identity of the inputs (recorded in ``_run.json`` and ``_stage.json``; a resume must match).
         sides: option -> side folder (``--save-overlays``, ``--save-debug``; None = not given), marked as this
             stage's when made.
+        items: ``(ids, path_of)``, every item of the stage and its file (:meth:`run` gives them): the files present
+            (a resume keeps them as done, and the record will vouch for them) are checked on entering, before the
+            folder changes, to be the folder's run's (:func:`vpltool.io.provenance.check_present`: a file of another
+            run copied in is one line).
+        numerics: the run's dtype and numeric mode (:func:`vpltool.numerics.run_numerics`), recorded in both
+            records and every item (a resume in another is refused).
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
                  shard: tuple[int, int] | None = None, not_compared: Sequence[str] = (),
-                 inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {}):
+                 inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {},
+                 items: tuple[Sequence[str], Callable[[str | os.PathLike, str], Path]] | None = None,
+                 numerics: Mapping[str, Any] | None = None):
         self.folder, self.stage, self.params = Path(folder), stage, dict(params)
+        self.numerics = None if numerics is None else dict(numerics)
         self.inputs = None if inputs is None else dict(inputs)
         self.sides = {option: Path(path) for option, path in sides.items() if path is not None}
         if shard is None:
@@ -266,7 +276,7 @@ class StageFolder:
 
             shard = shard_from_env()
         self.overwrite, self.shard, self.reset = overwrite, tuple(shard), shard[0] == 0
-        self.not_compared = tuple(not_compared)
+        self.not_compared, self.items = tuple(not_compared), items
         self._stack = contextlib.ExitStack()
         self._created = False
         self.digest: str | None = None  # the run's digest (:func:`begin_stage_run`), set on entering
@@ -280,8 +290,12 @@ class StageFolder:
         self._stack.enter_context(output_lock(self.folder, self.shard, also=self.sides.values()))
         try:
             self._refuse_other_shard_count()
+            if self.items is not None and not self.overwrite:  # before _run.json: a refused run changes nothing
+                ids, path_of = self.items
+                present = _names(self.folder)
+                check_present(self.folder, [n for i in ids if (n := path_of(self.folder, i).name) in present])
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
-                                             self.not_compared, self.inputs)
+                                             self.not_compared, self.inputs, self.numerics)
             for option, path in self.sides.items():
                 write_side_record(path, self.stage, option)
         except BaseException:
@@ -332,7 +346,7 @@ class StageFolder:
     def todo(self, ids: Iterable[str], path_of: Callable[[str | os.PathLike, str], Path]) -> list[str]:
         """The ids of this shard (:meth:`mine`; ``ids``: all of the stage's) whose output ``path_of(folder, id)`` is
         missing (all of them under ``overwrite``): one listing of the folder, not a stat per id (outputs are
-        written atomically, so a name present is a finished item)."""
+        written atomically, so a name present is a finished item: ``items`` has them checked on entering)."""
         mine = self.mine(ids)
         if self.overwrite:
             return mine
@@ -346,6 +360,7 @@ class StageFolder:
         this shard whose output is missing (:meth:`todo`), ``on_start(len(todo))``, ``work(todo)`` when there is
         work (a model loads only then), last :meth:`finish` (``finish``: what it records besides)."""
         start = time.perf_counter()
+        self.items = (ids, path_of)
         with self:
             todo = self.todo(ids, path_of)
             if on_start:
@@ -379,6 +394,8 @@ class StageFolder:
             extra["ids"] = sorted(extra["ids"])
         if self.digest is not None:  # the run every item records (vpltool.io.provenance)
             extra[RUN_DIGEST] = self.digest
+        if self.numerics is not None:
+            extra.setdefault(NUMERICS, self.numerics)
         path = write_stage_record(self.folder, self.stage, params=self.params,
                                   inputs=self.inputs if inputs is None else inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)

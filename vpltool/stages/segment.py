@@ -48,7 +48,8 @@ from ..models.dense.segmentor import (  # the segmentor's pure functions, import
 
 STAGE = "segment"
 SYNONYM_SEPARATOR = "|"  # 'tv monitor|television|screen': one class, three queries
-WEIGHTS_PARAMS = ("proxy_weights", "sam_weights")  # recorded as {path, sha256} (vpltool.io.inputs)
+# options naming a file, recorded as {path, sha256} (vpltool.io.inputs) when they do: compared by content
+FILE_PARAMS = ("proxy_weights", "sam_weights", "class_file")
 
 
 def class_synonyms(names: Sequence[str]) -> list[list[str]]:
@@ -142,12 +143,13 @@ def dense_mixing_of(cfg: SegmentConfig):
     return mixing if changed else cfg.dense
 
 
-def check_dense(cfg: SegmentConfig):
+def check_dense(cfg: SegmentConfig, spec: ModelSpec | None = None):
     """``cfg``'s dense method resolved once and checked before any model loads: one
-    :class:`~vpltool.models.dense.method.DenseMethod` (one line for a missing or foreign proxy / SAM file)."""
+    :class:`~vpltool.models.dense.method.DenseMethod` (one line for a CLIP of ``spec`` whose tower does not take the
+    method, or a missing or foreign proxy / SAM file)."""
     from ..models.dense.method import resolve_method
 
-    return resolve_method(cfg)
+    return resolve_method(cfg, spec)
 
 
 def load_dense(spec: ModelSpec, method, device, backbone: ClipBackbone | None = None) -> ClipBackbone:
@@ -189,7 +191,7 @@ def run_segment(
     synonyms, templates, background = resolve_queries(names, cfg, scored_background(dataset), is_benchmark(dataset))
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--overlay": (overlay_folder(out) if overlay else None, "side")},
                      inputs={"the dataset": dataset.root}, protected=dataset.folders(), overwrite=runtime.overwrite)
-    method = check_dense(cfg)
+    method = check_dense(cfg, spec)
     method.hooks.check_items(dataset.items)  # a method's per-image inputs, before any model loads
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
@@ -199,7 +201,7 @@ def run_segment(
               "template_list": templates, "background_words": background,
               **({"class_queries": synonyms} if cfg.class_file is not None else {}),
               **({"mixing": _mixing_params(method.mixing)} if method.changed else {}), **method.hooks.record()}
-    for key in WEIGHTS_PARAMS:  # a weights file by content: another path to it is the same run, other bytes are not
+    for key in FILE_PARAMS:  # a file by content: another path to it is the same run, other bytes are not
         if key in params:
             params[key] = io.weights_identity(params[key])
     summary = dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,

@@ -4,14 +4,17 @@ the image and text towers, and nothing of the methods built on them.
 =============== ======================================================= ======================================
 module          what it is                                              family
 =============== ======================================================= ======================================
-``clip``        open_clip ViTs with the CLIP-ES surgery (its parts:     ``clip``
-                ``loading``, ``model``, ``gradcam``, ``text_tower``,
+``clip``        open_clip ViTs and its SigLIP 2 / PE-Core timm towers   ``clip``
+                with the CLIP-ES surgery (its parts: ``loading``,
+                ``open_clip_import``, ``model``, ``towers``,
+                ``timm_tower``, ``gradcam``, ``text_tower``,
                 ``preprocess``, ``prompts``, ``local_weights``,
                 ``fast_load``)
-``dino``        a timm ViT (DINO, DINOv2, the toy DINO): its attention  ``dino``
+``dino``        a timm ViT (DINO, DINOv2, DINOv3, C-RADIOv3, the toy    ``dino``
+                DINO): its attention (+ ``dino_weights``)
 ``sam``         segment-anything's image encoder (and prompt decoder)   ``sam``
 =============== ======================================================= ======================================
 
-``mimetic`` and ``windows`` are layers several families share (the toy CLIP's blocks, PGSeg's). Nothing is imported
-here: each module loads when its family is first named.
+``mimetic``, ``windows`` and ``timm_blocks`` (how a timm block mixes its tokens, RoPE included) are layers several
+families share. Nothing is imported here: each module loads when its family is first named.
 """

@@ -1,21 +1,72 @@
-"""The ``clip`` model family: open_clip ViTs with the CLIP-ES surgery
-(:class:`~vpltool.models.backbones.model.ClipBackbone`).
+"""The ``clip`` model family: open_clip models whose image tower is a ViT, with the CLIP-ES surgery
+(:class:`~vpltool.models.backbones.model.ClipBackbone`): open_clip's own ViTs (OpenAI's CLIP, LAION's, MetaCLIP's
+QuickGELU ViTs, the toy CLIP) and its timm towers with an attention-pooling head (SigLIP 2, PE-Core).
 
-Stages ask for it through the registry, ``load_model("clip", spec, device, dense=...)``
-(:mod:`vpltool.models.registry`); this module is the family's one entry point. Its parts stay in their own modules:
-which weights and how they load (:mod:`.loading`: local files and folders, open_clip tags, the toy CLIP), the
-model and its forward (:mod:`.model`), its GradCAM (:mod:`.gradcam`) and how its last block mixes its tokens
-(:mod:`.dense`: ``none`` = CLIP-ES, or one preset per training-free method; a parameter, not a second forward).
+Stages ask for it through the registry, ``load_model("clip", spec, device, dense=...)`` and
+``check_model("clip", spec, dense=...)`` (:mod:`vpltool.models.registry`); this module is the family's one entry
+point. Its parts stay in their own modules: which weights and how they load (:mod:`.loading`: local files and
+folders, open_clip tags, the toy CLIP), the model and its forward (:mod:`.model`), its image tower (:mod:`.towers`,
+:mod:`.timm_tower`: how tokens are made, mixed and projected, a parameter of the family), its GradCAM
+(:mod:`.gradcam`) and how its last block mixes its tokens (:mod:`..dense`: ``none`` = CLIP-ES, or one preset per
+training-free method; a parameter, not a second forward).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ...errors import VplError
 from ..dense import DenseMixing, dense_mixing
 from ..registry import register_family
-from .loading import ModelSpec, create_model, load_extra_config
+from .loading import (
+    ModelSpec,
+    check_quick_gelu,
+    create_model,
+    import_open_clip,
+    load_extra_config,
+    model_config,
+    register_config_dir,
+)
+from .local_weights import weight_files
 from .model import ClipBackbone
+from .open_clip_import import timm_tower_name
+from .timm_tower import TIMM_METHODS
+
+TIMM_ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk")  # the last-block attentions a timm tower's view computes
+
+
+def check_backbone(spec: ModelSpec, dense: str | DenseMixing | None = None) -> None:
+    """Refuse, from the model's config alone and before any model loads, a tag trained with GELU on a config that
+    runs QuickGELU (:func:`~.loading.check_quick_gelu`; a QuickGELU tag on a GELU config is built with QuickGELU),
+    an image tower vpltool does not read (a ResNet, CoCa's attentional pooling,
+    a timm tower without an attention-pooling head) and a ``--dense`` method its tower does not take: a timm tower
+    (SigLIP 2, PE-Core) runs the last block's token mixing alone
+    (:data:`~vpltool.models.backbones.timm_tower.TIMM_METHODS`); the other methods read open_clip's attention
+    modules or the class token. A name open_clip does not know passes here (:func:`create_model` says so)."""
+    open_clip = import_open_clip()
+    register_config_dir(spec.config_dir)
+    cfg = model_config(open_clip, spec)
+    if spec.folder is None and spec.pretrained not in (None, "", "none"):  # a GELU tag on a QuickGELU config
+        check_quick_gelu(open_clip, spec.model, spec.pretrained)
+    vision = cfg.get("vision_cfg") or {}
+    if isinstance(vision.get("layers"), (list, tuple)):
+        raise VplError(f"--model {spec.model}: a ResNet image tower; vpltool reads ViT towers only (e.g. ViT-B-16)")
+    if vision.get("attentional_pool"):
+        raise VplError(f"--model {spec.model}: attentional-pooling towers (CoCa) are not supported")
+    tower = timm_tower_name(cfg)
+    if not tower:
+        return
+    if vision.get("timm_pool", "avg") != "map":
+        raise VplError(f"--model {spec.model}: its timm tower {tower} pools with {vision.get('timm_pool', 'avg')!r}; "
+                       "vpltool takes a timm tower's dense tokens through an attention-pooling head (timm_pool "
+                       "'map': SigLIP 2, PE-Core)")
+    if dense is None:
+        return
+    mixing = dense_mixing(dense)
+    if mixing.method not in TIMM_METHODS or mixing.attention not in TIMM_ATTENTIONS:
+        what = f"--dense {mixing.method}" if mixing.method not in TIMM_METHODS else f"--attention {mixing.attention}"
+        raise VplError(f"{what} reads open_clip's own attention modules or the class token, which {spec.model}'s "
+                       f"timm tower ({tower}) does not have; on it choose --dense {', '.join(TIMM_METHODS)}")
 
 
 def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu", dense: str | DenseMixing = "none"
@@ -24,11 +75,14 @@ def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu", dense: st
     wrong (a file of another architecture included). ``dense``: how its last block mixes its tokens
     (:mod:`vpltool.models.dense`; ``none`` = CLIP-ES)."""
     mixing = dense_mixing(dense)  # a bad name fails before the weights load
+    check_backbone(spec, mixing)
     model, folder = create_model(spec)
     return ClipBackbone(model, spec, torch.device(device), load_extra_config(folder if spec.folder else None), mixing)
 
 
-register_family("clip", load_backbone, summary="open_clip ViTs, local weight files and folders, the demo's toy CLIP; "
-                "the CLIP-ES surgery, --dense a parameter of its last block", module=__name__)
+register_family("clip", load_backbone, check_backbone,
+                summary="open_clip ViTs (OpenAI, LAION, MetaCLIP, SigLIP 2, PE-Core), local weight files and folders, "
+                "the demo's toy CLIP; the CLIP-ES surgery, --dense a parameter of its last block", module=__name__,
+                files=lambda spec: weight_files(spec), fix="re-download or re-train that model")
 
-__all__ = ["load_backbone"]
+__all__ = ["check_backbone", "load_backbone"]

@@ -6,6 +6,17 @@ tokens (class token, registers) removed, on **the same patch grid as the CLIP pa
 backbones covers the same image region. timm interpolates its positional embedding to that size
 (``dynamic_img_size``).
 
+The same family takes timm's RoPE and register models, DINOv3 (``vit_*_patch16_dinov3``: ``eva.Eva``, a class token and
+4 registers, RoPE on the patches' q and k, no positional table) and C-RADIOv3 (``naflexvit_*_radio_v3``: NaFlexViT, a
+class token and 7 registers, its own patch and position embedding). Their tokens come from timm's own forward at the
+input's size (``forward_features``; :attr:`DinoBackbone.own_forward`), and what a method reads of a block (its
+attention map, its q and k) is recomputed from the block's input and the RoPE tensor that forward gave it (forward
+pre-hooks), in timm's order (:mod:`.timm_blocks`): the similarity the model computes. Their prefix tokens (class token
+and registers) are dropped together wherever patches are read. The mixing of both kinds is one function of two
+parameters, the prefix count and the RoPE tensor, so one family module serves them; DINO and DINOv2 keep vpltool's
+own forward below (their positional resize is the references' own, not timm's). tests/test_dino_rope.py checks the
+attention, keys and final tokens against forward hooks on timm's forward.
+
 timm is an optional dependency (``pip install 'vpltool[dino]'``; open_clip usually brings it). Weights: timm's
 pretrained tag of the name (``hub``; read from the local Hugging Face cache when offline), a local file, or ``none``
 (random, seeded: tests). Every way the weights can be unavailable is a one-line :class:`~vpltool.errors.VplError`,
@@ -15,23 +26,20 @@ raised by :func:`check_dino` before any model is built.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...errors import VplError, VplWarning
-from ...io import check_weights, is_regular_file, read_weights
+from ...errors import VplError
+from ...io import is_regular_file
 from ..registry import register_family
+from .dino_weights import DINO_WEIGHTS_FIX, RADIO_WEIGHTS_FIX, cached_hub_file, file_weights
 from .loading import _offline
-
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
-
+from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
 
 # how DINO's own forward (:meth:`DinoBackbone._dino_forward`) resizes the positional embedding to another grid
 # (:func:`vpltool.models.dense.resize_positional`): "bicubic-dino", the +0.1 scale factor of DINO and of DINOv2's
@@ -58,32 +66,18 @@ def import_timm():
     return timm
 
 
-def _cached_hub_file(timm, name: str) -> str | None:
-    """The locally cached weights file of timm model ``name``'s pretrained tag, or None."""
-    cfg = timm.models.get_pretrained_cfg(name)
-    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not hub:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in _WEIGHT_FILES:
-        found = try_to_load_from_cache(hub.split("@")[0], filename)
-        if isinstance(found, str):
-            return found
-    return None
-
-
-EXAMPLES = "e.g. vit_small_patch16_224.dino, vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m"
-# prefixes a training checkpoint puts before the backbone's keys (DINO's teacher/student, DDP's module., a model
-# wrapper's backbone.): stripped, and said so; any key left that the architecture lacks, or one it lacks, is refused
-KEY_PREFIXES = ("module.", "teacher.", "student.", "backbone.", "model.", "encoder.")
-
-
+EXAMPLES = ("e.g. vit_small_patch16_224.dino, vit_base_patch16_224.dino, vit_small_patch14_dinov2.lvd142m, "
+            "vit_small_patch16_dinov3, naflexvit_base_patch16_radio_v3")
 def _create(timm, spec: DinoSpec, overrides: dict, **kwargs):
     """``timm.create_model`` as a frozen affinity backbone is built (no head, any input size); one line for a
     model that cannot be (a CNN such as resnet18 takes no ``dynamic_img_size``)."""
     try:
-        return timm.create_model(spec.model, num_classes=0, dynamic_img_size=True, **overrides, **kwargs)
+        try:
+            return timm.create_model(spec.model, num_classes=0, dynamic_img_size=True, **overrides, **kwargs)
+        except TypeError as e:  # NaFlexViT (C-RADIOv3) takes any size by construction, and no dynamic_img_size
+            if not str(e).startswith("NaFlexVit"):
+                raise
+            return timm.create_model(spec.model, num_classes=0, **overrides, **kwargs)
     except (TypeError, RuntimeError, KeyError, OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         if isinstance(e, TypeError):
@@ -112,9 +106,9 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
         path = Path(spec.weights).expanduser()
         if not is_regular_file(path):
             raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
-        _file_weights(path, model.state_dict(), shapes_only=True, report=report)
+        file_weights(path, model.state_dict(), shapes_only=True, report=report, fix=weights_fix(spec.model))
         return str(path)
-    cached = _cached_hub_file(timm, spec.model)
+    cached = cached_hub_file(timm, spec.model)
     if cached is None and _offline():
         raise VplError(f"weights for --dino-model {spec.model} are not in the local cache and the hub is "
                        "unreachable (offline); download them elsewhere and pass the file: --dino-weights "
@@ -122,47 +116,16 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     return cached
 
 
-DINO_WEIGHTS_FIX = "pass a timm or DINO weights file (.safetensors, or a torch checkpoint) to --dino-weights"
-
-
-def _file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bool = False,
-                  report: bool = False) -> dict[str, Any]:
-    """The file's tensors under the architecture's names: exactly ``expected``'s keys and shapes, after stripping
-    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which). A weights file of another model (a
-    prototypes file, another ViT) is refused in one line: timm loaded it as a random model with a warning."""
-    state = read_weights(path, shapes_only, DINO_WEIGHTS_FIX, containers=("teacher", "state_dict", "model"))
-    stripped = []
-    while state and not set(state) & set(expected):
-        prefix = next((p for p in KEY_PREFIXES if any(k.startswith(p) for k in state)), None)
-        if prefix is None:
-            break
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # a head beside: dropped
-        stripped.append(prefix)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = [f"{len(missing)} of its tensors missing (first: {missing[0]!r})" if missing else "",
-                 f"{len(unexpected)} unknown (first: {unexpected[0]!r})" if unexpected else ""]
-        raise VplError(f"{path}: not weights of this --dino-model ({'; '.join(p for p in parts if p)}); pass the "
-                       "weights of that architecture, or the --dino-model they belong to")
-    for key, value in state.items():
-        shape = tuple(value) if shapes_only else tuple(value.shape)
-        if shape != tuple(expected[key].shape):
-            raise VplError(f"{path}: tensor {key!r} is {list(shape)}, the --dino-model's is "
-                           f"{list(expected[key].shape)}; pass the weights of that architecture")
-    if stripped and report:
-        warnings.warn(VplWarning(f"--dino-weights {path}: tensor names prefixed {''.join(stripped)!r} (a training "
-                                 "checkpoint); the prefix was stripped"), stacklevel=3)
-    if not shapes_only:  # the tensors themselves, as they load: dtypes and finite values
-        check_weights(path, state, expected, DINO_WEIGHTS_FIX)
-    return state
-
-
 def _check_plain_vit(model, name: str) -> None:
     blocks = list(getattr(model, "blocks", []))
     if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
         raise VplError(f"--dino-model {name}: not a plain ViT (blocks with a fused qkv attention); use a timm "
                        "vision_transformer such as vit_small_patch16_224.dino")
+
+
+def weights_fix(model: str) -> str:
+    """What a bad weights file's line tells the user to pass: RADIO's own checkpoint for a C-RADIOv3."""
+    return RADIO_WEIGHTS_FIX if "radio" in model else DINO_WEIGHTS_FIX
 
 
 def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -> DinoBackbone:
@@ -178,7 +141,8 @@ def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -
         else:
             model = _create(timm, spec, overrides, pretrained=True)
     if spec.weights not in ("none", "hub"):
-        model.load_state_dict(_file_weights(Path(weights), model.state_dict()), strict=True)
+        model.load_state_dict(file_weights(Path(weights), model.state_dict(), fix=weights_fix(spec.model)),
+                              strict=True)
     return DinoBackbone(model, torch.device(device), spec)
 
 
@@ -193,7 +157,12 @@ class DinoBackbone:
                            "vision_transformer such as vit_small_patch16_224.dino")
         self.model = model.eval().requires_grad_(False).to(device)
         self.spec, self.device, self.blocks = spec, device, blocks
-        ps = model.patch_embed.patch_size
+        # timm's own forward for a model whose tokens vpltool's DINO forward does not make (RoPE: DINOv3; its own
+        # embedding: C-RADIOv3's NaFlexViT); its blocks must be ones whose mixing timm_blocks repeats
+        self.own_forward = getattr(model, "rope", None) is not None or not hasattr(model, "patch_embed")
+        if self.own_forward:
+            check_blocks(blocks, f"--dino-model {spec.model if spec else type(model).__name__}")
+        ps = (model.patch_embed if hasattr(model, "patch_embed") else model.embeds).patch_size
         self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
         self.n_prefix = int(getattr(model, "num_prefix_tokens", 1))
         self.pos_resize = spec.pos_resize if spec is not None else "bicubic-dino"
@@ -219,7 +188,10 @@ class DinoBackbone:
     def final_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """A proxy model's patch tokens as DINO's own ``get_intermediate_layers(x)[0]`` gives them (ProxyCLIP):
         ``[B, 3, H, W]`` pixels normalised with :attr:`mean` / :attr:`std` -> (``[B, hw, C]`` the final ``norm``
-        output without the prefix tokens, ``(h, w)``) (:meth:`_dino_forward`)."""
+        output without the prefix tokens, ``(h, w)``) (:meth:`_dino_forward`; DINOv3 and C-RADIOv3: timm's own, its
+        class token and registers dropped)."""
+        if self.own_forward:
+            return self._timm_forward(pixels)[0], self._grid(pixels)
         if self.n_prefix != 1 or getattr(self.model, "cls_token", None) is None:
             name = self.spec.model if self.spec else type(self.model).__name__
             raise VplError(f"--proxy-model {name}: {self.n_prefix} prefix tokens; the proxy attention takes a DINO "
@@ -271,7 +243,13 @@ class DinoBackbone:
         """DINO's own forward (:meth:`_dino_forward`) that also keeps what the last block's fused ``qkv`` linear
         returned (a forward hook on ``blocks[-1].attn.qkv``, as Talk2DINO reads it): ``[B, 3, H, W]`` normalised
         pixels -> (``[B, hw, C]`` final-norm patch tokens, ``[B, prefix + hw, 3C]`` the last block's qkv (prefix
-        tokens first), ``(h, w)``). Gradients flow where the caller enables them."""
+        tokens first), ``(h, w)``). Gradients flow where the caller enables them. DINOv3: q and k as the attention
+        uses them, after its RoPE (:meth:`_timm_last_qkv`)."""
+        if self.own_forward:
+            tokens, (q, k, v) = self._timm_forward(pixels.to(self.device), last_qkv=True)
+            b, heads, n, hd = q.shape
+            return tokens, torch.stack([q, k, v], 2).permute(0, 3, 2, 1, 4).reshape(b, n, 3 * heads * hd), \
+                self._grid(pixels)
         m = self.model
         x, grid = self._dino_tokens(pixels.to(self.device))
         qkv = None
@@ -289,7 +267,9 @@ class DinoBackbone:
         ``[B, 3, H, W]`` pixels normalised with :attr:`mean` / :attr:`std` -> (``[B, prefix + hw, C]``, the prefix
         tokens first, no final norm; ``(h, w)``). The last block itself is not run. ``fused``: each block's
         attention by torch's fused kernel (``F.scaled_dot_product_attention``) instead of written out: the same
-        attention up to float rounding (1e-7 apart in fp32), faster."""
+        attention up to float rounding (1e-7 apart in fp32), faster. DINO and DINOv2 only (vpltool's own forward)."""
+        if self.own_forward:
+            raise VplError("last_block_input runs vpltool's DINO forward: a DINO or DINOv2 ViT, not DINOv3 / C-RADIOv3")
         m = self.model
         x, grid = self._dino_tokens(pixels.to(self.device))
         for blk in m.blocks[:-1]:
@@ -300,7 +280,9 @@ class DinoBackbone:
     def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
         normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the prefix tokens, ``(h, w)``),
-        DINO's arithmetic as in :meth:`_dino_forward`."""
+        DINO's arithmetic as in :meth:`_dino_forward`; DINOv3's keys after its RoPE."""
+        if self.own_forward:
+            return self._timm_forward(pixels, last_qkv=True)[1][1][:, :, self.n_prefix:], self._grid(pixels)
         m = self.model
         x, grid = self.last_block_input(pixels)
         attn = m.blocks[-1].attn
@@ -314,6 +296,8 @@ class DinoBackbone:
         """``[B, 3, H, W]`` normalised pixels -> ``[B, H // p, W // p, C]`` float32: the final-norm patch tokens
         (DINOv2's ``forward_features(x)["x_norm_patchtokens"]``, :meth:`_dino_forward`; prefix and register tokens
         dropped). WeCLIP+ first resizes its crop to whole patches (bilinear, :meth:`resized`), which callers do."""
+        if self.own_forward:
+            return self._timm_forward(pixels.to(self.device))[0].float().unflatten(1, self._grid(pixels))
         if getattr(self.model, "cls_token", None) is None or not hasattr(self.model, "pos_embed"):
             name = self.spec.model if self.spec else type(self.model).__name__
             raise VplError(f"--dino-model {name}: no class token with an absolute positional embedding; use a "
@@ -333,6 +317,13 @@ class DinoBackbone:
     def attention(self, image: np.ndarray, grid: tuple[int, int], n_blocks: int) -> torch.Tensor:
         """``[hw, hw]`` float32: the mean over the last ``n_blocks`` blocks of the head-mean attention, prefix
         tokens removed (rows then sum to a little under 1, as CLIP's maps without CLS)."""
+        if self.own_forward:
+            first = len(self.blocks) - min(n_blocks, len(self.blocks))
+            _, seen = forward_capturing(self.model, self.preprocess(image, grid), range(first, len(self.blocks)))
+            n = self.n_prefix
+            maps = [attention_weights(self.blocks[i].attn, self.blocks[i].norm1(x), rope).mean(1)[0, n:, n:]
+                    for i, (x, rope) in sorted(seen.items())]
+            return torch.stack(maps).mean(0)
         wanted = self.blocks[-min(n_blocks, len(self.blocks)):]
         inputs: list[torch.Tensor] = []
         hooks = [b.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for b in wanted]
@@ -347,6 +338,39 @@ class DinoBackbone:
             raise VplError(f"--dino-model: {att.shape[0]} patch tokens for a {grid[0]}x{grid[1]} grid; the model "
                            "pads or pools its patches, use a plain ViT")
         return att
+
+
+    def summary_and_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """The final tokens split as RADIO's adaptors read them (C-RADIOv3's ``(summary, features)``; NVlabs/RADIO's
+        hub code feeds its language (SigLIP 2) and SAM adaptors these two): ``[B, 3, H, W]`` pixels -> (``[B,
+        n_prefix, C]`` the prefix tokens, class token first, ``[B, hw, C]`` the patches, ``(h, w)``). Timm's own
+        forward (:meth:`_timm_forward`; DINOv3 and C-RADIOv3 only)."""
+        if not self.own_forward:
+            raise VplError("summary_and_patches reads timm's own forward: DINOv3 or C-RADIOv3 models only")
+        p = self.patch_size
+        pixels = pixels[..., : pixels.shape[-2] // p * p, : pixels.shape[-1] // p * p]
+        out = self.model.forward_features(pixels.to(self.device, self.model_dtype))
+        return out[:, : self.n_prefix], out[:, self.n_prefix:], self._grid(pixels)
+
+    def _grid(self, pixels: torch.Tensor) -> tuple[int, int]:
+        return pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+
+    def _timm_forward(self, pixels: torch.Tensor, last_qkv: bool = False):
+        """timm's own forward (DINOv3, C-RADIOv3): ``[B, 3, H, W]`` pixels (sides whole patches) -> ``[B, hw, C]``
+        final tokens without the prefix tokens; with ``last_qkv`` also the last block's ``(q, k, v)``, each ``[B,
+        heads, N, hd]``, q and k after its norms and RoPE (:func:`.timm_blocks.heads_qkv`)."""
+        p, last = self.patch_size, len(self.blocks) - 1
+        pixels = pixels[..., : pixels.shape[-2] // p * p, : pixels.shape[-1] // p * p]
+        out, seen = forward_capturing(self.model, pixels.to(self.model_dtype), [last] if last_qkv else [])
+        tokens = out[:, self.n_prefix:]
+        if not last_qkv:
+            return tokens, None
+        x, rope = seen[last]
+        return tokens, heads_qkv(self.blocks[last].attn, self.blocks[last].norm1(x), rope)
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
 
 def _dino_attention(attn, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
@@ -377,7 +401,12 @@ def _check(spec: DinoSpec, *, report: bool = True, **overrides) -> None:
     check_dino(spec, report=report, **overrides)
 
 
+def _files(spec: DinoSpec) -> list[Path]:
+    """The weights file a spec names (none for the hub's cache, whose files timm reads, or random weights)."""
+    return [] if spec.weights in ("hub", "none") else [Path(spec.weights).expanduser()]
+
+
 register_family("dino", load_dino, _check, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
-                module=__name__)
+                module=__name__, files=_files, fix=DINO_WEIGHTS_FIX)
 
 __all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]

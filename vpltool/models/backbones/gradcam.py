@@ -5,6 +5,8 @@ of one grid): every class map of every image, the images batched by label count 
 group, one backward per class). ``w_k = mean_patches dp_k/dA`` and ``cam_k = ReLU(A @ w_k)`` at the last block's
 ``ln_1`` output (``layer="input"``, CLIP-ES's target layer and VPL's) or at its output tokens, scaled like CLIP-ES
 (:func:`vpltool.ops.kernels.gradcam_scale`). ``exact`` repeats CLIP-ES's own order of operations (``--parity clip-es``).
+The score is CLIP-ES's softmax over an image's rows, or a SigLIP's own sigmoid (:func:`image_scores`); the image
+embedding the tower's patch mean (:mod:`vpltool.models.backbones.towers`).
 Every function takes the :class:`~vpltool.models.ClipBackbone` as ``bb`` (its last block, projection and device).
 """
 
@@ -17,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ...errors import VplError
 from ...ops.kernels import gradcam_scale
@@ -155,9 +156,9 @@ def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], row
                 torch.autocast(bb.device.type, dtype=torch.bfloat16 if bf16 else None, enabled=bf16):
             out, attn, ln1 = bb.block(bb.n_blocks - 1, xg, grid, need_weights=True, keep_ln1=layer == "input")
             act = ln1 if layer == "input" else out
-            img = _image_embedding(bb, out)  # [n, D]
+            img = bb.tower.pooled(out)  # [n, D]: the mean of the projected patch tokens, unit
             scores = img @ vectors.to(img).T / temperature  # [n, R]
-            p = scores.gather(1, group.row_index).softmax(-1)  # [n, K + M]: each image's classes, then background
+            p = image_scores(bb, scores.gather(1, group.row_index))  # [n, K + M]: its classes, then background
             grads = [torch.autograd.grad(p[:, j].sum(), act, retain_graph=j < group.k - 1)[0]
                      for j in range(group.k)]
         attention.append(attn.detach().float())
@@ -166,10 +167,11 @@ def gradcam_batch(bb, last_block_input: torch.Tensor, grid: tuple[int, int], row
         if outputs is not None:
             outputs.append(out.detach())
         if group.k:
-            patches = act.detach()[:, 1:].float()
+            n = bb.n_prefix  # the class token (if any) carries no map
+            patches = act.detach()[:, n:].float()
             # GradCAM's weights (the patch mean of each gradient), then a product and a sum over channels per map,
             # not a matmul: a batched matmul rounds differently from a single one (measured on a CPU), this does not
-            cams = torch.stack([(patches * g[:, 1:].float().mean(1)[:, None, :]).sum(-1) for g in grads], 1)
+            cams = torch.stack([(patches * g[:, n:].float().mean(1)[:, None, :]).sum(-1) for g in grads], 1)
             maps.append(torch.relu(cams).flatten(0, 1))  # [n * K, hw]: image by image, class by class
     attention = attention[0] if plan.one_group else torch.cat(attention).index_select(0, plan.image_order)
     if not maps:
@@ -192,15 +194,22 @@ def _tf32(on: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def _image_embedding(bb, out: torch.Tensor) -> torch.Tensor:
-    """``[N, D]`` float32 unit image embeddings of the last block's output ``[N, 1 + hw, width]``: CLIP-ES's mean of
-    the projected patch tokens, as ``ln_post``, the patch mean, then ``proj`` (the projection is linear), the
-    projection as a product and a sum: a matmul's rounding depends on how many rows it has (measured on a CPU),
-    this does not, so an image's softmax is the same in any batch."""
-    v = bb.visual
-    pooled = v.ln_post(out[:, 1:]).float().mean(1)  # [N, width]
-    embedding = pooled if v.proj is None else (pooled[:, :, None] * v.proj.float()).sum(1)
-    return F.normalize(embedding, dim=-1)
+def image_scores(bb, logits: torch.Tensor) -> torch.Tensor:
+    """The image-text score GradCAM differentiates, from ``logits`` ``[n, K + M]`` (``cos / temperature`` of each
+    image with its K class rows, then the M background rows):
+
+    * a CLIP trained with the softmax loss (OpenAI's, LAION's, MetaCLIP, PE-Core): CLIP-ES's softmax over the
+      image's rows, so that a class's map is pushed away from what the background rows and the other classes
+      explain;
+    * SigLIP (the model has a ``logit_bias``: trained with the pairwise sigmoid loss, each image-text pair an
+      independent yes/no): its own score ``sigmoid(logit + bias)`` per row. The rows no longer compete: class k's
+      gradient is its own cosine's times ``sigmoid'(z_k) / temperature``, a positive number that CLIP-ES's min-max
+      scaling removes, so its map is the GradCAM of its cosine and the background rows play no part. A softmax over
+      SigLIP's logits would be a distribution over prompts its loss never made.
+    """
+    if bb.logit_bias is None:
+        return logits.softmax(-1)
+    return (logits + bb.logit_bias).sigmoid()
 
 
 @dataclass
@@ -267,6 +276,8 @@ def _gradcam_clip_es(bb, last_block_input: torch.Tensor, grid: tuple[int, int], 
     logit scale multiplied in (not a division by the temperature); one backward per class; channel weights and
     the weighted sum in numpy float32 on ``[1, C, h, w]`` arrays laid out as its ``reshape_transform`` leaves
     them (channels fastest)."""
+    if bb.tower.kind != "open_clip" or bb.logit_bias is not None:
+        raise VplError(f"--parity clip-es repeats CLIP-ES's code on an open_clip ViT; {bb.spec.model} is not one")
     v = bb.visual
     scale = bb.model.logit_scale.exp().float()
     if abs(1.0 / temperature - float(scale)) > 1e-6 * float(scale):  # vision prototypes: their own temperature

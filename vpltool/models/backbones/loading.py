@@ -3,11 +3,11 @@
 The only place open_clip models are created. Everything that can go wrong offline (an unknown tag, weights not
 in the cache, a file that holds another architecture) is a one-line :class:`~vpltool.errors.VplError`.
 
-**Registration point.** Packages plug models and tokenizers in without the core knowing their names:
-:func:`register_model` maps an alias (``--model NAME``) to a local open_clip folder, :func:`register_tokenizer`
-maps the ``"tokenizer"`` kind named in a folder's ``vpltool.json`` to a factory. Plugins are found through the
-``vpltool.plugins`` entry-point group (the demo world registers its toy CLIP there) the first time a name is not
-known otherwise.
+**Registration point** (:mod:`.aliases`, torch-free). Packages plug models and tokenizers in without the core
+knowing their names: :func:`register_model` maps an alias (``--model NAME``) to a local open_clip folder,
+:func:`register_tokenizer` maps the ``"tokenizer"`` kind named in a folder's ``vpltool.json`` to a factory. Plugins
+are found through the ``vpltool.plugins`` entry-point group (:mod:`vpltool.entry_points`; the demo world registers
+its toy CLIP there).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import contextlib
 import json
 import os
 import socket
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,57 +25,21 @@ import torch
 
 from ...config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ...errors import VplError
+
+# the registration point, torch-free (a plugin's register function calls it): importable from here too
+from .aliases import (  # noqa: F401
+    EXTRA_CONFIG,
+    PLUGIN_GROUP,
+    register_model,
+    register_tokenizer,
+    registered_folder,
+    registered_models,
+    tokenizer_factory,
+)
 from .fast_load import assign_loaded_weights, no_weight_init  # noqa: F401 (imported from here too)
+from .open_clip_import import import_open_clip, timm_tower_name, with_timm, with_transformers
 
-EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
 _HUB_HOST = "huggingface.co"
-PLUGIN_GROUP = "vpltool.plugins"
-
-_MODELS: dict[str, Callable[[], Path]] = {}
-_TOKENIZERS: dict[str, Callable[[dict[str, Any], int], Any]] = {}
-_plugins_loaded = False
-
-
-def register_model(alias: str, folder: Callable[[], Path]) -> None:
-    """``--model alias`` loads the open_clip ``local-dir`` folder that ``folder()`` returns (weights, config and
-    ``vpltool.json``); the recorded identity stays ``alias`` so later stages rebuild the same model."""
-    _MODELS[alias] = folder
-
-
-def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any]) -> None:
-    """A folder whose ``vpltool.json`` says ``"tokenizer": kind`` gets ``factory(extra_config, context_length)``:
-    a callable from a list of strings to ``[N, context_length]`` int64 token ids (EOT the highest id per row)."""
-    _TOKENIZERS[kind] = factory
-
-
-def _load_plugins() -> None:
-    """Call every ``vpltool.plugins`` entry point once (they call the two register functions)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=PLUGIN_GROUP):
-        ep.load()()
-
-
-def registered_folder(alias: str) -> Path | None:
-    """The local folder of a registered alias, or None."""
-    if alias not in _MODELS:
-        _load_plugins()
-    return _MODELS[alias]() if alias in _MODELS else None
-
-
-def tokenizer_factory(kind: str) -> Callable[[dict[str, Any], int], Any]:
-    if kind not in _TOKENIZERS:
-        _load_plugins()
-    if kind not in _TOKENIZERS:
-        raise VplError(f"tokenizer {kind!r} (named by a model's {EXTRA_CONFIG}) is not registered; install the "
-                       "package that provides it")
-    return _TOKENIZERS[kind]
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Which CLIP to load.
@@ -114,7 +77,7 @@ class ModelSpec:
             if folder is not None:
                 cfg = json.loads((folder / "open_clip_config.json").read_text()).get("model_cfg", {})
             else:
-                _register_config_dir(self.config_dir)
+                register_config_dir(self.config_dir)
                 cfg = import_open_clip().get_model_config(self.model) or {}
         except (OSError, ValueError, AttributeError):
             return None
@@ -129,11 +92,14 @@ class ModelSpec:
         """What is stored in every output file, so downstream stages rebuild the same model. The config folder is
         recorded only when it defines this model (``<model>.json`` there): set by ``VPLTOOL_MODEL_CONFIGS`` on one
         run and not the next, it changes nothing for vpltool-toy or ViT-B-16, so a resume must not refuse it.
-        Weights from local bytes (a folder, an alias, a file) add ``"weights"``: their digest
+        A tag built with QuickGELU on a GELU config (OpenAI's on ``ViT-B-16``) adds ``"activation"``. Weights from
+        local bytes (a folder, an alias, a file) add ``"weights"``: their digest
         (:mod:`vpltool.models.backbones.local_weights`), so that other bytes under the same name are another model."""
         from .local_weights import weights_digest
 
         ident = {"model": self.model, "pretrained": "none" if self.folder is not None else self.pretrained}
+        if self.folder is None and (activation := tag_activation(self.model, self.pretrained)):
+            ident["activation"] = activation  # the tag's weights on a config of the other activation
         if self.config_dir and self.folder is None and (Path(self.config_dir) / f"{self.model}.json").is_file():
             ident["config_dir"] = str(self.config_dir)
         digest = self.weights or weights_digest(self)
@@ -151,7 +117,7 @@ class ModelSpec:
         return spec
 
 
-def _register_config_dir(config_dir: str | None) -> None:
+def register_config_dir(config_dir: str | None) -> None:
     open_clip = import_open_clip()
 
     for d in filter(None, [config_dir, os.environ.get("VPLTOOL_MODEL_CONFIGS")]):
@@ -207,8 +173,48 @@ def _offline() -> bool:
         return True
 
 
+def check_quick_gelu(open_clip, model: str, tag: str, cfg: dict[str, Any] | None = None) -> bool:
+    """Whether tag ``tag``'s weights need QuickGELU on ``model``'s GELU config: True for a tag trained with QuickGELU
+    on a config that runs GELU (OpenAI's own ``ViT-B-16 --pretrained openai``, as ``clip.load`` and every reference
+    built on it, CLIP-ES included, run it; MetaCLIP's tags on ``ViT-B-16``), which :func:`create_model` then builds
+    with QuickGELU, as the weights were trained (open_clip only warns, and would run them with GELU: a silently
+    different model). One line for a tag trained with GELU on a ``-quickgelu`` config, which cannot be undone."""
+    cfg = open_clip.get_pretrained_cfg(model, tag) if cfg is None else cfg
+    if not cfg:
+        return False
+    trained = bool(cfg.get("quick_gelu", False))
+    runs = bool((open_clip.get_model_config(model) or {}).get("quick_gelu", False))
+    if trained or not runs:
+        return trained and not runs
+    other = model.removesuffix("-quickgelu")
+    fix = f"--model {other}" if tag in open_clip.list_pretrained_tags_by_model(other) else "another --model"
+    raise VplError(f"--pretrained {tag} was trained without QuickGELU, --model {model} runs QuickGELU; pass {fix} "
+                   f"--pretrained {tag}")
+
+
+def tag_activation(model: str, tag: str) -> str | None:
+    """``"quickgelu"`` when tag ``tag`` of open_clip name ``model`` is built with QuickGELU on a GELU config
+    (:func:`check_quick_gelu`), else None: recorded in the model's identity, so that a run made before vpltool
+    followed the tag (GELU) is another model."""
+    if tag in ("", "none") or Path(tag).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(tag).exists():
+        return None
+    open_clip = import_open_clip()
+    return "quickgelu" if check_quick_gelu(open_clip, model, tag) else None
+
+
+def tags_preprocess(open_clip, model: str) -> dict[str, Any]:
+    """The input normalisation every pretrained tag of ``model`` agrees on (``mean``, ``std``), for its weights
+    from a local file, which name no tag: SigLIP's and PE's 0.5 / 0.5 instead of open_clip's OpenAI default; ``{}``
+    where the tags differ or there are none (open_clip's default then, as before)."""
+    seen = {tuple((k, tuple(cfg[k])) for k in ("mean", "std") if k in cfg)
+            for tag in open_clip.list_pretrained_tags_by_model(model)
+            if (cfg := open_clip.get_pretrained_cfg(model, tag))}
+    return dict((k, v) for k, v in next(iter(seen))) if len(seen) == 1 else {}
+
+
 def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
-    """A pretrained tag -> (cached local file or None, preprocessing overrides). Raises when unusable offline."""
+    """A pretrained tag -> (cached local file or None, open_clip's ``create_model`` options: the preprocessing
+    overrides and the tag's activation). Raises when unusable offline."""
     open_clip = import_open_clip()
 
     cfg = open_clip.get_pretrained_cfg(model, tag)
@@ -217,7 +223,9 @@ def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
         raise VplError(
             f"--pretrained {tag!r} is neither a file nor a tag of {model}; tags: {', '.join(tags) or 'none'}"
         )
+    quick = check_quick_gelu(open_clip, model, tag, cfg)
     preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation") if k in cfg}
+    options = {"force_preprocess_cfg": preprocess, "force_quick_gelu": quick}
     hub = cfg.get("hf_hub", "")
     if hub:
         from huggingface_hub import try_to_load_from_cache
@@ -226,111 +234,32 @@ def _resolve_tag(model: str, tag: str) -> tuple[str | None, dict[str, Any]]:
         for name in ("open_clip_model.safetensors", filename or "open_clip_pytorch_model.bin"):
             found = try_to_load_from_cache(repo, name)
             if isinstance(found, str):
-                return found, preprocess
+                return found, options
     if _offline():
         raise VplError(
             f"weights for {model} --pretrained {tag} are not in the local cache and the hub is unreachable; "
             f"download them elsewhere and pass the file: --pretrained /path/to/{model}.safetensors"
         )
-    return None, preprocess
+    return None, {"force_quick_gelu": quick}
 
 
-def import_open_clip():
-    """``open_clip``, imported without two optional costs it does not need here (a third of its import time).
-
-    * timm: open_clip imports it if installed only to offer timm image towers (plain ViT towers are what vpltool
-      supports) and falls back cleanly when it cannot be imported.
-    * ``torch._dynamo`` (~2 s of a 3 s import on a 2-core CPU): open_clip imports torchvision, whose
-      ``ops.roi_align`` imports ``torch._dynamo.utils.is_compile_supported`` at import time (torchvision's own
-      comment there: importing dynamo is best avoided for eager-mode users). A stand-in module serves that one
-      name during this import and resolves the real function on first call.
-
-    * transformers (seconds on a machine that has it: issue 19 measured 5.5 s of start-up compiling imports on a
-      GPU host): open_clip imports it only for Hugging Face text towers; :func:`create_model` imports open_clip
-      again with it for a model whose config names one (:func:`_needs_transformers`).
-
-    All last only for this import: ``import timm`` and ``torch._dynamo`` / ``torch.compile`` work normally after.
-    Should the stand-in ever be short of a name (a torchvision release that wants more), the import is retried
-    the plain way.
-    """
-    if "open_clip" in sys.modules:
-        return sys.modules["open_clip"]
-    before = set(sys.modules)
-    try:
-        with _without("timm"), _without("transformers"), _dynamo_deferred():
-            import open_clip
-    except (AttributeError, ImportError):
-        for name in set(sys.modules) - before:  # the half-imported packages, then the plain import
-            del sys.modules[name]
-        with _without("timm"), _without("transformers"):
-            import open_clip
-    return open_clip
-
-
-def _needs_transformers(open_clip, spec: ModelSpec) -> bool:
-    """Whether the model's text tower is a Hugging Face model (``text_cfg.hf_model_name``)."""
+def model_config(open_clip, spec: ModelSpec) -> dict[str, Any]:
+    """The open_clip model config of ``spec`` (a local folder's ``open_clip_config.json``, else open_clip's own or
+    the config folder's), ``{}`` when none can be read."""
     if spec.folder is not None:
         try:
             cfg = json.loads((spec.folder / "open_clip_config.json").read_text()).get("model_cfg", {})
         except (OSError, ValueError):
-            return False
+            return {}
     else:
         cfg = open_clip.get_model_config(spec.model) or {}
-    return bool((cfg.get("text_cfg") or {}).get("hf_model_name"))
+    return cfg if isinstance(cfg, dict) else {}
 
 
-def _with_transformers(open_clip):
-    """open_clip imported again the plain way (transformers included), for a Hugging Face text tower."""
-    if getattr(open_clip.hf_model, "transformers", None) is not None:
-        return open_clip
-    for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
-        del sys.modules[name]
-    with _without("timm"):
-        import open_clip as plain
-    return plain
+def _needs_transformers(open_clip, spec: ModelSpec) -> bool:
+    """Whether the model's text tower is a Hugging Face model (``text_cfg.hf_model_name``)."""
+    return bool((model_config(open_clip, spec).get("text_cfg") or {}).get("hf_model_name"))
 
-
-@contextlib.contextmanager
-def _without(package: str) -> Iterator[None]:
-    """Make ``import package`` fail (``sys.modules[name] = None``, Python's documented way) for the block."""
-    blocked = package not in sys.modules
-    if blocked:
-        sys.modules[package] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        if blocked:
-            del sys.modules[package]
-
-
-def _compile_supported(device_type: str) -> bool:
-    from torch._dynamo.utils import is_compile_supported  # the real one: dynamo is imported when first needed
-
-    return is_compile_supported(device_type)
-
-
-@contextlib.contextmanager
-def _dynamo_deferred() -> Iterator[None]:
-    """Serve ``torch._dynamo.utils.is_compile_supported`` from a stand-in module for the block, unless dynamo is
-    already imported; afterwards ``torch._dynamo`` imports for real (torch resolves it lazily)."""
-    import types
-
-    if "torch._dynamo" in sys.modules:
-        yield
-        return
-    dynamo, utils = types.ModuleType("torch._dynamo"), types.ModuleType("torch._dynamo.utils")
-    utils.is_compile_supported = _compile_supported  # type: ignore[attr-defined]
-    dynamo.utils = utils  # type: ignore[attr-defined]
-    dynamo.__path__ = []  # a package, so that the submodule import resolves
-    sys.modules.update({"torch._dynamo": dynamo, "torch._dynamo.utils": utils})
-    try:
-        yield
-    finally:
-        for name, stub in (("torch._dynamo", dynamo), ("torch._dynamo.utils", utils)):
-            if sys.modules.get(name) is stub:
-                del sys.modules[name]
-        if torch.__dict__.get("_dynamo") is dynamo:
-            delattr(torch, "_dynamo")
 
 
 @contextlib.contextmanager
@@ -352,17 +281,19 @@ def _quiet_root_log(prefix: str) -> Iterator[None]:
 def create_model(spec: ModelSpec):
     """``(open_clip model, its local folder or None)`` for ``spec``; one-line VplErrors for every way it fails."""
     open_clip = import_open_clip()
-    _register_config_dir(spec.config_dir)
+    register_config_dir(spec.config_dir)
     if _needs_transformers(open_clip, spec):
-        open_clip = _with_transformers(open_clip)
-        _register_config_dir(spec.config_dir)
+        open_clip = with_transformers(open_clip)
+        register_config_dir(spec.config_dir)
+    if timm_tower_name(model_config(open_clip, spec)):
+        with_timm(open_clip)
     folder = spec.folder
     if folder is not None:
         if not (folder / "open_clip_config.json").is_file():
             raise VplError(f"{folder}: not an open_clip model folder (needs open_clip_config.json + weights)")
         try:
             with no_weight_init(), assign_loaded_weights():
-                return _finite(open_clip.create_model(f"local-dir:{folder}"), folder), folder
+                return open_clip.create_model(f"local-dir:{folder}"), folder
         except _LOAD_ERRORS as e:  # a weights file cut short, a tensor missing or of another shape
             raise VplError(f"{folder}: its weights do not load as the model its open_clip_config.json describes "
                            f"({_first_line(e)}); re-download or re-train that model") from None
@@ -381,14 +312,13 @@ def create_model(spec: ModelSpec):
             raise VplError(f"{path}: weights file not found")
         try:
             with no_weight_init(), assign_loaded_weights():
-                return _finite(open_clip.create_model(spec.model, pretrained=str(path)), path), path.parent
+                return open_clip.create_model(spec.model, pretrained=str(path),
+                                              force_preprocess_cfg=tags_preprocess(open_clip, spec.model)), path.parent
         except _LOAD_ERRORS as e:
             raise VplError(f"{path}: does not hold {spec.model} weights ({_first_line(e)}); check --model") from None
-    cached, preprocess = _resolve_tag(spec.model, pretrained)
+    cached, options = _resolve_tag(spec.model, pretrained)
     with no_weight_init(), assign_loaded_weights():
-        if cached is not None:
-            return open_clip.create_model(spec.model, pretrained=cached, force_preprocess_cfg=preprocess), None
-        return open_clip.create_model(spec.model, pretrained=pretrained), None
+        return open_clip.create_model(spec.model, pretrained=cached or pretrained, **options), None
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -406,14 +336,6 @@ def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return " ".join(lines[:2])[:200] or type(e).__name__
 
-
-def _finite(model, where: Path):
-    """``model``, loaded from local bytes, once every weight is a finite number (:func:`vpltool.io.check_weights`;
-    open_clip has checked the names and shapes): a NaN in a file would otherwise give NaN masks, certified."""
-    from ...io import check_weights
-
-    check_weights(where, model.state_dict(), fix="re-download or re-train that model")
-    return model
 
 
 def load_extra_config(folder: Path | None) -> dict[str, Any]:

@@ -1,18 +1,22 @@
 """The frozen CLIP with the CLIP-ES surgery, and the GradCAM every stage takes from it.
 
-What is taken where (ViT-B/16 numbers; every open_clip ViT with standard blocks works the same way):
+What is taken where (ViT-B/16 numbers; how tokens are made, mixed and projected is the image tower's, a parameter of
+the family: :mod:`vpltool.models.backbones.towers` for open_clip's ViTs, :mod:`.timm_tower` for SigLIP 2 and PE-Core):
 
 * :meth:`ClipBackbone.embed`: ``conv1`` patches + class token + the positional embedding **bilinearly resized**
   (align_corners False, as CLIP-ES ``clip/model.py:upsample_pos_emb``) from the native 14x14 grid to the input's
-  ``h x w`` grid, then ``ln_pre``. Output ``[B, 1 + h*w, width]``, token 0 = CLS.
+  ``h x w`` grid, then ``ln_pre``. Output ``[B, n_prefix + h*w, width]``, token 0 = CLS (``n_prefix`` = 1; SigLIP 2
+  has no class token: 0).
 * :meth:`ClipBackbone.encode`: the one frozen forward loop. Blocks ``0..stop-1``; it keeps the **head-averaged**
-  attention ``[B, 1+hw, 1+hw]`` (rows sum to 1) of the blocks from ``attention_from`` on, as
+  attention ``[B, L, L]`` (rows sum to 1) of the blocks from ``attention_from`` on, as
   ``nn.MultiheadAttention(need_weights=True)`` gives it, and the patch tokens of the blocks in ``collect``.
 * :meth:`ClipBackbone.dense`: ``ln_post`` on the patch tokens, then ``@ proj`` -> ``[B, hw, D]`` in the joint
-  image-text space. The **image embedding is the mean of these** (CLIP-ES replaces the class token by the patch
-  mean; since ``proj`` is linear, mean-then-project equals project-then-mean).
+  image-text space (a timm tower: its pooling head's value path). The **image embedding is the mean of these**
+  (CLIP-ES replaces the class token by the patch mean; since ``proj`` is linear, mean-then-project equals
+  project-then-mean).
 * :meth:`ClipBackbone.gradcam`: softmax-GradCAM of CLIP-ES re-running only the last block, all classes from one
-  forward of it; its arithmetic is in :mod:`vpltool.models.backbones.gradcam`.
+  forward of it (a SigLIP's own sigmoid score in place of the softmax); its arithmetic is in
+  :mod:`vpltool.models.backbones.gradcam`.
 * :meth:`ClipBackbone.encode_text`: the text tower, with the context truncated to the longest prompt in the batch
   (the causal mask makes later positions irrelevant: same embeddings, ~10x faster).
 
@@ -46,6 +50,7 @@ from .gradcam import BatchGradCam, GradCam, SoftmaxRows, gradcam, gradcam_batch
 from .loading import ModelSpec
 from .preprocess import Preprocess
 from .text_tower import TextTower
+from .towers import OPENAI_MEAN, OPENAI_STD, image_tower
 from .windows import window_attention_mask
 
 
@@ -67,31 +72,27 @@ class Encoded:
 
 
 class ClipBackbone(TextTower):
-    """A frozen open_clip CLIP with the CLIP-ES surgery (see module docstring); its text tower:
+    """A frozen open_clip CLIP with the CLIP-ES surgery (see module docstring); its image tower ``tower``
+    (:func:`~vpltool.models.backbones.towers.image_tower`), its text tower:
     :class:`~vpltool.models.backbones.text_tower.TextTower`."""
 
     def __init__(self, model, spec: ModelSpec, device: torch.device, extra: dict[str, Any] | None = None,
                  dense: str | DenseMixing = "none"):
-        visual = model.visual
-        if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
-            raise VplError(f"--model {spec.model}: only ViT image towers are supported (no ResNet/timm towers)")
-        if getattr(visual, "attn_pool", None) is not None:
-            raise VplError(f"--model {spec.model}: attentional-pooling towers (CoCa) are not supported")
         self.model = model.eval().requires_grad_(False).to(device)
         self.spec, self.device, self.extra = spec, device, extra or {}
-        self.visual = visual
-        self.blocks = list(visual.transformer.resblocks)
+        self.visual = model.visual
+        self.tower = image_tower(model.visual, spec.model)  # how its tokens are made, mixed, projected (.towers)
+        self.blocks = self.tower.blocks
         self.n_blocks = len(self.blocks)
-        ps = visual.patch_size
-        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
-        self.width = int(visual.conv1.out_channels)
-        self.embed_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.width
+        self.n_prefix = self.tower.n_prefix  # tokens before the patches: the class token (1), none for SigLIP 2
+        self.patch_size, self.width, self.embed_dim = self.tower.patch_size, self.tower.width, self.tower.embed_dim
+        self.native_grid = self.tower.native_grid
         self.logit_scale = float(model.logit_scale.exp().item())
-        pp = getattr(visual, "preprocess_cfg", {}) or {}
-        self.mean = tuple(pp.get("mean", (0.48145466, 0.4578275, 0.40821073)))
-        self.std = tuple(pp.get("std", (0.26862954, 0.26130258, 0.27577711)))
-        grid = visual.grid_size
-        self.native_grid = (int(grid[0]), int(grid[1])) if isinstance(grid, (tuple, list)) else (int(grid), int(grid))
+        bias = getattr(model, "logit_bias", None)  # SigLIP's: its image-text score is a sigmoid (gradcam.py)
+        self.logit_bias = None if bias is None else float(bias.item())
+        pp = getattr(self.visual, "preprocess_cfg", {}) or {}
+        self.mean = tuple(pp.get("mean", OPENAI_MEAN))
+        self.std = tuple(pp.get("std", OPENAI_STD))
         window = self.extra.get("attention_window") or {}
         self.window_size = int(window.get("size", 0))
         self.window_blocks = frozenset(int(b) for b in window.get("blocks", []))
@@ -132,7 +133,7 @@ class ClipBackbone(TextTower):
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the image tower's weights are stored in (float32 unless :meth:`with_image_tower_in`)."""
-        return self.visual.conv1.weight.dtype
+        return self.tower.dtype
 
     def with_normalization(self, mean: Sequence[float], std: Sequence[float]) -> ClipBackbone:
         """A copy of this backbone whose inputs are normalised with ``mean`` / ``std`` (3 values each, on [0, 1]
@@ -155,9 +156,8 @@ class ClipBackbone(TextTower):
         if dtype == self.dtype:
             return self
         clone = copy.copy(self)
-        clone.visual = copy.deepcopy(self.visual).to(dtype)
-        clone.blocks = list(clone.visual.transformer.resblocks)
-        clone._pos_cache = {}
+        clone.tower = self.tower.in_dtype(dtype)
+        clone.visual, clone.blocks, clone._pos_cache = clone.tower.visual, clone.tower.blocks, {}
         return clone
 
     @property
@@ -222,21 +222,23 @@ class ClipBackbone(TextTower):
                 out[i] = image
         return self.normalize(torch.stack(out))
 
-    def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor:
-        """``[1 + h*w, width]``: CLS row kept, patch rows resized from the native grid (bilinearly, or as the
-        ``--dense`` method's code does: :func:`vpltool.models.dense.resize_positional`).
+    def positional_embedding(self, grid: tuple[int, int], fp16_round: bool = False) -> torch.Tensor | None:
+        """``[lead + h*w, width]``: the tower's positional table (``lead`` class rows kept, none for SigLIP 2), its
+        patch rows resized from the native grid (bilinearly, or as the ``--dense`` method's code does:
+        :func:`vpltool.models.dense.resize_positional`); None for a tower without one.
 
         At the native grid (and without rounding) this is the parameter itself, so a model being trained (the toy
         CLIP) gets its gradient; resized grids are cached, detached. ``fp16_round`` reproduces CLIP-ES, which
         casts the resized embedding to fp16 even in fp32 runs.
         """
-        if tuple(grid) == self.native_grid and not fp16_round:
-            return self.visual.positional_embedding
+        table = self.tower.pos_table
+        if table is None or (tuple(grid) == self.native_grid and not fp16_round):
+            return table
         mode = self.mixing.pos_interpolation
         key = (grid[0], grid[1], fp16_round, mode)
         if key not in self._pos_cache:
-            pos = self.visual.positional_embedding.detach().float()
-            out = resize_positional(pos, self.native_grid, tuple(grid), mode)
+            out = resize_positional(table.detach().float(), self.native_grid, tuple(grid), mode,
+                                    lead=self.tower.pos_lead)
             if fp16_round:
                 out = out.half().float()
             self._pos_cache[key] = out
@@ -249,13 +251,8 @@ class ClipBackbone(TextTower):
         return pixels.shape[-2] // p, pixels.shape[-1] // p
 
     def embed(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
-        """``[B, 3, H, W]`` normalised pixels -> ``[B, 1 + h*w, width]`` tokens entering block 0."""
-        v = self.visual
-        grid = self.grid_of(pixels)
-        x = v.conv1(pixels.to(self.device, v.conv1.weight.dtype))  # [B, width, h, w]
-        x = x.flatten(2).transpose(1, 2)  # [B, hw, width]
-        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
-        return v.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding(grid, fp16_pos).to(x.device, x.dtype))
+        """``[B, 3, H, W]`` normalised pixels -> ``[B, n_prefix + h*w, width]`` tokens entering block 0."""
+        return self.tower.embed(pixels.to(self.device), self.positional_embedding(self.grid_of(pixels), fp16_pos))
 
     def attention_mask(self, block: int, grid: tuple[int, int], device) -> torch.Tensor | None:
         """Additive ``[L, L]`` mask for a windowed block (toy CLIP): patches see a ``k x k`` neighbourhood (k = 1:
@@ -263,49 +260,37 @@ class ClipBackbone(TextTower):
         if block not in self.window_blocks or self.window_size < 1:
             return None
         # the CLS token gathers globally; patches stay local so early features stay local
-        return window_attention_mask(grid[0], grid[1], self.window_size, lead=1).to(device)
+        return window_attention_mask(grid[0], grid[1], self.window_size, lead=self.n_prefix).to(device)
 
     def block(self, i: int, x: torch.Tensor, grid: tuple[int, int], need_weights: bool = False,
               keep_ln1: bool = False):
-        """Run block ``i`` on ``[B, L, width]``.
+        """Run block ``i`` on ``[B, L, width]`` (the tower's: :mod:`vpltool.models.backbones.towers`).
 
         Returns:
             (x_out ``[B, L, width]``, head-mean attention ``[B, L, L]`` or None, ln_1 output or None).
         """
-        blk = self.blocks[i]
-        mask = self.attention_mask(i, grid, x.device)
-        h = blk.ln_1(x)
-        attn_out, attn = blk.attn(h, h, h, need_weights=need_weights, average_attn_weights=True,
-                                  attn_mask=None if mask is None else mask.to(h.dtype))
-        x = x + blk.ls_1(attn_out)
-        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-        return x, attn, (h if keep_ln1 else None)
+        return self.tower.block(i, x, grid, need_weights, keep_ln1, self.attention_mask(i, grid, x.device))
 
     def class_token(self, i: int, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Block ``i``'s output for the class token alone: ``[B, L, width]`` -> ``[B, 1, width]``, its attention
         over every token then its MLP; the patch rows, which CASS's image embedding does not read, are not made
         (the values of ``block(i, x, grid)[0][:, :1]`` up to the float order of the products)."""
-        blk = self.blocks[i]
-        mask = self.attention_mask(i, grid, x.device)
-        h = blk.ln_1(x)
-        out, _ = blk.attn(h[:, :1], h, h, need_weights=False,
-                          attn_mask=None if mask is None else mask[:1].to(h.dtype))
-        x = x[:, :1] + blk.ls_1(out)
-        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        return self.tower.class_token(i, x, self.attention_mask(i, grid, x.device))
 
     def last_block(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """The last block on ``[B, 1 + hw, width]`` tokens, mixing them as ``--dense`` says: the vanilla
-        :meth:`block` for ``none``, :func:`vpltool.models.dense.mix_last_block` otherwise. Returns
-        ``[B, 1 + hw, width]``."""
+        """The last block on ``[B, n_prefix + hw, width]`` tokens, mixing them as ``--dense`` says: the vanilla
+        :meth:`block` for ``none``, :func:`vpltool.models.dense.mix_last_block` on the tower's last block
+        otherwise. Returns ``[B, n_prefix + hw, width]``."""
         if self.mixing.vanilla:
             return self.block(self.n_blocks - 1, x, grid)[0]
         bias = None
         if self.mixing.gaussian_std > 0:
             key = (tuple(grid), self.mixing.gaussian_std, str(x.device), x.dtype)
             if key not in self._bias_cache:
-                self._bias_cache[key] = neighbourhood_bias(grid, self.mixing.gaussian_std, x.device, x.dtype)
+                self._bias_cache[key] = neighbourhood_bias(grid, self.mixing.gaussian_std, x.device, x.dtype,
+                                                           lead=self.n_prefix)
             bias = self._bias_cache[key]
-        return mix_last_block(self.blocks[-1], x, self.mixing, bias)
+        return mix_last_block(self.tower.mixing_block(grid), x, self.mixing, bias)
 
     def dense_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size) -> ``[B, h*w, D]``
@@ -334,7 +319,7 @@ class ClipBackbone(TextTower):
             if need:
                 out.attentions.append(attn)
             if i in wanted:
-                out.blocks.append(x[:, 1:])
+                out.blocks.append(x[:, self.n_prefix:])
         out.tokens = x
         return out
 
@@ -360,12 +345,13 @@ class ClipBackbone(TextTower):
             x, attn, _ = self.block(i, x, grid, need_weights=need)
             if not need:
                 continue
+            n = self.n_prefix  # the class token's row and column removed
             if keep_maps:
-                maps.append(attn[:, 1:, 1:].float())
+                maps.append(attn[:, n:, n:].float())
             elif total is None:
-                total = attn[:, 1:, 1:].float().clone()
+                total = attn[:, n:, n:].float().clone()
             else:
-                total += attn[:, 1:, 1:]
+                total += attn[:, n:, n:]
         if keep_maps and maps:
             attention = torch.stack(maps, 1)
         elif total is not None:
@@ -399,15 +385,15 @@ class ClipBackbone(TextTower):
         feats.attention = attention[0].cpu().to(dtype).float()
 
     def dense(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens after the last block ``[B, 1+hw, width]`` -> patch features ``[B, hw, D]`` (joint space, not
-        normalised)."""
-        return self.project(tokens[:, 1:])
+        """Tokens after the last block ``[B, n_prefix + hw, width]`` -> patch features ``[B, hw, D]`` (joint space,
+        not normalised)."""
+        return self.project(tokens[:, self.n_prefix:])
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``ln_post`` then ``proj``: ``[..., width]`` tokens -> ``[..., D]`` in the joint image-text space."""
-        v = self.visual
-        x = v.ln_post(tokens)
-        return x @ v.proj.to(x.dtype) if v.proj is not None else x
+        """``[..., width]`` patch tokens -> ``[..., D]`` in the joint image-text space: ``ln_post`` then ``proj``
+        (the tower's :meth:`~vpltool.models.backbones.towers.OpenClipTower.project`; a timm tower's pooling head's
+        value path)."""
+        return self.tower.project(tokens)
 
     def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` unit image embeddings: CLIP-ES's mean of the projected patch tokens."""

@@ -8,6 +8,10 @@ Trident (``--dense trident``) takes two things from it: the last block's global 
 ``last_v``). :meth:`SamEncoder.last_attention` recomputes them from the installed package's modules, with the same
 arithmetic; :meth:`SamEncoder.features` is the encoder's own output (the neck's 256 channels).
 
+SAM 2 (``--sam-model sam2...``) is refused in one line (:data:`SAM2_REFUSAL`): its Hiera encoder has no counterpart of
+that attention, and the methods built on SAM 2 read its masks, which CorrCLIP's ``--region-masks sam2:CONFIG`` runs
+(``pip install 'vpltool[sam2]'``).
+
 Weights: SAM's released checkpoints (``sam_vit_b_01ec64.pth``: the whole Sam, whose ``image_encoder.`` tensors are
 taken, and its prompt encoder and mask decoder when ``prompt`` is set, else dropped), a file of the encoder's
 tensors alone (not with ``prompt``: one line), or ``none`` (seeded random: tests and parity). A file of another
@@ -137,7 +141,19 @@ def _prompt_state(path: Path, spec: SamSpec, expected: dict[str, torch.Tensor], 
     return state
 
 
+# SAM 2 has no place in Trident's aggregation: its Hiera encoder is hierarchical (pooled stages, windowed blocks
+# around a few global ones) and has no "last global attention on the prompt grid" Trident reads of SAM's ViT; the
+# methods that use SAM 2 take its masks alone (TextRegion @ e392cd2, TextRegionSegmenter.py L92-108 and L544: its
+# automatic mask generator; CorrCLIP @ 103bc18, CorrCLIPv1/corrclip_segmentor.py L263-276), which vpltool runs as
+# CorrCLIP's --region-masks sam2:CONFIG (vpltool.models.dense.corrclip.regions)
+SAM2_REFUSAL = ("SAM 2's Hiera encoder has no counterpart of the last global attention Trident reads of SAM's ViT "
+                "(the methods built on SAM 2 take its masks alone); pass --sam-model vit_b, vit_l or vit_h (SAM), "
+                "or use SAM 2 for CorrCLIP's regions: --dense corrclip --region-masks sam2:CONFIG")
+
+
 def _arch(spec: SamSpec) -> SamArch:
+    if spec.model.lower().startswith("sam2"):
+        raise VplError(f"--sam-model {spec.model}: {SAM2_REFUSAL}")
     if spec.model not in SAM_ARCHS:
         raise VplError(f"--sam-model {spec.model!r} is not a SAM encoder; choose one of {', '.join(SAM_ARCHS)}")
     return SAM_ARCHS[spec.model]
@@ -360,8 +376,13 @@ def _check(spec: SamSpec) -> None:
     check_sam(spec)
 
 
+def _files(spec: SamSpec) -> list[Path]:
+    """The weights file a spec names (none for random weights)."""
+    return [] if spec.weights == "none" else [Path(spec.weights).expanduser()]
+
+
 register_family("sam", load_sam, _check, summary="SAM (segment-anything): its encoder's last global attention; with "
                 "SamSpec.prompt its prompt encoder and mask decoder",
-                module=__name__)
+                module=__name__, files=_files, fix=FIX)
 
 __all__ = ["SAM_ARCHS", "SamArch", "SamSpec", "SamEncoder", "check_sam", "load_sam", "sam_input"]

@@ -11,7 +11,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...errors import VplError
 from .loading import tokenizer_factory
+
+
+def _open_clip_tokenizer(model: str):
+    """open_clip's tokenizer of ``model``; one line when it cannot be made here: SigLIP's (a Hugging Face tokenizer:
+    Gemma's for SigLIP 2) needs ``transformers`` and its vocabulary file from the hub or its cache."""
+    from .loading import import_open_clip
+
+    try:
+        return import_open_clip().get_tokenizer(model)
+    except (ImportError, OSError, ValueError, RuntimeError) as e:
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise VplError(f"--model {model}: its tokenizer cannot be loaded ({why}); SigLIP's tokenizers need "
+                       "`pip install transformers sentencepiece` and, once, the hub (or HF_HOME holding its files)"
+                       ) from None
 
 
 class TextTower:
@@ -25,9 +40,7 @@ class TextTower:
             if kind:
                 self._tokenizer = tokenizer_factory(kind)(self.extra, self._text_tower()["context_length"])
             else:
-                from .loading import import_open_clip
-
-                self._tokenizer = import_open_clip().get_tokenizer(self.spec.model)
+                self._tokenizer = _open_clip_tokenizer(self.spec.model)
         return self._tokenizer
 
     def _text_tower(self) -> dict[str, Any]:

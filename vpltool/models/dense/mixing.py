@@ -129,8 +129,10 @@ PURE_PRESETS: dict[str, DenseMixing] = {
 }
 
 
-def resize_positional(pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int], mode: str) -> torch.Tensor:
-    """``[1 + gh*gw, width]`` positional embedding -> ``[1 + h*w, width]`` for ``grid`` (CLS row kept).
+def resize_positional(pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int], mode: str,
+                      lead: int = 1) -> torch.Tensor:
+    """``[lead + gh*gw, width]`` positional embedding -> ``[lead + h*w, width]`` for ``grid`` (the ``lead`` rows
+    before the patches kept: CLIP's class row; none for SigLIP 2).
 
     ``bilinear``: CLIP-ES (``upsample_pos_emb``), resized to the size. ``bicubic-dino``: the dense methods' (DINO's)
     ``interpolate_pos_encoding``: bicubic with the scale factor ``(h + 0.1) / gh``, not recomputed from the size,
@@ -142,7 +144,7 @@ def resize_positional(pos: torch.Tensor, native: tuple[int, int], grid: tuple[in
     if tuple(grid) == tuple(native):
         return pos
     gh, gw = native
-    patches = pos[1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+    patches = pos[lead:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
     if mode == "bilinear":
         patches = F.interpolate(patches, size=tuple(grid), mode="bilinear", align_corners=False)
     elif mode == "bicubic-antialias":
@@ -153,19 +155,20 @@ def resize_positional(pos: torch.Tensor, native: tuple[int, int], grid: tuple[in
         if tuple(patches.shape[-2:]) != tuple(grid):  # the +0.1 makes floor() land on the grid; guard it anyway
             raise VplError(f"positional embedding resized to {tuple(patches.shape[-2:])}, not the grid {grid}")
     patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-    return torch.cat([pos[:1], patches])
+    return torch.cat([pos[:lead], patches])
 
 
-def neighbourhood_bias(grid: tuple[int, int], std: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    """NACLIP's Ω: ``[1 + hw, 1 + hw]``; patch rows/columns ``exp(-d² / (2 std²))`` with ``d`` the distance in
-    patches between the two tokens (peak 1, not normalised), the class token's row and column 0. Made on ``device``
-    (no host-to-device copy)."""
+def neighbourhood_bias(grid: tuple[int, int], std: float, device=None, dtype=torch.float32,
+                       lead: int = 1) -> torch.Tensor:
+    """NACLIP's Ω: ``[lead + hw, lead + hw]``; patch rows/columns ``exp(-d² / (2 std²))`` with ``d`` the distance
+    in patches between the two tokens (peak 1, not normalised), the ``lead`` tokens' rows and columns 0 (CLIP's class
+    token; SigLIP 2 has none). Made on ``device`` (no host-to-device copy)."""
     h, w = grid
     rows = torch.arange(h, device=device, dtype=torch.float32).repeat_interleave(w)
     cols = torch.arange(w, device=device, dtype=torch.float32).repeat(h)
     d2 = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
-    out = torch.zeros(1 + h * w, 1 + h * w, device=device, dtype=torch.float32)
-    out[1:, 1:] = torch.exp(-d2 / (2.0 * std * std))
+    out = torch.zeros(lead + h * w, lead + h * w, device=device, dtype=torch.float32)
+    out[lead:, lead:] = torch.exp(-d2 / (2.0 * std * std))
     return out.to(dtype)
 
 
@@ -175,7 +178,8 @@ def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tens
 
     Args:
         attn: the block's ``nn.MultiheadAttention`` (its ``in_proj_weight``/``in_proj_bias``, ``num_heads``,
-            ``out_proj``).
+            ``out_proj``), or an attention that gives its own q, k, v per head (``heads(h)``: a timm tower's, its
+            q and k after its norms and RoPE, :mod:`vpltool.models.backbones.timm_tower`) and ``out_proj``.
         h: ``[B, L, width]`` the block's ``ln_1`` output.
         bias: ``[L, L]`` added to the scaled logits before the softmax (Ω), or None.
         prior: ``[B, L, L]`` attention logits shared by the heads (``prior+kk``: SC-CLIP's masked similarity,
@@ -184,14 +188,18 @@ def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tens
     Returns:
         ``[B, L, width]``.
     """
-    if getattr(attn, "in_proj_weight", None) is None or not hasattr(attn, "out_proj"):
+    own = getattr(attn, "heads", None)
+    if own is None and (getattr(attn, "in_proj_weight", None) is None or not hasattr(attn, "out_proj")):
         raise VplError("--dense: the last block's attention has no packed in_proj_weight (a custom attention "
                        "module); only standard nn.MultiheadAttention blocks take a dense method")
     b, n, width = h.shape
     heads = attn.num_heads
     scale = (width // heads) ** -0.5
-    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (t.reshape(b, n, heads, width // heads).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, hd]
+    if own is not None:
+        q, k, v = own(h)  # [B, heads, L, hd], as the model computes them
+    else:
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(b, n, heads, width // heads).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, hd]
     if mixing.attention == "identity":
         out = v
     elif mixing.attention == "prior+kk":  # SC-CLIP's custom_attn: the mean of the two softmaxes

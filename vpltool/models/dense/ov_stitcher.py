@@ -28,7 +28,6 @@ mask, the depth rule, the region maps and the map correction). One image:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -52,25 +51,6 @@ PRESET = DenseMixing(METHOD, "proxy", False, False, "bicubic-dino")
 CORRELATION = Correlation()  # its transformer.py's ALPHA 1, BETA 0.5, TAU 4, DBSCAN eps 0.2; windows of 56 pixels
 # ov_stitcher_segmentor.py's SAM2AutomaticMaskGenerator arguments (set_mask_generator('sam2'))
 SAM_SETTINGS = {"points_per_side": 64, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.7}
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """OV-Stitcher's own settings, as its hooks read them from the run's :class:`~vpltool.config.SegmentConfig`
-    (the option is made from its spec row, :data:`vpltool.config.dense.DENSE_SPECS`; it shares CorrCLIP's)."""
-
-    region_masks: str | None = field(default=None, metadata={
-        "option": "--region-masks", "help": "its class-agnostic region masks: a folder of <image stem>.npz files | "
-        "sam | sam2[:CONFIG], with its SAM2 settings (64 points a side, thresholds 0.7)"})
-    sam_model: str = "vit_b"
-    sam_weights: str | None = None
-
-    @classmethod
-    def of(cls, cfg) -> Knobs:
-        if cfg is None:
-            raise VplError(f"--dense {METHOD} needs its region masks: run it through segment or vpltool.segmenter with "
-                           "--region-masks (a backbone made by name alone has none)")
-        return cls(cfg.region_masks, cfg.sam_model, cfg.sam_weights)
 
 
 def check_windows(crop: int, short_side: int, multiple: int) -> None:
@@ -278,8 +258,10 @@ def ov_stitcher_logits(bb, pixels: torch.Tensor, text: torch.Tensor, ids, sizes,
 def _source(cfg, load: bool = True):
     from .corrclip.regions import region_source
 
-    k = Knobs.of(cfg)
-    return region_source(k.region_masks, k.sam_model, k.sam_weights, load=load, settings=SAM_SETTINGS,
+    if cfg is None:
+        raise VplError(f"--dense {METHOD} needs its region masks: run it through segment or vpltool.segmenter with "
+                       "--region-masks (a backbone made by name alone has none)")
+    return region_source(cfg.knobs.region_masks, cfg.sam_model, cfg.sam_weights, load=load, settings=SAM_SETTINGS,
                          method=METHOD)
 
 
@@ -287,7 +269,7 @@ class Hooks(DenseHooks, method=METHOD, preset=PRESET):
     """OV-Stitcher's hooks: its windows checked, each image's region map (``regions``, the photo's ``[H0, W0]``
     int64 ids), its segmentor (:func:`ov_stitcher_logits`) and CorrCLIP's map correction after the argmax."""
 
-    _digest: str | None = None
+    _folder: dict | None = None  # a folder of region masks by content (FolderRegions.check)
 
     def check(self) -> None:
         _source(self.cfg, load=False)  # the value, the SAM file's kind, the sam2 package
@@ -302,20 +284,21 @@ class Hooks(DenseHooks, method=METHOD, preset=PRESET):
 
         source = _source(self.cfg, load=False)
         if isinstance(source, FolderRegions):
-            self._digest = source.check([(Path(it.image), image_size(it.image)) for it in items])
+            self._folder = source.check([(Path(it.image), image_size(it.image)) for it in items])
 
     def record(self) -> dict:
         from .corrclip.regions import source_record
 
-        k = Knobs.of(self.cfg)
-        out = source_record(k.region_masks, k.sam_model, k.sam_weights, SAM_SETTINGS)
-        if self._digest is not None:
-            out["files_sha256"] = self._digest
-        return {"region_source": out}
+        cfg = self.cfg
+        out = {"region_source": source_record(cfg.knobs.region_masks, cfg.sam_model, cfg.sam_weights, SAM_SETTINGS)}
+        if self._folder is not None:  # the folder by content, in place of the path given (an input, not a setting)
+            out["region_masks"] = self._folder
+        return out
 
     def extra_inputs(self, item, image) -> dict:
-        if getattr(item, "image", None) is None and not (self.cfg.region_masks or "").startswith("sam"):
-            raise VplError(f"--region-masks {self.cfg.region_masks}: a photo given as an array has no file name to "
+        masks = self.cfg.knobs.region_masks
+        if getattr(item, "image", None) is None and not (masks or "").startswith("sam"):
+            raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to "
                            "find its <stem>.npz by; pass the photo's path, or --region-masks sam")
         return {"regions": torch.from_numpy(_source(self.cfg).region_map(getattr(item, "image", None), image))}
 
@@ -331,5 +314,5 @@ class Hooks(DenseHooks, method=METHOD, preset=PRESET):
         return probs, map_correction(labels, torch.as_tensor(extras["regions"]))
 
 
-__all__ = ["Hooks", "Knobs", "PRESET", "CORRELATION", "SAM_SETTINGS", "check_windows", "stitch", "dino_features",
+__all__ = ["Hooks", "PRESET", "CORRELATION", "SAM_SETTINGS", "check_windows", "stitch", "dino_features",
            "image_features", "ov_stitcher_logits"]

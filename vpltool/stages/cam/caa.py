@@ -161,7 +161,7 @@ def caa_transition(bb: ClipBackbone, tokens: ImageTokens, attn_last: torch.Tenso
     """CAA's ``[hw, hw]`` float32 transition matrix from the attention ``cfg.affinity`` names, times SSR's group
     mask with ``--refine caa+sgc``. The default (clip, caa) is CLIP-ES's matrix, bit for bit."""
     blocks = cfg.attention_blocks or tokens.n_prev + 1  # a library call may leave it to the tokens' own count
-    att = caa_attention(tokens, attn_last, blocks, bb.n_blocks)
+    att = caa_attention(tokens, attn_last, blocks, bb.n_blocks, bb.n_prefix)
     if cfg.affinity != "clip":
         if image is None:
             raise VplError(f"--affinity {cfg.affinity} needs the images; the dataset recorded by extract must be "
@@ -180,25 +180,30 @@ def caa_transition(bb: ClipBackbone, tokens: ImageTokens, attn_last: torch.Tenso
 
 
 
-def caa_attention(tokens: ImageTokens, attn_last: torch.Tensor, wanted: int, n_blocks: int) -> torch.Tensor:
+def caa_attention(tokens: ImageTokens, attn_last: torch.Tensor, wanted: int, n_blocks: int,
+                  n_prefix: int = 1) -> torch.Tensor:
     """``[hw, hw]``: the mean over the last ``wanted`` blocks of the head-mean attention without CLS (the earlier
-    blocks' mean + the last block's own ``attn_last`` ``[1+hw, 1+hw]``); CLIP-ES averages the last 8."""
+    blocks' mean + the last block's own ``attn_last`` ``[n_prefix + hw, n_prefix + hw]``, ``n_prefix`` the tokens
+    before the patches: the class token, none for SigLIP 2); CLIP-ES averages the last 8."""
+    n = n_prefix
     if tokens.attention is not None and tokens.attention.ndim == 3:
         # the maps themselves (--parity clip-es): one mean of all, CLIP-ES's rounding
         if _blocks_averaged(tokens.n_prev, wanted, n_blocks, tokens.source) == 1:
-            return attn_last[1:, 1:]
-        return torch.cat([tokens.attention.to(attn_last), attn_last[None, 1:, 1:]]).mean(0)
-    return mean_attention(tokens.attention, tokens.n_prev, attn_last, wanted, n_blocks, tokens.source)
+            return attn_last[n:, n:]
+        return torch.cat([tokens.attention.to(attn_last), attn_last[None, n:, n:]]).mean(0)
+    return mean_attention(tokens.attention, tokens.n_prev, attn_last, wanted, n_blocks, tokens.source, n)
 
 
 def mean_attention(prev: torch.Tensor | None, n_prev: int, attn_last: torch.Tensor, wanted: int | None,
-                   n_blocks: int, source: str = "the extract folder") -> torch.Tensor:
+                   n_blocks: int, source: str = "the extract folder", n_prefix: int = 1) -> torch.Tensor:
     """CAA's attention ``[..., hw, hw]`` (one image or a batch): ``prev`` ``[..., hw, hw]`` is the mean of the
-    ``n_prev`` blocks before the last, ``attn_last`` ``[..., 1+hw, 1+hw]`` the last block's map. Elementwise, so a
-    batch gives the values of its images alone."""
+    ``n_prev`` blocks before the last, ``attn_last`` ``[..., n_prefix + hw, n_prefix + hw]`` the last block's map
+    (``n_prefix`` rows and columns before the patches: the class token). Elementwise, so a batch gives the values of
+    its images alone."""
+    n = n_prefix
     if _blocks_averaged(n_prev, wanted, n_blocks, source) == 1:  # the last block's own map: no cache needed
-        return attn_last[..., 1:, 1:]
-    return (prev.to(attn_last) * n_prev + attn_last[..., 1:, 1:]) / (n_prev + 1)
+        return attn_last[..., n:, n:]
+    return (prev.to(attn_last) * n_prev + attn_last[..., n:, n:]) / (n_prev + 1)
 
 
 def _blocks_averaged(n_prev: int, wanted: int | None, n_blocks: int, source: str) -> int:

@@ -29,6 +29,7 @@ from ...data import Dataset, is_extract_folder
 from ...device import resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, load_model
+from ...numerics import run_numerics
 from ...runtime.batches import cuda_paths, run_image_batches, to_device
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
@@ -89,7 +90,7 @@ def cams_for_batch(bb: ClipBackbone, tokens: torch.Tensor, prev: torch.Tensor, n
     cam = gradcam_batch(bb, tokens, grid, labels, rows, cfg, temperature, precision)
     if cfg.refine == "none" or not len(cam.maps):
         return CamBatch(cam.maps, cam.maps, cam.probs, None, cam.offsets)
-    attention = mean_attention(prev, n_prev, cam.attention, cfg.attention_blocks, bb.n_blocks)
+    attention = mean_attention(prev, n_prev, cam.attention, cfg.attention_blocks, bb.n_blocks, n_prefix=bb.n_prefix)
     maps, before = refine_batch(cam.maps, affinity(attention), cam.image_of, cfg.box_threshold)
     return CamBatch(maps, cam.maps, cam.probs, before, cam.offsets)
 
@@ -153,6 +154,8 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     batched, write behind) inside the skeleton of :class:`vpltool.io.StageFolder`."""
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
+    numerics = run_numerics(dtype, runtime.precision)
+    io.check_numerics(numerics, *src.made_from())  # the features and prototypes: this run's dtype and mode
     temperature = temperature_of(cfg, src.protos)
     params = {**to_params(cfg), "temperature": temperature,
               "prototypes": io.file_identity(src.protos.path, source=src.protos.source)}
@@ -174,7 +177,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
         _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
-                            sides={"--save-overlays": overlays, "--save-debug": debug})
+                            sides={"--save-overlays": overlays, "--save-debug": debug}, numerics=numerics)
     return folder.run(src.ids, io.cam_path, work, on_start, inputs=inputs)
 
 

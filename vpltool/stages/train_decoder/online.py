@@ -310,7 +310,7 @@ class FrozenOnline:
 
     Attributes:
         feats: ``[B, L, h, w, width]`` the blocks the decoder reads.
-        last_input: ``[B, 1 + hw, width]`` float32 tokens entering the last block (GradCAM re-runs it).
+        last_input: ``[B, n_prefix + hw, width]`` float32 tokens entering the last block (GradCAM re-runs it).
         attention: ``[B, n, hw, hw]`` float32 head-mean attention without CLS of the n blocks before the last.
     """
 
@@ -339,10 +339,11 @@ def frozen_online(bb, pixels: Tensor, blocks: Sequence[int], maps: int, dtype: t
             if need:
                 attentions.append(attn)
             if i in blocks:
-                kept.append(x[:, 1:])
+                kept.append(x[:, bb.n_prefix:])
     feats = torch.stack(kept, 1).unflatten(2, enc.grid)
     hw = enc.grid[0] * enc.grid[1]
-    attention = (torch.stack([a[:, 1:, 1:].float() for a in attentions], 1) if attentions
+    n = bb.n_prefix  # the class token's row and column (none for SigLIP 2)
+    attention = (torch.stack([a[:, n:, n:].float() for a in attentions], 1) if attentions
                  else pixels.new_zeros(len(pixels), 0, hw, hw))
     return FrozenOnline(feats, cam_input.float(), attention, enc.grid)
 
@@ -360,7 +361,8 @@ def online_masks(bb, frozen: FrozenOnline, labels: Sequence[Sequence[int]], rows
         if not classes:
             scores.append(None)
             continue
-        attention = torch.cat([frozen.attention[b], cam.attention[b][None, 1:, 1:].float()])
+        n = bb.n_prefix
+        attention = torch.cat([frozen.attention[b], cam.attention[b][None, n:, n:].float()])
         scores.append(online_crop_scores(
             cam.image_maps(b), attention, tuple(pixels.shape[-2:]),
             None if seg_affinity is None else seg_affinity[b], box_threshold=cfg.box_threshold,

@@ -47,14 +47,14 @@ def _source(cfg, load: bool = True):
     if cfg is None:
         raise VplError("--dense corrclip needs its region masks: run it through segment or vpltool.segmenter with "
                        "--region-masks (a backbone made by name alone has none)")
-    return region_source(cfg.region_masks, cfg.sam_model, cfg.sam_weights, load=load)
+    return region_source(cfg.knobs.region_masks, cfg.sam_model, cfg.sam_weights, load=load)
 
 
 class Hooks(DenseHooks, method="corrclip", preset=PRESET):
     """CorrCLIP's hooks: each image's region map (``regions``, the photo's ``[H0, W0]`` int64 ids), its segmentor
     (:func:`corrclip_logits`) and its map correction after the argmax (:func:`map_correction`)."""
 
-    _digest: str | None = None
+    _folder: dict | None = None  # a folder of region masks by content (FolderRegions.check)
 
     def check(self) -> None:
         _source(self.cfg, load=False)  # the value, the SAM file's kind, the sam2 package
@@ -67,20 +67,21 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
 
         source = _source(self.cfg, load=False)
         if isinstance(source, FolderRegions):
-            self._digest = source.check([(Path(it.image), image_size(it.image)) for it in items])
+            self._folder = source.check([(Path(it.image), image_size(it.image)) for it in items])
 
     def record(self) -> dict:
         from .regions import source_record
 
-        out = source_record(self.cfg.region_masks, self.cfg.sam_model, self.cfg.sam_weights)
-        if self._digest is not None:
-            out["files_sha256"] = self._digest
-        return {"region_source": out}
+        out = {"region_source": source_record(self.cfg.knobs.region_masks, self.cfg.sam_model, self.cfg.sam_weights)}
+        if self._folder is not None:  # the folder by content, in place of the path given (an input, not a setting)
+            out["region_masks"] = self._folder
+        return out
 
     def extra_inputs(self, item, image) -> dict:
-        if getattr(item, "image", None) is None and not (self.cfg.region_masks or "").startswith("sam"):
-            raise VplError(f"--region-masks {self.cfg.region_masks}: a photo given as an array has no file name to "
-                           "find its <stem>.npz by; pass the photo's path, or --region-masks sam")
+        masks = self.cfg.knobs.region_masks
+        if getattr(item, "image", None) is None and not (masks or "").startswith("sam"):
+            raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to find its "
+                           "<stem>.npz by; pass the photo's path, or --region-masks sam")
         return {"regions": torch.from_numpy(_source(self.cfg).region_map(getattr(item, "image", None), image))}
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):

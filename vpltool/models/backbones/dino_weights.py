@@ -1,0 +1,85 @@
+"""The ``dino`` family's weights: a timm pretrained tag's file in the local Hugging Face cache, and a local weights
+file checked against the architecture's tensor names and shapes (a training checkpoint's prefixes stripped), so that
+nothing loads as a random model in place of weights that did not fit (:mod:`.dino`)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import VplError, VplWarning
+from ...io import check_weights, read_weights
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def cached_hub_file(timm, name: str) -> str | None:
+    """The locally cached weights file of timm model ``name``'s pretrained tag, or None."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _WEIGHT_FILES:
+        found = try_to_load_from_cache(hub.split("@")[0], filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+# prefixes a training checkpoint puts before the backbone's keys (DINO's teacher/student, DDP's module., a model
+# wrapper's backbone.): stripped, and said so; any key left that the architecture lacks, or one it lacks, is refused
+KEY_PREFIXES = ("module.", "teacher.", "student.", "backbone.", "model.", "encoder.")
+
+
+DINO_WEIGHTS_FIX = "pass a timm or DINO weights file (.safetensors, or a torch checkpoint) to --dino-weights"
+# a C-RADIOv3 (timm's naflexvit_*_radio_v3): its weights are most often NVlabs/RADIO's own checkpoint
+RADIO_WEIGHTS_FIX = ("pass NVlabs/RADIO's checkpoint as its hub entry downloads it (e.g. c-radio_v3-b_half.pth.tar), "
+                     "or a timm weights file of that model, to --dino-weights")
+
+
+def file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bool = False,
+                  report: bool = False, fix: str = DINO_WEIGHTS_FIX) -> dict[str, Any]:
+    """The file's tensors under the architecture's names: exactly ``expected``'s keys and shapes, after stripping
+    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which); NVlabs/RADIO's own checkpoint
+    (``c-radio_v3-b_half.pth.tar``) read as timm's ``naflexvit_*_radio_v3`` holds it (:mod:`.radio`). A weights
+    file of another model (a prototypes file, another ViT) is refused in one line: timm loaded it as a random model
+    with a warning, ending with ``fix``."""
+    from .radio import backbone_state, is_radio_file, read_checkpoint
+
+    if is_radio_file(path):  # NVlabs/RADIO's own checkpoint (C-RADIOv3): its backbone under timm's names
+        state = backbone_state(read_checkpoint(path, shapes_only))
+    else:
+        state = read_weights(path, shapes_only, fix, containers=("teacher", "state_dict", "model"))
+    stripped = []
+    while state and not set(state) & set(expected):
+        prefix = next((p for p in KEY_PREFIXES if any(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # a head beside: dropped
+        stripped.append(prefix)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = [f"{len(missing)} of its tensors missing (first: {missing[0]!r})" if missing else "",
+                 f"{len(unexpected)} unknown (first: {unexpected[0]!r})" if unexpected else ""]
+        raise VplError(f"{path}: not weights of this --dino-model ({'; '.join(p for p in parts if p)}); pass the "
+                       "weights of that architecture, or the --dino-model they belong to")
+    for key, value in state.items():
+        shape = tuple(value) if shapes_only else tuple(value.shape)
+        if shape != tuple(expected[key].shape):
+            raise VplError(f"{path}: tensor {key!r} is {list(shape)}, the --dino-model's is "
+                           f"{list(expected[key].shape)}; pass the weights of that architecture")
+    if stripped and report:
+        warnings.warn(VplWarning(f"--dino-weights {path}: tensor names prefixed {''.join(stripped)!r} (a training "
+                                 "checkpoint); the prefix was stripped"), stacklevel=3)
+    if not shapes_only:  # the tensors themselves, as they load: dtypes and finite values
+        check_weights(path, state, expected, fix)
+    return state
+
+
+__all__ = ["DINO_WEIGHTS_FIX", "RADIO_WEIGHTS_FIX", "KEY_PREFIXES", "cached_hub_file", "file_weights"]

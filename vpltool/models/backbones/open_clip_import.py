@@ -1,0 +1,123 @@
+"""open_clip imported cheaply (:func:`import_open_clip`), and its optional parts bound when a model needs them:
+timm for a timm image tower (SigLIP 2, PE-Core: :func:`with_timm`), transformers for a Hugging Face text tower
+(:func:`with_transformers`). :mod:`.loading` is the only caller; ``bench/bench_startup.py`` times the import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def import_open_clip():
+    """``open_clip``, imported without two optional costs it does not need here (a third of its import time).
+
+    * timm: open_clip imports it if installed only to build timm image towers (SigLIP 2, PE-Core) and falls back
+      cleanly when it cannot be imported; :func:`create_model` binds it (:func:`with_timm`) for a model whose config
+      names one (``vision_cfg.timm_model_name``), so the other models never pay for it.
+    * ``torch._dynamo`` (~2 s of a 3 s import on a 2-core CPU): open_clip imports torchvision, whose
+      ``ops.roi_align`` imports ``torch._dynamo.utils.is_compile_supported`` at import time (torchvision's own
+      comment there: importing dynamo is best avoided for eager-mode users). A stand-in module serves that one
+      name during this import and resolves the real function on first call.
+
+    * transformers (seconds on a machine that has it: issue 19 measured 5.5 s of start-up compiling imports on a
+      GPU host): open_clip imports it only for Hugging Face text towers; :func:`create_model` imports open_clip
+      again with it for a model whose config names one (:func:`_needs_transformers`).
+
+    All last only for this import: ``import timm`` and ``torch._dynamo`` / ``torch.compile`` work normally after.
+    Should the stand-in ever be short of a name (a torchvision release that wants more), the import is retried
+    the plain way.
+    """
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    before = set(sys.modules)
+    try:
+        with _without("timm"), _without("transformers"), _dynamo_deferred():
+            import open_clip
+    except (AttributeError, ImportError):
+        for name in set(sys.modules) - before:  # the half-imported packages, then the plain import
+            del sys.modules[name]
+        with _without("timm"), _without("transformers"):
+            import open_clip
+    return open_clip
+
+
+def timm_tower_name(cfg: dict[str, Any]) -> str | None:
+    """The timm model an open_clip config's image tower is (``vision_cfg.timm_model_name``: SigLIP 2, PE-Core), or
+    None for open_clip's own ViT."""
+    return (cfg.get("vision_cfg") or {}).get("timm_model_name") or None
+
+
+def with_timm(open_clip):
+    """``open_clip`` able to build timm image towers: :func:`import_open_clip` imports it with timm blocked (start-up
+    speed), which leaves ``open_clip.timm_model`` without the names its ``try: import timm`` would have bound; they
+    are bound now, from timm itself (the same names, the same objects), once a model needs them."""
+    tm = open_clip.timm_model
+    if getattr(tm, "timm", None) is None:
+        import timm
+        from timm.layers import AttentionPool2d, Mlp, RotAttentionPool2d, to_2tuple
+
+        tm.timm, tm.RotAttentionPool2d, tm.AbsAttentionPool2d, tm.Mlp, tm.to_2tuple = (
+            timm, RotAttentionPool2d, AttentionPool2d, Mlp, to_2tuple)
+    return open_clip
+
+
+def with_transformers(open_clip):
+    """open_clip imported again the plain way (transformers included), for a Hugging Face text tower."""
+    if getattr(open_clip.hf_model, "transformers", None) is not None:
+        return open_clip
+    for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
+        del sys.modules[name]
+    with _without("timm"):
+        import open_clip as plain
+    return plain
+
+
+@contextlib.contextmanager
+def _without(package: str) -> Iterator[None]:
+    """Make ``import package`` fail (``sys.modules[name] = None``, Python's documented way) for the block."""
+    blocked = package not in sys.modules
+    if blocked:
+        sys.modules[package] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if blocked:
+            del sys.modules[package]
+
+
+def _compile_supported(device_type: str) -> bool:
+    from torch._dynamo.utils import is_compile_supported  # the real one: dynamo is imported when first needed
+
+    return is_compile_supported(device_type)
+
+
+@contextlib.contextmanager
+def _dynamo_deferred() -> Iterator[None]:
+    """Serve ``torch._dynamo.utils.is_compile_supported`` from a stand-in module for the block, unless dynamo is
+    already imported; afterwards ``torch._dynamo`` imports for real (torch resolves it lazily)."""
+    import types
+
+    if "torch._dynamo" in sys.modules:
+        yield
+        return
+    dynamo, utils = types.ModuleType("torch._dynamo"), types.ModuleType("torch._dynamo.utils")
+    utils.is_compile_supported = _compile_supported  # type: ignore[attr-defined]
+    dynamo.utils = utils  # type: ignore[attr-defined]
+    dynamo.__path__ = []  # a package, so that the submodule import resolves
+    sys.modules.update({"torch._dynamo": dynamo, "torch._dynamo.utils": utils})
+    try:
+        yield
+    finally:
+        for name, stub in (("torch._dynamo", dynamo), ("torch._dynamo.utils", utils)):
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+        if torch.__dict__.get("_dynamo") is dynamo:
+            delattr(torch, "_dynamo")
+
+
+__all__ = ["import_open_clip", "timm_tower_name", "with_timm", "with_transformers"]
