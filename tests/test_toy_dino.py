@@ -97,3 +97,31 @@ def test_tokens_and_last_qkv_are_the_forward_and_what_a_hook_on_the_last_qkv_see
     tokens, qkv, grid = dino.tokens_and_last_qkv(pixels)
     assert grid == (4, 5) and qkv.shape == seen[0].shape == (2, 21, 3 * 64)
     assert (tokens - theirs[:, 1:]).abs().max() < 1e-5 and (qkv - seen[0]).abs().max() < 1e-5
+
+
+def test_a_reader_of_the_last_qkv_alone_stops_the_dino_there():
+    """last_qkv (CorrCLIP) and last_keys (CASS) give tokens_and_last_qkv's qkv and keys, with the last block's
+    attention, MLP and the final norm never run; the fused attention of every block is the written-out
+    softmax(q kᵀ · scale) v of the same qkv."""
+    dino = load_dino(DinoSpec("test_vit", "none", "bicubic-antialias"))
+    pixels = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(2))
+    calls = []
+    last = dino.model.blocks[-1]
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in (last.attn.proj, last.mlp,
+                                                                                dino.model.norm)]
+    try:
+        with torch.no_grad():
+            tokens, qkv, grid = dino.tokens_and_last_qkv(pixels)
+            assert len(calls) == 3
+            alone, grid_alone = dino.last_qkv(pixels)
+            keys, _ = dino.last_keys(pixels)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 3 and grid == grid_alone == (3, 4) and torch.equal(alone, qkv)
+    heads = last.attn.num_heads
+    q, k, v = qkv.reshape(2, 13, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    assert torch.equal(keys, k[:, :, 1:])
+    written = ((q @ k.transpose(-2, -1)) * last.attn.scale).softmax(-1) @ v
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=last.attn.scale)
+    assert (written - fused).abs().max() < 1e-5 and tokens.shape == (2, 12, dino.model.embed_dim)

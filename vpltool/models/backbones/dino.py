@@ -190,18 +190,29 @@ class DinoBackbone:
             name = self.spec.model if self.spec else type(self.model).__name__
             raise VplError(f"--proxy-model {name}: {self.n_prefix} prefix tokens; the proxy attention takes a DINO "
                            "ViT with one class token and no registers, e.g. vit_base_patch8_224.dino")
-        return self._dino_forward(pixels)
+        tokens, _, grid = self._dino_forward(pixels)
+        return tokens, grid
 
-    def _dino_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """DINO's / DINOv2's own forward on timm's modules (:meth:`_dino_tokens`, then every block with attention
-        as ``softmax((q kᵀ) scale) v``, then the final norm): ``[B, 3, H, W]`` -> (``[B, hw, C]`` final-norm patch
-        tokens, grid)."""
+    def _dino_forward(self, pixels: torch.Tensor, last_qkv: bool = False, tokens: bool = True
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[int, int]]:
+        """DINO's / DINOv2's own forward on timm's modules (:meth:`_dino_tokens`, then every block, then the final
+        norm): ``[B, 3, H, W]`` -> (``[B, hw, C]`` final-norm patch tokens, ``[B, prefix + hw, 3C]`` what the last
+        block's fused ``qkv`` linear returned (``last_qkv``; else None), grid). Each block mixes its tokens with
+        :func:`_dino_attention` (fused; the last one's from that same qkv). ``tokens`` False: the forward stops
+        after the last block's ``norm1`` and ``qkv`` (a method that reads that qkv alone), and the tokens are None.
+        """
         m = self.model
         x, grid = self._dino_tokens(pixels)
-        for blk in m.blocks:
-            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
+        qkv, last = None, len(m.blocks) - 1
+        for i, blk in enumerate(m.blocks):
+            h = blk.norm1(x)
+            if i == last and (last_qkv or not tokens):
+                qkv = blk.attn.qkv(h)
+                if not tokens:
+                    return None, qkv, grid
+            x = x + blk.ls1(_dino_attention(blk.attn, h, qkv))
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-        return m.norm(x)[:, self.n_prefix :], grid
+        return m.norm(x)[:, self.n_prefix :], qkv, grid
 
     def _dino_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """DINO's / DINOv2's ``prepare_tokens`` on timm's modules: ``[B, 3, H, W]`` -> (``[B, prefix + hw, C]``,
@@ -235,41 +246,37 @@ class DinoBackbone:
 
     def tokens_and_last_qkv(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """DINO's own forward (:meth:`_dino_forward`) that also keeps what the last block's fused ``qkv`` linear
-        returned (a forward hook on ``blocks[-1].attn.qkv``, as Talk2DINO reads it): ``[B, 3, H, W]`` normalised
-        pixels -> (``[B, hw, C]`` final-norm patch tokens, ``[B, prefix + hw, 3C]`` the last block's qkv (prefix
-        tokens first), ``(h, w)``). Gradients flow where the caller enables them. DINOv3: q and k as the attention
-        uses them, after its RoPE (:meth:`_timm_last_qkv`)."""
+        returned (what a forward hook on ``blocks[-1].attn.qkv`` sees, as Talk2DINO reads it; computed once, the
+        block's attention mixes with it): ``[B, 3, H, W]`` normalised pixels -> (``[B, hw, C]`` final-norm patch
+        tokens, ``[B, prefix + hw, 3C]`` the last block's qkv (prefix tokens first), ``(h, w)``). Gradients flow
+        where the caller enables them. DINOv3: q and k as the attention uses them, after its RoPE
+        (:meth:`_timm_forward`)."""
         if self.own_forward:
-            tokens, (q, k, v) = self._timm_forward(pixels.to(self.device), last_qkv=True)
-            b, heads, n, hd = q.shape
-            return tokens, torch.stack([q, k, v], 2).permute(0, 3, 2, 1, 4).reshape(b, n, 3 * heads * hd), \
+            tokens, qkv = self._timm_forward(pixels.to(self.device), last_qkv=True)
+            return tokens, _fused_qkv(qkv), self._grid(pixels)
+        return self._dino_forward(pixels.to(self.device), last_qkv=True)
+
+    def last_qkv(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """What the last block's fused ``qkv`` linear returns, the forward stopped there (CorrCLIP reads that qkv
+        alone; the last block's attention and MLP and the final norm are not run): ``[B, 3, H, W]`` normalised
+        pixels -> (``[B, prefix + hw, 3C]``, ``(h, w)``), as :meth:`tokens_and_last_qkv`'s."""
+        if self.own_forward:
+            return _fused_qkv(self._timm_forward(pixels.to(self.device), last_qkv=True, tokens=False)[1]), \
                 self._grid(pixels)
-        m = self.model
-        x, grid = self._dino_tokens(pixels.to(self.device))
-        qkv = None
-        for i, blk in enumerate(m.blocks):
-            h = blk.norm1(x)
-            if i == len(m.blocks) - 1:
-                qkv = blk.attn.qkv(h)
-            x = x + blk.ls1(_dino_attention(blk.attn, h))
-            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-        return m.norm(x)[:, self.n_prefix:], qkv, grid
+        _, qkv, grid = self._dino_forward(pixels.to(self.device), tokens=False)
+        return qkv, grid
 
     def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
         normalised with :attr:`mean` / :attr:`std` -> (``[B, heads, hw, hd]`` without the prefix tokens, ``(h, w)``),
-        DINO's arithmetic as in :meth:`_dino_forward`; DINOv3's keys after its RoPE."""
+        the forward stopped after the last block's ``qkv`` (:meth:`_dino_forward`); DINOv3's keys after its RoPE."""
         if self.own_forward:
-            return self._timm_forward(pixels, last_qkv=True)[1][1][:, :, self.n_prefix:], self._grid(pixels)
-        m = self.model
-        x, grid = self._dino_tokens(pixels)
-        for blk in m.blocks[:-1]:
-            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x)))
-            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-        attn = m.blocks[-1].attn
-        b, n, c = x.shape
-        qkv = attn.qkv(m.blocks[-1].norm1(x)).reshape(b, n, 3, attn.num_heads, c // attn.num_heads)
-        keys = attn.k_norm(qkv.permute(2, 0, 3, 1, 4)[1])
+            return self._timm_forward(pixels, last_qkv=True, tokens=False)[1][1][:, :, self.n_prefix:], \
+                self._grid(pixels)
+        _, qkv, grid = self._dino_forward(pixels, tokens=False)
+        attn = self.blocks[-1].attn
+        b, n, _ = qkv.shape
+        keys = attn.k_norm(qkv.reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)[1])
         return keys[:, :, self.n_prefix :], grid
 
     @torch.no_grad()
@@ -283,7 +290,7 @@ class DinoBackbone:
             name = self.spec.model if self.spec else type(self.model).__name__
             raise VplError(f"--dino-model {name}: no class token with an absolute positional embedding; use a "
                            "DINO / DINOv2 ViT such as vit_small_patch14_dinov2.lvd142m")
-        tokens, grid = self._dino_forward(pixels.to(self.device))
+        tokens, _, grid = self._dino_forward(pixels.to(self.device))
         return tokens.float().unflatten(1, grid)
 
     def resized(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -336,32 +343,45 @@ class DinoBackbone:
     def _grid(self, pixels: torch.Tensor) -> tuple[int, int]:
         return pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
 
-    def _timm_forward(self, pixels: torch.Tensor, last_qkv: bool = False):
+    def _timm_forward(self, pixels: torch.Tensor, last_qkv: bool = False, tokens: bool = True):
         """timm's own forward (DINOv3, C-RADIOv3): ``[B, 3, H, W]`` pixels (sides whole patches) -> ``[B, hw, C]``
         final tokens without the prefix tokens; with ``last_qkv`` also the last block's ``(q, k, v)``, each ``[B,
-        heads, N, hd]``, q and k after its norms and RoPE (:func:`.timm_blocks.heads_qkv`)."""
+        heads, N, hd]``, q and k after its norms and RoPE (:func:`.timm_blocks.heads_qkv`). ``tokens`` False: the
+        forward stops before the last block runs, and the tokens are None."""
         p, last = self.patch_size, len(self.blocks) - 1
         pixels = pixels[..., : pixels.shape[-2] // p * p, : pixels.shape[-1] // p * p]
-        out, seen = forward_capturing(self.model, pixels.to(self.model_dtype), [last] if last_qkv else [])
-        tokens = out[:, self.n_prefix:]
+        out, seen = forward_capturing(self.model, pixels.to(self.model_dtype), [last] if last_qkv else [],
+                                      stop=not tokens)
         if not last_qkv:
-            return tokens, None
+            return out[:, self.n_prefix:], None
         x, rope = seen[last]
-        return tokens, heads_qkv(self.blocks[last].attn, self.blocks[last].norm1(x), rope)
+        return (out[:, self.n_prefix:] if tokens else None), heads_qkv(self.blocks[last].attn,
+                                                                        self.blocks[last].norm1(x), rope)
 
     @property
     def model_dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
 
-def _dino_attention(attn, x: torch.Tensor) -> torch.Tensor:
-    """DINO's ``Attention.forward`` on timm's ``Attention`` module: ``proj(softmax((q kᵀ) scale) v)``."""
+def _dino_attention(attn, x: torch.Tensor, qkv: torch.Tensor | None = None) -> torch.Tensor:
+    """DINO's ``Attention.forward`` on timm's ``Attention`` module, ``proj(softmax((q kᵀ) scale) v)`` on ``x``
+    ``[B, N, C]`` -> ``[B, N, C]`` (``qkv``: the module's ``qkv(x)`` when the caller has it already). Fused
+    (``F.scaled_dot_product_attention``, as DINOv2's ``Attention`` and timm's ``fused_attn``): the ``[B, heads, N,
+    N]`` weights are never written out, which at DINO B/8's 785 tokens was a fifth of its forward's time; the
+    output differs from the written-out product by float rounding (2.5e-6 on a random B/8's final tokens). A method
+    that reads the weights recomputes them (:func:`_attention_weights`)."""
     b, n, c = x.shape
     heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    qkv = (attn.qkv(x) if qkv is None else qkv).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
-    weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)
-    return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, c))
+    return attn.proj(F.scaled_dot_product_attention(q, k, v, scale=attn.scale).transpose(1, 2).reshape(b, n, c))
+
+
+def _fused_qkv(qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``(q, k, v)``, each ``[B, heads, N, hd]`` -> ``[B, N, 3 * heads * hd]`` in a fused ``qkv`` linear's layout."""
+    q, k, v = qkv
+    b, heads, n, hd = q.shape
+    return torch.stack([q, k, v], 2).permute(0, 3, 2, 1, 4).reshape(b, n, 3 * heads * hd)
 
 
 def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
