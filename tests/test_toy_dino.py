@@ -101,8 +101,7 @@ def test_tokens_and_last_qkv_are_the_forward_and_what_a_hook_on_the_last_qkv_see
 
 def test_a_reader_of_the_last_qkv_alone_stops_the_dino_there():
     """last_qkv (CorrCLIP) and last_keys (CASS) give tokens_and_last_qkv's qkv and keys, with the last block's
-    attention, MLP and the final norm never run; the fused attention of every block is the written-out
-    softmax(q kᵀ · scale) v of the same qkv."""
+    attention, MLP and the final norm never run."""
     dino = load_dino(DinoSpec("test_vit", "none", "bicubic-antialias"))
     pixels = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(2))
     calls = []
@@ -119,9 +118,20 @@ def test_a_reader_of_the_last_qkv_alone_stops_the_dino_there():
         for h in hooks:
             h.remove()
     assert len(calls) == 3 and grid == grid_alone == (3, 4) and torch.equal(alone, qkv)
-    heads = last.attn.num_heads
-    q, k, v = qkv.reshape(2, 13, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    assert torch.equal(keys, k[:, :, 1:])
-    written = ((q @ k.transpose(-2, -1)) * last.attn.scale).softmax(-1) @ v
-    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=last.attn.scale)
-    assert (written - fused).abs().max() < 1e-5 and tokens.shape == (2, 12, dino.model.embed_dim)
+    q, k, v = qkv.reshape(2, 13, 3, last.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    assert torch.equal(keys, k[:, :, 1:]) and tokens.shape == (2, 12, dino.model.embed_dim)
+
+
+def test_each_model_mixes_its_tokens_as_its_own_code():
+    """DINO writes softmax(q kᵀ · scale) v out (vpltool: by blocks of query rows, the same sums), DINOv2 calls the
+    fused kernel (vpltool too, by the model's name); both are that product."""
+    from vpltool.models.backbones import dino as family
+
+    model = load_dino(DinoSpec("test_vit", "none")).model
+    assert not family.DinoBackbone(model, "cpu", DinoSpec("vit_base_patch8_224.dino", "none")).fused
+    assert family.DinoBackbone(model, "cpu", DinoSpec("vit_small_patch14_reg4_dinov2.lvd142m", "none")).fused
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(3, 2, 4, family.ROWS + 37, 16, generator=g)  # more rows than one block
+    whole = ((q @ k.transpose(-2, -1)) * 0.25).softmax(-1) @ v
+    assert (family._written_attention(q, k, v, 0.25) - whole).abs().max() < 1e-6
+    assert (torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25) - whole).abs().max() < 1e-5

@@ -46,6 +46,9 @@ from .timm_blocks import attention_weights, check_blocks, forward_capturing, hea
 # plain hub models; "bicubic-antialias", to the size with the antialiased kernel, as DINOv2's *_reg hub models
 # (interpolate_offset 0, interpolate_antialias True) and timm's own resample
 DINO_POS_RESIZE = ("bicubic-dino", "bicubic-antialias")
+# models whose own code mixes a block's tokens with the fused kernel (DINOv2's Attention); the others' writes the
+# weights out (DINO's), and vpltool's forward does as each does (DinoBackbone.fused)
+FUSED_MODELS = ("dinov2",)
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,10 @@ class DinoBackbone:
         ps = (model.patch_embed if hasattr(model, "patch_embed") else model.embeds).patch_size
         self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
         self.n_prefix = int(getattr(model, "num_prefix_tokens", 1))
+        # how vpltool's forward mixes a block's tokens, as the model's own code does (:func:`_dino_attention`):
+        # DINOv2's Attention calls the fused kernel; DINO's writes the weights out (a method's parity against it
+        # can hinge on that rounding: ProxyCLIP masks its proxy similarities at 0)
+        self.fused = spec is not None and any(n in spec.model for n in FUSED_MODELS)
         self.pos_resize = spec.pos_resize if spec is not None else "bicubic-dino"
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
@@ -210,7 +217,7 @@ class DinoBackbone:
                 qkv = blk.attn.qkv(h)
                 if not tokens:
                     return None, qkv, grid
-            x = x + blk.ls1(_dino_attention(blk.attn, h, qkv))
+            x = x + blk.ls1(_dino_attention(blk.attn, h, qkv, self.fused))
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))
         return m.norm(x)[:, self.n_prefix :], qkv, grid
 
@@ -363,18 +370,38 @@ class DinoBackbone:
         return next(self.model.parameters()).dtype
 
 
-def _dino_attention(attn, x: torch.Tensor, qkv: torch.Tensor | None = None) -> torch.Tensor:
+def _dino_attention(attn, x: torch.Tensor, qkv: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:
     """DINO's ``Attention.forward`` on timm's ``Attention`` module, ``proj(softmax((q kᵀ) scale) v)`` on ``x``
-    ``[B, N, C]`` -> ``[B, N, C]`` (``qkv``: the module's ``qkv(x)`` when the caller has it already). Fused
-    (``F.scaled_dot_product_attention``, as DINOv2's ``Attention`` and timm's ``fused_attn``): the ``[B, heads, N,
-    N]`` weights are never written out, which at DINO B/8's 785 tokens was a fifth of its forward's time; the
-    output differs from the written-out product by float rounding (2.5e-6 on a random B/8's final tokens). A method
-    that reads the weights recomputes them (:func:`_attention_weights`)."""
+    ``[B, N, C]`` -> ``[B, N, C]`` (``qkv``: the module's ``qkv(x)`` when the caller has it already). ``fused``:
+    ``F.scaled_dot_product_attention``, as DINOv2's own ``Attention`` calls it; else written out as DINO's own
+    code writes it (:func:`_written_attention`). Neither keeps the weights: a method that reads them recomputes
+    them (:func:`_attention_weights`)."""
     b, n, c = x.shape
     heads = attn.num_heads
     qkv = (attn.qkv(x) if qkv is None else qkv).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
-    return attn.proj(F.scaled_dot_product_attention(q, k, v, scale=attn.scale).transpose(1, 2).reshape(b, n, c))
+    if fused:
+        mixed = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    else:
+        mixed = _written_attention(q, k, v, attn.scale)
+    return attn.proj(mixed.transpose(1, 2).reshape(b, n, c))
+
+
+# query rows per block of the written-out attention: a [rows, N] block of one head's weights stays in the cache
+# (0.9 MB at DINO B/8's 1,765 tokens of a 336-pixel window; 256 rows were as fast)
+ROWS = 128
+
+
+def _written_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax((q kᵀ) scale) v`` of ``[B, heads, N, hd]`` q, k, v, in DINO's order (the product, the scale,
+    the softmax, the product with v), one head and :data:`ROWS` query rows at a time: each row's sums are the ones
+    the whole ``[B, heads, N, N]`` product makes (a random DINO B/8's final tokens equal bit for bit on the
+    project's 2-core EPYC), without writing that tensor out: its forward took 1.2x the CPU-seconds at 785 tokens
+    and 1.6x at 1,765 that way."""
+    n = q.shape[-2]
+    rows = [torch.cat([((qh[r:r + ROWS] @ kh.T) * scale).softmax(-1) @ vh for r in range(0, n, ROWS)])
+            for qh, kh, vh in zip(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1))]
+    return torch.stack(rows).unflatten(0, q.shape[:2])
 
 
 def _fused_qkv(qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
