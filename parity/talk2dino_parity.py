@@ -76,15 +76,16 @@ def photos(folder: Path) -> list[Path]:
     return out
 
 
-def dino_weights(work: Path):
-    """The seeded, perturbed DINOv2-reg4 in timm's layout (a file the dino family loads) and in the hub's."""
+def dino_weights(work: Path, dino: dict = DINO):
+    """The seeded, perturbed DINOv2-reg4 ``dino`` (:data:`DINO`'s keys) in timm's layout (a file the dino family
+    loads) and in the hub's."""
     import timm
     import torch
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    model = timm.create_model(DINO["timm"], pretrained=False, num_classes=0, img_size=DINO["img_size"],
-                              depth=DINO["depth"], init_values=1.0)
+    model = timm.create_model(dino["timm"], pretrained=False, num_classes=0, img_size=dino["img_size"],
+                              depth=dino["depth"], init_values=1.0)
     gen = torch.Generator().manual_seed(1)
     state = {}
     for k, v in model.state_dict().items():

@@ -42,7 +42,10 @@ def test_what_the_family_reads_is_what_timms_forward_computes(name):
         with torch.no_grad():
             timm_tokens = d.model.forward_features(pixels)
             tokens, qkv, grid = d.tokens_and_last_qkv(pixels)
+            seen.clear()
+            alone, _ = d.last_qkv(pixels)  # the forward stops before the last block: its attention never runs
             keys, _ = d.last_keys(pixels)
+            assert not seen
             amap = d.attention(image, grid, 1)
     finally:
         hook.remove()
@@ -53,7 +56,7 @@ def test_what_the_family_reads_is_what_timms_forward_computes(name):
     weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)
     assert (attention_output(attn, weights @ v) - seen["out"]).abs().max() < 1e-4 * seen["out"].abs().max()
     assert torch.allclose(amap, weights.mean(1)[0, n:, n:], atol=1e-6)
-    assert torch.equal(keys, k[:, :, n:]) and torch.equal(tokens, timm_tokens[:, n:])
+    assert torch.equal(keys, k[:, :, n:]) and torch.equal(tokens, timm_tokens[:, n:]) and torch.equal(alone, qkv)
     if name == tiny_towers.DINOV3:  # without its RoPE the map would be another: the checks above would fail
         x = seen_input(d, pixels)
         plain = attention_weights(attn, d.blocks[-1].norm1(x), None).mean(1)[0, n:, n:]

@@ -111,9 +111,64 @@ def test_last_block_input_is_what_the_last_block_receives():
     x, grid = dino.last_block_input(pixels)
     assert grid == (4, 5) and x.shape == seen[0].shape == (2, 21, 64)
     assert (x - seen[0]).abs().max() < 1e-5
-    fused, _ = dino.last_block_input(pixels, fused=True)  # torch's fused attention: the same up to rounding
-    assert (fused - x).abs().max() < 1e-5
-    keys, _ = dino.last_keys(pixels)  # built on it: the last block's keys of those tokens
+    keys, _ = dino.last_keys(pixels)  # the last block's keys of those tokens
     attn = dino.model.blocks[-1].attn
     qkv = attn.qkv(dino.model.blocks[-1].norm1(x)).reshape(2, 21, 3, attn.num_heads, -1)
     assert torch.equal(keys, qkv.permute(2, 0, 3, 1, 4)[1][:, :, 1:])
+
+
+def test_a_reader_of_the_last_qkv_alone_stops_the_dino_there():
+    """last_qkv (CorrCLIP) and last_keys (CASS) give tokens_and_last_qkv's qkv and keys, with the last block's
+    attention, MLP and the final norm never run."""
+    dino = load_dino(DinoSpec("test_vit", "none", "bicubic-antialias"))
+    pixels = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(2))
+    calls = []
+    last = dino.model.blocks[-1]
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in (last.attn.proj, last.mlp,
+                                                                                dino.model.norm)]
+    try:
+        with torch.no_grad():
+            tokens, qkv, grid = dino.tokens_and_last_qkv(pixels)
+            assert len(calls) == 3
+            alone, grid_alone = dino.last_qkv(pixels)
+            keys, _ = dino.last_keys(pixels)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 3 and grid == grid_alone == (3, 4) and torch.equal(alone, qkv)
+    q, k, v = qkv.reshape(2, 13, 3, last.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    assert torch.equal(keys, k[:, :, 1:]) and tokens.shape == (2, 12, dino.model.embed_dim)
+
+
+def test_each_model_mixes_its_tokens_as_its_own_code():
+    """DINO writes softmax(q kᵀ · scale) v out (vpltool: by blocks of query rows, the same sums), DINOv2 calls the
+    fused kernel (vpltool too, by the model's name); both are that product."""
+    from vpltool.models.backbones import dino as family
+
+    model = load_dino(DinoSpec("test_vit", "none")).model
+    assert not family.DinoBackbone(model, "cpu", DinoSpec("vit_base_patch8_224.dino", "none")).fused
+    assert family.DinoBackbone(model, "cpu", DinoSpec("vit_small_patch14_reg4_dinov2.lvd142m", "none")).fused
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(3, 2, 4, family.ROWS + 37, 16, generator=g)  # more rows than one block
+    whole = ((q @ k.transpose(-2, -1)) * 0.25).softmax(-1) @ v
+    assert (family._written_attention(q, k, v, 0.25) - whole).abs().max() < 1e-6
+    assert (torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25) - whole).abs().max() < 1e-5
+
+
+def test_the_demo_dino_moves_not_a_bit(monkeypatch):
+    """The demo's toy DINO (the dense rows' proxy, Talk2DINO's demo backbone) at the demo's sizes (96-pixel scenes,
+    dense short sides up to 192): its tokens and last qkv with the attention written out by blocks of query rows
+    equal those of the whole ``[N, N]`` product, as the family computed it before, bit for bit."""
+    from vpltool.models.backbones import dino as family
+
+    toy = family.Path(family.__file__).resolve().parents[2] / "assets" / "toy-dino" / "model.safetensors"
+    dino = load_dino(DinoSpec("test_vit", str(toy)))
+    g = torch.Generator().manual_seed(0)
+    pixels = [torch.randn(1, 3, side, side, generator=g) for side in (96, 144, 192, 448)]
+    with torch.no_grad():
+        now = [dino.tokens_and_last_qkv(p)[:2] for p in pixels]
+        monkeypatch.setattr(family, "_written_attention", lambda q, k, v, scale: ((q @ k.transpose(-2, -1)) * scale)
+                            .softmax(dim=-1) @ v)
+        before = [dino.tokens_and_last_qkv(p)[:2] for p in pixels]
+    assert not dino.fused and (448 // 16) ** 2 + 1 > 6 * family.ROWS  # 785 tokens at 448: seven row blocks
+    assert all(torch.equal(a, b) for x, y in zip(now, before) for a, b in zip(x, y))

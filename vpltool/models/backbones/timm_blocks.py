@@ -121,18 +121,34 @@ def run_block(blk, x: torch.Tensor, rope: torch.Tensor | None = None, need_weigh
     return x, weights, (h if keep_norm1 else None)
 
 
-def forward_capturing(model, pixels: torch.Tensor, wanted) -> tuple[torch.Tensor, dict[int, tuple]]:
+class _Stop(Exception):
+    """Raised by :func:`forward_capturing`'s hook to end timm's forward once what was wanted is kept."""
+
+
+def forward_capturing(model, pixels: torch.Tensor, wanted, stop: bool = False
+                      ) -> tuple[torch.Tensor | None, dict[int, tuple]]:
     """timm's own ``model.forward_features(pixels)``, keeping what blocks ``wanted`` (indices) were given: their
     input tokens and the ``rope`` tensor (a forward pre-hook with keyword arguments: exactly what the model's forward
-    passed, at the input's own size). Returns (the final tokens ``[B, N, C]``, ``{i: (x_i, rope_i)}``)."""
+    passed, at the input's own size). Returns (the final tokens ``[B, N, C]``, ``{i: (x_i, rope_i)}``). ``stop``:
+    the forward ends as the last of ``wanted`` is given its input (that block and the ones after it are not run)
+    and the final tokens are None: for a caller that reads a block's input alone."""
     seen: dict[int, tuple] = {}
+    wanted = list(wanted)
+    final = max(wanted) if stop and wanted else None
 
     def keep(i):
-        return lambda _m, args, kwargs: seen.__setitem__(i, (args[0], kwargs.get("rope")))
+        def hook(_m, args, kwargs):
+            seen[i] = (args[0], kwargs.get("rope"))
+            if i == final:
+                raise _Stop
+
+        return hook
 
     hooks = [model.blocks[i].register_forward_pre_hook(keep(i), with_kwargs=True) for i in wanted]
     try:
         out = model.forward_features(pixels)
+    except _Stop:
+        out = None
     finally:
         for hook in hooks:
             hook.remove()

@@ -99,7 +99,7 @@ def dino_features(proxy, pixels: torch.Tensor, boxes, size: tuple[int, int]) -> 
     Returns:
         (``[H // p * W // p, C]`` float32 unit features, the grid ``(H // p, W // p)``).
     """
-    x, grid = proxy.last_block_input(pixels, fused=True)  # [N, prefix + hw, C]
+    x, grid = proxy.last_block_input(pixels)  # [N, prefix + hw, C], each block mixed as the model's code
     blk, k = proxy.model.blocks[-1], proxy.n_prefix
     c = x.shape[-1]
     # what the reference stitches: get_intermediate_layers(n=2)[0] (the final norm of this input) and the last
@@ -113,8 +113,8 @@ def dino_features(proxy, pixels: torch.Tensor, boxes, size: tuple[int, int]) -> 
     def split(t):
         return t.view(-1, heads, c // heads).transpose(0, 1)[None]  # [1, heads, n, hd]
 
-    att = F.scaled_dot_product_attention(blk.attn.q_norm(split(q)), blk.attn.k_norm(split(kk)), split(v),
-                                         scale=blk.attn.scale)
+    # the stitched last block mixes its tokens as the model's own code does (DINO's written out: the reference's)
+    att = proxy.attend(blk.attn.q_norm(split(q)), blk.attn.k_norm(split(kk)), split(v), blk.attn.scale)
     y = base + blk.ls1(blk.attn.proj(att[0].transpose(0, 1).reshape(-1, c)))
     y = y + blk.ls2(blk.mlp(blk.norm2(y)))
     return F.normalize(y.float(), dim=-1), fgrid

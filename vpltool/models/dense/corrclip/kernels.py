@@ -139,11 +139,11 @@ def region_attention_mask(regions: torch.Tensor, window: torch.Tensor | None = N
 
 
 def dino_query_keys(proxy, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The proxy DINO's last block ``q + k`` (the reference reads the fused ``qkv`` output with a forward hook,
-    :meth:`~vpltool.models.backbones.dino.DinoBackbone.tokens_and_last_qkv`): ``[B, 3, H, W]`` pixels normalised with
-    the proxy's mean / std -> (``[B, hw, C]`` unit rows, the class token dropped, every head's ``q + k`` as one vector;
-    the DINO grid)."""
-    _, qkv, grid = proxy.tokens_and_last_qkv(pixels)
+    """The proxy DINO's last block ``q + k`` (the reference reads the fused ``qkv`` output with a forward hook; the
+    DINO stops there, :meth:`~vpltool.models.backbones.dino.DinoBackbone.last_qkv`): ``[B, 3, H, W]`` pixels
+    normalised with the proxy's mean / std -> (``[B, hw, C]`` unit rows, the class token dropped, every head's
+    ``q + k`` as one vector; the DINO grid)."""
+    qkv, grid = proxy.last_qkv(pixels)
     b, n, _ = qkv.shape
     qkv = qkv.reshape(b, n, 3, -1)
     return F.normalize((qkv[:, :, 0] + qkv[:, :, 1])[:, proxy.n_prefix :], dim=-1), grid

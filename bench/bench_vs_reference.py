@@ -1,0 +1,282 @@
+"""vpltool against each reference's OWN code, side by side on the same weights and inputs (fp32, CPU, one thread);
+prints ONE JSON object.
+
+    python bench/bench_vs_reference.py --refs DIR [--methods talk2dino,corrclip,proxyclip] [--pairs 5] [--work DIR]
+
+``--refs DIR`` holds the clones the parity runners read (names as :data:`CLONES`): Talk2DINO (lorebianchi98,
+4918c2d) with facebookresearch/dinov2 (b8931f7) as ``dinov2``; CorrCLIP (zdk258, 103bc18); ProxyCLIP (mc-lan,
+e7b767f); facebookresearch/dino (7c446df) as ``dino``, the DINO ViT-B/8 both CorrCLIP and ProxyCLIP load.
+
+Each side is a process of its own, built once (``sidebyside.py``): vpltool's is this script with ``--worker``, the
+reference's ``vs_reference_ref.py`` (the clone's code, imports nothing from vpltool). The unit of work, the same on
+both sides:
+
+* ``talk2dino``: one training step of a batch of the 6 parity photos (image files) and their captions: the DINO's
+  training features (a DINOv2 ViT-B/14 with 4 registers, 12 blocks, seeded random weights: Talk2DINO's default
+  ``dinov2_vitb14_reg``; 448-pixel view), the toy CLIP's text features, the loss, its backward and one Adam step.
+  Reference: ``run_dinov2_extraction`` on the files, ``encode_text``, ``train`` on that batch. vpltool:
+  ``train_view`` of the files, ``Talk2DINO.forward_train``, backward, step.
+* ``corrclip`` and ``proxyclip``: one photo (the parity photo 0, 375x500) through the segmentor at its VOC21
+  config (short side 336, windows 336 / 112), random ViT-B/16 (one text block) and DINO ViT-B/8 weights, the
+  normalised input made once: the reference's ``predict``; vpltool's ``segment_logits`` then the probabilities (and
+  CorrCLIP's ``postprocess``), as `segment` runs them. CorrCLIP reads the parity's region-mask file each unit on
+  both sides.
+
+Timing: one warm-up unit each, then ``--pairs`` pairs in alternation, the order swapped every pair; per unit the
+process's CPU-seconds (user + sys) and its wall time. The figure is the median over the pairs of vpltool's
+CPU-seconds over the reference's (``ratio_median``); the bar: at most :data:`BAR`. The last unit's outputs of the
+two sides are compared (``outputs``), so that the figure is of the same arithmetic. The machine is shared with
+other work: its load average is recorded before and after each method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT / "parity")]
+from sidebyside import Side, alternate, claim_stdout, serve  # noqa: E402
+
+import benchlib  # noqa: E402
+
+BAR = 0.8
+CLONES = {"talk2dino": "Talk2DINO", "dinov2": "dinov2", "corrclip": "CorrCLIP", "proxyclip": "ProxyCLIP",
+          "dino": "dino"}
+# Talk2DINO's default DINO (dinov2_vitb14_reg) in talk2dino_parity's terms, all 12 blocks
+DINO_B = {"name": "dinov2_vitb14_reg", "width": 768, "heads": 12, "timm": "vit_base_patch14_reg4_dinov2",
+          "img_size": 518, "patch_size": 14, "depth": 12, "registers": 4, "antialias": True, "offset": 0.0}
+T2D_SIDE = 448  # Talk2DINO's train view (resize_dim / crop_dim)
+SEG = {"short_side": 336, "slide_crop": 336, "slide_stride": 112}  # both references' configs/cfg_voc21.py
+PRE = {"mean": [122.771, 116.746, 104.094], "std": [68.501, 66.632, 70.323], "bgr_to_rgb": True}  # their own
+MODEL = "ViT-B-16-quickgelu"
+
+
+def clone(refs: Path, key: str) -> Path:
+    found = next((p for p in refs.iterdir() if p.name.lower() == CLONES[key].lower()), None)
+    if found is None:
+        raise SystemExit(f"--refs {refs}: no clone named {CLONES[key]}")
+    return found.resolve()
+
+
+def query_rows(path: Path) -> tuple[list[str], list[int]]:
+    """The clone's class file read as its ``get_cls_idx`` reads it: each line's names split at ``'; '``."""
+    words, idx = [], []
+    for i, line in enumerate(path.read_text().splitlines()):
+        for w in line.split("; "):
+            words.append(w)
+            idx.append(i)
+    return words, idx
+
+
+# ------------------------------------------------------------------------------------------------ vpltool's side
+def talk2dino(work: Path, refs: Path) -> None:
+    import talk2dino_parity as tp
+    import torch
+
+    from vpltool.models.backbones.dino import DinoSpec, load_dino
+    from vpltool.models.backbones.loading import ModelSpec
+    from vpltool.models.registry import load_model
+    from vpltool.models.text.talk2dino import build_model, config_for
+    from vpltool.models.text.talk2dino.training import make_optimizer
+
+    files = tp.photos(work / "photos")
+    dino_file, hub_state = tp.dino_weights(work, DINO_B)
+    dino = load_dino(DinoSpec(DINO_B["timm"], str(dino_file), "bicubic-antialias"), img_size=DINO_B["img_size"],
+                     depth=DINO_B["depth"], init_values=1.0)
+    clip = load_model("clip", ModelSpec("vpltool-toy"), "cpu")
+    model = build_model(config_for(dino, clip, resize_dim=T2D_SIDE), seed=0, backbones=(dino, clip))
+    table = {c: clip.tokenizer([c])[0] for c in tp.CAPTIONS}
+    inputs = {"photos": [str(p) for p in files], "dino": {**DINO_B, "state": hub_state},
+              "clip_folder": str(ROOT / "vpltool" / "assets" / "toy-clip"), "token_table": table,
+              "dinov2": str(clone(refs, "dinov2")), "captions": list(tp.CAPTIONS),
+              "proj_config": {"act": "tanh", "hidden_layer": True, "dino_embed_dim": model.cfg.dino_dim,
+                              "clip_embed_dim": model.cfg.text_dim},
+              "proj_state": {k[len("proj."):]: v.detach().clone() for k, v in model.state_dict().items()},
+              "lr": tp.LR, "resize_dim": T2D_SIDE}
+    torch.save(inputs, work / "inputs.pt")
+    write_inputs(work, {"inputs": str(work / "inputs.pt"), "clone": str(clone(refs, "talk2dino")),
+                        "work": str(work / "ref")})
+    tokens = torch.stack([table[c] for c in tp.CAPTIONS])
+    optimizer = make_optimizer(model, tp.LR)
+
+    def unit():
+        pixels = torch.stack([tp.train_view(p, T2D_SIDE) for p in files])
+        model.train()
+        out = model.forward_train(pixels, tokens)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        return {"loss": float(out["loss"])}
+
+    serve(unit)
+
+
+def corrclip(work: Path, refs: Path) -> None:
+    import argparse as ap
+
+    import corrclip_parity as cp
+    import numpy as np
+    import torch
+    from dense_ref_runner import mmseg_input
+
+    from vpltool.models import ModelSpec
+    from vpltool.models.backbones.prompts import encode_names
+    from vpltool.presets import IMAGENET_TEMPLATES
+
+    ref = clone(refs, "corrclip") / "CorrCLIPv1"
+    s = cp.setup(work, 1, 1)
+    method = cp.corrclip_method(ap.Namespace(**SEG), s)
+    settings = method.settings
+    bb = method.load(ModelSpec(s["name"], str(s["st"]), config_dir=str(s["config_dir"])), "cpu")
+    words, idx = query_rows(ref / "configs" / "cls_voc21.txt")
+    with torch.no_grad():
+        text = encode_names(bb, words, list(IMAGENET_TEMPLATES))
+    photo, mask = s["photos"][0], s["masks"][0]
+    x, ori = mmseg_input(photo, (2048, SEG["short_side"]), PRE)
+    idx = torch.tensor(idx)
+    write_inputs(work, {"clone": str(ref), "dino_clone": str(clone(refs, "dino")), "dino_weights": str(s["dino"]),
+                        "clip_weights": str(s["pt"]), "model_config": str(Path(s["config_dir"]) / f"{s['name']}.json"),
+                        "masks": str(mask.parent.resolve()), "photo": str(photo.resolve()), **SEG})
+
+    def unit():
+        ids = torch.from_numpy(np.load(mask)["instance_mask"])
+        logits, _, labels = cp.vpltool_outputs(bb, x, text, idx, int(idx.max()) + 1, ids, ori, settings)
+        return {"input": x, "logits": logits, "pred": labels}
+
+    serve(unit)
+
+
+def proxyclip(work: Path, refs: Path) -> None:
+    from dataclasses import replace
+
+    import dense_parity as dp
+    import ovss_parity as op
+    import torch
+    from dense_ref_runner import mmseg_input
+
+    from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.models.dense.segmentor import dense_probabilities, segment_logits
+
+    ref = clone(refs, "proxyclip")
+    model, config_dir = dp.model_config(work, MODEL, 1)
+    pt, st, photos = dp.setup(work, model, config_dir, 1, 1.0)
+    dino = op.proxy_weights(work, 1.0)
+    vt = op.Vpltool(model, st, config_dir, dino)
+    bb = vt.backbone("proxyclip")
+    settings = replace(DENSE_SEGMENTORS["proxyclip"], **SEG)
+    words, idx = query_rows(ref / "configs" / "cls_voc21.txt")
+    text = vt.rows(words)
+    photo = sorted(photos.glob("*.jpg"))[0]
+    x, ori = mmseg_input(photo, (2048, SEG["short_side"]), PRE)
+    idx = torch.tensor(idx)
+    write_inputs(work, {"clone": str(ref), "dino_clone": str(clone(refs, "dino")), "dino_weights": str(dino),
+                        "clip_weights": str(pt), "photo": str(photo.resolve()), **SEG})
+
+    def unit():
+        with torch.no_grad():
+            logits = segment_logits(bb, x, text, settings, [tuple(ori)])[0]
+            _, labels = dense_probabilities(logits, idx, int(idx.max()) + 1, settings.logit_scale,
+                                            settings.prob_threshold, settings.area_threshold)
+        return {"input": x, "logits": logits, "pred": labels}
+
+    serve(unit)
+
+
+WORKERS = {"talk2dino": talk2dino, "corrclip": corrclip, "proxyclip": proxyclip}
+
+
+def write_inputs(work: Path, d: dict) -> None:
+    (work / "inputs.json").write_text(json.dumps(d, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+def compare(method: str, ours: dict, ref: dict) -> dict:
+    """The last unit's outputs of both sides: max |Δ| of the logits and the share of equal labels (segmentors),
+    the losses (Talk2DINO: the same number of steps taken on each side)."""
+    if method == "talk2dino":
+        return {"loss": ours["loss"], "loss_reference": ref["loss"], "loss_abs_diff": abs(ours["loss"] - ref["loss"])}
+    logits = ref["logits"].reshape(ours["logits"].shape)
+    return {"input_max_abs_diff": float((ours["input"] - ref["input"]).abs().max()),
+            "logits_max_abs_diff": float((ours["logits"] - logits).abs().max()),
+            "labels_equal": float((ours["pred"].reshape(-1) == ref["pred"].reshape(-1)).float().mean())}
+
+
+def measure(method: str, args) -> dict:
+    import torch
+
+    work = (args.work / method).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore",
+           "CUDA_VISIBLE_DEVICES": "", "XFORMERS_DISABLED": "1"}
+    load_before = round(os.getloadavg()[0], 2)
+    start = time.perf_counter()
+    ours = Side("vpltool", [sys.executable, __file__, "--worker", method, "--work", work, "--refs", args.refs,
+                            "--threads", threads], work / "vpltool.log", env)
+    ref = Side("reference", [sys.executable, HERE / "vs_reference_ref.py", method, "--inputs",
+                             work / "inputs.json", "--threads", threads], work / "reference.log", env)
+    try:
+        rows = alternate(ref, ours, args.pairs)
+        ours.save(work / "vpltool_out.pt")
+        ref.save(work / "reference_out.pt")
+    finally:
+        ours.close()
+        ref.close()
+    outputs = compare(method, torch.load(work / "vpltool_out.pt", weights_only=False),
+                      torch.load(work / "reference_out.pt", weights_only=False))
+    ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
+    med = {side: {k: round(statistics.median(r[side][k] for r in rows), 3) for k in ("cpu", "wall")}
+           for side in ("vpltool", "reference")}
+    return {"unit": UNITS[method], "pairs": [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r}
+                                             for r in rows],
+            "ratios": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
+            "cpu_seconds_median": {k: v["cpu"] for k, v in med.items()},
+            "wall_seconds_median": {k: v["wall"] for k, v in med.items()},
+            "bar": BAR, "bar_met": statistics.median(ratios) <= BAR, "outputs": outputs,
+            "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+UNITS = {"talk2dino": f"one training step of 6 photos at {T2D_SIDE} px (DINOv2 ViT-B/14 reg4, 12 blocks; the "
+                      "toy CLIP's text tower): extraction or forward, loss, backward, Adam",
+         "corrclip": "one photo (375x500, input 336x448, windows 336/112), random ViT-B/16 and DINO ViT-B/8",
+         "proxyclip": "one photo (375x500, input 336x448, windows 336/112), random ViT-B/16 and DINO ViT-B/8"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--refs", type=Path, required=True, help=f"a folder of the clones ({', '.join(CLONES.values())})")
+    ap.add_argument("--methods", default=",".join(WORKERS), help="comma-separated, of " + ", ".join(WORKERS))
+    ap.add_argument("--pairs", type=int, default=5, help="alternating pairs after the warm-up (medians over them)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_vs_reference"), help="weights, photos, logs")
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.refs = args.refs.resolve()
+    if args.worker:
+        claim_stdout()
+        import torch
+
+        torch.set_num_threads(args.threads)
+        WORKERS[args.worker](args.work, args.refs)
+        return
+    methods = {m: measure(m, args) for m in args.methods.split(",")}
+    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
+    print(json.dumps({"benchmark": "vs-reference", "what": "vpltool / the reference's own code, CPU-seconds of the "
+                      "same unit of work, same weights and inputs, fp32, alternating pairs, medians",
+                      "command": " ".join(["python", "bench/bench_vs_reference.py", *(argv or sys.argv[1:])]),
+                      "vpltool_commit": commit, "threads": args.threads, "pairs": args.pairs,
+                      "shared_machine": "the CPU was shared with other work while this ran (its load average "
+                                        "per method); CPU-seconds of each process, medians of alternating pairs",
+                      "machine": benchlib.machine("cpu"), "methods": methods}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

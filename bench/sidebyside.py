@@ -1,0 +1,108 @@
+"""Two long-lived processes timed in alternation: the worker loop each side runs (:func:`serve`) and the driver's
+handle on one (:class:`Side`). Imported by ``bench_vs_reference.py`` and its reference half ``vs_reference_ref.py``;
+it imports nothing from vpltool, so a reference's process never meets vpltool's modules.
+
+A worker builds its models once, then answers one line per command on a private copy of its stdout (its own
+``sys.stdout`` and file descriptor 1 go to stderr, so a reference's prints cannot corrupt the protocol):
+
+* ``run``: one unit of work; answers ``{"cpu": s, "wall": s}``, the process's CPU-seconds (user + sys, every thread:
+  ``time.process_time``) and the wall time of the unit alone;
+* ``save PATH``: ``torch.save`` of what the last unit returned (the driver compares the two sides' outputs);
+* ``quit``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+_PROTO: list = []
+
+
+def claim_stdout() -> None:
+    """Keep a private copy of stdout for the protocol and send everything else written there to stderr: call it
+    first in a worker, before anything that may print (a clone's module prints as it is imported)."""
+    if not _PROTO:
+        sys.stdout.flush()
+        _PROTO.append(os.fdopen(os.dup(1), "w", buffering=1))
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+
+def serve(unit: Callable[[], object]) -> None:
+    """Answer the driver's commands (module docstring) with ``unit``, a function of no argument doing one unit."""
+    claim_stdout()
+    proto = _PROTO[0]
+    print("ready", file=proto)
+    out = None
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "run":
+            cpu, wall = time.process_time(), time.perf_counter()
+            out = unit()
+            print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall}), file=proto)
+        elif cmd.startswith("save "):
+            import torch
+
+            torch.save(out, cmd[5:])
+            print("saved", file=proto)
+        elif cmd == "quit":
+            return
+
+
+class Side:
+    """One worker process (``cmd``), its stderr in ``log``; :meth:`run` times one unit there."""
+
+    def __init__(self, name: str, cmd: list, log: Path, env: dict):
+        self.name, self.log = name, log
+        self._err = open(log, "w")
+        self.proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._err, env=env, text=True, bufsize=1)
+        self._expect("ready")
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            tail = self.log.read_text()[-3000:]
+            raise SystemExit(f"the {self.name} worker ended ({self.proc.returncode}):\n{tail}")
+        return line.strip()
+
+    def _expect(self, word: str) -> None:
+        line = self._line()
+        if line != word:
+            raise SystemExit(f"the {self.name} worker said {line!r}, not {word!r}")
+
+    def run(self) -> dict:
+        self.proc.stdin.write("run\n")
+        return json.loads(self._line())
+
+    def save(self, path: Path) -> None:
+        self.proc.stdin.write(f"save {path}\n")
+        self._expect("saved")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait()
+        self._err.close()
+
+
+def alternate(first: Side, second: Side, pairs: int) -> list[dict]:
+    """One warm-up unit each, then ``pairs`` pairs, the order swapped every pair (``first`` leads the even ones) so
+    that a drift of the machine's load falls on both sides alike. Returns per pair ``{side name: timing}``."""
+    first.run(), second.run()
+    rows = []
+    for i in range(pairs):
+        order = (first, second) if i % 2 == 0 else (second, first)
+        rows.append({side.name: side.run() for side in order})
+    return rows
+
+
+__all__ = ["claim_stdout", "serve", "Side", "alternate"]
