@@ -491,6 +491,21 @@ def dense_parity_section(d: dict) -> list[str] | None:
     return lines
 
 
+def vs_reference_section(d: dict) -> list[str]:
+    """bench_vs_reference.py: per method, vpltool's CPU-seconds over its reference's for the same unit of work."""
+    rows = []
+    for method, m in d["methods"].items():
+        out = m["outputs"]
+        same = (f"loss Δ {num(out['loss_abs_diff'], 2)}" if "loss_abs_diff" in out else
+                f"logits Δ {num(out['logits_max_abs_diff'], 2)}, labels {out['labels_equal']:.2%}")
+        rows.append([method, m["unit"], num(m["cpu_seconds_median"]["vpltool"]),
+                     num(m["cpu_seconds_median"]["reference"]), num(m["ratio_median"]),
+                     "met" if m["bar_met"] else "**not met**", same])
+    return [sentence(d.get("shared_machine")), "", *table(
+        ["method", "unit of work", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)",
+         f"bar ≤ {next(iter(d['methods'].values()))['bar']}", "outputs"], rows, "llrrrll")]
+
+
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
             "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
@@ -507,7 +522,9 @@ SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_sectio
                              decoder_host_section),
             "learn-prototypes-launches": ("learn-prototypes: ops per iteration over VOC's pixels "
                                           "(bench_learn_prototypes.py --launches)", None),
-            "dense-parity": ("Dense CLIP methods against their public code (dense_parity.py)", dense_parity_section)}
+            "dense-parity": ("Dense CLIP methods against their public code (dense_parity.py)", dense_parity_section),
+            "vs-reference": ("vpltool against the references' own code, CPU-seconds side by side "
+                             "(bench_vs_reference.py)", vs_reference_section)}
 
 
 def section(path: Path, data: dict) -> list[str]:
