@@ -25,7 +25,7 @@ class DenseSettings:
 
     logit_scale: float  # softmax(logit_scale * cos) over the queries
     prob_threshold: float  # pixels whose top class probability is below it -> background
-    short_side: int  # mmseg Resize(scale=(2048, short_side), keep_ratio=True)
+    short_side: int  # mmseg Resize(scale=(long_side, short_side), keep_ratio=True)
     slide_crop: int  # sliding window side in pixels; 0 = the whole image at once
     slide_stride: int
     crop_mode: str  # CROP_MODES
@@ -38,6 +38,9 @@ class DenseSettings:
     # upsampled logits, PAMR and the argmax run on fewer pixels) and its labels enlarged, nearest, to the photo
     # (0 = off: the photo's own size, the references' arithmetic)
     max_side: int = 0
+    # the resize's long side: mmseg's Resize(scale=(long_side, short_side)) scales by min(long_side / long,
+    # short_side / short); the methods' configs say 2048 (TextRegion's 1008 binds on photos wider than 3:2)
+    long_side: int = 2048
     # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.models.dense.sam_refine), off by default as
     # eval.py; thresholds of configs/base_config.py + cfg_voc21.py and trident.py's sam_mask_coff default
     sam_refine: bool = False
@@ -233,6 +236,7 @@ class SegmentConfig:
     prob_threshold: float | None = None
     area_threshold: float | None = None  # None = the method's (SCLIP 0.1); 0 = off
     short_side: int | None = None
+    long_side: int | None = None
     slide_crop: int | None = None
     slide_stride: int | None = None
     pamr_steps: int | None = None
@@ -291,6 +295,7 @@ class SegmentConfig:
             if value is not None:
                 fraction(option, value)
         at_least("--short-side", self.short_side, 16, allow_none=True, why=" pixels")
+        at_least("--long-side", self.long_side, 16, allow_none=True, why=" pixels")
         at_least("--minimal-area", self.minimal_area, 1, allow_none=True, why=" half-resolution pixels")
         at_least("--slide-crop", self.slide_crop, 0, allow_none=True, why=" pixels (0 = the whole image)")
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
