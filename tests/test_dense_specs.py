@@ -40,7 +40,8 @@ def test_each_method_names_its_reference_s_class_file_set():
     from vpltool.config.benchmarks import BENCHMARK_PRESETS
 
     expected = {"naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "sclip": "sclip", "clearclip": "clearclip",
-                "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip"}
+                "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip",
+                "textregion": "proxyclip"}
     assert {m: REFERENCE_SETS[m] for m in expected} == expected
     for spec in DENSE_SPECS.values():  # a named set is a folder of files
         assert spec.class_files is None or (ASSETS / spec.class_files / "voc21.txt").is_file()

@@ -152,7 +152,8 @@ def source_summary(method: str, benchmark: str) -> str:
     p = BENCHMARK_PRESETS[method]
     own = sorted(((src.rsplit(":", 1)[1], k) for k, src in p.sources(benchmark).items()
                   if src.startswith("configs/cfg_")), key=lambda t: int(t[0]))
-    cfg = f"configs/{_CFG[benchmark]}"
+    files = sorted({src.rsplit(":", 1)[0] for src in p.sources(benchmark).values() if src.startswith("configs/cfg_")})
+    cfg = files[0] if len(files) == 1 else f"configs/{_CFG[benchmark]}"  # TextRegion's live in configs/cfg_ds/
     head = (cfg + ":" + ", :".join(f"{line} {k}" for line, k in own)) if own else f"{cfg}: nothing"
     return f"{head}; the rest {p.defaults_source}" + ("; class file: its configs/cls_*.txt" if p.class_set else "")
 
@@ -178,7 +179,8 @@ def presets_markdown() -> str:
         window = f"{s['slide_crop']} / {s['slide_stride']}" if s["slide_crop"] else "whole image"
         knobs = {**{k: s[k] for k in _METHOD_KNOBS if k in s}, **row["extra"]}  # CASS's, then the not-run ones
         extra = (" (+ " + ", ".join(f"{k} {v}" for k, v in knobs.items()) + ")") if knobs else ""
-        lines.append(f"| {row['method']} | {row['benchmark']} | {s['short_side']} | {window} | {s['logit_scale']:g} | "
+        side = f"{s['short_side']} (long {s['long_side']})" if s.get("long_side") else s["short_side"]
+        lines.append(f"| {row['method']} | {row['benchmark']} | {side} | {window} | {s['logit_scale']:g} | "
                      f"{s['prob_threshold']:g} | {s['area_threshold'] or '-'} | {s['pamr_steps'] or '-'} | "
                      f"{s.get('class_file', 'its own')} | {row['repo']}: {row['source']}{extra} |")
     return "\n".join(lines) + "\n"

@@ -117,6 +117,48 @@ _CORRCLIP_PRESETS = MethodPresets(
      "pamr_steps": 0, "area_threshold": 0.0},
     "corrclip_segmentor.py:46-47 (__init__ defaults)", _corrclip_benchmarks())
 
+# one knob two methods read: their class-agnostic region masks per image
+_REGION_MASKS = Knob(
+    "region_masks", "--region-masks", "class-agnostic region masks per image. corrclip: a folder of one <image "
+    "stem>.npz per image (key instance_mask, an int map at the image's size, the smallest id unsegmented: the "
+    "reference's precomputed masks) | sam (segment-anything's automatic mask generator on --sam-model / "
+    "--sam-weights, with the reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting keeps 1) | "
+    "sam2[:CONFIG] (SAM2's, where the sam2 package is installed; --sam-weights its checkpoint). textregion: a folder "
+    "of one <image stem>.npz per image (key masks, regions x height x width soft masks in [0, 3] at the image's "
+    "size) | sam2[:CONFIG] (SAM 2's generator as TextRegion runs it, fused soft masks; --sam-weights its "
+    "checkpoint).", uses=("sam_model", "sam_weights"), when=("sam", "sam2"))
+
+
+def _textregion_benchmarks() -> dict:
+    """avaxiao/TextRegion configs/cfg_ds/cfg_*.py: each benchmark's Resize scale (long, short), its prob_thd where
+    set (VOC21, Context60, COCO-Object), Cityscapes' 36 points a side and its halves (model_semantic.py:413,493,568,
+    609: "city_scape" in the config's name); each with its line."""
+    files = {"voc21": ("cfg_voc21.py", 17, (1008, 672)), "context60": ("cfg_context60.py", 17, (2016, 672)),
+             "coco-object": ("cfg_coco_object.py", 17, (2016, 672)), "voc20": ("cfg_voc20.py", 15, (2016, 672)),
+             "context59": ("cfg_context59.py", 15, (2016, 672)),
+             "coco-stuff": ("cfg_coco_stuff164k.py", 15, (1334, 896)),
+             "cityscapes": ("cfg_city_scapes.py", 18, (2688, 1344)), "ade20k": ("cfg_ade20k.py", 15, (2016, 672))}
+    thresholds = {"voc21": 0.4, "context60": 0.35, "coco-object": 0.5}
+    out = {}
+    for bench, (cfg, line, (long, short)) in files.items():
+        src = f"configs/cfg_ds/{cfg}"
+        row = {"short_side": (short, f"{src}:{line}"), "long_side": (long, f"{src}:{line}")}
+        if bench in thresholds:
+            row["prob_threshold"] = (thresholds[bench], f"{src}:6")
+        if bench == "cityscapes":
+            row.update(points_per_side=(36, f"{src}:7"), region_halves=(True, "model_semantic.py:413 (city_scape)"))
+        out[bench] = row
+    return out
+
+
+# its segmentor's __init__ defaults (model_semantic.py) and base_config.py's sam2_cfg under each benchmark's config
+_TEXTREGION_PRESETS = MethodPresets(
+    "avaxiao/TextRegion@e392cd2",
+    {"dense": "textregion", "logit_scale": 50.0, "prob_threshold": 0.0, "slide_crop": 0, "slide_stride": 112,
+     "pamr_steps": 0, "area_threshold": 0.0, "points_per_side": 16, "region_halves": False, "region_crop": 336},
+    "model_semantic.py:86-87 (__init__ defaults: region_logit_scale 50, prob_thd 0); configs/base_config.py:11,18 "
+    "(points_per_side 16, crop_size 336); its own views, no slide windows", _textregion_benchmarks())
+
 # the spec table: every --dense method, in --help's order. A new method is a row here (and, unless it only mixes
 # the last block, a module in vpltool/models/dense/)
 DENSE_SPECS: dict[str, DenseMethodSpec] = {
@@ -185,13 +227,21 @@ DENSE_SPECS: dict[str, DenseMethodSpec] = {
     "corrclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
                                               slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
                                 module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip", knobs=(
-        Knob("region_masks", "--region-masks", "its class-agnostic region masks: a folder of one <image stem>.npz "
-             "per image (key instance_mask, an int map at the image's size, the smallest id unsegmented: the "
-             "reference's precomputed masks) | sam (segment-anything's automatic mask generator on --sam-model / "
-             "--sam-weights, with the reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting "
-             "keeps 1) | sam2[:CONFIG] (SAM2's, where the sam2 package is installed; --sam-weights its checkpoint).",
-             uses=("sam_model", "sam_weights"), when=("sam", "sam2")),),
+        _REGION_MASKS,),
                                 presets=_CORRCLIP_PRESETS),
+    # model_semantic.py + configs/base_config.py + cfg_voc21.py: region logit scale 50, prob_thd 0.4, Resize
+    # (1008, 672), its own views (the photo and 336-pixel tiles) in place of slide windows; SAM 2's region masks
+    "textregion": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.4, short_side=672, slide_crop=0,
+                                                slide_stride=112, crop_mode="floor", whole="direct", long_side=1008),
+                                  module="textregion", class_files="proxyclip", knobs=(
+        _REGION_MASKS,
+        Knob("points_per_side", "--points-per-side", "with --region-masks sam2: SAM 2's point grid side (its "
+             "points_per_side) [default: 16, base_config.py; benchmark: 36 on cityscapes]."),
+        Knob("region_halves", "--region-halves/--region-whole", "the whole-photo view is the photo's left and right "
+             "halves (its Cityscapes) [default: whole]."),
+        Knob("region_crop", "--region-crop", "the side in pixels of each view, the photo's and its tiles' (its "
+             "crop_size) [default: 336, base_config.py].")),
+                                  presets=_TEXTREGION_PRESETS),
 }
 # what the rest of vpltool reads, each derived from the table
 DENSE_CHOICES = tuple(DENSE_SPECS)
@@ -202,7 +252,12 @@ SAM_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.sam)  # t
 # the methods that need no side model (cam --dense seeds, predict --dense)
 PLAIN_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if not spec.proxy_model and not spec.sam)
 KNOBS: dict[str, Knob] = {k.field: k for spec in DENSE_SPECS.values() for k in spec.knobs}  # every method's
-KNOB_METHOD = {k.field: name for name, spec in DENSE_SPECS.items() for k in spec.knobs}  # the method that reads it
+_READERS: dict[str, list[str]] = {}
+for _name, _spec in DENSE_SPECS.items():
+    for _k in _spec.knobs:
+        _READERS.setdefault(_k.field, []).append(_name)
+KNOB_READERS = {f: tuple(names) for f, names in _READERS.items()}  # the methods that read each knob
+KNOB_METHOD = {f: " and ".join(names) for f, names in _READERS.items()}  # ... as --help names them
 # the bundled class-file sets the rows name (vpltool/assets/class_files/<set>/), in the table's order
 CLASS_SETS = tuple(dict.fromkeys(spec.class_files for spec in DENSE_SPECS.values() if spec.class_files))
 
@@ -273,6 +328,11 @@ class SegmentConfig:
     # of <image stem>.npz files (key instance_mask) | sam (segment-anything's automatic mask generator: --sam-model,
     # --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
     region_masks: str | None = None
+    # TextRegion's (vpltool.models.dense.textregion): SAM 2's point grid side with --region-masks sam2 (None = 16),
+    # the whole-photo view as two halves (its Cityscapes; None = whole)
+    points_per_side: int | None = None
+    region_halves: bool | None = None
+    region_crop: int | None = None  # the side of its views (its crop_size; None = 336)
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
@@ -301,6 +361,8 @@ class SegmentConfig:
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
         at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")
         at_least("--max-side", self.max_side, MIN_MAX_SIDE, allow_none=True, why=" pixels")
+        at_least("--points-per-side", self.points_per_side, 1, allow_none=True, why=" points")
+        at_least("--region-crop", self.region_crop, 16, allow_none=True, why=" pixels")
         require(bool(self.templates.strip()), "--templates is empty: give imagenet, clip-es, a template or a file")
         for option, value in (("--global-weight", self.global_weight), ("--shift-weight", self.shift_weight)):
             if value is not None:
@@ -317,7 +379,8 @@ class SegmentConfig:
         for name, spec in DENSE_SPECS.items():  # each method's knobs (SAM's options with SAM's methods)
             if name != self.dense:
                 fields_ = (*(k.field for k in spec.knobs), *(("sam_model", "sam_weights") if spec.sam else ()))
-                out.update({k: f"without --dense {name}" for k in fields_ if k not in mine})
+                out.update({k: f"without --dense {' or '.join(KNOB_READERS.get(k, (name,)))}" for k in fields_
+                            if k not in mine})
         for knob in own.knobs:  # shared options that only some values of its knob read
             if knob.uses and not str(getattr(self, knob.field) or "").startswith(knob.when):
                 out.update({k: f"without {knob.option} {' or '.join(knob.when)}" for k in knob.uses})
