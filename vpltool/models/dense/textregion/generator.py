@@ -256,6 +256,8 @@ class TextRegionGenerator:
         m, q, k, b = m[big], q[big], k[big], b[big]
         rank = sorted(range(len(q)), key=lambda i: (-int(k[i]), -float(q[i])))  # stable: NMS order on ties
         m, b = m[rank], b[rank]
+        if not len(m):
+            return np.zeros((0, h0, w0), np.float16)
         full = self.model.upsample(m.clamp(0, 3).float(), size).half()
         return fuse(full, b, s.fuse_mask_threshold).half().cpu().numpy()
 

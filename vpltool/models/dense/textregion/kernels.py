@@ -114,6 +114,8 @@ def multi_resolution(maps: torch.Tensor, tiles: tuple[int, int], halves: bool, w
 def feature_masks(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """``[R, H0, W0]`` region masks -> ``[R, h * w]`` float32 on the feature grid: bilinear (align_corners False, no
     antialias), clamped to [0, 1]."""
+    if not len(masks):
+        return masks.new_zeros(0, grid[0] * grid[1], dtype=torch.float32)
     small = F.interpolate(masks.float()[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
     return small.reshape(len(masks), -1).clamp(0, 1)
 
@@ -216,7 +218,7 @@ def textregion_logits(bb, pixels: torch.Tensor, text: torch.Tensor, masks: torch
     grid = tuple(values.shape[-2:])
     rows_t = text.to(values.device)
     masks = masks.to(values.device)
-    if tuple(masks.shape[-2:]) != tuple(size):  # a working size below the photo's (--max-side)
+    if tuple(masks.shape[-2:]) != tuple(size) and len(masks):  # a working size below the photo's (--max-side)
         masks = F.interpolate(masks.float()[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
     small = feature_masks(masks, grid)
     kept = small.sum(dim=1) > 0
