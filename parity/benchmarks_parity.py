@@ -4,10 +4,10 @@ JSON object.
     python parity/benchmarks_parity.py --ref DIR
 
 ``--ref DIR`` holds clones named ``NACLIP``, ``SCLIP``, ``ClearCLIP``, ``ProxyCLIP``, ``SC-CLIP``, ``CASS``,
-``Trident``, ``CorrCLIP`` (its ``CorrCLIPv1/`` read; any case; a ``owner+name`` folder works too); a missing one is
-reported, not compared. Each clone is
-read in its own process by ``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports
-of ``custom_datasets.py``; the configs are executed as the Python files they are; ``get_cls_idx`` runs alone).
+``Trident``, ``CorrCLIP`` (its ``CorrCLIPv1/`` read), ``TextRegion`` (its ``configs/cfg_ds/``; any case; a
+``owner+name`` folder works too); a missing one is reported, not compared. Each clone is read in its own process
+by ``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports of
+``custom_datasets.py``; the configs are executed as the Python files they are; ``get_cls_idx`` runs alone).
 
 Compared, per reference:
 
@@ -49,14 +49,23 @@ from vpltool.data.class_files import class_file_path, read_class_file  # noqa: E
 REFS = {"naclip": ("NACLIP", "naclip.py"), "sclip": ("SCLIP", "clip_segmentor.py"),
         "clearclip": ("ClearCLIP", "clearclip_segmentor.py"), "proxyclip": ("ProxyCLIP", "proxyclip_segmentor.py"),
         "sc-clip": ("SC-CLIP", "scclip_segmentor.py"), "cass": ("CASS", "cass_segmentor.py"),
-        "trident": ("Trident", "trident.py"), "corrclip": ("CorrCLIP", "corrclip_segmentor.py")}
+        "trident": ("Trident", "trident.py"), "corrclip": ("CorrCLIP", "corrclip_segmentor.py"),
+        "textregion": ("TextRegion", "model_semantic.py")}
 # a reference whose code is a folder of its repository (CorrCLIP's v1, beside its v2)
 SUBFOLDER = {"corrclip": "CorrCLIPv1"}
 KEYS = {"logit_scale": "logit_scale", "prob_threshold": "prob_thd", "area_threshold": "area_thd",
         "slide_crop": "slide_crop", "slide_stride": "slide_stride", "pamr_steps": "pamr_steps"}
+# a reference's own names for the keys (TextRegion: its region_logit_scale; its SAM 2 grid in sam2_cfg; it has no
+# slide windows, and its Cityscapes views are the halves its model_semantic.py takes where "city_scape" is in the
+# config's name)
+OWN_KEYS = {"textregion": {"logit_scale": "region_logit_scale", "slide_crop": None, "slide_stride": None,
+                           "points_per_side": "sam2_cfg.points_per_side", "region_crop": "crop_size"}}
 # what the references' own evaluation scripts set over the configs: CASS's eval_all.sh runs eval.py --pamr off,
 # which sets cfg.model['pamr_steps'] = 0 (its __init__ default is 10)
 EVAL_OVERRIDES = {"cass": {"pamr_steps": 0}}
+# mmseg 1.x's own dataset classes' reduce_zero_label, where a config leaves it to the class (TextRegion's ADE20K:
+# LoadAnnotations() on ADE20KDataset, whose __init__ fixes it True: mmseg/datasets/ade.py)
+MMSEG_REDUCE = {"ADE20KDataset": True}
 CUSTOM = {"voc20": "PascalVOC20Dataset", "coco-object": "COCOObjectDataset", "context60": "PascalContext60Dataset",
           "context59": "PascalContext59Dataset"}
 
@@ -77,7 +86,9 @@ def compare_presets(method: str, ref: dict, out: list) -> int:
     for bench, c in ref["configs"].items():
         theirs = {**ref["segmentor_defaults"], **c["model"], **EVAL_OVERRIDES.get(method, {})}
         mine = p.settings(bench)
-        for key, their_key in KEYS.items():
+        for key, their_key in {**KEYS, **OWN_KEYS.get(method, {})}.items():
+            if their_key is None:
+                continue
             value = theirs.get(their_key, 0 if key == "pamr_steps" else None)
             value = 0.0 if value is None and key == "area_threshold" else value
             n += 1
@@ -86,6 +97,14 @@ def compare_presets(method: str, ref: dict, out: list) -> int:
         n += 1
         if mine["short_side"] != min(c["resize"]):
             out.append(f"{method} {bench} short_side: vpltool {mine['short_side']}, Resize {c['resize']}")
+        if "long_side" in mine:  # a preset that sets the resize's long side (TextRegion's); the others' is 2048
+            n += 1
+            if mine["long_side"] != max(c["resize"]):
+                out.append(f"{method} {bench} long_side: vpltool {mine['long_side']}, Resize {c['resize']}")
+        if method == "textregion":
+            n += 1
+            if bool(mine.get("region_halves")) != (bench == "cityscapes"):  # its cfg_city_scapes.py's name
+                out.append(f"{method} {bench} region_halves: vpltool {mine.get('region_halves')}")
     return n
 
 
@@ -123,7 +142,7 @@ def compare_datasets(method: str, ref: dict, out: list) -> int:
         init = custom.get("init", {})
         reduce = c["load_annotations"].get("reduce_zero_label", c["dataset_reduce_zero_label"])
         if reduce is None:
-            reduce = init.get("reduce_zero_label", False)
+            reduce = init.get("reduce_zero_label", MMSEG_REDUCE.get(c.get("dataset_type"), False))
         checks = {"images": (b.images, prefix.get("img_path")), "masks": (b.masks, prefix.get("seg_map_path")),
                   "split_file": (b.split_file, c["ann_file"]), "reduce_zero_label": (b.reduce_zero_label, reduce)}
         if init:

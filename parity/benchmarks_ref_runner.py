@@ -11,8 +11,9 @@ It imports nothing from vpltool. From the clone, without the OpenMMLab packages:
    (``register_module()`` returns the class), ``mmengine.fileio`` and ``mmcv`` (the ``LoadAnnotations`` base
    ClearCLIP subclasses); each dataset class's ``METAINFO['classes']`` and the keyword arguments its ``__init__``
    hands ``BaseSegDataset`` (suffixes, ``reduce_zero_label``);
-2. each ``configs/cfg_<benchmark>.py`` executed as the plain Python it is (its ``_base_`` first, the ``model`` dicts
-   merged as mmengine merges them): the ``model`` dict, the ``Resize`` scale, the ``LoadAnnotations`` arguments,
+2. each ``configs/cfg_<benchmark>.py`` (TextRegion's ``configs/cfg_ds/``) executed as the plain Python it is (its
+   ``_base_`` first, the ``model`` dicts merged as mmengine merges them, nested ones key by key and flattened to
+   ``outer.inner``): the ``model`` dict, the ``Resize`` scale, the ``LoadAnnotations`` arguments,
    the dataset's ``data_prefix``, ``ann_file``, ``reduce_zero_label`` and type;
 3. the segmentor's ``__init__`` defaults, from its source by ``ast`` (no import: it would load CLIP);
 4. each class file read by the clone's own ``get_cls_idx`` (taken out of the segmentor's source by ``ast`` and run
@@ -93,12 +94,29 @@ def _exec(path: Path) -> dict:
     return {k: v for k, v in scope.items() if not k.startswith("__")}
 
 
+def config_folder(clone: Path) -> Path:
+    """Where a clone keeps its ``cfg_<benchmark>.py`` files: ``configs/``, or TextRegion's ``configs/cfg_ds/``."""
+    return clone / "configs" / "cfg_ds" if (clone / "configs" / "cfg_ds").is_dir() else clone / "configs"
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """mmengine's merge of a config over its ``_base_``: nested dicts key by key (TextRegion's ``sam2_cfg``), then
+    flattened to ``outer.inner`` keys."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    flat = {}
+    for k, v in out.items():
+        flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
+    return flat
+
+
 def configs(clone: Path) -> dict:
     base = _exec(clone / "configs" / "base_config.py")
     out = {}
     for bench, name in BENCH_CFG.items():
-        cfg = _exec(clone / "configs" / name)
-        model = {**base.get("model", {}), **cfg.get("model", {})}
+        cfg = _exec(config_folder(clone) / name)
+        model = _merged(base.get("model", {}), cfg.get("model", {}))
         steps = cfg.get("test_pipeline", [])
         resize = next((s for s in steps if s.get("type") == "Resize"), {})
         annotations = next((s for s in steps if s.get("type") == "LoadAnnotations"), {})
@@ -130,7 +148,7 @@ def segmentor(path: Path) -> tuple[dict, object]:
 def class_files(clone: Path, get_cls_idx) -> dict:
     out = {}
     for bench, name in BENCH_CFG.items():
-        cls = clone / "configs" / _exec(clone / "configs" / name)["model"]["name_path"].split("/")[-1]
+        cls = clone / "configs" / _exec(config_folder(clone) / name)["model"]["name_path"].split("/")[-1]
         words, idx = get_cls_idx(str(cls))
         out[bench] = {"file": cls.name, "sha256": hashlib.sha256(cls.read_bytes()).hexdigest(), "queries": words,
                       "classes": [int(i) for i in idx]}
