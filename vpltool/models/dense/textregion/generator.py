@@ -67,8 +67,9 @@ def import_sam2():
     try:
         from sam2.build_sam import build_sam2
     except ImportError:
-        raise VplError("--region-masks sam2: the sam2 package is not installed; pip install sam2 (SAM2_BUILD_CUDA=0 "
-                       "on a machine without CUDA), or give --region-masks a folder of .npz region masks") from None
+        raise VplError("--region-masks sam2: the sam2 package is not installed; pip install 'vpltool[sam2]' "
+                       "(SAM2_BUILD_CUDA=0 on a machine without CUDA), or give --region-masks a folder of .npz region "
+                       "masks") from None
     return build_sam2
 
 
