@@ -231,3 +231,25 @@ def test_textregion_runs_end_to_end_on_a_photo(tiny_spec, bb, tmp_path):
                           model_config_dir=tiny_spec.config_dir, device="cpu")(photo, ["person"])
     with pytest.raises(VplError, match="no features without each image's region masks"):
         bb.dense_features(torch.zeros(1, 3, 32, 32))
+
+
+def test_the_uncovered_pixels_read_sclips_last_block_made_for_the_rows_they_need(bb):
+    """SCLIP's block made for some query rows is the whole block's rows, and the cells a bilinear resize reads for
+    some outputs are enough to give those outputs."""
+    from vpltool.models.dense.textregion.kernels import _qkv, _sclip_rows, _sources_2d
+
+    g = torch.Generator().manual_seed(2)
+    pixels = torch.randn(2, 3, 64, 48, generator=g)
+    with torch.no_grad():
+        tokens = bb.encode(pixels, stop=bb.n_blocks - 1).tokens
+        whole = bb.dense(bb.last_block(tokens, (4, 3)))  # [2, 12, D]
+        rows = torch.tensor([0, 5, 11])
+        part = _sclip_rows(bb, tokens[1], _qkv(bb.blocks[-1], tokens)[1], rows + 1)
+    assert torch.allclose(part, whole[1, rows], atol=1e-5)
+    small = torch.randn(1, 2, 5, 7, generator=g)
+    needed = torch.zeros(23, 31, dtype=torch.bool)
+    needed[3:6, 20:25] = True
+    reads = _sources_2d(needed, (5, 7))
+    masked = torch.where(reads, small, torch.full_like(small, float("nan")))
+    up = F.interpolate(masked, size=(23, 31), mode="bilinear", align_corners=False)
+    assert torch.isfinite(up[..., needed]).all() and reads.sum() < reads.numel()

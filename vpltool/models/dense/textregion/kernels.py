@@ -126,9 +126,9 @@ def global_patch_filter(units: torch.Tensor, masks: torch.Tensor, threshold: flo
 
     Per patch: the mean over the regions it is in (``mask > 0``) of its mean similarity to each region's patches,
     minus that mean over the regions it is not in; a patch below ``threshold`` is global."""
-    sim = units @ units.T
     inside = masks > 0
-    to_region = (sim @ inside.float().T) / inside.sum(dim=-1)  # [P, R]
+    # (U Uᵀ) Mᵀ as U (Uᵀ Mᵀ): the [P, P] similarities are never made (the same sums, associated otherwise)
+    to_region = (units @ (units.T @ inside.float().T)) / inside.sum(dim=-1)  # [P, R]
     belong = (to_region * inside.float().T).sum(dim=-1) / (inside.sum(dim=0) + 1e-9)
     outside = masks == 0
     away = (to_region * outside.float().T).sum(dim=-1) / (outside.sum(dim=0) + 1e-9)
@@ -167,20 +167,73 @@ def region_logits(bb, values: torch.Tensor, masks: torch.Tensor, text: torch.Ten
     return feats @ text.to(feats.dtype).T, keep
 
 
-def _qkv_values(blk, tokens: torch.Tensor) -> torch.Tensor:
-    """The last block's value path: ``[n, 1 + g*g, width]`` tokens -> ``[n, width, g, g]`` patch values (the packed
-    ``in_proj`` in full, then its value third, as the reference computes them)."""
-    width = tokens.shape[-1]
-    v = F.linear(blk.ln_1(tokens), blk.attn.in_proj_weight, blk.attn.in_proj_bias)[..., 2 * width :]
-    g = math.isqrt(tokens.shape[1] - 1)
-    return v[:, 1:].transpose(1, 2).reshape(len(tokens), width, g, g)
+def _qkv(blk, tokens: torch.Tensor) -> torch.Tensor:
+    """The last block's packed ``in_proj`` of ``ln_1``: ``[n, L, width]`` -> ``[n, L, 3 width]`` (q, k, v), made once
+    for the value path and the uncovered pixels' SCLIP block (the reference makes it in each)."""
+    return F.linear(blk.ln_1(tokens), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
 
 
-def photo_logits(region: torch.Tensor, masks: torch.Tensor, fallback: torch.Tensor, rows: int = 0) -> torch.Tensor:
+def _values(qkv: torch.Tensor) -> torch.Tensor:
+    """The value third of :func:`_qkv`'s patch rows: ``[n, width, g, g]``."""
+    n, length, three = qkv.shape
+    g = math.isqrt(length - 1)
+    return qkv[:, 1:, 2 * three // 3 :].transpose(1, 2).reshape(n, three // 3, g, g)
+
+
+def _sources(out_size: int, in_size: int, device) -> list[torch.Tensor]:
+    """For a bilinear resize (align_corners False) of ``in_size`` to ``out_size`` along one axis: each output index's
+    source indices, with a neighbour more on each side (``[out_size]`` int64 each; a superset, so that a position
+    float32 puts on the other side of an integer still finds its sources)."""
+    pos = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(0)
+    low = pos.floor().long()
+    return [(low + d).clamp(0, in_size - 1) for d in (-1, 0, 1, 2)]
+
+
+def _sources_2d(needed: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The cells of a ``size`` grid that a bilinear resize reads for the True cells of ``needed`` (its output):
+    ``[h, w]`` bool."""
+    ys, xs = needed.nonzero(as_tuple=True)
+    out = torch.zeros(size, dtype=torch.bool, device=needed.device)
+    for yy in _sources(needed.shape[0], size[0], needed.device):
+        for xx in _sources(needed.shape[1], size[1], needed.device):
+            out[yy[ys], xx[xs]] = True
+    return out
+
+
+def _view_rows(needed: torch.Tensor, tiles: tuple[int, int], g: int, halves: bool) -> list[torch.Tensor]:
+    """The assembled grid's needed cells (``[rows * g, cols * g]`` bool) -> per view the patch tokens it must give
+    (``[g * g]`` bool): the whole view's (each half's) cells its resize reads, each tile's own cells."""
+    nh, nw = tiles
+    width = needed.shape[1] // (2 if halves else 1)
+    whole = [_sources_2d(needed[:, k * width : (k + 1) * width], (g, g)) for k in range(2 if halves else 1)]
+    cells = [needed[i * g : (i + 1) * g, j * g : (j + 1) * g] for i in range(nh) for j in range(nw)]
+    return [m.flatten() for m in whole + cells]
+
+
+def _sclip_rows(bb, tokens: torch.Tensor, qkv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The last block as SCLIP mixes it (mixing.py's ``qq+kk`` with the residual and the MLP: ``softmax(q qᵀ s) +
+    softmax(k kᵀ s)``) for the query tokens ``rows`` of one view only (every token a key): ``[L, width]`` tokens,
+    their :func:`_qkv` ``[L, 3 width]``, ``rows`` ``[m]`` indices -> ``[m, D]`` joint-space features."""
+    blk = bb.blocks[-1]
+    heads = blk.attn.num_heads
+    length, three = qkv.shape
+    width = three // 3
+    q, k, v = (t.reshape(length, heads, width // heads).transpose(0, 1) for t in qkv.split(width, dim=-1))
+    scale = (width // heads) ** -0.5
+    weights = (F.softmax((q[:, rows] @ q.transpose(-1, -2)) * scale, dim=-1)
+               + F.softmax((k[:, rows] @ k.transpose(-1, -2)) * scale, dim=-1))
+    x = tokens[rows] + blk.ls_1(blk.attn.out_proj((weights @ v).transpose(0, 1).reshape(len(rows), width)))
+    x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return bb.project(x)
+
+
+def photo_logits(region: torch.Tensor, masks: torch.Tensor, fallback: torch.Tensor | None, rows: int = 0
+                 ) -> torch.Tensor:
     """Step 5: ``[R, Q]`` region logits and their ``[R, H0, W0]`` masks, ``[1, Q, h, w]`` the patch logits of the
     pixels no mask covers -> ``[Q, H0, W0]`` float32: ``sum_r logits[r] * clamp(mask_r, 0, 1)``, the uncovered
-    pixels the patch logits resized bilinearly to the photo. ``rows``: computed so many photo rows at a time (the
-    masks in float32 a band at a time; 0: at once)."""
+    pixels the patch logits resized bilinearly to the photo (the cells those pixels read are the only ones used:
+    ``fallback`` may hold anything elsewhere, and None when every pixel is covered). ``rows``: computed so many
+    photo rows at a time (the masks in float32 a band at a time; 0: at once)."""
     r, q = region.shape
     height, width = masks.shape[-2:]
     out = torch.empty(q, height, width, device=region.device)
@@ -214,7 +267,8 @@ def textregion_logits(bb, pixels: torch.Tensor, text: torch.Tensor, masks: torch
     views = views.to(pixels.dtype)
     tokens = bb.encode(views, stop=bb.n_blocks - 1).tokens  # [n, 1 + g*g, width]
     g = bb.grid_of(views)[0]
-    values = multi_resolution(_qkv_values(bb.blocks[-1], tokens), tiles, cfg.halves)  # [1, width, ph, pw]
+    qkv = _qkv(bb.blocks[-1], tokens)
+    values = multi_resolution(_values(qkv), tiles, cfg.halves)  # [1, width, ph, pw]
     grid = tuple(values.shape[-2:])
     rows_t = text.to(values.device)
     masks = masks.to(values.device)
@@ -224,12 +278,23 @@ def textregion_logits(bb, pixels: torch.Tensor, text: torch.Tensor, masks: torch
     kept = small.sum(dim=1) > 0
     logits, second = region_logits(bb, values.flatten(2)[0], small[kept], rows_t, cfg)
     masks = masks[kept][second]
-    # the pixels no mask covers: SCLIP's patch logits of the views, assembled as the values were
-    feats = bb.dense(bb.last_block(tokens, (g, g)))
-    feats = feats / feats.norm(dim=-1, keepdim=True)
-    patch = (feats @ rows_t.to(feats.dtype).T).transpose(1, 2).reshape(len(views), -1, g, g)
-    fallback = multi_resolution(patch, tiles, cfg.halves)
-    return photo_logits(logits, masks, fallback, rows=_band_rows(len(masks), size))
+    rows = _band_rows(len(masks), size)
+    uncovered = torch.cat([masks[:, y : y + rows].float().clamp(0, 1).sum(dim=0) == 0
+                           for y in range(0, int(size[0]), rows)]) if len(masks) else None
+    if uncovered is not None and not bool(uncovered.any()):
+        return photo_logits(logits, masks, None, rows=rows)
+    # the pixels no mask covers: SCLIP's patch logits of the views, assembled as the values were, made only for the
+    # patch tokens those pixels read
+    needed = _sources_2d(uncovered, grid) if uncovered is not None else torch.ones(grid, dtype=torch.bool)
+    patch = torch.zeros(len(views), len(rows_t), g * g, device=values.device)
+    for view, want in enumerate(_view_rows(needed.to(values.device), tiles, g, cfg.halves)):
+        idx = want.nonzero().flatten()
+        if len(idx):
+            feats = _sclip_rows(bb, tokens[view], qkv[view], idx + 1)  # + the class token
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            patch[view][:, idx] = (feats @ rows_t.to(feats.dtype).T).T.float()
+    fallback = multi_resolution(patch.reshape(len(views), -1, g, g), tiles, cfg.halves)
+    return photo_logits(logits, masks, fallback, rows=rows)
 
 
 def _band_rows(regions: int, size: tuple[int, int], budget: int = 1 << 28) -> int:
