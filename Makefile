@@ -81,6 +81,12 @@ WORKERS ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null 
 # demo's commands several times slower. One each, unless the environment says otherwise (OMP_NUM_THREADS=4 make ...)
 OMP_NUM_THREADS ?= 1
 export OMP_NUM_THREADS
+# reproducible mode (`vpltool --reproducible`, docs/reproduce.md) for every command of the run: --precision auto is
+# fp32 and each library is capped at AVX2 with one thread, so the figures are the same bits on every x86-64 CPU (AVX2,
+# AVX-512, AMX). `make demo`, `make sgc`, `make affinity` and `make dense`, whose figures the README quotes, turn it
+# on (REPRODUCIBLE=0 runs them fast); a run of `make report`, `make voc` or `make coco` is fast unless REPRODUCIBLE=1
+REPRODUCIBLE ?= $(if $(filter 1,$(VPLTOOL_REPRODUCIBLE)),1,0)
+export VPLTOOL_REPRODUCIBLE := $(if $(filter 1,$(REPRODUCIBLE)),1,0)
 WORLD_TRAIN ?= 500
 WORLD_VAL ?= 200
 SEED ?= 0
@@ -177,7 +183,7 @@ endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
         pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc report voc coco bench parity docs toy-clip toy-dino toy-sam \
-        clean-demo weclip
+        clean-demo weclip decoder-seeds
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
 setup: $(VENV)/.installed
@@ -194,13 +200,17 @@ lint: setup
 # TEST_WORKERS processes (pytest-xdist; a test file is one unit of work; 0 = in pytest's own process)
 TEST_WORKERS ?= 2
 TEST_ARGS = -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
-## Lint, then run the test suite (CPU, offline; includes the slow demo-world quality check) in TEST_WORKERS processes
+# the second pytest: the tests whose figures follow --precision auto's dtype (marker numeric) again, with auto
+# resolved as on a CPU with AMX (bf16; VPLTOOL_ASSUME_AMX=1), so a machine without AMX proves what one with it does
+## Lint, run the test suite (CPU, offline; the slow demo check too), then its numeric tests as on a CPU with AMX
 test: lint
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
+	VPLTOOL_ASSUME_AMX=1 $(VENV)/bin/python -m pytest $(TEST_ARGS) -m numeric
 
 ## Run the test suite without the slow demo-world check
 test-fast: lint
 	$(VENV)/bin/python -m pytest $(TEST_ARGS) -m "not slow"
+	VPLTOOL_ASSUME_AMX=1 $(VENV)/bin/python -m pytest $(TEST_ARGS) -m "numeric and not slow"
 
 ## The whole pipeline on the offline demo world, then a table of mIoU per stage next to chance
 # two stages at a time where neither needs the other (the text CAMs of every refinement while VPL phase 1 learns W,
@@ -214,15 +224,17 @@ test-fast: lint
 DEMO_REFINES = $(call pick,REFINES,none caa)
 DEMO_ROWS = DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)'
 demo: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report $(DEMO_ROWS)
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report $(DEMO_ROWS) REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## The demo's DINO affinity rows (AFFINITY_ROWS: CAA from DINO's attention), then the table again
 affinity: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= REFINES='$(DEMO_REFINES)'
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= REFINES='$(DEMO_REFINES)' \
+	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## The demo's SSR rows (REFINES with caa+sgc: its CAMs, CRF masks and decoder, a third candidate), then the table
 sgc: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS=
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= \
+	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## Render the demo world (synthetic scenes with exact masks)
 world: $(RUN)/world/_stage.json
@@ -344,7 +356,8 @@ dense_size = $(subst --short-side,--dense-side,$(subst --slide-crop,--dense-crop
 DENSE_METRICS = $(foreach m,$(DENSE),$(RUN)/metrics/dense/$(m)/segment_val.json) \
   $(foreach m,$(DENSE_SEEDS),$(addprefix $(RUN)/metrics/dense/$(m)/,cams.json pseudo.json pred_val.json))
 dense: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report AFFINITY_ROWS= REFINES='$(DEMO_REFINES)'
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
+	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 dense-metrics: $(DENSE_METRICS)
 $(RUN)/dense/%/segment_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
 	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense $* --model $(MODEL) --pretrained $(PRETRAINED) \
@@ -463,6 +476,11 @@ CORRCLIP_WORK ?=
 # (textregion_parity.py; TEXTREGION_WORK keeps both sides' outputs for a later run)
 TEXTREGION_REF ?=
 TEXTREGION_WORK ?=
+# RADSEG_REF=a clone of RADSeg-OVSS/RADSeg (05ec86f), RADSEG_RADIO_REF=one of NVlabs/RADIO (c0f3701): --dense radseg
+# against RADSeg's own code on RADIO's own hub code (radseg_parity.py; RADSEG_WORK keeps both sides' files)
+RADSEG_REF ?=
+RADSEG_RADIO_REF ?=
+RADSEG_WORK ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -503,6 +521,10 @@ parity: setup
 	  $(if $(TEXTREGION_WORK),--work $(TEXTREGION_WORK)) $(if $(shell $(VENV)/bin/python -c "import sam2" 2>/dev/null && echo y),--sam2) \
 	  --out $(PARITY_OUT)/textregion_parity.json > /dev/null, \
 	  @echo "make parity: pass TEXTREGION_REF=/path/to/a/clone/of/avaxiao/TextRegion at e392cd2 (docs/parity.md)")
+	$(if $(RADSEG_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/radseg_parity.py --ref $(RADSEG_REF) \
+	  --radio-ref $(RADSEG_RADIO_REF) $(if $(RADSEG_WORK),--work $(RADSEG_WORK)) \
+	  --out $(PARITY_OUT)/radseg_parity.json > /dev/null, \
+	  @echo "make parity: pass RADSEG_REF=/path/to/a/clone/of/RADSeg-OVSS/RADSeg at 05ec86f and RADSEG_RADIO_REF (docs/parity.md)")
 	$(VENV)/bin/python docgen/parity_page.py --results $(PARITY_OUT)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
@@ -613,6 +635,14 @@ FUZZ_TWO_EXAMPLES ?= 14
 fuzz:
 	VPLTOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
 	VPLTOOL_FUZZ_TWO_EXAMPLES=$(FUZZ_TWO_EXAMPLES) OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_fuzz_two_command.py
+
+## The demo decoder's val mIoU over DECODER_SEEDS decoder seeds, after `make demo` (the README's spread beside its run)
+DECODER_SEEDS ?= 0,1,2
+decoder-seeds: setup
+	$(VENV)/bin/python studies/study_decoder_seeds.py --run $(RUN) --seeds $(DECODER_SEEDS) \
+	  > studies/results/decoder_seeds.json.tmp 2> studies/results/decoder_seeds.md.tmp && \
+	  mv studies/results/decoder_seeds.json.tmp studies/results/decoder_seeds.json && \
+	  mv studies/results/decoder_seeds.md.tmp studies/results/decoder_seeds.md
 
 ## GroupViT, then PGSeg fine-tuned from it, on make-pairs shards (train-pgseg --recipe demo, PGSEG_SEEDS, PGSEG_JOBS
 ## seeds side by side): zero-shot val mIoU of the README's world next to the toy CLIP's MaskCLIP rows, NPR on train

@@ -4,16 +4,21 @@ JSON object.
     python parity/benchmarks_parity.py --ref DIR
 
 ``--ref DIR`` holds clones named ``NACLIP``, ``SCLIP``, ``ClearCLIP``, ``ProxyCLIP``, ``SC-CLIP``, ``CASS``,
-``Trident``, ``CorrCLIP`` (its ``CorrCLIPv1/`` read), ``TextRegion`` (its ``configs/cfg_ds/``; any case; a
-``owner+name`` folder works too); a missing one is reported, not compared. Each clone is read in its own process
-by ``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports of
-``custom_datasets.py``; the configs are executed as the Python files they are; ``get_cls_idx`` runs alone).
+``Trident``, ``CorrCLIP`` (its ``CorrCLIPv1/`` read), ``TextRegion`` (its ``configs/cfg_ds/``), ``RADSeg`` (its
+``evaluation/2d/`` read; any case; a ``owner+name`` folder works too); a missing one is reported, not compared. Each
+clone is read in its own process by ``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab
+imports of ``custom_datasets.py``; the configs are executed as the Python files they are, ``_base_`` files under
+them; ``get_cls_idx`` runs alone).
 
 Compared, per reference:
 
-* ``presets``: for each benchmark, every value of vpltool's preset (:mod:`vpltool.config.benchmarks`) against the
-  clone's: the config's ``model`` dict over the segmentor's ``__init__`` defaults (``logit_scale``, ``prob_thd``,
-  ``area_thd``, ``slide_crop``, ``slide_stride``, ``pamr_steps``) and the ``Resize`` short side;
+* ``presets``: the benchmarks it has configs for against those vpltool has presets for (RADSeg: its five
+  ``mid_res_configs``, eval.py's default folder); for each, the config file vpltool's preset cites, and every value
+  of that preset (:mod:`vpltool.config.benchmarks`) against the clone's: the config's ``model`` dict over the
+  segmentor's ``__init__`` defaults (``logit_scale``, ``prob_thd``, ``area_thd``, ``slide_crop``,
+  ``slide_stride``, ``pamr_steps``; RADSeg: ``RADSegEncoder``'s defaults, ``prediction_thresh`` its threshold, no
+  logit scale setting) and the ``Resize`` short side; and each value the preset records without running it
+  (``extra``: ProxyCLIP's ``beta`` / ``gamma``, RADSeg's ``coarse_thresh``) where the config names it;
 * ``class_files``: the bundled file's bytes (sha256) against the clone's ``name_path`` file, and vpltool's reading
   of it (:func:`vpltool.data.class_files.read_class_file`, flattened) against the clone's ``get_cls_idx``: the
   same queries (stripped: see ``notes``) with the same class indices;
@@ -43,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vpltool.config.benchmarks import BENCHMARK_PRESETS  # noqa: E402
+from vpltool.config.method_presets import CFG_FILES  # noqa: E402
 from vpltool.data.benchmarks import BENCHMARKS  # noqa: E402
 from vpltool.data.class_files import class_file_path, read_class_file  # noqa: E402
 
@@ -50,16 +56,23 @@ REFS = {"naclip": ("NACLIP", "naclip.py"), "sclip": ("SCLIP", "clip_segmentor.py
         "clearclip": ("ClearCLIP", "clearclip_segmentor.py"), "proxyclip": ("ProxyCLIP", "proxyclip_segmentor.py"),
         "sc-clip": ("SC-CLIP", "scclip_segmentor.py"), "cass": ("CASS", "cass_segmentor.py"),
         "trident": ("Trident", "trident.py"), "corrclip": ("CorrCLIP", "corrclip_segmentor.py"),
-        "textregion": ("TextRegion", "model_semantic.py")}
-# a reference whose code is a folder of its repository (CorrCLIP's v1, beside its v2)
-SUBFOLDER = {"corrclip": "CorrCLIPv1"}
+        "textregion": ("TextRegion", "model_semantic.py"), "radseg": ("RADSeg", "radseg_segmentor.py")}
+# a reference whose code is a folder of its repository (CorrCLIP's v1, beside its v2; RADSeg's evaluation/2d)
+SUBFOLDER = {"corrclip": "CorrCLIPv1", "radseg": "evaluation/2d"}
+# a reference whose segmentor wraps a model that holds the defaults (the runner's --defaults FILE:CLASS)
+DEFAULTS = {"radseg": "../../radseg/radseg.py:RADSegEncoder"}
 KEYS = {"logit_scale": "logit_scale", "prob_threshold": "prob_thd", "area_threshold": "area_thd",
         "slide_crop": "slide_crop", "slide_stride": "slide_stride", "pamr_steps": "pamr_steps"}
-# a reference's own names for the keys (TextRegion: its region_logit_scale; its SAM 2 grid in sam2_cfg; it has no
-# slide windows, and its Cityscapes views are the halves its model_semantic.py takes where "city_scape" is in the
-# config's name)
-OWN_KEYS = {"textregion": {"logit_scale": "region_logit_scale", "slide_crop": None, "slide_stride": None,
-                           "points_per_side": "sam2_cfg.points_per_side", "region_crop": "crop_size"}}
+# a reference that names a setting otherwise, or has none: RADSeg's threshold is prediction_thresh, and its logit
+# scale is no setting (compute_cos_sim's softmax(100 sim), which radseg_parity.py's probabilities check)
+METHOD_KEYS = {"radseg": {**{k: v for k, v in KEYS.items() if k != "logit_scale"},
+                          "prob_threshold": "prediction_thresh"},
+               # TextRegion: its region_logit_scale, its SAM 2 grid in sam2_cfg, its views' crop_size; no slide
+               # windows (its Cityscapes views are the halves model_semantic.py takes where "city_scape" is in the
+               # config's name: checked below)
+               "textregion": {**{k: v for k, v in KEYS.items() if k not in ("slide_crop", "slide_stride")},
+                              "logit_scale": "region_logit_scale", "points_per_side": "sam2_cfg.points_per_side",
+                              "region_crop": "crop_size"}}
 # what the references' own evaluation scripts set over the configs: CASS's eval_all.sh runs eval.py --pamr off,
 # which sets cfg.model['pamr_steps'] = 0 (its __init__ default is 10)
 EVAL_OVERRIDES = {"cass": {"pamr_steps": 0}}
@@ -83,12 +96,21 @@ def find_clone(ref: Path, name: str) -> Path | None:
 def compare_presets(method: str, ref: dict, out: list) -> int:
     n = 0
     p = BENCHMARK_PRESETS[method]
+    if set(ref["configs"]) != set(p.names):
+        out.append(f"{method}: presets for {list(p.names)}, the clone's configs for {list(ref['configs'])}")
     for bench, c in ref["configs"].items():
         theirs = {**ref["segmentor_defaults"], **c["model"], **EVAL_OVERRIDES.get(method, {})}
         mine = p.settings(bench)
-        for key, their_key in {**KEYS, **OWN_KEYS.get(method, {})}.items():
-            if their_key is None:
-                continue
+        n += 1
+        if c.get("file", f"configs/{CFG_FILES[bench]}") != p.config_file(bench).removeprefix(
+                SUBFOLDER.get(method, "") + "/"):
+            out.append(f"{method} {bench}: preset from {p.config_file(bench)}, the clone read {c.get('file')}")
+        for key, value in p.extra.get(bench, {}).items():  # what vpltool records but does not run, where named
+            if key in theirs:
+                n += 1
+                if value != theirs[key]:
+                    out.append(f"{method} {bench} {key} (recorded): vpltool {value}, the clone {theirs[key]}")
+        for key, their_key in METHOD_KEYS.get(method, KEYS).items():
             value = theirs.get(their_key, 0 if key == "pamr_steps" else None)
             value = 0.0 if value is None and key == "area_threshold" else value
             n += 1
@@ -157,6 +179,16 @@ def compare_datasets(method: str, ref: dict, out: list) -> int:
     return n
 
 
+def runner_options(method: str) -> list[str]:
+    """The runner's ``--configs`` (a method whose presets name their config files: RADSeg's mid_res_configs, paths
+    within its subfolder) and ``--defaults``."""
+    p, out = BENCHMARK_PRESETS[method], []
+    if p.config_files:
+        sub = SUBFOLDER.get(method, "") + "/"
+        out += ["--configs", json.dumps({b: f.removeprefix(sub) for b, f in p.config_files.items()})]
+    return out + (["--defaults", DEFAULTS[method]] if method in DEFAULTS else [])
+
+
 def compare_coco(clone: Path, seg: str, runner: Path, script: str = "cvt_coco_object") -> dict:
     """A COCO conversion: the clone's ``datasets/<script>.py`` against :func:`convert_coco_stuff` on the COCO
     miniature's stuffthingmaps and on one map holding every value 0..255."""
@@ -199,9 +231,10 @@ def main() -> None:
         commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True)
         if commit.returncode != 0 and (clone / ".commit").is_file():  # an exported tree records its commit there
             commit.stdout = (clone / ".commit").read_text()
+        shown = "/".join(filter(None, (clone.name, SUBFOLDER.get(method))))
         clone = clone / SUBFOLDER.get(method, "")
-        proc = subprocess.run([sys.executable, str(runner), "--clone", str(clone), "--segmentor", seg],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, str(runner), "--clone", str(clone), "--segmentor", seg,
+                               *runner_options(method)], capture_output=True, text=True)
         if proc.returncode != 0:
             result["refs"][method] = {"error": proc.stderr.strip().splitlines()[-1:]}
             continue
@@ -210,7 +243,7 @@ def main() -> None:
         n = (compare_presets(method, ref, result["mismatches"]) + compare_class_files(method, ref,
              result["mismatches"]) + compare_datasets(method, ref, result["mismatches"]))
         result["compared"] += n
-        result["refs"][method] = {"clone": clone.name, "commit": commit.stdout.strip() or None, "compared": n,
+        result["refs"][method] = {"clone": shown, "commit": commit.stdout.strip() or None, "compared": n,
                                   "mismatches": len(result["mismatches"]) - before}
         for script, key in (("cvt_coco_object", "coco_object_conversion"), ("coco_stuff164k", "coco_stuff_conversion")):
             if (clone / "datasets" / f"{script}.py").is_file() and key not in result:

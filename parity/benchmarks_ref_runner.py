@@ -94,44 +94,55 @@ def _exec(path: Path) -> dict:
     return {k: v for k, v in scope.items() if not k.startswith("__")}
 
 
-def config_folder(clone: Path) -> Path:
-    """Where a clone keeps its ``cfg_<benchmark>.py`` files: ``configs/``, or TextRegion's ``configs/cfg_ds/``."""
-    return clone / "configs" / "cfg_ds" if (clone / "configs" / "cfg_ds").is_dir() else clone / "configs"
-
-
-def _merged(base: dict, over: dict) -> dict:
-    """mmengine's merge of a config over its ``_base_``: nested dicts key by key (TextRegion's ``sam2_cfg``), then
-    flattened to ``outer.inner`` keys."""
+def _merged(base: dict, child: dict) -> dict:
+    """``child`` over ``base`` as mmengine merges configs: dicts key by key, anything else replaced."""
     out = dict(base)
-    for k, v in over.items():
-        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    flat = {}
-    for k, v in out.items():
-        flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
-    return flat
+    for k, v in child.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
-def configs(clone: Path) -> dict:
-    base = _exec(clone / "configs" / "base_config.py")
+def read_chain(path: Path) -> dict:
+    """A config file with its ``_base_`` files under it (RADSeg's ``cfg -> datasets/x.py -> base_config.py``);
+    a file whose ``_base_`` is ``base_config.py``'s own folder's is the same as the clones' older reading."""
+    cfg = _exec(path)
+    base = cfg.pop("_base_", None)
+    return _merged(read_chain((path.parent / base).resolve()), cfg) if base else cfg
+
+
+def config_files(clone: Path, given: str | None) -> dict:
+    """Benchmark -> its config file: ``given`` (JSON, paths relative to the clone), else ``configs/cfg_*.py``."""
+    names = json.loads(given) if given else {b: f"configs/{n}" for b, n in BENCH_CFG.items()}
+    return {b: clone / n for b, n in names.items()}
+
+
+def configs(clone: Path, files: dict) -> dict:
     out = {}
-    for bench, name in BENCH_CFG.items():
-        cfg = _exec(config_folder(clone) / name)
-        model = _merged(base.get("model", {}), cfg.get("model", {}))
+    for bench, path in files.items():
+        cfg = read_chain(path)
+        model = cfg.get("model", {})
         steps = cfg.get("test_pipeline", [])
         resize = next((s for s in steps if s.get("type") == "Resize"), {})
         annotations = next((s for s in steps if s.get("type") == "LoadAnnotations"), {})
         ds = cfg.get("test_dataloader", {}).get("dataset", {})
-        out[bench] = {"model": {k: v for k, v in model.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        # nested settings as ``outer.inner`` keys (TextRegion's sam2_cfg.points_per_side), scalars only
+        flat = {}
+        for k, v in model.items():
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
+        out[bench] = {"model": {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool, type(None)))},
                       "resize": list(resize.get("scale", ())), "load_annotations": {k: v for k, v in annotations.items()
                                                                                      if k != "type"},
                       "dataset_type": cfg.get("dataset_type"), "data_prefix": ds.get("data_prefix"),
-                      "ann_file": ds.get("ann_file"), "dataset_reduce_zero_label": ds.get("reduce_zero_label")}
+                      "ann_file": ds.get("ann_file"), "dataset_reduce_zero_label": ds.get("reduce_zero_label"),
+                      "file": str(path.relative_to(clone))}
     return out
 
 
-def segmentor(path: Path) -> tuple[dict, object]:
+def init_defaults(path: Path, cls: str | None = None) -> dict:
+    """The literal defaults of the first ``__init__`` in ``path`` (or class ``cls``'s), read by ``ast``."""
     tree = ast.parse(path.read_text())
-    init = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    scope = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls) if cls else tree
+    init = next(n for n in ast.walk(scope) if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     args = init.args.args[-len(init.args.defaults):] if init.args.defaults else []
     defaults = {}
     for a, d in zip(args, init.args.defaults):
@@ -139,16 +150,21 @@ def segmentor(path: Path) -> tuple[dict, object]:
             defaults[a.arg] = ast.literal_eval(d)
         except ValueError:
             pass
+    return defaults
+
+
+def segmentor(path: Path) -> tuple[dict, object]:
+    tree = ast.parse(path.read_text())
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "get_cls_idx")
     scope: dict = {}
     exec(compile(ast.Module([fn], []), str(path), "exec"), scope)
-    return defaults, scope["get_cls_idx"]
+    return init_defaults(path), scope["get_cls_idx"]
 
 
-def class_files(clone: Path, get_cls_idx) -> dict:
+def class_files(clone: Path, get_cls_idx, files: dict) -> dict:
     out = {}
-    for bench, name in BENCH_CFG.items():
-        cls = clone / "configs" / _exec(config_folder(clone) / name)["model"]["name_path"].split("/")[-1]
+    for bench, path in files.items():
+        cls = clone / "configs" / read_chain(path)["model"]["name_path"].split("/")[-1]
         words, idx = get_cls_idx(str(cls))
         out[bench] = {"file": cls.name, "sha256": hashlib.sha256(cls.read_bytes()).hexdigest(), "queries": words,
                       "classes": [int(i) for i in idx]}
@@ -184,6 +200,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--clone", type=Path, required=True)
     p.add_argument("--segmentor", required=True, help="the segmentor's file in the clone (naclip.py, ...)")
+    p.add_argument("--configs", help="JSON: benchmark -> its config file in the clone (default configs/cfg_*.py)")
+    p.add_argument("--defaults", help="FILE[:CLASS] whose __init__ defaults are the segmentor's (default: "
+                   "--segmentor's first __init__)")
     p.add_argument("--coco-raw", type=Path, help="stuffthingmaps to convert with the clone's cvt_coco_object.py")
     p.add_argument("--coco-out", type=Path, help="where its conversions go")
     p.add_argument("--coco-script", default="cvt_coco_object", help="cvt_coco_object or coco_stuff164k")
@@ -195,8 +214,12 @@ def main() -> None:
         return
     os.chdir(a.clone)
     defaults, get_cls_idx = segmentor(a.clone / a.segmentor)
-    json.dump({"segmentor_defaults": defaults, "configs": configs(a.clone), "datasets": datasets(a.clone),
-               "class_files": class_files(a.clone, get_cls_idx)}, sys.stdout)
+    if a.defaults:  # the model the segmentor wraps holds the defaults (RADSeg's RADSegEncoder)
+        file, _, cls = a.defaults.partition(":")
+        defaults = init_defaults((a.clone / file).resolve(), cls or None)
+    files = config_files(a.clone, a.configs)
+    json.dump({"segmentor_defaults": defaults, "configs": configs(a.clone, files), "datasets": datasets(a.clone),
+               "class_files": class_files(a.clone, get_cls_idx, files)}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -264,7 +264,7 @@ def corrclip_method(args, s: dict):
     from vpltool.config import SegmentConfig
     from vpltool.models.dense.method import resolve_method
 
-    cfg = SegmentConfig(dense="corrclip", short_side=args.short_side, slide_crop=args.slide_crop,
+    cfg = SegmentConfig.of(dense="corrclip", short_side=args.short_side, slide_crop=args.slide_crop,
                         slide_stride=args.slide_stride, proxy_model=PROXY_MODEL, proxy_weights=str(s["dino"]),
                         region_masks=str(s["masks"][0].parent))
     return resolve_method(cfg)

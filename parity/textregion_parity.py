@@ -163,7 +163,7 @@ def textregion_method(folder: Path, scale: tuple[int, int]):
     from vpltool.config import SegmentConfig
     from vpltool.models.dense.method import resolve_method
 
-    cfg = SegmentConfig(dense="textregion", region_masks=str(folder), long_side=scale[0], short_side=scale[1])
+    cfg = SegmentConfig.of(dense="textregion", region_masks=str(folder), long_side=scale[0], short_side=scale[1])
     return resolve_method(cfg)
 
 
@@ -269,7 +269,7 @@ def generator_parity(args, s: dict, work: Path) -> dict:
         done.write_text(json.dumps(stamp))
     meta = json.loads((out / "meta.json").read_text())
     scale = meta["resize_scale"]
-    cfg = SegmentConfig(dense="textregion", region_masks="sam2", long_side=scale[0], short_side=scale[1])
+    cfg = SegmentConfig.of(dense="textregion", region_masks="sam2", long_side=scale[0], short_side=scale[1])
     settings = MaskGenerator(points_per_side=meta["sam2_cfg"]["points_per_side"], points_per_batch=POINTS_PER_BATCH)
     ours = TextRegionGenerator(Sam2Model(SAM2_CONFIG, ckpt), settings)
     rows, worst, equal, same_count = [], 0.0, 1.0, True

@@ -68,8 +68,8 @@ def main() -> None:
     text, query_class = query_rows(base, [[c] for c in train.classes[1:]], sd.TEMPLATES, sd.BACKGROUND)
     tried, configs, models = {}, {}, {}
     for side, sizes in SIDES.items():
-        cfg = SegmentConfig(dense="textregion", region_masks="sam", sam_model="toy", sam_weights=args.sam_weights,
-                            **sizes)
+        cfg = SegmentConfig.of(dense="textregion", region_masks="sam", sam_model="toy", sam_weights=args.sam_weights,
+                               **sizes)
         bb = base.with_dense("textregion", hooks=dense_hooks("textregion", cfg))
         configs[side], models[side] = cfg.resolved(), bb
         tried[side] = sd._score(bb, configs[side], choose, text, query_class, n, sd.THRESHOLDS, False)

@@ -162,6 +162,26 @@ def features_dir(world, tiny_spec, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def features_fp32(world, tiny_spec, features_dir, tmp_path_factory) -> Path:
+    """:func:`features_dir` in fp32 where ``--precision auto`` is not (a CPU with AMX, or ``VPLTOOL_ASSUME_AMX=1``):
+    for the tests whose claim holds in fp32 alone (a stage refuses features of another dtype than its own)."""
+    import torch
+
+    from vpltool.config import ExtractConfig, RuntimeConfig
+    from vpltool.data import open_dataset
+    from vpltool.device import resolve_precision
+    from vpltool.stages.extract import run_extract
+
+    if resolve_precision("auto", torch.device("cpu")) == torch.float32:
+        return features_dir
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("features_fp32")
+    run_extract(open_dataset(world, "train"), out, tiny_spec, ExtractConfig(cache="full"),
+                RuntimeConfig(device="cpu", precision="fp32", workers=1))
+    return out
+
+
+@pytest.fixture(scope="session")
 def text_protos(world, tiny_spec, tmp_path_factory) -> Path:
     """A text prototypes file for the world's classes: one template, four background words."""
     import torch

@@ -224,8 +224,11 @@ class Workspace:
         return path
 
     def relative(self, text: str) -> str:
-        """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``."""
-        return text.replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
+        """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``, and the
+        checkout's as ``<checkout>`` (the toy DINO's weights are the package's own), so the page reads the same
+        from every clone."""
+        text = text.replace(f"{self.root}{os.sep}", "").replace(str(self.root), ".")
+        return text.replace(str(CHECKOUT), "<checkout>")
 
 
 # --------------------------------------------------------------------------------------------- the cases
@@ -763,6 +766,183 @@ def _talk2dino_dino_between_shards(ws: Workspace) -> Iterator[list[object]]:
     cli_ok(*args, "--shard", "0/2")
     _replace_weights_file(dino)
     yield [*args, "--shard", "1/2"]
+
+
+# ---- no model file is trusted for its name alone; a per-image input is read once, as the run named it
+CHECKOUT = Path(__file__).resolve().parents[1]
+TOY_DINO = CHECKOUT / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
+
+
+def _talk2dino_model(ws: Workspace, name: str, edit: Callable[[dict], dict] | None = None) -> Path:
+    """A Talk2DINO projection over the toy DINO and toy CLIP (seeded), saved as ``name``; ``edit``: its tensors
+    changed before saving, the header kept."""
+    from safetensors.torch import save_file
+
+    from vpltool.models.text.family import text_family
+
+    fam = text_family("talk2dino")
+    cfg = fam.model_config(fam.TrainConfig.recipe_config("demo", dino_weights=str(TOY_DINO), crop_size=64))
+    path = fam.save_checkpoint(ws.root / name, fam.build_model(cfg, 0))
+    if edit is not None:
+        tensors, meta = _tensors_and_meta(path)
+        save_file(edit(tensors), str(path), metadata=meta)
+    return path
+
+
+def _all_nan(tensors: dict) -> dict:
+    """Every floating-point tensor times NaN (the header, shapes and dtypes kept)."""
+    return {k: v * float("nan") if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+@case("a Talk2DINO checkpoint whose every weight is NaN, the same header (segment --model talk2dino:FILE; was ✓ "
+      "with every pixel class 1, and eval's mIoU 0.08)", "t2d_nan.safetensors: tensor 'proj.linear_layer.weight' "
+      "holds NaN or inf", "pass a talk2dino.safetensors")
+def _talk2dino_nan(ws: Workspace) -> Iterator[list[object]]:
+    model = _talk2dino_model(ws, "t2d_nan.safetensors", _all_nan)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--model", f"talk2dino:{model}",
+           "--short-side", "64", "--slide-crop", "0", *CPU]
+
+
+@case("Python: a Talk2DINO checkpoint whose every weight is NaN (vpltool.segmenter(model='talk2dino:FILE'); was "
+      "a segmenter of class 1 everywhere)", "t2d_nan_py.safetensors: tensor 'proj.linear_layer.weight' holds NaN or "
+      "inf", python=True)
+def _talk2dino_nan_python(ws: Workspace) -> Iterator[list[object]]:
+    _talk2dino_model(ws, "t2d_nan_py.safetensors", _all_nan)
+    yield ["vpltool.segmenter(model='talk2dino:t2d_nan_py.safetensors', device='cpu')"]
+
+
+@case("a decoder.safetensors whose every weight is NaN, the same header (predict)",
+      "decoder_nan.safetensors: tensor", "holds NaN or inf", "re-run `vpltool train-decoder`")
+def _decoder_nan(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import save_file
+
+    path = ws.root / "decoder_nan.safetensors"
+    tensors, meta = _tensors_and_meta(ws.decoder / "decoder.safetensors")
+    save_file(_all_nan(tensors), str(path), metadata=meta)
+    yield ["predict", path, "--split", "val", "-o", ws.out("out"), *CPU]
+
+
+def _regions(ws: Workspace, name: str, ids_of: Callable[[int, int], object], save: Callable | None = None) -> Path:
+    """A folder of region masks for the world's val images: ``ids_of(h, w)`` each image's ids, written with
+    ``save(path, ids)`` (default ``np.savez(path, instance_mask=ids)``)."""
+    import numpy as np
+
+    from vpltool import io
+
+    folder = ws.root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for image in sorted((ws.world / "images").glob("val_*.png")):
+        ids = ids_of(*io.image_size(image))
+        path = folder / f"{image.stem}.npz"
+        (save or (lambda p, a: np.savez(p, instance_mask=a)))(path, ids)
+        if save is not None and not path.exists():  # np.save appended .npy: the file a user named .npz
+            path.with_name(path.name + ".npy").rename(path)
+    return folder
+
+
+def _halves(dtype: str = "int64", low: int = 0):
+    """Region ids of a left and a right half: ``low`` and ``low + 1`` (as ``dtype``)."""
+    import numpy as np
+
+    def ids_of(h: int, w: int):
+        ids = np.full((h, w), low, dtype=dtype)
+        ids[:, w // 2:] = np.array(low, dtype=dtype) + np.array(1, dtype=dtype)
+        return ids
+
+    return ids_of
+
+
+CORRCLIP = ["--dense", "corrclip", "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, *TINY, *CPU]
+
+
+@case("an np.save file named .npz as a region mask (segment --dense corrclip --region-masks; was a TypeError "
+      "traceback)", "regions_npy/val_000000.npz: one bare array (np.save's .npy format), not an .npz archive",
+      "np.savez(path, instance_mask=ids)")
+def _regions_np_save(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    folder = _regions(ws, "regions_npy", _halves(), save=np.save)
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--region-masks",
+           folder, *CORRCLIP]
+
+
+@case("segment --dense corrclip --region-masks sam --sam-model toy --sam-weights none (random SAM weights, for "
+      "tests; was a FileNotFoundError traceback)", "✓ segment (corrclip): 1 masks", exit_code=0,
+      leaves=("out/", "out/*"))
+def _regions_sam_none(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--shard", "0/2",
+           "--region-masks", "sam", "--sam-model", "toy", "--sam-weights", "none", *CORRCLIP]
+
+
+@case("a region-mask file rewritten while segment --dense corrclip runs (after the run named the folder by its "
+      "bytes; was ✓ with the old digest recorded and the mask made from the new bytes)",
+      "regions_rewritten/val_000000.npz: changed while this run was using it", "run the command again",
+      leaves=("regions_rewritten/val_000000.npz",))
+def _regions_rewritten(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    from vpltool.models.dense import corrclip
+
+    folder = _regions(ws, "regions_rewritten", _halves())
+    real = corrclip.Hooks.check_items
+
+    def check_then_rewrite(self, items):  # the run has named every file by its digest: another writes one now
+        real(self, items)
+        with np.load(folder / "val_000000.npz") as data:
+            ids = data["instance_mask"]
+        np.savez(folder / "val_000000.npz", instance_mask=ids[:, ::-1].copy())  # the halves swapped
+
+    with mock.patch.object(corrclip.Hooks, "check_items", check_then_rewrite):
+        yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"),
+               "--region-masks", folder, *CORRCLIP]
+
+
+@case("a photo rewritten while segment runs (after the run named the dataset by its bytes; was ✓ with the old "
+      "digest recorded)", "world_rewritten/images/val_000000.png: changed while this run was using it",
+      leaves=("world_rewritten/images/val_000000.png",))
+def _photo_rewritten(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.io import stage
+
+    world = ws.copy(ws.world, "world_rewritten")
+    real = stage.StageFolder.todo
+
+    def todo_then_rewrite(self, *args, **kwargs):  # the record names every image's bytes: one is rewritten now
+        found = real(self, *args, **kwargs)
+        shutil.copyfile(world / "images" / "val_000001.png", world / "images" / "val_000000.png")
+        return found
+
+    with mock.patch.object(stage.StageFolder, "todo", todo_then_rewrite):
+        yield ["segment", world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--dense",
+               "maskclip", *TINY, *CPU]
+
+
+@case("region ids past 2^24 and uint64 ids past 2^63 (segment --dense corrclip; ids 2^24 and 2^24 + 1 merged "
+      "through float32, and uint64 ids wrapped to negative ones): read exactly", "✓ segment (corrclip): 2 masks",
+      exit_code=0, leaves=("out/", "out/*"))
+def _regions_large_ids(ws: Workspace) -> Iterator[list[object]]:
+    folder = _regions(ws, "regions_uint64", _halves("uint64", 1 << 63))
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--region-masks",
+           folder, *CORRCLIP]
+
+
+@case("train-text --family talk2dino --recipe demo from a folder outside the checkout (once its toy DINO, a path "
+      "relative to the checkout, was not found there)", "✓ train-text", exit_code=0,
+      leaves=("t2d_demo/", "t2d_demo/*", "t2d_demo/checkpoints/", "t2d_demo/checkpoints/*"))
+def _talk2dino_demo_elsewhere(ws: Workspace) -> Iterator[list[object]]:
+    pairs = _pairs_folder(ws, "pairs_t2d")
+    with contextlib.chdir(ws.root):  # not the checkout: the recipe's toy DINO is found from the package
+        yield ["train-text", pairs.name, "--family", "talk2dino", "--recipe", "demo", "-o", "t2d_demo", "--batch-size",
+               "2", "--crop-size", "64", "--workers", "1", *CPU]
+
+
+@case("train-text --family talk2dino --set dino_weights= a file that is not there (once the line named "
+      "--dino-weights, which train-text does not have)", "gone_dino.safetensors: DINO weights file not found",
+      "--set dino_weights=FILE")
+def _talk2dino_dino_missing(ws: Workspace) -> Iterator[list[object]]:
+    pairs = _pairs_folder(ws, "pairs_t2d")
+    yield ["train-text", pairs, "--family", "talk2dino", "--recipe", "demo", "-o", ws.out("out"), "--set",
+           f"dino_weights={ws.root / 'gone_dino.safetensors'}", "--batch-size", "2", *CPU]
 
 
 def _features_then_new_weights(ws: Workspace) -> tuple[Path, Path, Path]:
@@ -4847,6 +5027,164 @@ def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     yield [*args, "--shard", "1/2"]
 
 
+# ---- RADSeg's two files: NVlabs/RADIO's checkpoint (--proxy-weights) and SigLIP 2's text folder (--language-model)
+def _radseg_files(ws: Workspace) -> tuple[Path, Path]:
+    """A tiny C-RADIOv3 as RADIO's hub checkpoint and a tiny SigLIP 2 text folder (parity/radseg_files.py), made
+    once per workspace under ``radseg/``."""
+    folder = ws.root / "radseg"
+    if not (folder / "text" / "model.safetensors").is_file():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parity"))
+        import radseg_files
+        import tiny_towers
+
+        radseg_files.tiny_files(folder, tiny_towers.RADIO, list(SHAPES))
+    return folder / "radio.pth.tar", folder / "text"
+
+
+def _radseg_args(ws: Workspace, name: str, weights: object, language: object | None) -> list[object]:
+    import tiny_towers
+
+    return ["segment", ws.world, "--split", "val", "-o", ws.out(name), *CPU, "--classes", "star,circle", "--dense",
+            "radseg", "--proxy-model", tiny_towers.RADIO, "--proxy-weights", weights,
+            *(["--language-model", language] if language is not None else [])]
+
+
+@contextlib.contextmanager
+def _no_radseg_load() -> Iterator[None]:
+    """While the case runs, building RADSeg's model (or a CLIP) fails loudly: its refusal comes before."""
+    from vpltool.models.dense import radseg
+
+    with _no_model_load(), mock.patch.object(radseg.Hooks, "backbone", side_effect=AssertionError("a model loaded")):
+        yield
+
+
+@case("segment --dense radseg with a RADIO checkpoint that is not there", "radseg_gone.pth.tar: RADIO checkpoint "
+      "not found", "pass an existing file to --proxy-weights")
+def _radseg_no_checkpoint(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.root / "radseg_gone.pth.tar", text)
+
+
+@case("segment --dense radseg with its RADIO checkpoint cut short (a broken download)", "radseg_cut.pth.tar: not a "
+      "torch checkpoint (no zip archive: cut short", "re-download NVlabs/RADIO's checkpoint")
+def _radseg_cut_checkpoint(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    cut = ws.root / "radseg_cut.pth.tar"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size * 2 // 3])
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", cut, text)
+
+
+@case("segment --dense radseg with --proxy-weights a timm weights file (no language adaptor in it)",
+      "give NVlabs/RADIO's checkpoint", "the language adaptor RADSeg reads is in it")
+def _radseg_timm_weights(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.dino_weights("radseg_timm.safetensors"), text)
+
+
+@case("segment --dense radseg with a RADIO checkpoint that has no siglip2 adaptor", "radseg_nosiglip.pth.tar: no "
+      "adaptor 'siglip2'; its teachers are clip, dino_v2, sam")
+def _radseg_no_adaptor(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+
+    ckpt, text = _radseg_files(ws)
+    chk = torch.load(ckpt, weights_only=False)
+    chk["args"].teachers = [t for t in chk["args"].teachers if t["name"] != "siglip2"]
+    torch.save(chk, ws.root / "radseg_nosiglip.pth.tar")
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ws.root / "radseg_nosiglip.pth.tar", text)
+
+
+@case("segment --dense radseg without --language-model", "--dense radseg needs SigLIP 2's text tower: pass "
+      "--language-model")
+def _radseg_no_language_model(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, _ = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, None)
+
+
+@case("segment --dense radseg with --language-model a folder that is not there", "--language-model radseg_gone: "
+      "not a folder", "pass a local folder of google/siglip2-giant-opt-patch16-384")
+def _radseg_language_gone(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, _ = _radseg_files(ws)
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, ws.root / "radseg_gone")
+
+
+@case("segment --dense radseg with a text folder that lacks its tokenizer", "--language-model radseg_notok: lacks "
+      "tokenizer.json")
+def _radseg_no_tokenizer(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_notok")
+    (folder / "tokenizer.json").unlink()
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg with the text folder's model.safetensors cut short", "--language-model "
+      "radseg_cuttext/model.safetensors: not a readable safetensors file", "re-download it")
+def _radseg_cut_text(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_cuttext")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg with the text tower of another width than the adaptor's", "its siglip2 head maps "
+      "patches to 48-d rows, --language-model radseg_text64's text rows are 64-d", "pass the text tower of that "
+      "adaptor's teacher")
+def _radseg_other_width(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    folder = ws.copy(text, "radseg_text64")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["projection_size"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with _no_radseg_load():
+        yield _radseg_args(ws, "seg_radseg", ckpt, folder)
+
+
+@case("segment --dense radseg --scra-scale 0", "--scra-scale 0.0: must be a number above 0")
+def _radseg_scale_zero(ws: Workspace) -> Iterator[list[object]]:
+    ckpt, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield [*_radseg_args(ws, "seg_radseg", ckpt, text), "--scra-scale", "0"]
+
+
+@case("segment --dense naclip with RADSeg's --language-model (warned, ignored, not recorded)", "--language-model "
+      "radseg/text has no effect without --dense radseg", exit_code=0, leaves=("seg_radseg_naclip/*",))
+def _radseg_option_elsewhere(ws: Workspace) -> Iterator[list[object]]:
+    _, text = _radseg_files(ws)
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_radseg_naclip"), *TINY, *CPU, "--classes",
+           "star,circle", "--dense", "naclip", "--language-model", text]
+
+
+@case("benchmark radseg on VOC21 (RADSeg's configs are VOC20, Context59, COCO-Stuff, Cityscapes, ADE20K)",
+      "RADSeg-OVSS/RADSeg@05ec86f has no config for voc21", "give one of those, or run segment --dense radseg")
+def _radseg_benchmark_voc21(ws: Workspace) -> Iterator[list[object]]:
+    import tiny_towers
+
+    ckpt, text = _radseg_files(ws)
+    with _no_radseg_load():
+        yield ["benchmark", "radseg", "--root", f"voc21={ws.world}", "-o", ws.out("bench_radseg"), *CPU,
+               "--proxy-model", tiny_towers.RADIO, "--proxy-weights", ckpt, "--language-model", text]
+
+
+@case("vpltool.segmenter('radseg') with RADIO's checkpoint and no language_model", "VplError: method radseg needs "
+      "SigLIP 2's text tower: pass language_model", python=True)
+def _radseg_python_no_language(ws: Workspace) -> Iterator[list[str]]:
+    import tiny_towers
+
+    _radseg_files(ws)  # the case runs in the workspace folder
+    ws.segmenter()  # every Python case's seg, made before loading is forbidden
+    with _no_radseg_load():
+        yield [f"vpltool.segmenter('radseg', proxy_model={tiny_towers.RADIO!r}, "
+               "proxy_weights='radseg/radio.pth.tar')"]
+
+
 @case("eval --data of a copy of the dataset whose ground-truth masks alone differ", "--data",
       "a ground-truth mask differs under the same id", "an identical copy")
 def _eval_copy_other_masks(ws: Workspace) -> Iterator[list[object]]:
@@ -5698,6 +6036,52 @@ def _report_benchmark_folder(ws: Workspace) -> Iterator[list[object]]:
         shutil.copytree(ws.cams, out / method / "voc21")
     yield ["report", out, "-o", ws.out("report_bench"), "--workers", "1"]
 
+# ---- the dtype and numeric mode a file was made in (vpltool.numerics): a later stage never mixes them unsaid
+@case("cam on features made at bf16 by --precision auto on a CPU with AMX, on a CPU without (auto: fp32)",
+      "features_amx: made at bf16 (--precision auto on a CPU with AMX); this run is at fp32 (--precision auto): pass "
+      "--precision bf16 to this command, or re-run `vpltool extract` (and what it was made from) with --precision "
+      "fp32")
+def _cam_on_amx_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.root / "features_amx"
+    if not (features / "_stage.json").is_file():
+        with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):  # as an AMX machine makes them
+            cli_ok("extract", ws.world, "--split", "train", "-o", features, *TINY, *CPU, "--workers", "1")
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "0"}):  # this run: a CPU without AMX, whatever runs it
+        yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_of_amx"), *CPU]
+
+
+@case("cam (fast mode) on features made by `vpltool --reproducible extract`",
+      "features_reproducible: made in reproducible mode; this run is in fast mode: run this command in reproducible "
+      "mode too (vpltool --reproducible ..., or VPLTOOL_REPRODUCIBLE=1), or re-run `vpltool extract` without it")
+def _cam_on_reproducible_features(ws: Workspace) -> Iterator[list[object]]:
+    features = ws.root / "features_reproducible"
+    if not (features / "_stage.json").is_file():  # a process of its own: the mode pins libraries before they load
+        env = {k: v for k, v in os.environ.items() if k != "VPLTOOL_ASSUME_AMX"}
+        subprocess.run([sys.executable, "-m", "vpltool", "--reproducible", "extract", ws.world, "--split", "train",
+                        "-o", features, *TINY, *CPU, "--workers", "1"], check=True, env=env, capture_output=True)
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_of_reproducible"), *CPU]
+
+
+@case("segment --dense corrclip at --precision auto on a CPU with AMX (bf16: DBSCAN reads its distances widened "
+      "exactly to fp32)", "✓ segment (corrclip): 2 masks", exit_code=0, leaves=("corrclip_amx/", "corrclip_amx/*"))
+def _corrclip_at_bf16(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    masks = ws.root / "corrclip_regions"
+    if not masks.is_dir():  # each val image: its left and right halves, and an unsegmented top band
+        masks.mkdir()
+        for image in sorted((ws.world / "images").glob("val_*")):
+            ids = np.ones((96, 96), np.int32)
+            ids[:, 48:], ids[:24] = 2, 0
+            np.savez(masks / f"{image.stem}.npz", instance_mask=ids)
+    dino = ws.root / "dino_corrclip.safetensors"
+    shutil.copy(Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors", dino)
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):
+        yield ["segment", ws.world, "--split", "val", "-o", ws.out("corrclip_amx"), *TINY, *CPU, "--dense", "corrclip",
+               "--classes", ",".join(SHAPES), "--proxy-model", "test_vit", "--proxy-weights", dino, "--region-masks",
+               masks, "--short-side", "64", "--slide-crop", "64", "--slide-stride", "32"]
+
+
 # --------------------------------------------------------------------------------------------- the page
 HEADER = """# Bad input: what the user sees
 
@@ -5722,7 +6106,9 @@ docs/file-formats.md): never an input of the run, inside an input folder or insi
 stage's folder or a non-empty folder vpltool did not make (`--overwrite` included). Records are checked like input,
 one lock per folder serves plain runs and shards alike and dies with its run, an option without effect is warned
 about and not recorded, and a resume whose inputs changed since the folder's record is refused before any item is
-skipped. A command shown with `VAR=value` (or `env -u VAR`) ran with that environment.
+skipped. A command shown with `VAR=value` (or `env -u VAR`) ran with that environment. A figure that follows the
+CPU's float arithmetic (an mIoU, a loss: the dtype `--precision auto` picks and the kernels each CPU runs) is shown
+as `·`, so that the page is the same on every machine.
 """
 
 
@@ -5743,13 +6129,16 @@ def _stable(text: str) -> str:
 
 def without_scores(text: str) -> str:
     """``text`` with each mIoU and loss figure shown as ``·`` (``mIoU 14.68`` → ``mIoU ·``, ``loss 2.06 → 4.62`` →
-    ``loss · → ·``). These come from float sums whose last bit follows the machine's BLAS and CPU (CI printed
-    14.67 where this machine printed 14.68), so the page keeps the figures one run printed and the up-to-date check
-    compares everything else."""
+    ``loss · → ·``, ``(2.984e+28 → 2.984e+28 nats)`` → ``(· → · nats)``). These come from float sums whose last
+    bits follow the machine's BLAS and CPU (CI printed 14.67 where this machine printed 14.68) and from the dtype
+    ``--precision auto`` resolves to (bf16 on a CPU with AMX: 2.997e+28 nats where fp32 gives 2.984e+28), so the
+    page shows neither (:func:`render`) and is the same on every machine."""
     import re
 
-    return re.sub(r"\b(mIoU|loss) [0-9]+\.[0-9]+((?: → [0-9]+\.[0-9]+)*)",
+    text = re.sub(r"\b(mIoU|loss) [0-9]+\.[0-9]+((?: → [0-9]+\.[0-9]+)*)",
                   lambda m: f"{m.group(1)} ·" + " → ·" * m.group(2).count("→"), text)
+    return re.sub(r"\(([0-9.]+(?:e[+-]?[0-9]+)?(?: → )?)+ nats\)",
+                  lambda m: "(" + " → ".join("·" for _ in m.group(0).split("→")) + " nats)", text)
 
 
 def render(rows: list[tuple[Case, str, Outcome]]) -> str:
@@ -5757,7 +6146,8 @@ def render(rows: list[tuple[Case, str, Outcome]]) -> str:
     lines = [HEADER, "| case | command | exit code | what the user sees | left on disk |", "|---|---|---|---|---|"]
     for c, command, outcome in rows:
         left = _cell(describe_left(outcome.left)) if outcome.left else "nothing"
-        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(_stable(outcome.seen))} | {left} |")
+        seen = without_scores(_stable(outcome.seen))
+        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} | {left} |")
     return "\n".join(lines) + "\n"
 
 

@@ -99,11 +99,14 @@ def test_cam_stage_outputs(features_dir, text_protos, tmp_path, world):
     assert again.done == 0 and again.skipped == summary.done
 
 
+@pytest.mark.numeric
 def test_cache_and_no_cache_give_the_same_cams(world, tiny_spec, features_dir, text_protos, tmp_path):
+    """The full cache's tokens and a light cache's, made again by `cam`, in one dtype: --precision auto's, as the
+    session's features were made (bf16 on a CPU with AMX). A cam in another dtype than its features is refused."""
     from vpltool.data import open_dataset
 
     no_tokens = tmp_path / "features_no_tokens"
-    cpu = RuntimeConfig(device="cpu", precision="fp32")
+    cpu = RuntimeConfig(device="cpu")
     run_extract(open_dataset(world, "train"), no_tokens, tiny_spec, ExtractConfig(cache="light"), cpu)
     a, b = tmp_path / "a", tmp_path / "b"
     run_cam(features_dir, text_protos, a, runtime=cpu)
@@ -212,7 +215,7 @@ def _cams(folder):
 
 
 @pytest.mark.parametrize("source", ["full", "light", "dataset"])
-def test_batches_give_exactly_the_maps_of_single_images(source, world, tiny_spec, features_dir, text_protos, tmp_path):
+def test_batches_give_exactly_the_maps_of_single_images(source, world, tiny_spec, features_fp32, text_protos, tmp_path):
     """Batched (4 images, loaded by 2 worker processes) against one image at a time in fp32, whether the tokens come
     from the cache, from a light cache's images, or from the dataset directly.
 
@@ -226,7 +229,7 @@ def test_batches_give_exactly_the_maps_of_single_images(source, world, tiny_spec
         run_extract(open_dataset(world, "train"), src, tiny_spec, ExtractConfig(cache="light"),
                     RuntimeConfig(device="cpu", precision="fp32", workers=1))
     else:
-        src = features_dir if source == "full" else world
+        src = features_fp32 if source == "full" else world
     split = "train" if source == "dataset" else None
     one = RuntimeConfig(device="cpu", precision="fp32", batch_size=1, workers=1)
     four = RuntimeConfig(device="cpu", precision="fp32", batch_size=4, workers=2)
@@ -421,7 +424,7 @@ def test_the_gpu_batched_path_from_a_dataset_matches_the_per_image_gpu_path(worl
 
 def test_shards_complete_the_folder_together_and_torchrun_ranks_are_shards(features_dir, text_protos, tmp_path,
                                                                           monkeypatch):
-    cpu = RuntimeConfig(device="cpu", precision="fp32", workers=1)
+    cpu = RuntimeConfig(device="cpu", workers=1)  # auto: the session's features' dtype
     first = run_cam(features_dir, text_protos, tmp_path / "c", runtime=cpu, shard=(0, 2))
     assert first.done == 3 and not io.stage_record_path(tmp_path / "c").exists()
     assert io.finished_shards(tmp_path / "c") == [(0, 2)]  # the next stage names the pending shard

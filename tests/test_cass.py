@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool.config import SegmentConfig
-from vpltool.errors import VplError
+from vpltool.config import SegmentConfig, to_params
+from vpltool.errors import VplError, VplWarning
 from vpltool.models import load_backbone
 from vpltool.models.dense import DENSE_PRESETS, neighbourhood_bias
 from vpltool.models.dense.cass import (
@@ -225,19 +225,21 @@ def test_cass_knobs_reach_the_mixing_and_the_benchmark_presets_set_them():
     from vpltool.stages.benchmark import preset_config
     from vpltool.stages.segment import dense_mixing_of
 
-    m = dense_mixing_of(SegmentConfig(dense="cass", global_weight=0.4, shift_weight=0.02, cluster_cut=0.14,
-                                      stretch=False, window_global=True))
+    m = dense_mixing_of(SegmentConfig.of(dense="cass", global_weight=0.4, shift_weight=0.02, cluster_cut=0.14,
+                                         stretch=False, window_global=True))
     assert (m.text_shift.global_weight, m.text_shift.mean_vector_weight, m.text_shift.h_threshold) == (0.4, 0.02, 0.14)
     assert m.spectral.stretch is False and m.text_shift.window_global is True
     assert dense_mixing_of(SegmentConfig(dense="cass")) == "cass"
-    assert "global_weight" in SegmentConfig(dense="naclip", global_weight=0.2).inert()
+    with pytest.warns(VplWarning, match="--global-weight 0.2 has no effect without --dense cass"):
+        assert "global_weight" not in to_params(SegmentConfig.of(dense="naclip", global_weight=0.2))
     with pytest.raises(VplError, match="--global-weight"):
-        SegmentConfig(dense="cass", global_weight=1.5)
-    voc20, city = preset_config("cass", "voc20"), preset_config("cass", "cityscapes")
+        SegmentConfig.of(dense="cass", global_weight=1.5)
+    voc20, city = preset_config("cass", "voc20").knobs, preset_config("cass", "cityscapes")
     assert (voc20.global_weight, voc20.shift_weight, voc20.cluster_cut, voc20.stretch) == (0.4, 0.02, 0.10, False)
-    assert (city.cluster_cut, city.stretch, city.window_global, city.short_side) == (0.14, False, True, 560)
+    assert (city.knobs.cluster_cut, city.knobs.stretch, city.knobs.window_global, city.short_side) == (
+        0.14, False, True, 560)
     voc21 = preset_config("cass", "voc21")
-    assert (voc21.slide_crop, voc21.prob_threshold, voc21.pamr_steps, voc21.stretch) == (0, 0.1, 0, True)
+    assert (voc21.slide_crop, voc21.prob_threshold, voc21.pamr_steps, voc21.knobs.stretch) == (0, 0.1, 0, True)
 
 
 def test_one_window_covering_the_input_takes_its_own_embedding(bb, dino, monkeypatch):

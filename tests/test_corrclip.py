@@ -151,6 +151,40 @@ def test_region_files_and_their_refusals(tmp_path):
         with pytest.raises(VplError) as e:
             read_region_file(path, (3, 4))
         assert str(path) in str(e.value) and "\n" not in str(e.value)
+    bare = tmp_path / "bare.npz"  # np.save's one array under an .npz name (was a TypeError)
+    with open(bare, "wb") as fh:
+        np.save(fh, np.zeros((3, 4), int))
+    with pytest.raises(VplError, match="bare.npz: one bare array"):
+        read_region_file(bare, (3, 4))
+
+
+@pytest.mark.parametrize("dtype, low", [("int64", (1 << 24) - 1), ("int64", -(1 << 40)), ("uint64", (1 << 63) - 1)])
+def test_region_ids_are_read_exactly_never_merged_or_wrapped(tmp_path, dtype, low):
+    """Ids past 2^24 pass through float32 in the segmentor (the nearest resize of the map) and merged there
+    (2^24 + 1 reads as 2^24); uint64 ids past 2^63 wrapped to negative ones in the int64 cast, and the smallest id
+    (the unsegmented pixels) was no longer the smallest. Read, they keep every region apart and in order."""
+    ids = (np.array(low, dtype=dtype) + np.arange(4, dtype=dtype)).reshape(2, 2).repeat(2, 0).repeat(2, 1)
+    path = tmp_path / "big.npz"
+    np.savez(path, instance_mask=ids)
+    got = read_region_file(path, (4, 4))
+    assert got.dtype == np.int64
+    order = np.argsort(ids.ravel(), kind="stable")
+    assert np.array_equal(np.argsort(got.ravel(), kind="stable"), order)  # the same order, the same regions
+    assert len(np.unique(got)) == 4 and got.ravel()[order[0]] == got.min()
+    from vpltool.models.dense.corrclip import input_regions
+
+    resized = input_regions(torch.from_numpy(got), (4, 4))  # through float32, as the segmentor reads it
+    assert len(torch.unique(resized)) == 4
+
+
+def test_a_map_of_more_regions_than_float32_keeps_apart_is_refused(tmp_path, monkeypatch):
+    from vpltool.models.dense.corrclip import regions
+
+    monkeypatch.setattr(regions, "EXACT", 2)  # the 2^24 bound, made small: 5 distinct ids past it
+    path = tmp_path / "many.npz"
+    np.savez(path, instance_mask=np.arange(10, 15, dtype=np.int64).reshape(1, 5))
+    with pytest.raises(VplError, match="many.npz: 5 regions, more than"):
+        read_region_file(path, (1, 5))
 
 
 def test_a_forward_on_the_test_clip_with_the_depth_rule(tiny_spec):
@@ -187,6 +221,7 @@ def _region_folder(ds, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.numeric  # at --precision auto: bf16 on a CPU with AMX (its DBSCAN hand-off once raised there)
 def test_segment_with_a_folder_of_region_masks_and_a_bad_file(world, tiny_spec, tmp_path):
     from vpltool import io
     from vpltool.config import RuntimeConfig, SegmentConfig
@@ -195,9 +230,9 @@ def test_segment_with_a_folder_of_region_masks_and_a_bad_file(world, tiny_spec, 
 
     ds = open_dataset(world, "val")
     masks = _region_folder(ds, tmp_path / "masks")
-    cfg = SegmentConfig(dense="corrclip", templates="a photo of a {}.", background="grass,sky", short_side=64,
-                        slide_crop=64, slide_stride=32, proxy_model="test_vit", proxy_weights=str(TOY_DINO),
-                        region_masks=str(masks), prob_threshold=0.0)
+    cfg = SegmentConfig.of(dense="corrclip", templates="a photo of a {}.", background="grass,sky", short_side=64,
+                           slide_crop=64, slide_stride=32, proxy_model="test_vit", proxy_weights=str(TOY_DINO),
+                           region_masks=str(masks), prob_threshold=0.0)
     out = tmp_path / "corrclip"
     s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert s.done == len(ds.items)

@@ -495,10 +495,14 @@ def test_tensorboard_asked_for_without_the_package_is_one_line(gt_pseudo, text_p
     assert not (tmp_path / "d").exists() and not (tmp_path / "tb").exists()  # refused before anything is made
 
 
-def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_protos, trained, tmp_path, monkeypatch):
+@pytest.mark.numeric
+def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_protos, tmp_path, monkeypatch):
     """--compile wraps the losses (the decoder's forward included) and the frozen forward: traced with the eager
-    backend here (inductor compiles for minutes on a CPU), the run is the uncompiled one, checkpoint and decoder
-    included."""
+    backend here (inductor compiles for minutes on a CPU), the run is the uncompiled one bit for bit, checkpoint and
+    decoder included, at auto's dtype (bf16 on a CPU with AMX too).
+
+    Both runs without nn.MultiheadAttention's fused inference kernel: eager takes it, a traced forward never does
+    (its composite path), and the two round otherwise: 1.2e-7 apart after 4 iterations in fp32, 1.5e-4 in bf16."""
     real = torch.compile
     modes = []
 
@@ -506,12 +510,14 @@ def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_pr
         modes.append(mode)
         return real(model, backend="eager")
 
+    monkeypatch.setattr(torch.backends.mha, "get_fastpath_enabled", lambda: False)
+    run_train_decoder(gt_pseudo, text_protos, tmp_path / "eager", TINY, CPU)
     monkeypatch.setattr(torch, "compile", traced)
-    run_train_decoder(gt_pseudo, text_protos, tmp_path, replace(TINY, compile="reduce-overhead"), CPU)
+    run_train_decoder(gt_pseudo, text_protos, tmp_path / "compiled", replace(TINY, compile="reduce-overhead"), CPU)
     assert modes == ["reduce-overhead", "reduce-overhead"]
-    a = io.read_tensors(trained / "decoder.safetensors", kind="decoder").tensors
-    b = io.read_tensors(tmp_path / "decoder.safetensors", kind="decoder").tensors
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    a = io.read_tensors(tmp_path / "eager" / "decoder.safetensors", kind="decoder").tensors
+    b = io.read_tensors(tmp_path / "compiled" / "decoder.safetensors", kind="decoder").tensors
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(VplError, match="--compile 'max'"):
         DecoderConfig(compile="max")
 

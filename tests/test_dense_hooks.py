@@ -104,3 +104,78 @@ def test_extra_inputs_by_item_and_postprocess_reach_the_masks(world, tiny_spec, 
     for item in items:
         mask = io.read_mask(io.mask_path(tmp_path / "out", item.id))
         assert (mask == fills[item.id]).all(), item.id
+
+
+class _Vote(DenseHooks, method="test-vote", preset=None):
+    """A region vote over the whole image after the argmax: every pixel takes the image's first label."""
+
+    def postprocess(self, bb, probs, labels, extras, settings):
+        return probs, torch.ones_like(labels)
+
+
+def test_cam_dense_runs_the_method_s_postprocess(world, text_protos, tmp_path, monkeypatch):
+    """`cam --dense` seeds come from the method's post-process too: a label the hook moves takes the pixel's top
+    probability in that label's map (its argmax is the hook's), where before the seeds were the plain maps."""
+    from vpltool import io
+    from vpltool.data import open_dataset
+    from vpltool.models.dense import method as method_module
+    from vpltool.stages.cam.dense import run_dense_cam
+
+    cfg, rt = SegmentConfig(dense="naclip", short_side=64), RuntimeConfig(device="cpu", workers=1)
+    run_dense_cam(world, text_protos, tmp_path / "plain", cfg, rt, split="val")
+    monkeypatch.setattr(method_module, "dense_hooks", lambda name, cfg=None: _Vote(cfg))
+    run_dense_cam(world, text_protos, tmp_path / "voted", cfg, rt, split="val")
+    moved = 0
+    for item in open_dataset(world, "val").items:
+        plain = io.read_cam(io.cam_path(tmp_path / "plain", item.id)).cams.astype(np.float32)
+        voted = io.read_cam(io.cam_path(tmp_path / "voted", item.id)).cams.astype(np.float32)
+        assert (voted[0] >= voted[1:].max(0, initial=0)).all()  # the first label's map holds every pixel's top
+        if len(plain) > 1:
+            moved += int((plain[0] < plain[1:].max(0)).sum())  # the plain seeds' argmax is elsewhere here
+        others = plain[1:] == voted[1:]  # a map changes only where its pixel moved to the first label
+        assert (others | (voted[1:] == plain[0][None])).all()
+    assert moved > 0
+
+
+class _OwnModel(DenseHooks, method="test-own-model", preset=None):
+    """A method on a model of its own, whose probabilities are its own: every pixel its last query's class."""
+
+    def backbone(self, device):
+        return ("own model", device)
+
+    def probabilities(self, bb, logits, query_class, n_classes, settings):
+        import torch
+
+        probs = torch.zeros(n_classes, *logits.shape[1:])
+        probs[int(query_class[-1])] = 1
+        return probs, torch.full(logits.shape[1:], int(query_class[-1]), dtype=torch.long)
+
+
+def test_a_method_on_its_own_model_skips_the_clip_and_its_probabilities_hook_runs():
+    import dataclasses
+
+    import torch
+
+    from vpltool.models import ModelSpec
+    from vpltool.models.dense.method import DenseMethod
+    from vpltool.models.dense.segmentor import scores_batch
+
+    hooks = _OwnModel()
+    assert _OwnModel.own_backbone and not DenseHooks.own_backbone and not type(dense_hooks("naclip")).own_backbone
+    cfg = SegmentConfig(dense="naclip")
+    method = DenseMethod("naclip", DENSE_SPECS["naclip"], cfg, cfg.resolved(), DENSE_PRESETS["naclip"], False, hooks)
+    missing = ModelSpec("ViT-B-16", "/no/such/weights.pt")  # its check would refuse the missing file
+    method.check_backbone(missing)
+    assert method.load(missing, "cpu") == ("own model", "cpu")
+
+    class Stub:  # what scores_batch reads of a backbone
+        device = torch.device("cpu")
+
+        def __init__(self):
+            self.hooks = hooks
+
+    settings = dataclasses.replace(cfg.resolved(), pamr_steps=0)
+    hooks.dense_logits = lambda bb, pixels, text, sizes, s, extras: [torch.zeros(3, *sz) for sz in sizes]
+    (probs, labels), = scores_batch(Stub(), torch.zeros(1, 3, 8, 8), torch.zeros(3, 4), torch.tensor([1, 2, 2]), 3,
+                                    settings, [(5, 6)], torch.float32)
+    assert labels.shape == (5, 6) and bool((labels == 2).all()) and float(probs[2].min()) == 1.0

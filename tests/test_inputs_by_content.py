@@ -223,3 +223,24 @@ def test_kill_9_of_torchrun_ends_its_ranks_and_certifies_nothing(world, tmp_path
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         agent.wait()
+
+
+def test_an_input_is_read_as_the_run_named_it(tmp_path):
+    """io.read_as_named: inside a run (a command, a Python stage: io.naming_scope), the bytes of a file the run
+    named by its digest are those bytes, or one line (a file rewritten while the run goes); the same bytes written
+    again pass; a file never named is read as it is. Outside a run nothing is held (a notebook may change a file
+    between two runs, and the next run names it anew)."""
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"first")
+    with io.naming_scope():
+        assert io.read_as_named(path) == b"first"  # never named: as it is
+        io.sha256_file(path)  # the run names it (its record)
+        path.write_bytes(b"first")  # touched: the same bytes
+        assert io.read_as_named(path) == b"first"
+        path.write_bytes(b"other")
+        with pytest.raises(VplError, match="x.bin: changed while this run was using it"):
+            io.read_as_named(path)
+    assert io.read_as_named(path) == b"other"  # the run is over
+    with io.naming_scope():  # the next run names it anew
+        io.sha256_file(path)
+        assert io.read_as_named(path) == b"other"

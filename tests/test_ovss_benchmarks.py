@@ -92,7 +92,7 @@ def test_bundled_class_files_query_voc_as_the_references_do():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("a\n\nb\n", "line 2 is empty"), ("a\nb,\n", "line 2 has an empty query"), ("a\nb\n\n", "line 3 is empty"),
+    ("a\n\nb\n", "line 2 is empty"), ("a\nb,\n", "line 2 has an empty query"), ("a\n\n\nb\n\n", "line 2 is empty"),
 ])
 def test_a_class_file_with_an_empty_line_or_query_is_refused(tmp_path, text, message):
     path = tmp_path / "cls.txt"

@@ -211,11 +211,14 @@ def test_the_options_table_names_real_options_of_its_commands():
 
 
 def test_sam_refine_without_trident_is_refused_and_other_methods_knobs_are_not_applied():
+    from vpltool.errors import VplWarning
+
     with pytest.raises(VplError, match="--sam-refine: Trident's SAM prompt refinement needs"):
-        SegmentConfig(dense="naclip", sam_refine=True)
-    assert SegmentConfig(dense="naclip", coarse_threshold=0.5).resolved().coarse_threshold == 0.2
-    assert "coarse_threshold" not in __import__("vpltool.config", fromlist=["to_params"]).to_params(
-        SegmentConfig(dense="naclip", coarse_threshold=0.5))
+        SegmentConfig.of(dense="naclip", sam_refine=True)
+    with pytest.warns(VplWarning, match="--coarse-threshold 0.5 has no effect without --dense trident"):
+        cfg = SegmentConfig.of(dense="naclip", coarse_threshold=0.5)
+    assert cfg.resolved().coarse_threshold == 0.2
+    assert "coarse_threshold" not in __import__("vpltool.config", fromlist=["to_params"]).to_params(cfg)
 
 
 def test_pgseg_training_options_without_effect_stay_out_of_the_record():

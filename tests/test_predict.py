@@ -26,7 +26,8 @@ def test_photos_of_different_sizes_with_the_same_view_grid_share_a_batch_and_kee
     mask = data / "masks" / "train_000001.png"
     io.write_mask(mask, np.asarray(Image.open(mask).resize((93, 95), Image.NEAREST)))
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
-    run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cpu", workers=1))
+    run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cpu", workers=1,
+                                                                                  precision="fp32"))
     sizes, real = [], batches.load_batches  # the loop of predict: run_image_batches
 
     def recording(*args, **kwargs):

@@ -332,10 +332,11 @@ def test_cam_runs_on_learned_prototypes(features_dir, text_protos, tmp_path):
     from vpltool.config import CamConfig
     from vpltool.stages.cam import run_cam
 
-    run_cam(features_dir, text_protos, tmp_path / "cams_text", CamConfig(refine="none"), CPU)
+    auto = RuntimeConfig(device="cpu")  # the session's features' dtype: auto's (bf16 on a CPU with AMX)
+    run_cam(features_dir, text_protos, tmp_path / "cams_text", CamConfig(refine="none"), auto)
     out = tmp_path / "vision.safetensors"
     summary = run_learn_prototypes(features_dir, tmp_path / "cams_text", text_protos, out,
-                                   LearnPrototypesConfig(iters=20), CPU, plot=False)
+                                   LearnPrototypesConfig(iters=20), auto, plot=False)
     assert summary["n_images"] == 6 and summary["final_loss"] < summary["loss_curve"][0][1]
-    done = run_cam(features_dir, out, tmp_path / "cams_vision", CamConfig(refine="none"), CPU)
+    done = run_cam(features_dir, out, tmp_path / "cams_vision", CamConfig(refine="none"), auto)
     assert done.done == 6

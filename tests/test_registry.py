@@ -133,3 +133,80 @@ def test_benchmark_of_a_pgseg_method_without_its_checkpoint_says_how_in_one_line
     (line,) = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert "benchmark groupvit: give its checkpoint, --model groupvit:FILE" in line
     assert not (tmp_path / "b").exists()
+
+
+def test_a_plugin_family_gets_the_weights_rule_for_free(tmp_path):
+    """A family registered from outside (a plugin), reading its file its own way (a bare torch.load): a NaN in the
+    file is refused by the registry's load_model, in one line naming the file and the tensor; a load that returns
+    nothing the registry can check is a TypeError, never a model that escapes the rule."""
+    from vpltool.models import registry
+
+    path = tmp_path / "plugin.pt"
+    layer = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.bias[1] = float("nan")
+    torch.save(layer.state_dict(), path)
+
+    def load(spec, device="cpu"):
+        model = torch.nn.Linear(3, 2)
+        model.load_state_dict(torch.load(spec, weights_only=True))
+        return model
+
+    try:
+        registry.register_family("plugin-test", load, fix="ask the plugin's author")
+        with pytest.raises(VplError) as e:
+            load_model("plugin-test", path)
+        assert _one_line(e) == f"{path}: tensor 'bias' holds NaN or inf; ask the plugin's author"
+        registry.register_family("plugin-none", lambda spec, device="cpu": object())
+        with pytest.raises(TypeError, match="no torch module"):
+            load_model("plugin-none", path)
+    finally:
+        for name in ("plugin-test", "plugin-none"):
+            registry._FAMILIES.pop(name, None)
+
+
+def test_the_rule_finds_the_modules_a_family_returns():
+    """The registry checks what a family's load returns: a module, a tuple holding one (the decoder and its file),
+    or an object whose attributes hold them (the backbones); non-persistent buffers (a causal mask of -inf) are
+    not weights."""
+    from vpltool.models.registry import certify
+
+    good, bad = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        bad.weight[0, 0] = float("inf")
+    good.register_buffer("mask", torch.full((2, 2), float("-inf")), persistent=False)
+    holder = type("Backbone", (), {})()
+    holder.model, holder.name = bad, "x"
+    assert certify((good, "a file"), "w") == (good, "a file")
+    for model in (bad, (good, bad), holder):
+        with pytest.raises(VplError, match="^w: tensor 'weight' holds NaN or inf"):
+            certify(model, "w")
+
+
+def test_no_model_is_loaded_around_the_registrys_door():
+    """A family's own load function is called by its registration alone: everything else asks the registry's
+    load_model, where every weight is checked (RADSeg's backbone hook called load_dino itself, its weights unchecked).
+    A new loader called directly elsewhere fails here."""
+    import ast
+
+    loads = {"load_backbone", "load_dino", "load_sam", "load_pgseg", "load_talk2dino", "load_decoder", "create_model"}
+    registrations = {("vpltool/decoder/__init__.py", "load_decoder"), ("vpltool/models/backbones/clip.py",
+                                                                       "create_model"),
+                     ("vpltool/models/text/family.py", "impl.load_model"),
+                     ("vpltool/models/text/pgseg/family.py", "load_pgseg"),
+                     ("vpltool/models/text/talk2dino/family.py", "load_talk2dino")}
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for path in sorted((root / "vpltool").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            f, name = node.func, None
+            if isinstance(f, ast.Name) and f.id in loads:
+                name = f.id
+            elif isinstance(f, ast.Attribute) and f.attr == "load_model" and ast.unparse(f.value) != "registry":
+                name = ast.unparse(f)  # a text family's own hook (fam.load_model), not the registry's
+            if name:
+                found.add((path.relative_to(root).as_posix(), name))
+    assert found - registrations == set(), sorted(found - registrations)
+    assert registrations <= found  # the list names real call sites: a moved one is updated here

@@ -160,14 +160,14 @@ def test_refine_relabels_where_sam_is_confident(sam):
 
 def test_sam_refine_is_off_for_segment_and_on_in_the_benchmark_presets():
     assert SegmentConfig(dense="trident").resolved().sam_refine is False
-    resolved = SegmentConfig(dense="trident", sam_refine=True, coarse_threshold=0.05).resolved()
+    resolved = SegmentConfig.of(dense="trident", sam_refine=True, coarse_threshold=0.05).resolved()
     assert resolved.sam_refine is True and resolved.coarse_threshold == 0.05
     p = BENCHMARK_PRESETS["trident"]
     assert p.settings("voc21")["sam_refine"] is True
     assert {b: p.settings(b)["coarse_threshold"] for b in ("voc21", "context60", "coco-object", "ade20k")} == {
         "voc21": 0.2, "context60": 0.15, "coco-object": 0.25, "ade20k": 0.05}
     with pytest.raises(VplError, match="--coarse-threshold"):
-        SegmentConfig(dense="trident", coarse_threshold=1.5)
+        SegmentConfig.of(dense="trident", coarse_threshold=1.5)
 
 
 def test_segment_runs_trident_with_sam_refine(world, tiny_spec, tmp_path):
@@ -177,9 +177,9 @@ def test_segment_runs_trident_with_sam_refine(world, tiny_spec, tmp_path):
     from vpltool.stages.segment import run_segment
 
     ds = open_dataset(world, "val")
-    cfg = SegmentConfig(dense="trident", templates="a photo of a {}.", background="grass,sky", short_side=64,
-                        slide_crop=48, slide_stride=32, proxy_model="test_vit", proxy_weights=str(TOY_DINO),
-                        sam_model="test", sam_weights="none", sam_refine=True, coarse_threshold=0.05)
+    cfg = SegmentConfig.of(dense="trident", templates="a photo of a {}.", background="grass,sky", short_side=64,
+                           slide_crop=48, slide_stride=32, proxy_model="test_vit", proxy_weights=str(TOY_DINO),
+                           sam_model="test", sam_weights="none", sam_refine=True, coarse_threshold=0.05)
     out = tmp_path / "trident_refined"
     s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert s.done == len(ds.items)

@@ -81,7 +81,8 @@ def test_predict_loop_never_stalls(cuda_paths, world8, gt_pseudo, text_protos, t
     from vpltool.stages.train_decoder import run_train_decoder
 
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
-    run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cpu", workers=1))
+    run_train_decoder(gt_pseudo, text_protos, tmp_path / "d", cfg, RuntimeConfig(device="cpu", workers=1,
+                                                                                  precision="fp32"))
     counted = _counted(monkeypatch, batches)  # predict's loop: run_image_batches
     summary = predict.run_predict(tmp_path / "d" / "decoder.safetensors", world8, "train", tmp_path / "p", runtime=RUN)
     assert summary.done == IMAGES

@@ -189,8 +189,8 @@ def test_segment_with_a_folder_of_masks_and_a_bad_file(world, tiny_spec, tmp_pat
 
     ds = open_dataset(world, "val")
     masks = _mask_folder([it.image for it in ds.items], tmp_path / "masks")
-    cfg = SegmentConfig(dense="textregion", templates="a photo of a {}.", background="grass,sky", short_side=64,
-                        long_side=128, region_masks=str(masks), prob_threshold=0.0)
+    cfg = SegmentConfig.of(dense="textregion", templates="a photo of a {}.", background="grass,sky", short_side=64,
+                           long_side=128, region_masks=str(masks), prob_threshold=0.0)
     out = tmp_path / "textregion"
     s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert s.done == len(ds.items)

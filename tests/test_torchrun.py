@@ -36,18 +36,22 @@ AGENT_TIMEOUT_S = 240  # a test's bound on a pair of agents, in idle-machine sec
 # the whole batch's pixels, RSC over every rank's regions: train_decoder.steps), summed in another order (measured:
 # 1.5e-8 at most, on weights up to 8)
 DECODER_ATOL = 1e-6
-# the pipeline, RUN = the run folder, BATCH = train-decoder's batch per process
+# the pipeline, RUN = the run folder, BATCH = train-decoder's batch per process. fp32 (--precision, where auto is bf16:
+# on a CPU with AMX): in bf16 the frozen features of a batch of one round otherwise than those of a batch of two, and
+# the decoders then ended 6.6e-6 apart (VPLTOOL_ASSUME_AMX=1 here); fp32 leaves the difference this test measures,
+# DDP's sums in another order
 _M = ["--device", "cpu", "--workers", "1"]
+_P = ["--precision", "fp32"]
 STAGES = [
-    ["extract", "{world}", "--split", "train", "-o", "{run}/features", *rc.TINY, *_M],
-    ["cam", "{run}/features", "-p", "{text}", "-o", "{run}/cams", *_M],
+    ["extract", "{world}", "--split", "train", "-o", "{run}/features", *rc.TINY, *_M, *_P],
+    ["cam", "{run}/features", "-p", "{text}", "-o", "{run}/cams", *_M, *_P],
     ["learn-prototypes", "{run}/features", "--cams", "{run}/cams", "--text", "{text}", "-o",
-     "{run}/vision.safetensors", "--iters", "5", "--device", "cpu"],
+     "{run}/vision.safetensors", "--iters", "5", "--device", "cpu", *_P],
     ["crf", "{run}/cams", "-o", "{run}/pseudo", "--backend", "torch", *_M],
     ["train-decoder", "{run}/pseudo", "-p", "{run}/vision.safetensors", "-o", "{run}/decoder", "--iters", "4",
      "--batch-size", "{batch}", "--dim", "16", "--layers", "1", "--heads", "2", "--crop-size", "64", "--dropout", "0",
-     "--checkpoint-every", "4", *_M],
-    ["predict", "{run}/decoder/decoder.safetensors", "--split", "val", "-o", "{run}/pred", *_M],
+     "--checkpoint-every", "4", *_M, *_P],
+    ["predict", "{run}/decoder/decoder.safetensors", "--split", "val", "-o", "{run}/pred", *_M, *_P],
 ]
 # one worker per node runs every stage in turn, in one process (torch imported once): the CLI's commands as a job
 # script would run them, each meeting the other rank in its own group (vpltool.runtime.ranks)
@@ -195,7 +199,7 @@ def test_a_node_killed_mid_stage_ends_the_other_in_one_line_and_a_rerun_resumes(
     the whole pipeline on them makes the one-process run's files."""
     root, run = one_process, one_process / "run"
     nodes = _nodes([sys.executable, "-c", rc.PACED_CLI, "extract", str(world), "--split", "train", "-o",
-                    str(run / "features"), *rc.TINY, *rc.CPU, "--workers", "1"], root / "killed")
+                    str(run / "features"), *rc.TINY, *rc.CPU, "--workers", "1", *_P], root / "killed")
     features = run / "features"
     budget = Budget(AGENT_TIMEOUT_S)
     while not list(features.glob("*.safetensors")):  # both ranks have the model: one wrote its first item

@@ -14,7 +14,7 @@ pytest.importorskip("segment_anything")
 
 from vpltool.demo.config import ToySamConfig  # noqa: E402
 from vpltool.demo.train_toy_sam import focal_dice, instances, noisy_boxes, round_kinds, train_toy_sam  # noqa: E402
-from vpltool.errors import VplError  # noqa: E402
+from vpltool.errors import VplError, VplWarning  # noqa: E402
 from vpltool.models import check_model, load_model  # noqa: E402
 from vpltool.models.backbones.sam import SamSpec  # noqa: E402
 
@@ -189,12 +189,13 @@ def test_segment_runs_trident_with_the_demo_worlds_toys(world, tmp_path, refine)
 def test_minimal_area_is_trident_refinements_option():
     from vpltool.config import SegmentConfig
 
-    cfg = SegmentConfig(dense="trident", sam_refine=True, minimal_area=10)
+    cfg = SegmentConfig.of(dense="trident", sam_refine=True, minimal_area=10)
     assert cfg.resolved().minimal_area == 10
     assert SegmentConfig(dense="trident").resolved().minimal_area == 225  # Trident's own (base_config.py)
-    assert "minimal_area" in SegmentConfig(dense="none", minimal_area=10).inert()
+    with pytest.warns(VplWarning, match="--minimal-area 10 has no effect without --dense trident"):
+        assert SegmentConfig.of(dense="none", minimal_area=10).resolved().minimal_area == 225
     with pytest.raises(VplError, match="--minimal-area 0"):
-        SegmentConfig(dense="trident", minimal_area=0)
+        SegmentConfig.of(dense="trident", minimal_area=0)
 
 
 def test_committed_parity_says_what_it_measured():

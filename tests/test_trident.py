@@ -128,7 +128,7 @@ def test_trident_settings_are_its_voc21_config():
     from vpltool.stages.segment import dense_mixing_of
 
     voc20 = preset_config("trident", "voc20")
-    assert (voc20.cos_fac, voc20.short_side, voc20.slide_stride) == (0.0, 336, 112)
+    assert (voc20.knobs.cos_fac, voc20.short_side, voc20.slide_stride) == (0.0, 336, 112)
     assert dense_mixing_of(voc20).splice.cos_fac == 0.0
     city = dense_mixing_of(preset_config("trident", "cityscapes"))
     assert (city.splice.cos_fac, city.splice.refine_neg_cos, city.splice.halves) == (3.0, False, True)
@@ -192,7 +192,7 @@ def test_trident_logits_follow_sams_grid(tiny_spec):
             p.add_(0.5)
     b = trident_logits(dense, pixels, text, [(48, 80)], 48, 32, [image])[0]
     assert (a - b).abs().max() > 1e-4
-    halves = bb.with_dense(dense_mixing_of(SegmentConfig(dense="trident", sam_halves=True)), proxy=dino, sam=sam)
+    halves = bb.with_dense(dense_mixing_of(SegmentConfig.of(dense="trident", sam_halves=True)), proxy=dino, sam=sam)
     c = trident_logits(halves, pixels, text, [(48, 80)], 48, 32, [image])[0]
     assert c.shape == (4, 48, 80) and torch.isfinite(c).all() and (c - b).abs().max() > 1e-4
 

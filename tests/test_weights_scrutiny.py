@@ -43,8 +43,8 @@ def test_a_release_lacking_a_tensor_it_is_read_by_is_one_line(tmp_path, key):
 
 
 def test_a_clip_folder_with_a_nan_weight_is_refused(tmp_path):
-    from vpltool.models import ModelSpec
-    from vpltool.models.backbones.loading import create_model, registered_folder
+    from vpltool.models import ModelSpec, load_model
+    from vpltool.models.backbones.loading import registered_folder
 
     folder = tmp_path / "clip"
     shutil.copytree(registered_folder("vpltool-toy"), folder)
@@ -54,4 +54,25 @@ def test_a_clip_folder_with_a_nan_weight_is_refused(tmp_path):
     state[key].view(-1)[0] = float("nan")
     save_file(state, str(weights), metadata={"format": "pt"})
     with pytest.raises(VplError, match=f"clip: tensor '{key}' holds NaN or inf"):
-        create_model(ModelSpec(f"local-dir:{folder}"))
+        load_model("clip", ModelSpec(f"local-dir:{folder}"))
+
+
+def test_a_loaded_clip_holds_its_own_copy_of_the_weights(tmp_path):
+    """safetensors maps a file's pages into the tensors it reads: a model that kept them (fp32 weights of an fp32
+    model, taken as they are) changed with the file when the file was rewritten in place during a run (and died of
+    SIGBUS when it was cut short). What the registry checked and the run recorded must be what it computes with."""
+    from vpltool.models import ModelSpec, load_model
+    from vpltool.models.backbones.loading import registered_folder
+
+    folder = tmp_path / "clip32"
+    shutil.copytree(registered_folder("vpltool-toy"), folder)
+    weights = folder / "open_clip_model.safetensors"
+    save_file({k: v.float().contiguous() for k, v in load_file(weights).items()}, str(weights),
+              metadata={"format": "pt"})
+    model = load_model("clip", ModelSpec(f"local-dir:{folder}")).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = weights.read_bytes()
+    head = 8 + int.from_bytes(data[:8], "little")
+    with open(weights, "r+b") as fh:  # the same name and size, every weight zero: written over in place
+        fh.write(data[:head] + bytes(len(data) - head))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -43,12 +43,11 @@ class ToyTextFamily(base.StandInFamily):
 
 
 def install_row(monkeypatch) -> None:
-    """The registry row a new family adds (here in-process, for one test)."""
+    """The registry row a new family adds (here in-process, for one test; a plugin's package registers it so,
+    vpltool.plugins.register_text_family): the names it segments under and its module follow from the row."""
     from vpltool.models import registry
     from vpltool.models.registry import TextFamilyRow
 
     monkeypatch.setitem(registry.TEXT_FAMILIES, NAME, TextFamilyRow(
         "text_family_stand_in_register", "text_family_stand_in:ToyTextTrainConfig", (NAME,), "the toy text family",
         "a toytext.safetensors (tests)"))
-    monkeypatch.setitem(registry.SEGMENTERS, NAME, NAME)
-    monkeypatch.setitem(registry._MODULES, NAME, "text_family_stand_in_register")

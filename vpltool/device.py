@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from . import numerics
 from .errors import VplError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -121,21 +122,24 @@ def cpu_has_amx() -> bool:
     """True on an x86 CPU with AMX-BF16 tiles (Sapphire Rapids and later), where bf16 matmuls pay.
 
     Measured on ViT-B/16 forwards: with AMX, bf16 weights were 2.2-3.5x faster than fp32; on a CPU with AVX512-BF16
-    but no AMX, 1.35x *slower*; with neither (AVX2 only) bf16 is emulated.
+    but no AMX, 1.35x *slower*; with neither (AVX2 only) bf16 is emulated. ``VPLTOOL_ASSUME_AMX=1`` (``0``) answers
+    as a CPU with (without) AMX would, so that a machine without AMX computes what one with it does.
     """
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in fh)
-    except OSError:
-        return False
+    assumed = os.environ.get(numerics.ASSUME_AMX_ENV, "").strip()
+    if assumed in ("0", "1"):
+        return assumed == "1"
+    return "amx_bf16" in numerics.cpu_flags()
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of the frozen blocks. 'auto' = bf16 on CUDA and on CPUs with AMX, fp32 on other CPUs.
+    """The dtype of the frozen blocks. 'auto' = bf16 on CUDA and on CPUs with AMX, fp32 on other CPUs, and fp32
+    everywhere in reproducible mode (:mod:`vpltool.numerics`: the one dtype every CPU computes alike).
 
     fp16 is refused on the CPU (no fast kernels, and a narrower range than bf16 for nothing).
     """
     if precision == "auto":
+        if numerics.reproducible_asked():
+            return torch.float32
         return torch.bfloat16 if device.type == "cuda" or cpu_has_amx() else torch.float32
     if precision not in _DTYPES:
         raise VplError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")

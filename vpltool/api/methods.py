@@ -59,6 +59,8 @@ def method_summary(method: str) -> str:
         f", PAMR {s.pamr_steps}" if s.pamr_steps else "")
     what = ("CLIP's own last block, unchanged: no dense method, the baseline (CLIP-ES's path)" if method == "none"
             else "a training-free dense CLIP method: CLIP's last block mixed as its paper does")
+    if spec.plugin is not None:  # a method of a package outside vpltool (vpltool.plugins)
+        what = f"a dense CLIP method of the plugin {spec.plugin}"
     sides = [f"a DINO proxy ({spec.proxy_model})" if spec.proxy_model else "", "SAM's image encoder" if spec.sam
              else ""]
     with_ = " and ".join(x for x in sides if x)

@@ -25,7 +25,7 @@ def _matching(names: list[str], filter: str | Sequence[str]) -> list[str]:
 
 
 def _aliases() -> list[str]:
-    from ..models.backbones.loading import registered_models
+    from ..models.backbones.aliases import registered_models  # torch-free: the plugins' aliases
 
     return registered_models()
 

@@ -19,7 +19,6 @@ import inspect
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any
 
 from ..config import DENSE_CHOICES, SegmentConfig
@@ -34,19 +33,24 @@ PER_CALL = ("prob_threshold", "logit_scale", "area_threshold", "short_side", "sl
 ALIASES = {"threshold": "prob_threshold"}
 TEXT_PER_CALL = ("bg_thresh",)  # a text-supervised family's: its background threshold (transformers' `threshold`)
 TEXT_ALIASES = {"threshold": "bg_thresh"}
-# the command line's names of the Python door's keywords, where they differ (--dense is method=)
-_KEYWORD_OF = {"dense": "method", "pgseg": "checkpoint"}
-_KEYWORDS = {f.name for f in fields(SegmentConfig)} | {*RUNTIME, *_KEYWORD_OF, "model", "pretrained", "checkpoint",
-                                                      "model_config_dir", "bg_thresh", "workers", "overwrite"}
+# the command line's names of the Python door's keywords, where they differ (--dense is method=; a text-supervised
+# family's alias of --model NAME:FILE, --pgseg FILE, is checkpoint=: :func:`keyword_line` reads those from the registry)
+_KEYWORD_OF = {"dense": "method"}
+_KEYWORDS = {*SegmentConfig.option_names(), *RUNTIME, *_KEYWORD_OF, "model", "pretrained", "checkpoint",
+             "model_config_dir", "bg_thresh", "workers", "overwrite"}  # every method's knobs too, by name
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 
 
 def keyword_line(message: str) -> str:
     """A library line as a Python caller reads it: each ``--option`` the Python door takes as a keyword named by
     that keyword (``--batch-size`` -> ``batch_size``, ``--dense`` -> ``method``); other text unchanged."""
+    from ..models.registry import TEXT_FAMILIES
+
     def name(m: re.Match) -> str:
         key = m.group(1).replace("-", "_")
-        return _KEYWORD_OF.get(key, key) if key in _KEYWORDS else m.group(0)
+        if key in _KEYWORDS:
+            return _KEYWORD_OF.get(key, key)
+        return "checkpoint" if key in TEXT_FAMILIES else m.group(0)
 
     return _FLAG.sub(name, message)
 
@@ -179,10 +183,12 @@ def method_option(where: str, method: str | None, checkpoint: Any, options: dict
 
 
 def dense_options(method: str) -> list[str]:
-    """The options a dense ``method`` reads: `segment`'s, less the other methods' own knobs
-    (:meth:`SegmentConfig.inert`), and the runtime's."""
-    inert = SegmentConfig(dense=method).inert() if method in DENSE_CHOICES else {}
-    own = [f.name for f in fields(SegmentConfig) if f.name not in ("dense", "classes") and f.name not in inert]
+    """The options a dense ``method`` reads: `segment`'s shared ones and its own knobs (not the other methods'),
+    less those without effect for it (:meth:`SegmentConfig.inert`), and the runtime's."""
+    if method not in DENSE_CHOICES:
+        return [*(n for n in SegmentConfig.option_names() if n not in ("dense", "classes")), *RUNTIME]
+    inert = SegmentConfig(dense=method).inert()
+    own = [n for n in SegmentConfig.option_names(method) if n not in ("dense", "classes") and n not in inert]
     return [*own, *RUNTIME]
 
 

@@ -23,14 +23,17 @@ def shown(progress: bool | None) -> bool:
 def hooks(progress: bool | None, description: str, unit: str = "images"
           ) -> Iterator[tuple[Callable | None, Callable | None]]:
     """``(on_start, on_item)`` for a library function's hooks: the CLI's progress bar when :func:`shown`, else
-    ``(None, None)`` (nothing printed)."""
-    if not shown(progress):
-        yield None, None
-        return
-    from ..cli.output import progress as bar
+    ``(None, None)`` (nothing printed); the block is one run (:func:`vpltool.io.naming_scope`)."""
+    from ..io import naming_scope
 
-    with bar(description, unit) as (on_start, on_item):
-        yield on_start, on_item
+    with naming_scope():  # one run: what it names by content, its reads are held to (vpltool.io.read_as_named)
+        if not shown(progress):
+            yield None, None
+            return
+        from ..cli.output import progress as bar
+
+        with bar(description, unit) as (on_start, on_item):
+            yield on_start, on_item
 
 
 __all__ = ["hooks", "shown"]

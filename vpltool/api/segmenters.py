@@ -16,7 +16,7 @@ same image and names.
 from __future__ import annotations
 
 import os
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,7 @@ class TextSegmenter(Segmenter):
     def __init__(self, family: str, checkpoint: str | os.PathLike, runtime: RuntimeConfig, *, bg_thresh: float,
                  short_side: int, slide: tuple[int, int], background: str):
         from ..device import resolve_device
+        from ..models.registry import load_model
         from ..stages.segment_text import check_options, text_family_of
 
         self.family = text_family_of(family)
@@ -205,7 +206,7 @@ class TextSegmenter(Segmenter):
         self.family.check_checkpoint(self.checkpoint)  # one line for a missing file or another model's
         self.device = resolve_device(runtime.device)
         self.batch_size = runtime.batch_size
-        self.model = self.family.load_model(self.checkpoint, self.device)
+        self.model = load_model(family, self.checkpoint, self.device)  # the registry's door: every weight checked
         self._queries: dict[tuple[str, ...], tuple] = {}
 
     def _to(self, device: str) -> TextSegmenter:
@@ -300,12 +301,12 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
                        "and pretrained=")
     if "classes" in options:
         raise VplError("segmenter: the class names are given per call, seg(image, ['cat', 'dog'])")
-    unknown = sorted(set(options) - {f.name for f in fields(SegmentConfig)})
+    unknown = sorted(set(options) - set(SegmentConfig.option_names()))
     if unknown:
         raise unknown_option(f"segmenter({method!r})", unknown[0], dense_options(method))
     from ..models import ModelSpec
 
-    cfg = SegmentConfig(dense=method, **options)
+    cfg = SegmentConfig.of(dense=method, **options)
     spec = ModelSpec(model=model, pretrained=pretrained,
                      config_dir=str(model_config_dir) if model_config_dir is not None else None)
     return DenseSegmenter(spec, cfg, runtime)

@@ -41,7 +41,8 @@ _RUNTIME = tuple(f.name for f in fields(RuntimeConfig))
 def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = True) -> tuple[Any, RuntimeConfig]:
     """``(config(**its options), RuntimeConfig(**the runtime ones))`` from ``options``; one line for an option
     neither knows."""
-    own = {f.name for f in fields(config)}
+    # a config of per-method settings (SegmentConfig) takes its methods' knobs by name too, through its of()
+    own = set(config.option_names()) if hasattr(config, "option_names") else {f.name for f in fields(config)}
     allowed = own | (set(_RUNTIME) if runtime else set())
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -49,7 +50,8 @@ def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = T
 
         raise unknown_option(f"vpltool.api.{stage}", unknown[0], sorted(allowed))
     rt = RuntimeConfig(**{k: v for k, v in options.items() if k in _RUNTIME})
-    return config(**{k: v for k, v in options.items() if k in own}), rt
+    make = config.of if hasattr(config, "of") else config
+    return make(**{k: v for k, v in options.items() if k in own}), rt
 
 
 def _spec(model: str, pretrained: str, model_config_dir: PathLike | None):
@@ -78,8 +80,10 @@ def text_prototypes(features: PathLike, out: PathLike, **options: Any):
     from ..stages.text_prototypes import extract_context, run_text_prototypes
 
     cfg, rt = configs("text_prototypes", TextPrototypesConfig, options)
-    _, spec, classes, _ = extract_context(features)
-    return run_text_prototypes(classes, out, spec, cfg, device=rt.device, source=features, overwrite=rt.overwrite)
+    with hooks(False, "text-prototypes"):  # one run (no bar: one model, one pass)
+        _, spec, classes, _ = extract_context(features)
+        return run_text_prototypes(classes, out, spec, cfg, device=rt.device, source=features,
+                                   overwrite=rt.overwrite)
 
 
 def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None,
@@ -144,7 +148,8 @@ def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | Non
     from ..stages.eval import run_eval
 
     cfg, _ = configs("evaluate", EvalConfig, options, runtime=False)
-    return run_eval(folder, data=data, split=split, cfg=cfg, json_out=json_out, overwrite=overwrite)[0]
+    with hooks(False, "eval"):  # one run (no bar)
+        return run_eval(folder, data=data, split=split, cfg=cfg, json_out=json_out, overwrite=overwrite)[0]
 
 
 def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None = None, *,

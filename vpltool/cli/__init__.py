@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import os
 
-from . import app as app_command
-from . import benchmark, cam, demo, pgseg, pipeline, report, segment, train_text, training
-from .errors import friendly_errors
-from .options import option_blocks
-from .root import app, help_cmd
+from .. import entry_points
+
+# the options below are made from the method tables, the plugins' rows with them: a broken plugin's line is shown
+# per command, as one warning line (friendly_errors), not by Python's display while this module imports
+entry_points.hold_warnings()
+
+from . import app as app_command  # noqa: E402
+from . import benchmark, cam, demo, pgseg, pipeline, report, segment, train_text, training  # noqa: E402
+from .errors import friendly_errors  # noqa: E402
+from .options import option_blocks  # noqa: E402
+from .root import app, help_cmd  # noqa: E402
 
 DEMO = "Demo world"
 # name, function, help panel; `vpltool --help` lists them in this order: the stages in pipeline order, then the demo

@@ -4,14 +4,12 @@ once; defaults are the methods' own (:mod:`vpltool.config.dense`), so most of th
 
 from __future__ import annotations
 
-import types
-import typing
 from typing import Annotated, Optional
 
 import typer
 
 from ..config import SegmentConfig, dense_help
-from ..config.dense import CLASS_SETS, DENSE_CHOICES, KNOB_METHOD, KNOBS, PROXY_MODELS, SAM_METHODS
+from ..config.dense import CLASS_SETS, DENSE_CHOICES, DENSE_SPECS, KNOB_METHODS, KNOBS, PROXY_MODELS, SAM_METHODS
 from .options import OptionBlock
 
 _S = SegmentConfig
@@ -55,8 +53,8 @@ AttentionOpt = Annotated[Optional[str], typer.Option(
     "model_type vanilla) | identity (MaskCLIP) | qq+kk (SCLIP) | qq (ClearCLIP) | kk (NACLIP).", show_default=False)]
 # the SAM encoder of the methods that take one, and of the knob values that read it (segment, benchmark)
 _SAM = _methods(SAM_METHODS)
-_SAM_USERS = "".join(f" (and of {k.option} {k.when[0]} of --dense {KNOB_METHOD[k.field]})" for k in KNOBS.values()
-                     if "sam_model" in k.uses)
+_SAM_USERS = "".join(f" (and of {k.option} {k.when[0]} of --dense {_methods(KNOB_METHODS[k.field])})"
+                     for k in KNOBS.values() if "sam_model" in k.uses)
 SamModelOpt = Annotated[str, typer.Option("--sam-model", help=f"The SAM image encoder of --dense {_SAM}{_SAM_USERS}: "
                                           "vit_b (Trident's) | vit_l | vit_h | toy (the demo world's: "
                                           "vpltool/assets/toy-sam, `train-toy-sam`).")]
@@ -99,13 +97,13 @@ _KNOBS = (("class_file", ClassFileOpt, None), ("attention", AttentionOpt, None),
 
 
 def _knob_type(field: str) -> object:
-    """A method knob's option, made from its spec row (:class:`vpltool.config.dense.Knob`) and its
-    ``SegmentConfig`` field's type (``float | None`` -> ``Optional[float]``); None = the method's / the preset's."""
-    kind = typing.get_type_hints(SegmentConfig)[field]
-    if isinstance(kind, types.UnionType):
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    """A method knob's option, made from its method's own settings class (a field of its spec row's
+    ``knobs_class``: :class:`vpltool.config.knobs.Knob`, and the field's type, ``float | None`` ->
+    ``Optional[float]``); None = the method's / the preset's."""
+    owners = KNOB_METHODS[field]
+    kind = DENSE_SPECS[owners[0]].knobs_class.types()[field]
     knob = KNOBS[field]
-    return Annotated[Optional[kind], typer.Option(knob.option, help=f"--dense {KNOB_METHOD[field]}: {knob.help}",
+    return Annotated[Optional[kind], typer.Option(knob.option, help=f"--dense {_methods(owners)}: {knob.help}",
                                                   show_default=False)]
 
 
@@ -132,5 +130,10 @@ def _settings(column: int) -> tuple:
 
 # segment's and benchmark's (whose --help lists the proxy models last): the values are SegmentConfig's fields by name,
 # given to it (segment) or as the presets' overrides (benchmark)
-DENSE = OptionBlock(*_settings(0), ("max_side", MaxSideOpt, _S.max_side), *_KNOBS, *_PROXY, *_METHOD_KNOBS)
-DENSE_PRESET = OptionBlock(*_settings(1), *_KNOBS, *_METHOD_KNOBS, *_PROXY_PRESET)
+# a plugin's knob (no method of vpltool's reads it), with its distribution: left out, in one line, where a command
+# already spells its option (vpltool.cli.options.option_blocks)
+_PLUGIN_KNOBS = {field: DENSE_SPECS.plugin(methods[0]) for field, methods in KNOB_METHODS.items()
+                 if all(DENSE_SPECS.plugin(m) for m in methods)}
+DENSE = OptionBlock(*_settings(0), ("max_side", MaxSideOpt, _S.max_side), *_KNOBS, *_PROXY, *_METHOD_KNOBS,
+                    plugins=_PLUGIN_KNOBS)
+DENSE_PRESET = OptionBlock(*_settings(1), *_KNOBS, *_METHOD_KNOBS, *_PROXY_PRESET, plugins=_PLUGIN_KNOBS)

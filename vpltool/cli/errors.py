@@ -54,10 +54,11 @@ def friendly_errors(fn: Callable) -> Callable:
         log_file = kwargs.get("log_file")
         _LOG.start(log_file)
         try:
-            with warnings.catch_warnings(), _sigterm_as_interrupt(), \
+            with warnings.catch_warnings(), _sigterm_as_interrupt(), io.naming_scope(), \
                     io.run_outputs({"--log": (log_file, "log")}, on_checked=_LOG.checked):
                 warnings.simplefilter("always", VplWarning)  # restored with the filters after the command
                 warnings.showwarning = functools.partial(_show_warning, warnings.showwarning, verbose)
+                _plugin_lines()
                 _check_file_options(kwargs)
                 _check_given_options(fn, kwargs)
                 if log_file is not None:
@@ -88,6 +89,16 @@ def friendly_errors(fn: Callable) -> Callable:
             _LOG.finish()
 
     return wrapper
+
+
+def _plugin_lines() -> None:
+    """Each broken plugin's line (:func:`vpltool.plugins.problems`) as one warning line of this command; those
+    that arise later in it are warned as they come."""
+    from .. import entry_points, plugins
+
+    for line in plugins.problems():
+        warnings.warn(VplWarning(line), stacklevel=2)
+    entry_points.hold_warnings(False)
 
 
 def all_ranks(fn: Callable) -> Callable:

@@ -103,9 +103,23 @@ class OptionBlock:
     dict under the parameter's name (``runtime(**run)``).
     """
 
-    def __init__(self, *options: tuple[str, object, object]):
+    def __init__(self, *options: tuple[str, object, object], plugins: dict[str, str] | None = None):
         self.options = tuple(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
                                                default=default) for name, kind, default in options)
+        # the options a plugin's row made (name -> its distribution): one that a command already spells otherwise
+        # is left out, with one line naming the plugin (:func:`option_blocks`), never a broken command line
+        self.plugins = dict(plugins or {})
+
+
+def option_strings(param: inspect.Parameter) -> set[str]:
+    """The strings a command-line parameter answers to (``--stretch``, ``--no-stretch``, ``-o``), and its name."""
+    infos = [m for m in getattr(param.annotation, "__metadata__", ()) if isinstance(m, typer.models.ParameterInfo)]
+    # in an Annotated option, typer takes a first string (Option("--out", "-o")) as a declaration, kept as default
+    decls = [d for info in infos for d in ([info.default] if isinstance(info.default, str) and
+                                           info.default.startswith("-") else []) + list(info.param_decls or ())]
+    names = {part.strip() for d in decls for part in d.split("/") if part.strip()} if decls else {
+        f"--{param.name.replace('_', '-')}"}
+    return names | {param.name}
 
 
 # the batched stages' runtime options (extract, cam, segment, predict), in the order their --help lists them;
@@ -121,9 +135,15 @@ def option_blocks(fn: Callable) -> Callable:
     signature = inspect.signature(fn, eval_str=True)
     params, blocks = [], {}
     for param in signature.parameters.values():
+        if not isinstance(param.default, OptionBlock):
+            params.append(param)
+    taken = set().union(*(option_strings(p) for p in params))
+    params = []
+    for param in signature.parameters.values():
         if isinstance(param.default, OptionBlock):
-            blocks[param.name] = [option.name for option in param.default.options]
-            params.extend(param.default.options)
+            kept = [o for o in param.default.options if _kept(o, param.default.plugins.get(o.name), taken, fn)]
+            blocks[param.name] = [option.name for option in kept]
+            params.extend(kept)
         else:
             params.append(param)
 
@@ -135,6 +155,21 @@ def option_blocks(fn: Callable) -> Callable:
 
     command.__signature__ = signature.replace(parameters=params)
     return command
+
+def _kept(option: inspect.Parameter, plugin: str | None, taken: set[str], fn: Callable) -> bool:
+    """Whether a block's option stays: a plugin's that the command already answers to is left out, in one line."""
+    clash = option_strings(option) & taken
+    if not clash:
+        taken.update(option_strings(option))
+        return True
+    if plugin is None:  # vpltool's own: a bug of its option tables, never to be hidden
+        raise TypeError(f"{fn.__name__}: option {sorted(clash)[0]} is spelled twice")
+    from ..entry_points import problem, uninstall_hint
+
+    problem(f"plugin {plugin}: its option {sorted(clash)[0]} is already one of vpltool's; it is left out (the "
+            f"method runs with its default): rename it in the plugin's knobs class{uninstall_hint(plugin)}")
+    return False
+
 
 def runtime(device: str = _R.device, precision: str = _R.precision, batch_size: int | None = _R.batch_size,
             workers: int | None = _R.workers, overwrite: bool = False) -> RuntimeConfig:

@@ -32,6 +32,7 @@ from .options import (
     OutFile,
     Overwrite,
     OverwriteFile,
+    Precision,
     PretrainedOpt,
     Shard,
     Split,
@@ -187,6 +188,7 @@ def learn_prototypes_cmd(
     plot: Annotated[Optional[Path], typer.Option(help="Loss-curve PNG (default: OUT stem + .loss.png).",
                                                  parser=file_path, metavar="<path>")] = None,
     device: Device = _R.device,
+    precision: Precision = _R.precision,
     overwrite: OverwriteFile = False,
     log_file: LogFile = None,
     verbose: Verbose = False,
@@ -207,7 +209,7 @@ def learn_prototypes_cmd(
                                            regularization=regularization, bg_exponent=bg_exponent,
                                            pixel_fraction=pixel_fraction, max_memory_gb=max_memory_gb))
     with progress("learn-prototypes", unit="iterations") as (on_start, on_item):
-        s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device), on_start=on_start,
+        s = run_learn_prototypes(features, cams, text, out, cfg, runtime(device, precision), on_start=on_start,
                                  on_iter=lambda i, loss: on_item(1), plot=plot, overwrite=overwrite)
     before, after = s["gap_before"], s["gap_after"]
     region = f"{before['region']:.3f} → {after['region']:.3f}" if math.isfinite(before["region"]) else \

@@ -33,8 +33,16 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
                                           help="Print the version.")] = False,
+    reproducible: Annotated[bool, typer.Option(
+        "--reproducible", help="Reproducible mode (the same as VPLTOOL_REPRODUCIBLE=1): the same bits on every "
+        "x86-64 CPU. --precision auto is fp32, every library is capped at AVX2, one thread; slower. Its files say "
+        "so, and a later stage refuses to mix them with fast-mode files (docs/reproduce.md)")] = False,
 ) -> None:
     """Weakly-supervised semantic segmentation with CLIP: one stage per command, files in between."""
+    if reproducible:  # before any command loads torch, numpy or OpenCV (this package imports none of them)
+        from ..numerics import ask_reproducible
+
+        ask_reproducible()
 
 
 def help_cmd(

@@ -109,7 +109,7 @@ def segment_cmd(
         say(f"[green]✓[/] segment ({family}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
             f"→ {out}{pending(out)}")
         return
-    cfg = SegmentConfig(dense=dense, templates=templates,
+    cfg = SegmentConfig.of(dense=dense, templates=templates,
                         background=_S.background if background is None else background,
                         classes=None if classes is None else parse_class_names(classes), **knobs)
     warn_inert(cfg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..entry_points import DerivedMap
 from .dense import DENSE_SPECS, KNOBS
 from .method_presets import BENCHMARK_NAMES, MethodPresets
 from .method_presets import CFG_FILES as _CFG
@@ -35,13 +36,13 @@ def _merge(*parts: dict) -> dict:
     return out
 
 
-# SegmentConfig fields of the methods' own knobs, shown beside the common columns (their spec rows' knobs)
-_METHOD_KNOBS = tuple(KNOBS)
+# the methods' own knobs, shown beside the common columns (their spec rows' knobs classes)
+_METHOD_KNOBS = KNOBS
 _MMSEG_LINES = {"voc21": 16, "context60": 15, "coco-object": 15, "voc20": 15, "context59": 14, "coco-stuff": 14,
                 "cityscapes": 14, "ade20k": 14}
 _S336 = {b: 336 for b in BENCHMARK_NAMES} | {"cityscapes": 560}
 
-BENCHMARK_PRESETS: dict[str, MethodPresets] = {
+_OWN_PRESETS: dict[str, MethodPresets] = {
     "naclip": MethodPresets(
         "sinahmr/NACLIP",
         {"dense": "naclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 224, "slide_stride": 112,
@@ -135,25 +136,33 @@ BENCHMARK_PRESETS: dict[str, MethodPresets] = {
                      "cityscapes": {"coarse_threshold": (0.10, 9)}, "ade20k": {"coarse_threshold": (0.05, 7)}}))),
 }
 # MaskCLIP as ClearCLIP's harness runs it (model_type 'MaskCLIP', ignore_residual False): ClearCLIP's settings
-BENCHMARK_PRESETS["maskclip"] = MethodPresets(
-    "mc-lan/ClearCLIP (model_type='MaskCLIP')", {**BENCHMARK_PRESETS["clearclip"].defaults, "dense": "maskclip"},
-    BENCHMARK_PRESETS["clearclip"].defaults_source, BENCHMARK_PRESETS["clearclip"].benchmarks)
-# the presets a method keeps in its spec row (DenseMethodSpec.presets): a new method adds no line here
-BENCHMARK_PRESETS.update({name: spec.presets for name, spec in DENSE_SPECS.items()
-                          if spec.presets is not None and name not in BENCHMARK_PRESETS})
-# each preset's queries: its method's reference's class-file set, named once in the spec row (class_files)
-BENCHMARK_PRESETS.update({name: replace(p, class_set=DENSE_SPECS[p.defaults["dense"]].class_files)
-                          for name, p in BENCHMARK_PRESETS.items()})
+_OWN_PRESETS["maskclip"] = MethodPresets(
+    "mc-lan/ClearCLIP (model_type='MaskCLIP')", {**_OWN_PRESETS["clearclip"].defaults, "dense": "maskclip"},
+    _OWN_PRESETS["clearclip"].defaults_source, _OWN_PRESETS["clearclip"].benchmarks)
+
+
+def _presets() -> dict[str, MethodPresets]:
+    """The rows above, then the presets a method keeps in its spec row (DenseMethodSpec.presets: a new method, a
+    plugin's, adds no line here); each with its queries, its method's reference's class-file set (named once in
+    the spec row, class_files)."""
+    out = dict(_OWN_PRESETS)
+    out.update({name: spec.presets for name, spec in DENSE_SPECS.items()
+                if spec.presets is not None and name not in out})
+    return {name: replace(p, class_set=DENSE_SPECS[p.defaults["dense"]].class_files) for name, p in out.items()
+            if p.defaults["dense"] in DENSE_SPECS}
+
+
+# every method's per-benchmark presets (read with the plugins' rows, on first use)
+BENCHMARK_PRESETS = DerivedMap(_presets, DENSE_SPECS)
 
 
 def source_summary(method: str, benchmark: str) -> str:
     """Where a preset's values come from, compactly: ``cfg_voc21.py:6 prob_threshold, :16 short_side; the rest
     naclip.py:20-22 (...)``."""
     p = BENCHMARK_PRESETS[method]
+    cfg = p.config_file(benchmark)
     own = sorted(((src.rsplit(":", 1)[1], k) for k, src in p.sources(benchmark).items()
-                  if src.startswith("configs/cfg_")), key=lambda t: int(t[0]))
-    files = sorted({src.rsplit(":", 1)[0] for src in p.sources(benchmark).values() if src.startswith("configs/cfg_")})
-    cfg = files[0] if len(files) == 1 else f"configs/{_CFG[benchmark]}"  # TextRegion's live in configs/cfg_ds/
+                  if src.startswith(f"{cfg}:")), key=lambda t: int(t[0]))
     head = (cfg + ":" + ", :".join(f"{line} {k}" for line, k in own)) if own else f"{cfg}: nothing"
     return f"{head}; the rest {p.defaults_source}" + ("; class file: its configs/cls_*.txt" if p.class_set else "")
 
@@ -164,7 +173,7 @@ def presets_table(method: str | None = None) -> list[dict]:
     for name, p in BENCHMARK_PRESETS.items():
         if method is not None and name != method:
             continue
-        for b in BENCHMARK_NAMES:
+        for b in p.names:
             rows.append({"method": name, "repo": p.repo, "benchmark": b, "settings": p.settings(b),
                          "sources": p.sources(b), "source": source_summary(name, b), "extra": p.extra.get(b, {})})
     return rows

@@ -130,10 +130,15 @@ def inert_options(cfg: Any, defaults: Any = None) -> list[str]:
     for name, why in inert_fields(cfg).items():
         value = getattr(cfg, name)
         if value != getattr(defaults, name):
-            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
-                if isinstance(value, tuple) else (f"{value:g}" if isinstance(value, float) else str(value))
-            said.append(ignored_option(f"--{name.replace('_', '-')}", shown, why))
+            said.append(ignored_option(f"--{name.replace('_', '-')}", shown_value(value), why))
     return said
+
+
+def shown_value(value: Any) -> str:
+    """An option's value as a warning shows it (``0.2``, ``8,16``, ``False``)."""
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def ignored_option(option: str, value: object, why: str) -> str:
@@ -146,7 +151,9 @@ def to_params(cfg: Any) -> dict[str, Any]:
     """A config as a JSON-able dict, for file metadata and stage records; fields without effect in the config's
     combination are left out (:func:`inert_fields`)."""
     inert = inert_fields(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in inert}
+    # a config holding a method's own settings (SegmentConfig.knobs) records them by field name beside its own
+    values = cfg.flat() if callable(getattr(cfg, "flat", None)) else asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if k not in inert}
 
 
 def override(cfg: Any, **changes: Any) -> Any:

@@ -6,10 +6,18 @@ An option left at None takes the method's value (:meth:`SegmentConfig.resolved`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import re
+import warnings
+from dataclasses import MISSING, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
 
-from ..errors import VplError
-from .checks import at_least, choice, fraction, positive, require
+from ..entry_points import DerivedMap, DerivedTuple, PluginTable
+from ..errors import VplError, VplWarning
+from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
+from .dense_knobs import CassKnobs, CorrCLIPKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
+from .dense_presets import CORRCLIP_PRESETS, RADSEG_PRESETS, TEXTREGION_PRESETS
+from .knobs import Knob, MethodKnobs, knob  # noqa: F401 (the knobs of a method are written with these)
 from .method_presets import MethodPresets
 
 DEFAULT_PROXY_MODEL = "vit_base_patch8_224.dino"  # timm's name of the references' dino_vitb8 checkpoint
@@ -53,18 +61,31 @@ class DenseSettings:
 SAM_REFINE_FIELDS = ("sam_refine", "coarse_threshold", "minimal_area", "sam_iou_threshold", "sam_mask_coeff")
 
 
-@dataclass(frozen=True)
-class Knob:
-    """One knob of one method: a :class:`SegmentConfig` field only that method reads, and its command-line option
-    (`segment` and `benchmark` make it from this row; its type is the field's)."""
-
-    field: str  # the SegmentConfig field (None there = the method's value, or the benchmark preset's)
-    option: str  # its option: "--cos-fac", or "--stretch/--no-stretch" for a switch
-    help: str  # --help's text after "--dense METHOD: ", with the method's default in [default: ...]
-    # shared options (SegmentConfig fields whose options are made elsewhere) that this knob's value reads when it
-    # starts with one of `when` (CorrCLIP's --region-masks sam reads --sam-model and --sam-weights); inert otherwise
-    uses: tuple[str, ...] = ()
-    when: tuple[str, ...] = ()
+def check_knobs_class(cls: Any, taken: dict[str, Knob] | None = None) -> None:
+    """Refuse, in one line (``TypeError``), a knobs class that is no :class:`MethodKnobs` dataclass, a field not
+    made by :func:`knob` (no option or help, a default other than None), a field named as a shared
+    :class:`SegmentConfig` field, or an option another method spells for another field (``taken``: every other
+    method's knobs by field)."""
+    if not (isinstance(cls, type) and issubclass(cls, MethodKnobs)):
+        raise TypeError(f"knobs {cls!r}: give a frozen dataclass subclassing vpltool.config.dense.MethodKnobs")
+    shared = {f.name for f in fields(SegmentConfig)}
+    options = {k.option.split("/")[0]: k.field for k in (taken or {}).values()}
+    options.update({f"--{name.replace('_', '-')}": name for name in shared})
+    for f in fields(cls):
+        where = f"{cls.__qualname__}.{f.name}"
+        if "option" not in f.metadata or not str(f.metadata["option"]).startswith("--"):
+            raise TypeError(f"{where}: make it with vpltool.config.dense.knob(\"--option\", \"help\")")
+        if f.default is not None or f.default_factory is not MISSING:
+            raise TypeError(f"{where}: its default must be None (the method's own value)")
+        if f.name in shared:
+            raise TypeError(f"{where}: {f.name!r} is a shared segment setting; name the knob otherwise")
+        option = f.metadata["option"].split("/")[0]
+        if options.get(option, f.name) != f.name:
+            raise TypeError(f"{where}: option {option} is already that of {options[option]!r}; spell it otherwise")
+        other = (taken or {}).get(f.name)
+        if other is not None and (other.option != f.metadata["option"]):
+            raise TypeError(f"{where}: knob {f.name!r} is another method's with option {other.option}; use that "
+                            "option or another name")
 
 
 @dataclass(frozen=True)
@@ -76,13 +97,22 @@ class DenseMethodSpec:
     module: str | None = None  # its module in vpltool.models.dense; None: a pure-mixing preset (dense/mixing.py)
     proxy_model: str | None = None  # the proxy vision model it takes (timm's name, --proxy-model's default); None: none
     sam: bool = False  # it takes SAM's image encoder too (--sam-model, --sam-weights)
-    knobs: tuple[Knob, ...] = ()  # SegmentConfig fields only it reads (its per-dataset knobs; its with_knobs hook)
+    # its own settings, a MethodKnobs dataclass of the knobs only it reads (its per-dataset knobs; with_knobs hook)
+    knobs_class: type[MethodKnobs] = MethodKnobs
     # its reference's class-file set (vpltool/assets/class_files/<set>/, its configs/cls_*.txt copied byte for
     # byte): its benchmark presets' queries. A new set is a folder there, named here; None: the dataset's names
     class_files: str | None = None
     # its per-benchmark presets (its reference's configs/cfg_*.py), kept with its row; None: none here (the older
     # methods' rows are written in vpltool/config/benchmarks.py)
     presets: MethodPresets | None = None
+    # the distribution of a plugin's method ("vpltool-example 0.1.0"; set when it registers, for messages), whose
+    # module is then a full dotted name; None: vpltool's own (module relative to vpltool.models.dense)
+    plugin: str | None = None
+
+    @property
+    def knobs(self) -> tuple[Knob, ...]:
+        """Its knobs as the command line shows them (its :attr:`knobs_class`' fields)."""
+        return self.knobs_class.rows()
 
 
 # ClearCLIP's harness (clearclip_segmentor.py, cfg_voc21.py) runs vanilla CLIP (model_type 'vanilla', our `none`) and
@@ -91,77 +121,10 @@ _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_s
                                    slide_stride=224, crop_mode="pad", whole="direct")
 
 
-def _corrclip_benchmarks() -> dict:
-    """zdk258/CorrCLIP CorrCLIPv1/configs/cfg_*.py: each benchmark's Resize short side (448 on ADE20K and
-    Cityscapes), its prob_thd where set (VOC21, Context60, COCO-Object), Cityscapes' windows; each with its line."""
-    files = {"voc21": ("cfg_voc21.py", 16), "context60": ("cfg_context60.py", 16),
-             "coco-object": ("cfg_coco_object.py", 16), "voc20": ("cfg_voc20.py", 15),
-             "context59": ("cfg_context59.py", 15), "coco-stuff": ("cfg_coco_stuff164k.py", 15),
-             "cityscapes": ("cfg_city_scapes.py", 17), "ade20k": ("cfg_ade20k.py", 15)}
-    thresholds = {"voc21": 0.2, "context60": 0.15, "coco-object": 0.25}
-    out = {}
-    for bench, (cfg, line) in files.items():
-        row = {"short_side": (448 if bench in ("ade20k", "cityscapes") else 336, f"configs/{cfg}:{line}")}
-        if bench in thresholds:
-            row["prob_threshold"] = (thresholds[bench], f"configs/{cfg}:7")
-        if bench == "cityscapes":
-            row.update(slide_stride=(112, f"configs/{cfg}:7"), slide_crop=(224, f"configs/{cfg}:8"))
-        out[bench] = row
-    return out
-
-
-# its segmentor's __init__ defaults under each benchmark's config
-_CORRCLIP_PRESETS = MethodPresets(
-    "zdk258/CorrCLIP@103bc18 (CorrCLIPv1)",
-    {"dense": "corrclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 112,
-     "pamr_steps": 0, "area_threshold": 0.0},
-    "corrclip_segmentor.py:46-47 (__init__ defaults)", _corrclip_benchmarks())
-
-# one knob two methods read: their class-agnostic region masks per image
-_REGION_MASKS = Knob(
-    "region_masks", "--region-masks", "class-agnostic region masks per image. corrclip: a folder of one <image "
-    "stem>.npz per image (key instance_mask, an int map at the image's size, the smallest id unsegmented: the "
-    "reference's precomputed masks) | sam (segment-anything's automatic mask generator on --sam-model / "
-    "--sam-weights, with the reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting keeps 1) | "
-    "sam2[:CONFIG] (SAM2's, where the sam2 package is installed; --sam-weights its checkpoint). textregion: a folder "
-    "of one <image stem>.npz per image (key masks, regions x height x width soft masks in [0, 3] at the image's "
-    "size) | sam2[:CONFIG] (SAM 2's generator as TextRegion runs it, fused soft masks; --sam-weights its "
-    "checkpoint).", uses=("sam_model", "sam_weights"), when=("sam", "sam2"))
-
-
-def _textregion_benchmarks() -> dict:
-    """avaxiao/TextRegion configs/cfg_ds/cfg_*.py: each benchmark's Resize scale (long, short), its prob_thd where
-    set (VOC21, Context60, COCO-Object), Cityscapes' 36 points a side and its halves (model_semantic.py:413,493,568,
-    609: "city_scape" in the config's name); each with its line."""
-    files = {"voc21": ("cfg_voc21.py", 17, (1008, 672)), "context60": ("cfg_context60.py", 17, (2016, 672)),
-             "coco-object": ("cfg_coco_object.py", 17, (2016, 672)), "voc20": ("cfg_voc20.py", 15, (2016, 672)),
-             "context59": ("cfg_context59.py", 15, (2016, 672)),
-             "coco-stuff": ("cfg_coco_stuff164k.py", 15, (1334, 896)),
-             "cityscapes": ("cfg_city_scapes.py", 18, (2688, 1344)), "ade20k": ("cfg_ade20k.py", 15, (2016, 672))}
-    thresholds = {"voc21": 0.4, "context60": 0.35, "coco-object": 0.5}
-    out = {}
-    for bench, (cfg, line, (long, short)) in files.items():
-        src = f"configs/cfg_ds/{cfg}"
-        row = {"short_side": (short, f"{src}:{line}"), "long_side": (long, f"{src}:{line}")}
-        if bench in thresholds:
-            row["prob_threshold"] = (thresholds[bench], f"{src}:6")
-        if bench == "cityscapes":
-            row.update(points_per_side=(36, f"{src}:7"), region_halves=(True, "model_semantic.py:413 (city_scape)"))
-        out[bench] = row
-    return out
-
-
-# its segmentor's __init__ defaults (model_semantic.py) and base_config.py's sam2_cfg under each benchmark's config
-_TEXTREGION_PRESETS = MethodPresets(
-    "avaxiao/TextRegion@e392cd2",
-    {"dense": "textregion", "logit_scale": 50.0, "prob_threshold": 0.0, "slide_crop": 0, "slide_stride": 112,
-     "pamr_steps": 0, "area_threshold": 0.0, "points_per_side": 16, "region_halves": False, "region_crop": 336},
-    "model_semantic.py:86-87 (__init__ defaults: region_logit_scale 50, prob_thd 0); configs/base_config.py:11,18 "
-    "(points_per_side 16, crop_size 336); its own views, no slide windows", _textregion_benchmarks())
-
 # the spec table: every --dense method, in --help's order. A new method is a row here (and, unless it only mixes
-# the last block, a module in vpltool/models/dense/)
-DENSE_SPECS: dict[str, DenseMethodSpec] = {
+# the last block, a module in vpltool/models/dense/); a plugin's method is a row its package registers
+# (vpltool.plugins.register_dense_method), after these
+_OWN_SPECS: dict[str, DenseMethodSpec] = {
     "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
     "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
     # clip_segmentor.py + cfg_voc21.py: logit scale 65 (40 elsewhere), prob_thd 0.1, area_thd 0.1, 224/112, short 336
@@ -186,80 +149,86 @@ DENSE_SPECS: dict[str, DenseMethodSpec] = {
     # (slide_crop 0), short side 336; the logits resized to the input, then to the image
     "cass": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
                                           slide_stride=112, crop_mode="floor", whole="input"),
-                            module="cass", proxy_model=DEFAULT_PROXY_MODEL, class_files="sclip", knobs=(
-        Knob("global_weight", "--global-weight", "the image embedding's share of each patch's logits (its "
-             "global_semantics_weight) [default: 0.1, cfg_voc21.py]."),
-        Knob("shift_weight", "--shift-weight", "how far the query nearest the image moves toward its 2 most similar "
-             "patches, per query cluster (its mean_vector_weight) [default: 0.03]."),
-        Knob("cluster_cut", "--cluster-cut", "the Ward distance cutting the queries into clusters (its h_threshold) "
-             "[default: 0.10]."),
-        Knob("stretch", "--stretch/--no-stretch", "stretch the DINO graph's singular values (its code does for every "
-             "dataset but VOC20 and Cityscapes) [default: stretch]."),
-        Knob("window_global", "--window-global/--input-global", "each window's own image embedding (its "
-             "Cityscapes) or the whole input's [default: input-global].")),
-    ),
+                            module="cass", proxy_model=DEFAULT_PROXY_MODEL, class_files="sclip",
+                            knobs_class=CassKnobs),
     # trident.py + configs/base_config.py + cfg_voc21.py (eval.py without --sam_refine): logit scale 40, prob_thd
     # 0.2, slide 336/224 spliced (windows never padded), short side 448; logits on SAM's grid resized to the image;
     # torch.hub's dino_vitb16 as its proxy; its SAM aggregation's knobs, then its SAM prompt refinement's
     "trident": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=448, slide_crop=336,
                                              slide_stride=224, crop_mode="floor", whole="direct"),
                                module="trident", proxy_model="vit_base_patch16_224.dino", sam=True,
-                               class_files="proxyclip", knobs=(
-        Knob("cos_fac", "--cos-fac", "SAM's attention kept where its value cosine exceeds this times the row's "
-             "mean (its cos_fac) [default: 1.2, base_config.py]."),
-        Knob("refine_neg_cos", "--refine-neg-cos/--no-refine-neg-cos", "keep a negative cosine threshold (its "
-             "refine_neg_cos; off: 0.6 in its place) [default: on]."),
-        Knob("sam_halves", "--sam-halves/--sam-whole", "SAM sees the photo's left and right halves apart, each half "
-             "of the spliced map aggregated by its own (its Cityscapes) [default: whole]."),
-        Knob("sam_refine", "--sam-refine/--no-sam-refine", "its SAM prompt refinement (eval.py --sam_refine, which "
-             "its published figures use): each coarse region prompts SAM's mask decoder with a point, a box and its "
-             "scores, and confident masks relabel it; needs SAM's whole checkpoint in --sam-weights [default: off "
-             "for segment; on in benchmark's trident presets]."),
-        Knob("coarse_threshold", "--coarse-threshold", "with --sam-refine: pixels and classes below this "
-             "probability prompt nothing (its coarse_thresh) [default: 0.2, cfg_voc21.py; benchmark: each "
-             "preset's]."),
-        Knob("minimal_area", "--minimal-area", "with --sam-refine: a coarse region smaller than this, in "
-             "half-resolution pixels, prompts nothing (its minimal_area, set for photos of short side 448) "
-             "[default: 225, base_config.py].")),
-    ),
+                               class_files="proxyclip", knobs_class=TridentKnobs),
     # corrclip_segmentor.py + configs/base_config.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112
     # (windows padded to a multiple of 56), short side 336; torch.hub's dino_vitb8 as its proxy; its region masks
     "corrclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
                                               slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
-                                module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip", knobs=(
-        _REGION_MASKS,),
-                                presets=_CORRCLIP_PRESETS),
+                                module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
+                                knobs_class=CorrCLIPKnobs,
+                                presets=CORRCLIP_PRESETS),
     # model_semantic.py + configs/base_config.py + cfg_voc21.py: region logit scale 50, prob_thd 0.4, Resize
     # (1008, 672), its own views (the photo and 336-pixel tiles) in place of slide windows; SAM 2's region masks
     "textregion": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.4, short_side=672, slide_crop=0,
                                                 slide_stride=112, crop_mode="floor", whole="direct", long_side=1008),
-                                  module="textregion", class_files="proxyclip", knobs=(
-        _REGION_MASKS,
-        Knob("points_per_side", "--points-per-side", "with --region-masks sam2: SAM 2's point grid side (its "
-             "points_per_side) [default: 16, base_config.py; benchmark: 36 on cityscapes]."),
-        Knob("region_halves", "--region-halves/--region-whole", "the whole-photo view is the photo's left and right "
-             "halves (its Cityscapes) [default: whole]."),
-        Knob("region_crop", "--region-crop", "the side in pixels of each view, the photo's and its tiles' (its "
-             "crop_size) [default: 336, base_config.py].")),
-                                  presets=_TEXTREGION_PRESETS),
+                                  module="textregion", class_files="proxyclip", knobs_class=TextRegionKnobs,
+                                  presets=TEXTREGION_PRESETS),
+    # radseg/radseg.py + evaluation/2d/configs/base_config.py: softmax(100 cos) over the prompts, no threshold
+    # (prediction_thresh 0), slide 336/224 in feature space, short side 336 (mid_res cfg_voc20.py); C-RADIOv3-B
+    # (NVlabs/RADIO's checkpoint, --proxy-weights) and its SigLIP 2 adaptor's text tower (--language-model)
+    "radseg": DenseMethodSpec(DenseSettings(logit_scale=100.0, prob_threshold=0.0, short_side=336, slide_crop=336,
+                                            slide_stride=224, crop_mode="floor", whole="direct"),
+                              module="radseg", proxy_model="naflexvit_base_patch16_radio_v3", class_files="proxyclip",
+                              knobs_class=RadsegKnobs,
+                              presets=RADSEG_PRESETS),
 }
-# what the rest of vpltool reads, each derived from the table
-DENSE_CHOICES = tuple(DENSE_SPECS)
-DENSE_SEGMENTORS: dict[str, DenseSettings] = {name: spec.settings for name, spec in DENSE_SPECS.items()}
-PROXY_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.proxy_model)  # take a proxy vision model
-PROXY_MODELS = {name: spec.proxy_model for name, spec in DENSE_SPECS.items() if spec.proxy_model}
-SAM_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if spec.sam)  # take SAM's image encoder too
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
+
+
+def _plugin_spec(name: str, spec: Any, dist: str) -> DenseMethodSpec:
+    """A plugin's spec row checked (:class:`~vpltool.entry_points.PluginTable`): one line for what is wrong."""
+    if not isinstance(spec, DenseMethodSpec):
+        raise VplError(f"register_dense_method takes a DenseMethodSpec, not a {type(spec).__name__}")
+    if not _NAME.fullmatch(name):
+        raise VplError("a --dense name is lower-case letters, digits and - _ . + (no comma, no space)")
+    if not spec.module or spec.module.startswith("."):
+        raise VplError("its spec row names no module: give module='your_package.your_method', the module of its "
+                       "DenseHooks class (imported when the method is used)")
+    check_knobs_class(spec.knobs_class, {k.field: k for row in DENSE_SPECS.rows_so_far().values()
+                                         for k in row.knobs})
+    if spec.presets is not None and spec.presets.defaults.get("dense") != name:
+        raise VplError(f"its presets' defaults name --dense {spec.presets.defaults.get('dense')!r}; give "
+                       f"dense={name!r} there")
+    if spec.class_files is not None:
+        if not (Path(__file__).resolve().parents[1] / "assets" / "class_files" / spec.class_files).is_dir():
+            raise VplError(f"class_files={spec.class_files!r} is no set of vpltool's (a plugin names one of "
+                           "vpltool/assets/class_files/, or None)")
+    return replace(spec, plugin=dist)
+
+
+DENSE_SPECS: PluginTable = PluginTable("dense", _OWN_SPECS, _plugin_spec, "--dense method")
+# what the rest of vpltool reads, each derived from the table (with the plugins' rows, read on first use)
+DENSE_CHOICES = DerivedTuple(lambda: tuple(DENSE_SPECS), DENSE_SPECS)
+DENSE_SEGMENTORS: DerivedMap = DerivedMap(lambda: {name: spec.settings for name, spec in DENSE_SPECS.items()},
+                                          DENSE_SPECS)
+# take a proxy vision model
+PROXY_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.proxy_model),
+                             DENSE_SPECS)
+PROXY_MODELS = DerivedMap(lambda: {name: spec.proxy_model for name, spec in DENSE_SPECS.items()
+                                   if spec.proxy_model}, DENSE_SPECS)
+SAM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.sam),
+                           DENSE_SPECS)  # take SAM's image encoder too
 # the methods that need no side model (cam --dense seeds, predict --dense)
-PLAIN_METHODS = tuple(name for name, spec in DENSE_SPECS.items() if not spec.proxy_model and not spec.sam)
-KNOBS: dict[str, Knob] = {k.field: k for spec in DENSE_SPECS.values() for k in spec.knobs}  # every method's
-_READERS: dict[str, list[str]] = {}
-for _name, _spec in DENSE_SPECS.items():
-    for _k in _spec.knobs:
-        _READERS.setdefault(_k.field, []).append(_name)
-KNOB_READERS = {f: tuple(names) for f, names in _READERS.items()}  # the methods that read each knob
-KNOB_METHOD = {f: " and ".join(names) for f, names in _READERS.items()}  # ... as --help names them
+PLAIN_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items()
+                                           if not spec.proxy_model and not spec.sam), DENSE_SPECS)
+# every method's knobs by field
+KNOBS = DerivedMap(lambda: {k.field: k for spec in DENSE_SPECS.values() for k in spec.knobs}, DENSE_SPECS)
+# the methods that read each knob (one, unless two name a knob alike), and the first of them
+KNOB_METHODS = DerivedMap(lambda: {field: tuple(name for name, spec in DENSE_SPECS.items()
+                                                if field in {k.field for k in spec.knobs}) for field in KNOBS},
+                          DENSE_SPECS)
+KNOB_METHOD = DerivedMap(lambda: {field: methods[0] for field, methods in KNOB_METHODS.items()}, DENSE_SPECS)
 # the bundled class-file sets the rows name (vpltool/assets/class_files/<set>/), in the table's order
-CLASS_SETS = tuple(dict.fromkeys(spec.class_files for spec in DENSE_SPECS.values() if spec.class_files))
+CLASS_SETS = DerivedTuple(lambda: tuple(dict.fromkeys(spec.class_files for spec in DENSE_SPECS.values()
+                                                      if spec.class_files)), DENSE_SPECS)
 
 
 def dense_help() -> str:
@@ -307,83 +276,98 @@ class SegmentConfig:
     # the proxy vision model: a timm DINO ViT (the toy DINO's folder); None = the method's (PROXY_MODELS)
     proxy_model: str | None = None
     proxy_weights: str = "hub"  # its weights: hub (timm's cache) | a local file | none (random, seeded: tests)
-    # CASS's per-dataset knobs (its configs/cfg_*.py and dataset switches); None = its VOC21 values
-    # (vpltool.models.dense.cass.TextShift / SpectralMatching)
-    global_weight: float | None = None  # global_semantics_weight: the image embedding's share of the logits
-    shift_weight: float | None = None  # mean_vector_weight: how far a query moves toward its top patches
-    cluster_cut: float | None = None  # h_threshold: the Ward distance at which the queries' tree is cut
-    stretch: bool | None = None  # the DINO graph's singular values stretched (all but voc20 and city_scapes)
-    window_global: bool | None = None  # each window's own image embedding (city_scapes) instead of the input's
-    # Trident: SAM's image encoder (vpltool.models.backbones.sam) and its aggregation's knobs (None = its VOC21 values,
-    # vpltool.models.dense.trident.SamAggregation)
+    # the SAM image encoder of the methods that take one (vpltool.models.backbones.sam; Trident's) and of the knob
+    # values that read it (CorrCLIP's --region-masks sam)
     sam_model: str = DEFAULT_SAM_MODEL  # vit_b | vit_l | vit_h | toy (the demo world's, vpltool/assets/toy-sam)
     sam_weights: str | None = None  # a local file (SAM's released checkpoint) | none (random, seeded: tests)
-    cos_fac: float | None = None  # pairs kept where SAM's value cosine > cos_fac x the row's mean
-    refine_neg_cos: bool | None = None  # a negative threshold kept (True) or replaced by 0.6 (False)
-    sam_halves: bool | None = None  # SAM on the photo's left and right halves apart (its Cityscapes)
-    sam_refine: bool | None = None  # Trident's SAM prompt refinement (eval.py --sam_refine)
-    coarse_threshold: float | None = None  # its coarse_thresh (None = DenseSettings')
-    minimal_area: int | None = None  # its minimal_area, half-resolution pixels (None = DenseSettings')
-    # a method's class-agnostic region masks per image (CorrCLIP's: vpltool.models.dense.corrclip.regions): a folder
-    # of <image stem>.npz files (key instance_mask) | sam (segment-anything's automatic mask generator: --sam-model,
-    # --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
-    region_masks: str | None = None
-    # TextRegion's (vpltool.models.dense.textregion): SAM 2's point grid side with --region-masks sam2 (None = 16),
-    # the whole-photo view as two halves (its Cityscapes; None = whole)
-    points_per_side: int | None = None
-    region_halves: bool | None = None
-    region_crop: int | None = None  # the side of its views (its crop_size; None = 336)
+    # the --dense method's own settings: an instance of its spec row's knobs_class (CASS's CassKnobs, ...); None =
+    # its defaults. SegmentConfig.of() takes them by field name, as the command line and vpltool.segmenter give them
+    knobs: MethodKnobs | None = None
 
     def __post_init__(self) -> None:
         choice("--dense", self.dense, DENSE_CHOICES)
         if self.proxy_model is None:  # the method's own, recorded as such
             object.__setattr__(self, "proxy_model", PROXY_MODELS.get(self.dense, DEFAULT_PROXY_MODEL))
-        if self.cos_fac is not None and not self.cos_fac >= 0:  # nan too (nan < 0 is False)
-            require(False, f"--cos-fac {self.cos_fac}: give a factor >= 0 (Trident's own: 1.2; 0 keeps every pair "
-                    "with a positive SAM cosine)")
-        # asked for, SAM's refinement would be silently skipped by any other method (it needs Trident's SAM pass)
-        require(not self.sam_refine or self.dense in SAM_METHODS,
-                f"--sam-refine: Trident's SAM prompt refinement needs SAM's image encoder, which --dense {self.dense} "
-                f"does not run; pass --dense {' or '.join(SAM_METHODS)}, or drop --sam-refine")
+        own = DENSE_SPECS[self.dense].knobs_class
+        if self.knobs is None or (type(self.knobs) is not own and isinstance(self.knobs, MethodKnobs)
+                                  and not self.knobs.given()):  # none given (replace(cfg, dense=...)): its own
+            object.__setattr__(self, "knobs", own())
+        elif type(self.knobs) is not own:
+            raise VplError(f"SegmentConfig(dense={self.dense!r}): knobs is a {type(self.knobs).__name__}; give "
+                           f"{own.__name__}(...) (the method's own settings), or its knobs by name to "
+                           "SegmentConfig.of()")
         if self.attention is not None:
             choice("--attention", self.attention, ATTENTION_CHOICES)
         # CLIP's own is 100 (learned, clamped there); beyond MAX_LOGIT_SCALE softmax is an argmax already, and the
         # product overflows float16 (65504) under --precision fp16 and float32 at ~3e38 (all-background masks)
         positive("--logit-scale", self.logit_scale, allow_none=True, upper=MAX_LOGIT_SCALE)
-        for option, value in (("--prob-threshold", self.prob_threshold), ("--area-threshold", self.area_threshold),
-                              ("--coarse-threshold", self.coarse_threshold)):
+        for option, value in (("--prob-threshold", self.prob_threshold), ("--area-threshold", self.area_threshold)):
             if value is not None:
                 fraction(option, value)
         at_least("--short-side", self.short_side, 16, allow_none=True, why=" pixels")
         at_least("--long-side", self.long_side, 16, allow_none=True, why=" pixels")
-        at_least("--minimal-area", self.minimal_area, 1, allow_none=True, why=" half-resolution pixels")
         at_least("--slide-crop", self.slide_crop, 0, allow_none=True, why=" pixels (0 = the whole image)")
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
         at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")
         at_least("--max-side", self.max_side, MIN_MAX_SIDE, allow_none=True, why=" pixels")
-        at_least("--points-per-side", self.points_per_side, 1, allow_none=True, why=" points")
-        at_least("--region-crop", self.region_crop, 16, allow_none=True, why=" pixels")
         require(bool(self.templates.strip()), "--templates is empty: give imagenet, clip-es, a template or a file")
-        for option, value in (("--global-weight", self.global_weight), ("--shift-weight", self.shift_weight)):
-            if value is not None:
-                fraction(option, value)
-        positive("--cluster-cut", self.cluster_cut, allow_none=True)
+
+    @classmethod
+    def of(cls, dense: str = "naclip", **options: Any) -> SegmentConfig:
+        """The config of ``dense`` from options by field name, as `segment` and :func:`vpltool.segmenter` give
+        them: the shared fields, and the method's knobs (its :class:`MethodKnobs` fields) into its ``knobs``.
+
+        Another method's knob given (not None) is warned about and ignored (:class:`~vpltool.errors.VplWarning`,
+        the sentence of :func:`~vpltool.config.ignored_option`; never recorded), or refused in one line when its
+        row says the run would silently differ (``needs``: ``--sam-refine`` without Trident's SAM pass). A name that
+        is nobody's is one line naming the options."""
+        choice("--dense", dense, DENSE_CHOICES)
+        own_class = DENSE_SPECS[dense].knobs_class
+        own = {f.name for f in fields(own_class)}
+        shared = {f.name for f in fields(cls)} - {"dense", "knobs"}
+        knobs = {k: options.pop(k) for k in list(options) if k in own}
+        for name in [n for n in options if n not in shared]:
+            value = options.pop(name)
+            if name not in KNOBS:
+                from .checks import did_you_mean
+
+                raise VplError(f"--dense {dense}: no option {name!r};{did_you_mean(name, [*shared, *own])} its "
+                               f"options are {', '.join(sorted([*shared, *own]))}")
+            if value is None:
+                continue
+            knob_, owners = KNOBS[name], " or ".join(KNOB_METHODS[name])
+            flag = knob_.option.split("/")[0]
+            require(knob_.needs is None, f"{flag}: {knob_.needs}, which --dense {dense} does not run; pass "
+                    f"--dense {owners}, or drop {flag}")
+            warnings.warn(VplWarning(ignored_option(flag, shown_value(value), f"without --dense {owners}")),
+                          stacklevel=2)
+        return cls(dense=dense, knobs=own_class(**knobs), **options)
+
+    @classmethod
+    def option_names(cls, dense: str | None = None) -> list[str]:
+        """The options :meth:`of` takes for ``dense`` (None: for any method: every method's knobs), by field name."""
+        shared = [f.name for f in fields(cls) if f.name != "knobs"]
+        return shared + ([k.field for k in DENSE_SPECS[dense].knobs] if dense is not None else list(KNOBS))
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by field name, the method's knobs beside the shared ones (how a stage records them, and
+        :meth:`of` takes them back)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "knobs"}
+        out.update({f.name: getattr(self.knobs, f.name) for f in fields(self.knobs)})
+        return out
 
     def inert(self) -> dict[str, str]:
-        """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), a method's knobs
-        without that method (:data:`DENSE_SPECS`)."""
+        """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), SAM's without a method
+        that takes SAM or a knob value that reads it (:attr:`Knob.uses`)."""
         out = {}
-        own = DENSE_SPECS[self.dense]  # a method's own knobs (and SAM's options) are never another's to leave out
-        mine = {*(k.field for k in own.knobs), *(u for k in own.knobs for u in k.uses),
-                *(("sam_model", "sam_weights") if own.sam else ())}
-        for name, spec in DENSE_SPECS.items():  # each method's knobs (SAM's options with SAM's methods)
-            if name != self.dense:
-                fields_ = (*(k.field for k in spec.knobs), *(("sam_model", "sam_weights") if spec.sam else ()))
-                out.update({k: f"without --dense {' or '.join(KNOB_READERS.get(k, (name,)))}" for k in fields_
-                            if k not in mine})
-        for knob in own.knobs:  # shared options that only some values of its knob read
-            if knob.uses and not str(getattr(self, knob.field) or "").startswith(knob.when):
-                out.update({k: f"without {knob.option} {' or '.join(knob.when)}" for k in knob.uses})
+        own = DENSE_SPECS[self.dense]
+        if not own.sam:
+            used = {u for k in own.knobs for u in k.uses}
+            why = f"without --dense {' or '.join(SAM_METHODS)}"
+            out.update({k: why for k in ("sam_model", "sam_weights") if k not in used})
+        for knob_ in own.knobs:  # shared options that only some values of its knob read
+            if knob_.uses and not str(getattr(self.knobs, knob_.field) or "").startswith(knob_.when):
+                out.update({k: f"without {knob_.option} {' or '.join(knob_.when)}" for k in knob_.uses})
         if self.dense in PROXY_METHODS:
             return out
         why = f"without --dense {' or '.join(PROXY_METHODS)}"
@@ -392,9 +376,10 @@ class SegmentConfig:
     def resolved(self) -> DenseSettings:
         """The method's :class:`DenseSettings` with every option given here in place of its own."""
         base = DENSE_SEGMENTORS[self.dense]
-        inert = self.inert()  # an option of another method (--sam-refine without trident) is not applied
-        given = {f.name: getattr(self, f.name) for f in fields(DenseSettings)
-                 if getattr(self, f.name, None) is not None and f.name not in inert}
+        inert = self.inert()
+        flat = self.flat()  # a method's knob that is a segmentor setting (Trident's --sam-refine) applies there too
+        given = {f.name: flat[f.name] for f in fields(DenseSettings)
+                 if flat.get(f.name) is not None and f.name not in inert}
         if given.get("area_threshold") == 0:
             given["area_threshold"] = None
         out = replace(base, **given)
@@ -416,7 +401,7 @@ def dense_config(**given) -> SegmentConfig:
     import re
 
     try:
-        cfg = SegmentConfig(**given)
+        cfg = SegmentConfig.of(**given)
         cfg.resolved()
     except VplError as e:
         message = re.sub("|".join(map(re.escape, DENSE_OPTION_NAMES)), lambda m: DENSE_OPTION_NAMES[m.group(0)],

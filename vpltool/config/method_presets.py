@@ -27,6 +27,18 @@ class MethodPresets:
     # the bundled class files (SET of SET:BENCHMARK); None: the dataset's own names. Never written in a row: its
     # method's spec row's class_files, filled in by vpltool.config.benchmarks
     class_set: str | None = None
+    # the config file of each benchmark its reference runs (name -> its path in the repository); empty: all eight,
+    # each its configs/cfg_*.py (CFG_FILES). A reference with fewer configs (RADSeg's five) has presets for those only
+    config_files: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The benchmarks it has presets for, in :data:`BENCHMARK_NAMES`' order."""
+        return tuple(b for b in BENCHMARK_NAMES if b in self.config_files) if self.config_files else BENCHMARK_NAMES
+
+    def config_file(self, benchmark: str) -> str:
+        """The path of ``benchmark``'s config in its repository (``configs/cfg_voc21.py``)."""
+        return self.config_files.get(benchmark, f"configs/{CFG_FILES[benchmark]}")
 
     def settings(self, benchmark: str) -> dict:
         """The preset of ``benchmark``: SegmentConfig fields (``class_file`` included when bundled)."""
@@ -41,7 +53,7 @@ class MethodPresets:
         out = {k: self.defaults_source for k in self.defaults}
         out.update({k: src for k, (_, src) in self.benchmarks.get(benchmark, {}).items()})
         if self.class_set is not None:
-            out["class_file"] = f"configs/cls_*.txt ({CFG_FILES[benchmark]} name_path)"
+            out["class_file"] = f"configs/cls_*.txt ({self.config_file(benchmark).rsplit('/', 1)[-1]} name_path)"
         return out
 
 

@@ -39,13 +39,15 @@ import os
 from pathlib import Path
 
 from ..config.dense import DENSE_SPECS
+from ..entry_points import DerivedMap
 from ..errors import VplError
 
 BACKGROUND_WORD = "background"
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "class_files"
 # a method -> the bundled set its reference's configs/ ship: its spec row's (verified byte for byte:
 # parity/results/benchmarks_parity.json); a set is also named by its folder
-REFERENCE_SETS = {name: spec.class_files for name, spec in DENSE_SPECS.items() if spec.class_files}
+REFERENCE_SETS = DerivedMap(lambda: {name: spec.class_files for name, spec in DENSE_SPECS.items() if spec.class_files},
+                            DENSE_SPECS)
 
 
 def class_file_path(spec: str | os.PathLike) -> Path:

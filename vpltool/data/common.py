@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VplError, VplWarning
+from ..io.digests import note_digest
 from ..io.files import check_id, comment_problem, not_utf8, sha256_file, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
 from ..presets import BACKGROUND
 
@@ -66,6 +67,8 @@ def content_sha(path: Path) -> str | None:
         if key not in _CONTENT_CACHE:
             with open(real, "rb") as fh:
                 _CONTENT_CACHE[key] = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+            # the image is read later by vpltool.io.read_as_named, which holds it to these bytes
+            note_digest(real, [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev], _CONTENT_CACHE[key])
         return _CONTENT_CACHE[key]
     except OSError:
         return None

@@ -6,6 +6,9 @@
 * :mod:`~vpltool.decoder.views`: test time, the views of an image (scales x flips) and their mean logits.
 """
 
+from pathlib import Path
+
+from ..models.registry import register_family
 from .losses import (
     balanced_ce_loss,
     bilinear_weights,
@@ -51,3 +54,17 @@ __all__ = [
     "LONG_SIDE_RATIO", "input_long_side", "view_size", "view_logits", "multiscale_logits", "decoder_forward",
     "predict_logits", "weclip_views",
 ]  # fmt: skip
+
+
+def _check(path: str | Path, **_: object) -> None:
+    """The decoder file's header: its kind and the metadata that rebuilds it (no tensor read)."""
+    from .. import io
+    from ..io.training import check_decoder_meta
+
+    check_decoder_meta(io.read_tensors(path, kind=io.DECODER_KIND, keys=()))
+
+
+# the trained decoder is a model family of the registry: `predict` loads it through the registry's one door
+register_family("decoder", lambda path, device="cpu", **_: load_decoder(path, device), _check,
+                summary="the segmentation decoder of train-decoder (its decoder.safetensors), read by predict",
+                module=__name__, fix="re-run `vpltool train-decoder` (with --overwrite)")

@@ -409,7 +409,9 @@ def load_decoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     f = io.read_decoder(path)
     try:
         model = build_decoder(f.tensors, config_from_json(f.meta("decoder_config"), f.path), f.meta("decoder_arch"))
-    except (KeyError, RuntimeError) as e:
-        raise ContractError(f"{path}: decoder weights do not match its recorded config ({str(e)[:160]})") from None
+    except (KeyError, RuntimeError, IndexError, ValueError) as e:  # torch's message spans lines: one line of it
+        said = " ".join(str(e).split())[:200]
+        raise ContractError(f"{path}: decoder weights do not match its recorded config ({said}); re-run `vpltool "
+                            "train-decoder` (with --overwrite)") from None
     return model.to(device).eval(), f
 

@@ -30,6 +30,7 @@ from PIL import Image
 
 from .. import io
 from ..errors import VplError
+from ..numerics import run_numerics
 from .config import PairsConfig
 from .scenes import SceneConfig, check_config, render_scene
 from .toyclip import scene_seed
@@ -136,7 +137,7 @@ def write_pairs(out: str | Path, cfg: PairsConfig = PairsConfig(), *, overwrite:
     if not overwrite and record.is_file() and io.read_record(record).get("params") == io.jsonable(params):
         return out
     with io.output_lock(out):
-        io.prepare_stage_dir(out, STAGE, params, overwrite)
+        io.prepare_stage_dir(out, STAGE, params, overwrite, numerics=run_numerics())
         shards = [out / f"{s:05d}.tar" for s in range(shard_count(cfg))]
         if overwrite:
             for path in shards:
@@ -150,7 +151,7 @@ def write_pairs(out: str | Path, cfg: PairsConfig = PairsConfig(), *, overwrite:
                 n = write_shard(path, cfg, s)
                 if on_shard is not None:
                     on_shard(n)
-        io.write_stage_record(out, STAGE, params=params, inputs={}, count=cfg.scenes,
+        io.write_stage_record(out, STAGE, params=params, inputs={}, numerics=run_numerics(), count=cfg.scenes,
                               shards=[p.name for p in shards])
         (out / io.RUN_RECORD).unlink(missing_ok=True)
     return out

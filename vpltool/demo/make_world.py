@@ -17,6 +17,7 @@ from PIL import Image
 
 from .. import io
 from ..errors import VplError
+from ..numerics import run_numerics
 from ..presets import BACKGROUND
 from .config import LAYOUTS, WorldConfig
 from .scenes import CLASSES, Scene, SceneConfig, check_config, generate_scenes, split_seed
@@ -105,7 +106,7 @@ def write_dataset(
     if not overwrite and _is_complete(out, params):
         return out
     with io.output_lock(out):
-        io.prepare_stage_dir(out, STAGE, params, overwrite)
+        io.prepare_stage_dir(out, STAGE, params, overwrite, numerics=run_numerics())
         captions, rows = {}, ["id,labels"]
         for split, n in (("train", n_train), ("val", n_val)):
             ids = [f"{split}_{i:06d}" for i in range(n)]
@@ -119,7 +120,7 @@ def write_dataset(
         io.write_json(out / "captions.json", captions)
         if layout == "folder":
             _write_text(out / "labels.csv", rows)
-        io.write_stage_record(out, STAGE, params=params, inputs={}, count=n_train + n_val)
+        io.write_stage_record(out, STAGE, params=params, inputs={}, numerics=run_numerics(), count=n_train + n_val)
         (out / io.RUN_RECORD).unlink(missing_ok=True)  # complete: the run record goes, as a stage folder's does
     return out
 

@@ -19,6 +19,7 @@
 No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
 """
 
+from .digests import check_loaded_files, file_stamp, naming_scope, note_digest, read_as_named
 from .events import check_events_folder, check_tensorboard, open_events
 from .files import (
     NAME_MAX,
@@ -96,11 +97,14 @@ from .provenance import ITEM_WRITERS, check_item, run_digest, writing_digest
 from .records import (
     DECODER_FILES,
     LOCK_FILE,
+    NUMERICS,
     RUN_DIGEST,
     RUN_RECORD,
     SHARD_RECORD,
     SIDE_RECORD,
     STAGE_RECORD,
+    check_numerics,
+    numerics_problem,
     read_record,
     record_stage,
     recorded_model,
@@ -126,9 +130,14 @@ from .tensors import (
     FORMAT_VERSION,
     TensorFile,
     check_finite,
+    check_weight_values,
     check_weights,
+    file_numerics,
     header_classes,
+    header_numerics,
+    is_finite,
     read_header,
+    read_safetensors,
     read_tensors,
     read_weights,
     save_tensor_file,
@@ -148,6 +157,7 @@ from .training import (
 )
 
 __all__ = [
+    "check_loaded_files", "file_stamp", "naming_scope", "note_digest", "read_as_named",
     "append_line", "append_log", "atomic_path", "atomic_write", "check_folder_target", "check_writable_target",
     "comment_problem",
     "file_identity",
@@ -173,7 +183,8 @@ __all__ = [
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
     "check_events_folder",
     "open_events",
-    "FORMAT_VERSION", "TensorFile", "check_finite", "check_weights", "header_classes", "read_header", "read_tensors",
+    "FORMAT_VERSION", "TensorFile", "check_finite", "check_weight_values", "check_weights", "is_finite",
+    "header_classes", "read_header", "read_safetensors", "read_tensors",
     "read_weights",
     "save_tensor_file", "write_tensors",
     "CHECKPOINT_KIND", "DECODER_KIND", "read_checkpoint", "read_decoder", "write_checkpoint", "write_decoder",
@@ -181,4 +192,5 @@ __all__ = [
     "NOT_FILES", "changed_inputs", "files_digest", "param_changes", "shown_path", "weights_identity",
     "cut_short", "leave_out", "note_source",
     "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
+    "NUMERICS", "check_numerics", "file_numerics", "header_numerics", "numerics_problem",
 ]  # fmt: skip

@@ -12,6 +12,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from ..errors import ContractError, VplError, VplWarning
 from . import files
+from .digests import read_as_named
 from .marks import png_info
 from .photo_files import cut_short, leave_out
 from .provenance import RUN_META, check_item, writing_digest
@@ -86,7 +88,7 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(BytesIO(read_as_named(path))) as img:  # the bytes the run named the mask by
             img.load()
             if img.mode not in ("P", "L", "I", "I;16"):
                 raise ContractError(
@@ -258,7 +260,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(BytesIO(read_as_named(path))) as img:  # the bytes the run named the image by
             _check_still(img, path)
             img.load()  # decode now: a truncated file fails here, inside the try, not later in a worker
             ImageOps.exif_transpose(img, in_place=True)  # in place: an upright photo is not copied

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ContractError
 from .files import by_content, jsonable
 from .stage import recorded_ids
-from .tensors import TensorFile, check_finite, read_header, read_tensors, write_tensors
+from .tensors import TensorFile, check_finite, header_numerics, read_header, read_tensors, write_tensors
 
 FEATURES_KIND = "features"
 PROTOTYPES_KIND = "prototypes"
@@ -152,18 +152,25 @@ class Prototypes:
         temperature: the softmax temperature the prototypes were made for (1/logit_scale for text, tau_I for
             vision prototypes); `cam` uses it unless told otherwise.
         classes: class names, index 0 = background. source: 'text' | 'vision'. model: the CLIP identity.
+        numerics: the dtype and numeric mode of the run that made the file (:mod:`vpltool.numerics`; None: a file
+            of an older vpltool, or not read from a file).
     """
 
     def __init__(self, vectors, row_class, row_names: Sequence[str], *, classes: Sequence[str], temperature: float,
                  source: str, model: Mapping[str, str], params: Mapping[str, Any] | None = None,
-                 path: Path | None = None):
+                 path: Path | None = None, numerics: Any = None):
         self.vectors, self.row_class, self.row_names = vectors, row_class, list(row_names)
         self.classes, self.temperature, self.source = list(classes), float(temperature), source
         self.model, self.params, self.path = dict(model), dict(params or {}), path
+        self.numerics = numerics  # the dtype and mode that made the file (vpltool.numerics), None when unrecorded
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    def made(self) -> tuple[Path | None, Any, str]:
+        """``(path, numerics, the command that made it)``, for :func:`vpltool.io.check_numerics`."""
+        return self.path, self.numerics, "text-prototypes" if self.source == "text" else "learn-prototypes"
 
     def class_rows(self) -> Any:
         """``[C]`` row index of each class 1..C."""
@@ -284,7 +291,8 @@ def read_prototypes(path: str | os.PathLike, classes: Sequence[str] | None = Non
                             f"{_digest(made_with)}), but the features come from {model.get('model')} "
                             f"({model.get('pretrained')}{_digest(model)}); make prototypes with the same model")
     return Prototypes(vectors, row_class, row_names, classes=f.classes, temperature=temperature,
-                      source=found_source, model=made_with, params=f.params, path=f.path)
+                      source=found_source, model=made_with, params=f.params, path=f.path,
+                      numerics=header_numerics(f.raw_meta))
 
 
 # --------------------------------------------------------------------------------------------- cam

@@ -35,7 +35,7 @@ from typing import Any
 from ..errors import ContractError
 from .files import by_content, jsonable
 from .marks import item_marks
-from .records import RUN_DIGEST, RUN_RECORD, STAGE_RECORD, read_record
+from .records import NUMERICS, RUN_DIGEST, RUN_RECORD, STAGE_RECORD, read_record
 
 RUN_META = "run"  # the item's metadata key (``vpltool.run``) and, prefixed, its PNG text chunk (``vpltool.run``)
 
@@ -54,12 +54,14 @@ def run_digest(stage: str, params: Mapping[str, Any], inputs: Mapping[str, Any] 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_SEEN: dict[tuple[str, int, int, int], tuple[str, str | None]] = {}  # record (path, stat) -> (stage, run digest)
+# record (path, stat) -> (stage, run digest, numerics)
+_SEEN: dict[tuple[str, int, int, int], tuple[str, str | None, Any]] = {}
 
 
-def _record_run(folder: Path, names: Sequence[str]) -> tuple[str, str, str | None] | None:
-    """``(record name, stage, run digest or None)`` of the first record of ``names`` in ``folder``; None when there
-    is none. Each record is read once per change (cached by path, modification time, size and inode)."""
+def _record_run(folder: Path, names: Sequence[str]) -> tuple[str, str, str | None, Any] | None:
+    """``(record name, stage, run digest or None, numerics or None)`` of the first record of ``names`` in
+    ``folder``; None when there is none. Each record is read once per change (cached by path, modification time,
+    size and inode)."""
     for name in names:
         path = folder / name
         try:
@@ -71,7 +73,7 @@ def _record_run(folder: Path, names: Sequence[str]) -> tuple[str, str, str | Non
             if len(_SEEN) > 4096:
                 _SEEN.clear()
             record = read_record(path, run=name == RUN_RECORD)
-            _SEEN[key] = (record["stage"], record.get(RUN_DIGEST))
+            _SEEN[key] = (record["stage"], record.get(RUN_DIGEST), record.get(NUMERICS))
         return (name, *_SEEN[key])
     return None
 
@@ -81,6 +83,13 @@ def writing_digest(folder: str | os.PathLike) -> str | None:
     outside a run (or in a folder begun before run digests)."""
     found = _record_run(Path(folder), (RUN_RECORD,))
     return None if found is None else found[2]
+
+
+def writing_numerics(folder: str | os.PathLike) -> Any:
+    """The numerics (:func:`vpltool.numerics.run_numerics`) of the run under way in ``folder`` (its ``_run.json``),
+    which every item it writes records; None outside a run or for a run that records none."""
+    found = _record_run(Path(folder), (RUN_RECORD,))
+    return None if found is None else found[3]
 
 
 def check_item(path: Path, recorded_id: object, recorded_run: object, kind: str | None) -> None:
@@ -106,7 +115,7 @@ def check_item(path: Path, recorded_id: object, recorded_run: object, kind: str 
     found = _record_run(path.parent, (STAGE_RECORD, RUN_RECORD))
     if found is None:
         return
-    record, stage, want = found
+    record, stage, want, _ = found
     got = recorded_run if isinstance(recorded_run, str) else None
     if got == want:
         return
@@ -137,4 +146,5 @@ def check_present(folder: Path, names: Sequence[str]) -> None:
         check_item(path, (marks or {}).get("vpltool.id"), (marks or {}).get(f"vpltool.{RUN_META}"), kind)
 
 
-__all__ = ["ITEM_WRITERS", "RUN_META", "check_item", "check_present", "run_digest", "writing_digest"]
+__all__ = ["ITEM_WRITERS", "RUN_META", "check_item", "check_present", "run_digest", "writing_digest",
+           "writing_numerics"]

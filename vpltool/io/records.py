@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, numerics
 from ..errors import ContractError
 from .files import id_problem, read_json, write_json
 
@@ -28,6 +28,9 @@ SHARD_RECORD = "_shard.{index}-of-{count}.json"  # a shard (--shard i/n) finishe
 SIDE_RECORD = "_side.json"  # a side folder's record: {"stage": ..., "option": ...}
 RUN_DIGEST = "run_digest"  # the run that writes the items (vpltool.io.provenance), in _run.json and _stage.json
 DECODER_FILES = ("decoder.safetensors", "checkpoints", "log.jsonl")  # what marks a train-decoder folder
+# the dtype and numeric mode of the run that made a folder or file (vpltool.numerics.run_numerics), in records and,
+# as ``vpltool.numerics``, in safetensors metadata; records of a vpltool before it hold none (read as before)
+NUMERICS = "numerics"
 
 
 def check_format(path: Path, found: object, version: object) -> None:
@@ -78,7 +81,7 @@ def _record_problem(record: Any, keys: Mapping[str, tuple[type, str]]) -> str | 
                                    and all(c in "0123456789abcdef" for c in digest)):
         return f"'{RUN_DIGEST}' is {json.dumps(digest)[:40]}, not 16 hex digits"
     for problem in (_dataset_problem(record), _classes_problem(record.get("classes")), _ids_problem(record),
-                    _params_problem(record)):
+                    _params_problem(record), numerics_problem(record.get(NUMERICS))):
         if problem is not None:
             return problem
     return None
@@ -139,6 +142,45 @@ def _params_problem(record: dict[str, Any]) -> str | None:
             return (f"'params.{key}' is {json.dumps(params[key])[:60]}, not an object with "
                     + ", ".join(f"'{f}'" for f in fields))
     return None
+
+
+def numerics_problem(found: Any) -> str | None:
+    """Why a recorded ``numerics`` (a record's, a file's ``vpltool.numerics``) is not one, or None: absent (an older
+    vpltool's), or an object with a known ``mode`` and a ``dtype`` name or null."""
+    if found is None:
+        return None
+    if not (isinstance(found, dict) and found.get("mode") in numerics.MODES
+            and (found.get("dtype") is None or found.get("dtype") in numerics.DTYPES)):
+        return (f"'{NUMERICS}' is {json.dumps(found)[:60]}, not an object with a 'mode' (fast or reproducible) "
+                "and a 'dtype'")
+    return None
+
+
+def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, str]) -> None:
+    """Refuse to compute with ``own`` numerics (this run's, :func:`vpltool.numerics.run_numerics`) from an input
+    made in another dtype or numeric mode, before any model loads: one line naming the file and the fix.
+
+    Args:
+        made: ``(path, its numerics, the command that made it)`` per input read; numerics None (a file of a vpltool
+            before numerics were recorded) is not compared.
+    """
+    for path, found, stage in made:
+        problem = numerics_problem(found)
+        if problem is not None:
+            raise ContractError(f"{path}: {problem}; the file is damaged: re-run `vpltool {stage}` to remake it")
+        why = numerics.mismatch(found, own)
+        if why is None:
+            continue
+        if why == "dtype":
+            fix = (f"pass --precision {found['dtype']} to this command, or re-run `vpltool {stage}` (and what it was "
+                   f"made from) with --precision {own['dtype']}")
+        elif own.get("mode") == "fast":
+            fix = (f"run this command in reproducible mode too (vpltool --reproducible ..., or "
+                   f"{numerics.MODE_ENV}=1), or re-run `vpltool {stage}` without it")
+        else:
+            fix = f"re-run `vpltool {stage}` in reproducible mode too, or run this command without it"
+        raise ContractError(f"{path}: made {numerics.describe(found, why)}; this run is "
+                            f"{numerics.describe(own, why)}: {fix}")
 
 
 def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:

@@ -34,12 +34,14 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ContractError, VplError
+from ..numerics import describe, mismatch
 from .files import make_folder, read_json, write_json
 from .inputs import changed_keys, param_changes, placed
 from .locks import SHARD_NAME, output_lock
 from .provenance import check_present, run_digest
 from .records import (
     LOCK_FILE,
+    NUMERICS,
     RUN_DIGEST,
     RUN_RECORD,
     SHARD_RECORD,
@@ -109,14 +111,15 @@ def _remove_shard_records(folder: Path) -> None:
 
 
 def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
-                      not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None) -> Path:
+                      not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None,
+                      numerics: Mapping[str, Any] | None = None) -> Path:
     """Create ``folder`` for a stage run (see :func:`begin_stage_run`, which also returns the run's digest)."""
-    return begin_stage_run(folder, stage, params, overwrite, not_compared, inputs)[0]
+    return begin_stage_run(folder, stage, params, overwrite, not_compared, inputs, numerics)[0]
 
 
 def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
-                    not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None
-                    ) -> tuple[Path, str | None]:
+                    not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None,
+                    numerics: Mapping[str, Any] | None = None) -> tuple[Path, str | None]:
     """Create ``folder`` for a stage run; refuse to mix parameter sets or inputs unless ``overwrite``.
 
     Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
@@ -127,9 +130,14 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
     ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete; a folder of
     another stage is refused even then (``--overwrite`` never turns it into this stage's).
 
+    ``numerics`` (the run's dtype and numeric mode, :func:`vpltool.numerics.run_numerics`) is recorded in both
+    records and by every item the run writes; a folder made in another dtype or mode is refused like other
+    parameters (a folder of a vpltool that recorded none is resumed as before).
+
     Returns the folder and the run's digest (:mod:`vpltool.io.provenance`), recorded in ``_run.json``: every item
     the run writes carries it. A resume continues its folder's run and keeps the folder's digest (none, for a folder
-    begun before run digests, so that its items stay alike); a new run computes it (:func:`run_digest`).
+    begun before run digests, so that its items stay alike); a new run computes it (:func:`run_digest`, over the
+    dtype and mode too).
     """
     folder = make_folder(folder)
     kept: list[dict[str, Any]] = []  # the records of the run this one continues
@@ -165,11 +173,24 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
             said = "; ".join(change for _, change in contents)
             raise VplError(f"{folder}: {what} from other inputs ({said}), so its items are stale; pass --overwrite "
                            "to redo every item, or choose another --out")
+        if numerics is not None and (differ := mismatch(old.get(NUMERICS), numerics)) is not None:
+            resume = " to resume" if name == RUN_RECORD else ""
+            same = "--precision" if differ == "dtype" else "mode"
+            raise VplError(f"{folder}: {what} {describe(old[NUMERICS], differ)}, this run is "
+                           f"{describe(numerics, differ)}; re-run with the same {same}{resume}, pass --overwrite to "
+                           "redo it, or choose another --out")
         kept.append(old)
-    digest = kept[0].get(RUN_DIGEST) if kept else run_digest(stage, params, inputs, not_compared)
+    if kept:
+        digest = kept[0].get(RUN_DIGEST)
+    else:  # the dtype and mode are part of what makes two runs' items interchangeable
+        made_in = None if numerics is None else {k: numerics.get(k) for k in ("dtype", "mode")}
+        digest = run_digest(stage, params, inputs if made_in is None else {**(inputs or {}), NUMERICS: made_in},
+                            not_compared)
     run = {"stage": stage, "vpltool": __version__, "params": dict(params)}
     if inputs is not None:
         run["inputs"] = dict(inputs)
+    if numerics is not None:
+        run[NUMERICS] = dict(numerics)
     write_json(folder / RUN_RECORD, run if digest is None else {**run, RUN_DIGEST: digest})
     return folder, digest
 
@@ -237,13 +258,17 @@ class StageFolder:
             (a resume keeps them as done, and the record will vouch for them) are checked on entering, before the
             folder changes, to be the folder's run's (:func:`vpltool.io.provenance.check_present`: a file of another
             run copied in is one line).
+        numerics: the run's dtype and numeric mode (:func:`vpltool.numerics.run_numerics`), recorded in both
+            records and every item (a resume in another is refused).
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
                  shard: tuple[int, int] | None = None, not_compared: Sequence[str] = (),
                  inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {},
-                 items: tuple[Sequence[str], Callable[[str | os.PathLike, str], Path]] | None = None):
+                 items: tuple[Sequence[str], Callable[[str | os.PathLike, str], Path]] | None = None,
+                 numerics: Mapping[str, Any] | None = None):
         self.folder, self.stage, self.params = Path(folder), stage, dict(params)
+        self.numerics = None if numerics is None else dict(numerics)
         self.inputs = None if inputs is None else dict(inputs)
         self.sides = {option: Path(path) for option, path in sides.items() if path is not None}
         if shard is None:
@@ -270,7 +295,7 @@ class StageFolder:
                 present = _names(self.folder)
                 check_present(self.folder, [n for i in ids if (n := path_of(self.folder, i).name) in present])
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
-                                             self.not_compared, self.inputs)
+                                             self.not_compared, self.inputs, self.numerics)
             for option, path in self.sides.items():
                 write_side_record(path, self.stage, option)
         except BaseException:
@@ -369,6 +394,8 @@ class StageFolder:
             extra["ids"] = sorted(extra["ids"])
         if self.digest is not None:  # the run every item records (vpltool.io.provenance)
             extra[RUN_DIGEST] = self.digest
+        if self.numerics is not None:
+            extra.setdefault(NUMERICS, self.numerics)
         path = write_stage_record(self.folder, self.stage, params=self.params,
                                   inputs=self.inputs if inputs is None else inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)

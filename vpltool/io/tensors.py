@@ -8,8 +8,10 @@ classes) from the header before loading any tensor.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,8 +19,9 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..errors import ContractError, VplError
 from . import files
-from .provenance import ITEM_WRITERS, RUN_META, check_item, writing_digest
-from .records import FORMAT_VERSION, check_format
+from .provenance import ITEM_WRITERS, RUN_META, check_item, writing_digest, writing_numerics
+from .records import FORMAT_VERSION, NUMERICS, check_format
+from .values import check_weight_values, is_finite
 
 
 def write_tensors(
@@ -40,7 +43,9 @@ def write_tensors(
         kind: the file kind (``features``, ``prototypes``, ``cam``, ``decoder``, ...).
         classes: class names, index 0 = background.
         params: the producing stage's parameters (JSON-able).
-        extra: more ``vpltool.<key>`` metadata; non-strings are JSON-encoded.
+        extra: more ``vpltool.<key>`` metadata; non-strings are JSON-encoded. ``numerics``: the dtype and mode of
+            the run that made the file (:func:`vpltool.numerics.run_numerics`); an item of a stage folder takes its
+            run's from the folder's ``_run.json`` when not given.
     """
     meta = {
         "vpltool.format": FORMAT_VERSION,
@@ -53,11 +58,12 @@ def write_tensors(
                  for k, v in extra.items()})
     if kind in ITEM_WRITERS and (run := writing_digest(Path(path).parent)) is not None:
         meta[f"vpltool.{RUN_META}"] = run  # the run under way in the item's folder (vpltool.io.provenance)
-    import torch
-
+    if kind in ITEM_WRITERS and f"vpltool.{NUMERICS}" not in meta \
+            and (made := writing_numerics(Path(path).parent)) is not None:
+        meta[f"vpltool.{NUMERICS}"] = json.dumps(made, sort_keys=True)  # the dtype and mode of that run
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     for name, tensor in data.items():  # a diverged run must not leave a file that poisons every later stage
-        if not checked and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not checked and not is_finite(tensor):
             raise ContractError(f"{path}: tensor '{name}' holds NaN or inf; not written (the computation that made "
                                 "it diverged or overflowed)")
     return save_tensor_file(path, data, meta)
@@ -142,6 +148,55 @@ def read_weights(path: Path, shapes_only: bool, fix: str, containers: Sequence[s
     return {k: (tuple(v.shape) if shapes_only else v) for k, v in state.items()}
 
 
+# safetensors' dtype names -> torch's (torch.uint16/32/64 exist from torch 2.3)
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                       "U16": "uint16", "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3fn",
+                       "F8_E5M2": "float8_e5m2"}
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """A safetensors file's tensors in this process's own memory: the file read once into one buffer, each tensor
+    a view of it. ``safetensors.torch.load_file`` maps the file instead, so a model that keeps its tensors (a load
+    with ``assign``) computes with the file's pages: a file rewritten in place during a run changed the weights
+    under it, and one cut short killed the run with SIGBUS. A file this reader cannot make sense of (cut short, a
+    header it does not know) is handed to the library, whose error says what is wrong."""
+    import torch
+
+    path = Path(path)
+    if sys.byteorder != "little":  # the format's byte order is this machine's: views need no swap
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import numpy as np
+
+    with open(path, "rb") as fh:  # numpy's empty buffer: not zero-filled first (bytearray's doubled the cost)
+        buffer = np.empty(os.fstat(fh.fileno()).st_size, dtype=np.uint8)
+        got = fh.readinto(memoryview(buffer))
+    try:
+        size = int.from_bytes(buffer[:8].tobytes(), "little")
+        header = json.loads(buffer[8:8 + size].tobytes()) if got == len(buffer) and 8 + size <= got else None
+        start, out = 8 + size, {}
+        for name, entry in (header or {}).items():
+            if name == "__metadata__":
+                continue
+            dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+            begin, end = entry["data_offsets"]
+            shape = [int(d) for d in entry["shape"]]
+            count = math.prod(shape)
+            if not 0 <= begin <= end <= got - start or end - begin != count * dtype.itemsize:
+                raise ValueError(name)
+            out[name] = (torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin).reshape(shape)
+                         if count else torch.empty(shape, dtype=dtype))
+        if header is not None:
+            return out
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError):
+        pass
+    from safetensors.torch import load_file
+
+    return load_file(str(path))  # raises the library's own error for a damaged file
+
+
 def check_weights(path: str | os.PathLike, state: Mapping[str, Any], expected: Mapping[str, Any] | None = None,
                   fix: str = "re-download it, or pass the file of that model") -> None:
     """The one scrutiny of a model file loaded from outside (a release ``.pth``, a weights file, a checkpoint):
@@ -169,8 +224,7 @@ def check_weights(path: str | os.PathLike, state: Mapping[str, Any], expected: M
         if value.is_complex() or (want is not None and want.is_floating_point() and not value.is_floating_point()):
             raise VplError(f"{path}: tensor {key!r} is {str(value.dtype).removeprefix('torch.')}, not the "
                            f"floating-point weights this model holds; {fix}")
-        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
-            raise VplError(f"{path}: tensor {key!r} holds NaN or inf; {fix}")
+    check_weight_values(path, state.items(), fix)
 
 
 class TensorFile:
@@ -273,6 +327,27 @@ def read_tensors(
     return TensorFile(path, tensors, meta)
 
 
+def header_numerics(meta: Mapping[str, str]) -> Any:
+    """``vpltool.numerics`` of a header (the dtype and mode of the run that made the file), decoded; None for a file
+    of a vpltool before numerics were recorded (:func:`vpltool.io.check_numerics` names a damaged one)."""
+    raw = meta.get(f"vpltool.{NUMERICS}")
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def file_numerics(path: str | os.PathLike) -> Any:
+    """The numerics a model file records (:func:`header_numerics`), None for a file that records none or is not a
+    safetensors file (a released checkpoint)."""
+    try:
+        return header_numerics(read_header(path))
+    except VplError:
+        return None
+
+
 def header_classes(path: Path, meta: Mapping[str, str]) -> list[str]:
     """``vpltool.classes`` of a header, validated like a tensor: a JSON list of at least two unique, non-empty
     strings (index 0 = background); ContractError naming the file otherwise (never a traceback)."""
@@ -301,8 +376,6 @@ def check_finite(path: Path, name: str, tensor) -> None:
     if isinstance(tensor, np.ndarray):
         bad = tensor.dtype.kind == "f" and not np.isfinite(tensor).all()
     else:
-        import torch
-
-        bad = tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        bad = not is_finite(tensor)
     if bad:
         raise ContractError(f"{path}: tensor '{name}' contains NaN or inf; re-run the stage that wrote it")

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ContractError
 from .files import append_line, atomic_path
-from .tensors import TensorFile, check_finite, read_tensors, write_tensors
+from .tensors import TensorFile, check_weight_values, read_tensors, write_tensors
 
 DECODER_KIND = "decoder"
 CHECKPOINT_KIND = "decoder-checkpoint"
@@ -35,13 +35,12 @@ def write_decoder(path: str | os.PathLike, state: Mapping[str, Any], *, classes:
 
 
 def read_decoder(path: str | os.PathLike) -> TensorFile:
-    """A decoder file with every tensor checked for NaN/inf and the metadata that rebuilds it checked for shape
-    (:func:`check_decoder_meta`); ``meta('decoder_config')``, ``meta('decoder_arch')`` and ``meta('model')`` rebuild
-    it (the config's values are checked where it is rebuilt, by the config's own rules)."""
+    """A decoder file with the metadata that rebuilds it checked for shape (:func:`check_decoder_meta`);
+    ``meta('decoder_config')``, ``meta('decoder_arch')`` and ``meta('model')`` rebuild it (the config's values are
+    checked where it is rebuilt, by the config's own rules; its weights' values where every model is, by the
+    registry's ``load_model("decoder", path)``)."""
     f = read_tensors(path, kind=DECODER_KIND)
     check_decoder_meta(f)
-    for name, tensor in f.tensors.items():
-        check_finite(f.path, name, tensor)
     return f
 
 
@@ -97,6 +96,8 @@ def read_checkpoint(path: str | os.PathLike, *, header_only: bool = False, kind:
     """``(model state, optimizer state, file)`` of :func:`write_checkpoint`'s file (of ``kind``); empty states with
     ``header_only`` (to check a checkpoint's settings before building anything)."""
     f = read_tensors(path, kind=kind, keys=() if header_only else None)
+    # a checkpoint is a weights file too: the values rule of every model file (vpltool.io.check_weight_values)
+    check_weight_values(f.path, f.tensors.items(), "the checkpoint is damaged: start the run afresh (--overwrite)")
     model = {k[6:]: v for k, v in f.tensors.items() if k.startswith("model.")}
     slots: dict[int, dict[str, Any]] = {}
     for key, value in f.tensors.items():

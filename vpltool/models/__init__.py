@@ -22,8 +22,8 @@ _LAZY = {
     **dict.fromkeys(("DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing"), "dense"),
     **dict.fromkeys(("DinoBackbone", "DinoSpec", "check_dino", "load_dino"), "backbones.dino"),
     **dict.fromkeys(("GRADCAM_LAYERS", "BatchGradCam", "GradCam", "SoftmaxRows"), "backbones.gradcam"),
-    **dict.fromkeys(("EXTRA_CONFIG", "ModelSpec", "create_model", "load_extra_config", "register_model",
-                     "register_tokenizer"), "backbones.loading"),
+    **dict.fromkeys(("EXTRA_CONFIG", "ModelSpec", "create_model", "load_extra_config"), "backbones.loading"),
+    **dict.fromkeys(("register_model", "register_tokenizer"), "backbones.aliases"),  # torch-free: plugins call them
     **dict.fromkeys(("ClipBackbone", "Encoded"), "backbones.model"),
     **dict.fromkeys(("check_model", "families", "load_model", "register_family"), "registry"),
 }

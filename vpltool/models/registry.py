@@ -27,13 +27,17 @@ imported by name from :data:`_MODULES`), so importing the registry costs nothing
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..entry_points import DerivedMap, PluginTable
 from ..errors import VplError
+
+DEFAULT_FIX = "re-download it, or pass the file of that model"
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,17 @@ class Family:
         check: ``check(spec, **options)`` -> None; raises a one-line :class:`~vpltool.errors.VplError` for weights
             that are missing offline or hold another architecture, without building the model. None: ``load`` checks.
         summary: one line for listings and ``--help``.
+        files: ``files(spec)`` -> the local files the model is read from (named in the messages of
+            :func:`load_model`, watched while it loads); None: ``spec`` itself when it is a path to a file.
+        fix: how to mend a damaged weights file of this family (the end of those messages).
     """
 
     name: str
     load: Callable[..., Any]
     check: Callable[..., Any] | None = None
     summary: str = ""
+    files: Callable[[Any], list[Path]] | None = None
+    fix: str = DEFAULT_FIX
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,9 @@ class TextFamilyRow:
     files: str
 
 
-# the text-supervised families, one row each: a new family is its package and its row here
-TEXT_FAMILIES: dict[str, TextFamilyRow] = {
+# the text-supervised families, one row each: a new family is its package and its row here (a plugin's family is a
+# row its package registers: vpltool.plugins.register_text_family)
+_OWN_TEXT_FAMILIES: dict[str, TextFamilyRow] = {
     "pgseg": TextFamilyRow("vpltool.models.text.pgseg", "vpltool.config.pgseg:PGSegTrainConfig", ("pgseg", "groupvit"),
                            "PGSeg / GroupViT", "a train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth"),
     "talk2dino": TextFamilyRow("vpltool.models.text.talk2dino.family",
@@ -85,45 +95,122 @@ TEXT_FAMILIES: dict[str, TextFamilyRow] = {
                                "a talk2dino.safetensors of train-text --family talk2dino or a Talk2DINO release .pth"),
 }
 
+
+
+def _plugin_text_row(name: str, row: Any, dist: str) -> TextFamilyRow:
+    """A plugin's text-supervised family row checked: one line for what is wrong."""
+    from ..config.dense import DENSE_SPECS
+
+    if not isinstance(row, TextFamilyRow):
+        raise VplError(f"register_text_family takes a TextFamilyRow, not a {type(row).__name__}")
+    if ":" not in row.config or not row.module:
+        raise VplError("its row names its module and its configuration class as 'module:Class'")
+    from ..config.text import TextTrainConfig
+
+    module, _, cls_name = row.config.partition(":")
+    try:  # torch-free by the interface's contract: the command line reads it for --help
+        cls = getattr(importlib.import_module(module), cls_name)
+    except Exception as e:  # the plugin's own code
+        raise VplError(f"its configuration {row.config} cannot be imported ({type(e).__name__}: "
+                       f"{(str(e).strip().splitlines() or [''])[0]})") from None
+    if not (isinstance(cls, type) and issubclass(cls, TextTrainConfig)):
+        raise VplError(f"its configuration {row.config} is no TextTrainConfig subclass")
+    if name in BACKBONES:
+        raise VplError(f"{name!r} is the model family {name!r} already")
+    taken = {n for other in TEXT_FAMILIES.rows_so_far().values() for n in other.segmenters}
+    for other in (n for n in row.segmenters if n in taken or n in DENSE_SPECS):
+        raise VplError(f"it segments as {other!r}, which is already a method's name (vpltool.list_methods())")
+    return row
+
+
+def _plugin_backbone(name: str, module: Any, dist: str) -> str:
+    """A plugin's model family (its module's dotted name) checked."""
+    if not isinstance(module, str) or not module or module.startswith("."):
+        raise VplError("register_backbone_family takes the family's module as a full dotted name")
+    if name in TEXT_FAMILIES.rows_so_far():
+        raise VplError(f"{name!r} is a text-supervised family's name")
+    return module
+
+
+TEXT_FAMILIES: PluginTable = PluginTable("text", _OWN_TEXT_FAMILIES, _plugin_text_row, "text-supervised family")
+# the backbone families' modules, each imported the first time its family is named (a plugin's: a module its
+# package registers, vpltool.plugins.register_backbone_family)
+BACKBONES: PluginTable = PluginTable("family", {name: f"vpltool.models.backbones.{name}"
+                                                for name in ("clip", "dino", "sam")}, _plugin_backbone,
+                                     "model family")
 _FAMILIES: dict[str, Family] = {}
-# the module that registers each family, imported the first time the family is named
-_MODULES = {**{name: f"vpltool.models.backbones.{name}" for name in ("clip", "dino", "sam")},
-            **{name: row.module for name, row in TEXT_FAMILIES.items()}}
+# the modules register_family() named for families outside the tables, and the trained decoder's (predict loads it
+# through the registry)
+_MODULES: dict[str, str] = {"decoder": "vpltool.decoder"}
+
+
+def _module_of(name: str) -> str | None:
+    """The module that registers family ``name``: a backbone's, a text-supervised family's row's, or the one its
+    registration named; None for an unknown name."""
+    if name in _MODULES:
+        return _MODULES[name]
+    if name in TEXT_FAMILIES:
+        return TEXT_FAMILIES[name].module
+    return BACKBONES.get(name)
 
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
-                    summary: str = "", module: str | None = None) -> Family:
+                    summary: str = "", module: str | None = None, files: Callable[[Any], list[Path]] | None = None,
+                    fix: str = DEFAULT_FIX) -> Family:
     """Register family ``name`` (called once, by the family's own module). ``module``: where it lives, so that a
-    later :func:`load_model` finds it without an import elsewhere."""
+    later :func:`load_model` finds it without an import elsewhere; ``files``, ``fix``: see :class:`Family`."""
     if name in _FAMILIES and _FAMILIES[name].load is not load:
         raise ValueError(f"model family {name!r} registered twice")
-    family = Family(name, load, check, summary)
-    _FAMILIES[name] = family
-    if module:
-        _MODULES.setdefault(name, module)
-    return family
+    fam = Family(name, load, check, summary, files, fix)
+    _FAMILIES[name] = fam
+    if module and _module_of(name) is None:
+        _MODULES[name] = module
+    return fam
 
 
 def family(name: str) -> Family:
     """The registered family ``name`` (its module imported on first use); one line naming the known ones."""
-    if name not in _FAMILIES and name in _MODULES:
-        importlib.import_module(_MODULES[name])
+    module = _module_of(name)
+    if name not in _FAMILIES and module is not None:
+        _import_family(name, module)
     if name not in _FAMILIES:
         raise VplError(f"unknown model family {name!r}; known: {', '.join(families())}")
     return _FAMILIES[name]
+
+
+def _import_family(name: str, module: str) -> None:
+    """Import family ``name``'s module; a plugin's that fails (or registers no family ``name``) is one line naming
+    its distribution and the fix."""
+    from ..entry_points import uninstall_hint
+
+    dist = BACKBONES.plugin(name) or TEXT_FAMILIES.plugin(name)
+    if dist is None:
+        importlib.import_module(module)
+        return
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # the plugin's own code
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VplError(f"plugin {dist}: the model family {name!r}'s module {module} cannot be used ({text}); fix "
+                       f"the plugin{uninstall_hint(dist)}") from None
+    if name not in _FAMILIES:
+        raise VplError(f"plugin {dist}: its module {module} registers no model family {name!r} (it calls "
+                       f"vpltool.models.register_family({name!r}, load, ...) once); fix the plugin"
+                       f"{uninstall_hint(dist)}")
 
 
 def family_module(name: str) -> ModuleType:
     """The module of family ``name``, registered (its whole interface, beyond ``load`` and ``check``: PGSeg's
     tokenizer, templates and zero-shot maps); the stages ask for it here, never by importing it themselves."""
     family(name)
-    return importlib.import_module(_MODULES[name])
+    return importlib.import_module(_module_of(name))
 
 
 # the models that segment by class names from a checkpoint, as the command line and :func:`vpltool.segmenter` name
 # them (``--model NAME:FILE``, ``segmenter(NAME, checkpoint=FILE)``) -> their text-supervised family, read from
 # :data:`TEXT_FAMILIES`; any other name is a dense method of the clip family (``--dense``)
-SEGMENTERS = {name: family for family, row in TEXT_FAMILIES.items() for name in row.segmenters}
+SEGMENTERS = DerivedMap(lambda: {name: family for family, row in TEXT_FAMILIES.items() for name in row.segmenters},
+                        TEXT_FAMILIES)
 
 
 def segmenter_family(method: str) -> str:
@@ -168,7 +255,7 @@ def model_family(value: str) -> tuple[str, Any]:
 
 def families() -> list[str]:
     """Every family's name (registered or registrable), sorted."""
-    return sorted({*_FAMILIES, *_MODULES})
+    return sorted({*_FAMILIES, *_MODULES, *BACKBONES, *TEXT_FAMILIES})
 
 
 def check_model(name: str, spec: Any, **options: Any) -> None:
@@ -179,10 +266,68 @@ def check_model(name: str, spec: Any, **options: Any) -> None:
 
 
 def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any:
-    """The frozen model of family ``name`` built from ``spec`` on ``device``."""
-    return family(name).load(spec, device, **options)
+    """The frozen model of family ``name`` built from ``spec`` on ``device``, once every weight it holds is a
+    finite number and the files it was read from are the bytes this run named them by (:func:`certify`): the one
+    door every family's model comes through, so a new family is checked without a line of its own."""
+    from ..io.digests import check_loaded_files, file_stamp
+
+    fam = family(name)
+    files = model_files(fam, spec)
+    before = {path: file_stamp(path) for path in files}
+    model = fam.load(spec, device, **options)
+    certify(model, where(fam, spec, files), fam.fix)
+    check_loaded_files(before)
+    return model
 
 
-__all__ = ["Family", "SEGMENTERS", "TEXT_FAMILIES", "TextFamilyRow", "text_config", "text_file_kinds",
-           "register_family", "family", "family_module", "families", "check_model", "load_model", "model_family",
-           "segmenter_family"]
+def model_files(fam: Family, spec: Any) -> list[Path]:
+    """The local files ``spec``'s model is read from (:attr:`Family.files`; by default ``spec`` when it is a path
+    to a file)."""
+    if fam.files is not None:
+        return list(fam.files(spec))
+    return [Path(spec)] if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file() else []
+
+
+def where(fam: Family, spec: Any, files: list[Path]) -> str:
+    """A model's weights as messages name them: its one file (or the folder of several), else its spec."""
+    if len(files) == 1:
+        return str(files[0])
+    parents = {p.parent for p in files}
+    return str(parents.pop()) if len(parents) == 1 else str(spec)
+
+
+def certify(model: Any, where: str, fix: str = DEFAULT_FIX) -> Any:
+    """``model`` (a module, or an object or tuple holding modules, as a family's ``load`` returns it), once every
+    floating-point tensor of its state (parameters and persistent buffers) is finite (the rule of
+    :func:`vpltool.io.check_weight_values`: one line naming ``where``, the tensor and ``fix``). A model whose state
+    holds no tensor at all is refused as a :class:`TypeError`: its family would escape the rule unseen."""
+    from ..io.values import check_weight_values
+
+    states = list(_states(model))
+    if not states:
+        raise TypeError(f"{type(model).__name__}: no torch module in what the family's load returned, so its weights "
+                        "cannot be checked; return the module (or an object whose attributes hold it)")
+    for state in states:
+        check_weight_values(where, state.items(), fix)
+    return model
+
+
+def _states(model: Any) -> Iterator[dict[str, Any]]:
+    """The ``state_dict()`` of each module ``model`` is or holds (itself, the items of a tuple or list, or its
+    attributes one level down)."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        yield model.state_dict()
+    elif isinstance(model, (tuple, list)):
+        for part in model:
+            yield from _states(part) if isinstance(part, torch.nn.Module) else ()
+    else:
+        for value in getattr(model, "__dict__", {}).values():
+            if isinstance(value, torch.nn.Module):
+                yield value.state_dict()
+
+
+__all__ = ["DEFAULT_FIX", "Family", "SEGMENTERS", "TEXT_FAMILIES", "BACKBONES", "TextFamilyRow", "text_config",
+           "text_file_kinds", "certify", "model_files", "register_family", "family", "family_module", "families",
+           "check_model", "load_model", "model_family", "segmenter_family"]

@@ -15,7 +15,6 @@ table.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +41,20 @@ def preset_config(method: str, benchmark: str, overrides: Mapping[str, Any] | No
             raise VplError(f"benchmark {method}: give its checkpoint, --model {method}:FILE "
                            f"({TEXT_FAMILIES[segmenter_family(method)].files})")
         raise VplError(f"benchmark: no presets for method {method!r}; choose one of {', '.join(BENCHMARK_PRESETS)}")
-    settings = BENCHMARK_PRESETS[method].settings(benchmark)
+    presets = BENCHMARK_PRESETS[method]
+    if benchmark not in presets.names:
+        raise VplError(f"benchmark {method} --root {benchmark}=...: {presets.repo} has no config for {benchmark} "
+                       f"(its presets: {', '.join(presets.names)}); give one of those, or run segment --dense "
+                       f"{presets.defaults['dense']} on its images")
+    settings = presets.settings(benchmark)
     if settings["dense"] not in DENSE_CHOICES:
         raise VplError(f"benchmark {method}: --dense {settings['dense']} is not in this vpltool (it has "
                        f"{', '.join(DENSE_CHOICES[1:])}); its presets are listed by `vpltool benchmark --presets`")
-    known = {f.name for f in fields(SegmentConfig)}
+    known = set(SegmentConfig.option_names(settings["dense"]))  # another method's knobs are not this one's
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in known})
     if settings.get("class_file") is not None and is_class_set(settings["class_file"]):  # each benchmark's own
         settings["class_file"] = f"{settings['class_file']}:{benchmark}"
-    return SegmentConfig(**settings)
+    return SegmentConfig.of(**settings)
 
 
 def check_class_file_option(class_file: str | None, names: Sequence[str]) -> None:
@@ -241,8 +245,7 @@ def run_benchmarks(methods: Sequence[str], roots: Mapping[str, str | Path], out:
 
 
 def _config_dict(cfg: SegmentConfig) -> dict:
-    return {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(cfg)
-            if (v := getattr(cfg, f.name)) is not None}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.flat().items() if v is not None}
 
 
 def format_row(table: Mapping[str, Any]) -> list[str]:

@@ -48,6 +48,7 @@ from .. import io
 from ..config import IGNORE_INDEX, CrfConfig, RuntimeConfig, ignored_option, to_params, worker_count
 from ..data import open_recorded
 from ..errors import ContractError, VplError, VplWarning
+from ..numerics import run_numerics
 from ..ops.densecrf import dense_crf, densecrf_module, resolve_backend, unary
 from ..ops.kernels import clip_es_image, crf_probabilities, pseudo_labels
 
@@ -278,12 +279,16 @@ def run_crf(
     if unknown:
         raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
                        f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
+    made = record.get(io.NUMERICS)
+    # crf takes no --precision: its masks carry the CAMs' dtype, in this run's mode (which must be the CAMs')
+    numerics = run_numerics(made.get("dtype") if isinstance(made, dict) else None)
+    io.check_numerics(numerics, (cams_dir, made, "cam"))
     start = time.perf_counter()
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
     # the skeleton written out, not StageFolder.run: the masks a resume kept are counted inside the folder's lock
     # (a run with --overwrite may be removing them otherwise), also when nothing is left to do
     with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
-                        shard=shard, items=(ids, io.mask_path)) as folder:
+                        shard=shard, items=(ids, io.mask_path), numerics=numerics) as folder:
         todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo(ids, io.mask_path)]
         if on_start:
             on_start(len(todo))

@@ -32,6 +32,7 @@ from ..data import open_recorded
 from ..device import resolve_device
 from ..errors import VplError
 from ..models import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_model
+from ..numerics import run_numerics
 from ..ops.kernels import MiouAccumulator, cams_to_labels, upsample
 from ..runtime.batches import run_image_batches
 
@@ -139,6 +140,8 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     files = [io.read_prototypes(p, classes=classes, model=model, source="text" if text is not None and i == 0
                                 else None) for i, p in enumerate(paths)]
     text_protos = files[0] if text is not None else None
+    numerics = run_numerics()  # fp32 (no --precision): the features' and prototypes' mode must be this run's
+    io.check_numerics(numerics, (features, record.get(io.NUMERICS), "extract"), *(f.made() for f in files))
     dataset = open_recorded(features)
     io.check_outputs("diagnose", {"--json": (json_out, "file", "diagnosis")}, overwrite=overwrite,
                      inputs={"the extract folder": features, "--text": text,
@@ -181,7 +184,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
     centroids, counts = region_centroids(features, items, classes)
     rows = [{"prototypes": str(p), "source": f.source, **s.result(), **gap_figures(f, text_protos, centroids, counts)}
             for p, f, s in zip(paths, files, scores)]
-    result = {"features": str(features), "images": len(ids), "rows": rows}
+    result = {"features": str(features), "images": len(ids), "rows": rows, io.NUMERICS: numerics}
     if json_out is not None:
         io.write_json(json_out, result, kind="diagnosis")
     return result

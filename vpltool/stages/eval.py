@@ -412,6 +412,10 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
     result.update(scored_what(folder, stage, dataset.split))
+    record_path = io.stage_record_path(folder)
+    made = io.read_record(record_path).get(io.NUMERICS) if record_path.is_file() else None
+    if made is not None:  # the dtype and numeric mode that made what was scored (vpltool.numerics)
+        result[io.NUMERICS] = made
     each = result.pop("per_image", None)
     if per_image_out is not None:
         io.write_json(per_image_out, {"folder": str(folder), "kind": result["kind"], "classes": result["classes"],

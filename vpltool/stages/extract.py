@@ -27,6 +27,7 @@ from ..data import Dataset, Item, check_sizes
 from ..device import autocast, resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError, VplWarning
 from ..models import ClipBackbone, ModelSpec, load_model
+from ..numerics import run_numerics
 from ..runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "extract"
@@ -102,7 +103,7 @@ def run_extract(
         _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
-                            not_compared=NOT_COMPARED, inputs=inputs)
+                            not_compared=NOT_COMPARED, inputs=inputs, numerics=run_numerics(dtype, runtime.precision))
     return image_stage(folder, dataset, io.feature_path, runtime.loader_workers(device), work, on_start,
                        inputs=dataset.inputs(), classes=list(dataset.classes))
 

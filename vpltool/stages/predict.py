@@ -43,7 +43,6 @@ from ..decoder import (
     SegDecoder,
     decoder_forward,
     input_long_side,
-    load_decoder,
     multiscale_logits,
     view_size,
     weclip_views,
@@ -51,6 +50,7 @@ from ..decoder import (
 from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
 from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
+from ..numerics import run_numerics
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
 from ..runtime.batches import image_names, image_stage, run_image_batches, to_device
 
@@ -228,6 +228,8 @@ def run_predict(
                      overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
+    numerics = run_numerics(dtype, runtime.precision)  # the decoder's dtype and mode must be this run's
+    io.check_numerics(numerics, (decoder_file, io.header_numerics(io.read_header(decoder_file)), "train-decoder"))
     if cfg.crf:  # the backend that runs is recorded: the two differ in float rounding
         cfg = replace(cfg, crf_backend=resolve_backend(cfg.crf_backend, device.type))
         if cfg.crf_backend == "pydensecrf":
@@ -238,7 +240,8 @@ def run_predict(
                            "shows the masks over the images)")
         return _predict_dense(decoder_file, dataset, out, cfg, runtime, device, dtype, shard, on_item, on_start,
                               backbone)
-    model, f = load_decoder(decoder_file, device)
+    decoder_id = io.file_identity(decoder_file)  # named by its bytes before they load: the record is what loads
+    model, f = load_model("decoder", decoder_file, device)
     if model.dino_width is not None:  # WeCLIP+: its frozen DINO, checked (one line offline) before any output
         spec = DinoSpec(model.cfg.dino_model, decoder_dino_weights(f, model.cfg.dino_weights, dino_weights))
         check_model("dino", spec)
@@ -254,7 +257,6 @@ def run_predict(
         check_vocabulary(cfg.classes, prompts, f.path)
         bb = bb or load_model("clip", clip_spec, device)
         classes = open_vocabulary(model, bb, cfg.classes, prompts)
-    decoder_id = io.file_identity(f.path)
     params = {**to_params(cfg), "decoder": decoder_id}
     shard = shard_from_env(shard)  # before anything is written: a --shard at odds with torchrun's rank is refused
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
@@ -274,7 +276,7 @@ def run_predict(
         run(clip, model, arch["blocks"], items, sizes, long_side, out, cfg, runtime, dtype, overlays, on_item)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                            shard=shard, sides={"--save-overlays": overlays})
+                            shard=shard, sides={"--save-overlays": overlays}, numerics=numerics)
     return image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start, classes=classes)
 
 

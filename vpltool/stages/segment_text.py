@@ -34,7 +34,7 @@ from ..device import resolve_device
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
 from ..models.dense.bands import WHOLE_BUDGET, logit_bands
-from ..models.registry import text_config
+from ..models.registry import load_model, text_config
 from ..runtime.batches import run_image_batches
 
 STAGE = "segment"
@@ -96,6 +96,7 @@ def run_segment_text(
     coloured overlays. ``shard``: ``(i, n)``, this process's share of the images (None: torchrun's rank, or every
     image)."""
     from ..device import shard_from_env
+    from ..numerics import run_numerics
 
     own = zero_shot_settings(family)
     bg_thresh = own.bg_thresh if bg_thresh is None else bg_thresh
@@ -120,12 +121,14 @@ def run_segment_text(
 
     def work(todo: list[str]) -> None:
         device = resolve_device(runtime.device)
-        model = fam.load_model(checkpoint, device)
+        model = load_model(family, checkpoint, device)  # the registry's door: every weight checked
         text = text_queries(fam, model, names, bg_words, device)
         _masks(dataset, todo, out, fam, model, text, len(names), bg_thresh, short_side, slide, device, runtime, on_item)
 
+    numerics = run_numerics()  # the families run in fp32 (no --precision); the checkpoint's mode must be this run's
+    io.check_numerics(numerics, (checkpoint, io.file_numerics(checkpoint), "train-text"))
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
-                            shard=shard_from_env(shard))
+                            shard=shard_from_env(shard), numerics=numerics)
     start = time.perf_counter()
     summary = folder.run([it.id for it in dataset.items], io.mask_path, work, on_start, classes=classes)
     if overlay:

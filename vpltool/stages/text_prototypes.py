@@ -27,6 +27,7 @@ from ..models.backbones.prompts import (  # the prompt rules, shared with `segme
     resolve_templates,
     template_problem,
 )
+from ..numerics import run_numerics
 
 
 def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
@@ -79,7 +80,7 @@ def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec
     resolve_background(cfg.background, presets.preset_for(classes), classes)
     bb = load_model("clip", spec, resolve_device(device))
     protos = build_text_prototypes(bb, classes, cfg)
-    io.write_prototypes(out, protos)
+    io.write_prototypes(out, protos, numerics=run_numerics())  # fp32 on every device: no --precision takes part
     return protos
 
 

@@ -27,6 +27,7 @@ from .loading import (
     model_config,
     register_config_dir,
 )
+from .local_weights import weight_files
 from .model import ClipBackbone
 from .open_clip_import import timm_tower_name
 from .timm_tower import TIMM_METHODS
@@ -81,6 +82,7 @@ def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu", dense: st
 
 register_family("clip", load_backbone, check_backbone,
                 summary="open_clip ViTs (OpenAI, LAION, MetaCLIP, SigLIP 2, PE-Core), local weight files and folders, "
-                "the demo's toy CLIP; the CLIP-ES surgery, --dense a parameter of its last block", module=__name__)
+                "the demo's toy CLIP; the CLIP-ES surgery, --dense a parameter of its last block", module=__name__,
+                files=lambda spec: weight_files(spec), fix="re-download or re-train that model")
 
 __all__ = ["check_backbone", "load_backbone"]

@@ -37,7 +37,7 @@ from PIL import Image
 from ...errors import VplError
 from ...io import is_regular_file
 from ..registry import register_family
-from .dino_weights import cached_hub_file, file_weights
+from .dino_weights import DINO_WEIGHTS_FIX, RADIO_WEIGHTS_FIX, cached_hub_file, file_weights
 from .loading import _offline
 from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
 
@@ -106,7 +106,7 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
         path = Path(spec.weights).expanduser()
         if not is_regular_file(path):
             raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
-        file_weights(path, model.state_dict(), shapes_only=True, report=report)
+        file_weights(path, model.state_dict(), shapes_only=True, report=report, fix=weights_fix(spec.model))
         return str(path)
     cached = cached_hub_file(timm, spec.model)
     if cached is None and _offline():
@@ -123,6 +123,11 @@ def _check_plain_vit(model, name: str) -> None:
                        "vision_transformer such as vit_small_patch16_224.dino")
 
 
+def weights_fix(model: str) -> str:
+    """What a bad weights file's line tells the user to pass: RADIO's own checkpoint for a C-RADIOv3."""
+    return RADIO_WEIGHTS_FIX if "radio" in model else DINO_WEIGHTS_FIX
+
+
 def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -> DinoBackbone:
     """Build the frozen :class:`DinoBackbone` for ``spec`` (``overrides``: timm model kwargs, e.g. a tiny ``depth``
     and ``embed_dim`` for tests). A weights file is loaded strictly (:func:`_file_weights`); the model is seeded
@@ -136,7 +141,8 @@ def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -
         else:
             model = _create(timm, spec, overrides, pretrained=True)
     if spec.weights not in ("none", "hub"):
-        model.load_state_dict(file_weights(Path(weights), model.state_dict()), strict=True)
+        model.load_state_dict(file_weights(Path(weights), model.state_dict(), fix=weights_fix(spec.model)),
+                              strict=True)
     return DinoBackbone(model, torch.device(device), spec)
 
 
@@ -378,7 +384,12 @@ def _check(spec: DinoSpec, *, report: bool = True, **overrides) -> None:
     check_dino(spec, report=report, **overrides)
 
 
+def _files(spec: DinoSpec) -> list[Path]:
+    """The weights file a spec names (none for the hub's cache, whose files timm reads, or random weights)."""
+    return [] if spec.weights in ("hub", "none") else [Path(spec.weights).expanduser()]
+
+
 register_family("dino", load_dino, _check, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
-                module=__name__)
+                module=__name__, files=_files, fix=DINO_WEIGHTS_FIX)
 
 __all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]

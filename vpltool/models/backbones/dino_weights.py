@@ -37,14 +37,24 @@ KEY_PREFIXES = ("module.", "teacher.", "student.", "backbone.", "model.", "encod
 
 
 DINO_WEIGHTS_FIX = "pass a timm or DINO weights file (.safetensors, or a torch checkpoint) to --dino-weights"
+# a C-RADIOv3 (timm's naflexvit_*_radio_v3): its weights are most often NVlabs/RADIO's own checkpoint
+RADIO_WEIGHTS_FIX = ("pass NVlabs/RADIO's checkpoint as its hub entry downloads it (e.g. c-radio_v3-b_half.pth.tar), "
+                     "or a timm weights file of that model, to --dino-weights")
 
 
 def file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: bool = False,
-                  report: bool = False) -> dict[str, Any]:
+                  report: bool = False, fix: str = DINO_WEIGHTS_FIX) -> dict[str, Any]:
     """The file's tensors under the architecture's names: exactly ``expected``'s keys and shapes, after stripping
-    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which). A weights file of another model (a
-    prototypes file, another ViT) is refused in one line: timm loaded it as a random model with a warning."""
-    state = read_weights(path, shapes_only, DINO_WEIGHTS_FIX, containers=("teacher", "state_dict", "model"))
+    the prefixes of :data:`KEY_PREFIXES` (``report``: a warning says which); NVlabs/RADIO's own checkpoint
+    (``c-radio_v3-b_half.pth.tar``) read as timm's ``naflexvit_*_radio_v3`` holds it (:mod:`.radio`). A weights
+    file of another model (a prototypes file, another ViT) is refused in one line: timm loaded it as a random model
+    with a warning, ending with ``fix``."""
+    from .radio import backbone_state, is_radio_file, read_checkpoint
+
+    if is_radio_file(path):  # NVlabs/RADIO's own checkpoint (C-RADIOv3): its backbone under timm's names
+        state = backbone_state(read_checkpoint(path, shapes_only))
+    else:
+        state = read_weights(path, shapes_only, fix, containers=("teacher", "state_dict", "model"))
     stripped = []
     while state and not set(state) & set(expected):
         prefix = next((p for p in KEY_PREFIXES if any(k.startswith(p) for k in state)), None)
@@ -68,8 +78,8 @@ def file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: boo
         warnings.warn(VplWarning(f"--dino-weights {path}: tensor names prefixed {''.join(stripped)!r} (a training "
                                  "checkpoint); the prefix was stripped"), stacklevel=3)
     if not shapes_only:  # the tensors themselves, as they load: dtypes and finite values
-        check_weights(path, state, expected, DINO_WEIGHTS_FIX)
+        check_weights(path, state, expected, fix)
     return state
 
 
-__all__ = ["DINO_WEIGHTS_FIX", "KEY_PREFIXES", "cached_hub_file", "file_weights"]
+__all__ = ["DINO_WEIGHTS_FIX", "RADIO_WEIGHTS_FIX", "KEY_PREFIXES", "cached_hub_file", "file_weights"]

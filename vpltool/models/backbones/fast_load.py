@@ -52,6 +52,11 @@ def assign_loaded_weights() -> Iterator[None]:
     the freshly built ones: no second copy of the weights in memory (0.6 GB for ViT-B/16) and 0.35 s less start-up
     on a CPU. Each tensor is first cast to the dtype of the one it replaces, so an fp16 file still gives an fp32
     model; shape and key checks are torch's, unchanged.
+
+    The tensors so taken must be the process's own memory: open_clip reads a ``.safetensors`` checkpoint with
+    ``safetensors.torch.load_file``, which maps the file, so an fp32 model kept the file's pages and computed with
+    whatever was later written over the file in place (SIGBUS when it was cut short). Inside the block open_clip
+    reads it with :func:`vpltool.io.read_safetensors` (the file read once into memory) instead.
     """
     original = torch.nn.Module.load_state_dict
 
@@ -61,11 +66,28 @@ def assign_loaded_weights() -> Iterator[None]:
                 for k, v in state_dict.items()}
         return original(module, cast, strict=strict, assign=True)
 
+    factory = sys.modules.get("open_clip.factory")
+    read = getattr(factory, "load_state_dict", None)
+
+    def read_checkpoint(checkpoint_path, *args, **kwargs):  # open_clip's reader, a safetensors file read not mapped
+        if not str(checkpoint_path).endswith(".safetensors"):
+            return read(checkpoint_path, *args, **kwargs)  # torch.load reads into memory already
+        from ...io.tensors import read_safetensors
+
+        state = read_safetensors(checkpoint_path)
+        if state and next(iter(state)).startswith("module"):  # as open_clip strips a DDP prefix
+            state = {k[7:]: v for k, v in state.items()}
+        return state
+
     torch.nn.Module.load_state_dict = load  # type: ignore[method-assign]
+    if read is not None:
+        factory.load_state_dict = read_checkpoint
     try:
         yield
     finally:
         torch.nn.Module.load_state_dict = original  # type: ignore[method-assign]
+        if read is not None:
+            factory.load_state_dict = read
 
 
 __all__ = ["no_weight_init", "assign_loaded_weights"]

@@ -3,11 +3,11 @@
 The only place open_clip models are created. Everything that can go wrong offline (an unknown tag, weights not
 in the cache, a file that holds another architecture) is a one-line :class:`~vpltool.errors.VplError`.
 
-**Registration point.** Packages plug models and tokenizers in without the core knowing their names:
-:func:`register_model` maps an alias (``--model NAME``) to a local open_clip folder, :func:`register_tokenizer`
-maps the ``"tokenizer"`` kind named in a folder's ``vpltool.json`` to a factory. Plugins are found through the
-``vpltool.plugins`` entry-point group (the demo world registers its toy CLIP there) the first time a name is not
-known otherwise.
+**Registration point** (:mod:`.aliases`, torch-free). Packages plug models and tokenizers in without the core
+knowing their names: :func:`register_model` maps an alias (``--model NAME``) to a local open_clip folder,
+:func:`register_tokenizer` maps the ``"tokenizer"`` kind named in a folder's ``vpltool.json`` to a factory. Plugins
+are found through the ``vpltool.plugins`` entry-point group (:mod:`vpltool.entry_points`; the demo world registers
+its toy CLIP there).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,64 +25,21 @@ import torch
 
 from ...config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ...errors import VplError
+
+# the registration point, torch-free (a plugin's register function calls it): importable from here too
+from .aliases import (  # noqa: F401
+    EXTRA_CONFIG,
+    PLUGIN_GROUP,
+    register_model,
+    register_tokenizer,
+    registered_folder,
+    registered_models,
+    tokenizer_factory,
+)
 from .fast_load import assign_loaded_weights, no_weight_init  # noqa: F401 (imported from here too)
 from .open_clip_import import import_open_clip, timm_tower_name, with_timm, with_transformers
 
-EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
 _HUB_HOST = "huggingface.co"
-PLUGIN_GROUP = "vpltool.plugins"
-
-_MODELS: dict[str, Callable[[], Path]] = {}
-_TOKENIZERS: dict[str, Callable[[dict[str, Any], int], Any]] = {}
-_plugins_loaded = False
-
-
-def register_model(alias: str, folder: Callable[[], Path]) -> None:
-    """``--model alias`` loads the open_clip ``local-dir`` folder that ``folder()`` returns (weights, config and
-    ``vpltool.json``); the recorded identity stays ``alias`` so later stages rebuild the same model."""
-    _MODELS[alias] = folder
-
-
-def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any]) -> None:
-    """A folder whose ``vpltool.json`` says ``"tokenizer": kind`` gets ``factory(extra_config, context_length)``:
-    a callable from a list of strings to ``[N, context_length]`` int64 token ids (EOT the highest id per row)."""
-    _TOKENIZERS[kind] = factory
-
-
-def _load_plugins() -> None:
-    """Call every ``vpltool.plugins`` entry point once (they call the two register functions)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=PLUGIN_GROUP):
-        ep.load()()
-
-
-def registered_models() -> list[str]:
-    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models)."""
-    _load_plugins()
-    return list(_MODELS)
-
-
-def registered_folder(alias: str) -> Path | None:
-    """The local folder of a registered alias, or None."""
-    if alias not in _MODELS:
-        _load_plugins()
-    return _MODELS[alias]() if alias in _MODELS else None
-
-
-def tokenizer_factory(kind: str) -> Callable[[dict[str, Any], int], Any]:
-    if kind not in _TOKENIZERS:
-        _load_plugins()
-    if kind not in _TOKENIZERS:
-        raise VplError(f"tokenizer {kind!r} (named by a model's {EXTRA_CONFIG}) is not registered; install the "
-                       "package that provides it")
-    return _TOKENIZERS[kind]
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Which CLIP to load.
@@ -336,7 +293,7 @@ def create_model(spec: ModelSpec):
             raise VplError(f"{folder}: not an open_clip model folder (needs open_clip_config.json + weights)")
         try:
             with no_weight_init(), assign_loaded_weights():
-                return _finite(open_clip.create_model(f"local-dir:{folder}"), folder), folder
+                return open_clip.create_model(f"local-dir:{folder}"), folder
         except _LOAD_ERRORS as e:  # a weights file cut short, a tensor missing or of another shape
             raise VplError(f"{folder}: its weights do not load as the model its open_clip_config.json describes "
                            f"({_first_line(e)}); re-download or re-train that model") from None
@@ -355,9 +312,8 @@ def create_model(spec: ModelSpec):
             raise VplError(f"{path}: weights file not found")
         try:
             with no_weight_init(), assign_loaded_weights():
-                model = open_clip.create_model(spec.model, pretrained=str(path),
-                                               force_preprocess_cfg=tags_preprocess(open_clip, spec.model))
-                return _finite(model, path), path.parent
+                return open_clip.create_model(spec.model, pretrained=str(path),
+                                              force_preprocess_cfg=tags_preprocess(open_clip, spec.model)), path.parent
         except _LOAD_ERRORS as e:
             raise VplError(f"{path}: does not hold {spec.model} weights ({_first_line(e)}); check --model") from None
     cached, options = _resolve_tag(spec.model, pretrained)
@@ -380,14 +336,6 @@ def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return " ".join(lines[:2])[:200] or type(e).__name__
 
-
-def _finite(model, where: Path):
-    """``model``, loaded from local bytes, once every weight is a finite number (:func:`vpltool.io.check_weights`;
-    open_clip has checked the names and shapes): a NaN in a file would otherwise give NaN masks, certified."""
-    from ...io import check_weights
-
-    check_weights(where, model.state_dict(), fix="re-download or re-train that model")
-    return model
 
 
 def load_extra_config(folder: Path | None) -> dict[str, Any]:

@@ -376,8 +376,13 @@ def _check(spec: SamSpec) -> None:
     check_sam(spec)
 
 
+def _files(spec: SamSpec) -> list[Path]:
+    """The weights file a spec names (none for random weights)."""
+    return [] if spec.weights == "none" else [Path(spec.weights).expanduser()]
+
+
 register_family("sam", load_sam, _check, summary="SAM (segment-anything): its encoder's last global attention; with "
                 "SamSpec.prompt its prompt encoder and mask decoder",
-                module=__name__)
+                module=__name__, files=_files, fix=FIX)
 
 __all__ = ["SAM_ARCHS", "SamArch", "SamSpec", "SamEncoder", "check_sam", "load_sam", "sam_input"]

@@ -49,12 +49,29 @@ def dense_hooks(name: str, cfg: Any = None) -> DenseHooks:
     spec = DENSE_SPECS.get(name)
     if spec is None or spec.module is None:
         return DenseHooks(cfg)
-    module = importlib.import_module(f".{spec.module}", __name__)
+    if spec.plugin is None:
+        module = importlib.import_module(f".{spec.module}", __name__)
+    else:  # a plugin's module: whatever fails there is the plugin's, one line naming it and the fix
+        module = _plugin_module(name, spec)
     cls = hooks_class(name)
     if cls is None:
-        raise ContractError(f"{module.__name__}: --dense {name}'s module defines no hooks class; add "
+        where = f"plugin {spec.plugin}: " if spec.plugin else ""
+        raise ContractError(f"{where}{module.__name__}: --dense {name}'s module defines no hooks class; add "
                             f"class Hooks(DenseHooks, method={name!r}, preset=PRESET)")
     return cls(cfg)
+
+
+def _plugin_module(name: str, spec) -> Any:
+    """A plugin method's module, imported; an import that fails (a missing package, a misspelt hook refused
+    where its class is written, a name its class claims twice) is one line naming the plugin's distribution."""
+    from ...entry_points import uninstall_hint
+
+    try:
+        return importlib.import_module(spec.module)
+    except Exception as e:  # the plugin's own code
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VplError(f"plugin {spec.plugin}: --dense {name}'s module {spec.module} cannot be used ({text}); fix "
+                       f"the plugin{uninstall_hint(spec.plugin)}") from None
 
 
 class _Presets(Mapping):

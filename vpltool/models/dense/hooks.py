@@ -23,12 +23,16 @@ method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's si
    inference (:func:`vpltool.models.dense.segmentor.dense_logits`), which calls per window
    :meth:`~DenseHooks.grid_logits` (by default the cosine of :meth:`~DenseHooks.features` with the text, on
    :meth:`~DenseHooks.feature_grid`) and once per input :meth:`~DenseHooks.input_embedding`;
-4. PAMR, the softmax over the queries, the threshold and the argmax (shared), then
-   :meth:`~DenseHooks.postprocess` per image, with the image's extras (what step 3 left in them too).
+4. PAMR (shared), then :meth:`~DenseHooks.probabilities`: by default the softmax over the queries, the threshold and
+   the argmax (shared), then :meth:`~DenseHooks.postprocess` per image, with the image's extras (what step 3 left in
+   them too).
 
-:meth:`~DenseHooks.with_knobs` applies the method's ``SegmentConfig`` knobs (its spec row's ``knobs``) to its
-preset before the backbone is made. ``self.cfg`` is the run's :class:`~vpltool.config.SegmentConfig` (None when the
-backbone was made by name alone, ``bb.with_dense("trident")``).
+A method that runs on no CLIP (RADSeg: C-RADIOv3 and its SigLIP 2 adaptor) gives its own model in
+:meth:`~DenseHooks.backbone`: then neither ``--model``'s CLIP nor its check runs.
+
+:meth:`~DenseHooks.with_knobs` applies the method's own settings (``cfg.knobs``, an instance of its spec row's
+``knobs_class``) to its preset before the backbone is made. ``self.cfg`` is the run's
+:class:`~vpltool.config.SegmentConfig` (None when the backbone was made by name alone, ``bb.with_dense("trident")``).
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ import torch
 from ...errors import ContractError
 
 # every hook, in the order it runs; a subclass's public names must be among them
-HOOK_NAMES = ("check", "check_items", "record", "with_knobs", "extra_inputs", "dense_logits", "input_embedding",
-              "grid_logits", "features", "feature_grid", "postprocess")
+HOOK_NAMES = ("check", "check_items", "record", "with_knobs", "backbone", "extra_inputs", "dense_logits",
+              "input_embedding", "grid_logits", "features", "feature_grid", "probabilities", "postprocess")
 _REGISTRY: dict[str, type[DenseHooks]] = {}
 
 
@@ -56,6 +60,7 @@ class DenseHooks:
     # in column bands) and the identity post-process (then the probabilities are always made)
     own_segmentor: ClassVar[bool] = False
     own_postprocess: ClassVar[bool] = False
+    own_backbone: ClassVar[bool] = False  # it gives its own model (backbone): no CLIP is checked or loaded
 
     def __init_subclass__(cls, method: str, preset: Any, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -66,9 +71,17 @@ class DenseHooks:
                                 "(a helper goes in the module, or starts with '_')")
         if method in _REGISTRY and _REGISTRY[method].__qualname__ != cls.__qualname__:
             raise ContractError(f"{where}: --dense {method!r} already has hooks ({_REGISTRY[method].__module__})")
+        from ...config.dense import DENSE_SPECS
+
+        spec = DENSE_SPECS.get(method)  # a method's hooks live in the module its spec row names (a plugin's too)
+        if spec is not None and spec.module is not None and not cls.__module__.startswith(("vpltool.", "__main__")) \
+                and cls.__module__ != spec.module:
+            raise ContractError(f"{where}: --dense {method!r} is {'vpltool' if spec.plugin is None else spec.plugin}"
+                                f"'s method (module {spec.module}); name the class's own method")
         cls.method, cls.preset = method, preset
         cls.own_segmentor = cls.dense_logits is not DenseHooks.dense_logits
         cls.own_postprocess = cls.postprocess is not DenseHooks.postprocess
+        cls.own_backbone = cls.backbone is not DenseHooks.backbone
         _REGISTRY[method] = cls
 
     def __init__(self, cfg: Any = None):
@@ -95,9 +108,18 @@ class DenseHooks:
         return {}
 
     def with_knobs(self, mixing: Any, knobs: dict[str, Any]) -> Any:
-        """``mixing`` (the method's ``DenseMixing``) with the given knobs (``{SegmentConfig field: value}`` of its
-        spec row's ``knobs``, None left out) applied. Default: unchanged (knobs read by other hooks)."""
+        """``mixing`` (the method's ``DenseMixing``) with the given knobs (``{field: value}`` of the run's
+        ``cfg.knobs``, its spec row's ``knobs_class``, None left out) applied. Default: unchanged (knobs read by
+        other hooks, as ``self.cfg.knobs.<field>``)."""
         return mixing
+
+    def backbone(self, device: torch.device) -> Any:
+        """The model the segmentor runs (``bb`` in the hooks below), made from ``self.cfg``, for a method that runs
+        on no CLIP: it gives what the segmentor reads of a backbone (``hooks``, ``device``, ``preprocessor``,
+        ``pixels(loaded, size)``, ``encode_text(prompts)``, ``embed_dim``, ``model``, ``to(device)``). Defining
+        it also skips ``--model``'s check. Default (never called): the CLIP of ``--model`` with the method's
+        mixing, proxy and SAM (:meth:`vpltool.models.dense.method.DenseMethod.load`)."""
+        raise NotImplementedError
 
     # ---- per image, in a loading worker
     def extra_inputs(self, item: Any, image: np.ndarray) -> dict[str, Any]:
@@ -156,7 +178,19 @@ class DenseHooks:
         patch grid."""
         return int(size[0]) // bb.patch_size, int(size[1]) // bb.patch_size
 
-    # ---- after the argmax
+    # ---- after the logits
+    def probabilities(self, bb, logits: torch.Tensor, query_class: torch.Tensor, n_classes: int, settings: Any
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's ``[Q, H0, W0]`` float32 scores (what :meth:`dense_logits` gave, after PAMR) -> (``[C, H0,
+        W0]`` float32 class probabilities in [0, 1], ``[H0, W0]`` int64 labels, 0 = background), ``query_class``
+        ``[Q]`` int64 each query's class. Default: ``softmax(logit_scale * cos)`` over the queries, each class the
+        max over its queries, SCLIP's area filter, the argmax and the threshold
+        (:func:`vpltool.models.dense.segmentor.dense_probabilities`)."""
+        from .segmentor import dense_probabilities
+
+        return dense_probabilities(logits, query_class, n_classes, settings.logit_scale, settings.prob_threshold,
+                                   settings.area_threshold)
+
     def postprocess(self, bb, probs: torch.Tensor, labels: torch.Tensor, extras: dict[str, Any], settings: Any
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One image after the shared post-processing: ``[C, H0, W0]`` float32 class probabilities in [0, 1] and

@@ -43,7 +43,7 @@ class DenseMethod:
 
     @property
     def knobs(self) -> tuple[str, ...]:
-        """The ``SegmentConfig`` fields only this method reads (its spec row's)."""
+        """The names of the knobs only this method reads (its spec row's ``knobs_class``' fields)."""
         return tuple(k.field for k in self.spec.knobs)
 
     @property
@@ -61,31 +61,48 @@ class DenseMethod:
     def check_backbone(self, model) -> None:
         """One line, before any model loads, when the CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`) cannot
         run this method (a timm tower such as SigLIP 2 takes the last block's mixing alone:
-        :func:`vpltool.models.backbones.clip.check_backbone`)."""
+        :func:`vpltool.models.backbones.clip.check_backbone`); nothing for a method that runs on no CLIP."""
         from ..registry import check_model
 
+        if self.hooks.own_backbone:  # a method on no CLIP checks its own model in its check hook
+            return
         check_model("clip", model, dense=self.mixing)
 
     def load(self, model, device, backbone=None):
         """The CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`; or ``backbone``, already loaded) with this
-        method: its mixing, its hooks, and its proxy model and SAM encoder when it takes them."""
+        method: its mixing, its hooks, and its proxy model and SAM encoder when it takes them. A method whose hooks
+        give their own model (:meth:`~.hooks.DenseHooks.backbone`) gets that model instead, ``model`` unread."""
         from ..registry import load_model
 
+        if self.hooks.own_backbone:  # RADSeg: C-RADIOv3 and its language adaptor, no CLIP
+            if backbone is not None and backbone.hooks is self.hooks:
+                return backbone
+            return self.hooks.backbone(device)
         if backbone is None:
             self.check_backbone(model)
-        return (backbone or load_model("clip", model, device)).with_dense(
-            self.mixing, proxy=None if self.proxy is None else load_model("dino", self.proxy, device),
-            sam=None if self.sam is None else load_model("sam", self.sam, device), hooks=self.hooks)
+        bb = backbone or load_model("clip", model, device)
+        try:  # the proxy's weights are checked again as they load (their values: the registry's rule)
+            proxy = None if self.proxy is None else load_model("dino", self.proxy, device)
+        except VplError as e:
+            raise proxy_error(e, self.name) from None
+        return bb.with_dense(self.mixing, proxy=proxy,
+                             sam=None if self.sam is None else load_model("sam", self.sam, device), hooks=self.hooks)
+
+
+def proxy_error(e: VplError, dense: str) -> VplError:
+    """The dino family's one line about a ``--dense`` method's proxy, with the options that gave it (the family
+    names its own, ``--dino-model`` and ``--dino-weights``)."""
+    return VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
+                    .replace("--affinity dino", f"--dense {dense}"))
 
 
 def method_mixing(cfg: SegmentConfig, hooks: DenseHooks) -> tuple[DenseMixing, bool]:
-    """The last block's mixing: ``cfg.dense``'s preset with the method's own knobs given (its spec row's
-    ``knobs``, through its ``with_knobs`` hook) and ``--attention`` / ``--residual`` in place of its own
+    """The last block's mixing: ``cfg.dense``'s preset with the method's own knobs given (``cfg.knobs``, through
+    its ``with_knobs`` hook) and ``--attention`` / ``--residual`` in place of its own
     (``--no-residual`` drops the residual and the FFN, as ClearCLIP's ``ignore_residual``); and whether anything
     was given that changes it (the hook returned another object, or an attention switch was given)."""
     base = dense_mixing(cfg.dense)
-    given = ((k.field, getattr(cfg, k.field)) for k in DENSE_SPECS[cfg.dense].knobs)
-    knobs = {name: value for name, value in given if value is not None}
+    knobs = cfg.knobs.given()  # the method's own settings (its MethodKnobs), those given
     out = hooks.with_knobs(base, knobs) if knobs else base
     if cfg.attention is None and cfg.residual is None:
         return out, out is not base  # knobs of its post-processing alone change no mixing
@@ -105,8 +122,7 @@ def proxy_spec(cfg: SegmentConfig):
     try:
         check_model("dino", spec)
     except VplError as e:  # the dino family names its own options
-        raise VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
-                       .replace("--affinity dino", f"--dense {cfg.dense}")) from None
+        raise proxy_error(e, cfg.dense) from None
     return spec
 
 
@@ -131,17 +147,16 @@ def sam_spec(cfg: SegmentConfig):
 def resolve_method(cfg: SegmentConfig, model=None) -> DenseMethod:
     """``cfg.dense`` resolved once into a :class:`DenseMethod` and checked before any model loads: its settings,
     mixing and hooks, the CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`, when given: its tower takes the
-    method, :meth:`DenseMethod.check_backbone`), its proxy and SAM files (:func:`proxy_spec`, :func:`sam_spec`), then
-    its hooks' own ``check`` (one line for a missing or foreign file)."""
+    method, :meth:`DenseMethod.check_backbone`), its hooks' own ``check`` (one line for a missing or foreign file),
+    then its proxy and SAM files (:func:`proxy_spec`, :func:`sam_spec`)."""
     hooks = dense_hooks(cfg.dense, cfg)
     mixing, changed = method_mixing(cfg, hooks)
     if model is not None:
         DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks).check_backbone(
             model)
-    method = DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks,
-                         proxy_spec(cfg), sam_spec(cfg))
-    hooks.check()
-    return method
+    hooks.check()  # its own files first: what it needs is said in its words (RADSeg: RADIO's checkpoint)
+    return DenseMethod(cfg.dense, DENSE_SPECS[cfg.dense], cfg, cfg.resolved(), mixing, changed, hooks,
+                       proxy_spec(cfg), sam_spec(cfg))
 
 
 __all__ = ["DenseMethod", "resolve_method", "method_mixing", "proxy_spec", "sam_spec"]

@@ -328,8 +328,7 @@ def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
     out = []
     for i, lg in enumerate(logits):
         if isinstance(lg, torch.Tensor):
-            probs, labels = dense_probabilities(lg.float(), query_class, n_classes, settings.logit_scale,
-                                                settings.prob_threshold, settings.area_threshold)
+            probs, labels = bb.hooks.probabilities(bb, lg.float(), query_class, n_classes, settings)
         else:
             with torch.no_grad(), autocast(bb.device, dtype):
                 probs, labels = banded_probabilities(lg, work[i], query_class, n_classes, settings.logit_scale,
@@ -394,6 +393,7 @@ def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset,
     from ...config import NOT_COMPARED
     from ...device import shard_from_env
     from ...errors import VplError
+    from ...numerics import run_numerics
     from ...runtime.batches import image_stage
     from .bands import check_photo_memory
 
@@ -408,7 +408,7 @@ def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset,
         write_dense_masks(bb, items, sizes, text, query_class, len(classes), settings, out, runtime, dtype, on_item)
 
     folder = io.StageFolder(out, stage, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                            shard=shard_from_env(shard))
+                            shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision))
     return image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start, classes=classes)
 
 

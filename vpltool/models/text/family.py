@@ -152,19 +152,17 @@ def register_text_family(impl: TextSegFamily) -> TextSegFamily:
     _REGISTERED[impl.name] = impl
     register_family(impl.name, lambda spec, device="cpu", **_: impl.load_model(spec, device),
                     lambda spec, **_: impl.check_checkpoint(spec), summary=TEXT_FAMILIES[impl.name].title,
-                    module=TEXT_FAMILIES[impl.name].module)
+                    module=TEXT_FAMILIES[impl.name].module, fix=f"pass {TEXT_FAMILIES[impl.name].files}")
     return impl
 
 
 def text_family(name: str) -> TextSegFamily:
     """The registered text-supervised family ``name`` (its module imported on first use); one line naming the
     known ones."""
-    import importlib
-
-    from ..registry import TEXT_FAMILIES
+    from ..registry import TEXT_FAMILIES, _import_family
 
     if name not in _REGISTERED and name in TEXT_FAMILIES:
-        importlib.import_module(TEXT_FAMILIES[name].module)
+        _import_family(name, TEXT_FAMILIES[name].module)  # a plugin's that fails: one line naming it
     if name not in _REGISTERED:
         raise VplError(f"unknown text-supervised family {name!r}; known: {', '.join(TEXT_FAMILIES)}")
     return _REGISTERED[name]

@@ -25,6 +25,7 @@ from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec
 from ...models.dense.bands import check_photo_memory
 from ...models.dense.segmentor import batch_extras, dense_input, photo_logits, settings_params, short_side_size
+from ...numerics import run_numerics
 from ...runtime.batches import image_names, image_stage, run_image_batches
 
 STAGE = "cam"
@@ -34,6 +35,32 @@ def dense_maps(logits: torch.Tensor, rows: torch.Tensor, n_labels: int, logit_sc
     """One image's ``[R, H, W]`` cosine logits of every prototype row -> ``[K, H, W]`` maps: the softmax over the
     rows ``rows`` (``[K + M]`` on the device: the image's K class rows, then the M background rows), first K."""
     return (logits.index_select(0, rows) * logit_scale).softmax(0)[:n_labels]
+
+
+def dense_class_probs(logits: torch.Tensor, rows: torch.Tensor, n_labels: int, logit_scale: float) -> torch.Tensor:
+    """As :func:`dense_maps`, with the background first: ``[1 + K, H, W]``, channel 0 the best background row's
+    probability (as `segment` scores a class by its best query), then the K maps: what a method's ``postprocess``
+    hook takes."""
+    probs = (logits.index_select(0, rows) * logit_scale).softmax(0)
+    background = probs[n_labels:].amax(0, keepdim=True) if len(rows) > n_labels else torch.zeros_like(probs[:1])
+    return torch.cat([background, probs[:n_labels]])
+
+
+def postprocessed_maps(bb, probs: torch.Tensor, extras: dict, settings) -> torch.Tensor:
+    """A method's ``postprocess`` hook on one image's ``[1 + K, H, W]`` probabilities (:func:`dense_class_probs`)
+    and their argmax (no threshold: `cam` leaves the background to the CRF) -> its ``[K, H, W]`` maps. A pixel the
+    hook gives another label than its probabilities' argmax (a region vote, CorrCLIP's) takes the pixel's top
+    probability in that label's map, swapped with the label it had, so that the maps' argmax is the hook's."""
+    probs, labels = bb.hooks.postprocess(bb, probs, probs.argmax(0), extras, settings)
+    probs, labels = probs.float(), labels.to(probs.device).long()
+    top, best = probs.max(0)
+    moved = labels != best
+    if bool(moved.any()):
+        at_label = probs.gather(0, labels[None])[0]
+        probs = probs.clone()
+        probs.scatter_(0, best[None], torch.where(moved, at_label, top)[None])
+        probs.scatter_(0, labels[None], torch.where(moved, top, at_label)[None])
+    return probs[1:]
 
 
 def run_dense_cam(
@@ -67,6 +94,8 @@ def run_dense_cam(
     settings = cfg.resolved()
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
+    numerics = run_numerics(dtype, runtime.precision)
+    io.check_numerics(numerics, protos.made())
     params = {"source": "dense", "dense": cfg.dense,
               "settings": settings_params(settings),
               "prototypes": io.file_identity(protos.path, source=protos.source), **method.hooks.record()}
@@ -80,7 +109,8 @@ def run_dense_cam(
                                 f"{bb.embed_dim}-d; make prototypes with the same CLIP model")
         _run(bb, items, sizes, protos, settings, dataset.classes, params, out, runtime, dtype, on_item)
 
-    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard_from_env(shard))
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard_from_env(shard),
+                            numerics=numerics)
     return image_stage(folder, dataset, io.cam_path, runtime.loader_workers(device), work, on_start, inputs=inputs)
 
 
@@ -98,21 +128,27 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
         image = io.load_image(items[i].image)
         return dense_input(pre, image, inputs[i], bb.hooks.extra_inputs(items[i], image))
 
+    post = bb.hooks.own_postprocess  # a method whose work is after the argmax (its postprocess hook) runs it here too
+    maps_fn = dense_class_probs if post else dense_maps
+
     def maps_of(pixels: torch.Tensor, index: list[int], extras: list[dict]) -> list[torch.Tensor]:
         with torch.no_grad(), autocast(bb.device, dtype):  # a large photo's logits come in column bands
             logits = photo_logits(bb, pixels, vectors, settings, [sizes[i] for i in index], extras)
         out_maps = []
-        for lg, i in zip(logits, index):
+        for lg, i, extra in zip(logits, index, extras):
             labels = items[i].labels
             rows = torch.cat([*(class_rows[c - 1] for c in labels), background])
             if isinstance(lg, torch.Tensor):
-                out_maps.append(dense_maps(lg.float(), rows, len(labels), settings.logit_scale))
-                continue
-            maps = torch.empty(len(labels), *sizes[i], device=bb.device)
-            with torch.no_grad(), autocast(bb.device, dtype):
-                for x0, x1, band in lg():
-                    band_maps = dense_maps(band.float(), rows, len(labels), settings.logit_scale)  # [K, n, H0]
-                    maps[:, :, x0:x1] = band_maps.transpose(1, 2)
+                maps = maps_fn(lg.float(), rows, len(labels), settings.logit_scale)
+            else:
+                maps = torch.empty(len(labels) + post, *sizes[i], device=bb.device)
+                with torch.no_grad(), autocast(bb.device, dtype):
+                    for x0, x1, band in lg():
+                        band_maps = maps_fn(band.float(), rows, len(labels), settings.logit_scale)  # [K, n, H0]
+                        maps[:, :, x0:x1] = band_maps.transpose(1, 2)
+            if post:
+                with torch.no_grad():
+                    maps = postprocessed_maps(bb, maps, extra, settings)
             out_maps.append(maps)
         return out_maps
 
@@ -152,4 +188,4 @@ def maps_writer(out: Path, items: list, sizes: list, classes, params: dict, what
     return write
 
 
-__all__ = ["run_dense_cam", "dense_maps"]
+__all__ = ["run_dense_cam", "dense_maps", "dense_class_probs", "postprocessed_maps"]

@@ -99,6 +99,10 @@ class FromFeatures:
     def dataset(self):
         return self.data if self.data is not None else open_recorded(self.features)
 
+    def made_from(self) -> list[tuple]:
+        """``(path, numerics, command)`` of the inputs, for :func:`vpltool.io.check_numerics`."""
+        return [(self.features, self.record.get(io.NUMERICS), "extract"), self.protos.made()]
+
     def folders(self):
         return recorded_folders(self.features)
 
@@ -152,6 +156,9 @@ class FromDataset:
 
     def dataset(self):
         return self.data
+
+    def made_from(self) -> list[tuple]:
+        return [self.protos.made()]
 
     def folders(self):
         return self.data.folders()

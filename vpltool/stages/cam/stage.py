@@ -29,6 +29,7 @@ from ...data import Dataset, is_extract_folder
 from ...device import resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, load_model
+from ...numerics import run_numerics
 from ...runtime.batches import cuda_paths, run_image_batches, to_device
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
@@ -153,6 +154,8 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     batched, write behind) inside the skeleton of :class:`vpltool.io.StageFolder`."""
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
+    numerics = run_numerics(dtype, runtime.precision)
+    io.check_numerics(numerics, *src.made_from())  # the features and prototypes: this run's dtype and mode
     temperature = temperature_of(cfg, src.protos)
     params = {**to_params(cfg), "temperature": temperature,
               "prototypes": io.file_identity(src.protos.path, source=src.protos.source)}
@@ -174,7 +177,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
         _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
-                            sides={"--save-overlays": overlays, "--save-debug": debug})
+                            sides={"--save-overlays": overlays, "--save-debug": debug}, numerics=numerics)
     return folder.run(src.ids, io.cam_path, work, on_start, inputs=inputs)
 
 

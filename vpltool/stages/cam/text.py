@@ -26,6 +26,7 @@ from ...config.checks import at_least
 from ...data import Dataset, open_source, recorded_folders
 from ...device import resolve_device, shard_from_env
 from ...errors import VplError
+from ...numerics import run_numerics
 from ...runtime.batches import image_names, image_stage, run_image_batches
 from .dense import maps_writer
 
@@ -86,9 +87,10 @@ def run_text_cam(
     device = resolve_device(runtime.device)
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
+        from ...models.registry import load_model
         from ...models.text.family import class_embeddings
 
-        model = fam.load_model(checkpoint, device)
+        model = load_model(family, checkpoint, device)  # the registry's door: every weight checked
         text = class_embeddings(fam, model, names, templates, device)
         mode = "slide" if slide[0] else "whole"
 
@@ -110,8 +112,10 @@ def run_text_cam(
         run_image_batches(sizes, lambda i: {"image": io.load_image(items[i].image)}, run, write, device, runtime,
                           image_names(items, sizes), "pass a smaller --pgseg-side", on_item, batch_size=1)
 
+    numerics = run_numerics()  # the families run in fp32 (no --precision); the checkpoint's mode must be this run's
+    io.check_numerics(numerics, (checkpoint, io.file_numerics(checkpoint), "train-text"))
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
-                            shard=shard_from_env(shard))
+                            shard=shard_from_env(shard), numerics=numerics)
     return image_stage(folder, dataset, io.cam_path, runtime.loader_workers(device), work, on_start,
                        inputs=dataset.inputs())
 

@@ -40,6 +40,7 @@ from ...config import LearnPrototypesConfig, RuntimeConfig, to_params
 from ...data import open_if_present, recorded_folders
 from ...device import resolve_device, resolve_precision, seed_everything
 from ...errors import ContractError, VplError
+from ...numerics import run_numerics
 from .descent import (
     Chunk,
     ChunkBuilder,
@@ -73,6 +74,7 @@ class Inputs:
     dim: int
     items: list[tuple[str, tuple[int, ...], tuple[int, int]]]  # (id, sorted labels, grid), sorted by label set
     records: dict[str, str]  # sha256 of the features and cam stage records
+    made: list[tuple]  # (path, numerics, command) of the features, CAMs and text prototypes (io.check_numerics)
 
 
 def check_inputs(features_dir: str | Path, cams_dir: str | Path, text_prototypes: str | Path) -> Inputs:
@@ -106,7 +108,9 @@ def check_inputs(features_dir: str | Path, cams_dir: str | Path, text_prototypes
         _log.warning("%s: the CAMs were made from other prototypes than %s", cams_dir, text_prototypes)
     items.sort(key=lambda it: (len(it[1]), it[1], it[0]))
     records = {"features": feat_sha, "cams": io.sha256_file(io.stage_record_path(cams_dir))}
-    return Inputs(features_dir, cams_dir, text, classes, dim, items, records)
+    made = [(features_dir, record.get(io.NUMERICS), "extract"), (cams_dir, cam_record.get(io.NUMERICS), "cam"),
+            text.made()]
+    return Inputs(features_dir, cams_dir, text, classes, dim, items, records, made)
 
 
 def load_item(inp: Inputs, item_id: str, labels: tuple[int, ...], cfg: LearnPrototypesConfig
@@ -286,6 +290,8 @@ def run_learn_prototypes(
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
     compute = resolve_precision(runtime.precision, device)
+    numerics = run_numerics(compute, runtime.precision)
+    io.check_numerics(numerics, *inp.made)
     budget = memory_budget(cfg, device)
     storage = pick_storage(compute, lambda dtype: estimate_bytes(inp, dtype, cfg.pixel_fraction), budget)
     need = estimate_bytes(inp, storage, cfg.pixel_fraction)
@@ -302,7 +308,7 @@ def run_learn_prototypes(
     finally:
         source.cleanup()
     check_descent(got.curve, cfg)
-    meta = write_result(out, inp, cfg, got)
+    meta = write_result(out, inp, cfg, got, numerics)
     if plot_path is not None:
         io.write_chart(plot_path, [{"mean CE (nats)": list(enumerate(got.curve))}],
                        title=f"learn-prototypes: tau_I={cfg.tau_i} lr={cfg.lr} {cfg.targets}/{cfg.regularization}",
@@ -336,8 +342,10 @@ def check_descent(curve: Sequence[float], cfg: LearnPrototypesConfig) -> None:
                        f"{LearnPrototypesConfig.lr:g}); nothing was written")
 
 
-def write_result(out: Path, inp: Inputs, cfg: LearnPrototypesConfig, got: Learned) -> dict[str, Any]:
-    """Write the prototypes file (rows, names and model of the text prototypes); returns its extra metadata."""
+def write_result(out: Path, inp: Inputs, cfg: LearnPrototypesConfig, got: Learned,
+                 numerics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the prototypes file (rows, names and model of the text prototypes; ``numerics``: the run's dtype and
+    mode); returns its extra metadata."""
     meta = {
         "text_prototypes": io.file_identity(inp.text.path, source=inp.text.source),
         "tau_i": cfg.tau_i, "iterations": cfg.iters, "lr": cfg.lr, "targets": cfg.targets,
@@ -348,7 +356,7 @@ def write_result(out: Path, inp: Inputs, cfg: LearnPrototypesConfig, got: Learne
     params = {**to_params(cfg), "inputs": inp.records, "text_prototypes": meta["text_prototypes"]}
     protos = io.Prototypes(got.w, inp.text.row_class, inp.text.row_names, classes=inp.classes,
                            temperature=cfg.tau_i, source="vision", model=inp.text.model, params=params)
-    io.write_prototypes(out, protos, **meta)
+    io.write_prototypes(out, protos, **meta, **({} if numerics is None else {"numerics": numerics}))
     return meta
 
 

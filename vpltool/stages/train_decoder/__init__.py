@@ -8,7 +8,6 @@ in DataLoader workers, sent as uint8, normalised on the device) runs through the
 * No host wait per iteration: the losses stay on the device (:class:`.steps.LossWindow`) and are read at the log
   lines, checkpoints and validations; a read names the first non-finite iteration, and the read before each
   checkpoint also checks the weights, so a checkpoint is always made from finite weights.
-
 * The frozen CLIP is the one that made the prototypes (their file's ``model`` metadata).
 * Determinism: the batch order is DistributedSampler's (seeded by seed + epoch), the augmentation of a sample is
   seeded by (seed, epoch, index) and the torch RNG (dropout) by (seed, iteration, rank), so a resumed run
@@ -84,6 +83,7 @@ from .steps import (
     LossWindow,
     Read,
     _check_resumable,
+    checked_numerics,
     compile_iteration,
     compute_losses,
     load_checkpoint,
@@ -171,7 +171,7 @@ class _Run:
     def meta(self) -> dict[str, Any]:
         # to_params: an option without effect in this combination is not recorded (as every stage records)
         return {"decoder_config": to_params(self.cfg), "inputs": self.inputs, "model": self.protos.model,
-                "world_size": self.world}
+                "world_size": self.world, **{k: v for k, v in self.extra_meta.items() if k == io.NUMERICS}}
 
     def restore(self, ckpt: Path | None) -> int:
         """Load the checkpoint (if any) and trim the log to it; returns the first iteration to run."""
@@ -412,13 +412,14 @@ def run_train_decoder(
         if world > 1 and cfg.dino_model:
             raise VplError("--recipe weclip+ trains in one process (its two-branch step runs outside "
                            "DistributedDataParallel); run it without torchrun")
+        numerics = checked_numerics(runtime, device, protos, None if online else (pseudo_dir, record))
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             if ckpt is not None:  # before any model loads: a refused resume costs nothing and leaves the folder
-                _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world)
+                _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world, numerics)
             run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
-                       extra_meta)
+                       {**extra_meta, io.NUMERICS: numerics})  # recorded in the decoder and its checkpoints
             start = run.restore(ckpt)
             # a resumed run counts on from its checkpoint, and from when the iterations begin
             ready = (lambda: on_start(cfg.iters, start)) if on_start and rank == 0 else None

@@ -27,7 +27,8 @@ from ...decoder import (
     rsc_loss,
     upsample_logits,
 )
-from ...device import autocast
+from ...device import autocast, resolve_precision
+from ...numerics import run_numerics
 from ...runtime.ranks import check_resumable
 
 RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  # fields a resumed run may change
@@ -321,10 +322,23 @@ INPUT_OPTIONS = {"pseudo": "PSEUDO (the pseudo masks)", "prototypes": "--prototy
                  "dino_weights": "--dino-weights"}
 
 
-def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any], world: int = 1) -> None:
+def checked_numerics(runtime, device, protos: io.Prototypes, masks: tuple[Path, dict] | None) -> dict[str, Any]:
+    """This run's dtype and numeric mode (:func:`vpltool.numerics.run_numerics`), refused (one line) where the
+    prototypes or the pseudo masks (``(folder, its record)``; None: WeCLIP's online masks) were made in another."""
+    numerics = run_numerics(resolve_precision(runtime.precision, device), runtime.precision)
+    made = [] if masks is None else [(masks[0], masks[1].get(io.NUMERICS), masks[1]["stage"])]
+    io.check_numerics(numerics, protos.made(), *made)
+    return numerics
+
+
+def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any], world: int = 1,
+                     numerics: dict[str, Any] | None = None) -> None:
     """Refuse a checkpoint made with other settings, inputs (by content, :func:`vpltool.io.changed_inputs`) or world
     size (the batch plan and the global batch follow from it), naming every difference at once (a second try must
-    not meet a second refusal): each option with its value there and here, and each input that changed."""
+    not meet a second refusal): each option with its value there and here, and each input that changed; first, one
+    made in another dtype or numeric mode than ``numerics`` (this run's)."""
+    if numerics is not None:
+        io.check_numerics(numerics, (f.path, io.header_numerics(f.raw_meta), "train-decoder"))
     old = f.meta("decoder_config")
     defaults = asdict(DecoderConfig())  # a field newer than the checkpoint reads as its default
     ignored = set(RESUMABLE_CHANGES) | set(inert_fields(cfg))  # an option without effect is never compared

@@ -50,6 +50,7 @@ from ...data.nouns import noun_prompts, noun_source
 from ...data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
 from ...device import seed_everything
 from ...errors import VplError
+from ...numerics import run_numerics
 from ...presets import IMAGENET_TEMPLATES
 from ...runtime.batches import die_with_parent
 from ...runtime.ranks import check_resumable, prepare_run_folder, process_group
@@ -309,6 +310,8 @@ def run_train_text(
         if not Path(init).is_file():
             raise VplError(f"--init {init}: no such file; pass {_files(cfg.family)}")
         init_config, init_state = fam.load_checkpoint(init)
+        # the values rule of every model file (the registry's, for the models it loads), for every family's --init
+        io.check_weight_values(init, init_state.items(), f"pass {_files(cfg.family)}")
     model_cfg = fam.model_config(cfg, init_config)
     if "groups" in {f.name for f in fields(cfg)} and cfg.groups and \
             fam.model_config(replace(cfg, groups=()), init_config) == model_cfg:
@@ -331,11 +334,14 @@ def run_train_text(
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
             ckpt = _prepare_out(out_dir, cfg, resume, runtime.overwrite, rank, world)
+            numerics = run_numerics()  # fp32 (no --precision); a resume in another mode is refused
             if ckpt is not None:  # checked before anything is written: a refused resume leaves no trace
-                _check_resumable(io.read_checkpoint(ckpt, kind=cfg.CHECKPOINT_KIND, header_only=True)[2], cfg,
-                                 params, inputs, world, model_cfg.to_dict())
+                head = io.read_checkpoint(ckpt, kind=cfg.CHECKPOINT_KIND, header_only=True)[2]
+                io.check_numerics(numerics, (ckpt, io.header_numerics(head.raw_meta), stage))
+                _check_resumable(head, cfg, params, inputs, world, model_cfg.to_dict())
             if rank == 0:  # the folder is this command's from now on (the output guard reads it), finished or not
-                io.write_json(out_dir / io.RUN_RECORD, {"stage": stage, "params": params, "inputs": inputs})
+                io.write_json(out_dir / io.RUN_RECORD, {"stage": stage, "params": params, "inputs": inputs,
+                                                        io.NUMERICS: numerics})
             seed_everything(cfg.seed)
             model = fam.build_model(model_cfg, seed=cfg.seed)  # the same initial weights on every rank
             if init_state is not None:
@@ -397,7 +403,8 @@ def run_train_text(
                     if rank == 0 and (n % every == 0 or n == total):
                         io.write_checkpoint(out_dir / CHECKPOINT, model.state_dict(), optimizer.state_dict(), n,
                                             classes=[], config=params, kind=cfg.CHECKPOINT_KIND, train_config=params,
-                                            model_config=model_cfg.to_dict(), inputs=inputs, world_size=world)
+                                            model_config=model_cfg.to_dict(), inputs=inputs, world_size=world,
+                                            numerics=numerics)
                     if on_iter is not None and rank == 0:
                         on_iter(n, record)
             finally:
@@ -407,10 +414,10 @@ def run_train_text(
             path = None
             if rank == 0 and stop == total:
                 path = fam.save_checkpoint(out_dir / cfg.FINAL, model, {"train_config": params, "inputs": inputs,
-                                                                       "iterations": total})
+                                                                       "iterations": total}, numerics=numerics)
                 io.write_stage_record(out_dir, stage, params=params, inputs=inputs, count=len(pairs.pairs),
                                       model=str(out_dir / cfg.FINAL), model_config=model_cfg.to_dict(),
-                                      iterations=total, world_size=world)
+                                      iterations=total, world_size=world, numerics=numerics)
                 (out_dir / io.RUN_RECORD).unlink(missing_ok=True)  # complete: the run record goes
     return TextTrainSummary(iterations=stop, start=start, seconds=seconds, first_loss=first, loss=last, model=path,
                         world_size=world, pairs=len(pairs.pairs), empty_text_npr=empty_text)

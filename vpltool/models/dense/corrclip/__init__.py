@@ -47,7 +47,7 @@ def _source(cfg, load: bool = True):
     if cfg is None:
         raise VplError("--dense corrclip needs its region masks: run it through segment or vpltool.segmenter with "
                        "--region-masks (a backbone made by name alone has none)")
-    return region_source(cfg.region_masks, cfg.sam_model, cfg.sam_weights, load=load)
+    return region_source(cfg.knobs.region_masks, cfg.sam_model, cfg.sam_weights, load=load)
 
 
 class Hooks(DenseHooks, method="corrclip", preset=PRESET):
@@ -72,15 +72,16 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
     def record(self) -> dict:
         from .regions import source_record
 
-        out = {"region_source": source_record(self.cfg.region_masks, self.cfg.sam_model, self.cfg.sam_weights)}
+        out = {"region_source": source_record(self.cfg.knobs.region_masks, self.cfg.sam_model, self.cfg.sam_weights)}
         if self._folder is not None:  # the folder by content, in place of the path given (an input, not a setting)
             out["region_masks"] = self._folder
         return out
 
     def extra_inputs(self, item, image) -> dict:
-        if getattr(item, "image", None) is None and not (self.cfg.region_masks or "").startswith("sam"):
-            raise VplError(f"--region-masks {self.cfg.region_masks}: a photo given as an array has no file name to "
-                           "find its <stem>.npz by; pass the photo's path, or --region-masks sam")
+        masks = self.cfg.knobs.region_masks
+        if getattr(item, "image", None) is None and not (masks or "").startswith("sam"):
+            raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to find its "
+                           "<stem>.npz by; pass the photo's path, or --region-masks sam")
         return {"regions": torch.from_numpy(_source(self.cfg).region_map(getattr(item, "image", None), image))}
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):

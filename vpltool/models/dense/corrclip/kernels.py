@@ -102,7 +102,9 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, cfg: Correlation) -> t
     regions = [ids == v for v in values]
     means = F.normalize(torch.stack([feats[m].mean(dim=0) for m in regions]), dim=1)[1:]
     sim = means @ means.T
-    cluster = torch.from_numpy(dbscan_labels((sim.max() - sim).cpu().numpy(), cfg.eps)).to(ids)
+    # the distances as the run's dtype made them (the reference hands DBSCAN its fp16 matrix); numpy has no bf16,
+    # and widening bf16 to float32 is exact, so DBSCAN sees the same values at --precision bf16 as any other
+    cluster = torch.from_numpy(dbscan_labels((sim.max() - sim).float().cpu().numpy(), cfg.eps)).to(ids)
     out = ids.clone()
     for region, c in zip(regions[1:], cluster):
         out[region] = c + cfg.pad_id

@@ -33,13 +33,21 @@ SAM_SETTINGS = {"points_per_side": 8, "pred_iou_thresh": 0.4, "stability_score_t
 
 
 def read_region_file(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """One region-mask file -> ``[H0, W0]`` int64 ids; ``shape``: its image's ``(H0, W0)``, checked. A missing,
-    unreadable or malformed file is one line naming it and the fix."""
+    """One region-mask file -> ``[H0, W0]`` int64 ids (:func:`exact_ids`); ``shape``: its image's ``(H0, W0)``,
+    checked. The file is read once (:func:`vpltool.io.read_as_named`: the bytes the run's record names, or one
+    line). A missing, unreadable or malformed file is one line naming it and the fix."""
+    import io as _io
+
+    from ....io import read_as_named
+
     path = Path(path)
     if not path.is_file():
         raise VplError(f"{path}: no region-mask file for this image; give --region-masks a folder with {FORMAT}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(_io.BytesIO(read_as_named(path)), allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # np.save's one array under an .npz name
+            raise VplError(f"{path}: one bare array (np.save's .npy format), not an .npz archive; write {FORMAT}")
+        with data:
             if NPZ_KEY not in data.files:
                 raise VplError(f"{path}: no '{NPZ_KEY}' array (it holds {', '.join(data.files) or 'nothing'}); "
                                f"write {FORMAT}")
@@ -54,7 +62,27 @@ def read_region_file(path: Path, shape: tuple[int, int] | None = None) -> np.nda
     if shape is not None and tuple(ids.shape) != tuple(shape):
         raise VplError(f"{path}: a {ids.shape[0]}x{ids.shape[1]} region map for a {shape[0]}x{shape[1]} image; the "
                        "map must be at the image's original size (regenerate it from that image)")
-    return ids.astype(np.int64)
+    return exact_ids(ids, path)
+
+
+# the ids the segmentor carries through float32 (the reference's nearest resize of the map): every whole number in
+# [-2^24, 2^24] is one float32, so these pass unchanged; others would merge (2^24 + 1 reads as 2^24)
+EXACT = 1 << 24
+
+
+def exact_ids(ids: np.ndarray, path: Path | str = "region map") -> np.ndarray:
+    """``[H0, W0]`` int64 region ids that keep every region apart and in order through float32: the ids as they
+    are where each lies in [-2^24, 2^24] (the reference's own values), else each id's rank among the map's ids
+    (0 the smallest: the unsegmented pixels stay the smallest id), never a cast that wraps (uint64 above 2^63) or
+    merges (ids past 2^24 through float32). A map of more than 2^24 regions cannot be carried exactly: one line."""
+    low, high = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+    if -EXACT <= low and high <= EXACT:
+        return ids.astype(np.int64)
+    values, ranks = np.unique(ids, return_inverse=True)
+    if len(values) > EXACT:
+        raise VplError(f"{path}: {len(values)} regions, more than the 2^24 the segmentor keeps apart; merge regions "
+                       "or give a map with fewer")
+    return ranks.reshape(ids.shape).astype(np.int64)
 
 
 def paint_masks(records: list[dict], shape: tuple[int, int]) -> np.ndarray:
@@ -68,11 +96,11 @@ def paint_masks(records: list[dict], shape: tuple[int, int]) -> np.ndarray:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's sha256 (hex), taken through :func:`vpltool.io.sha256_file`, so that the bytes read later are held
+    to it (:func:`vpltool.io.read_as_named`)."""
+    from ....io import sha256_file
+
+    return sha256_file(path).removeprefix("sha256:")
 
 
 @dataclass
@@ -91,9 +119,10 @@ class FolderRegions:
         h, files = hashlib.sha256(), []
         for image, shape in images:
             path = self.path(image)
+            digest = file_digest(path) if path.is_file() else None  # named first: the reads are held to it
             read_region_file(path, shape)
-            files.append([path.name, file_digest(path)])
-            h.update(f"{path.name}:{files[-1][1]}\n".encode())
+            files.append([path.name, digest])
+            h.update(f"{path.name}:{digest}\n".encode())
         return {"path": str(Path(self.folder).resolve()), "sha256": h.hexdigest(), "files": files}
 
     def path(self, image: Path) -> Path:
@@ -143,8 +172,12 @@ class Sam2Regions:
     ``apply_postprocessing=False``), from a model config and a checkpoint file."""
 
     def __init__(self, config: str, checkpoint: Path, device="cpu"):
+        from ...registry import certify
+
         build_sam2, generator = import_sam2()
         model = build_sam2(config, str(checkpoint), device=str(device), apply_postprocessing=False)
+        # the sam2 package reads its checkpoint itself: the registry's weights rule, as for every family's model
+        certify(model, str(checkpoint), "pass SAM2's released checkpoint (re-download it) to --sam-weights")
         self.generator = generator(model=model, multimask_output=False, **SAM_SETTINGS)
 
     def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
@@ -199,7 +232,7 @@ def source_record(value: str, sam_model: str, sam_weights: str | None) -> dict:
         # segment-anything v1 always predicts three masks a point; SAM2 runs with multimask_output=False
         return {"generator": value, "settings": dict(SAM_SETTINGS, multimask_output=value == "sam"),
                 "sam_model": sam_model if value == "sam" else None,
-                "weights_sha256": file_digest(Path(sam_weights)) if sam_weights else None}
+                "weights_sha256": file_digest(Path(sam_weights)) if sam_weights not in (None, "none") else None}
     return {"generator": "folder"}
 
 

@@ -35,21 +35,26 @@ from .kernels import (
 PRESET = DenseMixing("textregion", "qq+kk", True, True, "bicubic-dino")
 
 
+def _knobs(cfg):
+    """The run's :class:`~vpltool.config.dense_knobs.TextRegionKnobs` (None: a backbone made by name alone)."""
+    return getattr(cfg, "knobs", None)
+
+
 def pooling(cfg) -> RegionPooling:
     """The run's :class:`RegionPooling` (its knobs applied)."""
-    out = RegionPooling()
-    if cfg is not None and getattr(cfg, "region_halves", None) is not None:
-        out = replace(out, halves=bool(cfg.region_halves))
-    if cfg is not None and getattr(cfg, "region_crop", None) is not None:
-        out = replace(out, crop=int(cfg.region_crop))
+    out, knobs = RegionPooling(), _knobs(cfg)
+    if getattr(knobs, "region_halves", None) is not None:
+        out = replace(out, halves=bool(knobs.region_halves))
+    if getattr(knobs, "region_crop", None) is not None:
+        out = replace(out, crop=int(knobs.region_crop))
     return out
 
 
 def generator_settings(cfg) -> MaskGenerator:
     """The run's :class:`MaskGenerator` (its knobs applied)."""
-    out = MaskGenerator()
-    if cfg is not None and getattr(cfg, "points_per_side", None) is not None:
-        out = replace(out, points_per_side=int(cfg.points_per_side))
+    out, knobs = MaskGenerator(), _knobs(cfg)
+    if getattr(knobs, "points_per_side", None) is not None:
+        out = replace(out, points_per_side=int(knobs.points_per_side))
     return out
 
 
@@ -59,7 +64,8 @@ def _source(cfg, load: bool = True):
     if cfg is None:
         raise VplError("--dense textregion needs its region masks: run it through segment or vpltool.segmenter with "
                        "--region-masks (a backbone made by name alone has none)")
-    return mask_source(cfg.region_masks, cfg.sam_weights, generator_settings(cfg), load=load, sam_model=cfg.sam_model)
+    return mask_source(cfg.knobs.region_masks, cfg.sam_weights, generator_settings(cfg), load=load,
+                       sam_model=cfg.sam_model)
 
 
 class Hooks(DenseHooks, method="textregion", preset=PRESET):
@@ -84,7 +90,7 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
     def record(self) -> dict:
         from .regions import source_record
 
-        out = source_record(self.cfg.region_masks, self.cfg.sam_weights, generator_settings(self.cfg),
+        out = source_record(self.cfg.knobs.region_masks, self.cfg.sam_weights, generator_settings(self.cfg),
                             self.cfg.sam_model)
         if self._digest is not None:
             out["files_sha256"] = self._digest
@@ -92,8 +98,9 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
 
     def extra_inputs(self, item, image) -> dict:
         source = _source(self.cfg)
-        if getattr(item, "image", None) is None and not str(self.cfg.region_masks).startswith("sam"):
-            raise VplError(f"--region-masks {self.cfg.region_masks}: a photo given as an array has no file name to "
+        masks = self.cfg.knobs.region_masks
+        if getattr(item, "image", None) is None and not str(masks).startswith("sam"):
+            raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to "
                            "find its <stem>.npz by; pass the photo's path, or --region-masks sam2 / sam")
         return {"masks": torch.from_numpy(source.masks(getattr(item, "image", None), image, self.cfg))}
 

@@ -138,8 +138,12 @@ class Sam2Model:
     """SAM 2 (the ``sam2`` package: ``config`` and its ``checkpoint``) as the generator's steps 1 and 2 use it."""
 
     def __init__(self, config: str, checkpoint: Path, device: str = "cpu"):
+        from ...registry import certify
+
         build_sam2 = import_sam2()
         self.model = build_sam2(config, str(checkpoint), device=str(device), apply_postprocessing=False)
+        # the sam2 package reads its checkpoint itself: the registry's weights rule, as for every family's model
+        certify(self.model, str(checkpoint), "pass SAM 2's released checkpoint (re-download it) to --sam-weights")
         self.device = next(self.model.parameters()).device
 
     def embed(self, resized: np.ndarray) -> None:

@@ -32,14 +32,16 @@ DROPPED = ("multi_label_logit_scale",)
 _PREFIXES = ("img_encoder.", "text_encoder.", "img_projector.", "text_projector.", "logit_scale")
 
 
-def save_checkpoint(path: str | Path, model: PGSeg, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(path: str | Path, model: PGSeg, extra: dict[str, Any] | None = None,
+                    **meta: Any) -> Path:
     """Write ``model``'s state dict (buffers included: BatchNorm statistics, NPR prototypes) and config to
-    ``path`` (.safetensors), atomically; ``extra``: JSON-able facts recorded in the header."""
+    ``path`` (.safetensors), atomically; ``extra``: JSON-able facts recorded in the header. ``meta``: more
+    ``vpltool.<key>`` metadata (``numerics``: the run's dtype and mode)."""
     from ....io.tensors import write_tensors
 
     state = {k: v for k, v in model.state_dict().items()}
     return write_tensors(path, state, kind=KIND, classes=[], params=extra or {},
-                         config=json.dumps(model.cfg.to_dict(), sort_keys=True))
+                         config=json.dumps(model.cfg.to_dict(), sort_keys=True), **meta)
 
 
 def load_checkpoint(path: str | Path) -> tuple[PGSegConfig, dict[str, torch.Tensor]]:

@@ -12,8 +12,12 @@ backbone named by a tag (``openai``, ``hub``) or random has no digest: the tag n
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ....errors import VplError
 from .model import Talk2DINOConfig
@@ -56,4 +60,28 @@ def with_digests(cfg: Talk2DINOConfig, where: str | None = None) -> Talk2DINOCon
     return replace(cfg, clip_digest=clip, dino_digest=dino)
 
 
-__all__ = ["backbone_digests", "check_backbones", "with_digests"]
+# the dino and clip families name their own options; Talk2DINO's backbones are train-text's --set KEY=VALUE settings
+_SETTINGS = ((r"--dino-weights\b", "dino_weights=FILE"), (r"--dino-model\b", "dino_model=NAME"),
+             (r"(?<![\w-])--pretrained\b", "clip_pretrained=TAG_OR_FILE"), (r"(?<![\w-])--model\b", "clip_model=NAME"))
+
+
+@contextlib.contextmanager
+def backbone_options(cfg: Any) -> Iterator[None]:
+    """A backbone's one-line error inside the block, with the options that name Talk2DINO's backbones instead of
+    the dino and clip families' own (which `train-text` does not have): ``--set dino_weights=FILE`` and the like
+    while training (``cfg`` a training config); for a checkpoint's backbones, that setting of the `train-text` run
+    that would re-make it over other ones."""
+    from ....config.text import TextTrainConfig
+
+    try:
+        yield
+    except VplError as e:
+        training = isinstance(cfg, TextTrainConfig)
+        said = str(e)
+        for option, setting in _SETTINGS:
+            said = re.sub(option, f"--set {setting}" if training else
+                          f"`vpltool train-text --family talk2dino --set {setting}` (re-train over another)", said)
+        raise VplError(said) from None
+
+
+__all__ = ["backbone_digests", "backbone_options", "check_backbones", "with_digests"]

@@ -19,14 +19,16 @@ KIND = "talk2dino-model"
 RELEASE_DINO = {768: "vit_base_patch14_reg4_dinov2.lvd142m", 1024: "vit_large_patch14_reg4_dinov2.lvd142m"}
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(path: str | Path, model: torch.nn.Module, extra: dict[str, Any] | None = None,
+                    **meta: Any) -> Path:
     """The projection's state dict and the model's config, to ``path`` (.safetensors) atomically; ``extra``:
-    JSON-able facts for the header (``vpltool.params``)."""
+    JSON-able facts for the header (``vpltool.params``). ``meta``: more
+    ``vpltool.<key>`` metadata (``numerics``: the run's dtype and mode)."""
     from ....io.tensors import write_tensors
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     return write_tensors(path, state, kind=KIND, classes=[], params=extra or {},
-                         config=json.dumps(model.cfg.to_dict(), sort_keys=True))
+                         config=json.dumps(model.cfg.to_dict(), sort_keys=True), **meta)
 
 
 def load_checkpoint(path: str | Path) -> tuple[Talk2DINOConfig, dict[str, torch.Tensor]]:

@@ -13,6 +13,7 @@ square image; bilinear there, bicubic here). ``crop_size`` is also the square th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ....config.checks import choice
@@ -22,7 +23,10 @@ POS_RESIZE = ("bicubic-dino", "bicubic-antialias")  # vpltool.models.backbones.d
 # the demo world: the toy DINO (test_vit, patch 16; 192 px, a 12x12 grid, in training) and the toy CLIP's text
 # tower; one pass at a constant 1e-3 (ten times the reference's rate), batch 128: chosen on the train split by
 # studies/probe_talk2dino_recipe.py (studies/results/talk2dino_recipe_probe.json, docs/talk2dino.md)
-DEMO = {"dino_model": "test_vit", "dino_weights": "vpltool/assets/toy-dino/model.safetensors",
+# the shipped toy DINO found from the package, so the recipe works from any folder (a path relative to the checkout
+# did not: `train-text --recipe demo` outside it could not find it)
+TOY_DINO = str(Path(__file__).resolve().parents[3] / "assets" / "toy-dino" / "model.safetensors")
+DEMO = {"dino_model": "test_vit", "dino_weights": TOY_DINO,
         "clip_model": "vpltool-toy", "clip_pretrained": "none", "crop_size": 192}
 RECIPES: dict[str, dict[str, Any]] = {
     "reference": {}, "demo": {**DEMO, "epochs": 1, "lr": 1e-3, "warmup_lr": 1e-3, "min_lr": 1e-3, "log_every": 25}}
@@ -72,4 +76,4 @@ class Talk2DINOTrainConfig(TextTrainConfig):
         choice("--set dino_pos_resize", self.dino_pos_resize, POS_RESIZE)
 
 
-__all__ = ["Talk2DINOTrainConfig", "RECIPES"]
+__all__ = ["Talk2DINOTrainConfig", "RECIPES", "TOY_DINO"]

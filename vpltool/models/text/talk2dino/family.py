@@ -14,7 +14,7 @@ import torch
 from ....errors import VplError
 from ..family import register_text_family
 from . import zeroshot as _zs
-from .backbones import check_backbones, with_digests
+from .backbones import backbone_options, check_backbones, with_digests
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Talk2DINOTrainConfig
 from .model import Projection, Talk2DINOConfig
@@ -30,7 +30,8 @@ def _clip(cfg: Any) -> Any:
 
     key = ("clip", cfg.clip_model, cfg.clip_pretrained)
     if key not in _LOADED:
-        _LOADED[key] = load_model("clip", ModelSpec(cfg.clip_model, cfg.clip_pretrained), "cpu")
+        with backbone_options(cfg):
+            _LOADED[key] = load_model("clip", ModelSpec(cfg.clip_model, cfg.clip_pretrained), "cpu")
     return _LOADED[key]
 
 
@@ -41,7 +42,8 @@ def _dino(cfg: Any) -> Any:
 
     key = ("dino", cfg.dino_model, cfg.dino_weights, cfg.dino_pos_resize)
     if key not in _LOADED:
-        _LOADED[key] = load_model("dino", DinoSpec(cfg.dino_model, cfg.dino_weights, cfg.dino_pos_resize), "cpu")
+        with backbone_options(cfg):
+            _LOADED[key] = load_model("dino", DinoSpec(cfg.dino_model, cfg.dino_weights, cfg.dino_pos_resize), "cpu")
     return _LOADED[key]
 
 
@@ -68,7 +70,8 @@ def load_talk2dino(path: str | Path, device: Any = "cpu") -> Talk2DINO:
     """The frozen model of checkpoint ``path`` on ``device``: its projection, its DINO and CLIP."""
     cfg = check_talk2dino(path)
     _, state = load_checkpoint(path)
-    model = Talk2DINO(cfg, *load_backbones(cfg, device))
+    with backbone_options(cfg):
+        model = Talk2DINO(cfg, *load_backbones(cfg, device))
     model.load_state_dict(state, strict=True)
     return model.frozen().to(torch.device(device))
 

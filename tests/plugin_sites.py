@@ -1,0 +1,87 @@
+"""Plugins installed for a test, outside this process: the example package (tests/plugin_example, pip-installed
+offline into a folder) and broken ones (a distribution's metadata and modules written by hand), and a Python run
+that sees them (``PYTHONPATH``), since a plugin's options join the command line when vpltool.cli is imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+EXAMPLE = TESTS / "plugin_example"
+TINY = ["--model", "vpl-test-vit", "--pretrained", "none", "--model-config-dir",
+        str(TESTS / "assets" / "model_configs")]
+
+
+def install_example(root: Path) -> Path:
+    """pip-install tests/plugin_example into ``root/site`` offline (no index, no build isolation, its dependency
+    vpltool already here); the source is copied first, so that the build leaves nothing in tests/."""
+    source, site = root / "source", root / "site"
+    shutil.copytree(EXAMPLE, source)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--target", str(site), str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return site
+
+
+def fake_dist(site: Path, name: str, entry: str, modules: dict[str, str]) -> None:
+    """A distribution ``name`` 0.1.0 installed in ``site`` by hand: its metadata, its ``vpltool.plugins`` entry
+    point ``entry`` (``module:function``) and its ``modules`` (name -> source)."""
+    info = site / f"{name.replace('-', '_')}-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[vpltool.plugins]\n{name} = {entry}\n")
+    for module, text in modules.items():
+        (site / f"{module}.py").write_text(text)
+
+
+SPEC = ("from vpltool.plugins import DenseMethodSpec, register_dense_method\n"
+        "from vpltool.config import DENSE_SEGMENTORS\n")
+# each broken plugin: its distribution, what it does wrong, and the words of its one line
+BROKEN = {
+    "vpltool-broken-import": ("broken_import:register", {"broken_import": "import no_such_package_xyz\n"
+                                                         "def register():\n    pass\n"}),
+    "vpltool-clash": ("clash:register", {"clash": SPEC + "def register():\n    register_dense_method('naclip', "
+                                         "DenseMethodSpec(DENSE_SEGMENTORS['naclip'], module='clash'))\n"}),
+    "vpltool-misspelt": ("misspelt:register", {
+        "misspelt": SPEC + "def register():\n    register_dense_method('misspelt', DenseMethodSpec("
+                           "DENSE_SEGMENTORS['naclip'], module='misspelt_method'))\n",
+        "misspelt_method": "from vpltool.models.dense import DenseHooks, DENSE_PRESETS\n"
+                           "class Hooks(DenseHooks, method='misspelt', preset=DENSE_PRESETS['naclip']):\n"
+                           "    def dense_logit(self, bb, pixels, text, sizes, settings, extras):\n"
+                           "        return []\n"}),
+    "vpltool-bad-knob": ("bad_knob:register", {"bad_knob": SPEC + (
+        "from dataclasses import dataclass\n"
+        "from vpltool.plugins import MethodKnobs, knob\n"
+        "@dataclass(frozen=True)\n"
+        "class Knobs(MethodKnobs):\n"
+        "    spread: float | None = knob('--overlay', 'an option segment has already')\n"
+        "def register():\n    register_dense_method('badknob', DenseMethodSpec(DENSE_SEGMENTORS['naclip'], "
+        "module='bad_knob', knobs_class=Knobs))\n")}),
+    "vpltool-bad-text": ("bad_text:register", {
+        "bad_text": "from vpltool.plugins import TextFamilyRow, register_text_family\n"
+                    "def register():\n    register_text_family('badtext', TextFamilyRow('bad_text_family', "
+                    "'bad_text_config:Config', ('badtext',), 'a broken family', 'a file'))\n",
+        "bad_text_config": "raise RuntimeError('its configuration does not import')\n"}),
+}
+
+
+def write_broken(site: Path) -> Path:
+    for name, (entry, modules) in BROKEN.items():
+        fake_dist(site, name, entry, modules)
+    return site
+
+
+def run_with(sites: list[Path], script: str, *args: str, timeout: float = 600) -> dict:
+    """Run ``script`` (Python source, reading ``sys.argv[1:] = args``) in a fresh interpreter that sees the
+    plugins in ``sites``; it prints one JSON object last, which is returned."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, sites), str(TESTS),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,0 +1,125 @@
+"""The numeric mode (vpltool.numerics): the AMX switch, reproducible mode's pins and what a run records of them.
+
+The pins are read when a library loads, so every check of them runs a fresh Python process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vpltool import io, numerics
+from vpltool.device import cpu_has_amx, resolve_precision
+from vpltool.errors import ContractError, VplError
+
+CPU = torch.device("cpu")
+
+
+def _fresh(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python with ``env`` over this one's (without the mode's variables)."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in numerics.pinned_environment() and k != numerics.ASSUME_AMX_ENV}
+    return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("assumed, dtype", [("1", torch.bfloat16), ("0", torch.float32)])
+def test_the_amx_switch_resolves_auto_as_that_cpu_would(monkeypatch, assumed, dtype):
+    monkeypatch.setenv(numerics.ASSUME_AMX_ENV, assumed)
+    monkeypatch.delenv(numerics.MODE_ENV, raising=False)
+    assert cpu_has_amx() is (assumed == "1")
+    assert resolve_precision("auto", CPU) == dtype
+    assert resolve_precision("fp32", CPU) == torch.float32  # an explicit dtype is never changed
+
+
+def test_reproducible_mode_resolves_auto_to_fp32_whatever_the_cpu(monkeypatch):
+    monkeypatch.setenv(numerics.ASSUME_AMX_ENV, "1")
+    monkeypatch.setenv(numerics.MODE_ENV, "1")
+    assert resolve_precision("auto", CPU) == torch.float32
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float32
+    assert resolve_precision("bf16", CPU) == torch.bfloat16
+
+
+def test_the_pins_name_only_the_avx512_features_the_cpu_has(monkeypatch):
+    monkeypatch.setattr(numerics, "x86", lambda: True)
+    avx2 = numerics.pinned_environment({"avx", "avx2", "fma"})
+    avx512 = numerics.pinned_environment({"avx2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
+    assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and avx2["MKL_CBWR"] == "AVX2,STRICT"
+    assert avx2["OMP_NUM_THREADS"] == "1" and avx2[numerics.MODE_ENV] == "1"
+    assert "OPENCV_CPU_DISABLE" not in avx2  # OpenCV prints a line for each feature the CPU lacks
+    assert avx512["OPENCV_CPU_DISABLE"] == "AVX512F,AVX512-COMMON,AVX512-SKX"
+    monkeypatch.setattr(numerics, "x86", lambda: False)
+    assert "ATEN_CPU_CAPABILITY" not in numerics.pinned_environment(set())  # threads alone off x86
+
+
+PROBE = ("import json, vpltool, torch, numpy; from vpltool.numerics import run_numerics; "
+         "print(json.dumps([run_numerics(torch.float32, 'auto'), torch.backends.cpu.get_cpu_capability(), "
+         "torch.get_num_threads()]))")
+
+
+@pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="an x86-64 CPU with AVX2")
+def test_reproducible_mode_pins_torch_and_numpy_before_they_load():
+    got = _fresh(PROBE, {numerics.MODE_ENV: "1", "OMP_NUM_THREADS": "2"})
+    assert got.returncode == 0, got.stderr
+    record, capability, threads = json.loads(got.stdout)
+    assert record == {"dtype": "fp32", "precision": "auto", "mode": "reproducible", "isa": "AVX2", "threads": 1}
+    assert (capability, threads) == ("AVX2", 1)  # ATen's kernels and torch's threads as pinned
+    fast = json.loads(_fresh(PROBE, {}).stdout)[0]
+    assert fast["mode"] == "fast" and fast["amx"] == ("amx_bf16" in numerics.cpu_flags())
+
+
+def test_the_mode_asked_after_torch_loaded_is_said_and_recorded_as_fast():
+    late = PROBE.replace("import json, vpltool, torch, numpy", "import json, torch, numpy; import vpltool")
+    got = _fresh(late, {numerics.MODE_ENV: "1"})
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)[0]["mode"] == "fast"
+    said = [line for line in got.stderr.splitlines() if "VPLTOOL_REPRODUCIBLE=1 asked" in line]
+    assert len(said) == 1 and "torch, numpy loaded before the mode was asked" in said[0]
+
+
+FAST = {"dtype": "fp32", "precision": "auto", "mode": "fast", "isa": "AVX512", "amx": False, "threads": 2}
+REPRO = {"dtype": "fp32", "precision": "auto", "mode": "reproducible", "isa": "AVX2", "threads": 1}
+BF16 = {**FAST, "dtype": "bf16", "amx": True}
+
+
+def test_a_file_of_another_dtype_or_mode_is_refused_in_one_line():
+    with pytest.raises(ContractError, match=r"features: made at bf16 \(--precision auto on a CPU with AMX\); this run "
+                                            r"is at fp32 \(--precision auto\): pass --precision bf16 to this command, "
+                                            r"or re-run `vpltool extract` .* with --precision fp32"):
+        io.check_numerics(FAST, ("features", BF16, "extract"))
+    with pytest.raises(ContractError, match=r"cams: made in reproducible mode; this run is in fast mode: run this "
+                                            r"command in reproducible mode too"):
+        io.check_numerics(FAST, ("cams", REPRO, "cam"))
+    with pytest.raises(ContractError, match=r"re-run `vpltool cam` in reproducible mode too, or run this command "
+                                            "without it"):
+        io.check_numerics(REPRO, ("cams", FAST, "cam"))
+    with pytest.raises(ContractError, match="'numerics' is .*the file is damaged"):
+        io.check_numerics(FAST, ("cams", {"mode": "turbo"}, "cam"))
+
+
+def test_what_is_not_compared():
+    io.check_numerics(FAST, ("old", None, "extract"))  # a file of a vpltool before numerics: read as before
+    io.check_numerics(BF16, ("text.safetensors", {**FAST, "dtype": None}, "text-prototypes"))  # fp32 by design
+    io.check_numerics({**FAST, "dtype": None}, ("cams", BF16, "cam"))  # crf: no --precision of its own
+    io.check_numerics({**FAST, "isa": "AVX2", "threads": 16}, ("features", FAST, "extract"))  # another machine
+
+
+def test_records_and_items_carry_the_numerics_and_a_resume_in_another_mode_is_refused(tmp_path):
+    out = tmp_path / "cams"
+    with io.StageFolder(out, "cam", {"v": 1}, numerics=FAST) as folder:
+        assert io.read_record(out / io.RUN_RECORD, run=True)[io.NUMERICS] == FAST
+        io.write_cam(out / "a.safetensors", torch.rand(1, 2, 2), [1], image_size=(4, 4), id="a",
+                     classes=["background", "x"], params={})
+        folder.complete(count=1, ids=["a"])
+    assert io.read_record(out / io.STAGE_RECORD)[io.NUMERICS] == FAST
+    assert io.header_numerics(io.read_header(out / "a.safetensors")) == FAST
+    with pytest.raises(VplError, match=r"cams: made in fast mode, this run is in reproducible mode; re-run with the "
+                                       "same mode, pass --overwrite"):
+        io.StageFolder(out, "cam", {"v": 1}, numerics=REPRO).__enter__()
+    with io.StageFolder(out, "cam", {"v": 1}, numerics={**FAST, "isa": "AVX2"}):  # the same mode elsewhere resumes
+        pass

@@ -1,0 +1,228 @@
+"""A method from outside the tree: tests/plugin_example, a package of its own, pip-installed offline, adds `--dense
+example-smooth` (its knobs class, its post-process, its benchmark presets) and the model family `example-mean`
+through the vpltool.plugins entry point; they appear in --help, list_methods() and benchmark, and run through the
+CLI and Python, while `vpltool --help` imports neither torch nor the plugin's method module. A broken plugin is one
+line naming its distribution and the fix, and the other commands run."""
+
+from __future__ import annotations
+
+import pytest
+from plugin_sites import BROKEN, TINY, fake_dist, install_example, run_with, write_broken
+
+
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory):
+    return install_example(tmp_path_factory.mktemp("plugin"))
+
+
+@pytest.fixture(scope="module")
+def broken_site(tmp_path_factory):
+    return write_broken(tmp_path_factory.mktemp("broken") / "site")
+
+
+LISTED = """
+import json, sys
+import typer
+from vpltool.cli import app
+from vpltool import list_methods, plugins
+from vpltool.config.benchmarks import BENCHMARK_PRESETS
+from vpltool.models import families
+cli = typer.main.get_command(app).commands
+seg = {p.name: p for p in cli["segment"].params}
+out = {"dense_help": seg["dense"].help, "smooth": seg["smooth_size"].opts, "smooth_help": seg["smooth_size"].help,
+       "benchmark": "smooth_size" in {p.name for p in cli["benchmark"].params},
+       "presets": "example-smooth" in BENCHMARK_PRESETS, "cam": cli["cam"].params[0].name,
+       "methods": list_methods(), "families": families(), "installed": plugins.installed(),
+       "summary": list_methods("example*", details=True)["example-smooth"],
+       "heavy": [m for m in ("torch", "vpltool_example.method", "vpltool_example.family") if m in sys.modules]}
+print(json.dumps(out))
+"""
+
+
+def test_the_example_is_listed_and_its_knob_is_an_option_without_importing_its_method(example_site):
+    got = run_with([example_site], LISTED)
+    assert "| example-smooth " in got["dense_help"] and got["smooth"] == ["--smooth-size"]
+    assert got["smooth_help"].startswith("--dense example-smooth: the side, in pixels")
+    assert got["benchmark"] and got["presets"]
+    assert "example-smooth" in got["methods"] and got["methods"].index("example-smooth") < got["methods"].index("pgseg")
+    assert "example-mean" in got["families"]
+    assert got["installed"]["dense"] == {"example-smooth": "vpltool-example 0.1.0"}
+    assert got["summary"].startswith("a dense CLIP method of the plugin vpltool-example 0.1.0; its segmentor: ")
+    assert got["heavy"] == []  # the light module alone: torch and its method load when the method runs
+
+
+RUNS = """
+import json, sys
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+import vpltool
+from vpltool.cli import app
+world, out, *tiny = sys.argv[1:]
+text = ["--templates", "a photo of a {}.", "--background", "grass,sky"]
+run = CliRunner().invoke(app, ["segment", world, "--split", "val", "-o", out, "--classes", "circle,star", *tiny,
+                               "--dense", "example-smooth", "--smooth-size", "3", "--short-side", "64",
+                               "--device", "cpu", *text])
+seg = vpltool.segmenter("example-smooth", model=tiny[1], pretrained="none", model_config_dir=tiny[5],
+                        smooth_size=3, short_side=64, templates=text[1], background=text[3], device="cpu")
+photo = sorted(p for p in __import__("pathlib").Path(world, "images").glob("val_*"))[0]
+mask = np.asarray(Image.open(f"{out}/{photo.stem}.png"))
+result = seg(str(photo), ["circle", "star"])
+plain = vpltool.segmenter("example-smooth", model=tiny[1], pretrained="none", model_config_dir=tiny[5],
+                          smooth_size=1, short_side=64, templates=text[1], background=text[3], device="cpu")
+import torch
+from vpltool.models import load_model
+from vpltool_example.method import smoothed
+before = torch.from_numpy(plain(str(photo), ["circle", "star"]).scores)
+want = smoothed(before, 3, 0.1)  # with its own threshold
+mean = load_model("example-mean", "2.0")(np.full((2, 2, 3), 255, np.uint8)).tolist()
+print(json.dumps({"exit": run.exit_code, "output": run.output[-800:], "same": bool((mask == result.labels).all()),
+                  "scores": float((want[0] - torch.from_numpy(result.scores)).abs().max()),
+                  "labels": bool((want[1].numpy() == result.labels).all()),
+                  "moved": float((want[0] - before).abs().max()),
+                  "mean": mean, "record": json.load(open(f"{out}/_stage.json"))["params"]["smooth_size"]}))
+"""
+
+
+def test_the_example_runs_through_the_cli_and_python(example_site, world, tmp_path):
+    got = run_with([example_site], RUNS, str(world), str(tmp_path / "seg"), *TINY)
+    assert got["exit"] == 0, got["output"]
+    assert "segment (example-smooth): 3 masks" in got["output"]
+    assert got["same"]  # Python's labels are the CLI's mask
+    # its post-process ran with its knob: the scores are the unsmoothed run's, box-averaged, and their labels
+    assert got["scores"] < 1e-6 and got["labels"] and got["moved"] > 1e-3
+    assert got["record"] == 3 and got["mean"] == [2.0, 2.0, 2.0]
+
+
+BROKEN_RUN = """
+import json, sys
+from typer.testing import CliRunner
+from vpltool.cli import app
+world, out, *tiny = sys.argv[1:]
+args = ["segment", world, "--split", "val", "--classes", "circle,star", *tiny, "--short-side", "64", "--device",
+        "cpu", "--templates", "a photo of a {}.", "--background", "grass,sky"]
+r = CliRunner()
+plain = r.invoke(app, [*args, "-o", out + "/naclip", "--dense", "naclip"])
+misspelt = r.invoke(app, [*args, "-o", out + "/misspelt", "--dense", "misspelt"])
+clash = r.invoke(app, [*args, "-o", out + "/clash", "--dense", "clash"])
+from vpltool import list_methods
+print(json.dumps({"plain": [plain.exit_code, plain.output], "misspelt": [misspelt.exit_code, misspelt.output],
+                  "clash": [clash.exit_code, clash.output[-600:]], "methods": list_methods()}))
+"""
+
+
+def test_a_broken_plugin_is_one_line_naming_it_and_the_other_commands_run(example_site, broken_site, world,
+                                                                          tmp_path):
+    got = run_with([example_site, broken_site], BROKEN_RUN, str(world), str(tmp_path), *TINY)
+    code, output = got["plain"]
+    assert code == 0, output
+    lines = [line for line in output.splitlines() if line.startswith("warning: plugin ")]
+    assert len(lines) == 4, output  # the misspelt hook is found when its method runs, not before
+    words = {"vpltool-broken-import 0.1.0": "failed (ModuleNotFoundError: No module named 'no_such_package_xyz')",
+             "vpltool-clash 0.1.0": "--dense method 'naclip' is vpltool's own; the plugin's is not loaded",
+             "vpltool-bad-knob 0.1.0": "its option --overlay is already one of vpltool's; it is left out",
+             "vpltool-bad-text 0.1.0": "its configuration bad_text_config:Config cannot be imported"}
+    for dist, said in words.items():
+        (line,) = [x for x in lines if x.startswith(f"warning: plugin {dist}:")]
+        assert said in line and f"pip uninstall {dist.split()[0]}" in line, line
+    code, output = got["misspelt"]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in output, output
+    assert errors[0].startswith("error: plugin vpltool-misspelt 0.1.0: --dense misspelt's module misspelt_method "
+                                "cannot be used (") and "'dense_logit' is no dense hook" in errors[0]
+    assert got["clash"][0] == 2 and "--dense 'clash'" in got["clash"][1]  # its method is not there: no such name
+    assert "misspelt" in got["methods"] and "example-smooth" in got["methods"] and "badtext" not in got["methods"]
+    assert "badknob" in got["methods"]  # its method stays, with its knob at its default
+    assert set(BROKEN) >= {d.split()[0] for d in words}
+
+
+def test_a_row_added_in_process_joins_every_list_derived_from_the_table(monkeypatch):
+    from dataclasses import dataclass
+
+    from vpltool import list_methods
+    from vpltool.config.benchmarks import BENCHMARK_PRESETS
+    from vpltool.config.dense import (
+        DENSE_CHOICES,
+        DENSE_SEGMENTORS,
+        DENSE_SPECS,
+        KNOB_METHOD,
+        KNOBS,
+        PLAIN_METHODS,
+        DenseMethodSpec,
+        MethodKnobs,
+        SegmentConfig,
+        knob,
+    )
+
+    @dataclass(frozen=True)
+    class Knobs(MethodKnobs):
+        radius: int | None = knob("--radius", "a stand-in knob.")
+
+    monkeypatch.setitem(DENSE_SPECS, "test-row", DenseMethodSpec(DENSE_SEGMENTORS["naclip"], module="test_plugins",
+                                                                 knobs_class=Knobs))
+    assert DENSE_CHOICES[-1] == "test-row" and "test-row" in PLAIN_METHODS and "test-row" in list_methods()
+    assert KNOB_METHOD["radius"] == "test-row" and KNOBS["radius"].option == "--radius"
+    assert SegmentConfig.of(dense="test-row", radius=3).knobs == Knobs(radius=3)
+    assert DENSE_SPECS.plugin("test-row") == "this process" and "test-row" not in BENCHMARK_PRESETS
+    monkeypatch.undo()
+    assert "test-row" not in DENSE_CHOICES and "radius" not in KNOBS
+
+
+@pytest.fixture
+def own_problems(monkeypatch):
+    """The problem lines this test adds are its own: every later command of this process would warn them."""
+    from vpltool import entry_points
+
+    monkeypatch.setattr(entry_points, "_PROBLEMS", list(entry_points._PROBLEMS))
+
+
+def test_a_clash_or_a_malformed_row_is_one_problem_line_and_is_left_out(own_problems):
+    from vpltool import entry_points
+    from vpltool.config.dense import DENSE_CHOICES, DENSE_SEGMENTORS, DENSE_SPECS, DenseMethodSpec
+
+    naclip = DENSE_SEGMENTORS["naclip"]
+    entry_points.add("dense", "naclip", DenseMethodSpec(naclip, module="elsewhere"))
+    entry_points.add("dense", "Bad Name", DenseMethodSpec(naclip, module="elsewhere"))
+    entry_points.add("dense", "test-nomodule", DenseMethodSpec(naclip))
+    entry_points.add("dense", "test-dict", {"settings": naclip})
+    assert "test-nomodule" not in DENSE_CHOICES and len(DENSE_SPECS) == len(DENSE_CHOICES)
+    said = entry_points.problems()
+    for words in ("--dense method 'naclip' is vpltool's own; the plugin's is not loaded: rename it in the plugin",
+                  "--dense method 'Bad Name': a --dense name is lower-case letters",
+                  "--dense method 'test-nomodule': its spec row names no module",
+                  "--dense method 'test-dict': register_dense_method takes a DenseMethodSpec, not a dict"):
+        (line,) = [x for x in said if words in x]
+        assert line.startswith("plugin this process: ") and "\n" not in line
+
+
+TEXT_RUN = """
+import json, sys
+from typer.testing import CliRunner
+import vpltool
+from vpltool.cli import app
+from vpltool.models.text.family import text_family
+import text_family_stand_in as toy
+world, out = sys.argv[1:]
+fam = text_family("toytext")  # its module, named by the plugin's row, registers it
+ckpt = fam.save_checkpoint(out + "/toy.safetensors", fam.build_model(fam.model_config(toy.ToyTextTrainConfig(
+    crop_size=32)), seed=0))
+r = CliRunner().invoke(app, ["segment", world, "--split", "val", "--model", f"toytext:{ckpt}", "-o", out + "/seg",
+                             "--classes", "circle,star", "--device", "cpu"])
+seg = vpltool.segmenter("toytext", checkpoint=str(ckpt), device="cpu")
+photo = sorted(__import__("pathlib").Path(world, "images").glob("val_*"))[0]
+print(json.dumps({"exit": r.exit_code, "output": r.output[-800:], "methods": vpltool.list_methods(family="toytext"),
+                  "labels": list(seg(str(photo), ["circle", "star"]).labels.shape)}))
+"""
+
+
+def test_a_text_family_from_a_plugin_segments_by_its_checkpoint(world, tmp_path):
+    """A distribution whose entry point registers the tests' stand-in family (its row: its module and its
+    configuration class): `segment --model toytext:FILE` and ``vpltool.segmenter("toytext", checkpoint=FILE)``."""
+    site = tmp_path / "site"
+    fake_dist(site, "vpltool-toytext", "toytext_plugin:register", {"toytext_plugin": (
+        "from vpltool.plugins import TextFamilyRow, register_text_family\n"
+        "def register():\n    register_text_family('toytext', TextFamilyRow('text_family_stand_in_register', "
+        "'text_family_stand_in:ToyTextTrainConfig', ('toytext',), 'the toy text family', 'a toytext file'))\n")})
+    got = run_with([site], TEXT_RUN, str(world), str(tmp_path))
+    assert got["exit"] == 0 and "segment (toytext): 3 masks" in got["output"], got["output"]
+    assert got["methods"] == ["toytext"] and got["labels"] == [96, 96]

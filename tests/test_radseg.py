@@ -1,0 +1,156 @@
+"""RADSeg (``--dense radseg``): C-RADIOv3 from NVlabs/RADIO's hub checkpoint and SigLIP 2's text tower from a local
+folder (tiny seeded stand-ins of both: ``parity/radseg_files.py``), its kernels on hand-checked cases, and the method
+end to end on a real photo (random weights: the mask is meaningless, the run is real). Its exactness against the
+reference's own code is parity/radseg_parity.py's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "parity"), str(ROOT / "tests")]
+
+import tiny_towers  # noqa: E402  registers the tiny C-RADIOv3 (vpl_test_radio_v3)
+
+pytest.importorskip("transformers")
+
+from vpltool.config import SegmentConfig  # noqa: E402
+from vpltool.errors import VplError  # noqa: E402
+
+CLASSES = ["person", "grass", "sky"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    import radseg_files as rf
+
+    work = tmp_path_factory.mktemp("radseg")
+    ckpt, text = rf.tiny_files(work, tiny_towers.RADIO, CLASSES)
+    return {"ckpt": ckpt, "text": text, "work": work}
+
+
+def _cfg(files, **kw) -> SegmentConfig:
+    base = {"proxy_model": tiny_towers.RADIO, "proxy_weights": str(files["ckpt"]), "language_model": str(files["text"])}
+    return SegmentConfig.of("radseg", **{**base, **kw})
+
+
+def test_radio_checkpoint_reads_as_timm_s_own_conversion(files):
+    import timm
+    from timm.models.naflexvit import checkpoint_filter_fn
+
+    from vpltool.models.backbones.radio import backbone_state, read_checkpoint
+
+    chk = read_checkpoint(files["ckpt"])
+    ours = backbone_state(chk)
+    model = timm.create_model(tiny_towers.RADIO, num_classes=0)
+    hf = {f"radio_model.model.{k[len('base_model.'):]}": v for k, v in chk.state.items() if k.startswith("base_")}
+    theirs = checkpoint_filter_fn(hf, model)
+    assert set(ours) == set(theirs) == set(model.state_dict())
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    shapes = backbone_state(read_checkpoint(files["ckpt"], shapes_only=True))
+    assert shapes == {k: tuple(v.shape) for k, v in ours.items()}
+
+
+def test_the_dino_family_loads_radio_s_checkpoint(files):
+    from vpltool.models.backbones.dino import DinoSpec, load_dino
+
+    bb = load_dino(DinoSpec(tiny_towers.RADIO, str(files["ckpt"])), "cpu")
+    assert float(bb.model.embeds.proj.bias.abs().max()) == 0.0  # RADIO's patch projection has no bias
+    x = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    prefix, patches, grid = bb.summary_and_patches(x)
+    assert prefix.shape[1] == 8 and patches.shape[1] == 12 and grid == (4, 3)
+
+
+def test_stride_input_follows_the_reference_s_rule():
+    from vpltool.models.dense.radseg import stride_input
+
+    def size(h, w, stride=112, crop=336):
+        return tuple(stride_input(torch.zeros(1, 3, h, w), stride, crop).shape[-2:])
+
+    assert size(336, 448) == (336, 448)  # both sides multiples of the stride: unchanged
+    assert size(300, 451) == (448, 560)  # 451 -> 560; 300 * 560 / 451 = 372 -> 448
+    assert size(224, 300, 224, 336) == (448, 448)  # 300 -> 448; 224 * 448 / 300 = 334 -> 448
+    assert size(112, 200) == (336, 336)  # every side at least the window
+
+
+def test_prompt_denoising_drops_a_query_weak_everywhere_and_keeps_the_reference_s_ties():
+    from vpltool.models.dense.radseg import denoised_labels
+
+    probs = torch.tensor([[[0.6, 0.2]], [[0.3, 0.4]], [[0.1, 0.4]]])  # [Q=3, 1, 2]
+    out, labels = denoised_labels(probs, torch.tensor([1, 2, 0]), 3, 0.5, 0.0)
+    assert labels.tolist() == [[1, 1]]  # queries 2 and 3 never reach 0.5: dropped; pixel 2 ties at 0 -> query 1
+    assert float(out[2].abs().max()) == 0.0 and float(out[1, 0, 0]) == pytest.approx(0.6)
+    _, kept = denoised_labels(probs, torch.tensor([1, 2, 0]), 3, 0.0, 0.0)
+    assert kept.tolist() == [[1, 2]]
+
+
+def test_self_correlations_keep_shapes_and_mix_only_positively_correlated_tokens():
+    from vpltool.models.dense.radseg import scga
+
+    f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]])
+    out = scga(f, 10.0)
+    assert out.shape == f.shape
+    assert torch.allclose(out[2], f[2])  # its only non-negative centred cosine is its own
+    assert float(out[0, 0]) > 0.9 and float(out[0, 0]) < 1.0
+
+
+def test_radseg_segments_a_real_photo_end_to_end(files, tmp_path):
+    from skimage import data
+
+    import vpltool
+
+    seg = vpltool.segmenter("radseg", proxy_model=tiny_towers.RADIO, proxy_weights=str(files["ckpt"]),
+                            language_model=str(files["text"]))
+    photo = data.astronaut()[::2, ::2]  # 256 x 256: a real photo, random weights
+    out = seg(photo, CLASSES)
+    assert out.labels.shape == photo.shape[:2] and out.scores.shape == (4, *photo.shape[:2])
+    assert set(np.unique(out.labels)) <= {0, 1, 2, 3}
+    assert np.allclose(out.scores[1:].max(0)[out.labels > 0], out.scores.max(0)[out.labels > 0])
+
+
+def test_radseg_through_segment_writes_masks(files, tmp_path):
+    from PIL import Image
+    from skimage import data
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.chelsea()[::3, ::3]).save(photos / "cat.jpg")
+    out = tmp_path / "masks"
+    r = CliRunner().invoke(app, ["segment", str(photos), "-o", str(out), "--dense", "radseg", "--classes",
+                                 "cat,grass", "--proxy-model", tiny_towers.RADIO, "--proxy-weights",
+                                 str(files["ckpt"]), "--language-model", str(files["text"]), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    mask = np.asarray(Image.open(out / "cat.png"))
+    assert mask.shape == data.chelsea()[::3, ::3].shape[:2]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"language_model": None}, "--language-model"),
+    ({"proxy_weights": "hub"}, "--proxy-weights hub: give NVlabs/RADIO.s checkpoint"),  # offline or not
+    ({"language_model": "/no/such/folder"}, "not a folder"),
+])
+def test_radseg_s_files_are_refused_in_one_line_before_any_model(files, change, words):
+    from vpltool.models.dense.method import resolve_method
+
+    cfg = _cfg(files, **change)
+    with pytest.raises(VplError, match=words) as e:
+        resolve_method(cfg)
+    assert "\n" not in str(e.value)
+
+
+def test_a_text_tower_of_another_width_is_refused(files, tmp_path):
+    import radseg_files as rf
+
+    from vpltool.models.dense.method import resolve_method
+
+    other = rf.write_text_folder(tmp_path / "text64", {**rf.TINY_TEXT, "projection_size": 64}, rf.prompt_words(CLASSES))
+    with pytest.raises(VplError, match="48-d rows.*64-d"):  # from the folder's config.json: before any model
+        resolve_method(_cfg(files, language_model=str(other)))

@@ -1,0 +1,86 @@
+"""Reproducible mode on one machine: extract -> text-prototypes -> cam (CAA) -> crf of the test world, run as this
+machine is and with an AVX2-only machine emulated from the start, are the same bytes; in fast mode they are not (the
+negative control: else the emulation changes nothing). The whole reduced demo is bench/bench_reproducible.py's.
+
+Each run is a fresh Python process (the pins act when torch and numpy load) that runs the four commands in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vpltool import numerics
+
+# (not marked numeric: it sets the AMX switch itself, and clears it from the environment it is given)
+pytestmark = pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="x86-64 with AVX2")
+
+TINY = ["--model", "vpl-test-vit", "--pretrained", "none", "--device", "cpu"]
+RUN = """
+import json, sys
+import vpltool  # first: the mode's pins act before torch and numpy load
+from vpltool.cli import app
+
+for args in json.loads(sys.argv[1]):
+    app(args, standalone_mode=False)
+"""
+# an AVX2-only x86-64 machine without AMX, emulated: each library capped at AVX2 by its documented setting, glibc's
+# AVX-512 ifuncs off (bench/bench_reproducible.py's emulation)
+GLIBC_AVX2 = "glibc.cpu.hwcaps=-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL"
+
+
+def avx2_machine() -> dict[str, str]:
+    env = {**numerics.ISA_PINS, "GLIBC_TUNABLES": GLIBC_AVX2, numerics.ASSUME_AMX_ENV: "0"}
+    opencv = numerics.pinned_environment().get("OPENCV_CPU_DISABLE")
+    return {**env, **({"OPENCV_CPU_DISABLE": opencv} if opencv else {})}
+
+
+def _run(world: Path, out: Path, env: dict[str, str]) -> Path:
+    """The four stages into ``out`` in one fresh process with ``env`` over a clean environment."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in numerics.pinned_environment() and k != numerics.ASSUME_AMX_ENV}
+    commands = [["extract", world, "--split", "train", "-o", out / "features", *TINY, "--workers", "1", "--cache",
+                 "full"],
+                ["text-prototypes", out / "features", "-o", out / "text.safetensors", "--templates",
+                 "a photo of a {}.", "--background", "grass,sky,wall,water", "--device", "cpu"],
+                ["cam", out / "features", "-p", out / "text.safetensors", "-o", out / "cams", "--refine", "caa",
+                 "--device", "cpu", "--workers", "1"],
+                ["crf", out / "cams", "-o", out / "pseudo", "--workers", "1"]]
+    done = subprocess.run([sys.executable, "-c", RUN, json.dumps([[str(a) for a in c] for c in commands])],
+                          env={**base, "OMP_NUM_THREADS": "2", **env}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    """Every features, CAM and mask file of a run, and the prototypes, as bytes (their headers included)."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.suffix in (".safetensors", ".png")}
+
+
+def _payload(data: bytes) -> bytes:
+    """A safetensors file's tensors alone (its header records the instructions of a fast run)."""
+    return data[8 + int.from_bytes(data[:8], "little"):]
+
+
+def test_reproducible_mode_gives_the_same_bytes_on_an_emulated_avx2_machine_and_fast_mode_does_not(world, tmp_path):
+    here = _files(_run(world, tmp_path / "run", {numerics.MODE_ENV: "1"}))
+    (tmp_path / "run").rename(tmp_path / "here")  # the next run writes the same paths: its records name them
+    avx2 = _files(_run(world, tmp_path / "run", {numerics.MODE_ENV: "1", **avx2_machine()}))
+    (tmp_path / "run").rename(tmp_path / "avx2")
+    amx = _files(_run(world, tmp_path / "run", {numerics.MODE_ENV: "1", numerics.ASSUME_AMX_ENV: "1"}))
+    (tmp_path / "run").rename(tmp_path / "amx")
+    assert len(here) == 1 + 3 * 6 and here.keys() == avx2.keys() == amx.keys()
+    assert [k for k in here if here[k] != avx2[k]] == []  # every file, its header included
+    assert [k for k in here if here[k] != amx[k]] == []  # reproducible mode ignores the AMX switch
+    fast = {k: _payload(v) for k, v in _files(_run(world, tmp_path / "run", {})).items() if k.endswith("tensors")}
+    (tmp_path / "run").rename(tmp_path / "fast")
+    slow = {k: _payload(v) for k, v in _files(_run(world, tmp_path / "run", avx2_machine())).items()
+            if k.endswith("tensors")}
+    differ = [k for k in fast if fast[k] != slow[k]]
+    assert any(k.startswith("cams/") for k in differ), "the emulated AVX2 machine changed no CAM in fast mode"

@@ -1,0 +1,154 @@
+"""The own settings of the ``--dense`` methods that have knobs, one :class:`~vpltool.config.knobs.MethodKnobs`
+dataclass each (their spec rows in :mod:`vpltool.config.dense` name them). None = the method's value: its module's
+default (its reference's VOC21 config), or the benchmark preset's. Torch-free.
+
+The option names, their help and the field names are those the methods had as fields of
+:class:`~vpltool.config.SegmentConfig`: a stage record keeps the fields by name, so earlier runs resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .checks import at_least, fraction, positive, require
+from .knobs import MethodKnobs, knob
+
+
+@dataclass(frozen=True)
+class CassKnobs(MethodKnobs):
+    """CASS's per-dataset knobs (its ``configs/cfg_*.py`` and dataset switches); None = its VOC21 values
+    (:class:`vpltool.models.dense.cass.TextShift` / ``SpectralMatching``)."""
+
+    # global_semantics_weight: the image embedding's share of the logits
+    global_weight: float | None = knob(
+        "--global-weight", "the image embedding's share of each patch's logits (its global_semantics_weight) "
+        "[default: 0.1, cfg_voc21.py].")
+    # mean_vector_weight: how far a query moves toward its top patches
+    shift_weight: float | None = knob(
+        "--shift-weight", "how far the query nearest the image moves toward its 2 most similar patches, per query "
+        "cluster (its mean_vector_weight) [default: 0.03].")
+    # h_threshold: the Ward distance at which the queries' tree is cut
+    cluster_cut: float | None = knob(
+        "--cluster-cut", "the Ward distance cutting the queries into clusters (its h_threshold) [default: 0.10].")
+    # the DINO graph's singular values stretched (all but voc20 and city_scapes)
+    stretch: bool | None = knob(
+        "--stretch/--no-stretch", "stretch the DINO graph's singular values (its code does for every dataset but "
+        "VOC20 and Cityscapes) [default: stretch].")
+    # each window's own image embedding (city_scapes) instead of the input's
+    window_global: bool | None = knob(
+        "--window-global/--input-global", "each window's own image embedding (its Cityscapes) or the whole input's "
+        "[default: input-global].")
+
+    def __post_init__(self) -> None:
+        for option, value in (("--global-weight", self.global_weight), ("--shift-weight", self.shift_weight)):
+            if value is not None:
+                fraction(option, value)
+        positive("--cluster-cut", self.cluster_cut, allow_none=True)
+
+
+@dataclass(frozen=True)
+class TridentKnobs(MethodKnobs):
+    """Trident's SAM aggregation knobs (None = its VOC21 values, :class:`vpltool.models.dense.trident.SamAggregation`),
+    then its SAM prompt refinement's (fields of :class:`~vpltool.config.DenseSettings` too: the resolved settings
+    take them)."""
+
+    cos_fac: float | None = knob(  # pairs kept where SAM's value cosine > cos_fac x the row's mean
+        "--cos-fac", "SAM's attention kept where its value cosine exceeds this times the row's mean (its cos_fac) "
+        "[default: 1.2, base_config.py].")
+    refine_neg_cos: bool | None = knob(  # a negative threshold kept (True) or replaced by 0.6 (False)
+        "--refine-neg-cos/--no-refine-neg-cos", "keep a negative cosine threshold (its refine_neg_cos; off: 0.6 in "
+        "its place) [default: on].")
+    sam_halves: bool | None = knob(  # SAM on the photo's left and right halves apart (its Cityscapes)
+        "--sam-halves/--sam-whole", "SAM sees the photo's left and right halves apart, each half of the spliced map "
+        "aggregated by its own (its Cityscapes) [default: whole].")
+    sam_refine: bool | None = knob(  # Trident's SAM prompt refinement (eval.py --sam_refine)
+        "--sam-refine/--no-sam-refine", "its SAM prompt refinement (eval.py --sam_refine, which its published "
+        "figures use): each coarse region prompts SAM's mask decoder with a point, a box and its scores, and "
+        "confident masks relabel it; needs SAM's whole checkpoint in --sam-weights [default: off for segment; on in "
+        "benchmark's trident presets].",
+        # asked for, the refinement would be silently skipped by any other method (it needs Trident's SAM pass)
+        needs="Trident's SAM prompt refinement needs SAM's image encoder")
+    coarse_threshold: float | None = knob(  # its coarse_thresh (None = DenseSettings')
+        "--coarse-threshold", "with --sam-refine: pixels and classes below this probability prompt nothing (its "
+        "coarse_thresh) [default: 0.2, cfg_voc21.py; benchmark: each preset's].")
+    minimal_area: int | None = knob(  # its minimal_area, half-resolution pixels (None = DenseSettings')
+        "--minimal-area", "with --sam-refine: a coarse region smaller than this, in half-resolution pixels, prompts "
+        "nothing (its minimal_area, set for photos of short side 448) [default: 225, base_config.py].")
+
+    def __post_init__(self) -> None:
+        if self.cos_fac is not None and not self.cos_fac >= 0:  # nan too (nan < 0 is False)
+            require(False, f"--cos-fac {self.cos_fac}: give a factor >= 0 (Trident's own: 1.2; 0 keeps every pair "
+                    "with a positive SAM cosine)")
+        if self.coarse_threshold is not None:
+            fraction("--coarse-threshold", self.coarse_threshold)
+        at_least("--minimal-area", self.minimal_area, 1, allow_none=True, why=" half-resolution pixels")
+
+
+def _region_masks() -> str | None:
+    """The knob CorrCLIP and TextRegion share (each class declares it alike, so --region-masks is one option whose
+    help says what each method reads)."""
+    return knob(
+        "--region-masks", "class-agnostic region masks per image. corrclip: a folder of one <image stem>.npz per "
+        "image (key instance_mask, an int map at the image's size, the smallest id unsegmented: the reference's "
+        "precomputed masks) | sam (segment-anything's automatic mask generator on --sam-model / --sam-weights, with "
+        "the reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting keeps 1) | sam2[:CONFIG] "
+        "(SAM2's, where the sam2 package is installed; --sam-weights its checkpoint). textregion: a folder of one "
+        "<image stem>.npz per image (key masks, regions x height x width soft masks in [0, 3] at the image's size) | "
+        "sam2[:CONFIG] (SAM 2's generator as TextRegion runs it, fused soft masks; --sam-weights its checkpoint) | "
+        "sam (that generator on segment-anything's --sam-model / --sam-weights).",
+        uses=("sam_model", "sam_weights"), when=("sam", "sam2"))
+
+
+@dataclass(frozen=True)
+class CorrCLIPKnobs(MethodKnobs):
+    """CorrCLIP's class-agnostic region masks per image (:mod:`vpltool.models.dense.corrclip.regions`)."""
+
+    # a folder of <image stem>.npz files (key instance_mask) | sam (segment-anything's automatic mask generator:
+    # --sam-model, --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
+    region_masks: str | None = _region_masks()
+
+
+@dataclass(frozen=True)
+class TextRegionKnobs(MethodKnobs):
+    """TextRegion's region masks and views (:mod:`vpltool.models.dense.textregion`; None = its own:
+    ``configs/base_config.py``'s 16 points a side and 336-pixel views, the whole photo one view)."""
+
+    # a folder of <image stem>.npz files (key masks, soft masks in [0, 3]) | sam2[:CONFIG] | sam: its generator
+    region_masks: str | None = _region_masks()
+    points_per_side: int | None = knob(  # SAM 2's point grid side with --region-masks sam2 / sam
+        "--points-per-side", "with --region-masks sam2 or sam: the generator's point grid side (its "
+        "points_per_side) [default: 16, base_config.py; benchmark: 36 on cityscapes].")
+    region_halves: bool | None = knob(  # the whole-photo view as two halves (its Cityscapes)
+        "--region-halves/--region-whole", "the whole-photo view is the photo's left and right halves (its "
+        "Cityscapes) [default: whole].")
+    region_crop: int | None = knob(  # the side of its views (its crop_size)
+        "--region-crop", "the side in pixels of each view, the photo's and its tiles' (its crop_size) [default: "
+        "336, base_config.py].")
+
+    def __post_init__(self) -> None:
+        at_least("--points-per-side", self.points_per_side, 1, allow_none=True, why=" points")
+        at_least("--region-crop", self.region_crop, 16, allow_none=True, why=" pixels")
+
+
+@dataclass(frozen=True)
+class RadsegKnobs(MethodKnobs):
+    """RADSeg's files and scales (:mod:`vpltool.models.dense.radseg`; None = its own: scales 10, eval.py); its
+    configs' constants (the prompt-denoising threshold 0.5, the ``siglip2`` adaptor) are the module's."""
+
+    language_model: str | None = knob(
+        "--language-model", "SigLIP 2's text tower and tokenizer, as RADIO's siglip2 adaptor loads them: a local "
+        "folder of google/siglip2-giant-opt-patch16-384 (config.json, model.safetensors, the tokenizer's files); "
+        "--proxy-weights is NVlabs/RADIO's checkpoint (e.g. c-radio_v3-b_half.pth.tar).")
+    scra_scale: float | None = knob(
+        "--scra-scale", "the last block's self-correlating attention: the scale of its token cosines (its "
+        "scra_scaling) [default: 10, eval.py].")
+    scga_scale: float | None = knob(
+        "--scga-scale", "the global aggregation: the scale of its centred patch cosines (its scga_scaling) "
+        "[default: 10, eval.py].")
+
+    def __post_init__(self) -> None:
+        positive("--scra-scale", self.scra_scale, allow_none=True, upper=1000.0)
+        positive("--scga-scale", self.scga_scale, allow_none=True, upper=1000.0)
+
+
+__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "TextRegionKnobs", "RadsegKnobs"]

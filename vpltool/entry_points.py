@@ -1,0 +1,263 @@
+"""The ``vpltool.plugins`` entry-point group, read once: what other distributions add to vpltool without forking it.
+
+Each entry point names a function of a plugin's light module (``vpltool_example:register``), which vpltool calls
+once, with no argument, the first time one of its tables is read (a command's options are made from them, so
+`vpltool --help` reads them too). The function calls the register functions of :mod:`vpltool.plugins`; they add a
+row here by kind (``dense``: a ``--dense`` method's spec row; ``family``: a model family's module; ``text``: a
+text-supervised family's registry row), with the distribution that added it.
+
+The tables read their rows through :class:`PluginTable`: vpltool's own rows, then the plugins' rows of its kind, each
+checked by the table's owner. A plugin that fails (its entry point raises, a row is malformed, a name is vpltool's
+own or another plugin's) is one line naming its distribution and the fix (:func:`problems`, warned once), and is
+left out; the other commands and plugins go on. This module is the ground under the registries: it imports nothing
+of vpltool but its errors, so :mod:`vpltool.config.dense` and :mod:`vpltool.models.registry` read their plugin rows
+here without an import circle.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import VplError, VplWarning
+
+GROUP = "vpltool.plugins"
+IN_PROCESS = "this process"  # the distribution of a row registered by a direct call, not from an entry point
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One row a plugin added: its ``kind`` (``dense``, ``family``, ``text``), ``name``, the ``row`` itself and the
+    distribution that added it (``"vpltool-example 0.1.0"``; :data:`IN_PROCESS` for a direct call)."""
+
+    kind: str
+    name: str
+    row: Any
+    dist: str
+
+
+_ROWS: list[Registration] = []
+_PROBLEMS: list[str] = []
+_STATE = {"loaded": False, "quiet": False}
+_CURRENT: list[str] = []  # the distribution whose entry point runs now (a stack: an entry point may read a table)
+
+
+def _dist_of(ep: Any) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else f"the entry point {ep.name} = {ep.value}"
+
+
+def load() -> None:
+    """Call every entry point of :data:`GROUP` once (later calls return at once). One that raises is a problem line
+    (:func:`problem`), never an exception: a broken plugin must not stop the commands that do not use it."""
+    if _STATE["loaded"]:
+        return
+    _STATE["loaded"] = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=GROUP):
+        dist = _dist_of(ep)
+        _CURRENT.append(dist)
+        try:
+            ep.load()()
+        except Exception as e:  # the plugin's own code: any failure is its, reported in one line
+            text = (str(e).strip().splitlines() or [""])[0]
+            problem(f"plugin {dist}: its entry point {ep.name} = {ep.value} failed ({type(e).__name__}: {text}); "
+                    f"it is not loaded: fix or reinstall it, or remove it (pip uninstall {dist.split()[0]})")
+        finally:
+            _CURRENT.pop()
+
+
+def add(kind: str, name: str, row: Any) -> None:
+    """Add a plugin's row of ``kind`` (called by :mod:`vpltool.plugins`' register functions); it reaches its table
+    on the table's next read, with the distribution whose entry point runs now."""
+    _ROWS.append(Registration(kind, name, row, _CURRENT[-1] if _CURRENT else IN_PROCESS))
+
+
+def problem(line: str) -> None:
+    """A broken plugin's one line: kept for :func:`problems`, and warned (:class:`~vpltool.errors.VplWarning`)
+    unless the command line holds it for its own display (:func:`hold_warnings`)."""
+    if line in _PROBLEMS:
+        return
+    _PROBLEMS.append(line)
+    if not _STATE["quiet"]:
+        warnings.warn(VplWarning(line), stacklevel=3)
+
+
+def problems() -> list[str]:
+    """Every broken plugin's line so far."""
+    return list(_PROBLEMS)
+
+
+def hold_warnings(hold: bool = True) -> None:
+    """The command line shows :func:`problems` itself, as one ``warning:`` line each per command; while it holds
+    them (its options are made at import, before its warning display is set), :func:`problem` only keeps them."""
+    _STATE["quiet"] = hold
+
+
+def uninstall_hint(dist: str) -> str:
+    return "" if dist == IN_PROCESS else f", or remove it (pip uninstall {dist.split()[0]})"
+
+
+class PluginTable(Mapping):
+    """vpltool's own rows of one kind, then the plugins' (read on first use: :func:`load`), as one mapping.
+
+    Args:
+        kind: the plugins' kind of row (:class:`Registration`).
+        builtin: vpltool's own rows, by name, in order.
+        check: ``check(name, row, dist) -> row`` for a plugin's row: the row as the table keeps it; raises
+            :class:`~vpltool.errors.VplError` (or ``TypeError`` / ``ValueError``) with what is wrong and the fix.
+        what: how messages name a row (``"--dense method"``).
+    """
+
+    def __init__(self, kind: str, builtin: Mapping[str, Any], check: Callable[[str, Any, str], Any] | None = None,
+                 what: str = "name"):
+        self.kind, self.what, self._check = kind, what, check
+        self._builtin = dict(builtin)
+        self._rows = dict(builtin)
+        self._dists: dict[str, str] = {}
+        self._seen = 0
+        self._changes = 0
+
+    def _table(self) -> dict[str, Any]:
+        load()
+        while self._seen < len(_ROWS):
+            reg = _ROWS[self._seen]
+            self._seen += 1
+            if reg.kind == self.kind:
+                self._take(reg)
+        return self._rows
+
+    def _take(self, reg: Registration) -> None:
+        fix = f"rename it in the plugin{uninstall_hint(reg.dist)}"
+        if reg.name in self._builtin:
+            problem(f"plugin {reg.dist}: {self.what} {reg.name!r} is vpltool's own; the plugin's is not loaded: {fix}")
+            return
+        if reg.name in self._rows:
+            problem(f"plugin {reg.dist}: {self.what} {reg.name!r} is already the plugin {self._dists[reg.name]}'s; "
+                    f"the second is not loaded: {fix}")
+            return
+        try:
+            row = reg.row if self._check is None else self._check(reg.name, reg.row, reg.dist)
+        except (VplError, TypeError, ValueError) as e:
+            problem(f"plugin {reg.dist}: {self.what} {reg.name!r}: {e}; it is not loaded: fix the plugin"
+                    f"{uninstall_hint(reg.dist)}")
+            return
+        self._rows[reg.name] = row
+        self._dists[reg.name] = reg.dist
+        self._changes += 1
+
+    def rows_so_far(self) -> dict[str, Any]:
+        """The rows taken so far, without reading the plugins (a row's check reads the others' so)."""
+        return dict(self._rows)
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a row is added or removed (what is derived from the table is recomputed then)."""
+        self._table()
+        return self._changes
+
+    def __setitem__(self, name: str, row: Any) -> None:
+        """A row added in this process (a test's stand-in, as ``monkeypatch.setitem`` adds it), checked as a
+        plugin's; one line for a malformed row or a name that is vpltool's own."""
+        self._table()
+        if name in self._builtin:
+            raise VplError(f"{self.what} {name!r} is vpltool's own")
+        self._rows[name] = row if self._check is None else self._check(name, row, IN_PROCESS)
+        self._dists[name] = IN_PROCESS
+        self._changes += 1
+
+    def __delitem__(self, name: str) -> None:
+        """Remove a row added in this process or by a plugin (vpltool's own stay)."""
+        if name in self._builtin or name not in self._table():
+            raise KeyError(name)
+        del self._rows[name], self._dists[name]
+        self._changes += 1
+
+    def plugin(self, name: str) -> str | None:
+        """The distribution that added ``name`` (``"vpltool-example 0.1.0"``), or None for vpltool's own."""
+        self._table()
+        return self._dists.get(name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._table()))
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table()
+
+    def __repr__(self) -> str:
+        return f"PluginTable({self.kind!r}, {list(self)!r})"
+
+
+class Derived:
+    """A value derived from plugin tables (a tuple of names, a dict by name), computed on first use and again when
+    a table grows: ``DENSE_CHOICES`` reads as the tuple it was, with the plugins' methods in it, and importing it
+    loads no plugin."""
+
+    def __init__(self, make: Callable[[], Any], *tables: PluginTable):
+        self._make, self._tables = make, tables
+        self._key: tuple | None = None
+        self._value: Any = None
+
+    def value(self) -> Any:
+        """The derived value, up to date with the tables."""
+        key = tuple(t.generation for t in self._tables)
+        if key != self._key:
+            self._value, self._key = self._make(), key
+        return self._value
+
+
+class DerivedTuple(Derived):
+    """A :class:`Derived` tuple (``in``, iteration, ``len``, indexing and slicing as a tuple's)."""
+
+    def __iter__(self):
+        return iter(self.value())
+
+    def __len__(self) -> int:
+        return len(self.value())
+
+    def __getitem__(self, index):
+        return self.value()[index]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.value()
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self.value()) == (tuple(other) if isinstance(other, (tuple, list, DerivedTuple)) else other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.value()))
+
+    def __add__(self, other):
+        return tuple(self.value()) + tuple(other)
+
+    def __repr__(self) -> str:
+        return repr(self.value())
+
+
+class DerivedMap(Derived, Mapping):
+    """A :class:`Derived` dict."""
+
+    def __getitem__(self, key):
+        return self.value()[key]
+
+    def __iter__(self):
+        return iter(self.value())
+
+    def __len__(self) -> int:
+        return len(self.value())
+
+    def __repr__(self) -> str:
+        return repr(self.value())
+
+
+__all__ = ["GROUP", "IN_PROCESS", "Registration", "PluginTable", "Derived", "DerivedTuple", "DerivedMap", "load",
+           "add", "problem", "problems", "hold_warnings", "uninstall_hint"]

@@ -1,0 +1,58 @@
+"""The CLIP's registration point, torch-free: an alias of ``--model`` (:func:`register_model`: the demo world's
+``vpltool-toy``) and a tokenizer kind (:func:`register_tokenizer`) that packages plug in without the core knowing
+their names. They are called by a plugin's register function (the ``vpltool.plugins`` entry point,
+:mod:`vpltool.plugins`), which runs when a command's options are made: nothing here may import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ... import entry_points
+from ...errors import VplError
+
+EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
+PLUGIN_GROUP = entry_points.GROUP
+
+_MODELS: dict[str, Callable[[], Path]] = {}
+_TOKENIZERS: dict[str, Callable[[dict[str, Any], int], Any]] = {}
+
+
+def register_model(alias: str, folder: Callable[[], Path]) -> None:
+    """``--model alias`` loads the open_clip ``local-dir`` folder that ``folder()`` returns (weights, config and
+    ``vpltool.json``); the recorded identity stays ``alias`` so later stages rebuild the same model."""
+    _MODELS[alias] = folder
+
+
+def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any]) -> None:
+    """A folder whose ``vpltool.json`` says ``"tokenizer": kind`` gets ``factory(extra_config, context_length)``:
+    a callable from a list of strings to ``[N, context_length]`` int64 token ids (EOT the highest id per row)."""
+    _TOKENIZERS[kind] = factory
+
+
+def registered_models() -> list[str]:
+    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models)."""
+    entry_points.load()
+    return list(_MODELS)
+
+
+def registered_folder(alias: str) -> Path | None:
+    """The local folder of a registered alias, or None (the plugins read first)."""
+    if alias not in _MODELS:
+        entry_points.load()
+    return _MODELS[alias]() if alias in _MODELS else None
+
+
+def tokenizer_factory(kind: str) -> Callable[[dict[str, Any], int], Any]:
+    if kind not in _TOKENIZERS:
+        entry_points.load()
+    if kind not in _TOKENIZERS:
+        raise VplError(f"tokenizer {kind!r} (named by a model's {EXTRA_CONFIG}) is not registered; install the "
+                       "package that provides it")
+    return _TOKENIZERS[kind]
+
+
+__all__ = ["PLUGIN_GROUP", "register_model", "register_tokenizer", "registered_folder", "registered_models",
+           "tokenizer_factory"]

@@ -1,0 +1,76 @@
+"""What a package outside vpltool registers, without forking it: a ``--dense`` method, a model family or a
+text-supervised family (docs/architecture.md, "A method from outside the tree", shows a whole example package).
+
+A plugin's distribution names one function in its ``pyproject.toml``::
+
+    [project.entry-points."vpltool.plugins"]
+    example = "vpltool_example:register"
+
+vpltool calls it once, with no argument, the first time a method or family list is read (`vpltool --help` reads
+them), so it must be cheap: it imports no torch, and names the module that does the work, which is imported only
+when the method or family is used. It calls the functions here:
+
+* :func:`register_dense_method` ``(name, spec)``: ``--dense name`` in `segment`, `cam --dense`, `predict --dense`,
+  `benchmark` (with its spec row's ``presets``), :func:`vpltool.segmenter` and :func:`vpltool.list_methods`; its
+  knobs (the spec row's ``knobs_class``) become options of `segment` and `benchmark`;
+* :func:`register_backbone_family` ``(name, module)``: ``vpltool.models.load_model(name, spec)`` (the module calls
+  :func:`vpltool.models.register_family` when imported);
+* :func:`register_text_family` ``(name, row)``: ``--model NAME:FILE`` and ``train-text --family name`` (the row's
+  module calls :func:`vpltool.models.text.family.register_text_family`);
+* :func:`register_model` / :func:`register_tokenizer`: a CLIP alias and a tokenizer (the demo world's toy CLIP).
+
+A plugin that fails (its function raises, a row is malformed, a name is vpltool's own or another plugin's, its
+module does not import or misspells a hook) is one line naming its distribution and the fix, and is left out; the
+commands that do not use it go on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import entry_points
+from .config.dense import DenseMethodSpec, DenseSettings, MethodKnobs, knob
+from .config.method_presets import MethodPresets
+from .models.backbones.aliases import register_model, register_tokenizer
+from .models.registry import TextFamilyRow
+
+
+def register_dense_method(name: str, spec: DenseMethodSpec) -> None:
+    """``--dense name``: ``spec`` is its row (:class:`~vpltool.config.dense.DenseMethodSpec`: its segmentor
+    ``settings``, ``module`` (the full dotted name of the module holding its ``DenseHooks`` subclass), and as it
+    needs ``proxy_model``, ``sam``, ``knobs_class``, ``class_files`` (a set of vpltool's) and ``presets``)."""
+    entry_points.add("dense", name, spec)
+
+
+def register_backbone_family(name: str, module: str) -> None:
+    """Model family ``name``, registered by ``module`` (a full dotted name) when first named."""
+    entry_points.add("family", name, module)
+
+
+def register_text_family(name: str, row: TextFamilyRow) -> None:
+    """Text-supervised family ``name`` and its registry row (:class:`~vpltool.models.registry.TextFamilyRow`)."""
+    entry_points.add("text", name, row)
+
+
+def problems() -> list[str]:
+    """The one line of every plugin that failed so far (the plugins are read first)."""
+    from .config.dense import DENSE_SPECS
+    from .models.registry import BACKBONES, TEXT_FAMILIES
+
+    for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES):
+        len(table)  # read: each table checks its plugins' rows
+    return entry_points.problems()
+
+
+def installed() -> dict[str, Any]:
+    """``{kind: {name: distribution}}`` of the plugins' rows in use (``dense``, ``family``, ``text``)."""
+    from .config.dense import DENSE_SPECS
+    from .models.registry import BACKBONES, TEXT_FAMILIES
+
+    return {table.kind: {n: table.plugin(n) for n in table if table.plugin(n)}
+            for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES)}
+
+
+__all__ = ["register_dense_method", "register_backbone_family", "register_text_family", "register_model",
+           "register_tokenizer", "problems", "installed", "DenseMethodSpec", "DenseSettings", "MethodKnobs", "knob",
+           "MethodPresets", "TextFamilyRow"]
