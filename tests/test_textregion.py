@@ -195,7 +195,9 @@ def test_segment_with_a_folder_of_masks_and_a_bad_file(world, tiny_spec, tmp_pat
     s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert s.done == len(ds.items)
     params = io.read_stage_record(out, "segment")["params"]
-    assert params["region_source"]["generator"] == "folder" and len(params["region_source"]["files_sha256"]) == 64
+    assert params["region_source"]["generator"] == "folder"  # the folder by content, in place of its path
+    assert params["region_masks"]["path"] == str(masks.resolve()) and len(params["region_masks"]["sha256"]) == 64
+    assert [name for name, _ in params["region_masks"]["files"]] == [f"{it.image.stem}.npz" for it in ds.items]
     assert params["settings"]["long_side"] == 128
     for item in ds.items:  # a region with one mask of constant weight is one label
         mask = io.read_mask(io.mask_path(out, item.id), num_classes=len(ds.classes))

@@ -72,7 +72,7 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
     """TextRegion's hooks: each image's region masks (``masks``, ``[R, H0, W0]`` float16) and its segmentor
     (:func:`textregion_logits`, one photo at a time)."""
 
-    _digest: str | None = None
+    _folder: dict | None = None  # a folder of region masks by content (FolderMasks.check)
 
     def check(self) -> None:
         _source(self.cfg, load=False)  # the value, the sam2 package, the weights file
@@ -85,16 +85,17 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
 
         source = _source(self.cfg, load=False)
         if isinstance(source, FolderMasks):
-            self._digest = source.check([(Path(it.image), image_size(it.image)) for it in items])
+            self._folder = source.check([(Path(it.image), image_size(it.image)) for it in items])
 
     def record(self) -> dict:
         from .regions import source_record
 
         out = source_record(self.cfg.knobs.region_masks, self.cfg.sam_weights, generator_settings(self.cfg),
                             self.cfg.sam_model)
-        if self._digest is not None:
-            out["files_sha256"] = self._digest
-        return {"region_source": out}
+        if self._folder is None:
+            return {"region_source": out}
+        # the folder by content, in place of the path given (an input, not a setting), as CorrCLIP's
+        return {"region_source": out, "region_masks": self._folder}
 
     def extra_inputs(self, item, image) -> dict:
         source = _source(self.cfg)

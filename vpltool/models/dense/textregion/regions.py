@@ -28,13 +28,21 @@ FORMAT = (f"one <image stem>.npz per image with a float or bool array '{NPZ_KEY}
 
 
 def read_mask_file(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """One region-mask file -> ``[R, H0, W0]`` float16; ``shape``: its image's ``(H0, W0)``, checked. A missing,
+    """One region-mask file -> ``[R, H0, W0]`` float16; ``shape``: its image's ``(H0, W0)``, checked. The file is
+    read once (:func:`vpltool.io.read_as_named`: the bytes the run's record names, or one line). A missing,
     unreadable or malformed file is one line naming it and the fix."""
+    import io as _io
+
+    from ....io import read_as_named
+
     path = Path(path)
     if not path.is_file():
         raise VplError(f"{path}: no region-mask file for this image; give --region-masks a folder with {FORMAT}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(_io.BytesIO(read_as_named(path)), allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # np.save's one array under an .npz name
+            raise VplError(f"{path}: one bare array (np.save's .npy format), not an .npz archive; write {FORMAT}")
+        with data:
             if NPZ_KEY not in data.files:
                 raise VplError(f"{path}: no '{NPZ_KEY}' array (it holds {', '.join(data.files) or 'nothing'}); "
                                f"write {FORMAT}")
@@ -63,17 +71,22 @@ class FolderMasks:
 
     folder: Path
 
-    def check(self, images: list[tuple[Path, tuple[int, int]]]) -> str:
+    def check(self, images: list[tuple[Path, tuple[int, int]]]) -> dict:
         """Every image's file read and checked (``(image path, (H0, W0))`` each), before a model loads; returns the
-        digest of the files' names and bytes (sha256)."""
+        folder's identity by content (:mod:`vpltool.io.inputs`), as CorrCLIP's folder: ``{"path": the folder,
+        absolute, "sha256": a digest of the files' names and bytes, "files": [[name, sha256], ...]}``, so that the
+        folder given by another path is the same input and a file changed is named."""
         if not Path(self.folder).is_dir():
             raise VplError(f"--region-masks {self.folder}: not a folder; give a folder with {FORMAT}, or sam2 / sam")
-        h = hashlib.sha256()
+        h, files = hashlib.sha256(), []
         for image, shape in images:
             path = self.path(image)
+            # named first: the reads are held to it
+            digest = sha256_file(path).removeprefix("sha256:") if path.is_file() else None
             read_mask_file(path, shape)
-            h.update(f"{path.name}:{sha256_file(path)}\n".encode())
-        return h.hexdigest()
+            files.append([path.name, digest])
+            h.update(f"{path.name}:{digest}\n".encode())
+        return {"path": str(Path(self.folder).resolve()), "sha256": h.hexdigest(), "files": files}
 
     def path(self, image: Path) -> Path:
         return Path(self.folder) / f"{Path(image).stem}.npz"
