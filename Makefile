@@ -446,7 +446,7 @@ bench: setup
 DENSE_REFS ?=
 DENSE_WORK ?=
 # OVSS_REFS=/folder/of/clones: the benchmarks' configs and class files (NACLIP, SCLIP, ClearCLIP, ProxyCLIP,
-# SC-CLIP, CASS, Trident, CorrCLIP: benchmarks_parity.py) and SC-CLIP's and ProxyCLIP's dense logits (with
+# SC-CLIP, CASS, Trident, CorrCLIP, TextRegion: benchmarks_parity.py) and SC-CLIP's and ProxyCLIP's dense logits (with
 # facebookresearch/dino as dino: ovss_parity.py; ProxyCLIP's DINO ViT-B/8 per window makes its photos the costly
 # part: OVSS_PROXY_IMAGES); with OVSS_WORK also CASS's block parity and its free run on weights shaped so that its head
 # matching is unique (cass_weights.py into $(OVSS_WORK)-cass, then ovss_parity.py --methods cass)
@@ -477,6 +477,11 @@ CORRCLIP_WORK ?=
 OVSTITCHER_REF ?=
 OVSTITCHER_DINO_REF ?=
 OVSTITCHER_WORK ?=
+# TEXTREGION_REF=a clone of avaxiao/TextRegion (e392cd2): --dense textregion against its own model_semantic.py, both fed
+# the same region masks, and (where the sam2 package is installed: --sam2) its SAM 2 generator against vpltool's
+# (textregion_parity.py; TEXTREGION_WORK keeps both sides' outputs for a later run)
+TEXTREGION_REF ?=
+TEXTREGION_WORK ?=
 # RADSEG_REF=a clone of RADSeg-OVSS/RADSeg (05ec86f), RADSEG_RADIO_REF=one of NVlabs/RADIO (c0f3701): --dense radseg
 # against RADSeg's own code on RADIO's own hub code (radseg_parity.py; RADSEG_WORK keeps both sides' files)
 RADSEG_REF ?=
@@ -525,6 +530,10 @@ parity: setup
 	$(if $(OVSTITCHER_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/ov_stitcher_parity.py --ref $(OVSTITCHER_REF) \
 	  --dino-ref $(OVSTITCHER_DINO_REF) $(if $(OVSTITCHER_WORK),--work $(OVSTITCHER_WORK)/448) --images 2 \
 	  --short-side 448 --slide-crop 336 --slide-stride 112 --out $(PARITY_OUT)/ov_stitcher_parity_448.json > /dev/null)
+	$(if $(TEXTREGION_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/textregion_parity.py --ref $(TEXTREGION_REF) \
+	  $(if $(TEXTREGION_WORK),--work $(TEXTREGION_WORK)) $(if $(shell $(VENV)/bin/python -c "import sam2" 2>/dev/null && echo y),--sam2) \
+	  --out $(PARITY_OUT)/textregion_parity.json > /dev/null, \
+	  @echo "make parity: pass TEXTREGION_REF=/path/to/a/clone/of/avaxiao/TextRegion at e392cd2 (docs/parity.md)")
 	$(if $(RADSEG_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/radseg_parity.py --ref $(RADSEG_REF) \
 	  --radio-ref $(RADSEG_RADIO_REF) $(if $(RADSEG_WORK),--work $(RADSEG_WORK)) \
 	  --out $(PARITY_OUT)/radseg_parity.json > /dev/null, \

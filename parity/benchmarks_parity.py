@@ -5,11 +5,10 @@ JSON object.
 
 ``--ref DIR`` holds clones named ``NACLIP``, ``SCLIP``, ``ClearCLIP``, ``ProxyCLIP``, ``SC-CLIP``, ``CASS``,
 ``Trident``, ``CorrCLIP`` (its ``CorrCLIPv1/`` read), ``OV-Stitcher`` (the folder of ``ov_stitcher_parity.py``'s
-docstring), ``RADSeg`` (its ``evaluation/2d/`` read; any case; a ``owner+name`` folder works too); a missing one is
-reported, not compared. Each clone is
-read in its own process by ``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports
-of ``custom_datasets.py``; the configs are executed as the Python files they are, ``_base_`` files under them;
-``get_cls_idx`` runs alone).
+docstring), ``TextRegion`` (its ``configs/cfg_ds/``), ``RADSeg`` (its ``evaluation/2d/`` read; any case; a
+``owner+name`` folder works too); a missing one is reported, not compared. Each clone is read in its own process by
+``benchmarks_ref_runner.py`` (its docstring says what is stubbed: the OpenMMLab imports of ``custom_datasets.py``;
+the configs are executed as the Python files they are, ``_base_`` files under them; ``get_cls_idx`` runs alone).
 
 Compared, per reference:
 
@@ -59,7 +58,8 @@ REFS = {"naclip": ("NACLIP", "naclip.py"), "sclip": ("SCLIP", "clip_segmentor.py
         "clearclip": ("ClearCLIP", "clearclip_segmentor.py"), "proxyclip": ("ProxyCLIP", "proxyclip_segmentor.py"),
         "sc-clip": ("SC-CLIP", "scclip_segmentor.py"), "cass": ("CASS", "cass_segmentor.py"),
         "trident": ("Trident", "trident.py"), "corrclip": ("CorrCLIP", "corrclip_segmentor.py"),
-        "ov-stitcher": ("OV-Stitcher", "ov_stitcher_segmentor.py"), "radseg": ("RADSeg", "radseg_segmentor.py")}
+        "ov-stitcher": ("OV-Stitcher", "ov_stitcher_segmentor.py"), "textregion": ("TextRegion", "model_semantic.py"),
+        "radseg": ("RADSeg", "radseg_segmentor.py")}
 # a reference whose code is a folder of its repository (CorrCLIP's v1, beside its v2; RADSeg's evaluation/2d)
 SUBFOLDER = {"corrclip": "CorrCLIPv1", "radseg": "evaluation/2d"}
 # a reference whose segmentor wraps a model that holds the defaults (the runner's --defaults FILE:CLASS)
@@ -69,10 +69,19 @@ KEYS = {"logit_scale": "logit_scale", "prob_threshold": "prob_thd", "area_thresh
 # a reference that names a setting otherwise, or has none: RADSeg's threshold is prediction_thresh, and its logit
 # scale is no setting (compute_cos_sim's softmax(100 sim), which radseg_parity.py's probabilities check)
 METHOD_KEYS = {"radseg": {**{k: v for k, v in KEYS.items() if k != "logit_scale"},
-                          "prob_threshold": "prediction_thresh"}}
+                          "prob_threshold": "prediction_thresh"},
+               # TextRegion: its region_logit_scale, its SAM 2 grid in sam2_cfg, its views' crop_size; no slide
+               # windows (its Cityscapes views are the halves model_semantic.py takes where "city_scape" is in the
+               # config's name: checked below)
+               "textregion": {**{k: v for k, v in KEYS.items() if k not in ("slide_crop", "slide_stride")},
+                              "logit_scale": "region_logit_scale", "points_per_side": "sam2_cfg.points_per_side",
+                              "region_crop": "crop_size"}}
 # what the references' own evaluation scripts set over the configs: CASS's eval_all.sh runs eval.py --pamr off,
 # which sets cfg.model['pamr_steps'] = 0 (its __init__ default is 10)
 EVAL_OVERRIDES = {"cass": {"pamr_steps": 0}}
+# mmseg 1.x's own dataset classes' reduce_zero_label, where a config leaves it to the class (TextRegion's ADE20K:
+# LoadAnnotations() on ADE20KDataset, whose __init__ fixes it True: mmseg/datasets/ade.py)
+MMSEG_REDUCE = {"ADE20KDataset": True}
 CUSTOM = {"voc20": "PascalVOC20Dataset", "coco-object": "COCOObjectDataset", "context60": "PascalContext60Dataset",
           "context59": "PascalContext59Dataset"}
 
@@ -113,6 +122,14 @@ def compare_presets(method: str, ref: dict, out: list) -> int:
         n += 1
         if mine["short_side"] != min(c["resize"]):
             out.append(f"{method} {bench} short_side: vpltool {mine['short_side']}, Resize {c['resize']}")
+        if "long_side" in mine:  # a preset that sets the resize's long side (TextRegion's); the others' is 2048
+            n += 1
+            if mine["long_side"] != max(c["resize"]):
+                out.append(f"{method} {bench} long_side: vpltool {mine['long_side']}, Resize {c['resize']}")
+        if method == "textregion":
+            n += 1
+            if bool(mine.get("region_halves")) != (bench == "cityscapes"):  # its cfg_city_scapes.py's name
+                out.append(f"{method} {bench} region_halves: vpltool {mine.get('region_halves')}")
     return n
 
 
@@ -169,7 +186,7 @@ def compare_datasets(method: str, ref: dict, out: list) -> int:
         init = custom.get("init", {})
         reduce = c["load_annotations"].get("reduce_zero_label", c["dataset_reduce_zero_label"])
         if reduce is None:
-            reduce = init.get("reduce_zero_label", False)
+            reduce = init.get("reduce_zero_label", MMSEG_REDUCE.get(c.get("dataset_type"), False))
         checks = {"images": (b.images, prefix.get("img_path")), "masks": (b.masks, prefix.get("seg_map_path")),
                   "split_file": (b.split_file, c["ann_file"]), "reduce_zero_label": (b.reduce_zero_label, reduce)}
         if init:

@@ -11,8 +11,9 @@ It imports nothing from vpltool. From the clone, without the OpenMMLab packages:
    (``register_module()`` returns the class), ``mmengine.fileio`` and ``mmcv`` (the ``LoadAnnotations`` base
    ClearCLIP subclasses); each dataset class's ``METAINFO['classes']`` and the keyword arguments its ``__init__``
    hands ``BaseSegDataset`` (suffixes, ``reduce_zero_label``);
-2. each ``configs/cfg_<benchmark>.py`` executed as the plain Python it is (its ``_base_`` first, the ``model`` dicts
-   merged as mmengine merges them): the ``model`` dict, the ``Resize`` scale, the ``LoadAnnotations`` arguments,
+2. each ``configs/cfg_<benchmark>.py`` (TextRegion's ``configs/cfg_ds/``) executed as the plain Python it is (its
+   ``_base_`` first, the ``model`` dicts merged as mmengine merges them, nested ones key by key and flattened to
+   ``outer.inner``): the ``model`` dict, the ``Resize`` scale, the ``LoadAnnotations`` arguments,
    the dataset's ``data_prefix``, ``ann_file``, ``reduce_zero_label`` and type;
 3. the segmentor's ``__init__`` defaults, from its source by ``ast`` (no import: it would load CLIP);
 4. each class file read by the clone's own ``get_cls_idx`` (taken out of the segmentor's source by ``ast`` and run
@@ -124,7 +125,11 @@ def configs(clone: Path, files: dict) -> dict:
         resize = next((s for s in steps if s.get("type") == "Resize"), {})
         annotations = next((s for s in steps if s.get("type") == "LoadAnnotations"), {})
         ds = cfg.get("test_dataloader", {}).get("dataset", {})
-        out[bench] = {"model": {k: v for k, v in model.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        # nested settings as ``outer.inner`` keys (TextRegion's sam2_cfg.points_per_side), scalars only
+        flat = {}
+        for k, v in model.items():
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
+        out[bench] = {"model": {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool, type(None)))},
                       "resize": list(resize.get("scale", ())), "load_annotations": {k: v for k, v in annotations.items()
                                                                                      if k != "type"},
                       "dataset_type": cfg.get("dataset_type"), "data_prefix": ds.get("data_prefix"),

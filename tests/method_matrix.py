@@ -28,7 +28,7 @@ STAGES = ("segment", "cam", "predict", "benchmark", "python")
 # tests/tiny_towers.py) with SigLIP 2's text tower beside it; OV-Stitcher stitches whole windows only, multiples of
 # 112 pixels here (its 56 and both patches) no larger than the short side (SIDE otherwise), so it runs at 112; a new
 # method that needs more adds its row
-NEEDS = {"corrclip": {"region_masks": "{regions}"},
+NEEDS = {"corrclip": {"region_masks": "{regions}"}, "textregion": {"region_masks": "{soft_regions}"},
          "ov-stitcher": {"region_masks": "{regions}", "short_side": 112, "slide_crop": 112, "slide_stride": 56},
          "radseg": {"proxy_model": "vpl_test_radio_v3", "proxy_weights": "{radio}",
                     "language_model": "{language_model}"}}
@@ -41,6 +41,7 @@ class Inputs:
     root: str  # a scratch folder: each cell writes under it
     photos: str  # one 40x56 photo, no labels
     regions: str  # <stem>.npz region maps of the photo and of the benchmark's images
+    soft_regions: str  # the same regions as TextRegion's soft masks (<stem>.npz, key masks, [R, H, W] in [0, 3])
     world: str  # the demo world (labelled scenes: cam --dense)
     prototypes: str  # its text prototypes (the tiny CLIP's)
     decoder: str  # a decoder over the tiny CLIP (predict --classes --dense)
@@ -53,9 +54,10 @@ class Inputs:
 def make_inputs(root: Path, world: Path, prototypes: Path, decoder: Path) -> Inputs:
     from vpltool.data.miniature import make_miniature
 
-    photos, regions = root / "photos", root / "regions"
+    photos, regions, soft = root / "photos", root / "regions", root / "soft_regions"
     photos.mkdir(parents=True)
     regions.mkdir()
+    soft.mkdir()
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (40, 56, 3)).astype(np.uint8)
     image[10:30, 14:42] = (220, 60, 40)
@@ -66,8 +68,11 @@ def make_inputs(root: Path, world: Path, prototypes: Path, decoder: Path) -> Inp
         ids = np.zeros((h, w), np.int64)
         ids[h // 4: 3 * h // 4, w // 4: 3 * w // 4], ids[: h // 4], ids[3 * h // 4:, : w // 2] = 1, 2, 3
         np.savez_compressed(regions / f"{stem}.npz", instance_mask=ids)
-    return Inputs(str(root), str(photos), str(regions), str(world), str(prototypes), str(decoder), str(voc21),
-                  str(TESTS / "assets" / "model_configs"), *_radseg_files(root / "radseg"))
+        # region 3 left out: its pixels take TextRegion's fallback (SCLIP's patch logits)
+        masks = np.stack([(ids == i) * 3.0 for i in range(3)]).astype(np.float16)  # [3, h, w] in [0, 3]
+        np.savez_compressed(soft / f"{stem}.npz", masks=masks)
+    return Inputs(str(root), str(photos), str(regions), str(soft), str(world), str(prototypes), str(decoder),
+                  str(voc21), str(TESTS / "assets" / "model_configs"), *_radseg_files(root / "radseg"))
 
 
 def _radseg_files(folder: Path) -> tuple[str, str]:
@@ -112,12 +117,13 @@ def _flags(options: dict) -> list[str]:
 
 
 def expected(method: str, stage: str) -> str:
-    """``labels`` or ``refused``: `cam --dense` and `predict --dense` load no side model, so a method that takes a
-    proxy or SAM is refused there in one line; `benchmark` runs a method with presets."""
+    """``labels`` or ``refused``: `cam --dense` and `predict --dense` load no side model and take no per-image
+    input, so a method that takes a proxy or SAM, or needs region masks (:data:`NEEDS`), is refused there in one
+    line; `benchmark` runs a method with presets."""
     from vpltool.config.benchmarks import BENCHMARK_PRESETS
     from vpltool.config.dense import PLAIN_METHODS
 
-    if stage in ("cam", "predict") and method not in PLAIN_METHODS:
+    if stage in ("cam", "predict") and (method not in PLAIN_METHODS or "region_masks" in NEEDS.get(method, {})):
         return "refused"
     if stage == "benchmark" and method not in BENCHMARK_PRESETS:
         return "refused"

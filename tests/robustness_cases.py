@@ -1961,6 +1961,70 @@ def _segment_trident_sam2(ws: Workspace) -> Iterator[list[object]]:
            "--sam-weights", "none"]
 
 
+@case("segment --dense textregion without region masks", "--dense textregion needs class-agnostic region masks",
+      "--region-masks FOLDER")
+def _segment_textregion_no_masks(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion"), *TINY, *CPU, "--dense",
+           "textregion"]
+
+
+def _textregion_masks(ws: Workspace, name: str, bad: dict | None = None) -> Path:
+    """A folder of TextRegion's region masks for the workspace's val images (<stem>.npz, key masks); ``bad``: the
+    second image's file's arrays instead."""
+    import numpy as np
+
+    from vpltool import io
+    from vpltool.data import open_dataset
+
+    folder = ws.root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for i, item in enumerate(open_dataset(ws.world, "val").items):
+        h, w = io.load_image(item.image).shape[:2]
+        arrays = bad if (bad is not None and i == 1) else {"masks": np.ones((2, h, w), np.float16)}
+        np.savez(folder / f"{item.id}.npz", **arrays)
+    return folder
+
+
+@case("segment --dense textregion with a region-mask file of another size than its image (refused before the "
+      "model loads)", "textregion_masks_size/val_000001.npz: 5x5 region masks for a 96x96 image")
+def _segment_textregion_mask_size(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    folder = _textregion_masks(ws, "textregion_masks_size", {"masks": np.ones((1, 5, 5), np.float16)})
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_size"), *TINY, *CPU, "--dense",
+           "textregion", "--region-masks", folder]
+
+
+@case("segment --dense textregion with NaN in a region-mask file", "textregion_masks_nan/val_000001.npz",
+      "NaN or infinite", "write masks in [0, 3]")
+def _segment_textregion_mask_nan(ws: Workspace) -> Iterator[list[object]]:
+    import numpy as np
+
+    folder = _textregion_masks(ws, "textregion_masks_nan", {"masks": np.full((1, 96, 96), np.nan, np.float32)})
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_nan"), *TINY, *CPU, "--dense",
+           "textregion", "--region-masks", folder]
+
+
+@case("segment --dense textregion --region-masks sam2 without --sam-weights", "--region-masks sam2 needs the "
+      "model's weights", "--sam-weights FILE")
+def _segment_textregion_sam2_no_weights(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_sam2"), *TINY, *CPU, "--dense",
+           "textregion", "--region-masks", "sam2"]
+
+
+@case("segment --dense textregion on SigLIP 2 (its SigLIP 2 path is not built)",
+      "--dense textregion reads open_clip's own attention modules", "on it choose --dense none, maskclip")
+def _segment_siglip2_textregion(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_siglip2_textregion"), "--model",
+           "ViT-B-16-SigLIP2", "--pretrained", "none", *CPU, "--dense", "textregion", "--region-masks", "masks/"]
+
+
+@case("segment --long-side 8", "--long-side 8: must be >= 16")
+def _segment_long_side_small(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_long_side"), *TINY, *CPU, "--long-side", "8"]
+
+
 @case("segment --max-side 10 (a working size PAMR's dilations have no room in)", "--max-side 10: must be >= 64")
 def _segment_max_side_small(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_max_side"), *TINY, *CPU, "--max-side", "10"]

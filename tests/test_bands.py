@@ -165,6 +165,9 @@ def test_max_side_segments_a_larger_photo_at_its_working_size_and_enlarges_the_l
     assert photo_bytes(4000, 6000, 27, replace(settings, max_side=2048)) < 0.6 * photo_bytes(4000, 6000, 27, settings)
     assert "max_side" not in settings_params(settings)
     assert settings_params(replace(settings, max_side=2048))["max_side"] == 2048
+    # so the resize's long side: recorded only when it is not mmseg's 2048 (older runs resume)
+    assert "long_side" not in settings_params(settings) and settings.long_side == 2048
+    assert settings_params(SegmentConfig(dense="naclip", long_side=1008).resolved())["long_side"] == 1008
 
 
 def test_text_family_labels_in_bands_equal_the_whole_upsampling(tiny_pgseg_checkpoint, monkeypatch):

@@ -81,6 +81,10 @@ def test_mmseg_resize_size_is_vpltools_short_side_size(tmp_path):
         cv2.imwrite(str(path), img)
         x, ori = dense_ref_runner.mmseg_input(path, (2048, 336), pre)
         assert ori == (h, w) and tuple(x.shape[-2:]) == short_side_size(h, w, 336)
+        # TextRegion's Resize(scale=(1008, 672)): its long side binds on the photos wider than 3:2 (300x451)
+        big, _ = dense_ref_runner.mmseg_input(path, (1008, 672), pre)
+        assert tuple(big.shape[-2:]) == short_side_size(h, w, 672, 1008)
+        assert (max(big.shape[-2:]) == 1008) == (max(h, w) / min(h, w) > 1.5)
         if (h, w) == (375, 500):  # cv2.INTER_LINEAR of the decoded BGR image, swapped to RGB, unnormalised
             expected = cv2.resize(img, (448, 336), interpolation=cv2.INTER_LINEAR)[..., ::-1].transpose(2, 0, 1)
             assert torch.equal(x[0], torch.from_numpy(expected.astype(np.float32)))

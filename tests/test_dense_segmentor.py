@@ -24,6 +24,8 @@ def test_short_side_and_windows():
     assert short_side_size(375, 500, 336) == (336, 448)
     assert short_side_size(96, 96, 336) == (336, 336)
     assert short_side_size(100, 10000, 336) == (20, 2048)  # the long edge caps it
+    assert short_side_size(300, 451, 672, 1008) == (671, 1008)  # TextRegion's Resize(scale=(1008, 672))
+    assert short_side_size(375, 500, 672, 1008) == (672, 896)
     assert window_starts(336, 224, 112) == [(0, 224), (112, 336)]
     assert window_starts(448, 224, 112) == [(0, 224), (112, 336), (224, 448)]
     assert window_starts(100, 224, 112) == [(0, 100)]

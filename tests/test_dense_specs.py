@@ -32,7 +32,9 @@ def test_every_method_knob_is_an_option_made_from_its_spec_row(command):
     for field, knob in KNOBS.items():
         assert field in params, field
         assert knob.option.split("/")[0] in params[field].opts
-        assert params[field].help.startswith(f"--dense {' or '.join(KNOB_METHODS[field])}: ")
+        names = KNOB_METHODS[field]  # a knob two methods declare alike (--region-masks) names both
+        shown = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        assert params[field].help.startswith(f"--dense {shown}: ")
         assert params[field].default is None  # the method's (or the preset's) value
 
 
@@ -41,6 +43,7 @@ def test_each_method_names_its_reference_s_class_file_set():
 
     expected = {"naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "sclip": "sclip", "clearclip": "clearclip",
                 "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip", "ov-stitcher": "corrclip",
+                "textregion": "proxyclip",
                 "radseg": "proxyclip"}  # RADSeg's five cls_*.txt are ProxyCLIP's bytes (radseg_parity.py checks)
     assert {m: REFERENCE_SETS[m] for m in expected} == expected
     for spec in DENSE_SPECS.values():  # a named set is a folder of files
@@ -65,15 +68,15 @@ def test_a_knob_two_methods_read_is_one_option_naming_both():
     from vpltool.config.dense import KNOB_METHODS
     from vpltool.errors import VplWarning
 
-    assert DENSE_SPECS["corrclip"].knobs == DENSE_SPECS["ov-stitcher"].knobs  # the same option and help
-    assert KNOB_METHODS["region_masks"] == ("corrclip", "ov-stitcher")
-    with pytest.warns(VplWarning, match="without --dense corrclip or ov-stitcher"):
+    assert DENSE_SPECS["corrclip"].knobs == DENSE_SPECS["ov-stitcher"].knobs  # declared alike: one option
+    assert KNOB_METHODS["region_masks"] == ("corrclip", "ov-stitcher", "textregion")
+    with pytest.warns(VplWarning, match="without --dense corrclip or ov-stitcher or textregion"):
         SegmentConfig.of(dense="naclip", region_masks="masks/")
     cfg = SegmentConfig.of(dense="ov-stitcher", region_masks="masks/")
     assert cfg.knobs.region_masks == "masks/" and "region_masks" not in cfg.inert()
     assert cfg.inert()["sam_model"] == "without --region-masks sam or sam2"
     params = {p.name: p for p in _command("segment").params}
-    assert params["region_masks"].help.startswith("--dense corrclip or ov-stitcher: ")
+    assert params["region_masks"].help.startswith("--dense corrclip, ov-stitcher and textregion: ")
 
 
 def test_the_proxyclip_set_is_the_references_files():

@@ -15,7 +15,7 @@ import torch
 
 from vpltool import io, numerics
 from vpltool.device import cpu_has_amx, resolve_precision
-from vpltool.errors import ContractError, VplError
+from vpltool.errors import ContractError, VplError, VplWarning
 
 CPU = torch.device("cpu")
 
@@ -100,6 +100,17 @@ def test_a_file_of_another_dtype_or_mode_is_refused_in_one_line():
         io.check_numerics(REPRO, ("cams", FAST, "cam"))
     with pytest.raises(ContractError, match="'numerics' is .*the file is damaged"):
         io.check_numerics(FAST, ("cams", {"mode": "turbo"}, "cam"))
+
+
+def test_trained_weights_of_another_dtype_or_mode_are_used_with_a_warning():
+    # a decoder trained at fp32 predicting at bf16 (as a CLIP's fp32 weights run at bf16): said, not refused
+    with pytest.warns(VplWarning, match=r"decoder.safetensors: made at fp32 \(--precision auto\); this run is at "
+                                        r"bf16 .*its weights are used as they are"):
+        io.check_numerics(BF16, ("decoder.safetensors", FAST, "train-decoder"), weights=True)
+    with pytest.warns(VplWarning, match="made in reproducible mode; this run is in fast mode"):
+        io.check_numerics(FAST, ("talk2dino.safetensors", REPRO, "train-text"), weights=True)
+    with pytest.raises(ContractError, match="'numerics' is .*the file is damaged"):  # a damaged record still is
+        io.check_numerics(FAST, ("decoder.safetensors", {"mode": "turbo"}, "train-decoder"), weights=True)
 
 
 def test_what_is_not_compared():

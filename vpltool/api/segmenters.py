@@ -133,7 +133,7 @@ class DenseSegmenter(Segmenter):
         check_photo_memory([name_of(photo)], [(h, w)], 1, settings, scores=1,
                            max_side_option="vpltool.segmenter(..., max_side={})")
         bb = self._ready()
-        size = short_side_size(h, w, settings.short_side)
+        size = short_side_size(h, w, settings.short_side, settings.long_side)
         pixels, extras = self._inputs(bb, [rgb], [(None, photo)], [0], size)
         named = photo if isinstance(photo, (str, os.PathLike)) else None
         emb = Embedding(named, rgb, self.method, owner=self._owner())
@@ -168,7 +168,7 @@ class DenseSegmenter(Segmenter):
         if embedding is not None:
             check_owner(embedding, self._owner())
         text, query_class = self.queries(entries)
-        inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
+        inputs = [short_side_size(h, w, settings.short_side, settings.long_side) for h, w in sizes]
         out: list[Any] = [None] * len(rgbs)
         limit = resolve_batch_size(batch_size, bb.device, 1)
         kept = nullcontext() if embedding is None else kept_features(bb, embedding.kept, record=False)

@@ -77,8 +77,11 @@ _SETTINGS = (
      "Background below this top probability. " + _PRESET),
     ("area_threshold", float, "SCLIP's filter: a class covering at most this share of the foreground is dropped "
      "(0 = off).", "SCLIP's area filter (0 = off). " + _PRESET),
-    ("short_side", int, "Images resized to this short side first (mmseg keep-ratio resize, long side at most 2048).",
-     "Short side of the resize. " + _PRESET),
+    ("short_side", int, "Images resized to this short side first (mmseg keep-ratio resize, long side at most "
+     "--long-side).", "Short side of the resize. " + _PRESET),
+    ("long_side", int, "The resize's long side at most this (mmseg's Resize(scale=(long, short)): the smaller "
+     "of the two factors wins; 2048 for every method but textregion's 1008).", "Long side cap of the resize. "
+     + _PRESET),
     ("slide_crop", int, "Sliding window side in pixels (0 = the whole image).", "Window side (0 = whole image). "
      + _PRESET),
     ("slide_stride", int, "Sliding window stride in pixels.", "Window stride. " + _PRESET),
@@ -100,7 +103,7 @@ def _knob_type(field: str) -> object:
     owners = KNOB_METHODS[field]
     kind = DENSE_SPECS[owners[0]].knobs_class.types()[field]
     knob = KNOBS[field]
-    return Annotated[Optional[kind], typer.Option(knob.option, help=f"--dense {' or '.join(owners)}: {knob.help}",
+    return Annotated[Optional[kind], typer.Option(knob.option, help=f"--dense {_methods(owners)}: {knob.help}",
                                                   show_default=False)]
 
 

@@ -189,7 +189,8 @@ def presets_markdown() -> str:
         # CASS's knobs, a preset's prompt set (OV-Stitcher's templates), then the not-run ones
         knobs = {**{k: s[k] for k in (*_METHOD_KNOBS, "templates") if k in s}, **row["extra"]}
         extra = (" (+ " + ", ".join(f"{k} {v}" for k, v in knobs.items()) + ")") if knobs else ""
-        lines.append(f"| {row['method']} | {row['benchmark']} | {s['short_side']} | {window} | {s['logit_scale']:g} | "
+        side = f"{s['short_side']} (long {s['long_side']})" if s.get("long_side") else s["short_side"]
+        lines.append(f"| {row['method']} | {row['benchmark']} | {side} | {window} | {s['logit_scale']:g} | "
                      f"{s['prob_threshold']:g} | {s['area_threshold'] or '-'} | {s['pamr_steps'] or '-'} | "
                      f"{s.get('class_file', 'its own')} | {row['repo']}: {row['source']}{extra} |")
     return "\n".join(lines) + "\n"

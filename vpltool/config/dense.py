@@ -15,8 +15,8 @@ from typing import Any
 from ..entry_points import DerivedMap, DerivedTuple, PluginTable
 from ..errors import VplError, VplWarning
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
-from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TridentKnobs
-from .dense_presets import CORRCLIP_PRESETS, OV_STITCHER_PRESETS, RADSEG_PRESETS
+from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
+from .dense_presets import CORRCLIP_PRESETS, OV_STITCHER_PRESETS, RADSEG_PRESETS, TEXTREGION_PRESETS
 from .knobs import Knob, MethodKnobs, knob  # noqa: F401 (the knobs of a method are written with these)
 from .method_presets import MethodPresets
 
@@ -33,7 +33,7 @@ class DenseSettings:
 
     logit_scale: float  # softmax(logit_scale * cos) over the queries
     prob_threshold: float  # pixels whose top class probability is below it -> background
-    short_side: int  # mmseg Resize(scale=(2048, short_side), keep_ratio=True)
+    short_side: int  # mmseg Resize(scale=(long_side, short_side), keep_ratio=True)
     slide_crop: int  # sliding window side in pixels; 0 = the whole image at once
     slide_stride: int
     crop_mode: str  # CROP_MODES
@@ -46,6 +46,9 @@ class DenseSettings:
     # upsampled logits, PAMR and the argmax run on fewer pixels) and its labels enlarged, nearest, to the photo
     # (0 = off: the photo's own size, the references' arithmetic)
     max_side: int = 0
+    # the resize's long side: mmseg's Resize(scale=(long_side, short_side)) scales by min(long_side / long,
+    # short_side / short); the methods' configs say 2048 (TextRegion's 1008 binds on photos wider than 3:2)
+    long_side: int = 2048
     # Trident's SAM prompt refinement (eval.py --sam_refine; vpltool.models.dense.sam_refine), off by default as
     # eval.py; thresholds of configs/base_config.py + cfg_voc21.py and trident.py's sam_mask_coff default
     sam_refine: bool = False
@@ -169,6 +172,12 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
                                                  slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
                                    module="ov_stitcher", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
                                    knobs_class=OVStitcherKnobs, presets=OV_STITCHER_PRESETS),
+    # model_semantic.py + configs/base_config.py + cfg_voc21.py: region logit scale 50, prob_thd 0.4, Resize
+    # (1008, 672), its own views (the photo and 336-pixel tiles) in place of slide windows; SAM 2's region masks
+    "textregion": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.4, short_side=672, slide_crop=0,
+                                                slide_stride=112, crop_mode="floor", whole="direct", long_side=1008),
+                                  module="textregion", class_files="proxyclip", knobs_class=TextRegionKnobs,
+                                  presets=TEXTREGION_PRESETS),
     # radseg/radseg.py + evaluation/2d/configs/base_config.py: softmax(100 cos) over the prompts, no threshold
     # (prediction_thresh 0), slide 336/224 in feature space, short side 336 (mid_res cfg_voc20.py); C-RADIOv3-B
     # (NVlabs/RADIO's checkpoint, --proxy-weights) and its SigLIP 2 adaptor's text tower (--language-model)
@@ -258,6 +267,7 @@ class SegmentConfig:
     prob_threshold: float | None = None
     area_threshold: float | None = None  # None = the method's (SCLIP 0.1); 0 = off
     short_side: int | None = None
+    long_side: int | None = None
     slide_crop: int | None = None
     slide_stride: int | None = None
     pamr_steps: int | None = None
@@ -302,6 +312,7 @@ class SegmentConfig:
             if value is not None:
                 fraction(option, value)
         at_least("--short-side", self.short_side, 16, allow_none=True, why=" pixels")
+        at_least("--long-side", self.long_side, 16, allow_none=True, why=" pixels")
         at_least("--slide-crop", self.slide_crop, 0, allow_none=True, why=" pixels (0 = the whole image)")
         at_least("--slide-stride", self.slide_stride, 1, allow_none=True, why=" pixels")
         at_least("--pamr-steps", self.pamr_steps, 0, allow_none=True, why=" (0 = off)")
@@ -351,6 +362,8 @@ class SegmentConfig:
         :meth:`of` takes them back)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "knobs"}
         out.update({f.name: getattr(self.knobs, f.name) for f in fields(self.knobs)})
+        if out["long_side"] is None:  # newer than the runs recorded before it: left out at None (the method's), so
+            del out["long_side"]  # that they resume with the same parameters
         return out
 
     def inert(self) -> dict[str, str]:

@@ -84,25 +84,58 @@ class TridentKnobs(MethodKnobs):
         at_least("--minimal-area", self.minimal_area, 1, allow_none=True, why=" half-resolution pixels")
 
 
+def _region_masks() -> str | None:
+    """The knob CorrCLIP, OV-Stitcher and TextRegion share (each class declares it alike, so --region-masks is one
+    option whose help says what each method reads)."""
+    return knob(
+        "--region-masks", "class-agnostic region masks per image. corrclip and ov-stitcher: a folder of one <image "
+        "stem>.npz per image (key instance_mask, an int map at the image's size, the smallest id unsegmented: the "
+        "reference's precomputed masks) | sam (segment-anything's automatic mask generator on --sam-model / "
+        "--sam-weights, with each reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting keeps "
+        "1) | sam2[:CONFIG] (SAM2's, where the sam2 package is installed; --sam-weights its checkpoint). textregion: "
+        "a folder of one <image stem>.npz per image (key masks, regions x height x width soft masks in [0, 3] at the "
+        "image's size) | sam2[:CONFIG] (SAM 2's generator as TextRegion runs it, fused soft masks; --sam-weights its "
+        "checkpoint) | sam (that generator on segment-anything's --sam-model / --sam-weights).",
+        uses=("sam_model", "sam_weights"), when=("sam", "sam2"))
+
+
 @dataclass(frozen=True)
 class CorrCLIPKnobs(MethodKnobs):
     """CorrCLIP's class-agnostic region masks per image (:mod:`vpltool.models.dense.corrclip.regions`)."""
 
     # a folder of <image stem>.npz files (key instance_mask) | sam (segment-anything's automatic mask generator:
     # --sam-model, --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
-    region_masks: str | None = knob(
-        "--region-masks", "its class-agnostic region masks: a folder of one <image stem>.npz per image (key "
-        "instance_mask, an int map at the image's size, the smallest id unsegmented: the reference's precomputed "
-        "masks) | sam (segment-anything's automatic mask generator on --sam-model / --sam-weights, with the "
-        "reference's SAM2 settings; it keeps 3 masks a point where that SAM2 setting keeps 1) | sam2[:CONFIG] "
-        "(SAM2's, where the sam2 package is installed; --sam-weights its checkpoint).",
-        uses=("sam_model", "sam_weights"), when=("sam", "sam2"))
+    region_masks: str | None = _region_masks()
 
 
 @dataclass(frozen=True)
-class OVStitcherKnobs(CorrCLIPKnobs):
-    """OV-Stitcher's knobs: CorrCLIP's region masks, the same option (its SAM2 settings its own:
-    :data:`vpltool.models.dense.ov_stitcher.SAM_SETTINGS`), so ``--region-masks`` is one option naming both."""
+class TextRegionKnobs(MethodKnobs):
+    """TextRegion's region masks and views (:mod:`vpltool.models.dense.textregion`; None = its own:
+    ``configs/base_config.py``'s 16 points a side and 336-pixel views, the whole photo one view)."""
+
+    # a folder of <image stem>.npz files (key masks, soft masks in [0, 3]) | sam2[:CONFIG] | sam: its generator
+    region_masks: str | None = _region_masks()
+    points_per_side: int | None = knob(  # SAM 2's point grid side with --region-masks sam2 / sam
+        "--points-per-side", "with --region-masks sam2 or sam: the generator's point grid side (its "
+        "points_per_side) [default: 16, base_config.py; benchmark: 36 on cityscapes].")
+    region_halves: bool | None = knob(  # the whole-photo view as two halves (its Cityscapes)
+        "--region-halves/--region-whole", "the whole-photo view is the photo's left and right halves (its "
+        "Cityscapes) [default: whole].")
+    region_crop: int | None = knob(  # the side of its views (its crop_size)
+        "--region-crop", "the side in pixels of each view, the photo's and its tiles' (its crop_size) [default: "
+        "336, base_config.py].")
+
+    def __post_init__(self) -> None:
+        at_least("--points-per-side", self.points_per_side, 1, allow_none=True, why=" points")
+        at_least("--region-crop", self.region_crop, 16, allow_none=True, why=" pixels")
+
+
+@dataclass(frozen=True)
+class OVStitcherKnobs(MethodKnobs):
+    """OV-Stitcher's region masks, read as CorrCLIP's (its SAM2 settings its own:
+    :data:`vpltool.models.dense.ov_stitcher.SAM_SETTINGS`)."""
+
+    region_masks: str | None = _region_masks()
 
 
 @dataclass(frozen=True)
@@ -126,4 +159,4 @@ class RadsegKnobs(MethodKnobs):
         positive("--scga-scale", self.scga_scale, allow_none=True, upper=1000.0)
 
 
-__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "RadsegKnobs"]
+__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "TextRegionKnobs", "RadsegKnobs"]

@@ -6,7 +6,7 @@ parity/benchmarks_parity.py checks them against the references' clones. Torch-fr
 
 from __future__ import annotations
 
-from .method_presets import MethodPresets
+from .method_presets import CFG_FILES, MethodPresets
 
 
 def _corrclip_benchmarks() -> dict:
@@ -34,6 +34,7 @@ CORRCLIP_PRESETS = MethodPresets(
     {"dense": "corrclip", "logit_scale": 40.0, "prob_threshold": 0.0, "slide_crop": 336, "slide_stride": 112,
      "pamr_steps": 0, "area_threshold": 0.0},
     "corrclip_segmentor.py:46-47 (__init__ defaults)", _corrclip_benchmarks())
+
 
 
 def _ov_stitcher_benchmarks() -> dict:
@@ -66,6 +67,39 @@ OV_STITCHER_PRESETS = MethodPresets(
      "pamr_steps": 0, "area_threshold": 0.0, "templates": "ov-stitcher"},
     "ov_stitcher_segmentor.py:47 (__init__ defaults); configs/base_config.py:8 (template_path)",
     _ov_stitcher_benchmarks())
+
+# TextRegion's dataset configs live in configs/cfg_ds/ (configs/ holds its base and reasoning configs)
+TEXTREGION_CONFIGS = {b: f"configs/cfg_ds/{f}" for b, f in CFG_FILES.items()}
+
+
+def _textregion_benchmarks() -> dict:
+    """avaxiao/TextRegion configs/cfg_ds/cfg_*.py: each benchmark's Resize scale (long, short), its prob_thd where
+    set (VOC21, Context60, COCO-Object), Cityscapes' 36 points a side and its halves (model_semantic.py:413,493,568,
+    609: "city_scape" in the config's name); each with its line."""
+    scale = {"voc21": (17, (1008, 672)), "context60": (17, (2016, 672)), "coco-object": (17, (2016, 672)),
+             "voc20": (15, (2016, 672)), "context59": (15, (2016, 672)), "coco-stuff": (15, (1334, 896)),
+             "cityscapes": (18, (2688, 1344)), "ade20k": (15, (2016, 672))}
+    thresholds = {"voc21": 0.4, "context60": 0.35, "coco-object": 0.5}
+    out = {}
+    for bench, (line, (long, short)) in scale.items():
+        src = TEXTREGION_CONFIGS[bench]
+        row = {"short_side": (short, f"{src}:{line}"), "long_side": (long, f"{src}:{line}")}
+        if bench in thresholds:
+            row["prob_threshold"] = (thresholds[bench], f"{src}:6")
+        if bench == "cityscapes":
+            row.update(points_per_side=(36, f"{src}:7"), region_halves=(True, "model_semantic.py:413 (city_scape)"))
+        out[bench] = row
+    return out
+
+
+# its segmentor's __init__ defaults (model_semantic.py) and base_config.py's sam2_cfg under each benchmark's config
+TEXTREGION_PRESETS = MethodPresets(
+    "avaxiao/TextRegion@e392cd2",
+    {"dense": "textregion", "logit_scale": 50.0, "prob_threshold": 0.0, "slide_crop": 0, "slide_stride": 112,
+     "pamr_steps": 0, "area_threshold": 0.0, "points_per_side": 16, "region_halves": False, "region_crop": 336},
+    "model_semantic.py:86-87 (__init__ defaults: region_logit_scale 50, prob_thd 0); configs/base_config.py:11,18 "
+    "(points_per_side 16, crop_size 336); its own views, no slide windows", _textregion_benchmarks(),
+    config_files=TEXTREGION_CONFIGS)
 
 # RADSeg evaluates five benchmarks (no background class: VOC20, Context59, COCO-Stuff, Cityscapes, ADE20K), each
 # with a config in every resolution folder; eval.py's default folder is mid_res_configs
@@ -112,4 +146,5 @@ RADSEG_PRESETS = MethodPresets(
     " prediction_thresh 0)", _radseg_benchmarks(), RADSEG_EXTRA, config_files=RADSEG_CONFIGS)
 
 
-__all__ = ["CORRCLIP_PRESETS", "OV_STITCHER_PRESETS", "RADSEG_CONFIGS", "RADSEG_EXTRA", "RADSEG_PRESETS"]
+__all__ = ["CORRCLIP_PRESETS", "OV_STITCHER_PRESETS", "TEXTREGION_CONFIGS", "TEXTREGION_PRESETS", "RADSEG_CONFIGS",
+           "RADSEG_EXTRA", "RADSEG_PRESETS"]

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import __version__, numerics
-from ..errors import ContractError
+from ..errors import ContractError, VplWarning
 from .files import id_problem, read_json, write_json
 
 FORMAT_VERSION = "1"  # of files (`vpltool.format`) and records (`format`)
@@ -156,13 +157,17 @@ def numerics_problem(found: Any) -> str | None:
     return None
 
 
-def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, str]) -> None:
+def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, str], weights: bool = False) -> None:
     """Refuse to compute with ``own`` numerics (this run's, :func:`vpltool.numerics.run_numerics`) from an input
     made in another dtype or numeric mode, before any model loads: one line naming the file and the fix.
 
     Args:
         made: ``(path, its numerics, the command that made it)`` per input read; numerics None (a file of a vpltool
             before numerics were recorded) is not compared.
+        weights: the inputs are trained weights (a decoder, a text family's checkpoint), which a run may compute
+            with at another dtype or mode, as a CLIP's fp32 weights run at bf16: the difference is said in one
+            warning line (:class:`~vpltool.errors.VplWarning`) instead of refused. Derived data (features, CAMs,
+            masks) is refused: its figures would follow the other run's arithmetic.
     """
     for path, found, stage in made:
         problem = numerics_problem(found)
@@ -179,8 +184,12 @@ def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, 
                    f"{numerics.MODE_ENV}=1), or re-run `vpltool {stage}` without it")
         else:
             fix = f"re-run `vpltool {stage}` in reproducible mode too, or run this command without it"
-        raise ContractError(f"{path}: made {numerics.describe(found, why)}; this run is "
-                            f"{numerics.describe(own, why)}: {fix}")
+        line = f"{path}: made {numerics.describe(found, why)}; this run is {numerics.describe(own, why)}"
+        if weights:
+            warnings.warn(VplWarning(f"{line}: its weights are used as they are (for the same figures as that run, "
+                                     f"{fix})"), stacklevel=2)
+            continue
+        raise ContractError(f"{line}: {fix}")
 
 
 def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:

@@ -228,8 +228,9 @@ def run_predict(
                      overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
-    numerics = run_numerics(dtype, runtime.precision)  # the decoder's dtype and mode must be this run's
-    io.check_numerics(numerics, (decoder_file, io.header_numerics(io.read_header(decoder_file)), "train-decoder"))
+    numerics = run_numerics(dtype, runtime.precision)  # the decoder's dtype and mode: another is said in a warning
+    io.check_numerics(numerics, (decoder_file, io.header_numerics(io.read_header(decoder_file)), "train-decoder"),
+                      weights=True)
     if cfg.crf:  # the backend that runs is recorded: the two differ in float rounding
         cfg = replace(cfg, crf_backend=resolve_backend(cfg.crf_backend, device.type))
         if cfg.crf_backend == "pydensecrf":

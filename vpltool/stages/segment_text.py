@@ -125,8 +125,8 @@ def run_segment_text(
         text = text_queries(fam, model, names, bg_words, device)
         _masks(dataset, todo, out, fam, model, text, len(names), bg_thresh, short_side, slide, device, runtime, on_item)
 
-    numerics = run_numerics()  # the families run in fp32 (no --precision); the checkpoint's mode must be this run's
-    io.check_numerics(numerics, (checkpoint, io.file_numerics(checkpoint), "train-text"))
+    numerics = run_numerics()  # the families run in fp32 (no --precision); another mode is said in a warning
+    io.check_numerics(numerics, (checkpoint, io.file_numerics(checkpoint), "train-text"), weights=True)
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
                             shard=shard_from_env(shard), numerics=numerics)
     start = time.perf_counter()

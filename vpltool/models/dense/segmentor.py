@@ -4,8 +4,8 @@ cosine logits at image size, probabilities with synonyms and a background thresh
 What MaskCLIP / SCLIP / ClearCLIP / NACLIP's segmentors do (``clip_segmentor.py``, ``clearclip_segmentor.py``,
 ``naclip.py``), as pure functions shared by `segment`, `cam`'s dense seeds and `predict --classes --dense`:
 
-1. :func:`short_side_size`: mmseg's ``Resize(scale=(2048, S), keep_ratio=True)``: the image scaled by
-   ``min(2048 / long, S / short)``, each side ``int(side * f + 0.5)``.
+1. :func:`short_side_size`: mmseg's ``Resize(scale=(L, S), keep_ratio=True)`` (``L`` 2048, TextRegion's 1008): the
+   image scaled by ``min(L / long, S / short)``, each side ``int(side * f + 0.5)``.
 2. :func:`dense_logits`: windows of ``crop x crop`` every ``stride`` pixels (mmseg's slide: the last window flush with
    the border; ``crop`` 0: the whole image). Per window the patch features are L2-normalised and their cosine with
    each unit text row is resized bilinearly (align_corners False) to the window, summed into the image and divided
@@ -372,6 +372,7 @@ def settings_params(settings) -> dict:
     refine = getattr(settings, "sam_refine", False)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()
             if not (k in ("pad_multiple", "max_side") and not v)  # 0 (the default) recorded as before the field
+            and not (k == "long_side" and v == MMSEG_LONG_EDGE)  # likewise mmseg's 2048, the older methods' own
             and not (k in SAM_REFINE_FIELDS and not refine)}  # likewise the refinement's, when it is off
 
 
@@ -417,7 +418,7 @@ def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch
     """Masks ``<out>/<id>.png`` of ``items`` (their ``(H0, W0)`` ``sizes``) over ``n_classes`` classes: images
     batched by input size on the shared pipeline (:mod:`vpltool.runtime.batches`), loaded ahead, segmented on the device
     (:func:`labels_batch`), written behind. Shared by `segment` and `predict --classes --dense`."""
-    inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
+    inputs = [short_side_size(h, w, settings.short_side, settings.long_side) for h, w in sizes]
     pre = bb.preprocessor
     text, query_class = text.to(bb.device), query_class.to(bb.device)
 

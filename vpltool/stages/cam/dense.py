@@ -116,7 +116,7 @@ def run_dense_cam(
 
 def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, settings, classes, params: dict, out: Path,
          runtime: RuntimeConfig, dtype: torch.dtype, on_item) -> None:
-    inputs = [short_side_size(h, w, settings.short_side) for h, w in sizes]
+    inputs = [short_side_size(h, w, settings.short_side, settings.long_side) for h, w in sizes]
     pre = bb.preprocessor
     vectors = protos.vectors.to(bb.device)
     # each class's row and the background rows as device tensors, made once: an image's rows are then gathered on

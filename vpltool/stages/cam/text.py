@@ -112,8 +112,8 @@ def run_text_cam(
         run_image_batches(sizes, lambda i: {"image": io.load_image(items[i].image)}, run, write, device, runtime,
                           image_names(items, sizes), "pass a smaller --pgseg-side", on_item, batch_size=1)
 
-    numerics = run_numerics()  # the families run in fp32 (no --precision); the checkpoint's mode must be this run's
-    io.check_numerics(numerics, (checkpoint, io.file_numerics(checkpoint), "train-text"))
+    numerics = run_numerics()  # the families run in fp32 (no --precision); another mode is said in a warning
+    io.check_numerics(numerics, (checkpoint, io.file_numerics(checkpoint), "train-text"), weights=True)
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
                             shard=shard_from_env(shard), numerics=numerics)
     return image_stage(folder, dataset, io.cam_path, runtime.loader_workers(device), work, on_start,
