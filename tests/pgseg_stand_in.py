@@ -127,9 +127,9 @@ class PGSeg(nn.Module):
         return out
 
 
-def save_checkpoint(path, model: PGSeg, extra: dict | None = None) -> Path:
+def save_checkpoint(path, model: PGSeg, extra: dict | None = None, **meta) -> Path:
     return io.write_tensors(path, model.state_dict(), kind="pgseg", classes=[], params=model.cfg.to_dict(),
-                            model_config=model.cfg.to_dict(), extra=extra or {})
+                            model_config=model.cfg.to_dict(), extra=extra or {}, **meta)
 
 
 def load_checkpoint(path):
@@ -207,8 +207,8 @@ class StandInFamily:
         model.load_state_dict(state)
         return model.eval().requires_grad_(False).to(device)
 
-    def save_checkpoint(self, path, model, extra=None) -> Path:
-        return save_checkpoint(path, model, extra)
+    def save_checkpoint(self, path, model, extra=None, **meta) -> Path:
+        return save_checkpoint(path, model, extra, **meta)
 
     def model_config(self, cfg, init=None):
         return replace(init if init is not None else PGSegConfig(img_size=cfg.crop_size), npr=cfg.npr)

@@ -88,9 +88,12 @@ class TextSegFamily(Protocol):
     def load_model(self, path: str | Path, device: Any = "cpu") -> nn.Module:
         """The frozen model of checkpoint ``path`` on ``device`` (eval mode, no gradients)."""
 
-    def save_checkpoint(self, path: str | Path, model: nn.Module, extra: dict[str, Any] | None = None) -> Path:
+    def save_checkpoint(self, path: str | Path, model: nn.Module, extra: dict[str, Any] | None = None,
+                        **meta: Any) -> Path:
         """Write ``model`` (weights and config; ``extra``: JSON-able facts for the header) to ``path``
-        atomically, as a file :meth:`load_checkpoint` reads: the trainer's final ``TrainConfig.FINAL``."""
+        atomically, as a file :meth:`load_checkpoint` reads: the trainer's final ``TrainConfig.FINAL``. ``meta``:
+        more ``vpltool.<key>`` header entries for :func:`vpltool.io.write_tensors` (the trainer passes
+        ``numerics``, the run's dtype and mode, which later stages compare)."""
 
     # ------------------------------------------------------------------ training (the shared trainer)
     def model_config(self, cfg: TextTrainConfig, init: Any | None = None) -> Any:

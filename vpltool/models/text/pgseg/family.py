@@ -126,8 +126,9 @@ class PGSegFamily:
     def load_model(self, path: str | Path, device: Any = "cpu") -> PGSeg:
         return load_pgseg(path, device)
 
-    def save_checkpoint(self, path: str | Path, model: PGSeg, extra: dict[str, Any] | None = None) -> Path:
-        return save_checkpoint(path, model, extra)
+    def save_checkpoint(self, path: str | Path, model: PGSeg, extra: dict[str, Any] | None = None,
+                        **meta: Any) -> Path:
+        return save_checkpoint(path, model, extra, **meta)
 
     def model_config(self, cfg: PGSegTrainConfig, init: PGSegConfig | None = None) -> PGSegConfig:
         """The ``--init`` file's architecture, else ``cfg.preset`` at ``cfg.crop_size`` (its position table's

@@ -128,8 +128,9 @@ class Talk2DINOFamily:
     def load_model(self, path: str | Path, device: Any = "cpu") -> Talk2DINO:
         return load_talk2dino(path, device)
 
-    def save_checkpoint(self, path: str | Path, model: Talk2DINO, extra: dict[str, Any] | None = None) -> Path:
-        return save_checkpoint(path, model, extra)
+    def save_checkpoint(self, path: str | Path, model: Talk2DINO, extra: dict[str, Any] | None = None,
+                        **meta: Any) -> Path:
+        return save_checkpoint(path, model, extra, **meta)
 
     def model_config(self, cfg: Talk2DINOTrainConfig, init: Talk2DINOConfig | None = None) -> Talk2DINOConfig:
         """``init``'s architecture (a checkpoint to continue), else the backbones ``cfg`` names, their widths read
