@@ -129,3 +129,19 @@ def test_a_runner_renders_its_own_parity_section_with_no_code_in_the_page_genera
     assert "## Talk2DINO (the `talk2dino` family)" in page
     assert f"| training: loss_abs_diff | {parity_page.num(loss)} |" in page
     assert "## CorrCLIP" in page and page.count("Every bar met: yes.") == 2
+
+
+def test_a_method_that_needs_a_per_image_input_is_refused_by_cam_and_predict_naming_it():
+    # TextRegion's region masks come per photo through segment's --region-masks; cam and predict take none, so
+    # their line names the input and segment (it once said "pass --region-masks", an option they do not have)
+    from vpltool.config.decoder import PredictConfig
+    from vpltool.config.dense import PLAIN_METHODS, segment_only
+    from vpltool.errors import VplError
+
+    assert "textregion" not in PLAIN_METHODS and "naclip" in PLAIN_METHODS
+    assert segment_only("naclip", "cam") is None
+    why = segment_only("textregion", "cam")
+    assert why.startswith("cam --dense textregion: the method needs region masks (--region-masks) per photo, which "
+                          "only `vpltool segment` takes") and "--dense textregion" not in why.split("(")[-1]
+    with pytest.raises(VplError, match=r"^predict --dense textregion: the method needs region masks"):
+        PredictConfig(dense="textregion", classes="a,b")

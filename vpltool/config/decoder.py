@@ -7,7 +7,7 @@ from typing import Any
 
 from ..presets import check_class_names
 from .checks import at_least, choice, fraction, non_negative, override, positive, require, seed_value
-from .dense import DENSE_CHOICES, PROXY_METHODS
+from .dense import DENSE_CHOICES, PROXY_METHODS, segment_only
 from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -307,6 +307,8 @@ class PredictConfig:
         choice("--dense", self.dense, DENSE_CHOICES)
         require(self.dense not in PROXY_METHODS, f"--dense {self.dense} needs a proxy vision model, which only "
                 "`vpltool segment` loads (--proxy-model); segment the names with it")
+        why = segment_only(self.dense, "predict")
+        require(why is None, why or "")
         if self.dense != "none":
             self.segment_config()  # its one-line errors now
         require(self.dense == "none" or self.classes is not None,

@@ -97,6 +97,9 @@ class DenseMethodSpec:
     module: str | None = None  # its module in vpltool.models.dense; None: a pure-mixing preset (dense/mixing.py)
     proxy_model: str | None = None  # the proxy vision model it takes (timm's name, --proxy-model's default); None: none
     sam: bool = False  # it takes SAM's image encoder too (--sam-model, --sam-weights)
+    # a per-image input only `segment` takes (TextRegion's region masks: "region masks (--region-masks)"), so cam
+    # --dense and predict --dense, which take none, refuse it; None: none
+    segment_only: str | None = None
     # its own settings, a MethodKnobs dataclass of the knobs only it reads (its per-dataset knobs; with_knobs hook)
     knobs_class: type[MethodKnobs] = MethodKnobs
     # its reference's class-file set (vpltool/assets/class_files/<set>/, its configs/cls_*.txt copied byte for
@@ -177,7 +180,7 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
     "textregion": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.4, short_side=672, slide_crop=0,
                                                 slide_stride=112, crop_mode="floor", whole="direct", long_side=1008),
                                   module="textregion", class_files="proxyclip", knobs_class=TextRegionKnobs,
-                                  presets=TEXTREGION_PRESETS),
+                                  presets=TEXTREGION_PRESETS, segment_only="region masks (--region-masks)"),
     # radseg/radseg.py + evaluation/2d/configs/base_config.py: softmax(100 cos) over the prompts, no threshold
     # (prediction_thresh 0), slide 336/224 in feature space, short side 336 (mid_res cfg_voc20.py); C-RADIOv3-B
     # (NVlabs/RADIO's checkpoint, --proxy-weights) and its SigLIP 2 adaptor's text tower (--language-model)
@@ -223,9 +226,10 @@ PROXY_MODELS = DerivedMap(lambda: {name: spec.proxy_model for name, spec in DENS
                                    if spec.proxy_model}, DENSE_SPECS)
 SAM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.sam),
                            DENSE_SPECS)  # take SAM's image encoder too
-# the methods that need no side model (cam --dense seeds, predict --dense)
+# the methods that need no side model and no per-image input (cam --dense seeds, predict --dense)
 PLAIN_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items()
-                                           if not spec.proxy_model and not spec.sam), DENSE_SPECS)
+                                           if not spec.proxy_model and not spec.sam and not spec.segment_only),
+                             DENSE_SPECS)
 # every method's knobs by field
 KNOBS = DerivedMap(lambda: {k.field: k for spec in DENSE_SPECS.values() for k in spec.knobs}, DENSE_SPECS)
 # the methods that read each knob (one, unless two name a knob alike), and the first of them
@@ -236,6 +240,16 @@ KNOB_METHOD = DerivedMap(lambda: {field: methods[0] for field, methods in KNOB_M
 # the bundled class-file sets the rows name (vpltool/assets/class_files/<set>/), in the table's order
 CLASS_SETS = DerivedTuple(lambda: tuple(dict.fromkeys(spec.class_files for spec in DENSE_SPECS.values()
                                                       if spec.class_files)), DENSE_SPECS)
+
+
+def segment_only(method: str, command: str) -> str | None:
+    """Why ``command`` (`cam` or `predict`, which take no per-image input) cannot run ``--dense method``, in one
+    line naming what only `segment` gives it; None: it can (a proxy method's own line is the command's)."""
+    spec = DENSE_SPECS.get(method)
+    if spec is None or not spec.segment_only:
+        return None
+    return (f"{command} --dense {method}: the method needs {spec.segment_only} per photo, which only `vpltool "
+            f"segment` takes; choose another --dense method here ({', '.join(PLAIN_METHODS[1:])})")
 
 
 def dense_help() -> str:

@@ -78,12 +78,14 @@ def run_dense_cam(
 ) -> io.StageSummary:
     """Dense CAMs ``<out>/<id>.safetensors`` (kind ``cam``) for every image of a dataset (``source`` + ``split``) or
     of the dataset an `extract` folder was made from; the CLIP is the one the prototypes were made with."""
-    from ...config.dense import PROXY_METHODS
+    from ...config.dense import PROXY_METHODS, segment_only
     from ...models.dense.method import resolve_method
 
     if cfg.dense in PROXY_METHODS:
         raise VplError(f"cam --dense {cfg.dense}: the method needs a proxy vision model, which only `vpltool "
                        "segment` loads (--proxy-model); choose another --dense method for seeds")
+    if (why := segment_only(cfg.dense, "cam")) is not None:
+        raise VplError(why)
     (source, dataset), out = open_source(source, split), Path(out)
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the source": source, "--prototypes": prototypes},
