@@ -137,6 +137,8 @@ def misnamed_options(command: str, message: str, table: dict[str, set[str]]) -> 
             owner = None
         elif word == "vpltool" and after.strip(_PUNCT) in table:
             owner = after.strip(_PUNCT)
+        elif word == "vpltool" and after.startswith("--"):  # `vpltool --reproducible ...`: the root's own option
+            owner = ""
         elif word in table and word and after.startswith("--") and not _CLAUSE_END.search(raw):
             owner = word
         for option in OPTION.findall(raw):

@@ -568,3 +568,22 @@ def test_a_per_item_file_under_another_items_name_is_refused(tmp_path):
     io.write_mask(tmp_path / "user.png", np.zeros((4, 5), np.uint8))  # a user's mask records no id: not checked
     os.replace(tmp_path / "user.png", tmp_path / "other.png")
     assert io.read_mask(tmp_path / "other.png").shape == (4, 5)
+
+
+def test_a_ctrl_c_the_moment_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch):
+    # a SIGINT that arrives during open()'s system call is raised just after it returns, before the temporary's
+    # name reaches the code that removes it (benchmark --shard under Ctrl-C once left a .NAME.XXXXXXXX.tmp)
+    from vpltool.io import files
+
+    real_open = os.open
+
+    def open_then_interrupted(*args, **kwargs):
+        real_open(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_path(tmp_path / "mask.png"):
+            pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

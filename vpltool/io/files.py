@@ -231,22 +231,35 @@ def _atomic(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     succeeds."""
     target = os.fspath(path)
     _check_target(target, os.path.splitext(target)[1] or ".safetensors")
-    fd, tmp = _temporary(target)
-    with _renamed_onto(tmp, target):
-        yield fd, tmp
+    # the temporary's name from before open() creates it: a Ctrl-C that lands the moment open() returns, or before
+    # _renamed_onto's own cleanup is entered, must not leave it behind either
+    trying: list[str] = []
+    try:
+        fd, tmp = _temporary(target, trying)
+        with _renamed_onto(tmp, target):
+            yield fd, tmp
+    except BaseException:
+        for name in trying:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        raise
 
 
-def _temporary(path: str) -> tuple[int, str]:
-    """A new file ``.NAME.XXXXXXXX.tmp`` beside ``path`` (its folder made if missing), open for writing.
+def _temporary(path: str, trying: list[str]) -> tuple[int, str]:
+    """A new file ``.NAME.XXXXXXXX.tmp`` beside ``path`` (its folder made if missing), open for writing;
+    ``trying`` holds the name being created while ``open()`` runs (the caller removes it if a signal's exception
+    lands before the name is returned: a signal arriving during the system call is raised just after it).
 
     Created by ``open()`` with mode 0666, exclusively: the kernel applies the umask (and a folder's default ACL), so
     the file needs no chmod and the umask is never read (reading it means setting it, which other threads see)."""
     folder, name = os.path.split(path)
     for attempt in range(100):
         tmp = os.path.join(folder, f".{_short_name(name)}.{secrets.token_hex(4)}.tmp")
+        trying[:] = [tmp]
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
         except FileExistsError:
+            trying.clear()  # another's file: never removed
             continue
         except FileNotFoundError as e:  # the folder is missing: made once, then the name is tried again
             if attempt or not folder:
