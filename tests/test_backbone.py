@@ -219,3 +219,27 @@ def test_open_clip_import_defers_dynamo_and_leaves_it_working():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = pace.run([sys.executable, "-c", code], 120, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_config_folder_registered_again_is_read_once_per_model(tmp_path):
+    """open_clip appends a folder to its list on every add_model_config and re-reads the whole list: registered once
+    per model made, a long-lived process re-read one folder hundreds of times (quadratic). Registered again, the
+    folder stays one entry, moved last (its configs win over an earlier folder's, as the last-added do), and an
+    edit to its config between two registrations is read."""
+    import json
+
+    import open_clip.factory
+
+    from vpltool.models.backbones.loading import register_config_dir
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    config = json.loads((Path(__file__).parent / "assets" / "model_configs" / "vpl-test-vit.json").read_text())
+    (folder / "vpl-test-edit.json").write_text(json.dumps(config))
+    paths = open_clip.factory._MODEL_CONFIG_PATHS
+    for _ in range(5):
+        register_config_dir(str(folder))
+    assert paths.count(folder) == 1 and len(set(paths)) == len(paths)  # VPLTOOL_MODEL_CONFIGS's folder once too
+    (folder / "vpl-test-edit.json").write_text(json.dumps({**config, "embed_dim": config["embed_dim"] + 8}))
+    register_config_dir(str(folder))
+    assert open_clip.factory._MODEL_CONFIGS["vpl-test-edit"]["embed_dim"] == config["embed_dim"] + 8

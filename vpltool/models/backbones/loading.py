@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,12 @@ def register_config_dir(config_dir: str | None) -> None:
         if not Path(d).is_dir():
             raise VplError(f"{d}: model config folder not found")
         check_config_dir(Path(d))
+        # open_clip appends the folder to its list on every call and then re-reads every folder of the list: a
+        # long-lived process (the app, a Python caller, the test suite) re-read one folder 900 times per model made.
+        # An earlier entry of the same folder is dropped first: its configs win as the last-added folder's do now
+        paths = getattr(sys.modules.get("open_clip.factory"), "_MODEL_CONFIG_PATHS", None)
+        if isinstance(paths, list):
+            paths[:] = [p for p in paths if p != Path(d)]
         open_clip.add_model_config(d)
 
 
