@@ -83,6 +83,7 @@ def friendly_errors(fn: Callable) -> Callable:
             raise typer.Exit(code=EXIT_TERMINATED) from None
         except KeyboardInterrupt as e:
             how = " (SIGTERM)" if isinstance(e, Terminated) else ""
+            _release_frames(e)
             say(f"[yellow]interrupted{how}[/]: {interrupted_hint(kwargs)}")
             raise typer.Exit(code=EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED) from None
         finally:
@@ -226,6 +227,19 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 _SIGTERM_SEEN = [False]  # set by the command's SIGTERM handler
+
+
+def _release_frames(e: BaseException) -> None:
+    """Let go of what the interrupted command's frames held, before its last line is printed: a data loader's
+    iterator held by a frame of the traceback keeps its workers alive until the interpreter exits, and a worker
+    that then reads its closed queue prints a traceback ("EOFError") after the resume line. Freed now, each loader
+    shuts its workers down (torch's own ``_shutdown_workers``) before the line."""
+    import gc
+    import traceback
+
+    traceback.clear_frames(e.__traceback__)
+    e.__traceback__ = None
+    gc.collect()
 
 
 def _quiet_loader_checks() -> None:

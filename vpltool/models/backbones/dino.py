@@ -37,7 +37,7 @@ from PIL import Image
 from ...errors import VplError
 from ...io import is_regular_file
 from ..registry import register_family
-from .dino_weights import cached_hub_file, file_weights
+from .dino_weights import DINO_WEIGHTS_FIX, cached_hub_file, file_weights, spec_files, weights_fix
 from .loading import _offline
 from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
 
@@ -109,7 +109,7 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
         path = Path(spec.weights).expanduser()
         if not is_regular_file(path):
             raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
-        file_weights(path, model.state_dict(), shapes_only=True, report=report)
+        file_weights(path, model.state_dict(), shapes_only=True, report=report, fix=weights_fix(spec.model))
         return str(path)
     cached = cached_hub_file(timm, spec.model)
     if cached is None and _offline():
@@ -139,7 +139,8 @@ def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -
         else:
             model = _create(timm, spec, overrides, pretrained=True)
     if spec.weights not in ("none", "hub"):
-        model.load_state_dict(file_weights(Path(weights), model.state_dict()), strict=True)
+        model.load_state_dict(file_weights(Path(weights), model.state_dict(), fix=weights_fix(spec.model)),
+                              strict=True)
     return DinoBackbone(model, torch.device(device), spec)
 
 
@@ -440,11 +441,7 @@ def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
     return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)
 
 
-def _check(spec: DinoSpec, *, report: bool = True, **overrides) -> None:
-    check_dino(spec, report=report, **overrides)
-
-
-register_family("dino", load_dino, _check, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
-                module=__name__)
+register_family("dino", load_dino, check_dino, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
+                module=__name__, files=spec_files, fix=DINO_WEIGHTS_FIX)
 
 __all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]

@@ -82,4 +82,16 @@ def file_weights(path: Path, expected: dict[str, torch.Tensor], shapes_only: boo
     return state
 
 
-__all__ = ["DINO_WEIGHTS_FIX", "RADIO_WEIGHTS_FIX", "KEY_PREFIXES", "cached_hub_file", "file_weights"]
+def weights_fix(model: str) -> str:
+    """What a bad weights file's line tells the user to pass: RADIO's own checkpoint for a C-RADIOv3."""
+    return RADIO_WEIGHTS_FIX if "radio" in model else DINO_WEIGHTS_FIX
+
+
+def spec_files(spec) -> list[Path]:
+    """The weights file a DinoSpec names (none for the hub's cache, whose files timm reads, or random weights): the
+    files the registry checks were not replaced after the run named them."""
+    return [] if spec.weights in ("hub", "none") else [Path(spec.weights).expanduser()]
+
+
+__all__ = ["DINO_WEIGHTS_FIX", "RADIO_WEIGHTS_FIX", "KEY_PREFIXES", "cached_hub_file", "file_weights", "spec_files",
+           "weights_fix"]
