@@ -36,12 +36,13 @@ from ...errors import VplError
 from .corrclip import (
     Correlation,
     input_regions,
-    map_correction,
     merge_regions,
     scope_attention,
     spatial_blocks,
 )
-from .hooks import DenseHooks
+from .corrclip import (
+    Hooks as CorrCLIPHooks,
+)
 from .mixing import DenseMixing
 from .segmentor import slide_windows
 
@@ -255,63 +256,21 @@ def ov_stitcher_logits(bb, pixels: torch.Tensor, text: torch.Tensor, ids, sizes,
     return out
 
 
-def _source(cfg, load: bool = True):
-    from .corrclip.regions import region_source
+class Hooks(CorrCLIPHooks, method=METHOD, preset=PRESET):
+    """OV-Stitcher's hooks: CorrCLIP's (each image's region map, ``regions``, the photo's ``[H0, W0]`` int64 ids,
+    its record and its map correction after the argmax) with OV-Stitcher's SAM settings, its windows checked and
+    its own segmentor (:func:`ov_stitcher_logits`)."""
 
-    if cfg is None:
-        raise VplError(f"--dense {METHOD} needs its region masks: run it through segment or vpltool.segmenter with "
-                       "--region-masks (a backbone made by name alone has none)")
-    return region_source(cfg.knobs.region_masks, cfg.sam_model, cfg.sam_weights, load=load, settings=SAM_SETTINGS,
-                         method=METHOD)
-
-
-class Hooks(DenseHooks, method=METHOD, preset=PRESET):
-    """OV-Stitcher's hooks: its windows checked, each image's region map (``regions``, the photo's ``[H0, W0]``
-    int64 ids), its segmentor (:func:`ov_stitcher_logits`) and CorrCLIP's map correction after the argmax."""
-
-    _folder: dict | None = None  # a folder of region masks by content (FolderRegions.check)
+    _sam_settings = SAM_SETTINGS
 
     def check(self) -> None:
-        _source(self.cfg, load=False)  # the value, the SAM file's kind, the sam2 package
+        super().check()
         s = self.cfg.resolved()
         check_windows(s.slide_crop, s.short_side, CORRELATION.pad_multiple)
-
-    def check_items(self, items) -> None:
-        from pathlib import Path
-
-        from ...io import image_size
-        from .corrclip.regions import FolderRegions
-
-        source = _source(self.cfg, load=False)
-        if isinstance(source, FolderRegions):
-            self._folder = source.check([(Path(it.image), image_size(it.image)) for it in items])
-
-    def record(self) -> dict:
-        from .corrclip.regions import source_record
-
-        cfg = self.cfg
-        out = {"region_source": source_record(cfg.knobs.region_masks, cfg.sam_model, cfg.sam_weights, SAM_SETTINGS)}
-        if self._folder is not None:  # the folder by content, in place of the path given (an input, not a setting)
-            out["region_masks"] = self._folder
-        return out
-
-    def extra_inputs(self, item, image) -> dict:
-        masks = self.cfg.knobs.region_masks
-        if getattr(item, "image", None) is None and not (masks or "").startswith("sam"):
-            raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to "
-                           "find its <stem>.npz by; pass the photo's path, or --region-masks sam")
-        return {"regions": torch.from_numpy(_source(self.cfg).region_map(getattr(item, "image", None), image))}
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         ids = [input_regions(torch.as_tensor(e["regions"]), pixels.shape[-2:]) for e in extras]
         return ov_stitcher_logits(bb, pixels, text, ids, sizes, settings.slide_crop, settings.slide_stride)
-
-    def features(self, bb, pixels, fp16_pos=False):
-        raise VplError(f"--dense {METHOD} has no features without each image's region map: its segmentor (segment, "
-                       "vpltool.segmenter) gives them their masks")
-
-    def postprocess(self, bb, probs, labels, extras, settings):
-        return probs, map_correction(labels, torch.as_tensor(extras["regions"]))
 
 
 __all__ = ["Hooks", "PRESET", "CORRELATION", "SAM_SETTINGS", "check_windows", "stitch", "dino_features",

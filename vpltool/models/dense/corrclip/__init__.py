@@ -41,23 +41,27 @@ def input_regions(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(ids.view(1, 1, *ids.shape[-2:]).float(), size=tuple(size), mode="nearest").int()[0, 0]
 
 
-def _source(cfg, load: bool = True):
-    from .regions import region_source
-
-    if cfg is None:
-        raise VplError("--dense corrclip needs its region masks: run it through segment or vpltool.segmenter with "
-                       "--region-masks (a backbone made by name alone has none)")
-    return region_source(cfg.knobs.region_masks, cfg.sam_model, cfg.sam_weights, load=load)
-
-
 class Hooks(DenseHooks, method="corrclip", preset=PRESET):
     """CorrCLIP's hooks: each image's region map (``regions``, the photo's ``[H0, W0]`` int64 ids), its segmentor
-    (:func:`corrclip_logits`) and its map correction after the argmax (:func:`map_correction`)."""
+    (:func:`corrclip_logits`) and its map correction after the argmax (:func:`map_correction`). A method built on
+    CorrCLIP's region maps (OV-Stitcher) subclasses them with its own segmentor and its SAM settings."""
 
     _folder: dict | None = None  # a folder of region masks by content (FolderRegions.check)
+    _sam_settings: dict | None = None  # the method's SAM automatic-mask settings; None: CorrCLIP's (regions.py)
+
+    def _source(self, load: bool = True):
+        """The run's region source (:func:`.regions.region_source`) with the method's name and SAM settings."""
+        from .regions import SAM_SETTINGS, region_source
+
+        if self.cfg is None:
+            raise VplError(f"--dense {self.method} needs its region masks: run it through segment or vpltool.segmenter "
+                           "with --region-masks (a backbone made by name alone has none)")
+        k = self.cfg
+        return region_source(k.knobs.region_masks, k.sam_model, k.sam_weights, load=load,
+                             settings=self._sam_settings or SAM_SETTINGS, method=self.method)
 
     def check(self) -> None:
-        _source(self.cfg, load=False)  # the value, the SAM file's kind, the sam2 package
+        self._source(load=False)  # the value, the SAM file's kind, the sam2 package
 
     def check_items(self, items) -> None:
         from pathlib import Path
@@ -65,14 +69,16 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         from ....io import image_size
         from .regions import FolderRegions
 
-        source = _source(self.cfg, load=False)
+        source = self._source(load=False)
         if isinstance(source, FolderRegions):
             self._folder = source.check([(Path(it.image), image_size(it.image)) for it in items])
 
     def record(self) -> dict:
-        from .regions import source_record
+        from .regions import SAM_SETTINGS, source_record
 
-        out = {"region_source": source_record(self.cfg.knobs.region_masks, self.cfg.sam_model, self.cfg.sam_weights)}
+        k = self.cfg
+        out = {"region_source": source_record(k.knobs.region_masks, k.sam_model, k.sam_weights,
+                                              self._sam_settings or SAM_SETTINGS)}
         if self._folder is not None:  # the folder by content, in place of the path given (an input, not a setting)
             out["region_masks"] = self._folder
         return out
@@ -82,15 +88,15 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         if getattr(item, "image", None) is None and not (masks or "").startswith("sam"):
             raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to find its "
                            "<stem>.npz by; pass the photo's path, or --region-masks sam")
-        return {"regions": torch.from_numpy(_source(self.cfg).region_map(getattr(item, "image", None), image))}
+        return {"regions": torch.from_numpy(self._source().region_map(getattr(item, "image", None), image))}
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         ids = [input_regions(torch.as_tensor(e["regions"]), pixels.shape[-2:]) for e in extras]
         return corrclip_logits(bb, pixels, text, ids, sizes, settings.slide_crop, settings.slide_stride, CORRELATION)
 
     def features(self, bb, pixels, fp16_pos=False):
-        raise VplError("--dense corrclip has no features without each image's region map: its segmentor (segment, "
-                       "vpltool.segmenter) gives them their masks")
+        raise VplError(f"--dense {self.method} has no features without each image's region map: its segmentor "
+                       "(segment, vpltool.segmenter) gives them their masks")
 
     def postprocess(self, bb, probs, labels, extras, settings):
         return probs, map_correction(labels, torch.as_tensor(extras["regions"]))
