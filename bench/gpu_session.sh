@@ -7,6 +7,11 @@
 #   bash bench/gpu_session.sh a        # THERE: set-up, pytest -m cuda, the decoder's paper recipe with and
 #                                           # without CUDA graphs, where cam's and extract's time goes (~9 min)
 #   bash bench/gpu_session.sh b        # THERE: set-up, a 2,000-photo VOC-like run of every stage (~6 min)
+#   bash bench/gpu_session.sh m        # THERE: set-up, pytest -m cuda with its per-test report (the method
+#                                           # matrix's CUDA cells included), the decoder's paper recipe (~7 min)
+#   bash bench/gpu_session.sh amx      # THERE: set-up, pytest -m cuda, then the whole CPU suite but its slow
+#                                           # checks on the machine's own CPU (its Xeon has AMX: --precision auto is
+#                                           # bf16 there), 14 workers (~6 min)
 #   bash bench/gpu_session.sh c        # THERE: set-up, the host's part with the real device, cam against
 #                                           # CLIP-ES (CLIP_ES=/path/to/a/clone, carried) with the one-image
 #                                           # phases, and the torch dense CRF (~9 min)
@@ -27,13 +32,14 @@ wheels() {
   local platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
   mkdir -p .whl
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
-    -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
+    -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 timm==1.0.31 segment-anything==1.0 webdataset==1.0.2 braceexpand==0.1.7
   python3 -m pip download -q --no-deps --no-binary=:all: -d .whl pydensecrf2==1.1
   ls -l .whl
 }
 
 setup() {
-  # the image has torch, timm, typer, rich, safetensors, scikit-image, opencv, tensorboard; these three it lacks
+  # the image has torch, typer, rich, safetensors, scikit-image, opencv, tensorboard; these it lacks (its timm is
+  # older than the DINOv3 / C-RADIOv3 configs)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "setup: the wheels did not install (carry .whl: bash bench/gpu_session.sh wheels)" >&2; exit 2; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -69,6 +75,20 @@ case "$PART" in
   b)
     setup
     step gpu_pipeline 480 python3 bench/bench_gpu_pipeline.py --device cuda --images 2000 --decoder-iters 2000
+    ;;
+  m)
+    setup
+    step pytest_cuda 300 python3 -m pytest -q -m cuda -p no:cacheprovider -rs --junitxml="$OUT_DIR/pytest_cuda.xml"
+    step decoder_paper 230 python3 bench/bench_decoder.py --mode paper --device cuda --iters 700 --warmup 350 \
+      --compile none,reduce-overhead
+    ;;
+  amx)
+    setup
+    { grep -m1 "model name" /proc/cpuinfo; grep -o -m1 -w amx_bf16 /proc/cpuinfo || echo "no amx_bf16"; } \
+      | tee "$OUT_DIR/cpu.txt"
+    step pytest_cuda 200 python3 -m pytest -q -m cuda -p no:cacheprovider -rs --junitxml="$OUT_DIR/pytest_cuda.xml"
+    step pytest_cpu 320 python3 -m pytest -q -n 14 --dist loadfile -m "not cuda and not slow" -p no:cacheprovider \
+      --junitxml="$OUT_DIR/pytest_cpu.xml"
     ;;
   c)
     setup

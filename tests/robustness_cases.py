@@ -6119,7 +6119,8 @@ def _cam_on_reproducible_features(ws: Workspace) -> Iterator[list[object]]:
         env = {k: v for k, v in os.environ.items() if k != "VPLTOOL_ASSUME_AMX"}
         subprocess.run([sys.executable, "-m", "vpltool", "--reproducible", "extract", ws.world, "--split", "train",
                         "-o", features, *TINY, *CPU, "--workers", "1"], check=True, env=env, capture_output=True)
-    yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_of_reproducible"), *CPU]
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "0"}):  # fp32 as the features, whatever CPU runs it: the
+        yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_of_reproducible"), *CPU]  # mode alone differs
 
 
 @case("segment --dense corrclip at --precision auto on a CPU with AMX (bf16: DBSCAN reads its distances widened "

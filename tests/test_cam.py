@@ -403,10 +403,16 @@ def test_fewer_rounds_than_the_bound_can_leave_a_component_split():
 
 
 @pytest.mark.cuda
-def test_the_gpu_batched_path_matches_the_cpu(features_dir, text_protos, tmp_path):
-    """The batched CUDA path (bf16 blocks, batched backward, CAA on the GPU) against the CPU one in fp32."""
-    run_cam(features_dir, text_protos, tmp_path / "cpu", runtime=RuntimeConfig(device="cpu", precision="fp32"))
-    run_cam(features_dir, text_protos, tmp_path / "gpu", runtime=RuntimeConfig(device="cuda", batch_size=4))
+def test_the_gpu_batched_path_matches_the_cpu(world, tiny_spec, text_protos, tmp_path):
+    """The batched CUDA path (bf16 blocks, batched backward, CAA on the GPU) against the per-image CPU one, both at
+    bf16 on the same bf16 features (``auto`` on CUDA; a run refuses features of another dtype than its own)."""
+    from vpltool.data import open_dataset
+
+    torch.manual_seed(0)
+    bf16 = RuntimeConfig(device="cpu", precision="bf16", workers=1)
+    run_extract(open_dataset(world, "train"), tmp_path / "features", tiny_spec, ExtractConfig(cache="full"), bf16)
+    run_cam(tmp_path / "features", text_protos, tmp_path / "cpu", runtime=bf16)
+    run_cam(tmp_path / "features", text_protos, tmp_path / "gpu", runtime=RuntimeConfig(device="cuda", batch_size=4))
     a, b = _cams(tmp_path / "cpu"), _cams(tmp_path / "gpu")
     assert sorted(a) == sorted(b)
     for item_id in a:

@@ -280,6 +280,29 @@ def test_the_log_gets_every_line_in_order_and_a_refused_log_none(features_dir, t
     assert r.exit_code == 2 and log.read_text().splitlines()[-1].endswith("predictions folder not found")
 
 
+def test_pythons_fork_warning_is_no_line(monkeypatch):
+    """Python >= 3.12 warns (DeprecationWarning) at each fork of a process with threads: the data loaders' forks
+    printed it after the result line on such a Python, under filters that show DeprecationWarning (pytest's, an
+    AMX Xeon's Python 3.12 run of this suite). It is no line; another DeprecationWarning still is one."""
+    import os
+    import warnings
+
+    from vpltool.cli.errors import friendly_errors
+
+    @friendly_errors
+    def command(**kwargs) -> None:
+        warnings.warn(f"This process (pid={os.getpid()}) is multi-threaded, use of fork() may lead to deadlocks in "
+                      "the child.", DeprecationWarning, stacklevel=1)
+        warnings.warn("another deprecation", DeprecationWarning, stacklevel=1)
+
+    stream = __import__("io").StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        command(verbose=False)
+    assert stream.getvalue().splitlines() == ["warning: another deprecation"]
+
+
 def test_library_warnings_are_one_line_each(tmp_path, monkeypatch):
     """timm's "Unexpected keys ..." (a logging record) and a library's warnings.warn came in their own formats,
     over several lines; both are one yellow warning: line now."""

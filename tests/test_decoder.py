@@ -522,6 +522,20 @@ def test_compiled_decoder_trains_to_the_same_weights_and_file(gt_pseudo, text_pr
         DecoderConfig(compile="max")
 
 
+@pytest.mark.cuda
+def test_reduce_overhead_trains_on_cuda_with_a_resized_positional_embedding(gt_pseudo, text_protos, tmp_path):
+    """``--compile reduce-overhead`` for real (inductor, CUDA graphs) at a crop whose grid is not the backbone's
+    native one, so the positional embedding is resized inside the frozen graph: a resized table kept between calls
+    was a graph output that the next replay overwrote ("accessing tensor output of CUDAGraphs that has been
+    overwritten"), on an H100."""
+    cuda = RuntimeConfig(device="cuda", workers=1)
+    summary = run_train_decoder(gt_pseudo, text_protos, tmp_path / "graphs",
+                                replace(TINY, compile="reduce-overhead", iters=6, crop_size=48), cuda)
+    assert summary is not None
+    tensors = io.read_tensors(tmp_path / "graphs" / "decoder.safetensors", kind="decoder").tensors
+    assert tensors and all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
 def test_an_iteration_compiles_to_one_graph_per_part(tiny_spec, text_protos):
     """The frozen forward and the losses (decoder forward, CE, RSC) each trace into one graph without a break: what
     ``--compile reduce-overhead`` needs to replay an iteration as CUDA graphs (a break leaves eager launches)."""

@@ -146,10 +146,11 @@ def _not_pinned() -> list[str]:
     return sorted(set(why), key=why.index)
 
 
-def run_numerics(dtype: Any = None, precision: str | None = None) -> dict[str, Any]:
+def run_numerics(dtype: Any = None, precision: str | None = None, device: Any = None) -> dict[str, Any]:
     """What a run records of its arithmetic: ``dtype`` (``fp32``, ``bf16``, ``fp16``, a torch dtype or its name; None
     where no ``--precision`` took part: a stage without one passes its input's, as crf the CAMs'), ``precision`` (as
-    asked: ``auto``, ...), ``mode`` and, reproducible, the pinned instructions and threads, else (fast) the
+    asked: ``auto``, ...), ``device`` (its type, ``cpu`` / ``cuda``, where one was given: what ``auto`` resolved on;
+    not compared), ``mode`` and, reproducible, the pinned instructions and threads, else (fast) the
     instructions ATen ran, whether the CPU has AMX, and the threads.
 
     Reproducible mode asked but not in effect (a library loaded before it) is recorded as fast, with one warning
@@ -157,6 +158,8 @@ def run_numerics(dtype: Any = None, precision: str | None = None) -> dict[str, A
     record: dict[str, Any] = {"dtype": dtype_name(dtype)}
     if precision is not None:
         record["precision"] = precision
+    if device is not None:
+        record["device"] = getattr(device, "type", str(device))
     why = _not_pinned() if reproducible_asked() else []
     if reproducible_asked() and not why:
         return {**record, "mode": "reproducible", "isa": PINNED_ISA if x86() else platform.machine(),
@@ -179,7 +182,8 @@ def run_numerics(dtype: Any = None, precision: str | None = None) -> dict[str, A
 
 
 def mismatch(found: Mapping[str, Any] | None, own: Mapping[str, Any]) -> str | None:
-    """Why a file made with numerics ``found`` must not feed a run with ``own`` (None: it may).
+    """Why a file made with numerics ``found`` must not feed a run with ``own``: ``dtype``, ``mode``, ``both`` (one
+    message names every difference: a fast run on an AMX CPU differs from a reproducible file in both), None: it may.
 
     The dtypes are compared where both have one (a file whose making took no ``--precision``, such as text
     prototypes, fp32 by design, goes with every dtype), the modes always. A file without a record (made by a vpltool
@@ -187,11 +191,9 @@ def mismatch(found: Mapping[str, Any] | None, own: Mapping[str, Any]) -> str | N
     if not isinstance(found, Mapping):
         return None
     made, runs = found.get("dtype"), own.get("dtype")
-    if made is not None and runs is not None and made != runs:
-        return "dtype"
-    if found.get("mode") in MODES and found.get("mode") != own.get("mode"):
-        return "mode"
-    return None
+    dtype = made is not None and runs is not None and made != runs
+    mode = found.get("mode") in MODES and found.get("mode") != own.get("mode")
+    return "both" if dtype and mode else "dtype" if dtype else "mode" if mode else None
 
 
 def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
@@ -200,7 +202,8 @@ def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
     dtype, asked = numerics.get("dtype"), numerics.get("precision")
     how = ""
     if dtype is not None and asked == "auto":
-        how = " (--precision auto on a CPU with AMX)" if dtype == "bf16" and numerics.get("mode") == "fast" \
+        where = "on CUDA" if numerics.get("device") == "cuda" else "on a CPU with AMX"
+        how = f" (--precision auto {where})" if dtype == "bf16" and numerics.get("mode") == "fast" \
             else " (--precision auto)"
     made = f"at {dtype}{how}" if dtype is not None else ""
     mode = f"in {numerics.get('mode', 'fast')} mode"

@@ -57,6 +57,9 @@ def friendly_errors(fn: Callable) -> Callable:
             with warnings.catch_warnings(), _sigterm_as_interrupt(), io.naming_scope(), \
                     io.run_outputs({"--log": (log_file, "log")}, on_checked=_LOG.checked):
                 warnings.simplefilter("always", VplWarning)  # restored with the filters after the command
+                # Python >= 3.12 warns at every fork of a process with threads (torch's own, always there); the data
+                # loaders fork by design, as torch's DataLoader does, and the line would follow every run's result
+                warnings.filterwarnings("ignore", FORK_WARNING, DeprecationWarning)
                 warnings.showwarning = functools.partial(_show_warning, warnings.showwarning, verbose)
                 _plugin_lines()
                 _check_file_options(kwargs)
@@ -263,6 +266,9 @@ def _terminated_loader(e: RuntimeError) -> bool:
     reaches the workers too, and the loader's own SIGCHLD check may raise before the command's handler does. It is
     the same preemption, so the same one line and exit 143."""
     return "killed by signal: Terminated" in str(e) or (_SIGTERM_SEEN[0] and "DataLoader worker" in str(e))
+
+
+FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
 
 
 def _show_warning(default: Callable, verbose: bool, message, category, filename, lineno, file=None,

@@ -179,6 +179,10 @@ def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, 
         if why == "dtype":
             fix = (f"pass --precision {found['dtype']} to this command, or re-run `vpltool {stage}` (and what it was "
                    f"made from) with --precision {own['dtype']}")
+        elif why == "both":
+            mode = "in reproducible mode" if found.get("mode") == "reproducible" else "in fast mode"
+            fix = (f"run this command {mode} with --precision {found['dtype']}, or re-run `vpltool {stage}` (and what "
+                   "it was made from) as this run is")
         elif own.get("mode") == "fast":
             fix = (f"run this command in reproducible mode too (vpltool --reproducible ..., or "
                    f"{numerics.MODE_ENV}=1), or re-run `vpltool {stage}` without it")

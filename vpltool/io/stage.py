@@ -175,7 +175,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
                            "to redo every item, or choose another --out")
         if numerics is not None and (differ := mismatch(old.get(NUMERICS), numerics)) is not None:
             resume = " to resume" if name == RUN_RECORD else ""
-            same = "--precision" if differ == "dtype" else "mode"
+            same = {"dtype": "--precision", "mode": "mode", "both": "--precision and mode"}[differ]
             raise VplError(f"{folder}: {what} {describe(old[NUMERICS], differ)}, this run is "
                            f"{describe(numerics, differ)}; re-run with the same {same}{resume}, pass --overwrite to "
                            "redo it, or choose another --out")

@@ -103,7 +103,8 @@ def run_extract(
         _extract(bb, dataset, todo, sizes, out, cfg, runtime, dtype, params, on_item)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, shard=(index, count),
-                            not_compared=NOT_COMPARED, inputs=inputs, numerics=run_numerics(dtype, runtime.precision))
+                            not_compared=NOT_COMPARED, inputs=inputs,
+                            numerics=run_numerics(dtype, runtime.precision, device))
     return image_stage(folder, dataset, io.feature_path, runtime.loader_workers(device), work, on_start,
                        inputs=dataset.inputs(), classes=list(dataset.classes))
 

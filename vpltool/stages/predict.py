@@ -228,7 +228,7 @@ def run_predict(
                      overwrite=runtime.overwrite)
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
-    numerics = run_numerics(dtype, runtime.precision)  # the decoder's dtype and mode: another is said in a warning
+    numerics = run_numerics(dtype, runtime.precision, device)  # the decoder's dtype and mode: another is a warning
     io.check_numerics(numerics, (decoder_file, io.header_numerics(io.read_header(decoder_file)), "train-decoder"),
                       weights=True)
     if cfg.crf:  # the backend that runs is recorded: the two differ in float rounding

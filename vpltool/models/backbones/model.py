@@ -234,15 +234,17 @@ class ClipBackbone(TextTower):
         table = self.tower.pos_table
         if table is None or (tuple(grid) == self.native_grid and not fp16_round):
             return table
-        mode = self.mixing.pos_interpolation
-        key = (grid[0], grid[1], fp16_round, mode)
+        key = (grid[0], grid[1], fp16_round, self.mixing.pos_interpolation)
+        if torch.compiler.is_compiling():  # traced into the graph, never kept: a graph's output stored here would be
+            return self._resized_positional(table, key)  # overwritten by the next CUDA-graph replay (reduce-overhead)
         if key not in self._pos_cache:
-            out = resize_positional(table.detach().float(), self.native_grid, tuple(grid), mode,
-                                    lead=self.tower.pos_lead)
-            if fp16_round:
-                out = out.half().float()
-            self._pos_cache[key] = out
+            self._pos_cache[key] = self._resized_positional(table, key)
         return self._pos_cache[key]
+
+    def _resized_positional(self, table: torch.Tensor, key: tuple) -> torch.Tensor:
+        h, w, fp16_round, mode = key
+        out = resize_positional(table.detach().float(), self.native_grid, (h, w), mode, lead=self.tower.pos_lead)
+        return out.half().float() if fp16_round else out
 
     def grid_of(self, pixels: torch.Tensor) -> tuple[int, int]:
         p = self.patch_size

@@ -408,7 +408,7 @@ def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset,
         write_dense_masks(bb, items, sizes, text, query_class, len(classes), settings, out, runtime, dtype, on_item)
 
     folder = io.StageFolder(out, stage, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                            shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision))
+                            shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision, device))
     return image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start, classes=classes)
 
 

@@ -96,7 +96,7 @@ def run_dense_cam(
     settings = cfg.resolved()
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
-    numerics = run_numerics(dtype, runtime.precision)
+    numerics = run_numerics(dtype, runtime.precision, device)
     io.check_numerics(numerics, protos.made())
     params = {"source": "dense", "dense": cfg.dense,
               "settings": settings_params(settings),

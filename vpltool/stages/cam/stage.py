@@ -154,7 +154,7 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     batched, write behind) inside the skeleton of :class:`vpltool.io.StageFolder`."""
     device = resolve_device(runtime.device)
     dtype = resolve_precision(runtime.precision, device)
-    numerics = run_numerics(dtype, runtime.precision)
+    numerics = run_numerics(dtype, runtime.precision, device)
     io.check_numerics(numerics, *src.made_from())  # the features and prototypes: this run's dtype and mode
     temperature = temperature_of(cfg, src.protos)
     params = {**to_params(cfg), "temperature": temperature,

@@ -290,7 +290,7 @@ def run_learn_prototypes(
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
     compute = resolve_precision(runtime.precision, device)
-    numerics = run_numerics(compute, runtime.precision)
+    numerics = run_numerics(compute, runtime.precision, device)
     io.check_numerics(numerics, *inp.made)
     budget = memory_budget(cfg, device)
     storage = pick_storage(compute, lambda dtype: estimate_bytes(inp, dtype, cfg.pixel_fraction), budget)

@@ -62,7 +62,10 @@ def gather_ranks(x: Tensor) -> Tensor:
     all_gather, which torch deprecates for this one, kept the group object in the autograd graph.)"""
     import torch.distributed._functional_collectives as fc
 
-    out = fc.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
+    # all_gather_single is newer torch's (2.14 has it; 2.11 has not), all_gather_tensor_autograd the older (deprecated
+    # for it since): vpltool takes torch from 2.4 on
+    gather = getattr(fc, "all_gather_single", None) or fc.all_gather_tensor_autograd
+    out = gather(x.contiguous(), 0, dist.group.WORLD)
     return out.wait() if isinstance(out, fc.AsyncCollectiveTensor) else out  # a plain tensor, gathered now
 
 
