@@ -23,7 +23,7 @@ from vpltool.stages.crf import refine_image, run_crf
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
                                reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
 
-ONE = RuntimeConfig(workers=1)
+ONE = RuntimeConfig(device="cpu", workers=1)  # auto picks the torch backend where CUDA is (a GPU machine)
 
 
 # --------------------------------------------------------------------------------------------- fixtures
@@ -175,7 +175,7 @@ def test_palette_png_round_trips_the_labels(pseudo_dir, cams_dir, dataset):
 @needs_crf
 def test_workers_give_identical_pngs(pseudo_dir, cams_dir, tmp_path):
     ticks, starts = [], []
-    summary = run_crf(cams_dir, tmp_path / "two", runtime=RuntimeConfig(workers=2), on_item=ticks.append,
+    summary = run_crf(cams_dir, tmp_path / "two", runtime=RuntimeConfig(device="cpu", workers=2), on_item=ticks.append,
                       on_start=starts.append)
     n = len(list(pseudo_dir.glob("*.png")))
     assert summary.workers == 2 and summary.done == n and starts == [n] and sum(ticks) == n

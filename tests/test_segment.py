@@ -92,7 +92,7 @@ def test_dense_cams_feed_crf(world, text_protos, tmp_path):
         assert not len(m.cams) or (m.cams.min() >= 0 and m.cams.max() <= 1)
     record = io.read_stage_record(cams, "cam")
     assert record["params"]["source"] == "dense" and record["params"]["settings"]["crop_mode"] == "pad"
-    run_crf(cams, tmp_path / "crf", CrfConfig(), RuntimeConfig(workers=1))
+    run_crf(cams, tmp_path / "crf", CrfConfig(), RuntimeConfig(device="cpu", workers=1))
     assert len(list((tmp_path / "crf").glob("*.png"))) == len(ds.items)
 
 

@@ -195,9 +195,23 @@ def _click_context():
     return None
 
 
+def _spelling(name: str) -> str:
+    """How the running command spells parameter ``name``: its longest option (``--pairs``) or, an argument, its
+    upper-case name (``PAIRS``); ``--name`` outside the CLI."""
+    ctx = _click_context()
+    for param in ctx.command.params if ctx is not None else ():
+        if param.name == name:
+            return max(param.opts, key=len) if param.param_type_name == "option" else name.upper()
+    return "--" + name.replace("_", "-")
+
+
 def _check_file_options(kwargs: dict) -> None:
-    """A file option spelled as a folder (``-o dir/``) is refused before anything runs."""
+    """A file option spelled as a folder (``-o dir/``) is refused before anything runs, and so is a value holding a
+    NUL byte, which no path or name can hold (Python's own "embedded null byte" was a traceback)."""
     for name, value in kwargs.items():
+        if any("\x00" in str(v) for v in (value if isinstance(value, (list, tuple)) else [value])):
+            option = _spelling(name)
+            raise VplError(f"{option}: its value holds a NUL byte (\\x00), which no path or name can hold; remove it")
         if isinstance(value, _EmptySpelling) and name in _FILE_OPTIONS:
             option, example = _FILE_OPTIONS[name]
             raise VplError(f"{option} '': an empty file name; give a file name, e.g. {example}"

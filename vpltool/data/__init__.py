@@ -78,9 +78,10 @@ def open_dataset(
     elif (path / "images").is_dir():
         dataset = open_folder(path, split, labels_file)
     else:  # one photo, or a folder of photos: no labels, no layout (one line for anything else)
-        if split is not None or labels_file is not None:
+        if split is not None or labels_file is not None:  # the hint names what was given (eval has no --labels-file)
+            given = " / ".join(flag for flag, value in (("--split", split), ("--labels-file", labels_file)) if value)
             raise VplError(f"{path}: plain photos have no splits and no labels (no dataset layout found: "
-                           f"{'; '.join(LAYOUTS)}); drop --split / --labels-file")
+                           f"{'; '.join(LAYOUTS)}); drop {given}")
         dataset = open_images(path)
     _check_items(dataset)
     if labels_file is not None:

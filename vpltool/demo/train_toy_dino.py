@@ -119,6 +119,8 @@ def world_images(data_dir: str | Path) -> torch.Tensor:
     from ..data import open_dataset
     from ..io import load_image
 
+    if not (Path(data_dir) / "images").is_dir():  # before open_dataset, whose line would name a --split it lacks
+        raise VplError(f"{data_dir}: no images/ folder; pass a folder written by make-world")
     items = open_dataset(Path(data_dir), "train").items
     if not items:
         raise VplError(f"{data_dir}: no train images; pass a folder written by make-world")

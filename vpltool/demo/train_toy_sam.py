@@ -117,6 +117,8 @@ def world_masks(data_dir: str | Path, model: str, min_area: int) -> WorldMasks:
     from ..io import load_image, read_mask
     from ..models.backbones.sam import SAM_ARCHS, sam_input
 
+    if not (Path(data_dir) / "images").is_dir():  # before open_dataset, whose line would name a --split it lacks
+        raise VplError(f"{data_dir}: no images/ folder; pass a folder written by make-world")
     items = [it for it in open_dataset(Path(data_dir), "train").items if it.gt is not None]
     if not items:
         raise VplError(f"{data_dir}: no train images with masks; pass a folder written by make-world")
