@@ -84,16 +84,13 @@ def outputs_seen(enc, seen: dict):
             setattr(enc, name, fn)
 
 
-def run(args) -> None:
-    import torch
-
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+@contextlib.contextmanager
+def segmentor(args, out: Path):
+    """Points 1-4: the clone's ``RADSegSegmentation`` built from ``args`` (this runner's options), its hub name for
+    SigLIP 2 resolved in ``out / 'hub_home'``; yields ``(segmentor, config)`` with the clone on ``sys.path`` and
+    that folder the working directory (its SigLIP 2 adaptor reads the folder again when it tokenizes)."""
     install_openmmlab_stubs()
     clone, radio = args.clone.resolve(), args.radio_clone.resolve()
-    photos = [p.resolve() for p in args.photos]
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     home = out / "hub_home"  # point 3: the hub name resolves to a local folder in the working directory
     (home / HUB_TEXT).parent.mkdir(parents=True, exist_ok=True)
     link = home / HUB_TEXT
@@ -105,7 +102,7 @@ def run(args) -> None:
     kwargs = {k: v for k, v in cfg["model"].items() if k != "type"}
     name_path = args.classes.resolve() if args.classes else (clone / "evaluation" / "2d" / kwargs["name_path"])
     kwargs.update(name_path=str(name_path.resolve()), device="cpu", **json.loads(args.overrides))
-    start = time.perf_counter()
+    cfg["kwargs"] = kwargs
     saved = (list(sys.path), os.getcwd())
     sys.path[:0] = [str(clone / "evaluation" / "2d"), str(clone)]
     os.chdir(home)
@@ -113,6 +110,22 @@ def run(args) -> None:
         mod = importlib.import_module("radseg_segmentor")
         with local_radio_hub(radio, args.checkpoint.resolve()):
             seg = mod.RADSegSegmentation(**kwargs).eval()
+        yield seg, cfg
+    finally:
+        sys.path[:] = saved[0]
+        os.chdir(saved[1])
+
+
+def run(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    photos = [p.resolve() for p in args.photos]
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with segmentor(args, out) as (seg, cfg):
         enc = seg.model
         torch.save({"text_embeds": enc.text_embeds.float().clone()}, out / "text.pt")
         pre = seg.data_preprocessor.kwargs
@@ -137,10 +150,7 @@ def run(args) -> None:
                         "pred_plain": plain.data["pred_sem_seg"].data}, out / f"photo_{i:03d}.pt")
             shapes.append({"file": path.name, "ori_shape": list(ori), "input_shape": list(x.shape[-2:]),
                            "seconds": round(seconds, 2)})
-    finally:
-        sys.path[:] = saved[0]
-        os.chdir(saved[1])
-    meta = {"kwargs": kwargs, "resize_scale": list(cfg["scale"]), "preprocessor": pre, "prompts": enc.prompts,
+    meta = {"kwargs": cfg["kwargs"], "resize_scale": list(cfg["scale"]), "preprocessor": pre, "prompts": enc.prompts,
             "photos": shapes, "effective": {k: getattr(enc, k) for k in (
                 "slide_crop", "slide_stride", "scga_scaling", "prompt_denoising_thresh", "prediction_thresh")},
             "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__, "threads": args.threads}

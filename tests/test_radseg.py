@@ -154,3 +154,18 @@ def test_a_text_tower_of_another_width_is_refused(files, tmp_path):
     other = rf.write_text_folder(tmp_path / "text64", {**rf.TINY_TEXT, "projection_size": 64}, rf.prompt_words(CLASSES))
     with pytest.raises(VplError, match="48-d rows.*64-d"):  # from the folder's config.json: before any model
         resolve_method(_cfg(files, language_model=str(other)))
+
+
+def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
+    """fp32 on the CPU, the backbone's, the adaptor head's and the text tower's linear layers are oneDNN's (about
+    half MKL's time on an AMD CPU: bench/bench_radseg.py); their outputs are tests/test_onednn.py's."""
+    from torch import nn
+
+    from vpltool.models.backbones import onednn
+    from vpltool.models.dense.method import resolve_method
+
+    if not onednn.available():
+        pytest.skip("this torch has no oneDNN linear op")
+    bb = resolve_method(_cfg(files)).load(None, "cpu")
+    kinds = [type(m) for part in (bb.model, bb.head, bb.text.model) for m in part.modules() if isinstance(m, nn.Linear)]
+    assert len(kinds) > 10 and set(kinds) == {onednn.OneDnnLinear}
