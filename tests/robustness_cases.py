@@ -5061,6 +5061,62 @@ def _region_file_changed(ws: Workspace) -> Iterator[list[object]]:
     yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
 
 
+def _prompt_files(ws: Workspace, name: str) -> tuple[Path, Path]:
+    """A --templates file and a --background file in a fresh folder ``name`` of the workspace."""
+    folder = ws.out(name)
+    folder.mkdir()
+    (folder / "templates.txt").write_text("a photo of a {}.\na drawing of a {}.\n")
+    (folder / "background.txt").write_text("grass\nsky\n")
+    return folder / "templates.txt", folder / "background.txt"
+
+
+def _segment_prompt_args(ws: Workspace, out: Path) -> list[object]:
+    return ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle",
+            "--short-side", "64", "--slide-crop", "0"]
+
+
+@case("--templates and --background files given by relative paths to segment --shard 0/2, then moved and given by "
+      "their new absolute paths to --shard 1/2 (accepted: the same bytes)", "✓ segment (naclip): 1 masks",
+      exit_code=0, leaves=("seg_prompts_moved/*", "-seg_prompts_moved/_run.json",
+                           "-seg_prompts_moved/_shard.0-of-2.json"))
+def _prompt_files_moved(ws: Workspace) -> Iterator[list[object]]:
+    templates, background = _prompt_files(ws, "prompts_before")
+    out = ws.out("seg_prompts_moved")
+    with contextlib.chdir(ws.root):
+        cli_ok(*_segment_prompt_args(ws, out), "--templates", "prompts_before/templates.txt", "--background",
+               "prompts_before/background.txt", "--shard", "0/2")
+    moved = ws.out("prompts_moved")
+    templates.parent.rename(moved)
+    yield [*_segment_prompt_args(ws, out), "--templates", moved / "templates.txt", "--background",
+           moved / "background.txt", "--shard", "1/2"]
+
+
+@case("a --background file rewritten between segment --shard 0/2 and 1/2 (named as a changed input, not as "
+      "\"other parameters\")", "seg_background_changed: an interrupted run made from other inputs (background "
+      "prompts_bg/background.txt: its content changed (sha256 ", "pass --overwrite to redo every item")
+def _background_file_changed(ws: Workspace) -> Iterator[list[object]]:
+    templates, background = _prompt_files(ws, "prompts_bg")
+    out = ws.out("seg_background_changed")
+    args = [*_segment_prompt_args(ws, out), "--templates", templates, "--background", background]
+    cli_ok(*args, "--shard", "0/2")
+    background.write_text("grass\nwall\n")
+    with contextlib.chdir(ws.root):  # the message shows the file as the user would type it from here
+        yield [*args, "--shard", "1/2"]
+
+
+@case("a --templates file rewritten between segment --shard 0/2 and 1/2 (named as a changed input)",
+      "seg_templates_changed: an interrupted run made from other inputs (templates prompts_t/templates.txt: its "
+      "content changed (sha256 ", "pass --overwrite to redo every item")
+def _templates_file_changed(ws: Workspace) -> Iterator[list[object]]:
+    templates, background = _prompt_files(ws, "prompts_t")
+    out = ws.out("seg_templates_changed")
+    args = [*_segment_prompt_args(ws, out), "--templates", templates, "--background", background]
+    cli_ok(*args, "--shard", "0/2")
+    templates.write_text("a photo of a {}.\n")
+    with contextlib.chdir(ws.root):
+        yield [*args, "--shard", "1/2"]
+
+
 @case("segment --dense trident: --sam-weights replaced under its name between --shard 0/2 and 1/2",
       "seg_sam_shards: an interrupted run made from other inputs (sam_weights sam_shards.safetensors: its content "
       "changed (sha256 ", "--overwrite")

@@ -31,7 +31,7 @@ from ..device import resolve_device, resolve_precision
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
 from ..models import ClipBackbone, ModelSpec
-from ..models.backbones.prompts import resolve_background, resolve_templates
+from ..models.backbones.prompts import prompt_files, resolve_background, resolve_templates
 from ..models.dense.method import proxy_spec, sam_spec  # noqa: F401 (importable from here too)
 from ..models.dense.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
@@ -204,6 +204,8 @@ def run_segment(
     for key in FILE_PARAMS:  # a file by content: another path to it is the same run, other bytes are not
         if key in params:
             params[key] = io.weights_identity(params[key])
+    for key, path in prompt_files(cfg.templates, cfg.background).items():  # likewise a prompt file
+        params[key] = io.file_identity(path.resolve())
     summary = dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
                                settings, lambda: load_dense(spec, method, device, backbone),
                                (synonyms, templates, background),
