@@ -5061,6 +5061,21 @@ def _region_file_changed(ws: Workspace) -> Iterator[list[object]]:
     yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
 
 
+@case("segment --dense corrclip --shard 1/2 on a folder whose _run.json an earlier vpltool wrote (the mask folder "
+      "as its path, its files' digest in region_source; accepted: the same settings and bytes)",
+      "✓ segment (corrclip): 1 masks", exit_code=0,
+      leaves=("seg_regions_older/*", "-seg_regions_older/_run.json", "-seg_regions_older/_shard.0-of-2.json"))
+def _corrclip_older_record(ws: Workspace) -> Iterator[list[object]]:
+    folder, out = _region_folder(ws, "regions_older"), ws.out("seg_regions_older")
+    cli_ok(*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "0/2")
+    run = json.loads((out / "_run.json").read_text())
+    params = run["params"]  # as vpltool wrote it before 48b463c
+    params["region_source"] = {"generator": "folder", "files_sha256": params["region_masks"]["sha256"]}
+    params["region_masks"] = str(folder)
+    (out / "_run.json").write_text(json.dumps(run))
+    yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
+
+
 def _prompt_files(ws: Workspace, name: str) -> tuple[Path, Path]:
     """A --templates file and a --background file in a fresh folder ``name`` of the workspace."""
     folder = ws.out(name)

@@ -306,7 +306,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
                             lambda: method.load(model, device, backbone),
                             (synonyms, prompts["templates"], prompts["background_words"]), "--classes", on_start,
-                            on_item)
+                            on_item, older=method.hooks.older_record)
 
 
 def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int, out: Path,

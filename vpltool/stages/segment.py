@@ -211,7 +211,8 @@ def run_segment(
                                (synonyms, templates, background),
                                "--class-file / --templates" if cfg.class_file else
                                "--classes / --templates / --background",
-                               on_start, on_item, max_side_option="--max-side {}")
+                               on_start, on_item, max_side_option="--max-side {}",
+                               older=method.hooks.older_record)
     if overlay:
         write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
     return summary
