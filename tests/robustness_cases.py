@@ -1000,6 +1000,44 @@ def _weights_before_cam(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", features, "-p", text, "-o", ws.out("out"), *CPU]
 
 
+def _features_then_folder_renamed(ws: Workspace) -> tuple[Path, Path, Path]:
+    """``extract`` and ``text-prototypes`` with a local-dir CLIP, then its folder renamed (made once): the records
+    name a folder that is gone."""
+    renamed, features, text = ws.root / "clip_renamed_later", ws.root / "features_renamed", ws.root / "text_renamed"
+    if not renamed.is_dir():
+        clip = _local_clip(ws, "clip_renamed_before")
+        cli_ok("extract", ws.world, "--split", "val", "-o", ws.out("features_renamed"), "--model", f"local-dir:{clip}",
+               *CPU, "--workers", "1")
+        cli_ok("text-prototypes", features, "-o", text, *TEXT_ARGS, *CPU)
+        clip.rename(renamed)
+    return renamed, features, text
+
+
+@case("the local-dir CLIP's folder renamed after extract, given by its new name to text-prototypes --model "
+      "(accepted: the same bytes)", "✓ text-prototypes", exit_code=0, leaves=("text_at_renamed.safetensors",))
+def _text_prototypes_at_renamed(ws: Workspace) -> Iterator[list[object]]:
+    renamed, features, _ = _features_then_folder_renamed(ws)
+    yield ["text-prototypes", features, "-o", ws.out("text_at_renamed.safetensors"), "--model", f"local-dir:{renamed}",
+           *TEXT_ARGS, *CPU]
+
+
+@case("the local-dir CLIP's folder renamed after extract and text-prototypes, given by its new name to cam --model "
+      "(accepted: the same bytes)", "✓ cam: 2 images", exit_code=0, leaves=("cams_at_renamed/", "cams_at_renamed/*"))
+def _cam_at_renamed(ws: Workspace) -> Iterator[list[object]]:
+    renamed, features, text = _features_then_folder_renamed(ws)
+    yield ["cam", features, "-p", text, "-o", ws.out("cams_at_renamed"), "--model", f"local-dir:{renamed}", *CPU]
+
+
+@case("cam --model local-dir:OTHER, a folder of other weights than the CLIP the extract folder names",
+      "local-dir:clip_other_weights: other weights than the CLIP features_renamed was made with "
+      "(local-dir:clip_renamed_before, sha256 ", "give the model folder or file that holds those weights")
+def _cam_at_other_weights(ws: Workspace) -> Iterator[list[object]]:
+    _, features, text = _features_then_folder_renamed(ws)
+    other = _local_clip(ws, "clip_other_weights")
+    _replace_weights(other)
+    yield ["cam", features, "-p", text, "-o", ws.out("out"), "--model", f"local-dir:{other}", *CPU]
+
+
 @case("prototypes of the same local-dir CLIP name with other weights than the features' (cam)",
       "text_local.safetensors: made with other weights of CLIP local-dir:clip_stages", "same model")
 def _prototypes_of_other_weights(ws: Workspace) -> Iterator[list[object]]:

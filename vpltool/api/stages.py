@@ -74,27 +74,34 @@ def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: s
                            _spec(model, pretrained, model_config_dir), cfg, rt, on_item=on_item, on_start=on_start)
 
 
-def text_prototypes(features: PathLike, out: PathLike, **options: Any):
+def text_prototypes(features: PathLike, out: PathLike, *, model: str | None = None, pretrained: str | None = None,
+                    **options: Any):
     """`vpltool text-prototypes FEATURES -o OUT`: the classes of an extract folder and background words, encoded
-    by its CLIP (:class:`TextPrototypesConfig`). Returns the prototypes."""
+    by its CLIP (:class:`TextPrototypesConfig`); ``model`` / ``pretrained``: where that CLIP lies now (its
+    ``local-dir:`` folder renamed), taken when it holds the recorded weights. Returns the prototypes."""
     from ..stages.text_prototypes import extract_context, run_text_prototypes
 
     cfg, rt = configs("text_prototypes", TextPrototypesConfig, options)
+    at = None if model is None and pretrained is None else \
+        _spec(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED, None)
     with hooks(False, "text-prototypes"):  # one run (no bar: one model, one pass)
-        _, spec, classes, _ = extract_context(features)
+        _, spec, classes, _ = extract_context(features, at)
         return run_text_prototypes(classes, out, spec, cfg, device=rt.device, source=features,
                                    overwrite=rt.overwrite)
 
 
 def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None,
-        progress: bool | None = None, **options: Any):
+        model: str | None = None, progress: bool | None = None, **options: Any):
     """`vpltool cam SOURCE -p PROTOTYPES -o OUT`: CLIP-ES's GradCAM (+ CAA, SSR's SGC) per labelled class
-    (:class:`CamConfig`). ``source``: an extract folder or a dataset."""
+    (:class:`CamConfig`). ``source``: an extract folder or a dataset. ``model``: ``local-dir:DIR``, where the CLIP
+    the prototypes name lies now (its folder renamed), taken when it holds the recorded weights."""
     from ..stages.cam import run_cam
 
     cfg, rt = configs("cam", CamConfig, options)
+    at = None if model is None else _spec(model, DEFAULT_PRETRAINED, None)
     with hooks(progress, "cam") as (on_start, on_item):
-        return run_cam(source, prototypes, out, cfg, rt, split=split, on_item=on_item, on_start=on_start)
+        return run_cam(source, prototypes, out, cfg, rt, split=split, on_item=on_item, on_start=on_start,
+                       model_at=at)
 
 
 def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: PathLike, *,

@@ -107,13 +107,19 @@ class ModelSpec:
         return {**ident, "weights": digest} if digest else ident
 
     @classmethod
-    def from_identity(cls, ident: dict[str, str], where: str | os.PathLike = "the record") -> ModelSpec:
+    def from_identity(cls, ident: dict[str, str], where: str | os.PathLike = "the record",
+                      at: ModelSpec | None = None) -> ModelSpec:
         """The model a record names (``ident``: an :meth:`identity`), its local bytes checked against the recorded
-        digest now, before anything loads: one line naming ``where`` (the record's file or folder) otherwise."""
-        from .local_weights import check_recorded
+        digest now, before anything loads: one line naming ``where`` (the record's file or folder) otherwise.
+        ``at``: where that model lies now, given by the user (a ``local-dir:`` folder renamed since, a weights file
+        moved): taken when it holds the recorded bytes, else one line naming it
+        (:func:`~vpltool.models.backbones.local_weights.recorded_at`)."""
+        from .local_weights import check_recorded, recorded_at
 
         spec = cls(model=ident["model"], pretrained=ident.get("pretrained", "none"),
                    config_dir=ident.get("config_dir"), weights=ident.get("weights"))
+        if at is not None:
+            return recorded_at(spec, at, str(where))
         check_recorded(spec, str(where))
         return spec
 
