@@ -5551,6 +5551,18 @@ def _py_batch_size_zero(ws: Workspace) -> Iterator[list[object]]:
     yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star'], batch_size=0)"]
 
 
+@case("Python: a stage function's bad option (api.crf(..., confidence=2.0): the line names the keyword, not "
+      "--confidence)", "VplError: confidence 2.0: must be in [0, 1]", python=True)
+def _py_stage_keyword(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.api.crf('cams', 'out_py_crf', confidence=2.0)"]
+
+
+@case("Python: a stage function's bad device (api.cam(..., device='gpu7'): the line names device, not --device)",
+      "VplError: device 'gpu7' not understood", python=True)
+def _py_stage_device(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.api.cam('features', 'text.safetensors', 'out_py_cam', device='gpu7')"]
+
+
 @case("Python: a name the toy CLIP does not know in a later call (once said for the first list only)",
       "does not know 'giraffe'", exit_code=0, python=True)
 def _py_toy_later_unknown(ws: Workspace) -> Iterator[list[object]]:

@@ -11,8 +11,9 @@ summary with ``done``, ``skipped``, ``seconds``; `evaluate` the scores).
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -32,6 +33,7 @@ from ..config import (
     TextPrototypesConfig,
 )
 from ..errors import VplError
+from .options import python_lines
 from .progress import hooks
 
 PathLike = str | os.PathLike
@@ -54,6 +56,18 @@ def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = T
     return make(**{k: v for k, v in options.items() if k in own}), rt
 
 
+def python_door(config: type, runtime: bool = True) -> Callable[[Callable], Callable]:
+    """A stage function's errors as a Python caller reads them: each ``--option`` it takes as a keyword named by
+    that keyword (``--batch-size`` -> ``batch_size``, ``--out`` -> ``out``; :func:`.options.keyword_line`), the
+    keywords being ``config``'s options, the runtime's (``runtime``) and the function's own parameters. The command
+    line's ``vpltool <stage>`` still says ``--batch-size``: only this door renames."""
+    def wrap(fn: Callable) -> Callable:
+        own = set(config.option_names()) if hasattr(config, "option_names") else {f.name for f in fields(config)}
+        params = {p.name for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD}
+        return python_lines(fn, own | (set(_RUNTIME) if runtime else set()) | params)
+    return wrap
+
+
 def _spec(model: str, pretrained: str, model_config_dir: PathLike | None):
     from ..models import ModelSpec
 
@@ -61,6 +75,7 @@ def _spec(model: str, pretrained: str, model_config_dir: PathLike | None):
                      config_dir=str(model_config_dir) if model_config_dir is not None else None)
 
 
+@python_door(ExtractConfig)
 def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: str = DEFAULT_MODEL,
             pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
             labels_file: PathLike | None = None, progress: bool | None = None, **options: Any):
@@ -74,6 +89,7 @@ def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: s
                            _spec(model, pretrained, model_config_dir), cfg, rt, on_item=on_item, on_start=on_start)
 
 
+@python_door(TextPrototypesConfig)
 def text_prototypes(features: PathLike, out: PathLike, *, model: str | None = None, pretrained: str | None = None,
                     **options: Any):
     """`vpltool text-prototypes FEATURES -o OUT`: the classes of an extract folder and background words, encoded
@@ -90,6 +106,7 @@ def text_prototypes(features: PathLike, out: PathLike, *, model: str | None = No
                                    overwrite=rt.overwrite)
 
 
+@python_door(CamConfig)
 def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None,
         model: str | None = None, progress: bool | None = None, **options: Any):
     """`vpltool cam SOURCE -p PROTOTYPES -o OUT`: CLIP-ES's GradCAM (+ CAA, SSR's SGC) per labelled class
@@ -104,6 +121,7 @@ def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | N
                        model_at=at)
 
 
+@python_door(LearnPrototypesConfig)
 def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: PathLike, *,
                      progress: bool | None = None, **options: Any):
     """`vpltool learn-prototypes FEATURES --cams CAMS --text TEXT -o OUT`: VPL's vision prototypes
@@ -116,6 +134,7 @@ def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: Pa
                                     on_iter=None if on_item is None else lambda i, loss: on_item(1))
 
 
+@python_door(CrfConfig)
 def crf(cams: PathLike, out: PathLike, *, progress: bool | None = None, **options: Any):
     """`vpltool crf CAMS -o OUT`: dense-CRF pseudo masks from a cam folder (:class:`CrfConfig`)."""
     from ..stages.crf import run_crf
@@ -125,6 +144,7 @@ def crf(cams: PathLike, out: PathLike, *, progress: bool | None = None, **option
         return run_crf(cams, out, cfg, rt, on_item=on_item, on_start=on_start)
 
 
+@python_door(DecoderConfig)
 def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resume: bool = False,
                   progress: bool | None = None, **options: Any):
     """`vpltool train-decoder PSEUDO -p PROTOTYPES -o OUT`: the segmentation decoder on the pseudo masks
@@ -137,6 +157,7 @@ def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resu
                                  on_iter=None if on_item is None else lambda i, rec: on_item(1))
 
 
+@python_door(PredictConfig)
 def predict(decoder: PathLike, out: PathLike, *, data: PathLike | None = None, split: str | None = None,
             progress: bool | None = None, **options: Any):
     """`vpltool predict DECODER -o OUT`: the decoder's masks (:class:`PredictConfig`); ``data`` / ``split``: other
@@ -148,6 +169,7 @@ def predict(decoder: PathLike, out: PathLike, *, data: PathLike | None = None, s
         return run_predict(decoder, data, split, out, cfg, rt, on_item=on_item, on_start=on_start)
 
 
+@python_door(EvalConfig, runtime=False)
 def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | None = None,
              json_out: PathLike | None = None, overwrite: bool = False, **options: Any) -> dict[str, Any]:
     """`vpltool eval FOLDER`: mIoU and per-class IoU of a mask or CAM folder against ground truth
@@ -159,6 +181,7 @@ def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | Non
         return run_eval(folder, data=data, split=split, cfg=cfg, json_out=json_out, overwrite=overwrite)[0]
 
 
+@python_door(SegmentConfig)
 def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None = None, *,
             method: str | None = None, split: str | None = None, model: str = DEFAULT_MODEL,
             pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
@@ -175,12 +198,12 @@ def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None =
 
     method, checkpoint = method_option("vpltool.api.segment", method, checkpoint, options)
     family, method, checkpoint = segmenting(method, model, checkpoint)  # model="NAME:FILE": checkpoint=FILE
-    dataset = open_dataset(data, split)
     entries = None if classes is None else class_entries(classes)
     if family != "clip":  # a text-supervised family's checkpoint
-        return _segment_text(family, dataset, out, entries, checkpoint, overlay, options, progress)
-    cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,
+        return _segment_text(family, open_dataset(data, split), out, entries, checkpoint, overlay, options, progress)
+    cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,  # the options before the data
                                                  "classes": None if entries is None else tuple(entries)})
+    dataset = open_dataset(data, split)
     from ..stages.segment import run_segment
 
     with hooks(progress, f"segment ({method})") as (on_start, on_item):
@@ -208,6 +231,7 @@ def _segment_text(family: str, dataset, out, entries, checkpoint, overlay: bool,
                                 overlay=overlay, on_start=on_start, on_item=on_item)
 
 
+@python_door(ReportConfig, runtime=False)
 def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, progress: bool | None = None,
            **options: Any):
     """`vpltool report RUN`: the static HTML report of a run folder, or of one `segment` folder
@@ -220,4 +244,4 @@ def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, prog
 
 
 __all__ = ["extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",
-           "segment", "report", "configs"]
+           "segment", "report", "configs", "python_door"]
