@@ -4647,6 +4647,24 @@ def _class_file_trailing_blank(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", ws.out("seg_trailing"), "--class-file", path, *TINY,
            *CPU, "--short-side", "64", "--slide-crop", "0"]
 
+
+@case("a --class-file rewritten between segment --shard 0/2 and 1/2 (a class's queries changed: named as a changed "
+      "input, not as \"other parameters (class_queries differ)\")", "seg_class_file_changed: an interrupted run made "
+      "from other inputs (class_file classes_changed.txt: its content changed (sha256 ", "--overwrite")
+def _class_file_changed_between_shards(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data.class_files import class_file_path
+
+    path, out = ws.root / "classes_changed.txt", ws.out("seg_class_file_changed")
+    text = class_file_path("sclip:voc21").read_text()
+    path.write_text(text)
+    args = ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", out, "--class-file", path, *TINY, *CPU,
+            "--short-side", "64", "--slide-crop", "0"]
+    cli_ok(*args, "--shard", "0/2")
+    lines = text.splitlines()
+    path.write_text("\n".join([lines[0], lines[1] + ", airplane", *lines[2:]]) + "\n")  # a synonym added
+    with contextlib.chdir(ws.root):
+        yield [*args, "--shard", "1/2"]
+
 # --------------------------------------------------------------------------------------------- train-pgseg
 PGSEG_ARGS = ["--recipe", "cpu", "--batch-size", "2", "--epochs", "1", "--crop-size", "32", "--workers", "1", *CPU]
 
