@@ -116,9 +116,15 @@ def test_a_stage_function_names_its_python_keywords_not_the_command_s_flags(stag
     assert said in msg and "--" not in msg, msg
 
 
-def test_the_command_line_still_names_its_flags():
+def test_the_command_line_still_names_its_flags_and_a_stage_function_s_warnings_its_keywords(tmp_path):
+    from vpltool.errors import VplWarning
+
     r = CliRunner().invoke(app, ["crf", "nowhere", "-o", "out", "--confidence", "2"])
     assert r.exit_code == 2 and "--confidence 2.0: must be in [0, 1]" in r.output, r.output
+    with pytest.warns(VplWarning) as said, pytest.raises(VplError, match="folder not found"):
+        vpltool.api.crf(tmp_path / "nowhere", tmp_path / "out", no_crf=True, batch_size=2)
+    [line] = [str(w.message) for w in said]
+    assert line.startswith("batch_size 2 has no effect with no_crf") and "--" not in line, line
 
 
 def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):

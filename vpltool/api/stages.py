@@ -11,8 +11,10 @@ summary with ``done``, ``skipped``, ``seconds``; `evaluate` the scores).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
@@ -32,8 +34,8 @@ from ..config import (
     SegmentConfig,
     TextPrototypesConfig,
 )
-from ..errors import VplError
-from .options import python_lines
+from ..errors import VplError, VplWarning
+from .options import keyword_line, python_lines
 from .progress import hooks
 
 PathLike = str | os.PathLike
@@ -57,14 +59,30 @@ def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = T
 
 
 def python_door(config: type, runtime: bool = True) -> Callable[[Callable], Callable]:
-    """A stage function's errors as a Python caller reads them: each ``--option`` it takes as a keyword named by
-    that keyword (``--batch-size`` -> ``batch_size``, ``--out`` -> ``out``; :func:`.options.keyword_line`), the
-    keywords being ``config``'s options, the runtime's (``runtime``) and the function's own parameters. The command
-    line's ``vpltool <stage>`` still says ``--batch-size``: only this door renames."""
+    """A stage function's error and warning lines as a Python caller reads them: each ``--option`` it takes as a
+    keyword named by that keyword (``--batch-size`` -> ``batch_size``, ``--out`` -> ``out``;
+    :func:`.options.keyword_line`), the keywords being ``config``'s options, the runtime's (``runtime``) and the
+    function's own parameters. The command line's ``vpltool <stage>`` still says ``--batch-size``: only this door
+    renames."""
     def wrap(fn: Callable) -> Callable:
         own = set(config.option_names()) if hasattr(config, "option_names") else {f.name for f in fields(config)}
         params = {p.name for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD}
-        return python_lines(fn, own | (set(_RUNTIME) if runtime else set()) | params)
+        keywords = own | (set(_RUNTIME) if runtime else set()) | params
+        named = python_lines(fn, keywords)
+
+        @functools.wraps(fn)
+        def door(*args: Any, **kwargs: Any) -> Any:
+            caught: list = []
+            try:
+                with warnings.catch_warnings(record=True) as caught:  # under the caller's filters, as they are
+                    return named(*args, **kwargs)
+            finally:  # each warning said again outside, a VplWarning's line in keywords
+                for w in caught:
+                    message = w.message
+                    if isinstance(message, VplWarning):
+                        message = type(message)(keyword_line(str(message), keywords))
+                    warnings.warn_explicit(message, w.category, w.filename, w.lineno, source=w.source)
+        return door
     return wrap
 
 
