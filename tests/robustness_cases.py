@@ -779,6 +779,31 @@ def _weights_before_predict(ws: Workspace) -> Iterator[list[object]]:
     yield ["predict", run / "decoder" / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), *CPU]
 
 
+@case("a local-dir CLIP's folder renamed after train-decoder, given by its new name to predict --model (accepted: "
+      "the same bytes)", "✓ predict: 2 masks", exit_code=0, leaves=("pred_at_renamed/", "pred_at_renamed/*"))
+def _predict_at_renamed(ws: Workspace) -> Iterator[list[object]]:
+    renamed, run = ws.root / "clip_predict_renamed", ws.root / "run_renamed"
+    if not (run / "decoder" / "_stage.json").is_file():
+        clip = _local_clip(ws, "clip_predict_before")
+        cli_ok("extract", ws.world, "--split", "val", "-o", run / "features", "--model", f"local-dir:{clip}", *CPU,
+               "--workers", "1")
+        cli_ok("text-prototypes", run / "features", "-o", run / "text.safetensors", *TEXT_ARGS, *CPU)
+        cli_ok("cam", run / "features", "-p", run / "text.safetensors", "-o", run / "cams", *CPU)
+        cli_ok("crf", run / "cams", "-o", run / "pseudo", "--workers", "1")
+        cli_ok("train-decoder", run / "pseudo", "-p", run / "text.safetensors", "-o", run / "decoder",
+               *DECODER_ARGS)
+        clip.rename(renamed)
+    yield ["predict", run / "decoder" / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_at_renamed"),
+           "--model", f"local-dir:{renamed}", *CPU]
+
+
+@case("predict --model with a CLIP's name (the decoder's CLIP is the one its record names)",
+      "--model ViT-B-16: this command's CLIP is the one its input's record names", "local-dir:DIR")
+def _predict_model_name(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--model",
+           "ViT-B-16", *CPU]
+
+
 @case("a Talk2DINO checkpoint's DINO weights file replaced under the same name between segment --shard 0/2 and "
       "--shard 1/2", "a Talk2DINO projection learnt over the DINO weights", "whose bytes changed since",
       "re-train the projection")

@@ -177,14 +177,16 @@ def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resu
 
 @python_door(PredictConfig)
 def predict(decoder: PathLike, out: PathLike, *, data: PathLike | None = None, split: str | None = None,
-            progress: bool | None = None, **options: Any):
+            model: str | None = None, progress: bool | None = None, **options: Any):
     """`vpltool predict DECODER -o OUT`: the decoder's masks (:class:`PredictConfig`); ``data`` / ``split``: other
-    images than the decoder's dataset."""
+    images than the decoder's dataset; ``model``: ``local-dir:DIR``, where the decoder's CLIP lies now (its folder
+    renamed), taken when it holds the recorded weights."""
     from ..stages.predict import run_predict
 
     cfg, rt = configs("predict", PredictConfig, options)
+    at = None if model is None else _spec(model, DEFAULT_PRETRAINED, None)
     with hooks(progress, "predict") as (on_start, on_item):
-        return run_predict(decoder, data, split, out, cfg, rt, on_item=on_item, on_start=on_start)
+        return run_predict(decoder, data, split, out, cfg, rt, on_item=on_item, on_start=on_start, model_at=at)
 
 
 @python_door(EvalConfig, runtime=False)
