@@ -1053,6 +1053,17 @@ def _cam_at_renamed(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", features, "-p", text, "-o", ws.out("cams_at_renamed"), "--model", f"local-dir:{renamed}", *CPU]
 
 
+@case("the local-dir CLIP's folder renamed after extract, prototypes re-made with text-prototypes --model NEW, then "
+      "cam FEATURES -p those (accepted: the prototypes name where the same bytes lie now)", "✓ cam: 2 images",
+      exit_code=0, leaves=("cams_protos_renamed/", "cams_protos_renamed/*"))
+def _cam_by_prototypes_at_renamed(ws: Workspace) -> Iterator[list[object]]:
+    renamed, features, _ = _features_then_folder_renamed(ws)
+    text = ws.root / "text_made_at_renamed.safetensors"
+    if not text.is_file():
+        cli_ok("text-prototypes", features, "-o", text, "--model", f"local-dir:{renamed}", *TEXT_ARGS, *CPU)
+    yield ["cam", features, "-p", text, "-o", ws.out("cams_protos_renamed"), *CPU]
+
+
 @case("cam --model local-dir:OTHER, a folder of other weights than the CLIP the extract folder names",
       "local-dir:clip_other_weights: other weights than the CLIP features_renamed was made with "
       "(local-dir:clip_renamed_before, sha256 ", "give the model folder or file that holds those weights")

@@ -161,6 +161,11 @@ def test_a_later_stage_takes_a_recorded_clip_where_it_lies_now_by_its_bytes(cach
     with pytest.raises(VplError, match=f"^local-dir:{tmp_path / 'A'}: other weights than the CLIP feats was made "
                                        "with .*no weights here"):
         ModelSpec.from_identity(made, "feats", ModelSpec(f"local-dir:{tmp_path / 'A'}"))
+    # another record of the same bytes made at B since (cam's prototypes beside its features): B is taken
+    at_b = ModelSpec(f"local-dir:{tmp_path / 'B'}").identity()
+    assert ModelSpec.from_identity(made, "feats", also=[at_b]).model == f"local-dir:{tmp_path / 'B'}"
+    with pytest.raises(VplError, match="whose weights are not there any more"):  # a record of other bytes: not
+        ModelSpec.from_identity(made, "feats", also=[{**at_b, "weights": "sha256:" + "0" * 64}])  # taken
     _perturbed(tmp_path / "B")
     with pytest.raises(VplError) as e:
         ModelSpec.from_identity(made, "feats", ModelSpec(f"local-dir:{tmp_path / 'B'}"))

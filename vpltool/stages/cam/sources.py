@@ -86,8 +86,9 @@ class FromFeatures:
         self.features, self.classes = features, self.record["classes"]
         self.model = io.recorded_model(self.record, features)
         self.protos = io.read_prototypes(prototypes, classes=self.classes, model=self.model)
-        # its weights are still those it recorded (where they lie now: ``at``, a renamed folder given)
-        self.spec = ModelSpec.from_identity(self.model, features, at)
+        # its weights are still those it recorded (where they lie now: ``at``, a renamed folder given, or the
+        # prototypes' place, made after the rename with text-prototypes --model)
+        self.spec = ModelSpec.from_identity(self.model, features, at, also=[self.protos.model])
         self.extract_cfg = from_params(ExtractConfig, self.record["params"], io.stage_record_path(features))
         if cfg.parity == "clip-es" and self.extract_cfg.parity != "clip-es":
             raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
