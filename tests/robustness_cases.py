@@ -779,6 +779,31 @@ def _weights_before_predict(ws: Workspace) -> Iterator[list[object]]:
     yield ["predict", run / "decoder" / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), *CPU]
 
 
+@case("a local-dir CLIP's folder renamed after train-decoder, given by its new name to predict --model (accepted: "
+      "the same bytes)", "✓ predict: 2 masks", exit_code=0, leaves=("pred_at_renamed/", "pred_at_renamed/*"))
+def _predict_at_renamed(ws: Workspace) -> Iterator[list[object]]:
+    renamed, run = ws.root / "clip_predict_renamed", ws.root / "run_renamed"
+    if not (run / "decoder" / "_stage.json").is_file():
+        clip = _local_clip(ws, "clip_predict_before")
+        cli_ok("extract", ws.world, "--split", "val", "-o", run / "features", "--model", f"local-dir:{clip}", *CPU,
+               "--workers", "1")
+        cli_ok("text-prototypes", run / "features", "-o", run / "text.safetensors", *TEXT_ARGS, *CPU)
+        cli_ok("cam", run / "features", "-p", run / "text.safetensors", "-o", run / "cams", *CPU)
+        cli_ok("crf", run / "cams", "-o", run / "pseudo", "--workers", "1")
+        cli_ok("train-decoder", run / "pseudo", "-p", run / "text.safetensors", "-o", run / "decoder",
+               *DECODER_ARGS)
+        clip.rename(renamed)
+    yield ["predict", run / "decoder" / "decoder.safetensors", "--split", "val", "-o", ws.out("pred_at_renamed"),
+           "--model", f"local-dir:{renamed}", *CPU]
+
+
+@case("predict --model with a CLIP's name (the decoder's CLIP is the one its record names)",
+      "--model ViT-B-16: this command's CLIP is the one its input's record names", "local-dir:DIR")
+def _predict_model_name(ws: Workspace) -> Iterator[list[object]]:
+    yield ["predict", ws.decoder / "decoder.safetensors", "--split", "val", "-o", ws.out("out"), "--model",
+           "ViT-B-16", *CPU]
+
+
 @case("a Talk2DINO checkpoint's DINO weights file replaced under the same name between segment --shard 0/2 and "
       "--shard 1/2", "a Talk2DINO projection learnt over the DINO weights", "whose bytes changed since",
       "re-train the projection")
@@ -998,6 +1023,55 @@ def _weights_before_text_prototypes(ws: Workspace) -> Iterator[list[object]]:
 def _weights_before_cam(ws: Workspace) -> Iterator[list[object]]:
     _, features, text = _features_then_new_weights(ws)
     yield ["cam", features, "-p", text, "-o", ws.out("out"), *CPU]
+
+
+def _features_then_folder_renamed(ws: Workspace) -> tuple[Path, Path, Path]:
+    """``extract`` and ``text-prototypes`` with a local-dir CLIP, then its folder renamed (made once): the records
+    name a folder that is gone."""
+    renamed, features, text = ws.root / "clip_renamed_later", ws.root / "features_renamed", ws.root / "text_renamed"
+    if not renamed.is_dir():
+        clip = _local_clip(ws, "clip_renamed_before")
+        cli_ok("extract", ws.world, "--split", "val", "-o", ws.out("features_renamed"), "--model", f"local-dir:{clip}",
+               *CPU, "--workers", "1")
+        cli_ok("text-prototypes", features, "-o", text, *TEXT_ARGS, *CPU)
+        clip.rename(renamed)
+    return renamed, features, text
+
+
+@case("the local-dir CLIP's folder renamed after extract, given by its new name to text-prototypes --model "
+      "(accepted: the same bytes)", "✓ text-prototypes", exit_code=0, leaves=("text_at_renamed.safetensors",))
+def _text_prototypes_at_renamed(ws: Workspace) -> Iterator[list[object]]:
+    renamed, features, _ = _features_then_folder_renamed(ws)
+    yield ["text-prototypes", features, "-o", ws.out("text_at_renamed.safetensors"), "--model", f"local-dir:{renamed}",
+           *TEXT_ARGS, *CPU]
+
+
+@case("the local-dir CLIP's folder renamed after extract and text-prototypes, given by its new name to cam --model "
+      "(accepted: the same bytes)", "✓ cam: 2 images", exit_code=0, leaves=("cams_at_renamed/", "cams_at_renamed/*"))
+def _cam_at_renamed(ws: Workspace) -> Iterator[list[object]]:
+    renamed, features, text = _features_then_folder_renamed(ws)
+    yield ["cam", features, "-p", text, "-o", ws.out("cams_at_renamed"), "--model", f"local-dir:{renamed}", *CPU]
+
+
+@case("the local-dir CLIP's folder renamed after extract, prototypes re-made with text-prototypes --model NEW, then "
+      "cam FEATURES -p those (accepted: the prototypes name where the same bytes lie now)", "✓ cam: 2 images",
+      exit_code=0, leaves=("cams_protos_renamed/", "cams_protos_renamed/*"))
+def _cam_by_prototypes_at_renamed(ws: Workspace) -> Iterator[list[object]]:
+    renamed, features, _ = _features_then_folder_renamed(ws)
+    text = ws.root / "text_made_at_renamed.safetensors"
+    if not text.is_file():
+        cli_ok("text-prototypes", features, "-o", text, "--model", f"local-dir:{renamed}", *TEXT_ARGS, *CPU)
+    yield ["cam", features, "-p", text, "-o", ws.out("cams_protos_renamed"), *CPU]
+
+
+@case("cam --model local-dir:OTHER, a folder of other weights than the CLIP the extract folder names",
+      "local-dir:clip_other_weights: other weights than the CLIP features_renamed was made with "
+      "(local-dir:clip_renamed_before, sha256 ", "give the model folder or file that holds those weights")
+def _cam_at_other_weights(ws: Workspace) -> Iterator[list[object]]:
+    _, features, text = _features_then_folder_renamed(ws)
+    other = _local_clip(ws, "clip_other_weights")
+    _replace_weights(other)
+    yield ["cam", features, "-p", text, "-o", ws.out("out"), "--model", f"local-dir:{other}", *CPU]
 
 
 @case("prototypes of the same local-dir CLIP name with other weights than the features' (cam)",
@@ -4609,6 +4683,24 @@ def _class_file_trailing_blank(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", ws.out("seg_trailing"), "--class-file", path, *TINY,
            *CPU, "--short-side", "64", "--slide-crop", "0"]
 
+
+@case("a --class-file rewritten between segment --shard 0/2 and 1/2 (a class's queries changed: named as a changed "
+      "input, not as \"other parameters (class_queries differ)\")", "seg_class_file_changed: an interrupted run made "
+      "from other inputs (class_file classes_changed.txt: its content changed (sha256 ", "--overwrite")
+def _class_file_changed_between_shards(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.data.class_files import class_file_path
+
+    path, out = ws.root / "classes_changed.txt", ws.out("seg_class_file_changed")
+    text = class_file_path("sclip:voc21").read_text()
+    path.write_text(text)
+    args = ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", out, "--class-file", path, *TINY, *CPU,
+            "--short-side", "64", "--slide-crop", "0"]
+    cli_ok(*args, "--shard", "0/2")
+    lines = text.splitlines()
+    path.write_text("\n".join([lines[0], lines[1] + ", airplane", *lines[2:]]) + "\n")  # a synonym added
+    with contextlib.chdir(ws.root):
+        yield [*args, "--shard", "1/2"]
+
 # --------------------------------------------------------------------------------------------- train-pgseg
 PGSEG_ARGS = ["--recipe", "cpu", "--batch-size", "2", "--epochs", "1", "--crop-size", "32", "--workers", "1", *CPU]
 
@@ -5061,6 +5153,77 @@ def _region_file_changed(ws: Workspace) -> Iterator[list[object]]:
     yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
 
 
+@case("segment --dense corrclip --shard 1/2 on a folder whose _run.json an earlier vpltool wrote (the mask folder "
+      "as its path, its files' digest in region_source; accepted: the same settings and bytes)",
+      "✓ segment (corrclip): 1 masks", exit_code=0,
+      leaves=("seg_regions_older/*", "-seg_regions_older/_run.json", "-seg_regions_older/_shard.0-of-2.json"))
+def _corrclip_older_record(ws: Workspace) -> Iterator[list[object]]:
+    folder, out = _region_folder(ws, "regions_older"), ws.out("seg_regions_older")
+    cli_ok(*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "0/2")
+    run = json.loads((out / "_run.json").read_text())
+    params = run["params"]  # as vpltool wrote it before 48b463c
+    params["region_source"] = {"generator": "folder", "files_sha256": params["region_masks"]["sha256"]}
+    params["region_masks"] = str(folder)
+    (out / "_run.json").write_text(json.dumps(run))
+    yield [*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "1/2"]
+
+
+def _prompt_files(ws: Workspace, name: str) -> tuple[Path, Path]:
+    """A --templates file and a --background file in a fresh folder ``name`` of the workspace."""
+    folder = ws.out(name)
+    folder.mkdir()
+    (folder / "templates.txt").write_text("a photo of a {}.\na drawing of a {}.\n")
+    (folder / "background.txt").write_text("grass\nsky\n")
+    return folder / "templates.txt", folder / "background.txt"
+
+
+def _segment_prompt_args(ws: Workspace, out: Path) -> list[object]:
+    return ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle",
+            "--short-side", "64", "--slide-crop", "0"]
+
+
+@case("--templates and --background files given by relative paths to segment --shard 0/2, then moved and given by "
+      "their new absolute paths to --shard 1/2 (accepted: the same bytes)", "✓ segment (naclip): 1 masks",
+      exit_code=0, leaves=("seg_prompts_moved/*", "-seg_prompts_moved/_run.json",
+                           "-seg_prompts_moved/_shard.0-of-2.json"))
+def _prompt_files_moved(ws: Workspace) -> Iterator[list[object]]:
+    templates, background = _prompt_files(ws, "prompts_before")
+    out = ws.out("seg_prompts_moved")
+    with contextlib.chdir(ws.root):
+        cli_ok(*_segment_prompt_args(ws, out), "--templates", "prompts_before/templates.txt", "--background",
+               "prompts_before/background.txt", "--shard", "0/2")
+    moved = ws.out("prompts_moved")
+    templates.parent.rename(moved)
+    yield [*_segment_prompt_args(ws, out), "--templates", moved / "templates.txt", "--background",
+           moved / "background.txt", "--shard", "1/2"]
+
+
+@case("a --background file rewritten between segment --shard 0/2 and 1/2 (named as a changed input, not as "
+      "\"other parameters\")", "seg_background_changed: an interrupted run made from other inputs (background "
+      "prompts_bg/background.txt: its content changed (sha256 ", "pass --overwrite to redo every item")
+def _background_file_changed(ws: Workspace) -> Iterator[list[object]]:
+    templates, background = _prompt_files(ws, "prompts_bg")
+    out = ws.out("seg_background_changed")
+    args = [*_segment_prompt_args(ws, out), "--templates", templates, "--background", background]
+    cli_ok(*args, "--shard", "0/2")
+    background.write_text("grass\nwall\n")
+    with contextlib.chdir(ws.root):  # the message shows the file as the user would type it from here
+        yield [*args, "--shard", "1/2"]
+
+
+@case("a --templates file rewritten between segment --shard 0/2 and 1/2 (named as a changed input)",
+      "seg_templates_changed: an interrupted run made from other inputs (templates prompts_t/templates.txt: its "
+      "content changed (sha256 ", "pass --overwrite to redo every item")
+def _templates_file_changed(ws: Workspace) -> Iterator[list[object]]:
+    templates, background = _prompt_files(ws, "prompts_t")
+    out = ws.out("seg_templates_changed")
+    args = [*_segment_prompt_args(ws, out), "--templates", templates, "--background", background]
+    cli_ok(*args, "--shard", "0/2")
+    templates.write_text("a photo of a {}.\n")
+    with contextlib.chdir(ws.root):
+        yield [*args, "--shard", "1/2"]
+
+
 @case("segment --dense trident: --sam-weights replaced under its name between --shard 0/2 and 1/2",
       "seg_sam_shards: an interrupted run made from other inputs (sam_weights sam_shards.safetensors: its content "
       "changed (sha256 ", "--overwrite")
@@ -5441,6 +5604,18 @@ def _py_classes_set(ws: Workspace) -> Iterator[list[object]]:
       python=True)
 def _py_batch_size_zero(ws: Workspace) -> Iterator[list[object]]:
     yield ["seg(np.zeros((32, 32, 3), np.uint8), ['star'], batch_size=0)"]
+
+
+@case("Python: a stage function's bad option (api.crf(..., confidence=2.0): the line names the keyword, not "
+      "--confidence)", "VplError: confidence 2.0: must be in [0, 1]", python=True)
+def _py_stage_keyword(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.api.crf('cams', 'out_py_crf', confidence=2.0)"]
+
+
+@case("Python: a stage function's bad device (api.cam(..., device='gpu7'): the line names device, not --device)",
+      "VplError: device 'gpu7' not understood", python=True)
+def _py_stage_device(ws: Workspace) -> Iterator[list[object]]:
+    yield ["vpltool.api.cam('features', 'text.safetensors', 'out_py_cam', device='gpu7')"]
 
 
 @case("Python: a name the toy CLIP does not know in a later call (once said for the first list only)",

@@ -87,6 +87,46 @@ def test_pgseg_segmenter_label_map_equals_the_cli_mask(world, tmp_path):
             ] == [True, True]
 
 
+# each stage function of docs/api.md with a bad value of one of its options -> the Python keyword its line must name
+BAD_OPTION = {
+    "extract": (("world", "out"), {"batch_size": 0}, "batch_size 0"),
+    "text_prototypes": (("feats", "t.safetensors"), {"templates": " "}, "templates is empty"),
+    "cam": (("feats", "t.safetensors", "out"), {"box_threshold": 2.0}, "box_threshold 2.0"),
+    "learn_prototypes": (("feats", "cams", "t.safetensors", "v.safetensors"), {"tau_i": 0.0}, "tau_i 0.0"),
+    "crf": (("cams", "out"), {"confidence": 2.0}, "confidence 2.0"),
+    "train_decoder": (("pseudo", "t.safetensors", "out"), {"crop_size": 7}, "crop_size 7"),
+    "predict": (("decoder.safetensors", "out"), {"classes": ("background",)}, "classes: 'background'"),
+    "evaluate": (("masks",), {"bg_exponents": (-1.0,)}, "bg_exponents -1.0"),
+    "segment": (("world", "out", ["star"]), {"short_side": -1}, "short_side -1"),
+    "report": (("run",), {"page_size": 0}, "page_size 0"),
+}
+
+
+@pytest.mark.parametrize("stage", list(BAD_OPTION))
+def test_a_stage_function_names_its_python_keywords_not_the_command_s_flags(stage, tmp_path):
+    """Every stage function of the Python door says the keyword it was given (``batch_size``), never the command
+    line's flag (``--batch-size``), which `vpltool <stage>` still says."""
+    from vpltool import api
+
+    assert stage in api.__all__ or stage in api.stages.__all__
+    args, options, said = BAD_OPTION[stage]
+    with pytest.raises(VplError) as e:
+        getattr(api, stage)(*(tmp_path / a if isinstance(a, str) else a for a in args), **options)
+    msg = str(e.value)
+    assert said in msg and "--" not in msg, msg
+
+
+def test_the_command_line_still_names_its_flags_and_a_stage_function_s_warnings_its_keywords(tmp_path):
+    from vpltool.errors import VplWarning
+
+    r = CliRunner().invoke(app, ["crf", "nowhere", "-o", "out", "--confidence", "2"])
+    assert r.exit_code == 2 and "--confidence 2.0: must be in [0, 1]" in r.output, r.output
+    with pytest.warns(VplWarning) as said, pytest.raises(VplError, match="folder not found"):
+        vpltool.api.crf(tmp_path / "nowhere", tmp_path / "out", no_crf=True, batch_size=2)
+    [line] = [str(w.message) for w in said]
+    assert line.startswith("batch_size 2 has no effect with no_crf") and "--" not in line, line
+
+
 def test_segmenter_and_stage_functions_refuse_bad_input_in_one_line(tmp_path):
     with pytest.raises(VplError, match=r"method 'no-such-method': choose one of none, maskclip"):
         vpltool.segmenter("no-such-method", **TOY)

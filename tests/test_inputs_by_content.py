@@ -71,6 +71,33 @@ def test_a_stage_record_tells_a_changed_input_from_another_setting(tmp_path, mon
     assert io.shown_path(path) == "w/proxy.safetensors" and io.shown_path("/elsewhere/x") == "/elsewhere/x"
 
 
+def test_what_a_record_derives_from_a_changed_prompt_file_follows_the_file(tmp_path, monkeypatch):
+    """--templates / --background files are recorded by content (segment), beside the lines read from them
+    (template_list, background_words): other bytes are the file's change, named with it, not other settings; the
+    same bytes by another path are the same run."""
+    from vpltool.models.backbones.prompts import prompt_files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.txt").write_text("a photo of a {}.\n")
+    (tmp_path / "bg.txt").write_text("sky\n")
+    named = prompt_files("t.txt", "bg.txt")
+    assert set(named) == {"templates", "background"} and prompt_files("imagenet", "sky,grass") == {}
+
+    def params(words: list[str], **extra):
+        return {"templates": io.file_identity(named["templates"].resolve()),
+                "background": io.file_identity(named["background"].resolve()), "template_list": ["a photo of a {}."],
+                "background_words": words, **extra}
+
+    made = params(["sky"], short_side=64)
+    assert io.param_changes(made, params(["sky"], short_side=64)) == ([], [])
+    named["background"].write_text("sky\ngrass\n")
+    settings, [(key, said)] = io.param_changes(made, params(["sky", "grass"], short_side=64))
+    assert settings == [] and key == "background" and said.startswith("background bg.txt: its content changed")
+    settings, contents = io.param_changes(made, params(["sky", "grass"], short_side=96))
+    assert settings == ["short_side"] and [k for k, _ in contents] == ["background"]  # a setting still is one
+    assert io.param_changes(made, {**made, "background_words": ["grass"]}) == (["background_words"], [])
+
+
 def test_a_stage_folder_refuses_a_resume_over_a_changed_file_as_a_changed_input(tmp_path):
     out, weights = tmp_path / "seg", tmp_path / "proxy.safetensors"
     weights.write_bytes(b"weights")

@@ -133,3 +133,47 @@ def _no_paths(value):
     if isinstance(value, dict):
         return {k: _no_paths(v) for k, v in value.items() if not (k == "path" and "sha256" in value)}
     return [_no_paths(v) for v in value] if isinstance(value, list) else value
+
+
+def _older_corrclip_record(work: Path) -> dict:
+    """corrclip's record as a vpltool before 48b463c wrote it: the mask folder as the path given and its files'
+    digest beside the generator (``region_source.files_sha256``; since then ``region_masks`` holds the folder by
+    content, ``{path, sha256, files}``, and that digest is its ``sha256``)."""
+    from vpltool.data import open_dataset
+
+    record = json.loads((work / "corrclip" / "_stage.json").read_text())
+    params = record["params"]
+    params["region_source"] = {"generator": "folder", "files_sha256": params["region_masks"]["sha256"]}
+    params["region_masks"] = "regions"
+    record["inputs"] = open_dataset("photos").inputs()
+    return record
+
+
+def test_a_corrclip_run_of_an_older_record_form_resumes_and_a_real_difference_is_still_refused(tmp_path,
+                                                                                               monkeypatch):
+    """A corrclip folder whose record holds the older form of its region source resumes with the same command
+    (it was refused as "region_source differ"); other mask bytes are still refused, named as a changed input,
+    and another setting still as another parameter."""
+    from vpltool.cli import app
+
+    work = tmp_path / "old"
+    shutil.copytree(OLD_RUNS, work)
+    monkeypatch.chdir(work)
+    record, args = work / "corrclip" / "_stage.json", ["segment", "photos", "-o", "corrclip", *TOY,
+                                                       *OLD_COMMANDS["corrclip"]]
+    older = _older_corrclip_record(work)
+    record.write_text(json.dumps(older, indent=1))
+    masks = {p.name: p.read_bytes() for p in (work / "corrclip").glob("*.png")}
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "0 masks" in result.output and "2 already done" in result.output
+    assert {p.name: p.read_bytes() for p in (work / "corrclip").glob("*.png")} == masks
+    changed = {**older, "params": {**older["params"], "region_source": {"generator": "folder",
+                                                                         "files_sha256": "0" * 64}}}
+    record.write_text(json.dumps(changed, indent=1))  # made from other mask files than these
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "made from other inputs (region_masks" in result.output, result.output
+    assert "its content changed (sha256 000000000000" in result.output and "other parameters" not in result.output
+    record.write_text(json.dumps(older, indent=1))
+    result = CliRunner().invoke(app, [*args, "--short-side", "224"])
+    assert result.exit_code == 2 and "other parameters (settings, short_side differ)" in result.output, result.output

@@ -143,3 +143,43 @@ def test_a_local_dir_clip_through_a_symlink_or_renamed_is_the_same_model(cache, 
     settings, [(key, said)] = param_changes({"model": made}, {"model": changed})
     assert settings == [] and key == "model" and said.startswith("model ") and "its weights' content changed" in said
     assert changed_keys({"model": made}, {"model": changed}) == ["model (its weights' content)"]
+
+
+def test_a_later_stage_takes_a_recorded_clip_where_it_lies_now_by_its_bytes(cache, tmp_path):
+    """A record names local-dir:A; A was renamed to B. Given B (a later stage's --model), the recorded model is
+    rebuilt from B when B holds the recorded bytes; a folder of other weights, or one without weights under the
+    recorded name, is one line naming the folder given. A --pretrained file moved likewise."""
+    folder = tmp_path / "A"
+    shutil.copytree(registered_folder("vpltool-toy"), folder)
+    made = ModelSpec(f"local-dir:{folder}").identity()
+    folder.rename(tmp_path / "B")
+    with pytest.raises(VplError, match="not there any more"):
+        ModelSpec.from_identity(made, "feats")
+    at = ModelSpec.from_identity(made, "feats", ModelSpec(f"local-dir:{tmp_path / 'B'}"))
+    assert at.model == f"local-dir:{tmp_path / 'B'}" and at.weights == made["weights"]
+    (tmp_path / "A").mkdir()  # the recorded name again, without the weights
+    with pytest.raises(VplError, match=f"^local-dir:{tmp_path / 'A'}: other weights than the CLIP feats was made "
+                                       "with .*no weights here"):
+        ModelSpec.from_identity(made, "feats", ModelSpec(f"local-dir:{tmp_path / 'A'}"))
+    # another record of the same bytes made at B since (cam's prototypes beside its features): B is taken
+    at_b = ModelSpec(f"local-dir:{tmp_path / 'B'}").identity()
+    assert ModelSpec.from_identity(made, "feats", also=[at_b]).model == f"local-dir:{tmp_path / 'B'}"
+    with pytest.raises(VplError, match="whose weights are not there any more"):  # a record of other bytes: not
+        ModelSpec.from_identity(made, "feats", also=[{**at_b, "weights": "sha256:" + "0" * 64}])  # taken
+    _perturbed(tmp_path / "B")
+    with pytest.raises(VplError) as e:
+        ModelSpec.from_identity(made, "feats", ModelSpec(f"local-dir:{tmp_path / 'B'}"))
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"local-dir:{tmp_path / 'B'}: other weights")
+    f = tmp_path / "w.safetensors"
+    shutil.copy(registered_folder("vpltool-toy") / "open_clip_model.safetensors", f)
+    moved = ModelSpec("vpl-test-vit", str(f)).identity()
+    f.rename(tmp_path / "w2.safetensors")
+    assert ModelSpec.from_identity(moved, "t.safetensors", ModelSpec("vpl-test-vit", str(tmp_path / "w2.safetensors"))
+                                   ).pretrained == str(tmp_path / "w2.safetensors")
+    with pytest.raises(VplError, match="ViT-B-16 --pretrained"):  # the same bytes on another architecture
+        ModelSpec.from_identity(moved, "t.safetensors",
+                                ModelSpec("ViT-B-16", str(tmp_path / "w2.safetensors")))
+    tag = ModelSpec("vpl-test-vit", "none").identity()  # no local bytes: the same name only
+    assert ModelSpec.from_identity(tag, "t", ModelSpec("vpl-test-vit", "none")).model == "vpl-test-vit"
+    with pytest.raises(VplError, match="not the CLIP t was made with"):
+        ModelSpec.from_identity(tag, "t", ModelSpec("ViT-B-16", "none"))

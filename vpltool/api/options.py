@@ -18,7 +18,7 @@ import functools
 import inspect
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from ..config import DENSE_CHOICES, SegmentConfig
@@ -33,33 +33,39 @@ PER_CALL = ("prob_threshold", "logit_scale", "area_threshold", "short_side", "sl
 ALIASES = {"threshold": "prob_threshold"}
 TEXT_PER_CALL = ("bg_thresh",)  # a text-supervised family's: its background threshold (transformers' `threshold`)
 TEXT_ALIASES = {"threshold": "bg_thresh"}
-# the command line's names of the Python door's keywords, where they differ (--dense is method=; a text-supervised
-# family's alias of --model NAME:FILE, --pgseg FILE, is checkpoint=: :func:`keyword_line` reads those from the registry)
-_KEYWORD_OF = {"dense": "method"}
-_KEYWORDS = {*SegmentConfig.option_names(), *RUNTIME, *_KEYWORD_OF, "model", "pretrained", "checkpoint",
+# the command line's names of the Python door's keywords, where they differ (--dense is method=, eval's --json is
+# json_out=; a text-supervised family's alias of --model NAME:FILE, --pgseg FILE, is checkpoint=: :func:`keyword_line`
+# reads those from the registry)
+_KEYWORD_OF = {"dense": "method", "json": "json_out"}
+_KEYWORDS = {*SegmentConfig.option_names(), *RUNTIME, "dense", "model", "pretrained", "checkpoint",
              "model_config_dir", "bg_thresh", "workers", "overwrite"}  # every method's knobs too, by name
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 
 
-def keyword_line(message: str) -> str:
+def keyword_line(message: str, keywords: Collection[str] | None = None) -> str:
     """A library line as a Python caller reads it: each ``--option`` the Python door takes as a keyword named by
-    that keyword (``--batch-size`` -> ``batch_size``, ``--dense`` -> ``method``); other text unchanged."""
+    that keyword (``--batch-size`` -> ``batch_size``, ``--dense`` -> ``method``, ``--json`` -> ``json_out``);
+    other text unchanged. ``keywords``: the names the caller's function takes (by default the segmenter's)."""
     from ..models.registry import TEXT_FAMILIES
+
+    keys = _KEYWORDS if keywords is None else keywords
 
     def name(m: re.Match) -> str:
         key = m.group(1).replace("-", "_")
-        if key in _KEYWORDS:
-            return _KEYWORD_OF.get(key, key)
-        return "checkpoint" if key in TEXT_FAMILIES else m.group(0)
+        python = _KEYWORD_OF.get(key, key)
+        if key in keys or python in keys:
+            return python
+        return "checkpoint" if key in TEXT_FAMILIES and "checkpoint" in keys else m.group(0)
 
     return _FLAG.sub(name, message)
 
 
-def python_lines(fn: Callable) -> Callable:
+def python_lines(fn: Callable, keywords: Collection[str] | None = None) -> Callable:
     """``fn``'s :class:`VplError` lines with the command line's options named as Python keywords
-    (:func:`keyword_line`); a generator function's too, as it runs."""
+    (:func:`keyword_line`, with ``keywords`` the names ``fn`` takes: a stage function's, by default the
+    segmenter's); a generator function's too, as it runs."""
     def renamed(e: VplError) -> VplError:
-        out = type(e)(keyword_line(str(e)))
+        out = type(e)(keyword_line(str(e), keywords))
         out.__cause__, out.__suppress_context__ = e.__cause__, True
         return out
 

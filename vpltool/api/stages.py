@@ -11,8 +11,11 @@ summary with ``done``, ``skipped``, ``seconds``; `evaluate` the scores).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -31,7 +34,8 @@ from ..config import (
     SegmentConfig,
     TextPrototypesConfig,
 )
-from ..errors import VplError
+from ..errors import VplError, VplWarning
+from .options import keyword_line, python_lines
 from .progress import hooks
 
 PathLike = str | os.PathLike
@@ -54,6 +58,34 @@ def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = T
     return make(**{k: v for k, v in options.items() if k in own}), rt
 
 
+def python_door(config: type, runtime: bool = True) -> Callable[[Callable], Callable]:
+    """A stage function's error and warning lines as a Python caller reads them: each ``--option`` it takes as a
+    keyword named by that keyword (``--batch-size`` -> ``batch_size``, ``--out`` -> ``out``;
+    :func:`.options.keyword_line`), the keywords being ``config``'s options, the runtime's (``runtime``) and the
+    function's own parameters. The command line's ``vpltool <stage>`` still says ``--batch-size``: only this door
+    renames."""
+    def wrap(fn: Callable) -> Callable:
+        own = set(config.option_names()) if hasattr(config, "option_names") else {f.name for f in fields(config)}
+        params = {p.name for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD}
+        keywords = own | (set(_RUNTIME) if runtime else set()) | params
+        named = python_lines(fn, keywords)
+
+        @functools.wraps(fn)
+        def door(*args: Any, **kwargs: Any) -> Any:
+            caught: list = []
+            try:
+                with warnings.catch_warnings(record=True) as caught:  # under the caller's filters, as they are
+                    return named(*args, **kwargs)
+            finally:  # each warning said again outside, a VplWarning's line in keywords
+                for w in caught:
+                    message = w.message
+                    if isinstance(message, VplWarning):
+                        message = type(message)(keyword_line(str(message), keywords))
+                    warnings.warn_explicit(message, w.category, w.filename, w.lineno, source=w.source)
+        return door
+    return wrap
+
+
 def _spec(model: str, pretrained: str, model_config_dir: PathLike | None):
     from ..models import ModelSpec
 
@@ -61,6 +93,7 @@ def _spec(model: str, pretrained: str, model_config_dir: PathLike | None):
                      config_dir=str(model_config_dir) if model_config_dir is not None else None)
 
 
+@python_door(ExtractConfig)
 def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: str = DEFAULT_MODEL,
             pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
             labels_file: PathLike | None = None, progress: bool | None = None, **options: Any):
@@ -74,29 +107,39 @@ def extract(data: PathLike, out: PathLike, *, split: str | None = None, model: s
                            _spec(model, pretrained, model_config_dir), cfg, rt, on_item=on_item, on_start=on_start)
 
 
-def text_prototypes(features: PathLike, out: PathLike, **options: Any):
+@python_door(TextPrototypesConfig)
+def text_prototypes(features: PathLike, out: PathLike, *, model: str | None = None, pretrained: str | None = None,
+                    **options: Any):
     """`vpltool text-prototypes FEATURES -o OUT`: the classes of an extract folder and background words, encoded
-    by its CLIP (:class:`TextPrototypesConfig`). Returns the prototypes."""
+    by its CLIP (:class:`TextPrototypesConfig`); ``model`` / ``pretrained``: where that CLIP lies now (its
+    ``local-dir:`` folder renamed), taken when it holds the recorded weights. Returns the prototypes."""
     from ..stages.text_prototypes import extract_context, run_text_prototypes
 
     cfg, rt = configs("text_prototypes", TextPrototypesConfig, options)
+    at = None if model is None and pretrained is None else \
+        _spec(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED, None)
     with hooks(False, "text-prototypes"):  # one run (no bar: one model, one pass)
-        _, spec, classes, _ = extract_context(features)
+        _, spec, classes, _ = extract_context(features, at)
         return run_text_prototypes(classes, out, spec, cfg, device=rt.device, source=features,
                                    overwrite=rt.overwrite)
 
 
+@python_door(CamConfig)
 def cam(source: PathLike, prototypes: PathLike, out: PathLike, *, split: str | None = None,
-        progress: bool | None = None, **options: Any):
+        model: str | None = None, progress: bool | None = None, **options: Any):
     """`vpltool cam SOURCE -p PROTOTYPES -o OUT`: CLIP-ES's GradCAM (+ CAA, SSR's SGC) per labelled class
-    (:class:`CamConfig`). ``source``: an extract folder or a dataset."""
+    (:class:`CamConfig`). ``source``: an extract folder or a dataset. ``model``: ``local-dir:DIR``, where the CLIP
+    the prototypes name lies now (its folder renamed), taken when it holds the recorded weights."""
     from ..stages.cam import run_cam
 
     cfg, rt = configs("cam", CamConfig, options)
+    at = None if model is None else _spec(model, DEFAULT_PRETRAINED, None)
     with hooks(progress, "cam") as (on_start, on_item):
-        return run_cam(source, prototypes, out, cfg, rt, split=split, on_item=on_item, on_start=on_start)
+        return run_cam(source, prototypes, out, cfg, rt, split=split, on_item=on_item, on_start=on_start,
+                       model_at=at)
 
 
+@python_door(LearnPrototypesConfig)
 def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: PathLike, *,
                      progress: bool | None = None, **options: Any):
     """`vpltool learn-prototypes FEATURES --cams CAMS --text TEXT -o OUT`: VPL's vision prototypes
@@ -109,6 +152,7 @@ def learn_prototypes(features: PathLike, cams: PathLike, text: PathLike, out: Pa
                                     on_iter=None if on_item is None else lambda i, loss: on_item(1))
 
 
+@python_door(CrfConfig)
 def crf(cams: PathLike, out: PathLike, *, progress: bool | None = None, **options: Any):
     """`vpltool crf CAMS -o OUT`: dense-CRF pseudo masks from a cam folder (:class:`CrfConfig`)."""
     from ..stages.crf import run_crf
@@ -118,6 +162,7 @@ def crf(cams: PathLike, out: PathLike, *, progress: bool | None = None, **option
         return run_crf(cams, out, cfg, rt, on_item=on_item, on_start=on_start)
 
 
+@python_door(DecoderConfig)
 def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resume: bool = False,
                   progress: bool | None = None, **options: Any):
     """`vpltool train-decoder PSEUDO -p PROTOTYPES -o OUT`: the segmentation decoder on the pseudo masks
@@ -130,17 +175,21 @@ def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resu
                                  on_iter=None if on_item is None else lambda i, rec: on_item(1))
 
 
+@python_door(PredictConfig)
 def predict(decoder: PathLike, out: PathLike, *, data: PathLike | None = None, split: str | None = None,
-            progress: bool | None = None, **options: Any):
+            model: str | None = None, progress: bool | None = None, **options: Any):
     """`vpltool predict DECODER -o OUT`: the decoder's masks (:class:`PredictConfig`); ``data`` / ``split``: other
-    images than the decoder's dataset."""
+    images than the decoder's dataset; ``model``: ``local-dir:DIR``, where the decoder's CLIP lies now (its folder
+    renamed), taken when it holds the recorded weights."""
     from ..stages.predict import run_predict
 
     cfg, rt = configs("predict", PredictConfig, options)
+    at = None if model is None else _spec(model, DEFAULT_PRETRAINED, None)
     with hooks(progress, "predict") as (on_start, on_item):
-        return run_predict(decoder, data, split, out, cfg, rt, on_item=on_item, on_start=on_start)
+        return run_predict(decoder, data, split, out, cfg, rt, on_item=on_item, on_start=on_start, model_at=at)
 
 
+@python_door(EvalConfig, runtime=False)
 def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | None = None,
              json_out: PathLike | None = None, overwrite: bool = False, **options: Any) -> dict[str, Any]:
     """`vpltool eval FOLDER`: mIoU and per-class IoU of a mask or CAM folder against ground truth
@@ -152,6 +201,7 @@ def evaluate(folder: PathLike, *, data: PathLike | None = None, split: str | Non
         return run_eval(folder, data=data, split=split, cfg=cfg, json_out=json_out, overwrite=overwrite)[0]
 
 
+@python_door(SegmentConfig)
 def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None = None, *,
             method: str | None = None, split: str | None = None, model: str = DEFAULT_MODEL,
             pretrained: str = DEFAULT_PRETRAINED, model_config_dir: PathLike | None = None,
@@ -168,12 +218,12 @@ def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None =
 
     method, checkpoint = method_option("vpltool.api.segment", method, checkpoint, options)
     family, method, checkpoint = segmenting(method, model, checkpoint)  # model="NAME:FILE": checkpoint=FILE
-    dataset = open_dataset(data, split)
     entries = None if classes is None else class_entries(classes)
     if family != "clip":  # a text-supervised family's checkpoint
-        return _segment_text(family, dataset, out, entries, checkpoint, overlay, options, progress)
-    cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,
+        return _segment_text(family, open_dataset(data, split), out, entries, checkpoint, overlay, options, progress)
+    cfg, rt = configs("segment", SegmentConfig, {**options, "dense": method,  # the options before the data
                                                  "classes": None if entries is None else tuple(entries)})
+    dataset = open_dataset(data, split)
     from ..stages.segment import run_segment
 
     with hooks(progress, f"segment ({method})") as (on_start, on_item):
@@ -201,6 +251,7 @@ def _segment_text(family: str, dataset, out, entries, checkpoint, overlay: bool,
                                 overlay=overlay, on_start=on_start, on_item=on_item)
 
 
+@python_door(ReportConfig, runtime=False)
 def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, progress: bool | None = None,
            **options: Any):
     """`vpltool report RUN`: the static HTML report of a run folder, or of one `segment` folder
@@ -213,4 +264,4 @@ def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, prog
 
 
 __all__ = ["extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",
-           "segment", "report", "configs"]
+           "segment", "report", "configs", "python_door"]

@@ -11,6 +11,7 @@ import typer
 
 from ..config import (
     CAM_ATTENTION_BLOCKS,
+    DEFAULT_PRETRAINED,
     MIN_TEMPERATURE,
     CamConfig,
 )
@@ -31,7 +32,7 @@ from .options import (
     warn_inert,
 )
 from .output import pending, progress, say
-from .values import segmenting_model, text_defaults
+from .values import model_spec, segmenting_model, text_defaults
 from .values import shard as shard_of
 
 
@@ -96,7 +97,8 @@ def cam_cmd(
              "groupvit:FILE (a train-pgseg pgseg.safetensors or a release .pth): its zero-shot maps of each image's "
              "labelled classes among the dataset's class names, as `segment --model pgseg:FILE` computes them, at "
              "image size; no --prototypes, the GradCAM/CAA options are unused. (cam's CLIP is the one its "
-             "--prototypes file names; a CLIP name is not taken here.)")] = None,
+             "--prototypes file names; local-dir:DIR: where that CLIP's folder lies now, renamed or copied since, "
+             "taken when it holds the recorded weights.)")] = None,
     pgseg: Annotated[Optional[Path], typer.Option(help="The alias of --model pgseg:FILE (the same run).",
                                                   rich_help_panel=MODEL, show_default=False)] = None,
     pgseg_side: Annotated[Optional[int], typer.Option(
@@ -128,10 +130,15 @@ def cam_cmd(
                                               "--dense-crop": dense_crop, "--dense-stride": dense_stride,
                                               "--dense-pamr": dense_pamr})
     family, checkpoint = segmenting_model(model, pgseg)  # --pgseg FILE is --model pgseg:FILE; two files: one line
+    model_at = None  # a CLIP folder given: where the recorded CLIP lies now (checked by its bytes)
     if model is not None and family == "clip":
-        raise VplError(f"--model {model}: cam's CLIP is the one its --prototypes file names (or the extract "
-                       "folder's); drop --model, or give --model pgseg:FILE for seeds from a PGSeg / GroupViT "
-                       "checkpoint")
+        from ..models.backbones.aliases import registered_folder
+
+        if not (model.startswith("local-dir:") or registered_folder(model) is not None):
+            raise VplError(f"--model {model}: cam's CLIP is the one its --prototypes file names (or the extract "
+                           "folder's); drop --model, give --model local-dir:DIR where that CLIP's folder lies now, "
+                           "or --model pgseg:FILE for seeds from a PGSeg / GroupViT checkpoint")
+        model_at = model_spec(model, DEFAULT_PRETRAINED, None)
     if family == "clip" and prototypes is None:
         raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --model pgseg:FILE "
                        "(alias --pgseg FILE)")
@@ -152,16 +159,15 @@ def cam_cmd(
         seg = dense_config(dense=dense, short_side=dense_side, logit_scale=dense_scale, slide_crop=dense_crop,
                            slide_stride=dense_stride, pamr_steps=dense_pamr)
         with progress("cam") as (on_start, on_item):
-            s = run_dense_cam(source, prototypes, out, seg, runtime(**run),
-                              split=split, shard=shard_of(shard), on_item=on_item, on_start=on_start)
+            s = run_dense_cam(source, prototypes, out, seg, runtime(**run), split=split, shard=shard_of(shard),
+                              on_item=on_item, on_start=on_start, model_at=model_at)
         say(f"[green]✓[/] cam --dense {dense}: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already "
             f"done → {out}{pending(out)}")
         return
     cfg = warn_inert(cam_cfg)
     with progress("cam") as (on_start, on_item):
-        s = run_cam(source, prototypes, out, cfg, runtime(**run),
-                    split=split, overlays=save_overlays, debug=save_debug, shard=shard_of(shard), on_item=on_item,
-                    on_start=on_start)
+        s = run_cam(source, prototypes, out, cfg, runtime(**run), split=split, overlays=save_overlays,
+                    debug=save_debug, shard=shard_of(shard), on_item=on_item, on_start=on_start, model_at=model_at)
     say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
         f"{pending(out)}")
 

@@ -130,6 +130,9 @@ def text_prototypes_cmd(
 ) -> None:
     """Encode class names and background words into a prototypes file (text prototypes).
 
+    With an extract folder, its classes and its CLIP are used; --model / --pretrained then say where that CLIP lies
+    now (its local-dir: folder renamed, its weights file moved), taken when it holds the recorded weights.
+
     \b
     Example:
       vpltool text-prototypes runs/voc/features -o runs/voc/text.safetensors --templates imagenet
@@ -137,14 +140,13 @@ def text_prototypes_cmd(
     from ..stages.text_prototypes import extract_context, run_text_prototypes
 
     if features is not None:
-        # (--model-config-dir is left out: VPLTOOL_MODEL_CONFIGS sets it for every command)
-        given = {"--classes": classes, "--model": model if model != DEFAULT_MODEL else None,
-                 "--pretrained": pretrained if pretrained != DEFAULT_PRETRAINED else None}
-        for option, value in given.items():  # the extract folder names its classes and CLIP
-            if value is not None:
-                warnings.warn(VplWarning(ignored_option(option, value, f"with an extract folder ({features} names "
-                                                                       "the classes and the CLIP)")), stacklevel=2)
-        _, spec, class_list, _ = extract_context(features)
+        if classes is not None:  # the extract folder names its classes
+            warnings.warn(VplWarning(ignored_option("--classes", classes, f"with an extract folder ({features} names "
+                                                                          "the classes)")), stacklevel=2)
+        # and its CLIP: --model / --pretrained given say where it lies now (a folder renamed), checked by its bytes
+        at = model_spec(model, pretrained, model_config_dir) \
+            if model != DEFAULT_MODEL or pretrained != DEFAULT_PRETRAINED else None
+        _, spec, class_list, _ = extract_context(features, at)
     elif classes:
         spec = model_spec(model, pretrained, model_config_dir)
         class_list = ["background"] + [c.strip() for c in classes.split(",") if c.strip()]

@@ -32,7 +32,7 @@ from .options import (
     warn_inert,
 )
 from .output import pending, progress, say
-from .values import floats_text, parse_floats
+from .values import clip_folder, floats_text, parse_floats
 from .values import shard as shard_of
 
 _D = DecoderConfig()
@@ -259,6 +259,10 @@ def predict_cmd(
         "--dino-weights", help="A WeCLIP+ decoder's DINO weights file, where it is not at the path its training "
         "recorded (another machine or folder); it must be the very file (its sha256 is checked) [default: the "
         "recorded path].", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="local-dir:DIR: the decoder's CLIP folder, where it is not at the path its training "
+        "recorded (renamed or copied since); it must hold the very weights (their sha256 is checked) [default: "
+        "the recorded folder].", show_default=False)] = None,
     shard: Shard = None,
     run: dict = BATCHED,
     log_file: LogFile = None,
@@ -272,6 +276,8 @@ def predict_cmd(
     """
     from ..stages.predict import parse_class_names, run_predict
 
+    model_at = clip_folder(model)
+
     cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
                                    long_side=long_side, resize=resize, crf=crf, crf_backend=crf_backend,
                                    max_tokens=max_tokens,
@@ -280,7 +286,8 @@ def predict_cmd(
                                    dense_stride=dense_stride))
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(**run), overlays=save_overlays,
-                        shard=shard_of(shard), dino_weights=dino_weights, on_item=on_item, on_start=on_start)
+                        shard=shard_of(shard), dino_weights=dino_weights, on_item=on_item, on_start=on_start,
+                        model_at=model_at)
     say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
         f"{pending(out)}")
 

@@ -48,6 +48,20 @@ def model_spec(model: str, pretrained: str, config_dir: Path | None):
     return ModelSpec(model=model, pretrained=pretrained, config_dir=str(config_dir) if config_dir else None)
 
 
+def clip_folder(model: str | None, option: str = "--model"):
+    """``--model local-dir:DIR`` (or a registered alias) given to a stage that takes its CLIP from a record: where
+    that CLIP lies now, as a :class:`~vpltool.models.ModelSpec` (checked later by its bytes); None when not given.
+    Any other value is one line, before anything loads."""
+    if model is None:
+        return None
+    from ..models.backbones.aliases import registered_folder
+
+    if not (model.startswith("local-dir:") or registered_folder(model) is not None):
+        raise VplError(f"{option} {model}: this command's CLIP is the one its input's record names; give "
+                       f"{option} local-dir:DIR only where that CLIP's folder lies now, or drop {option}")
+    return model_spec(model, "none", None)
+
+
 def segmenting_model(model: str | None, pgseg: Path | None = None) -> tuple[str, object]:
     """``--model`` with its alias ``--pgseg FILE`` -> ``(family, spec)`` (:func:`vpltool.models.registry.model_family`:
     ``NAME:FILE`` of a text-supervised family -> ``(its family, Path(FILE))``, any other value -> ``("clip",

@@ -28,6 +28,10 @@ from .files import by_content, file_identity, jsonable
 
 # values of a weights option that name no file (timm's hub weights, random weights)
 NOT_FILES = ("hub", "none", "")
+# parameters a record derives from the lines of a file another parameter names (recorded by content): where that
+# file's bytes changed, their change is the file's, said with it, not another setting
+DERIVED = {"template_list": ("templates",), "background_words": ("background", "class_file"),
+           "class_queries": ("class_file",)}
 
 
 def weights_identity(value: str | os.PathLike | None, **extra: Any) -> Any:
@@ -153,7 +157,8 @@ def param_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore:
             contents.append((key, _describe(key, was, now)))
         else:
             settings.append(key)
-    return settings, contents
+    changed = {key for key, _ in contents}  # what a changed file's lines became follows the file: no setting
+    return [k for k in settings if not changed & set(DERIVED.get(k, ()))], contents
 
 
 _DIGESTS = ("sha256", "weights", "files")  # what an identity of local bytes holds of their content
@@ -203,5 +208,5 @@ def _placed(key: str, inputs: Mapping[str, Any]) -> Any:
     return value
 
 
-__all__ = ["NOT_FILES", "changed_inputs", "changed_keys", "files_digest", "param_changes", "placed", "shown_path",
-           "weights_identity"]
+__all__ = ["DERIVED", "NOT_FILES", "changed_inputs", "changed_keys", "files_digest", "param_changes", "placed",
+           "shown_path", "weights_identity"]

@@ -52,6 +52,9 @@ from .records import (
     write_stage_record,
 )
 
+# (an older record's params, this run's) -> the older ones in this run's form (begin_stage_run)
+Older = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
 
 @dataclass
 class StageSummary:
@@ -119,7 +122,7 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
 
 def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
                     not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None,
-                    numerics: Mapping[str, Any] | None = None) -> tuple[Path, str | None]:
+                    numerics: Mapping[str, Any] | None = None, older: Older | None = None) -> tuple[Path, str | None]:
     """Create ``folder`` for a stage run; refuse to mix parameter sets or inputs unless ``overwrite``.
 
     Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
@@ -133,6 +136,10 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
     ``numerics`` (the run's dtype and numeric mode, :func:`vpltool.numerics.run_numerics`) is recorded in both
     records and by every item the run writes; a folder made in another dtype or mode is refused like other
     parameters (a folder of a vpltool that recorded none is resumed as before).
+
+    ``older(recorded params, params)``: a record's params as this run records them, where an earlier vpltool
+    recorded the same settings in another form (a ``--dense`` method's :meth:`DenseHooks.older_record
+    <vpltool.models.dense.hooks.DenseHooks.older_record>`); the records are compared in today's form.
 
     Returns the folder and the run's digest (:mod:`vpltool.io.provenance`), recorded in ``_run.json``: every item
     the run writes carries it. A resume continues its folder's run and keeps the folder's digest (none, for a folder
@@ -160,10 +167,11 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
         old = read_record(record, run=name == RUN_RECORD)
         if old.get("stage") != stage:
             raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
-        settings, contents = param_changes(old.get("params"), params, not_compared)
+        recorded = old["params"] if older is None else older(old["params"], dict(params))
+        settings, contents = param_changes(recorded, params, not_compared)
         if settings:
             resume = " to resume" if name == RUN_RECORD else ""
-            changed = ", ".join(changed_keys(old.get("params"), params, not_compared))
+            changed = ", ".join(changed_keys(recorded, params, not_compared))
             raise VplError(f"{folder}: {what} with other parameters ({changed} differ); re-run with the same "
                            f"options{resume}, pass --overwrite to redo it, or choose another --out")
         if inputs is not None and isinstance(old.get("inputs"), dict):  # the keys given (a stage records more)
@@ -260,14 +268,15 @@ class StageFolder:
             run copied in is one line).
         numerics: the run's dtype and numeric mode (:func:`vpltool.numerics.run_numerics`), recorded in both
             records and every item (a resume in another is refused).
+        older: an earlier vpltool's form of the params, made today's (:func:`begin_stage_run`).
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
                  shard: tuple[int, int] | None = None, not_compared: Sequence[str] = (),
                  inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {},
                  items: tuple[Sequence[str], Callable[[str | os.PathLike, str], Path]] | None = None,
-                 numerics: Mapping[str, Any] | None = None):
-        self.folder, self.stage, self.params = Path(folder), stage, dict(params)
+                 numerics: Mapping[str, Any] | None = None, older: Older | None = None):
+        self.folder, self.stage, self.params, self.older = Path(folder), stage, dict(params), older
         self.numerics = None if numerics is None else dict(numerics)
         self.inputs = None if inputs is None else dict(inputs)
         self.sides = {option: Path(path) for option, path in sides.items() if path is not None}
@@ -295,7 +304,7 @@ class StageFolder:
                 present = _names(self.folder)
                 check_present(self.folder, [n for i in ids if (n := path_of(self.folder, i).name) in present])
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
-                                             self.not_compared, self.inputs, self.numerics)
+                                             self.not_compared, self.inputs, self.numerics, self.older)
             for option, path in self.sides.items():
                 write_side_record(path, self.stage, option)
         except BaseException:

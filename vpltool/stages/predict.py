@@ -211,6 +211,7 @@ def run_predict(
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
+    model_at: ModelSpec | None = None,
 ) -> io.StageSummary:
     """Masks ``<out>/<id>.png`` for every image of a split, then ``<out>/_stage.json`` (so `vpltool eval OUT` works).
 
@@ -219,6 +220,8 @@ def run_predict(
         data: dataset root or manifest; None = the dataset the decoder was trained on (with ``split``).
         overlays: optional folder for ``<id>.png`` side-by-side previews.
         backbone: reuse an already loaded CLIP (it must be the one the decoder records).
+        model_at: where the decoder's CLIP lies now (``--model local-dir:NEW``, its folder renamed since), taken
+            when it holds the recorded weights (:meth:`vpltool.models.ModelSpec.from_identity`).
     """
     out = io.check_folder_target(out)  # before the decoder and the CLIP load
     dataset = _open_split(io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=()), data, split,  # its header
@@ -240,7 +243,7 @@ def run_predict(
             raise VplError(f"--save-overlays: not made with --dense {cfg.dense}; drop one of them (vpltool report "
                            "shows the masks over the images)")
         return _predict_dense(decoder_file, dataset, out, cfg, runtime, device, dtype, shard, on_item, on_start,
-                              backbone)
+                              backbone, model_at)
     decoder_id = io.file_identity(decoder_file)  # named by its bytes before they load: the record is what loads
     model, f = load_model("decoder", decoder_file, device)
     if model.dino_width is not None:  # WeCLIP+: its frozen DINO, checked (one line offline) before any output
@@ -249,7 +252,7 @@ def run_predict(
         _check_trained_with(f, "dino_weights", spec.weights)
         model.dino_backbone = load_model("dino", spec, device)
     bb, classes = backbone, list(f.classes)
-    clip_spec = ModelSpec.from_identity(f.meta("model"), f.path)  # its weights are still those it was trained on
+    clip_spec = ModelSpec.from_identity(f.meta("model"), f.path, model_at)  # the weights it was trained on
     if cfg.classes:  # open vocabulary: encode the names (and refuse an unknown word) before any file is written
         if model.cfg.classifier == "conv":
             raise VplError(f"{f.path}: a decoder with a conv classifier (--recipe weclip) scores its own classes only; "
@@ -282,7 +285,7 @@ def run_predict(
 
 
 def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime: RuntimeConfig, device, dtype,
-                   shard, on_item, on_start, backbone) -> io.StageSummary:
+                   shard, on_item, on_start, backbone, model_at=None) -> io.StageSummary:
     """``--classes`` with ``--dense METHOD``: the names scored by the decoder's frozen CLIP with that training-free
     dense last block (:mod:`vpltool.models.dense.segmentor`, the method's settings), the decoder's own text templates
     and background words as queries; the decoder itself is not run (names it never trained on)."""
@@ -300,13 +303,13 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     params = {**to_params(cfg), "decoder": decoder_id,
               "settings": settings_params(settings), **method.hooks.record()}
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
-    model = ModelSpec.from_identity(f.meta("model"), f.path)
+    model = ModelSpec.from_identity(f.meta("model"), f.path, model_at)
     method.check_backbone(model)  # its CLIP takes the method (a timm tower: the mixing presets), before it loads
     synonyms = [[n.replace("_", " ")] for n in cfg.classes]
     return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
                             lambda: method.load(model, device, backbone),
                             (synonyms, prompts["templates"], prompts["background_words"]), "--classes", on_start,
-                            on_item)
+                            on_item, older=method.hooks.older_record)
 
 
 def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int, out: Path,

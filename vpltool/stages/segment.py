@@ -31,7 +31,7 @@ from ..device import resolve_device, resolve_precision
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
 from ..models import ClipBackbone, ModelSpec
-from ..models.backbones.prompts import resolve_background, resolve_templates
+from ..models.backbones.prompts import prompt_files, resolve_background, resolve_templates
 from ..models.dense.method import proxy_spec, sam_spec  # noqa: F401 (importable from here too)
 from ..models.dense.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
@@ -204,12 +204,15 @@ def run_segment(
     for key in FILE_PARAMS:  # a file by content: another path to it is the same run, other bytes are not
         if key in params:
             params[key] = io.weights_identity(params[key])
+    for key, path in prompt_files(cfg.templates, cfg.background).items():  # likewise a prompt file
+        params[key] = io.file_identity(path.resolve())
     summary = dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
                                settings, lambda: load_dense(spec, method, device, backbone),
                                (synonyms, templates, background),
                                "--class-file / --templates" if cfg.class_file else
                                "--classes / --templates / --background",
-                               on_start, on_item, max_side_option="--max-side {}")
+                               on_start, on_item, max_side_option="--max-side {}",
+                               older=method.hooks.older_record)
     if overlay:
         write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
     return summary

@@ -47,13 +47,14 @@ def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
                          temperature=1.0 / bb.logit_scale, source="text", model=bb.spec.identity(), params=params)
 
 
-def extract_context(features: str | Path) -> tuple[dict, ModelSpec, list[str], dict]:
+def extract_context(features: str | Path, at: ModelSpec | None = None) -> tuple[dict, ModelSpec, list[str], dict]:
     """``(record, model spec, classes, dataset identity)`` of a finished `extract` folder: what `text-prototypes`
-    takes from it (its classes and its CLIP)."""
+    takes from it (its classes and its CLIP; ``at``: where that CLIP lies now, a renamed folder given, taken when it
+    holds the recorded bytes)."""
     from ..errors import ContractError
 
     record = io.read_stage_record(features, "extract")
-    spec = ModelSpec.from_identity(io.recorded_model(record, features), features)
+    spec = ModelSpec.from_identity(io.recorded_model(record, features), features, at)
     if "classes" not in record or not isinstance(record["inputs"].get("dataset"), dict):
         missing = "classes" if "classes" not in record else "dataset"
         raise ContractError(f"{io.stage_record_path(features)}: names no {missing}; the folder is damaged: re-run "

@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +107,30 @@ class ModelSpec:
         return {**ident, "weights": digest} if digest else ident
 
     @classmethod
-    def from_identity(cls, ident: dict[str, str], where: str | os.PathLike = "the record") -> ModelSpec:
+    def from_identity(cls, ident: dict[str, str], where: str | os.PathLike = "the record",
+                      at: ModelSpec | None = None, also: Sequence[dict[str, str]] = ()) -> ModelSpec:
         """The model a record names (``ident``: an :meth:`identity`), its local bytes checked against the recorded
-        digest now, before anything loads: one line naming ``where`` (the record's file or folder) otherwise."""
-        from .local_weights import check_recorded
+        digest now, before anything loads: one line naming ``where`` (the record's file or folder) otherwise.
+        ``at``: where that model lies now, given by the user (a ``local-dir:`` folder renamed since, a weights file
+        moved): taken when it holds the recorded bytes, else one line naming it
+        (:func:`~vpltool.models.backbones.local_weights.recorded_at`). ``also``: other records' identities of the
+        same model (by content; `cam`'s prototypes beside its features): where the recorded place no longer holds
+        the bytes, the first of theirs that does is taken."""
+        from .local_weights import check_recorded, recorded_at, weights_digest
 
         spec = cls(model=ident["model"], pretrained=ident.get("pretrained", "none"),
                    config_dir=ident.get("config_dir"), weights=ident.get("weights"))
-        check_recorded(spec, str(where))
+        if at is not None:
+            return recorded_at(spec, at, str(where))
+        try:
+            check_recorded(spec, str(where))
+        except VplError:
+            for other in also:  # the same bytes recorded at another place (made after a rename) that holds them
+                place = cls(model=other["model"], pretrained=other.get("pretrained", "none"),
+                            config_dir=other.get("config_dir") or spec.config_dir, weights=spec.weights)
+                if spec.weights and other.get("weights") == spec.weights and weights_digest(place) == spec.weights:
+                    return recorded_at(spec, place, str(where))
+            raise
         return spec
 
 

@@ -77,4 +77,33 @@ def check_recorded(spec: ModelSpec, where: str) -> None:
                    "(--overwrite)")
 
 
-__all__ = ["FOLDER_SUFFIXES", "weight_files", "weights_digest", "check_recorded"]
+def recorded_at(spec: ModelSpec, at: ModelSpec, where: str) -> ModelSpec:
+    """The recorded CLIP ``spec`` (:meth:`~vpltool.models.ModelSpec.from_identity`) rebuilt from ``at``, the model
+    a later stage is given for it (``--model local-dir:NEW`` after the folder was renamed or copied, ``--pretrained
+    FILE`` moved): ``at`` when it holds the recorded bytes (:func:`vpltool.io.same_model`, by content: the same
+    digest and, for a file, the same architecture), else one line naming ``at``. A record without a digest (a tag,
+    random weights, an older vpltool's) takes only the same name."""
+    from ... import io
+
+    name = lambda s: s.model if s.folder is not None else f"{s.model} --pretrained {s.pretrained}"  # noqa: E731
+    made = {"model": spec.model, "pretrained": spec.pretrained, **({"weights": spec.weights} if spec.weights else {})}
+    given = at.identity()
+    if spec.weights:  # by content: both digests (a folder without weights is no match, whatever its name)
+        same = isinstance(given.get("weights"), str) and io.same_model(made, given)
+    else:
+        same = io.same_model(made, {k: v for k, v in given.items() if k != "weights"})
+    if same:
+        return type(spec)(model=at.model, pretrained=at.pretrained, config_dir=at.config_dir or spec.config_dir,
+                          weights=spec.weights)
+    short = lambda d: str(d).removeprefix("sha256:")[:12] + "…"  # noqa: E731
+    if spec.weights:
+        here = f"{short(given['weights'])} here" if given.get("weights") else "no weights here"
+        what = (f"other weights than the CLIP {where} was made with ({name(spec)}, sha256 {short(spec.weights)} "
+                f"there, {here})")
+    else:
+        what = f"not the CLIP {where} was made with ({name(spec)})"
+    raise VplError(f"{name(at)}: {what}; give the model folder or file that holds those weights, or re-make {where} "
+                   "with this one")
+
+
+__all__ = ["FOLDER_SUFFIXES", "weight_files", "weights_digest", "check_recorded", "recorded_at"]

@@ -62,6 +62,29 @@ def class_templates(name: str) -> ClassTemplates:
     return ClassTemplates(presets.IMAGENET_TEMPLATES, _class_sentences(name), name)
 
 
+def templates_file(spec: str) -> Path | None:
+    """The file ``--templates spec`` reads (one template per line), or None for a named set or a literal template;
+    one line for a value that looks like a file but is none (:func:`vpltool.io.named_file`)."""
+    if spec in ("clip-es", "imagenet") or spec in CLASS_PROMPT_SETS:
+        return None
+    return io.named_file(spec, "--templates", TEMPLATE_FILE) if "{" not in spec or io.is_regular_file(spec) else None
+
+
+def background_file(spec: str) -> Path | None:
+    """The file ``--background spec`` reads (one word per line), or None for a named list or words ``a,b,c``."""
+    if spec in ("auto", "voc", "coco", "none"):
+        return None
+    return io.named_file(spec, "--background", BACKGROUND_FILE)
+
+
+def prompt_files(templates: str, background: str) -> dict[str, Path]:
+    """``{"templates": file, "background": file}`` for those of ``--templates`` / ``--background`` that name a file:
+    what a record keeps by content (:func:`vpltool.io.file_identity`), so that the same file by another path is the
+    same run and other bytes under its name are a changed input."""
+    named = {"templates": templates_file(templates), "background": background_file(background)}
+    return {key: path for key, path in named.items() if path is not None}
+
+
 def resolve_templates(spec: str, per_class: bool = True) -> list[str]:
     """'clip-es' | 'imagenet' | 'ov-stitcher' (:func:`class_templates`) | a literal template containing '{}' | a
     file with one template per line. ``per_class`` False: a per-class set is refused (text-prototypes records its
@@ -78,8 +101,7 @@ def resolve_templates(spec: str, per_class: bool = True) -> list[str]:
             raise VplError(f"--templates {spec}: its per-class sentences are for the dense segmentor (segment, "
                            "benchmark, vpltool.segmenter); give clip-es, imagenet, a template or a file here")
         return class_templates(spec)
-    path = io.named_file(spec, "--templates", TEMPLATE_FILE) if "{" not in spec or io.is_regular_file(spec) \
-        else None
+    path = templates_file(spec)
     if path is None:
         problem = template_problem(spec) if "{" in spec else "not clip-es, imagenet, a template with '{}', or a file"
         if problem:
@@ -115,7 +137,7 @@ def resolve_background(spec: str, preset: str | None, classes: Sequence[str] = (
         return list(presets.background_words(spec, classes))
     if spec == "none":
         return []
-    path = io.named_file(spec, "--background", BACKGROUND_FILE)
+    path = background_file(spec)
     words = io.text_lines(path) if path is not None else [w.strip() for w in spec.split(",") if w.strip()]
     clash = presets.clashing_word(classes, words)
     if clash is not None:  # a background row identical to a class row takes half of that class's probability
@@ -138,4 +160,5 @@ def encode_names(bb, names: Sequence[str], templates: Sequence[str], exact: bool
 
 
 __all__ = ["template_problem", "TEMPLATE_FILE", "BACKGROUND_FILE", "CLASS_PROMPT_SETS", "ClassTemplates",
-           "class_templates", "resolve_templates", "check_class_names", "resolve_background", "encode_names"]
+           "class_templates", "templates_file", "background_file", "prompt_files", "resolve_templates",
+           "check_class_names", "resolve_background", "encode_names"]

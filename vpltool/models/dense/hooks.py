@@ -16,7 +16,7 @@ method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's si
 1. :meth:`~DenseHooks.check` once, before any model loads (a missing input folder is one line there), then
    :meth:`~DenseHooks.check_items` with the items the run will segment (`segment`, `cam --dense`, `predict --dense`;
    a per-image file missing or malformed is one line there), and :meth:`~DenseHooks.record`: what the stage record
-   adds (a folder's identity by content);
+   adds (a folder's identity by content; :meth:`~DenseHooks.older_record` reads an earlier vpltool's form of it);
 2. :meth:`~DenseHooks.extra_inputs` in a loading worker, per image: the item (its id, its path) and its decoded
    photo -> a dict of per-image inputs by key (SAM's input, region masks, ...), collated beside the pixels;
 3. :meth:`~DenseHooks.dense_logits` on the device, per batch: the whole segmentor, by default mmseg's slide
@@ -46,8 +46,9 @@ import torch
 from ...errors import ContractError
 
 # every hook, in the order it runs; a subclass's public names must be among them
-HOOK_NAMES = ("check", "check_items", "record", "with_knobs", "backbone", "extra_inputs", "dense_logits",
-              "input_embedding", "grid_logits", "features", "feature_grid", "probabilities", "postprocess")
+HOOK_NAMES = ("check", "check_items", "record", "older_record", "with_knobs", "backbone", "extra_inputs",
+              "dense_logits", "input_embedding", "grid_logits", "features", "feature_grid", "probabilities",
+              "postprocess")
 _REGISTRY: dict[str, type[DenseHooks]] = {}
 
 
@@ -106,6 +107,13 @@ class DenseHooks:
         content of a file or folder it reads (a file's: :func:`vpltool.io.file_identity`), so that a resume over
         other bytes is refused as another run. Default: ``{}``."""
         return {}
+
+    def older_record(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """A resume's view of an earlier vpltool's record: ``old`` (the params of a folder's ``_run.json`` or
+        ``_stage.json``) with what this method recorded in another form then written as :meth:`record` writes it
+        now, so that the same settings and the same bytes compare equal and a real difference still shows; ``new``
+        is this run's params. Default: ``old`` unchanged."""
+        return old
 
     def with_knobs(self, mixing: Any, knobs: dict[str, Any]) -> Any:
         """``mixing`` (the method's ``DenseMixing``) with the given knobs (``{field: value}`` of the run's

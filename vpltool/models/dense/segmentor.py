@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ... import io
 from ...config.dense import SAM_REFINE_FIELDS
 from ...device import autocast
-from ...errors import ContractError
+from ...errors import ContractError, VplError
 from ...runtime.batches import image_names, run_image_batches
 from .bands import (
     WHOLE_BUDGET,
@@ -378,21 +378,20 @@ def settings_params(settings) -> dict:
 
 def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset, classes: list[str], shard,
                      runtime, device, dtype, settings, backbone, queries: tuple, query_options: str,
-                     on_start=None, on_item=None, max_side_option: str | None = None):
+                     on_start=None, on_item=None, max_side_option: str | None = None, older=None):
     """The stage body of `segment` and of `predict --classes --dense`: the stage folder of ``stage`` in ``out``
     (``params``, ``inputs``, the rank's or ``shard``'s slice), then for the images not done yet their header sizes,
     the CLIP (``backbone()``, called only when there is work: it returns the model with its ``--dense`` set), the
     query rows of ``queries`` = ``(synonyms per class, templates, background words)`` and the masks
     (:func:`write_dense_masks`) over ``classes``. A query the tokenizer refuses is one line naming
     ``query_options``; a photo too large for the free memory, one naming ``max_side_option`` (`segment`'s
-    ``--max-side {}``) at the value that fits, where the command has it.
+    ``--max-side {}``) at the value that fits, where the command has it. ``older``: the hooks' ``older_record``.
 
     Returns:
         :class:`vpltool.io.StageSummary`.
     """
     from ...config import NOT_COMPARED
     from ...device import shard_from_env
-    from ...errors import VplError
     from ...numerics import run_numerics
     from ...runtime.batches import image_stage
     from .bands import check_photo_memory
@@ -408,7 +407,8 @@ def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset,
         write_dense_masks(bb, items, sizes, text, query_class, len(classes), settings, out, runtime, dtype, on_item)
 
     folder = io.StageFolder(out, stage, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                            shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision, device))
+                            shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision, device),
+                            older=older)
     return image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start, classes=classes)
 
 

@@ -75,9 +75,11 @@ def run_dense_cam(
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
+    model_at: ModelSpec | None = None,
 ) -> io.StageSummary:
     """Dense CAMs ``<out>/<id>.safetensors`` (kind ``cam``) for every image of a dataset (``source`` + ``split``) or
-    of the dataset an `extract` folder was made from; the CLIP is the one the prototypes were made with."""
+    of the dataset an `extract` folder was made from; the CLIP is the one the prototypes were made with (where it
+    lies now: ``model_at``, as :func:`run_cam`'s)."""
     from ...config.dense import PROXY_METHODS, segment_only
     from ...models.dense.method import resolve_method
 
@@ -90,7 +92,7 @@ def run_dense_cam(
     protos = io.read_prototypes(prototypes, classes=dataset.classes)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the source": source, "--prototypes": prototypes},
                      protected=[*dataset.folders(), *recorded_folders(source)], overwrite=runtime.overwrite)
-    spec = ModelSpec.from_identity(protos.model, protos.path)  # its weights are still those it recorded
+    spec = ModelSpec.from_identity(protos.model, protos.path, model_at)  # its weights are still those it recorded
     method = resolve_method(cfg, spec)  # the method resolved once: its own check (and the CLIP's), then its
     method.hooks.check_items(dataset.items)  # per-image inputs' check, both before any model loads (as segment's)
     settings = cfg.resolved()

@@ -81,12 +81,14 @@ def attention_blocks_for(cfg: CamConfig, extract_cfg: ExtractConfig, features: P
 class FromFeatures:
     """`cam` on an `extract` folder: labels, tokens (or the light cache's dense only) and model come from it."""
 
-    def __init__(self, features: Path, prototypes, cfg: CamConfig):
+    def __init__(self, features: Path, prototypes, cfg: CamConfig, at: ModelSpec | None = None):
         self.record = io.read_stage_record(features, "extract")
         self.features, self.classes = features, self.record["classes"]
         self.model = io.recorded_model(self.record, features)
         self.protos = io.read_prototypes(prototypes, classes=self.classes, model=self.model)
-        self.spec = ModelSpec.from_identity(self.model, features)  # its weights are still those it recorded
+        # its weights are still those it recorded (where they lie now: ``at``, a renamed folder given, or the
+        # prototypes' place, made after the rename with text-prototypes --model)
+        self.spec = ModelSpec.from_identity(self.model, features, at, also=[self.protos.model])
         self.extract_cfg = from_params(ExtractConfig, self.record["params"], io.stage_record_path(features))
         if cfg.parity == "clip-es" and self.extract_cfg.parity != "clip-es":
             raise VplError(f"{features}: extracted without --parity clip-es, so `cam --parity clip-es` cannot match "
@@ -142,14 +144,15 @@ class FromFeatures:
 class FromDataset:
     """`cam` straight from a dataset: one process, one frozen pass per image, no cache written."""
 
-    def __init__(self, root: Path | Dataset, split: str | None, prototypes, cfg: CamConfig):
+    def __init__(self, root: Path | Dataset, split: str | None, prototypes, cfg: CamConfig,
+                 at: ModelSpec | None = None):
         from ...data import open_source
 
         _, self.data = open_source(root, split)  # a Dataset given is taken as it is
         self.classes = list(self.data.classes)
         self.protos = io.read_prototypes(prototypes, classes=self.classes)
         self.model = self.protos.model
-        self.spec = ModelSpec.from_identity(self.model, self.protos.path)
+        self.spec = ModelSpec.from_identity(self.model, self.protos.path, at)
         self.ids = [it.id for it in self.data.items]
         self.need_images, self.cfg = True, cfg
         self.inputs = self.data.inputs()

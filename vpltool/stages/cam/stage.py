@@ -28,7 +28,7 @@ from ...config import CAM_ATTENTION_BLOCKS, GRADCAM_CUDA_PRECISION, CamConfig, R
 from ...data import Dataset, is_extract_folder
 from ...device import resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
-from ...models import ClipBackbone, load_model
+from ...models import ClipBackbone, ModelSpec, load_model
 from ...numerics import run_numerics
 from ...runtime.batches import cuda_paths, run_image_batches, to_device
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
@@ -109,6 +109,7 @@ def run_cam(
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
+    model_at: ModelSpec | None = None,
 ) -> io.StageSummary:
     """CAMs for every image of an `extract` folder, or of a dataset given directly, with its image-level labels.
 
@@ -118,6 +119,8 @@ def run_cam(
             one process, and nothing is cached; the CLIP model is the one the prototypes were made with.
         overlays: a folder for heat-map PNGs. debug: a folder for each image's intermediate maps (kind
             ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
+        model_at: where the recorded CLIP lies now (``--model local-dir:NEW``, its folder renamed since), taken
+            when it holds the recorded bytes (:meth:`vpltool.models.ModelSpec.from_identity`).
         shard: ``(i, n)``: every n-th image from the i-th (``--shard i/n``; under torchrun the rank, see
             :func:`vpltool.device.shard_from_env`); the folder completes when every shard's images are there.
     """
@@ -127,11 +130,11 @@ def run_cam(
         source = Path(source)
         if split is not None:
             raise VplError(f"{source}: an extract folder holds one split; drop --split (or extract the other one)")
-        src = FromFeatures(source, prototypes, cfg)
+        src = FromFeatures(source, prototypes, cfg, model_at)
         cfg = replace(cfg, attention_blocks=attention_blocks_for(cfg, src.extract_cfg, source))
     else:
         cfg = replace(cfg, attention_blocks=cfg.attention_blocks or CAM_ATTENTION_BLOCKS)
-        src = FromDataset(source, split, prototypes, cfg)
+        src = FromDataset(source, split, prototypes, cfg, model_at)
         source = Path(source.root if isinstance(source, Dataset) else source)
     dino_file = cfg.dino_weights if cfg.affinity != "clip" and cfg.dino_weights not in ("hub", "none") else None
     io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side"),

@@ -83,6 +83,19 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
             out["region_masks"] = self._folder
         return out
 
+    def older_record(self, old: dict, new: dict) -> dict:
+        # before 48b463c a folder of masks was recorded as its path given (region_masks) and its files' digest
+        # beside the generator (region_source.files_sha256, the digest region_masks.sha256 holds now)
+        source, folder = old.get("region_source"), new.get("region_masks")
+        if not (isinstance(source, dict) and "files_sha256" in source and isinstance(folder, dict)):
+            return old
+        digest = source["files_sha256"]
+        was = old.get("region_masks")
+        was = folder if digest == folder.get("sha256") else {"path": was if isinstance(was, str) else None,
+                                                             "sha256": digest}  # other bytes: a changed input
+        return {**old, "region_masks": was,
+                "region_source": {k: v for k, v in source.items() if k != "files_sha256"}}
+
     def extra_inputs(self, item, image) -> dict:
         masks = self.cfg.knobs.region_masks
         if getattr(item, "image", None) is None and not (masks or "").startswith("sam"):
