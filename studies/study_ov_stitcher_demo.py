@@ -21,12 +21,15 @@ into ``RUN/ov_stitcher_regions/points<N>/<id>.npz`` (the reference's format, wit
 at the chosen windows and threshold on the first ``--compare-images`` train images only, beside the tried counts.
 
 Its windows must be multiples of 112 here (its 56-pixel windows and the two patches, 8 and 16) and no larger than the
-short side, so its own 336/112 scaled by 96/224 (144/48) cannot run; tried on the first ``--choose-images`` train
-images: ``--points`` times ``--settings`` (short side / window / stride) times :data:`study_dense_demo.THRESHOLDS`;
-the best mIoU there (the first in that order on a tie: fewer points) is scored on every val image, once. No seed enters
-(the generator's point grid is fixed, DBSCAN deterministic, one toy model of each kind): one run. Baselines (all
-background, random smooth CAMs given the labels) are `demo-report`'s, on the same images. CPU-seconds are the
-process's (one thread: run it with ``OMP_NUM_THREADS=1``).
+short side, so its own 336/112 scaled by 96/224 (144/48) cannot run; its own VOC21 numbers (short side 448, windows
+336/112) can, on a scene blown up from 96 px. Chosen on the first ``--choose-images`` train images, one setting at a
+time, since the counts are the slow part: ``--settings`` (short side / window / stride) times
+:data:`study_dense_demo.THRESHOLDS` at the first (cheapest) of ``--points``; then every other count at the windows
+chosen there, over every threshold. The best mIoU of all those (the first on a tie: fewer points) is scored on every
+val image, once. No seed enters (the generator's point grid is fixed, DBSCAN deterministic, one toy model of each
+kind): one run. Baselines (all background, random smooth CAMs given the labels) are `demo-report`'s, on the same
+images. CPU-seconds are the process's (one thread: run it with ``OMP_NUM_THREADS=1``); the log (stderr) is
+timestamped.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ from benchlib import machine  # noqa: E402
 TOY_DINO = ROOT / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 TOY_SAM = ROOT / "vpltool" / "assets" / "toy-sam" / "model.safetensors"
 SECONDS = "_cpu_seconds.json"  # beside the maps: what each cost when it was made, so a reused folder still says
+
+
+def log(line: str) -> None:
+    print(time.strftime("%H:%M:%S"), line, file=sys.stderr, flush=True)
 
 
 def region_masks(items, root: Path, points: int) -> tuple[Path, dict]:
@@ -81,7 +88,7 @@ def region_masks(items, root: Path, points: int) -> tuple[Path, dict]:
             io.write_json(folder / SECONDS, seconds)  # after its map: a map on disk has its cost recorded or none
             made += 1
             if made % 20 == 0:
-                print(f"regions points {points}: {made} made", file=sys.stderr, flush=True)
+                log(f"regions points {points}: {made} made")
         ids = read_region_file(path)
         regions.append(len(np.unique(ids[ids > 0])))
         covered.append(float((ids > 0).mean()))
@@ -114,12 +121,14 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--choose-images", type=int, default=100)
     ap.add_argument("--val-images", type=int, default=None, help="score only the first N val images (a smoke test)")
-    ap.add_argument("--points", default="8,16,32", help="the generator's points per side tried on train")
+    ap.add_argument("--points", default="8,16,32", help="the generator's points per side tried on train (the first "
+                    "with every --settings, the others at the windows chosen there)")
     ap.add_argument("--compare-points", default="64", help="points per side scored only on --compare-images "
                     "(OV-Stitcher's own 64), beside --points and no mask at all, at the chosen setting")
     ap.add_argument("--compare-images", type=int, default=25)
     ap.add_argument("--settings", default="112/112/56,224/112/56,224/224/112,336/224/112,336/336/112,448/224/112,"
-                    "448/448/224", help="short side / window / stride, each tried on train")
+                    "448/336/112,448/448/224", help="short side / window / stride, each tried on train at the first "
+                    "of --points")
     args = ap.parse_args()
     import vpltool.demo  # noqa: F401  (registers --model vpltool-toy)
     from vpltool.data import open_dataset
@@ -139,17 +148,21 @@ def main() -> None:
     points = [int(p) for p in args.points.split(",")]
     triples = args.settings.split(",")
     tried, masks = {}, {}
+
+    def best(keys) -> tuple:
+        return max(((k, t) for k in keys for t in tried[k]["zero_shot_miou"]),
+                   key=lambda kt: tried[kt[0]]["zero_shot_miou"][kt[1]])
+
+    # one setting at a time: the windows at the first (cheapest) count, then every count at those windows
     for p in points:
         folder, masks[p] = region_masks(choose, root, p)
-        print(f"regions points {p}: {masks[p]}", file=sys.stderr, flush=True)
-        for triple in triples:
+        log(f"regions points {p}: {masks[p]}")
+        for triple in triples if p == points[0] else [best([k for k in tried if k[0] == points[0]])[0][1]]:
             bb, _, miou, cpu, r = scored(spec, bb, folder, triple, choose, text, query_class, n, THRESHOLDS)
             tried[(p, triple)] = {"zero_shot_miou": miou, "cpu_seconds_per_image": cpu,
                                   "seconds_per_image": r["seconds_per_image"]}
-            print(f"ov-stitcher points {p} {triple}: best {100 * max(miou.values()):.2f}", file=sys.stderr,
-                  flush=True)
-    (best_p, best_triple), best_t = max(((k, t) for k in tried for t in tried[k]["zero_shot_miou"]),
-                                        key=lambda kt: tried[kt[0]]["zero_shot_miou"][kt[1]])
+            log(f"ov-stitcher points {p} {triple}: best {100 * max(miou.values()):.2f}, {cpu:.2f} CPU-s/image")
+    (best_p, best_triple), best_t = best(tried)
     chosen_t = (float(best_t),)
 
     # the own 64 points and no mask at all, at the chosen windows and threshold, on a handful of train photos
@@ -158,7 +171,7 @@ def main() -> None:
         folder, stats = region_masks(compare, root, p)
         bb, _, miou, cpu, _ = scored(spec, bb, folder, best_triple, compare, text, query_class, n, chosen_t)
         comparison[f"points{p}"] = {**stats, "zero_shot_miou": miou[best_t], "segment_cpu_seconds_per_image": cpu}
-        print(f"compare points {p}: {100 * miou[best_t]:.2f}", file=sys.stderr, flush=True)
+        log(f"compare points {p}: {100 * miou[best_t]:.2f}")
 
     folder, val_masks = region_masks(val_items, root, best_p)
     bb, settings, miou, cpu, on_val = scored(spec, bb, folder, best_triple, val_items, text, query_class, n, chosen_t)
