@@ -10,20 +10,20 @@ RUN is a demo run with its world (``RUN/world``, `make world`). The models are t
 through segment-anything's automatic mask generator for the region masks. The queries are the demo's
 (:data:`study_dense_demo.TEMPLATES` and ``BACKGROUND``).
 
-**Points per side, a setting of this study.** OV-Stitcher's SAM2 settings are 64 points a side with predicted-IoU
-and stability thresholds 0.7 (:data:`vpltool.models.dense.ov_stitcher.SAM_SETTINGS`, untouched: a real run takes
-them). Its 64 points are set for photos of ~500 px; the demo's scenes are 96 px, where 64 a side is a prompt every
-1.5 pixels, and they cost ~5 CPU-seconds a scene through the toy SAM here. So the study keeps the thresholds and
-chooses the points per side (``--points``) on train like any other setting. Each count's region maps are made once
-into ``RUN/ov_stitcher_regions/points<N>/<id>.npz`` (the reference's format, with the CPU-seconds of each in
+**Points per side, a setting of this study.** OV-Stitcher's SAM2 settings are 64 points a side with predicted-IoU and
+stability thresholds 0.7 (:data:`vpltool.models.dense.ov_stitcher.SAM_SETTINGS`, untouched: a real run takes them). Its
+64 points are set for photos of ~500 px; the demo's scenes are 96 px, where 64 a side is a prompt every 1.5 pixels, and
+they cost ~5.7 CPU-seconds a scene through the toy SAM here (one thread). So the study keeps the thresholds and chooses
+the points per side (``--points``) on train like any other setting. Each count's region maps are made once into
+``RUN/ov_stitcher_regions/points<N>/<id>.npz`` (the reference's format, with the CPU-seconds of each in
 ``_cpu_seconds.json``) and read from there by every other setting (``--region-masks FOLDER``). ``--compare-points``
-(OV-Stitcher's own 64) and a control without any mask (``points0``: every pixel the unsegmented region) are scored
-at the chosen windows and threshold on the first ``--compare-images`` train images only, beside the tried counts.
+(OV-Stitcher's own 64) and a control without any mask (``points0``: every pixel the unsegmented region) are scored at
+the chosen windows and threshold on the first ``--compare-images`` train images only, beside the tried counts.
 
 Its windows must be multiples of 112 here (its 56-pixel windows and the two patches, 8 and 16) and no larger than the
 short side, so its own 336/112 scaled by 96/224 (144/48) cannot run; its own VOC21 numbers (short side 448, windows
 336/112) can, on a scene blown up from 96 px. Chosen on the first ``--choose-images`` train images, one setting at a
-time, since the counts are the slow part: ``--settings`` (short side / window / stride) times
+time (a full grid would score every window setting once per count): ``--settings`` (short side / window / stride) times
 :data:`study_dense_demo.THRESHOLDS` at the first (cheapest) of ``--points``; then every other count at the windows
 chosen there, over every threshold. The best mIoU of all those (the first on a tie: fewer points) is scored on every
 val image, once. No seed enters (the generator's point grid is fixed, DBSCAN deterministic, one toy model of each
