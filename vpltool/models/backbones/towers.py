@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
+from .cpu_linear import route, self_attention
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,7 +50,7 @@ class OpenClipTower:
             raise VplError(f"--model {name}: only ViT image towers are supported (no ResNet)")
         if getattr(visual, "attn_pool", None) is not None:
             raise VplError(f"--model {name}: attentional-pooling towers (CoCa) are not supported")
-        self.visual = visual
+        self.visual = route(visual)  # its linear layers through oneDNN on a CPU in fp32 (cpu_linear)
         self.blocks = list(visual.transformer.resblocks)
         ps = visual.patch_size
         self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
@@ -87,8 +88,11 @@ class OpenClipTower:
         head-mean attention ``[B, L, L]`` or None, ``ln_1`` output or None)."""
         blk = self.blocks[i]
         h = blk.ln_1(x)
-        attn_out, attn = blk.attn(h, h, h, need_weights=need_weights, average_attn_weights=True,
-                                  attn_mask=None if mask is None else mask.to(h.dtype))
+        mask = None if mask is None else mask.to(h.dtype)
+        attn_out, attn = None if need_weights else self_attention(blk.attn, h, mask), None
+        if attn_out is None:  # the weights asked for, or not a CPU's fp32 inference: the module itself
+            attn_out, attn = blk.attn(h, h, h, need_weights=need_weights, average_attn_weights=True,
+                                      attn_mask=mask)
         x = x + blk.ls_1(attn_out)
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         return x, attn, (h if keep_ln1 else None)
