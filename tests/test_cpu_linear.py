@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,8 @@ def test_route_keeps_parameters_and_state_and_trains_as_before(monkeypatch):
     assert list(model.state_dict()) == keys
     assert all(isinstance(m, nn.Linear) for m in (model[0], model[2], mha.out_proj))
     assert isinstance(mha.out_proj, nn.modules.linear.NonDynamicallyQuantizableLinear)  # its own class kept
+    copy = pickle.loads(pickle.dumps(model))  # a worker process's copy, torch.save
+    assert type(copy[0]) is type(model[0]) and torch.equal(copy[0].weight, model[0].weight)
     calls = []
     real = cpu_linear.linear
     monkeypatch.setattr(cpu_linear, "linear", lambda *a: calls.append(a[0].shape) or real(*a))

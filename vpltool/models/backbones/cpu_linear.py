@@ -54,26 +54,32 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-class _Routed:
-    """The forward of a routed ``nn.Linear`` (mixed in before its own class)."""
+class RoutedLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward is :func:`linear` (:func:`route` gives a layer this class)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
 
 
-_CLASSES: dict[type, type] = {}
+class RoutedOutProj(nn.modules.linear.NonDynamicallyQuantizableLinear):
+    """``nn.MultiheadAttention``'s ``out_proj`` whose forward is :func:`linear` (its own class kept as the base)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+# module-level classes, so that a routed model pickles (a worker process, torch.save) and deep-copies as before
+_ROUTES = {nn.Linear: RoutedLinear, nn.modules.linear.NonDynamicallyQuantizableLinear: RoutedOutProj}
 
 
 def route(module: nn.Module) -> nn.Module:
-    """Every ``nn.Linear`` in ``module`` (and ``nn.MultiheadAttention``'s ``out_proj``) calls :func:`linear`:
-    its class becomes a subclass of its own with that forward (in place; idempotent). Returns ``module``."""
+    """Every plain ``nn.Linear`` in ``module`` (and ``nn.MultiheadAttention``'s ``out_proj``) calls :func:`linear`:
+    its class becomes :class:`RoutedLinear` (:class:`RoutedOutProj`), a subclass of its own with that forward, in
+    place; idempotent. A linear of another class (a LoRA, a quantised layer: its own forward) is left as it is.
+    Returns ``module``."""
     for m in module.modules():
-        cls = type(m)
-        if cls in _CLASSES.values() or not isinstance(m, nn.Linear) or type(m).forward is not nn.Linear.forward:
-            continue  # routed already, or a linear with its own forward (a LoRA, a quantised layer)
-        if cls not in _CLASSES:
-            _CLASSES[cls] = type(f"Routed{cls.__name__}", (_Routed, cls), {"__module__": __name__})
-        m.__class__ = _CLASSES[cls]
+        if type(m) in _ROUTES:
+            m.__class__ = _ROUTES[type(m)]
     return module
 
 
@@ -95,4 +101,4 @@ def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Ten
     return linear(out.transpose(1, 2).reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
 
 
-__all__ = ["ENABLED", "applies", "linear", "route", "self_attention"]
+__all__ = ["ENABLED", "RoutedLinear", "RoutedOutProj", "applies", "linear", "route", "self_attention"]
