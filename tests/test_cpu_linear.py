@@ -22,7 +22,7 @@ def _data(seed: int = 0):
 def test_linear_is_f_linear_in_fp32_and_f_linear_itself_where_it_does_not_apply(monkeypatch):
     x, w, b = _data()
     want = F.linear(x.double(), w.double(), b.double())
-    assert cpu_linear.applies(x, w)
+    assert cpu_linear.applies(x, w) and not cpu_linear.applies(x[0, :1], w)  # one row: MKL's, as fast there
     got = cpu_linear.linear(x, w, b)
     assert got.dtype == torch.float32 and got.shape == (3, 37, 96)
     assert (got.double() - want).abs().max() < 1e-5

@@ -1,17 +1,19 @@
 """The frozen towers' linear layers on a CPU in fp32: oneDNN's matrix product in place of MKL's.
 
 torch runs an fp32 ``nn.Linear`` on a CPU through MKL's ``sgemm``. On this project's AMD EPYC (AVX-512, no AMX)
-MKL takes a code path half as fast as oneDNN's (also inside torch): a ``[1768, 768] x [768, 3072]`` product, one
-thread, 76 against 35 ms; every shape from 4 rows up was faster, none slower (one row: the same). Both are fp32
-products with fp32 sums, each within 3e-6 of float64 on unit-scale inputs; they add in another order, so their
-results differ in the last bits (1e-4 on values of ~30).
+that takes about twice the time of oneDNN's product (also inside torch): a ``[1768, 768] x [768, 3072]`` product,
+one thread, 79 against 37 ms; from 4 rows up oneDNN took 0.45 to 0.71 of MKL's time, at 1 and 2 rows about as long
+or longer (``bench/bench_cpu_linear.py``, ``bench/results/cpu_linear.json``). Both are fp32 products with fp32 sums
+(on unit-scale rows and outputs, within 6.3e-6 of float64 for oneDNN, 2.3e-6 for MKL); they add in another order,
+so their results differ in the last bits.
 
 :func:`linear` is ``F.linear`` through oneDNN where that is the same arithmetic: a CPU tensor and weights in fp32,
-no gradient asked for, no autocast, and not reproducible mode (its pins and the bits it promises are MKL's, with its
-conditional numerical reproducibility: :mod:`vpltool.numerics`). Elsewhere it is ``F.linear`` itself.
-:func:`route` makes a frozen tower's ``nn.Linear`` layers call it (their class swapped for one that does: the
-parameters, the state dict and hooks are the same), and :func:`self_attention` is ``nn.MultiheadAttention``'s
-inference path with its two products through it (the module's own fast path calls MKL inside one kernel).
+at least :data:`MIN_ROWS` rows, no gradient asked for, no autocast, and not reproducible mode (its pins and the
+bits it promises are MKL's, with its conditional numerical reproducibility: :mod:`vpltool.numerics`). Elsewhere it
+is ``F.linear`` itself. :func:`route` makes a frozen tower's ``nn.Linear`` layers call it (their class swapped for
+one that does: the parameters, the state dict and hooks are the same), and :func:`self_attention` is
+``nn.MultiheadAttention``'s inference path with its two products through it (the module's own fast path calls MKL
+inside one kernel).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from torch import nn
 
 _state: dict[str, bool | None] = {"available": None}
 ENABLED = True  # False: every product through F.linear (a test's, or a timing's, switch)
+# fewer rows than this stay with MKL: two rows took 1.10-1.23 of MKL's time through oneDNN, four 0.65-0.71
+# (bench/results/cpu_linear.json, a ViT-B's three shapes)
+MIN_ROWS = 4
 
 
 def _available() -> bool:
@@ -38,7 +43,7 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
     if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    if x.dim() < 2 or x.numel() == 0 or weight.device.type != "cpu":
+    if x.dim() < 2 or x.numel() < MIN_ROWS * x.shape[-1] or weight.device.type != "cpu":
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # oneDNN's op has no backward
