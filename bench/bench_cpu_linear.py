@@ -1,5 +1,5 @@
-"""An fp32 linear layer on this CPU: MKL's product (``F.linear``) against oneDNN's (the op ``cpu_linear.linear``
-calls); prints ONE JSON object.
+"""An fp32 linear layer on this CPU: MKL's product (``F.linear``) against oneDNN's (``onednn.linear``, which
+``onednn.f_linear`` calls); prints ONE JSON object.
 
     python bench/bench_cpu_linear.py [--pairs 5]
 
@@ -7,7 +7,7 @@ The shapes of a ViT-B's layers (width 768, MLP 3072) at 1 to 1,768 rows (four 33
 thread, random inputs (seed 0). Per shape, ``--pairs`` alternating pairs (MKL then oneDNN, the order swapped every
 other pair), each side the CPU-seconds (``time.process_time``) of enough calls for about 50 ms; the verdict per
 shape is the median of the pairs' ratios oneDNN / MKL, each side's largest difference from a float64 product, and
-whether ``cpu_linear.linear`` takes oneDNN's product for that shape (``routed``: from ``cpu_linear.MIN_ROWS`` rows).
+whether ``onednn.f_linear`` takes oneDNN's product for that shape (``routed``: from ``onednn.MIN_ROWS`` rows).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import torch.nn.functional as F
 
-    from vpltool.models.backbones import cpu_linear
+    from vpltool.models.backbones import onednn
 
     import benchlib
 
     torch.set_num_threads(1)
-    if not cpu_linear._available():
+    if not onednn.available():
         raise SystemExit("this torch has no oneDNN linear op (torch.ops.mkldnn._linear_pointwise)")
     g = torch.Generator().manual_seed(0)
     rows_out = []
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         w = torch.randn(o, i, generator=g) * i**-0.5
         exact = F.linear(x.double(), w.double(), b.double())
         sides = {"mkl": lambda: F.linear(x, w, b),
-                 "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")}
+                 "onednn": lambda: onednn.linear(x, w, b)}
         calls = max(1, int(0.05 / (2 * rows * i * o / 50e9)))
         ratios, ms = [], {"mkl": [], "onednn": []}
         for p in range(args.pairs):
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         rows_out.append({"rows": rows, "in": i, "out": o, "calls": calls,
                          "ms_median": {k: round(statistics.median(v), 4) for k, v in ms.items()},
                          "ratio_median": round(statistics.median(ratios), 3), "max_abs_vs_float64": error,
-                         "routed": cpu_linear.applies(x, w)})
+                         "routed": onednn.applies(x, w)})
     print(json.dumps({"benchmark": "cpu_linear", "machine": benchlib.machine("cpu"), "threads": 1, "precision": "fp32",
                       "pairs": args.pairs, "shapes": rows_out}, indent=1))
 

@@ -75,3 +75,54 @@ def test_linear_matches_f_linear_on_a_backbone_sized_product():
     x, w, b = torch.randn(64, 96, generator=gen), torch.randn(128, 96, generator=gen), torch.randn(128, generator=gen)
     exact = F.linear(x.double(), w.double(), b.double())
     assert float((onednn.linear(x, w, b).double() - exact).abs().max()) < 1e-4  # fp32 sums, not bf16's
+
+
+def test_f_linear_is_f_linear_through_onednn_and_f_linear_itself_where_it_does_not_apply(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    x, w, b = torch.randn(3, 37, 64, generator=gen), torch.randn(96, 64, generator=gen) * 0.1, torch.randn(96)
+    want = F.linear(x.double(), w.double(), b.double())
+    calls = _counted(monkeypatch)
+    assert onednn.applies(x, w) and (onednn.f_linear(x, w, b).double() - want).abs().max() < 1e-5
+    assert calls == [(3, 37, 64)]
+    # MKL's product itself, bit for bit: under MIN_ROWS rows, a gradient asked for, bf16, autocast, reproducible
+    assert not onednn.applies(x[0, : onednn.MIN_ROWS - 1], w)
+    wg = w.clone().requires_grad_(True)
+    assert torch.equal(onednn.f_linear(x, wg, b), F.linear(x, wg, b))
+    assert torch.equal(onednn.f_linear(x.bfloat16(), w.bfloat16()), F.linear(x.bfloat16(), w.bfloat16()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn.f_linear(x, w, b).dtype == torch.bfloat16
+    monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
+    assert torch.equal(onednn.f_linear(x, w, b), F.linear(x, w, b))
+    assert calls == [(3, 37, 64)]
+
+
+def test_out_proj_is_converted_when_asked_and_a_converted_model_pickles(monkeypatch):
+    import pickle
+
+    torch.manual_seed(5)
+    mha = nn.MultiheadAttention(64, 4, batch_first=True)
+    model = nn.Sequential(nn.Linear(64, 64), mha)
+    assert onednn.use_onednn(model) == 1 and type(mha.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert onednn.use_onednn(model, out_proj=True) == 1 and type(mha.out_proj) is onednn.OneDnnOutProj
+    assert isinstance(mha.out_proj, nn.modules.linear.NonDynamicallyQuantizableLinear)  # its own class the base
+    copy = pickle.loads(pickle.dumps(model))  # a worker process's copy
+    assert type(copy[0]) is onednn.OneDnnLinear and torch.equal(copy[0].weight, model[0].weight)
+    calls = _counted(monkeypatch)
+    with torch.no_grad():
+        mha.out_proj(torch.randn(5, 64))
+    assert calls == [(5, 64)]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_self_attention_is_the_module_s_own(masked):
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    h = torch.randn(3, 37, 64)
+    mask = torch.zeros(37, 37).masked_fill(torch.rand(37, 37) > 0.7, float("-inf")).fill_diagonal_(0) if masked \
+        else None
+    with torch.no_grad():
+        want = mha(h, h, h, need_weights=False, attn_mask=mask)[0]
+        got = onednn.self_attention(mha, h, mask)
+        assert got is not None and got.shape == want.shape and (got - want).abs().max() < 1e-5
+        assert onednn.self_attention(mha, h.bfloat16(), mask) is None  # not fp32: the caller runs the module
+        assert onednn.self_attention(nn.MultiheadAttention(64, 4), h) is None  # sequence-first: the module's own

@@ -37,9 +37,9 @@ from PIL import Image
 from ...errors import VplError
 from ...io import is_regular_file
 from ..registry import register_family
-from .cpu_linear import route
 from .dino_weights import DINO_WEIGHTS_FIX, cached_hub_file, file_weights, spec_files, weights_fix
 from .loading import _offline
+from .onednn import use_onednn
 from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
 
 # how DINO's own forward (:meth:`DinoBackbone._dino_forward`) resizes the positional embedding to another grid
@@ -154,8 +154,8 @@ class DinoBackbone:
             name = spec.model if spec else type(model).__name__
             raise VplError(f"--dino-model {name}: not a plain ViT (blocks with a fused qkv attention); use a timm "
                            "vision_transformer such as vit_small_patch16_224.dino")
-        # its linear layers through oneDNN on a CPU in fp32 (cpu_linear)
-        self.model = route(model.eval().requires_grad_(False).to(device))
+        self.model = model.eval().requires_grad_(False).to(device)
+        use_onednn(self.model)  # its fp32 linear layers through oneDNN on the CPU (onednn.py)
         self.spec, self.device, self.blocks = spec, device, blocks
         # timm's own forward for a model whose tokens vpltool's DINO forward does not make (RoPE: DINOv3; its own
         # embedding: C-RADIOv3's NaFlexViT); its blocks must be ones whose mixing timm_blocks repeats

@@ -11,6 +11,12 @@ results differ from MKL's by float rounding.
 computation: fp32 input and weights on the CPU, the weights contiguous, and no gradient asked of the layer; anything
 else (bf16, CUDA, training) goes through ``F.linear`` as before. In reproducible mode (:mod:`vpltool.numerics`) it
 changes nothing: that mode pins MKL's code path (``MKL_CBWR``), which has no counterpart in oneDNN.
+
+Where a method calls a layer's weights itself (a packed ``in_proj_weight``, a slice of it), :func:`f_linear` is
+``F.linear`` with the same choice; :func:`self_attention` is ``nn.MultiheadAttention``'s inference through it (the
+module's own fast path runs MKL's product inside one kernel). Fewer than :data:`MIN_ROWS` rows stay with MKL: on
+this project's AMD EPYC, one thread, oneDNN took 0.45 to 0.71 of MKL's time on a ViT-B's layers from 4 to 1,768
+rows, 1.10 to 1.23 at 2 rows (``bench/bench_cpu_linear.py``, ``bench/results/cpu_linear.json``).
 """
 
 from __future__ import annotations
@@ -35,32 +41,88 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+# fewer rows than this stay with MKL's product (module docstring)
+MIN_ROWS = 4
+ENABLED = True  # False: every product through F.linear (a test's, or a timing's, switch)
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`f_linear` takes oneDNN's product for ``x`` and ``weight``: fp32 both, on the CPU, the weight
+    contiguous, at least :data:`MIN_ROWS` rows, no gradient asked for, no autocast, not reproducible mode."""
+    from ...numerics import reproducible_asked
+
+    if not ENABLED or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+        return False
+    if weight.device.type != "cpu" or not weight.is_contiguous() or x.dim() < 2 \
+            or x.numel() < MIN_ROWS * x.shape[-1]:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False  # oneDNN's op has no backward
+    if torch.is_autocast_enabled("cpu"):
+        return False  # autocast would have run F.linear in its own dtype
+    return available() and not reproducible_asked()
+
+
+def f_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: ``[..., K]`` -> ``[..., N]``, through oneDNN (:func:`linear`) where
+    :func:`applies`, else ``F.linear`` itself."""
+    if applies(x, weight) and (bias is None or bias.dtype == torch.float32):
+        return linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class OneDnnLinear(nn.Linear):
     """``nn.Linear`` whose fp32 CPU inference goes through oneDNN (module docstring); made by :func:`use_onednn`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if (x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
-                and w.device.type == "cpu" and w.is_contiguous()
-                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
-            return linear(x, w, self.bias)
-        return F.linear(x, w, self.bias)
+        return f_linear(x, self.weight, self.bias)
 
 
-def use_onednn(*modules: nn.Module) -> int:
-    """Every plain ``nn.Linear`` inside ``modules`` made an :class:`OneDnnLinear`, in place; returns how many (0 in
-    reproducible mode, or where this torch has no oneDNN)."""
+class OneDnnOutProj(nn.modules.linear.NonDynamicallyQuantizableLinear):
+    """``nn.MultiheadAttention``'s ``out_proj`` (its own class kept as the base) through :func:`f_linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return f_linear(x, self.weight, self.bias)
+
+
+def use_onednn(*modules: nn.Module, out_proj: bool = False) -> int:
+    """Every plain ``nn.Linear`` inside ``modules`` made an :class:`OneDnnLinear`, in place (idempotent); with
+    ``out_proj`` also each ``nn.MultiheadAttention``'s ``out_proj`` an :class:`OneDnnOutProj` (a ``--dense``
+    method calls it on its own); returns how many (0 in reproducible mode, or where this torch has no oneDNN).
+    The classes are module-level: a converted model pickles (a worker process) and deep-copies as before."""
     from ...numerics import reproducible_asked
 
     if reproducible_asked() or not available():
         return 0
+    kinds = {nn.Linear: OneDnnLinear}
+    if out_proj:
+        kinds[nn.modules.linear.NonDynamicallyQuantizableLinear] = OneDnnOutProj
     n = 0
     for module in modules:
         for m in module.modules():
-            if type(m) is nn.Linear:
-                m.__class__ = OneDnnLinear
+            if type(m) in kinds:
+                m.__class__ = kinds[type(m)]
                 n += 1
     return n
 
 
-__all__ = ["available", "linear", "OneDnnLinear", "use_onednn"]
+def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Tensor | None = None
+                   ) -> torch.Tensor | None:
+    """``attn(h, h, h, need_weights=False, attn_mask=mask)[0]`` for a batch-first ``[B, L, width]`` float32 ``h``
+    (``mask`` additive ``[L, L]`` or None): the packed ``in_proj``, ``softmax(q kᵀ / sqrt(hd) + mask) v`` per head
+    (fused) and ``out_proj``, both products through :func:`f_linear`. None where :func:`applies` does not (the caller
+    runs the module) or the module is not a plain packed self-attention."""
+    if (not getattr(attn, "batch_first", False) or not getattr(attn, "_qkv_same_embed_dim", False)
+            or attn.bias_k is not None or attn.add_zero_attn or (attn.dropout and attn.training)
+            or not applies(h, attn.in_proj_weight)):
+        return None
+    heads = attn.num_heads
+    b, length, width = h.shape
+    q, k, v = (t.reshape(b, length, heads, width // heads).transpose(1, 2)
+               for t in f_linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return f_linear(out.transpose(1, 2).reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
+
+
+__all__ = ["MIN_ROWS", "available", "applies", "linear", "f_linear", "OneDnnLinear", "OneDnnOutProj", "use_onednn",
+           "self_attention"]

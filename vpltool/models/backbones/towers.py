@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from .cpu_linear import route, self_attention
+from .onednn import self_attention, use_onednn
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,7 +50,8 @@ class OpenClipTower:
             raise VplError(f"--model {name}: only ViT image towers are supported (no ResNet)")
         if getattr(visual, "attn_pool", None) is not None:
             raise VplError(f"--model {name}: attentional-pooling towers (CoCa) are not supported")
-        self.visual = route(visual)  # its linear layers through oneDNN on a CPU in fp32 (cpu_linear)
+        use_onednn(visual, out_proj=True)  # its fp32 linear layers through oneDNN on the CPU (onednn.py)
+        self.visual = visual
         self.blocks = list(visual.transformer.resblocks)
         ps = visual.patch_size
         self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)

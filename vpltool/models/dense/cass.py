@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from ..backbones.cpu_linear import linear
+from ..backbones.onednn import f_linear
 from .hooks import DenseHooks
 from .mixing import DenseMixing, neighbourhood_bias
 
@@ -211,7 +211,7 @@ def spectral_key_attention(attn, h: torch.Tensor, dino_keys: torch.Tensor, dino_
     width = h.shape[-1]
     hd = width // heads
     scale = hd**-0.5
-    _, k, v = linear(h[0], attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    _, k, v = f_linear(h[0], attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     k = k.reshape(-1, heads, hd).transpose(0, 1)[:, 1:]  # [heads, hw, hd]
     v = v.reshape(-1, heads, hd).transpose(0, 1)[:, 1:]
     n = grid[0] * grid[1]

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from ...config.dense import DENSE_CHOICES
 from ...errors import VplError
-from ..backbones.cpu_linear import linear
+from ..backbones.onednn import f_linear
 
 DENSE_METHODS = DENSE_CHOICES  # the spec table's names (vpltool.config.dense.DENSE_SPECS)
 ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy", "spectral")
@@ -199,7 +199,7 @@ def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tens
     if own is not None:
         q, k, v = own(h)  # [B, heads, L, hd], as the model computes them
     else:
-        q, k, v = linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = f_linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.reshape(b, n, heads, width // heads).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, hd]
     if mixing.attention == "identity":
         out = v

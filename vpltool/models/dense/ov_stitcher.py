@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from ..backbones.cpu_linear import linear
+from ..backbones.onednn import f_linear
 from .corrclip import (
     Correlation,
     input_regions,
@@ -142,7 +142,7 @@ def _regions_step(blk, reg: torch.Tensor, qkv: torch.Tensor, seen: torch.Tensor)
     tokens share one sequence with the ordinary tokens, which never attend to them and which they attend to as here:
     the same arithmetic, without the keys and values no token reads."""
     width = reg.shape[-1]
-    q = linear(blk.ln_1(reg), blk.attn.in_proj_weight[:width], blk.attn.in_proj_bias[:width])
+    q = f_linear(blk.ln_1(reg), blk.attn.in_proj_weight[:width], blk.attn.in_proj_bias[:width])
     reg = reg + blk.ls_1(_attention(blk.attn, q, qkv[..., width : 2 * width], qkv[..., 2 * width :], seen))
     return reg + blk.ls_2(blk.mlp(blk.ln_2(reg)))
 
@@ -207,7 +207,7 @@ def image_features(bb, pixels: torch.Tensor, ids: torch.Tensor, crop: int, strid
     spatial, wanted = [], set(spatial_blocks(bb.n_blocks, METHOD))
     for i, blk in enumerate(bb.blocks[:-1]):
         width = x.shape[-1]
-        qkv = linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
+        qkv = f_linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
         if i in wanted:
             spatial.append(_spatial(blk, x[:, 1:], qkv[:, 1:], boxes, p, size, grid))
         reg = _regions_step(blk, reg, qkv, seen)
@@ -217,10 +217,10 @@ def image_features(bb, pixels: torch.Tensor, ids: torch.Tensor, crop: int, strid
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
     last = bb.blocks[-1]
     width = x.shape[-1]
-    qkv = linear(last.ln_1(x), last.attn.in_proj_weight, last.attn.in_proj_bias)
+    qkv = f_linear(last.ln_1(x), last.attn.in_proj_weight, last.attn.in_proj_bias)
     wv, bv = last.attn.in_proj_weight[2 * width :], last.attn.in_proj_bias[2 * width :]
     v_main = stitch(_grid_maps(qkv[:, 1:, 2 * width :], grid), boxes, p, size)
-    v_spatial = linear(last.ln_1(torch.stack(spatial).mean(0)), wv, bv).T.reshape(v_main.shape)
+    v_spatial = f_linear(last.ln_1(torch.stack(spatial).mean(0)), wv, bv).T.reshape(v_main.shape)
     v = F.interpolate(torch.stack([v_main, v_spatial]), size=fgrid, mode="bilinear", align_corners=False)
     pair = last.attn.out_proj(torch.bmm(weights.to(v.dtype).expand(2, -1, -1), v.flatten(2).transpose(1, 2)))
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from ..backbones.cpu_linear import linear
+from ..backbones.onednn import f_linear
 from .hooks import DenseHooks
 from .mixing import DenseMixing
 
@@ -58,7 +58,7 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
     b, _, width = h.shape
     heads = attn.num_heads
     hd = width // heads
-    v = linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)[2]
+    v = f_linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)[2]
     unit = F.normalize(proxy, dim=-1)
     similarity = unit @ unit.transpose(1, 2)  # [B, HW, HW]
     mean = similarity.mean() if cfg.pooled_mean else similarity.mean(dim=(1, 2), keepdim=True)

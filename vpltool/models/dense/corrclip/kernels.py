@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ....errors import VplError
-from ...backbones.cpu_linear import linear
+from ...backbones.onednn import f_linear
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def window_features(bb, pixels: torch.Tensor, ids: torch.Tensor, cfg: Correlatio
     mask = region_attention_mask(regions, window)
     pair = torch.cat([x[:, r:], torch.stack(spatial).mean(0)])  # [2, 1 + hw, width]: main, spatial
     width = pair.shape[-1]
-    v = linear(last.ln_1(pair), last.attn.in_proj_weight[2 * width :], last.attn.in_proj_bias[2 * width :])
+    v = f_linear(last.ln_1(pair), last.attn.in_proj_weight[2 * width :], last.attn.in_proj_bias[2 * width :])
     v = v[:, 1:].transpose(1, 2).unflatten(2, grid)
     v = F.interpolate(v, size=fgrid, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
     pair = last.attn.out_proj(torch.bmm(weights.to(v.dtype).expand(2, -1, -1), v))  # [2, N, width]

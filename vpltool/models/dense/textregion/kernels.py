@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ....errors import VplError
-from ...backbones.cpu_linear import linear
+from ...backbones.onednn import f_linear
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def region_logits(bb, values: torch.Tensor, masks: torch.Tensor, text: torch.Ten
 def _qkv(blk, tokens: torch.Tensor) -> torch.Tensor:
     """The last block's packed ``in_proj`` of ``ln_1``: ``[n, L, width]`` -> ``[n, L, 3 width]`` (q, k, v), made once
     for the value path and the uncovered pixels' SCLIP block (the reference makes it in each)."""
-    return linear(blk.ln_1(tokens), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
+    return f_linear(blk.ln_1(tokens), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
 
 
 def _values(qkv: torch.Tensor) -> torch.Tensor:
