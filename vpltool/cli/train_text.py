@@ -73,7 +73,7 @@ def train_and_report(command: str, head: str, pairs: Path, out: Path, cfg: Any, 
 
 # the loop's settings that train-text spells as options (the others, and the family's own, are --set KEY=VALUE)
 OPTIONS = ("batch_size", "epochs", "warmup_epochs", "lr", "warmup_lr", "min_lr", "weight_decay", "eps", "clip_grad",
-           "crop_size", "min_scale", "hflip", "truncate", "checkpoint_every", "log_every", "seed")
+           "crop_size", "min_scale", "hflip", "truncate", "checkpoint_every", "log_every", "seed", "feature_cache")
 
 
 def knobs_table(family: str) -> list[str]:
@@ -127,6 +127,12 @@ def train_text_cmd(
         "--hflip/--no-hflip", show_default=False,
         help=f"Random horizontal flips (off for captions that say left and right) [default: the recipe's: "
              f"{_loop_default('hflip')}].")] = None,
+    feature_cache: Annotated[Optional[bool], typer.Option(
+        "--feature-cache/--no-feature-cache", show_default=False,
+        help="A family whose backbones are frozen and whose view is unaugmented (Talk2DINO): each pair's DINO and "
+             "CLIP features computed once, kept in OUT/cache and read back on later epochs and on --resume (the "
+             "same loss, bit for bit); off: every step runs the backbones; PGSeg trains its image side and caches "
+             f"nothing [default: {'on' if TextTrainConfig.feature_cache else 'off'}].")] = None,
     truncate: Annotated[bool, typer.Option("--truncate", help="Cut captions longer than the text context; without "
                                            "it such a caption is refused.")] = False,
     split: Annotated[Optional[str], typer.Option("--split", "-s", help="For a folder with split listings (the demo "
@@ -176,7 +182,7 @@ def train_text_cmd(
     loop = dict(batch_size=batch_size, epochs=epochs, warmup_epochs=warmup_epochs, lr=lr, warmup_lr=warmup_lr,
                 min_lr=min_lr, weight_decay=weight_decay, eps=eps, clip_grad=clip_grad, crop_size=crop_size,
                 min_scale=min_scale, hflip=hflip, truncate=truncate or None, checkpoint_every=checkpoint_every,
-                log_every=log_every, seed=seed)
+                log_every=log_every, seed=seed, feature_cache=feature_cache)
     cfg = cls.recipe_config(recipe, family=family, **loop, **parse_settings(cls, settings, OPTIONS))
     train_and_report("train-text", f"train-text ({family}):", pairs, out, cfg,
                      runtime(device, workers=workers, overwrite=overwrite), split=split, init=init, nouns=nouns,

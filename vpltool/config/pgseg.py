@@ -168,7 +168,9 @@ class PGSegTrainConfig(TextTrainConfig):
     def inert(self) -> dict[str, str]:
         """The multi-label loss's weight has no effect without the loss (:func:`vpltool.config.inert_fields`); no
         ``--groups`` is the preset's, recorded as it was before the option (a run of then resumes now)."""
-        out = {} if self.multi_label else {"multi_label_weight": "without --multi-label K (K > 0)"}
+        out = {"feature_cache": "PGSeg trains its image side: nothing is frozen to cache"}
+        if not self.multi_label:
+            out["multi_label_weight"] = "without --multi-label K (K > 0)"
         return out if self.groups else {**out, "groups": "when empty (the preset's)"}
 
 

@@ -87,6 +87,10 @@ class TextTrainConfig:
     checkpoint_every: int = 0  # iterations between checkpoints; 0 = once per epoch (checkpoint.freq 1)
     truncate: bool = False  # cut captions longer than the context (the reference's Tokenize(truncate=True))
     hflip: bool = True  # RandomHorizontalFlip (the reference's); False for pairs whose captions say left and right
+    # a family with frozen backbones and an unaugmented view (min_scale 1, no flip; Talk2DINO): their features of
+    # each pair computed once and kept in OUT/cache, read back on later epochs and on --resume; False: every step
+    # runs them (the same numbers, epochs times the backbone work)
+    feature_cache: bool = True
 
     def __post_init__(self) -> None:
         choice("--recipe", self.recipe, tuple(self.RECIPES))

@@ -369,11 +369,30 @@ def decode_rgb(pair: Pair):
         return im.convert("RGB")
 
 
+class whole_view:  # noqa: N801 (a transform, named as torchvision's functions)
+    """PIL image -> the ``side`` square RandomResizedCrop(scale=(1, 1)) falls back to when its tries fail: the whole
+    image when its aspect is within 3/4 .. 4/3, else its centre cut to that bound; bilinear, antialiased. Drawn from
+    no RNG (a try could land a pixel off the box by rounding): a function of the image alone."""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def __call__(self, img):
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        w, h = img.size
+        cw, ch = (w, int(round(w / (3 / 4)))) if w / h < 3 / 4 else \
+            (int(round(h * (4 / 3))), h) if w / h > 4 / 3 else (w, h)
+        return F.resized_crop(img, (h - ch) // 2, (w - cw) // 2, ch, cw, [self.side, self.side],
+                              InterpolationMode.BILINEAR, antialias=True)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffled order of ``n`` samples in ``epoch``: the same for any number of ranks (a global batch is a
     contiguous run of it, cut into the ranks' shares)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-__all__ = ["Pair", "PairSet", "DEFAULT_SPLIT", "open_pairs", "check_pairs", "decode_rgb", "epoch_order",
+__all__ = ["Pair", "PairSet", "DEFAULT_SPLIT", "open_pairs", "check_pairs", "decode_rgb", "whole_view", "epoch_order",
            "CAPTION_FILES"]

@@ -118,10 +118,41 @@ class TextSegFamily(Protocol):
         synchronised across ranks); ``model`` itself when nothing changes."""
 
 
+class FrozenSide(Protocol):
+    """The optional hooks of a family whose image and text sides are frozen and read unaugmented views (Talk2DINO:
+    its DINO and CLIP): their outputs for a pair are the same at every epoch, so the trainer computes them once and
+    keeps them in the run folder (:mod:`vpltool.stages.train_text.cache`, ``--feature-cache``). A family defines
+    all three or none (PGSeg, which trains its image side, none). ``b`` pairs, ``S`` the crop side."""
+
+    def frozen_identity(self, model: nn.Module) -> dict[str, Any]:
+        """What the frozen features depend on besides the pair, JSON-able: the backbones' names and the digests of
+        their bytes (or of their weights' values when no file names them), the view's side, the dtype. A cache
+        made under another identity is never read."""
+
+    def frozen_features(self, model: nn.Module, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        """``images`` ``[b, 3, S, S]`` float32, ``tokens`` ``[b, L]`` int64 -> named per-pair features, each
+        ``[b, ...]`` float32 on the model's device, no gradients: what :meth:`forward_train_from` reads."""
+
+    def forward_train_from(self, model: nn.Module, features: dict[str, Tensor],
+                           gather: Callable[[Tensor], Tensor] | None = None,
+                           keys: Tensor | None = None) -> dict[str, Tensor]:
+        """:meth:`TextSegFamily.forward_train` from :meth:`frozen_features`' output: the same losses bit for bit
+        (``forward_train(m, x, t) == forward_train_from(m, frozen_features(m, x, t))``)."""
+
+
+def _names(proto: type) -> set[str]:
+    return ({n for n in proto.__annotations__ if not n.startswith("_")}
+            | {n for n, v in vars(proto).items() if callable(v) and not n.startswith("_")})
+
+
 # every hook's name, read from the Protocol (its annotations and its methods): the one list registration checks
-HOOKS: tuple[str, ...] = tuple(sorted(
-    {n for n in TextSegFamily.__annotations__ if not n.startswith("_")}
-    | {n for n, v in vars(TextSegFamily).items() if callable(v) and not n.startswith("_")}))
+HOOKS: tuple[str, ...] = tuple(sorted(_names(TextSegFamily)))
+FROZEN_HOOKS: tuple[str, ...] = tuple(sorted(_names(FrozenSide)))  # all or none of them
+
+
+def caches_frozen_side(impl: Any) -> bool:
+    """Whether family ``impl`` defines :class:`FrozenSide`'s hooks (registration saw all or none)."""
+    return all(callable(getattr(impl, n, None)) for n in FROZEN_HOOKS)
 
 _REGISTERED: dict[str, TextSegFamily] = {}
 
@@ -138,13 +169,18 @@ def register_text_family(impl: TextSegFamily) -> TextSegFamily:
 
     public = {n for n in dir(impl) if not n.startswith("_")}
     missing = sorted(set(HOOKS) - public)
-    unknown = sorted(public - set(HOOKS))
+    unknown = sorted(public - set(HOOKS) - set(FROZEN_HOOKS))
+    frozen = sorted(public & set(FROZEN_HOOKS))
     where = f"text-supervised family {getattr(impl, 'name', type(impl).__name__)!r}"
     if missing:
         raise TypeError(f"{where}: hook(s) {', '.join(missing)} missing (TextSegFamily: {', '.join(HOOKS)})")
     if unknown:
         raise TypeError(f"{where}: {', '.join(unknown)} is not a hook of TextSegFamily (its hooks: "
-                        f"{', '.join(HOOKS)}); make a helper private (_name) or fix its spelling")
+                        f"{', '.join(HOOKS)}; FrozenSide's, optional: {', '.join(FROZEN_HOOKS)}); make a helper "
+                        "private (_name) or fix its spelling")
+    if frozen and len(frozen) < len(FROZEN_HOOKS):
+        raise TypeError(f"{where}: defines {', '.join(frozen)} but not {', '.join(sorted(set(FROZEN_HOOKS) - public))}"
+                        f" (FrozenSide's hooks go together: {', '.join(FROZEN_HOOKS)})")
     if impl.name not in TEXT_FAMILIES:
         raise TypeError(f"{where}: no row in vpltool.models.registry.TEXT_FAMILIES; add one")
     if impl.TrainConfig is not text_config(impl.name):
@@ -178,4 +214,5 @@ def class_embeddings(fam: TextSegFamily, model: Any, names: Sequence[str], templ
     return fam.class_text_embeddings(model, tokens)
 
 
-__all__ = ["TextSegFamily", "HOOKS", "register_text_family", "text_family", "class_embeddings"]
+__all__ = ["TextSegFamily", "FrozenSide", "HOOKS", "FROZEN_HOOKS", "caches_frozen_side", "register_text_family",
+           "text_family", "class_embeddings"]

@@ -34,6 +34,7 @@ import contextlib
 import functools
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -47,13 +48,14 @@ from ... import io
 from ...config import RuntimeConfig, to_params
 from ...config.text import TextTrainConfig
 from ...data.nouns import noun_prompts, noun_source
-from ...data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs
+from ...data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs, whole_view
 from ...device import seed_everything
-from ...errors import VplError
+from ...errors import VplError, VplWarning
 from ...numerics import run_numerics
 from ...presets import IMAGENET_TEMPLATES
 from ...runtime.batches import die_with_parent
 from ...runtime.ranks import check_resumable, prepare_run_folder, process_group
+from .cache import CACHE_DIR, CachedPairs, FeatureCache, as_list, cache_off
 from .steps import (
     TextTrainSummary,
     TrainStep,
@@ -85,7 +87,7 @@ INPUT_OPTIONS = {"pairs": "PAIRS", "init": "--init", "nouns": "--nouns"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm IMAGENET_DEFAULT_MEAN / STD, the reference's Normalize
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # settings a resumed run may change (how often it logs and saves); every other must match the checkpoint's
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every")
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "feature_cache")
 
 
 def _family(name: str):
@@ -118,6 +120,9 @@ class PairViews(torch.utils.data.Dataset):
         self.templates = IMAGENET_TEMPLATES if templates == "full" else \
             _family(cfg.family).TEMPLATES[cfg.ZERO_SHOT.templates]
         self.transform = transforms.Compose([
+            # min_scale 1: RandomResizedCrop's own fallback box, drawn from no RNG (its tries could land a pixel off
+            # it by rounding, on about one non-square image in ten): a function of the image alone (the cache's)
+            whole_view(cfg.crop_size) if cfg.min_scale >= 1 else
             transforms.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0)),
             *([transforms.RandomHorizontalFlip()] if cfg.hflip else []),
             transforms.ToTensor(),
@@ -171,10 +176,13 @@ def steps_per_epoch(n: int, batch: int, world: int, where: object = "") -> int:
     return steps
 
 
-def loader(views: PairViews, plan: GlobalBatches, workers: int, pin: bool = False) -> torch.utils.data.DataLoader:
-    """``pin``: page-locked batches (a GPU run), so that their copy to the device does not wait for the host."""
+def loader(views: torch.utils.data.Dataset, plan: GlobalBatches, workers: int, pin: bool = False,
+           collate: Callable | None = None) -> torch.utils.data.DataLoader:
+    """``pin``: page-locked batches (a GPU run), so that their copy to the device does not wait for the host.
+    ``collate``: the cached pairs' (:func:`.cache.as_list`), None for torch's."""
     return torch.utils.data.DataLoader(views, batch_sampler=plan, num_workers=workers if workers > 1 else 0,
-                                       pin_memory=pin, worker_init_fn=functools.partial(die_with_parent, os.getpid()))
+                                       pin_memory=pin and collate is None, collate_fn=collate,
+                                       worker_init_fn=functools.partial(die_with_parent, os.getpid()))
 
 
 def _data_parallel(step: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -356,7 +364,14 @@ def run_train_text(
                 model.load_state_dict(model_state, strict=True)
                 optimizer.load_state_dict(optim_state)
                 start = int(f.meta("iteration"))
-            step = TrainStep(model, gather_ranks if world > 1 else None, fam.forward_train)
+            off = cache_off(fam, cfg)
+            if off and rank == 0:
+                warnings.warn(VplWarning(off), stacklevel=2)
+            cache = None if off is not None else FeatureCache.open(out_dir / CACHE_DIR, {
+                **fam.frozen_identity(model), "crop_size": cfg.crop_size, "min_scale": cfg.min_scale,
+                "numerics": numerics}, rank, world)
+            step = TrainStep(model, gather_ranks if world > 1 else None, fam.forward_train,
+                             fam.forward_train_from if cache is not None else None)
             if world > 1:
                 step = _data_parallel(step, device)
             board = None
@@ -366,8 +381,10 @@ def run_train_text(
                 board = SummaryWriter(str(tensorboard), purge_step=start + 1)
             stop = total if stop_after is None else min(total, stop_after)
             views = PairViews(pairs, tokenize, cfg, find_nouns)
-            batches = loader(views, GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed, start,
-                                                  stop), runtime.loader_workers(device.type), pin=device.type == "cuda")
+            batches = loader(views if cache is None else CachedPairs(views, cache),
+                             GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed, start, stop),
+                             runtime.loader_workers(device.type), pin=device.type == "cuda",
+                             collate=None if cache is None else as_list)
             every = cfg.checkpoint_every or per_epoch
             log_path = out_dir / LOG
             if rank == 0:  # the log of this run: to its checkpoint (a resume), or none (a fresh start)
@@ -377,12 +394,15 @@ def run_train_text(
             first = last = None
             empty_text, t0 = 0, time.perf_counter()
             try:
-                for it, (images, tokens, *keys) in zip(range(start, stop), batches):
+                for it, batch in zip(range(start, stop), batches):
                     torch.manual_seed(_iteration_seed(cfg.seed, it, rank))  # gumbel noise, drop path
                     lr = lr_at(cfg, it, per_epoch)
-                    losses, norm = train_step(step, model, optimizer, images.to(device, non_blocking=True),
-                                              tokens.to(device, non_blocking=True), lr, cfg.clip_grad,
-                                              *(k.to(device, non_blocking=True) for k in keys))
+                    if cache is not None:  # the frozen side's features, read back or computed (and kept) now
+                        images, tokens, keys = cache.features(batch, functools.partial(fam.frozen_features, model),
+                                                              device), None, ()
+                    else:
+                        images, tokens, *keys = (t.to(device, non_blocking=True) for t in batch)
+                    losses, norm = train_step(step, model, optimizer, images, tokens, lr, cfg.clip_grad, *keys)
                     n = it + 1
                     record: dict[str, Any] = {"iter": n}
                     if n % cfg.log_every == 0 or n == stop or n == start + 1:

@@ -42,14 +42,20 @@ class TrainStep(torch.nn.Module):
     """``forward(images, tokens) -> losses``: the family's ``forward_train`` as a module's forward, so that DDP's
     forward hooks (unused parameters, gradient sync) run as around the reference's ``model(**samples)``.
     ``forward_train``: the family's hook (:meth:`TextSegFamily.forward_train`); None: the model's own
-    ``forward_train`` method (PGSeg's, which the hook calls)."""
+    ``forward_train`` method (PGSeg's, which the hook calls). ``forward_from``: the family's
+    :meth:`FrozenSide.forward_train_from`, run when ``images`` is a dict of its frozen features (``tokens`` None)."""
 
     def __init__(self, model: torch.nn.Module, gather: Callable[[Tensor], Tensor] | None,
-                 forward_train: Callable[..., dict[str, Tensor]] | None = None):
+                 forward_train: Callable[..., dict[str, Tensor]] | None = None,
+                 forward_from: Callable[..., dict[str, Tensor]] | None = None):
         super().__init__()
-        self.model, self.gather, self.forward_train = model, gather, forward_train
+        self.model, self.gather, self.forward_train, self.forward_from = model, gather, forward_train, forward_from
 
-    def forward(self, images: Tensor, tokens: Tensor, keys: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, images: Tensor | dict[str, Tensor], tokens: Tensor | None,
+                keys: Tensor | None = None) -> dict[str, Tensor]:
+        if isinstance(images, dict):  # the frozen side's features (the feature cache): the family's forward_train_from
+            assert self.forward_from is not None, "features given to a step without forward_train_from"
+            return self.forward_from(self.model, images, gather=self.gather, keys=keys)
         if self.forward_train is None:
             return self.model.forward_train(images, tokens, gather=self.gather, keys=keys)
         return self.forward_train(self.model, images, tokens, gather=self.gather, keys=keys)
@@ -82,10 +88,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TextTrainConfig) -> torch.optim.
                              betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
 
 
-def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
-               tokens: Tensor, lr: float, clip_grad: float | None,
+def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               images: Tensor | dict[str, Tensor], tokens: Tensor | None, lr: float, clip_grad: float | None,
                keys: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
-    """One iteration of the reference's loop on a batch already on the device: ``losses = step(images, tokens)``,
+    """One iteration of the reference's loop on a batch already on the device: ``losses = step(images, tokens)``
+    (or ``step(features, None)``, the frozen side's features: :mod:`.cache`),
     backward, the gradient norm clipped to ``clip_grad`` (None / 0: measured only), AdamW at rate ``lr``. Returns
     the losses and the norm as tensors: nothing here waits for the device (the caller reads them when it logs)."""
     for group in optimizer.param_groups:

@@ -77,7 +77,8 @@ def load_talk2dino(path: str | Path, device: Any = "cpu") -> Talk2DINO:
 
 
 class Talk2DINOFamily:
-    """Talk2DINO as a text-supervised family (every hook of ``TextSegFamily``, nothing else public)."""
+    """Talk2DINO as a text-supervised family (every hook of ``TextSegFamily`` and of ``FrozenSide``, nothing else
+    public)."""
 
     name = "talk2dino"
     TrainConfig = Talk2DINOTrainConfig
@@ -165,6 +166,36 @@ class Talk2DINOFamily:
 
     def for_ranks(self, model: Talk2DINO) -> Talk2DINO:
         return model
+
+    # FrozenSide: the DINO and the CLIP are frozen and read the same view each epoch (the trainer caches them)
+    def frozen_identity(self, model: Talk2DINO) -> dict[str, Any]:
+        cfg = model.cfg
+        return {"family": self.name, "dino_model": cfg.dino_model, "dino_pos_resize": cfg.dino_pos_resize,
+                "dino": cfg.dino_digest or _values_digest(model.dino.model), "clip_model": cfg.clip_model,
+                "clip": cfg.clip_digest or _values_digest(model.clip.model), "resize_dim": cfg.resize_dim,
+                "dtype": str(next(model.dino.model.parameters()).dtype).removeprefix("torch.")}
+
+    def frozen_features(self, model: Talk2DINO, images: torch.Tensor, tokens: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        return model.frozen_features(images, tokens)
+
+    def forward_train_from(self, model: Talk2DINO, features: dict[str, torch.Tensor],
+                           gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                           keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return {"loss": model.forward_from(features, gather)["loss"]}
+
+
+def _values_digest(module: torch.nn.Module) -> str:
+    """``values:<sha256>`` of a module's parameters and buffers (names, dtypes, shapes, bytes): the identity of
+    weights no file names (a tag's download, seeded random weights), read once per run (~0.3 s for a ViT-B)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "values:" + h.hexdigest()
 
 
 FAMILY = register_text_family(Talk2DINOFamily())

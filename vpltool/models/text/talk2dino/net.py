@@ -98,16 +98,30 @@ class Talk2DINO(nn.Module):
         return head_embeddings(*self.dino_features(pixels))
 
     # ---------------------------------------------------------------------------------------------- training
-    def forward_train(self, images: Tensor, tokens: Tensor, gather: Callable[[Tensor], Tensor] | None = None,
-                      keys: Tensor | None = None) -> dict[str, Tensor]:
-        """One batch of pairs -> ``{"loss", "heads"}`` (:func:`~.model.talk2dino_loss`). ``images``: ``[b, 3, S,
-        S]`` normalised (the family's train view), ``tokens``: ``[b, L]`` int64 captions; ``gather``: the cross-rank
-        all-gather under torchrun (this rank's index from torch.distributed). ``keys``: unused (another family's)."""
+    @torch.no_grad()
+    def frozen_features(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        """What the frozen DINO and CLIP make of a batch of pairs, the same at every epoch (the reference extracts it
+        once, ``dino_extraction_v2.py``): ``images`` ``[b, 3, S, S]`` normalised, ``tokens`` ``[b, L]`` int64 ->
+        ``{"text": [b, text_dim], "heads": [b, H, dino_dim]}`` float32 (the CLIP's ``encode_text``, the per-head
+        image embeddings)."""
+        return {"text": self.text_features(tokens), "heads": self.train_features(images)}
+
+    def forward_from(self, features: dict[str, Tensor], gather: Callable[[Tensor], Tensor] | None = None
+                     ) -> dict[str, Tensor]:
+        """The loss from :meth:`frozen_features`' output (computed now or read back): ``{"loss", "heads"}``
+        (:func:`~.model.talk2dino_loss`); the projection is the only part with gradients. ``gather``: the
+        cross-rank all-gather under torchrun (this rank's index from torch.distributed)."""
         import torch.distributed as dist
 
         rank = dist.get_rank() if gather is not None and dist.is_initialized() else 0
-        text = self.project_text(self.text_features(tokens))
-        return talk2dino_loss(text, self.train_features(images), gather, rank)
+        return talk2dino_loss(self.project_text(features["text"]), features["heads"], gather, rank)
+
+    def forward_train(self, images: Tensor, tokens: Tensor, gather: Callable[[Tensor], Tensor] | None = None,
+                      keys: Tensor | None = None) -> dict[str, Tensor]:
+        """One batch of pairs -> ``{"loss", "heads"}``: :meth:`forward_from` of :meth:`frozen_features` (one path, so
+        that a step from cached features is this step bit for bit). ``images``: ``[b, 3, S, S]`` normalised (the
+        family's train view), ``tokens``: ``[b, L]`` int64 captions. ``keys``: unused (another family's)."""
+        return self.forward_from(self.frozen_features(images, tokens), gather)
 
     def forward(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
         return self.forward_train(images, tokens)
