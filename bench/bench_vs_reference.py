@@ -32,6 +32,7 @@ other work: its load average is recorded before and after each method.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -53,6 +54,8 @@ CLONES = {"talk2dino": "Talk2DINO", "dinov2": "dinov2", "corrclip": "CorrCLIP", 
 DINO_B = {"name": "dinov2_vitb14_reg", "width": 768, "heads": 12, "timm": "vit_base_patch14_reg4_dinov2",
           "img_size": 518, "patch_size": 14, "depth": 12, "registers": 4, "antialias": True, "offset": 0.0}
 T2D_SIDE = 448  # Talk2DINO's train view (resize_dim / crop_dim)
+T2D_STEPS = 20  # (b): training steps a unit, so that a unit's CPU-seconds are well above the clock's noise
+T2D_EPOCHS = 3  # (c): the whole short run's epochs
 SEG = {"short_side": 336, "slide_crop": 336, "slide_stride": 112}  # both references' configs/cfg_voc21.py
 PRE = {"mean": [122.771, 116.746, 104.094], "std": [68.501, 66.632, 70.323], "bgr_to_rgb": True}  # their own
 MODEL = "ViT-B-16-quickgelu"
@@ -76,7 +79,9 @@ def query_rows(path: Path) -> tuple[list[str], list[int]]:
 
 
 # ------------------------------------------------------------------------------------------------ vpltool's side
-def talk2dino(work: Path, refs: Path) -> None:
+def _t2d_setup(work: Path, refs: Path) -> tuple:
+    """What the three Talk2DINO units share: the photos, the DINO file, the model over the DINO and the toy CLIP,
+    the captions' tokens; the reference's inputs written (``inputs.pt``, ``inputs.json``)."""
     import talk2dino_parity as tp
     import torch
 
@@ -84,7 +89,6 @@ def talk2dino(work: Path, refs: Path) -> None:
     from vpltool.models.backbones.loading import ModelSpec
     from vpltool.models.registry import load_model
     from vpltool.models.text.talk2dino import build_model, config_for
-    from vpltool.models.text.talk2dino.training import make_optimizer
 
     files = tp.photos(work / "photos")
     dino_file, hub_state = tp.dino_weights(work, DINO_B)
@@ -102,8 +106,17 @@ def talk2dino(work: Path, refs: Path) -> None:
               "lr": tp.LR, "resize_dim": T2D_SIDE}
     torch.save(inputs, work / "inputs.pt")
     write_inputs(work, {"inputs": str(work / "inputs.pt"), "clone": str(clone(refs, "talk2dino")),
-                        "work": str(work / "ref")})
-    tokens = torch.stack([table[c] for c in tp.CAPTIONS])
+                        "work": str(work / "ref"), "steps": T2D_STEPS, "epochs": T2D_EPOCHS})
+    return tp, files, dino_file, model, torch.stack([table[c] for c in tp.CAPTIONS])
+
+
+def talk2dino(work: Path, refs: Path) -> None:
+    """(a) the DINO's features made in the step: ``train_view`` of the files, ``forward_train``, backward, Adam."""
+    import torch
+
+    from vpltool.models.text.talk2dino.training import make_optimizer
+
+    tp, files, _, model, tokens = _t2d_setup(work, refs)
     optimizer = make_optimizer(model, tp.LR)
 
     def unit():
@@ -114,6 +127,86 @@ def talk2dino(work: Path, refs: Path) -> None:
         out["loss"].backward()
         optimizer.step()
         return {"loss": float(out["loss"])}
+
+    serve(unit)
+
+
+def _t2d_pairs(work: Path, files: list[Path], captions) -> Path:
+    """The photos as a pairs folder (``captions.json``), ids in the photos' order."""
+    folder = work / "pairs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        if not (folder / p.name).exists():
+            (folder / p.name).symlink_to(p.resolve())
+    (folder / "captions.json").write_text(json.dumps({p.stem: c for p, c in zip(files, captions)}))
+    return folder
+
+
+def talk2dino_step(work: Path, refs: Path) -> None:
+    """(b) the training step proper, :data:`T2D_STEPS` of them a unit, on features kept by the feature cache:
+    each step the stage's own path, its loader reading the 6 pairs' entries from disk (``CachedPairs``), the
+    cache's batch (``FeatureCache.features``), ``train_step`` (``forward_train_from``, backward, AdamW with no
+    weight decay: Adam). The entries are made once, before the timing, from the reference's view (``train_view``)
+    in one batch, so that both sides step on the same features."""
+    import torch
+
+    from vpltool.data.pairs import open_pairs
+    from vpltool.models.text.family import text_family
+    from vpltool.stages.train_text import PairViews, TrainStep, loader, make_optimizer, train_step
+    from vpltool.stages.train_text.cache import CachedPairs, FeatureCache, as_list
+
+    tp, files, _, model, tokens = _t2d_setup(work, refs)
+    fam = text_family("talk2dino")
+    cfg = fam.TrainConfig(batch_size=len(files), crop_size=T2D_SIDE, lr=tp.LR, warmup_lr=tp.LR, min_lr=tp.LR)
+    pairs = open_pairs(_t2d_pairs(work, files, tp.CAPTIONS))
+    cache = FeatureCache(work / "cache", fam.frozen_identity(model))
+    made = model.frozen_features(torch.stack([tp.train_view(p, T2D_SIDE) for p in files]), tokens)
+    for i, pair in enumerate(pairs.pairs):
+        cache.write(cache.key(pair.image_bytes(), tokens[i]), {k: v[i] for k, v in made.items()})
+    cached = CachedPairs(PairViews(pairs, model.clip.tokenizer, cfg), cache)
+    step = TrainStep(model, None, fam.forward_train, fam.forward_train_from)
+    optimizer = make_optimizer(model, cfg)
+    compute = functools.partial(fam.frozen_features, model)
+    plan = [[(i, 0) for i in range(len(files))]] * T2D_STEPS
+
+    def unit():
+        losses = []
+        for batch in loader(cached, plan, 1, collate=as_list):
+            assert all(item.features is not None for item in batch), "a pair not read from the cache"
+            out, _ = train_step(step, model, optimizer, cache.features(batch, compute, torch.device("cpu")), None,
+                                tp.LR, 0.0, measure=False)  # a step that is not logged: no gradient norm
+            losses.append(out["loss"].item())
+        return {"loss": torch.mean(torch.tensor(losses)).item()}  # as the reference's train() returns it
+
+    serve(unit)
+
+
+def talk2dino_run(work: Path, refs: Path) -> None:
+    """(c) a whole short run: ``run_train_text`` of the 6 pairs, batch 6, :data:`T2D_EPOCHS` epochs, into a new
+    folder each unit (the first epoch makes the cache, the others read it), its checkpoints and records written;
+    the DINO and the CLIP loaded once by the process (the family keeps them, as the reference keeps its model).
+    Its view is the stage's (the whole photo squeezed to 448 px, bilinear), not the reference's centre crop: the
+    same work, other pixels, so the losses are not compared."""
+    import shutil
+
+    from vpltool.config import RuntimeConfig
+    from vpltool.models.text.family import text_family
+    from vpltool.stages.train_text import run_train_text
+
+    tp, files, dino_file, _, _ = _t2d_setup(work, refs)
+    cfg = text_family("talk2dino").TrainConfig(
+        batch_size=len(files), epochs=T2D_EPOCHS, crop_size=T2D_SIDE, dino_model=DINO_B["timm"],
+        dino_weights=str(dino_file), clip_model="vpltool-toy", clip_pretrained="none", log_every=1)
+    pairs = _t2d_pairs(work, files, tp.CAPTIONS)
+    runs = [0]
+
+    def unit():
+        out = work / f"run{runs[0] % 2}"
+        runs[0] += 1
+        shutil.rmtree(out, ignore_errors=True)
+        s = run_train_text(pairs, out, cfg, RuntimeConfig(device="cpu", workers=1))
+        assert len(list((out / "cache").glob("*/*.safetensors"))) == len(files)
+        return {"loss": s.loss}
 
     serve(unit)
 
@@ -189,7 +282,8 @@ def proxyclip(work: Path, refs: Path) -> None:
     serve(unit)
 
 
-WORKERS = {"talk2dino": talk2dino, "corrclip": corrclip, "proxyclip": proxyclip}
+WORKERS = {"talk2dino": talk2dino, "talk2dino_step": talk2dino_step, "talk2dino_run": talk2dino_run,
+           "corrclip": corrclip, "proxyclip": proxyclip}
 
 
 def write_inputs(work: Path, d: dict) -> None:
@@ -200,7 +294,9 @@ def write_inputs(work: Path, d: dict) -> None:
 def compare(method: str, ours: dict, ref: dict) -> dict:
     """The last unit's outputs of both sides: max |Δ| of the logits and the share of equal labels (segmentors),
     the losses (Talk2DINO: the same number of steps taken on each side)."""
-    if method == "talk2dino":
+    if method == "talk2dino_run":  # other views of the photos (the module's docstring): the losses are not compared
+        return {"loss": ours["loss"], "loss_reference": ref["loss"]}
+    if method.startswith("talk2dino"):
         return {"loss": ours["loss"], "loss_reference": ref["loss"], "loss_abs_diff": abs(ours["loss"] - ref["loss"])}
     logits = ref["logits"].reshape(ours["logits"].shape)
     return {"input_max_abs_diff": float((ours["input"] - ref["input"]).abs().max()),
@@ -244,10 +340,54 @@ def measure(method: str, args) -> dict:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-UNITS = {"talk2dino": f"one training step of 6 photos at {T2D_SIDE} px (DINOv2 ViT-B/14 reg4, 12 blocks; the "
+UNITS = {"talk2dino": f"(a) one training step of 6 photos at {T2D_SIDE} px (DINOv2 ViT-B/14 reg4, 12 blocks; the "
                       "toy CLIP's text tower): extraction or forward, loss, backward, Adam",
+         "talk2dino_step": f"(b) {T2D_STEPS} training steps proper of the 6 photos' features (extracted once): the "
+                           "reference's train() on its saved features; vpltool's train-text step reading them from its "
+                           "feature cache on disk: loss, backward, Adam",
+         "talk2dino_run": f"(c) a whole short run, {T2D_EPOCHS} epochs of the 6 photos at batch 6: the reference's "
+                          "extraction once, the captions' features once, then train() per epoch; vpltool's "
+                          "run_train_text into a new folder (the first epoch fills the feature cache, the others read "
+                          "it; checkpoints and records written)",
          "corrclip": "one photo (375x500, input 336x448, windows 336/112), random ViT-B/16 and DINO ViT-B/8",
          "proxyclip": "one photo (375x500, input 336x448, windows 336/112), random ViT-B/16 and DINO ViT-B/8"}
+
+
+def roofline(cpu: dict, threads: int) -> dict:
+    """The floor under unit (a) on this CPU: the DINO's forward FLOPs (its GEMMs: the patch embedding, each block's
+    qkv, projection and MLP, the attention's q·kᵀ and ·v per image and head), each shape timed as one torch
+    ``mm`` / ``bmm`` in fp32 on ``threads`` thread(s) (best of 3), their sum the time those FLOPs take at this
+    machine's own sgemm speed; and the FLOPs over each side's median CPU-seconds (``cpu``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    d, depth, heads, grid = DINO_B["width"], DINO_B["depth"], DINO_B["heads"], (T2D_SIDE // DINO_B["patch_size"]) ** 2
+    n, b = 1 + DINO_B["registers"] + grid, 6
+    m = b * n
+    shapes = {"patch_embed": (1, b * grid, 3 * DINO_B["patch_size"] ** 2, d, 1), "qkv": (1, m, d, 3 * d, depth),
+              "attn_proj": (1, m, d, d, depth), "mlp_fc1": (1, m, d, 4 * d, depth), "mlp_fc2": (1, m, 4 * d, d, depth),
+              "q_kT": (b * heads, n, d // heads, n, depth), "attn_v": (b * heads, n, n, d // heads, depth)}
+    rows, total_flop, total_s = {}, 0.0, 0.0
+    for name, (batch, rows_, inner, cols, times) in shapes.items():
+        x, w = torch.randn(batch, rows_, inner), torch.randn(batch, inner, cols)
+        best = float("inf")
+        for _ in range(3):
+            t = time.process_time()
+            torch.bmm(x, w) if batch > 1 else torch.mm(x[0], w[0])
+            best = min(best, time.process_time() - t)
+        flop = 2.0 * batch * rows_ * inner * cols
+        rows[name] = {"shape": [batch, rows_, inner, cols], "per_forward": times, "gflop": round(flop * times / 1e9, 2),
+                      "gflops_per_s": round(flop / best / 1e9, 1)}
+        total_flop += flop * times
+        total_s += best * times
+    floor = total_s
+    return {"what": "the DINO forward's GEMMs at this CPU's own fp32 speed (torch mm/bmm, best of 3, CPU-seconds, "
+                    f"{threads} thread): the least time unit (a)'s arithmetic takes on either side",
+            "gemms": rows, "tflop_per_forward": round(total_flop / 1e12, 3),
+            "gemm_seconds": round(floor, 3), "gemm_gflops_per_s": round(total_flop / floor / 1e9, 1),
+            "unit_gflops_per_s": {k: round(total_flop / v / 1e9, 1) for k, v in cpu.items()},
+            "gemm_share_of_unit": {k: round(floor / v, 3) for k, v in cpu.items()},
+            "least_ratio_on_this_arithmetic": round(floor / cpu["reference"], 3)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
         WORKERS[args.worker](args.work, args.refs)
         return
     methods = {m: measure(m, args) for m in args.methods.split(",")}
+    if "talk2dino" in methods:
+        methods["talk2dino"]["roofline"] = roofline(methods["talk2dino"]["cpu_seconds_median"], args.threads)
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
     print(json.dumps({"benchmark": "vs-reference", "what": "vpltool / the reference's own code, CPU-seconds of the "
                       "same unit of work, same weights and inputs, fp32, alternating pairs, medians",

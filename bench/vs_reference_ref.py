@@ -32,7 +32,11 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "parity")]
 from sidebyside import claim_stdout, serve  # noqa: E402
 
 
-def talk2dino(inp: dict) -> None:
+def _t2d_setup(inp: dict) -> tuple:
+    """What the three Talk2DINO units share: the stubs, the hub DINOv2 (its slip's second call cached), the image
+    folder and annotation file the extraction reads, the projection, the loss and Adam; -> ``(extract() ->
+    [6, H, C] features, encode() -> [6, text_dim] caption features, train(samples) -> mean loss, samples(feats,
+    ann))``."""
     import talk2dino_ref_runner as runner
     import torch
     from torch.utils.data import DataLoader
@@ -73,19 +77,62 @@ def talk2dino(inp: dict) -> None:
     criterion = ContrastiveLoss(model, ltype="infonce")
     optimizer = optim.Adam(model.parameters(), lr=inputs["lr"])
 
-    def unit():
+    def extract():
         hub.blocks[-1].attn.qkv._forward_hooks.clear()  # the extraction registers its hook again on each call
         last.clear()
         ext.run_dinov2_extraction(inputs["dino"]["name"], str(work), str(work / "ann.pth"), len(inputs["photos"]),
                                   inputs["resize_dim"], inputs["resize_dim"], str(work / "features.pth"),
                                   extract_disentangled_self_attn=True)
         saved = torch.load(work / "features.pth", weights_only=False)
-        feats = torch.stack([im["disentangled_self_attn"] for im in saved["images"]])
+        return torch.stack([im["disentangled_self_attn"] for im in saved["images"]])
+
+    def encode():
         with torch.no_grad():
-            ann = clip_model.encode_text(clip.tokenize(inputs["captions"]))
-        samples = [{"annotation": ann[i], "image": feats[i]} for i in range(len(feats))]
-        loss = train(model, DataLoader(samples, batch_size=len(samples), shuffle=False), criterion, optimizer)
-        return {"loss": loss, "features": feats}
+            return clip_model.encode_text(clip.tokenize(inputs["captions"]))
+
+    def fit(samples, batches=1):
+        return train(model, DataLoader(samples * batches, batch_size=len(samples), shuffle=False), criterion,
+                     optimizer)
+
+    def samples(feats, ann):
+        return [{"annotation": ann[i], "image": feats[i]} for i in range(len(feats))]
+
+    return extract, encode, fit, samples
+
+
+def talk2dino(inp: dict) -> None:
+    """(a) extraction, the captions' features, one step."""
+    extract, encode, fit, samples = _t2d_setup(inp)
+
+    def unit():
+        feats = extract()
+        return {"loss": fit(samples(feats, encode())), "features": feats}
+
+    serve(unit)
+
+
+def talk2dino_step(inp: dict) -> None:
+    """(b) the training step proper: ``train`` over ``steps`` batches of the features extracted once (train.py
+    trains on the saved file and the captions' saved ``ann_feats``)."""
+    extract, encode, fit, samples = _t2d_setup(inp)
+    batch = samples(extract(), encode())
+
+    def unit():
+        return {"loss": fit(batch, inp["steps"])}
+
+    serve(unit)
+
+
+def talk2dino_run(inp: dict) -> None:
+    """(c) a whole short run: the extraction once, the captions' features once, then ``epochs`` calls of
+    ``train`` (one batch each: train.py's epochs)."""
+    extract, encode, fit, samples = _t2d_setup(inp)
+
+    def unit():
+        batch = samples(extract(), encode())
+        for _ in range(inp["epochs"]):
+            loss = fit(batch)
+        return {"loss": loss}
 
     serve(unit)
 
@@ -179,7 +226,8 @@ def proxyclip(inp: dict) -> None:
         serve(unit)
 
 
-UNITS = {"talk2dino": talk2dino, "corrclip": corrclip, "proxyclip": proxyclip}
+UNITS = {"talk2dino": talk2dino, "talk2dino_step": talk2dino_step, "talk2dino_run": talk2dino_run,
+         "corrclip": corrclip, "proxyclip": proxyclip}
 
 
 def main() -> None:

@@ -998,6 +998,44 @@ def _talk2dino_dino_missing(ws: Workspace) -> Iterator[list[object]]:
            f"dino_weights={ws.root / 'gone_dino.safetensors'}", "--batch-size", "2", *CPU]
 
 
+def _talk2dino_cached_run(ws: Workspace, name: str) -> tuple[Path, Path, list[str]]:
+    """A finished `train-text --family talk2dino --recipe demo` run whose feature cache holds the 4 pairs' entries:
+    (its pairs, its folder, the arguments that run it again over the folder)."""
+    pairs, out = _pairs_folder(ws, "pairs_t2d"), ws.out(name)
+    args = ["train-text", pairs, "--family", "talk2dino", "--recipe", "demo", "-o", out, "--batch-size", "2",
+            "--crop-size", "32", "--workers", "1", *CPU]
+    cli_ok(*args)
+    return pairs, out, [*args, "--overwrite"]
+
+
+@case("train-text --family talk2dino over a run folder whose feature-cache entry has a flipped byte in its tensors "
+      "(cache/<kk>/<key>.safetensors)", "a damaged feature-cache entry (its tensors do not match their checksum); "
+      "not used: its pair's features are computed again", exit_code=0, leaves=("t2d_cache/*",))
+def _talk2dino_cache_entry_damaged(ws: Workspace) -> Iterator[list[object]]:
+    _, out, again = _talk2dino_cached_run(ws, "t2d_cache")
+    entry = sorted((out / "cache").glob("*/*.safetensors"))[0]
+    data = bytearray(entry.read_bytes())
+    data[-1] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    yield again
+
+
+@case("train-text --family talk2dino over a run folder whose feature cache was made by another DINO (--set "
+      "dino_weights= other bytes)", "a feature cache made dino sha256:", "not used: it is cleared and made again",
+      exit_code=0, leaves=("t2d_cache_dino/*", "-t2d_cache_dino/cache/*"))
+def _talk2dino_cache_other_dino(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import load_file, save_file
+
+    from vpltool.models.text.talk2dino import Talk2DINOTrainConfig
+
+    _, _, again = _talk2dino_cached_run(ws, "t2d_cache_dino")
+    dino = ws.root / "dino_t2d_cache.safetensors"
+    state = load_file(Talk2DINOTrainConfig.RECIPES["demo"]["dino_weights"])
+    state["cls_token"] = state["cls_token"] + 0.5
+    save_file(state, str(dino))
+    yield [*again, "--set", f"dino_weights={dino}"]
+
+
 def _features_then_new_weights(ws: Workspace) -> tuple[Path, Path, Path]:
     """``extract`` and ``text-prototypes`` with a local-dir CLIP, then its weights replaced (made once)."""
     clip, features, text = ws.root / "clip_stages", ws.root / "features_local", ws.root / "text_local.safetensors"

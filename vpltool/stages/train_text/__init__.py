@@ -402,10 +402,12 @@ def run_train_text(
                                                               device), None, ()
                     else:
                         images, tokens, *keys = (t.to(device, non_blocking=True) for t in batch)
-                    losses, norm = train_step(step, model, optimizer, images, tokens, lr, cfg.clip_grad, *keys)
                     n = it + 1
+                    logged = n % cfg.log_every == 0 or n == stop or n == start + 1
+                    losses, norm = train_step(step, model, optimizer, images, tokens, lr, cfg.clip_grad, *keys,
+                                              measure=logged)
                     record: dict[str, Any] = {"iter": n}
-                    if n % cfg.log_every == 0 or n == stop or n == start + 1:
+                    if logged:
                         got, no_rows = shown_losses(_mean_losses(losses, world), model_cfg)
                         empty_text += no_rows
                         if diverged(got, float(norm)):

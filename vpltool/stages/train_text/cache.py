@@ -15,7 +15,7 @@ of the uncached step bit for bit (``tests/test_talk2dino_cache.py``).
 * Identity (``cache/_cache.json``): the family's ``frozen_identity`` (its backbones' names and the digests of their
   bytes, the dtype) and the view (``crop_size``, ``min_scale``) and numerics mode; a cache made under another one
   (another DINO, another precision) is not read: it is cleared with one warning and made again. Each entry repeats
-  the identity's digest and a sha256 of its tensors: a damaged or foreign entry is never used; its pair is computed
+  the identity's digest and a CRC-32 of its tensors: a damaged or foreign entry is never used; its pair is computed
   again (one warning naming the file) and the entry rewritten.
 * torchrun: every rank computes and writes the pairs of its own share (one pair is in one rank's share of an
   epoch); rank 0 alone writes the identity, before any rank reads.
@@ -27,6 +27,7 @@ import hashlib
 import json
 import shutil
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -96,7 +97,8 @@ class FeatureCache:
             if old is not None and (not isinstance(old, dict) or old.get("digest") != cache.digest):
                 was = old.get("identity", {}) if isinstance(old, dict) else {}
                 was = was if isinstance(was, dict) else {}
-                said = [f"{k} {was.get(k)} there, {v} here" for k, v in cache.identity.items() if was.get(k) != v]
+                said = [f"{k} {_short(was.get(k))} there, {_short(v)} here" for k, v in cache.identity.items()
+                        if was.get(k) != v]
                 warnings.warn(VplWarning(
                     f"{cache.folder}: a feature cache made {'; '.join(said[:3]) if said else 'unreadably'}; not "
                     "used: it is cleared and made again"), stacklevel=2)
@@ -139,7 +141,7 @@ class FeatureCache:
             return None, f"not a safetensors file ({type(e).__name__})"
         if meta.get("identity") != self.digest or meta.get("key") != key:
             return None, "made under another identity"
-        if meta.get("sha256") != _tensors_digest(features):
+        if meta.get("crc32") != _tensors_digest(features):
             return None, "its tensors do not match their checksum"
         return features, None
 
@@ -147,7 +149,7 @@ class FeatureCache:
         from safetensors.torch import save
 
         rows = {k: v.detach().cpu().contiguous() for k, v in features.items()}
-        meta = {"identity": self.digest, "key": key, "sha256": _tensors_digest(rows), "format": str(FORMAT)}
+        meta = {"identity": self.digest, "key": key, "crc32": _tensors_digest(rows), "format": str(FORMAT)}
         path = self.path(key)
         with io.atomic_path(path) as tmp:
             tmp.write_bytes(save(rows, metadata=meta))
@@ -185,14 +187,18 @@ class CachedPairs(torch.utils.data.Dataset):
 
     def __init__(self, views: Any, cache: FeatureCache):
         self.views, self.cache = views, cache
+        # each pair's key, made on its first read in this process: its image's bytes are the run's input, checked
+        # by content when the run started (the run's record), so they are read and hashed once, not every epoch
+        self.keys: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.views)
 
     def __getitem__(self, key: tuple[int, int]) -> Item:
-        pair = self.views.pairs[key[0]]
-        tokens = self.views.tokenize([pair.caption])[0]
-        name = self.cache.key(pair.image_bytes(), tokens)
+        name = self.keys.get(key[0])
+        if name is None:
+            pair = self.views.pairs[key[0]]
+            name = self.keys[key[0]] = self.cache.key(pair.image_bytes(), self.views.tokenize([pair.caption])[0])
         features, problem = self.cache.read(name)
         if features is not None:
             return Item(name, features, None, None, None)
@@ -200,13 +206,21 @@ class CachedPairs(torch.utils.data.Dataset):
         return Item(name, None, image, tokens, problem)
 
 
+def _short(value: Any) -> Any:
+    """A digest cut to 12 hex digits for a message (``sha256:6a453bd66501…``)."""
+    text = str(value)
+    return text[:text.index(":") + 13] + "…" if text.startswith(("sha256:", "values:")) else value
+
+
 def _tensors_digest(tensors: dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
+    """A CRC-32 of the tensors' names, dtypes, shapes and bytes: damage on disk is what it catches (a flipped byte,
+    a cut file), not a forger; read at every epoch, so the cheap one (a tenth of sha256's time)."""
+    crc = 0
     for name in sorted(tensors):
         t = tensors[name].contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+        crc = zlib.crc32(f"{name}:{t.dtype}:{tuple(t.shape)};".encode(), crc)
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
 
 
 __all__ = ["CACHE_DIR", "FeatureCache", "CachedPairs", "Item", "as_list", "cache_off"]

@@ -90,20 +90,23 @@ def make_optimizer(model: torch.nn.Module, cfg: TextTrainConfig) -> torch.optim.
 
 def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                images: Tensor | dict[str, Tensor], tokens: Tensor | None, lr: float, clip_grad: float | None,
-               keys: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
+               keys: Tensor | None = None, measure: bool = True) -> tuple[dict[str, Tensor], Tensor | None]:
     """One iteration of the reference's loop on a batch already on the device: ``losses = step(images, tokens)``
     (or ``step(features, None)``, the frozen side's features: :mod:`.cache`),
-    backward, the gradient norm clipped to ``clip_grad`` (None / 0: measured only), AdamW at rate ``lr``. Returns
-    the losses and the norm as tensors: nothing here waits for the device (the caller reads them when it logs)."""
+    backward, the gradient norm clipped to ``clip_grad`` (None / 0: measured only, and only with ``measure``: the
+    caller logs this step), AdamW at rate ``lr``. Returns the losses and the norm as tensors (None: not measured):
+    nothing here waits for the device (the caller reads them when it logs)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     step.train()
     losses = step(images, tokens) if keys is None else step(images, tokens, keys)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, clip_grad, foreach=True) if clip_grad \
-        else torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    norm = None
+    if clip_grad or measure:
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad, foreach=True) if clip_grad \
+            else torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     optimizer.step()
     return losses, norm
 
