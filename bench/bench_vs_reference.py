@@ -1,7 +1,8 @@
 """vpltool against each reference's OWN code, side by side on the same weights and inputs (fp32, CPU, one thread);
 prints ONE JSON object.
 
-    python bench/bench_vs_reference.py --refs DIR [--methods talk2dino,corrclip,proxyclip] [--pairs 5] [--work DIR]
+    python bench/bench_vs_reference.py --refs DIR [--methods talk2dino,talk2dino_step,talk2dino_run,corrclip,proxyclip]
+        [--pairs 5] [--work DIR]
 
 ``--refs DIR`` holds the clones the parity runners read (names as :data:`CLONES`): Talk2DINO (lorebianchi98,
 4918c2d) with facebookresearch/dinov2 (b8931f7) as ``dinov2``; CorrCLIP (zdk258, 103bc18); ProxyCLIP (mc-lan,
@@ -11,11 +12,17 @@ Each side is a process of its own, built once (``sidebyside.py``): vpltool's is 
 reference's ``vs_reference_ref.py`` (the clone's code, imports nothing from vpltool). The unit of work, the same on
 both sides:
 
-* ``talk2dino``: one training step of a batch of the 6 parity photos (image files) and their captions: the DINO's
-  training features (a DINOv2 ViT-B/14 with 4 registers, 12 blocks, seeded random weights: Talk2DINO's default
-  ``dinov2_vitb14_reg``; 448-pixel view), the toy CLIP's text features, the loss, its backward and one Adam step.
-  Reference: ``run_dinov2_extraction`` on the files, ``encode_text``, ``train`` on that batch. vpltool:
-  ``train_view`` of the files, ``Talk2DINO.forward_train``, backward, step.
+* ``talk2dino``: (a) one training step of a batch of the 6 parity photos (image files) and their captions: the
+  DINO's training features (a DINOv2 ViT-B/14 with 4 registers, 12 blocks, seeded random weights: Talk2DINO's
+  default ``dinov2_vitb14_reg``; 448-pixel view), the toy CLIP's text features, the loss, its backward and one Adam
+  step. Reference: ``run_dinov2_extraction`` on the files, ``encode_text``, ``train`` on that batch. vpltool:
+  ``train_view`` of the files, ``Talk2DINO.forward_train``, backward, step. With it, the DINO's GEMM roofline
+  (:func:`roofline`): both sides spend the unit in the same DINO arithmetic.
+* ``talk2dino_step``: (b) the training step proper, :data:`T2D_STEPS` steps a unit on features extracted once:
+  the reference's ``train`` over its saved features; vpltool's ``train-text`` step reading them from its feature
+  cache on disk (:func:`talk2dino_step`).
+* ``talk2dino_run``: (c) a whole short run of :data:`T2D_EPOCHS` epochs of the 6 photos at batch 6: the reference's
+  extraction, caption features, then ``train`` per epoch; vpltool's ``run_train_text`` (:func:`talk2dino_run`).
 * ``corrclip`` and ``proxyclip``: one photo (the parity photo 0, 375x500) through the segmentor at its VOC21
   config (short side 336, windows 336 / 112), random ViT-B/16 (one text block) and DINO ViT-B/8 weights, the
   normalised input made once: the reference's ``predict``; vpltool's ``segment_logits`` then the probabilities (and
@@ -354,10 +361,11 @@ UNITS = {"talk2dino": f"(a) one training step of 6 photos at {T2D_SIDE} px (DINO
 
 
 def roofline(cpu: dict, threads: int) -> dict:
-    """The floor under unit (a) on this CPU: the DINO's forward FLOPs (its GEMMs: the patch embedding, each block's
-    qkv, projection and MLP, the attention's q·kᵀ and ·v per image and head), each shape timed as one torch
-    ``mm`` / ``bmm`` in fp32 on ``threads`` thread(s) (best of 3), their sum the time those FLOPs take at this
-    machine's own sgemm speed; and the FLOPs over each side's median CPU-seconds (``cpu``)."""
+    """The floor under unit (a) on this CPU. The DINO's forward FLOPs are its GEMMs (the patch embedding, each
+    block's qkv, projection and MLP, the attention's q·kᵀ and ·v per image and head); each shape is timed as one
+    torch ``mm`` / ``bmm`` in fp32 on ``threads`` thread(s) (best of 3, CPU-seconds). The floor is the FLOPs at the
+    fastest of those speeds (this CPU's sgemm peak as torch reaches it): no side can run the same arithmetic in less.
+    With it: the FLOPs over each side's median CPU-seconds (``cpu``), and the floor over the reference's."""
     import torch
 
     torch.set_num_threads(threads)
@@ -367,7 +375,7 @@ def roofline(cpu: dict, threads: int) -> dict:
     shapes = {"patch_embed": (1, b * grid, 3 * DINO_B["patch_size"] ** 2, d, 1), "qkv": (1, m, d, 3 * d, depth),
               "attn_proj": (1, m, d, d, depth), "mlp_fc1": (1, m, d, 4 * d, depth), "mlp_fc2": (1, m, 4 * d, d, depth),
               "q_kT": (b * heads, n, d // heads, n, depth), "attn_v": (b * heads, n, n, d // heads, depth)}
-    rows, total_flop, total_s = {}, 0.0, 0.0
+    rows, total_flop, peak = {}, 0.0, 0.0
     for name, (batch, rows_, inner, cols, times) in shapes.items():
         x, w = torch.randn(batch, rows_, inner), torch.randn(batch, inner, cols)
         best = float("inf")
@@ -379,14 +387,14 @@ def roofline(cpu: dict, threads: int) -> dict:
         rows[name] = {"shape": [batch, rows_, inner, cols], "per_forward": times, "gflop": round(flop * times / 1e9, 2),
                       "gflops_per_s": round(flop / best / 1e9, 1)}
         total_flop += flop * times
-        total_s += best * times
-    floor = total_s
-    return {"what": "the DINO forward's GEMMs at this CPU's own fp32 speed (torch mm/bmm, best of 3, CPU-seconds, "
-                    f"{threads} thread): the least time unit (a)'s arithmetic takes on either side",
-            "gemms": rows, "tflop_per_forward": round(total_flop / 1e12, 3),
-            "gemm_seconds": round(floor, 3), "gemm_gflops_per_s": round(total_flop / floor / 1e9, 1),
+        peak = max(peak, flop / best)
+    floor = total_flop / peak
+    return {"what": f"the DINO forward's GEMMs, each shape timed alone (torch mm/bmm, fp32, {threads} thread, best "
+                    "of 3, CPU-seconds); the floor: their FLOPs at the fastest speed measured, the least time unit "
+                    "(a)'s arithmetic can take on either side",
+            "gemms": rows, "tflop_per_forward": round(total_flop / 1e12, 3), "peak_gflops_per_s": round(peak / 1e9, 1),
+            "floor_seconds": round(floor, 3),
             "unit_gflops_per_s": {k: round(total_flop / v / 1e9, 1) for k, v in cpu.items()},
-            "gemm_share_of_unit": {k: round(floor / v, 3) for k, v in cpu.items()},
             "least_ratio_on_this_arithmetic": round(floor / cpu["reference"], 3)}
 
 

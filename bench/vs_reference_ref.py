@@ -9,7 +9,9 @@ the parity runners' stand-ins for what a CPU run without its cluster needs (each
   ``Adam``: one step). The model and optimiser persist across units. Stand-in 5 of the runner is kept, with one
   change: the pinned extraction runs the DINO twice per batch (its ``if`` where ``elif`` was meant), and the second
   call returns the first's tokens instead of computing them again (the runner shows they are the same bit for bit),
-  so the reference is timed with the one forward its code means.
+  so the reference is timed with the one forward its code means. ``talk2dino_step``: the extraction and the
+  captions' features once, then per unit ``train`` over ``steps`` batches of them (train.py trains on the saved
+  features). ``talk2dino_run``: per unit the extraction, the captions' features, then ``epochs`` calls of ``train``.
 * ``corrclip``: ``corrclip_ref_runner``'s set-up (``CorrCLIPSegmentation`` of ``configs/cfg_voc21.py``, its
   open_clip in fp32 with the inputs' weights, the hub DINO ViT-B/8 from a clone of facebookresearch/dino, the
   region masks read from their folder). A unit: ``predict`` on one photo's normalised input (mmseg's test pipeline

@@ -497,13 +497,24 @@ def vs_reference_section(d: dict) -> list[str]:
     for method, m in d["methods"].items():
         out = m["outputs"]
         same = (f"loss Δ {num(out['loss_abs_diff'], 2)}" if "loss_abs_diff" in out else
+                "losses not compared (other views of the photos)" if "loss" in out else
                 f"logits Δ {num(out['logits_max_abs_diff'], 2)}, labels {out['labels_equal']:.2%}")
         rows.append([method, m["unit"], num(m["cpu_seconds_median"]["vpltool"]),
                      num(m["cpu_seconds_median"]["reference"]), num(m["ratio_median"]),
                      "met" if m["bar_met"] else "**not met**", same])
-    return [sentence(d.get("shared_machine")), "", *table(
+    lines = [sentence(d.get("shared_machine")), "", *table(
         ["method", "unit of work", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)",
          f"bar ≤ {next(iter(d['methods'].values()))['bar']}", "outputs"], rows, "llrrrll")]
+    for method, m in d["methods"].items():
+        if "roofline" in m:  # the floor under a unit both sides spend in the same GEMMs
+            r = m["roofline"]
+            lines += ["", f"{method}: {sentence(r['what'])} {num(r['tflop_per_forward'])} TFLOP a forward; the "
+                      f"fastest GEMM {num(r['peak_gflops_per_s'])} GFLOP/s, so {num(r['floor_seconds'])} s at least; "
+                      "the unit runs at "
+                      f"{num(r['unit_gflops_per_s']['vpltool'])} (vpltool) and "
+                      f"{num(r['unit_gflops_per_s']['reference'])} (reference) GFLOP/s; the least ratio on this "
+                      f"arithmetic is {num(r['least_ratio_on_this_arithmetic'])}."]
+    return lines
 
 
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),

@@ -44,7 +44,7 @@ FORMAT = 1
 
 
 def cache_off(fam: Any, cfg: Any) -> str | None:
-    """Why a run of ``cfg`` caches nothing (a note to print), ``""`` when there is nothing to say (the knob off, or
+    """Why a run of ``cfg`` caches nothing (a warning to print), ``""`` when there is nothing to say (the knob off, or
     a family that trains its image side), None when it caches."""
     from ...models.text.family import caches_frozen_side
 
@@ -52,7 +52,7 @@ def cache_off(fam: Any, cfg: Any) -> str | None:
         return ""
     multi_label, _, keyed = cfg.noun_prompts()
     if cfg.min_scale < 1 or cfg.hflip or multi_label or keyed:
-        return (f"note: --feature-cache is on but the view is augmented (--min-scale {cfg.min_scale:g}"
+        return (f"--feature-cache is on but the view is augmented (--min-scale {cfg.min_scale:g}"
                 f"{', --hflip' if cfg.hflip else ''}): each epoch sees other pixels, so the frozen features are "
                 "computed at every step")
     return None
