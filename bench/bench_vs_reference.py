@@ -167,20 +167,24 @@ def talk2dino_step(work: Path, refs: Path) -> None:
     cfg = fam.TrainConfig(batch_size=len(files), crop_size=T2D_SIDE, lr=tp.LR, warmup_lr=tp.LR, min_lr=tp.LR)
     pairs = open_pairs(_t2d_pairs(work, files, tp.CAPTIONS))
     cache = FeatureCache(work / "cache", fam.frozen_identity(model))
-    made = model.frozen_features(torch.stack([tp.train_view(p, T2D_SIDE) for p in files]), tokens)
+    image = model.frozen_image_features(torch.stack([tp.train_view(p, T2D_SIDE) for p in files]))
+    text = model.frozen_text_features(tokens)
     for i, pair in enumerate(pairs.pairs):
-        cache.write(cache.key(pair.image_bytes(), tokens[i]), {k: v[i] for k, v in made.items()})
+        ik, tk = cache.keys(pair.image_bytes(), tokens[i])
+        cache.write("image", ik, {k: v[i] for k, v in image.items()})
+        cache.write("text", tk, {k: v[i] for k, v in text.items()})
     cached = CachedPairs(PairViews(pairs, model.clip.tokenizer, cfg), cache)
     step = TrainStep(model, None, fam.forward_train, fam.forward_train_from)
     optimizer = make_optimizer(model, cfg)
-    compute = functools.partial(fam.frozen_features, model)
+    sides = [functools.partial(f, model) for f in (fam.frozen_image_features, fam.frozen_text_features)]
     plan = [[(i, 0) for i in range(len(files))]] * T2D_STEPS
 
     def unit():
         losses = []
         for batch in loader(cached, plan, 1, collate=as_list):
-            assert all(item.features is not None for item in batch), "a pair not read from the cache"
-            out, _ = train_step(step, model, optimizer, cache.features(batch, compute, torch.device("cpu")), None,
+            assert all(it.image_features is not None and it.text_features is not None for it in batch), \
+                "a pair not read from the cache"
+            out, _ = train_step(step, model, optimizer, cache.features(batch, *sides, torch.device("cpu")), None,
                                 tp.LR, 0.0, measure=False)  # a step that is not logged: no gradient norm
             losses.append(out["loss"].item())
         return {"loss": torch.mean(torch.tensor(losses)).item()}  # as the reference's train() returns it
@@ -212,7 +216,7 @@ def talk2dino_run(work: Path, refs: Path) -> None:
         runs[0] += 1
         shutil.rmtree(out, ignore_errors=True)
         s = run_train_text(pairs, out, cfg, RuntimeConfig(device="cpu", workers=1))
-        assert len(list((out / "cache").glob("*/*.safetensors"))) == len(files)
+        assert len(list((out / "cache" / "image").glob("*/*.safetensors"))) == len(files)
         return {"loss": s.loss}
 
     serve(unit)

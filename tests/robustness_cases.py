@@ -1009,11 +1009,11 @@ def _talk2dino_cached_run(ws: Workspace, name: str) -> tuple[Path, Path, list[st
 
 
 @case("train-text --family talk2dino over a run folder whose feature-cache entry has a flipped byte in its tensors "
-      "(cache/<kk>/<key>.safetensors)", "a damaged feature-cache entry (its tensors do not match their checksum); "
-      "not used: its pair's features are computed again", exit_code=0, leaves=("t2d_cache/*",))
+      "(cache/image/<kk>/<key>.safetensors)", "a damaged feature-cache entry (its tensors do not match their "
+      "checksum); not used: its pair's features are computed again", exit_code=0, leaves=("t2d_cache/*",))
 def _talk2dino_cache_entry_damaged(ws: Workspace) -> Iterator[list[object]]:
     _, out, again = _talk2dino_cached_run(ws, "t2d_cache")
-    entry = sorted((out / "cache").glob("*/*.safetensors"))[0]
+    entry = sorted((out / "cache" / "image").glob("*/*.safetensors"))[0]
     data = bytearray(entry.read_bytes())
     data[-1] ^= 0xFF
     entry.write_bytes(bytes(data))

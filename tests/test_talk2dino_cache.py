@@ -5,6 +5,7 @@ used. The toy DINO and toy CLIP on a tiny world."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -57,22 +58,22 @@ def _same(a: dict, b: dict) -> bool:
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _entries(run: Path) -> list[Path]:
-    return sorted((run / "cache").glob("*/*.safetensors"))
+def _entries(run: Path, side: str = "image") -> list[Path]:
+    return sorted((run / "cache" / side).glob("*/*.safetensors"))
 
 
 class _Counting:
-    """The family's frozen_features, counting the pairs it computes."""
+    """The family's frozen_image_features, counting the images it runs the DINO on."""
 
     def __init__(self, monkeypatch):
         self.rows, fam = 0, text_family(FAM)
-        own = type(fam).frozen_features
+        own = type(fam).frozen_image_features
 
-        def counted(this, model, images, tokens):
+        def counted(this, model, images):
             self.rows += images.shape[0]
-            return own(this, model, images, tokens)
+            return own(this, model, images)
 
-        monkeypatch.setattr(type(fam), "frozen_features", counted)
+        monkeypatch.setattr(type(fam), "frozen_image_features", counted)
 
 
 def test_the_step_from_frozen_features_is_the_step_bit_for_bit():
@@ -85,7 +86,8 @@ def test_the_step_from_frozen_features_is_the_step_bit_for_bit():
     for run in ("plain", "cached"):
         model.zero_grad(set_to_none=True)
         out = fam.forward_train(model, images, tokens) if run == "plain" else \
-            fam.forward_train_from(model, fam.frozen_features(model, images, tokens))
+            fam.forward_train_from(model, {**fam.frozen_image_features(model, images),
+                                           **fam.frozen_text_features(model, tokens)})
         out["loss"].backward()
         grads.append((out["loss"].detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     assert torch.equal(grads[0][0], grads[1][0]) and grads[0][0] > 0
@@ -100,8 +102,10 @@ def test_a_cached_run_gives_the_uncached_checkpoint_and_reads_the_cache_after_it
     assert not (tmp_path / "plain" / "cache").exists()
     counting = _Counting(monkeypatch)
     cached = _train(world, tmp_path / "cached")
-    assert counting.rows == 16  # epoch 0's pairs; epoch 1 read them back
-    assert len(_entries(tmp_path / "cached")) == 16
+    assert counting.rows == 16  # epoch 0's images; epoch 1 read them back
+    captions = len(set(json.loads((world / "captions.json").read_text())[p.stem] for p in
+                       (world / "images").glob("train_*.png")))
+    assert len(_entries(tmp_path / "cached")) == 16 and len(_entries(tmp_path / "cached", "text")) == captions
     assert _same(_checkpoint(tmp_path / "plain"), _checkpoint(tmp_path / "cached"))  # model and Adam, 8 steps
     a, b = (text_family(FAM).load_checkpoint(s.model)[1] for s in (plain, cached))
     assert _same(a, b)
@@ -129,7 +133,7 @@ def test_a_damaged_entry_is_named_and_made_again_and_another_dinos_cache_is_clea
     said = [str(w.message) for w in seen if issubclass(w.category, VplWarning)]
     assert any(str(entries[0]) in s and "do not match their checksum" in s and "\n" not in s for s in said), said
     assert any(str(entries[1]) in s and "not a safetensors file" in s for s in said), said
-    assert counting.rows == 2  # those two pairs alone, then rewritten sound
+    assert counting.rows == 2  # those two images alone, then rewritten sound
     assert all(e.read_bytes() != b"not a safetensors file" for e in _entries(run)) and len(_entries(run)) == 16
     # another DINO's bytes: the cache of the old one is not read (cleared with one line), the run is the uncached one
     dino = tmp_path / "dino.safetensors"
@@ -166,8 +170,9 @@ def test_the_frozen_hooks_go_together(monkeypatch):
     toy.install_row(monkeypatch)
 
     class Half(toy.ToyTextFamily):
-        def frozen_features(self, model, images, tokens):
+        def frozen_image_features(self, model, images):
             return {}
 
-    with pytest.raises(TypeError, match="defines frozen_features but not forward_train_from, frozen_identity"):
+    with pytest.raises(TypeError, match="defines frozen_image_features but not forward_train_from, frozen_identity, "
+                                        "frozen_text_features"):
         register_text_family(Half())

@@ -91,7 +91,7 @@ def test_torchrun_two_gloo_ranks_give_one_process_weights(world, tmp_path, one_t
     assert max(gaps.values()) <= 1e-6, gaps  # the same loss summed in another order
     assert io.read_record(io.stage_record_path(tmp_path / "ddp"))["world_size"] == 2
     # each rank kept the frozen features of its own share of the first epoch: every pair once, read in the second
-    assert len(list((tmp_path / "ddp" / "cache").glob("*/*.safetensors"))) == 16
+    assert len(list((tmp_path / "ddp" / "cache" / "image").glob("*/*.safetensors"))) == 16
 
 
 def test_a_resume_over_other_backbone_bytes_under_the_same_names_is_refused(world, tmp_path, one_thread):

@@ -122,22 +122,27 @@ class FrozenSide(Protocol):
     """The optional hooks of a family whose image and text sides are frozen and read unaugmented views (Talk2DINO:
     its DINO and CLIP): their outputs for a pair are the same at every epoch, so the trainer computes them once and
     keeps them in the run folder (:mod:`vpltool.stages.train_text.cache`, ``--feature-cache``). A family defines
-    all three or none (PGSeg, which trains its image side, none). ``b`` pairs, ``S`` the crop side."""
+    all four or none (PGSeg, which trains its image side, none). ``b`` pairs, ``S`` the crop side."""
 
     def frozen_identity(self, model: nn.Module) -> dict[str, Any]:
         """What the frozen features depend on besides the pair, JSON-able: the backbones' names and the digests of
         their bytes (or of their weights' values when no file names them), the view's side, the dtype. A cache
         made under another identity is never read."""
 
-    def frozen_features(self, model: nn.Module, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
-        """``images`` ``[b, 3, S, S]`` float32, ``tokens`` ``[b, L]`` int64 -> named per-pair features, each
-        ``[b, ...]`` float32 on the model's device, no gradients: what :meth:`forward_train_from` reads."""
+    def frozen_image_features(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """``images`` ``[b, 3, S, S]`` float32 -> the frozen image side's named features, each ``[b, ...]`` float32
+        on the model's device, no gradients (kept per image, by its bytes)."""
+
+    def frozen_text_features(self, model: nn.Module, tokens: Tensor) -> dict[str, Tensor]:
+        """``tokens`` ``[b, L]`` int64 -> the frozen text side's named features, each ``[b, ...]`` float32, no
+        gradients (kept per caption, by its tokens); names other than the image side's."""
 
     def forward_train_from(self, model: nn.Module, features: dict[str, Tensor],
                            gather: Callable[[Tensor], Tensor] | None = None,
                            keys: Tensor | None = None) -> dict[str, Tensor]:
-        """:meth:`TextSegFamily.forward_train` from :meth:`frozen_features`' output: the same losses bit for bit
-        (``forward_train(m, x, t) == forward_train_from(m, frozen_features(m, x, t))``)."""
+        """:meth:`TextSegFamily.forward_train` from both sides' features in one dict (computed now or read back):
+        the same losses bit for bit (``forward_train(m, x, t) == forward_train_from(m, {**frozen_image_features(m,
+        x), **frozen_text_features(m, t)})``)."""
 
 
 def _names(proto: type) -> set[str]:

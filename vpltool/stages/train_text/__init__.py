@@ -398,8 +398,8 @@ def run_train_text(
                     torch.manual_seed(_iteration_seed(cfg.seed, it, rank))  # gumbel noise, drop path
                     lr = lr_at(cfg, it, per_epoch)
                     if cache is not None:  # the frozen side's features, read back or computed (and kept) now
-                        images, tokens, keys = cache.features(batch, functools.partial(fam.frozen_features, model),
-                                                              device), None, ()
+                        images, tokens, keys = cache.features(batch, *(functools.partial(f, model) for f in (
+                            fam.frozen_image_features, fam.frozen_text_features)), device), None, ()
                     else:
                         images, tokens, *keys = (t.to(device, non_blocking=True) for t in batch)
                     n = it + 1

@@ -4,14 +4,15 @@ on by default).
 A family whose image and text sides are frozen (:class:`vpltool.models.text.family.FrozenSide`: Talk2DINO's DINO
 and CLIP) and whose view is unaugmented (``min_scale`` 1, no flip, no noun prompts) gets the same features of a pair
 at every epoch; its reference extracts them once (Talk2DINO's ``dino_extraction_v2.py``) and trains on the saved
-file. Here the first epoch computes them in the step as before, and each pair's row is written to
-``OUT/cache/<kk>/<key>.safetensors`` (atomically); a later epoch, or a ``--resume`` after a kill, reads the rows
-back in the DataLoader's workers (one small file per pair, streamed: nothing is held in memory) and skips the
+file. Here the first epoch computes them in the step as before, and each pair's rows are written to
+``OUT/cache/{image,text}/<kk>/<key>.safetensors`` (atomically); a later epoch, or a ``--resume`` after a kill,
+reads them back in the DataLoader's workers (small files, streamed: nothing is held in memory) and skips the
 image's decoding and the backbones. The step is then the family's ``forward_train_from``: the loss and gradients
 of the uncached step bit for bit (``tests/test_talk2dino_cache.py``).
 
-* ``key``: sha256 of the cache's identity, the image's bytes and the caption's token ids: a pair whose image or
-  caption changed is another key.
+* keys: an image's entry (``cache/image/``) is the sha256 of the cache's identity and the image's bytes, a
+  caption's (``cache/text/``) of the identity and its token ids: an image with five captions is kept once, and a
+  pair whose image or caption changed reads other entries.
 * Identity (``cache/_cache.json``): the family's ``frozen_identity`` (its backbones' names and the digests of their
   bytes, the dtype) and the view (``crop_size``, ``min_scale``) and numerics mode; a cache made under another one
   (another DINO, another precision) is not read: it is cleared with one warning and made again. Each entry repeats
@@ -59,14 +60,16 @@ def cache_off(fam: Any, cfg: Any) -> str | None:
 
 
 class Item(NamedTuple):
-    """One pair as the cached loader gives it: its cache ``key`` and either its ``features`` (read back) or its
-    ``image`` ``[3, S, S]`` and ``tokens`` ``[L]`` (to compute), with ``problem`` naming a damaged entry."""
+    """One pair as the cached loader gives it: its entries' keys, each side's features read back (None: to
+    compute), the ``image`` ``[3, S, S]`` when its side is to compute, the ``tokens`` ``[L]`` when the text side
+    is, and ``problems``: a line per damaged entry (never used)."""
 
-    key: str
-    features: dict[str, Tensor] | None
+    keys: tuple[str, str]
+    image_features: dict[str, Tensor] | None
+    text_features: dict[str, Tensor] | None
     image: Tensor | None
     tokens: Tensor | None
-    problem: str | None
+    problems: tuple[str, ...]
 
 
 def as_list(batch: list[Item]) -> list[Item]:
@@ -74,8 +77,13 @@ def as_list(batch: list[Item]) -> list[Item]:
     return batch
 
 
+SIDES = ("image", "text")
+
+
 class FeatureCache:
-    """The cache folder of one run: ``folder`` (``OUT/cache``), the identity's digest ``digest``."""
+    """The cache folder of one run: ``folder`` (``OUT/cache``), the identity's digest ``digest``; entries in
+    ``image/`` (by the image's bytes) and ``text/`` (by the caption's tokens): an image with five captions is kept
+    once."""
 
     def __init__(self, folder: Path, identity: dict[str, Any]):
         self.folder, self.identity = Path(folder), io.jsonable(identity)
@@ -111,26 +119,27 @@ class FeatureCache:
             dist.barrier()
         return cache
 
-    def key(self, image: bytes, tokens: Tensor) -> str:
-        """The entry of a pair: its image's bytes and caption's ``[L]`` int64 token ids under this identity."""
-        h = hashlib.sha256(self.digest.encode())
-        h.update(hashlib.sha256(image).digest())
-        h.update(tokens.to(torch.int64).contiguous().numpy().tobytes())
-        return h.hexdigest()
+    def keys(self, image: bytes, tokens: Tensor) -> tuple[str, str]:
+        """The entries of a pair under this identity: its image's by the image's bytes, its caption's by its
+        ``[L]`` int64 token ids."""
+        ik = hashlib.sha256(f"{self.digest}:image:".encode() + hashlib.sha256(image).digest()).hexdigest()
+        tk = hashlib.sha256(f"{self.digest}:text:".encode() + tokens.to(torch.int64).contiguous().numpy().tobytes())
+        return ik, tk.hexdigest()
 
-    def path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}.safetensors"
+    def path(self, side: str, key: str) -> Path:
+        return self.folder / side / key[:2] / f"{key}.safetensors"
 
-    def read(self, key: str) -> tuple[dict[str, Tensor] | None, str | None]:
-        """``(features, None)`` of a sound entry, ``(None, None)`` when there is none, ``(None, why)`` for a
-        damaged or foreign one (never used)."""
-        path = self.path(key)
+    def read(self, side: str, key: str) -> tuple[dict[str, Tensor] | None, str | None]:
+        """``(features, None)`` of a sound entry, ``(None, None)`` when there is none, ``(None, "PATH: why")`` for
+        a damaged or foreign one (never used)."""
+        path = self.path(side, key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None, None
         except OSError as e:
-            return None, f"unreadable ({e.strerror})"
+            return None, f"{path}: a damaged feature-cache entry (unreadable: {e.strerror})"
+        why = None
         try:
             from safetensors.torch import load
 
@@ -138,72 +147,85 @@ class FeatureCache:
             meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
             features = load(data)
         except Exception as e:  # noqa: BLE001 (any damage reads as one: the entry is made again)
-            return None, f"not a safetensors file ({type(e).__name__})"
-        if meta.get("identity") != self.digest or meta.get("key") != key:
-            return None, "made under another identity"
-        if meta.get("crc32") != _tensors_digest(features):
-            return None, "its tensors do not match their checksum"
+            why = f"not a safetensors file ({type(e).__name__})"
+        else:
+            if meta.get("identity") != self.digest or meta.get("key") != key:
+                why = "made under another identity"
+            elif meta.get("crc32") != _tensors_digest(features):
+                why = "its tensors do not match their checksum"
+        if why is not None:
+            return None, f"{path}: a damaged feature-cache entry ({why})"
         return features, None
 
-    def write(self, key: str, features: dict[str, Tensor]) -> None:
+    def write(self, side: str, key: str, features: dict[str, Tensor]) -> None:
         from safetensors.torch import save
 
         rows = {k: v.detach().cpu().contiguous() for k, v in features.items()}
         meta = {"identity": self.digest, "key": key, "crc32": _tensors_digest(rows), "format": str(FORMAT)}
-        path = self.path(key)
-        with io.atomic_path(path) as tmp:
+        with io.atomic_path(self.path(side, key)) as tmp:
             tmp.write_bytes(save(rows, metadata=meta))
 
-    def features(self, batch: list[Item], compute: Callable[[Tensor, Tensor], dict[str, Tensor]],
-                 device: torch.device) -> dict[str, Tensor]:
-        """The batch's features ``{name: [b, ...]}`` on ``device``: the entries read back, the others computed by
-        ``compute(images [m, 3, S, S], tokens [m, L])`` on ``device`` in one call and written; a damaged entry is
-        named in one warning and made again."""
+    def features(self, batch: list[Item], image_side: Callable[[Tensor], dict[str, Tensor]],
+                 text_side: Callable[[Tensor], dict[str, Tensor]], device: torch.device) -> dict[str, Tensor]:
+        """The batch's features, both sides in one dict ``{name: [b, ...]}`` on ``device``: the entries read back,
+        the others computed by ``image_side(images [m, 3, S, S])`` / ``text_side(tokens [m, L])`` on ``device``,
+        one call a side, and written; a damaged entry is named in one warning and made again."""
         for item in batch:
-            if item.problem is not None:
-                warnings.warn(VplWarning(f"{self.path(item.key)}: a damaged feature-cache entry ({item.problem}); "
-                                         "not used: its pair's features are computed again"), stacklevel=2)
-        miss = [i for i, item in enumerate(batch) if item.features is None]
-        if not miss:
-            rows = [item.features for item in batch]
-            return {k: torch.stack([r[k] for r in rows]).to(device, non_blocking=True) for k in rows[0]}
-        images = torch.stack([batch[i].image for i in miss]).to(device, non_blocking=True)
-        tokens = torch.stack([batch[i].tokens for i in miss]).to(device, non_blocking=True)
-        made = compute(images, tokens)
-        host = {k: v.detach().cpu() for k, v in made.items()}
-        for j, i in enumerate(miss):
-            self.write(batch[i].key, {k: v[j] for k, v in host.items()})
-        if len(miss) == len(batch):
-            return made  # the step's own tensors: the uncached step's arithmetic
-        rows: list[dict[str, Tensor]] = [item.features for item in batch]  # type: ignore[misc]
-        for j, i in enumerate(miss):
-            rows[i] = {k: v[j] for k, v in host.items()}
-        return {k: torch.stack([r[k] for r in rows]).to(device, non_blocking=True) for k in host}
+            for line in item.problems:
+                warnings.warn(VplWarning(f"{line}; not used: its pair's features are computed again"), stacklevel=2)
+        made: dict[str, dict[str, Tensor]] = {}
+        rows: dict[str, list[dict[str, Tensor] | None]] = {"image": [it.image_features for it in batch],
+                                                            "text": [it.text_features for it in batch]}
+        for side, compute in (("text", text_side), ("image", image_side)):
+            todo = [i for i, r in enumerate(rows[side]) if r is None]
+            if not todo:
+                continue
+            inputs = [batch[i].tokens if side == "text" else batch[i].image for i in todo]
+            made[side] = compute(torch.stack(inputs).to(device, non_blocking=True))  # type: ignore[arg-type]
+            host = {name: v.detach().cpu() for name, v in made[side].items()}
+            for j, i in enumerate(todo):
+                rows[side][i] = row = {name: v[j] for name, v in host.items()}
+                self.write(side, batch[i].keys[SIDES.index(side)], row)
+            if len(todo) < len(batch):
+                del made[side]  # a mixed batch: stacked from the rows below
+        if len(made) == 2:  # every pair computed: the uncached step's own tensors
+            return {**made["text"], **made["image"]}
+        out = {**made.get("text", {}), **made.get("image", {})}
+        for side in ("text", "image"):
+            if side not in made:
+                first = rows[side][0]
+                out.update({name: torch.stack([r[name] for r in rows[side]]).to(device, non_blocking=True)
+                            for name in first})  # type: ignore[index,union-attr]
+        return out
 
 
 class CachedPairs(torch.utils.data.Dataset):
     """``PairViews`` through the cache: keys ``(index, epoch)`` -> :class:`Item` (runs in the DataLoader's workers:
-    the read is theirs). A pair with a sound entry is not decoded."""
+    the read is theirs). A pair whose image entry is sound is not decoded."""
 
     def __init__(self, views: Any, cache: FeatureCache):
         self.views, self.cache = views, cache
-        # each pair's key, made on its first read in this process: its image's bytes are the run's input, checked
+        # each pair's keys, made on its first read in this process: its image's bytes are the run's input, checked
         # by content when the run started (the run's record), so they are read and hashed once, not every epoch
-        self.keys: dict[int, str] = {}
+        self.keys: dict[int, tuple[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self.views)
 
     def __getitem__(self, key: tuple[int, int]) -> Item:
-        name = self.keys.get(key[0])
-        if name is None:
+        keys = self.keys.get(key[0])
+        if keys is None:
             pair = self.views.pairs[key[0]]
-            name = self.keys[key[0]] = self.cache.key(pair.image_bytes(), self.views.tokenize([pair.caption])[0])
-        features, problem = self.cache.read(name)
-        if features is not None:
-            return Item(name, features, None, None, None)
-        image, tokens = self.views[key]
-        return Item(name, None, image, tokens, problem)
+            keys = self.keys[key[0]] = self.cache.keys(pair.image_bytes(), self.views.tokenize([pair.caption])[0])
+        (image_features, bad_image), (text_features, bad_text) = (self.cache.read(side, k)
+                                                                  for side, k in zip(SIDES, keys))
+        image = tokens = None
+        if image_features is None:
+            image, tokens = self.views[key]
+        elif text_features is None:
+            tokens = self.views.tokenize([self.views.pairs[key[0]].caption])[0]
+        return Item(keys, image_features, text_features, image, tokens,
+                    tuple(p for p in (bad_image, bad_text) if p is not None))
 
 
 def _short(value: Any) -> Any:

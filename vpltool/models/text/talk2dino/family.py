@@ -175,9 +175,11 @@ class Talk2DINOFamily:
                 "clip": cfg.clip_digest or _values_digest(model.clip.model), "resize_dim": cfg.resize_dim,
                 "dtype": str(next(model.dino.model.parameters()).dtype).removeprefix("torch.")}
 
-    def frozen_features(self, model: Talk2DINO, images: torch.Tensor, tokens: torch.Tensor
-                        ) -> dict[str, torch.Tensor]:
-        return model.frozen_features(images, tokens)
+    def frozen_image_features(self, model: Talk2DINO, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model.frozen_image_features(images)
+
+    def frozen_text_features(self, model: Talk2DINO, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model.frozen_text_features(tokens)
 
     def forward_train_from(self, model: Talk2DINO, features: dict[str, torch.Tensor],
                            gather: Callable[[torch.Tensor], torch.Tensor] | None = None,

@@ -99,16 +99,21 @@ class Talk2DINO(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- training
     @torch.no_grad()
-    def frozen_features(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
-        """What the frozen DINO and CLIP make of a batch of pairs, the same at every epoch (the reference extracts it
-        once, ``dino_extraction_v2.py``): ``images`` ``[b, 3, S, S]`` normalised, ``tokens`` ``[b, L]`` int64 ->
-        ``{"text": [b, text_dim], "heads": [b, H, dino_dim]}`` float32 (the CLIP's ``encode_text``, the per-head
-        image embeddings)."""
-        return {"text": self.text_features(tokens), "heads": self.train_features(images)}
+    def frozen_image_features(self, images: Tensor) -> dict[str, Tensor]:
+        """What the frozen DINO makes of a batch, the same at every epoch (the reference extracts it once,
+        ``dino_extraction_v2.py``): ``[b, 3, S, S]`` normalised -> ``{"heads": [b, H, dino_dim]}`` float32, the
+        per-head image embeddings."""
+        return {"heads": self.train_features(images)}
+
+    @torch.no_grad()
+    def frozen_text_features(self, tokens: Tensor) -> dict[str, Tensor]:
+        """What the frozen CLIP makes of the captions (the reference's saved ``ann_feats``): ``[b, L]`` int64 ->
+        ``{"text": [b, text_dim]}`` float32, ``encode_text``."""
+        return {"text": self.text_features(tokens)}
 
     def forward_from(self, features: dict[str, Tensor], gather: Callable[[Tensor], Tensor] | None = None
                      ) -> dict[str, Tensor]:
-        """The loss from :meth:`frozen_features`' output (computed now or read back): ``{"loss", "heads"}``
+        """The loss from both frozen sides' features in one dict (computed now or read back): ``{"loss", "heads"}``
         (:func:`~.model.talk2dino_loss`); the projection is the only part with gradients. ``gather``: the
         cross-rank all-gather under torchrun (this rank's index from torch.distributed)."""
         import torch.distributed as dist
@@ -118,10 +123,10 @@ class Talk2DINO(nn.Module):
 
     def forward_train(self, images: Tensor, tokens: Tensor, gather: Callable[[Tensor], Tensor] | None = None,
                       keys: Tensor | None = None) -> dict[str, Tensor]:
-        """One batch of pairs -> ``{"loss", "heads"}``: :meth:`forward_from` of :meth:`frozen_features` (one path, so
-        that a step from cached features is this step bit for bit). ``images``: ``[b, 3, S, S]`` normalised (the
+        """One batch of pairs -> ``{"loss", "heads"}``: :meth:`forward_from` of the frozen sides' features (one path,
+        so that a step from cached features is this step bit for bit). ``images``: ``[b, 3, S, S]`` normalised (the
         family's train view), ``tokens``: ``[b, L]`` int64 captions. ``keys``: unused (another family's)."""
-        return self.forward_from(self.frozen_features(images, tokens), gather)
+        return self.forward_from({**self.frozen_text_features(tokens), **self.frozen_image_features(images)}, gather)
 
     def forward(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
         return self.forward_train(images, tokens)
