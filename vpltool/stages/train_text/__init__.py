@@ -22,7 +22,8 @@ idx)``: the rate of step ``i`` is the schedule's value at ``i - 1`` (its warm-up
   reference: :func:`_data_parallel`), the model's cross-rank gather is torch's functional autograd all-gather (the
   reference's ``dist_collect``); rank 0 alone writes the log, checkpoints and the final model.
 
-Modules: :mod:`.steps` (the schedule, the iteration, the cross-rank gather); this one holds the data path and runs
+Modules: :mod:`.steps` (the schedule, the iteration, the cross-rank gather), :mod:`.cache` (a frozen side's features
+kept in ``out_dir/cache``: Talk2DINO's DINO and CLIP, ``--feature-cache``); this one holds the data path and runs
 the stage. Outputs in ``out_dir``: the family's final file (``cfg.FINAL``: PGSeg's ``pgseg.safetensors``, what
 ``segment --model pgseg:FILE`` takes), ``_stage.json`` (the run's record), ``checkpoints/last.safetensors`` (model
 + AdamW, kind ``cfg.CHECKPOINT_KIND``: PGSeg's ``pgseg-checkpoint``), ``log.jsonl``.
@@ -364,8 +365,7 @@ def run_train_text(
                 model.load_state_dict(model_state, strict=True)
                 optimizer.load_state_dict(optim_state)
                 start = int(f.meta("iteration"))
-            off = cache_off(fam, cfg)
-            if off and rank == 0:
+            if (off := cache_off(fam, cfg)) and rank == 0:
                 warnings.warn(VplWarning(off), stacklevel=2)
             cache = None if off is not None else FeatureCache.open(out_dir / CACHE_DIR, {
                 **fam.frozen_identity(model), "crop_size": cfg.crop_size, "min_scale": cfg.min_scale,
