@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ....errors import VplError
+from ...backbones.onednn import OneDnnLinear
 from ..family import register_text_family
 from . import zeroshot as _zs
 from .backbones import backbone_options, check_backbones, with_digests
@@ -173,7 +174,9 @@ class Talk2DINOFamily:
         return {"family": self.name, "dino_model": cfg.dino_model, "dino_pos_resize": cfg.dino_pos_resize,
                 "dino": cfg.dino_digest or _values_digest(model.dino.model), "clip_model": cfg.clip_model,
                 "clip": cfg.clip_digest or _values_digest(model.clip.model), "resize_dim": cfg.resize_dim,
-                "dtype": str(next(model.dino.model.parameters()).dtype).removeprefix("torch.")}
+                "dtype": str(next(model.dino.model.parameters()).dtype).removeprefix("torch."),
+                "linear": "onednn" if any(isinstance(m, OneDnnLinear) for m in model.dino.model.modules()) else
+                "torch"}  # the DINO's matrix products (another order of the same sums: other rounding)
 
     def frozen_image_features(self, model: Talk2DINO, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return model.frozen_image_features(images)
