@@ -367,8 +367,9 @@ UNITS = {"talk2dino": f"(a) one training step of 6 photos at {T2D_SIDE} px (DINO
 def roofline(cpu: dict, threads: int) -> dict:
     """The floor under unit (a) on this CPU. The DINO's forward FLOPs are its GEMMs (the patch embedding, each
     block's qkv, projection and MLP, the attention's q·kᵀ and ·v per image and head); each shape is timed as one
-    torch ``mm`` / ``bmm`` in fp32 on ``threads`` thread(s) (best of 3, CPU-seconds). The floor is the FLOPs at the
-    fastest of those speeds (this CPU's sgemm peak as torch reaches it): no side can run the same arithmetic in less.
+    torch ``mm`` / ``bmm`` (MKL's sgemm) and, for a linear layer's, through oneDNN, in fp32 on ``threads``
+    thread(s) (best of 3, CPU-seconds). The floor is the FLOPs at the fastest of those speeds (this CPU's fp32 GEMM
+    peak as torch reaches it): no side can run the same arithmetic in less.
     With it: the FLOPs over each side's median CPU-seconds (``cpu``), and the floor over the reference's."""
     import torch
 
@@ -379,23 +380,32 @@ def roofline(cpu: dict, threads: int) -> dict:
     shapes = {"patch_embed": (1, b * grid, 3 * DINO_B["patch_size"] ** 2, d, 1), "qkv": (1, m, d, 3 * d, depth),
               "attn_proj": (1, m, d, d, depth), "mlp_fc1": (1, m, d, 4 * d, depth), "mlp_fc2": (1, m, 4 * d, d, depth),
               "q_kT": (b * heads, n, d // heads, n, depth), "attn_v": (b * heads, n, n, d // heads, depth)}
-    rows, total_flop, peak = {}, 0.0, 0.0
-    for name, (batch, rows_, inner, cols, times) in shapes.items():
-        x, w = torch.randn(batch, rows_, inner), torch.randn(batch, inner, cols)
+    from vpltool.models.backbones import onednn
+
+    def best_of_3(f) -> float:
         best = float("inf")
         for _ in range(3):
             t = time.process_time()
-            torch.bmm(x, w) if batch > 1 else torch.mm(x[0], w[0])
+            f()
             best = min(best, time.process_time() - t)
+        return best
+
+    rows, total_flop, peak = {}, 0.0, 0.0
+    for name, (batch, rows_, inner, cols, times) in shapes.items():
+        x, w = torch.randn(batch, rows_, inner), torch.randn(batch, inner, cols)
         flop = 2.0 * batch * rows_ * inner * cols
+        speeds = {"torch": flop / best_of_3(lambda: torch.bmm(x, w) if batch > 1 else torch.mm(x[0], w[0]))}
+        if batch == 1 and onednn.available():  # a linear layer through oneDNN (vpltool's DINO: backbones.onednn)
+            wt = w[0].t().contiguous()
+            speeds["onednn"] = flop / best_of_3(lambda: onednn.linear(x[0], wt, None))
         rows[name] = {"shape": [batch, rows_, inner, cols], "per_forward": times, "gflop": round(flop * times / 1e9, 2),
-                      "gflops_per_s": round(flop / best / 1e9, 1)}
+                      **{f"gflops_per_s_{k}": round(v / 1e9, 1) for k, v in speeds.items()}}
         total_flop += flop * times
-        peak = max(peak, flop / best)
+        peak = max(peak, *speeds.values())
     floor = total_flop / peak
-    return {"what": f"the DINO forward's GEMMs, each shape timed alone (torch mm/bmm, fp32, {threads} thread, best "
-                    "of 3, CPU-seconds); the floor: their FLOPs at the fastest speed measured, the least time unit "
-                    "(a)'s arithmetic can take on either side",
+    return {"what": f"the DINO forward's GEMMs, each shape timed alone (torch mm/bmm: MKL; a linear layer's also "
+                    f"through oneDNN; fp32, {threads} thread, best of 3, CPU-seconds); the floor: their FLOPs at the "
+                    "fastest speed measured, the least time unit (a)'s arithmetic can take on either side",
             "gemms": rows, "tflop_per_forward": round(total_flop / 1e12, 3), "peak_gflops_per_s": round(peak / 1e9, 1),
             "floor_seconds": round(floor, 3),
             "unit_gflops_per_s": {k: round(total_flop / v / 1e9, 1) for k, v in cpu.items()},
