@@ -39,7 +39,6 @@ other work: its load average is recorded before and after each method.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -176,7 +175,6 @@ def talk2dino_step(work: Path, refs: Path) -> None:
     cached = CachedPairs(PairViews(pairs, model.clip.tokenizer, cfg), cache)
     step = TrainStep(model, None, fam.forward_train, fam.forward_train_from)
     optimizer = make_optimizer(model, cfg)
-    sides = [functools.partial(f, model) for f in (fam.frozen_image_features, fam.frozen_text_features)]
     plan = [[(i, 0) for i in range(len(files))]] * T2D_STEPS
 
     def unit():
@@ -184,8 +182,8 @@ def talk2dino_step(work: Path, refs: Path) -> None:
         for batch in loader(cached, plan, 1, collate=as_list):
             assert all(it.image_features is not None and it.text_features is not None for it in batch), \
                 "a pair not read from the cache"
-            out, _ = train_step(step, model, optimizer, cache.features(batch, *sides, torch.device("cpu")), None,
-                                tp.LR, 0.0, measure=False)  # a step that is not logged: no gradient norm
+            out, _ = train_step(step, model, optimizer, cached.features(batch, fam, model, torch.device("cpu")),
+                                None, tp.LR, 0.0, measure=False)  # a step that is not logged: no gradient norm
             losses.append(out["loss"].item())
         return {"loss": torch.mean(torch.tensor(losses)).item()}  # as the reference's train() returns it
 

@@ -367,9 +367,9 @@ def run_train_text(
                 start = int(f.meta("iteration"))
             if (off := cache_off(fam, cfg)) and rank == 0:
                 warnings.warn(VplWarning(off), stacklevel=2)
-            cache = None if off is not None else FeatureCache.open(out_dir / CACHE_DIR, {
-                **fam.frozen_identity(model), "crop_size": cfg.crop_size, "min_scale": cfg.min_scale,
-                "numerics": numerics}, rank, world)
+            cache = None if off is not None else FeatureCache.open(out_dir / CACHE_DIR, {  # (the batch's size too:
+                **fam.frozen_identity(model), "crop_size": cfg.crop_size, "min_scale": cfg.min_scale,  # a backbone's
+                "batch_size": cfg.batch_size, "numerics": numerics}, rank, world)  # rounding can follow it)
             step = TrainStep(model, gather_ranks if world > 1 else None, fam.forward_train,
                              fam.forward_train_from if cache is not None else None)
             if world > 1:
@@ -381,7 +381,8 @@ def run_train_text(
                 board = SummaryWriter(str(tensorboard), purge_step=start + 1)
             stop = total if stop_after is None else min(total, stop_after)
             views = PairViews(pairs, tokenize, cfg, find_nouns)
-            batches = loader(views if cache is None else CachedPairs(views, cache),
+            data = views if cache is None else CachedPairs(views, cache)
+            batches = loader(data,
                              GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed, start, stop),
                              runtime.loader_workers(device.type), pin=device.type == "cuda",
                              collate=None if cache is None else as_list)
@@ -398,8 +399,7 @@ def run_train_text(
                     torch.manual_seed(_iteration_seed(cfg.seed, it, rank))  # gumbel noise, drop path
                     lr = lr_at(cfg, it, per_epoch)
                     if cache is not None:  # the frozen side's features, read back or computed (and kept) now
-                        images, tokens, keys = cache.features(batch, *(functools.partial(f, model) for f in (
-                            fam.frozen_image_features, fam.frozen_text_features)), device), None, ()
+                        images, tokens, keys = data.features(batch, fam, model, device), None, ()
                     else:
                         images, tokens, *keys = (t.to(device, non_blocking=True) for t in batch)
                     n = it + 1

@@ -24,6 +24,7 @@ of the uncached step bit for bit (``tests/test_talk2dino_cache.py``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -60,10 +61,11 @@ def cache_off(fam: Any, cfg: Any) -> str | None:
 
 
 class Item(NamedTuple):
-    """One pair as the cached loader gives it: its entries' keys, each side's features read back (None: to
-    compute), the ``image`` ``[3, S, S]`` when its side is to compute, the ``tokens`` ``[L]`` when the text side
-    is, and ``problems``: a line per damaged entry (never used)."""
+    """One pair as the cached loader gives it: its ``(index, epoch)``, its entries' keys, each side's features read
+    back (None: to compute), the ``image`` ``[3, S, S]`` when its side is to compute, the ``tokens`` ``[L]`` when
+    the text side is, and ``problems``: a line per damaged entry (never used)."""
 
+    at: tuple[int, int]
     keys: tuple[str, str]
     image_features: dict[str, Tensor] | None
     text_features: dict[str, Tensor] | None
@@ -166,36 +168,31 @@ class FeatureCache:
             tmp.write_bytes(save(rows, metadata=meta))
 
     def features(self, batch: list[Item], image_side: Callable[[Tensor], dict[str, Tensor]],
-                 text_side: Callable[[Tensor], dict[str, Tensor]], device: torch.device) -> dict[str, Tensor]:
-        """The batch's features, both sides in one dict ``{name: [b, ...]}`` on ``device``: the entries read back,
-        the others computed by ``image_side(images [m, 3, S, S])`` / ``text_side(tokens [m, L])`` on ``device``,
-        one call a side, and written; a damaged entry is named in one warning and made again."""
+                 text_side: Callable[[Tensor], dict[str, Tensor]], inputs: Callable[[Item], tuple[Tensor, Tensor]],
+                 device: torch.device) -> dict[str, Tensor]:
+        """The batch's features, both sides in one dict ``{name: [b, ...]}`` on ``device``. A side whose every entry
+        was read is stacked from them; otherwise it is computed for the whole batch, one call (``image_side(images
+        [b, 3, S, S])``, ``text_side(tokens [b, L])`` on ``device``; ``inputs(item)``: a read pair's ``(image,
+        tokens)``), exactly as the uncached step computes it (a backbone's rounding can follow the batch's size),
+        and its missing entries are written; a damaged entry is named in one warning and made again."""
         for item in batch:
             for line in item.problems:
                 warnings.warn(VplWarning(f"{line}; not used: its pair's features are computed again"), stacklevel=2)
-        made: dict[str, dict[str, Tensor]] = {}
-        rows: dict[str, list[dict[str, Tensor] | None]] = {"image": [it.image_features for it in batch],
-                                                            "text": [it.text_features for it in batch]}
+        out: dict[str, Tensor] = {}
         for side, compute in (("text", text_side), ("image", image_side)):
-            todo = [i for i, r in enumerate(rows[side]) if r is None]
-            if not todo:
+            rows = [it.text_features if side == "text" else it.image_features for it in batch]
+            if all(r is not None for r in rows):
+                out.update({name: torch.stack([r[name] for r in rows]).to(device, non_blocking=True)  # type: ignore
+                            for name in rows[0]})  # type: ignore[union-attr]
                 continue
-            inputs = [batch[i].tokens if side == "text" else batch[i].image for i in todo]
-            made[side] = compute(torch.stack(inputs).to(device, non_blocking=True))  # type: ignore[arg-type]
-            host = {name: v.detach().cpu() for name, v in made[side].items()}
-            for j, i in enumerate(todo):
-                rows[side][i] = row = {name: v[j] for name, v in host.items()}
-                self.write(side, batch[i].keys[SIDES.index(side)], row)
-            if len(todo) < len(batch):
-                del made[side]  # a mixed batch: stacked from the rows below
-        if len(made) == 2:  # every pair computed: the uncached step's own tensors
-            return {**made["text"], **made["image"]}
-        out = {**made.get("text", {}), **made.get("image", {})}
-        for side in ("text", "image"):
-            if side not in made:
-                first = rows[side][0]
-                out.update({name: torch.stack([r[name] for r in rows[side]]).to(device, non_blocking=True)
-                            for name in first})  # type: ignore[index,union-attr]
+            given = [it.tokens if side == "text" else it.image for it in batch]
+            given = [g if g is not None else inputs(it)[side == "text"] for g, it in zip(given, batch)]
+            made = compute(torch.stack(given).to(device, non_blocking=True))  # type: ignore[arg-type]
+            host = {name: v.detach().cpu() for name, v in made.items()}
+            for i, r in enumerate(rows):
+                if r is None:
+                    self.write(side, batch[i].keys[SIDES.index(side)], {name: v[i] for name, v in host.items()})
+            out.update(made)
         return out
 
 
@@ -224,8 +221,17 @@ class CachedPairs(torch.utils.data.Dataset):
             image, tokens = self.views[key]
         elif text_features is None:
             tokens = self.views.tokenize([self.views.pairs[key[0]].caption])[0]
-        return Item(keys, image_features, text_features, image, tokens,
+        return Item(key, keys, image_features, text_features, image, tokens,
                     tuple(p for p in (bad_image, bad_text) if p is not None))
+
+    def inputs(self, item: Item) -> tuple[Tensor, Tensor]:
+        """``(image [3, S, S], tokens [L])`` of a pair whose side was read, to compute its batch's side whole."""
+        return self.views[item.at][:2]
+
+    def features(self, batch: list[Item], fam: Any, model: Any, device: torch.device) -> dict[str, Tensor]:
+        """:meth:`FeatureCache.features` with family ``fam``'s frozen sides of ``model``."""
+        return self.cache.features(batch, functools.partial(fam.frozen_image_features, model),
+                                   functools.partial(fam.frozen_text_features, model), self.inputs, device)
 
 
 def _short(value: Any) -> Any:
