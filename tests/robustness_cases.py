@@ -114,28 +114,31 @@ PACE_S = 0.2
 # which atomic_path and atomic_write share): without the pause a run on the tiny model is over before a poll can
 # see it start, and with it a kill lands mid-run every time (mostly inside such a pause, where a non-atomic writer
 # would leave a half file).
-PACED_CLI = f"""
-import contextlib, sys, time
+PACED_CLI = """
+import contextlib, os, sys, time
 from vpltool.io import files
 from vpltool.cli import app
 
 real_renamed_onto = files._renamed_onto
+PACE_S = float(os.environ.pop("VPLTOOL_TEST_PACE_S"))
 
 @contextlib.contextmanager
 def paced_renamed_onto(tmp, path):
     with real_renamed_onto(tmp, path):
         yield
-        time.sleep({PACE_S})
+        time.sleep(PACE_S)
 
 files._renamed_onto = paced_renamed_onto
 app(sys.argv[1:], prog_name="vpltool")
 """
 
 
-def paced_cli(args: list[object]) -> subprocess.Popen:
-    """``vpltool ARGS`` (:data:`PACED_CLI`) in a child process, in its own session (its workers with it)."""
+def paced_cli(args: list[object], pace_s: float = PACE_S) -> subprocess.Popen:
+    """``vpltool ARGS`` (:data:`PACED_CLI`) in a child process, in its own session (its workers with it), each
+    file it writes followed by ``pace_s`` seconds asleep: the window a signal sent after a file appears lands in."""
     return subprocess.Popen([sys.executable, "-c", PACED_CLI, *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "VPLTOOL_TEST_PACE_S": str(pace_s)})
 
 
 def wait_until(proc: subprocess.Popen, started: Callable[[], bool], timeout: float = 120) -> None:

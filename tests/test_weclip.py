@@ -401,7 +401,10 @@ def test_gradcam_input_two_blocks_back_is_that_blocks_output(tiny_spec):
     pixels = torch.randn(2, 3, 64, 64)
     one, two = frozen_online(bb, pixels, [1], 3), frozen_online(bb, pixels, [1], 3, cam_input_back=2)
     assert torch.equal(one.feats, two.feats) and torch.equal(one.attention, two.attention)
-    assert torch.equal(two.last_input, bb.encode(pixels, stop=bb.n_blocks - 2).tokens.float())
+    # the same block's output, within fp32 rounding: frozen_online keeps attention maps (the weights path of each
+    # block), a plain encode runs the fused one, whose products go through oneDNN on a CPU
+    plain = bb.encode(pixels, stop=bb.n_blocks - 2).tokens.float()
+    assert torch.allclose(two.last_input, plain, rtol=0, atol=1e-5), (two.last_input - plain).abs().max()
     assert not torch.equal(one.last_input, two.last_input)
 
 

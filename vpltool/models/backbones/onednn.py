@@ -26,13 +26,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def available() -> bool:
-    """Whether this torch has oneDNN's linear op and it is enabled (``torch.backends.mkldnn``)."""
+def _has_op() -> bool:
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-                    and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+        return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
     except (AttributeError, RuntimeError):
         return False
+
+
+# probed once, at import: torch.compile's tracer cannot step into the probe (a graph break in every linear layer of a
+# compiled frozen forward, train-decoder --compile), while it reads a module's constant and torch's flag
+HAS_OP = _has_op()
+
+
+def available() -> bool:
+    """Whether this torch has oneDNN's linear op and it is enabled (``torch.backends.mkldnn``)."""
+    return HAS_OP and torch.backends.mkldnn.enabled
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
