@@ -115,12 +115,15 @@ PACE_S = 0.2
 # see it start, and with it a kill lands mid-run every time (mostly inside such a pause, where a non-atomic writer
 # would leave a half file).
 PACED_CLI = """
-import contextlib, os, sys, time
+import contextlib, os, signal, sys, time
 from vpltool.io import files
 from vpltool.cli import app
 
+# Ctrl-C raises KeyboardInterrupt, as in a shell: a process started with SIGINT ignored (as a pytest-xdist worker's
+# children are) keeps it ignored, and its Ctrl-C case ran to the end with exit 0
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real_renamed_onto = files._renamed_onto
-PACE_S = float(os.environ.pop("VPLTOOL_TEST_PACE_S"))
+PACE_S = float(os.environ.get("VPLTOOL_TEST_PACE_S", "0.2"))  # torchrun's ranks get paced_cli's through the agent
 
 @contextlib.contextmanager
 def paced_renamed_onto(tmp, path):
