@@ -316,7 +316,7 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
                        "google/siglip2-giant-opt-patch16-384 (re-download it)")
         _check_widths(chk, knobs.adaptor, head, folder, text.dim)  # the loaded config's, defaults included
         # fp32 on the CPU, the linear layers (~80 % of a photo's time) through oneDNN, twice MKL's rate on an AMD CPU
-        use_onednn(dino.model, head, text.model)
+        use_onednn(head, text.model)  # the DINO's: the dino family converts its own (DinoBackbone)
         return RadsegBackbone(dino, head, feature_normalizer(chk), text, self, knobs.scra_scale)
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):

@@ -42,10 +42,6 @@ class Talk2DINO(nn.Module):
         self.cfg = cfg
         self.proj = Projection(cfg.text_dim, cfg.dino_dim, cfg.hidden_layers)
         self.backbones = (dino, clip)  # a tuple: nn.Module does not register what is inside it
-        if dino is not None:  # the frozen DINO's fp32 linear layers through oneDNN on the CPU: about half MKL's time
-            from ...backbones.onednn import use_onednn  # on an AMD CPU; the DINO is most of a step's arithmetic
-
-            use_onednn(dino.model)
 
     @property
     def dino(self):
