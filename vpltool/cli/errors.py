@@ -166,18 +166,13 @@ def _check_given_options(fn: Callable, kwargs: dict) -> None:
     ctx = _click_context()
     if ctx is None:
         return
-    opts = {p.name: max(p.opts, key=len) for p in ctx.command.params if p.name}
-
-    def spelled(name: str) -> str:
-        return opts.get(name, "--" + name.replace("_", "-"))
-
-    finite_numbers(kwargs, spelled)
+    finite_numbers(kwargs, _spelling)
 
     def given(name: str) -> bool:
         return getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
 
     command = ctx.info_name or fn.__name__.removesuffix("_cmd").replace("_", "-")
-    check_options(command, kwargs, given, spelled, lambda line: warnings.warn(VplWarning(line), stacklevel=2))
+    check_options(command, kwargs, given, _spelling, lambda line: warnings.warn(VplWarning(line), stacklevel=2))
 
 
 def _click_context():
