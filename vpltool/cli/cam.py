@@ -32,7 +32,7 @@ from .options import (
     warn_inert,
 )
 from .output import pending, progress, say
-from .values import model_spec, segmenting_model, text_defaults
+from .values import model_spec, names_a_folder, segmenting_model, text_defaults
 from .values import shard as shard_of
 
 
@@ -132,9 +132,7 @@ def cam_cmd(
     family, checkpoint = segmenting_model(model, pgseg)  # --pgseg FILE is --model pgseg:FILE; two files: one line
     model_at = None  # a CLIP folder given: where the recorded CLIP lies now (checked by its bytes)
     if model is not None and family == "clip":
-        from ..models.backbones.aliases import registered_folder
-
-        if not (model.startswith("local-dir:") or registered_folder(model) is not None):
+        if not names_a_folder(model):
             raise VplError(f"--model {model}: cam's CLIP is the one its --prototypes file names (or the extract "
                            "folder's); drop --model, give --model local-dir:DIR where that CLIP's folder lies now, "
                            "or --model pgseg:FILE for seeds from a PGSeg / GroupViT checkpoint")

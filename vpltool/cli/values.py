@@ -48,15 +48,21 @@ def model_spec(model: str, pretrained: str, config_dir: Path | None):
     return ModelSpec(model=model, pretrained=pretrained, config_dir=str(config_dir) if config_dir else None)
 
 
+def names_a_folder(model: str) -> bool:
+    """Whether ``--model`` names a CLIP's local folder (``local-dir:DIR`` or a registered alias of one): what a
+    stage that takes its CLIP from a record accepts, as where that CLIP lies now."""
+    from ..models.backbones.aliases import registered_folder
+
+    return model.startswith("local-dir:") or registered_folder(model) is not None
+
+
 def clip_folder(model: str | None, option: str = "--model"):
     """``--model local-dir:DIR`` (or a registered alias) given to a stage that takes its CLIP from a record: where
     that CLIP lies now, as a :class:`~vpltool.models.ModelSpec` (checked later by its bytes); None when not given.
     Any other value is one line, before anything loads."""
     if model is None:
         return None
-    from ..models.backbones.aliases import registered_folder
-
-    if not (model.startswith("local-dir:") or registered_folder(model) is not None):
+    if not names_a_folder(model):
         raise VplError(f"{option} {model}: this command's CLIP is the one its input's record names; give "
                        f"{option} local-dir:DIR only where that CLIP's folder lies now, or drop {option}")
     return model_spec(model, "none", None)
