@@ -372,6 +372,23 @@ def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None,
     return CamMaps(upsample_maps(maps, size), labels, f)
 
 
+def read_cam_item(cams_dir: str | os.PathLike, item_id: str, image_path: str | os.PathLike, labels: Sequence[int],
+                  classes: Sequence[str]) -> tuple[np.ndarray, CamMaps]:
+    """One image (``[H, W, 3]`` uint8 RGB) and its CAMs (:func:`read_cam`; ``labels``: the item's image-level
+    labels, which the file's must be), as `crf` and `sam-pseudo` read them; ContractError when they or the sizes
+    differ."""
+    from .images import load_image
+
+    maps = read_cam(cam_path(cams_dir, item_id), classes, labels)
+    image = load_image(image_path)
+    if image.shape[:2] != maps.cams.shape[1:]:
+        raise ContractError(
+            f"{maps.file.path}: CAMs are for a {maps.cams.shape[1]}x{maps.cams.shape[2]} image but {image_path} is "
+            f"{image.shape[0]}x{image.shape[1]}; the image changed after `cam`: re-run `vpltool cam`"
+        )
+    return image, maps
+
+
 def _cam_image_size(f: TensorFile, grid: Sequence[int]) -> tuple[int, int]:
     """A CAM file's ``image_size`` metadata ``[H, W]``, checked: two whole numbers of pixels (at most Pillow's
     decoding limit in all) that the stored grid ``(h, w)`` fits (format 1: the image size itself; else a patch grid:

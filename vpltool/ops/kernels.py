@@ -169,6 +169,30 @@ def pseudo_labels(scores: np.ndarray, labels: Sequence[int], confidence: float |
     return out
 
 
+def refine_image(image: np.ndarray, cams: np.ndarray, labels: Sequence[int], cfg: CrfConfig = CrfConfig()
+                 ) -> np.ndarray:
+    """One pseudo mask as `crf` makes it with pydensecrf (CLIP-ES ``eval_cam_with_crf.py``), or its ``no_crf``
+    argmax: ``P = [(1 - max_k cam_k)^a ; cams]``, the CRF's marginals, ``[0, labels...][argmax]``, 255 below
+    ``cfg.confidence`` (:mod:`vpltool.stages.crf`; ``sam-pseudo`` starts from the same masks).
+
+    Args:
+        image: ``[H, W, 3]`` uint8 RGB photo.
+        cams: ``[K, H, W]`` float in [0, 1] at image resolution.
+        labels: K class ids of the maps.
+
+    Returns:
+        ``[H, W]`` uint8 mask (0 background, class ids, 255 ignore).
+    """
+    from .densecrf import dense_crf
+
+    parity = cfg.parity == "clip-es"
+    probs = crf_probabilities(cams, cfg.bg_exponent, fp16=parity)
+    if cfg.no_crf:
+        return pseudo_labels(probs, labels, None)
+    seen = clip_es_image(image) if parity else image
+    return pseudo_labels(dense_crf(seen, probs, cfg), labels, cfg.confidence)
+
+
 # --------------------------------------------------------------------------------------------- mIoU
 def class_name_map(pred_classes: Sequence[str] | None, classes: Sequence[str], where: object) -> np.ndarray | None:
     """``[256]`` uint8 lookup from the predictions' class indices to the dataset's, by name (255 stays 255); None

@@ -47,47 +47,19 @@ import numpy as np
 from .. import io
 from ..config import IGNORE_INDEX, CrfConfig, RuntimeConfig, ignored_option, to_params, worker_count
 from ..data import open_recorded
-from ..errors import ContractError, VplError, VplWarning
+from ..errors import VplError, VplWarning
 from ..numerics import run_numerics
-from ..ops.densecrf import dense_crf, densecrf_module, resolve_backend, unary
-from ..ops.kernels import clip_es_image, crf_probabilities, pseudo_labels
+from ..ops.densecrf import densecrf_module, resolve_backend, unary
+from ..ops.kernels import crf_probabilities, refine_image
 
 STAGE = "crf"
 MAX_CHUNK = 8  # images per pool task: amortises the task round trip, small enough to keep workers balanced
 
 
-def refine_image(image: np.ndarray, cams: np.ndarray, labels: Sequence[int], cfg: CrfConfig = CrfConfig()
-                 ) -> np.ndarray:
-    """One pseudo mask: steps 1-3 of the module docstring (or the ``no_crf`` argmax).
-
-    Args:
-        image: ``[H, W, 3]`` uint8 RGB photo.
-        cams: ``[K, H, W]`` float in [0, 1] at image resolution.
-        labels: K class ids of the maps.
-
-    Returns:
-        ``[H, W]`` uint8 mask (0 background, class ids, 255 ignore).
-    """
-    parity = cfg.parity == "clip-es"
-    probs = crf_probabilities(cams, cfg.bg_exponent, fp16=parity)
-    if cfg.no_crf:
-        return pseudo_labels(probs, labels, None)
-    seen = clip_es_image(image) if parity else image
-    return pseudo_labels(dense_crf(seen, probs, cfg), labels, cfg.confidence)
-
-
 def read_item(cams_dir: str | Path, item_id: str, image_path: str, labels: Sequence[int], classes: Sequence[str]
               ) -> tuple[np.ndarray, io.CamMaps]:
-    """One image (``[H, W, 3]`` uint8) and its CAMs (``labels``: the item's image-level labels, which the file's
-    must be); ContractError when they or the sizes differ."""
-    maps = io.read_cam(io.cam_path(cams_dir, item_id), classes, labels)
-    image = io.load_image(image_path)
-    if image.shape[:2] != maps.cams.shape[1:]:
-        raise ContractError(
-            f"{maps.file.path}: CAMs are for a {maps.cams.shape[1]}x{maps.cams.shape[2]} image but {image_path} is "
-            f"{image.shape[0]}x{image.shape[1]}; the image changed after `cam`: re-run `vpltool cam`"
-        )
-    return image, maps
+    """One image and its CAMs (:func:`vpltool.io.read_cam_item`)."""
+    return io.read_cam_item(cams_dir, item_id, image_path, labels, classes)
 
 
 def write_item(out: str | Path, item_id: str, mask: np.ndarray) -> tuple[int, int]:
