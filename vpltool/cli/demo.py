@@ -190,6 +190,10 @@ def train_toy_sam_cmd(
                                               "prompt (SAM's 8).")] = _S.point_rounds,
     mask_rounds: Annotated[int, typer.Option(help="Rounds adding only the previous mask's logits (SAM's 2).")] =
         _S.mask_rounds,
+    background_masks: Annotated[bool, typer.Option(
+        "--background-masks/--objects-only", help="Also the background region of each scene as a mask (SAM's "
+        "\"stuff\"), so that its automatic masks cover the scenes, not the objects alone (the pseudo masks' toy SAM, "
+        "`sam-pseudo`).")] = _S.background_masks,
     threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical.")] =
         _S.threads,
     seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped weights.")] = _S.seed,
@@ -215,7 +219,7 @@ def train_toy_sam_cmd(
                                                                                     RECORD_KIND)},
                      inputs={"--data": data}, overwrite=overwrite)
     cfg = replace(_S, epochs=epochs, batch_size=batch_size, lr=lr, point_rounds=point_rounds, mask_rounds=mask_rounds,
-                  threads=threads, seed=seed)
+                  background_masks=background_masks, threads=threads, seed=seed)
     with progress("train-toy-sam", unit="steps") as (on_start, on_item):
         record = train_toy_sam(out, data, cfg, on_start=on_start, on_step=lambda step, loss: on_item(1))
     say(f"[green]✓[/] train-toy-sam: loss {record['final_loss']:.3f}, train-mask IoU {record['first_iou']:.3f} "

@@ -165,6 +165,9 @@ class ToySamConfig:
         box_noise: the box corners' noise std as a fraction of the box's side, capped at ``box_noise_max`` of the
             image's long side (SAM's 10 %, at most 20 of 1024 px).
         min_area: an instance smaller than this many pixels (a sliver cut off by another object) is not a mask.
+        background_masks: also the background region of each scene (its 8-connected components) as masks, as SAM's
+            data holds "stuff" beside objects; without them the automatic mask generator covers the objects alone
+            (0.3 % of the background pixels), so a pixel the CAM spilled onto the background meets no mask.
         seed: seeds the initial weights, the image order and the prompts. threads: CPU threads (a fixed count makes
             the rebuild bit-identical).
     """
@@ -183,6 +186,7 @@ class ToySamConfig:
     box_noise: float = 0.1
     box_noise_max: float = 20 / 1024
     min_area: int = 16
+    background_masks: bool = False
     seed: int = 0
     threads: int = 1
 

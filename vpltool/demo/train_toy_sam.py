@@ -93,14 +93,16 @@ class WorldMasks:
     input_size: tuple[int, int]
 
 
-def instances(gt: np.ndarray, min_area: int) -> np.ndarray:
+def instances(gt: np.ndarray, min_area: int, background: bool = False) -> np.ndarray:
     """``[H, W]`` uint8 class map -> ``[K, H, W]`` bool: each 8-connected component of each class (not 0 and not
-    255) with at least ``min_area`` pixels, classes in increasing order."""
+    255) with at least ``min_area`` pixels, classes in increasing order; with ``background`` also the background's
+    (class 0's) components first: the scene's "stuff" region, as SAM's data holds sky, grass and walls beside
+    objects (its class is never read: a mask is class-agnostic)."""
     from scipy import ndimage
 
     out = []
     for c in np.unique(gt):
-        if c in (0, IGNORE):
+        if c == IGNORE or (c == 0 and not background):
             continue
         comps, n = ndimage.label(gt == c, structure=np.ones((3, 3), bool))
         for k in range(1, n + 1):
@@ -110,9 +112,10 @@ def instances(gt: np.ndarray, min_area: int) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, *gt.shape), bool)
 
 
-def world_masks(data_dir: str | Path, model: str, min_area: int) -> WorldMasks:
-    """The train split of a `make-world` folder: its images in SAM's input and its instance masks (the class
-    labels, the captions and the val split unread)."""
+def world_masks(data_dir: str | Path, model: str, min_area: int, background: bool = False) -> WorldMasks:
+    """The train split of a `make-world` folder: its images in SAM's input and its instance masks (with
+    ``background``, the background region's too: :func:`instances`; the class labels, the captions and the val
+    split unread)."""
     from ..data import open_dataset
     from ..io import load_image, read_mask
     from ..models.backbones.sam import SAM_ARCHS, sam_input
@@ -132,8 +135,22 @@ def world_masks(data_dir: str | Path, model: str, min_area: int) -> WorldMasks:
     from segment_anything.utils.transforms import ResizeLongestSide
 
     resized = ResizeLongestSide.get_preprocess_shape(h, w, side)
-    return WorldMasks(pixels, [torch.from_numpy(instances(g, min_area)) for g in gts],
+    return WorldMasks(pixels, [torch.from_numpy(instances(g, min_area, background)) for g in gts],
                       torch.from_numpy(np.stack([g != IGNORE for g in gts])), side / max(h, w), (h, w), resized)
+
+
+def world_of(data_dir: str | Path) -> dict[str, Any] | None:
+    """Which world trained the model, for its record: the `make-world` folder's seed and scene counts and the
+    digest of its ``_stage.json`` (None for a folder without one), so that a reader can tell it from the world it is
+    used on (a toy SAM for pseudo masks must never have seen that world's scenes)."""
+    from ..io import read_record, sha256_file, stage_record_path
+
+    path = stage_record_path(Path(data_dir))
+    if not path.is_file():
+        return None
+    params = read_record(path).get("params", {})
+    return {"seed": params.get("seed"), "train": params.get("n_train"), "val": params.get("n_val"),
+            "record_sha256": sha256_file(path)}
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -313,7 +330,7 @@ def train_toy_sam(out: str | Path, data_dir: str | Path, cfg: ToySamConfig = Toy
     out = Path(out)
     if out.exists() and not out.is_file():
         raise VplError(f"{out}: exists and is not a file; choose a weights file path")
-    data = world_masks(data_dir, cfg.model, cfg.min_area)
+    data = world_masks(data_dir, cfg.model, cfg.min_area, cfg.background_masks)
     per_epoch = -(-len(data.masks) // cfg.batch_size)
     if on_start is not None:
         on_start(cfg.epochs * per_epoch)
@@ -364,7 +381,8 @@ def _train(out: Path, data: WorldMasks, cfg: ToySamConfig, on_step, source: str)
             if on_step is not None:
                 on_step(step, losses[-1])
     seconds = time.perf_counter() - start
-    record = {"model": cfg.model, "recipe": asdict(cfg), "data": source, "split": "train", "images": n,
+    record = {"model": cfg.model, "recipe": asdict(cfg), "data": source, "world": world_of(source),
+              "split": "train", "images": n,
               "masks": int(sum(len(m) for m in data.masks)), "steps": total,
               "final_loss": round(float(np.mean(losses[-10:])), 4),
               "first_iou": round(float(np.mean(first)), 4) if first else None,
