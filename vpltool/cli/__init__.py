@@ -2,7 +2,7 @@
 
 Each command is a plain function in the module of its stage (:mod:`.pipeline`, :mod:`.cam`, :mod:`.segment`,
 :mod:`.training`, :mod:`.report`, :mod:`.app`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.train_text`,
-:mod:`.pgseg`); what they share is split by job:
+:mod:`.pgseg`, :mod:`.sam_pseudo`); what they share is split by job:
 :mod:`.options` (option types and blocks, with the dense methods' in :mod:`.dense_options`), :mod:`.errors` (one-line
 errors, signals, ranks) and :mod:`.output` (lines, progress, ``--log``). Heavy imports happen inside the commands, so
 ``vpltool --help`` stays fast.
@@ -19,7 +19,7 @@ from .. import entry_points
 entry_points.hold_warnings()
 
 from . import app as app_command  # noqa: E402
-from . import benchmark, cam, demo, pgseg, pipeline, report, segment, train_text, training  # noqa: E402
+from . import benchmark, cam, demo, pgseg, pipeline, report, sam_pseudo, segment, train_text, training  # noqa: E402
 from .errors import friendly_errors  # noqa: E402
 from .options import option_blocks  # noqa: E402
 from .root import app, help_cmd  # noqa: E402
@@ -33,6 +33,7 @@ COMMANDS = (
     ("cam", cam.cam_cmd, None),
     ("learn-prototypes", pipeline.learn_prototypes_cmd, None),
     ("crf", pipeline.crf_cmd, None),
+    ("sam-pseudo", sam_pseudo.sam_pseudo_cmd, None),
     ("segment", segment.segment_cmd, None),
     ("train-decoder", training.train_decoder_cmd, None),
     ("predict", training.predict_cmd, None),

@@ -64,8 +64,12 @@ from .stages import (
     MIN_TEMPERATURE,
     NOT_COMPARED,
     PARITIES,
+    PSEUDO_STAGES,
     REFINES,
     REGULARIZATIONS,
+    SAM_COVERAGE,
+    SAM_MERGES,
+    SAM_STARTS,
     TARGETS,
     CamConfig,
     CrfConfig,
@@ -74,6 +78,7 @@ from .stages import (
     LearnPrototypesConfig,
     ReportConfig,
     RuntimeConfig,
+    SamPseudoConfig,
     TextPrototypesConfig,
     worker_count,
 )
@@ -92,4 +97,5 @@ __all__ = [
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
     "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS", "GRADCAM_CUDA_PRECISION",
     "DENSE_CHOICES", "DENSE_SEGMENTORS", "DenseSettings", "SegmentConfig", "dense_help", "dense_config",
+    "PSEUDO_STAGES", "SAM_MERGES", "SAM_COVERAGE", "SAM_STARTS", "SamPseudoConfig",
 ]  # fmt: skip

@@ -333,3 +333,74 @@ class CrfConfig:
         return {name: "with --no-crf" for name in names} if self.no_crf else {}
 
 
+
+
+# `sam-pseudo`: pseudo masks from SAM's masks and the CAMs. The stages whose folders are pseudo masks of the
+# crf kind (a label PNG per image, 255 = ignore): train-decoder, eval, choose-pseudo and report read either
+PSEUDO_STAGES = ("crf", "sam-pseudo")
+# the merge rules of SAM-enhanced pseudo labels (Chen et al. 2023, cskyl/SAM_WSSS @4885dde, merge/max_iou*.py; the
+# released code's default is max_iou_imp2): per class of the CAM's label, in increasing class order, every SAM
+# mask not taken by an earlier class whose pixels are more than half that class's (all three) or that holds at
+# least SAM_COVERAGE of the class's pixels (imp2) is painted with it; imp and imp2 also keep the class's own
+# pixels that no such untaken mask covers (max-iou leaves them background)
+SAM_MERGES = ("max-iou-imp2", "max-iou-imp", "max-iou")
+SAM_COVERAGE = 0.85  # max_iou_imp2.py's `improve_pred_thresh >= 0.85`
+SAM_STARTS = ("crf", "argmax")  # the CAM label the rule starts from: crf --confidence 0's masks, or crf --no-crf's
+# segment-anything's SamAutomaticMaskGenerator defaults (its scripts/amg.py, which writes the mask folders
+# SAM_WSSS reads)
+SAM_AMG_POINTS, SAM_AMG_IOU, SAM_AMG_STABILITY = 32, 0.88, 0.95
+
+
+@dataclass(frozen=True)
+class SamPseudoConfig:
+    """`vpltool sam-pseudo`: SAM's masks assigned to the CAM's classes (docs/crf.md, "Pseudo masks from SAM").
+
+    ``masks``: where the masks come from: ``sam`` (segment-anything's automatic mask generator on ``sam_model`` /
+    ``sam_weights``), ``sam2[:CONFIG]`` (SAM 2's, ``sam_weights`` its checkpoint), or a folder of masks as
+    segment-anything's ``scripts/amg.py`` writes them (``<folder>/<image id>/<k>.png``, 255 inside a mask).
+    ``start``: the CAM label the rule starts from (:data:`SAM_STARTS`): ``crf`` is `crf --confidence 0`'s masks with
+    ``bg_exponent`` and the CRF's defaults (pydensecrf, in the loading processes); ``argmax`` is `crf --no-crf`'s.
+    ``points_per_side``, ``pred_iou_thresh``, ``stability_score_thresh``: the generator's (its defaults).
+    """
+
+    masks: str = "sam"
+    sam_model: str = "vit_h"  # SAM's largest, as SAM-based WSSS runs it; `toy` is the demo world's
+    sam_weights: str | None = None
+    merge: str = "max-iou-imp2"  # the released code's default (main.py --method)
+    start: str = "crf"  # the released labels it merges (TransCAM's) are CRF masks without ignore pixels
+    bg_exponent: float = 1.0
+    points_per_side: int = SAM_AMG_POINTS
+    pred_iou_thresh: float = SAM_AMG_IOU
+    stability_score_thresh: float = SAM_AMG_STABILITY
+
+    def __post_init__(self) -> None:
+        choice("--merge", self.merge, SAM_MERGES)
+        choice("--start", self.start, SAM_STARTS)
+        positive("--bg-exponent", self.bg_exponent)
+        at_least("--points-per-side", self.points_per_side, 1)
+        fraction("--pred-iou-thresh", self.pred_iou_thresh)
+        fraction("--stability-score-thresh", self.stability_score_thresh)
+        require(bool(self.masks), "--masks: name sam, sam2[:CONFIG] or a folder of masks (segment-anything's "
+                "scripts/amg.py output)")
+
+    def generator(self) -> str | None:
+        """``sam`` or ``sam2[:CONFIG]`` when a model makes the masks, None for a folder of masks."""
+        return self.masks if self.masks == "sam" or self.masks.startswith("sam2") else None
+
+    def settings(self) -> dict:
+        """The automatic mask generator's arguments."""
+        return {"points_per_side": self.points_per_side, "pred_iou_thresh": self.pred_iou_thresh,
+                "stability_score_thresh": self.stability_score_thresh}
+
+    def crf(self) -> CrfConfig:
+        """The start label's CRF: `crf`'s defaults, no ignore pixel (the rule needs a class or background at each
+        pixel), ``no_crf`` for the argmax start."""
+        return CrfConfig(confidence=0.0, bg_exponent=self.bg_exponent, no_crf=self.start == "argmax",
+                         backend="pydensecrf")
+
+    def inert(self) -> dict[str, str]:
+        """Fields without effect here (:func:`vpltool.config.inert_fields`)."""
+        if self.generator() is None:
+            return {n: "with a folder of masks" for n in ("sam_model", "sam_weights", "points_per_side",
+                                                           "pred_iou_thresh", "stability_score_thresh")}
+        return {}

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import io
-from ..config import EvalConfig, from_params, ignored_option
+from ..config import PSEUDO_STAGES, EvalConfig, from_params, ignored_option
 from ..errors import ContractError, VplError, VplWarning
 from ..ops.kernels import MiouAccumulator, best_foreground, class_name_map, with_background
 
@@ -291,15 +291,16 @@ def _pct(value: float | None) -> str:
 
 # --------------------------------------------------------------------------------------------- driver
 # the stage folders eval scores (or a bare folder of masks with --data)
-SCORED_STAGES = ("cam", "crf", "predict", "segment")
+SCORED_STAGES = ("cam", *PSEUDO_STAGES, "predict", "segment")
 
 
 def _scored_stage(folder: Path) -> str | None:
     """The stage that made ``folder`` (None: a bare mask folder); the one line for a folder of another kind."""
     stage = io.record_stage(folder)
     if stage is not None and stage not in SCORED_STAGES:
-        raise VplError(f"{folder}: holds `{stage}` output, expected `cam`, `crf`, `predict` or `segment` output (or "
-                       "a folder of mask PNGs with --data)")
+        expected = ", ".join(f"`{s}`" for s in SCORED_STAGES[:-1])
+        raise VplError(f"{folder}: holds `{stage}` output, expected {expected} or `{SCORED_STAGES[-1]}` output (or a "
+                       "folder of mask PNGs with --data)")
     return stage
 
 

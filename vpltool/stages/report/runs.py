@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ... import io
-from ...config import EvalConfig
+from ...config import PSEUDO_STAGES, EvalConfig
 from ...data import Dataset, check_recorded, is_plain, open_recorded
 from ...errors import VplError
 from ...ops.kernels import class_name_map
 
-COLUMN_STAGES = ("cam", "crf", "predict", "segment")  # per-image outputs a row shows, in pipeline order
+COLUMN_STAGES = ("cam", *PSEUDO_STAGES, "predict", "segment")  # per-image outputs a row shows, in pipeline order
 DATA_STAGES = ("extract", *COLUMN_STAGES)  # folders that name a dataset split
 # what two CAM folders may differ in and still be one refinement of two prototype sets (text vs vision)
 PROTOTYPE_PARAMS = ("prototypes", "temperature")
@@ -136,7 +136,8 @@ def _cam_title(source: str | None, params: dict[str, Any]) -> str:
     return f"{source or '?'} CAM{how}"
 
 
-TITLES = {"crf": "CRF pseudo mask", "predict": "decoder prediction", "segment": "open-vocabulary mask"}
+TITLES = {"crf": "CRF pseudo mask", "sam-pseudo": "SAM pseudo mask", "predict": "decoder prediction",
+          "segment": "open-vocabulary mask"}
 
 
 def _column(folder: Path, record: dict[str, Any], metrics: Path) -> Column:
@@ -292,7 +293,7 @@ def _link(root: Path, splits: list[Split]) -> None:
                 col.boxes = "saved" if col.boxes != "off" else "off"
                 break
     hashes = {io.sha256_file(io.stage_record_path(c.folder)): c.name for c in cams}
-    for col in (c for s in splits for c in s.columns if c.stage == "crf"):
+    for col in (c for s in splits for c in s.columns if c.stage in PSEUDO_STAGES):
         col.made_from = hashes.get((col.record.get("inputs") or {}).get("cams"))
 
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ... import io
-from ...config import DecoderConfig, RuntimeConfig, to_params
+from ...config import PSEUDO_STAGES, DecoderConfig, RuntimeConfig, to_params
 from ...data import open_dataset, open_recorded
 from ...decoder import (
     SegDecoder,
@@ -95,7 +95,7 @@ from .steps import (
 from .validation import evaluate, predict_labels
 
 STAGE = "train-decoder"
-MASK_STAGES = ("crf", "predict")  # pseudo masks: CRF output, or a decoder's own predictions (self-training)
+MASK_STAGES = (*PSEUDO_STAGES, "predict")  # pseudo masks: crf's, sam-pseudo's, or a decoder's own (self-training)
 
 
 @dataclass

@@ -97,6 +97,14 @@ def paint_masks(records: list[dict], shape: tuple[int, int]) -> np.ndarray:
     return ids
 
 
+def record_masks(records: list[dict], shape: tuple[int, int]) -> np.ndarray:
+    """An automatic mask generator's records -> ``[N, H0, W0]`` bool, one mask each, in the generator's order
+    (``sam-pseudo`` assigns each to a class; overlaps kept, which a painted map loses)."""
+    if not records:
+        return np.zeros((0, *shape), bool)
+    return np.stack([np.asarray(rec["segmentation"], dtype=bool) for rec in records])
+
+
 def file_digest(path: Path) -> str:
     """The file's sha256 (hex), taken through :func:`vpltool.io.sha256_file`, so that the bytes read later are held
     to it (:func:`vpltool.io.read_as_named`)."""
@@ -150,11 +158,18 @@ class SamRegions:
         model = Sam(sam.model, sam.prompt_encoder, sam.mask_decoder, list(PIXEL_MEAN), list(PIXEL_STD))
         self.generator = SamAutomaticMaskGenerator(model.eval().to(sam.device), **settings)
 
-    def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
+    def records(self, image: np.ndarray) -> list[dict]:
         import torch
 
         with torch.no_grad():
-            return paint_masks(self.generator.generate(np.ascontiguousarray(image)), image.shape[:2])
+            return self.generator.generate(np.ascontiguousarray(image))
+
+    def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
+        return paint_masks(self.records(image), image.shape[:2])
+
+    def masks(self, image: np.ndarray) -> np.ndarray:
+        """``[N, H, W]`` bool: every mask the generator keeps for ``image`` (:func:`record_masks`)."""
+        return record_masks(self.records(image), image.shape[:2])
 
 
 def import_sam2():
@@ -182,11 +197,7 @@ class Sam2Regions:
         certify(model, str(checkpoint), "pass SAM2's released checkpoint (re-download it) to --sam-weights")
         self.generator = generator(model=model, multimask_output=False, **settings)
 
-    def region_map(self, image_path: Path, image: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            return paint_masks(self.generator.generate(np.ascontiguousarray(image)), image.shape[:2])
+    records, region_map, masks = SamRegions.records, SamRegions.region_map, SamRegions.masks
 
 
 _SOURCES: dict[tuple, object] = {}  # per process (a loading worker builds its SAM once)
@@ -195,13 +206,13 @@ NEED = ("--dense {method} needs class-agnostic region masks: pass --region-masks
 
 
 def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str | None = None, load: bool = True,
-                  settings: dict = SAM_SETTINGS, method: str = "corrclip"):
+                  settings: dict = SAM_SETTINGS, method: str = "corrclip", device: str = "cpu"):
     """The generator ``--region-masks value`` names: a folder (:class:`FolderRegions`), ``sam``
     (:class:`SamRegions` on ``--sam-model`` / ``--sam-weights``, its prompt encoder and mask decoder included) or
     ``sam2[:CONFIG]`` (:class:`Sam2Regions`, ``--sam-weights`` its checkpoint; CONFIG SAM2's model config, by default
     the reference's ``sam2_hiera_l.yaml``). ``load`` False: checked only (the SAM file's kind, the package), nothing
-    built. ``settings``: the method's SAM2 generator arguments; ``method``: its name, for the message. One line
-    naming the fix for a value that is none of these."""
+    built. ``settings``: the method's SAM2 generator arguments; ``method``: its name, for the message; ``device``:
+    where the model runs. One line naming the fix for a value that is none of these."""
     if not value:
         raise VplError(NEED.format(method=method))
     if value == "sam" or value.startswith("sam2"):
@@ -214,17 +225,17 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
 
             spec = SamSpec(sam_model, sam_weights, prompt=True)
             check_model("sam", spec)
-            key = ("sam", sam_model, sam_weights, tuple(sorted(settings.items())))
+            key = ("sam", sam_model, sam_weights, tuple(sorted(settings.items())), str(device))
             if load and key not in _SOURCES:
                 from ...registry import load_model
 
-                _SOURCES[key] = SamRegions(load_model("sam", spec, "cpu"), settings)
+                _SOURCES[key] = SamRegions(load_model("sam", spec, device), settings)
             return _SOURCES.get(key)
         import_sam2()
         config = value.partition(":")[2] or "sam2_hiera_l.yaml"
-        key = ("sam2", config, sam_weights, tuple(sorted(settings.items())))
+        key = ("sam2", config, sam_weights, tuple(sorted(settings.items())), str(device))
         if load and key not in _SOURCES:
-            _SOURCES[key] = Sam2Regions(config, Path(sam_weights), settings=settings)
+            _SOURCES[key] = Sam2Regions(config, Path(sam_weights), device=device, settings=settings)
         return _SOURCES.get(key)
     return FolderRegions(Path(value).expanduser())
 
@@ -240,5 +251,5 @@ def source_record(value: str, sam_model: str, sam_weights: str | None, settings:
     return {"generator": "folder"}
 
 
-__all__ = ["NPZ_KEY", "SAM_SETTINGS", "read_region_file", "paint_masks", "FolderRegions", "SamRegions",
+__all__ = ["NPZ_KEY", "SAM_SETTINGS", "read_region_file", "paint_masks", "record_masks", "FolderRegions", "SamRegions",
            "Sam2Regions", "import_sam2", "file_digest", "region_source", "source_record"]

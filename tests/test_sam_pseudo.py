@@ -1,0 +1,182 @@
+"""`sam-pseudo`: SAM's masks assigned to the CAM's classes (SAM_WSSS's merge rules), the stage end to end on the
+demo world with a toy SAM, resume, bad input in one line."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vpltool import io
+from vpltool.config import RuntimeConfig, SamPseudoConfig
+from vpltool.errors import VplError
+from vpltool.stages.sam_pseudo import merge_masks
+
+needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
+                               reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
+ONE = RuntimeConfig(device="cpu", workers=1)
+
+
+def _box(rows: slice, cols: slice, shape=(10, 10)) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[rows, cols] = True
+    return m
+
+
+# --------------------------------------------------------------------------------------------- the rule
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    """A 10x10 CAM label and three SAM masks, each case one a plausible rule gets wrong:
+
+    * class 1's CAM (rows 0-3, cols 0-5) fills 16 of mask A's 20 pixels (rows 0-4, cols 0-3): A becomes 1, row 4
+      included; its spill into mask B (rows 0-3, cols 4-9: 8 of 24 pixels) is no majority: those pixels become 0;
+    * class 2 (rows 6-7, cols 6-7) lies outside every mask: it keeps its label (imp, imp2), or loses it (max-iou);
+    * class 3 (rows 8-9, cols 0-1) is 4 of mask C's 20 pixels (rows 8-9): no majority, but C holds all of class 3,
+      so imp2 gives C to class 3 (85 % rule) while imp and max-iou leave it, and class 3 with it, background.
+    """
+    start = np.zeros((10, 10), np.uint8)
+    start[0:4, 0:6] = 1
+    start[6:8, 6:8] = 2
+    start[8:10, 0:2] = 3
+    masks = np.stack([_box(slice(0, 5), slice(0, 4)), _box(slice(0, 4), slice(4, 10)), _box(slice(8, 10), slice(0, 10))])
+    return start, masks
+
+
+def test_each_mask_goes_to_its_majority_class_and_the_rest_keeps_the_cams_label():
+    start, masks = _scene()
+    want = np.zeros((10, 10), np.uint8)
+    want[0:5, 0:4] = 1  # mask A, its CAM-less row 4 included; the spill into B (cols 4-5) dropped
+    want[6:8, 6:8] = 2  # no mask: the CAM's label
+    want[8:10, :] = 3  # mask C: all of class 3 is inside it (imp2's 85 % rule)
+    np.testing.assert_array_equal(merge_masks(start, masks, "max-iou-imp2"), want)
+    want[8:10, :] = 0  # imp: C has no majority class, and class 3's pixels lie inside a free mask
+    np.testing.assert_array_equal(merge_masks(start, masks, "max-iou-imp"), want)
+    want[6:8, 6:8] = 0  # max-iou: the CAM's label is kept nowhere
+    np.testing.assert_array_equal(merge_masks(start, masks, "max-iou"), want)
+
+
+def test_a_mask_taken_by_an_earlier_class_is_not_a_later_ones_and_the_later_paints_over_it():
+    """Mask M (rows 0-4) is 3/4 class 4 and holds all of class 5: class 4 takes it (the first class, in increasing
+    order); class 5 finds it taken, so its pixels lie outside every free mask and keep label 5, painted over 4.
+    A rule that gave each mask its plurality class alone would paint class 5's pixels 4."""
+    start = np.zeros((10, 10), np.uint8)
+    start[0:5, 0:8] = 4
+    start[0:2, 8:10] = 5
+    m = _box(slice(0, 5), slice(0, 10))
+    out = merge_masks(start, m[None], "max-iou-imp2")
+    want = np.where(m, 4, 0).astype(np.uint8)
+    want[0:2, 8:10] = 5
+    np.testing.assert_array_equal(out, want)
+
+
+def test_the_mask_order_does_not_matter_and_ignore_pixels_are_no_class():
+    rng = np.random.default_rng(0)
+    start = rng.integers(0, 4, (12, 12)).astype(np.uint8)
+    start[0, :3] = 255
+    masks = rng.random((9, 12, 12)) < 0.3
+    out = merge_masks(start, masks)
+    np.testing.assert_array_equal(out, merge_masks(start, masks[::-1]))
+    assert 255 not in out and set(np.unique(out)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(merge_masks(start, masks[:0]), np.where(start == 255, 0, start))  # no mask: the CAM
+
+
+# --------------------------------------------------------------------------------------------- the stage
+TOY = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-sam-world20" / "model.safetensors"
+needs_toy = pytest.mark.skipif(not TOY.is_file(), reason="sam-pseudo's toy SAM is missing")
+# the demo's settings (the Makefile's SAM_PSEUDO_ARGS)
+DEMO = SamPseudoConfig(sam_model="toy", sam_weights=str(TOY), points_per_side=8, pred_iou_thresh=0.4,
+                       stability_score_thresh=0.4)
+
+
+def _cams(world: Path, folder: Path, split: str = "val") -> Path:
+    """A finished `cam`-like folder over ``world``'s ``split``: per label its ground-truth mask blurred and spilled
+    past the object (a CAM's error the rule is there to fix), in [0, 1]."""
+    import cv2
+    import torch
+
+    from vpltool.data import open_dataset
+
+    data = open_dataset(world, split)
+    for item in data.items:
+        gt = io.read_mask(item.gt)
+        maps = [cv2.GaussianBlur((gt == c).astype(np.float32), (0, 0), sigmaX=5.0) for c in item.labels]
+        maps = [np.clip(m * 2.0, 0, 1) for m in maps]
+        cams = np.stack(maps) if maps else np.zeros((0, *gt.shape), np.float32)
+        io.write_cam(io.cam_path(folder, item.id), torch.from_numpy(cams), item.labels, classes=data.classes,
+                     params={}, id=item.id, image_size=list(gt.shape))
+    io.write_stage_record(folder, "cam", params={}, inputs={"dataset": data.identity()}, count=len(data.items))
+    return folder
+
+
+@needs_crf
+@needs_toy
+def test_the_stage_on_the_demo_world_with_the_toy_sam_beats_its_start_and_resumes(world, tmp_path):
+    """The toy SAM (another world's scenes) on the conftest world's val scenes: every image's mask written, of the
+    `sam-pseudo` kind eval scores, closer to the truth than the CRF masks it started from; a resumed run redoes only
+    what is missing, and the same again."""
+    from vpltool.stages.eval import run_eval
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+
+    cams = _cams(world, tmp_path / "cams")
+    out = tmp_path / "sam"
+    summary = run_sam_pseudo(cams, out, DEMO, ONE)
+    ids = io.item_ids(cams)
+    assert summary.done == len(ids) == 3 and summary.complete and summary.masks > 0 and summary.covered > 0.5
+    assert io.read_record(io.stage_record_path(out))["stage"] == "sam-pseudo"
+    start = run_sam_pseudo(cams, tmp_path / "start", SamPseudoConfig(**{**DEMO.__dict__, "masks": str(_no_masks(
+        tmp_path, ids))}), ONE)  # no SAM mask: the rule keeps the start label, the CRF's
+    assert start.changed == 0.0
+    sam, crf = run_eval(out)[0]["miou"], run_eval(tmp_path / "start")[0]["miou"]
+    assert sam > crf + 0.05, (sam, crf)
+    first = {i: io.read_mask(io.mask_path(out, i)) for i in ids}
+    io.mask_path(out, ids[1]).unlink()
+    again = run_sam_pseudo(cams, out, DEMO, ONE)
+    assert (again.done, again.skipped) == (1, 2)
+    np.testing.assert_array_equal(io.read_mask(io.mask_path(out, ids[1])), first[ids[1]])
+    with pytest.raises(VplError) as e:  # another rule into the same folder: refused, not mixed
+        run_sam_pseudo(cams, out, SamPseudoConfig(**{**DEMO.__dict__, "merge": "max-iou"}), ONE)
+    assert "\n" not in str(e.value) and "merge" in str(e.value)
+
+
+def _no_masks(tmp_path: Path, ids) -> Path:
+    """A mask folder in amg.py's layout with no mask for any image."""
+    root = tmp_path / "no_masks"
+    for i in ids:
+        (root / i).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def test_a_mask_folder_is_read_as_amg_writes_it_and_checked_before_any_work(world, tmp_path, monkeypatch):
+    """``--masks FOLDER``: ``FOLDER/<id>/<k>.png`` (255 inside); a missing image folder, a mask of another size or a
+    non-binary one is one line naming the file, before any mask is written."""
+    from vpltool.stages import sam_pseudo
+
+    cams = _cams(world, tmp_path / "cams")
+    ids = io.item_ids(cams)
+    masks = tmp_path / "masks"
+    for i in ids:
+        gt = io.read_mask(next(it for it in __import__("vpltool.data", fromlist=["x"]).open_dataset(world, "val").items
+                               if it.id == i).gt)
+        (masks / i).mkdir(parents=True)
+        Image.fromarray(((gt > 0) * 255).astype(np.uint8)).save(masks / i / "0.png")  # the objects, as one mask
+        Image.fromarray(((gt == 0) * 255).astype(np.uint8)).save(masks / i / "1.png")  # the background
+    cfg = SamPseudoConfig(masks=str(masks), start="argmax")
+    out = tmp_path / "out"
+    s = sam_pseudo.run_sam_pseudo(cams, out, cfg, ONE)
+    assert s.done == 3 and abs(s.covered - 1.0) < 1e-9
+    for i in ids:  # the background mask has no class's majority: no class pixel survives outside the objects
+        gt, mask = io.read_mask(next(world.glob(f"masks/{i}.png"))), io.read_mask(io.mask_path(out, i))
+        assert not (mask[gt == 0]).any()
+    bad = {"missing": lambda: __import__("shutil").rmtree(masks / ids[0]),
+           "size": lambda: Image.fromarray(np.zeros((5, 7), np.uint8)).save(masks / ids[1] / "2.png"),
+           "values": lambda: Image.fromarray(np.full((96, 96), 7, np.uint8)).save(masks / ids[2] / "3.png")}
+    want = {"missing": f"{masks / ids[0]}: no mask folder for image", "size": "2.png: a 5x7 mask for a 96x96 image",
+            "values": "3.png: holds values other than 0 and 255"}
+    for name in ("values", "size", "missing"):  # each on top of the previous: the first one met is named
+        bad[name]()
+        with pytest.raises(VplError) as e:
+            sam_pseudo.run_sam_pseudo(cams, tmp_path / f"out_{name}", cfg, ONE)
+        assert want[name] in str(e.value) and "\n" not in str(e.value), str(e.value)
+        assert not (tmp_path / f"out_{name}").exists() or not list((tmp_path / f"out_{name}").glob("*.png"))
