@@ -36,14 +36,27 @@ REFINE ?= none
 # both splits; REFINE's at RUN's top level, any other R's under RUN/R/ (metrics under RUN/metrics/R/). Empty: REFINE
 # alone, as `make voc` and `make coco` (the paper's pipeline)
 REFINES ?= none caa caa+sgc
-# whose vision-CAM CRF masks train the decoder: auto = the refinement of REFINES whose decoder scores the highest mIoU
-# on the training split (a decoder is trained on every refinement's masks, RUN[/R]/decoder, and predicts the training
-# split, RUN[/R]/pred_train; `vpltool choose-pseudo` checks and prints the scores; never val), or one name of REFINES
-# (its decoder alone is trained). The pseudo masks' own mIoU pointed the wrong way on harder worlds (issue 37,
+# whose vision-CAM pseudo masks train the decoder: auto = the candidate (a refinement R of REFINES, or R+sam with
+# PSEUDO's sam: R's SAM masks) whose decoder scores the highest mIoU on the training split (a decoder is trained on
+# every candidate's masks, RUN[/R]/decoder or RUN[/R]/sam/decoder, and predicts the training split; `vpltool
+# choose-pseudo` checks and prints the scores; never val), or one candidate's name (its decoder alone is trained). The pseudo masks' own mIoU pointed the wrong way on harder worlds (issue 37,
 # docs/pipeline.md)
 PSEUDO_REFINE ?= auto
 # predict's options for the rule's prediction on the training split: a ranking, at a third of the defaults' cost
 CHOICE_PRED_ARGS ?= --scales 1 --no-flip
+# which pseudo masks the decoder may train on: crf (dense CRF, the paper's), sam (`vpltool sam-pseudo`: SAM's
+# automatic masks, each given the class of the CRF mask that covers most of it; SAM-enhanced pseudo labels), or
+# both ("crf sam": every refinement's CRF masks R and SAM masks R+sam are candidates of PSEUDO_REFINE's choice).
+# SAM's masks of refinement R live in RUN[/R]/sam/ (pseudo, pseudo_val, decoder, pred_train), their scores in
+# RUN/metrics[/R]/sam/. make voc / make coco take it as well (PSEUDO=sam with SAM_PSEUDO_WEIGHTS=SAM's checkpoint)
+PSEUDO ?= crf
+# the SAM of sam-pseudo and its automatic-mask settings. The demo's is a toy SAM trained on the scenes of ANOTHER
+# world (seed 20; its model.json names it), never the demo's train or val scenes, with the background region as a
+# mask too, so that its masks cover the scenes; its settings chosen on train (docs/crf.md). make voc / make coco:
+# vit_h, the generator's defaults, and the checkpoint given as SAM_PSEUDO_WEIGHTS
+SAM_PSEUDO_MODEL ?= toy
+SAM_PSEUDO_WEIGHTS ?= vpltool/assets/toy-sam-world20/model.safetensors
+SAM_PSEUDO_ARGS ?= --points-per-side 16 --pred-iou-thresh 0.4 --stability-score-thresh 0.4
 # SSR (AAAI 2026; docs/pipeline.md): REFINE=caa+sgc masks CAA's affinity with K-means groups of SLIC superpixels
 # (SGC_SEGMENTS superpixels, SGC_CLUSTERS groups, SGC_POSITION: weight of position against colour); AFFINITY=dino or
 # clip+dino builds CAA from a timm ViT's attention (DINO_MODEL; DINO_WEIGHTS hub | FILE | none = random), mixed
@@ -164,7 +177,9 @@ PAPER_ARGS = DATA_DEP= MODEL_DEP= MODEL=$(call pick,MODEL,ViT-B-16) PRETRAINED=$
   ITERS=$(call pick,ITERS,3000) LR=$(call pick,LR,10) DEC_ITERS=$(call pick,DEC_ITERS,30000) \
   DEC_ARGS='$(call pick,DEC_ARGS,--recipe vpl)' PRED_ARGS='$(call pick,PRED_ARGS,--crf)' \
   VAL_SPLIT=$(call pick,VAL_SPLIT,val) HELDOUT=$(call pick,HELDOUT,) DENSE='$(call pick,DENSE,)' \
-  DENSE_SEEDS='$(call pick,DENSE_SEEDS,)'
+  DENSE_SEEDS='$(call pick,DENSE_SEEDS,)' PSEUDO='$(call pick,PSEUDO,crf)' \
+  SAM_PSEUDO_MODEL=$(call pick,SAM_PSEUDO_MODEL,vit_h) SAM_PSEUDO_WEIGHTS=$(call pick,SAM_PSEUDO_WEIGHTS,) \
+  SAM_PSEUDO_ARGS='$(call pick,SAM_PSEUDO_ARGS,)'
 VOC_ARGS = RUN=$(call pick,RUN,runs/voc) DATA=$(VOC_ROOT) TRAIN_SPLIT=$(call pick,TRAIN_SPLIT,train_aug) \
   EVAL_SPLIT=$(call pick,EVAL_SPLIT,train) BACKGROUND=$(call pick,BACKGROUND,voc) BOX_THR=$(call pick,BOX_THR,0.4)
 COCO_ARGS = RUN=$(call pick,RUN,runs/coco) DATA=$(COCO_ROOT) TRAIN_SPLIT=$(call pick,TRAIN_SPLIT,train) \
@@ -175,6 +190,13 @@ ifeq ($(strip $(VOC_ROOT)),)
 $(error make voc needs VOC_ROOT=/path/to/VOC2012 (a PASCAL VOC 2012 root with SegmentationClassAug and train_aug.txt; see docs/reproduce.md))
 endif
 endif
+ifneq ($(filter voc coco,$(MAKECMDGOALS)),)
+ifneq ($(filter sam,$(PSEUDO)),)
+ifeq ($(filter command line,$(origin SAM_PSEUDO_WEIGHTS)),)
+$(error make $(filter voc coco,$(MAKECMDGOALS)) with PSEUDO=$(PSEUDO) needs SAM_PSEUDO_WEIGHTS=/path/to/sam_vit_h_4b8939.pth (SAM's released checkpoint; SAM_PSEUDO_MODEL=vit_b or vit_l for another size; see docs/reproduce.md))
+endif
+endif
+endif
 ifneq ($(filter coco,$(MAKECMDGOALS)),)
 ifeq ($(strip $(COCO_ROOT)),)
 $(error make coco needs COCO_ROOT=/path/to/coco (a COCO 2014 WSSS root with SegmentationClass and train.txt/val.txt; see docs/reproduce.md))
@@ -182,7 +204,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc report voc coco bench parity docs toy-clip toy-dino toy-sam \
+        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 \
         clean-demo weclip decoder-seeds
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -236,6 +258,12 @@ sgc: setup
 	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= \
 	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
+## The demo's SAM rows (PSEUDO=crf sam: sam-pseudo's masks from every refinement's vision CAMs, with the toy SAM
+## of another world; their decoders are candidates of the choice), then the table
+sam: setup
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
+	  PSEUDO='$(call pick,PSEUDO,crf sam)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
+
 ## Render the demo world (synthetic scenes with exact masks)
 world: $(RUN)/world/_stage.json
 $(RUN)/world/_stage.json: | setup
@@ -272,6 +300,14 @@ CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 	$(CRF)
 %/pseudo_text_val/_stage.json: %/cams_text_val/_stage.json
 	$(CRF)
+# SAM's pseudo masks of refinement R (PSEUDO with sam): RUN[/R]/sam/pseudo from RUN[/R]/cams_vision (make prefers
+# these rules to the crf ones above: the shorter stem)
+SAM_PSEUDO_RUN = $(VPL) sam-pseudo $(<D) -o $(@D) --sam-model $(SAM_PSEUDO_MODEL) --sam-weights $(SAM_PSEUDO_WEIGHTS) \
+  $(SAM_PSEUDO_ARGS) --device $(DEVICE) --overwrite
+%/sam/pseudo/_stage.json: %/cams_vision/_stage.json $(wildcard $(SAM_PSEUDO_WEIGHTS))
+	$(SAM_PSEUDO_RUN)
+%/sam/pseudo_val/_stage.json: %/cams_vision_val/_stage.json $(wildcard $(SAM_PSEUDO_WEIGHTS))
+	$(SAM_PSEUDO_RUN)
 # eval: a folder of the training split is scored on EVAL_SPLIT, one of VAL_SPLIT on its own split
 # (its own files, like its folders, are re-made with --overwrite: also those of a vpltool that recorded no file kinds)
 $(RUN)/metrics/%_val.json: $(RUN)/%_val/_stage.json
@@ -291,19 +327,29 @@ $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_p
 ## CAMs from the vision prototypes, and their mIoU
 cams-vision: $(RUN)/metrics/cams_vision.json
 
-## Dense-CRF pseudo masks from the vision-prototype CAMs, and their mIoU (with REFINES: those of every refinement)
-PSEUDO_SCORES = $(foreach r,$(REFINES),$(call refine_metrics,$(r))/pseudo.json)
+# the pseudo-mask candidates: each refinement's CRF masks (R) and, with sam in PSEUDO, its SAM masks (R+sam);
+# $(call cand_dir,C) / $(call cand_metrics,C): candidate C's folder (pseudo, decoder, pred_train) and its scores'
+cand_base = $(patsubst %+sam,%,$(1))
+cand_dir = $(call refine_dir,$(call cand_base,$(1)))$(if $(filter %+sam,$(1)),/sam)
+cand_metrics = $(call refine_metrics,$(call cand_base,$(1)))$(if $(filter %+sam,$(1)),/sam)
+CANDIDATES = $(foreach r,$(or $(REFINES),$(REFINE)),$(if $(filter crf,$(PSEUDO)),$(r)) $(if $(filter sam,$(PSEUDO)),$(r)+sam))
+# more than one candidate, or REFINES named: the choice runs (choose-pseudo)
+CHOOSING = $(or $(REFINES),$(word 2,$(CANDIDATES)))
+## Pseudo masks from the vision-prototype CAMs (dense CRF; with PSEUDO=sam also SAM's), and their mIoU (with REFINES:
+## those of every refinement)
+PSEUDO_SCORES = $(foreach c,$(if $(CHOOSING),$(CANDIDATES)),$(call cand_metrics,$(c))/pseudo.json)
 pseudo: $(RUN)/metrics/pseudo.json $(PSEUDO_SCORES)
 
 ## VPL phase 2: decoder on the frozen CLIP, trained on the pseudo masks with CE + RSC (with REFINES: one per refinement)
 # $(call refine_dir,R): the folder of refinement R's CAMs, masks and decoder: RUN for REFINE, else RUN/R
 refine_dir = $(if $(filter $(REFINE),$(1)),$(RUN),$(RUN)/$(1))
-# the refinements whose masks train a decoder: every one of REFINES when the rule chooses (PSEUDO_REFINE=auto), the
-# one named by hand, or REFINE alone without REFINES (make voc, make coco)
-DEC_REFINES = $(if $(REFINES),$(if $(filter auto,$(PSEUDO_REFINE)),$(REFINES),$(PSEUDO_REFINE)),$(REFINE))
-DECODERS = $(foreach r,$(DEC_REFINES),$(call refine_dir,$(r))/decoder/decoder.safetensors)
+# the candidates whose masks train a decoder: every one when the rule chooses (PSEUDO_REFINE=auto), the one named by
+# hand, or the only one (make voc, make coco: REFINE's CRF masks, or its SAM masks with PSEUDO=sam)
+DEC_REFINES = $(if $(CHOOSING),$(if $(filter auto,$(PSEUDO_REFINE)),$(CANDIDATES),$(PSEUDO_REFINE)),$(CANDIDATES))
+DECODERS = $(foreach c,$(DEC_REFINES),$(call cand_dir,$(c))/decoder/decoder.safetensors)
 # the rule's scores: each decoder's prediction on the train-side split, scored there
-DECODER_SCORES = $(if $(filter auto,$(PSEUDO_REFINE)),$(foreach r,$(REFINES),$(call refine_metrics,$(r))/pred_train.json))
+DECODER_SCORES = $(if $(CHOOSING),$(if $(filter auto,$(PSEUDO_REFINE)),$(foreach c,$(CANDIDATES),\
+  $(call cand_metrics,$(c))/pred_train.json)))
 decoder: $(DECODERS)
 %/decoder/decoder.safetensors: %/pseudo/_stage.json $(RUN)/vision_prototypes.safetensors
 	$(VPL) train-decoder $(<D) -p $(RUN)/vision_prototypes.safetensors -o $(@D) --iters $(DEC_ITERS) $(DEC_ARGS) \
@@ -318,13 +364,13 @@ decoders: $(DECODER_SCORES) $(DECODERS)
 # with REFINES, the decoder that predicts val is the chosen refinement's (RUN[/R]/decoder); a failed choice stops the
 # recipe (`&&`, not an empty argument). The refinement of each folder is read from its records; the scores must be
 # on the train-side EVAL_SPLIT
-CHOICE = $(if $(REFINES),pseudo=$$($(VPL) choose-pseudo $(strip $(RUN) $(REFINES) $(EVAL_SPLIT_ARG) \
+CHOICE = $(if $(CHOOSING),pseudo=$$($(VPL) choose-pseudo $(strip $(RUN) $(CANDIDATES) $(EVAL_SPLIT_ARG) \
   --pick $(PSEUDO_REFINE) --by $(if $(filter auto,$(PSEUDO_REFINE)),decoder,masks) --overwrite)) &&)
-CHOSEN_DECODER = $(if $(REFINES),"$${pseudo%/pseudo}/decoder/decoder.safetensors",$(RUN)/decoder/decoder.safetensors)
+CHOSEN_DECODER = $(if $(CHOOSING),"$${pseudo%/pseudo}/decoder/decoder.safetensors",$(call cand_dir,$(CANDIDATES))/decoder/decoder.safetensors)
 
 ## Decoder masks for the validation split, and their mIoU
 predict: $(RUN)/metrics/pred_val.json
-$(RUN)/pred_val/_stage.json: $(DECODERS) $(DECODER_SCORES) $(if $(REFINES),$(PSEUDO_SCORES))
+$(RUN)/pred_val/_stage.json: $(DECODERS) $(DECODER_SCORES) $(if $(CHOOSING),$(PSEUDO_SCORES))
 	$(CHOICE) $(VPL) predict $(CHOSEN_DECODER) --split $(VAL_SPLIT) -o $(@D) $(PRED_ARGS) \
 	  $(if $(PRED_CLASSES),--classes $(PRED_CLASSES)) --device $(DEVICE) --overwrite
 $(RUN)/metrics/pred_val.json: $(RUN)/pred_val/_stage.json
@@ -340,7 +386,10 @@ $(RUN)/features_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
 COMPARED = $(foreach r,$(REFINES) $(AFFINITY_ROWS),$(addprefix $(call refine_metrics,$(r))/,cams_text.json cams_vision.json \
   pseudo_text.json pseudo.json $(if $(HELDOUT),cams_text_val.json cams_vision_val.json pseudo_text_val.json \
   pseudo_val.json)))
-refines: $(COMPARED)
+# SAM's pseudo masks beside the CRF's, on both splits, for each refinement of REFINES (PSEUDO with sam)
+SAM_COMPARED = $(if $(filter sam,$(PSEUDO)),$(foreach r,$(or $(REFINES),$(REFINE)),$(addprefix $(call cand_metrics,$(r)+sam)/,\
+  pseudo.json $(if $(HELDOUT),pseudo_val.json))))
+refines: $(COMPARED) $(SAM_COMPARED)
 
 ## Phase-1 diagnosis on the held-out split: pixel classifier, GradCAM per layer and modality gap, text vs vision
 diagnose: $(RUN)/metrics/diagnose_val.json
@@ -386,7 +435,7 @@ report: $(RUN)/report/index.html
 $(RUN)/metrics.json: $(RUN)/metrics/cams_text.json $(RUN)/metrics/cams_vision.json $(RUN)/metrics/pseudo.json \
                     $(RUN)/metrics/pred_val.json $(if $(HELDOUT),$(RUN)/metrics/cams_text_val.json \
                     $(RUN)/metrics/cams_vision_val.json $(RUN)/metrics/pseudo_val.json $(RUN)/metrics/diagnose_val.json) \
-                    $(COMPARED) $(DENSE_METRICS)
+                    $(COMPARED) $(SAM_COMPARED) $(DENSE_METRICS)
 	$(VPL) demo-report $(RUN) --overwrite
 $(RUN)/report/index.html: $(RUN)/metrics.json
 	$(VPL) report $(RUN) -o $(@D) --workers $(WORKERS)
@@ -563,6 +612,14 @@ toy-sam: runs/toy-sam/world/_stage.json
 runs/toy-sam/world/_stage.json: | setup
 	$(VPL) make-world $(@D)
 
+# (the train masks of world seed 20, never the demo's scenes, objects and the background region, class-agnostic)
+## Retrain sam-pseudo's toy SAM (another world's scenes, --background-masks) from its seed (not part of CI)
+toy-sam-world20: runs/toy-sam-world20/world/_stage.json
+	$(VPL) train-toy-sam vpltool/assets/toy-sam-world20/model.safetensors --data runs/toy-sam-world20/world \
+	  --background-masks --overwrite
+runs/toy-sam-world20/world/_stage.json: | setup
+	$(VPL) make-world $(@D) --seed 20
+
 ## Remove the demo run folder
 clean-demo:
 	rm -rf $(RUN)
@@ -572,7 +629,8 @@ quoted = $(subst ','"'"',$(1))
 # `make help` documents these variables (the README's `make report RUN=... DATA=... DATA_DEP= ...` line sets them);
 # their defaults are those above, the demo world's; the comments above each say more
 HELP_VARS = RUN DATA DATA_DEP MODEL PRETRAINED MODEL_DEP DEVICE TRAIN_SPLIT EVAL_SPLIT VAL_SPLIT TEMPLATES BACKGROUND \
-  REFINE REFINES PSEUDO_REFINE ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS TEST_WORKERS
+  REFINE REFINES PSEUDO PSEUDO_REFINE SAM_PSEUDO_MODEL SAM_PSEUDO_WEIGHTS ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS \
+  TEST_WORKERS
 doc_RUN = the run folder: every stage writes its folder here
 doc_DATA = the dataset (a VOC or COCO root, a folder or a manifest); the demo renders its world here
 doc_DATA_DEP = the file the features depend on: the rendered world; empty (DATA_DEP=) for a real dataset
@@ -588,7 +646,10 @@ doc_TEMPLATES = text-prototypes --templates (real CLIP: clip-es)
 doc_BACKGROUND = text-prototypes --background (real CLIP: auto, voc or coco)
 doc_REFINE = cam --refine of the pipeline's own CAMs: none | caa | caa+sgc
 doc_REFINES = the refinements compared side by side; empty = REFINE alone
-doc_PSEUDO_REFINE = whose pseudo masks train the decoder: auto (best on the training split) or a name of REFINES
+doc_PSEUDO = the pseudo masks: crf | sam (sam-pseudo: SAM's masks given the CRF masks' classes) | crf sam (both)
+doc_PSEUDO_REFINE = whose pseudo masks train the decoder: auto (best on the training split) or a candidate (R, R+sam)
+doc_SAM_PSEUDO_MODEL = sam-pseudo's SAM: vit_b | vit_l | vit_h | toy (the demo's, trained on another world)
+doc_SAM_PSEUDO_WEIGHTS = its weights (make voc / make coco with PSEUDO=sam: SAM's released checkpoint)
 doc_ITERS = learn-prototypes --iters
 doc_DEC_ITERS = train-decoder --iters (the paper: 30000)
 doc_DEC_ARGS = other train-decoder options (the paper: --recipe vpl; empty = the vpl recipe's own)
@@ -681,6 +742,8 @@ pgseg: setup
   %/pseudo_val/_stage.json \
   %/pseudo_text/_stage.json \
   %/pseudo_text_val/_stage.json \
+  %/sam/pseudo/_stage.json \
+  %/sam/pseudo_val/_stage.json \
   $(RUN)/metrics/%_val.json \
   $(RUN)/metrics/%.json \
   %/decoder/decoder.safetensors \

@@ -9,20 +9,32 @@ from vpltool import io
 from vpltool.stages.eval import scored_what
 
 
+def _where(root: Path, refine: str, own: str) -> tuple[Path, Path, bool]:
+    """Candidate ``refine``'s folder and metrics folder as the Makefile lays them out (``R+sam``: R's ``sam/``), and
+    whether it is a sam-pseudo candidate."""
+    base, sam = (refine[:-4], True) if refine.endswith("+sam") else (refine, False)
+    folder = root if base == own else root / base
+    metrics = root / "metrics" if base == own else root / "metrics" / base
+    return (folder / "sam", metrics / "sam", True) if sam else (folder, metrics, False)
+
+
 def candidate(root: Path, refine: str, miou: object, own: str = "none", split: str = "train") -> Path:
     """``refine``'s ``cams_vision`` and ``pseudo`` records laid out as the Makefile does (``root`` for ``own``, else
-    ``root/refine``), and its eval JSON (``root/metrics[/refine]/pseudo.json``) scoring ``pseudo`` on ``split``."""
-    base = root if refine == own else root / refine
-    cams, pseudo = base / "cams_vision", base / "pseudo"
+    ``root/refine``; ``R+sam``: a `sam-pseudo` folder at ``R``'s ``sam/pseudo``), and its eval JSON
+    (``root/metrics[/refine]/pseudo.json``) scoring ``pseudo`` on ``split``."""
+    base, metrics, sam = _where(root, refine, own)
+    cams, pseudo = (base.parent if sam else base) / "cams_vision", base / "pseudo"
     for folder in (cams, pseudo):
         folder.mkdir(parents=True, exist_ok=True)
-    io.write_stage_record(cams, "cam", params={"refine": refine}, inputs={}, count=0)
+    if not io.stage_record_path(cams).is_file():  # R and R+sam share R's CAMs
+        io.write_stage_record(cams, "cam", params={"refine": refine.removesuffix("+sam")}, inputs={}, count=0)
     dataset = {"kind": "folder", "root": str(root / "world"), "split": split}
-    io.write_stage_record(pseudo, "crf", params={"confidence": 0.95},
+    stage = "sam-pseudo" if sam else "crf"
+    io.write_stage_record(pseudo, stage, params={"confidence": 0.95},
                           inputs={"cams": io.sha256_file(io.stage_record_path(cams)), "dataset": dataset}, count=0)
-    scored = (root / "metrics" if refine == own else root / "metrics" / refine) / "pseudo.json"
+    scored = metrics / "pseudo.json"
     scored.parent.mkdir(parents=True, exist_ok=True)
-    io.write_json(scored, {"miou": miou, "n_images": 3, **scored_what(pseudo, "crf", split)})
+    io.write_json(scored, {"miou": miou, "n_images": 3, **scored_what(pseudo, stage, split)})
     return scored
 
 
@@ -42,7 +54,7 @@ def decoder_candidate(root: Path, refine: str, miou: object, own: str = "none", 
     import numpy as np
     from safetensors.numpy import save_file
 
-    base = root if refine == own else root / refine
+    base, metrics, _ = _where(root, refine, own)
     decoder = base / "decoder" / "decoder.safetensors"
     decoder.parent.mkdir(parents=True, exist_ok=True)
     pseudo = {"path": str(base / "pseudo"), "sha256": io.sha256_file(io.stage_record_path(base / "pseudo"))}
@@ -52,6 +64,6 @@ def decoder_candidate(root: Path, refine: str, miou: object, own: str = "none", 
     dataset = {"kind": "folder", "root": str(root / "world"), "split": split}
     io.write_stage_record(pred, "predict", params={}, inputs={"decoder": io.sha256_file(decoder), "dataset": dataset},
                           count=0)
-    scored = (root / "metrics" if refine == own else root / "metrics" / refine) / "pred_train.json"
+    scored = metrics / "pred_train.json"
     io.write_json(scored, {"miou": miou, "n_images": 3, **scored_what(pred, "predict", split)})
     return decoder

@@ -4160,7 +4160,7 @@ def _choice_deleted(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("choose-pseudo with a CAM folder where a candidate's pseudo masks belong",
-      "choice_cams/caa/pseudo: holds `cam` output, expected `crf` pseudo masks")
+      "choice_cams/caa/pseudo: holds `cam` output, expected `crf` or `sam-pseudo` pseudo masks")
 def _choice_cams(ws: Workspace) -> Iterator[list[object]]:
     run = _choice_run(ws, "choice_cams")
     shutil.rmtree(run / "caa" / "pseudo")

@@ -101,7 +101,7 @@ def _wrong_refinement(run):
     (_stale, "caa/pseudo.json: stale: "),
     (_val_split, "caa/pseudo.json: scored on split 'val', not 'train'"),
     (_deleted, "caa/pseudo: no finished pseudo masks there"),
-    (_cams_as_candidate, "caa/pseudo: holds `cam` output, expected `crf` pseudo masks"),
+    (_cams_as_candidate, "caa/pseudo: holds `cam` output, expected `crf` or `sam-pseudo` pseudo masks"),
     (_field("miou", "0.7"), "'miou' is '0.7', not a number in [0, 1]"),
     (_field("miou", 7.5), "'miou' is 7.5, not a number in [0, 1]"),
     (_field("miou", KeyError), "caa/pseudo.json: no 'miou'"),
@@ -171,3 +171,23 @@ def test_by_decoder_the_best_decoder_on_train_wins_whatever_its_masks_score(tmp_
     shutil.rmtree(run / "caa" / "decoder")
     with pytest.raises(VplError, match=re.escape("caa/decoder/decoder.safetensors: not found: the decoder trained on")):
         choose_pseudo(run, ["none", "caa"])
+
+
+def test_sam_pseudo_masks_are_candidates_beside_the_crf_masks_of_their_refinement(tmp_path):
+    """``R+sam``: refinement R's sam-pseudo masks (RUN[/R]/sam/pseudo, its decoder RUN[/R]/sam/decoder, scores under
+    RUN/metrics[/R]/sam/), chosen by the same rule; the records say which it is."""
+    run = scored_run(tmp_path, {"none": 0.35, "none+sam": 0.45, "caa": 0.36, "caa+sam": 0.30})
+    for refine, miou in (("none", 0.60), ("none+sam", 0.58), ("caa", 0.62), ("caa+sam", 0.70)):
+        decoder_candidate(run, refine, miou)
+    choice = choose_pseudo(run, ["none", "none+sam", "caa", "caa+sam"])
+    assert choice["chosen"] == "caa+sam" and choice["folder"] == str(run / "caa" / "sam" / "pseudo")
+    assert choice["decoder"] == str(run / "caa" / "sam" / "decoder" / "decoder.safetensors")
+    by_masks = choose_pseudo(run, ["none", "none+sam", "caa", "caa+sam"], by="masks", overwrite=True)
+    assert by_masks["chosen"] == "none+sam" and by_masks["folder"] == str(run / "sam" / "pseudo")
+    # a crf folder where the sam-pseudo one should be is named, not chosen as SAM's
+    io.write_stage_record(run / "caa" / "sam" / "pseudo", "crf", params={}, count=0,
+                          inputs=io.read_record(run / "caa" / "sam" / "pseudo" / "_stage.json")["inputs"])
+    with pytest.raises(VplError, match=re.escape("caa/sam/pseudo: holds `crf` output where caa+sam's `sam-pseudo` masks")):
+        choose_pseudo(run, ["caa", "caa+sam"], by="masks", overwrite=True)
+    with pytest.raises(VplError, match=re.escape("unknown refinement 'caa+sgc+sam+sam'")):
+        choose_pseudo(run, ["caa+sgc+sam+sam"], by="masks")

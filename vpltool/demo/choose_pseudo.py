@@ -15,6 +15,10 @@ train a decoder (``RUN[/R]/decoder``), which predicts the training split (``RUN[
 ``RUN/metrics[/R]/pred_train.json``), and the decoder with the highest train mIoU wins: over three worlds and two
 decoder seeds it picked the best refinement on val in 5 of 6 cases (docs/pipeline.md,
 studies/study_pseudo_choice.py). ``--by masks`` keeps the masks' own mIoU (no decoders needed).
+
+A candidate ``R+sam`` is refinement R's `sam-pseudo` masks (SAM's masks assigned to the classes of R's vision CAMs):
+the same folders one level down, ``RUN[/R]/sam/pseudo``, ``RUN[/R]/sam/decoder``, ``RUN[/R]/sam/pred_train`` and
+their scores under ``RUN/metrics[/R]/sam/``, chosen by the same rule.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import io
-from ..config import REFINES
+from ..config import PSEUDO_STAGES, REFINES
 from ..errors import VplError
 
 CHOICE_FILE = "pseudo_choice.json"  # under RUN/metrics; demo-report reads it
@@ -35,37 +39,60 @@ RULES = {"decoder": "the highest mIoU on the training split of the decoder train
 BY = tuple(RULES)
 
 
+SAM = "+sam"  # a candidate's suffix: the refinement's sam-pseudo masks, not its crf masks
+SAM_DIR = "sam"  # where they and their decoder live, below the refinement's folder (and its metrics folder)
+
+
+def split_candidate(name: str) -> tuple[str, bool]:
+    """``R`` -> (R, False): refinement R's CRF masks; ``R+sam`` -> (R, True): its sam-pseudo masks."""
+    return (name[: -len(SAM)], True) if name.endswith(SAM) else (name, False)
+
+
 def refinement_dir(run: Path, refine: str, run_refine: str | None) -> Path:
-    """The folder holding ``refine``'s CAM and mask folders: ``run`` for the run's own refinement, else ``run/R``."""
-    return run if refine == run_refine else run / refine
+    """The folder holding candidate ``refine``'s mask folder and decoder: ``run`` for the run's own refinement, else
+    ``run/R``; ``R+sam``'s is that folder's ``sam/``."""
+    base, sam = split_candidate(refine)
+    folder = run if base == run_refine else run / base
+    return folder / SAM_DIR if sam else folder
 
 
 def metrics_dir(run: Path, refine: str, run_refine: str | None) -> Path:
-    return run / "metrics" if refine == run_refine else run / "metrics" / refine
+    base, sam = split_candidate(refine)
+    folder = run / "metrics" if base == run_refine else run / "metrics" / base
+    return folder / SAM_DIR if sam else folder
 
 
 def make_fix(target: str, run: Path, refines: Sequence[str]) -> str:
-    """The Make command that re-makes ``target`` for this run and these refinements, as a fix to quote: the
-    Makefile's own RUN and REFINES are the demo's, so a bare ``make pseudo`` would make another run's folders."""
-    return f"`make {target} RUN={shlex.quote(str(run))} REFINES={shlex.quote(' '.join(refines))}`"
+    """The Make command that re-makes ``target`` for this run and these candidates, as a fix to quote: the
+    Makefile's own RUN and REFINES are the demo's, so a bare ``make pseudo`` would make another run's folders
+    (``R+sam`` candidates: REFINES R and PSEUDO with sam)."""
+    parts = [split_candidate(r) for r in refines]
+    bases = list(dict.fromkeys(b for b, _ in parts))
+    kinds = [k for k, on in (("crf", any(not sam for _, sam in parts)), ("sam", any(sam for _, sam in parts))) if on]
+    pseudo = f" PSEUDO={shlex.quote(' '.join(kinds))}" if kinds != ["crf"] else ""
+    return f"`make {target} RUN={shlex.quote(str(run))} REFINES={shlex.quote(' '.join(bases))}{pseudo}`"
 
 
 def recorded_refinement(pseudo: Path) -> str:
-    """The ``--refine`` of the CAMs a `crf` folder was made from: its record names the digest of their record, which
-    must be that of the ``cams_vision`` folder beside it (the Makefile's layout); one line otherwise."""
+    """The candidate a mask folder is, read from the records: the ``--refine`` of the CAMs a `crf` folder was made
+    from (its record names the digest of their record, which must be that of the ``cams_vision`` folder beside it,
+    the Makefile's layout), or ``R+sam`` for a `sam-pseudo` folder at ``.../sam/pseudo`` made from the
+    ``cams_vision`` two levels up; one line otherwise."""
     record = io.read_record(io.stage_record_path(pseudo))
-    if record["stage"] != "crf":
-        raise VplError(f"{pseudo}: holds `{record['stage']}` output, expected `crf` pseudo masks; a pseudo-mask "
-                       "candidate is the crf folder of its refinement's vision CAMs")
-    cams = pseudo.parent / "cams_vision"
+    if record["stage"] not in PSEUDO_STAGES:
+        raise VplError(f"{pseudo}: holds `{record['stage']}` output, expected `crf` or `sam-pseudo` pseudo masks; a "
+                       "pseudo-mask candidate is the crf (or sam-pseudo) folder of its refinement's vision CAMs")
+    sam = record["stage"] == "sam-pseudo"
+    cams = (pseudo.parent.parent if sam else pseudo.parent) / "cams_vision"
+    command = "sam-pseudo" if sam else "crf"
     cams_record = io.stage_record_path(cams)
     if not cams_record.is_file() or io.sha256_file(cams_record) != record["inputs"].get("cams"):
         raise VplError(f"{pseudo}: its record names CAMs other than {cams} (or none), so its refinement is unknown; "
-                       f"re-run `vpltool crf {cams} -o {pseudo} --overwrite`")
+                       f"re-run `vpltool {command} {cams} -o {pseudo} --overwrite`")
     refine = io.read_record(cams_record)["params"].get("refine")
     if refine not in REFINES:
         raise VplError(f"{cams_record}: records no known --refine ({refine!r}); re-run its `vpltool cam`")
-    return refine
+    return refine + SAM if sam else refine
 
 
 def _own_refinement(run: Path, run_refine: str | None) -> str | None:
@@ -216,8 +243,9 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
     run = Path(run)
     among = list(dict.fromkeys(among))
     for name in [*among, *([run_refine] if run_refine is not None else [])]:
-        if name not in REFINES:
-            raise VplError(f"choose-pseudo: unknown refinement {name!r}; use one of {', '.join(REFINES)}")
+        if split_candidate(name)[0] not in REFINES or (name == run_refine and name.endswith(SAM)):
+            raise VplError(f"choose-pseudo: unknown refinement {name!r}; use one of {', '.join(REFINES)} (a "
+                           f"candidate may add {SAM}: that refinement's sam-pseudo masks)")
     if not among:
         raise VplError("choose-pseudo: name at least one refinement to choose among (e.g. none caa caa+sgc)")
     if pick != "auto" and pick not in among:
@@ -237,6 +265,10 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
         if not io.stage_record_path(folder).is_file():
             raise VplError(f"{folder}: no finished pseudo masks there (folder or its _stage.json missing); make "
                            f"{name}'s masks and score them on train ({remake_masks})")
+        stage, wanted = io.record_stage(folder), "sam-pseudo" if split_candidate(name)[1] else "crf"
+        if stage in PSEUDO_STAGES and stage != wanted:
+            raise VplError(f"{folder}: holds `{stage}` output where {name}'s `{wanted}` masks belong; re-make "
+                           f"{name}'s masks there ({remake_masks})")
         made_by = recorded_refinement(folder)
         if made_by != name:
             raise VplError(f"{folder}: made from CAMs of --refine {made_by} (its cams_vision record), not {name}; "

@@ -31,9 +31,10 @@ from .. import io
 from ..config import EvalConfig
 from ..data import open_recorded
 from ..ops.kernels import MiouAccumulator, cams_to_labels
-from .choose_pseudo import CHOICE_FILE, describe
+from .choose_pseudo import CHOICE_FILE, SAM, SAM_DIR, describe, refinement_dir
 
 CHANCE_IMAGES = 500  # a floor needs no more; the demo world's default train split has exactly 500
+SAM_STAGE = "SAM pseudo masks (sam-pseudo, from vision CAMs)"
 
 # (display name, metrics file of the training split or None, of the held-out split or None), in pipeline order
 STAGES = (
@@ -41,9 +42,12 @@ STAGES = (
     ("CAM, vision prototypes (W learned on train)", "cams_vision.json", "cams_vision_val.json"),
     ("CRF masks from text CAMs", "pseudo_text.json", "pseudo_text_val.json"),
     ("CRF pseudo masks (from vision CAMs)", "pseudo.json", "pseudo_val.json"),
+    # `sam-pseudo` (the Makefile's PSEUDO with sam): RUN[/R]/sam/pseudo, scored under RUN/metrics[/R]/sam/
+    (SAM_STAGE, f"{SAM_DIR}/pseudo.json", f"{SAM_DIR}/pseudo_val.json"),
     ("decoder prediction", None, "pred_val.json"),
 )
-OPTIONAL = {"CRF masks from text CAMs"}  # shown only where scored (the Makefile makes them when it compares REFINES)
+# shown only where scored (the Makefile makes them when it compares REFINES, and with PSEUDO's sam)
+OPTIONAL = {"CRF masks from text CAMs", SAM_STAGE}
 SPLITS = ("train", "val")
 
 
@@ -90,7 +94,7 @@ def compared_refinements(run: Path) -> list[str]:
     metrics = run / "metrics"
     if not metrics.is_dir():
         return []
-    return sorted(d.name for d in metrics.iterdir() if d.is_dir() and d.name != DENSE_DIR)
+    return sorted(d.name for d in metrics.iterdir() if d.is_dir() and d.name not in (DENSE_DIR, SAM_DIR))
 
 
 def collect(run: Path, choice: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -218,13 +222,17 @@ def _mask_tile(folder: Path, item_id: str, shape) -> np.ndarray:
     return io.read_mask(path) if path.is_file() else np.zeros(shape, np.uint8)
 
 
-def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8, where: Path | None = None) -> Path | None:
+def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8, where: Path | None = None,
+                masks: Path | None = None) -> Path | None:
     """image | ground truth | text-CAM heat map | vision-CAM heat map | pseudo mask [| decoder prediction] for the
-    first ``n`` images with ground truth and at least one label (empty scenes show nothing). CAMs and masks come
-    from ``where`` (default ``run``; ``run/R`` for a compared refinement R)."""
+    first ``n`` images with ground truth and at least one label (empty scenes show nothing). CAMs come from
+    ``where`` (default ``run``; ``run/R`` for a compared refinement R), masks from ``masks`` (default ``where``;
+    ``where/sam`` for its SAM masks)."""
     where = where or run
+    masks = masks or where
+    sam = masks != where
     columns = ["image", "ground truth", "text CAM (max over classes)", "vision CAM (max over classes)",
-               "CRF pseudo mask"]
+               "SAM pseudo mask" if sam else "CRF pseudo mask"]
     with_pred = bool(suffix) and io.stage_record_path(run / "pred_val").is_file()
     columns += ["decoder prediction"] if with_pred else []
     rows = []
@@ -232,7 +240,7 @@ def write_sheet(run: Path, dataset, path: Path, suffix: str = "", n: int = 8, wh
         image, gt = io.load_image(item.image), io.read_mask(item.gt)
         row = [image, gt, _cam_tile(where / f"cams_text{suffix}", item.id, image),
                _cam_tile(where / f"cams_vision{suffix}", item.id, image),
-               _mask_tile(where / f"pseudo{suffix}", item.id, gt.shape)]
+               _mask_tile(masks / f"pseudo{suffix}", item.id, gt.shape)]
         row += [_mask_tile(run / "pred_val", item.id, gt.shape)] if with_pred else []
         rows.append((_caption(item, dataset.classes), row))
     return contact_sheet(rows, columns, path, dataset.classes) if rows else None
@@ -258,15 +266,56 @@ def run_demo_report(run: str | Path, seed: int = 0, overwrite: bool = False) -> 
                      protected=[p for ds in datasets.values() for p in ds.folders()])
     report = {"run": str(run), "stages": collect(run, choice), "pseudo_choice": choice,
               "other_layers": other_layers(run), "dense": dense_rows(run),
-              "chance": {split: chance_baselines(ds, seed) for split, ds in datasets.items()}, "sheets": []}
-    # the sheets show the refinement whose masks trained the decoder
-    where = run / choice["chosen"] if choice and choice["chosen"] != run_refinement(run) else run
+              "chance": {split: chance_baselines(ds, seed) for split, ds in datasets.items()}, "sheets": [],
+              "sam": sam_note(run)}
+    # the sheets show the refinement whose masks trained the decoder (its CRF masks, or its SAM masks)
+    where = refinement_dir(run, choice["chosen"], run_refinement(run)) if choice else run
+    cams = where.parent if choice and choice["chosen"].endswith(SAM) else where
     for split, ds in datasets.items():
-        sheet = write_sheet(run, ds, sheets[split], suffix="" if split == "train" else "_val", where=where)
+        sheet = write_sheet(run, ds, sheets[split], suffix="" if split == "train" else "_val", where=cams,
+                            masks=where)
         if sheet:
             report["sheets"].append(str(sheet))
     io.write_json(run / "metrics.json", report, kind="run-metrics")
     return report
+
+
+def sam_note(run: Path) -> str | None:
+    """What the run's SAM masks were made with (the first `sam-pseudo` folder's record): the rule, its start label,
+    the model and, for a toy SAM, the world seed that trained it (from its record beside the weights)."""
+    for refine in [None, *compared_refinements(run)]:
+        folder = (run if refine is None else run / refine) / SAM_DIR / "pseudo"
+        if not io.stage_record_path(folder).is_file():
+            continue
+        record = io.read_record(io.stage_record_path(folder))
+        params = record.get("params", {})
+        what = f"{params.get('merge')} from {params.get('start')}, SAM {params.get('sam_model') or '(a folder)'}"
+        world = _toy_world(params.get("sam_weights"))
+        if world is not None:
+            own = _world_seed(run)
+            what += (f" (a toy trained on world seed {world}'s train scenes, never this run's, world seed {own})"
+                     if own is not None and own != world else
+                     f" (a toy trained on world seed {world}: this run's world is {own if own is not None else '?'})")
+        return what
+    return None
+
+
+def _world_seed(run: Path) -> int | None:
+    """The seed of the `make-world` folder the run's features were made from (None for another dataset)."""
+    root = Path(open_recorded(run / "features").root)
+    record = io.stage_record_path(root)
+    return io.read_record(record).get("params", {}).get("seed") if record.is_file() else None
+
+
+def _toy_world(weights: str | None) -> int | None:
+    """The world seed a toy SAM's record (``model.json`` beside its weights) names, or None."""
+    if not weights:
+        return None
+    record = Path(weights).with_suffix(".json")
+    if not record.is_file():
+        return None
+    world = io.read_json(record).get("world") or {}
+    return world.get("seed")
 
 
 def _pct(value: float | None) -> str:
@@ -289,7 +338,9 @@ def format_report(report: dict[str, Any]):
     for row in report["stages"]:
         if previous is not None and row["stage"] != previous:
             table.add_section()
-        decoder_input = bool(choice) and row["stage"].startswith("CRF pseudo") and row["refine"] == choice["chosen"]
+        chosen = choice["chosen"] if choice else None
+        decoder_input = bool(choice) and ((row["stage"].startswith("CRF pseudo") and row["refine"] == chosen)
+                                          or (row["stage"] == SAM_STAGE and f"{row['refine']}{SAM}" == chosen))
         refine = f"{row.get('refine') or '—'}{' → decoder' if decoder_input else ''}"
         table.add_row(row["stage"] if row["stage"] != previous else "", refine,
                       *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS))
@@ -316,6 +367,9 @@ def format_report(report: dict[str, Any]):
     table.caption = ("W is learned on train only. CAM rows: GradCAM at the last block's input (the paper's layer), "
                      f"refined by `cam --refine`; R@A: `--refine R --affinity A` (CAA from DINO's attention, or "
                      f"mixed with CLIP's). Images scored: {images}.")
+    sam = report.get("sam")  # the SAM behind the SAM rows (sam_note)
+    if sam:
+        table.caption += f"\nSAM pseudo masks: {sam}."
     if choice:
         table.caption += f"\n{describe(choice)}; val is never used for the choice."
     return table
