@@ -312,10 +312,13 @@ class Sam3:
         prompt, valid = text.features.to(self.device), text.valid.to(self.device)
         if geometry_token:
             empty = torch.zeros(k, 0, 4, device=self.device, dtype=prompt.dtype)
-            geo = m.geometry_encoder(box_embeddings=empty, box_mask=torch.zeros(k, 0, dtype=torch.bool,
-                                                                                device=self.device),
-                                     box_labels=torch.zeros(k, 0, dtype=torch.long, device=self.device),
-                                     img_feats=feats, img_pos_embeds=pos)
+            # under a run's autocast (--precision bf16 / fp16) in fp32: torchvision's roi_align, which the box path
+            # calls even with no box, has no autocast rule for bfloat16 on the CPU (its work here is one token)
+            with torch.autocast(self.device.type, enabled=False):
+                geo = m.geometry_encoder(box_embeddings=empty.float(),
+                                         box_mask=torch.zeros(k, 0, dtype=torch.bool, device=self.device),
+                                         box_labels=torch.zeros(k, 0, dtype=torch.long, device=self.device),
+                                         img_feats=[f.float() for f in feats], img_pos_embeds=[p.float() for p in pos])
             prompt = torch.cat([prompt, geo.last_hidden_state], dim=1)
             valid = torch.cat([valid, geo.attention_mask.to(valid.dtype)], dim=1)
         enc = m.detr_encoder(vision_features=[feats[-1]], text_features=prompt, vision_pos_embeds=[pos[-1]],
