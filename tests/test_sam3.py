@@ -165,3 +165,28 @@ def test_a_damaged_file_is_refused_before_or_as_it_loads(tiny, tmp_path):
         check_model("sam3", Sam3Spec(str(cut)))
     assert "cut.pt" in _one_line(e)
     assert set(read_state(locate(tiny["meta"]), shapes_only=True)) == set(state)
+
+
+def test_the_hubs_video_layout_is_read_for_its_detector(tiny, model, tmp_path):
+    """facebook/sam3's own folder: a sam3_video config.json around the detector's, and the video model's tensors
+    (``detector_model.`` + the tracker's): the detector is read, the tracker left."""
+    from safetensors.torch import save_file
+
+    config = json.loads((tiny["hf"] / "config.json").read_text())
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "sam3_video", "detector_config": config,
+                                                    "tracker_config": {"model_type": "sam3_tracker"}}))
+    state = {f"detector_model.{k}": v.contiguous() for k, v in model.model.state_dict().items()}
+    state["tracker_model.mask_decoder.w"] = torch.zeros(2)
+    save_file(state, str(folder / "model.safetensors"))
+    other = load_model("sam3", Sam3Spec(str(folder)))
+    assert all(torch.equal(a, b) for a, b in zip(model.model.state_dict().values(), other.model.state_dict().values()))
+
+
+def test_trident_refuses_sam3_in_one_line():
+    from vpltool.models.backbones.sam import SamSpec
+
+    with pytest.raises(VplError) as e:
+        check_model("sam", SamSpec("sam3", "none"))
+    assert "its own family" in _one_line(e) and "--region-masks sam3" in str(e.value)

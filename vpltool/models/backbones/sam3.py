@@ -237,7 +237,7 @@ class Sam3:
         side = int(size or self.image_size)
         if side % self.patch:
             raise VplError(f"SAM 3 input side {side}: give a multiple of its {self.patch}-pixel patch")
-        x = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+        x = torch.tensor(image) if isinstance(image, np.ndarray) else image  # a copy: it may be read-only
         if x.dtype != torch.uint8 or x.dim() != 3:
             raise ValueError(f"SAM 3 takes a uint8 RGB image, not {x.dtype} {tuple(x.shape)}")
         if x.shape[-1] == 3 and x.shape[0] != 3:

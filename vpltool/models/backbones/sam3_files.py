@@ -154,6 +154,18 @@ def random_state(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Tenso
     return out
 
 
+def tiny_state(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`random_state` with its scoring heads set so that, as a trained model's, some queries pass Meta's 0.5
+    confidence threshold (random heads score every query near 0.3, so nothing downstream of the threshold would
+    run): the query and text projections of the dot-product scoring doubled, the presence head's last bias 1.5."""
+    state = random_state(config, seed)
+    for name in ("dot_product_scoring.query_proj.weight", "dot_product_scoring.text_proj.weight"):
+        state[name] = 2.0 * state[name]
+    state["detr_decoder.presence_head.layer3.bias"] = torch.full_like(state["detr_decoder.presence_head.layer3.bias"],
+                                                                      1.5)
+    return state
+
+
 def write_hf(folder: Path | str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
     """``folder`` in Hugging Face's layout: ``config.json`` (a ``sam3`` configuration) and ``model.safetensors``."""
     from ...io import save_tensor_file
@@ -184,7 +196,7 @@ def write_tiny(where: Path | str, layout: str = "hf", seed: int = 0) -> Path:
     layout (``hf``) or Meta's ``sam3.pt`` (``meta``: a file, or a folder given its ``sam3.pt``). The same seed
     writes the same model in both layouts. Returns what ``--sam-weights`` takes."""
     config = tiny_config()
-    state = random_state(config, seed)
+    state = tiny_state(config, seed)
     if layout == "hf":
         return write_hf(where, config, state)
     if layout == "meta":
@@ -207,8 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     print(write_tiny(args.out, args.layout, args.seed))
 
 
-__all__ = ["check_state", "identity", "main", "random_state", "read_config", "read_state", "write_hf", "write_meta",
-           "write_tiny"]
+__all__ = ["check_state", "identity", "main", "random_state", "read_config", "read_state", "tiny_state", "write_hf",
+           "write_meta", "write_tiny"]
 
 if __name__ == "__main__":
     main()
