@@ -119,10 +119,15 @@ def test_buckets_extra_tokens_the_preview_and_concepts(model, photo):
     small = model.encode_image(model.prepare(photo, size=56))
     assert small.features[-1].shape[-1] == 4 and model.ground(small, text, masks=False).presence_logits.shape == (k,)
     assert model.encode_image(model.prepare(photo)).features[-1].shape[-1] == 8  # the native side again
-    for concept in model.concepts(whole, photo.shape[:2], threshold=0.4):
+    concepts = model.concepts(whole, photo.shape[:2], threshold=0.4)
+    assert sum(c.scores.numel() for c in concepts) > 0
+    for concept in concepts:
         n = concept.scores.numel()
         assert concept.masks.shape == (n, 90, 120) and concept.semantic.shape == (90, 120)
         assert bool((concept.scores > 0.4).all()) and concept.boxes.shape == (n, 4)
+    for one, other in zip(model.segment(photo, PROMPTS, threshold=0.4, bucket=2), concepts):  # in buckets: the same
+        torch.testing.assert_close(one.masks, other.masks, rtol=0, atol=1e-5)
+        torch.testing.assert_close(one.scores, other.scores, rtol=0, atol=1e-6)
 
 
 def test_a_file_of_another_model_is_refused_in_one_line(tiny, tmp_path):

@@ -16,7 +16,8 @@ processor over it) make, written once (:class:`Sam3`):
   out: ``geometry_token``), then the DETR encoder and decoder, the scores, and, unless ``masks`` is False
   (ActiveSAM's presence preview), the segmentation head;
 * :meth:`Sam3.concepts`: the grounding at the photo's size as Meta's ``_forward_grounding`` post-processes it (the
-  object scores times the presence, the masks kept above the confidence threshold, sigmoid probabilities).
+  object scores times the presence, the masks kept above the confidence threshold, sigmoid probabilities);
+  :meth:`Sam3.segment` all of it for one photo and a list of prompts, in buckets.
 
 How the model mixes its tokens (the extra tokens, the geometry token, the head skipped, the side) are parameters of
 these calls, never a second forward. Weights are identified by content (:func:`sam3_identity`) and, as every family's,
@@ -43,6 +44,7 @@ from .sam3_weights import FIX, Sam3Files, locate, sam3_config
 
 MEAN, STD = 0.5, 0.5  # Meta's Sam3Processor: Normalize(mean=[0.5] * 3, std=[0.5] * 3) after /255
 CONFIDENCE = 0.5  # Meta's Sam3Processor's confidence_threshold default
+BUCKET = 8  # prompts grounded at once by Sam3.segment (their masks: [K, 200, 288, 288] float32, 66 MB a prompt)
 
 
 @dataclass(frozen=True)
@@ -219,12 +221,14 @@ class Sam3:
         self.queries = int(cfg.detr_decoder_config.num_queries)
         self.width = int(cfg.detr_decoder_config.hidden_size)
         self._positions: dict[int, list[torch.Tensor]] = {}
+        self._texts: dict[tuple[str, ...], Sam3Text] = {}
 
     def to(self, device: torch.device | str) -> Sam3:
         """This model on ``device`` (moved in place, as ``nn.Module.to``)."""
         self.device = torch.device(device)
         self.model.to(self.device)
         self._positions.clear()
+        self._texts.clear()
         return self
 
     # -------------------------------------------------------------------------------------------- images
@@ -361,6 +365,23 @@ class Sam3:
             out.append(Sam3Concept(masks, probs[i][keep], boxes, float(presence[i]), semantic[i, 0]))
         return out
 
+    @torch.no_grad()
+    def segment(self, photo: np.ndarray | torch.Tensor, prompts: Sequence[str], threshold: float = CONFIDENCE,
+                bucket: int = BUCKET) -> list[Sam3Concept]:
+        """Each prompt's :class:`Sam3Concept` on one photo (``[H, W, 3]`` uint8 RGB): the photo encoded once, the
+        prompts encoded once (kept for the next photo with the same prompts) and grounded ``bucket`` at a time (their
+        masks are ``[K, 200, 288, 288]`` float32), each bucket's concepts at the photo's size."""
+        h, w = int(photo.shape[0]), int(photo.shape[1])
+        image = self.encode_image(self.prepare(photo))
+        key = tuple(prompts)
+        if key not in self._texts:
+            self._texts = {key: self.encode_text(list(prompts))}  # the last prompts only: a run keeps its words
+        text, out = self._texts[key], []
+        for start in range(0, len(key), bucket):
+            grounding = self.ground(image, text.select(range(start, min(start + bucket, len(key)))))
+            out += self.concepts(grounding, (h, w), threshold)
+        return out
+
 
 @functools.lru_cache(maxsize=None)
 def _tokenizer(context: int):
@@ -386,5 +407,5 @@ def _files(spec: Sam3Spec) -> list[Path]:
 register_family("sam3", load_sam3, _check, summary="SAM 3 (transformers' Sam3Model): concept prompts -> masks, "
                 "scores and presence; Hugging Face's or Meta's weights", module=__name__, files=_files, fix=FIX)
 
-__all__ = ["CONFIDENCE", "Sam3", "Sam3Concept", "Sam3Grounding", "Sam3Image", "Sam3Spec", "Sam3Text", "check_sam3",
-           "load_sam3", "sam3_identity"]
+__all__ = ["BUCKET", "CONFIDENCE", "Sam3", "Sam3Concept", "Sam3Grounding", "Sam3Image", "Sam3Spec", "Sam3Text",
+           "check_sam3", "load_sam3", "sam3_identity"]

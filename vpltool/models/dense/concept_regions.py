@@ -19,7 +19,9 @@ The two forms the methods read:
   [0, 3] (how TextRegion's generator keeps SAM 2's), by descending score.
 
 SAM 3 runs where the segmentor runs (the GPU when there is one), on each photo as decoded, in the main process: a
-method's ``extra_inputs`` hands the photo over and its ``dense_logits`` fills the regions in before its arithmetic.
+method's ``extra_inputs`` hands the photo over and its ``dense_logits`` fills the regions in before its arithmetic;
+the photo is encoded once, the concepts once a run, and grounded 8 at a time (:meth:`~vpltool.models.backbones.sam3.
+Sam3.segment`).
 """
 
 from __future__ import annotations
@@ -29,13 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ...errors import VplError
 
 PREFIX = "sam3"
 THRESHOLD = 0.5  # Meta's Sam3Processor's confidence_threshold
-BUCKET = 8  # concepts grounded at once (their masks are [K, 200, 288, 288] float32: 66 MB each)
 CLAMP = (0.0, 3.0)  # TextRegion's soft masks: SAM 2's logits clamped so
 
 
@@ -66,9 +66,6 @@ class Sam3Regions:
     concepts: tuple[str, ...] | None = None
     threshold: float = THRESHOLD
 
-    def __post_init__(self):
-        self._text: dict[tuple[str, ...], Any] = {}
-
     def words(self, names) -> tuple[str, ...]:
         words = self.concepts if self.concepts is not None else tuple(names or ())
         if not words:
@@ -76,30 +73,16 @@ class Sam3Regions:
                            "of; run it through segment or vpltool.segmenter, or give sam3:WORD,WORD")
         return words
 
-    @torch.no_grad()
     def instances(self, photo: np.ndarray | torch.Tensor, names=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every concept's kept instances on ``photo`` (``[H0, W0, 3]`` uint8): ``[N, H0, W0]`` float32 mask logits
-        at the photo's size and ``[N]`` their scores, in concept order, each concept's by query."""
-        sam, words = self.sam, self.words(names)
-        photo = torch.tensor(photo) if isinstance(photo, np.ndarray) else photo
+        at the photo's size and ``[N]`` their scores, in concept order, each concept's by query
+        (:meth:`vpltool.models.backbones.sam3.Sam3.segment`)."""
+        found = self.sam.segment(photo, self.words(names), self.threshold)
         h, w = int(photo.shape[0]), int(photo.shape[1])
-        image = sam.encode_image(sam.prepare(photo))
-        if words not in self._text:
-            self._text[words] = sam.encode_text(list(words))
-        text = self._text[words]
-        logits, scores = [], []
-        for start in range(0, len(words), BUCKET):
-            g = sam.ground(image, text.select(range(start, min(start + BUCKET, len(words)))))
-            probs = g.scores()
-            for k in range(probs.shape[0]):
-                keep = probs[k] > self.threshold
-                if keep.any():
-                    low = g.pred_masks[k][keep][:, None].float()
-                    logits.append(F.interpolate(low, (h, w), mode="bilinear", align_corners=False)[:, 0].cpu())
-                    scores.append(probs[k][keep].float().cpu())
-        if not logits:
+        if not any(c.scores.numel() for c in found):
             return torch.zeros(0, h, w), torch.zeros(0)
-        return torch.cat(logits), torch.cat(scores)
+        return (torch.logit(torch.cat([c.masks for c in found]).float()).cpu(),
+                torch.cat([c.scores for c in found]).float().cpu())
 
     def region_map(self, photo, names=None) -> np.ndarray:
         """``[H0, W0]`` int64 ids (CorrCLIP's and OV-Stitcher's form; module docstring)."""
@@ -172,5 +155,5 @@ def fill_regions(hooks, extras: list[dict], device, key: str = "regions") -> Non
         e[key] = torch.from_numpy(made)
 
 
-__all__ = ["BUCKET", "PREFIX", "THRESHOLD", "Sam3Regions", "concepts_of", "fill_regions", "is_sam3", "sam3_record",
+__all__ = ["PREFIX", "THRESHOLD", "Sam3Regions", "concepts_of", "fill_regions", "is_sam3", "sam3_record",
            "sam3_source"]
