@@ -30,9 +30,9 @@ def sam3_folder(tmp_path_factory):
 def _cfg(dense: str, sam3_folder, **more):
     from vpltool.config import SegmentConfig
 
-    return SegmentConfig.of(dense=dense, templates="a photo of a {}.", background=BACKGROUND, short_side=64,
-                            slide_crop=64, slide_stride=32, proxy_model="test_vit", proxy_weights=str(TOY_DINO),
-                            sam_weights=str(sam3_folder), prob_threshold=0.0, **more)
+    settings = {"short_side": 64, "slide_crop": 64, "slide_stride": 32, **more}
+    return SegmentConfig.of(dense=dense, templates="a photo of a {}.", background=BACKGROUND, proxy_model="test_vit",
+                            proxy_weights=str(TOY_DINO), sam_weights=str(sam3_folder), prob_threshold=0.0, **settings)
 
 
 def _photo(item) -> np.ndarray:
@@ -74,19 +74,21 @@ def test_instances_are_painted_as_regions_and_soft_masks(sam3_folder, world):
     assert not np.array_equal(source.region_map(photo, ["sky"]), ids)  # the concepts matter
 
 
-def test_corrclip_segments_with_sam3_regions_of_the_runs_words(sam3_folder, world, tiny_spec, tmp_path):
-    """End to end through segment: the record names SAM 3 by its files' digests; each region SAM 3 makes from the
-    run's words (class names, then the background words) carries one label (CorrCLIP's map correction), so those are
-    the regions the run used."""
+@pytest.mark.parametrize("dense", ["corrclip", "ov-stitcher"])
+def test_corrclip_segments_with_sam3_regions_of_the_runs_words(dense, sam3_folder, world, tiny_spec, tmp_path):
+    """End to end through segment (CorrCLIP, and OV-Stitcher on CorrCLIP's regions): the record names SAM 3 by its
+    files' digests; each region SAM 3 makes from the run's words (class names, then the background words) carries
+    one label (the map correction), so those are the regions the run used."""
     from vpltool import io
     from vpltool.config import RuntimeConfig
     from vpltool.data import open_dataset
     from vpltool.stages.segment import run_segment
 
     ds = open_dataset(world, "val")
-    out = tmp_path / "corrclip"
-    s = run_segment(ds, out, tiny_spec, _cfg("corrclip", sam3_folder, region_masks="sam3"),
-                    RuntimeConfig(device="cpu", workers=1))
+    out = tmp_path / dense
+    windows = {"short_side": 112, "slide_crop": 112, "slide_stride": 56} if dense == "ov-stitcher" else {}
+    cfg = _cfg(dense, sam3_folder, region_masks="sam3", **windows)
+    s = run_segment(ds, out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert s.done == len(ds.items)
     source = io.read_stage_record(out, "segment")["params"]["region_source"]
     assert source["generator"] == "sam3" and source["concepts"] == "the run's queries"
