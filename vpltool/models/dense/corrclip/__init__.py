@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ....errors import VplError
-from ..concept_regions import fill_regions, is_sam3
+from ..concept_regions import fill_regions, is_sam3, sam3_record, sam3_source
 from ..hooks import DenseHooks
 from ..mixing import DenseMixing
 from .kernels import (
@@ -59,6 +59,8 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
             raise VplError(f"--dense {self.method} needs its region masks: run it through segment or vpltool.segmenter "
                            "with --region-masks (a backbone made by name alone has none)")
         k = self.cfg
+        if is_sam3(k.knobs.region_masks):  # checked only: its model loads where the segmentor runs (fill_regions)
+            return sam3_source(k.knobs.region_masks, k.sam_weights, load=False)
         return region_source(k.knobs.region_masks, k.sam_model, k.sam_weights, load=load,
                              settings=self._sam_settings or SAM_SETTINGS, method=self.method)
 
@@ -79,8 +81,9 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         from .regions import SAM_SETTINGS, source_record
 
         k = self.cfg
-        out = {"region_source": source_record(k.knobs.region_masks, k.sam_model, k.sam_weights,
-                                              self._sam_settings or SAM_SETTINGS)}
+        out = {"region_source": sam3_record(k.knobs.region_masks, k.sam_weights) if is_sam3(k.knobs.region_masks)
+               else source_record(k.knobs.region_masks, k.sam_model, k.sam_weights,
+                                  self._sam_settings or SAM_SETTINGS)}
         if self._folder is not None:  # the folder by content, in place of the path given (an input, not a setting)
             out["region_masks"] = self._folder
         return out

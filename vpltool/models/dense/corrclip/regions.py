@@ -205,15 +205,10 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
     ``sam2[:CONFIG]`` (:class:`Sam2Regions`, ``--sam-weights`` its checkpoint; CONFIG SAM2's model config, by default
     the reference's ``sam2_hiera_l.yaml``). ``load`` False: checked only (the SAM file's kind, the package), nothing
     built. ``settings``: the method's SAM2 generator arguments; ``method``: its name, for the message. One line
-    naming the fix for a value that is none of these. ``sam3[:CONCEPTS]``: checked only (its model loads where the
-    segmentor runs: :func:`~vpltool.models.dense.concept_regions.fill_regions`)."""
-    from ..concept_regions import is_sam3, sam3_source
-
+    naming the fix for a value that is none of these. ``sam3[:CONCEPTS]`` is not this function's: the hooks ask
+    :func:`~vpltool.models.dense.concept_regions.sam3_source` for it (its model loads where the segmentor runs)."""
     if not value:
         raise VplError(NEED.format(method=method))
-    if is_sam3(value):
-        sam3_source(value, sam_weights, load=False)
-        return None
     if value == "sam" or value.startswith("sam2"):
         if sam_weights is None:
             raise VplError(f"--region-masks {value} needs the model's weights: pass --sam-weights FILE (SAM's "
@@ -241,11 +236,8 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
 
 def source_record(value: str, sam_model: str, sam_weights: str | None, settings: dict = SAM_SETTINGS) -> dict:
     """How the run names its generator in its record: SAM by its weights' bytes; a folder's files by content are
-    its ``region_masks`` (:meth:`FolderRegions.check`); SAM 3 by its concepts and weights."""
-    from ..concept_regions import is_sam3, sam3_record
-
-    if is_sam3(value):
-        return sam3_record(value, sam_weights)
+    its ``region_masks`` (:meth:`FolderRegions.check`); SAM 3's is :func:`~vpltool.models.dense.concept_regions.
+    sam3_record`."""
     if value == "sam" or value.startswith("sam2"):
         # segment-anything v1 always predicts three masks a point; SAM2 runs with multimask_output=False
         return {"generator": value, "settings": dict(settings, multimask_output=value == "sam"),
