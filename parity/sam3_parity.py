@@ -71,14 +71,7 @@ def setup(work: Path, images: int, dims: dict) -> dict:
     mask[0, 1] = True  # one padded memory token (True = ignored, ActiveSAM's convention)
     torch.save({"tokens": torch.randn(m, k, 256, generator=gen), "mask": mask}, work / "memory.pt")
     (work / "dims.json").write_text(json.dumps(dims))
-    voc = work / "voc"
-    photos = sorted((voc / "JPEGImages").glob("*.jpg"))
-    if len(photos) != images:
-        import shutil
-
-        shutil.rmtree(voc, ignore_errors=True)
-        bench_cam.make_voc(voc, images)
-        photos = sorted((voc / "JPEGImages").glob("*.jpg"))
+    photos = bench_cam.voc_photos(work / "voc", images)
     return {"ckpt": ckpt, "photos": photos, "memory": work / "memory.pt", "dims": work / "dims.json"}
 
 

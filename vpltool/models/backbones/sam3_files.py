@@ -102,19 +102,11 @@ def _torch_file(path: Path, lazy: bool) -> dict:
 
 def check_state(where: Path | str, state: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
     """Names and shapes of ``state`` (tensors or shape tuples) against the built model's ``expected``: one line
-    naming the first tensor missing, unknown or of another shape."""
-    missing = [k for k in expected if k not in state]
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise VplError(f"{where}: lacks tensor {missing[0]!r}{more}, which SAM 3 of this configuration needs; {FIX}")
-    unknown = [k for k in state if k not in expected]
-    if unknown:
-        raise VplError(f"{where}: holds tensor {unknown[0]!r}, which SAM 3 has not ({len(unknown)} such); {FIX}")
-    for key, value in state.items():
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
-        if shape != tuple(expected[key].shape):
-            raise VplError(f"{where}: tensor {key!r} is {list(shape)}, SAM 3's of this configuration is "
-                           f"{list(expected[key].shape)}; {FIX}")
+    naming the first tensor missing, unknown or of another shape (:func:`vpltool.io.check_weights`)."""
+    from ...io import check_weights
+
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
+    check_weights(where, shapes, expected, FIX, shapes_only=True)
 
 
 def identity(files: Sam3Files) -> dict[str, Any]:
