@@ -204,9 +204,10 @@ def page(d: dict) -> dict:
              f"Meta's builder's detector (256-wide DETR 6 + 6 layers, 200 queries, geometry encoder, segmentation "
              f"head; 1008 px) with a ViT of width {dims['vit']['width']}, {dims['vit']['depth']} layers and a text "
              f"tower of width {dims['text']['width']}, {dims['text']['layers']} layers on both sides")
-    return {"title": "SAM 3 (the `sam3` family; `--region-masks sam3`)",
-            "command": f"`python parity/sam3_parity.py --ref ActiveSAM` (`parity/sam3_ref_runner.py` runs Meta's "
-                       f"sam3 code as ActiveSAM `{d['reference']['commit'][:7]}` vendors it, and ActiveSAM's "
+    flags = f" --full --images {len(d['photos'])}" if not dims else ""
+    return {"title": "SAM 3 (the `sam3` family; `--region-masks sam3`)" + (", full size" if not dims else ""),
+            "command": f"`python parity/sam3_parity.py --ref ActiveSAM{flags}` (`parity/sam3_ref_runner.py` runs "
+                       f"Meta's sam3 code as ActiveSAM `{d['reference']['commit'][:7]}` vendors it, and ActiveSAM's "
                        f"bucketed processor). {model}; seeded random weights saved as Meta's sam3.pt and read by "
                        f"vpltool's own loader; {len(d['photos'])} photos, prompts {', '.join(PROMPTS)} in one bucket, "
                        f"ActiveSAM's 672 px preview (head skipped) and context-memory tokens; the processors' "
