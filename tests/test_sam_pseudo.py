@@ -180,3 +180,64 @@ def test_a_mask_folder_is_read_as_amg_writes_it_and_checked_before_any_work(worl
             sam_pseudo.run_sam_pseudo(cams, tmp_path / f"out_{name}", cfg, ONE)
         assert want[name] in str(e.value) and "\n" not in str(e.value), str(e.value)
         assert not (tmp_path / f"out_{name}").exists() or not list((tmp_path / f"out_{name}").glob("*.png"))
+
+
+# --------------------------------------------------------------------------------------------- SAM 3's rule
+def test_sam3_instances_are_gated_by_the_cam_and_a_missed_label_keeps_the_cams_mask():
+    """Label 1: one instance on its CAM region (kept, and it reaches past the CAM) and one elsewhere (gated out);
+    label 2: its only instance lies on background: gated out, so label 2 keeps its CAM mask; label 3: an instance on
+    its CAM that overlaps label 1's where label 1 is more probable; label 4: SAM 3 found nothing."""
+    from vpltool.stages.sam_pseudo import prompted_masks
+
+    start = np.zeros((10, 10), np.uint8)
+    start[0:3, 0:3] = 1
+    start[6:8, 0:2] = 2
+    start[0:3, 5:8] = 3
+    start[8:10, 8:10] = 4
+    one = np.zeros((2, 10, 10), np.float32)
+    one[0, 0:4, 0:5] = 0.9  # 9 of its 20 pixels on label 1's CAM (45 %): kept at gate 0.4, not at 0.5
+    one[0, 0:3, 0:3] = 0.95
+    one[1, 5:10, 4:8] = 0.8  # far from label 1's CAM: dropped
+    two = np.zeros((1, 10, 10), np.float32)
+    two[0, 3:6, 3:6] = 0.9  # background only: dropped, label 2 keeps its CAM
+    three = np.zeros((1, 10, 10), np.float32)
+    three[0, 0:3, 4:8] = 0.7  # 9 of 12 on label 3's CAM; column 4 shared with label 1's instance (0.9 > 0.7)
+    four = np.zeros((0, 10, 10), np.float32)
+    out, kept, missed = prompted_masks(start, [(1, one), (2, two), (3, three), (4, four)], gate=0.4)
+    want = np.zeros((10, 10), np.uint8)
+    want[0:4, 0:5] = 1
+    want[0:3, 5:8] = 3
+    want[6:8, 0:2] = 2
+    want[8:10, 8:10] = 4
+    np.testing.assert_array_equal(out, want)
+    assert (kept, missed) == (2, [2, 4])
+    out, kept, missed = prompted_masks(start, [(1, one), (2, two), (3, three), (4, four)], gate=0.5)
+    assert missed == [1, 2, 4] and (out[start == 1] == 1).all() and out[3, 3] == 0  # 9/20 < 0.5: label 1 missed
+
+
+@needs_crf
+def test_the_sam3_rule_runs_end_to_end_with_a_tiny_random_sam3(world, tmp_path):
+    """The tiny random SAM 3 (its heads set so that queries pass 0.5) prompted with the conftest world's labels:
+    every mask written, of the sam-pseudo kind, its record naming SAM 3's weights by content and the prompts; an
+    instance off the CAM is gated out (gate 1.0 keeps none: the CAM's label alone), a resume redoes nothing."""
+    from vpltool.models.backbones.sam3_files import write_tiny
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+
+    weights = write_tiny(tmp_path / "sam3", "hf")
+    cams = _cams(world, tmp_path / "cams")
+    # the tiny model's instances cover nearly the whole scene: gate 0 keeps them all, gate 1 none
+    cfg = SamPseudoConfig(masks="sam3", sam_weights=str(weights), sam3_gate=0.0)
+    s = run_sam_pseudo(cams, tmp_path / "out", cfg, ONE)
+    assert s.done == 3 and s.complete and s.masks > 0 and s.missed < 1.0 and s.changed > 0
+    record = io.read_record(io.stage_record_path(tmp_path / "out"))
+    assert record["params"]["masks"] == "sam3" and "merge" not in record["params"]
+    assert record["inputs"]["masks"]["generator"] == "sam3" and "circle" in record["inputs"]["masks"]["prompts"]
+    none = run_sam_pseudo(cams, tmp_path / "gate1", SamPseudoConfig(**{**cfg.__dict__, "sam3_gate": 1.0}), ONE)
+    run_sam_pseudo(cams, tmp_path / "start", SamPseudoConfig(masks=str(_no_masks(tmp_path, io.item_ids(cams)))),
+                   ONE)  # the start label itself (no mask changes it)
+    assert none.missed == 1.0 and none.changed == 0.0  # every label left to the CAM
+    for i in io.item_ids(cams):
+        np.testing.assert_array_equal(io.read_mask(io.mask_path(tmp_path / "gate1", i)),
+                                      io.read_mask(io.mask_path(tmp_path / "start", i)))
+    again = run_sam_pseudo(cams, tmp_path / "out", cfg, ONE)
+    assert (again.done, again.skipped) == (0, 3)

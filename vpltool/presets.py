@@ -107,6 +107,16 @@ def preset_for(classes: Sequence[str]) -> str | None:
     return next((name for name, preset in PRESETS.items() if fg == preset), None)
 
 
+# VOC's run-together names as words, for a model prompted with a class's name (SAM 3: `sam-pseudo --masks sam3`)
+_WORDS = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
+
+
+def spoken_names(classes: Sequence[str]) -> list[str]:
+    """Each foreground class's name as words: ``_`` read as a space, VOC's run-together names split
+    (``pottedplant`` -> ``potted plant``)."""
+    return [_WORDS.get(name, name.replace("_", " ")) for name in foreground(classes)]
+
+
 def prompt_names(classes: Sequence[str], preset: str | None) -> list[str]:
     """The name put into the prompt template for each foreground class.
 
@@ -199,5 +209,5 @@ def _check_preset(preset: str) -> None:
 __all__ = [
     "BACKGROUND", "VOC_CLASSES", "VOC_CLIP_ES_NAMES", "VOC_BACKGROUND", "COCO_CLASSES", "COCO_CLIP_ES_NAMES",
     "COCO_BACKGROUND", "CLIP_ES_TEMPLATE", "IMAGENET_TEMPLATES", "PRESETS", "foreground", "preset_for",
-    "prompt_names", "background_words", "check_class_names", "clashing_word", "MAX_CLASSES",
+    "prompt_names", "spoken_names", "background_words", "check_class_names", "clashing_word", "MAX_CLASSES",
 ]  # fmt: skip

@@ -361,6 +361,9 @@ class SamPseudoConfig:
     ``start``: the CAM label the rule starts from (:data:`SAM_STARTS`): ``crf`` is `crf --confidence 0`'s masks with
     ``bg_exponent`` and the CRF's defaults (pydensecrf, in the loading processes); ``argmax`` is `crf --no-crf`'s.
     ``points_per_side``, ``pred_iou_thresh``, ``stability_score_thresh``: the generator's (its defaults).
+    ``masks`` ``sam3``: the other rule, SAM 3 (``sam_weights``: its weights) prompted with each image-level label's
+    name: an instance it keeps (probability above ``sam3_threshold``, Meta's) is kept for the label when at least
+    ``sam3_gate`` of its pixels carry that label in the CAM's; a label with no such instance keeps the CAM's mask.
     """
 
     masks: str = "sam"
@@ -372,19 +375,28 @@ class SamPseudoConfig:
     points_per_side: int = SAM_AMG_POINTS
     pred_iou_thresh: float = SAM_AMG_IOU
     stability_score_thresh: float = SAM_AMG_STABILITY
+    sam3_threshold: float = 0.5  # Meta's Sam3Processor confidence_threshold
+    sam3_gate: float = 0.5  # the automatic rule's majority: an instance mostly outside its class's CAM is dropped
 
     def __post_init__(self) -> None:
         choice("--merge", self.merge, SAM_MERGES)
+        fraction("--sam3-threshold", self.sam3_threshold)
+        fraction("--sam3-gate", self.sam3_gate)
         choice("--start", self.start, SAM_STARTS)
         positive("--bg-exponent", self.bg_exponent)
         at_least("--points-per-side", self.points_per_side, 1)
         fraction("--pred-iou-thresh", self.pred_iou_thresh)
         fraction("--stability-score-thresh", self.stability_score_thresh)
-        require(bool(self.masks), "--masks: name sam, sam2[:CONFIG] or a folder of masks (segment-anything's "
+        require(bool(self.masks), "--masks: name sam, sam2[:CONFIG], sam3 or a folder of masks (segment-anything's "
                 "scripts/amg.py output)")
 
+    @property
+    def prompted(self) -> bool:
+        """The SAM 3 rule (masks prompted with each label's name), not the automatic masks' merge."""
+        return self.masks == "sam3"
+
     def generator(self) -> str | None:
-        """``sam`` or ``sam2[:CONFIG]`` when a model makes the masks, None for a folder of masks."""
+        """``sam`` or ``sam2[:CONFIG]`` when a model makes automatic masks, None for a folder of masks or SAM 3."""
         return self.masks if self.masks == "sam" or self.masks.startswith("sam2") else None
 
     def settings(self) -> dict:
@@ -400,7 +412,10 @@ class SamPseudoConfig:
 
     def inert(self) -> dict[str, str]:
         """Fields without effect here (:func:`vpltool.config.inert_fields`)."""
+        automatic = ("points_per_side", "pred_iou_thresh", "stability_score_thresh")
+        prompted = ("sam3_threshold", "sam3_gate")
+        if self.prompted:
+            return {n: "with --masks sam3 (SAM 3's rule)" for n in ("sam_model", "merge", *automatic)}
         if self.generator() is None:
-            return {n: "with a folder of masks" for n in ("sam_model", "sam_weights", "points_per_side",
-                                                           "pred_iou_thresh", "stability_score_thresh")}
-        return {}
+            return {n: "with a folder of masks" for n in ("sam_model", "sam_weights", *automatic, *prompted)}
+        return {n: "without --masks sam3" for n in prompted}
