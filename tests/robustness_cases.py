@@ -2408,6 +2408,50 @@ def _crf_into_user_folder(ws: Workspace) -> Iterator[list[object]]:
     yield ["crf", ws.cams, "-o", ws.copy(ws.world / "masks", "gt_copy"), "--workers", "1", "--overwrite"]
 
 
+def _amg_folder(ws: Workspace, name: str, shape: tuple[int, int] = (96, 96)) -> Path:
+    """A mask folder as segment-anything's scripts/amg.py writes it, one all-background mask per train image."""
+    import numpy as np
+    from PIL import Image
+
+    root = ws.out(name)
+    for f in sorted(ws.cams.glob("*.safetensors")):
+        (root / f.stem).mkdir(parents=True)
+        Image.fromarray(np.zeros(shape, np.uint8)).save(root / f.stem / "0.png")
+    return root
+
+
+@case("sam-pseudo --masks sam without --sam-weights", "--masks sam needs the model's weights: pass --sam-weights")
+def _sam_pseudo_no_weights(ws: Workspace) -> Iterator[list[object]]:
+    yield ["sam-pseudo", ws.cams, "-o", ws.out("sam_noweights"), "--sam-model", "toy", "--workers", "1"]
+
+
+@case("sam-pseudo with a decoder's weights as SAM's", "not weights of the SAM toy image encoder",
+      "sam_vit_b_01ec64.pth")
+def _sam_pseudo_decoder_weights(ws: Workspace) -> Iterator[list[object]]:
+    yield ["sam-pseudo", ws.cams, "-o", ws.out("sam_clipweights"), "--sam-model", "toy", "--sam-weights",
+           ws.decoder / "decoder.safetensors", "--workers", "1"]
+
+
+@case("sam-pseudo with a mask folder that lacks an image's masks", "no mask folder for image",
+      "as segment-anything's scripts/amg.py writes them")
+def _sam_pseudo_missing_masks(ws: Workspace) -> Iterator[list[object]]:
+    folder = _amg_folder(ws, "amg_missing")
+    shutil.rmtree(sorted(folder.iterdir())[0])
+    yield ["sam-pseudo", ws.cams, "-o", ws.out("sam_missing"), "--masks", folder, "--workers", "1"]
+
+
+@case("sam-pseudo with a mask of another size than its image", "a 48x64 mask for a 96x96 image")
+def _sam_pseudo_mask_size(ws: Workspace) -> Iterator[list[object]]:
+    yield ["sam-pseudo", ws.cams, "-o", ws.out("sam_size"), "--masks", _amg_folder(ws, "amg_size", (48, 64)),
+           "--workers", "1"]
+
+
+@case("sam-pseudo from a crf folder (not CAMs)", "pseudo: holds `crf` output")
+def _sam_pseudo_from_masks(ws: Workspace) -> Iterator[list[object]]:
+    yield ["sam-pseudo", ws.pseudo, "-o", ws.out("sam_from_crf"), "--masks", _amg_folder(ws, "amg_ok"),
+           "--workers", "1"]
+
+
 @case("--overwrite onto another stage's folder (cam -o a crf folder)", "pseudo_copy: holds `crf` output",
       "--overwrite only redoes a `cam` folder, never another stage's")
 def _overwrite_other_stage(ws: Workspace) -> Iterator[list[object]]:

@@ -187,7 +187,7 @@ def test_sam_pseudo_masks_are_candidates_beside_the_crf_masks_of_their_refinemen
     # a crf folder where the sam-pseudo one should be is named, not chosen as SAM's
     io.write_stage_record(run / "caa" / "sam" / "pseudo", "crf", params={}, count=0,
                           inputs=io.read_record(run / "caa" / "sam" / "pseudo" / "_stage.json")["inputs"])
-    with pytest.raises(VplError, match=re.escape("caa/sam/pseudo: holds `crf` output where caa+sam's `sam-pseudo` masks")):
+    with pytest.raises(VplError, match=re.escape("sam/pseudo: holds `crf` output where caa+sam's `sam-pseudo` masks")):
         choose_pseudo(run, ["caa", "caa+sam"], by="masks", overwrite=True)
     with pytest.raises(VplError, match=re.escape("unknown refinement 'caa+sgc+sam+sam'")):
         choose_pseudo(run, ["caa+sgc+sam+sam"], by="masks")

@@ -40,7 +40,8 @@ def _scene() -> tuple[np.ndarray, np.ndarray]:
     start[0:4, 0:6] = 1
     start[6:8, 6:8] = 2
     start[8:10, 0:2] = 3
-    masks = np.stack([_box(slice(0, 5), slice(0, 4)), _box(slice(0, 4), slice(4, 10)), _box(slice(8, 10), slice(0, 10))])
+    masks = np.stack([_box(slice(0, 5), slice(0, 4)), _box(slice(0, 4), slice(4, 10)),
+                      _box(slice(8, 10), slice(0, 10))])
     return start, masks
 
 
