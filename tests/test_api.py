@@ -94,6 +94,7 @@ BAD_OPTION = {
     "cam": (("feats", "t.safetensors", "out"), {"box_threshold": 2.0}, "box_threshold 2.0"),
     "learn_prototypes": (("feats", "cams", "t.safetensors", "v.safetensors"), {"tau_i": 0.0}, "tau_i 0.0"),
     "crf": (("cams", "out"), {"confidence": 2.0}, "confidence 2.0"),
+    "sam_pseudo": (("cams", "out"), {"sam3_gate": 2.0}, "sam3_gate 2.0"),
     "train_decoder": (("pseudo", "t.safetensors", "out"), {"crop_size": 7}, "crop_size 7"),
     "predict": (("decoder.safetensors", "out"), {"classes": ("background",)}, "classes: 'background'"),
     "evaluate": (("masks",), {"bg_exponents": (-1.0,)}, "bg_exponents -1.0"),

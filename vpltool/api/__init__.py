@@ -23,8 +23,8 @@ from typing import Any
 _SEGMENTER = ("segmenter", "Segmenter", "Segmentation", "Embedding")
 _METHODS = ("list_methods",)
 _MODELS = ("list_models", "list_pretrained")
-_STAGES = ("extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",
-           "segment", "report")
+_STAGES = ("extract", "text_prototypes", "cam", "learn_prototypes", "crf", "sam_pseudo", "train_decoder", "predict",
+           "evaluate", "segment", "report")
 __all__ = [*_SEGMENTER, *_METHODS, *_MODELS, *_STAGES]
 
 

@@ -31,6 +31,7 @@ from ..config import (
     PredictConfig,
     ReportConfig,
     RuntimeConfig,
+    SamPseudoConfig,
     SegmentConfig,
     TextPrototypesConfig,
 )
@@ -162,6 +163,17 @@ def crf(cams: PathLike, out: PathLike, *, progress: bool | None = None, **option
         return run_crf(cams, out, cfg, rt, on_item=on_item, on_start=on_start)
 
 
+@python_door(SamPseudoConfig)
+def sam_pseudo(cams: PathLike, out: PathLike, *, progress: bool | None = None, **options: Any):
+    """`vpltool sam-pseudo CAMS -o OUT`: pseudo masks from SAM's masks given the CAM's classes, or SAM 3 prompted
+    with the labels (:class:`SamPseudoConfig`)."""
+    from ..stages.sam_pseudo import run_sam_pseudo
+
+    cfg, rt = configs("sam_pseudo", SamPseudoConfig, options)
+    with hooks(progress, "sam-pseudo") as (on_start, on_item):
+        return run_sam_pseudo(cams, out, cfg, rt, on_item=on_item, on_start=on_start)
+
+
 @python_door(DecoderConfig)
 def train_decoder(pseudo: PathLike, prototypes: PathLike, out: PathLike, *, resume: bool = False,
                   progress: bool | None = None, **options: Any):
@@ -263,5 +275,6 @@ def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, prog
         return run_report(run, out, cfg, workers=workers, on_start=on_start, on_item=on_item)
 
 
-__all__ = ["extract", "text_prototypes", "cam", "learn_prototypes", "crf", "train_decoder", "predict", "evaluate",
+__all__ = ["extract", "text_prototypes", "cam", "learn_prototypes", "crf", "sam_pseudo", "train_decoder", "predict",
+           "evaluate",
            "segment", "report", "configs", "python_door"]
