@@ -1,5 +1,5 @@
-"""The README's targets in the README's order on a fresh run folder: `make demo`, then `make sgc`, `make dense` and
-`make affinity`, each adding its own rows (its metrics files, then the table again).
+"""The README's targets in the README's order on a fresh run folder: `make demo`, then `make sgc`, `make dense`,
+`make affinity` and `make sam`, each adding its own rows (its metrics files, then the table again).
 
 The real Makefile runs for real (its rules, timestamps, recursion, ``-j``) with ``VPL`` pointed at a stand-in that
 writes each command's output file instead of computing it and logs its command line, so the whole sequence takes a
@@ -126,18 +126,28 @@ def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
     assert not any(a[0] == "segment" for a in affinity)
     assert [a[0] for a in affinity][-2:] == ["demo-report", "report"]
 
+    result, sam = make(world, "sam")  # SAM's pseudo masks of each refinement, and their decoders as candidates
+    assert "Nothing to be done" not in result.stdout
+    assert sorted(outputs(sam, "sam-pseudo")) == sorted(f"{run}{r}/sam/{s}" for r in ("", "/caa")
+                                                        for s in ("pseudo", "pseudo_val"))
+    assert {f"{run}/metrics/sam/pseudo_val.json", f"{run}/metrics/caa/sam/pred_train.json"} <= set(outputs(sam, "eval"))
+    chose = next(a for a in sam if a[0] == "choose-pseudo")
+    assert chose[1:5] == [str(run), "none", "none+sam", "caa"] and chose[5] == "caa+sam"
+    assert not any(a[0] == "crf" for a in sam)  # the CRF's masks are not redone
+    assert [a[0] for a in sam][-2:] == ["demo-report", "report"]
+
     # nothing a rule made was removed as an intermediate (the CAM and mask folders of every refinement stay)
-    for args in demo + sgc + dense + affinity:
+    for args in demo + sgc + dense + affinity + sam:
         for out in outputs([args], args[0]) if args[0] not in ("make-world", "demo-report", "report",
                                                                "choose-pseudo") else ():
             assert Path(out).exists() or (Path(out) / "_stage.json").exists(), out
     # and once everything is there, each target has nothing left to do
-    for target in ("demo", "sgc", "dense", "affinity"):
+    for target in ("demo", "sgc", "dense", "affinity", "sam"):
         _, again = make(world, target)
         assert again == [], (target, again)
 
 
-@pytest.mark.parametrize("target", ["demo", "sgc", "dense", "affinity", "weclip", "pgseg"])
+@pytest.mark.parametrize("target", ["demo", "sgc", "dense", "affinity", "sam", "weclip", "pgseg"])
 def test_no_target_deletes_what_a_pattern_rule_made(target):
     """Every pattern rule's target is in .PRECIOUS: make deletes no CAM folder record, mask record or decoder as an
     intermediate (with `.PRECIOUS: %.json %.safetensors`, which make 4.3 does not match against a rule's own
