@@ -74,6 +74,25 @@ def test_instances_are_each_classes_connected_components():
     assert masks.shape == (3, 20, 20)
     assert [int(m.sum()) for m in masks] == [80, 25, 30]  # class 1, then class 3's two components
     assert not (masks & (gt == 255)).any()
+    # --background-masks: the background region first (here one component), then the objects as before
+    with_bg = instances(gt, min_area=4, background=True)
+    assert len(with_bg) == 4 and (with_bg[0] == (gt == 0)).all() and (with_bg[1:] == masks).all()
+
+
+def test_the_record_names_the_world_and_background_masks_add_one_mask_a_scene(world, tmp_path):
+    """The record of a toy SAM names the world that trained it (its seed and its record's digest), so that a toy
+    used for pseudo masks can be told from the world it is used on."""
+    from vpltool import io
+
+    objects = train_toy_sam(tmp_path / "a" / "model.safetensors", world, ToySamConfig(**{**TINY.__dict__,
+                                                                                        "epochs": 1}))
+    both = train_toy_sam(tmp_path / "b" / "model.safetensors", world,
+                         ToySamConfig(**{**TINY.__dict__, "background_masks": True}))
+    assert objects["world"] == {"seed": 0, "train": 6, "val": 3,
+                                "record_sha256": io.sha256_file(io.stage_record_path(world))}
+    # at least one background region a scene (more where an object cuts the background in two)
+    assert objects["masks"] + 6 <= both["masks"] <= objects["masks"] + 12
+    assert io.read_json(tmp_path / "b" / "model.json")["recipe"]["background_masks"] is True
 
 
 def test_focal_dice_ranks_the_right_mask_first_and_ignores_the_band():
