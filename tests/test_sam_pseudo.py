@@ -170,6 +170,11 @@ def test_a_mask_folder_is_read_as_amg_writes_it_and_checked_before_any_work(worl
     for i in ids:  # the background mask has no class's majority: no class pixel survives outside the objects
         gt, mask = io.read_mask(next(world.glob(f"masks/{i}.png"))), io.read_mask(io.mask_path(out, i))
         assert not (mask[gt == 0]).any()
+    kept = io.read_mask(io.mask_path(out, ids[0]))
+    io.mask_path(out, ids[0]).unlink()  # a run stopped before its last mask: the rerun makes that one alone
+    again = sam_pseudo.run_sam_pseudo(cams, out, cfg, ONE)
+    assert (again.done, again.skipped, again.complete) == (1, 2, True)
+    np.testing.assert_array_equal(io.read_mask(io.mask_path(out, ids[0])), kept)
     bad = {"missing": lambda: __import__("shutil").rmtree(masks / ids[0]),
            "size": lambda: Image.fromarray(np.zeros((5, 7), np.uint8)).save(masks / ids[1] / "2.png"),
            "values": lambda: Image.fromarray(np.full((96, 96), 7, np.uint8)).save(masks / ids[2] / "3.png")}
