@@ -45,8 +45,9 @@ PSEUDO_REFINE ?= auto
 # predict's options for the rule's prediction on the training split: a ranking, at a third of the defaults' cost
 CHOICE_PRED_ARGS ?= --scales 1 --no-flip
 # which pseudo masks the decoder may train on: crf (dense CRF, the paper's), sam (`vpltool sam-pseudo`: SAM's
-# automatic masks, each given the class of the CRF mask that covers most of it; SAM-enhanced pseudo labels), or
-# both ("crf sam": every refinement's CRF masks R and SAM masks R+sam are candidates of PSEUDO_REFINE's choice).
+# automatic masks, each given the class of the CRF mask that covers most of it; SAM-enhanced pseudo labels), sam3
+# (SAM 3 prompted with the labels, SAM3_PSEUDO_WEIGHTS), or several ("crf sam": every refinement's CRF masks R and
+# SAM masks R+sam are candidates of PSEUDO_REFINE's choice).
 # SAM's masks of refinement R live in RUN[/R]/sam/ (pseudo, pseudo_val, decoder, pred_train), their scores in
 # RUN/metrics[/R]/sam/. make voc / make coco take it as well (PSEUDO=sam with SAM_PSEUDO_WEIGHTS=SAM's checkpoint)
 PSEUDO ?= crf
@@ -57,6 +58,10 @@ PSEUDO ?= crf
 SAM_PSEUDO_MODEL ?= toy
 SAM_PSEUDO_WEIGHTS ?= vpltool/assets/toy-sam-world20/model.safetensors
 SAM_PSEUDO_ARGS ?= --points-per-side 16 --pred-iou-thresh 0.4 --stability-score-thresh 0.4
+# sam3 in PSEUDO: SAM 3 prompted with each image's labels, its instances gated by the CRF mask (R+sam3 candidates,
+# RUN[/R]/sam3/); its weights (a folder of Hugging Face's layout or Meta's sam3.pt). The demo world has no toy SAM 3
+SAM3_PSEUDO_WEIGHTS ?=
+SAM3_PSEUDO_ARGS ?=
 # SSR (AAAI 2026; docs/pipeline.md): REFINE=caa+sgc masks CAA's affinity with K-means groups of SLIC superpixels
 # (SGC_SEGMENTS superpixels, SGC_CLUSTERS groups, SGC_POSITION: weight of position against colour); AFFINITY=dino or
 # clip+dino builds CAA from a timm ViT's attention (DINO_MODEL; DINO_WEIGHTS hub | FILE | none = random), mixed
@@ -197,6 +202,11 @@ $(error make $(filter voc coco,$(MAKECMDGOALS)) with PSEUDO=$(PSEUDO) needs SAM_
 endif
 endif
 endif
+ifneq ($(filter sam3,$(PSEUDO)),)
+ifeq ($(strip $(SAM3_PSEUDO_WEIGHTS)),)
+$(error PSEUDO=$(PSEUDO) needs SAM3_PSEUDO_WEIGHTS=/path/to/sam3 (SAM 3's weights: a folder of Hugging Face's layout, or Meta's sam3.pt; see docs/pipeline.md))
+endif
+endif
 ifneq ($(filter coco,$(MAKECMDGOALS)),)
 ifeq ($(strip $(COCO_ROOT)),)
 $(error make coco needs COCO_ROOT=/path/to/coco (a COCO 2014 WSSS root with SegmentationClass and train.txt/val.txt; see docs/reproduce.md))
@@ -308,6 +318,12 @@ SAM_PSEUDO_RUN = $(VPL) sam-pseudo $(<D) -o $(@D) --sam-model $(SAM_PSEUDO_MODEL
 	$(SAM_PSEUDO_RUN)
 %/sam/pseudo_val/_stage.json: %/cams_vision_val/_stage.json $(wildcard $(SAM_PSEUDO_WEIGHTS))
 	$(SAM_PSEUDO_RUN)
+SAM3_PSEUDO_RUN = $(VPL) sam-pseudo $(<D) -o $(@D) --masks sam3 --sam-weights $(SAM3_PSEUDO_WEIGHTS) \
+  $(SAM3_PSEUDO_ARGS) --device $(DEVICE) --overwrite
+%/sam3/pseudo/_stage.json: %/cams_vision/_stage.json
+	$(SAM3_PSEUDO_RUN)
+%/sam3/pseudo_val/_stage.json: %/cams_vision_val/_stage.json
+	$(SAM3_PSEUDO_RUN)
 # eval: a folder of the training split is scored on EVAL_SPLIT, one of VAL_SPLIT on its own split
 # (its own files, like its folders, are re-made with --overwrite: also those of a vpltool that recorded no file kinds)
 $(RUN)/metrics/%_val.json: $(RUN)/%_val/_stage.json
@@ -329,10 +345,12 @@ cams-vision: $(RUN)/metrics/cams_vision.json
 
 # the pseudo-mask candidates: each refinement's CRF masks (R) and, with sam in PSEUDO, its SAM masks (R+sam);
 # $(call cand_dir,C) / $(call cand_metrics,C): candidate C's folder (pseudo, decoder, pred_train) and its scores'
-cand_base = $(patsubst %+sam,%,$(1))
-cand_dir = $(call refine_dir,$(call cand_base,$(1)))$(if $(filter %+sam,$(1)),/sam)
-cand_metrics = $(call refine_metrics,$(call cand_base,$(1)))$(if $(filter %+sam,$(1)),/sam)
-CANDIDATES = $(foreach r,$(or $(REFINES),$(REFINE)),$(if $(filter crf,$(PSEUDO)),$(r)) $(if $(filter sam,$(PSEUDO)),$(r)+sam))
+cand_base = $(patsubst %+sam,%,$(patsubst %+sam3,%,$(1)))
+cand_kind = $(if $(filter %+sam,$(1)),/sam,$(if $(filter %+sam3,$(1)),/sam3))
+cand_dir = $(call refine_dir,$(call cand_base,$(1)))$(call cand_kind,$(1))
+cand_metrics = $(call refine_metrics,$(call cand_base,$(1)))$(call cand_kind,$(1))
+CANDIDATES = $(foreach r,$(or $(REFINES),$(REFINE)),$(if $(filter crf,$(PSEUDO)),$(r)) \
+  $(if $(filter sam,$(PSEUDO)),$(r)+sam) $(if $(filter sam3,$(PSEUDO)),$(r)+sam3))
 # more than one candidate, or REFINES named: the choice runs (choose-pseudo)
 CHOOSING = $(or $(REFINES),$(word 2,$(CANDIDATES)))
 ## Pseudo masks from the vision-prototype CAMs (dense CRF; with PSEUDO=sam also SAM's), and their mIoU (with REFINES:
@@ -387,8 +405,8 @@ COMPARED = $(foreach r,$(REFINES) $(AFFINITY_ROWS),$(addprefix $(call refine_met
   pseudo_text.json pseudo.json $(if $(HELDOUT),cams_text_val.json cams_vision_val.json pseudo_text_val.json \
   pseudo_val.json)))
 # SAM's pseudo masks beside the CRF's, on both splits, for each refinement of REFINES (PSEUDO with sam)
-SAM_COMPARED = $(if $(filter sam,$(PSEUDO)),$(foreach r,$(or $(REFINES),$(REFINE)),$(addprefix $(call cand_metrics,$(r)+sam)/,\
-  pseudo.json $(if $(HELDOUT),pseudo_val.json))))
+SAM_COMPARED = $(foreach k,$(filter sam sam3,$(PSEUDO)),$(foreach r,$(or $(REFINES),$(REFINE)),\
+  $(addprefix $(call cand_metrics,$(r)+$(k))/,pseudo.json $(if $(HELDOUT),pseudo_val.json))))
 refines: $(COMPARED) $(SAM_COMPARED)
 
 ## Phase-1 diagnosis on the held-out split: pixel classifier, GradCAM per layer and modality gap, text vs vision
@@ -653,7 +671,7 @@ doc_TEMPLATES = text-prototypes --templates (real CLIP: clip-es)
 doc_BACKGROUND = text-prototypes --background (real CLIP: auto, voc or coco)
 doc_REFINE = cam --refine of the pipeline's own CAMs: none | caa | caa+sgc
 doc_REFINES = the refinements compared side by side; empty = REFINE alone
-doc_PSEUDO = the pseudo masks: crf | sam (sam-pseudo: SAM's masks given the CRF masks' classes) | crf sam (both)
+doc_PSEUDO = the pseudo masks: crf | sam (sam-pseudo: SAM's masks given the CRF masks' classes) | sam3 | crf sam
 doc_PSEUDO_REFINE = whose pseudo masks train the decoder: auto (best on the training split) or a candidate (R, R+sam)
 doc_SAM_PSEUDO_MODEL = sam-pseudo's SAM: vit_b | vit_l | vit_h | toy (the demo's, trained on another world)
 doc_SAM_PSEUDO_WEIGHTS = its weights (make voc / make coco with PSEUDO=sam: SAM's released checkpoint)
@@ -751,6 +769,8 @@ pgseg: setup
   %/pseudo_text_val/_stage.json \
   %/sam/pseudo/_stage.json \
   %/sam/pseudo_val/_stage.json \
+  %/sam3/pseudo/_stage.json \
+  %/sam3/pseudo_val/_stage.json \
   $(RUN)/metrics/%_val.json \
   $(RUN)/metrics/%.json \
   %/decoder/decoder.safetensors \

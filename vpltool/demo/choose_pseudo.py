@@ -18,7 +18,8 @@ studies/study_pseudo_choice.py). ``--by masks`` keeps the masks' own mIoU (no de
 
 A candidate ``R+sam`` is refinement R's `sam-pseudo` masks (SAM's masks assigned to the classes of R's vision CAMs):
 the same folders one level down, ``RUN[/R]/sam/pseudo``, ``RUN[/R]/sam/decoder``, ``RUN[/R]/sam/pred_train`` and
-their scores under ``RUN/metrics[/R]/sam/``, chosen by the same rule.
+their scores under ``RUN/metrics[/R]/sam/``, chosen by the same rule; ``R+sam3`` likewise under ``sam3/`` (SAM 3
+prompted with the labels).
 """
 
 from __future__ import annotations
@@ -39,27 +40,33 @@ RULES = {"decoder": "the highest mIoU on the training split of the decoder train
 BY = tuple(RULES)
 
 
-SAM = "+sam"  # a candidate's suffix: the refinement's sam-pseudo masks, not its crf masks
-SAM_DIR = "sam"  # where they and their decoder live, below the refinement's folder (and its metrics folder)
+# a candidate's suffix -> the folder below its refinement's that holds its sam-pseudo masks and decoder (and below
+# its metrics folder, their scores): SAM's automatic masks (+sam) or SAM 3 prompted with the labels (+sam3)
+SAM_KINDS = {"+sam": "sam", "+sam3": "sam3"}
+SAM, SAM_DIR = "+sam", "sam"  # the automatic masks' (the demo's)
 
 
-def split_candidate(name: str) -> tuple[str, bool]:
-    """``R`` -> (R, False): refinement R's CRF masks; ``R+sam`` -> (R, True): its sam-pseudo masks."""
-    return (name[: -len(SAM)], True) if name.endswith(SAM) else (name, False)
+def split_candidate(name: str) -> tuple[str, str | None]:
+    """``R`` -> (R, None): refinement R's CRF masks; ``R+sam`` -> (R, "sam"), ``R+sam3`` -> (R, "sam3"): its
+    sam-pseudo masks of that kind (the folder they live in)."""
+    for suffix, kind in SAM_KINDS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return name, None
 
 
 def refinement_dir(run: Path, refine: str, run_refine: str | None) -> Path:
     """The folder holding candidate ``refine``'s mask folder and decoder: ``run`` for the run's own refinement, else
-    ``run/R``; ``R+sam``'s is that folder's ``sam/``."""
-    base, sam = split_candidate(refine)
+    ``run/R``; ``R+sam``'s is that folder's ``sam/`` (``R+sam3``'s, ``sam3/``)."""
+    base, kind = split_candidate(refine)
     folder = run if base == run_refine else run / base
-    return folder / SAM_DIR if sam else folder
+    return folder / kind if kind else folder
 
 
 def metrics_dir(run: Path, refine: str, run_refine: str | None) -> Path:
-    base, sam = split_candidate(refine)
+    base, kind = split_candidate(refine)
     folder = run / "metrics" if base == run_refine else run / "metrics" / base
-    return folder / SAM_DIR if sam else folder
+    return folder / kind if kind else folder
 
 
 def make_fix(target: str, run: Path, refines: Sequence[str]) -> str:
@@ -68,7 +75,7 @@ def make_fix(target: str, run: Path, refines: Sequence[str]) -> str:
     (``R+sam`` candidates: REFINES R and PSEUDO with sam)."""
     parts = [split_candidate(r) for r in refines]
     bases = list(dict.fromkeys(b for b, _ in parts))
-    kinds = [k for k, on in (("crf", any(not sam for _, sam in parts)), ("sam", any(sam for _, sam in parts))) if on]
+    kinds = list(dict.fromkeys(kind or "crf" for _, kind in parts))
     pseudo = f" PSEUDO={shlex.quote(' '.join(kinds))}" if kinds != ["crf"] else ""
     return f"`make {target} RUN={shlex.quote(str(run))} REFINES={shlex.quote(' '.join(bases))}{pseudo}`"
 
@@ -76,8 +83,8 @@ def make_fix(target: str, run: Path, refines: Sequence[str]) -> str:
 def recorded_refinement(pseudo: Path) -> str:
     """The candidate a mask folder is, read from the records: the ``--refine`` of the CAMs a `crf` folder was made
     from (its record names the digest of their record, which must be that of the ``cams_vision`` folder beside it,
-    the Makefile's layout), or ``R+sam`` for a `sam-pseudo` folder at ``.../sam/pseudo`` made from the
-    ``cams_vision`` two levels up; one line otherwise."""
+    the Makefile's layout), or ``R+sam`` (``R+sam3`` for SAM 3's rule) for a `sam-pseudo` folder at
+    ``.../sam/pseudo`` made from the ``cams_vision`` two levels up; one line otherwise."""
     record = io.read_record(io.stage_record_path(pseudo))
     if record["stage"] not in PSEUDO_STAGES:
         raise VplError(f"{pseudo}: holds `{record['stage']}` output, expected `crf` or `sam-pseudo` pseudo masks; a "
@@ -92,7 +99,9 @@ def recorded_refinement(pseudo: Path) -> str:
     refine = io.read_record(cams_record)["params"].get("refine")
     if refine not in REFINES:
         raise VplError(f"{cams_record}: records no known --refine ({refine!r}); re-run its `vpltool cam`")
-    return refine + SAM if sam else refine
+    if not sam:
+        return refine
+    return refine + ("+sam3" if record.get("params", {}).get("masks") == "sam3" else SAM)
 
 
 def _own_refinement(run: Path, run_refine: str | None) -> str | None:
@@ -243,9 +252,9 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
     run = Path(run)
     among = list(dict.fromkeys(among))
     for name in [*among, *([run_refine] if run_refine is not None else [])]:
-        if split_candidate(name)[0] not in REFINES or (name == run_refine and name.endswith(SAM)):
+        if split_candidate(name)[0] not in REFINES or (name == run_refine and split_candidate(name)[1]):
             raise VplError(f"choose-pseudo: unknown refinement {name!r}; use one of {', '.join(REFINES)} (a "
-                           f"candidate may add {SAM}: that refinement's sam-pseudo masks)")
+                           f"candidate may add +sam or +sam3: that refinement's sam-pseudo masks)")
     if not among:
         raise VplError("choose-pseudo: name at least one refinement to choose among (e.g. none caa caa+sgc)")
     if pick != "auto" and pick not in among:

@@ -31,10 +31,11 @@ from .. import io
 from ..config import EvalConfig
 from ..data import open_recorded
 from ..ops.kernels import MiouAccumulator, cams_to_labels
-from .choose_pseudo import CHOICE_FILE, SAM, SAM_DIR, describe, refinement_dir
+from .choose_pseudo import CHOICE_FILE, SAM_KINDS, describe, refinement_dir, split_candidate
 
 CHANCE_IMAGES = 500  # a floor needs no more; the demo world's default train split has exactly 500
 SAM_STAGE = "SAM pseudo masks (sam-pseudo, from vision CAMs)"
+SAM3_STAGE = "SAM 3 pseudo masks (sam-pseudo --masks sam3, from vision CAMs)"
 
 # (display name, metrics file of the training split or None, of the held-out split or None), in pipeline order
 STAGES = (
@@ -42,12 +43,13 @@ STAGES = (
     ("CAM, vision prototypes (W learned on train)", "cams_vision.json", "cams_vision_val.json"),
     ("CRF masks from text CAMs", "pseudo_text.json", "pseudo_text_val.json"),
     ("CRF pseudo masks (from vision CAMs)", "pseudo.json", "pseudo_val.json"),
-    # `sam-pseudo` (the Makefile's PSEUDO with sam): RUN[/R]/sam/pseudo, scored under RUN/metrics[/R]/sam/
-    (SAM_STAGE, f"{SAM_DIR}/pseudo.json", f"{SAM_DIR}/pseudo_val.json"),
+    # `sam-pseudo` (the Makefile's PSEUDO with sam, sam3): RUN[/R]/sam/pseudo, scored under RUN/metrics[/R]/sam/
+    (SAM_STAGE, "sam/pseudo.json", "sam/pseudo_val.json"),
+    (SAM3_STAGE, "sam3/pseudo.json", "sam3/pseudo_val.json"),
     ("decoder prediction", None, "pred_val.json"),
 )
 # shown only where scored (the Makefile makes them when it compares REFINES, and with PSEUDO's sam)
-OPTIONAL = {"CRF masks from text CAMs", SAM_STAGE}
+OPTIONAL = {"CRF masks from text CAMs", SAM_STAGE, SAM3_STAGE}
 SPLITS = ("train", "val")
 
 
@@ -94,7 +96,7 @@ def compared_refinements(run: Path) -> list[str]:
     metrics = run / "metrics"
     if not metrics.is_dir():
         return []
-    return sorted(d.name for d in metrics.iterdir() if d.is_dir() and d.name not in (DENSE_DIR, SAM_DIR))
+    return sorted(d.name for d in metrics.iterdir() if d.is_dir() and d.name not in (DENSE_DIR, *SAM_KINDS.values()))
 
 
 def collect(run: Path, choice: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -270,7 +272,7 @@ def run_demo_report(run: str | Path, seed: int = 0, overwrite: bool = False) -> 
               "sam": sam_note(run)}
     # the sheets show the refinement whose masks trained the decoder (its CRF masks, or its SAM masks)
     where = refinement_dir(run, choice["chosen"], run_refinement(run)) if choice else run
-    cams = where.parent if choice and choice["chosen"].endswith(SAM) else where
+    cams = where.parent if choice and split_candidate(choice["chosen"])[1] else where
     for split, ds in datasets.items():
         sheet = write_sheet(run, ds, sheets[split], suffix="" if split == "train" else "_val", where=cams,
                             masks=where)
@@ -284,7 +286,7 @@ def sam_note(run: Path) -> str | None:
     """What the run's SAM masks were made with (the first `sam-pseudo` folder's record): the rule, its start label,
     the model and, for a toy SAM, the world seed that trained it (from its record beside the weights)."""
     for refine in [None, *compared_refinements(run)]:
-        folder = (run if refine is None else run / refine) / SAM_DIR / "pseudo"
+        folder = (run if refine is None else run / refine) / "sam" / "pseudo"
         if not io.stage_record_path(folder).is_file():
             continue
         record = io.read_record(io.stage_record_path(folder))
@@ -339,8 +341,9 @@ def format_report(report: dict[str, Any]):
         if previous is not None and row["stage"] != previous:
             table.add_section()
         chosen = choice["chosen"] if choice else None
-        decoder_input = bool(choice) and ((row["stage"].startswith("CRF pseudo") and row["refine"] == chosen)
-                                          or (row["stage"] == SAM_STAGE and f"{row['refine']}{SAM}" == chosen))
+        kind = {SAM_STAGE: "+sam", SAM3_STAGE: "+sam3"}.get(row["stage"], "")
+        decoder_input = bool(choice) and (row["stage"].startswith("CRF pseudo") or kind) and \
+            f"{row['refine']}{kind}" == chosen
         refine = f"{row.get('refine') or '—'}{' → decoder' if decoder_input else ''}"
         table.add_row(row["stage"] if row["stage"] != previous else "", refine,
                       *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS))
