@@ -372,6 +372,17 @@ def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None,
     return CamMaps(upsample_maps(maps, size), labels, f)
 
 
+def cam_items(cams_dir: str | os.PathLike, dataset) -> tuple[list[str], dict[str, Any]]:
+    """The ids of a `cam` folder's files and its dataset's items by id (:meth:`vpltool.data.Dataset.by_id`); a file
+    of an image the dataset lacks is one line (the dataset changed after `cam`)."""
+    ids, items = item_ids(cams_dir), dataset.by_id()
+    unknown = [i for i in ids if i not in items]
+    if unknown:
+        raise ContractError(f"{cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
+                            f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
+    return ids, items
+
+
 def read_cam_item(cams_dir: str | os.PathLike, item_id: str, image_path: str | os.PathLike, labels: Sequence[int],
                   classes: Sequence[str]) -> tuple[np.ndarray, CamMaps]:
     """One image (``[H, W, 3]`` uint8 RGB) and its CAMs (:func:`read_cam`; ``labels``: the item's image-level

@@ -245,12 +245,7 @@ def run_crf(
     dataset = open_recorded(cams_dir)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the cam folder": cams_dir},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
-    ids = io.item_ids(cams_dir)
-    items = dataset.by_id()
-    unknown = [i for i in ids if i not in items]
-    if unknown:
-        raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
-                       f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
+    ids, items = io.cam_items(cams_dir, dataset)
     made = record.get(io.NUMERICS)
     # crf takes no --precision: its masks carry the CAMs' dtype, in this run's mode (which must be the CAMs')
     numerics = run_numerics(made.get("dtype") if isinstance(made, dict) else None)

@@ -48,7 +48,6 @@ import numpy as np
 from ... import io
 from ...config import SAM_COVERAGE, RuntimeConfig, SamPseudoConfig, to_params
 from ...data import open_recorded
-from ...errors import VplError
 from ...numerics import run_numerics
 from .rules import merge_masks, prompted_masks
 from .sources import FOLDER_FORMAT, FolderMasks, mask_source, read_mask_png
@@ -133,12 +132,7 @@ def run_sam_pseudo(
         from ...ops.densecrf import densecrf_module
 
         densecrf_module()  # the start's CRF runs with pydensecrf in the loading processes: one line if missing
-    ids = io.item_ids(cams_dir)
-    items = dataset.by_id()
-    unknown = [i for i in ids if i not in items]
-    if unknown:
-        raise VplError(f"{io.cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
-                       f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
+    ids, items = io.cam_items(cams_dir, dataset)
     sizes = {i: io.image_size(items[i].image) for i in ids}
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record),
               "masks": source.check([(i, sizes[i]) for i in ids])}  # checked whole: nothing loaded yet
