@@ -10,9 +10,11 @@ Two sets of inputs, each a `cam` folder that `sam-pseudo` reads as it reads any:
   (seeded smooth random blobs: the photos have no CAMs of a real CLIP here);
 * **demo** (``--run``): the demo world's val scenes and the vision CAMs of its run (``RUN/cams_vision_val``).
 
-On each: the runner writes, from the library functions the stage runs, each image's start label (`crf --confidence
-0`'s mask) and SAM's masks (the toy SAM's automatic masks, ``--sam-weights``) in the clone's formats (``<id>.png``;
-``<id>/<k>.png``, 255 inside, as segment-anything's ``scripts/amg.py`` writes them); the clone's
+Run it in the mode the demo run was made in (``VPLTOOL_REPRODUCIBLE=1`` for `make demo`'s), as every stage
+refuses CAMs of another. On each: the runner writes, from the library functions the stage runs, each image's start
+label (`crf --confidence 0`'s mask) and SAM's masks (the toy SAM's automatic masks, ``--sam-weights``) in the
+clone's formats (``<id>.png``; ``<id>/<k>.png``, 255 inside, as segment-anything's ``scripts/amg.py`` writes them);
+the clone's
 ``Processor.generate_merged_masks`` merges them with each released rule (``max_iou_imp2``, its default,
 ``max_iou_imp``, ``max_iou``; ``sam_wsss_ref_runner.py``). vpltool runs the whole stage, ``run_sam_pseudo`` from the
 CAMs, with ``--masks sam`` (SAM run by the stage itself; the default rule) and with ``--masks FOLDER`` on those mask
@@ -29,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+import vpltool  # noqa: F401  (before numpy and torch: VPLTOOL_REPRODUCIBLE=1, the demo's mode, takes effect)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -52,6 +54,7 @@ def photo_cams(work: Path, n: int) -> Path:
     """The parity photos as a VOC root and a `cam` folder of seeded CAM-like maps over them: per label a few
     Gaussian blobs at random places, min-max to [0, 1]."""
     import bench_cam
+    import numpy as np
     import torch
 
     from vpltool import io
@@ -82,6 +85,7 @@ def photo_cams(work: Path, n: int) -> Path:
 def reference_inputs(cams: Path, cfg, folder: Path) -> list[str]:
     """Each image's start label (``folder/start/<id>.png``, mode L) and SAM masks (``folder/masks/<id>/<k>.png``)
     from the library functions the stage runs; returns the ids."""
+    import numpy as np
     from PIL import Image
 
     from vpltool import io
@@ -107,6 +111,8 @@ def reference_inputs(cams: Path, cfg, folder: Path) -> list[str]:
 
 def compare(ids: list[str], ref: Path, ours: Path) -> dict:
     """Pixels (and images) of equal labels between the clone's PNGs and vpltool's."""
+    import numpy as np
+
     from vpltool import io
 
     equal = total = images = 0
@@ -123,6 +129,8 @@ def compare(ids: list[str], ref: Path, ours: Path) -> dict:
 
 
 def run_set(name: str, cams: Path, args, work: Path) -> dict:
+    import numpy as np
+
     from vpltool.config import RuntimeConfig, SamPseudoConfig
     from vpltool.stages.sam_pseudo import run_sam_pseudo
 

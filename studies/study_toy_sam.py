@@ -7,7 +7,9 @@ split it never saw). Per object instance (a connected component of one class in 
 pixels, as `train-toy-sam` takes them): one foreground point at its most interior pixel, or its exact box; SAM's
 answer to a single prompt, of its three masks the one it predicts best (SamPredictor's ``multimask_output=True``).
 IoU over the pixels outside the ignore band, mean over the instances. The trivial answers: the whole image (for a
-point), the box itself filled (for a box). Prints one JSON object.
+point), the box itself filled (for a box). And the background (its largest 8-connected region, the scene's
+"stuff", which `train-toy-sam --background-masks` trains on) from one point at its most interior pixel.
+``--weights`` scores another toy SAM (e.g. one trained on another world). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _iou(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> float:
 
 def score(sam, items) -> dict:
     """Mean IoU per prompt and baseline over every instance of ``items``."""
-    rows = {"point": [], "box": [], "whole image": [], "box filled": []}
+    rows = {"point": [], "box": [], "whole image": [], "box filled": [], "background, point": []}
     start = time.perf_counter()
     for item in items:
         image, gt = load_image(item.image), read_mask(item.gt)
@@ -61,7 +63,14 @@ def score(sam, items) -> dict:
             filled = np.zeros_like(mask)
             filled[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
             rows["box filled"].append(_iou(filled, mask, valid))
-    return {"images": len(items), "instances": len(rows["point"]),
+        parts, n = ndimage.label(gt == 0, structure=np.ones((3, 3), bool))  # the background's largest region
+        if n:
+            mask = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+            y, x = np.unravel_index(int(ndimage.distance_transform_edt(mask).argmax()), mask.shape)
+            logits, iou, _ = sam.predict(features, torch.tensor([[[x, y]]], dtype=torch.float32) * scale, None, None,
+                                         (sam.img_size, sam.img_size), gt.shape, multimask=True)
+            rows["background, point"].append(_iou(logits[0, int(iou[0].argmax())].numpy() > 0, mask, valid))
+    return {"images": len(items), "instances": len(rows["point"]), "backgrounds": len(rows["background, point"]),
             "mean_iou": {k: float(np.mean(v)) for k, v in rows.items()},
             "seconds": round(time.perf_counter() - start, 1)}
 
