@@ -51,10 +51,10 @@ CHOICE_PRED_ARGS ?= --scales 1 --no-flip
 # SAM's masks of refinement R live in RUN[/R]/sam/ (pseudo, pseudo_val, decoder, pred_train), their scores in
 # RUN/metrics[/R]/sam/. make voc / make coco take it as well (PSEUDO=sam with SAM_PSEUDO_WEIGHTS=SAM's checkpoint)
 PSEUDO ?= crf
-# the SAM of sam-pseudo and its automatic-mask settings. The demo's is a toy SAM trained on the scenes of ANOTHER
-# world (seed 20; its model.json names it), never the demo's train or val scenes, with the background region as a
-# mask too, so that its masks cover the scenes; its settings chosen on train (docs/crf.md). make voc / make coco:
-# vit_h, the generator's defaults, and the checkpoint given as SAM_PSEUDO_WEIGHTS
+# the SAM of sam-pseudo and its automatic-mask settings. The demo's is a toy SAM trained as the shipped one (objects
+# only) on the scenes of ANOTHER world (seed 20; its model.json names it), never the demo's train or val scenes; its
+# settings and rule chosen on train (docs/pipeline.md, sam-pseudo). make voc / make coco: vit_h, the generator's
+# defaults and the released rule's default, and the checkpoint given as SAM_PSEUDO_WEIGHTS
 SAM_PSEUDO_MODEL ?= toy
 SAM_PSEUDO_WEIGHTS ?= vpltool/assets/toy-sam-world20/model.safetensors
 SAM_PSEUDO_ARGS ?= --points-per-side 16 --pred-iou-thresh 0.4 --stability-score-thresh 0.4
@@ -637,11 +637,11 @@ toy-sam: runs/toy-sam/world/_stage.json
 runs/toy-sam/world/_stage.json: | setup
 	$(VPL) make-world $(@D)
 
-# (the train masks of world seed 20, never the demo's scenes, objects and the background region, class-agnostic)
-## Retrain sam-pseudo's toy SAM (another world's scenes, --background-masks) from its seed (not part of CI)
+# (the train masks of world seed 20, never the demo's scenes, class-agnostic; the shipped toy's recipe)
+## Retrain sam-pseudo's toy SAM (another world's scenes) from its seed (not part of CI; bit-identical)
 toy-sam-world20: runs/toy-sam-world20/world/_stage.json
 	$(VPL) train-toy-sam vpltool/assets/toy-sam-world20/model.safetensors --data runs/toy-sam-world20/world \
-	  --background-masks --overwrite
+	  --overwrite
 runs/toy-sam-world20/world/_stage.json: | setup
 	$(VPL) make-world $(@D) --seed 20
 

@@ -192,8 +192,9 @@ def train_toy_sam_cmd(
         _S.mask_rounds,
     background_masks: Annotated[bool, typer.Option(
         "--background-masks/--objects-only", help="Also the background region of each scene as a mask (SAM's "
-        "\"stuff\"), so that its automatic masks cover the scenes, not the objects alone (the pseudo masks' toy SAM, "
-        "`sam-pseudo`).")] = _S.background_masks,
+        "\"stuff\"), so that its automatic masks could cover the scenes, not the objects alone. Measured on world "
+        "seed 20: the toy then learns the background and loses the objects (docs/pipeline.md, sam-pseudo).")] =
+        _S.background_masks,
     threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical.")] =
         _S.threads,
     seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped weights.")] = _S.seed,

@@ -167,7 +167,9 @@ class ToySamConfig:
         min_area: an instance smaller than this many pixels (a sliver cut off by another object) is not a mask.
         background_masks: also the background region of each scene (its 8-connected components) as masks, as SAM's
             data holds "stuff" beside objects; without them the automatic mask generator covers the objects alone
-            (0.3 % of the background pixels), so a pixel the CAM spilled onto the background meets no mask.
+            (0.3 % of the background pixels), so a pixel the CAM spilled onto the background meets no mask. Measured
+            (world seed 20, the recipe's other defaults): the toy learns the background and loses the objects
+            (studies/results/toy_sam_background_masks_world20.json), so sam-pseudo's toy is objects-only.
         seed: seeds the initial weights, the image order and the prompts. threads: CPU threads (a fixed count makes
             the rebuild bit-identical).
     """
