@@ -22,6 +22,9 @@ os.environ.setdefault("VPLTOOL_DEVICE", "cpu")
 os.environ["VPLTOOL_MODEL_CONFIGS"] = str(ASSETS / "model_configs")  # CLI tests see vpl-test-vit
 # 1, not 2: on two busy cores OpenMP barriers made a tiny forward ~400x slower (0.55 s vs 1.4 ms)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the frozen towers' fp32 products through oneDNN wherever it applies, on every CPU: the same code path on every
+# machine, and no calibration timed inside a test (the auto route that measures each product: tests/test_onednn.py)
+os.environ.setdefault("VPLTOOL_CPU_LINEAR", "onednn")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

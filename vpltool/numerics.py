@@ -42,6 +42,10 @@ MODE_ENV = "VPLTOOL_REPRODUCIBLE"  # "1": reproducible mode
 # proves what one with it computes: the suite's numeric tests run both ways); reproducible mode ignores it
 ASSUME_AMX_ENV = "VPLTOOL_ASSUME_AMX"
 MODES = ("fast", "reproducible")
+# which library multiplies the frozen towers' fp32 linear layers on the CPU (vpltool.models.backbones.onednn): "auto"
+# (the default: each product measured once on this CPU and kept in the user's cache), "mkl" or "onednn"
+CPU_LINEAR_ENV = "VPLTOOL_CPU_LINEAR"
+CPU_LINEAR_ROUTES = ("auto", "mkl", "onednn")
 PINNED_ISA = "AVX2"  # the widest level every x86-64 CPU of the last decade has
 THREADS = 1
 
@@ -72,6 +76,20 @@ _state: dict[str, Any] = {"late": None, "warned": False}
 def reproducible_asked() -> bool:
     """Whether this process was asked for reproducible mode (``VPLTOOL_REPRODUCIBLE=1``)."""
     return os.environ.get(MODE_ENV, "").strip() == "1"
+
+
+def cpu_linear_asked() -> str:
+    """The library asked for the frozen towers' fp32 linear layers on the CPU (``VPLTOOL_CPU_LINEAR``): ``auto``
+    (unset or empty), ``mkl`` or ``onednn``; one line for another value. Reproducible mode takes MKL's whatever this
+    says (:mod:`vpltool.models.backbones.onednn`)."""
+    raw = os.environ.get(CPU_LINEAR_ENV, "")
+    value = raw.strip().lower() or "auto"
+    if value not in CPU_LINEAR_ROUTES:
+        from .errors import VplError
+
+        raise VplError(f"{CPU_LINEAR_ENV}={raw!r}: choose auto (each product measured once on this CPU), mkl or "
+                       f"onednn, or unset it")
+    return value
 
 
 def cpu_flags() -> set[str]:
@@ -212,6 +230,6 @@ def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
     return mode if what == "mode" or not made else f"{made}, {mode}"
 
 
-__all__ = ["ASSUME_AMX_ENV", "DTYPES", "ISA_PINS", "MODES", "MODE_ENV", "PINNED_ISA", "THREADS", "THREAD_PINS",
-           "ask_reproducible", "cpu_flags", "describe", "dtype_name", "mismatch", "pinned_environment",
-           "reproducible_asked", "run_numerics"]
+__all__ = ["ASSUME_AMX_ENV", "CPU_LINEAR_ENV", "CPU_LINEAR_ROUTES", "DTYPES", "ISA_PINS", "MODES", "MODE_ENV",
+           "PINNED_ISA", "THREADS", "THREAD_PINS", "ask_reproducible", "cpu_flags", "cpu_linear_asked", "describe",
+           "dtype_name", "mismatch", "pinned_environment", "reproducible_asked", "run_numerics"]

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
+from ..errors import VplError
 
 # Plain click help (rich_markup_mode=None): typer's rich panels cut long option names at 80 columns
 # ("--rsc-temperat…"), showed flags as "<bool>" and ate "[default: ...]" as markup; plain help wraps instead, and
@@ -39,10 +40,16 @@ def root(
         "so, and a later stage refuses to mix them with fast-mode files (docs/reproduce.md)")] = False,
 ) -> None:
     """Weakly-supervised semantic segmentation with CLIP: one stage per command, files in between."""
-    if reproducible:  # before any command loads torch, numpy or OpenCV (this package imports none of them)
-        from ..numerics import ask_reproducible
+    from ..numerics import ask_reproducible, cpu_linear_asked
 
+    if reproducible:  # before any command loads torch, numpy or OpenCV (this package imports none of them)
         ask_reproducible()
+    try:
+        cpu_linear_asked()  # a VPLTOOL_CPU_LINEAR of no library refused before anything loads
+    except VplError as e:
+        from .errors import _error_line
+
+        _error_line(e)
 
 
 def help_cmd(

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from ..backbones.onednn import f_linear
+from ..backbones.onednn import f_linear, references_library
 from .corrclip import (
     Correlation,
     input_regions,
@@ -101,12 +101,13 @@ def dino_features(proxy, pixels: torch.Tensor, boxes, size: tuple[int, int]) -> 
     Returns:
         (``[H // p * W // p, C]`` float32 unit features, the grid ``(H // p, W // p)``).
     """
-    x, grid = proxy.last_block_input(pixels)  # [N, prefix + hw, C], each block mixed as the model's code
     blk, k = proxy.model.blocks[-1], proxy.n_prefix
+    with references_library():  # CorrCLIP's merging compares their similarities with eps: the reference's bits
+        x, grid = proxy.last_block_input(pixels)  # [N, prefix + hw, C], each block mixed as the model's code
+        # what the reference stitches: get_intermediate_layers(n=2)[0] (the final norm of this input) and the last
+        # block's fused qkv (its forward hook), the prefix tokens dropped; one stitch for all four
+        parts = torch.cat([proxy.model.norm(x), blk.attn.qkv(blk.norm1(x))], dim=-1)[:, k:]
     c = x.shape[-1]
-    # what the reference stitches: get_intermediate_layers(n=2)[0] (the final norm of this input) and the last
-    # block's fused qkv (its forward hook), the prefix tokens dropped; one stitch for all four
-    parts = torch.cat([proxy.model.norm(x), blk.attn.qkv(blk.norm1(x))], dim=-1)[:, k:]
     st = stitch(_grid_maps(parts, grid), boxes, proxy.patch_size, size)
     fgrid = tuple(st.shape[-2:])
     base, q, kk, v = st.flatten(1).T.split(c, dim=-1)  # [n, C] each

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from ..backbones.onednn import f_linear
+from ..backbones.onednn import f_linear, references_library
 from .hooks import DenseHooks
 from .mixing import DenseMixing
 
@@ -87,7 +87,8 @@ def proxy_tokens(bb, pixels: torch.Tensor, fp16_pos: bool = False) -> tuple[torc
     raw = pixels.to(bb.device).float() * bb._stats[1] + bb._stats[0]
     mean = torch.tensor(bb.proxy.mean, device=raw.device).view(1, 3, 1, 1)
     std = torch.tensor(bb.proxy.std, device=raw.device).view(1, 3, 1, 1)
-    feats, grid = bb.proxy.final_tokens(((raw - mean) / std).to(pixels.dtype))
+    with references_library():  # its similarity is masked below 0: the reference's bits (onednn.py)
+        feats, grid = bb.proxy.final_tokens(((raw - mean) / std).to(pixels.dtype))
     tokens = proxy_attention_tokens(bb.blocks[-1], encoded.tokens, encoded.grid, feats.to(encoded.tokens.dtype),
                                     grid, bb.mixing.proxy)
     return tokens, grid
