@@ -172,3 +172,18 @@ def test_the_demo_dino_moves_not_a_bit(monkeypatch):
         before = [dino.tokens_and_last_qkv(p)[:2] for p in pixels]
     assert not dino.fused and (448 // 16) ** 2 + 1 > 6 * family.ROWS  # 785 tokens at 448: seven row blocks
     assert all(torch.equal(a, b) for x, y in zip(now, before) for a, b in zip(x, y))
+
+
+def test_a_cpu_batch_runs_in_groups_with_the_whole_batch_s_bits(monkeypatch):
+    from vpltool.models.backbones import dino as dino_module
+
+    dino = load_dino(DinoSpec("test_vit", "none", "bicubic-antialias"))
+    pixels = torch.randn(5, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = dino.tokens_and_last_qkv(pixels)
+        tokens = 1 + (64 // dino.patch_size) * (48 // dino.patch_size)
+        hidden = dino.model.blocks[0].mlp.fc1.out_features
+        monkeypatch.setattr(dino_module, "CPU_GROUP_BYTES", 2 * tokens * hidden * 4)  # two images a group
+        assert dino._cpu_groups(pixels) == 3
+        grouped = dino.tokens_and_last_qkv(pixels)
+    assert torch.equal(whole[0], grouped[0]) and torch.equal(whole[1], grouped[1]) and whole[2] == grouped[2]

@@ -47,6 +47,12 @@ from .timm_blocks import attention_weights, check_blocks, forward_capturing, hea
 # plain hub models; "bicubic-antialias", to the size with the antialiased kernel, as DINOv2's *_reg hub models
 # (interpolate_offset 0, interpolate_antialias True) and timm's own resample
 DINO_POS_RESIZE = ("bicubic-dino", "bicubic-antialias")
+# the largest activation of a group of images :meth:`DinoBackbone._dino_forward` runs at once on the CPU. glibc's
+# malloc serves a block larger than 32 MiB (its largest mmap threshold) by a fresh mapping and unmaps it on free, so
+# each such activation of each block is page-faulted in again: 750,000 faults, 1.5 of a Talk2DINO step's 12.5
+# CPU-seconds (6 images at 448 px, DINOv2 ViT-B on an Intel Xeon: a block's 76 MB MLP layer). Blocks under it are
+# reused from the heap. Every product and the attention are per image: the same bits in groups.
+CPU_GROUP_BYTES = 16 << 20
 # models whose own code mixes a block's tokens with the fused kernel (DINOv2's Attention); the others' writes the
 # weights out (DINO's), and vpltool's forward does as each does (DinoBackbone.fused)
 FUSED_MODELS = ("dinov2",)
@@ -211,6 +217,11 @@ class DinoBackbone:
         :func:`_dino_attention` (fused; the last one's from that same qkv). ``tokens`` False: the forward stops
         after the last block's ``norm1`` and ``qkv`` (a method that reads that qkv alone), and the tokens are None.
         """
+        groups = self._cpu_groups(pixels)
+        if groups > 1:  # the images in groups (the arithmetic is per image: the same bits)
+            parts = [self._dino_forward(p, last_qkv, tokens) for p in pixels.tensor_split(groups)]
+            cat = lambda i: None if parts[0][i] is None else torch.cat([p[i] for p in parts])  # noqa: E731
+            return cat(0), cat(1), parts[0][2]
         m = self.model
         x, grid = self._dino_tokens(pixels)
         qkv, last = None, len(m.blocks) - 1
@@ -223,6 +234,17 @@ class DinoBackbone:
             x = x + blk.ls1(_dino_attention(blk.attn, h, qkv, self.fused))
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))
         return m.norm(x)[:, self.n_prefix :], qkv, grid
+
+    def _cpu_groups(self, pixels: torch.Tensor) -> int:
+        """In how many groups :meth:`_dino_forward` runs a CPU batch: the fewest whose largest activation (a block's
+        MLP hidden layer, ``images x tokens x hidden`` floats) fits :data:`CPU_GROUP_BYTES`; 1 on other devices."""
+        if pixels.device.type != "cpu" or pixels.shape[0] < 2:
+            return 1
+        mlp = getattr(self.model.blocks[0], "mlp", None)
+        hidden = getattr(getattr(mlp, "fc1", None), "out_features", None) or 4 * int(self.model.embed_dim)
+        tokens = self.n_prefix + (pixels.shape[-2] // self.patch_size) * (pixels.shape[-1] // self.patch_size)
+        per_image = tokens * hidden * (torch.finfo(self.model_dtype).bits // 8)
+        return min(pixels.shape[0], -(-pixels.shape[0] * per_image // CPU_GROUP_BYTES))
 
     def _dino_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """DINO's / DINOv2's ``prepare_tokens`` on timm's modules: ``[B, 3, H, W]`` -> (``[B, prefix + hw, C]``,
