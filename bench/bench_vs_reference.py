@@ -150,15 +150,16 @@ def _t2d_pairs(work: Path, files: list[Path], captions) -> Path:
 
 def talk2dino_step(work: Path, refs: Path) -> None:
     """(b) the training step proper, :data:`T2D_STEPS` of them a unit, on features kept by the feature cache:
-    each step the stage's own path, its loader reading the 6 pairs' entries from disk (``CachedPairs``), the
-    cache's batch (``FeatureCache.features``), ``train_step`` (``forward_train_from``, backward, AdamW with no
-    weight decay: Adam). The entries are made once, before the timing, from the reference's view (``train_view``)
-    in one batch, so that both sides step on the same features."""
+    each step the stage's own path (``pair_batches``: the 6 pairs' entries held in memory by the cache, as the
+    stage holds them after its first epoch; the warm-up unit reads them through the loader), the cache's batch
+    (``FeatureCache.features``), ``train_step`` (``forward_train_from``, backward, AdamW with no weight decay:
+    Adam). The entries are made once, before the timing, from the reference's view (``train_view``) in one batch,
+    so that both sides step on the same features."""
     import torch
 
     from vpltool.data.pairs import open_pairs
     from vpltool.models.text.family import text_family
-    from vpltool.stages.train_text import PairViews, TrainStep, loader, make_optimizer, train_step
+    from vpltool.stages.train_text import PairViews, TrainStep, loader, make_optimizer, pair_batches, train_step
     from vpltool.stages.train_text.cache import CachedPairs, FeatureCache, as_list
 
     tp, files, _, model, tokens = _t2d_setup(work, refs)
@@ -175,11 +176,13 @@ def talk2dino_step(work: Path, refs: Path) -> None:
     cached = CachedPairs(PairViews(pairs, model.clip.tokenizer, cfg), cache)
     step = TrainStep(model, None, fam.forward_train, fam.forward_train_from)
     optimizer = make_optimizer(model, cfg)
-    plan = [[(i, 0) for i in range(len(files))]] * T2D_STEPS
+    def plan(first, end):
+        return [[(i, 0) for i in range(len(files))]] * (end - first)
 
     def unit():
         losses = []
-        for batch in loader(cached, plan, 1, collate=as_list):
+        for batch in pair_batches(cached, plan, T2D_STEPS, 0, T2D_STEPS,
+                                  lambda steps: loader(cached, steps, 1, collate=as_list)):
             assert all(it.image_features is not None and it.text_features is not None for it in batch), \
                 "a pair not read from the cache"
             out, _ = train_step(step, model, optimizer, cached.features(batch, fam, model, torch.device("cpu")),
@@ -352,8 +355,8 @@ def measure(method: str, args) -> dict:
 UNITS = {"talk2dino": f"(a) one training step of 6 photos at {T2D_SIDE} px (DINOv2 ViT-B/14 reg4, 12 blocks; the "
                       "toy CLIP's text tower): extraction or forward, loss, backward, Adam",
          "talk2dino_step": f"(b) {T2D_STEPS} training steps proper of the 6 photos' features (extracted once): the "
-                           "reference's train() on its saved features; vpltool's train-text step reading them from its "
-                           "feature cache on disk: loss, backward, Adam",
+                           "reference's train() on its saved features; vpltool's train-text step on them as its "
+                           "feature cache holds them in memory after a first epoch: loss, backward, Adam",
          "talk2dino_run": f"(c) a whole short run, {T2D_EPOCHS} epochs of the 6 photos at batch 6: the reference's "
                           "extraction once, the captions' features once, then train() per epoch; vpltool's "
                           "run_train_text into a new folder (the first epoch fills the feature cache, the others read "

@@ -180,3 +180,18 @@ def test_the_frozen_hooks_go_together(monkeypatch):
     with pytest.raises(TypeError, match="defines frozen_image_features but not forward_train_from, frozen_identity, "
                                         "frozen_text_features"):
         register_text_family(Half())
+
+
+def test_a_run_holds_its_features_in_memory_and_takes_its_later_epochs_from_there(world, tmp_path, monkeypatch):
+    from vpltool.stages import train_text
+    from vpltool.stages.train_text import cache
+
+    made, own = [], train_text.loader
+    monkeypatch.setattr(train_text, "loader", lambda *a, **k: (made.append(1), own(*a, **k))[1])
+    _train(world, tmp_path / "held")  # 2 epochs: the first through the loader, the second from memory
+    assert len(made) == 1
+    made.clear()
+    monkeypatch.setattr(cache, "HOLD_SHARE", 0.0)  # nothing may be held: every epoch through the loader and files
+    _train(world, tmp_path / "streamed")
+    assert len(made) == 2
+    assert _same(_checkpoint(tmp_path / "held"), _checkpoint(tmp_path / "streamed"))

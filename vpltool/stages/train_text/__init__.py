@@ -186,6 +186,27 @@ def loader(views: torch.utils.data.Dataset, plan: GlobalBatches, workers: int, p
                                        worker_init_fn=functools.partial(die_with_parent, os.getpid()))
 
 
+def pair_batches(data: torch.utils.data.Dataset, plan: Callable[[int, int], GlobalBatches], per_epoch: int,
+                 start: int, stop: int, make_loader: Callable[[GlobalBatches], Iterator]) -> Iterator[list]:
+    """The batches of iterations ``start .. stop - 1``, an epoch at a time (``plan(first, end)``: its sampler):
+    from memory where the feature cache holds every pair of the epoch in this process
+    (:meth:`.cache.CachedPairs.held_item`: no loader, no worker, no file), else from ``make_loader(sampler)``.
+    Without the cache, one loader for the whole range (its workers started once)."""
+    if not isinstance(data, CachedPairs):
+        yield from make_loader(plan(start, stop))
+        return
+    it = start
+    while it < stop:
+        end = min(stop, (it // per_epoch + 1) * per_epoch)
+        sampler = plan(it, end)
+        held = [[data.held_item(k) for k in keys] for keys in sampler]
+        if all(item is not None for batch in held for item in batch):
+            yield from held
+        else:
+            yield from make_loader(sampler)
+        it = end
+
+
 def _data_parallel(step: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``step`` in DistributedDataParallel as the reference wraps it: buffers not synced at each forward (its
     ``broadcast_buffers=False``), ``find_unused_parameters=True``. torch 2.14 renamed the first
@@ -382,10 +403,11 @@ def run_train_text(
             stop = total if stop_after is None else min(total, stop_after)
             views = PairViews(pairs, tokenize, cfg, find_nouns)
             data = views if cache is None else CachedPairs(views, cache)
-            batches = loader(data,
-                             GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed, start, stop),
-                             runtime.loader_workers(device.type), pin=device.type == "cuda",
-                             collate=None if cache is None else as_list)
+            batches = pair_batches(
+                data, lambda first, end: GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed,
+                                                       first, end), per_epoch, start, stop,
+                lambda plan: loader(data, plan, runtime.loader_workers(device.type), pin=device.type == "cuda",
+                                    collate=None if cache is None else as_list))
             every = cfg.checkpoint_every or per_epoch
             log_path = out_dir / LOG
             if rank == 0:  # the log of this run: to its checkpoint (a resume), or none (a fresh start)
@@ -446,5 +468,5 @@ def run_train_text(
 
 
 __all__ = ["CHECKPOINT", "writes", "TextTrainSummary", "run_train_text", "schedule_lr", "lr_at", "diverged",
-           "PairViews", "GlobalBatches", "TrainStep", "gather_ranks", "make_optimizer", "train_step",
+           "PairViews", "GlobalBatches", "pair_batches", "TrainStep", "gather_ranks", "make_optimizer", "train_step",
            "steps_per_epoch", "shown_losses"]

@@ -10,6 +10,12 @@ reads them back in the DataLoader's workers (small files, streamed: nothing is h
 image's decoding and the backbones. The step is then the family's ``forward_train_from``: the loss and gradients
 of the uncached step bit for bit (``tests/test_talk2dino_cache.py``).
 
+* in memory: the training process also holds each entry it writes or is handed (:meth:`FeatureCache.hold`), up to
+  :data:`HOLD_SHARE` of the memory available when the run starts, as the reference holds its extracted features; an
+  epoch whose every pair is held takes its batches from memory (:meth:`CachedPairs.held_item`), without the
+  DataLoader's workers or a file read (two files a pair were half of a 6-pair step's time). A loader worker never
+  holds: its copy would end with it.
+
 * keys: an image's entry (``cache/image/``) is the sha256 of the cache's identity and the image's bytes, a
   caption's (``cache/text/``) of the identity and its token ids: an image with five captions is kept once, and a
   pair whose image or caption changed reads other entries.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import shutil
 import warnings
 import zlib
@@ -43,6 +50,22 @@ from ...errors import VplWarning
 CACHE_DIR = "cache"
 RECORD = "_cache.json"
 FORMAT = 1
+HOLD_SHARE = 0.25  # of the memory available when the cache opens: what the entries held in memory may take
+
+
+def available_bytes() -> int:
+    """The memory available to new allocations now (``MemAvailable`` on Linux; else the free pages), 0 unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def cache_off(fam: Any, cfg: Any) -> str | None:
@@ -87,9 +110,24 @@ class FeatureCache:
     ``image/`` (by the image's bytes) and ``text/`` (by the caption's tokens): an image with five captions is kept
     once."""
 
-    def __init__(self, folder: Path, identity: dict[str, Any]):
+    def __init__(self, folder: Path, identity: dict[str, Any], hold_bytes: int | None = None):
         self.folder, self.identity = Path(folder), io.jsonable(identity)
         self.digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+        # the entries held in memory ((side, key) -> features), their bytes, and the most they may take
+        self.held: dict[tuple[str, str], dict[str, Tensor]] = {}
+        self.held_bytes = 0
+        self.hold_bytes = int(HOLD_SHARE * available_bytes()) if hold_bytes is None else hold_bytes
+
+    def hold(self, side: str, key: str, features: dict[str, Tensor]) -> None:
+        """Keep a sound entry in memory (a copy on the host), unless held already, past :attr:`hold_bytes`, or in a
+        DataLoader worker."""
+        if (side, key) in self.held or torch.utils.data.get_worker_info() is not None:
+            return
+        size = sum(v.numel() * v.element_size() for v in features.values())
+        if self.held_bytes + size > self.hold_bytes:
+            return
+        self.held[(side, key)] = {k: v.detach().to("cpu", copy=True) for k, v in features.items()}
+        self.held_bytes += size
 
     @classmethod
     def open(cls, folder: Path, identity: dict[str, Any], rank: int, world: int) -> FeatureCache:
@@ -132,8 +170,11 @@ class FeatureCache:
         return self.folder / side / key[:2] / f"{key}.safetensors"
 
     def read(self, side: str, key: str) -> tuple[dict[str, Tensor] | None, str | None]:
-        """``(features, None)`` of a sound entry, ``(None, None)`` when there is none, ``(None, "PATH: why")`` for
-        a damaged or foreign one (never used)."""
+        """``(features, None)`` of a sound entry (held in memory, else read and then held), ``(None, None)`` when
+        there is none, ``(None, "PATH: why")`` for a damaged or foreign one (never used)."""
+        held = self.held.get((side, key))
+        if held is not None:
+            return held, None
         path = self.path(side, key)
         try:
             data = path.read_bytes()
@@ -157,6 +198,7 @@ class FeatureCache:
                 why = "its tensors do not match their checksum"
         if why is not None:
             return None, f"{path}: a damaged feature-cache entry ({why})"
+        self.hold(side, key, features)
         return features, None
 
     def write(self, side: str, key: str, features: dict[str, Tensor]) -> None:
@@ -166,6 +208,7 @@ class FeatureCache:
         meta = {"identity": self.digest, "key": key, "crc32": _tensors_digest(rows), "format": str(FORMAT)}
         with io.atomic_path(self.path(side, key)) as tmp:
             tmp.write_bytes(save(rows, metadata=meta))
+        self.hold(side, key, rows)
 
     def features(self, batch: list[Item], image_side: Callable[[Tensor], dict[str, Tensor]],
                  text_side: Callable[[Tensor], dict[str, Tensor]], inputs: Callable[[Item], tuple[Tensor, Tensor]],
@@ -181,6 +224,9 @@ class FeatureCache:
         out: dict[str, Tensor] = {}
         for side, compute in (("text", text_side), ("image", image_side)):
             rows = [it.text_features if side == "text" else it.image_features for it in batch]
+            for it, r in zip(batch, rows):  # what a loader worker read, held here for the next epochs
+                if r is not None:
+                    self.hold(side, it.keys[SIDES.index(side)], r)
             if all(r is not None for r in rows):
                 out.update({name: torch.stack([r[name] for r in rows]).to(device, non_blocking=True)  # type: ignore
                             for name in rows[0]})  # type: ignore[union-attr]
@@ -224,12 +270,24 @@ class CachedPairs(torch.utils.data.Dataset):
         return Item(key, keys, image_features, text_features, image, tokens,
                     tuple(p for p in (bad_image, bad_text) if p is not None))
 
+    def held_item(self, key: tuple[int, int]) -> Item | None:
+        """Pair ``key`` ``(index, epoch)`` from memory alone: its :class:`Item` when both its entries are held in
+        this process (:meth:`FeatureCache.hold`), else None."""
+        keys = self.keys.get(key[0])
+        if keys is None:
+            return None
+        image, text = (self.cache.held.get((side, k)) for side, k in zip(SIDES, keys))
+        return None if image is None or text is None else Item(key, keys, image, text, None, None, ())
+
     def inputs(self, item: Item) -> tuple[Tensor, Tensor]:
         """``(image [3, S, S], tokens [L])`` of a pair whose side was read, to compute its batch's side whole."""
         return self.views[item.at][:2]
 
     def features(self, batch: list[Item], fam: Any, model: Any, device: torch.device) -> dict[str, Tensor]:
-        """:meth:`FeatureCache.features` with family ``fam``'s frozen sides of ``model``."""
+        """:meth:`FeatureCache.features` with family ``fam``'s frozen sides of ``model`` (the batch's keys noted:
+        a worker found them, :meth:`held_item` reads them here)."""
+        for it in batch:
+            self.keys.setdefault(it.at[0], it.keys)
         return self.cache.features(batch, functools.partial(fam.frozen_image_features, model),
                                    functools.partial(fam.frozen_text_features, model), self.inputs, device)
 
@@ -251,4 +309,4 @@ def _tensors_digest(tensors: dict[str, Tensor]) -> str:
     return f"{crc:08x}"
 
 
-__all__ = ["CACHE_DIR", "FeatureCache", "CachedPairs", "Item", "as_list", "cache_off"]
+__all__ = ["CACHE_DIR", "HOLD_SHARE", "FeatureCache", "CachedPairs", "Item", "as_list", "available_bytes", "cache_off"]

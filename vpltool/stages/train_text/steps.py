@@ -77,15 +77,18 @@ def gather_ranks(x: Tensor) -> Tensor:
 
 def make_optimizer(model: torch.nn.Module, cfg: TextTrainConfig) -> torch.optim.AdamW:
     """AdamW over two groups as utils/optimizer.py ``set_weight_decay``: weight decay on the matrices, none on
-    biases and 1-d parameters (norms, scales). PyTorch's multi-tensor (``foreach``) AdamW: a few kernels over
-    all parameters instead of a dozen small ones per parameter, bit for bit the reference's per-parameter loop
-    (the fused AdamW is faster still but rounds otherwise, which the hard assignment's argmax can amplify)."""
+    biases and 1-d parameters (norms, scales). Its kernels are the config's ``ADAM_KERNELS``: PyTorch's
+    multi-tensor (``foreach``) AdamW, a few kernels over all parameters instead of a dozen small ones per
+    parameter, bit for bit the reference's per-parameter loop (PGSeg: the fused AdamW is faster still but rounds
+    otherwise, which the hard assignment's argmax can amplify); or the ``fused`` AdamW, one kernel a parameter
+    (Talk2DINO, where the update is most of a cached step)."""
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (plain if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
     return torch.optim.AdamW([{"params": decay}, {"params": plain, "weight_decay": 0.0}], lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             **{cfg.ADAM_KERNELS: True})
 
 
 def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
