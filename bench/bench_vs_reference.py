@@ -346,6 +346,8 @@ def measure(method: str, args) -> dict:
                                              for r in rows],
             "ratios": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
             "cpu_seconds_median": {k: v["cpu"] for k, v in med.items()},
+            "rss_peak_mib": {side: max(r[side].get("rss_peak_mib") or 0 for r in rows)
+                             for side in ("vpltool", "reference")},
             "wall_seconds_median": {k: v["wall"] for k, v in med.items()},
             "bar": BAR, "bar_met": statistics.median(ratios) <= BAR, "outputs": outputs,
             "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
@@ -413,6 +415,19 @@ def roofline(cpu: dict, threads: int) -> dict:
             "least_ratio_on_this_arithmetic": round(floor / cpu["reference"], 3)}
 
 
+def cpu_linear(threads: int) -> dict:
+    """The library vpltool's frozen towers took for each fp32 product shape on this machine (``VPLTOOL_CPU_LINEAR``,
+    and ``auto``'s verdicts as the workers kept them: :mod:`vpltool.models.backbones.onednn`)."""
+    from vpltool.models.backbones import onednn
+    from vpltool.numerics import cpu_linear_asked
+
+    route = cpu_linear_asked()
+    table = onednn.kept_verdicts(threads) if route == "auto" else {}
+    return {"route": route, "onednn_products": sorted(k for k, v in table.get("products", {}).items() if v["onednn"]),
+            "mkl_products": sorted(k for k, v in table.get("products", {}).items() if not v["onednn"]),
+            "libraries": {k: table[k] for k in ("mkl", "onednn") if k in table}}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--refs", type=Path, required=True, help=f"a folder of the clones ({', '.join(CLONES.values())})")
@@ -440,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
                       "vpltool_commit": commit, "threads": args.threads, "pairs": args.pairs,
                       "shared_machine": "the CPU was shared with other work while this ran (its load average "
                                         "per method); CPU-seconds of each process, medians of alternating pairs",
-                      "machine": benchlib.machine("cpu"), "methods": methods}, indent=1))
+                      "machine": benchlib.machine("cpu"), "cpu_linear": cpu_linear(args.threads),
+                      "methods": methods}, indent=1))
 
 
 if __name__ == "__main__":

@@ -231,8 +231,8 @@ class DinoBackbone:
                 qkv = blk.attn.qkv(h)
                 if not tokens:
                     return None, qkv, grid
-            x = x + blk.ls1(_dino_attention(blk.attn, h, qkv, self.fused))
-            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+            x = x + _scale(blk.ls1, _dino_attention(blk.attn, h, qkv, self.fused))
+            x = x + _scale(blk.ls2, blk.mlp(blk.norm2(x)))
         return m.norm(x)[:, self.n_prefix :], qkv, grid
 
     def _cpu_groups(self, pixels: torch.Tensor) -> int:
@@ -266,7 +266,15 @@ class DinoBackbone:
         if getattr(m, "no_embed_class", False):  # a zero class row, dropped again below
             pos = torch.cat([pos.new_zeros(1, pos.shape[-1]), pos])
         native = m.patch_embed.grid_size
-        pos = resize_positional(pos, (int(native[0]), int(native[1])), grid, self.pos_resize).to(x.dtype)
+        # the resized table of the last grid, kept (a batch in groups, a run of same-sized images) until the model's
+        # table changes (its version counter) or another grid, dtype or device is asked
+        key = (grid, x.dtype, x.device, m.pos_embed._version, m.pos_embed.data_ptr(), torch.is_grad_enabled())
+        kept = getattr(self, "_pos_kept", None)
+        if kept is not None and kept[0] == key:
+            pos = kept[1]
+        else:
+            pos = resize_positional(pos, (int(native[0]), int(native[1])), grid, self.pos_resize).to(x.dtype)
+            self._pos_kept = (key, pos)
         if getattr(m, "no_embed_class", False):
             x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x + pos[None, 1:]], dim=1)
         else:
@@ -412,6 +420,15 @@ class DinoBackbone:
     @property
     def model_dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+
+def _scale(layer_scale, y: torch.Tensor) -> torch.Tensor:
+    """``layer_scale(y)`` for a block's fresh output ``y``: timm's ``LayerScale`` (DINOv2's ``ls1`` / ``ls2``) in
+    place where no gradient is recorded (the same product, one activation fewer), ``Identity`` (DINO's) as it is."""
+    gamma = getattr(layer_scale, "gamma", None)
+    if gamma is None or torch.is_grad_enabled() or gamma.dtype != y.dtype:
+        return layer_scale(y)
+    return y.mul_(gamma)
 
 
 def _dino_attention(attn, x: torch.Tensor, qkv: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:

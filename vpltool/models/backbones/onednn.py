@@ -223,6 +223,17 @@ def _verdict(k: int, n: int, bucket: int) -> bool:
     return verdict["onednn"]
 
 
+def kept_verdicts(threads: int = 1) -> dict:
+    """This machine's table in the cache file at ``threads`` threads (what a bench's worker decided, read by its
+    driver): ``{"cpu", ..., "products": {"KxN@bucket": {"onednn", "ratio", "measured"}}}``, or ``{}``."""
+    own = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _read_cache().get(machine_key()[0], {})
+    finally:
+        torch.set_num_threads(own)
+
+
 def verdicts() -> dict[str, bool]:
     """The route of every product shape this process has decided, ``{"KxN@bucket": oneDNN taken}`` (benches
     record it)."""
@@ -323,4 +334,4 @@ def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Ten
 
 __all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "f_linear", "library_versions",
            "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "references_library", "self_attention",
-           "takes_onednn", "use_onednn", "verdicts"]
+           "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]
