@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
                             for side in ("vpltool", "reference")}, "driver": peak_rss_mib()},
         "goal": GOAL, "goal_met": bool(ratio <= GOAL), "outputs": outputs, "linear": linear_rates(),
         "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+        **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
         "seconds": round(time.perf_counter() - start, 1)}, indent=1))
 
 

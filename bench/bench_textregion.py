@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
                       "reference": {"repo": "avaxiao/TextRegion", "commit": tp.commit_of(args.ref)},
                       "model": s["name"] + " (random, seed 0)", "config": tp.CONFIG, "images": args.images,
                       "photos": [p.name for p in s["photos"]], "threads": 1, "precision": "fp32",
-                      "rounds": rounds, "ratio_median": ratio, "goal": GOAL, "goal_met": ratio <= GOAL}, indent=1))
+                      "rounds": rounds, "ratio_median": ratio, "goal": GOAL, "goal_met": ratio <= GOAL,
+                      **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {})},
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -428,15 +428,34 @@ def cpu_linear(threads: int) -> dict:
             "libraries": {k: table[k] for k in ("mkl", "onednn") if k in table}}
 
 
+def merge(paths: list[Path]) -> dict:
+    """One result from several runs of this script (methods run apart, at other times or at once): the methods of
+    each, in the order given, each keeping its own run's command, commit, machine and note (``run``); the head is
+    the first's."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    out = {**runs[0], "methods": {}, "merged_from": [Path(p).name for p in paths]}
+    for d in runs:
+        for method, m in d["methods"].items():
+            own = {k: d.get(k) for k in ("command", "vpltool_commit", "machine", "beside", "cpu_linear") if d.get(k)}
+            out["methods"][method] = {**m, "run": own}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--refs", type=Path, required=True, help=f"a folder of the clones ({', '.join(CLONES.values())})")
+    ap.add_argument("--refs", type=Path, help=f"a folder of the clones ({', '.join(CLONES.values())})")
     ap.add_argument("--methods", default=",".join(WORKERS), help="comma-separated, of " + ", ".join(WORKERS))
     ap.add_argument("--pairs", type=int, default=5, help="alternating pairs after the warm-up (medians over them)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_vs_reference"), help="weights, photos, logs")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--merge", type=Path, nargs="+", help="print the merge of these results of this script and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        print(json.dumps(merge(args.merge), indent=1))
+        return
+    if args.refs is None:
+        ap.error("--refs is required")
     args.refs = args.refs.resolve()
     if args.worker:
         claim_stdout()
@@ -455,6 +474,9 @@ def main(argv: list[str] | None = None) -> None:
                       "vpltool_commit": commit, "threads": args.threads, "pairs": args.pairs,
                       "shared_machine": "the CPU was shared with other work while this ran (its load average "
                                         "per method); CPU-seconds of each process, medians of alternating pairs",
+                      **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
+                      "reference_commits": {k: benchlib.clone_commit(clone(args.refs, k)) for k in CLONES
+                                            if any(p.name.lower() == CLONES[k].lower() for p in args.refs.iterdir())},
                       "machine": benchlib.machine("cpu"), "cpu_linear": cpu_linear(args.threads),
                       "methods": methods}, indent=1))
 

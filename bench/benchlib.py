@@ -79,6 +79,20 @@ def cpu_vendor() -> str | None:
         return None
 
 
+def clone_commit(folder) -> str | None:
+    """The commit of a reference's clone: its git HEAD, or the ``COMMIT`` file a carried copy of its files holds
+    (``bench/gpu_session.sh refs``: a copy inside this repository, where git would answer this repository's HEAD)."""
+    from pathlib import Path
+
+    marker = Path(folder) / "COMMIT"
+    if marker.is_file():
+        return marker.read_text().strip() or None
+    if not (Path(folder) / ".git").exists():
+        return None
+    proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
 def machine(device: str = "cpu") -> dict:
     """The machine a result was measured on: CPU (its model, vendor, whether it has AMX tiles, the instructions
     ATen runs), cores, torch, device, GPU, threads, load and nice level.

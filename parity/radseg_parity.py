@@ -78,8 +78,9 @@ def file_digest(path: Path) -> str:
 
 
 def commit_of(folder: Path) -> str | None:
-    proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    from benchlib import clone_commit
+
+    return clone_commit(folder)
 
 
 def run_reference(args, s: dict, out: Path) -> bool:

@@ -321,8 +321,9 @@ def page(r: dict) -> dict:
 
 
 def commit_of(folder: Path) -> str | None:
-    proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    from benchlib import clone_commit
+
+    return clone_commit(folder)
 
 
 def main(argv: list[str] | None = None) -> None:
