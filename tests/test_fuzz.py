@@ -20,6 +20,7 @@ default); ``make fuzz`` runs a longer one. A fault it finds is fixed as a class 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -201,8 +202,11 @@ def _holds(ws: rc.Workspace, args: list[str], out: Path, own: tuple[Path, ...] =
     ``out``. Returns the exit code and the output."""
     before = rc.disk_state(ws.root)
     r = rc.invoke(*args)
+    # a command ends what it started: a loading worker left running went on writing into the next case's workspace
+    left_running = multiprocessing.active_children()
     after = rc.disk_state(ws.root)
     shown = f"vpltool {' '.join(map(repr, args))[:600]}\n{r.output[-1500:]}"
+    assert not left_running, (shown, "processes still running after the command returned", left_running)
     assert "Traceback" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit)), shown
     assert r.exit_code in (0, 2), shown
     lines = [line for line in r.output.splitlines() if line.strip()]

@@ -49,7 +49,7 @@ def test_the_pins_name_only_the_avx512_features_the_cpu_has(monkeypatch):
     monkeypatch.setattr(numerics, "x86", lambda: True)
     avx2 = numerics.pinned_environment({"avx", "avx2", "fma"})
     avx512 = numerics.pinned_environment({"avx2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
-    assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and avx2["MKL_CBWR"] == "AVX2,STRICT"
+    assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and avx2["MKL_CBWR"] == "COMPATIBLE"
     assert avx2["OMP_NUM_THREADS"] == "1" and avx2[numerics.MODE_ENV] == "1"
     assert "OPENCV_CPU_DISABLE" not in avx2  # OpenCV prints a line for each feature the CPU lacks
     assert avx512["OPENCV_CPU_DISABLE"] == "AVX512F,AVX512-COMMON,AVX512-SKX"
@@ -57,18 +57,20 @@ def test_the_pins_name_only_the_avx512_features_the_cpu_has(monkeypatch):
     assert "ATEN_CPU_CAPABILITY" not in numerics.pinned_environment(set())  # threads alone off x86
 
 
-PROBE = ("import json, vpltool, torch, numpy; from vpltool.numerics import run_numerics; "
+PROBE = ("import json, vpltool, torch, numpy; from vpltool.numerics import mkl_branch, run_numerics; "
          "print(json.dumps([run_numerics(torch.float32, 'auto'), torch.backends.cpu.get_cpu_capability(), "
-         "torch.get_num_threads()]))")
+         "torch.get_num_threads(), mkl_branch()]))")
 
 
 @pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="an x86-64 CPU with AVX2")
 def test_reproducible_mode_pins_torch_and_numpy_before_they_load():
     got = _fresh(PROBE, {numerics.MODE_ENV: "1", "OMP_NUM_THREADS": "2"})
     assert got.returncode == 0, got.stderr
-    record, capability, threads = json.loads(got.stdout)
+    record, capability, threads, branch = json.loads(got.stdout)
     assert record == {"dtype": "fp32", "precision": "auto", "mode": "reproducible", "isa": "AVX2", "threads": 1}
     assert (capability, threads) == ("AVX2", 1)  # ATen's kernels and torch's threads as pinned
+    # MKL's vendor-neutral branch as MKL reports it (its AVX2 branch is Intel's alone: an AMD CPU ran AUTO there)
+    assert branch in ("COMPATIBLE", None), branch
     fast = json.loads(_fresh(PROBE, {}).stdout)[0]
     assert fast["mode"] == "fast" and fast["amx"] == ("amx_bf16" in numerics.cpu_flags())
 

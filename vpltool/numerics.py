@@ -50,7 +50,11 @@ ISA_PINS = {
     "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's ATen kernels (torch.backends.cpu.get_cpu_capability() says AVX2)
     "DNNL_MAX_CPU_ISA": "AVX2",  # oneDNN, inside torch: convolutions (CLIP's patch embedding), some matmuls
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL, inside torch: fp32 matrix products
-    "MKL_CBWR": "AVX2,STRICT",  # MKL's conditional numerical reproducibility: one code path for every CPU
+    # MKL's conditional numerical reproducibility: one code path for every CPU. Its ISA branches (AVX2, AVX512) are
+    # Intel's: on an AMD CPU MKL takes its AUTO branch in their place (oneMKL's CNR guide), which moved one cell of
+    # the README's reproducible table (CASS, 35.2 on an AMD EPYC, 35.0 on an Intel Xeon). COMPATIBLE (SSE2 without
+    # rcpps/rsqrtps) is the branch every x86-64 CPU runs alike; its fp32 products run at a third of AVX2's
+    "MKL_CBWR": "COMPATIBLE",
     "OPENBLAS_CORETYPE": "Haswell",  # the OpenBLAS of numpy and scipy: its AVX2 kernels
     # numpy's dispatched SIMD loops above AVX2 (numpy >= 2.4 names; a name this CPU lacks is skipped silently)
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
@@ -119,6 +123,28 @@ def dtype_name(dtype: Any) -> str | None:
     return _DTYPE_NAMES.get(str(dtype).removeprefix("torch."), str(dtype))
 
 
+# oneMKL's named CNR branches (mkl_cbwr_get's values)
+_MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+                 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+
+
+def mkl_branch() -> str | None:
+    """The code branch torch's MKL runs (``COMPATIBLE``, ``AVX2``, ``AUTO``, ...), read from MKL itself; None where
+    torch has no MKL with that service (another BLAS, another platform)."""
+    import ctypes
+
+    import torch
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        get = lib.mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return None
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    value = get(1)  # MKL_CBWR_BRANCH
+    return _MKL_BRANCHES.get(value, str(value))
+
+
 def _not_pinned() -> list[str]:
     """Why this process does not run as reproducible mode pins it (empty: it does), from what each library reports
     where it can (ATen's capability, torch's threads, numpy's and OpenCV's features) and from the load order."""
@@ -132,6 +158,9 @@ def _not_pinned() -> list[str]:
             why.append(f"ATen runs {torch.backends.cpu.get_cpu_capability()}")
         if torch.get_num_threads() != THREADS:
             why.append(f"torch runs {torch.get_num_threads()} threads")
+        branch = mkl_branch()
+        if branch is not None and branch != ISA_PINS["MKL_CBWR"]:
+            why.append(f"MKL runs its {branch} branch")
     if "numpy" in sys.modules and x86():
         try:
             from numpy._core._multiarray_umath import __cpu_features__ as have
