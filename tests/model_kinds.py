@@ -4,8 +4,8 @@ command that reads it, and the ways a model file is damaged (test_fuzz.py's dama
 :data:`KINDS` is keyed by family name and checked against :func:`vpltool.models.registry.families`, so that a new
 family is drawn as soon as it is registered and a family with no entry here fails a test (add its row: a clean
 file and a command that reads it). Each row's model is tiny and seeded (the shipped toy DINO and SAM, the toy
-CLIP, a tiny PGSeg, a Talk2DINO projection over the toy backbones, the workspace's decoder), and made once per
-workspace.
+CLIP, a tiny PGSeg, a Talk2DINO projection over the toy backbones, a tiny random SAM 3, the workspace's decoder),
+and made once per workspace.
 """
 
 from __future__ import annotations
@@ -80,6 +80,13 @@ def _pgseg(ws: rc.Workspace) -> Path:
     return _once(ws, "pgseg_release.pth", lambda p: rc._pgseg_release(ws, "kinds/pgseg_release.pth", lambda s: None))
 
 
+def _sam3(ws: rc.Workspace) -> Path:
+    """A tiny seeded random SAM 3 in Hugging Face's layout (config.json + model.safetensors)."""
+    from vpltool.models.backbones.sam3_files import write_tiny
+
+    return _once(ws, "sam3", lambda p: write_tiny(p, "hf"))
+
+
 KINDS: dict[str, Kind] = {
     "clip": Kind(_toy_clip, lambda ws, m, out: [
         "segment", ws.world, *SEG, "-o", out, "--model", f"local-dir:{m}", "--dense", "maskclip", *rc.TEXT_ARGS],
@@ -93,6 +100,11 @@ KINDS: dict[str, Kind] = {
                 lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "corrclip",
                                     "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--region-masks", "sam",
                                     "--sam-model", "toy", "--sam-weights", m]),
+    # CorrCLIP's regions from SAM 3 prompted with the run's words: a tiny seeded SAM 3 in Hugging Face's layout
+    "sam3": Kind(_sam3,
+                 lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "corrclip",
+                                     "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--region-masks",
+                                     "sam3", "--sam-weights", m], weights="model.safetensors"),
     # --bg-thresh 0: every pixel a class, so that the masks tell one set of weights from another
     "pgseg": Kind(_pgseg, lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, "--model", f"pgseg:{m}",
                                               "--bg-thresh", "0"]),

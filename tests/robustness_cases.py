@@ -949,6 +949,26 @@ def _regions_sam_none(ws: Workspace) -> Iterator[list[object]]:
            "--region-masks", "sam", "--sam-model", "toy", "--sam-weights", "none", *CORRCLIP]
 
 
+@case("segment --dense corrclip --region-masks sam3 with segment-anything's SAM checkpoint as --sam-weights (SAM 3's "
+      "weights are another model's; refused before any model loads)",
+      "sam_vit.pth: holds no detector.* tensors, so it is not Meta's SAM 3 checkpoint", "facebook/sam3")
+def _regions_sam3_of_sam(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint = ws.root / "sam_vit.pth"  # a SAM release is torch.save of the whole Sam's tensors
+    torch.save(load_file(str(CHECKOUT / "vpltool" / "assets" / "toy-sam" / "model.safetensors")), checkpoint)
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--region-masks",
+           "sam3", "--sam-weights", checkpoint, *CORRCLIP]
+
+
+@case("segment --dense textregion --region-masks 'sam3:' (no concept after the colon)",
+      "--region-masks sam3:: no concept after 'sam3:'", "sam3:WORD,WORD")
+def _regions_sam3_no_concept(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--dense",
+           "textregion", "--region-masks", "sam3:", "--sam-weights", ws.root / "none_sam3", *TINY, *CPU]
+
+
 @case("a region-mask file rewritten while segment --dense corrclip runs (after the run named the folder by its "
       "bytes; was ✓ with the old digest recorded and the mask made from the new bytes)",
       "regions_rewritten/val_000000.npz: changed while this run was using it", "run the command again",

@@ -21,7 +21,8 @@ BENCHLIB = ROOT / "bench" / "benchlib.py"
 # a script beside the package, quoted in a doc: a speed benchmark, a study, a parity runner or a doc generator
 SCRIPT = re.compile(r"(\S*/)?(bench|studies|parity|docgen)/\w+\.py")
 # commands of other tools whose options the docs quote (their options are theirs, not vpltool's)
-FOREIGN = {"make", "pytest", "pip", "ruff", "torchrun", "iconv", "git", "nohup", "sbatch", "srun", "typer"}
+FOREIGN = {"make", "pytest", "pip", "ruff", "torchrun", "iconv", "git", "nohup", "sbatch", "srun", "typer",
+           "huggingface-cli"}
 
 
 def command_options(hidden: bool = True) -> dict[str, set[str]]:

@@ -95,8 +95,10 @@ def _region_masks() -> str | None:
         "1) | sam2[:CONFIG] (SAM2's, where the sam2 package is installed; --sam-weights its checkpoint). textregion: "
         "a folder of one <image stem>.npz per image (key masks, regions x height x width soft masks in [0, 3] at the "
         "image's size) | sam2[:CONFIG] (SAM 2's generator as TextRegion runs it, fused soft masks; --sam-weights its "
-        "checkpoint) | sam (that generator on segment-anything's --sam-model / --sam-weights).",
-        uses=("sam_model", "sam_weights"), when=("sam", "sam2"))
+        "checkpoint) | sam (that generator on segment-anything's --sam-model / --sam-weights). All three: "
+        "sam3[:CONCEPTS] (SAM 3 prompted with concepts, by default the run's class names and background words, its "
+        "instance masks the regions; --sam-weights its facebook/sam3 folder or Meta's sam3.pt).",
+        uses=("sam_model", "sam_weights"), when=("sam", "sam2", "sam3"))
 
 
 @dataclass(frozen=True)

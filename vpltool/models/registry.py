@@ -14,6 +14,7 @@ clip       open_clip ViTs (SigLIP 2, PE-Core: its timm towers),   every CLIP sta
 dino       a timm ViT (DINO, DINOv2, DINOv3, C-RADIOv3, toy DINO) SSR's ``--affinity dino``; proxy attention
 pgseg      PGSeg / GroupViT (vpltool.models.text.pgseg)              ``train-text``, ``--model pgseg:FILE``
 sam        SAM's image encoder (segment-anything), a local file   ``--dense trident``'s affinity
+sam3       SAM 3 (transformers' Sam3Model): concept prompts       ``--region-masks sam3``
 ========== ====================================================== ==============================================
 
 The text-supervised families (:data:`TEXT_FAMILIES`, one row each) have one more interface,
@@ -136,7 +137,7 @@ TEXT_FAMILIES: PluginTable = PluginTable("text", _OWN_TEXT_FAMILIES, _plugin_tex
 # the backbone families' modules, each imported the first time its family is named (a plugin's: a module its
 # package registers, vpltool.plugins.register_backbone_family)
 BACKBONES: PluginTable = PluginTable("family", {name: f"vpltool.models.backbones.{name}"
-                                                for name in ("clip", "dino", "sam")}, _plugin_backbone,
+                                                for name in ("clip", "dino", "sam", "sam3")}, _plugin_backbone,
                                      "model family")
 _FAMILIES: dict[str, Family] = {}
 # the modules register_family() named for families outside the tables, and the trained decoder's (predict loads it

@@ -46,9 +46,9 @@ import torch
 from ...errors import ContractError
 
 # every hook, in the order it runs; a subclass's public names must be among them
-HOOK_NAMES = ("check", "check_items", "record", "older_record", "with_knobs", "backbone", "extra_inputs",
-              "dense_logits", "input_embedding", "grid_logits", "features", "feature_grid", "probabilities",
-              "postprocess")
+HOOK_NAMES = ("check", "check_items", "record", "older_record", "with_knobs", "backbone", "query_text",
+              "extra_inputs", "dense_logits", "input_embedding", "grid_logits", "features", "feature_grid",
+              "probabilities", "postprocess")
 _REGISTRY: dict[str, type[DenseHooks]] = {}
 
 
@@ -128,6 +128,16 @@ class DenseHooks:
         it also skips ``--model``'s check. Default (never called): the CLIP of ``--model`` with the method's
         mixing, proxy and SAM (:meth:`vpltool.models.dense.method.DenseMethod.load`)."""
         raise NotImplementedError
+
+    def query_text(self, bb, names: Sequence[str], templates: Sequence[str]) -> Any:
+        """The segmentor's queries, once per run: ``names`` (each class's names, then the background words, in
+        query order) -> what :meth:`dense_logits` gets as ``text`` (its ``to(device)`` is called, its ``len`` is the
+        query count). Default: ``[Q, D]`` float32 unit rows, each name's mean normalised embedding over
+        ``templates`` (:func:`vpltool.models.backbones.prompts.encode_names`); a method prompting a model with the
+        words themselves (SAM 3's concept prompts) returns them in its own form."""
+        from ..backbones.prompts import encode_names
+
+        return encode_names(bb, names, templates)
 
     # ---- per image, in a loading worker
     def extra_inputs(self, item: Any, image: np.ndarray) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ...errors import VplError
 from ..backbones.onednn import f_linear
+from .concept_regions import fill_regions
 from .corrclip import (
     Correlation,
     input_regions,
@@ -270,6 +271,7 @@ class Hooks(CorrCLIPHooks, method=METHOD, preset=PRESET):
         check_windows(s.slide_crop, s.short_side, CORRELATION.pad_multiple)
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+        fill_regions(self, extras, pixels.device)
         ids = [input_regions(torch.as_tensor(e["regions"]), pixels.shape[-2:]) for e in extras]
         return ov_stitcher_logits(bb, pixels, text, ids, sizes, settings.slide_crop, settings.slide_stride)
 

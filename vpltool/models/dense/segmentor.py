@@ -257,13 +257,12 @@ def query_rows(bb, classes: Sequence[Sequence[str]], templates: Sequence[str], b
         templates: prompt templates with ``{}``. background: background words.
 
     Returns:
-        ``[Q, D]`` float32 unit rows (on the host) and ``[Q]`` int64 their classes (0 = background).
+        ``[Q, D]`` float32 unit rows (on the host; a method's ``query_text`` hook may give its own form) and ``[Q]``
+        int64 their classes (0 = background).
     """
-    from ..backbones.prompts import encode_names
-
     names = [n for syn in classes for n in syn] + list(background)
     owner = [c for c, syn in enumerate(classes, start=1) for _ in syn] + [0] * len(background)
-    return encode_names(bb, names, templates), torch.tensor(owner, dtype=torch.long)
+    return bb.hooks.query_text(bb, names, templates), torch.tensor(owner, dtype=torch.long)
 
 
 def segment_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: Sequence[tuple[int, int]],
