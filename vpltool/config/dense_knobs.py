@@ -161,4 +161,86 @@ class RadsegKnobs(MethodKnobs):
         positive("--scga-scale", self.scga_scale, allow_none=True, upper=1000.0)
 
 
-__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "TextRegionKnobs", "RadsegKnobs"]
+def _sam3_weights() -> str | None:
+    """The knob SAM 3 and ActiveSAM share (each class declares it alike: one --sam3-weights option)."""
+    return knob(
+        "--sam3-weights", "SAM 3's weights: a local folder in Hugging Face's layout (facebook/sam3: config.json, "
+        "model.safetensors) or Meta's checkpoint file (sam3.pt, as ActiveSAM and Meta's package load it).")
+
+
+def _confidence_threshold() -> float | None:
+    """The instance-score threshold both SAM 3 methods read (declared alike)."""
+    return knob(
+        "--confidence-threshold", "an instance mask of a concept prompt is kept when its score (sigmoid of its "
+        "logit times the prompt's presence) is above this (its confidence_threshold) [default: 0.5 sam3, "
+        "base.py; 0.3 activesam, base_config.py].")
+
+
+SAM3_HEADS = ("instance", "semantic", "both")
+
+
+@dataclass(frozen=True)
+class Sam3Knobs(MethodKnobs):
+    """SAM 3 per concept prompt (:mod:`vpltool.models.dense.sam3`; None = the "SAM 3" row's protocol: instance
+    masks above 0.5, no semantic head, no presence gate)."""
+
+    sam3_weights: str | None = _sam3_weights()
+    confidence_threshold: float | None = _confidence_threshold()
+    sam3_heads: str | None = knob(
+        "--sam3-heads", "which of SAM 3's outputs make a prompt's score map: instance (its kept masks, each "
+        "pixel the max of mask probability x score), semantic (its semantic head) or both (their pixelwise max, "
+        "as ActiveSAM fuses them) [default: instance].")
+    presence_gate: bool | None = knob(
+        "--presence-gate/--no-presence-gate", "multiply each prompt's score map by its presence score (ActiveSAM "
+        "and SegEarth-OV3 do; an instance score holds it already) [default: off].")
+
+    def __post_init__(self) -> None:
+        if self.confidence_threshold is not None:
+            fraction("--confidence-threshold", self.confidence_threshold)
+        if self.sam3_heads is not None:
+            require(self.sam3_heads in SAM3_HEADS, f"--sam3-heads {self.sam3_heads!r}: give one of "
+                    f"{', '.join(SAM3_HEADS)}")
+
+
+@dataclass(frozen=True)
+class ActiveSamKnobs(MethodKnobs):
+    """ActiveSAM's settings (:mod:`vpltool.models.dense.activesam`; None = configs/base_config.py's)."""
+
+    sam3_weights: str | None = _sam3_weights()
+    confidence_threshold: float | None = _confidence_threshold()
+    neighbor_tokens: int | None = knob(
+        "--neighbor-tokens", "context tokens per class from its most similar other classes (its neighbor_tokens; "
+        "0 = none) [default: 2, base_config.py].")
+    hypernym_tokens: int | None = knob(
+        "--hypernym-tokens", "context tokens per class from its WordNet hypernyms, read through nltk's wordnet "
+        "data (its hypernym_tokens; 0 = none, and no WordNet needed) [default: 2, base_config.py].")
+    bucket_size: int | None = knob(
+        "--bucket-size", "concept prompts decoded together in one SAM 3 forward (its bucket_size) [default: 32].")
+    preview_resolution: int | None = knob(
+        "--preview-resolution", "the side in pixels of the presence preview that prunes the vocabulary (its "
+        "preview_resolution; a multiple of the ViT's patch x window) [default: 672].")
+    quantile_alpha: float | None = knob(
+        "--quantile-alpha", "the preview keeps the classes whose presence is at least its (1 - alpha) quantile "
+        "(its quantile_alpha) [default: 0.2].")
+    max_active: int | None = knob(
+        "--max-active", "at most this many classes are decoded at full resolution; a vocabulary no larger skips "
+        "the preview (its pruner_max_active) [default: 40].")
+    mabc_exponent: float | None = knob(
+        "--mabc-exponent", "margin-aware background calibration: a pixel whose s1 sqrt(s1 - s2) is below "
+        "prob_threshold ** this is background (its mabc_exponent) [default: 1.25].")
+
+    def __post_init__(self) -> None:
+        if self.confidence_threshold is not None:
+            fraction("--confidence-threshold", self.confidence_threshold)
+        for option, value in (("--neighbor-tokens", self.neighbor_tokens), ("--hypernym-tokens", self.hypernym_tokens)):
+            at_least(option, value, 0, allow_none=True, why=" tokens (0 = none)")
+        at_least("--bucket-size", self.bucket_size, 1, allow_none=True, why=" prompts")
+        at_least("--preview-resolution", self.preview_resolution, 14, allow_none=True, why=" pixels")
+        at_least("--max-active", self.max_active, 1, allow_none=True, why=" classes")
+        if self.quantile_alpha is not None:
+            fraction("--quantile-alpha", self.quantile_alpha)
+        positive("--mabc-exponent", self.mabc_exponent, allow_none=True, upper=100.0)
+
+
+__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "TextRegionKnobs", "RadsegKnobs",
+           "Sam3Knobs", "ActiveSamKnobs", "SAM3_HEADS"]
