@@ -169,3 +169,79 @@ def test_segment_help_lists_both_and_bad_knobs():
         SegmentConfig.of("sam3", sam3_heads="mask")
     with pytest.raises(VplError, match="--quantile-alpha 2.0: must be in"):
         SegmentConfig.of("activesam", quantile_alpha=2.0)
+
+
+class StandIn:
+    """A stand-in of the sam3 family's model (the :class:`~vpltool.models.dense.sam3.Sam3Concepts` it reads), its
+    answers a seeded function of the words and the image: it tests the methods' flow (buckets, the preview's
+    skipped head, the context tokens, fusion, gating), not SAM 3 (parity/activesam_parity.py runs SAM 3)."""
+
+    resolution = 56
+
+    def __init__(self):
+        self.resizer = torch.nn.Linear(8, 4)
+        self.calls = []
+
+    def image_state(self, pixels):
+        return {"side": pixels.shape[-1], "mean": float(pixels.mean())}
+
+    def _seed(self, word):
+        return sum(map(ord, word))
+
+    def ground(self, state, words, extra=None, seg_head=True):
+        from vpltool.models.dense.sam3 import Grounding
+
+        self.calls.append((state["side"], list(words), None if extra is None else extra[0].shape, seg_head))
+        gens = [torch.Generator().manual_seed(self._seed(w)) for w in words]
+        logits = torch.stack([torch.randn(5, generator=g) for g in gens])
+        presence = torch.stack([torch.randn((), generator=g) for g in gens])
+        if not seg_head:
+            return Grounding(logits, presence, None, None)
+        masks = torch.stack([torch.randn(5, 7, 7, generator=g) for g in gens])
+        semantic = torch.stack([torch.randn(1, 7, 7, generator=g) for g in gens])
+        return Grounding(logits, presence, masks, semantic)
+
+    def token_embeddings(self, words):
+        gens = [torch.Generator().manual_seed(self._seed(w)) for w in words]
+        return torch.stack([torch.randn(3, 8, generator=g) for g in gens]), torch.zeros(len(words), 3, dtype=torch.bool)
+
+
+def test_word_scores_fold_the_kept_instances():
+    from vpltool.models.dense.sam3 import Grounding, Sam3Settings, word_scores
+
+    torch.manual_seed(2)
+    g = Grounding(torch.randn(1, 4), torch.tensor([0.5]), torch.randn(1, 4, 3, 3), torch.randn(1, 1, 3, 3))
+    size = (6, 9)
+    presence = torch.sigmoid(torch.tensor(0.5))
+    probs = g.logits[0].sigmoid() * presence
+    up = torch.nn.functional.interpolate(g.masks[0][:, None], size=size, mode="bilinear", align_corners=False)
+    inst = torch.zeros(size)
+    for i in range(4):
+        if probs[i] > 0.3:
+            inst = torch.maximum(inst, up[i, 0].sigmoid() * probs[i])
+    sem = torch.nn.functional.interpolate(g.semantic, size=size, mode="bilinear", align_corners=False)[0, 0].sigmoid()
+    got, _ = word_scores(g, size, Sam3Settings(0.3, "instance", False))
+    assert torch.allclose(got[0], inst, atol=1e-6)
+    got, _ = word_scores(g, size, Sam3Settings(0.3, "both", True))
+    assert torch.allclose(got[0], torch.maximum(inst, sem) * presence, atol=1e-6)
+
+
+def test_activesam_flow_preview_buckets_and_context(wordnet_data, monkeypatch):
+    from vpltool.models.dense import activesam
+
+    _fresh_wordnet(monkeypatch, wordnet_data)
+    words = ["background", "aeroplane", "cat", "dog", "person", "sheep", "bus"]
+    model, photo = StandIn(), torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8)
+    s = activesam.ActiveSamSettings()
+    s.max_active, s.bucket_size, s.preview_resolution = 3, 2, 28
+    bank = activesam.build_bank(model, words, s)
+    assert bank.has_hypernym.sum(1).tolist() == [0, 1, 1, 2, 2, 0, 1]  # aeroplane read as airplane
+    scores, active, presence = activesam.activesam_scores(model, photo, words, (20, 30), s, bank)
+    preview = [c for c in model.calls if c[0] == 28]
+    assert [c[3] for c in preview] == [False] * 4 and [w for c in preview for w in c[1]][1] == "airplane"
+    assert 1 <= len(active) <= 3 and active == activesam.active_words(presence, 0.2, 3)
+    full = [c for c in model.calls if c[0] == 56]
+    assert [len(c[1]) for c in full] == [len(b) for b in pruning.buckets(len(active), 2)]
+    assert all(c[3] and c[2][0] == 4 for c in full)  # 2 neighbour + 2 hypernym tokens, the head run
+    dropped = [i for i in range(len(words)) if i not in active]
+    assert scores[dropped].abs().max() == 0 and scores[active].amax() > 0

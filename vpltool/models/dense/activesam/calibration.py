@@ -23,8 +23,8 @@ def class_scores(scores: torch.Tensor, query_class: torch.Tensor, n_classes: int
 
 def threshold_background(probs: torch.Tensor, threshold: float, background: int = 0) -> torch.Tensor:
     """``[C, H, W]`` -> ``[H, W]`` int64: the argmax, ``background`` where the top score is below ``threshold``."""
-    top, labels = probs.max(0)
-    return labels.masked_fill_(top < threshold, background)
+    labels = probs.argmax(0)  # the first of equal scores, as torch.argmax (the reference's)
+    return labels.masked_fill_(probs.amax(0) < threshold, background)
 
 
 def mabc_labels(probs: torch.Tensor, threshold: float, exponent: float, background: int = 0) -> torch.Tensor:
