@@ -5,11 +5,11 @@ docs/open-vocabulary.md ("SAM 3 as it is").
 
 One photo ``[H0, W0, 3]`` uint8, ``Q`` query words (each class's names, then the background words; no template):
 
-1. :func:`sam3_pixels`: the photo resized to SAM 3's square input (bilinear with antialiasing, on the uint8 image,
-   as Meta's ``Sam3Processor``'s torchvision transform), scaled to [0, 1] and normalised with mean and std 0.5; SAM 3's
-   image encoder once;
-2. per word, its concept prompt grounded on the photo's features (:class:`Sam3Concepts.ground`; the words in
-   buckets of :data:`BUCKET`: one forward decodes many prompts, each on its own, as one prompt per forward would);
+1. the family's ``prepare``: the photo resized to SAM 3's square input (bilinear with antialiasing, on the uint8
+   image, as Meta's ``Sam3Processor``'s torchvision transform), normalised; SAM 3's image encoder once;
+2. per word, its concept prompt grounded on the photo's features (the family's ``ground``; the words' text encoded
+   once per run, the prompts in buckets of :data:`BUCKET`: one forward decodes many prompts, each on its own, as one
+   prompt per forward would);
 3. :func:`word_scores`: per word its instance masks whose score ``sigmoid(logit) * presence`` is above
    ``--confidence-threshold``, each resized bilinearly to the photo, its sigmoid times its score, the pixelwise max
    over them (``--sam3-heads instance``, the row's reading); ``semantic``: the semantic head's sigmoid, resized;
@@ -17,18 +17,17 @@ One photo ``[H0, W0, 3]`` uint8, ``Q`` query words (each class's names, then the
 4. the :meth:`Hooks.probabilities` hook: each class the max of its words, the argmax, and pixels whose top class
    score is below ``--prob-threshold`` to background (:mod:`.activesam.calibration`).
 
-The model is the ``sam3`` family's (:mod:`vpltool.models.backbones.sam3`) through :class:`Sam3Concepts`, what this
-method and ActiveSAM read of it.
+The model is the ``sam3`` family's (:mod:`vpltool.models.backbones.sam3`: ``prepare``, ``encode_image``,
+``encode_text``, ``ground``, ``concepts``: Meta's processor's calls, written once there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ...errors import VplError
 from .activesam.calibration import class_scores, threshold_background
@@ -37,7 +36,7 @@ from .mixing import DenseMixing
 
 PRESET = DenseMixing("sam3")  # no CLIP block is mixed: the name alone
 BUCKET = 32  # prompts grounded in one forward (ActiveSAM's bucket_size); the result is each prompt's own
-MASK_CHUNK = 16  # instance masks resized at a time (each [H0, W0] float32)
+MASK_CHUNK = 16  # instance masks folded at a time
 
 
 @dataclass(frozen=True)
@@ -70,100 +69,55 @@ class ConceptPrompts:
         return len(self.words)
 
 
-@dataclass
-class Grounding:
-    """SAM 3's answer to K concept prompts on one image (float32, on the model's device): ``logits`` ``[K, N]`` the N
-    instance queries' logits, ``presence`` ``[K]`` the prompts' presence logits, ``masks`` ``[K, N, h, w]`` the
-    instance mask logits and ``semantic`` ``[K, 1, h, w]`` the semantic head's (None with the head skipped)."""
-
-    logits: torch.Tensor
-    presence: torch.Tensor
-    masks: torch.Tensor | None
-    semantic: torch.Tensor | None
-
-
-class Sam3Concepts(Protocol):
-    """What SAM 3's two methods read of the ``sam3`` family's model (the family implements it)."""
-
-    resolution: int  # the square input side of its image encoder (1008 for SAM 3)
-    resizer: torch.nn.Module  # the text encoder's width -> prompt width linear layer
-
-    def image_state(self, pixels: torch.Tensor) -> Any:
-        """``[1, 3, S, S]`` normalised pixels (S the resolution, or another multiple of its patch x window: the
-        preview's) -> the image's features, reused for every prompt."""
-
-    def ground(self, state: Any, words: Sequence[str], extra: tuple[torch.Tensor, torch.Tensor] | None = None,
-               seg_head: bool = True) -> Grounding:
-        """K concept prompts (their words, text features cached per word) on the image of ``state``: ``extra``
-        ``([M, K, d] tokens, [K, M] bool padding)`` appended to each prompt's text tokens (ActiveSAM's context
-        bank); ``seg_head`` False skips the segmentation head (``masks`` and ``semantic`` None)."""
-
-    def token_embeddings(self, words: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[K, L, D]`` each prompt's token embeddings before the text transformer and ``[K, L]`` bool padding."""
-
-
-def sam3_pixels(photo: torch.Tensor, side: int, device) -> torch.Tensor:
-    """``[H0, W0, 3]`` uint8 -> ``[1, 3, side, side]`` float32: Meta's ``Sam3Processor`` transform (the uint8 image
-    resized bilinearly with antialiasing to a square, scaled to [0, 1], normalised with mean and std 0.5)."""
-    from torchvision.transforms.v2 import functional as TF
-
-    x = photo.to(device).permute(2, 0, 1).contiguous()
-    x = TF.resize(x, [side, side], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    x = TF.to_dtype(x, torch.float32, scale=True)
-    return TF.normalize(x, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])[None]
-
-
-def instance_map(masks: torch.Tensor, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[n, h, w]`` kept instance mask logits and their ``[n]`` scores -> ``[H0, W0]``: the pixelwise max of each
-    mask's sigmoid (resized bilinearly first) times its score; zeros for none."""
-    out = masks.new_zeros(size)
-    for i in range(0, len(masks), MASK_CHUNK):
-        part = F.interpolate(masks[i:i + MASK_CHUNK, None], size=size, mode="bilinear", align_corners=False)
-        out = torch.maximum(out, (part[:, 0].sigmoid() * scores[i:i + MASK_CHUNK, None, None]).amax(0))
-    return out
-
-
-def word_scores(g: Grounding, size: tuple[int, int], settings: Sam3Settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 3 for the K prompts of ``g``: ``[K, H0, W0]`` score maps in [0, 1] and ``[K]`` presence probabilities."""
-    presence = g.presence.float().sigmoid()
-    probs = g.logits.float().sigmoid() * presence[:, None]
+def word_scores(concepts: Sequence[Any], settings: Sam3Settings) -> torch.Tensor:
+    """Step 3 for K prompts' results at the photo's size (the family's ``Sam3.concepts``: each its kept instance
+    ``masks`` ``[n, H0, W0]`` probabilities, their ``scores`` ``[n]``, its ``semantic`` ``[H0, W0]`` probability and
+    ``presence``) -> ``[K, H0, W0]`` score maps in [0, 1]."""
     out = []
-    for k in range(len(probs)):
+    for c in concepts:
         maps = []
         if settings.heads in ("instance", "both"):
-            keep = probs[k] > settings.confidence_threshold
-            maps.append(instance_map(g.masks[k][keep].float(), probs[k][keep], size))
+            inst = c.semantic.new_zeros(c.semantic.shape)
+            for i in range(0, len(c.scores), MASK_CHUNK):  # the pixelwise max of mask x score, from zeros
+                part = c.masks[i:i + MASK_CHUNK] * c.scores[i:i + MASK_CHUNK, None, None]
+                inst = torch.maximum(inst, part.amax(0))
+            maps.append(inst)
         if settings.heads in ("semantic", "both"):
-            sem = F.interpolate(g.semantic[k:k + 1].float(), size=size, mode="bilinear", align_corners=False)
-            maps.append(sem[0, 0].sigmoid())
+            maps.append(c.semantic)
         score = maps[0] if len(maps) == 1 else torch.maximum(maps[0], maps[1])
-        out.append(score * presence[k] if settings.presence_gate else score)
-    return torch.stack(out), presence
+        out.append(score * c.presence if settings.presence_gate else score)
+    return torch.stack(out)
 
 
-def sam3_scores(model: Sam3Concepts, photo: torch.Tensor, words: Sequence[str], size: tuple[int, int],
-                settings: Sam3Settings) -> torch.Tensor:
-    """Steps 1-3 for one photo: ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
-    state = model.image_state(sam3_pixels(photo, model.resolution, _device(model)))
+def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
+    """Steps 1-3 for one photo: ``sam`` the family's model, ``text`` its encoding of the Q words (once per run) ->
+    ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
+    image = sam.encode_image(sam.prepare(photo))
+    n = int(text.features.shape[0])
     out = []
-    for start in range(0, len(words), BUCKET):
-        g = model.ground(state, list(words[start:start + BUCKET]), seg_head=True)
-        out.append(word_scores(g, size, settings)[0])
+    for start in range(0, n, BUCKET):
+        grounding = sam.ground(image, text.select(list(range(start, min(start + BUCKET, n)))))
+        out.append(word_scores(sam.concepts(grounding, size, settings.confidence_threshold), settings))
     return torch.cat(out)
 
 
-def _device(model) -> torch.device:
-    return getattr(model, "device", None) or next(model.resizer.parameters()).device
-
-
 class Sam3Backbone:
-    """The model SAM 3's methods run (``bb`` in their hooks): the family's :class:`Sam3Concepts` model, and what the
+    """The model SAM 3's methods run (``bb`` in their hooks): the ``sam3`` family's model (``Sam3``), and what the
     shared segmentor reads of a backbone. The photo reaches the method whole (its ``extra_inputs``): the shared
     resize is not used, so its ``pixels`` are a placeholder."""
 
-    def __init__(self, model: Sam3Concepts, hooks, device):
+    def __init__(self, model, hooks, device):
         self.model, self.hooks, self.device = model, hooks, torch.device(device)
-        self.embed_dim, self.patch_size = 256, 14
+        self.embed_dim, self.patch_size = int(model.width), int(model.patch)
+        self._text: dict = {}
+
+    def text_of(self, words: Sequence[str]):
+        """The words' encoding (``Sam3.encode_text``), made once per vocabulary: the prompts of every photo and
+        bucket are picked from it (ActiveSAM's per-prompt text cache)."""
+        key = tuple(words)
+        if key not in self._text:
+            self._text = {key: self.model.encode_text(list(words))}
+        return self._text[key]
 
     @property
     def preprocessor(self):
@@ -189,9 +143,10 @@ class _Placeholder:
 def load_sam3(cfg, device):
     """The ``sam3`` family's model of ``cfg``'s ``--sam3-weights`` (through the registry's door: digest, finite
     weights)."""
+    from ..backbones.sam3 import Sam3Spec
     from ..registry import load_model
 
-    return load_model("sam3", _weights(cfg), device)
+    return load_model("sam3", Sam3Spec(_weights(cfg)), device)
 
 
 def _weights(cfg) -> str:
@@ -205,9 +160,10 @@ def _weights(cfg) -> str:
 
 def check_sam3(cfg) -> None:
     """One line, before any model loads, for no weights given or a file that is not SAM 3's."""
+    from ..backbones.sam3 import Sam3Spec
     from ..registry import check_model
 
-    check_model("sam3", _weights(cfg))
+    check_model("sam3", Sam3Spec(_weights(cfg)))
 
 
 class Hooks(DenseHooks, method="sam3", preset=PRESET):
@@ -231,7 +187,8 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         knobs = sam3_settings(self.cfg)
-        return [sam3_scores(bb.model, extras[i]["photo"], text.words, tuple(size), knobs)
+        encoded = bb.text_of(text.words)
+        return [sam3_scores(bb.model, extras[i]["photo"], encoded, tuple(size), knobs)
                 for i, size in enumerate(sizes)]
 
     def features(self, bb, pixels, fp16_pos=False):
@@ -242,6 +199,5 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
         return probs, threshold_background(probs, settings.prob_threshold)
 
 
-__all__ = ["Hooks", "PRESET", "BUCKET", "Sam3Settings", "sam3_settings", "ConceptPrompts", "Grounding",
-           "Sam3Concepts", "sam3_pixels", "instance_map", "word_scores", "sam3_scores", "Sam3Backbone", "load_sam3",
-           "check_sam3"]
+__all__ = ["Hooks", "PRESET", "BUCKET", "Sam3Settings", "sam3_settings", "ConceptPrompts", "word_scores",
+           "sam3_scores", "Sam3Backbone", "load_sam3", "check_sam3"]

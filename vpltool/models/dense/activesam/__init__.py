@@ -25,16 +25,7 @@ import torch
 
 from ..hooks import DenseHooks
 from ..mixing import DenseMixing
-from ..sam3 import (
-    BUCKET,
-    ConceptPrompts,
-    Sam3Backbone,
-    Sam3Settings,
-    check_sam3,
-    load_sam3,
-    sam3_pixels,
-    word_scores,
-)
+from ..sam3 import BUCKET, ConceptPrompts, Sam3Backbone, Sam3Settings, check_sam3, load_sam3, word_scores
 from .calibration import class_scores, mabc_labels
 from .context import ContextBank, context_bank, pooled_embeddings
 from .pruning import active_words, buckets, needs_preview
@@ -59,45 +50,45 @@ class ActiveSamSettings:
         return Sam3Settings(confidence_threshold=self.confidence_threshold, heads="both", presence_gate=True)
 
 
-def build_bank(model, words, s: ActiveSamSettings) -> ContextBank:
-    """Step 1 for the vocabulary ``words`` (raw: canonicalised here, as the reference's text encoder wrapper does)."""
+def build_bank(sam, words, s: ActiveSamSettings) -> ContextBank:
+    """Step 1 for the vocabulary ``words`` (raw: canonicalised here, as the reference's text encoder wrapper does);
+    ``sam`` the family's model."""
     def pooled_of(strings):
-        embeds, padding = model.token_embeddings([canonical(w) for w in strings])
-        return pooled_embeddings(embeds.float(), padding)
+        text = sam.encode_text([canonical(w) for w in strings])
+        return pooled_embeddings(text.embeds.float(), ~text.valid)
 
     wn = wordnet() if s.hypernym_tokens > 0 else None
-    return context_bank(list(words), pooled_of, model.resizer, s.neighbor_tokens, s.hypernym_tokens,
+    return context_bank(list(words), pooled_of, sam.model.text_projection, s.neighbor_tokens, s.hypernym_tokens,
                         lambda w, n: hypernyms(canonical(w), n, wn))
 
 
-def preview_presence(model, photo, words, s: ActiveSamSettings) -> torch.Tensor:
-    """Step 2's scores: ``[Q]`` presence probabilities on the preview."""
-    state = model.image_state(sam3_pixels(photo, s.preview_resolution, _device(model)))
-    out = [model.ground(state, [canonical(words[i]) for i in b], seg_head=False).presence.float().sigmoid()
-           for b in buckets(len(words), s.bucket_size)]
-    return torch.cat(out)
+def preview_presence(sam, photo, text, s: ActiveSamSettings) -> torch.Tensor:
+    """Step 2's scores: ``[Q]`` presence probabilities on the preview (``text``: the Q canonical words encoded)."""
+    image = sam.encode_image(sam.prepare(photo, s.preview_resolution))
+    return torch.cat([sam.ground(image, text.select(b), masks=False).presence_logits.sigmoid()
+                      for b in buckets(int(text.features.shape[0]), s.bucket_size)])
 
 
-def activesam_scores(model, photo, words, size, s: ActiveSamSettings, bank: ContextBank) -> tuple:
-    """Steps 2-3 for one photo: ``[Q, H0, W0]`` float32 per-word scores, the kept words, the preview's scores."""
-    presence = None
-    active = list(range(len(words)))
-    if needs_preview(len(words), s.max_active):
-        presence = preview_presence(model, photo, words, s)
+def activesam_scores(sam, photo, text, size, s: ActiveSamSettings, bank: ContextBank) -> tuple:
+    """Steps 2-3 for one photo (``text``: the Q canonical words encoded, once per run): ``[Q, H0, W0]`` float32
+    per-word scores, the kept words, the preview's scores (None when skipped)."""
+    n = int(text.features.shape[0])
+    presence, active = None, list(range(n))
+    if needs_preview(n, s.max_active):
+        presence = preview_presence(sam, photo, text, s)
         active = active_words(presence, s.quantile_alpha, s.max_active)
-    state = model.image_state(sam3_pixels(photo, model.resolution, _device(model)))
-    scores = torch.zeros(len(words), *size, device=_device(model))
+    image = sam.encode_image(sam.prepare(photo))
+    scores = torch.zeros(n, *size, device=sam.device)
     fusion = s.fusion()
     for b in buckets(len(active), s.bucket_size):
         kept = [active[i] for i in b]
+        prompts = text.select(kept)
         extra = bank.tokens(kept)
-        g = model.ground(state, [canonical(words[c]) for c in kept], extra=extra, seg_head=True)
-        scores[kept] = word_scores(g, size, fusion)[0]
+        if extra is not None:  # the context tokens, batch first, True = attended
+            prompts = prompts.with_tokens(extra[0].transpose(0, 1), ~extra[1])
+        concepts = sam.concepts(sam.ground(image, prompts), size, fusion.confidence_threshold)
+        scores[kept] = word_scores(concepts, fusion)
     return scores, active, presence
-
-
-def _device(model) -> torch.device:
-    return getattr(model, "device", None) or next(model.resizer.parameters()).device
 
 
 class Hooks(DenseHooks, method="activesam", preset=PRESET):
@@ -124,8 +115,9 @@ class Hooks(DenseHooks, method="activesam", preset=PRESET):
         s = ActiveSamSettings(self.cfg)
         key = (text.words, id(bb.model))
         if getattr(self, "_bank_key", None) != key:  # once per vocabulary and model
-            self._bank, self._bank_key = build_bank(bb.model, text.words, s).to(_device(bb.model)), key
-        return [activesam_scores(bb.model, extras[i]["photo"], text.words, tuple(size), s, self._bank)[0]
+            self._bank, self._bank_key = build_bank(bb.model, text.words, s).to(bb.model.device), key
+        encoded = bb.text_of([canonical(w) for w in text.words])
+        return [activesam_scores(bb.model, extras[i]["photo"], encoded, tuple(size), s, self._bank)[0]
                 for i, size in enumerate(sizes)]
 
     def features(self, bb, pixels, fp16_pos=False):
