@@ -171,77 +171,108 @@ def test_segment_help_lists_both_and_bad_knobs():
         SegmentConfig.of("activesam", quantile_alpha=2.0)
 
 
-class StandIn:
-    """A stand-in of the sam3 family's model (the :class:`~vpltool.models.dense.sam3.Sam3Concepts` it reads), its
-    answers a seeded function of the words and the image: it tests the methods' flow (buckets, the preview's
-    skipped head, the context tokens, fusion, gating), not SAM 3 (parity/activesam_parity.py runs SAM 3)."""
-
-    resolution = 56
-
-    def __init__(self):
-        self.resizer = torch.nn.Linear(8, 4)
-        self.calls = []
-
-    def image_state(self, pixels):
-        return {"side": pixels.shape[-1], "mean": float(pixels.mean())}
-
-    def _seed(self, word):
-        return sum(map(ord, word))
-
-    def ground(self, state, words, extra=None, seg_head=True):
-        from vpltool.models.dense.sam3 import Grounding
-
-        self.calls.append((state["side"], list(words), None if extra is None else extra[0].shape, seg_head))
-        gens = [torch.Generator().manual_seed(self._seed(w)) for w in words]
-        logits = torch.stack([torch.randn(5, generator=g) for g in gens])
-        presence = torch.stack([torch.randn((), generator=g) for g in gens])
-        if not seg_head:
-            return Grounding(logits, presence, None, None)
-        masks = torch.stack([torch.randn(5, 7, 7, generator=g) for g in gens])
-        semantic = torch.stack([torch.randn(1, 7, 7, generator=g) for g in gens])
-        return Grounding(logits, presence, masks, semantic)
-
-    def token_embeddings(self, words):
-        gens = [torch.Generator().manual_seed(self._seed(w)) for w in words]
-        return torch.stack([torch.randn(3, 8, generator=g) for g in gens]), torch.zeros(len(words), 3, dtype=torch.bool)
-
-
 def test_word_scores_fold_the_kept_instances():
-    from vpltool.models.dense.sam3 import Grounding, Sam3Settings, word_scores
+    from types import SimpleNamespace
+
+    from vpltool.models.dense.sam3 import Sam3Settings, word_scores
 
     torch.manual_seed(2)
-    g = Grounding(torch.randn(1, 4), torch.tensor([0.5]), torch.randn(1, 4, 3, 3), torch.randn(1, 1, 3, 3))
-    size = (6, 9)
-    presence = torch.sigmoid(torch.tensor(0.5))
-    probs = g.logits[0].sigmoid() * presence
-    up = torch.nn.functional.interpolate(g.masks[0][:, None], size=size, mode="bilinear", align_corners=False)
-    inst = torch.zeros(size)
-    for i in range(4):
-        if probs[i] > 0.3:
-            inst = torch.maximum(inst, up[i, 0].sigmoid() * probs[i])
-    sem = torch.nn.functional.interpolate(g.semantic, size=size, mode="bilinear", align_corners=False)[0, 0].sigmoid()
-    got, _ = word_scores(g, size, Sam3Settings(0.3, "instance", False))
-    assert torch.allclose(got[0], inst, atol=1e-6)
-    got, _ = word_scores(g, size, Sam3Settings(0.3, "both", True))
-    assert torch.allclose(got[0], torch.maximum(inst, sem) * presence, atol=1e-6)
+    masks, scores, semantic = torch.rand(3, 4, 5), torch.tensor([0.9, 0.35, 0.6]), torch.rand(4, 5)
+    concept = SimpleNamespace(masks=masks, scores=scores, presence=0.7, semantic=semantic)
+    inst = torch.zeros(4, 5)
+    for i in range(3):
+        inst = torch.maximum(inst, masks[i] * scores[i])
+    assert torch.allclose(word_scores([concept], Sam3Settings(0.3, "instance", False))[0], inst)
+    assert torch.allclose(word_scores([concept], Sam3Settings(0.3, "both", True))[0],
+                          torch.maximum(inst, semantic) * 0.7)
+    none = SimpleNamespace(masks=torch.zeros(0, 4, 5), scores=torch.zeros(0), presence=0.7, semantic=semantic)
+    assert word_scores([none], Sam3Settings(0.3, "instance", False)).abs().max() == 0
 
 
-def test_activesam_flow_preview_buckets_and_context(wordnet_data, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_sam3(tmp_path_factory):
+    """The sam3 family's tiny seeded random SAM 3 (Hugging Face's layout: 112 px, windows of 4)."""
+    from vpltool.models.backbones.sam3_files import write_tiny
+
+    return write_tiny(tmp_path_factory.mktemp("sam3") / "hf", "hf")
+
+
+def test_activesam_flow_preview_buckets_and_context(tiny_sam3, wordnet_data, monkeypatch):
+    """The four parts in order on the tiny SAM 3: the bank's tokens, the preview at its side with the head skipped
+    and every word, the kept words decoded in buckets at SAM 3's side with 2 + 2 context tokens each."""
+    from vpltool.models import load_model
+    from vpltool.models.backbones.sam3 import Sam3Spec
     from vpltool.models.dense import activesam
 
     _fresh_wordnet(monkeypatch, wordnet_data)
+    sam = load_model("sam3", Sam3Spec(str(tiny_sam3)), "cpu")
+    calls, ground = [], sam.ground
+
+    def spy(image, text, index=None, masks=True, geometry_token=True):
+        calls.append((image.size, int(text.features.shape[0]), int(text.features.shape[1]), masks))
+        return ground(image, text, index, masks, geometry_token)
+
+    monkeypatch.setattr(sam, "ground", spy)
     words = ["background", "aeroplane", "cat", "dog", "person", "sheep", "bus"]
-    model, photo = StandIn(), torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8)
     s = activesam.ActiveSamSettings()
-    s.max_active, s.bucket_size, s.preview_resolution = 3, 2, 28
-    bank = activesam.build_bank(model, words, s)
+    s.max_active, s.bucket_size, s.preview_resolution = 3, 2, 56
+    bank = activesam.build_bank(sam, words, s)
     assert bank.has_hypernym.sum(1).tolist() == [0, 1, 1, 2, 2, 0, 1]  # aeroplane read as airplane
-    scores, active, presence = activesam.activesam_scores(model, photo, words, (20, 30), s, bank)
-    preview = [c for c in model.calls if c[0] == 28]
-    assert [c[3] for c in preview] == [False] * 4 and [w for c in preview for w in c[1]][1] == "airplane"
-    assert 1 <= len(active) <= 3 and active == activesam.active_words(presence, 0.2, 3)
-    full = [c for c in model.calls if c[0] == 56]
-    assert [len(c[1]) for c in full] == [len(b) for b in pruning.buckets(len(active), 2)]
-    assert all(c[3] and c[2][0] == 4 for c in full)  # 2 neighbour + 2 hypernym tokens, the head run
+    text = sam.encode_text([vocabulary.canonical(w) for w in words])
+    photo = torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8)
+    scores, active, presence = activesam.activesam_scores(sam, photo, text, (20, 30), s, bank)
+    assert [c for c in calls if c[0] == 56] == [(56, 2, 32, False)] * 3 + [(56, 1, 32, False)]
+    assert 1 <= len(active) <= 3 and active == pruning.active_words(presence, 0.2, 3)
+    full = [c for c in calls if c[0] == sam.image_size]
+    assert full == [(sam.image_size, len(b), 32 + 4, True) for b in pruning.buckets(len(active), 2)]
     dropped = [i for i in range(len(words)) if i not in active]
-    assert scores[dropped].abs().max() == 0 and scores[active].amax() > 0
+    assert scores[dropped].abs().max() == 0 and scores.shape == (7, 20, 30)
+
+
+def _cli(*args, env=None):
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    from vpltool.demo.make_world import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("world"), n_train=2, n_val=1, seed=0)
+
+
+def test_segment_end_to_end_resume_and_bad_input(tiny_sam3, small_world, wordnet_data, tmp_path, monkeypatch):
+    """Both methods through `segment` on the demo world with the tiny random SAM 3 (its masks mean nothing; the
+    run is real): masks at each scene's size, a rerun resumes, and bad input is one line before any model loads."""
+    import numpy as np
+    from PIL import Image
+
+    from vpltool import io
+
+    common = ["--sam3-weights", tiny_sam3, "--device", "cpu", "--workers", "0", "--prob-threshold", "0"]
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "s3", *common)
+    assert r.exit_code == 0, r.output
+    masks = sorted((tmp_path / "s3").glob("*.png"))
+    assert len(masks) == 3 and all(np.asarray(Image.open(m)).shape == (96, 96) for m in masks)
+    assert np.asarray(Image.open(masks[0])).max() <= 8
+    assert io.read_stage_record(tmp_path / "s3", "segment")["params"]["sam3_heads"] is None
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "s3", *common)
+    assert r.exit_code == 0 and "3 already done" in r.output, r.output
+    _fresh_wordnet(monkeypatch, wordnet_data)
+    r = _cli("segment", small_world, "--dense", "activesam", "-o", tmp_path / "act", *common,
+             "--preview-resolution", "56", "--max-active", "4", "--bucket-size", "3")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "act").glob("*.png"))) == 3
+    # bad input: no weights; another model's file; WordNet missing (each one line, exit 2, nothing written)
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "bad")
+    assert r.exit_code == 2 and "--sam3-weights" in r.output and not (tmp_path / "bad").exists(), r.output
+    other = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "bad", "--sam3-weights", other)
+    assert r.exit_code == 2 and str(other.name) in r.output and not (tmp_path / "bad").exists(), r.output
+    _fresh_wordnet(monkeypatch, tmp_path)
+    r = _cli("segment", small_world, "--dense", "activesam", "-o", tmp_path / "bad", *common)
+    assert r.exit_code == 2 and "nltk.downloader wordnet" in r.output and not (tmp_path / "bad").exists()

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from ...errors import VplError
-from .activesam.calibration import class_scores, threshold_background
 from .hooks import DenseHooks
 from .mixing import DenseMixing
 
@@ -183,7 +182,7 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
         return ConceptPrompts(tuple(names))
 
     def extra_inputs(self, item, image):
-        return {"photo": torch.from_numpy(image)}
+        return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         knobs = sam3_settings(self.cfg)
@@ -195,6 +194,8 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
         raise VplError("--dense sam3 has no CLIP features: it segments through segment or vpltool.segmenter")
 
     def probabilities(self, bb, logits, query_class, n_classes, settings):
+        from .activesam.calibration import class_scores, threshold_background  # (the package imports this module)
+
         probs = class_scores(logits, query_class, n_classes)
         return probs, threshold_background(probs, settings.prob_threshold)
 

@@ -87,7 +87,7 @@ def activesam_scores(sam, photo, text, size, s: ActiveSamSettings, bank: Context
         if extra is not None:  # the context tokens, batch first, True = attended
             prompts = prompts.with_tokens(extra[0].transpose(0, 1), ~extra[1])
         concepts = sam.concepts(sam.ground(image, prompts), size, fusion.confidence_threshold)
-        scores[kept] = word_scores(concepts, fusion)
+        scores[kept] = word_scores(concepts, fusion).float()
     return scores, active, presence
 
 
@@ -109,7 +109,7 @@ class Hooks(DenseHooks, method="activesam", preset=PRESET):
         return ConceptPrompts(tuple(names))
 
     def extra_inputs(self, item, image):
-        return {"photo": torch.from_numpy(image)}
+        return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         s = ActiveSamSettings(self.cfg)
