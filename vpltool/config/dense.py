@@ -113,8 +113,8 @@ class DenseMethodSpec:
     module: str | None = None  # its module in vpltool.models.dense; None: a pure-mixing preset (dense/mixing.py)
     proxy_model: str | None = None  # the proxy vision model it takes (timm's name, --proxy-model's default); None: none
     sam: bool = False  # it takes SAM's image encoder too (--sam-model, --sam-weights)
-    # a per-image input only `segment` takes (TextRegion's region masks: "region masks (--region-masks)"), so cam
-    # --dense and predict --dense, which take none, refuse it; None: none
+    # an input only `segment` takes (TextRegion's region masks: "region masks per photo (--region-masks)"; SAM 3's
+    # model), so cam --dense and predict --dense, which take none, refuse it; None: none
     segment_only: str | None = None
     # its own settings, a MethodKnobs dataclass of the knobs only it reads (its per-dataset knobs; with_knobs hook)
     knobs_class: type[MethodKnobs] = MethodKnobs
@@ -141,6 +141,7 @@ _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_s
 
 
 # SAM 3's methods read the decoded photo (SAM 3 resizes it to its own square input): the shared resize is not used
+_SAM3_ONLY = "SAM 3 (--sam3-weights), its model in place of a CLIP"
 _SAM3_SETTINGS = DenseSettings(logit_scale=1.0, prob_threshold=0.4, short_side=1008, slide_crop=0, slide_stride=112,
                                crop_mode="floor", whole="direct")
 
@@ -201,7 +202,7 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
     "textregion": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.4, short_side=672, slide_crop=0,
                                                 slide_stride=112, crop_mode="floor", whole="direct", long_side=1008),
                                   module="textregion", class_files="proxyclip", knobs_class=TextRegionKnobs,
-                                  presets=TEXTREGION_PRESETS, segment_only="region masks (--region-masks)"),
+                                  presets=TEXTREGION_PRESETS, segment_only="region masks per photo (--region-masks)"),
     # radseg/radseg.py + evaluation/2d/configs/base_config.py: softmax(100 cos) over the prompts, no threshold
     # (prediction_thresh 0), slide 336/224 in feature space, short side 336 (mid_res cfg_voc20.py); C-RADIOv3-B
     # (NVlabs/RADIO's checkpoint, --proxy-weights) and its SigLIP 2 adaptor's text tower (--language-model)
@@ -213,11 +214,11 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
     # VILA-Lab/ActiveSAM activesam/model/base.py FrozenSAM3Segmentor + cfg_voc21.py: SAM 3 (no CLIP) prompted with
     # each query word at its own 1008-pixel square input; scores are probabilities (no logit scale), prob_thd 0.4
     "sam3": DenseMethodSpec(_SAM3_SETTINGS, module="sam3", class_files="activesam", knobs_class=Sam3Knobs,
-                            presets=SAM3_PRESETS),
+                            presets=SAM3_PRESETS, segment_only=_SAM3_ONLY),
     # activesam/model/segmentor.py + configs/base_config.py + cfg_voc21.py: prompt expansion, the presence preview's
     # pruning, bucketed decoding, margin-aware background calibration at prob_thd 0.4
     "activesam": DenseMethodSpec(_SAM3_SETTINGS, module="activesam", class_files="activesam",
-                                 knobs_class=ActiveSamKnobs, presets=ACTIVESAM_PRESETS),
+                                 knobs_class=ActiveSamKnobs, presets=ACTIVESAM_PRESETS, segment_only=_SAM3_ONLY),
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
 
@@ -277,7 +278,7 @@ def segment_only(method: str, command: str) -> str | None:
     spec = DENSE_SPECS.get(method)
     if spec is None or not spec.segment_only:
         return None
-    return (f"{command} --dense {method}: the method needs {spec.segment_only} per photo, which only `vpltool "
+    return (f"{command} --dense {method}: the method needs {spec.segment_only}, which only `vpltool "
             f"segment` takes; choose another --dense method here ({', '.join(PLAIN_METHODS[1:])})")
 
 

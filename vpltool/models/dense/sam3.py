@@ -101,13 +101,15 @@ def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings:
 
 
 class Sam3Backbone:
-    """The model SAM 3's methods run (``bb`` in their hooks): the ``sam3`` family's model (``Sam3``), and what the
-    shared segmentor reads of a backbone. The photo reaches the method whole (its ``extra_inputs``): the shared
-    resize is not used, so its ``pixels`` are a placeholder."""
+    """The model SAM 3's methods run (``bb`` in their hooks): ``sam``, the ``sam3`` family's model (``Sam3``; its
+    ``nn.Module`` is ``model``), and what the shared segmentor reads of a backbone. The photo reaches the method
+    whole (its ``extra_inputs``): the shared resize is not used, so its ``pixels`` are a placeholder."""
 
-    def __init__(self, model, hooks, device):
-        self.model, self.hooks, self.device = model, hooks, torch.device(device)
-        self.embed_dim, self.patch_size = int(model.width), int(model.patch)
+    tokenizer = None  # the words are prompts as they are: no unknown word to warn of
+
+    def __init__(self, sam, hooks, device):
+        self.sam, self.model, self.hooks, self.device = sam, sam.model, hooks, torch.device(device)
+        self.embed_dim, self.patch_size = int(sam.width), int(sam.patch)
         self._text: dict = {}
 
     def text_of(self, words: Sequence[str]):
@@ -115,7 +117,7 @@ class Sam3Backbone:
         bucket are picked from it (ActiveSAM's per-prompt text cache)."""
         key = tuple(words)
         if key not in self._text:
-            self._text = {key: self.model.encode_text(list(words))}
+            self._text = {key: self.sam.encode_text(list(words))}
         return self._text[key]
 
     @property
@@ -123,13 +125,15 @@ class Sam3Backbone:
         return _Placeholder()
 
     def pixels(self, loaded, size) -> torch.Tensor:
-        return loaded.to(self.device, torch.float32)
+        """The placeholders (a collated batch, or a list of them) as ``[B, 3, 1, 1]`` float32 on the device."""
+        batch = torch.stack(list(loaded)) if isinstance(loaded, (list, tuple)) else loaded
+        return batch.to(self.device, torch.float32)
 
     def encode_text(self, prompts, exact: bool = False) -> torch.Tensor:
         raise VplError(f"--dense {self.hooks.method} prompts SAM 3 with the words themselves; it has no text rows")
 
     def to(self, device) -> Sam3Backbone:
-        return Sam3Backbone(self.model.to(device), self.hooks, device)
+        return Sam3Backbone(self.sam.to(device), self.hooks, device)
 
 
 class _Placeholder:
@@ -187,7 +191,7 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         knobs = sam3_settings(self.cfg)
         encoded = bb.text_of(text.words)
-        return [sam3_scores(bb.model, extras[i]["photo"], encoded, tuple(size), knobs)
+        return [sam3_scores(bb.sam, extras[i]["photo"], encoded, tuple(size), knobs)
                 for i, size in enumerate(sizes)]
 
     def features(self, bb, pixels, fp16_pos=False):

@@ -113,11 +113,11 @@ class Hooks(DenseHooks, method="activesam", preset=PRESET):
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         s = ActiveSamSettings(self.cfg)
-        key = (text.words, id(bb.model))
+        key = (text.words, id(bb.sam))
         if getattr(self, "_bank_key", None) != key:  # once per vocabulary and model
-            self._bank, self._bank_key = build_bank(bb.model, text.words, s).to(bb.model.device), key
+            self._bank, self._bank_key = build_bank(bb.sam, text.words, s).to(bb.sam.device), key
         encoded = bb.text_of([canonical(w) for w in text.words])
-        return [activesam_scores(bb.model, extras[i]["photo"], encoded, tuple(size), s, self._bank)[0]
+        return [activesam_scores(bb.sam, extras[i]["photo"], encoded, tuple(size), s, self._bank)[0]
                 for i, size in enumerate(sizes)]
 
     def features(self, bb, pixels, fp16_pos=False):
