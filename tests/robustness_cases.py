@@ -6187,6 +6187,85 @@ def _weclip_with_dino(ws: Workspace) -> Iterator[list[object]]:
 
 
 
+# ---- SAM 3's two methods: its weights (--sam3-weights), ActiveSAM's WordNet (nltk's data), their knobs
+def _sam3_weights(ws: Workspace) -> Path:
+    """The sam3 family's tiny seeded SAM 3 in Hugging Face's layout, made once per workspace under ``sam3/``."""
+    folder = ws.root / "sam3"
+    if not (folder / "model.safetensors").is_file():
+        from vpltool.models.backbones.sam3_files import write_tiny
+
+        write_tiny(folder, "hf")
+    return folder
+
+
+def _sam3_args(ws: Workspace, method: str, name: str, *more: object) -> list[object]:
+    return ["segment", ws.world, "--split", "val", "-o", ws.out(name), *CPU, "--classes", "star,circle", "--dense",
+            method, *more]
+
+
+@contextlib.contextmanager
+def _no_sam3_load() -> Iterator[None]:
+    """While the case runs, building SAM 3's model fails loudly: its refusal comes before."""
+    from vpltool.models.dense import sam3
+
+    with _no_model_load(), mock.patch.object(sam3, "load_sam3", side_effect=AssertionError("a model loaded")):
+        yield
+
+
+@case("segment --dense sam3 without --sam3-weights", "--dense sam3 needs SAM 3's weights: pass --sam3-weights")
+def _sam3_no_weights(ws: Workspace) -> Iterator[list[object]]:
+    with _no_sam3_load():
+        yield _sam3_args(ws, "sam3", "seg_sam3")
+
+
+@case("segment --dense sam3 with --sam3-weights a torch file of another model", "sam3_other.pt: holds no "
+      "detector.* tensors", "pass SAM 3's weights")
+def _sam3_other_file(ws: Workspace) -> Iterator[list[object]]:
+    import torch
+
+    torch.save({"weight": torch.zeros(2)}, ws.root / "sam3_other.pt")
+    with _no_sam3_load():
+        yield _sam3_args(ws, "sam3", "seg_sam3", "--sam3-weights", ws.root / "sam3_other.pt")
+
+
+@case("segment --dense activesam where nltk finds no WordNet data (offline, never downloaded)", "nltk finds no "
+      "WordNet data", "python -m nltk.downloader wordnet", "--hypernym-tokens 0")
+def _activesam_no_wordnet(ws: Workspace) -> Iterator[list[object]]:
+    import nltk
+    from nltk.corpus.reader import WordNetCorpusReader
+    from nltk.corpus.util import LazyCorpusLoader
+
+    from vpltool.models.dense.activesam import vocabulary
+
+    empty = ws.root / "nltk_data_empty"
+    empty.mkdir(exist_ok=True)
+    vocabulary.wordnet.cache_clear()
+    with _no_sam3_load(), mock.patch.object(nltk.data, "path", [str(empty)]), \
+            mock.patch("nltk.corpus.wordnet", LazyCorpusLoader("wordnet", WordNetCorpusReader, None)):
+        yield _sam3_args(ws, "activesam", "seg_activesam", "--sam3-weights", _sam3_weights(ws))
+    vocabulary.wordnet.cache_clear()
+
+
+@case("segment --dense activesam --quantile-alpha 1.5", "--quantile-alpha 1.5: must be in [0, 1]")
+def _activesam_alpha(ws: Workspace) -> Iterator[list[object]]:
+    with _no_sam3_load():
+        yield _sam3_args(ws, "activesam", "seg_activesam", "--sam3-weights", _sam3_weights(ws),
+                         "--quantile-alpha", "1.5")
+
+
+@case("segment --dense sam3 --sam3-heads mask", "--sam3-heads 'mask': give one of instance, semantic, both")
+def _sam3_heads(ws: Workspace) -> Iterator[list[object]]:
+    with _no_sam3_load():
+        yield _sam3_args(ws, "sam3", "seg_sam3", "--sam3-weights", _sam3_weights(ws), "--sam3-heads", "mask")
+
+
+@case("cam --dense sam3 (SAM 3 is a model only segment takes)", "cam --dense sam3: the method needs SAM 3",
+      "which only `vpltool segment` takes")
+def _sam3_cam(ws: Workspace) -> Iterator[list[object]]:
+    with _no_sam3_load():
+        yield ["cam", ws.world, "-p", ws.text, "-o", ws.out("cam_sam3"), *CPU, "--dense", "sam3"]
+
+
 # ---- a foreign item in a finished folder: each item records the digest of the run that wrote it (its stage,
 # parameters and inputs); every reader compares it with the folder's record (vpltool.io.provenance)
 def _foreign(ws: Workspace, source: Path, name: str, other: Path, suffix: str) -> Path:
