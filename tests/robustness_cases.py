@@ -6231,11 +6231,15 @@ def _sam3_other_file(ws: Workspace) -> Iterator[list[object]]:
 @case("segment --dense activesam where nltk finds no WordNet data (offline, never downloaded)", "nltk finds no "
       "WordNet data", "python -m nltk.downloader wordnet", "--hypernym-tokens 0")
 def _activesam_no_wordnet(ws: Workspace) -> Iterator[list[object]]:
+    saved = dict(os.environ)  # nltk's import sets OpenMP's variables (vpltool puts them back: so does the case)
     import nltk
     from nltk.corpus.reader import WordNetCorpusReader
     from nltk.corpus.util import LazyCorpusLoader
 
     from vpltool.models.dense.activesam import vocabulary
+
+    os.environ.clear()
+    os.environ.update(saved)
 
     empty = ws.root / "nltk_data_empty"
     empty.mkdir(exist_ok=True)

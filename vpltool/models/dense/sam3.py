@@ -34,7 +34,8 @@ from .hooks import DenseHooks
 from .mixing import DenseMixing
 
 PRESET = DenseMixing("sam3")  # no CLIP block is mixed: the name alone
-BUCKET = 32  # prompts grounded in one forward (ActiveSAM's bucket_size); the result is each prompt's own
+BUCKET = 8  # prompts grounded in one forward (smaller than ActiveSAM's 32: less memory traffic on a CPU); the
+# result is each prompt's own
 MASK_CHUNK = 16  # instance masks folded at a time
 
 
@@ -91,12 +92,26 @@ def word_scores(concepts: Sequence[Any], settings: Sam3Settings) -> torch.Tensor
 def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
     """Steps 1-3 for one photo: ``sam`` the family's model, ``text`` its encoding of the Q words (once per run) ->
     ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
+    from dataclasses import replace
+
     image = sam.encode_image(sam.prepare(photo))
-    n = int(text.features.shape[0])
+    n, threshold = int(text.features.shape[0]), settings.confidence_threshold
     out = []
     for start in range(0, n, BUCKET):
-        grounding = sam.ground(image, text.select(list(range(start, min(start + BUCKET, n)))))
-        out.append(word_scores(sam.concepts(grounding, size, settings.confidence_threshold), settings))
+        index = list(range(start, min(start + BUCKET, n)))
+        if settings.heads != "instance":
+            out.append(word_scores(sam.concepts(sam.ground(image, text.select(index)), size, threshold), settings))
+            continue
+        # instance masks alone: a prompt none of whose queries is kept scores 0 everywhere, so the segmentation
+        # head runs for the others only (the same numbers, without the work the reference throws away)
+        g = sam.ground(image, text.select(index), masks=threshold)
+        maps = torch.zeros(len(index), *size, device=g.pred_logits.device)
+        if g.mask_prompts:
+            rows = g.mask_prompts
+            kept = replace(g, pred_logits=g.pred_logits[rows], presence_logits=g.presence_logits[rows],
+                           pred_boxes=g.pred_boxes[rows], mask_prompts=None)
+            maps[rows] = word_scores(sam.concepts(kept, size, threshold), settings).to(maps.dtype)
+        out.append(maps)
     return torch.cat(out)
 
 

@@ -40,6 +40,7 @@ AMBIGUOUS = {
     "tie": "necktie", "remote": "remote control", "mouse": "computer mouse", "monitor": "computer monitor",
     "ashcan": "trash can", "plaything": "toy", "buffet": "sideboard",
 }
+_NLTK_ENV = ("KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")  # what importing nltk sets in os.environ
 WORDNET_FIX = ("install nltk and its WordNet data (pip install nltk; python -m nltk.downloader wordnet, or copy an "
                "nltk_data folder holding corpora/wordnet and set NLTK_DATA to it), or pass --hypernym-tokens 0")
 
@@ -65,11 +66,20 @@ def canonical(name: str, universal: bool = True) -> str:
 def wordnet():
     """nltk's WordNet reader, loaded now; one line naming the fix when nltk or its data is missing (the
     reference then silently adds no hypernym token, which is another method: vpltool refuses)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in _NLTK_ENV}
     try:
         from nltk.corpus import wordnet as wn
     except ImportError:
         raise VplError(f"--dense activesam reads WordNet's hypernyms through nltk, which is not installed: "
                        f"{WORDNET_FIX}") from None
+    finally:  # nltk's import sets OpenMP's variables for the whole process (and its workers): put them back
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         wn.ensure_loaded()
     except LookupError:
