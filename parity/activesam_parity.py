@@ -202,6 +202,37 @@ def hypernym_gap(ours, theirs, has) -> float:
     return worst
 
 
+def page(r: dict) -> dict:
+    """The section docs/parity.md shows for this run (``docgen/parity_page.py`` reads it)."""
+    rows = []
+    for m in ("sam3", "activesam"):
+        if m not in r:
+            continue
+        x = r[m]
+        rows += [[f"{m}: per-word scores (``_inference_single_view``), max abs diff", x["scores"]],
+                 [f"{m}: class scores after the alias collapse, max abs diff", x["probs"]],
+                 [f"{m}: labels equal (its background rule at prob_thd {x['overrides']['prob_thd']})",
+                  x["labels_equal"]]]
+        if m == "activesam":
+            rows += [["activesam: neighbour tokens, max abs diff", x["neighbors"]],
+                     ["activesam: hypernym tokens, max abs diff (each word's in the order that fits)", x["hypernyms"]],
+                     ["activesam: preview presence scores, max abs diff", x["presence"]],
+                     ["activesam: kept words equal on every photo", x["active_equal"]]]
+    arch = r["model"]["arch"]
+    return {"title": "SAM 3 and ActiveSAM (`--dense sam3`, `--dense activesam`)",
+            "command": f"`python parity/activesam_parity.py --ref ActiveSAM` (`parity/activesam_ref_runner.py` runs "
+                       f"the clone's ActiveSAM and FrozenSAM3Segmentor with its vendored Meta sam3). Clone: "
+                       f"{r['reference']['repo']} `{(r['reference']['commit'] or '?')[:7]}`; a reduced SAM 3 on both "
+                       f"sides ({arch['vit_depth']}-block ViT of width {arch['vit_width']} at {arch['image']} px, "
+                       f"windows of {arch['window']}, {arch['text_layers']} text layers, "
+                       f"{arch['encoder_layers']} + {arch['decoder_layers']} DETR layers, 200 queries) with the sam3 "
+                       f"family's seeded weights in Meta's layout; a small WordNet in nltk's format read by both; "
+                       f"{r['images']} photos, configs/cfg_voc21.py's 21 words; ActiveSAM's preview prunes to 8 "
+                       "words, buckets of 4.",
+            "bar": f"max abs diff <= {r['bar']['max_abs']:g}, labels equal >= {r['bar']['labels_equal']:.1%}",
+            "rows": rows}
+
+
 def commit_of(folder: Path) -> str:
     try:
         return subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -232,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         result[method] = {"overrides": OVERRIDES[method], "vpltool_settings": KNOBS[method],
                           "reference_seconds": round(seconds, 1), **compare(method, s, ref)}
     result["bar_met"] = all(result[m]["bar_met"] for m in args.methods.split(","))
+    result["page"] = page(result)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
