@@ -14,25 +14,10 @@ from typing import Any
 
 from ..entry_points import DerivedMap, DerivedTuple, PluginTable
 from ..errors import VplError, VplWarning
+from . import dense_knobs, dense_presets
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
-from .dense_knobs import (
-    ActiveSamKnobs,
-    CassKnobs,
-    CorrCLIPKnobs,
-    OVStitcherKnobs,
-    RadsegKnobs,
-    Sam3Knobs,
-    TextRegionKnobs,
-    TridentKnobs,
-)
-from .dense_presets import (
-    ACTIVESAM_PRESETS,
-    CORRCLIP_PRESETS,
-    OV_STITCHER_PRESETS,
-    RADSEG_PRESETS,
-    SAM3_PRESETS,
-    TEXTREGION_PRESETS,
-)
+from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
+from .dense_presets import CORRCLIP_PRESETS, OV_STITCHER_PRESETS, RADSEG_PRESETS, TEXTREGION_PRESETS
 from .knobs import Knob, MethodKnobs, knob  # noqa: F401 (the knobs of a method are written with these)
 from .method_presets import MethodPresets
 
@@ -140,7 +125,7 @@ _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_s
                                    slide_stride=224, crop_mode="pad", whole="direct")
 
 
-# SAM 3's methods read the decoded photo (SAM 3 resizes it to its own square input): the shared resize is not used
+# SAM 3's methods read the decoded photo (SAM 3 resizes it to its own square input), not the shared resize's
 _SAM3_ONLY = "SAM 3 (--sam3-weights), its model in place of a CLIP"
 _SAM3_SETTINGS = DenseSettings(logit_scale=1.0, prob_threshold=0.4, short_side=1008, slide_crop=0, slide_stride=112,
                                crop_mode="floor", whole="direct")
@@ -211,14 +196,13 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
                               module="radseg", proxy_model="naflexvit_base_patch16_radio_v3", class_files="proxyclip",
                               knobs_class=RadsegKnobs,
                               presets=RADSEG_PRESETS),
-    # VILA-Lab/ActiveSAM activesam/model/base.py FrozenSAM3Segmentor + cfg_voc21.py: SAM 3 (no CLIP) prompted with
-    # each query word at its own 1008-pixel square input; scores are probabilities (no logit scale), prob_thd 0.4
-    "sam3": DenseMethodSpec(_SAM3_SETTINGS, module="sam3", class_files="activesam", knobs_class=Sam3Knobs,
-                            presets=SAM3_PRESETS, segment_only=_SAM3_ONLY),
-    # activesam/model/segmentor.py + configs/base_config.py + cfg_voc21.py: prompt expansion, the presence preview's
-    # pruning, bucketed decoding, margin-aware background calibration at prob_thd 0.4
+    # VILA-Lab/ActiveSAM base.py's FrozenSAM3Segmentor + cfg_voc21.py: SAM 3 prompted with each word; prob_thd 0.4
+    "sam3": DenseMethodSpec(_SAM3_SETTINGS, module="sam3", class_files="activesam", knobs_class=dense_knobs.Sam3Knobs,
+                            presets=dense_presets.SAM3_PRESETS, segment_only=_SAM3_ONLY),
+    # its segmentor.py + base_config.py + cfg_voc21.py: expansion, preview, buckets, MABC at prob_thd 0.4
     "activesam": DenseMethodSpec(_SAM3_SETTINGS, module="activesam", class_files="activesam",
-                                 knobs_class=ActiveSamKnobs, presets=ACTIVESAM_PRESETS, segment_only=_SAM3_ONLY),
+                                 knobs_class=dense_knobs.ActiveSamKnobs, presets=dense_presets.ACTIVESAM_PRESETS,
+                                 segment_only=_SAM3_ONLY),
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
 
