@@ -276,3 +276,24 @@ def test_segment_end_to_end_resume_and_bad_input(tiny_sam3, small_world, wordnet
     _fresh_wordnet(monkeypatch, tmp_path)
     r = _cli("segment", small_world, "--dense", "activesam", "-o", tmp_path / "bad", *common)
     assert r.exit_code == 2 and "nltk.downloader wordnet" in r.output and not (tmp_path / "bad").exists()
+
+
+def test_ground_runs_the_heads_of_prompts_with_a_kept_query_alone(tiny_sam3):
+    """The family's ``ground(..., masks=score)``, which the SAM 3 row uses: the heads of the prompts with a query
+    above the score, the same rows as the whole heads give."""
+    from vpltool.models import load_model
+    from vpltool.models.backbones.sam3 import Sam3Spec
+
+    sam = load_model("sam3", Sam3Spec(str(tiny_sam3)), "cpu")
+    image = sam.encode_image(sam.prepare(torch.randint(0, 255, (40, 50, 3), dtype=torch.uint8)))
+    text = sam.encode_text(["cat", "dog", "sofa", "sky"])
+    whole = sam.ground(image, text)
+    scores = whole.scores()
+    cut = float(scores.max(1).values.median())  # about half the prompts keep a query
+    part = sam.ground(image, text, masks=cut)
+    rows = [k for k in range(4) if bool((scores[k] > cut).any())]
+    assert part.mask_prompts == rows and 0 < len(rows) < 4
+    assert torch.allclose(part.pred_masks, whole.pred_masks[rows], atol=1e-5)
+    assert torch.allclose(part.semantic_seg, whole.semantic_seg[rows], atol=1e-5)
+    none = sam.ground(image, text, masks=1.0)
+    assert none.mask_prompts == [] and none.pred_masks is None
