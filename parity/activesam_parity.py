@@ -209,7 +209,7 @@ def page(r: dict) -> dict:
         if m not in r:
             continue
         x = r[m]
-        rows += [[f"{m}: per-word scores (``_inference_single_view``), max abs diff", x["scores"]],
+        rows += [[f"{m}: per-word scores (`_inference_single_view`), max abs diff", x["scores"]],
                  [f"{m}: class scores after the alias collapse, max abs diff", x["probs"]],
                  [f"{m}: labels equal (its background rule at prob_thd {x['overrides']['prob_thd']})",
                   x["labels_equal"]]]
