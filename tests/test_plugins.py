@@ -226,3 +226,39 @@ def test_a_text_family_from_a_plugin_segments_by_its_checkpoint(world, tmp_path)
     got = run_with([site], TEXT_RUN, str(world), str(tmp_path))
     assert got["exit"] == 0 and "segment (toytext): 3 masks" in got["output"], got["output"]
     assert got["methods"] == ["toytext"] and got["labels"] == [96, 96]
+
+
+RUDE_RUN = """
+import json, subprocess, sys
+from vpltool import list_methods, plugins
+methods = list_methods()  # a Python program: the plugin's sys.exit must not end it
+said = plugins.problems()
+def vpltool(*args):
+    done = subprocess.run([sys.executable, "-m", "vpltool", *args], capture_output=True, text=True)
+    return [done.returncode, done.stdout, done.stderr]
+print(json.dumps({"methods": methods, "problems": said, "version": vpltool("-V"),
+                  "help": vpltool("segment", "--help")}))
+"""
+
+
+def test_a_plugin_that_exits_interrupts_parses_argv_or_prints_is_kept_inside_its_line(tmp_path):
+    """sys.exit(0) and KeyboardInterrupt in register() are one line each and the plugin is left out (the row it
+    added before exiting too), in a Python program and on the command line; a plugin that runs argparse when imported
+    sees no command line, and one that prints does not print into `vpltool -V`."""
+    from plugin_sites import write_rude
+
+    got = run_with([write_rude(tmp_path / "site")], RUDE_RUN)
+    lines = {d: [x for x in got["problems"] if x.startswith(f"plugin {d} 0.1.0:")]
+             for d in ("vpltool-exits", "vpltool-interrupts", "vpltool-argparse", "vpltool-prints")}
+    (exits,) = lines["vpltool-exits"]
+    assert "failed (it called sys.exit(0))" in exits and "pip uninstall vpltool-exits" in exits, exits
+    (interrupted,) = lines["vpltool-interrupts"]
+    assert "failed (KeyboardInterrupt in it)" in interrupted, interrupted
+    assert lines["vpltool-argparse"] == [] and lines["vpltool-prints"] == []
+    assert "exits" not in got["methods"] and "argparsed" in got["methods"] and "naclip" in got["methods"]
+    code, out, err = got["version"]
+    assert code == 0 and out.splitlines() == [f"vpltool {__import__('vpltool').__version__}"], (out, err)
+    assert "hello from a plugin" not in out + err and "Traceback" not in err
+    code, out, err = got["help"]
+    assert code == 0 and out.startswith("Usage: python -m vpltool segment") and "argparse-plugin" not in out + err
+    assert "argparsed" in out, out
