@@ -62,6 +62,13 @@ BROKEN = {
         "    spread: float | None = knob('--overlay', 'an option segment has already')\n"
         "def register():\n    register_dense_method('badknob', DenseMethodSpec(DENSE_SEGMENTORS['naclip'], "
         "module='bad_knob', knobs_class=Knobs))\n")}),
+    "vpltool-numpy-hooks": ("numpy_hooks:register", {
+        "numpy_hooks": SPEC + "def register():\n    register_dense_method('numpy-hooks', DenseMethodSpec("
+                              "DENSE_SEGMENTORS['naclip'], module='numpy_hooks_method'))\n",
+        "numpy_hooks_method": "from vpltool.models.dense import DenseHooks, DENSE_PRESETS\n"
+                              "class Hooks(DenseHooks, method='numpy-hooks', preset=DENSE_PRESETS['naclip']):\n"
+                              "    def postprocess(self, bb, probs, labels, extras, settings):\n"
+                              "        return probs.numpy(), labels.numpy()\n"}),
     "vpltool-bad-text": ("bad_text:register", {
         "bad_text": "from vpltool.plugins import TextFamilyRow, register_text_family\n"
                     "def register():\n    register_text_family('badtext', TextFamilyRow('bad_text_family', "

@@ -105,9 +105,11 @@ r = CliRunner()
 plain = r.invoke(app, [*args, "-o", out + "/naclip", "--dense", "naclip"])
 misspelt = r.invoke(app, [*args, "-o", out + "/misspelt", "--dense", "misspelt"])
 clash = r.invoke(app, [*args, "-o", out + "/clash", "--dense", "clash"])
+numpy = r.invoke(app, [*args, "-o", out + "/numpy", "--dense", "numpy-hooks"])
 from vpltool import list_methods
 print(json.dumps({"plain": [plain.exit_code, plain.output], "misspelt": [misspelt.exit_code, misspelt.output],
-                  "clash": [clash.exit_code, clash.output[-600:]], "methods": list_methods()}))
+                  "clash": [clash.exit_code, clash.output[-600:]], "methods": list_methods(),
+                  "numpy": [numpy.exit_code, numpy.output]}))
 """
 
 
@@ -134,6 +136,13 @@ def test_a_broken_plugin_is_one_line_naming_it_and_the_other_commands_run(exampl
     assert "misspelt" in got["methods"] and "example-smooth" in got["methods"] and "badtext" not in got["methods"]
     assert "badknob" in got["methods"]  # its method stays, with its knob at its default
     assert set(BROKEN) >= {d.split()[0] for d in words}
+    code, output = got["numpy"]  # its post-process returns numpy arrays: one line naming the hook, nothing written
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in output, output
+    assert errors[0].startswith("error: plugin vpltool-numpy-hooks 0.1.0: --dense numpy-hooks: its hook postprocess "
+                                "returned a tuple of 2 (a numpy array "), errors[0]
+    assert "pip uninstall vpltool-numpy-hooks" in errors[0]
+    assert not list((tmp_path / "numpy").glob("*.png"))
 
 
 def test_a_row_added_in_process_joins_every_list_derived_from_the_table(monkeypatch):
@@ -262,3 +271,44 @@ def test_a_plugin_that_exits_interrupts_parses_argv_or_prints_is_kept_inside_its
     code, out, err = got["help"]
     assert code == 0 and out.startswith("Usage: python -m vpltool segment") and "argparse-plugin" not in out + err
     assert "argparsed" in out, out
+
+
+def test_a_hook_that_returns_another_kind_is_one_line_naming_it():
+    """What a class's own hook returns is checked where it returns (DenseHooks' RETURNS): None, a numpy array, a
+    tensor of another rank or a list of the wrong count is one ContractError naming the method and the hook."""
+    import numpy as np
+    import torch
+
+    from vpltool.errors import ContractError
+    from vpltool.models.dense import DENSE_PRESETS, DenseHooks
+
+    class Hooks(DenseHooks, method="test-returns", preset=DENSE_PRESETS["naclip"]):
+        def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+            return self.cfg
+
+        def feature_grid(self, bb, size):
+            return np.array(size) // 16
+
+        def postprocess(self, bb, probs, labels, extras, settings):
+            return probs, labels.float()
+
+        def probabilities(self, bb, logits, query_class, n_classes, settings):
+            return logits.softmax(0), logits.argmax(0)  # a row per query, not per class
+
+    probs, labels = torch.rand(2, 4, 5), torch.zeros(4, 5, dtype=torch.int64)
+    text, pixels = torch.zeros(3, 8), torch.zeros(1, 3, 32, 40)
+    for hooks, call, said in (
+            (Hooks(None), lambda h: h.dense_logits(None, pixels, text, [(4, 5)], None, [{}]), "returned None; it "
+             "returns a list of one [Q, H0, W0] float tensor per image, at its size"),
+            (Hooks([torch.zeros(3, 4, 6)]), lambda h: h.dense_logits(None, pixels, text, [(4, 5)], None, [{}]),
+             "returned a list of 1 (a 3-d torch.float32 tensor [3, 4, 6])"),
+            (Hooks(), lambda h: h.feature_grid(None, (32, 48)), "returned a numpy array [2] int64"),
+            (Hooks(), lambda h: h.postprocess(None, probs, labels, {}, None), "returned a tuple of 2 (a 3-d "
+             "torch.float32 tensor [2, 4, 5], a 2-d torch.float32 tensor [4, 5])"),
+            (Hooks(), lambda h: h.probabilities(None, torch.rand(3, 4, 5), torch.tensor([0, 1, 1]), 2, None),
+             "returned a tuple of 2 (a 3-d torch.float32 tensor [3, 4, 5]")):
+        with pytest.raises(ContractError) as e:
+            call(hooks)
+        assert str(e.value).startswith("--dense test-returns: its hook ") and said in str(e.value), str(e.value)
+    # what keeps its contract passes through unchanged
+    assert Hooks().probabilities(None, torch.rand(2, 4, 5), torch.arange(2), 2, None)[1].dtype == torch.int64
