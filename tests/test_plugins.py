@@ -312,3 +312,32 @@ def test_a_hook_that_returns_another_kind_is_one_line_naming_it():
         assert str(e.value).startswith("--dense test-returns: its hook ") and said in str(e.value), str(e.value)
     # what keeps its contract passes through unchanged
     assert Hooks().probabilities(None, torch.rand(2, 4, 5), torch.arange(2), 2, None)[1].dtype == torch.int64
+
+
+def test_a_plugin_knob_that_refuses_a_value_with_value_error_is_one_line(monkeypatch):
+    """A plugin's knobs class refusing a value as dataclasses commonly do (ValueError in __post_init__) is one
+    VplError naming the method, the plugin and the value, on the command line (exit 2) and in Python."""
+    from dataclasses import dataclass
+
+    import vpltool
+    from vpltool.config.dense import DENSE_SEGMENTORS, DENSE_SPECS, DenseMethodSpec, MethodKnobs, SegmentConfig, knob
+    from vpltool.errors import VplError
+    from vpltool.plugins import VplError as PluginsVplError
+
+    @dataclass(frozen=True)
+    class Knobs(MethodKnobs):
+        spread: int | None = knob("--spread", "a stand-in knob.")
+
+        def __post_init__(self) -> None:
+            if self.spread is not None and self.spread < 0:
+                raise ValueError("negative spread")
+
+    monkeypatch.setitem(DENSE_SPECS, "test-valueerror", DenseMethodSpec(DENSE_SEGMENTORS["naclip"],
+                                                                        module="test_plugins", knobs_class=Knobs))
+    with pytest.raises(VplError, match=r"^--dense test-valueerror \(plugin this process\): negative spread \(given "
+                                       r"--spread -1\)$"):
+        SegmentConfig.of(dense="test-valueerror", spread=-1)
+    with pytest.raises(VplError, match="negative spread"):
+        vpltool.segmenter("test-valueerror", spread=-1)
+    assert SegmentConfig.of(dense="test-valueerror", spread=2).knobs == Knobs(spread=2)
+    assert PluginsVplError is VplError  # the type a plugin raises: vpltool's own one-line error

@@ -22,6 +22,11 @@ when the method or family is used. It calls the functions here:
 A plugin that fails (its function raises, a row is malformed, a name is vpltool's own or another plugin's, its
 module does not import or misspells a hook) is one line naming its distribution and the fix, and is left out; the
 commands that do not use it go on.
+
+A plugin tells its user of a mistake by raising :class:`VplError` (a bad setting in its knobs class's
+``__post_init__``, a missing file in its ``check`` hook): the command line prints its message as one ``error:``
+line and exits 2, and the Python door raises it as vpltool's own. A knobs class's ``ValueError`` or ``TypeError`` is
+taken as such too.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from . import entry_points
 from .config.dense import DenseMethodSpec, DenseSettings, MethodKnobs, knob
 from .config.method_presets import MethodPresets
+from .errors import VplError
 from .models.backbones.aliases import register_model, register_tokenizer
 from .models.registry import TextFamilyRow
 
@@ -73,4 +79,4 @@ def installed() -> dict[str, Any]:
 
 __all__ = ["register_dense_method", "register_backbone_family", "register_text_family", "register_model",
            "register_tokenizer", "problems", "installed", "DenseMethodSpec", "DenseSettings", "MethodKnobs", "knob",
-           "MethodPresets", "TextFamilyRow"]
+           "MethodPresets", "TextFamilyRow", "VplError"]

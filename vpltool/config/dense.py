@@ -377,7 +377,7 @@ class SegmentConfig:
                     f"--dense {owners}, or drop {flag}")
             warnings.warn(VplWarning(ignored_option(flag, shown_value(value), f"without --dense {owners}")),
                           stacklevel=2)
-        return cls(dense=dense, knobs=own_class(**knobs), **options)
+        return cls(dense=dense, knobs=method_knobs(dense, knobs), **options)
 
     @classmethod
     def option_names(cls, dense: str | None = None) -> list[str]:
@@ -425,6 +425,26 @@ class SegmentConfig:
             require(False, f"--slide-stride {out.slide_stride} is larger than --slide-crop {out.slide_crop}: pixels "
                     "between windows would have no score")
         return out
+
+
+def method_knobs(dense: str, given: dict[str, Any]) -> MethodKnobs:
+    """``--dense dense``'s knobs class made with ``given`` (by field). A plugin's class that refuses a value with a
+    ``ValueError`` or ``TypeError`` (as a dataclass's ``__post_init__`` commonly does) is one line, as its
+    :class:`~vpltool.errors.VplError` is (``vpltool.plugins.VplError``, the type a plugin raises)."""
+    spec = DENSE_SPECS[dense]
+    if spec.plugin is None:  # vpltool's own classes refuse in one line themselves; anything else is a bug
+        return spec.knobs_class(**given)
+    try:
+        return spec.knobs_class(**given)
+    except VplError:
+        raise
+    except (ValueError, TypeError) as e:
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        options = [f"{KNOBS[k].option.split('/')[0]} {shown_value(v)}" for k, v in given.items()
+                   if v is not None and k in KNOBS]
+        named = any(o.split()[0] in text for o in options)  # its message names the option already
+        given_ = "" if named or not options else f" (given {', '.join(options)})"
+        raise VplError(f"--dense {dense} (plugin {spec.plugin}): {text}{given_}") from None
 
 
 # segment's options as cam and predict spell them (their --dense-* block), for their messages

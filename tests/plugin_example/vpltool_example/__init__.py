@@ -13,6 +13,7 @@ from vpltool.plugins import (
     DenseSettings,
     MethodKnobs,
     MethodPresets,
+    VplError,
     knob,
     register_backbone_family,
     register_dense_method,
@@ -30,8 +31,6 @@ class SmoothKnobs(MethodKnobs):
 
     def __post_init__(self) -> None:
         if self.smooth_size is not None and (self.smooth_size < 1 or self.smooth_size % 2 == 0):
-            from vpltool.errors import VplError
-
             raise VplError(f"--smooth-size {self.smooth_size}: give an odd number of pixels >= 1 (1 = off)")
 
 
