@@ -341,3 +341,12 @@ def test_a_plugin_knob_that_refuses_a_value_with_value_error_is_one_line(monkeyp
         vpltool.segmenter("test-valueerror", spread=-1)
     assert SegmentConfig.of(dense="test-valueerror", spread=2).knobs == Knobs(spread=2)
     assert PluginsVplError is VplError  # the type a plugin raises: vpltool's own one-line error
+
+
+def test_a_knob_s_help_gets_its_methods_prefix_once():
+    """`--help` puts `--dense NAME: ` before a knob's text (knob()'s docstring says so); a plugin's text that starts
+    with it already is not prefixed twice."""
+    from vpltool.cli.dense_options import knob_help
+
+    assert knob_help(("cass",), "the share [default: 0.1].") == "--dense cass: the share [default: 0.1]."
+    assert knob_help(("my-method",), "--dense my-method: the share.") == "--dense my-method: the share."

@@ -104,8 +104,15 @@ def _knob_type(field: str) -> object:
     owners = KNOB_METHODS[field]
     kind = DENSE_SPECS[owners[0]].knobs_class.types()[field]
     knob = KNOBS[field]
-    return Annotated[Optional[kind], typer.Option(knob.option, help=f"--dense {_methods(owners)}: {knob.help}",
+    return Annotated[Optional[kind], typer.Option(knob.option, help=knob_help(owners, knob.help),
                                                   show_default=False)]
+
+
+def knob_help(owners: tuple[str, ...], text: str) -> str:
+    """A knob's ``--help``: ``--dense NAME: `` (the methods that read it) before the knob's own text, which
+    :func:`vpltool.config.knobs.knob` says not to start so; a text that does anyway keeps its own."""
+    prefix = f"--dense {_methods(owners)}: "
+    return text if text.startswith(("--dense ", prefix)) else prefix + text
 
 
 # every method's own knobs, in DENSE_SPECS' order

@@ -36,7 +36,10 @@ def knob(option: str, help: str, *, uses: tuple[str, ...] = (), when: tuple[str,
         @dataclass(frozen=True)
         class CassKnobs(MethodKnobs):
             global_weight: float | None = knob("--global-weight", "the image embedding's share ... [default: 0.1].")
-    """
+
+    ``help`` is what follows ``--dense NAME: `` in ``--help``: the command line puts the names of the methods that
+    read the knob first (``--global-weight  --dense cass: the image embedding's share ...``), so the text starts
+    with what the knob is, lower-case, and ends with its default in ``[default: ...]`` (None shows no value)."""
     return field(default=None, metadata={"option": option, "help": help, "uses": tuple(uses), "when": tuple(when),
                                          "needs": needs})
 
