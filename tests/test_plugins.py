@@ -106,10 +106,11 @@ plain = r.invoke(app, [*args, "-o", out + "/naclip", "--dense", "naclip"])
 misspelt = r.invoke(app, [*args, "-o", out + "/misspelt", "--dense", "misspelt"])
 clash = r.invoke(app, [*args, "-o", out + "/clash", "--dense", "clash"])
 numpy = r.invoke(app, [*args, "-o", out + "/numpy", "--dense", "numpy-hooks"])
+helped = r.invoke(app, ["segment", "--help"])
 from vpltool import list_methods
 print(json.dumps({"plain": [plain.exit_code, plain.output], "misspelt": [misspelt.exit_code, misspelt.output],
                   "clash": [clash.exit_code, clash.output[-600:]], "methods": list_methods(),
-                  "numpy": [numpy.exit_code, numpy.output]}))
+                  "numpy": [numpy.exit_code, numpy.output], "help": [helped.exit_code, helped.output]}))
 """
 
 
@@ -119,21 +120,24 @@ def test_a_broken_plugin_is_one_line_naming_it_and_the_other_commands_run(exampl
     code, output = got["plain"]
     assert code == 0, output
     lines = [line for line in output.splitlines() if line.startswith("warning: plugin ")]
-    assert len(lines) == 4, output  # the misspelt hook is found when its method runs, not before
+    assert len(lines) == 5, output  # the misspelt hook too: its module is read (not imported) when it registers
     words = {"vpltool-broken-import 0.1.0": "failed (ModuleNotFoundError: No module named 'no_such_package_xyz')",
              "vpltool-clash 0.1.0": "--dense method 'naclip' is vpltool's own; the plugin's is not loaded",
              "vpltool-bad-knob 0.1.0": "its option --overlay is already one of vpltool's; it is left out",
-             "vpltool-bad-text 0.1.0": "its configuration bad_text_config:Config cannot be imported"}
+             "vpltool-bad-text 0.1.0": "its configuration bad_text_config:Config cannot be imported",
+             "vpltool-misspelt 0.1.0": "--dense method 'misspelt': its module misspelt_method: Hooks.dense_logit is "
+                                       "no dense hook; did you mean 'dense_logits'?"}
     for dist, said in words.items():
         (line,) = [x for x in lines if x.startswith(f"warning: plugin {dist}:")]
         assert said in line and f"pip uninstall {dist.split()[0]}" in line, line
-    code, output = got["misspelt"]
+    code, output = got["misspelt"]  # left out: no such method, and the line that says why
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in output, output
-    assert errors[0].startswith("error: plugin vpltool-misspelt 0.1.0: --dense misspelt's module misspelt_method "
-                                "cannot be used (") and "'dense_logit' is no dense hook" in errors[0]
+    assert "--dense 'misspelt'" in errors[0] and "Hooks.dense_logit is no dense hook" in output
     assert got["clash"][0] == 2 and "--dense 'clash'" in got["clash"][1]  # its method is not there: no such name
-    assert "misspelt" in got["methods"] and "example-smooth" in got["methods"] and "badtext" not in got["methods"]
+    assert "misspelt" not in got["methods"] and "example-smooth" in got["methods"] and "badtext" not in got["methods"]
+    code, output = got["help"]  # --help too says which plugins are broken, before the help
+    assert code == 0 and sorted(x for x in output.splitlines() if x.startswith("warning: plugin ")) == sorted(lines)
     assert "badknob" in got["methods"]  # its method stays, with its knob at its default
     assert set(BROKEN) >= {d.split()[0] for d in words}
     code, output = got["numpy"]  # its post-process returns numpy arrays: one line naming the hook, nothing written

@@ -9,14 +9,46 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
+
+
+def _warn_broken_plugins() -> None:
+    """Each broken plugin's line (:func:`vpltool.plugins.problems`) as one ``warning:`` line on stderr, once per
+    process, before a help text: `segment --help` runs no command, whose start would show them."""
+    if _SHOWN:
+        return
+    _SHOWN.append(True)
+    from ..entry_points import problems
+
+    for line in problems():
+        typer.echo(f"warning: {line}", err=True)
+
+
+_SHOWN: list[bool] = []
+
+
+class Group(TyperGroup):
+    """`vpltool`: its help says which plugins are broken first (:func:`_warn_broken_plugins`)."""
+
+    def get_help(self, ctx):
+        _warn_broken_plugins()
+        return super().get_help(ctx)
+
+
+class Command(TyperCommand):
+    """A command: its help says which plugins are broken first (:func:`_warn_broken_plugins`)."""
+
+    def get_help(self, ctx):
+        _warn_broken_plugins()
+        return super().get_help(ctx)
 
 # Plain click help (rich_markup_mode=None): typer's rich panels cut long option names at 80 columns
 # ("--rsc-temperat…"), showed flags as "<bool>" and ate "[default: ...]" as markup; plain help wraps instead, and
 # docs/cli.md is the same text (docgen/cli_docs.py)
 app = typer.Typer(
-    no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_show_locals=False, add_completion=True,
+    cls=Group, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_show_locals=False, add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
     help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + VPL). One stage per command; stages "
     "exchange safetensors and palette PNGs on disk, so any stage can be swapped or re-run alone.",
@@ -66,4 +98,4 @@ def help_cmd(
         typer.echo(sub.get_help(sub_ctx))
 
 
-__all__ = ["app", "help_cmd"]
+__all__ = ["app", "help_cmd", "Command", "Group"]

@@ -17,6 +17,7 @@ from ..errors import VplError, VplWarning
 from . import dense_knobs, dense_presets
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
 from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
+from .dense_plugins import HOOK_NAMES, check_hooks_source, method_knobs  # noqa: F401 (HOOK_NAMES: read here)
 from .dense_presets import CORRCLIP_PRESETS, OV_STITCHER_PRESETS, RADSEG_PRESETS, TEXTREGION_PRESETS
 from .knobs import Knob, MethodKnobs, knob  # noqa: F401 (the knobs of a method are written with these)
 from .method_presets import MethodPresets
@@ -218,6 +219,7 @@ def _plugin_spec(name: str, spec: Any, dist: str) -> DenseMethodSpec:
                        "DenseHooks class (imported when the method is used)")
     check_knobs_class(spec.knobs_class, {k.field: k for row in DENSE_SPECS.rows_so_far().values()
                                          for k in row.knobs})
+    check_hooks_source(spec.module)
     if spec.presets is not None and spec.presets.defaults.get("dense") != name:
         raise VplError(f"its presets' defaults name --dense {spec.presets.defaults.get('dense')!r}; give "
                        f"dense={name!r} there")
@@ -377,7 +379,7 @@ class SegmentConfig:
                     f"--dense {owners}, or drop {flag}")
             warnings.warn(VplWarning(ignored_option(flag, shown_value(value), f"without --dense {owners}")),
                           stacklevel=2)
-        return cls(dense=dense, knobs=method_knobs(dense, knobs), **options)
+        return cls(dense=dense, knobs=method_knobs(dense, DENSE_SPECS[dense], knobs, KNOBS), **options)
 
     @classmethod
     def option_names(cls, dense: str | None = None) -> list[str]:
@@ -427,26 +429,6 @@ class SegmentConfig:
         return out
 
 
-def method_knobs(dense: str, given: dict[str, Any]) -> MethodKnobs:
-    """``--dense dense``'s knobs class made with ``given`` (by field). A plugin's class that refuses a value with a
-    ``ValueError`` or ``TypeError`` (as a dataclass's ``__post_init__`` commonly does) is one line, as its
-    :class:`~vpltool.errors.VplError` is (``vpltool.plugins.VplError``, the type a plugin raises)."""
-    spec = DENSE_SPECS[dense]
-    if spec.plugin is None:  # vpltool's own classes refuse in one line themselves; anything else is a bug
-        return spec.knobs_class(**given)
-    try:
-        return spec.knobs_class(**given)
-    except VplError:
-        raise
-    except (ValueError, TypeError) as e:
-        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        options = [f"{KNOBS[k].option.split('/')[0]} {shown_value(v)}" for k, v in given.items()
-                   if v is not None and k in KNOBS]
-        named = any(o.split()[0] in text for o in options)  # its message names the option already
-        given_ = "" if named or not options else f" (given {', '.join(options)})"
-        raise VplError(f"--dense {dense} (plugin {spec.plugin}): {text}{given_}") from None
-
-
 # segment's options as cam and predict spell them (their --dense-* block), for their messages
 DENSE_OPTION_NAMES = {"--short-side": "--dense-side", "--logit-scale": "--dense-scale", "--slide-crop": "--dense-crop",
                       "--slide-stride": "--dense-stride", "--pamr-steps": "--dense-pamr",
@@ -456,7 +438,6 @@ DENSE_OPTION_NAMES = {"--short-side": "--dense-side", "--logit-scale": "--dense-
 def dense_config(**given) -> SegmentConfig:
     """The :class:`SegmentConfig` of `cam --dense` / `predict --dense` (its :meth:`~SegmentConfig.resolved` settings
     checked too), its one-line errors naming their ``--dense-*`` options, not segment's."""
-    import re
 
     try:
         cfg = SegmentConfig.of(**given)

@@ -49,12 +49,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ...config.dense_plugins import HOOK_NAMES  # every hook, in the order it runs (torch-free there)
 from ...errors import ContractError
 
-# every hook, in the order it runs; a subclass's public names must be among them
-HOOK_NAMES = ("check", "check_items", "record", "older_record", "with_knobs", "backbone", "query_text",
-              "extra_inputs", "dense_logits", "input_embedding", "grid_logits", "features", "feature_grid",
-              "probabilities", "postprocess")
 _REGISTRY: dict[str, type[DenseHooks]] = {}
 
 
