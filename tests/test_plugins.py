@@ -34,7 +34,8 @@ out = {"dense_help": seg["dense"].help, "smooth": seg["smooth_size"].opts, "smoo
        "presets": "example-smooth" in BENCHMARK_PRESETS, "cam": cli["cam"].params[0].name,
        "methods": list_methods(), "families": families(), "installed": plugins.installed(),
        "summary": list_methods("example*", details=True)["example-smooth"],
-       "heavy": [m for m in ("torch", "vpltool_example.method", "vpltool_example.family") if m in sys.modules]}
+       "heavy": [m for m in ("torch", "vpltool_example.method", "vpltool_example.attention", "vpltool_example.family")
+                 if m in sys.modules]}
 print(json.dumps(out))
 """
 
@@ -46,7 +47,7 @@ def test_the_example_is_listed_and_its_knob_is_an_option_without_importing_its_m
     assert got["benchmark"] and got["presets"]
     assert "example-smooth" in got["methods"] and got["methods"].index("example-smooth") < got["methods"].index("pgseg")
     assert "example-mean" in got["families"]
-    assert got["installed"]["dense"] == {"example-smooth": "vpltool-example 0.1.0"}
+    assert got["installed"]["dense"] == dict.fromkeys(("example-smooth", "example-vv"), "vpltool-example 0.1.0")
     assert got["summary"].startswith("a dense CLIP method of the plugin vpltool-example 0.1.0; its segmentor: ")
     assert got["heavy"] == []  # the light module alone: torch and its method load when the method runs
 
@@ -354,3 +355,60 @@ def test_a_knob_s_help_gets_its_methods_prefix_once():
 
     assert knob_help(("cass",), "the share [default: 0.1].") == "--dense cass: the share [default: 0.1]."
     assert knob_help(("my-method",), "--dense my-method: the share.") == "--dense my-method: the share."
+
+
+ATTENTION_RUN = """
+import json, sys
+import torch
+import tiny_towers  # registers the tiny SigLIP 2 tower in timm
+from typer.testing import CliRunner
+import vpltool
+from vpltool.cli import app
+from vpltool.errors import VplError
+from vpltool.models import ModelSpec, load_model
+from vpltool_example.attention import vv_attention
+world, out, *tiny = sys.argv[1:]
+configs = tiny[5]
+text = ["--templates", "a photo of a {}.", "--background", "grass,sky"]
+run = CliRunner().invoke(app, ["segment", world, "--split", "val", "-o", out, "--classes", "circle,star", *tiny,
+                               "--dense", "example-vv", "--short-side", "64", "--device", "cpu", *text])
+# its features by hand: blocks 0..L-2, then the last block's q, k, v, its v-v attention, out_proj (no residual, no
+# MLP), ln_post and the projection
+bb = load_model("clip", ModelSpec("vpl-test-vit", "none", config_dir=configs), "cpu", dense="example-vv")
+pixels = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    got = bb.dense_features(pixels)
+    enc = bb.encode(pixels, stop=bb.n_blocks - 1)
+    attn = bb.model.visual.transformer.resblocks[-1].attn
+    h = bb.model.visual.transformer.resblocks[-1].ln_1(enc.tokens)
+    b, n, width = h.shape
+    v = torch.nn.functional.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)[2]
+    v = v.reshape(b, n, attn.num_heads, -1).transpose(1, 2)
+    mixed = attn.out_proj(vv_attention(v).transpose(1, 2).reshape(b, n, width))
+    want = bb.dense(mixed)
+sl2 = vpltool.segmenter("example-vv", model="vpl-test-sl2", pretrained="none", model_config_dir=configs,
+                        short_side=64, templates=text[1], background=text[3], device="cpu")
+photo = sorted(__import__("pathlib").Path(world, "images").glob("val_*"))[0]
+try:
+    vpltool.segmenter("example-smooth", model="vpl-test-sl2", pretrained="none", model_config_dir=configs)
+    refused = ""
+except VplError as e:
+    refused = str(e)
+print(json.dumps({"exit": run.exit_code, "output": run.output[-800:], "apart": float((got - want).abs().max()),
+                  "sl2": list(sl2(str(photo), ["circle", "star"]).labels.shape), "refused": refused,
+                  "timm": list(vpltool.list_methods()), "shape": list(got.shape)}))
+"""
+
+
+def test_the_example_attention_method_runs_its_hook_on_open_clip_and_timm_towers(example_site, world, tmp_path):
+    """example-vv, a preset and one attention hook: `segment --dense example-vv` runs; its features are its v-v
+    attention on the last block's values by hand; it runs on a SigLIP 2 tower (its row says timm_tower=True), where
+    example-smooth, whose row does not, is refused before a model loads with the plugin's own reason."""
+    got = run_with([example_site], ATTENTION_RUN, str(world), str(tmp_path / "seg"), *TINY)
+    assert got["exit"] == 0 and "segment (example-vv): 3 masks" in got["output"], got["output"]
+    assert got["apart"] < 1e-5 and got["shape"][:2] == [2, 20]
+    assert got["sl2"] == [96, 96]
+    # (the Python door names its keyword: method, not --dense)
+    assert got["refused"].startswith("method example-smooth (plugin vpltool-example 0.1.0) does not say it runs on a "
+                                     "timm image tower"), got["refused"]
+    assert "timm_tower=True" in got["refused"]

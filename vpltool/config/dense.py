@@ -113,6 +113,9 @@ class DenseMethodSpec:
     # the distribution of a plugin's method ("vpltool-example 0.1.0"; set when it registers, for messages), whose
     # module is then a full dotted name; None: vpltool's own (module relative to vpltool.models.dense)
     plugin: str | None = None
+    # it runs on a timm image tower (SigLIP 2, PE-Core) too: it changes only how the last block mixes its tokens (a
+    # preset of mixing.py, or its attention hook on the q, k, v the tower computes), reading no open_clip module
+    timm_tower: bool = False
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -136,17 +139,17 @@ _SAM3_SETTINGS = DenseSettings(logit_scale=1.0, prob_threshold=0.4, short_side=1
 # the last block, a module in vpltool/models/dense/); a plugin's method is a row its package registers
 # (vpltool.plugins.register_dense_method), after these
 _OWN_SPECS: dict[str, DenseMethodSpec] = {
-    "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
-    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
+    "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
+    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
     # clip_segmentor.py + cfg_voc21.py: logit scale 65 (40 elsewhere), prob_thd 0.1, area_thd 0.1, 224/112, short 336
     "sclip": DenseMethodSpec(DenseSettings(logit_scale=65.0, prob_threshold=0.1, short_side=336, slide_crop=224,
                                            slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
-                             class_files="sclip"),
-    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
+                             class_files="sclip", timm_tower=True),
+    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
     # naclip.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, the whole image (slide_crop 0), PAMR 10 steps (8, 16)
     "naclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
                                             slide_stride=112, crop_mode="floor", whole="input", pamr_steps=10),
-                              class_files="sclip"),
+                              class_files="sclip", timm_tower=True),
     # scclip_segmentor.py + cfg_voc21.py: logit scale 50, prob_thd 0.15, area_thd 0.1, slide 224/112, short 336
     "sc-clip": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224,
                                              slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
@@ -240,6 +243,8 @@ PROXY_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.it
                              DENSE_SPECS)
 PROXY_MODELS = DerivedMap(lambda: {name: spec.proxy_model for name, spec in DENSE_SPECS.items()
                                    if spec.proxy_model}, DENSE_SPECS)
+# run on a timm image tower (SigLIP 2, PE-Core) too (their rows' timm_tower)
+TIMM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.timm_tower), DENSE_SPECS)
 SAM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.sam),
                            DENSE_SPECS)  # take SAM's image encoder too
 # the methods that need no side model and no per-image input (cam --dense seeds, predict --dense)

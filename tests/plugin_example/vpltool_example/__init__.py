@@ -44,7 +44,11 @@ PRESETS = MethodPresets("vpltool-example (tests/plugin_example)",
 
 
 def register() -> None:
-    """The entry point: the method's row and the family's module, nothing loaded."""
+    """The entry point: the methods' rows and the family's module, nothing loaded."""
     register_dense_method(METHOD, DenseMethodSpec(SETTINGS, module="vpltool_example.method", knobs_class=SmoothKnobs,
                                                   presets=PRESETS))
+    # an attention method: NACLIP's segmentor, its last block's attention its own (vpltool_example/attention.py);
+    # it reads only the block's q, k, v, so it runs on a timm tower (SigLIP 2, PE-Core) too
+    register_dense_method("example-vv", DenseMethodSpec(SETTINGS, module="vpltool_example.attention",
+                                                        timm_tower=True))
     register_backbone_family("example-mean", "vpltool_example.family")

@@ -32,7 +32,8 @@ from .model import ClipBackbone
 from .open_clip_import import timm_tower_name
 from .timm_tower import TIMM_METHODS
 
-TIMM_ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk")  # the last-block attentions a timm tower's view computes
+# the last-block attentions a timm tower's view computes (hook: a method's attention hook on its q, k, v)
+TIMM_ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "hook")
 
 
 def check_backbone(spec: ModelSpec, dense: str | DenseMixing | None = None) -> None:
@@ -63,10 +64,20 @@ def check_backbone(spec: ModelSpec, dense: str | DenseMixing | None = None) -> N
     if dense is None:
         return
     mixing = dense_mixing(dense)
-    if mixing.method not in TIMM_METHODS or mixing.attention not in TIMM_ATTENTIONS:
-        what = f"--dense {mixing.method}" if mixing.method not in TIMM_METHODS else f"--attention {mixing.attention}"
-        raise VplError(f"{what} reads open_clip's own attention modules or the class token, which {spec.model}'s "
-                       f"timm tower ({tower}) does not have; on it choose --dense {', '.join(TIMM_METHODS)}")
+    choose = f"on it choose --dense {', '.join(TIMM_METHODS)}"
+    if mixing.method not in TIMM_METHODS:
+        from ...config.dense import DENSE_SPECS
+
+        dist = DENSE_SPECS[mixing.method].plugin if mixing.method in DENSE_SPECS else None
+        if dist is not None:  # a plugin's: it did not say it runs there
+            raise VplError(f"--dense {mixing.method} (plugin {dist}) does not say it runs on a timm image tower "
+                           f"({spec.model}'s {tower}: SigLIP 2, PE-Core); {choose}, or the plugin's spec row sets "
+                           "timm_tower=True if its hooks change only the last block's attention (its attention hook)")
+        raise VplError(f"--dense {mixing.method} reads open_clip's own attention modules or the class token, which "
+                       f"{spec.model}'s timm tower ({tower}) does not have; {choose}")
+    if mixing.attention not in TIMM_ATTENTIONS:
+        raise VplError(f"--attention {mixing.attention} reads open_clip's own attention modules, which {spec.model}'s "
+                       f"timm tower ({tower}) does not have; {choose}")
 
 
 def load_backbone(spec: ModelSpec, device: torch.device | str = "cpu", dense: str | DenseMixing = "none"

@@ -26,7 +26,9 @@ method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's si
 3. :meth:`~DenseHooks.dense_logits` on the device, per batch: the whole segmentor, by default mmseg's slide
    inference (:func:`vpltool.models.dense.segmentor.dense_logits`), which calls per window
    :meth:`~DenseHooks.grid_logits` (by default the cosine of :meth:`~DenseHooks.features` with the text, on
-   :meth:`~DenseHooks.feature_grid`) and once per input :meth:`~DenseHooks.input_embedding`;
+   :meth:`~DenseHooks.feature_grid`; the default features run the last block with the preset's mixing, which for
+   ``attention="hook"`` calls :meth:`~DenseHooks.attention` on its q, k, v) and once per input
+   :meth:`~DenseHooks.input_embedding`;
 4. PAMR (shared), then :meth:`~DenseHooks.probabilities`: by default the softmax over the queries, the threshold and
    the argmax (shared), then :meth:`~DenseHooks.postprocess` per image, with the image's extras (what step 3 left in
    them too).
@@ -198,6 +200,18 @@ class DenseHooks:
         encoded = bb.encode(pixels, stop=bb.n_blocks - 1, fp16_pos=fp16_pos)
         return bb.dense(bb.last_block(encoded.tokens, encoded.grid))
 
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int], lead: int
+                  ) -> torch.Tensor:
+        """The last block's attention, for a preset whose ``attention`` is ``"hook"`` (how most training-free
+        methods differ: NACLIP's, ClearCLIP's, SCLIP's are this one function). ``q``, ``k``, ``v``: ``[B, heads, L,
+        hd]`` as the model computes them (open_clip's packed projection; a timm tower's after its norms and RoPE),
+        ``L = lead + h * w`` tokens (``lead``: the class token, or none on SigLIP 2; ``grid`` ``(h, w)``) -> ``[B,
+        heads, L, hd]``, the heads' outputs before ``out_proj``. The block then adds its input and runs its MLP as
+        the preset's ``residual`` and ``ffn`` say, and :meth:`features` goes on (``ln_post``, ``proj``). Default:
+        CLIP's own, ``softmax(q kᵀ / sqrt(hd)) v``."""
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+        return weights @ v
+
     def feature_grid(self, bb, size: tuple[int, int]) -> tuple[int, int]:
         """The ``(h, w)`` grid of :meth:`features` for an input of ``size`` ``(H, W)`` pixels. Default: CLIP's
         patch grid."""
@@ -270,6 +284,8 @@ RETURNS: dict[str, tuple[str, Any]] = {
     "input_embedding": ("a [B, D] float tensor, or None", lambda out, a: out is None or _is_tensor(out, 2, True)),
     "grid_logits": ("a [B, hw, Q] float tensor", lambda out, a: _is_tensor(out, 3, True)),
     "features": ("a [B, hw, D] float tensor", lambda out, a: _is_tensor(out, 3, True)),
+    "attention": ("a [B, heads, L, hd] float tensor, v's shape",
+                  lambda out, a: _is_tensor(out, 4, True) and out.shape == a["v"].shape),
     "feature_grid": ("a tuple (h, w) of two ints", lambda out, a: _grid(out)),
     "probabilities": ("a tuple (probabilities [C, H0, W0] float tensor, labels [H0, W0] integer tensor)",
                       lambda out, a: _probs_labels(out, (int(a["n_classes"]), *a["logits"].shape[-2:]))),
