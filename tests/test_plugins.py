@@ -394,16 +394,29 @@ try:
     refused = ""
 except VplError as e:
     refused = str(e)
+# a plugin's CLIP family by --model FAMILY:SPEC, on the command line and in Python
+import numpy as np
+from PIL import Image
+clip = CliRunner().invoke(app, ["segment", world, "--split", "val", "-o", out + "-clip", "--classes", "circle,star",
+                                "--model", "example-clip:vpl-test-vit@3", "--short-side", "64", "--device", "cpu",
+                                *text])
+seg = vpltool.segmenter("naclip", model="example-clip:vpl-test-vit@3", short_side=64, templates=text[1],
+                        background=text[3], device="cpu")
+same = bool((np.asarray(Image.open(f"{out}-clip/{photo.stem}.png")) == seg(str(photo), ["circle", "star"]).labels
+             ).all()) if clip.exit_code == 0 else False
 print(json.dumps({"exit": run.exit_code, "output": run.output[-800:], "apart": float((got - want).abs().max()),
                   "sl2": list(sl2(str(photo), ["circle", "star"]).labels.shape), "refused": refused,
-                  "timm": list(vpltool.list_methods()), "shape": list(got.shape)}))
+                  "timm": list(vpltool.list_methods()), "shape": list(got.shape),
+                  "clip": [clip.exit_code, clip.output[-800:]], "same": same,
+                  "model": json.load(open(f"{out}-clip/_stage.json"))["params"]["model"]}))
 """
 
 
-def test_the_example_attention_method_runs_its_hook_on_open_clip_and_timm_towers(example_site, world, tmp_path):
+def test_the_example_attention_method_and_clip_family_run(example_site, world, tmp_path):
     """example-vv, a preset and one attention hook: `segment --dense example-vv` runs; its features are its v-v
     attention on the last block's values by hand; it runs on a SigLIP 2 tower (its row says timm_tower=True), where
-    example-smooth, whose row does not, is refused before a model loads with the plugin's own reason."""
+    example-smooth, whose row does not, is refused before a model loads with the plugin's own reason. The example's
+    backbone family example-clip is named by --model example-clip:ARCH@SEED and segmenter(model=...)."""
     got = run_with([example_site], ATTENTION_RUN, str(world), str(tmp_path / "seg"), *TINY)
     assert got["exit"] == 0 and "segment (example-vv): 3 masks" in got["output"], got["output"]
     assert got["apart"] < 1e-5 and got["shape"][:2] == [2, 20]
@@ -412,3 +425,6 @@ def test_the_example_attention_method_runs_its_hook_on_open_clip_and_timm_towers
     assert got["refused"].startswith("method example-smooth (plugin vpltool-example 0.1.0) does not say it runs on a "
                                      "timm image tower"), got["refused"]
     assert "timm_tower=True" in got["refused"]
+    # the example's CLIP family: --model example-clip:ARCH@SEED segments, as vpltool.segmenter does, and is recorded
+    assert got["clip"][0] == 0 and "segment (naclip): 3 masks" in got["clip"][1], got["clip"][1]
+    assert got["same"] and got["model"]["model"] == "example-clip:vpl-test-vit@3"

@@ -131,6 +131,8 @@ def _plugin_backbone(name: str, module: Any, dist: str) -> str:
         raise VplError("register_backbone_family takes the family's module as a full dotted name")
     if name in TEXT_FAMILIES.rows_so_far():
         raise VplError(f"{name!r} is a text-supervised family's name")
+    if name in ("local-dir", "hf-hub"):  # --model FAMILY:SPEC names a plugin's CLIP family
+        raise VplError(f"{name!r} is a --model prefix of open_clip's")
     return module
 
 

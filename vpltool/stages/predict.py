@@ -49,7 +49,7 @@ from ..decoder import (
 )
 from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
-from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
+from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, check_tokenizer, load_model
 from ..numerics import run_numerics
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
 from ..runtime.batches import image_names, image_stage, run_image_batches, to_device
@@ -305,6 +305,8 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     model = ModelSpec.from_identity(f.meta("model"), f.path, model_at)
     method.check_backbone(model)  # its CLIP takes the method (a timm tower: the mixing presets), before it loads
+    if not method.hooks.own_backbone:
+        check_tokenizer(model)  # the names are encoded: the CLIP's tokenizer is made here (SigLIP 2's: the hub's)
     synonyms = [[n.replace("_", " ")] for n in cfg.classes]
     return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
                             lambda: method.load(model, device, backbone),

@@ -30,7 +30,7 @@ from ..data import Dataset
 from ..device import resolve_device, resolve_precision
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
-from ..models import ClipBackbone, ModelSpec
+from ..models import ClipBackbone, ModelSpec, check_tokenizer
 from ..models.backbones.prompts import prompt_files, resolve_background, resolve_templates
 from ..models.dense.method import proxy_spec, sam_spec  # noqa: F401 (importable from here too)
 from ..models.dense.segmentor import (  # the segmentor's pure functions, importable from here too
@@ -149,7 +149,10 @@ def check_dense(cfg: SegmentConfig, spec: ModelSpec | None = None):
     method, or a missing or foreign proxy / SAM file)."""
     from ..models.dense.method import resolve_method
 
-    return resolve_method(cfg, spec)
+    method = resolve_method(cfg, spec)
+    if spec is not None and not method.hooks.own_backbone:  # its text is encoded: the CLIP's tokenizer is made here
+        check_tokenizer(spec)
+    return method
 
 
 def load_dense(spec: ModelSpec, method, device, backbone: ClipBackbone | None = None) -> ClipBackbone:

@@ -52,3 +52,5 @@ def register() -> None:
     register_dense_method("example-vv", DenseMethodSpec(SETTINGS, module="vpltool_example.attention",
                                                         timm_tower=True))
     register_backbone_family("example-mean", "vpltool_example.family")
+    # a CLIP family: --model example-clip:ARCH@SEED in every stage, vpltool.segmenter(model="example-clip:...")
+    register_backbone_family("example-clip", "vpltool_example.clip_family")
