@@ -34,6 +34,7 @@ out = {"dense_help": seg["dense"].help, "smooth": seg["smooth_size"].opts, "smoo
        "presets": "example-smooth" in BENCHMARK_PRESETS, "cam": cli["cam"].params[0].name,
        "methods": list_methods(), "families": families(), "installed": plugins.installed(),
        "summary": list_methods("example*", details=True)["example-smooth"],
+       "root_help": __import__("typer.testing").testing.CliRunner().invoke(app, ["--help"]).output,
        "heavy": [m for m in ("torch", "vpltool_example.method", "vpltool_example.attention", "vpltool_example.family")
                  if m in sys.modules]}
 print(json.dumps(out))
@@ -50,6 +51,8 @@ def test_the_example_is_listed_and_its_knob_is_an_option_without_importing_its_m
     assert got["installed"]["dense"] == dict.fromkeys(("example-smooth", "example-vv"), "vpltool-example 0.1.0")
     assert got["summary"].startswith("a dense CLIP method of the plugin vpltool-example 0.1.0; its segmentor: ")
     assert got["heavy"] == []  # the light module alone: torch and its method load when the method runs
+    methods = got["root_help"].split("Methods:")[1]  # `vpltool --help` ends with the methods, the plugin's too
+    assert "segment --dense METHOD: none, maskclip" in methods and "example-smooth" in methods, got["root_help"]
 
 
 RUNS = """

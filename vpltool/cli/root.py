@@ -30,11 +30,32 @@ _SHOWN: list[bool] = []
 
 
 class Group(TyperGroup):
-    """`vpltool`: its help says which plugins are broken first (:func:`_warn_broken_plugins`)."""
+    """`vpltool`: its help says which plugins are broken first (:func:`_warn_broken_plugins`) and ends with the
+    methods `segment` takes, the plugins' among them (read when the help is shown)."""
 
     def get_help(self, ctx):
         _warn_broken_plugins()
         return super().get_help(ctx)
+
+    def format_epilog(self, ctx, formatter) -> None:
+        from ..api.methods import method_families
+
+        table = method_families()
+        dense = [name for name, fam in table.items() if fam == "clip"]
+        text = [name for name, fam in table.items() if fam != "clip"]
+        import textwrap
+
+        width = max((formatter.width or 80) - 2, 40)
+        lines = [f"segment --dense METHOD: {', '.join(dense)}.",
+                 f"segment --model NAME:FILE (a text-supervised checkpoint): {', '.join(text)}.",
+                 "vpltool.list_methods(details=True) says what each is; docs/open-vocabulary.md compares them."]
+        formatter.write_paragraph()
+        formatter.write_text("Methods:")
+        for line in lines:  # whole names: a method's name is never cut at its hyphen
+            formatter.write("".join(f"{row}\n" for row in textwrap.wrap(line, width, initial_indent="  ",
+                                                                         subsequent_indent="    ",
+                                                                         break_on_hyphens=False)))
+        super().format_epilog(ctx, formatter)
 
 
 class Command(TyperCommand):
