@@ -120,6 +120,23 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     return cached
 
 
+def timm_forward(model) -> bool:
+    """Whether a DINO runs timm's own forward, not vpltool's (RoPE: DINOv3; its own embedding: C-RADIOv3's
+    NaFlexViT): :attr:`DinoBackbone.own_forward`."""
+    return getattr(model, "rope", None) is not None or not hasattr(model, "patch_embed")
+
+
+def runs_timm_forward(name: str) -> bool:
+    """:func:`timm_forward` of timm model ``name``, built on the meta device (no memory, no weights): what a method
+    that rebuilds a DINO's blocks itself (OV-Stitcher) checks before any model loads. False for a name timm does
+    not know (:func:`check_dino` says so)."""
+    timm = import_timm()
+    if not timm.is_model(name):
+        return False
+    with torch.device("meta"):
+        return timm_forward(_create(timm, DinoSpec(name, "none"), {}))
+
+
 def _check_plain_vit(model, name: str) -> None:
     blocks = list(getattr(model, "blocks", []))
     if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
@@ -159,7 +176,7 @@ class DinoBackbone:
         self.spec, self.device, self.blocks = spec, device, blocks
         # timm's own forward for a model whose tokens vpltool's DINO forward does not make (RoPE: DINOv3; its own
         # embedding: C-RADIOv3's NaFlexViT); its blocks must be ones whose mixing timm_blocks repeats
-        self.own_forward = getattr(model, "rope", None) is not None or not hasattr(model, "patch_embed")
+        self.own_forward = timm_forward(model)
         if self.own_forward:
             check_blocks(blocks, f"--dino-model {spec.model if spec else type(model).__name__}")
         ps = (model.patch_embed if hasattr(model, "patch_embed") else model.embeds).patch_size
@@ -446,4 +463,4 @@ def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
 register_family("dino", load_dino, check_dino, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
                 module=__name__, files=spec_files, fix=DINO_WEIGHTS_FIX)
 
-__all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]
+__all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino", "runs_timm_forward"]

@@ -32,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ...config.dense import DEFAULT_PROXY_MODEL
 from ...errors import VplError
 from ..backbones.onednn import f_linear
 from .concept_regions import fill_regions
@@ -269,6 +270,13 @@ class Hooks(CorrCLIPHooks, method=METHOD, preset=PRESET):
         super().check()
         s = self.cfg.resolved()
         check_windows(s.slide_crop, s.short_side, CORRELATION.pad_multiple)
+        from ..backbones.dino import runs_timm_forward
+
+        if runs_timm_forward(self.cfg.proxy_model):  # before any model loads: its last block is rebuilt here
+            raise VplError(f"--proxy-model {self.cfg.proxy_model}: --dense {METHOD} rebuilds its proxy's last block "
+                           "on stitched windows with DINO's and DINOv2's forward, and this is a DINOv3 or C-RADIOv3 "
+                           f"(RoPE, or NaFlexViT's own embedding); pass a DINO or DINOv2 ViT, e.g. --proxy-model "
+                           f"{DEFAULT_PROXY_MODEL} (its reference's)")
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         fill_regions(self, extras, pixels.device)
