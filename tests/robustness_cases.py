@@ -2283,6 +2283,14 @@ def _segment_trident_no_sam(ws: Workspace) -> Iterator[list[object]]:
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none"]
 
 
+@case("segment --dense trident --sam-model toy without --sam-weights (its file named, not a ViT-B release)",
+      "--dense trident needs SAM's image encoder: pass --sam-weights "
+      "<checkout>/vpltool/assets/toy-sam/model.safetensors (the demo world's toy SAM")
+def _segment_trident_toy_no_sam(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+           "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "toy"]
+
+
 @case("segment --dense cass with a --global-weight above 1", "--global-weight 1.5")
 def _segment_cass_bad_weight(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_cass"), *TINY, *CPU, "--dense", "cass",

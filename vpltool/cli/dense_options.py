@@ -60,9 +60,9 @@ SamModelOpt = Annotated[str, typer.Option("--sam-model", help=f"The SAM image en
                                           "vpltool/assets/toy-sam, `train-toy-sam`).")]
 SamWeightsOpt = Annotated[Optional[str], typer.Option(
     "--sam-weights", help=f"SAM's weights of --dense {_SAM}{_SAM_USERS}: a local file (SAM's released checkpoint, e.g. "
-    "sam_vit_b_01ec64.pth, or the image encoder's tensors) | none (random, seeded: tests). Required with "
-    f"{_SAM}. With --region-masks sam3: SAM 3's, a facebook/sam3 folder (config.json + model.safetensors) or Meta's "
-    "sam3.pt.", show_default=False)]
+    "sam_vit_b_01ec64.pth for vit_b, or the image encoder's tensors; --sam-model toy's is vpltool/assets/toy-sam/"
+    f"model.safetensors in the package) | none (random, seeded: tests). Required with {_SAM}. With --region-masks "
+    "sam3: SAM 3's, a facebook/sam3 folder (config.json + model.safetensors) or Meta's sam3.pt.", show_default=False)]
 ResidualOpt = Annotated[Optional[bool], typer.Option(
     "--residual/--no-residual", help="Keep (or drop) the last block's residual and FFN, in place of the --dense "
     "method's (ClearCLIP's ignore_residual=True is --no-residual).", show_default=False)]

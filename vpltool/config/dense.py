@@ -16,7 +16,17 @@ from ..entry_points import DerivedMap, DerivedTuple, PluginTable
 from ..errors import VplError, VplWarning
 from . import dense_knobs, dense_presets
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
-from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
+from .dense_knobs import (  # noqa: F401 (SAM_RELEASES, TOY_SAM, sam_weights_hint: read from here too)
+    SAM_RELEASES,
+    TOY_SAM,
+    CassKnobs,
+    CorrCLIPKnobs,
+    OVStitcherKnobs,
+    RadsegKnobs,
+    TextRegionKnobs,
+    TridentKnobs,
+    sam_weights_hint,
+)
 from .dense_plugins import HOOK_NAMES, check_hooks_source, method_knobs  # noqa: F401 (HOOK_NAMES: read here)
 from .dense_presets import CORRCLIP_PRESETS, OV_STITCHER_PRESETS, RADSEG_PRESETS, TEXTREGION_PRESETS
 from .knobs import Knob, MethodKnobs, knob  # noqa: F401 (the knobs of a method are written with these)

@@ -9,6 +9,7 @@ The option names, their help and the field names are those the methods had as fi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .checks import at_least, fraction, positive, require
 from .knobs import MethodKnobs, knob
@@ -82,6 +83,21 @@ class TridentKnobs(MethodKnobs):
         if self.coarse_threshold is not None:
             fraction("--coarse-threshold", self.coarse_threshold)
         at_least("--minimal-area", self.minimal_area, 1, allow_none=True, why=" half-resolution pixels")
+
+
+# what --sam-weights is for each --sam-model: segment-anything's released checkpoints, and the demo world's toy SAM,
+# shipped in the package (vpltool/assets/toy-sam, made by `train-toy-sam`)
+SAM_RELEASES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
+TOY_SAM = Path(__file__).resolve().parents[1] / "assets" / "toy-sam" / "model.safetensors"
+
+
+def sam_weights_hint(sam_model: str) -> str:
+    """What to pass as ``--sam-weights`` for ``--sam-model sam_model``, for messages."""
+    if sam_model == "toy":
+        return f"--sam-weights {TOY_SAM} (the demo world's toy SAM, shipped with vpltool)"
+    release = SAM_RELEASES.get(sam_model, SAM_RELEASES["vit_b"])
+    return (f"--sam-weights FILE, SAM's released checkpoint of --sam-model {sam_model} ({release}, from "
+            "segment-anything's model card)")
 
 
 def _region_masks() -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ...config.dense import DENSE_SPECS, DenseMethodSpec, DenseSettings, SegmentConfig
+from ...config.dense import DENSE_SPECS, DenseMethodSpec, DenseSettings, SegmentConfig, sam_weights_hint
 from ...errors import VplError
 from . import dense_hooks, dense_mixing
 from .hooks import DenseHooks
@@ -135,9 +135,8 @@ def sam_spec(cfg: SegmentConfig):
     if not DENSE_SPECS[cfg.dense].sam:
         return None
     if cfg.sam_weights is None:
-        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass --sam-weights FILE (SAM's released "
-                       f"checkpoint of --sam-model {cfg.sam_model}, e.g. sam_vit_b_01ec64.pth; none: random weights, "
-                       "for tests only)")
+        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass {sam_weights_hint(cfg.sam_model)}; "
+                       "none: random weights, for tests only")
     # --sam-refine prompts SAM's mask decoder: the file must hold it (one line for an encoder-only file)
     spec = SamSpec(cfg.sam_model, cfg.sam_weights, prompt=cfg.resolved().sam_refine)
     check_model("sam", spec)
