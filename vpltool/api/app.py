@@ -33,7 +33,8 @@ def require_gradio() -> None:
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:
-        raise MissingDependencyError("vpltool app needs Gradio: pip install 'vpltool[app]'")
+        raise MissingDependencyError("vpltool app needs Gradio: pip install -e '.[app]' in vpltool's checkout "
+                                     "(make setup installs it)")
 
 
 def gradio():
