@@ -14,14 +14,17 @@ when the method or family is used. It calls the functions here:
   `benchmark` (with its spec row's ``presets``), :func:`vpltool.segmenter` and :func:`vpltool.list_methods`; its
   knobs (the spec row's ``knobs_class``) become options of `segment` and `benchmark`;
 * :func:`register_backbone_family` ``(name, module)``: ``vpltool.models.load_model(name, spec)`` (the module calls
-  :func:`vpltool.models.register_family` when imported);
+  :func:`vpltool.models.register_family` when imported); a family whose load gives a CLIP
+  (:class:`vpltool.models.ClipBackbone`) is ``--model name:SPEC`` in every stage and
+  ``vpltool.segmenter(model="name:SPEC")``;
 * :func:`register_text_family` ``(name, row)``: ``--model NAME:FILE`` and ``train-text --family name`` (the row's
   module calls :func:`vpltool.models.text.family.register_text_family`);
 * :func:`register_model` / :func:`register_tokenizer`: a CLIP alias and a tokenizer (the demo world's toy CLIP).
 
-A plugin that fails (its function raises, a row is malformed, a name is vpltool's own or another plugin's, its
-module does not import or misspells a hook) is one line naming its distribution and the fix, and is left out; the
-commands that do not use it go on.
+A plugin that fails (its function raises or calls ``sys.exit``, a row is malformed, a name is vpltool's own or
+another plugin's, its module is not installed, does not import or misspells a hook) is one line naming its
+distribution and the fix, and is left out; the commands that do not use it go on. Its code runs with ``sys.argv`` as
+the program's name alone and its prints kept out of vpltool's output (:func:`vpltool.entry_points.plugin_code`).
 
 A plugin tells its user of a mistake by raising :class:`VplError` (a bad setting in its knobs class's
 ``__post_init__``, a missing file in its ``check`` hook): the command line prints its message as one ``error:``
