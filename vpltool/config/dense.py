@@ -16,17 +16,7 @@ from ..entry_points import DerivedMap, DerivedTuple, PluginTable
 from ..errors import VplError, VplWarning
 from . import dense_knobs, dense_presets
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
-from .dense_knobs import (  # noqa: F401 (SAM_RELEASES, TOY_SAM, sam_weights_hint: read from here too)
-    SAM_RELEASES,
-    TOY_SAM,
-    CassKnobs,
-    CorrCLIPKnobs,
-    OVStitcherKnobs,
-    RadsegKnobs,
-    TextRegionKnobs,
-    TridentKnobs,
-    sam_weights_hint,
-)
+from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
 from .dense_plugins import HOOK_NAMES, check_hooks_source, method_knobs  # noqa: F401 (HOOK_NAMES: read here)
 from .dense_presets import CORRCLIP_PRESETS, OV_STITCHER_PRESETS, RADSEG_PRESETS, TEXTREGION_PRESETS
 from .knobs import Knob, MethodKnobs, knob  # noqa: F401 (the knobs of a method are written with these)
@@ -406,9 +396,10 @@ class SegmentConfig:
         """Every setting by field name, the method's knobs beside the shared ones (how a stage records them, and
         :meth:`of` takes them back)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "knobs"}
-        out.update({f.name: getattr(self.knobs, f.name) for f in fields(self.knobs)})
-        if out["long_side"] is None:  # newer than the runs recorded before it: left out at None (the method's), so
-            del out["long_side"]  # that they resume with the same parameters
+        out.update({f.name: v for f in fields(self.knobs) if (v := getattr(self.knobs, f.name)) is not None
+                    or not f.metadata.get("newer")})  # a knob newer than the runs recorded before it (knob(newer=))
+        if out["long_side"] is None:  # newer too: left out at None (the method's), so that older runs resume
+            del out["long_side"]
         return out
 
     def inert(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checks import at_least, fraction, positive, require
+from .checks import at_least, choice, fraction, positive, require
 from .knobs import MethodKnobs, knob
 
 
@@ -117,6 +117,23 @@ def _region_masks() -> str | None:
         uses=("sam_model", "sam_weights"), when=("sam", "sam2", "sam3"))
 
 
+QUERY_MERGES = ("max", "reference")  # --query-merge: each class its queries' max | its reference's, by position
+
+
+def _query_merge() -> str | None:
+    """The knob CorrCLIP, OV-Stitcher and TextRegion share: how their query rows become classes."""
+    return knob(
+        "--query-merge", "how the query rows' probabilities become classes: max (each class the max over its own "
+        "queries) | reference (as its reference's code merges them, by position: the first Q-C+1 rows to the first "
+        "class, each later row to the next class; the same where synonyms sit on a class file's first row alone, as "
+        "in the references' own files, and other classes' rows elsewhere) [default: max].", newer=True)
+
+
+def _check_query_merge(value: str | None) -> None:
+    if value is not None and value not in QUERY_MERGES:
+        choice("--query-merge", value, QUERY_MERGES)
+
+
 @dataclass(frozen=True)
 class CorrCLIPKnobs(MethodKnobs):
     """CorrCLIP's class-agnostic region masks per image (:mod:`vpltool.models.dense.corrclip.regions`)."""
@@ -124,6 +141,10 @@ class CorrCLIPKnobs(MethodKnobs):
     # a folder of <image stem>.npz files (key instance_mask) | sam (segment-anything's automatic mask generator:
     # --sam-model, --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
     region_masks: str | None = _region_masks()
+    query_merge: str | None = _query_merge()  # max | reference (postprocess_result's merge by position)
+
+    def __post_init__(self) -> None:
+        _check_query_merge(self.query_merge)
 
 
 @dataclass(frozen=True)
@@ -143,9 +164,12 @@ class TextRegionKnobs(MethodKnobs):
         "--region-crop", "the side in pixels of each view, the photo's and its tiles' (its crop_size) [default: "
         "336, base_config.py].")
 
+    query_merge: str | None = _query_merge()  # max | reference (model_semantic.py's merge by position)
+
     def __post_init__(self) -> None:
         at_least("--points-per-side", self.points_per_side, 1, allow_none=True, why=" points")
         at_least("--region-crop", self.region_crop, 16, allow_none=True, why=" pixels")
+        _check_query_merge(self.query_merge)
 
 
 @dataclass(frozen=True)
@@ -154,6 +178,10 @@ class OVStitcherKnobs(MethodKnobs):
     :data:`vpltool.models.dense.ov_stitcher.SAM_SETTINGS`)."""
 
     region_masks: str | None = _region_masks()
+    query_merge: str | None = _query_merge()  # max | reference (CorrCLIP's postprocess_result, as its code has it)
+
+    def __post_init__(self) -> None:
+        _check_query_merge(self.query_merge)
 
 
 @dataclass(frozen=True)
@@ -259,4 +287,4 @@ class ActiveSamKnobs(MethodKnobs):
 
 
 __all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "TextRegionKnobs", "RadsegKnobs",
-           "Sam3Knobs", "ActiveSamKnobs", "SAM3_HEADS"]
+           "Sam3Knobs", "ActiveSamKnobs", "SAM3_HEADS", "QUERY_MERGES"]

@@ -40,7 +40,7 @@ from ..registry import register_family
 from .dino_weights import DINO_WEIGHTS_FIX, cached_hub_file, file_weights, spec_files, weights_fix
 from .loading import _offline
 from .onednn import use_onednn
-from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
+from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv, timm_forward
 
 # how DINO's own forward (:meth:`DinoBackbone._dino_forward`) resizes the positional embedding to another grid
 # (:func:`vpltool.models.dense.resize_positional`): "bicubic-dino", the +0.1 scale factor of DINO and of DINOv2's
@@ -118,23 +118,6 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
                        "unreachable (offline); download them elsewhere and pass the file: --dino-weights "
                        "/path/to/model.safetensors")
     return cached
-
-
-def timm_forward(model) -> bool:
-    """Whether a DINO runs timm's own forward, not vpltool's (RoPE: DINOv3; its own embedding: C-RADIOv3's
-    NaFlexViT): :attr:`DinoBackbone.own_forward`."""
-    return getattr(model, "rope", None) is not None or not hasattr(model, "patch_embed")
-
-
-def runs_timm_forward(name: str) -> bool:
-    """:func:`timm_forward` of timm model ``name``, built on the meta device (no memory, no weights): what a method
-    that rebuilds a DINO's blocks itself (OV-Stitcher) checks before any model loads. False for a name timm does
-    not know (:func:`check_dino` says so)."""
-    timm = import_timm()
-    if not timm.is_model(name):
-        return False
-    with torch.device("meta"):
-        return timm_forward(_create(timm, DinoSpec(name, "none"), {}))
 
 
 def _check_plain_vit(model, name: str) -> None:
@@ -463,4 +446,5 @@ def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
 register_family("dino", load_dino, check_dino, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
                 module=__name__, files=spec_files, fix=DINO_WEIGHTS_FIX)
 
-__all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino", "runs_timm_forward"]
+__all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]
+

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ...config.dense import DENSE_SPECS, DenseMethodSpec, DenseSettings, SegmentConfig, sam_weights_hint
+from ...config.dense import DENSE_SPECS, DenseMethodSpec, DenseSettings, SegmentConfig
+from ...config.dense_knobs import sam_weights_hint
 from ...errors import VplError
 from . import dense_hooks, dense_mixing
 from .hooks import DenseHooks

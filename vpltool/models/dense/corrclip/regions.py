@@ -211,7 +211,7 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
         raise VplError(NEED.format(method=method))
     if value == "sam" or value.startswith("sam2"):
         if sam_weights is None:
-            from ....config.dense import sam_weights_hint
+            from ....config.dense_knobs import sam_weights_hint
 
             what = ("--sam-weights FILE, SAM2's released checkpoint" if value.startswith("sam2") else
                     sam_weights_hint(sam_model))
