@@ -113,9 +113,7 @@ class DenseMethodSpec:
     # the distribution of a plugin's method ("vpltool-example 0.1.0"; set when it registers, for messages), whose
     # module is then a full dotted name; None: vpltool's own (module relative to vpltool.models.dense)
     plugin: str | None = None
-    # it runs on a timm image tower (SigLIP 2, PE-Core) too: it changes only how the last block mixes its tokens (a
-    # preset of mixing.py, or its attention hook on the q, k, v the tower computes), reading no open_clip module
-    timm_tower: bool = False
+    timm_tower: bool = False  # runs on a timm tower (SigLIP 2, PE-Core): it changes the last block's attention alone
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -243,8 +241,7 @@ PROXY_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.it
                              DENSE_SPECS)
 PROXY_MODELS = DerivedMap(lambda: {name: spec.proxy_model for name, spec in DENSE_SPECS.items()
                                    if spec.proxy_model}, DENSE_SPECS)
-# run on a timm image tower (SigLIP 2, PE-Core) too (their rows' timm_tower)
-TIMM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.timm_tower), DENSE_SPECS)
+TIMM_METHODS = DerivedTuple(lambda: tuple(n for n, s in DENSE_SPECS.items() if s.timm_tower), DENSE_SPECS)  # timm_tower
 SAM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.sam),
                            DENSE_SPECS)  # take SAM's image encoder too
 # the methods that need no side model and no per-image input (cam --dense seeds, predict --dense)
@@ -395,12 +392,11 @@ class SegmentConfig:
     def flat(self) -> dict[str, Any]:
         """Every setting by field name, the method's knobs beside the shared ones (how a stage records them, and
         :meth:`of` takes them back)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "knobs"}
-        out.update({f.name: v for f in fields(self.knobs) if (v := getattr(self.knobs, f.name)) is not None
-                    or not f.metadata.get("newer")})  # a knob newer than the runs recorded before it (knob(newer=))
-        if out["long_side"] is None:  # newer too: left out at None (the method's), so that older runs resume
-            del out["long_side"]
-        return out
+        # long_side and a knob(newer=True), newer than runs recorded before them, left out at None: those resume
+        out = {f.name: v for f in fields(self) if f.name != "knobs"
+               if (v := getattr(self, f.name)) is not None or f.name != "long_side"}
+        return out | {f.name: v for f in fields(self.knobs) if (v := getattr(self.knobs, f.name)) is not None
+                      or not f.metadata.get("newer")}
 
     def inert(self) -> dict[str, str]:
         """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), SAM's without a method
@@ -444,7 +440,6 @@ DENSE_OPTION_NAMES = {"--short-side": "--dense-side", "--logit-scale": "--dense-
 def dense_config(**given) -> SegmentConfig:
     """The :class:`SegmentConfig` of `cam --dense` / `predict --dense` (its :meth:`~SegmentConfig.resolved` settings
     checked too), its one-line errors naming their ``--dense-*`` options, not segment's."""
-
     try:
         cfg = SegmentConfig.of(**given)
         cfg.resolved()

@@ -254,10 +254,13 @@ def _probs_labels(out: Any, shape: tuple[int, ...] | None) -> bool:
 
 
 def _logits_list(out: Any, a: dict[str, Any]) -> bool:
-    """One ``[Q, H0, W0]`` float tensor per image, at its size."""
-    sizes, q = list(a["sizes"]), int(a["text"].shape[0])
+    """One ``[Q, H0, W0]`` float tensor per image, at its size (``Q`` the text's rows where the text is a tensor; a
+    method's own text, its ``query_text`` hook's, says nothing of its rows)."""
+    sizes, text = list(a["sizes"]), a["text"]
+    q = int(text.shape[0]) if isinstance(text, torch.Tensor) else None
     return (isinstance(out, (list, tuple)) and len(out) == len(sizes)
-            and all(_is_tensor(x, 3, True) and tuple(x.shape) == (q, *map(int, size)) for x, size in zip(out, sizes)))
+            and all(_is_tensor(x, 3, True) and tuple(x.shape[1:]) == tuple(map(int, size))
+                    and (q is None or x.shape[0] == q) for x, size in zip(out, sizes)))
 
 
 def _is_mixing(out: Any) -> bool:
