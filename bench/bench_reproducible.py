@@ -22,7 +22,7 @@ and keeps its files for the comparison:
 * ``fast-threads2``: fast mode with two intra-op threads a command (``OMP_NUM_THREADS=2``) where the others run one:
   what the thread count alone changes (measured, not checked).
 
-The emulation's instruction caps are the settings reproducible mode sets itself (:data:`vpltool.numerics.ISA_PINS`,
+The emulation's instruction caps are the settings reproducible mode sets itself (:data:`runtime.numerics.ISA_PINS`,
 the libraries' documented caps); in fast mode they are the only difference between the two runs of a pair.
 """
 

@@ -228,9 +228,9 @@ def corrclip(work: Path, refs: Path) -> None:
     import torch
     from dense_ref_runner import mmseg_input
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     ref = clone(refs, "corrclip") / "CorrCLIPv1"
     s = cp.setup(work, 1, 1)

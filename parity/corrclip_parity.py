@@ -169,11 +169,11 @@ def compare(args, s: dict, ref: Path, work: Path) -> dict:
     import numpy as np
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
     from vpltool.models.dense.corrclip import dbscan_labels, map_correction
     from vpltool.models.dense.segmentor import dense_probabilities
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(args.threads)
     meta = json.loads((ref / "meta.json").read_text())
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     args.ref = args.ref.resolve()
 
     def result(work: Path) -> dict:
-        from vpltool.presets import IMAGENET_TEMPLATES
+        from vpltool.config.presets import IMAGENET_TEMPLATES
 
         s = setup(work, args.images, args.text_layers)
         ref_out = work / "ref"

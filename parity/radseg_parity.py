@@ -82,9 +82,9 @@ def radseg_method(args, s: dict):
 def compare(args, s: dict, ref: Path) -> dict:
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models.dense.radseg import denoised_labels, query_probabilities, scga, window_features
     from vpltool.models.dense.segmentor import query_rows, segment_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(args.threads)
     meta = json.loads((ref / "meta.json").read_text())

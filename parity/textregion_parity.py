@@ -170,9 +170,9 @@ def merge_parity(args, s: dict, work: Path) -> dict:
 
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     photos = s["photos"][: args.merge_images]
     names = ps.synonym_class_file(args.ref / "configs" / "cls_voc21.txt", work / "synonyms" / "cls_voc21.txt")
@@ -234,9 +234,9 @@ def rounding_parity(args, s: dict, work: Path) -> dict:
     file (its fp32 values kept): how far its weight rounding moves the logits (module docstring)."""
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     pt, st = unrounded_weights(s, work)
     photos = s["photos"][: args.rounding_images]
@@ -260,10 +260,10 @@ def compare(args, s: dict, ref: Path) -> dict:
     import numpy as np
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
     from vpltool.models.dense.segmentor import dense_probabilities, segment_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(args.threads)
     meta = json.loads((ref / "meta.json").read_text())

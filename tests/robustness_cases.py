@@ -6029,8 +6029,8 @@ def _pgseg_cam_prototypes(ws: Workspace) -> Iterator[list[object]]:
       "--background sky: --class-file", "gives the background's queries on its first line")
 def _class_file_semicolons_and_background(ws: Workspace) -> Iterator[list[object]]:
     root = _miniature(ws, "voc21")
+    from vpltool.config.presets import VOC_CLASSES
     from vpltool.data.class_files import read_class_file
-    from vpltool.presets import VOC_CLASSES
 
     path = ws.root / "cls_voc21_proxyclip.txt"
     path.write_text("; ".join(read_class_file("sclip:voc21")[0]) + "\n" + "\n".join(VOC_CLASSES))
@@ -6042,7 +6042,7 @@ def _class_file_semicolons_and_background(ws: Workspace) -> Iterator[list[object
       "once")
 def _class_file_query_twice(ws: Workspace) -> Iterator[list[object]]:
     root = _miniature(ws, "voc21")
-    from vpltool.presets import VOC_CLASSES
+    from vpltool.config.presets import VOC_CLASSES
 
     path = ws.root / "cls_twice.txt"
     path.write_text("\n".join(["dog", *VOC_CLASSES[1:]]) + "\n")
@@ -6052,7 +6052,7 @@ def _class_file_query_twice(ws: Workspace) -> Iterator[list[object]]:
 @case("a class file with '|' (--classes' synonym mark)", "holds '|', --classes' synonym mark")
 def _class_file_bar(ws: Workspace) -> Iterator[list[object]]:
     root = _miniature(ws, "voc21")
-    from vpltool.presets import VOC_CLASSES
+    from vpltool.config.presets import VOC_CLASSES
 
     path = ws.root / "cls_bar.txt"
     path.write_text("\n".join(["aeroplane|jet", *VOC_CLASSES[1:]]) + "\n")
@@ -6463,7 +6463,7 @@ def _report_benchmark_folder(ws: Workspace) -> Iterator[list[object]]:
         shutil.copytree(ws.cams, out / method / "voc21")
     yield ["report", out, "-o", ws.out("report_bench"), "--workers", "1"]
 
-# ---- the dtype and numeric mode a file was made in (vpltool.numerics): a later stage never mixes them unsaid
+# ---- the dtype and numeric mode a file was made in (vpltool.runtime.numerics): a later stage never mixes them unsaid
 @case("cam on features made at bf16 by --precision auto on a CPU with AMX, on a CPU without (auto: fp32)",
       "features_amx: made at bf16 (--precision auto on a CPU with AMX); this run is at fp32 (--precision auto): pass "
       "--precision bf16 to this command, or re-run `vpltool extract` (and what it was made from) with --precision "

@@ -2,7 +2,7 @@
 
 The layers are folders: the CLI (``vpltool/cli/``, and the front door ``vpltool/__init__.py``, ``__main__.py``) on
 top, the stages (``vpltool/stages/``: one module or package per command, peers) below it, the core (every other
-package and module: models, data, io, config, runtime, ops, decoder, errors, device, presets) at the bottom. The demo
+package and module: models, data, io, config, runtime, ops, decoder, plugins, errors, device) at the bottom. The demo
 world (``vpltool/demo/``) is a plugin: it registers itself through the entry point, and nothing below the CLI names
 it. The stage list is read from the folder, so a new stage is checked the day it lands.
 

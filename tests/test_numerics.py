@@ -1,4 +1,4 @@
-"""The numeric mode (vpltool.numerics): the AMX switch, reproducible mode's pins and what a run records of them.
+"""The numeric mode (vpltool.runtime.numerics): the AMX switch, reproducible mode's pins and what a run records of them.
 
 The pins are read when a library loads, so every check of them runs a fresh Python process.
 """
@@ -57,7 +57,7 @@ def test_the_pins_name_only_the_avx512_features_the_cpu_has(monkeypatch):
     assert "ATEN_CPU_CAPABILITY" not in numerics.pinned_environment(set())  # threads alone off x86
 
 
-PROBE = ("import json, vpltool, torch, numpy; from vpltool.numerics import mkl_branch, run_numerics; "
+PROBE = ("import json, vpltool, torch, numpy; from vpltool.runtime.numerics import mkl_branch, run_numerics; "
          "print(json.dumps([run_numerics(torch.float32, 'auto'), torch.backends.cpu.get_cpu_capability(), "
          "torch.get_num_threads(), mkl_branch()]))")
 

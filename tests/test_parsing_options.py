@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from vpltool.config import SegmentConfig
+from vpltool.config.presets import VOC_CLASSES
 from vpltool.data.class_files import class_file_queries, read_class_file
 from vpltool.data.pairs import check_pairs, open_pairs
 from vpltool.errors import VplError
-from vpltool.presets import VOC_CLASSES
 
 
 # ------------------------------------------------------------------------------------------------ class files

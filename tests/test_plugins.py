@@ -188,14 +188,14 @@ def test_a_row_added_in_process_joins_every_list_derived_from_the_table(monkeypa
 @pytest.fixture
 def own_problems(monkeypatch):
     """The problem lines this test adds are its own: every later command of this process would warn them."""
-    from vpltool import entry_points
+    from vpltool.plugins import entry_points
 
     monkeypatch.setattr(entry_points, "_PROBLEMS", list(entry_points._PROBLEMS))
 
 
 def test_a_clash_or_a_malformed_row_is_one_problem_line_and_is_left_out(own_problems):
-    from vpltool import entry_points
     from vpltool.config.dense import DENSE_CHOICES, DENSE_SEGMENTORS, DENSE_SPECS, DenseMethodSpec
+    from vpltool.plugins import entry_points
 
     naclip = DENSE_SEGMENTORS["naclip"]
     entry_points.add("dense", "naclip", DenseMethodSpec(naclip, module="elsewhere"))

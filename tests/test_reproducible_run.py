@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vpltool import numerics
+from vpltool.runtime import numerics
 
 # (not marked numeric: it sets the AMX switch itself, and clears it from the environment it is given)
 pytestmark = pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="x86-64 with AVX2")

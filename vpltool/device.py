@@ -11,8 +11,8 @@ import time
 import numpy as np
 import torch
 
-from . import numerics
 from .errors import VplError
+from .runtime import numerics
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -133,7 +133,7 @@ def cpu_has_amx() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """The dtype of the frozen blocks. 'auto' = bf16 on CUDA and on CPUs with AMX, fp32 on other CPUs, and fp32
-    everywhere in reproducible mode (:mod:`vpltool.numerics`: the one dtype every CPU computes alike).
+    everywhere in reproducible mode (:mod:`vpltool.runtime.numerics`: the one dtype every CPU computes alike).
 
     fp16 is refused on the CPU (no fast kernels, and a narrower range than bf16 for nothing).
     """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .. import entry_points
+from ..plugins import entry_points
 
 # the options below are made from the method tables, the plugins' rows with them: a broken plugin's line is shown
 # per command, as one warning line (friendly_errors), not by Python's display while this module imports

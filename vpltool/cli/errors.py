@@ -98,7 +98,8 @@ def friendly_errors(fn: Callable) -> Callable:
 def _plugin_lines() -> None:
     """Each broken plugin's line (:func:`vpltool.plugins.problems`) as one warning line of this command; those
     that arise later in it are warned as they come."""
-    from .. import entry_points, plugins
+    from .. import plugins
+    from ..plugins import entry_points
 
     for line in plugins.problems():
         warnings.warn(VplWarning(line), stacklevel=2)

@@ -164,7 +164,7 @@ def _kept(option: inspect.Parameter, plugin: str | None, taken: set[str], fn: Ca
         return True
     if plugin is None:  # vpltool's own: a bug of its option tables, never to be hidden
         raise TypeError(f"{fn.__name__}: option {sorted(clash)[0]} is spelled twice")
-    from ..entry_points import problem, uninstall_hint
+    from ..plugins.entry_points import problem, uninstall_hint
 
     problem(f"plugin {plugin}: its option {sorted(clash)[0]} is already one of vpltool's; it is left out (the "
             f"method runs with its default): rename it in the plugin's knobs class{uninstall_hint(plugin)}")

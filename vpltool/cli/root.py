@@ -20,7 +20,7 @@ def _warn_broken_plugins() -> None:
     if _SHOWN:
         return
     _SHOWN.append(True)
-    from ..entry_points import problems
+    from ..plugins.entry_points import problems
 
     for line in problems():
         typer.echo(f"warning: {line}", err=True)
@@ -93,7 +93,7 @@ def root(
 ) -> None:
     """Weakly-supervised semantic segmentation with CLIP: one stage per command, files in between."""
     if reproducible:  # before any command loads torch, numpy or OpenCV (this package imports none of them)
-        from ..numerics import ask_reproducible
+        from ..runtime.numerics import ask_reproducible
 
         ask_reproducible()
 

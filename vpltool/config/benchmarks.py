@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..entry_points import DerivedMap
+from ..plugins.entry_points import DerivedMap
 from .dense import DENSE_SPECS, KNOBS
 from .method_presets import BENCHMARK_NAMES, MethodPresets
 from .method_presets import CFG_FILES as _CFG

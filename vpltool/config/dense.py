@@ -12,8 +12,8 @@ from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..entry_points import DerivedMap, DerivedTuple, PluginTable
 from ..errors import VplError, VplWarning
+from ..plugins.entry_points import DerivedMap, DerivedTuple, PluginTable
 from . import dense_knobs, dense_presets
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
 from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
@@ -210,7 +210,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a co
 
 
 def _plugin_spec(name: str, spec: Any, dist: str) -> DenseMethodSpec:
-    """A plugin's spec row checked (:class:`~vpltool.entry_points.PluginTable`): one line for what is wrong."""
+    """A plugin's spec row checked (:class:`~vpltool.plugins.entry_points.PluginTable`): one line for what is wrong."""
     if not isinstance(spec, DenseMethodSpec):
         raise VplError(f"register_dense_method takes a DenseMethodSpec, not a {type(spec).__name__}")
     if not _NAME.fullmatch(name):

@@ -27,7 +27,7 @@ def check_hooks_source(module: str) -> None:
     import ast
     from importlib.util import find_spec
 
-    from ..entry_points import PluginFailure, plugin_code
+    from ..plugins.entry_points import PluginFailure, plugin_code
 
     try:
         with plugin_code():  # a parent package is imported to find a submodule: the plugin's own code

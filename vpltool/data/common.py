@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..config.presets import BACKGROUND
 from ..errors import VplError, VplWarning
 from ..io.digests import note_digest
 from ..io.files import check_id, comment_problem, not_utf8, sha256_file, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
-from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
 # every still-photo format Pillow decodes by itself (vpltool.io.images reads them all alike); the earlier of two

@@ -35,8 +35,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..entry_points import DerivedMap, PluginTable
 from ..errors import VplError
+from ..plugins.entry_points import DerivedMap, PluginTable
 
 DEFAULT_FIX = "re-download it, or pass the file of that model"
 
@@ -107,7 +107,7 @@ def _plugin_text_row(name: str, row: Any, dist: str) -> TextFamilyRow:
     if ":" not in row.config or not row.module:
         raise VplError("its row names its module and its configuration class as 'module:Class'")
     from ..config.text import TextTrainConfig
-    from ..entry_points import PluginFailure, plugin_code
+    from ..plugins.entry_points import PluginFailure, plugin_code
 
     module, _, cls_name = row.config.partition(":")
     try:  # torch-free by the interface's contract: the command line reads it for --help
@@ -185,7 +185,7 @@ def family(name: str) -> Family:
 def _import_family(name: str, module: str) -> None:
     """Import family ``name``'s module; a plugin's that fails (or registers no family ``name``) is one line naming
     its distribution and the fix."""
-    from ..entry_points import PluginFailure, plugin_code, uninstall_hint
+    from ..plugins.entry_points import PluginFailure, plugin_code, uninstall_hint
 
     dist = BACKBONES.plugin(name) or TEXT_FAMILIES.plugin(name)
     if dist is None:

@@ -48,9 +48,9 @@ from .. import io
 from ..config import IGNORE_INDEX, CrfConfig, RuntimeConfig, ignored_option, to_params, worker_count
 from ..data import open_recorded
 from ..errors import ContractError, VplError, VplWarning
-from ..numerics import run_numerics
 from ..ops.densecrf import dense_crf, densecrf_module, resolve_backend, unary
 from ..ops.kernels import clip_es_image, crf_probabilities, pseudo_labels
+from ..runtime.numerics import run_numerics
 
 STAGE = "crf"
 MAX_CHUNK = 8  # images per pool task: amortises the task round trip, small enough to keep workers balanced

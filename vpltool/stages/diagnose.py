@@ -32,9 +32,9 @@ from ..data import open_recorded
 from ..device import resolve_device
 from ..errors import VplError
 from ..models import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_model
-from ..numerics import run_numerics
 from ..ops.kernels import MiouAccumulator, cams_to_labels, upsample
 from ..runtime.batches import run_image_batches
+from ..runtime.numerics import run_numerics
 
 KINDS = ("pixel", *(f"gradcam_{layer}" for layer in GRADCAM_LAYERS))
 

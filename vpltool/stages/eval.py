@@ -414,7 +414,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     result.update(scored_what(folder, stage, dataset.split))
     record_path = io.stage_record_path(folder)
     made = io.read_record(record_path).get(io.NUMERICS) if record_path.is_file() else None
-    if made is not None:  # the dtype and numeric mode that made what was scored (vpltool.numerics)
+    if made is not None:  # the dtype and numeric mode that made what was scored (vpltool.runtime.numerics)
         result[io.NUMERICS] = made
     each = result.pop("per_image", None)
     if per_image_out is not None:

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import io, presets
-from ..config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
+from .. import io
+from ..config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, presets, to_params
 from ..decoder import (
     SegDecoder,
     decoder_forward,
@@ -50,9 +50,9 @@ from ..decoder import (
 from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
 from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, check_tokenizer, load_model
-from ..numerics import run_numerics
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
 from ..runtime.batches import image_names, image_stage, run_image_batches, to_device
+from ..runtime.numerics import run_numerics
 
 STAGE = "predict"
 

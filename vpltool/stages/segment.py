@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .. import io, presets
-from ..config import RuntimeConfig, SegmentConfig, to_params
+from .. import io
+from ..config import RuntimeConfig, SegmentConfig, presets, to_params
 from ..data import Dataset
 from ..device import resolve_device, resolve_precision
 from ..errors import VplError

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import io, presets
-from ..config import RuntimeConfig
+from .. import io
+from ..config import RuntimeConfig, presets
 from ..config.checks import at_least
 from ..config.text import ZeroShotSettings
 from ..data import Dataset
@@ -96,7 +96,7 @@ def run_segment_text(
     coloured overlays. ``shard``: ``(i, n)``, this process's share of the images (None: torchrun's rank, or every
     image)."""
     from ..device import shard_from_env
-    from ..numerics import run_numerics
+    from ..runtime.numerics import run_numerics
 
     own = zero_shot_settings(family)
     bg_thresh = own.bg_thresh if bg_thresh is None else bg_thresh

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .. import io, presets
-from ..config import TextPrototypesConfig, to_params
+from .. import io
+from ..config import TextPrototypesConfig, presets, to_params
 from ..data import recorded_folders
 from ..device import resolve_device
 from ..models import ClipBackbone, ModelSpec, check_tokenizer, load_model
@@ -27,7 +27,7 @@ from ..models.backbones.prompts import (  # the prompt rules, shared with `segme
     resolve_templates,
     template_problem,
 )
-from ..numerics import run_numerics
+from ..runtime.numerics import run_numerics
 
 
 def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],

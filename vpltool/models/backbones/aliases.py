@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ... import entry_points
 from ...errors import VplError
+from ...plugins import entry_points
 
 EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
 PLUGIN_GROUP = entry_points.GROUP

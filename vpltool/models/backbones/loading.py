@@ -6,7 +6,7 @@ in the cache, a file that holds another architecture) is a one-line :class:`~vpl
 **Registration point** (:mod:`.aliases`, torch-free). Packages plug models and tokenizers in without the core
 knowing their names: :func:`register_model` maps an alias (``--model NAME``) to a local open_clip folder,
 :func:`register_tokenizer` maps the ``"tokenizer"`` kind named in a folder's ``vpltool.json`` to a factory. Plugins
-are found through the ``vpltool.plugins`` entry-point group (:mod:`vpltool.entry_points`; the demo world registers
+are found through the ``vpltool.plugins`` entry-point group (:mod:`plugins.entry_points`; the demo world registers
 its toy CLIP there).
 """
 

@@ -9,7 +9,7 @@ results differ from MKL's by float rounding.
 :func:`use_onednn` turns a module's ``nn.Linear`` layers into :class:`OneDnnLinear` (the same class with another
 ``forward``: parameters, state dict and ``.to`` unchanged). It calls oneDNN only where that is the same
 computation: fp32 input and weights on the CPU, the weights contiguous, and no gradient asked of the layer; anything
-else (bf16, CUDA, training) goes through ``F.linear`` as before. In reproducible mode (:mod:`vpltool.numerics`) it
+else (bf16, CUDA, training) goes through ``F.linear`` as before. In reproducible mode (:mod:`runtime.numerics`) it
 changes nothing: that mode pins MKL's code path (``MKL_CBWR``), which has no counterpart in oneDNN.
 
 Where a method calls a layer's weights itself (a packed ``in_proj_weight``, a slice of it), :func:`f_linear` is
@@ -57,7 +57,7 @@ ENABLED = True  # False: every product through F.linear (a test's, or a timing's
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`f_linear` takes oneDNN's product for ``x`` and ``weight``: fp32 both, on the CPU, the weight
     contiguous, at least :data:`MIN_ROWS` rows, no gradient asked for, no autocast, not reproducible mode."""
-    from ...numerics import reproducible_asked
+    from ...runtime.numerics import reproducible_asked
 
     if not ENABLED or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
         return False
@@ -98,7 +98,7 @@ def use_onednn(*modules: nn.Module, out_proj: bool = False) -> int:
     ``out_proj`` also each ``nn.MultiheadAttention``'s ``out_proj`` an :class:`OneDnnOutProj` (a ``--dense``
     method calls it on its own); returns how many (0 in reproducible mode, or where this torch has no oneDNN).
     The classes are module-level: a converted model pickles (a worker process) and deep-copies as before."""
-    from ...numerics import reproducible_asked
+    from ...runtime.numerics import reproducible_asked
 
     if reproducible_asked() or not available():
         return 0

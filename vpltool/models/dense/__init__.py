@@ -64,7 +64,7 @@ def dense_hooks(name: str, cfg: Any = None) -> DenseHooks:
 def _plugin_module(name: str, spec) -> Any:
     """A plugin method's module, imported; an import that fails (a missing package, a misspelt hook refused
     where its class is written, a name its class claims twice) is one line naming the plugin's distribution."""
-    from ...entry_points import PluginFailure, plugin_code, uninstall_hint
+    from ...plugins.entry_points import PluginFailure, plugin_code, uninstall_hint
 
     try:
         with plugin_code() as said:

@@ -335,7 +335,7 @@ def _checked(fn: Any, name: str) -> Any:
 def _broken_hook(method: str | None, name: str, what: str) -> str:
     """The one line of a hook that broke its contract: the method, its plugin's distribution and the fix."""
     from ...config.dense import DENSE_SPECS
-    from ...entry_points import uninstall_hint
+    from ...plugins.entry_points import uninstall_hint
 
     spec = DENSE_SPECS.get(method)
     dist = spec.plugin if spec is not None else None

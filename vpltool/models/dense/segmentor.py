@@ -391,8 +391,8 @@ def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset,
     """
     from ...config import NOT_COMPARED
     from ...device import shard_from_env
-    from ...numerics import run_numerics
     from ...runtime.batches import image_stage
+    from ...runtime.numerics import run_numerics
     from .bands import check_photo_memory
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:

@@ -25,8 +25,8 @@ from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec
 from ...models.dense.bands import check_photo_memory
 from ...models.dense.segmentor import batch_extras, dense_input, photo_logits, settings_params, short_side_size
-from ...numerics import run_numerics
 from ...runtime.batches import image_names, image_stage, run_image_batches
+from ...runtime.numerics import run_numerics
 
 STAGE = "cam"
 

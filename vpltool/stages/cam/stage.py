@@ -29,8 +29,8 @@ from ...data import Dataset, is_extract_folder
 from ...device import resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
-from ...numerics import run_numerics
 from ...runtime.batches import cuda_paths, run_image_batches, to_device
+from ...runtime.numerics import run_numerics
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
 from .sources import FromDataset, FromFeatures, attention_blocks_for, frozen_tokens

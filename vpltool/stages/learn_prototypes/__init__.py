@@ -40,7 +40,7 @@ from ...config import LearnPrototypesConfig, RuntimeConfig, to_params
 from ...data import open_if_present, recorded_folders
 from ...device import resolve_device, resolve_precision, seed_everything
 from ...errors import ContractError, VplError
-from ...numerics import run_numerics
+from ...runtime.numerics import run_numerics
 from .descent import (
     Chunk,
     ChunkBuilder,

@@ -28,7 +28,7 @@ from ...decoder import (
     upsample_logits,
 )
 from ...device import autocast, resolve_precision
-from ...numerics import run_numerics
+from ...runtime.numerics import run_numerics
 from ...runtime.ranks import check_resumable
 
 RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  # fields a resumed run may change
@@ -323,7 +323,7 @@ INPUT_OPTIONS = {"pseudo": "PSEUDO (the pseudo masks)", "prototypes": "--prototy
 
 
 def checked_numerics(runtime, device, protos: io.Prototypes, masks: tuple[Path, dict] | None) -> dict[str, Any]:
-    """This run's dtype and numeric mode (:func:`vpltool.numerics.run_numerics`), refused (one line) where the
+    """This run's dtype and numeric mode (:func:`vpltool.runtime.numerics.run_numerics`), refused (one line) where the
     prototypes or the pseudo masks (``(folder, its record)``; None: WeCLIP's online masks) were made in another."""
     numerics = run_numerics(resolve_precision(runtime.precision, device), runtime.precision, device)
     made = [] if masks is None else [(masks[0], masks[1].get(io.NUMERICS), masks[1]["stage"])]

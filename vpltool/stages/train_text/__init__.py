@@ -47,14 +47,14 @@ from torch import Tensor
 
 from ... import io
 from ...config import RuntimeConfig, to_params
+from ...config.presets import IMAGENET_TEMPLATES
 from ...config.text import TextTrainConfig
 from ...data.nouns import noun_prompts, noun_source
 from ...data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs, whole_view
 from ...device import seed_everything
 from ...errors import VplError, VplWarning
-from ...numerics import run_numerics
-from ...presets import IMAGENET_TEMPLATES
 from ...runtime.batches import die_with_parent
+from ...runtime.numerics import run_numerics
 from ...runtime.ranks import check_resumable, prepare_run_folder, process_group
 from .cache import CACHE_DIR, CachedPairs, FeatureCache, as_list, cache_off
 from .steps import (

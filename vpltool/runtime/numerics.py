@@ -195,7 +195,7 @@ def run_numerics(dtype: Any = None, precision: str | None = None, device: Any = 
                 "threads": THREADS}
     if why and not _state["warned"]:
         _state["warned"] = True
-        from .errors import VplWarning
+        from ..errors import VplWarning
 
         warnings.warn(VplWarning(f"{MODE_ENV}=1 asked, but {'; '.join(why)}: this run is in fast mode (its files say "
                                  "so); set it before Python starts, or import vpltool before torch and numpy"),

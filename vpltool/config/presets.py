@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import VplError
+from ..errors import VplError
 
 BACKGROUND = "background"
 
@@ -163,7 +163,7 @@ def check_class_names(names: Sequence[str], option: str = "--classes",
                        f"{MAX_CLASSES} classes")
     if any(not name.strip() for name in names):
         raise VplError(f"{option}: an empty class name; give names like cat,dog")
-    from .io.files import comment_problem
+    from ..io.files import comment_problem
 
     seen: dict[str, str] = {}
     words = synonyms if synonyms is not None else [[name] for name in names]

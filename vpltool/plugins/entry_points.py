@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import VplError, VplWarning
+from ..errors import VplError, VplWarning
 
 GROUP = "vpltool.plugins"
 IN_PROCESS = "this process"  # the distribution of a row registered by a direct call, not from an entry point
