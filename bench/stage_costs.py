@@ -43,7 +43,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils import flop_counter  # noqa: E402
 
-from vpltool import io, presets  # noqa: E402
+from vpltool import io  # noqa: E402
+from vpltool.config import presets  # noqa: E402
 from vpltool.config import (  # noqa: E402
     CamConfig,
     CrfConfig,

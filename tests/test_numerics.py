@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from vpltool import io, numerics
+from vpltool import io
+from vpltool.runtime import numerics
 from vpltool.device import cpu_has_amx, resolve_precision
 from vpltool.errors import ContractError, VplError, VplWarning
 
