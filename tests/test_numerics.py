@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from vpltool import io
-from vpltool.runtime import numerics
 from vpltool.device import cpu_has_amx, resolve_precision
 from vpltool.errors import ContractError, VplError, VplWarning
+from vpltool.runtime import numerics
 
 CPU = torch.device("cpu")
 

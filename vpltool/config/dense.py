@@ -189,7 +189,8 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
     "textregion": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.4, short_side=672, slide_crop=0,
                                                 slide_stride=112, crop_mode="floor", whole="direct", long_side=1008),
                                   module="textregion", class_files="proxyclip", knobs_class=TextRegionKnobs,
-                                  presets=TEXTREGION_PRESETS, segment_only="region masks per photo (segment --region-masks)"),
+                                  presets=TEXTREGION_PRESETS,
+                                  segment_only="region masks per photo (segment --region-masks)"),
     # radseg/radseg.py + evaluation/2d/configs/base_config.py: softmax(100 cos) over the prompts, no threshold
     # (prediction_thresh 0), slide 336/224 in feature space, short side 336 (mid_res cfg_voc20.py); C-RADIOv3-B
     # (NVlabs/RADIO's checkpoint, --proxy-weights) and its SigLIP 2 adaptor's text tower (--language-model)
