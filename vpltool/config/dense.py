@@ -126,7 +126,6 @@ class DenseMethodSpec:
 _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_side=448, slide_crop=448,
                                    slide_stride=224, crop_mode="pad", whole="direct")
 
-
 # SAM 3's methods read the decoded photo (SAM 3 resizes it to its own square input), not the shared resize's
 _SAM3_ONLY = "SAM 3's model in place of a CLIP (segment --sam3-weights)"
 _SAM3_SETTINGS = DenseSettings(logit_scale=1.0, prob_threshold=0.4, short_side=1008, slide_crop=0, slide_stride=112,
