@@ -3,11 +3,15 @@ the rows follow its own in docs/robustness.md): each row fails with its fix reve
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
 
 import bad_output_method as bom  # tests/ is on sys.path
 
-from robustness_cases import CPU, TINY, Workspace, case
+from robustness_cases import ASSETS, CPU, TINY, Workspace, case, cli_ok
 
 SEG_VAL = ["--split", "val", *TINY, *CPU, "--classes", "star,circle"]
 
@@ -60,3 +64,107 @@ def _py_bad_output(ws: Workspace) -> Iterator[list[object]]:
         yield [f"s = vpltool.segmenter({method!r}, model='vpl-test-vit', pretrained='none', device='cpu', "
                "templates='a photo of a {}.', background='grass,sky')",
                "s(np.zeros((32, 32, 3), np.uint8), ['star'])"]
+
+
+# ---- H: the dtype and mode of a folder's items are read from each item's own header, not from _stage.json alone
+def _amx_features(ws: Workspace, name: str) -> Path:
+    """A copy of the workspace's features as an AMX CPU makes them (bf16: --precision auto there), whatever CPU
+    runs the case."""
+    made = ws.root / "features_amx_made"
+    if not (made / "_stage.json").is_file():
+        with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):
+            cli_ok("extract", ws.world, "--split", "train", "-o", made, *TINY, *CPU, "--workers", "1")
+    return ws.copy(made, name)
+
+
+def _edit_record(folder: Path, edit) -> None:
+    record = json.loads((folder / "_stage.json").read_text())
+    edit(record)
+    (folder / "_stage.json").write_text(json.dumps(record))
+
+
+@case("cam --precision fp32 on bf16 features whose _stage.json was edited to say fp32 (once certified)",
+      "features_dtype_edited/train_000000.safetensors: made at bf16 (--precision auto on a CPU with AMX), but its "
+      "folder's _stage.json says at fp32", "the record was edited or the file is another run's",
+      "re-run `vpltool extract` there with --overwrite")
+def _cam_on_edited_dtype(ws: Workspace) -> Iterator[list[object]]:
+    features = _amx_features(ws, "features_dtype_edited")
+    _edit_record(features, lambda r: r["numerics"].update(dtype="fp32"))
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_dtype_edited"), "--precision", "fp32", *CPU]
+
+
+@case("cam --precision fp32 on bf16 features whose _stage.json lost its numerics (once read as an older vpltool's)",
+      "features_no_numerics/_stage.json: records no 'numerics'", "the record is damaged",
+      "re-run `vpltool extract` there with --overwrite")
+def _cam_on_record_without_numerics(ws: Workspace) -> Iterator[list[object]]:
+    features = _amx_features(ws, "features_no_numerics")
+    _edit_record(features, lambda r: r.pop("numerics"))
+    yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_no_numerics"), "--precision", "fp32", *CPU]
+
+
+@case("crf of bf16 CAMs whose _stage.json was edited to say fp32 (its masks would have recorded fp32)",
+      "cams_dtype_edited/train_000000.safetensors: made at bf16", "but its folder's _stage.json says at fp32",
+      "re-run `vpltool cam` there with --overwrite")
+def _crf_on_edited_dtype(ws: Workspace) -> Iterator[list[object]]:
+    made = ws.root / "cams_amx_made"
+    if not (made / "_stage.json").is_file():
+        with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):
+            cli_ok("cam", _amx_features(ws, "features_amx_for_cams"), "-p", ws.text, "-o", made, *CPU)
+    cams = ws.copy(made, "cams_dtype_edited")
+    _edit_record(cams, lambda r: r["numerics"].update(dtype="fp32"))
+    yield ["crf", cams, "-o", ws.out("pseudo_dtype_edited"), "--workers", "1"]
+
+
+# ---- M: weights of another open_clip architecture (open_clip's "text pos_embed width changed!" assertion)
+def _wide_text_weights(ws: Workspace, base: str) -> Path:
+    """The seeded random weights of test config ``base`` with a text tower 48 wide, not 32 (as ViT-S-16's 384 to
+    PE-Core-S's 512): another architecture, saved as a file (made once)."""
+    import tiny_towers  # noqa: F401  (the SigLIP 2 and PE-Core towers of the test configs, in timm's registry)
+    from safetensors.torch import save_file
+
+    from vpltool.models import ModelSpec, load_model
+
+    path = ws.root / f"{base}-wide-text.safetensors"
+    if not path.is_file():
+        configs = ws.root / "wide_configs"
+        configs.mkdir(exist_ok=True)
+        config = json.loads((ASSETS / "model_configs" / f"{base}.json").read_text())
+        config["text_cfg"]["width"] = 48
+        (configs / f"{base}-wide.json").write_text(json.dumps(config))
+        bb = load_model("clip", ModelSpec(f"{base}-wide", "none", config_dir=str(configs)), "cpu")
+        save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(path))
+    return path
+
+
+@case("segment --model vpl-test-pe (PE-Core's tower) --pretrained a CLIP's weights of another text width (as "
+      "ViT-S-16's for PE-Core; once a 188-line AssertionError)", "vpl-test-vit-wide-text.safetensors: does not hold "
+      "vpl-test-pe weights (text pos_embed width changed!); check --model")
+def _pe_given_other_clip(ws: Workspace) -> Iterator[list[object]]:
+    import tiny_towers  # noqa: F401
+
+    yield ["segment", ws.world, "-o", ws.out("seg_pe_wide"), "--split", "val", "--model", "vpl-test-pe",
+           "--pretrained", _wide_text_weights(ws, "vpl-test-vit"), *CPU, "--classes", "star"]
+
+
+@case("segment --model vpl-test-sl2 (SigLIP 2's tower) --pretrained PE-Core's weights of another text width (once "
+      "an AssertionError)", "vpl-test-pe-wide-text.safetensors: does not hold vpl-test-sl2 weights",
+      "check --model")
+def _siglip2_given_pe(ws: Workspace) -> Iterator[list[object]]:
+    import tiny_towers  # noqa: F401
+
+    yield ["segment", ws.world, "-o", ws.out("seg_sl2_wide"), "--split", "val", "--model", "vpl-test-sl2",
+           "--pretrained", _wide_text_weights(ws, "vpl-test-pe"), *CPU, "--classes", "star"]
+
+
+@case("segment --model local-dir: a folder whose open_clip_config.json says another text width than its weights "
+      "(once an AssertionError)", "clip_wide_config: its weights do not load as the model its open_clip_config.json "
+      "describes", "re-download or re-train that model")
+def _local_dir_other_config(ws: Workspace) -> Iterator[list[object]]:
+    from robustness_cases import _local_clip
+
+    clip = _local_clip(ws, "clip_wide_config")
+    config = json.loads((clip / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["width"] = 96
+    (clip / "open_clip_config.json").write_text(json.dumps(config))
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_wide_config"), "--model", f"local-dir:{clip}",
+           *CPU, "--classes", "star"]

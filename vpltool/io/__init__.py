@@ -91,6 +91,7 @@ from .kinds import (
     write_prototypes,
 )
 from .locks import output_lock, replace_lock
+from .made import folder_made
 from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, read_run_metrics
 from .photo_files import cut_short, leave_out, note_source
 from .provenance import ITEM_WRITERS, check_item, run_digest, writing_digest
@@ -192,5 +193,5 @@ __all__ = [
     "NOT_FILES", "changed_inputs", "files_digest", "param_changes", "shown_path", "weights_identity",
     "cut_short", "leave_out", "note_source",
     "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
-    "NUMERICS", "check_numerics", "file_numerics", "header_numerics", "numerics_problem",
+    "NUMERICS", "check_numerics", "file_numerics", "header_numerics", "numerics_problem", "folder_made",
 ]  # fmt: skip

@@ -347,11 +347,12 @@ def create_model(spec: ModelSpec):
 def _load_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
 
-    return RuntimeError, KeyError, IndexError, ValueError, SafetensorError
+    return RuntimeError, KeyError, IndexError, ValueError, AssertionError, SafetensorError
 
 
 # what open_clip raises for weights that do not fit its model (torch's load_state_dict: RuntimeError; its own
-# conversions of an older layout: KeyError, IndexError; a file cut short: SafetensorError, or a zip's RuntimeError)
+# conversions of an older layout: KeyError, IndexError; its resize of another architecture's positional tables:
+# AssertionError, "text pos_embed width changed!"; a file cut short: SafetensorError, or a zip's RuntimeError)
 _LOAD_ERRORS = _load_errors()
 
 

@@ -326,7 +326,7 @@ def checked_numerics(runtime, device, protos: io.Prototypes, masks: tuple[Path, 
     """This run's dtype and numeric mode (:func:`vpltool.runtime.numerics.run_numerics`), refused (one line) where the
     prototypes or the pseudo masks (``(folder, its record)``; None: WeCLIP's online masks) were made in another."""
     numerics = run_numerics(resolve_precision(runtime.precision, device), runtime.precision, device)
-    made = [] if masks is None else [(masks[0], masks[1].get(io.NUMERICS), masks[1]["stage"])]
+    made = [] if masks is None else io.folder_made(masks[0], masks[1], masks[1]["stage"], items=False)
     io.check_numerics(numerics, protos.made(), *made)
     return numerics
 
