@@ -168,3 +168,83 @@ def _local_dir_other_config(ws: Workspace) -> Iterator[list[object]]:
     (clip / "open_clip_config.json").write_text(json.dumps(config))
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_wide_config"), "--model", f"local-dir:{clip}",
            *CPU, "--classes", "star"]
+
+
+# ---- M: the Talk2DINO feature cache (train-text's OUT/cache) as a link, a file, a forged entry; --overwrite keeps
+# the last result until the new run has a checkpoint of its own
+def _t2d_run(ws: Workspace, name: str) -> tuple[Path, list[object]]:
+    from robustness_cases import _talk2dino_cached_run
+
+    _, out, again = _talk2dino_cached_run(ws, name)
+    return out, again
+
+
+@case("train-text --overwrite over a run whose OUT/cache is a link to another run's cache of another crop size "
+      "(once OSError: Cannot call rmtree on a symbolic link)", "t2d_link/cache: a feature cache made crop_size 48 "
+      "there, 32 here", "(through the link to ", "not used: it is cleared and made again", exit_code=0,
+      leaves=("t2d_link/*", "t2d_link/checkpoints/*", "t2d_link_other/cache/*", "-t2d_link_other/cache/*"))
+def _t2d_cache_link(ws: Workspace) -> Iterator[list[object]]:
+    import shutil
+
+    from robustness_cases import _pairs_folder
+
+    out, again = _t2d_run(ws, "t2d_link")
+    other = ws.out("t2d_link_other")
+    cli_ok("train-text", _pairs_folder(ws, "pairs_t2d"), "--family", "talk2dino", "--recipe", "demo", "-o", other,
+           "--batch-size", "2", "--crop-size", "48", "--workers", "1", *CPU)
+    shutil.rmtree(out / "cache")
+    (out / "cache").symlink_to(other / "cache")
+    yield again
+
+
+@case("train-text --overwrite over a finished run whose OUT/cache is a file (once refused only after --overwrite "
+      "had deleted its model, checkpoint and _stage.json)", "t2d_cache_file/cache: a file, where train-text keeps "
+      "its feature cache (a folder); move it away or delete it", "or pass --no-feature-cache")
+def _t2d_cache_file(ws: Workspace) -> Iterator[list[object]]:
+    import shutil
+
+    out, again = _t2d_run(ws, "t2d_cache_file")
+    shutil.rmtree(out / "cache")
+    (out / "cache").write_text("not a folder\n")
+    yield again
+
+
+@case("train-text --overwrite over a finished run whose OUT/cache is a link to nothing", "t2d_cache_gone/cache: a "
+      "link to ", "which is not there, where train-text keeps its feature cache")
+def _t2d_cache_dangling(ws: Workspace) -> Iterator[list[object]]:
+    import shutil
+
+    out, again = _t2d_run(ws, "t2d_cache_gone")
+    shutil.rmtree(out / "cache")
+    (out / "cache").symlink_to(ws.root / "no_such_cache")
+    yield again
+
+
+@case("train-text over a run folder whose feature-cache entry was forged with tensors of another shape and a "
+      "valid checksum (once RuntimeError: stack expects each tensor to be equal size, after --overwrite had deleted "
+      "the model)", "a damaged feature-cache entry (its tensors are heads float32 (2, 63), the cache's heads float32 "
+      "(2, 64)); not used: its pair's features are computed again", exit_code=0, leaves=("t2d_forged/*",
+                                                                                         "t2d_forged/cache/*"))
+def _t2d_cache_forged(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from vpltool.stages.train_text.cache import _tensors_digest
+
+    out, again = _t2d_run(ws, "t2d_forged")
+    entry = sorted((out / "cache" / "image").glob("*/*.safetensors"))[0]
+    with safe_open(str(entry), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k)[..., :-1].contiguous() for k in f.keys()}
+    save_file(tensors, str(entry), metadata={**meta, "crc32": _tensors_digest(tensors)})  # a forger's checksum
+    yield again
+
+
+@case("train-text over a run folder whose feature cache's _cache.json is a folder (once a warning listing 'None "
+      "there' for every key)", "t2d_record_dir/cache: a feature cache whose record _cache.json is a folder, not a "
+      "file; not used: it is cleared and made again", exit_code=0,
+      leaves=("t2d_record_dir/*", "t2d_record_dir/cache/*", "-t2d_record_dir/cache/*"))
+def _t2d_cache_record_folder(ws: Workspace) -> Iterator[list[object]]:
+    out, again = _t2d_run(ws, "t2d_record_dir")
+    (out / "cache" / "_cache.json").unlink()
+    (out / "cache" / "_cache.json").mkdir()
+    yield again
