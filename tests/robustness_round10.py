@@ -248,3 +248,21 @@ def _t2d_cache_record_folder(ws: Workspace) -> Iterator[list[object]]:
     (out / "cache" / "_cache.json").unlink()
     (out / "cache" / "_cache.json").mkdir()
     yield again
+
+
+# ---- M: vpltool app with Gradio installed but broken
+@case("app with Gradio installed but broken (it does not import; once a traceback)", "vpltool app: Gradio is "
+      "installed (broken_gradio/gradio/__init__.py) but does not import (ImportError: cannot import name 'HfFolder' "
+      "from 'huggingface_hub'); reinstall it: pip install --force-reinstall gradio")
+def _app_gradio_broken(ws: Workspace) -> Iterator[list[object]]:
+    import sys
+
+    package = ws.root / "broken_gradio" / "gradio"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(  # what a Gradio older than its huggingface_hub raises
+        "raise ImportError(\"cannot import name 'HfFolder' from 'huggingface_hub'\")\n")
+    gone = [name for name in sys.modules if name == "gradio" or name.startswith("gradio.")]
+    with mock.patch.dict(sys.modules), mock.patch.object(sys, "path", [str(package.parent), *sys.path]):
+        for name in gone:
+            del sys.modules[name]
+        yield ["app", "--port", "0"]
