@@ -210,7 +210,7 @@ def gt_pseudo(world, tmp_path_factory) -> Path:
 
     from vpltool import io
     from vpltool.data import open_dataset
-    from vpltool.numerics import run_numerics
+    from vpltool.runtime.numerics import run_numerics
 
     dataset = open_dataset(world, "train")
     out = tmp_path_factory.mktemp("pseudo")

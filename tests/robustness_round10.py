@@ -266,3 +266,40 @@ def _app_gradio_broken(ws: Workspace) -> Iterator[list[object]]:
         for name in gone:
             del sys.modules[name]
         yield ["app", "--port", "0"]
+
+
+# ---- M, L: the environment's switches take the usual true and false words, and refuse any other value (that
+# VPLTOOL_REPRODUCIBLE=yes runs reproducible is tests/test_numerics.py's: the mode is set before torch loads)
+@case("VPLTOOL_REPRODUCIBLE=2 (once ignored silently: fast mode)", "VPLTOOL_REPRODUCIBLE='2': not a switch; set it "
+      "to 1 (or true, yes, on) for reproducible mode, or 0 (false, no, off) (or unset it) for fast mode")
+def _reproducible_two(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.dict(os.environ, {"VPLTOOL_REPRODUCIBLE": "2"}):
+        yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_repro_2"), *CPU]
+
+
+@case("VPLTOOL_REPRODUCIBLE=garbage (once ignored silently)", "VPLTOOL_REPRODUCIBLE='garbage': not a switch")
+def _reproducible_garbage(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.dict(os.environ, {"VPLTOOL_REPRODUCIBLE": "garbage"}):
+        yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_repro_garbage"), *CPU]
+
+
+@case("VPLTOOL_ASSUME_AMX=maybe (once read as this CPU's, silently)", "VPLTOOL_ASSUME_AMX='maybe': not a switch; set "
+      "it to 1 (or true, yes, on) to resolve --precision auto as on a CPU with AMX, or 0 (false, no, off) as on a CPU "
+      "without (unset it: as this CPU)")
+def _assume_amx_maybe(ws: Workspace) -> Iterator[list[object]]:
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "maybe"}):
+        yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_amx_maybe"), *CPU]
+
+
+@case("VPLTOOL_ASSUME_AMX=true on features made at bf16 as on an AMX CPU (once read as this CPU's: refused on a CPU "
+      "without AMX)", "✓ cam: 4 images", exit_code=0, leaves=("cams_amx_true/", "cams_amx_true/*"))
+def _assume_amx_true(ws: Workspace) -> Iterator[list[object]]:
+    features = _amx_features(ws, "features_amx_true")
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "true"}):
+        yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_amx_true"), *CPU]
+
+
+@case("--precision float32 (torch's name; once no 'did you mean')", "--precision 'float32': did you mean 'fp32'? "
+      "choose auto, fp32, bf16 or fp16")
+def _precision_float32(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_float32"), "--precision", "float32", *CPU]

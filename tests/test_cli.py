@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from vpltool import io
 from vpltool.cli import app
 from vpltool.demo.make_world import write_dataset
-from vpltool.numerics import run_numerics
+from vpltool.runtime.numerics import run_numerics
 
 import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
 

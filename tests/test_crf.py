@@ -16,9 +16,9 @@ from vpltool import io
 from vpltool.config import CrfConfig, RuntimeConfig
 from vpltool.errors import ContractError, MissingDependencyError, VplError
 from vpltool.io import mask_path
-from vpltool.numerics import run_numerics
 from vpltool.ops.densecrf import dense_crf
 from vpltool.ops.kernels import cams_to_labels, clip_es_image, crf_probabilities, pseudo_labels
+from vpltool.runtime.numerics import run_numerics
 from vpltool.stages.crf import refine_image, run_crf
 
 NUMERICS = run_numerics("fp32")  # what a `cam` run records of its dtype and mode

@@ -182,7 +182,7 @@ def test_modality_gap_is_zero_for_text_and_shrinks_when_prototypes_move_to_their
 def _write_problem(root: Path, *, dim: int = 16, n_images: int = 6, grid=(4, 4), seed: int = 0,
                    classes=CLASSES, text_dim: int | None = None, background=("sky", "road")) -> dict[str, Path]:
     """`extract`, `cam` and `text-prototypes` outputs for a tiny synthetic dataset (16x16 px images)."""
-    from vpltool.numerics import run_numerics
+    from vpltool.runtime.numerics import run_numerics
 
     g = torch.Generator().manual_seed(seed)
     made = run_numerics()  # synthetic: no --precision made them (dtype None goes with every run)

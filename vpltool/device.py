@@ -125,9 +125,9 @@ def cpu_has_amx() -> bool:
     but no AMX, 1.35x *slower*; with neither (AVX2 only) bf16 is emulated. ``VPLTOOL_ASSUME_AMX=1`` (``0``) answers
     as a CPU with (without) AMX would, so that a machine without AMX computes what one with it does.
     """
-    assumed = os.environ.get(numerics.ASSUME_AMX_ENV, "").strip()
-    if assumed in ("0", "1"):
-        return assumed == "1"
+    assumed = numerics.switch(numerics.ASSUME_AMX_ENV)  # 1/true/yes/on, 0/false/no/off; another value: one line
+    if assumed is not None:
+        return assumed
     return "amx_bf16" in numerics.cpu_flags()
 
 

@@ -24,6 +24,7 @@ from typing import NoReturn
 import typer
 
 from ..errors import VplError, VplWarning, write_error
+from ..runtime.numerics import check_switches
 from .options import _FILE_OPTIONS, _EmptySpelling, _FolderSpelling
 from .output import _LOG, err, say
 
@@ -62,6 +63,7 @@ def friendly_errors(fn: Callable) -> Callable:
                 warnings.filterwarnings("ignore", FORK_WARNING, DeprecationWarning)
                 warnings.showwarning = functools.partial(_show_warning, warnings.showwarning, verbose)
                 _plugin_lines()
+                check_switches()  # VPLTOOL_REPRODUCIBLE=2 or =garbage: one line, never read as fast mode silently
                 _check_file_options(kwargs)
                 _check_given_options(fn, kwargs)
                 if log_file is not None:

@@ -1,5 +1,5 @@
 """How a finished stage folder says it was made: its record's ``numerics`` and each item file's own (the dtype and
-numeric mode of the run, :mod:`vpltool.numerics`), for :func:`vpltool.io.check_numerics`.
+numeric mode of the run, :mod:`vpltool.runtime.numerics`), for :func:`vpltool.io.check_numerics`.
 
 A folder's ``_stage.json`` is one file a user may edit; every safetensors item carries the same record in its header
 (``vpltool.numerics``, written by the run that made it). A later stage compares both with its own run: a record whose
@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import numerics
 from ..errors import ContractError
+from ..runtime import numerics
 from .records import NUMERICS, STAGE_RECORD, numerics_problem
 from .stage import recorded_ids
 from .tensors import header_numerics, read_header

@@ -40,7 +40,7 @@ PROB_SLACK = 1e-5  # float rounding a softmax or an average may leave past 0 or 
 class Producer:
     """Who computed a run's masks, as a refusal names it: ``what`` (``--dense naclip``, ``--model pgseg:FILE``),
     ``n_classes`` (with the background: labels are ``0..n_classes - 1``) and the plugin's distribution (``"vpltool-
-    example 0.1.0"``; None for vpltool's own, :data:`vpltool.entry_points.IN_PROCESS` for a row added in this
+    example 0.1.0"``; None for vpltool's own, :data:`vpltool.plugins.entry_points.IN_PROCESS` for a row added in this
     process)."""
 
     what: str
