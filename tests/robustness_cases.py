@@ -302,7 +302,8 @@ class Case:
         ``env -u VAR`` for one it removed); a Python case's lines after ``>>>``."""
         if self.python:
             return _steady(ws.relative(">>> " + "; ".join(map(str, args))))
-        return _steady(ws.relative(shlex.join([*env, "vpltool", *map(str, args)])))
+        line = shlex.join([*env, "vpltool", *map(str, args)])
+        return _steady(ws.relative(line.replace("\n", "\\n")))  # a line break in a value, shown as the shell's $'\n'
 
     def unexpected(self, outcome: Outcome) -> list[str]:
         """What the run left that ``leaves`` does not allow, and the patterns of ``leaves`` that matched nothing."""

@@ -303,3 +303,87 @@ def _assume_amx_true(ws: Workspace) -> Iterator[list[object]]:
       "choose auto, fp32, bf16 or fp16")
 def _precision_float32(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_float32"), "--precision", "float32", *CPU]
+
+
+# ---- M: a photo 100,000 pixels wide and 16 tall (the least side taken): mmseg's resize once gave a side of 0 pixels
+@case("segment a photo 100,000 pixels wide and 16 tall (once ValueError: height and width must be > 0)",
+      "✓ segment (maskclip): 1 masks", exit_code=0, leaves=("seg_strip/", "seg_strip/*"))
+def _segment_strip(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", _strip(ws), "-o", ws.out("seg_strip"), *TINY, *CPU, "--dense", "maskclip", "--classes", "star",
+           "--templates", "a photo of a {}.", "--background", "grass,sky"]
+
+
+def _strip(ws: Workspace) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder = ws.root / "photos_strip"
+    if not folder.is_dir():
+        folder.mkdir()
+        pixels = np.random.default_rng(0).integers(0, 256, (16, 100_000, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "strip.png", compress_level=1)
+    return folder
+
+
+@case("Python: a photo 100,000 pixels wide and 16 tall (once ValueError: height and width must be > 0)",
+      "(16, 100000)", exit_code=0, python=True)
+def _py_strip(ws: Workspace) -> Iterator[list[object]]:
+    yield ["print(seg(np.zeros((16, 100_000, 3), np.uint8), ['star']).labels.shape)"]
+
+
+# ---- M: the Python door's raw AttributeError and TypeError, each one line now
+def _py_case(name: str, line: str, *expect: str, exit_code: int = 2) -> None:
+    @case(f"Python: {name}", *expect, exit_code=exit_code, python=True)
+    def _row(ws: Workspace) -> Iterator[list[object]]:
+        yield [line]
+
+
+SEGMENTER = "vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device='cpu'"
+_py_case("templates= as a list (once AttributeError: 'list' object has no attribute 'strip')",
+         f"{SEGMENTER}, templates=['a photo of a {{}}.'])", "VplError: templates=['a photo of a {}.']: a list; give "
+         "a string: one template with '{}'")
+_py_case("background=5 (once a raw error at the first call)", f"{SEGMENTER}, background=5)",
+         "VplError: background=5: an int; give a string or a list of words")
+_py_case("background= as a list of words (the command line's 'grass,sky')",
+         f"print({SEGMENTER}, templates='a photo of a {{}}.', background=['grass', 'sky'])(np.zeros((32, 32, 3), "
+         "np.uint8), ['star']).labels.shape)", "(32, 32)", exit_code=0)
+_py_case("model=None (once AttributeError: 'NoneType' object has no attribute 'partition')",
+         "vpltool.segmenter('maskclip', model=None)", "VplError: model=None: give the model by name as a string")
+_py_case("model=Path(...) (once AttributeError)", "from pathlib import Path; vpltool.segmenter('maskclip', "
+         "model=Path('clip_folder'))", "VplError: model=PosixPath('clip_folder'): give the model by name as a string",
+         "'local-dir:clip_folder' for a model folder")
+_py_case("batch_size='2' (once TypeError: '>=' not supported between 'str' and 'int')",
+         f"{SEGMENTER}, batch_size='2')", "VplError: batch_size='2': a str; give a whole number")
+_py_case("batch_size=1.5 (once taken)", f"{SEGMENTER}, batch_size=1.5)", "VplError: batch_size=1.5: a float; give a "
+         "whole number")
+_py_case("batch_size=True (once taken as 1)", f"{SEGMENTER}, batch_size=True)", "VplError: batch_size=True: a bool; "
+         "give a whole number")
+_py_case("batch_size=1.5 in a call (once taken)", "seg(np.zeros((32, 32, 3), np.uint8), ['star'], batch_size=1.5)",
+         "VplError: batch_size 1.5: not a whole number (a float)")
+_py_case("list_methods(123) (once TypeError: 'int' object is not iterable)", "vpltool.list_methods(123)",
+         "VplError: list_methods(123): the filter is a pattern ('*clip*') or a list of them, not an int")
+
+
+# ---- L: photos and class names as a user gives them
+_py_case("a float numpy photo in [0, 1] (scikit-image's; once refused where a float tensor was taken)",
+         "print(seg(np.full((32, 48, 3), 0.5), ['star']).labels.shape)", "(32, 48)", exit_code=0)
+_py_case("a file:// URL (once 'file:/...: image not found', the URL mangled)",
+         "print(seg('file://' + str(__import__('pathlib').Path('world/images/val_000000.png').resolve()), "
+         "['star']).labels.shape)", "(96, 96)", exit_code=0)
+_py_case("a class name with a line break (once one class 'star\\ncircle')",
+         "seg(np.zeros((32, 32, 3), np.uint8), ['star\\ncircle'])", "VplError: classes: 'star\\ncircle' holds a line "
+         "break or a tab, so it would be one class; give one class an entry")
+
+
+@case("segment --classes with a line break in a name (a pasted list; once one class)", "--classes: 'star\\ncircle' "
+      "holds a line break or a tab, so it would be one class")
+def _classes_newline(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_newline"), *TINY, *CPU, "--classes",
+           "star\ncircle"]
+
+
+@case("segment file:///.../val_000000.png (once 'file:/...: not found', the URL mangled)", "DATA file://",
+      "a file:// URL; the command line takes the path itself: world/images/val_000000.png")
+def _segment_file_url(ws: Workspace) -> Iterator[list[object]]:
+    yield ["segment", f"file://{(ws.world / 'images' / 'val_000000.png').resolve()}", "-o", ws.out("seg_url"),
+           *TINY, *CPU, "--classes", "star"]

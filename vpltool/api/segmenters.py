@@ -36,10 +36,12 @@ from .options import (
     dense_options,
     device_name,
     method_option,
+    model_names,
     python_lines,
     segmenting,
     text_options,
     torch_dtype_pointer,
+    typed_options,
     unknown_option,
 )
 from .results import Segmentation
@@ -86,7 +88,8 @@ class DenseSegmenter(Segmenter):
     def _options(self, options: dict) -> tuple:
         """``(DenseSettings, batch size)`` of a call: the segmenter's, with the call's :data:`PER_CALL` options
         checked as `segment` checks them (:class:`SegmentConfig`)."""
-        given = call_options(options, (*PER_CALL, "batch_size"), ALIASES, f"seg(...) with method {self.method!r}")
+        given = typed_options(call_options(options, (*PER_CALL, "batch_size"), ALIASES,
+                                           f"seg(...) with method {self.method!r}"), SegmentConfig)
         batch = checked_batch_size(given.pop("batch_size")) if "batch_size" in given else self.batch_size
         return (replace(self.cfg, **given).resolved() if given else self.settings), batch
 
@@ -296,8 +299,10 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
     """
     torch_dtype_pointer(options)
     method, checkpoint = method_option("segmenter", method, checkpoint, options)
+    model, pretrained = model_names(model, pretrained)
     if "device" in options:
         options["device"] = device_name(options["device"])
+    options = typed_options(typed_options(options, SegmentConfig), RuntimeConfig)
     runtime = RuntimeConfig(**{k: options.pop(k) for k in RUNTIME if k in options})
     family, method, checkpoint = segmenting(method, model, checkpoint)
     if family != "clip":  # a text-supervised family's checkpoint

@@ -63,6 +63,15 @@ def at_least(option: str, value: int | None, low: int, *, allow_none: bool = Fal
     require(value is not None and value >= low, f"{option} {value}: must be >= {low}{why}")
 
 
+def whole_number(option: str, value: Any, *, allow_none: bool = False) -> None:
+    """An option that counts (a batch size, workers): an int, not a bool, a float or a string (from Python:
+    ``batch_size='2'`` once raised a TypeError, ``1.5`` and ``True`` were taken)."""
+    if value is None and allow_none:
+        return
+    require(isinstance(value, int) and not isinstance(value, bool),
+            f"{option} {value!r}: not a whole number (a {type(value).__name__}); give one, e.g. 2")
+
+
 def fraction(option: str, value: float) -> None:
     require(math.isfinite(value) and 0.0 <= value <= 1.0, f"{option} {value}: must be in [0, 1]")
 
