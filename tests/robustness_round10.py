@@ -14,6 +14,7 @@ import bad_output_method as bom  # tests/ is on sys.path
 from robustness_cases import ASSETS, CPU, TINY, Workspace, case, cli_ok
 
 SEG_VAL = ["--split", "val", *TINY, *CPU, "--classes", "star,circle"]
+TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 
 
 # ---- H: a --dense method's output is checked before a mask is written (vpltool.stages._masks), built-in or plugin
@@ -387,3 +388,72 @@ def _classes_newline(ws: Workspace) -> Iterator[list[object]]:
 def _segment_file_url(ws: Workspace) -> Iterator[list[object]]:
     yield ["segment", f"file://{(ws.world / 'images' / 'val_000000.png').resolve()}", "-o", ws.out("seg_url"),
            *TINY, *CPU, "--classes", "star"]
+
+
+# ---- found by the output check: ProxyCLIP's attention on a blank photo (every token alike: each one's similarity
+# masked, a softmax of -inf alone) was NaN everywhere, its masks certified
+@case("segment --dense proxyclip on a blank photo (uniform grey; once NaN probabilities, its masks written and "
+      "certified)", "✓ segment (proxyclip): 1 masks", exit_code=0, leaves=("seg_blank/", "seg_blank/*"))
+def _proxyclip_blank(ws: Workspace) -> Iterator[list[object]]:
+    from PIL import Image
+
+    folder = ws.root / "photos_blank"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(folder / "grey.png")
+    yield ["segment", folder, "-o", ws.out("seg_blank"), *TINY, *CPU, "--classes", "star,circle", "--dense",
+           "proxyclip", "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--templates", "a photo of a {}.",
+           "--background", "grass,sky"]
+
+
+# ---- L: weights files: all zeros, a checkpoint's prefix said under the option given, a folder given for a file
+def _proxy_args(ws: Workspace, out: str, model: str, weights: object) -> list[object]:
+    return ["segment", ws.world, "-o", ws.out(out), *SEG_VAL, "--dense", "proxyclip", "--proxy-model", model,
+            "--proxy-weights", weights, "--short-side", "64", "--slide-crop", "0"]
+
+
+@case("segment --dense proxyclip --proxy-weights a DINOv3 file whose every weight is 0 (once accepted)",
+      "zero_dinov3.safetensors: every weight is 0 (its ", "floating-point tensors): a placeholder or a save that "
+      "wrote no values")
+def _zero_dinov3(ws: Workspace) -> Iterator[list[object]]:
+    import timm
+    import tiny_towers  # noqa: F401  (a tiny DINOv3 under timm's name vpl_test_dinov3)
+    from safetensors.torch import save_file
+
+    path = ws.root / "zero_dinov3.safetensors"
+    model = timm.create_model(tiny_towers.DINOV3, pretrained=False, num_classes=0)
+    save_file({k: v.zero_().contiguous() if v.is_floating_point() else v.contiguous()
+               for k, v in model.state_dict().items()}, str(path))
+    yield _proxy_args(ws, "seg_zero_dinov3", tiny_towers.DINOV3, path)
+
+
+@case("segment --dense proxyclip --proxy-weights a training checkpoint's 'model.'-prefixed tensors (once said under "
+      "--dino-weights, an option segment lacks)", "warning: --proxy-weights dino_model_prefixed.safetensors: tensor "
+      "names prefixed 'model.' (a training checkpoint); the prefix was stripped", exit_code=0,
+      leaves=("seg_prefixed/", "seg_prefixed/*"))
+def _proxy_prefixed(ws: Workspace) -> Iterator[list[object]]:
+    from safetensors.torch import load_file, save_file
+
+    path = ws.root / "dino_model_prefixed.safetensors"  # the toy DINO (timm's test_vit) as a training checkpoint
+    save_file({f"model.{k}": v for k, v in load_file(TOY_DINO).items()}, str(path))
+    yield _proxy_args(ws, "seg_prefixed", "test_vit", path)
+
+
+@case("segment --proxy-weights a folder (once 'DINO weights file not found')", "dino_folder: a folder, not a DINO "
+      "weights file (it holds model.safetensors); give the file itself: pass an existing file to --proxy-weights")
+def _proxy_weights_folder(ws: Workspace) -> Iterator[list[object]]:
+    from robustness_cases import DINO_MODEL
+
+    folder = ws.root / "dino_folder"
+    folder.mkdir(exist_ok=True)
+    ws.dino_weights("dino_folder/model.safetensors")
+    yield _proxy_args(ws, "seg_dino_folder", DINO_MODEL, folder)
+
+
+@case("segment --pretrained a folder (once 'weights file not found')", "clip_weights_folder: a folder, not a "
+      "weights file (it holds open_clip_model.safetensors); give the file itself")
+def _pretrained_folder(ws: Workspace) -> Iterator[list[object]]:
+    from robustness_cases import _local_clip
+
+    folder = _local_clip(ws, "clip_weights_folder")
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_pretrained_folder"), "--model", "vpl-test-vit",
+           "--pretrained", folder, *CPU, "--classes", "star"]

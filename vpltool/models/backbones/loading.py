@@ -332,7 +332,9 @@ def create_model(spec: ModelSpec):
     path = Path(pretrained).expanduser()
     if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
         if not path.is_file():
-            raise VplError(f"{path}: weights file not found")
+            from ...io import not_a_file
+
+            raise not_a_file(path, "weights", "pass the model's weights file to --pretrained")
         try:
             with no_weight_init(), assign_loaded_weights():
                 return open_clip.create_model(spec.model, pretrained=str(path),
