@@ -457,3 +457,29 @@ def _pretrained_folder(ws: Workspace) -> Iterator[list[object]]:
     folder = _local_clip(ws, "clip_weights_folder")
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_pretrained_folder"), "--model", "vpl-test-vit",
            "--pretrained", folder, *CPU, "--classes", "star"]
+
+
+# ---- L: an entry named like an image that is no regular file (once skipped silently: one image fewer)
+def _photos_with(ws: Workspace, name: str, make) -> Path:
+    import shutil
+
+    folder = ws.root / name
+    if not folder.is_dir():
+        folder.mkdir()
+        shutil.copy(ws.world / "images" / "val_000000.png", folder / "photo.png")
+        make(folder)
+    return folder
+
+
+@case("segment a folder of photos where one .png is a FIFO (once skipped silently)", "photos_fifo/pipe.png: a pipe "
+      "(FIFO), not an image file; remove it, or put the image itself there")
+def _photo_fifo(ws: Workspace) -> Iterator[list[object]]:
+    folder = _photos_with(ws, "photos_fifo", lambda f: os.mkfifo(f / "pipe.png"))
+    yield ["segment", folder, "-o", ws.out("seg_fifo"), *TINY, *CPU, "--classes", "star"]
+
+
+@case("segment a folder of photos where one .png is a link to /dev/zero (once skipped silently)", "photos_zero/"
+      "zero.png: a link to /dev/zero, a device, not an image file")
+def _photo_dev_zero(ws: Workspace) -> Iterator[list[object]]:
+    folder = _photos_with(ws, "photos_zero", lambda f: (f / "zero.png").symlink_to("/dev/zero"))
+    yield ["segment", folder, "-o", ws.out("seg_zero"), *TINY, *CPU, "--classes", "star"]
