@@ -483,3 +483,16 @@ def _photo_fifo(ws: Workspace) -> Iterator[list[object]]:
 def _photo_dev_zero(ws: Workspace) -> Iterator[list[object]]:
     folder = _photos_with(ws, "photos_zero", lambda f: (f / "zero.png").symlink_to("/dev/zero"))
     yield ["segment", folder, "-o", ws.out("seg_zero"), *TINY, *CPU, "--classes", "star"]
+
+
+# ---- L: eval of a folder another run is writing
+@case("eval of a pseudo-mask folder another run is writing (once 'no _stage.json naming its dataset; pass --data')",
+      "seg_writing: another vpltool run is writing it now; wait for it to finish, then score it")
+def _eval_while_written(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    from robustness_cases import interrupted_copy
+
+    folder = interrupted_copy(ws, ws.pseudo, "seg_writing")  # a run under way: _run.json, items, no _stage.json
+    with io.output_lock(folder):
+        yield ["eval", folder]

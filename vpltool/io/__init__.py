@@ -91,7 +91,7 @@ from .kinds import (
     write_features,
     write_prototypes,
 )
-from .locks import output_lock, replace_lock
+from .locks import being_written, output_lock, replace_lock
 from .made import folder_made
 from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, read_run_metrics
 from .photo_files import cut_short, leave_out, note_source
@@ -179,7 +179,8 @@ __all__ = [
     "write_cam_debug", "write_features", "write_prototypes",
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
-    "output_lock", "replace_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
+    "being_written", "output_lock", "replace_lock", "prepare_stage_dir", "read_record", "read_stage_record",
+    "record_stage",
     "recorded_model", "recorded_dataset_identity", "DATASET_INPUTS", "dataset_inputs",
     "stage_record_path", "write_stage_record", "recorded_ids",
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
