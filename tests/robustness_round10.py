@@ -496,3 +496,27 @@ def _eval_while_written(ws: Workspace) -> Iterator[list[object]]:
     folder = interrupted_copy(ws, ws.pseudo, "seg_writing")  # a run under way: _run.json, items, no _stage.json
     with io.output_lock(folder):
         yield ["eval", folder]
+
+
+# ---- L: --precision auto in a later stage follows the dtype its inputs record
+@case("cam --precision fp32 on features made at bf16 (an explicit dtype is never changed: refused as before)",
+      "features_amx_fp32: made at bf16 (--precision auto on a CPU with AMX); this run is at fp32: pass --precision "
+      "bf16 to this command")
+def _cam_explicit_fp32_on_bf16(ws: Workspace) -> Iterator[list[object]]:
+    yield ["cam", _amx_features(ws, "features_amx_fp32"), "-p", ws.text, "-o", ws.out("cams_fp32_of_amx"),
+           "--precision", "fp32", *CPU]
+
+
+@case("cam, crf, train-decoder at --precision auto after extract --precision fp32 on a CPU with AMX (once cam was "
+      "refused: 'made at fp32; this run is at bf16')", "✓ train-decoder", exit_code=0,
+      leaves=("auto_follows/decoder/", "auto_follows/decoder/*", "auto_follows/decoder/checkpoints/*"))
+def _auto_follows(ws: Workspace) -> Iterator[list[object]]:
+    from robustness_cases import DECODER_ARGS
+
+    root = ws.out("auto_follows")
+    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):  # auto: bf16 here, but for its inputs' dtype
+        cli_ok("extract", ws.world, "--split", "train", "-o", root / "features", *TINY, *CPU, "--workers", "1",
+               "--precision", "fp32")
+        cli_ok("cam", root / "features", "-p", ws.text, "-o", root / "cams", *CPU)
+        cli_ok("crf", root / "cams", "-o", root / "pseudo", "--workers", "1")
+        yield ["train-decoder", root / "pseudo", "-p", ws.text, "-o", root / "decoder", *DECODER_ARGS]

@@ -92,7 +92,7 @@ from .kinds import (
     write_prototypes,
 )
 from .locks import being_written, output_lock, replace_lock
-from .made import folder_made
+from .made import folder_made, recorded_dtype
 from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, read_run_metrics
 from .photo_files import cut_short, leave_out, note_source
 from .provenance import ITEM_WRITERS, check_item, run_digest, writing_digest
@@ -196,4 +196,5 @@ __all__ = [
     "cut_short", "leave_out", "note_source",
     "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
     "NUMERICS", "check_numerics", "file_numerics", "header_numerics", "numerics_problem", "folder_made",
+    "recorded_dtype",
 ]  # fmt: skip

@@ -54,4 +54,13 @@ def folder_made(folder: str | os.PathLike, record: dict[str, Any], stage: str, i
     return out
 
 
-__all__ = ["folder_made"]
+def recorded_dtype(*made: tuple[Any, Any, str]) -> str | None:
+    """The one dtype the inputs ``made`` (``(path, numerics, stage)``, :func:`folder_made`'s and a file's ``made()``)
+    record, where they record one (a file of no ``--precision``, text prototypes, records none); None when none
+    does, or when they differ (then the run's own check names them): what ``--precision auto`` follows
+    (:func:`vpltool.device.resolve_precision`)."""
+    dtypes = {found.get("dtype") for _, found, _ in made if isinstance(found, dict) and found.get("dtype")}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+__all__ = ["folder_made", "recorded_dtype"]

@@ -290,7 +290,7 @@ def run_learn_prototypes(
         on_start(cfg.iters)
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
-    compute = resolve_precision(runtime.precision, device)
+    compute = resolve_precision(runtime.precision, device, io.recorded_dtype(*inp.made))  # auto: the inputs' dtype
     numerics = run_numerics(compute, runtime.precision, device)
     io.check_numerics(numerics, *inp.made)
     budget = memory_budget(cfg, device)
