@@ -315,6 +315,14 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
     target = items[pick % len(items)]
     if how == "other run":
         shutil.copyfile(other / target.name, target)
+    elif how == "special file":  # a FIFO or a link to /dev/zero under an image's name (both skipped silently once)
+        target.unlink()
+        os.mkfifo(target) if pick % 2 == 0 else target.symlink_to("/dev/zero")
+    elif how == "extreme shape":  # a photo 100,000 wide and 16 tall, the least side taken (a 0-pixel side once)
+        import numpy as np
+        from PIL import Image
+
+        Image.fromarray(np.full((16, 100_000, 3), pick % 256, np.uint8)).save(target, format="PNG")
     elif how == "truncate":
         data = target.read_bytes()
         target.write_bytes(data[:int(len(data) * cut)])
@@ -336,7 +344,8 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
 KINDS = ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder", "photos"]
 # what a damage makes of each kind of input: an unreadable file (never certified) or a valid one of other content
 # (a photo or a model replaced by another is another input, and may be certified as such)
-UNREADABLE = ("other format", "truncate")
+UNREADABLE = ("other format", "truncate", "special file")
+PHOTO_DAMAGES = ("special file", "extreme shape")  # what a folder of photos holds that no stage folder does
 FOREIGN = ("other item", "other run")  # another item's file, the same item's file of another run: never certified
 
 
@@ -353,12 +362,15 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
     other = _other_run(ws, kind)
 
     @FUZZ
-    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run"]),
+    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run", *PHOTO_DAMAGES]),
            pick=st.integers(0, 50), cut=st.sampled_from([0.0, 0.01, 0.5, 0.99]))
     @example(how="other run", pick=0, cut=0.5)  # every time: a finished folder holding another run's item
+    @example(how="special file", pick=0, cut=0.5)  # and a FIFO named like a photo
     def run(how, pick, cut):
         if how == "other run" and other is None:
             return  # photos and models have no run
+        if how in PHOTO_DAMAGES and kind != "photos":
+            return  # a stage folder's item is read from its record: a FIFO there is a missing item
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(source, copy)
@@ -366,7 +378,7 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
         code, output = _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
         # a damaged input is never certified: whatever it let through, it did not finish
         stage_folder = kind != "photos"
-        unreadable = how == "other format" or (how == "truncate" and cut < 0.99)
+        unreadable = how in ("other format", "special file") or (how == "truncate" and cut < 0.99)
         if unreadable or (how in FOREIGN and stage_folder):
             assert not (out / "_stage.json").exists() and not (out / "scores.json").exists(), (kind, how, pick, cut)
         # what it let through (an edit the command does not read) made the clean input's result, not another one
