@@ -17,8 +17,18 @@ SEG_VAL = ["--split", "val", *TINY, *CPU, "--classes", "star,circle"]
 TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 
 
+def _py_case(name: str, lines: str | list[str], *expect: str, exit_code: int = 2) -> None:
+    """A row of Python ``lines`` (one statement each: the page shows them joined by ``;``)."""
+    @case(f"Python: {name}", *expect, exit_code=exit_code, python=True)
+    def _row(ws: Workspace) -> Iterator[list[object]]:
+        yield [lines] if isinstance(lines, str) else list(lines)
+
+
+SEGMENTER = "vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device='cpu'"
+
+
 # ---- H: a --dense method's output is checked before a mask is written (vpltool.stages._masks), built-in or plugin
-def _bad_output_case(damage: str, *expect: str, command: str = "segment"):
+def _bad_output_case(damage: str, *expect: str):
     @case(f"segment --dense by a method (a plugin) whose output is damaged: {damage} (once written and certified)",
           "--dense test-bad-output (plugin this process): its output for world/images/val_00000", *expect,
           "so it is not used: fix the plugin")
@@ -292,12 +302,10 @@ def _assume_amx_maybe(ws: Workspace) -> Iterator[list[object]]:
         yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_amx_maybe"), *CPU]
 
 
-@case("VPLTOOL_ASSUME_AMX=true on features made at bf16 as on an AMX CPU (once read as this CPU's: refused on a CPU "
-      "without AMX)", "✓ cam: 4 images", exit_code=0, leaves=("cams_amx_true/", "cams_amx_true/*"))
-def _assume_amx_true(ws: Workspace) -> Iterator[list[object]]:
-    features = _amx_features(ws, "features_amx_true")
-    with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "true"}):
-        yield ["cam", features, "-p", ws.text, "-o", ws.out("cams_amx_true"), *CPU]
+_py_case("VPLTOOL_ASSUME_AMX=yes and =off (once read as this CPU's, silently)",
+         ["from unittest import mock", "from vpltool.device import cpu_has_amx",
+          "print([mock.patch.dict('os.environ', {'VPLTOOL_ASSUME_AMX': w})(cpu_has_amx)() for w in ('yes', 'off')])"],
+         "[True, False]", exit_code=0)
 
 
 @case("--precision float32 (torch's name; once no 'did you mean')", "--precision 'float32': did you mean 'fp32'? "
@@ -333,13 +341,6 @@ def _py_strip(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- M: the Python door's raw AttributeError and TypeError, each one line now
-def _py_case(name: str, line: str, *expect: str, exit_code: int = 2) -> None:
-    @case(f"Python: {name}", *expect, exit_code=exit_code, python=True)
-    def _row(ws: Workspace) -> Iterator[list[object]]:
-        yield [line]
-
-
-SEGMENTER = "vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='none', device='cpu'"
 _py_case("templates= as a list (once AttributeError: 'list' object has no attribute 'strip')",
          f"{SEGMENTER}, templates=['a photo of a {{}}.'])", "VplError: templates=['a photo of a {}.']: a list; give "
          "a string: one template with '{}'")
@@ -391,18 +392,13 @@ def _segment_file_url(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- found by the output check: ProxyCLIP's attention on a blank photo (every token alike: each one's similarity
-# masked, a softmax of -inf alone) was NaN everywhere, its masks certified
-@case("segment --dense proxyclip on a blank photo (uniform grey; once NaN probabilities, its masks written and "
-      "certified)", "✓ segment (proxyclip): 1 masks", exit_code=0, leaves=("seg_blank/", "seg_blank/*"))
-def _proxyclip_blank(ws: Workspace) -> Iterator[list[object]]:
-    from PIL import Image
-
-    folder = ws.root / "photos_blank"
-    folder.mkdir(exist_ok=True)
-    Image.new("RGB", (96, 96), (128, 128, 128)).save(folder / "grey.png")
-    yield ["segment", folder, "-o", ws.out("seg_blank"), *TINY, *CPU, "--classes", "star,circle", "--dense",
-           "proxyclip", "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--templates", "a photo of a {}.",
-           "--background", "grass,sky"]
+# masked, a softmax of -inf alone) was NaN everywhere, its masks certified (the check refuses NaN probabilities now)
+_py_case("--dense proxyclip on a blank photo (uniform grey; once NaN probabilities, its labels returned and its masks "
+         "certified)", ["s = vpltool.segmenter('proxyclip', model='vpl-test-vit', pretrained='none', device='cpu', "
+                        "templates='a photo of a {}.', background='grass,sky', proxy_model='test_vit', "
+                        f"proxy_weights={str(TOY_DINO)!r})",
+                        "print(np.isnan(s(np.full((96, 96, 3), 128, np.uint8), ['star', 'circle']).scores).any())"],
+         "False", exit_code=0)
 
 
 # ---- L: weights files: all zeros, a checkpoint's prefix said under the option given, a folder given for a file

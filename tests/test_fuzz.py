@@ -252,12 +252,24 @@ def _mutations(ws: rc.Workspace):
         "pseudo-decoder": lambda copy, out: ["train-decoder", copy, "-p", ws.text, "-o", out, *rc.DECODER_ARGS],
         "photos": lambda copy, out: ["extract", copy, "--split", "val", "-o", out, *rc.TINY, *rc.CPU, "--workers",
                                      "1"],
+        "plain-photos": lambda copy, out: ["segment", copy, "-o", out, *rc.TINY, *rc.CPU, "--dense", "maskclip",
+                                           "--classes", "star", *rc.TEXT_ARGS],
     }
 
 
 def _sources(ws: rc.Workspace) -> dict[str, Path]:
     return {"features": ws.features, "cams": ws.cams, "cams-eval": ws.cams, "pseudo": ws.pseudo,
-            "pseudo-decoder": ws.pseudo, "photos": ws.world}
+            "pseudo-decoder": ws.pseudo, "photos": ws.world, "plain-photos": _plain_photos(ws)}
+
+
+def _plain_photos(ws: rc.Workspace) -> Path:
+    """A folder of two photos (the world's val images), no dataset around them: what `segment PHOTOS` reads."""
+    folder = ws.root / "fuzz_plain_photos"
+    if not folder.is_dir():
+        folder.mkdir()
+        for image in sorted((ws.world / "images").glob("val_*.png")):
+            shutil.copy(image, folder / image.name)
+    return folder
 
 
 def _other_run(ws: rc.Workspace, kind: str) -> Path | None:
@@ -341,7 +353,7 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
         record.write_text(json.dumps(data))
 
 
-KINDS = ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder", "photos"]
+KINDS = ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder", "photos", "plain-photos"]
 # what a damage makes of each kind of input: an unreadable file (never certified) or a valid one of other content
 # (a photo or a model replaced by another is another input, and may be certified as such)
 UNREADABLE = ("other format", "truncate", "special file")
@@ -353,6 +365,7 @@ FOREIGN = ("other item", "other run")  # another item's file, the same item's fi
 def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
     source = _sources(ws)[kind]
     copy, out = ws.root / f"damaged_{kind}", ws.root / f"fuzz_damaged_{kind}"
+    photos = kind in ("photos", "plain-photos")
     inner = (lambda root: root / "images") if kind == "photos" else (lambda root: root)  # where the damage goes
     # the command on the clean input, at the same paths: what an exit 0 on a damaged copy must have made
     shutil.copytree(source, copy)
@@ -369,15 +382,15 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
     def run(how, pick, cut):
         if how == "other run" and other is None:
             return  # photos and models have no run
-        if how in PHOTO_DAMAGES and kind != "photos":
+        if how in PHOTO_DAMAGES and not photos:
             return  # a stage folder's item is read from its record: a FIFO there is a missing item
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(source, copy)
-        _mutate(inner(copy), how, pick, cut, other, "val_" if kind == "photos" else "")
+        _mutate(inner(copy), how, pick, cut, other, "val_" if photos else "")
         code, output = _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
         # a damaged input is never certified: whatever it let through, it did not finish
-        stage_folder = kind != "photos"
+        stage_folder = not photos
         unreadable = how in ("other format", "special file") or (how == "truncate" and cut < 0.99)
         if unreadable or (how in FOREIGN and stage_folder):
             assert not (out / "_stage.json").exists() and not (out / "scores.json").exists(), (kind, how, pick, cut)
