@@ -80,7 +80,7 @@ def test_reproducible_yes_is_reproducible_mode_before_torch_loads():
     """``VPLTOOL_REPRODUCIBLE=yes`` (or true, on, any case) asks the mode as ``1`` does (once: fast, silently)."""
     got = _fresh(PROBE, {numerics.MODE_ENV: "Yes"})
     assert got.returncode == 0, got.stderr
-    record, capability, threads = json.loads(got.stdout)
+    record, capability, threads, _ = json.loads(got.stdout)
     assert record["mode"] == "reproducible" and (capability, threads) == ("AVX2", 1)
 
 

@@ -38,7 +38,6 @@ from .files import (
     make_folder,
     name_problem,
     named_file,
-    not_a_file,
     numbered_lines,
     raise_write_error,
     read_json,
@@ -63,7 +62,15 @@ from .images import (
     write_picture,
     write_png,
 )
-from .inputs import NOT_FILES, changed_inputs, files_digest, param_changes, shown_path, weights_identity
+from .inputs import (
+    NOT_FILES,
+    changed_inputs,
+    files_digest,
+    not_a_file,
+    param_changes,
+    shown_path,
+    weights_identity,
+)
 from .kinds import (
     CAM_DEBUG_KIND,
     CAM_KIND,

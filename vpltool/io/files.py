@@ -54,24 +54,6 @@ def is_regular_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def not_a_file(path: str | os.PathLike, what: str, fix: str) -> VplError:
-    """The one line for ``path`` where a ``what`` file belongs (``"DINO weights"``) that is no regular file: a folder
-    says so and names the weights files in it (a folder was "file not found"), anything else is not found."""
-    path = Path(path)
-    if path.is_dir():
-        try:
-            inside = sorted(p.name for p in path.iterdir()
-                            if p.suffix in (".safetensors", ".pth", ".pt", ".bin", ".tar") and p.is_file())
-        except OSError:
-            inside = []
-        held = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
-        return VplError(f"{path}: a folder, not a {what} file{held}; give the file itself: {fix}")
-    if path.exists():
-        return VplError(f"{path}: not a regular file (a device, a pipe or a socket), where a {what} file belongs; "
-                        f"{fix}")
-    return VplError(f"{path}: {what} file not found; {fix}")
-
-
 # a value of these endings names a file, not a class name or a template: a typo in it must not become a class
 _LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".list", ".lst", ".names", ".text", ".yaml", ".yml")
 
