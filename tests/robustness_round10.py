@@ -516,3 +516,15 @@ def _auto_follows(ws: Workspace) -> Iterator[list[object]]:
         cli_ok("cam", root / "features", "-p", ws.text, "-o", root / "cams", *CPU)
         cli_ok("crf", root / "cams", "-o", root / "pseudo", "--workers", "1")
         yield ["train-decoder", root / "pseudo", "-p", ws.text, "-o", root / "decoder", *DECODER_ARGS]
+
+
+@case("segment --model pgseg:FILE on a photo 100,000 pixels wide and 16 tall (once OpenCV's resize assertion: a "
+      "side of 0 pixels)", "✓ segment (pgseg): 1 masks", exit_code=0, leaves=("seg_strip_pgseg/", "seg_strip_pgseg/*"))
+def _segment_strip_pgseg(ws: Workspace) -> Iterator[list[object]]:
+    import model_kinds as mk
+
+    release = mk.KINDS["pgseg"].clean(ws)
+    with mock.patch.dict(os.environ):  # the test configs' folder is no PGSeg's (it would be said to have no effect)
+        os.environ.pop("VPLTOOL_MODEL_CONFIGS", None)
+        yield ["segment", _strip(ws), "-o", ws.out("seg_strip_pgseg"), "--model", f"pgseg:{release}", "--classes",
+               "star", *CPU]

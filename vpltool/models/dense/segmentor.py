@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ...config.dense import SAM_REFINE_FIELDS
 from ...device import autocast
+from ...ops.sizes import keep_ratio_size
 from .bands import (
     WHOLE_BUDGET,
     banded_probabilities,
@@ -45,15 +46,10 @@ from .bands import (
 MMSEG_LONG_EDGE = 2048  # the methods' configs: Resize(scale=(2048, short), keep_ratio=True)
 
 
-MIN_INPUT_SIDE = 32  # two patches of a /16 CLIP, one of a /32: the least side a window's forward has rows in
-
-
 def short_side_size(height: int, width: int, short: int, long: int = MMSEG_LONG_EDGE) -> tuple[int, int]:
     """``(H, W)`` after mmseg's keep-ratio resize to short side ``short`` (long side at most ``long``), each side at
-    least :data:`MIN_INPUT_SIDE` (a 100,000 x 16 strip, past a 64:1 ratio at the 2048 cap, once had a short side of
-    0 pixels: mmseg's rule alone fails there; the labels are resized back to the photo either way)."""
-    f = min(long / max(height, width), short / min(height, width))
-    return max(int(height * f + 0.5), MIN_INPUT_SIDE), max(int(width * f + 0.5), MIN_INPUT_SIDE)
+    least 32 pixels (:func:`vpltool.ops.sizes.keep_ratio_size`)."""
+    return keep_ratio_size(height, width, short, long)
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
