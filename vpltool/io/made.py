@@ -32,7 +32,7 @@ def folder_made(folder: str | os.PathLike, record: dict[str, Any], stage: str, i
     made = record.get(NUMERICS)
     if made is None:
         raise ContractError(f"{folder / STAGE_RECORD}: records no '{NUMERICS}' (the dtype and mode its items were "
-                            f"made in; every vpltool stage records them), so the record is damaged: {fix}")
+                            f"made in, which every stage records), so the record is damaged: {fix}")
     if (problem := numerics_problem(made)) is not None:
         raise ContractError(f"{folder / STAGE_RECORD}: {problem}; the record is damaged: {fix}")
     out = [(folder, made, stage)]
