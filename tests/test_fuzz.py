@@ -725,7 +725,7 @@ def test_a_switch_of_the_environment_is_read_as_said_or_refused(ws):
     anything else is one line naming the variable (``yes`` once ran in fast mode silently, ``2`` was ignored)."""
     from unittest import mock
 
-    from vpltool import numerics
+    from vpltool.runtime import numerics
 
     @FUZZ
     @given(name=st.sampled_from([numerics.MODE_ENV, numerics.ASSUME_AMX_ENV]),
