@@ -44,7 +44,7 @@ import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vpltool import numerics  # noqa: E402
+from vpltool.runtime import numerics  # noqa: E402
 
 # a few dozen images and short schedules: every stage of the demo runs, in minutes
 REDUCED = ("WORLD_TRAIN=24", "WORLD_VAL=12", "ITERS=60", "DEC_ITERS=30", "REFINES=none caa", "DENSE=", "DENSE_SEEDS=",

@@ -13,9 +13,10 @@ import sys
 import pytest
 import torch
 
-from vpltool import io, numerics
+from vpltool import io
 from vpltool.device import cpu_has_amx, resolve_precision
 from vpltool.errors import ContractError, VplError, VplWarning
+from vpltool.runtime import numerics
 
 CPU = torch.device("cpu")
 
