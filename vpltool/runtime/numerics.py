@@ -93,7 +93,7 @@ def switch(name: str) -> bool | None:
         return None
     if word in ON_WORDS or word in OFF_WORDS:
         return word in ON_WORDS
-    from .errors import VplError
+    from ..errors import VplError
 
     on, off = _SWITCHES.get(name, ("to turn it on", "to turn it off"))
     raise VplError(f"{name}={raw!r}: not a switch; set it to 1 (or true, yes, on) {on}, or 0 (false, no, off) {off}")
