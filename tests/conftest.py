@@ -210,10 +210,12 @@ def gt_pseudo(world, tmp_path_factory) -> Path:
 
     from vpltool import io
     from vpltool.data import open_dataset
+    from vpltool.runtime.numerics import run_numerics
 
     dataset = open_dataset(world, "train")
     out = tmp_path_factory.mktemp("pseudo")
     for item in dataset.items:
         shutil.copy(item.gt, out / f"{item.id}.png")
-    io.write_stage_record(out, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    io.write_stage_record(out, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items),
+                          numerics=run_numerics())  # what every stage records: its mode (no --precision made GT)
     return out

@@ -76,6 +76,30 @@ def test_reproducible_mode_pins_torch_and_numpy_before_they_load():
     assert fast["mode"] == "fast" and fast["amx"] == ("amx_bf16" in numerics.cpu_flags())
 
 
+@pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="an x86-64 CPU with AVX2")
+def test_reproducible_yes_is_reproducible_mode_before_torch_loads():
+    """``VPLTOOL_REPRODUCIBLE=yes`` (or true, on, any case) asks the mode as ``1`` does (once: fast, silently)."""
+    got = _fresh(PROBE, {numerics.MODE_ENV: "Yes"})
+    assert got.returncode == 0, got.stderr
+    record, capability, threads, _ = json.loads(got.stdout)
+    assert record["mode"] == "reproducible" and (capability, threads) == ("AVX2", 1)
+
+
+@pytest.mark.parametrize("name", [numerics.MODE_ENV, numerics.ASSUME_AMX_ENV])
+def test_a_switch_takes_the_usual_words_and_refuses_any_other(monkeypatch, name):
+    for word, on in [("1", True), ("true", True), (" YES ", True), ("on", True), ("0", False), ("False", False),
+                     ("no", False), ("off", False), ("", None)]:
+        monkeypatch.setenv(name, word)
+        assert numerics.switch(name) is on, word
+    for word in ("2", "garbage", "1.0", "y es"):
+        monkeypatch.setenv(name, word)
+        with pytest.raises(VplError, match=rf"^{name}={word!r}: not a switch; set it to 1 \(or true, yes, on\) "):
+            numerics.check_switches()
+    monkeypatch.setenv(numerics.ASSUME_AMX_ENV, "true")
+    monkeypatch.delenv(numerics.MODE_ENV, raising=False)
+    assert cpu_has_amx() and resolve_precision("auto", CPU) == torch.bfloat16  # once: this CPU's, silently
+
+
 def test_the_mode_asked_after_torch_loaded_is_said_and_recorded_as_fast():
     late = PROBE.replace("import json, vpltool, torch, numpy", "import json, torch, numpy; import vpltool")
     got = _fresh(late, {numerics.MODE_ENV: "1"})

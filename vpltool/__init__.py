@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 # seconds on a loaded machine) must see that, not tie itself to init, which adopted it
 LAUNCHED_BY = os.getppid()
 # reproducible mode pins each library's instructions and threads before torch, numpy and OpenCV load (runtime.numerics)
-if os.environ.get("VPLTOOL_REPRODUCIBLE", "").strip() == "1":
+if os.environ.get("VPLTOOL_REPRODUCIBLE", "").strip().lower() in ("1", "true", "yes", "on"):  # numerics.ON_WORDS
     from .runtime.numerics import ask_reproducible
 
     ask_reproducible()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import os
+import sys
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,21 +30,35 @@ TITLE = "vpltool: segment a photo by class names"
 
 
 def require_gradio() -> None:
-    """One line when the ``app`` extra is missing (nothing imported)."""
-    import importlib.util
-
-    if importlib.util.find_spec("gradio") is None:
-        raise MissingDependencyError("vpltool app needs Gradio: pip install -e '.[app]' in vpltool's checkout "
-                                     "(make setup installs it)")
+    """One line when the ``app`` extra is missing, or installed but broken (it does not import: a dependency of
+    another version, a file missing), before any model loads: Gradio is imported here (:func:`gradio`)."""
+    gradio()
 
 
 def gradio():
-    """Gradio, imported with its analytics and version check off (and Hugging Face's telemetry)."""
-    require_gradio()
+    """Gradio, imported with its analytics and version check off (and Hugging Face's telemetry); one line
+    (:class:`~vpltool.errors.MissingDependencyError`) when it is not installed or does not import."""
+    import importlib.util
+
+    if "gradio" in sys.modules and sys.modules["gradio"] is not None:
+        return sys.modules["gradio"]
+    try:
+        found = importlib.util.find_spec("gradio")
+    except (ImportError, ValueError):  # a package whose __spec__ is broken
+        found = None
+    if found is None:
+        raise MissingDependencyError("vpltool app needs Gradio: pip install -e '.[app]' in vpltool's checkout "
+                                     "(make setup installs it)")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import gradio as gr
-
+    try:
+        import gradio as gr
+    except Exception as e:  # noqa: BLE001 (whatever a broken install raises: one line, never a traceback)
+        where = found.origin or (list(found.submodule_search_locations or []) or ["?"])[0]
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise MissingDependencyError(f"vpltool app: Gradio is installed ({where}) but does not import "
+                                     f"({type(e).__name__}: {text}); reinstall it: pip install --force-reinstall "
+                                     "gradio (or pip install -e '.[app]' in vpltool's checkout)") from None
     return gr
 
 

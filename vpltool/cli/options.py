@@ -50,8 +50,10 @@ OutFile = Annotated[Path, typer.Option("--out", "-o", parser=file_path, metavar=
                                        help="Output file (written atomically).")]
 Device = Annotated[str, typer.Option(envvar="VPLTOOL_DEVICE", help="auto | cpu | cuda | cuda:N",
                                      rich_help_panel=RUNTIME)]
-Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA and on CPUs with AMX, else fp32) | "
-                                        "fp32 | bf16 | fp16 (CUDA only).", rich_help_panel=RUNTIME)]
+Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (the dtype the command's inputs record, where "
+                                        "they record one: features, CAMs, masks; else bf16 on CUDA and on CPUs with "
+                                        "AMX, fp32 otherwise) | fp32 | bf16 | fp16 (CUDA only).",
+                                        rich_help_panel=RUNTIME)]
 BatchSize = Annotated[Optional[int], typer.Option(
     help="Images per batch (equal input sizes are batched) [default: auto: 32 on CUDA, halved on out-of-memory; on "
     "a CPU 8 for extract, 1 for cam and predict].", show_default=False, rich_help_panel=RUNTIME)]

@@ -37,6 +37,18 @@ class Group(TyperGroup):
         _warn_broken_plugins()
         return super().get_help(ctx)
 
+    def invoke(self, ctx):
+        """``--reproducible`` (vpltool's own option) given after a command (``vpltool cam --reproducible``) is
+        refused, as click refuses any unknown option, with where it goes."""
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # click's NoSuchOption (typer's vendored click or click itself: by its name)
+            if type(e).__name__ == "NoSuchOption" and getattr(e, "option_name", None) == "--reproducible":
+                e.message = ("No such option: --reproducible; it is vpltool's own, so it goes before the command: "
+                             f"vpltool --reproducible {ctx.invoked_subcommand or 'COMMAND'} ... (or "
+                             "VPLTOOL_REPRODUCIBLE=1 before it)")
+            raise
+
     def format_epilog(self, ctx, formatter) -> None:
         from ..api.methods import method_families
 

@@ -4,9 +4,10 @@
   torch a thread per core, and ``--precision auto`` is bf16 on CUDA and on CPUs with AMX. The same command gives other
   float bits on another CPU: fp32 features moved 2e-3 between AVX2 and AVX-512 kernels, CAMs 1e-4, and bf16 (AMX)
   features 0.066 from fp32; a decoder trained on them moves by points of mIoU.
-* **reproducible** (``VPLTOOL_REPRODUCIBLE=1``, or ``vpltool --reproducible COMMAND``, which sets it for the command
-  and the processes it starts): the same bits on every x86-64 CPU with AVX2 (Haswell and later, AMD Zen, AVX-512 and
-  AMX machines alike), with the same package versions. It pins, before torch, numpy and OpenCV load
+* **reproducible** (``VPLTOOL_REPRODUCIBLE=1``, or ``true``, ``yes``, ``on``: another value than those and ``0``,
+  ``false``, ``no``, ``off`` is refused, :func:`switch`; or ``vpltool --reproducible COMMAND``, which sets it for the
+  command and the processes it starts): the same bits on every x86-64 CPU with AVX2 (Haswell and later, AMD Zen,
+  AVX-512 and AMX machines alike), with the same package versions. It pins, before torch, numpy and OpenCV load
   (:func:`ask_reproducible`; the library reads each setting once, when it loads):
 
   - the dtype: ``--precision auto`` is fp32 (:func:`vpltool.device.resolve_precision`);
@@ -73,9 +74,41 @@ DTYPES = tuple(_DTYPE_NAMES.values())
 _state: dict[str, Any] = {"late": None, "warned": False}
 
 
+# the words an on/off environment variable takes, any case (what shells, CI systems and dotenv files write);
+# unset or empty is off too
+ON_WORDS = ("1", "true", "yes", "on")
+OFF_WORDS = ("0", "false", "no", "off")
+# what each switch does on and off, for the line that refuses another value
+_SWITCHES = {MODE_ENV: ("for reproducible mode", "(or unset it) for fast mode"),
+             ASSUME_AMX_ENV: ("to resolve --precision auto as on a CPU with AMX",
+                              "as on a CPU without (unset it: as this CPU)")}
+
+
+def switch(name: str) -> bool | None:
+    """An on/off environment variable: True for :data:`ON_WORDS`, False for :data:`OFF_WORDS`, None when unset or
+    empty; any other value (``2``, ``garbage``) is one line (:class:`~vpltool.errors.VplError`), never read as off."""
+    raw = os.environ.get(name, "")
+    word = raw.strip().lower()
+    if not word:
+        return None
+    if word in ON_WORDS or word in OFF_WORDS:
+        return word in ON_WORDS
+    from ..errors import VplError
+
+    on, off = _SWITCHES.get(name, ("to turn it on", "to turn it off"))
+    raise VplError(f"{name}={raw!r}: not a switch; set it to 1 (or true, yes, on) {on}, or 0 (false, no, off) {off}")
+
+
+def check_switches() -> None:
+    """Every switch of vpltool's environment read once: one line for a value that is no switch."""
+    for name in _SWITCHES:
+        switch(name)
+
+
 def reproducible_asked() -> bool:
-    """Whether this process was asked for reproducible mode (``VPLTOOL_REPRODUCIBLE=1``)."""
-    return os.environ.get(MODE_ENV, "").strip() == "1"
+    """Whether this process was asked for reproducible mode (``VPLTOOL_REPRODUCIBLE=1``, ``true``, ``yes``, ``on``);
+    another value that is no switch is one line (:func:`switch`)."""
+    return bool(switch(MODE_ENV))
 
 
 def cpu_flags() -> set[str]:
@@ -241,6 +274,7 @@ def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
     return mode if what == "mode" or not made else f"{made}, {mode}"
 
 
-__all__ = ["ASSUME_AMX_ENV", "DTYPES", "ISA_PINS", "MODES", "MODE_ENV", "PINNED_ISA", "THREADS", "THREAD_PINS",
+__all__ = ["ON_WORDS", "OFF_WORDS", "switch", "check_switches", "ASSUME_AMX_ENV",
+           "DTYPES", "ISA_PINS", "MODES", "MODE_ENV", "PINNED_ISA", "THREADS", "THREAD_PINS",
            "ask_reproducible", "cpu_flags", "describe", "dtype_name", "mismatch", "pinned_environment",
            "reproducible_asked", "run_numerics"]

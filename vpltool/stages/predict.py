@@ -290,7 +290,8 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     dense last block (:mod:`vpltool.models.dense.segmentor`, the method's settings), the decoder's own text templates
     and background words as queries; the decoder itself is not run (names it never trained on)."""
     from ..models.dense.method import resolve_method
-    from ..models.dense.segmentor import dense_mask_stage, settings_params
+    from ..models.dense.segmentor import settings_params
+    from ._masks import DenseJob, dense_mask_stage
 
     f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())
     prompts = recorded_prompts(f)
@@ -308,10 +309,12 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     if not method.hooks.own_backbone:
         check_tokenizer(model)  # the names are encoded: the CLIP's tokenizer is made here (SigLIP 2's: the hub's)
     synonyms = [[n.replace("_", " ")] for n in cfg.classes]
-    return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
-                            lambda: method.load(model, device, backbone),
-                            (synonyms, prompts["templates"], prompts["background_words"]), "--classes", on_start,
-                            on_item, older=method.hooks.older_record)
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                            shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision, device),
+                            older=method.hooks.older_record)
+    job = DenseJob(cfg.dense, classes, settings, dtype, lambda: method.load(model, device, backbone),
+                   (synonyms, prompts["templates"], prompts["background_words"]), "--classes")
+    return dense_mask_stage(folder, dataset, job, runtime, device, on_start, on_item)
 
 
 def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int, out: Path,

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import VplError
-from ...io import is_regular_file
+from ...io import is_regular_file, not_a_file
 from ..registry import register_family
 from .dino_weights import DINO_WEIGHTS_FIX, cached_hub_file, file_weights, spec_files, weights_fix
 from .loading import _offline
@@ -109,7 +109,7 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     if spec.weights != "hub":
         path = Path(spec.weights).expanduser()
         if not is_regular_file(path):
-            raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
+            raise not_a_file(path, "DINO weights", "pass an existing file to --dino-weights")
         file_weights(path, model.state_dict(), shapes_only=True, report=report, fix=weights_fix(spec.model))
         return str(path)
     cached = cached_hub_file(timm, spec.model)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import shutil
 import warnings
 import zlib
@@ -38,10 +39,11 @@ import torch
 from torch import Tensor
 
 from ... import io
-from ...errors import VplWarning
+from ...errors import VplError, VplWarning
 
 CACHE_DIR = "cache"
 RECORD = "_cache.json"
+LAYOUT = "_layout.json"  # per side: the names, dtypes and shapes of one entry (FeatureCache.layout)
 FORMAT = 1
 
 
@@ -90,6 +92,7 @@ class FeatureCache:
     def __init__(self, folder: Path, identity: dict[str, Any]):
         self.folder, self.identity = Path(folder), io.jsonable(identity)
         self.digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+        self._layouts: dict[str, dict[str, list] | None] = {}
 
     @classmethod
     def open(cls, folder: Path, identity: dict[str, Any], rank: int, world: int) -> FeatureCache:
@@ -98,22 +101,22 @@ class FeatureCache:
         cache = cls(folder, identity)
         record = cache.folder / RECORD
         if rank == 0:
-            old = None
-            if record.exists():
+            old, why = None, None
+            if os.path.lexists(record):
                 try:
                     old = json.loads(record.read_text())
-                except (OSError, ValueError):
-                    old = {}
+                except (OSError, ValueError) as e:
+                    old, why = {}, _unreadable(record, e)
             if old is not None and (not isinstance(old, dict) or old.get("digest") != cache.digest):
-                was = old.get("identity", {}) if isinstance(old, dict) else {}
-                was = was if isinstance(was, dict) else {}
+                was = old.get("identity") if isinstance(old, dict) else None
                 said = [f"{k} {_short(was.get(k))} there, {_short(v)} here" for k, v in cache.identity.items()
-                        if was.get(k) != v]
-                warnings.warn(VplWarning(
-                    f"{cache.folder}: a feature cache made {'; '.join(said[:3]) if said else 'unreadably'}; not "
-                    "used: it is cleared and made again"), stacklevel=2)
-                shutil.rmtree(cache.folder)
-            if old is None or old.get("digest") != cache.digest:
+                        if was.get(k) != v] if isinstance(was, dict) else []
+                made = f"made {'; '.join(said[:3])}" if said else f"whose record {why or 'is not one'}"
+                link = f" (through the link to {os.path.realpath(cache.folder)})" if cache.folder.is_symlink() else ""
+                warnings.warn(VplWarning(f"{cache.folder}: a feature cache {made}{link}; not used: it is cleared and "
+                                         "made again"), stacklevel=2)
+                _clear(cache.folder)
+            if not isinstance(old, dict) or old.get("digest") != cache.digest:
                 io.write_json(record, {"format": FORMAT, "digest": cache.digest, "identity": cache.identity})
         if world > 1:
             import torch.distributed as dist
@@ -177,10 +180,12 @@ class FeatureCache:
         and its missing entries are written; a damaged entry is named in one warning and made again."""
         for item in batch:
             for line in item.problems:
-                warnings.warn(VplWarning(f"{line}; not used: its pair's features are computed again"), stacklevel=2)
+                _recomputed(line)
         out: dict[str, Tensor] = {}
         for side, compute in (("text", text_side), ("image", image_side)):
             rows = [it.text_features if side == "text" else it.image_features for it in batch]
+            keys = [it.keys[SIDES.index(side)] for it in batch]
+            rows = self._of_layout(side, rows, keys)
             if all(r is not None for r in rows):
                 out.update({name: torch.stack([r[name] for r in rows]).to(device, non_blocking=True)  # type: ignore
                             for name in rows[0]})  # type: ignore[union-attr]
@@ -189,11 +194,50 @@ class FeatureCache:
             given = [g if g is not None else inputs(it)[side == "text"] for g, it in zip(given, batch)]
             made = compute(torch.stack(given).to(device, non_blocking=True))  # type: ignore[arg-type]
             host = {name: v.detach().cpu() for name, v in made.items()}
+            layout = _layout({name: v[0] for name, v in host.items()})
+            self._keep_layout(side, layout)
             for i, r in enumerate(rows):
+                if r is not None and _layout(r) != layout:  # read, but not what the side computes: rewritten
+                    _recomputed(_misshapen(self.path(side, keys[i]), r, layout))
+                    r = None
                 if r is None:
-                    self.write(side, batch[i].keys[SIDES.index(side)], {name: v[i] for name, v in host.items()})
+                    self.write(side, keys[i], {name: v[i] for name, v in host.items()})
             out.update(made)
         return out
+
+    def _of_layout(self, side: str, rows: list, keys: list[str]) -> list:
+        """``rows`` with each entry whose tensors' names, dtypes or shapes are not the side's (its recorded
+        layout, or, none recorded yet, those of the batch's other entries) set to None (computed again): a forged
+        or foreign entry with a valid checksum must not reach ``torch.stack`` or the step."""
+        layout = self.layout(side)
+        read = [_layout(r) for r in rows if r is not None]
+        if layout is None and read and any(x != read[0] for x in read):
+            layout = {}  # entries of several layouts and none recorded: every one of them is computed again
+        if layout is None:
+            return rows
+        out = []
+        for r, key in zip(rows, keys):
+            if r is not None and _layout(r) != layout:
+                _recomputed(_misshapen(self.path(side, key), r, layout))
+                r = None
+            out.append(r)
+        return out
+
+    def layout(self, side: str) -> dict[str, list] | None:
+        """The names, dtypes and shapes of one entry of ``side`` (``cache/<side>/_layout.json``, written when the
+        side is first computed), or None when none is recorded yet."""
+        if side not in self._layouts:
+            try:
+                found = json.loads((self.folder / side / LAYOUT).read_text())
+            except (OSError, ValueError):
+                found = None
+            self._layouts[side] = found if isinstance(found, dict) else None
+        return self._layouts[side]
+
+    def _keep_layout(self, side: str, layout: dict[str, list]) -> None:
+        if self.layout(side) != layout:
+            io.write_json(self.folder / side / LAYOUT, layout)
+            self._layouts[side] = layout
 
 
 class CachedPairs(torch.utils.data.Dataset):
@@ -234,6 +278,55 @@ class CachedPairs(torch.utils.data.Dataset):
                                    functools.partial(fam.frozen_text_features, model), self.inputs, device)
 
 
+def check_cache_folder(folder: Path) -> None:
+    """One line, before a run writes anything, where ``OUT/cache`` cannot be the run's feature cache: a file (or
+    a link to one) or a link to nothing. A link to a folder (a cache kept on another disk) is used as that folder."""
+    fix = "move it away or delete it (the run makes its cache there), or pass --no-feature-cache"
+    if folder.is_symlink() and not folder.exists():
+        raise VplError(f"{folder}: a link to {os.readlink(folder)}, which is not there, where train-text keeps its "
+                       f"feature cache; {fix}")
+    if folder.exists() and not folder.is_dir():
+        raise VplError(f"{folder}: a file, where train-text keeps its feature cache (a folder); {fix}")
+
+
+def _unreadable(record: Path, e: Exception) -> str:
+    """Why a cache record could not be read, for the warning that clears the cache."""
+    if record.is_dir():
+        return f"{record.name} is a folder, not a file"
+    return f"{record.name} is unreadable ({type(e).__name__})"
+
+
+def _clear(folder: Path) -> None:
+    """Empty a cache folder: its contents, so that a link to a folder elsewhere stays a link (rmtree refuses one)."""
+    if not folder.is_symlink():
+        shutil.rmtree(folder)
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _layout(rows: dict[str, Tensor]) -> dict[str, list]:
+    """An entry's tensors by name: ``[dtype, shape]`` (JSON)."""
+    return {name: [str(v.dtype).removeprefix("torch."), list(v.shape)] for name, v in sorted(rows.items())}
+
+
+def _said(layout: dict[str, list]) -> str:
+    return ", ".join(f"{name} {dtype} {tuple(shape)}" for name, (dtype, shape) in layout.items()) or "none"
+
+
+def _misshapen(path: Path, rows: dict[str, Tensor], layout: dict[str, list]) -> str:
+    """The line of an entry whose tensors are not the cache's layout (``{}``: none known, its batch disagrees)."""
+    cache = f", the cache's {_said(layout)}" if layout else ", unlike the other entries of its batch"
+    return f"{path}: a damaged feature-cache entry (its tensors are {_said(_layout(rows))}{cache})"
+
+
+def _recomputed(line: str) -> None:
+    warnings.warn(VplWarning(f"{line}; not used: its pair's features are computed again"), stacklevel=3)
+
+
 def _short(value: Any) -> Any:
     """A digest cut to 12 hex digits for a message (``sha256:6a453bd66501…``)."""
     text = str(value)
@@ -251,4 +344,4 @@ def _tensors_digest(tensors: dict[str, Tensor]) -> str:
     return f"{crc:08x}"
 
 
-__all__ = ["CACHE_DIR", "FeatureCache", "CachedPairs", "Item", "as_list", "cache_off"]
+__all__ = ["CACHE_DIR", "FeatureCache", "CachedPairs", "Item", "as_list", "cache_off", "check_cache_folder"]
