@@ -127,6 +127,19 @@ def make_voc(root: Path, n: int, scale: float = 1.0, sizes: list[tuple[int, int]
     return root
 
 
+def voc_photos(root: Path, n: int) -> list[Path]:
+    """The ``n`` photos of the VOC root :func:`make_voc` writes at ``root``, written (again) unless there are
+    ``n`` there already."""
+    photos = sorted((root / "JPEGImages").glob("*.jpg"))
+    if len(photos) != n:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+        make_voc(root, n)
+        photos = sorted((root / "JPEGImages").glob("*.jpg"))
+    return photos
+
+
 def _crop_to_aspect(img, aspect: float):
     """The largest centred crop of a PIL image with width / height = ``aspect``."""
     w, h = img.size

@@ -99,8 +99,8 @@ def vpltool_worker(args) -> None:
     import radseg_parity as rp
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models.dense.segmentor import query_rows, segment_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_grad_enabled(False)
     work = args.work

@@ -34,10 +34,10 @@ def vpltool_side(work: Path, images: int) -> dict:
     import textregion_parity as tp
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
     from vpltool.models.dense.segmentor import dense_probabilities, segment_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(1)
     s = tp.setup(work, images, 1)

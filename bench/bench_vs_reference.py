@@ -231,9 +231,9 @@ def corrclip(work: Path, refs: Path) -> None:
     import torch
     from dense_ref_runner import mmseg_input
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     ref = clone(refs, "corrclip") / "CorrCLIPv1"
     s = cp.setup(work, 1, 1)
@@ -419,7 +419,7 @@ def cpu_linear(threads: int) -> dict:
     """The library vpltool's frozen towers took for each fp32 product shape on this machine (``VPLTOOL_CPU_LINEAR``,
     and ``auto``'s verdicts as the workers kept them: :mod:`vpltool.models.backbones.onednn`)."""
     from vpltool.models.backbones import onednn
-    from vpltool.numerics import cpu_linear_asked
+    from vpltool.runtime.numerics import cpu_linear_asked
 
     route = cpu_linear_asked()
     table = onednn.kept_verdicts(threads) if route == "auto" else {}

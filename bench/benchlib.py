@@ -101,7 +101,7 @@ def machine(device: str = "cpu") -> dict:
     """
     import torch
 
-    from vpltool.numerics import cpu_flags
+    from vpltool.runtime.numerics import cpu_flags
 
     info = {
         "cpu": cpu_model(),

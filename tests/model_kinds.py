@@ -4,8 +4,8 @@ command that reads it, and the ways a model file is damaged (test_fuzz.py's dama
 :data:`KINDS` is keyed by family name and checked against :func:`vpltool.models.registry.families`, so that a new
 family is drawn as soon as it is registered and a family with no entry here fails a test (add its row: a clean
 file and a command that reads it). Each row's model is tiny and seeded (the shipped toy DINO and SAM, the toy
-CLIP, a tiny PGSeg, a Talk2DINO projection over the toy backbones, the workspace's decoder), and made once per
-workspace.
+CLIP, a tiny PGSeg, a Talk2DINO projection over the toy backbones, a tiny random SAM 3, the workspace's decoder),
+and made once per workspace.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ TOY = ["--model", "vpltool-toy", *rc.TEXT_ARGS]
 
 # a model file damaged as a broken download, a careless edit or a copy over it leaves it
 DAMAGES = ("every weight NaN", "one value NaN", "one value inf", "cut short", "a tensor missing",
-           "a tensor reshaped")
+           "a tensor reshaped", "another architecture", "every weight 0")
 # the bytes changed under the same name: another model of the same architecture copied over the file
 REPLACED = ("replaced between a run and its resume", "replaced between check and load", "replaced while it loads")
 
@@ -80,6 +80,13 @@ def _pgseg(ws: rc.Workspace) -> Path:
     return _once(ws, "pgseg_release.pth", lambda p: rc._pgseg_release(ws, "kinds/pgseg_release.pth", lambda s: None))
 
 
+def _sam3(ws: rc.Workspace) -> Path:
+    """A tiny seeded random SAM 3 in Hugging Face's layout (config.json + model.safetensors)."""
+    from vpltool.models.backbones.sam3_files import write_tiny
+
+    return _once(ws, "sam3", lambda p: write_tiny(p, "hf"))
+
+
 KINDS: dict[str, Kind] = {
     "clip": Kind(_toy_clip, lambda ws, m, out: [
         "segment", ws.world, *SEG, "-o", out, "--model", f"local-dir:{m}", "--dense", "maskclip", *rc.TEXT_ARGS],
@@ -93,6 +100,11 @@ KINDS: dict[str, Kind] = {
                 lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "corrclip",
                                     "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--region-masks", "sam",
                                     "--sam-model", "toy", "--sam-weights", m]),
+    # CorrCLIP's regions from SAM 3 prompted with the run's words: a tiny seeded SAM 3 in Hugging Face's layout
+    "sam3": Kind(_sam3,
+                 lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "corrclip",
+                                     "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--region-masks",
+                                     "sam3", "--sam-weights", m], weights="model.safetensors"),
     # --bg-thresh 0: every pixel a class, so that the masks tell one set of weights from another
     "pgseg": Kind(_pgseg, lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, "--model", f"pgseg:{m}",
                                               "--bg-thresh", "0"]),
@@ -127,6 +139,11 @@ def damage(path: Path, how: str, pick: int = 0, cut: float = 0.5) -> None:
     key = floats[pick % len(floats)]
     if how == "every weight NaN":  # H1: every floating-point tensor times NaN, the same header
         state = {k: v * float("nan") if v.is_floating_point() else v for k, v in state.items()}
+    elif how == "every weight 0":  # a placeholder, or a save that wrote no values (an all-zero DINOv3 was taken)
+        state = {k: v * 0 if v.is_floating_point() else v for k, v in state.items()}
+    elif how == "another architecture":  # every matrix 16 wider (a text tower of another width: open_clip asserted)
+        state = {k: torch.nn.functional.pad(v, (0, 16)) if v.is_floating_point() and v.ndim >= 2 else v
+                 for k, v in state.items()}
     elif how == "a tensor missing":
         del state[key]
     elif how == "a tensor reshaped":

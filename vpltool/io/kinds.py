@@ -152,7 +152,7 @@ class Prototypes:
         temperature: the softmax temperature the prototypes were made for (1/logit_scale for text, tau_I for
             vision prototypes); `cam` uses it unless told otherwise.
         classes: class names, index 0 = background. source: 'text' | 'vision'. model: the CLIP identity.
-        numerics: the dtype and numeric mode of the run that made the file (:mod:`vpltool.numerics`; None: a file
+        numerics: the dtype and numeric mode of the run that made the file (:mod:`runtime.numerics`; None: a file
             of an older vpltool, or not read from a file).
     """
 
@@ -162,7 +162,7 @@ class Prototypes:
         self.vectors, self.row_class, self.row_names = vectors, row_class, list(row_names)
         self.classes, self.temperature, self.source = list(classes), float(temperature), source
         self.model, self.params, self.path = dict(model), dict(params or {}), path
-        self.numerics = numerics  # the dtype and mode that made the file (vpltool.numerics), None when unrecorded
+        self.numerics = numerics  # the dtype and mode that made the file (runtime.numerics), None when unrecorded
 
     @property
     def dim(self) -> int:

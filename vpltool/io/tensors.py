@@ -44,7 +44,7 @@ def write_tensors(
         classes: class names, index 0 = background.
         params: the producing stage's parameters (JSON-able).
         extra: more ``vpltool.<key>`` metadata; non-strings are JSON-encoded. ``numerics``: the dtype and mode of
-            the run that made the file (:func:`vpltool.numerics.run_numerics`); an item of a stage folder takes its
+            the run that made the file (:func:`runtime.numerics.run_numerics`); an item of a stage folder takes its
             run's from the folder's ``_run.json`` when not given.
     """
     meta = {
@@ -198,13 +198,21 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_weights(path: str | os.PathLike, state: Mapping[str, Any], expected: Mapping[str, Any] | None = None,
-                  fix: str = "re-download it, or pass the file of that model") -> None:
+                  fix: str = "re-download it, or pass the file of that model", shapes_only: bool = False) -> None:
     """The one scrutiny of a model file loaded from outside (a release ``.pth``, a weights file, a checkpoint):
     ``state`` (name -> tensor) against ``expected`` (the built model's ``state_dict()``, when known): every key
     there (the first missing named), no other, each shape; then every tensor's dtype (a floating-point tensor
     where the model has one, never a complex one) and every floating-point value finite. One line naming
-    ``path`` and the tensor, ending with ``fix``; nothing is loaded from a file that fails."""
+    ``path`` and the tensor, ending with ``fix``; nothing is loaded from a file that fails. ``shapes_only``:
+    ``state``'s values are shape tuples (a file's header, read before anything is loaded): names and shapes
+    alone."""
     import torch
+
+    if shapes_only:
+        for key, shape in state.items():
+            want = expected.get(key) if expected is not None else None
+            if want is not None and tuple(shape) != tuple(want.shape):
+                raise VplError(f"{path}: tensor {key!r} is {list(shape)}, this model's is {list(want.shape)}; {fix}")
 
     if expected is not None:
         missing = [k for k in expected if k not in state]
@@ -215,6 +223,8 @@ def check_weights(path: str | os.PathLike, state: Mapping[str, Any], expected: M
         if unknown:
             raise VplError(f"{path}: holds tensor {unknown[0]!r}, which this model does not have ({len(unknown)} "
                            f"such); {fix}")
+    if shapes_only:
+        return
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise VplError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; {fix}")

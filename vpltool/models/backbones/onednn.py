@@ -17,14 +17,14 @@ MKL, torch's default and the references' library). The verdicts are kept in the 
 (``~/.cache/vpltool/cpu_linear.json``, :func:`vpltool.io.digests.cache_folder`), one table per machine: the CPU's
 model and flags, torch's, MKL's and oneDNN's versions and the thread count (:func:`machine_key`); another machine or
 a library upgrade measures again. ``mkl`` and ``onednn`` force either library; another value is refused in one line
-(:func:`vpltool.numerics.cpu_linear_asked`). Products of fewer than :data:`MIN_ROWS` rows stay with MKL: oneDNN's
+(:func:`..runtime.numerics.cpu_linear_asked`). Products of fewer than :data:`MIN_ROWS` rows stay with MKL: oneDNN's
 call costs more than such a product (1.1 to 2.1 times MKL's time at 1 and 2 rows on both CPUs above).
 
 :func:`use_onednn` turns a module's ``nn.Linear`` layers into :class:`OneDnnLinear` (the same class with another
 ``forward``: parameters, state dict and ``.to`` unchanged), whose fp32 CPU inference takes the route. Only where that
 is the same computation: fp32 input and weights on the CPU, the weights contiguous, and no gradient asked of the
 layer; anything else (bf16, CUDA, training, autocast, a graph torch.compile traces) goes through ``F.linear`` as
-before. In reproducible mode (:mod:`vpltool.numerics`) MKL's product is always the one: that mode pins MKL's code
+before. In reproducible mode (:mod:`..runtime.numerics`) MKL's product is always the one: that mode pins MKL's code
 path (``MKL_CBWR``), which has no counterpart in oneDNN. Inside :func:`references_library` too: a method whose
 arithmetic compares a product's result with a threshold (ProxyCLIP's proxy similarity masked below 0) runs that
 product in MKL's, the references' library, so that the comparison sees the reference's bits on every CPU (on the
@@ -104,7 +104,7 @@ def library_versions() -> dict[str, str]:
 def machine_key() -> tuple[str, dict]:
     """``(key, what it names)``: this machine's CPU (its model name and a digest of its feature flags), the library
     versions and torch's thread count; a calibration holds for that key alone."""
-    from ...numerics import cpu_flags
+    from ...runtime.numerics import cpu_flags
 
     model = "unknown"
     try:
@@ -195,7 +195,7 @@ def takes_onednn(rows: int, k: int, n: int) -> bool:
     (:func:`linear`) rather than MKL's ``F.linear``, by the route (module docstring): reproducible mode and
     :func:`references_library` MKL; ``VPLTOOL_CPU_LINEAR=mkl`` / ``onednn`` as forced; ``auto`` this machine's
     calibration of the shape's bucket, measured now when there is none."""
-    from ...numerics import cpu_linear_asked, reproducible_asked
+    from ...runtime.numerics import cpu_linear_asked, reproducible_asked
 
     if rows < MIN_ROWS or _PINNED[0] or reproducible_asked():
         return False
@@ -298,7 +298,7 @@ def use_onednn(*modules: nn.Module, out_proj: bool = False) -> int:
     ``out_proj`` also each ``nn.MultiheadAttention``'s ``out_proj`` an :class:`OneDnnOutProj` (a ``--dense``
     method calls it on its own); returns how many (0 in reproducible mode, or where this torch has no oneDNN).
     The classes are module-level: a converted model pickles (a worker process) and deep-copies as before."""
-    from ...numerics import reproducible_asked
+    from ...runtime.numerics import reproducible_asked
 
     if reproducible_asked() or not available():
         return 0

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from ...io import check_weights, is_regular_file, read_weights
+from ...io import check_weights, is_regular_file, not_a_file, read_weights
 from ..registry import register_family
 
 
@@ -151,9 +151,19 @@ SAM2_REFUSAL = ("SAM 2's Hiera encoder has no counterpart of the last global att
                 "or use SAM 2 for CorrCLIP's regions: --dense corrclip --region-masks sam2:CONFIG")
 
 
+# SAM 3 neither: its concept model (the sam3 family) reads text and boxes; the point and mask prompts of Trident's
+# --sam-refine are its tracker's (SAM 2's design), and Trident's aggregation reads a SAM ViT's last block on SAM's
+# input; the methods that take SAM's masks take SAM 3's through --region-masks sam3
+SAM3_REFUSAL = ("SAM 3 is its own family (sam3): its concept model reads text and boxes, not the point, box and mask "
+                "prompts of Trident's refinement, nor is its ViT SAM's; pass --sam-model vit_b, vit_l or vit_h (SAM), "
+                "or use SAM 3 for the region masks: --dense corrclip --region-masks sam3 --sam-weights SAM3")
+
+
 def _arch(spec: SamSpec) -> SamArch:
     if spec.model.lower().startswith("sam2"):
         raise VplError(f"--sam-model {spec.model}: {SAM2_REFUSAL}")
+    if spec.model.lower().startswith("sam3"):
+        raise VplError(f"--sam-model {spec.model}: {SAM3_REFUSAL}")
     if spec.model not in SAM_ARCHS:
         raise VplError(f"--sam-model {spec.model!r} is not a SAM encoder; choose one of {', '.join(SAM_ARCHS)}")
     return SAM_ARCHS[spec.model]
@@ -199,7 +209,7 @@ def check_sam(spec: SamSpec) -> str | None:
         return None
     path = Path(spec.weights).expanduser()
     if not is_regular_file(path):
-        raise VplError(f"{path}: SAM weights file not found; {FIX}")
+        raise not_a_file(path, "SAM weights", FIX)
     with torch.device("meta"):
         expected = _build(arch).state_dict()
     _encoder_state(path, spec, expected, shapes_only=True)

@@ -32,8 +32,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ...config.dense import DEFAULT_PROXY_MODEL
 from ...errors import VplError
 from ..backbones.onednn import f_linear, references_library
+from .concept_regions import fill_regions
 from .corrclip import (
     Correlation,
     input_regions,
@@ -258,6 +260,20 @@ def ov_stitcher_logits(bb, pixels: torch.Tensor, text: torch.Tensor, ids, sizes,
     return out
 
 
+def _runs_timm_forward(name: str) -> bool:
+    """Whether proxy ``name`` runs timm's own forward (DINOv3, C-RADIOv3:
+    :func:`~vpltool.models.backbones.timm_blocks.timm_forward`), from the model built on the meta device (no memory,
+    no weights); False for a name timm does not know (the dino family's check says so)."""
+    from ..backbones.dino import import_timm
+    from ..backbones.timm_blocks import timm_forward
+
+    timm = import_timm()
+    if not timm.is_model(name):
+        return False
+    with torch.device("meta"):
+        return timm_forward(timm.create_model(name, num_classes=0))
+
+
 class Hooks(CorrCLIPHooks, method=METHOD, preset=PRESET):
     """OV-Stitcher's hooks: CorrCLIP's (each image's region map, ``regions``, the photo's ``[H0, W0]`` int64 ids,
     its record and its map correction after the argmax) with OV-Stitcher's SAM settings, its windows checked and
@@ -269,8 +285,14 @@ class Hooks(CorrCLIPHooks, method=METHOD, preset=PRESET):
         super().check()
         s = self.cfg.resolved()
         check_windows(s.slide_crop, s.short_side, CORRELATION.pad_multiple)
+        if _runs_timm_forward(self.cfg.proxy_model):  # before any model loads: its last block is rebuilt here
+            raise VplError(f"--proxy-model {self.cfg.proxy_model}: --dense {METHOD} rebuilds its proxy's last block "
+                           "on stitched windows with DINO's and DINOv2's forward, and this is a DINOv3 or C-RADIOv3 "
+                           f"(RoPE, or NaFlexViT's own embedding); pass a DINO or DINOv2 ViT, e.g. --proxy-model "
+                           f"{DEFAULT_PROXY_MODEL} (its reference's)")
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+        fill_regions(self, extras, pixels.device)
         ids = [input_regions(torch.as_tensor(e["regions"]), pixels.shape[-2:]) for e in extras]
         return ov_stitcher_logits(bb, pixels, text, ids, sizes, settings.slide_crop, settings.slide_stride)
 

@@ -49,7 +49,8 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
 
     Returns:
         ``[B, HW, width]``: ``out_proj(softmax(gamma (S - beta mean S)) v')`` per head, ``S`` the tokens' cosine
-        (its mean per image; with ``cfg.pooled_mean`` over the whole batch), negatives ``-inf``, ``v'`` CLIP's patch
+        (its mean per image; with ``cfg.pooled_mean`` over the whole batch), negatives ``-inf`` (a row of nothing
+        else: the token alone), ``v'`` CLIP's patch
         values resized bilinearly (align_corners False) from ``(h, w)`` to ``(H, W)``. Row-major grids (the code
         reshapes with ``(w, h)``: the same on its square windows).
     """
@@ -63,7 +64,13 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
     similarity = unit @ unit.transpose(1, 2)  # [B, HW, HW]
     mean = similarity.mean() if cfg.pooled_mean else similarity.mean(dim=(1, 2), keepdim=True)
     similarity = (similarity - mean * cfg.beta) * cfg.gamma
-    similarity = torch.where(similarity < 0, torch.full_like(similarity, float("-inf")), similarity)
+    negative = similarity < 0
+    # a token whose every similarity is masked (a blank photo: all tokens alike, mean S > 1 / beta, so even its own
+    # S of 1 falls below the mean) got a softmax of -inf only: NaN, in the reference too, and NaN masks; it attends
+    # to itself alone, its most similar token. Every other row is the reference's, bit for bit
+    alone = negative.all(dim=-1, keepdim=True) & torch.eye(negative.shape[-1], dtype=torch.bool,
+                                                           device=negative.device)
+    similarity = torch.where(negative & ~alone, torch.full_like(similarity, float("-inf")), similarity)
     weights = F.softmax(similarity, dim=-1)
     v = v[:, 1:].reshape(b, grid[0], grid[1], heads, hd).permute(0, 3, 4, 1, 2).reshape(b * heads, hd, *grid)
     v = F.interpolate(v, size=tuple(proxy_grid), mode="bilinear", align_corners=False)

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ...config.text import TextTrainConfig
+from ...errors import VplError
 
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -179,5 +181,17 @@ def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
     return dict(zip(names, row.tolist()))
 
 
-__all__ = ["schedule_lr", "lr_at", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "diverged",
+def load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> None:
+    """``--init``'s weights into ``model``: keys it lacks are left as initialised (a GroupViT release has no NPR
+    prototypes); a key of no parameter here, or of another shape, is another architecture: one line."""
+    own = model.state_dict()
+    foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
+    if foreign:
+        raise VplError(f"--init {where}: {len(foreign)} tensors do not fit this model (first {foreign[0]!r}); the "
+                       "model is the file's architecture with the settings given (PGSeg: --npr / --no-npr and "
+                       "--groups): pass those the file was trained with, or a checkpoint of the architecture you want")
+    model.load_state_dict(state, strict=False)
+
+
+__all__ = ["load_init", "schedule_lr", "lr_at", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "diverged",
            "shown_losses", "TextTrainSummary"]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ....errors import VplError
+from ..concept_regions import fill_regions, is_sam3, sam3_record, sam3_source
 from ..hooks import DenseHooks
 from ..mixing import DenseMixing
 from .kernels import (
@@ -48,6 +49,7 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
 
     _folder: dict | None = None  # a folder of region masks by content (FolderRegions.check)
     _sam_settings: dict | None = None  # the method's SAM automatic-mask settings; None: CorrCLIP's (regions.py)
+    _names: tuple[str, ...] | None = None  # the run's query words (query_text), SAM 3's default concepts
 
     def _source(self, load: bool = True):
         """The run's region source (:func:`.regions.region_source`) with the method's name and SAM settings."""
@@ -57,6 +59,8 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
             raise VplError(f"--dense {self.method} needs its region masks: run it through segment or vpltool.segmenter "
                            "with --region-masks (a backbone made by name alone has none)")
         k = self.cfg
+        if is_sam3(k.knobs.region_masks):  # checked only: its model loads where the segmentor runs (fill_regions)
+            return sam3_source(k.knobs.region_masks, k.sam_weights, load=False)
         return region_source(k.knobs.region_masks, k.sam_model, k.sam_weights, load=load,
                              settings=self._sam_settings or SAM_SETTINGS, method=self.method)
 
@@ -77,8 +81,9 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         from .regions import SAM_SETTINGS, source_record
 
         k = self.cfg
-        out = {"region_source": source_record(k.knobs.region_masks, k.sam_model, k.sam_weights,
-                                              self._sam_settings or SAM_SETTINGS)}
+        out = {"region_source": sam3_record(k.knobs.region_masks, k.sam_weights) if is_sam3(k.knobs.region_masks)
+               else source_record(k.knobs.region_masks, k.sam_model, k.sam_weights,
+                                  self._sam_settings or SAM_SETTINGS)}
         if self._folder is not None:  # the folder by content, in place of the path given (an input, not a setting)
             out["region_masks"] = self._folder
         return out
@@ -96,20 +101,32 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         return {**old, "region_masks": was,
                 "region_source": {k: v for k, v in source.items() if k != "files_sha256"}}
 
+    def query_text(self, bb, names, templates):
+        self._names = tuple(names)  # SAM 3's regions prompt it with the run's words (concept_regions)
+        return super().query_text(bb, names, templates)
+
     def extra_inputs(self, item, image) -> dict:
         masks = self.cfg.knobs.region_masks
+        if is_sam3(masks):  # made where the segmentor runs (fill_regions), from the photo as decoded
+            return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
         if getattr(item, "image", None) is None and not (masks or "").startswith("sam"):
             raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to find its "
                            "<stem>.npz by; pass the photo's path, or --region-masks sam")
         return {"regions": torch.from_numpy(self._source().region_map(getattr(item, "image", None), image))}
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+        fill_regions(self, extras, pixels.device)
         ids = [input_regions(torch.as_tensor(e["regions"]), pixels.shape[-2:]) for e in extras]
         return corrclip_logits(bb, pixels, text, ids, sizes, settings.slide_crop, settings.slide_stride, CORRELATION)
 
     def features(self, bb, pixels, fp16_pos=False):
         raise VplError(f"--dense {self.method} has no features without each image's region map: its segmentor "
                        "(segment, vpltool.segmenter) gives them their masks")
+
+    def probabilities(self, bb, logits, query_class, n_classes, settings):
+        from ..queries import merged_probabilities
+
+        return merged_probabilities(self.cfg, logits, query_class, n_classes, settings)  # --query-merge
 
     def postprocess(self, bb, probs, labels, extras, settings):
         return probs, map_correction(labels, torch.as_tensor(extras["regions"]))

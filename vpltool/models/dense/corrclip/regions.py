@@ -13,7 +13,10 @@ for messages. Three generators:
   (:class:`SamRegions`; the demo world's toy SAM serves it). segment-anything v1 has no ``multimask_output``
   switch: it keeps three masks per point where CorrCLIP's SAM2 setting asks for one, so its set of masks differs;
 * SAM2's ``SAM2AutomaticMaskGenerator`` with those settings and ``multimask_output=False``, where the ``sam2``
-  package is installed (:class:`Sam2Regions`).
+  package is installed (:class:`Sam2Regions`);
+* SAM 3 prompted with concepts (the run's query words by default), its instance masks painted as SAM2's
+  (``sam3[:CONCEPTS]``: :mod:`vpltool.models.dense.concept_regions`, which says why that is SAM 3's region
+  generator); made where the segmentor runs, not in a loading worker.
 """
 
 from __future__ import annotations
@@ -190,8 +193,9 @@ class Sam2Regions:
 
 
 _SOURCES: dict[tuple, object] = {}  # per process (a loading worker builds its SAM once)
-NEED = ("--dense {method} needs class-agnostic region masks: pass --region-masks FOLDER (" + FORMAT + "), or "
-        "--region-masks sam with --sam-model and --sam-weights (segment-anything's automatic mask generator)")
+NEED = ("--dense {method} needs class-agnostic region masks: pass --region-masks FOLDER (" + FORMAT + "), "
+        "--region-masks sam with --sam-model and --sam-weights (segment-anything's automatic mask generator), or "
+        "--region-masks sam3 with --sam-weights (SAM 3 prompted with the run's class names)")
 
 
 def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str | None = None, load: bool = True,
@@ -201,13 +205,17 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
     ``sam2[:CONFIG]`` (:class:`Sam2Regions`, ``--sam-weights`` its checkpoint; CONFIG SAM2's model config, by default
     the reference's ``sam2_hiera_l.yaml``). ``load`` False: checked only (the SAM file's kind, the package), nothing
     built. ``settings``: the method's SAM2 generator arguments; ``method``: its name, for the message. One line
-    naming the fix for a value that is none of these."""
+    naming the fix for a value that is none of these. ``sam3[:CONCEPTS]`` is not this function's: the hooks ask
+    :func:`~vpltool.models.dense.concept_regions.sam3_source` for it (its model loads where the segmentor runs)."""
     if not value:
         raise VplError(NEED.format(method=method))
     if value == "sam" or value.startswith("sam2"):
         if sam_weights is None:
-            raise VplError(f"--region-masks {value} needs the model's weights: pass --sam-weights FILE (SAM's "
-                           "released checkpoint, or SAM2's with sam2)")
+            from ....config.dense_knobs import sam_weights_hint
+
+            what = ("--sam-weights FILE, SAM2's released checkpoint" if value.startswith("sam2") else
+                    sam_weights_hint(sam_model))
+            raise VplError(f"--region-masks {value} needs the model's weights: pass {what}")
         if value == "sam":
             from ...backbones.sam import SamSpec
             from ...registry import check_model
@@ -231,7 +239,8 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
 
 def source_record(value: str, sam_model: str, sam_weights: str | None, settings: dict = SAM_SETTINGS) -> dict:
     """How the run names its generator in its record: SAM by its weights' bytes; a folder's files by content are
-    its ``region_masks`` (:meth:`FolderRegions.check`)."""
+    its ``region_masks`` (:meth:`FolderRegions.check`); SAM 3's is :func:`~vpltool.models.dense.concept_regions.
+    sam3_record`."""
     if value == "sam" or value.startswith("sam2"):
         # segment-anything v1 always predicts three masks a point; SAM2 runs with multimask_output=False
         return {"generator": value, "settings": dict(settings, multimask_output=value == "sam"),

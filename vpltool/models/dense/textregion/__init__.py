@@ -16,6 +16,7 @@ from dataclasses import replace
 import torch
 
 from ....errors import VplError
+from ..concept_regions import fill_regions, is_sam3
 from ..hooks import DenseHooks
 from ..mixing import DenseMixing
 from .generator import MaskGenerator
@@ -73,6 +74,7 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
     (:func:`textregion_logits`, one photo at a time)."""
 
     _folder: dict | None = None  # a folder of region masks by content (FolderMasks.check)
+    _names: tuple[str, ...] | None = None  # the run's query words (query_text), SAM 3's default concepts
 
     def check(self) -> None:
         _source(self.cfg, load=False)  # the value, the sam2 package, the weights file
@@ -97,15 +99,22 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
         # the folder by content, in place of the path given (an input, not a setting), as CorrCLIP's
         return {"region_source": out, "region_masks": self._folder}
 
+    def query_text(self, bb, names, templates):
+        self._names = tuple(names)  # SAM 3's regions prompt it with the run's words (concept_regions)
+        return super().query_text(bb, names, templates)
+
     def extra_inputs(self, item, image) -> dict:
-        source = _source(self.cfg)
         masks = self.cfg.knobs.region_masks
+        if is_sam3(masks):  # made where the segmentor runs (fill_regions), from the photo as decoded
+            return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
+        source = _source(self.cfg)
         if getattr(item, "image", None) is None and not str(masks).startswith("sam"):
             raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to "
                            "find its <stem>.npz by; pass the photo's path, or --region-masks sam2 / sam")
         return {"masks": torch.from_numpy(source.masks(getattr(item, "image", None), image, self.cfg))}
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+        fill_regions(self, extras, pixels.device, key="masks")
         cfg = pooling(self.cfg)
         return [textregion_logits(bb, pixels[i], text, torch.as_tensor(e["masks"]), size, cfg)
                 for i, (size, e) in enumerate(zip(sizes, extras))]
@@ -113,6 +122,11 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
     def features(self, bb, pixels, fp16_pos=False):
         raise VplError("--dense textregion has no features without each image's region masks: its segmentor "
                        "(segment, vpltool.segmenter) gives them their masks")
+
+    def probabilities(self, bb, logits, query_class, n_classes, settings):
+        from ..queries import merged_probabilities
+
+        return merged_probabilities(self.cfg, logits, query_class, n_classes, settings)  # --query-merge
 
 
 __all__ = ["Hooks", "PRESET", "RegionPooling", "MaskGenerator", "pooling", "generator_settings", "clip_views",

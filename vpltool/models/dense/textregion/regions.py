@@ -98,7 +98,8 @@ class FolderMasks:
 
 NEED = ("--dense textregion needs class-agnostic region masks: pass --region-masks FOLDER (" + FORMAT + "), or "
         "--region-masks sam2[:CONFIG] with --sam-weights (SAM 2's generator as TextRegion runs it; the sam2 package), "
-        "or --region-masks sam with --sam-model and --sam-weights (that generator on segment-anything's SAM)")
+        "or --region-masks sam with --sam-model and --sam-weights (that generator on segment-anything's SAM), or "
+        "--region-masks sam3 with --sam-weights (SAM 3 prompted with the run's class names)")
 _SOURCES: dict[tuple, object] = {}  # per process (a loading worker builds its SAM 2 once)
 
 
@@ -110,8 +111,13 @@ def mask_source(value: str | None, sam_weights: str | None = None, generator=Non
     segment-anything's ``--sam-model`` / ``--sam-weights``, its prompt encoder and mask decoder included: the demo
     world's toy SAM). ``load`` False: checked only (the package, the file's kind), nothing built. One line naming
     the fix for a value that is none of these."""
+    from ..concept_regions import is_sam3, sam3_source
+
     if not value:
         raise VplError(NEED)
+    if is_sam3(value):  # checked only: its model loads where the segmentor runs (concept_regions.fill_regions)
+        sam3_source(value, sam_weights, load=False)
+        return None
     if value == "sam" or value.startswith("sam2"):
         from .generator import DEFAULT_CONFIG, Sam2Model, SamModel, TextRegionGenerator, import_sam2
 
@@ -141,7 +147,12 @@ def mask_source(value: str | None, sam_weights: str | None = None, generator=Non
 
 def source_record(value: str, sam_weights: str | None, generator=None, sam_model: str | None = None) -> dict:
     """How the run names its generator in its record: a folder by its files' digest (added by
-    :meth:`FolderMasks.check`), SAM 2 (or SAM) by its weights' bytes and its settings."""
+    :meth:`FolderMasks.check`), SAM 2 (or SAM) by its weights' bytes and its settings, SAM 3 by its concepts and
+    weights."""
+    from ..concept_regions import is_sam3, sam3_record
+
+    if is_sam3(value):
+        return sam3_record(value, sam_weights)
     if value == "sam" or value.startswith("sam2"):
         from dataclasses import asdict
 

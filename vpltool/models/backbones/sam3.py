@@ -1,0 +1,422 @@
+"""SAM 3 (Carion et al., ICLR 2026) as a model family: transformers' ``Sam3Model``, the concept-prompted detector
+and segmenter, its weights read offline from Hugging Face's layout or Meta's ``sam3.pt``
+(:mod:`.sam3_weights`, :mod:`.sam3_files`), and the calls that Meta's ``Sam3Processor`` (and ActiveSAM's bucketed
+processor over it) make, written once (:class:`Sam3`):
+
+* :meth:`Sam3.prepare`: a photo as Meta's processor feeds it (resized to ``S x S``, ``S`` = 1008, torchvision's
+  bilinear resize with antialiasing on the uint8 image, then ``(x / 255 - 0.5) / 0.5``);
+* :meth:`Sam3.encode_image`: the image's state, once (its FPN levels and their position encodings); any side that
+  is a multiple of the patch (ActiveSAM's 672 px preview), the global layers' RoPE positions rescaled as Meta's ViT
+  rescales them (``window / grid``);
+* :meth:`Sam3.encode_text`: K concept prompts at once, through CLIP's tokenizer (open_clip's BPE, Meta's vocabulary)
+  and the text tower without a padding mask (as Meta's, causal only);
+* :meth:`Sam3.ground`: the K prompts against the cached image (Meta's ``forward_grounding``): the prompt is the text
+  tokens, any extra tokens appended (:meth:`Sam3Text.with_tokens`: ActiveSAM's context memory) and the geometry
+  encoder's token of an empty geometric prompt (Meta's ``_encode_prompt``; transformers' text-only forward leaves it
+  out: ``geometry_token``), then the DETR encoder and decoder, the scores, and, unless ``masks`` is False
+  (ActiveSAM's presence preview), the segmentation head;
+* :meth:`Sam3.concepts`: the grounding at the photo's size as Meta's ``_forward_grounding`` post-processes it (the
+  object scores times the presence, the masks kept above the confidence threshold, sigmoid probabilities);
+  :meth:`Sam3.segment` all of it for one photo and a list of prompts, in buckets.
+
+How the model mixes its tokens (the extra tokens, the geometry token, the head skipped, the side) are parameters of
+these calls, never a second forward. Weights are identified by content (:func:`sam3_identity`) and, as every family's,
+certified finite by the registry when they load.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import VplError
+from ..registry import register_family
+from .sam3_files import check_state, identity, read_config, read_state
+from .sam3_weights import FIX, Sam3Files, locate, sam3_config
+
+MEAN, STD = 0.5, 0.5  # Meta's Sam3Processor: Normalize(mean=[0.5] * 3, std=[0.5] * 3) after /255
+CONFIDENCE = 0.5  # Meta's Sam3Processor's confidence_threshold default
+BUCKET = 8  # prompts grounded at once by Sam3.segment (their masks: [K, 200, 288, 288] float32, 66 MB a prompt)
+
+
+@dataclass(frozen=True)
+class Sam3Spec:
+    """Which SAM 3: ``weights`` a folder of Hugging Face's layout, Meta's ``sam3.pt`` (or its folder), or a
+    ``model.safetensors`` beside its ``config.json``."""
+
+    weights: str
+
+
+def import_transformers():
+    try:
+        from transformers import Sam3Model
+    except ImportError:
+        raise VplError("SAM 3 needs transformers with Sam3Model (5.x): pip install 'vpltool[sam3]'") from None
+    return Sam3Model
+
+
+def _expected(config) -> dict[str, torch.Tensor]:
+    """The architecture's tensors (shapes only, nothing allocated)."""
+    sam3 = import_transformers()
+    with torch.device("meta"):
+        return sam3(copy.deepcopy(config)).state_dict()
+
+
+def check_sam3(spec: Sam3Spec) -> tuple[Sam3Files, Any]:
+    """Refuse at once (one line), before any model is built: the package missing, weights missing, unreadable, or of
+    another architecture (names and shapes against what the configuration builds; a torch file mapped, nothing of
+    the weights read). Returns the files and the configuration."""
+    import_transformers()
+    files = locate(spec.weights)
+    config = sam3_config(read_config(files), files.config or files.weights[0])
+    check_state(_where(files), read_state(files, shapes_only=True), _expected(config))
+    return files, config
+
+
+def _where(files: Sam3Files) -> Path:
+    return files.weights[0] if len(files.weights) == 1 else files.weights[0].parent
+
+
+def load_sam3(spec: Sam3Spec, device: torch.device | str = "cpu") -> Sam3:
+    """The frozen :class:`Sam3` of ``spec``: checked first (:func:`check_sam3`), built without random
+    initialisation, then every tensor loaded strictly (names, shapes, dtypes, finite values: one line naming the
+    file)."""
+    from transformers.initialization import no_init_weights
+
+    from ...io import check_weights
+
+    files, config = check_sam3(spec)
+    state = read_state(files, shapes_only=False)
+    with no_init_weights():
+        model = import_transformers()(config)
+    check_weights(_where(files), state, model.state_dict(), FIX)
+    model.load_state_dict(state, strict=True)
+    del state
+    return Sam3(model, torch.device(device), spec)
+
+
+def sam3_identity(spec: Sam3Spec) -> dict[str, Any]:
+    """The weights ``spec`` names by content (:func:`.sam3_files.identity`): what a record keeps."""
+    return identity(locate(spec.weights))
+
+
+# ---------------------------------------------------------------------------------------------- the states
+@dataclass
+class Sam3Image:
+    """One batch of images encoded once (:meth:`Sam3.encode_image`).
+
+    Attributes:
+        features: the FPN levels the heads read, ``[B, D, 4g, 4g]``, ``[B, D, 2g, 2g]``, ``[B, D, g, g]`` float32
+            (``D`` the DETR width, 256; ``g = S / 14``, 72 at 1008 px): Meta's ``backbone_fpn`` (its ``scalp`` 1).
+        positions: their sine position encodings, the same shapes (Meta's ``vision_pos_enc``).
+        size: the input side ``S``.
+    """
+
+    features: tuple[torch.Tensor, ...]
+    positions: tuple[torch.Tensor, ...]
+    size: int
+
+    @property
+    def batch(self) -> int:
+        return int(self.features[0].shape[0])
+
+
+@dataclass
+class Sam3Text:
+    """K concept prompts encoded (:meth:`Sam3.encode_text`).
+
+    Attributes:
+        features: ``[K, L, D]`` float32 the prompt tokens as the DETR reads them (the text tower's tokens through
+            the resizer ``text_projection``: Meta's ``language_features``, batch first); ``L`` = 32.
+        valid: ``[K, L]`` bool, True where a token is attended (Meta's ``language_mask`` is its negation).
+        embeds: ``[K, L, W]`` float32 the token embeddings before the text tower (``W`` its width, 1024; Meta's
+            ``language_embeds``, which ActiveSAM mean-pools over ``valid``).
+    """
+
+    features: torch.Tensor
+    valid: torch.Tensor
+    embeds: torch.Tensor
+
+    def with_tokens(self, tokens: torch.Tensor, valid: torch.Tensor) -> Sam3Text:
+        """These prompts with ``tokens`` ``[K, M, D]`` appended to each (ActiveSAM's context memory bank, its
+        ``[M, K, D]`` tokens transposed), ``valid`` ``[K, M]`` bool (True = attended; its mask negated). ``embeds``
+        are unchanged."""
+        if tokens.shape[0] != self.features.shape[0] or tokens.shape[-1] != self.features.shape[-1]:
+            raise ValueError(f"extra tokens {tuple(tokens.shape)} for prompts {tuple(self.features.shape)}")
+        return replace(self, features=torch.cat([self.features, tokens.to(self.features)], dim=1),
+                       valid=torch.cat([self.valid, valid.to(self.valid)], dim=1))
+
+    def select(self, index: Sequence[int] | torch.Tensor) -> Sam3Text:
+        """The prompts ``index`` picks (a bucket of them)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.features.device)
+        return Sam3Text(self.features[index], self.valid[index], self.embeds[index])
+
+
+@dataclass
+class Sam3Grounding:
+    """The raw outputs of K prompts (:meth:`Sam3.ground`), as Meta's ``forward_grounding`` gives them, batch first.
+
+    Attributes:
+        pred_logits: ``[K, Q]`` float32 each query's object logit (``Q`` = 200).
+        presence_logits: ``[K]`` float32 the prompt's presence logit (Meta's ``presence_logit_dec``).
+        pred_boxes: ``[K, Q, 4]`` float32 ``(cx, cy, w, h)`` in [0, 1].
+        pred_masks: ``[K, Q, 4g, 4g]`` float32 mask logits (288 x 288 at 1008 px), None when the head was skipped.
+        semantic_seg: ``[K, 1, 4g, 4g]`` float32 the semantic head's logits, None when skipped.
+    """
+
+    pred_logits: torch.Tensor
+    presence_logits: torch.Tensor
+    pred_boxes: torch.Tensor
+    pred_masks: torch.Tensor | None = None
+    semantic_seg: torch.Tensor | None = None
+    # the prompts whose heads ran when ``ground`` was given a score (``masks=0.5``): the rows of pred_masks and
+    # semantic_seg, in this order; None: every prompt's (or none, with the head skipped)
+    mask_prompts: list[int] | None = None
+
+    def scores(self) -> torch.Tensor:
+        """``[K, Q]`` each query's probability: ``sigmoid(pred_logits) * sigmoid(presence)`` (Meta's
+        ``out_probs``)."""
+        return self.pred_logits.sigmoid() * self.presence_logits.sigmoid()[:, None]
+
+
+@dataclass
+class Sam3Concept:
+    """One prompt's result at the photo's size (:meth:`Sam3.concepts`; Meta's ``Sam3Processor`` state).
+
+    Attributes:
+        masks: ``[n, H, W]`` float32 the kept queries' mask probabilities (sigmoid of the bilinearly resized
+            logits; > 0.5 is Meta's ``masks``).
+        scores: ``[n]`` float32 their probabilities (:meth:`Sam3Grounding.scores`), each above the threshold.
+        boxes: ``[n, 4]`` float32 ``(x0, y0, x1, y1)`` in the photo's pixels.
+        presence: the prompt's presence probability.
+        semantic: ``[H, W]`` float32 the semantic head's probability.
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    boxes: torch.Tensor
+    presence: float
+    semantic: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------- the model
+class Sam3:
+    """A frozen SAM 3 (transformers' ``Sam3Model``) and the calls Meta's processor makes on it (module
+    docstring). ``image_size`` (1008), ``patch`` (14), ``context`` (32 tokens), ``queries`` (200), ``width`` (the
+    DETR's, 256)."""
+
+    def __init__(self, model, device: torch.device, spec: Sam3Spec | None = None):
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.spec, self.device = spec, device
+        cfg = model.config
+        self.vit_config = cfg.vision_config.backbone_config
+        self.image_size = int(self.vit_config.image_size)
+        self.patch = int(self.vit_config.patch_size)
+        self.context = int(cfg.text_config.max_position_embeddings)
+        self.queries = int(cfg.detr_decoder_config.num_queries)
+        self.width = int(cfg.detr_decoder_config.hidden_size)
+        self._positions: dict[int, list[torch.Tensor]] = {}
+        self._texts: dict[tuple[str, ...], Sam3Text] = {}
+
+    def to(self, device: torch.device | str) -> Sam3:
+        """This model on ``device`` (moved in place, as ``nn.Module.to``)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._positions.clear()
+        self._texts.clear()
+        return self
+
+    # -------------------------------------------------------------------------------------------- images
+    def prepare(self, image: np.ndarray | torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Meta's ``Sam3Processor`` input: ``[H, W, 3]`` uint8 RGB (or ``[3, H, W]`` uint8) -> ``[1, 3, S, S]``
+        float32 on this model's device, ``S`` = ``size`` or :attr:`image_size` (resized as a uint8 image,
+        torchvision's bilinear with antialiasing, then ``(x / 255 - 0.5) / 0.5``)."""
+        from torchvision.transforms.v2 import functional as TF
+
+        side = int(size or self.image_size)
+        if side % self.patch:
+            raise VplError(f"SAM 3 input side {side}: give a multiple of its {self.patch}-pixel patch")
+        x = torch.tensor(image) if isinstance(image, np.ndarray) else image  # a copy: it may be read-only
+        if x.dtype != torch.uint8 or x.dim() != 3:
+            raise ValueError(f"SAM 3 takes a uint8 RGB image, not {x.dtype} {tuple(x.shape)}")
+        if x.shape[-1] == 3 and x.shape[0] != 3:
+            x = x.permute(2, 0, 1)
+        x = TF.resize(x.to(self.device), [side, side], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        return ((x.float() / 255.0 - MEAN) / STD)[None]
+
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> Sam3Image:
+        """``[B, 3, S, S]`` float32 (:meth:`prepare`) -> the images' :class:`Sam3Image` (Meta's
+        ``backbone.forward_image``)."""
+        side = int(pixels.shape[-1])
+        if pixels.shape[-2] != side or side % self.patch:
+            raise VplError(f"SAM 3 input {tuple(pixels.shape[-2:])}: give a square side, a multiple of {self.patch}")
+        self._set_positions(side)
+        out = self.model.vision_encoder(pixels.to(self.device))
+        return Sam3Image(tuple(out.fpn_hidden_states[:-1]), tuple(out.fpn_position_encoding[:-1]), side)
+
+    def _set_positions(self, side: int) -> None:
+        """The global layers' RoPE positions for a ``side / patch`` grid: Meta's ViT scales them by
+        ``window / grid`` (rebuilt for another side, as ActiveSAM's preview patch rebuilds its table)."""
+        from transformers.models.sam3.modeling_sam3 import Sam3ViTLayer
+
+        if side not in self._positions:
+            cfg = copy.deepcopy(self.vit_config)
+            cfg.image_size = side
+            self._positions[side] = [Sam3ViTLayer.precompute_positions(cfg, 0).to(self.device)]
+        for layer in self.model.vision_encoder.backbone.layers:
+            if layer.window_size == 0:
+                layer.position_ids = self._positions[side][0]
+
+    # ---------------------------------------------------------------------------------------------- text
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``[K, L]`` int64 CLIP BPE ids (start, the prompt lower-cased, end; zero-padded to :attr:`context`,
+        cut with the end token last), as Meta's ``SimpleTokenizer``."""
+        return _tokenizer(self.context)(list(prompts)).to(torch.long)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> Sam3Text:
+        """K prompts -> their :class:`Sam3Text` (Meta's ``backbone.forward_text``)."""
+        if not prompts:
+            raise ValueError("no prompts to encode")
+        ids = self.tokenize(prompts).to(self.device)
+        text = self.model.text_encoder.text_model
+        tokens = text(input_ids=ids).last_hidden_state  # causal attention only, no padding mask: Meta's
+        return Sam3Text(self.model.text_projection(tokens), ids != 0, text.embeddings.token_embedding(ids))
+
+    # ----------------------------------------------------------------------------------------- grounding
+    @torch.no_grad()
+    def ground(self, image: Sam3Image, text: Sam3Text, index: Sequence[int] | torch.Tensor | None = None,
+               masks: bool | float = True, geometry_token: bool = True) -> Sam3Grounding:
+        """K prompts against the encoded images (Meta's ``forward_grounding`` with an empty geometric prompt).
+
+        Args:
+            image: the encoded images (:meth:`encode_image`).
+            text: K prompts (:meth:`encode_text`, :meth:`Sam3Text.with_tokens`).
+            index: ``[K]`` the image each prompt reads (Meta's ``img_ids``); None: image 0 for all (one image) or
+                prompt k reads image k (as many images as prompts).
+            masks: run the segmentation head (False: ActiveSAM's preview, which reads the presence alone); a score
+                (0.5): run it for the prompts with a query scoring above it alone (:meth:`Sam3Grounding.scores`;
+                ``mask_prompts`` says which): what a prompt with no kept instance needs of it is nothing, when its
+                semantic head is not read (the "SAM 3" row of ``--dense sam3``).
+            geometry_token: the geometry encoder's token of the empty geometric prompt appended to the prompt, as
+                Meta's model does (False: transformers' text-only forward, which leaves it out).
+        """
+        from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
+
+        m = self.model
+        k = text.features.shape[0]
+        if index is None:
+            index = [0] * k if image.batch == 1 else list(range(k))
+        index = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        feats = [f[index] for f in image.features]
+        pos = [p[index] for p in image.positions]
+        prompt, valid = text.features.to(self.device), text.valid.to(self.device)
+        if geometry_token:
+            empty = torch.zeros(k, 0, 4, device=self.device, dtype=prompt.dtype)
+            # under a run's autocast (--precision bf16 / fp16) in fp32: torchvision's roi_align, which the box path
+            # calls even with no box, has no autocast rule for bfloat16 on the CPU (its work here is one token)
+            with torch.autocast(self.device.type, enabled=False):
+                geo = m.geometry_encoder(box_embeddings=empty.float(),
+                                         box_mask=torch.zeros(k, 0, dtype=torch.bool, device=self.device),
+                                         box_labels=torch.zeros(k, 0, dtype=torch.long, device=self.device),
+                                         img_feats=[f.float() for f in feats], img_pos_embeds=[p.float() for p in pos])
+            prompt = torch.cat([prompt, geo.last_hidden_state], dim=1)
+            valid = torch.cat([valid, geo.attention_mask.to(valid.dtype)], dim=1)
+        enc = m.detr_encoder(vision_features=[feats[-1]], text_features=prompt, vision_pos_embeds=[pos[-1]],
+                             text_mask=valid)
+        dec = m.detr_decoder(vision_features=enc.last_hidden_state, text_features=enc.text_features,
+                             vision_pos_encoding=enc.pos_embeds_flattened, text_mask=valid,
+                             spatial_shapes=enc.spatial_shapes)
+        hidden = dec.intermediate_hidden_states
+        boxes = (inverse_sigmoid(dec.reference_boxes[-1]) + m.detr_decoder.box_head(hidden[-1])).sigmoid()
+        logits = m.dot_product_scoring(decoder_hidden_states=hidden[-1:], text_features=enc.text_features,
+                                       text_mask=valid)[0, ..., 0]
+        out = Sam3Grounding(logits, dec.presence_logits[-1].reshape(k), boxes)
+        rows = None
+        if masks is not False and masks is not True:  # a score: the heads of the prompts with a query above it
+            rows = torch.nonzero((out.scores() > float(masks)).any(1)).flatten()
+            out.mask_prompts = rows.tolist()
+        if masks is not False and (rows is None or len(rows)):
+            pick = slice(None) if rows is None else rows
+            heads = m.mask_decoder(decoder_queries=hidden[-1][pick], backbone_features=[f[pick] for f in feats],
+                                   encoder_hidden_states=enc.last_hidden_state[pick], prompt_features=prompt[pick],
+                                   prompt_mask=valid[pick])
+            out.pred_masks, out.semantic_seg = heads.pred_masks, heads.semantic_seg
+        return out
+
+    @torch.no_grad()
+    def concepts(self, grounding: Sam3Grounding, size: tuple[int, int], threshold: float = CONFIDENCE
+                 ) -> list[Sam3Concept]:
+        """Each prompt's :class:`Sam3Concept` at the photo's ``size`` ``(H, W)``: the queries whose probability
+        exceeds ``threshold`` (Meta's ``confidence_threshold``, 0.5), their masks and boxes, the presence and the
+        semantic map (Meta's ``_forward_grounding``, ActiveSAM's ``set_text_prompts_batch``)."""
+        if grounding.pred_masks is None or grounding.semantic_seg is None:
+            raise ValueError("this grounding skipped the segmentation head (masks=False)")
+        h, w = (int(s) for s in size)
+        probs, presence = grounding.scores(), grounding.presence_logits.sigmoid()
+        semantic = F.interpolate(grounding.semantic_seg, (h, w), mode="bilinear", align_corners=False).sigmoid()
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=probs.device)
+        out = []
+        for i in range(probs.shape[0]):
+            keep = probs[i] > threshold
+            low = grounding.pred_masks[i][keep]
+            masks = (F.interpolate(low[:, None], (h, w), mode="bilinear", align_corners=False)[:, 0].sigmoid()
+                     if low.shape[0] else low.new_zeros(0, h, w))
+            cx, cy, bw, bh = grounding.pred_boxes[i][keep].unbind(-1)
+            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1) * scale
+            out.append(Sam3Concept(masks, probs[i][keep], boxes, float(presence[i]), semantic[i, 0]))
+        return out
+
+    @torch.no_grad()
+    def segment(self, photo: np.ndarray | torch.Tensor, prompts: Sequence[str], threshold: float = CONFIDENCE,
+                bucket: int = BUCKET) -> list[Sam3Concept]:
+        """Each prompt's :class:`Sam3Concept` on one photo (``[H, W, 3]`` uint8 RGB): the photo encoded once, the
+        prompts encoded once (kept for the next photo with the same prompts) and grounded ``bucket`` at a time (their
+        masks are ``[K, 200, 288, 288]`` float32), each bucket's concepts at the photo's size."""
+        h, w = int(photo.shape[0]), int(photo.shape[1])
+        image = self.encode_image(self.prepare(photo))
+        key = tuple(prompts)
+        if key not in self._texts:
+            self._texts = {key: self.encode_text(list(prompts))}  # the last prompts only: a run keeps its words
+        text, out = self._texts[key], []
+        for start in range(0, len(key), bucket):
+            grounding = self.ground(image, text.select(range(start, min(start + bucket, len(key)))))
+            out += self.concepts(grounding, (h, w), threshold)
+        return out
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer(context: int):
+    """open_clip's CLIP BPE tokenizer (Meta's vocabulary and cleaning) for ``context`` tokens, built once a
+    process (reading its vocabulary takes a second)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context)
+
+
+def _check(spec: Sam3Spec) -> None:
+    check_sam3(spec)
+
+
+def _files(spec: Sam3Spec) -> list[Path]:
+    """The files a spec's weights are read from (the config and the weights)."""
+    try:
+        return locate(spec.weights).files
+    except VplError:
+        return []
+
+
+register_family("sam3", load_sam3, _check, summary="SAM 3 (transformers' Sam3Model): concept prompts -> masks, "
+                "scores and presence; Hugging Face's or Meta's weights", module=__name__, files=_files, fix=FIX)
+
+__all__ = ["BUCKET", "CONFIDENCE", "Sam3", "Sam3Concept", "Sam3Grounding", "Sam3Image", "Sam3Spec", "Sam3Text",
+           "check_sam3", "load_sam3", "sam3_identity"]

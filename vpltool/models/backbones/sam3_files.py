@@ -1,0 +1,218 @@
+"""SAM 3's weight files read and written: both layouts (:mod:`.sam3_weights`) as one ``(config, state)`` under
+transformers' names, checked against the architecture the configuration builds; tiny seeded random models written in
+either layout (tests, and trying the commands without the real weights: :func:`write_tiny`); the weights' identity by
+content (:func:`identity`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import VplError
+from .sam3_weights import (
+    CONFIG_KEY,
+    FIX,
+    HF_CONFIG,
+    HF_WEIGHTS,
+    META_FILE,
+    Sam3Files,
+    from_meta,
+    meta_config,
+    sam3_config,
+    tiny_config,
+    to_meta,
+)
+
+HF_PREFIX = "detector_model."  # the hub's Sam3VideoModel file: its detector's tensors
+HF_OTHER = ("tracker_model.", "tracker_neck.")  # ... and its tracker's, which the concept model never reads
+
+
+def read_config(files: Sam3Files) -> dict[str, Any]:
+    """The configuration values of ``files``: ``config.json`` (hf), the file's own (:data:`CONFIG_KEY`, a file of
+    :func:`write_meta`) or Meta's builder's (:func:`meta_config`, its release)."""
+    if files.layout == "hf":
+        try:
+            values = json.loads(Path(files.config).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise VplError(f"{files.config}: not a readable JSON configuration; {FIX}") from None
+        if not isinstance(values, dict):
+            raise VplError(f"{files.config}: not a JSON object; {FIX}")
+        return values
+    saved = _torch_file(files.weights[0], lazy=True)
+    own = saved.get(CONFIG_KEY) if isinstance(saved, dict) else None
+    return own if isinstance(own, dict) else meta_config()
+
+
+def read_state(files: Sam3Files, shapes_only: bool) -> dict[str, Any]:
+    """The tensors of ``files`` under transformers' ``Sam3Model`` names. ``shapes_only``: nothing read but what
+    the names and shapes take (safetensors' header; a torch file mapped, its tensors' views never touched), else
+    every tensor in this process's own memory."""
+    if files.layout == "hf":
+        state: dict[str, Any] = {}
+        for path in files.weights:
+            state.update(_safetensors(path, shapes_only))
+        if any(k.startswith(HF_PREFIX) for k in state):
+            state = {k[len(HF_PREFIX):]: v for k, v in state.items() if k.startswith(HF_PREFIX)}
+        return {k: v for k, v in state.items() if not k.startswith(HF_OTHER)}
+    path = files.weights[0]
+    saved = _torch_file(path, lazy=shapes_only)
+    state = saved.get("model") if isinstance(saved.get("model"), dict) else saved
+    detector = {k[len("detector."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("detector.")}
+    if not detector:
+        raise VplError(f"{path}: holds no detector.* tensors, so it is not Meta's SAM 3 checkpoint; {FIX}")
+    bad = next((k for k, v in detector.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise VplError(f"{path}: entry 'detector.{bad}' is no tensor; {FIX}")
+    return from_meta(detector, path)
+
+
+def _safetensors(path: Path, shapes_only: bool) -> dict[str, Any]:
+    from safetensors import SafetensorError, safe_open
+
+    from ...io import read_safetensors
+
+    try:
+        if shapes_only:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return read_safetensors(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise VplError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]}); {FIX}") from None
+
+
+def _torch_file(path: Path, lazy: bool) -> dict:
+    """A torch checkpoint loaded with ``weights_only`` (no code runs); ``lazy``: mapped, nothing read but its
+    index (a file of torch's legacy format, which cannot be mapped, is read)."""
+    try:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
+        except RuntimeError as e:
+            if not (lazy and "mmap" in str(e)):
+                raise
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # pickle, zip or format errors of every kind: the file is no checkpoint
+        raise VplError(f"{path}: not a readable torch checkpoint (cut short, or another format); {FIX}") from None
+    if not isinstance(saved, dict):
+        raise VplError(f"{path}: holds a {type(saved).__name__}, not a checkpoint's name -> tensor mapping; {FIX}")
+    return saved
+
+
+def check_state(where: Path | str, state: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
+    """Names and shapes of ``state`` (tensors or shape tuples) against the built model's ``expected``: one line
+    naming the first tensor missing, unknown or of another shape (:func:`vpltool.io.check_weights`)."""
+    from ...io import check_weights
+
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
+    check_weights(where, shapes, expected, FIX, shapes_only=True)
+
+
+def identity(files: Sam3Files) -> dict[str, Any]:
+    """The weights by content, as a record keeps them: ``{"layout", "files": [[name, sha256], ...], "sha256"}``
+    (one digest over the files' names and digests), so that the same bytes by another path are the same model."""
+    import hashlib
+
+    from ...io import sha256_file
+
+    named = [[p.name, sha256_file(p)] for p in files.files]
+    h = hashlib.sha256("".join(f"{n}:{d}\n" for n, d in named).encode())
+    return {"layout": files.layout, "files": named, "sha256": "sha256:" + h.hexdigest()}
+
+
+# ------------------------------------------------------------------------------------------ writing models
+def random_state(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded random ``Sam3Model`` state of ``config``: every float tensor drawn so that every part computes
+    something (weights ~ N(0, 0.02) scaled to their fan-in, LayerNorm weights near 1, biases small), the same in
+    every process and on every CPU (drawn in float64 on the CPU, then cast)."""
+    from transformers import Sam3Model
+
+    with torch.device("meta"):
+        shapes = Sam3Model(sam3_config(dict(config))).state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in shapes.items():
+        x = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+        if name.endswith("position_embeddings"):  # the ViT's [1, N, D] table
+            x = 0.02 * x
+        elif t.dim() >= 2:  # a weight: unit-variance outputs for unit-variance inputs
+            x = x / max(1.0, t[0].numel()) ** 0.5
+        elif "norm" in name and name.endswith("weight"):
+            x = 1.0 + 0.1 * x
+        else:
+            x = 0.02 * x
+        out[name] = x.to(torch.float32)
+    return out
+
+
+def tiny_state(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`random_state` with its scoring heads set so that, as a trained model's, some queries pass Meta's 0.5
+    confidence threshold (random heads score every query near 0.3, so nothing downstream of the threshold would
+    run): the query and text projections of the dot-product scoring doubled, the presence head's last bias 1.5."""
+    state = random_state(config, seed)
+    for name in ("dot_product_scoring.query_proj.weight", "dot_product_scoring.text_proj.weight"):
+        state[name] = 2.0 * state[name]
+    state["detr_decoder.presence_head.layer3.bias"] = torch.full_like(state["detr_decoder.presence_head.layer3.bias"],
+                                                                      1.5)
+    return state
+
+
+def write_hf(folder: Path | str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
+    """``folder`` in Hugging Face's layout: ``config.json`` (a ``sam3`` configuration) and ``model.safetensors``."""
+    from ...io import save_tensor_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {**sam3_config(dict(config)).to_dict(), "model_type": "sam3", "architectures": ["Sam3Model"]}
+    (folder / HF_CONFIG).write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    save_tensor_file(folder / HF_WEIGHTS, {k: v.contiguous() for k, v in state.items()})
+    return folder
+
+
+def write_meta(path: Path | str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
+    """``path`` as Meta's ``sam3.pt`` (``{"model": detector.* tensors}``, which Meta's ``build_sam3_image_model``
+    loads), with the configuration under :data:`CONFIG_KEY` (Meta's loader reads ``model`` alone): a folder is
+    given its ``sam3.pt``."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / META_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": to_meta(state), CONFIG_KEY: json.loads(json.dumps(config))}, path)
+    return path
+
+
+def write_tiny(where: Path | str, layout: str = "hf", seed: int = 0) -> Path:
+    """A tiny seeded random SAM 3 (:func:`~.sam3_weights.tiny_config`) at ``where``: a folder in Hugging Face's
+    layout (``hf``) or Meta's ``sam3.pt`` (``meta``: a file, or a folder given its ``sam3.pt``). The same seed
+    writes the same model in both layouts. Returns what ``--sam-weights`` takes."""
+    config = tiny_config()
+    state = tiny_state(config, seed)
+    if layout == "hf":
+        return write_hf(where, config, state)
+    if layout == "meta":
+        return write_meta(where, config, state)
+    raise VplError(f"layout {layout!r}: give hf (config.json + model.safetensors) or meta (sam3.pt)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vpltool.models.backbones.sam3_files OUT [--layout hf|meta] [--seed N]``: a tiny random SAM 3
+    to try the commands without the real weights (its masks mean nothing)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vpltool.models.backbones.sam3_files",
+                                     description="Write a tiny seeded random SAM 3 (tests; trying the commands).")
+    parser.add_argument("out", help="a folder (hf), or a file or folder for Meta's sam3.pt (meta)")
+    parser.add_argument("--layout", choices=("hf", "meta"), default="hf",
+                        help="hf: config.json + model.safetensors; meta: sam3.pt [default: hf]")
+    parser.add_argument("--seed", type=int, default=0, help="the random weights' seed [default: 0]")
+    args = parser.parse_args(argv)
+    print(write_tiny(args.out, args.layout, args.seed))
+
+
+__all__ = ["check_state", "identity", "main", "random_state", "read_config", "read_state", "tiny_state", "write_hf",
+           "write_meta", "write_tiny"]
+
+if __name__ == "__main__":
+    main()
